@@ -1,0 +1,52 @@
+/* tools/kith/main.c — the kith command line: picks the subcommand. */
+#include <stdio.h>
+#include <string.h>
+
+#include "tools/kith/cmd.h"
+
+typedef struct {
+    const char *name;                 /* as typed after `kith` */
+    int (*run)(int argc, char **argv);
+    const char *summary;              /* one line for `kith --help` */
+} kith_cmd_t;
+
+static const kith_cmd_t s_cmds[] = {
+    {"daemon",   kith_cmd_daemon,   "run the router: comms listeners, gateway, workers"},
+    {"keygen",   kith_cmd_keygen,   "create this node's Ed25519 identity (0600 key)"},
+    {"id",       kith_cmd_id,       "print this node's public key and PeerId as JSON"},
+    {"peers",    kith_cmd_peers,    "add, remove or list trusted peers"},
+    {"envelope", kith_cmd_envelope, "encode, decode or verify signed envelope frames"},
+    {"send",     kith_cmd_send,     "send a signed message or request to a peer"},
+};
+
+static void s_usage(FILE *out)
+{
+    fprintf(out, "usage: kith COMMAND [ARGS…]   (kith COMMAND --help for each)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof s_cmds / sizeof s_cmds[0]; i++)
+        fprintf(out, "  %-9s %s\n", s_cmds[i].name, s_cmds[i].summary);
+    fprintf(out,
+            "\nexit codes:\n"
+            "  0  success\n"
+            "  1  usage error, local error, or invalid input (the reason is on stderr)\n"
+            "  2  kith send: the peer did not ack in time (offline)\n"
+            "  3  kith send: the peer refused the envelope (connection closed)\n"
+            "\nstate lives in --home DIR, else $KITH_HOME, else ~/.kith\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
+        s_usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? KITH_EXIT_FAIL : KITH_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("kith 0.1.0\n");
+        return KITH_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof s_cmds / sizeof s_cmds[0]; i++)
+        if (!strcmp(argv[1], s_cmds[i].name))
+            return s_cmds[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "kith: unknown command '%s'; run 'kith --help' for the list\n", argv[1]);
+    return KITH_EXIT_FAIL;
+}
