@@ -13,6 +13,7 @@ const char *proto_cbor_reason_str(proto_cbor_reason_t r)
     case PROTO_CBOR_TRAILING:      return "trailing_bytes";
     case PROTO_CBOR_ILL_FORMED:    return "ill_formed";
     case PROTO_CBOR_INDEFINITE:    return "indefinite_length";
+    case PROTO_CBOR_BAD_UTF8:      return "bad_utf8";
     case PROTO_CBOR_TOO_DEEP:      return "too_deep";
     case PROTO_CBOR_UNSUPPORTED:   return "unsupported";
     case PROTO_CBOR_DUPLICATE_KEY: return "duplicate_key";
@@ -113,6 +114,10 @@ int proto_cbor_check(const uint8_t *p, size_t len, const proto_cbor_limits_t *li
         case 3: /* text string */
             if (arg > remain) {
                 why = PROTO_CBOR_TRUNCATED;
+                goto fail;
+            }
+            if (major == 3 && !proto_utf8_valid(p + pos, (size_t) arg)) {
+                why = PROTO_CBOR_BAD_UTF8; /* libcbor would refuse it without saying why */
                 goto fail;
             }
             pos += (size_t) arg;

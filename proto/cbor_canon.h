@@ -33,6 +33,7 @@ typedef enum {
     PROTO_CBOR_ILL_FORMED,     /* reserved additional info, stray break, bad chunk,
                                   two-byte simple value below 32 (RFC 8949 §3.3) */
     PROTO_CBOR_INDEFINITE,     /* an indefinite length where they are refused */
+    PROTO_CBOR_BAD_UTF8,       /* a text string (or chunk) that is not UTF-8 */
     PROTO_CBOR_TOO_DEEP,       /* nesting beyond the limit */
     PROTO_CBOR_UNSUPPORTED,    /* well-formed, but libcbor 0.8 cannot hold it: simple
                                   values other than false/true/null/undefined */
@@ -51,6 +52,7 @@ typedef struct {
 } proto_cbor_limits_t;
 
 /* Checks that p[len] is exactly one well-formed CBOR item within `lim`,
+ * with every text string (every chunk of a chunked one) valid UTF-8,
  * without recursion and without allocating. Every claimed length is checked
  * against the bytes that remain, so a later cbor_load allocates at most in
  * proportion to len. Returns 0, or -1 with *reason set. */

@@ -287,6 +287,10 @@ static void test_check_refusals(void **state)
     s_expect_check_hex("5fff", &s_strict, PROTO_CBOR_INDEFINITE);
     s_expect_check_hex("9fff", &s_lenient, PROTO_CBOR_OK);
     s_expect_check_hex("9f", &s_lenient, PROTO_CBOR_TRUNCATED);
+    s_expect_check_hex("62c0af", &s_strict, PROTO_CBOR_BAD_UTF8);           /* overlong */
+    s_expect_check_hex("7f61c361bcff", &s_lenient, PROTO_CBOR_BAD_UTF8);    /* ü split across chunks */
+    s_expect_check_hex("62c3bc", &s_strict, PROTO_CBOR_OK);
+    s_expect_check_hex("42c0af", &s_strict, PROTO_CBOR_OK);                 /* bytes are bytes */
 }
 
 /* A claimed length larger than the input is refused before anything could
