@@ -52,6 +52,13 @@ int router_identity_load_or_create(const char *home, router_identity_t *out, boo
                                    char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
+/* Room for router_identity_json()'s output, NUL included. */
+#define ROUTER_IDENTITY_JSON_CAP 128
+
+/* Writes {"pubkey":"ed25519:…","peer_id":"<uuid>"} (one line, no newline) —
+ * what `kith id` prints. */
+void router_identity_json(const router_identity_t *id, char out[ROUTER_IDENTITY_JSON_CAP]);
+
 /* Zeroes every byte of *id (sodium_memzero); NULL is allowed. */
 void router_identity_wipe(router_identity_t *id);
 
