@@ -151,7 +151,7 @@ int router_config_check(const router_config_t *cfg, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
 /* Writes every key of *cfg as a JSON object (the file format, two-space
- * indent) into a new NUL-terminated buffer the caller frees. Returns NULL
+ * indent, a final newline) into a new NUL-terminated buffer the caller frees. Returns NULL
  * when out of memory. */
 char *router_config_to_json(const router_config_t *cfg);
 

@@ -73,7 +73,7 @@ static int s_check(int argc, char **argv)
             fprintf(stderr, "kith config check: out of memory\n");
             goto done;
         }
-        printf("%s\n", json);
+        fputs(json, stdout);
         free(json);
     } else if (used) {
         printf("%s: ok\n", file ? file : ROUTER_CONFIG_FILE);
