@@ -23,7 +23,8 @@
  * the caller passed here, then returns 0.
  * Returns 0, or -1 with err set to either the callback's reason or
  * "syntax error: <yajl's reason>", followed in both cases by " (line L,
- * column C)". Allocates only inside yajl; no I/O. */
+ * column C)": the position just past the token where the problem showed
+ * (1-based, columns in bytes). Allocates only inside yajl; no I/O. */
 int router_jsonc_parse(const char *text, size_t len, const yajl_callbacks *cb, void *ctx,
                        char *err, size_t errcap) __attribute__((warn_unused_result));
 
