@@ -58,15 +58,20 @@ static int s_line_end(proto_sse_parser_t *sp, const uint8_t *end)
     return rc;
 }
 
-/* One more octet on the line (or `n` at once for a partial BOM). */
-static int s_count(proto_sse_parser_t *sp, size_t n)
+/* `n` more octets on the line, the last of them at `at`. Over the limit,
+ * the value bytes before `at` are handed over first, so the callback sees
+ * the same bytes before the error however the input was split (and a
+ * reader whose own bound those bytes break reports that bound, always). */
+static int s_count(proto_sse_parser_t *sp, const uint8_t *at, size_t n)
 {
     sp->line_len += n;
-    if (sp->line_len > sp->line_max) {
-        sp->reason = PROTO_SSE_LINE_TOO_LONG;
+    if (sp->line_len <= sp->line_max)
+        return 0;
+    if (sp->field != PROTO_SSE_FIELD_NONE && sp->in_value && at > sp->mark &&
+        s_piece(sp, sp->mark, (size_t) (at - sp->mark), false) != 0)
         return -1;
-    }
-    return 0;
+    sp->reason = PROTO_SSE_LINE_TOO_LONG;
+    return -1;
 }
 
 %%{
@@ -74,7 +79,7 @@ static int s_count(proto_sse_parser_t *sp, size_t n)
     alphtype unsigned char;
     access sp->;
 
-    action count        { if (s_count(sp, 1) != 0) fbreak; }
+    action count        { if (s_count(sp, fpc, 1) != 0) fbreak; }
     action value_start  { sp->mark = fpc; sp->in_value = true; }
     action line_end     { if (s_line_end(sp, fpc) != 0) fbreak; }
     action blank_line   { sp->blank = true; fbreak; }
@@ -103,8 +108,8 @@ static int s_count(proto_sse_parser_t *sp, size_t n)
 
     # A stream that opens with one or two octets of a BOM and then breaks
     # off: those octets begin the name of a field nobody knows.
-    action bom_broken_1 { if (s_count(sp, 1) != 0) fbreak; fhold; fgoto unknown_rest; }
-    action bom_broken_2 { if (s_count(sp, 2) != 0) fbreak; fhold; fgoto unknown_rest; }
+    action bom_broken_1 { if (s_count(sp, fpc, 1) != 0) fbreak; fhold; fgoto unknown_rest; }
+    action bom_broken_2 { if (s_count(sp, fpc, 2) != 0) fbreak; fhold; fgoto unknown_rest; }
     action bom_done     { fgoto lines; }
     action no_bom       { fhold; fgoto lines; }
 

@@ -380,6 +380,12 @@ static void test_line_bound(void **state)
     /* Comments and unknown fields count too. */
     s_expect_lim(": 123456789\n\n", 13, ten, "ERR:line_too_long");
     s_expect_lim("whatever:1234\n\n", 15, ten, "ERR:line_too_long");
+    /* Over both bounds at once: the reader's data bound wins whenever the
+     * value bytes before the line's limit already break it, however cut. */
+    limits_t tight = {.data_cap = 2, .line_max = 8};
+    s_expect_lim("data:123456789\n\n", 16, tight, "ERR:data_too_long");
+    limits_t loose = {.data_cap = 4, .line_max = 8};
+    s_expect_lim("data:123456789\n\n", 16, loose, "ERR:line_too_long");
     /* A partial BOM counts toward its line. */
     limits_t two = {.data_cap = 64, .line_max = 2};
     s_expect_lim("\xEF\xBB\n", 3, two, "END");
