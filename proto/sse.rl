@@ -114,13 +114,13 @@ static int s_count(proto_sse_parser_t *sp, const uint8_t *at, size_t n)
     action no_bom       { fhold; fgoto lines; }
 
     # Characters (the spec's ABNF, over octets).
-    lf        = '\n';
-    cr        = '\r';
+    lf         = '\n';
+    cr         = '\r';
     space_char = ' ';
-    colon     = ':';
-    bom       = 0xEF 0xBB 0xBF;                 # U+FEFF in UTF-8
-    name_char = any - ( lf | cr | colon );
-    any_char  = any - ( lf | cr );
+    colon      = ':';
+    bom        = 0xEF 0xBB 0xBF;               # U+FEFF in UTF-8
+    name_char  = any - ( lf | cr | colon );
+    any_char   = any - ( lf | cr );
 
     # end-of-line = ( cr lf / cr / lf )
     # A CR ends the line at once (nothing waits for the next octet); an LF
