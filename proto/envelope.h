@@ -41,6 +41,7 @@
 
 #include <cbor.h>
 
+#include "proto/frame.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
 
@@ -48,8 +49,6 @@
 #define PROTO_ENVELOPE_MAX (1024u * 1024u)
 /* Deepest nesting in an envelope; the envelope map itself is level 1. */
 #define PROTO_ENVELOPE_DEPTH_MAX 32
-/* The 4-byte big-endian length in front of every frame. */
-#define PROTO_FRAME_HEADER_LEN 4
 /* A complete signed ack frame (header included) is always this long. */
 #define PROTO_ACK_FRAME_LEN 215
 
