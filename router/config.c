@@ -511,8 +511,12 @@ static int s_store_string(router_config_t *cfg, const char *path, const s_key_t 
     for (size_t i = 0; i < v->len; i++)
         if (v->s[i] < 0x20 || v->s[i] == 0x7f)
             return s_refuse(path, key, v, "control characters are not allowed", err, errcap);
-    char text[ROUTER_CONFIG_URL_CAP];
-    _Static_assert(sizeof text >= ROUTER_CONFIG_PATH_CAP, "every string field fits in text");
+    /* Text from router_config_set() has not been through yajl. */
+    if (!router_jsonc_utf8_valid(v->s, v->len))
+        return s_refuse(path, key, v, "not UTF-8", err, errcap);
+    char text[ROUTER_CONFIG_URL_CAP]; /* the largest string field */
+    if (v->len >= sizeof text)
+        return s_refuse(path, key, v, "too long", err, errcap);
     memcpy(text, v->s, v->len);
     text[v->len] = '\0';
     char why[128] = "";
