@@ -486,9 +486,11 @@ static int s_store_uint(router_config_t *cfg, const char *path, const s_key_t *k
     if (key->size == sizeof(uint16_t)) {
         uint16_t x = (uint16_t) n;
         memcpy(field, &x, sizeof x);
-    } else {
+    } else if (key->size == sizeof(uint32_t)) {
         uint32_t x = (uint32_t) n;
         memcpy(field, &x, sizeof x);
+    } else {
+        return router_jsonc_fail(err, errcap, "%s: unsupported field width", path), -1;
     }
     return 0;
 }
@@ -526,6 +528,12 @@ static int s_store_string(router_config_t *cfg, const char *path, const s_key_t 
     return 0;
 }
 
+/* S_CHOICE fields are enums, written as the int index of the choice. */
+_Static_assert(sizeof(router_comms_mode_t) == sizeof(int) &&
+                   sizeof(router_comms_auth_t) == sizeof(int) &&
+                   sizeof(router_agent_provider_t) == sizeof(int),
+               "enums are stored as int");
+
 static int s_store_choice(router_config_t *cfg, const char *path, const s_key_t *key,
                           const s_value_t *v, char *err, size_t errcap)
 {
@@ -556,8 +564,6 @@ static int s_store(router_config_t *cfg, const s_section_t *sec, const s_key_t *
     }
     return -1;
 }
-
-_Static_assert(sizeof(router_comms_mode_t) == sizeof(int), "enums are stored as int");
 
 /* ------------------------------------------------------------ the reader */
 
