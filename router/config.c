@@ -486,9 +486,11 @@ static int s_store_uint(router_config_t *cfg, const char *path, const s_key_t *k
     if (key->size == sizeof(uint16_t)) {
         uint16_t x = (uint16_t) n;
         memcpy(field, &x, sizeof x);
-    } else {
+    } else if (key->size == sizeof(uint32_t)) {
         uint32_t x = (uint32_t) n;
         memcpy(field, &x, sizeof x);
+    } else {
+        return router_jsonc_fail(err, errcap, "%s: unsupported field width", path), -1;
     }
     return 0;
 }
@@ -511,8 +513,12 @@ static int s_store_string(router_config_t *cfg, const char *path, const s_key_t 
     for (size_t i = 0; i < v->len; i++)
         if (v->s[i] < 0x20 || v->s[i] == 0x7f)
             return s_refuse(path, key, v, "control characters are not allowed", err, errcap);
-    char text[ROUTER_CONFIG_URL_CAP];
-    _Static_assert(sizeof text >= ROUTER_CONFIG_PATH_CAP, "every string field fits in text");
+    /* Text from router_config_set() has not been through yajl. */
+    if (!router_jsonc_utf8_valid(v->s, v->len))
+        return s_refuse(path, key, v, "not UTF-8", err, errcap);
+    char text[ROUTER_CONFIG_URL_CAP]; /* the largest string field */
+    if (v->len >= sizeof text)
+        return s_refuse(path, key, v, "too long", err, errcap);
     memcpy(text, v->s, v->len);
     text[v->len] = '\0';
     char why[128] = "";
@@ -521,6 +527,12 @@ static int s_store_string(router_config_t *cfg, const char *path, const s_key_t 
     memcpy(field, text, v->len + 1);
     return 0;
 }
+
+/* S_CHOICE fields are enums, written as the int index of the choice. */
+_Static_assert(sizeof(router_comms_mode_t) == sizeof(int) &&
+                   sizeof(router_comms_auth_t) == sizeof(int) &&
+                   sizeof(router_agent_provider_t) == sizeof(int),
+               "enums are stored as int");
 
 static int s_store_choice(router_config_t *cfg, const char *path, const s_key_t *key,
                           const s_value_t *v, char *err, size_t errcap)
@@ -552,8 +564,6 @@ static int s_store(router_config_t *cfg, const s_section_t *sec, const s_key_t *
     }
     return -1;
 }
-
-_Static_assert(sizeof(router_comms_mode_t) == sizeof(int), "enums are stored as int");
 
 /* ------------------------------------------------------------ the reader */
 

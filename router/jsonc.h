@@ -9,6 +9,7 @@
 #ifndef KITH_ROUTER_JSONC_H
 #define KITH_ROUTER_JSONC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <yajl/yajl_parse.h>
@@ -35,6 +36,12 @@ void router_jsonc_quote(const unsigned char *s, size_t len, char *out, size_t ca
 
 /* Like router_jsonc_quote without the quotes, for a raw number token. */
 void router_jsonc_quote_raw(const char *s, size_t len, char *out, size_t cap);
+
+/* Whether s[len] is well-formed UTF-8 (no overlong forms, surrogates or
+ * code points past U+10FFFF): what yajl demands of every string it reads,
+ * checked for text that did not come through yajl (command-line flags) before
+ * it is written into a JSON file. */
+bool router_jsonc_utf8_valid(const unsigned char *s, size_t len);
 
 /* Formats into err[errcap] like snprintf, never overflowing; returns 0 so a
  * yajl callback can `return router_jsonc_fail(...)`. */

@@ -61,22 +61,24 @@ bool router_peer_name_valid(const char *name)
     return true;
 }
 
-/* Whether s has a byte below 0x20 or DEL: text the store holds is printed
- * by `kith peers list`, so it must not carry terminal control sequences. */
-static bool s_has_control(const char *s)
+/* Whether s is unfit for the store: a byte below 0x20 or DEL (the store is
+ * printed by `kith peers list`, so no terminal control sequences), or not
+ * UTF-8 (flags from the command line never went through yajl, and a store
+ * saved with bad UTF-8 would not load again). */
+static bool s_text_unfit(const char *s)
 {
-    for (; *s; s++)
-        if ((unsigned char) *s < 0x20 || *s == 0x7f)
+    for (const char *p = s; *p; p++)
+        if ((unsigned char) *p < 0x20 || *p == 0x7f)
             return true;
-    return false;
+    return !router_jsonc_utf8_valid((const unsigned char *) s, strlen(s));
 }
 
 int router_peer_addr_parse(const char *addr, router_peer_addr_t *out, char *why, size_t whycap)
 {
     memset(out, 0, sizeof *out);
-    if (strlen(addr) > ROUTER_PEER_ADDR_MAX || s_has_control(addr)) {
+    if (strlen(addr) > ROUTER_PEER_ADDR_MAX || s_text_unfit(addr)) {
         snprintf(why, whycap, strlen(addr) > ROUTER_PEER_ADDR_MAX ? "too long"
-                                                                  : "control characters");
+                                                                  : "control characters or not UTF-8");
         return -1;
     }
     if (!strncmp(addr, "tcp://", 6)) {
@@ -292,10 +294,10 @@ static int s_check_row(const char *name, const uint8_t pk[32], const char *addr,
                       shown, why);
     }
     if (description && (strlen(description) > ROUTER_PEER_DESCRIPTION_MAX ||
-                        s_has_control(description)))
+                        s_text_unfit(description)))
         return s_fail(err, errcap,
-                      "meta.description: expected one line of at most %d bytes without control "
-                      "characters",
+                      "meta.description: expected one line of UTF-8, at most %d bytes, without "
+                      "control characters",
                       ROUTER_PEER_DESCRIPTION_MAX);
     if (nlabels > ROUTER_PEER_LABELS_MAX)
         return s_fail(err, errcap, "meta.labels: more than %d labels", ROUTER_PEER_LABELS_MAX);
@@ -303,13 +305,15 @@ static int s_check_row(const char *name, const uint8_t pk[32], const char *addr,
         const router_label_t *l = &labels[i];
         size_t klen = strlen(l->key);
         router_jsonc_quote((const unsigned char *) l->key, klen, shown, sizeof shown);
-        if (klen == 0 || klen > ROUTER_PEER_LABEL_KEY_MAX || s_has_control(l->key))
+        if (klen == 0 || klen > ROUTER_PEER_LABEL_KEY_MAX || s_text_unfit(l->key))
             return s_fail(err, errcap,
-                          "meta.labels: key %s: expected 1..%d bytes without control characters",
+                          "meta.labels: key %s: expected 1..%d bytes of UTF-8 without control "
+                          "characters",
                           shown, ROUTER_PEER_LABEL_KEY_MAX);
-        if (strlen(l->value) > ROUTER_PEER_LABEL_VALUE_MAX || s_has_control(l->value))
+        if (strlen(l->value) > ROUTER_PEER_LABEL_VALUE_MAX || s_text_unfit(l->value))
             return s_fail(err, errcap,
-                          "meta.labels.%s: expected at most %d bytes without control characters",
+                          "meta.labels.%s: expected at most %d bytes of UTF-8 without control "
+                          "characters",
                           shown, ROUTER_PEER_LABEL_VALUE_MAX);
         for (size_t j = 0; j < i; j++)
             if (!strcmp(labels[j].key, l->key))

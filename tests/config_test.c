@@ -508,6 +508,10 @@ static void test_set_from_command_line(void **state)
     assert_int_equal(router_config_set(&c, "gateway.nope", "1", err, sizeof err), -1);
     assert_string_equal(err, "gateway.nope: no such configuration key");
     assert_int_equal(router_config_set(&c, "port", "1", err, sizeof err), -1);
+    /* Command-line text is checked for UTF-8, as yajl checks the file. */
+    assert_int_equal(router_config_set(&c, "agent.model", "caf\xe9", err, sizeof err), -1);
+    assert_non_null(strstr(err, "not UTF-8"));
+    assert_int_equal(router_config_set(&c, "agent.model", "caf\xc3\xa9", err, sizeof err), 0);
 }
 
 /* ------------------------------------------------------------ files */

@@ -413,6 +413,18 @@ static void test_add_checks_like_load(void **state)
     router_label_t ctl[] = {{"a", "\x1b[31m"}};
     assert_int_equal(router_trust_add(t, "x", pk, "tcp://h:1", NULL, ctl, 1, err, sizeof err), -1);
     assert_int_equal(router_trust_add(t, "x", pk, "tcp://h:1", "bell\a", NULL, 0, err, sizeof err), -1);
+    /* Not UTF-8: a lone continuation byte, an overlong '/', a surrogate. */
+    static const char *const not_utf8[] = {"caf\xa9", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"};
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(router_trust_add(t, "x", pk, "tcp://h:1", not_utf8[i], NULL, 0, err, sizeof err),
+                         -1);
+        assert_non_null(strstr(err, "UTF-8"));
+        router_label_t bad_value[] = {{"k", not_utf8[i]}};
+        assert_int_equal(router_trust_add(t, "x", pk, "tcp://h:1", NULL, bad_value, 1, err, sizeof err),
+                         -1);
+    }
+    assert_int_equal(router_trust_add(t, "x", pk, "uds:///tmp/\xff.sock", NULL, NULL, 0, err, sizeof err),
+                     -1);
     assert_int_equal(router_trust_add(t, "x y", pk, "tcp://h:1", NULL, NULL, 0, err, sizeof err), -1);
     assert_int_equal(router_trust_add(t, "x", pk, "tcp://h", NULL, NULL, 0, err, sizeof err), -1);
     assert_int_equal(router_trust_count(t), 0);
