@@ -1,0 +1,601 @@
+/* tests/loop_test.c — the event loop core: backend choice, timers, signals
+ * through signalfd, cross-thread posts and wake-ups, fd watches.
+ *
+ * Every test that touches a backend is registered twice, once per backend
+ * (names end in @uring / @epoll); the backend is passed as the test's
+ * initial state, so one ctest run covers both. Where the kernel refuses
+ * io_uring, the @uring variants are skipped, visibly. No test depends on
+ * timing: waits are for events, and the one timer that could fire on a
+ * hang only turns the hang into a failure. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "router/log.h"
+#include "router/loop.h"
+
+/* A test that runs this long has hung: fail it instead of waiting for ctest. */
+#define HANG_GUARD_MS 60000
+
+static router_loop_backend_t s_uring = ROUTER_LOOP_URING;
+static router_loop_backend_t s_epoll = ROUTER_LOOP_EPOLL;
+
+static router_loop_t *s_loop_new(void **state, router_loop_opts_t *opts)
+{
+    router_loop_opts_t o = opts ? *opts : (router_loop_opts_t){0};
+    o.backend = *(router_loop_backend_t *) *state;
+    router_loop_t *loop = router_loop_new(&o);
+    if (!loop && o.backend == ROUTER_LOOP_URING && (errno == ENOSYS || errno == EPERM)) {
+        print_message("io_uring refused here (%s): skipping\n", strerror(errno));
+        skip();
+    }
+    assert_non_null(loop);
+    assert_string_equal(router_loop_backend_name(loop),
+                        o.backend == ROUTER_LOOP_URING ? "io_uring" : "epoll");
+    return loop;
+}
+
+static void s_hang(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    *(bool *) ud = true;
+    router_loop_stop(loop);
+}
+
+/* Runs the loop until something stops it; fails if the guard fired. */
+static void s_run(router_loop_t *loop)
+{
+    bool hung = false;
+    uint64_t guard = router_loop_timer_add(loop, HANG_GUARD_MS, s_hang, &hung);
+    assert_true(guard != 0);
+    assert_int_equal(router_loop_run(loop), 0);
+    assert_false(hung);
+    (void) router_loop_timer_cancel(loop, guard);
+}
+
+/* ------------------------------------------------------------ backend choice */
+
+static void test_backend_env(void **state)
+{
+    (void) state;
+    router_loop_t *loop;
+    router_loop_opts_t o = {0};
+
+    setenv("KITH_LOOP_BACKEND", "epoll", 1);
+    loop = router_loop_new(NULL);
+    assert_non_null(loop);
+    assert_string_equal(router_loop_backend_name(loop), "epoll");
+    router_loop_destroy(&loop);
+    assert_null(loop);
+    router_loop_destroy(&loop); /* idempotent */
+
+    setenv("KITH_LOOP_BACKEND", "uring", 1);
+    loop = router_loop_new(NULL);
+    if (loop) {
+        assert_string_equal(router_loop_backend_name(loop), "io_uring");
+        router_loop_destroy(&loop);
+    } else {
+        assert_true(errno == ENOSYS || errno == EPERM); /* forced: no fallback */
+    }
+
+    /* An explicit choice in code wins over the environment. */
+    o.backend = ROUTER_LOOP_EPOLL;
+    loop = router_loop_new(&o);
+    assert_non_null(loop);
+    assert_string_equal(router_loop_backend_name(loop), "epoll");
+    router_loop_destroy(&loop);
+
+    setenv("KITH_LOOP_BACKEND", "kqueue", 1);
+    errno = 0;
+    assert_null(router_loop_new(NULL));
+    assert_int_equal(errno, EINVAL);
+    unsetenv("KITH_LOOP_BACKEND");
+}
+
+static void test_bad_opts(void **state)
+{
+    (void) state;
+    router_loop_opts_t o = {.recv_buf_count = 3}; /* not a power of two */
+    errno = 0;
+    assert_null(router_loop_new(&o));
+    assert_int_equal(errno, EINVAL);
+    o = (router_loop_opts_t){.recv_buf_size = 16};
+    assert_null(router_loop_new(&o));
+    o = (router_loop_opts_t){.backend = (router_loop_backend_t) 7};
+    assert_null(router_loop_new(&o));
+}
+
+/* ------------------------------------------------------------ running */
+
+static void test_stop_before_run(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    router_loop_stop(loop);
+    assert_int_equal(router_loop_run(loop), 0); /* returns at once */
+    router_loop_stop(loop);
+    assert_int_equal(router_loop_run(loop), 0); /* and can run again */
+    router_loop_destroy(&loop);
+}
+
+/* ------------------------------------------------------------ timers */
+
+typedef struct {
+    char order[16];      /* names of the timers in firing order */
+    size_t n;            /* how many fired */
+    unsigned chain;      /* 0 ms timers re-added so far */
+    bool chain_stop;     /* the later timer fired: end the chain */
+} s_timers_t;
+
+typedef struct {
+    s_timers_t *t;       /* where to record */
+    char name;           /* this timer's name */
+} s_mark_t;
+
+static void s_timer_mark(router_loop_t *loop, uint64_t id, void *ud)
+{
+    s_mark_t *m = ud;
+    (void) loop;
+    (void) id;
+    m->t->order[m->t->n++] = m->name;
+}
+
+static void s_timer_stop(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    (void) ud;
+    router_loop_stop(loop);
+}
+
+static void test_timers_order_and_cancel(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    s_timers_t t = {0};
+    s_mark_t m[5];
+    for (int i = 0; i < 5; i++)
+        m[i] = (s_mark_t){.t = &t, .name = "ABCDE"[i]};
+    /* Deadline order, ties in the order added; C is cancelled. */
+    assert_true(router_loop_timer_add(loop, 30, s_timer_mark, &m[0]) != 0);
+    assert_true(router_loop_timer_add(loop, 10, s_timer_mark, &m[1]) != 0);
+    uint64_t c = router_loop_timer_add(loop, 20, s_timer_mark, &m[2]);
+    assert_true(c != 0);
+    assert_true(router_loop_timer_add(loop, 10, s_timer_mark, &m[3]) != 0);
+    uint64_t e = router_loop_timer_add(loop, 0, s_timer_mark, &m[4]);
+    assert_true(e != 0);
+    assert_int_equal(router_loop_timer_cancel(loop, c), 0);
+    errno = 0;
+    assert_int_equal(router_loop_timer_cancel(loop, c), -1); /* already cancelled */
+    assert_int_equal(errno, ENOENT);
+    assert_int_equal(router_loop_timer_cancel(loop, 0), -1);
+    assert_true(router_loop_timer_add(loop, 40, s_timer_stop, NULL) != 0);
+    s_run(loop);
+    assert_int_equal(t.n, 4);
+    assert_memory_equal(t.order, "EBDA", 4);
+    assert_int_equal(router_loop_timer_cancel(loop, e), -1); /* fired: stale id */
+    router_loop_destroy(&loop);
+}
+
+static void s_chain(router_loop_t *loop, uint64_t id, void *ud)
+{
+    s_timers_t *t = ud;
+    (void) id;
+    t->chain++;
+    if (t->chain_stop)
+        router_loop_stop(loop);
+    else
+        assert_true(router_loop_timer_add(loop, 0, s_chain, t) != 0);
+}
+
+static void s_chain_end(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    ((s_timers_t *) ud)->chain_stop = true;
+}
+
+/* A callback re-adding a 0 ms timer forever must not starve later timers. */
+static void test_timer_zero_chain_no_starvation(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    s_timers_t t = {0};
+    assert_true(router_loop_timer_add(loop, 0, s_chain, &t) != 0);
+    assert_true(router_loop_timer_add(loop, 5, s_chain_end, &t) != 0);
+    s_run(loop);
+    assert_true(t.chain_stop);
+    assert_true(t.chain > 1);
+    router_loop_destroy(&loop);
+}
+
+static void s_never(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    (void) ud;
+    fail_msg("cancelled timer fired");
+}
+
+static void test_timer_limit(void **state)
+{
+    router_loop_opts_t o = {.max_timers = 4};
+    router_loop_t *loop = s_loop_new(state, &o);
+    uint64_t ids[4];
+    for (int i = 0; i < 4; i++) {
+        ids[i] = router_loop_timer_add(loop, 1000, s_never, NULL);
+        assert_true(ids[i] != 0);
+    }
+    errno = 0;
+    assert_int_equal(router_loop_timer_add(loop, 1000, s_never, NULL), 0);
+    assert_int_equal(errno, ENOSPC);
+    assert_int_equal(router_loop_timer_cancel(loop, ids[1]), 0);
+    uint64_t again = router_loop_timer_add(loop, 1000, s_never, NULL);
+    assert_true(again != 0);
+    assert_true(again != ids[1]); /* the slot is reused under a new id */
+    assert_int_equal(router_loop_timer_cancel(loop, ids[1]), -1);
+    for (int i = 0; i < 4; i++)
+        (void) router_loop_timer_cancel(loop, i == 1 ? again : ids[i]);
+    router_loop_destroy(&loop);
+}
+
+/* ------------------------------------------------------------ signals */
+
+typedef struct {
+    int count;     /* signals delivered */
+    int last;      /* the last signal number */
+} s_sig_t;
+
+static void s_on_sig(router_loop_t *loop, int signo, void *ud)
+{
+    s_sig_t *s = ud;
+    s->count++;
+    s->last = signo;
+    if (signo == SIGTERM)
+        router_loop_stop(loop);
+}
+
+static void s_raise_hup_term(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    (void) ud;
+    raise(SIGHUP);
+    raise(SIGTERM);
+}
+
+static void test_signalfd(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    s_sig_t s = {0};
+    assert_int_equal(router_loop_on_signal(loop, SIGTERM, s_on_sig, &s), 0);
+    assert_int_equal(router_loop_on_signal(loop, SIGHUP, s_on_sig, &s), 0);
+    errno = 0;
+    assert_int_equal(router_loop_on_signal(loop, SIGKILL, s_on_sig, &s), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_true(router_loop_timer_add(loop, 0, s_raise_hup_term, NULL) != 0);
+    s_run(loop);
+    assert_int_equal(s.count, 2);
+    assert_int_equal(s.last, SIGTERM);
+    router_loop_destroy(&loop);
+    /* The mask is restored: SIGTERM is no longer blocked in this thread. */
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    assert_false(sigismember(&cur, SIGTERM));
+    assert_false(sigismember(&cur, SIGHUP));
+}
+
+/* ------------------------------------------------------------ posts and wake-ups */
+
+#define PRODUCERS 3
+#define POSTS_EACH 4000
+
+typedef struct {
+    router_loop_t *loop;
+    unsigned next[PRODUCERS];   /* the sequence number expected from each producer */
+    unsigned out_of_order;      /* posts that broke per-producer FIFO */
+    unsigned done;              /* producers finished */
+    unsigned wakes;             /* wake callback calls */
+    unsigned ran;               /* posts run */
+} s_post_ctx_t;
+
+typedef struct {
+    s_post_ctx_t *ctx;  /* shared context */
+    unsigned who;       /* producer index */
+    unsigned seq;       /* its sequence number, or UINT32_MAX for "done" */
+} s_post_item_t;
+
+static void s_post_fn(router_loop_t *loop, void *arg)
+{
+    s_post_item_t *it = arg;
+    s_post_ctx_t *ctx = it->ctx;
+    ctx->ran++;
+    if (it->seq == UINT32_MAX) {
+        if (++ctx->done == PRODUCERS)
+            router_loop_stop(loop);
+    } else if (it->seq != ctx->next[it->who]++) {
+        ctx->out_of_order++;
+    }
+    free(it);
+}
+
+static void *s_producer(void *arg)
+{
+    s_post_item_t *proto = arg;
+    for (unsigned i = 0; i <= POSTS_EACH; i++) {
+        s_post_item_t *it = malloc(sizeof *it);
+        if (!it)
+            abort();
+        *it = *proto;
+        it->seq = i == POSTS_EACH ? UINT32_MAX : i;
+        while (router_loop_post(proto->ctx->loop, s_post_fn, it) != 0) {
+            if (errno != EAGAIN)
+                abort();
+            sched_yield(); /* full: the loop drains it */
+        }
+        if (i % 500 == 0)
+            router_loop_wake(proto->ctx->loop);
+    }
+    return NULL;
+}
+
+static void s_on_wake(router_loop_t *loop, void *ud)
+{
+    (void) loop;
+    ((s_post_ctx_t *) ud)->wakes++;
+}
+
+static void test_post_and_wake_across_threads(void **state)
+{
+    router_loop_opts_t o = {.post_capacity = 64}; /* small: producers hit "full" */
+    router_loop_t *loop = s_loop_new(state, &o);
+    s_post_ctx_t ctx = {.loop = loop};
+    router_loop_set_wake_cb(loop, s_on_wake, &ctx);
+    pthread_t th[PRODUCERS];
+    s_post_item_t protos[PRODUCERS];
+    for (unsigned i = 0; i < PRODUCERS; i++) {
+        protos[i] = (s_post_item_t){.ctx = &ctx, .who = i};
+        assert_int_equal(pthread_create(&th[i], NULL, s_producer, &protos[i]), 0);
+    }
+    s_run(loop);
+    for (unsigned i = 0; i < PRODUCERS; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(ctx.done, PRODUCERS);
+    assert_int_equal(ctx.out_of_order, 0);
+    for (unsigned i = 0; i < PRODUCERS; i++)
+        assert_int_equal(ctx.next[i], POSTS_EACH);
+    assert_true(ctx.wakes >= 1);
+    router_loop_stats_t st;
+    router_loop_stats(loop, &st);
+    assert_int_equal(st.posts, ctx.ran);
+    router_loop_destroy(&loop);
+}
+
+static void s_count_post(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    (*(int *) arg)++;
+}
+
+/* Posts accepted but not yet run still run, inside destroy. */
+static void test_posts_run_at_destroy(void **state)
+{
+    router_loop_opts_t o = {.post_capacity = 4};
+    router_loop_t *loop = s_loop_new(state, &o);
+    int ran = 0;
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(router_loop_post(loop, s_count_post, &ran), 0);
+    errno = 0;
+    assert_int_equal(router_loop_post(loop, s_count_post, &ran), -1);
+    assert_int_equal(errno, EAGAIN);
+    router_loop_destroy(&loop);
+    assert_int_equal(ran, 4);
+}
+
+/* ------------------------------------------------------------ fd watches */
+
+typedef struct {
+    router_loop_t *loop;   /* the loop under test */
+    int rfd, wfd;          /* the pipe */
+    router_watch_t *rw;    /* watch on the read end */
+    router_watch_t *ww;    /* watch on the write end */
+    unsigned writes_done;  /* 3-byte writes made */
+    unsigned reads;        /* read callbacks that found data */
+    unsigned bytes;        /* bytes drained */
+    unsigned writable;     /* write-ready callbacks */
+    unsigned errors;       /* callbacks with ROUTER_EV_ERROR */
+    bool eof;              /* read() returned 0 */
+} s_pipe_t;
+
+static void s_pipe_write(router_loop_t *loop, uint64_t id, void *ud)
+{
+    s_pipe_t *p = ud;
+    (void) loop;
+    (void) id;
+    assert_int_equal(write(p->wfd, "xyz", 3), 3);
+    p->writes_done++;
+}
+
+/* Drains the read end (edge-triggered), then drives the test: three writes
+ * each seen, then the writer closes and the reader must see EOF. */
+static void s_on_pipe_read(router_watch_t *w, int fd, unsigned events, void *ud)
+{
+    s_pipe_t *p = ud;
+    char buf[64];
+    ssize_t n;
+    bool got = false;
+    (void) w;
+    if (events & ROUTER_EV_ERROR)
+        p->errors++;
+    while ((n = read(fd, buf, sizeof buf)) > 0) {
+        p->bytes += (unsigned) n;
+        got = true;
+    }
+    if (n == 0)
+        p->eof = true;
+    if (got)
+        p->reads++;
+    if (p->eof) {
+        router_loop_stop(p->loop);
+    } else if (got && p->bytes == 3 * p->writes_done) {
+        if (p->writes_done < 3) {
+            assert_true(router_loop_timer_add(p->loop, 0, s_pipe_write, p) != 0);
+        } else {
+            router_watch_destroy(&p->ww);
+            close(p->wfd);
+            p->wfd = -1;
+        }
+    }
+}
+
+static void s_on_pipe_write(router_watch_t *w, int fd, unsigned events, void *ud)
+{
+    s_pipe_t *p = ud;
+    (void) w;
+    (void) fd;
+    if (events & ROUTER_EV_WRITE)
+        p->writable++;
+}
+
+static void test_watch_pipe(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    s_pipe_t p = {.loop = loop};
+    int fds[2];
+    assert_int_equal(pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
+    p.rfd = fds[0];
+    p.wfd = fds[1];
+    p.rw = router_loop_watch_fd(loop, p.rfd, ROUTER_EV_READ, s_on_pipe_read, &p);
+    assert_non_null(p.rw);
+    p.ww = router_loop_watch_fd(loop, p.wfd, ROUTER_EV_WRITE, s_on_pipe_write, &p);
+    assert_non_null(p.ww);
+    errno = 0;
+    assert_null(router_loop_watch_fd(loop, -1, ROUTER_EV_READ, s_on_pipe_read, &p));
+    assert_int_equal(errno, EINVAL);
+    assert_true(router_loop_timer_add(loop, 0, s_pipe_write, &p) != 0);
+    s_run(loop);
+    assert_int_equal(p.bytes, 9);
+    assert_true(p.reads >= 3);
+    assert_true(p.writable >= 1); /* an empty pipe is writable from the start */
+    assert_true(p.eof);
+    assert_true(p.errors >= 1); /* the writer's close is a hang-up */
+    router_watch_destroy(&p.rw);
+    assert_null(p.rw);
+    router_watch_destroy(&p.rw); /* idempotent */
+    close(p.rfd);
+    router_loop_destroy(&loop);
+}
+
+typedef struct {
+    router_loop_t *loop; /* the loop under test */
+    int fires;           /* callbacks seen */
+    unsigned last;       /* their events */
+} s_upd_t;
+
+static void s_on_upd(router_watch_t *w, int fd, unsigned events, void *ud)
+{
+    s_upd_t *u = ud;
+    (void) w;
+    (void) fd;
+    u->fires++;
+    u->last = events;
+    if (events & ROUTER_EV_WRITE)
+        router_loop_stop(u->loop);
+}
+
+static void s_do_update(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    assert_int_equal(router_watch_update(ud, ROUTER_EV_WRITE), 0);
+}
+
+/* A write end watched for reading stays silent; switched to writing, it
+ * reports at once (it is writable). */
+static void test_watch_update(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    s_upd_t u = {.loop = loop};
+    int fds[2];
+    assert_int_equal(pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
+    router_watch_t *w = router_loop_watch_fd(loop, fds[1], ROUTER_EV_READ, s_on_upd, &u);
+    assert_non_null(w);
+    assert_true(router_loop_timer_add(loop, 0, s_do_update, w) != 0);
+    s_run(loop);
+    assert_true(u.last & ROUTER_EV_WRITE);
+    router_watch_destroy(&w);
+    close(fds[0]);
+    close(fds[1]);
+    router_loop_destroy(&loop);
+}
+
+/* ------------------------------------------------------------ logger */
+
+static void test_log_levels_and_escaping(void **state)
+{
+    (void) state;
+    router_log_level_t lvl;
+    assert_int_equal(router_log_level_parse("warn", &lvl), 0);
+    assert_int_equal(lvl, ROUTER_LOG_WARN);
+    assert_int_equal(router_log_level_parse("loud", &lvl), -1);
+    assert_string_equal(router_log_level_str(ROUTER_LOG_ERROR), "error");
+
+    char path[] = "/tmp/kith-log-test-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    router_log_opts_t o = {.level = ROUTER_LOG_INFO, .path = path, .no_stderr = true};
+    assert_int_equal(router_log_start(&o), 0);
+    errno = 0;
+    assert_int_equal(router_log_start(&o), -1);
+    assert_int_equal(errno, EALREADY);
+    ROUTER_LOG(ROUTER_LOG_DEBUG, "test", "hidden");
+    ROUTER_LOG(ROUTER_LOG_INFO, "test", "peer said %s", "a\nforged line\x1b");
+    router_log_flush();
+    router_log_stop();
+    router_log_set_level(ROUTER_LOG_INFO);
+
+    char buf[4096] = {0};
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    unlink(path);
+    assert_null(strstr(buf, "hidden"));
+    assert_non_null(strstr(buf, " INFO  test: peer said a\\x0aforged line\\x1b\n"));
+    /* One event, one line. */
+    size_t lines = 0;
+    for (size_t i = 0; i < n; i++)
+        lines += buf[i] == '\n';
+    assert_int_equal(lines, 1);
+}
+
+#define BOTH(f)                                                        \
+    {#f "@uring", f, NULL, NULL, &s_uring}, {#f "@epoll", f, NULL, NULL, &s_epoll}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_backend_env),
+        cmocka_unit_test(test_bad_opts),
+        cmocka_unit_test(test_log_levels_and_escaping),
+        BOTH(test_stop_before_run),
+        BOTH(test_timers_order_and_cancel),
+        BOTH(test_timer_zero_chain_no_starvation),
+        BOTH(test_timer_limit),
+        BOTH(test_signalfd),
+        BOTH(test_post_and_wake_across_threads),
+        BOTH(test_posts_run_at_destroy),
+        BOTH(test_watch_pipe),
+        BOTH(test_watch_update),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
