@@ -7,7 +7,14 @@
  * UUIDv7 ids the evicted time becomes a watermark and any v7 id at or before
  * it is refused, so eviction can never re-open a v7 id. Ids of other versions
  * (Meerkat peers may send v4) are protected only while remembered: the last
- * ROUTER_REPLAY_PER_PEER_MAX of them per peer. */
+ * ROUTER_REPLAY_PER_PEER_MAX of them per peer.
+ *
+ * The price of the watermark: once a peer has sent more than
+ * ROUTER_REPLAY_PER_PEER_MAX envelopes inside one window (over 870 a second
+ * sustained at the default 300 s), a fresh v7 id that arrives later than a
+ * newer one that was already evicted is refused as a replay. The cap is
+ * high so that only a flood pays it; memory grows with use, about 40 bytes
+ * an id. */
 #ifndef KITH_ROUTER_REPLAY_H
 #define KITH_ROUTER_REPLAY_H
 
@@ -15,7 +22,7 @@
 #include <stdint.h>
 
 /* Most ids remembered per peer; a peer's set starts small and grows to this. */
-#define ROUTER_REPLAY_PER_PEER_MAX 4096u
+#define ROUTER_REPLAY_PER_PEER_MAX 262144u
 
 typedef struct router_replay_t router_replay_t;
 
