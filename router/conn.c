@@ -4,6 +4,7 @@
 #include "router/conn.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -516,6 +517,37 @@ router_conn_t *router_loop_connect(router_loop_t *loop, const router_addr_t *add
         /* Reported like any other failure: from the loop, via on_close. */
         router_conn_on_connected(c, -rc);
     }
+    return c;
+}
+
+router_conn_t *router_loop_adopt(router_loop_t *loop, int fd, const router_conn_handlers_t *handlers,
+                                 void *ud)
+{
+    if (!loop || fd < 0 || !handlers || !handlers->on_data || !handlers->on_close ||
+        loop->destroying) {
+        if (fd >= 0)
+            close(fd);
+        errno = EINVAL;
+        return NULL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return NULL;
+    }
+    router_conn_t *c = router_conn_new(loop, fd);
+    if (!c) {
+        close(fd);
+        errno = ENOMEM;
+        return NULL;
+    }
+    socklen_t len = sizeof c->peer.u;
+    if (getpeername(fd, &c->peer.u.sa, &len) == 0)
+        c->peer.len = len;
+    router_conn_set_handlers(c, handlers, ud);
+    loop->be->conn_sync(c);
     return c;
 }
 

@@ -73,6 +73,14 @@ void router_conn_set_handlers(router_conn_t *conn, const router_conn_handlers_t 
 router_conn_t *router_loop_connect(router_loop_t *loop, const router_addr_t *addr,
                                    const router_conn_handlers_t *handlers, void *ud);
 
+/* Serves an already connected stream socket (one end of a socket pair, as
+ * the in-process transport makes): the loop takes `fd`, also on failure
+ * (then it is closed). The fd is made nonblocking. Returns the connection
+ * (owned by the loop, see above), or NULL with errno set. handlers->on_data
+ * and handlers->on_close are required. */
+router_conn_t *router_loop_adopt(router_loop_t *loop, int fd, const router_conn_handlers_t *handlers,
+                                 void *ud);
+
 /* Copies len bytes into the connection's send queue; they are written when
  * the loop next runs. If the unsent bytes would exceed the connection's
  * limit, nothing is queued and the connection is cut (on_close with

@@ -1,35 +1,129 @@
-/* tools/kith/cmd_daemon.c — `kith daemon`: run the router until SIGINT/SIGTERM. */
+/* tools/kith/cmd_daemon.c — `kith daemon`: load the configuration, start the
+ * node with its listeners, run until SIGINT/SIGTERM, then drain: every
+ * envelope acked is durable in the inbox before the process exits. */
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "proto/pubkey.h"
+#include "proto/uuid.h"
+#include "router/config.h"
 #include "router/home.h"
+#include "router/log.h"
+#include "router/node.h"
 #include "tools/kith/cmd.h"
+
+static void s_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: kith daemon [--home DIR] [--config FILE] [--host H] [--port P] [--echo]\n"
+            "                   [--log-level debug|info|warn|error]\n"
+            "Runs the router: signed comms listeners (TCP, Unix socket, in-process), the\n"
+            "plain event listener when configured, and the durable inbox. With no config\n"
+            "file it runs on the embedded defaults (DESIGN §4). SIGINT/SIGTERM drain and exit 0.\n");
+}
 
 int kith_cmd_daemon(int argc, char **argv)
 {
-    const char *home_flag = NULL;
+    const char *home_flag = NULL, *config_flag = NULL, *host = NULL, *port = NULL;
+    const char *level_text = "info";
+    int echo = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--home") && i + 1 < argc)
-            home_flag = argv[++i];
-        else if (!strcmp(argv[i], "--help")) {
-            printf("usage: kith daemon [--home DIR]\n");
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            s_usage(stdout);
             return KITH_EXIT_OK;
+        } else if (!strcmp(a, "--echo")) {
+            echo = 1;
+            continue;
+        } else if (!v) {
+            fprintf(stderr, "kith daemon: %s needs a value; see kith daemon --help\n", a);
+            return KITH_EXIT_FAIL;
+        } else if (!strcmp(a, "--home"))
+            home_flag = v;
+        else if (!strcmp(a, "--config"))
+            config_flag = v;
+        else if (!strcmp(a, "--host"))
+            host = v;
+        else if (!strcmp(a, "--port"))
+            port = v;
+        else if (!strcmp(a, "--log-level"))
+            level_text = v;
+        else {
+            fprintf(stderr, "kith daemon: unknown option %s; see kith daemon --help\n", a);
+            return KITH_EXIT_FAIL;
         }
+        i++;
     }
-    char home[ROUTER_PATH_MAX];
-    if (router_home_resolve(home_flag, home, sizeof home) != 0) {
-        fprintf(stderr, "kith daemon: no home directory; pass --home DIR or set KITH_HOME\n");
-        return KITH_EXIT_FAIL;
-    }
+
+    /* Before any thread exists: SIGINT/SIGTERM reach the loop's signalfd
+     * only if every thread blocks them. */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
-    sigprocmask(SIG_BLOCK, &set, NULL);
-    fprintf(stderr, "kith daemon: home %s; waiting for SIGINT/SIGTERM\n", home);
-    int sig = 0;
-    sigwait(&set, &sig);
-    fprintf(stderr, "kith daemon: %s, stopping\n", strsignal(sig));
-    return KITH_EXIT_OK;
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char home[ROUTER_PATH_MAX], err[ROUTER_CONFIG_ERR_MAX] = "";
+    if (router_home_resolve(home_flag, home, sizeof home) != 0) {
+        fprintf(stderr, "kith daemon: no home directory: pass --home DIR or set KITH_HOME\n");
+        return KITH_EXIT_FAIL;
+    }
+    if (router_home_mkdirs(home, 0700) != 0) {
+        fprintf(stderr, "kith daemon: cannot create %s: %m\n", home);
+        return KITH_EXIT_FAIL;
+    }
+    router_config_t cfg;
+    bool used = false;
+    if (router_config_load(&cfg, home, config_flag, &used, err, sizeof err) != 0 ||
+        (host && router_config_set(&cfg, "gateway.host", host, err, sizeof err) != 0) ||
+        (port && router_config_set(&cfg, "gateway.port", port, err, sizeof err) != 0) ||
+        (echo && router_config_set(&cfg, "gateway.echo", "true", err, sizeof err) != 0) ||
+        router_config_check(&cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "kith daemon: %s\n", err);
+        return KITH_EXIT_FAIL;
+    }
+    router_log_level_t level;
+    if (router_log_level_parse(level_text, &level) != 0) {
+        fprintf(stderr, "kith daemon: --log-level must be debug, info, warn or error\n");
+        return KITH_EXIT_FAIL;
+    }
+    char logdir[ROUTER_PATH_MAX], logpath[ROUTER_PATH_MAX];
+    if (router_home_path(home, "logs", logdir, sizeof logdir) != 0 ||
+        router_home_path(home, "logs/daemon.log", logpath, sizeof logpath) != 0 ||
+        router_home_mkdirs(logdir, 0700) != 0) {
+        fprintf(stderr, "kith daemon: cannot create %s/logs\n", home);
+        return KITH_EXIT_FAIL;
+    }
+    router_log_opts_t lo = {.level = level, .path = logpath};
+    if (router_log_start(&lo) != 0)
+        fprintf(stderr, "kith daemon: cannot open %s (%m); logging to stderr only\n", logpath);
+
+    ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "starting: home %s, config %s", home,
+               used ? "config.json" : "embedded defaults");
+    router_node_opts_t no = {.home = home, .config = &cfg, .listen = true, .handle_signals = true};
+    router_node_t *node = router_node_new(&no, err, sizeof err);
+    if (!node) {
+        ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "cannot start: %s", err);
+        router_log_stop();
+        fprintf(stderr, "kith daemon: %s\n", err);
+        return KITH_EXIT_FAIL;
+    }
+    char pk[PROTO_PUBKEY_TEXT_CAP], pid[PROTO_UUID_TEXT_CAP];
+    uint8_t peer_id[16];
+    (void) proto_pubkey_format(router_node_pubkey(node), pk, sizeof pk);
+    proto_peer_id(router_node_pubkey(node), peer_id);
+    proto_uuid_format(peer_id, pid);
+    ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "identity %s peer_id %s", pk, pid);
+    if (cfg.comms.mode == ROUTER_COMMS_NONE)
+        ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "comms off (comms.mode \"none\")");
+    ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "ready; SIGINT or SIGTERM to stop");
+
+    int rc = router_node_run(node);
+    router_node_destroy(&node);
+    ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "stopped");
+    router_log_stop();
+    return rc == 0 ? KITH_EXIT_OK : KITH_EXIT_FAIL;
 }

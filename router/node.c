@@ -1,0 +1,644 @@
+/* router/node.c — composing a node: start-up in dependency order, the
+ * listeners config asks for, blocking sends for other threads, the plain
+ * event listener, and a shutdown that loses nothing it acked. */
+#include "router/node.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto/envelope.h"
+#include "proto/line.h"
+#include "proto/uuid.h"
+#include "router/comms.h"
+#include "router/conn.h"
+#include "router/event_line.h"
+#include "router/home.h"
+#include "router/identity.h"
+#include "router/listen.h"
+#include "router/log.h"
+#include "router/loop.h"
+#include "router/trust.h"
+
+struct router_node {
+    router_config_t cfg;                 /* effective configuration */
+    char home[ROUTER_PATH_MAX];          /* state directory, "" for none */
+    router_identity_t identity;          /* our key */
+    router_trust_t *trust;               /* trusted peers; immutable while running */
+    router_metrics_t *metrics;           /* counters for /metrics */
+    router_loop_t *loop;                 /* everything below runs on it */
+    router_inbox_t *inbox;               /* admitted envelopes and events */
+    router_comms_t *comms;               /* inbound pipeline */
+    router_outbound_t *outbound;         /* sends and their acks */
+    router_inproc_t *inproc;             /* namespace for inproc:// */
+    char inproc_name[ROUTER_INPROC_NAME_MAX + 1]; /* bound name, "" for none */
+    router_listener_t *events;           /* plain event listener, or NULL */
+    router_metric_t *m_events, *m_events_skipped;
+    pthread_t thread;                    /* when started on its own thread */
+    bool threaded;
+    _Atomic bool running;                /* the loop runs (or is about to) */
+    bool stopping;                       /* loop thread: a drain has begun */
+    _Atomic bool stopped;                /* stop requested from outside */
+};
+
+static uint64_t s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+/* ---------------------------------------------------------------- events from comms */
+
+static void s_on_comms_event(const router_comms_event_t *ev, void *ud)
+{
+    (void) ud;
+    char id[PROTO_UUID_TEXT_CAP] = "-";
+    char from[PROTO_PUBKEY_TEXT_CAP] = "-";
+    if (ev->id)
+        proto_uuid_format(ev->id, id);
+    if (ev->from)
+        (void) proto_pubkey_format(ev->from, from, sizeof from);
+    if (ev->admitted)
+        ROUTER_LOG(ROUTER_LOG_INFO, "comms",
+                   "admitted envelope id=%s kind=%s from=%s peer=%s seq=%llu conn=%llu", id,
+                   ev->kind, from, ev->peer_name ? ev->peer_name : "-",
+                   (unsigned long long) ev->seq, (unsigned long long) ev->conn_id);
+    else
+        ROUTER_LOG(ROUTER_LOG_WARN, "comms",
+                   "rejected envelope reason=%s detail=%s id=%s kind=%s from=%s peer=%s conn=%llu",
+                   proto_wire_reason_str(ev->reason), ev->detail, id, ev->kind ? ev->kind : "-",
+                   from, ev->peer_name ? ev->peer_name : "-", (unsigned long long) ev->conn_id);
+}
+
+static void s_on_durable(void *ud)
+{
+    router_node_t *self = ud;
+    if (self->comms)
+        router_comms_on_durable(self->comms);
+}
+
+/* ---------------------------------------------------------------- in-process accept */
+
+typedef struct {
+    router_node_t *node;
+    int fd;
+} s_adopt_t;
+
+static void s_adopt(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    s_adopt_t *a = arg;
+    if (a->node->comms && !a->node->stopping)
+        router_comms_serve_fd(a->node->comms, a->fd);
+    else
+        close(a->fd);
+    free(a);
+}
+
+/* Runs on the dialing thread: hand the fd to our loop. */
+static int s_inproc_accept(int fd, void *ud)
+{
+    s_adopt_t *a = malloc(sizeof *a);
+    if (!a)
+        return -1;
+    a->node = ud;
+    a->fd = fd;
+    if (router_loop_post(a->node->loop, s_adopt, a) != 0) {
+        free(a);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- plain events */
+
+/* One plain-event connection: lines in, events into the inbox, no replies. */
+typedef struct {
+    router_node_t *node;
+    proto_line_reader_t reader;
+    uint8_t acc[PROTO_LINE_MAX]; /* a line split across reads */
+} s_evconn_t;
+
+static void s_event_skip(router_node_t *self, const char *why)
+{
+    router_metric_inc(self->m_events_skipped, 1);
+    ROUTER_LOG(ROUTER_LOG_WARN, "events", "skipped a line: reason=%s", why);
+}
+
+static void s_event_line(router_node_t *self, const uint8_t *line, size_t len)
+{
+    char *body = NULL;
+    size_t body_len = 0;
+    router_event_line_reason_t r = router_event_line_parse(line, len, &body, &body_len);
+    if (r == ROUTER_EVENT_LINE_EMPTY)
+        return;
+    if (r != ROUTER_EVENT_LINE_OK) {
+        s_event_skip(self, router_event_line_reason_str(r));
+        return;
+    }
+    uint8_t id[16], nobody[32] = {0};
+    uint64_t seq;
+    proto_uuid_v7_new(id);
+    if (router_inbox_admit(self->inbox, id, nobody, "event", (const uint8_t *) body, body_len,
+                           s_now_ms(), &seq) == ROUTER_INBOX_ADMITTED) {
+        router_metric_inc(self->m_events, 1);
+        ROUTER_LOG(ROUTER_LOG_INFO, "events", "queued event seq=%llu bytes=%zu",
+                   (unsigned long long) seq, body_len);
+    } else {
+        s_event_skip(self, "inbox_full");
+    }
+    free(body);
+}
+
+static void s_ev_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+{
+    (void) conn;
+    s_evconn_t *ec = ud;
+    while (len > 0) {
+        proto_line_t item;
+        ssize_t n = proto_line_read(&ec->reader, data, len, &item);
+        if (n < 0)
+            break; /* -2: the rest of a line is buffered */
+        data += n;
+        len -= (size_t) n;
+        if (item.kind == PROTO_LINE_TOO_LONG)
+            s_event_skip(ec->node, "too_long");
+        else
+            s_event_line(ec->node, item.at, item.len);
+    }
+}
+
+static void s_ev_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
+{
+    (void) conn;
+    (void) reason;
+    free(ud);
+}
+
+static const router_conn_handlers_t s_ev_handlers = {
+    .on_data = s_ev_data,
+    .on_close = s_ev_close,
+};
+
+static void s_ev_accept(router_listener_t *l, router_conn_t *conn, void *ud)
+{
+    (void) l;
+    s_evconn_t *ec = malloc(sizeof *ec);
+    if (!ec || proto_line_reader_init(&ec->reader, ec->acc, sizeof ec->acc, PROTO_LINE_MAX) != 0) {
+        free(ec);
+        router_conn_abort(conn);
+        return;
+    }
+    ec->node = ud;
+    router_conn_set_handlers(conn, &s_ev_handlers, ec);
+}
+
+/* ---------------------------------------------------------------- listeners */
+
+static int s_listen_one(router_node_t *self, const char *text, bool events, char *err,
+                        size_t errcap)
+{
+    router_addr_t addr;
+    router_addr_err_t why;
+    if (router_addr_parse(text, &addr, &why) != 0) {
+        snprintf(err, errcap, "cannot listen on %s: %s", text, router_addr_err_str(why));
+        return -1;
+    }
+    router_listener_t *l = events ? router_loop_listen(self->loop, &addr, s_ev_accept, self)
+                                  : router_comms_listen(self->comms, &addr);
+    if (!l) {
+        snprintf(err, errcap, "cannot listen on %s: %s", text, strerror(errno));
+        return -1;
+    }
+    if (events)
+        self->events = l;
+    char bound[ROUTER_ADDR_STR_MAX] = "?";
+    (void) router_addr_format(router_listener_addr(l), bound, sizeof bound);
+    ROUTER_LOG(ROUTER_LOG_INFO, events ? "events" : "comms", "listening on %s://%s (%s)",
+               router_addr_family(&addr) == AF_UNIX ? "uds" : "tcp", bound,
+               events ? "plain events" : "signed envelopes");
+    return 0;
+}
+
+static int s_listen(router_node_t *self, char *err, size_t errcap)
+{
+    const router_config_t *c = &self->cfg;
+    if (c->comms.mode == ROUTER_COMMS_TCP && s_listen_one(self, c->comms.address, false, err, errcap))
+        return -1;
+    if ((c->comms.mode == ROUTER_COMMS_TCP || c->comms.mode == ROUTER_COMMS_UDS) &&
+        c->comms.uds_path[0] && s_listen_one(self, c->comms.uds_path, false, err, errcap))
+        return -1;
+    if (c->comms.mode != ROUTER_COMMS_NONE && c->comms.auth == ROUTER_COMMS_AUTH_NONE &&
+        c->comms.event_address[0] && s_listen_one(self, c->comms.event_address, true, err, errcap))
+        return -1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- stopping */
+
+static void s_drained(void *ud)
+{
+    router_node_t *self = ud;
+    ROUTER_LOG(ROUTER_LOG_INFO, "node", "drained; stopping");
+    router_loop_stop(self->loop);
+}
+
+/* On the loop thread: stop taking anything new, then drain comms. */
+static void s_begin_stop(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    router_node_t *self = arg;
+    if (self->stopping)
+        return;
+    self->stopping = true;
+    if (self->inproc_name[0])
+        router_inproc_unbind(self->inproc, self->inproc_name);
+    router_listener_close(&self->events);
+    router_comms_drain(self->comms, s_drained, self);
+}
+
+static void s_on_signal(router_loop_t *loop, int signo, void *ud)
+{
+    ROUTER_LOG(ROUTER_LOG_INFO, "node", "%s: draining", strsignal(signo));
+    s_begin_stop(loop, ud);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t errcap)
+{
+    router_node_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        snprintf(err, errcap, "out of memory");
+        return NULL;
+    }
+    if (sodium_init() < 0) {
+        snprintf(err, errcap, "libsodium failed to initialise");
+        goto fail;
+    }
+    if (opts->config)
+        self->cfg = *opts->config;
+    else
+        router_config_defaults(&self->cfg);
+    self->inproc = opts->inproc ? opts->inproc : router_inproc_default();
+
+    /* identity and trust */
+    if (opts->home) {
+        snprintf(self->home, sizeof self->home, "%s", opts->home);
+        bool created = false;
+        if (router_identity_load_or_create(self->home, &self->identity, &created, err, errcap) != 0)
+            goto fail;
+        if (created)
+            ROUTER_LOG(ROUTER_LOG_INFO, "node", "created a new identity in %s/identity",
+                       self->home);
+        char path[ROUTER_PATH_MAX];
+        if (router_home_path(self->home, ROUTER_TRUST_FILE, path, sizeof path) != 0) {
+            snprintf(err, errcap, "home path too long");
+            goto fail;
+        }
+        if (access(path, F_OK) == 0)
+            self->trust = router_trust_load(path, err, errcap);
+        else
+            self->trust = router_trust_new();
+    } else {
+        uint8_t seed[32];
+        if (opts->seed)
+            memcpy(seed, opts->seed, sizeof seed);
+        else
+            randombytes_buf(seed, sizeof seed);
+        proto_ed25519_seed_keypair(seed, self->identity.pk, self->identity.sk);
+        proto_peer_id(self->identity.pk, self->identity.peer_id);
+        sodium_memzero(seed, sizeof seed);
+        self->trust = router_trust_new();
+    }
+    if (!self->trust) {
+        if (!err[0])
+            snprintf(err, errcap, "out of memory");
+        goto fail;
+    }
+
+    /* the loop, the inbox, the pipeline */
+    router_loop_opts_t lo = {
+        .max_conns = self->cfg.limits.comms_connections_max,
+        .send_limit = self->cfg.limits.conn_unsent_max,
+    };
+    if (!(self->loop = router_loop_new(&lo))) {
+        snprintf(err, errcap, "cannot create the event loop: %s", strerror(errno));
+        goto fail;
+    }
+    if (!(self->metrics = router_metrics_new())) {
+        snprintf(err, errcap, "out of memory");
+        goto fail;
+    }
+    char db[ROUTER_PATH_MAX];
+    router_inbox_opts_t io = {
+        .capacity = self->cfg.comms.inbox_capacity,
+        .session = self->cfg.comms.session,
+        .on_durable = s_on_durable,
+        .ud = self,
+    };
+    if (self->home[0] && !opts->memory_inbox) {
+        if (router_home_path(self->home, "state.db", db, sizeof db) != 0) {
+            snprintf(err, errcap, "home path too long");
+            goto fail;
+        }
+        io.db_path = db;
+    }
+    if (!(self->inbox = router_inbox_new(&io, err, errcap)))
+        goto fail;
+    router_comms_opts_t co = {
+        .loop = self->loop,
+        .identity = &self->identity,
+        .trust = self->trust,
+        .inbox = self->inbox,
+        .metrics = self->metrics,
+        .replay_window_s = self->cfg.comms.replay_window_s,
+        .frame_max = (uint32_t) self->cfg.limits.envelope_frame_max,
+        .require_peer_auth = self->cfg.comms.require_peer_auth,
+        .on_event = s_on_comms_event,
+        .ud = self,
+    };
+    router_outbound_opts_t oo = {
+        .loop = self->loop,
+        .identity = &self->identity,
+        .ack_timeout_ms = self->cfg.comms.ack_timeout_ms,
+    };
+    if (!(self->comms = router_comms_new(&co)) || !(self->outbound = router_outbound_new(&oo))) {
+        snprintf(err, errcap, "out of memory");
+        goto fail;
+    }
+    self->m_events = router_metrics_add(self->metrics, "kith_events_queued_total", NULL,
+                                        ROUTER_METRIC_COUNTER,
+                                        "Plain event lines queued as external events.");
+    self->m_events_skipped = router_metrics_add(self->metrics, "kith_events_skipped_total", NULL,
+                                                ROUTER_METRIC_COUNTER,
+                                                "Plain event lines skipped (malformed, too long, inbox full).");
+
+    if (opts->listen && s_listen(self, err, errcap) != 0)
+        goto fail;
+    if (opts->inproc_name) {
+        snprintf(self->inproc_name, sizeof self->inproc_name, "%s", opts->inproc_name);
+        if (router_inproc_bind(self->inproc, self->inproc_name, s_inproc_accept, self) != 0) {
+            snprintf(err, errcap, "inproc://%s: %s", self->inproc_name, strerror(errno));
+            self->inproc_name[0] = '\0';
+            goto fail;
+        }
+    }
+    if (opts->handle_signals &&
+        (router_loop_on_signal(self->loop, SIGINT, s_on_signal, self) != 0 ||
+         router_loop_on_signal(self->loop, SIGTERM, s_on_signal, self) != 0)) {
+        snprintf(err, errcap, "cannot handle signals: %s", strerror(errno));
+        goto fail;
+    }
+    return self;
+fail:
+    router_node_destroy(&self);
+    return NULL;
+}
+
+int router_node_run(router_node_t *self)
+{
+    atomic_store(&self->running, true);
+    int rc = router_loop_run(self->loop);
+    atomic_store(&self->running, false);
+    return rc < 0 ? -1 : 0;
+}
+
+static void *s_thread_main(void *arg)
+{
+    router_node_run(arg);
+    return NULL;
+}
+
+int router_node_start(router_node_t *self)
+{
+    atomic_store(&self->running, true);
+    int e = pthread_create(&self->thread, NULL, s_thread_main, self);
+    if (e != 0) {
+        atomic_store(&self->running, false);
+        errno = e;
+        return -1;
+    }
+    self->threaded = true;
+    return 0;
+}
+
+void router_node_stop(router_node_t *self)
+{
+    if (!self || atomic_exchange(&self->stopped, true))
+        return;
+    if (self->threaded) {
+        while (router_loop_post(self->loop, s_begin_stop, self) != 0)
+            usleep(1000); /* the post queue is full: it drains */
+        pthread_join(self->thread, NULL);
+        self->threaded = false;
+    }
+}
+
+void router_node_destroy(router_node_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    router_node_t *self = *self_p;
+    router_node_stop(self);
+    if (self->inproc_name[0])
+        router_inproc_unbind(self->inproc, self->inproc_name);
+    router_listener_close(&self->events);
+    router_outbound_destroy(&self->outbound);
+    router_comms_destroy(&self->comms);
+    router_loop_destroy(&self->loop);
+    router_inbox_destroy(&self->inbox); /* flushes what is pending */
+    router_trust_destroy(&self->trust);
+    router_metrics_destroy(&self->metrics);
+    router_identity_wipe(&self->identity);
+    free(self);
+    *self_p = NULL;
+}
+
+const uint8_t *router_node_pubkey(const router_node_t *self) { return self->identity.pk; }
+router_inbox_t *router_node_inbox(router_node_t *self) { return self->inbox; }
+router_metrics_t *router_node_metrics(router_node_t *self) { return self->metrics; }
+
+int router_node_trust(router_node_t *self, const char *name, const uint8_t pk[32],
+                      const char *addr, char *err, size_t errcap)
+{
+    return router_trust_add(self->trust, name, pk, addr, NULL, NULL, 0, err, errcap);
+}
+
+/* ---------------------------------------------------------------- blocking sends */
+
+/* One send handed from a caller's thread to the loop and back. Lives on
+ * the caller's stack; the caller waits until `done`. */
+typedef struct {
+    router_node_t *node;
+    uint8_t pk[32];                         /* the peer */
+    router_addr_t addr;                     /* where, for TCP and UDS */
+    char inproc[ROUTER_INPROC_NAME_MAX + 1];/* where, for in-process ("" otherwise) */
+    uint8_t *frame;                         /* signed frame */
+    size_t len;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    router_node_receipt_t *out;
+} s_send_job_t;
+
+static void s_send_done(router_send_outcome_t outcome, const char *detail, const uint8_t *ack_id,
+                        void *ud)
+{
+    s_send_job_t *job = ud;
+    pthread_mutex_lock(&job->mu);
+    job->out->outcome = outcome;
+    snprintf(job->out->detail, sizeof job->out->detail, "%s", detail);
+    if (ack_id)
+        memcpy(job->out->ack_id, ack_id, 16);
+    job->done = true;
+    pthread_cond_signal(&job->cv);
+    pthread_mutex_unlock(&job->mu);
+}
+
+static void s_send_on_loop(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    s_send_job_t *job = arg;
+    router_node_t *self = job->node;
+    int rc;
+    if (!self->outbound || self->stopping) {
+        s_send_done(ROUTER_SEND_OFFLINE, "the node is stopping", NULL, job);
+        return;
+    }
+    if (job->inproc[0] && !router_outbound_connected(self->outbound, job->pk)) {
+        int fd = router_inproc_dial(self->inproc, job->inproc);
+        if (fd < 0) {
+            s_send_done(ROUTER_SEND_OFFLINE, "nobody is bound at that inproc:// name", NULL, job);
+            return;
+        }
+        rc = router_outbound_send_fd(self->outbound, job->pk, fd, job->frame, job->len,
+                                     job->out->id, s_send_done, job);
+    } else {
+        rc = router_outbound_send(self->outbound, job->pk, &job->addr, job->frame, job->len,
+                                  job->out->id, s_send_done, job);
+    }
+    if (rc != 0) {
+        char why[128];
+        snprintf(why, sizeof why, "cannot send: %s", strerror(errno));
+        s_send_done(ROUTER_SEND_OFFLINE, why, NULL, job);
+    }
+}
+
+/* TCP peers may be named by DNS: resolve here, on the caller's thread,
+ * never on the loop. */
+static int s_resolve(const router_peer_t *peer, router_addr_t *out, char *why, size_t whycap)
+{
+    router_addr_err_t e;
+    char text[ROUTER_ADDR_TEXT_MAX];
+    if (peer->dial.transport == ROUTER_PEER_UDS) {
+        if (router_addr_parse(peer->dial.path, out, &e) == 0)
+            return 0;
+        snprintf(why, whycap, "bad socket path: %s", router_addr_err_str(e));
+        return -1;
+    }
+    snprintf(text, sizeof text, strchr(peer->dial.host, ':') ? "[%s]:%u" : "%s:%u",
+             peer->dial.host, peer->dial.port);
+    if (router_addr_parse(text, out, &e) == 0)
+        return 0;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+    char port[8];
+    snprintf(port, sizeof port, "%u", peer->dial.port);
+    int g = getaddrinfo(peer->dial.host, port, &hints, &res);
+    if (g != 0 || !res) {
+        snprintf(why, whycap, "cannot resolve %s: %s", peer->dial.host, gai_strerror(g));
+        return -1;
+    }
+    memset(out, 0, sizeof *out);
+    memcpy(&out->u.ss, res->ai_addr, res->ai_addrlen);
+    out->len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+static const router_peer_t *s_find_peer(const router_trust_t *trust, const char *to)
+{
+    uint8_t id[16];
+    if (proto_uuid_parse(to, strlen(to), id) == 0)
+        return router_trust_by_peer_id(trust, id);
+    return router_trust_by_name(trust, to, NULL);
+}
+
+int router_node_send(router_node_t *self, const char *to, cbor_item_t **kind,
+                     router_node_receipt_t *out)
+{
+    memset(out, 0, sizeof *out);
+    out->outcome = ROUTER_SEND_OFFLINE;
+    proto_envelope_t *env = NULL;
+    s_send_job_t job = {.node = self, .out = out};
+    int rc = -1;
+    const router_peer_t *peer = s_find_peer(self->trust, to);
+    if (!peer) {
+        snprintf(out->detail, sizeof out->detail, "no trusted peer named %s", to);
+        goto done;
+    }
+    memcpy(job.pk, peer->pk, 32);
+    if (peer->dial.transport == ROUTER_PEER_INPROC)
+        snprintf(job.inproc, sizeof job.inproc, "%s", peer->dial.path);
+    else if (s_resolve(peer, &job.addr, out->detail, sizeof out->detail) != 0)
+        goto done;
+    proto_envelope_reason_t why;
+    env = proto_envelope_new(NULL, self->identity.pk, peer->pk, kind, &why);
+    if (!env) {
+        snprintf(out->detail, sizeof out->detail, "cannot build the envelope: %s",
+                 proto_envelope_reason_str(why));
+        goto done;
+    }
+    if (proto_envelope_sign(env, self->identity.sk) != 0 ||
+        proto_envelope_encode_frame(env, &job.frame, &job.len) != 0) {
+        snprintf(out->detail, sizeof out->detail, "cannot sign or encode the envelope");
+        goto done;
+    }
+    memcpy(out->id, proto_envelope_id(env), 16);
+    if (!atomic_load(&self->running) || atomic_load(&self->stopped)) {
+        snprintf(out->detail, sizeof out->detail, "the node is not running");
+        goto done;
+    }
+    pthread_mutex_init(&job.mu, NULL);
+    pthread_cond_init(&job.cv, NULL);
+    if (router_loop_post(self->loop, s_send_on_loop, &job) != 0) {
+        snprintf(out->detail, sizeof out->detail, "the node is busy: try again");
+    } else {
+        /* The loop always answers: an ack, its timeout, or shutdown. */
+        pthread_mutex_lock(&job.mu);
+        while (!job.done)
+            pthread_cond_wait(&job.cv, &job.mu);
+        pthread_mutex_unlock(&job.mu);
+        rc = 0;
+    }
+    pthread_cond_destroy(&job.cv);
+    pthread_mutex_destroy(&job.mu);
+done:
+    if (kind && *kind) {
+        cbor_decref(kind);
+    }
+    proto_envelope_destroy(&env);
+    free(job.frame);
+    return rc;
+}
+
+int router_node_send_message(router_node_t *self, const char *to, const char *body,
+                             router_node_receipt_t *out)
+{
+    cbor_item_t *kind = proto_kind_message(body, strlen(body), NULL, PROTO_HANDLING_NONE);
+    if (!kind) {
+        memset(out, 0, sizeof *out);
+        snprintf(out->detail, sizeof out->detail, "out of memory");
+        return -1;
+    }
+    return router_node_send(self, to, &kind, out);
+}

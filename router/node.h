@@ -1,0 +1,96 @@
+/* router/node.h — one kith node: identity, trust store, durable inbox,
+ * comms listeners (TCP, Unix socket, in-process, plain events) and outbound
+ * sends, on one event loop. `kith daemon` runs one on its main thread; the
+ * in-process harness starts several in one process, each on its own thread,
+ * connected through a private inproc namespace:
+ *
+ *     router_inproc_t *net = router_inproc_new();
+ *     router_node_opts_t o = {.inproc = net, .inproc_name = "a"};
+ *     router_node_t *a = router_node_new(&o, err, sizeof err);   // and b, c …
+ *     router_node_trust(a, "b", router_node_pubkey(b), "inproc://b");
+ *     router_node_start(a);                                      // own thread
+ *     router_node_send_message(a, "b", "hi", 5000, &receipt);    // blocks
+ *     router_inbox_pop(router_node_inbox(b), &entry, 5000);
+ *     router_node_destroy(&a);                                   // drains, joins
+ */
+#ifndef KITH_ROUTER_NODE_H
+#define KITH_ROUTER_NODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cbor.h>
+
+#include "router/config.h"
+#include "router/inbox.h"
+#include "router/inproc.h"
+#include "router/metrics.h"
+#include "router/outbound.h"
+
+typedef struct router_node router_node_t;
+
+typedef struct {
+    const char *home;              /* state directory (identity, trust, state.db); NULL:
+                                    * identity in memory, empty trust, memory inbox */
+    const router_config_t *config; /* NULL: DESIGN §4 defaults */
+    router_inproc_t *inproc;       /* namespace for inproc:// (NULL: the process default) */
+    const char *inproc_name;       /* also reachable as inproc://<name>; NULL: not */
+    const uint8_t *seed;           /* 32-byte identity seed when home is NULL; NULL: random */
+    bool listen;                   /* open the TCP/UDS/event listeners from config */
+    bool memory_inbox;             /* keep the inbox in memory even with a home (kith send) */
+    bool handle_signals;           /* SIGINT/SIGTERM drain and stop the node (daemon) */
+} router_node_opts_t;
+
+/* Builds a node; nothing runs until router_node_run or _start. Returns NULL
+ * with a one-line reason in err[errcap]. Caller owns the result. */
+router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t errcap);
+
+/* Runs the node's loop on the calling thread until it is stopped (a signal
+ * when handle_signals, or router_node_stop). Returns 0, or -1 when the loop
+ * failed. */
+int router_node_run(router_node_t *self);
+
+/* Runs the node on a thread of its own. Returns 0 or -1 (errno). */
+int router_node_start(router_node_t *self) __attribute__((warn_unused_result));
+
+/* Graceful stop from any thread: stop accepting and reading, send the acks
+ * owed for admitted envelopes once durable, close, then end the loop. Joins
+ * the node's thread when it has one. Idempotent. */
+void router_node_stop(router_node_t *self);
+
+/* Stops (if running) and frees. Idempotent; nulls *self_p. */
+void router_node_destroy(router_node_t **self_p);
+
+/* The node's public key (32 bytes), its inbox, its metrics. Borrowed. */
+const uint8_t *router_node_pubkey(const router_node_t *self);
+router_inbox_t *router_node_inbox(router_node_t *self);
+router_metrics_t *router_node_metrics(router_node_t *self);
+
+/* Adds a trusted peer (name, key, "tcp://…" | "uds://…" | "inproc://…").
+ * Before router_node_start/run only. Returns 0, or -1 with err set. */
+int router_node_trust(router_node_t *self, const char *name, const uint8_t pk[32],
+                      const char *addr, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+
+/* What became of one send. */
+typedef struct {
+    router_send_outcome_t outcome; /* acked, offline, rejected */
+    uint8_t id[16];                /* the envelope's id */
+    uint8_t ack_id[16];            /* the ack's id when acked */
+    char detail[160];              /* why, for people */
+} router_node_receipt_t;
+
+/* Signs and sends an envelope with kind *kind (taken) to the trusted peer
+ * named `to` (a name or a PeerId), waiting up to the node's ack timeout.
+ * Blocks: call it from any thread but the node's own loop thread, with the
+ * node running. Returns 0 with *out filled (whatever the outcome), or -1
+ * with out->detail saying why nothing was sent (unknown peer, …). */
+int router_node_send(router_node_t *self, const char *to, cbor_item_t **kind,
+                     router_node_receipt_t *out);
+
+/* router_node_send of a `message` kind with `body`. */
+int router_node_send_message(router_node_t *self, const char *to, const char *body,
+                             router_node_receipt_t *out);
+
+#endif

@@ -1,0 +1,219 @@
+"""tests/integration/peer.py — an independent comms peer, written from
+DESIGN §8 alone with cbor2 and PyNaCl (no kith code), and helpers to start a
+real `kith daemon` in a temporary home.
+
+Envelope: CBOR map {id: bstr16, from: bstr32, to: bstr32, kind: map, sig: bstr64};
+the signature is Ed25519 over the canonical CBOR of [id, from, to, kind];
+frames are a 4-byte big-endian length and one CBOR item."""
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+import uuid
+
+import cbor2
+import nacl.exceptions
+import nacl.signing
+
+KITH = os.environ.get("KITH_BIN", "build/kith")
+PEER_NS = uuid.UUID("6d656572-6b61-7450-6565-724964300001")
+
+
+def uuid7(ms=None):
+    """A UUIDv7 (RFC 9562): 48-bit Unix ms, version 7, variant 10."""
+    if ms is None:
+        ms = int(time.time() * 1000)
+    b = bytearray(ms.to_bytes(6, "big") + secrets.token_bytes(10))
+    b[6] = 0x70 | (b[6] & 0x0F)
+    b[8] = 0x80 | (b[8] & 0x3F)
+    return bytes(b)
+
+
+def pubkey_text(pk):
+    return "ed25519:" + base64.b64encode(pk).decode()
+
+
+def peer_id(pk):
+    """UUIDv5 over the raw key bytes (uuid.uuid5 wants text, so by hand)."""
+    import hashlib
+    h = bytearray(hashlib.sha1(PEER_NS.bytes + pk).digest()[:16])
+    h[6] = 0x50 | (h[6] & 0x0F)
+    h[8] = 0x80 | (h[8] & 0x3F)
+    return str(uuid.UUID(bytes=bytes(h)))
+
+
+def signable(env):
+    return cbor2.dumps([env["id"], env["from"], env["to"], env["kind"]], canonical=True)
+
+
+class Peer:
+    """A signing identity that builds envelopes the way DESIGN §8 says."""
+
+    def __init__(self, seed=None):
+        self.sk = nacl.signing.SigningKey(seed or secrets.token_bytes(32))
+        self.pk = bytes(self.sk.verify_key)
+
+    def envelope(self, to, kind, eid=None):
+        env = {"id": eid or uuid7(), "from": self.pk, "to": to, "kind": kind}
+        env["sig"] = self.sk.sign(signable(env)).signature
+        return env
+
+    def message(self, to, body="hi", **kw):
+        return self.envelope(to, {"type": "message", "body": body}, **kw)
+
+    def request(self, to, intent="ping", params=None, **kw):
+        return self.envelope(to, {"type": "request", "intent": intent,
+                                  "params": params if params is not None else {}}, **kw)
+
+
+def frame(env_or_bytes):
+    data = env_or_bytes if isinstance(env_or_bytes, bytes) else encode_loose(env_or_bytes)
+    return struct.pack(">I", len(data)) + data
+
+
+def encode_loose(env):
+    """Non-canonical key order on purpose: kith must re-encode to verify."""
+    return cbor2.dumps({"sig": env["sig"], "kind": env["kind"], "to": env["to"],
+                        "from": env["from"], "id": env["id"]})
+
+
+def verify_envelope(env):
+    try:
+        nacl.signing.VerifyKey(env["from"]).verify(signable(env), env["sig"])
+        return True
+    except nacl.exceptions.BadSignatureError:
+        return False
+
+
+class Conn:
+    """One comms connection: send frames, read frames, notice closes."""
+
+    def __init__(self, addr, timeout=20.0):
+        if isinstance(addr, tuple):
+            self.s = socket.create_connection(addr, timeout=timeout)
+        else:
+            self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.s.settimeout(timeout)
+            self.s.connect(addr)
+        self.buf = b""
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def read_frame(self):
+        """One decoded CBOR item, or None when the peer closed."""
+        while True:
+            if len(self.buf) >= 4:
+                (n,) = struct.unpack(">I", self.buf[:4])
+                if len(self.buf) >= 4 + n:
+                    item = cbor2.loads(self.buf[4:4 + n])
+                    self.buf = self.buf[4 + n:]
+                    return item
+            try:
+                chunk = self.s.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def closed(self):
+        """True when the peer closed the connection (EOF or reset)."""
+        return self.read_frame() is None
+
+    def close(self):
+        self.s.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """A real `kith daemon` in a temporary home, with its own ports."""
+
+    def __init__(self, name="node", config=None, home=None):
+        self.home = home or tempfile.mkdtemp(prefix=f"kith-{name}-")
+        self.port = free_port()
+        self.gw_port = free_port()
+        self.uds = os.path.join(self.home, "run", "comms.sock")
+        cfg = {"gateway": {"port": self.gw_port},
+               "comms": {"address": f"127.0.0.1:{self.port}", "uds_path": self.uds}}
+        for section, values in (config or {}).items():
+            cfg.setdefault(section, {}).update(values)
+        self.config = cfg
+        with open(os.path.join(self.home, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        if not os.path.exists(os.path.join(self.home, "identity", "identity.key")):
+            kith("keygen", "--home", self.home)
+        ident = json.loads(kith("id", "--home", self.home))
+        self.pubkey_text = ident["pubkey"]
+        self.pk = base64.b64decode(ident["pubkey"].split(":", 1)[1])
+        self.proc = None
+        self.log_path = os.path.join(self.home, "daemon.stderr")
+
+    def trust(self, name, pk, addr="tcp://127.0.0.1:9"):
+        kith("peers", "add", "--home", self.home, "--name", name,
+             "--pubkey", pubkey_text(pk), "--addr", addr)
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([KITH, "daemon", "--home", self.home],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("daemon did not start listening:\n" + self.logs())
+
+    def logs(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def wait_log(self, needle, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if needle in self.logs():
+                return True
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not in daemon log:\n{self.logs()}")
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("daemon ignored SIGTERM for 30 s")
+        if getattr(self, "log", None):
+            self.log.close()
+            self.log = None
+        return self.proc.returncode if self.proc else None
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def kith(*args, check=True, stdin=None):
+    p = subprocess.run([KITH, *args], capture_output=True, text=True, input=stdin, timeout=60)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"kith {' '.join(args)} exited {p.returncode}: {p.stderr}")
+    return p.stdout
