@@ -166,9 +166,9 @@ typedef struct {
     uint8_t ctx;                 /* grammar part being read (proto_http_ctx_t), for errors */
     uint8_t kind;                /* interpreted field of the current line (proto_http_kind_t) */
     uint8_t major, minor;        /* HTTP-version digits */
-    uint32_t method_off, method_len;
-    uint32_t target_off, target_len;
-    uint32_t path_off;           /* 0: none (offset 0 is always the method) */
+    uint32_t method_off, method_len; /* method, as offset and octets */
+    uint32_t target_off, target_len; /* request-target, likewise */
+    uint32_t path_off;           /* 0: none (no path starts the head) */
     uint32_t query_off;          /* first octet after "?"; 0: no "?" */
     uint32_t authority_off;      /* absolute-form authority; 0: not absolute-form */
     uint32_t version_off;        /* "HTTP/" */
@@ -182,7 +182,7 @@ typedef struct {
     bool conn_close;             /* Connection: close */
     bool conn_keep_alive;        /* Connection: keep-alive */
     bool conn_upgrade;           /* Connection: upgrade */
-    bool upgrade_seen;           /* an Upgrade line was sent */
+    bool upgrade_seen;           /* Upgrade named a protocol */
     bool upgrade_websocket;      /* Upgrade lists websocket */
     /* last, so proto_http_parser_init() need not clear it */
     proto_http_field_t fields[PROTO_HTTP_HEADERS_MAX]; /* the field lines */

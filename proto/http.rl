@@ -176,6 +176,18 @@ static bool s_equals(const unsigned char *s, size_t len, const char *lit)
     return len == strlen(lit) && memcmp(s, lit, len) == 0;
 }
 
+/* Where the path ends: at the "?" or the end of the target. */
+static uint32_t s_path_end(const proto_http_head_state_t *st)
+{
+    return st->query_off ? st->query_off - 1 : st->target_off + st->target_len;
+}
+
+/* Where an absolute-form's authority ends: at the path, "?" or the end. */
+static uint32_t s_authority_end(const proto_http_head_state_t *st)
+{
+    return st->path_off ? st->path_off : s_path_end(st);
+}
+
 /* The request line is complete: check what the grammar cannot — the
  * version (505), and that the target's form suits the method (RFC 9112
  * §3.2.3-4: authority-form only and always for CONNECT, "*" only for
@@ -195,12 +207,10 @@ static proto_http_reason_t s_request_line_done(proto_http_parser_t *parser,
         parser->form = PROTO_HTTP_FORM_ORIGIN;
         ok = !connect;
     } else if (st->authority_off) {
-        uint32_t end = st->path_off ? st->path_off
-                     : st->query_off ? st->query_off - 1
-                     : st->target_off + st->target_len;
         parser->form = PROTO_HTTP_FORM_ABSOLUTE;
         ok = !connect && proto_http_authority_valid((const char *) base + st->authority_off,
-                                                    end - st->authority_off, false);
+                                                    s_authority_end(st) - st->authority_off,
+                                                    false);
     } else if (connect) {
         parser->form = PROTO_HTTP_FORM_AUTHORITY;
         ok = proto_http_authority_valid((const char *) target, st->target_len, true);
@@ -214,34 +224,30 @@ static proto_http_reason_t s_request_line_done(proto_http_parser_t *parser,
     return PROTO_HTTP_OK;
 }
 
-static bool s_ows(unsigned char c) { return c == ' ' || c == '\t'; }
-
 /* A field line ends at the LF at `lf`: store it, and interpret it if the
  * grammar recognised its name. */
 static proto_http_reason_t s_field_done(proto_http_parser_t *parser,
                                         const unsigned char *base, uint32_t lf)
 {
     proto_http_head_state_t *st = &parser->state;
-    uint32_t start = st->name_off + st->name_len + 1; /* after the colon */
-    uint32_t end = lf - 1;                           /* the CR */
-    while (start < end && s_ows(base[start]))
-        start++;
-    while (end > start && s_ows(base[end - 1]))
-        end--;
+    uint32_t after_colon = st->name_off + st->name_len + 1;
+    proto_http_slice_t value = proto_http_ows_trim((const char *) base + after_colon,
+                                                   lf - 1 - after_colon); /* up to the CR */
+    uint32_t value_off = OFF((const unsigned char *) value.ptr);
 
     assert(parser->header_count < st->limits.max_headers);
     st->fields[parser->header_count++] = (proto_http_field_t) {
         .name_off = st->name_off, .name_len = st->name_len,
-        .value_off = start, .value_len = end - start,
+        .value_off = value_off, .value_len = (uint32_t) value.len,
     };
     if (st->kind == PROTO_HTTP_KIND_OTHER)
         return PROTO_HTTP_OK;
     if (st->kind == PROTO_HTTP_KIND_HOST) {
-        st->host_off = start;
-        st->host_len = end - start;
+        st->host_off = value_off;
+        st->host_len = (uint32_t) value.len;
     }
     parser->reason = proto_http_field_apply(parser, (proto_http_kind_t) st->kind,
-                                            (const char *) base + start, end - start);
+                                            value.ptr, value.len);
     return parser->reason;
 }
 
@@ -256,7 +262,7 @@ static void s_results_set(proto_http_parser_t *parser, const char *buf)
     proto_http_head_state_t *st = &parser->state;
     const proto_http_slice_t none = { NULL, 0 };
     uint32_t target_end = st->target_off + st->target_len;
-    uint32_t path_end = st->query_off ? st->query_off - 1 : target_end;
+    uint32_t path_end = s_path_end(st);
     st->base = buf;
     parser->method = s_slice(buf, st->method_off, st->method_len);
     parser->target = s_slice(buf, st->target_off, st->target_len);
@@ -268,8 +274,7 @@ static void s_results_set(proto_http_parser_t *parser, const char *buf)
     case PROTO_HTTP_FORM_ORIGIN:
         break;
     case PROTO_HTTP_FORM_ABSOLUTE: /* RFC 9112 §3.2.2: the target's authority wins over Host */
-        parser->host = s_slice(buf, st->authority_off,
-                               (st->path_off ? st->path_off : path_end) - st->authority_off);
+        parser->host = s_slice(buf, st->authority_off, s_authority_end(st) - st->authority_off);
         if (!st->path_off)
             parser->path = (proto_http_slice_t) { "/", 1 }; /* RFC 9110 §4.2.3 */
         break;
@@ -363,24 +368,12 @@ proto_http_header_t proto_http_header_get(const proto_http_parser_t *p, size_t i
     };
 }
 
-static unsigned char s_lower(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') ? (unsigned char) (c + ('a' - 'A')) : c;
-}
-
 bool proto_http_header_find(const proto_http_parser_t *p, const char *name,
                             proto_http_slice_t *value)
 {
-    size_t name_len = strlen(name);
     for (size_t i = 0; i < p->header_count; i++) {
         proto_http_header_t h = proto_http_header_get(p, i);
-        if (h.name.len != name_len)
-            continue;
-        size_t k = 0;
-        while (k < name_len && s_lower((unsigned char) h.name.ptr[k]) ==
-                                   s_lower((unsigned char) name[k]))
-            k++;
-        if (k == name_len) {
+        if (proto_http_equals_ci(h.name, name)) {
             *value = h.value;
             return true;
         }

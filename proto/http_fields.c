@@ -42,20 +42,26 @@ static bool s_token(proto_http_slice_t s)
     return true;
 }
 
-/* ASCII case-insensitive equality with a lower-case literal. */
-static bool s_equals_ci(proto_http_slice_t s, const char *lit)
+static char s_lower(char c) { return (c >= 'A' && c <= 'Z') ? (char) (c - 'A' + 'a') : c; }
+
+bool proto_http_equals_ci(proto_http_slice_t s, const char *name)
 {
-    size_t n = strlen(lit);
-    if (s.len != n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s.ptr[i];
-        if (c >= 'A' && c <= 'Z')
-            c = (char) (c - 'A' + 'a');
-        if (c != lit[i])
+    size_t i = 0;
+    for (; i < s.len && name[i] != '\0'; i++)
+        if (s_lower(s.ptr[i]) != s_lower(name[i]))
             return false;
+    return i == s.len && name[i] == '\0';
+}
+
+proto_http_slice_t proto_http_ows_trim(const char *s, size_t len)
+{
+    while (len > 0 && s_ows(s[0])) {
+        s++;
+        len--;
     }
-    return true;
+    while (len > 0 && s_ows(s[len - 1]))
+        len--;
+    return (proto_http_slice_t) { s, len };
 }
 
 /* Next element of a comma-separated list (RFC 9110 §5.6.1) in s[0..len),
@@ -69,11 +75,7 @@ static bool s_list_next(const char *s, size_t len, size_t *pos, proto_http_slice
     while (end < len && s[end] != ',')
         end++;
     *pos = end + 1;
-    while (start < end && s_ows(s[start]))
-        start++;
-    while (end > start && s_ows(s[end - 1]))
-        end--;
-    *elem = (proto_http_slice_t) { s + start, end - start };
+    *elem = proto_http_ows_trim(s + start, end - start);
     return true;
 }
 
@@ -176,7 +178,7 @@ static proto_http_reason_t s_transfer_encoding(proto_http_head_state_t *st, cons
             continue;
         if (!s_token(e))
             return PROTO_HTTP_ERR_TE_INVALID;
-        bool chunked = s_equals_ci(e, "chunked");
+        bool chunked = proto_http_equals_ci(e, "chunked");
         if (chunked && st->te_chunked)
             return PROTO_HTTP_ERR_TE_INVALID; /* §6.1: never chunked twice */
         st->te_chunked |= chunked;
@@ -193,9 +195,9 @@ static void s_connection(proto_http_head_state_t *st, const char *value, size_t 
     size_t pos = 0;
     proto_http_slice_t e;
     while (s_list_next(value, len, &pos, &e)) {
-        st->conn_close |= s_equals_ci(e, "close");
-        st->conn_keep_alive |= s_equals_ci(e, "keep-alive");
-        st->conn_upgrade |= s_equals_ci(e, "upgrade");
+        st->conn_close |= proto_http_equals_ci(e, "close");
+        st->conn_keep_alive |= proto_http_equals_ci(e, "keep-alive");
+        st->conn_upgrade |= proto_http_equals_ci(e, "upgrade");
     }
 }
 
@@ -212,7 +214,7 @@ static void s_upgrade(proto_http_head_state_t *st, const char *value, size_t len
         const char *slash = memchr(e.ptr, '/', e.len);
         if (slash)
             e.len = (size_t) (slash - e.ptr);
-        st->upgrade_websocket |= s_equals_ci(e, "websocket");
+        st->upgrade_websocket |= proto_http_equals_ci(e, "websocket");
     }
 }
 
@@ -222,7 +224,7 @@ static void s_expect(proto_http_parser_t *p, const char *value, size_t len)
     size_t pos = 0;
     proto_http_slice_t e;
     while (s_list_next(value, len, &pos, &e))
-        p->expect_continue |= s_equals_ci(e, "100-continue");
+        p->expect_continue |= proto_http_equals_ci(e, "100-continue");
 }
 
 proto_http_reason_t proto_http_field_apply(proto_http_parser_t *p, proto_http_kind_t kind,

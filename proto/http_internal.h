@@ -48,6 +48,13 @@ proto_http_reason_t proto_http_field_apply(proto_http_parser_t *p, proto_http_ki
  * `base` is the head's first octet. */
 proto_http_reason_t proto_http_fields_finish(proto_http_parser_t *p, const char *base);
 
+/* s[0..len) without leading and trailing OWS (SP, HTAB). */
+proto_http_slice_t proto_http_ows_trim(const char *s, size_t len);
+
+/* ASCII case-insensitive equality of `s` and the string `name`, as field
+ * names and the tokens kith interprets compare (RFC 9110 §5.1, §5.6.2). */
+bool proto_http_equals_ci(proto_http_slice_t s, const char *name);
+
 /* RFC 3986 §3.2.2-3: uri-host [ ":" port ], as in Host (RFC 9110 §7.2) and
  * in absolute-form and authority-form targets. With `need_port` the
  * ":" port part is required (authority-form, RFC 9112 §3.2.3). An empty
