@@ -287,9 +287,11 @@ proto_http_reason_t proto_http_fields_finish(proto_http_parser_t *p, const char 
 
     /* RFC 9112 §9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with
      * "keep-alive". RFC 9110 §7.8: Upgrade is ignored in HTTP/1.0 and
-     * without the "upgrade" connection option. */
+     * without the "upgrade" connection option; §10.1.1: so is
+     * 100-continue. */
     p->keep_alive = !st->conn_close && (st->minor == 1 || st->conn_keep_alive);
     p->upgrade = st->minor == 1 && st->conn_upgrade && st->upgrade_seen;
+    p->expect_continue &= st->minor == 1;
     p->websocket = p->upgrade && st->upgrade_websocket && st->method_len == 3 &&
                    memcmp(base + st->method_off, "GET", 3) == 0;
     return PROTO_HTTP_OK;

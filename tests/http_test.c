@@ -489,6 +489,11 @@ static void test_expect_continue(void **state)
                      "Expect: something\r\n\r\nhi"));
     assert_false(r->p.expect_continue);
     s_done(r);
+    /* an HTTP/1.0 client cannot wait for a 100 (RFC 9110 §10.1.1) */
+    r = s_accept(REQ("POST /webhook HTTP/1.0\r\nContent-Length: 2\r\n"
+                     "Expect: 100-continue\r\n\r\nhi"));
+    assert_false(r->p.expect_continue);
+    s_done(r);
 }
 
 /* ---------------------------------------------------------------- bodies */
