@@ -270,11 +270,12 @@ __attribute__((warn_unused_result))
 int proto_http_body_init(proto_http_body_t *b, const proto_http_parser_t *p, uint64_t max_body);
 
 /* Decode body octets from buf[0..len). Sets *data to the body data found
- * (absent if none; it points into buf) and returns the octets consumed:
- * less than len when a data slice was handed back (call again with the
- * rest) or the body ended (the rest is the next request); 0 only when done
- * or len is 0. Returns -1 on invalid framing or a body past the limit
- * (b->reason). Never -2: the decoder keeps all it needs. */
+ * (absent if none; it points into buf) and returns the octets consumed.
+ * One call hands back at most one slice: while octets remain and the body
+ * is not done, call again with the rest. Once done, the octets left belong
+ * to the next request. Returns 0 only when done or len is 0, and -1 on
+ * invalid framing or a body past the limit (b->reason). Never -2: the
+ * decoder keeps all the state it needs, so no octet is passed twice. */
 __attribute__((warn_unused_result))
 ssize_t proto_http_body_parse(proto_http_body_t *b, const char *buf, size_t len,
                               proto_http_slice_t *data);

@@ -13,8 +13,9 @@
 /* ---------------------------------------------------------------- grammar */
 
 /* The RFC core rules, shared with http_body.rl (which includes this
- * machine by name). Rule names follow RFC 5234, 9110, 9112 and 3986, with
- * "-" spelt "_". */
+ * machine by name; the build regenerates a .rl only when that file
+ * changes, so touch http_body.rl after editing these in a build tree).
+ * Rule names follow RFC 5234, 9110, 9112 and 3986, "-" spelt "_". */
 %%{
 machine http_core;
 alphtype unsigned char;
