@@ -288,6 +288,10 @@ def main():
     node = Daemon("peer")
     node.trust("alice", alice.pk)
     node.start()
+    # The backend asked for is the one serving (the epoll twin of this test).
+    want = os.environ.get("KITH_LOOP_BACKEND")
+    if want:
+        node.wait_log({"epoll": "(epoll)", "uring": "(io_uring)"}[want])
     passed = failed = 0
     try:
         for fn in TESTS:

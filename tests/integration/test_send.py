@@ -1,0 +1,137 @@
+"""tests/integration/test_send.py — two real daemons that trust each other:
+`kith send` from A to B is acked (exit 0) and B holds the message in its
+durable inbox and says so in its log; a request carries JSON params; an
+untrusted sender is refused at once (exit 3); a peer that is down is
+offline (exit 2); bad usage is exit 1."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import cbor2
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import KITH, Daemon, Peer, kith  # noqa: E402
+
+results = []
+
+
+def check(name, fn):
+    try:
+        fn()
+        print(f"ok   {name}")
+        results.append(True)
+    except Exception as e:
+        print(f"FAIL {name}: {e!r}")
+        results.append(False)
+
+
+def send(home, *args, timeout=None):
+    cmd = [KITH, "send", "--home", home, *args]
+    if timeout:
+        cmd += ["--timeout", str(timeout)]
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stdout, p.stderr, time.time() - t0
+
+
+def inbox_rows(node):
+    db = sqlite3.connect(os.path.join(node.home, "state.db"))
+    rows = db.execute("SELECT envelope_id, kind, frame FROM inbox").fetchall()
+    db.close()
+    return rows
+
+
+def main():
+    a = Daemon("a")
+    b = Daemon("b")
+    a.trust("b", b.pk, f"tcp://127.0.0.1:{b.port}")
+    b.trust("a", a.pk, f"tcp://127.0.0.1:{a.port}")
+    b.start()
+    try:
+        def acked_message():
+            rc, out, err, _ = send(a.home, "--to", "b", "--body", "hi")
+            assert rc == 0, (rc, out, err)
+            receipt = json.loads(out)
+            assert receipt["status"] == "acked" and receipt["to"] == "b", receipt
+            b.wait_log(f"admitted envelope id={receipt['id']} kind=message")
+            rows = [r for r in inbox_rows(b) if str(__import__("uuid").UUID(bytes=bytes(r[0]))) == receipt["id"]]
+            assert len(rows) == 1, "acked but not in B's durable inbox"
+            env = cbor2.loads(rows[0][2])
+            assert env["kind"] == {"type": "message", "body": "hi"}, env["kind"]
+            assert env["from"] == a.pk and env["to"] == b.pk
+
+        def request_by_peer_id():
+            pid = json.loads(kith("id", "--home", b.home))["peer_id"]
+            rc, out, err, _ = send(a.home, "--to", pid, "--request", "summarise",
+                                   "--params", '{"n": 3, "tags": ["x", "y"], "deep": {"ok": true}}')
+            assert rc == 0, (rc, out, err)
+            rid = json.loads(out)["id"]
+            for r in inbox_rows(b):
+                if str(__import__("uuid").UUID(bytes=bytes(r[0]))) == rid:
+                    env = cbor2.loads(r[2])
+                    assert env["kind"]["intent"] == "summarise"
+                    assert env["kind"]["params"] == {"n": 3, "tags": ["x", "y"], "deep": {"ok": True}}
+                    return
+            raise AssertionError("request not in B's inbox")
+
+        def untrusted_is_refused_fast():
+            stranger = Daemon("stranger")
+            try:
+                stranger.trust("b", b.pk, f"tcp://127.0.0.1:{b.port}")
+                rc, out, err, took = send(stranger.home, "--to", "b", "--body", "let me in")
+                assert rc == 3, (rc, out, err)
+                assert json.loads(out)["status"] == "rejected"
+                assert took < 5, f"refusal took {took:.1f} s"
+                b.wait_log("reason=untrusted_sender")
+            finally:
+                stranger.cleanup()
+
+        def unknown_peer_is_usage_error():
+            rc, out, err, _ = send(a.home, "--to", "nobody", "--body", "x")
+            assert rc == 1 and "no trusted peer" in err, (rc, err)
+            rc, _, err, _ = send(a.home, "--to", "b")
+            assert rc == 1 and "exactly one of" in err, (rc, err)
+            rc, _, err, _ = send(a.home, "--to", "b", "--request", "x", "--params", "{bad")
+            assert rc == 1 and "--params" in err, (rc, err)
+
+        def offline_when_down():
+            # A trusts B, but A's own daemon is not running: sending to A's
+            # address from B finds nobody listening.
+            rc, out, err, _ = send(b.home, "--to", "a", "--body", "anyone?", timeout=2)
+            assert rc == 2, (rc, out, err)
+            assert json.loads(out)["status"] == "offline"
+
+        def offline_when_no_ack():
+            # A listener that accepts and never answers: the ack timeout.
+            import socket
+            mute = socket.socket()
+            mute.bind(("127.0.0.1", 0))
+            mute.listen(1)
+            port = mute.getsockname()[1]
+            p = Peer()
+            a.trust("mute", p.pk, f"tcp://127.0.0.1:{port}")
+            rc, out, err, took = send(a.home, "--to", "mute", "--body", "hello?", timeout=1)
+            mute.close()
+            assert rc == 2, (rc, out, err)
+            assert "timeout" in json.loads(out)["detail"]
+
+        check("acked_message", acked_message)
+        check("request_by_peer_id", request_by_peer_id)
+        check("untrusted_is_refused_fast", untrusted_is_refused_fast)
+        check("unknown_peer_is_usage_error", unknown_peer_is_usage_error)
+        check("offline_when_down", offline_when_down)
+        check("offline_when_no_ack", offline_when_no_ack)
+    finally:
+        b.cleanup()
+        a.cleanup()
+    passed = sum(results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
