@@ -467,6 +467,7 @@ void router_node_destroy(router_node_t **self_p)
 const uint8_t *router_node_pubkey(const router_node_t *self) { return self->identity.pk; }
 router_inbox_t *router_node_inbox(router_node_t *self) { return self->inbox; }
 router_metrics_t *router_node_metrics(router_node_t *self) { return self->metrics; }
+router_loop_t *router_node_loop(router_node_t *self) { return self->loop; }
 
 int router_node_trust(router_node_t *self, const char *name, const uint8_t pk[32],
                       const char *addr, char *err, size_t errcap)

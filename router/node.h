@@ -67,6 +67,10 @@ const uint8_t *router_node_pubkey(const router_node_t *self);
 router_inbox_t *router_node_inbox(router_node_t *self);
 router_metrics_t *router_node_metrics(router_node_t *self);
 
+/* The node's event loop, for modules that serve on the same thread (the
+ * gateway). Borrowed; valid until router_node_destroy. */
+router_loop_t *router_node_loop(router_node_t *self);
+
 /* Adds a trusted peer (name, key, "tcp://…" | "uds://…" | "inproc://…").
  * Before router_node_start/run only. Returns 0, or -1 with err set. */
 int router_node_trust(router_node_t *self, const char *name, const uint8_t pk[32],
