@@ -252,16 +252,20 @@ cbor_item_t *router_json_to_cbor(const char *json, size_t len, char *err, size_t
 
 /* ================================================================ CBOR → JSON */
 
-/* The shortest decimal that reads back as v, with a '.' or exponent:
- * plain notation for ordinary magnitudes (100000.0, not 1e+05). */
+/* The shortest decimal that reads back as exactly v, with a '.' or an
+ * exponent: plain notation for ordinary magnitudes (100000.0, not 1e+05). */
 static void s_format_double(double v, char *out, size_t cap)
 {
     double a = v < 0 ? -v : v;
-    int plain = a == 0 || (a >= 1e-4 && a < 1e16);
-    for (int prec = plain ? 0 : 1; prec <= 17; prec++) {
-        snprintf(out, cap, plain ? "%.*f" : "%.*g", prec, v);
-        if (strtod(out, NULL) == v)
-            break;
+    int found = 0;
+    if (a == 0 || (a >= 1e-4 && a < 1e16))
+        for (int prec = 0; prec <= 24 && !found; prec++) {
+            snprintf(out, cap, "%.*f", prec, v);
+            found = strtod(out, NULL) == v;
+        }
+    for (int prec = 1; prec <= 17 && !found; prec++) {
+        snprintf(out, cap, "%.*e", prec - 1, v);
+        found = strtod(out, NULL) == v;
     }
     if (strspn(out, "-0123456789") == strlen(out))
         strncat(out, ".0", cap - strlen(out) - 1);
@@ -385,6 +389,10 @@ static int s_gen_pairs(yajl_gen g, const cbor_item_t *map, const char *first,
     for (size_t i = 0; i < n; i++)
         if (!cbor_isa_string(sorted[i].key) || !cbor_string_is_definite(sorted[i].key))
             goto done;
+    /* A map whose only key is "$bytes" would read back as a byte string. */
+    if (n == 1 && cbor_string_length(sorted[0].key) == strlen(S_BYTES_KEY) &&
+        !memcmp(cbor_string_handle(sorted[0].key), S_BYTES_KEY, strlen(S_BYTES_KEY)))
+        goto done;
     if (n > 1)
         qsort(sorted, n, sizeof *sorted, s_key_cmp);
     if (yajl_gen_map_open(g) != yajl_gen_status_ok)
