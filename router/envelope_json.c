@@ -252,16 +252,20 @@ cbor_item_t *router_json_to_cbor(const char *json, size_t len, char *err, size_t
 
 /* ================================================================ CBOR → JSON */
 
-/* The shortest decimal that reads back as v, with a '.' or exponent:
- * plain notation for ordinary magnitudes (100000.0, not 1e+05). */
+/* The shortest decimal that reads back as exactly v, with a '.' or an
+ * exponent: plain notation for ordinary magnitudes (100000.0, not 1e+05). */
 static void s_format_double(double v, char *out, size_t cap)
 {
     double a = v < 0 ? -v : v;
-    int plain = a == 0 || (a >= 1e-4 && a < 1e16);
-    for (int prec = plain ? 0 : 1; prec <= 17; prec++) {
-        snprintf(out, cap, plain ? "%.*f" : "%.*g", prec, v);
-        if (strtod(out, NULL) == v)
-            break;
+    int found = 0;
+    if (a == 0 || (a >= 1e-4 && a < 1e16))
+        for (int prec = 0; prec <= 24 && !found; prec++) {
+            snprintf(out, cap, "%.*f", prec, v);
+            found = strtod(out, NULL) == v;
+        }
+    for (int prec = 1; prec <= 17 && !found; prec++) {
+        snprintf(out, cap, "%.*e", prec - 1, v);
+        found = strtod(out, NULL) == v;
     }
     if (strspn(out, "-0123456789") == strlen(out))
         strncat(out, ".0", cap - strlen(out) - 1);
@@ -296,6 +300,28 @@ static int s_gen_uuid(yajl_gen g, const uint8_t id[PROTO_UUID_LEN])
     return yajl_gen_string(g, (const unsigned char *) text, PROTO_UUID_TEXT_LEN) == yajl_gen_status_ok ? 0 : -1;
 }
 
+/* Orders text keys as canonical CBOR does: shorter first, then bytewise. */
+static int s_key_cmp(const void *a, const void *b)
+{
+    const cbor_item_t *x = ((const struct cbor_pair *) a)->key, *y = ((const struct cbor_pair *) b)->key;
+    size_t lx = cbor_string_length(x), ly = cbor_string_length(y);
+    if (lx != ly)
+        return lx < ly ? -1 : 1;
+    return memcmp(cbor_string_handle(x), cbor_string_handle(y), lx);
+}
+
+/* A map with its keys in canonical order, so the same envelope always
+ * prints the same way whatever order its sender used. `first`, when not
+ * NULL, is written before the others (kind's "type"). `special`, when not
+ * NULL, may write a pair's value itself (returns 0) or decline (1). */
+static int s_gen_pairs(yajl_gen g, const cbor_item_t *map, const char *first,
+                       int (*special)(yajl_gen, const struct cbor_pair *));
+
+static int s_gen_map(yajl_gen g, const cbor_item_t *map, const char *first)
+{
+    return s_gen_pairs(g, map, first, NULL);
+}
+
 int router_cbor_to_json(yajl_gen g, const cbor_item_t *item)
 {
     char num[64];
@@ -327,19 +353,8 @@ int router_cbor_to_json(yajl_gen g, const cbor_item_t *item)
                 return -1;
         return yajl_gen_array_close(g) == yajl_gen_status_ok ? 0 : -1;
     }
-    case CBOR_TYPE_MAP: {
-        size_t n = cbor_map_size(item);
-        struct cbor_pair *pairs = cbor_map_handle(item);
-        if (yajl_gen_map_open(g) != yajl_gen_status_ok)
-            return -1;
-        for (size_t i = 0; i < n; i++) {
-            if (!cbor_isa_string(pairs[i].key) || !cbor_string_is_definite(pairs[i].key))
-                return -1;
-            if (s_gen_text(g, pairs[i].key) != 0 || router_cbor_to_json(g, pairs[i].value) != 0)
-                return -1;
-        }
-        return yajl_gen_map_close(g) == yajl_gen_status_ok ? 0 : -1;
-    }
+    case CBOR_TYPE_MAP:
+        return s_gen_map(g, item, NULL);
     case CBOR_TYPE_TAG:
         return -1;
     case CBOR_TYPE_FLOAT_CTRL:
@@ -359,6 +374,46 @@ int router_cbor_to_json(yajl_gen g, const cbor_item_t *item)
         }
     }
     return -1;
+}
+
+static int s_gen_pairs(yajl_gen g, const cbor_item_t *map, const char *first,
+                       int (*special)(yajl_gen, const struct cbor_pair *))
+{
+    size_t n = cbor_map_size(map);
+    struct cbor_pair *sorted = n ? malloc(n * sizeof *sorted) : NULL;
+    int rc = -1;
+    if (n && !sorted)
+        return -1;
+    if (n)
+        memcpy(sorted, cbor_map_handle(map), n * sizeof *sorted);
+    for (size_t i = 0; i < n; i++)
+        if (!cbor_isa_string(sorted[i].key) || !cbor_string_is_definite(sorted[i].key))
+            goto done;
+    /* A map whose only key is "$bytes" would read back as a byte string. */
+    if (n == 1 && cbor_string_length(sorted[0].key) == strlen(S_BYTES_KEY) &&
+        !memcmp(cbor_string_handle(sorted[0].key), S_BYTES_KEY, strlen(S_BYTES_KEY)))
+        goto done;
+    if (n > 1)
+        qsort(sorted, n, sizeof *sorted, s_key_cmp);
+    if (yajl_gen_map_open(g) != yajl_gen_status_ok)
+        goto done;
+    for (int pass = first ? 0 : 1; pass < 2; pass++)
+        for (size_t i = 0; i < n; i++) {
+            const cbor_item_t *k = sorted[i].key;
+            int is_first = first && cbor_string_length(k) == strlen(first) &&
+                           !memcmp(cbor_string_handle(k), first, strlen(first));
+            if (is_first != (pass == 0))
+                continue;
+            if (s_gen_text(g, k) != 0)
+                goto done;
+            int r = special ? special(g, &sorted[i]) : 1;
+            if (r < 0 || (r > 0 && router_cbor_to_json(g, sorted[i].value) != 0))
+                goto done;
+        }
+    rc = yajl_gen_map_close(g) == yajl_gen_status_ok ? 0 : -1;
+done:
+    free(sorted);
+    return rc;
 }
 
 /* ================================================================ envelopes */
@@ -515,32 +570,21 @@ static int s_gen_cstr(yajl_gen g, const char *s)
     return yajl_gen_string(g, (const unsigned char *) s, strlen(s)) == yajl_gen_status_ok ? 0 : -1;
 }
 
-/* The kind object: "type" first, then the other fields in their order. */
+/* kind.in_reply_to of a response or ack prints as a UUID; returns 1 to let
+ * the value print normally, 0 when written here, -1 on failure. */
+static int s_gen_reply_uuid(yajl_gen g, const struct cbor_pair *pair)
+{
+    const cbor_item_t *k = pair->key;
+    if (cbor_string_length(k) != 11 || memcmp(cbor_string_handle(k), "in_reply_to", 11) != 0)
+        return 1;
+    return s_gen_uuid(g, cbor_bytestring_handle(pair->value)) == 0 ? 0 : -1;
+}
+
+/* The kind object: "type" first, then the other fields in canonical order. */
 static int s_gen_kind(yajl_gen g, const proto_envelope_t *env)
 {
     const cbor_item_t *map = proto_envelope_kind_map(env);
-    size_t n = cbor_map_size(map);
-    struct cbor_pair *pairs = cbor_map_handle(map);
-    int uuid_reply = s_has_uuid_reply(map);
-    if (yajl_gen_map_open(g) != yajl_gen_status_ok || s_gen_key(g, "type") != 0 ||
-        s_gen_cstr(g, proto_kind_str(proto_envelope_kind(env))) != 0)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        const cbor_item_t *k = pairs[i].key;
-        size_t kl = cbor_string_length(k);
-        const char *ks = (const char *) cbor_string_handle(k);
-        if (kl == 4 && !memcmp(ks, "type", 4))
-            continue;
-        if (s_gen_text(g, k) != 0)
-            return -1;
-        if (uuid_reply && kl == 11 && !memcmp(ks, "in_reply_to", 11)) {
-            if (s_gen_uuid(g, cbor_bytestring_handle(pairs[i].value)) != 0)
-                return -1;
-        } else if (router_cbor_to_json(g, pairs[i].value) != 0) {
-            return -1;
-        }
-    }
-    return yajl_gen_map_close(g) == yajl_gen_status_ok ? 0 : -1;
+    return s_gen_pairs(g, map, "type", s_has_uuid_reply(map) ? s_gen_reply_uuid : NULL);
 }
 
 int router_envelope_to_json(const proto_envelope_t *env, const proto_envelope_reason_t *verdict, int pretty,
