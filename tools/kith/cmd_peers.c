@@ -1,12 +1,329 @@
-/* tools/kith/cmd_peers.c — `kith peers` (placeholder until its issue lands). */
+/* tools/kith/cmd_peers.c — `kith peers add|remove|list`: edit and show
+ * $KITH_HOME/trusted_peers.json. Edits hold an exclusive lock on
+ * trusted_peers.json.lock across load and save, so two concurrent edits
+ * cannot lose one another's change. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
+#include "proto/pubkey.h"
+#include "proto/uuid.h"
+#include "router/home.h"
+#include "router/trust.h"
 #include "tools/kith/cmd.h"
+
+static void s_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: kith peers add --name NAME --pubkey ed25519:KEY --addr ADDR\n"
+            "                      [--description TEXT] [--label KEY=VALUE]... [--home DIR]\n"
+            "       kith peers remove NAME|PEER_ID [--home DIR]\n"
+            "       kith peers list [--json] [--home DIR]\n"
+            "\n"
+            "Edits DIR/trusted_peers.json, the peers this node accepts envelopes from.\n"
+            "  NAME    1..64 characters of [A-Za-z0-9._-]; several peers may share one\n"
+            "  KEY     the peer's `kith id` pubkey (standard padded base64 of 32 bytes)\n"
+            "  ADDR    tcp://host:port, tcp://[v6]:port, uds:///abs/path or inproc://name\n"
+            "  PEER_ID the peer's UUID from `kith id` or `kith peers list`\n"
+            "  --json  print the store as JSON, with each peer's peer_id\n"
+            "  --home DIR  state directory (else $KITH_HOME, else ~/.kith)\n");
+}
+
+/* Takes --home DIR out of argv (compacting it) wherever it appears. */
+static int s_take_home(int *argc, char **argv, const char **home_flag)
+{
+    int out = 0;
+    for (int i = 0; i < *argc; i++) {
+        if (!strcmp(argv[i], "--home")) {
+            if (i + 1 >= *argc) {
+                fprintf(stderr, "kith peers: --home needs a directory\n");
+                return -1;
+            }
+            *home_flag = argv[++i];
+            continue;
+        }
+        argv[out++] = argv[i];
+    }
+    *argc = out;
+    return 0;
+}
+
+/* The store path, the lock (when `lock`) and the loaded store. */
+typedef struct {
+    char home[ROUTER_PATH_MAX];
+    char path[ROUTER_PATH_MAX];
+    int lock_fd;
+    router_trust_t *trust;
+} s_store_t;
+
+static void s_close(s_store_t *s)
+{
+    router_trust_destroy(&s->trust);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
+    s->lock_fd = -1;
+}
+
+static int s_open(s_store_t *s, const char *home_flag, bool lock)
+{
+    s->lock_fd = -1;
+    s->trust = NULL;
+    if (router_home_resolve(home_flag, s->home, sizeof s->home) != 0) {
+        fprintf(stderr, "kith peers: no home directory; pass --home DIR or set KITH_HOME\n");
+        return -1;
+    }
+    char lock_path[ROUTER_PATH_MAX];
+    if (router_home_path(s->home, ROUTER_TRUST_FILE, s->path, sizeof s->path) != 0 ||
+        router_home_path(s->home, ROUTER_TRUST_FILE ".lock", lock_path, sizeof lock_path) != 0) {
+        fprintf(stderr, "kith peers: %s: path too long; use a shorter --home\n", s->home);
+        return -1;
+    }
+    if (lock) {
+        if (router_home_mkdirs(s->home, 0700) != 0) {
+            fprintf(stderr, "kith peers: cannot create %s: %s\n", s->home, strerror(errno));
+            return -1;
+        }
+        s->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX) != 0) {
+            fprintf(stderr, "kith peers: cannot lock %s: %s\n", lock_path, strerror(errno));
+            s_close(s);
+            return -1;
+        }
+    }
+    char err[ROUTER_TRUST_ERR_MAX];
+    s->trust = router_trust_load(s->path, err, sizeof err);
+    if (!s->trust) {
+        fprintf(stderr, "kith peers: %s\n", err);
+        s_close(s);
+        return -1;
+    }
+    return 0;
+}
+
+static int s_save(s_store_t *s)
+{
+    char err[ROUTER_TRUST_ERR_MAX];
+    if (router_trust_save(s->trust, s->path, err, sizeof err) != 0) {
+        fprintf(stderr, "kith peers: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ add */
+
+static int s_add(int argc, char **argv, const char *home_flag)
+{
+    const char *name = NULL, *pubkey = NULL, *addr = NULL, *description = NULL;
+    router_label_t labels[ROUTER_PEER_LABELS_MAX];
+    char *label_text[ROUTER_PEER_LABELS_MAX];
+    size_t nlabels = 0;
+    int rc = KITH_EXIT_FAIL;
+    s_store_t store = {.lock_fd = -1};
+    for (int i = 1; i < argc; i++) {
+        const char *opt = argv[i];
+        if (!strcmp(opt, "--help") || !strcmp(opt, "-h")) {
+            s_usage(stdout);
+            rc = KITH_EXIT_OK;
+            goto done;
+        }
+        if (i + 1 >= argc || strncmp(opt, "--", 2) != 0) {
+            fprintf(stderr, "kith peers add: unexpected '%s'; see kith peers --help\n", opt);
+            goto done;
+        }
+        const char *val = argv[++i];
+        if (!strcmp(opt, "--name"))
+            name = val;
+        else if (!strcmp(opt, "--pubkey"))
+            pubkey = val;
+        else if (!strcmp(opt, "--addr"))
+            addr = val;
+        else if (!strcmp(opt, "--description"))
+            description = val;
+        else if (!strcmp(opt, "--label")) {
+            const char *eq = strchr(val, '=');
+            if (!eq || eq == val) {
+                fprintf(stderr, "kith peers add: --label needs KEY=VALUE, got '%s'\n", val);
+                goto done;
+            }
+            if (nlabels == ROUTER_PEER_LABELS_MAX) {
+                fprintf(stderr, "kith peers add: at most %d labels\n", ROUTER_PEER_LABELS_MAX);
+                goto done;
+            }
+            char *copy = strdup(val);
+            if (!copy) {
+                fprintf(stderr, "kith peers add: out of memory\n");
+                goto done;
+            }
+            copy[eq - val] = '\0';
+            label_text[nlabels] = copy;
+            labels[nlabels].key = copy;
+            labels[nlabels].value = copy + (eq - val) + 1;
+            nlabels++;
+        } else {
+            fprintf(stderr, "kith peers add: unknown option '%s'; see kith peers --help\n", opt);
+            goto done;
+        }
+    }
+    if (!name || !pubkey || !addr) {
+        fprintf(stderr, "kith peers add: --name, --pubkey and --addr are required; "
+                        "see kith peers --help\n");
+        goto done;
+    }
+    uint8_t pk[PROTO_PUBKEY_LEN];
+    proto_pubkey_reason_t reason;
+    if (proto_pubkey_parse_reason(pubkey, strlen(pubkey), pk, &reason) != 0) {
+        fprintf(stderr, "kith peers add: --pubkey %s; pass the pubkey the peer's `kith id` prints\n",
+                reason == PROTO_PUBKEY_NO_PREFIX ? "must start with \"ed25519:\""
+                : reason == PROTO_PUBKEY_WEAK    ? "is not a full-order Ed25519 key"
+                                                 : "is not 44 characters of standard padded "
+                                                   "base64 (32 bytes) after \"ed25519:\"");
+        goto done;
+    }
+    if (s_open(&store, home_flag, true) != 0)
+        goto done;
+    char err[ROUTER_TRUST_ERR_MAX];
+    if (router_trust_add(store.trust, name, pk, addr, description, labels, nlabels, err,
+                         sizeof err) != 0) {
+        fprintf(stderr, "kith peers add: %s\n", err);
+        goto done;
+    }
+    if (s_save(&store) != 0)
+        goto done;
+    const router_peer_t *p = router_trust_by_pubkey(store.trust, pk);
+    char uuid[PROTO_UUID_TEXT_CAP];
+    proto_uuid_format(p->peer_id, uuid);
+    printf("added %s %s (%zu trusted)\n", p->name, uuid, router_trust_count(store.trust));
+    rc = KITH_EXIT_OK;
+done:
+    s_close(&store);
+    for (size_t i = 0; i < nlabels; i++)
+        free(label_text[i]);
+    return rc;
+}
+
+/* ------------------------------------------------------------ remove */
+
+static int s_remove(int argc, char **argv, const char *home_flag)
+{
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        s_usage(stdout);
+        return KITH_EXIT_OK;
+    }
+    if (argc != 2 || argv[1][0] == '-') {
+        fprintf(stderr, "kith peers remove: expected one NAME or PEER_ID; see kith peers --help\n");
+        return KITH_EXIT_FAIL;
+    }
+    const char *which = argv[1];
+    s_store_t store = {.lock_fd = -1};
+    if (s_open(&store, home_flag, true) != 0)
+        return KITH_EXIT_FAIL;
+    int rc = KITH_EXIT_FAIL;
+    uint8_t id[PROTO_UUID_LEN];
+    const router_peer_t *p = NULL;
+    size_t matches = 0;
+    if (proto_uuid_parse(which, strlen(which), id) == 0)
+        p = router_trust_by_peer_id(store.trust, id);
+    if (p)
+        matches = 1;
+    else
+        p = router_trust_by_name(store.trust, which, &matches);
+    if (matches == 0) {
+        fprintf(stderr, "kith peers remove: no peer named or with PeerId '%s' in %s; "
+                        "kith peers list shows them\n",
+                which, store.path);
+        goto done;
+    }
+    if (matches > 1) {
+        fprintf(stderr, "kith peers remove: %zu peers are named '%s'; remove one by its PeerId "
+                        "(kith peers list shows them)\n",
+                matches, which);
+        goto done;
+    }
+    char uuid[PROTO_UUID_TEXT_CAP], name[ROUTER_PEER_NAME_MAX + 1];
+    proto_uuid_format(p->peer_id, uuid);
+    snprintf(name, sizeof name, "%s", p->name);
+    if (router_trust_remove(store.trust, p) != 0 || s_save(&store) != 0)
+        goto done;
+    printf("removed %s %s (%zu trusted)\n", name, uuid, router_trust_count(store.trust));
+    rc = KITH_EXIT_OK;
+done:
+    s_close(&store);
+    return rc;
+}
+
+/* ------------------------------------------------------------ list */
+
+static int s_list(int argc, char **argv, const char *home_flag)
+{
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) {
+            json = true;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            s_usage(stdout);
+            return KITH_EXIT_OK;
+        } else {
+            fprintf(stderr, "kith peers list: unexpected '%s'; see kith peers --help\n", argv[i]);
+            return KITH_EXIT_FAIL;
+        }
+    }
+    s_store_t store = {.lock_fd = -1};
+    if (s_open(&store, home_flag, false) != 0)
+        return KITH_EXIT_FAIL;
+    int rc = KITH_EXIT_OK;
+    if (json) {
+        char *text = router_trust_to_json(store.trust, true);
+        if (text) {
+            fputs(text, stdout);
+            free(text);
+        } else {
+            fprintf(stderr, "kith peers list: out of memory\n");
+            rc = KITH_EXIT_FAIL;
+        }
+    } else {
+        size_t n = router_trust_count(store.trust);
+        if (n == 0)
+            printf("no trusted peers in %s\n", store.path);
+        else
+            printf("%-24s %-36s %-52s %s\n", "NAME", "PEER_ID", "PUBKEY", "ADDR");
+        for (size_t i = 0; i < n; i++) {
+            const router_peer_t *p = router_trust_at(store.trust, i);
+            char uuid[PROTO_UUID_TEXT_CAP], pub[PROTO_PUBKEY_TEXT_CAP];
+            proto_uuid_format(p->peer_id, uuid);
+            (void) proto_pubkey_format(p->pk, pub, sizeof pub);
+            printf("%-24s %-36s %-52s %s\n", p->name, uuid, pub, p->addr);
+        }
+    }
+    s_close(&store);
+    return rc;
+}
 
 int kith_cmd_peers(int argc, char **argv)
 {
-    (void) argc;
-    (void) argv;
-    fprintf(stderr, "kith peers: not built yet\n");
+    const char *home_flag = NULL;
+    if (s_take_home(&argc, argv, &home_flag) != 0)
+        return KITH_EXIT_FAIL;
+    if (argc < 2) {
+        fprintf(stderr, "kith peers: expected add, remove or list; see kith peers --help\n");
+        return KITH_EXIT_FAIL;
+    }
+    const char *sub = argv[1];
+    if (!strcmp(sub, "--help") || !strcmp(sub, "-h")) {
+        s_usage(stdout);
+        return KITH_EXIT_OK;
+    }
+    if (!strcmp(sub, "add"))
+        return s_add(argc - 1, argv + 1, home_flag);
+    if (!strcmp(sub, "remove"))
+        return s_remove(argc - 1, argv + 1, home_flag);
+    if (!strcmp(sub, "list"))
+        return s_list(argc - 1, argv + 1, home_flag);
+    fprintf(stderr, "kith peers: unknown subcommand '%s'; expected add, remove or list\n", sub);
     return KITH_EXIT_FAIL;
 }

@@ -17,6 +17,7 @@ static const kith_cmd_t s_cmds[] = {
     {"peers",    kith_cmd_peers,    "add, remove or list trusted peers"},
     {"envelope", kith_cmd_envelope, "encode, decode or verify signed envelope frames"},
     {"send",     kith_cmd_send,     "send a signed message or request to a peer"},
+    {"config",   kith_cmd_config,   "check a config file strictly (exit 0 valid, 1 not)"},
 };
 
 static void s_usage(FILE *out)

@@ -1,0 +1,593 @@
+/* tests/config_test.c — router/config: DESIGN §4 defaults, every key good,
+ * of the wrong type and out of range, unknown and duplicate keys at each
+ * level, comments, bounds, overrides, cross-key rules and load policy. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "router/config.h"
+
+/* Parses text (NUL-terminated) into *cfg; returns the rc, err filled. */
+static int s_parse(router_config_t *cfg, const char *text, char *err, size_t errcap)
+{
+    return router_config_parse(cfg, text, strlen(text), err, errcap);
+}
+
+/* Asserts text is refused with an error starting with `prefix`. */
+static void s_refused(const char *text, const char *prefix)
+{
+    router_config_t cfg;
+    router_config_defaults(&cfg);
+    char err[ROUTER_CONFIG_ERR_MAX] = "";
+    if (s_parse(&cfg, text, err, sizeof err) == 0)
+        fail_msg("accepted: %s", text);
+    if (strncmp(err, prefix, strlen(prefix)) != 0)
+        fail_msg("for %s\n  error: %s\n  wanted prefix: %s", text, err, prefix);
+}
+
+/* ------------------------------------------------------------ defaults */
+
+static void test_defaults_match_design(void **state)
+{
+    (void) state;
+    router_config_t c;
+    router_config_defaults(&c);
+    assert_string_equal(c.gateway.host, "127.0.0.1");
+    assert_int_equal(c.gateway.port, 42617);
+    assert_true(c.gateway.require_pairing);
+    assert_true(c.gateway.allow_query_token);
+    assert_false(c.gateway.echo);
+    assert_string_equal(c.gateway.webhook_secret_env, "");
+    assert_int_equal(c.gateway.max_connections, 10000);
+    assert_int_equal(c.comms.mode, ROUTER_COMMS_TCP);
+    assert_string_equal(c.comms.address, "127.0.0.1:4200");
+    assert_string_equal(c.comms.advertise_address, "");
+    assert_string_equal(c.comms.uds_path, "");
+    assert_int_equal(c.comms.auth, ROUTER_COMMS_AUTH_ED25519);
+    assert_true(c.comms.require_peer_auth);
+    assert_string_equal(c.comms.event_address, "");
+    assert_int_equal(c.comms.ack_timeout_ms, 30000);
+    assert_int_equal(c.comms.inbox_capacity, 1024);
+    assert_int_equal(c.comms.replay_window_s, 300);
+    assert_string_equal(c.comms.session, "comms");
+    assert_int_equal(c.workers.agent_threads, 2);
+    assert_string_equal(c.workers.listen, "");
+    assert_int_equal(c.workers.heartbeat_ms, 1000);
+    assert_int_equal(c.workers.liveness, 3);
+    assert_int_equal(c.agent.provider, ROUTER_AGENT_SCRIPTED);
+    assert_string_equal(c.agent.base_url, "");
+    assert_string_equal(c.agent.model, "");
+    assert_string_equal(c.agent.api_key_env, "");
+    assert_int_equal(c.agent.max_tool_iterations, 60);
+    assert_int_equal(c.agent.max_history_messages, 1000);
+    assert_int_equal(c.agent.turn_timeout_s, 600);
+    assert_true(c.audit.enabled);
+    assert_string_equal(c.audit.path, "audit.log");
+    assert_string_equal(c.audit.hmac_key_env, "");
+    /* DESIGN §10 */
+    assert_int_equal(c.limits.envelope_frame_max, 1024 * 1024);
+    assert_int_equal(c.limits.conn_unsent_max, 4 * 1024 * 1024);
+    assert_int_equal(c.limits.comms_connections_max, 10000);
+    assert_int_equal(c.limits.http_head_max, 16 * 1024);
+    assert_int_equal(c.limits.http_headers_max, 100);
+    assert_int_equal(c.limits.http_body_max, 1024 * 1024);
+    assert_int_equal(c.limits.http_attachment_body_max, 25 * 1024 * 1024);
+    assert_int_equal(c.limits.ws_message_max, 1024 * 1024);
+    assert_int_equal(c.limits.ws_preauth_frame_max, 64 * 1024);
+    assert_int_equal(c.limits.session_queue_max, 16);
+    assert_int_equal(c.limits.sse_ring_events, 4096);
+}
+
+/* DESIGN §4's example block, verbatim, is a valid config equal to the
+ * defaults. */
+static void test_design_example_is_the_defaults(void **state)
+{
+    (void) state;
+    static const char design[] =
+        "{\n"
+        "  \"gateway\": { \"host\": \"127.0.0.1\", \"port\": 42617, \"require_pairing\": true,\n"
+        "               \"allow_query_token\": true, \"echo\": false, \"webhook_secret_env\": null,\n"
+        "               \"max_connections\": 10000 },\n"
+        "  \"comms\":   { \"mode\": \"tcp\", \"address\": \"127.0.0.1:4200\", \"advertise_address\": null,\n"
+        "               \"uds_path\": null, \"auth\": \"ed25519\", \"require_peer_auth\": true,\n"
+        "               \"event_address\": null, \"ack_timeout_ms\": 30000, \"inbox_capacity\": 1024,\n"
+        "               \"replay_window_s\": 300, \"session\": \"comms\" },\n"
+        "  \"workers\": { \"agent_threads\": 2, \"listen\": null, \"heartbeat_ms\": 1000, \"liveness\": 3 },\n"
+        "  \"agent\":   { \"provider\": \"scripted\", \"base_url\": null, \"model\": null, \"api_key_env\": null,\n"
+        "               \"max_tool_iterations\": 60, \"max_history_messages\": 1000, \"turn_timeout_s\": 600 },\n"
+        "  \"audit\":   { \"enabled\": true, \"path\": \"audit.log\", \"hmac_key_env\": null }\n"
+        "}\n";
+    router_config_t parsed, defaults;
+    router_config_defaults(&defaults);
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(s_parse(&parsed, design, err, sizeof err), 0);
+    char *a = router_config_to_json(&parsed), *b = router_config_to_json(&defaults);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_string_equal(a, b);
+    free(a);
+    free(b);
+}
+
+static void test_empty_object_and_empty_sections(void **state)
+{
+    (void) state;
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(s_parse(&c, "{}", err, sizeof err), 0);
+    assert_int_equal(c.gateway.port, 42617);
+    assert_int_equal(
+        s_parse(&c, "{\"gateway\":{},\"comms\":{},\"workers\":{},\"agent\":{},\"audit\":{}}", err,
+                sizeof err),
+        0);
+    assert_int_equal(c.comms.inbox_capacity, 1024);
+}
+
+/* ------------------------------------------------------------ every key */
+
+typedef struct {
+    const char *section;
+    const char *key;
+    const char *good;     /* a valid JSON value other than the default */
+    const char *bad_type; /* a JSON value of the wrong type */
+    const char *bad;      /* right type, out of range or wrong syntax; NULL for booleans */
+    const char *with;     /* other keys of the section the good value needs, or NULL */
+} s_case_t;
+
+static const s_case_t s_cases[] = {
+    {"gateway", "host", "\"::1\"", "5", "\"bad host!\"", NULL},
+    {"gateway", "port", "8080", "\"8080\"", "65536", NULL},
+    {"gateway", "require_pairing", "false", "1", NULL, NULL},
+    {"gateway", "allow_query_token", "false", "\"no\"", NULL, NULL},
+    {"gateway", "echo", "true", "null", NULL, NULL},
+    {"gateway", "webhook_secret_env", "\"KITH_WEBHOOK_SECRET\"", "5", "\"1BAD\"", NULL},
+    {"gateway", "max_connections", "500", "true", "0", NULL},
+    {"comms", "mode", "\"inproc\"", "1", "\"udp\"", NULL},
+    {"comms", "address", "\"[::1]:4300\"", "4300", "\"localhost\"", NULL},
+    {"comms", "advertise_address", "\"node-1.example.com:4200\"", "[]", "\"node.example.com\"",
+     NULL},
+    {"comms", "uds_path", "\"/run/kith/comms.sock\"", "{}", "\"relative.sock\"", NULL},
+    {"comms", "auth", "\"none\"", "false", "\"rsa\"", NULL},
+    {"comms", "require_peer_auth", "false", "\"false\"", NULL, NULL},
+    {"comms", "event_address", "\"127.0.0.1:4300\"", "7", "\"127.0.0.1\"", "\"auth\": \"none\""},
+    {"comms", "ack_timeout_ms", "5000", "\"5s\"", "0", NULL},
+    {"comms", "inbox_capacity", "1048576", "\"x\"", "1048577", NULL},
+    {"comms", "replay_window_s", "60", "1.5", "86401", NULL},
+    {"comms", "session", "\"ops.comms-1\"", "1", "\"a b\"", NULL},
+    {"workers", "agent_threads", "0", "\"2\"", "257", NULL},
+    {"workers", "listen", "\"tcp://127.0.0.1:5555\"", "1", "\"http://x\"", NULL},
+    {"workers", "heartbeat_ms", "250", "[1]", "9", NULL},
+    {"workers", "liveness", "5", "true", "0", NULL},
+    {"agent", "provider", "\"openai\"", "1", "\"anthropic\"", NULL},
+    {"agent", "base_url", "\"http://localhost:11434/v1\"", "1", "\"ftp://x\"", NULL},
+    {"agent", "model", "\"llama3\"", "1", "\"\"", NULL},
+    {"agent", "api_key_env", "\"OPENAI_API_KEY\"", "1", "\"OPENAI-KEY\"", NULL},
+    {"agent", "max_tool_iterations", "10", "\"10\"", "0", NULL},
+    {"agent", "max_history_messages", "50", "null", "1000001", NULL},
+    {"agent", "turn_timeout_s", "30", "\"30\"", "86401", NULL},
+    {"audit", "enabled", "false", "0", NULL, NULL},
+    {"audit", "path", "\"/var/log/kith/audit.log\"", "1", "\"logs/\"", NULL},
+    {"audit", "hmac_key_env", "\"AUDIT_KEY\"", "1", "\"A B\"", NULL},
+};
+
+/* {"<section>": {[with, ]"<key>": <value>}} */
+static void s_doc(const s_case_t *c, const char *value, char *out, size_t cap)
+{
+    snprintf(out, cap, "{\"%s\": {%s%s\"%s\": %s}}", c->section, c->with ? c->with : "",
+             c->with ? ", " : "", c->key, value);
+}
+
+static void test_every_key_good(void **state)
+{
+    (void) state;
+    for (size_t i = 0; i < sizeof s_cases / sizeof s_cases[0]; i++) {
+        const s_case_t *c = &s_cases[i];
+        char doc[512], err[ROUTER_CONFIG_ERR_MAX], want[256];
+        s_doc(c, c->good, doc, sizeof doc);
+        router_config_t cfg;
+        if (s_parse(&cfg, doc, err, sizeof err) != 0)
+            fail_msg("refused %s: %s", doc, err);
+        /* The value reads back as written. */
+        char *json = router_config_to_json(&cfg);
+        assert_non_null(json);
+        snprintf(want, sizeof want, "\"%s\": %s", c->key, c->good);
+        if (!strstr(json, want))
+            fail_msg("%s.%s: %s not in\n%s", c->section, c->key, want, json);
+        free(json);
+    }
+}
+
+static void test_every_key_wrong_type(void **state)
+{
+    (void) state;
+    for (size_t i = 0; i < sizeof s_cases / sizeof s_cases[0]; i++) {
+        const s_case_t *c = &s_cases[i];
+        char doc[512], prefix[128];
+        s_doc(c, c->bad_type, doc, sizeof doc);
+        snprintf(prefix, sizeof prefix, "%s.%s: expected ", c->section, c->key);
+        s_refused(doc, prefix);
+    }
+}
+
+static void test_every_key_out_of_range(void **state)
+{
+    (void) state;
+    for (size_t i = 0; i < sizeof s_cases / sizeof s_cases[0]; i++) {
+        const s_case_t *c = &s_cases[i];
+        if (!c->bad)
+            continue;
+        char doc[512], prefix[128];
+        s_doc(c, c->bad, doc, sizeof doc);
+        snprintf(prefix, sizeof prefix, "%s.%s: expected ", c->section, c->key);
+        s_refused(doc, prefix);
+    }
+}
+
+static void test_error_text_names_key_value_and_line(void **state)
+{
+    (void) state;
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(s_parse(&c, "{\n  \"comms\": {\n    \"inbox_capacity\": \"x\"\n  }\n}", err,
+                             sizeof err),
+                     -1);
+    assert_string_equal(err, "comms.inbox_capacity: expected an integer 1..1048576, got \"x\" "
+                             "(line 3, column 26)");
+}
+
+static void test_integer_forms(void **state)
+{
+    (void) state;
+    s_refused("{\"gateway\":{\"port\":1e3}}", "gateway.port: expected an integer 0..65535, got 1e3");
+    s_refused("{\"gateway\":{\"port\":80.0}}", "gateway.port: expected an integer");
+    s_refused("{\"gateway\":{\"port\":-1}}", "gateway.port: expected an integer");
+    s_refused("{\"gateway\":{\"port\":99999999999999999999999999}}",
+              "gateway.port: expected an integer 0..65535, got 99999999999999999999999999");
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(s_parse(&c, "{\"gateway\":{\"port\":65535,\"max_connections\":1048576}}", err,
+                             sizeof err),
+                     0);
+    assert_int_equal(c.gateway.port, 65535);
+    assert_int_equal(c.gateway.max_connections, 1048576);
+}
+
+static void test_nullable_and_not(void **state)
+{
+    (void) state;
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(s_parse(&c, "{\"agent\":{\"model\":\"m\"}}", err, sizeof err), 0);
+    assert_string_equal(c.agent.model, "m");
+    assert_int_equal(s_parse(&c, "{\"agent\":{\"model\":null}}", err, sizeof err), 0);
+    assert_string_equal(c.agent.model, "");
+    s_refused("{\"gateway\":{\"host\":null}}", "gateway.host: expected ");
+    s_refused("{\"comms\":{\"session\":null}}", "comms.session: expected ");
+    s_refused("{\"audit\":{\"path\":null}}", "audit.path: expected ");
+}
+
+static void test_strings_bounded_and_clean(void **state)
+{
+    (void) state;
+    char doc[4096];
+    char model[ROUTER_CONFIG_MODEL_CAP + 1];
+    memset(model, 'm', sizeof model - 1);
+    model[sizeof model - 1] = '\0';
+    snprintf(doc, sizeof doc, "{\"agent\":{\"model\":\"%s\"}}", model);
+    s_refused(doc, "agent.model: expected a string or null, got \"mmm");
+    model[ROUTER_CONFIG_MODEL_CAP - 1] = '\0'; /* exactly the maximum */
+    snprintf(doc, sizeof doc, "{\"agent\":{\"model\":\"%s\"}}", model);
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(s_parse(&c, doc, err, sizeof err), 0);
+    assert_int_equal(strlen(c.agent.model), ROUTER_CONFIG_MODEL_CAP - 1);
+    s_refused("{\"agent\":{\"model\":\"a\\u0000b\"}}", "agent.model: expected");
+    s_refused("{\"agent\":{\"model\":\"a\\nb\"}}", "agent.model: expected");
+    /* A socket path longer than sun_path allows. */
+    char path[200] = "/";
+    memset(path + 1, 'p', 150);
+    path[151] = '\0';
+    snprintf(doc, sizeof doc, "{\"comms\":{\"uds_path\":\"%s\"}}", path);
+    s_refused(doc, "comms.uds_path: expected an absolute socket path or null");
+}
+
+static void test_addresses(void **state)
+{
+    (void) state;
+    static const char *const good[] = {"127.0.0.1:4200", "[::1]:4200", "[fe80::1]:1", "localhost:0",
+                                       "node-1.example.com:65535", "0.0.0.0:80"};
+    static const char *const bad[] = {"::1:4200", "127.0.0.1", "[::1]", "[::1]4200", ":80",
+                                      "host:", "host:65536", "host:-1", "host:8o", "1.2.3:80",
+                                      "bad_host:80", "-a.com:80", "a..b:80", "[127.0.0.1]:80",
+                                      "host:123456"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        char host[ROUTER_CONFIG_HOST_CAP], why[128];
+        uint16_t port;
+        if (router_hostport_split(good[i], host, sizeof host, &port, why, sizeof why) != 0)
+            fail_msg("refused %s: %s", good[i], why);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char host[ROUTER_CONFIG_HOST_CAP], why[128];
+        uint16_t port;
+        if (router_hostport_split(bad[i], host, sizeof host, &port, why, sizeof why) == 0)
+            fail_msg("accepted %s", bad[i]);
+    }
+    char host[ROUTER_CONFIG_HOST_CAP], why[128];
+    uint16_t port = 0;
+    assert_int_equal(router_hostport_split("[::1]:4200", host, sizeof host, &port, why, sizeof why),
+                     0);
+    assert_string_equal(host, "::1");
+    assert_int_equal(port, 4200);
+}
+
+/* ------------------------------------------------------------ structure */
+
+static void test_unknown_keys_at_each_level(void **state)
+{
+    (void) state;
+    s_refused("{\"gatway\":{}}", "gatway: unknown key (known top-level keys: gateway, comms");
+    s_refused("{\"limits\":{}}", "limits: unknown key");
+    static const char *const sections[] = {"gateway", "comms", "workers", "agent", "audit"};
+    for (size_t i = 0; i < 5; i++) {
+        char doc[128], prefix[128];
+        snprintf(doc, sizeof doc, "{\"%s\":{\"nope\":1}}", sections[i]);
+        snprintf(prefix, sizeof prefix, "%s.nope: unknown key (known: ", sections[i]);
+        s_refused(doc, prefix);
+    }
+    /* Odd bytes in a key are shown escaped, never raw. */
+    s_refused("{\"comms\":{\"a\\u001bb\":1}}", "comms.\"a\\x1bb\": unknown key");
+}
+
+static void test_wrong_shapes(void **state)
+{
+    (void) state;
+    s_refused("[]", "the document: expected an object, got an array");
+    s_refused("42", "the document: expected an object, got 42");
+    s_refused("\"x\"", "the document: expected an object");
+    s_refused("{\"comms\": 1}", "comms: expected an object, got 1");
+    s_refused("{\"comms\": []}", "comms: expected an object, got an array");
+    s_refused("{\"comms\": {\"mode\": {\"x\": 1}}}", "comms.mode: expected one of \"tcp\", "
+                                                     "\"uds\", \"inproc\", \"none\", got an object");
+}
+
+static void test_duplicate_keys(void **state)
+{
+    (void) state;
+    s_refused("{\"comms\":{}, \"comms\":{}}", "comms: duplicate key");
+    s_refused("{\"gateway\":{\"port\":1, \"port\":2}}", "gateway.port: duplicate key");
+}
+
+static void test_comments(void **state)
+{
+    (void) state;
+    static const char doc[] = "// kith config\n"
+                              "{\n"
+                              "  /* the HTTP side */\n"
+                              "  \"gateway\": { \"port\": 8080 }, // inline\n"
+                              "  \"comms\": { /* nothing */ }\n"
+                              "}\n"
+                              "// trailing comment\n";
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(s_parse(&c, doc, err, sizeof err), 0);
+    assert_int_equal(c.gateway.port, 8080);
+    s_refused("{\"gateway\": /* unterminated }", "syntax error: ");
+}
+
+static void test_syntax_errors(void **state)
+{
+    (void) state;
+    s_refused("", "syntax error: ");
+    s_refused("{", "syntax error: ");
+    s_refused("{\"gateway\":{\"port\":1,}}", "syntax error: ");
+    s_refused("{} {}", "syntax error: ");
+    s_refused("{\"agent\":{\"model\":\"\xff\"}}", "syntax error: ");
+}
+
+static void test_deep_nesting_refused_at_once(void **state)
+{
+    (void) state;
+    size_t n = 200000;
+    char *doc = malloc(n + 1);
+    assert_non_null(doc);
+    memset(doc, '[', n);
+    doc[n] = '\0';
+    s_refused(doc, "the document: expected an object, got an array (line 1, column 2)");
+    memcpy(doc, "{\"comms\":", 9);
+    s_refused(doc, "comms: expected an object, got an array");
+    free(doc);
+}
+
+static void test_size_bound(void **state)
+{
+    (void) state;
+    size_t n = ROUTER_CONFIG_FILE_MAX + 1;
+    char *doc = malloc(n + 1);
+    assert_non_null(doc);
+    memset(doc, ' ', n);
+    doc[0] = '{';
+    doc[n - 1] = '}';
+    doc[n] = '\0';
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(router_config_parse(&c, doc, n, err, sizeof err), -1);
+    assert_non_null(strstr(err, "more than"));
+    /* One byte less is fine. */
+    doc[n - 2] = '}';
+    assert_int_equal(router_config_parse(&c, doc, n - 1, err, sizeof err), 0);
+    free(doc);
+}
+
+static void test_refusal_leaves_config_untouched(void **state)
+{
+    (void) state;
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(s_parse(&c, "{\"gateway\":{\"port\":8080}}", err, sizeof err), 0);
+    char *before = router_config_to_json(&c);
+    assert_int_equal(s_parse(&c, "{\"gateway\":{\"port\":9090, \"echo\": 3}}", err, sizeof err), -1);
+    char *after = router_config_to_json(&c);
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+}
+
+static void test_cross_key_rules(void **state)
+{
+    (void) state;
+    s_refused("{\"comms\":{\"mode\":\"uds\"}}", "comms.uds_path: required when comms.mode is \"uds\"");
+    s_refused("{\"comms\":{\"event_address\":\"/tmp/ev.sock\"}}",
+              "comms.event_address: plain events need comms.auth \"none\"");
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(
+        s_parse(&c, "{\"comms\":{\"mode\":\"uds\",\"uds_path\":\"/run/k.sock\"}}", err, sizeof err),
+        0);
+    assert_int_equal(c.comms.mode, ROUTER_COMMS_UDS);
+    assert_int_equal(s_parse(&c, "{\"comms\":{\"auth\":\"none\",\"event_address\":\"/tmp/ev.sock\"}}",
+                             err, sizeof err),
+                     0);
+    assert_string_equal(c.comms.event_address, "/tmp/ev.sock");
+    assert_int_equal(c.comms.auth, ROUTER_COMMS_AUTH_NONE);
+}
+
+static void test_to_json_round_trip(void **state)
+{
+    (void) state;
+    router_config_t a, b;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(
+        s_parse(&a,
+                "{\"gateway\":{\"host\":\"::\",\"port\":1,\"echo\":true,\"webhook_secret_env\":\"W\"},"
+                "\"comms\":{\"mode\":\"none\",\"auth\":\"none\",\"event_address\":\"[::1]:9\"},"
+                "\"agent\":{\"provider\":\"openai\",\"model\":\"gpt \\\"x\\\"\"}}",
+                err, sizeof err),
+        0);
+    char *ja = router_config_to_json(&a);
+    assert_non_null(ja);
+    assert_int_equal(s_parse(&b, ja, err, sizeof err), 0);
+    char *jb = router_config_to_json(&b);
+    assert_string_equal(ja, jb);
+    assert_string_equal(b.agent.model, "gpt \"x\"");
+    free(ja);
+    free(jb);
+}
+
+/* ------------------------------------------------------------ overrides */
+
+static void test_set_from_command_line(void **state)
+{
+    (void) state;
+    router_config_t c;
+    router_config_defaults(&c);
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(router_config_set(&c, "gateway.port", "8088", err, sizeof err), 0);
+    assert_int_equal(c.gateway.port, 8088);
+    assert_int_equal(router_config_set(&c, "gateway.host", "0.0.0.0", err, sizeof err), 0);
+    assert_string_equal(c.gateway.host, "0.0.0.0");
+    assert_int_equal(router_config_set(&c, "gateway.echo", "true", err, sizeof err), 0);
+    assert_true(c.gateway.echo);
+    assert_int_equal(router_config_set(&c, "agent.model", "m1", err, sizeof err), 0);
+    assert_int_equal(router_config_set(&c, "agent.model", "null", err, sizeof err), 0);
+    assert_string_equal(c.agent.model, "");
+    assert_int_equal(router_config_set(&c, "comms.mode", "none", err, sizeof err), 0);
+    assert_int_equal(c.comms.mode, ROUTER_COMMS_NONE);
+
+    assert_int_equal(router_config_set(&c, "gateway.port", "80x", err, sizeof err), -1);
+    assert_string_equal(err, "gateway.port: expected an integer 0..65535, got 80x");
+    assert_int_equal(c.gateway.port, 8088);
+    assert_int_equal(router_config_set(&c, "gateway.echo", "yes", err, sizeof err), -1);
+    assert_int_equal(router_config_set(&c, "gateway.nope", "1", err, sizeof err), -1);
+    assert_string_equal(err, "gateway.nope: no such configuration key");
+    assert_int_equal(router_config_set(&c, "port", "1", err, sizeof err), -1);
+}
+
+/* ------------------------------------------------------------ files */
+
+static void s_write(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_load_policy(void **state)
+{
+    (void) state;
+    char home[] = "/tmp/kith-config-test-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    char path[512], err[ROUTER_CONFIG_ERR_MAX];
+    router_config_t c;
+    bool used = true;
+
+    /* No file and no --config: the defaults. */
+    assert_int_equal(router_config_load(&c, home, NULL, &used, err, sizeof err), 0);
+    assert_false(used);
+    assert_int_equal(c.gateway.port, 42617);
+
+    /* An explicit --config that is missing is an error naming it. */
+    snprintf(path, sizeof path, "%s/missing.json", home);
+    assert_int_equal(router_config_load(&c, home, path, &used, err, sizeof err), -1);
+    assert_non_null(strstr(err, path));
+    assert_non_null(strstr(err, "no such file"));
+
+    /* <home>/config.json is read when present. */
+    snprintf(path, sizeof path, "%s/config.json", home);
+    s_write(path, "{\"gateway\":{\"port\":1234}}");
+    assert_int_equal(router_config_load(&c, home, NULL, &used, err, sizeof err), 0);
+    assert_true(used);
+    assert_int_equal(c.gateway.port, 1234);
+
+    /* A bad one is an error that starts with its path (not the defaults). */
+    s_write(path, "{\"gateway\":{\"port\":\"x\"}}");
+    assert_int_equal(router_config_load(&c, home, NULL, &used, err, sizeof err), -1);
+    assert_int_equal(strncmp(err, path, strlen(path)), 0);
+    assert_non_null(strstr(err, "gateway.port: expected an integer 0..65535, got \"x\""));
+
+    /* A directory where the file should be. */
+    unlink(path);
+    assert_int_equal(mkdir(path, 0700), 0);
+    assert_int_equal(router_config_load(&c, home, NULL, &used, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not a regular file"));
+    rmdir(path);
+    rmdir(home);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults_match_design),
+        cmocka_unit_test(test_design_example_is_the_defaults),
+        cmocka_unit_test(test_empty_object_and_empty_sections),
+        cmocka_unit_test(test_every_key_good),
+        cmocka_unit_test(test_every_key_wrong_type),
+        cmocka_unit_test(test_every_key_out_of_range),
+        cmocka_unit_test(test_error_text_names_key_value_and_line),
+        cmocka_unit_test(test_integer_forms),
+        cmocka_unit_test(test_nullable_and_not),
+        cmocka_unit_test(test_strings_bounded_and_clean),
+        cmocka_unit_test(test_addresses),
+        cmocka_unit_test(test_unknown_keys_at_each_level),
+        cmocka_unit_test(test_wrong_shapes),
+        cmocka_unit_test(test_duplicate_keys),
+        cmocka_unit_test(test_comments),
+        cmocka_unit_test(test_syntax_errors),
+        cmocka_unit_test(test_deep_nesting_refused_at_once),
+        cmocka_unit_test(test_size_bound),
+        cmocka_unit_test(test_refusal_leaves_config_untouched),
+        cmocka_unit_test(test_cross_key_rules),
+        cmocka_unit_test(test_to_json_round_trip),
+        cmocka_unit_test(test_set_from_command_line),
+        cmocka_unit_test(test_load_policy),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

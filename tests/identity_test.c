@@ -1,0 +1,367 @@
+/* tests/identity_test.c — router/identity: file modes, round trip, the
+ * RFC 8032 key and its PeerId (computed independently with Python's
+ * hashlib), refusal of unsafe, malformed and mismatched files, no overwrite. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "proto/pubkey.h"
+#include "router/identity.h"
+
+/* RFC 8032 §7.1, TEST 1: the secret key (seed) and public key. */
+static const uint8_t s_rfc_seed[32] = {
+    0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec, 0x2c, 0xc4,
+    0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32, 0x69, 0x19, 0x70, 0x3b, 0xac, 0x03, 0x1c, 0xae, 0x7f, 0x60,
+};
+static const uint8_t s_rfc_pk[32] = {
+    0xd7, 0x5a, 0x98, 0x01, 0x82, 0xb1, 0x0a, 0xb7, 0xd5, 0x4b, 0xfe, 0xd3, 0xc9, 0x64, 0x07, 0x3a,
+    0x0e, 0xe1, 0x72, 0xf3, 0xda, 0xa6, 0x23, 0x25, 0xaf, 0x02, 0x1a, 0x68, 0xf7, 0x07, 0x51, 0x1a,
+};
+/* The seed as the key file holds it, and the pub file line. */
+#define S_RFC_KEY_LINE "ed25519-seed:nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=\n"
+#define S_RFC_PUB_LINE "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\n"
+/* uuid.UUID(bytes=sha1(ns.bytes + pk)[:16] with version 5 and variant bits)
+ * in Python, ns = 6d656572-6b61-7450-6565-724964300001. */
+#define S_RFC_PEER_ID \
+    "{\"pubkey\":\"ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\"," \
+    "\"peer_id\":\"799d7474-517f-5045-9ae5-ca7af62e35c6\"}"
+
+typedef struct {
+    char home[64];  /* a fresh temp directory */
+    char key[128];  /* home/identity/identity.key */
+    char pub[128];  /* home/identity/identity.pub */
+    char dir[128];  /* home/identity */
+} s_env_t;
+
+static int s_setup(void **state)
+{
+    s_env_t *e = calloc(1, sizeof *e);
+    if (!e)
+        return -1;
+    snprintf(e->home, sizeof e->home, "/tmp/kith-identity-test-XXXXXX");
+    if (!mkdtemp(e->home))
+        return -1;
+    snprintf(e->dir, sizeof e->dir, "%s/identity", e->home);
+    snprintf(e->key, sizeof e->key, "%s/identity/identity.key", e->home);
+    snprintf(e->pub, sizeof e->pub, "%s/identity/identity.pub", e->home);
+    *state = e;
+    return 0;
+}
+
+static int s_rm(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void) st;
+    (void) flag;
+    (void) ftw;
+    return remove(path);
+}
+
+static int s_teardown(void **state)
+{
+    s_env_t *e = *state;
+    nftw(e->home, s_rm, 16, FTW_DEPTH | FTW_PHYS);
+    free(e);
+    return 0;
+}
+
+static void s_write(const char *path, const char *text, mode_t mode)
+{
+    unlink(path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, mode);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t) strlen(text));
+    assert_int_equal(fchmod(fd, mode), 0);
+    close(fd);
+}
+
+static void s_read(const char *path, char *out, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(out, 1, cap - 1, f);
+    out[n] = '\0';
+    fclose(f);
+}
+
+/* Installs the RFC 8032 identity by hand. */
+static void s_install_rfc(const s_env_t *e)
+{
+    mkdir(e->dir, 0700);
+    s_write(e->key, S_RFC_KEY_LINE, 0600);
+    s_write(e->pub, S_RFC_PUB_LINE, 0644);
+}
+
+static bool s_all_zero(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        if (b[i])
+            return false;
+    return true;
+}
+
+/* ------------------------------------------------------------ create */
+
+static void test_create_writes_0600_key_and_pub(void **state)
+{
+    s_env_t *e = *state;
+    router_identity_t id;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    assert_int_equal(router_identity_create(e->home, &id, err, sizeof err), 0);
+
+    struct stat st;
+    assert_int_equal(stat(e->key, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+    assert_int_equal(stat(e->dir, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+
+    /* The key file is one line; its seed derives the same key pair. */
+    char text[256];
+    s_read(e->key, text, sizeof text);
+    assert_int_equal(strncmp(text, "ed25519-seed:", 13), 0);
+    assert_int_equal(strlen(text), 13 + 44 + 1);
+    assert_int_equal(text[strlen(text) - 1], '\n');
+
+    /* The pub file is the text form of pk. */
+    char want[PROTO_PUBKEY_TEXT_CAP + 1];
+    assert_int_equal(proto_pubkey_format(id.pk, want, PROTO_PUBKEY_TEXT_CAP), 0);
+    strcat(want, "\n");
+    s_read(e->pub, text, sizeof text);
+    assert_string_equal(text, want);
+
+    /* sk is seed ‖ pk, as libsodium lays it out. */
+    assert_memory_equal(id.sk + 32, id.pk, 32);
+    assert_int_equal(proto_pubkey_check(id.pk), 0);
+
+    router_identity_wipe(&id);
+}
+
+static void test_create_never_overwrites(void **state)
+{
+    s_env_t *e = *state;
+    s_install_rfc(e);
+    router_identity_t id;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    assert_int_equal(router_identity_create(e->home, &id, err, sizeof err), -1);
+    assert_non_null(strstr(err, "already exists"));
+    assert_true(s_all_zero(&id, sizeof id));
+    char text[256];
+    s_read(e->key, text, sizeof text);
+    assert_string_equal(text, S_RFC_KEY_LINE);
+}
+
+static void test_create_leaves_no_temp_files(void **state)
+{
+    s_env_t *e = *state;
+    router_identity_t id;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    assert_int_equal(router_identity_create(e->home, &id, err, sizeof err), 0);
+    assert_int_equal(router_identity_create(e->home, &id, err, sizeof err), -1);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "test $(ls -A %s | wc -l) -eq 2", e->dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* ------------------------------------------------------------ load */
+
+static void test_round_trip(void **state)
+{
+    s_env_t *e = *state;
+    router_identity_t a, b;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    assert_int_equal(router_identity_create(e->home, &a, err, sizeof err), 0);
+    assert_int_equal(router_identity_load(e->home, &b, err, sizeof err), 0);
+    assert_memory_equal(&a, &b, sizeof a);
+    router_identity_wipe(&a);
+    router_identity_wipe(&b);
+}
+
+static void test_rfc8032_key_and_peer_id(void **state)
+{
+    s_env_t *e = *state;
+    s_install_rfc(e);
+    router_identity_t id;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    if (router_identity_load(e->home, &id, err, sizeof err) != 0)
+        fail_msg("%s", err);
+    assert_memory_equal(id.pk, s_rfc_pk, 32);
+    assert_memory_equal(id.sk, s_rfc_seed, 32);
+    assert_memory_equal(id.sk + 32, s_rfc_pk, 32);
+    char json[ROUTER_IDENTITY_JSON_CAP];
+    router_identity_json(&id, json);
+    assert_string_equal(json, S_RFC_PEER_ID);
+    router_identity_wipe(&id);
+}
+
+static void test_key_without_newline_loads(void **state)
+{
+    s_env_t *e = *state;
+    s_install_rfc(e);
+    char line[] = S_RFC_KEY_LINE;
+    line[strlen(line) - 1] = '\0';
+    s_write(e->key, line, 0600);
+    router_identity_t id;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), 0);
+    assert_memory_equal(id.pk, s_rfc_pk, 32);
+}
+
+static void test_refuses_modes_open_to_others(void **state)
+{
+    s_env_t *e = *state;
+    static const mode_t modes[] = {0644, 0640, 0604, 0620, 0602, 0660, 0666, 0700, 0610, 0601};
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        s_install_rfc(e);
+        assert_int_equal(chmod(e->key, modes[i]), 0);
+        router_identity_t id;
+        char err[ROUTER_IDENTITY_ERR_MAX];
+        int rc = router_identity_load(e->home, &id, err, sizeof err);
+        bool open_to_others = (modes[i] & 077) != 0;
+        if (!open_to_others) {
+            assert_int_equal(rc, 0); /* 0700: owner only, still private */
+            continue;
+        }
+        if (rc == 0)
+            fail_msg("mode %04o accepted", (unsigned) modes[i]);
+        assert_non_null(strstr(err, "chmod 600"));
+        assert_non_null(strstr(err, e->key));
+        assert_true(s_all_zero(&id, sizeof id));
+    }
+    assert_int_equal(chmod(e->key, 0400), 0);
+    router_identity_t id;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), 0);
+}
+
+static void test_refuses_malformed_key_files(void **state)
+{
+    s_env_t *e = *state;
+    static const char *const bad[] = {
+        "",
+        "ed25519-seed:\n",
+        "ed25519-seed:nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A\n",     /* 43 characters */
+        "ed25519-seed:nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A==\n",   /* 45 */
+        "ed25519-seed:nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2B=\n",    /* non-zero pad bits */
+        "ed25519-seed:nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=\n",    /* URL-safe alphabet */
+        "ed25519:nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=\n",         /* the pub prefix */
+        "ed25519-seed:nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=\n\n",  /* two newlines */
+        " ed25519-seed:nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=\n",
+        "ed25519-seed:nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=\r\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s_install_rfc(e);
+        s_write(e->key, bad[i], 0600);
+        router_identity_t id;
+        char err[ROUTER_IDENTITY_ERR_MAX];
+        if (router_identity_load(e->home, &id, err, sizeof err) == 0)
+            fail_msg("accepted key file %zu", i);
+        assert_non_null(strstr(err, "is not a kith key file"));
+        /* The message never echoes the file's content. */
+        assert_null(strstr(err, "nWGx"));
+        assert_true(s_all_zero(&id, sizeof id));
+    }
+}
+
+static void test_refuses_a_directory_or_missing_key(void **state)
+{
+    s_env_t *e = *state;
+    router_identity_t id;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), -1);
+    assert_non_null(strstr(err, "kith keygen"));
+    mkdir(e->dir, 0700);
+    assert_int_equal(mkdir(e->key, 0700), 0);
+    assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not a regular file"));
+    rmdir(e->key);
+}
+
+static void test_pub_file_must_agree(void **state)
+{
+    s_env_t *e = *state;
+    s_install_rfc(e);
+    /* Another valid key: RFC 8032 TEST 2's public key. */
+    s_write(e->pub, "ed25519:PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw=\n", 0644);
+    router_identity_t id;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), -1);
+    assert_non_null(strstr(err, "names another key"));
+    assert_true(s_all_zero(&id, sizeof id));
+
+    s_write(e->pub, "not a key\n", 0644);
+    assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), -1);
+    assert_non_null(strstr(err, e->pub));
+}
+
+static void test_missing_pub_is_rewritten(void **state)
+{
+    s_env_t *e = *state;
+    s_install_rfc(e);
+    unlink(e->pub);
+    router_identity_t id;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), 0);
+    char text[256];
+    s_read(e->pub, text, sizeof text);
+    assert_string_equal(text, S_RFC_PUB_LINE);
+}
+
+static void test_load_or_create(void **state)
+{
+    s_env_t *e = *state;
+    router_identity_t a, b;
+    bool created = false;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    assert_int_equal(router_identity_load_or_create(e->home, &a, &created, err, sizeof err), 0);
+    assert_true(created);
+    assert_int_equal(router_identity_load_or_create(e->home, &b, &created, err, sizeof err), 0);
+    assert_false(created);
+    assert_memory_equal(a.pk, b.pk, 32);
+    /* An unsafe key is an error, never a reason to make a new one. */
+    assert_int_equal(chmod(e->key, 0644), 0);
+    assert_int_equal(router_identity_load_or_create(e->home, &b, &created, err, sizeof err), -1);
+    assert_false(created);
+    assert_non_null(strstr(err, "chmod 600"));
+}
+
+static void test_wipe(void **state)
+{
+    (void) state;
+    router_identity_t id;
+    memset(&id, 0xa5, sizeof id);
+    router_identity_wipe(&id);
+    assert_true(s_all_zero(&id, sizeof id));
+    router_identity_wipe(NULL);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, s_setup, s_teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_create_writes_0600_key_and_pub),
+        T(test_create_never_overwrites),
+        T(test_create_leaves_no_temp_files),
+        T(test_round_trip),
+        T(test_rfc8032_key_and_peer_id),
+        T(test_key_without_newline_loads),
+        T(test_refuses_modes_open_to_others),
+        T(test_refuses_malformed_key_files),
+        T(test_refuses_a_directory_or_missing_key),
+        T(test_pub_file_must_agree),
+        T(test_missing_pub_is_rewritten),
+        T(test_load_or_create),
+        T(test_wipe),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

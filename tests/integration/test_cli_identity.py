@@ -1,0 +1,254 @@
+#!/usr/bin/python3
+"""tests/integration/test_cli_identity.py — the real `kith` binary: keygen,
+id, peers add/list/remove, config check. Identity files are checked with
+code kith did not write: the PeerId with hashlib.sha1 (UUIDv5 by hand, since
+Python's uuid.uuid5 takes a str name, not bytes) and the key pair with PyNaCl.
+
+Run by ctest with KITH_BIN set; exits non-zero on the first failure."""
+
+import base64
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import uuid
+
+import nacl.signing
+
+KITH = os.environ.get("KITH_BIN")
+if not KITH:
+    sys.exit("KITH_BIN is not set (ctest sets it)")
+
+PEER_NS = uuid.UUID("6d656572-6b61-7450-6565-724964300001")
+
+
+def peer_id_of(pk: bytes) -> str:
+    """UUIDv5 (RFC 9562 §5.5) of the raw key bytes in the kith namespace."""
+    digest = bytearray(hashlib.sha1(PEER_NS.bytes + pk).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(digest)))
+
+
+def kith(*args, env=None, expect=0):
+    """Runs kith, checks the exit code, returns (stdout, stderr)."""
+    full_env = dict(os.environ)
+    full_env.pop("KITH_HOME", None)
+    if env:
+        full_env.update(env)
+    p = subprocess.run([KITH, *args], capture_output=True, text=True, env=full_env, timeout=60)
+    if p.returncode != expect:
+        raise AssertionError(
+            f"kith {' '.join(args)}: exit {p.returncode}, wanted {expect}\n"
+            f"stdout: {p.stdout}\nstderr: {p.stderr}")
+    return p.stdout, p.stderr
+
+
+def one_line_error(stderr: str, *needles: str):
+    """An error is one line on stderr that contains every needle."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"wanted one line on stderr, got {lines!r}"
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def test_identity(tmp):
+    home = os.path.join(tmp, "a")
+    out, _ = kith("keygen", "--home", home)
+    made = json.loads(out)
+    check(set(made) == {"pubkey", "peer_id"}, f"keygen printed {made}")
+    check(made["pubkey"].startswith("ed25519:"), made["pubkey"])
+    pk = base64.b64decode(made["pubkey"][len("ed25519:"):], validate=True)
+    check(len(pk) == 32, "public key is 32 bytes")
+    check(made["peer_id"] == peer_id_of(pk),
+          f"peer_id {made['peer_id']} != UUIDv5 {peer_id_of(pk)}")
+
+    out, _ = kith("id", "--home", home)
+    check(json.loads(out) == made, "kith id repeats what keygen printed")
+    out, _ = kith("id", env={"KITH_HOME": home})
+    check(json.loads(out) == made, "KITH_HOME names the home")
+
+    key = os.path.join(home, "identity", "identity.key")
+    pub = os.path.join(home, "identity", "identity.pub")
+    check(stat.S_IMODE(os.stat(key).st_mode) == 0o600, "identity.key is 0600")
+    check(stat.S_IMODE(os.stat(os.path.join(home, "identity")).st_mode) == 0o700,
+          "identity/ is 0700")
+    with open(pub) as f:
+        check(f.read() == made["pubkey"] + "\n", "identity.pub holds the text form")
+
+    # The key file, read without kith: its seed gives the same public key.
+    with open(key) as f:
+        line = f.read()
+    check(line.startswith("ed25519-seed:") and line.endswith("\n"), "key file format")
+    seed = base64.b64decode(line[len("ed25519-seed:"):].strip(), validate=True)
+    check(bytes(nacl.signing.SigningKey(seed).verify_key) == pk, "seed derives the public key")
+
+    # Never overwritten.
+    _, err = kith("keygen", "--home", home, expect=1)
+    one_line_error(err, "already exists", key)
+    with open(key) as f:
+        check(f.read() == line, "keygen left the key alone")
+
+    # A key others can read is refused with the fix.
+    os.chmod(key, 0o644)
+    _, err = kith("id", "--home", home, expect=1)
+    one_line_error(err, "chmod 600 " + key)
+    os.chmod(key, 0o600)
+
+    _, err = kith("id", "--home", os.path.join(tmp, "none"), expect=1)
+    one_line_error(err, "kith keygen")
+    return made
+
+
+def test_peers(tmp, me):
+    home = os.path.join(tmp, "a")
+    bob = json.loads(kith("keygen", "--home", os.path.join(tmp, "b"))[0])
+    carol = json.loads(kith("keygen", "--home", os.path.join(tmp, "c"))[0])
+
+    out, _ = kith("peers", "list", "--home", home)
+    check("no trusted peers" in out, "empty store")
+
+    kith("peers", "add", "--home", home, "--name", "bob", "--pubkey", bob["pubkey"],
+         "--addr", "tcp://127.0.0.1:4201", "--description", "Bob's node",
+         "--label", "env=prod", "--label", "team=a=b")
+    kith("peers", "add", "--name", "bob", "--pubkey", carol["pubkey"],
+         "--addr", "uds:///run/carol.sock", "--home", home)
+    store = os.path.join(home, "trusted_peers.json")
+    check(stat.S_IMODE(os.stat(store).st_mode) == 0o600, "trusted_peers.json is 0600")
+
+    listed = json.loads(kith("peers", "list", "--json", "--home", home)[0])["peers"]
+    check([p["name"] for p in listed] == ["bob", "bob"], f"two rows named bob: {listed}")
+    check(listed[0]["pubkey"] == bob["pubkey"] and listed[0]["peer_id"] == bob["peer_id"],
+          "bob's key and PeerId")
+    check(listed[0]["addr"] == "tcp://127.0.0.1:4201", "bob's address")
+    check(listed[0]["meta"] == {"description": "Bob's node",
+                                "labels": {"env": "prod", "team": "a=b"}}, "bob's meta")
+    check(listed[1]["peer_id"] == carol["peer_id"], "carol's PeerId")
+    check("meta" not in listed[1], "no meta when there is none")
+    with open(store) as f:
+        on_disk = json.load(f)
+    check("peer_id" not in on_disk["peers"][0], "the file holds DESIGN's fields only")
+
+    out, _ = kith("peers", "list", "--home", home)
+    check(bob["peer_id"] in out and carol["peer_id"] in out, "table lists both")
+
+    # Refusals: one line each, nothing written.
+    _, err = kith("peers", "add", "--home", home, "--name", "again", "--pubkey", bob["pubkey"],
+                  "--addr", "tcp://h:1", expect=1)
+    one_line_error(err, "already trusted", bob["peer_id"])
+    _, err = kith("peers", "add", "--home", home, "--name", "x", "--pubkey", "ed25519:AAAA",
+                  "--addr", "tcp://h:1", expect=1)
+    one_line_error(err, "--pubkey")
+    _, err = kith("peers", "add", "--home", home, "--name", "x", "--pubkey", me["pubkey"],
+                  "--addr", "http://h:1", expect=1)
+    one_line_error(err, "addr:", "tcp://host:port")
+    _, err = kith("peers", "add", "--home", home, "--name", "a b", "--pubkey", me["pubkey"],
+                  "--addr", "tcp://h:1", expect=1)
+    one_line_error(err, "name:")
+    _, err = kith("peers", "add", "--home", home, "--name", "x", expect=1)
+    one_line_error(err, "--pubkey")
+    check(len(json.loads(kith("peers", "list", "--json", "--home", home)[0])["peers"]) == 2,
+          "refusals changed nothing")
+
+    # remove: an ambiguous name is refused; a PeerId is exact.
+    _, err = kith("peers", "remove", "bob", "--home", home, expect=1)
+    one_line_error(err, "2 peers are named 'bob'", "PeerId")
+    out, _ = kith("peers", "remove", carol["peer_id"], "--home", home)
+    check("removed bob " + carol["peer_id"] in out, out)
+    out, _ = kith("peers", "remove", "bob", "--home", home)
+    check("removed bob " + bob["peer_id"] in out, out)
+    _, err = kith("peers", "remove", "bob", "--home", home, expect=1)
+    one_line_error(err, "no peer")
+    check(json.loads(kith("peers", "list", "--json", "--home", home)[0]) == {"peers": []},
+          "store is empty again")
+
+
+def test_bad_row(tmp):
+    home = os.path.join(tmp, "bad")
+    os.makedirs(home)
+    good = json.loads(kith("keygen", "--home", os.path.join(tmp, "g"))[0])
+    store = os.path.join(home, "trusted_peers.json")
+    with open(store, "w") as f:
+        f.write('// one good row, then a bad one\n'
+                '{"peers": [\n'
+                f'  {{"name": "good", "pubkey": "{good["pubkey"]}", "addr": "tcp://127.0.0.1:1"}},\n'
+                '  {"pubkey": "ed25519:AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",\n'
+                '   "name": "mallory", "addr": "tcp://127.0.0.1:2"}\n'
+                ']}\n')
+    os.chmod(store, 0o600)
+    _, err = kith("peers", "list", "--home", home, expect=1)
+    one_line_error(err, store, 'peers[1] "mallory": pubkey: not a full-order')
+    _, err = kith("peers", "list", "--json", "--home", home, expect=1)
+    one_line_error(err, 'peers[1] "mallory"')
+    # Edits refuse too: a broken store is never rewritten from half of it.
+    _, err = kith("peers", "remove", "good", "--home", home, expect=1)
+    one_line_error(err, 'peers[1] "mallory"')
+    with open(store) as f:
+        check("mallory" in f.read(), "the broken file is left as it was")
+
+    os.chmod(store, 0o666)
+    _, err = kith("peers", "list", "--home", home, expect=1)
+    one_line_error(err, "chmod go-w")
+
+
+def test_config_check(tmp):
+    home = os.path.join(tmp, "cfg")
+    os.makedirs(home)
+    out, _ = kith("config", "check", "--home", home)
+    check("defaults apply" in out, out)
+    path = os.path.join(home, "config.json")
+    with open(path, "w") as f:
+        f.write('// comments are fine\n{"gateway": {"port": 8080}, /* here too */ "comms": {}}\n')
+    kith("config", "check", path)
+    kith("config", "check", "--home", home)
+    out, _ = kith("config", "check", "--print", path)
+    check(json.loads(out)["gateway"]["port"] == 8080, "--print shows the effective config")
+    check(json.loads(out)["comms"]["inbox_capacity"] == 1024, "--print shows defaults too")
+    with open(path, "w") as f:
+        f.write('{\n  "comms": {\n    "inbox_capacity": "x"\n  }\n}\n')
+    _, err = kith("config", "check", path, expect=1)
+    one_line_error(err, path, 'comms.inbox_capacity: expected an integer 1..1048576, got "x"',
+                   "line 3")
+    _, err = kith("config", "check", "--home", home, expect=1)
+    one_line_error(err, "comms.inbox_capacity")
+    with open(path, "w") as f:
+        f.write('{"comms": {"inbox": 1}}')
+    _, err = kith("config", "check", path, expect=1)
+    one_line_error(err, "comms.inbox: unknown key")
+    _, err = kith("config", "check", os.path.join(home, "missing.json"), expect=1)
+    one_line_error(err, "missing.json", "no such file")
+
+
+def test_help():
+    for cmd in (["keygen"], ["id"], ["peers"], ["peers", "add"], ["peers", "list"],
+                ["peers", "remove"], ["config"], ["config", "check"]):
+        out, _ = kith(*cmd, "--help")
+        check(out.startswith("usage: kith " + cmd[0]), f"{cmd} --help: {out!r}")
+    out, _ = kith("--help")
+    check("config" in out and "peers" in out, "kith --help lists the commands")
+    _, err = kith("peers", "frobnicate", expect=1)
+    one_line_error(err, "add, remove or list")
+    _, err = kith("keygen", "--bogus", expect=1)
+    one_line_error(err, "--bogus", "--help")
+
+
+def main():
+    with tempfile.TemporaryDirectory(prefix="kith-it-identity-") as tmp:
+        me = test_identity(tmp)
+        test_peers(tmp, me)
+        test_bad_row(tmp)
+        test_config_check(tmp)
+        test_help()
+    print("test_cli_identity: ok")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,641 @@
+/* tests/trust_test.c — router/trust: fail-closed loading that names the bad
+ * row (every class of bad row), duplicate PeerIds, duplicate names, lookups,
+ * add/remove, atomic saves and the file-mode rule. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "proto/pubkey.h"
+#include "proto/uuid.h"
+#include "router/trust.h"
+
+/* Key pair n (deterministic: seed bytes all n). */
+static void s_key(uint8_t n, uint8_t pk[32])
+{
+    uint8_t seed[32], sk[64];
+    memset(seed, n, sizeof seed);
+    proto_ed25519_seed_keypair(seed, pk, sk);
+}
+
+/* "ed25519:…" of key pair n, in a static buffer per slot. */
+static const char *s_pub(uint8_t n)
+{
+    static char text[8][PROTO_PUBKEY_TEXT_CAP];
+    uint8_t pk[32];
+    s_key(n, pk);
+    char *out = text[n % 8];
+    assert_int_equal(proto_pubkey_format(pk, out, PROTO_PUBKEY_TEXT_CAP), 0);
+    return out;
+}
+
+static router_trust_t *s_parse(const char *text, char *err, size_t errcap)
+{
+    return router_trust_parse(text, strlen(text), err, errcap);
+}
+
+/* Asserts the document is refused with an error containing `want`. */
+static void s_refused(const char *doc, const char *want)
+{
+    char err[ROUTER_TRUST_ERR_MAX] = "";
+    router_trust_t *t = s_parse(doc, err, sizeof err);
+    if (t) {
+        router_trust_destroy(&t);
+        fail_msg("accepted: %s", doc);
+    }
+    if (!strstr(err, want))
+        fail_msg("for %s\n  error: %s\n  wanted: %s", doc, err, want);
+}
+
+/* ------------------------------------------------------------ loading */
+
+static void test_good_document(void **state)
+{
+    (void) state;
+    char doc[2048], err[ROUTER_TRUST_ERR_MAX];
+    snprintf(doc, sizeof doc,
+             "// peers this node trusts\n"
+             "{\"peers\": [\n"
+             "  {\"name\": \"alice\", \"pubkey\": \"%s\", \"addr\": \"tcp://127.0.0.1:4200\"},\n"
+             "  /* bob listens on a socket */\n"
+             "  {\"addr\": \"uds:///run/kith/bob.sock\", \"pubkey\": \"%s\", \"name\": \"bob\",\n"
+             "   \"meta\": {\"description\": \"Bob's node\", \"labels\": {\"env\": \"prod\", \"zone\": \"\"}}},\n"
+             "  {\"name\": \"carol\", \"pubkey\": \"%s\", \"addr\": \"tcp://[::1]:4201\", \"meta\": {}},\n"
+             "  {\"name\": \"dave.v2_x-1\", \"pubkey\": \"%s\", \"addr\": \"inproc://dave\"}\n"
+             "]}\n",
+             s_pub(1), s_pub(2), s_pub(3), s_pub(4));
+    router_trust_t *t = s_parse(doc, err, sizeof err);
+    if (!t)
+        fail_msg("%s", err);
+    assert_int_equal(router_trust_count(t), 4);
+
+    const router_peer_t *a = router_trust_at(t, 0), *b = router_trust_at(t, 1);
+    assert_string_equal(a->name, "alice");
+    assert_int_equal(a->dial.transport, ROUTER_PEER_TCP);
+    assert_string_equal(a->dial.host, "127.0.0.1");
+    assert_int_equal(a->dial.port, 4200);
+    assert_null(a->description);
+    assert_int_equal(a->nlabels, 0);
+
+    assert_string_equal(b->name, "bob");
+    assert_string_equal(b->addr, "uds:///run/kith/bob.sock");
+    assert_int_equal(b->dial.transport, ROUTER_PEER_UDS);
+    assert_string_equal(b->dial.path, "/run/kith/bob.sock");
+    assert_string_equal(b->description, "Bob's node");
+    assert_int_equal(b->nlabels, 2);
+    assert_string_equal(b->labels[0].key, "env");
+    assert_string_equal(b->labels[0].value, "prod");
+    assert_string_equal(b->labels[1].key, "zone");
+    assert_string_equal(b->labels[1].value, "");
+
+    const router_peer_t *c = router_trust_at(t, 2), *d = router_trust_at(t, 3);
+    assert_string_equal(c->dial.host, "::1");
+    assert_int_equal(d->dial.transport, ROUTER_PEER_INPROC);
+    assert_string_equal(d->dial.path, "dave");
+    assert_null(router_trust_at(t, 4));
+
+    /* The PeerId is UUIDv5 of the key. */
+    uint8_t id[16];
+    proto_peer_id(b->pk, id);
+    assert_memory_equal(b->peer_id, id, 16);
+    router_trust_destroy(&t);
+    assert_null(t);
+    router_trust_destroy(&t);
+}
+
+static void test_empty_forms(void **state)
+{
+    (void) state;
+    char err[ROUTER_TRUST_ERR_MAX];
+    static const char *const docs[] = {"{}", "{\"peers\": []}", " // nothing\n{ \"peers\" : [ ] }"};
+    for (size_t i = 0; i < 3; i++) {
+        router_trust_t *t = s_parse(docs[i], err, sizeof err);
+        assert_non_null(t);
+        assert_int_equal(router_trust_count(t), 0);
+        router_trust_destroy(&t);
+    }
+}
+
+/* One bad row after a good one: the error names the bad row by index and
+ * name, wherever in the row the name appears. */
+typedef struct {
+    const char *row;  /* "@PK" stands for a valid pubkey */
+    const char *want; /* expected in the error */
+} s_bad_row_t;
+
+static const s_bad_row_t s_bad_rows[] = {
+    /* bad names */
+    {"{\"name\": \"b b\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"b b\": name: expected 1..64 characters of [A-Za-z0-9._-], got \"b b\""},
+    {"{\"name\": \"\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}", "peers[1] \"\": name: expected"},
+    {"{\"name\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\", \"pubkey\": "
+     "\"@PK\", \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"aaaa"},
+    {"{\"name\": \"caf\\u00e9\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"caf\\xc3\\xa9\": name: expected"},
+    {"{\"name\": 7, \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}",
+     "peers[1]: name: expected a string, got 7"},
+    {"{\"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}", "peers[1]: name: missing"},
+    /* bad addresses */
+    {"{\"addr\": \"http://h:1\", \"pubkey\": \"@PK\", \"name\": \"web\"}",
+     "peers[1] \"web\": addr: expected tcp://host:port, uds:///abs/path or inproc://name, got "
+     "\"http://h:1\" (unknown scheme)"},
+    {"{\"name\": \"t\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h\"}", "peers[1] \"t\": addr: expected"},
+    {"{\"name\": \"t\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:0\"}", "port 0 cannot be dialled"},
+    {"{\"name\": \"t\", \"pubkey\": \"@PK\", \"addr\": \"tcp://::1:80\"}", "needs brackets"},
+    {"{\"name\": \"u\", \"pubkey\": \"@PK\", \"addr\": \"uds://rel.sock\"}",
+     "peers[1] \"u\": addr: expected"},
+    {"{\"name\": \"i\", \"pubkey\": \"@PK\", \"addr\": \"inproc://a b\"}",
+     "peers[1] \"i\": addr: expected"},
+    {"{\"name\": \"i\", \"pubkey\": \"@PK\", \"addr\": \"inproc://\"}", "peers[1] \"i\": addr:"},
+    {"{\"name\": \"n\", \"pubkey\": \"@PK\"}", "peers[1] \"n\": addr: missing"},
+    {"{\"name\": \"n\", \"pubkey\": \"@PK\", \"addr\": null}",
+     "peers[1] \"n\": addr: expected a string, got null"},
+    /* bad keys (the %s is unused by these) */
+    {"{\"pubkey\": \"ed25519:AAAA\", \"name\": \"short\", \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"short\": pubkey: expected \"ed25519:\" and 44 characters"},
+    {"{\"pubkey\": \"ssh-ed25519 AAAA\", \"name\": \"ssh\", \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"ssh\": pubkey: expected \"ed25519:<base64>\""},
+    {"{\"name\": \"b64\", \"pubkey\": \"ed25519:!!!!AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\", "
+     "\"addr\": \"tcp://h:1\"}",
+     "peers[1] \"b64\": pubkey: expected \"ed25519:\" and 44"},
+    {"{\"name\": \"small\", \"pubkey\": \"ed25519:AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\", "
+     "\"addr\": \"tcp://h:1\"}",
+     "peers[1] \"small\": pubkey: not a full-order Ed25519 public key"},
+    {"{\"name\": \"k\", \"pubkey\": 12, \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"k\": pubkey: expected a string, got 12"},
+    /* structure */
+    {"{\"name\": \"x\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\", \"port\": 1}",
+     "peers[1] \"x\": \"port\": unknown key (known: name, pubkey, addr, meta)"},
+    {"{\"name\": \"x\", \"name\": \"y\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"x\": name: duplicate key"},
+    {"{\"meta\": {\"owner\": \"z\"}, \"name\": \"m\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"m\": meta.\"owner\": unknown key (known: description, labels)"},
+    {"{\"meta\": [], \"name\": \"m\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"m\": meta: expected an object, got an array"},
+    {"{\"meta\": {\"description\": 5}, \"name\": \"m\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"m\": meta.description: expected a string, got 5"},
+    {"{\"meta\": {\"description\": \"two\\nlines\"}, \"name\": \"m\", \"pubkey\": \"@PK\", "
+     "\"addr\": \"tcp://h:1\"}",
+     "peers[1] \"m\": meta.description: expected one line"},
+    {"{\"meta\": {\"labels\": {\"a\": 1}}, \"name\": \"m\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"m\": meta.labels.\"a\": expected a string, got 1"},
+    {"{\"meta\": {\"labels\": {\"a\": \"1\", \"a\": \"2\"}}, \"name\": \"m\", \"pubkey\": \"@PK\", "
+     "\"addr\": \"tcp://h:1\"}",
+     "peers[1] \"m\": meta.labels: key \"a\" appears twice"},
+    {"{\"meta\": {\"labels\": []}, \"name\": \"m\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"m\": meta.labels: expected an object of strings, got an array"},
+    {"{\"meta\": {\"labels\": {\"\": \"v\"}}, \"name\": \"m\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}",
+     "peers[1] \"m\": meta.labels: a key is empty"},
+    /* a bad value nested deep, the name after it */
+    {"{\"addr\": {\"a\": [[[{\"b\": [1, 2, {}]}]]], \"name\": [\"no\"]}, \"name\": \"deep\", "
+     "\"pubkey\": \"@PK\"}",
+     "peers[1] \"deep\": addr: expected a string, got an object"},
+};
+
+/* Copies tmpl into out with its "@PK" (at most one) replaced by pub. */
+static void s_with_key(const char *tmpl, const char *pub, char *out, size_t cap)
+{
+    const char *at = strstr(tmpl, "@PK");
+    if (!at) {
+        snprintf(out, cap, "%s", tmpl);
+        return;
+    }
+    snprintf(out, cap, "%.*s%s%s", (int) (at - tmpl), tmpl, pub, at + 3);
+}
+
+static void test_each_bad_row_is_named(void **state)
+{
+    (void) state;
+    for (size_t i = 0; i < sizeof s_bad_rows / sizeof s_bad_rows[0]; i++) {
+        char row[512], doc[1024];
+        s_with_key(s_bad_rows[i].row, s_pub(2), row, sizeof row);
+        snprintf(doc, sizeof doc,
+                 "{\"peers\": [{\"name\": \"good\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:1\"},\n"
+                 "  %s]}",
+                 s_pub(1), row);
+        s_refused(doc, s_bad_rows[i].want);
+        /* The same row alone is refused as peers[0]. */
+        snprintf(doc, sizeof doc, "{\"peers\": [%s]}", row);
+        s_refused(doc, "peers[0]");
+    }
+}
+
+static void test_mixed_order_key_refused(void **state)
+{
+    (void) state;
+    /* A main-subgroup key plus a point of order 8: on the curve, canonical,
+     * and refused by the full-order policy. */
+    static const uint8_t torsion8[32] = {
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67, 0x0f,
+        0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac, 0x03, 0x7a,
+    };
+    assert_true(sodium_init() >= 0);
+    uint8_t pk[32], mixed[32];
+    s_key(5, pk);
+    assert_int_equal(crypto_core_ed25519_add(mixed, pk, torsion8), 0);
+    char text[PROTO_PUBKEY_TEXT_CAP], doc[512];
+    assert_int_equal(proto_pubkey_format(mixed, text, sizeof text), 0);
+    snprintf(doc, sizeof doc,
+             "{\"peers\": [{\"name\": \"mixed\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:1\"}]}",
+             text);
+    s_refused(doc, "peers[0] \"mixed\": pubkey: not a full-order Ed25519 public key");
+    /* router_trust_add refuses it too. */
+    router_trust_t *t = router_trust_new();
+    char err[ROUTER_TRUST_ERR_MAX];
+    assert_int_equal(router_trust_add(t, "mixed", mixed, "tcp://h:1", NULL, NULL, 0, err, sizeof err),
+                     -1);
+    assert_non_null(strstr(err, "pubkey: not a full-order"));
+    router_trust_destroy(&t);
+}
+
+static void test_duplicate_peer_id_refused(void **state)
+{
+    (void) state;
+    char doc[1024];
+    snprintf(doc, sizeof doc,
+             "{\"peers\": [\n"
+             "  {\"name\": \"a\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:1\"},\n"
+             "  {\"name\": \"b\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:2\"},\n"
+             "  {\"name\": \"c\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:3\"}]}",
+             s_pub(1), s_pub(2), s_pub(1));
+    uint8_t pk[32], id[16];
+    char uuid[PROTO_UUID_TEXT_CAP], want[256];
+    s_key(1, pk);
+    proto_peer_id(pk, id);
+    proto_uuid_format(id, uuid);
+    snprintf(want, sizeof want,
+             "peers[2] \"c\": pubkey: PeerId %s is already trusted as peers[0] \"a\" (line 4", uuid);
+    s_refused(doc, want);
+}
+
+static void test_duplicate_names_allowed(void **state)
+{
+    (void) state;
+    char doc[1024], err[ROUTER_TRUST_ERR_MAX];
+    snprintf(doc, sizeof doc,
+             "{\"peers\": [{\"name\": \"bob\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:1\"},\n"
+             "            {\"name\": \"bob\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:2\"},\n"
+             "            {\"name\": \"eve\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:3\"}]}",
+             s_pub(1), s_pub(2), s_pub(3));
+    router_trust_t *t = s_parse(doc, err, sizeof err);
+    assert_non_null(t);
+    size_t matches = 0;
+    const router_peer_t *p = router_trust_by_name(t, "bob", &matches);
+    assert_int_equal(matches, 2);
+    assert_ptr_equal(p, router_trust_at(t, 0));
+    assert_null(router_trust_by_name(t, "nobody", &matches));
+    assert_int_equal(matches, 0);
+    router_trust_destroy(&t);
+}
+
+static void test_document_shape(void **state)
+{
+    (void) state;
+    s_refused("[]", "the document: expected an object, got an array");
+    s_refused("{\"peers\": {}}", "peers: expected an array, got an object");
+    s_refused("{\"peers\": null}", "peers: expected an array, got null");
+    s_refused("{\"peer\": []}", "\"peer\": unknown key (a trust store holds only \"peers\")");
+    s_refused("{\"peers\": [], \"peers\": []}", "peers: duplicate key");
+    s_refused("{\"peers\": [1]}", "peers[0]: expected an object, got 1");
+    s_refused("{\"peers\": [[]]}", "peers[0]: expected an object, got an array");
+    s_refused("{\"peers\": [", "syntax error: ");
+    s_refused("{\"peers\": []} x", "syntax error: ");
+    s_refused("", "syntax error: ");
+}
+
+static void test_nesting_bounded_inside_a_bad_row(void **state)
+{
+    (void) state;
+    size_t depth = 100000;
+    char *doc = malloc(depth + 64);
+    assert_non_null(doc);
+    strcpy(doc, "{\"peers\": [{\"name\": \"n\", \"meta\": [");
+    size_t len = strlen(doc);
+    memset(doc + len, '[', depth);
+    doc[len + depth] = '\0';
+    s_refused(doc, "peers[0] \"n\": meta: expected an object, got an array");
+    free(doc);
+}
+
+static void test_size_bound(void **state)
+{
+    (void) state;
+    char err[ROUTER_TRUST_ERR_MAX];
+    size_t n = (size_t) ROUTER_TRUST_FILE_MAX + 1;
+    char *doc = malloc(n);
+    assert_non_null(doc);
+    memset(doc, ' ', n);
+    memcpy(doc, "{}", 2);
+    router_trust_t *t = router_trust_parse(doc, n, err, sizeof err);
+    assert_null(t);
+    assert_non_null(strstr(err, "more than"));
+    /* One byte less is read and accepted. */
+    t = router_trust_parse(doc, n - 1, err, sizeof err);
+    assert_non_null(t);
+    router_trust_destroy(&t);
+    free(doc);
+}
+
+/* ------------------------------------------------------------ editing */
+
+static void test_add_remove_lookup(void **state)
+{
+    (void) state;
+    router_trust_t *t = router_trust_new();
+    assert_non_null(t);
+    char err[ROUTER_TRUST_ERR_MAX];
+    enum { N = 2000 };
+    uint8_t pk[32];
+    for (unsigned i = 0; i < N; i++) {
+        uint8_t seed[32] = {0}, sk[64];
+        memcpy(seed, &i, sizeof i);
+        proto_ed25519_seed_keypair(seed, pk, sk);
+        char name[32];
+        snprintf(name, sizeof name, "p%u", i % 100);
+        if (router_trust_add(t, name, pk, "tcp://127.0.0.1:4200", NULL, NULL, 0, err, sizeof err))
+            fail_msg("%u: %s", i, err);
+    }
+    assert_int_equal(router_trust_count(t), N);
+    /* Every key and PeerId is found, at its own row. */
+    for (unsigned i = 0; i < N; i++) {
+        const router_peer_t *p = router_trust_at(t, i);
+        assert_ptr_equal(router_trust_by_pubkey(t, p->pk), p);
+        assert_ptr_equal(router_trust_by_peer_id(t, p->peer_id), p);
+    }
+    /* Adding a key again is refused and changes nothing. */
+    const router_peer_t *p7 = router_trust_at(t, 7);
+    memcpy(pk, p7->pk, 32);
+    assert_int_equal(router_trust_add(t, "again", pk, "tcp://h:1", NULL, NULL, 0, err, sizeof err), -1);
+    assert_non_null(strstr(err, "is already trusted as peers[7] \"p7\""));
+    assert_int_equal(router_trust_count(t), N);
+
+    /* Remove every other row: order kept, removed keys gone, others found. */
+    uint8_t removed[N / 2][32];
+    for (unsigned i = 0; i < N / 2; i++) {
+        const router_peer_t *p = router_trust_at(t, i);
+        memcpy(removed[i], p->pk, 32);
+        assert_int_equal(router_trust_remove(t, p), 0);
+    }
+    assert_int_equal(router_trust_count(t), N / 2);
+    for (unsigned i = 0; i < N / 2; i++)
+        assert_null(router_trust_by_pubkey(t, removed[i]));
+    for (size_t i = 0; i < router_trust_count(t); i++) {
+        const router_peer_t *p = router_trust_at(t, i);
+        assert_ptr_equal(router_trust_by_pubkey(t, p->pk), p);
+        assert_ptr_equal(router_trust_by_peer_id(t, p->peer_id), p);
+    }
+    assert_int_equal(router_trust_remove(t, (const router_peer_t *) removed), -1);
+    router_trust_destroy(&t);
+}
+
+static void test_add_checks_like_load(void **state)
+{
+    (void) state;
+    router_trust_t *t = router_trust_new();
+    char err[ROUTER_TRUST_ERR_MAX];
+    uint8_t pk[32];
+    s_key(9, pk);
+    router_label_t dup[] = {{"a", "1"}, {"a", "2"}};
+    assert_int_equal(router_trust_add(t, "x", pk, "tcp://h:1", NULL, dup, 2, err, sizeof err), -1);
+    assert_string_equal(err, "meta.labels: key \"a\" appears twice");
+    router_label_t ctl[] = {{"a", "\x1b[31m"}};
+    assert_int_equal(router_trust_add(t, "x", pk, "tcp://h:1", NULL, ctl, 1, err, sizeof err), -1);
+    assert_int_equal(router_trust_add(t, "x", pk, "tcp://h:1", "bell\a", NULL, 0, err, sizeof err), -1);
+    assert_int_equal(router_trust_add(t, "x y", pk, "tcp://h:1", NULL, NULL, 0, err, sizeof err), -1);
+    assert_int_equal(router_trust_add(t, "x", pk, "tcp://h", NULL, NULL, 0, err, sizeof err), -1);
+    assert_int_equal(router_trust_count(t), 0);
+    router_label_t ok[] = {{"team", "ops"}};
+    assert_int_equal(router_trust_add(t, "x", pk, "tcp://h:1", "d", ok, 1, err, sizeof err), 0);
+    assert_int_equal(router_trust_count(t), 1);
+    router_trust_destroy(&t);
+}
+
+static void test_addr_parse(void **state)
+{
+    (void) state;
+    router_peer_addr_t a;
+    char why[128];
+    assert_int_equal(router_peer_addr_parse("tcp://[2001:db8::1]:443", &a, why, sizeof why), 0);
+    assert_int_equal(a.transport, ROUTER_PEER_TCP);
+    assert_string_equal(a.host, "2001:db8::1");
+    assert_int_equal(a.port, 443);
+    assert_int_equal(router_peer_addr_parse("tcp://node.example.com:4200", &a, why, sizeof why), 0);
+    assert_int_equal(router_peer_addr_parse("uds:///tmp/a.sock", &a, why, sizeof why), 0);
+    assert_string_equal(a.path, "/tmp/a.sock");
+    assert_int_equal(router_peer_addr_parse("inproc://node-1", &a, why, sizeof why), 0);
+    assert_int_equal(a.transport, ROUTER_PEER_INPROC);
+    assert_string_equal(a.path, "node-1");
+    static const char *const bad[] = {"", "tcp://", "tcp://h:", "tcp://h:65536", "TCP://h:1",
+                                      "uds://", "uds:///", "uds:///dir/", "inproc://x/y",
+                                      "tcp://h:1/path", "udp://h:1", "tcp://h\n:1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (router_peer_addr_parse(bad[i], &a, why, sizeof why) == 0)
+            fail_msg("accepted %s", bad[i]);
+    char longpath[200] = "uds:///";
+    memset(longpath + 7, 'p', 120);
+    longpath[127] = '\0';
+    assert_int_equal(router_peer_addr_parse(longpath, &a, why, sizeof why), -1);
+}
+
+/* ------------------------------------------------------------ files */
+
+typedef struct {
+    char dir[64];
+    char path[128];
+} s_files_t;
+
+static int s_setup(void **state)
+{
+    s_files_t *f = calloc(1, sizeof *f);
+    if (!f)
+        return -1;
+    snprintf(f->dir, sizeof f->dir, "/tmp/kith-trust-test-XXXXXX");
+    if (!mkdtemp(f->dir))
+        return -1;
+    snprintf(f->path, sizeof f->path, "%s/trusted_peers.json", f->dir);
+    *state = f;
+    return 0;
+}
+
+static int s_rm(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void) st;
+    (void) flag;
+    (void) ftw;
+    return remove(path);
+}
+
+static int s_teardown(void **state)
+{
+    s_files_t *f = *state;
+    nftw(f->dir, s_rm, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+static void test_missing_file_is_empty(void **state)
+{
+    s_files_t *f = *state;
+    char err[ROUTER_TRUST_ERR_MAX];
+    router_trust_t *t = router_trust_load(f->path, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(router_trust_count(t), 0);
+    router_trust_destroy(&t);
+}
+
+static void test_save_load_round_trip(void **state)
+{
+    s_files_t *f = *state;
+    char err[ROUTER_TRUST_ERR_MAX];
+    router_trust_t *t = router_trust_new();
+    uint8_t pk[32];
+    router_label_t labels[] = {{"env", "prod"}, {"quote", "say \"hi\" \\ /"}};
+    s_key(1, pk);
+    assert_int_equal(router_trust_add(t, "a", pk, "tcp://[::1]:1", "Ünïcode ✓", labels, 2, err,
+                                      sizeof err),
+                     0);
+    s_key(2, pk);
+    assert_int_equal(router_trust_add(t, "a", pk, "inproc://a", NULL, NULL, 0, err, sizeof err), 0);
+    assert_int_equal(router_trust_save(t, f->path, err, sizeof err), 0);
+
+    struct stat st;
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+
+    router_trust_t *u = router_trust_load(f->path, err, sizeof err);
+    if (!u)
+        fail_msg("%s", err);
+    char *a = router_trust_to_json(t, true), *b = router_trust_to_json(u, true);
+    assert_string_equal(a, b);
+    assert_string_equal(router_trust_at(u, 0)->labels[1].value, "say \"hi\" \\ /");
+    assert_string_equal(router_trust_at(u, 0)->description, "Ünïcode ✓");
+    free(a);
+    free(b);
+    router_trust_destroy(&t);
+    router_trust_destroy(&u);
+}
+
+static void test_save_is_atomic_replace(void **state)
+{
+    s_files_t *f = *state;
+    char err[ROUTER_TRUST_ERR_MAX];
+    router_trust_t *t = router_trust_new();
+    uint8_t pk[32];
+    s_key(1, pk);
+    assert_int_equal(router_trust_add(t, "old", pk, "tcp://h:1", NULL, NULL, 0, err, sizeof err), 0);
+    assert_int_equal(router_trust_save(t, f->path, err, sizeof err), 0);
+
+    /* A reader that opened the old file keeps seeing all of it: the save
+     * renames a new file into place instead of rewriting this one. */
+    int old_fd = open(f->path, O_RDONLY);
+    assert_true(old_fd >= 0);
+    struct stat before, after;
+    assert_int_equal(fstat(old_fd, &before), 0);
+
+    s_key(2, pk);
+    assert_int_equal(router_trust_add(t, "new", pk, "tcp://h:2", NULL, NULL, 0, err, sizeof err), 0);
+    assert_int_equal(router_trust_save(t, f->path, err, sizeof err), 0);
+    assert_int_equal(stat(f->path, &after), 0);
+    assert_true(before.st_ino != after.st_ino);
+
+    char buf[4096];
+    ssize_t n = pread(old_fd, buf, sizeof buf - 1, 0);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    close(old_fd);
+    assert_non_null(strstr(buf, "\"old\""));
+    assert_null(strstr(buf, "\"new\""));
+    router_trust_t *u = router_trust_parse(buf, (size_t) n, err, sizeof err);
+    assert_non_null(u);
+    assert_int_equal(router_trust_count(u), 1);
+    router_trust_destroy(&u);
+
+    /* Only the store is in the directory: no temp file left behind. */
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "test $(ls -A %s | wc -l) -eq 1", f->dir);
+    assert_int_equal(system(cmd), 0);
+
+    /* A failed save (no such directory) leaves nothing behind either. */
+    char missing[192];
+    snprintf(missing, sizeof missing, "%s/nodir/trusted_peers.json", f->dir);
+    assert_int_equal(router_trust_save(t, missing, err, sizeof err), -1);
+    assert_non_null(strstr(err, "nodir"));
+    router_trust_destroy(&t);
+}
+
+static void test_group_writable_file_refused(void **state)
+{
+    s_files_t *f = *state;
+    FILE *fp = fopen(f->path, "w");
+    assert_non_null(fp);
+    fputs("{\"peers\": []}", fp);
+    fclose(fp);
+    char err[ROUTER_TRUST_ERR_MAX];
+    static const mode_t bad[] = {0620, 0602, 0666};
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(chmod(f->path, bad[i]), 0);
+        router_trust_t *t = router_trust_load(f->path, err, sizeof err);
+        assert_null(t);
+        assert_non_null(strstr(err, "chmod go-w"));
+    }
+    assert_int_equal(chmod(f->path, 0644), 0);
+    router_trust_t *t = router_trust_load(f->path, err, sizeof err);
+    assert_non_null(t);
+    router_trust_destroy(&t);
+}
+
+static void test_load_error_names_file_and_row(void **state)
+{
+    s_files_t *f = *state;
+    FILE *fp = fopen(f->path, "w");
+    assert_non_null(fp);
+    fprintf(fp, "{\"peers\": [\n {\"name\": \"ok\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:1\"},\n"
+                " {\"name\": \"bad\", \"pubkey\": \"%s\", \"addr\": \"ftp://h\"}\n]}\n",
+            s_pub(1), s_pub(2));
+    fclose(fp);
+    chmod(f->path, 0600);
+    char err[ROUTER_TRUST_ERR_MAX];
+    router_trust_t *t = router_trust_load(f->path, err, sizeof err);
+    assert_null(t);
+    assert_int_equal(strncmp(err, f->path, strlen(f->path)), 0);
+    assert_non_null(strstr(err, "peers[1] \"bad\": addr: "));
+    assert_non_null(strstr(err, "(line 3,"));
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, s_setup, s_teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_good_document),
+        cmocka_unit_test(test_empty_forms),
+        cmocka_unit_test(test_each_bad_row_is_named),
+        cmocka_unit_test(test_mixed_order_key_refused),
+        cmocka_unit_test(test_duplicate_peer_id_refused),
+        cmocka_unit_test(test_duplicate_names_allowed),
+        cmocka_unit_test(test_document_shape),
+        cmocka_unit_test(test_nesting_bounded_inside_a_bad_row),
+        cmocka_unit_test(test_size_bound),
+        cmocka_unit_test(test_add_remove_lookup),
+        cmocka_unit_test(test_add_checks_like_load),
+        cmocka_unit_test(test_addr_parse),
+        T(test_missing_file_is_empty),
+        T(test_save_load_round_trip),
+        T(test_save_is_atomic_replace),
+        T(test_group_writable_file_refused),
+        T(test_load_error_names_file_and_row),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
