@@ -1,0 +1,374 @@
+/*
+ * spec/ack.pml — Promela model of kith's signed-envelope delivery: a sender,
+ * the connections it opens, and a receiver with a bounded inbox, a bounded
+ * replay window and acks (DESIGN §8, spec/WIRE.md "Model checking").
+ *
+ * Checked exhaustively by tests/integration/test_spin.sh:
+ *   spin -a spec/ack.pml && gcc -DSAFETY -DNOCLAIM -o pan pan.c && ./pan
+ * and the liveness claim `resolved` with -a (see the ltl below). The same file built with one
+ * of the BROKEN_* macros (spec/ack_broken.pml) must make spin report an error.
+ *
+ * What is abstracted: an envelope is (id, kind, defect). Ids 1..NIDS are
+ * UUIDv7 ids in time order, so "older" is "smaller". `defect` stands for
+ * every check before the replay window (frame size, decode, signature,
+ * addressed to us, sender trusted): it names the first check the envelope
+ * fails, which is the typed rejection reason. Wall-clock time is not
+ * modelled; the ±5 min bound is the `floor` below seen from the other side.
+ *
+ * Properties (assertions; each names the DESIGN promise it checks):
+ *   P1 nothing is acked before it is admitted          (send_ack)
+ *   P2 nothing acked is lost, also across SIGTERM       (monitor)
+ *   P3 acks on one connection come back in order       (sender_conn)
+ *   P4 a replay is never admitted twice                (admit)
+ *   P5 a full inbox refuses (inbox_full + close) rather than drops: the
+ *      sender never waits out its timeout for an envelope that was neither
+ *      lost by the network nor answered                (sender_conn)
+ *   P6 nothing is admitted once SIGTERM has begun      (admit)
+ * Liveness (LTL `resolved`, weak fairness): every connection the sender
+ * opens is eventually resolved (all acked, closed, or timed out).
+ */
+
+/* ------------------------------------------------------------ sizes */
+/* Kept tiny so the exhaustive search takes seconds: 3 ids fill a window of
+ * 2 (eviction happens) and an inbox of 2 (inbox_full happens). */
+#define NIDS     3      /* envelopes 1..NIDS; the last one is a response */
+#define RESP_ID  NIDS   /* a `response`: admitted, never acked */
+#ifndef INBOX
+#define INBOX    2      /* inbox capacity (comms.inbox_capacity) */
+#endif
+#ifndef WINDOW
+#define WINDOW   2      /* replay window capacity per peer */
+#endif
+#define NCONN    2      /* the first connection and one retry connection */
+#define QLEN     NIDS   /* bytes in flight per direction, in envelopes */
+#ifndef MAXLOSS
+#define MAXLOSS  1      /* envelopes or acks the network may lose */
+#endif
+#ifndef MAXRESET
+#define MAXRESET 1      /* connections the network may reset */
+#endif
+#ifndef MAXBAD
+#define MAXBAD   1      /* envelopes the sender may get wrong */
+#endif
+
+mtype = { MSG, RESP };                  /* kind.type: message|request, response */
+/* Rejection reasons. BAD stands for the five checks before the replay
+ * window (oversize, malformed, invalid_signature, misaddressed,
+ * untrusted_sender): all five end the same way, a typed close, so the
+ * model folds them into one to keep the search small. */
+mtype = { OK, BAD, REPLAY, INBOX_FULL };
+
+/* ------------------------------------------------------------ state */
+chan wire[NCONN] = [QLEN] of { byte, mtype, mtype };  /* sender → receiver: id, kind, defect */
+chan acks[NCONN] = [QLEN] of { byte };                /* receiver → sender: acked id */
+bool opened[NCONN];   /* the sender has connected */
+bool fin[NCONN];      /* the sender has finished writing (orderly EOF) */
+bool closed[NCONN];   /* the receiver closed, or the network reset it */
+bool lost[NCONN];     /* an envelope or ack was lost on this connection */
+byte losses;          /* network losses so far, ≤ MAXLOSS */
+byte resets;          /* network resets so far, ≤ MAXRESET */
+byte bads;            /* defective envelopes sent so far, ≤ MAXBAD */
+
+chan inbox = [INBOX] of { byte };   /* admitted envelopes, waiting for a worker */
+byte admits[NIDS + 1];              /* times each id was admitted (P4: ≤ 1) */
+bool consumed[NIDS + 1];            /* a worker took it from the inbox */
+bool acked[NIDS + 1];               /* the sender holds an ack for it */
+
+bool seen[NIDS + 1];  /* the replay window: ids admitted and remembered */
+byte nseen;           /* ids in the window, ≤ WINDOW */
+byte floor;           /* ids ≤ floor are refused as replays (forgotten ids) */
+
+bool stopping;        /* SIGTERM received: stop accepting, flush acks, close */
+byte resolved_conns;  /* sender connections that reached a verdict */
+
+/* An acked id is kept: still in the inbox, or taken by a worker. */
+#define KEPT(i)   (!acked[i] || inbox??[eval(i)] || consumed[i])
+#define ALL_KEPT  (KEPT(1) && KEPT(2) && KEPT(3))
+
+/* ------------------------------------------------------------ receiver */
+
+/* router_conn_close: stop reading, discard what is unread. Acks already
+ * written stay readable by the peer: the close is orderly (FIN after the
+ * queued acks), so a rejection never swallows the acks before it. */
+inline conn_close(c, reason)
+{
+	printf("router: conn %d closed, reason %e\n", c, reason);
+	closed[c] = true;
+	do
+	:: wire[c]?_, _, _
+	:: empty(wire[c]) -> break
+	od
+}
+
+/* router_comms_send_ack: the signed ack goes onto the connection's send
+ * queue, in admission order. The network may lose it. */
+inline send_ack(c, i)
+{
+#ifndef NO_ORDER_ASSERT
+	assert(inbox??[eval(i)] || consumed[i]);    /* P1 */
+#endif
+	if
+	:: losses < MAXLOSS -> losses++; lost[c] = true;
+		printf("network: conn %d loses the ack for %d\n", c, i)
+	:: true -> acks[c]!i; printf("router: conn %d acks %d\n", c, i)
+	fi
+}
+
+/* router_replay_check_insert, insert half: remember an admitted id. When
+ * the window is full the oldest id is forgotten and the floor raised to it,
+ * so a forgotten id is still refused: the window forgets, the floor doesn't. */
+inline window_insert(i)
+{
+	if
+	:: nseen < WINDOW -> seen[i] = true; nseen++
+	:: else ->
+		j = 1;
+		do
+		:: seen[j] -> break
+		:: else -> j++
+		od;
+		if
+		:: j < i ->
+			seen[j] = false; seen[i] = true;
+#ifndef BROKEN_FORGET
+			if :: j > floor -> floor = j :: else fi
+#endif
+		:: else ->
+#ifndef BROKEN_FORGET
+			if :: i > floor -> floor = i :: else fi
+#else
+			skip
+#endif
+		fi;
+		j = 0
+	fi
+}
+
+/* router_inbox_admit plus the ack: admission, then (message/request only)
+ * the ack, in one step of the router thread. */
+inline admit(c, i, k)
+{
+	assert(!stopping);                     /* P6 */
+	inbox!i;
+	printf("router: conn %d admits %d to the inbox\n", c, i);
+	admits[i]++;
+	assert(admits[i] == 1);                /* P4 */
+	window_insert(i);
+#ifndef BROKEN_ACK_EARLY
+	if :: k == MSG -> send_ack(c, i) :: else fi
+#endif
+}
+
+/* One envelope through the pipeline of DESIGN §8, in its order. */
+inline on_envelope(c, i, k, d)
+{
+	if
+	:: d != OK -> conn_close(c, d)   /* size, decode, signature, addressed, trust */
+	:: else ->
+		if
+#ifndef REACK_ADMITTED
+		:: seen[i] || i <= floor -> conn_close(c, REPLAY)
+#else
+		/* The alternative DESIGN does not take: a replay of an id still in
+		 * the window is acked again, admitted nothing, and the connection
+		 * stays open; only a forgotten id (≤ floor) is refused. */
+		:: seen[i] && k == MSG -> send_ack(c, i)
+		:: (seen[i] && k != MSG) || (!seen[i] && i <= floor) -> conn_close(c, REPLAY)
+#endif
+		:: else ->
+#ifdef BROKEN_ACK_EARLY
+			/* Meerkat's order: ack on receipt, then try to admit. */
+			if :: k == MSG -> send_ack(c, i) :: else fi;
+#endif
+			if
+			:: nfull(inbox) -> admit(c, i, k)
+			:: full(inbox) ->
+#ifndef BROKEN_DROP_FULL
+				conn_close(c, INBOX_FULL)
+#else
+				printf("router: conn %d drops %d, inbox full\n", c, i)
+#endif
+			fi
+		fi
+	fi
+}
+
+/* The router's side of one connection. Each envelope is handled in one
+ * atomic step: the router thread runs the whole pipeline before it looks at
+ * anything else. */
+proctype receiver(byte c)
+{
+	byte i, j;
+	mtype k, d;
+
+	do
+	:: closed[c] -> break
+	:: atomic { stopping && !closed[c] ->
+		/* SIGTERM: stop reading; acks already queued are flushed by the
+		 * orderly close; the inbox is kept (handed over, not dropped). */
+		conn_close(c, OK)
+	   }
+	:: atomic { !stopping && !closed[c] && nempty(wire[c]) ->
+		wire[c]?i, k, d;
+		printf("router: conn %d reads %d (%e, %e)\n", c, i, k, d);
+		on_envelope(c, i, k, d);
+		i = 0; k = 0; d = 0
+	   }
+	:: atomic { !closed[c] && fin[c] && empty(wire[c]) -> conn_close(c, OK) }
+	od
+}
+
+/* ------------------------------------------------------------ sender */
+
+/* One outbound connection: pipeline every envelope in `mask` (bit i = id i),
+ * in id order, then read acks until all are in, the peer closes, or nothing
+ * more can happen (the 30 s ack timeout). */
+proctype sender_conn(byte c; byte mask)
+{
+	byte i = 1, last = 0, a, want = 0;
+	mtype d;
+
+	/* Write the whole batch in one step: the receiver may still take its
+	 * time over each envelope, and an envelope written after a rejection
+	 * would only be discarded unread, so nothing observable is lost. */
+	atomic {
+		do
+		:: i > NIDS -> break
+		:: i <= NIDS && (mask & (1 << i)) == 0 -> i++
+		:: i <= NIDS && (mask & (1 << i)) != 0 ->
+			d = OK;
+			if
+			:: bads < MAXBAD -> bads++; d = BAD
+			:: true
+			fi;
+			if
+			:: i == RESP_ID -> skip
+			:: else -> want++
+			fi;
+			if
+			:: losses < MAXLOSS -> losses++; lost[c] = true;
+				printf("network: conn %d loses envelope %d\n", c, i)
+			:: true -> wire[c]!i, (i == RESP_ID -> RESP : MSG), d;
+				printf("sender: conn %d writes %d (%e)\n", c, i, d)
+			fi;
+			i++; d = OK
+		od
+	}
+
+	do
+	:: atomic { nempty(acks[c]) ->
+		/* take every ack that has arrived, in one step */
+		do
+		:: acks[c]?a ->
+			assert((mask & (1 << a)) != 0 && a != RESP_ID); /* P3: ours, not a response */
+			assert(a > last);                               /* P3: in order */
+			last = a;
+			acked[a] = true;
+			printf("sender: conn %d holds the ack for %d\n", c, a);
+			want--
+		:: empty(acks[c]) -> break
+		od;
+		a = 0
+	   }
+	:: want == 0 -> break
+	:: atomic { closed[c] && empty(acks[c]) ->           /* rejected or reset: fail fast */
+		printf("sender: conn %d closed by the peer, %d unacked\n", c, want);
+		break
+	   }
+	:: timeout ->
+		printf("sender: conn %d ack timeout, %d unacked: peer offline\n", c, want);
+		assert(lost[c]);                                  /* P5 */
+		break
+	od;
+	fin[c] = true;
+	resolved_conns++
+}
+
+/* The sending peer: one connection, then perhaps a retry connection that
+ * resends, with the same ids, any subset of the envelopes (an honest retry
+ * of unacked ones, or a replay of acked ones by a confused or hostile peer). */
+active proctype sender()
+{
+	byte mask = 0;
+
+	opened[0] = true;
+	run receiver(0);
+	run sender_conn(0, 14);     /* ids 1, 2, 3 */
+	if
+	:: atomic { !stopping ->
+		if :: mask = mask | 2 :: skip fi;
+		if :: mask = mask | 4 :: skip fi;
+		if :: mask = mask | 8 :: skip fi;
+		opened[1] = true;
+		run receiver(1);
+		run sender_conn(1, mask);
+		mask = 0
+	   }
+	:: skip
+	fi
+}
+
+/* ------------------------------------------------------------ environment */
+
+/* An agent worker taking admitted envelopes from the inbox. */
+active proctype worker()
+{
+	byte i;
+end_idle:
+	do
+	:: atomic { inbox?i -> consumed[i] = true;
+		printf("worker: takes %d\n", i); i = 0 }
+	od
+}
+
+/* The network: may reset one open connection (MAXRESET = 1), losing what
+ * is in flight in both directions (an RST, not an orderly close). */
+inline reset(c)
+{
+	resets++;
+	closed[c] = true;
+	printf("network: conn %d reset\n", c);
+	do
+	:: wire[c]?_, _, _ -> lost[c] = true
+	:: acks[c]?_ -> lost[c] = true
+	:: empty(wire[c]) && empty(acks[c]) -> break
+	od
+}
+
+active proctype network()
+{
+end_quiet:
+	if
+	:: atomic { resets < MAXRESET && opened[0] && !closed[0] -> reset(0) }
+	:: atomic { resets < MAXRESET && opened[1] && !closed[1] -> reset(1) }
+	fi
+}
+
+/* SIGTERM, at any moment or never. */
+active proctype sigterm()
+{
+	if
+#ifndef NO_SIGTERM
+	:: stopping = true;
+		printf("router: SIGTERM\n");
+#ifdef BROKEN_SHUTDOWN
+		/* exit without handing over the inbox */
+		atomic { do :: inbox?_ :: empty(inbox) -> break od }
+#endif
+#endif
+	:: skip
+	fi
+}
+
+/* P2: whatever the sender holds an ack for is in the inbox or was taken by a
+ * worker, in every reachable state. */
+active proctype monitor()
+{
+end_watch:
+	atomic { !ALL_KEPT -> assert(ALL_KEPT) }
+}
+
+/* Every connection opened is resolved. Checked with `pan -a`: the model has
+ * no cycle other than the final stutter (every loop consumes a message), so
+ * weak fairness (-f) would change nothing. */
+ltl resolved { <> [] (resolved_conns == opened[0] + opened[1]) }
