@@ -117,8 +117,9 @@ proto_ws_parser_t *proto_ws_parser_new(proto_ws_mode_t mode);
 void proto_ws_parser_destroy(proto_ws_parser_t **self_p);
 
 /* Sets the largest message accepted, in payload bytes summed over its frames.
- * It is checked against each data frame's header, before the payload arrives
- * (PROTO_WS_ERR_TOO_BIG); raise it once a socket authenticates. */
+ * It is checked as soon as a data frame's length is read, before its masking
+ * key and payload (PROTO_WS_ERR_TOO_BIG); raise it once a socket
+ * authenticates. Takes effect from the next data frame. */
 void proto_ws_parser_set_limit(proto_ws_parser_t *self, uint64_t max_message);
 
 /* Why the parser failed; PROTO_WS_OK while it has not. */
@@ -170,7 +171,8 @@ bool proto_ws_close_code_valid(uint16_t code);
 /* Checks a whole Close payload: empty, or a valid status code followed by a
  * well-formed UTF-8 reason. Sets *code (PROTO_WS_CLOSE_NO_STATUS when empty)
  * and the reason slice, which points into `payload`. Returns PROTO_WS_OK or
- * PROTO_WS_ERR_CLOSE_PAYLOAD_SHORT, _CLOSE_CODE or _CLOSE_REASON_UTF8. */
+ * PROTO_WS_ERR_CONTROL_TOO_LONG (over 125 bytes), _CLOSE_PAYLOAD_SHORT,
+ * _CLOSE_CODE or _CLOSE_REASON_UTF8. */
 __attribute__((warn_unused_result))
 proto_ws_reason_t proto_ws_close_parse(const uint8_t *payload, size_t len, uint16_t *code,
                                        const uint8_t **reason, size_t *reason_len);

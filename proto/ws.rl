@@ -69,8 +69,9 @@ static void s_reject(proto_ws_parser_t *self, proto_ws_reason_t reason)
     action reject_unfinished   { s_reject(self, PROTO_WS_ERR_MESSAGE_UNFINISHED); fbreak; }
 
     # ---------------------------------------------------------- first byte
-    # §5.2: FIN (1 bit), RSV1 RSV2 RSV3 (1 bit each), opcode (4 bits).
-    # RSV1-3 MUST be 0 unless an extension says otherwise; kith negotiates none.
+    # §5.2: frame-fin frame-rsv1 frame-rsv2 frame-rsv3 frame-opcode, 1+1+1+1+4
+    # bits. RSV1-3 MUST be 0 unless an extension says otherwise; kith
+    # negotiates none.
 
     control        = 0x88 .. 0x8A;      # FIN=1; %x8 close, %x9 ping, %xA pong
     whole          = 0x81 .. 0x82;      # FIN=1; %x1 text, %x2 binary: a message in one frame
@@ -91,8 +92,9 @@ static void s_reject(proto_ws_parser_t *self, proto_ws_reason_t reason)
     bad_frag  = bad_first | (whole | first) @reject_unfinished;
 
     # ---------------------------------------------------------- payload length
-    # §5.2: 7 bits; 126 then 16 bits; 127 then 64 bits, most significant bit 0.
-    # "The minimal number of bytes MUST be used to encode the length."
+    # §5.2 frame-payload-length: 7 bits; 126 then 16 bits; 127 then 64 bits,
+    # most significant bit 0. "The minimal number of bytes MUST be used to
+    # encode the length."
 
     ext16 = ( 0x00 0x7E .. 0xFF | 0x01 .. 0xFF any ) $len_ext
           | 0x00 0x00 .. 0x7D @reject_not_minimal;
@@ -106,14 +108,19 @@ static void s_reject(proto_ws_parser_t *self, proto_ws_reason_t reason)
           | 0x80 .. 0xFF @reject_length_msb
           | 0x00{6} @reject_not_minimal;
 
+    # §5.2 frame-masking-key: 4 bytes, present when frame-masked is 1.
     masking_key = any{4} $mask_key;
 
     # ---------------------------------------------------------- second byte
-    # MASK (1 bit), payload len (7 bits). §5.1: a client masks every frame it
-    # sends, a server none; §5.5: control payloads fit the 7-bit form.
-
+    # frame-masked (1 bit), frame-payload-length (7 bits). §5.1: a client
+    # masks every frame it sends, a server none; §5.5: control payloads fit
+    # the 7-bit form.
+    #
     # A data frame's length is held to the message limit as soon as it is
-    # known, before the masking key and the payload.
+    # known, before the masking key and the payload. Ragel runs a
+    # transition's actions inner machine first, so the length is whole when
+    # data_length runs, and data_length runs before header_done where both
+    # fall on the last header byte (client mode).
 
     # Server mode: frames from a client.
     s_len_data = ( 0x80 .. 0xFD @len7 | 0xFE ext16 | 0xFF ext64 ) @data_length
@@ -359,7 +366,7 @@ static ssize_t s_control(proto_ws_parser_t *self, uint8_t *buf, size_t pos, size
             s_reject(self, r);
             return -1;
         }
-        ev->data = payload + (reason - payload);
+        ev->data = payload + (reason - payload);   /* the reason, still writable */
         self->closed = true;
     }
     return (ssize_t) pos;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <sodium.h>
 
 #include "proto/ws.h"
 
@@ -849,6 +850,174 @@ static void test_round_trip(void **state)
     }
 }
 
+/* ------------------------------------------------------------------ python-websockets */
+
+/* Frames written by python-websockets (tests/data/ws/make_vectors.py): the
+ * parser must read them, and the encoder, given the same masking keys, must
+ * write them again byte for byte. */
+
+#define VECTOR_FRAMES_MAX 32
+
+typedef struct {
+    int opcode;                       /* wire opcode */
+    bool fin;                         /* FIN bit */
+    bool masked;                      /* the frame carried a masking key */
+    uint8_t key[PROTO_WS_MASK_LEN];   /* that key */
+    size_t len;                       /* payload length */
+    char sha256[65];                  /* payload digest, hex */
+} vector_frame_t;
+
+typedef struct {
+    int opcode;                       /* wire opcode */
+    bool fin;                         /* FIN bit */
+    uint8_t *payload;                 /* the payload as the peer sent it (Close: code and reason) */
+    size_t len;                       /* its length */
+} parsed_frame_t;
+
+static uint8_t *s_slurp(const char *name, size_t *len)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/ws/%s", KITH_TEST_DATA, name);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    long size = ftell(f);
+    assert_true(size > 0);
+    rewind(f);
+    uint8_t *buf = malloc((size_t) size + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t) size, f), (size_t) size);
+    fclose(f);
+    buf[size] = 0;
+    *len = (size_t) size;
+    return buf;
+}
+
+static size_t s_vector_frames(const char *name, vector_frame_t *v)
+{
+    size_t text_len;
+    char *text = (char *) s_slurp(name, &text_len);
+    size_t n = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        assert_true(n < VECTOR_FRAMES_MAX);
+        char key[9];
+        int fin;
+        assert_int_equal(sscanf(line, "%d %d %8s %zu %64s", &v[n].opcode, &fin, key, &v[n].len, v[n].sha256), 5);
+        v[n].fin = fin;
+        v[n].masked = strcmp(key, "-") != 0;
+        if (v[n].masked)
+            assert_int_equal(sodium_hex2bin(v[n].key, sizeof v[n].key, key, 8, NULL, NULL, NULL), 0);
+        n++;
+    }
+    free(text);
+    return n;
+}
+
+/* Parses buf whole into frames as they were on the wire. */
+static size_t s_parsed_frames(proto_ws_mode_t mode, uint8_t *buf, size_t len, parsed_frame_t *out)
+{
+    proto_ws_parser_t *p = proto_ws_parser_new(mode);
+    assert_non_null(p);
+    size_t n = 0, off = 0;
+    while (off < len) {
+        proto_ws_event_t ev;
+        ssize_t r = proto_ws_parse(p, buf + off, len - off, &ev);
+        assert_true(r > 0);
+        off += (size_t) r;
+        if (ev.opcode == PROTO_WS_OP_TEXT || ev.opcode == PROTO_WS_OP_BINARY) {
+            if (ev.frame_begin) {
+                assert_true(n < VECTOR_FRAMES_MAX);
+                out[n] = (parsed_frame_t) {
+                    .opcode = ev.message_begin ? (int) ev.opcode : PROTO_WS_OP_CONTINUATION,
+                    .fin = ev.fin,
+                    .payload = malloc((size_t) ev.frame_len + 1),
+                };
+                assert_non_null(out[n].payload);
+                n++;
+            }
+            memcpy(out[n - 1].payload + out[n - 1].len, ev.data, ev.len);
+            out[n - 1].len += ev.len;
+            continue;
+        }
+        assert_true(n < VECTOR_FRAMES_MAX);
+        parsed_frame_t *f = &out[n++];
+        *f = (parsed_frame_t) {.opcode = ev.opcode, .fin = true, .payload = malloc(PROTO_WS_CONTROL_MAX)};
+        assert_non_null(f->payload);
+        if (ev.opcode == PROTO_WS_OP_CLOSE && ev.close_code != PROTO_WS_CLOSE_NO_STATUS) {
+            f->payload[0] = (uint8_t) (ev.close_code >> 8);
+            f->payload[1] = (uint8_t) ev.close_code;
+            f->len = 2;
+        }
+        memcpy(f->payload + f->len, ev.data, ev.len);
+        f->len += ev.len;
+    }
+    proto_ws_parser_destroy(&p);
+    return n;
+}
+
+static void s_check_vectors(const char *name, proto_ws_mode_t mode)
+{
+    char file[64];
+    snprintf(file, sizeof file, "%s.txt", name);
+    vector_frame_t want[VECTOR_FRAMES_MAX];
+    size_t n_want = s_vector_frames(file, want);
+    snprintf(file, sizeof file, "%s.bin", name);
+    size_t len;
+    uint8_t *wire = s_slurp(file, &len);
+    uint8_t *buf = malloc(len);
+    assert_non_null(buf);
+    memcpy(buf, wire, len);
+
+    parsed_frame_t got[VECTOR_FRAMES_MAX];
+    size_t n_got = s_parsed_frames(mode, buf, len, got);
+    assert_int_equal(n_got, n_want);
+    uint8_t *again = malloc(len);
+    assert_non_null(again);
+    size_t again_len = 0;
+    for (size_t i = 0; i < n_got; i++) {
+        assert_int_equal(got[i].opcode, want[i].opcode);
+        assert_int_equal(got[i].fin, want[i].fin);
+        assert_int_equal(got[i].len, want[i].len);
+        uint8_t digest[crypto_hash_sha256_BYTES];
+        char hex[2 * crypto_hash_sha256_BYTES + 1];
+        crypto_hash_sha256(digest, got[i].payload, got[i].len);
+        sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+        assert_string_equal(hex, want[i].sha256);
+        assert_int_equal(want[i].masked, mode == SERVER);
+        ssize_t w = proto_ws_frame_encode(again + again_len, len - again_len, (proto_ws_opcode_t) got[i].opcode,
+                                          got[i].fin, got[i].payload, got[i].len,
+                                          want[i].masked ? want[i].key : NULL);
+        assert_true(w > 0);
+        again_len += (size_t) w;
+        free(got[i].payload);
+    }
+    assert_int_equal(again_len, len);
+    assert_memory_equal(again, wire, len);
+
+    /* And the same frames whatever the split. */
+    transcript_t *t = malloc(sizeof *t);
+    assert_non_null(t);
+    s_run(t, mode, PROTO_WS_MESSAGE_MAX_DEFAULT, wire, len, (split_t) {.kind = SPLIT_WHOLE});
+    assert_false(t->failed);
+    s_expect(mode, wire, len, t->text);
+    free(t);
+    free(again);
+    free(buf);
+    free(wire);
+}
+
+static void test_python_websockets_client_frames(void **state)
+{
+    (void) state;
+    s_check_vectors("websockets_client", SERVER);
+}
+
+static void test_python_websockets_server_frames(void **state)
+{
+    (void) state;
+    s_check_vectors("websockets_server", CLIENT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -880,6 +1049,8 @@ int main(void)
         cmocka_unit_test(test_header_encode),
         cmocka_unit_test(test_mask_in_pieces),
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_python_websockets_client_frames),
+        cmocka_unit_test(test_python_websockets_server_frames),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
