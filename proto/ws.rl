@@ -22,16 +22,14 @@ struct proto_ws_parser {
     uint64_t limit;                     /* largest message accepted, in payload bytes */
     uint8_t b0;                         /* current frame's first byte: FIN, RSV1-3, opcode */
     uint64_t len;                       /* current frame's payload length */
-    uint64_t left;                      /* payload bytes of the current frame not yet delivered */
+    uint64_t left;                      /* payload bytes of the current frame not yet delivered; 0 between frames */
     uint8_t mask[PROTO_WS_MASK_LEN];    /* current frame's masking key (server mode) */
     uint8_t mask_fill;                  /* masking-key bytes read so far */
-    bool in_payload;                    /* header complete, its payload (maybe empty) not all delivered */
     bool closed;                        /* a Close frame was delivered: nothing may follow */
     proto_ws_opcode_t msg_opcode;       /* TEXT or BINARY: the message in progress */
     uint64_t msg_len;                   /* payload bytes announced so far for that message */
     proto_utf8_t utf8;                  /* validator for a text message in progress */
-    uint8_t ctl[PROTO_WS_CONTROL_MAX];  /* a control payload that arrived in pieces, gathered */
-    uint8_t ctl_fill;                   /* bytes gathered in ctl */
+    uint8_t ctl[PROTO_WS_CONTROL_MAX];  /* a control payload arriving in pieces: the first len - left bytes */
 };
 
 #define WS_FIN 0x80
@@ -252,17 +250,9 @@ static void s_data_length(proto_ws_parser_t *self)
     self->msg_len += self->len;
 }
 
-/* A header has been read whole: set up delivery of its payload. */
-static void s_frame_begin(proto_ws_parser_t *self)
-{
-    self->left = self->len;
-    self->ctl_fill = 0;
-    self->in_payload = true;
-}
-
 /* Runs the header grammar over buf[0..len) until a header ends or the bytes
- * do. Returns the bytes it consumed. */
-static size_t s_header(proto_ws_parser_t *self, const uint8_t *buf, size_t len)
+ * do; sets *used to the bytes consumed. Returns true when a header ended. */
+static bool s_header(proto_ws_parser_t *self, const uint8_t *buf, size_t len, size_t *used)
 {
     const uint8_t *p = buf;
     const uint8_t *pe = buf + len;
@@ -275,9 +265,10 @@ static size_t s_header(proto_ws_parser_t *self, const uint8_t *buf, size_t len)
     assert(self->cs != proto_ws_error);
     assert(p <= pe);
     assert(header_done || self->reason != PROTO_WS_OK || p == pe);
-    if (header_done && self->reason == PROTO_WS_OK)
-        s_frame_begin(self);
-    return (size_t) (p - buf);
+    *used = (size_t) (p - buf);
+    if (header_done)
+        self->left = self->len;
+    return header_done;
 }
 
 /* Delivers the next slice of a data frame from buf[pos..len). */
@@ -288,7 +279,7 @@ static ssize_t s_data(proto_ws_parser_t *self, uint8_t *buf, size_t pos, size_t 
     if (n > self->left)
         n = (size_t) self->left;
     if (n == 0 && self->left > 0)
-        return -2;  /* the header took the whole buffer */
+        return -2;  /* no payload byte in this buffer */
 
     uint8_t *slice = buf + pos;
     uint64_t offset = self->len - self->left;
@@ -316,7 +307,6 @@ static ssize_t s_data(proto_ws_parser_t *self, uint8_t *buf, size_t pos, size_t 
         .message_begin = offset == 0 && (self->b0 & WS_OPCODE) != PROTO_WS_OP_CONTINUATION,
         .message_end = message_end,
     };
-    self->in_payload = !frame_end;
     return (ssize_t) (pos + n);
 }
 
@@ -327,18 +317,18 @@ static ssize_t s_control(proto_ws_parser_t *self, uint8_t *buf, size_t pos, size
 {
     bool masked = self->mode == PROTO_WS_MODE_SERVER;
     size_t avail = len - pos;
+    size_t have = (size_t) (self->len - self->left);   /* bytes gathered so far */
     uint8_t *payload;
-    if (self->ctl_fill == 0 && avail >= self->left) {
+    if (have == 0 && avail >= self->left) {
         payload = buf + pos;
         pos += (size_t) self->len;
         if (masked)
             proto_ws_mask(payload, (size_t) self->len, self->mask, 0);
     } else {
         size_t n = avail < self->left ? avail : (size_t) self->left;
-        memcpy(self->ctl + self->ctl_fill, buf + pos, n);
+        memcpy(self->ctl + have, buf + pos, n);
         if (masked)
-            proto_ws_mask(self->ctl + self->ctl_fill, n, self->mask, self->ctl_fill);
-        self->ctl_fill = (uint8_t) (self->ctl_fill + n);
+            proto_ws_mask(self->ctl + have, n, self->mask, have);
         self->left -= n;
         pos += n;
         if (self->left > 0)
@@ -346,7 +336,6 @@ static ssize_t s_control(proto_ws_parser_t *self, uint8_t *buf, size_t pos, size
         payload = self->ctl;
     }
     self->left = 0;
-    self->in_payload = false;
 
     *ev = (proto_ws_event_t) {
         .opcode = (proto_ws_opcode_t) (self->b0 & WS_OPCODE),
@@ -377,17 +366,20 @@ ssize_t proto_ws_parse(proto_ws_parser_t *self, uint8_t *buf, size_t len, proto_
     if (self->reason != PROTO_WS_OK)
         return -1;
     size_t pos = 0;
-    if (!self->in_payload) {
+    if (self->left == 0) {
+        /* Between frames: the next bytes are a header. A frame's payload is
+         * delivered (a zero-length one included) in the call that ends its
+         * header, so left is 0 here only between frames. */
         if (len == 0)
             return -2;
         if (self->closed) {
             s_reject(self, PROTO_WS_ERR_AFTER_CLOSE);
             return -1;
         }
-        pos = s_header(self, buf, len);
+        bool header_done = s_header(self, buf, len, &pos);
         if (self->reason != PROTO_WS_OK)
             return -1;
-        if (!self->in_payload)
+        if (!header_done)
             return -2;
     }
     if ((self->b0 & WS_OPCODE) >= PROTO_WS_OP_CLOSE)
