@@ -401,7 +401,10 @@ static void test_in_place_delivery(void **state)
     assert_true(!ev.frame_begin && ev.frame_end && ev.message_end && ev.data == again + 7);
     assert_memory_equal(again + 6, "Hello", 5);
     assert_int_equal(proto_ws_parse(p, again, 0, &ev), -2);
+    proto_ws_parser_destroy(&p);
+    assert_null(p);
     proto_ws_parser_destroy(&p);   /* idempotent */
+    proto_ws_parser_destroy(NULL);
 }
 
 /* A control frame all in one buffer is delivered in place; one that arrives
@@ -456,8 +459,11 @@ static void test_control_between_fragments(void **state)
 static void test_partial_frame(void **state)
 {
     (void) state;
+    /* The stream ends inside a payload: what came is delivered. */
     EXPECT(CLIENT, "\x01\x03\x48\x65\x6c" "\x80\x05\x6c\x6f", "text[first] \"Hel\"; text[last] \"lo\" (partial)");
+    /* Inside a header, or a control frame's payload: nothing yet. */
     EXPECT(CLIENT, "\x81\x7e\x01", "");
+    EXPECT(SERVER, "\x89\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51", "");
 }
 
 /* Lengths at the edges of each form. */
