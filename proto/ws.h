@@ -90,7 +90,9 @@ uint16_t proto_ws_reason_close_code(proto_ws_reason_t r);
 typedef struct proto_ws_parser proto_ws_parser_t;
 
 /* One thing the parser found. Data frames are handed over in slices as their
- * bytes arrive; a control frame is handed over whole.
+ * bytes arrive; a control frame is handed over whole. Text is UTF-8 checked
+ * as it arrives (a slice may end inside a code point), so a bad byte fails
+ * the parse before it is handed over.
  *
  * `data` points into the caller's buffer, unmasked in place. The one
  * exception: a control frame whose payload arrived across several calls is
@@ -131,8 +133,8 @@ proto_ws_reason_t proto_ws_parser_reason(const proto_ws_parser_t *self);
  * Returns the number of bytes consumed (at least 1) when it filled *ev: the
  * event's slice lies in those bytes; call again with the rest. Returns -2
  * when it consumed all `len` bytes without completing an event (they are
- * held in the parser: a partial header or a partial control frame); call
- * again with the bytes that follow. Returns -1 when the stream breaks RFC
+ * held in the parser: a header or part of one, part of a control frame);
+ * call again with the bytes that follow. Returns -1 when the stream breaks RFC
  * 6455: proto_ws_parser_reason() says why, and every later call fails too.
  *
  * Feeding the stream whole, byte by byte or split anywhere yields the same
