@@ -17,15 +17,22 @@ typedef struct {
 
 static const char *const s_supported[] = {"kith.v1", "chat"};
 
-/* Feeds a NULL-terminated header list and checks it; returns the reason. */
-static proto_ws_handshake_reason_t s_check(proto_ws_upgrade_t *up, const header_t *h)
+/* Feeds a NULL-terminated header list to a server speaking `supported` and
+ * checks it; returns the reason. */
+static proto_ws_handshake_reason_t s_check_for(proto_ws_upgrade_t *up, const char *const *supported,
+                                              size_t n_supported, const header_t *h)
 {
-    proto_ws_upgrade_init(up, s_supported, 2);
+    proto_ws_upgrade_init(up, supported, n_supported);
     for (; h->name; h++)
         proto_ws_upgrade_feed(up, h->name, strlen(h->name), h->value, strlen(h->value));
     int rc = proto_ws_upgrade_check(up);
     assert_int_equal(rc == 0, up->reason == PROTO_WS_HS_OK);
     return up->reason;
+}
+
+static proto_ws_handshake_reason_t s_check(proto_ws_upgrade_t *up, const header_t *h)
+{
+    return s_check_for(up, s_supported, 2, h);
 }
 
 #define BASE                                          \
@@ -214,13 +221,9 @@ static void test_protocol_choice(void **state)
     assert_int_equal(s_check(&up, none), PROTO_WS_HS_OK);
     assert_null(up.protocol);
     /* No supported list at all. */
-    proto_ws_upgrade_init(&up, NULL, 0);
-    proto_ws_upgrade_feed(&up, "Upgrade", 7, "websocket", 9);
-    proto_ws_upgrade_feed(&up, "Connection", 10, "Upgrade", 7);
-    proto_ws_upgrade_feed(&up, "Sec-WebSocket-Key", 17, "dGhlIHNhbXBsZSBub25jZQ==", 24);
-    proto_ws_upgrade_feed(&up, "Sec-WebSocket-Version", 21, "13", 2);
-    proto_ws_upgrade_feed(&up, "Sec-WebSocket-Protocol", 22, "chat", 4);
-    assert_int_equal(proto_ws_upgrade_check(&up), 0);
+    static const header_t chat[] = {
+        BASE, {"Sec-WebSocket-Version", "13"}, {"Sec-WebSocket-Protocol", "chat"}, {NULL, NULL}};
+    assert_int_equal(s_check_for(&up, NULL, 0, chat), PROTO_WS_HS_OK);
     assert_null(up.protocol);
 }
 
@@ -246,13 +249,9 @@ static void test_bearer_entry(void **state)
 
     /* A server that lists a bearer. name still never selects the entry. */
     static const char *const odd[] = {"bearer.x"};
-    proto_ws_upgrade_init(&up, odd, 1);
-    proto_ws_upgrade_feed(&up, "Upgrade", 7, "websocket", 9);
-    proto_ws_upgrade_feed(&up, "Connection", 10, "Upgrade", 7);
-    proto_ws_upgrade_feed(&up, "Sec-WebSocket-Key", 17, "dGhlIHNhbXBsZSBub25jZQ==", 24);
-    proto_ws_upgrade_feed(&up, "Sec-WebSocket-Version", 21, "13", 2);
-    proto_ws_upgrade_feed(&up, "Sec-WebSocket-Protocol", 22, "bearer.x", 8);
-    assert_int_equal(proto_ws_upgrade_check(&up), 0);
+    static const header_t x[] = {
+        BASE, {"Sec-WebSocket-Version", "13"}, {"Sec-WebSocket-Protocol", "bearer.x"}, {NULL, NULL}};
+    assert_int_equal(s_check_for(&up, odd, 1, x), PROTO_WS_HS_OK);
     assert_null(up.protocol);
     assert_int_equal(up.bearer_len, 1);
 
