@@ -24,8 +24,6 @@
 
 static const char s_continue[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
-static void s_input(gateway_http_conn_t *hc, char *buf, size_t len);
-
 /* ---------------------------------------------------------------- options */
 
 void gateway_http_opts_from_config(gateway_http_opts_t *opts, const router_config_t *cfg)

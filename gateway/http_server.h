@@ -136,7 +136,9 @@ void gateway_http_res_close(gateway_http_res_t *res);
 /* Sends the response: status line, Date, Content-Type (when given),
  * Content-Length (not for 204 and 304, which have no body), the added
  * headers, Connection when it closes, then `len` octets of `body` (copied;
- * none for HEAD). Once per request. Returns 0, or -1 with errno EINVAL
+ * none for HEAD). Once per request. A response is queued whole: one past
+ * the connection's unsent-byte limit (ROUTER_CONN_SEND_LIMIT by default)
+ * cuts the connection. Returns 0, or -1 with errno EINVAL
  * (status outside 200..599, a body on 204/304, a bad content type),
  * EALREADY (already sent) or EPIPE (the connection is gone; nothing to do). */
 int gateway_http_respond(gateway_http_res_t *res, int status, const char *content_type,
@@ -165,10 +167,10 @@ typedef void (*gateway_http_handler_fn)(const gateway_http_req_t *req, gateway_h
  * "/api/canvas/" and every path under it. Of the routes taking the request's
  * path and method the most specific wins: an exact path over any prefix, a
  * longer prefix over a shorter one; on the same pattern a route for the
- * method over one for any method. A GET route also
- * answers HEAD (the server drops the body). A path some route takes, but
- * not with this method, is answered 405 with `Allow`; a path none takes,
- * 404. `ud` is borrowed. Returns 0, or -1 with errno EINVAL (bad method or
+ * method over one for any method. Paths are matched as sent (no
+ * percent-decoding). A GET route also answers HEAD (the server drops the
+ * body). A path some route takes, but not with this method, is answered
+ * 405 with `Allow`; a path none takes, 404. `ud` is borrowed. Returns 0, or -1 with errno EINVAL (bad method or
  * pattern), EEXIST (same method and pattern again) or ENOSPC (table full). */
 int gateway_http_route(gateway_http_t *g, const char *method, const char *pattern,
                        gateway_http_handler_fn fn, void *ud)
