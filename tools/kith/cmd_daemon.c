@@ -1,10 +1,14 @@
 /* tools/kith/cmd_daemon.c — `kith daemon`: load the configuration, start the
- * node with its listeners, run until SIGINT/SIGTERM, then drain: every
- * envelope acked is durable in the inbox before the process exits. */
+ * node with its listeners and the HTTP gateway on its loop, run until
+ * SIGINT/SIGTERM, then drain: every envelope acked is durable in the inbox
+ * before the process exits. */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "gateway/http_server.h"
+#include "gateway/routes.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
 #include "router/config.h"
@@ -19,8 +23,45 @@ static void s_usage(FILE *out)
             "usage: kith daemon [--home DIR] [--config FILE] [--host H] [--port P] [--echo]\n"
             "                   [--log-level debug|info|warn|error]\n"
             "Runs the router: signed comms listeners (TCP, Unix socket, in-process), the\n"
-            "plain event listener when configured, and the durable inbox. With no config\n"
+            "plain event listener when configured, the durable inbox, and the HTTP gateway\n"
+            "(GET /health, GET /metrics) on gateway.host:gateway.port. With no config\n"
             "file it runs on the embedded defaults (DESIGN §4). SIGINT/SIGTERM drain and exit 0.\n");
+}
+
+/* The HTTP gateway on the node's loop, listening on gateway.host:port with
+ * the configured limits and the node's metrics. Returns the server, or
+ * NULL with a one-line reason in err. */
+static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_t *cfg,
+                                       char *err, size_t errcap)
+{
+    char text[ROUTER_ADDR_TEXT_MAX], shown[ROUTER_ADDR_STR_MAX] = "?";
+    router_addr_t addr, bound;
+    router_addr_err_t why;
+    snprintf(text, sizeof text, strchr(cfg->gateway.host, ':') ? "[%s]:%u" : "%s:%u",
+             cfg->gateway.host, cfg->gateway.port);
+    if (router_addr_parse(text, &addr, &why) != 0) {
+        snprintf(err, errcap, "gateway.host %s: %s (use an IP address or localhost)",
+                 cfg->gateway.host, router_addr_err_str(why));
+        return NULL;
+    }
+    gateway_http_opts_t o;
+    gateway_http_opts_from_config(&o, cfg);
+    o.metrics = router_node_metrics(node);
+    gateway_http_t *gw = gateway_http_new(router_node_loop(node), &o);
+    if (!gw || gateway_route_health(gw) != 0 || gateway_route_metrics(gw, o.metrics) != 0) {
+        snprintf(err, errcap, "gateway: cannot set up: %s", strerror(errno));
+        goto fail;
+    }
+    if (gateway_http_listen(gw, &addr, &bound) != 0) {
+        snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", text, strerror(errno));
+        goto fail;
+    }
+    (void) router_addr_format(&bound, shown, sizeof shown);
+    ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "listening on http://%s", shown);
+    return gw;
+fail:
+    gateway_http_destroy(&gw);
+    return NULL;
 }
 
 int kith_cmd_daemon(int argc, char **argv)
@@ -119,9 +160,21 @@ int kith_cmd_daemon(int argc, char **argv)
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "identity %s peer_id %s", pk, pid);
     if (cfg.comms.mode == ROUTER_COMMS_NONE)
         ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "comms off (comms.mode \"none\")");
+    gateway_http_t *gw = s_gateway_start(node, &cfg, err, sizeof err);
+    if (!gw) {
+        ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "cannot start: %s", err);
+        router_node_destroy(&node);
+        router_log_stop();
+        fprintf(stderr, "kith daemon: %s\n", err);
+        return KITH_EXIT_FAIL;
+    }
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "ready; SIGINT or SIGTERM to stop");
 
     int rc = router_node_run(node);
+    /* The loop has stopped: the gateway stops listening and lets go of its
+     * connections (they belong to the loop, which closes them as the node
+     * is destroyed). */
+    gateway_http_destroy(&gw);
     router_node_destroy(&node);
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "stopped");
     router_log_stop();

@@ -1,0 +1,129 @@
+/* gateway/http_internal.h — private to gateway/http_*.c: the server, its
+ * connections, routes and the response being built. Include it nowhere else. */
+#ifndef KITH_GATEWAY_HTTP_INTERNAL_H
+#define KITH_GATEWAY_HTTP_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "gateway/http_server.h"
+#include "router/conn.h"
+
+/* Rejections counted in kith_http_rejected_total: the parser's reasons,
+ * then the server's own. */
+enum {
+    GATEWAY_HTTP_REJECT_TIMEOUT = PROTO_HTTP_REASON_COUNT, /* "request_timeout" */
+    GATEWAY_HTTP_REJECT_CONN_LIMIT,                        /* "too_many_connections" */
+    GATEWAY_HTTP_REJECT_UPGRADE,                           /* "upgrade_not_implemented" */
+    GATEWAY_HTTP_REJECT_COUNT
+};
+
+/* Statuses a response may carry, as an index range for the counters. */
+#define GATEWAY_HTTP_STATUS_MIN 100
+#define GATEWAY_HTTP_STATUS_MAX 599
+
+/* Where a connection is in its current request. */
+typedef enum {
+    GATEWAY_HTTP_WAIT,    /* no octet of the next request yet */
+    GATEWAY_HTTP_HEAD,    /* reading a request head */
+    GATEWAY_HTTP_BODY,    /* the head is done; reading its body */
+    GATEWAY_HTTP_CLOSING, /* closing: nothing more is read or answered */
+} gateway_http_phase_t;
+
+typedef struct gateway_http_conn gateway_http_conn_t;
+
+/* One route of the table. */
+typedef struct {
+    char method[GATEWAY_HTTP_METHOD_MAX];   /* "" for any method */
+    char pattern[GATEWAY_HTTP_PATTERN_MAX]; /* the path, or the prefix without its '*' */
+    size_t pattern_len;                     /* octets of pattern */
+    bool prefix;                            /* pattern is a prefix */
+    gateway_http_handler_fn fn;             /* the handler */
+    void *ud;                               /* its user data, borrowed */
+} gateway_http_route_t;
+
+struct gateway_http {
+    router_loop_t *loop;                 /* borrowed */
+    gateway_http_opts_t opts;            /* resolved: no zero left */
+    proto_http_limits_t limits;          /* the parser's bounds, from opts */
+    gateway_http_route_t routes[GATEWAY_HTTP_ROUTES_MAX]; /* the table, in registration order */
+    size_t nroutes;                      /* routes in use */
+    router_listener_t *listeners[GATEWAY_HTTP_LISTENERS_MAX]; /* open listeners, NULL in free slots */
+    gateway_http_conn_t *conns;          /* every open connection */
+    uint32_t open;                       /* how many */
+    bool refusing;                       /* at the connection limit (logged once) */
+    time_t date_at;                      /* second `date` was formatted for */
+    char date[64];                       /* IMF-fixdate for the Date header */
+    router_metric_t *m_open;             /* kith_http_connections_open */
+    router_metric_t *m_rejected[GATEWAY_HTTP_REJECT_COUNT]; /* kith_http_rejected_total */
+    router_metric_t *m_status[GATEWAY_HTTP_STATUS_MAX - GATEWAY_HTTP_STATUS_MIN + 1];
+                                         /* kith_http_requests_total, registered on first use */
+    bool m_status_tried[GATEWAY_HTTP_STATUS_MAX - GATEWAY_HTTP_STATUS_MIN + 1];
+                                         /* registration attempted (the registry may be full) */
+};
+
+struct gateway_http_conn {
+    gateway_http_t *g;              /* owner */
+    router_conn_t *conn;            /* the loop's connection */
+    gateway_http_phase_t phase;     /* see above */
+    proto_http_parser_t parser;     /* the current request's head */
+    proto_http_body_t body;         /* its body decoder */
+    char *head;                     /* the head, when it had to be kept across reads */
+    size_t head_len;                /* octets in head (or of the head at head_at) */
+    size_t head_cap;                /* allocated octets of head */
+    const char *head_at;            /* a complete head still in the read buffer, else NULL */
+    char *body_buf;                 /* decoded body so far */
+    size_t body_len, body_cap;      /* its octets, allocated octets */
+    const gateway_http_route_t *route; /* route of the current request */
+    bool head_only;                 /* the current request is HEAD: answers carry no body */
+    bool paused;                    /* reads paused: answers are waiting to be written */
+    char *held;                     /* input that arrived before reads paused */
+    size_t held_len;                /* its octets */
+    uint64_t timer;                 /* the armed timer, 0 for none */
+    uint64_t timer_due;             /* when it fires (loop clock, ms) */
+    uint64_t deadline;              /* when the current phase times out (loop clock, ms) */
+    uint64_t served;                /* responses sent on this connection */
+    gateway_http_conn_t *prev, *next; /* the server's list */
+};
+
+/* The response a handler is building; lives on the server's stack for one
+ * dispatch. */
+struct gateway_http_res {
+    gateway_http_conn_t *hc;                 /* the connection it answers */
+    char extra[GATEWAY_HTTP_RES_HEADERS_MAX]; /* header lines added by the handler */
+    size_t extra_len;                        /* octets of extra */
+    bool sent;                               /* the response went out */
+    bool close;                              /* close the connection after it */
+};
+
+/* ---------------------------------------------------------------- http_route.c */
+
+/* The best route for (method, path), or NULL. When NULL and some route
+ * takes the path with another method, allow[0..cap) gets the value of an
+ * Allow header ("GET, HEAD, POST"); otherwise allow is "". */
+const gateway_http_route_t *gateway_http_route_find(const gateway_http_t *g,
+                                                    proto_http_slice_t method,
+                                                    proto_http_slice_t path, char *allow,
+                                                    size_t cap);
+
+/* True when s is a token (RFC 9110 §5.6.2) of 1..max-1 octets. */
+bool gateway_http_is_token(const char *s, size_t max);
+
+/* ---------------------------------------------------------------- http_response.c */
+
+/* Prepares *res for answering the current request of hc; `close` says
+ * whether the connection closes after it (a handler may still ask). */
+void gateway_http_res_init(gateway_http_res_t *res, gateway_http_conn_t *hc, bool close);
+
+/* The reason phrase of a status ("Not Found"), "" for one without. */
+const char *gateway_http_status_phrase(int status);
+
+/* The human text of a parser refusal (for the JSON "error" member). */
+const char *gateway_http_reason_text(proto_http_reason_t reason);
+
+/* Counts a response with `status` in kith_http_requests_total. */
+void gateway_http_count_status(gateway_http_t *g, int status);
+
+#endif

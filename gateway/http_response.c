@@ -1,0 +1,313 @@
+/* gateway/http_response.c — writing one response: the head (status line,
+ * Date, Content-Type, Content-Length, added fields, Connection), the body,
+ * JSON error bodies, and the words and counters that go with statuses. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/uio.h>
+
+#include "gateway/http_internal.h"
+#include "router/log.h"
+
+/* Room for a response head: the fixed fields plus what handlers add. */
+#define S_HEAD_MAX (512u + GATEWAY_HTTP_CONTENT_TYPE_MAX + GATEWAY_HTTP_RES_HEADERS_MAX)
+
+/* ---------------------------------------------------------------- words */
+
+const char *gateway_http_status_phrase(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    }
+    return "";
+}
+
+const char *gateway_http_reason_text(proto_http_reason_t reason)
+{
+    switch (reason) {
+    case PROTO_HTTP_OK: return "no error";
+    case PROTO_HTTP_ERR_METHOD: return "the request method is not a token";
+    case PROTO_HTTP_ERR_TARGET: return "the request target is malformed or does not fit the method";
+    case PROTO_HTTP_ERR_TARGET_TOO_LONG: return "the request target is too long";
+    case PROTO_HTTP_ERR_VERSION: return "the HTTP version is malformed";
+    case PROTO_HTTP_ERR_VERSION_UNSUPPORTED: return "only HTTP/1.0 and HTTP/1.1 are served";
+    case PROTO_HTTP_ERR_BARE_CR: return "a CR is not followed by LF";
+    case PROTO_HTTP_ERR_BARE_LF: return "a line ends in LF without CR";
+    case PROTO_HTTP_ERR_FIELD_NAME: return "a header field name is empty or not a token";
+    case PROTO_HTTP_ERR_FIELD_VALUE: return "a header field value holds a control character";
+    case PROTO_HTTP_ERR_SPACE_BEFORE_COLON: return "whitespace between a header field name and its colon";
+    case PROTO_HTTP_ERR_OBS_FOLD: return "a header field is folded over lines (obsolete)";
+    case PROTO_HTTP_ERR_HEAD_TOO_LARGE: return "the request head is too large";
+    case PROTO_HTTP_ERR_TOO_MANY_FIELDS: return "the request has too many header fields";
+    case PROTO_HTTP_ERR_HOST_MISSING: return "an HTTP/1.1 request needs a Host header";
+    case PROTO_HTTP_ERR_HOST_DUPLICATE: return "the request has more than one Host header";
+    case PROTO_HTTP_ERR_HOST_INVALID: return "the Host header is not host[:port]";
+    case PROTO_HTTP_ERR_CL_INVALID: return "Content-Length is not a decimal number";
+    case PROTO_HTTP_ERR_CL_OVERFLOW: return "Content-Length is too large";
+    case PROTO_HTTP_ERR_CL_DUPLICATE: return "Content-Length is sent more than once";
+    case PROTO_HTTP_ERR_CL_CONFLICT: return "Content-Length is sent with different values";
+    case PROTO_HTTP_ERR_CL_WITH_TE: return "Content-Length and Transfer-Encoding are both sent";
+    case PROTO_HTTP_ERR_TE_INVALID: return "Transfer-Encoding is malformed";
+    case PROTO_HTTP_ERR_TE_NOT_CHUNKED: return "the final transfer coding is not chunked";
+    case PROTO_HTTP_ERR_TE_UNSUPPORTED: return "only the chunked transfer coding is served";
+    case PROTO_HTTP_ERR_TE_HTTP10: return "Transfer-Encoding is not allowed in HTTP/1.0";
+    case PROTO_HTTP_ERR_BODY_TOO_LARGE: return "the request body is too large";
+    case PROTO_HTTP_ERR_CHUNK_SIZE: return "a chunk size is not hexadecimal";
+    case PROTO_HTTP_ERR_CHUNK_SIZE_OVERFLOW: return "a chunk size has too many digits";
+    case PROTO_HTTP_ERR_CHUNK_EXT: return "a chunk extension is malformed";
+    case PROTO_HTTP_ERR_CHUNK_EXT_TOO_LARGE: return "the chunk extensions are too large";
+    case PROTO_HTTP_ERR_CHUNK_DATA_END: return "chunk data is not followed by CRLF";
+    case PROTO_HTTP_ERR_TRAILER_TOO_LARGE: return "the trailer section is too large";
+    case PROTO_HTTP_ERR_USAGE:
+    case PROTO_HTTP_REASON_COUNT: break;
+    }
+    return "internal error";
+}
+
+void gateway_http_count_status(gateway_http_t *g, int status)
+{
+    if (!g->opts.metrics || status < GATEWAY_HTTP_STATUS_MIN || status > GATEWAY_HTTP_STATUS_MAX)
+        return;
+    size_t i = (size_t) (status - GATEWAY_HTTP_STATUS_MIN);
+    if (!g->m_status_tried[i]) {
+        char labels[32];
+        snprintf(labels, sizeof labels, "code=\"%d\"", status);
+        g->m_status[i] = router_metrics_add(g->opts.metrics, "kith_http_requests_total", labels,
+                                            ROUTER_METRIC_COUNTER,
+                                            "HTTP responses sent, by status code.");
+        g->m_status_tried[i] = true;
+    }
+    router_metric_inc(g->m_status[i], 1);
+}
+
+/* IMF-fixdate (RFC 9110 §5.6.7) of the current second, formatted once per
+ * second and without the locale. */
+static const char *s_date(gateway_http_t *g)
+{
+    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    time_t now = time(NULL);
+    if (now != g->date_at || !g->date[0]) {
+        struct tm tm;
+        if (!gmtime_r(&now, &tm))
+            return "Thu, 01 Jan 1970 00:00:00 GMT";
+        snprintf(g->date, sizeof g->date, "%s, %02d %s %04d %02d:%02d:%02d GMT",
+                 days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900,
+                 tm.tm_hour, tm.tm_min, tm.tm_sec);
+        g->date_at = now;
+    }
+    return g->date;
+}
+
+/* ---------------------------------------------------------------- building */
+
+void gateway_http_res_init(gateway_http_res_t *res, gateway_http_conn_t *hc, bool close)
+{
+    res->hc = hc;
+    res->extra_len = 0;
+    res->sent = false;
+    res->close = close;
+}
+
+/* field-value octets we send: visible ASCII, SP, HTAB (no obs-text, so
+ * nothing a client could read as a line end). */
+static bool s_value_ok(const char *v, size_t max)
+{
+    size_t n = 0;
+    for (; v[n]; n++) {
+        unsigned char c = (unsigned char) v[n];
+        if (n + 1 >= max || (c < 0x20 && c != '\t') || c >= 0x7f)
+            return false;
+    }
+    return true;
+}
+
+int gateway_http_res_header(gateway_http_res_t *res, const char *name, const char *value)
+{
+    static const char *const reserved[] = {"content-length", "connection", "date",
+                                           "transfer-encoding"};
+    if (res->sent) {
+        errno = EALREADY;
+        return -1;
+    }
+    if (!name || !value || !gateway_http_is_token(name, 64) ||
+        !s_value_ok(value, GATEWAY_HTTP_RES_HEADERS_MAX)) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+        if (!strcasecmp(name, reserved[i])) {
+            errno = EINVAL;
+            return -1;
+        }
+    size_t room = sizeof res->extra - res->extra_len;
+    int n = snprintf(res->extra + res->extra_len, room, "%s: %s\r\n", name, value);
+    if (n < 0 || (size_t) n >= room) {
+        res->extra[res->extra_len] = '\0';
+        errno = ENOSPC;
+        return -1;
+    }
+    res->extra_len += (size_t) n;
+    return 0;
+}
+
+void gateway_http_res_close(gateway_http_res_t *res)
+{
+    res->close = true;
+}
+
+int gateway_http_respond(gateway_http_res_t *res, int status, const char *content_type,
+                         const void *body, size_t len)
+{
+    gateway_http_conn_t *hc = res->hc;
+    bool bodiless = status == 204 || status == 304;
+    if (res->sent) {
+        errno = EALREADY;
+        return -1;
+    }
+    if (status < 200 || status > GATEWAY_HTTP_STATUS_MAX || (len && !body) || (bodiless && len) ||
+        (content_type && !s_value_ok(content_type, GATEWAY_HTTP_CONTENT_TYPE_MAX))) {
+        errno = EINVAL;
+        return -1;
+    }
+    res->sent = true;
+    if (hc->phase == GATEWAY_HTTP_CLOSING) {
+        errno = EPIPE;
+        return -1;
+    }
+    const proto_http_parser_t *p = &hc->parser;
+    bool keep_alive_10 = !res->close && p->version_minor == 0;
+    char head[S_HEAD_MAX];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\n"
+                     "Date: %s\r\n"
+                     "%s%s%s"
+                     "%.*s",
+                     status, gateway_http_status_phrase(status), s_date(hc->g),
+                     content_type ? "Content-Type: " : "", content_type ? content_type : "",
+                     content_type ? "\r\n" : "", (int) res->extra_len, res->extra);
+    if (n > 0 && (size_t) n < sizeof head && !bodiless)
+        n += snprintf(head + n, sizeof head - (size_t) n, "Content-Length: %zu\r\n", len);
+    if (n > 0 && (size_t) n < sizeof head)
+        n += snprintf(head + n, sizeof head - (size_t) n, "%s\r\n",
+                      res->close       ? "Connection: close\r\n"
+                      : keep_alive_10 ? "Connection: keep-alive\r\n"
+                                      : "");
+    if (n <= 0 || (size_t) n >= sizeof head) {
+        /* Cannot happen with the bounds above; refuse rather than cut a head. */
+        errno = EINVAL;
+        res->sent = false;
+        return -1;
+    }
+    struct iovec iov[2] = {
+        {.iov_base = head, .iov_len = (size_t) n},
+        {.iov_base = (void *) body, .iov_len = len},
+    };
+    int iovcnt = hc->head_only || bodiless || !len ? 1 : 2;
+    if (router_conn_sendv(hc->conn, iov, iovcnt) != 0) {
+        /* Cut as a slow consumer, or already closing: on_close follows. */
+        ROUTER_LOG(ROUTER_LOG_DEBUG, "gateway", "conn %llu: response %d not sent: %s",
+                   (unsigned long long) router_conn_id(hc->conn), status, strerror(errno));
+        hc->phase = GATEWAY_HTTP_CLOSING;
+        errno = EPIPE;
+        return -1;
+    }
+    hc->served++;
+    gateway_http_count_status(hc->g, status);
+    return 0;
+}
+
+int gateway_http_respond_json(gateway_http_res_t *res, int status, const char *json)
+{
+    return gateway_http_respond(res, status, "application/json", json, json ? strlen(json) : 0);
+}
+
+/* Appends `s` as a JSON string (quotes included) to out[*len..cap). */
+static int s_json_string(char *out, size_t cap, size_t *len, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = *len;
+    if (n + 1 >= cap)
+        return -1;
+    out[n++] = '"';
+    for (; *s; s++) {
+        unsigned char c = (unsigned char) *s;
+        char esc[7];
+        size_t k = 0;
+        if (c == '"' || c == '\\') {
+            esc[k++] = '\\';
+            esc[k++] = (char) c;
+        } else if (c < 0x20) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            k = 6;
+        } else {
+            esc[k++] = (char) c;
+        }
+        if (n + k + 1 >= cap)
+            return -1;
+        memcpy(out + n, esc, k);
+        n += k;
+    }
+    if (n + 1 >= cap)
+        return -1;
+    out[n++] = '"';
+    out[n] = '\0';
+    *len = n;
+    return 0;
+}
+
+int gateway_http_respond_error(gateway_http_res_t *res, int status, const char *code,
+                               const char *text)
+{
+    char body[GATEWAY_HTTP_ERROR_BODY_MAX];
+    size_t n = 0;
+    if (!code || !text) {
+        errno = EINVAL;
+        return -1;
+    }
+    memcpy(body, "{\"error\":", 9);
+    n = 9;
+    if (s_json_string(body, sizeof body, &n, text) != 0 || n + 9 >= sizeof body) {
+        errno = EINVAL;
+        return -1;
+    }
+    memcpy(body + n, ",\"code\":", 8);
+    n += 8;
+    if (s_json_string(body, sizeof body, &n, code) != 0 || n + 1 >= sizeof body) {
+        errno = EINVAL;
+        return -1;
+    }
+    body[n++] = '}';
+    return gateway_http_respond(res, status, "application/json", body, n);
+}

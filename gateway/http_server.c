@@ -1,0 +1,691 @@
+/* gateway/http_server.c — the HTTP/1.1 server core: accepting, reading each
+ * request (head, then body) off a connection's byte stream, deadlines,
+ * dispatch to the route table, keep-alive, pipelining and backpressure.
+ *
+ * Input handling, in short: on_data hands a loop-owned buffer that is valid
+ * only during the call. A request is parsed straight from it; only what must
+ * outlive the call is copied: a head split across reads (at most head_max
+ * octets), a complete head whose body is still to come, the decoded body,
+ * and the rest of a read that arrived just before reads were paused. */
+#include "gateway/http_server.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/http_internal.h"
+#include "router/conn.h"
+#include "router/log.h"
+
+/* First allocation for a decoded body; it then doubles as data arrives, so
+ * a client announcing a large body it never sends pins little memory. */
+#define S_BODY_CHUNK 4096u
+
+static const char s_continue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+/* ---------------------------------------------------------------- options */
+
+void gateway_http_opts_from_config(gateway_http_opts_t *opts, const router_config_t *cfg)
+{
+    memset(opts, 0, sizeof *opts);
+    opts->head_max = cfg->limits.http_head_max;
+    opts->headers_max = cfg->limits.http_headers_max;
+    opts->body_max = cfg->limits.http_body_max;
+    opts->max_connections = cfg->gateway.max_connections;
+}
+
+/* Fills the defaults in and derives the parser's limits; -1 when out of range. */
+static int s_opts_resolve(const gateway_http_opts_t *in, gateway_http_opts_t *o,
+                          proto_http_limits_t *limits)
+{
+    *o = in ? *in : (gateway_http_opts_t){0};
+    if (!o->head_max)
+        o->head_max = PROTO_HTTP_HEAD_MAX;
+    if (!o->headers_max)
+        o->headers_max = PROTO_HTTP_HEADERS_MAX;
+    if (!o->body_max)
+        o->body_max = PROTO_HTTP_BODY_MAX;
+    if (!o->max_connections)
+        o->max_connections = ROUTER_LOOP_MAX_CONNS;
+    if (!o->head_timeout_ms)
+        o->head_timeout_ms = GATEWAY_HTTP_HEAD_TIMEOUT_MS;
+    if (!o->body_timeout_ms)
+        o->body_timeout_ms = GATEWAY_HTTP_BODY_TIMEOUT_MS;
+    if (!o->idle_timeout_ms)
+        o->idle_timeout_ms = GATEWAY_HTTP_IDLE_TIMEOUT_MS;
+    if (!o->send_high_water)
+        o->send_high_water = GATEWAY_HTTP_SEND_HIGH_WATER;
+    /* The body is kept whole with a NUL after it, so its size must fit. */
+    if (o->head_max > UINT32_MAX || o->body_max >= SIZE_MAX / 2)
+        return -1;
+    limits->max_head = (uint32_t) o->head_max;
+    limits->max_headers = o->headers_max;
+    limits->max_target = limits->max_head < PROTO_HTTP_TARGET_MAX ? limits->max_head
+                                                                   : PROTO_HTTP_TARGET_MAX;
+    limits->max_body = o->body_max;
+    proto_http_parser_t probe;
+    return proto_http_parser_init(&probe, limits);
+}
+
+/* ---------------------------------------------------------------- deadlines */
+
+static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud);
+
+static void s_timer_stop(gateway_http_conn_t *hc)
+{
+    if (hc->timer)
+        (void) router_loop_timer_cancel(hc->g->loop, hc->timer);
+    hc->timer = 0;
+}
+
+/* Arms the timer for hc->deadline. Without a timer slot the connection
+ * cannot be bounded, so it is cut. */
+static void s_timer_arm(gateway_http_conn_t *hc, uint64_t now)
+{
+    uint64_t ms = hc->deadline > now ? hc->deadline - now : 0;
+    hc->timer = router_loop_timer_add(hc->g->loop, ms, s_on_timer, hc);
+    hc->timer_due = hc->deadline;
+    if (!hc->timer) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "conn %llu cut: no timer left (%s)",
+                   (unsigned long long) router_conn_id(hc->conn), strerror(errno));
+        hc->phase = GATEWAY_HTTP_CLOSING;
+        router_conn_abort(hc->conn);
+    }
+}
+
+/* The current phase times out `ms` from now. Most changes push the
+ * deadline out: the armed timer is then left alone and re-arms itself when
+ * it fires early, so a busy keep-alive connection costs few timer calls. */
+static void s_deadline(gateway_http_conn_t *hc, unsigned ms)
+{
+    uint64_t now = router_loop_now_ms(hc->g->loop);
+    hc->deadline = now + ms;
+    if (hc->timer && hc->timer_due <= hc->deadline)
+        return;
+    s_timer_stop(hc);
+    s_timer_arm(hc, now);
+}
+
+/* ---------------------------------------------------------------- closing and refusing */
+
+static void s_close(gateway_http_conn_t *hc)
+{
+    if (hc->phase == GATEWAY_HTTP_CLOSING)
+        return;
+    hc->phase = GATEWAY_HTTP_CLOSING;
+    s_timer_stop(hc);
+    router_conn_close(hc->conn); /* flushes what was answered, bounded by the loop */
+}
+
+static const char *s_reject_code(int reject)
+{
+    switch (reject) {
+    case GATEWAY_HTTP_REJECT_TIMEOUT: return "request_timeout";
+    case GATEWAY_HTTP_REJECT_CONN_LIMIT: return "too_many_connections";
+    case GATEWAY_HTTP_REJECT_UPGRADE: return "upgrade_not_implemented";
+    }
+    return proto_http_reason_str((proto_http_reason_t) reject);
+}
+
+/* Answers a request the server will not serve with a JSON error, counts
+ * it, and closes: what follows on the connection cannot be trusted to
+ * start a request. */
+static void s_refuse(gateway_http_conn_t *hc, int status, int reject, const char *text)
+{
+    gateway_http_t *g = hc->g;
+    router_metric_inc(g->m_rejected[reject], 1);
+    ROUTER_LOG(ROUTER_LOG_DEBUG, "gateway", "conn %llu: refused with %d: %s",
+               (unsigned long long) router_conn_id(hc->conn), status, s_reject_code(reject));
+    gateway_http_res_t res;
+    gateway_http_res_init(&res, hc, true);
+    (void) gateway_http_respond_error(&res, status, s_reject_code(reject), text);
+    s_close(hc);
+}
+
+/* s_refuse for a parser or body decoder reason, naming the limit broken. */
+static void s_refuse_reason(gateway_http_conn_t *hc, proto_http_reason_t reason)
+{
+    const proto_http_limits_t *l = &hc->g->limits;
+    char text[128];
+    switch (reason) {
+    case PROTO_HTTP_ERR_HEAD_TOO_LARGE:
+        snprintf(text, sizeof text, "the request head is larger than %u octets", l->max_head);
+        break;
+    case PROTO_HTTP_ERR_TOO_MANY_FIELDS:
+        snprintf(text, sizeof text, "the request has more than %u header fields",
+                 l->max_headers);
+        break;
+    case PROTO_HTTP_ERR_TARGET_TOO_LONG:
+        snprintf(text, sizeof text, "the request target is longer than %u octets",
+                 l->max_target);
+        break;
+    case PROTO_HTTP_ERR_BODY_TOO_LARGE:
+        snprintf(text, sizeof text, "the request body is larger than %llu octets",
+                 (unsigned long long) l->max_body);
+        break;
+    default:
+        snprintf(text, sizeof text, "%s", gateway_http_reason_text(reason));
+        break;
+    }
+    s_refuse(hc, proto_http_reason_status(reason), (int) reason, text);
+}
+
+/* Out of memory for this request: 500, close. */
+static void s_fail(gateway_http_conn_t *hc, const char *what)
+{
+    ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "conn %llu: no memory for %s",
+               (unsigned long long) router_conn_id(hc->conn), what);
+    gateway_http_res_t res;
+    gateway_http_res_init(&res, hc, true);
+    (void) gateway_http_respond_error(&res, 500, "internal_error", "the server is out of memory");
+    s_close(hc);
+}
+
+static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    gateway_http_conn_t *hc = ud;
+    hc->timer = 0;
+    if (hc->phase == GATEWAY_HTTP_CLOSING)
+        return;
+    uint64_t now = router_loop_now_ms(loop);
+    if (now < hc->deadline) {
+        s_timer_arm(hc, now);
+        return;
+    }
+    if (hc->paused || (hc->phase == GATEWAY_HTTP_WAIT && hc->served > 0)) {
+        /* Idle between requests, or a client not reading its answers: no
+         * request is under way, so none is answered. */
+        s_close(hc);
+        return;
+    }
+    s_refuse(hc, 408, GATEWAY_HTTP_REJECT_TIMEOUT,
+             hc->phase == GATEWAY_HTTP_BODY ? "the request body did not arrive in time"
+                                             : "the request head did not arrive in time");
+}
+
+/* ---------------------------------------------------------------- buffers */
+
+/* Appends n octets to the kept head; its size is bounded by the callers
+ * (never past the head limit). */
+static int s_head_append(gateway_http_conn_t *hc, const char *data, size_t n)
+{
+    if (hc->head_len + n > hc->head_cap) {
+        size_t cap = hc->head_cap ? hc->head_cap : 1024;
+        while (cap < hc->head_len + n)
+            cap *= 2;
+        if (cap > hc->g->limits.max_head)
+            cap = hc->g->limits.max_head;
+        char *p = realloc(hc->head, cap);
+        if (!p)
+            return -1;
+        hc->head = p;
+        hc->head_cap = cap;
+    }
+    memcpy(hc->head + hc->head_len, data, n);
+    hc->head_len += n;
+    return 0;
+}
+
+/* A complete head still in the read buffer is copied out before that
+ * buffer goes back to the loop, and the parser's results re-pointed. */
+static int s_head_keep(gateway_http_conn_t *hc)
+{
+    const char *at = hc->head_at;
+    size_t n = hc->head_len;
+    hc->head_at = NULL;
+    hc->head_len = 0;
+    if (s_head_append(hc, at, n) != 0)
+        return -1;
+    ssize_t again = proto_http_parse(&hc->parser, hc->head, hc->head_len);
+    return again == (ssize_t) n ? 0 : -1;
+}
+
+/* Appends decoded body octets, keeping a NUL after them. The decoder has
+ * checked the total against the body limit. */
+static int s_body_append(gateway_http_conn_t *hc, const char *data, size_t n)
+{
+    size_t need = hc->body_len + n + 1;
+    if (need > hc->body_cap) {
+        size_t cap = hc->body_cap ? hc->body_cap * 2 : S_BODY_CHUNK;
+        if (cap < need)
+            cap = need;
+        if (hc->parser.has_content_length && cap > hc->parser.content_length + 1)
+            cap = (size_t) hc->parser.content_length + 1;
+        if (cap < need)
+            cap = need;
+        char *p = realloc(hc->body_buf, cap);
+        if (!p)
+            return -1;
+        hc->body_buf = p;
+        hc->body_cap = cap;
+    }
+    memcpy(hc->body_buf + hc->body_len, data, n);
+    hc->body_len += n;
+    hc->body_buf[hc->body_len] = '\0';
+    return 0;
+}
+
+/* Keeps the rest of a read while reads are paused; at most one read's
+ * worth, as nothing more arrives until they resume. */
+static void s_hold(gateway_http_conn_t *hc, const char *data, size_t n)
+{
+    char *p = realloc(hc->held, hc->held_len + n);
+    if (!p) {
+        s_fail(hc, "held input");
+        return;
+    }
+    memcpy(p + hc->held_len, data, n);
+    hc->held = p;
+    hc->held_len += n;
+}
+
+/* ---------------------------------------------------------------- one request */
+
+/* The request was answered: forget it and get ready for the next one. */
+static void s_request_done(gateway_http_conn_t *hc, const gateway_http_res_t *res)
+{
+    gateway_http_t *g = hc->g;
+    hc->head_at = NULL;
+    hc->head_len = hc->head_cap = 0;
+    free(hc->head);
+    hc->head = NULL;
+    hc->body_len = hc->body_cap = 0;
+    free(hc->body_buf);
+    hc->body_buf = NULL;
+    hc->route = NULL;
+    hc->head_only = false;
+    if (hc->phase == GATEWAY_HTTP_CLOSING)
+        return;
+    if (res->close) {
+        s_close(hc);
+        return;
+    }
+    if (proto_http_parser_init(&hc->parser, &g->limits) != 0) {
+        s_close(hc); /* cannot happen: the limits were checked at start */
+        return;
+    }
+    hc->phase = GATEWAY_HTTP_WAIT;
+    if (router_conn_send_queued(hc->conn) > g->opts.send_high_water) {
+        /* Pipelined answers pile up faster than the client reads them:
+         * read no more until they are written (on_drain). */
+        hc->paused = true;
+        router_conn_pause_read(hc->conn);
+    }
+    s_deadline(hc, g->opts.idle_timeout_ms);
+}
+
+static void s_dispatch(gateway_http_conn_t *hc)
+{
+    const proto_http_parser_t *p = &hc->parser;
+    const gateway_http_route_t *route = hc->route;
+    gateway_http_req_t req = {
+        .method = p->method,
+        .path = p->path,
+        .query = p->query,
+        .body = hc->body_buf ? hc->body_buf : "",
+        .body_len = hc->body_len,
+        .peer = router_conn_peer(hc->conn),
+        .conn_id = router_conn_id(hc->conn),
+        .head = p,
+    };
+    gateway_http_res_t res;
+    gateway_http_res_init(&res, hc, !p->keep_alive);
+    route->fn(&req, &res, route->ud);
+    if (!res.sent) {
+        ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "route %s %s%s gave no answer: 500",
+                   route->method[0] ? route->method : "*", route->pattern,
+                   route->prefix ? "*" : "");
+        res.close = true;
+        (void) gateway_http_respond_error(&res, 500, "internal_error",
+                                          "the handler did not answer");
+    }
+    s_request_done(hc, &res);
+}
+
+/* A head is complete: refuse what is not served, find the route, and get
+ * the body going. */
+static void s_on_head(gateway_http_conn_t *hc)
+{
+    gateway_http_t *g = hc->g;
+    const proto_http_parser_t *p = &hc->parser;
+    hc->head_only = p->method.len == 4 && !memcmp(p->method.ptr, "HEAD", 4);
+    if (p->websocket) {
+        s_refuse(hc, 501, GATEWAY_HTTP_REJECT_UPGRADE,
+                 "WebSocket endpoints are not implemented yet");
+        return;
+    }
+    char allow[128];
+    hc->route = gateway_http_route_find(g, p->method, p->path, allow, sizeof allow);
+    if (!hc->route) {
+        /* Answered without reading a body, so if one was sent the
+         * connection cannot carry another request. */
+        bool body = p->chunked || (p->has_content_length && p->content_length > 0);
+        gateway_http_res_t res;
+        gateway_http_res_init(&res, hc, body || !p->keep_alive);
+        if (allow[0] && gateway_http_res_header(&res, "Allow", allow) == 0)
+            (void) gateway_http_respond_error(&res, 405, "method_not_allowed",
+                                              "this path does not take this method");
+        else
+            (void) gateway_http_respond_error(&res, 404, "not_found", "no route for this path");
+        s_request_done(hc, &res);
+        return;
+    }
+    if (proto_http_body_init(&hc->body, p, g->limits.max_body) != 0) {
+        s_refuse_reason(hc, hc->body.reason);
+        return;
+    }
+    hc->phase = GATEWAY_HTTP_BODY;
+    if (proto_http_body_done(&hc->body)) {
+        s_dispatch(hc);
+        return;
+    }
+    if (p->expect_continue && router_conn_send(hc->conn, s_continue, sizeof s_continue - 1) != 0) {
+        hc->phase = GATEWAY_HTTP_CLOSING;
+        return;
+    }
+    s_deadline(hc, g->opts.body_timeout_ms);
+}
+
+/* Reads head octets from buf; returns how many it used. A head that does
+ * not end in buf is kept, bounded by the head limit. */
+static size_t s_read_head(gateway_http_conn_t *hc, char *buf, size_t len)
+{
+    gateway_http_t *g = hc->g;
+    if (hc->phase == GATEWAY_HTTP_WAIT) {
+        hc->phase = GATEWAY_HTTP_HEAD;
+        if (hc->served > 0) /* the first head's clock started at accept */
+            s_deadline(hc, g->opts.head_timeout_ms);
+    }
+    if (hc->head_len > 0) {
+        /* The head began in an earlier read: add to it (never past the
+         * limit), and give back what follows its end. */
+        size_t before = hc->head_len;
+        size_t room = g->limits.max_head - before;
+        size_t take = len < room ? len : room;
+        if (s_head_append(hc, buf, take) != 0) {
+            s_fail(hc, "a request head");
+            return len;
+        }
+        ssize_t n = proto_http_parse(&hc->parser, hc->head, hc->head_len);
+        if (n == -2)
+            return take;
+        if (n < 0) {
+            s_refuse_reason(hc, hc->parser.reason);
+            return len;
+        }
+        hc->head_len = (size_t) n;
+        s_on_head(hc);
+        return (size_t) n - before;
+    }
+    ssize_t n = proto_http_parse(&hc->parser, buf, len);
+    if (n == -2) {
+        /* -2 means fewer than max_head octets so far: keeping them is bounded. */
+        if (s_head_append(hc, buf, len) != 0)
+            s_fail(hc, "a request head");
+        return len;
+    }
+    if (n < 0) {
+        s_refuse_reason(hc, hc->parser.reason);
+        return len;
+    }
+    hc->head_at = buf;
+    hc->head_len = (size_t) n;
+    s_on_head(hc);
+    return (size_t) n;
+}
+
+/* Decodes body octets from buf and dispatches once the body is complete;
+ * returns how many octets it used. */
+static size_t s_read_body(gateway_http_conn_t *hc, char *buf, size_t len)
+{
+    size_t used = 0;
+    while (used < len && !proto_http_body_done(&hc->body)) {
+        proto_http_slice_t data = {0};
+        ssize_t k = proto_http_body_parse(&hc->body, buf + used, len - used, &data);
+        if (k < 0) {
+            s_refuse_reason(hc, hc->body.reason);
+            return len;
+        }
+        if (data.len && s_body_append(hc, data.ptr, data.len) != 0) {
+            s_fail(hc, "a request body");
+            return len;
+        }
+        used += (size_t) k;
+        if (k == 0)
+            break;
+    }
+    if (proto_http_body_done(&hc->body))
+        s_dispatch(hc);
+    return used;
+}
+
+/* Runs buf through the requests it holds, in order. */
+static void s_input(gateway_http_conn_t *hc, char *buf, size_t len)
+{
+    while (len > 0 && hc->phase != GATEWAY_HTTP_CLOSING) {
+        if (hc->paused) {
+            s_hold(hc, buf, len);
+            return;
+        }
+        size_t used = hc->phase == GATEWAY_HTTP_BODY ? s_read_body(hc, buf, len)
+                                                      : s_read_head(hc, buf, len);
+        buf += used;
+        len -= used;
+    }
+    if (hc->phase == GATEWAY_HTTP_BODY && hc->head_at && s_head_keep(hc) != 0)
+        s_fail(hc, "a request head");
+}
+
+/* ---------------------------------------------------------------- connection callbacks */
+
+static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+{
+    (void) conn;
+    s_input(ud, (char *) data, len);
+}
+
+/* The answers that paused reading are written: go on with what was held. */
+static void s_on_drain(router_conn_t *conn, void *ud)
+{
+    gateway_http_conn_t *hc = ud;
+    if (!hc->paused || hc->phase == GATEWAY_HTTP_CLOSING)
+        return;
+    hc->paused = false;
+    s_deadline(hc, hc->g->opts.idle_timeout_ms);
+    char *held = hc->held;
+    size_t n = hc->held_len;
+    hc->held = NULL;
+    hc->held_len = 0;
+    if (held) {
+        s_input(hc, held, n);
+        free(held);
+    }
+    if (!hc->paused && hc->phase != GATEWAY_HTTP_CLOSING)
+        router_conn_resume_read(conn);
+}
+
+static void s_conn_free(gateway_http_conn_t *hc)
+{
+    free(hc->head);
+    free(hc->body_buf);
+    free(hc->held);
+    free(hc);
+}
+
+static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
+{
+    gateway_http_conn_t *hc = ud;
+    gateway_http_t *g = hc->g;
+    if (reason == ROUTER_CLOSE_SLOW_CONSUMER || reason == ROUTER_CLOSE_TIMEOUT)
+        ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "conn %llu cut: %s",
+                   (unsigned long long) router_conn_id(conn), router_close_reason_str(reason));
+    s_timer_stop(hc);
+    if (hc->prev)
+        hc->prev->next = hc->next;
+    else
+        g->conns = hc->next;
+    if (hc->next)
+        hc->next->prev = hc->prev;
+    g->open--;
+    router_metric_set(g->m_open, g->open);
+    s_conn_free(hc);
+}
+
+static const router_conn_handlers_t s_handlers = {
+    .on_data = s_on_data,
+    .on_drain = s_on_drain,
+    .on_close = s_on_close,
+};
+
+/* Connections that outlive the server: their state is already freed. */
+static void s_orphan_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+{
+    (void) conn;
+    (void) data;
+    (void) len;
+    (void) ud;
+}
+
+static void s_orphan_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
+{
+    (void) conn;
+    (void) reason;
+    (void) ud;
+}
+
+static const router_conn_handlers_t s_orphan_handlers = {
+    .on_data = s_orphan_data,
+    .on_close = s_orphan_close,
+};
+
+static void s_on_accept(router_listener_t *listener, router_conn_t *conn, void *ud)
+{
+    (void) listener;
+    gateway_http_t *g = ud;
+    if (g->open >= g->opts.max_connections) {
+        router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_CONN_LIMIT], 1);
+        if (!g->refusing)
+            ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                       "%u connections open (gateway.max_connections): refusing new ones",
+                       g->open);
+        g->refusing = true;
+        router_conn_abort(conn);
+        return;
+    }
+    g->refusing = false;
+    gateway_http_conn_t *hc = calloc(1, sizeof *hc);
+    if (!hc || proto_http_parser_init(&hc->parser, &g->limits) != 0) {
+        free(hc);
+        router_conn_abort(conn);
+        return;
+    }
+    hc->g = g;
+    hc->conn = conn;
+    hc->phase = GATEWAY_HTTP_WAIT;
+    router_conn_set_handlers(conn, &s_handlers, hc);
+    hc->next = g->conns;
+    if (g->conns)
+        g->conns->prev = hc;
+    g->conns = hc;
+    g->open++;
+    router_metric_set(g->m_open, g->open);
+    s_deadline(hc, g->opts.head_timeout_ms);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static void s_metrics_register(gateway_http_t *g)
+{
+    router_metrics_t *m = g->opts.metrics;
+    if (!m)
+        return;
+    g->m_open = router_metrics_add(m, "kith_http_connections_open", NULL, ROUTER_METRIC_GAUGE,
+                                   "HTTP connections open on the gateway.");
+    for (int r = PROTO_HTTP_OK + 1; r < GATEWAY_HTTP_REJECT_COUNT; r++) {
+        char labels[96];
+        snprintf(labels, sizeof labels, "reason=\"%s\"", s_reject_code(r));
+        g->m_rejected[r] = router_metrics_add(m, "kith_http_rejected_total", labels,
+                                              ROUTER_METRIC_COUNTER,
+                                              "HTTP requests refused before any route, by reason.");
+    }
+}
+
+gateway_http_t *gateway_http_new(router_loop_t *loop, const gateway_http_opts_t *opts)
+{
+    if (!loop) {
+        errno = EINVAL;
+        return NULL;
+    }
+    gateway_http_t *g = calloc(1, sizeof *g);
+    if (!g)
+        return NULL;
+    if (s_opts_resolve(opts, &g->opts, &g->limits) != 0) {
+        free(g);
+        errno = EINVAL;
+        return NULL;
+    }
+    g->loop = loop;
+    s_metrics_register(g);
+    return g;
+}
+
+int gateway_http_listen(gateway_http_t *g, const router_addr_t *addr, router_addr_t *bound)
+{
+    size_t slot = 0;
+    while (slot < GATEWAY_HTTP_LISTENERS_MAX && g->listeners[slot])
+        slot++;
+    if (slot == GATEWAY_HTTP_LISTENERS_MAX) {
+        errno = ENOSPC;
+        return -1;
+    }
+    router_listener_t *l = router_loop_listen(g->loop, addr, s_on_accept, g);
+    if (!l)
+        return -1;
+    g->listeners[slot] = l;
+    if (bound)
+        *bound = *router_listener_addr(l);
+    return 0;
+}
+
+void gateway_http_close_listeners(gateway_http_t *g)
+{
+    if (!g)
+        return;
+    for (size_t i = 0; i < GATEWAY_HTTP_LISTENERS_MAX; i++)
+        router_listener_close(&g->listeners[i]);
+}
+
+void gateway_http_destroy(gateway_http_t **g_p)
+{
+    if (!g_p || !*g_p)
+        return;
+    gateway_http_t *g = *g_p;
+    gateway_http_close_listeners(g);
+    /* Open connections belong to the loop: cut them loose from us. */
+    for (gateway_http_conn_t *hc = g->conns, *next; hc; hc = next) {
+        next = hc->next;
+        s_timer_stop(hc);
+        router_conn_set_handlers(hc->conn, &s_orphan_handlers, NULL);
+        router_conn_abort(hc->conn);
+        s_conn_free(hc);
+    }
+    router_metric_set(g->m_open, 0);
+    free(g);
+    *g_p = NULL;
+}
+
+/* ---------------------------------------------------------------- request accessors */
+
+bool gateway_http_req_header(const gateway_http_req_t *req, const char *name,
+                             proto_http_slice_t *value)
+{
+    return proto_http_header_find(req->head, name, value);
+}
+
+bool gateway_http_req_method_is(const gateway_http_req_t *req, const char *method)
+{
+    size_t n = strlen(method);
+    return req->method.len == n && !memcmp(req->method.ptr, method, n);
+}

@@ -1,0 +1,179 @@
+/* gateway/http_server.h — the gateway's HTTP/1.1 server on a router loop:
+ * listeners, per-connection request reading (proto/http.h), a route table,
+ * and a response writer. Routes are added by the modules that serve them
+ * (gateway/routes.h); the server itself answers only what no route can:
+ * malformed or oversized requests, timeouts, 404 and 405.
+ *
+ * Every request is bounded: a head of at most head_max octets and
+ * headers_max fields, a body of at most body_max octets, a head that must
+ * arrive within head_timeout_ms of the connection (or, on a kept-alive
+ * connection, of its first octet), a body within body_timeout_ms of its
+ * head. A kept-alive connection with no request under way is closed after
+ * idle_timeout_ms. Pipelined requests are answered in order; while the
+ * answers waiting to be written pass send_high_water octets the server
+ * stops reading from that connection.
+ *
+ * Errors the server answers carry a JSON body {"error": text, "code": code}
+ * and, when the request could not be read to its end, `Connection: close`,
+ * after which the connection closes.
+ *
+ * Threads: everything here runs on the loop's thread (set up before the loop
+ * runs, or from loop callbacks). Handlers run on it too and must not block. */
+#ifndef KITH_GATEWAY_HTTP_SERVER_H
+#define KITH_GATEWAY_HTTP_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/http.h"
+#include "router/config.h"
+#include "router/listen.h"
+#include "router/loop.h"
+#include "router/metrics.h"
+
+/* ---------------------------------------------------------------- limits */
+
+/* Defaults used when an option is 0. */
+#define GATEWAY_HTTP_HEAD_TIMEOUT_MS 10000u      /* slow-loris bound on a request head */
+#define GATEWAY_HTTP_BODY_TIMEOUT_MS 60000u      /* bound on reading one body */
+#define GATEWAY_HTTP_IDLE_TIMEOUT_MS 60000u      /* kept-alive connection with nothing to do */
+#define GATEWAY_HTTP_SEND_HIGH_WATER (64u * 1024) /* unsent answer octets before reads pause */
+
+#define GATEWAY_HTTP_ROUTES_MAX 64u      /* routes in one server */
+#define GATEWAY_HTTP_LISTENERS_MAX 8u    /* listeners in one server */
+#define GATEWAY_HTTP_METHOD_MAX 16u      /* a route's method, NUL included */
+#define GATEWAY_HTTP_PATTERN_MAX 128u    /* a route's path pattern, NUL included */
+#define GATEWAY_HTTP_RES_HEADERS_MAX 1024u /* octets of header lines a handler may add */
+#define GATEWAY_HTTP_CONTENT_TYPE_MAX 128u /* a Content-Type value */
+#define GATEWAY_HTTP_ERROR_BODY_MAX 1024u  /* a JSON error body */
+
+typedef struct gateway_http gateway_http_t;
+typedef struct gateway_http_res gateway_http_res_t;
+
+/* Server options; zero-initialise and set what you need (0 means the default). */
+typedef struct {
+    size_t head_max;            /* request head octets, ≤ UINT32_MAX (PROTO_HTTP_HEAD_MAX) */
+    uint32_t headers_max;       /* header field lines, ≤ PROTO_HTTP_HEADERS_MAX */
+    size_t body_max;            /* decoded body octets (PROTO_HTTP_BODY_MAX) */
+    uint32_t max_connections;   /* open connections over all listeners (ROUTER_LOOP_MAX_CONNS) */
+    unsigned head_timeout_ms;   /* see the top of this file */
+    unsigned body_timeout_ms;   /* see the top of this file */
+    unsigned idle_timeout_ms;   /* see the top of this file */
+    size_t send_high_water;     /* see the top of this file */
+    router_metrics_t *metrics;  /* borrowed, must outlive the server; NULL: no counters */
+} gateway_http_opts_t;
+
+/* Fills *opts from the configuration: gateway.max_connections and the
+ * limits.http_* values; timeouts and metrics are left 0/NULL. */
+void gateway_http_opts_from_config(gateway_http_opts_t *opts, const router_config_t *cfg);
+
+/* ---------------------------------------------------------------- lifecycle */
+
+/* Creates a server on `loop` (borrowed; must outlive the server). When
+ * opts->metrics is set, registers there:
+ *   kith_http_requests_total{code="<status>"}   responses sent, by status
+ *   kith_http_connections_open                 gauge
+ *   kith_http_rejected_total{reason="<code>"}  requests refused before any
+ *       route saw them: every proto_http_reason_str() code, plus
+ *       "request_timeout", "too_many_connections", "upgrade_not_implemented".
+ * Returns NULL with errno set (EINVAL for an option out of range, ENOMEM).
+ * Caller owns the result. */
+gateway_http_t *gateway_http_new(router_loop_t *loop, const gateway_http_opts_t *opts);
+
+/* Accepts connections on `addr` (TCP or Unix socket). *bound (may be NULL)
+ * receives the address actually bound (the real port for port 0).
+ * Returns 0, or -1 with errno set (ENOSPC past GATEWAY_HTTP_LISTENERS_MAX,
+ * or listen's own errors). */
+int gateway_http_listen(gateway_http_t *g, const router_addr_t *addr, router_addr_t *bound)
+    __attribute__((warn_unused_result));
+
+/* Stops accepting on every listener; open connections carry on. Idempotent. */
+void gateway_http_close_listeners(gateway_http_t *g);
+
+/* Closes the listeners, aborts the open connections (the loop finishes
+ * closing them; no handler runs again) and frees the server. Not from
+ * inside a handler. Idempotent; nulls *g_p. */
+void gateway_http_destroy(gateway_http_t **g_p);
+
+/* ---------------------------------------------------------------- requests */
+
+/* One request, as a handler sees it. Every pointer is valid during the
+ * handler call only. */
+typedef struct {
+    proto_http_slice_t method;       /* token as sent, e.g. "GET" (case-sensitive) */
+    proto_http_slice_t path;         /* as sent, not percent-decoded: "/…" or "*";
+                                      * ptr NULL for a CONNECT authority-form */
+    proto_http_slice_t query;        /* after "?", without it; ptr NULL when there is no "?" */
+    const char *body;                /* decoded body, followed by a NUL not counted in body_len */
+    size_t body_len;                 /* its octets (0 without a body) */
+    const router_addr_t *peer;       /* the client's address */
+    uint64_t conn_id;                /* the connection, for logs */
+    const proto_http_parser_t *head; /* the parsed head: every field line, flags */
+} gateway_http_req_t;
+
+/* The value of the first header field named `name` (case-insensitive) into
+ * *value; false if there is none. */
+bool gateway_http_req_header(const gateway_http_req_t *req, const char *name,
+                             proto_http_slice_t *value);
+
+/* True when req->method is `method` (exactly, as methods are case-sensitive). */
+bool gateway_http_req_method_is(const gateway_http_req_t *req, const char *method);
+
+/* ---------------------------------------------------------------- responses */
+
+/* Adds a header line to the response about to be sent. `name` must be a
+ * token and `value` visible ASCII, SP or HTAB (no CR/LF: nothing can be
+ * smuggled into the head). Content-Length, Connection, Date and
+ * Transfer-Encoding are the server's and refused. Returns 0, or -1 with
+ * errno EINVAL (bad name or value), ENOSPC (past
+ * GATEWAY_HTTP_RES_HEADERS_MAX) or EALREADY (the response was sent). */
+int gateway_http_res_header(gateway_http_res_t *res, const char *name, const char *value);
+
+/* Asks for the connection to close after this response. */
+void gateway_http_res_close(gateway_http_res_t *res);
+
+/* Sends the response: status line, Date, Content-Type (when given),
+ * Content-Length (not for 204 and 304, which have no body), the added
+ * headers, Connection when it closes, then `len` octets of `body` (copied;
+ * none for HEAD). Once per request. A response is queued whole: one past
+ * the connection's unsent-byte limit (ROUTER_CONN_SEND_LIMIT by default)
+ * cuts the connection. Returns 0, or -1 with errno EINVAL
+ * (status outside 200..599, a body on 204/304, a bad content type),
+ * EALREADY (already sent) or EPIPE (the connection is gone; nothing to do). */
+int gateway_http_respond(gateway_http_res_t *res, int status, const char *content_type,
+                         const void *body, size_t len);
+
+/* gateway_http_respond() of a NUL-terminated JSON text as application/json. */
+int gateway_http_respond_json(gateway_http_res_t *res, int status, const char *json);
+
+/* gateway_http_respond() of {"error": text, "code": code} as
+ * application/json. `code` is a stable snake_case name clients can switch
+ * on, `text` is for people. Both are JSON-escaped; the body must fit
+ * GATEWAY_HTTP_ERROR_BODY_MAX (else -1, EINVAL). */
+int gateway_http_respond_error(gateway_http_res_t *res, int status, const char *code,
+                               const char *text);
+
+/* ---------------------------------------------------------------- routes */
+
+/* Answers one request: call one of the gateway_http_respond*() functions
+ * before returning (a handler that does not is answered 500). */
+typedef void (*gateway_http_handler_fn)(const gateway_http_req_t *req, gateway_http_res_t *res,
+                                        void *ud);
+
+/* Routes requests for `method` ("GET", "POST", …; NULL for any method) and
+ * `pattern` to fn(req, res, ud). A pattern is an exact path ("/health") or,
+ * ending in '*', a prefix: "/api/canvas/" with a '*' after it takes
+ * "/api/canvas/" and every path under it. Of the routes taking the request's
+ * path and method the most specific wins: an exact path over any prefix, a
+ * longer prefix over a shorter one; on the same pattern a route for the
+ * method over one for any method. Paths are matched as sent (no
+ * percent-decoding). A GET route also answers HEAD (the server drops the
+ * body). A path some route takes, but not with this method, is answered
+ * 405 with `Allow`; a path none takes, 404. `ud` is borrowed. Returns 0, or -1 with errno EINVAL (bad method or
+ * pattern), EEXIST (same method and pattern again) or ENOSPC (table full). */
+int gateway_http_route(gateway_http_t *g, const char *method, const char *pattern,
+                       gateway_http_handler_fn fn, void *ud)
+    __attribute__((warn_unused_result));
+
+#endif

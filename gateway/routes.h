@@ -1,0 +1,22 @@
+/* gateway/routes.h — the gateway's routes (DESIGN §5), each installed on a
+ * server by the module that serves it. */
+#ifndef KITH_GATEWAY_ROUTES_H
+#define KITH_GATEWAY_ROUTES_H
+
+#include "gateway/http_server.h"
+#include "router/metrics.h"
+
+/* kith's version as /health reports it; the same as `kith --version` and
+ * project(VERSION) in CMakeLists.txt. */
+#define GATEWAY_KITH_VERSION "0.1.0"
+
+/* GET /health → 200 {"status":"ok","version":GATEWAY_KITH_VERSION}: liveness,
+ * no secrets. Returns 0 or -1 (errno from gateway_http_route). */
+int gateway_route_health(gateway_http_t *g) __attribute__((warn_unused_result));
+
+/* GET /metrics → 200 text/plain; version=0.0.4: the Prometheus text of
+ * `metrics` (borrowed; must outlive the server). Returns 0 or -1. */
+int gateway_route_metrics(gateway_http_t *g, router_metrics_t *metrics)
+    __attribute__((warn_unused_result));
+
+#endif

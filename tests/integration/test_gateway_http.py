@@ -1,0 +1,242 @@
+"""tests/integration/test_gateway_http.py — the real `kith daemon` serving its
+HTTP gateway to clients kith did not write: curl for /health, /metrics, HEAD,
+404/405, keep-alive and Expect: 100-continue; a raw socket for malformed and
+pipelined requests; an ephemeral gateway port (0) found from the log, an IPv6
+listen host, and SIGTERM → exit 0 with the gateway port closed."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import Conn, Daemon, Peer, frame, verify_envelope  # noqa: E402
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+def curl(*args):
+    """Runs curl; returns (status, content type, body, stderr)."""
+    p = subprocess.run(["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code} %{content_type}",
+                        *args], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, f"curl {' '.join(args)} exited {p.returncode}: {p.stderr}"
+    body, _, last = p.stdout.rpartition("\n")
+    status, _, ctype = last.partition(" ")
+    return int(status), ctype, body, p.stderr
+
+
+def raw(port, data, host="127.0.0.1"):
+    """Sends data on a fresh connection; returns everything read until EOF."""
+    with socket.create_connection((host, port), timeout=20) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def split_responses(data):
+    """Splits a byte stream into (status, headers dict, body) by Content-Length."""
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        assert sep, f"incomplete response: {data!r}"
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers["content-length"])
+        out.append((status, headers, rest[:n]))
+        data = rest[n:]
+    return out
+
+
+def gateway_url(node):
+    return f"http://127.0.0.1:{node.gw_port}"
+
+
+def error_code(body):
+    doc = json.loads(body)
+    assert set(doc) == {"error", "code"} and doc["error"], doc
+    return doc["code"]
+
+
+# ------------------------------------------------------------------ the cases
+
+@test
+def health(node, alice):
+    status, ctype, body, _ = curl(gateway_url(node) + "/health")
+    assert status == 200, (status, body)
+    assert ctype == "application/json", ctype
+    assert json.loads(body) == {"status": "ok", "version": "0.1.0"}, body
+
+
+@test
+def head_and_errors(node, alice):
+    p = subprocess.run(["curl", "-sS", "--max-time", "20", "-I", gateway_url(node) + "/health"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("HTTP/1.1 200 OK"), p.stdout + p.stderr
+    assert re.search(r"(?im)^content-length: \d+\r?$", p.stdout), p.stdout
+    status, ctype, body, _ = curl(gateway_url(node) + "/no/such/route")
+    assert status == 404 and ctype == "application/json", (status, ctype)
+    assert error_code(body) == "not_found"
+    status, _, body, _ = curl("-X", "DELETE", gateway_url(node) + "/health")
+    assert status == 405 and error_code(body) == "method_not_allowed", (status, body)
+
+
+@test
+def keep_alive_with_curl(node, alice):
+    url = gateway_url(node) + "/health"
+    p = subprocess.run(["curl", "-sS", "-v", "--max-time", "20", url, url, url],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count('"status":"ok"') == 3, p.stdout
+    assert re.search(r"Re-?using existing connection", p.stderr), p.stderr
+
+
+@test
+def expect_continue_refused_early(node, alice):
+    # No route takes POST /health: answered 405 without waiting for the body.
+    status, _, body, err = curl("-H", "Expect: 100-continue", "--data-binary", "x" * 4096,
+                                gateway_url(node) + "/health")
+    assert status == 405 and error_code(body) == "method_not_allowed", (status, body, err)
+
+
+@test
+def metrics_after_an_envelope(node, alice):
+    # One signed envelope admitted through comms shows up on the gateway.
+    c = Conn(("127.0.0.1", node.port))
+    m = alice.message(node.pk, "counted")
+    c.send(frame(m))
+    ack = c.read_frame()
+    assert ack is not None and verify_envelope(ack), "no ack"
+    c.close()
+    status, ctype, body, _ = curl(gateway_url(node) + "/metrics")
+    assert status == 200, status
+    assert ctype.startswith("text/plain; version=0.0.4"), ctype
+    assert re.search(r"(?m)^kith_comms_admitted_total 1$", body), body
+    assert "# TYPE kith_http_requests_total counter" in body, body
+    assert re.search(r'(?m)^kith_http_requests_total\{code="200"\} [1-9]\d*$', body), body
+    assert re.search(r"(?m)^kith_http_connections_open [1-9]\d*$", body), body
+    assert 'kith_http_rejected_total{reason="head_too_large"} 0' in body, body
+
+
+@test
+def malformed_request_gets_json_400(node, alice):
+    out = raw(node.gw_port, b"GET /health HTTP/1.1\r\nHost: a\r\n"
+                            b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nxy"
+                            b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+    (status, headers, body), = split_responses(out)  # one answer, then EOF
+    assert status == 400, out
+    assert headers["connection"] == "close", headers
+    assert headers["content-type"] == "application/json", headers
+    assert error_code(body) == "content_length_conflict", body
+
+
+@test
+def pipelined_requests_in_order(node, alice):
+    out = raw(node.gw_port, b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
+                            b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n"
+                            b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    got = split_responses(out)
+    assert [s for s, _, _ in got] == [200, 404, 200], got
+    assert got[2][1]["connection"] == "close", got[2][1]
+
+
+@test
+def oversized_head_gets_431(node, alice):
+    out = raw(node.gw_port, b"GET /health HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 17000 +
+              b"\r\n\r\n")
+    (status, headers, body), = split_responses(out)
+    assert status == 431 and error_code(body) == "head_too_large", out[:200]
+
+
+def run_ephemeral_and_ipv6():
+    """gateway.port 0: the log names the port the kernel picked; and an IPv6
+    listen host (brackets added for the address parser) when the host has ::1."""
+    hosts = ["127.0.0.1"]
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        hosts.append("::1")
+    except OSError:
+        print("  (no IPv6 loopback here: the ::1 case is skipped)")
+    for host in hosts:
+        node = Daemon("eph", config={"gateway": {"host": host, "port": 0}})
+        try:
+            node.start()
+            shown = f"[{host}]" if ":" in host else host
+            node.wait_log(f"gateway: listening on http://{shown}:")
+            m = re.search(r"gateway: listening on http://" + re.escape(shown) + r":(\d+)",
+                          node.logs())
+            port = int(m.group(1))
+            assert port != 0
+            status, _, body, _ = curl("-g", f"http://{shown}:{port}/health")
+            assert status == 200 and json.loads(body)["status"] == "ok", (status, body)
+            assert node.stop() == 0, "daemon did not exit 0 on SIGTERM"
+        finally:
+            node.cleanup()
+
+
+def main():
+    alice = Peer()
+    node = Daemon("gw")
+    node.trust("alice", alice.pk)
+    node.start()
+    node.wait_log(f"gateway: listening on http://127.0.0.1:{node.gw_port}")
+    want = os.environ.get("KITH_LOOP_BACKEND")
+    if want:
+        node.wait_log({"epoll": "(epoll)", "uring": "(io_uring)"}[want])
+    passed = failed = 0
+    try:
+        for fn in TESTS:
+            try:
+                fn(node, alice)
+                print(f"ok   {fn.__name__}")
+                passed += 1
+            except Exception as e:  # report every case, then fail
+                print(f"FAIL {fn.__name__}: {e!r}")
+                failed += 1
+        rc = node.stop()
+        if rc != 0:
+            print(f"FAIL daemon exit code {rc}\n{node.logs()}")
+            failed += 1
+        else:
+            # Stopped means stopped listening too.
+            try:
+                socket.create_connection(("127.0.0.1", node.gw_port), timeout=5).close()
+                print("FAIL the gateway port still accepts after exit")
+                failed += 1
+            except OSError:
+                print("ok   sigterm_exit_0")
+                passed += 1
+    finally:
+        node.cleanup()
+    try:
+        run_ephemeral_and_ipv6()
+        print("ok   run_ephemeral_and_ipv6")
+        passed += 1
+    except Exception as e:
+        print(f"FAIL run_ephemeral_and_ipv6: {e!r}")
+        failed += 1
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
