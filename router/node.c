@@ -47,6 +47,8 @@ struct router_node {
     _Atomic bool running;                /* the loop runs (or is about to) */
     bool stopping;                       /* loop thread: a drain has begun */
     _Atomic bool stopped;                /* stop requested from outside */
+    void (*on_stop)(void *ud);           /* told when a graceful stop begins */
+    void *on_stop_ud;
 };
 
 static uint64_t s_now_ms(void)
@@ -221,6 +223,8 @@ static int s_listen_one(router_node_t *self, const char *text, bool events, char
     }
     if (events)
         self->events = l;
+    else
+        router_listener_set_max_conns(l, self->cfg.limits.comms_connections_max);
     char bound[ROUTER_ADDR_STR_MAX] = "?";
     (void) router_addr_format(router_listener_addr(l), bound, sizeof bound);
     ROUTER_LOG(ROUTER_LOG_INFO, events ? "events" : "comms", "listening on %s://%s (%s)",
@@ -260,6 +264,8 @@ static void s_begin_stop(router_loop_t *loop, void *arg)
     if (self->stopping)
         return;
     self->stopping = true;
+    if (self->on_stop)
+        self->on_stop(self->on_stop_ud);
     if (self->inproc_name[0])
         router_inproc_unbind(self->inproc, self->inproc_name);
     router_listener_close(&self->events);
@@ -328,7 +334,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
 
     /* the loop, the inbox, the pipeline */
     router_loop_opts_t lo = {
-        .max_conns = self->cfg.limits.comms_connections_max,
+        /* The gateway serves on this loop too (kith daemon). */
+        .max_conns = self->cfg.limits.comms_connections_max + self->cfg.gateway.max_connections,
         .send_limit = self->cfg.limits.conn_unsent_max,
     };
     if (!(self->loop = router_loop_new(&lo))) {
@@ -468,6 +475,12 @@ const uint8_t *router_node_pubkey(const router_node_t *self) { return self->iden
 router_inbox_t *router_node_inbox(router_node_t *self) { return self->inbox; }
 router_metrics_t *router_node_metrics(router_node_t *self) { return self->metrics; }
 router_loop_t *router_node_loop(router_node_t *self) { return self->loop; }
+
+void router_node_on_stop(router_node_t *self, void (*fn)(void *ud), void *ud)
+{
+    self->on_stop = fn;
+    self->on_stop_ud = ud;
+}
 
 int router_node_trust(router_node_t *self, const char *name, const uint8_t pk[32],
                       const char *addr, char *err, size_t errcap)

@@ -71,6 +71,11 @@ router_metrics_t *router_node_metrics(router_node_t *self);
  * gateway). Borrowed; valid until router_node_destroy. */
 router_loop_t *router_node_loop(router_node_t *self);
 
+/* Runs fn(ud) on the loop thread when a graceful stop begins, before comms
+ * drains: modules serving on the node's loop (the gateway) stop accepting
+ * there. One hook; set it before the node runs. */
+void router_node_on_stop(router_node_t *self, void (*fn)(void *ud), void *ud);
+
 /* Adds a trusted peer (name, key, "tcp://…" | "uds://…" | "inproc://…").
  * Before router_node_start/run only. Returns 0, or -1 with err set. */
 int router_node_trust(router_node_t *self, const char *name, const uint8_t pk[32],

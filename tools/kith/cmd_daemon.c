@@ -31,6 +31,11 @@ static void s_usage(FILE *out)
 /* The HTTP gateway on the node's loop, listening on gateway.host:port with
  * the configured limits and the node's metrics. Returns the server, or
  * NULL with a one-line reason in err. */
+static void s_gateway_stop_listening(void *gw)
+{
+    gateway_http_close_listeners(gw);
+}
+
 static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_t *cfg,
                                        char *err, size_t errcap)
 {
@@ -168,6 +173,8 @@ int kith_cmd_daemon(int argc, char **argv)
         fprintf(stderr, "kith daemon: %s\n", err);
         return KITH_EXIT_FAIL;
     }
+    /* Stop taking HTTP connections the moment the drain starts. */
+    router_node_on_stop(node, s_gateway_stop_listening, gw);
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "ready; SIGINT or SIGTERM to stop");
 
     int rc = router_node_run(node);
