@@ -24,6 +24,10 @@
  *      sender never waits out its timeout for an envelope that was neither
  *      lost by the network nor answered                (sender_conn)
  *   P6 nothing is admitted once SIGTERM has begun      (admit)
+ *   P7 an orderly close (rejection, SIGTERM) tells the truth: unless the
+ *      network lost something, every message admitted from a connection
+ *      was acked on it before the close, so unacked means not admitted
+ *                                                      (sender_conn)
  * Liveness (LTL `resolved`, weak fairness): every connection the sender
  * opens is eventually resolved (all acked, closed, or timed out).
  */
@@ -71,6 +75,7 @@ byte bads;            /* defective envelopes sent so far, ≤ MAXBAD */
 
 chan inbox = [INBOX] of { byte };   /* admitted envelopes, waiting for a worker */
 byte admits[NIDS + 1];              /* times each id was admitted (P4: ≤ 1) */
+byte admitted_on[NIDS + 1];         /* 1 + the connection it was admitted from */
 bool consumed[NIDS + 1];            /* a worker took it from the inbox */
 bool acked[NIDS + 1];               /* the sender holds an ack for it */
 
@@ -97,7 +102,16 @@ inline conn_close(c, reason)
 	do
 	:: wire[c]?_, _, _
 	:: empty(wire[c]) -> break
+	od;
+#ifdef BROKEN_ABORT_CLOSE
+	/* close with SO_LINGER 0: an RST that throws the queued acks away */
+	do
+	:: acks[c]?_
+	:: empty(acks[c]) -> break
 	od
+#else
+	skip
+#endif
 }
 
 /* router_comms_send_ack: the signed ack goes onto the connection's send
@@ -153,6 +167,7 @@ inline admit(c, i, k)
 	printf("router: conn %d admits %d to the inbox\n", c, i);
 	admits[i]++;
 	assert(admits[i] == 1);                /* P4 */
+	admitted_on[i] = c + 1;
 	window_insert(i);
 #ifndef BROKEN_ACK_EARLY
 	if :: k == MSG -> send_ack(c, i) :: else fi
@@ -273,6 +288,16 @@ proctype sender_conn(byte c; byte mask)
 	:: want == 0 -> break
 	:: atomic { closed[c] && empty(acks[c]) ->           /* rejected or reset: fail fast */
 		printf("sender: conn %d closed by the peer, %d unacked\n", c, want);
+		/* P7: an orderly close tells the truth: every message admitted
+		 * from this connection has been acked before the close. */
+		a = 1;
+		do
+		:: a > NIDS -> break
+		:: a <= NIDS ->
+			assert(lost[c] || a == RESP_ID || admitted_on[a] != c + 1 || acked[a]);
+			a++
+		od;
+		a = 0;
 		break
 	   }
 	:: timeout ->

@@ -88,6 +88,7 @@ expect_caught ack_broken_consequence ack_broken.pml 'assertion violated \(\(\(\(
 expect_caught ack_forget            ack.pml 'assertion violated \(admits\[i\]==1\)' -DBROKEN_FORGET -DNO_SIGTERM
 expect_caught ack_drop_full         ack.pml 'assertion violated lost\[c\]' -DBROKEN_DROP_FULL -DNO_SIGTERM
 expect_caught ack_shutdown_drop     ack.pml 'assertion violated \(\(\(\( !\(acked\[1\]\)' -DBROKEN_SHUTDOWN -DMAXRESET=0
+expect_caught ack_abort_close     ack.pml 'assertion violated \(\(\(lost\[c\]' -DBROKEN_ABORT_CLOSE -DNO_SIGTERM
 
 # ---------------------------------------------------------------- turnqueue.pml
 if [ -f turnqueue.pml ]; then
