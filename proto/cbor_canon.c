@@ -8,18 +8,18 @@
 const char *proto_cbor_reason_str(proto_cbor_reason_t r)
 {
     switch (r) {
-    case PROTO_CBOR_OK:            return "ok";
-    case PROTO_CBOR_TRUNCATED:     return "truncated";
-    case PROTO_CBOR_TRAILING:      return "trailing_bytes";
-    case PROTO_CBOR_ILL_FORMED:    return "ill_formed";
-    case PROTO_CBOR_INDEFINITE:    return "indefinite_length";
-    case PROTO_CBOR_BAD_UTF8:      return "bad_utf8";
-    case PROTO_CBOR_TOO_DEEP:      return "too_deep";
+    case PROTO_CBOR_OK:             return "ok";
+    case PROTO_CBOR_TRUNCATED:      return "truncated";
+    case PROTO_CBOR_TRAILING:       return "trailing_bytes";
+    case PROTO_CBOR_ILL_FORMED:     return "ill_formed";
+    case PROTO_CBOR_INDEFINITE:     return "indefinite_length";
+    case PROTO_CBOR_BAD_UTF8:       return "bad_utf8";
+    case PROTO_CBOR_TOO_DEEP:       return "too_deep";
     case PROTO_CBOR_TOO_MANY_ITEMS: return "too_many_items";
-    case PROTO_CBOR_UNSUPPORTED:   return "unsupported";
-    case PROTO_CBOR_DUPLICATE_KEY: return "duplicate_key";
-    case PROTO_CBOR_TOO_LARGE:     return "too_large";
-    case PROTO_CBOR_NO_MEMORY:     return "no_memory";
+    case PROTO_CBOR_UNSUPPORTED:    return "unsupported";
+    case PROTO_CBOR_DUPLICATE_KEY:  return "duplicate_key";
+    case PROTO_CBOR_TOO_LARGE:      return "too_large";
+    case PROTO_CBOR_NO_MEMORY:      return "no_memory";
     }
     return "unknown";
 }

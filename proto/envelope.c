@@ -121,14 +121,13 @@ const char *proto_envelope_reason_str(proto_envelope_reason_t r)
 proto_wire_reason_t proto_envelope_reason_wire(proto_envelope_reason_t r)
 {
     switch (r) {
-    case PROTO_ENV_OK:            return PROTO_WIRE_OK;
+    case PROTO_ENV_OK:             return PROTO_WIRE_OK;
     case PROTO_ENV_OVERSIZE:
-    case PROTO_ENV_TOO_MANY_ITEMS:
-        return PROTO_WIRE_OVERSIZE;
+    case PROTO_ENV_TOO_MANY_ITEMS: return PROTO_WIRE_OVERSIZE;
     case PROTO_ENV_WEAK_KEY:
-    case PROTO_ENV_BAD_SIGNATURE: return PROTO_WIRE_INVALID_SIGNATURE;
-    case PROTO_ENV_NO_MEMORY:     return PROTO_WIRE_INTERNAL;
-    default:                      return PROTO_WIRE_MALFORMED;
+    case PROTO_ENV_BAD_SIGNATURE:  return PROTO_WIRE_INVALID_SIGNATURE;
+    case PROTO_ENV_NO_MEMORY:      return PROTO_WIRE_INTERNAL;
+    default:                       return PROTO_WIRE_MALFORMED;
     }
 }
 
@@ -408,19 +407,18 @@ static proto_envelope_reason_t s_kind_check(const cbor_item_t *map, proto_kind_t
 static proto_envelope_reason_t s_from_cbor_reason(proto_cbor_reason_t r)
 {
     switch (r) {
-    case PROTO_CBOR_OK:            return PROTO_ENV_OK;
-    case PROTO_CBOR_TRUNCATED:     return PROTO_ENV_TRUNCATED;
-    case PROTO_CBOR_TRAILING:      return PROTO_ENV_TRAILING_BYTES;
-    case PROTO_CBOR_ILL_FORMED:    return PROTO_ENV_ILL_FORMED;
-    case PROTO_CBOR_INDEFINITE:    return PROTO_ENV_INDEFINITE_LENGTH;
-    case PROTO_CBOR_BAD_UTF8:      return PROTO_ENV_BAD_UTF8;
-    case PROTO_CBOR_TOO_DEEP:      return PROTO_ENV_TOO_DEEP;
-    case PROTO_CBOR_TOO_MANY_ITEMS:
-        return PROTO_ENV_TOO_MANY_ITEMS;
-    case PROTO_CBOR_UNSUPPORTED:   return PROTO_ENV_UNSUPPORTED_TYPE;
-    case PROTO_CBOR_DUPLICATE_KEY: return PROTO_ENV_DUPLICATE_KEY;
-    case PROTO_CBOR_TOO_LARGE:     return PROTO_ENV_OVERSIZE;
-    case PROTO_CBOR_NO_MEMORY:     return PROTO_ENV_NO_MEMORY;
+    case PROTO_CBOR_OK:             return PROTO_ENV_OK;
+    case PROTO_CBOR_TRUNCATED:      return PROTO_ENV_TRUNCATED;
+    case PROTO_CBOR_TRAILING:       return PROTO_ENV_TRAILING_BYTES;
+    case PROTO_CBOR_ILL_FORMED:     return PROTO_ENV_ILL_FORMED;
+    case PROTO_CBOR_INDEFINITE:     return PROTO_ENV_INDEFINITE_LENGTH;
+    case PROTO_CBOR_BAD_UTF8:       return PROTO_ENV_BAD_UTF8;
+    case PROTO_CBOR_TOO_DEEP:       return PROTO_ENV_TOO_DEEP;
+    case PROTO_CBOR_TOO_MANY_ITEMS: return PROTO_ENV_TOO_MANY_ITEMS;
+    case PROTO_CBOR_UNSUPPORTED:    return PROTO_ENV_UNSUPPORTED_TYPE;
+    case PROTO_CBOR_DUPLICATE_KEY:  return PROTO_ENV_DUPLICATE_KEY;
+    case PROTO_CBOR_TOO_LARGE:      return PROTO_ENV_OVERSIZE;
+    case PROTO_CBOR_NO_MEMORY:      return PROTO_ENV_NO_MEMORY;
     }
     return PROTO_ENV_ILL_FORMED;
 }

@@ -81,7 +81,9 @@ static int s_on_null(void *ctx) { return s_add(ctx, cbor_new_null()); }
 static int s_on_bool(void *ctx, int v) { return s_add(ctx, cbor_build_bool(v != 0)); }
 
 /* JSON numbers: integers when written without '.', 'e' or 'E' (the full
- * CBOR range, -2^64 … 2^64-1), finite doubles otherwise. */
+ * CBOR range, -2^64 … 2^64-1), finite doubles otherwise (strtod rounding;
+ * like the formatting below it assumes the C locale, which kith never
+ * changes). */
 static int s_on_number(void *ctx, const char *s, size_t n)
 {
     s_parse_t *ps = ctx;
