@@ -40,6 +40,7 @@ typedef struct {
 typedef struct {
     s_frame_t stack[PROTO_ENVELOPE_DEPTH_MAX]; /* open containers */
     unsigned depth;                            /* entries used in stack */
+    size_t items;                              /* values and keys so far */
     cbor_item_t *root;                         /* the finished value */
     char *err;                                 /* where to explain a failure */
     size_t errcap;                             /* bytes at err */
@@ -51,6 +52,11 @@ static int s_add(s_parse_t *ps, cbor_item_t *item)
     int ok;
     if (!item) {
         s_err(ps->err, ps->errcap, "out of memory");
+        return 0;
+    }
+    if (++ps->items > PROTO_ENVELOPE_ITEMS_MAX) {
+        cbor_decref(&item);
+        s_err(ps->err, ps->errcap, "more than %u values", PROTO_ENVELOPE_ITEMS_MAX);
         return 0;
     }
     if (ps->depth == 0) {
@@ -75,7 +81,9 @@ static int s_on_null(void *ctx) { return s_add(ctx, cbor_new_null()); }
 static int s_on_bool(void *ctx, int v) { return s_add(ctx, cbor_build_bool(v != 0)); }
 
 /* JSON numbers: integers when written without '.', 'e' or 'E' (the full
- * CBOR range, -2^64 … 2^64-1), finite doubles otherwise. */
+ * CBOR range, -2^64 … 2^64-1), finite doubles otherwise (strtod rounding;
+ * like the formatting below it assumes the C locale, which kith never
+ * changes). */
 static int s_on_number(void *ctx, const char *s, size_t n)
 {
     s_parse_t *ps = ctx;
@@ -142,6 +150,10 @@ static int s_on_key(void *ctx, const unsigned char *s, size_t n)
 {
     s_parse_t *ps = ctx;
     s_frame_t *top = &ps->stack[ps->depth - 1];
+    if (++ps->items > PROTO_ENVELOPE_ITEMS_MAX) {
+        s_err(ps->err, ps->errcap, "more than %u values", PROTO_ENVELOPE_ITEMS_MAX);
+        return 0;
+    }
     top->key = cbor_build_stringn((const char *) s, n);
     if (!top->key)
         s_err(ps->err, ps->errcap, "out of memory");
@@ -252,16 +264,20 @@ cbor_item_t *router_json_to_cbor(const char *json, size_t len, char *err, size_t
 
 /* ================================================================ CBOR → JSON */
 
-/* The shortest decimal that reads back as v, with a '.' or exponent:
- * plain notation for ordinary magnitudes (100000.0, not 1e+05). */
+/* The shortest decimal that reads back as exactly v, with a '.' or an
+ * exponent: plain notation for ordinary magnitudes (100000.0, not 1e+05). */
 static void s_format_double(double v, char *out, size_t cap)
 {
     double a = v < 0 ? -v : v;
-    int plain = a == 0 || (a >= 1e-4 && a < 1e16);
-    for (int prec = plain ? 0 : 1; prec <= 17; prec++) {
-        snprintf(out, cap, plain ? "%.*f" : "%.*g", prec, v);
-        if (strtod(out, NULL) == v)
-            break;
+    int found = 0;
+    if (a == 0 || (a >= 1e-4 && a < 1e16))
+        for (int prec = 0; prec <= 24 && !found; prec++) {
+            snprintf(out, cap, "%.*f", prec, v);
+            found = strtod(out, NULL) == v;
+        }
+    for (int prec = 1; prec <= 17 && !found; prec++) {
+        snprintf(out, cap, "%.*e", prec - 1, v);
+        found = strtod(out, NULL) == v;
     }
     if (strspn(out, "-0123456789") == strlen(out))
         strncat(out, ".0", cap - strlen(out) - 1);
@@ -385,6 +401,10 @@ static int s_gen_pairs(yajl_gen g, const cbor_item_t *map, const char *first,
     for (size_t i = 0; i < n; i++)
         if (!cbor_isa_string(sorted[i].key) || !cbor_string_is_definite(sorted[i].key))
             goto done;
+    /* A map whose only key is "$bytes" would read back as a byte string. */
+    if (n == 1 && cbor_string_length(sorted[0].key) == strlen(S_BYTES_KEY) &&
+        !memcmp(cbor_string_handle(sorted[0].key), S_BYTES_KEY, strlen(S_BYTES_KEY)))
+        goto done;
     if (n > 1)
         qsort(sorted, n, sizeof *sorted, s_key_cmp);
     if (yajl_gen_map_open(g) != yajl_gen_status_ok)

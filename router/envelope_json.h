@@ -37,8 +37,10 @@
  * one-line reason in err[errcap] on failure. */
 cbor_item_t *router_json_to_cbor(const char *json, size_t len, char *err, size_t errcap);
 
-/* Writes `item` into g as JSON. Returns 0, or -1 when the item falls outside
- * the JSON mapping (tags, undefined, non-finite floats, non-text keys). */
+/* Writes `item` into g as JSON, map keys in canonical order. Returns 0, or
+ * -1 when the item has no JSON form: tags, undefined, non-finite floats,
+ * non-text keys, or a map whose only key is "$bytes" (it would read back as
+ * bytes). The output is then incomplete. */
 int router_cbor_to_json(yajl_gen g, const cbor_item_t *item);
 
 /* Builds the unsigned envelope described by json, from `from`. Returns 0
@@ -50,7 +52,9 @@ int router_envelope_from_json(const char *json, size_t len, const uint8_t from[P
 /* The JSON form of env as a new NUL-terminated string (caller frees with
  * free()), pretty-printed when `pretty`. With `verdict` non-NULL, adds
  * "signature_valid" (and "signature_error" naming the reason when it is not
- * PROTO_ENV_OK). Returns 0, or -1 when out of memory. */
+ * PROTO_ENV_OK). Returns 0, or -1 when out of memory or when a value has no
+ * JSON form (see router_cbor_to_json). Reading the output back with
+ * router_envelope_from_json gives the same signable bytes. */
 int router_envelope_to_json(const proto_envelope_t *env, const proto_envelope_reason_t *verdict, int pretty,
                             char **out, size_t *len);
 
