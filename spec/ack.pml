@@ -1,19 +1,23 @@
 /*
  * spec/ack.pml — Promela model of kith's signed-envelope delivery: a sender,
  * the connections it opens, and a receiver with a bounded inbox, a bounded
- * replay window and acks (DESIGN §8, spec/WIRE.md "Model checking").
+ * replay window and acks (DESIGN §8; spec/WIRE.md §14 has the results).
  *
- * Checked exhaustively by tests/integration/test_spin.sh:
- *   spin -a spec/ack.pml && gcc -DSAFETY -DNOCLAIM -o pan pan.c && ./pan
- * and the liveness claim `resolved` with -a (see the ltl below). The same file built with one
- * of the BROKEN_* macros (spec/ack_broken.pml) must make spin report an error.
+ * Checked exhaustively by tests/integration/test_spin.sh, by hand:
+ *   spin -a ack.pml && gcc -O2 -DSAFETY -DNOCLAIM -o pan pan.c && ./pan
+ * (all faults at once, ~4 M states) and the ltl claim with `pan -a`.
+ * Configuration macros (spin -D…): NO_SIGTERM, MAXLOSS=n, MAXRESET=n,
+ * MAXBAD=n, INBOX=n, WINDOW=n narrow or widen the search; REACK_ADMITTED
+ * models the idempotent re-ack DESIGN did not choose; each BROKEN_* macro
+ * breaks one rule and spin must then report an error (ack_broken.pml is
+ * BROKEN_ACK_EARLY); NO_ORDER_ASSERT switches P1 off to show P2 alone.
  *
  * What is abstracted: an envelope is (id, kind, defect). Ids 1..NIDS are
  * UUIDv7 ids in time order, so "older" is "smaller". `defect` stands for
  * every check before the replay window (frame size, decode, signature,
- * addressed to us, sender trusted): it names the first check the envelope
- * fails, which is the typed rejection reason. Wall-clock time is not
- * modelled; the ±5 min bound is the `floor` below seen from the other side.
+ * addressed to us, sender trusted), which all end in a typed close. Clocks
+ * are not modelled: an id outside ±5 min is refused like one below the
+ * floor, so the floor covers both.
  *
  * Properties (assertions; each names the DESIGN promise it checks):
  *   P1 nothing is acked before it is admitted          (send_ack)
@@ -28,8 +32,8 @@
  *      network lost something, every message admitted from a connection
  *      was acked on it before the close, so unacked means not admitted
  *                                                      (sender_conn)
- * Liveness (LTL `resolved`, weak fairness): every connection the sender
- * opens is eventually resolved (all acked, closed, or timed out).
+ * Liveness (LTL `resolved`): every connection the sender opens is
+ * eventually resolved (all acked, closed, or timed out).
  */
 
 /* ------------------------------------------------------------ sizes */
@@ -44,7 +48,7 @@
 #define WINDOW   2      /* replay window capacity per peer */
 #endif
 #define NCONN    2      /* the first connection and one retry connection */
-#define QLEN     NIDS   /* bytes in flight per direction, in envelopes */
+#define QLEN     NIDS   /* envelopes or acks in flight per direction */
 #ifndef MAXLOSS
 #define MAXLOSS  1      /* envelopes or acks the network may lose */
 #endif
@@ -86,7 +90,8 @@ byte floor;           /* ids ≤ floor are refused as replays (forgotten ids) */
 bool stopping;        /* SIGTERM received: stop accepting, flush acks, close */
 byte resolved_conns;  /* sender connections that reached a verdict */
 
-/* An acked id is kept: still in the inbox, or taken by a worker. */
+/* An acked id is kept: still in the inbox, or taken by a worker. Lists
+ * every id: change it with NIDS. */
 #define KEPT(i)   (!acked[i] || inbox??[eval(i)] || consumed[i])
 #define ALL_KEPT  (KEPT(1) && KEPT(2) && KEPT(3))
 
