@@ -69,6 +69,8 @@ mtype = { OK, BAD, REPLAY, INBOX_FULL };
 /* ------------------------------------------------------------ state */
 chan wire[NCONN] = [QLEN] of { byte, mtype, mtype };  /* sender → receiver: id, kind, defect */
 chan acks[NCONN] = [QLEN] of { byte };                /* receiver → sender: acked id */
+chan owed[NCONN] = [QLEN] of { byte };   /* admitted, ack not yet released (durability) */
+bool refused[NCONN];  /* the receiver refused an envelope: stop reading, close when owed is empty */
 bool opened[NCONN];   /* the sender has connected */
 bool fin[NCONN];      /* the sender has finished writing (orderly EOF) */
 bool closed[NCONN];   /* the receiver closed, or the network reset it */
@@ -97,30 +99,45 @@ byte resolved_conns;  /* sender connections that reached a verdict */
 
 /* ------------------------------------------------------------ receiver */
 
-/* router_conn_close: stop reading, discard what is unread. Acks already
- * written stay readable by the peer: the close is orderly (FIN after the
- * queued acks), so a rejection never swallows the acks before it. */
-inline conn_close(c, reason)
+/* A refusal (router/comms.c s_refuse): stop reading and discard what is
+ * unread; the connection closes once the acks owed for earlier admissions
+ * have been sent (see receiver), so the sender fails fast but never loses an
+ * ack it earned. */
+inline refuse(c, reason)
 {
-	printf("router: conn %d closed, reason %e\n", c, reason);
+	printf("router: conn %d refuses, reason %e\n", c, reason);
+	refused[c] = true;
+	do
+	:: wire[c]?_, _, _
+	:: empty(wire[c]) -> break
+	od
+}
+
+/* router_conn_close: an orderly close (FIN after the queued bytes), so the
+ * acks already written stay readable by the peer. */
+inline conn_close(c)
+{
+	printf("router: conn %d closed\n", c);
 	closed[c] = true;
 	do
 	:: wire[c]?_, _, _
 	:: empty(wire[c]) -> break
 	od;
 #ifdef BROKEN_ABORT_CLOSE
-	/* close with SO_LINGER 0: an RST that throws the queued acks away */
+	/* close at once with SO_LINGER 0: an RST that throws away the acks
+	 * queued or still owed */
 	do
 	:: acks[c]?_
-	:: empty(acks[c]) -> break
+	:: owed[c]?_
+	:: empty(acks[c]) && empty(owed[c]) -> break
 	od
 #else
 	skip
 #endif
 }
 
-/* router_comms_send_ack: the signed ack goes onto the connection's send
- * queue, in admission order. The network may lose it. */
+/* proto_envelope_ack_frame + router_conn_send: the signed ack goes onto the
+ * connection's send queue. The network may lose it. */
 inline send_ack(c, i)
 {
 #ifndef NO_ORDER_ASSERT
@@ -163,8 +180,9 @@ inline window_insert(i)
 	fi
 }
 
-/* router_inbox_admit plus the ack: admission, then (message/request only)
- * the ack, in one step of the router thread. */
+/* router_inbox_admit: admission, remembered by the replay window, and (for
+ * message/request) an ack owed on this connection, released in admission
+ * order once the admission is durable. */
 inline admit(c, i, k)
 {
 	assert(!stopping);                     /* P6 */
@@ -175,25 +193,26 @@ inline admit(c, i, k)
 	admitted_on[i] = c + 1;
 	window_insert(i);
 #ifndef BROKEN_ACK_EARLY
-	if :: k == MSG -> send_ack(c, i) :: else fi
+	if :: k == MSG -> owed[c]!i :: else fi
 #endif
 }
 
-/* One envelope through the pipeline of DESIGN §8, in its order. */
+/* One envelope through the pipeline of DESIGN §8, in its order
+ * (router/comms.c s_on_frame). */
 inline on_envelope(c, i, k, d)
 {
 	if
-	:: d != OK -> conn_close(c, d)   /* size, decode, signature, addressed, trust */
+	:: d != OK -> refuse(c, d)   /* size, decode, signature, addressed, trust */
 	:: else ->
 		if
 #ifndef REACK_ADMITTED
-		:: seen[i] || i <= floor -> conn_close(c, REPLAY)
+		:: seen[i] || i <= floor -> refuse(c, REPLAY)
 #else
 		/* The alternative DESIGN does not take: a replay of an id still in
 		 * the window is acked again, admitted nothing, and the connection
 		 * stays open; only a forgotten id (≤ floor) is refused. */
-		:: seen[i] && k == MSG -> send_ack(c, i)
-		:: (seen[i] && k != MSG) || (!seen[i] && i <= floor) -> conn_close(c, REPLAY)
+		:: seen[i] && k == MSG -> owed[c]!i
+		:: (seen[i] && k != MSG) || (!seen[i] && i <= floor) -> refuse(c, REPLAY)
 #endif
 		:: else ->
 #ifdef BROKEN_ACK_EARLY
@@ -204,7 +223,7 @@ inline on_envelope(c, i, k, d)
 			:: nfull(inbox) -> admit(c, i, k)
 			:: full(inbox) ->
 #ifndef BROKEN_DROP_FULL
-				conn_close(c, INBOX_FULL)
+				refuse(c, INBOX_FULL)
 #else
 				printf("router: conn %d drops %d, inbox full\n", c, i)
 #endif
@@ -215,7 +234,8 @@ inline on_envelope(c, i, k, d)
 
 /* The router's side of one connection. Each envelope is handled in one
  * atomic step: the router thread runs the whole pipeline before it looks at
- * anything else. */
+ * anything else. Owed acks are released in separate steps, whenever the
+ * inbox reports the admissions durable, so anything may happen in between. */
 proctype receiver(byte c)
 {
 	byte i, j;
@@ -223,18 +243,29 @@ proctype receiver(byte c)
 
 	do
 	:: closed[c] -> break
-	:: atomic { stopping && !closed[c] ->
-		/* SIGTERM: stop reading; acks already queued are flushed by the
-		 * orderly close; the inbox is kept (handed over, not dropped). */
-		conn_close(c, OK)
+	:: atomic { !closed[c] && nempty(owed[c]) ->
+		/* s_release: the admission is durable, send its ack */
+		owed[c]?i;
+		send_ack(c, i);
+		i = 0
 	   }
-	:: atomic { !stopping && !closed[c] && nempty(wire[c]) ->
+	:: atomic { !closed[c] && !refused[c] && !stopping && nempty(wire[c]) ->
 		wire[c]?i, k, d;
 		printf("router: conn %d reads %d (%e, %e)\n", c, i, k, d);
 		on_envelope(c, i, k, d);
 		i = 0; k = 0; d = 0
 	   }
-	:: atomic { !closed[c] && fin[c] && empty(wire[c]) -> conn_close(c, OK) }
+	/* Close once nothing is owed: after a refusal, on SIGTERM (the drain:
+	 * reading has stopped, owed acks are flushed first; the inbox is kept,
+	 * not dropped), or when the sender has finished and everything is read. */
+#ifndef BROKEN_ABORT_CLOSE
+	:: atomic { !closed[c] && empty(owed[c]) &&
+	            (refused[c] || stopping || (fin[c] && empty(wire[c]))) -> conn_close(c) }
+#else
+	:: atomic { !closed[c] && refused[c] -> conn_close(c) }
+	:: atomic { !closed[c] && !refused[c] && empty(owed[c]) &&
+	            (stopping || (fin[c] && empty(wire[c]))) -> conn_close(c) }
+#endif
 	od
 }
 
@@ -361,7 +392,8 @@ inline reset(c)
 	do
 	:: wire[c]?_, _, _ -> lost[c] = true
 	:: acks[c]?_ -> lost[c] = true
-	:: empty(wire[c]) && empty(acks[c]) -> break
+	:: owed[c]?_ -> lost[c] = true
+	:: empty(wire[c]) && empty(acks[c]) && empty(owed[c]) -> break
 	od
 }
 
