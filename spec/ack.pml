@@ -85,8 +85,8 @@ byte admitted_on[NIDS + 1];         /* 1 + the connection it was admitted from *
 bool consumed[NIDS + 1];            /* a worker took it from the inbox */
 bool acked[NIDS + 1];               /* the sender holds an ack for it */
 
-bool seen[NIDS + 1];  /* the replay window: ids admitted and remembered */
-byte nseen;           /* ids in the window, ≤ WINDOW */
+chan window = [WINDOW] of { byte };  /* the replay window, in arrival order */
+bool seen[NIDS + 1];  /* id is in the window (for lookup) */
 byte floor;           /* ids ≤ floor are refused as replays (forgotten ids) */
 
 bool stopping;        /* SIGTERM received: stop accepting, flush acks, close */
@@ -151,31 +151,20 @@ inline send_ack(c, i)
 }
 
 /* router_replay_check_insert, insert half: remember an admitted id. When
- * the window is full the oldest id is forgotten and the floor raised to it,
- * so a forgotten id is still refused: the window forgets, the floor doesn't. */
+ * the window is full the id remembered first is forgotten and the floor
+ * raised to its time, so a forgotten id is still refused: the window
+ * forgets, the floor doesn't. (router/replay.c evicts in arrival order too.) */
 inline window_insert(i)
 {
 	if
-	:: nseen < WINDOW -> seen[i] = true; nseen++
-	:: else ->
-		j = 1;
-		do
-		:: seen[j] -> break
-		:: else -> j++
-		od;
-		if
-		:: j < i ->
-			seen[j] = false; seen[i] = true;
+	:: nfull(window) -> window!i; seen[i] = true
+	:: full(window) ->
+		window?j;
+		seen[j] = false;
 #ifndef BROKEN_FORGET
-			if :: j > floor -> floor = j :: else fi
+		if :: j > floor -> floor = j :: else fi;
 #endif
-		:: else ->
-#ifndef BROKEN_FORGET
-			if :: i > floor -> floor = i :: else fi
-#else
-			skip
-#endif
-		fi;
+		window!i; seen[i] = true;
 		j = 0
 	fi
 }
