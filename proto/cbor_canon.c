@@ -8,17 +8,18 @@
 const char *proto_cbor_reason_str(proto_cbor_reason_t r)
 {
     switch (r) {
-    case PROTO_CBOR_OK:            return "ok";
-    case PROTO_CBOR_TRUNCATED:     return "truncated";
-    case PROTO_CBOR_TRAILING:      return "trailing_bytes";
-    case PROTO_CBOR_ILL_FORMED:    return "ill_formed";
-    case PROTO_CBOR_INDEFINITE:    return "indefinite_length";
-    case PROTO_CBOR_BAD_UTF8:      return "bad_utf8";
-    case PROTO_CBOR_TOO_DEEP:      return "too_deep";
-    case PROTO_CBOR_UNSUPPORTED:   return "unsupported";
-    case PROTO_CBOR_DUPLICATE_KEY: return "duplicate_key";
-    case PROTO_CBOR_TOO_LARGE:     return "too_large";
-    case PROTO_CBOR_NO_MEMORY:     return "no_memory";
+    case PROTO_CBOR_OK:             return "ok";
+    case PROTO_CBOR_TRUNCATED:      return "truncated";
+    case PROTO_CBOR_TRAILING:       return "trailing_bytes";
+    case PROTO_CBOR_ILL_FORMED:     return "ill_formed";
+    case PROTO_CBOR_INDEFINITE:     return "indefinite_length";
+    case PROTO_CBOR_BAD_UTF8:       return "bad_utf8";
+    case PROTO_CBOR_TOO_DEEP:       return "too_deep";
+    case PROTO_CBOR_TOO_MANY_ITEMS: return "too_many_items";
+    case PROTO_CBOR_UNSUPPORTED:    return "unsupported";
+    case PROTO_CBOR_DUPLICATE_KEY:  return "duplicate_key";
+    case PROTO_CBOR_TOO_LARGE:      return "too_large";
+    case PROTO_CBOR_NO_MEMORY:      return "no_memory";
     }
     return "unknown";
 }
@@ -38,7 +39,7 @@ int proto_cbor_check(const uint8_t *p, size_t len, const proto_cbor_limits_t *li
     s_open_t open[PROTO_CBOR_DEPTH_MAX];
     unsigned depth = 0; /* containers open */
     unsigned max_depth = lim->max_depth < PROTO_CBOR_DEPTH_MAX ? lim->max_depth : PROTO_CBOR_DEPTH_MAX;
-    size_t pos = 0;
+    size_t pos = 0, items = 0;
     int started = 0;
     proto_cbor_reason_t why = PROTO_CBOR_OK;
 
@@ -70,6 +71,10 @@ int proto_cbor_check(const uint8_t *p, size_t len, const proto_cbor_limits_t *li
         }
         if (depth + 1 > max_depth) {
             why = PROTO_CBOR_TOO_DEEP;
+            goto fail;
+        }
+        if (lim->max_items && ++items > lim->max_items) {
+            why = PROTO_CBOR_TOO_MANY_ITEMS;
             goto fail;
         }
         started = 1;

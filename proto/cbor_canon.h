@@ -35,6 +35,7 @@ typedef enum {
     PROTO_CBOR_INDEFINITE,     /* an indefinite length where they are refused */
     PROTO_CBOR_BAD_UTF8,       /* a text string (or chunk) that is not UTF-8 */
     PROTO_CBOR_TOO_DEEP,       /* nesting beyond the limit */
+    PROTO_CBOR_TOO_MANY_ITEMS, /* more data items than the limit */
     PROTO_CBOR_UNSUPPORTED,    /* well-formed, but libcbor 0.8 cannot hold it: simple
                                   values other than false/true/null/undefined */
     PROTO_CBOR_DUPLICATE_KEY,  /* two keys in one map with the same encoding */
@@ -49,13 +50,15 @@ const char *proto_cbor_reason_str(proto_cbor_reason_t r);
 typedef struct {
     unsigned max_depth;       /* top-level item is depth 1; at most PROTO_CBOR_DEPTH_MAX */
     int allow_indefinite;     /* non-zero: indefinite strings, arrays and maps are allowed */
+    size_t max_items;         /* most data items (keys and chunks count); 0: no limit */
 } proto_cbor_limits_t;
 
 /* Checks that p[len] is exactly one well-formed CBOR item within `lim`,
  * with every text string (every chunk of a chunked one) valid UTF-8,
  * without recursion and without allocating. Every claimed length is checked
- * against the bytes that remain, so a later cbor_load allocates at most in
- * proportion to len. Returns 0, or -1 with *reason set. */
+ * against the bytes that remain, and items are counted, so a later cbor_load
+ * allocates at most in proportion to len and to max_items (libcbor spends
+ * about a hundred bytes of heap on each item, however small). Returns 0, or -1 with *reason set. */
 int proto_cbor_check(const uint8_t *p, size_t len, const proto_cbor_limits_t *lim,
                      proto_cbor_reason_t *reason) __attribute__((warn_unused_result));
 

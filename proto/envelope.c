@@ -95,6 +95,7 @@ const char *proto_envelope_reason_str(proto_envelope_reason_t r)
     switch (r) {
     case PROTO_ENV_OK:                return "ok";
     case PROTO_ENV_OVERSIZE:          return "oversize";
+    case PROTO_ENV_TOO_MANY_ITEMS:    return "too_many_items";
     case PROTO_ENV_TRUNCATED:         return "truncated";
     case PROTO_ENV_TRAILING_BYTES:    return "trailing_bytes";
     case PROTO_ENV_ILL_FORMED:        return "ill_formed";
@@ -120,12 +121,13 @@ const char *proto_envelope_reason_str(proto_envelope_reason_t r)
 proto_wire_reason_t proto_envelope_reason_wire(proto_envelope_reason_t r)
 {
     switch (r) {
-    case PROTO_ENV_OK:            return PROTO_WIRE_OK;
-    case PROTO_ENV_OVERSIZE:      return PROTO_WIRE_OVERSIZE;
+    case PROTO_ENV_OK:             return PROTO_WIRE_OK;
+    case PROTO_ENV_OVERSIZE:
+    case PROTO_ENV_TOO_MANY_ITEMS: return PROTO_WIRE_OVERSIZE;
     case PROTO_ENV_WEAK_KEY:
-    case PROTO_ENV_BAD_SIGNATURE: return PROTO_WIRE_INVALID_SIGNATURE;
-    case PROTO_ENV_NO_MEMORY:     return PROTO_WIRE_INTERNAL;
-    default:                      return PROTO_WIRE_MALFORMED;
+    case PROTO_ENV_BAD_SIGNATURE:  return PROTO_WIRE_INVALID_SIGNATURE;
+    case PROTO_ENV_NO_MEMORY:      return PROTO_WIRE_INTERNAL;
+    default:                       return PROTO_WIRE_MALFORMED;
     }
 }
 
@@ -232,11 +234,14 @@ static void s_release(cbor_item_t **p)
 /* Checks item (at nesting level `depth`) and everything under it against the
  * envelope data model: JSON values plus byte strings, text keys only, UTF-8
  * text, definite strings, finite floats, no tags, nothing deeper than the
- * limit. Duplicate keys are found later by the canonical encoder. */
-static proto_envelope_reason_t s_value_check(const cbor_item_t *item, unsigned depth)
+ * limit, at most PROTO_ENVELOPE_ITEMS_MAX items counted in *items.
+ * Duplicate keys are found later by the canonical encoder. */
+static proto_envelope_reason_t s_value_check(const cbor_item_t *item, unsigned depth, size_t *items)
 {
     if (depth > PROTO_ENVELOPE_DEPTH_MAX)
         return PROTO_ENV_TOO_DEEP;
+    if (++*items > PROTO_ENVELOPE_ITEMS_MAX)
+        return PROTO_ENV_TOO_MANY_ITEMS;
     switch (cbor_typeof(item)) {
     case CBOR_TYPE_UINT:
     case CBOR_TYPE_NEGINT:
@@ -253,7 +258,7 @@ static proto_envelope_reason_t s_value_check(const cbor_item_t *item, unsigned d
         size_t n = cbor_array_size(item);
         cbor_item_t **elems = cbor_array_handle(item);
         for (size_t i = 0; i < n; i++) {
-            proto_envelope_reason_t r = s_value_check(elems[i], depth + 1);
+            proto_envelope_reason_t r = s_value_check(elems[i], depth + 1, items);
             if (r != PROTO_ENV_OK)
                 return r;
         }
@@ -265,9 +270,9 @@ static proto_envelope_reason_t s_value_check(const cbor_item_t *item, unsigned d
         for (size_t i = 0; i < n; i++) {
             if (!cbor_isa_string(pairs[i].key))
                 return PROTO_ENV_NON_TEXT_KEY;
-            proto_envelope_reason_t r = s_value_check(pairs[i].key, depth + 1);
+            proto_envelope_reason_t r = s_value_check(pairs[i].key, depth + 1, items);
             if (r == PROTO_ENV_OK)
-                r = s_value_check(pairs[i].value, depth + 1);
+                r = s_value_check(pairs[i].value, depth + 1, items);
             if (r != PROTO_ENV_OK)
                 return r;
         }
@@ -402,17 +407,18 @@ static proto_envelope_reason_t s_kind_check(const cbor_item_t *map, proto_kind_t
 static proto_envelope_reason_t s_from_cbor_reason(proto_cbor_reason_t r)
 {
     switch (r) {
-    case PROTO_CBOR_OK:            return PROTO_ENV_OK;
-    case PROTO_CBOR_TRUNCATED:     return PROTO_ENV_TRUNCATED;
-    case PROTO_CBOR_TRAILING:      return PROTO_ENV_TRAILING_BYTES;
-    case PROTO_CBOR_ILL_FORMED:    return PROTO_ENV_ILL_FORMED;
-    case PROTO_CBOR_INDEFINITE:    return PROTO_ENV_INDEFINITE_LENGTH;
-    case PROTO_CBOR_BAD_UTF8:      return PROTO_ENV_BAD_UTF8;
-    case PROTO_CBOR_TOO_DEEP:      return PROTO_ENV_TOO_DEEP;
-    case PROTO_CBOR_UNSUPPORTED:   return PROTO_ENV_UNSUPPORTED_TYPE;
-    case PROTO_CBOR_DUPLICATE_KEY: return PROTO_ENV_DUPLICATE_KEY;
-    case PROTO_CBOR_TOO_LARGE:     return PROTO_ENV_OVERSIZE;
-    case PROTO_CBOR_NO_MEMORY:     return PROTO_ENV_NO_MEMORY;
+    case PROTO_CBOR_OK:             return PROTO_ENV_OK;
+    case PROTO_CBOR_TRUNCATED:      return PROTO_ENV_TRUNCATED;
+    case PROTO_CBOR_TRAILING:       return PROTO_ENV_TRAILING_BYTES;
+    case PROTO_CBOR_ILL_FORMED:     return PROTO_ENV_ILL_FORMED;
+    case PROTO_CBOR_INDEFINITE:     return PROTO_ENV_INDEFINITE_LENGTH;
+    case PROTO_CBOR_BAD_UTF8:       return PROTO_ENV_BAD_UTF8;
+    case PROTO_CBOR_TOO_DEEP:       return PROTO_ENV_TOO_DEEP;
+    case PROTO_CBOR_TOO_MANY_ITEMS: return PROTO_ENV_TOO_MANY_ITEMS;
+    case PROTO_CBOR_UNSUPPORTED:    return PROTO_ENV_UNSUPPORTED_TYPE;
+    case PROTO_CBOR_DUPLICATE_KEY:  return PROTO_ENV_DUPLICATE_KEY;
+    case PROTO_CBOR_TOO_LARGE:      return PROTO_ENV_OVERSIZE;
+    case PROTO_CBOR_NO_MEMORY:      return PROTO_ENV_NO_MEMORY;
     }
     return PROTO_ENV_ILL_FORMED;
 }
@@ -467,11 +473,12 @@ proto_envelope_t *proto_envelope_new(const uint8_t id[PROTO_UUID_LEN], const uin
     cbor_item_t *map = s_take(kind);
     uint8_t fresh[PROTO_UUID_LEN];
     proto_kind_t k = 0;
+    size_t items = 10; /* the envelope map, its five keys and four fixed values */
     if (!map) {
         *reason = PROTO_ENV_NO_MEMORY; /* the kind builder ran out */
         return NULL;
     }
-    *reason = s_value_check(map, 2);
+    *reason = s_value_check(map, 2, &items);
     if (*reason == PROTO_ENV_OK)
         *reason = s_kind_check(map, &k);
     if (*reason != PROTO_ENV_OK) {
@@ -505,7 +512,8 @@ static const char *const s_env_keys[S_K_COUNT] = {"id", "from", "to", "kind", "s
 int proto_envelope_decode(const uint8_t *p, size_t len, proto_envelope_t **out,
                           proto_envelope_reason_t *reason)
 {
-    static const proto_cbor_limits_t lim = {.max_depth = PROTO_ENVELOPE_DEPTH_MAX, .allow_indefinite = 0};
+    static const proto_cbor_limits_t lim = {
+        .max_depth = PROTO_ENVELOPE_DEPTH_MAX, .allow_indefinite = 0, .max_items = PROTO_ENVELOPE_ITEMS_MAX};
     const cbor_item_t *field[S_K_COUNT] = {NULL};
     proto_cbor_reason_t cr = PROTO_CBOR_OK;
     proto_envelope_reason_t why = PROTO_ENV_OK;
@@ -526,7 +534,8 @@ int proto_envelope_decode(const uint8_t *p, size_t len, proto_envelope_t **out,
         why = PROTO_ENV_WRONG_TYPE;
         goto fail;
     }
-    why = s_value_check(root, 1);
+    size_t items = 0;
+    why = s_value_check(root, 1, &items);
     if (why != PROTO_ENV_OK)
         goto fail;
 

@@ -9,7 +9,8 @@
  * matter.
  *
  * What kith accepts (each refusal is a typed reason below):
- *   - at most PROTO_ENVELOPE_MAX bytes, one item, nothing after it;
+ *   - at most PROTO_ENVELOPE_MAX bytes and PROTO_ENVELOPE_ITEMS_MAX data
+ *     items, one top-level item, nothing after it;
  *   - definite lengths only; nesting at most PROTO_ENVELOPE_DEPTH_MAX (the
  *     envelope map is level 1, kind level 2);
  *   - the JSON data model plus byte strings: integers, finite floats, text
@@ -49,6 +50,9 @@
 #define PROTO_ENVELOPE_MAX (1024u * 1024u)
 /* Deepest nesting in an envelope; the envelope map itself is level 1. */
 #define PROTO_ENVELOPE_DEPTH_MAX 32
+/* Most CBOR data items in one envelope (map keys count): bounds the heap a
+ * decode takes to about 15 MiB, however the 1 MiB is spent. */
+#define PROTO_ENVELOPE_ITEMS_MAX 131072
 /* A complete signed ack frame (header included) is always this long. */
 #define PROTO_ACK_FRAME_LEN 215
 
@@ -83,6 +87,7 @@ typedef enum {
 typedef enum {
     PROTO_ENV_OK = 0,
     PROTO_ENV_OVERSIZE,          /* more than PROTO_ENVELOPE_MAX bytes          → oversize */
+    PROTO_ENV_TOO_MANY_ITEMS,    /* more than PROTO_ENVELOPE_ITEMS_MAX items    → oversize */
     PROTO_ENV_TRUNCATED,         /* input ends inside an item                    → malformed */
     PROTO_ENV_TRAILING_BYTES,    /* bytes after the envelope                     → malformed */
     PROTO_ENV_ILL_FORMED,        /* not well-formed CBOR                         → malformed */

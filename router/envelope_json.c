@@ -40,6 +40,7 @@ typedef struct {
 typedef struct {
     s_frame_t stack[PROTO_ENVELOPE_DEPTH_MAX]; /* open containers */
     unsigned depth;                            /* entries used in stack */
+    size_t items;                              /* values and keys so far */
     cbor_item_t *root;                         /* the finished value */
     char *err;                                 /* where to explain a failure */
     size_t errcap;                             /* bytes at err */
@@ -51,6 +52,11 @@ static int s_add(s_parse_t *ps, cbor_item_t *item)
     int ok;
     if (!item) {
         s_err(ps->err, ps->errcap, "out of memory");
+        return 0;
+    }
+    if (++ps->items > PROTO_ENVELOPE_ITEMS_MAX) {
+        cbor_decref(&item);
+        s_err(ps->err, ps->errcap, "more than %u values", PROTO_ENVELOPE_ITEMS_MAX);
         return 0;
     }
     if (ps->depth == 0) {
@@ -75,7 +81,9 @@ static int s_on_null(void *ctx) { return s_add(ctx, cbor_new_null()); }
 static int s_on_bool(void *ctx, int v) { return s_add(ctx, cbor_build_bool(v != 0)); }
 
 /* JSON numbers: integers when written without '.', 'e' or 'E' (the full
- * CBOR range, -2^64 … 2^64-1), finite doubles otherwise. */
+ * CBOR range, -2^64 … 2^64-1), finite doubles otherwise (strtod rounding;
+ * like the formatting below it assumes the C locale, which kith never
+ * changes). */
 static int s_on_number(void *ctx, const char *s, size_t n)
 {
     s_parse_t *ps = ctx;
@@ -142,6 +150,10 @@ static int s_on_key(void *ctx, const unsigned char *s, size_t n)
 {
     s_parse_t *ps = ctx;
     s_frame_t *top = &ps->stack[ps->depth - 1];
+    if (++ps->items > PROTO_ENVELOPE_ITEMS_MAX) {
+        s_err(ps->err, ps->errcap, "more than %u values", PROTO_ENVELOPE_ITEMS_MAX);
+        return 0;
+    }
     top->key = cbor_build_stringn((const char *) s, n);
     if (!top->key)
         s_err(ps->err, ps->errcap, "out of memory");

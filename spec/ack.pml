@@ -1,19 +1,23 @@
 /*
  * spec/ack.pml — Promela model of kith's signed-envelope delivery: a sender,
  * the connections it opens, and a receiver with a bounded inbox, a bounded
- * replay window and acks (DESIGN §8, spec/WIRE.md "Model checking").
+ * replay window and acks (DESIGN §8; spec/WIRE.md §14 has the results).
  *
- * Checked exhaustively by tests/integration/test_spin.sh:
- *   spin -a spec/ack.pml && gcc -DSAFETY -DNOCLAIM -o pan pan.c && ./pan
- * and the liveness claim `resolved` with -a (see the ltl below). The same file built with one
- * of the BROKEN_* macros (spec/ack_broken.pml) must make spin report an error.
+ * Checked exhaustively by tests/integration/test_spin.sh, by hand:
+ *   spin -a ack.pml && gcc -O2 -DSAFETY -DNOCLAIM -o pan pan.c && ./pan
+ * (all faults at once, ~4 M states) and the ltl claim with `pan -a`.
+ * Configuration macros (spin -D…): NO_SIGTERM, MAXLOSS=n, MAXRESET=n,
+ * MAXBAD=n, INBOX=n, WINDOW=n narrow or widen the search; REACK_ADMITTED
+ * models the idempotent re-ack DESIGN did not choose; each BROKEN_* macro
+ * breaks one rule and spin must then report an error (ack_broken.pml is
+ * BROKEN_ACK_EARLY); NO_ORDER_ASSERT switches P1 off to show P2 alone.
  *
  * What is abstracted: an envelope is (id, kind, defect). Ids 1..NIDS are
  * UUIDv7 ids in time order, so "older" is "smaller". `defect` stands for
  * every check before the replay window (frame size, decode, signature,
- * addressed to us, sender trusted): it names the first check the envelope
- * fails, which is the typed rejection reason. Wall-clock time is not
- * modelled; the ±5 min bound is the `floor` below seen from the other side.
+ * addressed to us, sender trusted), which all end in a typed close. Clocks
+ * are not modelled: an id outside ±5 min is refused like one below the
+ * floor, so the floor covers both.
  *
  * Properties (assertions; each names the DESIGN promise it checks):
  *   P1 nothing is acked before it is admitted          (send_ack)
@@ -24,8 +28,12 @@
  *      sender never waits out its timeout for an envelope that was neither
  *      lost by the network nor answered                (sender_conn)
  *   P6 nothing is admitted once SIGTERM has begun      (admit)
- * Liveness (LTL `resolved`, weak fairness): every connection the sender
- * opens is eventually resolved (all acked, closed, or timed out).
+ *   P7 an orderly close (rejection, SIGTERM) tells the truth: unless the
+ *      network lost something, every message admitted from a connection
+ *      was acked on it before the close, so unacked means not admitted
+ *                                                      (sender_conn)
+ * Liveness (LTL `resolved`): every connection the sender opens is
+ * eventually resolved (all acked, closed, or timed out).
  */
 
 /* ------------------------------------------------------------ sizes */
@@ -40,7 +48,7 @@
 #define WINDOW   2      /* replay window capacity per peer */
 #endif
 #define NCONN    2      /* the first connection and one retry connection */
-#define QLEN     NIDS   /* bytes in flight per direction, in envelopes */
+#define QLEN     NIDS   /* envelopes or acks in flight per direction */
 #ifndef MAXLOSS
 #define MAXLOSS  1      /* envelopes or acks the network may lose */
 #endif
@@ -61,6 +69,8 @@ mtype = { OK, BAD, REPLAY, INBOX_FULL };
 /* ------------------------------------------------------------ state */
 chan wire[NCONN] = [QLEN] of { byte, mtype, mtype };  /* sender → receiver: id, kind, defect */
 chan acks[NCONN] = [QLEN] of { byte };                /* receiver → sender: acked id */
+chan owed[NCONN] = [QLEN] of { byte };   /* admitted, ack not yet released (durability) */
+bool refused[NCONN];  /* the receiver refused an envelope: stop reading, close when owed is empty */
 bool opened[NCONN];   /* the sender has connected */
 bool fin[NCONN];      /* the sender has finished writing (orderly EOF) */
 bool closed[NCONN];   /* the receiver closed, or the network reset it */
@@ -71,37 +81,63 @@ byte bads;            /* defective envelopes sent so far, ≤ MAXBAD */
 
 chan inbox = [INBOX] of { byte };   /* admitted envelopes, waiting for a worker */
 byte admits[NIDS + 1];              /* times each id was admitted (P4: ≤ 1) */
+byte admitted_on[NIDS + 1];         /* 1 + the connection it was admitted from */
 bool consumed[NIDS + 1];            /* a worker took it from the inbox */
 bool acked[NIDS + 1];               /* the sender holds an ack for it */
 
-bool seen[NIDS + 1];  /* the replay window: ids admitted and remembered */
-byte nseen;           /* ids in the window, ≤ WINDOW */
+chan window = [WINDOW] of { byte };  /* the replay window, in arrival order */
+bool seen[NIDS + 1];  /* id is in the window (for lookup) */
 byte floor;           /* ids ≤ floor are refused as replays (forgotten ids) */
 
 bool stopping;        /* SIGTERM received: stop accepting, flush acks, close */
 byte resolved_conns;  /* sender connections that reached a verdict */
 
-/* An acked id is kept: still in the inbox, or taken by a worker. */
+/* An acked id is kept: still in the inbox, or taken by a worker. Lists
+ * every id: change it with NIDS. */
 #define KEPT(i)   (!acked[i] || inbox??[eval(i)] || consumed[i])
 #define ALL_KEPT  (KEPT(1) && KEPT(2) && KEPT(3))
 
 /* ------------------------------------------------------------ receiver */
 
-/* router_conn_close: stop reading, discard what is unread. Acks already
- * written stay readable by the peer: the close is orderly (FIN after the
- * queued acks), so a rejection never swallows the acks before it. */
-inline conn_close(c, reason)
+/* A refusal (router/comms.c s_refuse): stop reading and discard what is
+ * unread; the connection closes once the acks owed for earlier admissions
+ * have been sent (see receiver), so the sender fails fast but never loses an
+ * ack it earned. */
+inline refuse(c, reason)
 {
-	printf("router: conn %d closed, reason %e\n", c, reason);
-	closed[c] = true;
+	printf("router: conn %d refuses, reason %e\n", c, reason);
+	refused[c] = true;
 	do
 	:: wire[c]?_, _, _
 	:: empty(wire[c]) -> break
 	od
 }
 
-/* router_comms_send_ack: the signed ack goes onto the connection's send
- * queue, in admission order. The network may lose it. */
+/* router_conn_close: an orderly close (FIN after the queued bytes), so the
+ * acks already written stay readable by the peer. */
+inline conn_close(c)
+{
+	printf("router: conn %d closed\n", c);
+	closed[c] = true;
+	do
+	:: wire[c]?_, _, _
+	:: empty(wire[c]) -> break
+	od;
+#ifdef BROKEN_ABORT_CLOSE
+	/* close at once with SO_LINGER 0: an RST that throws away the acks
+	 * queued or still owed */
+	do
+	:: acks[c]?_
+	:: owed[c]?_
+	:: empty(acks[c]) && empty(owed[c]) -> break
+	od
+#else
+	skip
+#endif
+}
+
+/* proto_envelope_ack_frame + router_conn_send: the signed ack goes onto the
+ * connection's send queue. The network may lose it. */
 inline send_ack(c, i)
 {
 #ifndef NO_ORDER_ASSERT
@@ -115,37 +151,27 @@ inline send_ack(c, i)
 }
 
 /* router_replay_check_insert, insert half: remember an admitted id. When
- * the window is full the oldest id is forgotten and the floor raised to it,
- * so a forgotten id is still refused: the window forgets, the floor doesn't. */
+ * the window is full the id remembered first is forgotten and the floor
+ * raised to its time, so a forgotten id is still refused: the window
+ * forgets, the floor doesn't. (router/replay.c evicts in arrival order too.) */
 inline window_insert(i)
 {
 	if
-	:: nseen < WINDOW -> seen[i] = true; nseen++
-	:: else ->
-		j = 1;
-		do
-		:: seen[j] -> break
-		:: else -> j++
-		od;
-		if
-		:: j < i ->
-			seen[j] = false; seen[i] = true;
+	:: nfull(window) -> window!i; seen[i] = true
+	:: full(window) ->
+		window?j;
+		seen[j] = false;
 #ifndef BROKEN_FORGET
-			if :: j > floor -> floor = j :: else fi
+		if :: j > floor -> floor = j :: else fi;
 #endif
-		:: else ->
-#ifndef BROKEN_FORGET
-			if :: i > floor -> floor = i :: else fi
-#else
-			skip
-#endif
-		fi;
+		window!i; seen[i] = true;
 		j = 0
 	fi
 }
 
-/* router_inbox_admit plus the ack: admission, then (message/request only)
- * the ack, in one step of the router thread. */
+/* router_inbox_admit: admission, remembered by the replay window, and (for
+ * message/request) an ack owed on this connection, released in admission
+ * order once the admission is durable. */
 inline admit(c, i, k)
 {
 	assert(!stopping);                     /* P6 */
@@ -153,27 +179,29 @@ inline admit(c, i, k)
 	printf("router: conn %d admits %d to the inbox\n", c, i);
 	admits[i]++;
 	assert(admits[i] == 1);                /* P4 */
+	admitted_on[i] = c + 1;
 	window_insert(i);
 #ifndef BROKEN_ACK_EARLY
-	if :: k == MSG -> send_ack(c, i) :: else fi
+	if :: k == MSG -> owed[c]!i :: else fi
 #endif
 }
 
-/* One envelope through the pipeline of DESIGN §8, in its order. */
+/* One envelope through the pipeline of DESIGN §8, in its order
+ * (router/comms.c s_on_frame). */
 inline on_envelope(c, i, k, d)
 {
 	if
-	:: d != OK -> conn_close(c, d)   /* size, decode, signature, addressed, trust */
+	:: d != OK -> refuse(c, d)   /* size, decode, signature, addressed, trust */
 	:: else ->
 		if
 #ifndef REACK_ADMITTED
-		:: seen[i] || i <= floor -> conn_close(c, REPLAY)
+		:: seen[i] || i <= floor -> refuse(c, REPLAY)
 #else
 		/* The alternative DESIGN does not take: a replay of an id still in
 		 * the window is acked again, admitted nothing, and the connection
 		 * stays open; only a forgotten id (≤ floor) is refused. */
-		:: seen[i] && k == MSG -> send_ack(c, i)
-		:: (seen[i] && k != MSG) || (!seen[i] && i <= floor) -> conn_close(c, REPLAY)
+		:: seen[i] && k == MSG -> owed[c]!i
+		:: (seen[i] && k != MSG) || (!seen[i] && i <= floor) -> refuse(c, REPLAY)
 #endif
 		:: else ->
 #ifdef BROKEN_ACK_EARLY
@@ -184,7 +212,7 @@ inline on_envelope(c, i, k, d)
 			:: nfull(inbox) -> admit(c, i, k)
 			:: full(inbox) ->
 #ifndef BROKEN_DROP_FULL
-				conn_close(c, INBOX_FULL)
+				refuse(c, INBOX_FULL)
 #else
 				printf("router: conn %d drops %d, inbox full\n", c, i)
 #endif
@@ -195,7 +223,8 @@ inline on_envelope(c, i, k, d)
 
 /* The router's side of one connection. Each envelope is handled in one
  * atomic step: the router thread runs the whole pipeline before it looks at
- * anything else. */
+ * anything else. Owed acks are released in separate steps, whenever the
+ * inbox reports the admissions durable, so anything may happen in between. */
 proctype receiver(byte c)
 {
 	byte i, j;
@@ -203,18 +232,29 @@ proctype receiver(byte c)
 
 	do
 	:: closed[c] -> break
-	:: atomic { stopping && !closed[c] ->
-		/* SIGTERM: stop reading; acks already queued are flushed by the
-		 * orderly close; the inbox is kept (handed over, not dropped). */
-		conn_close(c, OK)
+	:: atomic { !closed[c] && nempty(owed[c]) ->
+		/* s_release: the admission is durable, send its ack */
+		owed[c]?i;
+		send_ack(c, i);
+		i = 0
 	   }
-	:: atomic { !stopping && !closed[c] && nempty(wire[c]) ->
+	:: atomic { !closed[c] && !refused[c] && !stopping && nempty(wire[c]) ->
 		wire[c]?i, k, d;
 		printf("router: conn %d reads %d (%e, %e)\n", c, i, k, d);
 		on_envelope(c, i, k, d);
 		i = 0; k = 0; d = 0
 	   }
-	:: atomic { !closed[c] && fin[c] && empty(wire[c]) -> conn_close(c, OK) }
+	/* Close once nothing is owed: after a refusal, on SIGTERM (the drain:
+	 * reading has stopped, owed acks are flushed first; the inbox is kept,
+	 * not dropped), or when the sender has finished and everything is read. */
+#ifndef BROKEN_ABORT_CLOSE
+	:: atomic { !closed[c] && empty(owed[c]) &&
+	            (refused[c] || stopping || (fin[c] && empty(wire[c]))) -> conn_close(c) }
+#else
+	:: atomic { !closed[c] && refused[c] -> conn_close(c) }
+	:: atomic { !closed[c] && !refused[c] && empty(owed[c]) &&
+	            (stopping || (fin[c] && empty(wire[c]))) -> conn_close(c) }
+#endif
 	od
 }
 
@@ -273,6 +313,16 @@ proctype sender_conn(byte c; byte mask)
 	:: want == 0 -> break
 	:: atomic { closed[c] && empty(acks[c]) ->           /* rejected or reset: fail fast */
 		printf("sender: conn %d closed by the peer, %d unacked\n", c, want);
+		/* P7: an orderly close tells the truth: every message admitted
+		 * from this connection has been acked before the close. */
+		a = 1;
+		do
+		:: a > NIDS -> break
+		:: a <= NIDS ->
+			assert(lost[c] || a == RESP_ID || admitted_on[a] != c + 1 || acked[a]);
+			a++
+		od;
+		a = 0;
 		break
 	   }
 	:: timeout ->
@@ -331,7 +381,8 @@ inline reset(c)
 	do
 	:: wire[c]?_, _, _ -> lost[c] = true
 	:: acks[c]?_ -> lost[c] = true
-	:: empty(wire[c]) && empty(acks[c]) -> break
+	:: owed[c]?_ -> lost[c] = true
+	:: empty(wire[c]) && empty(acks[c]) && empty(owed[c]) -> break
 	od
 }
 

@@ -331,6 +331,18 @@ static void test_check_depth(void **state)
     s_expect_check(maps + 2 * 8, sizeof maps - 2 * 8, &s_strict, PROTO_CBOR_TOO_DEEP);
 }
 
+static void test_check_item_count(void **state)
+{
+    (void) state;
+    proto_cbor_limits_t lim = {.max_depth = 8, .allow_indefinite = 1, .max_items = 4};
+    s_expect_check_hex("83010203", &lim, PROTO_CBOR_OK); /* the array and three integers */
+    s_expect_check_hex("8401020304", &lim, PROTO_CBOR_TOO_MANY_ITEMS);
+    s_expect_check_hex("a1010203", &lim, PROTO_CBOR_TRAILING);          /* map, key, value: 3 */
+    s_expect_check_hex("a201020304", &lim, PROTO_CBOR_TOO_MANY_ITEMS);  /* keys count too */
+    s_expect_check_hex("5f410141024103ff", &lim, PROTO_CBOR_OK);        /* string and three chunks */
+    s_expect_check_hex("5f4101410241034104ff", &lim, PROTO_CBOR_TOO_MANY_ITEMS);
+}
+
 static void test_utf8(void **state)
 {
     (void) state;
@@ -372,6 +384,7 @@ int main(void)
         cmocka_unit_test(test_check_refusals),
         cmocka_unit_test(test_check_claimed_lengths),
         cmocka_unit_test(test_check_depth),
+        cmocka_unit_test(test_check_item_count),
         cmocka_unit_test(test_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -598,6 +598,31 @@ static void test_reject_depth(void **state)
     s_arena_free();
 }
 
+/* An envelope of many tiny items is refused by count, not only by size. */
+static void test_reject_item_count(void **state)
+{
+    (void) state;
+    for (size_t n = 100000; n <= 140000; n += 40000) {
+        size_t hexlen = 2 * (5 + n) + 1;
+        char *arr = s_keep(malloc(hexlen));
+        snprintf(arr, hexlen, "9a%08zx", n);
+        for (size_t i = 0; i < n; i++)
+            memcpy(arr + 10 + 2 * i, "00", 3);
+        const char *kind = s_cat("a3", T("type"), T("request"), T("intent"), T("x"), T("params"), arr, NULL);
+        s_expect_decode(s_env5(kind), n == 100000 ? PROTO_ENV_OK : PROTO_ENV_TOO_MANY_ITEMS, "item count");
+        s_arena_free();
+    }
+    assert_int_equal(proto_envelope_reason_wire(PROTO_ENV_TOO_MANY_ITEMS), PROTO_WIRE_OVERSIZE);
+    /* Built envelopes are held to the same count. */
+    cbor_item_t *params = cbor_new_definite_array(140000);
+    for (size_t i = 0; i < 140000; i++)
+        assert_true(cbor_array_push(params, cbor_move(cbor_build_uint8(0))));
+    cbor_item_t *kind = proto_kind_request("x", 1, &params, NULL, PROTO_HANDLING_NONE);
+    proto_envelope_reason_t why;
+    assert_null(proto_envelope_new(s_id, s_alice_pk, s_bob_pk, &kind, &why));
+    assert_int_equal(why, PROTO_ENV_TOO_MANY_ITEMS);
+}
+
 static void test_reject_data_model(void **state)
 {
     (void) state;
@@ -794,6 +819,7 @@ int main(void)
         cmocka_unit_test(test_reject_cbor_level),
         cmocka_unit_test(test_reject_oversize),
         cmocka_unit_test(test_reject_depth),
+        cmocka_unit_test(test_reject_item_count),
         cmocka_unit_test(test_reject_data_model),
         cmocka_unit_test(test_reject_schema),
         cmocka_unit_test(test_reject_when_building),

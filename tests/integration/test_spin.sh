@@ -25,13 +25,15 @@ ok()  { passed=$((passed + 1)); echo "ok   $1"; }
 bad() { failed=$((failed + 1)); echo "FAIL $1"; sed 's/^/     | /' "$2" >&2; }
 
 # build NAME MODEL CCFLAGS SPINFLAGS…: spin -a, then compile pan into pan-NAME.
+# CCFLAGS carries the optimisation level: -O2 for complete searches, -O0 for
+# broken variants (they stop at their first errors; compiling is the cost).
 build() {
   local name=$1 model=$2 ccflags=$3; shift 3
   rm -f pan.c pan.h pan.b pan.m pan.p pan.t _spin_nvr.tmp
   spin "$@" -a "$model" >"$name.spin" 2>&1 || return 1
   # -DMEMLIM: a search that outgrows 2 GiB stops (and fails below) instead
   # of swapping the machine.
-  gcc -O2 -w -DMEMLIM=2048 $ccflags -o "pan-$name" pan.c >>"$name.spin" 2>&1
+  gcc -w -DMEMLIM=2048 $ccflags -o "pan-$name" pan.c >>"$name.spin" 2>&1
 }
 
 # verify NAME MODEL MODE SPINFLAGS…: MODE is safety (assertions, invalid end
@@ -39,8 +41,8 @@ build() {
 # on a complete search with zero errors.
 verify() {
   local name=$1 model=$2 mode=$3; shift 3
-  local ccflags="-DSAFETY -DNOCLAIM" panflags=""
-  if [ "$mode" = liveness ]; then ccflags="" panflags="-a"; fi
+  local ccflags="-O2 -DSAFETY -DNOCLAIM" panflags=""
+  if [ "$mode" = liveness ]; then ccflags="-O2" panflags="-a"; fi
   if ! build "$name" "$model" "$ccflags" "$@"; then bad "$name: spin/gcc failed" "$name.spin"; return; fi
   "./pan-$name" $panflags >"$name.out" 2>&1 || true
   if grep -q 'errors: 0$' "$name.out" &&
@@ -55,7 +57,7 @@ verify() {
 # error whose text matches PATTERN; the shortest trail found is replayed.
 expect_caught() {
   local name=$1 model=$2 pattern=$3; shift 3
-  if ! build "$name" "$model" "-DSAFETY -DNOCLAIM" "$@"; then bad "$name: spin/gcc failed" "$name.spin"; return; fi
+  if ! build "$name" "$model" "-O0 -DSAFETY -DNOCLAIM" "$@"; then bad "$name: spin/gcc failed" "$name.spin"; return; fi
   rm -f "$model.trail"
   "./pan-$name" -i >"$name.out" 2>&1 || true
   if grep -Eq 'errors: [1-9]' "$name.out" && grep -Eq "$pattern" "$name.out" && [ -f "$model.trail" ]; then
@@ -88,13 +90,13 @@ expect_caught ack_broken_consequence ack_broken.pml 'assertion violated \(\(\(\(
 expect_caught ack_forget            ack.pml 'assertion violated \(admits\[i\]==1\)' -DBROKEN_FORGET -DNO_SIGTERM
 expect_caught ack_drop_full         ack.pml 'assertion violated lost\[c\]' -DBROKEN_DROP_FULL -DNO_SIGTERM
 expect_caught ack_shutdown_drop     ack.pml 'assertion violated \(\(\(\( !\(acked\[1\]\)' -DBROKEN_SHUTDOWN -DMAXRESET=0
+expect_caught ack_abort_close     ack.pml 'assertion violated \(\(\(lost\[c\]' -DBROKEN_ABORT_CLOSE -DNO_SIGTERM
 
 # ---------------------------------------------------------------- turnqueue.pml
-if [ -f turnqueue.pml ]; then
-  verify turnqueue turnqueue.pml safety
-  verify turnqueue_live turnqueue.pml liveness
-  expect_caught turnqueue_broken turnqueue.pml 'assertion violated' -DBROKEN_TWO_TURNS
-fi
+verify turnqueue      turnqueue.pml safety
+verify turnqueue_live turnqueue.pml liveness
+expect_caught turnqueue_two_turns   turnqueue.pml 'assertion violated \(turns==1\)' -DBROKEN_TWO_TURNS
+expect_caught turnqueue_steer_leak  turnqueue.pml 'assertion violated \(steer_for==in_flight\)' -DBROKEN_STEER_LEAK
 
 echo "test_spin: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
