@@ -1,0 +1,116 @@
+"""tests/integration/test_events.py — the plain event listener of a real
+`kith daemon` (comms.auth "none"): newline-delimited JSON {"body"} or plain
+text over TCP and a Unix socket; malformed and over-long lines are counted
+and skipped while the connection stays open; accepted lines are queued in
+the durable inbox; the counters show on /metrics (read with curl)."""
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import Daemon, free_port  # noqa: E402
+
+
+def events(node):
+    db = sqlite3.connect(os.path.join(node.home, "state.db"))
+    rows = db.execute("SELECT kind, frame FROM inbox ORDER BY seq").fetchall()
+    db.close()
+    return [bytes(f).decode() for k, f in rows if k == "event"]
+
+
+def wait_events(node, n, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = events(node)
+        if len(got) >= n:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"expected {n} events, have {events(node)}\n{node.logs()}")
+
+
+def metric(node, name):
+    out = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{node.gw_port}/metrics"],
+                         capture_output=True, text=True, timeout=10).stdout
+    for line in out.splitlines():
+        if line.startswith(name + " "):
+            return int(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics:\n{out}")
+
+
+def main():
+    port = free_port()
+    node = Daemon("events", config={"comms": {"auth": "none",
+                                              "event_address": f"127.0.0.1:{port}"}})
+    node.start()
+    results = []
+    try:
+        node.wait_log(f"listening on tcp://127.0.0.1:{port} (plain events)")
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b'{"body":"disk full on db-3","source":"cron"}\n')
+        s.sendall(b"deploy finished\r\n")
+        s.sendall(b'{"body": 42}\n')                 # no string body: skipped
+        s.sendall(b"{not json\n")                     # bad JSON: skipped
+        s.sendall(b"x" * (70 * 1024) + b"\n")         # over 64 KiB: skipped
+        s.sendall(b"\xc0\xaf\n")                      # not UTF-8: skipped
+        s.sendall(b"\n")                              # blank: ignored
+        s.sendall(b'{"body":"split ')                 # one line over two writes
+        time.sleep(0.05)
+        s.sendall(b'across writes"}\n')
+        got = wait_events(node, 3)
+        ok = got[:3] == ["disk full on db-3", "deploy finished", "split across writes"]
+        print(("ok   " if ok else "FAIL ") + f"tcp events in order: {got}")
+        results.append(ok)
+        # The connection survived every bad line.
+        s.sendall(b"still open\n")
+        got = wait_events(node, 4)
+        ok = got[3] == "still open"
+        print(("ok   " if ok else "FAIL ") + "connection stays open after bad lines")
+        results.append(ok)
+        s.sendall(b"no newline at the end")           # never a line
+        s.close()
+        time.sleep(0.3)
+        ok = len(events(node)) == 4
+        print(("ok   " if ok else "FAIL ") + "an unterminated last line is discarded")
+        results.append(ok)
+        logs = node.logs()
+        for why in ("no_body", "bad_json", "too_long", "bad_utf8"):
+            ok = f"reason={why}" in logs
+            print(("ok   " if ok else "FAIL ") + f"skip reason {why} logged")
+            results.append(ok)
+        queued, skipped = metric(node, "kith_events_queued_total"), metric(node, "kith_events_skipped_total")
+        ok = queued == 4 and skipped == 4
+        print(("ok   " if ok else "FAIL ") + f"/metrics: queued={queued} skipped={skipped}")
+        results.append(ok)
+    finally:
+        node.cleanup()
+
+    # The same over a Unix socket.
+    node = Daemon("events-uds")
+    path = os.path.join(node.home, "events.sock")
+    node = Daemon("events-uds", home=node.home,
+                  config={"comms": {"auth": "none", "event_address": path}})
+    node.start()
+    try:
+        node.wait_log("(plain events)")
+        u = socket.socket(socket.AF_UNIX)
+        u.connect(path)
+        u.sendall(b'{"body":"over uds"}\nplain too\n')
+        got = wait_events(node, 2)
+        ok = got == ["over uds", "plain too"]
+        print(("ok   " if ok else "FAIL ") + f"uds events: {got}")
+        results.append(ok)
+        u.close()
+    finally:
+        node.cleanup()
+
+    passed = sum(results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
