@@ -63,6 +63,10 @@ def main():
             env = cbor2.loads(rows[0][2])
             assert env["kind"] == {"type": "message", "body": "hi"}, env["kind"]
             assert env["from"] == a.pk and env["to"] == b.pk
+            metrics = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{b.gw_port}/metrics"],
+                                     capture_output=True, text=True, timeout=10).stdout
+            assert "kith_comms_admitted_total 1\n" in metrics, metrics
+            assert "kith_comms_acked_total 1\n" in metrics, metrics
 
         def request_by_peer_id():
             pid = json.loads(kith("id", "--home", b.home))["peer_id"]
@@ -87,6 +91,9 @@ def main():
                 assert json.loads(out)["status"] == "rejected"
                 assert took < 5, f"refusal took {took:.1f} s"
                 b.wait_log("reason=untrusted_sender")
+                metrics = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{b.gw_port}/metrics"],
+                                         capture_output=True, text=True, timeout=10).stdout
+                assert 'kith_comms_rejected_total{reason="untrusted_sender"} 1' in metrics, metrics
             finally:
                 stranger.cleanup()
 
