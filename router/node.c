@@ -569,7 +569,7 @@ static int s_resolve(const router_peer_t *peer, router_addr_t *out, char *why, s
     snprintf(port, sizeof port, "%u", peer->dial.port);
     int g = getaddrinfo(peer->dial.host, port, &hints, &res);
     if (g != 0 || !res) {
-        snprintf(why, whycap, "cannot resolve %s: %s", peer->dial.host, gai_strerror(g));
+        snprintf(why, whycap, "cannot resolve %.100s: %s", peer->dial.host, gai_strerror(g));
         return -1;
     }
     memset(out, 0, sizeof *out);
