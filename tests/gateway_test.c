@@ -129,9 +129,11 @@ static s_srv_t *s_srv_start(void **state, const gateway_http_opts_t *o)
     router_loop_opts_t lo = {.backend = *(router_loop_backend_t *) *state};
     s->loop = router_loop_new(&lo);
     if (!s->loop && lo.backend == ROUTER_LOOP_URING && (errno == ENOSYS || errno == EPERM)) {
+        int e = errno;
         free(s);
-        print_message("io_uring refused here (%s): skipping\n", strerror(errno));
+        print_message("io_uring refused here (%s): skipping\n", strerror(e));
         skip();
+        return NULL; /* skip() longjmps, but is not declared noreturn */
     }
     assert_non_null(s->loop);
     s->metrics = router_metrics_new();
