@@ -334,7 +334,7 @@ router_listener_t *router_loop_listen(router_loop_t *loop, const router_addr_t *
     ROUTER_LIST_PUSH(loop->listeners, l);
     char text[ROUTER_ADDR_STR_MAX] = "?";
     (void) router_addr_format(&l->addr, text, sizeof text);
-    ROUTER_LOG(ROUTER_LOG_INFO, "listen", "listening on %s (%s)", text, loop->be->name);
+    ROUTER_LOG(ROUTER_LOG_DEBUG, "listen", "listening on %s (%s)", text, loop->be->name);
     return l;
 
 fail:;

@@ -227,9 +227,9 @@ static int s_listen_one(router_node_t *self, const char *text, bool events, char
         router_listener_set_max_conns(l, self->cfg.limits.comms_connections_max);
     char bound[ROUTER_ADDR_STR_MAX] = "?";
     (void) router_addr_format(router_listener_addr(l), bound, sizeof bound);
-    ROUTER_LOG(ROUTER_LOG_INFO, events ? "events" : "comms", "listening on %s://%s (%s)",
+    ROUTER_LOG(ROUTER_LOG_INFO, events ? "events" : "comms", "listening on %s://%s (%s, %s)",
                router_addr_family(&addr) == AF_UNIX ? "uds" : "tcp", bound,
-               events ? "plain events" : "signed envelopes");
+               events ? "plain events" : "signed envelopes", router_loop_backend_name(self->loop));
     return 0;
 }
 

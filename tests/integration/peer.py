@@ -9,6 +9,7 @@ frames are a 4-byte big-endian length and one CBOR item."""
 import base64
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -144,11 +145,14 @@ class Daemon:
 
     def __init__(self, name="node", config=None, home=None):
         self.home = home or tempfile.mkdtemp(prefix=f"kith-{name}-")
-        self.port = free_port()
-        self.gw_port = free_port()
+        # Port 0 everywhere: the kernel picks, and start() reads the ports
+        # back from the daemon's log, so parallel tests never race for one.
+        self.port = None
+        self.gw_port = None
+        self.event_port = None
         self.uds = os.path.join(self.home, "run", "comms.sock")
-        cfg = {"gateway": {"port": self.gw_port},
-               "comms": {"address": f"127.0.0.1:{self.port}", "uds_path": self.uds}}
+        cfg = {"gateway": {"port": 0},
+               "comms": {"address": "127.0.0.1:0", "uds_path": self.uds}}
         for section, values in (config or {}).items():
             cfg.setdefault(section, {}).update(values)
         self.config = cfg
@@ -170,28 +174,37 @@ class Daemon:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([KITH, "daemon", "--home", self.home],
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
+        deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.logs()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            logs = self.logs()
+            if "daemon: ready" in logs:
+                self.port = self._bound(logs, r"comms: listening on tcp://[^ ]*:(\d+) \(signed")
+                self.gw_port = self._bound(logs, r"gateway: listening on http://[^ ]*:(\d+) ")
+                self.event_port = self._bound(logs, r"events: listening on tcp://[^ ]*:(\d+) \(plain")
                 return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("daemon did not start listening:\n" + self.logs())
+            time.sleep(0.05)
+        raise RuntimeError("daemon did not become ready:\n" + self.logs())
+
+    @staticmethod
+    def _bound(logs, pattern):
+        m = re.search(pattern, logs)
+        return int(m.group(1)) if m else None
 
     def logs(self):
         with open(self.log_path, "rb") as f:
             return f.read().decode(errors="replace")
 
-    def wait_log(self, needle, timeout=10):
+    def wait_log(self, needle, timeout=10, count=1):
+        """Waits until `needle` appears `count` times: the daemon's logger
+        writes from its own thread, a moment after the event."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if needle in self.logs():
+            if self.logs().count(needle) >= count:
                 return True
             time.sleep(0.05)
-        raise AssertionError(f"{needle!r} not in daemon log:\n{self.logs()}")
+        raise AssertionError(f"{needle!r} not {count}x in daemon log:\n{self.logs()}")
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:

@@ -201,7 +201,7 @@ def main():
     node.wait_log(f"gateway: listening on http://127.0.0.1:{node.gw_port}")
     want = os.environ.get("KITH_LOOP_BACKEND")
     if want:
-        node.wait_log({"epoll": "(epoll)", "uring": "(io_uring)"}[want])
+        node.wait_log({"epoll": "epoll)", "uring": "io_uring)"}[want])
     passed = failed = 0
     try:
         for fn in TESTS:

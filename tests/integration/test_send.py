@@ -48,9 +48,10 @@ def inbox_rows(node):
 def main():
     a = Daemon("a")
     b = Daemon("b")
-    a.trust("b", b.pk, f"tcp://127.0.0.1:{b.port}")
-    b.trust("a", a.pk, f"tcp://127.0.0.1:{a.port}")
+    # A never runs: B's route to it is a port nobody listens on (discard).
+    b.trust("a", a.pk, "tcp://127.0.0.1:9")
     b.start()
+    a.trust("b", b.pk, f"tcp://127.0.0.1:{b.port}")
     try:
         def acked_message():
             rc, out, err, _ = send(a.home, "--to", "b", "--body", "hi")

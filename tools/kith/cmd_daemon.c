@@ -62,7 +62,8 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
         goto fail;
     }
     (void) router_addr_format(&bound, shown, sizeof shown);
-    ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "listening on http://%s", shown);
+    ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "listening on http://%s (%s)", shown,
+               router_loop_backend_name(router_node_loop(node)));
     return gw;
 fail:
     gateway_http_destroy(&gw);
