@@ -8,7 +8,7 @@
 
 /* kith's version as /health reports it; the same as `kith --version` and
  * project(VERSION) in CMakeLists.txt. */
-#define GATEWAY_KITH_VERSION "0.1.0"
+#define GATEWAY_KITH_VERSION KITH_VERSION /* from CMake's project() */
 
 /* GET /health → 200 {"status":"ok","version":GATEWAY_KITH_VERSION}: liveness,
  * no secrets. Returns 0 or -1 (errno from gateway_http_route). */

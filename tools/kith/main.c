@@ -42,7 +42,7 @@ int main(int argc, char **argv)
         return argc < 2 ? KITH_EXIT_FAIL : KITH_EXIT_OK;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("kith 0.1.0\n");
+        printf("kith %s\n", KITH_VERSION);
         return KITH_EXIT_OK;
     }
     for (size_t i = 0; i < sizeof s_cmds / sizeof s_cmds[0]; i++)
