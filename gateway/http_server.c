@@ -539,27 +539,6 @@ static const router_conn_handlers_t s_handlers = {
     .on_close = s_on_close,
 };
 
-/* Connections that outlive the server: their state is already freed. */
-static void s_orphan_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
-{
-    (void) conn;
-    (void) data;
-    (void) len;
-    (void) ud;
-}
-
-static void s_orphan_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
-{
-    (void) conn;
-    (void) reason;
-    (void) ud;
-}
-
-static const router_conn_handlers_t s_orphan_handlers = {
-    .on_data = s_orphan_data,
-    .on_close = s_orphan_close,
-};
-
 static void s_on_accept(router_listener_t *listener, router_conn_t *conn, void *ud)
 {
     (void) listener;
@@ -667,8 +646,7 @@ void gateway_http_destroy(gateway_http_t **g_p)
     for (gateway_http_conn_t *hc = g->conns, *next; hc; hc = next) {
         next = hc->next;
         s_timer_stop(hc);
-        router_conn_set_handlers(hc->conn, &s_orphan_handlers, NULL);
-        router_conn_abort(hc->conn);
+        router_conn_disown(hc->conn);
         s_conn_free(hc);
     }
     router_metric_set(g->m_open, 0);

@@ -360,31 +360,6 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     s_maybe_finish_drain(self);
 }
 
-/* Connections that outlive router_comms_destroy: ignore input, free the
- * per-connection state when the loop finally closes them. */
-static void s_orphan_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
-{
-    (void) conn;
-    (void) data;
-    (void) len;
-    (void) ud;
-}
-
-static void s_orphan_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
-{
-    (void) conn;
-    (void) reason;
-    s_cc_t *cc = ud;
-    free(cc->frag);
-    free(cc->owed);
-    free(cc);
-}
-
-static const router_conn_handlers_t s_orphan_handlers = {
-    .on_data = s_orphan_data,
-    .on_close = s_orphan_close,
-};
-
 static const router_conn_handlers_t s_handlers = {
     .on_data = s_on_data,
     .on_eof = s_on_eof,
@@ -490,11 +465,13 @@ void router_comms_destroy(router_comms_t **self_p)
         router_loop_timer_cancel(self->loop, self->tick_timer);
     if (self->drain_timer)
         router_loop_timer_cancel(self->loop, self->drain_timer);
-    /* Connections still open belong to the loop; detach them from us. */
+    /* Connections still open belong to the loop: let them go. */
     for (s_cc_t *cc = self->conns, *next; cc; cc = next) {
         next = cc->next;
-        router_conn_set_handlers(cc->conn, &s_orphan_handlers, cc);
-        router_conn_abort(cc->conn);
+        router_conn_disown(cc->conn);
+        free(cc->frag);
+        free(cc->owed);
+        free(cc);
     }
     router_replay_destroy(&self->replay);
     free(self);

@@ -310,6 +310,31 @@ void router_conn_abort(router_conn_t *c)
         router_conn_kill(c, ROUTER_CLOSE_ABORT, 0);
 }
 
+static void s_disowned_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+{
+    (void) conn;
+    (void) data;
+    (void) len;
+    (void) ud;
+}
+
+static void s_disowned_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
+{
+    (void) conn;
+    (void) reason;
+    (void) ud;
+}
+
+void router_conn_disown(router_conn_t *c)
+{
+    static const router_conn_handlers_t nobody = {
+        .on_data = s_disowned_data,
+        .on_close = s_disowned_close,
+    };
+    router_conn_set_handlers(c, &nobody, NULL);
+    router_conn_abort(c);
+}
+
 void router_loop_close_all(router_loop_t *loop)
 {
     for (router_conn_t *c = loop->conns, *next; c; c = next) {

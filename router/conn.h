@@ -100,6 +100,12 @@ void router_conn_close(router_conn_t *conn);
 /* Immediate close: queued data is discarded (reason ROUTER_CLOSE_ABORT). */
 void router_conn_abort(router_conn_t *conn);
 
+/* For an owner that is going away while its connections are still open:
+ * no callback reaches the owner again (not even on_close), queued data is
+ * discarded, and the loop closes and frees the connection. The owner may
+ * free its per-connection state right after this returns. */
+void router_conn_disown(router_conn_t *conn);
+
 /* Backpressure: stop reading from the socket (the kernel buffers fill and
  * TCP pushes back on the peer) until router_conn_resume_read. No on_data
  * call happens while paused; bytes already received when pausing are kept

@@ -205,27 +205,6 @@ static const router_conn_handlers_t s_handlers = {
     .on_close = s_on_close,
 };
 
-/* For connections that outlive router_outbound_destroy. */
-static void s_orphan_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
-{
-    (void) conn;
-    (void) data;
-    (void) len;
-    (void) ud;
-}
-
-static void s_orphan_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
-{
-    (void) conn;
-    (void) reason;
-    (void) ud;
-}
-
-static const router_conn_handlers_t s_orphan_handlers = {
-    .on_data = s_orphan_data,
-    .on_close = s_orphan_close,
-};
-
 /* ---------------------------------------------------------------- links */
 
 static s_link_t *s_link_find(const router_outbound_t *self, const uint8_t pk[32])
@@ -348,11 +327,8 @@ void router_outbound_destroy(router_outbound_t **self_p)
         s_link_t *l = self->links;
         while (l->head)
             s_wait_finish(l->head, ROUTER_SEND_OFFLINE, "shutting down", NULL);
-        if (l->conn) {
-            /* on_close must not find us: detach, then abort. */
-            router_conn_set_handlers(l->conn, &s_orphan_handlers, NULL);
-            router_conn_abort(l->conn);
-        }
+        if (l->conn)
+            router_conn_disown(l->conn);
         s_link_free(l);
     }
     free(self);
