@@ -18,7 +18,8 @@
 /* Acks owed on one connection before it stops reading (backpressure while
  * the store catches up); reading resumes below half of it. */
 #define S_PENDING_PAUSE 4096u
-/* How often acks are released if a durable wake-up could not be posted. */
+/* While acks are owed, how often they are also released by a timer, in
+ * case a durable wake-up could not be posted (the post queue was full). */
 #define S_RELEASE_TICK_MS 50u
 /* Bound on a graceful drain before remaining connections are aborted. */
 #define S_DRAIN_TIMEOUT_MS 10000u
@@ -61,7 +62,7 @@ struct router_comms {
     router_listener_t *listeners[8];   /* what drain must close */
     size_t nlisteners;
     _Atomic int wake_posted;           /* a durable wake-up is queued on the loop */
-    uint64_t tick_timer;               /* fallback release timer, 0 when none */
+    uint64_t tick_timer;               /* fallback release timer while acks are owed, 0 when none */
     bool draining;
     void (*drain_done)(void *ud);
     void *drain_ud;
@@ -80,6 +81,7 @@ static uint64_t s_now_ms(void)
 
 static void s_release(s_cc_t *cc);
 static void s_maybe_finish_drain(router_comms_t *self);
+static void s_tick_arm(router_comms_t *self);
 
 /* ---------------------------------------------------------------- events */
 
@@ -155,6 +157,7 @@ static int s_owe(s_cc_t *cc, uint64_t seq, const proto_envelope_t *env, bool ack
     memcpy(o->to, proto_envelope_from(env), 32);
     o->ack = ack;
     cc->owed_count++;
+    s_tick_arm(cc->comms);
     if (cc->owed_count >= S_PENDING_PAUSE && !cc->paused) {
         cc->paused = true;
         router_conn_pause_read(cc->conn);
@@ -222,10 +225,23 @@ void router_comms_on_durable(void *comms)
 
 static void s_on_tick(router_loop_t *loop, uint64_t id, void *ud)
 {
+    (void) loop;
     (void) id;
     router_comms_t *self = ud;
+    self->tick_timer = 0;
     s_release_all(self);
-    self->tick_timer = router_loop_timer_add(loop, S_RELEASE_TICK_MS, s_on_tick, self);
+    for (s_cc_t *cc = self->conns; cc; cc = cc->next)
+        if (cc->owed_count > 0) {
+            s_tick_arm(self);
+            break;
+        }
+}
+
+/* An idle router has no timer running; one runs only while acks are owed. */
+static void s_tick_arm(router_comms_t *self)
+{
+    if (!self->tick_timer)
+        self->tick_timer = router_loop_timer_add(self->loop, S_RELEASE_TICK_MS, s_on_tick, self);
 }
 
 /* ---------------------------------------------------------------- the pipeline */
@@ -450,7 +466,6 @@ router_comms_t *router_comms_new(const router_comms_opts_t *opts)
                                                      "Envelopes refused, by typed reason.");
         }
     }
-    self->tick_timer = router_loop_timer_add(self->loop, S_RELEASE_TICK_MS, s_on_tick, self);
     return self;
 }
 
