@@ -41,7 +41,7 @@ struct s_cc {
     uint8_t *frag;               /* storage of a frame arriving in pieces */
     s_owed_t *owed;              /* ring of admitted envelopes awaiting durability */
     size_t owed_head, owed_count, owed_cap;
-    bool refused;                /* a refusal happened: close once owed is empty */
+    bool finishing;              /* no more reading (a refusal, or the peer's EOF): close once owed is empty */
     bool paused;                 /* reading paused for backpressure */
     bool closing;                /* router_conn_close was called */
     s_cc_t *prev, *next;         /* all connections */
@@ -129,7 +129,7 @@ static void s_refuse(s_cc_t *cc, proto_wire_reason_t reason, const char *detail,
                      const proto_envelope_t *env, const router_peer_t *peer)
 {
     s_emit(cc->comms, cc, false, reason, detail, env, peer, 0);
-    cc->refused = true;
+    cc->finishing = true;
     router_conn_pause_read(cc->conn);
     if (cc->owed_count == 0)
         s_close(cc);
@@ -187,11 +187,11 @@ static void s_release(s_cc_t *cc)
         cc->owed_head = (cc->owed_head + 1) % cc->owed_cap;
         cc->owed_count--;
     }
-    if (cc->owed_count == 0 && (cc->refused || self->draining)) {
+    if (cc->owed_count == 0 && (cc->finishing || self->draining)) {
         s_close(cc);
         return;
     }
-    if (cc->paused && cc->owed_count < S_PENDING_PAUSE / 2 && !cc->refused && !self->draining) {
+    if (cc->paused && cc->owed_count < S_PENDING_PAUSE / 2 && !cc->finishing && !self->draining) {
         cc->paused = false;
         router_conn_resume_read(cc->conn);
     }
@@ -201,7 +201,7 @@ static void s_release_all(router_comms_t *self)
 {
     for (s_cc_t *cc = self->conns, *next; cc; cc = next) {
         next = cc->next; /* s_release may close, never free, but be safe */
-        if (cc->owed_count > 0 || cc->refused || self->draining)
+        if (cc->owed_count > 0 || cc->finishing || self->draining)
             s_release(cc);
     }
 }
@@ -321,7 +321,7 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
 {
     (void) conn;
     s_cc_t *cc = ud;
-    while (len > 0 && !cc->refused) {
+    while (len > 0 && !cc->finishing) {
         proto_frame_t f;
         ssize_t n = proto_frame_read(&cc->reader, data, len, &f);
         if (n == -2)
@@ -350,7 +350,7 @@ static void s_on_eof(router_conn_t *conn, void *ud)
     (void) conn;
     s_cc_t *cc = ud;
     /* The sender is done sending; it may still want its acks. */
-    cc->refused = true;
+    cc->finishing = true;
     s_release(cc);
 }
 
