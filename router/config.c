@@ -765,27 +765,20 @@ int router_config_set(router_config_t *cfg, const char *keypath, const char *tex
 
 /* ------------------------------------------------------------ writing */
 
-static void s_gen_text(yajl_gen g, const char *s)
-{
-    yajl_gen_string(g, (const unsigned char *) s, strlen(s));
-}
-
 char *router_config_to_json(const router_config_t *cfg)
 {
-    yajl_gen g = yajl_gen_alloc(NULL);
+    yajl_gen g = router_jsonc_gen_new();
     if (!g)
         return NULL;
-    yajl_gen_config(g, yajl_gen_beautify, 1);
-    yajl_gen_config(g, yajl_gen_indent_string, "  ");
     yajl_gen_map_open(g);
     for (size_t i = 0; i < S_N(s_sections); i++) {
         const s_section_t *sec = &s_sections[i];
-        s_gen_text(g, sec->name);
+        router_jsonc_gen_text(g, sec->name);
         yajl_gen_map_open(g);
         for (size_t j = 0; j < sec->nkeys; j++) {
             const s_key_t *key = &sec->keys[j];
             const char *field = (const char *) cfg + key->offset;
-            s_gen_text(g, key->name);
+            router_jsonc_gen_text(g, key->name);
             switch (key->kind) {
             case S_BOOL: yajl_gen_bool(g, *(const bool *) field); break;
             case S_UINT: {
@@ -802,14 +795,14 @@ char *router_config_to_json(const router_config_t *cfg)
             }
             case S_STRING:
                 if (field[0])
-                    s_gen_text(g, field);
+                    router_jsonc_gen_text(g, field);
                 else
                     yajl_gen_null(g);
                 break;
             case S_CHOICE: {
                 int c;
                 memcpy(&c, field, sizeof c);
-                s_gen_text(g, key->choices[c]);
+                router_jsonc_gen_text(g, key->choices[c]);
                 break;
             }
             }
@@ -817,13 +810,5 @@ char *router_config_to_json(const router_config_t *cfg)
         yajl_gen_map_close(g);
     }
     yajl_gen_map_close(g);
-    const unsigned char *buf = NULL;
-    size_t len = 0;
-    char *out = NULL;
-    if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok && (out = malloc(len + 1))) {
-        memcpy(out, buf, len);
-        out[len] = '\0';
-    }
-    yajl_gen_free(g);
-    return out;
+    return router_jsonc_gen_finish(&g);
 }

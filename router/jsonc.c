@@ -1,11 +1,12 @@
 /* router/jsonc.c — yajl set up for kith's state files: comments on, one
  * document, values handed to a schema reader one at a time, errors located
- * by line and column. */
+ * by line and column; and the generator that writes them. */
 #include "router/jsonc.h"
 
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <yajl/yajl_parse.h>
@@ -257,4 +258,35 @@ void router_jsonc_describe(const router_jsonc_value_t *v, char *out, size_t cap)
     case ROUTER_JSONC_OBJECT: snprintf(out, cap, "an object"); break;
     case ROUTER_JSONC_ARRAY: snprintf(out, cap, "an array"); break;
     }
+}
+
+/* ------------------------------------------------------------ writing */
+
+yajl_gen router_jsonc_gen_new(void)
+{
+    yajl_gen g = yajl_gen_alloc(NULL);
+    if (!g)
+        return NULL;
+    yajl_gen_config(g, yajl_gen_beautify, 1);
+    yajl_gen_config(g, yajl_gen_indent_string, "  ");
+    return g;
+}
+
+void router_jsonc_gen_text(yajl_gen g, const char *s)
+{
+    yajl_gen_string(g, (const unsigned char *) s, strlen(s));
+}
+
+char *router_jsonc_gen_finish(yajl_gen *gp)
+{
+    const unsigned char *buf = NULL;
+    size_t len = 0;
+    char *out = NULL;
+    if (yajl_gen_get_buf(*gp, &buf, &len) == yajl_gen_status_ok && (out = malloc(len + 1))) {
+        memcpy(out, buf, len);
+        out[len] = '\0';
+    }
+    yajl_gen_free(*gp);
+    *gp = NULL;
+    return out;
 }

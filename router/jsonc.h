@@ -1,6 +1,6 @@
-/* router/jsonc.h — reading kith's JSON state files (config.json,
- * trusted_peers.json): JSON with comments, parsed by yajl from memory, with
- * errors that name a line and show the offending value.
+/* router/jsonc.h — reading and writing kith's JSON state files
+ * (config.json, trusted_peers.json): JSON with comments, parsed by yajl from
+ * memory, with errors that name a line and show the offending value.
  *
  * A reader carries the schema in three functions (a value, a key, the end
  * of an object or array). They must refuse (write err and return 0) as soon
@@ -12,6 +12,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+
+#include <yajl/yajl_gen.h>
 
 /* Longest rendering of a value quoted in an error message (bytes, without
  * the quotes); longer values are cut and end in "…". */
@@ -80,5 +82,18 @@ bool router_jsonc_utf8_valid(const unsigned char *s, size_t len);
  * reader can `return router_jsonc_fail(...)`. */
 int router_jsonc_fail(char *err, size_t errcap, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* A yajl generator the way kith writes its state files: indented by two
+ * spaces, one key a line. NULL when out of memory; the caller hands it to
+ * router_jsonc_gen_finish. */
+yajl_gen router_jsonc_gen_new(void);
+
+/* Adds the NUL-terminated s as a JSON string (or key). */
+void router_jsonc_gen_text(yajl_gen g, const char *s);
+
+/* The document built in *gp as a new NUL-terminated string the caller
+ * frees (yajl's beautifier ends it with a newline), or NULL when out of
+ * memory. Takes *gp: frees it and sets it to NULL either way. */
+char *router_jsonc_gen_finish(yajl_gen *gp);
 
 #endif

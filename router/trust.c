@@ -833,50 +833,43 @@ router_trust_t *router_trust_load(const char *path, char *err, size_t errcap)
 
 /* ------------------------------------------------------------ the writer */
 
-static void s_gen_text(yajl_gen g, const char *s)
-{
-    yajl_gen_string(g, (const unsigned char *) s, strlen(s));
-}
-
 char *router_trust_to_json(const router_trust_t *t, bool with_peer_id)
 {
-    yajl_gen g = yajl_gen_alloc(NULL);
+    yajl_gen g = router_jsonc_gen_new();
     if (!g)
         return NULL;
-    yajl_gen_config(g, yajl_gen_beautify, 1);
-    yajl_gen_config(g, yajl_gen_indent_string, "  ");
     yajl_gen_map_open(g);
-    s_gen_text(g, "peers");
+    router_jsonc_gen_text(g, "peers");
     yajl_gen_array_open(g);
     for (size_t i = 0; i < t->count; i++) {
         const router_peer_t *p = t->rows[i];
         char pub[PROTO_PUBKEY_TEXT_CAP], uuid[PROTO_UUID_TEXT_CAP];
         (void) proto_pubkey_format(p->pk, pub, sizeof pub);
         yajl_gen_map_open(g);
-        s_gen_text(g, "name");
-        s_gen_text(g, p->name);
-        s_gen_text(g, "pubkey");
-        s_gen_text(g, pub);
+        router_jsonc_gen_text(g, "name");
+        router_jsonc_gen_text(g, p->name);
+        router_jsonc_gen_text(g, "pubkey");
+        router_jsonc_gen_text(g, pub);
         if (with_peer_id) {
             proto_uuid_format(p->peer_id, uuid);
-            s_gen_text(g, "peer_id");
-            s_gen_text(g, uuid);
+            router_jsonc_gen_text(g, "peer_id");
+            router_jsonc_gen_text(g, uuid);
         }
-        s_gen_text(g, "addr");
-        s_gen_text(g, p->addr);
+        router_jsonc_gen_text(g, "addr");
+        router_jsonc_gen_text(g, p->addr);
         if (p->description || p->nlabels) {
-            s_gen_text(g, "meta");
+            router_jsonc_gen_text(g, "meta");
             yajl_gen_map_open(g);
             if (p->description) {
-                s_gen_text(g, "description");
-                s_gen_text(g, p->description);
+                router_jsonc_gen_text(g, "description");
+                router_jsonc_gen_text(g, p->description);
             }
             if (p->nlabels) {
-                s_gen_text(g, "labels");
+                router_jsonc_gen_text(g, "labels");
                 yajl_gen_map_open(g);
                 for (size_t j = 0; j < p->nlabels; j++) {
-                    s_gen_text(g, p->labels[j].key);
-                    s_gen_text(g, p->labels[j].value);
+                    router_jsonc_gen_text(g, p->labels[j].key);
+                    router_jsonc_gen_text(g, p->labels[j].value);
                 }
                 yajl_gen_map_close(g);
             }
@@ -886,16 +879,7 @@ char *router_trust_to_json(const router_trust_t *t, bool with_peer_id)
     }
     yajl_gen_array_close(g);
     yajl_gen_map_close(g);
-    const unsigned char *buf = NULL;
-    size_t len = 0;
-    char *out = NULL;
-    /* yajl's beautifier ends the document with a newline. */
-    if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok && (out = malloc(len + 1))) {
-        memcpy(out, buf, len);
-        out[len] = '\0';
-    }
-    yajl_gen_free(g);
-    return out;
+    return router_jsonc_gen_finish(&g);
 }
 
 int router_trust_save(const router_trust_t *t, const char *path, char *err, size_t errcap)
