@@ -404,29 +404,6 @@ const char *router_agent_provider_str(router_agent_provider_t provider)
 
 /* ------------------------------------------------------------ storing one value */
 
-/* A JSON value as the callbacks see it. */
-typedef enum { V_NULL, V_BOOL, V_NUMBER, V_STRING, V_OBJECT, V_ARRAY } s_vtype_t;
-
-typedef struct {
-    s_vtype_t type;
-    const unsigned char *s; /* V_NUMBER token, V_STRING bytes */
-    size_t len;             /* of s */
-    bool b;                 /* V_BOOL */
-} s_value_t;
-
-/* Renders a value for "got …" in an error. */
-static void s_describe(const s_value_t *v, char *out, size_t cap)
-{
-    switch (v->type) {
-    case V_NULL: snprintf(out, cap, "null"); break;
-    case V_BOOL: snprintf(out, cap, "%s", v->b ? "true" : "false"); break;
-    case V_NUMBER: router_jsonc_quote_raw((const char *) v->s, v->len, out, cap); break;
-    case V_STRING: router_jsonc_quote(v->s, v->len, out, cap); break;
-    case V_OBJECT: snprintf(out, cap, "an object"); break;
-    case V_ARRAY: snprintf(out, cap, "an array"); break;
-    }
-}
-
 /* Writes what `key` expects ("an integer 1..1024", "one of …") into out. */
 static void s_expectation(const s_key_t *key, char *out, size_t cap)
 {
@@ -448,12 +425,12 @@ static void s_expectation(const s_key_t *key, char *out, size_t cap)
 }
 
 /* "<path>: expected <what key wants>, got <v>[ (<why>)]"; returns -1. */
-static int s_refuse(const char *path, const s_key_t *key, const s_value_t *v, const char *why,
-                    char *err, size_t errcap)
+static int s_refuse(const char *path, const s_key_t *key, const router_jsonc_value_t *v,
+                    const char *why, char *err, size_t errcap)
 {
     char want[160], got[ROUTER_JSONC_QUOTE_MAX + 16];
     s_expectation(key, want, sizeof want);
-    s_describe(v, got, sizeof got);
+    router_jsonc_describe(v, got, sizeof got);
     if (why && *why)
         router_jsonc_fail(err, errcap, "%s: expected %s, got %s (%s)", path, want, got, why);
     else
@@ -463,9 +440,9 @@ static int s_refuse(const char *path, const s_key_t *key, const s_value_t *v, co
 
 /* A JSON number token as an unsigned integer in key's range. */
 static int s_store_uint(router_config_t *cfg, const char *path, const s_key_t *key,
-                        const s_value_t *v, char *err, size_t errcap)
+                        const router_jsonc_value_t *v, char *err, size_t errcap)
 {
-    if (v->type != V_NUMBER)
+    if (v->type != ROUTER_JSONC_NUMBER)
         return s_refuse(path, key, v, NULL, err, errcap);
     const unsigned char *p = v->s, *end = v->s + v->len;
     bool negative = p < end && *p == '-';
@@ -496,15 +473,16 @@ static int s_store_uint(router_config_t *cfg, const char *path, const s_key_t *k
 }
 
 static int s_store_string(router_config_t *cfg, const char *path, const s_key_t *key,
-                          const s_value_t *v, char *err, size_t errcap)
+                          const router_jsonc_value_t *v, char *err, size_t errcap)
 {
     char *field = (char *) cfg + key->offset;
-    if (v->type == V_NULL && key->nullable) {
+    if (v->type == ROUTER_JSONC_NULL && key->nullable) {
         field[0] = '\0';
         return 0;
     }
-    if (v->type != V_STRING || v->len == 0)
-        return s_refuse(path, key, v, v->type == V_STRING ? "empty" : NULL, err, errcap);
+    if (v->type != ROUTER_JSONC_STRING || v->len == 0)
+        return s_refuse(path, key, v, v->type == ROUTER_JSONC_STRING ? "empty" : NULL, err,
+                        errcap);
     if (v->len >= key->size) {
         char why[64];
         snprintf(why, sizeof why, "%zu bytes, at most %zu allowed", v->len, key->size - 1);
@@ -535,9 +513,9 @@ _Static_assert(sizeof(router_comms_mode_t) == sizeof(int) &&
                "enums are stored as int");
 
 static int s_store_choice(router_config_t *cfg, const char *path, const s_key_t *key,
-                          const s_value_t *v, char *err, size_t errcap)
+                          const router_jsonc_value_t *v, char *err, size_t errcap)
 {
-    if (v->type == V_STRING)
+    if (v->type == ROUTER_JSONC_STRING)
         for (int i = 0; key->choices[i]; i++)
             if (strlen(key->choices[i]) == v->len && !memcmp(key->choices[i], v->s, v->len)) {
                 memcpy((char *) cfg + key->offset, &i, sizeof i);
@@ -548,13 +526,13 @@ static int s_store_choice(router_config_t *cfg, const char *path, const s_key_t 
 
 /* Checks v against key and stores it into cfg; -1 with err set otherwise. */
 static int s_store(router_config_t *cfg, const s_section_t *sec, const s_key_t *key,
-                   const s_value_t *v, char *err, size_t errcap)
+                   const router_jsonc_value_t *v, char *err, size_t errcap)
 {
     char path[64];
     snprintf(path, sizeof path, "%s.%s", sec->name, key->name);
     switch (key->kind) {
     case S_BOOL:
-        if (v->type != V_BOOL)
+        if (v->type != ROUTER_JSONC_BOOL)
             return s_refuse(path, key, v, NULL, err, errcap);
         *(bool *) ((char *) cfg + key->offset) = v->b;
         return 0;
@@ -602,21 +580,26 @@ static void s_key_show(const unsigned char *k, size_t len, char *out, size_t cap
 }
 
 /* Every value the document holds arrives here, objects and arrays included. */
-static int s_on_value(s_reader_t *r, const s_value_t *v)
+static int s_on_value(void *ctx, const router_jsonc_value_t *v)
 {
+    s_reader_t *r = ctx;
     char got[ROUTER_JSONC_QUOTE_MAX + 16];
     if (r->depth == 0) {
-        s_describe(v, got, sizeof got);
+        if (v->type == ROUTER_JSONC_OBJECT) {
+            r->depth = 1;
+            return 1;
+        }
+        router_jsonc_describe(v, got, sizeof got);
         return router_jsonc_fail(r->err, r->errcap,
                                  "the document: expected an object, got %s", got);
     }
     if (r->depth == 1) {
-        if (v->type == V_OBJECT) {
+        if (v->type == ROUTER_JSONC_OBJECT) {
             r->depth = 2;
             r->seen_keys = 0;
             return 1;
         }
-        s_describe(v, got, sizeof got);
+        router_jsonc_describe(v, got, sizeof got);
         return router_jsonc_fail(r->err, r->errcap, "%s: expected an object, got %s",
                                  r->section->name, got);
     }
@@ -651,58 +634,17 @@ static int s_on_key(void *ctx, const unsigned char *k, size_t len)
                              sec ? "" : " top-level keys", known);
 }
 
-static int s_on_null(void *ctx)
-{
-    return s_on_value(ctx, &(s_value_t){.type = V_NULL});
-}
-
-static int s_on_bool(void *ctx, int b)
-{
-    return s_on_value(ctx, &(s_value_t){.type = V_BOOL, .b = b != 0});
-}
-
-static int s_on_number(void *ctx, const char *s, size_t len)
-{
-    return s_on_value(ctx, &(s_value_t){.type = V_NUMBER, .s = (const unsigned char *) s,
-                                         .len = len});
-}
-
-static int s_on_string(void *ctx, const unsigned char *s, size_t len)
-{
-    return s_on_value(ctx, &(s_value_t){.type = V_STRING, .s = s, .len = len});
-}
-
-static int s_on_start_map(void *ctx)
-{
-    s_reader_t *r = ctx;
-    if (r->depth == 0) {
-        r->depth = 1;
-        return 1;
-    }
-    return s_on_value(r, &(s_value_t){.type = V_OBJECT});
-}
-
-static int s_on_end_map(void *ctx)
+static int s_on_end(void *ctx)
 {
     s_reader_t *r = ctx;
     r->depth--;
     return 1;
 }
 
-static int s_on_start_array(void *ctx)
-{
-    return s_on_value(ctx, &(s_value_t){.type = V_ARRAY});
-}
-
-static const yajl_callbacks s_callbacks = {
-    .yajl_null = s_on_null,
-    .yajl_boolean = s_on_bool,
-    .yajl_number = s_on_number,
-    .yajl_string = s_on_string,
-    .yajl_start_map = s_on_start_map,
-    .yajl_map_key = s_on_key,
-    .yajl_end_map = s_on_end_map,
-    .yajl_start_array = s_on_start_array,
+static const router_jsonc_reader_t s_config_reader = {
+    .value = s_on_value,
+    .key = s_on_key,
+    .end = s_on_end,
 };
 
 int router_config_check(const router_config_t *cfg, char *err, size_t errcap)
@@ -730,7 +672,7 @@ int router_config_parse(router_config_t *cfg, const char *text, size_t len, char
         return router_jsonc_fail(err, errcap, "out of memory"), -1;
     router_config_defaults(next);
     s_reader_t r = {.cfg = next, .err = err, .errcap = errcap};
-    if (router_jsonc_parse(text, len, &s_callbacks, &r, err, errcap) != 0 ||
+    if (router_jsonc_read(text, len, &s_config_reader, &r, err, errcap) != 0 ||
         router_config_check(next, err, errcap) != 0) {
         free(next);
         return -1;
@@ -803,14 +745,14 @@ int router_config_set(router_config_t *cfg, const char *keypath, const char *tex
             const s_key_t *key = &sec->keys[j];
             if (strcmp(key->name, dot + 1) != 0)
                 continue;
-            s_value_t v = {.type = V_STRING, .s = (const unsigned char *) text,
-                           .len = strlen(text)};
+            router_jsonc_value_t v = {.type = ROUTER_JSONC_STRING,
+                                      .s = (const unsigned char *) text, .len = strlen(text)};
             if (key->kind == S_BOOL && (!strcmp(text, "true") || !strcmp(text, "false")))
-                v = (s_value_t){.type = V_BOOL, .b = text[0] == 't'};
+                v = (router_jsonc_value_t){.type = ROUTER_JSONC_BOOL, .b = text[0] == 't'};
             else if (key->kind == S_UINT)
-                v.type = V_NUMBER;
+                v.type = ROUTER_JSONC_NUMBER;
             else if (key->kind == S_STRING && key->nullable && !strcmp(text, "null"))
-                v = (s_value_t){.type = V_NULL};
+                v = (router_jsonc_value_t){.type = ROUTER_JSONC_NULL};
             router_config_t next = *cfg;
             if (s_store(&next, sec, key, &v, err, errcap) != 0)
                 return -1;
@@ -823,27 +765,20 @@ int router_config_set(router_config_t *cfg, const char *keypath, const char *tex
 
 /* ------------------------------------------------------------ writing */
 
-static void s_gen_text(yajl_gen g, const char *s)
-{
-    yajl_gen_string(g, (const unsigned char *) s, strlen(s));
-}
-
 char *router_config_to_json(const router_config_t *cfg)
 {
-    yajl_gen g = yajl_gen_alloc(NULL);
+    yajl_gen g = router_jsonc_gen_new();
     if (!g)
         return NULL;
-    yajl_gen_config(g, yajl_gen_beautify, 1);
-    yajl_gen_config(g, yajl_gen_indent_string, "  ");
     yajl_gen_map_open(g);
     for (size_t i = 0; i < S_N(s_sections); i++) {
         const s_section_t *sec = &s_sections[i];
-        s_gen_text(g, sec->name);
+        router_jsonc_gen_text(g, sec->name);
         yajl_gen_map_open(g);
         for (size_t j = 0; j < sec->nkeys; j++) {
             const s_key_t *key = &sec->keys[j];
             const char *field = (const char *) cfg + key->offset;
-            s_gen_text(g, key->name);
+            router_jsonc_gen_text(g, key->name);
             switch (key->kind) {
             case S_BOOL: yajl_gen_bool(g, *(const bool *) field); break;
             case S_UINT: {
@@ -860,14 +795,14 @@ char *router_config_to_json(const router_config_t *cfg)
             }
             case S_STRING:
                 if (field[0])
-                    s_gen_text(g, field);
+                    router_jsonc_gen_text(g, field);
                 else
                     yajl_gen_null(g);
                 break;
             case S_CHOICE: {
                 int c;
                 memcpy(&c, field, sizeof c);
-                s_gen_text(g, key->choices[c]);
+                router_jsonc_gen_text(g, key->choices[c]);
                 break;
             }
             }
@@ -875,13 +810,5 @@ char *router_config_to_json(const router_config_t *cfg)
         yajl_gen_map_close(g);
     }
     yajl_gen_map_close(g);
-    const unsigned char *buf = NULL;
-    size_t len = 0;
-    char *out = NULL;
-    if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok && (out = malloc(len + 1))) {
-        memcpy(out, buf, len);
-        out[len] = '\0';
-    }
-    yajl_gen_free(g);
-    return out;
+    return router_jsonc_gen_finish(&g);
 }

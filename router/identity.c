@@ -233,21 +233,6 @@ int router_identity_load(const char *home, router_identity_t *out, char *err, si
 
 /* ------------------------------------------------------------ creating */
 
-/* write(2) until done, retrying on EINTR. */
-static int s_write_all(int fd, const char *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -1;
-        p += n;
-        len -= (size_t) n;
-    }
-    return 0;
-}
-
 /* Writes the key line to a fresh 0600 temp file, then links it in as
  * identity.key: link(2) never replaces an existing name, so two processes
  * creating at once cannot both win, and readers never see half a key.
@@ -275,8 +260,8 @@ static int s_write_key(const s_paths_t *p, const uint8_t seed[PROTO_SEED_LEN], b
         snprintf(err, errcap, "cannot create a key file in %s: %s", p->dir, strerror(errno));
         goto done;
     }
-    if (fchmod(fd, 0600) != 0 || s_write_all(fd, line, S_KEY_LINE_LEN + 1) != 0 ||
-        fsync(fd) != 0) {
+    if (fchmod(fd, 0600) != 0 ||
+        router_statefile_write_all(fd, line, S_KEY_LINE_LEN + 1) != 0 || fsync(fd) != 0) {
         snprintf(err, errcap, "cannot write %s: %s", tmp, strerror(errno));
         goto unlink_tmp;
     }

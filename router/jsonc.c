@@ -1,11 +1,17 @@
 /* router/jsonc.c — yajl set up for kith's state files: comments on, one
- * document, errors located by line and column. */
+ * document, values handed to a schema reader one at a time, errors located
+ * by line and column; and the generator that writes them. */
 #include "router/jsonc.h"
 
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <yajl/yajl_parse.h>
+
+/* ------------------------------------------------------------ parsing */
 
 int router_jsonc_fail(char *err, size_t errcap, const char *fmt, ...)
 {
@@ -37,8 +43,9 @@ static void s_append_position(const char *text, size_t len, size_t at, char *err
         snprintf(err + used, errcap - used, " (line %zu, column %zu)", line, col);
 }
 
-int router_jsonc_parse(const char *text, size_t len, const yajl_callbacks *cb, void *ctx,
-                       char *err, size_t errcap)
+/* router_jsonc_read's work, on yajl's own callbacks. */
+static int s_parse(const char *text, size_t len, const yajl_callbacks *cb, void *ctx, char *err,
+                   size_t errcap)
 {
     if (errcap > 0)
         err[0] = '\0';
@@ -75,6 +82,86 @@ int router_jsonc_parse(const char *text, size_t len, const yajl_callbacks *cb, v
     return -1;
 }
 
+/* ------------------------------------------------------------ the reader adapter */
+
+/* The ctx yajl hands the callbacks below: the reader and its own ctx. */
+typedef struct {
+    const router_jsonc_reader_t *reader; /* the schema's three functions */
+    void *ctx;                           /* theirs */
+} s_adapter_t;
+
+static int s_deliver(void *ctx, router_jsonc_value_t v)
+{
+    const s_adapter_t *a = ctx;
+    return a->reader->value(a->ctx, &v);
+}
+
+static int s_on_null(void *ctx)
+{
+    return s_deliver(ctx, (router_jsonc_value_t){.type = ROUTER_JSONC_NULL});
+}
+
+static int s_on_bool(void *ctx, int b)
+{
+    return s_deliver(ctx, (router_jsonc_value_t){.type = ROUTER_JSONC_BOOL, .b = b != 0});
+}
+
+/* With yajl_number set, yajl hands every number over as its token, never
+ * split into integer and double. */
+static int s_on_number(void *ctx, const char *s, size_t len)
+{
+    return s_deliver(ctx, (router_jsonc_value_t){.type = ROUTER_JSONC_NUMBER,
+                                                 .s = (const unsigned char *) s, .len = len});
+}
+
+static int s_on_string(void *ctx, const unsigned char *s, size_t len)
+{
+    return s_deliver(ctx, (router_jsonc_value_t){.type = ROUTER_JSONC_STRING, .s = s, .len = len});
+}
+
+static int s_on_start_map(void *ctx)
+{
+    return s_deliver(ctx, (router_jsonc_value_t){.type = ROUTER_JSONC_OBJECT});
+}
+
+static int s_on_start_array(void *ctx)
+{
+    return s_deliver(ctx, (router_jsonc_value_t){.type = ROUTER_JSONC_ARRAY});
+}
+
+static int s_on_key(void *ctx, const unsigned char *key, size_t len)
+{
+    const s_adapter_t *a = ctx;
+    return a->reader->key(a->ctx, key, len);
+}
+
+static int s_on_end(void *ctx)
+{
+    const s_adapter_t *a = ctx;
+    return a->reader->end(a->ctx);
+}
+
+static const yajl_callbacks s_callbacks = {
+    .yajl_null = s_on_null,
+    .yajl_boolean = s_on_bool,
+    .yajl_number = s_on_number,
+    .yajl_string = s_on_string,
+    .yajl_start_map = s_on_start_map,
+    .yajl_map_key = s_on_key,
+    .yajl_end_map = s_on_end,
+    .yajl_start_array = s_on_start_array,
+    .yajl_end_array = s_on_end,
+};
+
+int router_jsonc_read(const char *text, size_t len, const router_jsonc_reader_t *reader,
+                      void *ctx, char *err, size_t errcap)
+{
+    s_adapter_t a = {.reader = reader, .ctx = ctx};
+    return s_parse(text, len, &s_callbacks, &a, err, errcap);
+}
+
+/* ------------------------------------------------------------ text checks */
+
 bool router_jsonc_utf8_valid(const unsigned char *s, size_t len)
 {
     size_t i = 0;
@@ -107,6 +194,8 @@ bool router_jsonc_utf8_valid(const unsigned char *s, size_t len)
     }
     return true;
 }
+
+/* ------------------------------------------------------------ text for errors */
 
 /* Appends c to out while keeping room for the closing part; false when full. */
 static bool s_put(char *out, size_t cap, size_t *used, const char *piece, size_t reserve)
@@ -157,4 +246,47 @@ void router_jsonc_quote(const unsigned char *s, size_t len, char *out, size_t ca
 void router_jsonc_quote_raw(const char *s, size_t len, char *out, size_t cap)
 {
     s_quote((const unsigned char *) s, len, out, cap, false);
+}
+
+void router_jsonc_describe(const router_jsonc_value_t *v, char *out, size_t cap)
+{
+    switch (v->type) {
+    case ROUTER_JSONC_NULL: snprintf(out, cap, "null"); break;
+    case ROUTER_JSONC_BOOL: snprintf(out, cap, "%s", v->b ? "true" : "false"); break;
+    case ROUTER_JSONC_NUMBER: router_jsonc_quote_raw((const char *) v->s, v->len, out, cap); break;
+    case ROUTER_JSONC_STRING: router_jsonc_quote(v->s, v->len, out, cap); break;
+    case ROUTER_JSONC_OBJECT: snprintf(out, cap, "an object"); break;
+    case ROUTER_JSONC_ARRAY: snprintf(out, cap, "an array"); break;
+    }
+}
+
+/* ------------------------------------------------------------ writing */
+
+yajl_gen router_jsonc_gen_new(void)
+{
+    yajl_gen g = yajl_gen_alloc(NULL);
+    if (!g)
+        return NULL;
+    yajl_gen_config(g, yajl_gen_beautify, 1);
+    yajl_gen_config(g, yajl_gen_indent_string, "  ");
+    return g;
+}
+
+void router_jsonc_gen_text(yajl_gen g, const char *s)
+{
+    yajl_gen_string(g, (const unsigned char *) s, strlen(s));
+}
+
+char *router_jsonc_gen_finish(yajl_gen *gp)
+{
+    const unsigned char *buf = NULL;
+    size_t len = 0;
+    char *out = NULL;
+    if (yajl_gen_get_buf(*gp, &buf, &len) == yajl_gen_status_ok && (out = malloc(len + 1))) {
+        memcpy(out, buf, len);
+        out[len] = '\0';
+    }
+    yajl_gen_free(*gp);
+    *gp = NULL;
+    return out;
 }

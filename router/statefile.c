@@ -100,8 +100,7 @@ int router_statefile_sync_dir(const char *path)
     return rc;
 }
 
-/* write(2) until done, retrying on EINTR. */
-static int s_write_all(int fd, const void *data, size_t len)
+int router_statefile_write_all(int fd, const void *data, size_t len)
 {
     const char *p = data;
     while (len > 0) {
@@ -135,7 +134,8 @@ int router_statefile_replace(const char *path, const void *data, size_t len, uns
         errno = e;
         return -1;
     }
-    if (fchmod(fd, (mode_t) mode) != 0 || s_write_all(fd, data, len) != 0 || fsync(fd) != 0) {
+    if (fchmod(fd, (mode_t) mode) != 0 || router_statefile_write_all(fd, data, len) != 0 ||
+        fsync(fd) != 0) {
         snprintf(err, errcap, "%s: cannot write %s: %s", path, tmp, strerror(errno));
         goto fail;
     }

@@ -23,6 +23,11 @@ int router_statefile_read(const char *path, size_t max, char **out, size_t *len,
 int router_statefile_replace(const char *path, const void *data, size_t len, unsigned mode,
                              char *err, size_t errcap) __attribute__((warn_unused_result));
 
+/* write(2)s all of data[len] to fd, retrying on EINTR and short writes.
+ * Returns 0 or -1 (errno). */
+int router_statefile_write_all(int fd, const void *data, size_t len)
+    __attribute__((warn_unused_result));
+
 /* fsyncs the directory holding `path`, so a rename or link into it is
  * durable. Returns 0 or -1 (errno). */
 int router_statefile_sync_dir(const char *path) __attribute__((warn_unused_result));

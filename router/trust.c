@@ -524,36 +524,15 @@ static char *s_row_copy(s_reader_t *r, const char *what, const unsigned char *s,
     return d;
 }
 
-/* A JSON value as the callbacks see it. */
-typedef enum { V_NULL, V_BOOL, V_NUMBER, V_STRING, V_OBJECT, V_ARRAY } s_vtype_t;
-
-typedef struct {
-    s_vtype_t type;
-    const unsigned char *s; /* V_NUMBER token, V_STRING bytes */
-    size_t len;             /* of s */
-    bool b;                 /* V_BOOL */
-} s_value_t;
-
-static void s_describe(const s_value_t *v, char *out, size_t cap)
-{
-    switch (v->type) {
-    case V_NULL: snprintf(out, cap, "null"); break;
-    case V_BOOL: snprintf(out, cap, "%s", v->b ? "true" : "false"); break;
-    case V_NUMBER: router_jsonc_quote_raw((const char *) v->s, v->len, out, cap); break;
-    case V_STRING: router_jsonc_quote(v->s, v->len, out, cap); break;
-    case V_OBJECT: snprintf(out, cap, "an object"); break;
-    case V_ARRAY: snprintf(out, cap, "an array"); break;
-    }
-}
-
 /* A value inside a row that already failed: only its name is still wanted. */
-static int s_skip_value(s_reader_t *r, const s_value_t *v)
+static int s_skip_value(s_reader_t *r, const router_jsonc_value_t *v)
 {
-    if (r->depth == S_AT_ROW && r->row.capture_name && v->type == V_STRING && !r->row.shown[0])
+    if (r->depth == S_AT_ROW && r->row.capture_name && v->type == ROUTER_JSONC_STRING &&
+        !r->row.shown[0])
         router_jsonc_quote(v->s, v->len, r->row.shown, sizeof r->row.shown);
     if (r->depth == S_AT_ROW)
         r->row.capture_name = false;
-    if (v->type == V_OBJECT || v->type == V_ARRAY) {
+    if (v->type == ROUTER_JSONC_OBJECT || v->type == ROUTER_JSONC_ARRAY) {
         if (++r->depth > S_AT_ROW + S_SKIP_DEPTH_MAX)
             return s_row_refuse(r);
     }
@@ -561,20 +540,20 @@ static int s_skip_value(s_reader_t *r, const s_value_t *v)
 }
 
 /* A value of a row key (depth S_AT_ROW). */
-static int s_row_value(s_reader_t *r, const s_value_t *v)
+static int s_row_value(s_reader_t *r, const router_jsonc_value_t *v)
 {
     s_row_t *row = &r->row;
     char got[ROUTER_JSONC_QUOTE_MAX + 16];
-    s_describe(v, got, sizeof got);
+    router_jsonc_describe(v, got, sizeof got);
     if (row->at == F_META) {
-        if (v->type != V_OBJECT)
+        if (v->type != ROUTER_JSONC_OBJECT)
             return s_row_fail(r, "meta: expected an object, got %s", got);
         r->depth = S_AT_META;
         return 1;
     }
-    if (row->at == F_NAME && v->type == V_STRING)
+    if (row->at == F_NAME && v->type == ROUTER_JSONC_STRING)
         router_jsonc_quote(v->s, v->len, row->shown, sizeof row->shown);
-    if (v->type != V_STRING)
+    if (v->type != ROUTER_JSONC_STRING)
         return s_row_fail(r, "%s: expected a string, got %s", s_fields[row->at], got);
     static const size_t max[F_META] = {ROUTER_PEER_NAME_MAX, PROTO_PUBKEY_TEXT_LEN,
                                        ROUTER_PEER_ADDR_MAX};
@@ -585,18 +564,18 @@ static int s_row_value(s_reader_t *r, const s_value_t *v)
 }
 
 /* A value of a meta key (depth S_AT_META). */
-static int s_meta_value(s_reader_t *r, const s_value_t *v)
+static int s_meta_value(s_reader_t *r, const router_jsonc_value_t *v)
 {
     s_row_t *row = &r->row;
     char got[ROUTER_JSONC_QUOTE_MAX + 16];
-    s_describe(v, got, sizeof got);
+    router_jsonc_describe(v, got, sizeof got);
     if (row->meta_at == M_LABELS) {
-        if (v->type != V_OBJECT)
+        if (v->type != ROUTER_JSONC_OBJECT)
             return s_row_fail(r, "meta.labels: expected an object of strings, got %s", got);
         r->depth = S_AT_LABELS;
         return 1;
     }
-    if (v->type != V_STRING)
+    if (v->type != ROUTER_JSONC_STRING)
         return s_row_fail(r, "meta.description: expected a string, got %s", got);
     row->description = s_row_copy(r, "meta.description", v->s, v->len,
                                   ROUTER_PEER_DESCRIPTION_MAX);
@@ -604,14 +583,14 @@ static int s_meta_value(s_reader_t *r, const s_value_t *v)
 }
 
 /* A label's value (depth S_AT_LABELS). */
-static int s_label_value(s_reader_t *r, const s_value_t *v)
+static int s_label_value(s_reader_t *r, const router_jsonc_value_t *v)
 {
     s_row_t *row = &r->row;
     char got[ROUTER_JSONC_QUOTE_MAX + 16], key[ROUTER_JSONC_QUOTE_MAX + 16];
-    s_describe(v, got, sizeof got);
+    router_jsonc_describe(v, got, sizeof got);
     router_jsonc_quote((const unsigned char *) row->label_key, strlen(row->label_key), key,
                        sizeof key);
-    if (v->type != V_STRING)
+    if (v->type != ROUTER_JSONC_STRING)
         return s_row_fail(r, "meta.labels.%s: expected a string, got %s", key, got);
     char *value = s_row_copy(r, "meta.labels value", v->s, v->len, ROUTER_PEER_LABEL_VALUE_MAX);
     if (!value)
@@ -624,30 +603,31 @@ static int s_label_value(s_reader_t *r, const s_value_t *v)
 }
 
 /* Every value in the document arrives here, objects and arrays included. */
-static int s_on_value(s_reader_t *r, const s_value_t *v)
+static int s_on_value(void *ctx, const router_jsonc_value_t *v)
 {
+    s_reader_t *r = ctx;
     char got[ROUTER_JSONC_QUOTE_MAX + 16];
     if (r->depth >= S_AT_ROW && r->row.failed)
         return s_skip_value(r, v);
     switch (r->depth) {
     case 0:
-        if (v->type == V_OBJECT) {
+        if (v->type == ROUTER_JSONC_OBJECT) {
             r->depth = S_AT_DOC;
             return 1;
         }
-        s_describe(v, got, sizeof got);
+        router_jsonc_describe(v, got, sizeof got);
         return router_jsonc_fail(r->err, r->errcap, "the document: expected an object, got %s",
                                  got);
     case S_AT_DOC:
-        if (v->type == V_ARRAY) {
+        if (v->type == ROUTER_JSONC_ARRAY) {
             r->depth = S_AT_PEERS;
             return 1;
         }
-        s_describe(v, got, sizeof got);
+        router_jsonc_describe(v, got, sizeof got);
         return router_jsonc_fail(r->err, r->errcap, "peers: expected an array, got %s", got);
     case S_AT_PEERS:
-        if (v->type != V_OBJECT) {
-            s_describe(v, got, sizeof got);
+        if (v->type != ROUTER_JSONC_OBJECT) {
+            router_jsonc_describe(v, got, sizeof got);
             return router_jsonc_fail(r->err, r->errcap, "peers[%zu]: expected an object, got %s",
                                      r->rows, got);
         }
@@ -665,7 +645,8 @@ static int s_on_value(s_reader_t *r, const s_value_t *v)
              : depth == S_AT_META ? s_meta_value(r, v)
                                   : s_label_value(r, v);
     /* A refused object or array is still open: skip it as part of the row. */
-    if (r->row.failed && r->depth == depth && (v->type == V_OBJECT || v->type == V_ARRAY))
+    if (r->row.failed && r->depth == depth &&
+        (v->type == ROUTER_JSONC_OBJECT || v->type == ROUTER_JSONC_ARRAY))
         r->depth++;
     return rc;
 }
@@ -786,47 +767,10 @@ static int s_on_end(void *ctx)
     return 0;
 }
 
-static int s_on_null(void *ctx)
-{
-    return s_on_value(ctx, &(s_value_t){.type = V_NULL});
-}
-
-static int s_on_bool(void *ctx, int b)
-{
-    return s_on_value(ctx, &(s_value_t){.type = V_BOOL, .b = b != 0});
-}
-
-static int s_on_number(void *ctx, const char *s, size_t len)
-{
-    return s_on_value(ctx, &(s_value_t){.type = V_NUMBER, .s = (const unsigned char *) s,
-                                         .len = len});
-}
-
-static int s_on_string(void *ctx, const unsigned char *s, size_t len)
-{
-    return s_on_value(ctx, &(s_value_t){.type = V_STRING, .s = s, .len = len});
-}
-
-static int s_on_start_map(void *ctx)
-{
-    return s_on_value(ctx, &(s_value_t){.type = V_OBJECT});
-}
-
-static int s_on_start_array(void *ctx)
-{
-    return s_on_value(ctx, &(s_value_t){.type = V_ARRAY});
-}
-
-static const yajl_callbacks s_callbacks = {
-    .yajl_null = s_on_null,
-    .yajl_boolean = s_on_bool,
-    .yajl_number = s_on_number,
-    .yajl_string = s_on_string,
-    .yajl_start_map = s_on_start_map,
-    .yajl_map_key = s_on_key,
-    .yajl_end_map = s_on_end,
-    .yajl_start_array = s_on_start_array,
-    .yajl_end_array = s_on_end,
+static const router_jsonc_reader_t s_trust_reader = {
+    .value = s_on_value,
+    .key = s_on_key,
+    .end = s_on_end,
 };
 
 router_trust_t *router_trust_parse(const char *text, size_t len, char *err, size_t errcap)
@@ -844,7 +788,7 @@ router_trust_t *router_trust_parse(const char *text, size_t len, char *err, size
     r->t = t;
     r->err = err;
     r->errcap = errcap;
-    if (router_jsonc_parse(text, len, &s_callbacks, r, err, errcap) != 0)
+    if (router_jsonc_read(text, len, &s_trust_reader, r, err, errcap) != 0)
         goto fail;
     s_row_clear(&r->row);
     free(r);
@@ -889,50 +833,43 @@ router_trust_t *router_trust_load(const char *path, char *err, size_t errcap)
 
 /* ------------------------------------------------------------ the writer */
 
-static void s_gen_text(yajl_gen g, const char *s)
-{
-    yajl_gen_string(g, (const unsigned char *) s, strlen(s));
-}
-
 char *router_trust_to_json(const router_trust_t *t, bool with_peer_id)
 {
-    yajl_gen g = yajl_gen_alloc(NULL);
+    yajl_gen g = router_jsonc_gen_new();
     if (!g)
         return NULL;
-    yajl_gen_config(g, yajl_gen_beautify, 1);
-    yajl_gen_config(g, yajl_gen_indent_string, "  ");
     yajl_gen_map_open(g);
-    s_gen_text(g, "peers");
+    router_jsonc_gen_text(g, "peers");
     yajl_gen_array_open(g);
     for (size_t i = 0; i < t->count; i++) {
         const router_peer_t *p = t->rows[i];
         char pub[PROTO_PUBKEY_TEXT_CAP], uuid[PROTO_UUID_TEXT_CAP];
         (void) proto_pubkey_format(p->pk, pub, sizeof pub);
         yajl_gen_map_open(g);
-        s_gen_text(g, "name");
-        s_gen_text(g, p->name);
-        s_gen_text(g, "pubkey");
-        s_gen_text(g, pub);
+        router_jsonc_gen_text(g, "name");
+        router_jsonc_gen_text(g, p->name);
+        router_jsonc_gen_text(g, "pubkey");
+        router_jsonc_gen_text(g, pub);
         if (with_peer_id) {
             proto_uuid_format(p->peer_id, uuid);
-            s_gen_text(g, "peer_id");
-            s_gen_text(g, uuid);
+            router_jsonc_gen_text(g, "peer_id");
+            router_jsonc_gen_text(g, uuid);
         }
-        s_gen_text(g, "addr");
-        s_gen_text(g, p->addr);
+        router_jsonc_gen_text(g, "addr");
+        router_jsonc_gen_text(g, p->addr);
         if (p->description || p->nlabels) {
-            s_gen_text(g, "meta");
+            router_jsonc_gen_text(g, "meta");
             yajl_gen_map_open(g);
             if (p->description) {
-                s_gen_text(g, "description");
-                s_gen_text(g, p->description);
+                router_jsonc_gen_text(g, "description");
+                router_jsonc_gen_text(g, p->description);
             }
             if (p->nlabels) {
-                s_gen_text(g, "labels");
+                router_jsonc_gen_text(g, "labels");
                 yajl_gen_map_open(g);
                 for (size_t j = 0; j < p->nlabels; j++) {
-                    s_gen_text(g, p->labels[j].key);
-                    s_gen_text(g, p->labels[j].value);
+                    router_jsonc_gen_text(g, p->labels[j].key);
+                    router_jsonc_gen_text(g, p->labels[j].value);
                 }
                 yajl_gen_map_close(g);
             }
@@ -942,16 +879,7 @@ char *router_trust_to_json(const router_trust_t *t, bool with_peer_id)
     }
     yajl_gen_array_close(g);
     yajl_gen_map_close(g);
-    const unsigned char *buf = NULL;
-    size_t len = 0;
-    char *out = NULL;
-    /* yajl's beautifier ends the document with a newline. */
-    if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok && (out = malloc(len + 1))) {
-        memcpy(out, buf, len);
-        out[len] = '\0';
-    }
-    yajl_gen_free(g);
-    return out;
+    return router_jsonc_gen_finish(&g);
 }
 
 int router_trust_save(const router_trust_t *t, const char *path, char *err, size_t errcap)

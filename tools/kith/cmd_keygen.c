@@ -1,52 +1,18 @@
 /* tools/kith/cmd_keygen.c — `kith keygen`: create this node's identity. */
-#include <stdio.h>
-#include <string.h>
-
-#include "router/home.h"
 #include "router/identity.h"
 #include "tools/kith/cmd.h"
+#include "tools/kith/cmd_identity.h"
 
-static void s_usage(FILE *out)
-{
-    fprintf(out,
-            "usage: kith keygen [--home DIR]\n"
-            "\n"
-            "Creates an Ed25519 identity in DIR/identity/ (identity.key, mode 0600, and\n"
-            "identity.pub) and prints {\"pubkey\":\"ed25519:…\",\"peer_id\":\"…\"}.\n"
-            "Never replaces an existing identity.key.\n"
-            "\n"
-            "  --home DIR  state directory (else $KITH_HOME, else ~/.kith)\n");
-}
+static const char s_usage[] =
+    "usage: kith keygen [--home DIR]\n"
+    "\n"
+    "Creates an Ed25519 identity in DIR/identity/ (identity.key, mode 0600, and\n"
+    "identity.pub) and prints {\"pubkey\":\"ed25519:…\",\"peer_id\":\"…\"}.\n"
+    "Never replaces an existing identity.key.\n"
+    "\n"
+    "  --home DIR  state directory (else $KITH_HOME, else ~/.kith)\n";
 
 int kith_cmd_keygen(int argc, char **argv)
 {
-    const char *home_flag = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            s_usage(stdout);
-            return KITH_EXIT_OK;
-        } else if (!strcmp(argv[i], "--home") && i + 1 < argc) {
-            home_flag = argv[++i];
-        } else {
-            fprintf(stderr, "kith keygen: unexpected argument '%s'; see kith keygen --help\n",
-                    argv[i]);
-            return KITH_EXIT_FAIL;
-        }
-    }
-    char home[ROUTER_PATH_MAX];
-    if (router_home_resolve(home_flag, home, sizeof home) != 0) {
-        fprintf(stderr, "kith keygen: no home directory; pass --home DIR or set KITH_HOME\n");
-        return KITH_EXIT_FAIL;
-    }
-    router_identity_t id;
-    char err[ROUTER_IDENTITY_ERR_MAX];
-    if (router_identity_create(home, &id, err, sizeof err) != 0) {
-        fprintf(stderr, "kith keygen: %s\n", err);
-        return KITH_EXIT_FAIL;
-    }
-    char json[ROUTER_IDENTITY_JSON_CAP];
-    router_identity_json(&id, json);
-    router_identity_wipe(&id);
-    printf("%s\n", json);
-    return KITH_EXIT_OK;
+    return kith_identity_cmd_run(argc, argv, "keygen", s_usage, router_identity_create);
 }
