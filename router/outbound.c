@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "proto/envelope.h"
 #include "proto/frame.h"
@@ -264,22 +265,36 @@ static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint
     return 0;
 }
 
+/* A new link to the peer: connecting to `addr`, or serving `fd` (already
+ * connected; taken, also on failure) when addr is NULL. NULL with errno set
+ * on failure. */
+static s_link_t *s_link_open(router_outbound_t *self, const uint8_t pk[32],
+                             const router_addr_t *addr, int fd)
+{
+    s_link_t *l = s_link_new(self, pk);
+    if (!l) {
+        if (!addr)
+            close(fd);
+        return NULL;
+    }
+    l->conn = addr ? router_loop_connect(self->loop, addr, &s_handlers, l)
+                   : router_loop_adopt(self->loop, fd, &s_handlers, l);
+    if (!l->conn) {
+        int e = errno;
+        s_link_free(l);
+        errno = e;
+        return NULL;
+    }
+    return l;
+}
+
 int router_outbound_send(router_outbound_t *self, const uint8_t peer_pk[32],
                          const router_addr_t *addr, const uint8_t *frame, size_t len,
                          const uint8_t id[16], router_send_fn *cb, void *ud)
 {
     s_link_t *l = s_link_find(self, peer_pk);
-    if (!l) {
-        if (!(l = s_link_new(self, peer_pk)))
-            return -1;
-        l->conn = router_loop_connect(self->loop, addr, &s_handlers, l);
-        if (!l->conn) {
-            int e = errno;
-            s_link_free(l);
-            errno = e;
-            return -1;
-        }
-    }
+    if (!l && !(l = s_link_open(self, peer_pk, addr, -1)))
+        return -1;
     return s_link_send(l, frame, len, id, cb, ud);
 }
 
@@ -287,16 +302,9 @@ int router_outbound_send_fd(router_outbound_t *self, const uint8_t peer_pk[32], 
                             const uint8_t *frame, size_t len, const uint8_t id[16],
                             router_send_fn *cb, void *ud)
 {
-    s_link_t *l = s_link_new(self, peer_pk);
+    s_link_t *l = s_link_open(self, peer_pk, NULL, fd);
     if (!l)
         return -1;
-    l->conn = router_loop_adopt(self->loop, fd, &s_handlers, l);
-    if (!l->conn) {
-        int e = errno;
-        s_link_free(l);
-        errno = e;
-        return -1;
-    }
     return s_link_send(l, frame, len, id, cb, ud);
 }
 

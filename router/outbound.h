@@ -51,8 +51,8 @@ int router_outbound_send(router_outbound_t *self, const uint8_t peer_pk[32],
     __attribute__((warn_unused_result));
 
 /* As router_outbound_send over an already connected socket (the in-process
- * transport hands one end of a socket pair); the loop takes `fd`. Used only
- * when no connection to the peer is open. */
+ * transport hands one end of a socket pair); `fd` is taken, also on
+ * failure. Used only when no connection to the peer is open. */
 int router_outbound_send_fd(router_outbound_t *self, const uint8_t peer_pk[32], int fd,
                             const uint8_t *frame, size_t len, const uint8_t id[16],
                             router_send_fn *cb, void *ud) __attribute__((warn_unused_result));
