@@ -196,7 +196,7 @@ class Daemon:
         with open(self.log_path, "rb") as f:
             return f.read().decode(errors="replace")
 
-    def wait_log(self, needle, timeout=10, count=1):
+    def wait_log(self, needle, timeout=60, count=1):
         """Waits until `needle` appears `count` times: the daemon's logger
         writes from its own thread, a moment after the event."""
         deadline = time.time() + timeout
