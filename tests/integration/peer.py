@@ -97,7 +97,7 @@ def verify_envelope(env):
 class Conn:
     """One comms connection: send frames, read frames, notice closes."""
 
-    def __init__(self, addr, timeout=20.0):
+    def __init__(self, addr, timeout=60.0):
         if isinstance(addr, tuple):
             self.s = socket.create_connection(addr, timeout=timeout)
         else:

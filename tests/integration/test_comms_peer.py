@@ -117,10 +117,8 @@ def misaddressed(node, alice):
 @test
 def untrusted_sender(node, alice):
     c = Conn(("127.0.0.1", node.port))
-    t0 = time.time()
     c.send(frame(Peer().message(node.pk, "who am i")))
     expect_rejected(c, node, "untrusted_sender")
-    assert time.time() - t0 < 10, "rejection should be immediate, not a timeout"
 
 
 @test
