@@ -10,35 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz/split.h"
 #include "proto/frame.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static void s_hash(uint64_t *h, const void *bytes, size_t len)
-{
-    const uint8_t *b = bytes;
-    for (size_t i = 0; i < len; i++) {
-        *h ^= b[i];
-        *h *= 0x100000001b3ull;
-    }
-}
-
-static void s_hash_u64(uint64_t *h, uint64_t v)
-{
-    s_hash(h, &v, sizeof v);
-}
-
-static size_t s_chunk(uint32_t *rng, size_t mode)
-{
-    if (mode == 0)
-        return 0;
-    if (mode == 1)
-        return 1;
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 17;
-    *rng ^= *rng << 5;
-    return 1 + *rng % 61;
-}
 
 /* Storage: one heap block per fragmented frame, freed when the next is
  * asked for or the run ends. */
@@ -67,7 +42,7 @@ static uint64_t s_read(const uint8_t *in, size_t len, uint32_t max, size_t mode,
         abort();
     size_t from = 0;
     while (from < len) {
-        size_t n = s_chunk(&seed, mode);
+        size_t n = fuzz_chunk(&seed, mode, 61);
         if (n == 0 || n > len - from)
             n = len - from;
         uint8_t *chunk = malloc(n);
@@ -81,8 +56,8 @@ static uint64_t s_read(const uint8_t *in, size_t len, uint32_t max, size_t mode,
             if (got == -2)
                 break;
             if (got == -1) {
-                s_hash_u64(&h, 0xE0 + proto_frame_reader_reason(&r));
-                s_hash_u64(&h, proto_frame_reader_declared(&r));
+                fuzz_hash_u64(&h, 0xE0 + proto_frame_reader_reason(&r));
+                fuzz_hash_u64(&h, proto_frame_reader_declared(&r));
                 if (proto_frame_reader_reason(&r) == PROTO_FRAME_OVERSIZE &&
                     proto_frame_reader_declared(&r) <= max)
                     abort();
@@ -105,9 +80,9 @@ static uint64_t s_read(const uint8_t *in, size_t len, uint32_t max, size_t mode,
                 memcmp(in + end - f.len - PROTO_FRAME_HEADER_LEN, hdr, sizeof hdr) != 0 ||
                 (f.len && memcmp(in + end - f.len, f.payload, f.len) != 0))
                 abort();
-            s_hash_u64(&h, end);
-            s_hash_u64(&h, f.len);
-            s_hash(&h, f.payload, f.len);
+            fuzz_hash_u64(&h, end);
+            fuzz_hash_u64(&h, f.len);
+            fuzz_hash(&h, f.payload, f.len);
         }
         free(chunk);
         from += n;

@@ -11,35 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz/split.h"
 #include "proto/line.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static void s_hash(uint64_t *h, const void *bytes, size_t len)
-{
-    const uint8_t *b = bytes;
-    for (size_t i = 0; i < len; i++) {
-        *h ^= b[i];
-        *h *= 0x100000001b3ull;
-    }
-}
-
-static void s_hash_u64(uint64_t *h, uint64_t v)
-{
-    s_hash(h, &v, sizeof v);
-}
-
-static size_t s_chunk(uint32_t *rng, size_t mode)
-{
-    if (mode == 0)
-        return 0;
-    if (mode == 1)
-        return 1;
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 17;
-    *rng ^= *rng << 5;
-    return 1 + *rng % 61;
-}
 
 /* Items hashed without offsets (`content`) and with them (`placed`). */
 typedef struct {
@@ -49,9 +24,9 @@ typedef struct {
 
 static void s_item(hashes_t *hs, proto_line_kind_t kind, const uint8_t *at, size_t len)
 {
-    s_hash_u64(&hs->content, kind);
-    s_hash_u64(&hs->content, len);
-    s_hash(&hs->content, at, len);
+    fuzz_hash_u64(&hs->content, kind);
+    fuzz_hash_u64(&hs->content, len);
+    fuzz_hash(&hs->content, at, len);
 }
 
 static hashes_t s_read(const uint8_t *in, size_t len, size_t max, size_t mode, uint32_t seed)
@@ -63,7 +38,7 @@ static hashes_t s_read(const uint8_t *in, size_t len, size_t max, size_t mode, u
         abort();
     size_t from = 0;
     while (from < len) {
-        size_t n = s_chunk(&seed, mode);
+        size_t n = fuzz_chunk(&seed, mode, 61);
         if (n == 0 || n > len - from)
             n = len - from;
         uint8_t *chunk = malloc(n);
@@ -87,9 +62,9 @@ static hashes_t s_read(const uint8_t *in, size_t len, size_t max, size_t mode, u
             }
             off += (size_t) got;
             s_item(&hs, line.kind, line.at, line.len);
-            s_hash_u64(&hs.placed, from + off);
-            s_hash_u64(&hs.placed, line.kind);
-            s_hash(&hs.placed, line.at, line.len);
+            fuzz_hash_u64(&hs.placed, from + off);
+            fuzz_hash_u64(&hs.placed, line.kind);
+            fuzz_hash(&hs.placed, line.at, line.len);
         }
         free(chunk);
         from += n;

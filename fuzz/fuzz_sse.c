@@ -10,37 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz/split.h"
 #include "proto/sse.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* FNV-1a, enough to compare two runs. */
-static void s_hash(uint64_t *h, const void *bytes, size_t len)
-{
-    const uint8_t *b = bytes;
-    for (size_t i = 0; i < len; i++) {
-        *h ^= b[i];
-        *h *= 0x100000001b3ull;
-    }
-}
-
-static void s_hash_u64(uint64_t *h, uint64_t v)
-{
-    s_hash(h, &v, sizeof v);
-}
-
-/* Chunk length for the next read: 0 means "all the rest". */
-static size_t s_chunk(uint32_t *rng, size_t mode)
-{
-    if (mode == 0)
-        return 0;
-    if (mode == 1)
-        return 1;
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 17;
-    *rng ^= *rng << 5;
-    return 1 + *rng % 97;
-}
 
 /* A private, exactly-sized copy so ASan catches reads past a chunk. */
 static uint8_t *s_copy(const uint8_t *in, size_t n)
@@ -102,7 +75,7 @@ static uint64_t s_read(const uint8_t *in, size_t len, size_t line_max, size_t da
         abort();
     size_t from = 0;
     while (from < len) {
-        size_t n = s_chunk(&seed, mode);
+        size_t n = fuzz_chunk(&seed, mode, 97);
         if (n == 0 || n > len - from)
             n = len - from;
         uint8_t *chunk = s_copy(in + from, n);
@@ -113,7 +86,7 @@ static uint64_t s_read(const uint8_t *in, size_t len, size_t line_max, size_t da
             if (got == -2)
                 break;
             if (got == -1) {
-                s_hash_u64(&h, 0xE0 + proto_sse_reader_reason(&r));
+                fuzz_hash_u64(&h, 0xE0 + proto_sse_reader_reason(&r));
                 free(chunk);
                 free(data);
                 return h;
@@ -121,14 +94,14 @@ static uint64_t s_read(const uint8_t *in, size_t len, size_t line_max, size_t da
             if (got <= 0 || (size_t) got > n - off)
                 abort();
             off += (size_t) got;
-            s_hash_u64(&h, from + off); /* where in the stream it was dispatched */
-            s_hash(&h, ev.type, ev.type_len);
-            s_hash_u64(&h, ev.type_len);
-            s_hash(&h, ev.id, ev.id_len);
-            s_hash_u64(&h, ev.id_len);
-            s_hash(&h, ev.data, ev.data_len);
-            s_hash_u64(&h, ev.data_len);
-            s_hash_u64(&h, (uint64_t) ev.retry_ms);
+            fuzz_hash_u64(&h, from + off); /* where in the stream it was dispatched */
+            fuzz_hash(&h, ev.type, ev.type_len);
+            fuzz_hash_u64(&h, ev.type_len);
+            fuzz_hash(&h, ev.id, ev.id_len);
+            fuzz_hash_u64(&h, ev.id_len);
+            fuzz_hash(&h, ev.data, ev.data_len);
+            fuzz_hash_u64(&h, ev.data_len);
+            fuzz_hash_u64(&h, (uint64_t) ev.retry_ms);
             if (roundtrip)
                 s_roundtrip(&ev, line_max);
         }
@@ -151,11 +124,11 @@ static int s_on_piece(void *user, const proto_sse_piece_t *pc)
     if (pc->first == ps->open || (pc->len && !pc->value))
         abort();
     if (pc->first)
-        s_hash_u64(&ps->h, 0xF0 + pc->field);
-    s_hash(&ps->h, pc->value, pc->len);
+        fuzz_hash_u64(&ps->h, 0xF0 + pc->field);
+    fuzz_hash(&ps->h, pc->value, pc->len);
     ps->open = !pc->last;
     if (pc->last)
-        s_hash_u64(&ps->h, ((uint64_t) pc->ignore << 32) | pc->retry_ms);
+        fuzz_hash_u64(&ps->h, ((uint64_t) pc->ignore << 32) | pc->retry_ms);
     return 0;
 }
 
@@ -167,7 +140,7 @@ static uint64_t s_parse(const uint8_t *in, size_t len, size_t line_max, size_t m
         abort();
     size_t from = 0;
     while (from < len) {
-        size_t n = s_chunk(&seed, mode);
+        size_t n = fuzz_chunk(&seed, mode, 97);
         if (n == 0 || n > len - from)
             n = len - from;
         uint8_t *chunk = s_copy(in + from, n);
@@ -177,12 +150,12 @@ static uint64_t s_parse(const uint8_t *in, size_t len, size_t line_max, size_t m
             if (got == -2)
                 break;
             if (got == -1) {
-                s_hash_u64(&ps.h, 0xE0 + proto_sse_parser_reason(&sp));
+                fuzz_hash_u64(&ps.h, 0xE0 + proto_sse_parser_reason(&sp));
                 free(chunk);
                 return ps.h;
             }
             off += (size_t) got;
-            s_hash_u64(&ps.h, from + off); /* a blank line ended here */
+            fuzz_hash_u64(&ps.h, from + off); /* a blank line ended here */
         }
         free(chunk);
         from += n;
