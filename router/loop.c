@@ -156,9 +156,13 @@ uint64_t router_loop_timer_add(router_loop_t *loop, uint64_t ms, router_timer_fn
 
 int router_loop_timer_cancel(router_loop_t *loop, uint64_t id)
 {
+    if (!loop) {
+        errno = EINVAL;
+        return -1;
+    }
     router_timers_t *t = &loop->timers;
     uint64_t slot1 = id & 0xffffffffu;
-    if (!loop || slot1 == 0 || slot1 > t->nslots || !t->slots[slot1 - 1].cb ||
+    if (slot1 == 0 || slot1 > t->nslots || !t->slots[slot1 - 1].cb ||
         t->slots[slot1 - 1].gen != (uint32_t) (id >> 32)) {
         errno = ENOENT;
         return -1;

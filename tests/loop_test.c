@@ -47,6 +47,13 @@ static router_loop_t *s_loop_new(void **state, router_loop_opts_t *opts)
     return loop;
 }
 
+static void s_timer_stop_cb(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    (void) ud;
+    router_loop_stop(loop);
+}
+
 static void s_hang(router_loop_t *loop, uint64_t id, void *ud)
 {
     (void) id;
@@ -126,6 +133,25 @@ static void test_stop_before_run(void **state)
     assert_int_equal(router_loop_run(loop), 0); /* returns at once */
     router_loop_stop(loop);
     assert_int_equal(router_loop_run(loop), 0); /* and can run again */
+    router_loop_destroy(&loop);
+}
+
+static void *s_run_thread(void *arg)
+{
+    return (void *) (intptr_t) router_loop_run(arg);
+}
+
+/* Set up on one thread, run on another (with io_uring's SINGLE_ISSUER the
+ * running thread becomes the issuer), destroyed back on the first. */
+static void test_run_on_another_thread(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    assert_true(router_loop_timer_add(loop, 1, s_timer_stop_cb, NULL) != 0);
+    pthread_t th;
+    void *rc;
+    assert_int_equal(pthread_create(&th, NULL, s_run_thread, loop), 0);
+    pthread_join(th, &rc);
+    assert_int_equal((intptr_t) rc, 0);
     router_loop_destroy(&loop);
 }
 
@@ -588,6 +614,7 @@ int main(void)
         cmocka_unit_test(test_bad_opts),
         cmocka_unit_test(test_log_levels_and_escaping),
         BOTH(test_stop_before_run),
+        BOTH(test_run_on_another_thread),
         BOTH(test_timers_order_and_cancel),
         BOTH(test_timer_zero_chain_no_starvation),
         BOTH(test_timer_limit),
