@@ -618,12 +618,11 @@ void router_loop_destroy(router_loop_t **lp)
     while (s_posts_run(loop, SIZE_MAX))
         ;
     loop->destroying = true;
+    /* From here router_loop_connect/listen/watch_fd/timer_add refuse, so
+     * on_close handlers cannot start anything new. */
     while (loop->conns)
         router_conn_kill(loop->conns, ROUTER_CLOSE_SHUTDOWN, 0);
     router_loop_settle(loop); /* on_close for every connection */
-    while (loop->conns)       /* ...in case one was made inside on_close */
-        router_conn_kill(loop->conns, ROUTER_CLOSE_SHUTDOWN, 0);
-    router_loop_settle(loop);
     while (loop->listeners) {
         router_listener_t *l = loop->listeners;
         router_listener_close(&l);
