@@ -70,6 +70,7 @@ struct s_ctx {
     uint8_t got[256];              /* bytes a server or outbound conn kept */
     size_t got_len;                /* ...how many */
     unsigned violations;           /* things that must never happen */
+    router_close_reason_t out_reason; /* close reason of our outbound conn */
     void *extra;                   /* per-test state */
 };
 
@@ -810,6 +811,110 @@ static void test_connect_refused(void **state)
     s_done(&ctx);
 }
 
+/* Closed while still connecting: with nothing queued it ends at once; with
+ * data queued it connects, flushes, then closes. */
+static void s_drain_mark(router_conn_t *c, void *ud)
+{
+    (void) c;
+    ((s_ctx_t *) ud)->violations += 1000; /* counted, checked below */
+}
+
+static const router_conn_handlers_t s_out_quiet = {
+    .on_data = s_echo_data,
+    .on_drain = s_drain_mark,
+    .on_close = s_srv_close,
+};
+
+static void s_got_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    (void) c;
+    if (ctx->got_len + len <= sizeof ctx->got) {
+        memcpy(ctx->got + ctx->got_len, data, len);
+        ctx->got_len += len;
+    }
+}
+
+static const router_conn_handlers_t s_collect = {
+    .on_data = s_got_data,
+    .on_close = s_srv_close,
+};
+
+static void s_accept_collect(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    ((s_ctx_t *) ud)->accepted++;
+    router_conn_set_handlers(c, &s_collect, ud);
+}
+
+static void test_close_while_connecting(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_collect);
+    router_conn_t *empty = router_loop_connect(ctx.loop, &ctx.addr, &s_out_quiet, &ctx);
+    assert_non_null(empty);
+    router_conn_close(empty); /* nothing queued: closes without connecting */
+    router_conn_t *full = router_loop_connect(ctx.loop, &ctx.addr, &s_out_quiet, &ctx);
+    assert_non_null(full);
+    assert_int_equal(router_conn_send(full, "last words", 10), 0);
+    router_conn_close(full);
+    assert_int_equal(router_conn_send(full, "more", 4), -1); /* closing */
+    assert_int_equal(errno, EPIPE);
+    ctx.want_closed = 3; /* empty, full, and the server side of full */
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_LOCAL); /* empty */
+    assert_int_equal(ctx.got_len, 10);
+    assert_memory_equal(ctx.got, "last words", 10);
+    assert_int_equal(ctx.violations, 0); /* on_drain is for open connections */
+    s_done(&ctx);
+}
+
+/* on_drain fires when the queue empties; close_all closes everyone (the
+ * server side too, so whether it read the byte first is not checked). */
+static void s_drain_open(router_conn_t *c, void *ud)
+{
+    (void) ud;
+    assert_int_equal(router_conn_send(c, "x", 1), 0);
+}
+
+static void s_drain_count(router_conn_t *c, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    (void) c;
+    if (++ctx->violations == 1) /* first drain: close everything */
+        router_loop_close_all(ctx->loop);
+}
+
+static void s_drain_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    ((s_ctx_t *) ud)->out_reason = reason;
+    s_srv_close(c, reason, ud);
+}
+
+static const router_conn_handlers_t s_drain_handlers = {
+    .on_open = s_drain_open,
+    .on_data = s_got_data,
+    .on_drain = s_drain_count,
+    .on_close = s_drain_close,
+};
+
+static void test_drain_and_close_all(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_collect);
+    assert_non_null(router_loop_connect(ctx.loop, &ctx.addr, &s_drain_handlers, &ctx));
+    ctx.want_closed = 2; /* our connection, then the server side */
+    s_run(&ctx);
+    assert_int_equal(ctx.violations, 1); /* one drain */
+    assert_int_equal(ctx.out_reason, ROUTER_CLOSE_LOCAL);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.conns_open, 0);
+    s_done(&ctx);
+}
+
 /* ------------------------------------------------------------ half-close, EOF */
 
 static void s_half_client(s_ctx_t *ctx, int idx)
@@ -1397,6 +1502,8 @@ int main(void)
         BOTH(test_connect_tcp),
         BOTH(test_connect_uds),
         BOTH(test_connect_refused),
+        BOTH(test_close_while_connecting),
+        BOTH(test_drain_and_close_all),
         BOTH(test_half_close_default),
         BOTH(test_half_close_on_eof),
         BOTH(test_pause_resume),
