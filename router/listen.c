@@ -408,17 +408,18 @@ void router_listener_on_accept(router_listener_t *l, int fd)
         close(fd);
         return;
     }
-    if (loop->stats.conns_open >= loop->opts.max_conns ||
-        (l->max_conns && l->stats.open >= l->max_conns)) {
+    bool own_cap = l->max_conns && l->stats.open >= l->max_conns;
+    if (own_cap || loop->stats.conns_open >= loop->opts.max_conns) {
         close(fd);
         loop->stats.refused++;
         l->stats.refused++;
+        /* Logged once per streak: a flood must not flood the log too. */
         if (!l->refusing) {
             l->refusing = true;
             (void) router_addr_format(&l->addr, text, sizeof text);
             ROUTER_LOG(ROUTER_LOG_WARN, "listen",
-                       "%s: connection limit reached (%u open): refusing new connections",
-                       text, loop->stats.conns_open);
+                       "%s: %s limit of %u connections reached: refusing new ones", text,
+                       own_cap ? "listener" : "loop", own_cap ? l->max_conns : loop->opts.max_conns);
         }
         return;
     }

@@ -156,9 +156,13 @@ uint64_t router_loop_timer_add(router_loop_t *loop, uint64_t ms, router_timer_fn
 
 int router_loop_timer_cancel(router_loop_t *loop, uint64_t id)
 {
+    if (!loop) {
+        errno = EINVAL;
+        return -1;
+    }
     router_timers_t *t = &loop->timers;
     uint64_t slot1 = id & 0xffffffffu;
-    if (!loop || slot1 == 0 || slot1 > t->nslots || !t->slots[slot1 - 1].cb ||
+    if (slot1 == 0 || slot1 > t->nslots || !t->slots[slot1 - 1].cb ||
         t->slots[slot1 - 1].gen != (uint32_t) (id >> 32)) {
         errno = ENOENT;
         return -1;
@@ -614,12 +618,11 @@ void router_loop_destroy(router_loop_t **lp)
     while (s_posts_run(loop, SIZE_MAX))
         ;
     loop->destroying = true;
+    /* From here router_loop_connect/listen/watch_fd/timer_add refuse, so
+     * on_close handlers cannot start anything new. */
     while (loop->conns)
         router_conn_kill(loop->conns, ROUTER_CLOSE_SHUTDOWN, 0);
     router_loop_settle(loop); /* on_close for every connection */
-    while (loop->conns)       /* ...in case one was made inside on_close */
-        router_conn_kill(loop->conns, ROUTER_CLOSE_SHUTDOWN, 0);
-    router_loop_settle(loop);
     while (loop->listeners) {
         router_listener_t *l = loop->listeners;
         router_listener_close(&l);

@@ -58,10 +58,12 @@ typedef struct router_loop_opts {
  * error when URING was forced). The caller owns the loop. */
 router_loop_t *router_loop_new(const router_loop_opts_t *opts);
 
-/* Closes every connection (on_close with ROUTER_CLOSE_SHUTDOWN), listener
- * and watch, runs posts still queued, restores the signal mask changed by
- * router_loop_on_signal and frees the loop. Not from inside a callback.
- * Nulls *loop; idempotent. */
+/* Runs posts still queued, closes every connection (on_close with
+ * ROUTER_CLOSE_SHUTDOWN), listener and watch, drops pending timers without
+ * calling them, restores the signal mask changed by router_loop_on_signal
+ * and frees the loop. Call it on the loop thread (io_uring then waits for
+ * its cancelled requests), never from inside a callback. Nulls *loop;
+ * idempotent. */
 void router_loop_destroy(router_loop_t **loop);
 
 /* "io_uring" or "epoll". */

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <zmq.h>
 
 #include "router/log.h"
 #include "router/loop.h"
@@ -45,6 +46,13 @@ static router_loop_t *s_loop_new(void **state, router_loop_opts_t *opts)
     assert_string_equal(router_loop_backend_name(loop),
                         o.backend == ROUTER_LOOP_URING ? "io_uring" : "epoll");
     return loop;
+}
+
+static void s_timer_stop_cb(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    (void) ud;
+    router_loop_stop(loop);
 }
 
 static void s_hang(router_loop_t *loop, uint64_t id, void *ud)
@@ -126,6 +134,25 @@ static void test_stop_before_run(void **state)
     assert_int_equal(router_loop_run(loop), 0); /* returns at once */
     router_loop_stop(loop);
     assert_int_equal(router_loop_run(loop), 0); /* and can run again */
+    router_loop_destroy(&loop);
+}
+
+static void *s_run_thread(void *arg)
+{
+    return (void *) (intptr_t) router_loop_run(arg);
+}
+
+/* Set up on one thread, run on another (with io_uring's SINGLE_ISSUER the
+ * running thread becomes the issuer), destroyed back on the first. */
+static void test_run_on_another_thread(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    assert_true(router_loop_timer_add(loop, 1, s_timer_stop_cb, NULL) != 0);
+    pthread_t th;
+    void *rc;
+    assert_int_equal(pthread_create(&th, NULL, s_run_thread, loop), 0);
+    pthread_join(th, &rc);
+    assert_int_equal((intptr_t) rc, 0);
     router_loop_destroy(&loop);
 }
 
@@ -537,6 +564,85 @@ static void test_watch_update(void **state)
     router_loop_destroy(&loop);
 }
 
+#define ZMQ_MSGS 5000
+
+typedef struct {
+    router_loop_t *loop;  /* the loop under test */
+    void *ctx;            /* the ZeroMQ context */
+    void *pull;           /* watched through its ZMQ_FD */
+    unsigned got;         /* messages received */
+    unsigned bad;         /* messages with unexpected contents */
+} s_zmq_t;
+
+static void *s_zmq_pusher(void *arg)
+{
+    s_zmq_t *z = arg;
+    void *push = zmq_socket(z->ctx, ZMQ_PUSH);
+    if (!push || zmq_connect(push, "inproc://loop-test") != 0)
+        abort();
+    for (unsigned i = 0; i < ZMQ_MSGS; i++) {
+        char msg[16];
+        int n = snprintf(msg, sizeof msg, "%u", i);
+        if (zmq_send(push, msg, (size_t) n, 0) != n) /* blocks at the HWM */
+            abort();
+    }
+    int linger = -1;
+    zmq_setsockopt(push, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(push);
+    return NULL;
+}
+
+/* ZMQ_FD is edge-triggered: drain ZMQ_EVENTS until POLLIN is clear. */
+static void s_on_zmq(router_watch_t *w, int fd, unsigned events, void *ud)
+{
+    s_zmq_t *z = ud;
+    (void) w;
+    (void) fd;
+    (void) events;
+    for (;;) {
+        int zev = 0;
+        size_t len = sizeof zev;
+        if (zmq_getsockopt(z->pull, ZMQ_EVENTS, &zev, &len) != 0 || !(zev & ZMQ_POLLIN))
+            break;
+        char buf[16];
+        int n;
+        while ((n = zmq_recv(z->pull, buf, sizeof buf - 1, ZMQ_DONTWAIT)) >= 0) {
+            buf[n] = '\0';
+            if (strtoul(buf, NULL, 10) != z->got)
+                z->bad++;
+            z->got++;
+        }
+    }
+    if (z->got == ZMQ_MSGS)
+        router_loop_stop(z->loop);
+}
+
+static void test_watch_zmq_fd(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    s_zmq_t z = {.loop = loop};
+    z.ctx = zmq_ctx_new();
+    assert_non_null(z.ctx);
+    z.pull = zmq_socket(z.ctx, ZMQ_PULL);
+    assert_non_null(z.pull);
+    assert_int_equal(zmq_bind(z.pull, "inproc://loop-test"), 0);
+    int zfd;
+    size_t len = sizeof zfd;
+    assert_int_equal(zmq_getsockopt(z.pull, ZMQ_FD, &zfd, &len), 0);
+    router_watch_t *w = router_loop_watch_fd(loop, zfd, ROUTER_EV_READ, s_on_zmq, &z);
+    assert_non_null(w);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, s_zmq_pusher, &z), 0);
+    s_run(loop);
+    pthread_join(th, NULL);
+    assert_int_equal(z.got, ZMQ_MSGS);
+    assert_int_equal(z.bad, 0);
+    router_watch_destroy(&w);
+    zmq_close(z.pull);
+    zmq_ctx_term(z.ctx);
+    router_loop_destroy(&loop);
+}
+
 /* ------------------------------------------------------------ logger */
 
 static void test_log_levels_and_escaping(void **state)
@@ -588,6 +694,7 @@ int main(void)
         cmocka_unit_test(test_bad_opts),
         cmocka_unit_test(test_log_levels_and_escaping),
         BOTH(test_stop_before_run),
+        BOTH(test_run_on_another_thread),
         BOTH(test_timers_order_and_cancel),
         BOTH(test_timer_zero_chain_no_starvation),
         BOTH(test_timer_limit),
@@ -596,6 +703,7 @@ int main(void)
         BOTH(test_posts_run_at_destroy),
         BOTH(test_watch_pipe),
         BOTH(test_watch_update),
+        BOTH(test_watch_zmq_fd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,1519 @@
+/* tests/conn_test.c — connections and listeners against plain blocking
+ * clients in other threads: echo over TCP v4, v6, dual-stack and Unix
+ * sockets, many concurrent connections, the slow-consumer cut, connection
+ * limits, outbound connect (success and refusal), half-close and EOF,
+ * read pausing, graceful close (flush and timeout), abort, shutdown, stale
+ * Unix socket files, and address parsing.
+ *
+ * Every test that touches a backend is registered twice, once per backend
+ * (names end in @uring / @epoll); the backend is the test's initial state,
+ * so one ctest run covers both. Where the kernel refuses io_uring, the
+ * @uring variants are skipped, visibly. The loop runs on the test's thread
+ * (cmocka asserts live there); client threads record failures and the
+ * test asserts after joining them. No test depends on timing; a guard timer
+ * only turns a hang into a failure. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "router/conn.h"
+#include "router/listen.h"
+#include "router/loop.h"
+
+#define HANG_GUARD_MS 60000
+#define MAX_CLIENTS 8
+#define MAX_REASONS 512
+
+static router_loop_backend_t s_uring = ROUTER_LOOP_URING;
+static router_loop_backend_t s_epoll = ROUTER_LOOP_EPOLL;
+
+/* ------------------------------------------------------------ fixture */
+
+typedef struct s_ctx s_ctx_t;
+typedef void (*s_client_fn)(s_ctx_t *ctx, int idx);
+
+struct s_ctx {
+    router_loop_t *loop;           /* the loop under test */
+    router_listener_t *l;          /* the listener, if any */
+    router_addr_t addr;            /* where clients connect */
+    unsigned accepted;             /* server: conns accepted */
+    unsigned closed;               /* server: on_close calls */
+    router_close_reason_t reasons[MAX_REASONS]; /* ...their reasons, in order */
+    unsigned want_closed;          /* stop once this many closed and clients are done */
+    unsigned nclients;             /* client threads started */
+    unsigned clients_done;         /* client threads finished (loop side) */
+    pthread_t th[MAX_CLIENTS];     /* client threads */
+    s_client_fn client;            /* what each client thread does */
+    atomic_int client_fail;        /* 0, or the line of a client's first failure */
+    bool hung;                     /* the guard timer fired */
+    atomic_bool flag;              /* a loop→client signal for some tests */
+    router_conn_t *conn;           /* the connection a test is about */
+    int send_rc, send_errno;       /* a router_conn_send outcome to check */
+    uint8_t got[256];              /* bytes a server or outbound conn kept */
+    size_t got_len;                /* ...how many */
+    unsigned violations;           /* things that must never happen */
+    router_close_reason_t out_reason; /* close reason of our outbound conn */
+    void *extra;                   /* per-test state */
+};
+
+#define CHECK(ctx, cond)                                                          \
+    do {                                                                          \
+        if (!(cond)) {                                                            \
+            int zero = 0;                                                         \
+            atomic_compare_exchange_strong(&(ctx)->client_fail, &zero, __LINE__); \
+            return;                                                               \
+        }                                                                         \
+    } while (0)
+
+static void s_loop_new(s_ctx_t *ctx, void **state, router_loop_opts_t *opts)
+{
+    router_loop_opts_t o = opts ? *opts : (router_loop_opts_t){0};
+    o.backend = *(router_loop_backend_t *) *state;
+    memset(ctx, 0, sizeof *ctx);
+    ctx->loop = router_loop_new(&o);
+    if (!ctx->loop && o.backend == ROUTER_LOOP_URING && (errno == ENOSYS || errno == EPERM)) {
+        print_message("io_uring refused here (%s): skipping\n", strerror(errno));
+        skip();
+    }
+    assert_non_null(ctx->loop);
+}
+
+static void s_maybe_stop(s_ctx_t *ctx)
+{
+    if (ctx->clients_done == ctx->nclients && ctx->closed >= ctx->want_closed)
+        router_loop_stop(ctx->loop);
+}
+
+static void s_on_client_done(router_loop_t *loop, void *arg)
+{
+    s_ctx_t *ctx = arg;
+    (void) loop;
+    ctx->clients_done++;
+    s_maybe_stop(ctx);
+}
+
+typedef struct {
+    s_ctx_t *ctx; /* the fixture */
+    int idx;      /* which client */
+} s_client_arg_t;
+
+static s_client_arg_t s_args[MAX_CLIENTS];
+
+static void *s_client_main(void *p)
+{
+    s_client_arg_t *a = p;
+    a->ctx->client(a->ctx, a->idx);
+    while (router_loop_post(a->ctx->loop, s_on_client_done, a->ctx) != 0)
+        sched_yield();
+    return NULL;
+}
+
+static void s_clients_start(s_ctx_t *ctx, s_client_fn fn, unsigned n)
+{
+    ctx->client = fn;
+    ctx->nclients = n;
+    for (unsigned i = 0; i < n; i++) {
+        s_args[i] = (s_client_arg_t){.ctx = ctx, .idx = (int) i};
+        assert_int_equal(pthread_create(&ctx->th[i], NULL, s_client_main, &s_args[i]), 0);
+    }
+}
+
+static void s_guard(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    ((s_ctx_t *) ud)->hung = true;
+    router_loop_stop(loop);
+}
+
+/* Runs the loop until the clients are done and the expected connections
+ * closed, then joins the clients and checks they saw no failure. */
+static void s_run(s_ctx_t *ctx)
+{
+    uint64_t guard = router_loop_timer_add(ctx->loop, HANG_GUARD_MS, s_guard, ctx);
+    assert_true(guard != 0);
+    assert_int_equal(router_loop_run(ctx->loop), 0);
+    (void) router_loop_timer_cancel(ctx->loop, guard);
+    if (ctx->hung) {
+        /* Unblock clients stuck on sockets before joining them. */
+        router_listener_close(&ctx->l);
+        router_loop_destroy(&ctx->loop);
+    }
+    for (unsigned i = 0; i < ctx->nclients; i++)
+        pthread_join(ctx->th[i], NULL);
+    assert_false(ctx->hung);
+    assert_int_equal(atomic_load(&ctx->client_fail), 0);
+}
+
+static void s_done(s_ctx_t *ctx)
+{
+    router_listener_close(&ctx->l);
+    router_loop_destroy(&ctx->loop);
+}
+
+/* ------------------------------------------------------------ server handlers */
+
+static void s_srv_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    (void) c;
+    if (ctx->closed < MAX_REASONS)
+        ctx->reasons[ctx->closed] = reason;
+    ctx->closed++;
+    if (c == ctx->conn)
+        ctx->conn = NULL;
+    s_maybe_stop(ctx);
+}
+
+static void s_echo_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    (void) ud;
+    assert_int_equal(router_conn_send(c, data, len), 0);
+}
+
+static const router_conn_handlers_t s_echo = {
+    .on_data = s_echo_data,
+    .on_close = s_srv_close,
+};
+
+static void s_accept_echo(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    (void) l;
+    ctx->accepted++;
+    router_conn_set_handlers(c, &s_echo, ctx);
+}
+
+static void s_listen(s_ctx_t *ctx, const char *text, router_accept_fn fn)
+{
+    router_addr_t a;
+    router_addr_err_t err;
+    assert_int_equal(router_addr_parse(text, &a, &err), 0);
+    ctx->l = router_loop_listen(ctx->loop, &a, fn, ctx);
+    assert_non_null(ctx->l);
+    ctx->addr = *router_listener_addr(ctx->l);
+}
+
+/* ------------------------------------------------------------ client helpers */
+
+static int s_dial(const router_addr_t *a, int rcvbuf)
+{
+    int fd = socket(a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {.tv_sec = HANG_GUARD_MS / 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (rcvbuf > 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    if (connect(fd, &a->u.sa, a->len) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int s_send_all(int fd, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    while (n > 0) {
+        ssize_t r = send(fd, b, n, MSG_NOSIGNAL);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        b += r;
+        n -= (size_t) r;
+    }
+    return 0;
+}
+
+static int s_recv_exact(int fd, void *p, size_t n)
+{
+    uint8_t *b = p;
+    while (n > 0) {
+        ssize_t r = recv(fd, b, n, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        b += r;
+        n -= (size_t) r;
+    }
+    return 0;
+}
+
+/* Reads to EOF; returns the bytes read, or -1 on an error (a reset). */
+static ssize_t s_recv_eof(int fd, void *p, size_t cap)
+{
+    uint8_t *b = p;
+    size_t got = 0;
+    for (;;) {
+        uint8_t sink[4096];
+        uint8_t *dst = got < cap ? b + got : sink;
+        size_t room = got < cap ? cap - got : sizeof sink;
+        ssize_t r = recv(fd, dst, room, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            return (ssize_t) got;
+        got += (size_t) r;
+    }
+}
+
+static void s_wait_flag(s_ctx_t *ctx)
+{
+    struct timespec ms = {.tv_nsec = 1000000};
+    while (!atomic_load(&ctx->flag))
+        nanosleep(&ms, NULL);
+}
+
+/* ------------------------------------------------------------ echo */
+
+static void s_echo_client(s_ctx_t *ctx, int idx)
+{
+    (void) idx;
+    const router_addr_t *target = ctx->extra ? ctx->extra : &ctx->addr;
+    int fd = s_dial(target, 0);
+    CHECK(ctx, fd >= 0);
+    char small[6];
+    CHECK(ctx, s_send_all(fd, "hello!", 6) == 0);
+    CHECK(ctx, s_recv_exact(fd, small, 6) == 0 && memcmp(small, "hello!", 6) == 0);
+    /* Larger than any receive buffer, so it arrives in many pieces. */
+    size_t n = 256 * 1024;
+    uint8_t *out = malloc(n), *in = malloc(n);
+    CHECK(ctx, out && in);
+    for (size_t i = 0; i < n; i++)
+        out[i] = (uint8_t) (i * 7 + i / 251);
+    bool ok = s_send_all(fd, out, n) == 0 && s_recv_exact(fd, in, n) == 0 &&
+              memcmp(in, out, n) == 0;
+    free(out);
+    free(in);
+    close(fd);
+    CHECK(ctx, ok);
+}
+
+/* Echo through a listener on listen_text; clients dial dial_host at the
+ * listener's port when given, else the listener's own address. */
+static void s_echo_test(void **state, const char *listen_text, const char *dial_host)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, listen_text, s_accept_echo);
+    router_addr_t dial;
+    if (dial_host) {
+        char buf[ROUTER_ADDR_TEXT_MAX];
+        snprintf(buf, sizeof buf, "%s:%u", dial_host, router_addr_port(&ctx.addr));
+        assert_int_equal(router_addr_parse(buf, &dial, NULL), 0);
+        ctx.extra = &dial;
+    }
+    ctx.want_closed = 1;
+    s_clients_start(&ctx, s_echo_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.accepted, 1);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_EOF);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.accepted, 1);
+    assert_int_equal(st.bytes_in, 6 + 256 * 1024);
+    assert_int_equal(st.bytes_out, 6 + 256 * 1024);
+    assert_int_equal(st.conns_open, 0);
+    s_done(&ctx);
+}
+
+static void test_echo_tcp4(void **state)
+{
+    s_echo_test(state, "127.0.0.1:0", NULL);
+}
+
+static bool s_have_ipv6(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    bool ok = bind(fd, (struct sockaddr *) &a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+static void test_echo_tcp6(void **state)
+{
+    if (!s_have_ipv6()) {
+        print_message("no IPv6 loopback here: skipping\n");
+        skip();
+    }
+    s_echo_test(state, "[::1]:0", NULL);
+}
+
+/* `[::]` listens dual-stack: an IPv4 client gets through. */
+static void test_echo_dual_stack(void **state)
+{
+    if (!s_have_ipv6()) {
+        print_message("no IPv6 here: skipping\n");
+        skip();
+    }
+    s_echo_test(state, "tcp://[::]:0", "127.0.0.1");
+}
+
+static char s_tmpdir[64];
+
+static void s_mktmp(void)
+{
+    snprintf(s_tmpdir, sizeof s_tmpdir, "/tmp/kith-conn-XXXXXX");
+    assert_non_null(mkdtemp(s_tmpdir));
+}
+
+static void s_rmtmp(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_tmpdir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_echo_uds(void **state)
+{
+    char text[128];
+    s_mktmp();
+    /* Parent directories are created. */
+    snprintf(text, sizeof text, "%s/a/b/echo.sock", s_tmpdir);
+    s_echo_test(state, text, NULL);
+    struct stat st;
+    assert_int_equal(stat(text, &st), -1); /* closing the listener removed the file */
+    s_rmtmp();
+}
+
+/* ------------------------------------------------------------ many connections */
+
+#define CONN_THREADS 4
+#define CONNS_EACH 50
+
+static void s_many_client(s_ctx_t *ctx, int idx)
+{
+    int fds[CONNS_EACH];
+    char msg[32], back[32];
+    for (int i = 0; i < CONNS_EACH; i++) {
+        fds[i] = s_dial(&ctx->addr, 0);
+        CHECK(ctx, fds[i] >= 0);
+    }
+    for (int i = 0; i < CONNS_EACH; i++) {
+        int n = snprintf(msg, sizeof msg, "client %d conn %d", idx, i);
+        CHECK(ctx, s_send_all(fds[i], msg, (size_t) n) == 0);
+    }
+    for (int i = 0; i < CONNS_EACH; i++) {
+        int n = snprintf(msg, sizeof msg, "client %d conn %d", idx, i);
+        CHECK(ctx, s_recv_exact(fds[i], back, (size_t) n) == 0);
+        CHECK(ctx, memcmp(back, msg, (size_t) n) == 0);
+        close(fds[i]);
+    }
+}
+
+static void test_many_connections(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_echo);
+    ctx.want_closed = CONN_THREADS * CONNS_EACH;
+    s_clients_start(&ctx, s_many_client, CONN_THREADS);
+    s_run(&ctx);
+    assert_int_equal(ctx.accepted, CONN_THREADS * CONNS_EACH);
+    for (unsigned i = 0; i < ctx.closed; i++)
+        assert_int_equal(ctx.reasons[i], ROUTER_CLOSE_EOF);
+    router_listener_stats_t ls;
+    router_listener_stats(ctx.l, &ls);
+    assert_int_equal(ls.accepted, CONN_THREADS * CONNS_EACH);
+    assert_int_equal(ls.open, 0);
+    s_done(&ctx);
+}
+
+/* ------------------------------------------------------------ slow consumer */
+
+#define PUMP_CHUNK (64 * 1024)
+
+typedef struct {
+    router_conn_t *flood;          /* the connection that never reads */
+    router_close_reason_t reason;  /* its close reason */
+    bool closed;                   /* it closed */
+    uint8_t chunk[PUMP_CHUNK];     /* what is pumped into it */
+} s_flood_t;
+
+static void s_pump(router_loop_t *loop, uint64_t id, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    s_flood_t *f = ctx->extra;
+    (void) id;
+    if (!f->flood)
+        return;
+    if (router_conn_send(f->flood, f->chunk, sizeof f->chunk) == 0) {
+        assert_true(router_loop_timer_add(loop, 0, s_pump, ctx) != 0);
+        return;
+    }
+    ctx->send_rc = -1;
+    ctx->send_errno = errno;
+}
+
+static void s_flood_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    s_flood_t *f = ctx->extra;
+    if (len >= 5 && memcmp(data, "flood", 5) == 0 && !f->flood) {
+        int small = 16 * 1024; /* so the kernel absorbs little of the flood */
+        setsockopt(router_conn_fd(c), SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+        f->flood = c;
+        assert_true(router_loop_timer_add(ctx->loop, 0, s_pump, ctx) != 0);
+        return;
+    }
+    assert_int_equal(router_conn_send(c, data, len), 0);
+}
+
+static void s_flood_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    s_flood_t *f = ctx->extra;
+    if (c == f->flood) {
+        f->flood = NULL;
+        f->closed = true;
+        f->reason = reason;
+        atomic_store(&ctx->flag, true);
+    }
+    s_srv_close(c, reason, ud);
+}
+
+static const router_conn_handlers_t s_flood_handlers = {
+    .on_data = s_flood_data,
+    .on_close = s_flood_close,
+};
+
+static void s_accept_flood(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    (void) l;
+    ctx->accepted++;
+    router_conn_set_handlers(c, &s_flood_handlers, ctx);
+}
+
+static void s_flood_client(s_ctx_t *ctx, int idx)
+{
+    (void) idx;
+    char buf[8];
+    int a = s_dial(&ctx->addr, 4096);
+    CHECK(ctx, a >= 0);
+    int b = s_dial(&ctx->addr, 0);
+    CHECK(ctx, b >= 0);
+    CHECK(ctx, s_send_all(b, "ping1", 5) == 0 && s_recv_exact(b, buf, 5) == 0);
+    CHECK(ctx, s_send_all(a, "flood", 5) == 0); /* and never read from a */
+    s_wait_flag(ctx);                            /* the server cut a */
+    CHECK(ctx, s_send_all(b, "ping2", 5) == 0 && s_recv_exact(b, buf, 5) == 0);
+    CHECK(ctx, memcmp(buf, "ping2", 5) == 0);
+    close(b);
+    close(a);
+}
+
+static void test_slow_consumer_cut(void **state)
+{
+    s_ctx_t ctx;
+    s_flood_t *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    s_loop_new(&ctx, state, NULL);
+    ctx.extra = f;
+    s_listen(&ctx, "127.0.0.1:0", s_accept_flood);
+    ctx.want_closed = 2;
+    s_clients_start(&ctx, s_flood_client, 1);
+    s_run(&ctx);
+    assert_true(f->closed);
+    assert_int_equal(f->reason, ROUTER_CLOSE_SLOW_CONSUMER);
+    assert_int_equal(ctx.send_rc, -1);
+    assert_int_equal(ctx.send_errno, ENOBUFS);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.slow_consumer_cuts, 1);
+    /* More than the limit was offered, and the cut kept memory bounded. */
+    assert_true(st.bytes_out < 64u * 1024 * 1024);
+    s_done(&ctx);
+    free(f);
+}
+
+/* The limit is exact: up to it is queued, one byte more cuts at once. */
+static void s_limit_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    static uint8_t zeros[1000];
+    (void) data;
+    (void) len;
+    if (ctx->send_rc != 0)
+        return;
+    router_conn_set_send_limit(c, 1000);
+    assert_int_equal(router_conn_send(c, zeros, 600), 0);
+    struct iovec iov[2] = {{zeros, 300}, {zeros, 100}};
+    assert_int_equal(router_conn_sendv(c, iov, 2), 0);
+    assert_int_equal(router_conn_send_queued(c), 1000);
+    ctx->send_rc = router_conn_send(c, zeros, 1);
+    ctx->send_errno = errno;
+    assert_int_equal(router_conn_send(c, zeros, 1), -1); /* already cut */
+    assert_int_equal(errno, EPIPE);
+}
+
+static const router_conn_handlers_t s_limit_handlers = {
+    .on_data = s_limit_data,
+    .on_close = s_srv_close,
+};
+
+static void s_accept_limit(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    ((s_ctx_t *) ud)->accepted++;
+    router_conn_set_handlers(c, &s_limit_handlers, ud);
+}
+
+static void s_limit_client(s_ctx_t *ctx, int idx)
+{
+    (void) idx;
+    char buf[2048];
+    int fd = s_dial(&ctx->addr, 0);
+    CHECK(ctx, fd >= 0);
+    CHECK(ctx, s_send_all(fd, "x", 1) == 0);
+    (void) s_recv_eof(fd, buf, sizeof buf); /* EOF or reset: the server cut us */
+    close(fd);
+}
+
+static void test_send_limit_exact(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_limit);
+    ctx.want_closed = 1;
+    s_clients_start(&ctx, s_limit_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.send_rc, -1);
+    assert_int_equal(ctx.send_errno, ENOBUFS);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_SLOW_CONSUMER);
+    s_done(&ctx);
+}
+
+/* ------------------------------------------------------------ connection limits */
+
+typedef struct {
+    router_listener_t *l2;  /* a second listener without its own cap */
+    router_addr_t addr2;    /* its address */
+} s_limits_t;
+
+static void s_limits_client(s_ctx_t *ctx, int idx)
+{
+    s_limits_t *lim = ctx->extra;
+    char buf[8];
+    (void) idx;
+    /* Listener 1 caps itself at 1; the loop caps everything at 3. */
+    int c1 = s_dial(&ctx->addr, 0);
+    CHECK(ctx, c1 >= 0 && s_send_all(c1, "1", 1) == 0 && s_recv_exact(c1, buf, 1) == 0);
+    int c2 = s_dial(&ctx->addr, 0); /* refused by listener 1's cap */
+    CHECK(ctx, c2 >= 0);
+    CHECK(ctx, s_recv_eof(c2, buf, sizeof buf) <= 0);
+    close(c2);
+    int c3 = s_dial(&lim->addr2, 0);
+    CHECK(ctx, c3 >= 0 && s_send_all(c3, "3", 1) == 0 && s_recv_exact(c3, buf, 1) == 0);
+    int c4 = s_dial(&lim->addr2, 0);
+    CHECK(ctx, c4 >= 0 && s_send_all(c4, "4", 1) == 0 && s_recv_exact(c4, buf, 1) == 0);
+    int c5 = s_dial(&lim->addr2, 0); /* refused by the loop's cap */
+    CHECK(ctx, c5 >= 0);
+    CHECK(ctx, s_recv_eof(c5, buf, sizeof buf) <= 0);
+    close(c5);
+    close(c1);
+    close(c3);
+    close(c4);
+}
+
+static void test_connection_limits(void **state)
+{
+    s_ctx_t ctx;
+    s_limits_t lim;
+    router_loop_opts_t o = {.max_conns = 3};
+    s_loop_new(&ctx, state, &o);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_echo);
+    router_listener_set_max_conns(ctx.l, 1);
+    router_addr_t a;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &a, NULL), 0);
+    lim.l2 = router_loop_listen(ctx.loop, &a, s_accept_echo, &ctx);
+    assert_non_null(lim.l2);
+    lim.addr2 = *router_listener_addr(lim.l2);
+    ctx.extra = &lim;
+    ctx.want_closed = 3;
+    s_clients_start(&ctx, s_limits_client, 1);
+    s_run(&ctx);
+    router_loop_stats_t st;
+    router_listener_stats_t l1, l2;
+    router_loop_stats(ctx.loop, &st);
+    router_listener_stats(ctx.l, &l1);
+    router_listener_stats(lim.l2, &l2);
+    assert_int_equal(st.accepted, 3);
+    assert_int_equal(st.refused, 2);
+    assert_int_equal(l1.accepted, 1);
+    assert_int_equal(l1.refused, 1);
+    assert_int_equal(l2.accepted, 2);
+    assert_int_equal(l2.refused, 1);
+    router_listener_close(&lim.l2);
+    s_done(&ctx);
+}
+
+/* ------------------------------------------------------------ outbound connect */
+
+static void s_out_open(router_conn_t *c, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    assert_int_equal(router_conn_send(c, "ping", 4), 0);
+    ctx->accepted += 100; /* marks on_open */
+}
+
+static void s_out_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    assert_true(ctx->got_len + len <= sizeof ctx->got);
+    memcpy(ctx->got + ctx->got_len, data, len);
+    ctx->got_len += len;
+    if (ctx->got_len == 9)
+        router_conn_close(c);
+}
+
+static const router_conn_handlers_t s_out = {
+    .on_open = s_out_open,
+    .on_data = s_out_data,
+    .on_close = s_srv_close,
+};
+
+static void s_connect_test(void **state, const char *listen_text)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, listen_text, s_accept_echo);
+    router_conn_t *c = router_loop_connect(ctx.loop, &ctx.addr, &s_out, &ctx);
+    assert_non_null(c);
+    /* Sent before the connection exists: queued, and goes out first. */
+    assert_int_equal(router_conn_send(c, "early", 5), 0);
+    ctx.want_closed = 2; /* both ends */
+    s_run(&ctx);
+    assert_int_equal(ctx.accepted, 101);
+    assert_int_equal(ctx.got_len, 9);
+    assert_memory_equal(ctx.got, "earlyping", 9);
+    /* Our close flushed and shut down; the server saw EOF and closed too. */
+    bool local = false, eof = false;
+    for (unsigned i = 0; i < 2; i++) {
+        local |= ctx.reasons[i] == ROUTER_CLOSE_LOCAL;
+        eof |= ctx.reasons[i] == ROUTER_CLOSE_EOF;
+    }
+    assert_true(local && eof);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.connects, 1);
+    s_done(&ctx);
+}
+
+static void test_connect_tcp(void **state)
+{
+    s_connect_test(state, "127.0.0.1:0");
+}
+
+static void test_connect_uds(void **state)
+{
+    char text[128];
+    s_mktmp();
+    snprintf(text, sizeof text, "uds://%s/out.sock", s_tmpdir);
+    s_connect_test(state, text);
+    s_rmtmp();
+}
+
+typedef struct {
+    int errors[4];          /* router_conn_error at on_close */
+    router_close_reason_t reasons[4]; /* close reasons */
+    unsigned n;             /* how many closed */
+    router_loop_t *loop;    /* to stop */
+} s_refused_t;
+
+static void s_refused_data(router_conn_t *c, uint8_t *d, size_t n, void *ud)
+{
+    (void) c;
+    (void) d;
+    (void) n;
+    (void) ud;
+    fail_msg("data on a connection that never opened");
+}
+
+static void s_refused_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    s_refused_t *r = ud;
+    r->errors[r->n] = router_conn_error(c);
+    r->reasons[r->n] = reason;
+    if (++r->n == 2)
+        router_loop_stop(r->loop);
+}
+
+static const router_conn_handlers_t s_refused_handlers = {
+    .on_data = s_refused_data,
+    .on_close = s_refused_close,
+};
+
+static void test_connect_refused(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_refused_t r = {.loop = ctx.loop};
+    /* A bound socket that does not listen refuses connections. */
+    int hold = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sin;
+    assert_int_equal(bind(hold, (struct sockaddr *) &sin, sizeof sin), 0);
+    assert_int_equal(getsockname(hold, (struct sockaddr *) &sin, &len), 0);
+    router_addr_t a;
+    char text[128];
+    snprintf(text, sizeof text, "127.0.0.1:%u", ntohs(sin.sin_port));
+    assert_int_equal(router_addr_parse(text, &a, NULL), 0);
+    assert_non_null(router_loop_connect(ctx.loop, &a, &s_refused_handlers, &r));
+    s_mktmp();
+    snprintf(text, sizeof text, "%s/nobody.sock", s_tmpdir);
+    assert_int_equal(router_addr_parse(text, &a, NULL), 0);
+    assert_non_null(router_loop_connect(ctx.loop, &a, &s_refused_handlers, &r));
+    /* Local misuse fails at once. */
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &a, NULL), 0);
+    errno = 0;
+    assert_null(router_loop_connect(ctx.loop, &a, &s_refused_handlers, &r));
+    assert_int_equal(errno, EINVAL);
+    uint64_t guard = router_loop_timer_add(ctx.loop, HANG_GUARD_MS, s_guard, &ctx);
+    assert_int_equal(router_loop_run(ctx.loop), 0);
+    (void) router_loop_timer_cancel(ctx.loop, guard);
+    assert_false(ctx.hung);
+    assert_int_equal(r.n, 2);
+    for (unsigned i = 0; i < 2; i++)
+        assert_int_equal(r.reasons[i], ROUTER_CLOSE_CONNECT_FAILED);
+    assert_true((r.errors[0] == ECONNREFUSED && r.errors[1] == ENOENT) ||
+                (r.errors[0] == ENOENT && r.errors[1] == ECONNREFUSED));
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.connect_failures, 2);
+    close(hold);
+    s_rmtmp();
+    s_done(&ctx);
+}
+
+/* Closed while still connecting: with nothing queued it ends at once; with
+ * data queued it connects, flushes, then closes. */
+static void s_drain_mark(router_conn_t *c, void *ud)
+{
+    (void) c;
+    ((s_ctx_t *) ud)->violations += 1000; /* counted, checked below */
+}
+
+static const router_conn_handlers_t s_out_quiet = {
+    .on_data = s_echo_data,
+    .on_drain = s_drain_mark,
+    .on_close = s_srv_close,
+};
+
+static void s_got_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    (void) c;
+    if (ctx->got_len + len <= sizeof ctx->got) {
+        memcpy(ctx->got + ctx->got_len, data, len);
+        ctx->got_len += len;
+    }
+}
+
+static const router_conn_handlers_t s_collect = {
+    .on_data = s_got_data,
+    .on_close = s_srv_close,
+};
+
+static void s_accept_collect(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    ((s_ctx_t *) ud)->accepted++;
+    router_conn_set_handlers(c, &s_collect, ud);
+}
+
+static void test_close_while_connecting(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_collect);
+    router_conn_t *empty = router_loop_connect(ctx.loop, &ctx.addr, &s_out_quiet, &ctx);
+    assert_non_null(empty);
+    router_conn_close(empty); /* nothing queued: closes without connecting */
+    router_conn_t *full = router_loop_connect(ctx.loop, &ctx.addr, &s_out_quiet, &ctx);
+    assert_non_null(full);
+    assert_int_equal(router_conn_send(full, "last words", 10), 0);
+    router_conn_close(full);
+    assert_int_equal(router_conn_send(full, "more", 4), -1); /* closing */
+    assert_int_equal(errno, EPIPE);
+    ctx.want_closed = 3; /* empty, full, and the server side of full */
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_LOCAL); /* empty */
+    assert_int_equal(ctx.got_len, 10);
+    assert_memory_equal(ctx.got, "last words", 10);
+    assert_int_equal(ctx.violations, 0); /* on_drain is for open connections */
+    s_done(&ctx);
+}
+
+/* on_drain fires when the queue empties; close_all closes everyone (the
+ * server side too, so whether it read the byte first is not checked). */
+static void s_drain_open(router_conn_t *c, void *ud)
+{
+    (void) ud;
+    assert_int_equal(router_conn_send(c, "x", 1), 0);
+}
+
+static void s_drain_count(router_conn_t *c, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    (void) c;
+    if (++ctx->violations == 1) /* first drain: close everything */
+        router_loop_close_all(ctx->loop);
+}
+
+static void s_drain_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    ((s_ctx_t *) ud)->out_reason = reason;
+    s_srv_close(c, reason, ud);
+}
+
+static const router_conn_handlers_t s_drain_handlers = {
+    .on_open = s_drain_open,
+    .on_data = s_got_data,
+    .on_drain = s_drain_count,
+    .on_close = s_drain_close,
+};
+
+static void test_drain_and_close_all(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_collect);
+    assert_non_null(router_loop_connect(ctx.loop, &ctx.addr, &s_drain_handlers, &ctx));
+    ctx.want_closed = 2; /* our connection, then the server side */
+    s_run(&ctx);
+    assert_int_equal(ctx.violations, 1); /* one drain */
+    assert_int_equal(ctx.out_reason, ROUTER_CLOSE_LOCAL);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.conns_open, 0);
+    s_done(&ctx);
+}
+
+/* ------------------------------------------------------------ half-close, EOF */
+
+static void s_half_client(s_ctx_t *ctx, int idx)
+{
+    char buf[64];
+    (void) idx;
+    int fd = s_dial(&ctx->addr, 0);
+    CHECK(ctx, fd >= 0);
+    CHECK(ctx, s_send_all(fd, "hello", 5) == 0);
+    CHECK(ctx, shutdown(fd, SHUT_WR) == 0);
+    ssize_t n = s_recv_eof(fd, buf, sizeof buf);
+    close(fd);
+    /* No on_eof: the server flushes the echo, then closes. With on_eof it
+     * answers after our EOF, then closes. */
+    if (ctx->extra)
+        CHECK(ctx, n == 8 && memcmp(buf, "hellobye", 8) == 0);
+    else
+        CHECK(ctx, n == 5 && memcmp(buf, "hello", 5) == 0);
+}
+
+static void s_on_eof_bye(router_conn_t *c, void *ud)
+{
+    (void) ud;
+    assert_int_equal(router_conn_send(c, "bye", 3), 0);
+    router_conn_close(c);
+}
+
+static const router_conn_handlers_t s_eof_handlers = {
+    .on_data = s_echo_data,
+    .on_eof = s_on_eof_bye,
+    .on_close = s_srv_close,
+};
+
+static void s_accept_eof(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    ((s_ctx_t *) ud)->accepted++;
+    router_conn_set_handlers(c, &s_eof_handlers, ud);
+}
+
+static void test_half_close_default(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_echo);
+    ctx.want_closed = 1;
+    s_clients_start(&ctx, s_half_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_EOF);
+    s_done(&ctx);
+}
+
+static void test_half_close_on_eof(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_eof);
+    ctx.extra = &ctx; /* tells the client to expect "bye" */
+    ctx.want_closed = 1;
+    s_clients_start(&ctx, s_half_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_LOCAL);
+    s_done(&ctx);
+}
+
+/* ------------------------------------------------------------ pause, resume */
+
+static bool s_paused;
+
+static void s_pause_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    if (s_paused)
+        ctx->violations++;
+    assert_true(ctx->got_len + len <= sizeof ctx->got);
+    memcpy(ctx->got + ctx->got_len, data, len);
+    ctx->got_len += len;
+    if (ctx->got_len == 1) {
+        router_conn_pause_read(c);
+        s_paused = true;
+        ctx->conn = c;
+        assert_int_equal(router_conn_send(c, "paused", 6), 0);
+    }
+}
+
+static const router_conn_handlers_t s_pause_handlers = {
+    .on_data = s_pause_data,
+    .on_close = s_srv_close,
+};
+
+static void s_accept_pause(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    ((s_ctx_t *) ud)->accepted++;
+    router_conn_set_handlers(c, &s_pause_handlers, ud);
+}
+
+static void s_resume(router_loop_t *loop, void *arg)
+{
+    s_ctx_t *ctx = arg;
+    (void) loop;
+    s_paused = false;
+    router_conn_resume_read(ctx->conn);
+}
+
+static void s_pause_client(s_ctx_t *ctx, int idx)
+{
+    char buf[16];
+    (void) idx;
+    int fd = s_dial(&ctx->addr, 0);
+    CHECK(ctx, fd >= 0);
+    CHECK(ctx, s_send_all(fd, "a", 1) == 0);
+    CHECK(ctx, s_recv_exact(fd, buf, 6) == 0 && memcmp(buf, "paused", 6) == 0);
+    /* Sent while the server is not reading; EOF too. */
+    CHECK(ctx, s_send_all(fd, "bc", 2) == 0);
+    CHECK(ctx, shutdown(fd, SHUT_WR) == 0);
+    while (router_loop_post(ctx->loop, s_resume, ctx) != 0)
+        sched_yield();
+    CHECK(ctx, s_recv_eof(fd, buf, sizeof buf) == 0);
+    close(fd);
+}
+
+static void test_pause_resume(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_paused = false;
+    s_listen(&ctx, "127.0.0.1:0", s_accept_pause);
+    ctx.want_closed = 1;
+    s_clients_start(&ctx, s_pause_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.violations, 0);
+    assert_int_equal(ctx.got_len, 3);
+    assert_memory_equal(ctx.got, "abc", 3);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_EOF); /* EOF came after the data */
+    s_done(&ctx);
+}
+
+/* Pausing after every read and resuming from a timer, while the peer
+ * streams: no on_data while paused, and every byte arrives once, in order
+ * (with io_uring, bytes already in flight at the pause are parked). */
+#define STRESS_MSGS 400
+#define STRESS_LEN 10
+
+typedef struct {
+    uint8_t buf[STRESS_MSGS * STRESS_LEN]; /* bytes received */
+    size_t len;                            /* how many */
+    unsigned pauses;                       /* pauses made */
+} s_stress_t;
+
+static void s_stress_resume(router_loop_t *loop, uint64_t id, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    (void) loop;
+    (void) id;
+    s_paused = false;
+    if (ctx->conn)
+        router_conn_resume_read(ctx->conn);
+}
+
+static void s_stress_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    s_stress_t *st = ctx->extra;
+    if (s_paused)
+        ctx->violations++;
+    if (st->len + len > sizeof st->buf) {
+        ctx->violations++;
+        return;
+    }
+    memcpy(st->buf + st->len, data, len);
+    st->len += len;
+    ctx->conn = c;
+    router_conn_pause_read(c);
+    s_paused = true;
+    st->pauses++;
+    assert_true(router_loop_timer_add(ctx->loop, 0, s_stress_resume, ctx) != 0);
+}
+
+static const router_conn_handlers_t s_stress_handlers = {
+    .on_data = s_stress_data,
+    .on_close = s_srv_close,
+};
+
+static void s_accept_stress(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    ((s_ctx_t *) ud)->accepted++;
+    router_conn_set_handlers(c, &s_stress_handlers, ud);
+}
+
+static void s_stress_client(s_ctx_t *ctx, int idx)
+{
+    char msg[STRESS_LEN + 1], buf[8];
+    (void) idx;
+    int fd = s_dial(&ctx->addr, 0);
+    CHECK(ctx, fd >= 0);
+    for (int i = 0; i < STRESS_MSGS; i++) {
+        snprintf(msg, sizeof msg, "m%08d;", i);
+        CHECK(ctx, s_send_all(fd, msg, STRESS_LEN) == 0);
+    }
+    CHECK(ctx, shutdown(fd, SHUT_WR) == 0);
+    CHECK(ctx, s_recv_eof(fd, buf, sizeof buf) == 0);
+    close(fd);
+}
+
+static void test_pause_resume_stress(void **state)
+{
+    s_ctx_t ctx;
+    s_stress_t *st = calloc(1, sizeof *st);
+    assert_non_null(st);
+    router_loop_opts_t o = {.recv_buf_size = 512}; /* many small reads */
+    s_loop_new(&ctx, state, &o);
+    s_paused = false;
+    ctx.extra = st;
+    s_listen(&ctx, "127.0.0.1:0", s_accept_stress);
+    ctx.want_closed = 1;
+    s_clients_start(&ctx, s_stress_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.violations, 0);
+    assert_int_equal(st->len, sizeof st->buf);
+    char want[STRESS_LEN + 1];
+    for (int i = 0; i < STRESS_MSGS; i++) {
+        snprintf(want, sizeof want, "m%08d;", i);
+        assert_memory_equal(st->buf + (size_t) i * STRESS_LEN, want, STRESS_LEN);
+    }
+    assert_true(st->pauses >= 1);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_EOF);
+    s_done(&ctx);
+    free(st);
+}
+
+/* Two provided buffers for 200 busy connections: receives run dry
+ * (io_uring: -ENOBUFS), are re-armed, and nothing is lost. */
+static void test_tiny_buffer_pool(void **state)
+{
+    s_ctx_t ctx;
+    router_loop_opts_t o = {.recv_buf_count = 2, .recv_buf_size = 512};
+    s_loop_new(&ctx, state, &o);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_echo);
+    ctx.want_closed = CONN_THREADS * CONNS_EACH;
+    s_clients_start(&ctx, s_many_client, CONN_THREADS);
+    s_run(&ctx);
+    assert_int_equal(ctx.accepted, CONN_THREADS * CONNS_EACH);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    print_message("receives re-armed after -ENOBUFS: %llu\n",
+                  (unsigned long long) st.recv_nobufs);
+    s_done(&ctx);
+}
+
+/* ------------------------------------------------------------ graceful close, abort */
+
+#define BULK (1024 * 1024)
+
+static void s_bulk_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    (void) data;
+    (void) len;
+    if (ctx->got_len++ > 0)
+        return;
+    uint8_t *bulk = malloc(BULK);
+    assert_non_null(bulk);
+    for (size_t i = 0; i < BULK; i++)
+        bulk[i] = (uint8_t) (i % 253);
+    uint32_t hdr = htonl(BULK);
+    struct iovec iov[2] = {{&hdr, sizeof hdr}, {bulk, BULK}};
+    assert_int_equal(router_conn_sendv(c, iov, 2), 0);
+    free(bulk); /* sendv copied it */
+    if (ctx->extra)
+        router_conn_abort(c);
+    else
+        router_conn_close(c);
+    assert_int_equal(router_conn_send(c, "late", 4), -1);
+    assert_int_equal(errno, EPIPE);
+}
+
+static const router_conn_handlers_t s_bulk_handlers = {
+    .on_data = s_bulk_data,
+    .on_close = s_srv_close,
+};
+
+static void s_accept_bulk(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    ((s_ctx_t *) ud)->accepted++;
+    router_conn_set_handlers(c, &s_bulk_handlers, ud);
+}
+
+static void s_bulk_client(s_ctx_t *ctx, int idx)
+{
+    (void) idx;
+    int fd = s_dial(&ctx->addr, 0);
+    CHECK(ctx, fd >= 0);
+    CHECK(ctx, s_send_all(fd, "go", 2) == 0);
+    uint8_t *buf = malloc(BULK + 4);
+    CHECK(ctx, buf != NULL);
+    ssize_t n = s_recv_eof(fd, buf, BULK + 4);
+    bool ok = true;
+    if (!ctx->extra) {
+        /* Graceful: everything, then EOF. */
+        ok = n == BULK + 4 && ntohl(*(uint32_t *) buf) == BULK;
+        for (size_t i = 0; ok && i < BULK; i++)
+            ok = buf[4 + i] == (uint8_t) (i % 253);
+    } else {
+        ok = n < BULK + 4; /* aborted: the queue was discarded */
+    }
+    free(buf);
+    close(fd);
+    CHECK(ctx, ok);
+}
+
+static void test_close_flushes(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_bulk);
+    ctx.want_closed = 1;
+    s_clients_start(&ctx, s_bulk_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_LOCAL);
+    s_done(&ctx);
+}
+
+static void test_abort_discards(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_bulk);
+    ctx.extra = &ctx; /* abort instead of close */
+    ctx.want_closed = 1;
+    s_clients_start(&ctx, s_bulk_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_ABORT);
+    s_done(&ctx);
+}
+
+/* A peer that never reads cannot hold a graceful close open forever. */
+static void s_stall_client(s_ctx_t *ctx, int idx)
+{
+    (void) idx;
+    int fd = s_dial(&ctx->addr, 4096);
+    CHECK(ctx, fd >= 0);
+    CHECK(ctx, s_send_all(fd, "go", 2) == 0);
+    s_wait_flag(ctx); /* the server closed us: only now read (or not) */
+    close(fd);
+}
+
+static void s_stall_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    atomic_store(&ctx->flag, true);
+    s_srv_close(c, reason, ud);
+}
+
+static void s_stall_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    int small = 16 * 1024;
+    setsockopt(router_conn_fd(c), SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    s_bulk_data(c, data, len, ud);
+}
+
+static const router_conn_handlers_t s_stall_handlers = {
+    .on_data = s_stall_data,
+    .on_close = s_stall_close,
+};
+
+static void s_accept_stall(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    ((s_ctx_t *) ud)->accepted++;
+    router_conn_set_handlers(c, &s_stall_handlers, ud);
+}
+
+static void test_close_timeout(void **state)
+{
+    s_ctx_t ctx;
+    router_loop_opts_t o = {.close_timeout_ms = 20};
+    s_loop_new(&ctx, state, &o);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_stall);
+    ctx.want_closed = 1;
+    s_clients_start(&ctx, s_stall_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_TIMEOUT);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.close_timeouts, 1);
+    s_done(&ctx);
+}
+
+/* ------------------------------------------------------------ shutdown */
+
+static void s_hold_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    (void) data;
+    (void) len;
+    ctx->conn = c;
+    router_loop_stop(ctx->loop);
+}
+
+static const router_conn_handlers_t s_hold_handlers = {
+    .on_data = s_hold_data,
+    .on_close = s_srv_close,
+};
+
+static void s_accept_hold(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    ((s_ctx_t *) ud)->accepted++;
+    router_conn_set_handlers(c, &s_hold_handlers, ud);
+}
+
+static void s_hold_client(s_ctx_t *ctx, int idx)
+{
+    char buf[8];
+    (void) idx;
+    int fd = s_dial(&ctx->addr, 0);
+    CHECK(ctx, fd >= 0);
+    CHECK(ctx, s_send_all(fd, "hi", 2) == 0);
+    CHECK(ctx, s_recv_eof(fd, buf, sizeof buf) <= 0); /* the loop went away */
+    close(fd);
+}
+
+/* Unlike s_client_main, does not post to the loop: it is destroyed. */
+static void *s_hold_client_main(void *p)
+{
+    s_hold_client(p, 0);
+    return NULL;
+}
+
+/* Destroying a loop with connections open reports them closed. */
+static void test_destroy_closes_connections(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_hold);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, s_hold_client_main, &ctx), 0);
+    assert_int_equal(router_loop_run(ctx.loop), 0);
+    assert_non_null(ctx.conn);
+    assert_int_equal(ctx.closed, 0);
+    router_listener_close(&ctx.l);
+    router_loop_destroy(&ctx.loop);
+    assert_int_equal(ctx.closed, 1);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_SHUTDOWN);
+    pthread_join(th, NULL);
+    assert_int_equal(atomic_load(&ctx.client_fail), 0);
+}
+
+/* ------------------------------------------------------------ Unix socket files */
+
+static void s_noop_accept(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    (void) ud;
+    router_conn_abort(c);
+}
+
+static void test_uds_stale_file(void **state)
+{
+    s_ctx_t ctx;
+    char path[128];
+    router_addr_t a;
+    s_loop_new(&ctx, state, NULL);
+    s_mktmp();
+    snprintf(path, sizeof path, "%s/kith.sock", s_tmpdir);
+    assert_int_equal(router_addr_parse(path, &a, NULL), 0);
+
+    /* A socket file left by a dead process is replaced. */
+    int old = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_int_equal(bind(old, &a.u.sa, a.len), 0);
+    close(old);
+    router_listener_t *l = router_loop_listen(ctx.loop, &a, s_noop_accept, NULL);
+    assert_non_null(l);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(S_ISSOCK(st.st_mode));
+    assert_int_equal(st.st_mode & 0777, 0600);
+
+    /* A live socket is not stolen. */
+    errno = 0;
+    assert_null(router_loop_listen(ctx.loop, &a, s_noop_accept, NULL));
+    assert_int_equal(errno, EADDRINUSE);
+    router_listener_close(&l);
+    assert_null(l);
+    assert_int_equal(stat(path, &st), -1); /* removed on close */
+
+    /* Anything that is not a socket is left alone. */
+    int f = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    assert_true(f >= 0);
+    close(f);
+    errno = 0;
+    assert_null(router_loop_listen(ctx.loop, &a, s_noop_accept, NULL));
+    assert_int_equal(errno, EEXIST);
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    s_rmtmp();
+    s_done(&ctx);
+}
+
+/* ------------------------------------------------------------ addresses */
+
+static void test_addr_parse(void **state)
+{
+    (void) state;
+    router_addr_t a;
+    router_addr_err_t err;
+    char out[ROUTER_ADDR_STR_MAX];
+    static const struct {
+        const char *in;   /* text */
+        const char *out;  /* formatted back, or NULL if refused */
+        router_addr_err_t err; /* reason when refused */
+    } cases[] = {
+        {"127.0.0.1:4200", "127.0.0.1:4200", 0},
+        {"tcp://10.1.2.3:0", "10.1.2.3:0", 0},
+        {"localhost:80", "127.0.0.1:80", 0},
+        {"[::1]:4200", "[::1]:4200", 0},
+        {"tcp://[::]:65535", "[::]:65535", 0},
+        {"[2001:db8::7]:9", "[2001:db8::7]:9", 0},
+        {"/run/kith/comms.sock", "/run/kith/comms.sock", 0},
+        {"./rel.sock", "./rel.sock", 0},
+        {"uds:///tmp/x.sock", "/tmp/x.sock", 0},
+        {"", NULL, ROUTER_ADDR_EMPTY},
+        {"inproc://node-a", NULL, ROUTER_ADDR_BAD_SCHEME},
+        {"http://1.2.3.4:80", NULL, ROUTER_ADDR_BAD_SCHEME},
+        {"example.com:80", NULL, ROUTER_ADDR_BAD_HOST},
+        {"::1:4200", NULL, ROUTER_ADDR_BAD_HOST},
+        {"1.2.3:80", NULL, ROUTER_ADDR_BAD_HOST},
+        {"[::1]4200", NULL, ROUTER_ADDR_BAD_PORT},
+        {"[::1:4200", NULL, ROUTER_ADDR_BAD_HOST},
+        {"127.0.0.1", NULL, ROUTER_ADDR_BAD_PORT},
+        {"127.0.0.1:", NULL, ROUTER_ADDR_BAD_PORT},
+        {"127.0.0.1:65536", NULL, ROUTER_ADDR_BAD_PORT},
+        {"127.0.0.1:-1", NULL, ROUTER_ADDR_BAD_PORT},
+        {"127.0.0.1:000080", NULL, ROUTER_ADDR_BAD_PORT},
+        {"127.0.0.1:80 ", NULL, ROUTER_ADDR_BAD_PORT},
+        {"uds://rel.sock", NULL, ROUTER_ADDR_BAD_PATH},
+        {"/very/long/path/0123456789012345678901234567890123456789012345678901234567890123456789"
+         "01234567890123456789.sock",
+         NULL, ROUTER_ADDR_PATH_TOO_LONG},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = router_addr_parse(cases[i].in, &a, &err);
+        if (cases[i].out) {
+            if (rc != 0)
+                fail_msg("%s: refused (%s)", cases[i].in, router_addr_err_str(err));
+            assert_int_equal(router_addr_format(&a, out, sizeof out), 0);
+            assert_string_equal(out, cases[i].out);
+        } else {
+            if (rc != -1)
+                fail_msg("%s: accepted", cases[i].in);
+            assert_int_equal(err, cases[i].err);
+            assert_int_equal(router_addr_family(&a), AF_UNSPEC);
+        }
+    }
+    char huge[ROUTER_ADDR_TEXT_MAX + 2];
+    memset(huge, '1', sizeof huge - 1);
+    huge[sizeof huge - 1] = '\0';
+    assert_int_equal(router_addr_parse(huge, &a, &err), -1);
+    assert_int_equal(err, ROUTER_ADDR_EMPTY);
+    assert_int_equal(router_addr_parse(NULL, &a, NULL), -1);
+    assert_int_equal(router_addr_parse("[::1]:7", &a, NULL), 0);
+    assert_int_equal(router_addr_port(&a), 7);
+    assert_int_equal(router_addr_family(&a), AF_INET6);
+    assert_int_equal(router_addr_format(&a, out, 4), -1); /* does not fit */
+}
+
+#define BOTH(f)                                                        \
+    {#f "@uring", f, NULL, NULL, &s_uring}, {#f "@epoll", f, NULL, NULL, &s_epoll}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_addr_parse),
+        BOTH(test_echo_tcp4),
+        BOTH(test_echo_tcp6),
+        BOTH(test_echo_dual_stack),
+        BOTH(test_echo_uds),
+        BOTH(test_many_connections),
+        BOTH(test_slow_consumer_cut),
+        BOTH(test_send_limit_exact),
+        BOTH(test_connection_limits),
+        BOTH(test_connect_tcp),
+        BOTH(test_connect_uds),
+        BOTH(test_connect_refused),
+        BOTH(test_close_while_connecting),
+        BOTH(test_drain_and_close_all),
+        BOTH(test_half_close_default),
+        BOTH(test_half_close_on_eof),
+        BOTH(test_pause_resume),
+        BOTH(test_pause_resume_stress),
+        BOTH(test_tiny_buffer_pool),
+        BOTH(test_close_flushes),
+        BOTH(test_abort_discards),
+        BOTH(test_close_timeout),
+        BOTH(test_destroy_closes_connections),
+        BOTH(test_uds_stale_file),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
