@@ -5,7 +5,6 @@
 #include "router/comms.h"
 
 #include <errno.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -61,7 +60,6 @@ struct router_comms {
     s_cc_t *conns;                     /* every open connection */
     router_listener_t *listeners[8];   /* what drain must close */
     size_t nlisteners;
-    _Atomic int wake_posted;           /* a durable wake-up is queued on the loop */
     uint64_t tick_timer;               /* fallback release timer while acks are owed, 0 when none */
     bool draining;
     void (*drain_done)(void *ud);
@@ -206,21 +204,9 @@ static void s_release_all(router_comms_t *self)
     }
 }
 
-static void s_on_wake(router_loop_t *loop, void *arg)
+void router_comms_release_acks(router_comms_t *self)
 {
-    (void) loop;
-    router_comms_t *self = arg;
-    atomic_store(&self->wake_posted, 0);
     s_release_all(self);
-}
-
-void router_comms_on_durable(void *comms)
-{
-    router_comms_t *self = comms;
-    if (atomic_exchange(&self->wake_posted, 1))
-        return;
-    if (router_loop_post(self->loop, s_on_wake, self) != 0)
-        atomic_store(&self->wake_posted, 0); /* the tick timer picks it up */
 }
 
 static void s_on_tick(router_loop_t *loop, uint64_t id, void *ud)

@@ -57,7 +57,9 @@ typedef struct {
 } router_comms_opts_t;
 
 /* Returns NULL on allocation failure. The caller owns the result and must
- * make the inbox's on_durable call router_comms_on_durable (any thread). */
+ * call router_comms_release_acks on the loop thread whenever the inbox
+ * reports a durable batch (its on_durable hook runs on the store thread, so
+ * the caller posts the call to the loop). */
 router_comms_t *router_comms_new(const router_comms_opts_t *opts);
 
 /* Aborts open connections and frees. Idempotent; nulls *self_p. */
@@ -72,9 +74,10 @@ router_listener_t *router_comms_listen(router_comms_t *self, const router_addr_t
  * socket pair); the loop takes `fd`, also on failure. Returns 0 or -1. */
 int router_comms_serve_fd(router_comms_t *self, int fd);
 
-/* Wakes the loop to release acks that became durable. Any thread: this is
- * what the inbox's on_durable hook must call. */
-void router_comms_on_durable(void *comms);
+/* Sends the acks whose admissions are now durable. Loop thread only. (A
+ * timer also does this while acks are owed, so a lost wake-up only delays
+ * them.) */
+void router_comms_release_acks(router_comms_t *self);
 
 /* Graceful shutdown: stop accepting and reading, wait for every admitted
  * envelope to be durable, send its ack, flush, close. `done` runs on the

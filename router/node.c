@@ -47,6 +47,7 @@ struct router_node {
     _Atomic bool running;                /* the loop runs (or is about to) */
     bool stopping;                       /* loop thread: a drain has begun */
     _Atomic bool stopped;                /* stop requested from outside */
+    _Atomic bool wake_posted;            /* a durable wake-up is queued on the loop */
     void (*on_stop)(void *ud);           /* told when a graceful stop begins */
     void *on_stop_ud;
 };
@@ -81,11 +82,26 @@ static void s_on_comms_event(const router_comms_event_t *ev, void *ud)
                    from, ev->peer_name ? ev->peer_name : "-", (unsigned long long) ev->conn_id);
 }
 
+/* On the loop thread: acks may go out. comms is NULL once the node is being
+ * destroyed (pending posts still run inside router_loop_destroy). */
+static void s_durable_wake(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    router_node_t *self = arg;
+    atomic_store(&self->wake_posted, false);
+    if (self->comms)
+        router_comms_release_acks(self->comms);
+}
+
+/* On the inbox's store thread, after each durable batch. It touches only
+ * the node and its loop, which outlive the store thread (see destroy). */
 static void s_on_durable(void *ud)
 {
     router_node_t *self = ud;
-    if (self->comms)
-        router_comms_on_durable(self->comms);
+    if (atomic_exchange(&self->wake_posted, true))
+        return;
+    if (router_loop_post(self->loop, s_durable_wake, self) != 0)
+        atomic_store(&self->wake_posted, false); /* comms' timer releases them */
 }
 
 /* ---------------------------------------------------------------- in-process accept */
@@ -460,10 +476,13 @@ void router_node_destroy(router_node_t **self_p)
     if (self->inproc_name[0])
         router_inproc_unbind(self->inproc, self->inproc_name);
     router_listener_close(&self->events);
+    /* Order matters: the store thread may post wake-ups until the inbox is
+     * destroyed, so the loop outlives the inbox; posts still pending run
+     * inside router_loop_destroy and find comms and outbound gone. */
     router_outbound_destroy(&self->outbound);
     router_comms_destroy(&self->comms);
+    router_inbox_destroy(&self->inbox); /* flushes what is pending, joins the store thread */
     router_loop_destroy(&self->loop);
-    router_inbox_destroy(&self->inbox); /* flushes what is pending */
     router_trust_destroy(&self->trust);
     router_metrics_destroy(&self->metrics);
     router_identity_wipe(&self->identity);
