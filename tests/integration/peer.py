@@ -180,6 +180,10 @@ class Daemon:
                 raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.logs()}")
             logs = self.logs()
             if "daemon: ready" in logs:
+                # The backend asked for (the epoll twins) is the one serving.
+                want = os.environ.get("KITH_LOOP_BACKEND")
+                if want and {"epoll": "epoll)", "uring": "io_uring)"}[want] not in logs:
+                    raise RuntimeError(f"asked for {want}, the log says otherwise:\n{logs}")
                 self.port = self._bound(logs, r"comms: listening on tcp://[^ ]*:(\d+) \(signed")
                 self.gw_port = self._bound(logs, r"gateway: listening on http://[^ ]*:(\d+) ")
                 self.event_port = self._bound(logs, r"events: listening on tcp://[^ ]*:(\d+) \(plain")
@@ -230,3 +234,35 @@ def kith(*args, check=True, stdin=None):
     if check and p.returncode != 0:
         raise RuntimeError(f"kith {' '.join(args)} exited {p.returncode}: {p.stderr}")
     return p.stdout
+
+
+class Results:
+    """Runs test cases, reporting each (every case runs, then the file
+    fails), and ends with the closing line ctest's log readers expect."""
+
+    def __init__(self):
+        self.passed = self.failed = 0
+
+    def record(self, name, ok, why=""):
+        print(f"ok   {name}" if ok else f"FAIL {name}: {why}")
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+
+    def run(self, fn, *args, name=None):
+        try:
+            fn(*args)
+            self.record(name or fn.__name__, True)
+        except Exception as e:  # report every case, then fail
+            self.record(name or fn.__name__, False, repr(e))
+
+    def stopped(self, node):
+        """A daemon stopped by SIGTERM must have exited 0."""
+        rc = node.stop()
+        self.record("daemon_exit_0", rc == 0, f"exit code {rc}\n{node.logs()}")
+        return rc == 0
+
+    def summary(self):
+        print(f"{self.passed} passed, {self.failed} failed")
+        return 1 if self.failed else 0

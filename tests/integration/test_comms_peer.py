@@ -12,7 +12,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Conn, Daemon, Peer, frame, uuid7, verify_envelope  # noqa: E402
+from peer import Conn, Daemon, Peer, Results, frame, uuid7, verify_envelope  # noqa: E402
 
 import cbor2  # noqa: E402
 
@@ -286,36 +286,16 @@ def main():
     node = Daemon("peer")
     node.trust("alice", alice.pk)
     node.start()
-    # The backend asked for is the one serving (the epoll twin of this test).
-    want = os.environ.get("KITH_LOOP_BACKEND")
-    if want:
-        node.wait_log({"epoll": "epoll)", "uring": "io_uring)"}[want])
-    passed = failed = 0
+    results = Results()
     try:
         for fn in TESTS:
-            try:
-                fn(node, alice)
-                print(f"ok   {fn.__name__}")
-                passed += 1
-            except Exception as e:  # report every case, then fail
-                print(f"FAIL {fn.__name__}: {e!r}")
-                failed += 1
+            results.run(fn, node, alice)
+        results.stopped(node)
     finally:
-        rc = node.stop()
-        if rc != 0:
-            print(f"FAIL daemon exit code {rc}\n{node.logs()}")
-            failed += 1
         node.cleanup()
     for fn in (run_slow_consumer, run_inbox_full, run_sigterm_burst):
-        try:
-            fn()
-            print(f"ok   {fn.__name__}")
-            passed += 1
-        except Exception as e:
-            print(f"FAIL {fn.__name__}: {e!r}")
-            failed += 1
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+        results.run(fn)
+    return results.summary()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Conn, Daemon, Peer, frame, verify_envelope  # noqa: E402
+from peer import Conn, Daemon, Peer, Results, frame, verify_envelope  # noqa: E402
 
 TESTS = []
 
@@ -199,43 +199,21 @@ def main():
     node.trust("alice", alice.pk)
     node.start()
     node.wait_log(f"gateway: listening on http://127.0.0.1:{node.gw_port}")
-    want = os.environ.get("KITH_LOOP_BACKEND")
-    if want:
-        node.wait_log({"epoll": "epoll)", "uring": "io_uring)"}[want])
-    passed = failed = 0
+    results = Results()
     try:
         for fn in TESTS:
-            try:
-                fn(node, alice)
-                print(f"ok   {fn.__name__}")
-                passed += 1
-            except Exception as e:  # report every case, then fail
-                print(f"FAIL {fn.__name__}: {e!r}")
-                failed += 1
-        rc = node.stop()
-        if rc != 0:
-            print(f"FAIL daemon exit code {rc}\n{node.logs()}")
-            failed += 1
-        else:
+            results.run(fn, node, alice)
+        if results.stopped(node):
             # Stopped means stopped listening too.
             try:
                 socket.create_connection(("127.0.0.1", node.gw_port), timeout=5).close()
-                print("FAIL the gateway port still accepts after exit")
-                failed += 1
+                results.record("sigterm_closes_port", False, "the gateway port still accepts")
             except OSError:
-                print("ok   sigterm_exit_0")
-                passed += 1
+                results.record("sigterm_closes_port", True)
     finally:
         node.cleanup()
-    try:
-        run_ephemeral_and_ipv6()
-        print("ok   run_ephemeral_and_ipv6")
-        passed += 1
-    except Exception as e:
-        print(f"FAIL run_ephemeral_and_ipv6: {e!r}")
-        failed += 1
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    results.run(run_ephemeral_and_ipv6)
+    return results.summary()
 
 
 if __name__ == "__main__":

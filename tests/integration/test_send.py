@@ -14,20 +14,7 @@ import time
 import cbor2
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import KITH, Daemon, Peer, kith  # noqa: E402
-
-results = []
-
-
-def check(name, fn):
-    try:
-        fn()
-        print(f"ok   {name}")
-        results.append(True)
-    except Exception as e:
-        print(f"FAIL {name}: {e!r}")
-        results.append(False)
-
+from peer import KITH, Daemon, Peer, Results, kith  # noqa: E402
 
 def send(home, *args, timeout=None):
     cmd = [KITH, "send", "--home", home, *args]
@@ -46,6 +33,7 @@ def inbox_rows(node):
 
 
 def main():
+    results = Results()
     a = Daemon("a")
     b = Daemon("b")
     # A never runs: B's route to it is a port nobody listens on (discard).
@@ -130,18 +118,16 @@ def main():
             assert rc == 2, (rc, out, err)
             assert "timeout" in json.loads(out)["detail"]
 
-        check("acked_message", acked_message)
-        check("request_by_peer_id", request_by_peer_id)
-        check("untrusted_is_refused_fast", untrusted_is_refused_fast)
-        check("unknown_peer_is_usage_error", unknown_peer_is_usage_error)
-        check("offline_when_down", offline_when_down)
-        check("offline_when_no_ack", offline_when_no_ack)
+        results.run(acked_message)
+        results.run(request_by_peer_id)
+        results.run(untrusted_is_refused_fast)
+        results.run(unknown_peer_is_usage_error)
+        results.run(offline_when_down)
+        results.run(offline_when_no_ack)
     finally:
         b.cleanup()
         a.cleanup()
-    passed = sum(results)
-    print(f"{passed} passed, {len(results) - passed} failed")
-    return 0 if all(results) else 1
+    return results.summary()
 
 
 if __name__ == "__main__":
