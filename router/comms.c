@@ -264,8 +264,9 @@ static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
         goto done;
     }
     /* not a replay */
+    uint64_t now = s_now_ms();
     router_replay_verdict_t v =
-        router_replay_check_insert(self->replay, from, proto_envelope_id(env), s_now_ms());
+        router_replay_check_insert(self->replay, from, proto_envelope_id(env), now);
     if (v != ROUTER_REPLAY_FRESH) {
         s_refuse(cc, v == ROUTER_REPLAY_NOMEM ? PROTO_WIRE_INTERNAL : PROTO_WIRE_REPLAY,
                  router_replay_verdict_str(v), env, peer);
@@ -275,8 +276,8 @@ static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
     proto_kind_t kind = proto_envelope_kind(env);
     uint64_t seq = 0;
     router_inbox_outcome_t out = router_inbox_admit(self->inbox, proto_envelope_id(env), from,
-                                                    proto_kind_str(kind), payload, len,
-                                                    s_now_ms(), &seq);
+                                                    proto_kind_str(kind), payload, len, now,
+                                                    &seq);
     if (out != ROUTER_INBOX_ADMITTED) {
         /* Not admitted, so not remembered: the sender may retry it later. */
         router_replay_forget(self->replay, from, proto_envelope_id(env));
