@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "router/config.h"
+#include "router/state/config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "router/event_line.h"
+#include "router/comms/event_line.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "router/trust.h"
+#include "router/state/trust.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

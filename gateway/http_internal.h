@@ -9,7 +9,7 @@
 #include <time.h>
 
 #include "gateway/http_server.h"
-#include "router/conn.h"
+#include "router/net/conn.h"
 
 /* Rejections counted in kith_http_rejected_total: the parser's reasons,
  * then the server's own. */

@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "gateway/http_internal.h"
-#include "router/conn.h"
+#include "router/net/conn.h"
 #include "router/log.h"
 
 /* First allocation for a decoded body; it then doubles as data arrives, so

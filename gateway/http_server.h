@@ -27,9 +27,9 @@
 #include <stdint.h>
 
 #include "proto/http.h"
-#include "router/config.h"
-#include "router/listen.h"
-#include "router/loop.h"
+#include "router/state/config.h"
+#include "router/net/listen.h"
+#include "router/net/loop.h"
 #include "router/metrics.h"
 
 /* ---------------------------------------------------------------- limits */

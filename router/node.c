@@ -18,15 +18,15 @@
 #include "proto/envelope.h"
 #include "proto/line.h"
 #include "proto/uuid.h"
-#include "router/comms.h"
-#include "router/conn.h"
-#include "router/event_line.h"
-#include "router/home.h"
-#include "router/identity.h"
-#include "router/listen.h"
+#include "router/comms/comms.h"
+#include "router/net/conn.h"
+#include "router/comms/event_line.h"
+#include "router/state/home.h"
+#include "router/state/identity.h"
+#include "router/net/listen.h"
 #include "router/log.h"
-#include "router/loop.h"
-#include "router/trust.h"
+#include "router/net/loop.h"
+#include "router/state/trust.h"
 
 struct router_node {
     router_config_t cfg;                 /* effective configuration */

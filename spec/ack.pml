@@ -99,7 +99,7 @@ byte resolved_conns;  /* sender connections that reached a verdict */
 
 /* ------------------------------------------------------------ receiver */
 
-/* A refusal (router/comms.c s_refuse): stop reading and discard what is
+/* A refusal (router/comms/comms.c s_refuse): stop reading and discard what is
  * unread; the connection closes once the acks owed for earlier admissions
  * have been sent (see receiver), so the sender fails fast but never loses an
  * ack it earned. */
@@ -153,7 +153,7 @@ inline send_ack(c, i)
 /* router_replay_check_insert, insert half: remember an admitted id. When
  * the window is full the id remembered first is forgotten and the floor
  * raised to its time, so a forgotten id is still refused: the window
- * forgets, the floor doesn't. (router/replay.c evicts in arrival order too.) */
+ * forgets, the floor doesn't. (router/comms/replay.c evicts in arrival order too.) */
 inline window_insert(i)
 {
 	if
@@ -187,7 +187,7 @@ inline admit(c, i, k)
 }
 
 /* One envelope through the pipeline of DESIGN §8, in its order
- * (router/comms.c s_on_frame). */
+ * (router/comms/comms.c s_on_frame). */
 inline on_envelope(c, i, k, d)
 {
 	if

@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "router/config.h"
+#include "router/state/config.h"
 
 /* Parses text (NUL-terminated) into *cfg; returns the rc, err filled. */
 static int s_parse(router_config_t *cfg, const char *text, char *err, size_t errcap)

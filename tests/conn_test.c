@@ -34,9 +34,9 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "router/conn.h"
-#include "router/listen.h"
-#include "router/loop.h"
+#include "router/net/conn.h"
+#include "router/net/listen.h"
+#include "router/net/loop.h"
 
 #define HANG_GUARD_MS 60000
 #define MAX_CLIENTS 8

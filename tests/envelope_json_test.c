@@ -1,4 +1,4 @@
-/* tests/envelope_json_test.c — the JSON form of envelopes (router/
+/* tests/envelope_json_test.c — the JSON form of envelopes (tools/kith/
  * envelope_json) and the golden vectors in spec/vectors/envelopes.json,
  * which this test regenerates byte for byte and checks entry by entry.
  *
@@ -19,7 +19,7 @@
 
 #include "proto/cbor_canon.h"
 #include "proto/envelope.h"
-#include "router/envelope_json.h"
+#include "tools/kith/envelope_json.h"
 
 #define VECTORS_PATH KITH_SOURCE_DIR "/spec/vectors/envelopes.json"
 

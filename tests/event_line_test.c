@@ -8,7 +8,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "router/event_line.h"
+#include "router/comms/event_line.h"
 
 static router_event_line_reason_t s_parse(const char *line, char **body)
 {

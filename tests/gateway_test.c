@@ -27,9 +27,9 @@
 
 #include "gateway/http_server.h"
 #include "gateway/routes.h"
-#include "router/listen.h"
+#include "router/net/listen.h"
 #include "router/log.h"
-#include "router/loop.h"
+#include "router/net/loop.h"
 #include "router/metrics.h"
 
 /* A client read that waits this long has hung: fail instead. */

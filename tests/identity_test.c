@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "proto/pubkey.h"
-#include "router/identity.h"
+#include "router/state/identity.h"
 
 /* RFC 8032 §7.1, TEST 1: the secret key (seed) and public key. */
 static const uint8_t s_rfc_seed[32] = {

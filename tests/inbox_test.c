@@ -12,7 +12,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "router/inbox.h"
+#include "router/state/inbox.h"
 
 static void s_id(uint8_t id[16], uint32_t n)
 {

@@ -25,7 +25,7 @@
 #include <zmq.h>
 
 #include "router/log.h"
-#include "router/loop.h"
+#include "router/net/loop.h"
 
 /* A test that runs this long has hung: fail it instead of waiting for ctest. */
 #define HANG_GUARD_MS 60000

@@ -11,9 +11,9 @@
 #include <cmocka.h>
 
 #include "proto/envelope.h"
-#include "router/config.h"
-#include "router/inbox.h"
-#include "router/inproc.h"
+#include "router/state/config.h"
+#include "router/state/inbox.h"
+#include "router/net/inproc.h"
 #include "router/node.h"
 
 #define NODES 3

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "router/replay.h"
+#include "router/comms/replay.h"
 
 #define NOW 1763700000000ull /* a fixed Unix time in ms */
 #define WINDOW_S 300

@@ -19,7 +19,7 @@
 
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
-#include "router/trust.h"
+#include "router/state/trust.h"
 
 /* Key pair n (deterministic: seed bytes all n). */
 static void s_key(uint8_t n, uint8_t pk[32])

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "router/config.h"
-#include "router/home.h"
+#include "router/state/config.h"
+#include "router/state/home.h"
 #include "tools/kith/cmd.h"
 
 static void s_usage(FILE *out)

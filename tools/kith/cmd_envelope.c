@@ -7,9 +7,9 @@
 #include <sodium.h>
 
 #include "proto/envelope.h"
-#include "router/envelope_json.h"
-#include "router/home.h"
-#include "router/identity.h"
+#include "tools/kith/envelope_json.h"
+#include "router/state/home.h"
+#include "router/state/identity.h"
 #include "tools/kith/cmd.h"
 
 /* Options shared by the three subcommands. */

@@ -1,5 +1,5 @@
 /* tools/kith/cmd_id.c — `kith id`: print this node's public key and PeerId. */
-#include "router/identity.h"
+#include "router/state/identity.h"
 #include "tools/kith/cmd.h"
 #include "tools/kith/cmd_identity.h"
 

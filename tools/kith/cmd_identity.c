@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "router/home.h"
+#include "router/state/home.h"
 #include "tools/kith/cmd.h"
 
 int kith_identity_cmd_run(int argc, char **argv, const char *name, const char *usage,

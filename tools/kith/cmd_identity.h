@@ -5,7 +5,7 @@
 
 #include <stddef.h>
 
-#include "router/identity.h"
+#include "router/state/identity.h"
 
 /* How a command gets its identity: router_identity_load or _create. */
 typedef int (*kith_identity_get_fn)(const char *home, router_identity_t *out, char *err,

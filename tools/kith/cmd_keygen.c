@@ -1,5 +1,5 @@
 /* tools/kith/cmd_keygen.c — `kith keygen`: create this node's identity. */
-#include "router/identity.h"
+#include "router/state/identity.h"
 #include "tools/kith/cmd.h"
 #include "tools/kith/cmd_identity.h"
 

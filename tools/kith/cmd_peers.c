@@ -13,8 +13,8 @@
 
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
-#include "router/home.h"
-#include "router/trust.h"
+#include "router/state/home.h"
+#include "router/state/trust.h"
 #include "tools/kith/cmd.h"
 
 static void s_usage(FILE *out)

@@ -11,10 +11,10 @@
 
 #include "proto/envelope.h"
 #include "proto/uuid.h"
-#include "router/config.h"
-#include "router/envelope_json.h"
-#include "router/home.h"
-#include "router/identity.h"
+#include "router/state/config.h"
+#include "tools/kith/envelope_json.h"
+#include "router/state/home.h"
+#include "router/state/identity.h"
 #include "router/node.h"
 #include "tools/kith/cmd.h"
 

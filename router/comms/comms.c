@@ -1,0 +1,545 @@
+/* router/comms/comms.c — the inbound envelope pipeline: one small state per
+ * connection (frame reader, acks owed in admission order, a refusal waiting
+ * for those acks), the checks of DESIGN §8 in their order, and the release
+ * of acks as the inbox makes admissions durable. */
+#include "router/comms/comms.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto/frame.h"
+#include "router/log.h"
+#include "router/comms/replay.h"
+
+/* Acks owed on one connection before it stops reading (backpressure while
+ * the store catches up); reading resumes below half of it. */
+#define S_PENDING_PAUSE 4096u
+/* While acks are owed, how often they are also released by a timer, in
+ * case a durable wake-up could not be posted (the post queue was full). */
+#define S_RELEASE_TICK_MS 50u
+/* Bound on a graceful drain before remaining connections are aborted. */
+#define S_DRAIN_TIMEOUT_MS 10000u
+
+typedef struct {
+    uint64_t seq;       /* inbox sequence of the admitted envelope */
+    uint8_t id[16];     /* its id: the ack's in_reply_to */
+    uint8_t to[32];     /* the sender: the ack's recipient */
+    bool ack;           /* message and request get an ack; others do not */
+} s_owed_t;
+
+typedef struct s_cc s_cc_t;
+
+/* One inbound connection. */
+struct s_cc {
+    router_comms_t *comms;       /* owner */
+    router_conn_t *conn;         /* the loop's connection */
+    proto_frame_reader_t reader; /* frames out of the byte stream */
+    uint8_t *frag;               /* storage of a frame arriving in pieces */
+    s_owed_t *owed;              /* ring of admitted envelopes awaiting durability */
+    size_t owed_head, owed_count, owed_cap;
+    bool finishing;              /* no more reading (a refusal, or the peer's EOF): close once owed is empty */
+    bool paused;                 /* reading paused for backpressure */
+    bool closing;                /* router_conn_close was called */
+    s_cc_t *prev, *next;         /* all connections */
+};
+
+struct router_comms {
+    router_loop_t *loop;
+    const router_identity_t *identity;
+    const router_trust_t *trust;
+    router_inbox_t *inbox;
+    router_replay_t *replay;
+    uint32_t frame_max;
+    bool require_peer_auth;
+    router_comms_event_fn *on_event;
+    void *ud;
+
+    s_cc_t *conns;                     /* every open connection */
+    router_listener_t *listeners[8];   /* what drain must close */
+    size_t nlisteners;
+    uint64_t tick_timer;               /* fallback release timer while acks are owed, 0 when none */
+    bool draining;
+    void (*drain_done)(void *ud);
+    void *drain_ud;
+    uint64_t drain_timer;
+
+    router_comms_stats_t stats;
+    router_metric_t *m_admitted, *m_acked, *m_rejected[PROTO_WIRE_INTERNAL + 1];
+};
+
+static uint64_t s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+static void s_release(s_cc_t *cc);
+static void s_maybe_finish_drain(router_comms_t *self);
+static void s_tick_arm(router_comms_t *self);
+
+/* ---------------------------------------------------------------- events */
+
+static void s_emit(router_comms_t *self, s_cc_t *cc, bool admitted, proto_wire_reason_t reason,
+                   const char *detail, const proto_envelope_t *env, const router_peer_t *peer,
+                   uint64_t seq)
+{
+    if (admitted) {
+        self->stats.admitted++;
+        router_metric_inc(self->m_admitted, 1);
+    } else {
+        self->stats.rejected[reason]++;
+        router_metric_inc(self->m_rejected[reason], 1);
+    }
+    if (!self->on_event)
+        return;
+    router_comms_event_t ev = {
+        .admitted = admitted,
+        .reason = reason,
+        .detail = detail ? detail : proto_wire_reason_str(reason),
+        .id = env ? proto_envelope_id(env) : NULL,
+        .from = env ? proto_envelope_from(env) : NULL,
+        .peer_name = peer ? peer->name : NULL,
+        .kind = env ? proto_kind_str(proto_envelope_kind(env)) : NULL,
+        .seq = seq,
+        .conn_id = router_conn_id(cc->conn),
+    };
+    self->on_event(&ev, self->ud);
+}
+
+/* ---------------------------------------------------------------- closing */
+
+static void s_close(s_cc_t *cc)
+{
+    if (cc->closing)
+        return;
+    cc->closing = true;
+    router_conn_close(cc->conn);
+}
+
+/* A refusal: stop reading; the connection closes as soon as the acks owed
+ * for earlier admissions have been queued, so the sender fails fast but
+ * never loses an ack it earned. */
+static void s_refuse(s_cc_t *cc, proto_wire_reason_t reason, const char *detail,
+                     const proto_envelope_t *env, const router_peer_t *peer)
+{
+    s_emit(cc->comms, cc, false, reason, detail, env, peer, 0);
+    cc->finishing = true;
+    router_conn_pause_read(cc->conn);
+    if (cc->owed_count == 0)
+        s_close(cc);
+}
+
+/* ---------------------------------------------------------------- acks owed */
+
+static int s_owe(s_cc_t *cc, uint64_t seq, const proto_envelope_t *env, bool ack)
+{
+    if (cc->owed_count == cc->owed_cap) {
+        size_t ncap = cc->owed_cap ? cc->owed_cap * 2 : 16;
+        s_owed_t *n = malloc(ncap * sizeof *n);
+        if (!n)
+            return -1;
+        for (size_t i = 0; i < cc->owed_count; i++)
+            n[i] = cc->owed[(cc->owed_head + i) % cc->owed_cap];
+        free(cc->owed);
+        cc->owed = n;
+        cc->owed_cap = ncap;
+        cc->owed_head = 0;
+    }
+    s_owed_t *o = &cc->owed[(cc->owed_head + cc->owed_count) % cc->owed_cap];
+    o->seq = seq;
+    memcpy(o->id, proto_envelope_id(env), 16);
+    memcpy(o->to, proto_envelope_from(env), 32);
+    o->ack = ack;
+    cc->owed_count++;
+    s_tick_arm(cc->comms);
+    if (cc->owed_count >= S_PENDING_PAUSE && !cc->paused) {
+        cc->paused = true;
+        router_conn_pause_read(cc->conn);
+    }
+    return 0;
+}
+
+/* Sends the acks whose admissions are durable, in order. */
+static void s_release(s_cc_t *cc)
+{
+    router_comms_t *self = cc->comms;
+    if (cc->closing)
+        return;
+    uint64_t durable = router_inbox_durable_seq(self->inbox);
+    while (cc->owed_count > 0) {
+        s_owed_t *o = &cc->owed[cc->owed_head];
+        if (o->seq > durable)
+            break;
+        if (o->ack) {
+            uint8_t frame[PROTO_ACK_FRAME_LEN];
+            proto_envelope_ack_frame(self->identity->sk, o->to, o->id, NULL, frame);
+            if (router_conn_send(cc->conn, frame, sizeof frame) != 0)
+                return; /* cut (slow consumer) or closing: on_close follows */
+            self->stats.acked++;
+            router_metric_inc(self->m_acked, 1);
+        }
+        cc->owed_head = (cc->owed_head + 1) % cc->owed_cap;
+        cc->owed_count--;
+    }
+    if (cc->owed_count == 0 && (cc->finishing || self->draining)) {
+        s_close(cc);
+        return;
+    }
+    if (cc->paused && cc->owed_count < S_PENDING_PAUSE / 2 && !cc->finishing && !self->draining) {
+        cc->paused = false;
+        router_conn_resume_read(cc->conn);
+    }
+}
+
+static void s_release_all(router_comms_t *self)
+{
+    for (s_cc_t *cc = self->conns, *next; cc; cc = next) {
+        next = cc->next; /* s_release may close, never free, but be safe */
+        if (cc->owed_count > 0 || cc->finishing || self->draining)
+            s_release(cc);
+    }
+}
+
+void router_comms_release_acks(router_comms_t *self)
+{
+    s_release_all(self);
+}
+
+static void s_on_tick(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    router_comms_t *self = ud;
+    self->tick_timer = 0;
+    s_release_all(self);
+    for (s_cc_t *cc = self->conns; cc; cc = cc->next)
+        if (cc->owed_count > 0) {
+            s_tick_arm(self);
+            break;
+        }
+}
+
+/* An idle router has no timer running; one runs only while acks are owed. */
+static void s_tick_arm(router_comms_t *self)
+{
+    if (!self->tick_timer)
+        self->tick_timer = router_loop_timer_add(self->loop, S_RELEASE_TICK_MS, s_on_tick, self);
+}
+
+/* ---------------------------------------------------------------- the pipeline */
+
+static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
+{
+    router_comms_t *self = cc->comms;
+    proto_envelope_t *env = NULL;
+    proto_envelope_reason_t why;
+
+    /* decode */
+    if (proto_envelope_decode(payload, len, &env, &why) != 0) {
+        s_refuse(cc, proto_envelope_reason_wire(why), proto_envelope_reason_str(why), NULL, NULL);
+        return;
+    }
+    /* signature: a trusted key was checked for full order when the store
+     * loaded, which halves the cost of verifying it. */
+    const uint8_t *from = proto_envelope_from(env);
+    const router_peer_t *peer = self->trust ? router_trust_by_pubkey(self->trust, from) : NULL;
+    int bad = peer ? proto_envelope_verify_prechecked(env, &why)
+                   : proto_envelope_verify(env, &why);
+    if (bad) {
+        s_refuse(cc, proto_envelope_reason_wire(why), proto_envelope_reason_str(why), env, NULL);
+        goto done;
+    }
+    /* addressed to us */
+    if (memcmp(proto_envelope_to(env), self->identity->pk, 32) != 0) {
+        s_refuse(cc, PROTO_WIRE_MISADDRESSED, NULL, env, peer);
+        goto done;
+    }
+    /* sender trusted */
+    if (!peer && self->require_peer_auth) {
+        s_refuse(cc, PROTO_WIRE_UNTRUSTED_SENDER, NULL, env, NULL);
+        goto done;
+    }
+    /* not a replay */
+    uint64_t now = s_now_ms();
+    router_replay_verdict_t v =
+        router_replay_check_insert(self->replay, from, proto_envelope_id(env), now);
+    if (v != ROUTER_REPLAY_FRESH) {
+        s_refuse(cc, v == ROUTER_REPLAY_NOMEM ? PROTO_WIRE_INTERNAL : PROTO_WIRE_REPLAY,
+                 router_replay_verdict_str(v), env, peer);
+        goto done;
+    }
+    /* admitted to the inbox */
+    proto_kind_t kind = proto_envelope_kind(env);
+    uint64_t seq = 0;
+    router_inbox_outcome_t out = router_inbox_admit(self->inbox, proto_envelope_id(env), from,
+                                                    proto_kind_str(kind), payload, len, now,
+                                                    &seq);
+    if (out != ROUTER_INBOX_ADMITTED) {
+        /* Not admitted, so not remembered: the sender may retry it later. */
+        router_replay_forget(self->replay, from, proto_envelope_id(env));
+        s_refuse(cc, PROTO_WIRE_INBOX_FULL, router_inbox_outcome_str(out), env, peer);
+        goto done;
+    }
+    bool wants_ack = kind == PROTO_KIND_MESSAGE || kind == PROTO_KIND_REQUEST;
+    if (s_owe(cc, seq, env, wants_ack) != 0) {
+        /* Admitted but we cannot track its ack: it stays in the inbox; the
+         * sender sees a close and no ack, as on a lost connection. */
+        s_refuse(cc, PROTO_WIRE_INTERNAL, "no memory for the ack", env, peer);
+        goto done;
+    }
+    s_emit(self, cc, true, PROTO_WIRE_OK, "admitted", env, peer, seq);
+done:
+    proto_envelope_destroy(&env);
+}
+
+static uint8_t *s_frag_storage(void *user, size_t len)
+{
+    s_cc_t *cc = user;
+    free(cc->frag);
+    cc->frag = malloc(len);
+    return cc->frag;
+}
+
+static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+{
+    (void) conn;
+    s_cc_t *cc = ud;
+    while (len > 0 && !cc->finishing) {
+        proto_frame_t f;
+        ssize_t n = proto_frame_read(&cc->reader, data, len, &f);
+        if (n == -2)
+            break;
+        if (n < 0) {
+            proto_frame_reason_t r = proto_frame_reader_reason(&cc->reader);
+            s_refuse(cc, r == PROTO_FRAME_OVERSIZE ? PROTO_WIRE_OVERSIZE : PROTO_WIRE_INTERNAL,
+                     r == PROTO_FRAME_OVERSIZE ? "oversize" : "no memory for the frame", NULL,
+                     NULL);
+            break;
+        }
+        data += n;
+        len -= (size_t) n;
+        s_on_frame(cc, f.payload, f.len);
+        if (f.copied) {
+            free(cc->frag);
+            cc->frag = NULL;
+        }
+    }
+    /* Acks for whatever this read admitted (at once with a memory inbox). */
+    s_release(cc);
+}
+
+static void s_on_eof(router_conn_t *conn, void *ud)
+{
+    (void) conn;
+    s_cc_t *cc = ud;
+    /* The sender is done sending; it may still want its acks. */
+    cc->finishing = true;
+    s_release(cc);
+}
+
+static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
+{
+    (void) conn;
+    s_cc_t *cc = ud;
+    router_comms_t *self = cc->comms;
+    if (reason == ROUTER_CLOSE_SLOW_CONSUMER || reason == ROUTER_CLOSE_TIMEOUT)
+        ROUTER_LOG(ROUTER_LOG_WARN, "comms", "connection %llu cut: reason=%s (%zu acks unsent)",
+                   (unsigned long long) router_conn_id(conn), router_close_reason_str(reason),
+                   cc->owed_count);
+    if (cc->prev)
+        cc->prev->next = cc->next;
+    else
+        self->conns = cc->next;
+    if (cc->next)
+        cc->next->prev = cc->prev;
+    self->stats.open--;
+    free(cc->frag);
+    free(cc->owed);
+    free(cc);
+    s_maybe_finish_drain(self);
+}
+
+static const router_conn_handlers_t s_handlers = {
+    .on_data = s_on_data,
+    .on_eof = s_on_eof,
+    .on_close = s_on_close,
+};
+
+static s_cc_t *s_cc_new(router_comms_t *self)
+{
+    s_cc_t *cc = calloc(1, sizeof *cc);
+    if (!cc || self->draining ||
+        proto_frame_reader_init(&cc->reader, self->frame_max, s_frag_storage, cc) != 0) {
+        free(cc);
+        return NULL;
+    }
+    cc->comms = self;
+    return cc;
+}
+
+static void s_cc_attach(router_comms_t *self, s_cc_t *cc, router_conn_t *conn)
+{
+    cc->conn = conn;
+    cc->next = self->conns;
+    if (self->conns)
+        self->conns->prev = cc;
+    self->conns = cc;
+    self->stats.open++;
+}
+
+static void s_on_accept(router_listener_t *listener, router_conn_t *conn, void *ud)
+{
+    (void) listener;
+    router_comms_t *self = ud;
+    s_cc_t *cc = s_cc_new(self);
+    if (!cc) {
+        router_conn_abort(conn);
+        return;
+    }
+    router_conn_set_handlers(conn, &s_handlers, cc);
+    s_cc_attach(self, cc, conn);
+}
+
+int router_comms_serve_fd(router_comms_t *self, int fd)
+{
+    s_cc_t *cc = s_cc_new(self);
+    router_conn_t *conn = cc ? router_loop_adopt(self->loop, fd, &s_handlers, cc) : NULL;
+    if (!conn) {
+        if (!cc)
+            close(fd);
+        free(cc);
+        return -1;
+    }
+    s_cc_attach(self, cc, conn);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+router_comms_t *router_comms_new(const router_comms_opts_t *opts)
+{
+    router_comms_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->loop = opts->loop;
+    self->identity = opts->identity;
+    self->trust = opts->trust;
+    self->inbox = opts->inbox;
+    self->frame_max = opts->frame_max ? opts->frame_max : PROTO_FRAME_MAX;
+    self->require_peer_auth = opts->require_peer_auth;
+    self->on_event = opts->on_event;
+    self->ud = opts->ud;
+    self->replay = router_replay_new(opts->replay_window_s ? opts->replay_window_s : 300);
+    if (!self->replay) {
+        free(self);
+        return NULL;
+    }
+    if (opts->metrics) {
+        self->m_admitted = router_metrics_add(opts->metrics, "kith_comms_admitted_total", NULL,
+                                              ROUTER_METRIC_COUNTER,
+                                              "Signed envelopes admitted to the inbox.");
+        self->m_acked = router_metrics_add(opts->metrics, "kith_comms_acked_total", NULL,
+                                           ROUTER_METRIC_COUNTER, "Signed acks sent.");
+        for (int r = PROTO_WIRE_OVERSIZE; r <= PROTO_WIRE_INTERNAL; r++) {
+            char labels[64];
+            snprintf(labels, sizeof labels, "reason=\"%s\"",
+                     proto_wire_reason_str((proto_wire_reason_t) r));
+            self->m_rejected[r] = router_metrics_add(opts->metrics, "kith_comms_rejected_total",
+                                                     labels, ROUTER_METRIC_COUNTER,
+                                                     "Envelopes refused, by typed reason.");
+        }
+    }
+    return self;
+}
+
+void router_comms_destroy(router_comms_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    router_comms_t *self = *self_p;
+    for (size_t i = 0; i < self->nlisteners; i++)
+        router_listener_close(&self->listeners[i]);
+    if (self->tick_timer)
+        router_loop_timer_cancel(self->loop, self->tick_timer);
+    if (self->drain_timer)
+        router_loop_timer_cancel(self->loop, self->drain_timer);
+    /* Connections still open belong to the loop: let them go. */
+    for (s_cc_t *cc = self->conns, *next; cc; cc = next) {
+        next = cc->next;
+        router_conn_disown(cc->conn);
+        free(cc->frag);
+        free(cc->owed);
+        free(cc);
+    }
+    router_replay_destroy(&self->replay);
+    free(self);
+    *self_p = NULL;
+}
+
+router_listener_t *router_comms_listen(router_comms_t *self, const router_addr_t *addr)
+{
+    if (self->nlisteners == sizeof self->listeners / sizeof self->listeners[0]) {
+        errno = ENOSPC;
+        return NULL;
+    }
+    router_listener_t *l = router_loop_listen(self->loop, addr, s_on_accept, self);
+    if (l)
+        self->listeners[self->nlisteners++] = l;
+    return l;
+}
+
+static void s_maybe_finish_drain(router_comms_t *self)
+{
+    if (!self->draining || self->conns || !self->drain_done)
+        return;
+    void (*done)(void *) = self->drain_done;
+    self->drain_done = NULL;
+    if (self->drain_timer) {
+        router_loop_timer_cancel(self->loop, self->drain_timer);
+        self->drain_timer = 0;
+    }
+    done(self->drain_ud);
+}
+
+static void s_on_drain_timeout(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    router_comms_t *self = ud;
+    self->drain_timer = 0;
+    ROUTER_LOG(ROUTER_LOG_WARN, "comms", "drain timed out; aborting %u connections",
+               self->stats.open);
+    for (s_cc_t *cc = self->conns, *next; cc; cc = next) {
+        next = cc->next;
+        router_conn_abort(cc->conn);
+    }
+}
+
+void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud)
+{
+    self->draining = true;
+    self->drain_done = done;
+    self->drain_ud = ud;
+    for (size_t i = 0; i < self->nlisteners; i++)
+        router_listener_close(&self->listeners[i]);
+    self->nlisteners = 0;
+    for (s_cc_t *cc = self->conns; cc; cc = cc->next) {
+        router_conn_pause_read(cc->conn);
+        cc->paused = true;
+    }
+    /* Acks owed go out as their admissions become durable; then each
+     * connection closes. */
+    s_release_all(self);
+    self->drain_timer = router_loop_timer_add(self->loop, S_DRAIN_TIMEOUT_MS, s_on_drain_timeout,
+                                              self);
+    s_maybe_finish_drain(self);
+}
+
+void router_comms_stats(const router_comms_t *self, router_comms_stats_t *out)
+{
+    *out = self->stats;
+}

@@ -1,0 +1,97 @@
+/* router/comms/comms.h — the receive side of signed comms (DESIGN §8): every
+ * inbound connection (TCP, Unix socket, in-process) runs frames through
+ *
+ *   frame size → decode → signature → addressed to us → sender trusted →
+ *   not a replay → admitted to the inbox → signed ack (message, request)
+ *
+ * Each refusal has its typed wire reason, is counted and reported through
+ * on_event, and closes the connection once the acks owed for envelopes
+ * admitted before it have gone out. Acks leave in admission order, and only
+ * after the inbox reports the envelope durable. Loop thread only, except
+ * where noted. */
+#ifndef KITH_ROUTER_COMMS_H
+#define KITH_ROUTER_COMMS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/envelope.h"
+#include "router/net/conn.h"
+#include "router/state/identity.h"
+#include "router/state/inbox.h"
+#include "router/net/listen.h"
+#include "router/net/loop.h"
+#include "router/metrics.h"
+#include "router/state/trust.h"
+
+typedef struct router_comms router_comms_t;
+
+/* What happened to one inbound envelope (or frame), for logs, the audit
+ * worker and /api/events. Pointers are borrowed for the call only. */
+typedef struct {
+    bool admitted;                /* true: admitted; false: refused */
+    proto_wire_reason_t reason;   /* why refused (PROTO_WIRE_OK when admitted) */
+    const char *detail;           /* finer reason, e.g. "duplicate_key"; never NULL */
+    const uint8_t *id;            /* envelope id, NULL when not decoded */
+    const uint8_t *from;          /* sender key, NULL when not decoded */
+    const char *peer_name;        /* trusted peer's name, NULL when unknown */
+    const char *kind;             /* "message", …, NULL when not decoded */
+    uint64_t seq;                 /* inbox sequence when admitted */
+    uint64_t conn_id;             /* the connection it came on */
+} router_comms_event_t;
+
+typedef void(router_comms_event_fn)(const router_comms_event_t *ev, void *ud);
+
+typedef struct {
+    router_loop_t *loop;                /* borrowed; comms runs on its thread */
+    const router_identity_t *identity;  /* our key; borrowed */
+    const router_trust_t *trust;        /* trusted peers; borrowed, may be NULL (nobody) */
+    router_inbox_t *inbox;              /* where admitted envelopes go; borrowed */
+    router_metrics_t *metrics;          /* optional: counters are registered here */
+    uint32_t replay_window_s;           /* ± seconds for UUIDv7 ids (DESIGN: 300) */
+    uint32_t frame_max;                 /* largest frame payload; 0 → PROTO_FRAME_MAX */
+    bool require_peer_auth;             /* refuse senders missing from the trust store */
+    router_comms_event_fn *on_event;    /* optional */
+    void *ud;                           /* for on_event */
+} router_comms_opts_t;
+
+/* Returns NULL on allocation failure. The caller owns the result and must
+ * call router_comms_release_acks on the loop thread whenever the inbox
+ * reports a durable batch (its on_durable hook runs on the store thread, so
+ * the caller posts the call to the loop). */
+router_comms_t *router_comms_new(const router_comms_opts_t *opts);
+
+/* Aborts open connections and frees. Idempotent; nulls *self_p. */
+void router_comms_destroy(router_comms_t **self_p);
+
+/* Listens for envelope connections on `addr` (TCP or Unix socket). Returns
+ * the listener (owned by the loop; closed by drain or destroy) or NULL with
+ * errno set. */
+router_listener_t *router_comms_listen(router_comms_t *self, const router_addr_t *addr);
+
+/* Serves an already connected socket (the in-process transport's end of a
+ * socket pair); the loop takes `fd`, also on failure. Returns 0 or -1. */
+int router_comms_serve_fd(router_comms_t *self, int fd);
+
+/* Sends the acks whose admissions are now durable. Loop thread only. (A
+ * timer also does this while acks are owed, so a lost wake-up only delays
+ * them.) */
+void router_comms_release_acks(router_comms_t *self);
+
+/* Graceful shutdown: stop accepting and reading, wait for every admitted
+ * envelope to be durable, send its ack, flush, close. `done` runs on the
+ * loop thread once every connection has closed. */
+void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud);
+
+/* Counters for tests and logs. */
+typedef struct {
+    uint64_t admitted;                 /* envelopes admitted */
+    uint64_t acked;                    /* acks sent */
+    uint64_t rejected[PROTO_WIRE_INTERNAL + 1]; /* refusals by wire reason */
+    unsigned open;                     /* connections open */
+} router_comms_stats_t;
+
+void router_comms_stats(const router_comms_t *self, router_comms_stats_t *out);
+
+#endif

@@ -1,0 +1,354 @@
+/* router/comms/outbound.c — per-peer links: a connection, a frame reader for the
+ * acks coming back, and the sends waiting for them, each with its timer. */
+#include "router/comms/outbound.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "proto/envelope.h"
+#include "proto/frame.h"
+#include "router/net/conn.h"
+#include "router/log.h"
+
+/* Sends waiting on one link; past this, send fails with ENOBUFS. */
+#define S_WAITING_MAX 65536u
+
+typedef struct s_wait s_wait_t;
+typedef struct s_link s_link_t;
+
+/* One envelope waiting for its ack. */
+struct s_wait {
+    uint8_t id[16];       /* the envelope's id: the ack's in_reply_to */
+    uint64_t timer;       /* ack timeout */
+    router_send_fn *cb;   /* told once */
+    void *ud;
+    s_link_t *link;       /* owner */
+    s_wait_t *prev, *next;
+};
+
+/* One peer connection. */
+struct s_link {
+    router_outbound_t *ob;        /* owner */
+    uint8_t pk[32];               /* the peer */
+    router_conn_t *conn;          /* NULL once closed */
+    proto_frame_reader_t reader;  /* acks coming back */
+    uint8_t *frag;                /* storage of an ack arriving in pieces */
+    s_wait_t *head, *tail;        /* waiting sends, in send order */
+    size_t waiting;
+    s_link_t *prev, *next;
+};
+
+struct router_outbound {
+    router_loop_t *loop;
+    const router_identity_t *identity;
+    uint32_t ack_timeout_ms;
+    s_link_t *links;
+};
+
+/* ---------------------------------------------------------------- waits */
+
+static void s_wait_unlink(s_wait_t *w)
+{
+    s_link_t *l = w->link;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        l->head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        l->tail = w->prev;
+    l->waiting--;
+}
+
+/* Removes the wait, cancels its timer and tells its owner. */
+static void s_wait_finish(s_wait_t *w, router_send_outcome_t outcome, const char *detail,
+                          const uint8_t *ack_id)
+{
+    router_outbound_t *ob = w->link->ob;
+    s_wait_unlink(w);
+    if (w->timer)
+        router_loop_timer_cancel(ob->loop, w->timer);
+    router_send_fn *cb = w->cb;
+    void *ud = w->ud;
+    free(w);
+    cb(outcome, detail, ack_id, ud);
+}
+
+static void s_on_ack_timeout(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    s_wait_t *w = ud;
+    w->timer = 0;
+    s_wait_finish(w, ROUTER_SEND_OFFLINE, "no ack before the timeout", NULL);
+}
+
+/* ---------------------------------------------------------------- acks */
+
+/* Checks one frame from the peer: a signed ack from that peer, to us, for
+ * something we are waiting on. Anything else is logged and ignored. */
+static void s_on_ack_frame(s_link_t *l, const uint8_t *p, size_t len)
+{
+    router_outbound_t *ob = l->ob;
+    proto_envelope_t *env = NULL;
+    proto_envelope_reason_t why;
+    const char *bad = NULL;
+    uint8_t reply_to[16];
+    if (proto_envelope_decode(p, len, &env, &why) != 0)
+        bad = proto_envelope_reason_str(why);
+    else if (memcmp(proto_envelope_from(env), l->pk, 32) != 0)
+        bad = "not from the peer";
+    else if (memcmp(proto_envelope_to(env), ob->identity->pk, 32) != 0)
+        bad = "not addressed to us";
+    else if (proto_envelope_kind(env) != PROTO_KIND_ACK ||
+             proto_envelope_in_reply_to(env, reply_to) != 0)
+        bad = "not an ack";
+    else if (proto_envelope_verify(env, &why) != 0)
+        bad = proto_envelope_reason_str(why);
+    if (bad) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "comms", "ignoring a frame from a peer: %s", bad);
+        goto done;
+    }
+    for (s_wait_t *w = l->head; w; w = w->next) {
+        if (memcmp(w->id, reply_to, 16) == 0) {
+            uint8_t ack_id[16];
+            memcpy(ack_id, proto_envelope_id(env), 16);
+            s_wait_finish(w, ROUTER_SEND_ACKED, "acked", ack_id);
+            goto done;
+        }
+    }
+    ROUTER_LOG(ROUTER_LOG_DEBUG, "comms", "an ack for nothing we wait on");
+done:
+    proto_envelope_destroy(&env);
+}
+
+static uint8_t *s_frag_storage(void *user, size_t len)
+{
+    s_link_t *l = user;
+    free(l->frag);
+    l->frag = malloc(len);
+    return l->frag;
+}
+
+static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+{
+    s_link_t *l = ud;
+    while (len > 0) {
+        proto_frame_t f;
+        ssize_t n = proto_frame_read(&l->reader, data, len, &f);
+        if (n == -2)
+            return;
+        if (n < 0) {
+            ROUTER_LOG(ROUTER_LOG_WARN, "comms", "peer sent an oversize frame; closing");
+            router_conn_abort(conn);
+            return;
+        }
+        data += n;
+        len -= (size_t) n;
+        s_on_ack_frame(l, f.payload, f.len);
+        if (f.copied) {
+            free(l->frag);
+            l->frag = NULL;
+        }
+    }
+}
+
+static void s_link_free(s_link_t *l)
+{
+    router_outbound_t *ob = l->ob;
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        ob->links = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+    free(l->frag);
+    free(l);
+}
+
+static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
+{
+    s_link_t *l = ud;
+    l->conn = NULL;
+    char detail[128];
+    router_send_outcome_t outcome;
+    if (reason == ROUTER_CLOSE_CONNECT_FAILED) {
+        outcome = ROUTER_SEND_OFFLINE;
+        snprintf(detail, sizeof detail, "cannot connect: %s", strerror(router_conn_error(conn)));
+    } else if (reason == ROUTER_CLOSE_SHUTDOWN || reason == ROUTER_CLOSE_ABORT) {
+        outcome = ROUTER_SEND_OFFLINE;
+        snprintf(detail, sizeof detail, "connection %s", router_close_reason_str(reason));
+    } else {
+        outcome = ROUTER_SEND_REJECTED;
+        snprintf(detail, sizeof detail, "the peer closed the connection (%s)",
+                 router_close_reason_str(reason));
+    }
+    while (l->head)
+        s_wait_finish(l->head, outcome, detail, NULL);
+    s_link_free(l);
+}
+
+static void s_on_eof(router_conn_t *conn, void *ud)
+{
+    (void) ud;
+    /* The peer will send no more acks: whatever waits was refused. */
+    router_conn_close(conn);
+}
+
+static const router_conn_handlers_t s_handlers = {
+    .on_data = s_on_data,
+    .on_eof = s_on_eof,
+    .on_close = s_on_close,
+};
+
+/* ---------------------------------------------------------------- links */
+
+static s_link_t *s_link_find(const router_outbound_t *self, const uint8_t pk[32])
+{
+    for (s_link_t *l = self->links; l; l = l->next)
+        if (l->conn && memcmp(l->pk, pk, 32) == 0)
+            return l;
+    return NULL;
+}
+
+static s_link_t *s_link_new(router_outbound_t *self, const uint8_t pk[32])
+{
+    s_link_t *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    if (proto_frame_reader_init(&l->reader, PROTO_FRAME_MAX, s_frag_storage, l) != 0) {
+        free(l);
+        return NULL;
+    }
+    l->ob = self;
+    memcpy(l->pk, pk, 32);
+    l->next = self->links;
+    if (self->links)
+        self->links->prev = l;
+    self->links = l;
+    return l;
+}
+
+/* Queues the frame and the wait on a link that has a connection. */
+static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint8_t id[16],
+                       router_send_fn *cb, void *ud)
+{
+    router_outbound_t *self = l->ob;
+    if (l->waiting >= S_WAITING_MAX) {
+        errno = ENOBUFS;
+        return -1;
+    }
+    s_wait_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return -1;
+    if (router_conn_send(l->conn, frame, len) != 0) {
+        free(w); /* the connection is closing; its on_close tells the others */
+        return -1;
+    }
+    memcpy(w->id, id, 16);
+    w->cb = cb;
+    w->ud = ud;
+    w->link = l;
+    w->prev = l->tail;
+    if (l->tail)
+        l->tail->next = w;
+    else
+        l->head = w;
+    l->tail = w;
+    l->waiting++;
+    w->timer = router_loop_timer_add(self->loop, self->ack_timeout_ms, s_on_ack_timeout, w);
+    return 0;
+}
+
+/* A new link to the peer: connecting to `addr`, or serving `fd` (already
+ * connected; taken, also on failure) when addr is NULL. NULL with errno set
+ * on failure. */
+static s_link_t *s_link_open(router_outbound_t *self, const uint8_t pk[32],
+                             const router_addr_t *addr, int fd)
+{
+    s_link_t *l = s_link_new(self, pk);
+    if (!l) {
+        if (!addr)
+            close(fd);
+        return NULL;
+    }
+    l->conn = addr ? router_loop_connect(self->loop, addr, &s_handlers, l)
+                   : router_loop_adopt(self->loop, fd, &s_handlers, l);
+    if (!l->conn) {
+        int e = errno;
+        s_link_free(l);
+        errno = e;
+        return NULL;
+    }
+    return l;
+}
+
+int router_outbound_send(router_outbound_t *self, const uint8_t peer_pk[32],
+                         const router_addr_t *addr, const uint8_t *frame, size_t len,
+                         const uint8_t id[16], router_send_fn *cb, void *ud)
+{
+    s_link_t *l = s_link_find(self, peer_pk);
+    if (!l && !(l = s_link_open(self, peer_pk, addr, -1)))
+        return -1;
+    return s_link_send(l, frame, len, id, cb, ud);
+}
+
+int router_outbound_send_fd(router_outbound_t *self, const uint8_t peer_pk[32], int fd,
+                            const uint8_t *frame, size_t len, const uint8_t id[16],
+                            router_send_fn *cb, void *ud)
+{
+    s_link_t *l = s_link_open(self, peer_pk, NULL, fd);
+    if (!l)
+        return -1;
+    return s_link_send(l, frame, len, id, cb, ud);
+}
+
+int router_outbound_connected(const router_outbound_t *self, const uint8_t peer_pk[32])
+{
+    return s_link_find(self, peer_pk) != NULL;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+router_outbound_t *router_outbound_new(const router_outbound_opts_t *opts)
+{
+    router_outbound_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->loop = opts->loop;
+    self->identity = opts->identity;
+    self->ack_timeout_ms = opts->ack_timeout_ms ? opts->ack_timeout_ms : 30000;
+    return self;
+}
+
+void router_outbound_destroy(router_outbound_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    router_outbound_t *self = *self_p;
+    while (self->links) {
+        s_link_t *l = self->links;
+        while (l->head)
+            s_wait_finish(l->head, ROUTER_SEND_OFFLINE, "shutting down", NULL);
+        if (l->conn)
+            router_conn_disown(l->conn);
+        s_link_free(l);
+    }
+    free(self);
+    *self_p = NULL;
+}
+
+const char *router_send_outcome_str(router_send_outcome_t o)
+{
+    switch (o) {
+    case ROUTER_SEND_ACKED: return "acked";
+    case ROUTER_SEND_OFFLINE: return "offline";
+    case ROUTER_SEND_REJECTED: return "rejected";
+    }
+    return "unknown";
+}

@@ -1,0 +1,338 @@
+/* router/comms/replay.c — per-peer replay window: an insertion-ordered ring of ids
+ * with an open-addressing index over it (linear probing, backward-shift
+ * deletion), keyed by SipHash with a per-process random key so a peer cannot
+ * steer collisions. See replay.h for the guarantee. */
+#include "router/comms/replay.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define S_INITIAL_CAP 64u
+#define S_MAX_PEERS_LOAD 2 /* peers index kept at most half full */
+
+typedef struct {
+    uint8_t id[16];     /* the envelope id */
+    uint64_t v7_ms;     /* its UUIDv7 time, 0 for other versions */
+    uint8_t live;       /* 0 once forgotten or evicted */
+} s_slot_t;
+
+typedef struct {
+    uint8_t pk[32];       /* the peer's public key */
+    s_slot_t *ring;       /* ids in admission order */
+    uint32_t cap;         /* ring capacity, a power of two ≤ PER_PEER_MAX */
+    uint32_t head;        /* oldest slot */
+    uint32_t count;       /* slots in use, live or not */
+    uint32_t live;        /* live slots */
+    uint32_t *index;      /* 2*cap buckets: ring slot + 1, 0 = empty */
+    uint64_t watermark;   /* newest v7 time evicted while still in window */
+} s_peer_t;
+
+struct router_replay_t {
+    uint64_t window_ms;             /* ± this much around now for v7 ids */
+    uint8_t key[crypto_shorthash_KEYBYTES]; /* SipHash key for both indexes */
+    s_peer_t **peers;               /* open-addressing table of peers */
+    size_t peers_cap;               /* buckets, power of two */
+    size_t peers_count;             /* peers tracked */
+    size_t ids;                     /* live ids across peers */
+};
+
+static uint64_t s_hash(const router_replay_t *self, const uint8_t *data, size_t len)
+{
+    uint8_t out[crypto_shorthash_BYTES];
+    crypto_shorthash(out, data, len, self->key);
+    uint64_t h;
+    memcpy(&h, out, sizeof h);
+    return h;
+}
+
+static uint64_t s_v7_ms(const uint8_t id[16])
+{
+    if ((id[6] >> 4) != 7 || (id[8] & 0xC0) != 0x80)
+        return 0;
+    uint64_t ms = 0;
+    for (int i = 0; i < 6; i++)
+        ms = (ms << 8) | id[i];
+    return ms ? ms : 1; /* 0 means "not v7"; a v7 at the epoch is still v7 */
+}
+
+/* ---------------------------------------------------------------- one peer */
+
+static uint32_t s_bucket(const router_replay_t *self, const s_peer_t *p, const uint8_t id[16])
+{
+    return (uint32_t) (s_hash(self, id, 16) & (2u * p->cap - 1));
+}
+
+/* Index bucket holding `id`, or the empty bucket where it would go. */
+static uint32_t s_find(const router_replay_t *self, const s_peer_t *p, const uint8_t id[16],
+                       int *found)
+{
+    uint32_t mask = 2u * p->cap - 1;
+    uint32_t b = s_bucket(self, p, id);
+    for (;;) {
+        uint32_t v = p->index[b];
+        if (v == 0) {
+            *found = 0;
+            return b;
+        }
+        if (memcmp(p->ring[v - 1].id, id, 16) == 0) {
+            *found = 1;
+            return b;
+        }
+        b = (b + 1) & mask;
+    }
+}
+
+/* Removes bucket b, shifting later members of its probe run back. */
+static void s_index_delete(const router_replay_t *self, s_peer_t *p, uint32_t b)
+{
+    uint32_t mask = 2u * p->cap - 1;
+    uint32_t hole = b;
+    uint32_t j = b;
+    for (;;) {
+        j = (j + 1) & mask;
+        uint32_t v = p->index[j];
+        if (v == 0)
+            break;
+        uint32_t home = s_bucket(self, p, p->ring[v - 1].id);
+        /* Move j into the hole unless its home lies cyclically in (hole, j]. */
+        int stays = (hole <= j) ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!stays) {
+            p->index[hole] = v;
+            hole = j;
+        }
+    }
+    p->index[hole] = 0;
+}
+
+static void s_slot_kill(router_replay_t *self, s_peer_t *p, uint32_t slot)
+{
+    s_slot_t *s = &p->ring[slot];
+    if (!s->live)
+        return;
+    int found;
+    uint32_t b = s_find(self, p, s->id, &found);
+    if (found)
+        s_index_delete(self, p, b);
+    s->live = 0;
+    p->live--;
+    self->ids--;
+}
+
+static void s_pop_head(router_replay_t *self, s_peer_t *p)
+{
+    s_slot_kill(self, p, p->head);
+    p->head = (p->head + 1) & (p->cap - 1);
+    p->count--;
+}
+
+/* Doubles the ring and rebuilds the index; the ring is re-linearised. */
+static int s_grow(router_replay_t *self, s_peer_t *p)
+{
+    uint32_t ncap = p->cap * 2;
+    s_slot_t *ring = calloc(ncap, sizeof *ring);
+    uint32_t *index = calloc(2u * ncap, sizeof *index);
+    if (!ring || !index) {
+        free(ring);
+        free(index);
+        return -1;
+    }
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < p->count; i++) {
+        s_slot_t *s = &p->ring[(p->head + i) & (p->cap - 1)];
+        if (s->live)
+            ring[n++] = *s;
+    }
+    free(p->ring);
+    free(p->index);
+    p->ring = ring;
+    p->index = index;
+    p->cap = ncap;
+    p->head = 0;
+    p->count = n;
+    for (uint32_t i = 0; i < n; i++) {
+        int found;
+        uint32_t b = s_find(self, p, ring[i].id, &found);
+        p->index[b] = i + 1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- peers */
+
+static s_peer_t *s_peer_lookup(const router_replay_t *self, const uint8_t pk[32], size_t *bucket)
+{
+    size_t mask = self->peers_cap - 1;
+    size_t b = (size_t) s_hash(self, pk, 32) & mask;
+    while (self->peers[b]) {
+        if (memcmp(self->peers[b]->pk, pk, 32) == 0)
+            break;
+        b = (b + 1) & mask;
+    }
+    *bucket = b;
+    return self->peers[b];
+}
+
+static int s_peers_grow(router_replay_t *self)
+{
+    size_t ncap = self->peers_cap * 2;
+    s_peer_t **old = self->peers;
+    size_t ocap = self->peers_cap;
+    s_peer_t **peers = calloc(ncap, sizeof *peers);
+    if (!peers)
+        return -1;
+    self->peers = peers;
+    self->peers_cap = ncap;
+    for (size_t i = 0; i < ocap; i++) {
+        if (!old[i])
+            continue;
+        size_t b;
+        (void) s_peer_lookup(self, old[i]->pk, &b);
+        peers[b] = old[i];
+    }
+    free(old);
+    return 0;
+}
+
+static s_peer_t *s_peer_get(router_replay_t *self, const uint8_t pk[32], int create)
+{
+    size_t b;
+    s_peer_t *p = s_peer_lookup(self, pk, &b);
+    if (p || !create)
+        return p;
+    if ((self->peers_count + 1) * S_MAX_PEERS_LOAD > self->peers_cap) {
+        if (s_peers_grow(self) != 0)
+            return NULL;
+        (void) s_peer_lookup(self, pk, &b);
+    }
+    p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->ring = calloc(S_INITIAL_CAP, sizeof *p->ring);
+    p->index = calloc(2u * S_INITIAL_CAP, sizeof *p->index);
+    if (!p->ring || !p->index) {
+        free(p->ring);
+        free(p->index);
+        free(p);
+        return NULL;
+    }
+    memcpy(p->pk, pk, 32);
+    p->cap = S_INITIAL_CAP;
+    self->peers[b] = p;
+    self->peers_count++;
+    return p;
+}
+
+/* ---------------------------------------------------------------- API */
+
+router_replay_t *router_replay_new(uint32_t window_s)
+{
+    if (sodium_init() < 0)
+        return NULL;
+    router_replay_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->peers_cap = 16;
+    self->peers = calloc(self->peers_cap, sizeof *self->peers);
+    if (!self->peers) {
+        free(self);
+        return NULL;
+    }
+    self->window_ms = (uint64_t) window_s * 1000;
+    crypto_shorthash_keygen(self->key);
+    return self;
+}
+
+void router_replay_destroy(router_replay_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    router_replay_t *self = *self_p;
+    for (size_t i = 0; i < self->peers_cap; i++) {
+        if (!self->peers[i])
+            continue;
+        free(self->peers[i]->ring);
+        free(self->peers[i]->index);
+        free(self->peers[i]);
+    }
+    free(self->peers);
+    free(self);
+    *self_p = NULL;
+}
+
+router_replay_verdict_t router_replay_check_insert(router_replay_t *self, const uint8_t peer[32],
+                                                   const uint8_t id[16], uint64_t now_ms)
+{
+    uint64_t v7 = s_v7_ms(id);
+    if (v7 && (v7 + self->window_ms < now_ms || v7 > now_ms + self->window_ms))
+        return ROUTER_REPLAY_STALE;
+
+    s_peer_t *p = s_peer_get(self, peer, 1);
+    if (!p)
+        return ROUTER_REPLAY_NOMEM;
+    int found;
+    (void) s_find(self, p, id, &found);
+    if (found)
+        return ROUTER_REPLAY_SEEN;
+    if (v7 && v7 <= p->watermark)
+        return ROUTER_REPLAY_EVICTED;
+
+    /* Drop what the time check alone now refuses, and forgotten slots. */
+    while (p->count > 0) {
+        s_slot_t *h = &p->ring[p->head];
+        if (h->live && !(h->v7_ms && h->v7_ms + self->window_ms < now_ms))
+            break;
+        s_pop_head(self, p);
+    }
+    if (p->count == p->cap) {
+        if (p->cap < ROUTER_REPLAY_PER_PEER_MAX) {
+            if (s_grow(self, p) != 0)
+                return ROUTER_REPLAY_NOMEM;
+        }
+        if (p->count == p->cap) {
+            s_slot_t *h = &p->ring[p->head];
+            if (h->v7_ms > p->watermark)
+                p->watermark = h->v7_ms;
+            s_pop_head(self, p);
+        }
+    }
+    uint32_t slot = (p->head + p->count) & (p->cap - 1);
+    s_slot_t *s = &p->ring[slot];
+    memcpy(s->id, id, 16);
+    s->v7_ms = v7;
+    s->live = 1;
+    p->count++;
+    p->live++;
+    self->ids++;
+    uint32_t b = s_find(self, p, id, &found);
+    p->index[b] = slot + 1;
+    return ROUTER_REPLAY_FRESH;
+}
+
+void router_replay_forget(router_replay_t *self, const uint8_t peer[32], const uint8_t id[16])
+{
+    s_peer_t *p = s_peer_get(self, peer, 0);
+    if (!p)
+        return;
+    int found;
+    uint32_t b = s_find(self, p, id, &found);
+    if (found)
+        s_slot_kill(self, p, p->index[b] - 1);
+}
+
+const char *router_replay_verdict_str(router_replay_verdict_t v)
+{
+    switch (v) {
+    case ROUTER_REPLAY_FRESH: return "fresh";
+    case ROUTER_REPLAY_SEEN: return "seen";
+    case ROUTER_REPLAY_STALE: return "stale";
+    case ROUTER_REPLAY_EVICTED: return "evicted";
+    case ROUTER_REPLAY_NOMEM: return "nomem";
+    }
+    return "unknown";
+}
+
+size_t router_replay_size(const router_replay_t *self)
+{
+    return self->ids;
+}

@@ -1,0 +1,66 @@
+/* router/net/addr.h — socket addresses (`host:port`, `[v6]:port`, `/path`):
+ * parsing and formatting; no DNS, no I/O. */
+#ifndef KITH_ROUTER_NET_ADDR_H
+#define KITH_ROUTER_NET_ADDR_H
+
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+/* ------------------------------------------------------------ addresses */
+
+/* Longest address text accepted by router_addr_parse. */
+#define ROUTER_ADDR_TEXT_MAX 256
+/* Room for any address router_addr_format writes, NUL included. */
+#define ROUTER_ADDR_STR_MAX 128
+
+/* A parsed socket address; plain data, copy it freely. */
+typedef struct router_addr {
+    union {
+        struct sockaddr sa;          /* family-independent view */
+        struct sockaddr_in in4;      /* AF_INET */
+        struct sockaddr_in6 in6;     /* AF_INET6 */
+        struct sockaddr_un un;       /* AF_UNIX */
+        struct sockaddr_storage ss;  /* room for any of them */
+    } u;
+    socklen_t len; /* bytes of u in use; 0 for an empty address */
+} router_addr_t;
+
+/* Why an address text was refused. */
+typedef enum router_addr_err {
+    ROUTER_ADDR_OK = 0,
+    ROUTER_ADDR_EMPTY,         /* empty, or longer than ROUTER_ADDR_TEXT_MAX */
+    ROUTER_ADDR_BAD_SCHEME,    /* a scheme other than tcp:// or uds:// */
+    ROUTER_ADDR_BAD_HOST,      /* not an IPv4 literal, [IPv6] literal or localhost */
+    ROUTER_ADDR_BAD_PORT,      /* missing, not decimal, or over 65535 */
+    ROUTER_ADDR_BAD_PATH,      /* a socket path not starting with / (or ./ ../) */
+    ROUTER_ADDR_PATH_TOO_LONG, /* does not fit sockaddr_un.sun_path */
+} router_addr_err_t;
+
+/* Parses one of:
+ *   `127.0.0.1:4200`, `localhost:4200` (always 127.0.0.1: no DNS here),
+ *   `[::1]:4200`, `[::]:4200` (IPv6; `[::]` also accepts IPv4, see
+ *   router_loop_listen), `tcp://` + any of those,
+ *   `/abs/path.sock`, `./rel.sock`, `uds:///abs/path.sock` (Unix socket;
+ *   `inproc://` is not a socket address and is refused as BAD_SCHEME).
+ * Names that would need DNS are refused: the loop thread never resolves.
+ * Port 0 is accepted (an ephemeral port when listening). Returns 0, or -1
+ * with *err (when err is non-NULL) saying why. */
+int router_addr_parse(const char *text, router_addr_t *out, router_addr_err_t *err)
+    __attribute__((warn_unused_result));
+
+const char *router_addr_err_str(router_addr_err_t err);
+
+/* Writes `a.b.c.d:port`, `[v6]:port` or the socket path into out[cap].
+ * Returns 0, or -1 when it does not fit or the address is empty. */
+int router_addr_format(const router_addr_t *addr, char *out, size_t cap);
+
+/* AF_INET, AF_INET6, AF_UNIX, or AF_UNSPEC for an empty address. */
+int router_addr_family(const router_addr_t *addr);
+
+/* The TCP port, or 0 for a Unix socket address. */
+uint16_t router_addr_port(const router_addr_t *addr);
+
+#endif

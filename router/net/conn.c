@@ -1,0 +1,651 @@
+/* router/net/conn.c — connections: the bounded send queue, the close state
+ * machine (graceful, abort, EOF, slow consumer, timeout), read pausing, and
+ * the entry points both backends call when I/O completes. */
+#include "router/net/conn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "router/log.h"
+#include "router/net/loop_internal.h"
+
+static void s_begin_close(router_conn_t *c, router_close_reason_t as);
+
+const char *router_close_reason_str(router_close_reason_t reason)
+{
+    switch (reason) {
+    case ROUTER_CLOSE_EOF: return "eof";
+    case ROUTER_CLOSE_LOCAL: return "local";
+    case ROUTER_CLOSE_ABORT: return "abort";
+    case ROUTER_CLOSE_ERROR: return "error";
+    case ROUTER_CLOSE_SLOW_CONSUMER: return "slow_consumer";
+    case ROUTER_CLOSE_TIMEOUT: return "timeout";
+    case ROUTER_CLOSE_CONNECT_FAILED: return "connect_failed";
+    case ROUTER_CLOSE_SHUTDOWN: return "shutdown";
+    }
+    return "unknown";
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+router_conn_t *router_conn_new(router_loop_t *loop, int fd)
+{
+    router_conn_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->loop = loop;
+    c->fd = fd;
+    c->id = ++loop->next_conn_id;
+    c->state = ROUTER_CONN_OPEN;
+    c->send_limit = loop->opts.send_limit;
+    ROUTER_LIST_PUSH(loop->conns, c);
+    loop->stats.conns_open++;
+    return c;
+}
+
+void router_conn_pend(router_conn_t *c, unsigned what)
+{
+    router_loop_t *loop = c->loop;
+    c->pending |= what;
+    if (c->in_pending)
+        return;
+    c->in_pending = true;
+    c->pend_next = NULL;
+    if (loop->pend_tail)
+        loop->pend_tail->pend_next = c;
+    else
+        loop->pend_head = c;
+    loop->pend_tail = c;
+}
+
+void router_conn_kill(router_conn_t *c, router_close_reason_t reason, int err)
+{
+    router_loop_t *loop = c->loop;
+    if (c->state == ROUTER_CONN_DEAD)
+        return;
+    c->state = ROUTER_CONN_DEAD;
+    c->reason = reason;
+    c->error = err;
+    if (c->close_timer) {
+        (void) router_loop_timer_cancel(loop, c->close_timer);
+        c->close_timer = 0;
+    }
+    if (c->listener) {
+        c->listener->stats.open--;
+        c->listener = NULL;
+    }
+    loop->stats.conns_open--;
+    ROUTER_LIST_UNLINK(loop->conns, c);
+    loop->be->conn_kill(c);
+    router_conn_pend(c, ROUTER_PEND_CLOSED);
+}
+
+bool router_conn_release(router_conn_t *c, bool force)
+{
+    router_loop_t *loop = c->loop;
+    if (!force && loop->be->conn_busy(c))
+        return false;
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    for (router_wq_block_t *b = c->wq_head, *next; b; b = next) {
+        next = b->next;
+        free(b);
+    }
+    free(c->park);
+    ROUTER_LIST_UNLINK(loop->dead_conns, c);
+    free(c);
+    return true;
+}
+
+/* ------------------------------------------------------------ send queue */
+
+/* Appends len bytes, filling the newest block first; new blocks grow
+ * geometrically so a busy connection makes few allocations and an idle one
+ * holds little. Returns 0 or -1 (ENOMEM) with a prefix possibly queued. */
+static int s_wq_append(router_conn_t *c, const uint8_t *data, size_t len)
+{
+    while (len > 0) {
+        router_wq_block_t *b = c->wq_tail;
+        if (b && b->tail < b->cap) {
+            size_t k = b->cap - b->tail < len ? b->cap - b->tail : len;
+            memcpy(b->data + b->tail, data, k);
+            b->tail += k;
+            c->wq_bytes += k;
+            data += k;
+            len -= k;
+            continue;
+        }
+        size_t cap = b ? 2 * b->cap : ROUTER_WQ_BLOCK_MIN;
+        if (cap > ROUTER_WQ_BLOCK_MAX)
+            cap = ROUTER_WQ_BLOCK_MAX;
+        if (cap < len)
+            cap = len;
+        router_wq_block_t *nb = malloc(sizeof *nb + cap);
+        if (!nb)
+            return -1;
+        nb->next = NULL;
+        nb->cap = cap;
+        nb->head = nb->tail = 0;
+        if (b)
+            b->next = nb;
+        else
+            c->wq_head = nb;
+        c->wq_tail = nb;
+    }
+    return 0;
+}
+
+int router_conn_wq_iov(const router_conn_t *c, struct iovec *iov, int max)
+{
+    int n = 0;
+    for (const router_wq_block_t *b = c->wq_head; b && n < max; b = b->next) {
+        if (b->tail == b->head)
+            continue;
+        iov[n].iov_base = (void *) (b->data + b->head);
+        iov[n].iov_len = b->tail - b->head;
+        n++;
+    }
+    return n;
+}
+
+/* Drops n sent bytes from the front of the queue. */
+static void s_wq_consume(router_conn_t *c, size_t n)
+{
+    while (n > 0 && c->wq_head) {
+        router_wq_block_t *b = c->wq_head;
+        size_t k = b->tail - b->head < n ? b->tail - b->head : n;
+        b->head += k;
+        c->wq_bytes -= k;
+        n -= k;
+        if (b->head == b->tail) {
+            c->wq_head = b->next;
+            if (!c->wq_head)
+                c->wq_tail = NULL;
+            free(b);
+        }
+    }
+}
+
+int router_conn_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt)
+{
+    if (!c || (iovcnt > 0 && !iov) || iovcnt < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (c->state == ROUTER_CONN_DEAD || c->state == ROUTER_CONN_CLOSING || c->close_when_open) {
+        errno = EPIPE;
+        return -1;
+    }
+    size_t total = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        if (iov[i].iov_len > SIZE_MAX - total) {
+            total = SIZE_MAX;
+            break;
+        }
+        total += iov[i].iov_len;
+    }
+    if (total == 0)
+        return 0;
+    if (total > c->send_limit || c->wq_bytes > c->send_limit - total) {
+        char peer[ROUTER_ADDR_STR_MAX] = "?";
+        (void) router_addr_format(&c->peer, peer, sizeof peer);
+        c->loop->stats.slow_consumer_cuts++;
+        ROUTER_LOG(ROUTER_LOG_WARN, "conn",
+                   "conn %llu (%s) cut as a slow consumer: %zu bytes unsent, %zu more, limit %zu",
+                   (unsigned long long) c->id, peer, c->wq_bytes, total, c->send_limit);
+        router_conn_kill(c, ROUTER_CLOSE_SLOW_CONSUMER, ENOBUFS);
+        errno = ENOBUFS;
+        return -1;
+    }
+    for (int i = 0; i < iovcnt; i++) {
+        if (s_wq_append(c, iov[i].iov_base, iov[i].iov_len) != 0) {
+            /* Part of the stream is queued and part is not: the byte stream
+             * is broken, so the connection cannot go on. */
+            router_conn_kill(c, ROUTER_CLOSE_ERROR, ENOMEM);
+            errno = ENOMEM;
+            return -1;
+        }
+    }
+    if (c->state != ROUTER_CONN_CONNECTING)
+        router_conn_pend(c, ROUTER_PEND_FLUSH);
+    return 0;
+}
+
+int router_conn_send(router_conn_t *c, const void *data, size_t len)
+{
+    struct iovec iov = {.iov_base = (void *) data, .iov_len = len};
+    return router_conn_sendv(c, &iov, 1);
+}
+
+/* ------------------------------------------------------------ closing */
+
+/* Moves a CLOSING connection on: flush, then shut our side, then wait for
+ * the peer's EOF (reads discarded) before closing, so the peer reads all we
+ * sent instead of a reset. */
+static void s_closing_progress(router_conn_t *c)
+{
+    if (c->state != ROUTER_CONN_CLOSING)
+        return;
+    if (c->wq_bytes > 0) {
+        router_conn_pend(c, ROUTER_PEND_FLUSH);
+        return;
+    }
+    if (!c->wr_shut) {
+        (void) shutdown(c->fd, SHUT_WR);
+        c->wr_shut = true;
+    }
+    if (c->eof)
+        router_conn_kill(c, c->closing_as, 0);
+}
+
+static void s_close_timeout(router_loop_t *loop, uint64_t id, void *ud)
+{
+    router_conn_t *c = ud;
+    (void) id;
+    c->close_timer = 0;
+    if (c->state == ROUTER_CONN_DEAD)
+        return;
+    if (c->wq_bytes > 0 || c->state == ROUTER_CONN_CONNECTING) {
+        loop->stats.close_timeouts++;
+        router_conn_kill(c, ROUTER_CLOSE_TIMEOUT, ETIMEDOUT);
+        return;
+    }
+    router_conn_kill(c, c->closing_as, 0);
+}
+
+/* Starts the bounded graceful close; without a timer slot left it cannot
+ * be bounded, so it ends at once. */
+static bool s_arm_close_timer(router_conn_t *c)
+{
+    if (c->close_timer)
+        return true;
+    c->close_timer = router_loop_timer_add(c->loop, c->loop->opts.close_timeout_ms,
+                                           s_close_timeout, c);
+    if (c->close_timer)
+        return true;
+    router_conn_kill(c, c->wq_bytes ? ROUTER_CLOSE_TIMEOUT : c->closing_as, ENOSPC);
+    return false;
+}
+
+static void s_begin_close(router_conn_t *c, router_close_reason_t as)
+{
+    c->state = ROUTER_CONN_CLOSING;
+    c->closing_as = as;
+    free(c->park);
+    c->park = NULL;
+    c->park_len = c->park_cap = 0;
+    if (!s_arm_close_timer(c))
+        return;
+    c->loop->be->conn_sync(c);
+    s_closing_progress(c);
+}
+
+void router_conn_close(router_conn_t *c)
+{
+    if (!c)
+        return;
+    if (c->state == ROUTER_CONN_OPEN) {
+        s_begin_close(c, ROUTER_CLOSE_LOCAL);
+    } else if (c->state == ROUTER_CONN_CONNECTING && !c->close_when_open) {
+        if (c->wq_bytes == 0) {
+            router_conn_kill(c, ROUTER_CLOSE_LOCAL, 0);
+            return;
+        }
+        c->close_when_open = true;
+        c->closing_as = ROUTER_CLOSE_LOCAL;
+        (void) s_arm_close_timer(c);
+    }
+}
+
+void router_conn_abort(router_conn_t *c)
+{
+    if (c && c->state != ROUTER_CONN_DEAD)
+        router_conn_kill(c, ROUTER_CLOSE_ABORT, 0);
+}
+
+static void s_disowned_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+{
+    (void) conn;
+    (void) data;
+    (void) len;
+    (void) ud;
+}
+
+static void s_disowned_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
+{
+    (void) conn;
+    (void) reason;
+    (void) ud;
+}
+
+void router_conn_disown(router_conn_t *c)
+{
+    static const router_conn_handlers_t nobody = {
+        .on_data = s_disowned_data,
+        .on_close = s_disowned_close,
+    };
+    router_conn_set_handlers(c, &nobody, NULL);
+    router_conn_abort(c);
+}
+
+void router_loop_close_all(router_loop_t *loop)
+{
+    for (router_conn_t *c = loop->conns, *next; c; c = next) {
+        next = c->next;
+        router_conn_close(c);
+    }
+}
+
+/* ------------------------------------------------------------ reading */
+
+bool router_conn_wants_read(const router_conn_t *c)
+{
+    if (c->eof)
+        return false;
+    if (c->state == ROUTER_CONN_CLOSING)
+        return true;
+    return c->state == ROUTER_CONN_OPEN && !c->read_paused;
+}
+
+/* The peer's EOF reaches the user: on_eof, or a graceful close. */
+static void s_eof_tell(router_conn_t *c)
+{
+    c->eof_told = true;
+    if (c->h.on_eof)
+        c->h.on_eof(c, c->ud);
+    else
+        s_begin_close(c, ROUTER_CLOSE_EOF);
+}
+
+/* Keeps input that arrived while paused (io_uring completions already in
+ * flight when the receive was cancelled). Bounded by the provided-buffer
+ * pool, the most that can be in flight. */
+static void s_park(router_conn_t *c, const uint8_t *data, size_t len)
+{
+    size_t limit = (size_t) c->loop->opts.recv_buf_size * c->loop->opts.recv_buf_count;
+    if (len > limit - c->park_len) {
+        router_conn_kill(c, ROUTER_CLOSE_ERROR, ENOBUFS);
+        return;
+    }
+    if (c->park_len + len > c->park_cap) {
+        size_t cap = c->park_cap ? c->park_cap : 4096;
+        while (cap < c->park_len + len)
+            cap *= 2;
+        uint8_t *p = realloc(c->park, cap);
+        if (!p) {
+            router_conn_kill(c, ROUTER_CLOSE_ERROR, ENOMEM);
+            return;
+        }
+        c->park = p;
+        c->park_cap = cap;
+    }
+    memcpy(c->park + c->park_len, data, len);
+    c->park_len += len;
+}
+
+void router_conn_on_read(router_conn_t *c, uint8_t *data, size_t len)
+{
+    c->loop->stats.bytes_in += len;
+    if (c->state != ROUTER_CONN_OPEN)
+        return; /* closing: the peer's bytes are discarded */
+    if (c->read_paused || c->park_len > 0) {
+        s_park(c, data, len);
+        return;
+    }
+    c->h.on_data(c, data, len, c->ud);
+}
+
+void router_conn_on_eof(router_conn_t *c)
+{
+    if (c->state == ROUTER_CONN_DEAD || c->eof)
+        return;
+    c->eof = true;
+    c->loop->be->conn_sync(c);
+    if (c->state == ROUTER_CONN_CLOSING) {
+        s_closing_progress(c);
+        return;
+    }
+    if (c->state == ROUTER_CONN_OPEN && !c->read_paused && c->park_len == 0)
+        s_eof_tell(c);
+}
+
+void router_conn_on_error(router_conn_t *c, int err)
+{
+    if (c->state == ROUTER_CONN_DEAD)
+        return;
+    if (c->state == ROUTER_CONN_CLOSING && c->wr_shut) {
+        /* Everything was sent; the peer left without its EOF. */
+        router_conn_kill(c, c->closing_as, 0);
+        return;
+    }
+    ROUTER_LOG(ROUTER_LOG_DEBUG, "conn", "conn %llu: %s", (unsigned long long) c->id,
+               strerror(err));
+    router_conn_kill(c, ROUTER_CLOSE_ERROR, err);
+}
+
+void router_conn_pause_read(router_conn_t *c)
+{
+    if (!c || c->state == ROUTER_CONN_DEAD || c->read_paused)
+        return;
+    c->read_paused = true;
+    c->loop->be->conn_sync(c);
+}
+
+void router_conn_resume_read(router_conn_t *c)
+{
+    if (!c || c->state == ROUTER_CONN_DEAD || !c->read_paused)
+        return;
+    c->read_paused = false;
+    if (c->park_len > 0 || (c->eof && !c->eof_told))
+        router_conn_pend(c, ROUTER_PEND_DELIVER);
+    c->loop->be->conn_sync(c);
+}
+
+/* Hands parked input, then a held-back EOF, to the user. */
+static void s_deliver(router_conn_t *c)
+{
+    if (c->state != ROUTER_CONN_OPEN || c->read_paused)
+        return;
+    if (c->park_len > 0) {
+        uint8_t *p = c->park;
+        size_t n = c->park_len;
+        c->park = NULL;
+        c->park_len = c->park_cap = 0;
+        c->h.on_data(c, p, n, c->ud);
+        free(p);
+    }
+    if (c->state == ROUTER_CONN_OPEN && !c->read_paused && c->park_len == 0 && c->eof &&
+        !c->eof_told)
+        s_eof_tell(c);
+}
+
+/* ------------------------------------------------------------ writing, connecting */
+
+void router_conn_on_sent(router_conn_t *c, size_t n)
+{
+    c->loop->stats.bytes_out += n;
+    s_wq_consume(c, n);
+    if (c->wq_bytes > 0)
+        return;
+    if (c->state == ROUTER_CONN_OPEN && c->h.on_drain)
+        c->h.on_drain(c, c->ud);
+    else if (c->state == ROUTER_CONN_CLOSING)
+        s_closing_progress(c);
+}
+
+void router_conn_on_connected(router_conn_t *c, int err)
+{
+    router_loop_t *loop = c->loop;
+    if (c->state != ROUTER_CONN_CONNECTING)
+        return;
+    if (err) {
+        char peer[ROUTER_ADDR_STR_MAX] = "?";
+        (void) router_addr_format(&c->peer, peer, sizeof peer);
+        loop->stats.connect_failures++;
+        ROUTER_LOG(ROUTER_LOG_DEBUG, "conn", "connect to %s failed: %s", peer, strerror(err));
+        router_conn_kill(c, ROUTER_CLOSE_CONNECT_FAILED, err);
+        return;
+    }
+    loop->stats.connects++;
+    c->state = ROUTER_CONN_OPEN;
+    if (c->h.on_open)
+        c->h.on_open(c, c->ud);
+    if (c->state != ROUTER_CONN_OPEN)
+        return;
+    if (c->close_when_open) {
+        s_begin_close(c, ROUTER_CLOSE_LOCAL);
+        return;
+    }
+    loop->be->conn_sync(c);
+    if (c->wq_bytes > 0)
+        router_conn_pend(c, ROUTER_PEND_FLUSH);
+}
+
+router_conn_t *router_loop_connect(router_loop_t *loop, const router_addr_t *addr,
+                                   const router_conn_handlers_t *handlers, void *ud)
+{
+    if (!loop || !addr || !handlers || !handlers->on_data || !handlers->on_close ||
+        loop->destroying) {
+        errno = EINVAL;
+        return NULL;
+    }
+    int family = router_addr_family(addr);
+    if (family == AF_UNSPEC || (family != AF_UNIX && router_addr_port(addr) == 0)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    if (family != AF_UNIX) {
+        int one = 1;
+        (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    router_conn_t *c = router_conn_new(loop, fd);
+    if (!c) {
+        close(fd);
+        errno = ENOMEM;
+        return NULL;
+    }
+    c->state = ROUTER_CONN_CONNECTING;
+    c->peer = *addr;
+    router_conn_set_handlers(c, handlers, ud);
+    int rc = loop->be->conn_connect(c);
+    if (rc < 0) {
+        /* Reported like any other failure: from the loop, via on_close. */
+        router_conn_on_connected(c, -rc);
+    }
+    return c;
+}
+
+router_conn_t *router_loop_adopt(router_loop_t *loop, int fd, const router_conn_handlers_t *handlers,
+                                 void *ud)
+{
+    if (!loop || fd < 0 || !handlers || !handlers->on_data || !handlers->on_close ||
+        loop->destroying) {
+        if (fd >= 0)
+            close(fd);
+        errno = EINVAL;
+        return NULL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return NULL;
+    }
+    router_conn_t *c = router_conn_new(loop, fd);
+    if (!c) {
+        close(fd);
+        errno = ENOMEM;
+        return NULL;
+    }
+    socklen_t len = sizeof c->peer.u;
+    if (getpeername(fd, &c->peer.u.sa, &len) == 0)
+        c->peer.len = len;
+    router_conn_set_handlers(c, handlers, ud);
+    loop->be->conn_sync(c);
+    return c;
+}
+
+/* ------------------------------------------------------------ settle */
+
+void router_conn_run_pending(router_conn_t *c)
+{
+    router_loop_t *loop = c->loop;
+    unsigned what = c->pending;
+    c->pending = 0;
+    if (c->state == ROUTER_CONN_DEAD) {
+        if (what & ROUTER_PEND_CLOSED) {
+            if (c->has_handlers && c->h.on_close)
+                c->h.on_close(c, c->reason, c->ud);
+            c->has_handlers = false;
+            ROUTER_LIST_PUSH(loop->dead_conns, c);
+        }
+        return;
+    }
+    if (what & ROUTER_PEND_DELIVER)
+        s_deliver(c);
+    if ((what & ROUTER_PEND_FLUSH) && c->state != ROUTER_CONN_DEAD)
+        loop->be->conn_flush(c);
+}
+
+/* ------------------------------------------------------------ accessors */
+
+void router_conn_set_handlers(router_conn_t *c, const router_conn_handlers_t *handlers, void *ud)
+{
+    if (!c || !handlers)
+        return;
+    c->h = *handlers;
+    c->ud = ud;
+    c->has_handlers = handlers->on_data != NULL && handlers->on_close != NULL;
+}
+
+void router_conn_set_send_limit(router_conn_t *c, size_t bytes)
+{
+    if (c)
+        c->send_limit = bytes ? bytes : c->loop->opts.send_limit;
+}
+
+size_t router_conn_send_queued(const router_conn_t *c)
+{
+    return c ? c->wq_bytes : 0;
+}
+
+int router_conn_fd(const router_conn_t *c)
+{
+    return c && c->state != ROUTER_CONN_DEAD ? c->fd : -1;
+}
+
+uint64_t router_conn_id(const router_conn_t *c)
+{
+    return c ? c->id : 0;
+}
+
+const router_addr_t *router_conn_peer(const router_conn_t *c)
+{
+    return c ? &c->peer : NULL;
+}
+
+int router_conn_error(const router_conn_t *c)
+{
+    return c ? c->error : 0;
+}
+
+router_loop_t *router_conn_loop(const router_conn_t *c)
+{
+    return c ? c->loop : NULL;
+}
+
+void *router_conn_userdata(const router_conn_t *c)
+{
+    return c ? c->ud : NULL;
+}

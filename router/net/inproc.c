@@ -1,0 +1,127 @@
+/* router/net/inproc.c — the in-process name registry: a short list under a
+ * mutex (dials are rare: one per peer pair, then the connection is reused). */
+#include "router/net/inproc.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+typedef struct s_binding {
+    char name[ROUTER_INPROC_NAME_MAX + 1]; /* the bound name */
+    router_inproc_accept_fn *fn;           /* its acceptor */
+    void *ud;
+    struct s_binding *next;
+} s_binding_t;
+
+struct router_inproc {
+    pthread_mutex_t mu;     /* guards bindings; held across acceptor calls */
+    s_binding_t *bindings;  /* bound names */
+};
+
+static router_inproc_t s_default = {PTHREAD_MUTEX_INITIALIZER, NULL};
+
+router_inproc_t *router_inproc_new(void)
+{
+    router_inproc_t *self = calloc(1, sizeof *self);
+    if (self)
+        pthread_mutex_init(&self->mu, NULL);
+    return self;
+}
+
+router_inproc_t *router_inproc_default(void)
+{
+    return &s_default;
+}
+
+void router_inproc_destroy(router_inproc_t **self_p)
+{
+    if (!self_p || !*self_p || *self_p == &s_default)
+        return;
+    router_inproc_t *self = *self_p;
+    while (self->bindings) {
+        s_binding_t *b = self->bindings;
+        self->bindings = b->next;
+        free(b);
+    }
+    pthread_mutex_destroy(&self->mu);
+    free(self);
+    *self_p = NULL;
+}
+
+static s_binding_t **s_find(router_inproc_t *self, const char *name)
+{
+    s_binding_t **p = &self->bindings;
+    while (*p && strcmp((*p)->name, name) != 0)
+        p = &(*p)->next;
+    return p;
+}
+
+int router_inproc_bind(router_inproc_t *self, const char *name, router_inproc_accept_fn *fn,
+                       void *ud)
+{
+    size_t len = name ? strlen(name) : 0;
+    if (len == 0 || len > ROUTER_INPROC_NAME_MAX || !fn) {
+        errno = EINVAL;
+        return -1;
+    }
+    int rc = -1;
+    pthread_mutex_lock(&self->mu);
+    if (*s_find(self, name)) {
+        errno = EADDRINUSE;
+        goto done;
+    }
+    s_binding_t *b = calloc(1, sizeof *b);
+    if (!b) {
+        errno = ENOMEM;
+        goto done;
+    }
+    memcpy(b->name, name, len + 1);
+    b->fn = fn;
+    b->ud = ud;
+    b->next = self->bindings;
+    self->bindings = b;
+    rc = 0;
+done:
+    pthread_mutex_unlock(&self->mu);
+    return rc;
+}
+
+void router_inproc_unbind(router_inproc_t *self, const char *name)
+{
+    pthread_mutex_lock(&self->mu);
+    s_binding_t **p = s_find(self, name);
+    if (*p) {
+        s_binding_t *b = *p;
+        *p = b->next;
+        free(b);
+    }
+    pthread_mutex_unlock(&self->mu);
+}
+
+int router_inproc_dial(router_inproc_t *self, const char *name)
+{
+    int fds[2] = {-1, -1};
+    int rc = -1;
+    pthread_mutex_lock(&self->mu);
+    s_binding_t *b = *s_find(self, name);
+    if (!b) {
+        errno = ECONNREFUSED;
+        goto done;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
+        goto done;
+    /* Held across the call so unbind cannot race a half-made connection. */
+    if (b->fn(fds[1], b->ud) != 0) {
+        close(fds[0]);
+        close(fds[1]);
+        errno = ECONNREFUSED;
+        goto done;
+    }
+    rc = fds[0];
+done:
+    pthread_mutex_unlock(&self->mu);
+    return rc;
+}

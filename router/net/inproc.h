@@ -1,0 +1,42 @@
+/* router/net/inproc.h — the in-process transport (DESIGN §8 `inproc://name`): a
+ * namespaced registry of node names. Dialing a name makes a connected Unix
+ * socket pair and hands one end to the named node, so in-process peers run
+ * through exactly the same framing, pipeline, bounds and backpressure as
+ * TCP peers. A namespace is one network: tests make their own so several
+ * networks can share a process. Every function is thread-safe. */
+#ifndef KITH_ROUTER_INPROC_H
+#define KITH_ROUTER_INPROC_H
+
+/* Longest name, "inproc://" not included. */
+#define ROUTER_INPROC_NAME_MAX 128
+
+typedef struct router_inproc router_inproc_t;
+
+/* Receives the server end of a new connection on the dialing thread; it
+ * must hand `fd` to its own loop (router_loop_post) and return 0, or return
+ * -1 to refuse (the registry then closes fd and the dial fails). */
+typedef int(router_inproc_accept_fn)(int fd, void *ud);
+
+/* A new, empty namespace. Returns NULL on allocation failure. */
+router_inproc_t *router_inproc_new(void);
+
+/* The process-wide namespace used when none is given. Never freed. */
+router_inproc_t *router_inproc_default(void);
+
+/* Names must be unbound first. Idempotent; nulls *self_p. */
+void router_inproc_destroy(router_inproc_t **self_p);
+
+/* Binds `name` (1..ROUTER_INPROC_NAME_MAX bytes) to an acceptor. Returns 0,
+ * or -1 with errno EADDRINUSE (taken), EINVAL (bad name) or ENOMEM. */
+int router_inproc_bind(router_inproc_t *self, const char *name, router_inproc_accept_fn *fn,
+                       void *ud) __attribute__((warn_unused_result));
+
+/* Removes the binding; after it returns, the acceptor is never called again. */
+void router_inproc_unbind(router_inproc_t *self, const char *name);
+
+/* Connects to `name`: returns the dialer's end (nonblocking, close-on-exec),
+ * or -1 with errno ECONNREFUSED (nobody bound, or the acceptor refused). */
+int router_inproc_dial(router_inproc_t *self, const char *name)
+    __attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,340 @@
+/* router/net/listen.c — listening sockets (TCP v4/v6, Unix with stale-file
+ * replacement), and the accept path: limits, refusals, back-off when the
+ * process runs out of descriptors. */
+#include "router/net/listen.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "router/net/conn.h"
+#include "router/state/home.h"
+#include "router/log.h"
+#include "router/net/loop_internal.h"
+
+/* Pause before accepting again after EMFILE, ENFILE, ENOMEM and the like. */
+#define S_ACCEPT_RETRY_MS 100
+
+/* ------------------------------------------------------------ sockets */
+
+/* Makes room for a Unix socket at path: nothing there is fine; a socket
+ * file nobody accepts on is stale and removed; a live socket or any other
+ * kind of file is left alone and refused. */
+static int s_uds_clear_stale(const router_addr_t *addr)
+{
+    const char *path = addr->u.un.sun_path;
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0 : -1;
+    if (!S_ISSOCK(st.st_mode)) {
+        errno = EEXIST;
+        return -1;
+    }
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (probe < 0)
+        return -1;
+    int rc = connect(probe, &addr->u.sa, addr->len);
+    int err = errno;
+    close(probe);
+    if (rc == 0 || err == EAGAIN) {
+        errno = EADDRINUSE; /* someone is listening (EAGAIN: backlog full) */
+        return -1;
+    }
+    if (err != ECONNREFUSED) {
+        errno = err;
+        return -1;
+    }
+    if (unlink(path) != 0 && errno != ENOENT)
+        return -1;
+    return 0;
+}
+
+/* Creates the missing parent directories of a socket path (0700). */
+static int s_uds_mkparents(const char *path)
+{
+    char dir[sizeof ((struct sockaddr_un *) 0)->sun_path];
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path)
+        return 0;
+    size_t len = (size_t) (slash - path);
+    memcpy(dir, path, len);
+    dir[len] = '\0';
+    return router_home_mkdirs(dir, 0700);
+}
+
+static bool s_in6_is_any(const struct in6_addr *a)
+{
+    return memcmp(a, &in6addr_any, sizeof *a) == 0;
+}
+
+int router_listen_socket_open(const router_addr_t *addr, int backlog)
+{
+    int family = router_addr_family(addr);
+    if (family != AF_INET && family != AF_INET6 && family != AF_UNIX) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (family == AF_UNIX) {
+        if (addr->u.un.sun_path[0] == '\0') {
+            errno = EINVAL; /* abstract sockets are not supported */
+            return -1;
+        }
+        if (s_uds_mkparents(addr->u.un.sun_path) != 0 || s_uds_clear_stale(addr) != 0)
+            return -1;
+    }
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    if (family != AF_UNIX && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
+        goto fail;
+    if (family == AF_INET6) {
+        int v6only = s_in6_is_any(&addr->u.in6.sin6_addr) ? 0 : 1;
+        if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) != 0)
+            goto fail;
+    }
+    if (bind(fd, &addr->u.sa, addr->len) != 0)
+        goto fail;
+    /* Owner only: nobody can connect before listen(), so this is not racy. */
+    if (family == AF_UNIX && chmod(addr->u.un.sun_path, 0600) != 0)
+        goto fail_unlink;
+    if (listen(fd, backlog > 0 ? backlog : ROUTER_LISTEN_BACKLOG) != 0)
+        goto fail_unlink;
+    return fd;
+
+fail_unlink:
+    if (family == AF_UNIX) {
+        int err = errno;
+        unlink(addr->u.un.sun_path);
+        errno = err;
+    }
+fail:;
+    int err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+}
+
+/* ------------------------------------------------------------ listeners */
+
+router_listener_t *router_loop_listen(router_loop_t *loop, const router_addr_t *addr,
+                                      router_accept_fn on_accept, void *ud)
+{
+    if (!loop || !addr || !on_accept || loop->destroying) {
+        errno = EINVAL;
+        return NULL;
+    }
+    router_listener_t *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    l->loop = loop;
+    l->on_accept = on_accept;
+    l->ud = ud;
+    l->fd = router_listen_socket_open(addr, 0);
+    if (l->fd < 0)
+        goto fail;
+    l->addr = *addr;
+    if (router_addr_family(addr) == AF_UNIX) {
+        struct stat st;
+        l->uds_path = strdup(addr->u.un.sun_path);
+        if (!l->uds_path || stat(l->uds_path, &st) != 0)
+            goto fail;
+        l->uds_dev = st.st_dev;
+        l->uds_ino = st.st_ino;
+    } else {
+        socklen_t len = sizeof l->addr.u;
+        if (getsockname(l->fd, &l->addr.u.sa, &len) != 0)
+            goto fail;
+        l->addr.len = len;
+    }
+    int rc = loop->be->listener_start(l);
+    if (rc < 0) {
+        errno = -rc;
+        goto fail;
+    }
+    ROUTER_LIST_PUSH(loop->listeners, l);
+    char text[ROUTER_ADDR_STR_MAX] = "?";
+    (void) router_addr_format(&l->addr, text, sizeof text);
+    ROUTER_LOG(ROUTER_LOG_DEBUG, "listen", "listening on %s (%s)", text, loop->be->name);
+    return l;
+
+fail:;
+    int err = errno;
+    if (l->fd >= 0) {
+        close(l->fd);
+        if (router_addr_family(addr) == AF_UNIX)
+            unlink(addr->u.un.sun_path);
+    }
+    free(l->uds_path);
+    free(l);
+    errno = err;
+    return NULL;
+}
+
+/* Removes the socket file, unless it has been replaced since we made it. */
+static void s_uds_unlink_own(router_listener_t *l)
+{
+    struct stat st;
+    if (!l->uds_path)
+        return;
+    if (lstat(l->uds_path, &st) == 0 && st.st_dev == l->uds_dev && st.st_ino == l->uds_ino)
+        unlink(l->uds_path);
+    free(l->uds_path);
+    l->uds_path = NULL;
+}
+
+void router_listener_close(router_listener_t **lp)
+{
+    if (!lp || !*lp)
+        return;
+    router_listener_t *l = *lp;
+    router_loop_t *loop = l->loop;
+    *lp = NULL;
+    if (l->closed)
+        return;
+    l->closed = true;
+    if (l->retry_timer) {
+        (void) router_loop_timer_cancel(loop, l->retry_timer);
+        l->retry_timer = 0;
+    }
+    loop->be->listener_stop(l);
+    s_uds_unlink_own(l);
+    ROUTER_LIST_UNLINK(loop->listeners, l);
+    ROUTER_LIST_PUSH(loop->dead_listeners, l);
+}
+
+bool router_listener_release(router_listener_t *l, bool force)
+{
+    router_loop_t *loop = l->loop;
+    if (!force && loop->be->listener_busy(l))
+        return false;
+    if (l->fd >= 0) {
+        close(l->fd);
+        l->fd = -1;
+    }
+    /* Connections still open decrement stats.open through this pointer. */
+    if (!force && l->stats.open > 0)
+        return false;
+    ROUTER_LIST_UNLINK(loop->dead_listeners, l);
+    free(l->uds_path);
+    free(l);
+    return true;
+}
+
+void router_listener_on_accept(router_listener_t *l, int fd)
+{
+    router_loop_t *loop = l->loop;
+    char text[ROUTER_ADDR_STR_MAX] = "?";
+    if (l->closed) {
+        close(fd);
+        return;
+    }
+    bool own_cap = l->max_conns && l->stats.open >= l->max_conns;
+    if (own_cap || loop->stats.conns_open >= loop->opts.max_conns) {
+        close(fd);
+        loop->stats.refused++;
+        l->stats.refused++;
+        /* Logged once per streak: a flood must not flood the log too. */
+        if (!l->refusing) {
+            l->refusing = true;
+            (void) router_addr_format(&l->addr, text, sizeof text);
+            ROUTER_LOG(ROUTER_LOG_WARN, "listen",
+                       "%s: %s limit of %u connections reached: refusing new ones", text,
+                       own_cap ? "listener" : "loop", own_cap ? l->max_conns : loop->opts.max_conns);
+        }
+        return;
+    }
+    l->refusing = false;
+    router_conn_t *c = router_conn_new(loop, fd);
+    if (!c) {
+        close(fd);
+        loop->stats.accept_errors++;
+        return;
+    }
+    socklen_t len = sizeof c->peer.u;
+    if (getpeername(fd, &c->peer.u.sa, &len) == 0)
+        c->peer.len = len;
+    if (router_addr_family(&l->addr) != AF_UNIX) {
+        int one = 1;
+        (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    c->listener = l;
+    l->stats.open++;
+    l->stats.accepted++;
+    loop->stats.accepted++;
+    l->on_accept(l, c, l->ud);
+    if (c->state == ROUTER_CONN_DEAD)
+        return;
+    if (!c->has_handlers) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "listen", "accept callback set no handlers: conn aborted");
+        router_conn_kill(c, ROUTER_CLOSE_ABORT, 0);
+        return;
+    }
+    loop->be->conn_sync(c);
+}
+
+static void s_accept_retry(router_loop_t *loop, uint64_t id, void *ud)
+{
+    router_listener_t *l = ud;
+    (void) id;
+    l->retry_timer = 0;
+    l->backing_off = false;
+    if (l->closed)
+        return;
+    int rc = loop->be->listener_start(l);
+    if (rc < 0)
+        router_listener_on_accept_error(l, -rc);
+}
+
+void router_listener_on_accept_error(router_listener_t *l, int err)
+{
+    router_loop_t *loop = l->loop;
+    switch (err) {
+    case EAGAIN:
+    case EINTR:
+    case ECONNABORTED:
+    case EPROTO:
+    case EPERM: /* a firewall rule refused this one */
+        return;
+    default:
+        break;
+    }
+    loop->stats.accept_errors++;
+    if (l->closed || l->backing_off)
+        return;
+    char text[ROUTER_ADDR_STR_MAX] = "?";
+    (void) router_addr_format(&l->addr, text, sizeof text);
+    ROUTER_LOG(ROUTER_LOG_WARN, "listen", "%s: accept failed (%s): pausing accepts for %d ms",
+               text, strerror(err), S_ACCEPT_RETRY_MS);
+    l->backing_off = true;
+    loop->be->listener_stop(l);
+    l->retry_timer = router_loop_timer_add(loop, S_ACCEPT_RETRY_MS, s_accept_retry, l);
+    if (!l->retry_timer) {
+        /* No timer slot: retry on the next loop iteration instead. */
+        l->backing_off = false;
+        (void) loop->be->listener_start(l);
+    }
+}
+
+const router_addr_t *router_listener_addr(const router_listener_t *l)
+{
+    return l ? &l->addr : NULL;
+}
+
+void router_listener_set_max_conns(router_listener_t *l, unsigned max_conns)
+{
+    if (l)
+        l->max_conns = max_conns;
+}
+
+void router_listener_stats(const router_listener_t *l, router_listener_stats_t *out)
+{
+    if (l && out)
+        *out = l->stats;
+}

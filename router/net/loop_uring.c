@@ -1,0 +1,591 @@
+/* router/net/loop_uring.c — the io_uring backend (liburing 2.3).
+ *
+ * Per opcode:
+ * - ACCEPT: one multishot accept per listener; re-armed when a CQE comes
+ *   without IORING_CQE_F_MORE; EMFILE and friends pause it for a moment.
+ * - RECV: one multishot recv per connection reading into a ring of provided
+ *   buffers (IOSQE_BUFFER_SELECT); the buffer id comes back in the CQE
+ *   flags and the buffer returns to the ring right after on_data. -ENOBUFS
+ *   (ring empty) or a missing F_MORE re-arms it; pausing cancels it.
+ * - SEND: at most one sendmsg per connection, over up to 16 queued blocks;
+ *   a short write re-submits the rest.
+ * - CONNECT: prep_connect on a nonblocking socket.
+ * - POLL: multishot poll for watches (edge-triggered), re-armed when it ends.
+ * user_data is the object's address with the opcode in its low bits; an
+ * object is freed only once all its requests have completed (inflight).
+ * Kernels without multishot recv or accept get single-shot requests
+ * re-armed after each completion. */
+#include <errno.h>
+#include <liburing.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "router/log.h"
+#include "router/net/loop_internal.h"
+
+/* Submission and completion queue sizes. */
+#define S_SQ_ENTRIES 1024
+#define S_CQ_ENTRIES 8192
+/* The one provided-buffer group. */
+#define S_BGID 0
+/* Completions handled per wait before timers get their turn. */
+#define S_CQE_BATCH 4096
+/* How long destroy waits for cancelled requests to complete. */
+#define S_DRAIN_MS 1000
+
+typedef struct s_uring {
+    struct io_uring ring;          /* the ring */
+    bool enabled;                  /* false until the first wait when set up R_DISABLED */
+    unsigned inflight;             /* requests of every object still in flight */
+    struct io_uring_buf_ring *br;  /* the provided-buffer ring */
+    size_t br_bytes;               /* its mapping's size */
+    uint8_t *bufs;                 /* the buffers, buf_count × buf_size */
+    size_t bufs_bytes;             /* their mapping's size */
+    unsigned buf_size;             /* bytes per buffer */
+    unsigned buf_count;            /* buffers (power of two) */
+    bool recv_oneshot;             /* kernel refused multishot recv (< 6.0) */
+    bool accept_oneshot;           /* kernel refused multishot accept (< 5.19) */
+} s_uring_t;
+
+static s_uring_t *s_u(const router_loop_t *loop)
+{
+    return loop->be_data;
+}
+
+/* An SQE, submitting what is queued if the SQ is full. NULL if none can be
+ * had (the ring is not enabled yet, or the kernel is backed up). */
+static struct io_uring_sqe *s_sqe(s_uring_t *u)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+    if (sqe || !u->enabled)
+        return sqe;
+    (void) io_uring_submit(&u->ring);
+    return io_uring_get_sqe(&u->ring);
+}
+
+/* Queues a cancel for the request tagged `tag`; its completion is ignored. */
+static bool s_cancel(s_uring_t *u, uint64_t tag)
+{
+    struct io_uring_sqe *sqe = s_sqe(u);
+    if (!sqe)
+        return false;
+    io_uring_prep_cancel64(sqe, tag, 0);
+    io_uring_sqe_set_data64(sqe, router_op_pack(NULL, ROUTER_OP_IGNORE));
+    return true;
+}
+
+/* ------------------------------------------------------------ setup */
+
+static int s_ring_init(s_uring_t *u)
+{
+    /* Fastest first: one issuer with deferred task work (6.1+), started
+     * disabled so the thread that runs the loop becomes its issuer; then
+     * plain setups for older kernels. */
+    static const unsigned flag_sets[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED |
+            IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE,
+        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE,
+        IORING_SETUP_CQSIZE,
+    };
+    int rc = -EINVAL;
+    for (size_t i = 0; i < sizeof flag_sets / sizeof flag_sets[0]; i++) {
+        struct io_uring_params p;
+        memset(&p, 0, sizeof p);
+        p.flags = flag_sets[i];
+        p.cq_entries = S_CQ_ENTRIES;
+        rc = io_uring_queue_init_params(S_SQ_ENTRIES, &u->ring, &p);
+        if (rc == 0) {
+            u->enabled = !(p.flags & IORING_SETUP_R_DISABLED);
+            return 0;
+        }
+        if (rc != -EINVAL)
+            return rc; /* ENOSYS, EPERM (seccomp, sysctl), ENOMEM: no retry helps */
+    }
+    return rc;
+}
+
+static int s_bufs_init(s_uring_t *u, unsigned size, unsigned count)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    size_t ps = page > 0 ? (size_t) page : 4096;
+    u->buf_size = size;
+    u->buf_count = count;
+    u->br_bytes = ((count * sizeof(struct io_uring_buf)) + ps - 1) / ps * ps;
+    u->bufs_bytes = ((size_t) size * count + ps - 1) / ps * ps;
+    void *br = mmap(NULL, u->br_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (br == MAP_FAILED)
+        return -errno;
+    u->br = br;
+    void *bufs = mmap(NULL, u->bufs_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                      -1, 0);
+    if (bufs == MAP_FAILED)
+        return -errno;
+    u->bufs = bufs;
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (uint64_t) (uintptr_t) u->br;
+    reg.ring_entries = count;
+    reg.bgid = S_BGID;
+    int rc = io_uring_register_buf_ring(&u->ring, &reg, 0);
+    if (rc < 0)
+        return rc;
+    io_uring_buf_ring_init(u->br);
+    int mask = io_uring_buf_ring_mask(count);
+    for (unsigned i = 0; i < count; i++)
+        io_uring_buf_ring_add(u->br, u->bufs + (size_t) i * size, size, (unsigned short) i, mask,
+                              (int) i);
+    io_uring_buf_ring_advance(u->br, (int) count);
+    return 0;
+}
+
+static void s_free(s_uring_t *u, bool ring_up)
+{
+    if (ring_up)
+        io_uring_queue_exit(&u->ring);
+    if (u->bufs)
+        munmap(u->bufs, u->bufs_bytes);
+    if (u->br)
+        munmap(u->br, u->br_bytes);
+    free(u);
+}
+
+static int s_init(router_loop_t *loop)
+{
+    s_uring_t *u = calloc(1, sizeof *u);
+    if (!u)
+        return -ENOMEM;
+    int rc = s_ring_init(u);
+    if (rc < 0) {
+        s_free(u, false);
+        return rc;
+    }
+    rc = s_bufs_init(u, loop->opts.recv_buf_size, loop->opts.recv_buf_count);
+    if (rc < 0) {
+        s_free(u, true); /* no provided-buffer rings (< 5.19): use epoll */
+        return rc;
+    }
+    loop->be_data = u;
+    return 0;
+}
+
+static void s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe);
+
+/* Cancels whatever is still in flight and waits (bounded) for the
+ * completions, so no request outlives the memory it points into. */
+static void s_fini(router_loop_t *loop)
+{
+    s_uring_t *u = s_u(loop);
+    if (!u)
+        return;
+    if (u->enabled) {
+        struct io_uring_sqe *sqe = s_sqe(u);
+        if (sqe) {
+            io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+            io_uring_sqe_set_data64(sqe, router_op_pack(NULL, ROUTER_OP_IGNORE));
+        }
+        uint64_t deadline = router_loop_now_ms(loop) + S_DRAIN_MS;
+        while (u->inflight > 0) {
+            uint64_t now = router_loop_now_ms(loop);
+            if (now >= deadline)
+                break;
+            struct __kernel_timespec ts = {.tv_sec = 0,
+                                           .tv_nsec = (long long) (deadline - now) * 1000000};
+            struct io_uring_cqe *cqe;
+            int rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
+            if (rc < 0 && rc != -ETIME && rc != -EINTR)
+                break;
+            while (io_uring_peek_cqe(&u->ring, &cqe) == 0) {
+                struct io_uring_cqe copy = *cqe;
+                io_uring_cqe_seen(&u->ring, cqe);
+                s_dispatch(loop, &copy);
+            }
+        }
+    }
+    s_free(u, true);
+    loop->be_data = NULL;
+}
+
+/* ------------------------------------------------------------ listeners */
+
+static int s_listener_start(router_listener_t *l)
+{
+    s_uring_t *u = s_u(l->loop);
+    if (l->be.u.inflight > 0)
+        return 0; /* still armed, or re-armed when its cancel completes */
+    struct io_uring_sqe *sqe = s_sqe(u);
+    if (!sqe)
+        return -EBUSY;
+    if (u->accept_oneshot)
+        io_uring_prep_accept(sqe, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    else
+        io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, router_op_pack(l, ROUTER_OP_ACCEPT));
+    l->be.u.inflight++;
+    l->be.u.cancelled = false;
+    u->inflight++;
+    return 0;
+}
+
+static void s_listener_stop(router_listener_t *l)
+{
+    if (l->be.u.inflight > 0 && !l->be.u.cancelled &&
+        s_cancel(s_u(l->loop), router_op_pack(l, ROUTER_OP_ACCEPT)))
+        l->be.u.cancelled = true;
+}
+
+static bool s_listener_busy(const router_listener_t *l)
+{
+    return l->be.u.inflight > 0;
+}
+
+static void s_on_accept(router_loop_t *loop, router_listener_t *l, const struct io_uring_cqe *cqe)
+{
+    s_uring_t *u = s_u(loop);
+    bool more = cqe->flags & IORING_CQE_F_MORE;
+    if (!more) {
+        l->be.u.inflight--;
+        u->inflight--;
+    }
+    if (cqe->res >= 0) {
+        router_listener_on_accept(l, cqe->res);
+    } else if (cqe->res == -EINVAL && !u->accept_oneshot && !l->closed) {
+        u->accept_oneshot = true;
+        ROUTER_LOG(ROUTER_LOG_INFO, "loop", "no multishot accept: re-arming single accepts");
+    } else if (cqe->res != -ECANCELED) {
+        router_listener_on_accept_error(l, -cqe->res);
+    }
+    if (!more && !l->closed && !l->backing_off && l->be.u.inflight == 0) {
+        int rc = s_listener_start(l);
+        if (rc < 0)
+            router_listener_on_accept_error(l, -rc);
+    }
+}
+
+/* ------------------------------------------------------------ connections */
+
+static void s_buf_recycle(s_uring_t *u, unsigned bid)
+{
+    io_uring_buf_ring_add(u->br, u->bufs + (size_t) bid * u->buf_size, u->buf_size,
+                          (unsigned short) bid, io_uring_buf_ring_mask(u->buf_count), 0);
+    io_uring_buf_ring_advance(u->br, 1);
+}
+
+static bool s_recv_arm(router_conn_t *c)
+{
+    s_uring_t *u = s_u(c->loop);
+    struct io_uring_sqe *sqe = s_sqe(u);
+    if (!sqe)
+        return false;
+    if (u->recv_oneshot)
+        io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
+    else
+        io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = S_BGID;
+    io_uring_sqe_set_data64(sqe, router_op_pack(c, ROUTER_OP_RECV));
+    c->be.u.inflight++;
+    c->be.u.recv_armed = true;
+    c->be.u.recv_cancelled = false;
+    u->inflight++;
+    return true;
+}
+
+static void s_conn_sync(router_conn_t *c)
+{
+    router_conn_uring_t *cu = &c->be.u;
+    if (c->state == ROUTER_CONN_DEAD || c->state == ROUTER_CONN_CONNECTING)
+        return;
+    bool want = router_conn_wants_read(c);
+    if (want && !cu->recv_armed) {
+        if (!s_recv_arm(c))
+            router_conn_on_error(c, EBUSY);
+    } else if (!want && cu->recv_armed && !cu->recv_cancelled) {
+        if (s_cancel(s_u(c->loop), router_op_pack(c, ROUTER_OP_RECV)))
+            cu->recv_cancelled = true;
+    }
+}
+
+static int s_conn_connect(router_conn_t *c)
+{
+    s_uring_t *u = s_u(c->loop);
+    struct io_uring_sqe *sqe = s_sqe(u);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_connect(sqe, c->fd, &c->peer.u.sa, c->peer.len);
+    io_uring_sqe_set_data64(sqe, router_op_pack(c, ROUTER_OP_CONNECT));
+    c->be.u.inflight++;
+    c->be.u.connect_armed = true;
+    u->inflight++;
+    return 0;
+}
+
+static void s_conn_flush(router_conn_t *c)
+{
+    router_conn_uring_t *cu = &c->be.u;
+    if (c->state == ROUTER_CONN_DEAD || c->state == ROUTER_CONN_CONNECTING ||
+        cu->send_armed || c->wq_bytes == 0)
+        return;
+    s_uring_t *u = s_u(c->loop);
+    struct io_uring_sqe *sqe = s_sqe(u);
+    if (!sqe) {
+        router_conn_on_error(c, EBUSY);
+        return;
+    }
+    /* The kernel reads msg and iov at issue time, and the queued blocks
+     * until completion: appends only touch bytes past these pieces. */
+    memset(&cu->msg, 0, sizeof cu->msg);
+    cu->msg.msg_iov = cu->iov;
+    cu->msg.msg_iovlen = (size_t) router_conn_wq_iov(c, cu->iov, ROUTER_CONN_IOV_MAX);
+    io_uring_prep_sendmsg(sqe, c->fd, &cu->msg, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, router_op_pack(c, ROUTER_OP_SEND));
+    cu->inflight++;
+    cu->send_armed = true;
+    u->inflight++;
+}
+
+static void s_conn_kill(router_conn_t *c)
+{
+    router_conn_uring_t *cu = &c->be.u;
+    s_uring_t *u = s_u(c->loop);
+    bool ok = true;
+    if (cu->recv_armed && !cu->recv_cancelled)
+        ok &= s_cancel(u, router_op_pack(c, ROUTER_OP_RECV));
+    if (cu->send_armed)
+        ok &= s_cancel(u, router_op_pack(c, ROUTER_OP_SEND));
+    if (cu->connect_armed)
+        ok &= s_cancel(u, router_op_pack(c, ROUTER_OP_CONNECT));
+    cu->recv_cancelled = true;
+    if (!ok && c->fd >= 0)
+        (void) shutdown(c->fd, SHUT_RDWR); /* no SQE: make the requests end by themselves */
+}
+
+static bool s_conn_busy(const router_conn_t *c)
+{
+    return c->be.u.inflight > 0;
+}
+
+static void s_on_recv(router_loop_t *loop, router_conn_t *c, const struct io_uring_cqe *cqe)
+{
+    s_uring_t *u = s_u(loop);
+    router_conn_uring_t *cu = &c->be.u;
+    bool more = cqe->flags & IORING_CQE_F_MORE;
+    if (!more) {
+        cu->inflight--;
+        cu->recv_armed = false;
+        cu->recv_cancelled = false;
+        u->inflight--;
+    }
+    int res = cqe->res;
+    unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    bool has_buf = (cqe->flags & IORING_CQE_F_BUFFER) && bid < u->buf_count;
+    if (res > 0 && has_buf) {
+        router_conn_on_read(c, u->bufs + (size_t) bid * u->buf_size, (size_t) res);
+    } else if (res == 0) {
+        router_conn_on_eof(c);
+    } else if (res == -ENOBUFS) {
+        loop->stats.recv_nobufs++; /* buffers are back by now: re-armed below */
+    } else if (res == -EINVAL && !u->recv_oneshot && c->state != ROUTER_CONN_DEAD) {
+        u->recv_oneshot = true;
+        ROUTER_LOG(ROUTER_LOG_INFO, "loop", "no multishot recv: re-arming single receives");
+    } else if (res < 0 && res != -ECANCELED && res != -EAGAIN && res != -EINTR) {
+        router_conn_on_error(c, -res);
+    }
+    /* Back to the ring only now: on_data has returned. */
+    if (has_buf)
+        s_buf_recycle(u, bid);
+    if (!more && c->state != ROUTER_CONN_DEAD)
+        s_conn_sync(c);
+}
+
+static void s_on_send(router_loop_t *loop, router_conn_t *c, const struct io_uring_cqe *cqe)
+{
+    s_uring_t *u = s_u(loop);
+    c->be.u.inflight--;
+    c->be.u.send_armed = false;
+    u->inflight--;
+    if (c->state == ROUTER_CONN_DEAD)
+        return;
+    if (cqe->res == -EAGAIN || cqe->res == -EINTR) {
+        s_conn_flush(c);
+        return;
+    }
+    if (cqe->res <= 0) {
+        router_conn_on_error(c, cqe->res < 0 ? -cqe->res : EPIPE);
+        return;
+    }
+    router_conn_on_sent(c, (size_t) cqe->res);
+    if (c->state != ROUTER_CONN_DEAD && c->wq_bytes > 0)
+        s_conn_flush(c);
+}
+
+static void s_on_connect(router_loop_t *loop, router_conn_t *c, const struct io_uring_cqe *cqe)
+{
+    s_uring_t *u = s_u(loop);
+    c->be.u.inflight--;
+    c->be.u.connect_armed = false;
+    u->inflight--;
+    router_conn_on_connected(c, cqe->res < 0 ? -cqe->res : 0);
+}
+
+/* ------------------------------------------------------------ watches */
+
+static unsigned s_poll_mask(unsigned events)
+{
+    unsigned mask = 0;
+    if (events & ROUTER_EV_READ)
+        mask |= POLLIN | POLLRDHUP;
+    if (events & ROUTER_EV_WRITE)
+        mask |= POLLOUT;
+    return mask;
+}
+
+static int s_watch_start(router_watch_t *w)
+{
+    s_uring_t *u = s_u(w->loop);
+    struct io_uring_sqe *sqe = s_sqe(u);
+    if (!sqe)
+        return -EBUSY;
+    io_uring_prep_poll_multishot(sqe, w->fd, s_poll_mask(w->events));
+    io_uring_sqe_set_data64(sqe, router_op_pack(w, ROUTER_OP_POLL));
+    w->be.u.inflight++;
+    w->be.u.failed = false;
+    u->inflight++;
+    return 0;
+}
+
+static void s_watch_stop(router_watch_t *w)
+{
+    s_uring_t *u = s_u(w->loop);
+    if (w->be.u.inflight == 0)
+        return;
+    struct io_uring_sqe *sqe = s_sqe(u);
+    if (!sqe)
+        return; /* the poll ends when the fd is closed; w->dead mutes it */
+    io_uring_prep_poll_remove(sqe, router_op_pack(w, ROUTER_OP_POLL));
+    io_uring_sqe_set_data64(sqe, router_op_pack(NULL, ROUTER_OP_IGNORE));
+}
+
+/* Remove then add: SQEs are issued in order, so the remove always finds the
+ * newest poll and the old one's final completion does not re-arm (another
+ * is in flight). */
+static int s_watch_update(router_watch_t *w)
+{
+    s_watch_stop(w);
+    return s_watch_start(w);
+}
+
+static bool s_watch_busy(const router_watch_t *w)
+{
+    return w->be.u.inflight > 0;
+}
+
+static void s_on_poll(router_loop_t *loop, router_watch_t *w, const struct io_uring_cqe *cqe)
+{
+    s_uring_t *u = s_u(loop);
+    bool more = cqe->flags & IORING_CQE_F_MORE;
+    if (!more) {
+        w->be.u.inflight--;
+        u->inflight--;
+    }
+    if (cqe->res >= 0) {
+        unsigned ev = (unsigned) cqe->res, out = 0;
+        if (ev & (POLLIN | POLLRDHUP | POLLPRI))
+            out |= ROUTER_EV_READ;
+        if (ev & POLLOUT)
+            out |= ROUTER_EV_WRITE;
+        if (ev & (POLLERR | POLLHUP)) {
+            out |= ROUTER_EV_ERROR;
+            if (w->events & ROUTER_EV_READ)
+                out |= ROUTER_EV_READ;
+        }
+        router_watch_fire(w, out & (w->events | ROUTER_EV_ERROR));
+    } else if (cqe->res != -ECANCELED && !w->dead) {
+        w->be.u.failed = true; /* EBADF and the like: re-arming would only fail again */
+        router_watch_fire(w, ROUTER_EV_ERROR);
+    }
+    if (!more && !w->dead && !w->be.u.failed && w->be.u.inflight == 0 &&
+        s_watch_start(w) < 0)
+        router_watch_fire(w, ROUTER_EV_ERROR);
+}
+
+/* ------------------------------------------------------------ waiting */
+
+static void s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe)
+{
+    void *obj = router_op_obj(cqe->user_data);
+    switch (router_op_of(cqe->user_data)) {
+    case ROUTER_OP_ACCEPT:
+        s_on_accept(loop, obj, cqe);
+        break;
+    case ROUTER_OP_RECV:
+        s_on_recv(loop, obj, cqe);
+        break;
+    case ROUTER_OP_SEND:
+        s_on_send(loop, obj, cqe);
+        break;
+    case ROUTER_OP_CONNECT:
+        s_on_connect(loop, obj, cqe);
+        break;
+    case ROUTER_OP_POLL:
+        s_on_poll(loop, obj, cqe);
+        break;
+    case ROUTER_OP_IGNORE:
+    default:
+        break;
+    }
+}
+
+static int s_wait(router_loop_t *loop, int timeout_ms)
+{
+    s_uring_t *u = s_u(loop);
+    if (!u->enabled) {
+        /* The first thread to run the loop becomes the ring's single issuer. */
+        int rc = io_uring_register(u->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+        if (rc < 0)
+            return rc == -1 ? -errno : rc;
+        u->enabled = true;
+    }
+    struct io_uring_cqe *cqe;
+    int rc;
+    if (timeout_ms == 0) {
+        rc = io_uring_submit_and_get_events(&u->ring);
+    } else if (timeout_ms < 0) {
+        rc = io_uring_submit_and_wait(&u->ring, 1);
+    } else {
+        struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
+                                       .tv_nsec = (long long) (timeout_ms % 1000) * 1000000};
+        rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
+    }
+    if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+        return rc;
+    for (unsigned n = 0; n < S_CQE_BATCH && io_uring_peek_cqe(&u->ring, &cqe) == 0; n++) {
+        /* Copied and released first: handlers may submit, even wait. */
+        struct io_uring_cqe copy = *cqe;
+        io_uring_cqe_seen(&u->ring, cqe);
+        s_dispatch(loop, &copy);
+    }
+    return 0;
+}
+
+const router_backend_ops_t router_backend_uring = {
+    .name = "io_uring",
+    .init = s_init,
+    .fini = s_fini,
+    .wait = s_wait,
+    .listener_start = s_listener_start,
+    .listener_stop = s_listener_stop,
+    .listener_busy = s_listener_busy,
+    .conn_connect = s_conn_connect,
+    .conn_sync = s_conn_sync,
+    .conn_flush = s_conn_flush,
+    .conn_kill = s_conn_kill,
+    .conn_busy = s_conn_busy,
+    .watch_start = s_watch_start,
+    .watch_update = s_watch_update,
+    .watch_stop = s_watch_stop,
+    .watch_busy = s_watch_busy,
+};

@@ -1,0 +1,35 @@
+/* router/state/statefile.h — reading and atomically replacing the small files
+ * kith keeps under $KITH_HOME (config.json, trusted_peers.json,
+ * identity/identity.pub). */
+#ifndef KITH_ROUTER_STATEFILE_H
+#define KITH_ROUTER_STATEFILE_H
+
+#include <stddef.h>
+
+/* Reads the regular file at `path` when it holds at most `max` bytes.
+ * On success *out is a new NUL-terminated buffer the caller frees, *len its
+ * length without the NUL, *mode (when not NULL) the file's permission bits as
+ * seen on the open file, and 0 is returned. Otherwise -1 with errno kept
+ * (ENOENT when the file is missing, EFBIG when it is larger than max, EINVAL
+ * when it is not a regular file) and a one-line reason in err[errcap]. */
+int router_statefile_read(const char *path, size_t max, char **out, size_t *len, unsigned *mode,
+                          char *err, size_t errcap) __attribute__((warn_unused_result));
+
+/* Replaces `path` with data[len] so that readers see the old file or the new
+ * one, never a mix: a temp file in the same directory created with `mode`,
+ * written, fsynced, renamed over `path`, then the directory fsynced.
+ * Returns 0, or -1 with errno kept and err set; the temp file is removed on
+ * failure. */
+int router_statefile_replace(const char *path, const void *data, size_t len, unsigned mode,
+                             char *err, size_t errcap) __attribute__((warn_unused_result));
+
+/* write(2)s all of data[len] to fd, retrying on EINTR and short writes.
+ * Returns 0 or -1 (errno). */
+int router_statefile_write_all(int fd, const void *data, size_t len)
+    __attribute__((warn_unused_result));
+
+/* fsyncs the directory holding `path`, so a rename or link into it is
+ * durable. Returns 0 or -1 (errno). */
+int router_statefile_sync_dir(const char *path) __attribute__((warn_unused_result));
+
+#endif
