@@ -15,8 +15,8 @@
 #include <string.h>
 
 #include "gateway/http_internal.h"
-#include "router/net/conn.h"
 #include "router/log.h"
+#include "router/net/conn.h"
 
 /* First allocation for a decoded body; it then doubles as data arrives, so
  * a client announcing a large body it never sends pins little memory. */

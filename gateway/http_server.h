@@ -27,10 +27,10 @@
 #include <stdint.h>
 
 #include "proto/http.h"
-#include "router/state/config.h"
+#include "router/metrics.h"
 #include "router/net/listen.h"
 #include "router/net/loop.h"
-#include "router/metrics.h"
+#include "router/state/config.h"
 
 /* ---------------------------------------------------------------- limits */
 

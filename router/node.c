@@ -18,14 +18,15 @@
 #include "proto/envelope.h"
 #include "proto/line.h"
 #include "proto/uuid.h"
+#include "router/clock.h"
 #include "router/comms/comms.h"
-#include "router/net/conn.h"
 #include "router/comms/event_line.h"
+#include "router/log.h"
+#include "router/net/conn.h"
+#include "router/net/listen.h"
+#include "router/net/loop.h"
 #include "router/state/home.h"
 #include "router/state/identity.h"
-#include "router/net/listen.h"
-#include "router/log.h"
-#include "router/net/loop.h"
 #include "router/state/trust.h"
 
 struct router_node {
@@ -51,13 +52,6 @@ struct router_node {
     void (*on_stop)(void *ud);           /* told when a graceful stop begins */
     void *on_stop_ud;
 };
-
-static uint64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
-}
 
 /* ---------------------------------------------------------------- events from comms */
 
@@ -167,7 +161,7 @@ static void s_event_line(router_node_t *self, const uint8_t *line, size_t len)
     uint64_t seq;
     proto_uuid_v7_new(id);
     if (router_inbox_admit(self->inbox, id, nobody, "event", (const uint8_t *) body, body_len,
-                           s_now_ms(), &seq) == ROUTER_INBOX_ADMITTED) {
+                           router_clock_wall_ms(), &seq) == ROUTER_INBOX_ADMITTED) {
         router_metric_inc(self->m_events, 1);
         ROUTER_LOG(ROUTER_LOG_INFO, "events", "queued event seq=%llu bytes=%zu",
                    (unsigned long long) seq, body_len);

@@ -22,11 +22,11 @@
 
 #include <cbor.h>
 
+#include "router/comms/outbound.h"
+#include "router/metrics.h"
+#include "router/net/inproc.h"
 #include "router/state/config.h"
 #include "router/state/inbox.h"
-#include "router/net/inproc.h"
-#include "router/metrics.h"
-#include "router/comms/outbound.h"
 
 typedef struct router_node router_node_t;
 

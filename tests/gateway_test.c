@@ -27,10 +27,10 @@
 
 #include "gateway/http_server.h"
 #include "gateway/routes.h"
-#include "router/net/listen.h"
 #include "router/log.h"
-#include "router/net/loop.h"
 #include "router/metrics.h"
+#include "router/net/listen.h"
+#include "router/net/loop.h"
 
 /* A client read that waits this long has hung: fail instead. */
 #define HANG_GUARD_S 30

@@ -11,10 +11,10 @@
 #include <cmocka.h>
 
 #include "proto/envelope.h"
-#include "router/state/config.h"
-#include "router/state/inbox.h"
 #include "router/net/inproc.h"
 #include "router/node.h"
+#include "router/state/config.h"
+#include "router/state/inbox.h"
 
 #define NODES 3
 

@@ -11,8 +11,9 @@
 #include <unistd.h>
 
 #include "proto/frame.h"
-#include "router/log.h"
+#include "router/clock.h"
 #include "router/comms/replay.h"
+#include "router/log.h"
 
 /* Acks owed on one connection before it stops reading (backpressure while
  * the store catches up); reading resumes below half of it. */
@@ -69,13 +70,6 @@ struct router_comms {
     router_comms_stats_t stats;
     router_metric_t *m_admitted, *m_acked, *m_rejected[PROTO_WIRE_INTERNAL + 1];
 };
-
-static uint64_t s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
-}
 
 static void s_release(s_cc_t *cc);
 static void s_maybe_finish_drain(router_comms_t *self);
@@ -264,7 +258,7 @@ static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
         goto done;
     }
     /* not a replay */
-    uint64_t now = s_now_ms();
+    uint64_t now = router_clock_wall_ms();
     router_replay_verdict_t v =
         router_replay_check_insert(self->replay, from, proto_envelope_id(env), now);
     if (v != ROUTER_REPLAY_FRESH) {

@@ -17,12 +17,12 @@
 #include <stdint.h>
 
 #include "proto/envelope.h"
+#include "router/metrics.h"
 #include "router/net/conn.h"
-#include "router/state/identity.h"
-#include "router/state/inbox.h"
 #include "router/net/listen.h"
 #include "router/net/loop.h"
-#include "router/metrics.h"
+#include "router/state/identity.h"
+#include "router/state/inbox.h"
 #include "router/state/trust.h"
 
 typedef struct router_comms router_comms_t;

@@ -11,8 +11,8 @@
 
 #include "proto/envelope.h"
 #include "proto/frame.h"
-#include "router/net/conn.h"
 #include "router/log.h"
+#include "router/net/conn.h"
 
 /* Sends waiting on one link; past this, send fails with ENOBUFS. */
 #define S_WAITING_MAX 65536u

@@ -9,9 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "router/state/identity.h"
 #include "router/net/listen.h"
 #include "router/net/loop.h"
+#include "router/state/identity.h"
 
 typedef struct router_outbound router_outbound_t;
 

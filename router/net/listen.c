@@ -13,10 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "router/net/conn.h"
-#include "router/state/home.h"
 #include "router/log.h"
+#include "router/net/conn.h"
 #include "router/net/loop_internal.h"
+#include "router/state/home.h"
 
 /* Pause before accepting again after EMFILE, ENFILE, ENOMEM and the like. */
 #define S_ACCEPT_RETRY_MS 100

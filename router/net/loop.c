@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "router/clock.h"
 #include "router/log.h"
 #include "router/net/loop_internal.h"
 
@@ -33,9 +34,7 @@ static void s_on_eventfd(router_watch_t *w, int fd, unsigned events, void *ud);
 
 static uint64_t s_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
+    return router_clock_mono_ms();
 }
 
 uint64_t router_loop_now_ms(const router_loop_t *loop)

@@ -13,6 +13,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "router/clock.h"
+
 typedef struct {
     router_inbox_entry_t e; /* the entry; e.frame owned here until popped */
     bool durable;           /* written and committed (or memory-only) */
@@ -401,16 +403,8 @@ void router_inbox_sync(router_inbox_t *self)
 
 int router_inbox_pop(router_inbox_t *self, router_inbox_entry_t *out, int timeout_ms)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    if (timeout_ms > 0) {
-        deadline.tv_sec += timeout_ms / 1000;
-        deadline.tv_nsec += (long) (timeout_ms % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
-    }
+    struct timespec deadline =
+        router_clock_deadline(CLOCK_REALTIME, timeout_ms > 0 ? (uint64_t) timeout_ms : 0);
     pthread_mutex_lock(&self->mu);
     while (self->count == 0 || !s_at(self, 0)->durable) {
         if (timeout_ms == 0)

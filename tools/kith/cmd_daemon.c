@@ -11,10 +11,10 @@
 #include "gateway/routes.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
-#include "router/state/config.h"
-#include "router/state/home.h"
 #include "router/log.h"
 #include "router/node.h"
+#include "router/state/config.h"
+#include "router/state/home.h"
 #include "tools/kith/cmd.h"
 
 static void s_usage(FILE *out)

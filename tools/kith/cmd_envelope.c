@@ -7,10 +7,10 @@
 #include <sodium.h>
 
 #include "proto/envelope.h"
-#include "tools/kith/envelope_json.h"
 #include "router/state/home.h"
 #include "router/state/identity.h"
 #include "tools/kith/cmd.h"
+#include "tools/kith/envelope_json.h"
 
 /* Options shared by the three subcommands. */
 typedef struct {

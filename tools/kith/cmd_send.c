@@ -11,12 +11,13 @@
 
 #include "proto/envelope.h"
 #include "proto/uuid.h"
+#include "router/clock.h"
+#include "router/node.h"
 #include "router/state/config.h"
-#include "tools/kith/envelope_json.h"
 #include "router/state/home.h"
 #include "router/state/identity.h"
-#include "router/node.h"
 #include "tools/kith/cmd.h"
+#include "tools/kith/envelope_json.h"
 
 static void s_usage(FILE *out)
 {
@@ -26,13 +27,6 @@ static void s_usage(FILE *out)
             "Signs and sends one envelope to a trusted peer and waits for its signed ack\n"
             "(default: comms.ack_timeout_ms, 30 s). Prints a JSON receipt.\n"
             "exit: 0 acked, 2 no ack in time (offline), 3 refused by the peer, 1 error\n");
-}
-
-static uint64_t s_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
 }
 
 static void s_str(yajl_gen g, const char *key, const char *value)
@@ -160,9 +154,9 @@ int kith_cmd_send(int argc, char **argv)
         return KITH_EXIT_FAIL;
     }
     router_node_receipt_t r;
-    uint64_t t0 = s_mono_ms();
+    uint64_t t0 = router_clock_mono_ms();
     int rc = router_node_send(node, to, &kind, &r);
-    uint64_t elapsed = s_mono_ms() - t0;
+    uint64_t elapsed = router_clock_mono_ms() - t0;
     router_node_destroy(&node);
     if (rc != 0) {
         fprintf(stderr, "kith send: %s\n", r.detail);

@@ -1,0 +1,41 @@
+/* router/clock.h — the two clocks kith reads, in one place: wall time (Unix
+ * ms) for what goes on the wire and into records, monotonic time for every
+ * deadline and timeout, which must not move when the wall clock is stepped. */
+#ifndef KITH_ROUTER_CLOCK_H
+#define KITH_ROUTER_CLOCK_H
+
+#include <stdint.h>
+#include <time.h>
+
+/* Unix time in milliseconds (CLOCK_REALTIME): may step back or forward. */
+static inline uint64_t router_clock_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
+}
+
+/* Milliseconds since an arbitrary start (CLOCK_MONOTONIC): never steps. */
+static inline uint64_t router_clock_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
+}
+
+/* The absolute time `ms` from now on `clock`, normalised (tv_nsec below
+ * one second), for pthread_cond_timedwait and the like. */
+static inline struct timespec router_clock_deadline(clockid_t clock, uint64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    ts.tv_sec += (time_t) (ms / 1000u);
+    ts.tv_nsec += (long) (ms % 1000u) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+#endif
