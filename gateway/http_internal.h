@@ -9,6 +9,8 @@
 #include <time.h>
 
 #include "gateway/http_server.h"
+#include "gateway/ws.h"
+#include "proto/ws_handshake.h"
 #include "router/net/conn.h"
 
 /* Rejections counted in kith_http_rejected_total: the parser's reasons,
@@ -16,7 +18,8 @@
 enum {
     GATEWAY_HTTP_REJECT_TIMEOUT = PROTO_HTTP_REASON_COUNT, /* "request_timeout" */
     GATEWAY_HTTP_REJECT_CONN_LIMIT,                        /* "too_many_connections" */
-    GATEWAY_HTTP_REJECT_UPGRADE,                           /* "upgrade_not_implemented" */
+    GATEWAY_HTTP_REJECT_UPGRADE,                           /* "websocket_not_found" */
+    GATEWAY_HTTP_REJECT_HANDSHAKE,                         /* "websocket_handshake" */
     GATEWAY_HTTP_REJECT_COUNT
 };
 
@@ -30,6 +33,7 @@ typedef enum {
     GATEWAY_HTTP_HEAD,    /* reading a request head */
     GATEWAY_HTTP_BODY,    /* the head is done; reading its body */
     GATEWAY_HTTP_CLOSING, /* closing: nothing more is read or answered */
+    GATEWAY_HTTP_UPGRADED, /* now a WebSocket: gateway/ws.c has the connection */
 } gateway_http_phase_t;
 
 typedef struct gateway_http_conn gateway_http_conn_t;
@@ -42,6 +46,9 @@ typedef struct {
     bool prefix;                            /* pattern is a prefix */
     gateway_http_handler_fn fn;             /* the handler */
     void *ud;                               /* its user data, borrowed */
+    bool ws;                                /* takes WebSocket upgrades (gateway/ws.h) */
+    const char *const *protocols;           /* ws: subprotocols offered, borrowed */
+    size_t nprotocols;                      /* ws: entries in protocols */
 } gateway_http_route_t;
 
 struct gateway_http {
@@ -52,6 +59,7 @@ struct gateway_http {
     size_t nroutes;                      /* routes in use */
     router_listener_t *listeners[GATEWAY_HTTP_LISTENERS_MAX]; /* open listeners, NULL in free slots */
     gateway_http_conn_t *conns;          /* every open connection */
+    gateway_ws_t *ws;                    /* every open WebSocket (counted in open) */
     uint32_t open;                       /* how many */
     bool refusing;                       /* at the connection limit (logged once) */
     time_t date_at;                      /* second `date` was formatted for */
@@ -85,6 +93,7 @@ struct gateway_http_conn {
     uint64_t timer_due;             /* when it fires (loop clock, ms) */
     uint64_t deadline;              /* when the current phase times out (loop clock, ms) */
     uint64_t served;                /* responses sent on this connection */
+    gateway_ws_t *ws;               /* UPGRADED: the WebSocket it became */
     gateway_http_conn_t *prev, *next; /* the server's list */
 };
 
@@ -96,17 +105,23 @@ struct gateway_http_res {
     size_t extra_len;                        /* octets of extra */
     bool sent;                               /* the response went out */
     bool close;                              /* close the connection after it */
+    proto_ws_upgrade_t *upgrade;             /* an upgrade route's checked handshake, else NULL */
+    gateway_ws_t *ws;                        /* what gateway_ws_accept made of the connection */
 };
 
 /* ---------------------------------------------------------------- http_route.c */
 
-/* The best route for (method, path), or NULL. When NULL and some route
+/* The best route for (method, path) among the WebSocket routes (ws) or
+ * the others (!ws), or NULL. When NULL and some route
  * takes the path with another method, allow[0..cap) gets the value of an
  * Allow header ("GET, HEAD, POST"); otherwise allow is "". */
 const gateway_http_route_t *gateway_http_route_find(const gateway_http_t *g,
                                                     proto_http_slice_t method,
-                                                    proto_http_slice_t path, char *allow,
-                                                    size_t cap);
+                                                    proto_http_slice_t path, bool ws,
+                                                    char *allow, size_t cap);
+
+/* Adds a route (plain or WebSocket); gateway_http_route's rules. */
+int gateway_http_route_add(gateway_http_t *g, const gateway_http_route_t *r, const char *pattern);
 
 /* True when s is a token (RFC 9110 §5.6.2) of 1..max-1 octets. */
 bool gateway_http_is_token(const char *s, size_t max);
@@ -125,5 +140,20 @@ const char *gateway_http_reason_text(proto_http_reason_t reason);
 
 /* Counts a response with `status` in kith_http_requests_total. */
 void gateway_http_count_status(gateway_http_t *g, int status);
+
+/* ---------------------------------------------------------------- ws.c */
+
+/* Takes over `conn` (whose HTTP state the caller frees) as a WebSocket of
+ * server g: installs its own connection handlers and links it in g->ws.
+ * Returns NULL (errno ENOMEM) and leaves conn alone on failure. */
+gateway_ws_t *gateway_ws_adopt(gateway_http_t *g, router_conn_t *conn,
+                               const gateway_ws_handlers_t *h, void *ud,
+                               const gateway_ws_opts_t *opts);
+
+/* Frames that arrived behind the upgrade request, in the same read. */
+void gateway_ws_input(gateway_ws_t *ws, uint8_t *data, size_t len);
+
+/* For gateway_http_destroy: lets every socket go without callbacks. */
+void gateway_ws_disown_all(gateway_http_t *g);
 
 #endif

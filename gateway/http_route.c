@@ -41,13 +41,42 @@ static bool s_pattern_ok(const char *pattern)
 int gateway_http_route(gateway_http_t *g, const char *method, const char *pattern,
                        gateway_http_handler_fn fn, void *ud)
 {
-    if (!g || !pattern || !fn || !s_pattern_ok(pattern) ||
-        (method && !gateway_http_is_token(method, GATEWAY_HTTP_METHOD_MAX))) {
+    if (method && !gateway_http_is_token(method, GATEWAY_HTTP_METHOD_MAX)) {
         errno = EINVAL;
         return -1;
     }
     gateway_http_route_t r = {.fn = fn, .ud = ud};
     snprintf(r.method, sizeof r.method, "%s", method ? method : "");
+    return gateway_http_route_add(g, &r, pattern);
+}
+
+int gateway_http_route_ws(gateway_http_t *g, const char *pattern, const char *const *protocols,
+                          size_t nprotocols, gateway_http_handler_fn fn, void *ud)
+{
+    if (nprotocols > GATEWAY_WS_PROTOCOLS_MAX || (nprotocols && !protocols)) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (size_t i = 0; i < nprotocols; i++)
+        if (!protocols[i] || !gateway_http_is_token(protocols[i], 64)) {
+            errno = EINVAL;
+            return -1;
+        }
+    gateway_http_route_t r = {
+        .method = "GET", .fn = fn, .ud = ud, .ws = true,
+        .protocols = protocols, .nprotocols = nprotocols,
+    };
+    return gateway_http_route_add(g, &r, pattern);
+}
+
+int gateway_http_route_add(gateway_http_t *g, const gateway_http_route_t *route,
+                           const char *pattern)
+{
+    if (!g || !pattern || !route->fn || !s_pattern_ok(pattern)) {
+        errno = EINVAL;
+        return -1;
+    }
+    gateway_http_route_t r = *route;
     r.pattern_len = strlen(pattern);
     r.prefix = pattern[r.pattern_len - 1] == '*';
     if (r.prefix)
@@ -57,7 +86,7 @@ int gateway_http_route(gateway_http_t *g, const char *method, const char *patter
     for (size_t i = 0; i < g->nroutes; i++) {
         const gateway_http_route_t *o = &g->routes[i];
         if (o->prefix == r.prefix && !strcmp(o->pattern, r.pattern) &&
-            !strcmp(o->method, r.method)) {
+            !strcmp(o->method, r.method) && o->ws == r.ws) {
             errno = EEXIST;
             return -1;
         }
@@ -120,8 +149,8 @@ static void s_allow_add(char *allow, size_t cap, const char *m)
 
 const gateway_http_route_t *gateway_http_route_find(const gateway_http_t *g,
                                                     proto_http_slice_t method,
-                                                    proto_http_slice_t path, char *allow,
-                                                    size_t cap)
+                                                    proto_http_slice_t path, bool ws,
+                                                    char *allow, size_t cap)
 {
     const gateway_http_route_t *best = NULL;
     size_t best_path = 0;
@@ -131,7 +160,7 @@ const gateway_http_route_t *gateway_http_route_find(const gateway_http_t *g,
         allow[0] = '\0';
     for (size_t i = 0; i < g->nroutes; i++) {
         const gateway_http_route_t *r = &g->routes[i];
-        size_t ps = s_path_score(r, path);
+        size_t ps = r->ws == ws ? s_path_score(r, path) : 0;
         if (!ps)
             continue;
         path_taken = true;
@@ -147,7 +176,7 @@ const gateway_http_route_t *gateway_http_route_find(const gateway_http_t *g,
     /* Some route takes the path, none with this method: list what would do. */
     for (size_t i = 0; i < g->nroutes; i++) {
         const gateway_http_route_t *r = &g->routes[i];
-        if (!s_path_score(r, path))
+        if (r->ws != ws || !s_path_score(r, path))
             continue;
         s_allow_add(allow, cap, r->method);
         if (!strcmp(r->method, "GET"))

@@ -33,6 +33,7 @@ void gateway_http_opts_from_config(gateway_http_opts_t *opts, const router_confi
     opts->headers_max = cfg->limits.http_headers_max;
     opts->body_max = cfg->limits.http_body_max;
     opts->max_connections = cfg->gateway.max_connections;
+    opts->send_limit = cfg->limits.conn_unsent_max;
 }
 
 /* Fills the defaults in and derives the parser's limits; -1 when out of range. */
@@ -123,7 +124,8 @@ static const char *s_reject_code(int reject)
     switch (reject) {
     case GATEWAY_HTTP_REJECT_TIMEOUT: return "request_timeout";
     case GATEWAY_HTTP_REJECT_CONN_LIMIT: return "too_many_connections";
-    case GATEWAY_HTTP_REJECT_UPGRADE: return "upgrade_not_implemented";
+    case GATEWAY_HTTP_REJECT_UPGRADE: return "websocket_not_found";
+    case GATEWAY_HTTP_REJECT_HANDSHAKE: return "websocket_handshake";
     }
     return proto_http_reason_str((proto_http_reason_t) reject);
 }
@@ -316,11 +318,10 @@ static void s_request_done(gateway_http_conn_t *hc, const gateway_http_res_t *re
     s_deadline(hc, g->opts.idle_timeout_ms);
 }
 
-static void s_dispatch(gateway_http_conn_t *hc)
+static gateway_http_req_t s_req(const gateway_http_conn_t *hc)
 {
     const proto_http_parser_t *p = &hc->parser;
-    const gateway_http_route_t *route = hc->route;
-    gateway_http_req_t req = {
+    return (gateway_http_req_t){
         .method = p->method,
         .path = p->path,
         .query = p->query,
@@ -330,17 +331,92 @@ static void s_dispatch(gateway_http_conn_t *hc)
         .conn_id = router_conn_id(hc->conn),
         .head = p,
     };
+}
+
+/* A handler that sent nothing gets a 500 for it, and the connection closes. */
+static void s_answer_missing(const gateway_http_route_t *route, gateway_http_res_t *res)
+{
+    ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "route %s %s%s gave no answer: 500",
+               route->method[0] ? route->method : "*", route->pattern, route->prefix ? "*" : "");
+    res->close = true;
+    (void) gateway_http_respond_error(res, 500, "internal_error", "the handler did not answer");
+}
+
+static void s_dispatch(gateway_http_conn_t *hc)
+{
+    const gateway_http_route_t *route = hc->route;
+    gateway_http_req_t req = s_req(hc);
     gateway_http_res_t res;
-    gateway_http_res_init(&res, hc, !p->keep_alive);
+    gateway_http_res_init(&res, hc, !hc->parser.keep_alive);
     route->fn(&req, &res, route->ud);
-    if (!res.sent) {
-        ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "route %s %s%s gave no answer: 500",
-                   route->method[0] ? route->method : "*", route->pattern,
-                   route->prefix ? "*" : "");
-        res.close = true;
-        (void) gateway_http_respond_error(&res, 500, "internal_error",
-                                          "the handler did not answer");
+    if (!res.sent)
+        s_answer_missing(route, &res);
+    s_request_done(hc, &res);
+}
+
+/* Unlinks hc from the server's list, leaving the count of open connections
+ * to the caller. */
+static void s_conn_unlink(gateway_http_conn_t *hc)
+{
+    gateway_http_t *g = hc->g;
+    if (hc->prev)
+        hc->prev->next = hc->next;
+    else
+        g->conns = hc->next;
+    if (hc->next)
+        hc->next->prev = hc->prev;
+    hc->prev = hc->next = NULL;
+}
+
+/* A WebSocket upgrade (RFC 6455 §4.2): find the endpoint, check the
+ * handshake, and let its route accept or refuse. On acceptance the
+ * connection becomes gateway/ws.c's and hc is done (phase UPGRADED). */
+static void s_on_upgrade(gateway_http_conn_t *hc)
+{
+    gateway_http_t *g = hc->g;
+    const proto_http_parser_t *p = &hc->parser;
+    const gateway_http_route_t *route =
+        gateway_http_route_find(g, p->method, p->path, true, NULL, 0);
+    if (!route) {
+        s_refuse(hc, 404, GATEWAY_HTTP_REJECT_UPGRADE, "no WebSocket endpoint at this path");
+        return;
     }
+    if (p->chunked || (p->has_content_length && p->content_length > 0)) {
+        s_refuse(hc, 400, GATEWAY_HTTP_REJECT_HANDSHAKE, "an upgrade request carries no body");
+        return;
+    }
+    proto_ws_upgrade_t up;
+    proto_ws_upgrade_init(&up, route->protocols, route->nprotocols);
+    for (size_t i = 0; i < p->header_count; i++) {
+        proto_http_header_t h = proto_http_header_get(p, i);
+        proto_ws_upgrade_feed(&up, h.name.ptr, h.name.len, h.value.ptr, h.value.len);
+    }
+    gateway_http_res_t res;
+    gateway_http_res_init(&res, hc, true);
+    if (proto_ws_upgrade_check(&up) != 0) {
+        int status = proto_ws_handshake_reason_status(up.reason);
+        router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_HANDSHAKE], 1);
+        if (status == 426)
+            (void) gateway_http_res_header(&res, "Sec-WebSocket-Version", PROTO_WS_VERSION);
+        (void) gateway_http_respond_error(&res, status, "websocket_handshake",
+                                          proto_ws_handshake_reason_str(up.reason));
+        s_close(hc);
+        return;
+    }
+    hc->route = route;
+    res.upgrade = &up;
+    gateway_http_req_t req = s_req(hc);
+    route->fn(&req, &res, route->ud);
+    if (res.ws) {
+        /* The socket is gateway/ws.c's now; it still counts in g->open. */
+        s_timer_stop(hc);
+        s_conn_unlink(hc);
+        hc->ws = res.ws;
+        hc->phase = GATEWAY_HTTP_UPGRADED;
+        return;
+    }
+    if (!res.sent)
+        s_answer_missing(route, &res);
     s_request_done(hc, &res);
 }
 
@@ -352,12 +428,11 @@ static void s_on_head(gateway_http_conn_t *hc)
     const proto_http_parser_t *p = &hc->parser;
     hc->head_only = p->method.len == 4 && !memcmp(p->method.ptr, "HEAD", 4);
     if (p->websocket) {
-        s_refuse(hc, 501, GATEWAY_HTTP_REJECT_UPGRADE,
-                 "WebSocket endpoints are not implemented yet");
+        s_on_upgrade(hc);
         return;
     }
     char allow[128];
-    hc->route = gateway_http_route_find(g, p->method, p->path, allow, sizeof allow);
+    hc->route = gateway_http_route_find(g, p->method, p->path, false, allow, sizeof allow);
     if (!hc->route) {
         /* Answered without reading a body, so if one was sent the
          * connection cannot carry another request. */
@@ -367,6 +442,10 @@ static void s_on_head(gateway_http_conn_t *hc)
         if (allow[0] && gateway_http_res_header(&res, "Allow", allow) == 0)
             (void) gateway_http_respond_error(&res, 405, "method_not_allowed",
                                               "this path does not take this method");
+        else if (gateway_http_route_find(g, p->method, p->path, true, NULL, 0) &&
+                 gateway_http_res_header(&res, "Upgrade", "websocket") == 0)
+            (void) gateway_http_respond_error(&res, 426, "upgrade_required",
+                                              "this path is a WebSocket endpoint");
         else
             (void) gateway_http_respond_error(&res, 404, "not_found", "no route for this path");
         s_request_done(hc, &res);
@@ -461,21 +540,32 @@ static size_t s_read_body(gateway_http_conn_t *hc, char *buf, size_t len)
     return used;
 }
 
-/* Runs buf through the requests it holds, in order. */
-static void s_input(gateway_http_conn_t *hc, char *buf, size_t len)
+static void s_conn_free(gateway_http_conn_t *hc);
+
+/* Runs buf through the requests it holds, in order. Returns false when hc
+ * is gone: it became a WebSocket, which took the rest of buf. */
+static bool s_input(gateway_http_conn_t *hc, char *buf, size_t len)
 {
-    while (len > 0 && hc->phase != GATEWAY_HTTP_CLOSING) {
+    while (len > 0 && hc->phase != GATEWAY_HTTP_CLOSING && hc->phase != GATEWAY_HTTP_UPGRADED) {
         if (hc->paused) {
             s_hold(hc, buf, len);
-            return;
+            return true;
         }
         size_t used = hc->phase == GATEWAY_HTTP_BODY ? s_read_body(hc, buf, len)
                                                       : s_read_head(hc, buf, len);
         buf += used;
         len -= used;
     }
+    if (hc->phase == GATEWAY_HTTP_UPGRADED) {
+        gateway_ws_t *ws = hc->ws;
+        s_conn_free(hc);
+        if (len)
+            gateway_ws_input(ws, (uint8_t *) buf, len);
+        return false;
+    }
     if (hc->phase == GATEWAY_HTTP_BODY && hc->head_at && s_head_keep(hc) != 0)
         s_fail(hc, "a request head");
+    return true;
 }
 
 /* ---------------------------------------------------------------- connection callbacks */
@@ -483,7 +573,7 @@ static void s_input(gateway_http_conn_t *hc, char *buf, size_t len)
 static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
 {
     (void) conn;
-    s_input(ud, (char *) data, len);
+    (void) s_input(ud, (char *) data, len);
 }
 
 /* The answers that paused reading are written: go on with what was held. */
@@ -499,8 +589,10 @@ static void s_on_drain(router_conn_t *conn, void *ud)
     hc->held = NULL;
     hc->held_len = 0;
     if (held) {
-        s_input(hc, held, n);
+        bool alive = s_input(hc, held, n);
         free(held);
+        if (!alive)
+            return;
     }
     if (!hc->paused && hc->phase != GATEWAY_HTTP_CLOSING)
         router_conn_resume_read(conn);
@@ -522,12 +614,7 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
         ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "conn %llu cut: %s",
                    (unsigned long long) router_conn_id(conn), router_close_reason_str(reason));
     s_timer_stop(hc);
-    if (hc->prev)
-        hc->prev->next = hc->next;
-    else
-        g->conns = hc->next;
-    if (hc->next)
-        hc->next->prev = hc->prev;
+    s_conn_unlink(hc);
     g->open--;
     router_metric_set(g->m_open, g->open);
     s_conn_free(hc);
@@ -649,6 +736,7 @@ void gateway_http_destroy(gateway_http_t **g_p)
         router_conn_disown(hc->conn);
         s_conn_free(hc);
     }
+    gateway_ws_disown_all(g);
     router_metric_set(g->m_open, 0);
     free(g);
     *g_p = NULL;

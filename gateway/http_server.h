@@ -61,6 +61,7 @@ typedef struct {
     unsigned body_timeout_ms;   /* see the top of this file */
     unsigned idle_timeout_ms;   /* see the top of this file */
     size_t send_high_water;     /* see the top of this file */
+    size_t send_limit;          /* a WebSocket's unsent bytes before the cut (ROUTER_CONN_SEND_LIMIT) */
     router_metrics_t *metrics;  /* borrowed, must outlive the server; NULL: no counters */
 } gateway_http_opts_t;
 

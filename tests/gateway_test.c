@@ -810,12 +810,12 @@ static void test_limits(void **state)
     s_resp_free(&r);
     s_client_close(&c);
 
-    /* WebSocket upgrades are not served yet. */
+    /* An upgrade to a path with no WebSocket endpoint. */
     c = s_connect(s);
     s_exchange(c, "GET /ws/chat HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-               501, &r);
-    s_expect_error(&r, 501, "upgrade_not_implemented");
+               404, &r);
+    s_expect_error(&r, 404, "websocket_not_found");
     assert_true(s_closes(&r));
     s_resp_free(&r);
     s_expect_eof(c);

@@ -57,6 +57,13 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
         snprintf(err, errcap, "gateway: cannot set up: %s", strerror(errno));
         goto fail;
     }
+    /* One gateway per process, so the echo's bounds can live here. */
+    static gateway_ws_opts_t echo_opts;
+    echo_opts = (gateway_ws_opts_t){.message_max = cfg->limits.ws_message_max};
+    if (cfg->gateway.echo && gateway_route_ws_echo(gw, &echo_opts) != 0) {
+        snprintf(err, errcap, "gateway: cannot serve /ws/echo: %s", strerror(errno));
+        goto fail;
+    }
     if (gateway_http_listen(gw, &addr, &bound) != 0) {
         snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", text, strerror(errno));
         goto fail;
@@ -64,6 +71,9 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
     (void) router_addr_format(&bound, shown, sizeof shown);
     ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "listening on http://%s (%s)", shown,
                router_loop_backend_name(router_node_loop(node)));
+    if (cfg->gateway.echo)
+        ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "serving ws://%s/ws/echo (gateway.echo; no token)",
+                   shown);
     return gw;
 fail:
     gateway_http_destroy(&gw);

@@ -1,0 +1,436 @@
+/* gateway/ws.c — one accepted WebSocket (RFC 6455) on a router connection:
+ * frames in through proto/ws's parser, whole messages out to the route,
+ * pings answered, the close handshake, and the bounds of gateway/ws.h
+ * (message size, frame and idle deadlines, the slow-consumer cut). */
+#include "gateway/ws.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+
+#include "gateway/http_internal.h"
+#include "proto/ws.h"
+#include "router/log.h"
+#include "router/net/conn.h"
+
+/* Room kept above the unsent-byte limit for the Close frame of a cut. */
+#define S_CLOSE_ROOM 256u
+/* The close code reported when the connection ended without a Close frame. */
+#define S_CLOSE_ABNORMAL 1006
+
+typedef enum {
+    S_OPEN,       /* messages flow both ways */
+    S_CLOSE_SENT, /* our Close is out; reading on until theirs arrives */
+    S_DONE,       /* the handshake is over or was cut: the connection is closing */
+} s_state_t;
+
+struct gateway_ws {
+    gateway_http_t *g;            /* the server it came from */
+    router_conn_t *conn;          /* the loop's connection */
+    proto_ws_parser_t *parser;    /* client-to-server frames */
+    gateway_ws_handlers_t h;      /* the route's callbacks */
+    void *ud;                     /* their user data */
+    gateway_ws_opts_t opts;       /* resolved bounds */
+    size_t send_limit;            /* unsent bytes allowed before the cut */
+    s_state_t state;              /* see above */
+    uint16_t close_code;          /* code exchanged (ours or theirs), S_CLOSE_ABNORMAL until then */
+    uint8_t *msg;                 /* a message arriving in several slices */
+    size_t msg_len, msg_cap;      /* its bytes, allocated bytes */
+    bool msg_text;                /* it is a text message */
+    bool in_frame;                /* a frame has begun and not ended */
+    uint64_t deadline;            /* loop ms: the frame, idle or close-wait bound */
+    uint64_t timer;               /* armed timer, 0 for none */
+    uint64_t timer_due;           /* when it fires */
+    gateway_ws_t *prev, *next;    /* the server's list */
+};
+
+static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud);
+
+/* ---------------------------------------------------------------- deadlines */
+
+static void s_timer_stop(gateway_ws_t *ws)
+{
+    if (ws->timer)
+        (void) router_loop_timer_cancel(ws->g->loop, ws->timer);
+    ws->timer = 0;
+}
+
+/* The current bound ends `ms` from now. As in http_server.c, a later
+ * deadline leaves the armed timer alone; it re-arms when it fires early. */
+static void s_deadline(gateway_ws_t *ws, unsigned ms)
+{
+    uint64_t now = router_loop_now_ms(ws->g->loop);
+    ws->deadline = now + ms;
+    if (ws->timer && ws->timer_due <= ws->deadline)
+        return;
+    s_timer_stop(ws);
+    ws->timer = router_loop_timer_add(ws->g->loop, ms, s_on_timer, ws);
+    ws->timer_due = ws->deadline;
+    if (!ws->timer) {
+        /* Unbounded is not an option: cut it. */
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "ws %llu cut: no timer left",
+                   (unsigned long long) router_conn_id(ws->conn));
+        ws->state = S_DONE;
+        router_conn_abort(ws->conn);
+    }
+}
+
+/* ---------------------------------------------------------------- sending */
+
+static int s_send_frame(gateway_ws_t *ws, proto_ws_opcode_t op, const void *data, size_t len)
+{
+    uint8_t hdr[PROTO_WS_HEADER_MAX];
+    int hl = proto_ws_header_encode(hdr, op, true, len, NULL);
+    if (hl < 0) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    struct iovec iov[2] = {{hdr, (size_t) hl}, {(void *) data, len}};
+    return router_conn_sendv(ws->conn, iov, len ? 2 : 1);
+}
+
+/* Sends a Close frame with `code` (PROTO_WS_CLOSE_NO_STATUS: an empty one)
+ * and a reason cut to fit at a character boundary. */
+static void s_send_close(gateway_ws_t *ws, uint16_t code, const char *reason)
+{
+    size_t rlen = reason ? strlen(reason) : 0;
+    if (code == PROTO_WS_CLOSE_NO_STATUS)
+        rlen = 0;
+    if (rlen > PROTO_WS_CLOSE_REASON_MAX) {
+        rlen = PROTO_WS_CLOSE_REASON_MAX;
+        while (rlen > 0 && ((unsigned char) reason[rlen] & 0xC0) == 0x80)
+            rlen--; /* do not split a UTF-8 sequence */
+    }
+    uint8_t frame[PROTO_WS_HEADER_MAX + PROTO_WS_CONTROL_MAX];
+    ssize_t n = proto_ws_close_encode(frame, sizeof frame, code, reason, rlen, NULL);
+    if (n < 0) /* a reason that is not UTF-8: send the code alone */
+        n = proto_ws_close_encode(frame, sizeof frame, code, NULL, 0, NULL);
+    if (n > 0)
+        (void) router_conn_send(ws->conn, frame, (size_t) n);
+    ws->close_code = code == PROTO_WS_CLOSE_NO_STATUS ? PROTO_WS_CLOSE_NORMAL : code;
+}
+
+/* Ends the socket from our side without waiting for the client's Close:
+ * after a protocol error nothing more it sends can be trusted. */
+static void s_fail(gateway_ws_t *ws, uint16_t code, const char *reason)
+{
+    if (ws->state == S_DONE)
+        return;
+    if (ws->state == S_OPEN)
+        s_send_close(ws, code, reason);
+    ws->state = S_DONE;
+    s_timer_stop(ws);
+    router_conn_close(ws->conn); /* flush the Close, then FIN; bounded by the loop */
+}
+
+int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len)
+{
+    if (ws->state != S_OPEN) {
+        errno = EPIPE;
+        return -1;
+    }
+    if (router_conn_send_queued(ws->conn) + PROTO_WS_HEADER_MAX + len > ws->send_limit) {
+        ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ws %llu cut: slow consumer (%zu bytes unsent)",
+                   (unsigned long long) router_conn_id(ws->conn),
+                   router_conn_send_queued(ws->conn));
+        s_fail(ws, PROTO_WS_CLOSE_POLICY, "slow consumer");
+        errno = ENOBUFS;
+        return -1;
+    }
+    if (s_send_frame(ws, text ? PROTO_WS_OP_TEXT : PROTO_WS_OP_BINARY, data, len) != 0) {
+        if (errno != EMSGSIZE)
+            ws->state = S_DONE; /* the connection is going: on_close follows */
+        return -1;
+    }
+    return 0;
+}
+
+void gateway_ws_close(gateway_ws_t *ws, uint16_t code, const char *reason)
+{
+    if (ws->state != S_OPEN)
+        return;
+    s_send_close(ws, code, reason);
+    ws->state = S_CLOSE_SENT;
+    /* Wait for the client's Close, but not for ever. */
+    ws->deadline = 0;
+    s_timer_stop(ws);
+    s_deadline(ws, GATEWAY_WS_CLOSE_WAIT_MS);
+}
+
+uint64_t gateway_ws_id(const gateway_ws_t *ws)
+{
+    return router_conn_id(ws->conn);
+}
+
+/* ---------------------------------------------------------------- receiving */
+
+static int s_msg_append(gateway_ws_t *ws, const uint8_t *data, size_t len)
+{
+    if (ws->msg_len + len > ws->msg_cap) {
+        /* Grows with what arrives, never past the message limit (the parser
+         * refused larger messages before their payload). */
+        size_t cap = ws->msg_cap ? ws->msg_cap : 4096;
+        while (cap < ws->msg_len + len)
+            cap *= 2;
+        if (cap > ws->opts.message_max)
+            cap = ws->opts.message_max;
+        uint8_t *m = realloc(ws->msg, cap);
+        if (!m)
+            return -1;
+        ws->msg = m;
+        ws->msg_cap = cap;
+    }
+    memcpy(ws->msg + ws->msg_len, data, len);
+    ws->msg_len += len;
+    return 0;
+}
+
+/* A message is complete: hand it over, then let go of a large buffer so an
+ * idle socket holds little. */
+static void s_deliver(gateway_ws_t *ws, const uint8_t *data, size_t len)
+{
+    if (ws->h.on_message)
+        ws->h.on_message(ws, ws->msg_text, data, len, ws->ud);
+    ws->msg_len = 0;
+    if (ws->msg_cap > 64 * 1024) {
+        free(ws->msg);
+        ws->msg = NULL;
+        ws->msg_cap = 0;
+    }
+}
+
+static void s_event(gateway_ws_t *ws, proto_ws_event_t *ev)
+{
+    switch (ev->opcode) {
+    case PROTO_WS_OP_TEXT:
+    case PROTO_WS_OP_BINARY:
+        if (ws->state != S_OPEN)
+            return; /* after our Close, data is read and dropped */
+        if (ev->message_begin) {
+            ws->msg_text = ev->opcode == PROTO_WS_OP_TEXT;
+            ws->msg_len = 0;
+            if (ev->message_end) { /* whole in this read: no copy */
+                s_deliver(ws, ev->data, ev->len);
+                return;
+            }
+        }
+        if (s_msg_append(ws, ev->data, ev->len) != 0) {
+            s_fail(ws, PROTO_WS_CLOSE_INTERNAL_ERROR, "out of memory");
+            return;
+        }
+        if (ev->message_end)
+            s_deliver(ws, ws->msg, ws->msg_len);
+        return;
+    case PROTO_WS_OP_PING:
+        if (ws->state == S_OPEN && s_send_frame(ws, PROTO_WS_OP_PONG, ev->data, ev->len) != 0)
+            ws->state = S_DONE;
+        return;
+    case PROTO_WS_OP_PONG:
+        return;
+    case PROTO_WS_OP_CLOSE:
+        if (ws->state == S_OPEN) /* answer with their code (RFC 6455 §5.5.1) */
+            s_send_close(ws, ev->close_code, NULL);
+        else
+            ws->close_code = ev->close_code == PROTO_WS_CLOSE_NO_STATUS ? PROTO_WS_CLOSE_NORMAL
+                                                                         : ev->close_code;
+        ws->state = S_DONE;
+        s_timer_stop(ws);
+        router_conn_close(ws->conn);
+        return;
+    case PROTO_WS_OP_CONTINUATION:
+        return; /* never reported: slices carry their message's opcode */
+    }
+}
+
+void gateway_ws_input(gateway_ws_t *ws, uint8_t *data, size_t len)
+{
+    bool was_in_frame = ws->in_frame;
+    while (len > 0 && ws->state != S_DONE) {
+        proto_ws_event_t ev;
+        ssize_t n = proto_ws_parse(ws->parser, data, len, &ev);
+        if (n == -2) {
+            ws->in_frame = true; /* part of a header or control frame is held */
+            break;
+        }
+        if (n < 0) {
+            proto_ws_reason_t r = proto_ws_parser_reason(ws->parser);
+            s_fail(ws, proto_ws_reason_close_code(r), proto_ws_reason_str(r));
+            return;
+        }
+        data += n;
+        len -= (size_t) n;
+        ws->in_frame = !ev.frame_end;
+        s_event(ws, &ev);
+    }
+    if (ws->state != S_OPEN)
+        return; /* closing: the close-wait bound stands */
+    if (!ws->in_frame)
+        s_deadline(ws, ws->opts.idle_timeout_ms);
+    else if (!was_in_frame) /* a frame began: a trickle cannot extend its bound */
+        s_deadline(ws, ws->opts.frame_timeout_ms);
+}
+
+static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    gateway_ws_t *ws = ud;
+    ws->timer = 0;
+    uint64_t now = router_loop_now_ms(loop);
+    if (now < ws->deadline) {
+        s_deadline(ws, (unsigned) (ws->deadline - now));
+        return;
+    }
+    switch (ws->state) {
+    case S_OPEN:
+        if (ws->in_frame)
+            s_fail(ws, PROTO_WS_CLOSE_POLICY, "frame not finished in time");
+        else
+            gateway_ws_close(ws, PROTO_WS_CLOSE_GOING_AWAY, "idle");
+        return;
+    case S_CLOSE_SENT: /* no Close came back */
+        ws->state = S_DONE;
+        router_conn_abort(ws->conn);
+        return;
+    case S_DONE:
+        return;
+    }
+}
+
+/* ---------------------------------------------------------------- the connection */
+
+static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+{
+    (void) conn;
+    gateway_ws_input(ud, data, len);
+}
+
+static void s_unlink(gateway_ws_t *ws)
+{
+    gateway_http_t *g = ws->g;
+    if (ws->prev)
+        ws->prev->next = ws->next;
+    else
+        g->ws = ws->next;
+    if (ws->next)
+        ws->next->prev = ws->prev;
+    g->open--;
+    router_metric_set(g->m_open, g->open);
+}
+
+static void s_free(gateway_ws_t *ws)
+{
+    s_timer_stop(ws);
+    proto_ws_parser_destroy(&ws->parser);
+    free(ws->msg);
+    free(ws);
+}
+
+static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
+{
+    gateway_ws_t *ws = ud;
+    if (reason == ROUTER_CLOSE_SLOW_CONSUMER || reason == ROUTER_CLOSE_TIMEOUT)
+        ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ws %llu cut: %s",
+                   (unsigned long long) router_conn_id(conn), router_close_reason_str(reason));
+    s_unlink(ws);
+    if (ws->h.on_close)
+        ws->h.on_close(ws, ws->close_code, ws->ud);
+    s_free(ws);
+}
+
+static const router_conn_handlers_t s_handlers = {
+    .on_data = s_on_data,
+    .on_close = s_on_close,
+};
+
+gateway_ws_t *gateway_ws_adopt(gateway_http_t *g, router_conn_t *conn,
+                               const gateway_ws_handlers_t *h, void *ud,
+                               const gateway_ws_opts_t *opts)
+{
+    gateway_ws_t *ws = calloc(1, sizeof *ws);
+    if (!ws || !(ws->parser = proto_ws_parser_new(PROTO_WS_MODE_SERVER))) {
+        free(ws);
+        errno = ENOMEM;
+        return NULL;
+    }
+    ws->g = g;
+    ws->conn = conn;
+    ws->h = *h;
+    ws->ud = ud;
+    ws->opts = opts ? *opts : (gateway_ws_opts_t){0};
+    if (!ws->opts.message_max)
+        ws->opts.message_max = GATEWAY_WS_MESSAGE_MAX;
+    if (!ws->opts.frame_timeout_ms)
+        ws->opts.frame_timeout_ms = GATEWAY_WS_FRAME_TIMEOUT_MS;
+    if (!ws->opts.idle_timeout_ms)
+        ws->opts.idle_timeout_ms = GATEWAY_WS_IDLE_TIMEOUT_MS;
+    ws->send_limit = g->opts.send_limit ? g->opts.send_limit : ROUTER_CONN_SEND_LIMIT;
+    ws->close_code = S_CLOSE_ABNORMAL;
+    proto_ws_parser_set_limit(ws->parser, ws->opts.message_max);
+    /* Our own check cuts at send_limit with a Close; the loop's limit sits a
+     * little higher so that Close still fits. */
+    router_conn_set_send_limit(conn, ws->send_limit + S_CLOSE_ROOM);
+    router_conn_set_handlers(conn, &s_handlers, ws);
+    ws->next = g->ws;
+    if (g->ws)
+        g->ws->prev = ws;
+    g->ws = ws;
+    s_deadline(ws, ws->opts.idle_timeout_ms);
+    return ws;
+}
+
+gateway_ws_t *gateway_ws_accept(gateway_http_res_t *res, const gateway_ws_handlers_t *h,
+                                void *ud, const gateway_ws_opts_t *opts)
+{
+    if (!res->upgrade || !h) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (res->sent) {
+        errno = EALREADY;
+        return NULL;
+    }
+    gateway_http_conn_t *hc = res->hc;
+    char head[512];
+    int n = proto_ws_upgrade_response(res->upgrade, head, sizeof head);
+    if (n < 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    gateway_ws_t *ws = gateway_ws_adopt(hc->g, hc->conn, h, ud, opts);
+    if (!ws)
+        return NULL;
+    res->sent = true;
+    res->ws = ws;
+    gateway_http_count_status(hc->g, 101);
+    if (router_conn_send(hc->conn, head, (size_t) n) != 0)
+        ws->state = S_DONE; /* on_close follows from the loop */
+    return ws;
+}
+
+const char *gateway_ws_req_protocol(const gateway_http_res_t *res)
+{
+    return res->upgrade ? res->upgrade->protocol : NULL;
+}
+
+const char *gateway_ws_req_bearer(const gateway_http_res_t *res, size_t *len)
+{
+    if (!res->upgrade || !res->upgrade->bearer) {
+        if (len)
+            *len = 0;
+        return NULL;
+    }
+    if (len)
+        *len = res->upgrade->bearer_len;
+    return res->upgrade->bearer;
+}
+
+void gateway_ws_disown_all(gateway_http_t *g)
+{
+    for (gateway_ws_t *ws = g->ws, *next; ws; ws = next) {
+        next = ws->next;
+        router_conn_disown(ws->conn);
+        s_free(ws);
+    }
+    g->ws = NULL;
+}

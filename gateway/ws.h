@@ -1,0 +1,89 @@
+/* gateway/ws.h — WebSocket endpoints on the gateway (RFC 6455): routes that
+ * take an upgrade, and the connection a route accepts.
+ *
+ * An upgrade route runs like any handler, on a request that already passed
+ * the handshake checks (proto/ws_handshake.h): it may refuse with an
+ * ordinary HTTP answer (401 before the upgrade, say), or call
+ * gateway_ws_accept(), which sends 101 and turns the connection into a
+ * WebSocket. From then on whole messages reach on_message; pings are
+ * answered, the close handshake is run, and every bound is kept here:
+ *   - a message over message_max is refused with close 1009;
+ *   - a frame begun and not finished within frame_timeout_ms, or no frame
+ *     at all for idle_timeout_ms, closes with 1008 or 1001;
+ *   - a send that would queue more than the connection's unsent-byte limit
+ *     (DESIGN §10, 4 MiB) cuts the slow consumer with close 1008;
+ *   - a protocol error closes with the code proto_ws_reason_close_code()
+ *     gives (1002, 1007, 1009).
+ * Everything runs on the loop thread; callbacks must not block. */
+#ifndef KITH_GATEWAY_WS_H
+#define KITH_GATEWAY_WS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gateway/http_server.h"
+
+/* Defaults used when an option is 0. */
+#define GATEWAY_WS_MESSAGE_MAX (1024u * 1024u)  /* DESIGN §10 */
+#define GATEWAY_WS_FRAME_TIMEOUT_MS 30000u      /* a frame once begun */
+#define GATEWAY_WS_IDLE_TIMEOUT_MS 300000u      /* no frame from the client */
+#define GATEWAY_WS_CLOSE_WAIT_MS 5000u          /* our Close sent, waiting for theirs */
+#define GATEWAY_WS_PROTOCOLS_MAX 4u             /* subprotocols one route offers */
+
+typedef struct gateway_ws gateway_ws_t;
+
+/* Callbacks of one accepted WebSocket. */
+typedef struct {
+    /* A whole message: text (well-formed UTF-8) or binary. `data` is valid
+     * during the call only. */
+    void (*on_message)(gateway_ws_t *ws, bool text, const uint8_t *data, size_t len, void *ud);
+    /* The socket is gone; `code` is the close code exchanged (1006 when the
+     * connection dropped without one). ws is invalid after this returns. */
+    void (*on_close)(gateway_ws_t *ws, uint16_t code, void *ud);
+} gateway_ws_handlers_t;
+
+/* Bounds of one socket; zero-initialise and set what you need. */
+typedef struct {
+    size_t message_max;         /* GATEWAY_WS_MESSAGE_MAX */
+    unsigned frame_timeout_ms;  /* GATEWAY_WS_FRAME_TIMEOUT_MS */
+    unsigned idle_timeout_ms;   /* GATEWAY_WS_IDLE_TIMEOUT_MS */
+} gateway_ws_opts_t;
+
+/* Routes upgrade requests for the exact path `pattern` (or a prefix ending
+ * in '*') to fn, offering `protocols` (most preferred first, at most
+ * GATEWAY_WS_PROTOCOLS_MAX; the array must outlive the server). A request
+ * that fails the handshake is answered 400 (426 for a wrong version)
+ * without reaching fn. Returns 0, or -1 with errno as gateway_http_route. */
+int gateway_http_route_ws(gateway_http_t *g, const char *pattern, const char *const *protocols,
+                          size_t nprotocols, gateway_http_handler_fn fn, void *ud)
+    __attribute__((warn_unused_result));
+
+/* In an upgrade route's handler: the subprotocol chosen from the client's
+ * offer (NULL for none), and the token of a `bearer.<token>` entry (NULL
+ * for none; never echoed back) with its length. */
+const char *gateway_ws_req_protocol(const gateway_http_res_t *res);
+const char *gateway_ws_req_bearer(const gateway_http_res_t *res, size_t *len);
+
+/* In an upgrade route's handler: answers 101 and makes the connection a
+ * WebSocket with these handlers (copied) and bounds (NULL: defaults).
+ * Returns the socket (owned by the gateway; valid until on_close returns),
+ * or NULL with errno set (EINVAL outside an upgrade handler, EALREADY when
+ * already answered, ENOMEM) — then answer the request some other way. */
+gateway_ws_t *gateway_ws_accept(gateway_http_res_t *res, const gateway_ws_handlers_t *h,
+                                void *ud, const gateway_ws_opts_t *opts);
+
+/* Sends one whole message. Returns 0; or -1 with errno EPIPE when the
+ * socket is closing, ENOBUFS when it would pass the unsent-byte limit (the
+ * socket is then closed with 1008), EMSGSIZE when larger than 2^63. */
+int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len);
+
+/* Starts the close handshake with `code` and a reason (UTF-8, at most 123
+ * octets; longer is cut at a character boundary). No on_message after this;
+ * on_close follows once the client answers or GATEWAY_WS_CLOSE_WAIT_MS pass. */
+void gateway_ws_close(gateway_ws_t *ws, uint16_t code, const char *reason);
+
+/* A number unique within the loop, for logs. */
+uint64_t gateway_ws_id(const gateway_ws_t *ws);
+
+#endif
