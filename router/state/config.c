@@ -10,6 +10,7 @@
 
 #include <yajl/yajl_gen.h>
 
+#include "proto/utf8.h"
 #include "router/state/home.h"
 #include "router/state/jsonc.h"
 #include "router/state/statefile.h"
@@ -492,7 +493,7 @@ static int s_store_string(router_config_t *cfg, const char *path, const s_key_t 
         if (v->s[i] < 0x20 || v->s[i] == 0x7f)
             return s_refuse(path, key, v, "control characters are not allowed", err, errcap);
     /* Text from router_config_set() has not been through yajl. */
-    if (!router_jsonc_utf8_valid(v->s, v->len))
+    if (!proto_utf8_valid(v->s, v->len))
         return s_refuse(path, key, v, "not UTF-8", err, errcap);
     char text[ROUTER_CONFIG_URL_CAP]; /* the largest string field */
     if (v->len >= sizeof text)

@@ -13,6 +13,7 @@
 #include <yajl/yajl_gen.h>
 
 #include "proto/pubkey.h"
+#include "proto/utf8.h"
 #include "proto/uuid.h"
 #include "router/state/jsonc.h"
 #include "router/state/statefile.h"
@@ -70,7 +71,7 @@ static bool s_text_unfit(const char *s)
     for (const char *p = s; *p; p++)
         if ((unsigned char) *p < 0x20 || *p == 0x7f)
             return true;
-    return !router_jsonc_utf8_valid((const unsigned char *) s, strlen(s));
+    return !proto_utf8_valid((const uint8_t *) s, strlen(s));
 }
 
 int router_peer_addr_parse(const char *addr, router_peer_addr_t *out, char *why, size_t whycap)
