@@ -39,12 +39,10 @@ static void s_gateway_stop_listening(void *gw)
 static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_t *cfg,
                                        char *err, size_t errcap)
 {
-    char text[ROUTER_ADDR_TEXT_MAX], shown[ROUTER_ADDR_STR_MAX] = "?";
+    char shown[ROUTER_ADDR_STR_MAX] = "?";
     router_addr_t addr, bound;
     router_addr_err_t why;
-    snprintf(text, sizeof text, strchr(cfg->gateway.host, ':') ? "[%s]:%u" : "%s:%u",
-             cfg->gateway.host, cfg->gateway.port);
-    if (router_addr_parse(text, &addr, &why) != 0) {
+    if (router_addr_from_host(cfg->gateway.host, cfg->gateway.port, &addr, &why) != 0) {
         snprintf(err, errcap, "gateway.host %s: %s (use an IP address or localhost)",
                  cfg->gateway.host, router_addr_err_str(why));
         return NULL;
@@ -57,8 +55,9 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
         snprintf(err, errcap, "gateway: cannot set up: %s", strerror(errno));
         goto fail;
     }
+    (void) router_addr_format(&addr, shown, sizeof shown);
     if (gateway_http_listen(gw, &addr, &bound) != 0) {
-        snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", text, strerror(errno));
+        snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", shown, strerror(errno));
         goto fail;
     }
     (void) router_addr_format(&bound, shown, sizeof shown);
