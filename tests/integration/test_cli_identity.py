@@ -108,6 +108,57 @@ def test_identity(tmp):
     return made
 
 
+def daemon_refuses(home, *needles):
+    """Starts `kith daemon` in home (ports 0, so nothing is taken) and
+    expects it to refuse at once with a one-line reason on stderr."""
+    with open(os.path.join(home, "config.json"), "w") as f:
+        json.dump({"gateway": {"port": 0}, "comms": {"address": "127.0.0.1:0"}}, f)
+    _, err = kith("daemon", "--home", home, expect=1)
+    lines = [ln for ln in err.splitlines() if ln.startswith("kith daemon: ")]
+    check(len(lines) == 1, f"one 'kith daemon:' line on stderr, got {err!r}")
+    for n in needles:
+        check(n in lines[0], f"{n!r} not in {lines[0]!r}")
+
+
+def test_lost_key(tmp):
+    """identity.key deleted, identity.pub kept: the daemon refuses to start
+    and says how to recover, rather than minting a stranger."""
+    home = os.path.join(tmp, "lost")
+    made = json.loads(kith("keygen", "--home", home)[0])
+    key = os.path.join(home, "identity", "identity.key")
+    pub = os.path.join(home, "identity", "identity.pub")
+    with open(key) as f:
+        saved = f.read()
+    os.unlink(key)
+    daemon_refuses(home, "identity.key is missing", made["pubkey"],
+                   "restore identity.key from a backup", "delete identity.pub")
+    check(not os.path.exists(key), "no new key was minted")
+    with open(pub) as f:
+        check(f.read() == made["pubkey"] + "\n", "identity.pub left alone")
+    _, err = kith("keygen", "--home", home, expect=1)
+    one_line_error(err, "identity.key is missing", "delete identity.pub")
+    check(not os.path.exists(key), "keygen minted no key either")
+
+    # A key that does not match identity.pub is refused too.
+    other = nacl.signing.SigningKey.generate()
+    with open(key, "w") as f:
+        f.write("ed25519-seed:" + base64.b64encode(bytes(other)).decode() + "\n")
+    os.chmod(key, 0o600)
+    daemon_refuses(home, "names another key", pub)
+
+    # Restored from backup: the same identity again.
+    with open(key, "w") as f:
+        f.write(saved)
+    out, _ = kith("id", "--home", home)
+    check(json.loads(out) == made, "the restored key is the old identity")
+
+    # Deleting identity.pub on purpose makes a new identity.
+    os.unlink(key)
+    os.unlink(pub)
+    fresh = json.loads(kith("keygen", "--home", home)[0])
+    check(fresh["pubkey"] != made["pubkey"], "a new identity on purpose")
+
+
 def test_peers(tmp, me):
     home = os.path.join(tmp, "a")
     bob = json.loads(kith("keygen", "--home", os.path.join(tmp, "b"))[0])
@@ -243,6 +294,7 @@ def test_help():
 def main():
     with tempfile.TemporaryDirectory(prefix="kith-it-identity-") as tmp:
         me = test_identity(tmp)
+        test_lost_key(tmp)
         test_peers(tmp, me)
         test_bad_row(tmp)
         test_config_check(tmp)
