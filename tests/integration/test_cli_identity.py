@@ -280,7 +280,8 @@ def test_config_check(tmp):
 
 def test_help():
     for cmd in (["keygen"], ["id"], ["peers"], ["peers", "add"], ["peers", "list"],
-                ["peers", "remove"], ["config"], ["config", "check"]):
+                ["peers", "remove"], ["config"], ["config", "check"], ["daemon"], ["send"],
+                ["envelope", "encode"], ["envelope", "decode"], ["envelope", "verify"]):
         out, _ = kith(*cmd, "--help")
         check(out.startswith("usage: kith " + cmd[0]), f"{cmd} --help: {out!r}")
     out, _ = kith("--help")
@@ -289,6 +290,31 @@ def test_help():
     one_line_error(err, "add, remove or list")
     _, err = kith("keygen", "--bogus", expect=1)
     one_line_error(err, "--bogus", "--help")
+    # getopt_long everywhere: one-line errors naming the fix, exit 1.
+    for args, needles in ((["id", "--home"], ["--home needs a value", "kith id --help"]),
+                          (["send", "--to"], ["--to needs a value", "kith send --help"]),
+                          (["daemon", "--port"], ["--port needs a value", "kith daemon --help"]),
+                          (["daemon", "stray"], ["unexpected argument 'stray'"]),
+                          (["peers", "list", "--x"], ["unknown option '--x'", "kith peers --help"]),
+                          (["peers", "add", "--name"], ["--name needs a value"]),
+                          (["config", "check", "a", "b"], ["one FILE at most"]),
+                          (["envelope", "decode", "--home", "x"],
+                           ["unknown option '--home'", "kith envelope decode --help"])):
+        _, err = kith(*args, expect=1)
+        one_line_error(err, *needles)
+
+
+def test_flag_forms(tmp):
+    """--flag=VALUE works as --flag VALUE does, and flags may follow operands."""
+    home = os.path.join(tmp, "forms")
+    made = json.loads(kith("keygen", f"--home={home}")[0])
+    out, _ = kith("id", "--home", home)
+    check(json.loads(out) == made, "--home=DIR and --home DIR name the same home")
+    cfg = os.path.join(tmp, "forms.json")
+    with open(cfg, "w") as f:
+        f.write("{}")
+    out, _ = kith("config", "check", cfg, "--home", home)
+    check(out.startswith(cfg + ": ok"), f"FILE before a flag: {out!r}")
 
 
 def main():
@@ -299,6 +325,7 @@ def main():
         test_bad_row(tmp)
         test_config_check(tmp)
         test_help()
+        test_flag_forms(tmp)
     print("test_cli_identity: ok")
 
 
