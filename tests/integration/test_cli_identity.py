@@ -1,51 +1,25 @@
 #!/usr/bin/python3
 """tests/integration/test_cli_identity.py — the real `kith` binary: keygen,
 id, peers add/list/remove, config check. Identity files are checked with
-code kith did not write: the PeerId with hashlib.sha1 (UUIDv5 by hand, since
-Python's uuid.uuid5 takes a str name, not bytes) and the key pair with PyNaCl.
+code kith did not write: the PeerId with hashlib.sha1 (peer.peer_id: UUIDv5 by
+hand, since Python's uuid.uuid5 takes a str name, not bytes) and the key pair
+with PyNaCl.
 
 Run by ctest with KITH_BIN set; exits non-zero on the first failure."""
 
 import base64
-import hashlib
 import json
 import os
 import stat
-import subprocess
 import sys
 import tempfile
-import uuid
 
 import nacl.signing
 
-KITH = os.environ.get("KITH_BIN")
-if not KITH:
+if not os.environ.get("KITH_BIN"):
     sys.exit("KITH_BIN is not set (ctest sets it)")
-
-PEER_NS = uuid.UUID("6d656572-6b61-7450-6565-724964300001")
-
-
-def peer_id_of(pk: bytes) -> str:
-    """UUIDv5 (RFC 9562 §5.5) of the raw key bytes in the kith namespace."""
-    digest = bytearray(hashlib.sha1(PEER_NS.bytes + pk).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    return str(uuid.UUID(bytes=bytes(digest)))
-
-
-def kith(*args, env=None, expect=0):
-    """Runs kith, checks the exit code, returns (stdout, stderr)."""
-    full_env = dict(os.environ)
-    full_env.pop("KITH_HOME", None)
-    if env:
-        full_env.update(env)
-    p = subprocess.run([KITH, *args], capture_output=True, text=True, env=full_env, timeout=60)
-    if p.returncode != expect:
-        raise AssertionError(
-            f"kith {' '.join(args)}: exit {p.returncode}, wanted {expect}\n"
-            f"stdout: {p.stdout}\nstderr: {p.stderr}")
-    return p.stdout, p.stderr
-
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import check, kith_run as kith, peer_id as peer_id_of  # noqa: E402
 
 def one_line_error(stderr: str, *needles: str):
     """An error is one line on stderr that contains every needle."""
@@ -53,11 +27,6 @@ def one_line_error(stderr: str, *needles: str):
     assert len(lines) == 1, f"wanted one line on stderr, got {lines!r}"
     for n in needles:
         assert n in lines[0], f"{n!r} not in {lines[0]!r}"
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
 
 
 def test_identity(tmp):
