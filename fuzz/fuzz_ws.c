@@ -84,7 +84,7 @@ static void s_event(digest_t *d, const proto_ws_event_t *ev)
     CHECK(ev->frame_len <= PROTO_WS_CONTROL_MAX && ev->len <= ev->frame_len);
     if (ev->opcode == PROTO_WS_OP_CLOSE) {
         CHECK(ev->close_code == PROTO_WS_CLOSE_NO_STATUS || proto_ws_close_code_valid(ev->close_code));
-        CHECK(proto_utf8_check(ev->data, ev->len) == 0);
+        CHECK(proto_utf8_valid(ev->data, ev->len));
     } else {
         CHECK(ev->len == ev->frame_len);
     }

@@ -76,6 +76,7 @@ const char *gateway_http_reason_text(proto_http_reason_t reason)
     case PROTO_HTTP_ERR_CL_CONFLICT: return "Content-Length is sent with different values";
     case PROTO_HTTP_ERR_CL_WITH_TE: return "Content-Length and Transfer-Encoding are both sent";
     case PROTO_HTTP_ERR_TE_INVALID: return "Transfer-Encoding is malformed";
+    case PROTO_HTTP_ERR_TE_DUPLICATE: return "Transfer-Encoding is sent more than once";
     case PROTO_HTTP_ERR_TE_NOT_CHUNKED: return "the final transfer coding is not chunked";
     case PROTO_HTTP_ERR_TE_UNSUPPORTED: return "only the chunked transfer coding is served";
     case PROTO_HTTP_ERR_TE_HTTP10: return "Transfer-Encoding is not allowed in HTTP/1.0";

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proto/utf8.h"
+
 const char *proto_cbor_reason_str(proto_cbor_reason_t r)
 {
     switch (r) {
@@ -562,47 +564,4 @@ int proto_cbor_canon_bytes(const cbor_item_t *item, unsigned max_depth, size_t l
     }
     *reason = PROTO_CBOR_OK;
     return 0;
-}
-
-/* ================================================================ UTF-8 */
-
-int proto_utf8_valid(const uint8_t *p, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = p[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t need;
-        uint32_t cp, min;
-        if (c >= 0xc2 && c <= 0xdf) {
-            need = 1;
-            cp = c & 0x1f;
-            min = 0x80;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            need = 2;
-            cp = c & 0x0f;
-            min = 0x800;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            need = 3;
-            cp = c & 0x07;
-            min = 0x10000;
-        } else {
-            return 0; /* continuation byte, overlong lead, or past U+10FFFF */
-        }
-        if (n - i - 1 < need)
-            return 0;
-        for (size_t k = 1; k <= need; k++) {
-            uint8_t cc = p[i + k];
-            if ((cc & 0xc0) != 0x80)
-                return 0;
-            cp = cp << 6 | (cc & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += need + 1;
-    }
-    return 1;
 }

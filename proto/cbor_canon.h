@@ -109,8 +109,4 @@ int proto_cbor_canon_encode(proto_cbor_buf_t *b, const cbor_item_t *item, unsign
 int proto_cbor_canon_bytes(const cbor_item_t *item, unsigned max_depth, size_t limit,
                            uint8_t **out, size_t *len, proto_cbor_reason_t *reason);
 
-/* Strict UTF-8 (RFC 3629: no overlongs, surrogates or code points past
- * U+10FFFF). Returns 1 when valid. */
-int proto_utf8_valid(const uint8_t *p, size_t n);
-
 #endif

@@ -9,6 +9,7 @@
 #include <sodium.h>
 
 #include "proto/cbor_canon.h"
+#include "proto/utf8.h"
 
 /* The envelope owns its kind map and one buffer holding the canonical
  * signable bytes; id, from and to are read out of that buffer, so they exist

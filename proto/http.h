@@ -101,7 +101,8 @@ typedef enum {
     PROTO_HTTP_ERR_CL_DUPLICATE,        /* [400] Content-Length repeated with the same value */
     PROTO_HTTP_ERR_CL_CONFLICT,         /* [400] Content-Length repeated with different values */
     PROTO_HTTP_ERR_CL_WITH_TE,          /* [400] both Content-Length and Transfer-Encoding */
-    PROTO_HTTP_ERR_TE_INVALID,          /* [400] Transfer-Encoding malformed, empty, or chunked twice */
+    PROTO_HTTP_ERR_TE_INVALID,          /* [400] Transfer-Encoding malformed, empty (or an empty list element), or chunked twice */
+    PROTO_HTTP_ERR_TE_DUPLICATE,        /* [400] a second Transfer-Encoding field line */
     PROTO_HTTP_ERR_TE_NOT_CHUNKED,      /* [400] final transfer coding is not chunked */
     PROTO_HTTP_ERR_TE_UNSUPPORTED,      /* [501] a coding other than chunked before the final chunked */
     PROTO_HTTP_ERR_TE_HTTP10,           /* [400] Transfer-Encoding in an HTTP/1.0 request */

@@ -2,6 +2,7 @@
  * (RFC 9110, RFC 9112 §6): Host, Content-Length, Transfer-Encoding,
  * Connection, Upgrade and Expect, folded into the parser's facts, and the
  * framing checks that refuse every request-smuggling shape. */
+#include <assert.h>
 #include <string.h>
 
 #include "proto/http_internal.h"
@@ -163,20 +164,24 @@ static proto_http_reason_t s_content_length(proto_http_parser_t *p, const char *
     return PROTO_HTTP_OK;
 }
 
-/* RFC 9112 §6.1: Transfer-Encoding = #transfer-coding. Codings of all
- * lines form one list; only bare tokens are taken (no transfer-parameter:
- * chunked has none, and any other coding is refused anyway). The verdict
- * on the list as a whole is in proto_http_fields_finish(). */
+/* RFC 9112 §6.1: Transfer-Encoding = #transfer-coding; only bare tokens
+ * are taken (no transfer-parameter: chunked has none, and any other coding
+ * is refused anyway). Stricter than the RFC's list rule (§5.6.1 lets a
+ * recipient skip empty elements), for the reason Content-Length is: a
+ * proxy in front may read `chunked,`, `,chunked` or a second line
+ * differently, and a disguised Transfer-Encoding is how request smuggling
+ * starts. So one line, and no empty element. The verdict on the list as a
+ * whole is in proto_http_fields_finish(). */
 static proto_http_reason_t s_transfer_encoding(proto_http_head_state_t *st, const char *value,
                                                size_t len)
 {
     size_t pos = 0;
     proto_http_slice_t e;
+    if (st->te_seen)
+        return PROTO_HTTP_ERR_TE_DUPLICATE;
     st->te_seen = true;
     while (s_list_next(value, len, &pos, &e)) {
-        if (e.len == 0)
-            continue;
-        if (!s_token(e))
+        if (!s_token(e)) /* also an empty element, and so an empty value */
             return PROTO_HTTP_ERR_TE_INVALID;
         bool chunked = proto_http_equals_ci(e, "chunked");
         if (chunked && st->te_chunked)
@@ -272,8 +277,7 @@ proto_http_reason_t proto_http_fields_finish(proto_http_parser_t *p, const char 
             return PROTO_HTTP_ERR_CL_WITH_TE;
         if (st->minor == 0)
             return PROTO_HTTP_ERR_TE_HTTP10; /* §6.1: framing of such a message is faulty */
-        if (!st->te_chunked && !st->te_other)
-            return PROTO_HTTP_ERR_TE_INVALID; /* an empty list */
+        assert(st->te_chunked || st->te_other); /* s_transfer_encoding refused an empty list */
         if (!st->te_chunked_last)
             return PROTO_HTTP_ERR_TE_NOT_CHUNKED; /* §6.3 ¶4: length unknowable, 400 */
         if (st->te_other)

@@ -29,6 +29,7 @@ static const struct {
     [PROTO_HTTP_ERR_CL_CONFLICT]         = { "content_length_conflict", 400 },
     [PROTO_HTTP_ERR_CL_WITH_TE]          = { "content_length_with_transfer_encoding", 400 },
     [PROTO_HTTP_ERR_TE_INVALID]          = { "transfer_encoding_invalid", 400 },
+    [PROTO_HTTP_ERR_TE_DUPLICATE]        = { "transfer_encoding_duplicate", 400 },
     [PROTO_HTTP_ERR_TE_NOT_CHUNKED]      = { "transfer_encoding_not_chunked", 400 },
     [PROTO_HTTP_ERR_TE_UNSUPPORTED]      = { "transfer_encoding_unsupported", 501 },
     [PROTO_HTTP_ERR_TE_HTTP10]           = { "transfer_encoding_in_http10", 400 },

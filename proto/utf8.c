@@ -1,4 +1,4 @@
-/* proto/utf8.c — incremental UTF-8 validator; see utf8.h. */
+/* proto/utf8.c — the UTF-8 validator, incremental and whole-buffer; see utf8.h. */
 #include "proto/utf8.h"
 
 #include <string.h>
@@ -84,11 +84,9 @@ bool proto_utf8_complete(const proto_utf8_t *u)
     return u->need == 0;
 }
 
-int proto_utf8_check(const uint8_t *data, size_t len)
+bool proto_utf8_valid(const uint8_t *data, size_t len)
 {
     proto_utf8_t u;
     proto_utf8_init(&u);
-    if (proto_utf8_feed(&u, data, len) != 0 || !proto_utf8_complete(&u))
-        return -1;
-    return 0;
+    return proto_utf8_feed(&u, data, len) == 0 && proto_utf8_complete(&u);
 }

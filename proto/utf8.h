@@ -1,6 +1,7 @@
-/* proto/utf8.h — incremental UTF-8 validation (RFC 3629, Unicode Table 3-7)
- * for WebSocket text messages and close reasons, which may arrive split at any
- * byte, including in the middle of a code point.
+/* proto/utf8.h — kith's one UTF-8 validator (RFC 3629, Unicode Table 3-7):
+ * incremental, for WebSocket text messages and close reasons, which may
+ * arrive split at any byte, including in the middle of a code point; and
+ * whole-buffer, for CBOR text strings, event lines and config/trust text.
  *
  * Well-formed means: no overlong forms, no surrogates (U+D800..U+DFFF), nothing
  * above U+10FFFF. The validator fails at the first byte that no well-formed
@@ -38,8 +39,10 @@ int proto_utf8_feed(proto_utf8_t *u, const uint8_t *data, size_t len);
  * failure and no code point left unfinished. */
 bool proto_utf8_complete(const proto_utf8_t *u);
 
-/* Validates a whole string. Returns 0 when it is well-formed, -1 otherwise. */
+/* Whether data[0..len) is a whole, well-formed UTF-8 string. A predicate,
+ * so true means valid (as its name says); the incremental proto_utf8_feed()
+ * follows the library convention of 0 / -1 instead. */
 __attribute__((warn_unused_result))
-int proto_utf8_check(const uint8_t *data, size_t len);
+bool proto_utf8_valid(const uint8_t *data, size_t len);
 
 #endif

@@ -35,7 +35,7 @@ proto_ws_reason_t proto_ws_close_parse(const uint8_t *payload, size_t len, uint1
     uint16_t c = (uint16_t) (payload[0] << 8 | payload[1]);
     if (!proto_ws_close_code_valid(c))
         return PROTO_WS_ERR_CLOSE_CODE;
-    if (proto_utf8_check(payload + WS_CLOSE_CODE_LEN, len - WS_CLOSE_CODE_LEN) != 0)
+    if (!proto_utf8_valid(payload + WS_CLOSE_CODE_LEN, len - WS_CLOSE_CODE_LEN))
         return PROTO_WS_ERR_CLOSE_REASON_UTF8;
     *code = c;
     *reason = payload + WS_CLOSE_CODE_LEN;
@@ -53,7 +53,7 @@ ssize_t proto_ws_close_encode(uint8_t *out, size_t cap, uint16_t code, const cha
             return -1;
     } else {
         if (!proto_ws_close_code_valid(code) || reason_len > PROTO_WS_CLOSE_REASON_MAX ||
-            proto_utf8_check((const uint8_t *) reason, reason_len) != 0)
+            !proto_utf8_valid((const uint8_t *) reason, reason_len))
             return -1;
         body[0] = (uint8_t) (code >> 8);
         body[1] = (uint8_t) code;

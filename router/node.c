@@ -566,17 +566,14 @@ static void s_send_on_loop(router_loop_t *loop, void *arg)
 static int s_resolve(const router_peer_t *peer, router_addr_t *out, char *why, size_t whycap)
 {
     router_addr_err_t e;
-    char text[ROUTER_ADDR_TEXT_MAX];
     if (peer->dial.transport == ROUTER_PEER_UDS) {
         if (router_addr_parse(peer->dial.path, out, &e) == 0)
             return 0;
         snprintf(why, whycap, "bad socket path: %s", router_addr_err_str(e));
         return -1;
     }
-    snprintf(text, sizeof text, strchr(peer->dial.host, ':') ? "[%s]:%u" : "%s:%u",
-             peer->dial.host, peer->dial.port);
-    if (router_addr_parse(text, out, &e) == 0)
-        return 0;
+    if (router_addr_from_host(peer->dial.host, peer->dial.port, out, &e) == 0)
+        return 0; /* a literal or localhost */
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
     char port[8];
     snprintf(port, sizeof port, "%u", peer->dial.port);

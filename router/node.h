@@ -2,16 +2,23 @@
  * comms listeners (TCP, Unix socket, in-process, plain events) and outbound
  * sends, on one event loop. `kith daemon` runs one on its main thread; the
  * in-process harness starts several in one process, each on its own thread,
- * connected through a private inproc namespace:
+ * connected through a private inproc namespace (tests/node_test.c does this;
+ * error checks left out here):
  *
+ *     char err[256];
  *     router_inproc_t *net = router_inproc_new();
  *     router_node_opts_t o = {.inproc = net, .inproc_name = "a"};
- *     router_node_t *a = router_node_new(&o, err, sizeof err);   // and b, c …
- *     router_node_trust(a, "b", router_node_pubkey(b), "inproc://b");
- *     router_node_start(a);                                      // own thread
- *     router_node_send_message(a, "b", "hi", 5000, &receipt);    // blocks
- *     router_inbox_pop(router_node_inbox(b), &entry, 5000);
- *     router_node_destroy(&a);                                   // drains, joins
+ *     router_node_t *a = router_node_new(&o, err, sizeof err);     // and b, c …
+ *     router_node_trust(a, "b", router_node_pubkey(b), "inproc://b", err, sizeof err);
+ *     router_node_start(a);                                        // own thread
+ *     router_node_receipt_t r;
+ *     router_node_send_message(a, "b", "hi", &r);  // blocks up to comms.ack_timeout_ms
+ *     if (r.outcome == ROUTER_SEND_ACKED) …
+ *     router_inbox_entry_t e;
+ *     router_inbox_pop(router_node_inbox(b), &e, 5000);            // at b
+ *     router_inbox_entry_clear(&e);
+ *     router_node_destroy(&a);                                     // drains, joins
+ *     router_inproc_destroy(&net);                                 // after every node
  */
 #ifndef KITH_ROUTER_NODE_H
 #define KITH_ROUTER_NODE_H

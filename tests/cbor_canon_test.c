@@ -14,6 +14,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "proto/cbor_canon.h"
+#include "proto/utf8.h"
 
 static const proto_cbor_limits_t s_lenient = {.max_depth = 64, .allow_indefinite = 1};
 static const proto_cbor_limits_t s_strict = {.max_depth = 32, .allow_indefinite = 0};

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "router/net/addr.h"
 #include "router/state/config.h"
 
 /* Parses text (NUL-terminated) into *cfg; returns the rc, err filled. */
@@ -308,24 +309,23 @@ static void test_addresses(void **state)
                                       "host:", "host:65536", "host:-1", "host:8o", "1.2.3:80",
                                       "bad_host:80", "-a.com:80", "a..b:80", "[127.0.0.1]:80",
                                       "host:123456"};
+    /* the config's check: router/net/addr's splitter, and a host that may be a name */
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-        char host[ROUTER_CONFIG_HOST_CAP], why[128];
-        uint16_t port;
-        if (router_hostport_split(good[i], host, sizeof host, &port, why, sizeof why) != 0)
-            fail_msg("refused %s: %s", good[i], why);
+        router_hostport_t hp;
+        router_addr_err_t e;
+        if (router_addr_split(good[i], &hp, &e) != 0 || !router_addr_host_valid(hp.host))
+            fail_msg("refused %s", good[i]);
     }
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        char host[ROUTER_CONFIG_HOST_CAP], why[128];
-        uint16_t port;
-        if (router_hostport_split(bad[i], host, sizeof host, &port, why, sizeof why) == 0)
+        router_hostport_t hp;
+        router_addr_err_t e;
+        if (router_addr_split(bad[i], &hp, &e) == 0 && router_addr_host_valid(hp.host))
             fail_msg("accepted %s", bad[i]);
     }
-    char host[ROUTER_CONFIG_HOST_CAP], why[128];
-    uint16_t port = 0;
-    assert_int_equal(router_hostport_split("[::1]:4200", host, sizeof host, &port, why, sizeof why),
-                     0);
-    assert_string_equal(host, "::1");
-    assert_int_equal(port, 4200);
+    router_hostport_t hp = {0};
+    assert_int_equal(router_addr_split("[::1]:4200", &hp, NULL), 0);
+    assert_string_equal(hp.host, "::1");
+    assert_int_equal(hp.port, 4200);
 }
 
 /* ------------------------------------------------------------ structure */

@@ -334,6 +334,73 @@ static void test_load_or_create(void **state)
     assert_non_null(strstr(err, "chmod 600"));
 }
 
+/* A deleted key beside a kept identity.pub is a lost identity: neither the
+ * daemon's start nor keygen mints a new key there, and both say how to
+ * recover; deleting identity.pub on purpose makes a new identity. */
+static void test_lost_key_is_not_replaced(void **state)
+{
+    s_env_t *e = *state;
+    s_install_rfc(e);
+    unlink(e->key);
+    router_identity_t id;
+    bool created = true;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    assert_int_equal(router_identity_load_or_create(e->home, &id, &created, err, sizeof err), -1);
+    assert_false(created);
+    assert_true(s_all_zero(&id, sizeof id));
+    assert_non_null(strstr(err, "identity.key is missing"));
+    assert_non_null(strstr(err, "restore identity.key from a backup"));
+    assert_non_null(strstr(err, "delete identity.pub"));
+    assert_non_null(strstr(err, "ed25519:11qYAYKx")); /* which identity was lost */
+    assert_int_equal(access(e->key, F_OK), -1);     /* nothing was made */
+    char text[256];
+    s_read(e->pub, text, sizeof text);
+    assert_string_equal(text, S_RFC_PUB_LINE);
+
+    assert_int_equal(router_identity_create(e->home, &id, err, sizeof err), -1);
+    assert_non_null(strstr(err, "identity.key is missing"));
+    assert_int_equal(access(e->key, F_OK), -1);
+
+    /* a pub file that is not even a key line still means a lost identity */
+    s_write(e->pub, "garbage\n", 0644);
+    assert_int_equal(router_identity_load_or_create(e->home, &id, &created, err, sizeof err), -1);
+    assert_non_null(strstr(err, "identity.key is missing"));
+
+    /* restoring the key brings the identity back */
+    s_write(e->key, S_RFC_KEY_LINE, 0600);
+    s_write(e->pub, S_RFC_PUB_LINE, 0644);
+    assert_int_equal(router_identity_load_or_create(e->home, &id, &created, err, sizeof err), 0);
+    assert_false(created);
+    assert_memory_equal(id.pk, s_rfc_pk, 32);
+
+    /* deleting identity.pub on purpose starts over */
+    unlink(e->key);
+    unlink(e->pub);
+    assert_int_equal(router_identity_load_or_create(e->home, &id, &created, err, sizeof err), 0);
+    assert_true(created);
+    assert_memory_not_equal(id.pk, s_rfc_pk, 32);
+    router_identity_wipe(&id);
+}
+
+/* A key that does not match identity.pub is refused on start too, never
+ * replaced and never used. */
+static void test_load_or_create_refuses_mismatch(void **state)
+{
+    s_env_t *e = *state;
+    s_install_rfc(e);
+    s_write(e->pub, "ed25519:PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw=\n", 0644);
+    router_identity_t id;
+    bool created = true;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    assert_int_equal(router_identity_load_or_create(e->home, &id, &created, err, sizeof err), -1);
+    assert_false(created);
+    assert_non_null(strstr(err, "names another key"));
+    assert_true(s_all_zero(&id, sizeof id));
+    char text[256];
+    s_read(e->key, text, sizeof text);
+    assert_string_equal(text, S_RFC_KEY_LINE);
+}
+
 static void test_wipe(void **state)
 {
     (void) state;
@@ -361,6 +428,8 @@ int main(void)
         T(test_pub_file_must_agree),
         T(test_missing_pub_is_rewritten),
         T(test_load_or_create),
+        T(test_lost_key_is_not_replaced),
+        T(test_load_or_create_refuses_mismatch),
         T(test_wipe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

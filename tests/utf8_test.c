@@ -1,7 +1,8 @@
-/* tests/utf8_test.c — the incremental UTF-8 validator against a reference
- * that decodes code points the slow way: every string of up to three bytes,
- * a sweep of four-byte ones, the classic edge cases, every split of each,
- * and the promise to fail at the first byte no well-formed string allows. */
+/* tests/utf8_test.c — kith's one UTF-8 validator (proto/utf8), incremental
+ * and whole-buffer, against a reference that decodes code points the slow
+ * way: every string of up to three bytes, a sweep of four-byte ones, the
+ * classic edge cases, every split of each, and the promise to fail at the
+ * first byte no well-formed string allows. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -72,7 +73,7 @@ static size_t s_fail_at(const uint8_t *s, size_t n)
 static void s_agree(const uint8_t *s, size_t n)
 {
     int want = s_ref(s, n, 0);
-    assert_int_equal(proto_utf8_check(s, n) == 0, want);
+    assert_int_equal(proto_utf8_valid(s, n), want);
     for (size_t cut = 0; cut <= n; cut++) {
         proto_utf8_t u;
         proto_utf8_init(&u);
@@ -106,7 +107,7 @@ static void test_exhaustive_short(void **state)
                 s[2] = (uint8_t) c;
                 /* s_agree's splits cost too much at 2^24: compare whole and fail position. */
                 int want = s_ref(s, 3, 0);
-                if ((proto_utf8_check(s, 3) == 0) != want)
+                if (proto_utf8_valid(s, 3) != want)
                     fail_msg("%02x %02x %02x: validator disagrees with reference", a, b, c);
                 size_t first_bad = !s_ref(s, 1, 1) ? 0 : !s_ref(s, 2, 1) ? 1 : !s_ref(s, 3, 1) ? 2 : 3;
                 if (s_fail_at(s, 3) != first_bad)
@@ -168,11 +169,14 @@ static void test_edge_cases(void **state)
         {"truncated 3", "\xE2\x82", 0},
         {"truncated 4", "\xF0\x9F\x98", 0},
         {"ascii after lead", "\xC2" "A", 0},
+        {"CESU-8 pair", "\xED\xA0\xBD\xED\xB8\x80", 0},
+        {"modified UTF-8 NUL", "\xC0\x80", 0},
+        {"emoji", "\xF0\x9F\x98\x80", 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const uint8_t *s = (const uint8_t *) cases[i].bytes;
         size_t n = strlen(cases[i].bytes);
-        if ((proto_utf8_check(s, n) == 0) != cases[i].valid)
+        if (proto_utf8_valid(s, n) != cases[i].valid)
             fail_msg("%s: expected %s", cases[i].what, cases[i].valid ? "valid" : "invalid");
         s_agree(s, n);
     }
@@ -187,7 +191,7 @@ static void test_word_boundaries(void **state)
     for (size_t bad = 0; bad < sizeof s; bad++) {
         memset(s, 'a', sizeof s);
         s[bad] = 0x80;
-        assert_int_equal(proto_utf8_check(s, sizeof s), -1);
+        assert_false(proto_utf8_valid(s, sizeof s));
         assert_int_equal(s_fail_at(s, sizeof s), bad);
         for (size_t cut = 0; cut <= sizeof s; cut += 3) {
             proto_utf8_t u;

@@ -1,5 +1,7 @@
-/* router/net/addr.c — socket addresses: parsing `host:port`, `[v6]:port`,
- * `tcp://…`, `uds://…` and paths (never DNS), and formatting them back. */
+/* router/net/addr.c — socket addresses: splitting `host:port` and
+ * `[v6]:port` (the one splitter the config checker, the trust loader, the
+ * resolver and the listeners share), parsing `tcp://…`, `uds://…` and paths
+ * (never DNS), and formatting them back. */
 #include "router/net/addr.h"
 
 #include <arpa/inet.h>
@@ -23,6 +25,9 @@ const char *router_addr_err_str(router_addr_err_t err)
     case ROUTER_ADDR_BAD_PORT: return "port must be a decimal number from 0 to 65535";
     case ROUTER_ADDR_BAD_PATH: return "a Unix socket path must start with / or ./";
     case ROUTER_ADDR_PATH_TOO_LONG: return "Unix socket path too long";
+    case ROUTER_ADDR_NO_HOST: return "no host before the port, or a host longer than 253 bytes";
+    case ROUTER_ADDR_BAD_BRACKETS: return "not an IPv6 address inside [ ], as in [::1]:4200";
+    case ROUTER_ADDR_UNBRACKETED_V6: return "an IPv6 address needs brackets, as in [::1]:4200";
     }
     return "unknown";
 }
@@ -65,53 +70,118 @@ static int s_parse_path(const char *path, bool need_abs, router_addr_t *out,
     return 0;
 }
 
-static int s_parse_inet(const char *hp, router_addr_t *out, router_addr_err_t *err)
+/* ------------------------------------------------------------ host:port */
+
+static bool s_alnum(char c)
 {
-    char host[INET6_ADDRSTRLEN];
-    const char *port;
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+/* RFC 1123 §2.1 host name, with the last label not all digits. */
+static bool s_dns_name_valid(const char *s)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len > 253)
+        return false;
+    size_t label = 0;
+    bool all_digits = true;
+    for (size_t i = 0; i <= len; i++) {
+        char c = s[i];
+        if (c == '.' || c == '\0') {
+            if (label == 0 || label > 63 || s[i - 1] == '-')
+                return false;
+            if (c == '\0')
+                break;
+            label = 0;
+            all_digits = true;
+            continue;
+        }
+        if ((!s_alnum(c) && c != '-') || (label == 0 && c == '-'))
+            return false;
+        if (c < '0' || c > '9')
+            all_digits = false;
+        label++;
+    }
+    return !all_digits;
+}
+
+bool router_addr_host_valid(const char *host)
+{
+    struct in6_addr a6;
+    struct in_addr a4;
+    return inet_pton(AF_INET, host, &a4) == 1 || inet_pton(AF_INET6, host, &a6) == 1 ||
+           s_dns_name_valid(host);
+}
+
+int router_addr_split(const char *text, router_hostport_t *out, router_addr_err_t *err)
+{
+    const char *hs, *port;
     size_t hlen;
-    bool v6 = hp[0] == '[';
-    if (v6) {
-        const char *close = strchr(hp, ']');
+    bool bracketed = text[0] == '[';
+    if (bracketed) {
+        const char *close = strchr(text, ']');
         if (!close)
-            return s_fail(err, ROUTER_ADDR_BAD_HOST);
+            return s_fail(err, ROUTER_ADDR_BAD_BRACKETS);
         if (close[1] != ':')
             return s_fail(err, ROUTER_ADDR_BAD_PORT);
-        hp++;
-        hlen = (size_t) (close - hp);
+        hs = text + 1;
+        hlen = (size_t) (close - hs);
         port = close + 2;
     } else {
-        const char *colon = strrchr(hp, ':');
+        const char *colon = strrchr(text, ':');
         if (!colon)
             return s_fail(err, ROUTER_ADDR_BAD_PORT);
-        hlen = (size_t) (colon - hp);
-        if (memchr(hp, ':', hlen))
-            return s_fail(err, ROUTER_ADDR_BAD_HOST); /* IPv6 needs brackets */
+        hs = text;
+        hlen = (size_t) (colon - text);
+        if (memchr(text, ':', hlen))
+            return s_fail(err, ROUTER_ADDR_UNBRACKETED_V6);
         port = colon + 1;
     }
-    if (hlen == 0 || hlen >= sizeof host)
-        return s_fail(err, ROUTER_ADDR_BAD_HOST);
-    memcpy(host, hp, hlen);
-    host[hlen] = '\0';
-    uint16_t p;
-    if (s_parse_port(port, &p) != 0)
+    if (hlen == 0 || hlen >= sizeof out->host)
+        return s_fail(err, ROUTER_ADDR_NO_HOST);
+    router_hostport_t hp;
+    memcpy(hp.host, hs, hlen);
+    hp.host[hlen] = '\0';
+    struct in6_addr a6;
+    if (bracketed && inet_pton(AF_INET6, hp.host, &a6) != 1)
+        return s_fail(err, ROUTER_ADDR_BAD_BRACKETS);
+    if (s_parse_port(port, &hp.port) != 0)
         return s_fail(err, ROUTER_ADDR_BAD_PORT);
-    if (v6) {
-        out->u.in6.sin6_family = AF_INET6;
-        out->u.in6.sin6_port = htons(p);
-        if (inet_pton(AF_INET6, host, &out->u.in6.sin6_addr) != 1)
-            return s_fail(err, ROUTER_ADDR_BAD_HOST);
-        out->len = sizeof out->u.in6;
-        return 0;
-    }
-    out->u.in4.sin_family = AF_INET;
-    out->u.in4.sin_port = htons(p);
-    if (strcmp(host, "localhost") == 0)
-        out->u.in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    else if (inet_pton(AF_INET, host, &out->u.in4.sin_addr) != 1)
-        return s_fail(err, ROUTER_ADDR_BAD_HOST);
-    out->len = sizeof out->u.in4;
+    *out = hp;
     return 0;
+}
+
+int router_addr_from_host(const char *host, uint16_t port, router_addr_t *out,
+                          router_addr_err_t *err)
+{
+    router_addr_t a;
+    memset(&a, 0, sizeof a);
+    memset(out, 0, sizeof *out);
+    if (strchr(host, ':')) {
+        a.u.in6.sin6_family = AF_INET6;
+        a.u.in6.sin6_port = htons(port);
+        if (inet_pton(AF_INET6, host, &a.u.in6.sin6_addr) != 1)
+            return s_fail(err, ROUTER_ADDR_BAD_HOST);
+        a.len = sizeof a.u.in6;
+    } else {
+        a.u.in4.sin_family = AF_INET;
+        a.u.in4.sin_port = htons(port);
+        if (strcmp(host, "localhost") == 0)
+            a.u.in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        else if (inet_pton(AF_INET, host, &a.u.in4.sin_addr) != 1)
+            return s_fail(err, ROUTER_ADDR_BAD_HOST);
+        a.len = sizeof a.u.in4;
+    }
+    *out = a;
+    return 0;
+}
+
+static int s_parse_inet(const char *text, router_addr_t *out, router_addr_err_t *err)
+{
+    router_hostport_t hp;
+    if (router_addr_split(text, &hp, err) != 0)
+        return -1;
+    return router_addr_from_host(hp.host, hp.port, out, err);
 }
 
 int router_addr_parse(const char *text, router_addr_t *out, router_addr_err_t *err)

@@ -1,9 +1,10 @@
 /* router/net/addr.h — socket addresses (`host:port`, `[v6]:port`, `/path`):
- * parsing and formatting; no DNS, no I/O. */
+ * kith's one host:port splitter, parsing and formatting; no DNS, no I/O. */
 #ifndef KITH_ROUTER_NET_ADDR_H
 #define KITH_ROUTER_NET_ADDR_H
 
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -15,6 +16,9 @@
 #define ROUTER_ADDR_TEXT_MAX 256
 /* Room for any address router_addr_format writes, NUL included. */
 #define ROUTER_ADDR_STR_MAX 128
+/* Room for the host part of `host:port`: a DNS name (253) or an IP
+ * literal, NUL included. */
+#define ROUTER_ADDR_HOST_MAX 254
 
 /* A parsed socket address; plain data, copy it freely. */
 typedef struct router_addr {
@@ -37,7 +41,38 @@ typedef enum router_addr_err {
     ROUTER_ADDR_BAD_PORT,      /* missing, not decimal, or over 65535 */
     ROUTER_ADDR_BAD_PATH,      /* a socket path not starting with / (or ./ ../) */
     ROUTER_ADDR_PATH_TOO_LONG, /* does not fit sockaddr_un.sun_path */
+    ROUTER_ADDR_NO_HOST,       /* nothing before the port, or the host is too long */
+    ROUTER_ADDR_BAD_BRACKETS,  /* "[" without "]", or no IPv6 literal inside them */
+    ROUTER_ADDR_UNBRACKETED_V6, /* a ":" in a host outside brackets */
 } router_addr_err_t;
+
+/* The two parts of `host:port`. */
+typedef struct router_hostport {
+    char host[ROUTER_ADDR_HOST_MAX]; /* as written, brackets removed */
+    uint16_t port;                   /* 0..65535 */
+} router_hostport_t;
+
+/* Splits `host:port` or `[v6]:port` (RFC 3986 §3.2.2): a host in brackets
+ * must be an IPv6 literal, and a host outside them has no ":" (so an IPv6
+ * address always needs brackets); the host is not empty; the port is 1 to
+ * 5 decimal digits, at most 65535 (0 allowed). The host text is not
+ * otherwise judged: router_addr_host_valid() says whether it may be a
+ * name, router_addr_from_host() turns literals into a socket address.
+ * Every host:port kith reads goes through here. Returns 0, or -1 with
+ * *err (when err is non-NULL) saying why. */
+int router_addr_split(const char *text, router_hostport_t *out, router_addr_err_t *err)
+    __attribute__((warn_unused_result));
+
+/* Whether `host` (no brackets) is an IPv4 literal, an IPv6 literal or an
+ * RFC 1123 host name (labels of letters, digits and inner hyphens, at most
+ * 253 bytes, the last label not all digits, so "1.2.3" is never a name). */
+bool router_addr_host_valid(const char *host);
+
+/* The TCP socket address for `host` (no brackets) and `port`: an IPv4 or
+ * IPv6 literal, or `localhost` (always 127.0.0.1). Other names need DNS,
+ * which is the caller's business: -1 with *err ROUTER_ADDR_BAD_HOST. */
+int router_addr_from_host(const char *host, uint16_t port, router_addr_t *out,
+                          router_addr_err_t *err) __attribute__((warn_unused_result));
 
 /* Parses one of:
  *   `127.0.0.1:4200`, `localhost:4200` (always 127.0.0.1: no DNS here),

@@ -2,7 +2,6 @@
  * strict reader on yajl callbacks, and command-line overrides. */
 #include "router/state/config.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +9,8 @@
 
 #include <yajl/yajl_gen.h>
 
+#include "proto/utf8.h"
+#include "router/net/addr.h"
 #include "router/state/home.h"
 #include "router/state/jsonc.h"
 #include "router/state/statefile.h"
@@ -25,128 +26,28 @@ static bool s_is_alnum(unsigned char c)
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 }
 
-/* RFC 1123 host name: dot-separated labels of 1..63 letters, digits and
- * hyphens, not starting or ending in a hyphen, at most 253 bytes; the last
- * label is not all digits, so "1.2.3" is never taken for an address. */
-static bool s_dns_name_valid(const char *s)
-{
-    size_t len = strlen(s);
-    if (len == 0 || len > 253)
-        return false;
-    size_t label = 0;
-    bool all_digits = true;
-    for (size_t i = 0; i <= len; i++) {
-        unsigned char c = (unsigned char) s[i];
-        if (c == '.' || c == '\0') {
-            if (label == 0 || label > 63 || s[i - 1] == '-')
-                return false;
-            if (c == '\0')
-                break;
-            label = 0;
-            all_digits = true;
-            continue;
-        }
-        if (!s_is_alnum(c) && c != '-')
-            return false;
-        if (label == 0 && c == '-')
-            return false;
-        if (c < '0' || c > '9')
-            all_digits = false;
-        label++;
-    }
-    return !all_digits;
-}
-
-static bool s_ipv4_valid(const char *s)
-{
-    struct in_addr a;
-    return inet_pton(AF_INET, s, &a) == 1;
-}
-
-static bool s_ipv6_valid(const char *s)
-{
-    struct in6_addr a;
-    return strlen(s) < INET6_ADDRSTRLEN && inet_pton(AF_INET6, s, &a) == 1;
-}
-
 static int s_check_host(const char *s, char *why, size_t whycap)
 {
-    if (s_ipv4_valid(s) || s_ipv6_valid(s) || s_dns_name_valid(s))
+    if (router_addr_host_valid(s))
         return 0;
     snprintf(why, whycap, "not an IP address or a host name");
     return -1;
 }
 
-int router_hostport_split(const char *addr, char *host, size_t hostcap, uint16_t *port,
-                          char *why, size_t whycap)
-{
-    const char *colon;
-    const char *hs, *he;
-    if (addr[0] == '[') {
-        const char *close = strchr(addr, ']');
-        if (!close) {
-            snprintf(why, whycap, "no closing ']'");
-            return -1;
-        }
-        if (close[1] != ':') {
-            snprintf(why, whycap, "no \":port\" after ']'");
-            return -1;
-        }
-        hs = addr + 1;
-        he = close;
-        colon = close + 1;
-    } else {
-        colon = strrchr(addr, ':');
-        if (!colon) {
-            snprintf(why, whycap, "no \":port\"");
-            return -1;
-        }
-        if (memchr(addr, ':', (size_t) (colon - addr))) {
-            snprintf(why, whycap, "an IPv6 address needs brackets, as in \"[::1]:4200\"");
-            return -1;
-        }
-        hs = addr;
-        he = colon;
-    }
-    size_t hlen = (size_t) (he - hs);
-    if (hlen == 0) {
-        snprintf(why, whycap, "no host before the port");
-        return -1;
-    }
-    if (hlen >= hostcap || hlen >= ROUTER_CONFIG_HOST_CAP) {
-        snprintf(why, whycap, "host longer than %d bytes", ROUTER_CONFIG_HOST_CAP - 1);
-        return -1;
-    }
-    char h[ROUTER_CONFIG_HOST_CAP];
-    memcpy(h, hs, hlen);
-    h[hlen] = '\0';
-    bool bracketed = addr[0] == '[';
-    if (bracketed ? !s_ipv6_valid(h) : !(s_ipv4_valid(h) || s_dns_name_valid(h))) {
-        snprintf(why, whycap, bracketed ? "not an IPv6 address inside [ ]"
-                                        : "host is not an IPv4 address or a host name");
-        return -1;
-    }
-    const char *p = colon + 1;
-    size_t plen = strlen(p);
-    if (plen == 0 || plen > 5 || strspn(p, "0123456789") != plen) {
-        snprintf(why, whycap, "port is not a number 0..65535");
-        return -1;
-    }
-    unsigned long v = strtoul(p, NULL, 10);
-    if (v > 65535) {
-        snprintf(why, whycap, "port is not a number 0..65535");
-        return -1;
-    }
-    memcpy(host, h, hlen + 1);
-    *port = (uint16_t) v;
-    return 0;
-}
-
+/* "host:port" or "[v6]:port", split as every address is (router/net/addr). */
 static int s_check_hostport(const char *s, char *why, size_t whycap)
 {
-    char host[ROUTER_CONFIG_HOST_CAP];
-    uint16_t port;
-    return router_hostport_split(s, host, sizeof host, &port, why, whycap);
+    router_hostport_t hp;
+    router_addr_err_t e;
+    if (router_addr_split(s, &hp, &e) != 0) {
+        snprintf(why, whycap, "%s", router_addr_err_str(e));
+        return -1;
+    }
+    if (!router_addr_host_valid(hp.host)) {
+        snprintf(why, whycap, "host is not an IPv4 address or a host name");
+        return -1;
+    }
+    return 0;
 }
 
 static int s_check_abs_path(const char *s, char *why, size_t whycap)
@@ -492,7 +393,7 @@ static int s_store_string(router_config_t *cfg, const char *path, const s_key_t 
         if (v->s[i] < 0x20 || v->s[i] == 0x7f)
             return s_refuse(path, key, v, "control characters are not allowed", err, errcap);
     /* Text from router_config_set() has not been through yajl. */
-    if (!router_jsonc_utf8_valid(v->s, v->len))
+    if (!proto_utf8_valid(v->s, v->len))
         return s_refuse(path, key, v, "not UTF-8", err, errcap);
     char text[ROUTER_CONFIG_URL_CAP]; /* the largest string field */
     if (v->len >= sizeof text)

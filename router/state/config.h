@@ -160,10 +160,4 @@ const char *router_comms_mode_str(router_comms_mode_t mode);
 const char *router_comms_auth_str(router_comms_auth_t auth);
 const char *router_agent_provider_str(router_agent_provider_t provider);
 
-/* Splits "host:port" or "[v6]:port" into host (brackets removed) and port.
- * The host must be an IPv4 or IPv6 literal or a DNS name; the port 0..65535.
- * Returns 0, or -1 with a short reason in why[whycap]. No I/O, no lookup. */
-int router_hostport_split(const char *addr, char *host, size_t hostcap, uint16_t *port,
-                          char *why, size_t whycap) __attribute__((warn_unused_result));
-
 #endif

@@ -233,6 +233,14 @@ int router_identity_load(const char *home, router_identity_t *out, char *err, si
 
 /* ------------------------------------------------------------ creating */
 
+static void s_key_exists(const s_paths_t *p, char *err, size_t errcap)
+{
+    snprintf(err, errcap,
+             "%s already exists; kith never replaces an identity (move it away first to make a "
+             "new one)",
+             p->key);
+}
+
 /* Writes the key line to a fresh 0600 temp file, then links it in as
  * identity.key: link(2) never replaces an existing name, so two processes
  * creating at once cannot both win, and readers never see half a key.
@@ -268,10 +276,7 @@ static int s_write_key(const s_paths_t *p, const uint8_t seed[PROTO_SEED_LEN], b
     if (link(tmp, p->key) != 0) {
         *exists = errno == EEXIST;
         if (*exists)
-            snprintf(err, errcap,
-                     "%s already exists; kith never replaces an identity (move it away first "
-                     "to make a new one)",
-                     p->key);
+            s_key_exists(p, err, errcap);
         else
             snprintf(err, errcap, "cannot create %s: %s", p->key, strerror(errno));
         goto unlink_tmp;
@@ -291,6 +296,40 @@ done:
     return rc;
 }
 
+/* A kept identity.pub without its key is a lost identity, not a first
+ * start: making a new key there would quietly turn this node into a
+ * stranger its peers no longer trust. Says how to recover instead. */
+static int s_refuse_lost_key(const s_paths_t *p, char *err, size_t errcap)
+{
+    struct stat st;
+    if (lstat(p->pub, &st) != 0) {
+        if (errno == ENOENT)
+            return 0;
+        snprintf(err, errcap, "%s: %s", p->pub, strerror(errno));
+        return -1;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    char named[PROTO_PUBKEY_TEXT_CAP] = "an unreadable key";
+    char ignored[ROUTER_IDENTITY_ERR_MAX];
+    if (router_statefile_read(p->pub, S_PUB_FILE_MAX, &text, &len, NULL, ignored,
+                              sizeof ignored) == 0) {
+        while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+            len--;
+        uint8_t pk[PROTO_PUBKEY_LEN];
+        if (proto_pubkey_parse(text, len, pk) == 0)
+            (void) proto_pubkey_format(pk, named, sizeof named);
+        free(text);
+    }
+    snprintf(err, errcap,
+             "%s: identity.key is missing but identity.pub (%s) is kept, so this node's identity "
+             "is lost and kith will not make a new one; restore identity.key from a backup, or "
+             "delete identity.pub to start over with a new identity (peers will not trust it "
+             "until they add it again)",
+             p->dir, named);
+    return -1;
+}
+
 /* router_identity_create, also saying whether a key file was already there. */
 static int s_create(const char *home, router_identity_t *out, bool *exists, char *err,
                     size_t errcap)
@@ -304,6 +343,13 @@ static int s_create(const char *home, router_identity_t *out, bool *exists, char
         snprintf(err, errcap, "cannot create %s: %s", p.dir, strerror(errno));
         return -1;
     }
+    if (access(p.key, F_OK) == 0) {
+        *exists = true;
+        s_key_exists(&p, err, errcap);
+        return -1;
+    }
+    if (s_refuse_lost_key(&p, err, errcap) != 0)
+        return -1;
     uint8_t seed[PROTO_SEED_LEN];
     randombytes_buf(seed, sizeof seed);
     int rc = s_write_key(&p, seed, exists, err, errcap);

@@ -11,7 +11,9 @@
  * A key file that group or others may read or write, that is not a regular
  * file owned by this user, or whose identity.pub names another key is refused
  * with a message saying how to fix it. A missing identity.pub is rewritten from
- * the key (it holds nothing secret). */
+ * the key (it holds nothing secret). A missing identity.key beside a kept
+ * identity.pub is a lost identity, never a first start: nothing makes a new
+ * key there until identity.pub is deleted on purpose. */
 #ifndef KITH_ROUTER_IDENTITY_H
 #define KITH_ROUTER_IDENTITY_H
 
@@ -40,14 +42,16 @@ int router_identity_load(const char *home, router_identity_t *out, char *err, si
     __attribute__((warn_unused_result));
 
 /* Makes a new identity under `home` (creating identity/ with mode 0700) and
- * writes both files. Never replaces an existing identity.key: that is an
- * error. Returns 0 with *out filled, or -1 with err set and *out wiped. */
+ * writes both files. Never replaces an existing identity.key, and never
+ * makes one beside a kept identity.pub (the key was lost: err says how to
+ * recover): both are errors. Returns 0 with *out filled, or -1 with err set
+ * and *out wiped. */
 int router_identity_create(const char *home, router_identity_t *out, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
-/* Loads the identity under `home`, creating one when there is no key file
- * yet (the daemon's first start). *created (may be NULL) says which happened.
- * Returns 0, or -1 with err set. */
+/* Loads the identity under `home`, creating one when there is neither key
+ * nor pub file yet (the daemon's first start). *created (may be NULL) says
+ * which happened. Returns 0, or -1 with err set. */
 int router_identity_load_or_create(const char *home, router_identity_t *out, bool *created,
                                    char *err, size_t errcap)
     __attribute__((warn_unused_result));

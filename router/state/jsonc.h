@@ -72,12 +72,6 @@ void router_jsonc_quote(const unsigned char *s, size_t len, char *out, size_t ca
 /* Like router_jsonc_quote without the quotes, for a raw number token. */
 void router_jsonc_quote_raw(const char *s, size_t len, char *out, size_t cap);
 
-/* Whether s[len] is well-formed UTF-8 (no overlong forms, surrogates or
- * code points past U+10FFFF): what yajl demands of every string it reads,
- * checked for text that did not come through yajl (command-line flags) before
- * it is written into a JSON file. */
-bool router_jsonc_utf8_valid(const unsigned char *s, size_t len);
-
 /* Formats into err[errcap] like snprintf, never overflowing; returns 0 so a
  * reader can `return router_jsonc_fail(...)`. */
 int router_jsonc_fail(char *err, size_t errcap, const char *fmt, ...)

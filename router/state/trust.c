@@ -13,7 +13,9 @@
 #include <yajl/yajl_gen.h>
 
 #include "proto/pubkey.h"
+#include "proto/utf8.h"
 #include "proto/uuid.h"
+#include "router/net/addr.h"
 #include "router/state/jsonc.h"
 #include "router/state/statefile.h"
 
@@ -70,7 +72,7 @@ static bool s_text_unfit(const char *s)
     for (const char *p = s; *p; p++)
         if ((unsigned char) *p < 0x20 || *p == 0x7f)
             return true;
-    return !router_jsonc_utf8_valid((const unsigned char *) s, strlen(s));
+    return !proto_utf8_valid((const uint8_t *) s, strlen(s));
 }
 
 int router_peer_addr_parse(const char *addr, router_peer_addr_t *out, char *why, size_t whycap)
@@ -83,9 +85,19 @@ int router_peer_addr_parse(const char *addr, router_peer_addr_t *out, char *why,
     }
     if (!strncmp(addr, "tcp://", 6)) {
         out->transport = ROUTER_PEER_TCP;
-        if (router_hostport_split(addr + 6, out->host, sizeof out->host, &out->port, why,
-                                  whycap) != 0)
+        router_hostport_t hp;
+        router_addr_err_t e;
+        if (router_addr_split(addr + 6, &hp, &e) != 0) {
+            snprintf(why, whycap, "%s", router_addr_err_str(e));
             return -1;
+        }
+        if (!router_addr_host_valid(hp.host)) {
+            snprintf(why, whycap, "host is not an IPv4 address or a host name");
+            return -1;
+        }
+        _Static_assert(sizeof out->host >= sizeof hp.host, "room for any host");
+        memcpy(out->host, hp.host, sizeof hp.host);
+        out->port = hp.port;
         if (out->port == 0) {
             snprintf(why, whycap, "port 0 cannot be dialled");
             return -1;

@@ -4,9 +4,15 @@ real `kith daemon` in a temporary home.
 
 Envelope: CBOR map {id: bstr16, from: bstr32, to: bstr32, kind: map, sig: bstr64};
 the signature is Ed25519 over the canonical CBOR of [id, from, to, kind];
-frames are a 4-byte big-endian length and one CBOR item."""
+frames are a 4-byte big-endian length and one CBOR item.
+
+This is the one helper module of tests/integration/: running the CLI
+(kith, kith_run), a daemon (Daemon: start, ports, wait_log), its state
+(inbox_rows, events, wait_events), its gateway (metrics, metric, curl, raw,
+gateway_url) and small checks (check, Results)."""
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -14,6 +20,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import tempfile
@@ -44,7 +51,6 @@ def pubkey_text(pk):
 
 def peer_id(pk):
     """UUIDv5 over the raw key bytes (uuid.uuid5 wants text, so by hand)."""
-    import hashlib
     h = bytearray(hashlib.sha1(PEER_NS.bytes + pk).digest()[:16])
     h[6] = 0x50 | (h[6] & 0x0F)
     h[8] = 0x80 | (h[8] & 0x3F)
@@ -234,6 +240,104 @@ def kith(*args, check=True, stdin=None):
     if check and p.returncode != 0:
         raise RuntimeError(f"kith {' '.join(args)} exited {p.returncode}: {p.stderr}")
     return p.stdout
+
+
+def kith_run(*args, expect=0, stdin=None, env=None):
+    """Runs kith without KITH_HOME (plus `env`), checks the exit code is
+    `expect`, returns (stdout, stderr). Bytes on stdin give bytes on stdout."""
+    full_env = dict(os.environ)
+    full_env.pop("KITH_HOME", None)
+    full_env.update(env or {})
+    binary = isinstance(stdin, bytes)
+    p = subprocess.run([KITH, *args], input=stdin, capture_output=True, text=not binary,
+                       env=full_env, timeout=60)
+    err = p.stderr.decode(errors="replace") if binary else p.stderr
+    if p.returncode != expect:
+        out = p.stdout[:500] if binary else p.stdout
+        raise AssertionError(f"kith {' '.join(args)}: exit {p.returncode}, wanted {expect}\n"
+                             f"stdout: {out!r}\nstderr: {err}")
+    return p.stdout, err
+
+
+def check(cond, what):
+    """Fails the running case with `what` unless cond holds."""
+    if not cond:
+        raise AssertionError(what)
+
+
+# ------------------------------------------------------------------ daemon state
+
+def inbox_rows(node, columns="envelope_id, kind, frame"):
+    """The daemon's durable inbox (state.db), in admission order."""
+    db = sqlite3.connect(os.path.join(node.home, "state.db"))
+    try:
+        return db.execute(f"SELECT {columns} FROM inbox ORDER BY seq").fetchall()
+    finally:
+        db.close()
+
+
+def events(node):
+    """The texts of the external events in the inbox, in order."""
+    return [bytes(f).decode() for k, f in inbox_rows(node, "kind, frame") if k == "event"]
+
+
+def wait_events(node, n, timeout=60):
+    """Waits until the inbox holds at least n events; returns them."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = events(node)
+        if len(got) >= n:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"expected {n} events, have {events(node)}\n{node.logs()}")
+
+
+# ------------------------------------------------------------------ the gateway
+
+def gateway_url(node):
+    return f"http://127.0.0.1:{node.gw_port}"
+
+
+def curl(*args):
+    """Runs curl; returns (status, content type, body, stderr)."""
+    p = subprocess.run(["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code} %{content_type}",
+                        *args], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, f"curl {' '.join(args)} exited {p.returncode}: {p.stderr}"
+    body, _, last = p.stdout.rpartition("\n")
+    status, _, ctype = last.partition(" ")
+    return int(status), ctype, body, p.stderr
+
+
+def metrics(node):
+    """GET /metrics with curl: the exposition text."""
+    status, _, body, _ = curl(gateway_url(node) + "/metrics")
+    assert status == 200, f"/metrics answered {status}: {body}"
+    return body + "\n"
+
+
+def metric(node, name):
+    """One sample of /metrics, by its full name (labels included) as an int."""
+    text = metrics(node)
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[-1]))
+    raise AssertionError(f"{name} not in /metrics:\n{text}")
+
+
+def raw(port, data, host="127.0.0.1"):
+    """Sends data on a fresh connection; returns everything read until EOF."""
+    with socket.create_connection((host, port), timeout=20) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
 
 
 class Results:

@@ -4,8 +4,8 @@ envelope vectors (spec/vectors/envelopes.json) against spec/envelope.cddl.
 
 No CDDL instance validator is packaged in Debian 12 or on npm (spec/WIRE.md,
 "CDDL validation"), so the work is split: the npm package `cddl` (pinned in
-tests/package.json, installed here with `npm ci` into the build tree) parses
-each schema — a syntax check by a parser kith did not write — and hands over
+tests/package.json and package-lock.json, installed by tools/setup into
+tests/node_modules; this test never reaches a registry) parses each schema — a syntax check by a parser kith did not write — and hands over
 its AST; the matcher below walks that AST over the CBOR that python3-cbor2
 decodes. The matcher knows only the CDDL subset the spec uses and fails on
 anything else, so a schema change can never be silently skipped. Negative
@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import cbor2
 
@@ -38,27 +37,16 @@ def check(name, ok, detail=""):
 
 # ------------------------------------------------------------------ npm cddl
 
-def install_cddl():
-    """npm ci the pinned test packages into the build tree (or a temp dir);
-    reuse them when package.json and the lock are unchanged."""
-    for tool in ("node", "npm"):
-        if shutil.which(tool) is None:
-            sys.exit(f"test_cddl: {tool} not found: install Node.js and npm "
-                     "(Debian packages nodejs, npm)")
-    root = os.path.join(BUILD, "test-npm") if BUILD else tempfile.mkdtemp(prefix="kith-npm-")
-    os.makedirs(root, exist_ok=True)
-    fresh = True
-    for f in ("package.json", "package-lock.json"):
-        src = os.path.join(SRC, "tests", f)
-        dst = os.path.join(root, f)
-        if not os.path.exists(dst) or open(src, "rb").read() != open(dst, "rb").read():
-            shutil.copyfile(src, dst)
-            fresh = False
-    if not fresh or not os.path.exists(os.path.join(root, "node_modules", "cddl", "package.json")):
-        r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-                           cwd=root, capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(f"test_cddl: npm ci failed in {root}:\n{r.stderr}")
+def installed_cddl():
+    """The folder holding node_modules/cddl, as tools/setup installed it from
+    tests/package-lock.json. Fails with the fix when it is missing: the test
+    never installs anything itself."""
+    if shutil.which("node") is None:
+        sys.exit("test_cddl: node not found: run tools/setup (it installs Node.js)")
+    root = os.path.join(SRC, "tests")
+    if not os.path.exists(os.path.join(root, "node_modules", "cddl", "package.json")):
+        sys.exit("test_cddl: the npm package cddl is not installed in tests/node_modules: "
+                 "run tools/setup (it installs tests/package-lock.json with npm ci)")
     return root
 
 
@@ -342,7 +330,7 @@ def check_worker(schema):
 
 
 def main():
-    root = install_cddl()
+    root = installed_cddl()
     schemas = {}
     for name in ("envelope.cddl", "worker.cddl"):
         path = os.path.join(SRC, "spec", name)

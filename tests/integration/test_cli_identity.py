@@ -1,51 +1,25 @@
 #!/usr/bin/python3
 """tests/integration/test_cli_identity.py — the real `kith` binary: keygen,
 id, peers add/list/remove, config check. Identity files are checked with
-code kith did not write: the PeerId with hashlib.sha1 (UUIDv5 by hand, since
-Python's uuid.uuid5 takes a str name, not bytes) and the key pair with PyNaCl.
+code kith did not write: the PeerId with hashlib.sha1 (peer.peer_id: UUIDv5 by
+hand, since Python's uuid.uuid5 takes a str name, not bytes) and the key pair
+with PyNaCl.
 
 Run by ctest with KITH_BIN set; exits non-zero on the first failure."""
 
 import base64
-import hashlib
 import json
 import os
 import stat
-import subprocess
 import sys
 import tempfile
-import uuid
 
 import nacl.signing
 
-KITH = os.environ.get("KITH_BIN")
-if not KITH:
+if not os.environ.get("KITH_BIN"):
     sys.exit("KITH_BIN is not set (ctest sets it)")
-
-PEER_NS = uuid.UUID("6d656572-6b61-7450-6565-724964300001")
-
-
-def peer_id_of(pk: bytes) -> str:
-    """UUIDv5 (RFC 9562 §5.5) of the raw key bytes in the kith namespace."""
-    digest = bytearray(hashlib.sha1(PEER_NS.bytes + pk).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    return str(uuid.UUID(bytes=bytes(digest)))
-
-
-def kith(*args, env=None, expect=0):
-    """Runs kith, checks the exit code, returns (stdout, stderr)."""
-    full_env = dict(os.environ)
-    full_env.pop("KITH_HOME", None)
-    if env:
-        full_env.update(env)
-    p = subprocess.run([KITH, *args], capture_output=True, text=True, env=full_env, timeout=60)
-    if p.returncode != expect:
-        raise AssertionError(
-            f"kith {' '.join(args)}: exit {p.returncode}, wanted {expect}\n"
-            f"stdout: {p.stdout}\nstderr: {p.stderr}")
-    return p.stdout, p.stderr
-
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import check, kith_run as kith, peer_id as peer_id_of  # noqa: E402
 
 def one_line_error(stderr: str, *needles: str):
     """An error is one line on stderr that contains every needle."""
@@ -53,11 +27,6 @@ def one_line_error(stderr: str, *needles: str):
     assert len(lines) == 1, f"wanted one line on stderr, got {lines!r}"
     for n in needles:
         assert n in lines[0], f"{n!r} not in {lines[0]!r}"
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
 
 
 def test_identity(tmp):
@@ -106,6 +75,57 @@ def test_identity(tmp):
     _, err = kith("id", "--home", os.path.join(tmp, "none"), expect=1)
     one_line_error(err, "kith keygen")
     return made
+
+
+def daemon_refuses(home, *needles):
+    """Starts `kith daemon` in home (ports 0, so nothing is taken) and
+    expects it to refuse at once with a one-line reason on stderr."""
+    with open(os.path.join(home, "config.json"), "w") as f:
+        json.dump({"gateway": {"port": 0}, "comms": {"address": "127.0.0.1:0"}}, f)
+    _, err = kith("daemon", "--home", home, expect=1)
+    lines = [ln for ln in err.splitlines() if ln.startswith("kith daemon: ")]
+    check(len(lines) == 1, f"one 'kith daemon:' line on stderr, got {err!r}")
+    for n in needles:
+        check(n in lines[0], f"{n!r} not in {lines[0]!r}")
+
+
+def test_lost_key(tmp):
+    """identity.key deleted, identity.pub kept: the daemon refuses to start
+    and says how to recover, rather than minting a stranger."""
+    home = os.path.join(tmp, "lost")
+    made = json.loads(kith("keygen", "--home", home)[0])
+    key = os.path.join(home, "identity", "identity.key")
+    pub = os.path.join(home, "identity", "identity.pub")
+    with open(key) as f:
+        saved = f.read()
+    os.unlink(key)
+    daemon_refuses(home, "identity.key is missing", made["pubkey"],
+                   "restore identity.key from a backup", "delete identity.pub")
+    check(not os.path.exists(key), "no new key was minted")
+    with open(pub) as f:
+        check(f.read() == made["pubkey"] + "\n", "identity.pub left alone")
+    _, err = kith("keygen", "--home", home, expect=1)
+    one_line_error(err, "identity.key is missing", "delete identity.pub")
+    check(not os.path.exists(key), "keygen minted no key either")
+
+    # A key that does not match identity.pub is refused too.
+    other = nacl.signing.SigningKey.generate()
+    with open(key, "w") as f:
+        f.write("ed25519-seed:" + base64.b64encode(bytes(other)).decode() + "\n")
+    os.chmod(key, 0o600)
+    daemon_refuses(home, "names another key", pub)
+
+    # Restored from backup: the same identity again.
+    with open(key, "w") as f:
+        f.write(saved)
+    out, _ = kith("id", "--home", home)
+    check(json.loads(out) == made, "the restored key is the old identity")
+
+    # Deleting identity.pub on purpose makes a new identity.
+    os.unlink(key)
+    os.unlink(pub)
+    fresh = json.loads(kith("keygen", "--home", home)[0])
+    check(fresh["pubkey"] != made["pubkey"], "a new identity on purpose")
 
 
 def test_peers(tmp, me):
@@ -229,7 +249,8 @@ def test_config_check(tmp):
 
 def test_help():
     for cmd in (["keygen"], ["id"], ["peers"], ["peers", "add"], ["peers", "list"],
-                ["peers", "remove"], ["config"], ["config", "check"]):
+                ["peers", "remove"], ["config"], ["config", "check"], ["daemon"], ["send"],
+                ["envelope", "encode"], ["envelope", "decode"], ["envelope", "verify"]):
         out, _ = kith(*cmd, "--help")
         check(out.startswith("usage: kith " + cmd[0]), f"{cmd} --help: {out!r}")
     out, _ = kith("--help")
@@ -238,15 +259,42 @@ def test_help():
     one_line_error(err, "add, remove or list")
     _, err = kith("keygen", "--bogus", expect=1)
     one_line_error(err, "--bogus", "--help")
+    # getopt_long everywhere: one-line errors naming the fix, exit 1.
+    for args, needles in ((["id", "--home"], ["--home needs a value", "kith id --help"]),
+                          (["send", "--to"], ["--to needs a value", "kith send --help"]),
+                          (["daemon", "--port"], ["--port needs a value", "kith daemon --help"]),
+                          (["daemon", "stray"], ["unexpected argument 'stray'"]),
+                          (["peers", "list", "--x"], ["unknown option '--x'", "kith peers --help"]),
+                          (["peers", "add", "--name"], ["--name needs a value"]),
+                          (["config", "check", "a", "b"], ["one FILE at most"]),
+                          (["envelope", "decode", "--home", "x"],
+                           ["unknown option '--home'", "kith envelope decode --help"])):
+        _, err = kith(*args, expect=1)
+        one_line_error(err, *needles)
+
+
+def test_flag_forms(tmp):
+    """--flag=VALUE works as --flag VALUE does, and flags may follow operands."""
+    home = os.path.join(tmp, "forms")
+    made = json.loads(kith("keygen", f"--home={home}")[0])
+    out, _ = kith("id", "--home", home)
+    check(json.loads(out) == made, "--home=DIR and --home DIR name the same home")
+    cfg = os.path.join(tmp, "forms.json")
+    with open(cfg, "w") as f:
+        f.write("{}")
+    out, _ = kith("config", "check", cfg, "--home", home)
+    check(out.startswith(cfg + ": ok"), f"FILE before a flag: {out!r}")
 
 
 def main():
     with tempfile.TemporaryDirectory(prefix="kith-it-identity-") as tmp:
         me = test_identity(tmp)
+        test_lost_key(tmp)
         test_peers(tmp, me)
         test_bad_row(tmp)
         test_config_check(tmp)
         test_help()
+        test_flag_forms(tmp)
     print("test_cli_identity: ok")
 
 

@@ -5,14 +5,14 @@ replays, the v7 window, 1,000 pipelined envelopes, a peer that never reads,
 a full inbox, and SIGTERM during a burst (nothing acked is lost)."""
 
 import os
-import sqlite3
 import struct
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Conn, Daemon, Peer, Results, frame, uuid7, verify_envelope  # noqa: E402
+from peer import (Conn, Daemon, Peer, Results, frame, inbox_rows, uuid7,  # noqa: E402
+                  verify_envelope)
 
 import cbor2  # noqa: E402
 
@@ -269,9 +269,7 @@ def run_sigterm_burst():
         t.join()
         assert killed, f"burst finished before the kill ({len(acked)} acks)"
         assert node.proc.wait(timeout=30) == 0, "daemon did not exit cleanly on SIGTERM"
-        db = sqlite3.connect(os.path.join(node.home, "state.db"))
-        stored = {bytes(r[0]) for r in db.execute("SELECT envelope_id FROM inbox")}
-        db.close()
+        stored = {bytes(r[0]) for r in inbox_rows(node, "envelope_id")}
         missing = [a for a in acked if a not in stored]
         assert not missing, f"{len(missing)} acked envelopes are not in the inbox"
         assert acked == [e["id"] for e in envs[:len(acked)]], "acks out of order"

@@ -10,12 +10,10 @@ Run by ctest with KITH_BIN and KITH_SOURCE_DIR set; exits non-zero on the
 first failure."""
 
 import base64
-import hashlib
 import io
 import json
 import os
 import struct
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -34,37 +32,16 @@ SRC = os.environ.get("KITH_SOURCE_DIR")
 if not KITH or not SRC:
     sys.exit("KITH_BIN and KITH_SOURCE_DIR must be set (ctest sets them)")
 
-PEER_NS = uuid.UUID("6d656572-6b61-7450-6565-724964300001")
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import check, kith_run, peer_id as peer_id_of, pubkey_text as key_text  # noqa: E402
 
 
 def kith(*args, stdin=b"", expect=0):
     """Runs kith with bytes on stdin; checks the exit code; returns (stdout, stderr)."""
-    env = dict(os.environ)
-    env.pop("KITH_HOME", None)
-    p = subprocess.run([KITH, *args], input=stdin, capture_output=True, env=env, timeout=60)
-    if p.returncode != expect:
-        raise AssertionError(f"kith {' '.join(args)}: exit {p.returncode}, wanted {expect}\n"
-                             f"stdout: {p.stdout[:500]!r}\nstderr: {p.stderr.decode(errors='replace')}")
-    return p.stdout, p.stderr.decode()
+    return kith_run(*args, stdin=stdin, expect=expect)
 
 
 # ---------------------------------------------------------------- DESIGN §8, independently
-
-def key_text(pk: bytes) -> str:
-    return "ed25519:" + base64.b64encode(pk).decode()
-
-
-def peer_id_of(pk: bytes) -> str:
-    digest = bytearray(hashlib.sha1(PEER_NS.bytes + pk).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    return str(uuid.UUID(bytes=bytes(digest)))
-
 
 def canonical(obj) -> bytes:
     """RFC 8949 §4.2.1 encoding with RFC 7049 length-first key order."""

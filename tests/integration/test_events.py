@@ -6,39 +6,11 @@ the durable inbox; the counters show on /metrics (read with curl)."""
 
 import os
 import socket
-import sqlite3
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon  # noqa: E402
-
-
-def events(node):
-    db = sqlite3.connect(os.path.join(node.home, "state.db"))
-    rows = db.execute("SELECT kind, frame FROM inbox ORDER BY seq").fetchall()
-    db.close()
-    return [bytes(f).decode() for k, f in rows if k == "event"]
-
-
-def wait_events(node, n, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = events(node)
-        if len(got) >= n:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"expected {n} events, have {events(node)}\n{node.logs()}")
-
-
-def metric(node, name):
-    out = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{node.gw_port}/metrics"],
-                         capture_output=True, text=True, timeout=10).stdout
-    for line in out.splitlines():
-        if line.startswith(name + " "):
-            return int(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics:\n{out}")
+from peer import Daemon, events, metric, wait_events  # noqa: E402
 
 
 def main():

@@ -12,7 +12,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Conn, Daemon, Peer, Results, frame, verify_envelope  # noqa: E402
+from peer import (Conn, Daemon, Peer, Results, curl, frame, gateway_url, raw,  # noqa: E402
+                  verify_envelope)
 
 TESTS = []
 
@@ -20,32 +21,6 @@ TESTS = []
 def test(fn):
     TESTS.append(fn)
     return fn
-
-
-def curl(*args):
-    """Runs curl; returns (status, content type, body, stderr)."""
-    p = subprocess.run(["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code} %{content_type}",
-                        *args], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, f"curl {' '.join(args)} exited {p.returncode}: {p.stderr}"
-    body, _, last = p.stdout.rpartition("\n")
-    status, _, ctype = last.partition(" ")
-    return int(status), ctype, body, p.stderr
-
-
-def raw(port, data, host="127.0.0.1"):
-    """Sends data on a fresh connection; returns everything read until EOF."""
-    with socket.create_connection((host, port), timeout=20) as s:
-        s.sendall(data)
-        out = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    return out
 
 
 def split_responses(data):
@@ -64,10 +39,6 @@ def split_responses(data):
         out.append((status, headers, rest[:n]))
         data = rest[n:]
     return out
-
-
-def gateway_url(node):
-    return f"http://127.0.0.1:{node.gw_port}"
 
 
 def error_code(body):

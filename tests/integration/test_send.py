@@ -6,7 +6,6 @@ offline (exit 2); bad usage is exit 1."""
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import time
 import cbor2
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import KITH, Daemon, Peer, Results, kith  # noqa: E402
+from peer import KITH, Daemon, Peer, Results, inbox_rows, kith, metrics  # noqa: E402
 
 def send(home, *args, timeout=None):
     cmd = [KITH, "send", "--home", home, *args]
@@ -23,13 +22,6 @@ def send(home, *args, timeout=None):
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     return p.returncode, p.stdout, p.stderr, time.time() - t0
-
-
-def inbox_rows(node):
-    db = sqlite3.connect(os.path.join(node.home, "state.db"))
-    rows = db.execute("SELECT envelope_id, kind, frame FROM inbox").fetchall()
-    db.close()
-    return rows
 
 
 def main():
@@ -52,10 +44,9 @@ def main():
             env = cbor2.loads(rows[0][2])
             assert env["kind"] == {"type": "message", "body": "hi"}, env["kind"]
             assert env["from"] == a.pk and env["to"] == b.pk
-            metrics = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{b.gw_port}/metrics"],
-                                     capture_output=True, text=True, timeout=10).stdout
-            assert "kith_comms_admitted_total 1\n" in metrics, metrics
-            assert "kith_comms_acked_total 1\n" in metrics, metrics
+            text = metrics(b)
+            assert "kith_comms_admitted_total 1\n" in text, text
+            assert "kith_comms_acked_total 1\n" in text, text
 
         def request_by_peer_id():
             pid = json.loads(kith("id", "--home", b.home))["peer_id"]
@@ -83,9 +74,8 @@ def main():
                 assert json.loads(out)["status"] == "rejected"
                 print(f"     refused after {took:.2f} s")
                 b.wait_log("reason=untrusted_sender")
-                metrics = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{b.gw_port}/metrics"],
-                                         capture_output=True, text=True, timeout=10).stdout
-                assert 'kith_comms_rejected_total{reason="untrusted_sender"} 1' in metrics, metrics
+                text = metrics(b)
+                assert 'kith_comms_rejected_total{reason="untrusted_sender"} 1' in text, text
             finally:
                 stranger.cleanup()
 

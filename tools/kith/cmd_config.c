@@ -7,6 +7,7 @@
 
 #include "router/state/config.h"
 #include "router/state/home.h"
+#include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
 
 static void s_usage(FILE *out)
@@ -27,29 +28,35 @@ static int s_check(int argc, char **argv)
 {
     const char *file = NULL, *home_flag = NULL;
     bool print = false;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+    static const struct option flags[] = {
+        {"home", required_argument, NULL, 'H'},
+        {"print", no_argument, NULL, 'p'},
+        {0},
+    };
+    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "config check", .help = "config check",
+                     .longopts = flags};
+    for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
+        switch (c) {
+        case KITH_OPT_HELP:
             s_usage(stdout);
             return KITH_EXIT_OK;
-        } else if (!strcmp(argv[i], "--home")) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "kith config check: --home needs a directory\n");
-                return KITH_EXIT_FAIL;
-            }
-            home_flag = argv[++i];
-        } else if (!strcmp(argv[i], "--print")) {
+        case 'H':
+            home_flag = optarg;
+            break;
+        case 'p':
             print = true;
-        } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
-            fprintf(stderr, "kith config check: unknown option '%s'; see kith config check --help\n",
-                    argv[i]);
+            break;
+        default:
             return KITH_EXIT_FAIL;
-        } else if (file) {
-            fprintf(stderr, "kith config check: one FILE at most; see kith config check --help\n");
-            return KITH_EXIT_FAIL;
-        } else {
-            file = argv[i];
         }
     }
+    int rest = kith_opts_rest(&o);
+    if (argc - rest > 1) {
+        fprintf(stderr, "kith config check: one FILE at most; see kith config check --help\n");
+        return KITH_EXIT_FAIL;
+    }
+    if (rest < argc)
+        file = argv[rest];
     char home[ROUTER_PATH_MAX] = "";
     if (!file && router_home_resolve(home_flag, home, sizeof home) != 0) {
         fprintf(stderr, "kith config check: no home directory; pass --home DIR or set KITH_HOME\n");

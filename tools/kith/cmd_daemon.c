@@ -15,6 +15,7 @@
 #include "router/node.h"
 #include "router/state/config.h"
 #include "router/state/home.h"
+#include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
 
 static void s_usage(FILE *out)
@@ -39,12 +40,10 @@ static void s_gateway_stop_listening(void *gw)
 static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_t *cfg,
                                        char *err, size_t errcap)
 {
-    char text[ROUTER_ADDR_TEXT_MAX], shown[ROUTER_ADDR_STR_MAX] = "?";
+    char shown[ROUTER_ADDR_STR_MAX] = "?";
     router_addr_t addr, bound;
     router_addr_err_t why;
-    snprintf(text, sizeof text, strchr(cfg->gateway.host, ':') ? "[%s]:%u" : "%s:%u",
-             cfg->gateway.host, cfg->gateway.port);
-    if (router_addr_parse(text, &addr, &why) != 0) {
+    if (router_addr_from_host(cfg->gateway.host, cfg->gateway.port, &addr, &why) != 0) {
         snprintf(err, errcap, "gateway.host %s: %s (use an IP address or localhost)",
                  cfg->gateway.host, router_addr_err_str(why));
         return NULL;
@@ -64,8 +63,9 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
         snprintf(err, errcap, "gateway: cannot serve /ws/echo: %s", strerror(errno));
         goto fail;
     }
+    (void) router_addr_format(&addr, shown, sizeof shown);
     if (gateway_http_listen(gw, &addr, &bound) != 0) {
-        snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", text, strerror(errno));
+        snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", shown, strerror(errno));
         goto fail;
     }
     (void) router_addr_format(&bound, shown, sizeof shown);
@@ -85,33 +85,33 @@ int kith_cmd_daemon(int argc, char **argv)
     const char *home_flag = NULL, *config_flag = NULL, *host = NULL, *port = NULL;
     const char *level_text = "info";
     int echo = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+    enum { S_HOME = 256, S_CONFIG, S_HOST, S_PORT, S_LOG_LEVEL, S_ECHO };
+    static const struct option flags[] = {
+        {"home", required_argument, NULL, S_HOME},   {"config", required_argument, NULL, S_CONFIG},
+        {"host", required_argument, NULL, S_HOST},   {"port", required_argument, NULL, S_PORT},
+        {"log-level", required_argument, NULL, S_LOG_LEVEL}, {"echo", no_argument, NULL, S_ECHO},
+        {0},
+    };
+    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "daemon", .help = "daemon",
+                     .longopts = flags};
+    for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
+        switch (c) {
+        case KITH_OPT_HELP:
             s_usage(stdout);
             return KITH_EXIT_OK;
-        } else if (!strcmp(a, "--echo")) {
-            echo = 1;
-            continue;
-        } else if (!v) {
-            fprintf(stderr, "kith daemon: %s needs a value; see kith daemon --help\n", a);
-            return KITH_EXIT_FAIL;
-        } else if (!strcmp(a, "--home"))
-            home_flag = v;
-        else if (!strcmp(a, "--config"))
-            config_flag = v;
-        else if (!strcmp(a, "--host"))
-            host = v;
-        else if (!strcmp(a, "--port"))
-            port = v;
-        else if (!strcmp(a, "--log-level"))
-            level_text = v;
-        else {
-            fprintf(stderr, "kith daemon: unknown option %s; see kith daemon --help\n", a);
-            return KITH_EXIT_FAIL;
+        case S_HOME: home_flag = optarg; break;
+        case S_CONFIG: config_flag = optarg; break;
+        case S_HOST: host = optarg; break;
+        case S_PORT: port = optarg; break;
+        case S_LOG_LEVEL: level_text = optarg; break;
+        case S_ECHO: echo = 1; break;
+        default: return KITH_EXIT_FAIL;
         }
-        i++;
+    }
+    if (kith_opts_rest(&o) < argc) {
+        fprintf(stderr, "kith daemon: unexpected argument '%s'; see kith daemon --help\n",
+                argv[kith_opts_rest(&o)]);
+        return KITH_EXIT_FAIL;
     }
 
     /* Before any thread exists: SIGINT/SIGTERM reach the loop's signalfd

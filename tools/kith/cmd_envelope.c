@@ -9,6 +9,7 @@
 #include "proto/envelope.h"
 #include "router/state/home.h"
 #include "router/state/identity.h"
+#include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
 #include "tools/kith/envelope_json.h"
 
@@ -246,21 +247,31 @@ int kith_cmd_envelope(int argc, char **argv)
     }
     void (*usage)(FILE *) = is_encode ? s_usage_encode : is_decode ? s_usage_decode : s_usage_verify;
     s_opts_t o = {0};
-    for (int i = 2; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+    /* Each subcommand has its own flags. */
+    static const struct option encode_flags[] = {
+        {"raw", no_argument, NULL, 'r'}, {"home", required_argument, NULL, 'H'}, {0}};
+    static const struct option decode_flags[] = {
+        {"raw", no_argument, NULL, 'r'}, {"pretty", no_argument, NULL, 'p'}, {0}};
+    static const struct option verify_flags[] = {{"raw", no_argument, NULL, 'r'}, {0}};
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "envelope %s", sub);
+    kith_opts_t p = {.argc = argc - 1, .argv = argv + 1, .cmd = cmd, .help = cmd,
+                     .longopts = is_encode ? encode_flags : is_decode ? decode_flags : verify_flags};
+    for (int c; (c = kith_opts_next(&p)) != KITH_OPT_END;) {
+        switch (c) {
+        case KITH_OPT_HELP:
             usage(stdout);
             return KITH_EXIT_OK;
-        } else if (!strcmp(argv[i], "--raw")) {
-            o.raw = 1;
-        } else if (is_encode && !strcmp(argv[i], "--home") && i + 1 < argc) {
-            o.home = argv[++i];
-        } else if (is_decode && !strcmp(argv[i], "--pretty")) {
-            o.pretty = 1;
-        } else {
-            fprintf(stderr, "kith envelope %s: unexpected argument '%s'; see kith envelope %s --help\n", sub, argv[i],
-                    sub);
-            return KITH_EXIT_FAIL;
+        case 'r': o.raw = 1; break;
+        case 'H': o.home = optarg; break;
+        case 'p': o.pretty = 1; break;
+        default: return KITH_EXIT_FAIL;
         }
+    }
+    if (kith_opts_rest(&p) < p.argc) {
+        fprintf(stderr, "kith %s: unexpected argument '%s'; see kith %s --help\n", cmd,
+                p.argv[kith_opts_rest(&p)], cmd);
+        return KITH_EXIT_FAIL;
     }
     if (sodium_init() < 0) {
         fprintf(stderr, "kith envelope: libsodium failed to initialise\n");

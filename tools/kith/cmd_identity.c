@@ -2,26 +2,30 @@
 #include "tools/kith/cmd_identity.h"
 
 #include <stdio.h>
-#include <string.h>
 
 #include "router/state/home.h"
+#include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
 
 int kith_identity_cmd_run(int argc, char **argv, const char *name, const char *usage,
                           kith_identity_get_fn get)
 {
     const char *home_flag = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+    static const struct option flags[] = {{"home", required_argument, NULL, 'H'}, {0}};
+    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = name, .help = name, .longopts = flags};
+    for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
+        if (c == KITH_OPT_HELP) {
             fputs(usage, stdout);
             return KITH_EXIT_OK;
-        } else if (!strcmp(argv[i], "--home") && i + 1 < argc) {
-            home_flag = argv[++i];
-        } else {
-            fprintf(stderr, "kith %s: unexpected argument '%s'; see kith %s --help\n", name,
-                    argv[i], name);
-            return KITH_EXIT_FAIL;
         }
+        if (c == KITH_OPT_ERROR)
+            return KITH_EXIT_FAIL;
+        home_flag = optarg; /* 'H' */
+    }
+    if (kith_opts_rest(&o) < argc) {
+        fprintf(stderr, "kith %s: unexpected argument '%s'; see kith %s --help\n", name,
+                argv[kith_opts_rest(&o)], name);
+        return KITH_EXIT_FAIL;
     }
     char home[ROUTER_PATH_MAX];
     if (router_home_resolve(home_flag, home, sizeof home) != 0) {

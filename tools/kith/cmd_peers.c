@@ -15,6 +15,7 @@
 #include "proto/uuid.h"
 #include "router/state/home.h"
 #include "router/state/trust.h"
+#include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
 
 static void s_usage(FILE *out)
@@ -125,27 +126,28 @@ static int s_add(int argc, char **argv, const char *home_flag)
     size_t nlabels = 0;
     int rc = KITH_EXIT_FAIL;
     s_store_t store = {.lock_fd = -1};
-    for (int i = 1; i < argc; i++) {
-        const char *opt = argv[i];
-        if (!strcmp(opt, "--help") || !strcmp(opt, "-h")) {
+    static const struct option flags[] = {
+        {"name", required_argument, NULL, 'n'},        {"pubkey", required_argument, NULL, 'k'},
+        {"addr", required_argument, NULL, 'a'},        {"label", required_argument, NULL, 'l'},
+        {"description", required_argument, NULL, 'd'}, {0},
+    };
+    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "peers add", .help = "peers",
+                     .longopts = flags};
+    for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
+        const char *val = optarg;
+        if (c == KITH_OPT_HELP) {
             s_usage(stdout);
             rc = KITH_EXIT_OK;
             goto done;
-        }
-        if (i + 1 >= argc || strncmp(opt, "--", 2) != 0) {
-            fprintf(stderr, "kith peers add: unexpected '%s'; see kith peers --help\n", opt);
-            goto done;
-        }
-        const char *val = argv[++i];
-        if (!strcmp(opt, "--name"))
+        } else if (c == 'n') {
             name = val;
-        else if (!strcmp(opt, "--pubkey"))
+        } else if (c == 'k') {
             pubkey = val;
-        else if (!strcmp(opt, "--addr"))
+        } else if (c == 'a') {
             addr = val;
-        else if (!strcmp(opt, "--description"))
+        } else if (c == 'd') {
             description = val;
-        else if (!strcmp(opt, "--label")) {
+        } else if (c == 'l') {
             const char *eq = strchr(val, '=');
             if (!eq || eq == val) {
                 fprintf(stderr, "kith peers add: --label needs KEY=VALUE, got '%s'\n", val);
@@ -166,9 +168,13 @@ static int s_add(int argc, char **argv, const char *home_flag)
             labels[nlabels].value = copy + (eq - val) + 1;
             nlabels++;
         } else {
-            fprintf(stderr, "kith peers add: unknown option '%s'; see kith peers --help\n", opt);
-            goto done;
+            goto done; /* the error is printed */
         }
+    }
+    if (kith_opts_rest(&o) < argc) {
+        fprintf(stderr, "kith peers add: unexpected '%s'; see kith peers --help\n",
+                argv[kith_opts_rest(&o)]);
+        goto done;
     }
     if (!name || !pubkey || !addr) {
         fprintf(stderr, "kith peers add: --name, --pubkey and --addr are required; "
@@ -211,15 +217,18 @@ done:
 
 static int s_remove(int argc, char **argv, const char *home_flag)
 {
-    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "peers remove", .help = "peers"};
+    for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
+        if (c != KITH_OPT_HELP)
+            return KITH_EXIT_FAIL;
         s_usage(stdout);
         return KITH_EXIT_OK;
     }
-    if (argc != 2 || argv[1][0] == '-') {
+    if (argc - kith_opts_rest(&o) != 1) {
         fprintf(stderr, "kith peers remove: expected one NAME or PEER_ID; see kith peers --help\n");
         return KITH_EXIT_FAIL;
     }
-    const char *which = argv[1];
+    const char *which = argv[kith_opts_rest(&o)];
     s_store_t store = {.lock_fd = -1};
     if (s_open(&store, home_flag, true) != 0)
         return KITH_EXIT_FAIL;
@@ -262,16 +271,22 @@ done:
 static int s_list(int argc, char **argv, const char *home_flag)
 {
     bool json = false;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) {
-            json = true;
-        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+    static const struct option flags[] = {{"json", no_argument, NULL, 'j'}, {0}};
+    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "peers list", .help = "peers",
+                     .longopts = flags};
+    for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
+        if (c == KITH_OPT_HELP) {
             s_usage(stdout);
             return KITH_EXIT_OK;
-        } else {
-            fprintf(stderr, "kith peers list: unexpected '%s'; see kith peers --help\n", argv[i]);
-            return KITH_EXIT_FAIL;
         }
+        if (c != 'j')
+            return KITH_EXIT_FAIL;
+        json = true;
+    }
+    if (kith_opts_rest(&o) < argc) {
+        fprintf(stderr, "kith peers list: unexpected '%s'; see kith peers --help\n",
+                argv[kith_opts_rest(&o)]);
+        return KITH_EXIT_FAIL;
     }
     s_store_t store = {.lock_fd = -1};
     if (s_open(&store, home_flag, false) != 0)

@@ -16,6 +16,7 @@
 #include "router/state/config.h"
 #include "router/state/home.h"
 #include "router/state/identity.h"
+#include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
 #include "tools/kith/envelope_json.h"
 
@@ -65,34 +66,31 @@ int kith_cmd_send(int argc, char **argv)
 {
     const char *home_flag = NULL, *to = NULL, *body = NULL, *intent = NULL, *params = "{}";
     const char *timeout = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+    static const struct option flags[] = {
+        {"home", required_argument, NULL, 'H'},   {"to", required_argument, NULL, 't'},
+        {"body", required_argument, NULL, 'b'},   {"request", required_argument, NULL, 'r'},
+        {"params", required_argument, NULL, 'p'}, {"timeout", required_argument, NULL, 'T'},
+        {0},
+    };
+    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "send", .help = "send", .longopts = flags};
+    for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
+        switch (c) {
+        case KITH_OPT_HELP:
             s_usage(stdout);
             return KITH_EXIT_OK;
+        case 'H': home_flag = optarg; break;
+        case 't': to = optarg; break;
+        case 'b': body = optarg; break;
+        case 'r': intent = optarg; break;
+        case 'p': params = optarg; break;
+        case 'T': timeout = optarg; break;
+        default: return KITH_EXIT_FAIL;
         }
-        if (!v) {
-            fprintf(stderr, "kith send: %s needs a value; see kith send --help\n", a);
-            return KITH_EXIT_FAIL;
-        }
-        if (!strcmp(a, "--home"))
-            home_flag = v;
-        else if (!strcmp(a, "--to"))
-            to = v;
-        else if (!strcmp(a, "--body"))
-            body = v;
-        else if (!strcmp(a, "--request"))
-            intent = v;
-        else if (!strcmp(a, "--params"))
-            params = v;
-        else if (!strcmp(a, "--timeout"))
-            timeout = v;
-        else {
-            fprintf(stderr, "kith send: unknown option %s; see kith send --help\n", a);
-            return KITH_EXIT_FAIL;
-        }
-        i++;
+    }
+    if (kith_opts_rest(&o) < argc) {
+        fprintf(stderr, "kith send: unexpected argument '%s'; see kith send --help\n",
+                argv[kith_opts_rest(&o)]);
+        return KITH_EXIT_FAIL;
     }
     if (!to || (!body == !intent)) {
         fprintf(stderr, "kith send: give --to and exactly one of --body or --request\n");
