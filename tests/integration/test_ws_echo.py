@@ -1,6 +1,6 @@
 """tests/integration/test_ws_echo.py — /ws/echo (DESIGN §5, RFC 6455) on the
 real `kith daemon --echo`, driven by Python's `websockets` client for the
-ordinary exchanges and by raw sockets for what a polite client never sends:
+ordinary exchanges, by Node's `ws` for a second opinion, and by raw sockets for what a polite client never sends:
 unmasked or malformed frames, bad UTF-8, oversized messages, a broken
 handshake, and a reader too slow for what it asked for."""
 
@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -296,6 +297,16 @@ def slow_reader_is_cut_with_1008(node):
             await ws.send("after")
             assert await ws.recv() == "after"
     run(go())
+
+
+@test
+def node_ws_client(node):
+    script = os.path.join(os.path.dirname(__file__), "ws_client.js")
+    modules = os.path.join(os.path.dirname(__file__), "..", "node_modules", "ws")
+    assert os.path.isdir(modules), "tests/node_modules/ws is missing: run tools/setup"
+    p = subprocess.run(["node", script, url(node)], capture_output=True, text=True, timeout=60)
+    out = json.loads(p.stdout.strip().splitlines()[-1]) if p.stdout.strip() else {}
+    assert p.returncode == 0 and out.get("ok"), (p.returncode, p.stdout, p.stderr)
 
 
 def echo_is_off_by_default():
