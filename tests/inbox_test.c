@@ -40,12 +40,12 @@ static void test_full_refuses(void **state)
     uint64_t seq = 0;
     for (uint32_t i = 0; i < 3; i++) {
         s_id(id, i);
-        assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 1, 1, &seq),
+        assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 1, 1, NULL, &seq),
                          ROUTER_INBOX_ADMITTED);
         assert_int_equal(seq, i + 1);
     }
     s_id(id, 3);
-    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 1, 1, &seq),
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 1, 1, NULL, &seq),
                      ROUTER_INBOX_FULL);
     assert_int_equal(router_inbox_count(in), 3);
     assert_int_equal(router_inbox_durable_seq(in), 3);
@@ -54,7 +54,7 @@ static void test_full_refuses(void **state)
     assert_int_equal(router_inbox_pop(in, &e, 0), 0);
     assert_int_equal(e.seq, 1);
     router_inbox_entry_clear(&e);
-    assert_int_equal(router_inbox_admit(in, id, from, "request", frame, 1, 1, &seq),
+    assert_int_equal(router_inbox_admit(in, id, from, "request", frame, 1, 1, NULL, &seq),
                      ROUTER_INBOX_ADMITTED);
     for (uint64_t want = 2; want <= 4; want++) {
         assert_int_equal(router_inbox_pop(in, &e, 0), 0);
@@ -73,11 +73,11 @@ static void test_byte_bound(void **state)
     router_inbox_t *in = s_open(100, 10, NULL);
     uint8_t id[16] = {0}, from[32] = {0}, frame[8] = {0};
     uint64_t seq;
-    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 8, 1, &seq),
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 8, 1, NULL, &seq),
                      ROUTER_INBOX_ADMITTED);
-    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 3, 1, &seq),
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 3, 1, NULL, &seq),
                      ROUTER_INBOX_FULL);
-    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 2, 1, &seq),
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 2, 1, NULL, &seq),
                      ROUTER_INBOX_ADMITTED);
     router_inbox_destroy(&in);
 }
@@ -95,7 +95,7 @@ static void test_durable_reopen(void **state)
     uint64_t seq;
     for (uint32_t i = 0; i < 5; i++) {
         s_id(id, i);
-        assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 3, 42, &seq),
+        assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 3, 42, NULL, &seq),
                          ROUTER_INBOX_ADMITTED);
     }
     router_inbox_sync(in);
@@ -119,7 +119,7 @@ static void test_durable_reopen(void **state)
     assert_memory_equal(e.id, id, 16);
     router_inbox_entry_clear(&e);
     /* New admissions continue the sequence. */
-    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 3, 42, &seq),
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 3, 42, NULL, &seq),
                      ROUTER_INBOX_ADMITTED);
     assert_int_equal(seq, 6);
     router_inbox_destroy(&in);
@@ -165,7 +165,7 @@ static void test_cross_thread(void **state)
     uint64_t seq;
     for (uint32_t i = 0; i < 1000;) {
         s_id(id, i);
-        router_inbox_outcome_t o = router_inbox_admit(in, id, from, "message", frame, 1, 1, &seq);
+        router_inbox_outcome_t o = router_inbox_admit(in, id, from, "message", frame, 1, 1, NULL, &seq);
         if (o == ROUTER_INBOX_ADMITTED)
             i++;
         else

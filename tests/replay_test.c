@@ -35,13 +35,13 @@ static void s_v4(uint8_t id[16], uint32_t n)
 static void test_seen_per_peer(void **state)
 {
     (void) state;
-    router_replay_t *r = router_replay_new(WINDOW_S);
+    router_replay_t *r = router_replay_new(WINDOW_S, 0);
     uint8_t a[32] = {1}, b[32] = {2}, id[16];
     s_v7(id, NOW, 1);
-    assert_int_equal(router_replay_check_insert(r, a, id, NOW), ROUTER_REPLAY_FRESH);
-    assert_int_equal(router_replay_check_insert(r, a, id, NOW), ROUTER_REPLAY_SEEN);
+    assert_int_equal(router_replay_check_insert(r, a, id, NOW, true), ROUTER_REPLAY_FRESH);
+    assert_int_equal(router_replay_check_insert(r, a, id, NOW, true), ROUTER_REPLAY_SEEN);
     /* The same id from another peer is that peer's business. */
-    assert_int_equal(router_replay_check_insert(r, b, id, NOW), ROUTER_REPLAY_FRESH);
+    assert_int_equal(router_replay_check_insert(r, b, id, NOW, true), ROUTER_REPLAY_FRESH);
     assert_int_equal(router_replay_size(r), 2);
     router_replay_destroy(&r);
     assert_null(r);
@@ -51,20 +51,20 @@ static void test_seen_per_peer(void **state)
 static void test_v7_window(void **state)
 {
     (void) state;
-    router_replay_t *r = router_replay_new(WINDOW_S);
+    router_replay_t *r = router_replay_new(WINDOW_S, 0);
     uint8_t pk[32] = {1}, id[16];
     s_v7(id, NOW - WINDOW_S * 1000 - 1, 1);
-    assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_STALE);
+    assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_STALE);
     s_v7(id, NOW + WINDOW_S * 1000 + 1, 2);
-    assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_STALE);
+    assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_STALE);
     s_v7(id, NOW - WINDOW_S * 1000, 3);
-    assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_FRESH);
+    assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_FRESH);
     s_v7(id, NOW + WINDOW_S * 1000, 4);
-    assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_FRESH);
+    assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_FRESH);
     /* A v4 id has no time: only the set applies. */
     s_v4(id, 5);
-    assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_FRESH);
-    assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_SEEN);
+    assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_FRESH);
+    assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_SEEN);
     router_replay_destroy(&r);
 }
 
@@ -72,15 +72,15 @@ static void test_v7_window(void **state)
 static void test_growth_remembers_all(void **state)
 {
     (void) state;
-    router_replay_t *r = router_replay_new(WINDOW_S);
+    router_replay_t *r = router_replay_new(WINDOW_S, 0);
     uint8_t pk[32] = {7}, id[16];
     for (uint32_t i = 0; i < ROUTER_REPLAY_PER_PEER_MAX; i++) {
         s_v4(id, i);
-        assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_FRESH);
+        assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_FRESH);
     }
     for (uint32_t i = 0; i < ROUTER_REPLAY_PER_PEER_MAX; i++) {
         s_v4(id, i);
-        assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_SEEN);
+        assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_SEEN);
     }
     router_replay_destroy(&r);
 }
@@ -90,19 +90,19 @@ static void test_growth_remembers_all(void **state)
 static void test_eviction_watermark(void **state)
 {
     (void) state;
-    router_replay_t *r = router_replay_new(WINDOW_S);
+    router_replay_t *r = router_replay_new(WINDOW_S, 0);
     uint8_t pk[32] = {9}, id[16];
     for (uint32_t i = 0; i <= ROUTER_REPLAY_PER_PEER_MAX; i++) {
         s_v7(id, NOW - 1000 + i / 8, i);
-        assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_FRESH);
+        assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_FRESH);
     }
     assert_int_equal(router_replay_size(r), ROUTER_REPLAY_PER_PEER_MAX);
     s_v7(id, NOW - 1000, 0); /* the evicted one */
-    assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_EVICTED);
+    assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_EVICTED);
     s_v7(id, NOW - 1000, 999999); /* never seen, but no newer than the watermark */
-    assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_EVICTED);
+    assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_EVICTED);
     s_v7(id, NOW, 1000000);
-    assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_FRESH);
+    assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_FRESH);
     router_replay_destroy(&r);
 }
 
@@ -110,15 +110,15 @@ static void test_eviction_watermark(void **state)
 static void test_expiry(void **state)
 {
     (void) state;
-    router_replay_t *r = router_replay_new(WINDOW_S);
+    router_replay_t *r = router_replay_new(WINDOW_S, 0);
     uint8_t pk[32] = {3}, id[16];
     for (uint32_t i = 0; i < 100; i++) {
         s_v7(id, NOW, i);
-        assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_FRESH);
+        assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_FRESH);
     }
     uint64_t later = NOW + WINDOW_S * 1000 + 1;
     s_v7(id, later, 100);
-    assert_int_equal(router_replay_check_insert(r, pk, id, later), ROUTER_REPLAY_FRESH);
+    assert_int_equal(router_replay_check_insert(r, pk, id, later, true), ROUTER_REPLAY_FRESH);
     assert_int_equal(router_replay_size(r), 1);
     router_replay_destroy(&r);
 }
@@ -126,11 +126,11 @@ static void test_expiry(void **state)
 static void test_forget(void **state)
 {
     (void) state;
-    router_replay_t *r = router_replay_new(WINDOW_S);
+    router_replay_t *r = router_replay_new(WINDOW_S, 0);
     uint8_t pk[32] = {4}, id[16];
     for (uint32_t i = 0; i < 200; i++) {
         s_v4(id, i);
-        assert_int_equal(router_replay_check_insert(r, pk, id, NOW), ROUTER_REPLAY_FRESH);
+        assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_FRESH);
     }
     for (uint32_t i = 0; i < 200; i += 2) {
         s_v4(id, i);
@@ -139,7 +139,7 @@ static void test_forget(void **state)
     assert_int_equal(router_replay_size(r), 100);
     for (uint32_t i = 0; i < 200; i++) {
         s_v4(id, i);
-        assert_int_equal(router_replay_check_insert(r, pk, id, NOW),
+        assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true),
                          (i % 2) ? ROUTER_REPLAY_SEEN : ROUTER_REPLAY_FRESH);
     }
     router_replay_forget(r, (uint8_t[32]){0xEE}, id); /* unknown peer: no-op */
