@@ -32,6 +32,7 @@ struct s_peer {
     uint32_t *index;      /* 2*cap buckets: ring slot + 1, 0 = empty */
     uint64_t watermark;   /* newest v7 time evicted (by capacity or by time) */
     uint64_t expires_max; /* latest expires_ms inserted: the set is dead after it */
+    uint64_t v7_max;      /* newest v7 time inserted */
     bool floor_dirty;     /* watermark rose since router_replay_durable_info took it */
     bool known;           /* created for a trusted key: not in the unknown list */
     s_peer_t *uprev, *unext; /* the unknown sets, a circular list */
@@ -259,12 +260,13 @@ static void s_peer_free(router_replay_t *self, s_peer_t *p)
  * outside the window: the freshness check alone refuses all it protects. */
 static bool s_peer_dead(const router_replay_t *self, const s_peer_t *p, uint64_t now_ms)
 {
-    return p->expires_max < now_ms && p->watermark + self->window_ms < now_ms;
+    return p->expires_max < now_ms && p->watermark + self->window_ms < now_ms &&
+           p->v7_max + self->window_ms < now_ms;
 }
 
 /* Frees up to S_SWEEP_MAX dead unknown sets from the cursor on; their
- * watermarks move to floor_all, so nothing they refused re-opens even if
- * the clock steps back. */
+ * watermarks and newest v7 times move to floor_all, so nothing they refused
+ * re-opens even if the clock steps back (all lie outside the window). */
 static void s_unknown_sweep(router_replay_t *self, uint64_t now_ms)
 {
     for (unsigned i = 0; i < S_SWEEP_MAX && self->unknown; i++) {
@@ -274,6 +276,8 @@ static void s_unknown_sweep(router_replay_t *self, uint64_t now_ms)
             continue;
         if (p->watermark > self->floor_all)
             self->floor_all = p->watermark;
+        if (p->v7_max > self->floor_all)
+            self->floor_all = p->v7_max;
         s_peer_free(self, p);
     }
 }
@@ -401,6 +405,8 @@ static int s_insert(router_replay_t *self, s_peer_t *p, const uint8_t id[16], ui
     self->ids++;
     if (expires_ms > p->expires_max)
         p->expires_max = expires_ms;
+    if (v7 > p->v7_max)
+        p->v7_max = v7;
     int found;
     uint32_t b = s_find(self, p, id, &found);
     p->index[b] = slot + 1;

@@ -372,7 +372,8 @@ static void s_fail_note(router_inbox_t *self, s_failing_t *f, size_t pending)
     f->unreported++;
     if (f->failing == 1 || now - f->last_log_ms >= S_FAIL_LOG_EVERY_MS) {
         pthread_mutex_lock(&self->db_mu);
-        const char *why = sqlite3_errmsg(self->db);
+        const char *why = atomic_load(&self->fail_commits) ? "failing on purpose (test seam)"
+                                                           : sqlite3_errmsg(self->db);
         ROUTER_LOG(ROUTER_LOG_ERROR, "inbox",
                    "commit failed (%llu failure%s since the last report, %zu admissions waiting,"
                    " not acked): %s; retrying",

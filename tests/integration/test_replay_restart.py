@@ -52,7 +52,9 @@ def restart(node, sig):
 
 def case(sig, version):
     alice = Peer()
-    node = Daemon(f"replay-{version}-{sig.name.lower()}")
+    # TCP only: a kill -9 leaves the Unix socket file behind, and reusing
+    # it after a crash is another test's concern (issue 8, item 4).
+    node = Daemon(f"replay-{version}-{sig.name.lower()}", config={"comms": {"uds_path": None}})
     try:
         node.trust("alice", alice.pk)
         node.start()
