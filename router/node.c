@@ -160,13 +160,16 @@ static void s_event_line(router_node_t *self, const uint8_t *line, size_t len)
     uint8_t id[16], nobody[32] = {0};
     uint64_t seq;
     proto_uuid_v7_new(id);
-    if (router_inbox_admit(self->inbox, id, nobody, "event", (const uint8_t *) body, body_len,
-                           router_clock_wall_ms(), &seq) == ROUTER_INBOX_ADMITTED) {
+    /* Event lines carry no sender's id: nothing to remember (seen NULL). */
+    router_inbox_outcome_t out = router_inbox_admit(self->inbox, id, nobody, "event",
+                                                    (const uint8_t *) body, body_len,
+                                                    router_clock_wall_ms(), NULL, &seq);
+    if (out == ROUTER_INBOX_ADMITTED) {
         router_metric_inc(self->m_events, 1);
         ROUTER_LOG(ROUTER_LOG_INFO, "events", "queued event seq=%llu bytes=%zu",
                    (unsigned long long) seq, body_len);
     } else {
-        s_event_skip(self, "inbox_full");
+        s_event_skip(self, router_inbox_outcome_str(out));
     }
     free(body);
 }
@@ -254,6 +257,45 @@ static int s_listen(router_node_t *self, char *err, size_t errcap)
     if (c->comms.mode != ROUTER_COMMS_NONE && c->comms.auth == ROUTER_COMMS_AUTH_NONE &&
         c->comms.event_address[0] && s_listen_one(self, c->comms.event_address, true, err, errcap))
         return -1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- seeding the replay window */
+
+typedef struct {
+    router_node_t *node;
+    uint64_t now_ms;
+    size_t ids;
+} s_seed_t;
+
+static int s_seed_id(const uint8_t sender[32], const uint8_t id[16], uint64_t expires_ms, void *ud)
+{
+    s_seed_t *sd = ud;
+    bool trusted = router_trust_by_pubkey(sd->node->trust, sender) != NULL;
+    sd->ids++;
+    return router_replay_seed(router_comms_replay(sd->node->comms), sender, id, expires_ms,
+                              sd->now_ms, trusted);
+}
+
+static int s_seed_floor(const uint8_t sender[32], uint64_t floor_ms, void *ud)
+{
+    s_seed_t *sd = ud;
+    bool trusted = router_trust_by_pubkey(sd->node->trust, sender) != NULL;
+    return router_replay_seed_floor(router_comms_replay(sd->node->comms), sender, floor_ms,
+                                    sd->now_ms, trusted);
+}
+
+/* Rebuilds the replay window from what earlier runs admitted, so a restart
+ * (graceful or kill -9) forgets no admitted id (WIRE §6.1). */
+static int s_seed_replay(router_node_t *self, char *err, size_t errcap)
+{
+    s_seed_t sd = {.node = self, .now_ms = router_clock_wall_ms()};
+    if (router_inbox_seen_load(self->inbox, ROUTER_REPLAY_PER_PEER_MAX, s_seed_id, s_seed_floor,
+                               &sd, err, errcap) != 0)
+        return -1;
+    if (sd.ids)
+        ROUTER_LOG(ROUTER_LOG_INFO, "comms", "replay window: %zu ids remembered from before",
+                   router_replay_size(router_comms_replay(self->comms)));
     return 0;
 }
 
@@ -359,6 +401,7 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
     char db[ROUTER_PATH_MAX];
     router_inbox_opts_t io = {
         .capacity = self->cfg.comms.inbox_capacity,
+        .max_bytes = (size_t) self->cfg.comms.inbox_max_bytes,
         .session = self->cfg.comms.session,
         .on_durable = s_on_durable,
         .ud = self,
@@ -379,6 +422,7 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         .inbox = self->inbox,
         .metrics = self->metrics,
         .replay_window_s = self->cfg.comms.replay_window_s,
+        .replay_horizon_s = self->cfg.comms.replay_horizon_s,
         .frame_max = (uint32_t) self->cfg.limits.envelope_frame_max,
         .require_peer_auth = self->cfg.comms.require_peer_auth,
         .on_event = s_on_comms_event,
@@ -393,6 +437,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         snprintf(err, errcap, "out of memory");
         goto fail;
     }
+    if (s_seed_replay(self, err, errcap) != 0)
+        goto fail;
     self->m_events = router_metrics_add(self->metrics, "kith_events_queued_total", NULL,
                                         ROUTER_METRIC_COUNTER,
                                         "Plain event lines queued as external events.");

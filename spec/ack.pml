@@ -8,7 +8,9 @@
  * (all faults at once, ~4 M states) and the ltl claim with `pan -a`.
  * Configuration macros (spin -D…): NO_SIGTERM, MAXLOSS=n, MAXRESET=n,
  * MAXBAD=n, INBOX=n, WINDOW=n narrow or widen the search; REACK_ADMITTED
- * models the idempotent re-ack DESIGN did not choose; each BROKEN_* macro
+ * models the idempotent re-ack DESIGN did not choose; CRASH adds one
+ * crash-and-restart (kill -9, or a restart after SIGTERM): memory is lost,
+ * the durable state is recovered; each BROKEN_* macro
  * breaks one rule and spin must then report an error (ack_broken.pml is
  * BROKEN_ACK_EARLY); NO_ORDER_ASSERT switches P1 off to show P2 alone.
  *
@@ -23,7 +25,7 @@
  *   P1 nothing is acked before it is admitted          (send_ack)
  *   P2 nothing acked is lost, also across SIGTERM       (monitor)
  *   P3 acks on one connection come back in order       (sender_conn)
- *   P4 a replay is never admitted twice                (admit)
+ *   P4 a replay is never admitted twice, also across a restart (admit)
  *   P5 a full inbox refuses (inbox_full + close) rather than drops: the
  *      sender never waits out its timeout for an envelope that was neither
  *      lost by the network nor answered                (sender_conn)
@@ -84,6 +86,10 @@ byte admits[NIDS + 1];              /* times each id was admitted (P4: ≤ 1) */
 byte admitted_on[NIDS + 1];         /* 1 + the connection it was admitted from */
 bool consumed[NIDS + 1];            /* a worker took it from the inbox */
 bool acked[NIDS + 1];               /* the sender holds an ack for it */
+bool durable[NIDS + 1];             /* its admission is committed (entry and seen row) */
+bool seen_db[NIDS + 1];             /* the `seen` table: committed with the admission */
+byte floor_db;                      /* the stored floor (replay_floor) */
+bool crashed;                       /* the one crash has happened */
 
 chan window = [WINDOW] of { byte };  /* the replay window, in arrival order */
 bool seen[NIDS + 1];  /* id is in the window (for lookup) */
@@ -91,6 +97,10 @@ byte floor;           /* ids ≤ floor are refused as replays (forgotten ids) */
 
 bool stopping;        /* SIGTERM received: stop accepting, flush acks, close */
 byte resolved_conns;  /* sender connections that reached a verdict */
+
+/* The head of owed[c] is durable: its ack may go. Lists every id. */
+#define OWED_DURABLE(c) ((owed[c]?[1] && durable[1]) || (owed[c]?[2] && durable[2]) || \
+                         (owed[c]?[3] && durable[3]))
 
 /* An acked id is kept: still in the inbox, or taken by a worker. Lists
  * every id: change it with NIDS. */
@@ -232,7 +242,7 @@ proctype receiver(byte c)
 
 	do
 	:: closed[c] -> break
-	:: atomic { !closed[c] && nempty(owed[c]) ->
+	:: atomic { !closed[c] && OWED_DURABLE(c) ->
 		/* s_release: the admission is durable, send its ack */
 		owed[c]?i;
 		send_ack(c, i);
@@ -360,16 +370,107 @@ active proctype sender()
 
 /* ------------------------------------------------------------ environment */
 
-/* An agent worker taking admitted envelopes from the inbox. */
+/* An agent worker taking admitted envelopes from the inbox; it sees only
+ * durable ones (router_inbox_pop). Lists every id. */
 active proctype worker()
 {
-	byte i;
 end_idle:
 	do
-	:: atomic { inbox?i -> consumed[i] = true;
-		printf("worker: takes %d\n", i); i = 0 }
+	:: atomic { inbox?[1] && durable[1] -> inbox?_; consumed[1] = true; printf("worker: takes 1\n") }
+	:: atomic { inbox?[2] && durable[2] -> inbox?_; consumed[2] = true; printf("worker: takes 2\n") }
+	:: atomic { inbox?[3] && durable[3] -> inbox?_; consumed[3] = true; printf("worker: takes 3\n") }
 	od
 }
+
+/* The inbox's store thread: one group commit writes every admission not
+ * yet durable together with its seen row, and the floor as it stands (the
+ * watermark raised by that admission's eviction), in one transaction. */
+active proctype store()
+{
+	byte i;
+end_store:
+	do
+	:: atomic { (admits[1] && !durable[1]) || (admits[2] && !durable[2]) ||
+	            (admits[3] && !durable[3]) ->
+		i = 1;
+		do
+		:: i > NIDS -> break
+		:: i <= NIDS ->
+			if
+			:: admits[i] && !durable[i] -> durable[i] = true; seen_db[i] = true
+			:: else
+			fi;
+			i++
+		od;
+		if :: floor > floor_db -> floor_db = floor :: else fi;
+		printf("store: commit\n");
+		i = 0
+	   }
+	od
+}
+
+#ifdef CRASH
+/* kill -9 (or SIGTERM then a restart: the same, less abrupt): every
+ * connection dies as on a reset, memory is lost — the replay window, its
+ * floor, admissions not yet committed (never acked, never seen by a
+ * worker, so never observable) — and the restarted router rebuilds the
+ * window from the seen table and the stored floor (router_inbox_seen_load,
+ * router_replay_seed, router_replay_seed_floor). */
+active proctype crash()
+{
+	byte i, j, n;
+end_up:
+	atomic { !crashed && (admits[1] || admits[2] || admits[3]) ->
+		crashed = true;
+		printf("router: crash and restart\n");
+		i = 0;
+		do
+		:: i >= NCONN -> break
+		:: i < NCONN ->
+			if
+			:: opened[i] && !closed[i] -> closed[i] = true; lost[i] = true
+			:: else
+			fi;
+			do
+			:: wire[i]?_, _, _ -> lost[i] = true
+			:: acks[i]?_ -> lost[i] = true
+			:: owed[i]?_ -> lost[i] = true
+			:: empty(wire[i]) && empty(acks[i]) && empty(owed[i]) -> break
+			od;
+			i++
+		od;
+		/* the inbox keeps what was committed */
+		n = len(inbox);
+		do
+		:: n == 0 -> break
+		:: n > 0 -> inbox?i; if :: durable[i] -> inbox!i :: else fi; n--
+		od;
+		i = 1;
+		do
+		:: i > NIDS -> break
+		:: i <= NIDS ->
+			if :: admits[i] && !durable[i] -> admits[i] = 0; admitted_on[i] = 0 :: else fi;
+			seen[i] = false;
+			i++
+		od;
+		do
+		:: window?_
+		:: empty(window) -> break
+		od;
+		floor = 0;
+#ifndef BROKEN_VOLATILE_REPLAY
+		/* recovery: the newest ids, oldest first, then the stored floor */
+		i = 1;
+		do
+		:: i > NIDS -> break
+		:: i <= NIDS -> if :: seen_db[i] -> window_insert(i) :: else fi; i++
+		od;
+		if :: floor_db > floor -> floor = floor_db :: else fi;
+#endif
+		i = 0; j = 0; n = 0
+	}
+}
+#endif
 
 /* The network: may reset one open connection (MAXRESET = 1), losing what
  * is in flight in both directions (an RST, not an orderly close). */

@@ -1,6 +1,8 @@
 /* tests/inbox_test.c — the bounded inbox: refuses rather than drops when full,
  * admission order, durable admission through SQLite surviving a reopen,
- * popped entries deleted, and cross-thread pop. */
+ * popped entries deleted, cross-thread pop, seen ids stored with their
+ * admissions and read back, a failing commit withholding durability, and
+ * the pruning of expired seen rows. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include "router/state/inbox.h"
 
@@ -40,12 +43,12 @@ static void test_full_refuses(void **state)
     uint64_t seq = 0;
     for (uint32_t i = 0; i < 3; i++) {
         s_id(id, i);
-        assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 1, 1, &seq),
+        assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 1, 1, NULL, &seq),
                          ROUTER_INBOX_ADMITTED);
         assert_int_equal(seq, i + 1);
     }
     s_id(id, 3);
-    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 1, 1, &seq),
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 1, 1, NULL, &seq),
                      ROUTER_INBOX_FULL);
     assert_int_equal(router_inbox_count(in), 3);
     assert_int_equal(router_inbox_durable_seq(in), 3);
@@ -54,7 +57,7 @@ static void test_full_refuses(void **state)
     assert_int_equal(router_inbox_pop(in, &e, 0), 0);
     assert_int_equal(e.seq, 1);
     router_inbox_entry_clear(&e);
-    assert_int_equal(router_inbox_admit(in, id, from, "request", frame, 1, 1, &seq),
+    assert_int_equal(router_inbox_admit(in, id, from, "request", frame, 1, 1, NULL, &seq),
                      ROUTER_INBOX_ADMITTED);
     for (uint64_t want = 2; want <= 4; want++) {
         assert_int_equal(router_inbox_pop(in, &e, 0), 0);
@@ -73,11 +76,11 @@ static void test_byte_bound(void **state)
     router_inbox_t *in = s_open(100, 10, NULL);
     uint8_t id[16] = {0}, from[32] = {0}, frame[8] = {0};
     uint64_t seq;
-    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 8, 1, &seq),
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 8, 1, NULL, &seq),
                      ROUTER_INBOX_ADMITTED);
-    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 3, 1, &seq),
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 3, 1, NULL, &seq),
                      ROUTER_INBOX_FULL);
-    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 2, 1, &seq),
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 2, 1, NULL, &seq),
                      ROUTER_INBOX_ADMITTED);
     router_inbox_destroy(&in);
 }
@@ -95,7 +98,7 @@ static void test_durable_reopen(void **state)
     uint64_t seq;
     for (uint32_t i = 0; i < 5; i++) {
         s_id(id, i);
-        assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 3, 42, &seq),
+        assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 3, 42, NULL, &seq),
                          ROUTER_INBOX_ADMITTED);
     }
     router_inbox_sync(in);
@@ -119,7 +122,7 @@ static void test_durable_reopen(void **state)
     assert_memory_equal(e.id, id, 16);
     router_inbox_entry_clear(&e);
     /* New admissions continue the sequence. */
-    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 3, 42, &seq),
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 3, 42, NULL, &seq),
                      ROUTER_INBOX_ADMITTED);
     assert_int_equal(seq, 6);
     router_inbox_destroy(&in);
@@ -165,7 +168,7 @@ static void test_cross_thread(void **state)
     uint64_t seq;
     for (uint32_t i = 0; i < 1000;) {
         s_id(id, i);
-        router_inbox_outcome_t o = router_inbox_admit(in, id, from, "message", frame, 1, 1, &seq);
+        router_inbox_outcome_t o = router_inbox_admit(in, id, from, "message", frame, 1, 1, NULL, &seq);
         if (o == ROUTER_INBOX_ADMITTED)
             i++;
         else
@@ -179,6 +182,182 @@ static void test_cross_thread(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+static sqlite3_int64 s_scalar(const char *db, const char *sql)
+{
+    sqlite3 *h = NULL;
+    sqlite3_stmt *st = NULL;
+    sqlite3_int64 v = -1;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, sql, -1, &st, NULL), SQLITE_OK);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    return v;
+}
+
+static void s_rmdir(const char *dir)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+typedef struct {
+    uint8_t sender[32][4];
+    uint8_t id[16][64];
+    uint64_t expires[64];
+    uint8_t who[64];
+    size_t n;
+    uint64_t floor;
+    size_t nfloors;
+} s_loaded_t;
+
+static int s_on_seen(const uint8_t sender[32], const uint8_t id[16], uint64_t expires_ms, void *ud)
+{
+    s_loaded_t *l = ud;
+    if (l->n == 64)
+        return -1;
+    memcpy(l->id[l->n], id, 16);
+    l->expires[l->n] = expires_ms;
+    l->who[l->n] = sender[0];
+    l->n++;
+    return 0;
+}
+
+static int s_on_floor(const uint8_t sender[32], uint64_t floor_ms, void *ud)
+{
+    (void) sender;
+    s_loaded_t *l = ud;
+    l->floor = floor_ms;
+    l->nfloors++;
+    return 0;
+}
+
+/* Admitted ids are remembered with their entries (events are not), a
+ * raised floor is stored, and the load gives each sender's newest ids,
+ * oldest first, up to the cap — also after the entries were popped. */
+static void test_seen_rows(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char db[256];
+    snprintf(db, sizeof db, "%s/state.db", dir);
+    router_inbox_t *in = s_open(64, 0, db);
+    uint8_t id[16], a[32] = {1}, b[32] = {2}, zero[32] = {0}, frame[1] = {0xF6};
+    uint64_t seq;
+    for (uint32_t i = 0; i < 5; i++) {
+        s_id(id, i);
+        router_inbox_seen_t seen = {.expires_ms = 1000 + i, .floor_ms = i == 3 ? 77 : 0};
+        assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, &seen, &seq),
+                         ROUTER_INBOX_ADMITTED);
+    }
+    s_id(id, 9);
+    router_inbox_seen_t seen = {.v7_ms = 5, .expires_ms = 2000};
+    assert_int_equal(router_inbox_admit(in, id, b, "request", frame, 1, 1, &seen, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    assert_int_equal(router_inbox_admit(in, id, zero, "event", frame, 1, 1, NULL, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    router_inbox_sync(in);
+    router_inbox_entry_t e;
+    while (router_inbox_pop(in, &e, 0) == 0)
+        router_inbox_entry_clear(&e);
+    router_inbox_destroy(&in);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM seen"), 6);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), 0);
+    assert_int_equal(s_scalar(db, "SELECT floor_ms FROM replay_floor"), 77);
+
+    in = s_open(64, 0, db);
+    s_loaded_t l = {0};
+    char err[256] = "";
+    assert_int_equal(router_inbox_seen_load(in, 3, s_on_seen, s_on_floor, &l, err, sizeof err), 0);
+    assert_int_equal(l.n, 4); /* a's newest 3, oldest first, then b's 1 */
+    for (uint32_t i = 0; i < 3; i++) {
+        s_id(id, 2 + i);
+        assert_memory_equal(l.id[i], id, 16);
+        assert_int_equal(l.expires[i], 1002 + i);
+        assert_int_equal(l.who[i], 1);
+    }
+    assert_int_equal(l.who[3], 2);
+    assert_int_equal(l.nfloors, 1);
+    assert_int_equal(l.floor, 77);
+    /* New admissions never reuse a seq a seen row holds. */
+    s_id(id, 10);
+    assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, NULL, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    assert_int_equal(seq, 7); /* 7 (the popped event) was never remembered */
+    router_inbox_destroy(&in);
+    s_rmdir(dir);
+}
+
+/* A failing commit keeps its entries un-durable (so un-acked) and is
+ * retried; once the disk recovers they become durable, nothing lost. */
+static void test_commit_failure_withholds(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char db[256];
+    snprintf(db, sizeof db, "%s/state.db", dir);
+    router_inbox_t *in = s_open(64, 0, db);
+    uint8_t id[16], a[32] = {1}, frame[1] = {0xF6};
+    uint64_t seq;
+    router_inbox_test_fail_commits(in, true);
+    for (uint32_t i = 0; i < 3; i++) {
+        s_id(id, i);
+        router_inbox_seen_t seen = {.expires_ms = UINT64_MAX / 2};
+        assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, &seen, &seq),
+                         ROUTER_INBOX_ADMITTED);
+    }
+    /* Wait (bounded) until the store has failed a few times. */
+    for (int i = 0; i < 600 && router_inbox_commit_failures(in) < 3; i++)
+        usleep(50 * 1000);
+    assert_true(router_inbox_commit_failures(in) >= 3);
+    assert_int_equal(router_inbox_durable_seq(in), 0);
+    router_inbox_entry_t e;
+    assert_int_equal(router_inbox_pop(in, &e, 0), -1);
+    router_inbox_test_fail_commits(in, false);
+    router_inbox_sync(in);
+    assert_int_equal(router_inbox_durable_seq(in), 3);
+    assert_int_equal(router_inbox_pop(in, &e, 0), 0);
+    router_inbox_entry_clear(&e);
+    router_inbox_destroy(&in);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM seen"), 3);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), 2);
+    s_rmdir(dir);
+}
+
+/* Expired seen rows are pruned by the store thread, and a pruned v7 id
+ * raises its sender's floor. */
+static void test_prune(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char db[256];
+    snprintf(db, sizeof db, "%s/state.db", dir);
+    router_inbox_t *in = s_open(64, 0, db);
+    uint8_t id[16], a[32] = {1}, frame[1] = {0xF6};
+    uint64_t seq;
+    s_id(id, 1);
+    router_inbox_seen_t old = {.v7_ms = 1234, .expires_ms = 1};
+    assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, &old, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    s_id(id, 2);
+    router_inbox_seen_t keep = {.v7_ms = 0, .expires_ms = UINT64_MAX / 2};
+    assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, &keep, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    router_inbox_sync(in);
+    /* The prune runs every few seconds: wait for it, bounded. */
+    for (int i = 0; i < 600 && s_scalar(db, "SELECT COUNT(*) FROM seen") != 1; i++)
+        usleep(100 * 1000);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM seen"), 1);
+    assert_int_equal(s_scalar(db, "SELECT floor_ms FROM replay_floor"), 1234);
+    router_inbox_destroy(&in);
+    s_rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -186,6 +365,9 @@ int main(void)
         cmocka_unit_test(test_byte_bound),
         cmocka_unit_test(test_durable_reopen),
         cmocka_unit_test(test_cross_thread),
+        cmocka_unit_test(test_seen_rows),
+        cmocka_unit_test(test_commit_failure_withholds),
+        cmocka_unit_test(test_prune),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -259,23 +259,32 @@ static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
     }
     /* not a replay */
     uint64_t now = router_clock_wall_ms();
+    const uint8_t *id = proto_envelope_id(env);
     router_replay_verdict_t v =
-        router_replay_check_insert(self->replay, from, proto_envelope_id(env), now);
+        router_replay_check_insert(self->replay, from, id, now, peer != NULL);
     if (v != ROUTER_REPLAY_FRESH) {
-        s_refuse(cc, v == ROUTER_REPLAY_NOMEM ? PROTO_WIRE_INTERNAL : PROTO_WIRE_REPLAY,
-                 router_replay_verdict_str(v), env, peer);
+        /* No room to track another unknown key is a capacity refusal the
+         * sender may retry, like a full inbox (WIRE §6.2). */
+        proto_wire_reason_t r = v == ROUTER_REPLAY_NOMEM  ? PROTO_WIRE_INTERNAL
+                                : v == ROUTER_REPLAY_BUSY ? PROTO_WIRE_INBOX_FULL
+                                                          : PROTO_WIRE_REPLAY;
+        s_refuse(cc, r, router_replay_verdict_str(v), env, peer);
         goto done;
     }
-    /* admitted to the inbox */
+    /* admitted to the inbox, the id remembered durably in the same
+     * transaction (the ack waits for both) */
+    router_inbox_seen_t seen;
+    router_replay_durable_info(self->replay, from, id, now, &seen.v7_ms, &seen.expires_ms,
+                               &seen.floor_ms);
     proto_kind_t kind = proto_envelope_kind(env);
     uint64_t seq = 0;
-    router_inbox_outcome_t out = router_inbox_admit(self->inbox, proto_envelope_id(env), from,
-                                                    proto_kind_str(kind), payload, len, now,
-                                                    &seq);
+    router_inbox_outcome_t out = router_inbox_admit(self->inbox, id, from, proto_kind_str(kind),
+                                                    payload, len, now, &seen, &seq);
     if (out != ROUTER_INBOX_ADMITTED) {
         /* Not admitted, so not remembered: the sender may retry it later. */
-        router_replay_forget(self->replay, from, proto_envelope_id(env));
-        s_refuse(cc, PROTO_WIRE_INBOX_FULL, router_inbox_outcome_str(out), env, peer);
+        router_replay_forget(self->replay, from, id);
+        s_refuse(cc, out == ROUTER_INBOX_NOMEM ? PROTO_WIRE_INTERNAL : PROTO_WIRE_INBOX_FULL,
+                 router_inbox_outcome_str(out), env, peer);
         goto done;
     }
     bool wants_ack = kind == PROTO_KIND_MESSAGE || kind == PROTO_KIND_REQUEST;
@@ -427,7 +436,8 @@ router_comms_t *router_comms_new(const router_comms_opts_t *opts)
     self->require_peer_auth = opts->require_peer_auth;
     self->on_event = opts->on_event;
     self->ud = opts->ud;
-    self->replay = router_replay_new(opts->replay_window_s ? opts->replay_window_s : 300);
+    self->replay = router_replay_new(opts->replay_window_s ? opts->replay_window_s : 300,
+                                     opts->replay_horizon_s);
     if (!self->replay) {
         free(self);
         return NULL;
@@ -531,6 +541,11 @@ void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud)
     self->drain_timer = router_loop_timer_add(self->loop, S_DRAIN_TIMEOUT_MS, s_on_drain_timeout,
                                               self);
     s_maybe_finish_drain(self);
+}
+
+router_replay_t *router_comms_replay(router_comms_t *self)
+{
+    return self->replay;
 }
 
 void router_comms_stats(const router_comms_t *self, router_comms_stats_t *out)

@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "proto/envelope.h"
+#include "router/comms/replay.h"
 #include "router/metrics.h"
 #include "router/net/conn.h"
 #include "router/net/listen.h"
@@ -50,6 +51,7 @@ typedef struct {
     router_inbox_t *inbox;              /* where admitted envelopes go; borrowed */
     router_metrics_t *metrics;          /* optional: counters are registered here */
     uint32_t replay_window_s;           /* ± seconds for UUIDv7 ids (DESIGN: 300) */
+    uint32_t replay_horizon_s;          /* how long other ids are remembered; 0 → 86400 */
     uint32_t frame_max;                 /* largest frame payload; 0 → PROTO_FRAME_MAX */
     bool require_peer_auth;             /* refuse senders missing from the trust store */
     router_comms_event_fn *on_event;    /* optional */
@@ -93,5 +95,9 @@ typedef struct {
 } router_comms_stats_t;
 
 void router_comms_stats(const router_comms_t *self, router_comms_stats_t *out);
+
+/* The replay window, borrowed: the node seeds it at start from the ids the
+ * inbox remembered (router_inbox_seen_load). */
+router_replay_t *router_comms_replay(router_comms_t *self);
 
 #endif

@@ -144,7 +144,7 @@ static int s_check_file_path(const char *s, char *why, size_t whycap)
 
 typedef enum {
     S_BOOL,   /* JSON true/false into a bool */
-    S_UINT,   /* JSON integer min..max into a uint16_t or uint32_t */
+    S_UINT,   /* JSON integer min..max into a uint16_t, uint32_t or uint64_t */
     S_STRING, /* JSON string into a char[size] */
     S_CHOICE, /* JSON string, one of `choices`, into an enum (its index) */
 } s_kind_t;
@@ -155,7 +155,7 @@ typedef struct {
     size_t offset;               /* of the field in router_config_t */
     size_t size;                 /* sizeof the field */
     bool nullable;               /* S_STRING: null (stored as "") allowed */
-    uint32_t min, max;           /* S_UINT: inclusive range */
+    uint64_t min, max;           /* S_UINT: inclusive range */
     const char *const *choices;  /* S_CHOICE: names, NULL-terminated */
     s_check_fn check;            /* S_STRING: syntax beyond "a string", or NULL */
     const char *expect;          /* S_STRING: what `check` wants, for errors */
@@ -205,6 +205,8 @@ static const s_key_t s_comms_keys[] = {
     S_U("ack_timeout_ms", comms.ack_timeout_ms, 1, 3600000),
     S_U("inbox_capacity", comms.inbox_capacity, 1, 1048576),
     S_U("replay_window_s", comms.replay_window_s, 1, 86400),
+    S_U("replay_horizon_s", comms.replay_horizon_s, 1, 31536000),
+    S_U("inbox_max_bytes", comms.inbox_max_bytes, 1024, 17179869184ull),
     S_S("session", comms.session, false, s_check_session, "a session name"),
 };
 
@@ -261,6 +263,8 @@ void router_config_defaults(router_config_t *cfg)
     cfg->comms.ack_timeout_ms = 30000;
     cfg->comms.inbox_capacity = 1024;
     cfg->comms.replay_window_s = 300;
+    cfg->comms.replay_horizon_s = 86400;
+    cfg->comms.inbox_max_bytes = 64ull * 1024 * 1024;
     snprintf(cfg->comms.session, sizeof cfg->comms.session, "comms");
 
     cfg->workers.agent_threads = 2;
@@ -310,7 +314,10 @@ static void s_expectation(const s_key_t *key, char *out, size_t cap)
 {
     switch (key->kind) {
     case S_BOOL: snprintf(out, cap, "true or false"); break;
-    case S_UINT: snprintf(out, cap, "an integer %u..%u", key->min, key->max); break;
+    case S_UINT:
+        snprintf(out, cap, "an integer %llu..%llu", (unsigned long long) key->min,
+                 (unsigned long long) key->max);
+        break;
     case S_STRING:
         snprintf(out, cap, "%s%s", key->expect ? key->expect : "a string",
                  key->nullable ? " or null" : "");
@@ -355,8 +362,7 @@ static int s_store_uint(router_config_t *cfg, const char *path, const s_key_t *k
     for (; p < end; p++) {
         if (*p < '0' || *p > '9')
             return s_refuse(path, key, v, NULL, err, errcap); /* a fraction or exponent */
-        if (n <= UINT32_MAX)
-            n = n * 10 + (uint64_t) (*p - '0');
+        n = n <= (UINT64_MAX - 9) / 10 ? n * 10 + (uint64_t) (*p - '0') : UINT64_MAX;
     }
     if ((negative && n != 0) || n < key->min || n > key->max)
         return s_refuse(path, key, v, NULL, err, errcap);
@@ -367,6 +373,8 @@ static int s_store_uint(router_config_t *cfg, const char *path, const s_key_t *k
     } else if (key->size == sizeof(uint32_t)) {
         uint32_t x = (uint32_t) n;
         memcpy(field, &x, sizeof x);
+    } else if (key->size == sizeof(uint64_t)) {
+        memcpy(field, &n, sizeof n);
     } else {
         return router_jsonc_fail(err, errcap, "%s: unsupported field width", path), -1;
     }
@@ -683,15 +691,19 @@ char *router_config_to_json(const router_config_t *cfg)
             switch (key->kind) {
             case S_BOOL: yajl_gen_bool(g, *(const bool *) field); break;
             case S_UINT: {
-                uint32_t n;
+                uint64_t n;
                 if (key->size == sizeof(uint16_t)) {
                     uint16_t x;
+                    memcpy(&x, field, sizeof x);
+                    n = x;
+                } else if (key->size == sizeof(uint32_t)) {
+                    uint32_t x;
                     memcpy(&x, field, sizeof x);
                     n = x;
                 } else {
                     memcpy(&n, field, sizeof n);
                 }
-                yajl_gen_integer(g, n);
+                yajl_gen_integer(g, (long long) n);
                 break;
             }
             case S_STRING:

@@ -77,6 +77,8 @@ typedef struct {
         uint32_t ack_timeout_ms;                           /* wait for a peer's ack, 1..3600000 */
         uint32_t inbox_capacity;                           /* admitted envelopes waiting, 1..1048576 */
         uint32_t replay_window_s;                          /* ± seconds for UUIDv7 ids, 1..86400 */
+        uint32_t replay_horizon_s;                         /* how long ids without a time are remembered, 1..31536000 */
+        uint64_t inbox_max_bytes;                          /* frame bytes the inbox holds, 1024..17179869184 */
         char session[ROUTER_CONFIG_SESSION_CAP];           /* session that takes comms turns */
     } comms;
     struct {

@@ -1,6 +1,8 @@
 /* router/state/inbox.c — bounded inbox with durable admission: a ring of entries
- * under one mutex, and a store thread that group-commits new entries (and
- * deletes popped ones) in SQLite transactions. */
+ * under one mutex, a list of entries not yet handed to the store, and a
+ * store thread that takes that list by pointer swap and group-commits it
+ * (with the ids' seen rows, and deletes of popped entries) in one SQLite
+ * transaction. The mutex is held only for O(1) hand-overs, never across I/O. */
 #include "router/state/inbox.h"
 
 #include <errno.h>
@@ -14,14 +16,32 @@
 #include <time.h>
 
 #include "router/clock.h"
+#include "router/log.h"
 
-typedef struct {
-    router_inbox_entry_t e; /* the entry; e.frame owned here until popped */
-    bool durable;           /* written and committed (or memory-only) */
-} s_node_t;
+/* Expired seen rows are pruned at most this often, this many at a time. */
+#define S_PRUNE_INTERVAL_MS 5000u
+#define S_PRUNE_BATCH 4096
+/* Stored floors beyond this are folded (oldest first) into one for all. */
+#define S_FLOORS_MAX 65536
+/* Retry backoff for a failing commit, and how often it is logged again. */
+#define S_RETRY_MIN_MS 50u
+#define S_RETRY_MAX_MS 1000u
+#define S_FAIL_LOG_EVERY_MS 10000u
+/* Failed attempts after a stop was asked before the store gives up (what
+ * is left was never acked, so nothing acked is lost). */
+#define S_STOP_RETRIES 5
+
+typedef struct s_node s_node_t;
+
+struct s_node {
+    router_inbox_entry_t e;   /* the entry; e.frame owned here until popped */
+    s_node_t *next;           /* next on the unwritten list */
+    bool remember;            /* write a seen row with it */
+    router_inbox_seen_t seen; /* what that row holds */
+};
 
 struct router_inbox_t {
-    pthread_mutex_t mu;         /* guards everything below but durable_seq */
+    pthread_mutex_t mu;         /* guards everything below but the atomics and db */
     pthread_cond_t changed;     /* entries became durable, or work arrived */
     s_node_t **ring;            /* held entries in admission order */
     size_t ring_cap;            /* slots in ring (≥ capacity) */
@@ -31,15 +51,23 @@ struct router_inbox_t {
     size_t bytes;               /* frame bytes held */
     size_t max_bytes;           /* admission bound on bytes */
     uint64_t next_seq;          /* sequence for the next admission */
+    s_node_t *pend_head;        /* admitted, not yet taken by the store thread */
+    s_node_t *pend_tail;
+    size_t npend;               /* nodes on that list */
     size_t unwritten;           /* held entries not yet durable */
     uint64_t *deletes;          /* popped seqs to delete from disk */
     size_t ndeletes, deletes_cap;
     _Atomic uint64_t durable_seq; /* all seq ≤ this are durable */
+    _Atomic bool fail_commits;  /* test seam */
+    _Atomic uint64_t failures;  /* commits that failed */
 
     char *session;              /* owner session name */
+    pthread_mutex_t db_mu;      /* the connection: store thread and seen_load */
     sqlite3 *db;                /* NULL: memory only */
     sqlite3_stmt *insert;       /* INSERT one row */
     sqlite3_stmt *delete;       /* DELETE one row by seq */
+    sqlite3_stmt *seen;         /* remember one id */
+    sqlite3_stmt *floor;        /* raise one sender's floor */
     pthread_t thread;           /* the store thread, when db */
     bool thread_started;
     bool stopping;              /* store thread: finish and exit */
@@ -57,7 +85,22 @@ static const char *const s_schema =
     " sender BLOB NOT NULL,"
     " kind TEXT NOT NULL,"
     " received_ms INTEGER NOT NULL,"
-    " frame BLOB NOT NULL);";
+    " frame BLOB NOT NULL);"
+    /* Every admitted (sender, id), kept until expires_ms (WIRE §6.1). */
+    "CREATE TABLE IF NOT EXISTS seen ("
+    " sender BLOB NOT NULL,"
+    " id BLOB NOT NULL,"
+    " seq INTEGER NOT NULL,"
+    " v7_ms INTEGER NOT NULL,"
+    " admitted_ms INTEGER NOT NULL,"
+    " expires_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (sender, id)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS seen_expiry ON seen(expires_ms);"
+    "CREATE INDEX IF NOT EXISTS seen_sender_seq ON seen(sender, seq);"
+    /* Per-sender v7 floor; the all-zero sender holds the floor for all. */
+    "CREATE TABLE IF NOT EXISTS replay_floor ("
+    " sender BLOB PRIMARY KEY,"
+    " floor_ms INTEGER NOT NULL);";
 
 /* ---------------------------------------------------------------- the ring */
 
@@ -76,6 +119,11 @@ static void s_node_free(s_node_t *n)
 
 /* ---------------------------------------------------------------- the store */
 
+static int s_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
+{
+    return sqlite3_prepare_v2(db, sql, -1, st, NULL) == SQLITE_OK ? 0 : -1;
+}
+
 static int s_db_open(router_inbox_t *self, const char *path, char *err, size_t errcap)
 {
     if (sqlite3_open_v2(path, &self->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
@@ -84,12 +132,16 @@ static int s_db_open(router_inbox_t *self, const char *path, char *err, size_t e
     sqlite3_busy_timeout(self->db, 5000);
     if (sqlite3_exec(self->db, s_schema, NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
-    if (sqlite3_prepare_v2(self->db,
-                           "INSERT INTO inbox(seq,session,envelope_id,sender,kind,received_ms,frame)"
-                           " VALUES(?,?,?,?,?,?,?)", -1, &self->insert, NULL) != SQLITE_OK)
-        goto fail;
-    if (sqlite3_prepare_v2(self->db, "DELETE FROM inbox WHERE seq=?", -1, &self->delete, NULL) !=
-        SQLITE_OK)
+    if (s_prepare(self->db,
+                  "INSERT INTO inbox(seq,session,envelope_id,sender,kind,received_ms,frame)"
+                  " VALUES(?,?,?,?,?,?,?)", &self->insert) ||
+        s_prepare(self->db, "DELETE FROM inbox WHERE seq=?", &self->delete) ||
+        s_prepare(self->db,
+                  "INSERT OR REPLACE INTO seen(sender,id,seq,v7_ms,admitted_ms,expires_ms)"
+                  " VALUES(?,?,?,?,?,?)", &self->seen) ||
+        s_prepare(self->db,
+                  "INSERT INTO replay_floor(sender,floor_ms) VALUES(?,?) ON CONFLICT(sender)"
+                  " DO UPDATE SET floor_ms=MAX(floor_ms,excluded.floor_ms)", &self->floor))
         goto fail;
     return 0;
 fail:
@@ -108,6 +160,15 @@ static int s_db_reload(router_inbox_t *self, char *err, size_t errcap)
         sqlite3_step(st) != SQLITE_ROW)
         goto done;
     self->next_seq = (uint64_t) sqlite3_column_int64(st, 0) + 1;
+    sqlite3_finalize(st);
+    st = NULL;
+    /* Seen rows carry seqs too: never reuse one (the loader orders by it). */
+    if (sqlite3_prepare_v2(self->db, "SELECT COALESCE(MAX(seq),0) FROM seen", -1, &st, NULL) !=
+            SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW)
+        goto done;
+    if ((uint64_t) sqlite3_column_int64(st, 0) + 1 > self->next_seq)
+        self->next_seq = (uint64_t) sqlite3_column_int64(st, 0) + 1;
     sqlite3_finalize(st);
     st = NULL;
     if (sqlite3_prepare_v2(self->db,
@@ -145,7 +206,6 @@ static int s_db_reload(router_inbox_t *self, char *err, size_t errcap)
         if (len)
             memcpy(n->e.frame, sqlite3_column_blob(st, 5), len);
         n->e.frame_len = len;
-        n->durable = true;
         self->ring[(self->head + self->count) % self->ring_cap] = n;
         self->count++;
         self->bytes += len;
@@ -155,35 +215,65 @@ done:
     if (rc != 0)
         snprintf(err, errcap, "inbox database: cannot reload: %s", sqlite3_errmsg(self->db));
     sqlite3_finalize(st);
+    /* Everything reloaded is durable: seq ≤ durable_seq. */
     atomic_store(&self->durable_seq, self->next_seq - 1);
     return rc;
 }
 
-/* One transaction: insert the given nodes, delete the given seqs. */
-static int s_db_batch(router_inbox_t *self, s_node_t **nodes, size_t n, const uint64_t *dels,
-                      size_t nd)
+static int s_step_done(sqlite3_stmt *st)
+{
+    return sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+}
+
+/* Writes one node: the entry, its seen row and its sender's floor. */
+static int s_db_write(router_inbox_t *self, const s_node_t *n)
+{
+    const router_inbox_entry_t *e = &n->e;
+    sqlite3_reset(self->insert);
+    sqlite3_bind_int64(self->insert, 1, (sqlite3_int64) e->seq);
+    sqlite3_bind_text(self->insert, 2, self->session, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(self->insert, 3, e->id, 16, SQLITE_STATIC);
+    sqlite3_bind_blob(self->insert, 4, e->from, 32, SQLITE_STATIC);
+    sqlite3_bind_text(self->insert, 5, e->kind, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(self->insert, 6, (sqlite3_int64) e->received_ms);
+    sqlite3_bind_blob(self->insert, 7, e->frame, (int) e->frame_len, SQLITE_STATIC);
+    if (s_step_done(self->insert) != 0)
+        return -1;
+    if (!n->remember)
+        return 0;
+    sqlite3_reset(self->seen);
+    sqlite3_bind_blob(self->seen, 1, e->from, 32, SQLITE_STATIC);
+    sqlite3_bind_blob(self->seen, 2, e->id, 16, SQLITE_STATIC);
+    sqlite3_bind_int64(self->seen, 3, (sqlite3_int64) e->seq);
+    sqlite3_bind_int64(self->seen, 4, (sqlite3_int64) n->seen.v7_ms);
+    sqlite3_bind_int64(self->seen, 5, (sqlite3_int64) e->received_ms);
+    sqlite3_bind_int64(self->seen, 6, (sqlite3_int64) n->seen.expires_ms);
+    if (s_step_done(self->seen) != 0)
+        return -1;
+    if (!n->seen.floor_ms)
+        return 0;
+    sqlite3_reset(self->floor);
+    sqlite3_bind_blob(self->floor, 1, e->from, 32, SQLITE_STATIC);
+    sqlite3_bind_int64(self->floor, 2, (sqlite3_int64) n->seen.floor_ms);
+    return s_step_done(self->floor);
+}
+
+/* One transaction: insert the listed nodes, delete the given seqs. */
+static int s_db_batch(router_inbox_t *self, const s_node_t *list, const uint64_t *dels, size_t nd)
 {
     if (sqlite3_exec(self->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
         return -1;
-    for (size_t i = 0; i < n; i++) {
-        const router_inbox_entry_t *e = &nodes[i]->e;
-        sqlite3_reset(self->insert);
-        sqlite3_bind_int64(self->insert, 1, (sqlite3_int64) e->seq);
-        sqlite3_bind_text(self->insert, 2, self->session, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(self->insert, 3, e->id, 16, SQLITE_STATIC);
-        sqlite3_bind_blob(self->insert, 4, e->from, 32, SQLITE_STATIC);
-        sqlite3_bind_text(self->insert, 5, e->kind, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(self->insert, 6, (sqlite3_int64) e->received_ms);
-        sqlite3_bind_blob(self->insert, 7, e->frame, (int) e->frame_len, SQLITE_STATIC);
-        if (sqlite3_step(self->insert) != SQLITE_DONE)
+    for (const s_node_t *n = list; n; n = n->next)
+        if (s_db_write(self, n) != 0)
             goto fail;
-    }
     for (size_t i = 0; i < nd; i++) {
         sqlite3_reset(self->delete);
         sqlite3_bind_int64(self->delete, 1, (sqlite3_int64) dels[i]);
-        if (sqlite3_step(self->delete) != SQLITE_DONE)
+        if (s_step_done(self->delete) != 0)
             goto fail;
     }
+    if (atomic_load(&self->fail_commits))
+        goto fail;
     if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     return 0;
@@ -192,91 +282,240 @@ fail:
     return -1;
 }
 
+/* Runs one statement with up to two integer parameters (binding one the
+ * statement lacks is a harmless SQLITE_RANGE); *out gets the first column
+ * of the first row, -1 when there is none. */
+static int s_exec_i64(sqlite3 *db, const char *sql, int64_t a, int64_t b, int64_t *out)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int64(st, 1, a);
+    sqlite3_bind_int64(st, 2, b);
+    int rc = sqlite3_step(st);
+    if (out)
+        *out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* Deletes up to about S_PRUNE_BATCH expired seen rows in one transaction,
+ * raising each sender's floor to the newest v7 time deleted (so a clock
+ * stepped back never re-opens them), and keeps the floors table bounded.
+ * Returns the rows deleted, or -1. */
+static int s_db_prune(router_inbox_t *self, uint64_t now_ms)
+{
+    int64_t cutoff = -1, n = 0;
+    if (sqlite3_exec(self->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        return -1;
+    /* The batch: everything expiring at or before the S_PRUNE_BATCH-th. */
+    if (s_exec_i64(self->db,
+                   "SELECT expires_ms FROM seen WHERE expires_ms < ?1 ORDER BY expires_ms"
+                   " LIMIT 1 OFFSET ?2", (int64_t) now_ms, S_PRUNE_BATCH - 1, &cutoff) != 0)
+        goto fail;
+    if (cutoff < 0)
+        cutoff = (int64_t) now_ms - 1;
+    if (s_exec_i64(self->db,
+                   "INSERT INTO replay_floor(sender,floor_ms)"
+                   " SELECT sender, MAX(v7_ms) FROM seen WHERE expires_ms <= ?1 AND v7_ms > 0"
+                   " GROUP BY sender"
+                   " ON CONFLICT(sender) DO UPDATE SET floor_ms=MAX(floor_ms,excluded.floor_ms)",
+                   cutoff, 0, NULL) != 0 ||
+        s_exec_i64(self->db, "DELETE FROM seen WHERE expires_ms <= ?1", cutoff, 0,
+                   NULL) != 0)
+        goto fail;
+    n = sqlite3_changes(self->db);
+    int64_t floors = 0;
+    if (s_exec_i64(self->db, "SELECT COUNT(*) FROM replay_floor", 0, 0, &floors) !=
+        0)
+        goto fail;
+    if (floors > S_FLOORS_MAX) {
+        /* Fold the oldest floors into the one for all senders: they lie far
+         * in the past, so refusing older v7 ids from anyone costs nothing. */
+        int64_t fold = -1;
+        if (s_exec_i64(self->db,
+                       "SELECT floor_ms FROM replay_floor WHERE sender != zeroblob(32)"
+                       " ORDER BY floor_ms LIMIT 1 OFFSET ?1",
+                       floors - S_FLOORS_MAX / 2, 0, &fold) != 0 ||
+            fold < 0 ||
+            s_exec_i64(self->db,
+                       "INSERT INTO replay_floor(sender,floor_ms) VALUES(zeroblob(32), ?1)"
+                       " ON CONFLICT(sender) DO UPDATE SET floor_ms=MAX(floor_ms,excluded.floor_ms)",
+                       fold, 0, NULL) != 0 ||
+            s_exec_i64(self->db,
+                       "DELETE FROM replay_floor WHERE sender != zeroblob(32) AND floor_ms <= ?1",
+                       fold, 0, NULL) != 0)
+            goto fail;
+    }
+    if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    return (int) n;
+fail:
+    sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+/* Logs a failing commit once, then at most every S_FAIL_LOG_EVERY_MS with
+ * the count since the last line, so a broken disk is seen but never floods. */
+typedef struct {
+    uint64_t failing;     /* consecutive failures */
+    uint64_t unreported;  /* failures since the last line */
+    uint64_t last_log_ms; /* monotonic time of the last line */
+    uint32_t delay_ms;    /* current backoff */
+} s_failing_t;
+
+static void s_fail_note(router_inbox_t *self, s_failing_t *f, size_t pending)
+{
+    uint64_t now = router_clock_mono_ms();
+    atomic_fetch_add(&self->failures, 1);
+    f->failing++;
+    f->unreported++;
+    if (f->failing == 1 || now - f->last_log_ms >= S_FAIL_LOG_EVERY_MS) {
+        pthread_mutex_lock(&self->db_mu);
+        const char *why = atomic_load(&self->fail_commits) ? "failing on purpose (test seam)"
+                                                           : sqlite3_errmsg(self->db);
+        ROUTER_LOG(ROUTER_LOG_ERROR, "inbox",
+                   "commit failed (%llu failure%s since the last report, %zu admissions waiting,"
+                   " not acked): %s; retrying",
+                   (unsigned long long) f->unreported, f->unreported == 1 ? "" : "s", pending,
+                   why ? why : "?");
+        pthread_mutex_unlock(&self->db_mu);
+        f->unreported = 0;
+        f->last_log_ms = now;
+    }
+    f->delay_ms = f->delay_ms ? f->delay_ms * 2 : S_RETRY_MIN_MS;
+    if (f->delay_ms > S_RETRY_MAX_MS)
+        f->delay_ms = S_RETRY_MAX_MS;
+}
+
+static void s_fail_clear(s_failing_t *f)
+{
+    if (f->failing)
+        ROUTER_LOG(ROUTER_LOG_INFO, "inbox", "commits succeed again after %llu failure%s",
+                   (unsigned long long) f->failing, f->failing == 1 ? "" : "s");
+    *f = (s_failing_t){0};
+}
+
 /* The store thread: each pass takes everything admitted or popped since the
- * last one and commits it in one transaction (group commit). A failed commit
- * is retried; entries stay un-acked until it succeeds, so a full or broken
- * disk shows up as senders timing out, never as acked-and-lost. */
+ * last one — by swapping list and array pointers, O(1) under the lock — and
+ * commits it in one transaction (group commit). A failed commit keeps its
+ * batch and retries it, with what arrived since, after a backoff; entries
+ * stay un-acked until it succeeds, so a full or broken disk shows up as
+ * senders timing out, never as acked-and-lost. */
 static void *s_store_main(void *arg)
 {
     router_inbox_t *self = arg;
-    s_node_t **batch = NULL;
-    uint64_t *dels = NULL;
-    size_t batch_cap = 0, dels_cap = 0;
+    s_node_t *list = NULL, *tail = NULL; /* taken, not yet committed */
+    size_t nlist = 0;
+    uint64_t *dels = NULL;               /* taken deletes, not yet committed */
+    size_t nd = 0, dels_cap = 0;
+    s_failing_t fail = {0};
+    uint64_t next_prune = router_clock_mono_ms() + S_PRUNE_INTERVAL_MS;
 
     pthread_mutex_lock(&self->mu);
     for (;;) {
-        while (!self->stopping && self->unwritten == 0 && self->ndeletes == 0)
-            pthread_cond_wait(&self->changed, &self->mu);
-        if (self->unwritten == 0 && self->ndeletes == 0)
-            break; /* stopping with nothing left */
+        while (!self->stopping && !self->pend_head && self->ndeletes == 0 && !list && !nd) {
+            uint64_t now = router_clock_mono_ms();
+            if (now >= next_prune)
+                break;
+            struct timespec dl = router_clock_deadline(CLOCK_REALTIME, next_prune - now);
+            pthread_cond_timedwait(&self->changed, &self->mu, &dl);
+        }
+        if (self->stopping && !self->pend_head && self->ndeletes == 0 && !list && !nd)
+            break; /* nothing left */
 
-        /* Collect under the lock; nodes not yet durable cannot be popped, so
-         * they stay valid while the lock is released. */
-        size_t n = 0;
-        if (batch_cap < self->unwritten) {
-            s_node_t **nb = realloc(batch, self->unwritten * sizeof *nb);
-            if (!nb)
-                goto retry;
-            batch = nb;
-            batch_cap = self->unwritten;
+        /* Take what is new: the unwritten list whole, the deletes by swap. */
+        if (self->pend_head) {
+            if (tail)
+                tail->next = self->pend_head;
+            else
+                list = self->pend_head;
+            tail = self->pend_tail;
+            nlist += self->npend;
+            self->pend_head = self->pend_tail = NULL;
+            self->npend = 0;
         }
-        for (size_t i = 0; i < self->count && n < self->unwritten; i++) {
-            s_node_t *node = s_at(self, i);
-            if (!node->durable)
-                batch[n++] = node;
+        if (self->ndeletes) {
+            if (nd == 0) {
+                uint64_t *t = dels;
+                size_t tc = dels_cap;
+                dels = self->deletes;
+                dels_cap = self->deletes_cap;
+                nd = self->ndeletes;
+                self->deletes = t;
+                self->deletes_cap = tc;
+                self->ndeletes = 0;
+            } else {
+                /* Retrying a failed batch: append (only on this slow path). */
+                uint64_t *g = nd + self->ndeletes <= dels_cap
+                                  ? dels
+                                  : realloc(dels, (nd + self->ndeletes) * sizeof *dels);
+                if (g) { /* else they wait for the next pass */
+                    if (g != dels || nd + self->ndeletes > dels_cap)
+                        dels_cap = nd + self->ndeletes;
+                    dels = g;
+                    memcpy(dels + nd, self->deletes, self->ndeletes * sizeof *dels);
+                    nd += self->ndeletes;
+                    self->ndeletes = 0;
+                }
+            }
         }
-        size_t nd = self->ndeletes;
-        if (dels_cap < nd) {
-            uint64_t *ndl = realloc(dels, nd * sizeof *ndl);
-            if (!ndl)
-                goto retry;
-            dels = ndl;
-            dels_cap = nd;
-        }
-        if (nd)
-            memcpy(dels, self->deletes, nd * sizeof *dels);
-        self->ndeletes = 0;
+        bool stopping = self->stopping;
         pthread_mutex_unlock(&self->mu);
 
-        int rc = s_db_batch(self, batch, n, dels, nd);
+        int rc = 0;
+        uint64_t top = 0;
+        if (list || nd) {
+            pthread_mutex_lock(&self->db_mu);
+            rc = s_db_batch(self, list, dels, nd);
+            pthread_mutex_unlock(&self->db_mu);
+            if (rc == 0)
+                top = tail ? tail->e.seq : 0;
+        }
+        if (rc == 0) {
+            s_fail_clear(&fail);
+            uint64_t now = router_clock_mono_ms();
+            if (now >= next_prune) {
+                pthread_mutex_lock(&self->db_mu);
+                int pruned = s_db_prune(self, router_clock_wall_ms());
+                pthread_mutex_unlock(&self->db_mu);
+                /* A full batch: more may wait; otherwise rest a while. */
+                next_prune = now + (pruned >= S_PRUNE_BATCH ? 100 : S_PRUNE_INTERVAL_MS);
+            }
+        }
 
         pthread_mutex_lock(&self->mu);
         if (rc != 0) {
-            /* Put the deletes back (ahead of newer ones) and try again. */
-            uint64_t *grown = nd ? realloc(self->deletes, (self->ndeletes + nd) * sizeof *grown)
-                                 : NULL;
-            if (grown) {
-                memmove(grown + nd, grown, self->ndeletes * sizeof *grown);
-                memcpy(grown, dels, nd * sizeof *dels);
-                self->deletes = grown;
-                self->ndeletes += nd;
-                if (self->deletes_cap < self->ndeletes)
-                    self->deletes_cap = self->ndeletes;
+            s_fail_note(self, &fail, nlist);
+            if (stopping && fail.failing >= S_STOP_RETRIES) {
+                ROUTER_LOG(ROUTER_LOG_ERROR, "inbox",
+                           "stopping with %zu admissions not written (never acked)", nlist);
+                break;
             }
-            goto retry;
-        }
-        uint64_t top = atomic_load(&self->durable_seq);
-        for (size_t i = 0; i < n; i++) {
-            batch[i]->durable = true;
-            if (batch[i]->e.seq > top)
-                top = batch[i]->e.seq;
-        }
-        self->unwritten -= n;
-        atomic_store(&self->durable_seq, top);
-        pthread_cond_broadcast(&self->changed);
-        if (n && self->on_durable) {
             pthread_mutex_unlock(&self->mu);
-            self->on_durable(self->ud);
+            nanosleep(&(struct timespec){.tv_sec = fail.delay_ms / 1000,
+                                         .tv_nsec = (long) (fail.delay_ms % 1000) * 1000000L},
+                      NULL);
             pthread_mutex_lock(&self->mu);
+            continue;
         }
-        continue;
-    retry:
-        pthread_mutex_unlock(&self->mu);
-        nanosleep(&(struct timespec){.tv_nsec = 50 * 1000 * 1000}, NULL);
-        pthread_mutex_lock(&self->mu);
+        /* Committed: the taken nodes are durable (pop tests seq ≤ durable_seq). */
+        size_t written = nlist;
+        list = tail = NULL;
+        nlist = 0;
+        nd = 0;
+        if (written) {
+            self->unwritten -= written;
+            atomic_store(&self->durable_seq, top);
+            pthread_cond_broadcast(&self->changed);
+            if (self->on_durable) {
+                pthread_mutex_unlock(&self->mu);
+                self->on_durable(self->ud);
+                pthread_mutex_lock(&self->mu);
+            }
+        }
     }
     pthread_mutex_unlock(&self->mu);
-    free(batch);
     free(dels);
     return NULL;
 }
@@ -291,6 +530,7 @@ router_inbox_t *router_inbox_new(const router_inbox_opts_t *opts, char *err, siz
         return NULL;
     }
     pthread_mutex_init(&self->mu, NULL);
+    pthread_mutex_init(&self->db_mu, NULL);
     pthread_cond_init(&self->changed, NULL);
     self->capacity = opts->capacity ? opts->capacity : ROUTER_INBOX_CAPACITY;
     self->max_bytes = opts->max_bytes ? opts->max_bytes : ROUTER_INBOX_MAX_BYTES;
@@ -333,14 +573,18 @@ void router_inbox_destroy(router_inbox_t **self_p)
     }
     sqlite3_finalize(self->insert);
     sqlite3_finalize(self->delete);
+    sqlite3_finalize(self->seen);
+    sqlite3_finalize(self->floor);
     if (self->db)
         sqlite3_close(self->db);
+    /* Every node, written or not, is in the ring. */
     for (size_t i = 0; self->ring && i < self->count; i++)
         s_node_free(s_at(self, i));
     free(self->ring);
     free(self->deletes);
     free(self->session);
     pthread_cond_destroy(&self->changed);
+    pthread_mutex_destroy(&self->db_mu);
     pthread_mutex_destroy(&self->mu);
     free(self);
     *self_p = NULL;
@@ -349,7 +593,8 @@ void router_inbox_destroy(router_inbox_t **self_p)
 router_inbox_outcome_t router_inbox_admit(router_inbox_t *self, const uint8_t id[16],
                                           const uint8_t from[32], const char *kind,
                                           const uint8_t *frame, size_t frame_len,
-                                          uint64_t now_ms, uint64_t *seq)
+                                          uint64_t now_ms, const router_inbox_seen_t *seen,
+                                          uint64_t *seq)
 {
     /* Allocate before taking the lock: the lock is shared with consumers. */
     s_node_t *n = calloc(1, sizeof *n);
@@ -363,10 +608,14 @@ router_inbox_outcome_t router_inbox_admit(router_inbox_t *self, const uint8_t id
     memcpy(n->e.from, from, 32);
     snprintf(n->e.kind, sizeof n->e.kind, "%s", kind);
     n->e.received_ms = now_ms;
+    if (seen) {
+        n->remember = true;
+        n->seen = *seen;
+    }
 
     pthread_mutex_lock(&self->mu);
     if (self->count >= self->capacity || self->count >= self->ring_cap ||
-        self->bytes + frame_len > self->max_bytes) {
+        frame_len > self->max_bytes || self->bytes > self->max_bytes - frame_len) {
         pthread_mutex_unlock(&self->mu);
         s_node_free(n);
         return ROUTER_INBOX_FULL;
@@ -377,10 +626,17 @@ router_inbox_outcome_t router_inbox_admit(router_inbox_t *self, const uint8_t id
     self->count++;
     self->bytes += frame_len;
     if (self->db) {
+        bool was_idle = self->pend_head == NULL;
+        if (self->pend_tail)
+            self->pend_tail->next = n;
+        else
+            self->pend_head = n;
+        self->pend_tail = n;
+        self->npend++;
         self->unwritten++;
-        pthread_cond_broadcast(&self->changed);
+        if (was_idle)
+            pthread_cond_broadcast(&self->changed);
     } else {
-        n->durable = true;
         atomic_store(&self->durable_seq, n->e.seq);
         pthread_cond_broadcast(&self->changed);
     }
@@ -406,7 +662,7 @@ int router_inbox_pop(router_inbox_t *self, router_inbox_entry_t *out, int timeou
     struct timespec deadline =
         router_clock_deadline(CLOCK_REALTIME, timeout_ms > 0 ? (uint64_t) timeout_ms : 0);
     pthread_mutex_lock(&self->mu);
-    while (self->count == 0 || !s_at(self, 0)->durable) {
+    while (self->count == 0 || s_at(self, 0)->e.seq > atomic_load(&self->durable_seq)) {
         if (timeout_ms == 0)
             goto none;
         if (timeout_ms < 0)
@@ -456,12 +712,118 @@ size_t router_inbox_count(router_inbox_t *self)
     return n;
 }
 
+/* ---------------------------------------------------------------- seen ids at start */
+
+typedef struct {
+    uint8_t id[16];
+    uint64_t expires_ms;
+} s_seen_row_t;
+
+int router_inbox_seen_load(router_inbox_t *self, size_t per_sender_max,
+                           router_inbox_seen_fn *seen_fn, router_inbox_floor_fn *floor_fn,
+                           void *ud, char *err, size_t errcap)
+{
+    if (!self->db)
+        return 0;
+    sqlite3_stmt *next = NULL, *rows = NULL, *floors = NULL;
+    s_seen_row_t *buf = NULL;
+    size_t cap = 0;
+    int rc = -1, step;
+    uint8_t sender[32];
+    pthread_mutex_lock(&self->db_mu);
+    if (s_prepare(self->db, "SELECT sender FROM seen WHERE sender > ? ORDER BY sender LIMIT 1",
+                  &next) ||
+        s_prepare(self->db,
+                  "SELECT id, expires_ms FROM seen WHERE sender = ? ORDER BY seq DESC LIMIT ?",
+                  &rows) ||
+        s_prepare(self->db, "SELECT sender, floor_ms FROM replay_floor", &floors))
+        goto done;
+    /* One index seek per sender, then its newest ids: never a full scan. */
+    sqlite3_bind_blob(next, 1, "", 0, SQLITE_STATIC);
+    while ((step = sqlite3_step(next)) == SQLITE_ROW) {
+        int len = sqlite3_column_bytes(next, 0);
+        if (len != 32) {
+            /* Not a row this code wrote: step past it. */
+            uint8_t *skip = malloc(len > 0 ? (size_t) len : 1);
+            if (!skip)
+                goto done;
+            if (len > 0)
+                memcpy(skip, sqlite3_column_blob(next, 0), (size_t) len);
+            sqlite3_reset(next);
+            sqlite3_bind_blob(next, 1, skip, len, SQLITE_TRANSIENT);
+            free(skip);
+            continue;
+        }
+        memcpy(sender, sqlite3_column_blob(next, 0), 32);
+        sqlite3_reset(next);
+        sqlite3_bind_blob(next, 1, sender, 32, SQLITE_TRANSIENT);
+        sqlite3_reset(rows);
+        sqlite3_bind_blob(rows, 1, sender, 32, SQLITE_STATIC);
+        sqlite3_bind_int64(rows, 2, (sqlite3_int64) per_sender_max);
+        size_t n = 0;
+        while ((step = sqlite3_step(rows)) == SQLITE_ROW) {
+            if (sqlite3_column_bytes(rows, 0) != 16)
+                continue;
+            if (n == cap) {
+                size_t ncap = cap ? cap * 2 : 256;
+                s_seen_row_t *g = realloc(buf, ncap * sizeof *g);
+                if (!g)
+                    goto done;
+                buf = g;
+                cap = ncap;
+            }
+            memcpy(buf[n].id, sqlite3_column_blob(rows, 0), 16);
+            buf[n].expires_ms = (uint64_t) sqlite3_column_int64(rows, 1);
+            n++;
+        }
+        if (step != SQLITE_DONE)
+            goto done;
+        while (n > 0) {
+            n--;
+            if (seen_fn(sender, buf[n].id, buf[n].expires_ms, ud) != 0)
+                goto done;
+        }
+    }
+    if (step != SQLITE_DONE)
+        goto done;
+    while ((step = sqlite3_step(floors)) == SQLITE_ROW) {
+        if (sqlite3_column_bytes(floors, 0) != 32)
+            continue;
+        if (floor_fn((const uint8_t *) sqlite3_column_blob(floors, 0),
+                     (uint64_t) sqlite3_column_int64(floors, 1), ud) != 0)
+            goto done;
+    }
+    if (step != SQLITE_DONE)
+        goto done;
+    rc = 0;
+done:
+    if (rc != 0)
+        snprintf(err, errcap, "inbox database: cannot read the seen ids: %s",
+                 sqlite3_errmsg(self->db));
+    sqlite3_finalize(next);
+    sqlite3_finalize(rows);
+    sqlite3_finalize(floors);
+    pthread_mutex_unlock(&self->db_mu);
+    free(buf);
+    return rc;
+}
+
+void router_inbox_test_fail_commits(router_inbox_t *self, bool fail)
+{
+    atomic_store(&self->fail_commits, fail);
+}
+
+uint64_t router_inbox_commit_failures(const router_inbox_t *self)
+{
+    return atomic_load(&((router_inbox_t *) self)->failures);
+}
+
 const char *router_inbox_outcome_str(router_inbox_outcome_t o)
 {
     switch (o) {
     case ROUTER_INBOX_ADMITTED: return "admitted";
     case ROUTER_INBOX_FULL: return "inbox_full";
-    case ROUTER_INBOX_NOMEM: return "inbox_full";
+    case ROUTER_INBOX_NOMEM: return "nomem";
     }
     return "unknown";
 }

@@ -8,11 +8,25 @@
  * deleted from the database in a later batch. Without a database path the
  * inbox lives in memory and admission is immediately "durable".
  *
+ * The same transaction that writes an admitted envelope writes its
+ * sender and id to a `seen` table (and the sender's raised replay floor to
+ * `replay_floor`), so the replay window can be rebuilt after a restart
+ * (router_inbox_seen_load) and an acked envelope is never admitted twice.
+ * Expired seen rows are pruned by the store thread in small batches, at
+ * most every few seconds; a pruned v7 id raises its sender's floor.
+ *
+ * Each commit costs O(its batch): admissions queue on a list the store
+ * thread takes by swapping pointers; the inbox mutex is never held across
+ * disk I/O, so admit() (router thread) waits only for O(1) work.
+ * A failing commit is logged (then rate-limited), retried with backoff up
+ * to ~1 s, and its entries stay un-acked until it succeeds.
+ *
  * admit() runs on the router thread and never blocks on the disk; pop() may
  * be called from any thread. */
 #ifndef KITH_ROUTER_INBOX_H
 #define KITH_ROUTER_INBOX_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,7 +41,7 @@ typedef void(router_inbox_durable_fn)(void *ud);
 
 typedef struct {
     size_t capacity;                  /* most entries held; 0 → ROUTER_INBOX_CAPACITY */
-    size_t max_bytes;                 /* most frame bytes held; 0 → ROUTER_INBOX_MAX_BYTES */
+    size_t max_bytes;                 /* most frame bytes held (comms.inbox_max_bytes); 0 → ROUTER_INBOX_MAX_BYTES */
     const char *db_path;              /* SQLite file, NULL for memory only */
     const char *session;              /* session the entries belong to, e.g. "comms" */
     router_inbox_durable_fn *on_durable; /* optional wake-up after each durable batch */
@@ -47,8 +61,22 @@ typedef struct {
 typedef enum {
     ROUTER_INBOX_ADMITTED = 0, /* held; ack once durable */
     ROUTER_INBOX_FULL,         /* at capacity (entries or bytes): refuse, never drop */
-    ROUTER_INBOX_NOMEM,        /* allocation failed: refuse */
+    ROUTER_INBOX_NOMEM,        /* allocation failed: refuse (a local failure, not a full inbox) */
 } router_inbox_outcome_t;
+
+/* What is remembered of an admitted envelope for the replay window
+ * (router_replay_durable_info fills it). */
+typedef struct {
+    uint64_t v7_ms;       /* UUIDv7 time of the id, 0 for other versions */
+    uint64_t expires_ms;  /* wall ms after which the row may be pruned */
+    uint64_t floor_ms;    /* the sender's raised v7 floor to store, 0 for none */
+} router_inbox_seen_t;
+
+/* Start-up: one remembered id of `sender` (rows of one sender oldest first). */
+typedef int(router_inbox_seen_fn)(const uint8_t sender[32], const uint8_t id[16],
+                                  uint64_t expires_ms, void *ud);
+/* Start-up: a stored floor (an all-zero sender: the floor for everyone). */
+typedef int(router_inbox_floor_fn)(const uint8_t sender[32], uint64_t floor_ms, void *ud);
 
 /* Opens the inbox, reloading undelivered entries of `session` from the
  * database. Returns NULL with a message in err[errcap] on failure. Caller owns
@@ -59,13 +87,29 @@ router_inbox_t *router_inbox_new(const router_inbox_opts_t *opts, char *err, siz
  * nulls *self_p. */
 void router_inbox_destroy(router_inbox_t **self_p);
 
-/* Admits one envelope; copies `frame`. On ROUTER_INBOX_ADMITTED *seq is its
- * sequence number. */
+/* Admits one envelope; copies `frame`. With `seen` (not NULL) its sender
+ * and id are remembered durably in the same transaction (plain event lines
+ * pass NULL). On ROUTER_INBOX_ADMITTED *seq is its sequence number. */
 router_inbox_outcome_t router_inbox_admit(router_inbox_t *self, const uint8_t id[16],
                                           const uint8_t from[32], const char *kind,
                                           const uint8_t *frame, size_t frame_len,
-                                          uint64_t now_ms, uint64_t *seq)
-    __attribute__((warn_unused_result));
+                                          uint64_t now_ms, const router_inbox_seen_t *seen,
+                                          uint64_t *seq) __attribute__((warn_unused_result));
+
+/* Reads back what previous runs remembered: for each sender its newest
+ * `per_sender_max` ids (given oldest first) through seen_fn, then every
+ * stored floor through floor_fn. Call it at start, before admitting. A
+ * callback's non-zero return stops the load. Returns 0, or -1 with a
+ * message in err. Memory-only inboxes have nothing and return 0. */
+int router_inbox_seen_load(router_inbox_t *self, size_t per_sender_max,
+                           router_inbox_seen_fn *seen_fn, router_inbox_floor_fn *floor_fn,
+                           void *ud, char *err, size_t errcap);
+
+/* Test seam: while `fail` is true every commit fails as a broken disk would. */
+void router_inbox_test_fail_commits(router_inbox_t *self, bool fail);
+
+/* Commits that failed since the inbox opened (for tests and metrics). */
+uint64_t router_inbox_commit_failures(const router_inbox_t *self);
 
 /* Every entry with seq ≤ this is durable. Lock-free; any thread. */
 uint64_t router_inbox_durable_seq(const router_inbox_t *self);
