@@ -15,21 +15,24 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* Storage: one heap block per fragmented frame, freed when the next is
- * asked for or the run ends. */
+/* Storage: one heap block, grown to exactly the room asked for (realloc
+ * keeps the bytes received so far), freed when the run ends. */
 typedef struct {
-    uint8_t *block; /* last block handed out */
-    size_t asked;   /* its length */
+    uint8_t *block; /* the block handed out */
+    size_t asked;   /* the room asked for last */
 } storage_t;
 
-static uint8_t *s_storage(void *user, size_t len)
+static uint8_t *s_storage(void *user, size_t need, size_t len, size_t *cap)
 {
     storage_t *st = user;
-    free(st->block);
-    st->block = malloc(len);
-    if (!st->block)
+    if (need == 0 || need > len)
         abort();
-    st->asked = len;
+    uint8_t *b = realloc(st->block, need);
+    if (!b)
+        abort();
+    st->block = b;
+    st->asked = need;
+    *cap = need;
     return st->block;
 }
 

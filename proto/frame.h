@@ -42,13 +42,16 @@ typedef enum {
     PROTO_FRAME_NO_STORAGE, /* the storage callback refused a fragmented frame */
 } proto_frame_reason_t;
 
-/* Storage for a frame whose payload arrives in pieces. Called once per such
- * frame, as its first payload byte arrives, with the payload length (1 ..
- * limit). Returns at least `len` writable bytes, or NULL to refuse (the read
- * then fails with PROTO_FRAME_NO_STORAGE). The caller owns the storage: it
- * must stay valid until the frame is returned, and the reader never frees
- * it. */
-typedef uint8_t *(*proto_frame_storage_fn)(void *user, size_t len);
+/* Storage for a frame whose payload arrives in pieces, grown as its bytes
+ * arrive (so a peer that announces 1 MiB and sends 10 bytes pins 10 bytes'
+ * worth, not 1 MiB). Called when payload bytes of such a frame arrive and
+ * the storage holds fewer than `need` (1 .. len, len being the frame's
+ * payload length): return storage of at least `need` bytes whose first
+ * bytes are those received so far (realloc keeps them), and set *cap to its
+ * size; or NULL to refuse (the read then fails with PROTO_FRAME_NO_STORAGE).
+ * The caller owns the storage: it must stay valid until the frame is
+ * returned, and the reader never frees it. */
+typedef uint8_t *(*proto_frame_storage_fn)(void *user, size_t need, size_t len, size_t *cap);
 
 /* One frame as returned by proto_frame_read. */
 typedef struct {
@@ -63,6 +66,7 @@ typedef struct {
     uint32_t max;                    /* largest payload accepted */
     uint32_t length;                 /* payload length from the current header */
     uint32_t have;                   /* payload bytes copied into `acc` so far */
+    size_t acc_cap;                  /* bytes of `acc` */
     bool in_payload;                 /* the header is done, payload bytes follow */
     uint8_t *acc;                    /* storage of a fragmented frame, or NULL */
     proto_frame_storage_fn storage;  /* where `acc` comes from */
@@ -89,6 +93,10 @@ ssize_t proto_frame_read(proto_frame_reader_t *r, const uint8_t *buf, size_t len
 
 /* Why the reader failed; PROTO_FRAME_OK while it has not. */
 proto_frame_reason_t proto_frame_reader_reason(const proto_frame_reader_t *r);
+
+/* True from the first header byte of a frame until that frame is returned
+ * (for "time to finish a frame once started" deadlines). */
+bool proto_frame_reader_busy(const proto_frame_reader_t *r);
 
 /* The length declared by the header of the frame being read or refused (for
  * reporting an oversize frame); 0 between frames. */

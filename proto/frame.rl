@@ -62,6 +62,7 @@ static void s_next_frame(proto_frame_reader_t *r)
     r->have = 0;
     r->in_payload = false;
     r->acc = NULL;
+    r->acc_cap = 0;
 }
 
 ssize_t proto_frame_read(proto_frame_reader_t *r, const uint8_t *buf, size_t len,
@@ -96,14 +97,19 @@ ssize_t proto_frame_read(proto_frame_reader_t *r, const uint8_t *buf, size_t len
         }
         if (avail == 0)
             return -2; /* no payload byte yet: ask for storage only when one comes */
-        r->acc = r->storage(r->user, r->length);
-        if (r->acc == NULL) {
-            r->reason = PROTO_FRAME_NO_STORAGE;
-            return -1;
-        }
     }
 
     size_t take = need < avail ? need : avail;
+    if (r->acc == NULL || r->have + take > r->acc_cap) {
+        size_t cap = 0;
+        uint8_t *acc = r->storage(r->user, r->have + take, r->length, &cap);
+        if (acc == NULL || cap < r->have + take) {
+            r->reason = PROTO_FRAME_NO_STORAGE;
+            return -1;
+        }
+        r->acc = acc;
+        r->acc_cap = cap;
+    }
     memcpy(r->acc + r->have, p, take);
     r->have += (uint32_t) take;
     p += take;
@@ -120,6 +126,11 @@ ssize_t proto_frame_read(proto_frame_reader_t *r, const uint8_t *buf, size_t len
 proto_frame_reason_t proto_frame_reader_reason(const proto_frame_reader_t *r)
 {
     return r->reason;
+}
+
+bool proto_frame_reader_busy(const proto_frame_reader_t *r)
+{
+    return r->in_payload || r->cs != proto_frame_start;
 }
 
 uint32_t proto_frame_reader_declared(const proto_frame_reader_t *r)

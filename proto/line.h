@@ -11,8 +11,9 @@
  *
  * Parsing convention (picohttpparser): proto_line_read returns the bytes it
  * consumed through the end of one item, or -2 when it consumed every byte
- * given and needs more. No input is invalid, so it never returns -1. Fed
- * whole or a byte at a time, the same input yields the same items. */
+ * given and needs more. No input is invalid: it returns -1 only when a
+ * growing reader's storage callback refuses room. Fed whole or a byte at a
+ * time, the same input yields the same items. */
 #ifndef KITH_PROTO_LINE_H
 #define KITH_PROTO_LINE_H
 
@@ -39,6 +40,12 @@ typedef struct {
     size_t len;             /* content length (0 for an empty line or TOO_LONG) */
 } proto_line_t;
 
+/* Room for a line split across reads, for a growing reader: return storage
+ * of at least `need` bytes (need ≤ the reader's max) whose first bytes
+ * are the ones kept so far (realloc keeps them), and set *cap to its size;
+ * or NULL to refuse (the read then returns -1). The caller owns it. */
+typedef uint8_t *(*proto_line_storage_fn)(void *user, size_t need, size_t *cap);
+
 /* Incremental line reader. Embed it anywhere; fields are private to line.rl. */
 typedef struct {
     int cs;                 /* Ragel state */
@@ -49,6 +56,9 @@ typedef struct {
     bool done;              /* exec stopped at the end of an item */
     uint8_t *acc;           /* caller's buffer for a line split across reads */
     size_t acc_len;         /* bytes of the current line in `acc` */
+    size_t acc_cap;         /* bytes of `acc` */
+    proto_line_storage_fn storage; /* grows `acc`, or NULL for a fixed one */
+    void *user;             /* for `storage` */
     proto_line_t item;      /* the item exec stopped at */
 } proto_line_reader_t;
 
@@ -58,6 +68,20 @@ typedef struct {
  * is out of range. */
 int proto_line_reader_init(proto_line_reader_t *r, uint8_t *acc, size_t acc_cap, size_t max)
     __attribute__((warn_unused_result));
+
+/* As proto_line_reader_init, but with no buffer up front: storage for a
+ * line split across reads is asked from `storage` as its bytes arrive (so
+ * a connection whose lines each fit in one read holds nothing). */
+int proto_line_reader_init_grow(proto_line_reader_t *r, size_t max, proto_line_storage_fn storage,
+                                void *user) __attribute__((warn_unused_result));
+
+/* The caller freed a growing reader's storage; call only between lines
+ * (proto_line_reader_busy false). */
+void proto_line_reader_storage_gone(proto_line_reader_t *r);
+
+/* True while a line has begun (octets, a held CR, or a too-long line being
+ * skipped) and its LF has not arrived. */
+bool proto_line_reader_busy(const proto_line_reader_t *r);
 
 /* Read from `buf` (len bytes). On a complete item fills `out` and returns the
  * bytes consumed through its end: the LF of a line, or the first octet over

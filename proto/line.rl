@@ -123,7 +123,49 @@ int proto_line_reader_init(proto_line_reader_t *r, uint8_t *acc, size_t acc_cap,
     %% write init;
     r->max = max;
     r->acc = acc;
+    r->acc_cap = acc_cap;
     return 0;
+}
+
+int proto_line_reader_init_grow(proto_line_reader_t *r, size_t max, proto_line_storage_fn storage,
+                                void *user)
+{
+    if (!r || !storage || max == 0 || max > PROTO_LINE_MAX)
+        return -1;
+    memset(r, 0, sizeof *r);
+    %% write init;
+    r->max = max;
+    r->storage = storage;
+    r->user = user;
+    return 0;
+}
+
+void proto_line_reader_storage_gone(proto_line_reader_t *r)
+{
+    assert(r->acc_len == 0);
+    r->acc = NULL;
+    r->acc_cap = 0;
+}
+
+bool proto_line_reader_busy(const proto_line_reader_t *r)
+{
+    return r->len > 0 || r->cr_held || r->skipping || r->acc_len > 0;
+}
+
+/* A growing reader makes room for `need` octets of the current line. */
+static bool s_room(proto_line_reader_t *r, size_t need)
+{
+    if (need <= r->acc_cap)
+        return true;
+    if (!r->storage)
+        return false;
+    size_t cap = 0;
+    uint8_t *acc = r->storage(r->user, need, &cap);
+    if (!acc || cap < need)
+        return false;
+    r->acc = acc;
+    r->acc_cap = cap;
+    return true;
 }
 
 ssize_t proto_line_read(proto_line_reader_t *r, const uint8_t *buf, size_t len,
@@ -133,6 +175,15 @@ ssize_t proto_line_read(proto_line_reader_t *r, const uint8_t *buf, size_t len,
     const uint8_t *pe = buf + len;
     const uint8_t *line_start = buf;
     r->done = false;
+    /* A line begun in an earlier read may be stored into during exec (its
+     * rest, a held CR): make room first, bounded by what arrived. */
+    if ((r->acc_len > 0 || r->cr_held) && !r->skipping) {
+        size_t need = r->acc_len + len + 1; /* + a held CR */
+        if (need > r->max)
+            need = r->max; /* content never passes max: the octet over it is not kept */
+        if (!s_room(r, need))
+            return -1;
+    }
 
     %% write exec;
 
@@ -149,6 +200,8 @@ ssize_t proto_line_read(proto_line_reader_t *r, const uint8_t *buf, size_t len,
             end--;
         size_t seg = (size_t) (end - line_start);
         assert(r->acc_len + seg <= r->max);
+        if (seg && !s_room(r, r->acc_len + seg))
+            return -1;
         if (seg) {
             memcpy(r->acc + r->acc_len, line_start, seg);
             r->acc_len += seg;

@@ -1,6 +1,6 @@
 /* router/node.c — composing a node: start-up in dependency order, the
- * listeners config asks for, blocking sends for other threads, the plain
- * event listener, and a shutdown that loses nothing it acked. */
+ * listeners config asks for, blocking sends for other threads, and a
+ * shutdown that loses nothing it acked. */
 #include "router/node.h"
 
 #include <errno.h>
@@ -16,11 +16,11 @@
 #include <unistd.h>
 
 #include "proto/envelope.h"
-#include "proto/line.h"
 #include "proto/uuid.h"
 #include "router/clock.h"
 #include "router/comms/comms.h"
-#include "router/comms/event_line.h"
+#include "router/comms/events.h"
+#include "router/comms/guard.h"
 #include "router/log.h"
 #include "router/net/conn.h"
 #include "router/net/listen.h"
@@ -41,8 +41,8 @@ struct router_node {
     router_outbound_t *outbound;         /* sends and their acks */
     router_inproc_t *inproc;             /* namespace for inproc:// */
     char inproc_name[ROUTER_INPROC_NAME_MAX + 1]; /* bound name, "" for none */
-    router_listener_t *events;           /* plain event listener, or NULL */
-    router_metric_t *m_events, *m_events_skipped;
+    router_guard_t *guard;               /* connection bounds and deadlines (comms, events) */
+    router_events_t *events;             /* plain event connections */
     pthread_t thread;                    /* when started on its own thread */
     bool threaded;
     _Atomic bool running;                /* the loop runs (or is about to) */
@@ -131,92 +131,6 @@ static int s_inproc_accept(int fd, void *ud)
     return 0;
 }
 
-/* ---------------------------------------------------------------- plain events */
-
-/* One plain-event connection: lines in, events into the inbox, no replies. */
-typedef struct {
-    router_node_t *node;
-    proto_line_reader_t reader;
-    uint8_t acc[PROTO_LINE_MAX]; /* a line split across reads */
-} s_evconn_t;
-
-static void s_event_skip(router_node_t *self, const char *why)
-{
-    router_metric_inc(self->m_events_skipped, 1);
-    ROUTER_LOG(ROUTER_LOG_WARN, "events", "skipped a line: reason=%s", why);
-}
-
-static void s_event_line(router_node_t *self, const uint8_t *line, size_t len)
-{
-    char *body = NULL;
-    size_t body_len = 0;
-    router_event_line_reason_t r = router_event_line_parse(line, len, &body, &body_len);
-    if (r == ROUTER_EVENT_LINE_EMPTY)
-        return;
-    if (r != ROUTER_EVENT_LINE_OK) {
-        s_event_skip(self, router_event_line_reason_str(r));
-        return;
-    }
-    uint8_t id[16], nobody[32] = {0};
-    uint64_t seq;
-    proto_uuid_v7_new(id);
-    /* Event lines carry no sender's id: nothing to remember (seen NULL). */
-    router_inbox_outcome_t out = router_inbox_admit(self->inbox, id, nobody, "event",
-                                                    (const uint8_t *) body, body_len,
-                                                    router_clock_wall_ms(), NULL, &seq);
-    if (out == ROUTER_INBOX_ADMITTED) {
-        router_metric_inc(self->m_events, 1);
-        ROUTER_LOG(ROUTER_LOG_INFO, "events", "queued event seq=%llu bytes=%zu",
-                   (unsigned long long) seq, body_len);
-    } else {
-        s_event_skip(self, router_inbox_outcome_str(out));
-    }
-    free(body);
-}
-
-static void s_ev_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
-{
-    (void) conn;
-    s_evconn_t *ec = ud;
-    while (len > 0) {
-        proto_line_t item;
-        ssize_t n = proto_line_read(&ec->reader, data, len, &item);
-        if (n < 0)
-            break; /* -2: the rest of a line is buffered */
-        data += n;
-        len -= (size_t) n;
-        if (item.kind == PROTO_LINE_TOO_LONG)
-            s_event_skip(ec->node, "too_long");
-        else
-            s_event_line(ec->node, item.at, item.len);
-    }
-}
-
-static void s_ev_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
-{
-    (void) conn;
-    (void) reason;
-    free(ud);
-}
-
-static const router_conn_handlers_t s_ev_handlers = {
-    .on_data = s_ev_data,
-    .on_close = s_ev_close,
-};
-
-static void s_ev_accept(router_listener_t *l, router_conn_t *conn, void *ud)
-{
-    (void) l;
-    s_evconn_t *ec = malloc(sizeof *ec);
-    if (!ec || proto_line_reader_init(&ec->reader, ec->acc, sizeof ec->acc, PROTO_LINE_MAX) != 0) {
-        free(ec);
-        router_conn_abort(conn);
-        return;
-    }
-    ec->node = ud;
-    router_conn_set_handlers(conn, &s_ev_handlers, ec);
-}
-
 /* ---------------------------------------------------------------- listeners */
 
 static int s_listen_one(router_node_t *self, const char *text, bool events, char *err,
@@ -228,15 +142,13 @@ static int s_listen_one(router_node_t *self, const char *text, bool events, char
         snprintf(err, errcap, "cannot listen on %s: %s", text, router_addr_err_str(why));
         return -1;
     }
-    router_listener_t *l = events ? router_loop_listen(self->loop, &addr, s_ev_accept, self)
+    router_listener_t *l = events ? router_events_listen(self->events, &addr)
                                   : router_comms_listen(self->comms, &addr);
     if (!l) {
         snprintf(err, errcap, "cannot listen on %s: %s", text, strerror(errno));
         return -1;
     }
-    if (events)
-        self->events = l;
-    else
+    if (!events)
         router_listener_set_max_conns(l, self->cfg.limits.comms_connections_max);
     char bound[ROUTER_ADDR_STR_MAX] = "?";
     (void) router_addr_format(router_listener_addr(l), bound, sizeof bound);
@@ -320,7 +232,7 @@ static void s_begin_stop(router_loop_t *loop, void *arg)
         self->on_stop(self->on_stop_ud);
     if (self->inproc_name[0])
         router_inproc_unbind(self->inproc, self->inproc_name);
-    router_listener_close(&self->events);
+    router_events_drain(self->events);
     router_comms_drain(self->comms, s_drained, self);
 }
 
@@ -387,7 +299,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
     /* the loop, the inbox, the pipeline */
     router_loop_opts_t lo = {
         /* The gateway serves on this loop too (kith daemon). */
-        .max_conns = self->cfg.limits.comms_connections_max + self->cfg.gateway.max_connections,
+        .max_conns = self->cfg.limits.comms_connections_max +
+                     self->cfg.limits.event_connections_max + self->cfg.gateway.max_connections,
         .send_limit = self->cfg.limits.conn_unsent_max,
     };
     if (!(self->loop = router_loop_new(&lo))) {
@@ -415,12 +328,37 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
     }
     if (!(self->inbox = router_inbox_new(&io, err, errcap)))
         goto fail;
+    /* One guard for comms and plain events: the partial-frame budget is
+     * one budget (DESIGN §10). */
+    router_guard_opts_t go = {
+        .loop = self->loop,
+        .metrics = self->metrics,
+        .unauth_max = self->cfg.limits.comms_unauth_connections_max,
+        .unauth_per_source_max = self->cfg.limits.comms_unauth_per_source_max,
+        .events_per_source_max = self->cfg.limits.comms_unauth_per_source_max,
+        .partial_bytes_max = self->cfg.limits.partial_frame_bytes_max,
+        .first_frame_ms = self->cfg.limits.first_frame_timeout_ms,
+        .frame_ms = self->cfg.limits.frame_timeout_ms,
+        .idle_ms = self->cfg.limits.comms_idle_timeout_ms,
+    };
+    if (!(self->guard = router_guard_new(&go))) {
+        snprintf(err, errcap, "out of memory");
+        goto fail;
+    }
+    router_events_opts_t eo = {
+        .loop = self->loop,
+        .inbox = self->inbox,
+        .metrics = self->metrics,
+        .guard = self->guard,
+        .connections_max = self->cfg.limits.event_connections_max,
+    };
     router_comms_opts_t co = {
         .loop = self->loop,
         .identity = &self->identity,
         .trust = self->trust,
         .inbox = self->inbox,
         .metrics = self->metrics,
+        .guard = self->guard,
         .replay_window_s = self->cfg.comms.replay_window_s,
         .replay_horizon_s = self->cfg.comms.replay_horizon_s,
         .frame_max = (uint32_t) self->cfg.limits.envelope_frame_max,
@@ -433,18 +371,13 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         .identity = &self->identity,
         .ack_timeout_ms = self->cfg.comms.ack_timeout_ms,
     };
-    if (!(self->comms = router_comms_new(&co)) || !(self->outbound = router_outbound_new(&oo))) {
+    if (!(self->comms = router_comms_new(&co)) || !(self->outbound = router_outbound_new(&oo)) ||
+        !(self->events = router_events_new(&eo))) {
         snprintf(err, errcap, "out of memory");
         goto fail;
     }
     if (s_seed_replay(self, err, errcap) != 0)
         goto fail;
-    self->m_events = router_metrics_add(self->metrics, "kith_events_queued_total", NULL,
-                                        ROUTER_METRIC_COUNTER,
-                                        "Plain event lines queued as external events.");
-    self->m_events_skipped = router_metrics_add(self->metrics, "kith_events_skipped_total", NULL,
-                                                ROUTER_METRIC_COUNTER,
-                                                "Plain event lines skipped (malformed, too long, inbox full).");
 
     if (opts->listen && s_listen(self, err, errcap) != 0)
         goto fail;
@@ -515,12 +448,13 @@ void router_node_destroy(router_node_t **self_p)
     router_node_stop(self);
     if (self->inproc_name[0])
         router_inproc_unbind(self->inproc, self->inproc_name);
-    router_listener_close(&self->events);
+    router_events_destroy(&self->events);
     /* Order matters: the store thread may post wake-ups until the inbox is
      * destroyed, so the loop outlives the inbox; posts still pending run
      * inside router_loop_destroy and find comms and outbound gone. */
     router_outbound_destroy(&self->outbound);
     router_comms_destroy(&self->comms);
+    router_guard_destroy(&self->guard); /* every entry left with comms and events */
     router_inbox_destroy(&self->inbox); /* flushes what is pending, joins the store thread */
     router_loop_destroy(&self->loop);
     router_trust_destroy(&self->trust);

@@ -334,7 +334,7 @@ static void test_unknown_keys_at_each_level(void **state)
 {
     (void) state;
     s_refused("{\"gatway\":{}}", "gatway: unknown key (known top-level keys: gateway, comms");
-    s_refused("{\"limits\":{}}", "limits: unknown key");
+    s_refused("{\"limits\":{\"nope\":1}}", "limits.nope: unknown key (known: "); /* DESIGN §10: keys now */
     static const char *const sections[] = {"gateway", "comms", "workers", "agent", "audit"};
     for (size_t i = 0; i < 5; i++) {
         char doc[128], prefix[128];
@@ -566,6 +566,87 @@ static void test_load_policy(void **state)
     rmdir(home);
 }
 
+/* ------------------------------------------------------------ limits (DESIGN §10) */
+
+static const s_case_t s_limits_cases[] = {
+    {"limits", "envelope_frame_max", "65536", "\"1MiB\"", "1048577", NULL},
+    {"limits", "conn_unsent_max", "1048576", "true", "1023", NULL},
+    {"limits", "comms_connections_max", "20000", "null", "0", NULL},
+    {"limits", "comms_unauth_connections_max", "300", "\"300\"", "0", NULL},
+    {"limits", "comms_unauth_per_source_max", "4", "[4]", "0", NULL},
+    {"limits", "partial_frame_bytes_max", "4294967295", "{}", "4294967296", NULL},
+    {"limits", "first_frame_timeout_ms", "500", "0.5", "0", NULL},
+    {"limits", "frame_timeout_ms", "1000", "\"1s\"", "3600001", NULL},
+    {"limits", "comms_idle_timeout_ms", "60000", "false", "86400001", NULL},
+    {"limits", "event_connections_max", "8", "\"8\"", "1048577", NULL},
+    {"limits", "http_head_max", "8192", "1e4", "1023", NULL},
+    {"limits", "http_headers_max", "50", "null", "10001", NULL},
+    {"limits", "http_body_max", "2097152", "true", "0", NULL},
+    {"limits", "ws_message_max", "65536", "\"x\"", "1073741825", NULL},
+    {"limits", "ws_preauth_frame_max", "4096", "[]", "124", NULL},
+};
+
+static void test_limits_keys(void **state)
+{
+    (void) state;
+    router_config_t d;
+    router_config_defaults(&d);
+    assert_int_equal(d.limits.comms_unauth_connections_max, 2500);
+    assert_int_equal(d.limits.comms_unauth_per_source_max, 32);
+    assert_int_equal(d.limits.partial_frame_bytes_max, 64u * 1024 * 1024);
+    assert_int_equal(d.limits.first_frame_timeout_ms, 10000);
+    assert_int_equal(d.limits.frame_timeout_ms, 30000);
+    assert_int_equal(d.limits.comms_idle_timeout_ms, 300000);
+    assert_int_equal(d.limits.event_connections_max, 1024);
+    for (size_t i = 0; i < sizeof s_limits_cases / sizeof s_limits_cases[0]; i++) {
+        const s_case_t *c = &s_limits_cases[i];
+        char doc[512], err[ROUTER_CONFIG_ERR_MAX], want[256], prefix[128];
+        router_config_t cfg;
+        s_doc(c, c->good, doc, sizeof doc);
+        if (s_parse(&cfg, doc, err, sizeof err) != 0)
+            fail_msg("refused %s: %s", doc, err);
+        char *json = router_config_to_json(&cfg);
+        assert_non_null(json);
+        snprintf(want, sizeof want, "\"%s\": %s", c->key, c->good);
+        if (!strstr(json, want))
+            fail_msg("limits.%s: %s not in\n%s", c->key, want, json);
+        free(json);
+        snprintf(prefix, sizeof prefix, "limits.%s: expected ", c->key);
+        s_doc(c, c->bad_type, doc, sizeof doc);
+        s_refused(doc, prefix);
+        s_doc(c, c->bad, doc, sizeof doc);
+        s_refused(doc, prefix);
+    }
+    /* A size_t field takes values past 32 bits' worth of int. */
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(s_parse(&c, "{\"limits\":{\"partial_frame_bytes_max\":4294967295}}", err,
+                             sizeof err),
+                     0);
+    assert_true(c.limits.partial_frame_bytes_max == 4294967295u);
+    assert_int_equal(router_config_set(&c, "limits.frame_timeout_ms", "1500", err, sizeof err), 0);
+    assert_int_equal(c.limits.frame_timeout_ms, 1500);
+}
+
+static void test_limits_cross_rules(void **state)
+{
+    (void) state;
+    s_refused("{\"limits\":{\"comms_connections_max\":100}}",
+              "limits.comms_unauth_connections_max: 2500 is more than limits.comms_connections_max");
+    s_refused("{\"limits\":{\"comms_unauth_connections_max\":10}}",
+              "limits.comms_unauth_per_source_max: 32 is more than "
+              "limits.comms_unauth_connections_max");
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(s_parse(&c,
+                             "{\"limits\":{\"comms_connections_max\":100,"
+                             "\"comms_unauth_connections_max\":50,"
+                             "\"comms_unauth_per_source_max\":5}}",
+                             err, sizeof err),
+                     0);
+    assert_int_equal(c.limits.comms_unauth_per_source_max, 5);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -592,6 +673,8 @@ int main(void)
         cmocka_unit_test(test_to_json_round_trip),
         cmocka_unit_test(test_set_from_command_line),
         cmocka_unit_test(test_load_policy),
+        cmocka_unit_test(test_limits_keys),
+        cmocka_unit_test(test_limits_cross_rules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -524,8 +524,16 @@ static void s_flood_client(s_ctx_t *ctx, int idx)
     s_wait_flag(ctx);                            /* the server cut a */
     CHECK(ctx, s_send_all(b, "ping2", 5) == 0 && s_recv_exact(b, buf, 5) == 0);
     CHECK(ctx, memcmp(buf, "ping2", 5) == 0);
+    /* A (which read nothing until cut) reads what got through, then sees a
+     * reset, not an orderly end. */
+    uint8_t *sink = malloc(1 << 20);
+    CHECK(ctx, sink != NULL);
+    ssize_t n = s_recv_eof(a, sink, 1 << 20);
+    int e = errno;
+    free(sink);
     close(b);
     close(a);
+    CHECK(ctx, n < 0 && e == ECONNRESET);
 }
 
 static void test_slow_consumer_cut(void **state)
@@ -1221,7 +1229,9 @@ static void s_bulk_client(s_ctx_t *ctx, int idx)
         for (size_t i = 0; ok && i < BULK; i++)
             ok = buf[4 + i] == (uint8_t) (i % 253);
     } else {
-        ok = n < BULK + 4; /* aborted: the queue was discarded */
+        /* Aborted: the queue was discarded and the end is a reset, never
+         * an orderly EOF a sender could take for a refusal. */
+        ok = n < 0 && errno == ECONNRESET;
     }
     free(buf);
     close(fd);
@@ -1250,6 +1260,107 @@ static void test_abort_discards(void **state)
     s_clients_start(&ctx, s_bulk_client, 1);
     s_run(&ctx);
     assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_ABORT);
+    s_done(&ctx);
+}
+
+/* ------------------------------------------------------------ deadlines */
+
+/* Each accepted connection gets a deadline; a byte "x" clears it, a byte
+ * "m" moves it 50 ms on. */
+static void s_deadline_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    (void) ud;
+    for (size_t i = 0; i < len; i++) {
+        if (data[i] == 'x')
+            router_conn_set_deadline(c, 0);
+        else if (data[i] == 'm')
+            router_conn_set_deadline(c, router_loop_now_ms(router_conn_loop(c)) + 50);
+    }
+    (void) router_conn_send(c, data, len);
+}
+
+static const router_conn_handlers_t s_deadline_handlers = {
+    .on_data = s_deadline_data,
+    .on_close = s_srv_close,
+};
+
+static void s_accept_deadline(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    s_ctx_t *ctx = ud;
+    ctx->accepted++;
+    router_conn_set_handlers(c, &s_deadline_handlers, ud);
+    router_conn_set_deadline(c, router_loop_now_ms(ctx->loop) + 30);
+}
+
+/* Client 0 stays silent: cut at its deadline, it sees a reset. Client 1
+ * clears its deadline, waits for client 0's cut, and is still served. */
+static void s_deadline_client(s_ctx_t *ctx, int idx)
+{
+    int fd = s_dial(&ctx->addr, 0);
+    CHECK(ctx, fd >= 0);
+    uint8_t buf[64];
+    if (idx == 0) {
+        ssize_t n = s_recv_eof(fd, buf, sizeof buf);
+        int e = errno;
+        close(fd);
+        atomic_store(&ctx->flag, true);
+        CHECK(ctx, n < 0 && e == ECONNRESET);
+        return;
+    }
+    CHECK(ctx, s_send_all(fd, "x", 1) == 0 && s_recv_exact(fd, buf, 1) == 0);
+    s_wait_flag(ctx);
+    CHECK(ctx, s_send_all(fd, "y", 1) == 0 && s_recv_exact(fd, buf, 1) == 0);
+    CHECK(ctx, buf[0] == 'y');
+    close(fd);
+}
+
+static void test_deadline_cuts_silent(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_deadline);
+    ctx.want_closed = 2;
+    s_clients_start(&ctx, s_deadline_client, 2);
+    s_run(&ctx);
+    unsigned deadline = 0, eof = 0;
+    for (unsigned i = 0; i < ctx.closed; i++) {
+        deadline += ctx.reasons[i] == ROUTER_CLOSE_DEADLINE;
+        eof += ctx.reasons[i] == ROUTER_CLOSE_EOF;
+    }
+    assert_int_equal(deadline, 1);
+    assert_int_equal(eof, 1);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.deadline_cuts, 1);
+    assert_string_equal(router_close_reason_str(ROUTER_CLOSE_DEADLINE), "deadline");
+    s_done(&ctx);
+}
+
+/* A deadline moved on by traffic holds as long as traffic comes, then cuts. */
+static void s_deadline_move_client(s_ctx_t *ctx, int idx)
+{
+    (void) idx;
+    int fd = s_dial(&ctx->addr, 0);
+    CHECK(ctx, fd >= 0);
+    uint8_t buf[64];
+    for (int i = 0; i < 5; i++)
+        CHECK(ctx, s_send_all(fd, "m", 1) == 0 && s_recv_exact(fd, buf, 1) == 0);
+    ssize_t n = s_recv_eof(fd, buf, sizeof buf);
+    int e = errno;
+    close(fd);
+    CHECK(ctx, n < 0 && e == ECONNRESET);
+}
+
+static void test_deadline_moves(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_deadline);
+    ctx.want_closed = 1;
+    s_clients_start(&ctx, s_deadline_move_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_DEADLINE);
     s_done(&ctx);
 }
 
@@ -1511,6 +1622,8 @@ int main(void)
         BOTH(test_tiny_buffer_pool),
         BOTH(test_close_flushes),
         BOTH(test_abort_discards),
+        BOTH(test_deadline_cuts_silent),
+        BOTH(test_deadline_moves),
         BOTH(test_close_timeout),
         BOTH(test_destroy_closes_connections),
         BOTH(test_uds_stale_file),

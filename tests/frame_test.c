@@ -14,23 +14,29 @@
 
 /* ------------------------------------------------------------ helpers */
 
-/* Storage handed to the reader: one heap block per fragmented frame. */
+/* Storage handed to the reader: one heap block, grown to exactly what the
+ * reader needs each time it asks (realloc keeps what was received). */
 typedef struct {
-    uint8_t *block;   /* the last block handed out */
-    size_t asked;     /* length asked for last */
+    uint8_t *block;   /* the block handed out */
+    size_t asked;     /* room asked for last */
+    size_t len_seen;  /* the frame length given last */
     int calls;        /* times asked */
     bool refuse;      /* answer NULL */
 } storage_t;
 
-static uint8_t *s_storage(void *user, size_t len)
+static uint8_t *s_storage(void *user, size_t need, size_t len, size_t *cap)
 {
     storage_t *st = user;
     st->calls++;
-    st->asked = len;
+    st->asked = need;
+    st->len_seen = len;
     if (st->refuse)
         return NULL;
-    free(st->block);
-    st->block = malloc(len);
+    uint8_t *b = realloc(st->block, need);
+    if (!b)
+        return NULL;
+    st->block = b;
+    *cap = need;
     return st->block;
 }
 
@@ -176,7 +182,7 @@ static void test_max_frame(void **state)
     assert_int_equal(proto_frame_read(&r, in, half, &f), -2);
     assert_int_equal(proto_frame_read(&r, in + half, len - half, &f), (ssize_t) (len - half));
     assert_true(f.copied);
-    assert_int_equal(st.calls, 1);
+    assert_int_equal(st.calls, 2); /* what the first half needed, then the rest */
     assert_int_equal(st.asked, PROTO_FRAME_MAX);
     assert_int_equal(f.len, PROTO_FRAME_MAX);
     assert_memory_equal(f.payload, in + PROTO_FRAME_HEADER_LEN, PROTO_FRAME_MAX);
@@ -203,17 +209,35 @@ static void test_storage_only_when_split(void **state)
     assert_ptr_equal(f.payload, body);
     assert_int_equal(st.calls, 0);
 
-    /* Split payload: one request for the whole payload length. */
+    /* Split payload: storage grows with the bytes that arrived, never to
+     * the announced length up front. */
     assert_int_equal(proto_frame_read(&r, hdr, 4, &f), -2);
     assert_int_equal(proto_frame_read(&r, body, 1, &f), -2);
     assert_int_equal(st.calls, 1);
-    assert_int_equal(st.asked, 3);
+    assert_int_equal(st.asked, 1);
+    assert_int_equal(st.len_seen, 3);
+    assert_true(proto_frame_reader_busy(&r));
     assert_int_equal(proto_frame_read(&r, body + 1, 1, &f), -2);
+    assert_int_equal(st.asked, 2);
     assert_int_equal(proto_frame_read(&r, body + 2, 1, &f), 1);
     assert_true(f.copied);
     assert_memory_equal(f.payload, "xyz", 3);
-    assert_int_equal(st.calls, 1);
+    assert_int_equal(st.calls, 3);
+    assert_int_equal(st.asked, 3);
+    assert_false(proto_frame_reader_busy(&r));
+    assert_int_equal(proto_frame_read(&r, hdr, 1, &f), -2);
+    assert_true(proto_frame_reader_busy(&r)); /* one header byte starts a frame */
     free(st.block);
+
+    /* A frame announcing the most but sending little asks for little. */
+    static const uint8_t big[] = {0, 0x10, 0, 0}; /* 1 MiB */
+    storage_t grow = {0};
+    assert_int_equal(proto_frame_reader_init(&r, PROTO_FRAME_MAX, s_storage, &grow), 0);
+    assert_int_equal(proto_frame_read(&r, big, 4, &f), -2);
+    assert_int_equal(proto_frame_read(&r, body, 3, &f), -2);
+    assert_int_equal(grow.asked, 3);
+    assert_int_equal(grow.len_seen, PROTO_FRAME_MAX);
+    free(grow.block);
 
     /* A refusal is a typed, sticky error. */
     storage_t no = {.refuse = true};

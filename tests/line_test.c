@@ -229,6 +229,75 @@ static void test_default_limit(void **state)
     free(in);
 }
 
+/* ------------------------------------------------------------ growing storage */
+
+typedef struct {
+    uint8_t *block; /* the storage */
+    size_t most;    /* the most asked for */
+    int calls;      /* times asked */
+    bool refuse;    /* answer NULL */
+} s_grow_t;
+
+static uint8_t *s_grow(void *user, size_t need, size_t *cap)
+{
+    s_grow_t *g = user;
+    g->calls++;
+    if (need > g->most)
+        g->most = need;
+    if (g->refuse)
+        return NULL;
+    uint8_t *b = realloc(g->block, need);
+    if (!b)
+        return NULL;
+    g->block = b;
+    *cap = need;
+    return b;
+}
+
+/* A growing reader yields what a fixed one does, asks for storage only
+ * when a line spans reads, and never for more than arrived (or max). */
+static void test_grow_storage(void **state)
+{
+    (void) state;
+    static const char in[] = "abc\nhello world\r\nx\ry\r\r\n\n0123456789ABCDEFtoolong\nend\n";
+    const size_t len = sizeof in - 1;
+    for (size_t step = 1; step <= len; step++) {
+        s_grow_t g = {0};
+        proto_line_reader_t r;
+        assert_int_equal(proto_line_reader_init_grow(&r, 16, s_grow, &g), 0);
+        char got[512] = "";
+        size_t at = 0;
+        for (size_t from = 0; from < len; from += step) {
+            size_t n = from + step <= len ? step : len - from;
+            const uint8_t *p = (const uint8_t *) in + from;
+            while (n > 0) {
+                proto_line_t item;
+                ssize_t k = proto_line_read(&r, p, n, &item);
+                if (k == -2)
+                    break;
+                assert_true(k > 0);
+                at += (size_t) snprintf(got + at, sizeof got - at, "%s[%.*s]",
+                                        item.kind == PROTO_LINE_TOO_LONG ? "!" : "",
+                                        (int) item.len, (const char *) item.at);
+                p += k;
+                n -= (size_t) k;
+            }
+        }
+        assert_string_equal(got, "[abc][hello world][x\ry\r][]![][end]");
+        assert_true(g.most <= 16);
+        if (step == len)
+            assert_int_equal(g.calls, 0); /* fed whole: nothing held */
+        free(g.block);
+    }
+    /* Refused storage is an error, not a silent cut. */
+    s_grow_t no = {.refuse = true};
+    proto_line_reader_t r;
+    proto_line_t item;
+    assert_int_equal(proto_line_reader_init_grow(&r, 16, s_grow, &no), 0);
+    assert_int_equal(proto_line_read(&r, (const uint8_t *) "ab", 2, &item), -1);
+    assert_true(proto_line_reader_init_grow(&r, 0, s_grow, &no) == -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -241,6 +310,7 @@ int main(void)
         cmocka_unit_test(test_slices),
         cmocka_unit_test(test_init_rejects),
         cmocka_unit_test(test_default_limit),
+        cmocka_unit_test(test_grow_storage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

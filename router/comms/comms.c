@@ -12,6 +12,8 @@
 
 #include "proto/frame.h"
 #include "router/clock.h"
+#include "router/comms/framed.h"
+#include "router/comms/guard.h"
 #include "router/comms/replay.h"
 #include "router/log.h"
 
@@ -37,8 +39,8 @@ typedef struct s_cc s_cc_t;
 struct s_cc {
     router_comms_t *comms;       /* owner */
     router_conn_t *conn;         /* the loop's connection */
-    proto_frame_reader_t reader; /* frames out of the byte stream */
-    uint8_t *frag;               /* storage of a frame arriving in pieces */
+    router_framed_t framed;      /* frames out of the byte stream */
+    router_guard_conn_t guard;   /* bounds and deadlines (router/comms/guard.h) */
     s_owed_t *owed;              /* ring of admitted envelopes awaiting durability */
     size_t owed_head, owed_count, owed_cap;
     bool finishing;              /* no more reading (a refusal, or the peer's EOF): close once owed is empty */
@@ -53,6 +55,8 @@ struct router_comms {
     const router_trust_t *trust;
     router_inbox_t *inbox;
     router_replay_t *replay;
+    router_guard_t *guard;             /* shared with plain events; borrowed or own */
+    bool own_guard;                    /* ...made here (opts.guard was NULL) */
     uint32_t frame_max;
     bool require_peer_auth;
     router_comms_event_fn *on_event;
@@ -123,6 +127,7 @@ static void s_refuse(s_cc_t *cc, proto_wire_reason_t reason, const char *detail,
     s_emit(cc->comms, cc, false, reason, detail, env, peer, 0);
     cc->finishing = true;
     router_conn_pause_read(cc->conn);
+    router_guard_pause(&cc->guard);
     if (cc->owed_count == 0)
         s_close(cc);
 }
@@ -153,6 +158,7 @@ static int s_owe(s_cc_t *cc, uint64_t seq, const proto_envelope_t *env, bool ack
     if (cc->owed_count >= S_PENDING_PAUSE && !cc->paused) {
         cc->paused = true;
         router_conn_pause_read(cc->conn);
+        router_guard_pause(&cc->guard);
     }
     return 0;
 }
@@ -186,6 +192,7 @@ static void s_release(s_cc_t *cc)
     if (cc->paused && cc->owed_count < S_PENDING_PAUSE / 2 && !cc->finishing && !self->draining) {
         cc->paused = false;
         router_conn_resume_read(cc->conn);
+        router_guard_progress(&cc->guard, 0, router_framed_busy(&cc->framed));
     }
 }
 
@@ -257,6 +264,7 @@ static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
         s_refuse(cc, PROTO_WIRE_UNTRUSTED_SENDER, NULL, env, NULL);
         goto done;
     }
+    router_guard_authenticated(&cc->guard); /* signature (and trust) passed */
     /* not a replay */
     uint64_t now = router_clock_wall_ms();
     const uint8_t *id = proto_envelope_id(env);
@@ -289,9 +297,15 @@ static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
     }
     bool wants_ack = kind == PROTO_KIND_MESSAGE || kind == PROTO_KIND_REQUEST;
     if (s_owe(cc, seq, env, wants_ack) != 0) {
-        /* Admitted but we cannot track its ack: it stays in the inbox; the
-         * sender sees a close and no ack, as on a lost connection. */
-        s_refuse(cc, PROTO_WIRE_INTERNAL, "no memory for the ack", env, peer);
+        /* Admitted but we cannot track its ack: it stays in the inbox, and
+         * the sender must not read "refused" into what follows, so the
+         * connection is reset (unknown outcome), never closed orderly. */
+        s_emit(self, cc, true, PROTO_WIRE_OK, "admitted", env, peer, seq);
+        ROUTER_LOG(ROUTER_LOG_WARN, "comms",
+                   "connection %llu reset: no memory to track the ack of an admitted envelope",
+                   (unsigned long long) router_conn_id(cc->conn));
+        cc->finishing = true;
+        router_conn_abort(cc->conn);
         goto done;
     }
     s_emit(self, cc, true, PROTO_WIRE_OK, "admitted", env, peer, seq);
@@ -299,38 +313,40 @@ done:
     proto_envelope_destroy(&env);
 }
 
-static uint8_t *s_frag_storage(void *user, size_t len)
-{
-    s_cc_t *cc = user;
-    free(cc->frag);
-    cc->frag = malloc(len);
-    return cc->frag;
-}
-
 static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
 {
-    (void) conn;
     s_cc_t *cc = ud;
+    unsigned frames = 0;
     while (len > 0 && !cc->finishing) {
         proto_frame_t f;
-        ssize_t n = proto_frame_read(&cc->reader, data, len, &f);
+        ssize_t n = router_framed_read(&cc->framed, data, len, &f);
         if (n == -2)
             break;
         if (n < 0) {
-            proto_frame_reason_t r = proto_frame_reader_reason(&cc->reader);
-            s_refuse(cc, r == PROTO_FRAME_OVERSIZE ? PROTO_WIRE_OVERSIZE : PROTO_WIRE_INTERNAL,
-                     r == PROTO_FRAME_OVERSIZE ? "oversize" : "no memory for the frame", NULL,
-                     NULL);
-            break;
+            router_framed_error_t e = router_framed_error(&cc->framed);
+            if (e == ROUTER_FRAMED_OVERSIZE) {
+                s_refuse(cc, PROTO_WIRE_OVERSIZE, "oversize", NULL, NULL);
+                break;
+            }
+            /* Not the sender's fault (no memory), or the partial budget cut
+             * this one (counted by the guard): reset, so the sender reads
+             * "unknown", not "refused". */
+            ROUTER_LOG(ROUTER_LOG_WARN, "comms", "connection %llu cut: reason=%s",
+                       (unsigned long long) router_conn_id(conn), router_framed_error_str(e));
+            cc->finishing = true;
+            router_framed_release(&cc->framed);
+            router_conn_abort(conn);
+            return;
         }
         data += n;
         len -= (size_t) n;
+        frames++;
         s_on_frame(cc, f.payload, f.len);
-        if (f.copied) {
-            free(cc->frag);
-            cc->frag = NULL;
-        }
     }
+    if (!router_framed_busy(&cc->framed))
+        router_framed_release(&cc->framed); /* an idle connection holds nothing */
+    if (!cc->finishing && !cc->paused && !cc->comms->draining)
+        router_guard_progress(&cc->guard, frames, router_framed_busy(&cc->framed));
     /* Acks for whatever this read admitted (at once with a memory inbox). */
     s_release(cc);
 }
@@ -341,6 +357,7 @@ static void s_on_eof(router_conn_t *conn, void *ud)
     s_cc_t *cc = ud;
     /* The sender is done sending; it may still want its acks. */
     cc->finishing = true;
+    router_guard_pause(&cc->guard);
     s_release(cc);
 }
 
@@ -349,10 +366,15 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     (void) conn;
     s_cc_t *cc = ud;
     router_comms_t *self = cc->comms;
-    if (reason == ROUTER_CLOSE_SLOW_CONSUMER || reason == ROUTER_CLOSE_TIMEOUT)
+    if (reason == ROUTER_CLOSE_SLOW_CONSUMER || reason == ROUTER_CLOSE_TIMEOUT ||
+        reason == ROUTER_CLOSE_DEADLINE)
         ROUTER_LOG(ROUTER_LOG_WARN, "comms", "connection %llu cut: reason=%s (%zu acks unsent)",
                    (unsigned long long) router_conn_id(conn), router_close_reason_str(reason),
                    cc->owed_count);
+    if (reason == ROUTER_CLOSE_DEADLINE)
+        router_guard_count_cut(&cc->guard, ROUTER_GUARD_CUT_DEADLINE);
+    router_guard_leave(&cc->guard);
+    router_framed_release(&cc->framed);
     if (cc->prev)
         cc->prev->next = cc->next;
     else
@@ -360,7 +382,6 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     if (cc->next)
         cc->next->prev = cc->prev;
     self->stats.open--;
-    free(cc->frag);
     free(cc->owed);
     free(cc);
     s_maybe_finish_drain(self);
@@ -372,11 +393,22 @@ static const router_conn_handlers_t s_handlers = {
     .on_close = s_on_close,
 };
 
+/* The guard cut this connection to make room for another. */
+static void s_on_cut(router_guard_conn_t *gc, router_guard_cut_t why, void *ud)
+{
+    (void) gc;
+    (void) why;
+    s_cc_t *cc = ud;
+    cc->finishing = true;
+    router_framed_release(&cc->framed);
+    router_conn_abort(cc->conn);
+}
+
 static s_cc_t *s_cc_new(router_comms_t *self)
 {
     s_cc_t *cc = calloc(1, sizeof *cc);
     if (!cc || self->draining ||
-        proto_frame_reader_init(&cc->reader, self->frame_max, s_frag_storage, cc) != 0) {
+        router_framed_init(&cc->framed, self->frame_max, &cc->guard) != 0) {
         free(cc);
         return NULL;
     }
@@ -396,11 +428,12 @@ static void s_cc_attach(router_comms_t *self, s_cc_t *cc, router_conn_t *conn)
 
 static void s_on_accept(router_listener_t *listener, router_conn_t *conn, void *ud)
 {
-    (void) listener;
     router_comms_t *self = ud;
     s_cc_t *cc = s_cc_new(self);
-    if (!cc) {
-        router_conn_abort(conn);
+    if (!cc || router_guard_join(self->guard, &cc->guard, ROUTER_GUARD_COMMS, conn, listener,
+                                 s_on_cut, cc) != 0) {
+        free(cc);
+        router_conn_abort(conn); /* reset: "try later", never "refused" */
         return;
     }
     router_conn_set_handlers(conn, &s_handlers, cc);
@@ -414,6 +447,14 @@ int router_comms_serve_fd(router_comms_t *self, int fd)
     if (!conn) {
         if (!cc)
             close(fd);
+        free(cc);
+        return -1;
+    }
+    /* In-process: no source address, exempt from the unauthenticated
+     * bounds (it comes from code in this process); deadlines still hold. */
+    if (router_guard_join(self->guard, &cc->guard, ROUTER_GUARD_COMMS, conn, NULL, s_on_cut, cc) !=
+        0) {
+        router_conn_disown(conn);
         free(cc);
         return -1;
     }
@@ -438,7 +479,16 @@ router_comms_t *router_comms_new(const router_comms_opts_t *opts)
     self->ud = opts->ud;
     self->replay = router_replay_new(opts->replay_window_s ? opts->replay_window_s : 300,
                                      opts->replay_horizon_s);
-    if (!self->replay) {
+    self->guard = opts->guard;
+    if (!self->guard) {
+        router_guard_opts_t go = {.loop = opts->loop, .metrics = opts->metrics};
+        self->guard = router_guard_new(&go);
+        self->own_guard = true;
+    }
+    if (!self->replay || !self->guard) {
+        router_replay_destroy(&self->replay);
+        if (self->own_guard)
+            router_guard_destroy(&self->guard);
         free(self);
         return NULL;
     }
@@ -475,11 +525,14 @@ void router_comms_destroy(router_comms_t **self_p)
     for (s_cc_t *cc = self->conns, *next; cc; cc = next) {
         next = cc->next;
         router_conn_disown(cc->conn);
-        free(cc->frag);
+        router_guard_leave(&cc->guard);
+        router_framed_release(&cc->framed);
         free(cc->owed);
         free(cc);
     }
     router_replay_destroy(&self->replay);
+    if (self->own_guard)
+        router_guard_destroy(&self->guard);
     free(self);
     *self_p = NULL;
 }
@@ -533,6 +586,7 @@ void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud)
     self->nlisteners = 0;
     for (s_cc_t *cc = self->conns; cc; cc = cc->next) {
         router_conn_pause_read(cc->conn);
+        router_guard_pause(&cc->guard);
         cc->paused = true;
     }
     /* Acks owed go out as their admissions become durable; then each

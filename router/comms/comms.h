@@ -18,6 +18,7 @@
 
 #include "proto/envelope.h"
 #include "router/comms/replay.h"
+#include "router/comms/guard.h"
 #include "router/metrics.h"
 #include "router/net/conn.h"
 #include "router/net/listen.h"
@@ -50,6 +51,8 @@ typedef struct {
     const router_trust_t *trust;        /* trusted peers; borrowed, may be NULL (nobody) */
     router_inbox_t *inbox;              /* where admitted envelopes go; borrowed */
     router_metrics_t *metrics;          /* optional: counters are registered here */
+    router_guard_t *guard;              /* bounds and deadlines, shared with plain events;
+                                         * borrowed; NULL: comms makes one with defaults */
     uint32_t replay_window_s;           /* ± seconds for UUIDv7 ids (DESIGN: 300) */
     uint32_t replay_horizon_s;          /* how long other ids are remembered; 0 → 86400 */
     uint32_t frame_max;                 /* largest frame payload; 0 → PROTO_FRAME_MAX */

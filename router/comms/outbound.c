@@ -1,5 +1,10 @@
 /* router/comms/outbound.c — per-peer links: a connection, a frame reader for the
- * acks coming back, and the sends waiting for them, each with its timer. */
+ * acks coming back, and the sends waiting for them, each with its timer.
+ *
+ * How a link's end settles the sends still waiting (spec/WIRE.md §9.1): the
+ * peer's orderly close (FIN) with no ack is a refusal, because a receiver
+ * closes orderly only after a typed refusal; a reset, a socket error, our
+ * own cut or a timeout says nothing about the envelope: offline. */
 #include "router/comms/outbound.h"
 
 #include <errno.h>
@@ -11,6 +16,7 @@
 
 #include "proto/envelope.h"
 #include "proto/frame.h"
+#include "router/comms/framed.h"
 #include "router/log.h"
 #include "router/net/conn.h"
 
@@ -35,8 +41,8 @@ struct s_link {
     router_outbound_t *ob;        /* owner */
     uint8_t pk[32];               /* the peer */
     router_conn_t *conn;          /* NULL once closed */
-    proto_frame_reader_t reader;  /* acks coming back */
-    uint8_t *frag;                /* storage of an ack arriving in pieces */
+    router_framed_t framed;       /* acks coming back */
+    bool peer_closed;             /* the peer's orderly close (FIN) was read */
     s_wait_t *head, *tail;        /* waiting sends, in send order */
     size_t waiting;
     s_link_t *prev, *next;
@@ -127,35 +133,27 @@ done:
     proto_envelope_destroy(&env);
 }
 
-static uint8_t *s_frag_storage(void *user, size_t len)
-{
-    s_link_t *l = user;
-    free(l->frag);
-    l->frag = malloc(len);
-    return l->frag;
-}
-
 static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
 {
     s_link_t *l = ud;
     while (len > 0) {
         proto_frame_t f;
-        ssize_t n = proto_frame_read(&l->reader, data, len, &f);
+        ssize_t n = router_framed_read(&l->framed, data, len, &f);
         if (n == -2)
-            return;
+            break;
         if (n < 0) {
-            ROUTER_LOG(ROUTER_LOG_WARN, "comms", "peer sent an oversize frame; closing");
+            ROUTER_LOG(ROUTER_LOG_WARN, "comms", "peer's frames unreadable (%s); closing",
+                       router_framed_error_str(router_framed_error(&l->framed)));
+            router_framed_release(&l->framed);
             router_conn_abort(conn);
             return;
         }
         data += n;
         len -= (size_t) n;
         s_on_ack_frame(l, f.payload, f.len);
-        if (f.copied) {
-            free(l->frag);
-            l->frag = NULL;
-        }
     }
+    if (!router_framed_busy(&l->framed))
+        router_framed_release(&l->framed);
 }
 
 static void s_link_free(s_link_t *l)
@@ -167,7 +165,7 @@ static void s_link_free(s_link_t *l)
         ob->links = l->next;
     if (l->next)
         l->next->prev = l->prev;
-    free(l->frag);
+    router_framed_release(&l->framed);
     free(l);
 }
 
@@ -180,13 +178,18 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     if (reason == ROUTER_CLOSE_CONNECT_FAILED) {
         outcome = ROUTER_SEND_OFFLINE;
         snprintf(detail, sizeof detail, "cannot connect: %s", strerror(router_conn_error(conn)));
-    } else if (reason == ROUTER_CLOSE_SHUTDOWN || reason == ROUTER_CLOSE_ABORT) {
+    } else if (l->peer_closed && (reason == ROUTER_CLOSE_LOCAL || reason == ROUTER_CLOSE_EOF)) {
+        /* An orderly close with no ack: the receiver refused (typed). */
+        outcome = ROUTER_SEND_REJECTED;
+        snprintf(detail, sizeof detail, "the peer closed the connection without an ack");
+    } else if (reason == ROUTER_CLOSE_ERROR) {
+        /* A reset (the receiver cut us: deadline, slow consumer, drain
+         * timeout, its own trouble) or a broken path: outcome unknown. */
+        outcome = ROUTER_SEND_OFFLINE;
+        snprintf(detail, sizeof detail, "connection lost: %s", strerror(router_conn_error(conn)));
+    } else {
         outcome = ROUTER_SEND_OFFLINE;
         snprintf(detail, sizeof detail, "connection %s", router_close_reason_str(reason));
-    } else {
-        outcome = ROUTER_SEND_REJECTED;
-        snprintf(detail, sizeof detail, "the peer closed the connection (%s)",
-                 router_close_reason_str(reason));
     }
     while (l->head)
         s_wait_finish(l->head, outcome, detail, NULL);
@@ -195,8 +198,10 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
 
 static void s_on_eof(router_conn_t *conn, void *ud)
 {
-    (void) ud;
-    /* The peer will send no more acks: whatever waits was refused. */
+    s_link_t *l = ud;
+    /* The peer closed orderly and will send no more acks: whatever waits
+     * was refused. */
+    l->peer_closed = true;
     router_conn_close(conn);
 }
 
@@ -221,7 +226,7 @@ static s_link_t *s_link_new(router_outbound_t *self, const uint8_t pk[32])
     s_link_t *l = calloc(1, sizeof *l);
     if (!l)
         return NULL;
-    if (proto_frame_reader_init(&l->reader, PROTO_FRAME_MAX, s_frag_storage, l) != 0) {
+    if (router_framed_init(&l->framed, PROTO_FRAME_MAX, NULL) != 0) {
         free(l);
         return NULL;
     }
@@ -246,8 +251,21 @@ static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint
     s_wait_t *w = calloc(1, sizeof *w);
     if (!w)
         return -1;
+    /* The timer first: a send that could never time out would leave its
+     * caller waiting forever (router_node_send blocks on it). */
+    w->timer = router_loop_timer_add(self->loop, self->ack_timeout_ms, s_on_ack_timeout, w);
+    if (!w->timer) {
+        int e = errno;
+        ROUTER_LOG(ROUTER_LOG_WARN, "comms", "cannot time an ack (%s): send refused", strerror(e));
+        free(w);
+        errno = e;
+        return -1;
+    }
     if (router_conn_send(l->conn, frame, len) != 0) {
+        int e = errno;
+        router_loop_timer_cancel(self->loop, w->timer);
         free(w); /* the connection is closing; its on_close tells the others */
+        errno = e;
         return -1;
     }
     memcpy(w->id, id, 16);
@@ -261,7 +279,6 @@ static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint
         l->head = w;
     l->tail = w;
     l->waiting++;
-    w->timer = router_loop_timer_add(self->loop, self->ack_timeout_ms, s_on_ack_timeout, w);
     return 0;
 }
 

@@ -1,8 +1,9 @@
 /* router/comms/outbound.h — sending signed envelopes to peers (DESIGN §8): one
  * connection per peer, reused; each envelope waits for the peer's signed
  * ack up to the ack timeout, then the peer is reported offline. A peer that
- * closes the connection while envelopes wait has refused them (it closes on
- * every typed rejection). Loop thread only. */
+ * closes the connection orderly (FIN) while envelopes wait has refused them
+ * (it closes orderly only on a typed rejection); a reset, an error or a cut
+ * leaves their fate unknown: offline (spec/WIRE.md §9.1). Loop thread only. */
 #ifndef KITH_ROUTER_OUTBOUND_H
 #define KITH_ROUTER_OUTBOUND_H
 
@@ -17,8 +18,8 @@ typedef struct router_outbound router_outbound_t;
 
 typedef enum {
     ROUTER_SEND_ACKED = 0,  /* the peer's signed ack arrived */
-    ROUTER_SEND_OFFLINE,    /* no connection, or no ack before the timeout */
-    ROUTER_SEND_REJECTED,   /* the peer closed the connection: it refused the envelope */
+    ROUTER_SEND_OFFLINE,    /* no connection, no ack before the timeout, a reset: unknown */
+    ROUTER_SEND_REJECTED,   /* the peer closed orderly without an ack: a typed refusal */
 } router_send_outcome_t;
 
 /* Called once per send, on the loop thread. `detail` says more ("ack
@@ -44,7 +45,8 @@ void router_outbound_destroy(router_outbound_t **self_p);
  * with id `id` to the peer with key `peer_pk` at `addr`, reusing the open
  * connection to that peer if there is one. `cb` runs exactly once, never
  * from inside this call. Returns 0, or -1 with errno set (nothing sent, no
- * callback). */
+ * callback): ENOSPC or ENOMEM when the ack's timer cannot be set, ENOBUFS
+ * when too many sends wait on the link, EPIPE when it is closing. */
 int router_outbound_send(router_outbound_t *self, const uint8_t peer_pk[32],
                          const router_addr_t *addr, const uint8_t *frame, size_t len,
                          const uint8_t id[16], router_send_fn *cb, void *ud)

@@ -28,6 +28,7 @@ const char *router_close_reason_str(router_close_reason_t reason)
     case ROUTER_CLOSE_TIMEOUT: return "timeout";
     case ROUTER_CLOSE_CONNECT_FAILED: return "connect_failed";
     case ROUTER_CLOSE_SHUTDOWN: return "shutdown";
+    case ROUTER_CLOSE_DEADLINE: return "deadline";
     }
     return "unknown";
 }
@@ -64,14 +65,31 @@ void router_conn_pend(router_conn_t *c, unsigned what)
     loop->pend_tail = c;
 }
 
+/* Only an orderly end (the queue flushed, FIN sent) may look orderly to the
+ * peer: every other end resets, so a sender never mistakes a cut for a
+ * refusal (spec/WIRE.md §9.1). */
+static bool s_ends_with_reset(router_close_reason_t reason)
+{
+    return reason != ROUTER_CLOSE_EOF && reason != ROUTER_CLOSE_LOCAL &&
+           reason != ROUTER_CLOSE_CONNECT_FAILED;
+}
+
 void router_conn_kill(router_conn_t *c, router_close_reason_t reason, int err)
 {
     router_loop_t *loop = c->loop;
     if (c->state == ROUTER_CONN_DEAD)
         return;
+    if (c->fd >= 0 && s_ends_with_reset(reason) && c->state != ROUTER_CONN_CONNECTING) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        (void) setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
     c->state = ROUTER_CONN_DEAD;
     c->reason = reason;
     c->error = err;
+    if (c->deadline) {
+        c->deadline = 0;
+        loop->deadline_conns--;
+    }
     if (c->close_timer) {
         (void) router_loop_timer_cancel(loop, c->close_timer);
         c->close_timer = 0;
@@ -276,6 +294,7 @@ static bool s_arm_close_timer(router_conn_t *c)
 
 static void s_begin_close(router_conn_t *c, router_close_reason_t as)
 {
+    router_conn_set_deadline(c, 0);
     c->state = ROUTER_CONN_CLOSING;
     c->closing_as = as;
     free(c->park);
@@ -308,6 +327,72 @@ void router_conn_abort(router_conn_t *c)
 {
     if (c && c->state != ROUTER_CONN_DEAD)
         router_conn_kill(c, ROUTER_CLOSE_ABORT, 0);
+}
+
+/* ------------------------------------------------------------ deadlines */
+
+static void s_sweep_arm(router_loop_t *loop, uint64_t at);
+
+/* Aborts every connection whose deadline has passed and re-arms for the
+ * earliest one left: O(connections) per sweep, at most one sweep per
+ * ROUTER_CONN_SWEEP_MS. */
+static void s_sweep(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    (void) ud;
+    loop->sweep_timer = 0;
+    uint64_t now = router_loop_now_ms(loop);
+    loop->swept_at = now;
+    uint64_t next = UINT64_MAX;
+    for (router_conn_t *c = loop->conns, *nc; c; c = nc) {
+        nc = c->next;
+        if (!c->deadline)
+            continue;
+        if (c->deadline <= now) {
+            loop->stats.deadline_cuts++;
+            router_conn_kill(c, ROUTER_CLOSE_DEADLINE, ETIMEDOUT);
+        } else if (c->deadline < next) {
+            next = c->deadline;
+        }
+    }
+    if (next != UINT64_MAX)
+        s_sweep_arm(loop, next);
+}
+
+static void s_sweep_arm(router_loop_t *loop, uint64_t at)
+{
+    if (loop->destroying)
+        return;
+    if (at < loop->swept_at + ROUTER_CONN_SWEEP_MS)
+        at = loop->swept_at + ROUTER_CONN_SWEEP_MS;
+    if (loop->sweep_timer) {
+        if (at >= loop->sweep_at)
+            return;
+        (void) router_loop_timer_cancel(loop, loop->sweep_timer);
+        loop->sweep_timer = 0;
+    }
+    uint64_t now = router_loop_now_ms(loop);
+    loop->sweep_timer = router_loop_timer_add(loop, at > now ? at - now : 0, s_sweep, NULL);
+    if (loop->sweep_timer)
+        loop->sweep_at = at;
+    else
+        /* No timer slot: the next router_conn_set_deadline tries again. */
+        ROUTER_LOG(ROUTER_LOG_WARN, "conn", "cannot arm the deadline sweep: %s",
+                   strerror(errno));
+}
+
+void router_conn_set_deadline(router_conn_t *c, uint64_t mono_ms)
+{
+    if (!c || c->state == ROUTER_CONN_DEAD)
+        return;
+    router_loop_t *loop = c->loop;
+    if (mono_ms && !c->deadline)
+        loop->deadline_conns++;
+    else if (!mono_ms && c->deadline)
+        loop->deadline_conns--;
+    c->deadline = mono_ms;
+    if (mono_ms && (!loop->sweep_timer || mono_ms < loop->sweep_at))
+        s_sweep_arm(loop, mono_ms);
 }
 
 static void s_disowned_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)

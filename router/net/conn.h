@@ -30,10 +30,11 @@ typedef enum router_close_reason {
     ROUTER_CLOSE_TIMEOUT,       /* router_conn_close could not flush in time */
     ROUTER_CLOSE_CONNECT_FAILED,/* an outbound connect failed; router_conn_error() */
     ROUTER_CLOSE_SHUTDOWN,      /* the loop was destroyed with the connection open */
+    ROUTER_CLOSE_DEADLINE,      /* the deadline set by router_conn_set_deadline passed */
 } router_close_reason_t;
 
 /* "eof", "local", "abort", "error", "slow_consumer", "timeout",
- * "connect_failed", "shutdown". */
+ * "connect_failed", "shutdown", "deadline". */
 const char *router_close_reason_str(router_close_reason_t reason);
 
 /* Connection callbacks; only on_data and on_close are required. */
@@ -97,8 +98,26 @@ int router_conn_sendv(router_conn_t *conn, const struct iovec *iov, int iovcnt);
  * close_timeout_ms (then ROUTER_CLOSE_TIMEOUT if data was still unsent). */
 void router_conn_close(router_conn_t *conn);
 
-/* Immediate close: queued data is discarded (reason ROUTER_CLOSE_ABORT). */
+/* Immediate close: queued data is discarded and the connection is reset
+ * (SO_LINGER {1, 0}: the peer sees RST, never an orderly FIN), reason
+ * ROUTER_CLOSE_ABORT. Every end that is not orderly resets the same way:
+ * ROUTER_CLOSE_ABORT, _ERROR, _SLOW_CONSUMER, _TIMEOUT, _SHUTDOWN and
+ * _DEADLINE. Only _EOF and _LOCAL end with FIN, so a peer can tell "closed
+ * on purpose" from "cut" (spec/WIRE.md §9.1). */
 void router_conn_abort(router_conn_t *conn);
+
+/* Aborts the connection (as router_conn_abort, reason ROUTER_CLOSE_DEADLINE)
+ * if it is still open at monotonic time `mono_ms` (router_loop_now_ms's
+ * clock); 0 removes the deadline. Set it again to move it. Enforced by one
+ * coarse sweep over the loop's connections (at most every
+ * ROUTER_CONN_SWEEP_MS, and only while some connection has a deadline), so
+ * a connection may outlive its deadline by up to that much. A graceful
+ * close (router_conn_close) clears the deadline: the close is bounded by
+ * close_timeout_ms instead. */
+void router_conn_set_deadline(router_conn_t *conn, uint64_t mono_ms);
+
+/* The sweep's granularity. */
+#define ROUTER_CONN_SWEEP_MS 250u
 
 /* For an owner that is going away while its connections are still open:
  * no callback reaches the owner again (not even on_close), queued data is

@@ -95,6 +95,7 @@ typedef struct router_loop_stats {
     uint64_t bytes_out;        /* bytes written to connections */
     uint64_t slow_consumer_cuts; /* connections cut for exceeding the send limit */
     uint64_t close_timeouts;   /* graceful closes that hit the timeout */
+    uint64_t deadline_cuts;    /* connections aborted at their deadline */
     uint64_t recv_nobufs;      /* io_uring: receives re-armed after -ENOBUFS */
     uint64_t posts;            /* router_loop_post calls run */
     uint64_t posts_refused;    /* router_loop_post calls refused: queue full */

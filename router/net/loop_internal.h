@@ -126,6 +126,7 @@ struct router_conn {
     router_conn_t *pend_next;        /* pending list link */
     router_conn_t *prev, *next;      /* the loop's live or dead list */
     uint64_t close_timer;            /* graceful-close deadline timer, or 0 */
+    uint64_t deadline;               /* router_conn_set_deadline: abort at this monotonic ms, 0 none */
     router_wq_block_t *wq_head;      /* send queue: oldest block */
     router_wq_block_t *wq_tail;      /* send queue: newest block */
     size_t wq_bytes;                 /* unsent bytes queued */
@@ -262,6 +263,10 @@ struct router_loop {
     router_watch_t *watches;         /* live watches */
     router_watch_t *dead_watches;    /* destroyed, awaiting the backend */
     router_timers_t timers;          /* pending timers */
+    unsigned deadline_conns;         /* live connections with a deadline set */
+    uint64_t sweep_timer;            /* the deadline sweep's timer, 0 when not armed */
+    uint64_t sweep_at;               /* ...and when it fires (monotonic ms) */
+    uint64_t swept_at;               /* when the last sweep ran */
     int event_fd;                    /* eventfd for wake-ups and posts */
     router_watch_t *event_watch;     /* its watch */
     atomic_int wake_armed;           /* the eventfd was written and not yet read */

@@ -234,17 +234,39 @@ static const s_key_t s_audit_keys[] = {
     S_S("hmac_key_env", audit.hmac_key_env, true, s_check_env_name, S_ENV),
 };
 
+/* DESIGN §10. Byte counts that are size_t in the struct are stored through
+ * the same S_U (s_store_uint handles the width). */
+static const s_key_t s_limits_keys[] = {
+    S_U("envelope_frame_max", limits.envelope_frame_max, 1, 1048576),
+    S_U("conn_unsent_max", limits.conn_unsent_max, 1024, 1073741824),
+    S_U("comms_connections_max", limits.comms_connections_max, 1, 1048576),
+    S_U("comms_unauth_connections_max", limits.comms_unauth_connections_max, 1, 1048576),
+    S_U("comms_unauth_per_source_max", limits.comms_unauth_per_source_max, 1, 1048576),
+    S_U("partial_frame_bytes_max", limits.partial_frame_bytes_max, 1024, 4294967295u),
+    S_U("first_frame_timeout_ms", limits.first_frame_timeout_ms, 1, 3600000),
+    S_U("frame_timeout_ms", limits.frame_timeout_ms, 1, 3600000),
+    S_U("comms_idle_timeout_ms", limits.comms_idle_timeout_ms, 1, 86400000),
+    S_U("event_connections_max", limits.event_connections_max, 1, 1048576),
+    S_U("http_head_max", limits.http_head_max, 1024, 1048576),
+    S_U("http_headers_max", limits.http_headers_max, 1, 10000),
+    S_U("http_body_max", limits.http_body_max, 1, 1073741824),
+    S_U("ws_message_max", limits.ws_message_max, 1, 1073741824),
+    S_U("ws_preauth_frame_max", limits.ws_preauth_frame_max, 125, 16777216),
+};
+
 static const s_section_t s_sections[] = {
     {"gateway", s_gateway_keys, S_N(s_gateway_keys)},
     {"comms", s_comms_keys, S_N(s_comms_keys)},
     {"workers", s_workers_keys, S_N(s_workers_keys)},
     {"agent", s_agent_keys, S_N(s_agent_keys)},
     {"audit", s_audit_keys, S_N(s_audit_keys)},
+    {"limits", s_limits_keys, S_N(s_limits_keys)},
 };
 
 /* Seen-key bitmaps are 32 bits wide. */
 _Static_assert(S_N(s_sections) <= 32, "too many sections");
 _Static_assert(S_N(s_comms_keys) <= 32, "too many keys in a section");
+_Static_assert(S_N(s_limits_keys) <= 32, "too many keys in a section");
 
 void router_config_defaults(router_config_t *cfg)
 {
@@ -282,6 +304,13 @@ void router_config_defaults(router_config_t *cfg)
     cfg->limits.envelope_frame_max = 1024 * 1024;
     cfg->limits.conn_unsent_max = 4 * 1024 * 1024;
     cfg->limits.comms_connections_max = 10000;
+    cfg->limits.comms_unauth_connections_max = 2500;
+    cfg->limits.comms_unauth_per_source_max = 32;
+    cfg->limits.partial_frame_bytes_max = 64 * 1024 * 1024;
+    cfg->limits.first_frame_timeout_ms = 10000;
+    cfg->limits.frame_timeout_ms = 30000;
+    cfg->limits.comms_idle_timeout_ms = 300000;
+    cfg->limits.event_connections_max = 1024;
     cfg->limits.http_head_max = 16 * 1024;
     cfg->limits.http_headers_max = 100;
     cfg->limits.http_body_max = 1024 * 1024;
@@ -566,6 +595,21 @@ int router_config_check(const router_config_t *cfg, char *err, size_t errcap)
                                  "comms.event_address: plain events need comms.auth \"none\"; "
                                  "set it or remove comms.event_address"),
                -1;
+    /* limits: the unauthenticated share fits in the connection cap. */
+    if (cfg->limits.comms_unauth_connections_max > cfg->limits.comms_connections_max)
+        return router_jsonc_fail(err, errcap,
+                                 "limits.comms_unauth_connections_max: %u is more than "
+                                 "limits.comms_connections_max (%u)",
+                                 cfg->limits.comms_unauth_connections_max,
+                                 cfg->limits.comms_connections_max),
+               -1;
+    if (cfg->limits.comms_unauth_per_source_max > cfg->limits.comms_unauth_connections_max)
+        return router_jsonc_fail(err, errcap,
+                                 "limits.comms_unauth_per_source_max: %u is more than "
+                                 "limits.comms_unauth_connections_max (%u)",
+                                 cfg->limits.comms_unauth_per_source_max,
+                                 cfg->limits.comms_unauth_connections_max),
+               -1;
     return 0;
 }
 
@@ -701,7 +745,9 @@ char *router_config_to_json(const router_config_t *cfg)
                     memcpy(&x, field, sizeof x);
                     n = x;
                 } else {
-                    memcpy(&n, field, sizeof n);
+                    size_t x;
+                    memcpy(&x, field, sizeof x);
+                    n = x;
                 }
                 yajl_gen_integer(g, (long long) n);
                 break;

@@ -8,9 +8,10 @@
  *
  * Every key of DESIGN §4 is here; a string key that DESIGN shows as null is
  * "unset" and reads as the empty string (an empty string in the file is refused,
- * so "" and null never mean different things). The DESIGN §10 limits are not
- * keys (DESIGN lists every key and unknown keys are errors): they sit in
- * `limits`, filled by router_config_defaults(), for the modules to read. */
+ * so "" and null never mean different things). The DESIGN §10 limits
+ * ("defaults, all configurable") are keys of the top-level object `limits`;
+ * the few §10 values with no key yet (HTTP attachment body, session queue,
+ * SSE ring) keep their defaults from router_config_defaults(). */
 #ifndef KITH_ROUTER_CONFIG_H
 #define KITH_ROUTER_CONFIG_H
 
@@ -101,11 +102,18 @@ typedef struct {
         char path[ROUTER_CONFIG_PATH_CAP];                 /* log file, relative to $KITH_HOME or absolute */
         char hmac_key_env[ROUTER_CONFIG_ENV_CAP];          /* env var holding the HMAC key, or "" */
     } audit;
-    /* DESIGN §10, set by router_config_defaults(), not by the file. */
+    /* DESIGN §10: the `limits` keys (defaults from router_config_defaults()). */
     struct {
-        size_t envelope_frame_max;                         /* one envelope frame: 1 MiB */
+        size_t envelope_frame_max;                         /* one envelope frame: 1 MiB, 1..1 MiB */
         size_t conn_unsent_max;                            /* a connection's unsent bytes: 4 MiB */
         uint32_t comms_connections_max;                    /* open comms connections: 10,000 */
+        uint32_t comms_unauth_connections_max;             /* ...of them not yet authenticated: 2,500 */
+        uint32_t comms_unauth_per_source_max;              /* ...from one source address: 32 */
+        size_t partial_frame_bytes_max;                    /* bytes in partial frames and lines, all connections: 64 MiB */
+        uint32_t first_frame_timeout_ms;                   /* new connection to its first complete frame or line: 10 s */
+        uint32_t frame_timeout_ms;                         /* a frame or line once its first byte came: 30 s */
+        uint32_t comms_idle_timeout_ms;                    /* no frame or line at all: 300 s */
+        uint32_t event_connections_max;                    /* open plain-event connections: 1,024 */
         size_t http_head_max;                              /* HTTP request head: 16 KiB */
         uint32_t http_headers_max;                         /* HTTP header lines: 100 */
         size_t http_body_max;                              /* HTTP body: 1 MiB */
@@ -148,7 +156,9 @@ int router_config_set(router_config_t *cfg, const char *key, const char *text, c
                       size_t errcap) __attribute__((warn_unused_result));
 
 /* The rules that tie keys together: comms.mode "uds" needs comms.uds_path;
- * comms.event_address needs comms.auth "none". Returns 0 or -1 with err set. */
+ * comms.event_address needs comms.auth "none"; limits: the unauthenticated
+ * share is at most comms_connections_max and the per-source cap at most the
+ * unauthenticated share. Returns 0 or -1 with err set. */
 int router_config_check(const router_config_t *cfg, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 

@@ -1,7 +1,9 @@
 /* tools/kith/cmd_send.c — `kith send`: sign one message or request with this
  * node's identity, send it to a trusted peer, wait for the signed ack, and
- * print a JSON receipt. Exit 0 acked, 2 offline (no ack in time), 3 refused
- * (the peer closed the connection), 1 usage or local error. */
+ * print a JSON receipt. Exit 0 acked; 3 refused (the peer closed orderly
+ * without an ack, which it does only after a typed refusal); 2 offline or
+ * unknown (no ack in time, a reset, a broken connection: the envelope may
+ * have been admitted; spec/WIRE.md §9.1); 1 usage or local error. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +29,8 @@ static void s_usage(FILE *out)
             "                 [--home DIR] [--timeout SECONDS]\n"
             "Signs and sends one envelope to a trusted peer and waits for its signed ack\n"
             "(default: comms.ack_timeout_ms, 30 s). Prints a JSON receipt.\n"
-            "exit: 0 acked, 2 no ack in time (offline), 3 refused by the peer, 1 error\n");
+            "exit: 0 acked, 3 refused by the peer (orderly close, no ack),\n"
+            "      2 offline or unknown (no ack in time, reset, connection lost), 1 error\n");
 }
 
 static void s_str(yajl_gen g, const char *key, const char *value)

@@ -1,0 +1,294 @@
+/* router/comms/events.c — plain-event connections: lines split by
+ * proto/line into storage that exists only while a line spans reads, each
+ * line parsed (event_line.c) and queued in the inbox; accept, deadlines,
+ * the partial budget and drain through the guard. */
+#include "router/comms/events.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/line.h"
+#include "proto/uuid.h"
+#include "router/clock.h"
+#include "router/comms/event_line.h"
+#include "router/log.h"
+#include "router/net/conn.h"
+
+/* First storage for a line spanning reads; it doubles up to PROTO_LINE_MAX. */
+#define S_FIRST_CAP 1024u
+/* Listeners one events object may have open. */
+#define S_LISTENERS_MAX 8
+
+typedef struct s_ec s_ec_t;
+
+/* One plain-event connection. */
+struct s_ec {
+    router_events_t *ev;         /* owner */
+    router_conn_t *conn;         /* the loop's connection */
+    proto_line_reader_t reader;  /* lines out of the byte stream */
+    uint8_t *buf;                /* storage of a line spanning reads, or NULL */
+    size_t cap;                  /* bytes of buf */
+    router_guard_conn_t guard;   /* bounds and deadlines */
+    bool stopped;                /* cut or draining: no more reading */
+    s_ec_t *prev, *next;         /* all connections */
+};
+
+struct router_events {
+    router_loop_t *loop;
+    router_inbox_t *inbox;
+    router_guard_t *guard;
+    uint32_t connections_max;
+    router_listener_t *listeners[S_LISTENERS_MAX];
+    size_t nlisteners;
+    s_ec_t *conns;
+    bool draining;
+    router_events_stats_t stats;
+    router_metric_t *m_queued, *m_skipped;
+};
+
+/* ---------------------------------------------------------------- lines */
+
+static void s_skip(router_events_t *self, const char *why)
+{
+    self->stats.skipped++;
+    router_metric_inc(self->m_skipped, 1);
+    ROUTER_LOG(ROUTER_LOG_WARN, "events", "skipped a line: reason=%s", why);
+}
+
+static void s_line(router_events_t *self, const uint8_t *line, size_t len)
+{
+    char *body = NULL;
+    size_t body_len = 0;
+    router_event_line_reason_t r = router_event_line_parse(line, len, &body, &body_len);
+    if (r == ROUTER_EVENT_LINE_EMPTY)
+        return;
+    if (r != ROUTER_EVENT_LINE_OK) {
+        s_skip(self, router_event_line_reason_str(r));
+        return;
+    }
+    uint8_t id[16], nobody[32] = {0};
+    uint64_t seq;
+    proto_uuid_v7_new(id);
+    /* Event lines carry no sender's id: nothing to remember (seen NULL). */
+    router_inbox_outcome_t out = router_inbox_admit(self->inbox, id, nobody, "event",
+                                                    (const uint8_t *) body, body_len,
+                                                    router_clock_wall_ms(), NULL, &seq);
+    if (out == ROUTER_INBOX_ADMITTED) {
+        self->stats.queued++;
+        router_metric_inc(self->m_queued, 1);
+        /* Per line, so DEBUG: at INFO a burst of events floods the log and
+         * the loop spends its time formatting lines (/health stalled). */
+        ROUTER_LOG(ROUTER_LOG_DEBUG, "events", "queued event seq=%llu bytes=%zu",
+                   (unsigned long long) seq, body_len);
+    } else {
+        s_skip(self, router_inbox_outcome_str(out));
+    }
+    free(body);
+}
+
+/* ---------------------------------------------------------------- storage */
+
+static uint8_t *s_grow(void *user, size_t need, size_t *cap)
+{
+    s_ec_t *ec = user;
+    size_t n = ec->cap ? ec->cap : S_FIRST_CAP;
+    while (n < need)
+        n *= 2;
+    if (n > PROTO_LINE_MAX)
+        n = PROTO_LINE_MAX;
+    if (n < need || router_guard_hold(&ec->guard, n) != 0)
+        return NULL;
+    uint8_t *b = realloc(ec->buf, n);
+    if (!b) {
+        router_guard_drop(&ec->guard, ec->cap);
+        return NULL;
+    }
+    ec->buf = b;
+    ec->cap = n;
+    *cap = n;
+    return b;
+}
+
+static void s_storage_free(s_ec_t *ec)
+{
+    free(ec->buf);
+    ec->buf = NULL;
+    ec->cap = 0;
+    router_guard_drop(&ec->guard, 0);
+}
+
+/* ---------------------------------------------------------------- connections */
+
+static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+{
+    s_ec_t *ec = ud;
+    unsigned lines = 0;
+    while (len > 0 && !ec->stopped) {
+        proto_line_t item;
+        ssize_t n = proto_line_read(&ec->reader, data, len, &item);
+        if (n == -2)
+            break;
+        if (n < 0) {
+            /* The partial budget (counted by the guard) or memory: reset. */
+            ROUTER_LOG(ROUTER_LOG_WARN, "events", "connection %llu cut: no room for a line",
+                       (unsigned long long) router_conn_id(conn));
+            ec->stopped = true;
+            s_storage_free(ec);
+            router_conn_abort(conn);
+            return;
+        }
+        data += n;
+        len -= (size_t) n;
+        lines++;
+        if (item.kind == PROTO_LINE_TOO_LONG)
+            s_skip(ec->ev, "too_long");
+        else
+            s_line(ec->ev, item.at, item.len);
+    }
+    if (ec->buf && !proto_line_reader_busy(&ec->reader)) {
+        /* Between lines: an idle connection holds nothing. */
+        proto_line_reader_storage_gone(&ec->reader);
+        s_storage_free(ec);
+    }
+    if (!ec->stopped)
+        router_guard_progress(&ec->guard, lines, proto_line_reader_busy(&ec->reader));
+}
+
+static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
+{
+    (void) conn;
+    s_ec_t *ec = ud;
+    router_events_t *self = ec->ev;
+    if (reason == ROUTER_CLOSE_DEADLINE) {
+        router_guard_count_cut(&ec->guard, ROUTER_GUARD_CUT_DEADLINE);
+        ROUTER_LOG(ROUTER_LOG_WARN, "events", "connection %llu cut: reason=deadline",
+                   (unsigned long long) router_conn_id(conn));
+    }
+    router_guard_leave(&ec->guard);
+    s_storage_free(ec);
+    if (ec->prev)
+        ec->prev->next = ec->next;
+    else
+        self->conns = ec->next;
+    if (ec->next)
+        ec->next->prev = ec->prev;
+    self->stats.open--;
+    free(ec);
+}
+
+static const router_conn_handlers_t s_handlers = {
+    .on_data = s_on_data,
+    .on_close = s_on_close,
+};
+
+/* The guard cut this connection to make room (partial budget). */
+static void s_on_cut(router_guard_conn_t *gc, router_guard_cut_t why, void *ud)
+{
+    (void) gc;
+    (void) why;
+    s_ec_t *ec = ud;
+    ec->stopped = true;
+    s_storage_free(ec);
+    router_conn_abort(ec->conn);
+}
+
+static void s_on_accept(router_listener_t *listener, router_conn_t *conn, void *ud)
+{
+    router_events_t *self = ud;
+    s_ec_t *ec = calloc(1, sizeof *ec);
+    if (!ec || self->draining ||
+        proto_line_reader_init_grow(&ec->reader, PROTO_LINE_MAX, s_grow, ec) != 0 ||
+        router_guard_join(self->guard, &ec->guard, ROUTER_GUARD_EVENTS, conn, listener, s_on_cut,
+                          ec) != 0) {
+        free(ec);
+        router_conn_abort(conn);
+        return;
+    }
+    ec->ev = self;
+    ec->conn = conn;
+    ec->next = self->conns;
+    if (self->conns)
+        self->conns->prev = ec;
+    self->conns = ec;
+    self->stats.open++;
+    router_conn_set_handlers(conn, &s_handlers, ec);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+router_events_t *router_events_new(const router_events_opts_t *opts)
+{
+    if (!opts->guard) {
+        errno = EINVAL;
+        return NULL;
+    }
+    router_events_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->loop = opts->loop;
+    self->inbox = opts->inbox;
+    self->guard = opts->guard;
+    self->connections_max = opts->connections_max ? opts->connections_max : 1024;
+    if (opts->metrics) {
+        self->m_queued = router_metrics_add(opts->metrics, "kith_events_queued_total", NULL,
+                                            ROUTER_METRIC_COUNTER,
+                                            "Plain event lines queued as external events.");
+        self->m_skipped = router_metrics_add(
+            opts->metrics, "kith_events_skipped_total", NULL, ROUTER_METRIC_COUNTER,
+            "Plain event lines skipped (malformed, too long, inbox full).");
+    }
+    return self;
+}
+
+void router_events_destroy(router_events_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    router_events_t *self = *self_p;
+    for (size_t i = 0; i < self->nlisteners; i++)
+        router_listener_close(&self->listeners[i]);
+    for (s_ec_t *ec = self->conns, *next; ec; ec = next) {
+        next = ec->next;
+        router_conn_disown(ec->conn);
+        router_guard_leave(&ec->guard);
+        s_storage_free(ec);
+        free(ec);
+    }
+    free(self);
+    *self_p = NULL;
+}
+
+router_listener_t *router_events_listen(router_events_t *self, const router_addr_t *addr)
+{
+    if (self->nlisteners == S_LISTENERS_MAX) {
+        errno = ENOSPC;
+        return NULL;
+    }
+    router_listener_t *l = router_loop_listen(self->loop, addr, s_on_accept, self);
+    if (!l)
+        return NULL;
+    router_listener_set_max_conns(l, self->connections_max);
+    self->listeners[self->nlisteners++] = l;
+    return l;
+}
+
+void router_events_drain(router_events_t *self)
+{
+    if (!self || self->draining)
+        return;
+    self->draining = true;
+    for (size_t i = 0; i < self->nlisteners; i++)
+        router_listener_close(&self->listeners[i]);
+    self->nlisteners = 0;
+    for (s_ec_t *ec = self->conns; ec; ec = ec->next) {
+        ec->stopped = true;
+        router_guard_pause(&ec->guard);
+        router_conn_close(ec->conn); /* no more on_data; bounded by close_timeout_ms */
+    }
+}
+
+void router_events_stats(const router_events_t *self, router_events_stats_t *out)
+{
+    *out = self->stats;
+}

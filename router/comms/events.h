@@ -1,0 +1,54 @@
+/* router/comms/events.h — the plain event listener (DESIGN §8, spec/WIRE.md
+ * §10; only with comms.auth "none"): newline-delimited lines in, one
+ * external event per line into the inbox, nothing back. Its connections
+ * keep the same deadlines as comms (first line, a line once begun, idle),
+ * are capped in number and per source, hold line storage only while a line
+ * spans reads (counted in the partial-frame budget), and stop reading on
+ * drain. Loop thread only. */
+#ifndef KITH_ROUTER_EVENTS_H
+#define KITH_ROUTER_EVENTS_H
+
+#include <stdint.h>
+
+#include "router/comms/guard.h"
+#include "router/metrics.h"
+#include "router/net/listen.h"
+#include "router/net/loop.h"
+#include "router/state/inbox.h"
+
+typedef struct router_events router_events_t;
+
+typedef struct {
+    router_loop_t *loop;        /* borrowed */
+    router_inbox_t *inbox;      /* where events go; borrowed */
+    router_metrics_t *metrics;  /* optional */
+    router_guard_t *guard;      /* bounds and deadlines; borrowed, required */
+    uint32_t connections_max;   /* open event connections (DESIGN §10 default 1,024) */
+} router_events_opts_t;
+
+/* Returns NULL on allocation failure. Caller owns the result. */
+router_events_t *router_events_new(const router_events_opts_t *opts);
+
+/* Closes the listeners, lets open connections go (no callback reaches us
+ * again) and frees. Idempotent; nulls *self_p. */
+void router_events_destroy(router_events_t **self_p);
+
+/* Listens for plain-event connections on `addr` (TCP or Unix socket).
+ * Returns the listener (owned by the loop; closed by drain or destroy), or
+ * NULL with errno set. */
+router_listener_t *router_events_listen(router_events_t *self, const router_addr_t *addr);
+
+/* Graceful stop: close the listeners and stop reading on every connection
+ * (a line not finished is dropped, as at any end of stream), then close
+ * each orderly. Nothing is owed on these connections, so nothing waits. */
+void router_events_drain(router_events_t *self);
+
+typedef struct {
+    uint64_t queued;  /* lines queued as events */
+    uint64_t skipped; /* lines skipped (malformed, too long, inbox full) */
+    unsigned open;    /* connections open */
+} router_events_stats_t;
+
+void router_events_stats(const router_events_t *self, router_events_stats_t *out);
+
+#endif

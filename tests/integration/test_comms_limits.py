@@ -1,0 +1,323 @@
+"""tests/integration/test_comms_limits.py — the bounds that keep
+unauthenticated clients from taking what trusted peers need (DESIGN §10,
+spec/WIRE.md §9.1), against a real `kith daemon` with the limits scaled down
+in config.json: silent connections from one address and from many, deadlines
+(first frame, a frame once begun, idle), the partial-frame budget, and the
+plain-event listener's cap, deadlines and drain. Clients are raw sockets and
+the independent peer in peer.py; numbers are read from /metrics with curl.
+No timing is asserted: every wait is for an outcome, with a generous bound."""
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import Conn, Daemon, Peer, Results, events, frame  # noqa: E402
+
+ATTACKER = "127.0.0.2"   # silent clients come from here (or 127.0.0.2..n)
+TRUSTED = "127.0.0.1"    # the trusted peer comes from here
+
+
+def dial(port, src=ATTACKER, timeout=30):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.bind((src, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def try_dial(port, src=ATTACKER):
+    """An attacker's connection; None when it was reset before connect
+    returned (the daemon refused it at once)."""
+    try:
+        return dial(port, src)
+    except ConnectionResetError:
+        return None
+
+
+def metrics(node):
+    out = subprocess.run(["curl", "-sf", "--max-time", "20",
+                          f"http://127.0.0.1:{node.gw_port}/metrics"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"/metrics failed: {out.stderr}"
+    m = {}
+    for line in out.stdout.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            m[k] = int(float(v))
+    return m
+
+
+def health_ok(node):
+    p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20",
+                        f"http://127.0.0.1:{node.gw_port}/health"],
+                       capture_output=True, text=True, timeout=60)
+    return p.stdout == "200"
+
+
+def ended(s, timeout=60):
+    """Waits for the daemon to end the connection: 'rst', 'fin', or None."""
+    s.settimeout(timeout)
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return "fin"
+    except ConnectionResetError:
+        return "rst"
+    except (TimeoutError, socket.timeout):
+        return None
+
+
+def conn_from(node, src):
+    """A peer.Conn whose socket comes from source address `src`."""
+    c = Conn.__new__(Conn)
+    c.s = dial(node.port, src=src, timeout=60)
+    c.buf = b""
+    return c
+
+
+def trusted_acked(node, alice, src=TRUSTED, body="trusted"):
+    c = conn_from(node, src)
+    m = alice.message(node.pk, body)
+    c.send(frame(m))
+    ack = c.read_frame()
+    c.close()
+    return ack is not None and ack["kind"]["type"] == "ack" and ack["kind"]["in_reply_to"] == m["id"]
+
+
+def wait_metric(node, key, pred, timeout=60):
+    deadline = time.time() + timeout
+    m = {}
+    while time.time() < deadline:
+        m = metrics(node)
+        if pred(m.get(key, 0)):
+            return m
+        time.sleep(0.1)
+    raise AssertionError(f"{key} never satisfied the condition: {m.get(key)}\n{node.logs()[-3000:]}")
+
+
+REFUSED_SRC = 'kith_comms_conn_refused_total{kind="comms",reason="per_source"}'
+EVICTED = 'kith_comms_conn_cut_total{kind="comms",reason="unauth_evicted"}'
+BUDGET_CUT = 'kith_comms_conn_cut_total{kind="comms",reason="partial_budget"}'
+DEADLINE_CUT = 'kith_comms_conn_cut_total{kind="comms",reason="deadline"}'
+EV_DEADLINE = 'kith_comms_conn_cut_total{kind="events",reason="deadline"}'
+EV_REFUSED = 'kith_comms_conn_refused_total{kind="events",reason="per_source"}'
+
+
+# ------------------------------------------------------------------ lockout
+
+def silent_from_one_address_cannot_lock_out():
+    """300 silent connections from one address against a connection cap of
+    256: before the unauthenticated bounds, they filled the cap and the
+    trusted peer was refused; now all but 16 are reset at once, the trusted
+    peer is acked and /health answers."""
+    alice = Peer()
+    node = Daemon("lockout", config={"limits": {
+        "comms_connections_max": 256, "comms_unauth_connections_max": 64,
+        "comms_unauth_per_source_max": 16}})
+    node.trust("alice", alice.pk)
+    node.start()
+    held = []
+    try:
+        for _ in range(300):
+            held.append(try_dial(node.port))
+        m = wait_metric(node, REFUSED_SRC, lambda v: v >= 300 - 16)
+        assert m["kith_comms_unauth_connections"] <= 16, m
+        assert trusted_acked(node, alice), "the trusted peer was not acked"
+        assert health_ok(node), "/health did not answer 200"
+    finally:
+        for s in held:
+            if s:
+                s.close()
+        node.cleanup()
+
+
+def silent_from_many_addresses_evict_the_oldest():
+    """16 silent connections from each of 20 addresses (320) against an
+    unauthenticated share of 64: the oldest are cut to make room, never the
+    newcomer, so a trusted peer's fresh connection always gets in."""
+    alice = Peer()
+    node = Daemon("evict", config={"limits": {
+        "comms_connections_max": 256, "comms_unauth_connections_max": 64,
+        "comms_unauth_per_source_max": 16}})
+    node.trust("alice", alice.pk)
+    node.start()
+    held = []
+    try:
+        for i in range(20):
+            for _ in range(16):
+                held.append(try_dial(node.port, src=f"127.0.0.{10 + i}"))
+        m = wait_metric(node, EVICTED, lambda v: v >= 320 - 64)
+        assert m["kith_comms_unauth_connections"] <= 64, m
+        # The first ones were the oldest: cut with a reset.
+        assert held[0] is None or ended(held[0]) == "rst"
+        assert trusted_acked(node, alice), "the trusted peer was not acked"
+        assert health_ok(node)
+    finally:
+        for s in held:
+            if s:
+                s.close()
+        node.cleanup()
+
+
+# ------------------------------------------------------------------ deadlines
+
+def deadlines_cut_silent_partial_and_idle():
+    alice = Peer()
+    node = Daemon("deadlines", config={"limits": {
+        "first_frame_timeout_ms": 300, "frame_timeout_ms": 600, "comms_idle_timeout_ms": 900}})
+    node.trust("alice", alice.pk)
+    node.start()
+    try:
+        silent = dial(node.port)
+        assert ended(silent) == "rst", "a silent connection was not reset"
+        # Half a frame after a first good one: cut once the frame deadline passes.
+        c = Conn(("127.0.0.1", node.port))
+        m = alice.message(node.pk, "first")
+        c.send(frame(m))
+        assert c.read_frame()["kind"]["type"] == "ack"
+        c.send(struct.pack(">I", 1000) + b"x" * 10)
+        assert ended(c.s) == "rst", "a stalled frame was not reset"
+        # Idle after a good frame: cut at the idle deadline.
+        c = Conn(("127.0.0.1", node.port))
+        m = alice.message(node.pk, "then idle")
+        c.send(frame(m))
+        assert c.read_frame()["kind"]["type"] == "ack"
+        assert ended(c.s) == "rst", "an idle connection was not reset"
+        wait_metric(node, DEADLINE_CUT, lambda v: v >= 3)
+        assert "reason=deadline" in node.logs()
+    finally:
+        node.cleanup()
+
+
+# ------------------------------------------------------------------ partial-frame budget
+
+def partial_frames_stay_under_budget():
+    """40 connections (from 4 addresses) each announce 1 MiB − 1 and send
+    200 KiB of it, against a 2 MiB budget: holders are cut (largest
+    unauthenticated first), what is held never passes the budget, and a
+    trusted peer's 300 KiB message is still acked."""
+    budget = 2 * 1024 * 1024
+    alice = Peer()
+    node = Daemon("budget", config={"limits": {"partial_frame_bytes_max": budget}})
+    node.trust("alice", alice.pk)
+    node.start()
+    held = []
+    try:
+        chunk = b"\xa5" * (200 * 1024)
+        for i in range(40):
+            s = try_dial(node.port, src=f"127.0.0.{40 + i % 4}")
+            try:
+                if s:
+                    s.sendall(struct.pack(">I", 1024 * 1024 - 1) + chunk)
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+            held.append(s)
+            if i % 8 == 7:
+                m = metrics(node)
+                assert m["kith_comms_partial_bytes"] <= budget, m
+        m = wait_metric(node, BUDGET_CUT, lambda v: v >= 1)
+        assert m["kith_comms_partial_bytes"] <= budget, m
+        # A connection is unauthenticated (first to be cut) until its first
+        # envelope verifies: a small one first, then the big one.
+        c = Conn(("127.0.0.1", node.port))
+        hello = alice.message(node.pk, "hello")
+        c.send(frame(hello))
+        assert c.read_frame()["kind"]["in_reply_to"] == hello["id"]
+        big = alice.message(node.pk, "y" * (300 * 1024))
+        c.send(frame(big))
+        ack = c.read_frame()
+        assert ack and ack["kind"]["in_reply_to"] == big["id"], "the trusted peer was not acked"
+        c.close()
+        m = metrics(node)
+        assert m["kith_comms_partial_bytes"] <= budget, m
+    finally:
+        for s in held:
+            if s:
+                s.close()
+        node.cleanup()
+
+
+# ------------------------------------------------------------------ plain events
+
+EVENTS = {"comms": {"auth": "none", "event_address": "127.0.0.1:0"}}
+
+
+def event_connections_capped_and_timed():
+    node = Daemon("evlimits", config={**EVENTS, "limits": {
+        "event_connections_max": 8, "comms_unauth_per_source_max": 4,
+        "comms_unauth_connections_max": 4, "first_frame_timeout_ms": 300}})
+    node.start()
+    held = []
+    try:
+        # Per source: the fifth from one address is refused at once.
+        for _ in range(5):
+            held.append(try_dial(node.event_port))
+        wait_metric(node, EV_REFUSED, lambda v: v >= 1)
+        # Silent ones are cut at the first-line deadline.
+        wait_metric(node, EV_DEADLINE, lambda v: v >= 4)
+        # A line split over reads is held only while it is split.
+        s = dial(node.event_port, src="127.0.0.3")
+        s.sendall(b'{"body":"split ')
+        wait_metric(node, "kith_comms_partial_bytes", lambda v: v > 0)
+        s.sendall(b'line"}\n')
+        wait_metric(node, "kith_comms_partial_bytes", lambda v: v == 0)
+        wait_metric(node, "kith_events_queued_total", lambda v: v >= 1)
+        s.close()
+        # The listener's cap: 8 open (from 2 addresses), the 9th is closed at once.
+        more = [try_dial(node.event_port, src=f"127.0.0.{50 + i // 4}") for i in range(9)]
+        held.extend(more)
+        assert more[-1] is None or ended(more[-1], timeout=30) in ("fin", "rst"), \
+            "the ninth was not refused"
+    finally:
+        for s in held:
+            if s:
+                s.close()
+        node.cleanup()
+
+
+def events_stop_on_drain():
+    """After SIGTERM the event connections stop reading: a line sent while
+    comms drains is not queued (before, it was)."""
+    node = Daemon("evdrain", config=EVENTS)
+    node.start()
+    try:
+        ev = dial(node.event_port)
+        ev.sendall(b"before\n")
+        wait_metric(node, "kith_events_queued_total", lambda v: v >= 1)
+        # A comms connection that never reads nor closes keeps the drain
+        # going for the close timeout.
+        hold = dial(node.port)
+        node.proc.send_signal(signal.SIGTERM)
+        node.wait_log("draining")
+        try:
+            ev.sendall(b"after\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert ended(ev) in ("fin", "rst"), "the event connection stayed open"
+        node.proc.wait(timeout=60)
+        hold.close()
+        assert events(node) == ["before"], events(node)
+    finally:
+        node.cleanup()
+
+
+def main():
+    results = Results()
+    for fn in (silent_from_one_address_cannot_lock_out,
+               silent_from_many_addresses_evict_the_oldest,
+               deadlines_cut_silent_partial_and_idle,
+               partial_frames_stay_under_budget,
+               event_connections_capped_and_timed,
+               events_stop_on_drain):
+        results.run(fn)
+    return results.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
