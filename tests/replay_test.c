@@ -287,6 +287,28 @@ static void test_unknown_bound(void **state)
     router_replay_destroy(&r);
 }
 
+/* An unknown key's set holds at most ROUTER_REPLAY_UNKNOWN_PER_PEER_MAX
+ * ids (a trusted key's grows far past it): memory per open-door sender is
+ * bounded, and the newest ids stay refused. */
+static void test_unknown_set_is_small(void **state)
+{
+    (void) state;
+    router_replay_t *r = router_replay_new(WINDOW_S, 60);
+    uint8_t stranger[32] = {0x51}, friend[32] = {0x52}, id[16];
+    uint32_t n = 3 * ROUTER_REPLAY_UNKNOWN_PER_PEER_MAX;
+    for (uint32_t i = 0; i < n; i++) {
+        s_v4(id, i);
+        assert_int_equal(router_replay_check_insert(r, stranger, id, NOW, false),
+                         ROUTER_REPLAY_FRESH);
+        assert_int_equal(router_replay_check_insert(r, friend, id, NOW, true),
+                         ROUTER_REPLAY_FRESH);
+    }
+    assert_int_equal(router_replay_size(r), ROUTER_REPLAY_UNKNOWN_PER_PEER_MAX + n);
+    s_v4(id, n - 1);
+    assert_int_equal(router_replay_check_insert(r, stranger, id, NOW, false), ROUTER_REPLAY_SEEN);
+    router_replay_destroy(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -300,6 +322,7 @@ int main(void)
         cmocka_unit_test(test_floor_taken_once),
         cmocka_unit_test(test_seed),
         cmocka_unit_test(test_unknown_bound),
+        cmocka_unit_test(test_unknown_set_is_small),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

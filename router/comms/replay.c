@@ -385,7 +385,7 @@ static int s_insert(router_replay_t *self, s_peer_t *p, const uint8_t id[16], ui
 {
     s_expire(self, p, now_ms);
     if (p->count == p->cap) {
-        if (p->cap < ROUTER_REPLAY_PER_PEER_MAX) {
+        if (p->cap < (p->known ? ROUTER_REPLAY_PER_PEER_MAX : ROUTER_REPLAY_UNKNOWN_PER_PEER_MAX)) {
             if (s_grow(self, p) != 0)
                 return -1;
         }

@@ -23,7 +23,9 @@
  * Keys not in the trust store (comms.require_peer_auth false) get at most
  * ROUTER_REPLAY_UNKNOWN_PEERS_MAX sets; a set whose ids all expired is freed
  * (its watermark folded into a floor for every sender), and a new unknown
- * key that finds no room is refused (ROUTER_REPLAY_BUSY).
+ * key that finds no room is refused (ROUTER_REPLAY_BUSY). Each such set
+ * holds at most ROUTER_REPLAY_UNKNOWN_PER_PEER_MAX ids, so the memory an
+ * unknown sender can take is bounded too.
  *
  * The price of the watermark: once a peer has sent more than
  * ROUTER_REPLAY_PER_PEER_MAX envelopes inside one window (over 870 a second
@@ -40,8 +42,10 @@
 
 /* Most ids remembered per peer; a peer's set starts small and grows to this. */
 #define ROUTER_REPLAY_PER_PEER_MAX 262144u
-/* Most sets kept for keys not in the trust store. */
+/* Most sets kept for keys not in the trust store, and most ids in each:
+ * together at most ~170 MiB however many keys an open door lets in. */
 #define ROUTER_REPLAY_UNKNOWN_PEERS_MAX 4096u
+#define ROUTER_REPLAY_UNKNOWN_PER_PEER_MAX 1024u
 
 typedef struct router_replay_t router_replay_t;
 
