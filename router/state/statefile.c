@@ -18,7 +18,9 @@ int router_statefile_read(const char *path, size_t max, char **out, size_t *len,
     *out = NULL;
     *len = 0;
     char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+     * writer forever, hanging start-up; fstat below refuses it at once. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
         int e = errno;
         snprintf(err, errcap, "%s: %s", path, strerror(e));
@@ -31,7 +33,11 @@ int router_statefile_read(const char *path, size_t max, char **out, size_t *len,
         goto fail;
     }
     if (!S_ISREG(st.st_mode)) {
-        snprintf(err, errcap, "%s: not a regular file", path);
+        snprintf(err, errcap, "%s: not a regular file (%s); kith reads only regular files", path,
+                 S_ISFIFO(st.st_mode)  ? "a FIFO"
+                 : S_ISDIR(st.st_mode) ? "a directory"
+                 : S_ISSOCK(st.st_mode) ? "a socket"
+                                        : "a device");
         errno = EINVAL;
         goto fail;
     }
