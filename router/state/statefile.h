@@ -17,7 +17,8 @@ int router_statefile_read(const char *path, size_t max, char **out, size_t *len,
                           char *err, size_t errcap) __attribute__((warn_unused_result));
 
 /* Replaces `path` with data[len] so that readers see the old file or the new
- * one, never a mix: a temp file in the same directory created with `mode`,
+ * one, never a mix: a temp file in the same directory created with `mode`
+ * less the process umask (as open(2) does; kith's main sets 077),
  * written, fsynced, renamed over `path`, then the directory fsynced.
  * Returns 0, or -1 with errno kept and err set; the temp file is removed on
  * failure. */
