@@ -20,6 +20,10 @@
 
 static _Atomic uint64_t s_now; /* the injected clock, in ms */
 
+/* Room for every line a test writes, so none is dropped however slowly the
+ * writer thread gets to run on a loaded machine (drops are not under test). */
+#define S_QUEUE (16u * 1024u * 1024u)
+
 static uint64_t s_clock(void)
 {
     return atomic_load(&s_now);
@@ -40,7 +44,8 @@ static int s_setup(void **state)
     atomic_store(&s_now, 1000000);
     router_log_set_clock(s_clock);
     router_log_set_rate(ROUTER_LOG_BURST_DEFAULT, ROUTER_LOG_WINDOW_MS_DEFAULT);
-    router_log_opts_t o = {.level = ROUTER_LOG_DEBUG, .path = f->path, .no_stderr = true};
+    router_log_opts_t o = {.level = ROUTER_LOG_DEBUG, .path = f->path, .no_stderr = true,
+                           .queue_bytes = S_QUEUE};
     if (router_log_start(&o) != 0)
         return -1;
     *state = f;
@@ -182,7 +187,8 @@ static void test_stop_writes_summaries_owed(void **state)
     fclose(fp);
     assert_int_equal(s_count(buf, "2 similar lines suppressed"), 1);
     /* Restart so the teardown has a logger to stop. */
-    router_log_opts_t o = {.level = ROUTER_LOG_DEBUG, .path = f->path, .no_stderr = true};
+    router_log_opts_t o = {.level = ROUTER_LOG_DEBUG, .path = f->path, .no_stderr = true,
+                           .queue_bytes = S_QUEUE};
     assert_int_equal(router_log_start(&o), 0);
 }
 
@@ -231,7 +237,8 @@ static void test_many_sites_lose_nothing_silently(void **state)
     assert_int_equal(written - s_count(text, "similar lines suppressed") + suppressed,
                      (uint64_t) SITES * PER);
     free(text);
-    router_log_opts_t o = {.level = ROUTER_LOG_DEBUG, .path = f->path, .no_stderr = true};
+    router_log_opts_t o = {.level = ROUTER_LOG_DEBUG, .path = f->path, .no_stderr = true,
+                           .queue_bytes = S_QUEUE};
     assert_int_equal(router_log_start(&o), 0);
 }
 
