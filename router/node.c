@@ -4,6 +4,7 @@
 #include "router/node.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
@@ -470,6 +471,11 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
             snprintf(err, errcap, "home path too long");
             goto fail;
         }
+        /* state.db 0600 whatever the umask: SQLite gives its -wal and -shm
+         * the database file's mode, so all three stay private. */
+        int dbfd = open(db, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (dbfd >= 0)
+            close(dbfd);
         io.db_path = db;
     }
     if (!(self->inbox = router_inbox_new(&io, err, errcap)))
