@@ -278,12 +278,14 @@ static void s_site_init(s_site_t *site, const char *fmt, const char *module, uin
 /* Decides whether a line from the site `fmt` is written. When the site's
  * previous window (or a site evicted to make room) owes a summary, it is
  * formatted into summary[ROUTER_LOG_LINE_MAX] and *summary_len set; *sweep
- * says other sites may owe summaries too (see s_rate_sweep). */
+ * says other sites may owe summaries too (see s_rate_sweep); *now_owed that
+ * this line made the first summary owed, so the writer must start looking. */
 static bool s_rate_admit(router_log_level_t level, const char *module, const char *fmt,
-                         char *summary, size_t *summary_len, bool *sweep)
+                         char *summary, size_t *summary_len, bool *sweep, bool *now_owed)
 {
     *summary_len = 0;
     *sweep = false;
+    *now_owed = false;
     pthread_mutex_lock(&s_rate.lock);
     if (s_rate.burst == 0) {
         pthread_mutex_unlock(&s_rate.lock);
@@ -318,7 +320,7 @@ static bool s_rate_admit(router_log_level_t level, const char *module, const cha
         site->count++;
     } else {
         if (site->suppressed++ == 0)
-            atomic_fetch_add(&s_rate_owed, 1);
+            *now_owed = atomic_fetch_add(&s_rate_owed, 1) == 0;
         atomic_fetch_add(&s_suppressed_total, 1);
     }
     if (atomic_load(&s_rate_owed) > 0 && now >= s_rate.next_sweep) {
@@ -545,8 +547,16 @@ void router_log_write(router_log_level_t level, const char *module, const char *
         return;
     char line[ROUTER_LOG_LINE_MAX];
     size_t len = 0;
-    bool sweep = false;
-    bool pass = s_rate_admit(level, module, fmt, line, &len, &sweep);
+    bool sweep = false, now_owed = false;
+    bool pass = s_rate_admit(level, module, fmt, line, &len, &sweep, &now_owed);
+    if (now_owed) {
+        /* The writer may be asleep with nothing to write: wake it so it
+         * writes the summary once the window passes, even if the site then
+         * falls silent (a flood that stops). */
+        pthread_mutex_lock(&s_w.lock);
+        pthread_cond_signal(&s_w.more);
+        pthread_mutex_unlock(&s_w.lock);
+    }
     if (len)
         s_output(line, len); /* the summary of this site's last window */
     if (sweep)

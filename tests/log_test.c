@@ -10,6 +10,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,6 +175,32 @@ static void test_silent_site_summarised_by_others_and_flush(void **state)
     free(text);
 }
 
+/* A flood that stops: nobody logs again, nobody flushes, and the writer
+ * thread still writes the summary once the window has passed. */
+static void test_writer_summarises_a_flood_that_stops(void **state)
+{
+    s_fixture_t *f = *state;
+    for (int i = 0; i < (int) ROUTER_LOG_BURST_DEFAULT; i++)
+        s_site_a(i);
+    router_log_flush(); /* the writer is idle, nothing owed: it sleeps */
+    for (int i = 0; i < 40; i++)
+        s_site_a(i);
+    atomic_fetch_add(&s_now, ROUTER_LOG_WINDOW_MS_DEFAULT);
+    bool seen = false;
+    for (int tries = 0; tries < 600 && !seen; tries++) { /* a generous bound: 60 s */
+        FILE *fp = fopen(f->path, "rb");
+        char buf[16384] = "";
+        size_t n = fp ? fread(buf, 1, sizeof buf - 1, fp) : 0;
+        if (fp)
+            fclose(fp);
+        buf[n] = '\0';
+        seen = strstr(buf, "40 similar lines suppressed") != NULL;
+        if (!seen)
+            usleep(100 * 1000);
+    }
+    assert_true(seen);
+}
+
 static void test_stop_writes_summaries_owed(void **state)
 {
     s_fixture_t *f = *state;
@@ -309,6 +336,7 @@ int main(void)
         T(test_sites_are_counted_apart),
         T(test_window_restarts_the_burst),
         T(test_silent_site_summarised_by_others_and_flush),
+        T(test_writer_summarises_a_flood_that_stops),
         T(test_stop_writes_summaries_owed),
         T(test_rate_off),
         T(test_many_sites_lose_nothing_silently),

@@ -3,10 +3,12 @@ daemon` (WIRE §7.1), driven by `kith peers` and an independent peer
 (peer.py: cbor2 + PyNaCl): an untrusted peer is refused, added it is acked
 without a restart, removed its open connection is closed and it is refused
 again; a broken file keeps the store in force; a deleted file empties it;
-SIGHUP reloads, reopens a rotated log, and never kills the daemon."""
+SIGHUP reloads, reopens a rotated log, and never kills the daemon. Also:
+a flood of refusals is rate-limited in the log, every line accounted for."""
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -79,10 +81,15 @@ def untrusted_refused_then_added_then_acked(node, p):
 
 
 def remove_closes_open_connection_and_refuses(node, p):
-    held = Conn(("127.0.0.1", node.port))
-    m = p.message(node.pk, "on a connection kept open")
-    held.send(frame(m))
-    expect_ack(held, node, p, m)
+    q = Peer()  # stays trusted while p is removed
+    before = reloads(node)
+    add(node, "q", q)
+    wait_reload(node, before, "added q")
+    held, other = Conn(("127.0.0.1", node.port)), Conn(("127.0.0.1", node.port))
+    for c, who in ((held, p), (other, q)):
+        m = who.message(node.pk, "on a connection kept open")
+        c.send(frame(m))
+        expect_ack(c, node, who, m)
     before = reloads(node)
     remove(node, "p")
     wait_reload(node, before, "removed p")
@@ -91,6 +98,15 @@ def remove_closes_open_connection_and_refuses(node, p):
     node.wait_log("its sender is no longer trusted")
     held.close()
     assert not send_one(node, p, "after remove"), "a removed peer was acked"
+    # The peer still trusted keeps its connection.
+    m = q.message(node.pk, "still here")
+    other.send(frame(m))
+    expect_ack(other, node, q, m)
+    before = reloads(node)
+    remove(node, "q")
+    wait_reload(node, before, "removed q")
+    assert other.closed()
+    other.close()
 
 
 def broken_file_keeps_old_store(node, p):
@@ -173,6 +189,38 @@ def sighup_reopens_rotated_log(node, p):
     assert node.proc.poll() is None
 
 
+def refusal_flood_is_rate_limited(node, p):
+    """2,000 refusals (one client, as fast as it can) leave a bounded number
+    of lines, and the "N similar lines suppressed" summaries account for the
+    rest. (No speed is asserted: the summaries must add up whatever the
+    pace.)"""
+    stranger = Peer()
+    n = 2000
+    before = node.logs().count("reason=untrusted_sender")
+    summarised_before = summarised(node.logs())
+    for i in range(n):
+        c = Conn(("127.0.0.1", node.port))
+        c.send(frame(stranger.message(node.pk, f"flood {i}")))
+        assert c.closed()
+        c.close()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        logs = node.logs()
+        written = logs.count("reason=untrusted_sender") - before
+        if written + summarised(logs) - summarised_before == n:
+            break
+        time.sleep(0.1)
+    assert written + summarised(logs) - summarised_before == n, (written, summarised(logs))
+    assert written < n, f"{written} refusal lines for {n} refusals: not rate-limited"
+    assert node.proc.poll() is None
+
+
+def summarised(logs):
+    return sum(int(k) for k in re.findall(
+        r"comms: (\d+) similar lines suppressed \(more than \d+ in \d+ ms from \"rejected envelope",
+        logs))
+
+
 def main():
     res = Results()
     node = Daemon("trust").start()
@@ -183,7 +231,8 @@ def main():
                      broken_file_keeps_old_store,
                      deleted_file_is_empty_store,
                      sighup_reloads_and_keeps_running,
-                     sighup_reopens_rotated_log):
+                     sighup_reopens_rotated_log,
+                     refusal_flood_is_rate_limited):
             res.run(case, node, p)
         res.stopped(node)
     finally:
