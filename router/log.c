@@ -1,6 +1,9 @@
 /* router/log.c — leveled, timestamped, one-line-per-event logging with a
- * bounded queue and a writer thread so no caller ever waits on I/O. */
+ * bounded queue and a writer thread so no caller ever waits on I/O, and a
+ * per-call-site rate limit so one noisy source cannot flood the log. */
 #include "router/log.h"
+
+#include "router/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +44,36 @@ static s_writer_t s_w = {
 };
 static _Atomic int s_level = ROUTER_LOG_INFO;
 static _Atomic uint64_t s_dropped_total;
+
+/* One call site's rate window. */
+typedef struct {
+    const char *fmt;          /* the site's format string, its key; NULL: slot free */
+    char module[32];          /* for its summary line */
+    char what[96];            /* the start of fmt, for its summary line */
+    router_log_level_t level; /* level of its latest line */
+    uint64_t window_start;    /* ms on the rate clock */
+    uint32_t count;           /* lines written in this window */
+    uint64_t suppressed;      /* lines suppressed and not yet summarised */
+} s_site_t;
+
+/* The rate limit; `lock` is never held while s_w.lock is taken inside it
+ * (summaries are formatted under it, written after it is released). */
+static struct {
+    pthread_mutex_t lock;        /* guards every field below */
+    s_site_t sites[ROUTER_LOG_SITES_MAX];
+    unsigned burst;              /* lines per window per site; 0: no limit */
+    uint64_t window_ms;          /* window length */
+    router_log_clock_fn now_ms;  /* NULL: the monotonic clock */
+    uint64_t next_sweep;         /* when the write path next looks for summaries owed */
+} s_rate = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .burst = ROUTER_LOG_BURST_DEFAULT,
+    .window_ms = ROUTER_LOG_WINDOW_MS_DEFAULT,
+};
+static _Atomic size_t s_rate_owed; /* sites holding suppressed lines not yet summarised */
+static _Atomic uint64_t s_suppressed_total;
+
+static void s_rate_sweep(bool all);
 
 static const char *const s_level_names[] = {"debug", "info", "warn", "error"};
 static const char *const s_level_tags[] = {"DEBUG", "INFO ", "WARN ", "ERROR"};
@@ -152,8 +185,20 @@ static void *s_writer_main(void *arg)
     char *batch = arg;
     pthread_mutex_lock(&s_w.lock);
     for (;;) {
-        while (s_w.len == 0 && s_w.dropped == 0 && !s_w.stopping)
-            pthread_cond_wait(&s_w.more, &s_w.lock);
+        while (s_w.len == 0 && s_w.dropped == 0 && !s_w.stopping) {
+            if (atomic_load(&s_rate_owed) == 0) {
+                pthread_cond_wait(&s_w.more, &s_w.lock);
+                continue;
+            }
+            /* Suppressed lines are owed a summary even if their site
+             * falls silent: look again once a window has passed. */
+            struct timespec at = router_clock_deadline(CLOCK_REALTIME, ROUTER_LOG_WINDOW_MS_DEFAULT);
+            if (pthread_cond_timedwait(&s_w.more, &s_w.lock, &at) == ETIMEDOUT) {
+                pthread_mutex_unlock(&s_w.lock);
+                s_rate_sweep(false);
+                pthread_mutex_lock(&s_w.lock);
+            }
+        }
         if (s_w.len == 0 && s_w.dropped == 0 && s_w.stopping)
             break;
         size_t len = s_w.len;
@@ -185,6 +230,152 @@ static void *s_writer_main(void *arg)
     pthread_mutex_unlock(&s_w.lock);
     free(batch);
     return NULL;
+}
+
+/* Writes one formatted line: into the writer's queue, or straight to
+ * stderr when there is no writer (one write(2) keeps the line whole). */
+static void s_output(const char *line, size_t len)
+{
+    pthread_mutex_lock(&s_w.lock);
+    if (s_w.running) {
+        s_enqueue(line, len);
+        pthread_mutex_unlock(&s_w.lock);
+        return;
+    }
+    pthread_mutex_unlock(&s_w.lock);
+    s_write_all(STDERR_FILENO, line, len);
+}
+
+/* ------------------------------------------------------------ rate limit */
+
+static uint64_t s_rate_now(void)
+{
+    return s_rate.now_ms ? s_rate.now_ms() : router_clock_mono_ms();
+}
+
+/* Formats the summary a site owes and clears its count; the caller holds
+ * s_rate.lock and the site has suppressed lines. Returns the line length. */
+static size_t s_site_summarise(s_site_t *site, char *out)
+{
+    size_t n = s_line(out, site->level, site->module,
+                      "%llu similar lines suppressed (more than %u in %llu ms from \"%s\")",
+                      (unsigned long long) site->suppressed, s_rate.burst,
+                      (unsigned long long) s_rate.window_ms, site->what);
+    site->suppressed = 0;
+    atomic_fetch_sub(&s_rate_owed, 1);
+    return n;
+}
+
+static void s_site_init(s_site_t *site, const char *fmt, const char *module, uint64_t now)
+{
+    memset(site, 0, sizeof *site);
+    site->fmt = fmt;
+    snprintf(site->module, sizeof site->module, "%s", module ? module : "-");
+    snprintf(site->what, sizeof site->what, "%s", fmt);
+    site->window_start = now;
+}
+
+/* Decides whether a line from the site `fmt` is written. When the site's
+ * previous window (or a site evicted to make room) owes a summary, it is
+ * formatted into summary[ROUTER_LOG_LINE_MAX] and *summary_len set; *sweep
+ * says other sites may owe summaries too (see s_rate_sweep); *now_owed that
+ * this line made the first summary owed, so the writer must start looking. */
+static bool s_rate_admit(router_log_level_t level, const char *module, const char *fmt,
+                         char *summary, size_t *summary_len, bool *sweep, bool *now_owed)
+{
+    *summary_len = 0;
+    *sweep = false;
+    *now_owed = false;
+    pthread_mutex_lock(&s_rate.lock);
+    if (s_rate.burst == 0) {
+        pthread_mutex_unlock(&s_rate.lock);
+        return true;
+    }
+    uint64_t now = s_rate_now();
+    /* Up to 8 slots probed from the pointer's hash; a miss takes a free
+     * one, else the one whose window began longest ago. */
+    size_t h = (size_t) (((uintptr_t) fmt >> 3) * 0x9E3779B97F4A7C15ull);
+    s_site_t *site = NULL, *victim = NULL;
+    for (size_t i = 0; i < 8 && !site; i++) {
+        s_site_t *s = &s_rate.sites[(h + i) % ROUTER_LOG_SITES_MAX];
+        if (s->fmt == fmt)
+            site = s;
+        else if (!victim || (victim->fmt && (!s->fmt || s->window_start < victim->window_start)))
+            victim = s;
+    }
+    if (!site) {
+        site = victim;
+        if (site->fmt && site->suppressed)
+            *summary_len = s_site_summarise(site, summary);
+        s_site_init(site, fmt, module, now);
+    } else if (now - site->window_start >= s_rate.window_ms || now < site->window_start) {
+        if (site->suppressed)
+            *summary_len = s_site_summarise(site, summary);
+        site->window_start = now;
+        site->count = 0;
+    }
+    site->level = level;
+    bool pass = site->count < s_rate.burst;
+    if (pass) {
+        site->count++;
+    } else {
+        if (site->suppressed++ == 0)
+            *now_owed = atomic_fetch_add(&s_rate_owed, 1) == 0;
+        atomic_fetch_add(&s_suppressed_total, 1);
+    }
+    if (atomic_load(&s_rate_owed) > 0 && now >= s_rate.next_sweep) {
+        s_rate.next_sweep = now + s_rate.window_ms;
+        *sweep = true;
+    }
+    pthread_mutex_unlock(&s_rate.lock);
+    return pass;
+}
+
+/* Writes the summaries owed by sites whose window has passed (every site
+ * owing one when `all`), one slot at a time so the lock is held briefly. */
+static void s_rate_sweep(bool all)
+{
+    char line[ROUTER_LOG_LINE_MAX];
+    for (size_t i = 0; i < ROUTER_LOG_SITES_MAX && atomic_load(&s_rate_owed) > 0; i++) {
+        size_t len = 0;
+        pthread_mutex_lock(&s_rate.lock);
+        s_site_t *site = &s_rate.sites[i];
+        uint64_t now = s_rate_now();
+        if (site->fmt && site->suppressed &&
+            (all || now - site->window_start >= s_rate.window_ms || now < site->window_start)) {
+            len = s_site_summarise(site, line);
+            site->window_start = now;
+            site->count = 0;
+        }
+        pthread_mutex_unlock(&s_rate.lock);
+        if (len)
+            s_output(line, len);
+    }
+}
+
+void router_log_set_rate(unsigned burst, uint64_t window_ms)
+{
+    s_rate_sweep(true);
+    pthread_mutex_lock(&s_rate.lock);
+    memset(s_rate.sites, 0, sizeof s_rate.sites);
+    atomic_store(&s_rate_owed, 0);
+    s_rate.burst = burst;
+    s_rate.window_ms = window_ms ? window_ms : 1;
+    s_rate.next_sweep = 0;
+    pthread_mutex_unlock(&s_rate.lock);
+}
+
+void router_log_set_clock(router_log_clock_fn now_ms)
+{
+    pthread_mutex_lock(&s_rate.lock);
+    s_rate.now_ms = now_ms;
+    s_rate.next_sweep = 0;
+    pthread_mutex_unlock(&s_rate.lock);
+}
+
+uint64_t router_log_suppressed(void)
+{
+    return atomic_load(&s_suppressed_total);
 }
 
 /* ------------------------------------------------------------ public API */
@@ -257,6 +448,8 @@ fail:
 
 void router_log_stop(void)
 {
+    /* Suppressed lines still owed a summary get it before the writer goes. */
+    s_rate_sweep(true);
     pthread_mutex_lock(&s_w.lock);
     if (!s_w.running) {
         pthread_mutex_unlock(&s_w.lock);
@@ -284,6 +477,7 @@ void router_log_stop(void)
 
 void router_log_flush(void)
 {
+    s_rate_sweep(false);
     pthread_mutex_lock(&s_w.lock);
     while (s_w.running && (s_w.len > 0 || s_w.dropped > 0 || s_w.writing))
         pthread_cond_wait(&s_w.drained, &s_w.lock);
@@ -352,18 +546,26 @@ void router_log_write(router_log_level_t level, const char *module, const char *
     if ((int) level < atomic_load(&s_level))
         return;
     char line[ROUTER_LOG_LINE_MAX];
+    size_t len = 0;
+    bool sweep = false, now_owed = false;
+    bool pass = s_rate_admit(level, module, fmt, line, &len, &sweep, &now_owed);
+    if (now_owed) {
+        /* The writer may be asleep with nothing to write: wake it so it
+         * writes the summary once the window passes, even if the site then
+         * falls silent (a flood that stops). */
+        pthread_mutex_lock(&s_w.lock);
+        pthread_cond_signal(&s_w.more);
+        pthread_mutex_unlock(&s_w.lock);
+    }
+    if (len)
+        s_output(line, len); /* the summary of this site's last window */
+    if (sweep)
+        s_rate_sweep(false);
+    if (!pass)
+        return;
     va_list ap;
     va_start(ap, fmt);
-    size_t len = s_format(line, level, module, fmt, ap);
+    len = s_format(line, level, module, fmt, ap);
     va_end(ap);
-
-    pthread_mutex_lock(&s_w.lock);
-    if (s_w.running) {
-        s_enqueue(line, len);
-        pthread_mutex_unlock(&s_w.lock);
-        return;
-    }
-    pthread_mutex_unlock(&s_w.lock);
-    /* Synchronous mode: one write(2) per line keeps lines whole. */
-    s_write_all(STDERR_FILENO, line, len);
+    s_output(line, len);
 }

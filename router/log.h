@@ -6,7 +6,13 @@
  * stderr (fine for short-lived commands). A daemon calls router_log_start()
  * once: lines then go into a bounded in-memory queue drained by a writer
  * thread; when the queue is full a line is dropped and counted, never waited
- * for. Every function here is thread-safe. */
+ * for. Every function here is thread-safe.
+ *
+ * Repeated lines are rate-limited per call site (one format string): past a
+ * burst of ROUTER_LOG_BURST_DEFAULT lines in ROUTER_LOG_WINDOW_MS_DEFAULT,
+ * lines from that site are suppressed and counted, and once its window has
+ * passed one line "<N> similar lines suppressed (…)" stands for them, so a
+ * client provoking thousands of refusals a second cannot flood the log. */
 #ifndef KITH_ROUTER_LOG_H
 #define KITH_ROUTER_LOG_H
 
@@ -59,6 +65,28 @@ const char *router_log_level_str(router_log_level_t level);
 
 /* Lines dropped because the writer thread's queue was full. */
 uint64_t router_log_dropped(void);
+
+/* ------------------------------------------------------------ rate limit */
+
+/* Lines one call site may write per window before it is suppressed. */
+#define ROUTER_LOG_BURST_DEFAULT 10u
+/* The window, in milliseconds of the logger's clock. */
+#define ROUTER_LOG_WINDOW_MS_DEFAULT 1000u
+/* Call sites tracked at once; a site beyond this shares a slot with an
+ * older one (its summary is written first, so nothing is lost silently). */
+#define ROUTER_LOG_SITES_MAX 256u
+
+/* Sets the burst and window (0 burst: no rate limit). Forgets the state
+ * of every site, writing out summaries still owed first. */
+void router_log_set_rate(unsigned burst, uint64_t window_ms);
+
+/* The clock the rate limit reads, in milliseconds; NULL restores the
+ * monotonic clock. For tests, which drive time by hand. */
+typedef uint64_t (*router_log_clock_fn)(void);
+void router_log_set_clock(router_log_clock_fn now_ms);
+
+/* Lines suppressed by the rate limit since the process started. */
+uint64_t router_log_suppressed(void);
 
 /* Logs one line "<UTC time> <LEVEL> <module>: <message>". Control bytes in
  * the message (from peers' input, say) are escaped as \xNN, so one event is

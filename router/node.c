@@ -4,6 +4,7 @@
 #include "router/node.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,7 +35,10 @@ struct router_node {
     router_config_t cfg;                 /* effective configuration */
     char home[ROUTER_PATH_MAX];          /* state directory, "" for none */
     router_identity_t identity;          /* our key */
-    router_trust_t *trust;               /* trusted peers; immutable while running */
+    router_trust_t *trust;               /* trusted peers; a reload swaps in a new store */
+    pthread_rwlock_t trust_lock;         /* guards `trust` against that swap for other threads */
+    int trust_inotify;                   /* inotify on home for trusted_peers.json, or -1 */
+    router_watch_t *trust_watch;         /* the loop's watch of trust_inotify */
     router_metrics_t *metrics;           /* counters for /metrics */
     router_loop_t *loop;                 /* everything below runs on it */
     router_inbox_t *inbox;               /* admitted envelopes and events */
@@ -211,6 +216,102 @@ static int s_seed_replay(router_node_t *self, char *err, size_t errcap)
     return 0;
 }
 
+/* ---------------------------------------------------------------- trust reload */
+
+/* On the loop thread: loads trusted_peers.json again and, if it loads,
+ * swaps it in (WIRE §7.1). Fail-closed: a file that does not load leaves
+ * the store as it was and logs why, naming the row; a missing file is an
+ * empty store. The old store is freed under the write lock's protection:
+ * router_node_send readers copy what they need while holding the read lock,
+ * so none can still point into it. */
+static void s_trust_reload(router_node_t *self, const char *why)
+{
+    char path[ROUTER_PATH_MAX], err[ROUTER_TRUST_ERR_MAX] = "";
+    if (!self->home[0] || router_home_path(self->home, ROUTER_TRUST_FILE, path, sizeof path) != 0)
+        return;
+    router_trust_t *next = router_trust_load(path, err, sizeof err);
+    if (!next) {
+        ROUTER_LOG(ROUTER_LOG_ERROR, "trust",
+                   "reload (%s) refused; keeping the %zu peers trusted before: %s", why,
+                   router_trust_count(self->trust), err);
+        return;
+    }
+    router_trust_diff_t d;
+    router_trust_diff(self->trust, next, &d);
+    if (d.added + d.removed + d.changed == 0) {
+        ROUTER_LOG(ROUTER_LOG_INFO, "trust", "reloaded (%s): no change, %zu peers", why,
+                   router_trust_count(next));
+        router_trust_destroy(&next);
+        return;
+    }
+    pthread_rwlock_wrlock(&self->trust_lock);
+    router_trust_t *old = self->trust;
+    self->trust = next;
+    pthread_rwlock_unlock(&self->trust_lock);
+    router_comms_set_trust(self->comms, next);
+    router_trust_destroy(&old);
+    ROUTER_LOG(ROUTER_LOG_INFO, "trust", "reloaded (%s): %zu peers; %s", why,
+               router_trust_count(next), d.text);
+}
+
+/* inotify on the home directory: reload when trusted_peers.json is written
+ * and closed, renamed into place (kith peers), moved away or deleted. */
+static void s_on_trust_inotify(router_watch_t *watch, int fd, unsigned events, void *ud)
+{
+    (void) watch;
+    (void) events;
+    router_node_t *self = ud;
+    bool hit = false;
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break; /* EAGAIN: drained */
+        for (char *p = buf; p < buf + n;) {
+            const struct inotify_event *ev = (const struct inotify_event *) p;
+            if ((ev->mask & IN_Q_OVERFLOW) ||
+                (ev->len && strcmp(ev->name, ROUTER_TRUST_FILE) == 0))
+                hit = true;
+            p += sizeof *ev + ev->len;
+        }
+    }
+    if (hit)
+        s_trust_reload(self, "trusted_peers.json changed");
+}
+
+/* Watches the home for trust changes. Without inotify the node still
+ * reloads on SIGHUP, and says so. */
+static void s_trust_watch_start(router_node_t *self)
+{
+    self->trust_inotify = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (self->trust_inotify >= 0 &&
+        inotify_add_watch(self->trust_inotify, self->home,
+                          IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE) >= 0 &&
+        (self->trust_watch = router_loop_watch_fd(self->loop, self->trust_inotify, ROUTER_EV_READ,
+                                                  s_on_trust_inotify, self)))
+        return;
+    ROUTER_LOG(ROUTER_LOG_WARN, "trust",
+               "cannot watch %s for trust changes (%s); send SIGHUP after editing %s",
+               self->home, strerror(errno), ROUTER_TRUST_FILE);
+    if (self->trust_inotify >= 0)
+        close(self->trust_inotify);
+    self->trust_inotify = -1;
+}
+
+/* SIGHUP: reopen the log file (logrotate moved it) and reload trust. */
+static void s_on_hup(router_loop_t *loop, int signo, void *ud)
+{
+    (void) loop;
+    (void) signo;
+    if (router_log_reopen() != 0)
+        ROUTER_LOG(ROUTER_LOG_ERROR, "node", "SIGHUP: cannot reopen the log file: %s",
+                   strerror(errno));
+    ROUTER_LOG(ROUTER_LOG_INFO, "node", "SIGHUP: log reopened; reloading trust");
+    s_trust_reload(ud, "SIGHUP");
+}
+
 /* ---------------------------------------------------------------- stopping */
 
 static void s_drained(void *ud)
@@ -251,6 +352,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         snprintf(err, errcap, "out of memory");
         return NULL;
     }
+    pthread_rwlock_init(&self->trust_lock, NULL);
+    self->trust_inotify = -1;
     if (sodium_init() < 0) {
         snprintf(err, errcap, "libsodium failed to initialise");
         goto fail;
@@ -324,6 +427,11 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
             snprintf(err, errcap, "home path too long");
             goto fail;
         }
+        /* state.db 0600 whatever the umask: SQLite gives its -wal and -shm
+         * the database file's mode, so all three stay private. */
+        int dbfd = open(db, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (dbfd >= 0)
+            close(dbfd);
         io.db_path = db;
     }
     if (!(self->inbox = router_inbox_new(&io, err, errcap)))
@@ -389,9 +497,12 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
             goto fail;
         }
     }
+    if (opts->listen && self->home[0])
+        s_trust_watch_start(self);
     if (opts->handle_signals &&
         (router_loop_on_signal(self->loop, SIGINT, s_on_signal, self) != 0 ||
-         router_loop_on_signal(self->loop, SIGTERM, s_on_signal, self) != 0)) {
+         router_loop_on_signal(self->loop, SIGTERM, s_on_signal, self) != 0 ||
+         router_loop_on_signal(self->loop, SIGHUP, s_on_hup, self) != 0)) {
         snprintf(err, errcap, "cannot handle signals: %s", strerror(errno));
         goto fail;
     }
@@ -449,6 +560,9 @@ void router_node_destroy(router_node_t **self_p)
     if (self->inproc_name[0])
         router_inproc_unbind(self->inproc, self->inproc_name);
     router_events_destroy(&self->events);
+    router_watch_destroy(&self->trust_watch);
+    if (self->trust_inotify >= 0)
+        close(self->trust_inotify);
     /* Order matters: the store thread may post wake-ups until the inbox is
      * destroyed, so the loop outlives the inbox; posts still pending run
      * inside router_loop_destroy and find comms and outbound gone. */
@@ -458,6 +572,7 @@ void router_node_destroy(router_node_t **self_p)
     router_inbox_destroy(&self->inbox); /* flushes what is pending, joins the store thread */
     router_loop_destroy(&self->loop);
     router_trust_destroy(&self->trust);
+    pthread_rwlock_destroy(&self->trust_lock);
     router_metrics_destroy(&self->metrics);
     router_identity_wipe(&self->identity);
     free(self);
@@ -478,7 +593,10 @@ void router_node_on_stop(router_node_t *self, void (*fn)(void *ud), void *ud)
 int router_node_trust(router_node_t *self, const char *name, const uint8_t pk[32],
                       const char *addr, char *err, size_t errcap)
 {
-    return router_trust_add(self->trust, name, pk, addr, NULL, NULL, 0, err, errcap);
+    pthread_rwlock_wrlock(&self->trust_lock);
+    int rc = router_trust_add(self->trust, name, pk, addr, NULL, NULL, 0, err, errcap);
+    pthread_rwlock_unlock(&self->trust_lock);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- blocking sends */
@@ -543,23 +661,23 @@ static void s_send_on_loop(router_loop_t *loop, void *arg)
 
 /* TCP peers may be named by DNS: resolve here, on the caller's thread,
  * never on the loop. */
-static int s_resolve(const router_peer_t *peer, router_addr_t *out, char *why, size_t whycap)
+static int s_resolve(const router_peer_addr_t *dial, router_addr_t *out, char *why, size_t whycap)
 {
     router_addr_err_t e;
-    if (peer->dial.transport == ROUTER_PEER_UDS) {
-        if (router_addr_parse(peer->dial.path, out, &e) == 0)
+    if (dial->transport == ROUTER_PEER_UDS) {
+        if (router_addr_parse(dial->path, out, &e) == 0)
             return 0;
         snprintf(why, whycap, "bad socket path: %s", router_addr_err_str(e));
         return -1;
     }
-    if (router_addr_from_host(peer->dial.host, peer->dial.port, out, &e) == 0)
+    if (router_addr_from_host(dial->host, dial->port, out, &e) == 0)
         return 0; /* a literal or localhost */
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
     char port[8];
-    snprintf(port, sizeof port, "%u", peer->dial.port);
-    int g = getaddrinfo(peer->dial.host, port, &hints, &res);
+    snprintf(port, sizeof port, "%u", dial->port);
+    int g = getaddrinfo(dial->host, port, &hints, &res);
     if (g != 0 || !res) {
-        snprintf(why, whycap, "cannot resolve %.100s: %s", peer->dial.host, gai_strerror(g));
+        snprintf(why, whycap, "cannot resolve %.100s: %s", dial->host, gai_strerror(g));
         return -1;
     }
     memset(out, 0, sizeof *out);
@@ -585,18 +703,26 @@ int router_node_send(router_node_t *self, const char *to, cbor_item_t **kind,
     proto_envelope_t *env = NULL;
     s_send_job_t job = {.node = self, .out = out};
     int rc = -1;
+    /* A reload may swap the store at any moment: copy the peer out under
+     * the read lock, and use only the copy. */
+    router_peer_addr_t dial;
+    pthread_rwlock_rdlock(&self->trust_lock);
     const router_peer_t *peer = s_find_peer(self->trust, to);
+    if (peer) {
+        memcpy(job.pk, peer->pk, 32);
+        dial = peer->dial;
+    }
+    pthread_rwlock_unlock(&self->trust_lock);
     if (!peer) {
         snprintf(out->detail, sizeof out->detail, "no trusted peer named %s", to);
         goto done;
     }
-    memcpy(job.pk, peer->pk, 32);
-    if (peer->dial.transport == ROUTER_PEER_INPROC)
-        snprintf(job.inproc, sizeof job.inproc, "%s", peer->dial.path);
-    else if (s_resolve(peer, &job.addr, out->detail, sizeof out->detail) != 0)
+    if (dial.transport == ROUTER_PEER_INPROC)
+        snprintf(job.inproc, sizeof job.inproc, "%s", dial.path);
+    else if (s_resolve(&dial, &job.addr, out->detail, sizeof out->detail) != 0)
         goto done;
     proto_envelope_reason_t why;
-    env = proto_envelope_new(NULL, self->identity.pk, peer->pk, kind, &why);
+    env = proto_envelope_new(NULL, self->identity.pk, job.pk, kind, &why);
     if (!env) {
         snprintf(out->detail, sizeof out->detail, "cannot build the envelope: %s",
                  proto_envelope_reason_str(why));

@@ -647,6 +647,73 @@ static void test_limits_cross_rules(void **state)
     assert_int_equal(c.limits.comms_unauth_per_source_max, 5);
 }
 
+/* ------------------------------------------------------------ issue 8: event_address, FIFOs */
+
+/* comms.event_address takes what the listener opens (router_addr_parse,
+ * WIRE §10): tcp://host:port, host:port, uds:///path, /abs/path. */
+static void test_event_address_forms(void **state)
+{
+    (void) state;
+    static const char *const good[] = {
+        "tcp://127.0.0.1:4300", "127.0.0.1:4300", "tcp://[::1]:4300", "[::1]:0",
+        "localhost:4300",       "uds:///run/kith/events.sock", "/run/kith/events.sock",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        char text[256], err[ROUTER_CONFIG_ERR_MAX] = "";
+        router_config_t c;
+        snprintf(text, sizeof text, "{\"comms\":{\"auth\":\"none\",\"event_address\":\"%s\"}}",
+                 good[i]);
+        if (s_parse(&c, text, err, sizeof err) != 0)
+            fail_msg("refused %s: %s", good[i], err);
+        assert_string_equal(c.comms.event_address, good[i]);
+    }
+    static const struct {
+        const char *addr, *why;
+    } bad[] = {
+        {"events.example.com:4300", "host must be an IPv4 literal"},
+        {"127.0.0.1", "port must be"},
+        {"http://127.0.0.1:80", "unsupported scheme"},
+        {"uds://relative.sock", "a Unix socket path must start with"},
+        {"./events.sock", "a socket path must be absolute"},
+        {"/run/kith/", "names a directory"},
+        {"tcp:///run/x.sock", "port must be"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char text[256], err[ROUTER_CONFIG_ERR_MAX] = "";
+        router_config_t c;
+        snprintf(text, sizeof text, "{\"comms\":{\"auth\":\"none\",\"event_address\":\"%s\"}}",
+                 bad[i].addr);
+        if (s_parse(&c, text, err, sizeof err) == 0)
+            fail_msg("accepted %s", bad[i].addr);
+        /* The error names the key, lists every accepted form, and says why. */
+        if (!strstr(err, "comms.event_address: expected \"tcp://host:port\" or \"host:port\"") ||
+            !strstr(err, "\"uds:///abs/path\" or \"/abs/path\"") || !strstr(err, bad[i].why))
+            fail_msg("for %s: %s", bad[i].addr, err);
+    }
+}
+
+/* A FIFO (or any non-regular file) named as the config is refused at once
+ * with its name, instead of blocking start-up until something writes it. */
+static void test_fifo_config_refused(void **state)
+{
+    (void) state;
+    char home[] = "/tmp/kith-config-fifo-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    char path[512], err[ROUTER_CONFIG_ERR_MAX] = "";
+    snprintf(path, sizeof path, "%s/config.json", home);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    router_config_t c;
+    bool used = true;
+    assert_int_equal(router_config_load(&c, home, NULL, &used, err, sizeof err), -1);
+    assert_int_equal(strncmp(err, path, strlen(path)), 0);
+    assert_non_null(strstr(err, "not a regular file (a FIFO)"));
+    /* The same through --config FILE. */
+    assert_int_equal(router_config_load(&c, home, path, &used, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not a regular file (a FIFO)"));
+    unlink(path);
+    rmdir(home);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -675,6 +742,8 @@ int main(void)
         cmocka_unit_test(test_load_policy),
         cmocka_unit_test(test_limits_keys),
         cmocka_unit_test(test_limits_cross_rules),
+        cmocka_unit_test(test_event_address_forms),
+        cmocka_unit_test(test_fifo_config_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -626,6 +626,81 @@ static void test_load_error_names_file_and_row(void **state)
     assert_non_null(strstr(err, "(line 3,"));
 }
 
+/* ------------------------------------------------------------ issue 8: reload */
+
+/* A FIFO named trusted_peers.json is refused at once (it used to block the
+ * loader until something wrote to it), with the file named. */
+static void test_fifo_refused(void **state)
+{
+    s_files_t *f = *state;
+    assert_int_equal(mkfifo(f->path, 0600), 0);
+    char err[ROUTER_TRUST_ERR_MAX];
+    router_trust_t *t = router_trust_load(f->path, err, sizeof err);
+    assert_null(t);
+    assert_int_equal(strncmp(err, f->path, strlen(f->path)), 0);
+    assert_non_null(strstr(err, "not a regular file (a FIFO)"));
+}
+
+static router_trust_t *s_store(const char *rows)
+{
+    char doc[4096], err[ROUTER_TRUST_ERR_MAX];
+    snprintf(doc, sizeof doc, "{\"peers\": [%s]}", rows);
+    router_trust_t *t = s_parse(doc, err, sizeof err);
+    if (!t)
+        fail_msg("%s: %s", doc, err);
+    return t;
+}
+
+static void test_diff(void **state)
+{
+    (void) state;
+    char a[1024], b[1024];
+    snprintf(a, sizeof a,
+             "{\"name\":\"bob\",\"pubkey\":\"%s\",\"addr\":\"tcp://h:1\"},"
+             "{\"name\":\"carol\",\"pubkey\":\"%s\",\"addr\":\"tcp://h:2\"},"
+             "{\"name\":\"dave\",\"pubkey\":\"%s\",\"addr\":\"tcp://h:3\"}",
+             s_pub(1), s_pub(2), s_pub(3));
+    snprintf(b, sizeof b,
+             "{\"name\":\"bob\",\"pubkey\":\"%s\",\"addr\":\"tcp://h:1\"},"
+             "{\"name\":\"dave\",\"pubkey\":\"%s\",\"addr\":\"tcp://h:9\"},"
+             "{\"name\":\"erin\",\"pubkey\":\"%s\",\"addr\":\"tcp://h:4\"},"
+             "{\"name\":\"frank\",\"pubkey\":\"%s\",\"addr\":\"tcp://h:5\"}",
+             s_pub(1), s_pub(3), s_pub(4), s_pub(5));
+    router_trust_t *before = s_store(a), *after = s_store(b);
+    router_trust_diff_t d;
+    router_trust_diff(before, after, &d);
+    assert_int_equal(d.added, 2);
+    assert_int_equal(d.removed, 1);
+    assert_int_equal(d.changed, 1);
+    assert_string_equal(d.text, "added erin, frank; removed carol; changed dave (addr)");
+    router_trust_diff(after, after, &d);
+    assert_string_equal(d.text, "no change");
+    assert_int_equal(d.added + d.removed + d.changed, 0);
+
+    /* From nothing to many: the list is cut, and says how many it left out. */
+    router_trust_t *empty = router_trust_new(), *many = router_trust_new();
+    for (int i = 0; i < 200; i++) {
+        uint8_t pk[32];
+        s_key((uint8_t) (i + 10), pk);
+        char name[32], err[ROUTER_TRUST_ERR_MAX];
+        snprintf(name, sizeof name, "peer-with-a-long-name-%03d", i);
+        assert_int_equal(router_trust_add(many, name, pk, "tcp://h:1", NULL, NULL, 0, err,
+                                          sizeof err),
+                         0);
+    }
+    router_trust_diff(empty, many, &d);
+    assert_int_equal(d.added, 200);
+    assert_non_null(strstr(d.text, "added peer-with-a-long-name-000, "));
+    assert_non_null(strstr(d.text, " more"));
+    assert_true(strlen(d.text) < sizeof d.text);
+    router_trust_diff(many, empty, &d);
+    assert_int_equal(d.removed, 200);
+    router_trust_destroy(&empty);
+    router_trust_destroy(&many);
+    router_trust_destroy(&before);
+    router_trust_destroy(&after);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, s_setup, s_teardown)
 
 int main(void)
@@ -648,6 +723,8 @@ int main(void)
         T(test_save_is_atomic_replace),
         T(test_group_writable_file_refused),
         T(test_load_error_names_file_and_row),
+        T(test_fifo_refused),
+        cmocka_unit_test(test_diff),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -46,6 +46,7 @@ struct s_cc {
     bool finishing;              /* no more reading (a refusal, or the peer's EOF): close once owed is empty */
     bool paused;                 /* reading paused for backpressure */
     bool closing;                /* router_conn_close was called */
+    uint8_t sender[32];          /* key of the last trusted, verified sender; zeros until one */
     s_cc_t *prev, *next;         /* all connections */
 };
 
@@ -265,6 +266,8 @@ static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
         goto done;
     }
     router_guard_authenticated(&cc->guard); /* signature (and trust) passed */
+    if (peer)
+        memcpy(cc->sender, from, 32); /* so a trust reload can close this connection */
     /* not a replay */
     uint64_t now = router_clock_wall_ms();
     const uint8_t *id = proto_envelope_id(env);
@@ -600,6 +603,34 @@ void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud)
 router_replay_t *router_comms_replay(router_comms_t *self)
 {
     return self->replay;
+}
+
+/* ---------------------------------------------------------------- trust changes */
+
+/* A reloaded trust store: frames read from now on are checked against it,
+ * and a connection whose sender it no longer trusts finishes as after a
+ * refusal (no more reading; the acks it earned go out; then an orderly
+ * close), so a removed peer keeps nothing open. WIRE §7.1. */
+void router_comms_set_trust(router_comms_t *self, const router_trust_t *trust)
+{
+    static const uint8_t none[32];
+    self->trust = trust;
+    if (!self->require_peer_auth)
+        return; /* untrusted senders are admitted anyway */
+    for (s_cc_t *cc = self->conns, *next; cc; cc = next) {
+        next = cc->next;
+        if (cc->closing || cc->finishing || memcmp(cc->sender, none, 32) == 0 ||
+            (trust && router_trust_by_pubkey(trust, cc->sender)))
+            continue;
+        ROUTER_LOG(ROUTER_LOG_INFO, "comms",
+                   "closing connection %llu: its sender is no longer trusted (%zu acks owed go "
+                   "out first)",
+                   (unsigned long long) router_conn_id(cc->conn), cc->owed_count);
+        cc->finishing = true;
+        router_conn_pause_read(cc->conn);
+        if (cc->owed_count == 0)
+            s_close(cc);
+    }
 }
 
 void router_comms_stats(const router_comms_t *self, router_comms_stats_t *out)

@@ -48,7 +48,8 @@ typedef void(router_comms_event_fn)(const router_comms_event_t *ev, void *ud);
 typedef struct {
     router_loop_t *loop;                /* borrowed; comms runs on its thread */
     const router_identity_t *identity;  /* our key; borrowed */
-    const router_trust_t *trust;        /* trusted peers; borrowed, may be NULL (nobody) */
+    const router_trust_t *trust;        /* trusted peers; borrowed, may be NULL (nobody);
+                                         * replaced by router_comms_set_trust */
     router_inbox_t *inbox;              /* where admitted envelopes go; borrowed */
     router_metrics_t *metrics;          /* optional: counters are registered here */
     router_guard_t *guard;              /* bounds and deadlines, shared with plain events;
@@ -88,6 +89,12 @@ void router_comms_release_acks(router_comms_t *self);
  * envelope to be durable, send its ack, flush, close. `done` runs on the
  * loop thread once every connection has closed. */
 void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud);
+
+/* Swaps in a reloaded trust store (borrowed; the old one may be freed once
+ * this returns) and closes, orderly and after the acks they are owed, the
+ * connections whose verified sender it no longer trusts (when
+ * require_peer_auth). Loop thread only. */
+void router_comms_set_trust(router_comms_t *self, const router_trust_t *trust);
 
 /* Counters for tests and logs. */
 typedef struct {

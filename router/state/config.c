@@ -63,17 +63,30 @@ static int s_check_abs_path(const char *s, char *why, size_t whycap)
     return 0;
 }
 
+/* The plain event listener's address, checked by the parser that will
+ * listen on it (router_addr_parse), so config accepts exactly what the
+ * daemon can open: WIRE §10. A socket path must be absolute (the daemon's
+ * working directory is nobody's business). */
 static int s_check_event_address(const char *s, char *why, size_t whycap)
 {
-    if (s[0] == '/') {
-        if (strlen(s) >= ROUTER_CONFIG_UDS_PATH_CAP) {
-            snprintf(why, whycap, "socket path longer than %d bytes",
-                     ROUTER_CONFIG_UDS_PATH_CAP - 1);
+    router_addr_t addr;
+    router_addr_err_t e;
+    if (router_addr_parse(s, &addr, &e) != 0) {
+        snprintf(why, whycap, "%s", router_addr_err_str(e));
+        return -1;
+    }
+    if (router_addr_family(&addr) == AF_UNIX) {
+        const char *path = addr.u.un.sun_path;
+        if (path[0] != '/') {
+            snprintf(why, whycap, "a socket path must be absolute");
             return -1;
         }
-        return s_check_abs_path(s, why, whycap);
+        if (path[strlen(path) - 1] == '/') {
+            snprintf(why, whycap, "names a directory");
+            return -1;
+        }
     }
-    return s_check_hostport(s, why, whycap);
+    return 0;
 }
 
 static int s_check_env_name(const char *s, char *why, size_t whycap)
@@ -182,6 +195,9 @@ static const char *const s_providers[] = {"scripted", "openai", NULL};
 
 #define S_HOSTPORT "\"host:port\" (IPv6 as \"[::1]:4200\")"
 #define S_ENV      "an environment variable name"
+#define S_EVENT_ADDR                                                                   \
+    "\"tcp://host:port\" or \"host:port\" (host an IP address or localhost; IPv6 as " \
+    "\"[::1]:4200\"), or \"uds:///abs/path\" or \"/abs/path\" (a Unix socket)"
 
 static const s_key_t s_gateway_keys[] = {
     S_S("host", gateway.host, false, s_check_host, "a host name or an IP address"),
@@ -200,8 +216,7 @@ static const s_key_t s_comms_keys[] = {
     S_S("uds_path", comms.uds_path, true, s_check_abs_path, "an absolute socket path"),
     S_C("auth", comms.auth, s_auths),
     S_B("require_peer_auth", comms.require_peer_auth),
-    S_S("event_address", comms.event_address, true, s_check_event_address,
-        S_HOSTPORT " or an absolute socket path"),
+    S_S("event_address", comms.event_address, true, s_check_event_address, S_EVENT_ADDR),
     S_U("ack_timeout_ms", comms.ack_timeout_ms, 1, 3600000),
     S_U("inbox_capacity", comms.inbox_capacity, 1, 1048576),
     S_U("replay_window_s", comms.replay_window_s, 1, 86400),

@@ -74,7 +74,7 @@ typedef struct {
         char uds_path[ROUTER_CONFIG_UDS_PATH_CAP];         /* absolute socket path, or "" */
         router_comms_auth_t auth;                          /* envelope signatures or none */
         bool require_peer_auth;                            /* refuse senders not in the trust store */
-        char event_address[ROUTER_CONFIG_ADDR_CAP];        /* plain events: "host:port" or "/abs/path", or "" */
+        char event_address[ROUTER_CONFIG_ADDR_CAP];        /* plain events: [tcp://]host:port or [uds://]/abs/path, or "" */
         uint32_t ack_timeout_ms;                           /* wait for a peer's ack, 1..3600000 */
         uint32_t inbox_capacity;                           /* admitted envelopes waiting, 1..1048576 */
         uint32_t replay_window_s;                          /* ± seconds for UUIDv7 ids, 1..86400 */

@@ -18,7 +18,9 @@ int router_statefile_read(const char *path, size_t max, char **out, size_t *len,
     *out = NULL;
     *len = 0;
     char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+     * writer forever, hanging start-up; fstat below refuses it at once. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
         int e = errno;
         snprintf(err, errcap, "%s: %s", path, strerror(e));
@@ -31,7 +33,11 @@ int router_statefile_read(const char *path, size_t max, char **out, size_t *len,
         goto fail;
     }
     if (!S_ISREG(st.st_mode)) {
-        snprintf(err, errcap, "%s: not a regular file", path);
+        snprintf(err, errcap, "%s: not a regular file (%s); kith reads only regular files", path,
+                 S_ISFIFO(st.st_mode)  ? "a FIFO"
+                 : S_ISDIR(st.st_mode) ? "a directory"
+                 : S_ISSOCK(st.st_mode) ? "a socket"
+                                        : "a device");
         errno = EINVAL;
         goto fail;
     }
@@ -115,6 +121,16 @@ int router_statefile_write_all(int fd, const void *data, size_t len)
     return 0;
 }
 
+/* The process umask, read without leaving it changed. For the instant the
+ * probe holds it the mask is 077, which can only make a file another thread
+ * creates meanwhile more private, never less. */
+static mode_t s_umask(void)
+{
+    mode_t mask = umask(077);
+    umask(mask);
+    return mask;
+}
+
 int router_statefile_replace(const char *path, const void *data, size_t len, unsigned mode,
                              char *err, size_t errcap)
 {
@@ -125,8 +141,9 @@ int router_statefile_replace(const char *path, const void *data, size_t len, uns
         errno = ENAMETOOLONG;
         return -1;
     }
-    /* mkostemp creates the file 0600 with O_EXCL; fchmod then sets exactly
-     * `mode`, whatever the umask. */
+    /* mkostemp creates the file 0600 with O_EXCL; fchmod then sets `mode`
+     * less the umask, as open(2) would: kith runs with umask 077, so what
+     * it writes stays its owner's alone. */
     int fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
@@ -134,7 +151,7 @@ int router_statefile_replace(const char *path, const void *data, size_t len, uns
         errno = e;
         return -1;
     }
-    if (fchmod(fd, (mode_t) mode) != 0 || router_statefile_write_all(fd, data, len) != 0 ||
+    if (fchmod(fd, (mode_t) mode & ~s_umask()) != 0 || router_statefile_write_all(fd, data, len) != 0 ||
         fsync(fd) != 0) {
         snprintf(err, errcap, "%s: cannot write %s: %s", path, tmp, strerror(errno));
         goto fail;

@@ -11,12 +11,14 @@
  * length without the NUL, *mode (when not NULL) the file's permission bits as
  * seen on the open file, and 0 is returned. Otherwise -1 with errno kept
  * (ENOENT when the file is missing, EFBIG when it is larger than max, EINVAL
- * when it is not a regular file) and a one-line reason in err[errcap]. */
+ * when it is not a regular file: a FIFO is refused at once, never waited on)
+ * and a one-line reason in err[errcap] that starts with the path. */
 int router_statefile_read(const char *path, size_t max, char **out, size_t *len, unsigned *mode,
                           char *err, size_t errcap) __attribute__((warn_unused_result));
 
 /* Replaces `path` with data[len] so that readers see the old file or the new
- * one, never a mix: a temp file in the same directory created with `mode`,
+ * one, never a mix: a temp file in the same directory created with `mode`
+ * less the process umask (as open(2) does; kith's main sets 077),
  * written, fsynced, renamed over `path`, then the directory fsynced.
  * Returns 0, or -1 with errno kept and err set; the temp file is removed on
  * failure. */

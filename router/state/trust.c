@@ -843,6 +843,82 @@ router_trust_t *router_trust_load(const char *path, char *err, size_t errcap)
     return t;
 }
 
+/* ------------------------------------------------------------ reload diff */
+
+/* Appends "<sep><name>" to the diff's text while there is room for it and
+ * a final "…and N more"; returns false once it is full. */
+static bool s_diff_put(router_trust_diff_t *d, size_t *len, const char *sep, const char *name,
+                       const char *note)
+{
+    size_t room = sizeof d->text - *len;
+    size_t need = strlen(sep) + strlen(name) + (note ? strlen(note) + 3 : 0);
+    if (need + 32 > room)
+        return false;
+    *len += (size_t) snprintf(d->text + *len, room, note ? "%s%s (%s)" : "%s%s", sep, name,
+                              note ? note : "");
+    return true;
+}
+
+static const char *s_peer_change(const router_peer_t *a, const router_peer_t *b)
+{
+    if (strcmp(a->name, b->name) != 0)
+        return "name";
+    if (strcmp(a->addr, b->addr) != 0)
+        return "addr";
+    bool same = (a->description == NULL) == (b->description == NULL) &&
+                (!a->description || strcmp(a->description, b->description) == 0) &&
+                a->nlabels == b->nlabels;
+    for (size_t i = 0; same && i < a->nlabels; i++)
+        same = !strcmp(a->labels[i].key, b->labels[i].key) &&
+               !strcmp(a->labels[i].value, b->labels[i].value);
+    return same ? NULL : "meta";
+}
+
+/* One pass of the diff: rows of `from` judged against `to`. */
+static void s_diff_pass(const router_trust_t *from, const router_trust_t *to, int what,
+                        router_trust_diff_t *d, size_t *len, size_t *cut)
+{
+    static const char *const verbs[] = {"added ", "removed ", "changed "};
+    bool first = true;
+    for (size_t i = 0; i < from->count; i++) {
+        const router_peer_t *p = from->rows[i];
+        const router_peer_t *q = router_trust_by_pubkey(to, p->pk);
+        const char *note = NULL;
+        if (what == 2) {
+            if (!q || !(note = s_peer_change(q, p)))
+                continue;
+            d->changed++;
+        } else if (q) {
+            continue;
+        } else if (what == 0) {
+            d->added++;
+        } else {
+            d->removed++;
+        }
+        char sep[16];
+        snprintf(sep, sizeof sep, "%s%s", first ? (*len ? "; " : "") : ", ",
+                 first ? verbs[what] : "");
+        if (*cut || !s_diff_put(d, len, sep, p->name, note))
+            (*cut)++;
+        else
+            first = false;
+    }
+}
+
+void router_trust_diff(const router_trust_t *before, const router_trust_t *after,
+                       router_trust_diff_t *out)
+{
+    memset(out, 0, sizeof *out);
+    size_t len = 0, cut = 0;
+    s_diff_pass(after, before, 0, out, &len, &cut);
+    s_diff_pass(before, after, 1, out, &len, &cut);
+    s_diff_pass(after, before, 2, out, &len, &cut);
+    if (cut)
+        snprintf(out->text + len, sizeof out->text - len, " …and %zu more", cut);
+    else if (len == 0)
+        snprintf(out->text, sizeof out->text, "no change");
+}
+
 /* ------------------------------------------------------------ the writer */
 
 char *router_trust_to_json(const router_trust_t *t, bool with_peer_id)

@@ -125,6 +125,21 @@ int router_trust_add(router_trust_t *t, const char *name, const uint8_t pk[32], 
  * is not in the store. Invalidates every router_peer_t pointer. */
 int router_trust_remove(router_trust_t *t, const router_peer_t *peer);
 
+/* What a reload changed, peers matched by public key: counts, and one line
+ * for the log in text[ROUTER_TRUST_DIFF_MAX] such as
+ *   added bob, carol; removed dave; changed erin (addr)
+ * ("no change" when nothing did; a long list ends in "…and N more"). */
+#define ROUTER_TRUST_DIFF_MAX 512
+typedef struct {
+    size_t added;   /* keys in `after` only */
+    size_t removed; /* keys in `before` only */
+    size_t changed; /* keys in both whose name, addr or meta differ */
+    char text[ROUTER_TRUST_DIFF_MAX];
+} router_trust_diff_t;
+
+void router_trust_diff(const router_trust_t *before, const router_trust_t *after,
+                       router_trust_diff_t *out);
+
 /* Whether name is 1..64 characters of [A-Za-z0-9._-]. */
 bool router_peer_name_valid(const char *name);
 

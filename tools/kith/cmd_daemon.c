@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "gateway/http_server.h"
 #include "gateway/routes.h"
@@ -26,7 +27,9 @@ static void s_usage(FILE *out)
             "Runs the router: signed comms listeners (TCP, Unix socket, in-process), the\n"
             "plain event listener when configured, the durable inbox, and the HTTP gateway\n"
             "(GET /health, GET /metrics) on gateway.host:gateway.port. With no config\n"
-            "file it runs on the embedded defaults (DESIGN §4). SIGINT/SIGTERM drain and exit 0.\n");
+            "file it runs on the embedded defaults (DESIGN §4). SIGINT/SIGTERM drain and exit 0.\n"
+            "Edits to DIR/trusted_peers.json apply while it runs; SIGHUP reloads that file\n"
+            "and reopens logs/daemon.log (for logrotate).\n");
 }
 
 /* The HTTP gateway on the node's loop, listening on gateway.host:port with
@@ -80,6 +83,18 @@ fail:
     return NULL;
 }
 
+/* The home holds the identity key and state.db: say so once at start when
+ * group or others may read or write it, and how to fix it. */
+static void s_warn_home_mode(const char *home)
+{
+    struct stat st;
+    if (stat(home, &st) == 0 && (st.st_mode & 077))
+        ROUTER_LOG(ROUTER_LOG_WARN, "daemon",
+                   "%s is readable or writable by group or others (mode %04o): it holds this "
+                   "node's secret key and state; run: chmod 700 %s",
+                   home, (unsigned) (st.st_mode & 07777), home);
+}
+
 int kith_cmd_daemon(int argc, char **argv)
 {
     const char *home_flag = NULL, *config_flag = NULL, *host = NULL, *port = NULL;
@@ -114,12 +129,14 @@ int kith_cmd_daemon(int argc, char **argv)
         return KITH_EXIT_FAIL;
     }
 
-    /* Before any thread exists: SIGINT/SIGTERM reach the loop's signalfd
-     * only if every thread blocks them. */
+    /* Before any thread exists: SIGINT/SIGTERM/SIGHUP reach the loop's
+     * signalfd only if every thread blocks them (an unblocked SIGHUP would
+     * kill the daemon). */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -160,6 +177,7 @@ int kith_cmd_daemon(int argc, char **argv)
 
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "starting: home %s, config %s", home,
                used ? "config.json" : "embedded defaults");
+    s_warn_home_mode(home);
     router_node_opts_t no = {.home = home, .config = &cfg, .listen = true, .handle_signals = true};
     router_node_t *node = router_node_new(&no, err, sizeof err);
     if (!node) {

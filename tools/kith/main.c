@@ -1,6 +1,7 @@
 /* tools/kith/main.c — the kith command line: picks the subcommand. */
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "tools/kith/cmd.h"
 
@@ -36,6 +37,10 @@ static void s_usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+    /* Every file kith creates is its owner's alone (0600, directories 0700):
+     * state.db and its -wal/-shm (SQLite creates them 0644 less the umask),
+     * logs, keys, the trust store. Explicit modes elsewhere say the same. */
+    umask(077);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
         s_usage(argc < 2 ? stderr : stdout);
