@@ -14,7 +14,7 @@
 #include "router/net/loop_internal.h"
 
 /* Events taken per epoll_wait. */
-#define S_EVENTS 256
+#define S_EVENTS ROUTER_LOOP_BATCH
 /* Accepts per listener per wake-up, so one busy listener cannot starve
  * the connections already open. */
 #define S_ACCEPT_BURST 64
@@ -72,18 +72,18 @@ static void s_fini(router_loop_t *loop)
 
 static int s_listener_start(router_listener_t *l)
 {
-    int rc = s_ctl(l->loop, l->be.e.added ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, l->fd, EPOLLIN,
+    int rc = s_ctl(l->loop, l->be_added ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, l->fd, EPOLLIN,
                    router_op_pack(l, ROUTER_OP_ACCEPT));
     if (rc == 0)
-        l->be.e.added = true;
+        l->be_added = true;
     return rc;
 }
 
 static void s_listener_stop(router_listener_t *l)
 {
-    if (l->be.e.added)
+    if (l->be_added)
         (void) s_ctl(l->loop, EPOLL_CTL_DEL, l->fd, 0, 0);
-    l->be.e.added = false;
+    l->be_added = false;
 }
 
 static bool s_listener_busy(const router_listener_t *l)

@@ -22,6 +22,11 @@
 #include "router/net/listen.h"
 #include "router/net/loop.h"
 
+/* Most completions (io_uring) or events (epoll) dispatched per loop
+ * iteration: between two batches the loop runs posts, wake-ups, signals and
+ * due timers, so none of them waits behind more than this many receives. */
+#define ROUTER_LOOP_BATCH 256
+
 /* ------------------------------------------------------------ op tags */
 
 /* What an io_uring completion (user_data) or an epoll event (data.u64) is
@@ -30,7 +35,7 @@
  * provided-buffer id travels in the CQE flags, the fd in the object. */
 typedef enum router_op {
     ROUTER_OP_IGNORE = 0, /* cancel requests: their completions are dropped */
-    ROUTER_OP_ACCEPT,     /* a listener accepting */
+    ROUTER_OP_ACCEPT,     /* listeners ready (io_uring: the poll on their epoll set) */
     ROUTER_OP_RECV,       /* a connection receiving (epoll: any conn event) */
     ROUTER_OP_SEND,       /* a connection's sendmsg */
     ROUTER_OP_CONNECT,    /* a connection's outbound connect */
@@ -158,15 +163,7 @@ struct router_listener {
     dev_t uds_dev;                /* its device, to unlink only our own file */
     ino_t uds_ino;                /* its inode */
     router_listener_t *prev, *next; /* the loop's live or dead list */
-    union {
-        struct {
-            unsigned inflight;    /* accept requests in flight */
-            bool cancelled;       /* a cancel was submitted */
-        } u;                      /* io_uring backend */
-        struct {
-            bool added;           /* in the epoll set */
-        } e;                      /* epoll backend */
-    } be;                         /* backend state */
+    bool be_added;                /* in the backend's epoll set (both backends) */
 };
 
 struct router_watch {
