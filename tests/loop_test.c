@@ -20,11 +20,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <zmq.h>
 
 #include "router/log.h"
+#include "router/net/conn.h"
 #include "router/net/loop.h"
 
 /* A test that runs this long has hung: fail it instead of waiting for ctest. */
@@ -137,13 +139,18 @@ static void test_stop_before_run(void **state)
     router_loop_destroy(&loop);
 }
 
+/* Runs the loop, then destroys it on the same thread (loop.h). */
 static void *s_run_thread(void *arg)
 {
-    return (void *) (intptr_t) router_loop_run(arg);
+    router_loop_t *loop = arg;
+    intptr_t rc = router_loop_run(loop);
+    router_loop_destroy(&loop);
+    return (void *) rc;
 }
 
-/* Set up on one thread, run on another (with io_uring's SINGLE_ISSUER the
- * running thread becomes the issuer), destroyed back on the first. */
+/* Set up on one thread, run and destroyed on another: with io_uring's
+ * SINGLE_ISSUER the running thread becomes the issuer, and only it can
+ * drain the ring at destroy. */
 static void test_run_on_another_thread(void **state)
 {
     router_loop_t *loop = s_loop_new(state, NULL);
@@ -153,7 +160,6 @@ static void test_run_on_another_thread(void **state)
     assert_int_equal(pthread_create(&th, NULL, s_run_thread, loop), 0);
     pthread_join(th, &rc);
     assert_int_equal((intptr_t) rc, 0);
-    router_loop_destroy(&loop);
 }
 
 /* ------------------------------------------------------------ timers */
@@ -425,6 +431,102 @@ static void test_posts_run_at_destroy(void **state)
     assert_int_equal(errno, EAGAIN);
     router_loop_destroy(&loop);
     assert_int_equal(ran, 4);
+}
+
+/* ------------------------------------------------------------ fairness */
+
+#define FLOOD_CONNS 32
+#define FLOOD_BYTES_EACH (32u * 1024u)
+
+typedef struct {
+    size_t received;      /* bytes delivered to on_data so far */
+    size_t expected;      /* bytes written to the peers */
+    size_t at_post;       /* received when the post was queued */
+    size_t post_ran_at;   /* received when it ran, SIZE_MAX until then */
+    size_t wake_ran_at;   /* received when the wake callback ran */
+    router_conn_t *conns[FLOOD_CONNS]; /* the receiving ends */
+} s_flood_t;
+
+static void s_flood_post(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    s_flood_t *f = arg;
+    f->post_ran_at = f->received;
+}
+
+static void s_flood_wake(router_loop_t *loop, void *ud)
+{
+    (void) loop;
+    s_flood_t *f = ud;
+    if (f->wake_ran_at == SIZE_MAX)
+        f->wake_ran_at = f->received;
+}
+
+static void s_flood_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    (void) data;
+    s_flood_t *f = ud;
+    router_loop_t *loop = router_conn_loop(c);
+    if (f->received == 0) {
+        f->at_post = len;
+        assert_int_equal(router_loop_post(loop, s_flood_post, f), 0);
+        router_loop_wake(loop);
+    }
+    f->received += len;
+    if (f->received == f->expected)
+        router_loop_stop(loop);
+}
+
+static void s_flood_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    s_flood_t *f = ud;
+    (void) reason;
+    for (unsigned i = 0; i < FLOOD_CONNS; i++)
+        if (f->conns[i] == c)
+            f->conns[i] = NULL;
+}
+
+/* A post and a wake-up queued while megabytes of receives are ready run
+ * after at most one batch of them (loop.h, "Fairness"), on both backends:
+ * on io_uring they used to wait for their eventfd completion, queued
+ * behind every receive completion already in the ring. Deterministic: the
+ * bound counts bytes, not time. */
+static void test_post_not_starved_by_receives(void **state)
+{
+    /* Small buffers, many of them: thousands of receive completions. */
+    router_loop_opts_t o = {.recv_buf_size = 512, .recv_buf_count = 8192};
+    router_loop_t *loop = s_loop_new(state, &o);
+    s_flood_t f = {.post_ran_at = SIZE_MAX, .wake_ran_at = SIZE_MAX};
+    router_loop_set_wake_cb(loop, s_flood_wake, &f);
+    router_conn_handlers_t h = {.on_data = s_flood_data, .on_close = s_flood_close};
+    static uint8_t chunk[FLOOD_BYTES_EACH];
+    int peers[FLOOD_CONNS];
+    for (unsigned i = 0; i < FLOOD_CONNS; i++) {
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        int buf = 4 * FLOOD_BYTES_EACH;
+        (void) setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
+        fcntl(sv[1], F_SETFL, O_NONBLOCK);
+        ssize_t n = write(sv[1], chunk, sizeof chunk);
+        assert_true(n > 0);
+        f.expected += (size_t) n;
+        peers[i] = sv[1];
+        f.conns[i] = router_loop_adopt(loop, sv[0], &h, &f);
+        assert_non_null(f.conns[i]);
+    }
+    /* Enough queued that the bound means something. */
+    assert_true(f.expected > 4 * (ROUTER_LOOP_BATCH_BYTES + o.recv_buf_size));
+    s_run(loop);
+    assert_int_equal(f.received, f.expected);
+    assert_true(f.post_ran_at != SIZE_MAX && f.wake_ran_at != SIZE_MAX);
+    print_message("  post ran after %zu more bytes, wake after %zu (bound %u, flood %zu)\n",
+                  f.post_ran_at - f.at_post, f.wake_ran_at - f.at_post,
+                  ROUTER_LOOP_BATCH_BYTES + o.recv_buf_size, f.expected);
+    assert_true(f.post_ran_at - f.at_post <= ROUTER_LOOP_BATCH_BYTES + o.recv_buf_size);
+    assert_true(f.wake_ran_at - f.at_post <= ROUTER_LOOP_BATCH_BYTES + o.recv_buf_size);
+    for (unsigned i = 0; i < FLOOD_CONNS; i++)
+        close(peers[i]);
+    router_loop_destroy(&loop);
 }
 
 /* ------------------------------------------------------------ fd watches */
@@ -701,6 +803,7 @@ int main(void)
         BOTH(test_signalfd),
         BOTH(test_post_and_wake_across_threads),
         BOTH(test_posts_run_at_destroy),
+        BOTH(test_post_not_starved_by_receives),
         BOTH(test_watch_pipe),
         BOTH(test_watch_update),
         BOTH(test_watch_zmq_fd),

@@ -23,6 +23,7 @@ typedef struct s_epoll {
     int epfd;                              /* the epoll instance */
     uint8_t *rbuf;                         /* shared receive buffer */
     size_t rbuf_size;                      /* its size (recv_buf_size) */
+    size_t batch_bytes;                    /* bytes delivered in this wait's batch */
     struct epoll_event events[S_EVENTS];   /* epoll_wait output */
 } s_epoll_t;
 
@@ -196,9 +197,10 @@ static void s_conn_read(router_conn_t *c)
 {
     s_epoll_t *e = s_ep(c->loop);
     ssize_t n = recv(c->fd, e->rbuf, e->rbuf_size, MSG_DONTWAIT);
-    if (n > 0)
+    if (n > 0) {
+        e->batch_bytes += (size_t) n;
         router_conn_on_read(c, e->rbuf, (size_t) n);
-    else if (n == 0)
+    } else if (n == 0)
         router_conn_on_eof(c);
     else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
         router_conn_on_error(c, errno);
@@ -301,6 +303,7 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
     int n = epoll_wait(e->epfd, e->events, S_EVENTS, timeout_ms);
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
+    e->batch_bytes = 0;
     for (int i = 0; i < n; i++) {
         uint64_t tag = e->events[i].data.u64;
         uint32_t ev = e->events[i].events;
@@ -309,7 +312,11 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
             s_on_listener(router_op_obj(tag));
             break;
         case ROUTER_OP_RECV:
-            s_on_conn(router_op_obj(tag), ev);
+            /* Over the byte budget, connections wait for the next batch:
+             * they are level-triggered, so the event comes back. Watches
+             * are edge-triggered and always handled. */
+            if (e->batch_bytes < ROUTER_LOOP_BATCH_BYTES)
+                s_on_conn(router_op_obj(tag), ev);
             break;
         case ROUTER_OP_POLL:
             s_on_watch(router_op_obj(tag), ev);
@@ -318,7 +325,7 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
             break;
         }
     }
-    return 0;
+    return n;
 }
 
 const router_backend_ops_t router_backend_epoll = {

@@ -10,6 +10,7 @@
 #ifndef KITH_ROUTER_LOOP_INTERNAL_H
 #define KITH_ROUTER_LOOP_INTERNAL_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -21,11 +22,6 @@
 #include "router/net/conn.h"
 #include "router/net/listen.h"
 #include "router/net/loop.h"
-
-/* Most completions (io_uring) or events (epoll) dispatched per loop
- * iteration: between two batches the loop runs posts, wake-ups, signals and
- * due timers, so none of them waits behind more than this many receives. */
-#define ROUTER_LOOP_BATCH 256
 
 /* ------------------------------------------------------------ op tags */
 
@@ -247,6 +243,8 @@ struct router_loop {
     router_loop_stats_t stats;       /* counters */
     atomic_bool stop;                /* router_loop_stop was called */
     bool running;                    /* inside router_loop_run */
+    bool has_run;                    /* router_loop_run was called */
+    pthread_t runner;                /* ...by this thread (the io_uring issuer) */
     bool destroying;                 /* inside router_loop_destroy */
     bool be_finished;                /* backend torn down: free without asking it */
     uint64_t next_conn_id;           /* the next router_conn_id */
@@ -274,6 +272,7 @@ struct router_loop {
     router_watch_t *signal_watch;    /* its watch */
     sigset_t sig_set;                /* signals routed to the signalfd */
     sigset_t sig_blocked;            /* the subset this loop blocked itself */
+    uint64_t signal_polled_ms;       /* when the signalfd was last read between batches */
     struct {
         router_signal_fn cb;         /* handler, or NULL */
         void *ud;                    /* its user data */
@@ -290,7 +289,8 @@ struct router_backend_ops {
     /* Tears the kernel side down: no completion or event arrives after. */
     void (*fini)(router_loop_t *loop);
     /* Submits pending requests, waits up to timeout_ms (-1: no limit) for
-     * something to happen and dispatches what did. */
+     * something to happen and dispatches what did, at most
+     * ROUTER_LOOP_BATCH completions or events. Returns how many. */
     int (*wait)(router_loop_t *loop, int timeout_ms);
     int (*listener_start)(router_listener_t *l);
     void (*listener_stop)(router_listener_t *l);

@@ -195,7 +195,7 @@ static int s_init(router_loop_t *loop)
     return 0;
 }
 
-static void s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe);
+static size_t s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe);
 
 /* Cancels whatever is still in flight and waits (bounded) for the
  * completions, so no request outlives the memory it points into. */
@@ -211,13 +211,14 @@ static void s_fini(router_loop_t *loop)
             io_uring_sqe_set_data64(sqe, router_op_pack(NULL, ROUTER_OP_IGNORE));
         }
         uint64_t deadline = router_loop_now_ms(loop) + S_DRAIN_MS;
+        int rc = 0;
         while (u->inflight > 0) {
             uint64_t now = router_loop_now_ms(loop);
             if (now >= deadline)
                 break;
             struct __kernel_timespec ts = s_timeout(deadline - now);
             struct io_uring_cqe *cqe;
-            int rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
+            rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
             if (rc < 0 && rc != -ETIME && rc != -EINTR)
                 break;
             while (io_uring_peek_cqe(&u->ring, &cqe) == 0) {
@@ -226,6 +227,14 @@ static void s_fini(router_loop_t *loop)
                 s_dispatch(loop, &copy);
             }
         }
+        /* Never silent: requests left in flight may still touch buffers
+         * about to be freed (EEXIST: not the thread that ran the loop). */
+        if (u->inflight > 0)
+            ROUTER_LOG(ROUTER_LOG_ERROR, "loop",
+                       "io_uring teardown: %u requests not drained (%s); the kernel cancels "
+                       "them as the ring closes",
+                       u->inflight, rc < 0 && rc != -ETIME && rc != -EINTR ? strerror(-rc)
+                                                                         : "timed out");
     }
     s_free(u, true);
     loop->be_data = NULL;
@@ -443,7 +452,8 @@ static bool s_conn_busy(const router_conn_t *c)
     return c->be.u.inflight > 0;
 }
 
-static void s_on_recv(router_loop_t *loop, router_conn_t *c, const struct io_uring_cqe *cqe)
+/* Returns the bytes delivered. */
+static size_t s_on_recv(router_loop_t *loop, router_conn_t *c, const struct io_uring_cqe *cqe)
 {
     s_uring_t *u = s_u(loop);
     router_conn_uring_t *cu = &c->be.u;
@@ -474,6 +484,7 @@ static void s_on_recv(router_loop_t *loop, router_conn_t *c, const struct io_uri
         s_buf_recycle(u, bid);
     if (!more && c->state != ROUTER_CONN_DEAD)
         s_conn_sync(c);
+    return res > 0 && has_buf ? (size_t) res : 0;
 }
 
 static void s_on_send(router_loop_t *loop, router_conn_t *c, const struct io_uring_cqe *cqe)
@@ -589,7 +600,8 @@ static void s_on_poll(router_loop_t *loop, router_watch_t *w, const struct io_ur
 
 /* ------------------------------------------------------------ waiting */
 
-static void s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe)
+/* Handles one completion; returns the bytes it delivered to a connection. */
+static size_t s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe)
 {
     void *obj = router_op_obj(cqe->user_data);
     switch (router_op_of(cqe->user_data)) {
@@ -597,8 +609,7 @@ static void s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe)
         s_on_accept(loop, cqe);
         break;
     case ROUTER_OP_RECV:
-        s_on_recv(loop, obj, cqe);
-        break;
+        return s_on_recv(loop, obj, cqe);
     case ROUTER_OP_SEND:
         s_on_send(loop, obj, cqe);
         break;
@@ -612,6 +623,7 @@ static void s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe)
     default:
         break;
     }
+    return 0;
 }
 
 static int s_wait(router_loop_t *loop, int timeout_ms)
@@ -643,13 +655,17 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
     }
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
         return rc;
-    for (unsigned n = 0; n < ROUTER_LOOP_BATCH && io_uring_peek_cqe(&u->ring, &cqe) == 0; n++) {
+    int n = 0;
+    size_t bytes = 0;
+    for (; n < ROUTER_LOOP_BATCH && bytes < ROUTER_LOOP_BATCH_BYTES &&
+           io_uring_peek_cqe(&u->ring, &cqe) == 0;
+         n++) {
         /* Copied and released first: handlers may submit, even wait. */
         struct io_uring_cqe copy = *cqe;
         io_uring_cqe_seen(&u->ring, cqe);
-        s_dispatch(loop, &copy);
+        bytes += s_dispatch(loop, &copy);
     }
-    return 0;
+    return n;
 }
 
 const router_backend_ops_t router_backend_uring = {
