@@ -1,5 +1,6 @@
 /* tests/loop_test.c — the event loop core: backend choice, timers, signals
- * through signalfd, cross-thread posts and wake-ups, fd watches.
+ * through signalfd, cross-thread posts and wake-ups, fairness under a
+ * receive flood, fd watches, the open-file limit.
  *
  * Every test that touches a backend is registered twice, once per backend
  * (names end in @uring / @epoll); the backend is passed as the test's
@@ -20,13 +21,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <zmq.h>
 
 #include "router/log.h"
 #include "router/net/conn.h"
+#include "router/net/fdlimit.h"
 #include "router/net/loop.h"
 
 /* A test that runs this long has hung: fail it instead of waiting for ctest. */
@@ -745,6 +749,50 @@ static void test_watch_zmq_fd(void **state)
     router_loop_destroy(&loop);
 }
 
+/* ------------------------------------------------------------ fd limit */
+
+/* In a child: the hard limit can only go down, and the tests after this
+ * one need descriptors. Exits 0 when every check holds. */
+static int s_fdlimit_child(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_max < 512)
+        return 10;
+    /* The soft limit is raised toward the hard one, as far as needed. */
+    struct rlimit low = {.rlim_cur = 256, .rlim_max = rl.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &low) != 0)
+        return 11;
+    unsigned want = (unsigned) (rl.rlim_max > 100000 ? 100000 : rl.rlim_max) - ROUTER_FDLIMIT_SLACK;
+    if (router_fdlimit_raise(want) != want)
+        return 12;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < want + ROUTER_FDLIMIT_SLACK)
+        return 13;
+    /* Never lowered. */
+    if (router_fdlimit_raise(10) != 10 || getrlimit(RLIMIT_NOFILE, &rl) != 0 ||
+        rl.rlim_cur < want + ROUTER_FDLIMIT_SLACK)
+        return 14;
+    /* A hard limit too low: what it allows is reported. */
+    struct rlimit hard = {.rlim_cur = 300, .rlim_max = 300};
+    if (setrlimit(RLIMIT_NOFILE, &hard) != 0)
+        return 15;
+    if (router_fdlimit_raise(5000) != 300 - ROUTER_FDLIMIT_SLACK)
+        return 16;
+    return 0;
+}
+
+static void test_fdlimit_raise(void **state)
+{
+    (void) state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(s_fdlimit_child());
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 /* ------------------------------------------------------------ logger */
 
 static void test_log_levels_and_escaping(void **state)
@@ -795,6 +843,7 @@ int main(void)
         cmocka_unit_test(test_backend_env),
         cmocka_unit_test(test_bad_opts),
         cmocka_unit_test(test_log_levels_and_escaping),
+        cmocka_unit_test(test_fdlimit_raise),
         BOTH(test_stop_before_run),
         BOTH(test_run_on_another_thread),
         BOTH(test_timers_order_and_cancel),
