@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -31,6 +32,7 @@
 #include "router/log.h"
 #include "router/net/conn.h"
 #include "router/net/fdlimit.h"
+#include "router/net/listen.h"
 #include "router/net/loop.h"
 
 /* A test that runs this long has hung: fail it instead of waiting for ctest. */
@@ -793,6 +795,127 @@ static void test_fdlimit_raise(void **state)
     assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* ------------------------------------------------------------ accept failures */
+
+#define ACCEPT_FAILURES 15
+
+static void s_accept_keep(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    router_conn_handlers_t h = {.on_data = s_flood_data, .on_close = s_flood_close};
+    router_conn_set_handlers(c, &h, ud);
+}
+
+static void s_accept_check(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    (void) ud;
+    router_loop_stats_t st;
+    router_loop_stats(loop, &st);
+    if (st.accept_errors >= ACCEPT_FAILURES)
+        router_loop_stop(loop);
+    else
+        assert_true(router_loop_timer_add(loop, 20, s_accept_check, NULL) != 0);
+}
+
+/* In a child (the descriptor limit is lowered): a process out of
+ * descriptors fails every accept retry (one per 100 ms); the log gets the
+ * first failure and then at most one line per second. Exits 0 when so. */
+static int s_accept_log_child(router_loop_backend_t backend, const char *logpath)
+{
+    router_log_opts_t lo = {.level = ROUTER_LOG_INFO, .path = logpath, .no_stderr = true};
+    if (router_log_start(&lo) != 0)
+        return 20;
+    router_loop_opts_t o = {.backend = backend};
+    router_loop_t *loop = router_loop_new(&o);
+    router_addr_t addr;
+    router_addr_err_t why;
+    if (!loop || router_addr_parse("127.0.0.1:0", &addr, &why) != 0)
+        return 21;
+    s_flood_t f = {0};
+    router_listener_t *l = router_loop_listen(loop, &addr, s_accept_keep, &f);
+    if (!l)
+        return 22;
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(router_addr_port(router_listener_addr(l))),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int cs[4], top = 0;
+    for (int i = 0; i < 4; i++) {
+        cs[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (cs[i] < 0 || connect(cs[i], (struct sockaddr *) &sin, sizeof sin) != 0)
+            return 23;
+        top = cs[i] > top ? cs[i] : top;
+    }
+    /* No descriptor left for an accepted socket. */
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = (rlim_t) top + 1;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 24;
+    uint64_t t0 = router_loop_now_ms(loop);
+    if (!router_loop_timer_add(loop, 20, s_accept_check, NULL) ||
+        !router_loop_timer_add(loop, HANG_GUARD_MS, s_timer_stop_cb, NULL))
+        return 25;
+    if (router_loop_run(loop) != 0)
+        return 26;
+    uint64_t elapsed = router_loop_now_ms(loop) - t0;
+    router_loop_stats_t st;
+    router_loop_stats(loop, &st);
+    router_loop_destroy(&loop);
+    for (int i = 0; i < 4; i++)
+        close(cs[i]);
+    router_log_flush();
+    router_log_stop();
+    if (st.accept_errors < ACCEPT_FAILURES)
+        return 27; /* the guard fired */
+    FILE *fp = fopen(logpath, "r");
+    if (!fp)
+        return 28;
+    char line[1024];
+    unsigned lines = 0, counted = 0;
+    while (fgets(line, sizeof line, fp)) {
+        if (strstr(line, "accept failed") || strstr(line, "more accept failures"))
+            lines++;
+        if (strstr(line, "suppressed)") || strstr(line, "more accept failures"))
+            counted++;
+    }
+    fclose(fp);
+    /* The first line, then one per full second at most: a bound from the
+     * time it took, not an assumption about speed. */
+    unsigned bound = 1 + (unsigned) (elapsed / 1000);
+    fprintf(stderr, "  %llu accept failures in %llu ms: %u lines (bound %u), %u with a count\n",
+            (unsigned long long) st.accept_errors, (unsigned long long) elapsed, lines, bound,
+            counted);
+    if (lines < 1 || lines > bound)
+        return 29;
+    return 0;
+}
+
+static void test_accept_failures_rate_limited(void **state)
+{
+    router_loop_backend_t backend = *(router_loop_backend_t *) *state;
+    router_loop_opts_t o = {.backend = backend};
+    router_loop_t *probe = router_loop_new(&o);
+    if (!probe) {
+        print_message("backend refused here (%s): skipping\n", strerror(errno));
+        skip();
+    }
+    router_loop_destroy(&probe);
+    char path[] = "/tmp/kith-accept-log-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(s_accept_log_child(backend, path));
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    unlink(path);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 /* ------------------------------------------------------------ logger */
 
 static void test_log_levels_and_escaping(void **state)
@@ -853,6 +976,7 @@ int main(void)
         BOTH(test_post_and_wake_across_threads),
         BOTH(test_posts_run_at_destroy),
         BOTH(test_post_not_starved_by_receives),
+        BOTH(test_accept_failures_rate_limited),
         BOTH(test_watch_pipe),
         BOTH(test_watch_update),
         BOTH(test_watch_zmq_fd),

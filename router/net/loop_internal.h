@@ -155,6 +155,9 @@ struct router_listener {
     bool refusing;                /* a refusal streak was logged */
     bool backing_off;             /* accepting paused after EMFILE and such */
     uint64_t retry_timer;         /* ...until this timer fires */
+    uint64_t err_logged_ms;       /* when an accept failure was last logged, 0: never */
+    uint64_t err_suppressed;      /* failures not logged since then */
+    int err_last;                 /* the latest accept failure's errno */
     char *uds_path;               /* the socket file we created, or NULL */
     dev_t uds_dev;                /* its device, to unlink only our own file */
     ino_t uds_ino;                /* its inode */
