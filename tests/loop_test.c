@@ -795,6 +795,42 @@ static void test_fdlimit_raise(void **state)
     assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* ------------------------------------------------------------ accepting */
+
+static void s_accept_then_timer(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    router_conn_handlers_t h = {.on_data = s_flood_data, .on_close = s_flood_close};
+    router_conn_set_handlers(c, &h, ud);
+    assert_true(router_loop_timer_add(router_conn_loop(c), 1, s_timer_stop_cb, NULL) != 0);
+}
+
+/* A connection waiting before the loop first runs is accepted, and a timer
+ * its accept callback adds fires: the io_uring backend once accepted such
+ * connections just before blocking, with a wait timeout computed before
+ * the timer existed (the hang guard turns that hang into a failure). */
+static void test_accept_timer_before_first_wait(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    router_addr_t addr;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
+    s_flood_t f = {0};
+    router_listener_t *l = router_loop_listen(loop, &addr, s_accept_then_timer, &f);
+    assert_non_null(l);
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_port = htons(router_addr_port(router_listener_addr(l))),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *) &sin, sizeof sin), 0);
+    s_run(loop);
+    router_listener_stats_t st;
+    router_listener_stats(l, &st);
+    assert_int_equal(st.accepted, 1);
+    close(fd);
+    router_loop_destroy(&loop);
+}
+
 /* ------------------------------------------------------------ accept failures */
 
 #define ACCEPT_FAILURES 15
@@ -976,6 +1012,7 @@ int main(void)
         BOTH(test_post_and_wake_across_threads),
         BOTH(test_posts_run_at_destroy),
         BOTH(test_post_not_starved_by_receives),
+        BOTH(test_accept_timer_before_first_wait),
         BOTH(test_accept_failures_rate_limited),
         BOTH(test_watch_pipe),
         BOTH(test_watch_update),

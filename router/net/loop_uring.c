@@ -15,8 +15,11 @@
  * - POLL: multishot poll for watches (edge-triggered), re-armed when it ends.
  * user_data is the object's address with the opcode in its low bits; an
  * object is freed only once all its requests have completed (inflight).
- * Kernels without multishot recv or accept get single-shot requests
- * re-armed after each completion. */
+ * Kernels without multishot recv get single-shot receives re-armed after
+ * each completion.
+ * Each wait dispatches at most ROUTER_LOOP_BATCH completions and
+ * ROUTER_LOOP_BATCH_BYTES of received data (loop.h, "Fairness"); the rest
+ * stay in the ring for the next iteration. */
 #include <errno.h>
 #include <liburing.h>
 #include <poll.h>
@@ -636,13 +639,8 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
             return rc == -1 ? -errno : rc;
         u->enabled = true;
     }
-    if (u->accept_again) {
-        s_listeners_accept(loop);
-        if (u->accept_again)
-            timeout_ms = 0; /* still more: do not sleep on them */
-        else if (!u->accept_polled && s_accept_arm(u) < 0)
-            u->accept_again = true;
-    }
+    if (u->accept_again)
+        timeout_ms = 0; /* accepted below, after the wait: not a reason to sleep */
     struct io_uring_cqe *cqe;
     int rc;
     if (timeout_ms == 0) {
@@ -664,6 +662,13 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
         struct io_uring_cqe copy = *cqe;
         io_uring_cqe_seen(&u->ring, cqe);
         bytes += s_dispatch(loop, &copy);
+    }
+    /* After the wait, never before it: an accept's callbacks may add
+     * timers, and the wait's timeout was computed without them. */
+    if (u->accept_again) {
+        s_listeners_accept(loop);
+        if (!u->accept_polled && s_accept_arm(u) < 0)
+            u->accept_again = true;
     }
     return n;
 }
