@@ -7,7 +7,8 @@
  * (listen, connect, timers, watches); from then on every function of the
  * router loop, conn and listener APIs is for that thread only, except
  * router_loop_wake, router_loop_post and router_loop_stop, which any thread
- * may call. Callbacks always run on the loop thread and must not block.
+ * may call; router_loop_destroy too belongs to that thread once it has run
+ * the loop. Callbacks always run on the loop thread and must not block.
  *
  * Connections: router/net/conn.h. Listeners and addresses: router/net/listen.h. */
 #ifndef KITH_ROUTER_LOOP_H

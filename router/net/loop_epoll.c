@@ -2,7 +2,10 @@
  * refuse io_uring. Connections and listeners are level-triggered (one read
  * per connection per wake-up keeps the loop fair); watches are
  * edge-triggered (EPOLLET) to match io_uring's multishot poll. Reads land
- * in one loop-wide buffer, so an idle connection holds no receive memory. */
+ * in one loop-wide buffer, so an idle connection holds no receive memory.
+ * Once a wait's events have delivered ROUTER_LOOP_BATCH_BYTES, the
+ * remaining connection events are left for the next wait (level-triggered:
+ * they come back), so posts and signals run in between (loop.h). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
