@@ -50,6 +50,10 @@ struct router_node {
     router_events_t *events;             /* plain event connections */
     pthread_t thread;                    /* when started on its own thread */
     bool threaded;
+    pthread_mutex_t life_mu;             /* threaded: guards the two flags below */
+    pthread_cond_t life_cv;              /* ...signalled when either changes */
+    bool loop_done;                      /* threaded: router_loop_run returned */
+    bool teardown;                       /* threaded: destroy asks the thread to tear down */
     _Atomic bool running;                /* the loop runs (or is about to) */
     bool stopping;                       /* loop thread: a drain has begun */
     _Atomic bool stopped;                /* stop requested from outside */
@@ -326,7 +330,7 @@ static void s_begin_stop(router_loop_t *loop, void *arg)
 {
     (void) loop;
     router_node_t *self = arg;
-    if (self->stopping)
+    if (self->stopping || !self->comms) /* !comms: run late, inside teardown */
         return;
     self->stopping = true;
     if (self->on_stop)
@@ -520,18 +524,58 @@ int router_node_run(router_node_t *self)
     return rc < 0 ? -1 : 0;
 }
 
+/* Everything bound to the loop, on the thread that ran it: io_uring rings
+ * are SINGLE_ISSUER, so only that thread can cancel and reap the requests
+ * still in flight (router_loop_destroy). Order matters: the store thread
+ * may post wake-ups until the inbox is destroyed, so the loop outlives the
+ * inbox; posts still pending run inside router_loop_destroy and find comms
+ * and outbound gone. Idempotent. */
+static void s_teardown(router_node_t *self)
+{
+    if (self->inproc_name[0])
+        router_inproc_unbind(self->inproc, self->inproc_name);
+    router_events_destroy(&self->events);
+    router_watch_destroy(&self->trust_watch);
+    if (self->trust_inotify >= 0)
+        close(self->trust_inotify);
+    self->trust_inotify = -1;
+    /* Order matters: the store thread may post wake-ups until the inbox is
+     * destroyed, so the loop outlives the inbox; posts still pending run
+     * inside router_loop_destroy and find comms and outbound gone. */
+    router_outbound_destroy(&self->outbound);
+    router_comms_destroy(&self->comms);
+    router_guard_destroy(&self->guard); /* every entry left with comms and events */
+    router_inbox_destroy(&self->inbox); /* flushes what is pending, joins the store thread */
+    router_loop_destroy(&self->loop);
+}
+
+/* The node's own thread: runs the loop, then waits for router_node_destroy
+ * (until then senders may still post, and the inbox stays readable) and
+ * tears the loop down here. */
 static void *s_thread_main(void *arg)
 {
-    router_node_run(arg);
+    router_node_t *self = arg;
+    router_node_run(self);
+    pthread_mutex_lock(&self->life_mu);
+    self->loop_done = true;
+    pthread_cond_broadcast(&self->life_cv);
+    while (!self->teardown)
+        pthread_cond_wait(&self->life_cv, &self->life_mu);
+    pthread_mutex_unlock(&self->life_mu);
+    s_teardown(self);
     return NULL;
 }
 
 int router_node_start(router_node_t *self)
 {
     atomic_store(&self->running, true);
+    pthread_mutex_init(&self->life_mu, NULL);
+    pthread_cond_init(&self->life_cv, NULL);
     int e = pthread_create(&self->thread, NULL, s_thread_main, self);
     if (e != 0) {
         atomic_store(&self->running, false);
+        pthread_cond_destroy(&self->life_cv);
+        pthread_mutex_destroy(&self->life_mu);
         errno = e;
         return -1;
     }
@@ -546,8 +590,10 @@ void router_node_stop(router_node_t *self)
     if (self->threaded) {
         while (router_loop_post(self->loop, s_begin_stop, self) != 0)
             usleep(1000); /* the post queue is full: it drains */
-        pthread_join(self->thread, NULL);
-        self->threaded = false;
+        pthread_mutex_lock(&self->life_mu);
+        while (!self->loop_done)
+            pthread_cond_wait(&self->life_cv, &self->life_mu);
+        pthread_mutex_unlock(&self->life_mu);
     }
 }
 
@@ -557,20 +603,17 @@ void router_node_destroy(router_node_t **self_p)
         return;
     router_node_t *self = *self_p;
     router_node_stop(self);
-    if (self->inproc_name[0])
-        router_inproc_unbind(self->inproc, self->inproc_name);
-    router_events_destroy(&self->events);
-    router_watch_destroy(&self->trust_watch);
-    if (self->trust_inotify >= 0)
-        close(self->trust_inotify);
-    /* Order matters: the store thread may post wake-ups until the inbox is
-     * destroyed, so the loop outlives the inbox; posts still pending run
-     * inside router_loop_destroy and find comms and outbound gone. */
-    router_outbound_destroy(&self->outbound);
-    router_comms_destroy(&self->comms);
-    router_guard_destroy(&self->guard); /* every entry left with comms and events */
-    router_inbox_destroy(&self->inbox); /* flushes what is pending, joins the store thread */
-    router_loop_destroy(&self->loop);
+    if (self->threaded) {
+        pthread_mutex_lock(&self->life_mu);
+        self->teardown = true;
+        pthread_cond_broadcast(&self->life_cv);
+        pthread_mutex_unlock(&self->life_mu);
+        pthread_join(self->thread, NULL);
+        self->threaded = false;
+        pthread_cond_destroy(&self->life_cv);
+        pthread_mutex_destroy(&self->life_mu);
+    }
+    s_teardown(self); /* not threaded: the caller's thread ran the loop, if anyone did */
     router_trust_destroy(&self->trust);
     pthread_rwlock_destroy(&self->trust_lock);
     router_metrics_destroy(&self->metrics);

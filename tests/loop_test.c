@@ -1,5 +1,6 @@
 /* tests/loop_test.c — the event loop core: backend choice, timers, signals
- * through signalfd, cross-thread posts and wake-ups, fd watches.
+ * through signalfd, cross-thread posts and wake-ups, fairness under a
+ * receive flood, fd watches, the open-file limit.
  *
  * Every test that touches a backend is registered twice, once per backend
  * (names end in @uring / @epoll); the backend is passed as the test's
@@ -20,11 +21,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <zmq.h>
 
 #include "router/log.h"
+#include "router/net/conn.h"
+#include "router/net/fdlimit.h"
+#include "router/net/listen.h"
 #include "router/net/loop.h"
 
 /* A test that runs this long has hung: fail it instead of waiting for ctest. */
@@ -137,13 +145,18 @@ static void test_stop_before_run(void **state)
     router_loop_destroy(&loop);
 }
 
+/* Runs the loop, then destroys it on the same thread (loop.h). */
 static void *s_run_thread(void *arg)
 {
-    return (void *) (intptr_t) router_loop_run(arg);
+    router_loop_t *loop = arg;
+    intptr_t rc = router_loop_run(loop);
+    router_loop_destroy(&loop);
+    return (void *) rc;
 }
 
-/* Set up on one thread, run on another (with io_uring's SINGLE_ISSUER the
- * running thread becomes the issuer), destroyed back on the first. */
+/* Set up on one thread, run and destroyed on another: with io_uring's
+ * SINGLE_ISSUER the running thread becomes the issuer, and only it can
+ * drain the ring at destroy. */
 static void test_run_on_another_thread(void **state)
 {
     router_loop_t *loop = s_loop_new(state, NULL);
@@ -153,7 +166,6 @@ static void test_run_on_another_thread(void **state)
     assert_int_equal(pthread_create(&th, NULL, s_run_thread, loop), 0);
     pthread_join(th, &rc);
     assert_int_equal((intptr_t) rc, 0);
-    router_loop_destroy(&loop);
 }
 
 /* ------------------------------------------------------------ timers */
@@ -427,6 +439,102 @@ static void test_posts_run_at_destroy(void **state)
     assert_int_equal(ran, 4);
 }
 
+/* ------------------------------------------------------------ fairness */
+
+#define FLOOD_CONNS 32
+#define FLOOD_BYTES_EACH (32u * 1024u)
+
+typedef struct {
+    size_t received;      /* bytes delivered to on_data so far */
+    size_t expected;      /* bytes written to the peers */
+    size_t at_post;       /* received when the post was queued */
+    size_t post_ran_at;   /* received when it ran, SIZE_MAX until then */
+    size_t wake_ran_at;   /* received when the wake callback ran */
+    router_conn_t *conns[FLOOD_CONNS]; /* the receiving ends */
+} s_flood_t;
+
+static void s_flood_post(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    s_flood_t *f = arg;
+    f->post_ran_at = f->received;
+}
+
+static void s_flood_wake(router_loop_t *loop, void *ud)
+{
+    (void) loop;
+    s_flood_t *f = ud;
+    if (f->wake_ran_at == SIZE_MAX)
+        f->wake_ran_at = f->received;
+}
+
+static void s_flood_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    (void) data;
+    s_flood_t *f = ud;
+    router_loop_t *loop = router_conn_loop(c);
+    if (f->received == 0) {
+        f->at_post = len;
+        assert_int_equal(router_loop_post(loop, s_flood_post, f), 0);
+        router_loop_wake(loop);
+    }
+    f->received += len;
+    if (f->received == f->expected)
+        router_loop_stop(loop);
+}
+
+static void s_flood_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    s_flood_t *f = ud;
+    (void) reason;
+    for (unsigned i = 0; i < FLOOD_CONNS; i++)
+        if (f->conns[i] == c)
+            f->conns[i] = NULL;
+}
+
+/* A post and a wake-up queued while megabytes of receives are ready run
+ * after at most one batch of them (loop.h, "Fairness"), on both backends:
+ * on io_uring they used to wait for their eventfd completion, queued
+ * behind every receive completion already in the ring. Deterministic: the
+ * bound counts bytes, not time. */
+static void test_post_not_starved_by_receives(void **state)
+{
+    /* Small buffers, many of them: thousands of receive completions. */
+    router_loop_opts_t o = {.recv_buf_size = 512, .recv_buf_count = 8192};
+    router_loop_t *loop = s_loop_new(state, &o);
+    s_flood_t f = {.post_ran_at = SIZE_MAX, .wake_ran_at = SIZE_MAX};
+    router_loop_set_wake_cb(loop, s_flood_wake, &f);
+    router_conn_handlers_t h = {.on_data = s_flood_data, .on_close = s_flood_close};
+    static uint8_t chunk[FLOOD_BYTES_EACH];
+    int peers[FLOOD_CONNS];
+    for (unsigned i = 0; i < FLOOD_CONNS; i++) {
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        int buf = 4 * FLOOD_BYTES_EACH;
+        (void) setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
+        fcntl(sv[1], F_SETFL, O_NONBLOCK);
+        ssize_t n = write(sv[1], chunk, sizeof chunk);
+        assert_true(n > 0);
+        f.expected += (size_t) n;
+        peers[i] = sv[1];
+        f.conns[i] = router_loop_adopt(loop, sv[0], &h, &f);
+        assert_non_null(f.conns[i]);
+    }
+    /* Enough queued that the bound means something. */
+    assert_true(f.expected > 4 * (ROUTER_LOOP_BATCH_BYTES + o.recv_buf_size));
+    s_run(loop);
+    assert_int_equal(f.received, f.expected);
+    assert_true(f.post_ran_at != SIZE_MAX && f.wake_ran_at != SIZE_MAX);
+    print_message("  post ran after %zu more bytes, wake after %zu (bound %u, flood %zu)\n",
+                  f.post_ran_at - f.at_post, f.wake_ran_at - f.at_post,
+                  ROUTER_LOOP_BATCH_BYTES + o.recv_buf_size, f.expected);
+    assert_true(f.post_ran_at - f.at_post <= ROUTER_LOOP_BATCH_BYTES + o.recv_buf_size);
+    assert_true(f.wake_ran_at - f.at_post <= ROUTER_LOOP_BATCH_BYTES + o.recv_buf_size);
+    for (unsigned i = 0; i < FLOOD_CONNS; i++)
+        close(peers[i]);
+    router_loop_destroy(&loop);
+}
+
 /* ------------------------------------------------------------ fd watches */
 
 typedef struct {
@@ -643,6 +751,207 @@ static void test_watch_zmq_fd(void **state)
     router_loop_destroy(&loop);
 }
 
+/* ------------------------------------------------------------ fd limit */
+
+/* In a child: the hard limit can only go down, and the tests after this
+ * one need descriptors. Exits 0 when every check holds. */
+static int s_fdlimit_child(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_max < 512)
+        return 10;
+    /* The soft limit is raised toward the hard one, as far as needed. */
+    struct rlimit low = {.rlim_cur = 256, .rlim_max = rl.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &low) != 0)
+        return 11;
+    unsigned want = (unsigned) (rl.rlim_max > 100000 ? 100000 : rl.rlim_max) - ROUTER_FDLIMIT_SLACK;
+    if (router_fdlimit_raise(want) != want)
+        return 12;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < want + ROUTER_FDLIMIT_SLACK)
+        return 13;
+    /* Never lowered. */
+    if (router_fdlimit_raise(10) != 10 || getrlimit(RLIMIT_NOFILE, &rl) != 0 ||
+        rl.rlim_cur < want + ROUTER_FDLIMIT_SLACK)
+        return 14;
+    /* A hard limit too low: what it allows is reported. */
+    struct rlimit hard = {.rlim_cur = 300, .rlim_max = 300};
+    if (setrlimit(RLIMIT_NOFILE, &hard) != 0)
+        return 15;
+    if (router_fdlimit_raise(5000) != 300 - ROUTER_FDLIMIT_SLACK)
+        return 16;
+    return 0;
+}
+
+static void test_fdlimit_raise(void **state)
+{
+    (void) state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(s_fdlimit_child());
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* ------------------------------------------------------------ accepting */
+
+static void s_accept_then_timer(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    router_conn_handlers_t h = {.on_data = s_flood_data, .on_close = s_flood_close};
+    router_conn_set_handlers(c, &h, ud);
+    assert_true(router_loop_timer_add(router_conn_loop(c), 1, s_timer_stop_cb, NULL) != 0);
+}
+
+/* A connection waiting before the loop first runs is accepted, and a timer
+ * its accept callback adds fires: the io_uring backend once accepted such
+ * connections just before blocking, with a wait timeout computed before
+ * the timer existed (the hang guard turns that hang into a failure). */
+static void test_accept_timer_before_first_wait(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    router_addr_t addr;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
+    s_flood_t f = {0};
+    router_listener_t *l = router_loop_listen(loop, &addr, s_accept_then_timer, &f);
+    assert_non_null(l);
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_port = htons(router_addr_port(router_listener_addr(l))),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *) &sin, sizeof sin), 0);
+    s_run(loop);
+    router_listener_stats_t st;
+    router_listener_stats(l, &st);
+    assert_int_equal(st.accepted, 1);
+    close(fd);
+    router_loop_destroy(&loop);
+}
+
+/* ------------------------------------------------------------ accept failures */
+
+#define ACCEPT_FAILURES 15
+
+static void s_accept_keep(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    router_conn_handlers_t h = {.on_data = s_flood_data, .on_close = s_flood_close};
+    router_conn_set_handlers(c, &h, ud);
+}
+
+static void s_accept_check(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    (void) ud;
+    router_loop_stats_t st;
+    router_loop_stats(loop, &st);
+    if (st.accept_errors >= ACCEPT_FAILURES)
+        router_loop_stop(loop);
+    else
+        assert_true(router_loop_timer_add(loop, 20, s_accept_check, NULL) != 0);
+}
+
+/* In a child (the descriptor limit is lowered): a process out of
+ * descriptors fails every accept retry (one per 100 ms); the log gets the
+ * first failure and then at most one line per second. Exits 0 when so. */
+static int s_accept_log_child(router_loop_backend_t backend, const char *logpath)
+{
+    router_log_opts_t lo = {.level = ROUTER_LOG_INFO, .path = logpath, .no_stderr = true};
+    if (router_log_start(&lo) != 0)
+        return 20;
+    router_loop_opts_t o = {.backend = backend};
+    router_loop_t *loop = router_loop_new(&o);
+    router_addr_t addr;
+    router_addr_err_t why;
+    if (!loop || router_addr_parse("127.0.0.1:0", &addr, &why) != 0)
+        return 21;
+    s_flood_t f = {0};
+    router_listener_t *l = router_loop_listen(loop, &addr, s_accept_keep, &f);
+    if (!l)
+        return 22;
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(router_addr_port(router_listener_addr(l))),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int cs[4], top = 0;
+    for (int i = 0; i < 4; i++) {
+        cs[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (cs[i] < 0 || connect(cs[i], (struct sockaddr *) &sin, sizeof sin) != 0)
+            return 23;
+        top = cs[i] > top ? cs[i] : top;
+    }
+    /* No descriptor left for an accepted socket. */
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = (rlim_t) top + 1;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 24;
+    uint64_t t0 = router_loop_now_ms(loop);
+    if (!router_loop_timer_add(loop, 20, s_accept_check, NULL) ||
+        !router_loop_timer_add(loop, HANG_GUARD_MS, s_timer_stop_cb, NULL))
+        return 25;
+    if (router_loop_run(loop) != 0)
+        return 26;
+    uint64_t elapsed = router_loop_now_ms(loop) - t0;
+    router_loop_stats_t st;
+    router_loop_stats(loop, &st);
+    router_loop_destroy(&loop);
+    for (int i = 0; i < 4; i++)
+        close(cs[i]);
+    router_log_flush();
+    router_log_stop();
+    if (st.accept_errors < ACCEPT_FAILURES)
+        return 27; /* the guard fired */
+    FILE *fp = fopen(logpath, "r");
+    if (!fp)
+        return 28;
+    char line[1024];
+    unsigned lines = 0, counted = 0;
+    while (fgets(line, sizeof line, fp)) {
+        if (strstr(line, "accept failed") || strstr(line, "more accept failures"))
+            lines++;
+        if (strstr(line, "suppressed)") || strstr(line, "more accept failures"))
+            counted++;
+    }
+    fclose(fp);
+    /* The first line, then one per full second at most: a bound from the
+     * time it took, not an assumption about speed. */
+    unsigned bound = 1 + (unsigned) (elapsed / 1000);
+    fprintf(stderr, "  %llu accept failures in %llu ms: %u lines (bound %u), %u with a count\n",
+            (unsigned long long) st.accept_errors, (unsigned long long) elapsed, lines, bound,
+            counted);
+    if (lines < 1 || lines > bound)
+        return 29;
+    return 0;
+}
+
+static void test_accept_failures_rate_limited(void **state)
+{
+    router_loop_backend_t backend = *(router_loop_backend_t *) *state;
+    router_loop_opts_t o = {.backend = backend};
+    router_loop_t *probe = router_loop_new(&o);
+    if (!probe) {
+        print_message("backend refused here (%s): skipping\n", strerror(errno));
+        skip();
+    }
+    router_loop_destroy(&probe);
+    char path[] = "/tmp/kith-accept-log-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(s_accept_log_child(backend, path));
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    unlink(path);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 /* ------------------------------------------------------------ logger */
 
 static void test_log_levels_and_escaping(void **state)
@@ -693,6 +1002,7 @@ int main(void)
         cmocka_unit_test(test_backend_env),
         cmocka_unit_test(test_bad_opts),
         cmocka_unit_test(test_log_levels_and_escaping),
+        cmocka_unit_test(test_fdlimit_raise),
         BOTH(test_stop_before_run),
         BOTH(test_run_on_another_thread),
         BOTH(test_timers_order_and_cancel),
@@ -701,6 +1011,9 @@ int main(void)
         BOTH(test_signalfd),
         BOTH(test_post_and_wake_across_threads),
         BOTH(test_posts_run_at_destroy),
+        BOTH(test_post_not_starved_by_receives),
+        BOTH(test_accept_timer_before_first_wait),
+        BOTH(test_accept_failures_rate_limited),
         BOTH(test_watch_pipe),
         BOTH(test_watch_update),
         BOTH(test_watch_zmq_fd),

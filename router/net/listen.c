@@ -20,6 +20,9 @@
 
 /* Pause before accepting again after EMFILE, ENFILE, ENOMEM and the like. */
 #define S_ACCEPT_RETRY_MS 100
+/* Accept failures are logged at most once per this many ms per listener;
+ * the next line counts those suppressed meanwhile. */
+#define S_ACCEPT_LOG_MS 1000
 
 /* ------------------------------------------------------------ sockets */
 
@@ -279,6 +282,39 @@ void router_listener_on_accept(router_listener_t *l, int fd)
     loop->be->conn_sync(c);
 }
 
+/* Logs an accept failure: the first at once, then at most one line per
+ * S_ACCEPT_LOG_MS with the number suppressed in between, so a process out
+ * of descriptors does not flood the log too. `err` 0: only report what was
+ * suppressed, if a line is due. */
+static void s_accept_error_log(router_listener_t *l, int err)
+{
+    uint64_t now = router_loop_now_ms(l->loop);
+    if (err)
+        l->err_last = err;
+    bool due = l->err_logged_ms == 0 || now - l->err_logged_ms >= S_ACCEPT_LOG_MS;
+    if (!due || (!err && l->err_suppressed == 0)) {
+        if (err)
+            l->err_suppressed++;
+        return;
+    }
+    char text[ROUTER_ADDR_STR_MAX] = "?";
+    (void) router_addr_format(&l->addr, text, sizeof text);
+    if (!err)
+        ROUTER_LOG(ROUTER_LOG_WARN, "listen", "%s: %llu more accept failures (%s) in the last %llu ms",
+                   text, (unsigned long long) l->err_suppressed, strerror(l->err_last),
+                   (unsigned long long) (now - l->err_logged_ms));
+    else if (l->err_suppressed)
+        ROUTER_LOG(ROUTER_LOG_WARN, "listen",
+                   "%s: accept failed (%s): pausing accepts for %d ms (%llu similar suppressed)",
+                   text, strerror(err), S_ACCEPT_RETRY_MS,
+                   (unsigned long long) l->err_suppressed);
+    else
+        ROUTER_LOG(ROUTER_LOG_WARN, "listen", "%s: accept failed (%s): pausing accepts for %d ms",
+                   text, strerror(err), S_ACCEPT_RETRY_MS);
+    l->err_logged_ms = now;
+    l->err_suppressed = 0;
+}
+
 static void s_accept_retry(router_loop_t *loop, uint64_t id, void *ud)
 {
     router_listener_t *l = ud;
@@ -287,6 +323,7 @@ static void s_accept_retry(router_loop_t *loop, uint64_t id, void *ud)
     l->backing_off = false;
     if (l->closed)
         return;
+    s_accept_error_log(l, 0); /* the count, if failures stopped being logged */
     int rc = loop->be->listener_start(l);
     if (rc < 0)
         router_listener_on_accept_error(l, -rc);
@@ -308,10 +345,7 @@ void router_listener_on_accept_error(router_listener_t *l, int err)
     loop->stats.accept_errors++;
     if (l->closed || l->backing_off)
         return;
-    char text[ROUTER_ADDR_STR_MAX] = "?";
-    (void) router_addr_format(&l->addr, text, sizeof text);
-    ROUTER_LOG(ROUTER_LOG_WARN, "listen", "%s: accept failed (%s): pausing accepts for %d ms",
-               text, strerror(err), S_ACCEPT_RETRY_MS);
+    s_accept_error_log(l, err);
     l->backing_off = true;
     loop->be->listener_stop(l);
     l->retry_timer = router_loop_timer_add(loop, S_ACCEPT_RETRY_MS, s_accept_retry, l);

@@ -19,8 +19,10 @@ typedef void (*router_accept_fn)(router_listener_t *listener, router_conn_t *con
 /* Default listen(2) backlog. */
 #define ROUTER_LISTEN_BACKLOG 511
 
-/* Opens a listening socket on `addr` and starts accepting (io_uring:
- * multishot accept; epoll: level-triggered accept4 loop).
+/* Opens a listening socket on `addr` and starts accepting (epoll: a
+ * level-triggered accept4 loop; io_uring: the same through an epoll set the
+ * ring polls, so no io_uring request ever holds the socket and a killed
+ * process's port is free the moment it is reaped — WIRE §9.2).
  * - TCP: SO_REUSEADDR; `[::]` listens dual-stack (IPV6_V6ONLY off, IPv4
  *   peers appear as ::ffff:a.b.c.d); any other IPv6 address is IPv6-only.
  * - Unix: missing parent directories are created (0700) and the socket

@@ -25,6 +25,9 @@
 #define S_RECV_BUF_SIZE_MAX (1024u * 1024u)
 /* Largest post queue. */
 #define S_POST_CAPACITY_MAX (1u << 20)
+/* While busy, the signalfd is read at least this often (ms), whatever
+ * its own completion's place in the queue. */
+#define S_SIGNAL_POLL_MS 10
 
 static atomic_bool s_fallback_logged;
 
@@ -613,6 +616,12 @@ void router_loop_destroy(router_loop_t **lp)
         return;
     router_loop_t *loop = *lp;
     *lp = NULL;
+    if (loop->has_run && !pthread_equal(loop->runner, pthread_self()))
+        ROUTER_LOG(ROUTER_LOG_WARN, "loop",
+                   "destroyed on another thread than the one that ran it: %s",
+                   loop->be == &router_backend_uring
+                       ? "io_uring cannot cancel and reap its requests from here"
+                       : "allowed for epoll, but not portable to io_uring");
     /* Nothing accepted is lost: queued posts run before teardown. */
     while (s_posts_run(loop, SIZE_MAX))
         ;
@@ -650,6 +659,30 @@ const char *router_loop_backend_name(const router_loop_t *loop)
 
 /* ------------------------------------------------------------ running */
 
+/* Runs, between two dispatch batches, what other threads and the kernel
+ * asked of the loop: posts and the wake callback (two atomic loads), and
+ * signals (a nonblocking read of the signalfd, at most every
+ * S_SIGNAL_POLL_MS while the loop is busy). Their own eventfd and signalfd
+ * completions may sit far behind a flood of receives — io_uring queues
+ * them in arrival order, and recent kernels run only a few deferred task
+ * works per enter — so they are not waited for; when they do come they
+ * find little to do. The wake_armed protocol is untouched, so no wake-up
+ * is lost. Returns true if posts are left over for the next iteration. */
+static bool s_service(router_loop_t *loop, int dispatched)
+{
+    bool more = s_posts_run(loop, loop->post_mask + 1);
+    if (atomic_exchange(&loop->wake_requested, 0) && loop->wake_cb)
+        loop->wake_cb(loop, loop->wake_ud);
+    if (dispatched > 0 && loop->signal_fd >= 0) {
+        uint64_t now = s_now_ms();
+        if (now - loop->signal_polled_ms >= S_SIGNAL_POLL_MS) {
+            loop->signal_polled_ms = now;
+            s_on_signalfd(loop->signal_watch, loop->signal_fd, ROUTER_EV_READ, loop);
+        }
+    }
+    return more;
+}
+
 int router_loop_run(router_loop_t *loop)
 {
     if (!loop || loop->running || loop->destroying) {
@@ -657,10 +690,16 @@ int router_loop_run(router_loop_t *loop)
         return -1;
     }
     loop->running = true;
+    loop->runner = pthread_self();
+    loop->has_run = true;
     int rc = 0;
     router_loop_settle(loop);
+    bool busy = false;
+    /* One iteration: at most ROUTER_LOOP_BATCH completions, then posts,
+     * wake-ups, signals and due timers, so a flood of receives can delay
+     * them by one batch and no more. */
     while (!atomic_load(&loop->stop)) {
-        int timeout = loop->pend_head ? 0 : s_timers_timeout(loop);
+        int timeout = loop->pend_head || busy ? 0 : s_timers_timeout(loop);
         int r = loop->be->wait(loop, timeout);
         if (r < 0) {
             ROUTER_LOG(ROUTER_LOG_ERROR, "loop", "%s wait failed: %s", loop->be->name,
@@ -669,6 +708,8 @@ int router_loop_run(router_loop_t *loop)
             rc = -1;
             break;
         }
+        router_loop_settle(loop);
+        busy = s_service(loop, r);
         router_loop_settle(loop);
         s_timers_run(loop);
         router_loop_settle(loop);

@@ -7,7 +7,8 @@
  * (listen, connect, timers, watches); from then on every function of the
  * router loop, conn and listener APIs is for that thread only, except
  * router_loop_wake, router_loop_post and router_loop_stop, which any thread
- * may call. Callbacks always run on the loop thread and must not block.
+ * may call; router_loop_destroy too belongs to that thread once it has run
+ * the loop. Callbacks always run on the loop thread and must not block.
  *
  * Connections: router/net/conn.h. Listeners and addresses: router/net/listen.h. */
 #ifndef KITH_ROUTER_LOOP_H
@@ -61,15 +62,32 @@ router_loop_t *router_loop_new(const router_loop_opts_t *opts);
 /* Runs posts still queued, closes every connection (on_close with
  * ROUTER_CLOSE_SHUTDOWN), listener and watch, drops pending timers without
  * calling them, restores the signal mask changed by router_loop_on_signal
- * and frees the loop. Call it on the loop thread (io_uring then waits for
- * its cancelled requests), never from inside a callback. Nulls *loop;
- * idempotent. */
+ * and frees the loop. Never from inside a callback.
+ * Threads: call it on the thread that ran the loop (after router_loop_run
+ * returned), or on any thread if it never ran. io_uring rings are set up
+ * SINGLE_ISSUER, so only that thread can submit the cancels for requests
+ * still in flight and wait for them before their buffers are freed; from
+ * another thread the cancel drain fails with EEXIST — logged as an error,
+ * never silent, and a warning names the wrong thread. (A threaded owner
+ * such as router/node.c tears its loop down at the end of its thread.)
+ * Nulls *loop; idempotent. */
 void router_loop_destroy(router_loop_t **loop);
 
 /* "io_uring" or "epoll". */
 const char *router_loop_backend_name(const router_loop_t *loop);
 
 /* ------------------------------------------------------------ running */
+
+/* Fairness. One loop iteration dispatches at most ROUTER_LOOP_BATCH
+ * completions (io_uring) or events (epoll), and takes no more receives
+ * once ROUTER_LOOP_BATCH_BYTES have been delivered (so at most that plus
+ * one receive buffer). Between two batches the loop runs queued posts and
+ * the wake callback, reads the signalfd (at least every 10 ms while busy)
+ * and fires due timers: none of them waits behind more than one batch of
+ * receives, however many are queued (WIRE §9.2). Bytes matter more than
+ * completions: one 16 KiB receive can carry ~75 envelopes to verify. */
+#define ROUTER_LOOP_BATCH 256
+#define ROUTER_LOOP_BATCH_BYTES (128u * 1024u)
 
 /* Runs until router_loop_stop. Returns 0 when stopped, or -1 with errno
  * set when the backend fails (with SINGLE_ISSUER io_uring, EEXIST means a

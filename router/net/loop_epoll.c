@@ -2,7 +2,10 @@
  * refuse io_uring. Connections and listeners are level-triggered (one read
  * per connection per wake-up keeps the loop fair); watches are
  * edge-triggered (EPOLLET) to match io_uring's multishot poll. Reads land
- * in one loop-wide buffer, so an idle connection holds no receive memory. */
+ * in one loop-wide buffer, so an idle connection holds no receive memory.
+ * Once a wait's events have delivered ROUTER_LOOP_BATCH_BYTES, the
+ * remaining connection events are left for the next wait (level-triggered:
+ * they come back), so posts and signals run in between (loop.h). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +17,7 @@
 #include "router/net/loop_internal.h"
 
 /* Events taken per epoll_wait. */
-#define S_EVENTS 256
+#define S_EVENTS ROUTER_LOOP_BATCH
 /* Accepts per listener per wake-up, so one busy listener cannot starve
  * the connections already open. */
 #define S_ACCEPT_BURST 64
@@ -23,6 +26,7 @@ typedef struct s_epoll {
     int epfd;                              /* the epoll instance */
     uint8_t *rbuf;                         /* shared receive buffer */
     size_t rbuf_size;                      /* its size (recv_buf_size) */
+    size_t batch_bytes;                    /* bytes delivered in this wait's batch */
     struct epoll_event events[S_EVENTS];   /* epoll_wait output */
 } s_epoll_t;
 
@@ -72,18 +76,18 @@ static void s_fini(router_loop_t *loop)
 
 static int s_listener_start(router_listener_t *l)
 {
-    int rc = s_ctl(l->loop, l->be.e.added ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, l->fd, EPOLLIN,
+    int rc = s_ctl(l->loop, l->be_added ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, l->fd, EPOLLIN,
                    router_op_pack(l, ROUTER_OP_ACCEPT));
     if (rc == 0)
-        l->be.e.added = true;
+        l->be_added = true;
     return rc;
 }
 
 static void s_listener_stop(router_listener_t *l)
 {
-    if (l->be.e.added)
+    if (l->be_added)
         (void) s_ctl(l->loop, EPOLL_CTL_DEL, l->fd, 0, 0);
-    l->be.e.added = false;
+    l->be_added = false;
 }
 
 static bool s_listener_busy(const router_listener_t *l)
@@ -196,9 +200,10 @@ static void s_conn_read(router_conn_t *c)
 {
     s_epoll_t *e = s_ep(c->loop);
     ssize_t n = recv(c->fd, e->rbuf, e->rbuf_size, MSG_DONTWAIT);
-    if (n > 0)
+    if (n > 0) {
+        e->batch_bytes += (size_t) n;
         router_conn_on_read(c, e->rbuf, (size_t) n);
-    else if (n == 0)
+    } else if (n == 0)
         router_conn_on_eof(c);
     else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
         router_conn_on_error(c, errno);
@@ -301,6 +306,7 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
     int n = epoll_wait(e->epfd, e->events, S_EVENTS, timeout_ms);
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
+    e->batch_bytes = 0;
     for (int i = 0; i < n; i++) {
         uint64_t tag = e->events[i].data.u64;
         uint32_t ev = e->events[i].events;
@@ -309,7 +315,11 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
             s_on_listener(router_op_obj(tag));
             break;
         case ROUTER_OP_RECV:
-            s_on_conn(router_op_obj(tag), ev);
+            /* Over the byte budget, connections wait for the next batch:
+             * they are level-triggered, so the event comes back. Watches
+             * are edge-triggered and always handled. */
+            if (e->batch_bytes < ROUTER_LOOP_BATCH_BYTES)
+                s_on_conn(router_op_obj(tag), ev);
             break;
         case ROUTER_OP_POLL:
             s_on_watch(router_op_obj(tag), ev);
@@ -318,7 +328,7 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
             break;
         }
     }
-    return 0;
+    return n;
 }
 
 const router_backend_ops_t router_backend_epoll = {

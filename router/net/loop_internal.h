@@ -10,6 +10,7 @@
 #ifndef KITH_ROUTER_LOOP_INTERNAL_H
 #define KITH_ROUTER_LOOP_INTERNAL_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -30,7 +31,7 @@
  * provided-buffer id travels in the CQE flags, the fd in the object. */
 typedef enum router_op {
     ROUTER_OP_IGNORE = 0, /* cancel requests: their completions are dropped */
-    ROUTER_OP_ACCEPT,     /* a listener accepting */
+    ROUTER_OP_ACCEPT,     /* listeners ready (io_uring: the poll on their epoll set) */
     ROUTER_OP_RECV,       /* a connection receiving (epoll: any conn event) */
     ROUTER_OP_SEND,       /* a connection's sendmsg */
     ROUTER_OP_CONNECT,    /* a connection's outbound connect */
@@ -155,19 +156,14 @@ struct router_listener {
     bool refusing;                /* a refusal streak was logged */
     bool backing_off;             /* accepting paused after EMFILE and such */
     uint64_t retry_timer;         /* ...until this timer fires */
+    uint64_t err_logged_ms;       /* when an accept failure was last logged, 0: never */
+    uint64_t err_suppressed;      /* failures not logged since then */
+    int err_last;                 /* the latest accept failure's errno */
     char *uds_path;               /* the socket file we created, or NULL */
     dev_t uds_dev;                /* its device, to unlink only our own file */
     ino_t uds_ino;                /* its inode */
     router_listener_t *prev, *next; /* the loop's live or dead list */
-    union {
-        struct {
-            unsigned inflight;    /* accept requests in flight */
-            bool cancelled;       /* a cancel was submitted */
-        } u;                      /* io_uring backend */
-        struct {
-            bool added;           /* in the epoll set */
-        } e;                      /* epoll backend */
-    } be;                         /* backend state */
+    bool be_added;                /* in the backend's epoll set (both backends) */
 };
 
 struct router_watch {
@@ -251,6 +247,8 @@ struct router_loop {
     router_loop_stats_t stats;       /* counters */
     atomic_bool stop;                /* router_loop_stop was called */
     bool running;                    /* inside router_loop_run */
+    bool has_run;                    /* router_loop_run was called */
+    pthread_t runner;                /* ...by this thread (the io_uring issuer) */
     bool destroying;                 /* inside router_loop_destroy */
     bool be_finished;                /* backend torn down: free without asking it */
     uint64_t next_conn_id;           /* the next router_conn_id */
@@ -282,6 +280,7 @@ struct router_loop {
     router_watch_t *signal_watch;    /* its watch */
     sigset_t sig_set;                /* signals routed to the signalfd */
     sigset_t sig_blocked;            /* the subset this loop blocked itself */
+    uint64_t signal_polled_ms;       /* when the signalfd was last read between batches */
     struct {
         router_signal_fn cb;         /* handler, or NULL */
         void *ud;                    /* its user data */
@@ -298,7 +297,8 @@ struct router_backend_ops {
     /* Tears the kernel side down: no completion or event arrives after. */
     void (*fini)(router_loop_t *loop);
     /* Submits pending requests, waits up to timeout_ms (-1: no limit) for
-     * something to happen and dispatches what did. */
+     * something to happen and dispatches what did, at most
+     * ROUTER_LOOP_BATCH completions or events. Returns how many. */
     int (*wait)(router_loop_t *loop, int timeout_ms);
     int (*listener_start)(router_listener_t *l);
     void (*listener_stop)(router_listener_t *l);

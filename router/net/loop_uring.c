@@ -1,8 +1,10 @@
 /* router/net/loop_uring.c — the io_uring backend (liburing 2.3).
  *
  * Per opcode:
- * - ACCEPT: one multishot accept per listener; re-armed when a CQE comes
- *   without IORING_CQE_F_MORE; EMFILE and friends pause it for a moment.
+ * - ACCEPT: no request names a listening socket (it would outlive a killed
+ *   process, see "listeners"): one multishot poll on an epoll set of the
+ *   listeners, then nonblocking accept4(); EMFILE and friends take the
+ *   listener out of the set for a moment.
  * - RECV: one multishot recv per connection reading into a ring of provided
  *   buffers (IOSQE_BUFFER_SELECT); the buffer id comes back in the CQE
  *   flags and the buffer returns to the ring right after on_data. -ENOBUFS
@@ -13,13 +15,17 @@
  * - POLL: multishot poll for watches (edge-triggered), re-armed when it ends.
  * user_data is the object's address with the opcode in its low bits; an
  * object is freed only once all its requests have completed (inflight).
- * Kernels without multishot recv or accept get single-shot requests
- * re-armed after each completion. */
+ * Kernels without multishot recv get single-shot receives re-armed after
+ * each completion.
+ * Each wait dispatches at most ROUTER_LOOP_BATCH completions and
+ * ROUTER_LOOP_BATCH_BYTES of received data (loop.h, "Fairness"); the rest
+ * stay in the ring for the next iteration. */
 #include <errno.h>
 #include <liburing.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -32,8 +38,11 @@
 #define S_CQ_ENTRIES 8192
 /* The one provided-buffer group. */
 #define S_BGID 0
-/* Completions handled per wait before timers get their turn. */
-#define S_CQE_BATCH 4096
+/* Connections accepted per listener per wake-up, so one busy listener
+ * cannot starve the connections already open. */
+#define S_ACCEPT_BURST 64
+/* Ready listeners taken from their epoll set per call. */
+#define S_ACCEPT_EVENTS 32
 /* How long destroy waits for cancelled requests to complete. */
 #define S_DRAIN_MS 1000
 
@@ -48,7 +57,9 @@ typedef struct s_uring {
     unsigned buf_size;             /* bytes per buffer */
     unsigned buf_count;            /* buffers (power of two) */
     bool recv_oneshot;             /* kernel refused multishot recv (< 6.0) */
-    bool accept_oneshot;           /* kernel refused multishot accept (< 5.19) */
+    int accept_ep;                 /* epoll set of the listeners (see "listeners") */
+    bool accept_polled;            /* a multishot poll on accept_ep is in flight */
+    bool accept_again;             /* a listener may have connections waiting */
 } s_uring_t;
 
 static s_uring_t *s_u(const router_loop_t *loop)
@@ -76,6 +87,13 @@ static bool s_cancel(s_uring_t *u, uint64_t tag)
     io_uring_prep_cancel64(sqe, tag, 0);
     io_uring_sqe_set_data64(sqe, router_op_pack(NULL, ROUTER_OP_IGNORE));
     return true;
+}
+
+/* A relative timeout for io_uring, normalised (tv_nsec below a second). */
+static struct __kernel_timespec s_timeout(uint64_t ms)
+{
+    return (struct __kernel_timespec){.tv_sec = (long long) (ms / 1000u),
+                                      .tv_nsec = (long long) (ms % 1000u) * 1000000};
 }
 
 /* ------------------------------------------------------------ setup */
@@ -146,6 +164,8 @@ static void s_free(s_uring_t *u, bool ring_up)
 {
     if (ring_up)
         io_uring_queue_exit(&u->ring);
+    if (u->accept_ep >= 0)
+        close(u->accept_ep);
     if (u->bufs)
         munmap(u->bufs, u->bufs_bytes);
     if (u->br)
@@ -158,6 +178,12 @@ static int s_init(router_loop_t *loop)
     s_uring_t *u = calloc(1, sizeof *u);
     if (!u)
         return -ENOMEM;
+    u->accept_ep = epoll_create1(EPOLL_CLOEXEC);
+    if (u->accept_ep < 0) {
+        int err = errno;
+        free(u);
+        return -err;
+    }
     int rc = s_ring_init(u);
     if (rc < 0) {
         s_free(u, false);
@@ -172,7 +198,7 @@ static int s_init(router_loop_t *loop)
     return 0;
 }
 
-static void s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe);
+static size_t s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe);
 
 /* Cancels whatever is still in flight and waits (bounded) for the
  * completions, so no request outlives the memory it points into. */
@@ -188,14 +214,14 @@ static void s_fini(router_loop_t *loop)
             io_uring_sqe_set_data64(sqe, router_op_pack(NULL, ROUTER_OP_IGNORE));
         }
         uint64_t deadline = router_loop_now_ms(loop) + S_DRAIN_MS;
+        int rc = 0;
         while (u->inflight > 0) {
             uint64_t now = router_loop_now_ms(loop);
             if (now >= deadline)
                 break;
-            struct __kernel_timespec ts = {.tv_sec = 0,
-                                           .tv_nsec = (long long) (deadline - now) * 1000000};
+            struct __kernel_timespec ts = s_timeout(deadline - now);
             struct io_uring_cqe *cqe;
-            int rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
+            rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
             if (rc < 0 && rc != -ETIME && rc != -EINTR)
                 break;
             while (io_uring_peek_cqe(&u->ring, &cqe) == 0) {
@@ -204,6 +230,14 @@ static void s_fini(router_loop_t *loop)
                 s_dispatch(loop, &copy);
             }
         }
+        /* Never silent: requests left in flight may still touch buffers
+         * about to be freed (EEXIST: not the thread that ran the loop). */
+        if (u->inflight > 0)
+            ROUTER_LOG(ROUTER_LOG_ERROR, "loop",
+                       "io_uring teardown: %u requests not drained (%s); the kernel cancels "
+                       "them as the ring closes",
+                       u->inflight, rc < 0 && rc != -ETIME && rc != -EINTR ? strerror(-rc)
+                                                                         : "timed out");
     }
     s_free(u, true);
     loop->be_data = NULL;
@@ -211,58 +245,111 @@ static void s_fini(router_loop_t *loop)
 
 /* ------------------------------------------------------------ listeners */
 
-static int s_listener_start(router_listener_t *l)
+/* Listening sockets are never named in an io_uring request. A request holds
+ * a reference to its file, and when a process dies the kernel tears its
+ * ring down asynchronously (a workqueue, ~10 ms here): a pending multishot
+ * accept kept the listening socket open — accepting into its backlog and
+ * resetting those connections when it finally closed — after the process
+ * was reaped, so an immediate restart failed with EADDRINUSE (WIRE §9.2).
+ * Instead the listeners sit in an epoll set (which holds no reference: the
+ * last close removes the socket from it), the ring polls that epoll fd, and
+ * ready listeners are drained with nonblocking accept4(). The set is
+ * edge-triggered; a listener left ready by the per-wake burst is retried
+ * before the next wait (accept_again). */
+
+static int s_accept_arm(s_uring_t *u)
 {
-    s_uring_t *u = s_u(l->loop);
-    if (l->be.u.inflight > 0)
-        return 0; /* still armed, or re-armed when its cancel completes */
+    if (u->accept_polled)
+        return 0;
     struct io_uring_sqe *sqe = s_sqe(u);
     if (!sqe)
         return -EBUSY;
-    if (u->accept_oneshot)
-        io_uring_prep_accept(sqe, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    else
-        io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, router_op_pack(l, ROUTER_OP_ACCEPT));
-    l->be.u.inflight++;
-    l->be.u.cancelled = false;
+    io_uring_prep_poll_multishot(sqe, u->accept_ep, POLLIN);
+    io_uring_sqe_set_data64(sqe, router_op_pack(u, ROUTER_OP_ACCEPT));
+    u->accept_polled = true;
     u->inflight++;
     return 0;
 }
 
+static int s_listener_start(router_listener_t *l)
+{
+    s_uring_t *u = s_u(l->loop);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = l};
+    if (epoll_ctl(u->accept_ep, l->be_added ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, l->fd, &ev) != 0)
+        return -errno;
+    l->be_added = true;
+    u->accept_again = true; /* connections may be queued already */
+    return s_accept_arm(u);
+}
+
 static void s_listener_stop(router_listener_t *l)
 {
-    if (l->be.u.inflight > 0 && !l->be.u.cancelled &&
-        s_cancel(s_u(l->loop), router_op_pack(l, ROUTER_OP_ACCEPT)))
-        l->be.u.cancelled = true;
+    if (l->be_added && l->fd >= 0)
+        (void) epoll_ctl(s_u(l->loop)->accept_ep, EPOLL_CTL_DEL, l->fd, NULL);
+    l->be_added = false;
 }
 
 static bool s_listener_busy(const router_listener_t *l)
 {
-    return l->be.u.inflight > 0;
+    (void) l;
+    return false; /* no request ever names a listener */
 }
 
-static void s_on_accept(router_loop_t *loop, router_listener_t *l, const struct io_uring_cqe *cqe)
+/* Accepts up to S_ACCEPT_BURST connections on l; leaves accept_again set
+ * if l may have more. */
+static void s_listener_drain(s_uring_t *u, router_listener_t *l)
+{
+    for (int i = 0; i < S_ACCEPT_BURST; i++) {
+        if (l->closed || l->backing_off || !l->be_added)
+            return;
+        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            router_listener_on_accept(l, fd);
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return;
+        router_listener_on_accept_error(l, errno);
+    }
+    u->accept_again = true;
+}
+
+/* Accepts on the listeners the epoll set reports, and on all of them when
+ * a burst was cut short last time. */
+static void s_listeners_accept(router_loop_t *loop)
 {
     s_uring_t *u = s_u(loop);
-    bool more = cqe->flags & IORING_CQE_F_MORE;
-    if (!more) {
-        l->be.u.inflight--;
+    bool again = u->accept_again;
+    u->accept_again = false;
+    struct epoll_event evs[S_ACCEPT_EVENTS];
+    int n = epoll_wait(u->accept_ep, evs, S_ACCEPT_EVENTS, 0);
+    for (int i = 0; i < n; i++)
+        s_listener_drain(u, evs[i].data.ptr);
+    if (n == S_ACCEPT_EVENTS)
+        again = true; /* more ready than one call returns */
+    if (again)
+        for (router_listener_t *l = loop->listeners, *next; l; l = next) {
+            next = l->next; /* on_accept may close l */
+            s_listener_drain(u, l);
+        }
+}
+
+static void s_on_accept(router_loop_t *loop, const struct io_uring_cqe *cqe)
+{
+    s_uring_t *u = s_u(loop);
+    if (!(cqe->flags & IORING_CQE_F_MORE)) {
+        u->accept_polled = false;
         u->inflight--;
     }
-    if (cqe->res >= 0) {
-        router_listener_on_accept(l, cqe->res);
-    } else if (cqe->res == -EINVAL && !u->accept_oneshot && !l->closed) {
-        u->accept_oneshot = true;
-        ROUTER_LOG(ROUTER_LOG_INFO, "loop", "no multishot accept: re-arming single accepts");
-    } else if (cqe->res != -ECANCELED) {
-        router_listener_on_accept_error(l, -cqe->res);
-    }
-    if (!more && !l->closed && !l->backing_off && l->be.u.inflight == 0) {
-        int rc = s_listener_start(l);
-        if (rc < 0)
-            router_listener_on_accept_error(l, -rc);
-    }
+    if (cqe->res == -ECANCELED || loop->destroying)
+        return;
+    if (cqe->res < 0)
+        ROUTER_LOG(ROUTER_LOG_WARN, "loop", "poll on the listeners failed (%s): re-arming",
+                   strerror(-cqe->res));
+    else
+        s_listeners_accept(loop);
+    if (!u->accept_polled && s_accept_arm(u) < 0)
+        u->accept_again = true; /* no SQE now: try again before the next wait */
 }
 
 /* ------------------------------------------------------------ connections */
@@ -368,7 +455,8 @@ static bool s_conn_busy(const router_conn_t *c)
     return c->be.u.inflight > 0;
 }
 
-static void s_on_recv(router_loop_t *loop, router_conn_t *c, const struct io_uring_cqe *cqe)
+/* Returns the bytes delivered. */
+static size_t s_on_recv(router_loop_t *loop, router_conn_t *c, const struct io_uring_cqe *cqe)
 {
     s_uring_t *u = s_u(loop);
     router_conn_uring_t *cu = &c->be.u;
@@ -399,6 +487,7 @@ static void s_on_recv(router_loop_t *loop, router_conn_t *c, const struct io_uri
         s_buf_recycle(u, bid);
     if (!more && c->state != ROUTER_CONN_DEAD)
         s_conn_sync(c);
+    return res > 0 && has_buf ? (size_t) res : 0;
 }
 
 static void s_on_send(router_loop_t *loop, router_conn_t *c, const struct io_uring_cqe *cqe)
@@ -514,16 +603,16 @@ static void s_on_poll(router_loop_t *loop, router_watch_t *w, const struct io_ur
 
 /* ------------------------------------------------------------ waiting */
 
-static void s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe)
+/* Handles one completion; returns the bytes it delivered to a connection. */
+static size_t s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe)
 {
     void *obj = router_op_obj(cqe->user_data);
     switch (router_op_of(cqe->user_data)) {
     case ROUTER_OP_ACCEPT:
-        s_on_accept(loop, obj, cqe);
+        s_on_accept(loop, cqe);
         break;
     case ROUTER_OP_RECV:
-        s_on_recv(loop, obj, cqe);
-        break;
+        return s_on_recv(loop, obj, cqe);
     case ROUTER_OP_SEND:
         s_on_send(loop, obj, cqe);
         break;
@@ -537,6 +626,7 @@ static void s_dispatch(router_loop_t *loop, const struct io_uring_cqe *cqe)
     default:
         break;
     }
+    return 0;
 }
 
 static int s_wait(router_loop_t *loop, int timeout_ms)
@@ -549,6 +639,8 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
             return rc == -1 ? -errno : rc;
         u->enabled = true;
     }
+    if (u->accept_again)
+        timeout_ms = 0; /* accepted below, after the wait: not a reason to sleep */
     struct io_uring_cqe *cqe;
     int rc;
     if (timeout_ms == 0) {
@@ -556,19 +648,29 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
     } else if (timeout_ms < 0) {
         rc = io_uring_submit_and_wait(&u->ring, 1);
     } else {
-        struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
-                                       .tv_nsec = (long long) (timeout_ms % 1000) * 1000000};
+        struct __kernel_timespec ts = s_timeout((uint64_t) timeout_ms);
         rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
     }
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
         return rc;
-    for (unsigned n = 0; n < S_CQE_BATCH && io_uring_peek_cqe(&u->ring, &cqe) == 0; n++) {
+    int n = 0;
+    size_t bytes = 0;
+    for (; n < ROUTER_LOOP_BATCH && bytes < ROUTER_LOOP_BATCH_BYTES &&
+           io_uring_peek_cqe(&u->ring, &cqe) == 0;
+         n++) {
         /* Copied and released first: handlers may submit, even wait. */
         struct io_uring_cqe copy = *cqe;
         io_uring_cqe_seen(&u->ring, cqe);
-        s_dispatch(loop, &copy);
+        bytes += s_dispatch(loop, &copy);
     }
-    return 0;
+    /* After the wait, never before it: an accept's callbacks may add
+     * timers, and the wait's timeout was computed without them. */
+    if (u->accept_again) {
+        s_listeners_accept(loop);
+        if (!u->accept_polled && s_accept_arm(u) < 0)
+            u->accept_again = true;
+    }
+    return n;
 }
 
 const router_backend_ops_t router_backend_uring = {

@@ -324,6 +324,30 @@ def metric(node, name):
     raise AssertionError(f"{name} not in /metrics:\n{text}")
 
 
+def metrics_map(node):
+    """/metrics as {sample name with labels: int}."""
+    m = {}
+    for line in metrics(node).splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            m[k] = int(float(v))
+    return m
+
+
+def wait_metric(node, key, pred, timeout=60):
+    """Waits until pred(value of sample `key`, 0 while absent) holds; returns
+    the whole map. Counters are how tests learn what happened: log lines are
+    rate-limited per call site."""
+    deadline = time.time() + timeout
+    m = {}
+    while time.time() < deadline:
+        m = metrics_map(node)
+        if pred(m.get(key, 0)):
+            return m
+        time.sleep(0.1)
+    raise AssertionError(f"{key} never satisfied the condition: {m.get(key)}\n{node.logs()[-3000:]}")
+
+
 def raw(port, data, host="127.0.0.1"):
     """Sends data on a fresh connection; returns everything read until EOF."""
     with socket.create_connection((host, port), timeout=20) as s:

@@ -16,7 +16,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Conn, Daemon, Peer, Results, events, frame  # noqa: E402
+from peer import Conn, Daemon, Peer, Results, events, frame, wait_metric  # noqa: E402
+from peer import metrics_map as metrics  # noqa: E402
 
 ATTACKER = "127.0.0.2"   # silent clients come from here (or 127.0.0.2..n)
 TRUSTED = "127.0.0.1"    # the trusted peer comes from here
@@ -37,19 +38,6 @@ def try_dial(port, src=ATTACKER):
         return dial(port, src)
     except ConnectionResetError:
         return None
-
-
-def metrics(node):
-    out = subprocess.run(["curl", "-sf", "--max-time", "20",
-                          f"http://127.0.0.1:{node.gw_port}/metrics"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, f"/metrics failed: {out.stderr}"
-    m = {}
-    for line in out.stdout.splitlines():
-        if line and not line.startswith("#"):
-            k, _, v = line.rpartition(" ")
-            m[k] = int(float(v))
-    return m
 
 
 def health_ok(node):
@@ -88,17 +76,6 @@ def trusted_acked(node, alice, src=TRUSTED, body="trusted"):
     ack = c.read_frame()
     c.close()
     return ack is not None and ack["kind"]["type"] == "ack" and ack["kind"]["in_reply_to"] == m["id"]
-
-
-def wait_metric(node, key, pred, timeout=60):
-    deadline = time.time() + timeout
-    m = {}
-    while time.time() < deadline:
-        m = metrics(node)
-        if pred(m.get(key, 0)):
-            return m
-        time.sleep(0.1)
-    raise AssertionError(f"{key} never satisfied the condition: {m.get(key)}\n{node.logs()[-3000:]}")
 
 
 REFUSED_SRC = 'kith_comms_conn_refused_total{kind="comms",reason="per_source"}'

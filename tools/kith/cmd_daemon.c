@@ -13,6 +13,7 @@
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
 #include "router/log.h"
+#include "router/net/fdlimit.h"
 #include "router/node.h"
 #include "router/state/config.h"
 #include "router/state/home.h"
@@ -178,6 +179,7 @@ int kith_cmd_daemon(int argc, char **argv)
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "starting: home %s, config %s", home,
                used ? "config.json" : "embedded defaults");
     s_warn_home_mode(home);
+    (void) router_fdlimit_raise(cfg.limits.comms_connections_max + cfg.gateway.max_connections);
     router_node_opts_t no = {.home = home, .config = &cfg, .listen = true, .handle_signals = true};
     router_node_t *node = router_node_new(&no, err, sizeof err);
     if (!node) {
