@@ -113,10 +113,16 @@ typedef struct {
     uint16_t port;  /* where it listens */
 } s_srv_t;
 
+/* Runs the loop, then tears the server and its loop down on this same
+ * thread: an io_uring loop may only be destroyed by the thread that ran it
+ * (router/net/loop.h). */
 static void *s_loop_main(void *arg)
 {
     s_srv_t *s = arg;
     s->rc = router_loop_run(s->loop);
+    gateway_http_destroy(&s->gw);
+    gateway_http_destroy(&s->gw); /* idempotent */
+    router_loop_destroy(&s->loop);
     return NULL;
 }
 
@@ -167,10 +173,8 @@ static void s_srv_stop(s_srv_t **sp)
     router_loop_stop(s->loop);
     assert_int_equal(pthread_join(s->thread, NULL), 0);
     assert_int_equal(s->rc, 0);
-    gateway_http_destroy(&s->gw);
     assert_null(s->gw);
-    gateway_http_destroy(&s->gw); /* idempotent */
-    router_loop_destroy(&s->loop);
+    assert_null(s->loop);
     router_metrics_destroy(&s->metrics);
     free(s);
     *sp = NULL;
