@@ -1598,6 +1598,85 @@ static void test_addr_parse(void **state)
 #define BOTH(f)                                                        \
     {#f "@uring", f, NULL, NULL, &s_uring}, {#f "@epoll", f, NULL, NULL, &s_epoll}
 
+/* ------------------------------------------------------------ fairness */
+
+/* Turns (loop.h, "Fairness"): a connection whose peer has sent a lot must
+ * not make another wait until all of it is parsed. A has 150 KiB queued
+ * before B's 5 bytes, both before the loop runs: B's bytes must reach
+ * on_data while most of A's are still to come (before turns, io_uring
+ * handed A's whole backlog over first), and all of A's arrive, in order. */
+#define FAIR_A_BYTES (150u * 1024u)
+
+typedef struct {
+    size_t a_got;        /* bytes A delivered so far */
+    size_t a_at_b;       /* ...when B's bytes arrived (SIZE_MAX: not yet) */
+    bool a_in_order;     /* A's bytes came in the order sent */
+    router_conn_t *a, *b;
+} s_fair_t;
+
+static void s_fair_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    s_fair_t *f = ctx->extra;
+    if (c == f->a) {
+        for (size_t i = 0; i < len; i++)
+            if (data[i] != (uint8_t) ((f->a_got + i) * 7u))
+                f->a_in_order = false;
+        f->a_got += len;
+    } else if (c == f->b && f->a_at_b == SIZE_MAX) {
+        f->a_at_b = f->a_got;
+    }
+    if (f->a_got == FAIR_A_BYTES && f->a_at_b != SIZE_MAX)
+        router_loop_stop(ctx->loop);
+}
+
+static void s_fair_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    (void) c;
+    (void) reason;
+    (void) ud;
+}
+
+static const router_conn_handlers_t s_fair_handlers = {
+    .on_data = s_fair_data,
+    .on_close = s_fair_close,
+};
+
+static void test_turns_between_connections(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_fair_t f = {.a_at_b = SIZE_MAX, .a_in_order = true};
+    ctx.extra = &f;
+    int a[2], b[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
+    int big = 1 << 20;
+    (void) setsockopt(a[1], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    (void) setsockopt(a[0], SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    uint8_t *blob = malloc(FAIR_A_BYTES);
+    assert_non_null(blob);
+    for (size_t i = 0; i < FAIR_A_BYTES; i++)
+        blob[i] = (uint8_t) (i * 7u);
+    assert_int_equal(s_send_all(a[1], blob, FAIR_A_BYTES), 0);
+    assert_int_equal(s_send_all(b[1], "hello", 5), 0);
+    f.a = router_loop_adopt(ctx.loop, a[0], &s_fair_handlers, &ctx);
+    f.b = router_loop_adopt(ctx.loop, b[0], &s_fair_handlers, &ctx);
+    assert_non_null(f.a);
+    assert_non_null(f.b);
+    s_run(&ctx);
+    assert_false(ctx.hung);
+    assert_int_equal(f.a_got, FAIR_A_BYTES);
+    assert_true(f.a_in_order);
+    assert_true(f.a_at_b != SIZE_MAX);
+    if (f.a_at_b > FAIR_A_BYTES / 2)
+        fail_msg("B waited until A had delivered %zu of %u bytes", f.a_at_b, FAIR_A_BYTES);
+    free(blob);
+    close(a[1]);
+    close(b[1]);
+    s_done(&ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1608,6 +1687,7 @@ int main(void)
         BOTH(test_echo_uds),
         BOTH(test_many_connections),
         BOTH(test_slow_consumer_cut),
+        BOTH(test_turns_between_connections),
         BOTH(test_send_limit_exact),
         BOTH(test_connection_limits),
         BOTH(test_connect_tcp),

@@ -104,6 +104,8 @@ void router_conn_kill(router_conn_t *c, router_close_reason_t reason, int err)
     router_conn_pend(c, ROUTER_PEND_CLOSED);
 }
 
+static void s_backlog_remove(router_conn_t *c);
+
 bool router_conn_release(router_conn_t *c, bool force)
 {
     router_loop_t *loop = c->loop;
@@ -117,6 +119,7 @@ bool router_conn_release(router_conn_t *c, bool force)
         free(b);
     }
     free(c->park);
+    s_backlog_remove(c);
     ROUTER_LIST_UNLINK(loop->dead_conns, c);
     free(c);
     return true;
@@ -299,7 +302,8 @@ static void s_begin_close(router_conn_t *c, router_close_reason_t as)
     c->closing_as = as;
     free(c->park);
     c->park = NULL;
-    c->park_len = c->park_cap = 0;
+    c->park_off = c->park_len = c->park_cap = 0;
+    s_backlog_remove(c);
     if (!s_arm_close_timer(c))
         return;
     c->loop->be->conn_sync(c);
@@ -436,7 +440,7 @@ bool router_conn_wants_read(const router_conn_t *c)
         return false;
     if (c->state == ROUTER_CONN_CLOSING)
         return true;
-    return c->state == ROUTER_CONN_OPEN && !c->read_paused;
+    return c->state == ROUTER_CONN_OPEN && !c->read_paused && c->park_len <= ROUTER_CONN_PARK_MAX;
 }
 
 /* The peer's EOF reaches the user: on_eof, or a graceful close. */
@@ -449,15 +453,22 @@ static void s_eof_tell(router_conn_t *c)
         s_begin_close(c, ROUTER_CLOSE_EOF);
 }
 
-/* Keeps input that arrived while paused (io_uring completions already in
- * flight when the receive was cancelled). Bounded by the provided-buffer
- * pool, the most that can be in flight. */
-static void s_park(router_conn_t *c, const uint8_t *data, size_t len)
+/* Keeps input that cannot be handed over now: it arrived while paused
+ * (io_uring completions already in flight when the receive was cancelled)
+ * or past the connection's turn. Bounded: reading stops past
+ * ROUTER_CONN_PARK_MAX, and no more than the provided-buffer pool can be
+ * in flight after that. Returns 0, or -1 when the connection was killed. */
+static int s_park(router_conn_t *c, const uint8_t *data, size_t len)
 {
-    size_t limit = (size_t) c->loop->opts.recv_buf_size * c->loop->opts.recv_buf_count;
+    size_t limit = ROUTER_CONN_PARK_MAX +
+                   (size_t) c->loop->opts.recv_buf_size * c->loop->opts.recv_buf_count;
     if (len > limit - c->park_len) {
         router_conn_kill(c, ROUTER_CLOSE_ERROR, ENOBUFS);
-        return;
+        return -1;
+    }
+    if (c->park_off + c->park_len + len > c->park_cap && c->park_off > 0) {
+        memmove(c->park, c->park + c->park_off, c->park_len);
+        c->park_off = 0;
     }
     if (c->park_len + len > c->park_cap) {
         size_t cap = c->park_cap ? c->park_cap : 4096;
@@ -466,25 +477,87 @@ static void s_park(router_conn_t *c, const uint8_t *data, size_t len)
         uint8_t *p = realloc(c->park, cap);
         if (!p) {
             router_conn_kill(c, ROUTER_CLOSE_ERROR, ENOMEM);
-            return;
+            return -1;
         }
         c->park = p;
         c->park_cap = cap;
     }
-    memcpy(c->park + c->park_len, data, len);
+    memcpy(c->park + c->park_off + c->park_len, data, len);
     c->park_len += len;
+    return 0;
 }
 
-void router_conn_on_read(router_conn_t *c, uint8_t *data, size_t len)
+/* Bytes this connection may still be handed in the current iteration. */
+static size_t s_turn_left(router_conn_t *c)
+{
+    if (c->turn_iter != c->loop->iter) {
+        c->turn_iter = c->loop->iter;
+        c->turn_used = 0;
+    }
+    return c->turn_used < ROUTER_CONN_TURN_BYTES ? ROUTER_CONN_TURN_BYTES - c->turn_used : 0;
+}
+
+/* Parked input waits for the connection's next turn. */
+static void s_backlog_add(router_conn_t *c)
+{
+    if (c->in_backlog)
+        return;
+    c->in_backlog = true;
+    c->backlog_next = c->loop->backlog;
+    c->loop->backlog = c;
+}
+
+static void s_backlog_remove(router_conn_t *c)
+{
+    if (!c->in_backlog)
+        return;
+    for (router_conn_t **pp = &c->loop->backlog; *pp; pp = &(*pp)->backlog_next)
+        if (*pp == c) {
+            *pp = c->backlog_next;
+            break;
+        }
+    c->in_backlog = false;
+    c->backlog_next = NULL;
+}
+
+void router_conn_backlog_run(router_loop_t *loop)
+{
+    router_conn_t *c = loop->backlog;
+    loop->backlog = NULL;
+    while (c) {
+        router_conn_t *next = c->backlog_next;
+        c->in_backlog = false;
+        c->backlog_next = NULL;
+        if (c->state == ROUTER_CONN_OPEN)
+            router_conn_pend(c, ROUTER_PEND_DELIVER);
+        c = next;
+    }
+}
+
+size_t router_conn_on_read(router_conn_t *c, uint8_t *data, size_t len)
 {
     c->loop->stats.bytes_in += len;
     if (c->state != ROUTER_CONN_OPEN)
-        return; /* closing: the peer's bytes are discarded */
-    if (c->read_paused || c->park_len > 0) {
-        s_park(c, data, len);
-        return;
+        return 0; /* closing: the peer's bytes are discarded */
+    size_t now = 0;
+    if (!c->read_paused && c->park_len == 0) {
+        now = s_turn_left(c);
+        if (now > len)
+            now = len;
+        if (now) {
+            c->turn_used += now;
+            c->h.on_data(c, data, now, c->ud);
+        }
     }
-    c->h.on_data(c, data, len, c->ud);
+    if (now == len || c->state != ROUTER_CONN_OPEN)
+        return now;
+    if (s_park(c, data + now, len - now) != 0)
+        return now;
+    if (!c->read_paused)
+        s_backlog_add(c);
+    if (c->park_len > ROUTER_CONN_PARK_MAX)
+        c->loop->be->conn_sync(c); /* stop reading: TCP pushes back */
+    return now;
 }
 
 void router_conn_on_eof(router_conn_t *c)
@@ -533,18 +606,47 @@ void router_conn_resume_read(router_conn_t *c)
     c->loop->be->conn_sync(c);
 }
 
-/* Hands parked input, then a held-back EOF, to the user. */
+/* Hands parked input, at most one turn's worth, then a held-back EOF, to
+ * the user; what is left waits for the next turn. */
 static void s_deliver(router_conn_t *c)
 {
     if (c->state != ROUTER_CONN_OPEN || c->read_paused)
         return;
     if (c->park_len > 0) {
+        size_t n = s_turn_left(c);
+        if (n > c->park_len)
+            n = c->park_len;
+        if (n == 0) {
+            s_backlog_add(c);
+            return;
+        }
+        /* Detached while on_data runs: it may pause, resume or close. */
         uint8_t *p = c->park;
-        size_t n = c->park_len;
+        size_t off = c->park_off, rest = c->park_len - n, cap = c->park_cap;
         c->park = NULL;
-        c->park_len = c->park_cap = 0;
-        c->h.on_data(c, p, n, c->ud);
-        free(p);
+        c->park_off = c->park_len = c->park_cap = 0;
+        c->turn_used += n;
+        bool was_over = rest + n > ROUTER_CONN_PARK_MAX;
+        c->h.on_data(c, p + off, n, c->ud);
+        if (rest == 0 || c->state != ROUTER_CONN_OPEN || c->park) {
+            free(p); /* c->park is only set again by a read, which cannot happen here */
+        } else {
+            c->park = p;
+            c->park_off = off + n;
+            c->park_len = rest;
+            c->park_cap = cap;
+        }
+        if (c->state != ROUTER_CONN_OPEN)
+            return;
+        if (c->park_len > 0) {
+            if (!c->read_paused)
+                s_backlog_add(c);
+            if (was_over && c->park_len <= ROUTER_CONN_PARK_MAX)
+                c->loop->be->conn_sync(c); /* below the mark: read again */
+            return;
+        }
+        if (was_over)
+            c->loop->be->conn_sync(c);
     }
     if (c->state == ROUTER_CONN_OPEN && !c->read_paused && c->park_len == 0 && c->eof &&
         !c->eof_told)

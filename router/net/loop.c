@@ -699,7 +699,8 @@ int router_loop_run(router_loop_t *loop)
      * wake-ups, signals and due timers, so a flood of receives can delay
      * them by one batch and no more. */
     while (!atomic_load(&loop->stop)) {
-        int timeout = loop->pend_head || busy ? 0 : s_timers_timeout(loop);
+        int timeout = loop->pend_head || loop->backlog || busy ? 0 : s_timers_timeout(loop);
+        loop->iter++; /* a new turn for every connection (conn.c) */
         int r = loop->be->wait(loop, timeout);
         if (r < 0) {
             ROUTER_LOG(ROUTER_LOG_ERROR, "loop", "%s wait failed: %s", loop->be->name,
@@ -708,6 +709,7 @@ int router_loop_run(router_loop_t *loop)
             rc = -1;
             break;
         }
+        router_conn_backlog_run(loop);
         router_loop_settle(loop);
         busy = s_service(loop, r);
         router_loop_settle(loop);

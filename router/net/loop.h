@@ -85,9 +85,20 @@ const char *router_loop_backend_name(const router_loop_t *loop);
  * the wake callback, reads the signalfd (at least every 10 ms while busy)
  * and fires due timers: none of them waits behind more than one batch of
  * receives, however many are queued (WIRE §9.2). Bytes matter more than
- * completions: one 16 KiB receive can carry ~75 envelopes to verify. */
+ * completions: one 16 KiB receive can carry ~75 envelopes to verify.
+ *
+ * Between connections: each gets at most ROUTER_CONN_TURN_BYTES of input
+ * handed to on_data per iteration. What a fast sender's receives bring
+ * beyond its turn is parked (copied; io_uring's provided buffer goes back at
+ * once) and handed over in later turns, so the completions of other
+ * connections queued behind a flood are reached in the same iteration, not
+ * after the flood has been parsed. A connection with more than
+ * ROUTER_CONN_PARK_MAX parked stops reading until it is below again (TCP
+ * pushes back on the sender). */
 #define ROUTER_LOOP_BATCH 256
 #define ROUTER_LOOP_BATCH_BYTES (128u * 1024u)
+#define ROUTER_CONN_TURN_BYTES (16u * 1024u)
+#define ROUTER_CONN_PARK_MAX (256u * 1024u)
 
 /* Runs until router_loop_stop. Returns 0 when stopped, or -1 with errno
  * set when the backend fails (with SINGLE_ISSUER io_uring, EEXIST means a

@@ -132,9 +132,14 @@ struct router_conn {
     router_wq_block_t *wq_tail;      /* send queue: newest block */
     size_t wq_bytes;                 /* unsent bytes queued */
     size_t send_limit;               /* most unsent bytes allowed */
-    uint8_t *park;                   /* input received while paused */
-    size_t park_len;                 /* bytes in park */
+    uint8_t *park;                   /* input received but not yet delivered */
+    size_t park_off;                 /* first undelivered byte in park */
+    size_t park_len;                 /* undelivered bytes, from park_off */
     size_t park_cap;                 /* park's allocation */
+    uint64_t turn_iter;              /* loop iteration turn_used belongs to */
+    size_t turn_used;                /* bytes delivered in that iteration */
+    bool in_backlog;                 /* on the loop's backlog (parked input, next turn) */
+    router_conn_t *backlog_next;     /* backlog link */
     router_addr_t peer;              /* the remote address */
     union {
         router_conn_uring_t u;       /* io_uring backend */
@@ -256,6 +261,8 @@ struct router_loop {
     router_conn_t *dead_conns;       /* DEAD, on_close done, awaiting the backend */
     router_conn_t *pend_head;        /* connections with pending work */
     router_conn_t *pend_tail;        /* ...its tail */
+    router_conn_t *backlog;          /* connections with input for their next turn */
+    uint64_t iter;                   /* loop iterations so far: the turn clock */
     router_listener_t *listeners;    /* open listeners */
     router_listener_t *dead_listeners; /* closed, awaiting the backend or their conns */
     router_watch_t *watches;         /* live watches */
@@ -344,7 +351,12 @@ bool router_listener_release(router_listener_t *l, bool force);
 /* conn.c: a new connection on fd (accepted or outbound). NULL on ENOMEM. */
 router_conn_t *router_conn_new(router_loop_t *loop, int fd);
 /* conn.c: completion and event entry points used by the backends. */
-void router_conn_on_read(router_conn_t *c, uint8_t *data, size_t len);
+/* Returns the bytes handed to the user now; the rest waits for the
+ * connection's next turn (ROUTER_CONN_TURN_BYTES per iteration). */
+size_t router_conn_on_read(router_conn_t *c, uint8_t *data, size_t len);
+/* conn.c: connections with parked input get their next turn (loop.c calls
+ * it once per iteration, before settling). */
+void router_conn_backlog_run(router_loop_t *loop);
 void router_conn_on_eof(router_conn_t *c);
 void router_conn_on_error(router_conn_t *c, int err);
 void router_conn_on_sent(router_conn_t *c, size_t n);

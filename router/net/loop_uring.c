@@ -470,8 +470,9 @@ static size_t s_on_recv(router_loop_t *loop, router_conn_t *c, const struct io_u
     int res = cqe->res;
     unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
     bool has_buf = (cqe->flags & IORING_CQE_F_BUFFER) && bid < u->buf_count;
+    size_t delivered = 0;
     if (res > 0 && has_buf) {
-        router_conn_on_read(c, u->bufs + (size_t) bid * u->buf_size, (size_t) res);
+        delivered = router_conn_on_read(c, u->bufs + (size_t) bid * u->buf_size, (size_t) res);
     } else if (res == 0) {
         router_conn_on_eof(c);
     } else if (res == -ENOBUFS) {
@@ -487,7 +488,7 @@ static size_t s_on_recv(router_loop_t *loop, router_conn_t *c, const struct io_u
         s_buf_recycle(u, bid);
     if (!more && c->state != ROUTER_CONN_DEAD)
         s_conn_sync(c);
-    return res > 0 && has_buf ? (size_t) res : 0;
+    return delivered; /* parked bytes cost a copy, not a parse: not counted */
 }
 
 static void s_on_send(router_loop_t *loop, router_conn_t *c, const struct io_uring_cqe *cqe)
