@@ -106,6 +106,16 @@ void router_conn_kill(router_conn_t *c, router_close_reason_t reason, int err)
 
 static void s_backlog_remove(router_conn_t *c);
 
+/* Lets go of parked input (the connection is closing or gone). */
+static void s_park_drop(router_conn_t *c)
+{
+    c->loop->park_total -= c->park_len;
+    free(c->park);
+    c->park = NULL;
+    c->park_off = c->park_len = c->park_cap = 0;
+    s_backlog_remove(c);
+}
+
 bool router_conn_release(router_conn_t *c, bool force)
 {
     router_loop_t *loop = c->loop;
@@ -118,8 +128,7 @@ bool router_conn_release(router_conn_t *c, bool force)
         next = b->next;
         free(b);
     }
-    free(c->park);
-    s_backlog_remove(c);
+    s_park_drop(c);
     ROUTER_LIST_UNLINK(loop->dead_conns, c);
     free(c);
     return true;
@@ -300,10 +309,7 @@ static void s_begin_close(router_conn_t *c, router_close_reason_t as)
     router_conn_set_deadline(c, 0);
     c->state = ROUTER_CONN_CLOSING;
     c->closing_as = as;
-    free(c->park);
-    c->park = NULL;
-    c->park_off = c->park_len = c->park_cap = 0;
-    s_backlog_remove(c);
+    s_park_drop(c);
     if (!s_arm_close_timer(c))
         return;
     c->loop->be->conn_sync(c);
@@ -440,7 +446,8 @@ bool router_conn_wants_read(const router_conn_t *c)
         return false;
     if (c->state == ROUTER_CONN_CLOSING)
         return true;
-    return c->state == ROUTER_CONN_OPEN && !c->read_paused && c->park_len <= ROUTER_CONN_PARK_MAX;
+    return c->state == ROUTER_CONN_OPEN && !c->read_paused && c->park_len <= ROUTER_CONN_PARK_MAX &&
+           (c->park_len == 0 || c->loop->park_total <= ROUTER_LOOP_PARK_TOTAL_MAX);
 }
 
 /* The peer's EOF reaches the user: on_eof, or a graceful close. */
@@ -484,6 +491,7 @@ static int s_park(router_conn_t *c, const uint8_t *data, size_t len)
     }
     memcpy(c->park + c->park_off + c->park_len, data, len);
     c->park_len += len;
+    c->loop->park_total += len;
     return 0;
 }
 
@@ -555,7 +563,7 @@ size_t router_conn_on_read(router_conn_t *c, uint8_t *data, size_t len)
         return now;
     if (!c->read_paused)
         s_backlog_add(c);
-    if (c->park_len > ROUTER_CONN_PARK_MAX)
+    if (!router_conn_wants_read(c))
         c->loop->be->conn_sync(c); /* stop reading: TCP pushes back */
     return now;
 }
@@ -625,8 +633,8 @@ static void s_deliver(router_conn_t *c)
         size_t off = c->park_off, rest = c->park_len - n, cap = c->park_cap;
         c->park = NULL;
         c->park_off = c->park_len = c->park_cap = 0;
+        c->loop->park_total -= n + rest;
         c->turn_used += n;
-        bool was_over = rest + n > ROUTER_CONN_PARK_MAX;
         c->h.on_data(c, p + off, n, c->ud);
         if (rest == 0 || c->state != ROUTER_CONN_OPEN || c->park) {
             free(p); /* c->park is only set again by a read, which cannot happen here */
@@ -635,18 +643,17 @@ static void s_deliver(router_conn_t *c)
             c->park_off = off + n;
             c->park_len = rest;
             c->park_cap = cap;
+            c->loop->park_total += rest;
         }
         if (c->state != ROUTER_CONN_OPEN)
             return;
+        if (!c->read_paused)
+            c->loop->be->conn_sync(c); /* below the marks again: read on */
         if (c->park_len > 0) {
             if (!c->read_paused)
                 s_backlog_add(c);
-            if (was_over && c->park_len <= ROUTER_CONN_PARK_MAX)
-                c->loop->be->conn_sync(c); /* below the mark: read again */
             return;
         }
-        if (was_over)
-            c->loop->be->conn_sync(c);
     }
     if (c->state == ROUTER_CONN_OPEN && !c->read_paused && c->park_len == 0 && c->eof &&
         !c->eof_told)

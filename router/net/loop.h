@@ -93,12 +93,14 @@ const char *router_loop_backend_name(const router_loop_t *loop);
  * once) and handed over in later turns, so the completions of other
  * connections queued behind a flood are reached in the same iteration, not
  * after the flood has been parsed. A connection with more than
- * ROUTER_CONN_PARK_MAX parked stops reading until it is below again (TCP
- * pushes back on the sender). */
+ * ROUTER_CONN_PARK_MAX parked, or with anything parked while the loop's
+ * connections together hold more than ROUTER_LOOP_PARK_TOTAL_MAX, stops
+ * reading until it is below again (TCP pushes back on the sender). */
 #define ROUTER_LOOP_BATCH 256
 #define ROUTER_LOOP_BATCH_BYTES (128u * 1024u)
 #define ROUTER_CONN_TURN_BYTES (16u * 1024u)
 #define ROUTER_CONN_PARK_MAX (256u * 1024u)
+#define ROUTER_LOOP_PARK_TOTAL_MAX (16u * 1024u * 1024u)
 
 /* Runs until router_loop_stop. Returns 0 when stopped, or -1 with errno
  * set when the backend fails (with SINGLE_ISSUER io_uring, EEXIST means a

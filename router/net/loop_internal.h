@@ -263,6 +263,7 @@ struct router_loop {
     router_conn_t *pend_tail;        /* ...its tail */
     router_conn_t *backlog;          /* connections with input for their next turn */
     uint64_t iter;                   /* loop iterations so far: the turn clock */
+    size_t park_total;               /* bytes parked on all connections */
     router_listener_t *listeners;    /* open listeners */
     router_listener_t *dead_listeners; /* closed, awaiting the backend or their conns */
     router_watch_t *watches;         /* live watches */
