@@ -3,6 +3,7 @@
  * SIGINT/SIGTERM, then drain: every envelope acked is durable in the inbox
  * before the process exits. */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -180,6 +181,12 @@ int kith_cmd_daemon(int argc, char **argv)
                used ? "config.json" : "embedded defaults");
     s_warn_home_mode(home);
     (void) router_fdlimit_raise(cfg.limits.comms_connections_max + cfg.gateway.max_connections);
+    /* Per-connection buffers of 128 KiB and more (partial frames, parked
+     * input) are mapped on their own and go back to the system when the
+     * connection goes. glibc would otherwise raise this threshold after the
+     * first such free and keep them in the heap, where a flood of cut
+     * connections leaves the daemon's memory high long after (WIRE §9.1). */
+    (void) mallopt(M_MMAP_THRESHOLD, 128 * 1024);
     router_node_opts_t no = {.home = home, .config = &cfg, .listen = true, .handle_signals = true};
     router_node_t *node = router_node_new(&no, err, sizeof err);
     if (!node) {
