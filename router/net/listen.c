@@ -329,6 +329,23 @@ static void s_accept_retry(router_loop_t *loop, uint64_t id, void *ud)
         router_listener_on_accept_error(l, -rc);
 }
 
+bool router_listener_accept_burst(router_listener_t *l, int burst)
+{
+    for (int i = 0; i < burst; i++) {
+        if (l->closed || l->backing_off)
+            return false;
+        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            router_listener_on_accept(l, fd);
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return false;
+        router_listener_on_accept_error(l, errno);
+    }
+    return true;
+}
+
 void router_listener_on_accept_error(router_listener_t *l, int err)
 {
     router_loop_t *loop = l->loop;

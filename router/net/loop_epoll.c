@@ -98,16 +98,7 @@ static bool s_listener_busy(const router_listener_t *l)
 
 static void s_on_listener(router_listener_t *l)
 {
-    for (int i = 0; i < S_ACCEPT_BURST && !l->closed && !l->backing_off; i++) {
-        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0) {
-            router_listener_on_accept(l, fd);
-            continue;
-        }
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return;
-        router_listener_on_accept_error(l, errno);
-    }
+    (void) router_listener_accept_burst(l, S_ACCEPT_BURST); /* level-triggered: the rest comes back */
 }
 
 /* ------------------------------------------------------------ connections */

@@ -346,6 +346,10 @@ void router_listener_on_accept(router_listener_t *l, int fd);
 /* listen.c: accepting failed with err: transient errors are ignored,
  * resource exhaustion pauses accepting for a moment. */
 void router_listener_on_accept_error(router_listener_t *l, int err);
+/* listen.c: accept4()s up to `burst` connections on a ready listener, for
+ * the backends. Returns true when it stopped at the burst (more may wait),
+ * false when the queue is empty, the listener backs off or closed. */
+bool router_listener_accept_burst(router_listener_t *l, int burst);
 /* listen.c: frees a closed listener once the backend and its conns are done. */
 bool router_listener_release(router_listener_t *l, bool force);
 

@@ -299,19 +299,8 @@ static bool s_listener_busy(const router_listener_t *l)
  * if l may have more. */
 static void s_listener_drain(s_uring_t *u, router_listener_t *l)
 {
-    for (int i = 0; i < S_ACCEPT_BURST; i++) {
-        if (l->closed || l->backing_off || !l->be_added)
-            return;
-        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0) {
-            router_listener_on_accept(l, fd);
-            continue;
-        }
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return;
-        router_listener_on_accept_error(l, errno);
-    }
-    u->accept_again = true;
+    if (l->be_added && router_listener_accept_burst(l, S_ACCEPT_BURST))
+        u->accept_again = true;
 }
 
 /* Accepts on the listeners the epoll set reports, and on all of them when
