@@ -208,7 +208,14 @@ static s_client_t *s_connect(const s_srv_t *s)
     assert_int_equal(setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), 0);
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(s->port),
                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(connect(c->fd, (struct sockaddr *) &sin, sizeof sin), 0);
+    /* The machine's own shortages (a busy ephemeral port range under a
+     * parallel test run) are not the server's fault: try those again. */
+    int rc, tries = 0;
+    while ((rc = connect(c->fd, (struct sockaddr *) &sin, sizeof sin)) != 0 &&
+           (errno == EINTR || errno == EAGAIN || errno == EADDRNOTAVAIL) && ++tries < 50)
+        usleep(20 * 1000);
+    if (rc != 0)
+        fail_msg("connect to 127.0.0.1:%u: %s", s->port, strerror(errno));
     return c;
 }
 
