@@ -35,6 +35,8 @@ const char *router_close_reason_str(router_close_reason_t reason)
 
 /* ------------------------------------------------------------ lifecycle */
 
+static const router_loop_owner_ops_t s_owner_ops;
+
 router_conn_t *router_conn_new(router_loop_t *loop, int fd)
 {
     router_conn_t *c = calloc(1, sizeof *c);
@@ -43,6 +45,7 @@ router_conn_t *router_conn_new(router_loop_t *loop, int fd)
     c->loop = loop;
     c->fd = fd;
     c->id = ++loop->next_conn_id;
+    loop->conn_ops = &s_owner_ops;
     c->state = ROUTER_CONN_OPEN;
     c->send_limit = loop->opts.send_limit;
     ROUTER_LIST_PUSH(loop->conns, c);
@@ -116,7 +119,7 @@ static void s_park_drop(router_conn_t *c)
     s_backlog_remove(c);
 }
 
-bool router_conn_release(router_conn_t *c, bool force)
+static bool s_release(router_conn_t *c, bool force)
 {
     router_loop_t *loop = c->loop;
     if (!force && loop->be->conn_busy(c))
@@ -528,7 +531,7 @@ static void s_backlog_remove(router_conn_t *c)
     c->backlog_next = NULL;
 }
 
-void router_conn_backlog_run(router_loop_t *loop)
+static void s_backlog_run(router_loop_t *loop)
 {
     router_conn_t *c = loop->backlog;
     loop->backlog = NULL;
@@ -772,7 +775,7 @@ router_conn_t *router_loop_adopt(router_loop_t *loop, int fd, const router_conn_
 
 /* ------------------------------------------------------------ settle */
 
-void router_conn_run_pending(router_conn_t *c)
+static void s_run_pending(router_conn_t *c)
 {
     router_loop_t *loop = c->loop;
     unsigned what = c->pending;
@@ -791,6 +794,37 @@ void router_conn_run_pending(router_conn_t *c)
     if ((what & ROUTER_PEND_FLUSH) && c->state != ROUTER_CONN_DEAD)
         loop->be->conn_flush(c);
 }
+
+/* The loop's settle step for connections: their pending work, in the order
+ * it was asked for, then freeing the dead ones the backend let go of. */
+static void s_settle(router_loop_t *loop)
+{
+    router_conn_t *c;
+    while ((c = loop->pend_head) != NULL) {
+        loop->pend_head = c->pend_next;
+        if (!loop->pend_head)
+            loop->pend_tail = NULL;
+        c->in_pending = false;
+        c->pend_next = NULL;
+        s_run_pending(c);
+    }
+    for (router_conn_t *d = loop->dead_conns, *next; d; d = next) {
+        next = d->next;
+        (void) s_release(d, loop->be_finished);
+    }
+}
+
+static void s_shutdown(router_loop_t *loop)
+{
+    while (loop->conns)
+        router_conn_kill(loop->conns, ROUTER_CLOSE_SHUTDOWN, 0);
+}
+
+static const router_loop_owner_ops_t s_owner_ops = {
+    .turn = s_backlog_run,
+    .settle = s_settle,
+    .shutdown = s_shutdown,
+};
 
 /* ------------------------------------------------------------ accessors */
 

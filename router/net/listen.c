@@ -18,6 +18,8 @@
 #include "router/net/loop_internal.h"
 #include "router/state/home.h"
 
+static const router_loop_owner_ops_t s_owner_ops;
+
 /* Pause before accepting again after EMFILE, ENFILE, ENOMEM and the like. */
 #define S_ACCEPT_RETRY_MS 100
 /* Accept failures are logged at most once per this many ms per listener;
@@ -162,6 +164,7 @@ router_listener_t *router_loop_listen(router_loop_t *loop, const router_addr_t *
         goto fail;
     }
     ROUTER_LIST_PUSH(loop->listeners, l);
+    loop->listener_ops = &s_owner_ops;
     char text[ROUTER_ADDR_STR_MAX] = "?";
     (void) router_addr_format(&l->addr, text, sizeof text);
     ROUTER_LOG(ROUTER_LOG_DEBUG, "listen", "listening on %s (%s)", text, loop->be->name);
@@ -212,7 +215,7 @@ void router_listener_close(router_listener_t **lp)
     ROUTER_LIST_PUSH(loop->dead_listeners, l);
 }
 
-bool router_listener_release(router_listener_t *l, bool force)
+static bool s_release(router_listener_t *l, bool force)
 {
     router_loop_t *loop = l->loop;
     if (!force && loop->be->listener_busy(l))
@@ -229,6 +232,28 @@ bool router_listener_release(router_listener_t *l, bool force)
     free(l);
     return true;
 }
+
+/* The loop's settle step for listeners: free the closed ones. */
+static void s_settle(router_loop_t *loop)
+{
+    for (router_listener_t *l = loop->dead_listeners, *next; l; l = next) {
+        next = l->next;
+        (void) s_release(l, loop->be_finished);
+    }
+}
+
+static void s_shutdown(router_loop_t *loop)
+{
+    while (loop->listeners) {
+        router_listener_t *l = loop->listeners;
+        router_listener_close(&l);
+    }
+}
+
+static const router_loop_owner_ops_t s_owner_ops = {
+    .settle = s_settle,
+    .shutdown = s_shutdown,
+};
 
 void router_listener_on_accept(router_listener_t *l, int fd)
 {

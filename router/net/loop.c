@@ -469,23 +469,10 @@ static bool s_watch_release(router_watch_t *w, bool force)
 
 void router_loop_settle(router_loop_t *loop)
 {
-    router_conn_t *c;
-    while ((c = loop->pend_head) != NULL) {
-        loop->pend_head = c->pend_next;
-        if (!loop->pend_head)
-            loop->pend_tail = NULL;
-        c->in_pending = false;
-        c->pend_next = NULL;
-        router_conn_run_pending(c);
-    }
-    for (router_conn_t *d = loop->dead_conns, *next; d; d = next) {
-        next = d->next;
-        (void) router_conn_release(d, loop->be_finished);
-    }
-    for (router_listener_t *l = loop->dead_listeners, *next; l; l = next) {
-        next = l->next;
-        (void) router_listener_release(l, loop->be_finished);
-    }
+    if (loop->conn_ops)
+        loop->conn_ops->settle(loop);
+    if (loop->listener_ops)
+        loop->listener_ops->settle(loop);
     for (router_watch_t *w = loop->dead_watches, *next; w; w = next) {
         next = w->next;
         (void) s_watch_release(w, loop->be_finished);
@@ -628,13 +615,11 @@ void router_loop_destroy(router_loop_t **lp)
     loop->destroying = true;
     /* From here router_loop_connect/listen/watch_fd/timer_add refuse, so
      * on_close handlers cannot start anything new. */
-    while (loop->conns)
-        router_conn_kill(loop->conns, ROUTER_CLOSE_SHUTDOWN, 0);
+    if (loop->conn_ops)
+        loop->conn_ops->shutdown(loop);
     router_loop_settle(loop); /* on_close for every connection */
-    while (loop->listeners) {
-        router_listener_t *l = loop->listeners;
-        router_listener_close(&l);
-    }
+    if (loop->listener_ops)
+        loop->listener_ops->shutdown(loop);
     loop->event_watch = NULL;
     loop->signal_watch = NULL;
     while (loop->watches) {
@@ -709,7 +694,8 @@ int router_loop_run(router_loop_t *loop)
             rc = -1;
             break;
         }
-        router_conn_backlog_run(loop);
+        if (loop->conn_ops && loop->conn_ops->turn)
+            loop->conn_ops->turn(loop); /* parked input gets its turn */
         router_loop_settle(loop);
         busy = s_service(loop, r);
         router_loop_settle(loop);

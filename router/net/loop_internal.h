@@ -245,6 +245,17 @@ typedef struct router_post_cell {
 
 typedef struct router_backend_ops router_backend_ops_t;
 
+/* What the loop core (loop.c) asks of the modules owning its connections
+ * (conn.c) and listeners (listen.c). Each attaches its table when it first
+ * gives the loop an object, so loop.c calls neither by name and the
+ * dependencies run one way: conn.c and listen.c use loop.c; the backends
+ * use all three. */
+typedef struct router_loop_owner_ops {
+    void (*turn)(router_loop_t *loop);     /* once per iteration, before settling; may be NULL */
+    void (*settle)(router_loop_t *loop);   /* run pending work; free what the backend let go */
+    void (*shutdown)(router_loop_t *loop); /* router_loop_destroy: end every object it owns */
+} router_loop_owner_ops_t;
+
 struct router_loop {
     const router_backend_ops_t *be;  /* the backend */
     void *be_data;                   /* its private state */
@@ -262,6 +273,8 @@ struct router_loop {
     router_conn_t *pend_head;        /* connections with pending work */
     router_conn_t *pend_tail;        /* ...its tail */
     router_conn_t *backlog;          /* connections with input for their next turn */
+    const router_loop_owner_ops_t *conn_ops;     /* conn.c's, once a connection exists */
+    const router_loop_owner_ops_t *listener_ops; /* listen.c's, once a listener exists */
     uint64_t iter;                   /* loop iterations so far: the turn clock */
     size_t park_total;               /* bytes parked on all connections */
     router_listener_t *listeners;    /* open listeners */
@@ -350,8 +363,6 @@ void router_listener_on_accept_error(router_listener_t *l, int err);
  * the backends. Returns true when it stopped at the burst (more may wait),
  * false when the queue is empty, the listener backs off or closed. */
 bool router_listener_accept_burst(router_listener_t *l, int burst);
-/* listen.c: frees a closed listener once the backend and its conns are done. */
-bool router_listener_release(router_listener_t *l, bool force);
 
 /* conn.c: a new connection on fd (accepted or outbound). NULL on ENOMEM. */
 router_conn_t *router_conn_new(router_loop_t *loop, int fd);
@@ -359,9 +370,6 @@ router_conn_t *router_conn_new(router_loop_t *loop, int fd);
 /* Returns the bytes handed to the user now; the rest waits for the
  * connection's next turn (ROUTER_CONN_TURN_BYTES per iteration). */
 size_t router_conn_on_read(router_conn_t *c, uint8_t *data, size_t len);
-/* conn.c: connections with parked input get their next turn (loop.c calls
- * it once per iteration, before settling). */
-void router_conn_backlog_run(router_loop_t *loop);
 void router_conn_on_eof(router_conn_t *c);
 void router_conn_on_error(router_conn_t *c, int err);
 void router_conn_on_sent(router_conn_t *c, size_t n);
@@ -374,9 +382,5 @@ int router_conn_wq_iov(const router_conn_t *c, struct iovec *iov, int max);
 void router_conn_kill(router_conn_t *c, router_close_reason_t reason, int err);
 /* conn.c: queues pending work for c. */
 void router_conn_pend(router_conn_t *c, unsigned what);
-/* conn.c: does the pending work of c, just taken off the pending list. */
-void router_conn_run_pending(router_conn_t *c);
-/* conn.c: frees a dead connection if the backend is done (or force). */
-bool router_conn_release(router_conn_t *c, bool force);
 
 #endif
