@@ -1,7 +1,8 @@
 /* gateway/ws.c — one accepted WebSocket (RFC 6455) on a router connection:
  * frames in through proto/ws's parser, whole messages out to the route,
- * pings answered, the close handshake, and the bounds of gateway/ws.h
- * (message size, frame and idle deadlines, the slow-consumer cut). */
+ * pings answered and sent, the close handshake, and the bounds of
+ * gateway/ws.h (message size, frame deadline, liveness, the slow-consumer
+ * cut). */
 #include "gateway/ws.h"
 
 #include <errno.h>
@@ -39,7 +40,10 @@ struct gateway_ws {
     size_t msg_len, msg_cap;      /* its bytes, allocated bytes */
     bool msg_text;                /* it is a text message */
     bool in_frame;                /* a frame has begun and not ended */
-    uint64_t deadline;            /* loop ms: the frame, idle or close-wait bound */
+    bool pong_owed;               /* our last ping has had no pong yet */
+    uint64_t frame_due;           /* loop ms: the frame begun must end by then; 0 none */
+    uint64_t ping_due;            /* loop ms: the next ping (or the liveness verdict) */
+    uint64_t close_due;           /* loop ms: our Close must be answered by then; 0 none */
     uint64_t timer;               /* armed timer, 0 for none */
     uint64_t timer_due;           /* when it fires */
     gateway_ws_t *prev, *next;    /* the server's list */
@@ -56,17 +60,27 @@ static void s_timer_stop(gateway_ws_t *ws)
     ws->timer = 0;
 }
 
-/* The current bound ends `ms` from now. As in http_server.c, a later
- * deadline leaves the armed timer alone; it re-arms when it fires early. */
-static void s_deadline(gateway_ws_t *ws, unsigned ms)
+/* The earliest of the socket's dues. */
+static uint64_t s_next_due(const gateway_ws_t *ws)
 {
-    uint64_t now = router_loop_now_ms(ws->g->loop);
-    ws->deadline = now + ms;
-    if (ws->timer && ws->timer_due <= ws->deadline)
+    uint64_t due = ws->close_due ? ws->close_due : ws->ping_due;
+    if (ws->frame_due && ws->frame_due < due)
+        due = ws->frame_due;
+    return due;
+}
+
+/* Keeps one timer armed for the earliest due. As in http_server.c, a later
+ * due leaves the armed timer alone; it re-arms when it fires early, so a
+ * busy socket costs few timer calls. */
+static void s_rearm(gateway_ws_t *ws)
+{
+    uint64_t due = s_next_due(ws);
+    if (ws->timer && ws->timer_due <= due)
         return;
     s_timer_stop(ws);
-    ws->timer = router_loop_timer_add(ws->g->loop, ms, s_on_timer, ws);
-    ws->timer_due = ws->deadline;
+    uint64_t now = router_loop_now_ms(ws->g->loop);
+    ws->timer = router_loop_timer_add(ws->g->loop, due > now ? due - now : 0, s_on_timer, ws);
+    ws->timer_due = due;
     if (!ws->timer) {
         /* Unbounded is not an option: cut it. */
         ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "ws %llu cut: no timer left",
@@ -153,9 +167,8 @@ void gateway_ws_close(gateway_ws_t *ws, uint16_t code, const char *reason)
     s_send_close(ws, code, reason);
     ws->state = S_CLOSE_SENT;
     /* Wait for the client's Close, but not for ever. */
-    ws->deadline = 0;
-    s_timer_stop(ws);
-    s_deadline(ws, GATEWAY_WS_CLOSE_WAIT_MS);
+    ws->close_due = router_loop_now_ms(ws->g->loop) + GATEWAY_WS_CLOSE_WAIT_MS;
+    s_rearm(ws);
 }
 
 uint64_t gateway_ws_id(const gateway_ws_t *ws)
@@ -227,6 +240,7 @@ static void s_event(gateway_ws_t *ws, proto_ws_event_t *ev)
             ws->state = S_DONE;
         return;
     case PROTO_WS_OP_PONG:
+        ws->pong_owed = false; /* alive; a pong we did not ask for also counts */
         return;
     case PROTO_WS_OP_CLOSE:
         if (ws->state == S_OPEN) /* answer with their code (RFC 6455 §5.5.1) */
@@ -245,7 +259,6 @@ static void s_event(gateway_ws_t *ws, proto_ws_event_t *ev)
 
 void gateway_ws_input(gateway_ws_t *ws, uint8_t *data, size_t len)
 {
-    bool was_in_frame = ws->in_frame;
     while (len > 0 && ws->state != S_DONE) {
         proto_ws_event_t ev;
         ssize_t n = proto_ws_parse(ws->parser, data, len, &ev);
@@ -266,9 +279,10 @@ void gateway_ws_input(gateway_ws_t *ws, uint8_t *data, size_t len)
     if (ws->state != S_OPEN)
         return; /* closing: the close-wait bound stands */
     if (!ws->in_frame)
-        s_deadline(ws, ws->opts.idle_timeout_ms);
-    else if (!was_in_frame) /* a frame began: a trickle cannot extend its bound */
-        s_deadline(ws, ws->opts.frame_timeout_ms);
+        ws->frame_due = 0;
+    else if (!ws->frame_due) /* a frame began: a trickle cannot extend its bound */
+        ws->frame_due = router_loop_now_ms(ws->g->loop) + ws->opts.frame_timeout_ms;
+    s_rearm(ws);
 }
 
 static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
@@ -277,24 +291,36 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
     gateway_ws_t *ws = ud;
     ws->timer = 0;
     uint64_t now = router_loop_now_ms(loop);
-    if (now < ws->deadline) {
-        s_deadline(ws, (unsigned) (ws->deadline - now));
-        return;
-    }
     switch (ws->state) {
+    case S_CLOSE_SENT:
+        if (now >= ws->close_due) { /* no Close came back */
+            ws->state = S_DONE;
+            router_conn_abort(ws->conn);
+            return;
+        }
+        break;
     case S_OPEN:
-        if (ws->in_frame)
+        if (ws->frame_due && now >= ws->frame_due) {
             s_fail(ws, PROTO_WS_CLOSE_POLICY, "frame not finished in time");
-        else
-            gateway_ws_close(ws, PROTO_WS_CLOSE_GOING_AWAY, "idle");
-        return;
-    case S_CLOSE_SENT: /* no Close came back */
-        ws->state = S_DONE;
-        router_conn_abort(ws->conn);
-        return;
+            return;
+        }
+        if (now >= ws->ping_due) {
+            if (ws->pong_owed) { /* a whole interval without a pong: gone */
+                s_fail(ws, PROTO_WS_CLOSE_GOING_AWAY, "no pong");
+                return;
+            }
+            if (s_send_frame(ws, PROTO_WS_OP_PING, "kith", 4) != 0) {
+                ws->state = S_DONE; /* on_close follows from the loop */
+                return;
+            }
+            ws->pong_owed = true;
+            ws->ping_due = now + ws->opts.ping_interval_ms;
+        }
+        break;
     case S_DONE:
         return;
     }
+    s_rearm(ws);
 }
 
 /* ---------------------------------------------------------------- the connection */
@@ -362,8 +388,8 @@ gateway_ws_t *gateway_ws_adopt(gateway_http_t *g, router_conn_t *conn,
         ws->opts.message_max = GATEWAY_WS_MESSAGE_MAX;
     if (!ws->opts.frame_timeout_ms)
         ws->opts.frame_timeout_ms = GATEWAY_WS_FRAME_TIMEOUT_MS;
-    if (!ws->opts.idle_timeout_ms)
-        ws->opts.idle_timeout_ms = GATEWAY_WS_IDLE_TIMEOUT_MS;
+    if (!ws->opts.ping_interval_ms)
+        ws->opts.ping_interval_ms = GATEWAY_WS_PING_INTERVAL_MS;
     ws->send_limit = g->opts.send_limit ? g->opts.send_limit : ROUTER_CONN_SEND_LIMIT;
     ws->close_code = S_CLOSE_ABNORMAL;
     proto_ws_parser_set_limit(ws->parser, ws->opts.message_max);
@@ -375,7 +401,8 @@ gateway_ws_t *gateway_ws_adopt(gateway_http_t *g, router_conn_t *conn,
     if (g->ws)
         g->ws->prev = ws;
     g->ws = ws;
-    s_deadline(ws, ws->opts.idle_timeout_ms);
+    ws->ping_due = router_loop_now_ms(g->loop) + ws->opts.ping_interval_ms;
+    s_rearm(ws);
     return ws;
 }
 

@@ -8,8 +8,11 @@
  * WebSocket. From then on whole messages reach on_message; pings are
  * answered, the close handshake is run, and every bound is kept here:
  *   - a message over message_max is refused with close 1009;
- *   - a frame begun and not finished within frame_timeout_ms, or no frame
- *     at all for idle_timeout_ms, closes with 1008 or 1001;
+ *   - a frame begun and not finished within frame_timeout_ms closes with
+ *     1008;
+ *   - every ping_interval_ms the server pings; a socket that has not
+ *     answered the previous ping by then closes with 1001 (a socket that
+ *     only listens stays open as long as it answers);
  *   - a send that would queue more than the connection's unsent-byte limit
  *     (DESIGN §10, 4 MiB) cuts the slow consumer with close 1008;
  *   - a protocol error closes with the code proto_ws_reason_close_code()
@@ -27,7 +30,7 @@
 /* Defaults used when an option is 0. */
 #define GATEWAY_WS_MESSAGE_MAX (1024u * 1024u)  /* DESIGN §10 */
 #define GATEWAY_WS_FRAME_TIMEOUT_MS 30000u      /* a frame once begun */
-#define GATEWAY_WS_IDLE_TIMEOUT_MS 300000u      /* no frame from the client */
+#define GATEWAY_WS_PING_INTERVAL_MS 25000u      /* server pings; no pong by the next: gone */
 #define GATEWAY_WS_CLOSE_WAIT_MS 5000u          /* our Close sent, waiting for theirs */
 #define GATEWAY_WS_PROTOCOLS_MAX 4u             /* subprotocols one route offers */
 
@@ -47,7 +50,7 @@ typedef struct {
 typedef struct {
     size_t message_max;         /* GATEWAY_WS_MESSAGE_MAX */
     unsigned frame_timeout_ms;  /* GATEWAY_WS_FRAME_TIMEOUT_MS */
-    unsigned idle_timeout_ms;   /* GATEWAY_WS_IDLE_TIMEOUT_MS */
+    unsigned ping_interval_ms;  /* GATEWAY_WS_PING_INTERVAL_MS */
 } gateway_ws_opts_t;
 
 /* Routes upgrade requests for the exact path `pattern` (or a prefix ending

@@ -267,6 +267,7 @@ static const s_key_t s_limits_keys[] = {
     S_U("http_body_max", limits.http_body_max, 1, 1073741824),
     S_U("ws_message_max", limits.ws_message_max, 1, 1073741824),
     S_U("ws_preauth_frame_max", limits.ws_preauth_frame_max, 125, 16777216),
+    S_U("ws_ping_interval_ms", limits.ws_ping_interval_ms, 100, 3600000),
 };
 
 static const s_section_t s_sections[] = {
@@ -332,6 +333,7 @@ void router_config_defaults(router_config_t *cfg)
     cfg->limits.http_attachment_body_max = 25 * 1024 * 1024;
     cfg->limits.ws_message_max = 1024 * 1024;
     cfg->limits.ws_preauth_frame_max = 64 * 1024;
+    cfg->limits.ws_ping_interval_ms = 25000;
     cfg->limits.session_queue_max = 16;
     cfg->limits.sse_ring_events = 4096;
 }

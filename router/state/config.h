@@ -120,6 +120,7 @@ typedef struct {
         size_t http_attachment_body_max;                   /* HTTP body with attachments: 25 MiB */
         size_t ws_message_max;                             /* WebSocket message: 1 MiB */
         size_t ws_preauth_frame_max;                       /* WebSocket frame before auth: 64 KiB */
+        uint32_t ws_ping_interval_ms;                      /* WebSocket server ping; no pong by the next: closed (25 s) */
         uint32_t session_queue_max;                        /* messages waiting per session: 16 */
         uint32_t sse_ring_events;                          /* SSE replay ring: 4096 */
     } limits;

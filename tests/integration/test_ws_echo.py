@@ -309,6 +309,33 @@ def node_ws_client(node):
     assert p.returncode == 0 and out.get("ok"), (p.returncode, p.stdout, p.stderr)
 
 
+def pings_keep_live_sockets_and_end_dead_ones():
+    # A 300 ms ping interval: a client that answers pings (websockets does,
+    # by itself) stays open however long it says nothing; a raw socket that
+    # never answers gets pings, then Close 1001 "no pong".
+    node = Daemon("wsping", config={"gateway": {"echo": True},
+                                    "limits": {"ws_ping_interval_ms": 300}})
+    try:
+        node.start()
+
+        async def go():
+            async with websockets.connect(url(node), ping_interval=None) as ws:
+                await asyncio.sleep(2.0)  # several intervals of silence, answered pongs
+                await ws.send("still open")
+                assert await ws.recv() == "still open"
+        run(go())
+        s, rest = upgraded(node)
+        s.settimeout(60)
+        got = frames(rest + read_all(s))
+        s.close()
+        ops = [op for op, _ in got]
+        assert 9 in ops, got  # pinged
+        assert got[-1][0] == 8 and close_code(got[-1][1]) == 1001, got
+        assert got[-1][1][2:] == b"no pong", got
+    finally:
+        node.cleanup()
+
+
 def echo_is_off_by_default():
     node = Daemon("noecho")
     try:
@@ -333,6 +360,7 @@ def main():
     finally:
         node.cleanup()
     results.run(echo_is_off_by_default)
+    results.run(pings_keep_live_sockets_and_end_dead_ones)
     return results.summary()
 
 

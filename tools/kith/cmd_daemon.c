@@ -63,7 +63,8 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
     }
     /* One gateway per process, so the echo's bounds can live here. */
     static gateway_ws_opts_t echo_opts;
-    echo_opts = (gateway_ws_opts_t){.message_max = cfg->limits.ws_message_max};
+    echo_opts = (gateway_ws_opts_t){.message_max = cfg->limits.ws_message_max,
+                                    .ping_interval_ms = cfg->limits.ws_ping_interval_ms};
     if (cfg->gateway.echo && gateway_route_ws_echo(gw, &echo_opts) != 0) {
         snprintf(err, errcap, "gateway: cannot serve /ws/echo: %s", strerror(errno));
         goto fail;
