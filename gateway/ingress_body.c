@@ -10,6 +10,7 @@
 #include <yajl/yajl_parse.h>
 
 #include "gateway/ingress_body.h"
+#include "proto/utf8.h"
 
 /* The members of the top-level object a shape knows. */
 enum { K_NONE, K_MESSAGE, K_SESSION_ID, K_KIND, K_EVENT_TYPE, K_PAYLOAD, K_UNKNOWN };
@@ -284,6 +285,11 @@ gateway_ingress_reason_t gateway_ingress_body_parse(gateway_ingress_shape_t shap
     snprintf(why, cap, "ok");
     if (memchr(body, '\0', len)) {
         snprintf(why, cap, "the body holds a NUL octet");
+        return GATEWAY_INGRESS_INVALID_JSON;
+    }
+    /* yajl's own check lets UTF-8-encoded surrogates (ED A0 80) through. */
+    if (!proto_utf8_valid((const uint8_t *) body, len)) {
+        snprintf(why, cap, "the body is not well-formed UTF-8");
         return GATEWAY_INGRESS_INVALID_JSON;
     }
     if (!s_surrogates_paired(body, len)) {

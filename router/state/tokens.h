@@ -47,9 +47,10 @@ router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, cha
  * once the loop no longer runs. Idempotent. */
 void router_tokens_stop(router_tokens_t *self);
 
-/* Stops (if needed) and frees. Idempotent; nulls *self_p. Any posted
- * callback must have run (the loop destroyed) or the store be stopped
- * before the loop is destroyed: a stopped store posts nothing more. */
+/* Stops (if needed) and frees. Idempotent; nulls *self_p. A post to the
+ * loop may still name the store: stop it while the loop exists, and free
+ * it only after the loop is destroyed (a stopped store's posts do
+ * nothing). */
 void router_tokens_destroy(router_tokens_t **self_p);
 
 /* ---------------------------------------------------------------- tokens */
