@@ -105,6 +105,21 @@ def main():
         check(status == 401, (status, doc))
         check(t not in node.logs(), "the token was logged")
 
+    def pipelined_behind_a_deferred_answer():
+        # /pair answers only once its write is durable; requests pipelined
+        # behind it wait, then are answered in order on the same connection.
+        req = (b"POST /pair HTTP/1.1\r\nHost: x\r\nX-Pairing-Code: 999999\r\n"
+               b"Content-Length: 0\r\n\r\n")
+        tail = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", node.gw_port), timeout=20,
+                                      source_address=("127.0.0.3", 0)) as s:
+            s.sendall(req + req + tail)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        statuses = re.findall(rb"HTTP/1.1 (\d{3}) ", out)
+        check(statuses == [b"401", b"401", b"200"], out)
+
     def admin_paircode_and_cli():
         status, _, body, _ = curl(gateway_url(node) + "/admin/paircode")
         check(status == 200 and re.match(r'^\{"code":"\d{6}"\}$', body), body)
@@ -138,7 +153,7 @@ def main():
         state["good"] = good
 
     for fn in (code_printed_and_pairs, code_is_one_time, missing_code_header, bearer_needed,
-               bearer_header_and_query, admin_paircode_and_cli, lockout_after_five_bad_codes):
+               bearer_header_and_query, pipelined_behind_a_deferred_answer, admin_paircode_and_cli, lockout_after_five_bad_codes):
         results.run(fn)
 
     def restart_keeps_token_and_lockout():
