@@ -406,7 +406,10 @@ bool router_tokens_check(const router_tokens_t *self, const uint8_t hash[32])
 int router_tokens_add(router_tokens_t *self, const uint8_t hash[32], uint64_t now_ms,
                       router_tokens_done_fn *done, void *ud)
 {
-    if (self->nhashes + self->njobs >= ROUTER_TOKENS_MAX) {
+    pthread_mutex_lock(&self->mu);
+    size_t queued = self->njobs; /* written by the store thread too */
+    pthread_mutex_unlock(&self->mu);
+    if (self->nhashes + queued >= ROUTER_TOKENS_MAX) {
         errno = ENOSPC;
         return -1;
     }
