@@ -34,6 +34,7 @@ typedef enum {
     GATEWAY_HTTP_BODY,    /* the head is done; reading its body */
     GATEWAY_HTTP_CLOSING, /* closing: nothing more is read or answered */
     GATEWAY_HTTP_UPGRADED, /* now a WebSocket: gateway/ws.c has the connection */
+    GATEWAY_HTTP_DEFERRED, /* a handler deferred its answer (gateway_http_res_defer) */
 } gateway_http_phase_t;
 
 typedef struct gateway_http_conn gateway_http_conn_t;
@@ -94,6 +95,7 @@ struct gateway_http_conn {
     uint64_t deadline;              /* when the current phase times out (loop clock, ms) */
     uint64_t served;                /* responses sent on this connection */
     gateway_ws_t *ws;               /* UPGRADED: the WebSocket it became */
+    gateway_http_pending_t *pending; /* DEFERRED: the answer owed */
     gateway_http_conn_t *prev, *next; /* the server's list */
 };
 
@@ -107,6 +109,13 @@ struct gateway_http_res {
     bool close;                              /* close the connection after it */
     proto_ws_upgrade_t *upgrade;             /* an upgrade route's checked handshake, else NULL */
     gateway_ws_t *ws;                        /* what gateway_ws_accept made of the connection */
+    gateway_http_pending_t *deferred;        /* what gateway_http_res_defer made of it */
+};
+
+/* A deferred answer: the response, kept off the stack until the route
+ * sends it. res.hc is NULL once the connection is gone. */
+struct gateway_http_pending {
+    gateway_http_res_t res;
 };
 
 /* ---------------------------------------------------------------- http_route.c */

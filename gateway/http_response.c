@@ -137,6 +137,9 @@ void gateway_http_res_init(gateway_http_res_t *res, gateway_http_conn_t *hc, boo
     res->extra_len = 0;
     res->sent = false;
     res->close = close;
+    res->upgrade = NULL;
+    res->ws = NULL;
+    res->deferred = NULL;
 }
 
 /* field-value octets we send: visible ASCII, SP, HTAB (no obs-text, so
@@ -201,7 +204,7 @@ int gateway_http_respond(gateway_http_res_t *res, int status, const char *conten
         return -1;
     }
     res->sent = true;
-    if (hc->phase == GATEWAY_HTTP_CLOSING) {
+    if (!hc || hc->phase == GATEWAY_HTTP_CLOSING) { /* !hc: a deferred answer's connection went */
         errno = EPIPE;
         return -1;
     }

@@ -189,7 +189,7 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
     (void) id;
     gateway_http_conn_t *hc = ud;
     hc->timer = 0;
-    if (hc->phase == GATEWAY_HTTP_CLOSING)
+    if (hc->phase == GATEWAY_HTTP_CLOSING || hc->phase == GATEWAY_HTTP_DEFERRED)
         return;
     uint64_t now = router_loop_now_ms(loop);
     if (now < hc->deadline) {
@@ -349,6 +349,21 @@ static void s_dispatch(gateway_http_conn_t *hc)
     gateway_http_res_t res;
     gateway_http_res_init(&res, hc, !hc->parser.keep_alive);
     route->fn(&req, &res, route->ud);
+    if (res.deferred && !res.sent) {
+        /* Read nothing more until the answer is sent (pipelined requests
+         * are held); the route bounds the wait, so no timer runs. */
+        hc->pending = res.deferred;
+        hc->pending->res = res;
+        hc->phase = GATEWAY_HTTP_DEFERRED;
+        hc->paused = true;
+        s_timer_stop(hc);
+        router_conn_pause_read(hc->conn);
+        return;
+    }
+    if (res.deferred) { /* deferred, then answered at once after all */
+        free(res.deferred);
+        res.deferred = NULL;
+    }
     if (!res.sent)
         s_answer_missing(route, &res);
     s_request_done(hc, &res);
@@ -580,7 +595,7 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
 static void s_on_drain(router_conn_t *conn, void *ud)
 {
     gateway_http_conn_t *hc = ud;
-    if (!hc->paused || hc->phase == GATEWAY_HTTP_CLOSING)
+    if (!hc->paused || hc->phase == GATEWAY_HTTP_CLOSING || hc->phase == GATEWAY_HTTP_DEFERRED)
         return;
     hc->paused = false;
     s_deadline(hc, hc->g->opts.idle_timeout_ms);
@@ -600,6 +615,8 @@ static void s_on_drain(router_conn_t *conn, void *ud)
 
 static void s_conn_free(gateway_http_conn_t *hc)
 {
+    if (hc->pending)
+        hc->pending->res.hc = NULL; /* the route still holds it; its answer goes nowhere */
     free(hc->head);
     free(hc->body_buf);
     free(hc->held);
@@ -754,4 +771,65 @@ bool gateway_http_req_method_is(const gateway_http_req_t *req, const char *metho
 {
     size_t n = strlen(method);
     return req->method.len == n && !memcmp(req->method.ptr, method, n);
+}
+
+/* ---------------------------------------------------------------- deferred answers */
+
+gateway_http_pending_t *gateway_http_res_defer(gateway_http_res_t *res)
+{
+    if (res->sent || res->deferred) {
+        errno = EALREADY;
+        return NULL;
+    }
+    if (res->upgrade) {
+        errno = EINVAL;
+        return NULL;
+    }
+    res->deferred = calloc(1, sizeof *res->deferred);
+    return res->deferred; /* filled from *res once the handler returns */
+}
+
+gateway_http_res_t *gateway_http_pending_res(gateway_http_pending_t *p)
+{
+    return &p->res;
+}
+
+void gateway_http_pending_end(gateway_http_pending_t **p_p)
+{
+    if (!p_p || !*p_p)
+        return;
+    gateway_http_pending_t *p = *p_p;
+    *p_p = NULL;
+    gateway_http_conn_t *hc = p->res.hc;
+    if (!hc) {
+        free(p);
+        return;
+    }
+    hc->pending = NULL;
+    if (!p->res.sent)
+        s_answer_missing(hc->route, &p->res);
+    if (hc->phase == GATEWAY_HTTP_DEFERRED)
+        hc->phase = GATEWAY_HTTP_BODY; /* s_request_done moves it on */
+    bool was_paused = hc->paused;
+    hc->paused = false;
+    s_request_done(hc, &p->res);
+    free(p);
+    if (hc->phase == GATEWAY_HTTP_CLOSING)
+        return;
+    if (hc->paused) /* answers pile up: on_drain goes on */
+        return;
+    /* Go on with pipelined input held meanwhile, then read again. */
+    char *held = hc->held;
+    size_t n = hc->held_len;
+    hc->held = NULL;
+    hc->held_len = 0;
+    if (held) {
+        bool alive = s_input(hc, held, n);
+        free(held);
+        if (!alive)
+            return;
+    }
+    if (was_paused && !hc->paused && hc->phase != GATEWAY_HTTP_CLOSING &&
+        hc->phase != GATEWAY_HTTP_DEFERRED)
+        router_conn_resume_read(hc->conn);
 }

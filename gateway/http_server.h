@@ -155,6 +155,30 @@ int gateway_http_respond_json(gateway_http_res_t *res, int status, const char *j
 int gateway_http_respond_error(gateway_http_res_t *res, int status, const char *code,
                                const char *text);
 
+/* ---------------------------------------------------------------- deferred answers */
+
+/* A request answered later, once work off the loop thread is done (a row
+ * made durable, say). */
+typedef struct gateway_http_pending gateway_http_pending_t;
+
+/* In a handler (not an upgrade): the answer will come later. The
+ * connection reads nothing more (pipelined requests wait) and its request
+ * timers stop until gateway_http_pending_end; the route bounds the wait
+ * itself. Headers already added are kept. Returns the handle (owned by the
+ * route until _end), or NULL with errno (EALREADY answered, EINVAL in an
+ * upgrade, ENOMEM) — then answer now. */
+gateway_http_pending_t *gateway_http_res_defer(gateway_http_res_t *res);
+
+/* The response of a deferred request, to fill with gateway_http_res_header
+ * and answer with gateway_http_respond* (which fail with EPIPE when the
+ * connection is gone). Valid until gateway_http_pending_end. */
+gateway_http_res_t *gateway_http_pending_res(gateway_http_pending_t *p);
+
+/* Ends a deferred request (a 500 if nothing was answered), lets the
+ * connection go on with what it holds, and frees p. On the loop thread.
+ * Idempotent; nulls *p_p. */
+void gateway_http_pending_end(gateway_http_pending_t **p_p);
+
 /* ---------------------------------------------------------------- routes */
 
 /* Answers one request: call one of the gateway_http_respond*() functions

@@ -60,6 +60,8 @@ struct router_node {
     _Atomic bool wake_posted;            /* a durable wake-up is queued on the loop */
     void (*on_stop)(void *ud);           /* told when a graceful stop begins */
     void *on_stop_ud;
+    void (*on_durable)(void *ud);        /* told on the loop after each durable batch */
+    void *on_durable_ud;
 };
 
 /* ---------------------------------------------------------------- events from comms */
@@ -94,6 +96,8 @@ static void s_durable_wake(router_loop_t *loop, void *arg)
     atomic_store(&self->wake_posted, false);
     if (self->comms)
         router_comms_release_acks(self->comms);
+    if (self->comms && self->on_durable) /* !comms: inside teardown */
+        self->on_durable(self->on_durable_ud);
 }
 
 /* On the inbox's store thread, after each durable batch. It touches only
@@ -626,6 +630,12 @@ const uint8_t *router_node_pubkey(const router_node_t *self) { return self->iden
 router_inbox_t *router_node_inbox(router_node_t *self) { return self->inbox; }
 router_metrics_t *router_node_metrics(router_node_t *self) { return self->metrics; }
 router_loop_t *router_node_loop(router_node_t *self) { return self->loop; }
+
+void router_node_on_durable(router_node_t *self, void (*fn)(void *ud), void *ud)
+{
+    self->on_durable = fn;
+    self->on_durable_ud = ud;
+}
 
 void router_node_on_stop(router_node_t *self, void (*fn)(void *ud), void *ud)
 {

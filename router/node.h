@@ -84,6 +84,11 @@ router_loop_t *router_node_loop(router_node_t *self);
  * there. One hook; set it before the node runs. */
 void router_node_on_stop(router_node_t *self, void (*fn)(void *ud), void *ud);
 
+/* Runs fn(ud) on the loop thread after the inbox made a batch durable
+ * (gateway ingress answers its 202s then). One hook; set it on the loop
+ * thread or before the node runs; fn NULL removes it. */
+void router_node_on_durable(router_node_t *self, void (*fn)(void *ud), void *ud);
+
 /* Adds a trusted peer (name, key, "tcp://…" | "uds://…" | "inproc://…").
  * Before router_node_start/run only. Returns 0, or -1 with err set. */
 int router_node_trust(router_node_t *self, const char *name, const uint8_t pk[32],

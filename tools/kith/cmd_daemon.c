@@ -11,6 +11,7 @@
 
 #include "gateway/http_server.h"
 #include "gateway/routes.h"
+#include "gateway/routes_auth.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
 #include "router/log.h"
@@ -18,6 +19,7 @@
 #include "router/node.h"
 #include "router/state/config.h"
 #include "router/state/home.h"
+#include "router/state/tokens.h"
 #include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
 
@@ -34,6 +36,81 @@ static void s_usage(FILE *out)
             "and reopens logs/daemon.log (for logrotate).\n");
 }
 
+/* ---------------------------------------------------------------- pairing and ingress */
+
+/* What the gateway's pairing, bearer and ingress routes keep (WIRE §17). */
+typedef struct {
+    router_tokens_t *tokens;    /* token hashes, lockouts, idempotency (state.db) */
+    gateway_auth_t *auth;       /* bearer checks and the pairing code */
+    gateway_ingress_t *ingress; /* /webhook and /sessions/{id}/external-events */
+} s_gw_auth_t;
+
+static void s_gw_auth_durable(void *ud)
+{
+    gateway_ingress_durable(ud);
+}
+
+/* Opens the token store beside the inbox and installs /pair,
+ * /admin/paircode, /webhook and the external-event route. */
+static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_config_t *cfg,
+                           const char *home, gateway_http_t *gw, char *err, size_t errcap)
+{
+    char db[ROUTER_PATH_MAX];
+    if (router_home_path(home, "state.db", db, sizeof db) != 0) {
+        snprintf(err, errcap, "home path too long");
+        return -1;
+    }
+    if (!(ga->tokens = router_tokens_new(db, router_node_loop(node), err, errcap)))
+        return -1;
+    gateway_auth_opts_t ao = {.require_pairing = cfg->gateway.require_pairing,
+                              .allow_query_token = cfg->gateway.allow_query_token};
+    gateway_ingress_opts_t io = {.inbox = router_node_inbox(node),
+                                 .secret_env = cfg->gateway.webhook_secret_env};
+    if (!(ga->auth = gateway_auth_new(ga->tokens, &ao)) ||
+        gateway_route_pair(gw, ga->auth) != 0 || gateway_route_admin(gw, ga->auth) != 0) {
+        snprintf(err, errcap, "gateway: cannot set up pairing: %s", strerror(errno));
+        return -1;
+    }
+    io.auth = ga->auth;
+    if (!(ga->ingress = gateway_ingress_new(gw, router_node_loop(node), &io))) {
+        if (errno == ENOENT)
+            snprintf(err, errcap, "gateway.webhook_secret_env names %s, which is not set",
+                     cfg->gateway.webhook_secret_env);
+        else
+            snprintf(err, errcap, "gateway: cannot set up /webhook: %s", strerror(errno));
+        return -1;
+    }
+    router_node_on_durable(node, s_gw_auth_durable, ga->ingress);
+    return 0;
+}
+
+/* With pairing on and no token paired yet, a one-time code to pair with. */
+static void s_gw_auth_announce(s_gw_auth_t *ga)
+{
+    if (!gateway_auth_pairing_required(ga->auth) || router_tokens_count(ga->tokens) > 0)
+        return;
+    char code[GATEWAY_AUTH_CODE_LEN + 1];
+    gateway_auth_code_mint(ga->auth, code);
+    ROUTER_LOG(ROUTER_LOG_INFO, "gateway",
+               "no token paired: pairing code %s (POST /pair with X-Pairing-Code; one use)", code);
+    fprintf(stderr, "kith daemon: pairing code: %s\n", code);
+}
+
+/* The loop has stopped: owed answers go out (or nowhere), then the rest. */
+static void s_gw_auth_stop(s_gw_auth_t *ga, router_node_t *node)
+{
+    router_node_on_durable(node, NULL, NULL);
+    router_tokens_stop(ga->tokens);
+    gateway_ingress_destroy(&ga->ingress);
+}
+
+static void s_gw_auth_destroy(s_gw_auth_t *ga)
+{
+    gateway_ingress_destroy(&ga->ingress);
+    router_tokens_destroy(&ga->tokens);
+    gateway_auth_destroy(&ga->auth);
+}
+
 /* The HTTP gateway on the node's loop, listening on gateway.host:port with
  * the configured limits and the node's metrics. Returns the server, or
  * NULL with a one-line reason in err. */
@@ -43,7 +120,8 @@ static void s_gateway_stop_listening(void *gw)
 }
 
 static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_t *cfg,
-                                       char *err, size_t errcap)
+                                       const char *home, s_gw_auth_t *ga, char *err,
+                                       size_t errcap)
 {
     char shown[ROUTER_ADDR_STR_MAX] = "?";
     router_addr_t addr, bound;
@@ -69,6 +147,8 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
         snprintf(err, errcap, "gateway: cannot serve /ws/echo: %s", strerror(errno));
         goto fail;
     }
+    if (s_gw_auth_start(ga, node, cfg, home, gw, err, errcap) != 0)
+        goto fail;
     (void) router_addr_format(&addr, shown, sizeof shown);
     if (gateway_http_listen(gw, &addr, &bound) != 0) {
         snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", shown, strerror(errno));
@@ -80,6 +160,7 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
     if (cfg->gateway.echo)
         ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "serving ws://%s/ws/echo (gateway.echo; no token)",
                    shown);
+    s_gw_auth_announce(ga);
     return gw;
 fail:
     gateway_http_destroy(&gw);
@@ -204,8 +285,11 @@ int kith_cmd_daemon(int argc, char **argv)
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "identity %s peer_id %s", pk, pid);
     if (cfg.comms.mode == ROUTER_COMMS_NONE)
         ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "comms off (comms.mode \"none\")");
-    gateway_http_t *gw = s_gateway_start(node, &cfg, err, sizeof err);
+    s_gw_auth_t ga = {0};
+    gateway_http_t *gw = s_gateway_start(node, &cfg, home, &ga, err, sizeof err);
     if (!gw) {
+        s_gw_auth_stop(&ga, node);
+        s_gw_auth_destroy(&ga);
         ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "cannot start: %s", err);
         router_node_destroy(&node);
         router_log_stop();
@@ -217,11 +301,13 @@ int kith_cmd_daemon(int argc, char **argv)
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "ready; SIGINT or SIGTERM to stop");
 
     int rc = router_node_run(node);
+    s_gw_auth_stop(&ga, node);
     /* The loop has stopped: the gateway stops listening and lets go of its
      * connections (they belong to the loop, which closes them as the node
      * is destroyed). */
     gateway_http_destroy(&gw);
     router_node_destroy(&node);
+    s_gw_auth_destroy(&ga); /* after the loop: its posts may name the token store */
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "stopped");
     router_log_stop();
     return rc == 0 ? KITH_EXIT_OK : KITH_EXIT_FAIL;

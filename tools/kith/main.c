@@ -19,6 +19,7 @@ static const kith_cmd_t s_cmds[] = {
     {"envelope", kith_cmd_envelope, "encode, decode or verify signed envelope frames"},
     {"send",     kith_cmd_send,     "send a signed message or request to a peer"},
     {"config",   kith_cmd_config,   "check a config file strictly (exit 0 valid, 1 not)"},
+    {"paircode", kith_cmd_paircode, "print a new one-time pairing code from the running daemon"},
 };
 
 static void s_usage(FILE *out)

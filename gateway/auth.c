@@ -1,0 +1,203 @@
+/* gateway/auth.c — bearer tokens (extraction in DESIGN §5's order, checks
+ * against the stored hashes), the one-time pairing code, client keys. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <sodium.h>
+
+#include "gateway/auth.h"
+#include "gateway/ws.h"
+
+struct gateway_auth {
+    router_tokens_t *tokens;               /* borrowed */
+    gateway_auth_opts_t opts;
+    char code[GATEWAY_AUTH_CODE_LEN + 1];  /* the unspent pairing code, "" for none */
+};
+
+gateway_auth_t *gateway_auth_new(router_tokens_t *tokens, const gateway_auth_opts_t *opts)
+{
+    gateway_auth_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->tokens = tokens;
+    self->opts = *opts;
+    return self;
+}
+
+void gateway_auth_destroy(gateway_auth_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    sodium_memzero((*self_p)->code, sizeof (*self_p)->code);
+    free(*self_p);
+    *self_p = NULL;
+}
+
+router_tokens_t *gateway_auth_tokens(gateway_auth_t *self)
+{
+    return self->tokens;
+}
+
+bool gateway_auth_pairing_required(const gateway_auth_t *self)
+{
+    return self->opts.require_pairing;
+}
+
+/* ---------------------------------------------------------------- extraction */
+
+/* `token=<t>` among the &-separated pairs of a query (taken as sent: a
+ * kith token needs no percent-encoding). */
+static bool s_query_token(proto_http_slice_t q, const char **token, size_t *len)
+{
+    if (!q.ptr)
+        return false;
+    const char *p = q.ptr, *end = q.ptr + q.len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t) (end - p));
+        const char *stop = amp ? amp : end;
+        if (stop - p >= 6 && !memcmp(p, "token=", 6)) {
+            *token = p + 6;
+            *len = (size_t) (stop - p - 6);
+            return *len > 0;
+        }
+        p = stop + 1;
+    }
+    return false;
+}
+
+bool gateway_auth_bearer(const gateway_http_req_t *req, const gateway_http_res_t *res,
+                         bool allow_query, const char **token, size_t *len)
+{
+    proto_http_slice_t v;
+    if (gateway_http_req_header(req, "Authorization", &v) && v.len > 7 &&
+        !strncasecmp(v.ptr, "Bearer ", 7)) {
+        const char *t = v.ptr + 7;
+        size_t n = v.len - 7;
+        while (n && (*t == ' ' || *t == '\t')) {
+            t++;
+            n--;
+        }
+        if (n) {
+            *token = t;
+            *len = n;
+            return true;
+        }
+    }
+    if (res) {
+        size_t n = 0;
+        const char *t = gateway_ws_req_bearer(res, &n);
+        if (t && n) {
+            *token = t;
+            *len = n;
+            return true;
+        }
+    }
+    if (allow_query && s_query_token(req->query, token, len))
+        return true;
+    *token = NULL;
+    *len = 0;
+    return false;
+}
+
+/* ---------------------------------------------------------------- checks */
+
+bool gateway_auth_token_ok(const gateway_auth_t *self, const char *token, size_t len)
+{
+    if (len != GATEWAY_AUTH_TOKEN_LEN || memcmp(token, GATEWAY_AUTH_TOKEN_PREFIX, 5) != 0)
+        return false;
+    for (size_t i = 5; i < len; i++)
+        if (!((token[i] >= '0' && token[i] <= '9') || (token[i] >= 'a' && token[i] <= 'f')))
+            return false;
+    uint8_t hash[32];
+    crypto_hash_sha256(hash, (const unsigned char *) token, len);
+    return router_tokens_check(self->tokens, hash);
+}
+
+int gateway_auth_require(const gateway_auth_t *self, const gateway_http_req_t *req,
+                         gateway_http_res_t *res)
+{
+    if (!self->opts.require_pairing)
+        return 0;
+    const char *t = NULL;
+    size_t n = 0;
+    if (gateway_auth_bearer(req, res, self->opts.allow_query_token, &t, &n) &&
+        gateway_auth_token_ok(self, t, n))
+        return 0;
+    (void) gateway_http_res_header(res, "WWW-Authenticate", "Bearer");
+    (void) gateway_http_respond_error(res, 401, "unauthorized",
+                                      t ? "the bearer token is not valid"
+                                        : "a bearer token is required (POST /pair)");
+    return -1;
+}
+
+void gateway_auth_token_new(char text[GATEWAY_AUTH_TOKEN_LEN + 1], uint8_t hash[32])
+{
+    uint8_t raw[32];
+    randombytes_buf(raw, sizeof raw);
+    memcpy(text, GATEWAY_AUTH_TOKEN_PREFIX, 5);
+    sodium_bin2hex(text + 5, 65, raw, sizeof raw);
+    sodium_memzero(raw, sizeof raw);
+    crypto_hash_sha256(hash, (const unsigned char *) text, GATEWAY_AUTH_TOKEN_LEN);
+}
+
+/* ---------------------------------------------------------------- pairing code */
+
+void gateway_auth_code_mint(gateway_auth_t *self, char code[GATEWAY_AUTH_CODE_LEN + 1])
+{
+    snprintf(self->code, sizeof self->code, "%06u", (unsigned) randombytes_uniform(1000000));
+    memcpy(code, self->code, sizeof self->code);
+}
+
+bool gateway_auth_code_take(gateway_auth_t *self, const char *code, size_t len)
+{
+    if (!self->code[0] || len != GATEWAY_AUTH_CODE_LEN)
+        return false;
+    if (sodium_memcmp(self->code, code, GATEWAY_AUTH_CODE_LEN) != 0)
+        return false;
+    sodium_memzero(self->code, sizeof self->code);
+    return true;
+}
+
+/* ---------------------------------------------------------------- clients */
+
+void gateway_auth_client(const router_addr_t *peer, char out[GATEWAY_AUTH_CLIENT_MAX])
+{
+    snprintf(out, GATEWAY_AUTH_CLIENT_MAX, "unknown");
+    if (!peer)
+        return;
+    switch (peer->u.sa.sa_family) {
+    case AF_INET:
+        inet_ntop(AF_INET, &peer->u.in4.sin_addr, out, GATEWAY_AUTH_CLIENT_MAX);
+        break;
+    case AF_INET6:
+        inet_ntop(AF_INET6, &peer->u.in6.sin6_addr, out, GATEWAY_AUTH_CLIENT_MAX);
+        break;
+    case AF_UNIX:
+        snprintf(out, GATEWAY_AUTH_CLIENT_MAX, "unix");
+        break;
+    }
+}
+
+bool gateway_auth_is_loopback(const router_addr_t *peer)
+{
+    if (!peer || !peer->len)
+        return false;
+    switch (peer->u.sa.sa_family) {
+    case AF_INET:
+        return (ntohl(peer->u.in4.sin_addr.s_addr) >> 24) == 127;
+    case AF_INET6: {
+        const uint8_t *a = peer->u.in6.sin6_addr.s6_addr;
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (IN6_IS_ADDR_LOOPBACK(&peer->u.in6.sin6_addr))
+            return true;
+        return !memcmp(a, mapped, 12) && a[12] == 127;
+    }
+    case AF_UNIX:
+        return true;
+    }
+    return false;
+}

@@ -1,0 +1,78 @@
+/* gateway/auth.h — who may use the gateway (DESIGN §5, WIRE §17): bearer
+ * tokens taken from a request in one place, the one-time pairing code, and
+ * the client address pairing lockouts are kept by.
+ *
+ * A route that needs a token calls gateway_auth_require() first (HTTP
+ * routes and WebSocket upgrade handlers alike: an upgrade is refused 401
+ * before the 101). Everything runs on the loop thread. */
+#ifndef KITH_GATEWAY_AUTH_H
+#define KITH_GATEWAY_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gateway/http_server.h"
+#include "router/state/tokens.h"
+
+#define GATEWAY_AUTH_TOKEN_PREFIX "kith_"
+#define GATEWAY_AUTH_TOKEN_LEN (5u + 64u)          /* "kith_" + 64 lowercase hex */
+#define GATEWAY_AUTH_CODE_LEN 6u                   /* digits of a pairing code */
+#define GATEWAY_AUTH_CLIENT_MAX ROUTER_TOKENS_CLIENT_MAX /* a client key, NUL included */
+
+typedef struct gateway_auth gateway_auth_t;
+
+/* Options, usually from gateway.require_pairing / allow_query_token. */
+typedef struct {
+    bool require_pairing;   /* false: every request passes */
+    bool allow_query_token; /* accept ?token= */
+} gateway_auth_opts_t;
+
+/* An auth over `tokens` (borrowed; must outlive it). NULL on ENOMEM.
+ * Caller owns the result. */
+gateway_auth_t *gateway_auth_new(router_tokens_t *tokens, const gateway_auth_opts_t *opts);
+void gateway_auth_destroy(gateway_auth_t **self_p);
+
+router_tokens_t *gateway_auth_tokens(gateway_auth_t *self);
+bool gateway_auth_pairing_required(const gateway_auth_t *self);
+
+/* The bearer token of a request, in DESIGN §5's order: `Authorization:
+ * Bearer <t>`, then a `bearer.<t>` Sec-WebSocket-Protocol entry (res of an
+ * upgrade handler; may be NULL), then `?token=<t>` when allow_query. Points
+ * into the request (valid during the handler). Returns true when one was
+ * given (whatever it is worth). */
+bool gateway_auth_bearer(const gateway_http_req_t *req, const gateway_http_res_t *res,
+                         bool allow_query, const char **token, size_t *len)
+    __attribute__((warn_unused_result));
+
+/* True when `token` is a paired token (its SHA-256 is stored). */
+bool gateway_auth_token_ok(const gateway_auth_t *self, const char *token, size_t len)
+    __attribute__((warn_unused_result));
+
+/* Lets the request through (0), or answers 401 {"code":"unauthorized"}
+ * with `WWW-Authenticate: Bearer` and returns -1. Passes everything when
+ * pairing is not required. */
+int gateway_auth_require(const gateway_auth_t *self, const gateway_http_req_t *req,
+                         gateway_http_res_t *res) __attribute__((warn_unused_result));
+
+/* A new token: text `kith_<64 hex>` (NUL-terminated) and its SHA-256. */
+void gateway_auth_token_new(char text[GATEWAY_AUTH_TOKEN_LEN + 1], uint8_t hash[32]);
+
+/* Mints a new one-time pairing code (replacing any unspent one) into
+ * code[GATEWAY_AUTH_CODE_LEN + 1]. */
+void gateway_auth_code_mint(gateway_auth_t *self, char code[GATEWAY_AUTH_CODE_LEN + 1]);
+
+/* True when `code` is the unspent code (compared in constant time); the
+ * code is then spent. */
+bool gateway_auth_code_take(gateway_auth_t *self, const char *code, size_t len)
+    __attribute__((warn_unused_result));
+
+/* The key lockouts are kept by: the peer's IP address without its port
+ * ("unix" for a Unix socket). */
+void gateway_auth_client(const router_addr_t *peer, char out[GATEWAY_AUTH_CLIENT_MAX]);
+
+/* True when the peer is a loopback address (127.0.0.0/8, ::1, ::ffff:127…)
+ * or a Unix socket. */
+bool gateway_auth_is_loopback(const router_addr_t *peer);
+
+#endif

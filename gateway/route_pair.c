@@ -1,0 +1,120 @@
+/* gateway/route_pair.c — POST /pair: a one-time code for a bearer token
+ * (WIRE §17.2). Bad codes are counted per client address and a run of them
+ * locks the client out; both the token and the count are durable before
+ * the client hears the answer. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "gateway/routes_auth.h"
+#include "router/clock.h"
+#include "router/log.h"
+
+/* One pairing answer waiting for its row to be durable. */
+typedef struct {
+    gateway_http_pending_t *pending;         /* the deferred answer */
+    bool paired;                             /* a token (else a bad code) */
+    uint64_t until_ms;                       /* bad code: locked until, 0 for not */
+    char token[GATEWAY_AUTH_TOKEN_LEN + 1];  /* paired: the token to hand over */
+} s_wait_t;
+
+static void s_too_many(gateway_http_res_t *res, uint64_t until_ms, uint64_t now_ms)
+{
+    char after[24];
+    uint64_t s = until_ms > now_ms ? (until_ms - now_ms + 999) / 1000 : 1;
+    snprintf(after, sizeof after, "%llu", (unsigned long long) s);
+    (void) gateway_http_res_header(res, "Retry-After", after);
+    (void) gateway_http_respond_error(res, 429, "too_many_attempts",
+                                      "too many bad pairing codes from this address; wait");
+}
+
+/* On the loop thread: the token or the bad-code count is durable (ok), or
+ * could not be written. */
+static void s_written(bool ok, void *ud)
+{
+    s_wait_t *w = ud;
+    if (!w->pending) /* the deferral failed and the client had its answer */
+        goto done;
+    gateway_http_res_t *res = gateway_http_pending_res(w->pending);
+    if (!ok) {
+        (void) gateway_http_respond_error(res, 503, "unavailable",
+                                          "the pairing state could not be stored");
+    } else if (w->paired) {
+        char body[128];
+        snprintf(body, sizeof body, "{\"paired\":true,\"token\":\"%s\"}", w->token);
+        (void) gateway_http_respond_json(res, 200, body);
+        sodium_memzero(body, sizeof body);
+        ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "paired a new bearer token");
+    } else if (w->until_ms) {
+        s_too_many(res, w->until_ms, router_clock_wall_ms());
+    } else {
+        (void) gateway_http_respond_error(res, 401, "invalid_pairing_code",
+                                          "the pairing code is wrong or spent");
+    }
+    gateway_http_pending_end(&w->pending);
+done:
+    sodium_memzero(w, sizeof *w);
+    free(w);
+}
+
+static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_auth_t *auth = ud;
+    router_tokens_t *tokens = gateway_auth_tokens(auth);
+    uint64_t now = router_clock_wall_ms();
+    char client[GATEWAY_AUTH_CLIENT_MAX];
+    gateway_auth_client(req->peer, client);
+    uint64_t until = router_tokens_locked_until(tokens, client, now);
+    if (until) {
+        s_too_many(res, until, now);
+        return;
+    }
+    proto_http_slice_t code;
+    if (!gateway_http_req_header(req, "X-Pairing-Code", &code)) {
+        (void) gateway_http_respond_error(res, 400, "missing_pairing_code",
+                                          "send the code in X-Pairing-Code");
+        return;
+    }
+    s_wait_t *w = calloc(1, sizeof *w);
+    if (!w) {
+        (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
+        return;
+    }
+    int rc;
+    if (gateway_auth_code_take(auth, code.ptr, code.len)) {
+        uint8_t hash[32];
+        w->paired = true;
+        gateway_auth_token_new(w->token, hash);
+        router_tokens_forgive(tokens, client);
+        rc = router_tokens_add(tokens, hash, now, s_written, w);
+    } else {
+        rc = router_tokens_fail(tokens, client, now, GATEWAY_PAIR_FAILURES_MAX,
+                                GATEWAY_PAIR_LOCK_MS, &w->until_ms, s_written, w);
+        if (w->until_ms)
+            ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                       "pairing: %u bad codes in a row from %s: locked out for %u s",
+                       GATEWAY_PAIR_FAILURES_MAX, client, GATEWAY_PAIR_LOCK_MS / 1000);
+    }
+    if (rc != 0) {
+        if (!w->paired && w->until_ms)
+            s_too_many(res, w->until_ms, now);
+        else
+            (void) gateway_http_respond_error(res, 503, "unavailable",
+                                              "the pairing state cannot be stored now");
+        sodium_memzero(w, sizeof *w);
+        free(w);
+        return;
+    }
+    /* The callback runs from a post, never inside this call, so the
+     * deferral is in place first. */
+    w->pending = gateway_http_res_defer(res);
+    if (!w->pending)
+        (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
+}
+
+int gateway_route_pair(gateway_http_t *g, gateway_auth_t *auth)
+{
+    return gateway_http_route(g, "POST", "/pair", s_pair, auth);
+}

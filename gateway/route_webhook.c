@@ -1,0 +1,378 @@
+/* gateway/route_webhook.c — POST /webhook and POST
+ * /sessions/{id}/external-events (WIRE §17.4): strict JSON in, admitted to
+ * the node's durable inbox, answered 202 only once the entry is durable,
+ * like an envelope before its ack. X-Idempotency-Key makes a retry return
+ * the first answer and queue nothing, across restarts. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <sodium.h>
+
+#include "gateway/ingress_body.h"
+#include "gateway/routes_auth.h"
+#include "proto/uuid.h"
+#include "router/clock.h"
+#include "router/log.h"
+
+#define S_WAITERS_MAX 1024u          /* answers waiting for durability */
+#define S_POLL_MS 100u               /* fallback check, as comms does for acks */
+#define S_EVENTS_PREFIX "/sessions/"
+#define S_EVENTS_SUFFIX "/external-events"
+
+/* One 202 owed once seq is durable. */
+typedef struct s_waiter {
+    gateway_ingress_t *owner;
+    gateway_http_pending_t *pending;
+    uint64_t seq;                        /* the inbox entry */
+    uint64_t deadline_ms;                /* monotonic: 503 after */
+    char scope[16];                      /* idempotency scope */
+    char key[ROUTER_TOKENS_IDEM_KEY_MAX + 1]; /* "" without a key */
+    char body[96];                       /* the 202 body */
+    struct s_waiter *prev, *next;
+} s_waiter_t;
+
+struct gateway_ingress {
+    gateway_ingress_opts_t opts;
+    router_loop_t *loop;
+    uint8_t secret_hash[32];             /* SHA-256 of the webhook secret */
+    bool has_secret;
+    s_waiter_t *waiters;                 /* oldest first */
+    s_waiter_t *last;
+    size_t nwaiters;
+    uint64_t timer;                      /* the fallback poll, 0 for none */
+};
+
+/* ---------------------------------------------------------------- answering */
+
+static void s_unlink(gateway_ingress_t *self, s_waiter_t *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        self->waiters = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        self->last = w->prev;
+    self->nwaiters--;
+}
+
+static void s_answer(s_waiter_t *w, int status, const char *code, const char *text)
+{
+    gateway_http_res_t *res = gateway_http_pending_res(w->pending);
+    if (status == 202)
+        (void) gateway_http_respond_json(res, 202, w->body);
+    else
+        (void) gateway_http_respond_error(res, status, code, text);
+    gateway_http_pending_end(&w->pending);
+    free(w);
+}
+
+/* The idempotency row is durable (ok): now the 202 may go. */
+static void s_idem_written(bool ok, void *ud)
+{
+    s_waiter_t *w = ud;
+    if (ok)
+        s_answer(w, 202, NULL, NULL);
+    else
+        s_answer(w, 503, "unavailable", "the request was queued but its idempotency key could "
+                                         "not be stored; retrying may queue it twice");
+}
+
+/* A waiter whose entry is durable: remember its key first, if any. */
+static void s_durable(gateway_ingress_t *self, s_waiter_t *w)
+{
+    if (!w->key[0]) {
+        s_answer(w, 202, NULL, NULL);
+        return;
+    }
+    router_tokens_t *t = gateway_auth_tokens(self->opts.auth);
+    if (router_tokens_idem_finish(t, w->scope, w->key, strlen(w->key), 202, w->body,
+                                  router_clock_wall_ms(), s_idem_written, w) != 0)
+        s_idem_written(false, w);
+}
+
+static void s_poll(router_loop_t *loop, uint64_t id, void *ud);
+
+static void s_check(gateway_ingress_t *self)
+{
+    uint64_t durable = router_inbox_durable_seq(self->opts.inbox);
+    uint64_t now = router_clock_mono_ms();
+    for (s_waiter_t *w = self->waiters, *n; w; w = n) {
+        n = w->next;
+        if (w->seq <= durable) {
+            s_unlink(self, w);
+            s_durable(self, w);
+        } else if (now >= w->deadline_ms) {
+            s_unlink(self, w);
+            if (w->key[0])
+                router_tokens_idem_release(gateway_auth_tokens(self->opts.auth), w->scope, w->key,
+                                           strlen(w->key));
+            ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "ingress: inbox entry %llu not durable in %u ms",
+                       (unsigned long long) w->seq, self->opts.durable_timeout_ms);
+            s_answer(w, 503, "not_durable", "the request could not be stored in time; retry");
+        }
+    }
+    if (self->waiters && !self->timer)
+        self->timer = router_loop_timer_add(self->loop, S_POLL_MS, s_poll, self);
+}
+
+static void s_poll(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id;
+    gateway_ingress_t *self = ud;
+    self->timer = 0;
+    s_check(self);
+}
+
+void gateway_ingress_durable(gateway_ingress_t *self)
+{
+    if (self)
+        s_check(self);
+}
+
+/* ---------------------------------------------------------------- checks */
+
+static bool s_json_type(const gateway_http_req_t *req)
+{
+    proto_http_slice_t v;
+    if (!gateway_http_req_header(req, "Content-Type", &v) || v.len < 16 ||
+        strncasecmp(v.ptr, "application/json", 16) != 0)
+        return false;
+    return v.len == 16 || v.ptr[16] == ';' || v.ptr[16] == ' ' || v.ptr[16] == '\t';
+}
+
+/* The optional X-Webhook-Secret, compared as SHA-256 digests in constant
+ * time (so neither the content nor the length leaks). */
+static bool s_secret_ok(const gateway_ingress_t *self, const gateway_http_req_t *req)
+{
+    if (!self->has_secret)
+        return true;
+    proto_http_slice_t v;
+    if (!gateway_http_req_header(req, "X-Webhook-Secret", &v))
+        return false;
+    uint8_t h[32];
+    crypto_hash_sha256(h, (const unsigned char *) v.ptr, v.len);
+    return sodium_memcmp(h, self->secret_hash, 32) == 0;
+}
+
+/* X-Idempotency-Key: 1..128 visible ASCII. Returns 0 none, 1 one, -1 bad. */
+static int s_idem_key(const gateway_http_req_t *req, proto_http_slice_t *key)
+{
+    if (!gateway_http_req_header(req, "X-Idempotency-Key", key))
+        return 0;
+    if (key->len == 0 || key->len > ROUTER_TOKENS_IDEM_KEY_MAX)
+        return -1;
+    for (size_t i = 0; i < key->len; i++)
+        if (key->ptr[i] < 0x21 || key->ptr[i] > 0x7e)
+            return -1;
+    return 1;
+}
+
+/* ---------------------------------------------------------------- one request */
+
+static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
+                      gateway_http_res_t *res, gateway_ingress_shape_t shape, const char *session,
+                      size_t session_len)
+{
+    router_tokens_t *tokens = gateway_auth_tokens(self->opts.auth);
+    const char *scope = shape == GATEWAY_INGRESS_WEBHOOK ? "webhook" : "event";
+    if (!s_secret_ok(self, req)) {
+        (void) gateway_http_respond_error(res, 401, "invalid_webhook_secret",
+                                          "X-Webhook-Secret is missing or wrong");
+        return;
+    }
+    if (!s_json_type(req)) {
+        (void) gateway_http_respond_error(res, 415, "unsupported_media_type",
+                                          "send Content-Type: application/json");
+        return;
+    }
+    proto_http_slice_t key = {0};
+    int has_key = s_idem_key(req, &key);
+    if (has_key < 0) {
+        (void) gateway_http_respond_error(res, 400, "invalid_idempotency_key",
+                                          "X-Idempotency-Key must be 1..128 visible ASCII");
+        return;
+    }
+    uint64_t now = router_clock_wall_ms();
+    if (has_key) {
+        int status = 0;
+        const char *body = NULL;
+        switch (router_tokens_idem_begin(tokens, scope, key.ptr, key.len, now, &status, &body)) {
+        case ROUTER_IDEM_DONE:
+            (void) gateway_http_res_header(res, "Idempotent-Replayed", "true");
+            (void) gateway_http_respond_json(res, status, body);
+            return;
+        case ROUTER_IDEM_BUSY:
+            (void) gateway_http_respond_error(res, 409, "idempotency_key_in_use",
+                                              "a request with this key is still being answered");
+            return;
+        case ROUTER_IDEM_FULL:
+            (void) gateway_http_respond_error(res, 503, "unavailable",
+                                              "too many idempotency keys in flight");
+            return;
+        case ROUTER_IDEM_NEW:
+            break;
+        }
+    }
+    gateway_ingress_body_t b;
+    char why[128];
+    char *frame = NULL;
+    s_waiter_t *w = NULL;
+    gateway_ingress_reason_t r =
+        gateway_ingress_body_parse(shape, req->body, req->body_len, &b, why, sizeof why);
+    if (r != GATEWAY_INGRESS_OK) {
+        if (r == GATEWAY_INGRESS_NOMEM)
+            (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
+        else
+            (void) gateway_http_respond_error(
+                res, 400, r == GATEWAY_INGRESS_INVALID_JSON ? "invalid_json" : "invalid_body", why);
+        goto fail;
+    }
+    if (self->nwaiters >= S_WAITERS_MAX || !(w = calloc(1, sizeof *w))) {
+        (void) gateway_http_respond_error(res, 503, "unavailable", "too many requests in flight");
+        goto fail;
+    }
+    /* What the inbox keeps: the body as sent for a webhook; for an event,
+     * the body wrapped with the session it is for (both are JSON). */
+    size_t frame_len = req->body_len;
+    if (shape == GATEWAY_INGRESS_EVENT) {
+        frame_len = req->body_len + session_len + 32;
+        if (!(frame = malloc(frame_len + 1))) {
+            (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
+            goto fail;
+        }
+        int n = snprintf(frame, frame_len + 1, "{\"session_id\":\"%.*s\",\"event\":%s}",
+                         (int) session_len, session, req->body);
+        frame_len = (size_t) n;
+    }
+    uint8_t id[16], nobody[32] = {0};
+    proto_uuid_v7_new(id);
+    uint64_t seq = 0;
+    router_inbox_outcome_t out = router_inbox_admit(
+        self->opts.inbox, id, nobody, shape == GATEWAY_INGRESS_WEBHOOK ? "webhook" : "event",
+        (const uint8_t *) (frame ? frame : req->body), frame_len, now, NULL, &seq);
+    if (out != ROUTER_INBOX_ADMITTED) {
+        (void) gateway_http_res_header(res, "Retry-After", "1");
+        (void) gateway_http_respond_error(res, 503, out == ROUTER_INBOX_FULL ? "inbox_full"
+                                                                             : "unavailable",
+                                          "the inbox cannot take this now; retry");
+        goto fail;
+    }
+    char uuid[PROTO_UUID_TEXT_CAP];
+    proto_uuid_format(id, uuid);
+    ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ingress: queued %s id=%s seq=%llu bytes=%zu", scope,
+               uuid, (unsigned long long) seq, frame_len);
+    w->owner = self;
+    w->seq = seq;
+    w->deadline_ms = router_clock_mono_ms() + self->opts.durable_timeout_ms;
+    snprintf(w->scope, sizeof w->scope, "%s", scope);
+    if (has_key)
+        snprintf(w->key, sizeof w->key, "%.*s", (int) key.len, key.ptr);
+    if (shape == GATEWAY_INGRESS_WEBHOOK)
+        snprintf(w->body, sizeof w->body, "{\"queued\":true,\"id\":\"%s\"}", uuid);
+    else
+        snprintf(w->body, sizeof w->body, "{\"queued\":true}");
+    w->pending = gateway_http_res_defer(res);
+    if (!w->pending) {
+        /* Admitted but cannot wait: say so rather than promise durability. */
+        (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
+        goto fail;
+    }
+    w->prev = self->last;
+    if (self->last)
+        self->last->next = w;
+    else
+        self->waiters = w;
+    self->last = w;
+    self->nwaiters++;
+    if (!self->timer)
+        self->timer = router_loop_timer_add(self->loop, S_POLL_MS, s_poll, self);
+    gateway_ingress_body_clear(&b);
+    free(frame);
+    return;
+fail:
+    if (has_key > 0)
+        router_tokens_idem_release(tokens, scope, key.ptr, key.len);
+    gateway_ingress_body_clear(&b);
+    free(frame);
+    free(w);
+}
+
+static void s_webhook(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_ingress_t *self = ud;
+    if (gateway_auth_require(self->opts.auth, req, res) != 0)
+        return;
+    s_ingress(self, req, res, GATEWAY_INGRESS_WEBHOOK, NULL, 0);
+}
+
+/* /sessions/{id}/external-events: no bearer (the optional secret guards it). */
+static void s_events(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_ingress_t *self = ud;
+    size_t pre = sizeof S_EVENTS_PREFIX - 1, suf = sizeof S_EVENTS_SUFFIX - 1;
+    const char *p = req->path.ptr;
+    size_t n = req->path.len;
+    if (n <= pre + suf || memcmp(p + n - suf, S_EVENTS_SUFFIX, suf) != 0) {
+        (void) gateway_http_respond_error(res, 404, "not_found", "no route for this path");
+        return;
+    }
+    const char *session = p + pre;
+    size_t session_len = n - pre - suf;
+    if (!gateway_ingress_id_ok(session, session_len)) {
+        (void) gateway_http_respond_error(res, 400, "invalid_session_id",
+                                          "a session id is 1..128 of A-Z a-z 0-9 . _ : -");
+        return;
+    }
+    s_ingress(self, req, res, GATEWAY_INGRESS_EVENT, session, session_len);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+gateway_ingress_t *gateway_ingress_new(gateway_http_t *g, router_loop_t *loop,
+                                       const gateway_ingress_opts_t *opts)
+{
+    gateway_ingress_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->opts = *opts;
+    self->loop = loop;
+    if (!self->opts.durable_timeout_ms)
+        self->opts.durable_timeout_ms = 10000;
+    if (opts->secret_env && opts->secret_env[0]) {
+        const char *secret = getenv(opts->secret_env);
+        if (!secret || !secret[0]) {
+            free(self);
+            errno = ENOENT;
+            return NULL;
+        }
+        crypto_hash_sha256(self->secret_hash, (const unsigned char *) secret, strlen(secret));
+        self->has_secret = true;
+    }
+    if (gateway_http_route(g, "POST", "/webhook", s_webhook, self) != 0 ||
+        gateway_http_route(g, "POST", S_EVENTS_PREFIX "*", s_events, self) != 0) {
+        free(self);
+        return NULL;
+    }
+    return self;
+}
+
+void gateway_ingress_destroy(gateway_ingress_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    gateway_ingress_t *self = *self_p;
+    if (self->timer)
+        (void) router_loop_timer_cancel(self->loop, self->timer);
+    for (s_waiter_t *w = self->waiters, *n; w; w = n) {
+        n = w->next;
+        s_answer(w, 503, "shutting_down", "the daemon stopped before the request was stored");
+    }
+    sodium_memzero(self->secret_hash, sizeof self->secret_hash);
+    free(self);
+    *self_p = NULL;
+}

@@ -1,0 +1,49 @@
+/* gateway/routes_auth.h — the gateway's pairing, admin and ingress routes
+ * (DESIGN §5, WIRE §17), each installed by the module that serves it. Kept
+ * apart from gateway/routes.h so each group of routes has its own header. */
+#ifndef KITH_GATEWAY_ROUTES_AUTH_H
+#define KITH_GATEWAY_ROUTES_AUTH_H
+
+#include "gateway/auth.h"
+#include "gateway/http_server.h"
+#include "router/state/inbox.h"
+
+/* Pairing attempts and lockouts (WIRE §17.2). */
+#define GATEWAY_PAIR_FAILURES_MAX 5u          /* bad codes in a row before the lockout */
+#define GATEWAY_PAIR_LOCK_MS (300u * 1000u)   /* how long the lockout lasts */
+
+/* POST /pair: X-Pairing-Code → 200 {"paired":true,"token":"kith_…"} once
+ * the token's hash is durable; 401 invalid_pairing_code; 429
+ * too_many_attempts with Retry-After. `auth` is borrowed. Returns 0 or -1. */
+int gateway_route_pair(gateway_http_t *g, gateway_auth_t *auth)
+    __attribute__((warn_unused_result));
+
+/* GET|POST /admin/paircode (loopback peers only, 403 otherwise) → 200
+ * {"code":"NNNNNN"}, a fresh one-time code. Returns 0 or -1. */
+int gateway_route_admin(gateway_http_t *g, gateway_auth_t *auth)
+    __attribute__((warn_unused_result));
+
+/* The webhook and external-event ingress (gateway/route_webhook.c). */
+typedef struct gateway_ingress gateway_ingress_t;
+
+typedef struct {
+    gateway_auth_t *auth;          /* borrowed: bearer checks, idempotency store */
+    router_inbox_t *inbox;         /* borrowed: where accepted work goes */
+    const char *secret_env;        /* env var naming the webhook secret; NULL/"" for none */
+    unsigned durable_timeout_ms;   /* 503 when not durable within; 0 → 10000 */
+} gateway_ingress_opts_t;
+
+/* POST /webhook and POST /sessions/{id}/external-events on `g` (WIRE §17.4).
+ * Returns NULL (errno) on failure. Caller owns the result; destroy it after
+ * the loop stopped and before the gateway is destroyed. */
+gateway_ingress_t *gateway_ingress_new(gateway_http_t *g, router_loop_t *loop,
+                                       const gateway_ingress_opts_t *opts);
+
+/* The inbox made a batch durable: answer the requests waiting for it. On
+ * the loop thread. */
+void gateway_ingress_durable(gateway_ingress_t *self);
+
+/* Answers what still waits (503) and frees. Idempotent; nulls *self_p. */
+void gateway_ingress_destroy(gateway_ingress_t **self_p);
+
+#endif

@@ -1,0 +1,611 @@
+/* router/state/tokens.c — paired token hashes, pairing lockouts and
+ * idempotency answers: a copy in memory for the loop thread, and a store
+ * thread that writes them to state.db before their callbacks run. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sodium.h>
+#include <sqlite3.h>
+
+#include "router/clock.h"
+#include "router/log.h"
+#include "router/state/tokens.h"
+
+#define S_IDEM_FULLKEY_MAX (24u + ROUTER_TOKENS_IDEM_KEY_MAX) /* "scope:" + key + NUL */
+
+typedef enum { S_JOB_TOKEN, S_JOB_LOCK, S_JOB_IDEM } s_job_kind_t;
+
+/* One write for the store thread. */
+typedef struct s_job {
+    s_job_kind_t kind;
+    uint8_t hash[32];                       /* TOKEN */
+    char key[S_IDEM_FULLKEY_MAX];           /* LOCK: client; IDEM: scope:key */
+    uint64_t a, b;                          /* TOKEN: created; LOCK: failures, until; IDEM: status, expires */
+    char body[ROUTER_TOKENS_IDEM_BODY_MAX]; /* IDEM: the answer */
+    bool ok;                                /* written */
+    router_tokens_done_fn *done;            /* may be NULL */
+    void *ud;
+    struct s_job *next;
+} s_job_t;
+
+typedef struct {
+    char client[ROUTER_TOKENS_CLIENT_MAX]; /* "" for a free slot */
+    unsigned failures;                     /* bad codes in a row */
+    uint64_t until_ms;                     /* locked until, 0 for not */
+} s_lock_t;
+
+typedef struct {
+    char key[S_IDEM_FULLKEY_MAX];           /* "" for a free slot */
+    bool busy;                              /* reserved, not answered yet */
+    int status;                             /* the answer, when !busy */
+    char body[ROUTER_TOKENS_IDEM_BODY_MAX];
+    uint64_t expires_ms;                    /* forgotten after */
+} s_idem_t;
+
+struct router_tokens {
+    router_loop_t *loop;                    /* callbacks are posted here */
+    uint8_t (*hashes)[32];                  /* durable token hashes */
+    size_t nhashes;
+    s_lock_t *locks;                        /* ROUTER_TOKENS_CLIENTS_MAX slots */
+    s_idem_t *idem;                         /* ROUTER_TOKENS_IDEM_MAX slots */
+    sqlite3 *db;                            /* NULL: memory only */
+    pthread_t thread;
+    bool thread_started;
+    bool stopped;                           /* router_tokens_stop ran */
+    pthread_mutex_t mu;                     /* guards the lists below and stopping */
+    pthread_cond_t cv;
+    s_job_t *todo, **todo_tail;             /* waiting for the thread */
+    size_t njobs;                           /* queued or being written */
+    s_job_t *done_list;                     /* written, callbacks owed */
+    bool stopping;
+    _Atomic bool wake_posted;               /* a callback run is queued on the loop */
+};
+
+static const char *const s_schema =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=FULL;"
+    "CREATE TABLE IF NOT EXISTS gateway_tokens ("
+    " hash BLOB PRIMARY KEY, created_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS gateway_pair_lockouts ("
+    " client TEXT PRIMARY KEY, failures INTEGER NOT NULL, until_ms INTEGER NOT NULL)"
+    " WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS gateway_idempotency ("
+    " key TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL,"
+    " expires_ms INTEGER NOT NULL) WITHOUT ROWID;";
+
+/* ---------------------------------------------------------------- callbacks on the loop */
+
+/* Runs every owed callback; on the loop thread (or in stop). */
+static void s_run_done(router_tokens_t *self)
+{
+    pthread_mutex_lock(&self->mu);
+    s_job_t *list = self->done_list;
+    self->done_list = NULL;
+    pthread_mutex_unlock(&self->mu);
+    /* Written in order; the list was built newest first. */
+    s_job_t *rev = NULL;
+    while (list) {
+        s_job_t *n = list->next;
+        list->next = rev;
+        rev = list;
+        list = n;
+    }
+    for (s_job_t *j = rev, *n; j; j = n) {
+        n = j->next;
+        if (j->ok && j->kind == S_JOB_TOKEN && self->nhashes < ROUTER_TOKENS_MAX)
+            memcpy(self->hashes[self->nhashes++], j->hash, 32);
+        if (j->done)
+            j->done(j->ok, j->ud);
+        free(j);
+    }
+}
+
+static void s_wake(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    router_tokens_t *self = arg;
+    atomic_store(&self->wake_posted, false);
+    if (!self->stopped)
+        s_run_done(self);
+}
+
+/* ---------------------------------------------------------------- the store thread */
+
+static int s_write(router_tokens_t *self, const s_job_t *j)
+{
+    if (!self->db)
+        return 0;
+    sqlite3_stmt *st = NULL;
+    const char *sql = j->kind == S_JOB_TOKEN
+                          ? "INSERT OR REPLACE INTO gateway_tokens(hash,created_ms) VALUES(?,?)"
+                      : j->kind == S_JOB_LOCK
+                          ? "INSERT OR REPLACE INTO gateway_pair_lockouts(client,failures,until_ms)"
+                            " VALUES(?,?,?)"
+                          : "INSERT OR REPLACE INTO gateway_idempotency(key,status,body,expires_ms)"
+                            " VALUES(?,?,?,?)";
+    if (sqlite3_prepare_v2(self->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    if (j->kind == S_JOB_TOKEN) {
+        sqlite3_bind_blob(st, 1, j->hash, 32, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64) j->a);
+    } else if (j->kind == S_JOB_LOCK) {
+        sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64) j->a);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64) j->b);
+    } else {
+        sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64) j->a);
+        sqlite3_bind_text(st, 3, j->body, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64) j->b);
+    }
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* One transaction per batch; expired idempotency rows go in the same one. */
+static bool s_commit(router_tokens_t *self, s_job_t *batch)
+{
+    if (!self->db)
+        return true;
+    if (sqlite3_exec(self->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return false;
+    for (s_job_t *j = batch; j; j = j->next)
+        if (s_write(self, j) != 0)
+            goto fail;
+    char sql[128];
+    snprintf(sql, sizeof sql, "DELETE FROM gateway_idempotency WHERE expires_ms < %llu",
+             (unsigned long long) router_clock_wall_ms());
+    if (sqlite3_exec(self->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
+        return true;
+fail:
+    ROUTER_LOG(ROUTER_LOG_WARN, "tokens", "cannot write state.db: %s", sqlite3_errmsg(self->db));
+    sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+    return false;
+}
+
+static void *s_thread(void *arg)
+{
+    router_tokens_t *self = arg;
+    unsigned backoff_ms = 10;
+    pthread_mutex_lock(&self->mu);
+    for (;;) {
+        while (!self->todo && !self->stopping)
+            pthread_cond_wait(&self->cv, &self->mu);
+        if (!self->todo && self->stopping)
+            break;
+        s_job_t *batch = self->todo;
+        self->todo = NULL;
+        self->todo_tail = &self->todo;
+        pthread_mutex_unlock(&self->mu);
+        bool ok = s_commit(self, batch);
+        if (!ok && !self->stopping) {
+            /* A failing disk: put the batch back and retry with backoff, so
+             * nothing is answered before it is written. */
+            struct timespec ts = {0, (long) backoff_ms * 1000000L};
+            nanosleep(&ts, NULL);
+            backoff_ms = backoff_ms < 1000 ? backoff_ms * 2 : 1000;
+            pthread_mutex_lock(&self->mu);
+            s_job_t *last = batch;
+            while (last->next)
+                last = last->next;
+            last->next = self->todo;
+            if (!self->todo)
+                self->todo_tail = &last->next;
+            self->todo = batch;
+            continue;
+        }
+        backoff_ms = 10;
+        pthread_mutex_lock(&self->mu);
+        for (s_job_t *j = batch, *n; j; j = n) {
+            n = j->next;
+            j->ok = ok;
+            j->next = self->done_list;
+            self->done_list = j;
+            self->njobs--;
+        }
+        pthread_mutex_unlock(&self->mu);
+        if (!atomic_exchange(&self->wake_posted, true) &&
+            router_loop_post(self->loop, s_wake, self) != 0)
+            atomic_store(&self->wake_posted, false); /* the next batch or stop runs them */
+        pthread_mutex_lock(&self->mu);
+    }
+    pthread_mutex_unlock(&self->mu);
+    return NULL;
+}
+
+/* Queues a job; without a database it is "written" at once (callbacks
+ * still run from a post, never inside the caller). */
+static int s_submit(router_tokens_t *self, s_job_t *j)
+{
+    pthread_mutex_lock(&self->mu);
+    if (self->njobs >= ROUTER_TOKENS_JOBS_MAX || self->stopping) {
+        pthread_mutex_unlock(&self->mu);
+        free(j);
+        errno = EAGAIN;
+        return -1;
+    }
+    self->njobs++;
+    j->next = NULL;
+    *self->todo_tail = j;
+    self->todo_tail = &j->next;
+    pthread_cond_signal(&self->cv);
+    pthread_mutex_unlock(&self->mu);
+    return 0;
+}
+
+static s_job_t *s_job_new(s_job_kind_t kind, router_tokens_done_fn *done, void *ud)
+{
+    s_job_t *j = calloc(1, sizeof *j);
+    if (j) {
+        j->kind = kind;
+        j->done = done;
+        j->ud = ud;
+    }
+    return j;
+}
+
+/* ---------------------------------------------------------------- loading */
+
+static int s_load(router_tokens_t *self, char *err, size_t errcap)
+{
+    sqlite3_stmt *st = NULL;
+    uint64_t now = router_clock_wall_ms();
+    if (sqlite3_prepare_v2(self->db, "SELECT hash FROM gateway_tokens ORDER BY created_ms", -1,
+                           &st, NULL) != SQLITE_OK)
+        goto fail;
+    while (sqlite3_step(st) == SQLITE_ROW && self->nhashes < ROUTER_TOKENS_MAX)
+        if (sqlite3_column_bytes(st, 0) == 32)
+            memcpy(self->hashes[self->nhashes++], sqlite3_column_blob(st, 0), 32);
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT client, failures, until_ms FROM gateway_pair_lockouts"
+                           " ORDER BY until_ms DESC", -1, &st, NULL) != SQLITE_OK)
+        goto fail;
+    for (size_t i = 0; i < ROUTER_TOKENS_CLIENTS_MAX && sqlite3_step(st) == SQLITE_ROW;) {
+        const char *c = (const char *) sqlite3_column_text(st, 0);
+        if (!c || strlen(c) >= ROUTER_TOKENS_CLIENT_MAX)
+            continue;
+        snprintf(self->locks[i].client, ROUTER_TOKENS_CLIENT_MAX, "%s", c);
+        self->locks[i].failures = (unsigned) sqlite3_column_int64(st, 1);
+        self->locks[i].until_ms = (uint64_t) sqlite3_column_int64(st, 2);
+        i++;
+    }
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT key, status, body, expires_ms FROM gateway_idempotency"
+                           " WHERE expires_ms >= ? ORDER BY expires_ms DESC", -1, &st,
+                           NULL) != SQLITE_OK)
+        goto fail;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64) now);
+    for (size_t i = 0; i < ROUTER_TOKENS_IDEM_MAX && sqlite3_step(st) == SQLITE_ROW;) {
+        const char *k = (const char *) sqlite3_column_text(st, 0);
+        const char *b = (const char *) sqlite3_column_text(st, 2);
+        if (!k || !b || strlen(k) >= S_IDEM_FULLKEY_MAX || strlen(b) >= ROUTER_TOKENS_IDEM_BODY_MAX)
+            continue;
+        s_idem_t *e = &self->idem[i++];
+        snprintf(e->key, sizeof e->key, "%s", k);
+        e->status = sqlite3_column_int(st, 1);
+        snprintf(e->body, sizeof e->body, "%s", b);
+        e->expires_ms = (uint64_t) sqlite3_column_int64(st, 3);
+    }
+    sqlite3_finalize(st);
+    return 0;
+fail:
+    snprintf(err, errcap, "state.db: cannot read gateway tables: %s", sqlite3_errmsg(self->db));
+    return -1;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, char *err,
+                                   size_t errcap)
+{
+    router_tokens_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        snprintf(err, errcap, "out of memory");
+        return NULL;
+    }
+    self->loop = loop;
+    self->todo_tail = &self->todo;
+    pthread_mutex_init(&self->mu, NULL);
+    pthread_cond_init(&self->cv, NULL);
+    self->hashes = calloc(ROUTER_TOKENS_MAX, 32);
+    self->locks = calloc(ROUTER_TOKENS_CLIENTS_MAX, sizeof *self->locks);
+    self->idem = calloc(ROUTER_TOKENS_IDEM_MAX, sizeof *self->idem);
+    if (!self->hashes || !self->locks || !self->idem) {
+        snprintf(err, errcap, "out of memory");
+        goto fail;
+    }
+    if (db_path) {
+        if (sqlite3_open_v2(db_path, &self->db,
+                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                            NULL) != SQLITE_OK ||
+            (sqlite3_busy_timeout(self->db, 5000),
+             sqlite3_exec(self->db, s_schema, NULL, NULL, NULL) != SQLITE_OK)) {
+            snprintf(err, errcap, "%s: %s", db_path,
+                     self->db ? sqlite3_errmsg(self->db) : "cannot open");
+            goto fail;
+        }
+        if (s_load(self, err, errcap) != 0)
+            goto fail;
+    }
+    if (pthread_create(&self->thread, NULL, s_thread, self) != 0) {
+        snprintf(err, errcap, "cannot start the token store thread");
+        goto fail;
+    }
+    self->thread_started = true;
+    return self;
+fail:
+    router_tokens_destroy(&self);
+    return NULL;
+}
+
+void router_tokens_stop(router_tokens_t *self)
+{
+    if (!self || self->stopped)
+        return;
+    if (self->thread_started) {
+        pthread_mutex_lock(&self->mu);
+        self->stopping = true;
+        pthread_cond_signal(&self->cv);
+        pthread_mutex_unlock(&self->mu);
+        pthread_join(self->thread, NULL);
+        self->thread_started = false;
+    }
+    s_run_done(self);
+    self->stopped = true;
+}
+
+void router_tokens_destroy(router_tokens_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    router_tokens_t *self = *self_p;
+    router_tokens_stop(self);
+    for (s_job_t *j = self->todo, *n; j; j = n) {
+        n = j->next;
+        free(j);
+    }
+    if (self->db)
+        sqlite3_close(self->db);
+    pthread_mutex_destroy(&self->mu);
+    pthread_cond_destroy(&self->cv);
+    if (self->hashes)
+        sodium_memzero(self->hashes, ROUTER_TOKENS_MAX * 32);
+    free(self->hashes);
+    free(self->locks);
+    free(self->idem);
+    free(self);
+    *self_p = NULL;
+}
+
+/* ---------------------------------------------------------------- tokens */
+
+size_t router_tokens_count(const router_tokens_t *self)
+{
+    return self->nhashes;
+}
+
+bool router_tokens_check(const router_tokens_t *self, const uint8_t hash[32])
+{
+    /* Every entry is compared, so the time says nothing of which matched. */
+    bool found = false;
+    for (size_t i = 0; i < self->nhashes; i++)
+        found |= sodium_memcmp(self->hashes[i], hash, 32) == 0;
+    return found;
+}
+
+int router_tokens_add(router_tokens_t *self, const uint8_t hash[32], uint64_t now_ms,
+                      router_tokens_done_fn *done, void *ud)
+{
+    pthread_mutex_lock(&self->mu);
+    size_t queued = self->njobs; /* written by the store thread too */
+    pthread_mutex_unlock(&self->mu);
+    if (self->nhashes + queued >= ROUTER_TOKENS_MAX) {
+        errno = ENOSPC;
+        return -1;
+    }
+    s_job_t *j = s_job_new(S_JOB_TOKEN, done, ud);
+    if (!j) {
+        errno = EAGAIN;
+        return -1;
+    }
+    memcpy(j->hash, hash, 32);
+    j->a = now_ms;
+    return s_submit(self, j);
+}
+
+/* ---------------------------------------------------------------- lockouts */
+
+static s_lock_t *s_lock_find(const router_tokens_t *self, const char *client)
+{
+    for (size_t i = 0; i < ROUTER_TOKENS_CLIENTS_MAX; i++)
+        if (self->locks[i].client[0] && !strcmp(self->locks[i].client, client))
+            return &self->locks[i];
+    return NULL;
+}
+
+/* A slot for a new client: a free one, else the one whose lock ended
+ * longest ago (a live lock is never evicted while a stale one exists). */
+static s_lock_t *s_lock_slot(router_tokens_t *self, uint64_t now_ms)
+{
+    s_lock_t *best = NULL;
+    for (size_t i = 0; i < ROUTER_TOKENS_CLIENTS_MAX; i++) {
+        s_lock_t *l = &self->locks[i];
+        if (!l->client[0])
+            return l;
+        if (l->until_ms <= now_ms && (!best || l->until_ms < best->until_ms))
+            best = l;
+    }
+    return best;
+}
+
+uint64_t router_tokens_locked_until(const router_tokens_t *self, const char *client,
+                                    uint64_t now_ms)
+{
+    const s_lock_t *l = s_lock_find(self, client);
+    return l && l->until_ms > now_ms ? l->until_ms : 0;
+}
+
+static int s_lock_write(router_tokens_t *self, const s_lock_t *l, router_tokens_done_fn *done,
+                        void *ud)
+{
+    s_job_t *j = s_job_new(S_JOB_LOCK, done, ud);
+    if (!j) {
+        errno = EAGAIN;
+        return -1;
+    }
+    snprintf(j->key, sizeof j->key, "%s", l->client);
+    j->a = l->failures;
+    j->b = l->until_ms;
+    return s_submit(self, j);
+}
+
+int router_tokens_fail(router_tokens_t *self, const char *client, uint64_t now_ms,
+                       unsigned limit, uint64_t lock_ms, uint64_t *until_ms,
+                       router_tokens_done_fn *done, void *ud)
+{
+    s_lock_t *l = s_lock_find(self, client);
+    *until_ms = 0;
+    if (!l) {
+        l = s_lock_slot(self, now_ms);
+        if (!l) {
+            /* Every slot holds a live lock: treat this client as locked too. */
+            *until_ms = now_ms + lock_ms;
+            errno = EAGAIN;
+            return -1;
+        }
+        memset(l, 0, sizeof *l);
+        snprintf(l->client, sizeof l->client, "%s", client);
+    }
+    if (l->until_ms && l->until_ms <= now_ms) {
+        l->until_ms = 0;
+        l->failures = 0;
+    }
+    if (++l->failures >= limit) {
+        l->failures = 0;
+        l->until_ms = now_ms + lock_ms;
+        *until_ms = l->until_ms;
+    }
+    return s_lock_write(self, l, done, ud);
+}
+
+void router_tokens_forgive(router_tokens_t *self, const char *client)
+{
+    s_lock_t *l = s_lock_find(self, client);
+    if (!l || (!l->failures && !l->until_ms))
+        return;
+    l->failures = 0;
+    l->until_ms = 0;
+    (void) s_lock_write(self, l, NULL, NULL);
+}
+
+/* ---------------------------------------------------------------- idempotency */
+
+static int s_idem_key(char out[S_IDEM_FULLKEY_MAX], const char *scope, const char *key,
+                      size_t key_len)
+{
+    if (!key_len || key_len > ROUTER_TOKENS_IDEM_KEY_MAX || strlen(scope) > 16)
+        return -1;
+    snprintf(out, S_IDEM_FULLKEY_MAX, "%s:%.*s", scope, (int) key_len, key);
+    return 0;
+}
+
+static s_idem_t *s_idem_find(router_tokens_t *self, const char *full, uint64_t now_ms)
+{
+    for (size_t i = 0; i < ROUTER_TOKENS_IDEM_MAX; i++) {
+        s_idem_t *e = &self->idem[i];
+        if (!e->key[0])
+            continue;
+        if (!e->busy && e->expires_ms < now_ms) {
+            e->key[0] = '\0';
+            continue;
+        }
+        if (!strcmp(e->key, full))
+            return e;
+    }
+    return NULL;
+}
+
+router_idem_t router_tokens_idem_begin(router_tokens_t *self, const char *scope, const char *key,
+                                       size_t key_len, uint64_t now_ms, int *status,
+                                       const char **body)
+{
+    char full[S_IDEM_FULLKEY_MAX];
+    if (s_idem_key(full, scope, key, key_len) != 0)
+        return ROUTER_IDEM_FULL;
+    s_idem_t *e = s_idem_find(self, full, now_ms); /* also frees expired slots */
+    if (e) {
+        if (e->busy)
+            return ROUTER_IDEM_BUSY;
+        *status = e->status;
+        *body = e->body;
+        return ROUTER_IDEM_DONE;
+    }
+    for (size_t i = 0; i < ROUTER_TOKENS_IDEM_MAX; i++) {
+        e = &self->idem[i];
+        if (e->key[0])
+            continue;
+        memset(e, 0, sizeof *e);
+        snprintf(e->key, sizeof e->key, "%s", full);
+        e->busy = true;
+        return ROUTER_IDEM_NEW;
+    }
+    return ROUTER_IDEM_FULL;
+}
+
+int router_tokens_idem_finish(router_tokens_t *self, const char *scope, const char *key,
+                              size_t key_len, int status, const char *body, uint64_t now_ms,
+                              router_tokens_done_fn *done, void *ud)
+{
+    char full[S_IDEM_FULLKEY_MAX];
+    s_idem_t *e = NULL;
+    if (s_idem_key(full, scope, key, key_len) == 0)
+        e = s_idem_find(self, full, now_ms);
+    if (!e || strlen(body) >= ROUTER_TOKENS_IDEM_BODY_MAX) {
+        if (e)
+            e->key[0] = '\0';
+        errno = EINVAL;
+        return -1;
+    }
+    s_job_t *j = s_job_new(S_JOB_IDEM, done, ud);
+    if (!j) {
+        e->key[0] = '\0';
+        errno = EAGAIN;
+        return -1;
+    }
+    /* Answered from memory at once; the caller answers its own client
+     * only once the row is durable. */
+    e->busy = false;
+    e->status = status;
+    snprintf(e->body, sizeof e->body, "%s", body);
+    e->expires_ms = now_ms + ROUTER_TOKENS_IDEM_TTL_MS;
+    snprintf(j->key, sizeof j->key, "%s", full);
+    j->a = (uint64_t) status;
+    j->b = e->expires_ms;
+    snprintf(j->body, sizeof j->body, "%s", body);
+    if (s_submit(self, j) != 0) {
+        e->key[0] = '\0';
+        return -1;
+    }
+    return 0;
+}
+
+void router_tokens_idem_release(router_tokens_t *self, const char *scope, const char *key,
+                                size_t key_len)
+{
+    char full[S_IDEM_FULLKEY_MAX];
+    if (s_idem_key(full, scope, key, key_len) != 0)
+        return;
+    s_idem_t *e = s_idem_find(self, full, router_clock_wall_ms());
+    if (e && e->busy)
+        e->key[0] = '\0';
+}

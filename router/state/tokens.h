@@ -1,0 +1,120 @@
+/* router/state/tokens.h — the gateway's durable safety state in state.db
+ * (DESIGN §4, §5; WIRE §17): the SHA-256 of every paired bearer token, the
+ * pairing lockouts per client address, and the first answer given to each
+ * X-Idempotency-Key.
+ *
+ * Checks read a copy held in memory, on the loop thread, and never touch
+ * the disk. Writes go to a store thread with its own SQLite connection; a
+ * write's callback runs on the loop thread (router_loop_post) once the row
+ * is durable, so a caller answers its client only then. A token is usable
+ * only after it is durable.
+ *
+ * Threads: everything but the store thread's own work runs on the loop
+ * thread (or before the loop runs). Every job's callback runs exactly once:
+ * on the loop thread, or inside router_tokens_stop with ok false. */
+#ifndef KITH_ROUTER_TOKENS_H
+#define KITH_ROUTER_TOKENS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "router/net/loop.h"
+
+#define ROUTER_TOKENS_MAX 1024u              /* paired tokens kept */
+#define ROUTER_TOKENS_CLIENTS_MAX 4096u      /* client addresses with bad codes remembered */
+#define ROUTER_TOKENS_CLIENT_MAX 64u         /* a client address text, NUL included */
+#define ROUTER_TOKENS_JOBS_MAX 256u          /* writes waiting for the store thread */
+#define ROUTER_TOKENS_IDEM_MAX 4096u         /* idempotency keys remembered */
+#define ROUTER_TOKENS_IDEM_KEY_MAX 128u      /* octets of one key */
+#define ROUTER_TOKENS_IDEM_BODY_MAX 512u     /* octets of one remembered answer body */
+#define ROUTER_TOKENS_IDEM_TTL_MS (24ull * 3600 * 1000) /* how long a key is remembered */
+
+typedef struct router_tokens router_tokens_t;
+
+/* A write's outcome, on the loop thread: ok when the row is durable. */
+typedef void (router_tokens_done_fn)(bool ok, void *ud);
+
+/* Opens (creating its tables in) the SQLite file at db_path, or keeps
+ * everything in memory when db_path is NULL, and loads what is stored.
+ * Callbacks are posted to `loop` (borrowed; must outlive the store).
+ * Returns NULL with a reason in err. Caller owns the result. */
+router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, char *err,
+                                   size_t errcap);
+
+/* Writes what is queued, stops the store thread and runs the callbacks
+ * still owed (ok true for what was written). Call it on the loop thread
+ * once the loop no longer runs. Idempotent. */
+void router_tokens_stop(router_tokens_t *self);
+
+/* Stops (if needed) and frees. Idempotent; nulls *self_p. A post to the
+ * loop may still name the store: stop it while the loop exists, and free
+ * it only after the loop is destroyed (a stopped store's posts do
+ * nothing). */
+void router_tokens_destroy(router_tokens_t **self_p);
+
+/* ---------------------------------------------------------------- tokens */
+
+/* Tokens paired and durable. */
+size_t router_tokens_count(const router_tokens_t *self);
+
+/* True when `hash` is the SHA-256 of a paired token (each compared in
+ * constant time). */
+bool router_tokens_check(const router_tokens_t *self, const uint8_t hash[32])
+    __attribute__((warn_unused_result));
+
+/* Stores `hash`; done(ok) follows once durable, after which check() knows
+ * it. Returns 0, or -1 with errno ENOSPC (ROUTER_TOKENS_MAX paired) or
+ * EAGAIN (the write queue is full): done will not run. */
+int router_tokens_add(router_tokens_t *self, const uint8_t hash[32], uint64_t now_ms,
+                      router_tokens_done_fn *done, void *ud) __attribute__((warn_unused_result));
+
+/* ---------------------------------------------------------------- pairing lockouts */
+
+/* Unix ms until which `client` may not try a code, 0 when it may. */
+uint64_t router_tokens_locked_until(const router_tokens_t *self, const char *client,
+                                    uint64_t now_ms);
+
+/* Counts one bad code from `client` (a failure past an expired lockout
+ * starts a new count). At `limit` failures in a row the client is locked
+ * until now_ms + lock_ms and the count restarts. *until_ms gets the lock's
+ * end (0 when not locked). Written durably; done follows. Returns 0, or -1
+ * with errno EAGAIN (queue full; memory is updated anyway, done will not
+ * run). */
+int router_tokens_fail(router_tokens_t *self, const char *client, uint64_t now_ms,
+                       unsigned limit, uint64_t lock_ms, uint64_t *until_ms,
+                       router_tokens_done_fn *done, void *ud) __attribute__((warn_unused_result));
+
+/* A good code from `client`: its count of bad codes restarts (durably, no
+ * callback). */
+void router_tokens_forgive(router_tokens_t *self, const char *client);
+
+/* ---------------------------------------------------------------- idempotency */
+
+typedef enum {
+    ROUTER_IDEM_NEW = 0,  /* not seen within the TTL: reserved now for this request */
+    ROUTER_IDEM_BUSY,     /* a request with this key is still being answered */
+    ROUTER_IDEM_DONE,     /* answered before: *status and *body are that answer */
+    ROUTER_IDEM_FULL,     /* no room to remember another key now */
+} router_idem_t;
+
+/* Looks `key` up (octets, 1..ROUTER_TOKENS_IDEM_KEY_MAX) in the keys of
+ * `scope` ("webhook", …), reserving it when new. On DONE *body points into
+ * the store (valid until the next call). */
+router_idem_t router_tokens_idem_begin(router_tokens_t *self, const char *scope, const char *key,
+                                       size_t key_len, uint64_t now_ms, int *status,
+                                       const char **body);
+
+/* Remembers the answer of a reserved key durably; done follows. Returns 0,
+ * or -1 (EAGAIN, EINVAL body too long; the key is released and done will
+ * not run). */
+int router_tokens_idem_finish(router_tokens_t *self, const char *scope, const char *key,
+                              size_t key_len, int status, const char *body, uint64_t now_ms,
+                              router_tokens_done_fn *done, void *ud)
+    __attribute__((warn_unused_result));
+
+/* Forgets a reserved key that got no answer worth repeating. */
+void router_tokens_idem_release(router_tokens_t *self, const char *scope, const char *key,
+                                size_t key_len);
+
+#endif

@@ -1,0 +1,231 @@
+"""tests/integration/test_pairing.py — pairing and bearer tokens on the real
+`kith daemon` (WIRE §17), with curl and `kith paircode`: the one-time code
+from the daemon's log, the token's SHA-256 only in state.db, bearer
+precedence (header, ?token=, gateway.allow_query_token), 401 with
+WWW-Authenticate, /admin/paircode for loopback only, and the lockout after
+five bad codes — still there after a restart, as is the token."""
+
+import hashlib
+import json
+import os
+import re
+import socket
+import sqlite3
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import Daemon, Results, check, curl, free_port, gateway_url, kith_run  # noqa: E402
+
+TOKEN_RE = re.compile(r"^kith_[0-9a-f]{64}$")
+
+
+def log_code(node, nth=-1):
+    codes = re.findall(r"pairing code (\d{6}) ", node.logs())
+    check(codes, f"no pairing code in the log:\n{node.logs()}")
+    return codes[nth]
+
+
+def pair(node, code, src=None):
+    args = ["-X", "POST", "-H", f"X-Pairing-Code: {code}", "-D", "-"]
+    if src:
+        args += ["--interface", src]
+    status, _, body, _ = curl(*args, gateway_url(node) + "/pair")
+    # curl's text output has universal newlines: CRLF reads as LF.
+    head, _, body = body.partition("\n\n")
+    headers = {}
+    for line in head.split("\n")[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, json.loads(body) if body else None
+
+
+def webhook(node, *args, path="/webhook"):
+    status, _, body, _ = curl("-X", "POST", "-H", "Content-Type: application/json",
+                              "--data", '{"message":"hi"}', *args, gateway_url(node) + path)
+    return status, json.loads(body) if body else None
+
+
+def stored_hashes(node):
+    db = sqlite3.connect(os.path.join(node.home, "state.db"))
+    try:
+        return [bytes(h) for (h,) in db.execute("SELECT hash FROM gateway_tokens")]
+    finally:
+        db.close()
+
+
+def main():
+    port = free_port()
+    node = Daemon("pair", config={"gateway": {"port": port}})
+    node.start()
+    results = Results()
+    state = {}
+
+    def code_printed_and_pairs():
+        code = log_code(node)
+        check("kith daemon: pairing code: " + code in node.logs(), "code not on stderr")
+        status, _, doc = pair(node, code)
+        check(status == 200, (status, doc))
+        check(set(doc) == {"paired", "token"} and doc["paired"] is True, doc)
+        check(TOKEN_RE.match(doc["token"]), doc)
+        state["token"] = doc["token"]
+        # Only the SHA-256 is kept; the token itself is nowhere in state.db.
+        check(stored_hashes(node) == [hashlib.sha256(doc["token"].encode()).digest()],
+              stored_hashes(node))
+        with open(os.path.join(node.home, "state.db"), "rb") as f:
+            check(doc["token"].encode() not in f.read(), "token in clear in state.db")
+
+    def code_is_one_time():
+        status, _, doc = pair(node, log_code(node))
+        check(status == 401 and doc["code"] == "invalid_pairing_code", (status, doc))
+
+    def missing_code_header():
+        status, _, body, _ = curl("-X", "POST", gateway_url(node) + "/pair")
+        check(status == 400 and json.loads(body)["code"] == "missing_pairing_code", body)
+
+    def bearer_needed():
+        status, _, body, err = curl("-X", "POST", "-D", "-", gateway_url(node) + "/webhook")
+        check(status == 401, body)
+        check(re.search(r"(?im)^www-authenticate: Bearer$", body), body)
+        doc = json.loads(body.partition("\n\n")[2])
+        check(doc["code"] == "unauthorized" and doc["error"], doc)
+        status, doc = webhook(node, "-H", "Authorization: Bearer kith_" + "0" * 64)
+        check(status == 401 and doc["code"] == "unauthorized", (status, doc))
+        status, doc = webhook(node, "-H", "Authorization: Bearer nonsense")
+        check(status == 401, (status, doc))
+
+    def bearer_header_and_query():
+        t = state["token"]
+        status, doc = webhook(node, "-H", f"Authorization: Bearer {t}")
+        check(status == 202 and doc["queued"] is True, (status, doc))
+        status, doc = webhook(node, path=f"/webhook?x=1&token={t}")
+        check(status == 202, (status, doc))
+        # The header wins over the query: a bad header is not rescued.
+        status, doc = webhook(node, "-H", "Authorization: Bearer kith_" + "1" * 64,
+                              path=f"/webhook?token={t}")
+        check(status == 401, (status, doc))
+        check(t not in node.logs(), "the token was logged")
+
+    def pipelined_behind_a_deferred_answer():
+        # /pair answers only once its write is durable; requests pipelined
+        # behind it wait, then are answered in order on the same connection.
+        req = (b"POST /pair HTTP/1.1\r\nHost: x\r\nX-Pairing-Code: 999999\r\n"
+               b"Content-Length: 0\r\n\r\n")
+        tail = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", node.gw_port), timeout=20,
+                                      source_address=("127.0.0.3", 0)) as s:
+            s.sendall(req + req + tail)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        statuses = re.findall(rb"HTTP/1.1 (\d{3}) ", out)
+        check(statuses == [b"401", b"401", b"200"], out)
+
+    def admin_paircode_and_cli():
+        status, _, body, _ = curl(gateway_url(node) + "/admin/paircode")
+        check(status == 200 and re.match(r'^\{"code":"\d{6}"\}$', body), body)
+        status, _, body, _ = curl("-X", "POST", gateway_url(node) + "/admin/paircode")
+        check(status == 200, body)
+        old = json.loads(body)["code"]
+        out, _ = kith_run("paircode", "--home", node.home)
+        code = out.strip()
+        check(re.match(r"^\d{6}$", code), out)
+        # Minting replaced the previous code.
+        status, _, doc = pair(node, old)
+        check(status == 401, (status, doc))
+        status, _, doc = pair(node, code)
+        check(status == 200 and TOKEN_RE.match(doc["token"]), (status, doc))
+        status, _ = webhook(node, "-H", f"Authorization: Bearer {doc['token']}")
+        check(status == 202, status)
+
+    def lockout_after_five_bad_codes():
+        src = "127.0.0.2"  # a client of its own, so the other cases keep pairing
+        good = json.loads(curl(gateway_url(node) + "/admin/paircode")[2])["code"]
+        bad = "000000" if good != "000000" else "111111"
+        for i in range(4):
+            status, _, doc = pair(node, bad, src)
+            check(status == 401 and doc["code"] == "invalid_pairing_code", (i, status, doc))
+        status, headers, doc = pair(node, bad, src)
+        check(status == 429 and doc["code"] == "too_many_attempts" and doc["error"], (status, doc))
+        check(headers.get("retry-after") == "300", headers)
+        # Locked out even with the right code; other clients are not.
+        status, headers, doc = pair(node, good, src)
+        check(status == 429 and 0 < int(headers["retry-after"]) <= 300, (status, headers))
+        state["good"] = good
+
+    for fn in (code_printed_and_pairs, code_is_one_time, missing_code_header, bearer_needed,
+               bearer_header_and_query, pipelined_behind_a_deferred_answer, admin_paircode_and_cli, lockout_after_five_bad_codes):
+        results.run(fn)
+
+    def restart_keeps_token_and_lockout():
+        check(node.stop() == 0, "daemon did not exit 0")
+        node.start()
+        node.wait_log("daemon: ready", count=2)  # the log holds the first run's lines too
+        # A token is paired: no code is printed this time.
+        check(node.logs().count("no token paired") == 1, node.logs())
+        status, doc = webhook(node, "-H", f"Authorization: Bearer {state['token']}")
+        check(status == 202, (status, doc))
+        code = json.loads(curl(gateway_url(node) + "/admin/paircode")[2])["code"]
+        status, headers, doc = pair(node, code, "127.0.0.2")
+        check(status == 429 and doc["code"] == "too_many_attempts", (status, doc))
+        check(0 < int(headers["retry-after"]) <= 300, headers)
+        status, _, doc = pair(node, code)
+        check(status == 200, (status, doc))
+
+    results.run(restart_keeps_token_and_lockout)
+
+    def admin_refuses_non_loopback():
+        addrs = [a for a in os.popen("hostname -I 2>/dev/null").read().split()
+                 if "." in a and not a.startswith("127.")]
+        if not addrs:
+            print("skip admin_refuses_non_loopback: no non-loopback IPv4 address here")
+            return
+        other = Daemon("pair-any", config={"gateway": {"host": "0.0.0.0"}})
+        try:
+            other.start()
+            status, _, body, _ = curl(f"http://{addrs[0]}:{other.gw_port}/admin/paircode")
+            check(status == 403 and json.loads(body)["code"] == "forbidden", (status, body))
+            status, _, body, _ = curl(f"http://127.0.0.1:{other.gw_port}/admin/paircode")
+            check(status == 200, (status, body))
+        finally:
+            other.cleanup()
+
+    try:
+        results.run(admin_refuses_non_loopback)
+        results.stopped(node)
+    finally:
+        node.cleanup()
+
+    def paircode_without_daemon():
+        _, err = kith_run("paircode", "--home", node.home, expect=1)
+        check(err.count("\n") == 1 and "not running" in err, err)
+
+    def query_token_off_and_pairing_off():
+        off = Daemon("pair-off", config={"gateway": {"allow_query_token": False}})
+        none = Daemon("pair-none", config={"gateway": {"require_pairing": False}})
+        try:
+            off.start()
+            status, _, doc = pair(off, log_code(off))
+            check(status == 200, (status, doc))
+            t = doc["token"]
+            status, doc = webhook(off, path=f"/webhook?token={t}")
+            check(status == 401, (status, doc))
+            status, doc = webhook(off, "-H", f"Authorization: Bearer {t}")
+            check(status == 202, (status, doc))
+            none.start()
+            check("pairing code" not in none.logs(), none.logs())
+            status, doc = webhook(none)
+            check(status == 202, (status, doc))
+        finally:
+            off.cleanup()
+            none.cleanup()
+
+    os.makedirs(node.home, exist_ok=True)
+    with open(os.path.join(node.home, "config.json"), "w") as f:
+        json.dump({"gateway": {"port": port}}, f)
+    results.run(paircode_without_daemon)
+    results.run(query_token_off_and_pairing_off)
+    return results.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+/* tests/tokens_test.c — router/state/tokens: a token is checked only once
+ * durable, and all three kinds of state (token hashes, pairing lockouts,
+ * idempotency answers) come back from state.db after a reopen; callbacks
+ * run on the loop; a stop runs the callbacks still owed. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <sodium.h>
+
+#include "router/state/tokens.h"
+
+typedef struct {
+    router_loop_t *loop;
+    int calls;
+    bool ok;
+} s_done_t;
+
+static void s_done(bool ok, void *ud)
+{
+    s_done_t *d = ud;
+    d->calls++;
+    d->ok = ok;
+    router_loop_stop(d->loop);
+}
+
+static void s_give_up(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id, (void) ud;
+    router_loop_stop(loop);
+}
+
+/* Runs the loop until the callback ran (or 30 s passed: a failure). */
+static void s_wait(s_done_t *d)
+{
+    uint64_t t = router_loop_timer_add(d->loop, 30000, s_give_up, NULL);
+    while (d->calls == 0) {
+        assert_int_equal(router_loop_run(d->loop), 0);
+        break;
+    }
+    (void) router_loop_timer_cancel(d->loop, t);
+    assert_int_equal(d->calls, 1);
+}
+
+static char s_dir[64];
+static char s_db[128];
+
+static int s_setup(void **state)
+{
+    (void) state;
+    snprintf(s_dir, sizeof s_dir, "/tmp/kith-tokens-XXXXXX");
+    assert_non_null(mkdtemp(s_dir));
+    snprintf(s_db, sizeof s_db, "%s/state.db", s_dir);
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    (void) state;
+    char p[192];
+    const char *sfx[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s%s", s_db, sfx[i]);
+        unlink(p);
+    }
+    rmdir(s_dir);
+    return 0;
+}
+
+static void test_token_durable_then_reloaded(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    assert_non_null(loop);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    uint8_t h[32], other[32];
+    randombytes_buf(h, sizeof h);
+    randombytes_buf(other, sizeof other);
+    assert_int_equal(router_tokens_count(t), 0);
+    s_done_t d = {.loop = loop};
+    assert_int_equal(router_tokens_add(t, h, 1, s_done, &d), 0);
+    assert_false(router_tokens_check(t, h)); /* not before it is durable */
+    s_wait(&d);
+    assert_true(d.ok);
+    assert_true(router_tokens_check(t, h));
+    assert_false(router_tokens_check(t, other));
+
+    /* Five bad codes lock; the lock and the token survive a reopen. */
+    uint64_t until = 0;
+    for (int i = 1; i <= 5; i++) {
+        s_done_t f = {.loop = loop};
+        assert_int_equal(router_tokens_fail(t, "10.0.0.9", 1000, 5, 300000, &until, s_done, &f), 0);
+        s_wait(&f);
+        assert_int_equal(until, i == 5 ? 301000 : 0);
+    }
+    assert_int_equal(router_tokens_locked_until(t, "10.0.0.9", 2000), 301000);
+    assert_int_equal(router_tokens_locked_until(t, "10.0.0.8", 2000), 0);
+    assert_int_equal(router_tokens_locked_until(t, "10.0.0.9", 301000), 0);
+
+    /* An idempotency answer, remembered. */
+    int status = 0;
+    const char *body = NULL;
+    uint64_t now = 1000;
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "k1", 2, now, &status, &body),
+                     ROUTER_IDEM_NEW);
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "k1", 2, now, &status, &body),
+                     ROUTER_IDEM_BUSY);
+    s_done_t g = {.loop = loop};
+    /* Expiry is judged against the wall clock when pruning: use a real now. */
+    now = (uint64_t) time(NULL) * 1000;
+    assert_int_equal(router_tokens_idem_finish(t, "webhook", "k1", 2, 202, "{\"queued\":true}",
+                                               now, s_done, &g), 0);
+    s_wait(&g);
+    assert_true(g.ok);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+    assert_null(t);
+    loop = router_loop_new(NULL);
+
+    t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(router_tokens_count(t), 1);
+    assert_true(router_tokens_check(t, h));
+    assert_int_equal(router_tokens_locked_until(t, "10.0.0.9", 2000), 301000);
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "k1", 2, now, &status, &body),
+                     ROUTER_IDEM_DONE);
+    assert_int_equal(status, 202);
+    assert_string_equal(body, "{\"queued\":true}");
+    /* Scopes are apart; a key is forgotten after its TTL. */
+    assert_int_equal(router_tokens_idem_begin(t, "event", "k1", 2, now, &status, &body),
+                     ROUTER_IDEM_NEW);
+    router_tokens_idem_release(t, "event", "k1", 2);
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "k1", 2,
+                                              now + ROUTER_TOKENS_IDEM_TTL_MS + 1, &status, &body),
+                     ROUTER_IDEM_NEW);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop); /* runs posts still queued, which name t */
+    router_tokens_destroy(&t);
+}
+
+static void test_forgive_and_stop_runs_callbacks(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(NULL, loop, err, sizeof err); /* memory only */
+    assert_non_null(t);
+    uint64_t until = 0;
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(router_tokens_fail(t, "c", 10, 5, 1000, &until, NULL, NULL), 0);
+    router_tokens_forgive(t, "c");
+    assert_int_equal(router_tokens_fail(t, "c", 10, 5, 1000, &until, NULL, NULL), 0);
+    assert_int_equal(until, 0); /* the count restarted */
+    /* A callback owed when the store stops runs inside stop. */
+    uint8_t h[32] = {1};
+    s_done_t d = {.loop = loop};
+    assert_int_equal(router_tokens_add(t, h, 1, s_done, &d), 0);
+    router_tokens_stop(t);
+    assert_int_equal(d.calls, 1);
+    assert_true(d.ok);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop); /* runs posts still queued, which name t */
+    router_tokens_destroy(&t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_token_durable_then_reloaded, s_setup, s_teardown),
+        cmocka_unit_test(test_forgive_and_stop_runs_callbacks),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
