@@ -267,6 +267,7 @@ static const s_key_t s_limits_keys[] = {
     S_U("http_body_max", limits.http_body_max, 1, 1073741824),
     S_U("ws_message_max", limits.ws_message_max, 1, 1073741824),
     S_U("ws_preauth_frame_max", limits.ws_preauth_frame_max, 125, 16777216),
+    S_U("sse_ring_events", limits.sse_ring_events, 1, 1048576),
 };
 
 static const s_section_t s_sections[] = {
