@@ -356,7 +356,7 @@ static void s_keepalive(router_loop_t *loop, uint64_t id, void *ud)
     (void) id;
     gateway_events_t *ev = ud;
     uint8_t line[32];
-    ssize_t n = proto_sse_encode_comment(line, sizeof line, "keepalive", 9, NULL);
+    ssize_t n = proto_sse_encode_comment(line, sizeof line, "keep-alive", 10, NULL);
     for (s_sub_t *sub = ev->subs; sub && n > 0; sub = sub->next)
         if (!sub->cut && router_conn_send_queued(sub->conn) + (size_t) n <= ev->opts.unsent_max)
             (void) router_conn_send(sub->conn, line, (size_t) n);
