@@ -35,6 +35,7 @@ typedef enum {
     GATEWAY_HTTP_CLOSING, /* closing: nothing more is read or answered */
     GATEWAY_HTTP_UPGRADED, /* now a WebSocket: gateway/ws.c has the connection */
     GATEWAY_HTTP_DEFERRED, /* a handler deferred its answer (gateway_http_res_defer) */
+    GATEWAY_HTTP_STREAM,  /* a streamed response (gateway_http_respond_stream): input is dropped */
 } gateway_http_phase_t;
 
 typedef struct gateway_http_conn gateway_http_conn_t;
@@ -96,6 +97,8 @@ struct gateway_http_conn {
     uint64_t served;                /* responses sent on this connection */
     gateway_ws_t *ws;               /* UPGRADED: the WebSocket it became */
     gateway_http_pending_t *pending; /* DEFERRED: the answer owed */
+    gateway_http_stream_handlers_t stream; /* STREAM: the route's callbacks */
+    void *stream_ud;                /* STREAM: their argument */
     gateway_http_conn_t *prev, *next; /* the server's list */
 };
 

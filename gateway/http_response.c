@@ -250,6 +250,59 @@ int gateway_http_respond(gateway_http_res_t *res, int status, const char *conten
     return 0;
 }
 
+router_conn_t *gateway_http_respond_stream(gateway_http_res_t *res, int status,
+                                           const char *content_type,
+                                           const gateway_http_stream_handlers_t *h, void *ud)
+{
+    gateway_http_conn_t *hc = res->hc;
+    if (res->sent) {
+        errno = EALREADY;
+        return NULL;
+    }
+    if (status < 200 || status > GATEWAY_HTTP_STATUS_MAX || status == 204 || status == 304 ||
+        !h || !h->on_close ||
+        (content_type && !s_value_ok(content_type, GATEWAY_HTTP_CONTENT_TYPE_MAX))) {
+        errno = EINVAL;
+        return NULL;
+    }
+    res->sent = true;
+    res->close = true;
+    if (hc->phase == GATEWAY_HTTP_CLOSING) {
+        errno = EPIPE;
+        return NULL;
+    }
+    char head[S_HEAD_MAX];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\n"
+                     "Date: %s\r\n"
+                     "%s%s%s"
+                     "%.*s"
+                     "Connection: close\r\n\r\n",
+                     status, gateway_http_status_phrase(status), s_date(hc->g),
+                     content_type ? "Content-Type: " : "", content_type ? content_type : "",
+                     content_type ? "\r\n" : "", (int) res->extra_len, res->extra);
+    if (n <= 0 || (size_t) n >= sizeof head) {
+        errno = EINVAL;
+        res->sent = false;
+        return NULL;
+    }
+    if (router_conn_send(hc->conn, head, (size_t) n) != 0) {
+        hc->phase = GATEWAY_HTTP_CLOSING;
+        errno = EPIPE;
+        return NULL;
+    }
+    hc->served++;
+    gateway_http_count_status(hc->g, status);
+    if (hc->head_only) {
+        errno = ECANCELED; /* the server closes it after this request */
+        return NULL;
+    }
+    hc->phase = GATEWAY_HTTP_STREAM;
+    hc->stream = *h;
+    hc->stream_ud = ud;
+    return hc->conn;
+}
+
 int gateway_http_respond_json(gateway_http_res_t *res, int status, const char *json)
 {
     return gateway_http_respond(res, status, "application/json", json, json ? strlen(json) : 0);

@@ -300,6 +300,10 @@ static void s_request_done(gateway_http_conn_t *hc, const gateway_http_res_t *re
     hc->head_only = false;
     if (hc->phase == GATEWAY_HTTP_CLOSING)
         return;
+    if (hc->phase == GATEWAY_HTTP_STREAM) {
+        s_timer_stop(hc); /* the route bounds its stream */
+        return;
+    }
     if (res->close) {
         s_close(hc);
         return;
@@ -561,7 +565,8 @@ static void s_conn_free(gateway_http_conn_t *hc);
  * is gone: it became a WebSocket, which took the rest of buf. */
 static bool s_input(gateway_http_conn_t *hc, char *buf, size_t len)
 {
-    while (len > 0 && hc->phase != GATEWAY_HTTP_CLOSING && hc->phase != GATEWAY_HTTP_UPGRADED) {
+    while (len > 0 && hc->phase != GATEWAY_HTTP_CLOSING && hc->phase != GATEWAY_HTTP_UPGRADED &&
+           hc->phase != GATEWAY_HTTP_STREAM) {
         if (hc->paused) {
             s_hold(hc, buf, len);
             return true;
@@ -595,6 +600,11 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
 static void s_on_drain(router_conn_t *conn, void *ud)
 {
     gateway_http_conn_t *hc = ud;
+    if (hc->phase == GATEWAY_HTTP_STREAM) {
+        if (hc->stream.on_drain)
+            hc->stream.on_drain(conn, hc->stream_ud);
+        return;
+    }
     if (!hc->paused || hc->phase == GATEWAY_HTTP_CLOSING || hc->phase == GATEWAY_HTTP_DEFERRED)
         return;
     hc->paused = false;
@@ -634,6 +644,8 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     s_conn_unlink(hc);
     g->open--;
     router_metric_set(g->m_open, g->open);
+    if (hc->phase == GATEWAY_HTTP_STREAM)
+        hc->stream.on_close(conn, hc->stream_ud);
     s_conn_free(hc);
 }
 

@@ -179,6 +179,35 @@ gateway_http_res_t *gateway_http_pending_res(gateway_http_pending_t *p);
  * Idempotent; nulls *p_p. */
 void gateway_http_pending_end(gateway_http_pending_t **p_p);
 
+/* ---------------------------------------------------------------- streamed responses */
+
+/* Callbacks of a streamed response's connection (gateway_http_respond_stream). */
+typedef struct {
+    /* Optional: every unsent byte has been written (for a producer that
+     * waits for room before sending more). */
+    void (*on_drain)(router_conn_t *conn, void *ud);
+    /* The connection has closed (the client went away, a bound cut it, or
+     * the route closed it); conn is invalid once this returns. Not called
+     * when gateway_http_destroy lets go of the connection. */
+    void (*on_close)(router_conn_t *conn, void *ud);
+} gateway_http_stream_handlers_t;
+
+/* Sends the head of a response whose body is written later, for as long as
+ * the route likes (Server-Sent Events): status line, Date, Content-Type,
+ * the added headers and `Connection: close`, without Content-Length, so
+ * the body ends when the connection closes (RFC 9112 §6.3). The connection
+ * is then the route's to write to (router_conn_send, router_conn_close or
+ * _abort; router_conn_set_send_limit to bound it); it still counts among
+ * the server's connections, what the client sends on it is read and
+ * dropped, and no server timeout applies. `h` is copied. Returns the
+ * connection (borrowed; valid until h->on_close), or NULL with errno
+ * EINVAL (status outside 200..599 or 204/304, bad content type), EALREADY
+ * (already answered), EPIPE (the connection is gone) or ECANCELED (a HEAD
+ * request: only the head was sent, and the connection closes). */
+router_conn_t *gateway_http_respond_stream(gateway_http_res_t *res, int status,
+                                           const char *content_type,
+                                           const gateway_http_stream_handlers_t *h, void *ud);
+
 /* ---------------------------------------------------------------- routes */
 
 /* Answers one request: call one of the gateway_http_respond*() functions

@@ -75,6 +75,15 @@ static _Atomic uint64_t s_suppressed_total;
 
 static void s_rate_sweep(bool all);
 
+/* The tap (router_log_set_tap): called under its lock, so removing it waits
+ * for a call in flight. */
+static struct {
+    pthread_mutex_t lock;   /* guards fn and ud, held during a call */
+    router_log_tap_fn fn;   /* NULL: no tap */
+    void *ud;               /* its argument */
+} s_tap = {.lock = PTHREAD_MUTEX_INITIALIZER};
+static _Atomic bool s_tap_on; /* fast check without the lock */
+
 static const char *const s_level_names[] = {"debug", "info", "warn", "error"};
 static const char *const s_level_tags[] = {"DEBUG", "INFO ", "WARN ", "ERROR"};
 
@@ -234,6 +243,18 @@ static void *s_writer_main(void *arg)
 
 /* Writes one formatted line: into the writer's queue, or straight to
  * stderr when there is no writer (one write(2) keeps the line whole). */
+/* Hands a line written to the tap, if there is one. */
+static void s_tap_line(router_log_level_t level, const char *module, const char *line,
+                       size_t len)
+{
+    if (!atomic_load(&s_tap_on))
+        return;
+    pthread_mutex_lock(&s_tap.lock);
+    if (s_tap.fn)
+        s_tap.fn(level, module ? module : "-", line, len, s_tap.ud);
+    pthread_mutex_unlock(&s_tap.lock);
+}
+
 static void s_output(const char *line, size_t len)
 {
     pthread_mutex_lock(&s_w.lock);
@@ -338,18 +359,24 @@ static void s_rate_sweep(bool all)
     char line[ROUTER_LOG_LINE_MAX];
     for (size_t i = 0; i < ROUTER_LOG_SITES_MAX && atomic_load(&s_rate_owed) > 0; i++) {
         size_t len = 0;
+        router_log_level_t level = ROUTER_LOG_INFO;
+        char module[sizeof s_rate.sites[0].module] = "";
         pthread_mutex_lock(&s_rate.lock);
         s_site_t *site = &s_rate.sites[i];
         uint64_t now = s_rate_now();
         if (site->fmt && site->suppressed &&
             (all || now - site->window_start >= s_rate.window_ms || now < site->window_start)) {
+            level = site->level;
+            memcpy(module, site->module, sizeof module);
             len = s_site_summarise(site, line);
             site->window_start = now;
             site->count = 0;
         }
         pthread_mutex_unlock(&s_rate.lock);
-        if (len)
+        if (len) {
             s_output(line, len);
+            s_tap_line(level, module, line, len);
+        }
     }
 }
 
@@ -557,8 +584,10 @@ void router_log_write(router_log_level_t level, const char *module, const char *
         pthread_cond_signal(&s_w.more);
         pthread_mutex_unlock(&s_w.lock);
     }
-    if (len)
+    if (len) {
         s_output(line, len); /* the summary of this site's last window */
+        s_tap_line(level, module, line, len);
+    }
     if (sweep)
         s_rate_sweep(false);
     if (!pass)
@@ -568,4 +597,14 @@ void router_log_write(router_log_level_t level, const char *module, const char *
     len = s_format(line, level, module, fmt, ap);
     va_end(ap);
     s_output(line, len);
+    s_tap_line(level, module, line, len);
+}
+
+void router_log_set_tap(router_log_tap_fn fn, void *ud)
+{
+    pthread_mutex_lock(&s_tap.lock);
+    s_tap.fn = fn;
+    s_tap.ud = ud;
+    atomic_store(&s_tap_on, fn != NULL);
+    pthread_mutex_unlock(&s_tap.lock);
 }

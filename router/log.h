@@ -94,6 +94,20 @@ uint64_t router_log_suppressed(void);
 void router_log_write(router_log_level_t level, const char *module, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* ------------------------------------------------------------ tap */
+
+/* Receives every line router_log_write emits (after the level filter and
+ * the rate limit): its level, module and the whole formatted line
+ * "<time> <LEVEL> <module>: <message>\n" (`len` octets, not NUL-terminated,
+ * valid during the call only). Runs on the thread that logged, under the
+ * tap's lock: it must be quick, must not block and must not log. */
+typedef void (*router_log_tap_fn)(router_log_level_t level, const char *module,
+                                  const char *line, size_t len, void *ud);
+
+/* Installs the tap (NULL removes it). Once this returns, no call of the old
+ * tap is running or will start, so its ud may be freed. One tap. */
+void router_log_set_tap(router_log_tap_fn fn, void *ud);
+
 /* Skips the formatting work when the level is filtered out. */
 #define ROUTER_LOG(level, module, ...)                                  \
     do {                                                                \

@@ -58,6 +58,8 @@ struct router_node {
     bool stopping;                       /* loop thread: a drain has begun */
     _Atomic bool stopped;                /* stop requested from outside */
     _Atomic bool wake_posted;            /* a durable wake-up is queued on the loop */
+    router_comms_event_fn *sink;         /* also told of every comms event, or NULL */
+    void *sink_ud;                       /* its argument */
     void (*on_stop)(void *ud);           /* told when a graceful stop begins */
     void *on_stop_ud;
     void (*on_durable)(void *ud);        /* told on the loop after each durable batch */
@@ -68,7 +70,7 @@ struct router_node {
 
 static void s_on_comms_event(const router_comms_event_t *ev, void *ud)
 {
-    (void) ud;
+    router_node_t *self = ud;
     char id[PROTO_UUID_TEXT_CAP] = "-";
     char from[PROTO_PUBKEY_TEXT_CAP] = "-";
     if (ev->id)
@@ -85,6 +87,14 @@ static void s_on_comms_event(const router_comms_event_t *ev, void *ud)
                    "rejected envelope reason=%s detail=%s id=%s kind=%s from=%s peer=%s conn=%llu",
                    proto_wire_reason_str(ev->reason), ev->detail, id, ev->kind ? ev->kind : "-",
                    from, ev->peer_name ? ev->peer_name : "-", (unsigned long long) ev->conn_id);
+    if (self && self->sink)
+        self->sink(ev, self->sink_ud);
+}
+
+void router_node_set_event_sink(router_node_t *self, router_comms_event_fn *fn, void *ud)
+{
+    self->sink = fn;
+    self->sink_ud = ud;
 }
 
 /* On the loop thread: acks may go out. comms is NULL once the node is being

@@ -29,6 +29,7 @@
 
 #include <cbor.h>
 
+#include "router/comms/comms.h"
 #include "router/comms/outbound.h"
 #include "router/metrics.h"
 #include "router/net/inproc.h"
@@ -88,6 +89,12 @@ void router_node_on_stop(router_node_t *self, void (*fn)(void *ud), void *ud);
  * (gateway ingress answers its 202s then). One hook; set it on the loop
  * thread or before the node runs; fn NULL removes it. */
 void router_node_on_durable(router_node_t *self, void (*fn)(void *ud), void *ud);
+
+/* Hands every comms event (each admission and each typed refusal, DESIGN
+ * §8) to fn(ev, ud) on the loop thread, after the node has logged it: the
+ * gateway publishes them on /api/events. One sink; NULL removes it. Set it
+ * before the node runs, or on the loop thread. */
+void router_node_set_event_sink(router_node_t *self, router_comms_event_fn *fn, void *ud);
 
 /* Adds a trusted peer (name, key, "tcp://…" | "uds://…" | "inproc://…").
  * Before router_node_start/run only. Returns 0, or -1 with err set. */

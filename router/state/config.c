@@ -268,6 +268,7 @@ static const s_key_t s_limits_keys[] = {
     S_U("ws_message_max", limits.ws_message_max, 1, 1073741824),
     S_U("ws_preauth_frame_max", limits.ws_preauth_frame_max, 125, 16777216),
     S_U("ws_ping_interval_ms", limits.ws_ping_interval_ms, 100, 3600000),
+    S_U("sse_ring_events", limits.sse_ring_events, 1, 1048576),
 };
 
 static const s_section_t s_sections[] = {

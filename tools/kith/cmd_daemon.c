@@ -9,7 +9,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "gateway/events.h"
 #include "gateway/http_server.h"
+#include "gateway/log_tap.h"
 #include "gateway/routes.h"
 #include "gateway/routes_auth.h"
 #include "proto/pubkey.h"
@@ -119,9 +121,57 @@ static void s_gateway_stop_listening(void *gw)
     gateway_http_close_listeners(gw);
 }
 
+/* The gateway's SSE streams (DESIGN §7) and the log tap feeding one. */
+typedef struct {
+    gateway_events_t *events; /* /api/events: comms events, and later turns and tools */
+    gateway_events_t *logs;   /* /api/daemon/logs */
+    gateway_log_tap_t *tap;   /* daemon log lines → logs */
+} s_sse_t;
+
+/* Lets the streams go: after gateway_http_destroy (which let their
+ * connections go), before router_node_destroy. Idempotent. */
+static void s_sse_stop(router_node_t *node, s_sse_t *sse)
+{
+    gateway_log_tap_destroy(&sse->tap);
+    router_node_set_event_sink(node, NULL, NULL);
+    gateway_events_destroy(&sse->events);
+    gateway_events_destroy(&sse->logs);
+}
+
+static int s_sse_start(router_node_t *node, const router_config_t *cfg, gateway_http_t *gw,
+                       const gateway_auth_t *auth, s_sse_t *sse)
+{
+    /* A subscriber's unsent bound: 1 MiB, lower when connections are held
+     * lower, but always room for a few of the largest events. */
+    size_t unsent = cfg->limits.conn_unsent_max < GATEWAY_EVENTS_UNSENT_MAX
+                        ? cfg->limits.conn_unsent_max
+                        : GATEWAY_EVENTS_UNSENT_MAX;
+    if (unsent < 2 * GATEWAY_EVENTS_JSON_MAX)
+        unsent = 2 * GATEWAY_EVENTS_JSON_MAX;
+    gateway_events_opts_t eo = {
+        .name = "events",
+        .ring_events = cfg->limits.sse_ring_events,
+        .unsent_max = unsent,
+        .subscribers_max = cfg->gateway.max_connections,
+        .auth = auth,
+        .metrics = router_node_metrics(node),
+    };
+    router_loop_t *loop = router_node_loop(node);
+    if (!(sse->events = gateway_events_new(loop, &eo)))
+        return -1;
+    eo.name = "logs";
+    if (!(sse->logs = gateway_events_new(loop, &eo)) ||
+        gateway_route_events(gw, sse->events) != 0 ||
+        gateway_route_daemon_logs(gw, sse->logs) != 0 ||
+        !(sse->tap = gateway_log_tap_new(loop, sse->logs)))
+        return -1;
+    router_node_set_event_sink(node, gateway_events_on_comms, sse->events);
+    return 0;
+}
+
 static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_t *cfg,
-                                       const char *home, s_gw_auth_t *ga, char *err,
-                                       size_t errcap)
+                                       const char *home, s_gw_auth_t *ga, s_sse_t *sse,
+                                       char *err, size_t errcap)
 {
     char shown[ROUTER_ADDR_STR_MAX] = "?";
     router_addr_t addr, bound;
@@ -149,6 +199,10 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
     }
     if (s_gw_auth_start(ga, node, cfg, home, gw, err, errcap) != 0)
         goto fail;
+    if (s_sse_start(node, cfg, gw, ga->auth, sse) != 0) {
+        snprintf(err, errcap, "gateway: cannot serve /api/events: %s", strerror(errno));
+        goto fail;
+    }
     (void) router_addr_format(&addr, shown, sizeof shown);
     if (gateway_http_listen(gw, &addr, &bound) != 0) {
         snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", shown, strerror(errno));
@@ -164,6 +218,7 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
     return gw;
 fail:
     gateway_http_destroy(&gw);
+    s_sse_stop(node, sse);
     return NULL;
 }
 
@@ -286,7 +341,8 @@ int kith_cmd_daemon(int argc, char **argv)
     if (cfg.comms.mode == ROUTER_COMMS_NONE)
         ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "comms off (comms.mode \"none\")");
     s_gw_auth_t ga = {0};
-    gateway_http_t *gw = s_gateway_start(node, &cfg, home, &ga, err, sizeof err);
+    s_sse_t sse = {0};
+    gateway_http_t *gw = s_gateway_start(node, &cfg, home, &ga, &sse, err, sizeof err);
     if (!gw) {
         s_gw_auth_stop(&ga, node);
         s_gw_auth_destroy(&ga);
@@ -306,6 +362,7 @@ int kith_cmd_daemon(int argc, char **argv)
      * connections (they belong to the loop, which closes them as the node
      * is destroyed). */
     gateway_http_destroy(&gw);
+    s_sse_stop(node, &sse);
     router_node_destroy(&node);
     s_gw_auth_destroy(&ga); /* after the loop: its posts may name the token store */
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "stopped");
