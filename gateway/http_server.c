@@ -596,6 +596,21 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
     (void) s_input(ud, (char *) data, len);
 }
 
+/* Runs the input held while reads were paused. Returns false when hc is
+ * gone (it became a WebSocket). */
+static bool s_run_held(gateway_http_conn_t *hc)
+{
+    char *held = hc->held;
+    size_t n = hc->held_len;
+    hc->held = NULL;
+    hc->held_len = 0;
+    if (!held)
+        return true;
+    bool alive = s_input(hc, held, n);
+    free(held);
+    return alive;
+}
+
 /* The answers that paused reading are written: go on with what was held. */
 static void s_on_drain(router_conn_t *conn, void *ud)
 {
@@ -609,16 +624,8 @@ static void s_on_drain(router_conn_t *conn, void *ud)
         return;
     hc->paused = false;
     s_deadline(hc, hc->g->opts.idle_timeout_ms);
-    char *held = hc->held;
-    size_t n = hc->held_len;
-    hc->held = NULL;
-    hc->held_len = 0;
-    if (held) {
-        bool alive = s_input(hc, held, n);
-        free(held);
-        if (!alive)
-            return;
-    }
+    if (!s_run_held(hc))
+        return;
     if (!hc->paused && hc->phase != GATEWAY_HTTP_CLOSING)
         router_conn_resume_read(conn);
 }
@@ -831,16 +838,8 @@ void gateway_http_pending_end(gateway_http_pending_t **p_p)
     if (hc->paused) /* answers pile up: on_drain goes on */
         return;
     /* Go on with pipelined input held meanwhile, then read again. */
-    char *held = hc->held;
-    size_t n = hc->held_len;
-    hc->held = NULL;
-    hc->held_len = 0;
-    if (held) {
-        bool alive = s_input(hc, held, n);
-        free(held);
-        if (!alive)
-            return;
-    }
+    if (!s_run_held(hc))
+        return;
     if (was_paused && !hc->paused && hc->phase != GATEWAY_HTTP_CLOSING &&
         hc->phase != GATEWAY_HTTP_DEFERRED)
         router_conn_resume_read(hc->conn);
