@@ -6,6 +6,7 @@
 
 #include "gateway/auth.h"
 #include "gateway/http_server.h"
+#include "router/node.h"
 #include "router/state/inbox.h"
 
 /* Pairing attempts and lockouts (WIRE §17.2). */
@@ -21,6 +22,18 @@ int gateway_route_pair(gateway_http_t *g, gateway_auth_t *auth)
 /* GET|POST /admin/paircode (loopback peers only, 403 otherwise) → 200
  * {"code":"NNNNNN"}, a fresh one-time code. Returns 0 or -1. */
 int gateway_route_admin(gateway_http_t *g, gateway_auth_t *auth)
+    __attribute__((warn_unused_result));
+
+/* What GET /api/peers reads; the caller keeps it for the server's life. */
+typedef struct {
+    router_node_t *node;  /* borrowed: whose trust store */
+    gateway_auth_t *auth; /* borrowed: the bearer check */
+} gateway_route_peers_t;
+
+/* GET /api/peers (bearer) → 200 {"peers":[{"name","pubkey","peer_id","addr",
+ * "meta"?}]}: the trust store in force, as `kith peers list --json` prints
+ * it, after any live reload. Returns 0 or -1. */
+int gateway_route_peers(gateway_http_t *g, gateway_route_peers_t *route)
     __attribute__((warn_unused_result));
 
 /* The webhook and external-event ingress (gateway/route_webhook.c). */

@@ -637,6 +637,7 @@ void router_node_destroy(router_node_t **self_p)
 }
 
 const uint8_t *router_node_pubkey(const router_node_t *self) { return self->identity.pk; }
+const router_trust_t *router_node_trust_view(const router_node_t *self) { return self->trust; }
 router_inbox_t *router_node_inbox(router_node_t *self) { return self->inbox; }
 router_metrics_t *router_node_metrics(router_node_t *self) { return self->metrics; }
 router_loop_t *router_node_loop(router_node_t *self) { return self->loop; }

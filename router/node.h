@@ -96,6 +96,10 @@ void router_node_on_durable(router_node_t *self, void (*fn)(void *ud), void *ud)
  * before the node runs, or on the loop thread. */
 void router_node_set_event_sink(router_node_t *self, router_comms_event_fn *fn, void *ud);
 
+/* The trust store in force. Loop thread only: reloads swap it there, so the
+ * pointer is valid until the callback that asked returns. Borrowed. */
+const router_trust_t *router_node_trust_view(const router_node_t *self);
+
 /* Adds a trusted peer (name, key, "tcp://…" | "uds://…" | "inproc://…").
  * Before router_node_start/run only. Returns 0, or -1 with err set. */
 int router_node_trust(router_node_t *self, const char *name, const uint8_t pk[32],

@@ -152,8 +152,30 @@ def main():
         check(status == 429 and 0 < int(headers["retry-after"]) <= 300, (status, headers))
         state["good"] = good
 
+    def api_peers_lists_trust_live():
+        # Bearer-protected, and it follows live trust changes (no restart).
+        status, _, body, _ = curl(gateway_url(node) + "/api/peers")
+        check(status == 401 and json.loads(body)["code"] == "unauthorized", body)
+        auth = ("-H", f"Authorization: Bearer {state['token']}")
+        status, _, body, _ = curl(*auth, gateway_url(node) + "/api/peers")
+        check(status == 200 and json.loads(body) == {"peers": []}, body)
+        ident = json.loads(kith_run("id", "--home", node.home)[0])
+        pk = ident["pubkey"]
+        kith_run("peers", "add", "--home", node.home, "--name", "carol", "--pubkey", pk,
+                 "--addr", "tcp://127.0.0.1:9")
+        node.wait_log("trust: reloaded")
+        status, _, body, _ = curl(*auth, gateway_url(node) + "/api/peers")
+        peers = json.loads(body)["peers"]
+        check(status == 200 and [(p["name"], p["pubkey"], p["peer_id"]) for p in peers] ==
+              [("carol", pk, ident["peer_id"])], body)
+        kith_run("peers", "remove", "--home", node.home, "carol")
+        node.wait_log("trust: reloaded", count=2)
+        status, _, body, _ = curl(*auth, gateway_url(node) + "/api/peers")
+        check(json.loads(body) == {"peers": []}, body)
+
     for fn in (code_printed_and_pairs, code_is_one_time, missing_code_header, bearer_needed,
-               bearer_header_and_query, pipelined_behind_a_deferred_answer, admin_paircode_and_cli, lockout_after_five_bad_codes):
+               bearer_header_and_query, pipelined_behind_a_deferred_answer,
+               admin_paircode_and_cli, api_peers_lists_trust_live, lockout_after_five_bad_codes):
         results.run(fn)
 
     def restart_keeps_token_and_lockout():

@@ -45,6 +45,7 @@ typedef struct {
     router_tokens_t *tokens;    /* token hashes, lockouts, idempotency (state.db) */
     gateway_auth_t *auth;       /* bearer checks and the pairing code */
     gateway_ingress_t *ingress; /* /webhook and /sessions/{id}/external-events */
+    gateway_route_peers_t peers; /* GET /api/peers */
 } s_gw_auth_t;
 
 static void s_gw_auth_durable(void *ud)
@@ -68,8 +69,10 @@ static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_co
                               .allow_query_token = cfg->gateway.allow_query_token};
     gateway_ingress_opts_t io = {.inbox = router_node_inbox(node),
                                  .secret_env = cfg->gateway.webhook_secret_env};
-    if (!(ga->auth = gateway_auth_new(ga->tokens, &ao)) ||
-        gateway_route_pair(gw, ga->auth) != 0 || gateway_route_admin(gw, ga->auth) != 0) {
+    ga->auth = gateway_auth_new(ga->tokens, &ao);
+    ga->peers = (gateway_route_peers_t){.node = node, .auth = ga->auth};
+    if (!ga->auth || gateway_route_pair(gw, ga->auth) != 0 ||
+        gateway_route_admin(gw, ga->auth) != 0 || gateway_route_peers(gw, &ga->peers) != 0) {
         snprintf(err, errcap, "gateway: cannot set up pairing: %s", strerror(errno));
         return -1;
     }
