@@ -189,6 +189,22 @@ void gateway_http_res_close(gateway_http_res_t *res)
     res->close = true;
 }
 
+/* Writes the part of a response head every answer shares — status line,
+ * Date, Content-Type when given, the handler's headers — into head[cap].
+ * Returns its length (cap or more when it does not fit). */
+static int s_head_start(const gateway_http_res_t *res, int status, const char *content_type,
+                        char *head, size_t cap)
+{
+    return snprintf(head, cap,
+                    "HTTP/1.1 %d %s\r\n"
+                    "Date: %s\r\n"
+                    "%s%s%s"
+                    "%.*s",
+                    status, gateway_http_status_phrase(status), s_date(res->hc->g),
+                    content_type ? "Content-Type: " : "", content_type ? content_type : "",
+                    content_type ? "\r\n" : "", (int) res->extra_len, res->extra);
+}
+
 int gateway_http_respond(gateway_http_res_t *res, int status, const char *content_type,
                          const void *body, size_t len)
 {
@@ -211,14 +227,7 @@ int gateway_http_respond(gateway_http_res_t *res, int status, const char *conten
     const proto_http_parser_t *p = &hc->parser;
     bool keep_alive_10 = !res->close && p->version_minor == 0;
     char head[S_HEAD_MAX];
-    int n = snprintf(head, sizeof head,
-                     "HTTP/1.1 %d %s\r\n"
-                     "Date: %s\r\n"
-                     "%s%s%s"
-                     "%.*s",
-                     status, gateway_http_status_phrase(status), s_date(hc->g),
-                     content_type ? "Content-Type: " : "", content_type ? content_type : "",
-                     content_type ? "\r\n" : "", (int) res->extra_len, res->extra);
+    int n = s_head_start(res, status, content_type, head, sizeof head);
     if (n > 0 && (size_t) n < sizeof head && !bodiless)
         n += snprintf(head + n, sizeof head - (size_t) n, "Content-Length: %zu\r\n", len);
     if (n > 0 && (size_t) n < sizeof head)
@@ -272,15 +281,9 @@ router_conn_t *gateway_http_respond_stream(gateway_http_res_t *res, int status,
         return NULL;
     }
     char head[S_HEAD_MAX];
-    int n = snprintf(head, sizeof head,
-                     "HTTP/1.1 %d %s\r\n"
-                     "Date: %s\r\n"
-                     "%s%s%s"
-                     "%.*s"
-                     "Connection: close\r\n\r\n",
-                     status, gateway_http_status_phrase(status), s_date(hc->g),
-                     content_type ? "Content-Type: " : "", content_type ? content_type : "",
-                     content_type ? "\r\n" : "", (int) res->extra_len, res->extra);
+    int n = s_head_start(res, status, content_type, head, sizeof head);
+    if (n > 0 && (size_t) n < sizeof head)
+        n += snprintf(head + n, sizeof head - (size_t) n, "Connection: close\r\n\r\n");
     if (n <= 0 || (size_t) n >= sizeof head) {
         errno = EINVAL;
         res->sent = false;
