@@ -274,7 +274,7 @@ def check_envelopes(schema):
           f"none for {sorted(missing)}")
 
 
-# ------------------------------------------------------------------ worker.cddl (draft)
+# ------------------------------------------------------------------ worker.cddl
 
 TURN = bytes(range(16))
 WORKER_GOOD = {
@@ -282,38 +282,55 @@ WORKER_GOOD = {
         {"type": "turn", "turn_id": TURN, "session_id": "comms",
          "message": {"role": "user", "content": "hi"},
          "history": [{"role": "assistant", "content": "",
-                      "tool_calls": [{"id": "c1", "name": "peers", "arguments": {}}]},
+                      "tool_calls": [{"id": "c1", "name": "peers", "arguments": "{}"}]},
                      {"role": "tool", "content": "[]", "tool_call_id": "c1"}],
-         "tools": [{"name": "peers", "description": "list peers", "parameters": {"type": "object"}}],
+         "tools": [{"name": "peers", "description": "list peers",
+                    "parameters": '{"type":"object"}', "executor": "router"}],
          "limits": {"max_tool_iterations": 60, "turn_timeout_s": 600},
-         "origin": {"channel": "comms", "envelope_id": TURN, "from": bytes(32)}},
+         "origin": {"channel": "comms", "envelope_id": TURN, "from": bytes(32),
+                    "envelope_type": "request"}},
         {"type": "steer", "turn_id": TURN, "content": "shorter"},
         {"type": "stop", "turn_id": TURN},
-        {"type": "audit_append", "events": [{"time_ms": 1, "type": "pair", "detail": None}]},
+        {"type": "tool_result", "turn_id": TURN, "id": "c1", "result": "[]", "is_error": False},
+        {"type": "audit_append", "events": [{"time_ms": 1, "type": "pair", "detail": "{}"}]},
+        {"type": "audit_query", "limit": 10, "event_type": "pair"},
+        {"type": "audit_verify"},
     ],
     "worker-reply": [
-        {"turn_id": TURN, "seq": 0, "event": {"type": "chunk", "text": "he"}},
-        {"turn_id": TURN, "seq": 1, "event": {"type": "chunk_reset"}},
-        {"turn_id": TURN, "seq": 2, "event": {"type": "tool_result", "id": "c1", "result": [1, 2.5]}},
+        {"type": "partial", "turn_id": TURN, "seq": 0, "event": {"type": "chunk", "text": "he"}},
+        {"type": "partial", "turn_id": TURN, "seq": 1, "event": {"type": "chunk_reset"}},
+        {"type": "partial", "turn_id": TURN, "seq": 2,
+         "event": {"type": "tool_result", "id": "c1", "result": "[1, 2.5]", "is_error": False}},
+        {"type": "partial", "turn_id": TURN, "seq": 3,
+         "event": {"type": "llm_request", "provider": "scripted", "iteration": 0}},
         {"type": "done", "turn_id": TURN, "full_response": "hello", "tool_iterations": 0},
         {"type": "error", "turn_id": TURN, "code": "PROVIDER_ERROR", "message": "429"},
-        {"type": "control", "turn_id": TURN, "outcome": "no_active_turn"},
+        {"type": "stopped", "turn_id": TURN},
         {"type": "audit_appended", "first_seq": 7, "count": 1},
+        {"type": "audit_records", "records": ['{"seq":1}']},
+        {"type": "audit_verified", "ok": False, "records": 3, "first_bad": 2, "reason": "hash"},
     ],
 }
 WORKER_BAD = {
     "worker-request": [
         {"type": "turn", "turn_id": TURN[:15], "session_id": "s", "message": {"role": "user", "content": "x"},
-         "history": [], "tools": [], "limits": {"max_tool_iterations": 1, "turn_timeout_s": 1}},
+         "history": [], "tools": [], "limits": {"max_tool_iterations": 1, "turn_timeout_s": 1},
+         "origin": {"channel": "ws"}},
         {"type": "turn", "turn_id": TURN, "session_id": "", "message": {"role": "user", "content": "x"},
+         "history": [], "tools": [], "limits": {"max_tool_iterations": 1, "turn_timeout_s": 1},
+         "origin": {"channel": "ws"}},
+        {"type": "turn", "turn_id": TURN, "session_id": "s", "message": {"role": "user", "content": "x"},
          "history": [], "tools": [], "limits": {"max_tool_iterations": 1, "turn_timeout_s": 1}},
         {"type": "steer", "turn_id": TURN, "content": None},
+        {"type": "tool_result", "turn_id": TURN, "id": "c1", "result": {"a": 1}, "is_error": False},
         {"type": "audit_append", "events": []},
     ],
     "worker-reply": [
-        {"turn_id": TURN, "seq": -1, "event": {"type": "chunk", "text": "x"}},
-        {"turn_id": TURN, "seq": 0, "event": {"type": "chunk"}},
+        {"type": "partial", "turn_id": TURN, "seq": -1, "event": {"type": "chunk", "text": "x"}},
+        {"type": "partial", "turn_id": TURN, "seq": 0, "event": {"type": "chunk"}},
+        {"turn_id": TURN, "seq": 0, "event": {"type": "chunk", "text": "x"}},
         {"type": "error", "turn_id": TURN, "code": "SESSION_BUSY", "message": "x"},
+        {"type": "control", "turn_id": TURN, "outcome": "no_active_turn"},
     ],
 }
 
