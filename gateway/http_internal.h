@@ -64,6 +64,10 @@ struct gateway_http {
     gateway_ws_t *ws;                    /* every open WebSocket (counted in open) */
     uint32_t open;                       /* how many */
     bool refusing;                       /* at the connection limit (logged once) */
+    bool draining;                       /* gateway_http_drain began: answers close */
+    void (*drain_done)(void *ud);        /* told once the last connection is gone */
+    void *drain_ud;                      /* its argument */
+    uint64_t drain_timer;                /* cuts what is left at the drain's deadline */
     time_t date_at;                      /* second `date` was formatted for */
     char date[64];                       /* IMF-fixdate for the Date header */
     router_metric_t *m_open;             /* kith_http_connections_open */
@@ -167,5 +171,14 @@ void gateway_ws_input(gateway_ws_t *ws, uint8_t *data, size_t len);
 
 /* For gateway_http_destroy: lets every socket go without callbacks. */
 void gateway_ws_disown_all(gateway_http_t *g);
+
+/* For gateway_http_drain: closes every socket with `code`, or aborts them
+ * (abort true) when the drain's deadline passed. */
+void gateway_ws_close_all(gateway_http_t *g, uint16_t code, bool abort);
+
+/* ---------------------------------------------------------------- http_server.c */
+
+/* A connection (HTTP or WebSocket) has gone: ends a drain left with none. */
+void gateway_http_drain_check(gateway_http_t *g);
 
 #endif

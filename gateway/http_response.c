@@ -136,7 +136,7 @@ void gateway_http_res_init(gateway_http_res_t *res, gateway_http_conn_t *hc, boo
     res->hc = hc;
     res->extra_len = 0;
     res->sent = false;
-    res->close = close;
+    res->close = close || hc->g->draining; /* a stopping server keeps nothing open */
     res->upgrade = NULL;
     res->ws = NULL;
     res->deferred = NULL;

@@ -654,6 +654,7 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     if (hc->phase == GATEWAY_HTTP_STREAM)
         hc->stream.on_close(conn, hc->stream_ud);
     s_conn_free(hc);
+    gateway_http_drain_check(g);
 }
 
 static const router_conn_handlers_t s_handlers = {
@@ -666,6 +667,10 @@ static void s_on_accept(router_listener_t *listener, router_conn_t *conn, void *
 {
     (void) listener;
     gateway_http_t *g = ud;
+    if (g->draining) { /* an accept that raced the listeners' close */
+        router_conn_abort(conn);
+        return;
+    }
     if (g->open >= g->opts.max_connections) {
         router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_CONN_LIMIT], 1);
         if (!g->refusing)
@@ -759,11 +764,70 @@ void gateway_http_close_listeners(gateway_http_t *g)
         router_listener_close(&g->listeners[i]);
 }
 
+/* ---------------------------------------------------------------- draining */
+
+void gateway_http_drain_check(gateway_http_t *g)
+{
+    if (!g->draining || g->open || !g->drain_done)
+        return;
+    void (*done)(void *) = g->drain_done;
+    g->drain_done = NULL;
+    if (g->drain_timer)
+        (void) router_loop_timer_cancel(g->loop, g->drain_timer);
+    g->drain_timer = 0;
+    ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "drained: every connection closed");
+    done(g->drain_ud);
+}
+
+static void s_drain_deadline(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    gateway_http_t *g = ud;
+    g->drain_timer = 0;
+    ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "drain deadline: cutting %u connections still open",
+               g->open);
+    for (gateway_http_conn_t *hc = g->conns; hc; hc = hc->next)
+        if (hc->phase != GATEWAY_HTTP_CLOSING) {
+            hc->phase = GATEWAY_HTTP_CLOSING;
+            s_timer_stop(hc);
+            router_conn_abort(hc->conn);
+        }
+    gateway_ws_close_all(g, 1001, true);
+}
+
+void gateway_http_drain(gateway_http_t *g, void (*done)(void *ud), void *ud,
+                        unsigned deadline_ms)
+{
+    if (g->draining)
+        return;
+    g->draining = true;
+    g->drain_done = done;
+    g->drain_ud = ud;
+    gateway_http_close_listeners(g);
+    /* Idle keep-alive connections and event streams go now (what was
+     * answered is flushed first); a request being read or answered
+     * finishes, and its answer closes the connection. */
+    for (gateway_http_conn_t *hc = g->conns, *next; hc; hc = next) {
+        next = hc->next;
+        if (hc->phase == GATEWAY_HTTP_WAIT && !hc->held)
+            s_close(hc);
+        else if (hc->phase == GATEWAY_HTTP_STREAM)
+            router_conn_close(hc->conn); /* stays STREAM: on_close tells the route */
+    }
+    gateway_ws_close_all(g, 1001, false);
+    if (g->open && deadline_ms)
+        g->drain_timer = router_loop_timer_add(g->loop, deadline_ms, s_drain_deadline, g);
+    gateway_http_drain_check(g);
+}
+
 void gateway_http_destroy(gateway_http_t **g_p)
 {
     if (!g_p || !*g_p)
         return;
     gateway_http_t *g = *g_p;
+    if (g->drain_timer)
+        (void) router_loop_timer_cancel(g->loop, g->drain_timer);
     gateway_http_close_listeners(g);
     /* Open connections belong to the loop: cut them loose from us. */
     for (gateway_http_conn_t *hc = g->conns, *next; hc; hc = next) {

@@ -92,6 +92,14 @@ int gateway_http_listen(gateway_http_t *g, const router_addr_t *addr, router_add
 /* Stops accepting on every listener; open connections carry on. Idempotent. */
 void gateway_http_close_listeners(gateway_http_t *g);
 
+/* A graceful stop: closes the listeners, closes idle keep-alive
+ * connections and event streams, sends WebSockets a 1001 close, and lets
+ * each request in progress (a deferred answer included) finish with
+ * `Connection: close`. done(ud) runs on the loop once no connection is
+ * left, or after deadline_ms, when the rest are cut. Once. */
+void gateway_http_drain(gateway_http_t *g, void (*done)(void *ud), void *ud,
+                        unsigned deadline_ms);
+
 /* Closes the listeners, aborts the open connections (the loop finishes
  * closing them; no handler runs again) and frees the server. Not from
  * inside a handler. Idempotent; nulls *g_p. */

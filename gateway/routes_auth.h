@@ -19,9 +19,18 @@
 int gateway_route_pair(gateway_http_t *g, gateway_auth_t *auth)
     __attribute__((warn_unused_result));
 
-/* GET|POST /admin/paircode (loopback peers only, 403 otherwise) → 200
- * {"code":"NNNNNN"}, a fresh one-time code. Returns 0 or -1. */
-int gateway_route_admin(gateway_http_t *g, gateway_auth_t *auth)
+/* What the admin routes need; the caller keeps it for the server's life. */
+typedef struct {
+    gateway_auth_t *auth;          /* borrowed: mints pairing codes */
+    void (*shutdown)(void *ud);    /* begins a graceful stop (loop thread), or NULL */
+    void *shutdown_ud;             /* its argument */
+} gateway_route_admin_t;
+
+/* Loopback peers only (403 forbidden otherwise), WIRE §17.3:
+ * GET|POST /admin/paircode → 200 {"code":"NNNNNN"}, a fresh one-time code;
+ * POST /admin/shutdown → 202 {"shutting_down":true} with Connection:
+ * close, then the graceful stop SIGTERM starts. Returns 0 or -1. */
+int gateway_route_admin(gateway_http_t *g, gateway_route_admin_t *admin)
     __attribute__((warn_unused_result));
 
 /* What GET /api/peers reads; the caller keeps it for the server's life. */

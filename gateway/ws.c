@@ -358,10 +358,12 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     if (reason == ROUTER_CLOSE_SLOW_CONSUMER || reason == ROUTER_CLOSE_TIMEOUT)
         ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ws %llu cut: %s",
                    (unsigned long long) router_conn_id(conn), router_close_reason_str(reason));
+    gateway_http_t *g = ws->g;
     s_unlink(ws);
     if (ws->h.on_close)
         ws->h.on_close(ws, ws->close_code, ws->ud);
     s_free(ws);
+    gateway_http_drain_check(g);
 }
 
 static const router_conn_handlers_t s_handlers = {
@@ -450,6 +452,17 @@ const char *gateway_ws_req_bearer(const gateway_http_res_t *res, size_t *len)
     if (len)
         *len = res->upgrade->bearer_len;
     return res->upgrade->bearer;
+}
+
+void gateway_ws_close_all(gateway_http_t *g, uint16_t code, bool abort)
+{
+    for (gateway_ws_t *ws = g->ws, *next; ws; ws = next) {
+        next = ws->next;
+        if (abort)
+            router_conn_abort(ws->conn);
+        else
+            gateway_ws_close(ws, code, "server shutting down");
+    }
 }
 
 void gateway_ws_disown_all(gateway_http_t *g)

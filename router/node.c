@@ -62,6 +62,7 @@ struct router_node {
     void *sink_ud;                       /* its argument */
     void (*on_stop)(void *ud);           /* told when a graceful stop begins */
     void *on_stop_ud;
+    unsigned drain_holds;                /* loop thread: drains still running (comms, holders) */
     void (*on_durable)(void *ud);        /* told on the loop after each durable batch */
     void *on_durable_ud;
 };
@@ -332,9 +333,22 @@ static void s_on_hup(router_loop_t *loop, int signo, void *ud)
 
 /* ---------------------------------------------------------------- stopping */
 
+/* The loop ends once every drain that began with the stop has ended:
+ * comms's, and each module's that took a hold (the gateway's). */
 static void s_drained(void *ud)
 {
-    router_node_t *self = ud;
+    router_node_drain_release(ud);
+}
+
+void router_node_drain_hold(router_node_t *self)
+{
+    self->drain_holds++;
+}
+
+void router_node_drain_release(router_node_t *self)
+{
+    if (!self->drain_holds || --self->drain_holds)
+        return;
     ROUTER_LOG(ROUTER_LOG_INFO, "node", "drained; stopping");
     router_loop_stop(self->loop);
 }
@@ -347,6 +361,7 @@ static void s_begin_stop(router_loop_t *loop, void *arg)
     if (self->stopping || !self->comms) /* !comms: run late, inside teardown */
         return;
     self->stopping = true;
+    self->drain_holds = 1; /* comms's own drain, released by s_drained */
     if (self->on_stop)
         self->on_stop(self->on_stop_ud);
     if (self->inproc_name[0])
@@ -609,6 +624,11 @@ void router_node_stop(router_node_t *self)
             pthread_cond_wait(&self->life_cv, &self->life_mu);
         pthread_mutex_unlock(&self->life_mu);
     }
+}
+
+void router_node_stop_async(router_node_t *self)
+{
+    (void) router_loop_post(self->loop, s_begin_stop, self);
 }
 
 void router_node_destroy(router_node_t **self_p)

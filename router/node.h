@@ -85,6 +85,16 @@ router_loop_t *router_node_loop(router_node_t *self);
  * there. One hook; set it before the node runs. */
 void router_node_on_stop(router_node_t *self, void (*fn)(void *ud), void *ud);
 
+/* Loop thread, inside the on_stop hook: the loop does not end until a
+ * matching router_node_drain_release, so a module can finish what it owes
+ * (answers being written) before its connections are torn down. */
+void router_node_drain_hold(router_node_t *self);
+void router_node_drain_release(router_node_t *self);
+
+/* Begins the graceful stop router_node_stop describes without waiting for
+ * it: from the loop thread itself (POST /admin/shutdown) or any other. */
+void router_node_stop_async(router_node_t *self);
+
 /* Runs fn(ud) on the loop thread after the inbox made a batch durable
  * (gateway ingress answers its 202s then). One hook; set it on the loop
  * thread or before the node runs; fn NULL removes it. */

@@ -206,6 +206,8 @@ def main():
             other.start()
             status, _, body, _ = curl(f"http://{addrs[0]}:{other.gw_port}/admin/paircode")
             check(status == 403 and json.loads(body)["code"] == "forbidden", (status, body))
+            status, _, body, _ = curl("-X", "POST", f"http://{addrs[0]}:{other.gw_port}/admin/shutdown")
+            check(status == 403 and json.loads(body)["code"] == "forbidden", (status, body))
             status, _, body, _ = curl(f"http://127.0.0.1:{other.gw_port}/admin/paircode")
             check(status == 200, (status, body))
         finally:

@@ -46,7 +46,13 @@ typedef struct {
     gateway_auth_t *auth;       /* bearer checks and the pairing code */
     gateway_ingress_t *ingress; /* /webhook and /sessions/{id}/external-events */
     gateway_route_peers_t peers; /* GET /api/peers */
+    gateway_route_admin_t admin; /* /admin/paircode, /admin/shutdown */
 } s_gw_auth_t;
+
+static void s_shutdown(void *node)
+{
+    router_node_stop_async(node);
+}
 
 static void s_gw_auth_durable(void *ud)
 {
@@ -71,8 +77,10 @@ static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_co
                                  .secret_env = cfg->gateway.webhook_secret_env};
     ga->auth = gateway_auth_new(ga->tokens, &ao);
     ga->peers = (gateway_route_peers_t){.node = node, .auth = ga->auth};
+    ga->admin = (gateway_route_admin_t){.auth = ga->auth, .shutdown = s_shutdown,
+                                        .shutdown_ud = node};
     if (!ga->auth || gateway_route_pair(gw, ga->auth) != 0 ||
-        gateway_route_admin(gw, ga->auth) != 0 || gateway_route_peers(gw, &ga->peers) != 0) {
+        gateway_route_admin(gw, &ga->admin) != 0 || gateway_route_peers(gw, &ga->peers) != 0) {
         snprintf(err, errcap, "gateway: cannot set up pairing: %s", strerror(errno));
         return -1;
     }
@@ -116,12 +124,27 @@ static void s_gw_auth_destroy(s_gw_auth_t *ga)
     gateway_auth_destroy(&ga->auth);
 }
 
-/* The HTTP gateway on the node's loop, listening on gateway.host:port with
- * the configured limits and the node's metrics. Returns the server, or
- * NULL with a one-line reason in err. */
-static void s_gateway_stop_listening(void *gw)
+/* How long a stopping gateway waits for answers in progress (WIRE §9.2). */
+#define S_GATEWAY_DRAIN_MS 5000u
+
+/* The gateway and the node whose stop waits for it. */
+typedef struct {
+    gateway_http_t *gw;
+    router_node_t *node;
+} s_gw_drain_t;
+
+static void s_gateway_drained(void *node)
 {
-    gateway_http_close_listeners(gw);
+    router_node_drain_release(node);
+}
+
+/* A graceful stop began: the gateway stops accepting at once, finishes
+ * the answers in progress and closes, and the loop waits for it. */
+static void s_gateway_drain(void *ud)
+{
+    s_gw_drain_t *d = ud;
+    router_node_drain_hold(d->node);
+    gateway_http_drain(d->gw, s_gateway_drained, d->node, S_GATEWAY_DRAIN_MS);
 }
 
 /* The gateway's SSE streams (DESIGN §7) and the log tap feeding one. */
@@ -172,6 +195,9 @@ static int s_sse_start(router_node_t *node, const router_config_t *cfg, gateway_
     return 0;
 }
 
+/* The HTTP gateway on the node's loop, listening on gateway.host:port with
+ * the configured limits and the node's metrics. Returns the server, or
+ * NULL with a one-line reason in err. */
 static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_t *cfg,
                                        const char *home, s_gw_auth_t *ga, s_sse_t *sse,
                                        char *err, size_t errcap)
@@ -355,8 +381,10 @@ int kith_cmd_daemon(int argc, char **argv)
         fprintf(stderr, "kith daemon: %s\n", err);
         return KITH_EXIT_FAIL;
     }
-    /* Stop taking HTTP connections the moment the drain starts. */
-    router_node_on_stop(node, s_gateway_stop_listening, gw);
+    /* Stop taking HTTP connections the moment the drain starts, and let
+     * the answers in progress go out before the loop ends. */
+    s_gw_drain_t drain = {.gw = gw, .node = node};
+    router_node_on_stop(node, s_gateway_drain, &drain);
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "ready; SIGINT or SIGTERM to stop");
 
     int rc = router_node_run(node);
