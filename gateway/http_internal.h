@@ -27,6 +27,17 @@ enum {
 #define GATEWAY_HTTP_STATUS_MIN 100
 #define GATEWAY_HTTP_STATUS_MAX 599
 
+/* Distinct statuses counted per route in kith_http_route_requests_total;
+ * later ones are counted under code="other", so a route answering many
+ * statuses cannot fill the metrics registry. */
+#define GATEWAY_HTTP_ROUTE_CODES_MAX 8u
+
+/* One cell of kith_http_route_requests_total. */
+typedef struct {
+    int status;                 /* -1: "other" */
+    router_metric_t *m;         /* the cell, NULL when the registry was full */
+} gateway_http_route_code_t;
+
 /* Where a connection is in its current request. */
 typedef enum {
     GATEWAY_HTTP_WAIT,    /* no octet of the next request yet */
@@ -71,11 +82,18 @@ struct gateway_http {
     time_t date_at;                      /* second `date` was formatted for */
     char date[64];                       /* IMF-fixdate for the Date header */
     router_metric_t *m_open;             /* kith_http_connections_open */
+    router_metric_t *m_ws_open;          /* kith_ws_connections_open */
+    router_metric_t *m_ws_frames_in;     /* kith_ws_frames_total{direction="in"} */
+    router_metric_t *m_ws_frames_out;    /* kith_ws_frames_total{direction="out"} */
+    uint32_t ws_open;                    /* WebSockets among `open` */
     router_metric_t *m_rejected[GATEWAY_HTTP_REJECT_COUNT]; /* kith_http_rejected_total */
     router_metric_t *m_status[GATEWAY_HTTP_STATUS_MAX - GATEWAY_HTTP_STATUS_MIN + 1];
                                          /* kith_http_requests_total, registered on first use */
     bool m_status_tried[GATEWAY_HTTP_STATUS_MAX - GATEWAY_HTTP_STATUS_MIN + 1];
                                          /* registration attempted (the registry may be full) */
+    gateway_http_route_code_t route_codes[GATEWAY_HTTP_ROUTES_MAX + 1][GATEWAY_HTTP_ROUTE_CODES_MAX + 1];
+                                         /* by route index (last: no route), then status */
+    uint8_t route_ncodes[GATEWAY_HTTP_ROUTES_MAX + 1]; /* cells in use per route */
 };
 
 struct gateway_http_conn {
@@ -154,8 +172,9 @@ const char *gateway_http_status_phrase(int status);
 /* The human text of a parser refusal (for the JSON "error" member). */
 const char *gateway_http_reason_text(proto_http_reason_t reason);
 
-/* Counts a response with `status` in kith_http_requests_total. */
-void gateway_http_count_status(gateway_http_t *g, int status);
+/* Counts a response with `status` to a request of `route` (NULL: none
+ * matched) in kith_http_requests_total and kith_http_route_requests_total. */
+void gateway_http_count_status(gateway_http_t *g, const gateway_http_route_t *route, int status);
 
 /* ---------------------------------------------------------------- ws.c */
 

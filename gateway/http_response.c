@@ -93,10 +93,40 @@ const char *gateway_http_reason_text(proto_http_reason_t reason)
     return "internal error";
 }
 
-void gateway_http_count_status(gateway_http_t *g, int status)
+/* The cell of kith_http_route_requests_total for (route, status), made on
+ * first use; statuses past GATEWAY_HTTP_ROUTE_CODES_MAX share code="other". */
+static router_metric_t *s_route_cell(gateway_http_t *g, const gateway_http_route_t *route,
+                                     int status)
+{
+    size_t r = route ? (size_t) (route - g->routes) : GATEWAY_HTTP_ROUTES_MAX;
+    gateway_http_route_code_t *cells = g->route_codes[r];
+    size_t n = g->route_ncodes[r];
+    for (size_t i = 0; i < n; i++)
+        if (cells[i].status == status)
+            return cells[i].m;
+    if (n == GATEWAY_HTTP_ROUTE_CODES_MAX + 1u) /* the "other" cell exists */
+        return cells[GATEWAY_HTTP_ROUTE_CODES_MAX].m;
+    if (n == GATEWAY_HTTP_ROUTE_CODES_MAX)
+        status = -1;
+    char labels[GATEWAY_HTTP_PATTERN_MAX + 48], code[16] = "other";
+    if (status > 0)
+        snprintf(code, sizeof code, "%d", status);
+    snprintf(labels, sizeof labels, "route=\"%s%s\",code=\"%s\"", route ? route->pattern : "",
+             route && route->prefix ? "*" : "", code);
+    cells[n].status = status;
+    cells[n].m = router_metrics_add(g->opts.metrics, "kith_http_route_requests_total", labels,
+                                    ROUTER_METRIC_COUNTER,
+                                    "HTTP responses sent, by route pattern (\"\": none matched) "
+                                    "and status code.");
+    g->route_ncodes[r]++; /* registered or not (a full registry): tried once */
+    return cells[n].m;
+}
+
+void gateway_http_count_status(gateway_http_t *g, const gateway_http_route_t *route, int status)
 {
     if (!g->opts.metrics || status < GATEWAY_HTTP_STATUS_MIN || status > GATEWAY_HTTP_STATUS_MAX)
         return;
+    router_metric_inc(s_route_cell(g, route, status), 1);
     size_t i = (size_t) (status - GATEWAY_HTTP_STATUS_MIN);
     if (!g->m_status_tried[i]) {
         char labels[32];
@@ -255,7 +285,7 @@ int gateway_http_respond(gateway_http_res_t *res, int status, const char *conten
         return -1;
     }
     hc->served++;
-    gateway_http_count_status(hc->g, status);
+    gateway_http_count_status(hc->g, hc->route, status);
     return 0;
 }
 
@@ -295,7 +325,7 @@ router_conn_t *gateway_http_respond_stream(gateway_http_res_t *res, int status,
         return NULL;
     }
     hc->served++;
-    gateway_http_count_status(hc->g, status);
+    gateway_http_count_status(hc->g, hc->route, status);
     if (hc->head_only) {
         errno = ECANCELED; /* the server closes it after this request */
         return NULL;

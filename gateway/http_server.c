@@ -710,6 +710,14 @@ static void s_metrics_register(gateway_http_t *g)
         return;
     g->m_open = router_metrics_add(m, "kith_http_connections_open", NULL, ROUTER_METRIC_GAUGE,
                                    "HTTP connections open on the gateway.");
+    g->m_ws_open = router_metrics_add(m, "kith_ws_connections_open", NULL, ROUTER_METRIC_GAUGE,
+                                      "WebSocket connections open (counted in "
+                                      "kith_http_connections_open too).");
+    static const char frames_help[] = "WebSocket frames received (in) and sent (out).";
+    g->m_ws_frames_in = router_metrics_add(m, "kith_ws_frames_total", "direction=\"in\"",
+                                           ROUTER_METRIC_COUNTER, frames_help);
+    g->m_ws_frames_out = router_metrics_add(m, "kith_ws_frames_total", "direction=\"out\"",
+                                            ROUTER_METRIC_COUNTER, frames_help);
     for (int r = PROTO_HTTP_OK + 1; r < GATEWAY_HTTP_REJECT_COUNT; r++) {
         char labels[96];
         snprintf(labels, sizeof labels, "reason=\"%s\"", s_reject_code(r));

@@ -101,7 +101,10 @@ static int s_send_frame(gateway_ws_t *ws, proto_ws_opcode_t op, const void *data
         return -1;
     }
     struct iovec iov[2] = {{hdr, (size_t) hl}, {(void *) data, len}};
-    return router_conn_sendv(ws->conn, iov, len ? 2 : 1);
+    if (router_conn_sendv(ws->conn, iov, len ? 2 : 1) != 0)
+        return -1;
+    router_metric_inc(ws->g->m_ws_frames_out, 1);
+    return 0;
 }
 
 /* Sends a Close frame with `code` (PROTO_WS_CLOSE_NO_STATUS: an empty one)
@@ -120,8 +123,8 @@ static void s_send_close(gateway_ws_t *ws, uint16_t code, const char *reason)
     ssize_t n = proto_ws_close_encode(frame, sizeof frame, code, reason, rlen, NULL);
     if (n < 0) /* a reason that is not UTF-8: send the code alone */
         n = proto_ws_close_encode(frame, sizeof frame, code, NULL, 0, NULL);
-    if (n > 0)
-        (void) router_conn_send(ws->conn, frame, (size_t) n);
+    if (n > 0 && router_conn_send(ws->conn, frame, (size_t) n) == 0)
+        router_metric_inc(ws->g->m_ws_frames_out, 1);
     ws->close_code = code == PROTO_WS_CLOSE_NO_STATUS ? PROTO_WS_CLOSE_NORMAL : code;
 }
 
@@ -215,6 +218,8 @@ static void s_deliver(gateway_ws_t *ws, const uint8_t *data, size_t len)
 
 static void s_event(gateway_ws_t *ws, proto_ws_event_t *ev)
 {
+    if (ev->frame_end)
+        router_metric_inc(ws->g->m_ws_frames_in, 1);
     switch (ev->opcode) {
     case PROTO_WS_OP_TEXT:
     case PROTO_WS_OP_BINARY:
@@ -341,7 +346,9 @@ static void s_unlink(gateway_ws_t *ws)
     if (ws->next)
         ws->next->prev = ws->prev;
     g->open--;
+    g->ws_open--;
     router_metric_set(g->m_open, g->open);
+    router_metric_set(g->m_ws_open, g->ws_open);
 }
 
 static void s_free(gateway_ws_t *ws)
@@ -403,6 +410,8 @@ gateway_ws_t *gateway_ws_adopt(gateway_http_t *g, router_conn_t *conn,
     if (g->ws)
         g->ws->prev = ws;
     g->ws = ws;
+    g->ws_open++; /* already counted in g->open as the HTTP connection it was */
+    router_metric_set(g->m_ws_open, g->ws_open);
     ws->ping_due = router_loop_now_ms(g->loop) + ws->opts.ping_interval_ms;
     s_rearm(ws);
     return ws;
@@ -431,7 +440,7 @@ gateway_ws_t *gateway_ws_accept(gateway_http_res_t *res, const gateway_ws_handle
         return NULL;
     res->sent = true;
     res->ws = ws;
-    gateway_http_count_status(hc->g, 101);
+    gateway_http_count_status(hc->g, hc->route, 101);
     if (router_conn_send(hc->conn, head, (size_t) n) != 0)
         ws->state = S_DONE; /* on_close follows from the loop */
     return ws;
@@ -473,4 +482,6 @@ void gateway_ws_disown_all(gateway_http_t *g)
         s_free(ws);
     }
     g->ws = NULL;
+    g->ws_open = 0;
+    router_metric_set(g->m_ws_open, 0);
 }

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ROUTER_METRICS_MAX 256
+#define ROUTER_METRICS_MAX 1024
 
 typedef struct router_metrics_t router_metrics_t;
 typedef _Atomic uint64_t router_metric_t;

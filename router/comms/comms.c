@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #include "router/comms/guard.h"
 #include "router/comms/replay.h"
 #include "router/log.h"
+#include "router/net/addr.h"
 
 /* Acks owed on one connection before it stops reading (backpressure while
  * the store catches up); reading resumes below half of it. */
@@ -47,8 +49,13 @@ struct s_cc {
     bool paused;                 /* reading paused for backpressure */
     bool closing;                /* router_conn_close was called */
     uint8_t sender[32];          /* key of the last trusted, verified sender; zeros until one */
+    int transport;               /* S_TCP, S_UDS or S_INPROC, for the per-transport gauge */
     s_cc_t *prev, *next;         /* all connections */
 };
+
+/* How a connection reached us: the label of kith_comms_connections_open. */
+enum { S_TCP, S_UDS, S_INPROC, S_TRANSPORTS };
+static const char *const s_transport_names[S_TRANSPORTS] = {"tcp", "uds", "inproc"};
 
 struct router_comms {
     router_loop_t *loop;
@@ -74,6 +81,8 @@ struct router_comms {
 
     router_comms_stats_t stats;
     router_metric_t *m_admitted, *m_acked, *m_rejected[PROTO_WIRE_INTERNAL + 1];
+    router_metric_t *m_open[S_TRANSPORTS];  /* kith_comms_connections_open{transport} */
+    uint64_t open_by[S_TRANSPORTS];         /* what they show */
 };
 
 static void s_release(s_cc_t *cc);
@@ -385,6 +394,7 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     if (cc->next)
         cc->next->prev = cc->prev;
     self->stats.open--;
+    router_metric_set(self->m_open[cc->transport], --self->open_by[cc->transport]);
     free(cc->owed);
     free(cc);
     s_maybe_finish_drain(self);
@@ -419,9 +429,11 @@ static s_cc_t *s_cc_new(router_comms_t *self)
     return cc;
 }
 
-static void s_cc_attach(router_comms_t *self, s_cc_t *cc, router_conn_t *conn)
+static void s_cc_attach(router_comms_t *self, s_cc_t *cc, router_conn_t *conn, int transport)
 {
     cc->conn = conn;
+    cc->transport = transport;
+    router_metric_set(self->m_open[transport], ++self->open_by[transport]);
     cc->next = self->conns;
     if (self->conns)
         self->conns->prev = cc;
@@ -440,7 +452,8 @@ static void s_on_accept(router_listener_t *listener, router_conn_t *conn, void *
         return;
     }
     router_conn_set_handlers(conn, &s_handlers, cc);
-    s_cc_attach(self, cc, conn);
+    s_cc_attach(self, cc, conn,
+                router_addr_family(router_listener_addr(listener)) == AF_UNIX ? S_UDS : S_TCP);
 }
 
 int router_comms_serve_fd(router_comms_t *self, int fd)
@@ -461,7 +474,7 @@ int router_comms_serve_fd(router_comms_t *self, int fd)
         free(cc);
         return -1;
     }
-    s_cc_attach(self, cc, conn);
+    s_cc_attach(self, cc, conn, S_INPROC);
     return 0;
 }
 
@@ -508,6 +521,13 @@ router_comms_t *router_comms_new(const router_comms_opts_t *opts)
             self->m_rejected[r] = router_metrics_add(opts->metrics, "kith_comms_rejected_total",
                                                      labels, ROUTER_METRIC_COUNTER,
                                                      "Envelopes refused, by typed reason.");
+        }
+        for (int t = 0; t < S_TRANSPORTS; t++) {
+            char labels[32];
+            snprintf(labels, sizeof labels, "transport=\"%s\"", s_transport_names[t]);
+            self->m_open[t] = router_metrics_add(opts->metrics, "kith_comms_connections_open",
+                                                 labels, ROUTER_METRIC_GAUGE,
+                                                 "Signed-envelope connections open, by transport.");
         }
     }
     return self;

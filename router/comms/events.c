@@ -45,6 +45,7 @@ struct router_events {
     bool draining;
     router_events_stats_t stats;
     router_metric_t *m_queued, *m_skipped;
+    router_metric_t *m_open;       /* kith_events_connections_open */
 };
 
 /* ---------------------------------------------------------------- lines */
@@ -174,6 +175,7 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     if (ec->next)
         ec->next->prev = ec->prev;
     self->stats.open--;
+    router_metric_set(self->m_open, self->stats.open);
     free(ec);
 }
 
@@ -212,6 +214,7 @@ static void s_on_accept(router_listener_t *listener, router_conn_t *conn, void *
         self->conns->prev = ec;
     self->conns = ec;
     self->stats.open++;
+    router_metric_set(self->m_open, self->stats.open);
     router_conn_set_handlers(conn, &s_handlers, ec);
 }
 
@@ -237,6 +240,9 @@ router_events_t *router_events_new(const router_events_opts_t *opts)
         self->m_skipped = router_metrics_add(
             opts->metrics, "kith_events_skipped_total", NULL, ROUTER_METRIC_COUNTER,
             "Plain event lines skipped (malformed, too long, inbox full).");
+        self->m_open = router_metrics_add(opts->metrics, "kith_events_connections_open", NULL,
+                                          ROUTER_METRIC_GAUGE,
+                                          "Plain event-line connections open.");
     }
     return self;
 }
