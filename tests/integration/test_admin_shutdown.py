@@ -3,7 +3,8 @@ gateway's drain (WIRE §17.3, §9.2) on the real `kith daemon`: the 202 goes
 out whole before the connection closes, a request pipelined behind it is
 not served, idle keep-alive connections and SSE streams end with a clean
 FIN (not a reset), a WebSocket gets a 1001 close frame, and the process
-exits 0. SIGTERM drains the same way."""
+exits 0. SIGTERM drains the same way. `kith gateway` serves HTTP without
+the comms listeners."""
 
 import base64
 import json
@@ -152,8 +153,23 @@ def main():
         finally:
             node.cleanup()
 
+    def kith_gateway_serves_http_without_comms():
+        node = Daemon("gateway-alone", config=cfg, command="gateway").start()
+        try:
+            logs = node.logs()
+            check(node.port is None and node.event_port is None, logs)
+            check('comms off (comms.mode "none")' in logs, logs)
+            status, _, body, _ = curl(gateway_url(node) + "/health")
+            check(status == 200, (status, body))
+            status, _, body, _ = curl("-X", "POST", gateway_url(node) + "/admin/shutdown")
+            check(status == 202 and json.loads(body) == {"shutting_down": True}, (status, body))
+            node.proc.wait(timeout=60)
+            check(node.proc.returncode == 0, f"exit {node.proc.returncode}")
+        finally:
+            node.cleanup()
+
     for fn in (shutdown_over_http, shutdown_refused_with_get_and_keeps_serving,
-               sigterm_drains_the_gateway):
+               sigterm_drains_the_gateway, kith_gateway_serves_http_without_comms):
         results.run(fn)
     return results.summary()
 

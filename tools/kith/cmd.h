@@ -12,6 +12,7 @@ enum {
 };
 
 int kith_cmd_daemon(int argc, char **argv);
+int kith_cmd_gateway(int argc, char **argv);
 int kith_cmd_keygen(int argc, char **argv);
 int kith_cmd_id(int argc, char **argv);
 int kith_cmd_peers(int argc, char **argv);

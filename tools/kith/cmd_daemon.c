@@ -25,8 +25,17 @@
 #include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
 
-static void s_usage(FILE *out)
+static void s_usage(FILE *out, const char *cmd)
 {
+    if (!strcmp(cmd, "gateway")) {
+        fprintf(out,
+                "usage: kith gateway [--home DIR] [--config FILE] [--host H] [--port P] [--echo]\n"
+                "                    [--log-level debug|info|warn|error]\n"
+                "Runs `kith daemon` with comms.mode \"none\": the HTTP gateway, its workers and\n"
+                "the inbox, without the signed-envelope or plain event listeners. Same flags,\n"
+                "files and signals as kith daemon (kith daemon --help).\n");
+        return;
+    }
     fprintf(out,
             "usage: kith daemon [--home DIR] [--config FILE] [--host H] [--port P] [--echo]\n"
             "                   [--log-level debug|info|warn|error]\n"
@@ -263,7 +272,9 @@ static void s_warn_home_mode(const char *home)
                    home, (unsigned) (st.st_mode & 07777), home);
 }
 
-int kith_cmd_daemon(int argc, char **argv)
+/* `kith daemon` and `kith gateway` (cmd names which): one server, the
+ * gateway without the comms listeners. */
+static int s_serve(int argc, char **argv, const char *cmd)
 {
     const char *home_flag = NULL, *config_flag = NULL, *host = NULL, *port = NULL;
     const char *level_text = "info";
@@ -275,12 +286,12 @@ int kith_cmd_daemon(int argc, char **argv)
         {"log-level", required_argument, NULL, S_LOG_LEVEL}, {"echo", no_argument, NULL, S_ECHO},
         {0},
     };
-    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "daemon", .help = "daemon",
+    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = cmd, .help = cmd,
                      .longopts = flags};
     for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
         switch (c) {
         case KITH_OPT_HELP:
-            s_usage(stdout);
+            s_usage(stdout, cmd);
             return KITH_EXIT_OK;
         case S_HOME: home_flag = optarg; break;
         case S_CONFIG: config_flag = optarg; break;
@@ -292,8 +303,8 @@ int kith_cmd_daemon(int argc, char **argv)
         }
     }
     if (kith_opts_rest(&o) < argc) {
-        fprintf(stderr, "kith daemon: unexpected argument '%s'; see kith daemon --help\n",
-                argv[kith_opts_rest(&o)]);
+        fprintf(stderr, "kith %s: unexpected argument '%s'; see kith %s --help\n", cmd,
+                argv[kith_opts_rest(&o)], cmd);
         return KITH_EXIT_FAIL;
     }
 
@@ -310,11 +321,11 @@ int kith_cmd_daemon(int argc, char **argv)
 
     char home[ROUTER_PATH_MAX], err[ROUTER_CONFIG_ERR_MAX] = "";
     if (router_home_resolve(home_flag, home, sizeof home) != 0) {
-        fprintf(stderr, "kith daemon: no home directory: pass --home DIR or set KITH_HOME\n");
+        fprintf(stderr, "kith %s: no home directory: pass --home DIR or set KITH_HOME\n", cmd);
         return KITH_EXIT_FAIL;
     }
     if (router_home_mkdirs(home, 0700) != 0) {
-        fprintf(stderr, "kith daemon: cannot create %s: %m\n", home);
+        fprintf(stderr, "kith %s: cannot create %s: %m\n", cmd, home);
         return KITH_EXIT_FAIL;
     }
     router_config_t cfg;
@@ -323,25 +334,27 @@ int kith_cmd_daemon(int argc, char **argv)
         (host && router_config_set(&cfg, "gateway.host", host, err, sizeof err) != 0) ||
         (port && router_config_set(&cfg, "gateway.port", port, err, sizeof err) != 0) ||
         (echo && router_config_set(&cfg, "gateway.echo", "true", err, sizeof err) != 0) ||
+        (!strcmp(cmd, "gateway") &&
+         router_config_set(&cfg, "comms.mode", "none", err, sizeof err) != 0) ||
         router_config_check(&cfg, err, sizeof err) != 0) {
-        fprintf(stderr, "kith daemon: %s\n", err);
+        fprintf(stderr, "kith %s: %s\n", cmd, err);
         return KITH_EXIT_FAIL;
     }
     router_log_level_t level;
     if (router_log_level_parse(level_text, &level) != 0) {
-        fprintf(stderr, "kith daemon: --log-level must be debug, info, warn or error\n");
+        fprintf(stderr, "kith %s: --log-level must be debug, info, warn or error\n", cmd);
         return KITH_EXIT_FAIL;
     }
     char logdir[ROUTER_PATH_MAX], logpath[ROUTER_PATH_MAX];
     if (router_home_path(home, "logs", logdir, sizeof logdir) != 0 ||
         router_home_path(home, "logs/daemon.log", logpath, sizeof logpath) != 0 ||
         router_home_mkdirs(logdir, 0700) != 0) {
-        fprintf(stderr, "kith daemon: cannot create %s/logs\n", home);
+        fprintf(stderr, "kith %s: cannot create %s/logs\n", cmd, home);
         return KITH_EXIT_FAIL;
     }
     router_log_opts_t lo = {.level = level, .path = logpath};
     if (router_log_start(&lo) != 0)
-        fprintf(stderr, "kith daemon: cannot open %s (%m); logging to stderr only\n", logpath);
+        fprintf(stderr, "kith %s: cannot open %s (%m); logging to stderr only\n", cmd, logpath);
 
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "starting: home %s, config %s", home,
                used ? "config.json" : "embedded defaults");
@@ -358,7 +371,7 @@ int kith_cmd_daemon(int argc, char **argv)
     if (!node) {
         ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "cannot start: %s", err);
         router_log_stop();
-        fprintf(stderr, "kith daemon: %s\n", err);
+        fprintf(stderr, "kith %s: %s\n", cmd, err);
         return KITH_EXIT_FAIL;
     }
     char pk[PROTO_PUBKEY_TEXT_CAP], pid[PROTO_UUID_TEXT_CAP];
@@ -378,7 +391,7 @@ int kith_cmd_daemon(int argc, char **argv)
         ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "cannot start: %s", err);
         router_node_destroy(&node);
         router_log_stop();
-        fprintf(stderr, "kith daemon: %s\n", err);
+        fprintf(stderr, "kith %s: %s\n", cmd, err);
         return KITH_EXIT_FAIL;
     }
     /* Stop taking HTTP connections the moment the drain starts, and let
@@ -399,4 +412,14 @@ int kith_cmd_daemon(int argc, char **argv)
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "stopped");
     router_log_stop();
     return rc == 0 ? KITH_EXIT_OK : KITH_EXIT_FAIL;
+}
+
+int kith_cmd_daemon(int argc, char **argv)
+{
+    return s_serve(argc, argv, "daemon");
+}
+
+int kith_cmd_gateway(int argc, char **argv)
+{
+    return s_serve(argc, argv, "gateway");
 }

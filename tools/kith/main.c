@@ -13,6 +13,7 @@ typedef struct {
 
 static const kith_cmd_t s_cmds[] = {
     {"daemon",   kith_cmd_daemon,   "run the router: comms listeners, gateway, workers"},
+    {"gateway",  kith_cmd_gateway,  "run the HTTP gateway alone (kith daemon without comms listeners)"},
     {"keygen",   kith_cmd_keygen,   "create this node's Ed25519 identity (0600 key)"},
     {"id",       kith_cmd_id,       "print this node's public key and PeerId as JSON"},
     {"peers",    kith_cmd_peers,    "add, remove or list trusted peers"},
