@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "proto/envelope.h"
+#include "proto/envelope_meerkat.h"
 #include "proto/uuid.h"
 #include "router/clock.h"
 #include "router/comms/comms.h"
@@ -674,6 +675,8 @@ typedef struct {
     char inproc[ROUTER_INPROC_NAME_MAX + 1];/* where, for in-process ("" otherwise) */
     uint8_t *frame;                         /* signed frame */
     size_t len;
+    bool oneshot;                           /* the peer's profile is meerkat (WIRE §23.1) */
+    bool no_ack;                            /* the kind gets no ack */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool done;
@@ -704,18 +707,20 @@ static void s_send_on_loop(router_loop_t *loop, void *arg)
         s_send_done(ROUTER_SEND_OFFLINE, "the node is stopping", NULL, job);
         return;
     }
-    if (job->inproc[0] && !router_outbound_connected(self->outbound, job->pk)) {
+    router_outbound_msg_t m = {.peer_pk = job->pk, .addr = &job->addr, .fd = -1,
+                               .frame = job->frame, .len = job->len, .id = job->out->id,
+                               .oneshot = job->oneshot, .no_ack = job->no_ack,
+                               .cb = s_send_done, .ud = job};
+    if (job->inproc[0] && (job->oneshot || !router_outbound_connected(self->outbound, job->pk))) {
         int fd = router_inproc_dial(self->inproc, job->inproc);
         if (fd < 0) {
             s_send_done(ROUTER_SEND_OFFLINE, "nobody is bound at that inproc:// name", NULL, job);
             return;
         }
-        rc = router_outbound_send_fd(self->outbound, job->pk, fd, job->frame, job->len,
-                                     job->out->id, s_send_done, job);
-    } else {
-        rc = router_outbound_send(self->outbound, job->pk, &job->addr, job->frame, job->len,
-                                  job->out->id, s_send_done, job);
+        m.addr = NULL;
+        m.fd = fd;
     }
+    rc = router_outbound_send_msg(self->outbound, &m);
     if (rc != 0) {
         char why[128];
         snprintf(why, sizeof why, "cannot send: %s", strerror(errno));
@@ -770,11 +775,13 @@ int router_node_send(router_node_t *self, const char *to, cbor_item_t **kind,
     /* A reload may swap the store at any moment: copy the peer out under
      * the read lock, and use only the copy. */
     router_peer_addr_t dial;
+    router_peer_profile_t profile = ROUTER_PEER_PROFILE_KITH;
     pthread_rwlock_rdlock(&self->trust_lock);
     const router_peer_t *peer = s_find_peer(self->trust, to);
     if (peer) {
         memcpy(job.pk, peer->pk, 32);
         dial = peer->dial;
+        profile = peer->profile;
     }
     pthread_rwlock_unlock(&self->trust_lock);
     if (!peer) {
@@ -792,6 +799,16 @@ int router_node_send(router_node_t *self, const char *to, cbor_item_t **kind,
                  proto_envelope_reason_str(why));
         goto done;
     }
+    /* Toward Meerkat: only what it can read and re-verify (WIRE §23.4). */
+    char mwhy[128];
+    if (profile == ROUTER_PEER_PROFILE_MEERKAT &&
+        proto_envelope_meerkat_check(env, mwhy, sizeof mwhy) != 0) {
+        snprintf(out->detail, sizeof out->detail, "a Meerkat peer cannot read this: %.110s",
+                 mwhy);
+        goto done;
+    }
+    job.oneshot = profile == ROUTER_PEER_PROFILE_MEERKAT;
+    job.no_ack = !proto_kind_acked(proto_envelope_kind(env));
     if (proto_envelope_sign(env, self->identity.sk) != 0 ||
         proto_envelope_encode_frame(env, &job.frame, &job.len) != 0) {
         snprintf(out->detail, sizeof out->detail, "cannot sign or encode the envelope");

@@ -30,7 +30,7 @@ typedef struct {
     uint64_t seq;       /* inbox sequence of the admitted envelope */
     uint8_t id[16];     /* its id: the ack's in_reply_to */
     uint8_t to[32];     /* the sender: the ack's recipient */
-    bool ack;           /* message and request get an ack; others do not */
+    bool ack;           /* proto_kind_acked: message, fenced message, request, lifecycle */
 } s_owed_t;
 
 typedef struct s_cc s_cc_t;
@@ -298,7 +298,9 @@ static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
                  router_inbox_outcome_str(out), env, peer);
         goto done;
     }
-    bool wants_ack = kind == PROTO_KIND_MESSAGE || kind == PROTO_KIND_REQUEST;
+    /* message, incarnation_fenced_message, request and lifecycle, as
+     * Meerkat acks them (WIRE §8.2, §23.2). */
+    bool wants_ack = proto_kind_acked(kind);
     if (s_owe(cc, seq, env, wants_ack) != 0) {
         /* Admitted but we cannot track its ack: it stays in the inbox, and
          * the sender must not read "refused" into what follows, so the

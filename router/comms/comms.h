@@ -2,7 +2,8 @@
  * inbound connection (TCP, Unix socket, in-process) runs frames through
  *
  *   frame size → decode → signature → addressed to us → sender trusted →
- *   not a replay → admitted to the inbox → signed ack (message, request)
+ *   not a replay → admitted to the inbox → signed ack (message, fenced
+ *   message, request, lifecycle)
  *
  * Each refusal has its typed wire reason, is counted and reported through
  * on_event, and closes the connection once the acks owed for envelopes

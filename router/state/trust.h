@@ -4,12 +4,15 @@
  *   {"peers": [{"name": "bob",
  *               "pubkey": "ed25519:<standard padded base64>",
  *               "addr": "tcp://host:port" | "uds:///abs/path" | "inproc://name",
+ *               "profile": "kith" | "meerkat",
  *               "meta": {"description": "…", "labels": {"k": "v"}}}]}
  *
  * Loading is fail-closed: one bad row (a bad name, key or address, an
  * unknown or duplicate key, a wrong type, a duplicate PeerId) refuses the
  * whole file with an error naming the row by index and, when it has one, its
- * name. "meta" and its two keys are optional; name, pubkey and addr are not.
+ * name. "meta" and its two keys are optional, and so is "profile" (the wire
+ * profile used toward the peer, default "kith": WIRE §23.1); name, pubkey
+ * and addr are not.
  * Names need not be unique; PeerIds (so public keys) must be.
  *
  * Not thread-safe: one thread owns a store; the router swaps in a freshly
@@ -52,6 +55,12 @@ typedef struct {
     char path[ROUTER_CONFIG_UDS_PATH_CAP]; /* UDS: absolute socket path; inproc: node name */
 } router_peer_addr_t;
 
+/* How kith talks to a peer (DESIGN §4, WIRE §23.1). */
+typedef enum {
+    ROUTER_PEER_PROFILE_KITH = 0, /* "kith": envelopes pipelined on one reused connection */
+    ROUTER_PEER_PROFILE_MEERKAT,  /* "meerkat": one envelope per connection, its answer, close */
+} router_peer_profile_t;
+
 typedef struct {
     const char *key;   /* 1..ROUTER_PEER_LABEL_KEY_MAX bytes */
     const char *value; /* 0..ROUTER_PEER_LABEL_VALUE_MAX bytes */
@@ -68,6 +77,7 @@ typedef struct {
     const char *description;       /* meta.description, or NULL */
     const router_label_t *labels;  /* meta.labels in file order */
     size_t nlabels;                /* entries in labels */
+    router_peer_profile_t profile; /* "profile", default kith */
 } router_peer_t;
 
 typedef struct router_trust router_trust_t;
@@ -120,6 +130,16 @@ const router_peer_t *router_trust_by_name(const router_trust_t *t, const char *n
 int router_trust_add(router_trust_t *t, const char *name, const uint8_t pk[32], const char *addr,
                      const char *description, const router_label_t *labels, size_t nlabels,
                      char *err, size_t errcap) __attribute__((warn_unused_result));
+
+/* "kith" → KITH, "meerkat" → MEERKAT: 0, or -1 for anything else. */
+int router_peer_profile_parse(const char *text, router_peer_profile_t *out)
+    __attribute__((warn_unused_result));
+const char *router_peer_profile_str(router_peer_profile_t p);
+
+/* Sets the profile of `peer` (a pointer this store returned; rows are added
+ * with the kith profile). Returns 0, or -1 when it is not in the store. */
+int router_trust_set_profile(router_trust_t *t, const router_peer_t *peer,
+                             router_peer_profile_t profile);
 
 /* Removes `peer` (a pointer this store returned). Returns 0, or -1 when it
  * is not in the store. Invalidates every router_peer_t pointer. */
