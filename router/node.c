@@ -49,6 +49,7 @@ struct router_node {
     char inproc_name[ROUTER_INPROC_NAME_MAX + 1]; /* bound name, "" for none */
     router_guard_t *guard;               /* connection bounds and deadlines (comms, events) */
     router_events_t *events;             /* plain event connections */
+    router_pairing_t *pairing;           /* Meerkat pairing on the comms port, or NULL (WIRE §23.6) */
     pthread_t thread;                    /* when started on its own thread */
     bool threaded;
     pthread_mutex_t life_mu;             /* threaded: guards the two flags below */
@@ -364,6 +365,44 @@ static void s_on_signal(router_loop_t *loop, int signo, void *ud)
 
 /* ---------------------------------------------------------------- lifecycle */
 
+static void s_on_paired(void *ud)
+{
+    s_trust_reload(ud, "a Meerkat peer paired");
+}
+
+/* Meerkat pairing on the comms port, with the password from the variable
+ * comms.pairing_password_env names (WIRE §23.6). */
+static int s_pairing(router_node_t *self, char *err, size_t errcap)
+{
+    const char *var = self->cfg.comms.pairing_password_env;
+    const char *password = getenv(var);
+    if (!password || strlen(password) < ROUTER_PAIRING_PASSWORD_MIN) {
+        snprintf(err, errcap,
+                 "comms.pairing_password_env: $%s must hold a pairing password of at least %d "
+                 "bytes (a random one-time secret)", var, ROUTER_PAIRING_PASSWORD_MIN);
+        return -1;
+    }
+    if (!self->home[0]) {
+        snprintf(err, errcap, "comms.pairing_password_env: pairing needs a home directory");
+        return -1;
+    }
+    char name[32], address[ROUTER_CONFIG_ADDR_CAP + 8];
+    snprintf(name, sizeof name, "kith-%02x%02x%02x%02x", self->identity.peer_id[0],
+             self->identity.peer_id[1], self->identity.peer_id[2], self->identity.peer_id[3]);
+    snprintf(address, sizeof address, "tcp://%s",
+             self->cfg.comms.advertise_address[0] ? self->cfg.comms.advertise_address
+                                                  : self->cfg.comms.address);
+    router_pairing_opts_t po = {.loop = self->loop, .identity = &self->identity,
+                                .password = password, .name = name, .address = address,
+                                .home = self->home, .on_paired = s_on_paired, .ud = self};
+    if (!(self->pairing = router_pairing_new(&po))) {
+        snprintf(err, errcap, "out of memory");
+        return -1;
+    }
+    router_comms_set_pairing(self->comms, self->pairing);
+    return 0;
+}
+
 router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t errcap)
 {
     router_node_t *self = calloc(1, sizeof *self);
@@ -505,6 +544,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
     }
     if (s_seed_replay(self, err, errcap) != 0)
         goto fail;
+    if (opts->listen && self->cfg.comms.pairing_password_env[0] && s_pairing(self, err, errcap) != 0)
+        goto fail;
 
     if (opts->listen && s_listen(self, err, errcap) != 0)
         goto fail;
@@ -559,9 +600,11 @@ static void s_teardown(router_node_t *self)
      * inside router_loop_destroy and find comms and outbound gone. */
     router_outbound_destroy(&self->outbound);
     router_comms_destroy(&self->comms);
+    router_pairing_quiesce(self->pairing); /* its file writes finish before the loop goes */
     router_guard_destroy(&self->guard); /* every entry left with comms and events */
     router_inbox_destroy(&self->inbox); /* flushes what is pending, joins the store thread */
     router_loop_destroy(&self->loop);
+    router_pairing_destroy(&self->pairing);
 }
 
 /* The node's own thread: runs the loop, then waits for router_node_destroy

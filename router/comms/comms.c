@@ -14,6 +14,7 @@
 #include "router/clock.h"
 #include "router/comms/framed.h"
 #include "router/comms/guard.h"
+#include "router/comms/pairing.h"
 #include "router/comms/replay.h"
 #include "router/log.h"
 
@@ -47,6 +48,8 @@ struct s_cc {
     bool paused;                 /* reading paused for backpressure */
     bool closing;                /* router_conn_close was called */
     uint8_t sender[32];          /* key of the last trusted, verified sender; zeros until one */
+    bool sniffed;                /* the first byte was seen (a '{' starts Meerkat pairing) */
+    router_pairing_conn_t *pairing; /* a pairing handshake owns the connection (WIRE §23.6) */
     s_cc_t *prev, *next;         /* all connections */
 };
 
@@ -57,6 +60,7 @@ struct router_comms {
     router_inbox_t *inbox;
     router_replay_t *replay;
     router_guard_t *guard;             /* shared with plain events; borrowed or own */
+    router_pairing_t *pairing;         /* Meerkat pairing on the comms port; borrowed, or NULL: off */
     bool own_guard;                    /* ...made here (opts.guard was NULL) */
     uint32_t frame_max;
     bool require_peer_auth;
@@ -322,6 +326,23 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
 {
     s_cc_t *cc = ud;
     unsigned frames = 0;
+    /* A frame starts with its length; no envelope under 1 MiB starts with
+     * '{' (0x7b), so a first '{' is Meerkat's JSON pairing (WIRE §23.6). */
+    if (!cc->sniffed && len > 0) {
+        cc->sniffed = true;
+        if (data[0] == '{' && cc->comms->pairing) {
+            cc->pairing = router_pairing_conn_new(cc->comms->pairing, conn);
+            if (!cc->pairing) {
+                cc->finishing = true;
+                router_conn_abort(conn); /* too many at once: "try later" */
+                return;
+            }
+        }
+    }
+    if (cc->pairing) {
+        router_pairing_conn_data(cc->pairing, data, len);
+        return;
+    }
     while (len > 0 && !cc->finishing) {
         proto_frame_t f;
         ssize_t n = router_framed_read(&cc->framed, data, len, &f);
@@ -360,6 +381,10 @@ static void s_on_eof(router_conn_t *conn, void *ud)
 {
     (void) conn;
     s_cc_t *cc = ud;
+    if (cc->pairing) {
+        router_conn_close(conn); /* a half-done handshake: nothing more will come */
+        return;
+    }
     /* The sender is done sending; it may still want its acks. */
     cc->finishing = true;
     router_guard_pause(&cc->guard);
@@ -380,6 +405,7 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
         router_guard_count_cut(&cc->guard, ROUTER_GUARD_CUT_DEADLINE);
     router_guard_leave(&cc->guard);
     router_framed_release(&cc->framed);
+    router_pairing_conn_free(&cc->pairing);
     if (cc->prev)
         cc->prev->next = cc->next;
     else
@@ -532,6 +558,7 @@ void router_comms_destroy(router_comms_t **self_p)
         router_conn_disown(cc->conn);
         router_guard_leave(&cc->guard);
         router_framed_release(&cc->framed);
+        router_pairing_conn_free(&cc->pairing);
         free(cc->owed);
         free(cc);
     }
@@ -600,6 +627,11 @@ void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud)
     self->drain_timer = router_loop_timer_add(self->loop, S_DRAIN_TIMEOUT_MS, s_on_drain_timeout,
                                               self);
     s_maybe_finish_drain(self);
+}
+
+void router_comms_set_pairing(router_comms_t *self, router_pairing_t *pairing)
+{
+    self->pairing = pairing;
 }
 
 router_replay_t *router_comms_replay(router_comms_t *self)

@@ -406,6 +406,22 @@ int router_trust_add(router_trust_t *t, const char *name, const uint8_t pk[32], 
     return 0;
 }
 
+void router_peer_name_sanitize(const char *name, const uint8_t peer_id[16],
+                               char out[ROUTER_PEER_NAME_MAX + 1])
+{
+    size_t n = 0;
+    for (const char *p = name ? name : ""; *p && n < ROUTER_PEER_NAME_MAX; p++) {
+        unsigned char c = (unsigned char) *p;
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        out[n++] = ok ? (char) c : '-';
+    }
+    out[n] = '\0';
+    if (n == 0)
+        snprintf(out, ROUTER_PEER_NAME_MAX + 1, "meerkat-%02x%02x%02x%02x", peer_id[0],
+                 peer_id[1], peer_id[2], peer_id[3]);
+}
+
 int router_peer_profile_parse(const char *text, router_peer_profile_t *out)
 {
     if (strcmp(text, "kith") == 0)

@@ -163,6 +163,13 @@ void router_trust_diff(const router_trust_t *before, const router_trust_t *after
 /* Whether name is 1..64 characters of [A-Za-z0-9._-]. */
 bool router_peer_name_valid(const char *name);
 
+/* A valid kith name for a name from elsewhere (Meerkat allows any
+ * non-blank name): every byte outside [A-Za-z0-9._-] becomes '-', cut at
+ * ROUTER_PEER_NAME_MAX; nothing left gives "meerkat-<first 8 hex digits of
+ * peer_id>". */
+void router_peer_name_sanitize(const char *name, const uint8_t peer_id[16],
+                               char out[ROUTER_PEER_NAME_MAX + 1]);
+
 /* Parses a peer address (forms above; a TCP port must not be 0). Returns 0,
  * or -1 with a short reason in why[whycap]. No I/O. */
 int router_peer_addr_parse(const char *addr, router_peer_addr_t *out, char *why, size_t whycap)

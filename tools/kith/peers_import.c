@@ -18,24 +18,6 @@ static const char *s_str(yajl_val obj, const char *key)
     return v ? YAJL_GET_STRING(v) : NULL;
 }
 
-/* A kith name for a Meerkat one: every byte outside [A-Za-z0-9._-] becomes
- * '-', cut at ROUTER_PEER_NAME_MAX; an empty result is "meerkat-<PeerId
- * prefix>". */
-static void s_kith_name(const char *name, const uint8_t peer_id[16], char out[ROUTER_PEER_NAME_MAX + 1])
-{
-    size_t n = 0;
-    for (const char *p = name ? name : ""; *p && n < ROUTER_PEER_NAME_MAX; p++) {
-        unsigned char c = (unsigned char) *p;
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '_' || c == '-';
-        out[n++] = ok ? (char) c : '-';
-    }
-    out[n] = '\0';
-    if (n == 0)
-        snprintf(out, ROUTER_PEER_NAME_MAX + 1, "meerkat-%02x%02x%02x%02x", peer_id[0], peer_id[1],
-                 peer_id[2], peer_id[3]);
-}
-
 static void s_dropped(FILE *report, size_t i, const char *name, const char *why,
                       kith_peers_import_t *out)
 {
@@ -91,7 +73,7 @@ int kith_peers_import_meerkat(router_trust_t *into, const char *text, size_t len
         }
         proto_peer_id(pk, id);
         char kname[ROUTER_PEER_NAME_MAX + 1];
-        s_kith_name(name, id, kname);
+        router_peer_name_sanitize(name, id, kname);
         /* Keys kith's store does not hold are left behind, and said so. */
         for (size_t k = 0; k < row->u.object.len; k++) {
             const char *key = row->u.object.keys[k];
