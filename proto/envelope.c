@@ -156,8 +156,15 @@ const char *proto_kind_str(proto_kind_t k)
     case PROTO_KIND_RESPONSE:  return "response";
     case PROTO_KIND_ACK:       return "ack";
     case PROTO_KIND_LIFECYCLE: return "lifecycle";
+    case PROTO_KIND_FENCED_MESSAGE: return "incarnation_fenced_message";
     }
     return "unknown";
+}
+
+bool proto_kind_acked(proto_kind_t k)
+{
+    return k == PROTO_KIND_MESSAGE || k == PROTO_KIND_FENCED_MESSAGE || k == PROTO_KIND_REQUEST ||
+           k == PROTO_KIND_LIFECYCLE;
 }
 
 const char *proto_handling_str(proto_handling_t h)
@@ -305,6 +312,7 @@ typedef enum {
     S_F_ANY,      /* any value, null included */
     S_F_HANDLING, /* "queue" | "steer" */
     S_F_STATUS,   /* "accepted" | "completed" | "failed" */
+    S_F_RECIPIENT, /* Meerkat's PeerRecipientIncarnation map (WIRE §23.3) */
 } s_field_type_t;
 
 typedef struct {
@@ -316,7 +324,7 @@ typedef struct {
 typedef struct {
     const char *type;      /* kind.type */
     proto_kind_t kind;     /* the enum for it */
-    s_field_t fields[4];   /* its fields besides `type`; name NULL ends the list */
+    s_field_t fields[5];   /* its fields besides `type`; name NULL ends the list */
 } s_variant_t;
 
 static const s_variant_t s_variants[] = {
@@ -326,9 +334,23 @@ static const s_variant_t s_variants[] = {
      {{"intent", S_F_TEXT, 1}, {"params", S_F_ANY, 1}, {"blocks", S_F_ARRAY, 0},
       {"handling_mode", S_F_HANDLING, 0}}},
     {"response", PROTO_KIND_RESPONSE,
-     {{"in_reply_to", S_F_ID, 1}, {"status", S_F_STATUS, 1}, {"result", S_F_ANY, 1}, {NULL, 0, 0}}},
+     {{"in_reply_to", S_F_ID, 1}, {"status", S_F_STATUS, 1}, {"result", S_F_ANY, 1},
+      {"blocks", S_F_ARRAY, 0}, {"handling_mode", S_F_HANDLING, 0}}},
     {"ack", PROTO_KIND_ACK, {{"in_reply_to", S_F_ID, 1}, {NULL, 0, 0}}},
     {"lifecycle", PROTO_KIND_LIFECYCLE, {{"kind", S_F_TEXT, 1}, {"params", S_F_ANY, 1}, {NULL, 0, 0}}},
+    {"incarnation_fenced_message", PROTO_KIND_FENCED_MESSAGE,
+     {{"body", S_F_TEXT, 1}, {"expected_recipient", S_F_RECIPIENT, 1}, {"blocks", S_F_ARRAY, 0},
+      {"handling_mode", S_F_HANDLING, 0}, {NULL, 0, 0}}},
+};
+
+/* Meerkat's PeerRecipientIncarnation: the member a fenced message is for.
+ * Every field is required; others are kept like any unknown field. */
+static const struct {
+    const char *name; /* key */
+    int uint;         /* 1: unsigned integer, 0: text */
+} s_recipient_fields[] = {
+    {"mob_id", 0},          {"agent_identity", 0}, {"host_id", 0}, {"binding_generation", 1},
+    {"member_session_id", 0}, {"generation", 1},   {"fence_token", 1},
 };
 
 #define S_NVARIANTS (sizeof s_variants / sizeof s_variants[0])
@@ -356,6 +378,23 @@ static proto_envelope_reason_t s_field_check(const cbor_item_t *v, s_field_type_
         return s_text_is(v, "accepted") || s_text_is(v, "completed") || s_text_is(v, "failed")
                    ? PROTO_ENV_OK
                    : PROTO_ENV_BAD_VALUE;
+    case S_F_RECIPIENT: {
+        if (!cbor_isa_map(v))
+            return PROTO_ENV_WRONG_TYPE;
+        size_t n = cbor_map_size(v);
+        struct cbor_pair *pairs = cbor_map_handle(v);
+        for (size_t f = 0; f < sizeof s_recipient_fields / sizeof s_recipient_fields[0]; f++) {
+            const cbor_item_t *fv = NULL;
+            for (size_t i = 0; i < n && !fv; i++)
+                if (s_text_is(pairs[i].key, s_recipient_fields[f].name))
+                    fv = pairs[i].value;
+            if (!fv)
+                return PROTO_ENV_MISSING_FIELD;
+            if (s_recipient_fields[f].uint ? !cbor_isa_uint(fv) : !cbor_isa_string(fv))
+                return PROTO_ENV_WRONG_TYPE;
+        }
+        return PROTO_ENV_OK;
+    }
     }
     return PROTO_ENV_WRONG_TYPE;
 }
@@ -847,7 +886,8 @@ int proto_envelope_in_reply_to(const proto_envelope_t *env, uint8_t out[PROTO_UU
 
 proto_handling_t proto_envelope_handling(const proto_envelope_t *env)
 {
-    if (env->kind != PROTO_KIND_MESSAGE && env->kind != PROTO_KIND_REQUEST)
+    if (env->kind != PROTO_KIND_MESSAGE && env->kind != PROTO_KIND_REQUEST &&
+        env->kind != PROTO_KIND_FENCED_MESSAGE && env->kind != PROTO_KIND_RESPONSE)
         return PROTO_HANDLING_NONE;
     const cbor_item_t *v = s_map_get(env->kind_map, "handling_mode");
     if (!v)

@@ -26,9 +26,15 @@
  * Variants (kind.type):
  *   message   {body: text, blocks?: array, handling_mode?: "queue"|"steer"}
  *   request   {intent: text, params: any, blocks?: array, handling_mode?}
- *   response  {in_reply_to: bstr 16, status: "accepted"|"completed"|"failed", result: any}
+ *   response  {in_reply_to: bstr 16, status: "accepted"|"completed"|"failed", result: any,
+ *              blocks?: array, handling_mode?}
  *   ack       {in_reply_to: bstr 16}
  *   lifecycle {kind: text, params: any}
+ *   incarnation_fenced_message {body: text, expected_recipient: map (mob_id, agent_identity,
+ *              host_id, member_session_id: text; binding_generation, generation,
+ *              fence_token: unsigned), blocks?: array, handling_mode?}
+ * Meerkat's other optional fields (content_taint, objective_id,
+ * reply_endpoint) are carried like any field kith does not know.
  * `blocks` is an array of arbitrary values (Meerkat content blocks), checked
  * only against the data model above.
  *
@@ -37,6 +43,7 @@
 #ifndef KITH_PROTO_ENVELOPE_H
 #define KITH_PROTO_ENVELOPE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,6 +72,7 @@ typedef enum {
     PROTO_KIND_RESPONSE,
     PROTO_KIND_ACK,
     PROTO_KIND_LIFECYCLE,
+    PROTO_KIND_FENCED_MESSAGE, /* "incarnation_fenced_message" (Meerkat, WIRE §23.3) */
 } proto_kind_t;
 
 /* handling_mode on message and request; NONE when absent. */
@@ -127,6 +135,9 @@ const char *proto_envelope_reason_str(proto_envelope_reason_t r);
 proto_wire_reason_t proto_envelope_reason_wire(proto_envelope_reason_t r);
 const char *proto_wire_reason_str(proto_wire_reason_t r);
 const char *proto_kind_str(proto_kind_t k);
+/* Whether a receiver acks this kind (message, incarnation_fenced_message,
+ * request, lifecycle: as Meerkat does), so whether a sender waits for one. */
+bool proto_kind_acked(proto_kind_t k);
 const char *proto_handling_str(proto_handling_t h); /* NULL for NONE */
 const char *proto_status_str(proto_status_t s);     /* NULL for NONE */
 

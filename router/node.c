@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "proto/envelope.h"
+#include "proto/envelope_meerkat.h"
 #include "proto/uuid.h"
 #include "router/clock.h"
 #include "router/comms/comms.h"
@@ -48,6 +49,7 @@ struct router_node {
     char inproc_name[ROUTER_INPROC_NAME_MAX + 1]; /* bound name, "" for none */
     router_guard_t *guard;               /* connection bounds and deadlines (comms, events) */
     router_events_t *events;             /* plain event connections */
+    router_pairing_t *pairing;           /* Meerkat pairing on the comms port, or NULL (WIRE §23.6) */
     pthread_t thread;                    /* when started on its own thread */
     bool threaded;
     pthread_mutex_t life_mu;             /* threaded: guards the two flags below */
@@ -378,6 +380,44 @@ static void s_on_signal(router_loop_t *loop, int signo, void *ud)
 
 /* ---------------------------------------------------------------- lifecycle */
 
+static void s_on_paired(void *ud)
+{
+    s_trust_reload(ud, "a Meerkat peer paired");
+}
+
+/* Meerkat pairing on the comms port, with the password from the variable
+ * comms.pairing_password_env names (WIRE §23.6). */
+static int s_pairing(router_node_t *self, char *err, size_t errcap)
+{
+    const char *var = self->cfg.comms.pairing_password_env;
+    const char *password = getenv(var);
+    if (!password || strlen(password) < ROUTER_PAIRING_PASSWORD_MIN) {
+        snprintf(err, errcap,
+                 "comms.pairing_password_env: $%s must hold a pairing password of at least %d "
+                 "bytes (a random one-time secret)", var, ROUTER_PAIRING_PASSWORD_MIN);
+        return -1;
+    }
+    if (!self->home[0]) {
+        snprintf(err, errcap, "comms.pairing_password_env: pairing needs a home directory");
+        return -1;
+    }
+    char name[32], address[ROUTER_CONFIG_ADDR_CAP + 8];
+    snprintf(name, sizeof name, "kith-%02x%02x%02x%02x", self->identity.peer_id[0],
+             self->identity.peer_id[1], self->identity.peer_id[2], self->identity.peer_id[3]);
+    snprintf(address, sizeof address, "tcp://%s",
+             self->cfg.comms.advertise_address[0] ? self->cfg.comms.advertise_address
+                                                  : self->cfg.comms.address);
+    router_pairing_opts_t po = {.loop = self->loop, .identity = &self->identity,
+                                .password = password, .name = name, .address = address,
+                                .home = self->home, .on_paired = s_on_paired, .ud = self};
+    if (!(self->pairing = router_pairing_new(&po))) {
+        snprintf(err, errcap, "out of memory");
+        return -1;
+    }
+    router_comms_set_pairing(self->comms, self->pairing);
+    return 0;
+}
+
 router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t errcap)
 {
     router_node_t *self = calloc(1, sizeof *self);
@@ -519,6 +559,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
     }
     if (s_seed_replay(self, err, errcap) != 0)
         goto fail;
+    if (opts->listen && self->cfg.comms.pairing_password_env[0] && s_pairing(self, err, errcap) != 0)
+        goto fail;
 
     if (opts->listen && s_listen(self, err, errcap) != 0)
         goto fail;
@@ -573,9 +615,11 @@ static void s_teardown(router_node_t *self)
      * inside router_loop_destroy and find comms and outbound gone. */
     router_outbound_destroy(&self->outbound);
     router_comms_destroy(&self->comms);
+    router_pairing_quiesce(self->pairing); /* its file writes finish before the loop goes */
     router_guard_destroy(&self->guard); /* every entry left with comms and events */
     router_inbox_destroy(&self->inbox); /* flushes what is pending, joins the store thread */
     router_loop_destroy(&self->loop);
+    router_pairing_destroy(&self->pairing);
 }
 
 /* The node's own thread: runs the loop, then waits for router_node_destroy
@@ -694,6 +738,8 @@ typedef struct {
     char inproc[ROUTER_INPROC_NAME_MAX + 1];/* where, for in-process ("" otherwise) */
     uint8_t *frame;                         /* signed frame */
     size_t len;
+    bool oneshot;                           /* the peer's profile is meerkat (WIRE §23.1) */
+    bool no_ack;                            /* the kind gets no ack */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool done;
@@ -724,18 +770,20 @@ static void s_send_on_loop(router_loop_t *loop, void *arg)
         s_send_done(ROUTER_SEND_OFFLINE, "the node is stopping", NULL, job);
         return;
     }
-    if (job->inproc[0] && !router_outbound_connected(self->outbound, job->pk)) {
+    router_outbound_msg_t m = {.peer_pk = job->pk, .addr = &job->addr, .fd = -1,
+                               .frame = job->frame, .len = job->len, .id = job->out->id,
+                               .oneshot = job->oneshot, .no_ack = job->no_ack,
+                               .cb = s_send_done, .ud = job};
+    if (job->inproc[0] && (job->oneshot || !router_outbound_connected(self->outbound, job->pk))) {
         int fd = router_inproc_dial(self->inproc, job->inproc);
         if (fd < 0) {
             s_send_done(ROUTER_SEND_OFFLINE, "nobody is bound at that inproc:// name", NULL, job);
             return;
         }
-        rc = router_outbound_send_fd(self->outbound, job->pk, fd, job->frame, job->len,
-                                     job->out->id, s_send_done, job);
-    } else {
-        rc = router_outbound_send(self->outbound, job->pk, &job->addr, job->frame, job->len,
-                                  job->out->id, s_send_done, job);
+        m.addr = NULL;
+        m.fd = fd;
     }
+    rc = router_outbound_send_msg(self->outbound, &m);
     if (rc != 0) {
         char why[128];
         snprintf(why, sizeof why, "cannot send: %s", strerror(errno));
@@ -790,11 +838,13 @@ int router_node_send(router_node_t *self, const char *to, cbor_item_t **kind,
     /* A reload may swap the store at any moment: copy the peer out under
      * the read lock, and use only the copy. */
     router_peer_addr_t dial;
+    router_peer_profile_t profile = ROUTER_PEER_PROFILE_KITH;
     pthread_rwlock_rdlock(&self->trust_lock);
     const router_peer_t *peer = s_find_peer(self->trust, to);
     if (peer) {
         memcpy(job.pk, peer->pk, 32);
         dial = peer->dial;
+        profile = peer->profile;
     }
     pthread_rwlock_unlock(&self->trust_lock);
     if (!peer) {
@@ -812,6 +862,16 @@ int router_node_send(router_node_t *self, const char *to, cbor_item_t **kind,
                  proto_envelope_reason_str(why));
         goto done;
     }
+    /* Toward Meerkat: only what it can read and re-verify (WIRE §23.4). */
+    char mwhy[128];
+    if (profile == ROUTER_PEER_PROFILE_MEERKAT &&
+        proto_envelope_meerkat_check(env, mwhy, sizeof mwhy) != 0) {
+        snprintf(out->detail, sizeof out->detail, "a Meerkat peer cannot read this: %.110s",
+                 mwhy);
+        goto done;
+    }
+    job.oneshot = profile == ROUTER_PEER_PROFILE_MEERKAT;
+    job.no_ack = !proto_kind_acked(proto_envelope_kind(env));
     if (proto_envelope_sign(env, self->identity.sk) != 0 ||
         proto_envelope_encode_frame(env, &job.frame, &job.len) != 0) {
         snprintf(out->detail, sizeof out->detail, "cannot sign or encode the envelope");

@@ -177,7 +177,7 @@ static const s_bad_row_t s_bad_rows[] = {
      "peers[1] \"k\": pubkey: expected a string, got 12"},
     /* structure */
     {"{\"name\": \"x\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\", \"port\": 1}",
-     "peers[1] \"x\": \"port\": unknown key (known: name, pubkey, addr, meta)"},
+     "peers[1] \"x\": \"port\": unknown key (known: name, pubkey, addr, profile, meta)"},
     {"{\"name\": \"x\", \"name\": \"y\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}",
      "peers[1] \"x\": name: duplicate key"},
     {"{\"meta\": {\"owner\": \"z\"}, \"name\": \"m\", \"pubkey\": \"@PK\", \"addr\": \"tcp://h:1\"}",
@@ -298,6 +298,49 @@ static void test_duplicate_names_allowed(void **state)
     assert_null(router_trust_by_name(t, "nobody", &matches));
     assert_int_equal(matches, 0);
     router_trust_destroy(&t);
+}
+
+/* "profile" picks the wire profile (default kith), is written back only
+ * when it is meerkat, and anything else names the row. */
+static void test_profile(void **state)
+{
+    (void) state;
+    char doc[1024], err[ROUTER_TRUST_ERR_MAX];
+    snprintf(doc, sizeof doc,
+             "{\"peers\": [{\"name\": \"m\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:1\","
+             " \"profile\": \"meerkat\"},\n"
+             "            {\"name\": \"k\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:2\"}]}",
+             s_pub(1), s_pub(2));
+    router_trust_t *t = s_parse(doc, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(router_trust_at(t, 0)->profile, ROUTER_PEER_PROFILE_MEERKAT);
+    assert_int_equal(router_trust_at(t, 1)->profile, ROUTER_PEER_PROFILE_KITH);
+    char *json = router_trust_to_json(t, false);
+    assert_non_null(strstr(json, "\"profile\": \"meerkat\""));
+    assert_null(strstr(json, "\"kith\""));
+    router_trust_t *u = s_parse(json, err, sizeof err);
+    assert_non_null(u);
+    router_trust_diff_t d;
+    router_trust_diff(t, u, &d);
+    assert_int_equal(d.changed, 0);
+    assert_int_equal(router_trust_set_profile(u, router_trust_at(u, 1), ROUTER_PEER_PROFILE_MEERKAT), 0);
+    router_trust_diff(t, u, &d);
+    assert_int_equal(d.changed, 1);
+    assert_non_null(strstr(d.text, "(profile)"));
+    free(json);
+    router_trust_destroy(&t);
+    router_trust_destroy(&u);
+    snprintf(doc, sizeof doc,
+             "{\"peers\": [{\"name\": \"m\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:1\","
+             " \"profile\": \"zmq\"}]}", s_pub(1));
+    assert_null(s_parse(doc, err, sizeof err));
+    assert_non_null(strstr(err, "peers[0] \"m\": profile: expected \"kith\" or \"meerkat\""));
+    char name[ROUTER_PEER_NAME_MAX + 1];
+    uint8_t id[16] = {0xab, 0xcd, 0xef, 0x01};
+    router_peer_name_sanitize("Ada Lovelace (ops)", id, name);
+    assert_string_equal(name, "Ada-Lovelace--ops-");
+    router_peer_name_sanitize("", id, name);
+    assert_string_equal(name, "meerkat-abcdef01");
 }
 
 static void test_document_shape(void **state)
@@ -712,6 +755,7 @@ int main(void)
         cmocka_unit_test(test_mixed_order_key_refused),
         cmocka_unit_test(test_duplicate_peer_id_refused),
         cmocka_unit_test(test_duplicate_names_allowed),
+        cmocka_unit_test(test_profile),
         cmocka_unit_test(test_document_shape),
         cmocka_unit_test(test_nesting_bounded_inside_a_bad_row),
         cmocka_unit_test(test_size_bound),

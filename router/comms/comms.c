@@ -15,6 +15,7 @@
 #include "router/clock.h"
 #include "router/comms/framed.h"
 #include "router/comms/guard.h"
+#include "router/comms/pairing.h"
 #include "router/comms/replay.h"
 #include "router/log.h"
 #include "router/net/addr.h"
@@ -32,7 +33,7 @@ typedef struct {
     uint64_t seq;       /* inbox sequence of the admitted envelope */
     uint8_t id[16];     /* its id: the ack's in_reply_to */
     uint8_t to[32];     /* the sender: the ack's recipient */
-    bool ack;           /* message and request get an ack; others do not */
+    bool ack;           /* proto_kind_acked: message, fenced message, request, lifecycle */
 } s_owed_t;
 
 typedef struct s_cc s_cc_t;
@@ -50,6 +51,8 @@ struct s_cc {
     bool closing;                /* router_conn_close was called */
     uint8_t sender[32];          /* key of the last trusted, verified sender; zeros until one */
     int transport;               /* S_TCP, S_UDS or S_INPROC, for the per-transport gauge */
+    bool sniffed;                /* the first byte was seen (a '{' starts Meerkat pairing) */
+    router_pairing_conn_t *pairing; /* a pairing handshake owns the connection (WIRE §23.6) */
     s_cc_t *prev, *next;         /* all connections */
 };
 
@@ -64,6 +67,7 @@ struct router_comms {
     router_inbox_t *inbox;
     router_replay_t *replay;
     router_guard_t *guard;             /* shared with plain events; borrowed or own */
+    router_pairing_t *pairing;         /* Meerkat pairing on the comms port; borrowed, or NULL: off */
     bool own_guard;                    /* ...made here (opts.guard was NULL) */
     uint32_t frame_max;
     bool require_peer_auth;
@@ -307,7 +311,9 @@ static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
                  router_inbox_outcome_str(out), env, peer);
         goto done;
     }
-    bool wants_ack = kind == PROTO_KIND_MESSAGE || kind == PROTO_KIND_REQUEST;
+    /* message, incarnation_fenced_message, request and lifecycle, as
+     * Meerkat acks them (WIRE §8.2, §23.2). */
+    bool wants_ack = proto_kind_acked(kind);
     if (s_owe(cc, seq, env, wants_ack) != 0) {
         /* Admitted but we cannot track its ack: it stays in the inbox, and
          * the sender must not read "refused" into what follows, so the
@@ -329,6 +335,23 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
 {
     s_cc_t *cc = ud;
     unsigned frames = 0;
+    /* A frame starts with its length; no envelope under 1 MiB starts with
+     * '{' (0x7b), so a first '{' is Meerkat's JSON pairing (WIRE §23.6). */
+    if (!cc->sniffed && len > 0) {
+        cc->sniffed = true;
+        if (data[0] == '{' && cc->comms->pairing) {
+            cc->pairing = router_pairing_conn_new(cc->comms->pairing, conn);
+            if (!cc->pairing) {
+                cc->finishing = true;
+                router_conn_abort(conn); /* too many at once: "try later" */
+                return;
+            }
+        }
+    }
+    if (cc->pairing) {
+        router_pairing_conn_data(cc->pairing, data, len);
+        return;
+    }
     while (len > 0 && !cc->finishing) {
         proto_frame_t f;
         ssize_t n = router_framed_read(&cc->framed, data, len, &f);
@@ -367,6 +390,10 @@ static void s_on_eof(router_conn_t *conn, void *ud)
 {
     (void) conn;
     s_cc_t *cc = ud;
+    if (cc->pairing) {
+        router_conn_close(conn); /* a half-done handshake: nothing more will come */
+        return;
+    }
     /* The sender is done sending; it may still want its acks. */
     cc->finishing = true;
     router_guard_pause(&cc->guard);
@@ -387,6 +414,7 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
         router_guard_count_cut(&cc->guard, ROUTER_GUARD_CUT_DEADLINE);
     router_guard_leave(&cc->guard);
     router_framed_release(&cc->framed);
+    router_pairing_conn_free(&cc->pairing);
     if (cc->prev)
         cc->prev->next = cc->next;
     else
@@ -550,6 +578,7 @@ void router_comms_destroy(router_comms_t **self_p)
         router_conn_disown(cc->conn);
         router_guard_leave(&cc->guard);
         router_framed_release(&cc->framed);
+        router_pairing_conn_free(&cc->pairing);
         free(cc->owed);
         free(cc);
     }
@@ -618,6 +647,11 @@ void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud)
     self->drain_timer = router_loop_timer_add(self->loop, S_DRAIN_TIMEOUT_MS, s_on_drain_timeout,
                                               self);
     s_maybe_finish_drain(self);
+}
+
+void router_comms_set_pairing(router_comms_t *self, router_pairing_t *pairing)
+{
+    self->pairing = pairing;
 }
 
 router_replay_t *router_comms_replay(router_comms_t *self)

@@ -2,7 +2,8 @@
  * inbound connection (TCP, Unix socket, in-process) runs frames through
  *
  *   frame size → decode → signature → addressed to us → sender trusted →
- *   not a replay → admitted to the inbox → signed ack (message, request)
+ *   not a replay → admitted to the inbox → signed ack (message, fenced
+ *   message, request, lifecycle)
  *
  * Each refusal has its typed wire reason, is counted and reported through
  * on_event, and closes the connection once the acks owed for envelopes
@@ -19,6 +20,7 @@
 #include "proto/envelope.h"
 #include "router/comms/replay.h"
 #include "router/comms/guard.h"
+#include "router/comms/pairing.h"
 #include "router/metrics.h"
 #include "router/net/conn.h"
 #include "router/net/listen.h"
@@ -105,6 +107,11 @@ typedef struct {
 } router_comms_stats_t;
 
 void router_comms_stats(const router_comms_t *self, router_comms_stats_t *out);
+
+/* Serves Meerkat's pairing handshake on this node's comms connections
+ * whose first byte is '{' (borrowed; NULL switches it off). Loop thread or
+ * before the loop runs. WIRE §23.6. */
+void router_comms_set_pairing(router_comms_t *self, router_pairing_t *pairing);
 
 /* The replay window, borrowed: the node seeds it at start from the ids the
  * inbox remembered (router_inbox_seen_load). */

@@ -4,7 +4,10 @@
  * How a link's end settles the sends still waiting (spec/WIRE.md §9.1): the
  * peer's orderly close (FIN) with no ack is a refusal, because a receiver
  * closes orderly only after a typed refusal; a reset, a socket error, our
- * own cut or a timeout says nothing about the envelope: offline. */
+ * own cut or a timeout says nothing about the envelope: offline.
+ *
+ * Meerkat-profile sends (WIRE §23.1) each get a link of their own that is
+ * never reused: the envelope, its one answer, our orderly close. */
 #include "router/comms/outbound.h"
 
 #include <errno.h>
@@ -22,6 +25,9 @@
 
 /* Sends waiting on one link; past this, send fails with ENOBUFS. */
 #define S_WAITING_MAX 65536u
+/* One-envelope connections (Meerkat profile) open at once, all peers
+ * together; past this, send fails with ENOBUFS. */
+#define S_ONESHOT_MAX 256u
 
 typedef struct s_wait s_wait_t;
 typedef struct s_link s_link_t;
@@ -30,6 +36,7 @@ typedef struct s_link s_link_t;
 struct s_wait {
     uint8_t id[16];       /* the envelope's id: the ack's in_reply_to */
     uint64_t timer;       /* ack timeout */
+    bool no_ack;          /* a kind that gets no ack: settled "sent" by its timer */
     router_send_fn *cb;   /* told once */
     void *ud;
     s_link_t *link;       /* owner */
@@ -43,6 +50,7 @@ struct s_link {
     router_conn_t *conn;          /* NULL once closed */
     router_framed_t framed;       /* acks coming back */
     bool peer_closed;             /* the peer's orderly close (FIN) was read */
+    bool oneshot;                 /* one envelope, one answer, then closed (WIRE §23.1); never reused */
     s_wait_t *head, *tail;        /* waiting sends, in send order */
     size_t waiting;
     s_link_t *prev, *next;
@@ -53,6 +61,8 @@ struct router_outbound {
     const router_identity_t *identity;
     uint32_t ack_timeout_ms;
     s_link_t *links;
+    unsigned oneshots;            /* one-envelope links open */
+    bool destroying;              /* in router_outbound_destroy: close nothing more */
 };
 
 /* ---------------------------------------------------------------- waits */
@@ -81,7 +91,12 @@ static void s_wait_finish(s_wait_t *w, router_send_outcome_t outcome, const char
         router_loop_timer_cancel(ob->loop, w->timer);
     router_send_fn *cb = w->cb;
     void *ud = w->ud;
+    s_link_t *l = w->link;
     free(w);
+    /* A one-envelope link has had its answer: close it orderly (what was
+     * written is flushed first). */
+    if (l->oneshot && l->waiting == 0 && l->conn && !ob->destroying)
+        router_conn_close(l->conn);
     cb(outcome, detail, ack_id, ud);
 }
 
@@ -91,7 +106,10 @@ static void s_on_ack_timeout(router_loop_t *loop, uint64_t id, void *ud)
     (void) id;
     s_wait_t *w = ud;
     w->timer = 0;
-    s_wait_finish(w, ROUTER_SEND_OFFLINE, "no ack before the timeout", NULL);
+    if (w->no_ack)
+        s_wait_finish(w, ROUTER_SEND_SENT, "written; this kind gets no ack", NULL);
+    else
+        s_wait_finish(w, ROUTER_SEND_OFFLINE, "no ack before the timeout", NULL);
 }
 
 /* ---------------------------------------------------------------- acks */
@@ -159,6 +177,8 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
 static void s_link_free(s_link_t *l)
 {
     router_outbound_t *ob = l->ob;
+    if (l->oneshot)
+        ob->oneshots--;
     if (l->prev)
         l->prev->next = l->next;
     else
@@ -216,7 +236,7 @@ static const router_conn_handlers_t s_handlers = {
 static s_link_t *s_link_find(const router_outbound_t *self, const uint8_t pk[32])
 {
     for (s_link_t *l = self->links; l; l = l->next)
-        if (l->conn && memcmp(l->pk, pk, 32) == 0)
+        if (l->conn && !l->oneshot && memcmp(l->pk, pk, 32) == 0)
             return l;
     return NULL;
 }
@@ -241,7 +261,7 @@ static s_link_t *s_link_new(router_outbound_t *self, const uint8_t pk[32])
 
 /* Queues the frame and the wait on a link that has a connection. */
 static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint8_t id[16],
-                       router_send_fn *cb, void *ud)
+                       bool no_ack, router_send_fn *cb, void *ud)
 {
     router_outbound_t *self = l->ob;
     if (l->waiting >= S_WAITING_MAX) {
@@ -253,7 +273,11 @@ static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint
         return -1;
     /* The timer first: a send that could never time out would leave its
      * caller waiting forever (router_node_send blocks on it). */
-    w->timer = router_loop_timer_add(self->loop, self->ack_timeout_ms, s_on_ack_timeout, w);
+    /* A kind that gets no ack settles "sent" on the next turn of the loop
+     * (never inside this call), after the write was queued. */
+    w->no_ack = no_ack;
+    w->timer = router_loop_timer_add(self->loop, no_ack ? 0 : self->ack_timeout_ms,
+                                     s_on_ack_timeout, w);
     if (!w->timer) {
         int e = errno;
         ROUTER_LOG(ROUTER_LOG_WARN, "comms", "cannot time an ack (%s): send refused", strerror(e));
@@ -305,24 +329,51 @@ static s_link_t *s_link_open(router_outbound_t *self, const uint8_t pk[32],
     return l;
 }
 
+int router_outbound_send_msg(router_outbound_t *self, const router_outbound_msg_t *m)
+{
+    s_link_t *l = NULL;
+    if (m->oneshot && self->oneshots >= S_ONESHOT_MAX) {
+        if (!m->addr && m->fd >= 0)
+            close(m->fd);
+        errno = ENOBUFS;
+        return -1;
+    }
+    if (!m->oneshot && m->addr)
+        l = s_link_find(self, m->peer_pk);
+    if (!l) {
+        if (!(l = s_link_open(self, m->peer_pk, m->addr, m->addr ? -1 : m->fd)))
+            return -1;
+        if (m->oneshot) {
+            l->oneshot = true;
+            self->oneshots++;
+        }
+    }
+    if (s_link_send(l, m->frame, m->len, m->id, m->no_ack, m->cb, m->ud) != 0) {
+        int e = errno;
+        if (l->oneshot && l->waiting == 0 && l->conn)
+            router_conn_close(l->conn); /* nothing to wait for: its on_close frees it */
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
 int router_outbound_send(router_outbound_t *self, const uint8_t peer_pk[32],
                          const router_addr_t *addr, const uint8_t *frame, size_t len,
                          const uint8_t id[16], router_send_fn *cb, void *ud)
 {
-    s_link_t *l = s_link_find(self, peer_pk);
-    if (!l && !(l = s_link_open(self, peer_pk, addr, -1)))
-        return -1;
-    return s_link_send(l, frame, len, id, cb, ud);
+    router_outbound_msg_t m = {.peer_pk = peer_pk, .addr = addr, .fd = -1, .frame = frame,
+                               .len = len, .id = id, .cb = cb, .ud = ud};
+    return router_outbound_send_msg(self, &m);
 }
 
 int router_outbound_send_fd(router_outbound_t *self, const uint8_t peer_pk[32], int fd,
                             const uint8_t *frame, size_t len, const uint8_t id[16],
                             router_send_fn *cb, void *ud)
 {
-    s_link_t *l = s_link_open(self, peer_pk, NULL, fd);
-    if (!l)
-        return -1;
-    return s_link_send(l, frame, len, id, cb, ud);
+    router_outbound_msg_t m = {.peer_pk = peer_pk, .fd = fd, .frame = frame, .len = len,
+                               .id = id, .cb = cb, .ud = ud};
+    return router_outbound_send_msg(self, &m);
 }
 
 int router_outbound_connected(const router_outbound_t *self, const uint8_t peer_pk[32])
@@ -348,6 +399,7 @@ void router_outbound_destroy(router_outbound_t **self_p)
     if (!self_p || !*self_p)
         return;
     router_outbound_t *self = *self_p;
+    self->destroying = true;
     while (self->links) {
         s_link_t *l = self->links;
         while (l->head)
@@ -366,6 +418,7 @@ const char *router_send_outcome_str(router_send_outcome_t o)
     case ROUTER_SEND_ACKED: return "acked";
     case ROUTER_SEND_OFFLINE: return "offline";
     case ROUTER_SEND_REJECTED: return "rejected";
+    case ROUTER_SEND_SENT: return "sent";
     }
     return "unknown";
 }

@@ -1,5 +1,6 @@
 /* router/comms/outbound.h — sending signed envelopes to peers (DESIGN §8): one
- * connection per peer, reused; each envelope waits for the peer's signed
+ * connection per peer, reused (or, toward a Meerkat-profile peer, one
+ * connection per envelope, WIRE §23.1); each acked kind waits for the peer's signed
  * ack up to the ack timeout, then the peer is reported offline. A peer that
  * closes the connection orderly (FIN) while envelopes wait has refused them
  * (it closes orderly only on a typed rejection); a reset, an error or a cut
@@ -7,6 +8,7 @@
 #ifndef KITH_ROUTER_OUTBOUND_H
 #define KITH_ROUTER_OUTBOUND_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,6 +22,7 @@ typedef enum {
     ROUTER_SEND_ACKED = 0,  /* the peer's signed ack arrived */
     ROUTER_SEND_OFFLINE,    /* no connection, no ack before the timeout, a reset: unknown */
     ROUTER_SEND_REJECTED,   /* the peer closed orderly without an ack: a typed refusal */
+    ROUTER_SEND_SENT,       /* written; the kind gets no ack (response, ack), so that is all we know */
 } router_send_outcome_t;
 
 /* Called once per send, on the loop thread. `detail` says more ("ack
@@ -58,6 +61,28 @@ int router_outbound_send(router_outbound_t *self, const uint8_t peer_pk[32],
 int router_outbound_send_fd(router_outbound_t *self, const uint8_t peer_pk[32], int fd,
                             const uint8_t *frame, size_t len, const uint8_t id[16],
                             router_send_fn *cb, void *ud) __attribute__((warn_unused_result));
+
+/* One send, fully described (router_outbound_send_msg). */
+typedef struct {
+    const uint8_t *peer_pk;     /* the peer's key, 32 bytes */
+    const router_addr_t *addr;  /* where (TCP, UDS); NULL: serve fd instead */
+    int fd;                     /* with addr NULL: a connected socket, taken (also on failure) */
+    const uint8_t *frame;       /* 4-byte length + CBOR, copied */
+    size_t len;
+    const uint8_t *id;          /* the envelope's id, 16 bytes */
+    bool oneshot;               /* Meerkat profile: a connection of its own, closed after
+                                 * its answer (WIRE §23.1); at most 256 open at once */
+    bool no_ack;                /* the kind gets no ack (proto_kind_acked false): the send
+                                 * settles ROUTER_SEND_SENT once written */
+    router_send_fn *cb;         /* runs exactly once, never from inside the call */
+    void *ud;
+} router_outbound_msg_t;
+
+/* The general send: router_outbound_send and _send_fd are this with
+ * oneshot and no_ack false. Returns 0, or -1 with errno set as they do
+ * (ENOBUFS also when 256 one-envelope connections are open). */
+int router_outbound_send_msg(router_outbound_t *self, const router_outbound_msg_t *m)
+    __attribute__((warn_unused_result));
 
 /* True when a connection to this peer is open (so no new fd is needed). */
 int router_outbound_connected(const router_outbound_t *self, const uint8_t peer_pk[32]);

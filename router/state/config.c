@@ -223,6 +223,7 @@ static const s_key_t s_comms_keys[] = {
     S_U("replay_horizon_s", comms.replay_horizon_s, 1, 31536000),
     S_U("inbox_max_bytes", comms.inbox_max_bytes, 1024, 17179869184ull),
     S_S("session", comms.session, false, s_check_session, "a session name"),
+    S_S("pairing_password_env", comms.pairing_password_env, true, s_check_env_name, S_ENV),
 };
 
 static const s_key_t s_workers_keys[] = {

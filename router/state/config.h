@@ -81,6 +81,7 @@ typedef struct {
         uint32_t replay_horizon_s;                         /* how long ids without a time are remembered, 1..31536000 */
         uint64_t inbox_max_bytes;                          /* frame bytes the inbox holds, 1024..17179869184 */
         char session[ROUTER_CONFIG_SESSION_CAP];           /* session that takes comms turns */
+        char pairing_password_env[ROUTER_CONFIG_ENV_CAP];  /* env var holding the Meerkat pairing password (WIRE §23.6), or "" */
     } comms;
     struct {
         uint32_t agent_threads;                            /* embedded agent workers, 0..256 */

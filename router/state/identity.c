@@ -330,9 +330,10 @@ static int s_refuse_lost_key(const s_paths_t *p, char *err, size_t errcap)
     return -1;
 }
 
-/* router_identity_create, also saying whether a key file was already there. */
-static int s_create(const char *home, router_identity_t *out, bool *exists, char *err,
-                    size_t errcap)
+/* router_identity_create (a random seed, or `given`), also saying whether a
+ * key file was already there. */
+static int s_create(const char *home, const uint8_t *given, router_identity_t *out, bool *exists,
+                    char *err, size_t errcap)
 {
     *exists = false;
     memset(out, 0, sizeof *out);
@@ -351,7 +352,10 @@ static int s_create(const char *home, router_identity_t *out, bool *exists, char
     if (s_refuse_lost_key(&p, err, errcap) != 0)
         return -1;
     uint8_t seed[PROTO_SEED_LEN];
-    randombytes_buf(seed, sizeof seed);
+    if (given)
+        memcpy(seed, given, sizeof seed);
+    else
+        randombytes_buf(seed, sizeof seed);
     int rc = s_write_key(&p, seed, exists, err, errcap);
     if (rc == 0)
         s_from_seed(seed, out);
@@ -369,7 +373,14 @@ static int s_create(const char *home, router_identity_t *out, bool *exists, char
 int router_identity_create(const char *home, router_identity_t *out, char *err, size_t errcap)
 {
     bool exists;
-    return s_create(home, out, &exists, err, errcap);
+    return s_create(home, NULL, out, &exists, err, errcap);
+}
+
+int router_identity_create_from_seed(const char *home, const uint8_t seed[32],
+                                     router_identity_t *out, char *err, size_t errcap)
+{
+    bool exists;
+    return s_create(home, seed, out, &exists, err, errcap);
 }
 
 int router_identity_load_or_create(const char *home, router_identity_t *out, bool *created,
@@ -382,7 +393,7 @@ int router_identity_load_or_create(const char *home, router_identity_t *out, boo
         return 0;
     if (!missing)
         return -1;
-    if (s_create(home, out, &exists, err, errcap) == 0) {
+    if (s_create(home, NULL, out, &exists, err, errcap) == 0) {
         if (created)
             *created = true;
         return 0;

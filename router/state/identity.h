@@ -49,6 +49,12 @@ int router_identity_load(const char *home, router_identity_t *out, char *err, si
 int router_identity_create(const char *home, router_identity_t *out, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
+/* As router_identity_create with a given 32-byte Ed25519 seed instead of a
+ * random one (importing a key made elsewhere: router/state/identity_meerkat.h). */
+int router_identity_create_from_seed(const char *home, const uint8_t seed[32],
+                                     router_identity_t *out, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+
 /* Loads the identity under `home`, creating one when there is neither key
  * nor pub file yet (the daemon's first start). *created (may be NULL) says
  * which happened. Returns 0, or -1 with err set. */

@@ -52,7 +52,7 @@ typedef struct {
     uint64_t seq;         /* admission order, increasing, survives restarts */
     uint8_t id[16];       /* envelope id */
     uint8_t from[32];     /* sender's public key */
-    char kind[16];        /* "message", "request", "response", "ack", "lifecycle" */
+    char kind[32];        /* "message", "request", "response", "ack", "lifecycle", "incarnation_fenced_message" */
     uint64_t received_ms; /* Unix ms at admission */
     uint8_t *frame;       /* the envelope's CBOR; owned by the entry */
     size_t frame_len;     /* bytes at frame */

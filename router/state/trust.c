@@ -406,6 +406,49 @@ int router_trust_add(router_trust_t *t, const char *name, const uint8_t pk[32], 
     return 0;
 }
 
+void router_peer_name_sanitize(const char *name, const uint8_t peer_id[16],
+                               char out[ROUTER_PEER_NAME_MAX + 1])
+{
+    size_t n = 0;
+    for (const char *p = name ? name : ""; *p && n < ROUTER_PEER_NAME_MAX; p++) {
+        unsigned char c = (unsigned char) *p;
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        out[n++] = ok ? (char) c : '-';
+    }
+    out[n] = '\0';
+    if (n == 0)
+        snprintf(out, ROUTER_PEER_NAME_MAX + 1, "meerkat-%02x%02x%02x%02x", peer_id[0],
+                 peer_id[1], peer_id[2], peer_id[3]);
+}
+
+int router_peer_profile_parse(const char *text, router_peer_profile_t *out)
+{
+    if (strcmp(text, "kith") == 0)
+        *out = ROUTER_PEER_PROFILE_KITH;
+    else if (strcmp(text, "meerkat") == 0)
+        *out = ROUTER_PEER_PROFILE_MEERKAT;
+    else
+        return -1;
+    return 0;
+}
+
+const char *router_peer_profile_str(router_peer_profile_t p)
+{
+    return p == ROUTER_PEER_PROFILE_MEERKAT ? "meerkat" : "kith";
+}
+
+int router_trust_set_profile(router_trust_t *t, const router_peer_t *peer,
+                             router_peer_profile_t profile)
+{
+    for (size_t i = 0; i < t->count; i++)
+        if (t->rows[i] == peer) {
+            t->rows[i]->profile = profile;
+            return 0;
+        }
+    return -1;
+}
+
 int router_trust_remove(router_trust_t *t, const router_peer_t *peer)
 {
     size_t i = 0;
@@ -441,8 +484,8 @@ enum {
 };
 
 /* Row keys, in the order they are checked. */
-typedef enum { F_NAME, F_PUBKEY, F_ADDR, F_META, F_NONE } s_field_t;
-static const char *const s_fields[] = {"name", "pubkey", "addr", "meta"};
+typedef enum { F_NAME, F_PUBKEY, F_ADDR, F_PROFILE, F_META, F_NONE } s_field_t;
+static const char *const s_fields[] = {"name", "pubkey", "addr", "profile", "meta"};
 /* meta keys. */
 typedef enum { M_DESCRIPTION, M_LABELS } s_meta_t;
 static const char *const s_meta_fields[] = {"description", "labels"};
@@ -451,7 +494,7 @@ static const char *const s_meta_fields[] = {"description", "labels"};
  * is added (router_trust_add copies them again). */
 typedef struct {
     size_t index;                                /* in the "peers" array */
-    char *field[F_META];                         /* name, pubkey, addr as read */
+    char *field[F_META];                         /* name, pubkey, addr, profile as read */
     char *description;                           /* meta.description, or NULL */
     router_label_t labels[ROUTER_PEER_LABELS_MAX]; /* meta.labels read so far */
     size_t nlabels;                              /* entries in labels */
@@ -568,7 +611,7 @@ static int s_row_value(s_reader_t *r, const router_jsonc_value_t *v)
     if (v->type != ROUTER_JSONC_STRING)
         return s_row_fail(r, "%s: expected a string, got %s", s_fields[row->at], got);
     static const size_t max[F_META] = {ROUTER_PEER_NAME_MAX, PROTO_PUBKEY_TEXT_LEN,
-                                       ROUTER_PEER_ADDR_MAX};
+                                       ROUTER_PEER_ADDR_MAX, 16};
     /* Longer than allowed is reported by the row check, which names the
      * value better; only wildly long text is cut off here. */
     row->field[row->at] = s_row_copy(r, s_fields[row->at], v->s, v->len, 4 * max[row->at]);
@@ -695,7 +738,8 @@ static int s_on_key(void *ctx, const unsigned char *k, size_t len)
     case S_AT_ROW: {
         int f = s_lookup(s_fields, F_NONE, k, len);
         if (f < 0)
-            return s_row_fail(r, "%s: unknown key (known: name, pubkey, addr, meta)", shown);
+            return s_row_fail(r, "%s: unknown key (known: name, pubkey, addr, profile, meta)",
+                              shown);
         if (row->seen & (1u << f))
             return s_row_fail(r, "%s: duplicate key", s_fields[f]);
         row->seen |= 1u << f;
@@ -733,7 +777,7 @@ static int s_row_end(s_reader_t *r)
     r->depth = S_AT_PEERS;
     if (row->failed)
         return s_row_refuse(r);
-    for (int f = F_NAME; f < F_META; f++)
+    for (int f = F_NAME; f < F_PROFILE; f++)
         if (!row->field[f]) {
             s_row_fail(r, "%s: missing", s_fields[f]);
             return s_row_refuse(r);
@@ -753,11 +797,21 @@ static int s_row_end(s_reader_t *r)
                    shown);
         return s_row_refuse(r);
     }
+    router_peer_profile_t profile = ROUTER_PEER_PROFILE_KITH;
+    if (row->field[F_PROFILE] &&
+        router_peer_profile_parse(row->field[F_PROFILE], &profile) != 0) {
+        char shown[ROUTER_JSONC_QUOTE_MAX + 16];
+        router_jsonc_quote((const unsigned char *) row->field[F_PROFILE],
+                           strlen(row->field[F_PROFILE]), shown, sizeof shown);
+        s_row_fail(r, "profile: expected \"kith\" or \"meerkat\", got %s", shown);
+        return s_row_refuse(r);
+    }
     if (router_trust_add(r->t, row->field[F_NAME], pk, row->field[F_ADDR], row->description,
                          row->labels, row->nlabels, row->why, sizeof row->why) != 0) {
         row->failed = true;
         return s_row_refuse(r);
     }
+    r->t->rows[r->t->count - 1]->profile = profile;
     s_row_clear(row);
     return 1;
 }
@@ -865,6 +919,8 @@ static const char *s_peer_change(const router_peer_t *a, const router_peer_t *b)
         return "name";
     if (strcmp(a->addr, b->addr) != 0)
         return "addr";
+    if (a->profile != b->profile)
+        return "profile";
     bool same = (a->description == NULL) == (b->description == NULL) &&
                 (!a->description || strcmp(a->description, b->description) == 0) &&
                 a->nlabels == b->nlabels;
@@ -945,6 +1001,10 @@ char *router_trust_to_json(const router_trust_t *t, bool with_peer_id)
         }
         router_jsonc_gen_text(g, "addr");
         router_jsonc_gen_text(g, p->addr);
+        if (p->profile != ROUTER_PEER_PROFILE_KITH) {
+            router_jsonc_gen_text(g, "profile");
+            router_jsonc_gen_text(g, router_peer_profile_str(p->profile));
+        }
         if (p->description || p->nlabels) {
             router_jsonc_gen_text(g, "meta");
             yajl_gen_map_open(g);

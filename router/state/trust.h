@@ -4,12 +4,15 @@
  *   {"peers": [{"name": "bob",
  *               "pubkey": "ed25519:<standard padded base64>",
  *               "addr": "tcp://host:port" | "uds:///abs/path" | "inproc://name",
+ *               "profile": "kith" | "meerkat",
  *               "meta": {"description": "…", "labels": {"k": "v"}}}]}
  *
  * Loading is fail-closed: one bad row (a bad name, key or address, an
  * unknown or duplicate key, a wrong type, a duplicate PeerId) refuses the
  * whole file with an error naming the row by index and, when it has one, its
- * name. "meta" and its two keys are optional; name, pubkey and addr are not.
+ * name. "meta" and its two keys are optional, and so is "profile" (the wire
+ * profile used toward the peer, default "kith": WIRE §23.1); name, pubkey
+ * and addr are not.
  * Names need not be unique; PeerIds (so public keys) must be.
  *
  * Not thread-safe: one thread owns a store; the router swaps in a freshly
@@ -52,6 +55,12 @@ typedef struct {
     char path[ROUTER_CONFIG_UDS_PATH_CAP]; /* UDS: absolute socket path; inproc: node name */
 } router_peer_addr_t;
 
+/* How kith talks to a peer (DESIGN §4, WIRE §23.1). */
+typedef enum {
+    ROUTER_PEER_PROFILE_KITH = 0, /* "kith": envelopes pipelined on one reused connection */
+    ROUTER_PEER_PROFILE_MEERKAT,  /* "meerkat": one envelope per connection, its answer, close */
+} router_peer_profile_t;
+
 typedef struct {
     const char *key;   /* 1..ROUTER_PEER_LABEL_KEY_MAX bytes */
     const char *value; /* 0..ROUTER_PEER_LABEL_VALUE_MAX bytes */
@@ -68,6 +77,7 @@ typedef struct {
     const char *description;       /* meta.description, or NULL */
     const router_label_t *labels;  /* meta.labels in file order */
     size_t nlabels;                /* entries in labels */
+    router_peer_profile_t profile; /* "profile", default kith */
 } router_peer_t;
 
 typedef struct router_trust router_trust_t;
@@ -121,6 +131,16 @@ int router_trust_add(router_trust_t *t, const char *name, const uint8_t pk[32], 
                      const char *description, const router_label_t *labels, size_t nlabels,
                      char *err, size_t errcap) __attribute__((warn_unused_result));
 
+/* "kith" → KITH, "meerkat" → MEERKAT: 0, or -1 for anything else. */
+int router_peer_profile_parse(const char *text, router_peer_profile_t *out)
+    __attribute__((warn_unused_result));
+const char *router_peer_profile_str(router_peer_profile_t p);
+
+/* Sets the profile of `peer` (a pointer this store returned; rows are added
+ * with the kith profile). Returns 0, or -1 when it is not in the store. */
+int router_trust_set_profile(router_trust_t *t, const router_peer_t *peer,
+                             router_peer_profile_t profile);
+
 /* Removes `peer` (a pointer this store returned). Returns 0, or -1 when it
  * is not in the store. Invalidates every router_peer_t pointer. */
 int router_trust_remove(router_trust_t *t, const router_peer_t *peer);
@@ -142,6 +162,13 @@ void router_trust_diff(const router_trust_t *before, const router_trust_t *after
 
 /* Whether name is 1..64 characters of [A-Za-z0-9._-]. */
 bool router_peer_name_valid(const char *name);
+
+/* A valid kith name for a name from elsewhere (Meerkat allows any
+ * non-blank name): every byte outside [A-Za-z0-9._-] becomes '-', cut at
+ * ROUTER_PEER_NAME_MAX; nothing left gives "meerkat-<first 8 hex digits of
+ * peer_id>". */
+void router_peer_name_sanitize(const char *name, const uint8_t peer_id[16],
+                               char out[ROUTER_PEER_NAME_MAX + 1]);
 
 /* Parses a peer address (forms above; a TCP port must not be 0). Returns 0,
  * or -1 with a short reason in why[whycap]. No I/O. */

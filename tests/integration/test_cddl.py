@@ -272,6 +272,16 @@ def check_envelopes(schema):
     missing = SCHEMA_REASONS - seen
     check("every schema-level rejection has a negative vector", not missing,
           f"none for {sorted(missing)}")
+    # The Meerkat-profile vectors (WIRE.md §23): its kinds and optional fields.
+    with open(os.path.join(SRC, "spec", "vectors", "meerkat.json"), encoding="utf-8") as f:
+        meerkat = json.load(f)
+    for vec in meerkat["valid"]:
+        item, err = decode(frame_payload(bytes.fromhex(vec["frame_hex"])) or b"")
+        check(f"envelope meerkat/{vec['name']} matches `envelope`",
+              err is None and schema.match_rule(item, "envelope"), err or "")
+    item, err = decode(bytes.fromhex(meerkat["meerkat_rct_signable_hex"]))
+    check("meerkat rct signable matches `signable`",
+          err is None and schema.match_rule(item, "signable"), err or "")
 
 
 # ------------------------------------------------------------------ worker.cddl

@@ -17,14 +17,17 @@
 #include "router/state/trust.h"
 #include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
+#include "tools/kith/peers_import.h"
 
 static void s_usage(FILE *out)
 {
     fprintf(out,
             "usage: kith peers add --name NAME --pubkey ed25519:KEY --addr ADDR\n"
+            "                      [--profile kith|meerkat]\n"
             "                      [--description TEXT] [--label KEY=VALUE]... [--home DIR]\n"
             "       kith peers remove NAME|PEER_ID [--home DIR]\n"
             "       kith peers list [--json] [--home DIR]\n"
+            "       kith peers import FILE [--home DIR]\n"
             "\n"
             "Edits DIR/trusted_peers.json, the peers this node accepts envelopes from.\n"
             "  NAME    1..64 characters of [A-Za-z0-9._-]; several peers may share one\n"
@@ -32,6 +35,14 @@ static void s_usage(FILE *out)
             "  ADDR    tcp://host:port, tcp://[v6]:port, uds:///abs/path or inproc://name\n"
             "  PEER_ID the peer's UUID from `kith id` or `kith peers list`\n"
             "  --json  print the store as JSON, with each peer's peer_id\n"
+            "  --profile  how to talk to the peer: kith (default; envelopes pipelined on one\n"
+            "          connection) or meerkat (one envelope per connection; only what Meerkat\n"
+            "          can read is sent). A running daemon applies changes at once.\n"
+            "  import FILE  add the rows of a Meerkat trusted_peers.json (Meerkat accepts any\n"
+            "          non-blank name and ignores unknown keys; kith's file stays strict):\n"
+            "          each row gets profile meerkat; a name kith cannot hold is renamed,\n"
+            "          unknown keys are left behind, and a row kith cannot trust is dropped;\n"
+            "          every such change is printed. spec/WIRE.md §23.5\n"
             "  --home DIR  state directory (else $KITH_HOME, else ~/.kith)\n");
 }
 
@@ -121,6 +132,7 @@ static int s_save(s_store_t *s)
 static int s_add(int argc, char **argv, const char *home_flag)
 {
     const char *name = NULL, *pubkey = NULL, *addr = NULL, *description = NULL;
+    router_peer_profile_t profile = ROUTER_PEER_PROFILE_KITH;
     router_label_t labels[ROUTER_PEER_LABELS_MAX];
     char *label_text[ROUTER_PEER_LABELS_MAX];
     size_t nlabels = 0;
@@ -129,7 +141,8 @@ static int s_add(int argc, char **argv, const char *home_flag)
     static const struct option flags[] = {
         {"name", required_argument, NULL, 'n'},        {"pubkey", required_argument, NULL, 'k'},
         {"addr", required_argument, NULL, 'a'},        {"label", required_argument, NULL, 'l'},
-        {"description", required_argument, NULL, 'd'}, {0},
+        {"description", required_argument, NULL, 'd'}, {"profile", required_argument, NULL, 'P'},
+        {0},
     };
     kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "peers add", .help = "peers",
                      .longopts = flags};
@@ -147,6 +160,11 @@ static int s_add(int argc, char **argv, const char *home_flag)
             addr = val;
         } else if (c == 'd') {
             description = val;
+        } else if (c == 'P') {
+            if (router_peer_profile_parse(val, &profile) != 0) {
+                fprintf(stderr, "kith peers add: --profile is kith or meerkat, got '%s'\n", val);
+                goto done;
+            }
         } else if (c == 'l') {
             const char *eq = strchr(val, '=');
             if (!eq || eq == val) {
@@ -199,6 +217,7 @@ static int s_add(int argc, char **argv, const char *home_flag)
         fprintf(stderr, "kith peers add: %s\n", err);
         goto done;
     }
+    (void) router_trust_set_profile(store.trust, router_trust_by_pubkey(store.trust, pk), profile);
     if (s_save(&store) != 0)
         goto done;
     const router_peer_t *p = router_trust_by_pubkey(store.trust, pk);
@@ -319,6 +338,49 @@ static int s_list(int argc, char **argv, const char *home_flag)
     return rc;
 }
 
+/* ------------------------------------------------------------ import */
+
+static int s_import(int argc, char **argv, const char *home_flag)
+{
+    if (argc != 2 || argv[1][0] == '-') {
+        fprintf(stderr, "kith peers import: expected one FILE (a Meerkat trusted_peers.json)\n");
+        return KITH_EXIT_FAIL;
+    }
+    FILE *f = fopen(argv[1], "rb");
+    if (!f) {
+        fprintf(stderr, "kith peers import: %s: %s\n", argv[1], strerror(errno));
+        return KITH_EXIT_FAIL;
+    }
+    char *text = malloc(ROUTER_TRUST_FILE_MAX + 1);
+    size_t len = text ? fread(text, 1, ROUTER_TRUST_FILE_MAX + 1, f) : 0;
+    bool bad = ferror(f) || !text;
+    fclose(f);
+    if (bad) {
+        fprintf(stderr, "kith peers import: %s: cannot read\n", argv[1]);
+        free(text);
+        return KITH_EXIT_FAIL;
+    }
+    s_store_t store = {.lock_fd = -1};
+    int rc = KITH_EXIT_FAIL;
+    char err[ROUTER_TRUST_ERR_MAX];
+    kith_peers_import_t res;
+    if (s_open(&store, home_flag, true) != 0)
+        goto done;
+    if (kith_peers_import_meerkat(store.trust, text, len, stdout, &res, err, sizeof err) != 0) {
+        fprintf(stderr, "kith peers import: %s: %s; nothing was imported\n", argv[1], err);
+        goto done;
+    }
+    if (res.imported && s_save(&store) != 0)
+        goto done;
+    printf("imported %zu (%zu renamed), dropped %zu; %zu trusted\n", res.imported, res.renamed,
+           res.dropped, router_trust_count(store.trust));
+    rc = KITH_EXIT_OK;
+done:
+    s_close(&store);
+    free(text);
+    return rc;
+}
+
 int kith_cmd_peers(int argc, char **argv)
 {
     const char *home_flag = NULL;
@@ -339,6 +401,8 @@ int kith_cmd_peers(int argc, char **argv)
         return s_remove(argc - 1, argv + 1, home_flag);
     if (!strcmp(sub, "list"))
         return s_list(argc - 1, argv + 1, home_flag);
+    if (!strcmp(sub, "import"))
+        return s_import(argc - 1, argv + 1, home_flag);
     fprintf(stderr, "kith peers: unknown subcommand '%s'; expected add, remove or list\n", sub);
     return KITH_EXIT_FAIL;
 }

@@ -1,6 +1,7 @@
-/* tools/kith/cmd_send.c — `kith send`: sign one message or request with this
- * node's identity, send it to a trusted peer, wait for the signed ack, and
- * print a JSON receipt. Exit 0 acked; 3 refused (the peer closed orderly
+/* tools/kith/cmd_send.c — `kith send`: sign one message, request, lifecycle
+ * event or response with this node's identity, send it to a trusted peer,
+ * wait for the signed ack (a response gets none: "sent" once written), and
+ * print a JSON receipt (one per envelope with --count). Exit 0 acked; 3 refused (the peer closed orderly
  * without an ack, which it does only after a typed refusal); 2 offline or
  * unknown (no ack in time, a reset, a broken connection: the envelope may
  * have been admitted; spec/WIRE.md §9.1); 1 usage or local error. */
@@ -25,12 +26,23 @@
 static void s_usage(FILE *out)
 {
     fprintf(out,
-            "usage: kith send --to NAME|PEER_ID (--body TEXT | --request INTENT [--params JSON])\n"
-            "                 [--home DIR] [--timeout SECONDS]\n"
-            "Signs and sends one envelope to a trusted peer and waits for its signed ack\n"
-            "(default: comms.ack_timeout_ms, 30 s). Prints a JSON receipt.\n"
-            "exit: 0 acked, 3 refused by the peer (orderly close, no ack),\n"
-            "      2 offline or unknown (no ack in time, reset, connection lost), 1 error\n");
+            "usage: kith send --to NAME|PEER_ID\n"
+            "                 (--body TEXT | --request INTENT [--params JSON] |\n"
+            "                  --lifecycle KIND [--params JSON] |\n"
+            "                  --response IN_REPLY_TO --status accepted|completed|failed\n"
+            "                  [--result JSON])\n"
+            "                 [--count N] [--home DIR] [--timeout SECONDS]\n"
+            "Signs and sends one envelope (N with --count, one after another) to a trusted\n"
+            "peer and waits for its signed ack (default: comms.ack_timeout_ms, 30 s); a\n"
+            "response gets no ack and is reported \"sent\" once written. Prints one JSON\n"
+            "receipt per envelope. Toward a peer whose trust row has \"profile\": \"meerkat\"\n"
+            "each envelope goes on a connection of its own, and what Meerkat cannot read is\n"
+            "refused before sending: byte strings or integers below -2^63 in params/result,\n"
+            "a lifecycle KIND other than mob.peer_added, mob.peer_retired, mob.peer_unwired\n"
+            "(spec/WIRE.md §23).\n"
+            "exit: 0 acked (or sent), 3 refused by the peer (orderly close, no ack),\n"
+            "      2 offline or unknown (no ack in time, reset, connection lost), 1 error;\n"
+            "      with --count, the worst outcome\n");
 }
 
 static void s_str(yajl_gen g, const char *key, const char *value)
@@ -65,15 +77,54 @@ static void s_print_receipt(const router_node_receipt_t *r, const char *to, uint
     yajl_gen_free(g);
 }
 
+/* The kind to send, built anew for each envelope (a send takes it). NULL
+ * with err set when a JSON argument does not parse. */
+static cbor_item_t *s_kind(const char *body, const char *intent, const char *params,
+                           const char *lifecycle, proto_status_t st, const uint8_t reply_to[16],
+                           const char *result, char *err, size_t errcap)
+{
+    cbor_item_t *kind = NULL;
+    if (body) {
+        kind = proto_kind_message(body, strlen(body), NULL, PROTO_HANDLING_NONE);
+    } else {
+        const char *json = st != PROTO_STATUS_NONE ? result : params;
+        cbor_item_t *v = router_json_to_cbor(json, strlen(json), err, errcap);
+        if (!v) {
+            char why[160];
+            snprintf(why, sizeof why, "%s", err);
+            snprintf(err, errcap, "--%s: %s", st != PROTO_STATUS_NONE ? "result" : "params", why);
+            return NULL;
+        }
+        if (intent)
+            kind = proto_kind_request(intent, strlen(intent), &v, NULL, PROTO_HANDLING_NONE);
+        else if (lifecycle)
+            kind = proto_kind_lifecycle(lifecycle, strlen(lifecycle), &v);
+        else
+            kind = proto_kind_response(reply_to, st, &v);
+    }
+    if (!kind)
+        snprintf(err, errcap, "out of memory");
+    return kind;
+}
+
+/* Which exit code wins with --count: error, then offline, then refused. */
+static int s_rank(int code)
+{
+    return code == KITH_EXIT_FAIL ? 3 : code == KITH_EXIT_OFFLINE ? 2 : code == KITH_EXIT_REJECTED ? 1 : 0;
+}
+
 int kith_cmd_send(int argc, char **argv)
 {
     const char *home_flag = NULL, *to = NULL, *body = NULL, *intent = NULL, *params = "{}";
-    const char *timeout = NULL;
+    const char *timeout = NULL, *lifecycle = NULL, *response = NULL, *status = NULL;
+    const char *result = "null", *count_text = NULL;
     static const struct option flags[] = {
-        {"home", required_argument, NULL, 'H'},   {"to", required_argument, NULL, 't'},
-        {"body", required_argument, NULL, 'b'},   {"request", required_argument, NULL, 'r'},
-        {"params", required_argument, NULL, 'p'}, {"timeout", required_argument, NULL, 'T'},
-        {0},
+        {"home", required_argument, NULL, 'H'},      {"to", required_argument, NULL, 't'},
+        {"body", required_argument, NULL, 'b'},      {"request", required_argument, NULL, 'r'},
+        {"params", required_argument, NULL, 'p'},    {"timeout", required_argument, NULL, 'T'},
+        {"lifecycle", required_argument, NULL, 'l'}, {"response", required_argument, NULL, 'R'},
+        {"status", required_argument, NULL, 's'},    {"result", required_argument, NULL, 'x'},
+        {"count", required_argument, NULL, 'n'},     {0},
     };
     kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "send", .help = "send", .longopts = flags};
     for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
@@ -87,6 +138,11 @@ int kith_cmd_send(int argc, char **argv)
         case 'r': intent = optarg; break;
         case 'p': params = optarg; break;
         case 'T': timeout = optarg; break;
+        case 'l': lifecycle = optarg; break;
+        case 'R': response = optarg; break;
+        case 's': status = optarg; break;
+        case 'x': result = optarg; break;
+        case 'n': count_text = optarg; break;
         default: return KITH_EXIT_FAIL;
         }
     }
@@ -95,9 +151,36 @@ int kith_cmd_send(int argc, char **argv)
                 argv[kith_opts_rest(&o)]);
         return KITH_EXIT_FAIL;
     }
-    if (!to || (!body == !intent)) {
-        fprintf(stderr, "kith send: give --to and exactly one of --body or --request\n");
+    if (!to || (!!body + !!intent + !!lifecycle + !!response) != 1) {
+        fprintf(stderr, "kith send: give --to and exactly one of --body, --request, --lifecycle "
+                        "or --response\n");
         return KITH_EXIT_FAIL;
+    }
+    proto_status_t st = PROTO_STATUS_NONE;
+    uint8_t reply_to[16];
+    if (response) {
+        if (proto_uuid_parse(response, strlen(response), reply_to) != 0) {
+            fprintf(stderr, "kith send: --response takes the request's id (a UUID)\n");
+            return KITH_EXIT_FAIL;
+        }
+        st = !status                            ? PROTO_STATUS_NONE
+             : strcmp(status, "accepted") == 0  ? PROTO_STATUS_ACCEPTED
+             : strcmp(status, "completed") == 0 ? PROTO_STATUS_COMPLETED
+             : strcmp(status, "failed") == 0    ? PROTO_STATUS_FAILED
+                                                : PROTO_STATUS_NONE;
+        if (st == PROTO_STATUS_NONE) {
+            fprintf(stderr, "kith send: --response needs --status accepted|completed|failed\n");
+            return KITH_EXIT_FAIL;
+        }
+    }
+    long count = 1;
+    if (count_text) {
+        char *end;
+        count = strtol(count_text, &end, 10);
+        if (*end || count < 1 || count > 1000000) {
+            fprintf(stderr, "kith send: --count takes 1 to 1000000\n");
+            return KITH_EXIT_FAIL;
+        }
     }
     signal(SIGPIPE, SIG_IGN);
 
@@ -130,46 +213,45 @@ int kith_cmd_send(int argc, char **argv)
     }
     router_identity_wipe(&probe);
 
-    cbor_item_t *kind = NULL;
-    if (body) {
-        kind = proto_kind_message(body, strlen(body), NULL, PROTO_HANDLING_NONE);
-    } else {
-        cbor_item_t *p = router_json_to_cbor(params, strlen(params), err, sizeof err);
-        if (!p) {
-            fprintf(stderr, "kith send: --params: %s\n", err);
-            return KITH_EXIT_FAIL;
-        }
-        kind = proto_kind_request(intent, strlen(intent), &p, NULL, PROTO_HANDLING_NONE);
-    }
-    if (!kind) {
-        fprintf(stderr, "kith send: out of memory\n");
-        return KITH_EXIT_FAIL;
-    }
-
     router_node_opts_t no = {.home = home, .config = &cfg, .memory_inbox = true};
     router_node_t *node = router_node_new(&no, err, sizeof err);
     if (!node || router_node_start(node) != 0) {
         fprintf(stderr, "kith send: %s\n", node ? "cannot start" : err);
-        cbor_decref(&kind);
         router_node_destroy(&node);
         return KITH_EXIT_FAIL;
     }
-    router_node_receipt_t r;
-    uint64_t t0 = router_clock_mono_ms();
-    int rc = router_node_send(node, to, &kind, &r);
-    uint64_t elapsed = router_clock_mono_ms() - t0;
+    int worst = KITH_EXIT_OK;
+    for (long i = 0; i < count && worst != KITH_EXIT_FAIL; i++) {
+        cbor_item_t *kind = s_kind(body, intent, params, lifecycle, st, reply_to, result, err,
+                                   sizeof err);
+        if (!kind) {
+            fprintf(stderr, "kith send: %s\n", err);
+            worst = KITH_EXIT_FAIL;
+            break;
+        }
+        router_node_receipt_t r;
+        uint64_t t0 = router_clock_mono_ms();
+        int rc = router_node_send(node, to, &kind, &r);
+        uint64_t elapsed = router_clock_mono_ms() - t0;
+        if (rc != 0) {
+            fprintf(stderr, "kith send: %s\n", r.detail);
+            worst = KITH_EXIT_FAIL;
+            break;
+        }
+        s_print_receipt(&r, to, elapsed);
+        int code = KITH_EXIT_FAIL;
+        switch (r.outcome) {
+        case ROUTER_SEND_ACKED:
+        case ROUTER_SEND_SENT: code = KITH_EXIT_OK; break;
+        case ROUTER_SEND_OFFLINE: code = KITH_EXIT_OFFLINE; break;
+        case ROUTER_SEND_REJECTED: code = KITH_EXIT_REJECTED; break;
+        }
+        if (code != KITH_EXIT_OK)
+            fprintf(stderr, "kith send: %s: %s\n", router_send_outcome_str(r.outcome), r.detail);
+        if (s_rank(code) > s_rank(worst))
+            worst = code;
+    }
     router_node_destroy(&node);
-    if (rc != 0) {
-        fprintf(stderr, "kith send: %s\n", r.detail);
-        return KITH_EXIT_FAIL;
-    }
-    s_print_receipt(&r, to, elapsed);
-    if (r.outcome != ROUTER_SEND_ACKED)
-        fprintf(stderr, "kith send: %s: %s\n", router_send_outcome_str(r.outcome), r.detail);
-    switch (r.outcome) {
-    case ROUTER_SEND_ACKED: return KITH_EXIT_OK;
-    case ROUTER_SEND_OFFLINE: return KITH_EXIT_OFFLINE;
-    case ROUTER_SEND_REJECTED: return KITH_EXIT_REJECTED;
-    }
-    return KITH_EXIT_FAIL;
+    return worst;
 }
+

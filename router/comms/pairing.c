@@ -1,0 +1,542 @@
+/* router/comms/pairing.c — Meerkat pairing on the comms port: a line reader
+ * per connection, the challenge and proof check on the loop, and the trust
+ * and binding files written by a short-lived thread that posts the answer
+ * back to the loop. */
+#include "router/comms/pairing.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <sodium.h>
+#include <yajl/yajl_gen.h>
+
+#include "proto/pubkey.h"
+#include "proto/uuid.h"
+#include "router/clock.h"
+#include "router/comms/pairing_msg.h"
+#include "router/log.h"
+#include "router/state/home.h"
+#include "router/state/statefile.h"
+#include "router/state/trust.h"
+
+/* Source addresses whose wrong proofs are remembered. */
+#define S_FAIL_SLOTS 256
+
+typedef struct {
+    uint8_t key[16];     /* the source IP (v4 mapped into 16 bytes) */
+    unsigned fails;      /* wrong proofs since `since` */
+    uint64_t since;      /* mono ms of the first of them */
+} s_fail_t;
+
+typedef enum { S_AWAIT_HELLO, S_AWAIT_PROOF, S_WRITING, S_DONE } s_state_t;
+
+typedef struct s_job s_job_t;
+
+struct router_pairing_conn {
+    router_pairing_t *p;                 /* owner */
+    router_conn_t *conn;
+    s_state_t state;
+    char line[ROUTER_PAIRING_LINE_MAX];  /* the line being read */
+    size_t len;
+    char challenge[PROTO_UUID_TEXT_CAP]; /* sent in the challenge */
+    uint8_t src[16];                     /* source address key */
+    s_job_t *job;                        /* a file write in flight, or NULL */
+};
+
+struct router_pairing {
+    router_loop_t *loop;
+    const router_identity_t *identity;
+    char *password, *name, *address, *home;
+    void (*on_paired)(void *ud);
+    void *ud;
+    unsigned conns;                      /* handshakes open */
+    s_fail_t fails[S_FAIL_SLOTS];
+    router_pairing_stats_t stats;
+    pthread_mutex_t mu;                  /* guards `writers` */
+    pthread_cond_t cv;
+    unsigned writers;                    /* file-writing threads running */
+};
+
+/* A trust + binding write, handed to a thread and back. */
+struct s_job {
+    router_pairing_t *p;
+    router_pairing_conn_t *pc;           /* NULL once the connection closed */
+    router_pairing_msg_t msg;            /* the verified proof */
+    char source[64];                     /* the caller's address, for the binding */
+    char kith_name[ROUTER_PEER_NAME_MAX + 1];
+    int rc;                              /* 0 written */
+    char err[ROUTER_TRUST_ERR_MAX];
+};
+
+/* ---------------------------------------------------------------- answers */
+
+static void s_gen_str(yajl_gen g, const char *k, const char *v)
+{
+    yajl_gen_string(g, (const unsigned char *) k, strlen(k));
+    yajl_gen_string(g, (const unsigned char *) v, strlen(v));
+}
+
+/* Our identity as the handshake names it. */
+static void s_gen_target(yajl_gen g, const router_pairing_t *p)
+{
+    char pub[PROTO_PUBKEY_TEXT_CAP];
+    (void) proto_pubkey_format(p->identity->pk, pub, sizeof pub);
+    yajl_gen_string(g, (const unsigned char *) "target", 6);
+    yajl_gen_map_open(g);
+    s_gen_str(g, "name", p->name);
+    s_gen_str(g, "address", p->address);
+    yajl_gen_string(g, (const unsigned char *) "identity", 8);
+    yajl_gen_map_open(g);
+    s_gen_str(g, "kind", "ed25519_public_key");
+    s_gen_str(g, "public_key", pub);
+    yajl_gen_map_close(g);
+    yajl_gen_map_close(g);
+}
+
+/* Writes g's document and a newline to the connection; frees g. */
+static void s_send_doc(router_pairing_conn_t *pc, yajl_gen g)
+{
+    const unsigned char *buf;
+    size_t len;
+    yajl_gen_map_close(g);
+    if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok) {
+        (void) router_conn_send(pc->conn, buf, len);
+        (void) router_conn_send(pc->conn, "\n", 1);
+    }
+    yajl_gen_free(g);
+}
+
+static yajl_gen s_doc(const char *kind)
+{
+    yajl_gen g = yajl_gen_alloc(NULL);
+    if (!g)
+        return NULL;
+    yajl_gen_map_open(g);
+    s_gen_str(g, "kind", kind);
+    yajl_gen_string(g, (const unsigned char *) "version", 7);
+    yajl_gen_integer(g, ROUTER_PAIRING_VERSION);
+    return g;
+}
+
+/* A refusal: one error line (a Meerkat client reads it as a failed
+ * handshake), then an orderly close. */
+static void s_refuse(router_pairing_conn_t *pc, const char *code, const char *why)
+{
+    router_pairing_t *p = pc->p;
+    p->stats.refused++;
+    ROUTER_LOG(ROUTER_LOG_INFO, "pairing", "refused pairing on connection %llu: %s (%s)",
+               (unsigned long long) router_conn_id(pc->conn), code, why);
+    yajl_gen g = s_doc("meerkat_pairing_error");
+    if (g) {
+        s_gen_str(g, "code", code);
+        s_gen_str(g, "error", why);
+        s_send_doc(pc, g);
+    }
+    pc->state = S_DONE;
+    router_conn_close(pc->conn);
+}
+
+/* ---------------------------------------------------------------- rate limit */
+
+static void s_src_key(const router_conn_t *conn, uint8_t key[16])
+{
+    memset(key, 0, 16);
+    const router_addr_t *a = router_conn_peer(conn);
+    if (!a)
+        return;
+    if (a->u.ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *) &a->u.ss;
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, &in->sin_addr, 4);
+    } else if (a->u.ss.ss_family == AF_INET6) {
+        memcpy(key, &((const struct sockaddr_in6 *) &a->u.ss)->sin6_addr, 16);
+    }
+}
+
+/* The slot for key, or NULL; expired slots read as empty. */
+static s_fail_t *s_fail_find(router_pairing_t *p, const uint8_t key[16], uint64_t now, bool make)
+{
+    s_fail_t *free_slot = NULL, *oldest = NULL;
+    for (size_t i = 0; i < S_FAIL_SLOTS; i++) {
+        s_fail_t *f = &p->fails[i];
+        if (f->fails && now - f->since >= ROUTER_PAIRING_LOCK_MS)
+            f->fails = 0;
+        if (f->fails && memcmp(f->key, key, 16) == 0)
+            return f;
+        if (!f->fails && !free_slot)
+            free_slot = f;
+        if (f->fails && (!oldest || f->since < oldest->since))
+            oldest = f;
+    }
+    if (!make)
+        return NULL;
+    s_fail_t *f = free_slot ? free_slot : oldest;
+    memcpy(f->key, key, 16);
+    f->fails = 0;
+    f->since = now;
+    return f;
+}
+
+static bool s_locked_out(router_pairing_t *p, const uint8_t key[16])
+{
+    s_fail_t *f = s_fail_find(p, key, router_clock_mono_ms(), false);
+    return f && f->fails >= ROUTER_PAIRING_FAILS_MAX;
+}
+
+/* ---------------------------------------------------------------- the file write */
+
+/* Appends one JSON line to the binding file and fsyncs it. */
+static int s_write_binding(const s_job_t *j, const char *home, char *err, size_t errcap)
+{
+    char path[ROUTER_PATH_MAX], uuid[PROTO_UUID_TEXT_CAP];
+    if (router_home_path(home, ROUTER_PAIRING_BINDINGS_FILE, path, sizeof path) != 0) {
+        snprintf(err, errcap, "binding file path too long");
+        return -1;
+    }
+    uint8_t id[16];
+    proto_peer_id(j->msg.pk, id);
+    proto_uuid_format(id, uuid);
+    yajl_gen g = yajl_gen_alloc(NULL);
+    if (!g) {
+        snprintf(err, errcap, "out of memory");
+        return -1;
+    }
+    char ms[24];
+    snprintf(ms, sizeof ms, "%llu", (unsigned long long) router_clock_wall_ms());
+    yajl_gen_map_open(g);
+    s_gen_str(g, "peer_id", uuid);
+    s_gen_str(g, "name", j->kith_name);
+    s_gen_str(g, "meerkat_name", j->msg.name);
+    s_gen_str(g, "pubkey", j->msg.public_key);
+    s_gen_str(g, "address", j->msg.address);
+    s_gen_str(g, "source", j->source);
+    yajl_gen_string(g, (const unsigned char *) "paired_ms", 9);
+    yajl_gen_number(g, ms, strlen(ms));
+    yajl_gen_map_close(g);
+    const unsigned char *buf;
+    size_t len;
+    int rc = -1;
+    yajl_gen_get_buf(g, &buf, &len);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd >= 0 && router_statefile_write_all(fd, buf, len) == 0 &&
+        router_statefile_write_all(fd, "\n", 1) == 0 && fsync(fd) == 0)
+        rc = 0;
+    else
+        snprintf(err, errcap, "%.300s: %s", path, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    yajl_gen_free(g);
+    return rc;
+}
+
+/* Adds (or replaces) the caller in trusted_peers.json under the same lock
+ * `kith peers` takes, with profile meerkat and its meta. */
+static int s_write_trust(s_job_t *j, const char *home, char *err, size_t errcap)
+{
+    char path[ROUTER_PATH_MAX], lock_path[ROUTER_PATH_MAX];
+    if (router_home_path(home, ROUTER_TRUST_FILE, path, sizeof path) != 0 ||
+        router_home_path(home, ROUTER_TRUST_FILE ".lock", lock_path, sizeof lock_path) != 0) {
+        snprintf(err, errcap, "trust file path too long");
+        return -1;
+    }
+    int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock < 0 || flock(lock, LOCK_EX) != 0) {
+        snprintf(err, errcap, "%.300s: %s", lock_path, strerror(errno));
+        if (lock >= 0)
+            close(lock);
+        return -1;
+    }
+    int rc = -1;
+    router_trust_t *t = router_trust_load(path, err, errcap);
+    if (!t)
+        goto done;
+    const router_peer_t *old = router_trust_by_pubkey(t, j->msg.pk);
+    if (old)
+        (void) router_trust_remove(t, old); /* Meerkat upserts: the new address wins */
+    router_label_t labels[2] = {{"paired_via", "meerkat_pairing"}, {"meerkat_name", j->msg.name}};
+    size_t nlabels = strlen(j->msg.name) <= ROUTER_PEER_LABEL_VALUE_MAX ? 2 : 1;
+    if (router_trust_add(t, j->kith_name, j->msg.pk, j->msg.address,
+                         "paired over the Meerkat pairing handshake", labels, nlabels, err,
+                         errcap) != 0)
+        goto done;
+    (void) router_trust_set_profile(t, router_trust_by_pubkey(t, j->msg.pk),
+                                    ROUTER_PEER_PROFILE_MEERKAT);
+    rc = router_trust_save(t, path, err, errcap);
+done:
+    router_trust_destroy(&t);
+    close(lock);
+    return rc;
+}
+
+static void s_job_done(router_loop_t *loop, void *arg);
+
+static void *s_writer(void *arg)
+{
+    s_job_t *j = arg;
+    router_pairing_t *p = j->p;
+    j->rc = s_write_trust(j, p->home, j->err, sizeof j->err);
+    if (j->rc == 0)
+        j->rc = s_write_binding(j, p->home, j->err, sizeof j->err);
+    /* The loop's post queue may be full for a moment: retry, briefly. */
+    for (int i = 0; router_loop_post(p->loop, s_job_done, j) != 0; i++) {
+        if (i == 2000) {
+            ROUTER_LOG(ROUTER_LOG_ERROR, "pairing", "cannot hand a pairing back to the loop");
+            break;
+        }
+        usleep(1000);
+    }
+    pthread_mutex_lock(&p->mu);
+    p->writers--;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void s_job_done(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    s_job_t *j = arg;
+    router_pairing_t *p = j->p;
+    router_pairing_conn_t *pc = j->pc;
+    if (pc)
+        pc->job = NULL;
+    if (j->rc != 0) {
+        ROUTER_LOG(ROUTER_LOG_ERROR, "pairing", "pairing %s not saved: %s", j->kith_name, j->err);
+        if (pc)
+            s_refuse(pc, "internal", "the trust file could not be written");
+    } else {
+        p->stats.paired++;
+        ROUTER_LOG(ROUTER_LOG_INFO, "pairing", "paired %s (%s) at %s", j->kith_name,
+                   j->msg.public_key, j->msg.address);
+        if (pc) {
+            yajl_gen g = s_doc("meerkat_pairing_complete");
+            if (g) {
+                s_gen_str(g, "comms_name", p->name);
+                s_gen_target(g, p);
+                s_send_doc(pc, g);
+            }
+            pc->state = S_DONE;
+            router_conn_close(pc->conn);
+        }
+        if (p->on_paired)
+            p->on_paired(p->ud);
+    }
+    free(j);
+}
+
+/* ---------------------------------------------------------------- the handshake */
+
+static void s_on_hello(router_pairing_conn_t *pc, const router_pairing_msg_t *m)
+{
+    if (m->version != ROUTER_PAIRING_VERSION) {
+        s_refuse(pc, "unsupported_version", "kith speaks pairing version 1");
+        return;
+    }
+    uint8_t c[16];
+    randombytes_buf(c, sizeof c); /* a UUIDv4, as Meerkat makes its challenges */
+    c[6] = (uint8_t) ((c[6] & 0x0f) | 0x40);
+    c[8] = (uint8_t) ((c[8] & 0x3f) | 0x80);
+    proto_uuid_format(c, pc->challenge);
+    yajl_gen g = s_doc("meerkat_pairing_challenge");
+    if (!g) {
+        s_refuse(pc, "internal", "out of memory");
+        return;
+    }
+    s_gen_str(g, "challenge", pc->challenge);
+    s_gen_target(g, pc->p);
+    s_send_doc(pc, g);
+    pc->state = S_AWAIT_PROOF;
+}
+
+static void s_on_proof(router_pairing_conn_t *pc, const router_pairing_msg_t *m)
+{
+    router_pairing_t *p = pc->p;
+    char want[ROUTER_PAIRING_PROOF_CAP];
+    router_pairing_proof(p->password, pc->challenge, m->public_key, m->address, want);
+    size_t n = strlen(m->proof);
+    bool ok = n == strlen(want) && sodium_memcmp(m->proof, want, n) == 0;
+    sodium_memzero(want, sizeof want);
+    if (!ok) {
+        p->stats.wrong++;
+        s_fail_t *f = s_fail_find(p, pc->src, router_clock_mono_ms(), true);
+        f->fails++;
+        s_refuse(pc, "invalid_proof", "invalid pairing password proof");
+        return;
+    }
+    router_peer_addr_t dial;
+    char why[128];
+    if (router_peer_addr_parse(m->address, &dial, why, sizeof why) != 0) {
+        s_refuse(pc, "bad_address", "caller.address is not a peer address kith can dial");
+        return;
+    }
+    s_job_t *j = calloc(1, sizeof *j);
+    if (!j) {
+        s_refuse(pc, "internal", "out of memory");
+        return;
+    }
+    j->p = p;
+    j->pc = pc;
+    j->msg = *m;
+    uint8_t id[16];
+    proto_peer_id(m->pk, id);
+    router_peer_name_sanitize(m->name, id, j->kith_name);
+    const router_addr_t *src = router_conn_peer(pc->conn);
+    if (!src || router_addr_format(src, j->source, sizeof j->source) != 0)
+        snprintf(j->source, sizeof j->source, "local");
+    pthread_attr_t attr;
+    pthread_t th;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_mutex_lock(&p->mu);
+    p->writers++;
+    pthread_mutex_unlock(&p->mu);
+    if (pthread_create(&th, &attr, s_writer, j) != 0) {
+        pthread_mutex_lock(&p->mu);
+        p->writers--;
+        pthread_mutex_unlock(&p->mu);
+        free(j);
+        pthread_attr_destroy(&attr);
+        s_refuse(pc, "internal", "cannot start the file write");
+        return;
+    }
+    pthread_attr_destroy(&attr);
+    pc->job = j;
+    pc->state = S_WRITING;
+}
+
+void router_pairing_conn_data(router_pairing_conn_t *pc, const uint8_t *data, size_t len)
+{
+    while (len > 0 && (pc->state == S_AWAIT_HELLO || pc->state == S_AWAIT_PROOF)) {
+        const uint8_t *nl = memchr(data, '\n', len);
+        size_t take = nl ? (size_t) (nl - data) + 1 : len;
+        if (pc->len + take > sizeof pc->line) {
+            s_refuse(pc, "too_long", "a pairing line is at most 16 KiB");
+            return;
+        }
+        memcpy(pc->line + pc->len, data, take);
+        pc->len += take;
+        data += take;
+        len -= take;
+        if (!nl)
+            return;
+        router_pairing_msg_t m;
+        char why[160];
+        int rc = router_pairing_msg_parse(pc->line, pc->len, &m, why, sizeof why);
+        pc->len = 0;
+        if (rc != 0) {
+            s_refuse(pc, "malformed", why);
+            return;
+        }
+        if (pc->state == S_AWAIT_HELLO && m.kind == ROUTER_PAIRING_HELLO)
+            s_on_hello(pc, &m);
+        else if (pc->state == S_AWAIT_PROOF && m.kind == ROUTER_PAIRING_PROOF)
+            s_on_proof(pc, &m);
+        else
+            s_refuse(pc, "unexpected", pc->state == S_AWAIT_HELLO ? "expected meerkat_pairing_hello"
+                                                                  : "expected meerkat_pairing_proof");
+        sodium_memzero(&m, sizeof m);
+    }
+    /* Bytes after the proof, or after we finished: ignored. */
+}
+
+router_pairing_conn_t *router_pairing_conn_new(router_pairing_t *self, router_conn_t *conn)
+{
+    if (self->conns >= ROUTER_PAIRING_CONNS_MAX)
+        return NULL;
+    router_pairing_conn_t *pc = calloc(1, sizeof *pc);
+    if (!pc)
+        return NULL;
+    pc->p = self;
+    pc->conn = conn;
+    s_src_key(conn, pc->src);
+    self->conns++;
+    if (s_locked_out(self, pc->src)) {
+        s_refuse(pc, "locked_out", "too many wrong pairing passwords from this address; try "
+                                   "again later");
+    }
+    return pc;
+}
+
+void router_pairing_conn_free(router_pairing_conn_t **pc_p)
+{
+    if (!pc_p || !*pc_p)
+        return;
+    router_pairing_conn_t *pc = *pc_p;
+    if (pc->job)
+        pc->job->pc = NULL; /* the write finishes; its answer has nowhere to go */
+    pc->p->conns--;
+    sodium_memzero(pc->line, sizeof pc->line);
+    free(pc);
+    *pc_p = NULL;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+router_pairing_t *router_pairing_new(const router_pairing_opts_t *opts)
+{
+    if (!opts->password || strlen(opts->password) < ROUTER_PAIRING_PASSWORD_MIN) {
+        errno = EINVAL;
+        return NULL;
+    }
+    router_pairing_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->loop = opts->loop;
+    self->identity = opts->identity;
+    self->password = strdup(opts->password);
+    self->name = strdup(opts->name ? opts->name : "kith");
+    self->address = strdup(opts->address ? opts->address : "");
+    self->home = strdup(opts->home ? opts->home : ".");
+    self->on_paired = opts->on_paired;
+    self->ud = opts->ud;
+    pthread_mutex_init(&self->mu, NULL);
+    pthread_cond_init(&self->cv, NULL);
+    if (!self->password || !self->name || !self->address || !self->home) {
+        router_pairing_destroy(&self);
+        errno = ENOMEM;
+        return NULL;
+    }
+    return self;
+}
+
+void router_pairing_quiesce(router_pairing_t *self)
+{
+    if (!self)
+        return;
+    self->on_paired = NULL;
+    pthread_mutex_lock(&self->mu);
+    while (self->writers > 0)
+        pthread_cond_wait(&self->cv, &self->mu);
+    pthread_mutex_unlock(&self->mu);
+}
+
+void router_pairing_destroy(router_pairing_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    router_pairing_t *self = *self_p;
+    router_pairing_quiesce(self);
+    if (self->password)
+        sodium_memzero(self->password, strlen(self->password));
+    free(self->password);
+    free(self->name);
+    free(self->address);
+    free(self->home);
+    pthread_cond_destroy(&self->cv);
+    pthread_mutex_destroy(&self->mu);
+    free(self);
+    *self_p = NULL;
+}
+
+void router_pairing_stats(const router_pairing_t *self, router_pairing_stats_t *out)
+{
+    *out = self->stats;
+}
