@@ -30,6 +30,7 @@ typedef struct s_link s_link_t;
 struct s_wait {
     uint8_t id[16];       /* the envelope's id: the ack's in_reply_to */
     uint64_t timer;       /* ack timeout */
+    bool no_ack;          /* settled once written (router_outbound_send_opts_t) */
     router_send_fn *cb;   /* told once */
     void *ud;
     s_link_t *link;       /* owner */
@@ -196,6 +197,18 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     s_link_free(l);
 }
 
+/* Everything queued was written: sends that expect no ack are done. */
+static void s_on_drain(router_conn_t *conn, void *ud)
+{
+    (void) conn;
+    s_link_t *l = ud;
+    for (s_wait_t *w = l->head, *next; w; w = next) {
+        next = w->next;
+        if (w->no_ack)
+            s_wait_finish(w, ROUTER_SEND_ACKED, "written (this kind is not acked)", NULL);
+    }
+}
+
 static void s_on_eof(router_conn_t *conn, void *ud)
 {
     s_link_t *l = ud;
@@ -208,6 +221,7 @@ static void s_on_eof(router_conn_t *conn, void *ud)
 static const router_conn_handlers_t s_handlers = {
     .on_data = s_on_data,
     .on_eof = s_on_eof,
+    .on_drain = s_on_drain,
     .on_close = s_on_close,
 };
 
@@ -241,7 +255,7 @@ static s_link_t *s_link_new(router_outbound_t *self, const uint8_t pk[32])
 
 /* Queues the frame and the wait on a link that has a connection. */
 static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint8_t id[16],
-                       router_send_fn *cb, void *ud)
+                       const router_outbound_send_opts_t *o, router_send_fn *cb, void *ud)
 {
     router_outbound_t *self = l->ob;
     if (l->waiting >= S_WAITING_MAX) {
@@ -253,7 +267,8 @@ static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint
         return -1;
     /* The timer first: a send that could never time out would leave its
      * caller waiting forever (router_node_send blocks on it). */
-    w->timer = router_loop_timer_add(self->loop, self->ack_timeout_ms, s_on_ack_timeout, w);
+    uint32_t timeout_ms = o && o->timeout_ms ? o->timeout_ms : self->ack_timeout_ms;
+    w->timer = router_loop_timer_add(self->loop, timeout_ms, s_on_ack_timeout, w);
     if (!w->timer) {
         int e = errno;
         ROUTER_LOG(ROUTER_LOG_WARN, "comms", "cannot time an ack (%s): send refused", strerror(e));
@@ -269,6 +284,7 @@ static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint
         return -1;
     }
     memcpy(w->id, id, 16);
+    w->no_ack = o && o->no_ack;
     w->cb = cb;
     w->ud = ud;
     w->link = l;
@@ -312,7 +328,7 @@ int router_outbound_send(router_outbound_t *self, const uint8_t peer_pk[32],
     s_link_t *l = s_link_find(self, peer_pk);
     if (!l && !(l = s_link_open(self, peer_pk, addr, -1)))
         return -1;
-    return s_link_send(l, frame, len, id, cb, ud);
+    return s_link_send(l, frame, len, id, NULL, cb, ud);
 }
 
 int router_outbound_send_fd(router_outbound_t *self, const uint8_t peer_pk[32], int fd,
@@ -322,7 +338,18 @@ int router_outbound_send_fd(router_outbound_t *self, const uint8_t peer_pk[32], 
     s_link_t *l = s_link_open(self, peer_pk, NULL, fd);
     if (!l)
         return -1;
-    return s_link_send(l, frame, len, id, cb, ud);
+    return s_link_send(l, frame, len, id, NULL, cb, ud);
+}
+
+int router_outbound_send_ex(router_outbound_t *self, const uint8_t peer_pk[32],
+                            const router_addr_t *addr, int fd, const uint8_t *frame, size_t len,
+                            const uint8_t id[16], const router_outbound_send_opts_t *o,
+                            router_send_fn *cb, void *ud)
+{
+    s_link_t *l = addr ? s_link_find(self, peer_pk) : NULL;
+    if (!l && !(l = s_link_open(self, peer_pk, addr, fd)))
+        return -1;
+    return s_link_send(l, frame, len, id, o, cb, ud);
 }
 
 int router_outbound_connected(const router_outbound_t *self, const uint8_t peer_pk[32])

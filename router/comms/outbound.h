@@ -59,6 +59,20 @@ int router_outbound_send_fd(router_outbound_t *self, const uint8_t peer_pk[32], 
                             const uint8_t *frame, size_t len, const uint8_t id[16],
                             router_send_fn *cb, void *ud) __attribute__((warn_unused_result));
 
+/* One send's own terms, for router_outbound_send_ex. */
+typedef struct {
+    uint32_t timeout_ms; /* wait this long for the ack; 0: the outbound's ack_timeout_ms */
+    int no_ack;          /* a kind the peer never acks (response, WIRE §8.2): settled
+                          * acked ("written", ack_id NULL) once the frame is written */
+} router_outbound_send_opts_t;
+
+/* As router_outbound_send (addr non-NULL) or router_outbound_send_fd (addr
+ * NULL, fd taken) with the terms in *o (NULL: the defaults). */
+int router_outbound_send_ex(router_outbound_t *self, const uint8_t peer_pk[32],
+                            const router_addr_t *addr, int fd, const uint8_t *frame, size_t len,
+                            const uint8_t id[16], const router_outbound_send_opts_t *o,
+                            router_send_fn *cb, void *ud) __attribute__((warn_unused_result));
+
 /* True when a connection to this peer is open (so no new fd is needed). */
 int router_outbound_connected(const router_outbound_t *self, const uint8_t peer_pk[32]);
 
