@@ -885,8 +885,12 @@ static void s_call_on_loop(router_loop_t *loop, void *arg)
 
 int router_node_call(router_node_t *self, router_node_call_fn *fn, void *arg)
 {
-    if (!self->threaded || !atomic_load(&self->running) || atomic_load(&self->stopped))
-        return self->comms && !self->stopping ? fn(self, arg) : (errno = ECANCELED, -1);
+    if (atomic_load(&self->stopped) || !self->comms) {
+        errno = ECANCELED;
+        return -1;
+    }
+    if (!atomic_load(&self->running))
+        return fn(self, arg); /* not started: no loop thread to hand it to */
     s_call_t c = {.node = self, .fn = fn, .arg = arg};
     pthread_mutex_init(&c.mu, NULL);
     pthread_cond_init(&c.cv, NULL);
@@ -968,7 +972,8 @@ int router_node_trust_set(router_node_t *self, const char *name, const uint8_t p
     err[0] = '\0';
     int rc = router_node_call(self, s_trust_set, &j);
     if (rc != 0 && !err[0])
-        snprintf(err, errcap, "the node is not running");
+        snprintf(err, errcap, "%s",
+                 errno == EAGAIN ? "the node is busy: try again" : "the node is stopping");
     return rc;
 }
 
@@ -991,7 +996,8 @@ int router_node_listen(router_node_t *self, const char *addr, char *err, size_t 
     err[0] = '\0';
     if (router_node_call(self, s_listen_call, &j) != 0) {
         if (!err[0])
-            snprintf(err, errcap, "the node is not running");
+            snprintf(err, errcap, "%s",
+                     errno == EAGAIN ? "the node is busy: try again" : "the node is stopping");
         return -1;
     }
     return j.port;

@@ -147,7 +147,7 @@ class Message(dict):
         super().__init__(json.loads(_lib.kith_msg_json(self._ptr).decode("utf-8")))
 
     def __del__(self):
-        if getattr(self, "_ptr", None) and self._ptr.value:
+        if _lib is not None and getattr(self, "_ptr", None) and self._ptr.value:
             _lib.kith_msg_destroy(ctypes.byref(self._ptr))
 
 
