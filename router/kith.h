@@ -29,9 +29,9 @@
  * object they come from and live as long as it does. Kinds, params and
  * results travel as JSON text, in the form spec/WIRE.md §22 gives.
  *
- * Nothing here prints unless told to: nodes log warnings and errors to
- * stderr; set KITH_LOG=debug|info|warn|error before the first
- * kith_net_new to change the level. This header includes nothing. */
+ * Nodes log warnings and errors (each refused envelope, for one) to
+ * stderr, rate-limited; set KITH_LOG=debug|info|warn|error before the
+ * first kith_net_new to change the level. This header includes nothing. */
 #ifndef KITH_KITH_H
 #define KITH_KITH_H
 

@@ -187,11 +187,14 @@ static void test_partition_then_heal(void **state)
     kith_node_t *a = s_node(net, "a", NULL), *b = s_node(net, "b", NULL), *c = s_node(net, "c", NULL);
     s_trust(a, b);
     s_trust(c, b);
+    s_trust(c, a);
     s_send(a, "b", "before", KITH_ACKED);
     s_expect(b, "before", a);
+    s_send(b, "a", "hello", KITH_ACKED);
+    s_expect(a, "hello", b);
 
     assert_int_equal(kith_net_partition(net, a, b), 0);
-    /* Both ways, on the open connection (a to b) and a new one (b to a). */
+    /* Both ways, on the connections open before it. */
     s_send(a, "b", "during", KITH_OFFLINE);
     assert_non_null(strstr(kith_last_error(), "offline"));
     s_send(b, "a", "back", KITH_OFFLINE);
@@ -220,6 +223,17 @@ static void test_partition_then_heal(void **state)
     s_expect(b, "after", a);
     s_expect(a, "back", b);
     s_expect_nothing(b);
+
+    /* A connection made during a partition carries nothing until the heal
+     * (which comes long before a's 10 s first-frame deadline could cut it,
+     * WIRE §22.3). */
+    assert_int_equal(kith_net_partition(net, c, a), 0);
+    s_send(c, "a", "c during", KITH_OFFLINE);
+    assert_int_equal(kith_net_heal(net, a, c), 0);
+    s_send(c, "a", "c after", KITH_ACKED);
+    s_expect(a, "c during", c);
+    s_expect(a, "c after", c);
+    s_expect_nothing(a);
     kith_net_destroy(&net);
 }
 
