@@ -160,7 +160,7 @@ static int s_inproc_accept(int fd, void *ud)
 /* ---------------------------------------------------------------- listeners */
 
 static int s_listen_one(router_node_t *self, const char *text, bool events, char *err,
-                        size_t errcap)
+                        size_t errcap, uint16_t *port)
 {
     router_addr_t addr;
     router_addr_err_t why;
@@ -181,19 +181,21 @@ static int s_listen_one(router_node_t *self, const char *text, bool events, char
     ROUTER_LOG(ROUTER_LOG_INFO, events ? "events" : "comms", "listening on %s://%s (%s, %s)",
                router_addr_family(&addr) == AF_UNIX ? "uds" : "tcp", bound,
                events ? "plain events" : "signed envelopes", router_loop_backend_name(self->loop));
+    if (port)
+        *port = router_addr_port(router_listener_addr(l));
     return 0;
 }
 
 static int s_listen(router_node_t *self, char *err, size_t errcap)
 {
     const router_config_t *c = &self->cfg;
-    if (c->comms.mode == ROUTER_COMMS_TCP && s_listen_one(self, c->comms.address, false, err, errcap))
+    if (c->comms.mode == ROUTER_COMMS_TCP && s_listen_one(self, c->comms.address, false, err, errcap, NULL))
         return -1;
     if ((c->comms.mode == ROUTER_COMMS_TCP || c->comms.mode == ROUTER_COMMS_UDS) &&
-        c->comms.uds_path[0] && s_listen_one(self, c->comms.uds_path, false, err, errcap))
+        c->comms.uds_path[0] && s_listen_one(self, c->comms.uds_path, false, err, errcap, NULL))
         return -1;
     if (c->comms.mode != ROUTER_COMMS_NONE && c->comms.auth == ROUTER_COMMS_AUTH_NONE &&
-        c->comms.event_address[0] && s_listen_one(self, c->comms.event_address, true, err, errcap))
+        c->comms.event_address[0] && s_listen_one(self, c->comms.event_address, true, err, errcap, NULL))
         return -1;
     return 0;
 }
@@ -739,7 +741,8 @@ typedef struct {
     uint8_t *frame;                         /* signed frame */
     size_t len;
     bool oneshot;                           /* the peer's profile is meerkat (WIRE §23.1) */
-    bool no_ack;                            /* the kind gets no ack */
+    bool no_ack;                            /* the kind gets no ack, or the caller wants none */
+    uint32_t timeout_ms;                    /* the ack timeout; 0: comms.ack_timeout_ms */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool done;
@@ -773,9 +776,11 @@ static void s_send_on_loop(router_loop_t *loop, void *arg)
     router_outbound_msg_t m = {.peer_pk = job->pk, .addr = &job->addr, .fd = -1,
                                .frame = job->frame, .len = job->len, .id = job->out->id,
                                .oneshot = job->oneshot, .no_ack = job->no_ack,
-                               .cb = s_send_done, .ud = job};
+                               .timeout_ms = job->timeout_ms, .cb = s_send_done, .ud = job};
     if (job->inproc[0] && (job->oneshot || !router_outbound_connected(self->outbound, job->pk))) {
-        int fd = router_inproc_dial(self->inproc, job->inproc);
+        int fd = router_inproc_dial_from(self->inproc,
+                                         self->inproc_name[0] ? self->inproc_name : NULL,
+                                         job->inproc);
         if (fd < 0) {
             s_send_done(ROUTER_SEND_OFFLINE, "nobody is bound at that inproc:// name", NULL, job);
             return;
@@ -830,10 +835,18 @@ static const router_peer_t *s_find_peer(const router_trust_t *trust, const char 
 int router_node_send(router_node_t *self, const char *to, cbor_item_t **kind,
                      router_node_receipt_t *out)
 {
+    return router_node_send_ex(self, to, kind, NULL, out);
+}
+
+int router_node_send_ex(router_node_t *self, const char *to, cbor_item_t **kind,
+                        const router_node_send_opts_t *o, router_node_receipt_t *out)
+{
     memset(out, 0, sizeof *out);
     out->outcome = ROUTER_SEND_OFFLINE;
     proto_envelope_t *env = NULL;
     s_send_job_t job = {.node = self, .out = out};
+    if (o)
+        job.timeout_ms = o->timeout_ms;
     int rc = -1;
     /* A reload may swap the store at any moment: copy the peer out under
      * the read lock, and use only the copy. */
@@ -871,7 +884,7 @@ int router_node_send(router_node_t *self, const char *to, cbor_item_t **kind,
         goto done;
     }
     job.oneshot = profile == ROUTER_PEER_PROFILE_MEERKAT;
-    job.no_ack = !proto_kind_acked(proto_envelope_kind(env));
+    job.no_ack = !proto_kind_acked(proto_envelope_kind(env)) || (o && o->no_ack);
     if (proto_envelope_sign(env, self->identity.sk) != 0 ||
         proto_envelope_encode_frame(env, &job.frame, &job.len) != 0) {
         snprintf(out->detail, sizeof out->detail, "cannot sign or encode the envelope");
@@ -915,4 +928,155 @@ int router_node_send_message(router_node_t *self, const char *to, const char *bo
         return -1;
     }
     return router_node_send(self, to, &kind, out);
+}
+
+/* ---------------------------------------------------------------- calls from other threads */
+
+/* One call handed to the loop and back; lives on the caller's stack. */
+typedef struct {
+    router_node_t *node;
+    router_node_call_fn *fn;
+    void *arg;
+    int rc;
+    bool done;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} s_call_t;
+
+static void s_call_on_loop(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    s_call_t *c = arg;
+    int rc;
+    if (!c->node->comms || c->node->stopping) {
+        errno = ECANCELED;
+        rc = -1;
+    } else {
+        rc = c->fn(c->node, c->arg);
+    }
+    pthread_mutex_lock(&c->mu);
+    c->rc = rc;
+    c->done = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+int router_node_call(router_node_t *self, router_node_call_fn *fn, void *arg)
+{
+    if (atomic_load(&self->stopped) || !self->comms) {
+        errno = ECANCELED;
+        return -1;
+    }
+    if (!atomic_load(&self->running))
+        return fn(self, arg); /* not started: no loop thread to hand it to */
+    s_call_t c = {.node = self, .fn = fn, .arg = arg};
+    pthread_mutex_init(&c.mu, NULL);
+    pthread_cond_init(&c.cv, NULL);
+    int rc = -1;
+    if (router_loop_post(self->loop, s_call_on_loop, &c) == 0) {
+        pthread_mutex_lock(&c.mu);
+        while (!c.done)
+            pthread_cond_wait(&c.cv, &c.mu);
+        pthread_mutex_unlock(&c.mu);
+        rc = c.rc;
+    }
+    pthread_cond_destroy(&c.cv);
+    pthread_mutex_destroy(&c.mu);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- trust and listeners at any time */
+
+typedef struct {
+    const char *name;
+    const uint8_t *pk;
+    const char *addr;
+    bool persist;
+    char *err;
+    size_t errcap;
+} s_trust_set_t;
+
+/* On the loop (or before it runs): a copy of the store without the rows
+ * that share the key or the name, plus the new row, swapped in as a reload
+ * swaps (s_trust_reload) and, with persist, saved first. */
+static int s_trust_set(router_node_t *self, void *arg)
+{
+    s_trust_set_t *j = arg;
+    const router_peer_t *same = router_trust_by_pubkey(self->trust, j->pk);
+    size_t named = 0;
+    (void) router_trust_by_name(self->trust, j->name, &named);
+    if (same && named == 1 && strcmp(same->name, j->name) == 0 && strcmp(same->addr, j->addr) == 0)
+        return 0; /* already so */
+    router_trust_t *next = router_trust_new();
+    if (!next) {
+        snprintf(j->err, j->errcap, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < router_trust_count(self->trust); i++) {
+        const router_peer_t *p = router_trust_at(self->trust, i);
+        if (memcmp(p->pk, j->pk, 32) == 0 || strcmp(p->name, j->name) == 0)
+            continue;
+        if (router_trust_add(next, p->name, p->pk, p->addr, p->description, p->labels, p->nlabels,
+                             j->err, j->errcap) != 0)
+            goto fail;
+    }
+    if (router_trust_add(next, j->name, j->pk, j->addr, NULL, NULL, 0, j->err, j->errcap) != 0)
+        goto fail;
+    if (j->persist && self->home[0]) {
+        char path[ROUTER_PATH_MAX];
+        if (router_home_path(self->home, ROUTER_TRUST_FILE, path, sizeof path) != 0) {
+            snprintf(j->err, j->errcap, "home path too long");
+            goto fail;
+        }
+        if (router_trust_save(next, path, j->err, j->errcap) != 0)
+            goto fail;
+    }
+    pthread_rwlock_wrlock(&self->trust_lock);
+    router_trust_t *old = self->trust;
+    self->trust = next;
+    pthread_rwlock_unlock(&self->trust_lock);
+    router_comms_set_trust(self->comms, next);
+    router_trust_destroy(&old);
+    return 0;
+fail:
+    router_trust_destroy(&next);
+    return -1;
+}
+
+int router_node_trust_set(router_node_t *self, const char *name, const uint8_t pk[32],
+                          const char *addr, bool persist, char *err, size_t errcap)
+{
+    s_trust_set_t j = {name, pk, addr, persist, err, errcap};
+    err[0] = '\0';
+    int rc = router_node_call(self, s_trust_set, &j);
+    if (rc != 0 && !err[0])
+        snprintf(err, errcap, "%s",
+                 errno == EAGAIN ? "the node is busy: try again" : "the node is stopping");
+    return rc;
+}
+
+typedef struct {
+    const char *addr;
+    uint16_t port;
+    char *err;
+    size_t errcap;
+} s_listen_call_t;
+
+static int s_listen_call(router_node_t *self, void *arg)
+{
+    s_listen_call_t *j = arg;
+    return s_listen_one(self, j->addr, false, j->err, j->errcap, &j->port);
+}
+
+int router_node_listen(router_node_t *self, const char *addr, char *err, size_t errcap)
+{
+    s_listen_call_t j = {.addr = addr, .err = err, .errcap = errcap};
+    err[0] = '\0';
+    if (router_node_call(self, s_listen_call, &j) != 0) {
+        if (!err[0])
+            snprintf(err, errcap, "%s",
+                     errno == EAGAIN ? "the node is busy: try again" : "the node is stopping");
+        return -1;
+    }
+    return j.port;
 }

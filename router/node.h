@@ -132,8 +132,42 @@ typedef struct {
 int router_node_send(router_node_t *self, const char *to, cbor_item_t **kind,
                      router_node_receipt_t *out);
 
+/* What one send asks beyond the defaults. */
+typedef struct {
+    uint32_t timeout_ms; /* wait this long for the ack; 0: comms.ack_timeout_ms */
+    bool no_ack;         /* expect no ack (kinds that are never acked already do):
+                          * outcome ROUTER_SEND_SENT once written */
+} router_node_send_opts_t;
+
+/* router_node_send on the terms in *o (NULL: the defaults). */
+int router_node_send_ex(router_node_t *self, const char *to, cbor_item_t **kind,
+                        const router_node_send_opts_t *o, router_node_receipt_t *out);
+
 /* router_node_send of a `message` kind with `body`. */
 int router_node_send_message(router_node_t *self, const char *to, const char *body,
                              router_node_receipt_t *out);
+
+/* Runs fn(self, arg) on the node's loop thread and returns what it
+ * returned, waiting for it; runs it on the calling thread when the node
+ * is not running yet. Never from the loop thread itself. Returns -1
+ * (errno ECANCELED) once the node is stopping, or EAGAIN when the loop's
+ * post queue is full. */
+typedef int(router_node_call_fn)(router_node_t *self, void *arg);
+int router_node_call(router_node_t *self, router_node_call_fn *fn, void *arg);
+
+/* As router_node_trust, at any time (running or not), replacing rows with
+ * the same key or the same name, so the new row is the one `name` finds.
+ * With persist and a home, trusted_peers.json is written first (a failed
+ * write changes nothing). Trusting again what is trusted is a no-op.
+ * Returns 0, or -1 with err set. */
+int router_node_trust_set(router_node_t *self, const char *name, const uint8_t pk[32],
+                          const char *addr, bool persist, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+
+/* Also serves signed envelopes on `addr` (tcp://… or uds://…, as
+ * comms.address takes them), at any time. Returns the bound TCP port (the
+ * one chosen for port 0), 0 for a Unix socket, or -1 with err set. */
+int router_node_listen(router_node_t *self, const char *addr, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
 
 #endif

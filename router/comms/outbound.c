@@ -261,7 +261,7 @@ static s_link_t *s_link_new(router_outbound_t *self, const uint8_t pk[32])
 
 /* Queues the frame and the wait on a link that has a connection. */
 static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint8_t id[16],
-                       bool no_ack, router_send_fn *cb, void *ud)
+                       bool no_ack, uint32_t timeout_ms, router_send_fn *cb, void *ud)
 {
     router_outbound_t *self = l->ob;
     if (l->waiting >= S_WAITING_MAX) {
@@ -276,8 +276,9 @@ static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint
     /* A kind that gets no ack settles "sent" on the next turn of the loop
      * (never inside this call), after the write was queued. */
     w->no_ack = no_ack;
-    w->timer = router_loop_timer_add(self->loop, no_ack ? 0 : self->ack_timeout_ms,
-                                     s_on_ack_timeout, w);
+    if (!timeout_ms)
+        timeout_ms = self->ack_timeout_ms;
+    w->timer = router_loop_timer_add(self->loop, no_ack ? 0 : timeout_ms, s_on_ack_timeout, w);
     if (!w->timer) {
         int e = errno;
         ROUTER_LOG(ROUTER_LOG_WARN, "comms", "cannot time an ack (%s): send refused", strerror(e));
@@ -348,7 +349,7 @@ int router_outbound_send_msg(router_outbound_t *self, const router_outbound_msg_
             self->oneshots++;
         }
     }
-    if (s_link_send(l, m->frame, m->len, m->id, m->no_ack, m->cb, m->ud) != 0) {
+    if (s_link_send(l, m->frame, m->len, m->id, m->no_ack, m->timeout_ms, m->cb, m->ud) != 0) {
         int e = errno;
         if (l->oneshot && l->waiting == 0 && l->conn)
             router_conn_close(l->conn); /* nothing to wait for: its on_close frees it */

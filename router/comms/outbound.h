@@ -72,8 +72,10 @@ typedef struct {
     const uint8_t *id;          /* the envelope's id, 16 bytes */
     bool oneshot;               /* Meerkat profile: a connection of its own, closed after
                                  * its answer (WIRE §23.1); at most 256 open at once */
-    bool no_ack;                /* the kind gets no ack (proto_kind_acked false): the send
-                                 * settles ROUTER_SEND_SENT once written */
+    bool no_ack;                /* the kind gets no ack (proto_kind_acked false), or the
+                                 * caller wants none: the send settles ROUTER_SEND_SENT
+                                 * once written */
+    uint32_t timeout_ms;        /* how long to wait for the ack; 0: ack_timeout_ms */
     router_send_fn *cb;         /* runs exactly once, never from inside the call */
     void *ud;
 } router_outbound_msg_t;

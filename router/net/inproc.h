@@ -7,6 +7,9 @@
 #ifndef KITH_ROUTER_INPROC_H
 #define KITH_ROUTER_INPROC_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 /* Longest name, "inproc://" not included. */
 #define ROUTER_INPROC_NAME_MAX 128
 
@@ -38,5 +41,34 @@ void router_inproc_unbind(router_inproc_t *self, const char *name);
  * or -1 with errno ECONNREFUSED (nobody bound, or the acceptor refused). */
 int router_inproc_dial(router_inproc_t *self, const char *name)
     __attribute__((warn_unused_result));
+
+/* ---------------------------------------------------------------- faults
+ * A namespace made with router_inproc_new_faulty carries every connection
+ * through a relay thread (router/net/inproc_relay.h) instead of one socket
+ * pair, so that tests can make the network misbehave between two names.
+ * Faults never drop or reorder bytes: a partition holds them (both ways)
+ * until healed, a delay holds each chunk that long. The framing, checks
+ * and bounds at both ends are unchanged. */
+
+/* A new, empty namespace with fault injection. NULL on failure (errno). */
+router_inproc_t *router_inproc_new_faulty(void);
+
+/* As router_inproc_dial, naming the dialer by its bound name `from` so the
+ * faults between `from` and `name` apply (NULL: none do). */
+int router_inproc_dial_from(router_inproc_t *self, const char *from, const char *name)
+    __attribute__((warn_unused_result));
+
+/* Faults between names a and b, both directions, on connections open now
+ * and made later: partitioned holds every byte, delay_ms holds each chunk
+ * that long (0: none; a new value applies to what is held). Returns 0, or
+ * -1 with errno EINVAL (bad name, or a namespace without faults) or ENOMEM. */
+int router_inproc_set_faults(router_inproc_t *self, const char *a, const char *b,
+                             bool partitioned, uint32_t delay_ms)
+    __attribute__((warn_unused_result));
+
+/* The faults in force between a and b. Returns 0, or -1 (EINVAL) for a
+ * namespace without faults. */
+int router_inproc_get_faults(router_inproc_t *self, const char *a, const char *b,
+                             bool *partitioned, uint32_t *delay_ms);
 
 #endif

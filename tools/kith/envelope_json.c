@@ -599,6 +599,11 @@ static int s_gen_kind(yajl_gen g, const proto_envelope_t *env)
     return s_gen_pairs(g, map, "type", s_has_uuid_reply(map) ? s_gen_reply_uuid : NULL);
 }
 
+int router_envelope_kind_to_json(yajl_gen g, const proto_envelope_t *env)
+{
+    return s_gen_kind(g, env);
+}
+
 int router_envelope_to_json(const proto_envelope_t *env, const proto_envelope_reason_t *verdict, int pretty,
                             char **out, size_t *len)
 {

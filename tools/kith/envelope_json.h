@@ -49,6 +49,11 @@ int router_envelope_from_json(const char *json, size_t len, const uint8_t from[P
                               proto_envelope_t **out, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
+/* Writes env's kind into g as router_envelope_to_json writes it ("type"
+ * first, in_reply_to as a UUID string). Returns 0 or -1 (as
+ * router_cbor_to_json). */
+int router_envelope_kind_to_json(yajl_gen g, const proto_envelope_t *env);
+
 /* The JSON form of env as a new NUL-terminated string (caller frees with
  * free()), pretty-printed when `pretty`. With `verdict` non-NULL, adds
  * "signature_valid" (and "signature_error" naming the reason when it is not

@@ -1,0 +1,528 @@
+/* router/kith_api.c — the public library (router/kith.h, DESIGN §13) over
+ * router_node_*: nets are faulty inproc namespaces, nodes are router nodes
+ * on their own threads, messages are inbox entries shown as JSON. The only
+ * file built with kith_* symbols visible; everything it pulls in stays
+ * hidden in libkith.so. */
+#include "router/kith.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yajl/yajl_gen.h>
+
+#include "proto/envelope.h"
+#include "proto/pubkey.h"
+#include "proto/uuid.h"
+#include "router/log.h"
+#include "router/net/inproc.h"
+#include "router/net/inproc_relay.h"
+#include "router/node.h"
+#include "router/state/config.h"
+#include "router/state/home.h"
+#include "router/state/inbox.h"
+#include "router/state/trust.h"
+#include "tools/kith/envelope_json.h"
+
+/* Room for a kith_last_error() line. */
+#define S_ERROR_CAP 512
+
+struct kith_net {
+    router_inproc_t *inproc; /* the namespace, with fault injection */
+    pthread_mutex_t mu;      /* guards nodes and fault read-modify-writes */
+    kith_node_t *nodes;      /* nodes not yet destroyed */
+};
+
+struct kith_node {
+    kith_net_t *net;                        /* owner */
+    router_node_t *node;                    /* running on its own thread */
+    char name[ROUTER_PEER_NAME_MAX + 1];    /* also inproc://<name> */
+    char pubkey[PROTO_PUBKEY_TEXT_CAP];     /* "ed25519:…" */
+    bool home;                              /* state kept in a home: persist trust */
+    kith_node_t *prev, *next;               /* in net->nodes */
+};
+
+struct kith_msg {
+    char *json;          /* {"id","from","kind"} */
+    uint8_t id[16];      /* the envelope's id */
+    uint8_t from[32];    /* its sender */
+    proto_kind_t kind;   /* its kind.type */
+};
+
+/* ---------------------------------------------------------------- errors */
+
+static _Thread_local char s_error[S_ERROR_CAP];
+
+static int s_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int s_fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s_error, sizeof s_error, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+const char *kith_last_error(void)
+{
+    return s_error;
+}
+
+const char *kith_version(void)
+{
+    return KITH_VERSION;
+}
+
+/* ---------------------------------------------------------------- once per process */
+
+static pthread_once_t s_once = PTHREAD_ONCE_INIT;
+static bool s_ready;
+
+/* libsodium, and a quiet logger: a test harness wants warnings, not a line
+ * per admitted envelope (KITH_LOG overrides). */
+static void s_init(void)
+{
+    if (sodium_init() < 0)
+        return;
+    router_log_level_t level = ROUTER_LOG_WARN;
+    const char *env = getenv("KITH_LOG");
+    if (env && router_log_level_parse(env, &level) != 0)
+        level = ROUTER_LOG_WARN;
+    router_log_set_level(level);
+    s_ready = true;
+}
+
+/* ---------------------------------------------------------------- nets */
+
+kith_net_t *kith_net_new(void)
+{
+    pthread_once(&s_once, s_init);
+    if (!s_ready) {
+        s_fail("libsodium failed to initialise");
+        return NULL;
+    }
+    kith_net_t *net = calloc(1, sizeof *net);
+    if (!net) {
+        s_fail("out of memory");
+        return NULL;
+    }
+    if (!(net->inproc = router_inproc_new_faulty())) {
+        s_fail("cannot make the in-process namespace: %s", strerror(errno));
+        free(net);
+        return NULL;
+    }
+    pthread_mutex_init(&net->mu, NULL);
+    return net;
+}
+
+static void s_node_free(kith_node_t *n)
+{
+    router_node_destroy(&n->node);
+    free(n);
+}
+
+void kith_net_destroy(kith_net_t **net_p)
+{
+    if (!net_p || !*net_p)
+        return;
+    kith_net_t *net = *net_p;
+    pthread_mutex_lock(&net->mu);
+    kith_node_t *nodes = net->nodes;
+    net->nodes = NULL;
+    pthread_mutex_unlock(&net->mu);
+    while (nodes) {
+        kith_node_t *n = nodes;
+        nodes = n->next;
+        s_node_free(n);
+    }
+    router_inproc_destroy(&net->inproc);
+    pthread_mutex_destroy(&net->mu);
+    free(net);
+    *net_p = NULL;
+}
+
+/* ---------------------------------------------------------------- nodes */
+
+kith_node_t *kith_node_new(kith_net_t *net, const char *name, const char *home)
+{
+    char err[ROUTER_TRUST_ERR_MAX] = "";
+    if (!net || !name) {
+        s_fail("kith_node_new: net and name are required");
+        return NULL;
+    }
+    if (!router_peer_name_valid(name)) {
+        s_fail("kith_node_new: bad name \"%.80s\": 1..64 of [A-Za-z0-9._-]", name);
+        return NULL;
+    }
+    if (home && (!home[0] || router_home_mkdirs(home, 0700) != 0)) {
+        s_fail("kith_node_new: cannot make the home \"%.200s\": %s", home,
+               home[0] ? strerror(errno) : "empty path");
+        return NULL;
+    }
+    kith_node_t *n = calloc(1, sizeof *n);
+    if (!n) {
+        s_fail("out of memory");
+        return NULL;
+    }
+    router_config_t cfg;
+    router_config_defaults(&cfg);
+    router_node_opts_t o = {
+        .home = home,
+        .config = &cfg,
+        .inproc = net->inproc,
+        .inproc_name = name,
+    };
+    if (!(n->node = router_node_new(&o, err, sizeof err))) {
+        s_fail("kith_node_new %s: %s", name, err);
+        free(n);
+        return NULL;
+    }
+    if (router_node_start(n->node) != 0) {
+        s_fail("kith_node_new %s: cannot start its thread: %s", name, strerror(errno));
+        router_node_destroy(&n->node);
+        free(n);
+        return NULL;
+    }
+    n->net = net;
+    n->home = home != NULL;
+    snprintf(n->name, sizeof n->name, "%s", name);
+    proto_pubkey_format(router_node_pubkey(n->node), n->pubkey, sizeof n->pubkey);
+    pthread_mutex_lock(&net->mu);
+    n->next = net->nodes;
+    if (net->nodes)
+        net->nodes->prev = n;
+    net->nodes = n;
+    pthread_mutex_unlock(&net->mu);
+    return n;
+}
+
+void kith_node_destroy(kith_node_t **node_p)
+{
+    if (!node_p || !*node_p)
+        return;
+    kith_node_t *n = *node_p;
+    kith_net_t *net = n->net;
+    pthread_mutex_lock(&net->mu);
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        net->nodes = n->next;
+    if (n->next)
+        n->next->prev = n->prev;
+    pthread_mutex_unlock(&net->mu);
+    s_node_free(n);
+    *node_p = NULL;
+}
+
+const char *kith_node_pubkey(const kith_node_t *n)
+{
+    if (!n) {
+        s_fail("kith_node_pubkey: no node");
+        return NULL;
+    }
+    return n->pubkey;
+}
+
+/* One direction of kith_node_trust: `self` trusts `peer`. */
+static int s_trust_one(kith_node_t *self, const kith_node_t *peer)
+{
+    char addr[ROUTER_INPROC_NAME_MAX + 16], err[ROUTER_TRUST_ERR_MAX];
+    snprintf(addr, sizeof addr, "inproc://%s", peer->name);
+    if (router_node_trust_set(self->node, peer->name, router_node_pubkey(peer->node), addr,
+                              self->home, err, sizeof err) != 0)
+        return s_fail("kith_node_trust: %s cannot trust %s: %s", self->name, peer->name, err);
+    return 0;
+}
+
+int kith_node_trust(kith_node_t *a, kith_node_t *b)
+{
+    if (!a || !b)
+        return s_fail("kith_node_trust: two nodes are required");
+    if (a == b)
+        return s_fail("kith_node_trust: a node does not need to trust itself");
+    if (a->net != b->net)
+        return s_fail("kith_node_trust: %s and %s are in different nets", a->name, b->name);
+    return s_trust_one(a, b) == 0 && s_trust_one(b, a) == 0 ? 0 : -1;
+}
+
+int kith_node_listen(kith_node_t *n, const char *addr)
+{
+    char err[256];
+    if (!n || !addr)
+        return s_fail("kith_node_listen: node and address are required");
+    if (strncmp(addr, "tcp://", 6) != 0 && strncmp(addr, "uds://", 6) != 0)
+        return s_fail("kith_node_listen: \"%.200s\" is not tcp://HOST:PORT or uds:///PATH", addr);
+    int port = router_node_listen(n->node, addr, err, sizeof err);
+    if (port < 0)
+        return s_fail("kith_node_listen %s: %s", n->name, err);
+    return port;
+}
+
+/* ---------------------------------------------------------------- sending */
+
+/* `to` as router_node_send takes it: an "ed25519:…" key becomes its
+ * PeerId. Returns 0, or -1 with why[whycap] set. */
+static int s_peer(const char *to, char *out, size_t cap, char *why, size_t whycap)
+{
+    if (!to || !to[0]) {
+        snprintf(why, whycap, "no peer named");
+        return -1;
+    }
+    if (strncmp(to, "ed25519:", 8) == 0) {
+        uint8_t pk[PROTO_PUBKEY_LEN], id[16];
+        if (proto_pubkey_parse(to, strlen(to), pk) != 0) {
+            snprintf(why, whycap, "\"%.80s\" is not an ed25519 public key", to);
+            return -1;
+        }
+        proto_peer_id(pk, id);
+        proto_uuid_format(id, out);
+        return 0;
+    }
+    if (strlen(to) >= cap) {
+        snprintf(why, whycap, "no trusted peer named %.80s…", to);
+        return -1;
+    }
+    strcpy(out, to);
+    return 0;
+}
+
+/* Sends *kind (taken) and maps the receipt to KITH_*. */
+static int s_send(kith_node_t *n, const char *what, const char *to, cbor_item_t **kind,
+                  int timeout_ms, bool no_ack)
+{
+    char peer[PROTO_UUID_TEXT_CAP + ROUTER_PEER_NAME_MAX], why[160];
+    if (s_peer(to, peer, sizeof peer, why, sizeof why) != 0) {
+        cbor_decref(kind);
+        return s_fail("%s: %s", what, why);
+    }
+    router_node_send_opts_t o = {
+        .timeout_ms = timeout_ms > 0 ? (uint32_t) timeout_ms : KITH_TIMEOUT_DEFAULT_MS,
+        .no_ack = no_ack,
+    };
+    router_node_receipt_t r;
+    if (router_node_send_ex(n->node, peer, kind, &o, &r) != 0)
+        return s_fail("%s: %s", what, r.detail);
+    switch (r.outcome) {
+    case ROUTER_SEND_ACKED:
+    case ROUTER_SEND_SENT: /* a kind that is never acked (response): written */
+        return KITH_ACKED;
+    case ROUTER_SEND_REJECTED:
+        s_fail("%s to %s refused: %s", what, to, r.detail);
+        return KITH_REFUSED;
+    case ROUTER_SEND_OFFLINE:
+        break;
+    }
+    s_fail("%s to %s: offline: %s", what, to, r.detail);
+    return KITH_OFFLINE;
+}
+
+int kith_node_send(kith_node_t *n, const char *to, const char *body, int timeout_ms)
+{
+    if (!n || !body)
+        return s_fail("kith_node_send: node and body are required");
+    cbor_item_t *kind = proto_kind_message(body, strlen(body), NULL, PROTO_HANDLING_NONE);
+    if (!kind)
+        return s_fail("kith_node_send: out of memory");
+    return s_send(n, "kith_node_send", to, &kind, timeout_ms, false);
+}
+
+/* JSON text (NULL: null) as a new CBOR value, or NULL with the error set. */
+static cbor_item_t *s_value(const char *what, const char *field, const char *json)
+{
+    char err[256];
+    cbor_item_t *v = json ? router_json_to_cbor(json, strlen(json), err, sizeof err)
+                          : cbor_new_null();
+    if (!v)
+        s_fail("%s: %s: %s", what, field, json ? err : "out of memory");
+    return v;
+}
+
+int kith_node_request(kith_node_t *n, const char *to, const char *intent,
+                      const char *params_json, int timeout_ms)
+{
+    if (!n || !intent)
+        return s_fail("kith_node_request: node and intent are required");
+    cbor_item_t *params = s_value("kith_node_request", "params_json", params_json);
+    if (!params)
+        return -1;
+    cbor_item_t *kind = proto_kind_request(intent, strlen(intent), &params, NULL,
+                                           PROTO_HANDLING_NONE);
+    if (!kind)
+        return s_fail("kith_node_request: out of memory");
+    return s_send(n, "kith_node_request", to, &kind, timeout_ms, false);
+}
+
+int kith_node_respond(kith_node_t *n, const kith_msg_t *request, const char *status,
+                      const char *result_json, int timeout_ms)
+{
+    static const struct {
+        const char *text;
+        proto_status_t status;
+    } s_statuses[] = {
+        {"accepted", PROTO_STATUS_ACCEPTED},
+        {"completed", PROTO_STATUS_COMPLETED},
+        {"failed", PROTO_STATUS_FAILED},
+    };
+    if (!n || !request || !status)
+        return s_fail("kith_node_respond: node, request and status are required");
+    if (request->kind != PROTO_KIND_REQUEST)
+        return s_fail("kith_node_respond: the message is a %s, not a request",
+                      proto_kind_str(request->kind));
+    proto_status_t st = PROTO_STATUS_NONE;
+    for (size_t i = 0; i < sizeof s_statuses / sizeof s_statuses[0]; i++)
+        if (strcmp(status, s_statuses[i].text) == 0)
+            st = s_statuses[i].status;
+    if (st == PROTO_STATUS_NONE)
+        return s_fail("kith_node_respond: status \"%.40s\" is not accepted, completed or failed",
+                      status);
+    cbor_item_t *result = s_value("kith_node_respond", "result_json", result_json);
+    if (!result)
+        return -1;
+    cbor_item_t *kind = proto_kind_response(request->id, st, &result);
+    if (!kind)
+        return s_fail("kith_node_respond: out of memory");
+    char to[PROTO_PUBKEY_TEXT_CAP];
+    proto_pubkey_format(request->from, to, sizeof to);
+    return s_send(n, "kith_node_respond", to, &kind, timeout_ms, true);
+}
+
+/* ---------------------------------------------------------------- receiving */
+
+/* {"id","from","kind"} of env into m->json. 0 or -1. */
+static int s_msg_json(kith_msg_t *m, const proto_envelope_t *env)
+{
+    char id[PROTO_UUID_TEXT_CAP], from[PROTO_PUBKEY_TEXT_CAP];
+    const unsigned char *buf;
+    size_t len;
+    int rc = -1;
+    yajl_gen g = yajl_gen_alloc(NULL);
+    if (!g)
+        return -1;
+    proto_uuid_format(m->id, id);
+    proto_pubkey_format(m->from, from, sizeof from);
+    if (yajl_gen_map_open(g) != yajl_gen_status_ok ||
+        yajl_gen_string(g, (const unsigned char *) "id", 2) != yajl_gen_status_ok ||
+        yajl_gen_string(g, (const unsigned char *) id, strlen(id)) != yajl_gen_status_ok ||
+        yajl_gen_string(g, (const unsigned char *) "from", 4) != yajl_gen_status_ok ||
+        yajl_gen_string(g, (const unsigned char *) from, strlen(from)) != yajl_gen_status_ok ||
+        yajl_gen_string(g, (const unsigned char *) "kind", 4) != yajl_gen_status_ok ||
+        router_envelope_kind_to_json(g, env) != 0 || yajl_gen_map_close(g) != yajl_gen_status_ok ||
+        yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok)
+        goto done;
+    if (!(m->json = malloc(len + 1)))
+        goto done;
+    memcpy(m->json, buf, len);
+    m->json[len] = '\0';
+    rc = 0;
+done:
+    yajl_gen_free(g);
+    return rc;
+}
+
+int kith_node_recv(kith_node_t *n, kith_msg_t **msg_p, int timeout_ms)
+{
+    if (!n || !msg_p)
+        return s_fail("kith_node_recv: node and msg_p are required");
+    *msg_p = NULL;
+    router_inbox_entry_t e;
+    if (router_inbox_pop(router_node_inbox(n->node), &e, timeout_ms < 0 ? -1 : timeout_ms) != 0)
+        return s_fail("timeout");
+    proto_envelope_t *env = NULL;
+    proto_envelope_reason_t why;
+    kith_msg_t *m = NULL;
+    int rc = -1;
+    if (proto_envelope_decode(e.frame, e.frame_len, &env, &why) != 0) {
+        /* Only plain event listeners admit anything else, and library
+         * nodes have none. */
+        s_fail("kith_node_recv: an inbox entry (%s) that is not an envelope: %s", e.kind,
+               proto_envelope_reason_str(why));
+        goto done;
+    }
+    if (!(m = calloc(1, sizeof *m))) {
+        s_fail("out of memory");
+        goto done;
+    }
+    memcpy(m->id, proto_envelope_id(env), 16);
+    memcpy(m->from, proto_envelope_from(env), 32);
+    m->kind = proto_envelope_kind(env);
+    if (s_msg_json(m, env) != 0) {
+        s_fail("kith_node_recv: the envelope has no JSON form, or out of memory");
+        kith_msg_destroy(&m);
+        goto done;
+    }
+    *msg_p = m;
+    rc = 0;
+done:
+    proto_envelope_destroy(&env);
+    router_inbox_entry_clear(&e);
+    return rc;
+}
+
+const char *kith_msg_json(const kith_msg_t *m)
+{
+    if (!m) {
+        s_fail("kith_msg_json: no message");
+        return NULL;
+    }
+    return m->json;
+}
+
+void kith_msg_destroy(kith_msg_t **msg_p)
+{
+    if (!msg_p || !*msg_p)
+        return;
+    free((*msg_p)->json);
+    free(*msg_p);
+    *msg_p = NULL;
+}
+
+/* ---------------------------------------------------------------- faults */
+
+/* Changes the faults between a and b: partition (-1 keeps it) and delay
+ * (-1 keeps it). */
+static int s_fault(const char *what, kith_net_t *net, kith_node_t *a, kith_node_t *b,
+                   int partitioned, long delay_ms)
+{
+    if (!net || !a || !b)
+        return s_fail("%s: net and two nodes are required", what);
+    if (a->net != net || b->net != net)
+        return s_fail("%s: %s and %s must both be in this net", what, a->name, b->name);
+    if (a == b)
+        return s_fail("%s: a node is never cut from itself", what);
+    bool part;
+    uint32_t delay;
+    int rc = -1;
+    pthread_mutex_lock(&net->mu);
+    if (router_inproc_get_faults(net->inproc, a->name, b->name, &part, &delay) == 0) {
+        if (partitioned >= 0)
+            part = partitioned != 0;
+        if (delay_ms >= 0)
+            delay = (uint32_t) delay_ms;
+        rc = router_inproc_set_faults(net->inproc, a->name, b->name, part, delay);
+    }
+    pthread_mutex_unlock(&net->mu);
+    if (rc != 0)
+        return s_fail("%s: %s", what, strerror(errno));
+    return 0;
+}
+
+int kith_net_partition(kith_net_t *net, kith_node_t *a, kith_node_t *b)
+{
+    return s_fault("kith_net_partition", net, a, b, 1, -1);
+}
+
+int kith_net_heal(kith_net_t *net, kith_node_t *a, kith_node_t *b)
+{
+    return s_fault("kith_net_heal", net, a, b, 0, -1);
+}
+
+int kith_net_delay(kith_net_t *net, kith_node_t *a, kith_node_t *b, int ms)
+{
+    if (ms < 0 || (unsigned) ms > ROUTER_INPROC_DELAY_MAX)
+        return s_fail("kith_net_delay: %d ms is outside 0..%u", ms, ROUTER_INPROC_DELAY_MAX);
+    return s_fault("kith_net_delay", net, a, b, -1, ms);
+}

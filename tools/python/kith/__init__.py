@@ -1,0 +1,308 @@
+"""kith — many kith nodes in one process, for testing agents (DESIGN §13).
+
+A thin ctypes layer over libkith.so (no compile step): every node has its
+own Ed25519 identity, trust store and inbox and runs on its own thread, and
+nodes reach each other through exactly the framing, checks and bounds TCP
+peers go through. The network can be told to misbehave::
+
+    import kith
+
+    with kith.Net() as net:
+        a, b = net.node("a"), net.node("b")
+        a.trust(b)                                   # both ways
+        assert a.send("b", "hi", timeout_ms=5000) == kith.ACKED
+        m = b.recv(timeout_ms=5000)                  # a dict
+        assert m["kind"] == {"type": "message", "body": "hi"}
+        net.partition(a, b)
+        assert a.send("b", "lost?", timeout_ms=200) == kith.OFFLINE
+        net.heal(a, b)                               # held bytes flow again
+
+Sends return an outcome — ACKED (0), OFFLINE (2: no ack in time; it may
+or may not have arrived) or REFUSED (3) — and raise KithError when nothing
+could be sent (bad arguments, unknown peer). Every blocking call takes
+timeout_ms, with a default of DEFAULT_TIMEOUT_MS. Messages are dicts of
+the JSON form in spec/WIRE.md §22: {"id", "from", "kind": {...}}, ids as
+UUID text, keys as "ed25519:<base64>", byte strings as {"$bytes": "..."}.
+
+The library is found, in this order, at $KITH_LIBRARY; beside this file;
+in the lib/ directory of the prefix this module was installed under
+(<prefix>/lib/python3/dist-packages/kith/ → <prefix>/lib/); and through
+the dynamic loader's usual search (LD_LIBRARY_PATH, ldconfig).
+"""
+
+import ctypes
+import ctypes.util
+import json
+import os
+
+__all__ = [
+    "ACKED", "OFFLINE", "REFUSED", "DEFAULT_TIMEOUT_MS",
+    "KithError", "Net", "Node", "Message", "version", "library_path",
+]
+
+ACKED = 0
+OFFLINE = 2
+REFUSED = 3
+DEFAULT_TIMEOUT_MS = 30000
+
+_SONAME = "libkith.so.0"
+
+
+class KithError(Exception):
+    """A call failed locally: bad arguments, unknown peer, a destroyed object."""
+
+
+# ------------------------------------------------------------------ loading
+
+def _candidates():
+    here = os.path.dirname(os.path.abspath(__file__))
+    yield os.environ.get("KITH_LIBRARY")
+    for name in (_SONAME, "libkith.so"):
+        yield os.path.join(here, name)
+    prefix_lib = os.path.normpath(os.path.join(here, "..", "..", ".."))
+    for name in (_SONAME, "libkith.so"):
+        yield os.path.join(prefix_lib, name)
+    yield _SONAME
+    yield ctypes.util.find_library("kith")
+
+
+def _load():
+    tried = []
+    env = os.environ.get("KITH_LIBRARY")
+    for path in _candidates():
+        if not path or path in tried:
+            continue
+        tried.append(path)
+        if os.sep in path and not os.path.exists(path):
+            if path == env:
+                raise KithError("KITH_LIBRARY=%s: no such file" % env)
+            continue
+        try:
+            return ctypes.CDLL(path), path
+        except OSError as e:
+            if path == env:
+                raise KithError("KITH_LIBRARY=%s: %s" % (env, e)) from e
+    raise KithError("libkith.so not found (tried %s); set KITH_LIBRARY" % ", ".join(tried))
+
+
+_lib, library_path = _load()
+
+_p = ctypes.c_void_p
+_pp = ctypes.POINTER(ctypes.c_void_p)
+_s = ctypes.c_char_p
+_i = ctypes.c_int
+for _name, _res, _args in [
+    ("kith_net_new", _p, []),
+    ("kith_net_destroy", None, [_pp]),
+    ("kith_node_new", _p, [_p, _s, _s]),
+    ("kith_node_trust", _i, [_p, _p]),
+    ("kith_node_listen", _i, [_p, _s]),
+    ("kith_node_pubkey", _s, [_p]),
+    ("kith_node_send", _i, [_p, _s, _s, _i]),
+    ("kith_node_request", _i, [_p, _s, _s, _s, _i]),
+    ("kith_node_recv", _i, [_p, _pp, _i]),
+    ("kith_msg_json", _s, [_p]),
+    ("kith_node_respond", _i, [_p, _p, _s, _s, _i]),
+    ("kith_msg_destroy", None, [_pp]),
+    ("kith_node_destroy", None, [_pp]),
+    ("kith_net_partition", _i, [_p, _p, _p]),
+    ("kith_net_heal", _i, [_p, _p, _p]),
+    ("kith_net_delay", _i, [_p, _p, _p, _i]),
+    ("kith_last_error", _s, []),
+    ("kith_version", _s, []),
+]:
+    _f = getattr(_lib, _name)
+    _f.restype = _res
+    _f.argtypes = _args
+
+
+def _error(what):
+    return KithError("%s: %s" % (what, _lib.kith_last_error().decode("utf-8", "replace")))
+
+
+def _text(s):
+    return None if s is None else s.encode("utf-8")
+
+
+def _json(value):
+    return None if value is None else json.dumps(value).encode("utf-8")
+
+
+def version():
+    """The library's version, "MAJOR.MINOR.PATCH"."""
+    return _lib.kith_version().decode()
+
+
+# ------------------------------------------------------------------ messages
+
+class Message(dict):
+    """One received envelope: {"id", "from", "kind": {...}} (WIRE §22).
+
+    A dict; it also keeps the library's copy, which Node.respond needs to
+    answer a request. Freed when garbage-collected.
+    """
+
+    def __init__(self, ptr):
+        self._ptr = ctypes.c_void_p(ptr)
+        super().__init__(json.loads(_lib.kith_msg_json(self._ptr).decode("utf-8")))
+
+    def __del__(self):
+        if _lib is not None and getattr(self, "_ptr", None) and self._ptr.value:
+            _lib.kith_msg_destroy(ctypes.byref(self._ptr))
+
+
+# ------------------------------------------------------------------ nodes
+
+class Node:
+    """One node of a Net (make it with Net.node). Usable as a context
+    manager: leaving the block destroys the node."""
+
+    def __init__(self, net, name, home=None):
+        ptr = _lib.kith_node_new(net._handle(), _text(name), _text(home))
+        if not ptr:
+            raise _error("node %s" % name)
+        self._ptr = ctypes.c_void_p(ptr)
+        self.net = net
+        self.name = name
+        self.home = home
+        #: "ed25519:" + base64 of the node's public key
+        self.pubkey = _lib.kith_node_pubkey(self._ptr).decode()
+
+    def _handle(self):
+        if not self._ptr or not self._ptr.value:
+            raise KithError("node %s was destroyed" % self.name)
+        return self._ptr
+
+    def __repr__(self):
+        return "<kith.Node %s %s>" % (self.name, self.pubkey)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.destroy()
+
+    def destroy(self):
+        """Stops the node (it acks what it admitted, then closes) and frees it."""
+        if self._ptr and self._ptr.value:
+            self.net._nodes.discard(self)
+            _lib.kith_node_destroy(ctypes.byref(self._ptr))
+        self._ptr = None
+
+    def trust(self, other):
+        """This node trusts `other` and `other` trusts this one."""
+        if _lib.kith_node_trust(self._handle(), other._handle()) != 0:
+            raise _error("trust")
+
+    def listen(self, addr):
+        """Also serves "tcp://HOST:PORT" (port 0: one is chosen) or
+        "uds:///PATH". Returns the bound TCP port, or 0 for a Unix socket."""
+        port = _lib.kith_node_listen(self._handle(), _text(addr))
+        if port < 0:
+            raise _error("listen")
+        return port
+
+    def send(self, to, body, timeout_ms=DEFAULT_TIMEOUT_MS):
+        """Sends a message {body} to `to` (a name, PeerId or "ed25519:" key)
+        and waits for its ack. Returns ACKED, OFFLINE or REFUSED."""
+        return self._outcome("send", _lib.kith_node_send(
+            self._handle(), _text(to), _text(body), int(timeout_ms)))
+
+    def request(self, to, intent, params=None, timeout_ms=DEFAULT_TIMEOUT_MS):
+        """Sends a request {intent, params} (params: any JSON-able value) and
+        waits for its ack. Returns ACKED, OFFLINE or REFUSED; an answer comes
+        later through recv() as a "response"."""
+        return self._outcome("request", _lib.kith_node_request(
+            self._handle(), _text(to), _text(intent), _json(params), int(timeout_ms)))
+
+    def respond(self, request, status="completed", result=None, timeout_ms=DEFAULT_TIMEOUT_MS):
+        """Answers a received request (the Message recv gave) with a signed
+        response {in_reply_to, status, result}. Responses are not acked:
+        ACKED means written. Returns ACKED, OFFLINE or REFUSED."""
+        if not isinstance(request, Message):
+            raise KithError("respond: pass the Message recv() returned")
+        return self._outcome("respond", _lib.kith_node_respond(
+            self._handle(), request._ptr, _text(status), _json(result), int(timeout_ms)))
+
+    def recv(self, timeout_ms=DEFAULT_TIMEOUT_MS):
+        """Takes the oldest received envelope as a Message (a dict), waiting
+        up to timeout_ms (0: do not wait; negative: for ever). Raises
+        TimeoutError when none arrives in time."""
+        ptr = ctypes.c_void_p()
+        if _lib.kith_node_recv(self._handle(), ctypes.byref(ptr), int(timeout_ms)) != 0:
+            why = _lib.kith_last_error().decode("utf-8", "replace")
+            if why == "timeout":
+                raise TimeoutError("%s: nothing received within %d ms" % (self.name, timeout_ms))
+            raise KithError("recv: %s" % why)
+        return Message(ptr.value)
+
+    @staticmethod
+    def _outcome(what, rc):
+        if rc < 0:
+            raise _error(what)
+        return rc
+
+
+# ------------------------------------------------------------------ nets
+
+class Net:
+    """A private in-process network of nodes. Usable as a context manager:
+    leaving the block destroys the net and every node still in it."""
+
+    def __init__(self):
+        ptr = _lib.kith_net_new()
+        if not ptr:
+            raise _error("net")
+        self._ptr = ctypes.c_void_p(ptr)
+        self._nodes = set()
+
+    def _handle(self):
+        if not self._ptr or not self._ptr.value:
+            raise KithError("the net was destroyed")
+        return self._ptr
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.destroy()
+
+    def __del__(self):
+        # A forgotten net would leave its nodes' threads running.
+        if _lib is not None and getattr(self, "_ptr", None):
+            self.destroy()
+
+    def node(self, name, home=None):
+        """A new node called `name`, reachable as inproc://name. With `home`
+        (a directory) it keeps its identity, trust and inbox there, so
+        destroying it and making it again from the same home is a restart."""
+        n = Node(self, name, home)
+        self._nodes.add(n)
+        return n
+
+    def destroy(self):
+        """Destroys every node still in the net, then the net."""
+        if self._ptr and self._ptr.value:
+            for n in list(self._nodes):
+                n._ptr = None  # freed by kith_net_destroy
+            self._nodes.clear()
+            _lib.kith_net_destroy(ctypes.byref(self._ptr))
+        self._ptr = None
+
+    def _fault(self, what, rc):
+        if rc != 0:
+            raise _error(what)
+
+    def partition(self, a, b):
+        """Holds every byte between a and b, both ways: sends report OFFLINE
+        after their timeout; what was written is delivered, in order, on heal."""
+        self._fault("partition", _lib.kith_net_partition(self._handle(), a._handle(), b._handle()))
+
+    def heal(self, a, b):
+        """Ends a partition between a and b."""
+        self._fault("heal", _lib.kith_net_heal(self._handle(), a._handle(), b._handle()))
+
+    def delay(self, a, b, ms):
+        """Holds each chunk of bytes between a and b for `ms` milliseconds,
+        both ways (0 ends it and releases what is held)."""
+        self._fault("delay", _lib.kith_net_delay(self._handle(), a._handle(), b._handle(), int(ms)))
