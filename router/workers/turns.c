@@ -540,11 +540,22 @@ static void s_on_turn_timeout(router_loop_t *loop, uint64_t id, void *ud)
         s_turn_end(turn, "stopped");
         return;
     }
+    bool waiting = turn->h > 0 && router_broker_queued(t->o.broker, turn->h);
+    if (waiting && turn->item->from_inbox) {
+        /* No worker has taken it: a durable entry waits for one, however
+         * long (its turn's clock starts when a worker takes it). */
+        turn->timer = router_loop_timer_add(t->o.loop,
+                                            (uint64_t) t->o.turn_timeout_s * 1000u +
+                                                S_TIMEOUT_GRACE_MS,
+                                            s_on_turn_timeout, turn);
+        return;
+    }
     router_json_obj_t o;
     router_json_begin(&o, "error");
     router_json_cstr(&o, "turn_id", turn->id_text);
     router_json_cstr(&o, "code", "AGENT_ERROR");
-    router_json_cstr(&o, "message", "the turn timed out");
+    router_json_cstr(&o, "message", waiting ? "no agent worker took the turn in time"
+                                            : "the turn timed out");
     size_t jl = 0;
     char *json = router_json_end(&o, &jl);
     s_deliver(t, turn->sess, ROUTER_TURN_FRAME_ERROR, json, jl, "AGENT_ERROR");
