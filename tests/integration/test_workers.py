@@ -23,6 +23,7 @@ import cbor2
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import (Conn, Daemon, Peer, Results, check, frame, inbox_rows, metrics_map,
                   verify_envelope, wait_metric)
+from test_sse import Sse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DONE = 'kith_turns_total{status="done"}'
@@ -91,6 +92,11 @@ class Worker:
                 return words[1]
         raise AssertionError(f"worker {self.name} never said {what}")
 
+    def drain(self):
+        """Forgets the lines read so far (earlier turns')."""
+        while not self.lines.empty():
+            self.lines.get_nowait()
+
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -126,7 +132,8 @@ def main():
     peer = Peer()
     acks = AckServer(peer)
     node = Daemon("workers", config={"workers": {"listen": "tcp://127.0.0.1:0",
-                                                 "agent_threads": 0}})
+                                                 "agent_threads": 0},
+                                     "gateway": {"require_pairing": False}})
     node.trust("peer", peer.pk, f"tcp://127.0.0.1:{acks.port}")
     node.start()
     ep = endpoint_of(node)
@@ -160,8 +167,23 @@ def main():
             a.wait("served")
             wait_inbox_empty(node)
 
+        def turn_events_on_api_events():
+            sse = Sse(node).read_head()
+            send(node, peer.message(node.pk, "/peers"))
+            _, start = sse.next_of({"agent_start"})
+            check(start["session_id"] == "comms" and start["channel"] == "comms", start)
+            _, call = sse.next_of({"tool_call_start"})
+            check(call["name"] == "peers" and call["turn_id"] == start["turn_id"], call)
+            _, end = sse.next_of({"agent_end"})
+            check(end["status"] == "done" and end["turn_id"] == start["turn_id"], end)
+            check(isinstance(end["duration_ms"], int), end)
+            sse.close()
+            a.wait("served")
+
         def worker_killed_mid_turn():
             before = metrics_map(node).get(ERROR, 0)
+            wait_inbox_empty(node)  # every earlier turn is over: A is idle
+            a.drain()
             send(node, peer.message(node.pk, "/sleep 600000"))
             a.wait("start")
             a.kill()
@@ -195,6 +217,7 @@ def main():
         r.run(message_becomes_a_turn)
         r.run(request_gets_signed_response)
         r.run(router_tool_sends_signed_message)
+        r.run(turn_events_on_api_events)
         r.run(worker_killed_mid_turn)
         r.run(entries_survive_daemon_kill)
         r.stopped(node)
