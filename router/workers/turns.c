@@ -67,6 +67,8 @@ typedef struct s_item {
     router_turn_source_t src;  /* session, channel, content, envelope */
     uint64_t seq;              /* inbox: the entry */
     uint64_t lock_timer;       /* chat: the lock timeout */
+    char *reply;               /* a request's response text, set as its turn ends */
+    size_t reply_len;
     s_session_t *sess;
     struct s_item *next;
 } s_item_t;
@@ -102,6 +104,11 @@ struct s_turn {
     bool stop_sent;
     struct { char id[64]; char name[64]; } calls[S_CALLS_MAX];
     size_t ncalls;
+    bool has_done;             /* a done FINAL: the three below are known */
+    uint64_t tool_iterations;
+    bool has_tokens, has_cost;
+    uint64_t tokens_used;
+    double cost_usd;
     s_turn_t *next;            /* in t->turns */
 };
 
@@ -161,6 +168,8 @@ struct router_turns {
 
 static void s_pump(router_turns_t *t, s_session_t *sess);
 static void s_turn_end(s_turn_t *turn, const char *status);
+static void s_frame_error(s_turn_t *turn, const char *code, const char *message);
+static void s_frame_stopped(s_turn_t *turn, const char *message);
 static void s_poll(router_loop_t *loop, uint64_t id, void *ud);
 
 /* ------------------------------------------------------------ small helpers */
@@ -300,10 +309,23 @@ static void s_error_to(router_turns_t *t, router_turns_sub_t id, const char *cod
 
 /* ------------------------------------------------------------ items */
 
+/* What a request's response will say, first writer wins. */
+static void s_reply_set(s_item_t *it, const char *text, size_t len)
+{
+    if (it->reply || !it->from_inbox || !it->src.is_request)
+        return;
+    if ((it->reply = malloc(len + 1))) {
+        memcpy(it->reply, text, len);
+        it->reply[len] = '\0';
+        it->reply_len = len;
+    }
+}
+
 static void s_item_free(s_item_t *it)
 {
     if (!it)
         return;
+    free(it->reply);
     router_turn_source_clear(&it->src);
     free(it);
 }
@@ -529,37 +551,22 @@ static void s_on_turn_timeout(router_loop_t *loop, uint64_t id, void *ud)
     router_turns_t *t = turn->t;
     if (turn->stop_asked) {
         /* The worker never sent the FINAL of a stopped turn. */
-        router_json_obj_t o;
-        router_json_begin(&o, "stopped");
-        router_json_cstr(&o, "turn_id", turn->id_text);
-        router_json_cstr(&o, "message", "stopped");
-        size_t jl = 0;
-        char *json = router_json_end(&o, &jl);
-        s_deliver(t, turn->sess, ROUTER_TURN_FRAME_STOPPED, json, jl, NULL);
-        free(json);
+        s_frame_stopped(turn, "stopped");
         s_turn_end(turn, "stopped");
         return;
     }
     bool waiting = turn->h > 0 && router_broker_queued(t->o.broker, turn->h);
     if (waiting && turn->item->from_inbox) {
         /* No worker has taken it: a durable entry waits for one, however
-         * long (its turn's clock starts when a worker takes it). */
+         * long (its turn's clock starts again each time). */
         turn->timer = router_loop_timer_add(t->o.loop,
                                             (uint64_t) t->o.turn_timeout_s * 1000u +
                                                 S_TIMEOUT_GRACE_MS,
                                             s_on_turn_timeout, turn);
         return;
     }
-    router_json_obj_t o;
-    router_json_begin(&o, "error");
-    router_json_cstr(&o, "turn_id", turn->id_text);
-    router_json_cstr(&o, "code", "AGENT_ERROR");
-    router_json_cstr(&o, "message", waiting ? "no agent worker took the turn in time"
-                                            : "the turn timed out");
-    size_t jl = 0;
-    char *json = router_json_end(&o, &jl);
-    s_deliver(t, turn->sess, ROUTER_TURN_FRAME_ERROR, json, jl, "AGENT_ERROR");
-    free(json);
+    s_frame_error(turn, "AGENT_ERROR", waiting ? "no agent worker took the turn in time"
+                                              : "the turn timed out");
     s_turn_end(turn, "error");
 }
 
@@ -646,6 +653,7 @@ static void s_frame_error(s_turn_t *turn, const char *code, const char *message)
     char *json = router_json_end(&o, &jl);
     s_deliver(turn->t, turn->sess, ROUTER_TURN_FRAME_ERROR, json, jl, code);
     free(json);
+    s_reply_set(turn->item, message, strlen(message));
     router_json_obj_t e;
     s_event_begin(&e, turn);
     router_json_cstr(&e, "code", code);
@@ -664,6 +672,8 @@ static void s_frame_stopped(s_turn_t *turn, const char *message)
     char *json = router_json_end(&o, &jl);
     s_deliver(turn->t, turn->sess, ROUTER_TURN_FRAME_STOPPED, json, jl, NULL);
     free(json);
+    static const char stopped[] = "the turn was stopped";
+    s_reply_set(turn->item, stopped, sizeof stopped - 1);
 }
 
 static void s_on_history(void *ud, uint64_t tag, int rc, const router_sessions_msg_t *msgs,
@@ -758,6 +768,17 @@ static void s_turn_end(s_turn_t *turn, const char *status)
         }
     uint64_t ms = router_clock_mono_ms() - turn->started_mono;
     router_histogram_observe(t->h_duration, ms);
+    router_json_obj_t e;
+    s_event_begin(&e, turn);
+    router_json_cstr(&e, "status", status);
+    router_json_u64(&e, "duration_ms", ms);
+    if (turn->has_done)
+        router_json_u64(&e, "tool_iterations", turn->tool_iterations);
+    if (turn->has_tokens)
+        router_json_u64(&e, "tokens_used", turn->tokens_used);
+    if (turn->has_cost)
+        router_json_double(&e, "cost_usd", turn->cost_usd);
+    s_event(t, "agent_end", &e);
     t->st.running--;
     if (strcmp(status, "done") == 0) {
         t->st.done++;
@@ -775,11 +796,15 @@ static void s_turn_end(s_turn_t *turn, const char *status)
     if (it->from_inbox) {
         s_request_t *rq = it->src.is_request ? s_request_find(t, it->src.envelope_id) : NULL;
         if (it->src.is_request && !(rq && rq->answered)) {
-            /* the response's text was attached to the item by the FINAL */
-            if (strcmp(status, "done") == 0)
-                s_respond(t, it, PROTO_STATUS_COMPLETED, it->src.content, it->src.len);
-            else
-                s_respond(t, it, PROTO_STATUS_FAILED, it->src.content, it->src.len);
+            char why[64];
+            const char *text = it->reply;
+            size_t len = it->reply_len;
+            if (!text) {
+                len = (size_t) snprintf(why, sizeof why, "the turn ended: %s", status);
+                text = why;
+            }
+            s_respond(t, it, strcmp(status, "done") == 0 ? PROTO_STATUS_COMPLETED
+                                                         : PROTO_STATUS_FAILED, text, len);
         } else {
             s_inbox_done(t, it->seq);
         }
@@ -1186,77 +1211,41 @@ static void s_on_final(s_turn_t *turn, proto_worker_final_t *f)
 {
     router_turns_t *t = turn->t;
     turn->h = 0; /* the broker is done with it */
-    s_item_t *it = turn->item;
-    router_json_obj_t o, e;
     const char *status = "error";
-    size_t jl = 0;
-    char *json = NULL;
-    uint64_t ms = router_clock_mono_ms() - turn->started_mono;
-    s_event_begin(&e, turn);
     switch (f->type) {
-    case PROTO_WORKER_FINAL_DONE:
+    case PROTO_WORKER_FINAL_DONE: {
         status = "done";
+        turn->has_done = true;
+        turn->tool_iterations = f->tool_iterations;
+        turn->has_tokens = f->has_tokens_used;
+        turn->tokens_used = f->tokens_used;
+        turn->has_cost = f->has_cost_usd;
+        turn->cost_usd = f->cost_usd;
+        (void) router_sessions_append(t->store, turn->sess->id, "assistant", f->full_response.p,
+                                      f->full_response.len, turn->id_text);
+        s_reply_set(turn->item, f->full_response.p, f->full_response.len);
+        router_json_obj_t o;
         router_json_begin(&o, "done");
         router_json_cstr(&o, "turn_id", turn->id_text);
         router_json_str(&o, "full_response", f->full_response.p, f->full_response.len);
         router_json_u64(&o, "tool_iterations", f->tool_iterations);
-        json = router_json_end(&o, &jl);
-        (void) router_sessions_append(t->store, turn->sess->id, "assistant", f->full_response.p,
-                                      f->full_response.len, turn->id_text);
-        /* What a request's response will carry. */
-        if (it->from_inbox && it->src.is_request) {
-            char *c = malloc(f->full_response.len + 1);
-            if (c) {
-                memcpy(c, f->full_response.p, f->full_response.len);
-                c[f->full_response.len] = '\0';
-                free(it->src.content);
-                it->src.content = c;
-                it->src.len = f->full_response.len;
-            }
-        }
+        size_t jl = 0;
+        char *json = router_json_end(&o, &jl);
         s_deliver(t, turn->sess, ROUTER_TURN_FRAME_DONE, json, jl, NULL);
-        if (f->has_tokens_used)
-            router_json_u64(&e, "tokens_used", f->tokens_used);
-        if (f->has_cost_usd)
-            router_json_double(&e, "cost_usd", f->cost_usd);
-        router_json_u64(&e, "tool_iterations", f->tool_iterations);
+        free(json);
         break;
+    }
     case PROTO_WORKER_FINAL_STOPPED:
         status = "stopped";
-        s_frame_stopped(turn, f->message.p ? f->message.p : NULL);
-        if (it->from_inbox && it->src.is_request) {
-            free(it->src.content);
-            it->src.content = strdup("the turn was stopped");
-            it->src.len = it->src.content ? strlen(it->src.content) : 0;
-        }
+        s_frame_stopped(turn, f->message.p);
         break;
     case PROTO_WORKER_FINAL_ERROR: {
         const char *code = proto_worker_code_str(f->code);
         s_frame_error(turn, code ? code : "AGENT_ERROR", f->message.p ? f->message.p : "");
-        if (it->from_inbox && it->src.is_request) {
-            free(it->src.content);
-            it->src.content = strndup(f->message.p ? f->message.p : "", f->message.len);
-            it->src.len = it->src.content ? strlen(it->src.content) : 0;
-        }
         break;
     }
     }
-    free(json);
-    router_json_cstr(&e, "status", status);
-    router_json_u64(&e, "duration_ms", ms);
-    s_event(t, "agent_end", &e);
     s_turn_end(turn, status);
-}
-
-/* A request failed or is of a kind that needs no reply. */
-static void s_fail_request_text(s_turn_t *turn, const char *text)
-{
-    s_item_t *it = turn->item;
-    if (it->from_inbox && it->src.is_request) {
-        free(it->src.content);
-        it->src.content = strdup(text);
-        it->src.len = it->src.content ? strlen(it->src.content) : 0;
-    }
 }
 
 static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
@@ -1265,14 +1254,7 @@ static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
     router_turns_t *t = turn->t;
     if (kind < 0) {
         turn->h = 0;
-        const char *msg = "the worker running this turn died or left";
-        s_frame_error(turn, "AGENT_ERROR", msg);
-        s_fail_request_text(turn, msg);
-        router_json_obj_t e;
-        s_event_begin(&e, turn);
-        router_json_cstr(&e, "status", "error");
-        router_json_u64(&e, "duration_ms", router_clock_mono_ms() - turn->started_mono);
-        s_event(t, "agent_end", &e);
+        s_frame_error(turn, "AGENT_ERROR", "the worker running this turn died or left");
         s_turn_end(turn, "error");
         return;
     }
@@ -1289,7 +1271,6 @@ static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
         if (kind == 1) { /* the broker has closed the request: the turn cannot go on */
             turn->h = 0;
             s_frame_error(turn, "AGENT_ERROR", "the worker's final reply was malformed");
-            s_fail_request_text(turn, "the worker's final reply was malformed");
             s_turn_end(turn, "error");
         }
         if (ok)
@@ -1696,7 +1677,6 @@ void router_turns_stop(router_turns_t *t, router_turns_sub_t id)
         return; /* ended when its history arrives */
     if (router_broker_queued(t->o.broker, turn->h)) {
         s_frame_stopped(turn, "stopped before a worker took it");
-        s_fail_request_text(turn, "the turn was stopped");
         s_turn_end(turn, "stopped");
         return;
     }
