@@ -4,12 +4,13 @@ spec/WIRE.md §19 and spec/worker.cddl alone (pyzmq + cbor2, no kith code).
     mdp_worker.py ENDPOINT NAME   serves service kith.agent until killed
 
 Each turn answers "<NAME>: <content>" as one chunk and a done. Content
-"/sleep MS" holds the turn MS milliseconds first (heartbeating); "/peers" and
-"/send PEER TEXT" call the router-run tools and answer with their result.
+"/sleep MS" anywhere in it holds the turn MS milliseconds first (heartbeating);
+"/error" anywhere ends it with an AGENT_ERROR; content starting "/peers" or
+"/send PEER TEXT" calls the router-run tools and answers with their result.
 Prints "start <turn_id hex>" and "served <turn_id hex>" per turn, flushed,
 for the test to read."""
 
-import sys, time, zmq, cbor2
+import re, sys, time, zmq, cbor2
 
 P = b"MDPW02"
 READY, REQUEST, PARTIAL, FINAL, HEARTBEAT, DISCONNECT = (bytes([c]) for c in range(1, 7))
@@ -55,8 +56,13 @@ while True:
     tid, text, seq = turn["turn_id"], turn["message"]["content"], 0
     answer = f"{name}: {text}"
     print("start", tid.hex(), flush=True)
-    if text.startswith("/sleep "):                # hold, but keep beating
-        end = time.monotonic() + int(text.split()[1]) / 1000
+    sleep = re.search(r"/sleep (\d+)", text)
+    if "/error" in text:
+        reply(FINAL, addr, {"type": "error", "turn_id": tid, "code": "AGENT_ERROR",
+                            "message": "asked to fail"})
+        continue
+    if sleep:                                     # hold, but keep beating
+        end = time.monotonic() + int(sleep.group(1)) / 1000
         while time.monotonic() < end:
             recv(50)
     elif text.startswith("/peers") or text.startswith("/send "):

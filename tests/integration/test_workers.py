@@ -2,10 +2,12 @@
 Python worker (mdp_worker.py, written from WIRE §19 and worker.cddl alone)
 connected to `workers.listen` over loopback tcp, against the real daemon:
 a peer's message becomes a turn answered by the worker; a request gets a
-signed response back to the peer; a router-run tool (send_message) reaches
+signed response back to the peer (completed, or failed with the worker's
+error); a router-run tool (send_message) reaches
 the peer signed and acked; kill -9 of the worker mid-turn ends that turn as
-an error and the next goes to another worker; an entry admitted while no
-worker runs survives a daemon kill -9 and is dispatched after the restart."""
+an error and the next goes to another worker; requests admitted before a
+daemon kill -9 (one mid-turn, one not yet taken) are dispatched again after
+the restart and both answered."""
 
 import os
 import queue
@@ -51,7 +53,10 @@ class AckServer:
     def _serve(self, c):
         buf = b""
         while True:
-            chunk = c.recv(65536)
+            try:
+                chunk = c.recv(65536)
+            except OSError:  # the daemon was killed
+                return
             if not chunk:
                 return
             buf += chunk
@@ -137,6 +142,7 @@ def main():
     node.trust("peer", peer.pk, f"tcp://127.0.0.1:{acks.port}")
     node.start()
     ep = endpoint_of(node)
+    ep_now = [ep]
     a = Worker(ep, "A")
     workers = [a]
     try:
@@ -157,6 +163,15 @@ def main():
             check(k["type"] == "response" and k["in_reply_to"] == req["id"], f"kind {k}")
             check(k["status"] == "completed", f"status {k['status']}")
             check(k["result"] == 'A: request ping: {"n":1}', f"result {k['result']!r}")
+            wait_inbox_empty(node)
+
+        def failed_request_gets_failed_response():
+            req = peer.request(node.pk, "/error", {})
+            send(node, req)
+            ok, env = acks.next()
+            k = env["kind"]
+            check(ok and k["type"] == "response" and k["in_reply_to"] == req["id"], f"kind {k}")
+            check(k["status"] == "failed" and k["result"] == "asked to fail", f"kind {k}")
             wait_inbox_empty(node)
 
         def router_tool_sends_signed_message():
@@ -200,22 +215,38 @@ def main():
             for w in workers:
                 w.kill()
             wait_metric(node, "kith_workers_alive", lambda v: v == 0)
-            send(node, peer.message(node.pk, "while nobody works"))
+            # One request taken by a worker mid-turn, one no worker has taken:
+            # kill -9 the daemon, restart it, and both are answered.
+            d = Worker(ep_now[0], "D")
+            workers.append(d)
+            held = peer.request(node.pk, "hold", {"wait": "/sleep 3000"})
+            send(node, held)
+            d.wait("start")
+            queued = peer.request(node.pk, "later", {})
+            send(node, queued)
             node.proc.send_signal(signal.SIGKILL)
             node.proc.wait()
             node.log.close()
             node.log = None
-            check(len(inbox_rows(node, "seq")) == 1, "the entry is not in state.db")
+            d.kill()
+            check(len(inbox_rows(node, "seq")) >= 1, "the entries are not in state.db")
             os.truncate(node.log_path, 0)  # start() waits for this run's "ready"
             node.start()
-            c = Worker(endpoint_of(node), "C")
-            workers.append(c)
-            c.wait("served")
-            wait_metric(node, DONE, lambda v: v >= 1)
+            e = Worker(endpoint_of(node), "E")
+            workers.append(e)
+            answered = {}
+            while len(answered) < 2:
+                ok, env = acks.next()
+                k = env["kind"]
+                check(ok and k["type"] == "response", f"kind {k}")
+                answered[k["in_reply_to"]] = k
+            check(set(answered) == {held["id"], queued["id"]}, "not both answered")
+            check(all(k["status"] == "completed" for k in answered.values()), answered)
             wait_inbox_empty(node)
 
         r.run(message_becomes_a_turn)
         r.run(request_gets_signed_response)
+        r.run(failed_request_gets_failed_response)
         r.run(router_tool_sends_signed_message)
         r.run(turn_events_on_api_events)
         r.run(worker_killed_mid_turn)
