@@ -26,7 +26,7 @@
 #include "router/state/home.h"
 #include "router/state/inbox.h"
 #include "router/state/trust.h"
-#include "tools/kith/envelope_json.h"
+#include "router/comms/envelope_json.h"
 
 /* Room for a kith_last_error() line. */
 #define S_ERROR_CAP 512
