@@ -42,6 +42,7 @@ const char *proto_audit_kind_str(proto_audit_kind_t k)
     case PROTO_AUDIT_RECORDS:  return "audit_records";
     case PROTO_AUDIT_VERIFY:   return "audit_verify";
     case PROTO_AUDIT_VERIFIED: return "audit_verified";
+    case PROTO_AUDIT_ERROR:    return "audit_error";
     }
     return NULL;
 }
@@ -64,12 +65,14 @@ typedef enum {
     S_K_REASON,
     S_K_TIME_MS,
     S_K_DETAIL,
+    S_K_CODE,
+    S_K_MESSAGE,
     S_K_N,
 } s_key_t;
 
 static const char *const s_key_names[S_K_N] = {
     "type", "events", "first_seq", "count", "limit", "event_type", "since_ms",
-    "records", "ok", "first_bad", "reason", "time_ms", "detail",
+    "records", "ok", "first_bad", "reason", "time_ms", "detail", "code", "message",
 };
 
 #define S_BIT(k) (1u << (k))
@@ -92,6 +95,8 @@ static const s_schema_t s_schemas[] = {
     {PROTO_AUDIT_VERIFIED,
      S_BIT(S_K_TYPE) | S_BIT(S_K_OK) | S_BIT(S_K_FIRST_BAD) | S_BIT(S_K_REASON) | S_BIT(S_K_RECORDS),
      S_BIT(S_K_TYPE) | S_BIT(S_K_OK) | S_BIT(S_K_RECORDS)},
+    {PROTO_AUDIT_ERROR, S_BIT(S_K_TYPE) | S_BIT(S_K_CODE) | S_BIT(S_K_MESSAGE),
+     S_BIT(S_K_TYPE) | S_BIT(S_K_CODE) | S_BIT(S_K_MESSAGE)},
 };
 
 static const unsigned s_event_allowed = S_BIT(S_K_TIME_MS) | S_BIT(S_K_TYPE) | S_BIT(S_K_DETAIL);
@@ -301,6 +306,10 @@ static proto_audit_err_t s_decode(const cbor_item_t *root, proto_audit_msg_t *m)
         if (f[S_K_REASON])
             return s_text(f[S_K_REASON], 0, PROTO_AUDIT_REASON_MAX, &m->reason, &m->reason_len);
         return PROTO_AUDIT_OK;
+    case PROTO_AUDIT_ERROR:
+        if ((e = s_text(f[S_K_CODE], 1, PROTO_AUDIT_CODE_MAX, &m->code, &m->code_len)) != PROTO_AUDIT_OK)
+            return e;
+        return s_text(f[S_K_MESSAGE], 0, PROTO_AUDIT_REASON_MAX, &m->reason, &m->reason_len);
     }
     return PROTO_AUDIT_E_UNKNOWN_TYPE;
 }
@@ -347,6 +356,7 @@ void proto_audit_msg_clear(proto_audit_msg_t *m)
     free(m->records);
     free((void *) m->event_type);
     free((void *) m->reason);
+    free((void *) m->code);
     memset(m, 0, sizeof *m);
 }
 
@@ -399,6 +409,11 @@ static proto_audit_err_t s_encode_check(const proto_audit_msg_t *m)
         return PROTO_AUDIT_OK;
     case PROTO_AUDIT_VERIFIED:
         if (m->reason && !s_text_ok(m->reason, m->reason_len, 0, PROTO_AUDIT_REASON_MAX))
+            return PROTO_AUDIT_E_BAD_VALUE;
+        return PROTO_AUDIT_OK;
+    case PROTO_AUDIT_ERROR:
+        if (!s_text_ok(m->code, m->code_len, 1, PROTO_AUDIT_CODE_MAX) ||
+            !s_text_ok(m->reason, m->reason_len, 0, PROTO_AUDIT_REASON_MAX))
             return PROTO_AUDIT_E_BAD_VALUE;
         return PROTO_AUDIT_OK;
     case PROTO_AUDIT_APPENDED:
@@ -485,6 +500,15 @@ int proto_audit_msg_encode(const proto_audit_msg_t *m, uint8_t **out, size_t *le
         s_put_uint(&b, "records", m->checked);
         if (m->has_first_bad)
             s_put_uint(&b, "first_bad", m->first_bad);
+        break;
+    case PROTO_AUDIT_ERROR:
+        proto_cbor_put_head(&b, 5, 3);
+        s_put_str(&b, "code");
+        proto_cbor_put_text(&b, m->code, m->code_len);
+        s_put_str(&b, "type");
+        s_put_str(&b, type);
+        s_put_str(&b, "message");
+        proto_cbor_put_text(&b, m->reason, m->reason_len);
         break;
     }
     if (b.failed != PROTO_CBOR_OK) {

@@ -7,6 +7,7 @@
  *   audit-records  {type:"audit_records", records:[* tstr]}
  *   audit-verify   {type:"audit_verify"}
  *   audit-verified {type:"audit_verified", ok, records, ? first_bad, ? reason}
+ *   audit-error    {type:"audit_error", code, message}   (any request that failed)
  *
  * What the decoder accepts (each refusal a typed reason below): one CBOR
  * item of at most PROTO_AUDIT_MSG_MAX bytes, definite lengths, nesting at
@@ -38,8 +39,10 @@
 #define PROTO_AUDIT_LIMIT_MAX 1000u
 /* One record line of audit.log, newline excluded (WIRE §21.1). */
 #define PROTO_AUDIT_RECORD_MAX 16384u
-/* audit-verified reason, bytes. */
+/* audit-verified reason and audit-error message, bytes. */
 #define PROTO_AUDIT_REASON_MAX 256u
+/* audit-error code, bytes ("bad_request", "event", "io", "broken", "no_memory"). */
+#define PROTO_AUDIT_CODE_MAX 32u
 
 typedef enum {
     PROTO_AUDIT_APPEND = 1, /* "audit_append"   router → worker */
@@ -48,6 +51,7 @@ typedef enum {
     PROTO_AUDIT_RECORDS,    /* "audit_records"  worker → router */
     PROTO_AUDIT_VERIFY,     /* "audit_verify"   router → worker */
     PROTO_AUDIT_VERIFIED,   /* "audit_verified" worker → router */
+    PROTO_AUDIT_ERROR,      /* "audit_error"    worker → router */
 } proto_audit_kind_t;
 
 /* Why a body was refused. */
@@ -113,8 +117,11 @@ typedef struct {
     uint64_t checked;           /* `records`: how many records were checked */
     bool has_first_bad;
     uint64_t first_bad;         /* seq of the first bad record */
-    const char *reason;         /* NULL when absent */
+    const char *reason;         /* VERIFIED: NULL when absent; ERROR: the message */
     size_t reason_len;
+    /* ERROR */
+    const char *code;           /* 1..PROTO_AUDIT_CODE_MAX bytes */
+    size_t code_len;
 } proto_audit_msg_t;
 
 /* Decodes exactly len bytes into *out (zeroed first). Returns 0, or -1 with

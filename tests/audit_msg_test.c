@@ -105,6 +105,15 @@ static void test_small_kinds_bytes(void **state)
     assert_int_equal(d.first_bad, 2);
     assert_string_equal(d.reason, "hash");
     proto_audit_msg_clear(&d);
+    /* audit_error: code, type, message */
+    proto_audit_msg_t e = {.kind = PROTO_AUDIT_ERROR, .code = "io", .code_len = 2,
+                           .reason = "disk", .reason_len = 4};
+    s_round(&e, "a3" "64636f6465" "62696f" "6474797065" "6b61756469745f6572726f72"
+                "676d657373616765" "646469736b",
+            &d);
+    assert_string_equal(d.code, "io");
+    assert_string_equal(d.reason, "disk");
+    proto_audit_msg_clear(&d);
 }
 
 static void test_query_and_records(void **state)
