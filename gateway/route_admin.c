@@ -10,6 +10,8 @@
 static void s_paircode(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
 {
     gateway_auth_t *auth = ud;
+    gateway_auth_audit_req(auth, "admin", req,
+                           gateway_auth_is_loopback(req->peer) ? "allowed" : "forbidden");
     if (!gateway_auth_is_loopback(req->peer)) {
         (void) gateway_http_respond_error(res, 403, "forbidden",
                                           "admin routes answer loopback clients only");

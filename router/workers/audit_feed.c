@@ -33,7 +33,8 @@ struct router_audit_feed {
     size_t cap, head, count;     /* the oldest at head */
     size_t bytes;                /* type + detail bytes held */
     size_t in_flight;            /* events at the head sent and not yet acknowledged */
-    int64_t request;             /* the broker's handle, 0 for none */
+    int64_t request;             /* the broker's handle; 0 none, -1 being sent */
+    uint64_t sends;              /* counts s_send's requests (a reply may come inside one) */
     uint64_t timer;              /* flush or retry timer, 0 for none */
     uint32_t retry_first_ms;
     uint32_t retry_ms;           /* the next retry's delay */
@@ -216,7 +217,7 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
 
 static void s_schedule(router_audit_feed_t *self, uint64_t ms)
 {
-    if (self->timer || self->request > 0)
+    if (self->timer || self->request != 0)
         return;
     self->timer = router_loop_timer_add(self->loop, ms, s_on_timer, self);
 }
@@ -281,7 +282,7 @@ static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
 /* Sends the oldest events (up to a batch) as one audit-append. */
 static void s_send(router_audit_feed_t *self)
 {
-    if (self->request > 0 || self->count == 0 || !self->broker)
+    if (self->request != 0 || self->count == 0 || !self->broker)
         return;
     size_t n = 0, bytes = 0;
     proto_audit_event_t *evs = calloc(self->count < PROTO_AUDIT_EVENTS_MAX ? self->count
@@ -312,14 +313,22 @@ static void s_send(router_audit_feed_t *self)
         s_schedule(self, self->retry_ms);
         return;
     }
+    /* The broker may run the reply inside router_broker_request (it drains
+     * its sockets after sending): the state is in place before the call,
+     * and a reply that came inside it is not overwritten after. */
+    self->request = -1;
+    self->in_flight = n;
+    uint64_t mine = ++self->sends;
     int64_t h = router_broker_request(self->broker, ROUTER_AUDIT_SERVICE, body, len, s_on_reply, self);
     free(body);
+    if (self->sends != mine || self->request != -1)
+        return; /* answered already (and maybe the next batch sent) */
     if (h <= 0) {
+        self->request = 0;
         s_retry(self, "the broker's queue is full");
         return;
     }
     self->request = h;
-    self->in_flight = n;
 }
 
 int router_audit_feed_push(router_audit_feed_t *self, const char *type, const char *detail)
