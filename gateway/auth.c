@@ -117,6 +117,28 @@ bool gateway_auth_token_ok(const gateway_auth_t *self, const char *token, size_t
     return router_tokens_check(self->tokens, hash);
 }
 
+router_audit_feed_t *gateway_auth_audit(const gateway_auth_t *self)
+{
+    return self->opts.audit;
+}
+
+void gateway_auth_audit_req(const gateway_auth_t *self, const char *type,
+                            const gateway_http_req_t *req, const char *why)
+{
+    if (!self->opts.audit)
+        return;
+    char client[GATEWAY_AUTH_CLIENT_MAX];
+    gateway_auth_client(req->peer, client);
+    router_audit_detail_t d;
+    router_audit_detail_init(&d);
+    router_audit_detail_str(&d, "client", client);
+    router_audit_detail_strn(&d, "method", req->method.ptr, req->method.len);
+    router_audit_detail_strn(&d, "path", req->path.ptr, req->path.ptr ? req->path.len : 0);
+    if (why)
+        router_audit_detail_str(&d, "reason", why);
+    (void) router_audit_feed_push(self->opts.audit, type, router_audit_detail_end(&d));
+}
+
 int gateway_auth_require(const gateway_auth_t *self, const gateway_http_req_t *req,
                          gateway_http_res_t *res)
 {
@@ -127,6 +149,7 @@ int gateway_auth_require(const gateway_auth_t *self, const gateway_http_req_t *r
     if (gateway_auth_bearer(req, res, self->opts.allow_query_token, &t, &n) &&
         gateway_auth_token_ok(self, t, n))
         return 0;
+    gateway_auth_audit_req(self, "auth_failure", req, t ? "invalid_token" : "no_token");
     (void) gateway_http_res_header(res, "WWW-Authenticate", "Bearer");
     (void) gateway_http_respond_error(res, 401, "unauthorized",
                                       t ? "the bearer token is not valid"

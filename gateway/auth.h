@@ -14,6 +14,7 @@
 
 #include "gateway/http_server.h"
 #include "router/state/tokens.h"
+#include "router/workers/audit_feed.h"
 
 #define GATEWAY_AUTH_TOKEN_PREFIX "kith_"
 #define GATEWAY_AUTH_TOKEN_LEN (5u + 64u)          /* "kith_" + 64 lowercase hex */
@@ -26,6 +27,7 @@ typedef struct gateway_auth gateway_auth_t;
 typedef struct {
     bool require_pairing;   /* false: every request passes */
     bool allow_query_token; /* accept ?token= */
+    router_audit_feed_t *audit; /* pairing, auth failures, admin calls go here; NULL: none */
 } gateway_auth_opts_t;
 
 /* An auth over `tokens` (borrowed; must outlive it). NULL on ENOMEM.
@@ -34,6 +36,13 @@ gateway_auth_t *gateway_auth_new(router_tokens_t *tokens, const gateway_auth_opt
 void gateway_auth_destroy(gateway_auth_t **self_p);
 
 router_tokens_t *gateway_auth_tokens(gateway_auth_t *self);
+/* The audit feed (may be NULL: the feed's functions then do nothing). */
+router_audit_feed_t *gateway_auth_audit(const gateway_auth_t *self);
+
+/* Audits one gateway event `type` ("pair", "auth_failure", "admin", …) from
+ * the request's client, with its method and path and an optional `why`. */
+void gateway_auth_audit_req(const gateway_auth_t *self, const char *type,
+                            const gateway_http_req_t *req, const char *why);
 bool gateway_auth_pairing_required(const gateway_auth_t *self);
 
 /* The bearer token of a request, in DESIGN §5's order: `Authorization:

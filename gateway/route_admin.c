@@ -9,10 +9,13 @@
 #include "router/log.h"
 
 /* Admin routes answer loopback peers only: true when req may go on, else
- * answered 403. */
-static bool s_loopback(const gateway_http_req_t *req, gateway_http_res_t *res)
+ * answered 403. Either way the call is an audit record (WIRE §21). */
+static bool s_loopback(const gateway_route_admin_t *admin, const gateway_http_req_t *req,
+                       gateway_http_res_t *res)
 {
-    if (gateway_auth_is_loopback(req->peer))
+    bool ok = gateway_auth_is_loopback(req->peer);
+    gateway_auth_audit_req(admin->auth, "admin", req, ok ? "allowed" : "forbidden");
+    if (ok)
         return true;
     (void) gateway_http_respond_error(res, 403, "forbidden",
                                       "admin routes answer loopback clients only");
@@ -22,7 +25,7 @@ static bool s_loopback(const gateway_http_req_t *req, gateway_http_res_t *res)
 static void s_paircode(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
 {
     gateway_route_admin_t *admin = ud;
-    if (!s_loopback(req, res))
+    if (!s_loopback(admin, req, res))
         return;
     char code[GATEWAY_AUTH_CODE_LEN + 1], body[64];
     gateway_auth_code_mint(admin->auth, code);
@@ -39,7 +42,7 @@ static void s_paircode(const gateway_http_req_t *req, gateway_http_res_t *res, v
 static void s_shutdown(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
 {
     gateway_route_admin_t *admin = ud;
-    if (!s_loopback(req, res))
+    if (!s_loopback(admin, req, res))
         return;
     if (!admin->shutdown) {
         (void) gateway_http_respond_error(res, 503, "unavailable",

@@ -68,6 +68,7 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
     gateway_auth_client(req->peer, client);
     uint64_t until = router_tokens_locked_until(tokens, client, now);
     if (until) {
+        gateway_auth_audit_req(auth, "pair_failed", req, "locked_out");
         s_too_many(res, until, now);
         return;
     }
@@ -89,9 +90,12 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
         gateway_auth_token_new(w->token, hash);
         router_tokens_forgive(tokens, client);
         rc = router_tokens_add(tokens, hash, now, s_written, w);
+        gateway_auth_audit_req(auth, "pair", req, "code_accepted");
     } else {
         rc = router_tokens_fail(tokens, client, now, GATEWAY_PAIR_FAILURES_MAX,
                                 GATEWAY_PAIR_LOCK_MS, &w->until_ms, s_written, w);
+        gateway_auth_audit_req(auth, "pair_failed", req, w->until_ms ? "invalid_code_locked_out"
+                                                                    : "invalid_code");
         if (w->until_ms)
             ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
                        "pairing: %u bad codes in a row from %s: locked out for %u s",

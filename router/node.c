@@ -64,6 +64,7 @@ struct router_node {
     bool stopping;                       /* loop thread: a drain has begun */
     _Atomic bool stopped;                /* stop requested from outside */
     _Atomic bool wake_posted;            /* a durable wake-up is queued on the loop */
+    router_audit_feed_t *audit;          /* security events go here, or NULL (audit off) */
     router_comms_event_fn *sink;         /* also told of every comms event, or NULL */
     void *sink_ud;                       /* its argument */
     void (*on_stop)(void *ud);           /* told when a graceful stop begins */
@@ -94,8 +95,15 @@ static void s_on_comms_event(const router_comms_event_t *ev, void *ud)
                    "rejected envelope reason=%s detail=%s id=%s kind=%s from=%s peer=%s conn=%llu",
                    proto_wire_reason_str(ev->reason), ev->detail, id, ev->kind ? ev->kind : "-",
                    from, ev->peer_name ? ev->peer_name : "-", (unsigned long long) ev->conn_id);
+    if (self)
+        router_audit_feed_on_comms(self->audit, ev);
     if (self && self->sink)
         self->sink(ev, self->sink_ud);
+}
+
+void router_node_set_audit(router_node_t *self, router_audit_feed_t *feed)
+{
+    self->audit = feed;
 }
 
 void router_node_set_event_sink(router_node_t *self, router_comms_event_fn *fn, void *ud)
@@ -247,6 +255,26 @@ static int s_seed_replay(router_node_t *self, char *err, size_t errcap)
 
 /* ---------------------------------------------------------------- trust reload */
 
+/* A trust store change (or a refused one) for the audit log. */
+static void s_audit_trust(router_node_t *self, const char *type, const char *why,
+                          const router_trust_diff_t *d, const char *err)
+{
+    if (!self->audit)
+        return;
+    router_audit_detail_t det;
+    router_audit_detail_init(&det);
+    router_audit_detail_str(&det, "cause", why);
+    if (d) {
+        router_audit_detail_u64(&det, "added", d->added);
+        router_audit_detail_u64(&det, "removed", d->removed);
+        router_audit_detail_u64(&det, "changed", d->changed);
+        router_audit_detail_str(&det, "summary", d->text);
+    }
+    if (err)
+        router_audit_detail_str(&det, "error", err);
+    (void) router_audit_feed_push(self->audit, type, router_audit_detail_end(&det));
+}
+
 /* On the loop thread: loads trusted_peers.json again and, if it loads,
  * swaps it in (WIRE §7.1). Fail-closed: a file that does not load leaves
  * the store as it was and logs why, naming the row; a missing file is an
@@ -263,6 +291,7 @@ static void s_trust_reload(router_node_t *self, const char *why)
         ROUTER_LOG(ROUTER_LOG_ERROR, "trust",
                    "reload (%s) refused; keeping the %zu peers trusted before: %s", why,
                    router_trust_count(self->trust), err);
+        s_audit_trust(self, "trust_reload_refused", why, NULL, err);
         return;
     }
     router_trust_diff_t d;
@@ -281,6 +310,7 @@ static void s_trust_reload(router_node_t *self, const char *why)
     router_trust_destroy(&old);
     ROUTER_LOG(ROUTER_LOG_INFO, "trust", "reloaded (%s): %zu peers; %s", why,
                router_trust_count(next), d.text);
+    s_audit_trust(self, "trust_changed", why, &d, NULL);
 }
 
 /* inotify on the home directory: reload when trusted_peers.json is written

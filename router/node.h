@@ -35,6 +35,7 @@
 #include "router/net/inproc.h"
 #include "router/state/config.h"
 #include "router/state/inbox.h"
+#include "router/workers/audit_feed.h"
 
 typedef struct router_node router_node_t;
 
@@ -115,6 +116,11 @@ void router_node_on_durable(router_node_t *self, void (*fn)(void *ud), void *ud)
  * gateway publishes them on /api/events. One sink; NULL removes it. Set it
  * before the node runs, or on the loop thread. */
 void router_node_set_event_sink(router_node_t *self, router_comms_event_fn *fn, void *ud);
+
+/* Sends the node's security events (envelope refusals, trust store
+ * reloads and refused reloads) to `feed` (borrowed; NULL: none). Set it
+ * before the node runs, or on the loop thread. */
+void router_node_set_audit(router_node_t *self, router_audit_feed_t *feed);
 
 /* The trust store in force. Loop thread only: reloads swap it there, so the
  * pointer is valid until the callback that asked returns. Borrowed. */

@@ -64,6 +64,7 @@ struct s_service {
     s_req_t *q_head, *q_tail;          /* requests waiting */
     size_t nqueued;
     size_t nworkers;
+    router_metric_t *m_alive;          /* kith_workers_alive{service}, NULL: none */
 };
 
 struct router_broker {
@@ -84,15 +85,17 @@ struct router_broker {
     size_t nservices;
     int64_t next_h;
     router_broker_stats_t st;
-    router_metric_t *m_alive, *m_queued, *m_late, *m_expired, *m_lost, *m_requests;
+    router_metrics_t *metrics;  /* where per-service series are registered, or NULL */
+    router_metric_t *m_queued, *m_late, *m_expired, *m_lost, *m_requests;
 };
 
 /* ------------------------------------------------------------ helpers */
 
 static void s_gauges(router_broker_t *b)
 {
-    router_metric_set(b->m_alive, b->st.workers);
     router_metric_set(b->m_queued, b->st.queued);
+    for (size_t i = 0; i < b->nservices; i++)
+        router_metric_set(b->services[i].m_alive, b->services[i].nworkers);
 }
 
 static s_service_t *s_service(router_broker_t *b, const char *name, size_t len, bool make)
@@ -111,6 +114,14 @@ static s_service_t *s_service(router_broker_t *b, const char *name, size_t len, 
     memset(s, 0, sizeof *s);
     memcpy(s->name, name, len);
     s->name[len] = '\0';
+    /* A name that would need escaping in a label gets no series. */
+    if (b->metrics && !strpbrk(s->name, "\"\\")) {
+        char labels[ROUTER_MDP_SERVICE_MAX + 16];
+        snprintf(labels, sizeof labels, "service=\"%s\"", s->name);
+        s->m_alive = router_metrics_add(b->metrics, "kith_workers_alive", labels,
+                                        ROUTER_METRIC_GAUGE,
+                                        "Workers registered with the broker, by service");
+    }
     return s;
 }
 
@@ -451,6 +462,16 @@ static void s_more(router_loop_t *loop, uint64_t id, void *ud)
     s_kick(b);
 }
 
+/* After a send from the client API: ZMQ_FD is edge-triggered and a send
+ * can consume the edge, so input must be looked at again — but on the next
+ * turn of the loop, never inside the caller's call (whose callbacks would
+ * then run re-entrantly). */
+static void s_kick_later(router_broker_t *b)
+{
+    if (!b->more_timer)
+        b->more_timer = router_loop_timer_add(b->loop, 0, s_more, b);
+}
+
 static void s_on_fd(router_watch_t *watch, int fd, unsigned events, void *ud)
 {
     (void) watch;
@@ -608,8 +629,7 @@ router_broker_t *router_broker_new(const router_broker_opts_t *o, char *err, siz
     if (!b->workers)
         goto nomem;
     if (o->metrics) {
-        b->m_alive = router_metrics_add(o->metrics, "kith_workers_alive", NULL,
-                                        ROUTER_METRIC_GAUGE, "Workers registered with the broker");
+        b->metrics = o->metrics;
         b->m_queued = router_metrics_add(o->metrics, "kith_broker_requests_queued", NULL,
                                          ROUTER_METRIC_GAUGE, "Requests waiting for a worker");
         b->m_requests = router_metrics_add(o->metrics, "kith_broker_requests_total", NULL,
@@ -761,7 +781,7 @@ int64_t router_broker_request(router_broker_t *b, const char *service, const uin
     router_metric_inc(b->m_requests, 1);
     int64_t h = r->h;
     s_dispatch(b, s);
-    s_kick(b);
+    s_kick_later(b);
     return h;
 }
 
@@ -789,7 +809,7 @@ int router_broker_send_to_holder(router_broker_t *b, int64_t h, const uint8_t *b
     uint8_t addr[8];
     s_addr(h, addr);
     int rc = s_send(b, w, ROUTER_MDP_REQUEST, addr, body, len);
-    s_kick(b);
+    s_kick_later(b);
     return rc;
 }
 

@@ -319,6 +319,7 @@ WORKER_GOOD = {
         {"type": "audit_appended", "first_seq": 7, "count": 1},
         {"type": "audit_records", "records": ['{"seq":1}']},
         {"type": "audit_verified", "ok": False, "records": 3, "first_bad": 2, "reason": "hash"},
+        {"type": "audit_error", "code": "io", "message": "cannot fsync audit.log"},
     ],
 }
 WORKER_BAD = {
@@ -341,6 +342,7 @@ WORKER_BAD = {
         {"turn_id": TURN, "seq": 0, "event": {"type": "chunk", "text": "x"}},
         {"type": "error", "turn_id": TURN, "code": "SESSION_BUSY", "message": "x"},
         {"type": "control", "turn_id": TURN, "outcome": "no_active_turn"},
+        {"type": "audit_error", "code": "disk_full", "message": "x"},
     ],
 }
 

@@ -27,6 +27,9 @@ from peer import (Conn, Daemon, Peer, Results, check, frame, inbox_rows, metrics
                   verify_envelope, wait_metric)
 from test_sse import Sse
 
+# Agent workers only: the embedded audit worker registers with the broker too.
+AGENTS_ALIVE = 'kith_workers_alive{service="kith.agent"}'
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DONE = 'kith_turns_total{status="done"}'
 ERROR = 'kith_turns_total{status="error"}'
@@ -156,7 +159,7 @@ def curve_keys_only_authorized(peer, acks):
         send(node, peer.message(node.pk, "sealed"))
         # Three heartbeat windows: a worker let in would have said READY.
         time.sleep(3)
-        check(metrics_map(node).get("kith_workers_alive", 0) == 0, "the stranger joined")
+        check(metrics_map(node).get(AGENTS_ALIVE, 0) == 0, "the stranger joined")
         stranger.kill()
         with open(os.path.join(node.home, "workers", "authorized", "w.cert"), "w") as f:
             f.write(f'metadata\ncurve\n    public-key = "{pub}"\n')
@@ -252,7 +255,7 @@ def main():
         def entries_survive_daemon_kill():
             for w in workers:
                 w.kill()
-            wait_metric(node, "kith_workers_alive", lambda v: v == 0)
+            wait_metric(node, AGENTS_ALIVE, lambda v: v == 0)
             # One request taken by a worker mid-turn, one no worker has taken:
             # kill -9 the daemon, restart it, and both are answered.
             d = Worker(ep_now[0], "D")

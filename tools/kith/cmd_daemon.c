@@ -9,10 +9,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "audit/worker.h"
 #include "gateway/events.h"
 #include "gateway/http_server.h"
 #include "gateway/log_tap.h"
 #include "gateway/routes.h"
+#include "gateway/routes_audit.h"
 #include "gateway/routes_auth.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
@@ -22,6 +24,8 @@
 #include "router/state/config.h"
 #include "router/state/home.h"
 #include "router/state/tokens.h"
+#include "router/workers/audit_feed.h"
+#include "router/workers/broker.h"
 #include "router/workers/turns.h"
 #include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
@@ -57,6 +61,9 @@ typedef struct {
     gateway_ingress_t *ingress; /* /webhook and /sessions/{id}/external-events */
     gateway_route_peers_t peers; /* GET /api/peers */
     gateway_route_admin_t admin; /* /admin/paircode, /admin/shutdown */
+    router_audit_feed_t *audit_feed;      /* pairing, auth failures, admin calls; NULL: off */
+    router_broker_t *audit_broker;        /* /api/audit asks the audit worker through it */
+    gateway_route_audit_t *audit_routes;  /* GET /api/audit, /api/audit/verify */
 } s_gw_auth_t;
 
 static void s_shutdown(void *node)
@@ -82,7 +89,8 @@ static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_co
     if (!(ga->tokens = router_tokens_new(db, router_node_loop(node), err, errcap)))
         return -1;
     gateway_auth_opts_t ao = {.require_pairing = cfg->gateway.require_pairing,
-                              .allow_query_token = cfg->gateway.allow_query_token};
+                              .allow_query_token = cfg->gateway.allow_query_token,
+                              .audit = ga->audit_feed};
     gateway_ingress_opts_t io = {.inbox = router_node_inbox(node),
                                  .secret_env = cfg->gateway.webhook_secret_env};
     ga->auth = gateway_auth_new(ga->tokens, &ao);
@@ -90,7 +98,10 @@ static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_co
     ga->admin = (gateway_route_admin_t){.auth = ga->auth, .shutdown = s_shutdown,
                                         .shutdown_ud = node};
     if (!ga->auth || gateway_route_pair(gw, ga->auth) != 0 ||
-        gateway_route_admin(gw, &ga->admin) != 0 || gateway_route_peers(gw, &ga->peers) != 0) {
+        gateway_route_admin(gw, &ga->admin) != 0 || gateway_route_peers(gw, &ga->peers) != 0 ||
+        !(ga->audit_routes = gateway_route_audit_new(gw, router_node_loop(node),
+                                                     ga->audit_feed ? ga->audit_broker : NULL,
+                                                     ga->auth))) {
         snprintf(err, errcap, "gateway: cannot set up pairing: %s", strerror(errno));
         return -1;
     }
@@ -123,12 +134,14 @@ static void s_gw_auth_announce(s_gw_auth_t *ga)
 static void s_gw_auth_stop(s_gw_auth_t *ga, router_node_t *node)
 {
     router_node_on_durable(node, NULL, NULL);
+    gateway_route_audit_destroy(&ga->audit_routes);
     router_tokens_stop(ga->tokens);
     gateway_ingress_destroy(&ga->ingress);
 }
 
 static void s_gw_auth_destroy(s_gw_auth_t *ga)
 {
+    gateway_route_audit_destroy(&ga->audit_routes);
     gateway_ingress_destroy(&ga->ingress);
     router_tokens_destroy(&ga->tokens);
     gateway_auth_destroy(&ga->auth);
@@ -272,6 +285,60 @@ fail:
     return NULL;
 }
 
+/* ---------------------------------------------------------------- audit */
+
+/* The audit worker (its own thread: every fsync of audit.log happens
+ * there) and the router's feed of security events to it (WIRE §21). */
+typedef struct {
+    router_broker_t *broker;       /* the node's (router_node_broker), borrowed */
+    audit_worker_t *worker;        /* NULL when audit.enabled is false */
+    router_audit_feed_t *feed;     /* NULL when audit.enabled is false */
+} s_audit_t;
+
+static int s_audit_start(s_audit_t *au, router_node_t *node, const router_config_t *cfg,
+                         const char *home, char *err, size_t errcap)
+{
+    if (!cfg->audit.enabled) {
+        ROUTER_LOG(ROUTER_LOG_INFO, "audit", "audit log off (audit.enabled false)");
+        return 0;
+    }
+    char path[ROUTER_PATH_MAX];
+    if (cfg->audit.path[0] == '/')
+        snprintf(path, sizeof path, "%s", cfg->audit.path);
+    else if (router_home_path(home, cfg->audit.path, path, sizeof path) != 0) {
+        snprintf(err, errcap, "audit.path is too long");
+        return -1;
+    }
+    if (!(au->broker = router_node_broker(node))) {
+        snprintf(err, errcap, "audit: the node has no worker broker");
+        return -1;
+    }
+    audit_worker_opts_t wo = {.path = path, .hmac_key_env = cfg->audit.hmac_key_env,
+                              .heartbeat_ms = (int) cfg->workers.heartbeat_ms,
+                              .liveness = (int) cfg->workers.liveness};
+    if (!(au->worker = audit_worker_start(&wo, err, errcap)))
+        return -1;
+    router_audit_feed_opts_t fo = {.loop = router_node_loop(node), .broker = au->broker,
+                                   .metrics = router_node_metrics(node)};
+    if (!(au->feed = router_audit_feed_new(&fo))) {
+        snprintf(err, errcap, "audit: out of memory");
+        return -1;
+    }
+    router_node_set_audit(node, au->feed);
+    return 0;
+}
+
+/* After the loop stopped: the feed (events still queued are counted as
+ * dropped), then the worker; the broker is the node's. */
+static void s_audit_stop(s_audit_t *au, router_node_t *node)
+{
+    if (node)
+        router_node_set_audit(node, NULL);
+    router_audit_feed_destroy(&au->feed);
+    audit_worker_stop(&au->worker);
+    au->broker = NULL;
+}
+
 /* The home holds the identity key and state.db: say so once at start when
  * group or others may read or write it, and how to fix it. */
 static void s_warn_home_mode(const char *home)
@@ -395,12 +462,22 @@ static int s_serve(int argc, char **argv, const char *cmd)
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "identity %s peer_id %s", pk, pid);
     if (cfg.comms.mode == ROUTER_COMMS_NONE)
         ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "comms off (comms.mode \"none\")");
-    s_gw_auth_t ga = {0};
+    s_audit_t au = {0};
+    if (s_audit_start(&au, node, &cfg, home, err, sizeof err) != 0) {
+        s_audit_stop(&au, node);
+        ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "cannot start: %s", err);
+        router_node_destroy(&node);
+        router_log_stop();
+        fprintf(stderr, "kith %s: %s\n", cmd, err);
+        return KITH_EXIT_FAIL;
+    }
+    s_gw_auth_t ga = {.audit_feed = au.feed, .audit_broker = au.broker};
     s_sse_t sse = {0};
     gateway_http_t *gw = s_gateway_start(node, &cfg, home, &ga, &sse, err, sizeof err);
     if (!gw) {
         s_gw_auth_stop(&ga, node);
         s_gw_auth_destroy(&ga);
+        s_audit_stop(&au, node);
         ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "cannot start: %s", err);
         router_node_destroy(&node);
         router_log_stop();
@@ -420,6 +497,7 @@ static int s_serve(int argc, char **argv, const char *cmd)
      * is destroyed). */
     gateway_http_destroy(&gw);
     s_sse_stop(node, &sse);
+    s_audit_stop(&au, node);
     router_node_destroy(&node);
     s_gw_auth_destroy(&ga); /* after the loop: its posts may name the token store */
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "stopped");

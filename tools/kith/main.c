@@ -21,6 +21,7 @@ static const kith_cmd_t s_cmds[] = {
     {"send",     kith_cmd_send,     "send a signed message or request to a peer"},
     {"config",   kith_cmd_config,   "check a config file strictly (exit 0 valid, 1 not)"},
     {"paircode", kith_cmd_paircode, "print a new one-time pairing code from the running daemon"},
+    {"audit",    kith_cmd_audit,    "verify, tail or query the audit log offline"},
 };
 
 static void s_usage(FILE *out)

@@ -1,0 +1,708 @@
+/* audit/chain.c — the audit log on disk: open and resume, group-committed
+ * appends, verification and queries. See chain.h and WIRE §21. */
+#include "audit/chain.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "audit/head.h"
+#include "router/log.h"
+
+struct audit_chain {
+    char *path;                      /* the log */
+    char *head_path;                 /* path + ".head" */
+    int fd;                          /* the log, O_APPEND */
+    int head_fd;                     /* the head file */
+    audit_key_t key;                 /* HMAC key, len 0 for none */
+    audit_sync_fn sync;              /* fdatasync or the test's stand-in */
+    void *sync_ud;
+    uint64_t last_seq;               /* last durable record */
+    uint8_t last_hash[AUDIT_HASH_LEN];
+    off_t durable_len;               /* the log's length through last_seq */
+    char *batch;                     /* lines of one append, reused */
+    size_t batch_cap;
+};
+
+const char *audit_err_str(audit_err_t e)
+{
+    switch (e) {
+    case AUDIT_OK:          return "ok";
+    case AUDIT_E_IO:        return "io";
+    case AUDIT_E_EVENT:     return "event";
+    case AUDIT_E_BROKEN:    return "broken";
+    case AUDIT_E_NO_MEMORY: return "no_memory";
+    }
+    return "unknown";
+}
+
+const char *audit_verify_reason_str(audit_verify_reason_t r)
+{
+    switch (r) {
+    case AUDIT_V_OK:            return "ok";
+    case AUDIT_V_MALFORMED:     return "malformed";
+    case AUDIT_V_TORN:          return "torn";
+    case AUDIT_V_SEQ:           return "seq";
+    case AUDIT_V_PREV:          return "prev";
+    case AUDIT_V_HASH:          return "hash";
+    case AUDIT_V_HMAC:          return "hmac";
+    case AUDIT_V_HMAC_MISSING:  return "hmac_missing";
+    case AUDIT_V_TRUNCATED:     return "truncated";
+    case AUDIT_V_HEAD_MISMATCH: return "head_mismatch";
+    case AUDIT_V_HEAD_MISSING:  return "head_missing";
+    case AUDIT_V_HEAD_BAD:      return "head_bad";
+    case AUDIT_V_IO:            return "io";
+    }
+    return "unknown";
+}
+
+__attribute__((format(printf, 3, 4))) static void s_err(audit_error_t *err, audit_err_t code,
+                                                        const char *fmt, ...)
+{
+    err->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    va_end(ap);
+}
+
+static int s_fdatasync(int fd, void *ud)
+{
+    (void) ud;
+    return fdatasync(fd);
+}
+
+/* ================================================================ reading lines */
+
+/* Reads a file line by line through a fixed buffer, so a line of any length
+ * costs at most AUDIT_LINE_MAX + 1 bytes: a longer one is handed over cut
+ * (`long_line`), which no record can be. */
+typedef struct {
+    int fd;
+    char *buf;            /* AUDIT_LINE_MAX + 1 + S_READ_CHUNK */
+    size_t len;           /* bytes buffered */
+    size_t pos;           /* next unread byte */
+    bool eof;
+    off_t offset;         /* file offset of buf[pos] */
+} s_reader_t;
+
+#define S_READ_CHUNK (64u * 1024u)
+#define S_READER_CAP (AUDIT_LINE_MAX + 1 + S_READ_CHUNK)
+
+typedef struct {
+    const char *p;        /* the line, newline excluded (valid until the next call) */
+    size_t len;
+    bool newline;         /* it ended in '\n' (false: the file's last bytes) */
+    bool long_line;       /* longer than AUDIT_LINE_MAX: cut, the rest skipped */
+    off_t offset;         /* where it starts in the file */
+} s_line_t;
+
+static void s_reader_consume(s_reader_t *r, size_t n)
+{
+    r->pos += n;
+    r->offset += (off_t) n;
+}
+
+/* Moves what is unread to the front and reads more. 0, or -1 (errno). */
+static int s_reader_fill(s_reader_t *r)
+{
+    if (r->pos > 0) {
+        memmove(r->buf, r->buf + r->pos, r->len - r->pos);
+        r->len -= r->pos;
+        r->pos = 0;
+    }
+    ssize_t n;
+    do
+        n = read(r->fd, r->buf + r->len, S_READER_CAP - r->len);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -1;
+    if (n == 0)
+        r->eof = true;
+    r->len += (size_t) n;
+    return 0;
+}
+
+/* 1 with *line, 0 at the end, -1 on a read error (errno). A line longer
+ * than AUDIT_LINE_MAX comes back as long_line with no bytes (p NULL). */
+static int s_reader_next(s_reader_t *r, s_line_t *line)
+{
+    bool skipping = false;
+    for (;;) {
+        char *start = r->buf + r->pos;
+        size_t avail = r->len - r->pos;
+        char *nl = memchr(start, '\n', avail);
+        if (skipping) {
+            if (nl) {
+                s_reader_consume(r, (size_t) (nl - start) + 1);
+                line->newline = true;
+                return 1;
+            }
+            s_reader_consume(r, avail);
+            if (r->eof)
+                return 1; /* newline stays false */
+        } else if (nl && (size_t) (nl - start) <= AUDIT_LINE_MAX) {
+            *line = (s_line_t){.p = start, .len = (size_t) (nl - start), .newline = true,
+                               .offset = r->offset};
+            s_reader_consume(r, line->len + 1);
+            return 1;
+        } else if (nl || avail > AUDIT_LINE_MAX) {
+            *line = (s_line_t){.long_line = true, .offset = r->offset};
+            skipping = true;
+            continue;
+        } else if (r->eof) {
+            if (avail == 0)
+                return 0;
+            *line = (s_line_t){.p = start, .len = avail, .offset = r->offset};
+            s_reader_consume(r, avail);
+            return 1;
+        }
+        if (s_reader_fill(r) != 0)
+            return -1;
+    }
+}
+
+/* ================================================================ open */
+
+static char *s_strcat(const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b);
+    char *s = malloc(na + nb + 1);
+    if (s) {
+        memcpy(s, a, na);
+        memcpy(s + na, b, nb + 1);
+    }
+    return s;
+}
+
+/* Makes the files' names durable in their directory (once, at creation). */
+static void s_sync_dir(const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy)
+        return;
+    int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(copy);
+    if (dfd >= 0) {
+        (void) fsync(dfd);
+        close(dfd);
+    }
+}
+
+/* Finds the last complete line of the log: its record (checked), the
+ * length through it, and whether torn bytes follow. A scan, so a log of any
+ * size needs only the reader's buffer; done once per open. */
+static int s_find_tail(audit_chain_t *self, audit_record_t *last, bool *have_last, off_t *through,
+                       off_t *file_len, audit_error_t *err)
+{
+    s_reader_t r = {.fd = self->fd};
+    int rc = -1;
+    char *keep = malloc(AUDIT_LINE_MAX + 1);
+    if (!(r.buf = malloc(S_READER_CAP)) || !keep) {
+        s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+        goto done;
+    }
+    if (lseek(self->fd, 0, SEEK_SET) < 0) {
+        s_err(err, AUDIT_E_IO, "%s: %s", self->path, strerror(errno));
+        goto done;
+    }
+    size_t keep_len = 0;
+    bool keep_long = false;
+    *through = 0;
+    *have_last = false;
+    s_line_t line;
+    int got;
+    while ((got = s_reader_next(&r, &line)) == 1) {
+        if (!line.newline)
+            break; /* torn: bytes after the last newline */
+        if (line.len)
+            memcpy(keep, line.p, line.len);
+        keep_len = line.len;
+        keep_long = line.long_line;
+        *have_last = true;
+        *through = r.offset;
+    }
+    if (got < 0) {
+        s_err(err, AUDIT_E_IO, "%s: %s", self->path, strerror(errno));
+        goto done;
+    }
+    *file_len = r.offset;
+    if (*have_last) {
+        audit_rec_err_t e = keep_long ? AUDIT_REC_MALFORMED : audit_record_check(keep, keep_len, &self->key, last);
+        if (e != AUDIT_REC_OK) {
+            s_err(err, AUDIT_E_BROKEN,
+                  "%s: the last record does not check (%s); run `kith audit verify %s`, keep the "
+                  "evidence, and move the log and its .head aside to start a new chain",
+                  self->path, audit_rec_err_str(e), self->path);
+            goto done;
+        }
+        if (last->has_hmac && !self->key.len) {
+            s_err(err, AUDIT_E_BROKEN,
+                  "%s carries HMACs but no key is in force: set audit.hmac_key_env (and its "
+                  "variable), or move the log and its .head aside to start a new chain",
+                  self->path);
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    free(r.buf);
+    free(keep);
+    return rc;
+}
+
+audit_chain_t *audit_chain_open(const audit_chain_opts_t *o, audit_error_t *err)
+{
+    audit_chain_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+        return NULL;
+    }
+    self->fd = self->head_fd = -1;
+    self->sync = o->sync ? o->sync : s_fdatasync;
+    self->sync_ud = o->sync_ud;
+    if (o->key)
+        self->key = *o->key;
+    if (!(self->path = strdup(o->path)) || !(self->head_path = s_strcat(o->path, AUDIT_HEAD_SUFFIX))) {
+        s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+        goto fail;
+    }
+    struct stat st;
+    bool created = stat(self->path, &st) != 0;
+    self->fd = open(self->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    self->head_fd = self->fd < 0 ? -1 : open(self->head_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (self->fd < 0 || self->head_fd < 0) {
+        s_err(err, AUDIT_E_IO, "cannot open %s: %s", self->fd < 0 ? self->path : self->head_path,
+              strerror(errno));
+        goto fail;
+    }
+    audit_head_t head;
+    int hr = audit_head_read(self->head_path, &self->key, &head);
+    if (hr == -2) {
+        s_err(err, AUDIT_E_IO, "cannot read %s: %s", self->head_path, strerror(errno));
+        goto fail;
+    }
+    if (hr == 0 || (hr == -1 && fstat(self->head_fd, &st) == 0 && st.st_size == 0))
+        hr = 0; /* just created (by us, above) */
+
+    audit_record_t last;
+    bool have_last;
+    off_t through, file_len;
+    if (s_find_tail(self, &last, &have_last, &through, &file_len, err) != 0)
+        goto fail;
+    self->last_seq = have_last ? last.seq : 0;
+    memcpy(self->last_hash, have_last ? last.hash : audit_genesis, AUDIT_HASH_LEN);
+
+    if (hr == -1) {
+        s_err(err, AUDIT_E_BROKEN,
+              "%s has no valid slot%s; run `kith audit verify %s`, then move the log and its "
+              ".head aside to start a new chain",
+              self->head_path, self->key.len ? " made with this HMAC key" : "", self->path);
+        goto fail;
+    }
+    if (hr == 0 && have_last) {
+        s_err(err, AUDIT_E_BROKEN,
+              "%s has records but %s is missing, so a cut-off tail could not be told; run `kith "
+              "audit verify %s`, then move the log aside to start a new chain",
+              self->path, self->head_path, self->path);
+        goto fail;
+    }
+    if (hr == 1 && head.seq > self->last_seq) {
+        s_err(err, AUDIT_E_BROKEN,
+              "%s ends at record %llu but its head says %llu were written: records were cut off; "
+              "keep the evidence and move the log and its .head aside to start a new chain",
+              self->path, (unsigned long long) self->last_seq, (unsigned long long) head.seq);
+        goto fail;
+    }
+    if (hr == 1 && head.seq == self->last_seq && self->last_seq > 0 &&
+        sodium_memcmp(head.hash, self->last_hash, AUDIT_HASH_LEN) != 0) {
+        s_err(err, AUDIT_E_BROKEN,
+              "%s: record %llu is not the one its head remembers; run `kith audit verify %s`",
+              self->path, (unsigned long long) head.seq, self->path);
+        goto fail;
+    }
+    if (file_len > through) {
+        /* A crash tore the last write: those records were never
+         * acknowledged (the head never named them). */
+        ROUTER_LOG(ROUTER_LOG_WARN, "audit",
+                   "%s: cutting %lld bytes of a write a crash left unfinished (never acknowledged)",
+                   self->path, (long long) (file_len - through));
+        if (ftruncate(self->fd, through) != 0 || self->sync(self->fd, self->sync_ud) != 0) {
+            s_err(err, AUDIT_E_IO, "cannot repair %s: %s", self->path, strerror(errno));
+            goto fail;
+        }
+    }
+    self->durable_len = through;
+    if (hr == 0 || head.seq < self->last_seq || head.keyed != (self->key.len > 0)) {
+        audit_head_t h = {.seq = self->last_seq};
+        memcpy(h.hash, self->last_hash, AUDIT_HASH_LEN);
+        if (audit_head_write(self->head_fd, &h, &self->key) != 0 ||
+            self->sync(self->head_fd, self->sync_ud) != 0) {
+            s_err(err, AUDIT_E_IO, "cannot write %s: %s", self->head_path, strerror(errno));
+            goto fail;
+        }
+    }
+    if (created)
+        s_sync_dir(self->path);
+    return self;
+fail:
+    audit_chain_close(&self);
+    return NULL;
+}
+
+void audit_chain_close(audit_chain_t **self_p)
+{
+    audit_chain_t *self = *self_p;
+    if (!self)
+        return;
+    if (self->fd >= 0)
+        close(self->fd);
+    if (self->head_fd >= 0)
+        close(self->head_fd);
+    audit_key_clear(&self->key);
+    free(self->path);
+    free(self->head_path);
+    free(self->batch);
+    free(self);
+    *self_p = NULL;
+}
+
+uint64_t audit_chain_last_seq(const audit_chain_t *self) { return self->last_seq; }
+const char *audit_chain_path(const audit_chain_t *self) { return self->path; }
+
+/* ================================================================ append */
+
+static int s_write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -1;
+        if (w == 0) {
+            errno = EIO;
+            return -1;
+        }
+        p += w;
+        n -= (size_t) w;
+    }
+    return 0;
+}
+
+int audit_chain_append(audit_chain_t *self, const proto_audit_event_t *ev, size_t n,
+                       uint64_t *first_seq, audit_error_t *err)
+{
+    if (n == 0 || n > PROTO_AUDIT_EVENTS_MAX) {
+        s_err(err, AUDIT_E_EVENT, "a batch holds 1 to %u events", PROTO_AUDIT_EVENTS_MAX);
+        return -1;
+    }
+    size_t need = n * (AUDIT_LINE_MAX + 1);
+    if (self->batch_cap < need) {
+        char *b = realloc(self->batch, need);
+        if (!b) {
+            s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+            return -1;
+        }
+        self->batch = b;
+        self->batch_cap = need;
+    }
+    /* Format every line first: a bad event refuses the batch before any
+     * byte reaches the file. */
+    uint8_t hash[AUDIT_HASH_LEN];
+    memcpy(hash, self->last_hash, AUDIT_HASH_LEN);
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++) {
+        char why[160];
+        long l = audit_record_format(self->last_seq + 1 + i, &ev[i], hash, &self->key,
+                                     self->batch + len, self->batch_cap - len - 1, hash, why,
+                                     sizeof why);
+        if (l < 0) {
+            s_err(err, AUDIT_E_EVENT, "event %zu (%.*s): %s", i, (int) ev[i].type_len, ev[i].type, why);
+            return -1;
+        }
+        len += (size_t) l;
+        self->batch[len++] = '\n';
+    }
+    if (s_write_all(self->fd, self->batch, len) != 0) {
+        s_err(err, AUDIT_E_IO, "cannot write %s: %s", self->path, strerror(errno));
+        goto undo;
+    }
+    if (self->sync(self->fd, self->sync_ud) != 0) {
+        s_err(err, AUDIT_E_IO, "cannot fsync %s: %s", self->path, strerror(errno));
+        goto undo;
+    }
+    self->durable_len += (off_t) len;
+    *first_seq = self->last_seq + 1;
+    self->last_seq += n;
+    memcpy(self->last_hash, hash, AUDIT_HASH_LEN);
+    /* The records are durable and chained. A head that lags behind only
+     * weakens truncation checks until the next batch writes it, so this
+     * failure is logged, not reported as a lost append. */
+    audit_head_t h = {.seq = self->last_seq};
+    memcpy(h.hash, hash, AUDIT_HASH_LEN);
+    if (audit_head_write(self->head_fd, &h, &self->key) != 0 ||
+        self->sync(self->head_fd, self->sync_ud) != 0)
+        ROUTER_LOG(ROUTER_LOG_ERROR, "audit", "cannot write %s: %s (retried with the next batch)",
+                   self->head_path, strerror(errno));
+    return 0;
+undo:
+    /* Nothing of this batch is acknowledged: cut the log back so the next
+     * batch chains from the last durable record. (After a failed fsync the
+     * kernel may have dropped the pages anyway; the cut makes that moot.) */
+    if (ftruncate(self->fd, self->durable_len) != 0)
+        ROUTER_LOG(ROUTER_LOG_ERROR, "audit", "cannot cut %s back to %lld bytes: %s", self->path,
+                   (long long) self->durable_len, strerror(errno));
+    return -1;
+}
+
+/* ================================================================ verify */
+
+__attribute__((format(printf, 5, 6))) static int s_bad(audit_verify_result_t *out,
+                                                       audit_verify_reason_t reason, bool has_seq,
+                                                       uint64_t seq, const char *fmt, ...)
+{
+    out->ok = false;
+    out->reason = reason;
+    out->has_first_bad = has_seq;
+    out->first_bad = seq;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out->detail, sizeof out->detail, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_verify_result_t *out)
+{
+    static const audit_verify_opts_t none = {0};
+    if (!o)
+        o = &none;
+    memset(out, 0, sizeof *out);
+    out->ok = true;
+    int rc = -1;
+    s_reader_t r = {.fd = -1};
+    char *head_path = s_strcat(path, AUDIT_HEAD_SUFFIX);
+    if (!head_path)
+        return s_bad(out, AUDIT_V_IO, false, 0, "out of memory");
+
+    /* The head first: the writer makes the log durable before the head, so
+     * a head read before the log never names a record the log lacks. */
+    audit_head_t head;
+    int hr = o->no_head ? 0 : audit_head_read(head_path, o->key, &head);
+    if (hr == -2) {
+        rc = s_bad(out, AUDIT_V_IO, false, 0, "cannot read %s: %s", head_path, strerror(errno));
+        goto done;
+    }
+    r.fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (r.fd < 0 && errno != ENOENT) {
+        rc = s_bad(out, AUDIT_V_IO, false, 0, "cannot read %s: %s", path, strerror(errno));
+        goto done;
+    }
+    if (r.fd >= 0 && !(r.buf = malloc(S_READER_CAP))) {
+        rc = s_bad(out, AUDIT_V_IO, false, 0, "out of memory");
+        goto done;
+    }
+    uint64_t last_seq = 0;
+    uint8_t last_hash[AUDIT_HASH_LEN];
+    memcpy(last_hash, audit_genesis, AUDIT_HASH_LEN);
+    bool head_hash_checked = false;
+    s_line_t line;
+    int got = 0;
+    while (r.fd >= 0 && (got = s_reader_next(&r, &line)) == 1) {
+        uint64_t due = last_seq + 1;
+        if (!line.newline) {
+            rc = s_bad(out, AUDIT_V_TORN, true, due,
+                       "record %llu: the log ends inside a line (%zu bytes at offset %lld, no "
+                       "newline)",
+                       (unsigned long long) due, line.len, (long long) line.offset);
+            goto done;
+        }
+        audit_record_t rec;
+        audit_rec_err_t e = line.long_line ? AUDIT_REC_MALFORMED
+                                           : audit_record_check(line.p, line.len, o->key, &rec);
+        if (e == AUDIT_REC_MALFORMED) {
+            rc = s_bad(out, AUDIT_V_MALFORMED, true, due,
+                       "record %llu: the line at offset %lld is not a record",
+                       (unsigned long long) due, (long long) line.offset);
+            goto done;
+        }
+        if (e == AUDIT_REC_HASH) {
+            rc = s_bad(out, AUDIT_V_HASH, true, due,
+                       "record %llu: its hash does not match its bytes (changed)",
+                       (unsigned long long) due);
+            goto done;
+        }
+        if (rec.seq != due) {
+            rc = s_bad(out, AUDIT_V_SEQ, true, due,
+                       "record %llu: the line at offset %lld says seq %llu (records %s)",
+                       (unsigned long long) due, (long long) line.offset,
+                       (unsigned long long) rec.seq, rec.seq > due ? "missing" : "repeated or reordered");
+            goto done;
+        }
+        if (sodium_memcmp(rec.prev, last_hash, AUDIT_HASH_LEN) != 0) {
+            rc = s_bad(out, AUDIT_V_PREV, true, due,
+                       "record %llu: prev is not record %llu's hash (a record was changed, "
+                       "removed or inserted)",
+                       (unsigned long long) due, (unsigned long long) last_seq);
+            goto done;
+        }
+        if (e == AUDIT_REC_HMAC || e == AUDIT_REC_HMAC_MISSING) {
+            rc = s_bad(out, e == AUDIT_REC_HMAC ? AUDIT_V_HMAC : AUDIT_V_HMAC_MISSING, true, due,
+                       "record %llu: %s", (unsigned long long) due,
+                       e == AUDIT_REC_HMAC ? "its HMAC does not match (changed, or another key)"
+                                           : "no HMAC, and a key is in force");
+            goto done;
+        }
+        if (rec.has_hmac && !(o->key && o->key->len))
+            out->hmac_seen_unchecked = true;
+        if (hr == 1 && rec.seq == head.seq) {
+            if (sodium_memcmp(rec.hash, head.hash, AUDIT_HASH_LEN) != 0) {
+                rc = s_bad(out, AUDIT_V_HEAD_MISMATCH, true, due,
+                           "record %llu is not the one the head remembers", (unsigned long long) due);
+                goto done;
+            }
+            head_hash_checked = true;
+        }
+        last_seq = rec.seq;
+        memcpy(last_hash, rec.hash, AUDIT_HASH_LEN);
+        out->records++;
+    }
+    if (got < 0) {
+        rc = s_bad(out, AUDIT_V_IO, false, 0, "cannot read %s: %s", path, strerror(errno));
+        goto done;
+    }
+    if (hr == -1) {
+        rc = s_bad(out, AUDIT_V_HEAD_BAD, false, 0,
+                   "%s has no valid slot%s, so a cut-off tail cannot be told", head_path,
+                   o->key && o->key->len ? " made with this key" : "");
+        goto done;
+    }
+    if (hr == 0 && last_seq > 0 && !o->no_head) {
+        rc = s_bad(out, AUDIT_V_HEAD_MISSING, false, 0,
+                   "%s is missing, so a cut-off tail cannot be told (--no-head skips it)", head_path);
+        goto done;
+    }
+    if (hr == 1 && head.seq > last_seq) {
+        rc = s_bad(out, AUDIT_V_TRUNCATED, true, last_seq + 1,
+                   "records %llu to %llu are missing: the log ends at %llu but its head says %llu "
+                   "were written",
+                   (unsigned long long) last_seq + 1, (unsigned long long) head.seq,
+                   (unsigned long long) last_seq, (unsigned long long) head.seq);
+        goto done;
+    }
+    (void) head_hash_checked;
+    snprintf(out->detail, sizeof out->detail, "%llu records intact", (unsigned long long) out->records);
+    rc = 0;
+done:
+    if (r.fd >= 0)
+        close(r.fd);
+    free(r.buf);
+    free(head_path);
+    return rc;
+}
+
+/* ================================================================ query */
+
+void audit_lines_free(audit_lines_t *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->lines[i]);
+    free(l->lines);
+    free(l->lens);
+    memset(l, 0, sizeof *l);
+}
+
+int audit_chain_query(const char *path, const audit_query_t *q, audit_lines_t *out,
+                      audit_error_t *err)
+{
+    memset(out, 0, sizeof *out);
+    uint32_t limit = q->limit > PROTO_AUDIT_LIMIT_MAX ? PROTO_AUDIT_LIMIT_MAX : q->limit;
+    if (limit == 0)
+        return 0;
+    s_reader_t r = {.fd = open(path, O_RDONLY | O_CLOEXEC)};
+    if (r.fd < 0) {
+        if (errno == ENOENT)
+            return 0;
+        s_err(err, AUDIT_E_IO, "cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    int rc = -1;
+    /* A ring of the newest `limit` matches. */
+    char **ring = calloc(limit, sizeof *ring);
+    size_t *lens = calloc(limit, sizeof *lens);
+    size_t head = 0, count = 0;
+    if (!ring || !lens || !(r.buf = malloc(S_READER_CAP))) {
+        s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+        goto done;
+    }
+    s_line_t line;
+    int got;
+    while ((got = s_reader_next(&r, &line)) == 1) {
+        audit_record_t rec;
+        if (!line.newline || line.long_line || audit_record_read(line.p, line.len, &rec) != 0)
+            continue;
+        if ((q->type && strcmp(q->type, rec.type) != 0) || (q->has_since && rec.time_ms < q->since_ms))
+            continue;
+        char *copy = malloc(line.len + 1);
+        if (!copy) {
+            s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+            goto done;
+        }
+        memcpy(copy, line.p, line.len);
+        copy[line.len] = '\0';
+        size_t slot = (head + count) % limit;
+        if (count == limit) {
+            free(ring[head]);
+            slot = head;
+            head = (head + 1) % limit;
+        } else {
+            count++;
+        }
+        ring[slot] = copy;
+        lens[slot] = line.len;
+    }
+    if (got < 0) {
+        s_err(err, AUDIT_E_IO, "cannot read %s: %s", path, strerror(errno));
+        goto done;
+    }
+    /* Drop the oldest until the rest fit bytes_max. */
+    size_t total = 0, keep = 0;
+    for (size_t i = count; i > 0; i--) {
+        size_t at = (head + i - 1) % limit;
+        if (q->bytes_max && total + lens[at] > q->bytes_max)
+            break;
+        total += lens[at];
+        keep++;
+    }
+    if (keep && (!(out->lines = calloc(keep, sizeof *out->lines)) ||
+                 !(out->lens = calloc(keep, sizeof *out->lens)))) {
+        audit_lines_free(out);
+        s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < count; i++) {
+        size_t at = (head + i) % limit;
+        if (i < count - keep)
+            continue;
+        out->lines[out->n] = ring[at];
+        out->lens[out->n++] = lens[at];
+        ring[at] = NULL;
+    }
+    rc = 0;
+done:
+    if (ring)
+        for (size_t i = 0; i < limit; i++)
+            free(ring[i]);
+    free(ring);
+    free(lens);
+    free(r.buf);
+    close(r.fd);
+    return rc;
+}

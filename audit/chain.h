@@ -1,0 +1,143 @@
+/* audit/chain.h — the tamper-evident audit log (DESIGN §9, WIRE §21): an
+ * append-only file of JSON lines, each carrying the previous line's hash,
+ * plus a head file that remembers the last durable record.
+ *
+ *   - append: a batch of events becomes consecutive records, written with
+ *     one write and made durable with one fsync of the log and one of the
+ *     head (group commit); nothing is acknowledged before both.
+ *   - verify: recomputes every hash (and HMAC with a key), checks seq and
+ *     prev links and the head, and names the first bad record.
+ *   - query: the newest matching records, oldest first.
+ *
+ * A chain is used by one thread at a time (the audit worker's). verify and
+ * query only read, so `kith audit` runs them beside a live daemon. */
+#ifndef KITH_AUDIT_CHAIN_H
+#define KITH_AUDIT_CHAIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "audit/record.h"
+#include "proto/audit_msg.h"
+
+#define AUDIT_ERR_MAX 320
+/* The head file's name is the log's with this appended. */
+#define AUDIT_HEAD_SUFFIX ".head"
+
+typedef enum {
+    AUDIT_OK = 0,
+    AUDIT_E_IO,        /* a read, write or fsync failed (the message names it) */
+    AUDIT_E_EVENT,     /* an event was refused: type, or detail not a JSON object */
+    AUDIT_E_BROKEN,    /* the log disagrees with its head or key: refuses to append */
+    AUDIT_E_NO_MEMORY,
+} audit_err_t;
+
+typedef struct {
+    audit_err_t code;
+    char msg[AUDIT_ERR_MAX]; /* one line for people */
+} audit_error_t;
+
+const char *audit_err_str(audit_err_t e);
+
+/* Failure injection: stands in for fdatasync(fd); returns 0 or -1 (errno). */
+typedef int (*audit_sync_fn)(int fd, void *ud);
+
+typedef struct {
+    const char *path;          /* the log; the head is path + AUDIT_HEAD_SUFFIX */
+    const audit_key_t *key;    /* HMAC key; NULL or empty: none. Copied. */
+    audit_sync_fn sync;        /* NULL: fdatasync */
+    void *sync_ud;
+} audit_chain_opts_t;
+
+typedef struct audit_chain audit_chain_t;
+
+/* Opens (or creates, 0600) the log and its head and finds where the chain
+ * goes on: the last record's seq and hash, checked against the head and
+ * the key. A last line torn by a crash (no newline, never acknowledged) is
+ * cut off. Refuses (AUDIT_E_BROKEN) a log whose head says records are
+ * missing, whose last record does not check, or that was written with a
+ * different key. Returns NULL with *err set. Caller owns the result. */
+audit_chain_t *audit_chain_open(const audit_chain_opts_t *o, audit_error_t *err);
+
+/* Closes the files. Idempotent; nulls *self_p. */
+void audit_chain_close(audit_chain_t **self_p);
+
+/* Appends ev[0..n) as records last_seq+1 …, durably (group commit), and
+ * sets *first_seq. All or nothing: on any failure no record is
+ * acknowledged, the log is cut back to its last durable length, and the
+ * chain goes on from the last durable record. Returns 0, or -1 with *err. */
+int audit_chain_append(audit_chain_t *self, const proto_audit_event_t *ev, size_t n,
+                       uint64_t *first_seq, audit_error_t *err) __attribute__((warn_unused_result));
+
+/* The last durable record's seq (0 for an empty log). */
+uint64_t audit_chain_last_seq(const audit_chain_t *self);
+const char *audit_chain_path(const audit_chain_t *self);
+
+/* ------------------------------------------------------------ verify */
+
+typedef enum {
+    AUDIT_V_OK = 0,
+    AUDIT_V_MALFORMED,     /* a line that is not a record (first_bad: the seq due there) */
+    AUDIT_V_TORN,          /* the last line has no newline */
+    AUDIT_V_SEQ,           /* seq is not the previous one + 1 */
+    AUDIT_V_PREV,          /* prev is not the previous record's hash */
+    AUDIT_V_HASH,          /* the record's hash does not match its bytes */
+    AUDIT_V_HMAC,          /* its HMAC does not match */
+    AUDIT_V_HMAC_MISSING,  /* a key is in force and the record has no HMAC */
+    AUDIT_V_TRUNCATED,     /* the head names a record past the log's end */
+    AUDIT_V_HEAD_MISMATCH, /* the record the head names has another hash */
+    AUDIT_V_HEAD_MISSING,  /* records, but no head file */
+    AUDIT_V_HEAD_BAD,      /* a head file with no valid slot */
+    AUDIT_V_IO,            /* the log or head cannot be read */
+} audit_verify_reason_t;
+
+/* The `reason` word on the wire and in `kith audit verify`: "hash", … */
+const char *audit_verify_reason_str(audit_verify_reason_t r);
+
+typedef struct {
+    const audit_key_t *key; /* NULL or empty: HMACs are not checked */
+    bool no_head;           /* skip the head (a log copied without it) */
+} audit_verify_opts_t;
+
+typedef struct {
+    bool ok;
+    uint64_t records;                /* good records read before the first bad one */
+    bool has_first_bad;
+    uint64_t first_bad;              /* seq of the first bad (or first missing) record */
+    audit_verify_reason_t reason;
+    bool hmac_seen_unchecked;        /* records carry HMACs but no key was given */
+    char detail[AUDIT_ERR_MAX];      /* one line for people */
+} audit_verify_result_t;
+
+/* Verifies the log at `path` (a missing log is an empty one). Returns 0
+ * when intact, -1 otherwise; *out says what was found either way. */
+int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_verify_result_t *out)
+    __attribute__((warn_unused_result));
+
+/* ------------------------------------------------------------ query */
+
+typedef struct {
+    uint32_t limit;          /* newest matches kept, at most PROTO_AUDIT_LIMIT_MAX */
+    const char *type;        /* NULL: any */
+    bool has_since;
+    uint64_t since_ms;       /* time_ms >= since_ms */
+    size_t bytes_max;        /* total line bytes kept; 0: no bound beyond limit */
+} audit_query_t;
+
+typedef struct {
+    char **lines;            /* NUL-terminated, oldest first; lines not kept are skipped */
+    size_t *lens;
+    size_t n;
+} audit_lines_t;
+
+void audit_lines_free(audit_lines_t *l);
+
+/* The newest q->limit records of `path` that match, oldest first; lines
+ * that are not records are skipped (verify reports them). When bytes_max is
+ * set, the oldest are dropped until the rest fit. Returns 0 with *out (the
+ * caller frees it), or -1 with *err. A missing log has no records. */
+int audit_chain_query(const char *path, const audit_query_t *q, audit_lines_t *out,
+                      audit_error_t *err) __attribute__((warn_unused_result));
+
+#endif

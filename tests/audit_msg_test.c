@@ -1,0 +1,244 @@
+/* tests/audit_msg_test.c — the audit bodies of spec/worker.cddl
+ * (proto/audit_msg): every kind round-trips, the encoding is canonical
+ * CBOR byte for byte, and each refusal carries its typed reason. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "proto/audit_msg.h"
+
+static void s_unhex(const char *hex, uint8_t *out, size_t *len)
+{
+    size_t n = strlen(hex) / 2;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        sscanf(hex + 2 * i, "%2x", &v);
+        out[i] = (uint8_t) v;
+    }
+    *len = n;
+}
+
+static proto_audit_err_t s_refuse(const char *hex)
+{
+    uint8_t buf[512];
+    size_t len;
+    s_unhex(hex, buf, &len);
+    proto_audit_msg_t m;
+    proto_audit_err_t err = PROTO_AUDIT_OK;
+    assert_int_equal(proto_audit_msg_decode(buf, len, &m, &err), -1);
+    assert_int_equal(m.kind, 0);
+    return err;
+}
+
+/* Encodes m, checks the bytes against `hex` (canonical CBOR, written out by
+ * hand from RFC 8949), decodes them back into *out. */
+static void s_round(const proto_audit_msg_t *m, const char *hex, proto_audit_msg_t *out)
+{
+    uint8_t *enc = NULL;
+    size_t len = 0;
+    proto_audit_err_t err;
+    assert_int_equal(proto_audit_msg_encode(m, &enc, &len, &err), 0);
+    if (hex) {
+        uint8_t want[512];
+        size_t wlen;
+        s_unhex(hex, want, &wlen);
+        assert_int_equal(len, wlen);
+        assert_memory_equal(enc, want, len);
+    }
+    assert_int_equal(proto_audit_msg_decode(enc, len, out, &err), 0);
+    assert_int_equal(out->kind, m->kind);
+    free(enc);
+}
+
+static void test_append(void **state)
+{
+    (void) state;
+    proto_audit_event_t ev[2] = {
+        {.time_ms = 1, .type = "pair", .type_len = 4, .detail = "{}", .detail_len = 2},
+        {.time_ms = 1700000000000ull, .type = "auth_failure", .type_len = 12,
+         .detail = "{\"path\":\"/api/peers\"}", .detail_len = 21},
+    };
+    proto_audit_msg_t m = {.kind = PROTO_AUDIT_APPEND, .events = ev, .n_events = 2}, d;
+    s_round(&m, NULL, &d);
+    assert_int_equal(d.n_events, 2);
+    assert_int_equal(d.events[1].time_ms, 1700000000000ull);
+    assert_string_equal(d.events[1].type, "auth_failure");
+    assert_string_equal(d.events[1].detail, "{\"path\":\"/api/peers\"}");
+    assert_int_equal(d.events[0].detail_len, 2);
+    proto_audit_msg_clear(&d);
+    assert_null(d.events);
+}
+
+static void test_small_kinds_bytes(void **state)
+{
+    (void) state;
+    proto_audit_msg_t d;
+    /* {"type":"audit_verify"} */
+    proto_audit_msg_t v = {.kind = PROTO_AUDIT_VERIFY};
+    s_round(&v, "a164747970656c61756469745f766572696679", &d);
+    proto_audit_msg_clear(&d);
+    /* {"type":"audit_appended","count":2,"first_seq":7}: keys length-first */
+    proto_audit_msg_t a = {.kind = PROTO_AUDIT_APPENDED, .first_seq = 7, .count = 2};
+    s_round(&a,
+            "a3" "6474797065" "6e61756469745f617070656e646564" "65636f756e74" "02"
+            "6966697273745f736571" "07",
+            &d);
+    assert_int_equal(d.first_seq, 7);
+    assert_int_equal(d.count, 2);
+    proto_audit_msg_clear(&d);
+    /* audit_verified: ok first (2-byte key), then type, reason, records, first_bad */
+    proto_audit_msg_t f = {.kind = PROTO_AUDIT_VERIFIED, .ok = false, .checked = 3,
+                           .has_first_bad = true, .first_bad = 2, .reason = "hash", .reason_len = 4};
+    s_round(&f,
+            "a5" "626f6b" "f4" "6474797065" "6e61756469745f7665726966696564"
+            "66726561736f6e" "6468617368" "677265636f726473" "03"
+            "6966697273745f626164" "02",
+            &d);
+    assert_false(d.ok);
+    assert_int_equal(d.checked, 3);
+    assert_true(d.has_first_bad);
+    assert_int_equal(d.first_bad, 2);
+    assert_string_equal(d.reason, "hash");
+    proto_audit_msg_clear(&d);
+    /* audit_error: code, type, message */
+    proto_audit_msg_t e = {.kind = PROTO_AUDIT_ERROR, .code = "io", .code_len = 2,
+                           .reason = "disk", .reason_len = 4};
+    s_round(&e, "a3" "64636f6465" "62696f" "6474797065" "6b61756469745f6572726f72"
+                "676d657373616765" "646469736b",
+            &d);
+    assert_string_equal(d.code, "io");
+    assert_string_equal(d.reason, "disk");
+    proto_audit_msg_clear(&d);
+}
+
+static void test_query_and_records(void **state)
+{
+    (void) state;
+    proto_audit_msg_t d;
+    proto_audit_msg_t q = {.kind = PROTO_AUDIT_QUERY, .limit = 1000, .event_type = "pair",
+                           .event_type_len = 4, .has_since = true, .since_ms = 99};
+    s_round(&q, NULL, &d);
+    assert_int_equal(d.limit, 1000);
+    assert_string_equal(d.event_type, "pair");
+    assert_true(d.has_since);
+    assert_int_equal(d.since_ms, 99);
+    proto_audit_msg_clear(&d);
+    proto_audit_msg_t q0 = {.kind = PROTO_AUDIT_QUERY, .limit = 5};
+    s_round(&q0, NULL, &d);
+    assert_null(d.event_type);
+    assert_false(d.has_since);
+    proto_audit_msg_clear(&d);
+
+    proto_audit_text_t recs[2] = {{"{\"seq\":1}", 9}, {"{\"seq\":2}", 9}};
+    proto_audit_msg_t r = {.kind = PROTO_AUDIT_RECORDS, .records = recs, .n_records = 2};
+    s_round(&r, NULL, &d);
+    assert_int_equal(d.n_records, 2);
+    assert_string_equal(d.records[1].p, "{\"seq\":2}");
+    proto_audit_msg_clear(&d);
+    proto_audit_msg_t r0 = {.kind = PROTO_AUDIT_RECORDS};
+    s_round(&r0, NULL, &d);
+    assert_int_equal(d.n_records, 0);
+    proto_audit_msg_clear(&d);
+}
+
+static void test_refusals(void **state)
+{
+    (void) state;
+    /* not a map; not CBOR; trailing bytes */
+    assert_int_equal(s_refuse("80"), PROTO_AUDIT_E_NOT_MAP);
+    assert_int_equal(s_refuse("1c"), PROTO_AUDIT_E_MALFORMED);
+    assert_int_equal(s_refuse("a164747970656c61756469745f76657269667900"), PROTO_AUDIT_E_MALFORMED);
+    /* indefinite map */
+    assert_int_equal(s_refuse("bf64747970656c61756469745f766572696679ff"), PROTO_AUDIT_E_MALFORMED);
+    /* no type; unknown type; type not text */
+    assert_int_equal(s_refuse("a0"), PROTO_AUDIT_E_MISSING_FIELD);
+    assert_int_equal(s_refuse("a1647479706563666f6f"), PROTO_AUDIT_E_UNKNOWN_TYPE);
+    assert_int_equal(s_refuse("a16474797065f5"), PROTO_AUDIT_E_WRONG_TYPE);
+    /* an extra key; a duplicated key; a non-text key */
+    assert_int_equal(s_refuse("a264747970656c61756469745f766572696679617801"), PROTO_AUDIT_E_UNKNOWN_FIELD);
+    assert_int_equal(s_refuse("a264747970656c61756469745f76657269667964747970656c61756469745f766572696679"),
+                     PROTO_AUDIT_E_DUPLICATE_KEY);
+    assert_int_equal(s_refuse("a264747970656c61756469745f7665726966790101"), PROTO_AUDIT_E_NOT_MAP);
+    /* appended with a negative count; with a missing count */
+    assert_int_equal(s_refuse("a36474797065" "6e61756469745f617070656e646564" "65636f756e74" "20"
+                              "6966697273745f736571" "07"),
+                     PROTO_AUDIT_E_WRONG_TYPE);
+    assert_int_equal(s_refuse("a26474797065" "6e61756469745f617070656e646564" "6966697273745f736571" "07"),
+                     PROTO_AUDIT_E_MISSING_FIELD);
+    /* query with limit 1001; with a tagged limit */
+    assert_int_equal(s_refuse("a26474797065" "6b61756469745f7175657279" "656c696d6974" "1903e9"),
+                     PROTO_AUDIT_E_BAD_VALUE);
+    assert_int_equal(s_refuse("a26474797065" "6b61756469745f7175657279" "656c696d6974" "c105"),
+                     PROTO_AUDIT_E_WRONG_TYPE);
+    /* append with no events; an event with an empty type; with NUL in its detail */
+    assert_int_equal(s_refuse("a26474797065" "6c61756469745f617070656e64" "666576656e7473" "80"),
+                     PROTO_AUDIT_E_BAD_VALUE);
+    assert_int_equal(s_refuse("a26474797065" "6c61756469745f617070656e64" "666576656e7473" "81"
+                              "a3" "6474797065" "60" "6664657461696c" "627b7d" "6774696d655f6d73" "01"),
+                     PROTO_AUDIT_E_BAD_VALUE);
+    assert_int_equal(s_refuse("a26474797065" "6c61756469745f617070656e64" "666576656e7473" "81"
+                              "a3" "6474797065" "6470616972" "6664657461696c" "627b00" "6774696d655f6d73" "01"),
+                     PROTO_AUDIT_E_BAD_VALUE);
+    /* bad UTF-8 in a detail */
+    assert_int_equal(s_refuse("a26474797065" "6c61756469745f617070656e64" "666576656e7473" "81"
+                              "a3" "6474797065" "6470616972" "6664657461696c" "62c328" "6774696d655f6d73" "01"),
+                     PROTO_AUDIT_E_BAD_UTF8);
+    /* too deep: an event whose detail is a nested array */
+    assert_int_equal(s_refuse("a26474797065" "6c61756469745f617070656e64" "666576656e7473" "81"
+                              "a3" "6474797065" "6470616972" "6664657461696c" "818181" "80" "6774696d655f6d73" "01"),
+                     PROTO_AUDIT_E_TOO_DEEP);
+}
+
+static void test_bounds(void **state)
+{
+    (void) state;
+    /* 1025 events cannot be encoded; 1024 can and decode back. */
+    size_t n = PROTO_AUDIT_EVENTS_MAX + 1;
+    proto_audit_event_t *ev = calloc(n, sizeof *ev);
+    assert_non_null(ev);
+    for (size_t i = 0; i < n; i++)
+        ev[i] = (proto_audit_event_t){.time_ms = i, .type = "t", .type_len = 1, .detail = "{}", .detail_len = 2};
+    proto_audit_msg_t m = {.kind = PROTO_AUDIT_APPEND, .events = ev, .n_events = n}, d;
+    uint8_t *enc;
+    size_t len;
+    proto_audit_err_t err;
+    assert_int_equal(proto_audit_msg_encode(&m, &enc, &len, &err), -1);
+    assert_int_equal(err, PROTO_AUDIT_E_TOO_MANY);
+    m.n_events = PROTO_AUDIT_EVENTS_MAX;
+    s_round(&m, NULL, &d);
+    assert_int_equal(d.n_events, PROTO_AUDIT_EVENTS_MAX);
+    proto_audit_msg_clear(&d);
+    /* a type of 65 bytes is refused on both sides */
+    char type[PROTO_AUDIT_TYPE_MAX + 1];
+    memset(type, 'a', sizeof type);
+    ev[0].type = type;
+    ev[0].type_len = sizeof type;
+    m.n_events = 1;
+    assert_int_equal(proto_audit_msg_encode(&m, &enc, &len, &err), -1);
+    assert_int_equal(err, PROTO_AUDIT_E_BAD_VALUE);
+    free(ev);
+    /* oversize input */
+    uint8_t *big = calloc(1, PROTO_AUDIT_MSG_MAX + 1);
+    assert_non_null(big);
+    assert_int_equal(proto_audit_msg_decode(big, PROTO_AUDIT_MSG_MAX + 1, &d, &err), -1);
+    assert_int_equal(err, PROTO_AUDIT_E_TOO_LARGE);
+    free(big);
+    assert_string_equal(proto_audit_err_str(PROTO_AUDIT_E_DUPLICATE_KEY), "duplicate_key");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_append),
+        cmocka_unit_test(test_small_kinds_bytes),
+        cmocka_unit_test(test_query_and_records),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_bounds),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

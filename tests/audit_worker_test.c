@@ -1,0 +1,324 @@
+/* tests/audit_worker_test.c — the audit worker behind a real broker on a
+ * real loop, fed by router/workers/audit_feed: events pushed on the loop
+ * become records (batched, one request in flight), query and verify answer
+ * through the broker, events wait while no worker is up, a full queue is
+ * counted, an injected fsync failure is retried without duplicates, and
+ * the worker answers bad bodies with a typed audit_error. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <sodium.h>
+
+#include "audit/chain.h"
+#include "audit/worker.h"
+#include "proto/audit_msg.h"
+#include "router/net/loop.h"
+#include "router/workers/audit_feed.h"
+#include "router/workers/broker.h"
+
+static int s_n;
+
+typedef struct {
+    char dir[64];
+    char log[128];
+    char ep[64];
+    router_loop_t *loop;
+    router_broker_t *b;
+    router_audit_feed_t *feed;
+    router_metrics_t *metrics;
+    atomic_int fail_syncs; /* fsyncs still to fail */
+} fix_t;
+
+static int s_sync(int fd, void *ud)
+{
+    fix_t *f = ud;
+    if (atomic_load(&f->fail_syncs) > 0) {
+        atomic_fetch_sub(&f->fail_syncs, 1);
+        errno = EIO;
+        return -1;
+    }
+    return fdatasync(fd);
+}
+
+static int s_setup(void **state)
+{
+    fix_t *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/kith-auditw-XXXXXX");
+    if (!mkdtemp(f->dir))
+        return -1;
+    snprintf(f->log, sizeof f->log, "%s/audit.log", f->dir);
+    snprintf(f->ep, sizeof f->ep, "inproc://audit-test-%d", ++s_n);
+    f->loop = router_loop_new(NULL);
+    f->metrics = router_metrics_new();
+    char err[256] = "";
+    router_broker_opts_t bo = {.loop = f->loop, .endpoint = f->ep, .heartbeat_ms = 100, .liveness = 50};
+    f->b = router_broker_new(&bo, err, sizeof err);
+    if (!f->b) {
+        fprintf(stderr, "broker: %s\n", err);
+        return -1;
+    }
+    router_audit_feed_opts_t fo = {.loop = f->loop, .broker = f->b, .metrics = f->metrics,
+                                   .queue_max = 64, .retry_ms = 20};
+    f->feed = router_audit_feed_new(&fo);
+    *state = f;
+    return f->loop && f->feed ? 0 : -1;
+}
+
+static int s_teardown(void **state)
+{
+    fix_t *f = *state;
+    router_audit_feed_destroy(&f->feed);
+    router_broker_destroy(&f->b);
+    router_loop_destroy(&f->loop);
+    router_metrics_destroy(&f->metrics);
+    char p[160];
+    snprintf(p, sizeof p, "%s.head", f->log);
+    unlink(p);
+    unlink(f->log);
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+static audit_worker_t *s_worker(fix_t *f)
+{
+    char err[256] = "";
+    audit_worker_opts_t o = {.path = f->log, .endpoint = f->ep, .heartbeat_ms = 100, .liveness = 50,
+                             .sync = s_sync, .sync_ud = f};
+    audit_worker_t *w = audit_worker_start(&o, err, sizeof err);
+    if (!w)
+        fprintf(stderr, "worker: %s\n", err);
+    assert_non_null(w);
+    return w;
+}
+
+/* ------------------------------------------------------------ the loop */
+
+typedef struct {
+    fix_t *f;
+    bool (*until)(fix_t *f, void *ud);
+    void *ud;
+    uint64_t deadline;
+    bool timed_out;
+} run_t;
+
+static void s_check(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    run_t *r = ud;
+    if (r->until(r->f, r->ud) || router_loop_now_ms(loop) > r->deadline) {
+        r->timed_out = !r->until(r->f, r->ud);
+        router_loop_stop(loop);
+        return;
+    }
+    router_loop_timer_add(loop, 5, s_check, r);
+}
+
+/* Runs the loop until until() holds, at most 60 s. */
+static void s_run(fix_t *f, bool (*until)(fix_t *, void *), void *ud)
+{
+    run_t r = {.f = f, .until = until, .ud = ud, .deadline = router_loop_now_ms(f->loop) + 60000};
+    router_loop_timer_add(f->loop, 0, s_check, &r);
+    assert_int_equal(router_loop_run(f->loop), 0);
+    assert_false(r.timed_out);
+}
+
+static bool s_appended(fix_t *f, void *ud)
+{
+    router_audit_feed_stats_t st;
+    router_audit_feed_stats(f->feed, &st);
+    return st.appended >= *(uint64_t *) ud;
+}
+
+static void s_push(fix_t *f, int n, const char *type)
+{
+    for (int i = 0; i < n; i++) {
+        router_audit_detail_t d;
+        router_audit_detail_init(&d);
+        router_audit_detail_u64(&d, "i", (uint64_t) i);
+        router_audit_detail_str(&d, "who", "peer \"x\"\n\xff");
+        assert_int_equal(router_audit_feed_push(f->feed, type, router_audit_detail_end(&d)), 0);
+    }
+}
+
+/* One request through the broker, answered on the loop. */
+typedef struct {
+    int done;
+    proto_audit_msg_t reply;
+} ask_t;
+
+static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
+{
+    ask_t *a = ud;
+    if (kind == 1) {
+        proto_audit_err_t e;
+        assert_int_equal(proto_audit_msg_decode(body, len, &a->reply, &e), 0);
+    }
+    a->done = kind == 0 ? a->done : (kind == 1 ? 1 : -1);
+}
+
+static bool s_asked(fix_t *f, void *ud)
+{
+    (void) f;
+    return ((ask_t *) ud)->done != 0;
+}
+
+static void s_ask(fix_t *f, const proto_audit_msg_t *req, ask_t *a)
+{
+    uint8_t *body;
+    size_t len;
+    proto_audit_err_t e;
+    memset(a, 0, sizeof *a);
+    assert_int_equal(proto_audit_msg_encode(req, &body, &len, &e), 0);
+    assert_true(router_broker_request(f->b, ROUTER_AUDIT_SERVICE, body, len, s_on_reply, a) > 0);
+    free(body);
+    s_run(f, s_asked, a);
+    assert_int_equal(a->done, 1);
+}
+
+/* ------------------------------------------------------------ tests */
+
+static void test_feed_to_records(void **state)
+{
+    fix_t *f = *state;
+    audit_worker_t *w = s_worker(f);
+    s_push(f, 10, "auth_failure");
+    uint64_t want = 10;
+    s_run(f, s_appended, &want);
+    s_push(f, 5, "pair");
+    want = 15;
+    s_run(f, s_appended, &want);
+    router_audit_feed_stats_t st;
+    router_audit_feed_stats(f->feed, &st);
+    assert_int_equal(st.appended, 15);
+    assert_int_equal(st.queued, 0);
+    assert_true(st.batches >= 2 && st.batches <= 15);
+
+    proto_audit_msg_t q = {.kind = PROTO_AUDIT_QUERY, .limit = 3, .event_type = "auth_failure",
+                           .event_type_len = 12};
+    ask_t a;
+    s_ask(f, &q, &a);
+    assert_int_equal(a.reply.kind, PROTO_AUDIT_RECORDS);
+    assert_int_equal(a.reply.n_records, 3);
+    assert_memory_equal(a.reply.records[0].p, "{\"seq\":8,", 9);
+    /* peer input is escaped: quotes, the newline, and the bad byte as '?' */
+    assert_non_null(strstr(a.reply.records[0].p, "\"who\":\"peer \\\"x\\\"\\n?\""));
+    proto_audit_msg_clear(&a.reply);
+
+    proto_audit_msg_t v = {.kind = PROTO_AUDIT_VERIFY};
+    s_ask(f, &v, &a);
+    assert_int_equal(a.reply.kind, PROTO_AUDIT_VERIFIED);
+    assert_true(a.reply.ok);
+    assert_int_equal(a.reply.checked, 15);
+    proto_audit_msg_clear(&a.reply);
+    audit_worker_stop(&w);
+    audit_worker_stop(&w);
+
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
+    assert_int_equal(r.records, 15);
+}
+
+static void test_waits_for_worker_and_counts_drops(void **state)
+{
+    fix_t *f = *state;
+    /* No worker: events wait; past the queue's 64 they are counted. */
+    s_push(f, 64, "trust_changed");
+    assert_int_equal(router_audit_feed_push(f->feed, "trust_changed", "{}"), -1);
+    router_audit_feed_stats_t st;
+    router_audit_feed_stats(f->feed, &st);
+    assert_int_equal(st.dropped, 1);
+    char text[8192];
+    assert_true(router_metrics_render(f->metrics, text, sizeof text) > 0);
+    assert_non_null(strstr(text, "kith_audit_dropped_total 1"));
+    /* The worker comes: all 64 are written, once. */
+    audit_worker_t *w = s_worker(f);
+    uint64_t want = 64;
+    s_run(f, s_appended, &want);
+    audit_worker_stop(&w);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
+    assert_int_equal(r.records, 64);
+}
+
+static void test_fsync_failure_retried(void **state)
+{
+    fix_t *f = *state;
+    audit_worker_t *w = s_worker(f);
+    atomic_store(&f->fail_syncs, 2); /* the first batch fails twice */
+    s_push(f, 7, "admin");
+    uint64_t want = 7;
+    s_run(f, s_appended, &want);
+    router_audit_feed_stats_t st;
+    router_audit_feed_stats(f->feed, &st);
+    assert_true(st.retries >= 2);
+    assert_int_equal(st.appended, 7);
+    audit_worker_stop(&w);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
+    assert_int_equal(r.records, 7); /* nothing twice */
+}
+
+static void test_handle_bad_bodies(void **state)
+{
+    fix_t *f = *state;
+    audit_chain_opts_t co = {.path = f->log};
+    audit_error_t ce;
+    audit_chain_t *c = audit_chain_open(&co, &ce);
+    assert_non_null(c);
+    size_t len;
+    proto_audit_msg_t m;
+    proto_audit_err_t e;
+    uint8_t *out = audit_worker_handle(c, NULL, (const uint8_t *) "\xa0", 1, &len);
+    assert_int_equal(proto_audit_msg_decode(out, len, &m, &e), 0);
+    assert_int_equal(m.kind, PROTO_AUDIT_ERROR);
+    assert_string_equal(m.code, "bad_request");
+    proto_audit_msg_clear(&m);
+    free(out);
+    /* A detail that is not an object is stored as audit_event_refused. */
+    proto_audit_event_t ev[2] = {
+        {.time_ms = 1, .type = "pair", .type_len = 4, .detail = "{}", .detail_len = 2},
+        {.time_ms = 2, .type = "pair", .type_len = 4, .detail = "[1]", .detail_len = 3},
+    };
+    proto_audit_msg_t req = {.kind = PROTO_AUDIT_APPEND, .events = ev, .n_events = 2};
+    uint8_t *body;
+    size_t blen;
+    assert_int_equal(proto_audit_msg_encode(&req, &body, &blen, &e), 0);
+    out = audit_worker_handle(c, NULL, body, blen, &len);
+    free(body);
+    assert_int_equal(proto_audit_msg_decode(out, len, &m, &e), 0);
+    assert_int_equal(m.kind, PROTO_AUDIT_APPENDED);
+    assert_int_equal(m.first_seq, 1);
+    assert_int_equal(m.count, 2);
+    proto_audit_msg_clear(&m);
+    free(out);
+    audit_lines_t l;
+    audit_query_t q = {.limit = 10, .type = "audit_event_refused"};
+    assert_int_equal(audit_chain_query(f->log, &q, &l, &ce), 0);
+    assert_int_equal(l.n, 1);
+    audit_lines_free(&l);
+    audit_chain_close(&c);
+}
+
+int main(void)
+{
+    if (sodium_init() < 0)
+        return 1;
+#define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_feed_to_records),
+        T(test_waits_for_worker_and_counts_drops),
+        T(test_fsync_failure_retried),
+        T(test_handle_bad_bodies),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
