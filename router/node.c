@@ -454,6 +454,7 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         .session = self->cfg.comms.session,
         .on_durable = s_on_durable,
         .ud = self,
+        .metrics = self->metrics,
     };
     if (self->home[0] && !opts->memory_inbox) {
         if (router_home_path(self->home, "state.db", db, sizeof db) != 0) {
