@@ -69,9 +69,16 @@ struct router_node {
 
 /* ---------------------------------------------------------------- events from comms */
 
+/* Every admission is counted (kith_comms_admitted_total) and published on
+ * /api/events; its log line is DEBUG, so the default level writes nothing
+ * per envelope (issue 13) and the id and key are not even formatted.
+ * Refusals stay WARN. */
 static void s_on_comms_event(const router_comms_event_t *ev, void *ud)
 {
     router_node_t *self = ud;
+    router_log_level_t level = ev->admitted ? ROUTER_LOG_DEBUG : ROUTER_LOG_WARN;
+    if (level < router_log_level())
+        goto sink;
     char id[PROTO_UUID_TEXT_CAP] = "-";
     char from[PROTO_PUBKEY_TEXT_CAP] = "-";
     if (ev->id)
@@ -79,7 +86,7 @@ static void s_on_comms_event(const router_comms_event_t *ev, void *ud)
     if (ev->from)
         (void) proto_pubkey_format(ev->from, from, sizeof from);
     if (ev->admitted)
-        ROUTER_LOG(ROUTER_LOG_INFO, "comms",
+        ROUTER_LOG(ROUTER_LOG_DEBUG, "comms",
                    "admitted envelope id=%s kind=%s from=%s peer=%s seq=%llu conn=%llu", id,
                    ev->kind, from, ev->peer_name ? ev->peer_name : "-",
                    (unsigned long long) ev->seq, (unsigned long long) ev->conn_id);
@@ -88,6 +95,7 @@ static void s_on_comms_event(const router_comms_event_t *ev, void *ud)
                    "rejected envelope reason=%s detail=%s id=%s kind=%s from=%s peer=%s conn=%llu",
                    proto_wire_reason_str(ev->reason), ev->detail, id, ev->kind ? ev->kind : "-",
                    from, ev->peer_name ? ev->peer_name : "-", (unsigned long long) ev->conn_id);
+sink:
     if (self && self->sink)
         self->sink(ev, self->sink_ud);
 }

@@ -149,8 +149,9 @@ def free_port():
 class Daemon:
     """A real `kith daemon` in a temporary home, with its own ports."""
 
-    def __init__(self, name="node", config=None, home=None):
+    def __init__(self, name="node", config=None, home=None, args=()):
         self.home = home or tempfile.mkdtemp(prefix=f"kith-{name}-")
+        self.args = list(args)  # extra `kith daemon` flags, e.g. --log-level debug
         # Port 0 everywhere: the kernel picks, and start() reads the ports
         # back from the daemon's log, so parallel tests never race for one.
         self.port = None
@@ -178,7 +179,7 @@ class Daemon:
 
     def start(self):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([KITH, "daemon", "--home", self.home],
+        self.proc = subprocess.Popen([KITH, "daemon", "--home", self.home, *self.args],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while time.time() < deadline:
