@@ -31,15 +31,6 @@
 /* Failed attempts after a stop was asked before the store gives up (what
  * is left was never acked, so nothing acked is lost). */
 #define S_STOP_RETRIES 5
-/* Group commit under a continuous stream (issue 13: ≥ 32 entries per
- * fsync at saturation): a batch smaller than S_GROUP_MIN waits for more
- * while admissions keep coming — at most S_GROUP_WAIT_US after the store
- * first saw it, and never longer than S_GROUP_GAP_US after the last
- * admission (the stream paused: commit now). A lone admission, or one
- * after an idle commit, is committed at once. */
-#define S_GROUP_MIN 32u
-#define S_GROUP_WAIT_US 5000u
-#define S_GROUP_GAP_US 200u
 
 typedef struct s_node s_node_t;
 
@@ -416,43 +407,6 @@ static void s_fail_clear(s_failing_t *f)
  * batch and retries it, with what arrived since, after a backoff; entries
  * stay un-acked until it succeeds, so a full or broken disk shows up as
  * senders timing out, never as acked-and-lost. */
-static uint64_t s_mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
-
-/* With mu held and entries pending from a stream that did not pause during
- * the last commit: lets the batch grow (see S_GROUP_MIN). Admissions do not
- * signal while entries are pending, so this wakes on its own short timeouts,
- * not once per admission. */
-static void s_coalesce(router_inbox_t *self)
-{
-    uint64_t start = s_mono_us(), grew = start;
-    size_t seen = self->npend;
-    while (!self->stopping && self->npend < S_GROUP_MIN) {
-        uint64_t now = s_mono_us();
-        if (self->npend > seen) {
-            seen = self->npend;
-            grew = now;
-        }
-        if (now - start >= S_GROUP_WAIT_US || now - grew >= S_GROUP_GAP_US)
-            break;
-        uint64_t until = grew + S_GROUP_GAP_US;
-        if (until > start + S_GROUP_WAIT_US)
-            until = start + S_GROUP_WAIT_US;
-        /* `changed` waits on CLOCK_REALTIME (the default): a relative
-         * timeout, so a stepped clock costs at most one early check. */
-        struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        uint64_t ns = (uint64_t) dl.tv_nsec + (until - now) * 1000u;
-        dl.tv_sec += (time_t) (ns / 1000000000u);
-        dl.tv_nsec = (long) (ns % 1000000000u);
-        pthread_cond_timedwait(&self->changed, &self->mu, &dl);
-    }
-}
-
 static void *s_store_main(void *arg)
 {
     router_inbox_t *self = arg;
@@ -462,8 +416,6 @@ static void *s_store_main(void *arg)
     size_t nd = 0, dels_cap = 0;
     s_failing_t fail = {0};
     uint64_t next_prune = router_clock_mono_ms() + S_PRUNE_INTERVAL_MS;
-
-    bool streaming = false;              /* admissions arrived during the last commit */
 
     pthread_mutex_lock(&self->mu);
     for (;;) {
@@ -477,8 +429,6 @@ static void *s_store_main(void *arg)
         if (self->stopping && !self->pend_head && self->ndeletes == 0 && !list && !nd)
             break; /* nothing left */
 
-        if (streaming && self->pend_head && !list)
-            s_coalesce(self);
         /* Take what is new: the unwritten list whole, the deletes by swap. */
         if (self->pend_head) {
             if (tail)
@@ -555,7 +505,6 @@ static void *s_store_main(void *arg)
             continue;
         }
         /* Committed: the taken nodes are durable (pop tests seq ≤ durable_seq). */
-        streaming = nlist > 0 && self->pend_head != NULL;
         size_t written = nlist;
         list = tail = NULL;
         nlist = 0;
