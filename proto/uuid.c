@@ -1,6 +1,8 @@
 /* proto/uuid.c — UUID text form, v7 and v5 generation (RFC 9562). */
 #include "proto/uuid.h"
 
+#include <pthread.h>
+#include <stdbool.h>
 #include <string.h>
 #include <time.h>
 
@@ -75,16 +77,69 @@ void proto_uuid_v7_make(uint64_t unix_ms, const uint8_t rand[10], uint8_t out[PR
     s_stamp(out, 7);
 }
 
+/* The random bits of v7 ids, without a system call per id (the router
+ * makes one for every ack; issue 13): a per-thread ChaCha20 generator keyed
+ * once from libsodium's CSPRNG (one getrandom) and re-keyed from its own
+ * keystream at every refill ("fast key erasure"): the first 32 bytes of each
+ * block become the next key, the rest is handed out and wiped as it is
+ * used, so the state left in memory never reveals ids already made. The
+ * output is a CSPRNG's, as unpredictable as randombytes_buf for replay ids.
+ * A forked child re-seeds (pthread_atfork), so parent and child never share
+ * a stream. */
+#define S_RNG_BLOCK 1024u
+
+static _Thread_local struct {
+    uint8_t key[crypto_stream_chacha20_ietf_KEYBYTES]; /* the next block's key */
+    uint8_t buf[S_RNG_BLOCK];                           /* keystream not yet used */
+    size_t used;                                        /* bytes of buf handed out */
+    bool seeded;                                        /* key came from the CSPRNG */
+} s_rng;
+
+static pthread_once_t s_rng_once = PTHREAD_ONCE_INIT;
+
+static void s_rng_forget(void)
+{
+    sodium_memzero(&s_rng, sizeof s_rng);
+}
+
+static void s_rng_atfork(void)
+{
+    (void) pthread_atfork(NULL, NULL, s_rng_forget);
+}
+
+static void s_rng_bytes(uint8_t *out, size_t len)
+{
+    if (!s_rng.seeded) {
+        (void) pthread_once(&s_rng_once, s_rng_atfork);
+        randombytes_buf(s_rng.key, sizeof s_rng.key);
+        s_rng.used = S_RNG_BLOCK;
+        s_rng.seeded = true;
+    }
+    if (S_RNG_BLOCK - s_rng.used < len) {
+        static const uint8_t nonce[crypto_stream_chacha20_ietf_NONCEBYTES]; /* a new key each block */
+        uint8_t block[sizeof s_rng.key + S_RNG_BLOCK];
+        crypto_stream_chacha20_ietf(block, sizeof block, nonce, s_rng.key);
+        memcpy(s_rng.key, block, sizeof s_rng.key);
+        memcpy(s_rng.buf, block + sizeof s_rng.key, S_RNG_BLOCK);
+        sodium_memzero(block, sizeof block);
+        s_rng.used = 0;
+    }
+    memcpy(out, s_rng.buf + s_rng.used, len);
+    sodium_memzero(s_rng.buf + s_rng.used, len);
+    s_rng.used += len;
+}
+
 void proto_uuid_v7_new(uint8_t out[PROTO_UUID_LEN])
 {
     struct timespec ts;
     uint8_t rand[10];
     uint64_t ms = 0;
-    /* CLOCK_REALTIME cannot fail with a valid clock id; a clock before 1970
-     * would only give a v7 that peers refuse as outside their window. */
+    /* CLOCK_REALTIME cannot fail with a valid clock id (and is a vDSO call,
+     * not a system call); a clock before 1970 would only give a v7 that
+     * peers refuse as outside their window. */
     if (clock_gettime(CLOCK_REALTIME, &ts) == 0 && ts.tv_sec >= 0)
         ms = (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
-    randombytes_buf(rand, sizeof rand);
+    s_rng_bytes(rand, sizeof rand);
     proto_uuid_v7_make(ms, rand, out);
     sodium_memzero(rand, sizeof rand);
 }

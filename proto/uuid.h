@@ -22,8 +22,10 @@ void proto_uuid_format(const uint8_t id[PROTO_UUID_LEN], char out[PROTO_UUID_TEX
 int proto_uuid_parse(const char *text, size_t len, uint8_t out[PROTO_UUID_LEN])
     __attribute__((warn_unused_result));
 
-/* A new v7 id from the real-time clock and libsodium's CSPRNG (74 random
- * bits). Ids made in the same millisecond are unique but not ordered. */
+/* A new v7 id from the real-time clock and 74 random bits from a
+ * per-thread ChaCha20 generator seeded once from libsodium's CSPRNG (no
+ * system call per id). Ids made in the same millisecond are unique but not
+ * ordered. */
 void proto_uuid_v7_new(uint8_t out[PROTO_UUID_LEN]);
 
 /* The v7 id for `unix_ms` (at most PROTO_UUID_V7_MS_MAX) with the given 10

@@ -76,9 +76,16 @@ struct router_node {
 
 /* ---------------------------------------------------------------- events from comms */
 
+/* Every admission is counted (kith_comms_admitted_total) and published on
+ * /api/events; its log line is DEBUG, so the default level writes nothing
+ * per envelope (issue 13) and the id and key are not even formatted.
+ * Refusals stay WARN. */
 static void s_on_comms_event(const router_comms_event_t *ev, void *ud)
 {
     router_node_t *self = ud;
+    router_log_level_t level = ev->admitted ? ROUTER_LOG_DEBUG : ROUTER_LOG_WARN;
+    if (level < router_log_level())
+        goto sink;
     char id[PROTO_UUID_TEXT_CAP] = "-";
     char from[PROTO_PUBKEY_TEXT_CAP] = "-";
     if (ev->id)
@@ -86,7 +93,7 @@ static void s_on_comms_event(const router_comms_event_t *ev, void *ud)
     if (ev->from)
         (void) proto_pubkey_format(ev->from, from, sizeof from);
     if (ev->admitted)
-        ROUTER_LOG(ROUTER_LOG_INFO, "comms",
+        ROUTER_LOG(ROUTER_LOG_DEBUG, "comms",
                    "admitted envelope id=%s kind=%s from=%s peer=%s seq=%llu conn=%llu", id,
                    ev->kind, from, ev->peer_name ? ev->peer_name : "-",
                    (unsigned long long) ev->seq, (unsigned long long) ev->conn_id);
@@ -95,6 +102,7 @@ static void s_on_comms_event(const router_comms_event_t *ev, void *ud)
                    "rejected envelope reason=%s detail=%s id=%s kind=%s from=%s peer=%s conn=%llu",
                    proto_wire_reason_str(ev->reason), ev->detail, id, ev->kind ? ev->kind : "-",
                    from, ev->peer_name ? ev->peer_name : "-", (unsigned long long) ev->conn_id);
+sink:
     if (self)
         router_audit_feed_on_comms(self->audit, ev);
     if (self && self->sink)
@@ -646,6 +654,7 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         .session = self->cfg.comms.session,
         .on_durable = s_on_durable,
         .ud = self,
+        .metrics = self->metrics,
     };
     if (self->home[0] && !opts->memory_inbox) {
         if (router_home_path(self->home, "state.db", db, sizeof db) != 0) {

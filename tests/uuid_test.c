@@ -4,7 +4,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include <sodium.h>
@@ -105,6 +108,48 @@ static void test_v7_new(void **state)
     assert_true(ms_a > UINT64_C(1704067200000) && ms_a < UINT64_C(4102444800000));
 }
 
+static int s_cmp_id(const void *a, const void *b) { return memcmp(a, b, PROTO_UUID_LEN); }
+
+/* The per-thread generator behind v7_new: many ids across several
+ * re-keyed blocks are all distinct v7 ids, and a forked child does not
+ * continue the parent's stream. */
+static void test_v7_new_generator(void **state)
+{
+    (void) state;
+    enum { N = 5000 };
+    uint8_t(*ids)[PROTO_UUID_LEN] = malloc(N * sizeof *ids);
+    assert_non_null(ids);
+    for (int i = 0; i < N; i++) {
+        uint64_t ms;
+        proto_uuid_v7_new(ids[i]);
+        assert_int_equal(proto_uuid_v7_ms(ids[i], &ms), 0);
+    }
+    qsort(ids, N, sizeof *ids, s_cmp_id);
+    for (int i = 1; i < N; i++)
+        assert_int_not_equal(memcmp(ids[i - 1], ids[i], PROTO_UUID_LEN), 0);
+    free(ids);
+
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        uint8_t id[PROTO_UUID_LEN];
+        proto_uuid_v7_new(id);
+        _exit(write(fds[1], id, sizeof id) == (ssize_t) sizeof id ? 0 : 1);
+    }
+    uint8_t mine[PROTO_UUID_LEN], child[PROTO_UUID_LEN];
+    proto_uuid_v7_new(mine);
+    assert_int_equal(read(fds[0], child, sizeof child), (ssize_t) sizeof child);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    /* Same millisecond or not, the random 74 bits differ. */
+    assert_int_not_equal(memcmp(mine + 6, child + 6, PROTO_UUID_LEN - 6), 0);
+    close(fds[0]);
+    close(fds[1]);
+}
+
 static void test_v7_ms_rejects_other_versions(void **state)
 {
     (void) state;
@@ -129,6 +174,7 @@ int main(void)
         cmocka_unit_test(test_v5_rfc9562),
         cmocka_unit_test(test_v7_rfc9562),
         cmocka_unit_test(test_v7_new),
+        cmocka_unit_test(test_v7_new_generator),
         cmocka_unit_test(test_v7_ms_rejects_other_versions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

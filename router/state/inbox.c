@@ -17,6 +17,7 @@
 
 #include "router/clock.h"
 #include "router/log.h"
+#include "router/metrics.h"
 
 /* Expired seen rows are pruned at most this often, this many at a time. */
 #define S_PRUNE_INTERVAL_MS 5000u
@@ -74,6 +75,8 @@ struct router_inbox_t {
     bool stopping;              /* store thread: finish and exit */
     router_inbox_durable_fn *on_durable;
     void *ud;
+    router_metric_t *m_commits;   /* kith_inbox_commits_total, or NULL */
+    router_metric_t *m_committed; /* kith_inbox_committed_total, or NULL */
 };
 
 static const char *const s_schema =
@@ -277,6 +280,7 @@ static int s_db_batch(router_inbox_t *self, const s_node_t *list, const uint64_t
         goto fail;
     if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
+    router_metric_inc(self->m_commits, 1);
     return 0;
 fail:
     sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
@@ -350,6 +354,7 @@ static int s_db_prune(router_inbox_t *self, uint64_t now_ms)
     }
     if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
+    router_metric_inc(self->m_commits, 1);
     return (int) n;
 fail:
     sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
@@ -506,6 +511,7 @@ static void *s_store_main(void *arg)
         nlist = 0;
         nd = 0;
         if (written) {
+            router_metric_inc(self->m_committed, written);
             self->unwritten -= written;
             atomic_store(&self->durable_seq, top);
             pthread_cond_broadcast(&self->changed);
@@ -541,6 +547,14 @@ router_inbox_t *router_inbox_new(const router_inbox_opts_t *opts, char *err, siz
     self->on_durable = opts->on_durable;
     self->ud = opts->ud;
     self->next_seq = 1;
+    if (opts->metrics) {
+        self->m_commits = router_metrics_add(opts->metrics, "kith_inbox_commits_total", NULL,
+                                             ROUTER_METRIC_COUNTER,
+                                             "Inbox transactions committed (one fsync each).");
+        self->m_committed = router_metrics_add(opts->metrics, "kith_inbox_committed_total", NULL,
+                                               ROUTER_METRIC_COUNTER,
+                                               "Inbox entries made durable by those commits.");
+    }
     if (!self->ring || !self->session) {
         snprintf(err, errcap, "inbox: out of memory");
         goto fail;

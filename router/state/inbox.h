@@ -46,6 +46,9 @@ typedef struct {
     const char *session;              /* session the entries belong to, e.g. "comms" */
     router_inbox_durable_fn *on_durable; /* optional wake-up after each durable batch */
     void *ud;                         /* passed to on_durable */
+    struct router_metrics_t *metrics; /* borrowed, NULL: none. Registers kith_inbox_commits_total
+                                       * (transactions committed, each one fsync) and
+                                       * kith_inbox_committed_total (entries they made durable) */
 } router_inbox_opts_t;
 
 typedef struct {

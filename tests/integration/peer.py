@@ -149,9 +149,10 @@ def free_port():
 class Daemon:
     """A real `kith daemon` in a temporary home, with its own ports."""
 
-    def __init__(self, name="node", config=None, home=None, command="daemon"):
+    def __init__(self, name="node", config=None, home=None, args=(), command="daemon"):
         self.command = command  # "daemon", or "gateway" (no comms listeners)
         self.home = home or tempfile.mkdtemp(prefix=f"kith-{name}-")
+        self.args = list(args)  # extra `kith daemon` flags, e.g. --log-level debug
         # Port 0 everywhere: the kernel picks, and start() reads the ports
         # back from the daemon's log, so parallel tests never race for one.
         self.port = None
@@ -179,7 +180,7 @@ class Daemon:
 
     def start(self):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([KITH, self.command, "--home", self.home],
+        self.proc = subprocess.Popen([KITH, self.command, "--home", self.home, *self.args],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while time.time() < deadline:

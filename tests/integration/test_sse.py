@@ -233,7 +233,7 @@ def test_daemon_logs(node, alice):
         if want in d["text"]:
             break
     assert want in d["text"], d
-    assert d["level"] == "info" and d["time"].endswith("Z"), d
+    assert d["level"] == "debug" and d["time"].endswith("Z"), d
     assert d["text"].startswith("admitted envelope"), d
     assert isinstance(eid, int), eid
     r.close()
@@ -268,9 +268,12 @@ def main():
     alice = Peer()
     # Pairing off here: these cases are about the stream; tokens are
     # checked in test_streams_need_a_token.
+    # DEBUG: test_daemon_logs follows an envelope's admission line, which
+    # the default level no longer writes (issue 13).
     node = Daemon("sse", config={"gateway": {"require_pairing": False},
                                  "limits": {"sse_ring_events": RING,
-                                            "conn_unsent_max": 131072}})
+                                            "conn_unsent_max": 131072}},
+                  args=["--log-level", "debug"])
     node.trust("alice", alice.pk)
     node.start()
     res = Results()
