@@ -95,6 +95,11 @@ static int s_envelope(const router_inbox_entry_t *e, router_turn_source_t *o, ch
         if (proto_envelope_text(env, "body", &p, &len) == 0)
             rc = s_set(o, p, len);
         break;
+    case PROTO_KIND_FENCED_MESSAGE: /* Meerkat's message for one incarnation (WIRE §23.3) */
+        o->envtype = PROTO_WORKER_ENVTYPE_INCARNATION_FENCED_MESSAGE;
+        if (proto_envelope_text(env, "body", &p, &len) == 0)
+            rc = s_set(o, p, len);
+        break;
     case PROTO_KIND_REQUEST:
         o->envtype = PROTO_WORKER_ENVTYPE_REQUEST;
         o->is_request = true;
