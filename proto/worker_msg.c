@@ -1,0 +1,999 @@
+/* proto/worker_msg.c — CBOR encode and hardened decode of worker.cddl's turn
+ * bodies (see worker_msg.h for what is accepted). */
+#include "proto/worker_msg.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cbor.h>
+
+#include "proto/cbor_canon.h"
+#include "proto/utf8.h"
+
+/* ================================================================ names */
+
+const char *proto_worker_reason_str(proto_worker_reason_t r)
+{
+    switch (r) {
+    case PROTO_WORKER_OK: return "ok";
+    case PROTO_WORKER_TOO_LARGE: return "too_large";
+    case PROTO_WORKER_BAD_CBOR: return "bad_cbor";
+    case PROTO_WORKER_NOT_MAP: return "not_map";
+    case PROTO_WORKER_UNKNOWN_TYPE: return "unknown_type";
+    case PROTO_WORKER_MISSING_FIELD: return "missing_field";
+    case PROTO_WORKER_WRONG_TYPE: return "wrong_type";
+    case PROTO_WORKER_BAD_VALUE: return "bad_value";
+    case PROTO_WORKER_TOO_LONG: return "too_long";
+    case PROTO_WORKER_DUPLICATE_KEY: return "duplicate_key";
+    case PROTO_WORKER_BAD_UTF8: return "bad_utf8";
+    case PROTO_WORKER_NO_MEMORY: return "no_memory";
+    }
+    return "unknown";
+}
+
+static const char *const s_roles[] = {NULL, "system", "user", "assistant", "tool"};
+static const char *const s_executors[] = {NULL, "worker", "router"};
+static const char *const s_channels[] = {NULL, "ws", "webhook", "external_event", "comms"};
+static const char *const s_envtypes[] = {NULL, "message", "request", "lifecycle",
+                                         "incarnation_fenced_message"};
+static const char *const s_codes[] = {NULL, "AGENT_INIT_FAILED", "PROVIDER_ERROR", "AGENT_ERROR"};
+static const char *const s_events[] = {NULL,          "chunk",           "thinking",
+                                       "chunk_reset", "tool_call",       "tool_result",
+                                       "operator_status", "agent_event", "llm_request"};
+static const char *const s_req_types[] = {NULL, "turn", "steer", "stop", "tool_result"};
+static const char *const s_final_types[] = {NULL, "done", "stopped", "error"};
+
+#define S_COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* names[v] for 1 <= v < n, else NULL. */
+static const char *s_name(const char *const *names, size_t n, unsigned v)
+{
+    return v >= 1 && v < n ? names[v] : NULL;
+}
+
+const char *proto_worker_role_str(proto_worker_role_t r)
+{
+    const char *s = s_name(s_roles, S_COUNT(s_roles), r);
+    return s ? s : "?";
+}
+
+const char *proto_worker_code_str(proto_worker_code_t c)
+{
+    const char *s = s_name(s_codes, S_COUNT(s_codes), c);
+    return s ? s : "?";
+}
+
+const char *proto_worker_event_type_str(proto_worker_event_type_t t)
+{
+    const char *s = s_name(s_events, S_COUNT(s_events), t);
+    return s ? s : "?";
+}
+
+/* ================================================================ encoding */
+
+/* An encoder's state: the buffer and the first error met. */
+typedef struct {
+    proto_cbor_buf_t b;
+    proto_worker_error_t err;
+} s_enc_t;
+
+static void s_enc_fail(s_enc_t *e, proto_worker_reason_t r, const char *field)
+{
+    if (e->err.reason == PROTO_WORKER_OK) {
+        e->err.reason = r;
+        e->err.field = field;
+    }
+}
+
+static void s_put_key(s_enc_t *e, const char *key)
+{
+    proto_cbor_put_text(&e->b, key, strlen(key));
+}
+
+static void s_put_map(s_enc_t *e, size_t n)
+{
+    proto_cbor_put_head(&e->b, 5, n);
+}
+
+/* key: text, checked against `max` and UTF-8. A missing string is an error:
+ * callers test optional strings before calling. */
+static void s_put_str(s_enc_t *e, const char *key, proto_worker_str_t s, size_t max)
+{
+    if (!s.p && s.len == 0)
+        s.p = "";
+    if (!s.p) {
+        s_enc_fail(e, PROTO_WORKER_BAD_VALUE, key);
+        return;
+    }
+    if (s.len > max) {
+        s_enc_fail(e, PROTO_WORKER_TOO_LONG, key);
+        return;
+    }
+    if (!proto_utf8_valid((const uint8_t *) s.p, s.len)) {
+        s_enc_fail(e, PROTO_WORKER_BAD_UTF8, key);
+        return;
+    }
+    s_put_key(e, key);
+    proto_cbor_put_text(&e->b, s.p, s.len);
+}
+
+/* key: one of names[] (the enum value v). */
+static void s_put_enum(s_enc_t *e, const char *key, const char *const *names, size_t n, unsigned v)
+{
+    const char *s = s_name(names, n, v);
+    if (!s) {
+        s_enc_fail(e, PROTO_WORKER_BAD_VALUE, key);
+        return;
+    }
+    s_put_key(e, key);
+    proto_cbor_put_text(&e->b, s, strlen(s));
+}
+
+static void s_put_uint(s_enc_t *e, const char *key, uint64_t v)
+{
+    s_put_key(e, key);
+    proto_cbor_put_head(&e->b, 0, v);
+}
+
+static void s_put_bool(s_enc_t *e, const char *key, bool v)
+{
+    s_put_key(e, key);
+    uint8_t byte = v ? 0xf5 : 0xf4;
+    proto_cbor_put_raw(&e->b, &byte, 1);
+}
+
+static void s_put_bstr(s_enc_t *e, const char *key, const uint8_t *p, size_t n)
+{
+    s_put_key(e, key);
+    proto_cbor_put_bytes(&e->b, p, n);
+}
+
+static void s_put_tool_call(s_enc_t *e, const proto_worker_tool_call_t *c)
+{
+    s_put_map(e, 3);
+    s_put_str(e, "id", c->id, PROTO_WORKER_NAME_MAX);
+    s_put_str(e, "name", c->name, PROTO_WORKER_NAME_MAX);
+    s_put_str(e, "arguments", c->arguments, PROTO_WORKER_TEXT_MAX);
+}
+
+static void s_put_chat_msg(s_enc_t *e, const proto_worker_chat_msg_t *m)
+{
+    bool calls = m->has_tool_calls || m->n_tool_calls > 0;
+    if (m->n_tool_calls > PROTO_WORKER_TOOL_CALLS_MAX) {
+        s_enc_fail(e, PROTO_WORKER_TOO_LONG, "tool_calls");
+        return;
+    }
+    s_put_map(e, 2 + (m->tool_call_id.p != NULL) + calls);
+    s_put_enum(e, "role", s_roles, S_COUNT(s_roles), m->role);
+    s_put_str(e, "content", m->content, PROTO_WORKER_TEXT_MAX);
+    if (m->tool_call_id.p)
+        s_put_str(e, "tool_call_id", m->tool_call_id, PROTO_WORKER_NAME_MAX);
+    if (calls) {
+        s_put_key(e, "tool_calls");
+        proto_cbor_put_head(&e->b, 4, m->n_tool_calls);
+        for (size_t i = 0; i < m->n_tool_calls; i++)
+            s_put_tool_call(e, &m->tool_calls[i]);
+    }
+}
+
+static void s_put_turn(s_enc_t *e, const proto_worker_turn_t *t)
+{
+    if (t->session_id.len < 1) {
+        s_enc_fail(e, PROTO_WORKER_BAD_VALUE, "session_id");
+        return;
+    }
+    if (t->n_history > PROTO_WORKER_HISTORY_MAX) {
+        s_enc_fail(e, PROTO_WORKER_TOO_LONG, "history");
+        return;
+    }
+    if (t->n_tools > PROTO_WORKER_TOOLS_MAX) {
+        s_enc_fail(e, PROTO_WORKER_TOO_LONG, "tools");
+        return;
+    }
+    s_put_map(e, 8);
+    s_put_key(e, "type");
+    proto_cbor_put_text(&e->b, "turn", 4);
+    s_put_bstr(e, "turn_id", t->turn_id, PROTO_UUID_LEN);
+    s_put_str(e, "session_id", t->session_id, PROTO_WORKER_SESSION_ID_MAX);
+    s_put_key(e, "message");
+    s_put_chat_msg(e, &t->message);
+    s_put_key(e, "history");
+    proto_cbor_put_head(&e->b, 4, t->n_history);
+    for (size_t i = 0; i < t->n_history; i++)
+        s_put_chat_msg(e, &t->history[i]);
+    s_put_key(e, "tools");
+    proto_cbor_put_head(&e->b, 4, t->n_tools);
+    for (size_t i = 0; i < t->n_tools; i++) {
+        const proto_worker_tool_spec_t *s = &t->tools[i];
+        s_put_map(e, 4);
+        s_put_str(e, "name", s->name, PROTO_WORKER_NAME_MAX);
+        s_put_str(e, "description", s->description, PROTO_WORKER_TEXT_MAX);
+        s_put_str(e, "parameters", s->parameters, PROTO_WORKER_TEXT_MAX);
+        s_put_enum(e, "executor", s_executors, S_COUNT(s_executors), s->executor);
+    }
+    s_put_key(e, "limits");
+    s_put_map(e, 2);
+    s_put_uint(e, "max_tool_iterations", t->max_tool_iterations);
+    s_put_uint(e, "turn_timeout_s", t->turn_timeout_s);
+    const proto_worker_origin_t *o = &t->origin;
+    s_put_key(e, "origin");
+    s_put_map(e, 1 + o->has_envelope_id + o->has_from + (o->envelope_type != PROTO_WORKER_ENVTYPE_NONE));
+    s_put_enum(e, "channel", s_channels, S_COUNT(s_channels), o->channel);
+    if (o->has_envelope_id)
+        s_put_bstr(e, "envelope_id", o->envelope_id, PROTO_UUID_LEN);
+    if (o->has_from)
+        s_put_bstr(e, "from", o->from, PROTO_WORKER_PEER_KEY_LEN);
+    if (o->envelope_type != PROTO_WORKER_ENVTYPE_NONE)
+        s_put_enum(e, "envelope_type", s_envtypes, S_COUNT(s_envtypes), o->envelope_type);
+}
+
+static void s_put_event(s_enc_t *e, const proto_worker_event_t *ev)
+{
+    switch (ev->type) {
+    case PROTO_WORKER_EV_CHUNK:
+    case PROTO_WORKER_EV_THINKING:
+        s_put_map(e, 2);
+        s_put_enum(e, "type", s_events, S_COUNT(s_events), ev->type);
+        s_put_str(e, "text", ev->text, PROTO_WORKER_TEXT_MAX);
+        return;
+    case PROTO_WORKER_EV_CHUNK_RESET:
+        s_put_map(e, 1);
+        s_put_enum(e, "type", s_events, S_COUNT(s_events), ev->type);
+        return;
+    case PROTO_WORKER_EV_TOOL_CALL:
+        s_put_map(e, 2);
+        s_put_enum(e, "type", s_events, S_COUNT(s_events), ev->type);
+        s_put_key(e, "call");
+        s_put_tool_call(e, &ev->call);
+        return;
+    case PROTO_WORKER_EV_TOOL_RESULT:
+        s_put_map(e, 4);
+        s_put_enum(e, "type", s_events, S_COUNT(s_events), ev->type);
+        s_put_str(e, "id", ev->id, PROTO_WORKER_NAME_MAX);
+        s_put_str(e, "result", ev->result, PROTO_WORKER_TEXT_MAX);
+        s_put_bool(e, "is_error", ev->is_error);
+        return;
+    case PROTO_WORKER_EV_OPERATOR_STATUS:
+        s_put_map(e, 2);
+        s_put_enum(e, "type", s_events, S_COUNT(s_events), ev->type);
+        s_put_str(e, "status", ev->text, PROTO_WORKER_TEXT_MAX);
+        return;
+    case PROTO_WORKER_EV_AGENT_EVENT:
+        s_put_map(e, 3);
+        s_put_enum(e, "type", s_events, S_COUNT(s_events), ev->type);
+        s_put_str(e, "name", ev->name, PROTO_WORKER_NAME_MAX);
+        s_put_str(e, "data", ev->data, PROTO_WORKER_TEXT_MAX);
+        return;
+    case PROTO_WORKER_EV_LLM_REQUEST:
+        s_put_map(e, 3 + (ev->model.p != NULL));
+        s_put_enum(e, "type", s_events, S_COUNT(s_events), ev->type);
+        s_put_str(e, "provider", ev->provider, PROTO_WORKER_NAME_MAX);
+        if (ev->model.p)
+            s_put_str(e, "model", ev->model, PROTO_WORKER_NAME_MAX);
+        s_put_uint(e, "iteration", ev->iteration);
+        return;
+    }
+    s_enc_fail(e, PROTO_WORKER_BAD_VALUE, "event");
+}
+
+static void s_put_final(s_enc_t *e, const proto_worker_final_t *f)
+{
+    switch (f->type) {
+    case PROTO_WORKER_FINAL_DONE:
+        s_put_map(e, 4 + f->has_tokens_used + f->has_cost_usd);
+        s_put_enum(e, "type", s_final_types, S_COUNT(s_final_types), f->type);
+        s_put_bstr(e, "turn_id", f->turn_id, PROTO_UUID_LEN);
+        s_put_str(e, "full_response", f->full_response, PROTO_WORKER_TEXT_MAX);
+        s_put_uint(e, "tool_iterations", f->tool_iterations);
+        if (f->has_tokens_used)
+            s_put_uint(e, "tokens_used", f->tokens_used);
+        if (f->has_cost_usd) {
+            if (!isfinite(f->cost_usd))
+                s_enc_fail(e, PROTO_WORKER_BAD_VALUE, "cost_usd");
+            s_put_key(e, "cost_usd");
+            proto_cbor_put_float(&e->b, f->cost_usd);
+        }
+        return;
+    case PROTO_WORKER_FINAL_STOPPED:
+        s_put_map(e, 2 + (f->message.p != NULL));
+        s_put_enum(e, "type", s_final_types, S_COUNT(s_final_types), f->type);
+        s_put_bstr(e, "turn_id", f->turn_id, PROTO_UUID_LEN);
+        if (f->message.p)
+            s_put_str(e, "message", f->message, PROTO_WORKER_TEXT_MAX);
+        return;
+    case PROTO_WORKER_FINAL_ERROR:
+        s_put_map(e, 4);
+        s_put_enum(e, "type", s_final_types, S_COUNT(s_final_types), f->type);
+        s_put_bstr(e, "turn_id", f->turn_id, PROTO_UUID_LEN);
+        s_put_enum(e, "code", s_codes, S_COUNT(s_codes), f->code);
+        s_put_str(e, "message", f->message, PROTO_WORKER_TEXT_MAX);
+        return;
+    }
+    s_enc_fail(e, PROTO_WORKER_BAD_VALUE, "type");
+}
+
+/* Hands the buffer out, or reports the first failure. */
+static int s_enc_finish(s_enc_t *e, uint8_t **out, size_t *len, proto_worker_error_t *err)
+{
+    if (e->err.reason == PROTO_WORKER_OK && e->b.failed != PROTO_CBOR_OK)
+        s_enc_fail(e, e->b.failed == PROTO_CBOR_TOO_LARGE ? PROTO_WORKER_TOO_LARGE : PROTO_WORKER_NO_MEMORY,
+                   "");
+    if (e->err.reason != PROTO_WORKER_OK) {
+        proto_cbor_buf_free(&e->b);
+        *out = NULL;
+        *len = 0;
+        *err = e->err;
+        return -1;
+    }
+    *out = proto_cbor_buf_take(&e->b, len);
+    if (!*out) {
+        *len = 0;
+        err->reason = PROTO_WORKER_NO_MEMORY;
+        err->field = "";
+        return -1;
+    }
+    err->reason = PROTO_WORKER_OK;
+    err->field = "";
+    return 0;
+}
+
+static void s_enc_init(s_enc_t *e)
+{
+    proto_cbor_buf_init(&e->b, PROTO_WORKER_BODY_MAX);
+    e->err.reason = PROTO_WORKER_OK;
+    e->err.field = "";
+}
+
+int proto_worker_request_encode(const proto_worker_request_t *req, uint8_t **out, size_t *len,
+                                proto_worker_error_t *err)
+{
+    s_enc_t e;
+    s_enc_init(&e);
+    switch (req->type) {
+    case PROTO_WORKER_REQ_TURN:
+        s_put_turn(&e, &req->turn);
+        break;
+    case PROTO_WORKER_REQ_STEER:
+    case PROTO_WORKER_REQ_STOP: {
+        const proto_worker_control_t *c = &req->control;
+        bool content = req->type == PROTO_WORKER_REQ_STEER;
+        s_put_map(&e, 2 + content);
+        s_put_enum(&e, "type", s_req_types, S_COUNT(s_req_types), req->type);
+        s_put_bstr(&e, "turn_id", c->turn_id, PROTO_UUID_LEN);
+        if (content)
+            s_put_str(&e, "content", c->content, PROTO_WORKER_TEXT_MAX);
+        break;
+    }
+    case PROTO_WORKER_REQ_TOOL_RESULT: {
+        const proto_worker_tool_result_t *r = &req->tool_result;
+        s_put_map(&e, 5);
+        s_put_enum(&e, "type", s_req_types, S_COUNT(s_req_types), req->type);
+        s_put_bstr(&e, "turn_id", r->turn_id, PROTO_UUID_LEN);
+        s_put_str(&e, "id", r->id, PROTO_WORKER_NAME_MAX);
+        s_put_str(&e, "result", r->result, PROTO_WORKER_TEXT_MAX);
+        s_put_bool(&e, "is_error", r->is_error);
+        break;
+    }
+    default:
+        s_enc_fail(&e, PROTO_WORKER_BAD_VALUE, "type");
+    }
+    return s_enc_finish(&e, out, len, err);
+}
+
+int proto_worker_partial_encode(const proto_worker_partial_t *p, uint8_t **out, size_t *len,
+                                proto_worker_error_t *err)
+{
+    s_enc_t e;
+    s_enc_init(&e);
+    s_put_map(&e, 4);
+    s_put_key(&e, "type");
+    proto_cbor_put_text(&e.b, "partial", 7);
+    s_put_bstr(&e, "turn_id", p->turn_id, PROTO_UUID_LEN);
+    s_put_uint(&e, "seq", p->seq);
+    s_put_key(&e, "event");
+    s_put_event(&e, &p->event);
+    return s_enc_finish(&e, out, len, err);
+}
+
+int proto_worker_final_encode(const proto_worker_final_t *f, uint8_t **out, size_t *len,
+                              proto_worker_error_t *err)
+{
+    s_enc_t e;
+    s_enc_init(&e);
+    s_put_final(&e, f);
+    return s_enc_finish(&e, out, len, err);
+}
+
+int proto_worker_reply_encode(const proto_worker_reply_t *rep, uint8_t **out, size_t *len,
+                              proto_worker_error_t *err)
+{
+    if (rep->type == PROTO_WORKER_REPLY_PARTIAL)
+        return proto_worker_partial_encode(&rep->partial, out, len, err);
+    if (rep->type == PROTO_WORKER_REPLY_FINAL)
+        return proto_worker_final_encode(&rep->final, out, len, err);
+    *out = NULL;
+    *len = 0;
+    err->reason = PROTO_WORKER_BAD_VALUE;
+    err->field = "type";
+    return -1;
+}
+
+/* ================================================================ decoding */
+
+/* A decoder's first error; every s_get_* returns 0 or -1 after recording it. */
+typedef struct {
+    proto_worker_error_t err;
+} s_dec_t;
+
+static int s_dec_fail(s_dec_t *d, proto_worker_reason_t r, const char *field)
+{
+    if (d->err.reason == PROTO_WORKER_OK) {
+        d->err.reason = r;
+        d->err.field = field;
+    }
+    return -1;
+}
+
+/* True when item is a definite text string equal to name. */
+static bool s_text_is(const cbor_item_t *item, const char *name)
+{
+    size_t n = strlen(name);
+    return cbor_isa_string(item) && cbor_string_is_definite(item) && cbor_string_length(item) == n &&
+           memcmp(cbor_string_handle(item), name, n) == 0;
+}
+
+/* Most keys any map here names. */
+#define S_KEYS_MAX 8
+
+/* Finds keys[0..n) in `map`: vals[k] is the value of keys[k] or NULL. Every
+ * key must be text; a known key twice is refused; unknown keys are skipped. */
+static int s_map_fields(s_dec_t *d, const cbor_item_t *map, const char *field, const char *const *keys,
+                        size_t n, const cbor_item_t **vals)
+{
+    if (!cbor_isa_map(map) || !cbor_map_is_definite(map))
+        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, field);
+    for (size_t k = 0; k < n; k++)
+        vals[k] = NULL;
+    size_t size = cbor_map_size(map);
+    struct cbor_pair *pairs = cbor_map_handle(map);
+    for (size_t i = 0; i < size; i++) {
+        if (!cbor_isa_string(pairs[i].key))
+            return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, field);
+        for (size_t k = 0; k < n; k++) {
+            if (!s_text_is(pairs[i].key, keys[k]))
+                continue;
+            if (vals[k])
+                return s_dec_fail(d, PROTO_WORKER_DUPLICATE_KEY, keys[k]);
+            vals[k] = pairs[i].value;
+            break;
+        }
+    }
+    return 0;
+}
+
+static int s_need(s_dec_t *d, const cbor_item_t *v, const char *key)
+{
+    return v ? 0 : s_dec_fail(d, PROTO_WORKER_MISSING_FIELD, key);
+}
+
+/* A text value copied to the heap with a NUL, 0..max bytes. */
+static int s_get_str(s_dec_t *d, const cbor_item_t *v, const char *key, size_t max, proto_worker_str_t *out)
+{
+    if (s_need(d, v, key) < 0)
+        return -1;
+    if (!cbor_isa_string(v) || !cbor_string_is_definite(v))
+        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
+    size_t n = cbor_string_length(v);
+    if (n > max)
+        return s_dec_fail(d, PROTO_WORKER_TOO_LONG, key);
+    const uint8_t *p = cbor_string_handle(v);
+    if (n > 0 && !proto_utf8_valid(p, n))
+        return s_dec_fail(d, PROTO_WORKER_BAD_UTF8, key);
+    char *copy = malloc(n + 1);
+    if (!copy)
+        return s_dec_fail(d, PROTO_WORKER_NO_MEMORY, key);
+    if (n > 0)
+        memcpy(copy, p, n);
+    copy[n] = '\0';
+    out->p = copy;
+    out->len = n;
+    return 0;
+}
+
+/* An optional text value: absent leaves *out {NULL, 0}. */
+static int s_get_opt_str(s_dec_t *d, const cbor_item_t *v, const char *key, size_t max, proto_worker_str_t *out)
+{
+    return v ? s_get_str(d, v, key, max, out) : 0;
+}
+
+/* A text value that must be one of names[1..n); *out is its index. */
+static int s_get_enum(s_dec_t *d, const cbor_item_t *v, const char *key, const char *const *names, size_t n,
+                      unsigned *out)
+{
+    if (s_need(d, v, key) < 0)
+        return -1;
+    if (!cbor_isa_string(v) || !cbor_string_is_definite(v))
+        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
+    for (size_t i = 1; i < n; i++)
+        if (s_text_is(v, names[i])) {
+            *out = (unsigned) i;
+            return 0;
+        }
+    return s_dec_fail(d, PROTO_WORKER_BAD_VALUE, key);
+}
+
+static int s_get_uint(s_dec_t *d, const cbor_item_t *v, const char *key, uint64_t *out)
+{
+    if (s_need(d, v, key) < 0)
+        return -1;
+    if (!cbor_isa_uint(v))
+        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
+    *out = cbor_get_int(v);
+    return 0;
+}
+
+static int s_get_bool(s_dec_t *d, const cbor_item_t *v, const char *key, bool *out)
+{
+    if (s_need(d, v, key) < 0)
+        return -1;
+    if (!cbor_is_bool(v))
+        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
+    *out = cbor_get_bool(v);
+    return 0;
+}
+
+/* A byte string of exactly n bytes. */
+static int s_get_bstr(s_dec_t *d, const cbor_item_t *v, const char *key, uint8_t *out, size_t n)
+{
+    if (s_need(d, v, key) < 0)
+        return -1;
+    if (!cbor_isa_bytestring(v) || !cbor_bytestring_is_definite(v))
+        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
+    if (cbor_bytestring_length(v) != n)
+        return s_dec_fail(d, PROTO_WORKER_BAD_VALUE, key);
+    memcpy(out, cbor_bytestring_handle(v), n);
+    return 0;
+}
+
+static int s_get_float(s_dec_t *d, const cbor_item_t *v, const char *key, double *out)
+{
+    if (s_need(d, v, key) < 0)
+        return -1;
+    /* Width 0 is a simple value (true, null…), not a float. */
+    if (!cbor_isa_float_ctrl(v) || cbor_float_get_width(v) == CBOR_FLOAT_0)
+        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
+    *out = cbor_float_get_float(v);
+    if (!isfinite(*out))
+        return s_dec_fail(d, PROTO_WORKER_BAD_VALUE, key);
+    return 0;
+}
+
+/* An array of at most max entries: *n is its size. */
+static int s_get_array(s_dec_t *d, const cbor_item_t *v, const char *key, size_t max, size_t *n)
+{
+    if (s_need(d, v, key) < 0)
+        return -1;
+    if (!cbor_isa_array(v) || !cbor_array_is_definite(v))
+        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
+    *n = cbor_array_size(v);
+    if (*n > max)
+        return s_dec_fail(d, PROTO_WORKER_TOO_LONG, key);
+    return 0;
+}
+
+static void s_str_free(proto_worker_str_t *s)
+{
+    free((void *) s->p);
+    s->p = NULL;
+    s->len = 0;
+}
+
+void proto_worker_tool_call_clear(proto_worker_tool_call_t *c)
+{
+    if (!c)
+        return;
+    s_str_free(&c->id);
+    s_str_free(&c->name);
+    s_str_free(&c->arguments);
+}
+
+void proto_worker_chat_msg_clear(proto_worker_chat_msg_t *m)
+{
+    if (!m)
+        return;
+    s_str_free(&m->content);
+    s_str_free(&m->tool_call_id);
+    for (size_t i = 0; i < m->n_tool_calls; i++)
+        proto_worker_tool_call_clear(&m->tool_calls[i]);
+    free(m->tool_calls);
+    memset(m, 0, sizeof *m);
+}
+
+/* array[i], borrowed (cbor_array_get would take a reference). */
+static const cbor_item_t *s_at(const cbor_item_t *array, size_t i)
+{
+    return cbor_array_handle(array)[i];
+}
+
+static int s_get_tool_call(s_dec_t *d, const cbor_item_t *v, proto_worker_tool_call_t *c)
+{
+    static const char *const keys[] = {"id", "name", "arguments"};
+    const cbor_item_t *f[S_KEYS_MAX];
+    if (s_map_fields(d, v, "call", keys, 3, f) < 0 || s_get_str(d, f[0], "id", PROTO_WORKER_NAME_MAX, &c->id) < 0 ||
+        s_get_str(d, f[1], "name", PROTO_WORKER_NAME_MAX, &c->name) < 0 ||
+        s_get_str(d, f[2], "arguments", PROTO_WORKER_TEXT_MAX, &c->arguments) < 0)
+        return -1;
+    return 0;
+}
+
+static int s_get_chat_msg(s_dec_t *d, const cbor_item_t *v, const char *field, proto_worker_chat_msg_t *m)
+{
+    static const char *const keys[] = {"role", "content", "tool_call_id", "tool_calls"};
+    const cbor_item_t *f[S_KEYS_MAX];
+    unsigned role = 0;
+    if (s_need(d, v, field) < 0 || s_map_fields(d, v, field, keys, 4, f) < 0 ||
+        s_get_enum(d, f[0], "role", s_roles, S_COUNT(s_roles), &role) < 0 ||
+        s_get_str(d, f[1], "content", PROTO_WORKER_TEXT_MAX, &m->content) < 0 ||
+        s_get_opt_str(d, f[2], "tool_call_id", PROTO_WORKER_NAME_MAX, &m->tool_call_id) < 0)
+        return -1;
+    m->role = (proto_worker_role_t) role;
+    if (!f[3])
+        return 0;
+    size_t n = 0;
+    if (s_get_array(d, f[3], "tool_calls", PROTO_WORKER_TOOL_CALLS_MAX, &n) < 0)
+        return -1;
+    m->has_tool_calls = true;
+    if (n == 0)
+        return 0;
+    m->tool_calls = calloc(n, sizeof *m->tool_calls);
+    if (!m->tool_calls)
+        return s_dec_fail(d, PROTO_WORKER_NO_MEMORY, "tool_calls");
+    m->n_tool_calls = n;
+    for (size_t i = 0; i < n; i++)
+        if (s_get_tool_call(d, s_at(f[3], i), &m->tool_calls[i]) < 0)
+            return -1;
+    return 0;
+}
+
+static int s_get_turn(s_dec_t *d, const cbor_item_t *const *f, proto_worker_turn_t *t)
+{
+    /* f: turn_id, session_id, message, history, tools, limits, origin */
+    if (s_get_bstr(d, f[0], "turn_id", t->turn_id, PROTO_UUID_LEN) < 0 ||
+        s_get_str(d, f[1], "session_id", PROTO_WORKER_SESSION_ID_MAX, &t->session_id) < 0)
+        return -1;
+    if (t->session_id.len < 1)
+        return s_dec_fail(d, PROTO_WORKER_BAD_VALUE, "session_id");
+    if (s_get_chat_msg(d, f[2], "message", &t->message) < 0)
+        return -1;
+
+    size_t n = 0;
+    if (s_get_array(d, f[3], "history", PROTO_WORKER_HISTORY_MAX, &n) < 0)
+        return -1;
+    if (n > 0) {
+        t->history = calloc(n, sizeof *t->history);
+        if (!t->history)
+            return s_dec_fail(d, PROTO_WORKER_NO_MEMORY, "history");
+        t->n_history = n;
+        for (size_t i = 0; i < n; i++)
+            if (s_get_chat_msg(d, s_at(f[3], i), "history", &t->history[i]) < 0)
+                return -1;
+    }
+
+    if (s_get_array(d, f[4], "tools", PROTO_WORKER_TOOLS_MAX, &n) < 0)
+        return -1;
+    if (n > 0) {
+        t->tools = calloc(n, sizeof *t->tools);
+        if (!t->tools)
+            return s_dec_fail(d, PROTO_WORKER_NO_MEMORY, "tools");
+        t->n_tools = n;
+        static const char *const keys[] = {"name", "description", "parameters", "executor"};
+        for (size_t i = 0; i < n; i++) {
+            proto_worker_tool_spec_t *s = &t->tools[i];
+            const cbor_item_t *g[S_KEYS_MAX];
+            unsigned ex = 0;
+            if (s_map_fields(d, s_at(f[4], i), "tools", keys, 4, g) < 0 ||
+                s_get_str(d, g[0], "name", PROTO_WORKER_NAME_MAX, &s->name) < 0 ||
+                s_get_str(d, g[1], "description", PROTO_WORKER_TEXT_MAX, &s->description) < 0 ||
+                s_get_str(d, g[2], "parameters", PROTO_WORKER_TEXT_MAX, &s->parameters) < 0 ||
+                s_get_enum(d, g[3], "executor", s_executors, S_COUNT(s_executors), &ex) < 0)
+                return -1;
+            s->executor = (proto_worker_executor_t) ex;
+        }
+    }
+
+    static const char *const lkeys[] = {"max_tool_iterations", "turn_timeout_s"};
+    const cbor_item_t *l[S_KEYS_MAX];
+    if (s_need(d, f[5], "limits") < 0 || s_map_fields(d, f[5], "limits", lkeys, 2, l) < 0 ||
+        s_get_uint(d, l[0], "max_tool_iterations", &t->max_tool_iterations) < 0 ||
+        s_get_uint(d, l[1], "turn_timeout_s", &t->turn_timeout_s) < 0)
+        return -1;
+
+    static const char *const okeys[] = {"channel", "envelope_id", "from", "envelope_type"};
+    const cbor_item_t *o[S_KEYS_MAX];
+    proto_worker_origin_t *org = &t->origin;
+    unsigned ch = 0, et = 0;
+    if (s_need(d, f[6], "origin") < 0 || s_map_fields(d, f[6], "origin", okeys, 4, o) < 0 ||
+        s_get_enum(d, o[0], "channel", s_channels, S_COUNT(s_channels), &ch) < 0)
+        return -1;
+    org->channel = (proto_worker_channel_t) ch;
+    if (o[1]) {
+        if (s_get_bstr(d, o[1], "envelope_id", org->envelope_id, PROTO_UUID_LEN) < 0)
+            return -1;
+        org->has_envelope_id = true;
+    }
+    if (o[2]) {
+        if (s_get_bstr(d, o[2], "from", org->from, PROTO_WORKER_PEER_KEY_LEN) < 0)
+            return -1;
+        org->has_from = true;
+    }
+    if (o[3]) {
+        if (s_get_enum(d, o[3], "envelope_type", s_envtypes, S_COUNT(s_envtypes), &et) < 0)
+            return -1;
+        org->envelope_type = (proto_worker_envtype_t) et;
+    }
+    return 0;
+}
+
+/* proto_cbor_check + cbor_load within the body limits; the root must be a map. */
+static cbor_item_t *s_load(s_dec_t *d, const uint8_t *p, size_t len)
+{
+    static const proto_cbor_limits_t lim = {
+        .max_depth = PROTO_WORKER_DEPTH_MAX, .allow_indefinite = 0, .max_items = PROTO_WORKER_ITEMS_MAX};
+    if (len > PROTO_WORKER_BODY_MAX) {
+        s_dec_fail(d, PROTO_WORKER_TOO_LARGE, "");
+        return NULL;
+    }
+    proto_cbor_reason_t cr = PROTO_CBOR_OK;
+    cbor_item_t *root = proto_cbor_load(p, len, &lim, &cr);
+    if (!root) {
+        s_dec_fail(d, cr == PROTO_CBOR_NO_MEMORY ? PROTO_WORKER_NO_MEMORY
+                      : cr == PROTO_CBOR_BAD_UTF8 ? PROTO_WORKER_BAD_UTF8
+                                                  : PROTO_WORKER_BAD_CBOR,
+                   "");
+        return NULL;
+    }
+    if (!cbor_isa_map(root)) {
+        s_dec_fail(d, PROTO_WORKER_NOT_MAP, "");
+        cbor_decref(&root);
+        return NULL;
+    }
+    return root;
+}
+
+/* The root's `type` as one of names[1..n), or UNKNOWN_TYPE. */
+static int s_root_type(s_dec_t *d, const cbor_item_t *root, const char *const *names, size_t n, unsigned *type)
+{
+    static const char *const keys[] = {"type"};
+    const cbor_item_t *f[1];
+    if (s_map_fields(d, root, "", keys, 1, f) < 0)
+        return -1;
+    if (!f[0] || !cbor_isa_string(f[0]) || s_get_enum(d, f[0], "type", names, n, type) < 0) {
+        d->err.reason = PROTO_WORKER_UNKNOWN_TYPE;
+        d->err.field = "type";
+        return -1;
+    }
+    return 0;
+}
+
+void proto_worker_request_clear(proto_worker_request_t *req)
+{
+    if (!req)
+        return;
+    proto_worker_turn_t *t = &req->turn;
+    s_str_free(&t->session_id);
+    proto_worker_chat_msg_clear(&t->message);
+    for (size_t i = 0; i < t->n_history; i++)
+        proto_worker_chat_msg_clear(&t->history[i]);
+    free(t->history);
+    for (size_t i = 0; i < t->n_tools; i++) {
+        s_str_free(&t->tools[i].name);
+        s_str_free(&t->tools[i].description);
+        s_str_free(&t->tools[i].parameters);
+    }
+    free(t->tools);
+    s_str_free(&req->control.content);
+    s_str_free(&req->tool_result.id);
+    s_str_free(&req->tool_result.result);
+    memset(req, 0, sizeof *req);
+}
+
+int proto_worker_request_decode(const uint8_t *p, size_t len, proto_worker_request_t *out,
+                                proto_worker_error_t *err)
+{
+    s_dec_t d = {{PROTO_WORKER_OK, ""}};
+    unsigned type = 0;
+    memset(out, 0, sizeof *out);
+    cbor_item_t *root = s_load(&d, p, len);
+    if (!root)
+        goto fail;
+    if (s_root_type(&d, root, s_req_types, S_COUNT(s_req_types), &type) < 0)
+        goto fail;
+    out->type = (proto_worker_req_type_t) type;
+    switch (out->type) {
+    case PROTO_WORKER_REQ_TURN: {
+        static const char *const keys[] = {"turn_id", "session_id", "message", "history",
+                                           "tools",   "limits",     "origin"};
+        const cbor_item_t *f[S_KEYS_MAX];
+        if (s_map_fields(&d, root, "", keys, 7, f) < 0 || s_get_turn(&d, f, &out->turn) < 0)
+            goto fail;
+        break;
+    }
+    case PROTO_WORKER_REQ_STEER:
+    case PROTO_WORKER_REQ_STOP: {
+        static const char *const keys[] = {"turn_id", "content"};
+        const cbor_item_t *f[S_KEYS_MAX];
+        if (s_map_fields(&d, root, "", keys, 2, f) < 0 ||
+            s_get_bstr(&d, f[0], "turn_id", out->control.turn_id, PROTO_UUID_LEN) < 0)
+            goto fail;
+        /* A steer without content has nothing to steer with. */
+        if (out->type == PROTO_WORKER_REQ_STEER
+                ? s_get_str(&d, f[1], "content", PROTO_WORKER_TEXT_MAX, &out->control.content) < 0
+                : s_get_opt_str(&d, f[1], "content", PROTO_WORKER_TEXT_MAX, &out->control.content) < 0)
+            goto fail;
+        break;
+    }
+    case PROTO_WORKER_REQ_TOOL_RESULT: {
+        static const char *const keys[] = {"turn_id", "id", "result", "is_error"};
+        const cbor_item_t *f[S_KEYS_MAX];
+        proto_worker_tool_result_t *r = &out->tool_result;
+        if (s_map_fields(&d, root, "", keys, 4, f) < 0 ||
+            s_get_bstr(&d, f[0], "turn_id", r->turn_id, PROTO_UUID_LEN) < 0 ||
+            s_get_str(&d, f[1], "id", PROTO_WORKER_NAME_MAX, &r->id) < 0 ||
+            s_get_str(&d, f[2], "result", PROTO_WORKER_TEXT_MAX, &r->result) < 0 ||
+            s_get_bool(&d, f[3], "is_error", &r->is_error) < 0)
+            goto fail;
+        break;
+    }
+    }
+    cbor_decref(&root);
+    *err = d.err;
+    return 0;
+fail:
+    if (root)
+        cbor_decref(&root);
+    proto_worker_request_clear(out);
+    *err = d.err;
+    return -1;
+}
+
+static void s_event_clear(proto_worker_event_t *ev)
+{
+    s_str_free(&ev->text);
+    proto_worker_tool_call_clear(&ev->call);
+    s_str_free(&ev->id);
+    s_str_free(&ev->result);
+    s_str_free(&ev->name);
+    s_str_free(&ev->data);
+    s_str_free(&ev->provider);
+    s_str_free(&ev->model);
+}
+
+void proto_worker_reply_clear(proto_worker_reply_t *rep)
+{
+    if (!rep)
+        return;
+    s_event_clear(&rep->partial.event);
+    s_str_free(&rep->final.full_response);
+    s_str_free(&rep->final.message);
+    memset(rep, 0, sizeof *rep);
+}
+
+static int s_get_event(s_dec_t *d, const cbor_item_t *v, proto_worker_event_t *ev)
+{
+    static const char *const keys[] = {"type", "text",   "call",     "id",    "result",
+                                       "is_error", "status", "name"};
+    static const char *const keys2[] = {"data", "provider", "model", "iteration"};
+    const cbor_item_t *f[S_KEYS_MAX], *g[S_KEYS_MAX];
+    unsigned type = 0;
+    if (s_need(d, v, "event") < 0 || s_map_fields(d, v, "event", keys, 8, f) < 0 ||
+        s_map_fields(d, v, "event", keys2, 4, g) < 0)
+        return -1;
+    if (!f[0] || s_get_enum(d, f[0], "type", s_events, S_COUNT(s_events), &type) < 0) {
+        d->err.reason = PROTO_WORKER_UNKNOWN_TYPE;
+        d->err.field = "event";
+        return -1;
+    }
+    ev->type = (proto_worker_event_type_t) type;
+    switch (ev->type) {
+    case PROTO_WORKER_EV_CHUNK:
+    case PROTO_WORKER_EV_THINKING:
+        return s_get_str(d, f[1], "text", PROTO_WORKER_TEXT_MAX, &ev->text);
+    case PROTO_WORKER_EV_CHUNK_RESET:
+        return 0;
+    case PROTO_WORKER_EV_TOOL_CALL:
+        return s_need(d, f[2], "call") < 0 ? -1 : s_get_tool_call(d, f[2], &ev->call);
+    case PROTO_WORKER_EV_TOOL_RESULT:
+        if (s_get_str(d, f[3], "id", PROTO_WORKER_NAME_MAX, &ev->id) < 0 ||
+            s_get_str(d, f[4], "result", PROTO_WORKER_TEXT_MAX, &ev->result) < 0 ||
+            s_get_bool(d, f[5], "is_error", &ev->is_error) < 0)
+            return -1;
+        return 0;
+    case PROTO_WORKER_EV_OPERATOR_STATUS:
+        return s_get_str(d, f[6], "status", PROTO_WORKER_TEXT_MAX, &ev->text);
+    case PROTO_WORKER_EV_AGENT_EVENT:
+        if (s_get_str(d, f[7], "name", PROTO_WORKER_NAME_MAX, &ev->name) < 0 ||
+            s_get_str(d, g[0], "data", PROTO_WORKER_TEXT_MAX, &ev->data) < 0)
+            return -1;
+        return 0;
+    case PROTO_WORKER_EV_LLM_REQUEST:
+        if (s_get_str(d, g[1], "provider", PROTO_WORKER_NAME_MAX, &ev->provider) < 0 ||
+            s_get_opt_str(d, g[2], "model", PROTO_WORKER_NAME_MAX, &ev->model) < 0 ||
+            s_get_uint(d, g[3], "iteration", &ev->iteration) < 0)
+            return -1;
+        return 0;
+    }
+    return s_dec_fail(d, PROTO_WORKER_UNKNOWN_TYPE, "event");
+}
+
+int proto_worker_reply_decode(const uint8_t *p, size_t len, proto_worker_reply_t *out,
+                              proto_worker_error_t *err)
+{
+    static const char *const types[] = {NULL, "partial", "done", "stopped", "error"};
+    s_dec_t d = {{PROTO_WORKER_OK, ""}};
+    unsigned type = 0;
+    memset(out, 0, sizeof *out);
+    cbor_item_t *root = s_load(&d, p, len);
+    if (!root)
+        goto fail;
+    if (s_root_type(&d, root, types, S_COUNT(types), &type) < 0)
+        goto fail;
+    if (type == 1) {
+        static const char *const keys[] = {"turn_id", "seq", "event"};
+        const cbor_item_t *f[S_KEYS_MAX];
+        proto_worker_partial_t *pa = &out->partial;
+        out->type = PROTO_WORKER_REPLY_PARTIAL;
+        if (s_map_fields(&d, root, "", keys, 3, f) < 0 ||
+            s_get_bstr(&d, f[0], "turn_id", pa->turn_id, PROTO_UUID_LEN) < 0 ||
+            s_get_uint(&d, f[1], "seq", &pa->seq) < 0 || s_get_event(&d, f[2], &pa->event) < 0)
+            goto fail;
+    } else {
+        static const char *const keys[] = {"turn_id",     "full_response", "tool_iterations", "tokens_used",
+                                           "cost_usd",    "message",       "code"};
+        const cbor_item_t *f[S_KEYS_MAX];
+        proto_worker_final_t *fi = &out->final;
+        out->type = PROTO_WORKER_REPLY_FINAL;
+        fi->type = (proto_worker_final_type_t) (type - 1);
+        if (s_map_fields(&d, root, "", keys, 7, f) < 0 ||
+            s_get_bstr(&d, f[0], "turn_id", fi->turn_id, PROTO_UUID_LEN) < 0)
+            goto fail;
+        switch (fi->type) {
+        case PROTO_WORKER_FINAL_DONE:
+            if (s_get_str(&d, f[1], "full_response", PROTO_WORKER_TEXT_MAX, &fi->full_response) < 0 ||
+                s_get_uint(&d, f[2], "tool_iterations", &fi->tool_iterations) < 0)
+                goto fail;
+            if (f[3]) {
+                if (s_get_uint(&d, f[3], "tokens_used", &fi->tokens_used) < 0)
+                    goto fail;
+                fi->has_tokens_used = true;
+            }
+            if (f[4]) {
+                if (s_get_float(&d, f[4], "cost_usd", &fi->cost_usd) < 0)
+                    goto fail;
+                fi->has_cost_usd = true;
+            }
+            break;
+        case PROTO_WORKER_FINAL_STOPPED:
+            if (s_get_opt_str(&d, f[5], "message", PROTO_WORKER_TEXT_MAX, &fi->message) < 0)
+                goto fail;
+            break;
+        case PROTO_WORKER_FINAL_ERROR: {
+            unsigned code = 0;
+            if (s_get_enum(&d, f[6], "code", s_codes, S_COUNT(s_codes), &code) < 0 ||
+                s_get_str(&d, f[5], "message", PROTO_WORKER_TEXT_MAX, &fi->message) < 0)
+                goto fail;
+            fi->code = (proto_worker_code_t) code;
+            break;
+        }
+        }
+    }
+    cbor_decref(&root);
+    *err = d.err;
+    return 0;
+fail:
+    if (root)
+        cbor_decref(&root);
+    proto_worker_reply_clear(out);
+    *err = d.err;
+    return -1;
+}

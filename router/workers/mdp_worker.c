@@ -1,0 +1,462 @@
+/* router/workers/mdp_worker.c — an MDP 0.2 worker whose socket lives on a
+ * CZMQ actor thread (heartbeats, liveness, reconnect), with bodies handed to
+ * and from the caller's thread over the actor's pipe. */
+#include "router/workers/mdp_worker.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <czmq.h>
+
+#include "router/clock.h"
+#include "router/log.h"
+
+#define MOD "mdp_worker"
+
+/* Pipe markers, actor → caller: a REQUEST that starts a turn, or one about
+ * the turn held. Caller → actor: a PARTIAL or the FINAL. */
+#define PIPE_TURN "T"
+#define PIPE_MORE "C"
+#define PIPE_PARTIAL "P"
+#define PIPE_FINAL "F"
+
+/* How long the DISCONNECT sent at destroy may take to leave. */
+#define DISCONNECT_LINGER_MS 500
+
+struct router_mdp_worker {
+    /* set by new, read-only afterwards (the actor reads them too) */
+    char *endpoint;
+    char *service;
+    int heartbeat_ms;
+    int liveness;
+    bool curve;
+    char server_key[41];
+    zcert_t *cert;         /* this worker's certificate when curve */
+    zsock_t *first;        /* the socket new() connected; the actor takes it */
+
+    zactor_t *actor;       /* owns the DEALER; the caller's thread owns this end */
+    int stop_fd;           /* eventfd written by interrupt */
+    atomic_bool stopped;
+    bool holding;          /* the caller's view: a turn is held */
+    atomic_uint_fast64_t reconnects;
+};
+
+/* ------------------------------------------------------------ the socket */
+
+/* A new DEALER connected to the endpoint, CURVE applied when asked. */
+static zsock_t *s_dealer_new(router_mdp_worker_t *w, char *err, size_t errcap)
+{
+    zsock_t *s = zsock_new(ZMQ_DEALER);
+    if (!s) {
+        snprintf(err, errcap, "cannot make a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
+        return NULL;
+    }
+    zsock_set_linger(s, 0);
+    zsock_set_maxmsgsize(s, (int) ROUTER_MDP_BODY_MAX + 4096);
+    if (w->curve) {
+        zcert_apply(w->cert, s);
+        zsock_set_curve_serverkey(s, w->server_key);
+    }
+    if (zsock_connect(s, "%s", w->endpoint) != 0) {
+        snprintf(err, errcap, "cannot connect to %s: %s", w->endpoint,
+                 zmq_strerror(zmq_errno()));
+        zsock_destroy(&s);
+        return NULL;
+    }
+    return s;
+}
+
+/* Sends [""]["MDPW02"][cmd] then, when given, [arg] (service or address),
+ * and [""][body] for replies. Never blocks: a message that cannot be queued
+ * (broker unreachable, queue full) is dropped; the heartbeat logic notices a
+ * dead broker on its own. */
+static int s_send(zsock_t *s, uint8_t cmd, const void *arg, size_t arglen, bool has_body,
+                  const void *body, size_t bodylen)
+{
+    void *h = zsock_resolve(s);
+    bool more_after_cmd = arg != NULL;
+    if (zmq_send(h, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return -1;
+    /* The first part is queued: the rest of the message is guaranteed. */
+    zmq_send(h, ROUTER_MDP_WORKER_PROTO, strlen(ROUTER_MDP_WORKER_PROTO), ZMQ_SNDMORE);
+    zmq_send(h, &cmd, 1, more_after_cmd ? ZMQ_SNDMORE : 0);
+    if (!arg)
+        return 0;
+    zmq_send(h, arg, arglen, has_body ? ZMQ_SNDMORE : 0);
+    if (!has_body)
+        return 0;
+    zmq_send(h, "", 0, ZMQ_SNDMORE);
+    zmq_send(h, body, bodylen, 0);
+    return 0;
+}
+
+/* ------------------------------------------------------------ the actor */
+
+typedef struct {
+    router_mdp_worker_t *w;
+    zsock_t *pipe;
+    zsock_t *dealer;
+    bool ready_sent;   /* READY went out on this connection */
+    bool holding;      /* a turn is held */
+    bool stale;        /* the broker was declared dead while holding */
+    zframe_t *addr;    /* client address of the turn held */
+    zframe_t *done;    /* client address of the turn last finished */
+    uint64_t heard_at; /* last message from the broker (mono ms) */
+    uint64_t beat_at;  /* next heartbeat due (mono ms) */
+} actor_t;
+
+static void s_ready(actor_t *a)
+{
+    s_send(a->dealer, ROUTER_MDP_READY, a->w->service, strlen(a->w->service), false, NULL, 0);
+    a->ready_sent = true;
+}
+
+/* The broker went silent: a fresh socket (new identity), READY unless a
+ * turn is still held by the caller (then READY waits for its FINAL). */
+static void s_reconnect(actor_t *a)
+{
+    char err[256];
+    zsock_destroy(&a->dealer);
+    a->ready_sent = false;
+    atomic_fetch_add(&a->w->reconnects, 1);
+    if (a->holding)
+        a->stale = true;
+    a->dealer = s_dealer_new(a->w, err, sizeof err);
+    if (!a->dealer) {
+        /* The endpoint connected once, so this is a resource shortage:
+         * try again at the next heartbeat. */
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "%s", err);
+        return;
+    }
+    if (!a->holding)
+        s_ready(a);
+    ROUTER_LOG(ROUTER_LOG_INFO, MOD, "%s: broker silent, reconnected to %s", a->w->service,
+               a->w->endpoint);
+}
+
+/* One message from the broker. */
+static void s_on_broker(actor_t *a)
+{
+    zmsg_t *m = zmsg_recv(a->dealer);
+    if (!m)
+        return;
+    a->heard_at = router_clock_mono_ms();
+    zframe_t *empty = zmsg_pop(m);
+    zframe_t *proto = zmsg_pop(m);
+    zframe_t *cmd = zmsg_pop(m);
+    if (!empty || zframe_size(empty) != 0 || !proto || !zframe_streq(proto, ROUTER_MDP_WORKER_PROTO)
+        || !cmd || zframe_size(cmd) != 1) {
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "%s: malformed message from the broker, ignored",
+                   a->w->service);
+        goto done;
+    }
+    switch (zframe_data(cmd)[0]) {
+    case ROUTER_MDP_HEARTBEAT:
+        break;
+    case ROUTER_MDP_DISCONNECT:
+        s_reconnect(a);
+        break;
+    case ROUTER_MDP_REQUEST: {
+        zframe_t *addr = zmsg_pop(m);
+        zframe_t *sep = zmsg_pop(m);
+        zframe_t *body = zmsg_pop(m);
+        if (!addr || !sep || zframe_size(sep) != 0 || !body || zmsg_size(m) != 0) {
+            ROUTER_LOG(ROUTER_LOG_WARN, MOD, "%s: malformed REQUEST, ignored", a->w->service);
+        } else if (a->holding) {
+            zsock_send(a->pipe, "sf", PIPE_MORE, body);
+        } else if (a->done && zframe_eq(addr, a->done)) {
+            /* about a turn already finished (a steer racing its FINAL) */
+        } else {
+            a->holding = true;
+            a->stale = false;
+            zframe_destroy(&a->addr);
+            a->addr = zframe_dup(addr);
+            zsock_send(a->pipe, "sf", PIPE_TURN, body);
+        }
+        zframe_destroy(&addr);
+        zframe_destroy(&sep);
+        zframe_destroy(&body);
+        break;
+    }
+    default:
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "%s: unexpected command 0x%02x from the broker",
+                   a->w->service, zframe_data(cmd)[0]);
+        break;
+    }
+done:
+    zframe_destroy(&empty);
+    zframe_destroy(&proto);
+    zframe_destroy(&cmd);
+    zmsg_destroy(&m);
+}
+
+/* One message from the caller: a reply, or $TERM. Returns -1 on $TERM. */
+static int s_on_pipe(actor_t *a)
+{
+    zmsg_t *m = zmsg_recv(a->pipe);
+    if (!m)
+        return -1;
+    char *what = zmsg_popstr(m);
+    int rc = 0;
+    if (!what || streq(what, "$TERM")) {
+        rc = -1;
+    } else {
+        zframe_t *body = zmsg_pop(m);
+        bool final = streq(what, PIPE_FINAL);
+        if (body && a->holding && !a->stale && a->dealer && a->ready_sent)
+            s_send(a->dealer, final ? ROUTER_MDP_FINAL : ROUTER_MDP_PARTIAL,
+                   zframe_data(a->addr), zframe_size(a->addr), true, zframe_data(body),
+                   zframe_size(body));
+        if (final && a->holding) {
+            a->holding = false;
+            zframe_destroy(&a->done);
+            a->done = a->addr;
+            a->addr = NULL;
+            if (a->stale) {
+                a->stale = false;
+                if (a->dealer)
+                    s_ready(a);
+            }
+        }
+        zframe_destroy(&body);
+    }
+    zstr_free(&what);
+    zmsg_destroy(&m);
+    return rc;
+}
+
+static void s_actor(zsock_t *pipe, void *args)
+{
+    router_mdp_worker_t *w = args;
+    actor_t a = {.w = w, .pipe = pipe, .dealer = w->first};
+    w->first = NULL;
+    uint64_t now = router_clock_mono_ms();
+    a.heard_at = now;
+    a.beat_at = now + (uint64_t) w->heartbeat_ms;
+    s_ready(&a);
+    zsock_signal(pipe, 0);
+
+    uint64_t silence_max = (uint64_t) w->heartbeat_ms * (uint64_t) w->liveness;
+    for (;;) {
+        now = router_clock_mono_ms();
+        long timeout = a.beat_at > now ? (long) (a.beat_at - now) : 0;
+        zmq_pollitem_t items[2] = {
+            {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
+            {a.dealer ? zsock_resolve(a.dealer) : NULL, 0, ZMQ_POLLIN, 0},
+        };
+        int n = zmq_poll(items, a.dealer ? 2 : 1, timeout);
+        if (n < 0 && zmq_errno() != EINTR)
+            break;
+        if (n > 0 && (items[0].revents & ZMQ_POLLIN) && s_on_pipe(&a) < 0)
+            break;
+        if (n > 0 && a.dealer && (items[1].revents & ZMQ_POLLIN))
+            s_on_broker(&a);
+        now = router_clock_mono_ms();
+        if (now >= a.beat_at) {
+            if (!a.dealer || now - a.heard_at > silence_max) {
+                s_reconnect(&a);
+                a.heard_at = now;
+            } else if (a.ready_sent) {
+                s_send(a.dealer, ROUTER_MDP_HEARTBEAT, NULL, 0, false, NULL, 0);
+            }
+            a.beat_at = now + (uint64_t) w->heartbeat_ms;
+        }
+    }
+    if (a.dealer && a.ready_sent) {
+        s_send(a.dealer, ROUTER_MDP_DISCONNECT, NULL, 0, false, NULL, 0);
+        zsock_set_linger(a.dealer, DISCONNECT_LINGER_MS);
+    }
+    zsock_destroy(&a.dealer);
+    zframe_destroy(&a.addr);
+    zframe_destroy(&a.done);
+}
+
+/* ------------------------------------------------------------ the API */
+
+router_mdp_worker_t *router_mdp_worker_new(const router_mdp_worker_opts_t *o, char *err,
+                                           size_t errcap)
+{
+    router_mdp_worker_t *w = NULL;
+    if (!o || !o->endpoint || !o->service) {
+        snprintf(err, errcap, "mdp worker: endpoint and service are required");
+        return NULL;
+    }
+    size_t slen = strlen(o->service);
+    if (slen == 0 || slen > ROUTER_MDP_SERVICE_MAX) {
+        snprintf(err, errcap, "mdp worker: service name must be 1..%u bytes",
+                 ROUTER_MDP_SERVICE_MAX);
+        return NULL;
+    }
+    /* CZMQ would otherwise take SIGINT/SIGTERM from the daemon's signalfd. */
+    zsys_handler_set(NULL);
+    w = calloc(1, sizeof *w);
+    if (!w)
+        goto nomem;
+    w->stop_fd = -1;
+    w->endpoint = strdup(o->endpoint);
+    w->service = strdup(o->service);
+    if (!w->endpoint || !w->service)
+        goto nomem;
+    w->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : 1000;
+    w->liveness = o->liveness > 0 ? o->liveness : 3;
+    if (o->curve_server_key) {
+        if (strlen(o->curve_server_key) != 40) {
+            snprintf(err, errcap, "mdp worker: the broker's CURVE key must be 40 Z85 characters");
+            goto fail;
+        }
+        uint8_t bin[32];
+        if (!zmq_z85_decode(bin, o->curve_server_key)) {
+            snprintf(err, errcap, "mdp worker: the broker's CURVE key is not Z85");
+            goto fail;
+        }
+        memcpy(w->server_key, o->curve_server_key, 41);
+        w->curve = true;
+        w->cert = o->curve_cert_path ? zcert_load(o->curve_cert_path) : zcert_new();
+        if (!w->cert) {
+            snprintf(err, errcap, "mdp worker: cannot load the certificate %s",
+                     o->curve_cert_path ? o->curve_cert_path : "(new)");
+            goto fail;
+        }
+        if (o->curve_cert_path && !zcert_secret_txt(w->cert)[0]) {
+            snprintf(err, errcap, "mdp worker: %s has no secret key", o->curve_cert_path);
+            goto fail;
+        }
+    }
+    w->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (w->stop_fd < 0) {
+        snprintf(err, errcap, "mdp worker: eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    w->first = s_dealer_new(w, err, errcap);
+    if (!w->first)
+        goto fail;
+    w->actor = zactor_new(s_actor, w);
+    if (!w->actor) {
+        snprintf(err, errcap, "mdp worker: cannot start its thread");
+        goto fail;
+    }
+    return w;
+nomem:
+    snprintf(err, errcap, "mdp worker: out of memory");
+fail:
+    router_mdp_worker_destroy(&w);
+    return NULL;
+}
+
+void router_mdp_worker_destroy(router_mdp_worker_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    router_mdp_worker_t *w = *self_p;
+    zactor_destroy(&w->actor);
+    zsock_destroy(&w->first);
+    zcert_destroy(&w->cert);
+    if (w->stop_fd >= 0)
+        close(w->stop_fd);
+    free(w->endpoint);
+    free(w->service);
+    free(w);
+    *self_p = NULL;
+}
+
+int router_mdp_worker_recv(router_mdp_worker_t *self, uint8_t **body, size_t *len,
+                           int timeout_ms)
+{
+    *body = NULL;
+    *len = 0;
+    uint64_t deadline = timeout_ms > 0 ? router_clock_mono_ms() + (uint64_t) timeout_ms : 0;
+    for (;;) {
+        if (atomic_load(&self->stopped))
+            return -1;
+        long wait = timeout_ms < 0 ? -1 : 0;
+        if (timeout_ms > 0) {
+            uint64_t now = router_clock_mono_ms();
+            wait = deadline > now ? (long) (deadline - now) : 0;
+        }
+        zmq_pollitem_t items[2] = {
+            {zsock_resolve(zactor_sock(self->actor)), 0, ZMQ_POLLIN, 0},
+            {NULL, self->stop_fd, ZMQ_POLLIN, 0},
+        };
+        int n = zmq_poll(items, 2, wait);
+        if (n < 0) {
+            if (zmq_errno() == EINTR)
+                continue;
+            return -1;
+        }
+        if (atomic_load(&self->stopped))
+            return -1;
+        if (n == 0 || !(items[0].revents & ZMQ_POLLIN)) {
+            if (wait == 0 || (timeout_ms > 0 && router_clock_mono_ms() >= deadline))
+                return 0;
+            continue;
+        }
+        char *what = NULL;
+        zframe_t *f = NULL;
+        if (zsock_recv(self->actor, "sf", &what, &f) != 0 || !what || !f) {
+            zstr_free(&what);
+            zframe_destroy(&f);
+            return -1;
+        }
+        if (streq(what, PIPE_TURN))
+            self->holding = true;
+        size_t n_bytes = zframe_size(f);
+        uint8_t *copy = malloc(n_bytes ? n_bytes : 1);
+        if (copy)
+            memcpy(copy, zframe_data(f), n_bytes);
+        zstr_free(&what);
+        zframe_destroy(&f);
+        if (!copy)
+            return -1;
+        *body = copy;
+        *len = n_bytes;
+        return 1;
+    }
+}
+
+static int s_reply(router_mdp_worker_t *self, const char *what, const uint8_t *body,
+                   size_t len)
+{
+    if (!self->holding || len > ROUTER_MDP_BODY_MAX)
+        return -1;
+    zframe_t *f = zframe_new(body, len);
+    if (!f)
+        return -1;
+    if (zsock_send(self->actor, "sf", what, f) != 0) {
+        zframe_destroy(&f);
+        return -1;
+    }
+    zframe_destroy(&f);
+    return 0;
+}
+
+int router_mdp_worker_partial(router_mdp_worker_t *self, const uint8_t *body, size_t len)
+{
+    return s_reply(self, PIPE_PARTIAL, body, len);
+}
+
+int router_mdp_worker_final(router_mdp_worker_t *self, const uint8_t *body, size_t len)
+{
+    int rc = s_reply(self, PIPE_FINAL, body, len);
+    if (rc == 0)
+        self->holding = false;
+    return rc;
+}
+
+void router_mdp_worker_interrupt(router_mdp_worker_t *self)
+{
+    atomic_store(&self->stopped, true);
+    uint64_t one = 1;
+    ssize_t r = write(self->stop_fd, &one, sizeof one);
+    (void) r;
+}
+
+uint64_t router_mdp_worker_reconnects(const router_mdp_worker_t *self)
+{
+    return atomic_load(&((router_mdp_worker_t *) self)->reconnects);
+}

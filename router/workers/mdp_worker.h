@@ -1,0 +1,102 @@
+/* router/workers/mdp_worker.h — the worker side of ZeroMQ's Majordomo
+ * Protocol 0.2 (rfc.zeromq.org spec 18, "MDPW02"), as spec/WIRE.md §19
+ * describes it: one worker of one service, connected to the router's
+ * embedded broker (inproc://kith.workers) or to `workers.listen` (tcp://,
+ * ipc://, CURVE when not loopback). Used by agent/, audit/ and tests.
+ *
+ * A background thread (a CZMQ actor) owns the DEALER socket: it sends READY,
+ * heartbeats every heartbeat_ms whatever the caller is doing (a provider call
+ * may run for minutes between two calls here), declares the broker dead after
+ * heartbeat_ms × liveness of silence and reconnects with a fresh socket. The
+ * caller's thread sees only bodies:
+ *
+ *     router_mdp_worker_opts_t o = {.endpoint = "inproc://kith.workers",
+ *                                   .service = "kith.agent",
+ *                                   .heartbeat_ms = 1000, .liveness = 3};
+ *     router_mdp_worker_t *w = router_mdp_worker_new(&o, err, sizeof err);
+ *     uint8_t *body; size_t len;
+ *     while (router_mdp_worker_recv(w, &body, &len, -1) == 1) {
+ *         …                                  // one turn-request (worker.cddl)
+ *         router_mdp_worker_partial(w, p, plen);  // zero or more
+ *         router_mdp_worker_final(w, f, flen);    // exactly one
+ *         free(body);
+ *     }
+ *     router_mdp_worker_destroy(&w);         // sends DISCONNECT
+ *
+ * Threads: new, recv, partial, final and destroy belong to one thread (the
+ * worker's); router_mdp_worker_interrupt may be called from any thread.
+ *
+ * Which request a reply answers: the first REQUEST received while the worker
+ * holds none starts a turn and its client address is kept; later REQUESTs
+ * with that address (turn-control, router-tool-result) are handed over as
+ * they come, and PARTIAL/FINAL go to the kept address. FINAL ends the hold.
+ * A REQUEST for the address of the turn just finished (a steer racing the
+ * FINAL) is dropped. If the broker is declared dead while a turn is held,
+ * the broker has already failed that turn: replies for it are discarded
+ * here, and READY is sent on the new connection only once the caller has
+ * sent its FINAL, so a new turn never meets a caller still busy with the old
+ * one. */
+#ifndef KITH_ROUTER_MDP_WORKER_H
+#define KITH_ROUTER_MDP_WORKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Largest body (one CBOR item, spec/worker.cddl) in either direction. */
+#define ROUTER_MDP_BODY_MAX (1u << 20)
+/* Longest service name. */
+#define ROUTER_MDP_SERVICE_MAX 64u
+
+/* MDPW02 command bytes (the frame after the protocol header). */
+enum {
+    ROUTER_MDP_READY = 0x01,
+    ROUTER_MDP_REQUEST = 0x02,
+    ROUTER_MDP_PARTIAL = 0x03,
+    ROUTER_MDP_FINAL = 0x04,
+    ROUTER_MDP_HEARTBEAT = 0x05,
+    ROUTER_MDP_DISCONNECT = 0x06,
+};
+#define ROUTER_MDP_WORKER_PROTO "MDPW02"
+
+typedef struct router_mdp_worker router_mdp_worker_t;
+
+typedef struct {
+    const char *endpoint;         /* inproc://kith.workers, tcp://…, ipc://… */
+    const char *service;          /* "kith.agent" | "kith.audit" */
+    int heartbeat_ms;             /* workers.heartbeat_ms (1000); ≤ 0: 1000 */
+    int liveness;                 /* workers.liveness (3); ≤ 0: 3 */
+    const char *curve_server_key; /* broker's public key, Z85; NULL: no CURVE */
+    const char *curve_cert_path;  /* this worker's CZMQ certificate; NULL: ephemeral */
+} router_mdp_worker_opts_t;
+
+/* Connects and sends READY. Returns NULL with a one-line reason in
+ * err[errcap] (bad endpoint, service, key or certificate). Connecting is
+ * asynchronous: a broker not up yet is waited for, not an error. The caller
+ * owns the result. */
+router_mdp_worker_t *router_mdp_worker_new(const router_mdp_worker_opts_t *o, char *err,
+                                           size_t errcap);
+
+/* Sends DISCONNECT (waiting briefly for it to leave), stops the thread and
+ * frees. Idempotent; nulls *self_p. */
+void router_mdp_worker_destroy(router_mdp_worker_t **self_p);
+
+/* Next REQUEST body: 1 (caller frees *body with free()), 0 timeout,
+ * -1 stopped (router_mdp_worker_interrupt) or failed. timeout_ms -1 waits
+ * forever, 0 only looks. Heartbeats and reconnects run on the worker's own
+ * thread, so calling this rarely never costs the connection. */
+int router_mdp_worker_recv(router_mdp_worker_t *self, uint8_t **body, size_t *len,
+                           int timeout_ms);
+
+/* Replies to the turn held (see above): 0, or -1 (no turn held, body over
+ * ROUTER_MDP_BODY_MAX, or the worker is gone). A reply the broker can no
+ * longer use (it declared this worker dead) is discarded and still 0. */
+int router_mdp_worker_partial(router_mdp_worker_t *self, const uint8_t *body, size_t len);
+int router_mdp_worker_final(router_mdp_worker_t *self, const uint8_t *body, size_t len);
+
+/* Makes every recv, now and later, return -1 at once. Any thread. */
+void router_mdp_worker_interrupt(router_mdp_worker_t *self);
+
+/* Times the worker reconnected after declaring the broker dead (tests). */
+uint64_t router_mdp_worker_reconnects(const router_mdp_worker_t *self);
+
+#endif

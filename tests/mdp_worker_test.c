@@ -1,0 +1,286 @@
+/* tests/mdp_worker_test.c — the MDP 0.2 worker against a bare ROUTER socket
+ * playing the broker: READY frames, a REQUEST handed over and PARTIAL/FINAL
+ * sent back to its client address, further REQUESTs about the held turn,
+ * heartbeats, reconnect after the broker goes silent (READY deferred while a
+ * turn is held, its stale replies discarded), DISCONNECT on destroy,
+ * interrupt from another thread, and refusal of bad options. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <czmq.h>
+
+#include "router/workers/mdp_worker.h"
+
+static int s_n;
+
+/* A fresh inproc endpoint per test. */
+static void s_endpoint(char *buf, size_t cap)
+{
+    snprintf(buf, cap, "inproc://mdp-worker-test-%d", ++s_n);
+}
+
+/* Receives one message from the fake broker socket, waiting up to 10 s. */
+static zmsg_t *s_recv(zsock_t *router)
+{
+    zpoller_t *p = zpoller_new(router, NULL);
+    void *r = zpoller_wait(p, 10000);
+    zpoller_destroy(&p);
+    return r ? zmsg_recv(router) : NULL;
+}
+
+/* Receives until a message whose command is `cmd`; returns it with the
+ * identity frame still first (skips heartbeats). */
+static zmsg_t *s_expect(zsock_t *router, uint8_t cmd)
+{
+    for (int i = 0; i < 200; i++) {
+        zmsg_t *m = s_recv(router);
+        assert_non_null(m);
+        assert_true(zmsg_size(m) >= 4);
+        zframe_t *f = zmsg_first(m); /* identity */
+        f = zmsg_next(m);
+        assert_int_equal(zframe_size(f), 0);
+        f = zmsg_next(m);
+        assert_true(zframe_streq(f, "MDPW02"));
+        f = zmsg_next(m);
+        assert_int_equal(zframe_size(f), 1);
+        if (zframe_data(f)[0] == cmd)
+            return m;
+        zmsg_destroy(&m);
+    }
+    fail_msg("command 0x%02x never came", cmd);
+    return NULL;
+}
+
+static void s_send_cmd(zsock_t *router, zframe_t *id, uint8_t cmd, const char *addr,
+                       const char *body)
+{
+    zmsg_t *m = zmsg_new();
+    zmsg_append(m, &(zframe_t *) {zframe_dup(id)});
+    zmsg_addmem(m, "", 0);
+    zmsg_addstr(m, "MDPW02");
+    zmsg_addmem(m, &cmd, 1);
+    if (addr) {
+        zmsg_addstr(m, addr);
+        zmsg_addmem(m, "", 0);
+        zmsg_addstr(m, body);
+    }
+    assert_int_equal(zmsg_send(&m, router), 0);
+}
+
+static router_mdp_worker_t *s_worker(const char *ep, int hb)
+{
+    char err[256] = "";
+    router_mdp_worker_opts_t o = {.endpoint = ep, .service = "kith.test",
+                                  .heartbeat_ms = hb, .liveness = 3};
+    router_mdp_worker_t *w = router_mdp_worker_new(&o, err, sizeof err);
+    if (!w)
+        fprintf(stderr, "worker: %s\n", err);
+    assert_non_null(w);
+    return w;
+}
+
+/* Checks a reply's [cmd][addr][""][body]. */
+static void s_check_reply(zmsg_t *m, const char *addr, const char *body)
+{
+    assert_int_equal(zmsg_size(m), 7);
+    zframe_t *f = zmsg_first(m);
+    for (int i = 0; i < 4; i++)
+        f = zmsg_next(m);
+    assert_true(zframe_streq(f, addr));
+    f = zmsg_next(m);
+    assert_int_equal(zframe_size(f), 0);
+    f = zmsg_next(m);
+    assert_true(zframe_streq(f, body));
+}
+
+static void s_recv_body(router_mdp_worker_t *w, const char *want)
+{
+    uint8_t *b = NULL;
+    size_t n = 0;
+    assert_int_equal(router_mdp_worker_recv(w, &b, &n, 10000), 1);
+    assert_int_equal(n, strlen(want));
+    assert_memory_equal(b, want, n);
+    free(b);
+}
+
+static void test_turn_round_trip(void **state)
+{
+    (void) state;
+    char ep[64];
+    s_endpoint(ep, sizeof ep);
+    zsock_t *router = zsock_new_router(ep);
+    assert_non_null(router);
+    /* Long heartbeats: this fake broker never beats, and must not be
+     * declared dead in the middle of the test. */
+    router_mdp_worker_t *w = s_worker(ep, 60000);
+
+    zmsg_t *m = s_expect(router, 0x01);
+    assert_int_equal(zmsg_size(m), 5);
+    assert_true(zframe_streq(zmsg_last(m), "kith.test"));
+    zframe_t *id = zframe_dup(zmsg_first(m));
+    zmsg_destroy(&m);
+
+    /* Nothing yet: a zero timeout only looks. */
+    uint8_t *b = NULL;
+    size_t n = 0;
+    assert_int_equal(router_mdp_worker_recv(w, &b, &n, 0), 0);
+    /* No turn held: replies are refused. */
+    assert_int_equal(router_mdp_worker_partial(w, (const uint8_t *) "x", 1), -1);
+
+    s_send_cmd(router, id, 0x02, "addr-1", "turn-1");
+    s_recv_body(w, "turn-1");
+    assert_int_equal(router_mdp_worker_partial(w, (const uint8_t *) "p0", 2), 0);
+    m = s_expect(router, 0x03);
+    s_check_reply(m, "addr-1", "p0");
+    zmsg_destroy(&m);
+
+    /* A steer for the held turn is handed over; replies still go to addr-1. */
+    s_send_cmd(router, id, 0x02, "addr-1", "steer");
+    s_recv_body(w, "steer");
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "done", 4), 0);
+    m = s_expect(router, 0x04);
+    s_check_reply(m, "addr-1", "done");
+    zmsg_destroy(&m);
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "again", 5), -1);
+
+    /* A late control for the finished turn is dropped; the next turn comes. */
+    s_send_cmd(router, id, 0x02, "addr-1", "late-stop");
+    s_send_cmd(router, id, 0x02, "addr-2", "turn-2");
+    s_recv_body(w, "turn-2");
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "done2", 5), 0);
+    m = s_expect(router, 0x04);
+    s_check_reply(m, "addr-2", "done2");
+    zmsg_destroy(&m);
+
+    /* Destroy says DISCONNECT. */
+    router_mdp_worker_destroy(&w);
+    router_mdp_worker_destroy(&w);
+    m = s_expect(router, 0x06);
+    zmsg_destroy(&m);
+    zframe_destroy(&id);
+    zsock_destroy(&router);
+}
+
+static void test_heartbeats_and_reconnect(void **state)
+{
+    (void) state;
+    char ep[64];
+    s_endpoint(ep, sizeof ep);
+    zsock_t *router = zsock_new_router(ep);
+    router_mdp_worker_t *w = s_worker(ep, 50);
+    /* The worker beats on its own. */
+    zmsg_t *m = s_expect(router, 0x05);
+    zmsg_destroy(&m);
+
+    /* Hand a turn to whichever identity said READY last (this broker never
+     * beats, so the worker may already have reconnected: try again). */
+    zframe_t *id = NULL;
+    for (int tries = 0; tries < 50; tries++) {
+        m = s_expect(router, 0x01);
+        zframe_destroy(&id);
+        id = zframe_dup(zmsg_first(m));
+        zmsg_destroy(&m);
+        s_send_cmd(router, id, 0x02, "addr-A", "turn-A");
+        uint8_t *b = NULL;
+        size_t n = 0;
+        if (router_mdp_worker_recv(w, &b, &n, 1000) == 1) {
+            assert_memory_equal(b, "turn-A", 6);
+            free(b);
+            break;
+        }
+    }
+    /* A turn is held and the broker stays silent: the worker reconnects
+     * with a new identity but says READY only after the caller's FINAL,
+     * and what it sends for the old turn is discarded. */
+    uint64_t before = router_mdp_worker_reconnects(w);
+    for (int i = 0; i < 1000 && router_mdp_worker_reconnects(w) == before; i++)
+        usleep(10000);
+    assert_true(router_mdp_worker_reconnects(w) > before);
+    assert_int_equal(router_mdp_worker_partial(w, (const uint8_t *) "stale", 5), 0);
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "stale-final", 11), 0);
+    zframe_t *id2 = NULL;
+    for (;;) {
+        m = s_recv(router);
+        assert_non_null(m);
+        zframe_t *f = zmsg_first(m);
+        for (int i = 0; i < 3; i++)
+            f = zmsg_next(m);
+        uint8_t cmd = zframe_data(f)[0];
+        assert_true(cmd != 0x03 && cmd != 0x04);
+        if (cmd == 0x01) {
+            id2 = zframe_dup(zmsg_first(m));
+            zmsg_destroy(&m);
+            break;
+        }
+        zmsg_destroy(&m);
+    }
+    assert_false(zframe_eq(id, id2));
+    router_mdp_worker_destroy(&w);
+    zframe_destroy(&id);
+    zframe_destroy(&id2);
+    zsock_destroy(&router);
+}
+
+static void *s_interrupter(void *arg)
+{
+    usleep(50000);
+    router_mdp_worker_interrupt(arg);
+    return NULL;
+}
+
+static void test_interrupt(void **state)
+{
+    (void) state;
+    char ep[64];
+    s_endpoint(ep, sizeof ep);
+    zsock_t *router = zsock_new_router(ep);
+    router_mdp_worker_t *w = s_worker(ep, 1000);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, s_interrupter, w), 0);
+    uint8_t *b = NULL;
+    size_t n = 0;
+    assert_int_equal(router_mdp_worker_recv(w, &b, &n, -1), -1);
+    pthread_join(t, NULL);
+    assert_int_equal(router_mdp_worker_recv(w, &b, &n, 0), -1);
+    router_mdp_worker_destroy(&w);
+    zsock_destroy(&router);
+}
+
+static void test_bad_options(void **state)
+{
+    (void) state;
+    char err[256];
+    router_mdp_worker_opts_t o = {.endpoint = "inproc://x", .service = ""};
+    assert_null(router_mdp_worker_new(&o, err, sizeof err));
+    o.service = "kith.agent";
+    o.endpoint = "nonsense://x";
+    assert_null(router_mdp_worker_new(&o, err, sizeof err));
+    assert_non_null(strstr(err, "nonsense"));
+    o.endpoint = "inproc://x";
+    o.curve_server_key = "short";
+    assert_null(router_mdp_worker_new(&o, err, sizeof err));
+    o.curve_server_key = "0123456789012345678901234567890123456789";
+    o.curve_cert_path = "/nonexistent/cert";
+    assert_null(router_mdp_worker_new(&o, err, sizeof err));
+    assert_non_null(strstr(err, "/nonexistent/cert"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_turn_round_trip),
+        cmocka_unit_test(test_heartbeats_and_reconnect),
+        cmocka_unit_test(test_interrupt),
+        cmocka_unit_test(test_bad_options),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    zsys_shutdown();
+    return rc;
+}
