@@ -773,7 +773,7 @@ int gateway_chat_frame_encode(const gateway_chat_out_t *f, char **json, size_t *
         s_cstr(&b, f->id);
         s_key(&b, "name");
         s_cstr(&b, f->name);
-        s_key(&b, "args");
+        s_key(&b, "arguments");
         s_json_value(&b, f->json, f->json_len);
         break;
     case GATEWAY_CHAT_OUT_TOOL_RESULT:
@@ -817,8 +817,10 @@ int gateway_chat_frame_encode(const gateway_chat_out_t *f, char **json, size_t *
         s_str(&b, f->text ? f->text : "", f->text ? f->text_len : 0);
         break;
     case GATEWAY_CHAT_OUT_STOPPED:
-        s_key(&b, "turn_id");
-        s_cstr(&b, f->turn_id);
+        if (f->turn_id) {
+            s_key(&b, "turn_id");
+            s_cstr(&b, f->turn_id);
+        }
         s_key(&b, "message");
         s_str(&b, f->text ? f->text : "", f->text ? f->text_len : 0);
         break;

@@ -86,13 +86,13 @@ typedef enum {
     GATEWAY_CHAT_OUT_CONNECTED,         /* session_id */
     GATEWAY_CHAT_OUT_CHUNK,             /* turn_id, text → "content" */
     GATEWAY_CHAT_OUT_THINKING,          /* turn_id, text → "content" */
-    GATEWAY_CHAT_OUT_TOOL_CALL,         /* turn_id, id, name, json → "args" */
+    GATEWAY_CHAT_OUT_TOOL_CALL,         /* turn_id, id, name, json → "arguments" */
     GATEWAY_CHAT_OUT_TOOL_RESULT,       /* turn_id, id, json → "result", is_error */
     GATEWAY_CHAT_OUT_OPERATOR_STATUS,   /* turn_id, text → "status" */
     GATEWAY_CHAT_OUT_AGENT_EVENT,       /* turn_id?, session_id?, name, json → "data" */
     GATEWAY_CHAT_OUT_CHUNK_RESET,       /* turn_id */
     GATEWAY_CHAT_OUT_DONE,              /* turn_id, text → "full_response" */
-    GATEWAY_CHAT_OUT_STOPPED,           /* turn_id (NULL: null), text → "message" */
+    GATEWAY_CHAT_OUT_STOPPED,           /* turn_id?, text → "message" */
     GATEWAY_CHAT_OUT_ERROR,             /* code, text → "message", turn_id? */
 } gateway_chat_out_type_t;
 

@@ -259,7 +259,7 @@ static void test_server_frames(void **state)
                                    .name = "shell", .json = "{ \"cmd\" : [1, \"x\"] }",
                                    .json_len = 20}),
              "{\"type\":\"tool_call\",\"turn_id\":\"t\",\"id\":\"c1\",\"name\":\"shell\","
-             "\"args\":{\"cmd\":[1,\"x\"]}}");
+             "\"arguments\":{\"cmd\":[1,\"x\"]}}");
     /* Not JSON: embedded as a string. */
     S_EXPECT(((gateway_chat_out_t){.type = GATEWAY_CHAT_OUT_TOOL_RESULT, .turn_id = "t",
                                    .id = "c1", .json = "oops {", .json_len = 6, .is_error = true}),
@@ -285,7 +285,7 @@ static void test_server_frames(void **state)
              "{\"type\":\"done\",\"turn_id\":\"t\",\"full_response\":\"echo: hi\"}");
     S_EXPECT(((gateway_chat_out_t){.type = GATEWAY_CHAT_OUT_STOPPED, .text = "no turn",
                                    .text_len = 7}),
-             "{\"type\":\"stopped\",\"turn_id\":null,\"message\":\"no turn\"}");
+             "{\"type\":\"stopped\",\"message\":\"no turn\"}");
     S_EXPECT(((gateway_chat_out_t){.type = GATEWAY_CHAT_OUT_ERROR, .code = "SESSION_BUSY",
                                    .text = "busy", .text_len = 4}),
              "{\"type\":\"error\",\"message\":\"busy\",\"code\":\"SESSION_BUSY\"}");
