@@ -751,7 +751,7 @@ int gateway_chat_frame_encode(const gateway_chat_out_t *f, char **json, size_t *
         snprintf(num, sizeof num, "%" PRIu64, f->message_count);
         s_puts(&b, num);
         s_key(&b, "name");
-        s_cstr(&b, f->name);
+        s_cstr(&b, f->name ? f->name : "");
         break;
     case GATEWAY_CHAT_OUT_CONNECTED:
         s_key(&b, "session_id");

@@ -82,7 +82,7 @@ const char *gateway_chat_reason_code(gateway_chat_reason_t r);
 /* ---------------------------------------------------------------- encoding */
 
 typedef enum {
-    GATEWAY_CHAT_OUT_SESSION_START = 1, /* session_id, resumed, message_count, name (NULL: null) */
+    GATEWAY_CHAT_OUT_SESSION_START = 1, /* session_id, resumed, message_count, name (NULL: "") */
     GATEWAY_CHAT_OUT_CONNECTED,         /* session_id */
     GATEWAY_CHAT_OUT_CHUNK,             /* turn_id, text → "content" */
     GATEWAY_CHAT_OUT_THINKING,          /* turn_id, text → "content" */

@@ -281,8 +281,13 @@ static void s_on_frame(const router_turn_frame_t *frame, void *ud)
     if (frame->type == ROUTER_TURN_FRAME_SESSION_START && frame->session_id)
         snprintf(s->session_id, sizeof s->session_id, "%s", frame->session_id);
     (void) gateway_ws_send(s->ws, true, frame->json, frame->json_len);
-    if (frame->type != ROUTER_TURN_FRAME_SESSION_START || s->started)
+    if (s->started)
         return;
+    if (frame->type != ROUTER_TURN_FRAME_SESSION_START) {
+        /* The session could not be opened (an error came instead). */
+        gateway_ws_close(s->ws, 1011, "the session could not be opened");
+        return;
+    }
     s->started = true;
     /* The frames that waited for it, in order. A frame handled here may
      * close the socket; the rest are then dropped with it. */

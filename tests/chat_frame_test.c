@@ -246,7 +246,7 @@ static void test_server_frames(void **state)
              "\"message_count\":42,\"name\":\"n\\\"q\"}");
     S_EXPECT(((gateway_chat_out_t){.type = GATEWAY_CHAT_OUT_SESSION_START, .session_id = "s1"}),
              "{\"type\":\"session_start\",\"session_id\":\"s1\",\"resumed\":false,"
-             "\"message_count\":0,\"name\":null}");
+             "\"message_count\":0,\"name\":\"\"}");
     S_EXPECT(((gateway_chat_out_t){.type = GATEWAY_CHAT_OUT_CONNECTED, .session_id = "s1"}),
              "{\"type\":\"connected\",\"session_id\":\"s1\",\"protocol\":\"kith.v1\"}");
     S_EXPECT(((gateway_chat_out_t){.type = GATEWAY_CHAT_OUT_CHUNK, .turn_id = "t",
