@@ -1,0 +1,459 @@
+/* tests/turns_test.c — sessions and turns on a real loop and broker with a
+ * fake agent worker thread (router_mdp_worker + proto/worker_msg): a chat
+ * message's frames reach every subscriber, history grows and comes back,
+ * SESSION_BUSY past the bound and after the lock timeout, steer and stop
+ * (with and without a turn), inbox entries (plain and external events)
+ * become turns and leave the inbox, and the /api/sessions documents. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <czmq.h>
+
+#include "proto/uuid.h"
+#include "proto/worker_msg.h"
+#include "router/net/loop.h"
+#include "router/state/inbox.h"
+#include "router/workers/broker.h"
+#include "router/workers/mdp_worker.h"
+#include "router/workers/turns.h"
+
+/* A fresh endpoint per case: a closed socket's inproc name is released
+ * asynchronously. */
+static char EP[64];
+static int s_case;
+
+/* ------------------------------------------------------------ the fake agent */
+
+typedef struct {
+    pthread_t thread;
+    router_mdp_worker_t *w;
+} agent_t;
+
+static void s_send(router_mdp_worker_t *w, const proto_worker_reply_t *rep)
+{
+    uint8_t *body;
+    size_t len;
+    proto_worker_error_t err;
+    assert_int_equal(proto_worker_reply_encode(rep, &body, &len, &err), 0);
+    if (rep->type == PROTO_WORKER_REPLY_PARTIAL)
+        assert_int_equal(router_mdp_worker_partial(w, body, len), 0);
+    else
+        assert_int_equal(router_mdp_worker_final(w, body, len), 0);
+    free(body);
+}
+
+static void s_chunk(router_mdp_worker_t *w, const uint8_t id[16], uint64_t seq, const char *text)
+{
+    proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_PARTIAL};
+    memcpy(rep.partial.turn_id, id, 16);
+    rep.partial.seq = seq;
+    rep.partial.event.type = PROTO_WORKER_EV_CHUNK;
+    rep.partial.event.text = (proto_worker_str_t) {text, strlen(text)};
+    s_send(w, &rep);
+}
+
+static void s_done(router_mdp_worker_t *w, const uint8_t id[16], const char *text)
+{
+    proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_FINAL};
+    rep.final.type = PROTO_WORKER_FINAL_DONE;
+    memcpy(rep.final.turn_id, id, 16);
+    rep.final.full_response = (proto_worker_str_t) {text, strlen(text)};
+    s_send(w, &rep);
+}
+
+/* "echo(h=N): content"; "/hold" waits for a steer (answers "steered: X")
+ * or a stop (FINAL stopped). */
+static void *s_agent_main(void *arg)
+{
+    agent_t *a = arg;
+    uint8_t *body;
+    size_t len;
+    while (router_mdp_worker_recv(a->w, &body, &len, -1) == 1) {
+        proto_worker_request_t req;
+        proto_worker_error_t err;
+        int rc = proto_worker_request_decode(body, len, &req, &err);
+        free(body);
+        if (rc != 0 || req.type != PROTO_WORKER_REQ_TURN) {
+            if (rc == 0)
+                proto_worker_request_clear(&req);
+            continue;
+        }
+        uint8_t id[16];
+        memcpy(id, req.turn.turn_id, 16);
+        char out[512];
+        if (strcmp(req.turn.message.content.p, "/hold") == 0) {
+            for (;;) {
+                proto_worker_request_t c;
+                if (router_mdp_worker_recv(a->w, &body, &len, -1) != 1)
+                    break;
+                rc = proto_worker_request_decode(body, len, &c, &err);
+                free(body);
+                if (rc != 0)
+                    continue;
+                if (c.type == PROTO_WORKER_REQ_STEER) {
+                    snprintf(out, sizeof out, "steered: %s", c.control.content.p);
+                    s_chunk(a->w, id, 0, out);
+                    s_done(a->w, id, out);
+                    proto_worker_request_clear(&c);
+                    break;
+                }
+                if (c.type == PROTO_WORKER_REQ_STOP) {
+                    proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_FINAL};
+                    rep.final.type = PROTO_WORKER_FINAL_STOPPED;
+                    memcpy(rep.final.turn_id, id, 16);
+                    s_send(a->w, &rep);
+                    proto_worker_request_clear(&c);
+                    break;
+                }
+                proto_worker_request_clear(&c);
+            }
+        } else {
+            snprintf(out, sizeof out, "echo(h=%zu): %s", req.turn.n_history,
+                     req.turn.message.content.p);
+            s_chunk(a->w, id, 0, out);
+            s_done(a->w, id, out);
+        }
+        proto_worker_request_clear(&req);
+    }
+    return NULL;
+}
+
+static agent_t *s_agent_start(void)
+{
+    agent_t *a = calloc(1, sizeof *a);
+    char err[256];
+    router_mdp_worker_opts_t o = {.endpoint = EP, .service = "kith.agent", .heartbeat_ms = 100,
+                                  .liveness = 100};
+    a->w = router_mdp_worker_new(&o, err, sizeof err);
+    assert_non_null(a->w);
+    assert_int_equal(pthread_create(&a->thread, NULL, s_agent_main, a), 0);
+    return a;
+}
+
+static void s_agent_stop(agent_t **ap)
+{
+    router_mdp_worker_interrupt((*ap)->w);
+    pthread_join((*ap)->thread, NULL);
+    router_mdp_worker_destroy(&(*ap)->w);
+    free(*ap);
+    *ap = NULL;
+}
+
+/* ------------------------------------------------------------ the harness */
+
+#define FRAMES_MAX 64
+
+typedef struct {
+    int n;
+    router_turn_frame_type_t type[FRAMES_MAX];
+    char json[FRAMES_MAX][512];
+} frames_t;
+
+static void s_on_frame(const router_turn_frame_t *f, void *ud)
+{
+    frames_t *fr = ud;
+    if (fr->n == FRAMES_MAX)
+        return;
+    fr->type[fr->n] = f->type;
+    snprintf(fr->json[fr->n], sizeof fr->json[0], "%.*s", (int) f->json_len, f->json);
+    fr->n++;
+}
+
+/* The last frame of a type, or NULL. */
+static const char *s_last(const frames_t *fr, router_turn_frame_type_t type)
+{
+    for (int i = fr->n - 1; i >= 0; i--)
+        if (fr->type[i] == type)
+            return fr->json[i];
+    return NULL;
+}
+
+static int s_count(const frames_t *fr, router_turn_frame_type_t type)
+{
+    int n = 0;
+    for (int i = 0; i < fr->n; i++)
+        n += fr->type[i] == type;
+    return n;
+}
+
+typedef struct {
+    router_loop_t *loop;
+    router_broker_t *b;
+    router_inbox_t *inbox;
+    router_turns_t *t;
+    agent_t *agent;
+    bool (*until)(void *);
+    void *ud;
+    uint64_t deadline;
+    bool timed_out;
+} env_t;
+
+static void s_check(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    env_t *e = ud;
+    if (e->until(e->ud) || router_loop_now_ms(loop) > e->deadline) {
+        e->timed_out = !e->until(e->ud);
+        router_loop_stop(loop);
+        return;
+    }
+    router_loop_timer_add(loop, 10, s_check, e);
+}
+
+static void s_run(env_t *e, bool (*until)(void *), void *ud)
+{
+    e->until = until;
+    e->ud = ud;
+    e->deadline = router_loop_now_ms(e->loop) + 60000;
+    router_loop_timer_add(e->loop, 0, s_check, e);
+    assert_int_equal(router_loop_run(e->loop), 0);
+    assert_false(e->timed_out);
+}
+
+static void s_setup(env_t *e, uint32_t queue_max, uint32_t lock_s)
+{
+    char err[256] = "";
+    snprintf(EP, sizeof EP, "inproc://turns-test-%d", ++s_case);
+    e->loop = router_loop_new(NULL);
+    router_broker_opts_t bo = {.loop = e->loop, .endpoint = EP, .heartbeat_ms = 100,
+                               .liveness = 100};
+    e->b = router_broker_new(&bo, err, sizeof err);
+    assert_non_null(e->b);
+    router_inbox_opts_t io = {.capacity = 16};
+    e->inbox = router_inbox_new(&io, err, sizeof err);
+    assert_non_null(e->inbox);
+    router_turns_opts_t to = {.loop = e->loop, .broker = e->b, .inbox = e->inbox,
+                              .comms_session = "comms", .queue_max = queue_max,
+                              .lock_timeout_s = lock_s};
+    e->t = router_turns_new(&to, err, sizeof err);
+    if (!e->t)
+        fprintf(stderr, "turns: %s\n", err);
+    assert_non_null(e->t);
+    e->agent = s_agent_start();
+}
+
+static void s_teardown(env_t *e)
+{
+    s_agent_stop(&e->agent);
+    router_turns_destroy(&e->t);
+    router_turns_destroy(&e->t);
+    router_broker_destroy(&e->b);
+    router_inbox_destroy(&e->inbox);
+    router_loop_destroy(&e->loop);
+}
+
+typedef struct {
+    frames_t *fr;
+    router_turn_frame_type_t type;
+    int n;
+} want_t;
+
+static bool s_has(void *ud)
+{
+    want_t *w = ud;
+    return s_count(w->fr, w->type) >= w->n;
+}
+
+static void s_wait(env_t *e, frames_t *fr, router_turn_frame_type_t type, int n)
+{
+    want_t w = {fr, type, n};
+    s_run(e, s_has, &w);
+}
+
+/* ------------------------------------------------------------ cases */
+
+static void test_chat_round_trip(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    frames_t a = {0}, b = {0};
+    router_turns_sub_t sa = router_turns_attach(e.t, NULL, "mine", s_on_frame, &a);
+    assert_true(sa > 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    assert_non_null(strstr(a.json[0], "\"resumed\":false"));
+    assert_non_null(strstr(a.json[0], "\"message_count\":0"));
+    assert_non_null(strstr(a.json[0], "\"name\":\"mine\""));
+    char sid[ROUTER_TURNS_SESSION_ID_MAX + 1];
+    snprintf(sid, sizeof sid, "%s", router_turns_session_of(e.t, sa));
+
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, sa, "hi", 2, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "\"full_response\":\"echo(h=0): hi\""));
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_CHUNK), "\"content\":\"echo(h=0): hi\""));
+    /* The second turn carries the first exchange as history. */
+    assert_int_equal(router_turns_submit(e.t, sa, "again", 5, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 2);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "echo(h=2): again"));
+
+    /* Another subscriber resumes the session and sees the next turn too. */
+    router_turns_sub_t sb = router_turns_attach(e.t, sid, NULL, s_on_frame, &b);
+    s_wait(&e, &b, ROUTER_TURN_FRAME_SESSION_START, 1);
+    assert_non_null(strstr(b.json[0], "\"resumed\":true"));
+    assert_non_null(strstr(b.json[0], "\"message_count\":4"));
+    assert_int_equal(router_turns_submit(e.t, sb, "three", 5, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 3);
+    s_wait(&e, &b, ROUTER_TURN_FRAME_DONE, 1);
+
+    /* Empty content, bad ids. */
+    assert_int_equal(router_turns_submit(e.t, sa, " \n", 2, &code), -1);
+    assert_string_equal(code, "EMPTY_CONTENT");
+    assert_int_equal(router_turns_attach(e.t, "bad id!", NULL, s_on_frame, &b), 0);
+    router_turns_detach(e.t, sb);
+    router_turns_detach(e.t, sb);
+    assert_null(router_turns_session_of(e.t, sb));
+    router_turns_detach(e.t, sa);
+    router_turns_stats_t st;
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.done, 3);
+    assert_int_equal(st.running, 0);
+    assert_int_equal(st.sessions, 0);
+    s_teardown(&e);
+}
+
+static void test_busy_steer_stop(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 1, 1);
+    frames_t a = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "busy", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    const char *code = NULL;
+    /* No turn: steer is NO_ACTIVE_TURN, stop says so. */
+    assert_int_equal(router_turns_steer(e.t, s, "x", 1, &code), -1);
+    assert_string_equal(code, "NO_ACTIVE_TURN");
+    router_turns_stop(e.t, s);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_STOPPED), "no active turn"));
+
+    assert_int_equal(router_turns_submit(e.t, s, "/hold", 5, &code), 0);
+    assert_int_equal(router_turns_submit(e.t, s, "waits", 5, &code), 0);
+    assert_int_equal(router_turns_submit(e.t, s, "one too many", 12, &code), -1);
+    assert_string_equal(code, "SESSION_BUSY");
+    /* The waiting one times out after the lock timeout (1 s here). */
+    s_wait(&e, &a, ROUTER_TURN_FRAME_ERROR, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_ERROR), "\"code\":\"SESSION_BUSY\""));
+    /* Steer the held turn. */
+    assert_int_equal(router_turns_steer(e.t, s, "left", 4, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "steered: left"));
+    /* Stop a held turn. */
+    assert_int_equal(router_turns_submit(e.t, s, "/hold", 5, &code), 0);
+    router_turns_stop(e.t, s);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_STOPPED, 2);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_STOPPED), "\"turn_id\""));
+    /* The session runs on. */
+    assert_int_equal(router_turns_submit(e.t, s, "after", 5, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 2);
+    router_turns_stats_t st;
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.stopped, 1);
+    router_turns_detach(e.t, s);
+    s_teardown(&e);
+}
+
+static bool s_inbox_empty(void *ud)
+{
+    return router_inbox_count(ud) == 0;
+}
+
+static void test_inbox_turns(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    frames_t c = {0}, x = {0};
+    router_turns_sub_t sc = router_turns_attach(e.t, "comms", NULL, s_on_frame, &c);
+    router_turns_sub_t sx = router_turns_attach(e.t, "s1", NULL, s_on_frame, &x);
+    s_wait(&e, &c, ROUTER_TURN_FRAME_SESSION_START, 1);
+    s_wait(&e, &x, ROUTER_TURN_FRAME_SESSION_START, 1);
+    uint8_t id[16], nobody[32] = {0};
+    uint64_t seq;
+    proto_uuid_v7_new(id);
+    const char *line = "disk almost full";
+    assert_int_equal(router_inbox_admit(e.inbox, id, nobody, "event", (const uint8_t *) line,
+                                        strlen(line), 1, NULL, &seq), ROUTER_INBOX_ADMITTED);
+    proto_uuid_v7_new(id);
+    const char *ev = "{\"session_id\":\"s1\",\"event\":{\"kind\":\"generic_json\",\"n\":1}}";
+    assert_int_equal(router_inbox_admit(e.inbox, id, nobody, "event", (const uint8_t *) ev,
+                                        strlen(ev), 1, NULL, &seq), ROUTER_INBOX_ADMITTED);
+    router_turns_kick(e.t);
+    s_wait(&e, &c, ROUTER_TURN_FRAME_DONE, 1);
+    s_wait(&e, &x, ROUTER_TURN_FRAME_DONE, 1);
+    assert_non_null(strstr(s_last(&c, ROUTER_TURN_FRAME_DONE), "echo(h=0): disk almost full"));
+    assert_non_null(strstr(s_last(&x, ROUTER_TURN_FRAME_DONE),
+                           "echo(h=0): {\\\"kind\\\":\\\"generic_json\\\",\\\"n\\\":1}"));
+    s_run(&e, s_inbox_empty, e.inbox);
+    router_turns_detach(e.t, sc);
+    router_turns_detach(e.t, sx);
+    s_teardown(&e);
+}
+
+typedef struct {
+    int status;
+    char json[4096];
+    bool done;
+} json_t;
+
+static void s_on_json(int status, const char *json, size_t len, void *ud)
+{
+    json_t *j = ud;
+    j->status = status;
+    snprintf(j->json, sizeof j->json, "%.*s", (int) len, json);
+    j->done = true;
+}
+
+static bool s_json_done(void *ud)
+{
+    return ((json_t *) ud)->done;
+}
+
+static void test_sessions_api(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    frames_t a = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "api", "named", s_on_frame, &a);
+    const char *code;
+    assert_int_equal(router_turns_submit(e.t, s, "q", 1, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);
+    json_t l = {0}, g = {0}, n = {0};
+    assert_int_equal(router_turns_sessions_list(e.t, 10, s_on_json, &l), 0);
+    s_run(&e, s_json_done, &l);
+    assert_int_equal(l.status, 200);
+    assert_non_null(strstr(l.json, "{\"sessions\":[{\"id\":\"api\",\"name\":\"named\""));
+    assert_int_equal(router_turns_session_get(e.t, "api", 0, s_on_json, &g), 0);
+    s_run(&e, s_json_done, &g);
+    assert_int_equal(g.status, 200);
+    assert_non_null(strstr(g.json, "\"message_count\":2"));
+    assert_non_null(strstr(g.json, "{\"role\":\"user\",\"content\":\"q\""));
+    assert_non_null(strstr(g.json, "{\"role\":\"assistant\",\"content\":\"echo(h=0): q\""));
+    assert_int_equal(router_turns_session_get(e.t, "nope", 0, s_on_json, &n), 0);
+    s_run(&e, s_json_done, &n);
+    assert_int_equal(n.status, 404);
+    assert_int_equal(router_turns_session_get(e.t, "bad/id", 0, s_on_json, &n), -1);
+    router_turns_detach(e.t, s);
+    s_teardown(&e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chat_round_trip),
+        cmocka_unit_test(test_busy_steer_stop),
+        cmocka_unit_test(test_inbox_turns),
+        cmocka_unit_test(test_sessions_api),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    zsys_shutdown();
+    return rc;
+}
