@@ -78,6 +78,19 @@ void agent_provider_destroy(agent_provider_t **self_p);
 
 /* ------------------------------------------------------------ making one */
 
+/* openai provider defaults. */
+#define AGENT_OPENAI_BASE_URL "https://api.openai.com/v1"
+#define AGENT_OPENAI_CONNECT_TIMEOUT_MS 10000
+#define AGENT_OPENAI_IDLE_TIMEOUT_MS 120000
+#define AGENT_OPENAI_ATTEMPTS 3
+#define AGENT_OPENAI_BACKOFF_MS 500
+/* A Retry-After longer than this is cut to it. */
+#define AGENT_OPENAI_RETRY_AFTER_MAX_MS 60000
+/* Bytes of a non-200 answer kept for its error message. */
+#define AGENT_OPENAI_ERROR_BODY_MAX (64u * 1024u)
+/* The request body (the whole conversation as JSON). */
+#define AGENT_OPENAI_REQUEST_MAX (32u * 1024u * 1024u)
+
 typedef enum {
     AGENT_PROVIDER_SCRIPTED = 0,
     AGENT_PROVIDER_OPENAI,

@@ -17,23 +17,25 @@ static void s_usage(FILE *out)
     fprintf(out,
             "usage: kith agent --connect ENDPOINT [--provider scripted|openai] [--base-url URL]\n"
             "                  [--model M] [--api-key-env VAR] [--config FILE] [--threads N]\n"
-            "                  [--server-key Z85 [--cert FILE]] [--log-level debug|info|warn|error]\n"
+            "                  [--server-key Z85 [--cert FILE]] [--idle-timeout-ms MS]\n"
+            "                  [--log-level debug|info|warn|error]\n"
             "Runs agent workers (service kith.agent) that take turns from the daemon's broker\n"
             "at ENDPOINT (tcp://HOST:PORT, ipc://PATH; workers.listen on the daemon). Settings\n"
             "come from FILE's agent.* and workers.* keys (defaults without it), then the flags.\n"
             "--api-key-env names the environment variable holding the provider's API key.\n"
             "--server-key is the broker's CURVE public key (Z85, from $KITH_HOME/workers/broker.cert);\n"
             "--cert this worker's CZMQ certificate (an ephemeral one without it).\n"
-            "--threads N workers in this process (default 1). SIGINT/SIGTERM stop and exit 0.\n");
+            "--threads N workers in this process (default 1). --idle-timeout-ms: an openai\n"
+            "answer with no byte for this long fails (default 120000). SIGINT/SIGTERM stop and exit 0.\n");
 }
 
 int kith_cmd_agent(int argc, char **argv)
 {
     const char *connect = NULL, *config = NULL, *server_key = NULL, *cert = NULL;
     const char *provider = NULL, *base_url = NULL, *model = NULL, *key_env = NULL;
-    const char *threads_text = "1", *level_text = "info";
+    const char *threads_text = "1", *level_text = "info", *idle_text = NULL;
     enum { S_CONNECT = 256, S_PROVIDER, S_BASE_URL, S_MODEL, S_KEY_ENV, S_CONFIG, S_SERVER_KEY, S_CERT,
-           S_THREADS, S_LOG_LEVEL };
+           S_THREADS, S_LOG_LEVEL, S_IDLE };
     static const struct option flags[] = {
         {"connect", required_argument, NULL, S_CONNECT},
         {"provider", required_argument, NULL, S_PROVIDER},
@@ -45,6 +47,7 @@ int kith_cmd_agent(int argc, char **argv)
         {"cert", required_argument, NULL, S_CERT},
         {"threads", required_argument, NULL, S_THREADS},
         {"log-level", required_argument, NULL, S_LOG_LEVEL},
+        {"idle-timeout-ms", required_argument, NULL, S_IDLE},
         {0},
     };
     kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "agent", .help = "agent", .longopts = flags};
@@ -63,6 +66,7 @@ int kith_cmd_agent(int argc, char **argv)
         case S_CERT: cert = optarg; break;
         case S_THREADS: threads_text = optarg; break;
         case S_LOG_LEVEL: level_text = optarg; break;
+        case S_IDLE: idle_text = optarg; break;
         default: return KITH_EXIT_FAIL;
         }
     }
@@ -83,6 +87,14 @@ int kith_cmd_agent(int argc, char **argv)
     if (!*threads_text || *end || threads < 1 || threads > AGENT_THREADS_MAX) {
         fprintf(stderr, "kith agent: --threads must be 1..%d\n", AGENT_THREADS_MAX);
         return KITH_EXIT_FAIL;
+    }
+    long idle_ms = 0;
+    if (idle_text) {
+        idle_ms = strtol(idle_text, &end, 10);
+        if (!*idle_text || *end || idle_ms < 1 || idle_ms > 86400000) {
+            fprintf(stderr, "kith agent: --idle-timeout-ms must be 1..86400000\n");
+            return KITH_EXIT_FAIL;
+        }
     }
     router_log_level_t level;
     if (router_log_level_parse(level_text, &level) != 0) {
@@ -118,6 +130,7 @@ int kith_cmd_agent(int argc, char **argv)
     po.curve_server_key = server_key;
     po.curve_cert_path = cert;
     po.threads = (unsigned) threads;
+    po.provider.idle_timeout_ms = (int) idle_ms;
     agent_pool_t *pool = agent_pool_start(&po, err, sizeof err);
     if (!pool) {
         fprintf(stderr, "kith agent: %s\n", err);
