@@ -11,7 +11,7 @@
 #include <sodium.h>
 
 #include "proto/envelope.h"
-#include "tools/kith/envelope_json.h"
+#include "router/comms/envelope_json.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -19,7 +19,7 @@
 
 #include "proto/cbor_canon.h"
 #include "proto/envelope.h"
-#include "tools/kith/envelope_json.h"
+#include "router/comms/envelope_json.h"
 
 #define VECTORS_PATH KITH_SOURCE_DIR "/spec/vectors/envelopes.json"
 

@@ -46,7 +46,8 @@ struct router_inbox_t {
     s_node_t **ring;            /* held entries in admission order */
     size_t ring_cap;            /* slots in ring (≥ capacity) */
     size_t head;                /* oldest held entry */
-    size_t count;               /* held entries */
+    size_t count;               /* held entries (leased or not) */
+    size_t leased;              /* the first `leased` held entries are taken, turns running */
     size_t capacity;            /* admission bound on count */
     size_t bytes;               /* frame bytes held */
     size_t max_bytes;           /* admission bound on bytes */
@@ -657,12 +658,51 @@ void router_inbox_sync(router_inbox_t *self)
     pthread_mutex_unlock(&self->mu);
 }
 
+/* Removes the held entry at ring position idx (0 = head) and queues its
+ * delete; shifts the ones after it down by one (O(held), held ≤ capacity).
+ * Caller holds mu and has made room in deletes. Returns the node. */
+static s_node_t *s_remove_at(router_inbox_t *self, size_t idx)
+{
+    s_node_t *n = s_at(self, idx);
+    for (size_t i = idx; i + 1 < self->count; i++)
+        self->ring[(self->head + i) % self->ring_cap] = s_at(self, i + 1);
+    self->ring[(self->head + self->count - 1) % self->ring_cap] = NULL;
+    self->count--;
+    self->bytes -= n->e.frame_len;
+    if (self->db) {
+        self->deletes[self->ndeletes++] = n->e.seq;
+        pthread_cond_broadcast(&self->changed);
+    }
+    return n;
+}
+
+/* Room for one more delete. Caller holds mu. 0, or -1 out of memory. */
+static int s_delete_room(router_inbox_t *self)
+{
+    if (!self->db || self->ndeletes < self->deletes_cap)
+        return 0;
+    size_t ncap = self->deletes_cap ? self->deletes_cap * 2 : 64;
+    uint64_t *grown = realloc(self->deletes, ncap * sizeof *grown);
+    if (!grown)
+        return -1;
+    self->deletes = grown;
+    self->deletes_cap = ncap;
+    return 0;
+}
+
+/* The oldest entry nobody has taken is durable. Caller holds mu. */
+static bool s_takeable(const router_inbox_t *self)
+{
+    return self->leased < self->count &&
+           s_at(self, self->leased)->e.seq <= atomic_load(&self->durable_seq);
+}
+
 int router_inbox_pop(router_inbox_t *self, router_inbox_entry_t *out, int timeout_ms)
 {
     struct timespec deadline =
         router_clock_deadline(CLOCK_REALTIME, timeout_ms > 0 ? (uint64_t) timeout_ms : 0);
     pthread_mutex_lock(&self->mu);
-    while (self->count == 0 || s_at(self, 0)->e.seq > atomic_load(&self->durable_seq)) {
+    while (!s_takeable(self)) {
         if (timeout_ms == 0)
             goto none;
         if (timeout_ms < 0)
@@ -670,23 +710,9 @@ int router_inbox_pop(router_inbox_t *self, router_inbox_entry_t *out, int timeou
         else if (pthread_cond_timedwait(&self->changed, &self->mu, &deadline) == ETIMEDOUT)
             goto none;
     }
-    s_node_t *n = s_at(self, 0);
-    if (self->db) {
-        if (self->ndeletes == self->deletes_cap) {
-            size_t ncap = self->deletes_cap ? self->deletes_cap * 2 : 64;
-            uint64_t *grown = realloc(self->deletes, ncap * sizeof *grown);
-            if (!grown)
-                goto none; /* keep the entry; the caller may retry */
-            self->deletes = grown;
-            self->deletes_cap = ncap;
-        }
-        self->deletes[self->ndeletes++] = n->e.seq;
-        pthread_cond_broadcast(&self->changed);
-    }
-    self->ring[self->head] = NULL;
-    self->head = (self->head + 1) % self->ring_cap;
-    self->count--;
-    self->bytes -= n->e.frame_len;
+    if (s_delete_room(self) != 0)
+        goto none; /* keep the entry; the caller may retry */
+    s_node_t *n = s_remove_at(self, self->leased);
     pthread_mutex_unlock(&self->mu);
     *out = n->e;
     free(n);
@@ -694,6 +720,78 @@ int router_inbox_pop(router_inbox_t *self, router_inbox_entry_t *out, int timeou
 none:
     pthread_mutex_unlock(&self->mu);
     return -1;
+}
+
+/* Position of the leased entry `seq`, or -1. Caller holds mu. */
+static long s_leased_at(const router_inbox_t *self, uint64_t seq)
+{
+    for (size_t i = 0; i < self->leased; i++)
+        if (s_at(self, i)->e.seq == seq)
+            return (long) i;
+    return -1;
+}
+
+/* Gives a taken entry back (take could not copy it): it moves behind the
+ * leased prefix, where the next take finds it. Caller holds mu. */
+static int s_unlease(router_inbox_t *self, uint64_t seq)
+{
+    long i = s_leased_at(self, seq);
+    if (i < 0)
+        return -1;
+    s_node_t *n = s_at(self, (size_t) i);
+    for (size_t j = (size_t) i; j + 1 < self->leased; j++)
+        self->ring[(self->head + j) % self->ring_cap] = s_at(self, j + 1);
+    self->leased--;
+    self->ring[(self->head + self->leased) % self->ring_cap] = n;
+    return 0;
+}
+
+int router_inbox_take(router_inbox_t *self, router_inbox_entry_t *out)
+{
+    pthread_mutex_lock(&self->mu);
+    if (!s_takeable(self)) {
+        pthread_mutex_unlock(&self->mu);
+        return -1;
+    }
+    s_node_t *n = s_at(self, self->leased);
+    self->leased++;
+    pthread_mutex_unlock(&self->mu);
+    /* The node stays put until router_inbox_done, which only this
+     * consumer calls: copying outside the lock is safe. */
+    *out = n->e;
+    out->frame = malloc(n->e.frame_len ? n->e.frame_len : 1);
+    if (!out->frame) {
+        pthread_mutex_lock(&self->mu);
+        (void) s_unlease(self, n->e.seq);
+        pthread_mutex_unlock(&self->mu);
+        memset(out, 0, sizeof *out);
+        return -1;
+    }
+    memcpy(out->frame, n->e.frame, n->e.frame_len);
+    return 0;
+}
+
+int router_inbox_done(router_inbox_t *self, uint64_t seq)
+{
+    pthread_mutex_lock(&self->mu);
+    long i = s_leased_at(self, seq);
+    if (i < 0 || s_delete_room(self) != 0) {
+        pthread_mutex_unlock(&self->mu);
+        return -1;
+    }
+    s_node_t *n = s_remove_at(self, (size_t) i);
+    self->leased--;
+    pthread_mutex_unlock(&self->mu);
+    s_node_free(n);
+    return 0;
+}
+
+size_t router_inbox_leased(router_inbox_t *self)
+{
+    pthread_mutex_lock(&self->mu);
+    size_t n = self->leased;
+    pthread_mutex_unlock(&self->mu);
+    return n;
 }
 
 void router_inbox_entry_clear(router_inbox_entry_t *e)

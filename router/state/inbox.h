@@ -118,14 +118,37 @@ uint64_t router_inbox_durable_seq(const router_inbox_t *self);
  * thread's hot path: used at shutdown and by tests. */
 void router_inbox_sync(router_inbox_t *self);
 
-/* Takes the oldest durable entry into *out, waiting up to timeout_ms (0: do
- * not wait, -1: forever). Returns 0, or -1 when none arrived in time. The
- * caller owns out->frame: release it with router_inbox_entry_clear(). */
+/* Takes the oldest durable entry nobody has taken into *out and forgets it
+ * at once (deleted from the database in a later batch), waiting up to
+ * timeout_ms (0: do not wait, -1: forever). Returns 0, or -1 when none
+ * arrived in time. The caller owns out->frame: release it with
+ * router_inbox_entry_clear(). For the in-process harness and tests; the
+ * daemon leases instead (below). */
 int router_inbox_pop(router_inbox_t *self, router_inbox_entry_t *out, int timeout_ms);
+
+/* Leases: the daemon turns each entry into a turn (router/workers/turns.h)
+ * and forgets it only when that turn has ended, so an entry whose turn was
+ * running when the process died is still in the database and is taken
+ * again after the restart (WIRE §19.4). */
+
+/* Leases the oldest durable entry nobody has taken: a copy into *out (the
+ * caller releases it with router_inbox_entry_clear()). The entry stays
+ * held, counted and stored until router_inbox_done(seq). Never waits.
+ * Returns 0, or -1 when there is none (or out of memory). Entries are
+ * leased in admission order. One consumer at a time. */
+int router_inbox_take(router_inbox_t *self, router_inbox_entry_t *out);
+
+/* The turn of leased entry `seq` has ended: forget it (deleted from the
+ * database in a later batch). Returns 0, or -1 when `seq` is not leased (or
+ * out of memory: the caller may retry). */
+int router_inbox_done(router_inbox_t *self, uint64_t seq);
+
+/* Entries leased now. */
+size_t router_inbox_leased(router_inbox_t *self);
 
 void router_inbox_entry_clear(router_inbox_entry_t *e);
 
-/* Entries held (admitted, not yet popped). */
+/* Entries held (admitted, not yet popped or done; leased ones count). */
 size_t router_inbox_count(router_inbox_t *self);
 
 const char *router_inbox_outcome_str(router_inbox_outcome_t o);

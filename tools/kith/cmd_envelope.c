@@ -11,7 +11,7 @@
 #include "router/state/identity.h"
 #include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
-#include "tools/kith/envelope_json.h"
+#include "router/comms/envelope_json.h"
 
 /* Options shared by the three subcommands. */
 typedef struct {

@@ -20,7 +20,7 @@
 #include "router/state/identity.h"
 #include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
-#include "tools/kith/envelope_json.h"
+#include "router/comms/envelope_json.h"
 
 static void s_usage(FILE *out)
 {

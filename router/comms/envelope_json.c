@@ -1,6 +1,6 @@
-/* tools/kith/envelope_json.c — JSON ⇄ CBOR values and JSON ⇄ envelopes with
+/* router/comms/envelope_json.c — JSON ⇄ CBOR values and JSON ⇄ envelopes with
  * yajl; see envelope_json.h for the mapping. */
-#include "tools/kith/envelope_json.h"
+#include "router/comms/envelope_json.h"
 
 #include <errno.h>
 #include <inttypes.h>

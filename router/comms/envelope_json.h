@@ -1,5 +1,6 @@
-/* tools/kith/envelope_json.h — the JSON form of signed envelopes (yajl), for
- * `kith envelope`, `kith send` and the gateway.
+/* router/comms/envelope_json.h — the JSON form of signed envelopes (yajl), for
+ * `kith envelope`, `kith send`, the gateway and the router-run tools of
+ * router/workers/turns.c (moved here from tools/kith/ so the router can use it).
  *
  * Envelope:
  *   {"id": "<uuid>", "from": "ed25519:<b64>", "to": "ed25519:<b64>",

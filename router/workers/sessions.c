@@ -1,0 +1,597 @@
+/* router/workers/sessions.c — the sessions store: a job queue under one
+ * mutex, a thread running the jobs against SQLite, and an eventfd the loop
+ * watches to run the finished jobs' callbacks. */
+#include "router/workers/sessions.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <yajl/yajl_gen.h>
+
+#include "router/clock.h"
+#include "router/log.h"
+
+#define MOD "sessions"
+
+typedef enum { J_OPEN, J_HISTORY, J_APPEND, J_LIST, J_GET } s_kind_t;
+
+typedef struct s_job s_job_t;
+struct s_job {
+    s_kind_t kind;
+    char *id;                 /* session id */
+    char *name;               /* J_OPEN */
+    char role[16];            /* J_APPEND */
+    char *content;            /* J_APPEND */
+    size_t len;
+    char turn_id[40];         /* J_APPEND */
+    unsigned limit;
+    void *fn;                 /* callback, by kind */
+    void *ud;
+    uint64_t tag;
+    /* results */
+    int rc;
+    bool resumed;
+    uint64_t count;
+    char *res_name;
+    router_sessions_msg_t *msgs;
+    size_t nmsgs;
+    char *json;               /* J_LIST, J_GET */
+    size_t json_len;
+    int status;
+    s_job_t *next;
+};
+
+struct router_sessions {
+    router_loop_t *loop;
+    int efd;                   /* written by the thread when jobs finish */
+    router_watch_t *watch;
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    s_job_t *todo_head, *todo_tail;
+    size_t ntodo;
+    s_job_t *done_head, *done_tail;
+    bool stopping;
+    sqlite3 *db;               /* the thread's; opened by new */
+    _Atomic uint64_t failures;
+};
+
+static const char *const s_schema =
+    "PRAGMA journal_mode=WAL;"
+    "CREATE TABLE IF NOT EXISTS sessions ("
+    " id TEXT PRIMARY KEY,"
+    " name TEXT NOT NULL DEFAULT '',"
+    " created_ms INTEGER NOT NULL,"
+    " updated_ms INTEGER NOT NULL,"
+    " message_count INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated_ms);"
+    "CREATE TABLE IF NOT EXISTS messages ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " session_id TEXT NOT NULL,"
+    " role TEXT NOT NULL,"
+    " content TEXT NOT NULL,"
+    " turn_id TEXT NOT NULL DEFAULT '',"
+    " time_ms INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS messages_session ON messages(session_id, seq);";
+
+static void s_job_free(s_job_t *j)
+{
+    if (!j)
+        return;
+    free(j->id);
+    free(j->name);
+    free(j->content);
+    free(j->res_name);
+    for (size_t i = 0; i < j->nmsgs; i++) {
+        free((char *) j->msgs[i].content);
+        free((char *) j->msgs[i].role);
+        free((char *) j->msgs[i].turn_id);
+    }
+    free(j->msgs);
+    free(j->json);
+    free(j);
+}
+
+/* ------------------------------------------------------------ the thread */
+
+static int s_exec(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
+/* Makes the row if missing. *resumed: it was there. */
+static int s_upsert(sqlite3 *db, const char *id, const char *name, uint64_t now, bool *resumed)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO sessions(id,name,created_ms,updated_ms) VALUES(?,?,?,?)"
+                           " ON CONFLICT(id) DO NOTHING", -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, name ? name : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64) now);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64) now);
+    if (sqlite3_step(st) == SQLITE_DONE) {
+        rc = 0;
+        if (resumed)
+            *resumed = sqlite3_changes(db) == 0;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static void s_run_open(router_sessions_t *s, s_job_t *j)
+{
+    sqlite3_stmt *st = NULL;
+    j->rc = -1;
+    if (s_upsert(s->db, j->id, j->name, router_clock_wall_ms(), &j->resumed) != 0)
+        return;
+    if (sqlite3_prepare_v2(s->db, "SELECT name, message_count FROM sessions WHERE id=?", -1, &st,
+                           NULL) != SQLITE_OK)
+        return;
+    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        j->res_name = strdup((const char *) sqlite3_column_text(st, 0));
+        j->count = (uint64_t) sqlite3_column_int64(st, 1);
+        j->rc = j->res_name ? 0 : -1;
+    }
+    sqlite3_finalize(st);
+}
+
+static void s_run_append(router_sessions_t *s, s_job_t *j)
+{
+    sqlite3_stmt *st = NULL;
+    uint64_t now = router_clock_wall_ms();
+    j->rc = -1;
+    if (s_exec(s->db, "BEGIN") != 0)
+        return;
+    if (s_upsert(s->db, j->id, NULL, now, NULL) != 0 ||
+        sqlite3_prepare_v2(s->db,
+                           "INSERT INTO messages(session_id,role,content,turn_id,time_ms)"
+                           " VALUES(?,?,?,?,?)", -1, &st, NULL) != SQLITE_OK)
+        goto fail;
+    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, j->role, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, j->content, (int) j->len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, j->turn_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64) now);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        goto fail;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE sessions SET message_count=message_count+1, updated_ms=?"
+                           " WHERE id=?", -1, &st, NULL) != SQLITE_OK)
+        goto fail;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64) now);
+    sqlite3_bind_text(st, 2, j->id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE || s_exec(s->db, "COMMIT") != 0)
+        goto fail;
+    sqlite3_finalize(st);
+    j->rc = 0;
+    return;
+fail:
+    sqlite3_finalize(st);
+    s_exec(s->db, "ROLLBACK");
+}
+
+/* The last `limit` messages of j->id, oldest first, into j->msgs. */
+static int s_load_msgs(router_sessions_t *s, s_job_t *j)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT role, content, time_ms, turn_id FROM (SELECT * FROM messages"
+                           " WHERE session_id=? ORDER BY seq DESC LIMIT ?) ORDER BY seq", -1, &st,
+                           NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, j->limit);
+    size_t cap = 0;
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        if (j->nmsgs == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            router_sessions_msg_t *g = realloc(j->msgs, ncap * sizeof *g);
+            if (!g)
+                break;
+            j->msgs = g;
+            cap = ncap;
+        }
+        router_sessions_msg_t *m = &j->msgs[j->nmsgs];
+        size_t len = (size_t) sqlite3_column_bytes(st, 1);
+        char *c = malloc(len + 1);
+        char *role = strdup((const char *) sqlite3_column_text(st, 0));
+        char *tid = strdup((const char *) sqlite3_column_text(st, 3));
+        if (!c || !role || !tid) {
+            free(c);
+            free(role);
+            free(tid);
+            break;
+        }
+        memcpy(c, sqlite3_column_text(st, 1), len);
+        c[len] = '\0';
+        m->role = role;
+        m->content = c;
+        m->len = len;
+        m->time_ms = (uint64_t) sqlite3_column_int64(st, 2);
+        m->turn_id = tid;
+        j->nmsgs++;
+    }
+    sqlite3_finalize(st);
+    return step == SQLITE_DONE ? 0 : -1;
+}
+
+static void s_gen_str(yajl_gen g, const char *s)
+{
+    yajl_gen_string(g, (const unsigned char *) s, strlen(s));
+}
+
+/* One session row's members (an open map in g). */
+static void s_gen_session(yajl_gen g, sqlite3_stmt *st)
+{
+    s_gen_str(g, "id");
+    s_gen_str(g, (const char *) sqlite3_column_text(st, 0));
+    s_gen_str(g, "name");
+    s_gen_str(g, (const char *) sqlite3_column_text(st, 1));
+    s_gen_str(g, "created_ms");
+    yajl_gen_integer(g, sqlite3_column_int64(st, 2));
+    s_gen_str(g, "updated_ms");
+    yajl_gen_integer(g, sqlite3_column_int64(st, 3));
+    s_gen_str(g, "message_count");
+    yajl_gen_integer(g, sqlite3_column_int64(st, 4));
+}
+
+static void s_take_json(yajl_gen g, s_job_t *j)
+{
+    const unsigned char *buf;
+    size_t len;
+    if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok && (j->json = malloc(len + 1))) {
+        memcpy(j->json, buf, len);
+        j->json[len] = '\0';
+        j->json_len = len;
+        j->status = 200;
+    }
+}
+
+static void s_run_json(router_sessions_t *s, s_job_t *j)
+{
+    sqlite3_stmt *st = NULL;
+    yajl_gen g = yajl_gen_alloc(NULL);
+    j->status = 503;
+    if (!g)
+        return;
+    const char *cols = "SELECT id, name, created_ms, updated_ms, message_count FROM sessions";
+    char sql[256];
+    if (j->kind == J_LIST)
+        snprintf(sql, sizeof sql, "%s ORDER BY updated_ms DESC, id LIMIT ?", cols);
+    else
+        snprintf(sql, sizeof sql, "%s WHERE id=?", cols);
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        goto done;
+    if (j->kind == J_LIST) {
+        sqlite3_bind_int64(st, 1, j->limit);
+        yajl_gen_map_open(g);
+        s_gen_str(g, "sessions");
+        yajl_gen_array_open(g);
+        int step;
+        while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+            yajl_gen_map_open(g);
+            s_gen_session(g, st);
+            yajl_gen_map_close(g);
+        }
+        if (step != SQLITE_DONE)
+            goto done;
+        yajl_gen_array_close(g);
+        yajl_gen_map_close(g);
+        s_take_json(g, j);
+        goto done;
+    }
+    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_DONE) {
+        j->status = 404;
+        goto done;
+    }
+    if (step != SQLITE_ROW || s_load_msgs(s, j) != 0)
+        goto done;
+    yajl_gen_map_open(g);
+    s_gen_session(g, st);
+    s_gen_str(g, "messages");
+    yajl_gen_array_open(g);
+    for (size_t i = 0; i < j->nmsgs; i++) {
+        yajl_gen_map_open(g);
+        s_gen_str(g, "role");
+        s_gen_str(g, j->msgs[i].role);
+        s_gen_str(g, "content");
+        yajl_gen_string(g, (const unsigned char *) j->msgs[i].content, j->msgs[i].len);
+        s_gen_str(g, "time_ms");
+        yajl_gen_integer(g, (long long) j->msgs[i].time_ms);
+        s_gen_str(g, "turn_id");
+        s_gen_str(g, j->msgs[i].turn_id);
+        yajl_gen_map_close(g);
+    }
+    yajl_gen_array_close(g);
+    yajl_gen_map_close(g);
+    s_take_json(g, j);
+done:
+    sqlite3_finalize(st);
+    yajl_gen_free(g);
+}
+
+static void s_run(router_sessions_t *s, s_job_t *j)
+{
+    switch (j->kind) {
+    case J_OPEN: s_run_open(s, j); break;
+    case J_APPEND: s_run_append(s, j); break;
+    case J_HISTORY: j->rc = s_load_msgs(s, j); break;
+    case J_LIST:
+    case J_GET: s_run_json(s, j); break;
+    }
+    if (j->rc != 0 || ((j->kind == J_LIST || j->kind == J_GET) && j->status == 503)) {
+        atomic_fetch_add(&s->failures, 1);
+        ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: %s", sqlite3_errmsg(s->db));
+    }
+}
+
+static void *s_main(void *arg)
+{
+    router_sessions_t *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->todo_head && !s->stopping)
+            pthread_cond_wait(&s->cv, &s->mu);
+        if (!s->todo_head)
+            break;
+        s_job_t *j = s->todo_head;
+        s->todo_head = j->next;
+        if (!s->todo_head)
+            s->todo_tail = NULL;
+        s->ntodo--;
+        j->next = NULL;
+        pthread_mutex_unlock(&s->mu);
+        s_run(s, j);
+        pthread_mutex_lock(&s->mu);
+        if (j->kind == J_APPEND) { /* nobody waits for it */
+            s_job_free(j);
+            continue;
+        }
+        bool was_empty = !s->done_head;
+        if (s->done_tail)
+            s->done_tail->next = j;
+        else
+            s->done_head = j;
+        s->done_tail = j;
+        if (was_empty) {
+            uint64_t one = 1;
+            ssize_t w = write(s->efd, &one, sizeof one);
+            (void) w;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ the loop side */
+
+static void s_on_done(router_watch_t *watch, int fd, unsigned events, void *ud)
+{
+    (void) watch;
+    (void) events;
+    router_sessions_t *s = ud;
+    uint64_t v;
+    while (read(fd, &v, sizeof v) > 0) {
+    }
+    pthread_mutex_lock(&s->mu);
+    s_job_t *list = s->done_head;
+    s->done_head = s->done_tail = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (list) {
+        s_job_t *j = list;
+        list = j->next;
+        switch (j->kind) {
+        case J_OPEN:
+            ((router_sessions_open_fn *) j->fn)(j->ud, j->tag, j->rc, j->resumed, j->count,
+                                                j->res_name ? j->res_name : "");
+            break;
+        case J_HISTORY:
+            ((router_sessions_history_fn *) j->fn)(j->ud, j->tag, j->rc, j->msgs, j->nmsgs);
+            break;
+        case J_LIST:
+        case J_GET: {
+            static const char e503[] =
+                "{\"error\":\"the session store failed\",\"code\":\"unavailable\"}";
+            static const char e404[] = "{\"error\":\"no such session\",\"code\":\"not_found\"}";
+            const char *body = j->json ? j->json : j->status == 404 ? e404 : e503;
+            size_t len = j->json ? j->json_len : strlen(body);
+            ((router_sessions_json_fn *) j->fn)(j->ud, j->tag, j->json ? 200 : j->status, body,
+                                                len);
+            break;
+        }
+        case J_APPEND:
+            break;
+        }
+        s_job_free(j);
+    }
+}
+
+router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path, char *err,
+                                       size_t errcap)
+{
+    router_sessions_t *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errcap, "sessions: out of memory");
+        return NULL;
+    }
+    s->loop = loop;
+    s->efd = -1;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    const char *path = db_path ? db_path : ":memory:";
+    if (sqlite3_open_v2(path, &s->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                        NULL) != SQLITE_OK) {
+        snprintf(err, errcap, "sessions: cannot open %s: %s", path,
+                 s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        goto fail;
+    }
+    sqlite3_busy_timeout(s->db, 5000);
+    if (s_exec(s->db, s_schema) != 0) {
+        snprintf(err, errcap, "sessions: %s: %s", path, sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (s->efd < 0 || !(s->watch = router_loop_watch_fd(loop, s->efd, ROUTER_EV_READ, s_on_done, s))) {
+        snprintf(err, errcap, "sessions: cannot watch its eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    if (pthread_create(&s->thread, NULL, s_main, s) != 0) {
+        snprintf(err, errcap, "sessions: cannot start its thread");
+        goto fail;
+    }
+    s->started = true;
+    return s;
+fail:
+    router_sessions_destroy(&s);
+    return NULL;
+}
+
+void router_sessions_destroy(router_sessions_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    router_sessions_t *s = *self_p;
+    if (s->started) {
+        pthread_mutex_lock(&s->mu);
+        s->stopping = true;
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->thread, NULL);
+    }
+    router_watch_destroy(&s->watch);
+    if (s->efd >= 0)
+        close(s->efd);
+    for (s_job_t *j = s->done_head, *n; j; j = n) {
+        n = j->next;
+        s_job_free(j);
+    }
+    for (s_job_t *j = s->todo_head, *n; j; j = n) {
+        n = j->next;
+        s_job_free(j);
+    }
+    if (s->db)
+        sqlite3_close(s->db);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+    *self_p = NULL;
+}
+
+/* ------------------------------------------------------------ jobs */
+
+static s_job_t *s_job(s_kind_t kind, const char *id, void *fn, void *ud, uint64_t tag)
+{
+    s_job_t *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->kind = kind;
+    j->fn = fn;
+    j->ud = ud;
+    j->tag = tag;
+    if (id && !(j->id = strdup(id))) {
+        free(j);
+        return NULL;
+    }
+    return j;
+}
+
+static int s_queue(router_sessions_t *s, s_job_t *j)
+{
+    if (!j)
+        return -1;
+    pthread_mutex_lock(&s->mu);
+    if (s->ntodo >= ROUTER_SESSIONS_JOBS_MAX) {
+        pthread_mutex_unlock(&s->mu);
+        atomic_fetch_add(&s->failures, 1);
+        s_job_free(j);
+        return -1;
+    }
+    if (s->todo_tail)
+        s->todo_tail->next = j;
+    else
+        s->todo_head = j;
+    s->todo_tail = j;
+    s->ntodo++;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+int router_sessions_open(router_sessions_t *s, const char *id, const char *name,
+                         router_sessions_open_fn *fn, void *ud, uint64_t tag)
+{
+    s_job_t *j = s_job(J_OPEN, id, (void *) fn, ud, tag);
+    if (j && name && !(j->name = strndup(name, ROUTER_SESSIONS_NAME_MAX))) {
+        s_job_free(j);
+        return -1;
+    }
+    return s_queue(s, j);
+}
+
+int router_sessions_history(router_sessions_t *s, const char *id, unsigned limit,
+                            router_sessions_history_fn *fn, void *ud, uint64_t tag)
+{
+    s_job_t *j = s_job(J_HISTORY, id, (void *) fn, ud, tag);
+    if (j)
+        j->limit = limit;
+    return s_queue(s, j);
+}
+
+int router_sessions_append(router_sessions_t *s, const char *id, const char *role,
+                           const char *content, size_t len, const char *turn_id)
+{
+    s_job_t *j = s_job(J_APPEND, id, NULL, NULL, 0);
+    if (!j)
+        return -1;
+    snprintf(j->role, sizeof j->role, "%s", role);
+    snprintf(j->turn_id, sizeof j->turn_id, "%s", turn_id ? turn_id : "");
+    if (!(j->content = malloc(len + 1))) {
+        s_job_free(j);
+        return -1;
+    }
+    memcpy(j->content, content, len);
+    j->content[len] = '\0';
+    j->len = len;
+    return s_queue(s, j);
+}
+
+int router_sessions_list_json(router_sessions_t *s, unsigned limit,
+                              router_sessions_json_fn *fn, void *ud, uint64_t tag)
+{
+    s_job_t *j = s_job(J_LIST, NULL, (void *) fn, ud, tag);
+    if (j)
+        j->limit = limit;
+    return s_queue(s, j);
+}
+
+int router_sessions_get_json(router_sessions_t *s, const char *id, unsigned limit,
+                             router_sessions_json_fn *fn, void *ud, uint64_t tag)
+{
+    s_job_t *j = s_job(J_GET, id, (void *) fn, ud, tag);
+    if (j)
+        j->limit = limit;
+    return s_queue(s, j);
+}
+
+uint64_t router_sessions_failures(const router_sessions_t *s)
+{
+    return atomic_load(&((router_sessions_t *) s)->failures);
+}

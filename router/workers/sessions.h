@@ -1,0 +1,73 @@
+/* router/workers/sessions.h — sessions and their messages in state.db
+ * (tables `sessions` and `messages`), on a thread of its own so the loop
+ * never runs SQLite: the loop queues jobs (bounded), the thread runs them in
+ * order and hands finished ones back through an eventfd the loop watches;
+ * their callbacks then run on the loop thread. Without a database path the
+ * same code runs on an in-memory SQLite database.
+ *
+ * Jobs run in the order they were queued, so a history read queued after an
+ * append sees it. */
+#ifndef KITH_ROUTER_SESSIONS_H
+#define KITH_ROUTER_SESSIONS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "router/net/loop.h"
+
+/* Jobs queued at once (a job beyond is refused). */
+#define ROUTER_SESSIONS_JOBS_MAX 8192u
+/* Longest name kept with a session. */
+#define ROUTER_SESSIONS_NAME_MAX 256u
+
+typedef struct router_sessions router_sessions_t;
+
+/* One stored message. */
+typedef struct {
+    const char *role;     /* "user" | "assistant" */
+    const char *content;
+    size_t len;
+    uint64_t time_ms;
+    const char *turn_id;  /* text UUID, or "" */
+} router_sessions_msg_t;
+
+/* Loop thread: the session is there (made now, or `resumed`). rc -1: the
+ * store failed. name is "" when none. */
+typedef void(router_sessions_open_fn)(void *ud, uint64_t tag, int rc, bool resumed,
+                                      uint64_t message_count, const char *name);
+/* Loop thread: the last messages, oldest first (valid during the call). */
+typedef void(router_sessions_history_fn)(void *ud, uint64_t tag, int rc,
+                                         const router_sessions_msg_t *msgs, size_t n);
+/* Loop thread: a JSON answer for the HTTP API (status 200, 404 or 503). */
+typedef void(router_sessions_json_fn)(void *ud, uint64_t tag, int status, const char *json,
+                                      size_t len);
+
+/* Returns NULL with a reason in err[errcap]. Caller owns the result. */
+router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path, char *err,
+                                       size_t errcap);
+
+/* Runs what is queued (callbacks are not called), stops the thread, frees.
+ * Loop thread. Idempotent; nulls *self_p. */
+void router_sessions_destroy(router_sessions_t **self_p);
+
+/* Each returns 0 (fn runs later, once), or -1 when the queue is full or
+ * memory is short (fn never runs). */
+int router_sessions_open(router_sessions_t *s, const char *id, const char *name,
+                         router_sessions_open_fn *fn, void *ud, uint64_t tag);
+int router_sessions_history(router_sessions_t *s, const char *id, unsigned limit,
+                            router_sessions_history_fn *fn, void *ud, uint64_t tag);
+/* Stores one message (no callback). */
+int router_sessions_append(router_sessions_t *s, const char *id, const char *role,
+                           const char *content, size_t len, const char *turn_id);
+/* {"sessions":[…]} newest first (see turns.h). */
+int router_sessions_list_json(router_sessions_t *s, unsigned limit,
+                              router_sessions_json_fn *fn, void *ud, uint64_t tag);
+/* One session and its last `limit` messages (see turns.h); 404 if unknown. */
+int router_sessions_get_json(router_sessions_t *s, const char *id, unsigned limit,
+                             router_sessions_json_fn *fn, void *ud, uint64_t tag);
+
+/* Jobs refused because the queue was full, and store failures. */
+uint64_t router_sessions_failures(const router_sessions_t *s);
+
+#endif

@@ -1,0 +1,507 @@
+/* tests/broker_test.c — the embedded MDP broker on a real loop with real
+ * workers (router_mdp_worker threads, and raw DEALER sockets playing broken
+ * ones): requests answered with partials and a final, least-recently-used
+ * dispatch, further requests to the holder, a silent worker declared dead
+ * and its request failed (kind -1) with the next going to a live worker,
+ * late replies dropped and counted, the bounded queue, cancel, and CURVE on
+ * a non-loopback endpoint admitting only authorized keys. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <czmq.h>
+
+#include "router/net/loop.h"
+#include "router/workers/broker.h"
+#include "router/workers/mdp_worker.h"
+
+static int s_n;
+
+/* ------------------------------------------------------------ echo workers */
+
+typedef struct {
+    char endpoint[128];
+    const char *server_key;
+    const char *cert_path;
+    pthread_t thread;
+    router_mdp_worker_t *w;
+    atomic_int served;
+    int heartbeat_ms;
+} echo_t;
+
+/* Answers each request "p:<body>" then "f:<body>"; a body "hold" waits for
+ * one more request (the holder's) and answers "f:<that>". */
+static void *s_echo_main(void *arg)
+{
+    echo_t *e = arg;
+    uint8_t *body;
+    size_t len;
+    while (router_mdp_worker_recv(e->w, &body, &len, -1) == 1) {
+        char out[256];
+        if (len == 4 && memcmp(body, "hold", 4) == 0) {
+            free(body);
+            if (router_mdp_worker_recv(e->w, &body, &len, -1) != 1)
+                break;
+        }
+        int n = snprintf(out, sizeof out, "p:%.*s", (int) len, body);
+        (void) router_mdp_worker_partial(e->w, (uint8_t *) out, (size_t) n);
+        out[0] = 'f';
+        (void) router_mdp_worker_final(e->w, (uint8_t *) out, (size_t) n);
+        free(body);
+        atomic_fetch_add(&e->served, 1);
+    }
+    return NULL;
+}
+
+static echo_t *s_echo_start(const char *ep, const char *server_key, const char *cert)
+{
+    echo_t *e = calloc(1, sizeof *e);
+    snprintf(e->endpoint, sizeof e->endpoint, "%s", ep);
+    char err[256] = "";
+    router_mdp_worker_opts_t o = {.endpoint = e->endpoint, .service = "kith.test",
+                                  .heartbeat_ms = 100, .liveness = 50,
+                                  .curve_server_key = server_key, .curve_cert_path = cert};
+    e->w = router_mdp_worker_new(&o, err, sizeof err);
+    if (!e->w)
+        fprintf(stderr, "worker: %s\n", err);
+    assert_non_null(e->w);
+    assert_int_equal(pthread_create(&e->thread, NULL, s_echo_main, e), 0);
+    return e;
+}
+
+static void s_echo_stop(echo_t **ep)
+{
+    echo_t *e = *ep;
+    router_mdp_worker_interrupt(e->w);
+    pthread_join(e->thread, NULL);
+    router_mdp_worker_destroy(&e->w);
+    free(e);
+    *ep = NULL;
+}
+
+/* ------------------------------------------------------------ the loop */
+
+typedef struct {
+    router_loop_t *loop;
+    router_broker_t *b;
+    bool (*until)(void *ud);
+    void *ud;
+    uint64_t deadline;
+    bool timed_out;
+} runner_t;
+
+static void s_check(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    runner_t *r = ud;
+    if (r->until(r->ud)) {
+        router_loop_stop(loop);
+        return;
+    }
+    if (router_loop_now_ms(loop) > r->deadline) {
+        r->timed_out = true;
+        router_loop_stop(loop);
+        return;
+    }
+    router_loop_timer_add(loop, 10, s_check, r);
+}
+
+/* Runs the loop until until(ud) holds (checked every 10 ms), at most 60 s. */
+static void s_run(runner_t *r, bool (*until)(void *), void *ud)
+{
+    r->until = until;
+    r->ud = ud;
+    r->deadline = router_loop_now_ms(r->loop) + 60000;
+    r->timed_out = false;
+    router_loop_timer_add(r->loop, 0, s_check, r);
+    assert_int_equal(router_loop_run(r->loop), 0);
+    assert_false(r->timed_out);
+}
+
+/* Heartbeats of the broker under test: generous by default, so a loaded
+ * machine never expires a live worker; short in the dead-worker test. */
+static uint32_t s_hb = 100, s_live = 30;
+
+static void s_setup(runner_t *r, const char *listen, const char *home, size_t queue_max,
+                    char *ep, size_t epcap)
+{
+    snprintf(ep, epcap, "inproc://broker-test-%d", ++s_n);
+    r->loop = router_loop_new(NULL);
+    assert_non_null(r->loop);
+    char err[256] = "";
+    router_broker_opts_t o = {.loop = r->loop, .endpoint = ep, .listen = listen, .home = home,
+                              .heartbeat_ms = s_hb, .liveness = s_live,
+                              .queue_max = queue_max};
+    r->b = router_broker_new(&o, err, sizeof err);
+    if (!r->b)
+        fprintf(stderr, "broker: %s\n", err);
+    assert_non_null(r->b);
+}
+
+static void s_teardown(runner_t *r)
+{
+    router_broker_destroy(&r->b);
+    router_broker_destroy(&r->b);
+    router_loop_destroy(&r->loop);
+}
+
+/* ------------------------------------------------------------ replies */
+
+typedef struct {
+    int partials, finals, lost;
+    char last[256];
+} reply_t;
+
+static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
+{
+    reply_t *r = ud;
+    if (kind == 0)
+        r->partials++;
+    else if (kind == 1)
+        r->finals++;
+    else
+        r->lost++;
+    if (body)
+        snprintf(r->last, sizeof r->last, "%.*s", (int) len, body);
+}
+
+typedef struct {
+    reply_t *replies;
+    int n;
+} all_t;
+
+static bool s_all_done(void *ud)
+{
+    all_t *a = ud;
+    for (int i = 0; i < a->n; i++)
+        if (a->replies[i].finals + a->replies[i].lost == 0)
+            return false;
+    return true;
+}
+
+static bool s_dispatched(void *ud)
+{
+    router_broker_stats_t st;
+    router_broker_stats(ud, &st);
+    return st.in_flight == 1;
+}
+
+static bool s_workers_2(void *ud)
+{
+    return router_broker_workers(ud, "kith.test") == 2;
+}
+
+static void test_round_trip_lru(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, NULL, NULL, 0, ep, sizeof ep);
+    echo_t *w1 = s_echo_start(ep, NULL, NULL), *w2 = s_echo_start(ep, NULL, NULL);
+    s_run(&r, s_workers_2, r.b);
+
+    enum { N = 40 };
+    reply_t rep[N] = {0};
+    for (int i = 0; i < N; i++) {
+        char body[16];
+        int n = snprintf(body, sizeof body, "r%d", i);
+        assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) body, (size_t) n,
+                                          s_on_reply, &rep[i]) > 0);
+    }
+    all_t all = {rep, N};
+    s_run(&r, s_all_done, &all);
+    for (int i = 0; i < N; i++) {
+        char want[16];
+        snprintf(want, sizeof want, "f:r%d", i);
+        assert_int_equal(rep[i].partials, 1);
+        assert_int_equal(rep[i].finals, 1);
+        assert_int_equal(rep[i].lost, 0);
+        assert_string_equal(rep[i].last, want);
+    }
+    /* Least recently used: both workers took turns. */
+    assert_true(atomic_load(&w1->served) > 0);
+    assert_true(atomic_load(&w2->served) > 0);
+    router_broker_stats_t st;
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.requests, N);
+    assert_int_equal(st.queued, 0);
+    assert_int_equal(st.in_flight, 0);
+    assert_int_equal(st.late_replies, 0);
+
+    /* A further request to the holder. */
+    reply_t held = {0};
+    int64_t h = router_broker_request(r.b, "kith.test", (uint8_t *) "hold", 4, s_on_reply, &held);
+    assert_true(h > 0);
+    s_run(&r, s_dispatched, r.b);
+    assert_int_equal(router_broker_send_to_holder(r.b, h, (uint8_t *) "steer", 5), 0);
+    all_t one = {&held, 1};
+    s_run(&r, s_all_done, &one);
+    assert_string_equal(held.last, "f:steer");
+    assert_int_equal(router_broker_send_to_holder(r.b, h, (uint8_t *) "x", 1), -1);
+
+    s_echo_stop(&w1);
+    s_echo_stop(&w2);
+    s_teardown(&r);
+}
+
+/* ------------------------------------------------------------ a dead worker */
+
+typedef struct {
+    runner_t *r;
+    zsock_t *raw;
+} raw_t;
+
+static bool s_workers_1(void *ud)
+{
+    return router_broker_workers(ud, "kith.test") == 1;
+}
+
+static bool s_workers_0(void *ud)
+{
+    return router_broker_workers(ud, "kith.test") == 0;
+}
+
+static void s_raw_ready(zsock_t *raw)
+{
+    zmsg_t *m = zmsg_new();
+    zmsg_addmem(m, "", 0);
+    zmsg_addstr(m, "MDPW02");
+    zmsg_addmem(m, &(uint8_t) {0x01}, 1);
+    zmsg_addstr(m, "kith.test");
+    assert_int_equal(zmsg_send(&m, raw), 0);
+}
+
+static bool s_late_counted(void *ud)
+{
+    router_broker_stats_t st;
+    router_broker_stats(ud, &st);
+    return st.late_replies >= 1;
+}
+
+static void test_dead_worker(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_hb = 50;
+    s_live = 3;
+    s_setup(&r, NULL, NULL, 0, ep, sizeof ep);
+    s_hb = 100;
+    s_live = 30;
+    /* The request waits; a worker says READY, takes it and then says
+     * nothing more: kill -9 in miniature. */
+    reply_t rep = {0};
+    assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "doomed", 6, s_on_reply,
+                                      &rep) == 1);
+    zsock_t *raw = zsock_new_dealer(ep);
+    assert_non_null(raw);
+    s_raw_ready(raw);
+    all_t one = {&rep, 1};
+    s_run(&r, s_all_done, &one);
+    assert_int_equal(rep.lost, 1);
+    assert_int_equal(rep.finals, 0);
+    router_broker_stats_t st;
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.expired, 1);
+    assert_int_equal(st.lost, 1);
+    assert_int_equal(st.workers, 0);
+
+    /* The next request goes to a live worker. */
+    echo_t *w = s_echo_start(ep, NULL, NULL);
+    reply_t rep2 = {0};
+    assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "next", 4, s_on_reply,
+                                      &rep2) > 0);
+    all_t two = {&rep2, 1};
+    s_run(&r, s_all_done, &two);
+    assert_string_equal(rep2.last, "f:next");
+
+    /* The dead one's late FINAL is dropped and counted. Drain what the
+     * broker sent it first (the REQUEST, beats, DISCONNECT). */
+    zmsg_t *junk;
+    while ((junk = zmsg_recv_nowait(raw)))
+        zmsg_destroy(&junk);
+    zmsg_t *m = zmsg_new();
+    zmsg_addmem(m, "", 0);
+    zmsg_addstr(m, "MDPW02");
+    zmsg_addmem(m, &(uint8_t) {0x04}, 1);
+    zmsg_addmem(m, (uint8_t[8]) {0, 0, 0, 0, 0, 0, 0, 1}, 8);
+    zmsg_addmem(m, "", 0);
+    zmsg_addstr(m, "too late");
+    assert_int_equal(zmsg_send(&m, raw), 0);
+    s_run(&r, s_late_counted, r.b);
+    assert_string_equal(rep.last, "");
+    assert_int_equal(rep.finals, 0);
+
+    s_echo_stop(&w);
+    zsock_destroy(&raw);
+    s_teardown(&r);
+}
+
+/* A worker that leaves with DISCONNECT while holding a request. */
+static void test_disconnect_holding(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, NULL, NULL, 0, ep, sizeof ep);
+    zsock_t *raw = zsock_new_dealer(ep);
+    s_raw_ready(raw);
+    reply_t rep = {0};
+    assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "x", 1, s_on_reply, &rep) > 0);
+    s_run(&r, s_dispatched, r.b);
+    zmsg_t *m = zmsg_new();
+    zmsg_addmem(m, "", 0);
+    zmsg_addstr(m, "MDPW02");
+    zmsg_addmem(m, &(uint8_t) {0x06}, 1);
+    assert_int_equal(zmsg_send(&m, raw), 0);
+    all_t one = {&rep, 1};
+    s_run(&r, s_all_done, &one);
+    assert_int_equal(rep.lost, 1);
+    s_run(&r, s_workers_0, r.b);
+    zsock_destroy(&raw);
+    s_teardown(&r);
+}
+
+/* ------------------------------------------------------------ bounds */
+
+static void test_queue_bound_and_cancel(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, NULL, NULL, 2, ep, sizeof ep);
+    reply_t rep[3] = {0};
+    int64_t h1 = router_broker_request(r.b, "kith.test", (uint8_t *) "a", 1, s_on_reply, &rep[0]);
+    int64_t h2 = router_broker_request(r.b, "kith.test", (uint8_t *) "b", 1, s_on_reply, &rep[1]);
+    assert_true(h1 > 0 && h2 > h1);
+    assert_int_equal(router_broker_request(r.b, "kith.test", (uint8_t *) "c", 1, s_on_reply,
+                                           &rep[2]), -1);
+    assert_true(router_broker_queued(r.b, h1));
+    assert_int_equal(router_broker_send_to_holder(r.b, h1, (uint8_t *) "s", 1), -1);
+    router_broker_cancel(r.b, h1);
+    assert_false(router_broker_queued(r.b, h1));
+    assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "c", 1, s_on_reply,
+                                      &rep[2]) > 0);
+    /* Bad service names are refused. */
+    assert_int_equal(router_broker_request(r.b, "", (uint8_t *) "a", 1, s_on_reply, &rep[0]), -1);
+    assert_int_equal(router_broker_request(r.b, "has space", (uint8_t *) "a", 1, s_on_reply,
+                                           &rep[0]), -1);
+    /* A worker arriving later takes the queue in order; the cancelled one
+     * never runs. */
+    echo_t *w = s_echo_start(ep, NULL, NULL);
+    all_t two = {&rep[1], 2};
+    s_run(&r, s_all_done, &two);
+    assert_string_equal(rep[1].last, "f:b");
+    assert_string_equal(rep[2].last, "f:c");
+    assert_int_equal(rep[0].finals + rep[0].partials + rep[0].lost, 0);
+    s_echo_stop(&w);
+    s_teardown(&r);
+}
+
+static void test_endpoint_is_local(void **state)
+{
+    (void) state;
+    assert_true(router_broker_endpoint_is_local("tcp://127.0.0.1:5555"));
+    assert_true(router_broker_endpoint_is_local("tcp://127.1.2.3:0"));
+    assert_true(router_broker_endpoint_is_local("tcp://[::1]:5555"));
+    assert_true(router_broker_endpoint_is_local("tcp://localhost:5555"));
+    assert_true(router_broker_endpoint_is_local("ipc:///tmp/x"));
+    assert_false(router_broker_endpoint_is_local("tcp://0.0.0.0:5555"));
+    assert_false(router_broker_endpoint_is_local("tcp://*:5555"));
+    assert_false(router_broker_endpoint_is_local("tcp://10.0.0.1:5555"));
+    assert_false(router_broker_endpoint_is_local("tcp://lo:5555"));
+    assert_false(router_broker_endpoint_is_local("tcp://127x:1"));
+}
+
+/* ------------------------------------------------------------ CURVE */
+
+static void test_curve(void **state)
+{
+    (void) state;
+    char home[] = "/tmp/kith-broker-test-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    runner_t r = {0};
+    char ep[64];
+    /* "lo" is an interface name: not loopback by the broker's rule (so
+     * CURVE is on), yet bound to the loopback interface only. */
+    s_setup(&r, "tcp://lo:*", home, 0, ep, sizeof ep);
+    const char *pub = router_broker_curve_public(r.b);
+    assert_non_null(pub);
+    assert_int_equal(strlen(pub), 40);
+    const char *bound = router_broker_listen_endpoint(r.b);
+    const char *port = strrchr(bound, ':');
+    assert_non_null(port);
+    char tcp[64];
+    snprintf(tcp, sizeof tcp, "tcp://127.0.0.1%s", port);
+
+    char path[512];
+    snprintf(path, sizeof path, "%s/workers/broker.cert_secret", home);
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+
+    /* One worker key authorized, one not. */
+    zcert_t *good = zcert_new();
+    char good_path[512], pub_path[512];
+    snprintf(good_path, sizeof good_path, "%s/good.cert", home);
+    snprintf(pub_path, sizeof pub_path, "%s/workers/authorized/good.cert", home);
+    assert_int_equal(zcert_save(good, good_path), 0);
+    assert_int_equal(zcert_save_public(good, pub_path), 0);
+    zcert_destroy(&good);
+
+    echo_t *bad = s_echo_start(tcp, pub, NULL); /* ephemeral key */
+    echo_t *ok = s_echo_start(tcp, pub, good_path);
+    s_run(&r, s_workers_1, r.b);
+    reply_t rep = {0};
+    assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "sealed", 6, s_on_reply,
+                                      &rep) > 0);
+    all_t one = {&rep, 1};
+    s_run(&r, s_all_done, &one);
+    assert_string_equal(rep.last, "f:sealed");
+    assert_int_equal(atomic_load(&ok->served), 1);
+    /* Give the unauthorized worker a few heartbeats more: still refused. */
+    reply_t rep2 = {0};
+    assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "again", 5, s_on_reply,
+                                      &rep2) > 0);
+    all_t two = {&rep2, 1};
+    s_run(&r, s_all_done, &two);
+    assert_int_equal(router_broker_workers(r.b, "kith.test"), 1);
+    assert_int_equal(atomic_load(&bad->served), 0);
+
+    /* A restart keeps the broker's key. */
+    char pub_before[41];
+    snprintf(pub_before, sizeof pub_before, "%s", pub);
+    s_echo_stop(&bad);
+    s_echo_stop(&ok);
+    s_teardown(&r);
+    s_setup(&r, "tcp://lo:*", home, 0, ep, sizeof ep);
+    assert_string_equal(router_broker_curve_public(r.b), pub_before);
+    s_teardown(&r);
+
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trip_lru),
+        cmocka_unit_test(test_dead_worker),
+        cmocka_unit_test(test_disconnect_holding),
+        cmocka_unit_test(test_queue_bound_and_cancel),
+        cmocka_unit_test(test_endpoint_is_local),
+        cmocka_unit_test(test_curve),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    zsys_shutdown();
+    return rc;
+}
