@@ -47,10 +47,18 @@ ROUTER_TOOLS = [tool("peers"), tool("send_message"), tool("send_request")]
 
 
 class Broker:
-    def __init__(self):
+    def __init__(self, curve=False):
+        """curve: the socket is a CURVE server; self.public_key (Z85 text) is
+        what a worker passes as --server-key."""
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.public_key = None
+        if curve:
+            public, secret = zmq.curve_keypair()
+            self.sock.curve_server = True
+            self.sock.curve_secretkey = secret
+            self.public_key = public.decode()
         self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.idle = []          # worker identities that said READY or finished a turn

@@ -2,16 +2,18 @@
 serving turns for a Majordomo broker written in Python (mdp_broker.py, from
 spec/worker.cddl and MDP 0.2 alone): the scripted provider's echo, a router
 tool round trip, steer, stop mid /sleep, a refused body, and a clean exit on
-SIGTERM (DISCONNECT sent, exit 0)."""
+SIGTERM (DISCONNECT sent, exit 0); a CURVE broker joined with --server-key;
+bad flags refused with exit 1."""
 
 import os
 import signal
+import subprocess
 import sys
 
 import cbor2
 
 sys.path.insert(0, os.path.dirname(__file__))
-from mdp_broker import Broker, turn  # noqa: E402
+from mdp_broker import KITH, Broker, turn  # noqa: E402
 from peer import Results, check  # noqa: E402
 
 
@@ -101,6 +103,30 @@ def main():
 
         for case in (echo, router_tool, stop_mid_sleep, steer, provider_error, bad_body, sigterm_exits_0):
             results.run(case)
+
+        def curve():
+            # A CURVE broker: the worker needs its public key, and then serves.
+            c = Broker(curve=True)
+            try:
+                c.spawn("--server-key", c.public_key)
+                c.wait_ready(1)
+                tid, body = turn("over curve")
+                c.request(body)
+                _, final = c.collect(tid)
+                check(final["full_response"] == "echo: over curve", final)
+            finally:
+                c.close()
+
+        def bad_flags():
+            for args, needle in ((["agent"], "--connect"),
+                                 (["agent", "--connect", b.endpoint, "--provider", "nope"], "agent.provider"),
+                                 (["agent", "--connect", b.endpoint, "--threads", "0"], "--threads"),
+                                 (["agent", "--connect", b.endpoint, "--server-key", "short"], "CURVE")):
+                p = subprocess.run([KITH, *args], capture_output=True, text=True, timeout=60)
+                check(p.returncode == 1 and needle in p.stderr, (args, p.returncode, p.stderr))
+
+        results.run(curve)
+        results.run(bad_flags)
     finally:
         b.close()
     return results.summary()
