@@ -14,10 +14,22 @@ typedef struct {
     router_metric_t value;      /* the cell handed out */
 } s_series_t;
 
+struct router_histogram {
+    char name[64];
+    char help[128];
+    uint64_t bounds_ms[ROUTER_METRICS_BUCKETS_MAX];
+    size_t nbounds;
+    router_metric_t buckets[ROUTER_METRICS_BUCKETS_MAX + 1]; /* per bucket, +Inf last */
+    router_metric_t sum_ms;
+    router_metric_t count;
+};
+
 struct router_metrics_t {
     pthread_mutex_t mu;            /* guards registration and rendering */
     s_series_t series[ROUTER_METRICS_MAX];
     size_t count;                  /* series in use */
+    struct router_histogram hist[ROUTER_METRICS_HISTOGRAMS_MAX];
+    size_t nhist;                  /* histograms in use */
 };
 
 router_metrics_t *router_metrics_new(void)
@@ -67,6 +79,83 @@ done:
     return cell;
 }
 
+router_histogram_t *router_metrics_add_histogram(router_metrics_t *self, const char *name,
+                                                 const char *help, const uint64_t *bounds_ms,
+                                                 size_t nbounds)
+{
+    if (!self || nbounds == 0 || nbounds > ROUTER_METRICS_BUCKETS_MAX ||
+        strlen(name) >= sizeof self->hist[0].name)
+        return NULL;
+    for (size_t i = 1; i < nbounds; i++)
+        if (bounds_ms[i] <= bounds_ms[i - 1])
+            return NULL;
+    router_histogram_t *h = NULL;
+    pthread_mutex_lock(&self->mu);
+    for (size_t i = 0; i < self->nhist; i++)
+        if (!strcmp(self->hist[i].name, name)) {
+            h = &self->hist[i];
+            goto done;
+        }
+    if (self->nhist == ROUTER_METRICS_HISTOGRAMS_MAX)
+        goto done;
+    h = &self->hist[self->nhist++];
+    snprintf(h->name, sizeof h->name, "%s", name);
+    snprintf(h->help, sizeof h->help, "%s", help ? help : "");
+    memcpy(h->bounds_ms, bounds_ms, nbounds * sizeof *bounds_ms);
+    h->nbounds = nbounds;
+done:
+    pthread_mutex_unlock(&self->mu);
+    return h;
+}
+
+void router_histogram_observe(router_histogram_t *h, uint64_t ms)
+{
+    if (!h)
+        return;
+    size_t i = 0;
+    while (i < h->nbounds && ms > h->bounds_ms[i])
+        i++;
+    router_metric_inc(&h->buckets[i], 1);
+    router_metric_inc(&h->sum_ms, ms);
+    router_metric_inc(&h->count, 1);
+}
+
+/* The histograms, after the series: cumulative buckets, sum and count. */
+static long s_render_histograms(router_metrics_t *self, char *out, size_t cap, size_t used)
+{
+    for (size_t i = 0; i < self->nhist; i++) {
+        router_histogram_t *h = &self->hist[i];
+        int n = snprintf(out + used, cap - used, "# HELP %s %s\n# TYPE %s histogram\n", h->name,
+                         h->help, h->name);
+        if (n < 0 || (size_t) n >= cap - used)
+            return -1;
+        used += (size_t) n;
+        uint64_t cum = 0;
+        for (size_t b = 0; b <= h->nbounds; b++) {
+            cum += router_metric_get(&h->buckets[b]);
+            char le[32];
+            if (b < h->nbounds)
+                snprintf(le, sizeof le, "%llu.%03llu", (unsigned long long) (h->bounds_ms[b] / 1000),
+                         (unsigned long long) (h->bounds_ms[b] % 1000));
+            else
+                snprintf(le, sizeof le, "+Inf");
+            n = snprintf(out + used, cap - used, "%s_bucket{le=\"%s\"} %llu\n", h->name, le,
+                         (unsigned long long) cum);
+            if (n < 0 || (size_t) n >= cap - used)
+                return -1;
+            used += (size_t) n;
+        }
+        uint64_t sum = router_metric_get(&h->sum_ms);
+        n = snprintf(out + used, cap - used, "%s_sum %llu.%03llu\n%s_count %llu\n", h->name,
+                     (unsigned long long) (sum / 1000), (unsigned long long) (sum % 1000),
+                     h->name, (unsigned long long) router_metric_get(&h->count));
+        if (n < 0 || (size_t) n >= cap - used)
+            return -1;
+        used += (size_t) n;
+    }
+    return (long) used;
+}
+
 long router_metrics_render(router_metrics_t *self, char *out, size_t cap)
 {
     size_t used = 0;
@@ -98,7 +187,7 @@ long router_metrics_render(router_metrics_t *self, char *out, size_t cap)
             used += (size_t) n;
         }
     }
-    rc = (long) used;
+    rc = s_render_histograms(self, out, cap, used);
 done:
     pthread_mutex_unlock(&self->mu);
     return rc;

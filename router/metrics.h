@@ -46,6 +46,24 @@ static inline uint64_t router_metric_get(router_metric_t *m)
     return m ? atomic_load_explicit(m, memory_order_relaxed) : 0;
 }
 
+/* ------------------------------------------------------------ histograms */
+
+/* Most histograms, and most buckets in one (the +Inf bucket not counted). */
+#define ROUTER_METRICS_HISTOGRAMS_MAX 16
+#define ROUTER_METRICS_BUCKETS_MAX 16
+
+typedef struct router_histogram router_histogram_t;
+
+/* Registers (or finds) histogram `name` (rendered as name_bucket{le=…},
+ * name_sum, name_count, in seconds) with bucket upper bounds in
+ * milliseconds, increasing. Returns the cell, or NULL when full or bad. */
+router_histogram_t *router_metrics_add_histogram(router_metrics_t *self, const char *name,
+                                                 const char *help, const uint64_t *bounds_ms,
+                                                 size_t nbounds);
+
+/* Counts one observation of `ms` milliseconds. Any thread; NULL: nothing. */
+void router_histogram_observe(router_histogram_t *h, uint64_t ms);
+
 /* Writes the exposition text into out[cap]. Returns the length written, or
  * -1 when it does not fit. */
 long router_metrics_render(router_metrics_t *self, char *out, size_t cap);

@@ -30,6 +30,8 @@
 #include "router/state/home.h"
 #include "router/state/identity.h"
 #include "router/state/trust.h"
+#include "router/workers/broker.h"
+#include "router/workers/turns.h"
 
 struct router_node {
     router_config_t cfg;                 /* effective configuration */
@@ -48,6 +50,8 @@ struct router_node {
     char inproc_name[ROUTER_INPROC_NAME_MAX + 1]; /* bound name, "" for none */
     router_guard_t *guard;               /* connection bounds and deadlines (comms, events) */
     router_events_t *events;             /* plain event connections */
+    router_broker_t *broker;             /* the worker broker (opts.workers) */
+    router_turns_t *turns;               /* sessions and turns (opts.workers) */
     pthread_t thread;                    /* when started on its own thread */
     bool threaded;
     pthread_mutex_t life_mu;             /* threaded: guards the two flags below */
@@ -108,6 +112,8 @@ static void s_durable_wake(router_loop_t *loop, void *arg)
         router_comms_release_acks(self->comms);
     if (self->comms && self->on_durable) /* !comms: inside teardown */
         self->on_durable(self->on_durable_ud);
+    if (self->comms)
+        router_turns_kick(self->turns);
 }
 
 /* On the inbox's store thread, after each durable batch. It touches only
@@ -361,6 +367,120 @@ static void s_on_signal(router_loop_t *loop, int signo, void *ud)
     s_begin_stop(loop, ud);
 }
 
+/* ---------------------------------------------------------------- sends for the turns */
+
+/* router_turns_send_fn: signs and sends on the loop thread, without
+ * blocking. The peer's address must need no DNS lookup (an IP literal,
+ * localhost, a Unix socket or inproc://): the loop never resolves. */
+static int s_turns_send(void *ud, const uint8_t to[32], cbor_item_t **kind, uint8_t id_out[16],
+                        router_send_fn *cb, void *cb_ud, char *detail, size_t detailcap)
+{
+    router_node_t *self = ud;
+    proto_envelope_t *env = NULL;
+    uint8_t *frame = NULL;
+    size_t len = 0;
+    int rc = -1;
+    const router_peer_t *peer = router_trust_by_pubkey(self->trust, to);
+    router_addr_t addr;
+    router_addr_err_t why;
+    char inproc[ROUTER_INPROC_NAME_MAX + 1] = "";
+    if (!peer) {
+        snprintf(detail, detailcap, "the peer is not trusted");
+        goto done;
+    }
+    if (!self->outbound || self->stopping) {
+        snprintf(detail, detailcap, "the node is stopping");
+        goto done;
+    }
+    if (peer->dial.transport == ROUTER_PEER_INPROC) {
+        snprintf(inproc, sizeof inproc, "%s", peer->dial.path);
+    } else if (peer->dial.transport == ROUTER_PEER_UDS) {
+        if (router_addr_parse(peer->dial.path, &addr, &why) != 0) {
+            snprintf(detail, detailcap, "bad socket path: %s", router_addr_err_str(why));
+            goto done;
+        }
+    } else if (router_addr_from_host(peer->dial.host, peer->dial.port, &addr, &why) != 0) {
+        snprintf(detail, detailcap, "%s needs a DNS lookup, which the router loop never does",
+                 peer->dial.host);
+        goto done;
+    }
+    proto_envelope_reason_t r;
+    env = proto_envelope_new(NULL, self->identity.pk, to, kind, &r);
+    if (!env) {
+        snprintf(detail, detailcap, "cannot build the envelope: %s", proto_envelope_reason_str(r));
+        goto done;
+    }
+    if (proto_envelope_sign(env, self->identity.sk) != 0 ||
+        proto_envelope_encode_frame(env, &frame, &len) != 0) {
+        snprintf(detail, detailcap, "cannot sign or encode the envelope");
+        goto done;
+    }
+    memcpy(id_out, proto_envelope_id(env), 16);
+    if (inproc[0] && !router_outbound_connected(self->outbound, to)) {
+        int fd = router_inproc_dial(self->inproc, inproc);
+        if (fd < 0) {
+            snprintf(detail, detailcap, "nobody is bound at inproc://%s", inproc);
+            goto done;
+        }
+        rc = router_outbound_send_fd(self->outbound, to, fd, frame, len, id_out, cb, cb_ud);
+    } else {
+        rc = router_outbound_send(self->outbound, to, &addr, frame, len, id_out, cb, cb_ud);
+    }
+    if (rc != 0)
+        snprintf(detail, detailcap, "cannot send: %s", strerror(errno));
+done:
+    if (kind && *kind)
+        cbor_decref(kind);
+    proto_envelope_destroy(&env);
+    free(frame);
+    return rc;
+}
+
+static const router_trust_t *s_turns_trust(void *ud)
+{
+    return ((router_node_t *) ud)->trust;
+}
+
+/* The broker on the node's loop, and the turns that feed it. */
+static int s_workers_start(router_node_t *self, const router_node_opts_t *opts, char *err,
+                           size_t errcap)
+{
+    const router_config_t *c = &self->cfg;
+    router_broker_opts_t bo = {
+        .loop = self->loop,
+        .endpoint = opts->workers_endpoint,
+        .listen = c->workers.listen,
+        .home = self->home[0] ? self->home : NULL,
+        .heartbeat_ms = c->workers.heartbeat_ms,
+        .liveness = c->workers.liveness,
+        .metrics = self->metrics,
+    };
+    if (!(self->broker = router_broker_new(&bo, err, errcap)))
+        return -1;
+    char db[ROUTER_PATH_MAX];
+    bool has_db = self->home[0] && !opts->memory_inbox &&
+                  router_home_path(self->home, "state.db", db, sizeof db) == 0;
+    router_turns_opts_t to = {
+        .loop = self->loop,
+        .broker = self->broker,
+        .inbox = self->inbox,
+        .db_path = has_db ? db : NULL,
+        .comms_session = c->comms.session,
+        .max_history_messages = c->agent.max_history_messages,
+        .max_tool_iterations = c->agent.max_tool_iterations,
+        .turn_timeout_s = c->agent.turn_timeout_s,
+        .queue_max = c->limits.session_queue_max,
+        .metrics = self->metrics,
+        .send = s_turns_send,
+        .send_ud = self,
+        .trust = s_turns_trust,
+        .trust_ud = self,
+    };
+    if (!(self->turns = router_turns_new(&to, err, errcap)))
+        return -1;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- lifecycle */
 
 router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t errcap)
@@ -504,6 +624,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
     }
     if (s_seed_replay(self, err, errcap) != 0)
         goto fail;
+    if (opts->workers && s_workers_start(self, opts, err, errcap) != 0)
+        goto fail;
 
     if (opts->listen && s_listen(self, err, errcap) != 0)
         goto fail;
@@ -556,7 +678,9 @@ static void s_teardown(router_node_t *self)
     /* Order matters: the store thread may post wake-ups until the inbox is
      * destroyed, so the loop outlives the inbox; posts still pending run
      * inside router_loop_destroy and find comms and outbound gone. */
-    router_outbound_destroy(&self->outbound);
+    router_outbound_destroy(&self->outbound); /* fails its sends: turns still there */
+    router_turns_destroy(&self->turns);     /* unfinished entries stay in the inbox */
+    router_broker_destroy(&self->broker);
     router_comms_destroy(&self->comms);
     router_guard_destroy(&self->guard); /* every entry left with comms and events */
     router_inbox_destroy(&self->inbox); /* flushes what is pending, joins the store thread */
@@ -641,6 +765,8 @@ const router_trust_t *router_node_trust_view(const router_node_t *self) { return
 router_inbox_t *router_node_inbox(router_node_t *self) { return self->inbox; }
 router_metrics_t *router_node_metrics(router_node_t *self) { return self->metrics; }
 router_loop_t *router_node_loop(router_node_t *self) { return self->loop; }
+router_broker_t *router_node_broker(router_node_t *self) { return self->broker; }
+router_turns_t *router_node_turns(router_node_t *self) { return self->turns; }
 
 void router_node_on_durable(router_node_t *self, void (*fn)(void *ud), void *ud)
 {

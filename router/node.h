@@ -48,6 +48,11 @@ typedef struct {
     bool listen;                   /* open the TCP/UDS/event listeners from config */
     bool memory_inbox;             /* keep the inbox in memory even with a home (kith send) */
     bool handle_signals;           /* SIGINT/SIGTERM drain and stop the node (daemon) */
+    bool workers;                  /* run the worker broker and turn inbox entries into
+                                    * turns (router/workers/turns.h); false: nothing
+                                    * consumes the inbox but router_inbox_pop */
+    const char *workers_endpoint;  /* the broker's in-process endpoint; NULL:
+                                    * inproc://kith.workers (one node per process) */
 } router_node_opts_t;
 
 /* Builds a node; nothing runs until router_node_run or _start. Returns NULL
@@ -79,6 +84,11 @@ router_metrics_t *router_node_metrics(router_node_t *self);
 /* The node's event loop, for modules that serve on the same thread (the
  * gateway). Borrowed; valid until router_node_destroy. */
 router_loop_t *router_node_loop(router_node_t *self);
+
+/* The worker broker and the turns (opts.workers), or NULL. Loop thread
+ * only (the broker may also be used before the node runs). Borrowed. */
+struct router_broker *router_node_broker(router_node_t *self);
+struct router_turns *router_node_turns(router_node_t *self);
 
 /* Runs fn(ud) on the loop thread when a graceful stop begins, before comms
  * drains: modules serving on the node's loop (the gateway) stop accepting

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <czmq.h>
@@ -272,6 +273,41 @@ static void test_bad_options(void **state)
     assert_non_null(strstr(err, "/nonexistent/cert"));
 }
 
+/* A certificate path that does not exist yet is made: secret 0600, and the
+ * same key next time. */
+static void test_cert_made(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-mdp-worker-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256], secret[300], err[256] = "";
+    snprintf(path, sizeof path, "%s/agent.cert", dir);
+    snprintf(secret, sizeof secret, "%s_secret", path);
+    zcert_t *server = zcert_new();
+    router_mdp_worker_opts_t o = {.endpoint = "inproc://mdp-worker-cert", .service = "kith.agent",
+                                  .curve_server_key = zcert_public_txt(server),
+                                  .curve_cert_path = path};
+    router_mdp_worker_t *w = router_mdp_worker_new(&o, err, sizeof err);
+    assert_non_null(w);
+    router_mdp_worker_destroy(&w);
+    struct stat sb;
+    assert_int_equal(stat(secret, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    zcert_t *a = zcert_load(path);
+    assert_non_null(a);
+    w = router_mdp_worker_new(&o, err, sizeof err);
+    assert_non_null(w);
+    router_mdp_worker_destroy(&w);
+    zcert_t *b = zcert_load(path);
+    assert_string_equal(zcert_public_txt(a), zcert_public_txt(b));
+    zcert_destroy(&a);
+    zcert_destroy(&b);
+    zcert_destroy(&server);
+    unlink(secret);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -279,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_heartbeats_and_reconnect),
         cmocka_unit_test(test_interrupt),
         cmocka_unit_test(test_bad_options),
+        cmocka_unit_test(test_cert_made),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

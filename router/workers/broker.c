@@ -649,8 +649,14 @@ router_broker_t *router_broker_new(const router_broker_opts_t *o, char *err, siz
             free(b->listen_endpoint);
             b->listen_endpoint = last;
         }
-        ROUTER_LOG(ROUTER_LOG_INFO, MOD, "listening on %s (MDP workers, CURVE %s)",
-                   b->listen_endpoint, local ? "off: local endpoint" : "on");
+        if (local)
+            ROUTER_LOG(ROUTER_LOG_INFO, MOD, "listening on %s (MDP workers, CURVE off: local endpoint)",
+                       b->listen_endpoint);
+        else
+            ROUTER_LOG(ROUTER_LOG_INFO, MOD,
+                       "listening on %s (MDP workers, CURVE on, server key %s; workers' keys in"
+                       " %s/%s)", b->listen_endpoint, zcert_public_txt(b->cert), o->home,
+                       ROUTER_BROKER_CURVE_AUTHORIZED);
     }
     for (int i = 0; i < S_SOCKS; i++) {
         if (!b->socks[i])

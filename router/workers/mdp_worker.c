@@ -4,6 +4,7 @@
 #include "router/workers/mdp_worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -279,6 +280,44 @@ static void s_actor(zsock_t *pipe, void *args)
 
 /* ------------------------------------------------------------ the API */
 
+/* Loads the worker's certificate, or makes it when `path` does not exist
+ * yet: `path` gets the public half (to copy into the broker's
+ * $KITH_HOME/workers/authorized/), path_secret (created 0600 first) both. */
+static zcert_t *s_cert_load_or_make(const char *path, char *err, size_t errcap)
+{
+    char secret[4096];
+    snprintf(secret, sizeof secret, "%s_secret", path);
+    if (access(secret, F_OK) == 0 || access(path, F_OK) == 0) {
+        zcert_t *c = zcert_load(path);
+        if (!c || !zcert_secret_txt(c)[0] ||
+            strcmp(zcert_secret_txt(c), "0000000000000000000000000000000000000000") == 0) {
+            zcert_destroy(&c);
+            snprintf(err, errcap, "mdp worker: %s is not a CZMQ certificate with its secret key",
+                     path);
+        }
+        return c;
+    }
+    zcert_t *c = zcert_new();
+    int fd = c ? open(secret, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600) : -1;
+    if (fd < 0) {
+        snprintf(err, errcap, "mdp worker: cannot create %s: %s", secret, strerror(errno));
+        zcert_destroy(&c);
+        return NULL;
+    }
+    close(fd);
+    zcert_set_meta(c, "name", "kith worker");
+    if (zcert_save(c, path) != 0) {
+        snprintf(err, errcap, "mdp worker: cannot write %s", path);
+        unlink(secret);
+        zcert_destroy(&c);
+        return NULL;
+    }
+    ROUTER_LOG(ROUTER_LOG_INFO, MOD,
+               "made the worker certificate %s: copy it into the broker's "
+               "$KITH_HOME/workers/authorized/", path);
+    return c;
+}
+
 router_mdp_worker_t *router_mdp_worker_new(const router_mdp_worker_opts_t *o, char *err,
                                            size_t errcap)
 {
@@ -317,16 +356,11 @@ router_mdp_worker_t *router_mdp_worker_new(const router_mdp_worker_opts_t *o, ch
         }
         memcpy(w->server_key, o->curve_server_key, 41);
         w->curve = true;
-        w->cert = o->curve_cert_path ? zcert_load(o->curve_cert_path) : zcert_new();
-        if (!w->cert) {
-            snprintf(err, errcap, "mdp worker: cannot load the certificate %s",
-                     o->curve_cert_path ? o->curve_cert_path : "(new)");
+        snprintf(err, errcap, "mdp worker: cannot make a CURVE certificate");
+        w->cert = o->curve_cert_path ? s_cert_load_or_make(o->curve_cert_path, err, errcap)
+                                     : zcert_new();
+        if (!w->cert)
             goto fail;
-        }
-        if (o->curve_cert_path && !zcert_secret_txt(w->cert)[0]) {
-            snprintf(err, errcap, "mdp worker: %s has no secret key", o->curve_cert_path);
-            goto fail;
-        }
     }
     w->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (w->stop_fd < 0) {

@@ -66,7 +66,8 @@ typedef struct {
     int heartbeat_ms;             /* workers.heartbeat_ms (1000); ≤ 0: 1000 */
     int liveness;                 /* workers.liveness (3); ≤ 0: 3 */
     const char *curve_server_key; /* broker's public key, Z85; NULL: no CURVE */
-    const char *curve_cert_path;  /* this worker's CZMQ certificate; NULL: ephemeral */
+    const char *curve_cert_path;  /* this worker's CZMQ certificate (made, secret
+                                   * 0600, when missing); NULL: ephemeral */
 } router_mdp_worker_opts_t;
 
 /* Connects and sends READY. Returns NULL with a one-line reason in

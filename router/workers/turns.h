@@ -163,14 +163,17 @@ void router_turns_stop(router_turns_t *t, router_turns_sub_t sub);
 typedef void(router_turns_json_fn)(int status, const char *json, size_t len, void *ud);
 
 /* GET /api/sessions: {"sessions":[{"id","name","created_ms","updated_ms",
- * "message_count","active"}]} newest first, at most `limit` (1..1000). */
+ * "message_count"}]}, most recently updated first, at most `limit`
+ * (0 or over 1000: 1000). Returns 0 (fn runs later, once), or -1 (the
+ * store's queue is full: answer 503). */
 int router_turns_sessions_list(router_turns_t *t, unsigned limit, router_turns_json_fn *fn,
                                void *ud);
 
 /* GET /api/sessions/{id}: {"id","name","created_ms","updated_ms",
- * "message_count","active","messages":[{"role","content","time_ms",
- * "turn_id"}]} with the last `limit` messages, oldest first; 404 for an
- * unknown id. */
+ * "message_count","messages":[{"role","content","time_ms","turn_id"}]}
+ * with the last `limit` messages (0: agent.max_history_messages), oldest
+ * first; status 404 for an unknown id. Returns 0, or -1 for a bad id or a
+ * full queue. */
 int router_turns_session_get(router_turns_t *t, const char *session_id, unsigned limit,
                              router_turns_json_fn *fn, void *ud);
 

@@ -23,6 +23,7 @@
 #include "router/state/config.h"
 #include "router/state/home.h"
 #include "router/state/tokens.h"
+#include "router/workers/turns.h"
 #include "tools/kith/cli_opts.h"
 #include "tools/kith/cmd.h"
 
@@ -138,8 +139,17 @@ static void s_sse_stop(router_node_t *node, s_sse_t *sse)
 {
     gateway_log_tap_destroy(&sse->tap);
     router_node_set_event_sink(node, NULL, NULL);
+    if (router_node_turns(node))
+        router_turns_set_event_sink(router_node_turns(node), NULL, NULL);
     gateway_events_destroy(&sse->events);
     gateway_events_destroy(&sse->logs);
+}
+
+/* Turn events (agent_start, llm_request, tool_call_start, tool_call,
+ * agent_end, error) on /api/events. */
+static void s_sse_turn_event(const char *type, const char *json_object, void *ud)
+{
+    (void) gateway_events_publish(ud, type, json_object);
 }
 
 static int s_sse_start(router_node_t *node, const router_config_t *cfg, gateway_http_t *gw,
@@ -170,6 +180,8 @@ static int s_sse_start(router_node_t *node, const router_config_t *cfg, gateway_
         !(sse->tap = gateway_log_tap_new(loop, sse->logs)))
         return -1;
     router_node_set_event_sink(node, gateway_events_on_comms, sse->events);
+    if (router_node_turns(node))
+        router_turns_set_event_sink(router_node_turns(node), s_sse_turn_event, sse->events);
     return 0;
 }
 
@@ -328,7 +340,8 @@ int kith_cmd_daemon(int argc, char **argv)
      * first such free and keep them in the heap, where a flood of cut
      * connections leaves the daemon's memory high long after (WIRE §9.1). */
     (void) mallopt(M_MMAP_THRESHOLD, 128 * 1024);
-    router_node_opts_t no = {.home = home, .config = &cfg, .listen = true, .handle_signals = true};
+    router_node_opts_t no = {.home = home, .config = &cfg, .listen = true, .handle_signals = true,
+                             .workers = true};
     router_node_t *node = router_node_new(&no, err, sizeof err);
     if (!node) {
         ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "cannot start: %s", err);
