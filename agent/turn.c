@@ -557,6 +557,9 @@ agent_turn_outcome_t agent_turn_run(agent_provider_t *provider, const char *init
         secs = UINT64_MAX / 2000u;
     t.deadline_ms = router_clock_mono_ms() + secs * 1000u;
 
+    char tid[PROTO_UUID_TEXT_CAP];
+    proto_uuid_format(turn->turn_id, tid);
+    ROUTER_LOG(ROUTER_LOG_DEBUG, "agent", "turn %s started (provider %s)", tid, provider ? provider->name : "none");
     agent_turn_outcome_t o;
     if (!provider) {
         s_final_error(&t, PROTO_WORKER_CODE_AGENT_INIT_FAILED, "%s", init_err && *init_err ? init_err : "no provider");
@@ -577,5 +580,6 @@ agent_turn_outcome_t agent_turn_run(agent_provider_t *provider, const char *init
     o = s_loop(&t);
 out:
     s_turn_free(&t);
+    ROUTER_LOG(ROUTER_LOG_DEBUG, "agent", "turn %s ended: %s", tid, agent_turn_outcome_str(o));
     return o;
 }

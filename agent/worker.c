@@ -149,10 +149,9 @@ static void *s_thread(void *arg)
             break;
         if (rc == 0)
             continue;
-        agent_turn_outcome_t o = agent_worker_serve(provider, init_err, &io, body, len);
+        (void) agent_worker_serve(provider, init_err, &io, body, len);
         free(body);
         atomic_fetch_add(&pool->turns, 1);
-        ROUTER_LOG(ROUTER_LOG_DEBUG, "agent", "worker %u: turn ended %s", slot->index, agent_turn_outcome_str(o));
     }
 
     agent_provider_destroy(&provider);
