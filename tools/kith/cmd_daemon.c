@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "agent/worker.h"
 #include "gateway/events.h"
 #include "gateway/http_server.h"
 #include "gateway/log_tap.h"
@@ -411,9 +412,16 @@ static int s_serve(int argc, char **argv, const char *cmd)
      * the answers in progress go out before the loop ends. */
     s_gw_drain_t drain = {.gw = gw, .node = node};
     router_node_on_stop(node, s_gateway_drain, &drain);
+    /* The embedded agent workers (workers.agent_threads) on inproc. */
+    agent_pool_opts_t apo;
+    agent_pool_opts_from_config(&apo, &cfg);
+    agent_pool_t *agents = agent_pool_start(&apo, err, sizeof err);
+    if (!agents)
+        ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "no embedded agent workers: %s", err);
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "ready; SIGINT or SIGTERM to stop");
 
     int rc = router_node_run(node);
+    agent_pool_stop(&agents);
     s_gw_auth_stop(&ga, node);
     /* The loop has stopped: the gateway stops listening and lets go of its
      * connections (they belong to the loop, which closes them as the node
