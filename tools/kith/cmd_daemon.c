@@ -15,6 +15,7 @@
 #include "gateway/log_tap.h"
 #include "gateway/routes.h"
 #include "gateway/routes_auth.h"
+#include "gateway/routes_chat.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
 #include "router/log.h"
@@ -217,6 +218,22 @@ static int s_sse_start(router_node_t *node, const router_config_t *cfg, gateway_
     return 0;
 }
 
+/* /ws/chat and the session API (WIRE §24) on the node's turns; one per
+ * process, like the echo's bounds. It takes over the turns' event sink,
+ * publishing to /api/events itself and relaying to listen-only sockets. */
+static gateway_chat_t *s_chat;
+
+static int s_chat_start(router_node_t *node, const router_config_t *cfg, gateway_http_t *gw,
+                        gateway_auth_t *auth, gateway_events_t *events)
+{
+    if (!router_node_turns(node))
+        return 0;
+    gateway_chat_opts_t co = {.auth = auth, .turns = router_node_turns(node), .events = events,
+                              .ws = {.message_max = cfg->limits.ws_message_max,
+                                     .ping_interval_ms = cfg->limits.ws_ping_interval_ms}};
+    return (s_chat = gateway_chat_new(gw, router_node_loop(node), &co)) ? 0 : -1;
+}
+
 /* The HTTP gateway on the node's loop, listening on gateway.host:port with
  * the configured limits and the node's metrics. Returns the server, or
  * NULL with a one-line reason in err. */
@@ -254,6 +271,10 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
         snprintf(err, errcap, "gateway: cannot serve /api/events: %s", strerror(errno));
         goto fail;
     }
+    if (s_chat_start(node, cfg, gw, ga->auth, sse->events) != 0) {
+        snprintf(err, errcap, "gateway: cannot serve /ws/chat: %s", strerror(errno));
+        goto fail;
+    }
     (void) router_addr_format(&addr, shown, sizeof shown);
     if (gateway_http_listen(gw, &addr, &bound) != 0) {
         snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", shown, strerror(errno));
@@ -269,6 +290,7 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
     return gw;
 fail:
     gateway_http_destroy(&gw);
+    gateway_chat_destroy(&s_chat);
     s_sse_stop(node, sse);
     return NULL;
 }
@@ -427,6 +449,7 @@ static int s_serve(int argc, char **argv, const char *cmd)
      * connections (they belong to the loop, which closes them as the node
      * is destroyed). */
     gateway_http_destroy(&gw);
+    gateway_chat_destroy(&s_chat); /* after the gateway let its sockets go, before the turns */
     s_sse_stop(node, &sse);
     router_node_destroy(&node);
     s_gw_auth_destroy(&ga); /* after the loop: its posts may name the token store */
