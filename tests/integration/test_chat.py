@@ -241,6 +241,29 @@ def every_socket_sees_the_turn(node, token, state):
     run(go())
 
 
+async def until_in_flight(node, token, session_id):
+    """Returns once a turn of the session has started: its agent_start is
+    on /api/events (replayed from the ring, so none is missed)."""
+    await asyncio.to_thread(events_until, node, token,
+                            lambda e: e["type"] == "agent_start" and e.get("session_id") == session_id)
+
+
+def stop_reaches_every_socket(node, token):
+    async def go():
+        a, start = await open_chat(node, token)
+        b, _ = await open_chat(node, token, session_id=start["session_id"])
+        await a.send(json.dumps({"type": "message", "content": "/sleep 600000"}))
+        await until_in_flight(node, token, start["session_id"])
+        await b.send(json.dumps({"type": "stop"}))
+        fa, fb = (await until_final(a))[-1], (await until_final(b))[-1]
+        check(fa["type"] == "stopped" and fa.get("turn_id"), f"{fa}")
+        check(fb == fa, f"{fb} != {fa}")
+        check_answer(await say(a, "after the stop"), "echo: after the stop")
+        await a.close()
+        await b.close()
+    run(go())
+
+
 def listen_only_relay(node, token):
     async def go():
         relay, _ = await open_chat(node, token)
@@ -349,6 +372,7 @@ def main():
         results.run(queued_in_order, node, token)
         results.run(session_busy_past_the_queue, node, token)
         results.run(every_socket_sees_the_turn, node, token, state)
+        results.run(stop_reaches_every_socket, node, token)
         results.run(listen_only_relay, node, token)
         results.run(node_ws_client, node, token)
         if "turn_id" in state:
