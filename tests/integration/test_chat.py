@@ -48,7 +48,7 @@ async def recv(ws):
 async def open_chat(node, token, session_id=None, name=None):
     """A chat socket and its session_start frame (always the first)."""
     ws = await websockets.connect(chat_url(node, session_id=session_id, name=name),
-                                  subprotocols=["kith.v1", f"bearer.{token}"],
+                                  subprotocols=["kith.v1"] + ([f"bearer.{token}"] if token else []),
                                   ping_interval=None, max_size=None)
     check(ws.subprotocol == "kith.v1", f"subprotocol {ws.subprotocol!r}")
     start = await recv(ws)
