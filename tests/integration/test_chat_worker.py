@@ -1,8 +1,9 @@
 """tests/integration/test_chat_worker.py — /ws/chat over an outside worker
 (tests/integration/mdp_worker.py, pyzmq, on `workers.listen`) instead of the
 embedded agents, with `gateway.require_pairing` false: a worker that dies
-holding a turn ends it with AGENT_ERROR on every socket of the session, the
-socket stays usable, and the next worker answers the next message."""
+holding a turn ends it with AGENT_ERROR on every socket of the session; a
+message queued behind it past the session lock timeout gets SESSION_BUSY;
+the socket stays usable, and the next worker answers the next message."""
 
 import asyncio
 import json
@@ -23,6 +24,11 @@ def worker_death_is_agent_error(node, ep):
             b, _ = await open_chat(node, "", session_id=start["session_id"])
             await a.send(json.dumps({"type": "message", "content": "/sleep 600000"}))
             await asyncio.to_thread(w1.wait, "start")
+            # A message queued behind it waits the session lock timeout (1 s
+            # here), then is dropped with SESSION_BUSY, to its sender only.
+            await a.send(json.dumps({"type": "message", "content": "queued too long"}))
+            busy = await recv(a)
+            check(busy["type"] == "error" and busy["code"] == "SESSION_BUSY", f"{busy}")
             w1.kill()  # holding the turn: the broker expires it past its heartbeats
             for ws in (a, b):
                 err = (await until_final(ws))[-1]
@@ -44,6 +50,7 @@ def worker_death_is_agent_error(node, ep):
 
 
 def main():
+    os.environ["KITH_SESSION_LOCK_TIMEOUT_SECS"] = "1"  # the daemon inherits it
     node = Daemon("chatworker", config={"workers": {"listen": "tcp://127.0.0.1:0",
                                                     "agent_threads": 0},
                                         "gateway": {"require_pairing": False}})
