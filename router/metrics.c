@@ -135,7 +135,8 @@ static long s_render_histograms(router_metrics_t *self, char *out, size_t cap, s
             cum += router_metric_get(&h->buckets[b]);
             char le[32];
             if (b < h->nbounds)
-                snprintf(le, sizeof le, "%llu.%03llu", (unsigned long long) (h->bounds_ms[b] / 1000),
+                snprintf(le, sizeof le, "%llu.%03llu",
+                         (unsigned long long) (h->bounds_ms[b] / 1000),
                          (unsigned long long) (h->bounds_ms[b] % 1000));
             else
                 snprintf(le, sizeof le, "+Inf");

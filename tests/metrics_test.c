@@ -53,11 +53,38 @@ static void test_bounded(void **state)
     router_metrics_destroy(&m);
 }
 
+static void test_histogram(void **state)
+{
+    (void) state;
+    router_metrics_t *m = router_metrics_new();
+    static const uint64_t bounds[] = {100, 1000};
+    static const uint64_t bad[] = {1000, 100};
+    assert_null(router_metrics_add_histogram(m, "kith_bad_seconds", "h", bad, 2));
+    router_histogram_t *h = router_metrics_add_histogram(m, "kith_d_seconds", "D", bounds, 2);
+    assert_non_null(h);
+    assert_ptr_equal(h, router_metrics_add_histogram(m, "kith_d_seconds", "D", bounds, 2));
+    router_histogram_observe(h, 50);
+    router_histogram_observe(h, 100);
+    router_histogram_observe(h, 500);
+    router_histogram_observe(h, 5000);
+    router_histogram_observe(NULL, 1);
+    char out[4096];
+    assert_true(router_metrics_render(m, out, sizeof out) > 0);
+    assert_non_null(strstr(out, "# TYPE kith_d_seconds histogram\n"
+                                "kith_d_seconds_bucket{le=\"0.100\"} 2\n"
+                                "kith_d_seconds_bucket{le=\"1.000\"} 3\n"
+                                "kith_d_seconds_bucket{le=\"+Inf\"} 4\n"
+                                "kith_d_seconds_sum 5.650\n"
+                                "kith_d_seconds_count 4\n"));
+    router_metrics_destroy(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_render),
         cmocka_unit_test(test_bounded),
+        cmocka_unit_test(test_histogram),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

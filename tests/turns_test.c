@@ -287,7 +287,8 @@ static void test_chat_round_trip(void **state)
     const char *code = NULL;
     assert_int_equal(router_turns_submit(e.t, sa, "hi", 2, &code), 0);
     s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);
-    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "\"full_response\":\"echo(h=0): hi\""));
+    assert_non_null(
+        strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "\"full_response\":\"echo(h=0): hi\""));
     assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_CHUNK), "\"content\":\"echo(h=0): hi\""));
     /* The second turn carries the first exchange as history. */
     assert_int_equal(router_turns_submit(e.t, sa, "again", 5, &code), 0);

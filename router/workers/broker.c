@@ -529,9 +529,12 @@ static zcert_t *s_cert_load_or_make(const char *home, char *err, size_t errcap)
     }
     if (access(secret, F_OK) == 0) {
         zcert_t *c = zcert_load(path);
-        if (!c || !zcert_secret_txt(c)[0] || strcmp(zcert_secret_txt(c), "0000000000000000000000000000000000000000") == 0) {
+        /* CZMQ reads a public-only file with an all-'0' secret */
+        if (!c || !zcert_secret_txt(c)[0] ||
+            strcmp(zcert_secret_txt(c), "0000000000000000000000000000000000000000") == 0) {
             zcert_destroy(&c);
-            snprintf(err, errcap, "workers: %s is not a CZMQ certificate with a secret key", secret);
+            snprintf(err, errcap, "workers: %s is not a CZMQ certificate with a secret key",
+                     secret);
             return NULL;
         }
         return c;
@@ -660,7 +663,8 @@ router_broker_t *router_broker_new(const router_broker_opts_t *o, char *err, siz
             b->listen_endpoint = last;
         }
         if (local)
-            ROUTER_LOG(ROUTER_LOG_INFO, MOD, "listening on %s (MDP workers, CURVE off: local endpoint)",
+            ROUTER_LOG(ROUTER_LOG_INFO, MOD,
+                       "listening on %s (MDP workers, CURVE off: local endpoint)",
                        b->listen_endpoint);
         else
             ROUTER_LOG(ROUTER_LOG_INFO, MOD,

@@ -449,7 +449,8 @@ router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path,
         goto fail;
     }
     s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (s->efd < 0 || !(s->watch = router_loop_watch_fd(loop, s->efd, ROUTER_EV_READ, s_on_done, s))) {
+    if (s->efd < 0 ||
+        !(s->watch = router_loop_watch_fd(loop, s->efd, ROUTER_EV_READ, s_on_done, s))) {
         snprintf(err, errcap, "sessions: cannot watch its eventfd: %s", strerror(errno));
         goto fail;
     }

@@ -1,7 +1,9 @@
 """tests/integration/mdp_worker.py — a kith agent worker in Python, written from
 spec/WIRE.md §19 and spec/worker.cddl alone (pyzmq + cbor2, no kith code).
 
-    mdp_worker.py ENDPOINT NAME   serves service kith.agent until killed
+    mdp_worker.py ENDPOINT NAME [SERVER_KEY PUBLIC SECRET]
+                                  serves service kith.agent until killed;
+                                  with CURVE (Z85 keys) when keys are given
 
 Each turn answers "<NAME>: <content>" as one chunk and a done. Content
 "/sleep MS" anywhere in it holds the turn MS milliseconds first (heartbeating);
@@ -16,6 +18,9 @@ P = b"MDPW02"
 READY, REQUEST, PARTIAL, FINAL, HEARTBEAT, DISCONNECT = (bytes([c]) for c in range(1, 7))
 endpoint, name = sys.argv[1], sys.argv[2]
 sock = zmq.Context().socket(zmq.DEALER)
+if len(sys.argv) > 5:                             # WIRE §19.3
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = \
+        (k.encode() for k in sys.argv[3:6])
 sock.connect(endpoint)
 sock.send_multipart([b"", P, READY, b"kith.agent"])
 beat_at = time.monotonic() + 1.0

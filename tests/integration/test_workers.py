@@ -75,10 +75,10 @@ class AckServer:
 
 
 class Worker:
-    def __init__(self, endpoint, name):
+    def __init__(self, endpoint, name, curve=()):
         self.name = name
         self.proc = subprocess.Popen(["/usr/bin/python3", os.path.join(HERE, "mdp_worker.py"),
-                                      endpoint, name], stdout=subprocess.PIPE, text=True)
+                                      endpoint, name, *curve], stdout=subprocess.PIPE, text=True)
         self.lines = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -130,6 +130,44 @@ def wait_inbox_empty(node, timeout=60):
             return
         time.sleep(0.1)
     raise AssertionError(f"inbox never drained: {inbox_rows(node, 'seq, kind')}")
+
+
+def curve_keys_only_authorized(peer, acks):
+    """A non-loopback workers.listen ("lo" names the loopback interface but
+    is not loopback by WIRE §19.2's rule) has CURVE on: a worker whose key
+    is not in workers/authorized/ cannot join; once authorized one can."""
+    import zmq
+    node = Daemon("curve", config={"workers": {"listen": "tcp://lo:0", "agent_threads": 0}})
+    node.trust("peer", peer.pk, f"tcp://127.0.0.1:{acks.port}")
+    node.start()
+    workers = []
+    try:
+        ep = endpoint_of(node)
+        m = re.search(r"CURVE on, server key (\S{40});", node.logs())
+        check(m, "no server key in the log:\n" + node.logs())
+        server = m.group(1)
+        with open(os.path.join(node.home, "workers", "broker.cert")) as f:
+            check(f'public-key = "{server}"' in f.read(), "broker.cert holds another key")
+        st = os.stat(os.path.join(node.home, "workers", "broker.cert_secret"))
+        check(st.st_mode & 0o777 == 0o600, oct(st.st_mode))
+        pub, sec = (k.decode() for k in zmq.curve_keypair())
+        stranger = Worker(ep, "S", (server, pub, sec))
+        workers.append(stranger)
+        send(node, peer.message(node.pk, "sealed"))
+        # Three heartbeat windows: a worker let in would have said READY.
+        time.sleep(3)
+        check(metrics_map(node).get("kith_workers_alive", 0) == 0, "the stranger joined")
+        stranger.kill()
+        with open(os.path.join(node.home, "workers", "authorized", "w.cert"), "w") as f:
+            f.write(f'metadata\ncurve\n    public-key = "{pub}"\n')
+        friend = Worker(ep, "F", (server, pub, sec))
+        workers.append(friend)
+        friend.wait("served")
+        wait_inbox_empty(node)
+    finally:
+        for w in workers:
+            w.kill()
+        node.cleanup()
 
 
 def main():
@@ -251,6 +289,7 @@ def main():
         r.run(turn_events_on_api_events)
         r.run(worker_killed_mid_turn)
         r.run(entries_survive_daemon_kill)
+        r.run(curve_keys_only_authorized, peer, acks)
         r.stopped(node)
     finally:
         for w in workers:
