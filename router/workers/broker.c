@@ -451,6 +451,16 @@ static void s_more(router_loop_t *loop, uint64_t id, void *ud)
     s_kick(b);
 }
 
+/* A drain after this call returns: the API functions below send, and ZMQ_FD
+ * is edge-triggered, so they must look at the sockets again, but draining
+ * inside them would run reply callbacks re-entrantly (a caller flushing its
+ * own queue through send_to_holder would see it change under it). */
+static void s_kick_later(router_broker_t *b)
+{
+    if (!b->more_timer)
+        b->more_timer = router_loop_timer_add(b->loop, 0, s_more, b);
+}
+
 static void s_on_fd(router_watch_t *watch, int fd, unsigned events, void *ud)
 {
     (void) watch;
@@ -757,7 +767,7 @@ int64_t router_broker_request(router_broker_t *b, const char *service, const uin
     router_metric_inc(b->m_requests, 1);
     int64_t h = r->h;
     s_dispatch(b, s);
-    s_kick(b);
+    s_kick_later(b);
     return h;
 }
 
@@ -785,7 +795,7 @@ int router_broker_send_to_holder(router_broker_t *b, int64_t h, const uint8_t *b
     uint8_t addr[8];
     s_addr(h, addr);
     int rc = s_send(b, w, ROUTER_MDP_REQUEST, addr, body, len);
-    s_kick(b);
+    s_kick_later(b);
     return rc;
 }
 
