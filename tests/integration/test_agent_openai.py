@@ -163,7 +163,8 @@ def main():
             peer = Peer()
             acks = AckServer(peer)
             node = Daemon("openai", config={"agent": {"provider": "openai", "base_url": fake.base_url,
-                                                      "model": "fake-model", "api_key_env": KEY_ENV}})
+                                                      "model": "fake-model", "api_key_env": KEY_ENV},
+                                            "workers": {"agent_threads": 2}})
             node.trust("bob", peer.pk, f"tcp://127.0.0.1:{acks.port}")
             os.environ[KEY_ENV] = KEY
             try:
