@@ -14,6 +14,7 @@ Events of chat.completion.chunk objects over chunked HTTP/1.1, ended by
   boom       500 with an error body, every time
   slow       one chunk, then nothing until the client goes away
 
+A comms request's turn ("request INTENT: PARAMS") is picked by its INTENT.
 Every request is kept (headers and JSON body) for the test to look at."""
 
 import json
@@ -42,6 +43,15 @@ def text_stream(parts, usage=None):
     return out
 
 
+def scenario(body):
+    """The first user message; a comms request's turn ("request INTENT:
+    PARAMS", WIRE §19.4) picks its scenario by INTENT."""
+    first = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
+    if first.startswith("request "):
+        first = first[len("request "):].split(":")[0]
+    return first
+
+
 class FakeOpenAI:
     def __init__(self):
         self.requests = []
@@ -62,7 +72,7 @@ class FakeOpenAI:
                     fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
                 if self.path != "/v1/chat/completions":
                     return self.plain(404, {"error": {"message": "no such path " + self.path}})
-                first = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
+                first = scenario(body)
                 with fake.lock:
                     fake.counts[first] = fake.counts.get(first, 0) + 1
                     count = fake.counts[first]
@@ -156,8 +166,7 @@ class FakeOpenAI:
 
     def requests_for(self, first):
         with self.lock:
-            return [r for r in self.requests
-                    if next((m["content"] for m in r["body"]["messages"] if m["role"] == "user"), "") == first]
+            return [r for r in self.requests if scenario(r["body"]) == first]
 
     def close(self):
         self.server.shutdown()

@@ -93,7 +93,7 @@ class Broker:
         for w in list(self.known):
             self.sock.send_multipart([w, b"", PROTO, HEARTBEAT])
 
-    def recv(self, timeout=30.0):
+    def recv(self, timeout=120.0):
         """The next non-heartbeat message: (worker, command, rest frames)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -119,7 +119,7 @@ class Broker:
             return w, cmd, rest
         raise TimeoutError("no worker message")
 
-    def wait_ready(self, n=1, timeout=30.0):
+    def wait_ready(self, n=1, timeout=120.0):
         end = time.monotonic() + timeout
         while len(self.idle) < n and time.monotonic() < end:
             try:
@@ -139,7 +139,7 @@ class Broker:
         self.sock.send_multipart([w, b"", PROTO, REQUEST, client, b"", body])
         return w
 
-    def collect(self, tid, on_partial=None, timeout=60.0):
+    def collect(self, tid, on_partial=None, timeout=120.0):
         """PARTIAL events until the FINAL: (events, final). on_partial(event)
         may answer (tool results, steers) through self.request(…, worker=w)."""
         events = []

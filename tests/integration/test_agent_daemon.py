@@ -125,8 +125,8 @@ def main():
             a.kill()
         node.cleanup()
 
-    # The default configuration: two embedded agent threads, scripted.
-    embedded = Daemon("embedded")
+    # The default agent configuration: two embedded threads, scripted.
+    embedded = Daemon("embedded", config={"workers": {"agent_threads": 2}})
     embedded.trust("peer", peer.pk, f"tcp://127.0.0.1:{acks.port}")
     try:
         embedded.start()

@@ -5,7 +5,9 @@ Python Majordomo broker (mdp_broker.py): text in chunks, tokens counted, a
 tool call split across chunks run through the router-tool round trip, one
 byte at a time, a malformed chunk, 429 then success, 500s, a stop in the
 middle of a stream, the idle timeout, an unreachable server and an unset API
-key variable. The key reaches the server and never the log."""
+key variable; then the daemon's embedded agents with provider openai run a
+peer's request whose model calls the router's send_message tool, the signed
+response carrying the answer. The key reaches the server and never a log."""
 
 import json
 import os
@@ -16,7 +18,8 @@ import cbor2
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_openai import FakeOpenAI  # noqa: E402
 from mdp_broker import Broker, turn  # noqa: E402
-from peer import Results, check, free_port  # noqa: E402
+from peer import Daemon, Peer, Results, check, free_port, wait_metric  # noqa: E402
+from test_workers import AckServer, send  # noqa: E402
 
 KEY_ENV = "KITH_TEST_OPENAI_KEY"
 KEY = "sk-test-0123456789abcdef"
@@ -152,8 +155,39 @@ def main():
             finally:
                 b3.close()
 
+        def daemon_turn_with_tool():
+            # The daemon's embedded agent threads with provider openai: a
+            # peer's request becomes a turn; the model calls send_message to
+            # "bob" (the peer itself), which the router signs and sends; the
+            # model's answer quoting the tool's result is the signed response.
+            peer = Peer()
+            acks = AckServer(peer)
+            node = Daemon("openai", config={"agent": {"provider": "openai", "base_url": fake.base_url,
+                                                      "model": "fake-model", "api_key_env": KEY_ENV},
+                                            "workers": {"agent_threads": 2}})
+            node.trust("bob", peer.pk, f"tcp://127.0.0.1:{acks.port}")
+            os.environ[KEY_ENV] = KEY
+            try:
+                node.start()
+                wait_metric(node, "kith_workers_alive", lambda v: v >= 2)
+                req = peer.request(node.pk, "tool", {})
+                send(node, req)
+                ok, env = acks.next()
+                check(ok and env["kind"] == {"type": "message", "body": "hi"}, env["kind"])
+                ok, env = acks.next()
+                k = env["kind"]
+                check(ok and k["type"] == "response" and k["in_reply_to"] == req["id"], k)
+                check(k["status"] == "completed" and k["result"].startswith("tool said: {"), k)
+                check('"outcome":"acked"' in k["result"], k)
+                check(KEY not in node.logs(), "the API key was logged")
+                results.stopped(node)
+            finally:
+                del os.environ[KEY_ENV]
+                node.cleanup()
+
         results.run(unset_key_is_init_failed)
         results.run(unreachable_server)
+        results.run(daemon_turn_with_tool)
     finally:
         b.close()
         fake.close()
