@@ -360,7 +360,9 @@ def node_ws_client(node, token):
 
 def main():
     # A fixed port: the restart must come back where the clients are.
-    node = Daemon("chat", config={"gateway": {"port": free_port()}})
+    # The embedded agents (scripted provider), as `kith daemon` runs by default.
+    node = Daemon("chat", config={"gateway": {"port": free_port()},
+                                  "workers": {"agent_threads": 2}})
     results = Results()
     state = {}
     try:
