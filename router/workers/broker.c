@@ -462,10 +462,10 @@ static void s_more(router_loop_t *loop, uint64_t id, void *ud)
     s_kick(b);
 }
 
-/* After a send from the client API: ZMQ_FD is edge-triggered and a send
- * can consume the edge, so input must be looked at again — but on the next
- * turn of the loop, never inside the caller's call (whose callbacks would
- * then run re-entrantly). */
+/* A drain after this call returns: the API functions below send, and ZMQ_FD
+ * is edge-triggered, so they must look at the sockets again, but draining
+ * inside them would run reply callbacks re-entrantly (a caller flushing its
+ * own queue through send_to_holder would see it change under it). */
 static void s_kick_later(router_broker_t *b)
 {
     if (!b->more_timer)
@@ -540,12 +540,9 @@ static zcert_t *s_cert_load_or_make(const char *home, char *err, size_t errcap)
     }
     if (access(secret, F_OK) == 0) {
         zcert_t *c = zcert_load(path);
-        /* CZMQ reads a public-only file with an all-'0' secret */
-        if (!c || !zcert_secret_txt(c)[0] ||
-            strcmp(zcert_secret_txt(c), "0000000000000000000000000000000000000000") == 0) {
+        if (!c || !zcert_secret_txt(c)[0] || strcmp(zcert_secret_txt(c), "0000000000000000000000000000000000000000") == 0) {
             zcert_destroy(&c);
-            snprintf(err, errcap, "workers: %s is not a CZMQ certificate with a secret key",
-                     secret);
+            snprintf(err, errcap, "workers: %s is not a CZMQ certificate with a secret key", secret);
             return NULL;
         }
         return c;
@@ -673,8 +670,7 @@ router_broker_t *router_broker_new(const router_broker_opts_t *o, char *err, siz
             b->listen_endpoint = last;
         }
         if (local)
-            ROUTER_LOG(ROUTER_LOG_INFO, MOD,
-                       "listening on %s (MDP workers, CURVE off: local endpoint)",
+            ROUTER_LOG(ROUTER_LOG_INFO, MOD, "listening on %s (MDP workers, CURVE off: local endpoint)",
                        b->listen_endpoint);
         else
             ROUTER_LOG(ROUTER_LOG_INFO, MOD,

@@ -159,8 +159,12 @@ class Daemon:
         self.gw_port = None
         self.event_port = None
         self.uds = os.path.join(self.home, "run", "comms.sock")
+        # No embedded agent workers unless a test asks (workers.agent_threads):
+        # with them, admitted entries become turns and leave the inbox, and
+        # the tests of admission read the inbox.
         cfg = {"gateway": {"port": 0},
-               "comms": {"address": "127.0.0.1:0", "uds_path": self.uds}}
+               "comms": {"address": "127.0.0.1:0", "uds_path": self.uds},
+               "workers": {"agent_threads": 0}}
         for section, values in (config or {}).items():
             cfg.setdefault(section, {}).update(values)
         self.config = cfg

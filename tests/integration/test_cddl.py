@@ -356,6 +356,16 @@ def check_worker(schema):
         for n, item in enumerate(items):
             back = cbor2.loads(cbor2.dumps(item))
             check(f"worker {rule} counter-example {n} refused", not schema.match_rule(back, rule))
+    # What kith's own encoder (proto/worker_msg.c) wrote: the good seeds
+    # tests/worker_msg_test.c leaves in fuzz/corpus/worker_msg/.
+    corpus = os.path.join(SRC, "fuzz", "corpus", "worker_msg")
+    seeds = {"worker-request": ["turn_full", "turn_min", "turn_hand", "steer", "stop", "tool_result"],
+             "worker-reply": [f"partial_{i}" for i in range(9)] +
+                             ["done", "done_min", "stopped", "stopped_msg", "error"]}
+    for rule, names in seeds.items():
+        for name in names:
+            with open(os.path.join(corpus, name), "rb") as f:
+                check(f"worker_msg seed {name} matches {rule}", schema.match_rule(cbor2.loads(f.read()), rule))
 
 
 def main():

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "agent/worker.h"
 #include "audit/worker.h"
 #include "gateway/events.h"
 #include "gateway/http_server.h"
@@ -16,6 +17,7 @@
 #include "gateway/routes.h"
 #include "gateway/routes_audit.h"
 #include "gateway/routes_auth.h"
+#include "gateway/routes_chat.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
 #include "router/log.h"
@@ -229,6 +231,22 @@ static int s_sse_start(router_node_t *node, const router_config_t *cfg, gateway_
     return 0;
 }
 
+/* /ws/chat and the session API (WIRE §24) on the node's turns; one per
+ * process, like the echo's bounds. It takes over the turns' event sink,
+ * publishing to /api/events itself and relaying to listen-only sockets. */
+static gateway_chat_t *s_chat;
+
+static int s_chat_start(router_node_t *node, const router_config_t *cfg, gateway_http_t *gw,
+                        gateway_auth_t *auth, gateway_events_t *events)
+{
+    if (!router_node_turns(node))
+        return 0;
+    gateway_chat_opts_t co = {.auth = auth, .turns = router_node_turns(node), .events = events,
+                              .ws = {.message_max = cfg->limits.ws_message_max,
+                                     .ping_interval_ms = cfg->limits.ws_ping_interval_ms}};
+    return (s_chat = gateway_chat_new(gw, router_node_loop(node), &co)) ? 0 : -1;
+}
+
 /* The HTTP gateway on the node's loop, listening on gateway.host:port with
  * the configured limits and the node's metrics. Returns the server, or
  * NULL with a one-line reason in err. */
@@ -266,6 +284,10 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
         snprintf(err, errcap, "gateway: cannot serve /api/events: %s", strerror(errno));
         goto fail;
     }
+    if (s_chat_start(node, cfg, gw, ga->auth, sse->events) != 0) {
+        snprintf(err, errcap, "gateway: cannot serve /ws/chat: %s", strerror(errno));
+        goto fail;
+    }
     (void) router_addr_format(&addr, shown, sizeof shown);
     if (gateway_http_listen(gw, &addr, &bound) != 0) {
         snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", shown, strerror(errno));
@@ -281,6 +303,7 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
     return gw;
 fail:
     gateway_http_destroy(&gw);
+    gateway_chat_destroy(&s_chat);
     s_sse_stop(node, sse);
     return NULL;
 }
@@ -488,14 +511,22 @@ static int s_serve(int argc, char **argv, const char *cmd)
      * the answers in progress go out before the loop ends. */
     s_gw_drain_t drain = {.gw = gw, .node = node};
     router_node_on_stop(node, s_gateway_drain, &drain);
+    /* The embedded agent workers (workers.agent_threads) on inproc. */
+    agent_pool_opts_t apo;
+    agent_pool_opts_from_config(&apo, &cfg);
+    agent_pool_t *agents = agent_pool_start(&apo, err, sizeof err);
+    if (!agents)
+        ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "no embedded agent workers: %s", err);
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "ready; SIGINT or SIGTERM to stop");
 
     int rc = router_node_run(node);
+    agent_pool_stop(&agents);
     s_gw_auth_stop(&ga, node);
     /* The loop has stopped: the gateway stops listening and lets go of its
      * connections (they belong to the loop, which closes them as the node
      * is destroyed). */
     gateway_http_destroy(&gw);
+    gateway_chat_destroy(&s_chat); /* after the gateway let its sockets go, before the turns */
     s_sse_stop(node, &sse);
     s_audit_stop(&au, node);
     router_node_destroy(&node);

@@ -22,6 +22,7 @@ static const kith_cmd_t s_cmds[] = {
     {"config",   kith_cmd_config,   "check a config file strictly (exit 0 valid, 1 not)"},
     {"paircode", kith_cmd_paircode, "print a new one-time pairing code from the running daemon"},
     {"audit",    kith_cmd_audit,    "verify, tail or query the audit log offline"},
+    {"agent",    kith_cmd_agent,    "run agent workers for a daemon's broker (--connect ENDPOINT)"},
 };
 
 static void s_usage(FILE *out)

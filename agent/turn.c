@@ -1,0 +1,585 @@
+/* agent/turn.c — the tool loop of one turn (see turn.h). */
+#include "agent/turn.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/json_buf.h"
+#include "proto/utf8.h"
+#include "router/clock.h"
+#include "router/log.h"
+
+/* turn_timeout_s 0 is read as the config default. */
+#define S_TIMEOUT_DEFAULT_S 600u
+/* Request bodies one yield(0) reads before letting the provider go on. */
+#define S_DRAIN_MAX 64
+
+typedef struct {
+    const agent_io_t *io;
+    const proto_worker_turn_t *req;
+    agent_provider_t *provider;
+    uint64_t seq;                       /* next PARTIAL's seq */
+    uint64_t deadline_ms;               /* monotonic */
+    bool stopped;                       /* a stop arrived */
+    bool timed_out;
+    bool link_lost;
+    bool too_large;                     /* the response outgrew AGENT_RESPONSE_MAX */
+    /* The conversation: [0, n_borrowed) are shallow copies of the request's
+     * history and message; the rest are owned. */
+    proto_worker_chat_msg_t *conv;
+    size_t n_conv, cap_conv, n_borrowed;
+    char *steers[AGENT_STEERS_MAX];     /* steer contents waiting for a boundary */
+    size_t n_steers;
+    size_t steers_dropped;
+    /* full_response: chunk text since the last chunk_reset. */
+    char *resp;
+    size_t resp_len, resp_cap;
+    /* The router-run tool call being waited for. */
+    const char *await_id;
+    proto_worker_str_t await_result;    /* owned once it came */
+    bool await_is_error;
+    bool await_done;
+} s_turn_t;
+
+const char *agent_turn_outcome_str(agent_turn_outcome_t o)
+{
+    switch (o) {
+    case AGENT_TURN_DONE: return "done";
+    case AGENT_TURN_STOPPED: return "stopped";
+    case AGENT_TURN_TIMEOUT: return "timeout";
+    case AGENT_TURN_PROVIDER_ERROR: return "provider_error";
+    case AGENT_TURN_AGENT_ERROR: return "agent_error";
+    case AGENT_TURN_INIT_FAILED: return "init_failed";
+    case AGENT_TURN_LINK_LOST: return "link_lost";
+    }
+    return "?";
+}
+
+/* ================================================================ replies */
+
+static int s_send_partial(s_turn_t *t, const proto_worker_event_t *ev)
+{
+    if (t->link_lost)
+        return -1;
+    proto_worker_partial_t p = {.seq = t->seq, .event = *ev};
+    memcpy(p.turn_id, t->req->turn_id, PROTO_UUID_LEN);
+    uint8_t *body = NULL;
+    size_t len = 0;
+    proto_worker_error_t err;
+    if (proto_worker_partial_encode(&p, &body, &len, &err) < 0) {
+        /* Our own bug or a provider string we failed to clean: skip the
+         * event, never the turn. */
+        ROUTER_LOG(ROUTER_LOG_WARN, "agent", "partial %s not sent: %s (%s)", proto_worker_event_type_str(ev->type),
+                        proto_worker_reason_str(err.reason), err.field);
+        return 0;
+    }
+    int rc = t->io->send(t->io->ud, false, body, len);
+    free(body);
+    if (rc < 0) {
+        t->link_lost = true;
+        return -1;
+    }
+    t->seq++;
+    return 0;
+}
+
+static int s_send_final(s_turn_t *t, const proto_worker_final_t *f_in)
+{
+    proto_worker_final_t f = *f_in;
+    memcpy(f.turn_id, t->req->turn_id, PROTO_UUID_LEN);
+    uint8_t *body = NULL;
+    size_t len = 0;
+    proto_worker_error_t err;
+    if (proto_worker_final_encode(&f, &body, &len, &err) < 0) {
+        /* Only an oversize or non-UTF-8 message gets here: say so instead. */
+        ROUTER_LOG(ROUTER_LOG_WARN, "agent", "final not encodable: %s (%s)", proto_worker_reason_str(err.reason), err.field);
+        proto_worker_final_t g = {.type = PROTO_WORKER_FINAL_ERROR, .code = PROTO_WORKER_CODE_AGENT_ERROR};
+        static const char msg[] = "the worker could not encode the turn's result";
+        g.message = (proto_worker_str_t){msg, sizeof msg - 1};
+        memcpy(g.turn_id, t->req->turn_id, PROTO_UUID_LEN);
+        if (proto_worker_final_encode(&g, &body, &len, &err) < 0)
+            return -1;
+    }
+    int rc = t->io->send(t->io->ud, true, body, len);
+    free(body);
+    if (rc < 0)
+        t->link_lost = true;
+    return rc;
+}
+
+static void s_final_error(s_turn_t *t, proto_worker_code_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void s_final_error(s_turn_t *t, proto_worker_code_t code, const char *fmt, ...)
+{
+    char msg[AGENT_PROVIDER_ERR_MAX + 128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    /* A provider message cut inside a code point would not encode. */
+    size_t n = strlen(msg);
+    while (n > 0 && !proto_utf8_valid((const uint8_t *) msg, n))
+        n--;
+    proto_worker_final_t f = {.type = PROTO_WORKER_FINAL_ERROR, .code = code, .message = {msg, n}};
+    s_send_final(t, &f);
+}
+
+/* ================================================================ requests */
+
+/* One request body read while the turn runs. */
+static void s_handle(s_turn_t *t, const uint8_t *body, size_t len)
+{
+    proto_worker_request_t r;
+    proto_worker_error_t err;
+    if (proto_worker_request_decode(body, len, &r, &err) < 0) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "agent", "request refused mid-turn: %s (%s)", proto_worker_reason_str(err.reason), err.field);
+        return;
+    }
+    const uint8_t *tid = r.type == PROTO_WORKER_REQ_TOOL_RESULT ? r.tool_result.turn_id
+                         : r.type == PROTO_WORKER_REQ_TURN     ? r.turn.turn_id
+                                                               : r.control.turn_id;
+    if (r.type == PROTO_WORKER_REQ_TURN || memcmp(tid, t->req->turn_id, PROTO_UUID_LEN) != 0) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "agent", "%s for another turn ignored", r.type == PROTO_WORKER_REQ_TURN ? "turn" : "control");
+        goto out;
+    }
+    switch (r.type) {
+    case PROTO_WORKER_REQ_STOP:
+        t->stopped = true;
+        break;
+    case PROTO_WORKER_REQ_STEER:
+        if (t->n_steers == AGENT_STEERS_MAX) {
+            t->steers_dropped++;
+            ROUTER_LOG(ROUTER_LOG_WARN, "agent", "steer dropped, %d already wait for the next boundary", AGENT_STEERS_MAX);
+            break;
+        }
+        t->steers[t->n_steers++] = (char *) r.control.content.p;
+        r.control.content.p = NULL; /* taken */
+        r.control.content.len = 0;
+        break;
+    case PROTO_WORKER_REQ_TOOL_RESULT:
+        if (!t->await_id || t->await_done || strcmp(r.tool_result.id.p, t->await_id) != 0) {
+            ROUTER_LOG(ROUTER_LOG_WARN, "agent", "tool_result for a call not awaited ignored");
+            break;
+        }
+        t->await_result = r.tool_result.result;
+        t->await_is_error = r.tool_result.is_error;
+        t->await_done = true;
+        r.tool_result.result.p = NULL; /* taken */
+        r.tool_result.result.len = 0;
+        break;
+    case PROTO_WORKER_REQ_TURN:
+        break;
+    }
+out:
+    proto_worker_request_clear(&r);
+}
+
+static bool s_must_end(const s_turn_t *t)
+{
+    return t->stopped || t->timed_out || t->link_lost || t->too_large;
+}
+
+/* Reads the socket for up to ms (bounded by the deadline). -1 when the
+ * turn must end. */
+static int s_poll(s_turn_t *t, int ms)
+{
+    uint64_t start = router_clock_mono_ms();
+    uint64_t until = start + (uint64_t) (ms > 0 ? ms : 0);
+    int drained = 0;
+    for (;;) {
+        if (s_must_end(t))
+            return -1;
+        uint64_t now = router_clock_mono_ms();
+        if (now >= t->deadline_ms) {
+            t->timed_out = true;
+            return -1;
+        }
+        if (until > t->deadline_ms)
+            until = t->deadline_ms;
+        int wait = now >= until ? 0 : (int) (until - now);
+        if (wait == 0 && drained >= S_DRAIN_MAX)
+            return 0;
+        uint8_t *body = NULL;
+        size_t len = 0;
+        int rc = t->io->recv(t->io->ud, &body, &len, wait);
+        if (rc < 0) {
+            t->link_lost = true;
+            return -1;
+        }
+        if (rc == 0) {
+            if (router_clock_mono_ms() >= until)
+                return s_must_end(t) ? -1 : 0;
+            continue;
+        }
+        s_handle(t, body, len);
+        free(body);
+        drained++;
+        /* Something that ends a wait early: a result awaited. */
+        if (t->await_done)
+            return s_must_end(t) ? -1 : 0;
+    }
+}
+
+/* ================================================================ the sink */
+
+static int s_sink_chunk(void *ud, const char *p, size_t n)
+{
+    s_turn_t *t = ud;
+    if (s_must_end(t))
+        return -1;
+    if (n == 0)
+        return 0;
+    if (t->resp_len + n > AGENT_RESPONSE_MAX) {
+        t->too_large = true;
+        return -1;
+    }
+    if (t->resp_len + n + 1 > t->resp_cap) {
+        size_t cap = t->resp_cap ? t->resp_cap : 256;
+        while (cap < t->resp_len + n + 1)
+            cap *= 2;
+        char *r = realloc(t->resp, cap);
+        if (!r) {
+            t->too_large = true;
+            return -1;
+        }
+        t->resp = r;
+        t->resp_cap = cap;
+    }
+    memcpy(t->resp + t->resp_len, p, n);
+    t->resp_len += n;
+    t->resp[t->resp_len] = '\0';
+    proto_worker_event_t ev = {.type = PROTO_WORKER_EV_CHUNK, .text = {p, n}};
+    return s_send_partial(t, &ev);
+}
+
+static int s_sink_thinking(void *ud, const char *p, size_t n)
+{
+    s_turn_t *t = ud;
+    if (s_must_end(t))
+        return -1;
+    if (n == 0)
+        return 0;
+    proto_worker_event_t ev = {.type = PROTO_WORKER_EV_THINKING, .text = {p, n}};
+    return s_send_partial(t, &ev);
+}
+
+static int s_sink_yield(void *ud, int ms)
+{
+    return s_poll(ud, ms);
+}
+
+/* ================================================================ conversation */
+
+static int s_conv_push(s_turn_t *t, proto_worker_chat_msg_t m)
+{
+    if (t->n_conv == AGENT_CONV_MAX)
+        return -1;
+    if (t->n_conv == t->cap_conv) {
+        size_t cap = t->cap_conv ? t->cap_conv * 2 : 16;
+        proto_worker_chat_msg_t *c = realloc(t->conv, cap * sizeof *c);
+        if (!c)
+            return -1;
+        t->conv = c;
+        t->cap_conv = cap;
+    }
+    t->conv[t->n_conv++] = m;
+    return 0;
+}
+
+static char *s_strndup(const char *p, size_t n)
+{
+    char *s = malloc(n + 1);
+    if (!s)
+        return NULL;
+    if (n)
+        memcpy(s, p, n);
+    s[n] = '\0';
+    return s;
+}
+
+/* Steers waiting become user messages. */
+static int s_apply_steers(s_turn_t *t)
+{
+    for (size_t i = 0; i < t->n_steers; i++) {
+        proto_worker_chat_msg_t m = {.role = PROTO_WORKER_ROLE_USER};
+        m.content.p = t->steers[i];
+        m.content.len = strlen(t->steers[i]); /* decoded text: NUL-ended */
+        t->steers[i] = NULL;
+        if (s_conv_push(t, m) < 0) {
+            free((void *) m.content.p);
+            for (size_t j = i + 1; j < t->n_steers; j++) {
+                free(t->steers[j]);
+                t->steers[j] = NULL;
+            }
+            t->n_steers = 0;
+            return -1;
+        }
+    }
+    t->n_steers = 0;
+    return 0;
+}
+
+static const proto_worker_tool_spec_t *s_tool_find(const s_turn_t *t, const char *name)
+{
+    for (size_t i = 0; i < t->req->n_tools; i++)
+        if (strcmp(t->req->tools[i].name.p, name) == 0)
+            return &t->req->tools[i];
+    return NULL;
+}
+
+/* A JSON text {"error": "<what> <name>"} for a tool that could not run. */
+static char *s_tool_error_json(const char *what, const proto_worker_str_t *name)
+{
+    agent_json_buf_t b;
+    agent_json_buf_init(&b, PROTO_WORKER_NAME_MAX * 8);
+    agent_json_buf_puts(&b, "{\"error\":");
+    agent_json_buf_t msg;
+    agent_json_buf_init(&msg, PROTO_WORKER_NAME_MAX * 2);
+    agent_json_buf_puts(&msg, what);
+    agent_json_buf_put(&msg, name->p, name->len);
+    size_t n = 0;
+    char *m = agent_json_buf_take(&msg, &n);
+    if (!m) {
+        agent_json_buf_free(&b);
+        return NULL;
+    }
+    agent_json_buf_quote(&b, m, n);
+    free(m);
+    agent_json_buf_puts(&b, "}");
+    return agent_json_buf_take(&b, NULL);
+}
+
+/* Runs one tool call: announce, get the result, report it, append it. */
+static int s_tool_run(s_turn_t *t, const proto_worker_tool_call_t *call)
+{
+    proto_worker_event_t ev = {.type = PROTO_WORKER_EV_TOOL_CALL, .call = *call};
+    if (s_send_partial(t, &ev) < 0)
+        return -1;
+
+    char *result = NULL;
+    size_t result_len = 0;
+    bool is_error = true;
+    const proto_worker_tool_spec_t *spec = s_tool_find(t, call->name.p);
+    if (!spec) {
+        result = s_tool_error_json("unknown tool ", &call->name);
+    } else if (spec->executor == PROTO_WORKER_EXEC_WORKER) {
+        result = s_tool_error_json("no worker runs the tool ", &call->name);
+    } else {
+        t->await_id = call->id.p;
+        t->await_done = false;
+        while (!t->await_done)
+            if (s_poll(t, AGENT_POLL_MS * 10) < 0)
+                break;
+        t->await_id = NULL;
+        if (!t->await_done)
+            return -1; /* stop, timeout or link: s_must_end says which */
+        t->await_done = false;
+        result = (char *) t->await_result.p;
+        result_len = t->await_result.len;
+        is_error = t->await_is_error;
+        t->await_result.p = NULL;
+        t->await_result.len = 0;
+    }
+    if (!result)
+        return -2;
+    if (result_len == 0)
+        result_len = strlen(result);
+
+    proto_worker_event_t rev = {.type = PROTO_WORKER_EV_TOOL_RESULT, .id = call->id,
+                                .result = {result, result_len}, .is_error = is_error};
+    if (s_send_partial(t, &rev) < 0) {
+        free(result);
+        return -1;
+    }
+    proto_worker_chat_msg_t m = {.role = PROTO_WORKER_ROLE_TOOL, .content = {result, result_len}};
+    m.tool_call_id.p = s_strndup(call->id.p, call->id.len);
+    m.tool_call_id.len = call->id.len;
+    if (!m.tool_call_id.p || s_conv_push(t, m) < 0) {
+        proto_worker_chat_msg_clear(&m);
+        return -2;
+    }
+    return 0;
+}
+
+/* ================================================================ the loop */
+
+static void s_turn_free(s_turn_t *t)
+{
+    for (size_t i = t->n_borrowed; i < t->n_conv; i++)
+        proto_worker_chat_msg_clear(&t->conv[i]);
+    free(t->conv);
+    for (size_t i = 0; i < t->n_steers; i++)
+        free(t->steers[i]);
+    free(t->resp);
+    free((void *) t->await_result.p);
+}
+
+/* Ends the turn for the reason s_must_end found. */
+static agent_turn_outcome_t s_end_aborted(s_turn_t *t)
+{
+    if (t->link_lost) {
+        return AGENT_TURN_LINK_LOST;
+    }
+    if (t->stopped) {
+        static const char msg[] = "stopped";
+        proto_worker_final_t f = {.type = PROTO_WORKER_FINAL_STOPPED, .message = {msg, sizeof msg - 1}};
+        s_send_final(t, &f);
+        return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_STOPPED;
+    }
+    if (t->timed_out) {
+        uint64_t s = t->req->turn_timeout_s ? t->req->turn_timeout_s : S_TIMEOUT_DEFAULT_S;
+        s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the turn timed out after %" PRIu64 " s", s);
+        return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_TIMEOUT;
+    }
+    s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the response grew past %u bytes",
+                  (unsigned) AGENT_RESPONSE_MAX);
+    return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_AGENT_ERROR;
+}
+
+static agent_turn_outcome_t s_loop(s_turn_t *t)
+{
+    const proto_worker_turn_t *req = t->req;
+    uint64_t tool_iterations = 0, rounds = 0, tokens = 0;
+    bool has_tokens = false;
+    agent_sink_t sink = {s_sink_chunk, s_sink_thinking, s_sink_yield, t};
+
+    for (;;) {
+        if (s_poll(t, 0) < 0)
+            return s_end_aborted(t);
+        if (s_apply_steers(t) < 0) {
+            s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the conversation grew past %u messages",
+                          (unsigned) AGENT_CONV_MAX);
+            return AGENT_TURN_AGENT_ERROR;
+        }
+        proto_worker_event_t lev = {.type = PROTO_WORKER_EV_LLM_REQUEST, .iteration = rounds};
+        lev.provider = (proto_worker_str_t){t->provider->name, strlen(t->provider->name)};
+        if (t->provider->model && t->provider->model[0])
+            lev.model = (proto_worker_str_t){t->provider->model, strlen(t->provider->model)};
+        if (s_send_partial(t, &lev) < 0)
+            return AGENT_TURN_LINK_LOST;
+
+        agent_completion_req_t creq = {t->conv, t->n_conv, req->tools, req->n_tools, rounds};
+        agent_completion_t out = {0};
+        char err[AGENT_PROVIDER_ERR_MAX] = "";
+        agent_complete_rc_t rc = t->provider->complete(t->provider, &creq, &sink, &out, err, sizeof err);
+        rounds++;
+        if (rc != AGENT_COMPLETE_OK && s_must_end(t)) {
+            agent_completion_clear(&out);
+            return s_end_aborted(t);
+        }
+        if (rc == AGENT_COMPLETE_ABORTED) { /* never told to: a provider bug */
+            agent_completion_clear(&out);
+            s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the provider gave up without a reason");
+            return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_AGENT_ERROR;
+        }
+        if (rc == AGENT_COMPLETE_ERROR) {
+            agent_completion_clear(&out);
+            s_final_error(t, PROTO_WORKER_CODE_PROVIDER_ERROR, "%s", err[0] ? err : "provider error");
+            return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_PROVIDER_ERROR;
+        }
+        if (out.has_tokens_used) {
+            has_tokens = true;
+            tokens += out.tokens_used;
+        }
+
+        if (out.n_calls == 0) {
+            agent_completion_clear(&out);
+            /* A steer that came during the last answer gets its own round. */
+            if (s_poll(t, 0) < 0)
+                return s_end_aborted(t);
+            if (t->n_steers > 0) {
+                proto_worker_chat_msg_t m = {.role = PROTO_WORKER_ROLE_ASSISTANT};
+                m.content.p = s_strndup(t->resp ? t->resp : "", t->resp_len);
+                m.content.len = t->resp_len;
+                if (!m.content.p || s_conv_push(t, m) < 0) {
+                    proto_worker_chat_msg_clear(&m);
+                    s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "out of memory");
+                    return AGENT_TURN_AGENT_ERROR;
+                }
+                continue;
+            }
+            proto_worker_final_t f = {.type = PROTO_WORKER_FINAL_DONE,
+                                      .full_response = {t->resp ? t->resp : "", t->resp_len},
+                                      .tool_iterations = tool_iterations,
+                                      .has_tokens_used = has_tokens,
+                                      .tokens_used = tokens};
+            s_send_final(t, &f);
+            return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_DONE;
+        }
+
+        if (tool_iterations >= req->max_tool_iterations) {
+            agent_completion_clear(&out);
+            s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR,
+                          "the turn reached max_tool_iterations (%" PRIu64 ")", req->max_tool_iterations);
+            return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_AGENT_ERROR;
+        }
+        tool_iterations++;
+
+        /* The assistant's calls join the conversation, then each result. The
+         * calls move into the message, which owns them from here. */
+        proto_worker_chat_msg_t am = {.role = PROTO_WORKER_ROLE_ASSISTANT, .has_tool_calls = true};
+        am.content.p = s_strndup("", 0);
+        am.tool_calls = out.calls;
+        am.n_tool_calls = out.n_calls;
+        out.calls = NULL;
+        out.n_calls = 0;
+        if (!am.content.p || s_conv_push(t, am) < 0) {
+            proto_worker_chat_msg_clear(&am);
+            s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the conversation grew past %u messages",
+                          (unsigned) AGENT_CONV_MAX);
+            return AGENT_TURN_AGENT_ERROR;
+        }
+        size_t at = t->n_conv - 1;
+        for (size_t i = 0; i < t->conv[at].n_tool_calls; i++) {
+            /* conv may move as it grows: copy the call's handles first. */
+            proto_worker_tool_call_t call = t->conv[at].tool_calls[i];
+            int trc = s_tool_run(t, &call);
+            if (trc == -1)
+                return s_must_end(t) ? s_end_aborted(t) : AGENT_TURN_LINK_LOST;
+            if (trc < 0) {
+                s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "out of memory running a tool");
+                return AGENT_TURN_AGENT_ERROR;
+            }
+        }
+    }
+}
+
+agent_turn_outcome_t agent_turn_run(agent_provider_t *provider, const char *init_err, const agent_io_t *io,
+                                    const proto_worker_turn_t *turn)
+{
+    s_turn_t t = {.io = io, .req = turn, .provider = provider};
+    uint64_t secs = turn->turn_timeout_s ? turn->turn_timeout_s : S_TIMEOUT_DEFAULT_S;
+    if (secs > UINT64_MAX / 2000u)
+        secs = UINT64_MAX / 2000u;
+    t.deadline_ms = router_clock_mono_ms() + secs * 1000u;
+
+    char tid[PROTO_UUID_TEXT_CAP];
+    proto_uuid_format(turn->turn_id, tid);
+    ROUTER_LOG(ROUTER_LOG_DEBUG, "agent", "turn %s started (provider %s)", tid, provider ? provider->name : "none");
+    agent_turn_outcome_t o;
+    if (!provider) {
+        s_final_error(&t, PROTO_WORKER_CODE_AGENT_INIT_FAILED, "%s", init_err && *init_err ? init_err : "no provider");
+        o = t.link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_INIT_FAILED;
+        goto out;
+    }
+    bool ok = true;
+    for (size_t i = 0; ok && i < turn->n_history; i++)
+        ok = s_conv_push(&t, turn->history[i]) == 0;
+    if (ok)
+        ok = s_conv_push(&t, turn->message) == 0;
+    t.n_borrowed = t.n_conv;
+    if (!ok) {
+        s_final_error(&t, PROTO_WORKER_CODE_AGENT_ERROR, "out of memory");
+        o = AGENT_TURN_AGENT_ERROR;
+        goto out;
+    }
+    o = s_loop(&t);
+out:
+    s_turn_free(&t);
+    ROUTER_LOG(ROUTER_LOG_DEBUG, "agent", "turn %s ended: %s", tid, agent_turn_outcome_str(o));
+    return o;
+}

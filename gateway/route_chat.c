@@ -1,0 +1,601 @@
+/* gateway/route_chat.c — GET /ws/chat (DESIGN §6, WIRE §24): a chat socket
+ * per client, attached to one session of router/workers/turns.h. Client
+ * frames are decoded by gateway/chat_frame.h and become submit, steer and
+ * stop calls; every frame of the session's turns goes out as the turns
+ * module made it. A socket that says nothing for 5 s after the upgrade
+ * becomes a listen-only relay of every turn event, as agent_event frames.
+ * The turn events also go to /api/events here. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway/chat_frame.h"
+#include "gateway/ingress_body.h"
+#include "gateway/routes_chat.h"
+#include "proto/utf8.h"
+#include "router/log.h"
+
+/* A client frame that came before session_start, held until it has gone. */
+typedef struct {
+    uint8_t *data;
+    size_t len;
+    bool text;
+} s_early_t;
+
+typedef struct s_sock s_sock_t;
+
+/* One chat socket. */
+struct s_sock {
+    gateway_chat_t *chat;
+    gateway_ws_t *ws;              /* NULL until accepted */
+    router_turns_sub_t sub;        /* its subscription to the session */
+    uint64_t quiet_timer;          /* the listen-only timer, 0 when none */
+    bool started;                  /* session_start has gone out */
+    bool spoke;                    /* the client has sent a frame */
+    bool relay;                    /* a listen-only relay now */
+    char session_id[ROUTER_TURNS_SESSION_ID_MAX + 1];
+    s_early_t early[GATEWAY_CHAT_EARLY_FRAMES_MAX];
+    unsigned nearly;               /* frames held */
+    size_t early_bytes;            /* their octets */
+    s_sock_t *prev, *next;         /* the chat's list */
+};
+
+/* A session API answer awaited from the turns module. */
+typedef struct s_rest s_rest_t;
+struct s_rest {
+    gateway_chat_t *chat;
+    gateway_http_pending_t *pending;
+    s_rest_t *prev, *next;
+};
+
+struct gateway_chat {
+    gateway_http_t *g;               /* borrowed */
+    router_loop_t *loop;             /* borrowed */
+    gateway_chat_opts_t opts;        /* resolved */
+    s_sock_t *socks;                 /* open chat sockets */
+    uint32_t nsocks, nrelays;
+    s_rest_t *rests;                 /* session API answers awaited */
+    uint32_t nrests;
+};
+
+static const char *const s_protocols[] = {GATEWAY_CHAT_PROTOCOL};
+
+/* ---------------------------------------------------------------- query */
+
+static int s_hexval(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* The value of `key` in a query (application/x-www-form-urlencoded:
+ * '+' is a space, %XX an octet) into out[cap] (NUL-terminated). Returns 1
+ * found, 0 absent, -1 badly encoded or longer than cap - 1. */
+static int s_query_get(proto_http_slice_t q, const char *key, char *out, size_t cap, size_t *len)
+{
+    if (!q.ptr)
+        return 0;
+    size_t klen = strlen(key);
+    const char *p = q.ptr, *end = q.ptr + q.len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t) (end - p));
+        const char *stop = amp ? amp : end;
+        if ((size_t) (stop - p) > klen && !memcmp(p, key, klen) && p[klen] == '=') {
+            size_t n = 0;
+            for (const char *s = p + klen + 1; s < stop; s++) {
+                int c = (unsigned char) *s;
+                if (c == '+') {
+                    c = ' ';
+                } else if (c == '%') {
+                    if (stop - s < 3 || s_hexval(s[1]) < 0 || s_hexval(s[2]) < 0)
+                        return -1;
+                    c = s_hexval(s[1]) * 16 + s_hexval(s[2]);
+                    s += 2;
+                }
+                if (n + 1 >= cap)
+                    return -1;
+                out[n++] = (char) c;
+            }
+            out[n] = '\0';
+            *len = n;
+            return 1;
+        }
+        p = stop + 1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- sending */
+
+/* Encodes and sends one frame the gateway makes itself. */
+static void s_send_frame(s_sock_t *s, const gateway_chat_out_t *f)
+{
+    char *json;
+    size_t len;
+    if (!s->ws || gateway_chat_frame_encode(f, &json, &len) != 0)
+        return;
+    (void) gateway_ws_send(s->ws, true, json, len); /* a failure closes the socket itself */
+    free(json);
+}
+
+static void s_send_error(s_sock_t *s, const char *code, const char *message)
+{
+    gateway_chat_out_t f = {.type = GATEWAY_CHAT_OUT_ERROR, .code = code, .text = message,
+                            .text_len = strlen(message)};
+    s_send_frame(s, &f);
+}
+
+/* ---------------------------------------------------------------- client frames */
+
+/* The content a message hands the agent: its text, then page_context and
+ * attachments when given (WIRE §24.3). Caller frees. */
+static char *s_message_content(const gateway_chat_in_t *in, size_t *len)
+{
+    static const char pc_open[] = "\n\n<page_context>", pc_close[] = "</page_context>";
+    static const char at_open[] = "\n\n<attachments>", at_close[] = "</attachments>";
+    size_t n = in->content_len;
+    if (in->page_context)
+        n += sizeof pc_open - 1 + in->page_context_len + sizeof pc_close - 1;
+    if (in->attachments)
+        n += sizeof at_open - 1 + in->attachments_len + sizeof at_close - 1;
+    char *out = malloc(n + 1), *p = out;
+    if (!out)
+        return NULL;
+#define S_APPEND(s, l) (memcpy(p, (s), (l)), p += (l))
+    S_APPEND(in->content, in->content_len);
+    if (in->page_context) {
+        S_APPEND(pc_open, sizeof pc_open - 1);
+        S_APPEND(in->page_context, in->page_context_len);
+        S_APPEND(pc_close, sizeof pc_close - 1);
+    }
+    if (in->attachments) {
+        S_APPEND(at_open, sizeof at_open - 1);
+        S_APPEND(in->attachments, in->attachments_len);
+        S_APPEND(at_close, sizeof at_close - 1);
+    }
+#undef S_APPEND
+    *p = '\0';
+    *len = n;
+    return out;
+}
+
+static const char *s_code_text(const char *code)
+{
+    if (!strcmp(code, "SESSION_BUSY"))
+        return "the session's queue is full; wait for a turn to end";
+    if (!strcmp(code, "NO_ACTIVE_TURN"))
+        return "no turn is in flight to steer";
+    if (!strcmp(code, "EMPTY_CONTENT"))
+        return "\"content\" is empty";
+    return "the message could not be queued";
+}
+
+/* One client frame, once session_start has gone out. */
+static void s_handle(s_sock_t *s, bool text, const uint8_t *data, size_t len)
+{
+    gateway_chat_t *chat = s->chat;
+    if (!text) {
+        s_send_error(s, "INVALID_JSON", "kith.v1 frames are JSON text messages");
+        return;
+    }
+    char why[GATEWAY_CHAT_WHY_MAX];
+    gateway_chat_in_t in;
+    gateway_chat_reason_t r = gateway_chat_frame_decode(data, len, &in, why, sizeof why);
+    if (r != GATEWAY_CHAT_OK) {
+        s_send_error(s, gateway_chat_reason_code(r), why);
+        return;
+    }
+    const char *code = NULL;
+    switch (in.type) {
+    case GATEWAY_CHAT_IN_CONNECT: {
+        gateway_chat_out_t f = {.type = GATEWAY_CHAT_OUT_CONNECTED, .session_id = s->session_id};
+        s_send_frame(s, &f);
+        break;
+    }
+    case GATEWAY_CHAT_IN_MESSAGE: {
+        size_t n;
+        char *content = s_message_content(&in, &n);
+        if (!content)
+            code = "AGENT_ERROR";
+        else if (router_turns_submit(chat->opts.turns, s->sub, content, n, &code) == 0)
+            code = NULL;
+        else if (!code)
+            code = "AGENT_ERROR";
+        free(content);
+        break;
+    }
+    case GATEWAY_CHAT_IN_STEER:
+        if (router_turns_steer(chat->opts.turns, s->sub, in.content, in.content_len, &code) == 0)
+            code = NULL;
+        else if (!code)
+            code = "AGENT_ERROR";
+        break;
+    case GATEWAY_CHAT_IN_STOP:
+        router_turns_stop(chat->opts.turns, s->sub);
+        break;
+    }
+    if (code)
+        s_send_error(s, code, s_code_text(code));
+    gateway_chat_in_clear(&in);
+}
+
+static void s_relay_end(s_sock_t *s)
+{
+    if (s->relay) {
+        s->relay = false;
+        s->chat->nrelays--;
+    }
+}
+
+static void s_on_message(gateway_ws_t *ws, bool text, const uint8_t *data, size_t len, void *ud)
+{
+    (void) ws;
+    s_sock_t *s = ud;
+    s->spoke = true;
+    s_relay_end(s); /* a socket that speaks is a chat client again */
+    if (s->quiet_timer) {
+        (void) router_loop_timer_cancel(s->chat->loop, s->quiet_timer);
+        s->quiet_timer = 0;
+    }
+    if (s->started) {
+        s_handle(s, text, data, len);
+        return;
+    }
+    /* session_start has not gone out yet: hold the frame (bounded). */
+    size_t max = s->chat->opts.ws.message_max ? s->chat->opts.ws.message_max
+                                              : GATEWAY_WS_MESSAGE_MAX;
+    if (s->nearly >= GATEWAY_CHAT_EARLY_FRAMES_MAX || s->early_bytes + len > max) {
+        gateway_ws_close(s->ws, 1008, "too many frames before session_start");
+        return;
+    }
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!copy) {
+        gateway_ws_close(s->ws, 1011, "out of memory");
+        return;
+    }
+    if (len)
+        memcpy(copy, data, len);
+    s->early[s->nearly++] = (s_early_t){.data = copy, .len = len, .text = text};
+    s->early_bytes += len;
+}
+
+/* ---------------------------------------------------------------- turn frames */
+
+static void s_early_free(s_sock_t *s)
+{
+    for (unsigned i = 0; i < s->nearly; i++)
+        free(s->early[i].data);
+    s->nearly = 0;
+    s->early_bytes = 0;
+}
+
+/* A frame of the session (router_turns_frame_fn). */
+static void s_on_frame(const router_turn_frame_t *frame, void *ud)
+{
+    s_sock_t *s = ud;
+    if (!s->ws)
+        return;
+    if (frame->type == ROUTER_TURN_FRAME_SESSION_START && frame->session_id)
+        snprintf(s->session_id, sizeof s->session_id, "%s", frame->session_id);
+    (void) gateway_ws_send(s->ws, true, frame->json, frame->json_len);
+    if (s->started)
+        return;
+    if (frame->type != ROUTER_TURN_FRAME_SESSION_START) {
+        /* The session could not be opened (an error came instead). */
+        gateway_ws_close(s->ws, 1011, "the session could not be opened");
+        return;
+    }
+    s->started = true;
+    /* The frames that waited for it, in order. A frame handled here may
+     * close the socket; the rest are then dropped with it. */
+    for (unsigned i = 0; i < s->nearly && s->ws; i++)
+        s_handle(s, s->early[i].text, s->early[i].data, s->early[i].len);
+    s_early_free(s);
+}
+
+/* ---------------------------------------------------------------- sockets */
+
+static void s_sock_free(s_sock_t *s)
+{
+    gateway_chat_t *chat = s->chat;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        chat->socks = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    chat->nsocks--;
+    s_relay_end(s);
+    if (s->quiet_timer)
+        (void) router_loop_timer_cancel(chat->loop, s->quiet_timer);
+    if (s->sub)
+        router_turns_detach(chat->opts.turns, s->sub);
+    s_early_free(s);
+    free(s);
+}
+
+static void s_on_close(gateway_ws_t *ws, uint16_t code, void *ud)
+{
+    (void) ws, (void) code;
+    s_sock_free(ud);
+}
+
+static const gateway_ws_handlers_t s_ws_handlers = {
+    .on_message = s_on_message,
+    .on_close = s_on_close,
+};
+
+/* Five quiet seconds after the upgrade: the socket becomes a relay. */
+static void s_on_quiet(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id;
+    s_sock_t *s = ud;
+    s->quiet_timer = 0;
+    if (s->spoke || s->relay)
+        return;
+    s->relay = true;
+    s->chat->nrelays++;
+}
+
+static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_chat_t *chat = ud;
+    if (gateway_auth_require(chat->opts.auth, req, res) != 0)
+        return;
+    const char *proto = gateway_ws_req_protocol(res);
+    if (!proto || strcmp(proto, GATEWAY_CHAT_PROTOCOL) != 0) {
+        (void) gateway_http_respond_error(res, 400, "subprotocol_required",
+                                          "offer the WebSocket subprotocol kith.v1");
+        return;
+    }
+    char sid[ROUTER_TURNS_SESSION_ID_MAX + 1], name[GATEWAY_CHAT_NAME_MAX + 1];
+    size_t sid_len = 0, name_len = 0;
+    int has_sid = s_query_get(req->query, "session_id", sid, sizeof sid, &sid_len);
+    int has_name = s_query_get(req->query, "name", name, sizeof name, &name_len);
+    if (has_sid < 0 || (has_sid > 0 && sid_len > 0 && !gateway_ingress_id_ok(sid, sid_len))) {
+        (void) gateway_http_respond_error(res, 400, "invalid_session_id",
+                                          "session_id is 1..128 of A-Z a-z 0-9 . _ : -");
+        return;
+    }
+    bool name_ok = has_name >= 0 && proto_utf8_valid((const uint8_t *) name, name_len);
+    for (size_t i = 0; name_ok && i < name_len; i++)
+        if ((unsigned char) name[i] < 0x20 || name[i] == 0x7f)
+            name_ok = false;
+    if (!name_ok) {
+        (void) gateway_http_respond_error(res, 400, "invalid_name",
+                                          "name is at most 256 octets of UTF-8 text, no "
+                                          "control characters, percent-encoded");
+        return;
+    }
+    s_sock_t *s = calloc(1, sizeof *s);
+    if (!s) {
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+        return;
+    }
+    s->chat = chat;
+    s->sub = router_turns_attach(chat->opts.turns, has_sid > 0 && sid_len ? sid : NULL,
+                                 has_name > 0 && name_len ? name : NULL, s_on_frame, s);
+    if (!s->sub) {
+        free(s);
+        (void) gateway_http_respond_error(res, 503, "too_many_subscribers",
+                                          "too many chat sockets are open");
+        return;
+    }
+    if (!(s->ws = gateway_ws_accept(res, &s_ws_handlers, s, &chat->opts.ws))) {
+        router_turns_detach(chat->opts.turns, s->sub);
+        free(s);
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+        return;
+    }
+    s->next = chat->socks;
+    if (chat->socks)
+        chat->socks->prev = s;
+    chat->socks = s;
+    chat->nsocks++;
+    s->quiet_timer = router_loop_timer_add(chat->loop, chat->opts.listen_only_ms, s_on_quiet, s);
+    if (!s->quiet_timer)
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                   "ws %llu: no timer for the listen-only relay: %s",
+                   (unsigned long long) gateway_ws_id(s->ws), strerror(errno));
+}
+
+/* ---------------------------------------------------------------- turn events */
+
+/* A turn event (router_turns_event_fn): to /api/events, and to every
+ * listen-only relay as an agent_event frame. */
+static void s_on_event(const char *type, const char *json_object, void *ud)
+{
+    gateway_chat_t *chat = ud;
+    if (chat->opts.events && !gateway_events_publish(chat->opts.events, type, json_object))
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "turn event %s not published: %s", type,
+                   strerror(errno));
+    if (!chat->nrelays)
+        return;
+    gateway_chat_out_t f = {.type = GATEWAY_CHAT_OUT_AGENT_EVENT, .name = type,
+                            .json = json_object, .json_len = strlen(json_object)};
+    char *json;
+    size_t len;
+    if (gateway_chat_frame_encode(&f, &json, &len) != 0)
+        return;
+    for (s_sock_t *s = chat->socks, *next; s; s = next) {
+        next = s->next; /* a failed send closes a socket later, never here */
+        if (s->relay && s->ws)
+            (void) gateway_ws_send(s->ws, true, json, len);
+    }
+    free(json);
+}
+
+/* ---------------------------------------------------------------- session API */
+
+static void s_rest_unlink(s_rest_t *r)
+{
+    gateway_chat_t *chat = r->chat;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        chat->rests = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    chat->nrests--;
+}
+
+/* The turns module's answer (router_turns_json_fn). */
+static void s_rest_answer(int status, const char *json, size_t len, void *ud)
+{
+    s_rest_t *r = ud;
+    (void) gateway_http_respond(gateway_http_pending_res(r->pending), status, "application/json",
+                                json, len);
+    gateway_http_pending_end(&r->pending);
+    s_rest_unlink(r);
+    free(r);
+}
+
+/* ?limit=N, 1..GATEWAY_CHAT_LIMIT_MAX; `dflt` when absent. -1 when bad. */
+static long s_limit(const gateway_http_req_t *req, unsigned dflt)
+{
+    char v[8];
+    size_t n;
+    int has = s_query_get(req->query, "limit", v, sizeof v, &n);
+    if (has == 0)
+        return dflt;
+    if (has < 0 || n == 0)
+        return -1;
+    long x = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        x = x * 10 + (v[i] - '0');
+    }
+    return x >= 1 && x <= GATEWAY_CHAT_LIMIT_MAX ? x : -1;
+}
+
+/* Starts one session API read: the answer comes later (deferred). */
+static void s_rest(gateway_chat_t *chat, gateway_http_res_t *res, const char *session_id,
+                   unsigned limit)
+{
+    if (chat->nrests >= GATEWAY_CHAT_REST_PENDING_MAX) {
+        (void) gateway_http_respond_error(res, 503, "busy", "too many session reads at once");
+        return;
+    }
+    s_rest_t *r = calloc(1, sizeof *r);
+    if (!r || !(r->pending = gateway_http_res_defer(res))) {
+        free(r);
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+        return;
+    }
+    r->chat = chat;
+    r->next = chat->rests;
+    if (chat->rests)
+        chat->rests->prev = r;
+    chat->rests = r;
+    chat->nrests++;
+    int rc = session_id
+                 ? router_turns_session_get(chat->opts.turns, session_id, limit, s_rest_answer, r)
+                 : router_turns_sessions_list(chat->opts.turns, limit, s_rest_answer, r);
+    if (rc != 0) {
+        (void) gateway_http_respond_error(gateway_http_pending_res(r->pending), 503, "busy",
+                                          "the session store is busy; try again");
+        gateway_http_pending_end(&r->pending);
+        s_rest_unlink(r);
+        free(r);
+    }
+}
+
+static void s_sessions_list(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_chat_t *chat = ud;
+    if (gateway_auth_require(chat->opts.auth, req, res) != 0)
+        return;
+    long limit = s_limit(req, GATEWAY_CHAT_SESSIONS_LIMIT);
+    if (limit < 0) {
+        (void) gateway_http_respond_error(res, 400, "invalid_limit", "limit is 1..1000");
+        return;
+    }
+    s_rest(chat, res, NULL, (unsigned) limit);
+}
+
+static void s_session_get(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_chat_t *chat = ud;
+    if (gateway_auth_require(chat->opts.auth, req, res) != 0)
+        return;
+    static const char prefix[] = "/api/sessions/";
+    const char *id = req->path.ptr + sizeof prefix - 1;
+    size_t id_len = req->path.len - (sizeof prefix - 1);
+    if (id_len == 0 || memchr(id, '/', id_len)) {
+        (void) gateway_http_respond_error(res, 404, "not_found", "no such route");
+        return;
+    }
+    if (!gateway_ingress_id_ok(id, id_len)) {
+        (void) gateway_http_respond_error(res, 400, "invalid_session_id",
+                                          "a session id is 1..128 of A-Z a-z 0-9 . _ : -");
+        return;
+    }
+    long limit = s_limit(req, GATEWAY_CHAT_HISTORY_LIMIT);
+    if (limit < 0) {
+        (void) gateway_http_respond_error(res, 400, "invalid_limit", "limit is 1..1000");
+        return;
+    }
+    char sid[ROUTER_TURNS_SESSION_ID_MAX + 1];
+    memcpy(sid, id, id_len);
+    sid[id_len] = '\0';
+    s_rest(chat, res, sid, (unsigned) limit);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+gateway_chat_t *gateway_chat_new(gateway_http_t *g, router_loop_t *loop,
+                                 const gateway_chat_opts_t *opts)
+{
+    if (!g || !loop || !opts || !opts->turns) {
+        errno = EINVAL;
+        return NULL;
+    }
+    gateway_chat_t *chat = calloc(1, sizeof *chat);
+    if (!chat) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    chat->g = g;
+    chat->loop = loop;
+    chat->opts = *opts;
+    if (!chat->opts.listen_only_ms)
+        chat->opts.listen_only_ms = GATEWAY_CHAT_LISTEN_ONLY_MS;
+    if (gateway_http_route_ws(g, "/ws/chat", s_protocols, 1, s_upgrade, chat) != 0 ||
+        gateway_http_route(g, "GET", "/api/sessions", s_sessions_list, chat) != 0 ||
+        gateway_http_route(g, "GET", "/api/sessions/*", s_session_get, chat) != 0) {
+        int e = errno;
+        free(chat);
+        errno = e;
+        return NULL;
+    }
+    router_turns_set_event_sink(opts->turns, s_on_event, chat);
+    return chat;
+}
+
+void gateway_chat_destroy(gateway_chat_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    gateway_chat_t *chat = *self_p;
+    router_turns_set_event_sink(chat->opts.turns, NULL, NULL);
+    while (chat->socks)
+        s_sock_free(chat->socks);
+    while (chat->rests) {
+        s_rest_t *r = chat->rests;
+        gateway_http_pending_end(&r->pending);
+        s_rest_unlink(r);
+        free(r);
+    }
+    free(chat);
+    *self_p = NULL;
+}
+
+void gateway_chat_stats(const gateway_chat_t *self, gateway_chat_stats_t *out)
+{
+    *out = (gateway_chat_stats_t){.sockets = self->nsocks, .relays = self->nrelays,
+                                  .pending = self->nrests};
+}

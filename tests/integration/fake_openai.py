@@ -1,0 +1,173 @@
+"""tests/integration/fake_openai.py — a fake OpenAI-compatible server
+(POST /v1/chat/completions, stream: true) on Python's http.server, started by
+the tests in a thread. It answers in the real wire format — Server-Sent
+Events of chat.completion.chunk objects over chunked HTTP/1.1, ended by
+`data: [DONE]` — and picks its behaviour from the first user message:
+
+  hello      text in a few chunks, a usage chunk
+  bytes      the same, written one byte at a time with CRLF line ends
+  tool       a tool call whose id, name and arguments are split across
+             chunks; once the conversation holds the tool's result, text
+             quoting it
+  malformed  a chunk that is not JSON
+  ratelimit  429 with Retry-After: 0 the first time, then text
+  boom       500 with an error body, every time
+  slow       one chunk, then nothing until the client goes away
+
+A comms request's turn ("request INTENT: PARAMS") is picked by its INTENT.
+Every request is kept (headers and JSON body) for the test to look at."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def chunk(delta=None, finish=None, usage=None, choices=True):
+    obj = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
+           "model": "fake-model", "choices": []}
+    if choices:
+        obj["choices"] = [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}]
+    if usage:
+        obj["usage"] = usage
+    return "data: " + json.dumps(obj) + "\n\n"
+
+
+def text_stream(parts, usage=None):
+    out = [chunk({"role": "assistant", "content": ""})]
+    out += [chunk({"content": p}) for p in parts]
+    out.append(chunk({}, "stop"))
+    if usage:
+        out.append(chunk(usage=usage, choices=False))
+    out.append("data: [DONE]\n\n")
+    return out
+
+
+def scenario(body):
+    """The first user message; a comms request's turn ("request INTENT:
+    PARAMS", WIRE §19.4) picks its scenario by INTENT."""
+    first = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
+    if first.startswith("request "):
+        first = first[len("request "):].split(":")[0]
+    return first
+
+
+class FakeOpenAI:
+    def __init__(self):
+        self.requests = []
+        self.counts = {}
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(n))
+                with fake.lock:
+                    fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if self.path != "/v1/chat/completions":
+                    return self.plain(404, {"error": {"message": "no such path " + self.path}})
+                first = scenario(body)
+                with fake.lock:
+                    fake.counts[first] = fake.counts.get(first, 0) + 1
+                    count = fake.counts[first]
+                getattr(self, "s_" + first, self.s_hello)(body, count)
+
+            # ------------------------------------------------ writing
+            def plain(self, status, obj, headers=()):
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def start_stream(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+
+            def piece(self, data):
+                if isinstance(data, str):
+                    data = data.encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
+            def end_stream(self):
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+            def stream(self, events):
+                self.start_stream()
+                for e in events:
+                    self.piece(e)
+                self.end_stream()
+
+            # ------------------------------------------------ scenarios
+            def s_hello(self, body, count):
+                self.stream(text_stream(["Hello", ", ", "world"],
+                                        {"prompt_tokens": 13, "completion_tokens": 8, "total_tokens": 21}))
+
+            def s_bytes(self, body, count):
+                self.start_stream()
+                for e in text_stream(["Hello", ", ", "world"]):
+                    for b in e.replace("\n", "\r\n").encode():
+                        self.piece(bytes([b]))
+                self.end_stream()
+
+            def s_tool(self, body, count):
+                tool_msgs = [m for m in body["messages"] if m["role"] == "tool"]
+                if tool_msgs:
+                    return self.stream(text_stream(["tool said: ", tool_msgs[-1]["content"]]))
+                tc = lambda **kw: chunk({"tool_calls": [dict(index=0, **kw)]})  # noqa: E731
+                self.stream([
+                    chunk({"role": "assistant", "content": None}),
+                    tc(id="call_fake1", type="function", function={"name": "send_message", "arguments": ""}),
+                    tc(function={"arguments": '{"peer":'}),
+                    tc(function={"arguments": ' "bob", "bo'}),
+                    tc(function={"arguments": 'dy": "hi"}'}),
+                    chunk({}, "tool_calls"),
+                    "data: [DONE]\n\n",
+                ])
+
+            def s_malformed(self, body, count):
+                self.stream([chunk({"content": "partly "}), 'data: {"choices": [{"delta": {"content": "x"}}\n\n'])
+
+            def s_ratelimit(self, body, count):
+                if count == 1:
+                    return self.plain(429, {"error": {"message": "Rate limit reached", "type": "requests"}},
+                                      [("Retry-After", "0")])
+                self.stream(text_stream(["after ", "retry"]))
+
+            def s_boom(self, body, count):
+                self.plain(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
+
+            def s_slow(self, body, count):
+                self.start_stream()
+                self.piece(chunk({"content": "tick"}))
+                for _ in range(600):  # until the client hangs up (or a minute)
+                    time.sleep(0.1)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def requests_for(self, first):
+        with self.lock:
+            return [r for r in self.requests if scenario(r["body"]) == first]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

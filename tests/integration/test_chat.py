@@ -1,0 +1,394 @@
+"""tests/integration/test_chat.py — /ws/chat and the session API (DESIGN §6,
+WIRE §24) on the real `kith daemon` with its embedded agent workers and the
+scripted provider, driven by Python's `websockets` (Debian
+python3-websockets, asyncio API), Node's `ws` (chat_client.js) and curl, as
+a new user would: pair with the printed code, open /ws/chat with the token
+as a `bearer.` subprotocol, talk, restart the daemon, resume."""
+
+import asyncio
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.parse
+
+import websockets
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import Daemon, Results, check, curl, free_port, gateway_url  # noqa: E402
+
+TIMEOUT = 60  # generous bound on any one wait; never a speed assertion
+FINALS = ("done", "stopped", "error")
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 300))
+
+
+def pair(node):
+    codes = re.findall(r"pairing code (\d{6}) ", node.logs())
+    check(codes, f"no pairing code in the log:\n{node.logs()}")
+    status, _, body, _ = curl("-X", "POST", "-H", f"X-Pairing-Code: {codes[-1]}",
+                              gateway_url(node) + "/pair")
+    check(status == 200, f"/pair answered {status}: {body}")
+    return json.loads(body)["token"]
+
+
+def chat_url(node, **query):
+    q = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+    return f"ws://127.0.0.1:{node.gw_port}/ws/chat" + (f"?{q}" if q else "")
+
+
+async def recv(ws):
+    return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+
+async def open_chat(node, token, session_id=None, name=None):
+    """A chat socket and its session_start frame (always the first)."""
+    ws = await websockets.connect(chat_url(node, session_id=session_id, name=name),
+                                  subprotocols=["kith.v1"] + ([f"bearer.{token}"] if token else []),
+                                  ping_interval=None, max_size=None)
+    check(ws.subprotocol == "kith.v1", f"subprotocol {ws.subprotocol!r}")
+    start = await recv(ws)
+    check(start.get("type") == "session_start", f"first frame {start}")
+    return ws, start
+
+
+async def until_final(ws, frames=None):
+    """Frames up to and including the next final one (done/stopped/error)."""
+    frames = [] if frames is None else frames
+    while True:
+        f = await recv(ws)
+        frames.append(f)
+        if f["type"] in FINALS:
+            return frames
+
+
+async def say(ws, content):
+    await ws.send(json.dumps({"type": "message", "content": content}))
+    return await until_final(ws)
+
+
+def check_answer(frames, want):
+    done = frames[-1]
+    check(done["type"] == "done", f"turn ended {done}")
+    check(done["full_response"] == want, f"full_response {done['full_response']!r} != {want!r}")
+    chunks = "".join(f["content"] for f in frames if f["type"] == "chunk")
+    check(chunks == want, f"chunks {chunks!r} != {want!r}")
+    ids = {f["turn_id"] for f in frames if "turn_id" in f}
+    check(len(ids) == 1, f"one turn's frames carry one turn_id: {ids}")
+    return done["turn_id"]
+
+
+def events_until(node, token, pred, last_id=0):
+    """Reads /api/events from after `last_id` (the ring replays) until
+    pred(event) holds for one; returns the events read."""
+    c = http.client.HTTPConnection("127.0.0.1", node.gw_port, timeout=TIMEOUT)
+    c.request("GET", "/api/events", headers={"Authorization": f"Bearer {token}",
+                                             "Last-Event-ID": str(last_id)})
+    r = c.getresponse()
+    check(r.status == 200, f"/api/events answered {r.status}")
+    seen = []
+    try:
+        while True:
+            line = r.fp.readline()
+            check(line, f"/api/events ended; saw {seen}")
+            if line.startswith(b"data: "):
+                ev = json.loads(line[6:])
+                seen.append(ev)
+                if pred(ev):
+                    return seen
+    finally:
+        c.close()
+
+
+# ------------------------------------------------------------------ cases
+
+def refused_before_upgrade(node, token):
+    async def go():
+        for protocols, want in (([], 401), (["kith.v1"], 401), (["kith.v1", "bearer.kith_" + "0" * 64], 401),
+                                ([f"bearer.{token}"], 400)):
+            try:
+                ws = await websockets.connect(chat_url(node), subprotocols=protocols or None,
+                                              ping_interval=None)
+                await ws.close()
+                raise AssertionError(f"{protocols}: upgraded")
+            except websockets.exceptions.InvalidStatusCode as e:
+                check(e.status_code == want, f"{protocols}: {e.status_code} != {want}")
+    run(go())
+    # The token in the header or ?token= works as well as the subprotocol.
+    async def other_ways():
+        ws = await websockets.connect(chat_url(node), subprotocols=["kith.v1"], ping_interval=None,
+                                      extra_headers={"Authorization": f"Bearer {token}"})
+        check((await recv(ws))["type"] == "session_start", "header bearer")
+        await ws.close()
+        ws = await websockets.connect(chat_url(node, token=token), subprotocols=["kith.v1"],
+                                      ping_interval=None)
+        check((await recv(ws))["type"] == "session_start", "query bearer")
+        await ws.close()
+    run(other_ways())
+    status, _, body, _ = curl(chat_url(node, session_id="a b").replace("ws:", "http:"),
+                              "-H", f"Authorization: Bearer {token}", "-H", "Upgrade: websocket",
+                              "-H", "Connection: Upgrade", "-H", "Sec-WebSocket-Version: 13",
+                              "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                              "-H", "Sec-WebSocket-Protocol: kith.v1")
+    check(status == 400 and json.loads(body)["code"] == "invalid_session_id", f"{status} {body}")
+
+
+def message_chunks_done(node, token, state):
+    async def go():
+        ws, start = await open_chat(node, token, name="first chat")
+        check(start["resumed"] is False and start["message_count"] == 0, f"{start}")
+        check(start["name"] == "first chat" and start["session_id"], f"{start}")
+        await ws.send(json.dumps({"type": "connect"}))
+        connected = await recv(ws)
+        check(connected == {"type": "connected", "session_id": start["session_id"],
+                            "protocol": "kith.v1"}, f"{connected}")
+        state["turn_id"] = check_answer(await say(ws, "hello there"), "echo: hello there")
+        state["session_id"] = start["session_id"]
+        await ws.close()
+    run(go())
+
+
+def bad_frames_keep_the_socket(node, token):
+    async def go():
+        ws, _ = await open_chat(node, token)
+        for frame, code in (("{nope", "INVALID_JSON"), ("[1]", "INVALID_JSON"),
+                            ('{"type":"message","content":5}', "INVALID_JSON"),
+                            ('{"type":"dance"}', "UNKNOWN_MESSAGE_TYPE"), ("{}", "UNKNOWN_MESSAGE_TYPE"),
+                            ('{"type":"message","content":"  "}', "EMPTY_CONTENT"),
+                            ('{"type":"steer","content":"left"}', "NO_ACTIVE_TURN")):
+            await ws.send(frame)
+            err = await recv(ws)
+            check(err["type"] == "error" and err["code"] == code and err["message"],
+                  f"{frame}: {err}")
+        await ws.send(b"\x01binary")
+        err = await recv(ws)
+        check(err["type"] == "error" and err["code"] == "INVALID_JSON", f"binary: {err}")
+        await ws.send(json.dumps({"type": "stop"}))
+        stopped = await recv(ws)
+        check(stopped["type"] == "stopped" and stopped.get("turn_id") is None and stopped["message"],
+              f"stop with no turn: {stopped}")
+        # Still usable after all of that.
+        check_answer(await say(ws, "still here"), "echo: still here")
+        await ws.close()
+    run(go())
+
+
+def queued_in_order(node, token):
+    async def go():
+        ws, _ = await open_chat(node, token)
+        await ws.send(json.dumps({"type": "message", "content": "/sleep 2000"}))
+        await ws.send(json.dumps({"type": "message", "content": "second"}))
+        first = await until_final(ws)
+        second = await until_final(ws)
+        check_answer(first, "slept 2000 ms")
+        check_answer(second, "echo: second")
+        check(first[-1]["turn_id"] != second[-1]["turn_id"], "two turns")
+        await ws.close()
+    run(go())
+
+
+def session_busy_past_the_queue(node, token):
+    async def go():
+        ws, _ = await open_chat(node, token)
+        await ws.send(json.dumps({"type": "message", "content": "/sleep 600000"}))
+        for i in range(20):
+            await ws.send(json.dumps({"type": "message", "content": f"m{i}"}))
+        # 16 wait behind the turn in flight (17 when it had not started yet);
+        # the rest are refused at once.
+        frames, busy = [], 0
+        while busy < 3:
+            f = await recv(ws)
+            if f["type"] == "error" and f["code"] == "SESSION_BUSY" and "turn_id" not in f:
+                busy += 1
+            else:
+                frames.append(f)
+        await ws.send(json.dumps({"type": "stop"}))
+        finals = []
+        while len(finals) < 21 - busy:
+            f = await recv(ws)
+            if f["type"] == "error" and f["code"] == "SESSION_BUSY" and "turn_id" not in f:
+                busy += 1
+            elif f["type"] in FINALS:
+                finals.append(f)
+        check(busy in (4, 5), f"{busy} refused")
+        check(finals[0]["type"] == "stopped", f"first turn {finals[0]}")
+        answers = [f.get("full_response") for f in finals[1:]]
+        check(answers == [f"echo: m{i}" for i in range(len(answers))], f"{answers}")
+        await ws.close()
+    run(go())
+
+
+def every_socket_sees_the_turn(node, token, state):
+    async def go():
+        a, start = await open_chat(node, token)
+        sid = start["session_id"]
+        b, start_b = await open_chat(node, token, session_id=sid)
+        check(start_b["session_id"] == sid and start_b["resumed"] is True, f"{start_b}")
+        seen_a = await say(a, "for both")
+        turn = check_answer(seen_a, "echo: for both")
+        seen_b = await until_final(b)
+        check(check_answer(seen_b, "echo: for both") == turn, "same turn")
+        # A turn B starts reaches A too.
+        await b.send(json.dumps({"type": "message", "content": "from b"}))
+        check_answer(await until_final(a), "echo: from b")
+        check_answer(await until_final(b), "echo: from b")
+        await a.close()
+        await b.close()
+    run(go())
+
+
+async def until_in_flight(node, token, session_id):
+    """Returns once a turn of the session has started: its agent_start is
+    on /api/events (replayed from the ring, so none is missed)."""
+    await asyncio.to_thread(events_until, node, token,
+                            lambda e: e["type"] == "agent_start" and e.get("session_id") == session_id)
+
+
+def stop_reaches_every_socket(node, token):
+    async def go():
+        a, start = await open_chat(node, token)
+        b, _ = await open_chat(node, token, session_id=start["session_id"])
+        await a.send(json.dumps({"type": "message", "content": "/sleep 600000"}))
+        await until_in_flight(node, token, start["session_id"])
+        await b.send(json.dumps({"type": "stop"}))
+        fa, fb = (await until_final(a))[-1], (await until_final(b))[-1]
+        check(fa["type"] == "stopped" and fa.get("turn_id"), f"{fa}")
+        check(fb == fa, f"{fb} != {fa}")
+        check_answer(await say(a, "after the stop"), "echo: after the stop")
+        await a.close()
+        await b.close()
+    run(go())
+
+
+def listen_only_relay(node, token):
+    async def go():
+        relay, _ = await open_chat(node, token)
+        got = []
+
+        async def read():
+            while True:
+                got.append(json.loads(await relay.recv()))
+
+        reader = asyncio.create_task(read())
+        talker, _ = await open_chat(node, token)
+        # The relay starts 5 s after the upgrade: keep running turns on
+        # another session until it relays one (bounded, not timed).
+        for _ in range(TIMEOUT):
+            await say(talker, "anyone watching?")
+            await asyncio.sleep(1)
+            if any(f["type"] == "agent_event" for f in got):
+                break
+        names = [f["name"] for f in got if f["type"] == "agent_event"]
+        check("agent_end" in names or "agent_start" in names, f"relay saw {got}")
+        ev = next(f for f in got if f["type"] == "agent_event")
+        check(isinstance(ev["data"], dict), f"{ev}")
+        # Speaking ends the relay; the socket is a chat client again.
+        reader.cancel()
+        check_answer(await say(relay, "my turn"), "echo: my turn")
+        await relay.close()
+        await talker.close()
+    run(go())
+
+
+def events_show_the_turn(node, token, state):
+    turn = state["turn_id"]
+    seen = events_until(node, token, lambda e: e["type"] == "agent_end" and
+                        json.dumps(e).find(turn) >= 0)
+    types = [e["type"] for e in seen if turn in json.dumps(e)]
+    check("agent_start" in types and types.index("agent_start") < types.index("agent_end"),
+          f"{types}")
+
+
+def sessions_api(node, token, state):
+    sid = state["session_id"]
+    auth = ["-H", f"Authorization: Bearer {token}"]
+    status, ctype, body, _ = curl(*auth, gateway_url(node) + "/api/sessions")
+    check(status == 200 and ctype.startswith("application/json"), f"{status} {ctype} {body}")
+    listed = {s["id"]: s for s in json.loads(body)["sessions"]}
+    check(sid in listed, f"{sid} not in {list(listed)}")
+    s = listed[sid]
+    check(s["name"] == "first chat" and s["message_count"] >= 2, f"{s}")
+    for k in ("created_ms", "updated_ms"):
+        check(k in s, f"{k} missing: {s}")
+    status, _, body, _ = curl(*auth, gateway_url(node) + f"/api/sessions/{sid}")
+    check(status == 200, f"{status} {body}")
+    one = json.loads(body)
+    msgs = [(m["role"], m["content"]) for m in one["messages"]]
+    check(msgs[:2] == [("user", "hello there"), ("assistant", "echo: hello there")], f"{msgs}")
+    check(one["message_count"] == len(one["messages"]), f"{one}")
+    state["message_count"] = one["message_count"]
+    status, _, body, _ = curl(*auth, gateway_url(node) + "/api/sessions/no-such-session")
+    check(status == 404 and json.loads(body)["code"], f"{status} {body}")
+    status, _, body, _ = curl(*auth, gateway_url(node) + "/api/sessions/bad%20id")
+    check(status == 400 and json.loads(body)["code"] == "invalid_session_id", f"{status} {body}")
+    status, _, body, _ = curl(*auth, gateway_url(node) + "/api/sessions?limit=0")
+    check(status == 400 and json.loads(body)["code"] == "invalid_limit", f"{status} {body}")
+    status, _, body, _ = curl(gateway_url(node) + "/api/sessions")
+    check(status == 401 and json.loads(body)["code"] == "unauthorized", f"{status} {body}")
+    status, _, body, _ = curl(gateway_url(node) + f"/api/sessions/{sid}")
+    check(status == 401, f"{status} {body}")
+
+
+def resume_after_restart(node, token, state):
+    async def go():
+        ws, start = await open_chat(node, token, session_id=state["session_id"])
+        check(start["resumed"] is True, f"{start}")
+        check(start["message_count"] == state["message_count"],
+              f"{start['message_count']} != {state['message_count']}")
+        check(start["name"] == "first chat", f"{start}")
+        check_answer(await say(ws, "back again"), "echo: back again")
+        await ws.close()
+        ws, again = await open_chat(node, token, session_id=state["session_id"])
+        check(again["message_count"] == state["message_count"] + 2, f"{again}")
+        await ws.close()
+    run(go())
+
+
+def node_ws_client(node, token):
+    script = os.path.join(os.path.dirname(__file__), "chat_client.js")
+    modules = os.path.join(os.path.dirname(__file__), "..", "node_modules", "ws")
+    check(os.path.isdir(modules), "tests/node_modules/ws is missing: run tools/setup")
+    p = subprocess.run(["node", script, chat_url(node), token], capture_output=True, text=True,
+                       timeout=120)
+    out = json.loads(p.stdout.strip().splitlines()[-1]) if p.stdout.strip() else {}
+    check(p.returncode == 0 and out.get("ok"), (p.returncode, p.stdout, p.stderr))
+
+
+def main():
+    # A fixed port: the restart must come back where the clients are.
+    # The embedded agents (scripted provider), as `kith daemon` runs by default.
+    node = Daemon("chat", config={"gateway": {"port": free_port()},
+                                  "workers": {"agent_threads": 2}})
+    results = Results()
+    state = {}
+    try:
+        node.start()
+        token = pair(node)
+        results.run(refused_before_upgrade, node, token)
+        results.run(message_chunks_done, node, token, state)
+        results.run(bad_frames_keep_the_socket, node, token)
+        results.run(queued_in_order, node, token)
+        results.run(session_busy_past_the_queue, node, token)
+        results.run(every_socket_sees_the_turn, node, token, state)
+        results.run(stop_reaches_every_socket, node, token)
+        results.run(listen_only_relay, node, token)
+        results.run(node_ws_client, node, token)
+        if "turn_id" in state:
+            results.run(events_show_the_turn, node, token, state)
+            results.run(sessions_api, node, token, state)
+        if results.stopped(node) and "message_count" in state:
+            open(node.log_path, "wb").close()  # start() waits for this run's "ready"
+            node.start()
+            results.run(resume_after_restart, node, token, state)
+            results.stopped(node)
+    finally:
+        node.cleanup()
+    return results.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
