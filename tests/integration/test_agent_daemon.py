@@ -72,7 +72,7 @@ def main():
     agents = [Agent(ep, "A"), Agent(ep, "B")]
     try:
         def two_agents_join():
-            wait_metric(node, "kith_workers_alive", lambda v: v == 2)
+            wait_metric(node, 'kith_workers_alive{service="kith.agent"}', lambda v: v == 2)
 
         def request_answered_by_an_agent():
             req = peer.request(node.pk, "ping", {"n": 1})
@@ -112,7 +112,7 @@ def main():
             for a in live:
                 a.proc.terminate()
                 check(a.proc.wait(timeout=30) == 0, f"agent {a.name} exit {a.proc.returncode}")
-            wait_metric(node, "kith_workers_alive", lambda v: v == 0)
+            wait_metric(node, 'kith_workers_alive{service="kith.agent"}', lambda v: v == 0)
 
         r.run(two_agents_join)
         r.run(request_answered_by_an_agent)
@@ -132,7 +132,7 @@ def main():
         embedded.start()
 
         def embedded_threads_answer():
-            wait_metric(embedded, "kith_workers_alive", lambda v: v >= 2)
+            wait_metric(embedded, 'kith_workers_alive{service="kith.agent"}', lambda v: v >= 2)
             req = peer.request(embedded.pk, "hi", [1, 2])
             send(embedded, req)
             k = response_to(acks, req)

@@ -169,7 +169,7 @@ def main():
             os.environ[KEY_ENV] = KEY
             try:
                 node.start()
-                wait_metric(node, "kith_workers_alive", lambda v: v >= 2)
+                wait_metric(node, 'kith_workers_alive{service="kith.agent"}', lambda v: v >= 2)
                 req = peer.request(node.pk, "tool", {})
                 send(node, req)
                 ok, env = acks.next()
