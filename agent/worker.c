@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <czmq.h>
+
 #include "router/log.h"
 #include "router/workers/mdp_worker.h"
 
@@ -197,6 +199,11 @@ agent_pool_t *agent_pool_start(const agent_pool_opts_t *o, char *err, size_t err
         agent_pool_stop(&pool);
         return NULL;
     }
+    /* CZMQ's first use is not thread-safe (two threads in zsys_init trip its
+     * assertion that no socket is open yet): initialise it here, once,
+     * before any worker thread makes its socket. */
+    zsys_init();
+    zsys_handler_set(NULL);
     unsigned started = 0;
     for (unsigned i = 0; i < o->threads; i++) {
         pool->slots[i].pool = pool;

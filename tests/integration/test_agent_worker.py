@@ -121,7 +121,9 @@ def main():
             for args, needle in ((["agent"], "--connect"),
                                  (["agent", "--connect", b.endpoint, "--provider", "nope"], "agent.provider"),
                                  (["agent", "--connect", b.endpoint, "--threads", "0"], "--threads"),
-                                 (["agent", "--connect", b.endpoint, "--server-key", "short"], "CURVE")):
+                                 (["agent", "--connect", b.endpoint, "--server-key", "short"], "CURVE"),
+                                 (["agent", "--connect", b.endpoint, "--config", "/nonexistent/kith.json"],
+                                  "/nonexistent/kith.json")):
                 p = subprocess.run([KITH, *args], capture_output=True, text=True, timeout=60)
                 check(p.returncode == 1 and needle in p.stderr, (args, p.returncode, p.stderr))
 
