@@ -9,7 +9,7 @@ Each turn answers "<NAME>: <content>" as one chunk and a done. Content
 "/sleep MS" anywhere in it holds the turn MS milliseconds first (heartbeating);
 "/error" anywhere ends it with an AGENT_ERROR; content starting "/peers" or
 "/send PEER TEXT" calls the router-run tools and answers with their result.
-Prints "start <turn_id hex>" and "served <turn_id hex>" per turn, flushed,
+Prints "start <turn_id hex> sleep|-" and "served <turn_id hex>" per turn, flushed,
 for the test to read."""
 
 import re, sys, time, zmq, cbor2
@@ -60,8 +60,8 @@ while True:
     addr, turn = got
     tid, text, seq = turn["turn_id"], turn["message"]["content"], 0
     answer = f"{name}: {text}"
-    print("start", tid.hex(), flush=True)
     sleep = re.search(r"/sleep (\d+)", text)
+    print("start", tid.hex(), "sleep" if sleep else "-", flush=True)
     if "/error" in text:
         reply(FINAL, addr, {"type": "error", "turn_id": tid, "code": "AGENT_ERROR",
                             "message": "asked to fail"})

@@ -23,7 +23,7 @@ def worker_death_is_agent_error(node, ep):
             a, start = await open_chat(node, "")
             b, _ = await open_chat(node, "", session_id=start["session_id"])
             await a.send(json.dumps({"type": "message", "content": "/sleep 600000"}))
-            await asyncio.to_thread(w1.wait, "start")
+            await asyncio.to_thread(w1.wait, "start", 60, "sleep")
             # A message queued behind it waits the session lock timeout (1 s
             # here), then is dropped with SESSION_BUSY, to its sender only.
             await a.send(json.dumps({"type": "message", "content": "queued too long"}))

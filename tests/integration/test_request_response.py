@@ -89,7 +89,7 @@ def main():
             w = Worker(endpoint_of(b), "W")
             workers.append(w)
             rid = send_request(a, "hold", {"wait": "/sleep 30000"})
-            w.wait("start")
+            w.wait("start", tag="sleep")
             b.proc.send_signal(signal.SIGKILL)
             b.proc.wait()
             b.log.close()

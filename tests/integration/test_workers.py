@@ -89,14 +89,17 @@ class Worker:
         for line in self.proc.stdout:
             self.lines.put(line.split())
 
-    def wait(self, what, timeout=60):
+    def wait(self, what, timeout=60, tag=None):
+        """The turn id of the next `what` line ("start" lines may be asked
+        for by tag: "sleep" for a turn that holds, so a late line of an
+        earlier turn is never taken for it)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:
                 words = self.lines.get(timeout=1)
             except queue.Empty:
                 continue
-            if words and words[0] == what:
+            if words and words[0] == what and (tag is None or words[2:3] == [tag]):
                 return words[1]
         raise AssertionError(f"worker {self.name} never said {what}")
 
@@ -241,7 +244,7 @@ def main():
             wait_inbox_empty(node)  # every earlier turn is over: A is idle
             a.drain()
             send(node, peer.message(node.pk, "/sleep 600000"))
-            a.wait("start")
+            a.wait("start", tag="sleep")
             a.kill()
             # The broker declares A dead (heartbeat_ms x liveness) and the
             # turn ends as an error; the entry leaves the inbox.
@@ -262,7 +265,7 @@ def main():
             workers.append(d)
             held = peer.request(node.pk, "hold", {"wait": "/sleep 3000"})
             send(node, held)
-            d.wait("start")
+            d.wait("start", tag="sleep")
             queued = peer.request(node.pk, "later", {})
             send(node, queued)
             node.proc.send_signal(signal.SIGKILL)
