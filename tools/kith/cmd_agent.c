@@ -142,6 +142,10 @@ int kith_cmd_agent(int argc, char **argv)
     while (sigwait(&set, &sig) != 0)
         ;
     ROUTER_LOG(ROUTER_LOG_INFO, "agent", "signal %d: stopping", sig);
+    uint64_t turns = agent_pool_turns(pool);
     agent_pool_stop(&pool);
+    /* One closing line operators (and tests) can count turns from. */
+    fprintf(stderr, "kith agent: stopped after %llu turn%s\n", (unsigned long long) turns,
+            turns == 1 ? "" : "s");
     return KITH_EXIT_OK;
 }
