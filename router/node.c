@@ -112,6 +112,8 @@ sink:
 void router_node_set_audit(router_node_t *self, router_audit_feed_t *feed)
 {
     self->audit = feed;
+    if (self->turns)
+        router_turns_set_audit(self->turns, feed);
 }
 
 void router_node_set_event_sink(router_node_t *self, router_comms_event_fn *fn, void *ud)

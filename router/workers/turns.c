@@ -22,6 +22,7 @@
 #include "router/clock.h"
 #include "router/comms/envelope_json.h"
 #include "router/log.h"
+#include "router/workers/audit_feed.h"
 #include "router/workers/sessions.h"
 #include "router/workers/turn_json.h"
 #include "router/workers/turn_source.h"
@@ -160,6 +161,7 @@ struct router_turns {
     s_toolsend_t *toolsends;
     router_turns_event_fn *sink;
     void *sink_ud;
+    router_audit_feed_t *audit;      /* tool calls are recorded here, or NULL */
     router_turns_stats_t st;
     router_metric_t *m_done, *m_stopped, *m_error, *m_running, *m_waiting, *m_depth,
         *m_responses;
@@ -1170,6 +1172,8 @@ static void s_on_partial(s_turn_t *turn, const proto_worker_partial_t *p)
         router_json_cstr(&e, "name", name);
         router_json_bool(&e, "is_error", ev->is_error);
         s_event(t, "tool_call", &e);
+        if (t->audit) /* DESIGN §9: every tool call is security-relevant */
+            router_audit_feed_tool_call(t->audit, turn->sess->id, name, ev->id.p, ev->is_error);
         break;
     }
     case PROTO_WORKER_EV_OPERATOR_STATUS:
@@ -1474,6 +1478,11 @@ void router_turns_set_event_sink(router_turns_t *t, router_turns_event_fn *fn, v
 {
     t->sink = fn;
     t->sink_ud = ud;
+}
+
+void router_turns_set_audit(router_turns_t *t, router_audit_feed_t *feed)
+{
+    t->audit = feed;
 }
 
 void router_turns_stats(const router_turns_t *t, router_turns_stats_t *out)

@@ -182,6 +182,11 @@ int router_turns_session_get(router_turns_t *t, const char *session_id, unsigned
 /* Where turn events for /api/events go (NULL: nowhere). */
 void router_turns_set_event_sink(router_turns_t *t, router_turns_event_fn *fn, void *ud);
 
+/* Where each finished tool call is recorded (router_audit_feed_tool_call);
+ * NULL: nowhere. Borrowed; loop thread. */
+struct router_audit_feed;
+void router_turns_set_audit(router_turns_t *t, struct router_audit_feed *feed);
+
 /* The inbox has new durable entries (the node calls it from its durable
  * wake-up); turns also polls, so this only makes them start sooner. */
 void router_turns_kick(router_turns_t *t);

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import (Conn, Daemon, Peer, Results, check, curl, frame,  # noqa: E402
@@ -221,6 +222,27 @@ def main():
             del os.environ[HMAC_ENV]
             h.cleanup()
     results.run(hmac_chain)
+
+    def tool_calls_recorded():
+        t = Daemon("audit-tools", config={"workers": {"agent_threads": 2},
+                                          "gateway": {"require_pairing": False}})
+        try:
+            t.start()
+            status, _, body, _ = curl("-X", "POST", "-H", "Content-Type: application/json",
+                                      "--data", '{"message":"/peers","session_id":"tools"}',
+                                      gateway_url(t) + "/webhook")
+            check(status == 202, (status, body))
+            wait_metric(t, 'kith_turns_total{status="done"}', lambda v: v >= 1)
+            deadline, calls, recs = time.time() + 60, [], []
+            while not calls and time.time() < deadline:  # appended a moment later
+                time.sleep(0.1)
+                recs = [json.loads(r) for r in lines(t)] if os.path.exists(log_path(t)) else []
+                calls = [r["detail"] for r in recs if r["type"] == "tool_call"]
+            check(len(calls) == 1 and calls[0]["tool"] == "peers"
+                  and calls[0]["session_id"] == "tools", recs)
+        finally:
+            t.cleanup()
+    results.run(tool_calls_recorded)
     shutil.rmtree(node.home, ignore_errors=True)
     return results.summary()
 
