@@ -12,69 +12,8 @@
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
+#include "gateway/json_text.h"
 #include "proto/utf8.h"
-
-/* ---------------------------------------------------------------- shared checks */
-
-static int s_hex4(const char *p, unsigned *v)
-{
-    *v = 0;
-    for (int i = 0; i < 4; i++) {
-        char ch = p[i];
-        unsigned d = ch >= '0' && ch <= '9'   ? (unsigned) (ch - '0')
-                     : ch >= 'a' && ch <= 'f' ? (unsigned) (ch - 'a' + 10)
-                     : ch >= 'A' && ch <= 'F' ? (unsigned) (ch - 'A' + 10)
-                                              : 16u;
-        if (d > 15)
-            return -1;
-        *v = *v * 16 + d;
-    }
-    return 0;
-}
-
-/* yajl turns a lone surrogate escape into '?' rather than refusing it:
- * find them first. Escapes only occur inside strings (a backslash
- * elsewhere is a syntax error yajl reports), so a plain scan is enough. */
-static bool s_surrogates_paired(const char *s, size_t len)
-{
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] != '\\')
-            continue;
-        if (i + 1 >= len)
-            return true; /* yajl refuses it */
-        if (s[i + 1] != 'u') {
-            i++;
-            continue;
-        }
-        unsigned v;
-        if (i + 6 > len || s_hex4(s + i + 2, &v) != 0)
-            return true; /* yajl refuses it */
-        i += 5;
-        if (v >= 0xDC00 && v <= 0xDFFF)
-            return false;
-        if (v >= 0xD800 && v <= 0xDBFF) {
-            unsigned lo;
-            if (i + 7 > len || s[i + 1] != '\\' || s[i + 2] != 'u' ||
-                s_hex4(s + i + 3, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF)
-                return false;
-            i += 6;
-        }
-    }
-    return true;
-}
-
-/* What yajl does not check itself: the text is UTF-8 without NUL and
- * without lone surrogate escapes. */
-static const char *s_text_problem(const char *s, size_t len)
-{
-    if (memchr(s, '\0', len))
-        return "the frame holds a NUL octet";
-    if (!proto_utf8_valid((const uint8_t *) s, len))
-        return "the frame is not well-formed UTF-8";
-    if (!s_surrogates_paired(s, len))
-        return "a \\u escape is a lone surrogate";
-    return NULL;
-}
 
 static uint64_t s_fnv(const unsigned char *s, size_t n)
 {
@@ -478,9 +417,9 @@ gateway_chat_reason_t gateway_chat_frame_decode(const uint8_t *data, size_t len,
         snprintf(why, cap, "the frame is longer than 26 MiB");
         return GATEWAY_CHAT_INVALID_JSON;
     }
-    const char *problem = s_text_problem((const char *) data, len);
+    const char *problem = gateway_json_text_problem((const char *) data, len);
     if (problem) {
-        snprintf(why, cap, "%s", problem);
+        snprintf(why, cap, "the frame %s", problem);
         return GATEWAY_CHAT_INVALID_JSON;
     }
     s_dec_t c = {.out = out, .why = why, .cap = cap};
@@ -680,7 +619,7 @@ static void s_json_value(s_buf_t *b, const char *json, size_t n)
         s_puts(b, "null");
         return;
     }
-    if (n <= GATEWAY_CHAT_JSON_VALUE_MAX && !s_text_problem(json, n)) {
+    if (n <= GATEWAY_CHAT_JSON_VALUE_MAX && !gateway_json_text_problem(json, n)) {
         s_pipe_t p = {.g = yajl_gen_alloc(NULL)};
         yajl_handle h = p.g ? yajl_alloc(&s_pipe_callbacks, NULL, &p) : NULL;
         if (!h) {

@@ -10,6 +10,7 @@
 #include <yajl/yajl_parse.h>
 
 #include "gateway/ingress_body.h"
+#include "gateway/json_text.h"
 #include "proto/utf8.h"
 
 /* The members of the top-level object a shape knows. */
@@ -229,53 +230,6 @@ static const yajl_callbacks s_callbacks = {
     .yajl_end_array = s_on_end_array,
 };
 
-static int s_hex4(const char *p, unsigned *v)
-{
-    *v = 0;
-    for (int i = 0; i < 4; i++) {
-        char ch = p[i];
-        unsigned d = ch >= '0' && ch <= '9'   ? (unsigned) (ch - '0')
-                     : ch >= 'a' && ch <= 'f' ? (unsigned) (ch - 'a' + 10)
-                     : ch >= 'A' && ch <= 'F' ? (unsigned) (ch - 'A' + 10)
-                                              : 16u;
-        if (d > 15)
-            return -1;
-        *v = *v * 16 + d;
-    }
-    return 0;
-}
-
-/* yajl turns a lone surrogate escape into '?' rather than refusing it:
- * find them first. Escapes only occur inside strings (a backslash elsewhere
- * is a syntax error yajl reports), so a plain scan is enough. */
-static bool s_surrogates_paired(const char *s, size_t len)
-{
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] != '\\')
-            continue;
-        if (i + 1 >= len)
-            return true; /* yajl refuses it */
-        if (s[i + 1] != 'u') {
-            i++;
-            continue;
-        }
-        unsigned v;
-        if (i + 6 > len || s_hex4(s + i + 2, &v) != 0)
-            return true; /* yajl refuses it */
-        i += 5;
-        if (v >= 0xDC00 && v <= 0xDFFF)
-            return false;
-        if (v >= 0xD800 && v <= 0xDBFF) {
-            unsigned lo;
-            if (i + 7 > len || s[i + 1] != '\\' || s[i + 2] != 'u' ||
-                s_hex4(s + i + 3, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF)
-                return false;
-            i += 6;
-        }
-    }
-    return true;
-}
-
 gateway_ingress_reason_t gateway_ingress_body_parse(gateway_ingress_shape_t shape,
                                                     const char *body, size_t len,
                                                     gateway_ingress_body_t *out, char *why,
@@ -283,17 +237,9 @@ gateway_ingress_reason_t gateway_ingress_body_parse(gateway_ingress_shape_t shap
 {
     memset(out, 0, sizeof *out);
     snprintf(why, cap, "ok");
-    if (memchr(body, '\0', len)) {
-        snprintf(why, cap, "the body holds a NUL octet");
-        return GATEWAY_INGRESS_INVALID_JSON;
-    }
-    /* yajl's own check lets UTF-8-encoded surrogates (ED A0 80) through. */
-    if (!proto_utf8_valid((const uint8_t *) body, len)) {
-        snprintf(why, cap, "the body is not well-formed UTF-8");
-        return GATEWAY_INGRESS_INVALID_JSON;
-    }
-    if (!s_surrogates_paired(body, len)) {
-        snprintf(why, cap, "a \\u escape is a lone surrogate");
+    const char *problem = gateway_json_text_problem(body, len);
+    if (problem) {
+        snprintf(why, cap, "the body %s", problem);
         return GATEWAY_INGRESS_INVALID_JSON;
     }
     s_ctx_t c = {.shape = shape, .out = out, .why = why, .cap = cap};
