@@ -237,10 +237,11 @@ static void s_session_gc(router_turns_t *t, s_session_t *s)
 /* ------------------------------------------------------------ frames and events */
 
 static void s_deliver_one(s_sub_t *sub, router_turn_frame_type_t type, const char *json,
-                          size_t len, const char *code)
+                          size_t len, const char *code, router_turns_sub_t submitter)
 {
     router_turn_frame_t f = {.type = type, .json = json, .json_len = len,
-                             .session_id = sub->sess->id, .code = code};
+                             .session_id = sub->sess->id, .code = code,
+                             .submitter = submitter};
     sub->fn(&f, sub->ud);
 }
 
@@ -251,6 +252,8 @@ static void s_deliver(router_turns_t *t, s_session_t *sess, router_turn_frame_ty
 {
     if (!json)
         return;
+    /* Every caller delivers a frame of the session's turn in flight. */
+    router_turns_sub_t submitter = sess->active && sess->active->item ? sess->active->item->sub : 0;
     router_turns_sub_t ids[64];
     size_t n = 0;
     for (s_sub_t *s = sess->subs; s; s = s->next) {
@@ -261,7 +264,7 @@ static void s_deliver(router_turns_t *t, s_session_t *sess, router_turn_frame_ty
             for (size_t i = 0; i < n; i++) {
                 s_sub_t *x = s_sub(t, ids[i]);
                 if (x)
-                    s_deliver_one(x, type, json, len, code);
+                    s_deliver_one(x, type, json, len, code, submitter);
             }
             n = 0;
         }
@@ -270,7 +273,7 @@ static void s_deliver(router_turns_t *t, s_session_t *sess, router_turn_frame_ty
     for (size_t i = 0; i < n; i++) {
         s_sub_t *x = s_sub(t, ids[i]);
         if (x)
-            s_deliver_one(x, type, json, len, code);
+            s_deliver_one(x, type, json, len, code, submitter);
     }
 }
 
@@ -303,7 +306,7 @@ static void s_error_to(router_turns_t *t, router_turns_sub_t id, const char *cod
     size_t len = 0;
     char *json = router_json_end(&o, &len);
     if (json)
-        s_deliver_one(sub, ROUTER_TURN_FRAME_ERROR, json, len, code);
+        s_deliver_one(sub, ROUTER_TURN_FRAME_ERROR, json, len, code, 0);
     free(json);
 }
 
@@ -1504,7 +1507,7 @@ static void s_on_open(void *ud, uint64_t tag, int rc, bool resumed, uint64_t cou
     size_t jl = 0;
     char *json = router_json_end(&o, &jl);
     if (json)
-        s_deliver_one(sub, ROUTER_TURN_FRAME_SESSION_START, json, jl, NULL);
+        s_deliver_one(sub, ROUTER_TURN_FRAME_SESSION_START, json, jl, NULL, 0);
     free(json);
 }
 
@@ -1666,7 +1669,7 @@ void router_turns_stop(router_turns_t *t, router_turns_sub_t id)
         size_t jl = 0;
         char *json = router_json_end(&o, &jl);
         if (json)
-            s_deliver_one(sub, ROUTER_TURN_FRAME_STOPPED, json, jl, NULL);
+            s_deliver_one(sub, ROUTER_TURN_FRAME_STOPPED, json, jl, NULL, 0);
         free(json);
         return;
     }

@@ -69,6 +69,8 @@ typedef struct {
     size_t json_len;
     const char *session_id; /* the session */
     const char *code;       /* ERROR: "SESSION_BUSY", "AGENT_ERROR", …; else NULL */
+    uint64_t submitter;     /* a turn's frame: the subscriber whose message the turn
+                             * answers (0: an inbox turn, or no turn's frame) */
 } router_turn_frame_t;
 
 typedef void(router_turns_frame_fn)(const router_turn_frame_t *frame, void *ud);
