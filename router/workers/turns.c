@@ -1656,6 +1656,18 @@ int router_turns_steer(router_turns_t *t, router_turns_sub_t id, const char *con
     return 0;
 }
 
+const char *router_turns_active(const router_turns_t *t, router_turns_sub_t id,
+                                router_turns_sub_t *submitter)
+{
+    s_sub_t *sub = s_sub(t, id);
+    s_turn_t *turn = sub ? sub->sess->active : NULL;
+    if (!turn)
+        return NULL;
+    if (submitter)
+        *submitter = turn->item ? turn->item->sub : 0;
+    return turn->id_text;
+}
+
 void router_turns_stop(router_turns_t *t, router_turns_sub_t id)
 {
     s_sub_t *sub = s_sub(t, id);
