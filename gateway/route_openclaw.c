@@ -25,6 +25,8 @@
 #include "router/net/conn.h"
 
 #define MOD "openclaw"
+/* How often an aborted run waiting for its turn is looked at again. */
+#define S_ABORT_POLL_MS 100u
 
 typedef struct s_conn s_conn_t;
 typedef struct s_run s_run_t;
@@ -54,6 +56,7 @@ struct s_run {
     bool submitted;
     char turn_id[40];         /* "" until its turn's first frame */
     bool abort_asked;
+    bool stop_sent;           /* its turn was asked to stop */
     uint64_t seq;             /* chat / agent payload seq */
     uint64_t started_mono;
     char *text;               /* agent: the answer so far (bounded) */
@@ -73,6 +76,7 @@ struct s_conn {
     char client_addr[GATEWAY_AUTH_CLIENT_MAX];
     uint64_t seq;             /* last event seq sent */
     uint64_t handshake_timer, tick_timer;
+    uint64_t abort_timer;     /* aborted runs still waiting for their turn */
     uint64_t connected_ms;
     gateway_openclaw_connect_t *hello; /* the accepted connect params */
     unsigned scopes;          /* S_SCOPE_* granted */
@@ -486,6 +490,8 @@ static void s_run_finish(s_run_t *r, router_turn_frame_type_t type, const char *
                                                      : "error");
 }
 
+static void s_abort_pending(s_conn_t *c);
+
 /* Queues the run's message on its session. The run may have ended when
  * this returns (a frame can come back at once). */
 static void s_run_submit(s_run_t *r)
@@ -499,8 +505,13 @@ static void s_run_submit(s_run_t *r)
     r->message = NULL;
     int rc = router_turns_submit(c->oc->opts.turns, r->b->sub, msg, n, &code);
     free(msg);
-    if (rc == 0 || !(r = s_run_by_serial(c, serial)))
+    if (!(r = s_run_by_serial(c, serial)))
         return;
+    if (rc == 0) {
+        if (r->abort_asked)
+            s_abort_pending(c);
+        return;
+    }
     const char *text = code && !strcmp(code, "SESSION_BUSY")   ? "the session's queue is full"
                        : code && !strcmp(code, "EMPTY_CONTENT") ? "the message is empty"
                                                                 : "the message could not be queued";
@@ -522,6 +533,68 @@ static s_run_t *s_run_by_turn(s_bind_t *b, const char *turn_id)
         if (r->b == b && r->turn_id[0] && !strcmp(r->turn_id, turn_id))
             return r;
     return NULL;
+}
+
+/* An abort asked for run r, submitted but with no frame of its turn yet:
+ * if the session's turn in flight is this socket's and not yet bound, it
+ * is r's (the queue is FIFO) — bind it. Returns true when r has a turn to
+ * stop now. */
+static bool s_run_bind_active(s_run_t *r)
+{
+    if (r->turn_id[0])
+        return true;
+    if (!r->submitted || s_run_waiting(r->b) != r)
+        return false;
+    router_turns_sub_t who = 0;
+    const char *active = router_turns_active(r->c->oc->opts.turns, r->b->sub, &who);
+    if (!active || who != r->b->sub || s_run_by_turn(r->b, active) ||
+        strlen(active) >= sizeof r->turn_id)
+        return false;
+    snprintf(r->turn_id, sizeof r->turn_id, "%s", active);
+    if (r->kind == S_RUN_AGENT)
+        s_agent_event(r, "lifecycle", "start", NULL, 0, NULL);
+    return true;
+}
+
+static void s_abort_poll(router_loop_t *loop, uint64_t id, void *ud);
+
+/* Stops the turns of aborted runs that have one now; looks again later
+ * for those still waiting their turn (a held turn sends no frame). */
+static void s_abort_pending(s_conn_t *c)
+{
+    bool waiting = false;
+    s_bind_t *stop[GATEWAY_OPENCLAW_SESSIONS_MAX];
+    unsigned nstop = 0;
+    for (s_run_t *r = c->runs; r; r = r->next) {
+        if (!r->abort_asked || r->stop_sent)
+            continue;
+        if (!s_run_bind_active(r)) {
+            waiting = true;
+            continue;
+        }
+        r->stop_sent = true;
+        bool dup = false;
+        for (unsigned i = 0; i < nstop; i++)
+            dup = dup || stop[i] == r->b;
+        if (!dup && nstop < GATEWAY_OPENCLAW_SESSIONS_MAX)
+            stop[nstop++] = r->b;
+    }
+    if (waiting && !c->abort_timer)
+        c->abort_timer = router_loop_timer_add(c->oc->loop, S_ABORT_POLL_MS, s_abort_poll, c);
+    /* Subscriber ids, not pointers: a stop may end runs and frames at once. */
+    router_turns_sub_t subs[GATEWAY_OPENCLAW_SESSIONS_MAX];
+    for (unsigned i = 0; i < nstop; i++)
+        subs[i] = stop[i]->sub;
+    for (unsigned i = 0; i < nstop; i++)
+        router_turns_stop(c->oc->opts.turns, subs[i]);
+}
+
+static void s_abort_poll(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id;
+    s_conn_t *c = ud;
+    c->abort_timer = 0;
+    s_abort_pending(c);
 }
 
 /* ---------------------------------------------------------------- turn frames */
@@ -683,10 +756,11 @@ static void s_on_frame(const router_turn_frame_t *frame, void *ud)
         memcpy(r->turn_id, turn_id, n + 1);
         if (r->kind == S_RUN_AGENT)
             s_agent_event(r, "lifecycle", "start", NULL, 0, NULL);
-        if (r->abort_asked) {
+        if (r->abort_asked && !r->stop_sent && frame->type != ROUTER_TURN_FRAME_STOPPED) {
             uint64_t serial = r->serial;
+            r->stop_sent = true;
             router_turns_stop(c->oc->opts.turns, b->sub);
-            if (!(r = s_run_by_serial(c, serial)) || frame->type == ROUTER_TURN_FRAME_STOPPED) {
+            if (!(r = s_run_by_serial(c, serial))) {
                 yajl_tree_free(f);
                 return;
             }
@@ -856,7 +930,6 @@ static void s_m_abort(s_conn_t *c, const gateway_openclaw_req_t *req)
     s_gb(g, "ok", true);
     s_gk(g, "runIds");
     (void) yajl_gen_array_open(g);
-    s_bind_t *stop = NULL;
     bool any = false;
     for (s_run_t *r = c->runs; r; r = r->next) {
         if (strcmp(r->b->key, key) != 0 || (run_id[0] && strcmp(r->run_id, run_id) != 0) ||
@@ -865,21 +938,6 @@ static void s_m_abort(s_conn_t *c, const gateway_openclaw_req_t *req)
         r->abort_asked = true;
         any = true;
         (void) yajl_gen_string(g, (const unsigned char *) r->run_id, strlen(r->run_id));
-        if (!r->turn_id[0] && r->submitted && s_run_waiting(r->b) == r) {
-            /* Its turn may be in flight without a frame yet (a held turn):
-             * the session's turn from this socket not yet bound is this
-             * run's, the queue being FIFO. */
-            router_turns_sub_t who = 0;
-            const char *active = router_turns_active(c->oc->opts.turns, r->b->sub, &who);
-            if (active && who == r->b->sub && !s_run_by_turn(r->b, active) &&
-                strlen(active) < sizeof r->turn_id) {
-                snprintf(r->turn_id, sizeof r->turn_id, "%s", active);
-                if (r->kind == S_RUN_AGENT)
-                    s_agent_event(r, "lifecycle", "start", NULL, 0, NULL);
-            }
-        }
-        if (r->turn_id[0])
-            stop = r->b;
     }
     (void) yajl_gen_array_close(g);
     s_gb(g, "aborted", any);
@@ -887,8 +945,8 @@ static void s_m_abort(s_conn_t *c, const gateway_openclaw_req_t *req)
     char *payload = s_gen_end(g);
     s_res_ok(c, req->id, payload);
     free(payload);
-    if (stop)
-        router_turns_stop(c->oc->opts.turns, stop->sub);
+    if (any)
+        s_abort_pending(c);
 }
 
 static void s_m_health(s_conn_t *c, const gateway_openclaw_req_t *req)
@@ -1189,6 +1247,8 @@ static void s_conn_free(s_conn_t *c)
         (void) router_loop_timer_cancel(oc->loop, c->handshake_timer);
     if (c->tick_timer)
         (void) router_loop_timer_cancel(oc->loop, c->tick_timer);
+    if (c->abort_timer)
+        (void) router_loop_timer_cancel(oc->loop, c->abort_timer);
     c->ws = NULL;
     for (unsigned i = 0; i < GATEWAY_OPENCLAW_SESSIONS_MAX; i++)
         if (c->binds[i].sub)
