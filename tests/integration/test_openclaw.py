@@ -275,6 +275,26 @@ async def plain_refusals(node, token):
     await expect_closed(ws, 1009)
 
 
+async def deviceless(node, token):
+    """OpenClaw's local backend path (its README quickstart): no device,
+    `gateway-client` / `backend`, from loopback. Any other client needs one."""
+    for cid, mode, ok in (("gateway-client", "backend", True), ("cli", "cli", False)):
+        ws = await websockets.connect(url(node), ping_interval=None)
+        await recv(ws)
+        await ws.send(json.dumps({"type": "req", "id": "d", "method": "connect", "params": {
+            "minProtocol": 4, "maxProtocol": 4, "client": {"id": cid, "mode": mode},
+            "scopes": ["operator.admin"], "auth": {"token": token}}}))
+        res = await recv(ws)
+        if ok:
+            check(res["ok"] is True and res["payload"]["auth"]["scopes"] == ["operator.admin"],
+                  f"backend path {res}")
+            await ws.close()
+        else:
+            check(res["ok"] is False and
+                  res["error"]["details"]["code"] == "DEVICE_IDENTITY_REQUIRED", f"no device {res}")
+            await expect_closed(ws, 1008)
+
+
 async def upgrade_refusals(node):
     # Cross-site WebSocket hijacking: a foreign Origin is refused before the upgrade.
     try:
@@ -318,6 +338,7 @@ def main():
         r.run(reference_refusals, node, token)
         r.run(lambda: run(plain_agent(node, token)), name="plain_agent")
         r.run(lambda: run(plain_refusals(node, token)), name="plain_refusals")
+        r.run(lambda: run(deviceless(node, token)), name="deviceless")
         r.run(lambda: run(upgrade_refusals(node)), name="upgrade_refusals")
         # The audit worker appends in batches: wait for the outcome.
         def audit_eventually():
