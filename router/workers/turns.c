@@ -239,10 +239,11 @@ static void s_session_gc(router_turns_t *t, s_session_t *s)
 /* ------------------------------------------------------------ frames and events */
 
 static void s_deliver_one(s_sub_t *sub, router_turn_frame_type_t type, const char *json,
-                          size_t len, const char *code)
+                          size_t len, const char *code, router_turns_sub_t submitter)
 {
     router_turn_frame_t f = {.type = type, .json = json, .json_len = len,
-                             .session_id = sub->sess->id, .code = code};
+                             .session_id = sub->sess->id, .code = code,
+                             .submitter = submitter};
     sub->fn(&f, sub->ud);
 }
 
@@ -253,6 +254,8 @@ static void s_deliver(router_turns_t *t, s_session_t *sess, router_turn_frame_ty
 {
     if (!json)
         return;
+    /* Every caller delivers a frame of the session's turn in flight. */
+    router_turns_sub_t submitter = sess->active && sess->active->item ? sess->active->item->sub : 0;
     router_turns_sub_t ids[64];
     size_t n = 0;
     for (s_sub_t *s = sess->subs; s; s = s->next) {
@@ -263,7 +266,7 @@ static void s_deliver(router_turns_t *t, s_session_t *sess, router_turn_frame_ty
             for (size_t i = 0; i < n; i++) {
                 s_sub_t *x = s_sub(t, ids[i]);
                 if (x)
-                    s_deliver_one(x, type, json, len, code);
+                    s_deliver_one(x, type, json, len, code, submitter);
             }
             n = 0;
         }
@@ -272,7 +275,7 @@ static void s_deliver(router_turns_t *t, s_session_t *sess, router_turn_frame_ty
     for (size_t i = 0; i < n; i++) {
         s_sub_t *x = s_sub(t, ids[i]);
         if (x)
-            s_deliver_one(x, type, json, len, code);
+            s_deliver_one(x, type, json, len, code, submitter);
     }
 }
 
@@ -305,7 +308,7 @@ static void s_error_to(router_turns_t *t, router_turns_sub_t id, const char *cod
     size_t len = 0;
     char *json = router_json_end(&o, &len);
     if (json)
-        s_deliver_one(sub, ROUTER_TURN_FRAME_ERROR, json, len, code);
+        s_deliver_one(sub, ROUTER_TURN_FRAME_ERROR, json, len, code, 0);
     free(json);
 }
 
@@ -1513,7 +1516,7 @@ static void s_on_open(void *ud, uint64_t tag, int rc, bool resumed, uint64_t cou
     size_t jl = 0;
     char *json = router_json_end(&o, &jl);
     if (json)
-        s_deliver_one(sub, ROUTER_TURN_FRAME_SESSION_START, json, jl, NULL);
+        s_deliver_one(sub, ROUTER_TURN_FRAME_SESSION_START, json, jl, NULL, 0);
     free(json);
 }
 
@@ -1662,6 +1665,18 @@ int router_turns_steer(router_turns_t *t, router_turns_sub_t id, const char *con
     return 0;
 }
 
+const char *router_turns_active(const router_turns_t *t, router_turns_sub_t id,
+                                router_turns_sub_t *submitter)
+{
+    s_sub_t *sub = s_sub(t, id);
+    s_turn_t *turn = sub ? sub->sess->active : NULL;
+    if (!turn)
+        return NULL;
+    if (submitter)
+        *submitter = turn->item ? turn->item->sub : 0;
+    return turn->id_text;
+}
+
 void router_turns_stop(router_turns_t *t, router_turns_sub_t id)
 {
     s_sub_t *sub = s_sub(t, id);
@@ -1675,7 +1690,7 @@ void router_turns_stop(router_turns_t *t, router_turns_sub_t id)
         size_t jl = 0;
         char *json = router_json_end(&o, &jl);
         if (json)
-            s_deliver_one(sub, ROUTER_TURN_FRAME_STOPPED, json, jl, NULL);
+            s_deliver_one(sub, ROUTER_TURN_FRAME_STOPPED, json, jl, NULL, 0);
         free(json);
         return;
     }

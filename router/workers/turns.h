@@ -69,6 +69,8 @@ typedef struct {
     size_t json_len;
     const char *session_id; /* the session */
     const char *code;       /* ERROR: "SESSION_BUSY", "AGENT_ERROR", …; else NULL */
+    uint64_t submitter;     /* a turn's frame: the subscriber whose message the turn
+                             * answers (0: an inbox turn, or no turn's frame) */
 } router_turn_frame_t;
 
 typedef void(router_turns_frame_fn)(const router_turn_frame_t *frame, void *ud);
@@ -150,6 +152,12 @@ int router_turns_submit(router_turns_t *t, router_turns_sub_t sub, const char *c
  * "EMPTY_CONTENT". */
 int router_turns_steer(router_turns_t *t, router_turns_sub_t sub, const char *content,
                        size_t len, const char **code);
+
+/* The turn in flight in sub's session: its id (borrowed until the turn
+ * ends), and in *submitter (may be NULL) the subscriber whose message it
+ * answers (0: an inbox turn). NULL when no turn is in flight. */
+const char *router_turns_active(const router_turns_t *t, router_turns_sub_t sub,
+                                router_turns_sub_t *submitter);
 
 /* Stops the session's turn in flight: every subscriber then gets its
  * `stopped` frame. With no turn in flight, sub alone gets

@@ -6,6 +6,7 @@
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -18,6 +19,7 @@
 #include "gateway/routes_audit.h"
 #include "gateway/routes_auth.h"
 #include "gateway/routes_chat.h"
+#include "gateway/routes_openclaw.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
 #include "router/log.h"
@@ -247,6 +249,24 @@ static int s_chat_start(router_node_t *node, const router_config_t *cfg, gateway
     return (s_chat = gateway_chat_new(gw, router_node_loop(node), &co)) ? 0 : -1;
 }
 
+/* The OpenClaw-compatible endpoint, `GET /` with Upgrade (WIRE §25), on the
+ * node's turns; KITH_OPENCLAW_TICK_MS sets its tick interval. */
+static gateway_openclaw_t *s_openclaw;
+
+static int s_openclaw_start(router_node_t *node, const router_config_t *cfg, gateway_http_t *gw,
+                            gateway_auth_t *auth)
+{
+    if (!router_node_turns(node))
+        return 0;
+    const char *tick = getenv("KITH_OPENCLAW_TICK_MS");
+    gateway_openclaw_opts_t oo = {.auth = auth, .turns = router_node_turns(node),
+                                  .ws = {.message_max = cfg->limits.ws_message_max,
+                                         .ping_interval_ms = cfg->limits.ws_ping_interval_ms},
+                                  .tick_ms = tick ? (unsigned) strtoul(tick, NULL, 10) : 0,
+                                  .version = KITH_VERSION};
+    return (s_openclaw = gateway_openclaw_new(gw, router_node_loop(node), &oo)) ? 0 : -1;
+}
+
 /* The HTTP gateway on the node's loop, listening on gateway.host:port with
  * the configured limits and the node's metrics. Returns the server, or
  * NULL with a one-line reason in err. */
@@ -288,6 +308,10 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
         snprintf(err, errcap, "gateway: cannot serve /ws/chat: %s", strerror(errno));
         goto fail;
     }
+    if (s_openclaw_start(node, cfg, gw, ga->auth) != 0) {
+        snprintf(err, errcap, "gateway: cannot serve the OpenClaw endpoint: %s", strerror(errno));
+        goto fail;
+    }
     (void) router_addr_format(&addr, shown, sizeof shown);
     if (gateway_http_listen(gw, &addr, &bound) != 0) {
         snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", shown, strerror(errno));
@@ -304,6 +328,7 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
 fail:
     gateway_http_destroy(&gw);
     gateway_chat_destroy(&s_chat);
+    gateway_openclaw_destroy(&s_openclaw);
     s_sse_stop(node, sse);
     return NULL;
 }
@@ -527,6 +552,7 @@ static int s_serve(int argc, char **argv, const char *cmd)
      * is destroyed). */
     gateway_http_destroy(&gw);
     gateway_chat_destroy(&s_chat); /* after the gateway let its sockets go, before the turns */
+    gateway_openclaw_destroy(&s_openclaw);
     s_sse_stop(node, &sse);
     s_audit_stop(&au, node);
     router_node_destroy(&node);

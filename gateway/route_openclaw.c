@@ -1,0 +1,1448 @@
+/* gateway/route_openclaw.c — `GET /` with Upgrade (DESIGN §5, WIRE §25):
+ * OpenClaw's gateway protocol v4. A socket gets a connect.challenge, must
+ * answer with `connect` (a kith bearer token and a device proof, checked by
+ * gateway/openclaw_device.h), then gets hello-ok, tick events every
+ * tick_ms and presence events, each event with the socket's own seq.
+ * `agent` and `chat.send` become messages of a session of
+ * router/workers/turns.h (one subscriber per session the socket uses), and
+ * the session's turn frames become `agent` / `chat` events and the
+ * `agent` request's final answer. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+#include <yajl/yajl_gen.h>
+#include <yajl/yajl_tree.h>
+
+#include "gateway/openclaw_device.h"
+#include "gateway/openclaw_frame.h"
+#include "gateway/routes_openclaw.h"
+#include "proto/uuid.h"
+#include "router/clock.h"
+#include "router/log.h"
+#include "router/net/conn.h"
+
+#define MOD "openclaw"
+/* How often an aborted run waiting for its turn is looked at again. */
+#define S_ABORT_POLL_MS 100u
+
+typedef struct s_conn s_conn_t;
+typedef struct s_run s_run_t;
+
+typedef enum { S_RUN_AGENT = 1, S_RUN_CHAT } s_kind_t;
+
+/* One session a socket is attached to. */
+typedef struct {
+    s_conn_t *c;
+    router_turns_sub_t sub;   /* 0: slot free */
+    bool started;             /* session_start came: messages may be submitted */
+    char key[GATEWAY_OPENCLAW_RUN_KEY_MAX + 1];
+    uint64_t foreign_seq;     /* chat seq of turns other clients started */
+} s_bind_t;
+
+/* One `agent` or `chat.send`, from the request to the turn's end. */
+struct s_run {
+    s_conn_t *c;
+    s_bind_t *b;
+    s_kind_t kind;
+    uint64_t serial;          /* unique in the endpoint */
+    char run_id[GATEWAY_OPENCLAW_RUN_KEY_MAX + 1];  /* the idempotency key */
+    char req_id[GATEWAY_OPENCLAW_ID_MAX + 1];       /* agent: answered again at the end */
+    size_t idem;              /* its slot in the idempotency table */
+    char *message;            /* held until the session has started; then submitted */
+    size_t message_len;
+    bool submitted;
+    char turn_id[40];         /* "" until its turn's first frame */
+    bool abort_asked;
+    bool stop_sent;           /* its turn was asked to stop */
+    uint64_t seq;             /* chat / agent payload seq */
+    uint64_t started_mono;
+    char *text;               /* agent: the answer so far (bounded) */
+    size_t text_len;
+    bool text_over;           /* past GATEWAY_OPENCLAW_TEXT_MAX: no more kept */
+    s_run_t *next;            /* the socket's runs, oldest first */
+};
+
+struct s_conn {
+    gateway_openclaw_t *oc;
+    gateway_ws_t *ws;
+    bool closing;             /* gateway_ws_close was called */
+    bool connected;           /* hello-ok sent */
+    bool loopback;
+    char conn_id[PROTO_UUID_TEXT_CAP];
+    char nonce[65];
+    char client_addr[GATEWAY_AUTH_CLIENT_MAX];
+    uint64_t seq;             /* last event seq sent */
+    uint64_t handshake_timer, tick_timer;
+    uint64_t abort_timer;     /* aborted runs still waiting for their turn */
+    uint64_t connected_ms;
+    gateway_openclaw_connect_t *hello; /* the accepted connect params */
+    unsigned scopes;          /* S_SCOPE_* granted */
+    s_bind_t binds[GATEWAY_OPENCLAW_SESSIONS_MAX];
+    s_run_t *runs;
+    unsigned nruns;
+    s_conn_t *prev, *next;
+};
+
+typedef struct {
+    char key[GATEWAY_OPENCLAW_RUN_KEY_MAX + 1];  /* "" free */
+    bool live;
+    char status[16];          /* when done: ok, error, aborted */
+} s_idem_t;
+
+struct gateway_openclaw {
+    gateway_http_t *g;
+    router_loop_t *loop;
+    gateway_openclaw_opts_t opts;
+    s_conn_t *conns;
+    uint32_t nconns, nconnected, nruns;
+    uint64_t next_serial;
+    uint64_t presence_version;
+    uint64_t started_mono;
+    s_idem_t *idem;           /* GATEWAY_OPENCLAW_IDEM_MAX, a ring */
+    size_t idem_next;
+};
+
+/* The operator scopes (OpenClaw's closed set). */
+enum {
+    S_SCOPE_READ = 1u << 0, S_SCOPE_WRITE = 1u << 1, S_SCOPE_ADMIN = 1u << 2,
+    S_SCOPE_APPROVALS = 1u << 3, S_SCOPE_QUESTIONS = 1u << 4, S_SCOPE_PAIRING = 1u << 5,
+    S_SCOPE_TALK = 1u << 6, S_SCOPE_TALK_SECRETS = 1u << 7,
+};
+static const char *const s_scope_names[] = {
+    "operator.read", "operator.write", "operator.admin", "operator.approvals",
+    "operator.questions", "operator.pairing", "operator.talk", "operator.talk.secrets"};
+
+static const char *const s_methods[] = {"agent", "chat.send", "chat.abort", "health",
+                                        "system-presence"};
+static const char *const s_events[] = {"connect.challenge", "tick", "presence", "agent", "chat"};
+
+/* ---------------------------------------------------------------- JSON building */
+
+static void s_gk(yajl_gen g, const char *k)
+{
+    (void) yajl_gen_string(g, (const unsigned char *) k, strlen(k));
+}
+
+static void s_gs(yajl_gen g, const char *k, const char *v)
+{
+    s_gk(g, k);
+    (void) yajl_gen_string(g, (const unsigned char *) v, strlen(v));
+}
+
+static void s_gsn(yajl_gen g, const char *k, const char *v, size_t n)
+{
+    s_gk(g, k);
+    (void) yajl_gen_string(g, (const unsigned char *) v, n);
+}
+
+static void s_gu(yajl_gen g, const char *k, uint64_t v)
+{
+    s_gk(g, k);
+    (void) yajl_gen_integer(g, (long long) v);
+}
+
+static void s_gb(yajl_gen g, const char *k, bool v)
+{
+    s_gk(g, k);
+    (void) yajl_gen_bool(g, v);
+}
+
+static yajl_gen s_gen_new(void)
+{
+    yajl_gen g = yajl_gen_alloc(NULL);
+    if (g)
+        (void) yajl_gen_config(g, yajl_gen_validate_utf8, 0);
+    return g;
+}
+
+/* The generator's text as a new string (caller frees), or NULL; frees g. */
+static char *s_gen_end(yajl_gen g)
+{
+    if (!g)
+        return NULL;
+    const unsigned char *buf;
+    size_t n;
+    char *out = NULL;
+    if (yajl_gen_get_buf(g, &buf, &n) == yajl_gen_status_ok && (out = malloc(n + 1))) {
+        memcpy(out, buf, n);
+        out[n] = '\0';
+    }
+    yajl_gen_free(g);
+    return out;
+}
+
+/* ---------------------------------------------------------------- sending */
+
+static void s_send(s_conn_t *c, char *json, size_t len)
+{
+    if (json && c->ws && !c->closing)
+        (void) gateway_ws_send(c->ws, true, json, len); /* a failure closes the socket later */
+    free(json);
+}
+
+/* An event with the socket's next seq (none before hello-ok). */
+static void s_event(s_conn_t *c, const char *event, const char *payload)
+{
+    if (!payload || !c->ws || c->closing)
+        return;
+    size_t len;
+    char *json = gateway_openclaw_event_encode(event, payload, c->connected ? ++c->seq : 0, &len);
+    s_send(c, json, len);
+}
+
+static void s_res_ok(s_conn_t *c, const char *id, const char *payload)
+{
+    size_t len = 0;
+    char *json = payload ? gateway_openclaw_res_ok_encode(id, payload, &len) : NULL;
+    s_send(c, json, len);
+}
+
+static void s_res_error(s_conn_t *c, const char *id, const char *code, const char *message,
+                        const char *details, bool retryable)
+{
+    size_t len = 0;
+    char *json = gateway_openclaw_res_error_encode(id, code, message, details, retryable, NULL,
+                                                   &len);
+    s_send(c, json, len);
+}
+
+static void s_close(s_conn_t *c, uint16_t code, const char *reason)
+{
+    if (c->ws && !c->closing) {
+        c->closing = true;
+        gateway_ws_close(c->ws, code, reason);
+    }
+}
+
+/* ---------------------------------------------------------------- presence */
+
+static void s_presence_entry(yajl_gen g, const s_conn_t *c, const char *version)
+{
+    const gateway_openclaw_connect_t *h = c->hello;
+    (void) yajl_gen_map_open(g);
+    s_gs(g, "host", "kith");
+    s_gs(g, "version", h->client_version[0] ? h->client_version : version);
+    if (h->client_platform[0])
+        s_gs(g, "platform", h->client_platform);
+    if (h->client_device_family[0])
+        s_gs(g, "deviceFamily", h->client_device_family);
+    s_gs(g, "mode", h->client_mode);
+    s_gs(g, "reason", "connect");
+    s_gu(g, "ts", c->connected_ms);
+    s_gu(g, "onlineSince", c->connected_ms);
+    if (h->has_device)
+        s_gs(g, "deviceId", h->device_id);
+    if (h->client_instance_id[0])
+        s_gs(g, "instanceId", h->client_instance_id);
+    s_gk(g, "roles");
+    (void) yajl_gen_array_open(g);
+    (void) yajl_gen_string(g, (const unsigned char *) h->role, strlen(h->role));
+    (void) yajl_gen_array_close(g);
+    s_gk(g, "scopes");
+    (void) yajl_gen_array_open(g);
+    for (unsigned i = 0; i < sizeof s_scope_names / sizeof s_scope_names[0]; i++)
+        if (c->scopes & (1u << i))
+            (void) yajl_gen_string(g, (const unsigned char *) s_scope_names[i],
+                                   strlen(s_scope_names[i]));
+    (void) yajl_gen_array_close(g);
+    (void) yajl_gen_map_close(g);
+}
+
+/* Every connected socket, as a JSON array written into g. */
+static void s_presence_list(yajl_gen g, const gateway_openclaw_t *oc)
+{
+    (void) yajl_gen_array_open(g);
+    for (const s_conn_t *c = oc->conns; c; c = c->next)
+        if (c->connected)
+            s_presence_entry(g, c, oc->opts.version);
+    (void) yajl_gen_array_close(g);
+}
+
+/* A presence event to every connected socket (after a join or a leave). */
+static void s_presence_broadcast(gateway_openclaw_t *oc)
+{
+    oc->presence_version++;
+    yajl_gen g = s_gen_new();
+    if (!g)
+        return;
+    (void) yajl_gen_map_open(g);
+    s_gk(g, "presence");
+    s_presence_list(g, oc);
+    (void) yajl_gen_map_close(g);
+    char *payload = s_gen_end(g);
+    for (s_conn_t *c = oc->conns; c; c = c->next)
+        if (c->connected)
+            s_event(c, "presence", payload);
+    free(payload);
+}
+
+/* ---------------------------------------------------------------- idempotency */
+
+static s_idem_t *s_idem_find(gateway_openclaw_t *oc, const char *key)
+{
+    for (size_t i = 0; i < GATEWAY_OPENCLAW_IDEM_MAX; i++)
+        if (oc->idem[i].key[0] && !strcmp(oc->idem[i].key, key))
+            return &oc->idem[i];
+    return NULL;
+}
+
+/* A slot for a new key: the oldest that holds no run in flight. Returns
+ * its index, or (size_t) -1 when every slot holds a live run. */
+static size_t s_idem_take(gateway_openclaw_t *oc, const char *key)
+{
+    for (size_t k = 0; k < GATEWAY_OPENCLAW_IDEM_MAX; k++) {
+        size_t i = (oc->idem_next + k) % GATEWAY_OPENCLAW_IDEM_MAX;
+        if (oc->idem[i].live)
+            continue;
+        oc->idem_next = (i + 1) % GATEWAY_OPENCLAW_IDEM_MAX;
+        snprintf(oc->idem[i].key, sizeof oc->idem[i].key, "%s", key);
+        oc->idem[i].live = true;
+        oc->idem[i].status[0] = '\0';
+        return i;
+    }
+    return (size_t) -1;
+}
+
+/* ---------------------------------------------------------------- runs */
+
+static s_run_t *s_run_by_serial(const s_conn_t *c, uint64_t serial)
+{
+    for (s_run_t *r = c->runs; r; r = r->next)
+        if (r->serial == serial)
+            return r;
+    return NULL;
+}
+
+/* Ends a run: its idempotency key remembers `status`; frees it. */
+static void s_run_end(s_run_t *r, const char *status)
+{
+    s_conn_t *c = r->c;
+    gateway_openclaw_t *oc = c->oc;
+    for (s_run_t **pp = &c->runs; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    c->nruns--;
+    oc->nruns--;
+    s_idem_t *e = &oc->idem[r->idem];
+    e->live = false;
+    snprintf(e->status, sizeof e->status, "%s", status);
+    free(r->message);
+    free(r->text);
+    free(r);
+}
+
+/* The lifecycle and assistant streams of an `agent` run. */
+static void s_agent_event(s_run_t *r, const char *stream, const char *phase, const char *delta,
+                          size_t delta_len, const char *error)
+{
+    yajl_gen g = s_gen_new();
+    if (!g)
+        return;
+    (void) yajl_gen_map_open(g);
+    s_gs(g, "runId", r->run_id);
+    s_gu(g, "seq", r->seq++);
+    s_gs(g, "stream", stream);
+    s_gu(g, "ts", router_clock_wall_ms());
+    s_gs(g, "sessionKey", r->b->key);
+    s_gk(g, "data");
+    (void) yajl_gen_map_open(g);
+    if (phase)
+        s_gs(g, "phase", phase);
+    if (delta) {
+        if (!r->text_over)
+            s_gsn(g, "text", r->text ? r->text : "", r->text_len);
+        s_gsn(g, "delta", delta, delta_len);
+    }
+    if (error)
+        s_gs(g, "error", error);
+    (void) yajl_gen_map_close(g);
+    (void) yajl_gen_map_close(g);
+    char *payload = s_gen_end(g);
+    s_event(r->c, "agent", payload);
+    free(payload);
+}
+
+/* A `chat` event of run_id in session key: state delta (text = deltaText),
+ * final (text = the answer), aborted, or error (text = errorMessage). */
+static void s_chat_event(s_conn_t *c, const char *run_id, const char *key, uint64_t seq,
+                         const char *state, const char *text, size_t len, bool replace)
+{
+    yajl_gen g = s_gen_new();
+    if (!g)
+        return;
+    (void) yajl_gen_map_open(g);
+    s_gs(g, "runId", run_id);
+    s_gs(g, "sessionKey", key);
+    s_gu(g, "seq", seq);
+    s_gs(g, "state", state);
+    if (!strcmp(state, "delta")) {
+        s_gsn(g, "deltaText", text, len);
+        if (replace)
+            s_gb(g, "replace", true);
+    } else if (!strcmp(state, "final")) {
+        s_gk(g, "message");
+        (void) yajl_gen_map_open(g);
+        s_gs(g, "role", "assistant");
+        s_gk(g, "content");
+        (void) yajl_gen_array_open(g);
+        (void) yajl_gen_map_open(g);
+        s_gs(g, "type", "text");
+        s_gsn(g, "text", text, len);
+        (void) yajl_gen_map_close(g);
+        (void) yajl_gen_array_close(g);
+        s_gu(g, "timestamp", router_clock_wall_ms());
+        (void) yajl_gen_map_close(g);
+        s_gs(g, "stopReason", "stop");
+    } else if (!strcmp(state, "aborted")) {
+        s_gs(g, "stopReason", "rpc");
+    } else {
+        s_gsn(g, "errorMessage", text, len);
+        s_gs(g, "errorKind", "unknown");
+    }
+    (void) yajl_gen_map_close(g);
+    char *payload = s_gen_end(g);
+    s_event(c, "chat", payload);
+    free(payload);
+}
+
+/* The `agent` request's second, final answer. */
+static void s_agent_final(s_run_t *r, const char *status, const char *text, size_t len,
+                          const char *code)
+{
+    yajl_gen g = s_gen_new();
+    if (!g)
+        return;
+    (void) yajl_gen_map_open(g);
+    s_gs(g, "runId", r->run_id);
+    s_gs(g, "sessionKey", r->b->key);
+    s_gs(g, "status", status);
+    if (!strcmp(status, "ok")) {
+        s_gs(g, "summary", "completed");
+        s_gk(g, "result");
+        (void) yajl_gen_map_open(g);
+        s_gk(g, "payloads");
+        (void) yajl_gen_array_open(g);
+        (void) yajl_gen_map_open(g);
+        s_gsn(g, "text", text, len);
+        (void) yajl_gen_map_close(g);
+        (void) yajl_gen_array_close(g);
+        s_gk(g, "meta");
+        (void) yajl_gen_map_open(g);
+        s_gu(g, "durationMs", router_clock_mono_ms() - r->started_mono);
+        (void) yajl_gen_map_close(g);
+        (void) yajl_gen_map_close(g);
+    } else if (!code) {
+        s_gs(g, "summary", "aborted");
+        s_gs(g, "stopReason", "rpc");
+    } else {
+        s_gsn(g, "summary", text, len);
+    }
+    (void) yajl_gen_map_close(g);
+    char *payload = s_gen_end(g);
+    if (!payload)
+        return;
+    size_t n = 0;
+    if (!code) {
+        s_res_ok(r->c, r->req_id, payload);
+    } else {
+        char details[96];
+        snprintf(details, sizeof details, "{\"code\":\"%s\"}", code);
+        char msg[GATEWAY_OPENCLAW_WHY_MAX];
+        snprintf(msg, sizeof msg, "%.*s", (int) (len < sizeof msg - 1 ? len : sizeof msg - 1),
+                 text);
+        char *json = gateway_openclaw_res_error_encode(
+            r->req_id, "UNAVAILABLE", msg[0] ? msg : "the turn failed", details, false, payload,
+            &n);
+        s_send(r->c, json, n);
+    }
+    free(payload);
+}
+
+/* The run's turn ended with `type`: done (text = answer), stopped, or
+ * error (text = message, code = kith's code). Ends the run. */
+static void s_run_finish(s_run_t *r, router_turn_frame_type_t type, const char *text, size_t len,
+                         const char *code)
+{
+    if (r->kind == S_RUN_CHAT) {
+        const char *state = type == ROUTER_TURN_FRAME_DONE      ? "final"
+                            : type == ROUTER_TURN_FRAME_STOPPED ? "aborted"
+                                                                : "error";
+        s_chat_event(r->c, r->run_id, r->b->key, r->seq++, state, text, len, false);
+    } else if (type == ROUTER_TURN_FRAME_DONE) {
+        s_agent_event(r, "lifecycle", "end", NULL, 0, NULL);
+        s_agent_final(r, "ok", text, len, NULL);
+    } else if (type == ROUTER_TURN_FRAME_STOPPED) {
+        s_agent_event(r, "lifecycle", "end", NULL, 0, NULL);
+        s_agent_final(r, "error", NULL, 0, NULL);
+    } else {
+        char e[GATEWAY_OPENCLAW_WHY_MAX];
+        snprintf(e, sizeof e, "%.*s", (int) (len < sizeof e - 1 ? len : sizeof e - 1), text);
+        s_agent_event(r, "lifecycle", "error", NULL, 0, e);
+        s_agent_final(r, "error", text, len, code ? code : "AGENT_ERROR");
+    }
+    s_run_end(r, type == ROUTER_TURN_FRAME_DONE      ? "ok"
+                 : type == ROUTER_TURN_FRAME_STOPPED ? "aborted"
+                                                     : "error");
+}
+
+static void s_abort_pending(s_conn_t *c);
+
+/* Queues the run's message on its session. The run may have ended when
+ * this returns (a frame can come back at once). */
+static void s_run_submit(s_run_t *r)
+{
+    s_conn_t *c = r->c;
+    uint64_t serial = r->serial;
+    const char *code = NULL;
+    r->submitted = true;
+    char *msg = r->message;
+    size_t n = r->message_len;
+    r->message = NULL;
+    int rc = router_turns_submit(c->oc->opts.turns, r->b->sub, msg, n, &code);
+    free(msg);
+    if (!(r = s_run_by_serial(c, serial)))
+        return;
+    if (rc == 0) {
+        if (r->abort_asked)
+            s_abort_pending(c);
+        return;
+    }
+    const char *text = code && !strcmp(code, "SESSION_BUSY")   ? "the session's queue is full"
+                       : code && !strcmp(code, "EMPTY_CONTENT") ? "the message is empty"
+                                                                : "the message could not be queued";
+    s_run_finish(r, ROUTER_TURN_FRAME_ERROR, text, strlen(text), code ? code : "AGENT_ERROR");
+}
+
+/* The oldest submitted run of b whose turn has not begun. */
+static s_run_t *s_run_waiting(s_bind_t *b)
+{
+    for (s_run_t *r = b->c->runs; r; r = r->next)
+        if (r->b == b && r->submitted && !r->turn_id[0])
+            return r;
+    return NULL;
+}
+
+static s_run_t *s_run_by_turn(s_bind_t *b, const char *turn_id)
+{
+    for (s_run_t *r = b->c->runs; r; r = r->next)
+        if (r->b == b && r->turn_id[0] && !strcmp(r->turn_id, turn_id))
+            return r;
+    return NULL;
+}
+
+/* An abort asked for run r, submitted but with no frame of its turn yet:
+ * if the session's turn in flight is this socket's and not yet bound, it
+ * is r's (the queue is FIFO) — bind it. Returns true when r has a turn to
+ * stop now. */
+static bool s_run_bind_active(s_run_t *r)
+{
+    if (r->turn_id[0])
+        return true;
+    if (!r->submitted || s_run_waiting(r->b) != r)
+        return false;
+    router_turns_sub_t who = 0;
+    const char *active = router_turns_active(r->c->oc->opts.turns, r->b->sub, &who);
+    if (!active || who != r->b->sub || s_run_by_turn(r->b, active) ||
+        strlen(active) >= sizeof r->turn_id)
+        return false;
+    snprintf(r->turn_id, sizeof r->turn_id, "%s", active);
+    if (r->kind == S_RUN_AGENT)
+        s_agent_event(r, "lifecycle", "start", NULL, 0, NULL);
+    return true;
+}
+
+static void s_abort_poll(router_loop_t *loop, uint64_t id, void *ud);
+
+/* Stops the turns of aborted runs that have one now; looks again later
+ * for those still waiting their turn (a held turn sends no frame). */
+static void s_abort_pending(s_conn_t *c)
+{
+    bool waiting = false;
+    s_bind_t *stop[GATEWAY_OPENCLAW_SESSIONS_MAX];
+    unsigned nstop = 0;
+    for (s_run_t *r = c->runs; r; r = r->next) {
+        if (!r->abort_asked || r->stop_sent)
+            continue;
+        if (!s_run_bind_active(r)) {
+            waiting = true;
+            continue;
+        }
+        r->stop_sent = true;
+        bool dup = false;
+        for (unsigned i = 0; i < nstop; i++)
+            dup = dup || stop[i] == r->b;
+        if (!dup && nstop < GATEWAY_OPENCLAW_SESSIONS_MAX)
+            stop[nstop++] = r->b;
+    }
+    if (waiting && !c->abort_timer)
+        c->abort_timer = router_loop_timer_add(c->oc->loop, S_ABORT_POLL_MS, s_abort_poll, c);
+    /* Subscriber ids, not pointers: a stop may end runs and frames at once. */
+    router_turns_sub_t subs[GATEWAY_OPENCLAW_SESSIONS_MAX];
+    for (unsigned i = 0; i < nstop; i++)
+        subs[i] = stop[i]->sub;
+    for (unsigned i = 0; i < nstop; i++)
+        router_turns_stop(c->oc->opts.turns, subs[i]);
+}
+
+static void s_abort_poll(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id;
+    s_conn_t *c = ud;
+    c->abort_timer = 0;
+    s_abort_pending(c);
+}
+
+/* ---------------------------------------------------------------- turn frames */
+
+static const char *s_jstr(yajl_val o, const char *key, size_t *len)
+{
+    const char *path[] = {key, NULL};
+    yajl_val v = yajl_tree_get(o, path, yajl_t_string);
+    *len = v ? strlen(v->u.string) : 0;
+    return v ? v->u.string : "";
+}
+
+/* A frame of a turn another client started, to a chat view of it. */
+static void s_foreign(s_bind_t *b, router_turn_frame_type_t type, const char *turn_id,
+                      yajl_val f)
+{
+    size_t n;
+    const char *t;
+    switch (type) {
+    case ROUTER_TURN_FRAME_CHUNK:
+        t = s_jstr(f, "content", &n);
+        s_chat_event(b->c, turn_id, b->key, b->foreign_seq++, "delta", t, n, false);
+        break;
+    case ROUTER_TURN_FRAME_DONE:
+        t = s_jstr(f, "full_response", &n);
+        s_chat_event(b->c, turn_id, b->key, b->foreign_seq++, "final", t, n, false);
+        break;
+    case ROUTER_TURN_FRAME_STOPPED:
+        s_chat_event(b->c, turn_id, b->key, b->foreign_seq++, "aborted", "", 0, false);
+        break;
+    case ROUTER_TURN_FRAME_ERROR:
+        t = s_jstr(f, "message", &n);
+        s_chat_event(b->c, turn_id, b->key, b->foreign_seq++, "error", t, n, false);
+        break;
+    default:
+        break;
+    }
+}
+
+/* A frame of run r's turn. */
+static void s_run_frame(s_run_t *r, router_turn_frame_type_t type, yajl_val f, const char *code)
+{
+    size_t n;
+    const char *t;
+    switch (type) {
+    case ROUTER_TURN_FRAME_CHUNK:
+        t = s_jstr(f, "content", &n);
+        if (r->kind == S_RUN_CHAT) {
+            s_chat_event(r->c, r->run_id, r->b->key, r->seq++, "delta", t, n, false);
+            break;
+        }
+        if (!r->text_over) {
+            if (r->text_len + n > GATEWAY_OPENCLAW_TEXT_MAX) {
+                r->text_over = true;
+            } else {
+                char *p = realloc(r->text, r->text_len + n + 1);
+                if (!p) {
+                    r->text_over = true;
+                } else {
+                    memcpy(p + r->text_len, t, n);
+                    r->text = p;
+                    r->text_len += n;
+                    p[r->text_len] = '\0';
+                }
+            }
+        }
+        s_agent_event(r, "assistant", NULL, t, n, NULL);
+        break;
+    case ROUTER_TURN_FRAME_CHUNK_RESET:
+        r->text_len = 0;
+        r->text_over = false;
+        if (r->kind == S_RUN_CHAT)
+            s_chat_event(r->c, r->run_id, r->b->key, r->seq++, "delta", "", 0, true);
+        break;
+    case ROUTER_TURN_FRAME_TOOL_CALL:
+    case ROUTER_TURN_FRAME_TOOL_RESULT:
+        if (r->kind == S_RUN_AGENT) {
+            yajl_gen g = s_gen_new();
+            if (!g)
+                break;
+            (void) yajl_gen_map_open(g);
+            s_gs(g, "runId", r->run_id);
+            s_gu(g, "seq", r->seq++);
+            s_gs(g, "stream", "tool");
+            s_gu(g, "ts", router_clock_wall_ms());
+            s_gk(g, "data");
+            (void) yajl_gen_map_open(g);
+            s_gs(g, "phase", type == ROUTER_TURN_FRAME_TOOL_CALL ? "start" : "result");
+            t = s_jstr(f, "id", &n);
+            s_gsn(g, "toolCallId", t, n);
+            if (type == ROUTER_TURN_FRAME_TOOL_CALL) {
+                t = s_jstr(f, "name", &n);
+                s_gsn(g, "name", t, n);
+            } else {
+                const char *path[] = {"is_error", NULL};
+                s_gb(g, "isError", YAJL_IS_TRUE(yajl_tree_get(f, path, yajl_t_true)));
+            }
+            (void) yajl_gen_map_close(g);
+            (void) yajl_gen_map_close(g);
+            char *payload = s_gen_end(g);
+            s_event(r->c, "agent", payload);
+            free(payload);
+        }
+        break;
+    case ROUTER_TURN_FRAME_DONE:
+        t = s_jstr(f, "full_response", &n);
+        s_run_finish(r, type, t, n, NULL);
+        break;
+    case ROUTER_TURN_FRAME_STOPPED:
+        s_run_finish(r, type, "", 0, NULL);
+        break;
+    case ROUTER_TURN_FRAME_ERROR:
+        t = s_jstr(f, "message", &n);
+        s_run_finish(r, type, t, n, code ? code : "AGENT_ERROR");
+        break;
+    default:
+        break; /* thinking, operator status, agent events: not in the OpenClaw streams kith maps */
+    }
+}
+
+/* A frame of a session a socket is attached to (router_turns_frame_fn). */
+static void s_on_frame(const router_turn_frame_t *frame, void *ud)
+{
+    s_bind_t *b = ud;
+    s_conn_t *c = b->c;
+    if (frame->type == ROUTER_TURN_FRAME_SESSION_START) {
+        b->started = true;
+        /* Submit what waited, oldest first; a submit may end runs. */
+        for (;;) {
+            s_run_t *r = c->runs;
+            while (r && !(r->b == b && !r->submitted))
+                r = r->next;
+            if (!r)
+                break;
+            s_run_submit(r);
+        }
+        return;
+    }
+    if (frame->type == ROUTER_TURN_FRAME_ERROR && !b->started) {
+        /* The session could not be opened: its runs fail. */
+        for (s_run_t *r = c->runs, *next; r; r = next) {
+            next = r->next;
+            if (r->b == b)
+                s_run_finish(r, ROUTER_TURN_FRAME_ERROR, "the session could not be opened", 31,
+                             frame->code ? frame->code : "AGENT_ERROR");
+        }
+        return;
+    }
+    yajl_val f = yajl_tree_parse(frame->json, NULL, 0); /* kith's own frame, NUL-terminated */
+    if (!f)
+        return;
+    size_t n;
+    const char *turn_id = s_jstr(f, "turn_id", &n);
+    s_run_t *r = n ? s_run_by_turn(b, turn_id) : NULL;
+    if (!r && n && frame->submitter == b->sub && n < sizeof r->turn_id &&
+        (r = s_run_waiting(b))) {
+        /* The first frame of the turn answering this socket's oldest
+         * waiting message: the session's queue is FIFO. */
+        memcpy(r->turn_id, turn_id, n + 1);
+        if (r->kind == S_RUN_AGENT)
+            s_agent_event(r, "lifecycle", "start", NULL, 0, NULL);
+        if (r->abort_asked && !r->stop_sent && frame->type != ROUTER_TURN_FRAME_STOPPED) {
+            uint64_t serial = r->serial;
+            r->stop_sent = true;
+            router_turns_stop(c->oc->opts.turns, b->sub);
+            if (!(r = s_run_by_serial(c, serial))) {
+                yajl_tree_free(f);
+                return;
+            }
+        }
+    }
+    if (!r && !n && frame->type == ROUTER_TURN_FRAME_ERROR)
+        r = s_run_waiting(b); /* a message that never became a turn (lock timeout) */
+    if (r)
+        s_run_frame(r, frame->type, f, frame->code);
+    else if (n && frame->submitter != b->sub)
+        s_foreign(b, frame->type, turn_id, f);
+    yajl_tree_free(f);
+}
+
+/* The socket's attachment to session `key`, made when needed. NULL when
+ * the socket uses GATEWAY_OPENCLAW_SESSIONS_MAX sessions with runs in all
+ * of them, or the turns refuse another subscriber. */
+static s_bind_t *s_bind(s_conn_t *c, const char *key)
+{
+    s_bind_t *free_slot = NULL;
+    for (unsigned i = 0; i < GATEWAY_OPENCLAW_SESSIONS_MAX; i++) {
+        s_bind_t *b = &c->binds[i];
+        if (b->sub && !strcmp(b->key, key))
+            return b;
+        if (!b->sub && !free_slot)
+            free_slot = b;
+    }
+    if (!free_slot) {
+        /* Let go of a session with no run of this socket in it. */
+        for (unsigned i = 0; i < GATEWAY_OPENCLAW_SESSIONS_MAX && !free_slot; i++) {
+            s_bind_t *b = &c->binds[i];
+            bool busy = false;
+            for (s_run_t *r = c->runs; r && !busy; r = r->next)
+                busy = r->b == b;
+            if (!busy) {
+                router_turns_detach(c->oc->opts.turns, b->sub);
+                memset(b, 0, sizeof *b);
+                free_slot = b;
+            }
+        }
+        if (!free_slot)
+            return NULL;
+    }
+    *free_slot = (s_bind_t){.c = c};
+    snprintf(free_slot->key, sizeof free_slot->key, "%s", key);
+    free_slot->sub = router_turns_attach(c->oc->opts.turns, key, NULL, s_on_frame, free_slot);
+    if (!free_slot->sub) {
+        memset(free_slot, 0, sizeof *free_slot);
+        return NULL;
+    }
+    return free_slot;
+}
+
+/* ---------------------------------------------------------------- methods */
+
+static bool s_scope_has(const s_conn_t *c, unsigned need)
+{
+    return (c->scopes & (need | S_SCOPE_ADMIN)) != 0;
+}
+
+static void s_forbidden(s_conn_t *c, const char *id, const char *scope)
+{
+    char details[160], msg[96];
+    snprintf(details, sizeof details,
+             "{\"code\":\"MISSING_SCOPE\",\"missingScope\":\"%s\",\"requiredScopes\":[\"%s\"]}",
+             scope, scope);
+    snprintf(msg, sizeof msg, "missing scope: %s", scope);
+    s_res_error(c, id, "FORBIDDEN", msg, details, false);
+}
+
+/* `agent` and `chat.send`: a message for a session, answered at once;
+ * the turn's frames follow as events (and, for agent, a final answer). */
+static void s_m_run(s_conn_t *c, const gateway_openclaw_req_t *req, s_kind_t kind)
+{
+    gateway_openclaw_t *oc = c->oc;
+    if (!s_scope_has(c, S_SCOPE_WRITE)) {
+        s_forbidden(c, req->id, "operator.write");
+        return;
+    }
+    char why[GATEWAY_OPENCLAW_WHY_MAX];
+    gateway_openclaw_run_params_t p;
+    int rc = kind == S_RUN_AGENT ? gateway_openclaw_agent_decode(req->params, &p, why, sizeof why)
+                                 : gateway_openclaw_chat_send_decode(req->params, &p, why,
+                                                                     sizeof why);
+    if (rc != 0) {
+        char msg[GATEWAY_OPENCLAW_WHY_MAX + GATEWAY_OPENCLAW_METHOD_MAX + 32];
+        snprintf(msg, sizeof msg, "invalid %s params: %s", req->method, why);
+        s_res_error(c, req->id, "INVALID_REQUEST", msg, NULL, false);
+        return;
+    }
+    if (!p.session_key[0])
+        snprintf(p.session_key, sizeof p.session_key, "%s", GATEWAY_OPENCLAW_DEFAULT_SESSION);
+    char payload[512];
+    s_idem_t *seen = s_idem_find(oc, p.idempotency_key);
+    if (seen) {
+        /* The same key again: the same run, nothing started. */
+        snprintf(payload, sizeof payload, "{\"runId\":\"%s\",\"status\":\"%s\",\"cached\":true}",
+                 p.idempotency_key, seen->live ? "in_flight" : seen->status);
+        s_res_ok(c, req->id, payload);
+        return;
+    }
+    if (c->nruns >= GATEWAY_OPENCLAW_RUNS_MAX) {
+        s_res_error(c, req->id, "UNAVAILABLE", "too many runs in flight on this connection",
+                    NULL, true);
+        return;
+    }
+    s_bind_t *b = s_bind(c, p.session_key);
+    s_run_t *r = b ? calloc(1, sizeof *r) : NULL;
+    size_t slot = r ? s_idem_take(oc, p.idempotency_key) : (size_t) -1;
+    if (!r || slot == (size_t) -1 || !(r->message = malloc(p.message_len + 1))) {
+        if (r && slot != (size_t) -1)
+            oc->idem[slot] = (s_idem_t){0};
+        free(r);
+        s_res_error(c, req->id, "UNAVAILABLE",
+                    b ? "the gateway is out of room for runs" : "too many sessions in use",
+                    NULL, true);
+        return;
+    }
+    memcpy(r->message, p.message, p.message_len);
+    r->message[p.message_len] = '\0';
+    r->message_len = p.message_len;
+    r->c = c;
+    r->b = b;
+    r->kind = kind;
+    r->serial = ++oc->next_serial;
+    r->idem = slot;
+    r->started_mono = router_clock_mono_ms();
+    snprintf(r->run_id, sizeof r->run_id, "%s", p.idempotency_key);
+    snprintf(r->req_id, sizeof r->req_id, "%s", req->id);
+    s_run_t **tail = &c->runs;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = r;
+    c->nruns++;
+    oc->nruns++;
+    if (kind == S_RUN_AGENT)
+        snprintf(payload, sizeof payload,
+                 "{\"runId\":\"%s\",\"sessionKey\":\"%s\",\"status\":\"accepted\","
+                 "\"acceptedAt\":%llu}",
+                 r->run_id, b->key, (unsigned long long) router_clock_wall_ms());
+    else
+        snprintf(payload, sizeof payload, "{\"runId\":\"%s\",\"status\":\"started\"}", r->run_id);
+    s_res_ok(c, req->id, payload);
+    if (b->started)
+        s_run_submit(r);
+}
+
+static void s_m_abort(s_conn_t *c, const gateway_openclaw_req_t *req)
+{
+    if (!s_scope_has(c, S_SCOPE_WRITE)) {
+        s_forbidden(c, req->id, "operator.write");
+        return;
+    }
+    char key[GATEWAY_OPENCLAW_RUN_KEY_MAX + 1], run_id[GATEWAY_OPENCLAW_RUN_KEY_MAX + 1],
+        why[GATEWAY_OPENCLAW_WHY_MAX];
+    if (gateway_openclaw_chat_abort_decode(req->params, key, run_id, why, sizeof why) != 0) {
+        char msg[GATEWAY_OPENCLAW_WHY_MAX + 32];
+        snprintf(msg, sizeof msg, "invalid chat.abort params: %s", why);
+        s_res_error(c, req->id, "INVALID_REQUEST", msg, NULL, false);
+        return;
+    }
+    /* Mark first, answer, then stop: a stop can end runs at once. */
+    yajl_gen g = s_gen_new();
+    if (!g)
+        return;
+    (void) yajl_gen_map_open(g);
+    s_gb(g, "ok", true);
+    s_gk(g, "runIds");
+    (void) yajl_gen_array_open(g);
+    bool any = false;
+    for (s_run_t *r = c->runs; r; r = r->next) {
+        if (strcmp(r->b->key, key) != 0 || (run_id[0] && strcmp(r->run_id, run_id) != 0) ||
+            r->abort_asked)
+            continue;
+        r->abort_asked = true;
+        any = true;
+        (void) yajl_gen_string(g, (const unsigned char *) r->run_id, strlen(r->run_id));
+    }
+    (void) yajl_gen_array_close(g);
+    s_gb(g, "aborted", any);
+    (void) yajl_gen_map_close(g);
+    char *payload = s_gen_end(g);
+    s_res_ok(c, req->id, payload);
+    free(payload);
+    if (any)
+        s_abort_pending(c);
+}
+
+static void s_m_health(s_conn_t *c, const gateway_openclaw_req_t *req)
+{
+    if (!s_scope_has(c, S_SCOPE_READ | S_SCOPE_WRITE)) {
+        s_forbidden(c, req->id, "operator.read");
+        return;
+    }
+    char payload[96];
+    snprintf(payload, sizeof payload, "{\"ok\":true,\"ts\":%llu,\"durationMs\":0}",
+             (unsigned long long) router_clock_wall_ms());
+    s_res_ok(c, req->id, payload);
+}
+
+static void s_m_presence(s_conn_t *c, const gateway_openclaw_req_t *req)
+{
+    if (!s_scope_has(c, S_SCOPE_READ | S_SCOPE_WRITE)) {
+        s_forbidden(c, req->id, "operator.read");
+        return;
+    }
+    yajl_gen g = s_gen_new();
+    if (!g)
+        return;
+    s_presence_list(g, c->oc);
+    char *payload = s_gen_end(g);
+    s_res_ok(c, req->id, payload);
+    free(payload);
+}
+
+/* ---------------------------------------------------------------- the handshake */
+
+/* A refusal of `connect`, then the close OpenClaw pairs with it. */
+static void s_refuse(s_conn_t *c, const char *id, const char *message, const char *details,
+                     uint16_t close_code)
+{
+    s_res_error(c, id, "INVALID_REQUEST", message, details, false);
+    s_close(c, close_code, message);
+}
+
+static void s_audit(s_conn_t *c, const char *type, const char *reason)
+{
+    router_audit_feed_t *feed = gateway_auth_audit(c->oc->opts.auth);
+    if (!feed)
+        return;
+    router_audit_detail_t d;
+    router_audit_detail_init(&d);
+    router_audit_detail_str(&d, "client", c->client_addr);
+    router_audit_detail_str(&d, "endpoint", "openclaw");
+    if (c->hello) {
+        router_audit_detail_str(&d, "client_id", c->hello->client_id);
+        router_audit_detail_str(&d, "client_mode", c->hello->client_mode);
+        if (c->hello->has_device)
+            router_audit_detail_str(&d, "device_id", c->hello->device_id);
+        if (c->hello->client_platform[0])
+            router_audit_detail_str(&d, "platform", c->hello->client_platform);
+    }
+    if (reason)
+        router_audit_detail_str(&d, "reason", reason);
+    (void) router_audit_feed_push(feed, type, router_audit_detail_end(&d));
+}
+
+static void s_on_tick(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    s_conn_t *c = ud;
+    c->tick_timer = router_loop_timer_add(loop, c->oc->opts.tick_ms, s_on_tick, c);
+    char payload[48];
+    snprintf(payload, sizeof payload, "{\"ts\":%llu}", (unsigned long long) router_clock_wall_ms());
+    s_event(c, "tick", payload);
+}
+
+static void s_hello(s_conn_t *c, const char *id)
+{
+    gateway_openclaw_t *oc = c->oc;
+    yajl_gen g = s_gen_new();
+    if (!g)
+        return;
+    size_t max_payload = oc->opts.ws.message_max ? oc->opts.ws.message_max : GATEWAY_WS_MESSAGE_MAX;
+    (void) yajl_gen_map_open(g);
+    s_gs(g, "type", "hello-ok");
+    s_gu(g, "protocol", GATEWAY_OPENCLAW_PROTOCOL);
+    s_gk(g, "server");
+    (void) yajl_gen_map_open(g);
+    s_gs(g, "version", oc->opts.version);
+    s_gs(g, "connId", c->conn_id);
+    (void) yajl_gen_map_close(g);
+    s_gk(g, "features");
+    (void) yajl_gen_map_open(g);
+    s_gk(g, "methods");
+    (void) yajl_gen_array_open(g);
+    for (size_t i = 0; i < sizeof s_methods / sizeof s_methods[0]; i++)
+        (void) yajl_gen_string(g, (const unsigned char *) s_methods[i], strlen(s_methods[i]));
+    (void) yajl_gen_array_close(g);
+    s_gk(g, "events");
+    (void) yajl_gen_array_open(g);
+    for (size_t i = 0; i < sizeof s_events / sizeof s_events[0]; i++)
+        (void) yajl_gen_string(g, (const unsigned char *) s_events[i], strlen(s_events[i]));
+    (void) yajl_gen_array_close(g);
+    (void) yajl_gen_map_close(g);
+    s_gk(g, "snapshot");
+    (void) yajl_gen_map_open(g);
+    s_gk(g, "presence");
+    s_presence_list(g, oc);
+    s_gk(g, "health");
+    (void) yajl_gen_map_open(g);
+    s_gb(g, "ok", true);
+    s_gu(g, "ts", router_clock_wall_ms());
+    (void) yajl_gen_map_close(g);
+    s_gk(g, "stateVersion");
+    (void) yajl_gen_map_open(g);
+    s_gu(g, "presence", oc->presence_version);
+    s_gu(g, "health", 0);
+    (void) yajl_gen_map_close(g);
+    s_gu(g, "uptimeMs", router_clock_mono_ms() - oc->started_mono);
+    (void) yajl_gen_map_close(g);
+    s_gk(g, "auth");
+    (void) yajl_gen_map_open(g);
+    s_gs(g, "role", c->hello->role);
+    s_gk(g, "scopes");
+    (void) yajl_gen_array_open(g);
+    for (unsigned i = 0; i < sizeof s_scope_names / sizeof s_scope_names[0]; i++)
+        if (c->scopes & (1u << i))
+            (void) yajl_gen_string(g, (const unsigned char *) s_scope_names[i],
+                                   strlen(s_scope_names[i]));
+    (void) yajl_gen_array_close(g);
+    (void) yajl_gen_map_close(g);
+    s_gk(g, "policy");
+    (void) yajl_gen_map_open(g);
+    s_gu(g, "maxPayload", max_payload);
+    s_gu(g, "maxBufferedBytes", ROUTER_CONN_SEND_LIMIT);
+    s_gu(g, "tickIntervalMs", oc->opts.tick_ms);
+    (void) yajl_gen_map_close(g);
+    (void) yajl_gen_map_close(g);
+    char *payload = s_gen_end(g);
+    s_res_ok(c, id, payload);
+    free(payload);
+}
+
+static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
+{
+    gateway_openclaw_t *oc = c->oc;
+    char why[GATEWAY_OPENCLAW_WHY_MAX];
+    gateway_openclaw_connect_t *h = calloc(1, sizeof *h);
+    if (!h) {
+        s_res_error(c, req->id, "UNAVAILABLE", "out of memory", NULL, true);
+        s_close(c, 1011, "out of memory");
+        return;
+    }
+    c->hello = h;
+    if (gateway_openclaw_connect_decode(req->params, h, why, sizeof why) != 0) {
+        s_refuse(c, req->id, why, NULL, 1008);
+        return;
+    }
+    if (h->min_protocol > GATEWAY_OPENCLAW_PROTOCOL ||
+        h->max_protocol < GATEWAY_OPENCLAW_PROTOCOL) {
+        char msg[128], details[256];
+        snprintf(msg, sizeof msg,
+                 "protocol mismatch: kith speaks protocol 4 only (4..4); the client offered "
+                 "%lld..%lld",
+                 (long long) h->min_protocol, (long long) h->max_protocol);
+        snprintf(details, sizeof details,
+                 "{\"code\":\"PROTOCOL_MISMATCH\",\"clientMinProtocol\":%lld,"
+                 "\"clientMaxProtocol\":%lld,\"expectedProtocol\":4,\"minProtocol\":4,"
+                 "\"maxProtocol\":4}",
+                 (long long) h->min_protocol, (long long) h->max_protocol);
+        s_res_error(c, req->id, "INVALID_REQUEST", msg, details, false);
+        s_close(c, 1002, "protocol mismatch");
+        return;
+    }
+    if (strcmp(h->role, "operator") != 0) {
+        s_refuse(c, req->id, "invalid role: kith serves the operator role only", NULL, 1008);
+        return;
+    }
+    /* The token: a kith bearer token from pairing (WIRE §17). */
+    const char *secret = h->token[0]          ? h->token
+                         : h->device_token[0] ? h->device_token
+                                              : h->bootstrap_token;
+    if (gateway_auth_pairing_required(oc->opts.auth) &&
+        (!secret[0] || !gateway_auth_token_ok(oc->opts.auth, secret, strlen(secret)))) {
+        bool missing = !secret[0];
+        const char *msg = missing ? "unauthorized: gateway token missing (pair with kith: POST "
+                                    "/pair, then send the token as auth.token)"
+                                  : "unauthorized: gateway token mismatch (send a kith bearer "
+                                    "token from POST /pair as auth.token)";
+        char details[256];
+        snprintf(details, sizeof details,
+                 "{\"code\":\"%s\",\"authReason\":\"%s\",\"canRetryWithDeviceToken\":false,"
+                 "\"recommendedNextStep\":\"update_auth_credentials\"}",
+                 missing ? "AUTH_TOKEN_MISSING" : "AUTH_TOKEN_MISMATCH",
+                 missing ? "token_missing" : "token_mismatch");
+        s_audit(c, "auth_failure", missing ? "no_token" : "invalid_token");
+        s_refuse(c, req->id, msg, details, 1008);
+        return;
+    }
+    int version = 0;
+    if (h->has_device) {
+        gateway_openclaw_device_reason_t r =
+            gateway_openclaw_device_verify(h, secret, c->nonce, router_clock_wall_ms(), &version);
+        if (r != GATEWAY_OPENCLAW_DEVICE_OK) {
+            char details[160];
+            snprintf(details, sizeof details, "{\"code\":\"%s\",\"reason\":\"%s\"}",
+                     gateway_openclaw_device_code(r), gateway_openclaw_device_reason(r));
+            s_audit(c, "auth_failure", gateway_openclaw_device_reason(r));
+            s_refuse(c, req->id, gateway_openclaw_device_message(r), details, 1008);
+            return;
+        }
+    } else if (!(c->loopback && !strcmp(h->client_id, "gateway-client") &&
+                 !strcmp(h->client_mode, "backend"))) {
+        s_refuse(c, req->id, "device identity required",
+                 "{\"code\":\"DEVICE_IDENTITY_REQUIRED\",\"reason\":\"device-required\"}", 1008);
+        return;
+    }
+    /* Granted: the known operator scopes asked for. */
+    c->scopes = 0;
+    for (unsigned i = 0; i < h->nscopes; i++)
+        for (unsigned k = 0; k < sizeof s_scope_names / sizeof s_scope_names[0]; k++)
+            if (!strcmp(h->scopes[i], s_scope_names[k]))
+                c->scopes |= 1u << k;
+    if (c->handshake_timer) {
+        (void) router_loop_timer_cancel(oc->loop, c->handshake_timer);
+        c->handshake_timer = 0;
+    }
+    c->connected = true;
+    c->connected_ms = router_clock_wall_ms();
+    oc->nconnected++;
+    if (h->has_device) {
+        char v[8];
+        snprintf(v, sizeof v, "v%d", version);
+        s_audit(c, "device_join", v);
+    }
+    s_hello(c, req->id);
+    c->tick_timer = router_loop_timer_add(oc->loop, oc->opts.tick_ms, s_on_tick, c);
+    s_presence_broadcast(oc);
+}
+
+/* ---------------------------------------------------------------- sockets */
+
+static void s_on_message(gateway_ws_t *ws, bool text, const uint8_t *data, size_t len, void *ud)
+{
+    (void) ws;
+    s_conn_t *c = ud;
+    if (c->closing)
+        return;
+    if (!text) {
+        s_close(c, 1003, "frames are JSON text");
+        return;
+    }
+    if (!c->connected && len > GATEWAY_OPENCLAW_PREAUTH_MAX) {
+        s_close(c, 1009, "pre-connect frame too large");
+        return;
+    }
+    char why[GATEWAY_OPENCLAW_WHY_MAX];
+    gateway_openclaw_req_t req;
+    if (gateway_openclaw_req_decode(data, len, &req, why, sizeof why) != 0) {
+        if (req.id[0])
+            s_res_error(c, req.id, "INVALID_REQUEST", why, NULL, false);
+        if (!c->connected)
+            s_close(c, 1008, "invalid handshake");
+        return;
+    }
+    if (!c->connected) {
+        if (strcmp(req.method, "connect") != 0)
+            s_refuse(c, req.id, "invalid handshake: first request must be connect", NULL, 1008);
+        else
+            s_connect(c, &req);
+    } else if (!strcmp(req.method, "connect")) {
+        s_res_error(c, req.id, "INVALID_REQUEST", "already connected", NULL, false);
+    } else if (!strcmp(req.method, "agent")) {
+        s_m_run(c, &req, S_RUN_AGENT);
+    } else if (!strcmp(req.method, "chat.send")) {
+        s_m_run(c, &req, S_RUN_CHAT);
+    } else if (!strcmp(req.method, "chat.abort")) {
+        s_m_abort(c, &req);
+    } else if (!strcmp(req.method, "health")) {
+        s_m_health(c, &req);
+    } else if (!strcmp(req.method, "system-presence")) {
+        s_m_presence(c, &req);
+    } else {
+        char msg[GATEWAY_OPENCLAW_METHOD_MAX + 32];
+        snprintf(msg, sizeof msg, "unknown method: %s", req.method);
+        s_res_error(c, req.id, "INVALID_REQUEST", msg, NULL, false);
+    }
+    gateway_openclaw_req_clear(&req);
+}
+
+/* Lets go of a socket's sessions, runs and timers, and frees it. */
+static void s_conn_free(s_conn_t *c)
+{
+    gateway_openclaw_t *oc = c->oc;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        oc->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    oc->nconns--;
+    if (c->handshake_timer)
+        (void) router_loop_timer_cancel(oc->loop, c->handshake_timer);
+    if (c->tick_timer)
+        (void) router_loop_timer_cancel(oc->loop, c->tick_timer);
+    if (c->abort_timer)
+        (void) router_loop_timer_cancel(oc->loop, c->abort_timer);
+    c->ws = NULL;
+    for (unsigned i = 0; i < GATEWAY_OPENCLAW_SESSIONS_MAX; i++)
+        if (c->binds[i].sub)
+            router_turns_detach(oc->opts.turns, c->binds[i].sub);
+    /* Turns of queued messages still run; their outcome is not seen here. */
+    while (c->runs)
+        s_run_end(c->runs, c->runs->turn_id[0] || c->runs->submitted ? "unknown" : "error");
+    bool was = c->connected;
+    if (was)
+        oc->nconnected--;
+    free(c->hello);
+    free(c);
+    if (was)
+        s_presence_broadcast(oc);
+}
+
+static void s_on_close(gateway_ws_t *ws, uint16_t code, void *ud)
+{
+    (void) ws, (void) code;
+    s_conn_free(ud);
+}
+
+static const gateway_ws_handlers_t s_ws_handlers = {
+    .on_message = s_on_message,
+    .on_close = s_on_close,
+};
+
+static void s_on_handshake_timeout(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id;
+    s_conn_t *c = ud;
+    c->handshake_timer = 0;
+    if (!c->connected)
+        s_close(c, 1008, "connect timeout");
+}
+
+/* Is there a `token` member in the query? It is refused here (WIRE §25.2). */
+static bool s_query_has_token(proto_http_slice_t q)
+{
+    if (!q.ptr)
+        return false;
+    const char *p = q.ptr, *end = q.ptr + q.len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t) (end - p));
+        const char *stop = amp ? amp : end;
+        if (stop - p >= 5 && !memcmp(p, "token", 5) && (stop - p == 5 || p[5] == '='))
+            return true;
+        p = stop + 1;
+    }
+    return false;
+}
+
+static bool s_ieq(const char *a, size_t n, const char *b)
+{
+    if (strlen(b) != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z')
+            x = (char) (x + 32);
+        if (y >= 'A' && y <= 'Z')
+            y = (char) (y + 32);
+        if (x != y)
+            return false;
+    }
+    return true;
+}
+
+/* A browser's Origin must be this gateway itself (scheme http or https,
+ * the same host and port as Host): a page elsewhere cannot drive a
+ * connection with the user's token (CVE-2026-25253). No Origin: not a
+ * browser, nothing to check. */
+static bool s_origin_ok(const gateway_http_req_t *req)
+{
+    proto_http_slice_t origin, host;
+    if (!gateway_http_req_header(req, "Origin", &origin))
+        return true;
+    if (!gateway_http_req_header(req, "Host", &host) || host.len == 0 || host.len > 255)
+        return false;
+    char want[300];
+    for (int https = 0; https < 2; https++) {
+        int n = snprintf(want, sizeof want, "%s://%.*s", https ? "https" : "http", (int) host.len,
+                         host.ptr);
+        if (n > 0 && s_ieq(origin.ptr, origin.len, want))
+            return true;
+    }
+    return false;
+}
+
+static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_openclaw_t *oc = ud;
+    if (s_query_has_token(req->query)) {
+        gateway_auth_audit_req(oc->opts.auth, "auth_failure", req, "token_in_url");
+        (void) gateway_http_respond_error(res, 400, "token_in_url",
+                                          "this endpoint takes the token in the connect "
+                                          "request only, never in the URL");
+        return;
+    }
+    if (!s_origin_ok(req)) {
+        gateway_auth_audit_req(oc->opts.auth, "auth_failure", req, "origin_not_allowed");
+        (void) gateway_http_respond_error(res, 403, "origin_not_allowed",
+                                          "the Origin is not this gateway");
+        return;
+    }
+    if (oc->nconns >= GATEWAY_OPENCLAW_CONNS_MAX) {
+        (void) gateway_http_respond_error(res, 503, "too_many_connections",
+                                          "too many OpenClaw connections are open");
+        return;
+    }
+    s_conn_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+        return;
+    }
+    c->oc = oc;
+    if (!(c->ws = gateway_ws_accept(res, &s_ws_handlers, c, &oc->opts.ws))) {
+        free(c);
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+        return;
+    }
+    c->loopback = gateway_auth_is_loopback(req->peer);
+    gateway_auth_client(req->peer, c->client_addr);
+    uint8_t u[16], n[32];
+    proto_uuid_v7_new(u);
+    proto_uuid_format(u, c->conn_id);
+    randombytes_buf(n, sizeof n);
+    sodium_bin2hex(c->nonce, sizeof c->nonce, n, sizeof n);
+    c->next = oc->conns;
+    if (oc->conns)
+        oc->conns->prev = c;
+    oc->conns = c;
+    oc->nconns++;
+    char payload[128];
+    snprintf(payload, sizeof payload, "{\"nonce\":\"%s\",\"ts\":%llu}", c->nonce,
+             (unsigned long long) router_clock_wall_ms());
+    s_event(c, "connect.challenge", payload);
+    c->handshake_timer =
+        router_loop_timer_add(oc->loop, GATEWAY_OPENCLAW_HANDSHAKE_MS, s_on_handshake_timeout, c);
+    if (!c->handshake_timer)
+        s_close(c, 1011, "no timer for the handshake");
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+gateway_openclaw_t *gateway_openclaw_new(gateway_http_t *g, router_loop_t *loop,
+                                         const gateway_openclaw_opts_t *opts)
+{
+    if (!g || !loop || !opts || !opts->auth || !opts->turns) {
+        errno = EINVAL;
+        return NULL;
+    }
+    gateway_openclaw_t *oc = calloc(1, sizeof *oc);
+    if (!oc || !(oc->idem = calloc(GATEWAY_OPENCLAW_IDEM_MAX, sizeof *oc->idem))) {
+        free(oc);
+        errno = ENOMEM;
+        return NULL;
+    }
+    oc->g = g;
+    oc->loop = loop;
+    oc->opts = *opts;
+    if (!oc->opts.tick_ms)
+        oc->opts.tick_ms = GATEWAY_OPENCLAW_TICK_MS;
+    if (oc->opts.tick_ms < GATEWAY_OPENCLAW_TICK_MIN_MS)
+        oc->opts.tick_ms = GATEWAY_OPENCLAW_TICK_MIN_MS;
+    if (!oc->opts.version)
+        oc->opts.version = "kith";
+    oc->started_mono = router_clock_mono_ms();
+    if (gateway_http_route_ws(g, "/", NULL, 0, s_upgrade, oc) != 0) {
+        int e = errno;
+        free(oc->idem);
+        free(oc);
+        errno = e;
+        return NULL;
+    }
+    return oc;
+}
+
+void gateway_openclaw_destroy(gateway_openclaw_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    gateway_openclaw_t *oc = *self_p;
+    for (s_conn_t *c = oc->conns; c; c = c->next)
+        c->ws = NULL; /* the gateway let them go: nothing more is sent */
+    while (oc->conns)
+        s_conn_free(oc->conns);
+    free(oc->idem);
+    free(oc);
+    *self_p = NULL;
+}
+
+void gateway_openclaw_stats(const gateway_openclaw_t *self, gateway_openclaw_stats_t *out)
+{
+    *out = (gateway_openclaw_stats_t){.sockets = self->nconns, .connected = self->nconnected,
+                                      .runs = self->nruns};
+}

