@@ -1170,6 +1170,7 @@ static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
         c->handshake_timer = 0;
     }
     c->connected = true;
+    gateway_ws_set_message_max(c->ws, 0); /* known now: the configured limit */
     c->connected_ms = router_clock_wall_ms();
     oc->nconnected++;
     if (h->has_device) {
@@ -1370,6 +1371,9 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
         (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
         return;
     }
+    /* Until connect is accepted the parser refuses larger frames before
+     * their payload, so a stranger never makes us buffer a full message. */
+    gateway_ws_set_message_max(c->ws, GATEWAY_OPENCLAW_PREAUTH_MAX);
     c->loopback = gateway_auth_is_loopback(req->peer);
     gateway_auth_client(req->peer, c->client_addr);
     uint8_t u[16], n[32];

@@ -179,6 +179,13 @@ uint64_t gateway_ws_id(const gateway_ws_t *ws)
     return router_conn_id(ws->conn);
 }
 
+void gateway_ws_set_message_max(gateway_ws_t *ws, size_t max)
+{
+    if (!max || max > ws->opts.message_max)
+        max = ws->opts.message_max;
+    proto_ws_parser_set_limit(ws->parser, max);
+}
+
 /* ---------------------------------------------------------------- receiving */
 
 static int s_msg_append(gateway_ws_t *ws, const uint8_t *data, size_t len)

@@ -89,4 +89,11 @@ void gateway_ws_close(gateway_ws_t *ws, uint16_t code, const char *reason);
 /* A number unique within the loop, for logs. */
 uint64_t gateway_ws_id(const gateway_ws_t *ws);
 
+/* Changes the largest message this socket takes (at most opts.message_max):
+ * a protocol that authenticates inside the socket holds it at
+ * PROTO_WS_MESSAGE_MAX_PREAUTH until the client is known (DESIGN §10), so
+ * a stranger cannot make the server buffer a full-size message. A larger
+ * message is refused by the parser, before its payload, with close 1009. */
+void gateway_ws_set_message_max(gateway_ws_t *ws, size_t max);
+
 #endif

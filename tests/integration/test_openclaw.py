@@ -273,6 +273,46 @@ async def plain_refusals(node, token):
     await recv(ws)
     await ws.send("x" * (64 * 1024 + 1))
     await expect_closed(ws, 1009)
+    # ... and refused from the frame header alone: a stranger announcing a
+    # 1 MiB frame is closed before sending its payload (nothing is buffered).
+    check(await asyncio.to_thread(announced_oversize_closed, node), "no 1009 before the payload")
+
+
+def announced_oversize_closed(node):
+    import socket
+    s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=20)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+    check(data.startswith(b"HTTP/1.1 101"), data[:200])
+    # A masked text frame header saying 1 MiB follows, and 10 octets of it.
+    s.sendall(bytes([0x81, 0x80 | 127]) + (1 << 20).to_bytes(8, "big") + os.urandom(4) + b"x" * 10)
+    frames = data.partition(b"\r\n\r\n")[2]
+    try:
+        while True:
+            i = 0
+            while i + 2 <= len(frames):  # skip to a Close frame
+                op, n = frames[i] & 0x0F, frames[i + 1] & 0x7F
+                hl = 2 + (2 if n == 126 else 8 if n == 127 else 0)
+                if n == 126:
+                    n = int.from_bytes(frames[i + 2:i + 4], "big")
+                elif n == 127:
+                    n = int.from_bytes(frames[i + 2:i + 10], "big")
+                if op == 0x8 and len(frames) >= i + hl + 2:
+                    return int.from_bytes(frames[i + hl:i + hl + 2], "big") == 1009
+                i += hl + n
+            chunk = s.recv(65536)
+            if not chunk:
+                return False
+            frames += chunk
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 async def deviceless(node, token):
