@@ -336,7 +336,7 @@ static void s_run_end(s_run_t *r, const char *status)
     free(r);
 }
 
-/* The lifecycle and assistant streams of an `agent` run. */
+/* The lifecycle and assistant streams of an `agent` run (WIRE §25). */
 static void s_agent_event(s_run_t *r, const char *stream, const char *phase, const char *delta,
                           size_t delta_len, const char *error)
 {
@@ -349,6 +349,13 @@ static void s_agent_event(s_run_t *r, const char *stream, const char *phase, con
     s_gs(g, "stream", stream);
     s_gu(g, "ts", router_clock_wall_ms());
     s_gs(g, "sessionKey", r->b->key);
+    if (delta) {
+        /* Also the flat form agent front-ends read (issue 15): the run's
+         * status and its text so far, beside OpenClaw's own `data`. */
+        s_gs(g, "status", "streaming");
+        if (!r->text_over)
+            s_gsn(g, "text", r->text ? r->text : "", r->text_len);
+    }
     s_gk(g, "data");
     (void) yajl_gen_map_open(g);
     if (phase)

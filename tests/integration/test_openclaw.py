@@ -218,6 +218,8 @@ async def plain_agent(node, token):
           f"first {first}")
     agent = [f for f in frames if f["type"] == "event" and f["event"] == "agent"]
     check(any(f["payload"]["stream"] == "assistant" for f in agent), f"no streaming: {frames}")
+    flat = [f["payload"] for f in agent if f["payload"].get("status") == "streaming"]
+    check(flat and flat[-1]["text"] == "echo: plain socket", f"no flat streaming form: {agent}")
     final = frames[-1]
     check(final["ok"] is True and final["payload"]["status"] == "ok" and
           final["payload"]["summary"] == "completed" and
