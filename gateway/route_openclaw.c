@@ -6,7 +6,11 @@
  * `agent` and `chat.send` become messages of a session of
  * router/workers/turns.h (one subscriber per session the socket uses), and
  * the session's turn frames become `agent` / `chat` events and the
- * `agent` request's final answer. */
+ * `agent` request's final answer. What must survive a restart goes
+ * through the token store (router/state/tokens.h, never SQLite on this
+ * thread): the idempotency keys of runs (scope "openclaw") and the devices
+ * that joined over loopback with the SHA-256 of their deviceToken (WIRE
+ * §25.8); the answer that depends on a write goes out once it is durable. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +31,13 @@
 #define MOD "openclaw"
 /* How often an aborted run waiting for its turn is looked at again. */
 #define S_ABORT_POLL_MS 100u
+/* The token store's idempotency scope of `agent` and `chat.send` keys. */
+#define S_IDEM_SCOPE "openclaw"
+/* What a key remembers while its run is in flight (then ok, error, …). */
+#define S_IDEM_IN_FLIGHT "in_flight"
+/* A deviceToken: the prefix and 64 lowercase hex (256 random bits). */
+#define S_DEVICE_TOKEN_PREFIX "kithdev_"
+#define S_DEVICE_TOKEN_LEN (8u + 64u)
 
 typedef struct s_conn s_conn_t;
 typedef struct s_run s_run_t;
@@ -50,7 +61,7 @@ struct s_run {
     uint64_t serial;          /* unique in the endpoint */
     char run_id[GATEWAY_OPENCLAW_RUN_KEY_MAX + 1];  /* the idempotency key */
     char req_id[GATEWAY_OPENCLAW_ID_MAX + 1];       /* agent: answered again at the end */
-    size_t idem;              /* its slot in the idempotency table */
+    bool accepted;            /* its key is durable and the request was answered */
     char *message;            /* held until the session has started; then submitted */
     size_t message_len;
     bool submitted;
@@ -67,6 +78,7 @@ struct s_run {
 
 struct s_conn {
     gateway_openclaw_t *oc;
+    uint64_t serial;          /* unique in the endpoint */
     gateway_ws_t *ws;
     bool closing;             /* gateway_ws_close was called */
     bool connected;           /* hello-ok sent */
@@ -79,6 +91,7 @@ struct s_conn {
     uint64_t abort_timer;     /* aborted runs still waiting for their turn */
     uint64_t connected_ms;
     gateway_openclaw_connect_t *hello; /* the accepted connect params */
+    bool accepting;           /* connect passed; waiting for its device record */
     unsigned scopes;          /* S_SCOPE_* granted */
     s_bind_t binds[GATEWAY_OPENCLAW_SESSIONS_MAX];
     s_run_t *runs;
@@ -86,11 +99,16 @@ struct s_conn {
     s_conn_t *prev, *next;
 };
 
-typedef struct {
-    char key[GATEWAY_OPENCLAW_RUN_KEY_MAX + 1];  /* "" free */
-    bool live;
-    char status[16];          /* when done: ok, error, aborted */
-} s_idem_t;
+/* A token store write the endpoint waits for (a device record before
+ * hello-ok, a run's key before its answer). The socket or run is found
+ * again by serial when it is done: it may be gone by then. */
+typedef struct s_wait {
+    gateway_openclaw_t *oc;   /* NULL once the endpoint is destroyed */
+    uint64_t serial;          /* the socket's or the run's */
+    char req_id[GATEWAY_OPENCLAW_ID_MAX + 1];        /* connect: the request answered */
+    char token[S_DEVICE_TOKEN_LEN + 1];              /* connect: the deviceToken, wiped */
+    struct s_wait *prev, *next;
+} s_wait_t;
 
 struct gateway_openclaw {
     gateway_http_t *g;
@@ -101,8 +119,8 @@ struct gateway_openclaw {
     uint64_t next_serial;
     uint64_t presence_version;
     uint64_t started_mono;
-    s_idem_t *idem;           /* GATEWAY_OPENCLAW_IDEM_MAX, a ring */
-    size_t idem_next;
+    router_tokens_t *tokens;  /* borrowed from opts.auth: keys and devices */
+    s_wait_t *waits;          /* writes waited for */
 };
 
 /* The operator scopes (OpenClaw's closed set). */
@@ -279,31 +297,45 @@ static void s_presence_broadcast(gateway_openclaw_t *oc)
     free(payload);
 }
 
-/* ---------------------------------------------------------------- idempotency */
+/* ---------------------------------------------------------------- waits */
 
-static s_idem_t *s_idem_find(gateway_openclaw_t *oc, const char *key)
+static s_wait_t *s_wait_new(gateway_openclaw_t *oc, uint64_t serial)
 {
-    for (size_t i = 0; i < GATEWAY_OPENCLAW_IDEM_MAX; i++)
-        if (oc->idem[i].key[0] && !strcmp(oc->idem[i].key, key))
-            return &oc->idem[i];
-    return NULL;
+    s_wait_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->oc = oc;
+    w->serial = serial;
+    w->next = oc->waits;
+    if (oc->waits)
+        oc->waits->prev = w;
+    oc->waits = w;
+    return w;
 }
 
-/* A slot for a new key: the oldest that holds no run in flight. Returns
- * its index, or (size_t) -1 when every slot holds a live run. */
-static size_t s_idem_take(gateway_openclaw_t *oc, const char *key)
+/* Unlinks and frees w; returns its endpoint (NULL: destroyed meanwhile). */
+static gateway_openclaw_t *s_wait_end(s_wait_t *w)
 {
-    for (size_t k = 0; k < GATEWAY_OPENCLAW_IDEM_MAX; k++) {
-        size_t i = (oc->idem_next + k) % GATEWAY_OPENCLAW_IDEM_MAX;
-        if (oc->idem[i].live)
-            continue;
-        oc->idem_next = (i + 1) % GATEWAY_OPENCLAW_IDEM_MAX;
-        snprintf(oc->idem[i].key, sizeof oc->idem[i].key, "%s", key);
-        oc->idem[i].live = true;
-        oc->idem[i].status[0] = '\0';
-        return i;
+    gateway_openclaw_t *oc = w->oc;
+    if (oc) {
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            oc->waits = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
     }
-    return (size_t) -1;
+    sodium_memzero(w->token, sizeof w->token);
+    free(w);
+    return oc;
+}
+
+static s_conn_t *s_conn_by_serial(gateway_openclaw_t *oc, uint64_t serial)
+{
+    for (s_conn_t *c = oc->conns; c; c = c->next)
+        if (c->serial == serial)
+            return c;
+    return NULL;
 }
 
 /* ---------------------------------------------------------------- runs */
@@ -316,24 +348,53 @@ static s_run_t *s_run_by_serial(const s_conn_t *c, uint64_t serial)
     return NULL;
 }
 
-/* Ends a run: its idempotency key remembers `status`; frees it. */
-static void s_run_end(s_run_t *r, const char *status)
+/* A run of any socket, by serial. */
+static s_run_t *s_run_find(gateway_openclaw_t *oc, uint64_t serial)
+{
+    for (s_conn_t *c = oc->conns; c; c = c->next) {
+        s_run_t *r = s_run_by_serial(c, serial);
+        if (r)
+            return r;
+    }
+    return NULL;
+}
+
+/* True when a run of this process has idempotency key `key`. */
+static bool s_run_live(gateway_openclaw_t *oc, const char *key)
+{
+    for (s_conn_t *c = oc->conns; c; c = c->next)
+        for (s_run_t *r = c->runs; r; r = r->next)
+            if (!strcmp(r->run_id, key))
+                return true;
+    return false;
+}
+
+/* Unlinks and frees a run. */
+static void s_run_free(s_run_t *r)
 {
     s_conn_t *c = r->c;
-    gateway_openclaw_t *oc = c->oc;
     for (s_run_t **pp = &c->runs; *pp; pp = &(*pp)->next)
         if (*pp == r) {
             *pp = r->next;
             break;
         }
     c->nruns--;
-    oc->nruns--;
-    s_idem_t *e = &oc->idem[r->idem];
-    e->live = false;
-    snprintf(e->status, sizeof e->status, "%s", status);
+    c->oc->nruns--;
     free(r->message);
     free(r->text);
     free(r);
+}
+
+/* Ends a run: its idempotency key remembers `status` (durably, nobody
+ * waits for it); frees it. */
+static void s_run_end(s_run_t *r, const char *status)
+{
+    gateway_openclaw_t *oc = r->c->oc;
+    if (router_tokens_idem_finish(oc->tokens, S_IDEM_SCOPE, r->run_id, strlen(r->run_id), 200,
+                                  status, router_clock_wall_ms(), NULL, NULL) != 0)
+        ROUTER_LOG(ROUTER_LOG_DEBUG, MOD, "run %s: its outcome is not remembered: %s", r->run_id,
+                   strerror(errno));
+    s_run_free(r);
 }
 
 /* The lifecycle and assistant streams of an `agent` run (WIRE §25). */
@@ -732,7 +793,7 @@ static void s_on_frame(const router_turn_frame_t *frame, void *ud)
         /* Submit what waited, oldest first; a submit may end runs. */
         for (;;) {
             s_run_t *r = c->runs;
-            while (r && !(r->b == b && !r->submitted))
+            while (r && !(r->b == b && r->accepted && !r->submitted))
                 r = r->next;
             if (!r)
                 break;
@@ -838,6 +899,45 @@ static void s_forbidden(s_conn_t *c, const char *id, const char *scope)
     s_res_error(c, id, "FORBIDDEN", msg, details, false);
 }
 
+/* The answer to a key seen before: the same runId, nothing started. */
+static void s_cached(s_conn_t *c, const char *id, const char *key, const char *status)
+{
+    char payload[GATEWAY_OPENCLAW_RUN_KEY_MAX + ROUTER_TOKENS_IDEM_BODY_MAX + 64];
+    snprintf(payload, sizeof payload, "{\"runId\":\"%s\",\"status\":\"%s\",\"cached\":true}", key,
+             status);
+    s_res_ok(c, id, payload);
+}
+
+/* A run's key is durable (ok): answer the request, then submit. */
+static void s_run_written(bool ok, void *ud)
+{
+    s_wait_t *w = ud;
+    uint64_t serial = w->serial;
+    gateway_openclaw_t *oc = s_wait_end(w);
+    s_run_t *r = oc ? s_run_find(oc, serial) : NULL;
+    if (!r)
+        return; /* its socket closed: its end is remembered */
+    if (!ok) {
+        /* Not written (the store stopped): nothing was promised. */
+        s_res_error(r->c, r->req_id, "UNAVAILABLE", "the run's idempotency key was not stored",
+                    NULL, true);
+        s_run_free(r);
+        return;
+    }
+    r->accepted = true;
+    char payload[512];
+    if (r->kind == S_RUN_AGENT)
+        snprintf(payload, sizeof payload,
+                 "{\"runId\":\"%s\",\"sessionKey\":\"%s\",\"status\":\"accepted\","
+                 "\"acceptedAt\":%llu}",
+                 r->run_id, r->b->key, (unsigned long long) router_clock_wall_ms());
+    else
+        snprintf(payload, sizeof payload, "{\"runId\":\"%s\",\"status\":\"started\"}", r->run_id);
+    s_res_ok(r->c, r->req_id, payload);
+    if (r->b->started)
+        s_run_submit(r);
+}
+
 /* `agent` and `chat.send`: a message for a session, answered at once;
  * the turn's frames follow as events (and, for agent, a final answer). */
 static void s_m_run(s_conn_t *c, const gateway_openclaw_req_t *req, s_kind_t kind)
@@ -860,26 +960,40 @@ static void s_m_run(s_conn_t *c, const gateway_openclaw_req_t *req, s_kind_t kin
     }
     if (!p.session_key[0])
         snprintf(p.session_key, sizeof p.session_key, "%s", GATEWAY_OPENCLAW_DEFAULT_SESSION);
-    char payload[512];
-    s_idem_t *seen = s_idem_find(oc, p.idempotency_key);
-    if (seen) {
-        /* The same key again: the same run, nothing started. */
-        snprintf(payload, sizeof payload, "{\"runId\":\"%s\",\"status\":\"%s\",\"cached\":true}",
-                 p.idempotency_key, seen->live ? "in_flight" : seen->status);
-        s_res_ok(c, req->id, payload);
+    /* The key, in the token store: a key seen before (in this process or
+     * before a restart) answers with the same runId and starts nothing. */
+    const char *key = p.idempotency_key;
+    size_t klen = strlen(key);
+    int st = 0;
+    const char *seen = NULL;
+    switch (router_tokens_idem_begin(oc->tokens, S_IDEM_SCOPE, key, klen, router_clock_wall_ms(),
+                                     &st, &seen)) {
+    case ROUTER_IDEM_BUSY:
+        s_cached(c, req->id, key, S_IDEM_IN_FLIGHT);
         return;
+    case ROUTER_IDEM_DONE:
+        /* In flight when written, and no run of this process has it: the
+         * run was cut off by a restart, its outcome unknown. */
+        s_cached(c, req->id, key,
+                 !strcmp(seen, S_IDEM_IN_FLIGHT) && !s_run_live(oc, key) ? "unknown" : seen);
+        return;
+    case ROUTER_IDEM_FULL:
+        s_res_error(c, req->id, "UNAVAILABLE", "too many idempotency keys are remembered", NULL,
+                    true);
+        return;
+    case ROUTER_IDEM_NEW:
+        break;
     }
     if (c->nruns >= GATEWAY_OPENCLAW_RUNS_MAX) {
+        router_tokens_idem_release(oc->tokens, S_IDEM_SCOPE, key, klen);
         s_res_error(c, req->id, "UNAVAILABLE", "too many runs in flight on this connection",
                     NULL, true);
         return;
     }
     s_bind_t *b = s_bind(c, p.session_key);
     s_run_t *r = b ? calloc(1, sizeof *r) : NULL;
-    size_t slot = r ? s_idem_take(oc, p.idempotency_key) : (size_t) -1;
-    if (!r || slot == (size_t) -1 || !(r->message = malloc(p.message_len + 1))) {
-        if (r && slot != (size_t) -1)
-            oc->idem[slot] = (s_idem_t){0};
+    if (!r || !(r->message = malloc(p.message_len + 1))) {
+        router_tokens_idem_release(oc->tokens, S_IDEM_SCOPE, key, klen);
         free(r);
         s_res_error(c, req->id, "UNAVAILABLE",
                     b ? "the gateway is out of room for runs" : "too many sessions in use",
@@ -893,9 +1007,8 @@ static void s_m_run(s_conn_t *c, const gateway_openclaw_req_t *req, s_kind_t kin
     r->b = b;
     r->kind = kind;
     r->serial = ++oc->next_serial;
-    r->idem = slot;
     r->started_mono = router_clock_mono_ms();
-    snprintf(r->run_id, sizeof r->run_id, "%s", p.idempotency_key);
+    snprintf(r->run_id, sizeof r->run_id, "%s", key);
     snprintf(r->req_id, sizeof r->req_id, "%s", req->id);
     s_run_t **tail = &c->runs;
     while (*tail)
@@ -903,16 +1016,22 @@ static void s_m_run(s_conn_t *c, const gateway_openclaw_req_t *req, s_kind_t kin
     *tail = r;
     c->nruns++;
     oc->nruns++;
-    if (kind == S_RUN_AGENT)
-        snprintf(payload, sizeof payload,
-                 "{\"runId\":\"%s\",\"sessionKey\":\"%s\",\"status\":\"accepted\","
-                 "\"acceptedAt\":%llu}",
-                 r->run_id, b->key, (unsigned long long) router_clock_wall_ms());
-    else
-        snprintf(payload, sizeof payload, "{\"runId\":\"%s\",\"status\":\"started\"}", r->run_id);
-    s_res_ok(c, req->id, payload);
-    if (b->started)
-        s_run_submit(r);
+    /* The key is written as in flight before the answer goes and before
+     * the message is submitted (s_run_written). */
+    s_wait_t *w = s_wait_new(oc, r->serial);
+    if (!w) {
+        router_tokens_idem_release(oc->tokens, S_IDEM_SCOPE, key, klen);
+    } else if (router_tokens_idem_finish(oc->tokens, S_IDEM_SCOPE, key, klen, 200,
+                                         S_IDEM_IN_FLIGHT, router_clock_wall_ms(), s_run_written,
+                                         w) != 0) { /* the key is forgotten */
+        (void) s_wait_end(w);
+        w = NULL;
+    }
+    if (!w) {
+        s_run_free(r);
+        s_res_error(c, req->id, "UNAVAILABLE", "the run's idempotency key cannot be stored now",
+                    NULL, true);
+    }
 }
 
 static void s_m_abort(s_conn_t *c, const gateway_openclaw_req_t *req)
@@ -1025,7 +1144,8 @@ static void s_on_tick(router_loop_t *loop, uint64_t id, void *ud)
     s_event(c, "tick", payload);
 }
 
-static void s_hello(s_conn_t *c, const char *id)
+/* hello-ok; device_token (or NULL) is the deviceToken handed out. */
+static void s_hello(s_conn_t *c, const char *id, const char *device_token)
 {
     gateway_openclaw_t *oc = c->oc;
     yajl_gen g = s_gen_new();
@@ -1079,6 +1199,8 @@ static void s_hello(s_conn_t *c, const char *id)
             (void) yajl_gen_string(g, (const unsigned char *) s_scope_names[i],
                                    strlen(s_scope_names[i]));
     (void) yajl_gen_array_close(g);
+    if (device_token)
+        s_gs(g, "deviceToken", device_token);
     (void) yajl_gen_map_close(g);
     s_gk(g, "policy");
     (void) yajl_gen_map_open(g);
@@ -1090,6 +1212,90 @@ static void s_hello(s_conn_t *c, const char *id)
     char *payload = s_gen_end(g);
     s_res_ok(c, id, payload);
     free(payload);
+}
+
+/* Connect is granted: the known operator scopes asked for, hello-ok
+ * (with device_token when one is handed out), ticks, presence. */
+static void s_accept(s_conn_t *c, const char *id, const char *device_token)
+{
+    gateway_openclaw_t *oc = c->oc;
+    const gateway_openclaw_connect_t *h = c->hello;
+    c->accepting = false;
+    c->scopes = 0;
+    for (unsigned i = 0; i < h->nscopes; i++)
+        for (unsigned k = 0; k < sizeof s_scope_names / sizeof s_scope_names[0]; k++)
+            if (!strcmp(h->scopes[i], s_scope_names[k]))
+                c->scopes |= 1u << k;
+    if (c->handshake_timer) {
+        (void) router_loop_timer_cancel(oc->loop, c->handshake_timer);
+        c->handshake_timer = 0;
+    }
+    c->connected = true;
+    gateway_ws_set_message_max(c->ws, 0); /* known now: the configured limit */
+    c->connected_ms = router_clock_wall_ms();
+    oc->nconnected++;
+    s_hello(c, id, device_token);
+    c->tick_timer = router_loop_timer_add(oc->loop, oc->opts.tick_ms, s_on_tick, c);
+    s_presence_broadcast(oc);
+}
+
+/* The device record is durable (ok): hello-ok with its new deviceToken. */
+static void s_device_written(bool ok, void *ud)
+{
+    s_wait_t *w = ud;
+    uint64_t serial = w->serial;
+    char id[GATEWAY_OPENCLAW_ID_MAX + 1], token[S_DEVICE_TOKEN_LEN + 1];
+    memcpy(id, w->req_id, sizeof id);
+    memcpy(token, w->token, sizeof token);
+    gateway_openclaw_t *oc = s_wait_end(w);
+    s_conn_t *c = oc ? s_conn_by_serial(oc, serial) : NULL;
+    if (c && c->accepting && !c->closing)
+        s_accept(c, id, ok ? token : NULL); /* not written: the bearer token still holds */
+    sodium_memzero(token, sizeof token);
+}
+
+/* Records c's device in state.db (WIRE §25.8). With req_id, a new
+ * deviceToken is minted, and hello-ok waits for the record
+ * (s_device_written); without, nobody waits. Returns 0, or -1 when
+ * nothing will be written (the reason is logged). */
+static int s_device_record(s_conn_t *c, const char *req_id)
+{
+    gateway_openclaw_t *oc = c->oc;
+    const gateway_openclaw_connect_t *h = c->hello;
+    router_tokens_device_t d = {0};
+    if (strlen(h->device_id) != ROUTER_TOKENS_DEVICE_ID_LEN ||
+        gateway_openclaw_b64_decode(h->device_public_key, d.public_key, 32) != 0)
+        return -1; /* cannot be after a verified proof */
+    memcpy(d.id, h->device_id, sizeof d.id);
+    snprintf(d.client_id, sizeof d.client_id, "%s", h->client_id);
+    snprintf(d.client_mode, sizeof d.client_mode, "%s", h->client_mode);
+    snprintf(d.platform, sizeof d.platform, "%s", h->client_platform);
+    uint64_t now = router_clock_wall_ms();
+    int rc;
+    if (!req_id) {
+        rc = router_tokens_device_record(oc->tokens, &d, NULL, now, NULL, NULL);
+    } else {
+        s_wait_t *w = s_wait_new(oc, c->serial);
+        if (!w)
+            return -1;
+        snprintf(w->req_id, sizeof w->req_id, "%s", req_id);
+        uint8_t raw[32], hash[32];
+        randombytes_buf(raw, sizeof raw);
+        memcpy(w->token, S_DEVICE_TOKEN_PREFIX, sizeof S_DEVICE_TOKEN_PREFIX - 1);
+        sodium_bin2hex(w->token + sizeof S_DEVICE_TOKEN_PREFIX - 1, 65, raw, sizeof raw);
+        crypto_hash_sha256(hash, (const unsigned char *) w->token, S_DEVICE_TOKEN_LEN);
+        sodium_memzero(raw, sizeof raw);
+        rc = router_tokens_device_record(oc->tokens, &d, hash, now, s_device_written, w);
+        if (rc != 0) {
+            int e = errno;
+            (void) s_wait_end(w);
+            errno = e;
+        }
+    }
+    if (rc != 0)
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "device %.16s…: not recorded: %s", d.id,
+                   errno == ENOSPC ? "the device table is full" : strerror(errno));
+    return rc;
 }
 
 static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
@@ -1127,12 +1333,33 @@ static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
         s_refuse(c, req->id, "invalid role: kith serves the operator role only", NULL, 1008);
         return;
     }
-    /* The token: a kith bearer token from pairing (WIRE §17). */
+    /* The credential (WIRE §25.8): a kith bearer token from pairing
+     * (WIRE §17), else the deviceToken kith gave this device. */
+    bool pairing = gateway_auth_pairing_required(oc->opts.auth);
     const char *secret = h->token[0]          ? h->token
                          : h->device_token[0] ? h->device_token
                                               : h->bootstrap_token;
-    if (gateway_auth_pairing_required(oc->opts.auth) &&
-        (!secret[0] || !gateway_auth_token_ok(oc->opts.auth, secret, strlen(secret)))) {
+    bool bearer = pairing && secret[0] && gateway_auth_token_ok(oc->opts.auth, secret, strlen(secret));
+    bool by_device = false;
+    uint8_t pk[32];
+    if (pairing && !bearer && h->device_token[0]) {
+        uint8_t th[32];
+        crypto_hash_sha256(th, (const unsigned char *) h->device_token, strlen(h->device_token));
+        by_device = h->has_device &&
+                    gateway_openclaw_b64_decode(h->device_public_key, pk, sizeof pk) == 0 &&
+                    router_tokens_device_check(oc->tokens, h->device_id, pk, th);
+        if (!by_device) {
+            s_audit(c, "auth_failure", "invalid_device_token");
+            s_refuse(c, req->id,
+                     "unauthorized: device token mismatch (connect with a kith bearer token "
+                     "from POST /pair to get a new one)",
+                     "{\"code\":\"AUTH_DEVICE_TOKEN_MISMATCH\",\"authReason\":"
+                     "\"device_token_mismatch\",\"canRetryWithDeviceToken\":false,"
+                     "\"recommendedNextStep\":\"update_auth_credentials\"}",
+                     1008);
+            return;
+        }
+    } else if (pairing && !bearer) {
         bool missing = !secret[0];
         const char *msg = missing ? "unauthorized: gateway token missing (pair with kith: POST "
                                     "/pair, then send the token as auth.token)"
@@ -1166,28 +1393,19 @@ static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
                  "{\"code\":\"DEVICE_IDENTITY_REQUIRED\",\"reason\":\"device-required\"}", 1008);
         return;
     }
-    /* Granted: the known operator scopes asked for. */
-    c->scopes = 0;
-    for (unsigned i = 0; i < h->nscopes; i++)
-        for (unsigned k = 0; k < sizeof s_scope_names / sizeof s_scope_names[0]; k++)
-            if (!strcmp(h->scopes[i], s_scope_names[k]))
-                c->scopes |= 1u << k;
-    if (c->handshake_timer) {
-        (void) router_loop_timer_cancel(oc->loop, c->handshake_timer);
-        c->handshake_timer = 0;
-    }
-    c->connected = true;
-    gateway_ws_set_message_max(c->ws, 0); /* known now: the configured limit */
-    c->connected_ms = router_clock_wall_ms();
-    oc->nconnected++;
-    if (h->has_device) {
-        char v[8];
-        snprintf(v, sizeof v, "v%d", version);
+    char v[8];
+    snprintf(v, sizeof v, "v%d", version);
+    if (h->has_device)
         s_audit(c, "device_join", v);
+    if (by_device) {
+        /* A known device: its last sighting is written (nobody waits). */
+        s_device_record(c, NULL);
+        s_accept(c, req->id, h->device_token);
+    } else if (h->has_device && bearer && c->loopback && s_device_record(c, req->id) == 0) {
+        c->accepting = true; /* hello-ok once the record is durable (s_device_written) */
+    } else {
+        s_accept(c, req->id, NULL);
     }
-    s_hello(c, req->id);
-    c->tick_timer = router_loop_timer_add(oc->loop, oc->opts.tick_ms, s_on_tick, c);
-    s_presence_broadcast(oc);
 }
 
 /* ---------------------------------------------------------------- sockets */
@@ -1215,7 +1433,9 @@ static void s_on_message(gateway_ws_t *ws, bool text, const uint8_t *data, size_
             s_close(c, 1008, "invalid handshake");
         return;
     }
-    if (!c->connected) {
+    if (c->accepting) {
+        s_res_error(c, req.id, "INVALID_REQUEST", "connect is still being answered", NULL, false);
+    } else if (!c->connected) {
         if (strcmp(req.method, "connect") != 0)
             s_refuse(c, req.id, "invalid handshake: first request must be connect", NULL, 1008);
         else
@@ -1373,6 +1593,7 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
         return;
     }
     c->oc = oc;
+    c->serial = ++oc->next_serial;
     if (!(c->ws = gateway_ws_accept(res, &s_ws_handlers, c, &oc->opts.ws))) {
         free(c);
         (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
@@ -1412,12 +1633,17 @@ gateway_openclaw_t *gateway_openclaw_new(gateway_http_t *g, router_loop_t *loop,
         errno = EINVAL;
         return NULL;
     }
+    router_tokens_t *tokens = gateway_auth_tokens(opts->auth);
+    if (!tokens) {
+        errno = EINVAL;
+        return NULL;
+    }
     gateway_openclaw_t *oc = calloc(1, sizeof *oc);
-    if (!oc || !(oc->idem = calloc(GATEWAY_OPENCLAW_IDEM_MAX, sizeof *oc->idem))) {
-        free(oc);
+    if (!oc) {
         errno = ENOMEM;
         return NULL;
     }
+    oc->tokens = tokens;
     oc->g = g;
     oc->loop = loop;
     oc->opts = *opts;
@@ -1430,7 +1656,6 @@ gateway_openclaw_t *gateway_openclaw_new(gateway_http_t *g, router_loop_t *loop,
     oc->started_mono = router_clock_mono_ms();
     if (gateway_http_route_ws(g, "/", NULL, 0, s_upgrade, oc) != 0) {
         int e = errno;
-        free(oc->idem);
         free(oc);
         errno = e;
         return NULL;
@@ -1447,7 +1672,12 @@ void gateway_openclaw_destroy(gateway_openclaw_t **self_p)
         c->ws = NULL; /* the gateway let them go: nothing more is sent */
     while (oc->conns)
         s_conn_free(oc->conns);
-    free(oc->idem);
+    /* Writes still owed a callback: it will find no endpoint and free. */
+    for (s_wait_t *w = oc->waits, *n; w; w = n) {
+        n = w->next;
+        w->oc = NULL;
+        w->prev = w->next = NULL;
+    }
     free(oc);
     *self_p = NULL;
 }

@@ -24,14 +24,14 @@
 #define GATEWAY_OPENCLAW_CONNS_MAX 1024u        /* sockets open at once */
 #define GATEWAY_OPENCLAW_SESSIONS_MAX 8u        /* sessions one socket is attached to */
 #define GATEWAY_OPENCLAW_RUNS_MAX 16u           /* runs one socket has unfinished */
-#define GATEWAY_OPENCLAW_IDEM_MAX 4096u         /* idempotency keys remembered */
 #define GATEWAY_OPENCLAW_TEXT_MAX (256u * 1024) /* a run's text kept for agent events */
 #define GATEWAY_OPENCLAW_DEFAULT_SESSION "main" /* `agent` without sessionKey */
 
 typedef struct gateway_openclaw gateway_openclaw_t;
 
 typedef struct {
-    gateway_auth_t *auth;       /* borrowed: bearer tokens from pairing, the audit feed */
+    gateway_auth_t *auth;       /* borrowed: bearer tokens from pairing, the audit feed, and
+                                 * its token store (idempotency keys, devices) */
     router_turns_t *turns;      /* borrowed: sessions and their turns */
     gateway_ws_opts_t ws;       /* bounds of each socket (0s: gateway/ws.h defaults);
                                  * message_max is hello-ok's policy.maxPayload */
@@ -46,7 +46,9 @@ gateway_openclaw_t *gateway_openclaw_new(gateway_http_t *g, router_loop_t *loop,
                                          const gateway_openclaw_opts_t *opts);
 
 /* Lets go of every socket (detaching it from its sessions). Call it after
- * gateway_http_destroy (which let the sockets' connections go) and before
+ * gateway_http_destroy (which let the sockets' connections go), after
+ * router_tokens_stop (which runs the callbacks of writes it waits for; one
+ * that comes later finds no endpoint and does nothing) and before
  * router_turns_destroy. Idempotent; nulls *self_p. */
 void gateway_openclaw_destroy(gateway_openclaw_t **self_p);
 

@@ -1,5 +1,5 @@
-/* router/state/tokens.c — paired token hashes, pairing lockouts and
- * idempotency answers: a copy in memory for the loop thread, and a store
+/* router/state/tokens.c — paired token hashes, pairing lockouts,
+ * idempotency answers and OpenClaw devices: a copy in memory for the loop thread, and a store
  * thread that writes them to state.db before their callbacks run. */
 #include <errno.h>
 #include <pthread.h>
@@ -18,12 +18,14 @@
 
 #define S_IDEM_FULLKEY_MAX (24u + ROUTER_TOKENS_IDEM_KEY_MAX) /* "scope:" + key + NUL */
 
-typedef enum { S_JOB_TOKEN, S_JOB_LOCK, S_JOB_IDEM } s_job_kind_t;
+typedef enum { S_JOB_TOKEN, S_JOB_LOCK, S_JOB_IDEM, S_JOB_DEVICE } s_job_kind_t;
 
 /* One write for the store thread. */
 typedef struct s_job {
     s_job_kind_t kind;
-    uint8_t hash[32];                       /* TOKEN */
+    uint8_t hash[32];                       /* TOKEN; DEVICE: its deviceToken hash */
+    bool has_hash;                          /* DEVICE: hash is a new deviceToken hash */
+    router_tokens_device_t dev;             /* DEVICE */
     char key[S_IDEM_FULLKEY_MAX];           /* LOCK: client; IDEM: scope:key */
     uint64_t a, b;                          /* TOKEN: created; LOCK: failures, until; IDEM: status, expires */
     char body[ROUTER_TOKENS_IDEM_BODY_MAX]; /* IDEM: the answer */
@@ -47,12 +49,21 @@ typedef struct {
     uint64_t expires_ms;                    /* forgotten after */
 } s_idem_t;
 
+typedef struct {
+    router_tokens_device_t d;               /* d.id "" for a free slot */
+    uint8_t token_hash[32];
+    bool has_token;                         /* token_hash holds a deviceToken's hash */
+    bool durable;                           /* false: reserved by a write not done yet */
+} s_device_t;
+
 struct router_tokens {
     router_loop_t *loop;                    /* callbacks are posted here */
     uint8_t (*hashes)[32];                  /* durable token hashes */
     size_t nhashes;
     s_lock_t *locks;                        /* ROUTER_TOKENS_CLIENTS_MAX slots */
     s_idem_t *idem;                         /* ROUTER_TOKENS_IDEM_MAX slots */
+    s_device_t *devices;                    /* ROUTER_TOKENS_DEVICES_MAX slots */
+    size_t ndevices;                        /* durable ones */
     sqlite3 *db;                            /* NULL: memory only */
     pthread_t thread;
     bool thread_started;
@@ -76,9 +87,43 @@ static const char *const s_schema =
     " WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS gateway_idempotency ("
     " key TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL,"
-    " expires_ms INTEGER NOT NULL) WITHOUT ROWID;";
+    " expires_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS gateway_devices ("
+    " id TEXT PRIMARY KEY, public_key BLOB NOT NULL, client_id TEXT NOT NULL,"
+    " client_mode TEXT NOT NULL, platform TEXT NOT NULL, token_hash BLOB,"
+    " first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL) WITHOUT ROWID;";
 
 /* ---------------------------------------------------------------- callbacks on the loop */
+
+static s_device_t *s_device_find(const router_tokens_t *self, const char *id)
+{
+    for (size_t i = 0; i < ROUTER_TOKENS_DEVICES_MAX; i++)
+        if (self->devices[i].d.id[0] && !strcmp(self->devices[i].d.id, id))
+            return &self->devices[i];
+    return NULL;
+}
+
+/* A device write is done: the memory copy follows what is durable (a slot
+ * reserved for a new device that could not be written is freed). */
+static void s_device_done(router_tokens_t *self, const s_job_t *j)
+{
+    s_device_t *e = s_device_find(self, j->dev.id);
+    if (!e)
+        return;
+    if (!j->ok) {
+        if (!e->durable)
+            memset(e, 0, sizeof *e);
+        return;
+    }
+    if (!e->durable)
+        self->ndevices++;
+    e->d = j->dev;
+    e->durable = true;
+    if (j->has_hash) {
+        memcpy(e->token_hash, j->hash, 32);
+        e->has_token = true;
+    }
+}
 
 /* Runs every owed callback; on the loop thread (or in stop). */
 static void s_run_done(router_tokens_t *self)
@@ -99,6 +144,8 @@ static void s_run_done(router_tokens_t *self)
         n = j->next;
         if (j->ok && j->kind == S_JOB_TOKEN && self->nhashes < ROUTER_TOKENS_MAX)
             memcpy(self->hashes[self->nhashes++], j->hash, 32);
+        if (j->kind == S_JOB_DEVICE)
+            s_device_done(self, j);
         if (j->done)
             j->done(j->ok, j->ud);
         free(j);
@@ -126,6 +173,14 @@ static int s_write(router_tokens_t *self, const s_job_t *j)
                       : j->kind == S_JOB_LOCK
                           ? "INSERT OR REPLACE INTO gateway_pair_lockouts(client,failures,until_ms)"
                             " VALUES(?,?,?)"
+                      : j->kind == S_JOB_DEVICE
+                          ? "INSERT INTO gateway_devices(id,public_key,client_id,client_mode,"
+                            "platform,token_hash,first_seen_ms,last_seen_ms)"
+                            " VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
+                            " public_key=excluded.public_key, client_id=excluded.client_id,"
+                            " client_mode=excluded.client_mode, platform=excluded.platform,"
+                            " token_hash=coalesce(excluded.token_hash, token_hash),"
+                            " last_seen_ms=excluded.last_seen_ms"
                           : "INSERT OR REPLACE INTO gateway_idempotency(key,status,body,expires_ms)"
                             " VALUES(?,?,?,?)";
     if (sqlite3_prepare_v2(self->db, sql, -1, &st, NULL) != SQLITE_OK)
@@ -137,6 +192,18 @@ static int s_write(router_tokens_t *self, const s_job_t *j)
         sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (sqlite3_int64) j->a);
         sqlite3_bind_int64(st, 3, (sqlite3_int64) j->b);
+    } else if (j->kind == S_JOB_DEVICE) {
+        sqlite3_bind_text(st, 1, j->dev.id, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 2, j->dev.public_key, 32, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, j->dev.client_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, j->dev.client_mode, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, j->dev.platform, -1, SQLITE_STATIC);
+        if (j->has_hash)
+            sqlite3_bind_blob(st, 6, j->hash, 32, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 6);
+        sqlite3_bind_int64(st, 7, (sqlite3_int64) j->dev.first_seen_ms);
+        sqlite3_bind_int64(st, 8, (sqlite3_int64) j->dev.last_seen_ms);
     } else {
         sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (sqlite3_int64) j->a);
@@ -297,6 +364,38 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
         e->expires_ms = (uint64_t) sqlite3_column_int64(st, 3);
     }
     sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT id, public_key, client_id, client_mode, platform, token_hash,"
+                           " first_seen_ms, last_seen_ms FROM gateway_devices"
+                           " ORDER BY last_seen_ms DESC", -1, &st, NULL) != SQLITE_OK)
+        goto fail;
+    while (self->ndevices < ROUTER_TOKENS_DEVICES_MAX && sqlite3_step(st) == SQLITE_ROW) {
+        const char *id = (const char *) sqlite3_column_text(st, 0);
+        const void *pk = sqlite3_column_blob(st, 1);
+        int pk_len = sqlite3_column_bytes(st, 1);
+        const char *t[3];
+        bool fits = id && strlen(id) == ROUTER_TOKENS_DEVICE_ID_LEN && pk && pk_len == 32;
+        for (int k = 0; k < 3; k++) {
+            t[k] = (const char *) sqlite3_column_text(st, 2 + k);
+            fits = fits && t[k] && strlen(t[k]) <= ROUTER_TOKENS_DEVICE_TEXT_MAX;
+        }
+        if (!fits)
+            continue;
+        s_device_t *e = &self->devices[self->ndevices++];
+        memcpy(e->d.id, id, ROUTER_TOKENS_DEVICE_ID_LEN + 1);
+        memcpy(e->d.public_key, pk, 32);
+        snprintf(e->d.client_id, sizeof e->d.client_id, "%s", t[0]);
+        snprintf(e->d.client_mode, sizeof e->d.client_mode, "%s", t[1]);
+        snprintf(e->d.platform, sizeof e->d.platform, "%s", t[2]);
+        if (sqlite3_column_bytes(st, 5) == 32) {
+            memcpy(e->token_hash, sqlite3_column_blob(st, 5), 32);
+            e->has_token = true;
+        }
+        e->d.first_seen_ms = (uint64_t) sqlite3_column_int64(st, 6);
+        e->d.last_seen_ms = (uint64_t) sqlite3_column_int64(st, 7);
+        e->durable = true;
+    }
+    sqlite3_finalize(st);
     return 0;
 fail:
     snprintf(err, errcap, "state.db: cannot read gateway tables: %s", sqlite3_errmsg(self->db));
@@ -320,7 +419,8 @@ router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, cha
     self->hashes = calloc(ROUTER_TOKENS_MAX, 32);
     self->locks = calloc(ROUTER_TOKENS_CLIENTS_MAX, sizeof *self->locks);
     self->idem = calloc(ROUTER_TOKENS_IDEM_MAX, sizeof *self->idem);
-    if (!self->hashes || !self->locks || !self->idem) {
+    self->devices = calloc(ROUTER_TOKENS_DEVICES_MAX, sizeof *self->devices);
+    if (!self->hashes || !self->locks || !self->idem || !self->devices) {
         snprintf(err, errcap, "out of memory");
         goto fail;
     }
@@ -383,6 +483,9 @@ void router_tokens_destroy(router_tokens_t **self_p)
     free(self->hashes);
     free(self->locks);
     free(self->idem);
+    if (self->devices)
+        sodium_memzero(self->devices, ROUTER_TOKENS_DEVICES_MAX * sizeof *self->devices);
+    free(self->devices);
     free(self);
     *self_p = NULL;
 }
@@ -608,4 +711,92 @@ void router_tokens_idem_release(router_tokens_t *self, const char *scope, const 
     s_idem_t *e = s_idem_find(self, full, router_clock_wall_ms());
     if (e && e->busy)
         e->key[0] = '\0';
+}
+
+/* ---------------------------------------------------------------- devices */
+
+size_t router_tokens_device_count(const router_tokens_t *self)
+{
+    return self->ndevices;
+}
+
+bool router_tokens_device_get(const router_tokens_t *self, const char *id,
+                              router_tokens_device_t *out)
+{
+    const s_device_t *e = s_device_find(self, id);
+    if (!e || !e->durable)
+        return false;
+    *out = e->d;
+    return true;
+}
+
+bool router_tokens_device_check(const router_tokens_t *self, const char *id,
+                                const uint8_t public_key[32], const uint8_t token_hash[32])
+{
+    const s_device_t *e = s_device_find(self, id);
+    if (!e || !e->durable || !e->has_token)
+        return false;
+    bool key = sodium_memcmp(e->d.public_key, public_key, 32) == 0;
+    bool token = sodium_memcmp(e->token_hash, token_hash, 32) == 0;
+    return key & token;
+}
+
+static bool s_device_id_ok(const char *id)
+{
+    size_t n = strnlen(id, ROUTER_TOKENS_DEVICE_ID_LEN + 1);
+    if (n != ROUTER_TOKENS_DEVICE_ID_LEN)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+            return false;
+    return true;
+}
+
+int router_tokens_device_record(router_tokens_t *self, const router_tokens_device_t *d,
+                                const uint8_t token_hash[32], uint64_t now_ms,
+                                router_tokens_done_fn *done, void *ud)
+{
+    if (!s_device_id_ok(d->id) ||
+        strnlen(d->client_id, sizeof d->client_id) >= sizeof d->client_id ||
+        strnlen(d->client_mode, sizeof d->client_mode) >= sizeof d->client_mode ||
+        strnlen(d->platform, sizeof d->platform) >= sizeof d->platform) {
+        errno = EINVAL;
+        return -1;
+    }
+    s_device_t *e = s_device_find(self, d->id);
+    bool reserved = false;
+    if (!e) {
+        /* A new device takes a free slot now, so writes in flight count
+         * against the bound; it is seen by get()/check() once durable. */
+        for (size_t i = 0; i < ROUTER_TOKENS_DEVICES_MAX && !e; i++)
+            if (!self->devices[i].d.id[0])
+                e = &self->devices[i];
+        if (!e) {
+            errno = ENOSPC;
+            return -1;
+        }
+        memset(e, 0, sizeof *e);
+        memcpy(e->d.id, d->id, ROUTER_TOKENS_DEVICE_ID_LEN + 1);
+        reserved = true;
+    }
+    s_job_t *j = s_job_new(S_JOB_DEVICE, done, ud);
+    if (!j) {
+        if (reserved)
+            memset(e, 0, sizeof *e);
+        errno = EAGAIN;
+        return -1;
+    }
+    j->dev = *d;
+    j->dev.first_seen_ms = e->durable ? e->d.first_seen_ms : now_ms;
+    j->dev.last_seen_ms = now_ms;
+    if (token_hash) {
+        memcpy(j->hash, token_hash, 32);
+        j->has_hash = true;
+    }
+    if (s_submit(self, j) != 0) { /* frees j */
+        if (reserved)
+            memset(e, 0, sizeof *e);
+        return -1;
+    }
+    return 0;
 }

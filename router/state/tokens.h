@@ -1,7 +1,8 @@
 /* router/state/tokens.h — the gateway's durable safety state in state.db
  * (DESIGN §4, §5; WIRE §17): the SHA-256 of every paired bearer token, the
- * pairing lockouts per client address, and the first answer given to each
- * X-Idempotency-Key.
+ * pairing lockouts per client address, the first answer given to each
+ * X-Idempotency-Key (and OpenClaw idempotencyKey), and the OpenClaw devices
+ * recorded with the SHA-256 of their deviceToken (WIRE §25.8).
  *
  * Checks read a copy held in memory, on the loop thread, and never touch
  * the disk. Writes go to a store thread with its own SQLite connection; a
@@ -29,6 +30,9 @@
 #define ROUTER_TOKENS_IDEM_KEY_MAX 128u      /* octets of one key */
 #define ROUTER_TOKENS_IDEM_BODY_MAX 512u     /* octets of one remembered answer body */
 #define ROUTER_TOKENS_IDEM_TTL_MS (24ull * 3600 * 1000) /* how long a key is remembered */
+#define ROUTER_TOKENS_DEVICES_MAX 1024u      /* OpenClaw devices recorded */
+#define ROUTER_TOKENS_DEVICE_ID_LEN 64u      /* a device id: hex SHA-256 of its public key */
+#define ROUTER_TOKENS_DEVICE_TEXT_MAX 128u   /* octets of a device's client id, mode, platform */
 
 typedef struct router_tokens router_tokens_t;
 
@@ -116,5 +120,44 @@ int router_tokens_idem_finish(router_tokens_t *self, const char *scope, const ch
 /* Forgets a reserved key that got no answer worth repeating. */
 void router_tokens_idem_release(router_tokens_t *self, const char *scope, const char *key,
                                 size_t key_len);
+
+/* ---------------------------------------------------------------- devices */
+
+/* An OpenClaw device as recorded (WIRE §25.8). */
+typedef struct {
+    char id[ROUTER_TOKENS_DEVICE_ID_LEN + 1];            /* lowercase hex SHA-256 of public_key */
+    uint8_t public_key[32];                              /* raw Ed25519 */
+    char client_id[ROUTER_TOKENS_DEVICE_TEXT_MAX + 1];   /* connect client.id */
+    char client_mode[ROUTER_TOKENS_DEVICE_TEXT_MAX + 1]; /* connect client.mode */
+    char platform[ROUTER_TOKENS_DEVICE_TEXT_MAX + 1];    /* connect client.platform, "" if none */
+    uint64_t first_seen_ms, last_seen_ms;                /* Unix ms */
+} router_tokens_device_t;
+
+/* Devices recorded and durable. */
+size_t router_tokens_device_count(const router_tokens_t *self);
+
+/* Copies the recorded (durable) device `id` into *out; false when none. */
+bool router_tokens_device_get(const router_tokens_t *self, const char *id,
+                              router_tokens_device_t *out);
+
+/* True when device `id` is recorded with `public_key` and holds a
+ * deviceToken whose SHA-256 is `token_hash` (compared in constant time). */
+bool router_tokens_device_check(const router_tokens_t *self, const char *id,
+                                const uint8_t public_key[32], const uint8_t token_hash[32])
+    __attribute__((warn_unused_result));
+
+/* Records device d (its first_seen_ms and last_seen_ms are ignored: a new
+ * device is first seen at now_ms, a known one keeps its first sighting;
+ * both get last seen now_ms). With token_hash, that becomes the device's
+ * deviceToken hash, replacing any earlier one; NULL keeps the one it has.
+ * done(ok) follows once the row is durable, and only then do get() and
+ * check() see the change. Returns 0, or -1 with errno EINVAL (an id that
+ * is not 64 lowercase hex, or a text too long), ENOSPC
+ * (ROUTER_TOKENS_DEVICES_MAX recorded and this one is new) or EAGAIN (the
+ * write queue is full): done will not run. */
+int router_tokens_device_record(router_tokens_t *self, const router_tokens_device_t *d,
+                                const uint8_t token_hash[32], uint64_t now_ms,
+                                router_tokens_done_fn *done, void *ud)
+    __attribute__((warn_unused_result));
 
 #endif

@@ -6,17 +6,25 @@
 // client leaves to its host (device keys, signing) are ours, made with
 // node:crypto.
 //
-//   node openclaw_client.mjs <scenario> <ws-url> <token>
+//   node openclaw_client.mjs <scenario> <ws-url> <token|-> [extra]
 //
 // Scenarios print one JSON line with what they saw, for test_openclaw.py to
 // judge: "session" (hello-ok, a chat to final, the same idempotency key
 // again, chat.abort of a held turn, the agent method, ticks, presence),
 // and the refusals "bad_token", "forged_signature", "device_id_mismatch",
-// "protocol_mismatch".
+// "protocol_mismatch"; the device token ones, with a state file as extra
+// (the device identity and the deviceToken the client stores through its
+// host callbacks): "device_first" (connect with the bearer token, store the
+// deviceToken hello-ok hands out), "device_again" (no bearer token: the
+// client sends the stored deviceToken), "device_wrong" (a wrong stored
+// deviceToken); and "chat_key" (chat.send with the idempotency key extra,
+// to its final when it started one).
 import crypto from "node:crypto";
+import fs from "node:fs";
 import { GatewayClient } from "@openclaw/gateway-client";
 
-const [scenario, url, token] = process.argv.slice(2);
+const [scenario, url, tokenArg, extra] = process.argv.slice(2);
+const token = tokenArg === "-" ? undefined : tokenArg;
 const LIMIT_MS = 120000; // a generous bound on the whole scenario, never a speed check
 
 function newIdentity() {
@@ -142,7 +150,78 @@ async function refusal(kind) {
   return { code: err.gatewayCode ?? err.code, message: err.message, details: err.details ?? null };
 }
 
-const main = scenario === "session" ? session() : refusal(scenario);
+// The host's device-auth token store, in the state file beside the identity.
+function deviceStore(file, log) {
+  const read = () => JSON.parse(fs.readFileSync(file, "utf8"));
+  const write = (s) => fs.writeFileSync(file, JSON.stringify(s));
+  return {
+    loadDeviceAuthToken: ({ deviceId, role }) => {
+      const s = read();
+      log.loaded = s.auth && s.auth.deviceId === deviceId && s.auth.role === role ? s.auth.token : null;
+      return log.loaded ? { token: s.auth.token, scopes: s.auth.scopes } : null;
+    },
+    storeDeviceAuthToken: ({ deviceId, role, token: t, scopes }) => {
+      write({ ...read(), auth: { deviceId, role, token: t, scopes } });
+      log.stored = t;
+    },
+    clearDeviceAuthToken: () => {
+      const { auth, ...rest } = read();
+      write(rest);
+      log.cleared = true;
+    },
+  };
+}
+
+async function device(kind) {
+  if (kind === "device_first") fs.writeFileSync(extra, JSON.stringify({ identity: newIdentity() }));
+  if (kind === "device_wrong") {
+    const s = JSON.parse(fs.readFileSync(extra, "utf8"));
+    s.auth.token = `kithdev_${"0".repeat(64)}`;
+    fs.writeFileSync(extra, JSON.stringify(s));
+  }
+  const { identity } = JSON.parse(fs.readFileSync(extra, "utf8"));
+  const log = { stored: null, loaded: null, cleared: false };
+  const done = Promise.withResolvers();
+  const client = new GatewayClient({
+    url, token, deviceIdentity: identity,
+    hostDeps: { ...hostDeps(false), ...deviceStore(extra, log) },
+    clientName: "cli", mode: "cli", platform: "linux", scopes: ["operator.read", "operator.write"],
+    onHelloOk: (h) => done.resolve({ hello: h }),
+    onConnectError: (e) => done.resolve({ code: e.gatewayCode ?? e.code, message: e.message,
+      details: e.details ?? null }),
+  });
+  client.start();
+  const out = await withTimeout(done.promise, `the ${kind} outcome`);
+  if (out.hello) out.health = await client.request("health", {});
+  await client.stopAndWait().catch(() => {});
+  return { ...out, ...log };
+}
+
+async function chatKey() {
+  const events = [];
+  const ev = eventWaiter(events);
+  const hello = Promise.withResolvers();
+  const client = new GatewayClient({
+    url, token, deviceIdentity: newIdentity(), hostDeps: hostDeps(false),
+    clientName: "cli", mode: "cli", platform: "linux", scopes: ["operator.write"],
+    onHelloOk: (h) => hello.resolve(h), onConnectError: (e) => hello.reject(e),
+    onEvent: (e) => ev.push(e),
+  });
+  client.start();
+  await withTimeout(hello.promise, "hello-ok");
+  const out = { ack: await client.request("chat.send", {
+    sessionKey: "oc-idem", message: "say it once", idempotencyKey: extra }) };
+  if (out.ack.status === "started")
+    out.final = (await ev.wait((e) => e.event === "chat" && e.payload.runId === extra &&
+      e.payload.state !== "delta", "chat final")).payload;
+  await client.stopAndWait();
+  return out;
+}
+
+const main = scenario === "session" ? session()
+  : ["device_first", "device_again", "device_wrong"].includes(scenario) ? device(scenario)
+  : scenario === "chat_key" ? chatKey()
+  : refusal(scenario);
 main.then((out) => {
   process.stdout.write(JSON.stringify(out) + "\n");
   process.exit(0);

@@ -11,8 +11,13 @@ sees ticks and presence, and meets each refusal the client can provoke
 The refusals a conforming client cannot make (nonce mismatch, an expired
 signedAt, no nonce), the agent method with a v2 signature, the Origin
 check, a token in the URL and the pre-connect bounds are driven from a
-plain WebSocket client (Python websockets + PyNaCl). Nothing is installed
-at run time."""
+plain WebSocket client (Python websockets + PyNaCl). Then what must
+survive a restart (WIRE §25.8): the device the reference client joined with
+is in state.db with the SHA-256 of the deviceToken hello-ok gave it; after
+a restart the client connects with that deviceToken alone (its own stored
+device-auth path) and a wrong one is refused AUTH_DEVICE_TOKEN_MISMATCH;
+a chat.send idempotency key sent before the restart answers the same runId
+after it and starts no turn. Nothing is installed at run time."""
 
 import asyncio
 import base64
@@ -20,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -28,7 +34,8 @@ import nacl.signing
 import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results, check, curl, gateway_url  # noqa: E402
+from peer import (Daemon, Results, check, curl, free_port, gateway_url,  # noqa: E402
+                  metrics_map, wait_metric)
 
 TIMEOUT = 60  # generous bound on any one wait; never a speed assertion
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,10 +58,10 @@ def pair(node):
     return json.loads(body)["token"]
 
 
-def reference(node, token, scenario):
-    """One scenario of openclaw_client.mjs, its JSON line."""
+def reference(node, token, scenario, *extra):
+    """One scenario of openclaw_client.mjs, its JSON line (token "-": none)."""
     check(os.path.exists(NODE), f"{NODE} is missing: run tools/setup (npm ci in tests/)")
-    p = subprocess.run([NODE, CLIENT, scenario, f"ws://127.0.0.1:{node.gw_port}/", token],
+    p = subprocess.run([NODE, CLIENT, scenario, f"ws://127.0.0.1:{node.gw_port}/", token, *extra],
                        capture_output=True, text=True, timeout=300)
     lines = p.stdout.strip().splitlines()
     check(p.returncode == 0 and lines,
@@ -78,8 +85,10 @@ def reference_session(node, token):
     check(isinstance(snap["presence"], list) and snap["presence"], f"snapshot {snap}")
     check(snap["health"]["ok"] is True and "stateVersion" in snap and "uptimeMs" in snap,
           f"snapshot {snap}")
-    check(hello["auth"] == {"role": "operator", "scopes": ["operator.read", "operator.write"]},
-          f"auth {hello['auth']}")
+    auth = hello["auth"]
+    check(auth["role"] == "operator" and auth["scopes"] == ["operator.read", "operator.write"] and
+          re.fullmatch(r"kithdev_[0-9a-f]{64}", auth.get("deviceToken", "")),
+          f"auth {auth}")
     pol = hello["policy"]
     check(pol["tickIntervalMs"] == TICK_MS and pol["maxPayload"] > 0 and
           pol["maxBufferedBytes"] > 0, f"policy {pol}")
@@ -366,13 +375,92 @@ def audited(node, token):
     check(json.loads(body)["records"], f"no device_join audited: {body}")
 
 
+# ---------------------------------------------------------------- across a restart
+
+DONE = 'kith_turns_total{status="done"}'
+
+
+def device_row(node, device_id):
+    db = sqlite3.connect(f"file:{os.path.join(node.home, 'state.db')}?mode=ro", uri=True,
+                         timeout=30)
+    try:
+        return db.execute("SELECT public_key, client_id, client_mode, platform, token_hash,"
+                          " first_seen_ms, last_seen_ms FROM gateway_devices WHERE id = ?",
+                          (device_id,)).fetchone()
+    finally:
+        db.close()
+
+
+def device_recorded(node, token, state):
+    """The reference client joins with a fresh device and the bearer token:
+    hello-ok hands it a deviceToken, which it stores; state.db has the
+    device with the token's SHA-256 (the row is durable before hello-ok)."""
+    out = reference(node, token, "device_first", state)
+    dt = out["hello"]["auth"].get("deviceToken", "")
+    check(re.fullmatch(r"kithdev_[0-9a-f]{64}", dt) and out["stored"] == dt, f"first {out}")
+    ident = json.load(open(state))["identity"]
+    row = device_row(node, ident["deviceId"])
+    check(row, f"device {ident['deviceId']} not in state.db")
+    pk, cid, mode, platform, th, first, last = row
+    check(hashlib.sha256(pk).hexdigest() == ident["deviceId"] and
+          (cid, mode, platform) == ("cli", "cli", "linux") and
+          th == hashlib.sha256(dt.encode()).digest() and 0 < first <= last, f"row {row}")
+    return row
+
+
+def key_before_restart(node, token, key):
+    out = reference(node, token, "chat_key", key)
+    check(out["ack"] == {"runId": key, "status": "started"} and
+          out["final"]["message"]["content"][0]["text"] == "echo: say it once", f"chat {out}")
+    wait_metric(node, DONE, lambda v: v >= 1)
+
+
+def device_after_restart(node, state, row):
+    # No bearer token: the client sends the deviceToken it stored.
+    out = reference(node, "-", "device_again", state)
+    check(out.get("hello") and out["loaded"] and out["health"]["ok"] is True and
+          not out["cleared"], f"again {out}")
+    check(out["hello"]["auth"].get("deviceToken") == out["loaded"], f"again auth {out}")
+    ident = json.load(open(state))["identity"]
+    # Its last sighting is written too (nobody waits for that write).
+    deadline = time.time() + TIMEOUT
+    while True:
+        now = device_row(node, ident["deviceId"])
+        if now[6] > row[6] or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    check(now[5] == row[5] and now[6] > row[6] and now[4] == row[4], f"row {row} -> {now}")
+    # A wrong deviceToken: refused, and the client drops its stored one.
+    out = reference(node, "-", "device_wrong", state)
+    check(out.get("code") == "INVALID_REQUEST" and out["details"] and
+          out["details"]["code"] == "AUTH_DEVICE_TOKEN_MISMATCH" and out["cleared"] is True,
+          f"wrong {out}")
+
+
+def key_after_restart(node, token, key):
+    out = reference(node, token, "chat_key", key)
+    check(out["ack"]["runId"] == key and out["ack"]["status"] == "ok" and
+          out["ack"].get("cached") is True and "final" not in out, f"again {out}")
+    # Nothing started: no turn in this process, and the session holds one exchange.
+    m = metrics_map(node)
+    check(sum(v for k, v in m.items() if k.startswith("kith_turns_total")) == 0,
+          f"turns after the restart: {[(k, v) for k, v in m.items() if 'turns_total' in k]}")
+    status, _, body, _ = curl("-H", f"Authorization: Bearer {token}",
+                              gateway_url(node) + "/api/sessions/oc-idem")
+    check(status == 200, f"/api/sessions/oc-idem answered {status} {body}")
+    msgs = json.loads(body)["messages"]
+    check([m["content"] for m in msgs] == ["say it once", "echo: say it once"], f"msgs {msgs}")
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 300))
 
 
 def main():
     os.environ["KITH_OPENCLAW_TICK_MS"] = str(TICK_MS)
-    node = Daemon("openclaw", config={"workers": {"agent_threads": 2}}).start()
+    # A fixed port: the restart below must come back where the client looks.
+    node = Daemon("openclaw", config={"workers": {"agent_threads": 2},
+                                      "gateway": {"port": free_port()}}).start()
     r = Results()
     try:
         token = pair(node)
@@ -393,7 +481,17 @@ def main():
                         raise
                     time.sleep(0.2)
         r.run(audit_eventually, name="device_join_audited")
-        r.stopped(node)
+
+        state = os.path.join(node.home, "openclaw-device.json")
+        key = f"restart-{os.urandom(8).hex()}"
+        row = []
+        r.run(lambda: row.append(device_recorded(node, token, state)), name="device_recorded")
+        r.run(key_before_restart, node, token, key)
+        if r.stopped(node):
+            node.start()
+            r.run(lambda: device_after_restart(node, state, row[0]), name="device_after_restart")
+            r.run(key_after_restart, node, token, key)
+            r.stopped(node)
     finally:
         node.cleanup()
     return r.summary()
