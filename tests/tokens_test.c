@@ -1,7 +1,9 @@
 /* tests/tokens_test.c — router/state/tokens: a token is checked only once
- * durable, and all three kinds of state (token hashes, pairing lockouts,
- * idempotency answers) come back from state.db after a reopen; callbacks
- * run on the loop; a stop runs the callbacks still owed. */
+ * durable, and every kind of state (token hashes, pairing lockouts,
+ * idempotency answers, OpenClaw devices) comes back from state.db after a
+ * reopen; callbacks run on the loop; a stop runs the callbacks still owed;
+ * the devices table is bounded. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -173,11 +175,150 @@ static void test_forgive_and_stop_runs_callbacks(void **state)
     router_tokens_destroy(&t);
 }
 
+/* ---------------------------------------------------------------- devices */
+
+static void s_device(router_tokens_device_t *d, unsigned n)
+{
+    memset(d, 0, sizeof *d);
+    for (size_t i = 0; i < 32; i++)
+        d->public_key[i] = (uint8_t) i;
+    d->public_key[0] = (uint8_t) n;
+    d->public_key[1] = (uint8_t) (n >> 8);
+    uint8_t h[32];
+    crypto_hash_sha256(h, d->public_key, 32);
+    sodium_bin2hex(d->id, sizeof d->id, h, sizeof h);
+    snprintf(d->client_id, sizeof d->client_id, "cli");
+    snprintf(d->client_mode, sizeof d->client_mode, "cli");
+    snprintf(d->platform, sizeof d->platform, "linux");
+}
+
+static void test_device_record_check_reload(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    router_tokens_device_t d, got, other;
+    s_device(&d, 1);
+    s_device(&other, 2);
+    uint8_t h1[32], h2[32];
+    randombytes_buf(h1, sizeof h1);
+    randombytes_buf(h2, sizeof h2);
+
+    /* Seen only once durable; first and last seen are the record's now. */
+    s_done_t a = {.loop = loop};
+    assert_int_equal(router_tokens_device_record(t, &d, h1, 1000, s_done, &a), 0);
+    assert_int_equal(router_tokens_device_count(t), 0);
+    assert_false(router_tokens_device_get(t, d.id, &got));
+    assert_false(router_tokens_device_check(t, d.id, d.public_key, h1));
+    s_wait(&a);
+    assert_true(a.ok);
+    assert_int_equal(router_tokens_device_count(t), 1);
+    assert_true(router_tokens_device_get(t, d.id, &got));
+    assert_string_equal(got.client_id, "cli");
+    assert_string_equal(got.platform, "linux");
+    assert_int_equal(got.first_seen_ms, 1000);
+    assert_int_equal(got.last_seen_ms, 1000);
+    assert_true(router_tokens_device_check(t, d.id, d.public_key, h1));
+    assert_false(router_tokens_device_check(t, d.id, d.public_key, h2));      /* wrong token */
+    assert_false(router_tokens_device_check(t, d.id, other.public_key, h1));  /* wrong key */
+    assert_false(router_tokens_device_check(t, other.id, other.public_key, h1)); /* unknown */
+
+    /* Seen again without a token: the token stays, the first sighting too. */
+    s_done_t b = {.loop = loop};
+    snprintf(d.platform, sizeof d.platform, "darwin");
+    assert_int_equal(router_tokens_device_record(t, &d, NULL, 2000, s_done, &b), 0);
+    s_wait(&b);
+    assert_true(router_tokens_device_get(t, d.id, &got));
+    assert_int_equal(got.first_seen_ms, 1000);
+    assert_int_equal(got.last_seen_ms, 2000);
+    assert_string_equal(got.platform, "darwin");
+    assert_true(router_tokens_device_check(t, d.id, d.public_key, h1));
+
+    /* A new token replaces the old one, once durable. */
+    s_done_t c = {.loop = loop};
+    assert_int_equal(router_tokens_device_record(t, &d, h2, 3000, s_done, &c), 0);
+    assert_true(router_tokens_device_check(t, d.id, d.public_key, h1));
+    s_wait(&c);
+    assert_false(router_tokens_device_check(t, d.id, d.public_key, h1));
+    assert_true(router_tokens_device_check(t, d.id, d.public_key, h2));
+
+    /* Refused before anything is queued: a malformed id, a text without room. */
+    router_tokens_device_t bad = d;
+    bad.id[0] = 'X';
+    assert_int_equal(router_tokens_device_record(t, &bad, NULL, 1, NULL, NULL), -1);
+    assert_int_equal(errno, EINVAL);
+    bad = d;
+    memset(bad.client_id, 'x', sizeof bad.client_id);
+    assert_int_equal(router_tokens_device_record(t, &bad, NULL, 1, NULL, NULL), -1);
+    assert_int_equal(errno, EINVAL);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+
+    /* Everything comes back from state.db. */
+    loop = router_loop_new(NULL);
+    t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(router_tokens_device_count(t), 1);
+    assert_true(router_tokens_device_get(t, d.id, &got));
+    assert_memory_equal(got.public_key, d.public_key, 32);
+    assert_string_equal(got.client_mode, "cli");
+    assert_string_equal(got.platform, "darwin");
+    assert_int_equal(got.first_seen_ms, 1000);
+    assert_int_equal(got.last_seen_ms, 3000);
+    assert_true(router_tokens_device_check(t, d.id, d.public_key, h2));
+    assert_false(router_tokens_device_check(t, d.id, d.public_key, h1));
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
+static void test_device_bound_and_stop(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(NULL, loop, err, sizeof err); /* memory only */
+    assert_non_null(t);
+    router_tokens_device_t d;
+    /* Fill the table in batches the write queue holds. */
+    for (unsigned n = 0; n < ROUTER_TOKENS_DEVICES_MAX; n += 128) {
+        s_done_t last = {.loop = loop};
+        for (unsigned k = n; k < n + 128; k++) {
+            s_device(&d, k);
+            bool end = k == n + 127;
+            assert_int_equal(router_tokens_device_record(t, &d, NULL, 1, end ? s_done : NULL,
+                                                         end ? &last : NULL), 0);
+        }
+        s_wait(&last);
+    }
+    assert_int_equal(router_tokens_device_count(t), ROUTER_TOKENS_DEVICES_MAX);
+    /* A new device has no room; a known one is still seen again. */
+    s_device(&d, ROUTER_TOKENS_DEVICES_MAX);
+    assert_int_equal(router_tokens_device_record(t, &d, NULL, 2, NULL, NULL), -1);
+    assert_int_equal(errno, ENOSPC);
+    s_device(&d, 7);
+    uint8_t h[32] = {7};
+    s_done_t s = {.loop = loop};
+    assert_int_equal(router_tokens_device_record(t, &d, h, 2, s_done, &s), 0);
+    /* A stop runs the callback owed, and the write counts. */
+    router_tokens_stop(t);
+    assert_int_equal(s.calls, 1);
+    assert_true(s.ok);
+    assert_true(router_tokens_device_check(t, d.id, d.public_key, h));
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_token_durable_then_reloaded, s_setup, s_teardown),
         cmocka_unit_test(test_forgive_and_stop_runs_callbacks),
+        cmocka_unit_test_setup_teardown(test_device_record_check_reload, s_setup, s_teardown),
+        cmocka_unit_test(test_device_bound_and_stop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
