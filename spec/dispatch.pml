@@ -135,6 +135,7 @@ inline end_turn(e)
 	assert(eff[e] == 0 || window[e]);        /* D5 */
 	assert(tstate[e] != 0 && leased[e]);     /* D5: only the turn in flight ends */
 	eff[e]++;
+	printf("router: the turn of %d ends; router_inbox_done\n", e);
 	ended[e] = true;
 	tstate[e] = 0;
 	leased[e] = false;                       /* router_inbox_done */
@@ -149,6 +150,7 @@ inline end_turn(e)
 inline forget_worker(w)
 {
 	known[w] = false;
+	printf("broker: worker %d declared dead (holding %d)\n", w, holds[w]);
 	if
 	:: holds[w] != 0 && !zombie[w] ->
 #ifndef BROKEN_REDISPATCH
@@ -172,7 +174,7 @@ end_s:
 	do
 	:: atomic { ANY(UNSENT) -> e = 1;
 		do
-		:: UNSENT(e) -> st[e] = ADM; break
+		:: UNSENT(e) -> st[e] = ADM; printf("sender: envelope %d admitted (not durable yet)\n", e); break
 		:: else -> e++
 		od;
 		e = 0 }
@@ -191,7 +193,8 @@ end_c:
 		do
 		:: e <= NE ->
 			if
-			:: st[e] == ADM -> st[e] = DUR; acked[e] = true   /* durable, then the ack */
+			:: st[e] == ADM -> st[e] = DUR; acked[e] = true;  /* durable, then the ack */
+				printf("store: %d durable, acked\n", e)
 			:: else
 			fi;
 			if
@@ -199,7 +202,8 @@ end_c:
 #ifndef NO_D2_ASSERT
 				assert(ended[e]);            /* D2: durably deleted only after its turn */
 #endif
-				del_q[e] = false; deleted[e] = true
+				del_q[e] = false; deleted[e] = true;
+				printf("store: %d deleted durably\n", e)
 			:: else
 			fi;
 			e++
@@ -224,6 +228,7 @@ end_r:
 		assert(st[e] == DUR);                /* D1 */
 		leased[e] = true;
 		tstate[e] = QUEUED;                  /* the turn and its broker request */
+		printf("router: takes %d (run %d)\n", e, gen);
 #ifdef BROKEN_DELETE_AT_TAKE
 		del_q[e] = true;                     /* router_inbox_pop: forgotten at once */
 #endif
@@ -245,6 +250,7 @@ end_r:
 		holds[w] = e; zombie[w] = false;
 		tstate[e] = HELD;
 		toW[w]!e, gen;
+		printf("broker: REQUEST %d to worker %d\n", e, w);
 		e = 0; w = 0; v = 0; n = 0 }
 	/* s_beat: a silent worker is declared dead */
 	:: atomic { known[0] && (wdead[0] || expiries < MAXEXP) ->
@@ -255,13 +261,13 @@ end_r:
 		forget_worker(1) }
 	/* s_on_turn_timeout of a held turn: an error; the request a zombie */
 	:: atomic { timeouts < MAXTIMEOUT && (holds[0] != 0 && !zombie[0]) ->
-		timeouts++; e = holds[0]; end_turn(e);
+		timeouts++; e = holds[0]; printf("router: turn of %d timed out\n", e); end_turn(e);
 #ifndef BROKEN_NO_ZOMBIE
 		zombie[0] = true;
 #endif
 		e = 0 }
 	:: atomic { NW > 1 && timeouts < MAXTIMEOUT && (holds[1] != 0 && !zombie[1]) ->
-		timeouts++; e = holds[1]; end_turn(e);
+		timeouts++; e = holds[1]; printf("router: turn of %d timed out\n", e); end_turn(e);
 #ifndef BROKEN_NO_ZOMBIE
 		zombie[1] = true;
 #endif
@@ -327,10 +333,12 @@ end_w:
 		e = 0; r = 0; v = 0; n = 0 }
 	:: atomic { !wdead[w] && wjob[w] != 0 ->          /* its FINAL */
 		e = wjob[w]; r = wrun[w]; wjob[w] = 0; wrun[w] = 0;
+		printf("worker %d: FINAL for %d (run %d)\n", w, e, r);
 		final(w, e, r);
 		e = 0; r = 0 }
 	:: atomic { !wdead[w] && wdies < MAXWDIE ->       /* the process dies */
 		wdies++; wdead[w] = true; wjob[w] = 0; wrun[w] = 0;
+		printf("worker %d: the process dies\n", w);
 		do :: toW[w]?_, _ :: empty(toW[w]) -> break od }
 	:: atomic { !known[w] && wjob[w] == 0 ->          /* (re)starts or reconnects: READY */
 		wdead[w] = false; known[w] = true;

@@ -277,7 +277,8 @@ end_t:
 		if
 		:: stop_asked -> end_turn(STOPPED)   /* the worker never sent its FINAL */
 		:: !stop_asked && bq && !is_chat[cur] -> skip   /* a durable entry waits */
-		:: !stop_asked && !(bq && !is_chat[cur]) -> end_turn(ERROR)
+		:: !stop_asked && !(bq && !is_chat[cur]) ->
+			printf("router: turn %d timed out\n", serial); end_turn(ERROR)
 		fi }
 	od
 }
@@ -316,7 +317,8 @@ end_b:
 	do
 	:: atomic { bq && known && wreq == 0 && nfull(toW) ->   /* s_dispatch */
 		bq = false; wreq = serial; zombie = false;
-		toW!REQUEST, serial }
+		toW!REQUEST, serial;
+		printf("broker: REQUEST of turn %d to the worker\n", serial) }
 #ifndef BROKEN_ANY_HOLDER
 	:: atomic { (steer_held || stop_held) && phase == RUNNING && !bq && known &&
 	            wreq == serial && !zombie && nfull(toW) ->
@@ -331,6 +333,7 @@ end_b:
 	:: atomic { known && (crashed || expiries < MAXEXP) ->  /* heartbeat silence */
 		if :: !crashed -> expiries++ :: else fi;
 		known = false;
+		printf("broker: the worker is declared dead (holding turn %d)\n", wreq);
 		if
 		:: wreq != 0 && !zombie -> m = wreq; wreq = 0; turn_reply(m, ERROR)  /* kind -1 */
 		:: else -> wreq = 0; zombie = false
@@ -377,6 +380,7 @@ end_w:
 		it++; wsteer = false }               /* a tool-loop boundary: a steer applies */
 	:: atomic { !crashed && !hung && wturn != 0 ->
 		h = wturn; wdone = wturn; wturn = 0;
+		printf("worker: FINAL of turn %d\n", h);
 		if
 		:: wstop -> final(h, STOPPED)
 		:: !wstop -> final(h, DONE)
@@ -385,9 +389,11 @@ end_w:
 		h = 0 }
 	:: atomic { !crashed && !hung && crashes < MAXCRASH ->   /* the process dies */
 		crashes++; crashed = true; wturn = 0;
+		printf("worker: the process dies\n");
 		do :: toW?_, _ :: empty(toW) -> break od }
 	:: atomic { !known && wturn == 0 && !hung ->  /* (re)connects: READY */
 		crashed = false; known = true;
+		printf("worker: READY\n");
 		do :: toW?_, _ :: empty(toW) -> break od }
 #ifdef HANG
 	:: atomic { !crashed && wturn != 0 -> hung = true }   /* heartbeats, never answers */
