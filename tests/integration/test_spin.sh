@@ -37,12 +37,14 @@ build() {
 }
 
 # verify NAME MODEL MODE SPINFLAGS…: MODE is safety (assertions, invalid end
-# states) or liveness (the model's ltl claims, acceptance cycles). Passes only
+# states), liveness (the model's ltl claim, acceptance cycles) or fair:CLAIM
+# (the ltl claim CLAIM under weak fairness, pan -a -f -N CLAIM). Passes only
 # on a complete search with zero errors.
 verify() {
   local name=$1 model=$2 mode=$3; shift 3
   local ccflags="-O2 -DSAFETY -DNOCLAIM" panflags=""
   if [ "$mode" = liveness ]; then ccflags="-O2" panflags="-a"; fi
+  if [ "${mode%%:*}" = fair ]; then ccflags="-O2 -DNFAIR=3" panflags="-a -f -N ${mode#fair:}"; fi
   if ! build "$name" "$model" "$ccflags" "$@"; then bad "$name: spin/gcc failed" "$name.spin"; return; fi
   "./pan-$name" $panflags >"$name.out" 2>&1 || true
   if grep -q 'errors: 0$' "$name.out" &&
@@ -96,6 +98,56 @@ expect_caught ack_drop_full         ack.pml 'assertion violated lost\[c\]' -DBRO
 expect_caught ack_shutdown_drop     ack.pml 'assertion violated \(\(\(\( !\(acked\[1\]\)' -DBROKEN_SHUTDOWN -DNO_ORDER_ASSERT -DMAXRESET=0
 expect_caught ack_volatile_replay  ack.pml 'assertion violated \(admits\[i\]==1\)' -DCRASH -DBROKEN_VOLATILE_REPLAY -DNO_SIGTERM -DMAXRESET=0
 expect_caught ack_abort_close     ack.pml 'assertion violated \(\(\(lost\[c\]' -DBROKEN_ABORT_CLOSE -DNO_SIGTERM
+
+# expect_cycle NAME MODEL CLAIM SPINFLAGS…: a broken variant of a liveness
+# property: under weak fairness pan must find an acceptance cycle of the
+# ltl claim CLAIM (and of no other: -N picks it), and the trail replays.
+expect_cycle() {
+  local name=$1 model=$2 claim=$3; shift 3
+  if ! build "$name" "$model" "-O0 -DNFAIR=3" "$@"; then bad "$name: spin/gcc failed" "$name.spin"; return; fi
+  rm -f "$model.trail"
+  "./pan-$name" -a -f -N "$claim" >"$name.out" 2>&1 || true
+  # (pan names the claim it checks, or says it has only that one.)
+  if grep -Eq "^pan: ltl formula $claim|only one claim defined" "$name.out" &&
+     grep -Eq 'acceptance cycle' "$name.out" &&
+     grep -Eq 'errors: [1-9]' "$name.out" && [ -f "$model.trail" ]; then
+    spin "$@" -t "$model" 2>&1 | sed 's/^[[:space:]]*//; /^$/d' >"$name.trail.txt" || true
+    ok "$name caught: acceptance cycle of $claim"
+    sed -n '/^ltl /d; /^#processes/q; s/^/     | /p' "$name.trail.txt" | tail -12
+  else
+    bad "$name: spin found no acceptance cycle of $claim" "$name.out"
+  fi
+}
+
+# ---------------------------------------------------------------- session.pml
+# The session turn queue as router/workers/turns.c runs it (WIRE §14.8).
+verify session            session.pml safety
+verify session_3chat      session.pml safety -DNCHAT=3
+verify session_all_answered  session.pml fair:all_answered
+# A worker that hangs forever holding a turn: chat messages are still all
+# answered (the router's turn timeout); inbox entries wait for a worker, by
+# design (WIRE §19.4), so all_answered is not claimed there.
+verify session_chat_answered session.pml fair:chat_answered -DHANG
+expect_caught session_two_turns    session.pml 'assertion violated \(in_flight==1\)' -DBROKEN_PUMP_QUEUED
+expect_caught session_lifo         session.pml 'assertion violated \(m>last_started\)' -DBROKEN_LIFO
+expect_caught session_lock_timer   session.pml 'assertion violated \(outcome\[cur\]==0\)' -DBROKEN_LOCK_TIMER
+expect_caught session_no_zombie    session.pml 'assertion violated \(\(cur!=0\)&&\((h|m)==serial\)\)' -DBROKEN_NO_ZOMBIE
+expect_caught session_any_holder   session.pml 'assertion violated \(h==wturn\)' -DBROKEN_ANY_HOLDER
+expect_caught session_stop_queued  session.pml 'assertion violated \(\(\(\(resolved==' -DBROKEN_STOP_QUEUED
+expect_cycle  session_no_timeout   session.pml chat_answered -DHANG -DBROKEN_NO_TIMEOUT
+
+# ---------------------------------------------------------------- dispatch.pml
+# Durable entries to workers through the broker, across a crash (WIRE §14.9).
+verify dispatch           dispatch.pml safety
+verify dispatch_wide      dispatch.pml safety -DNE=3 -DMAXCRASH=2 -DMAXEXP=2 -DMAXTIMEOUT=2
+verify dispatch_finished  dispatch.pml fair:all_finished
+verify dispatch_finished3 dispatch.pml fair:all_finished -DNE=3
+expect_caught dispatch_take_volatile  dispatch.pml 'assertion violated \(st\[e\]==2\)' -DBROKEN_TAKE_VOLATILE
+expect_caught dispatch_delete_at_take dispatch.pml 'assertion violated ended\[e\]' -DBROKEN_DELETE_AT_TAKE
+expect_caught dispatch_redispatch     dispatch.pml 'assertion violated \(n==(0|1)\)' -DBROKEN_REDISPATCH
+expect_caught dispatch_dispatch_dead  dispatch.pml 'assertion violated known\[w\]' -DBROKEN_DISPATCH_DEAD
+expect_caught dispatch_no_zombie      dispatch.pml 'assertion violated \(\(eff\[e\]==0\)\|\|window\[e\]\)' -DBROKEN_NO_ZOMBIE
+expect_cycle  dispatch_lost_at_crash  dispatch.pml all_finished -DBROKEN_DELETE_AT_TAKE -DNO_D2_ASSERT
 
 # ---------------------------------------------------------------- turnqueue.pml
 verify turnqueue      turnqueue.pml safety
