@@ -300,7 +300,7 @@ static void test_dead_worker(void **state)
      * nothing more: kill -9 in miniature. */
     reply_t rep = {0};
     assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "doomed", 6, s_on_reply,
-                                      &rep) == 1);
+                                      &rep) > 0);
     zsock_t *raw = zsock_new_dealer(ep);
     assert_non_null(raw);
     s_raw_ready(raw);

@@ -16,6 +16,7 @@
 
 #include <czmq.h>
 
+#include "router/clock.h"
 #include "router/log.h"
 #include "router/state/home.h"
 #include "router/workers/mdp_worker.h"
@@ -621,7 +622,11 @@ router_broker_t *router_broker_new(const router_broker_opts_t *o, char *err, siz
     b->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : 1000;
     b->expiry_span_ms = b->heartbeat_ms * (o->liveness ? o->liveness : 3);
     b->queue_max = o->queue_max ? o->queue_max : ROUTER_BROKER_QUEUE_MAX;
-    b->next_h = 1;
+    /* Handles (the MDP client address) start from the wall clock, so one
+     * from a run before a restart is never taken for one of this run: a
+     * worker's stale FINAL then matches nothing (WIRE §19.9). 65,536
+     * requests a millisecond before two runs could overlap. */
+    b->next_h = (int64_t) (router_clock_wall_ms() << 16) + 1;
     b->workers = zhash_new();
     if (!b->workers)
         goto nomem;
