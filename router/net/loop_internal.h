@@ -292,6 +292,9 @@ struct router_loop {
     atomic_int wake_requested;       /* router_loop_wake was called */
     router_wake_fn wake_cb;          /* the wake callback */
     void *wake_ud;                   /* its user data */
+    bool input_left;                 /* the last wait stopped at the batch bounds with input ready */
+    router_wake_fn drained_cb;       /* end of each iteration (router_loop_set_drained_cb) */
+    void *drained_ud;                /* its user data */
     router_post_cell_t *post_cells;  /* post queue cells */
     size_t post_mask;                /* capacity - 1 */
     _Atomic size_t post_tail;        /* producers' next position */
