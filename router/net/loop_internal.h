@@ -138,6 +138,7 @@ struct router_conn {
     size_t park_cap;                 /* park's allocation */
     uint64_t turn_iter;              /* loop iteration turn_used belongs to */
     size_t turn_used;                /* bytes delivered in that iteration */
+    size_t turn_bytes;               /* its turn: 0 is ROUTER_CONN_TURN_BYTES */
     bool in_backlog;                 /* on the loop's backlog (parked input, next turn) */
     router_conn_t *backlog_next;     /* backlog link */
     router_addr_t peer;              /* the remote address */
