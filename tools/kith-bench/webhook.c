@@ -313,10 +313,14 @@ int bench_mode_webhook(int argc, char **argv)
         }
     }
     double secs = (double) (bench_now_ns() - t0) / 1e9;
-    /* The turns may start after the last 202: wait for every agent_start. */
-    for (uint64_t until = bench_now_ns() + 30000000000u; dispatch && !error && disp.got < done_n;) {
+    /* The turns may start after the last 202: wait for every agent_start
+     * until --timeout, and at least 30 s after the last answer. */
+    uint64_t until = bench_now_ns() + 30000000000u;
+    if (until < deadline)
+        until = deadline;
+    while (dispatch && !error && disp.got < done_n) {
         if (bench_now_ns() > until) {
-            error = "not every request's agent_start came within 30 s";
+            error = "not every request's agent_start came in time (--timeout)";
             break;
         }
         int k = epoll_wait(epfd, evs, 256, 100);
