@@ -427,7 +427,8 @@ static void *s_store_main(void *arg)
         uint64_t work_since = 0;
         while (!self->stopping && !list && !nd) {
             bool work = self->pend_head || self->ndeletes;
-            if (work && (!self->on_flush || self->flush_req))
+            if (work && (!self->on_flush || self->flush_req ||
+                         self->npend >= ROUTER_INBOX_BATCH_MIN))
                 break;
             uint64_t now = router_clock_mono_ms();
             if (now >= next_prune)
@@ -670,7 +671,7 @@ router_inbox_outcome_t router_inbox_admit(router_inbox_t *self, const uint8_t id
         self->unwritten++;
         if (self->on_flush)
             atomic_store_explicit(&self->dirty, true, memory_order_relaxed);
-        else if (was_idle)
+        if (self->on_flush ? self->npend == ROUTER_INBOX_BATCH_MIN : was_idle)
             pthread_cond_broadcast(&self->changed);
     } else {
         atomic_store(&self->durable_seq, n->e.seq);

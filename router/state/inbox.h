@@ -57,7 +57,11 @@ typedef struct {
 
 /* With commit_on_flush, the longest an admission waits for a flush before
  * the store thread commits it anyway (a caller that never flushes). */
-#define ROUTER_INBOX_FLUSH_MAX_MS 5u
+#define ROUTER_INBOX_FLUSH_MAX_MS 2u
+/* With commit_on_flush, this many admissions waiting start a commit without
+ * a flush: a saturated loop never drains, and the disk should not idle
+ * while a full batch waits (issue 13: >= 32 envelopes per fsync). */
+#define ROUTER_INBOX_BATCH_MIN 32u
 
 typedef struct {
     uint64_t seq;         /* admission order, increasing, survives restarts */
