@@ -137,6 +137,17 @@ static void s_durable_wake(router_loop_t *loop, void *arg)
         router_turns_kick(self->turns);
 }
 
+/* End of a loop iteration: what it admitted (comms, events, webhooks) and
+ * popped goes to disk in one commit. An idle loop gets here right after
+ * each admission, so this adds no wait; a saturated one batches a whole
+ * iteration per fsync (issue 13: group commit). */
+static void s_on_drained(router_loop_t *loop, void *ud)
+{
+    (void) loop;
+    router_node_t *self = ud;
+    router_inbox_flush(self->inbox);
+}
+
 /* On the inbox's store thread, after each durable batch. It touches only
  * the node and its loop, which outlive the store thread (see destroy). */
 static void s_on_durable(void *ud)
@@ -657,6 +668,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         .on_durable = s_on_durable,
         .ud = self,
         .metrics = self->metrics,
+        /* Group commit: the loop flushes once per iteration (below). */
+        .commit_on_flush = true,
     };
     if (self->home[0] && !opts->memory_inbox) {
         if (router_home_path(self->home, "state.db", db, sizeof db) != 0) {
@@ -672,6 +685,7 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
     }
     if (!(self->inbox = router_inbox_new(&io, err, errcap)))
         goto fail;
+    router_loop_set_drained_cb(self->loop, s_on_drained, self);
     /* One guard for comms and plain events: the partial-frame budget is
      * one budget (DESIGN §10). */
     router_guard_opts_t go = {

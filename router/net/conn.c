@@ -505,7 +505,14 @@ static size_t s_turn_left(router_conn_t *c)
         c->turn_iter = c->loop->iter;
         c->turn_used = 0;
     }
-    return c->turn_used < ROUTER_CONN_TURN_BYTES ? ROUTER_CONN_TURN_BYTES - c->turn_used : 0;
+    size_t turn = c->turn_bytes ? c->turn_bytes : ROUTER_CONN_TURN_BYTES;
+    return c->turn_used < turn ? turn - c->turn_used : 0;
+}
+
+void router_conn_set_turn_bytes(router_conn_t *conn, size_t bytes)
+{
+    if (conn)
+        conn->turn_bytes = bytes > ROUTER_CONN_TURN_BYTES ? ROUTER_CONN_TURN_BYTES : bytes;
 }
 
 /* Parked input waits for the connection's next turn. */

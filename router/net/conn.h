@@ -130,6 +130,11 @@ void router_conn_disown(router_conn_t *conn);
  * call happens while paused; bytes already received when pausing are kept
  * and delivered on resume. EOF is reported after them. */
 void router_conn_pause_read(router_conn_t *conn);
+/* The most input this connection is handed per loop iteration (its turn,
+ * loop.h "Fairness"), for a protocol whose input costs much per byte: what
+ * arrives beyond it is parked and handed over in later iterations, never
+ * dropped. 0 restores ROUTER_CONN_TURN_BYTES, which is also the maximum. */
+void router_conn_set_turn_bytes(router_conn_t *conn, size_t bytes);
 void router_conn_resume_read(router_conn_t *conn);
 
 /* Sets this connection's unsent-byte limit (0: back to the loop default).

@@ -235,6 +235,14 @@ void router_loop_set_wake_cb(router_loop_t *loop, router_wake_fn cb, void *ud)
     loop->wake_ud = ud;
 }
 
+void router_loop_set_drained_cb(router_loop_t *loop, router_wake_fn cb, void *ud)
+{
+    if (!loop)
+        return;
+    loop->drained_cb = cb;
+    loop->drained_ud = ud;
+}
+
 void router_loop_stop(router_loop_t *loop)
 {
     if (!loop)
@@ -701,6 +709,11 @@ int router_loop_run(router_loop_t *loop)
         router_loop_settle(loop);
         s_timers_run(loop);
         router_loop_settle(loop);
+        /* Drained: no completions left behind by the batch bounds, no parked
+         * input, no posts left over. A saturated loop skips this until it
+         * catches up, so what it queued meanwhile forms one batch. */
+        if (loop->drained_cb && !loop->input_left && !loop->backlog && !busy)
+            loop->drained_cb(loop, loop->drained_ud);
     }
     atomic_store(&loop->stop, false);
     loop->running = false;

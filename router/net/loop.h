@@ -176,6 +176,15 @@ void router_loop_wake(router_loop_t *loop);
 typedef void (*router_wake_fn)(router_loop_t *loop, void *ud);
 void router_loop_set_wake_cb(router_loop_t *loop, router_wake_fn cb, void *ud);
 
+/* Sets the callback run at the end of each iteration that drained the
+ * loop's ready input: its completions (none left behind by the batch
+ * bounds), parked input and posts were all handled, so the loop is about
+ * to wait for more. The point where the work input queued elsewhere forms
+ * a batch (router/node.c flushes the inbox's group commit there); a
+ * saturated loop reaches it only when it catches up. One per loop; cb NULL
+ * removes it. Loop thread; it must be quick. */
+void router_loop_set_drained_cb(router_loop_t *loop, router_wake_fn cb, void *ud);
+
 /* Work handed to the loop thread. */
 typedef void (*router_post_fn)(router_loop_t *loop, void *arg);
 

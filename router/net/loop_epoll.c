@@ -319,6 +319,7 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
             break;
         }
     }
+    loop->input_left = n == S_EVENTS || e->batch_bytes >= ROUTER_LOOP_BATCH_BYTES;
     return n;
 }
 

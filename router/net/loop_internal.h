@@ -138,6 +138,7 @@ struct router_conn {
     size_t park_cap;                 /* park's allocation */
     uint64_t turn_iter;              /* loop iteration turn_used belongs to */
     size_t turn_used;                /* bytes delivered in that iteration */
+    size_t turn_bytes;               /* its turn: 0 is ROUTER_CONN_TURN_BYTES */
     bool in_backlog;                 /* on the loop's backlog (parked input, next turn) */
     router_conn_t *backlog_next;     /* backlog link */
     router_addr_t peer;              /* the remote address */
@@ -292,6 +293,9 @@ struct router_loop {
     atomic_int wake_requested;       /* router_loop_wake was called */
     router_wake_fn wake_cb;          /* the wake callback */
     void *wake_ud;                   /* its user data */
+    bool input_left;                 /* the last wait stopped at the batch bounds with input ready */
+    router_wake_fn drained_cb;       /* end of each iteration (router_loop_set_drained_cb) */
+    void *drained_ud;                /* its user data */
     router_post_cell_t *post_cells;  /* post queue cells */
     size_t post_mask;                /* capacity - 1 */
     _Atomic size_t post_tail;        /* producers' next position */

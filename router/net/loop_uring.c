@@ -653,6 +653,8 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
         io_uring_cqe_seen(&u->ring, cqe);
         bytes += s_dispatch(loop, &copy);
     }
+    loop->input_left = (n == ROUTER_LOOP_BATCH || bytes >= ROUTER_LOOP_BATCH_BYTES) &&
+                       io_uring_cq_ready(&u->ring) > 0;
     /* After the wait, never before it: an accept's callbacks may add
      * timers, and the wait's timeout was computed without them. */
     if (u->accept_again) {

@@ -49,7 +49,19 @@ typedef struct {
     struct router_metrics_t *metrics; /* borrowed, NULL: none. Registers kith_inbox_commits_total
                                        * (transactions committed, each one fsync) and
                                        * kith_inbox_committed_total (entries they made durable) */
+    bool commit_on_flush;             /* group commit driven by the admitting loop: admissions
+                                       * and deletes wait for router_inbox_flush (or
+                                       * ROUTER_INBOX_FLUSH_MAX_MS) instead of waking the store
+                                       * thread one by one */
 } router_inbox_opts_t;
+
+/* With commit_on_flush, the longest an admission waits for a flush before
+ * the store thread commits it anyway (a caller that never flushes). */
+#define ROUTER_INBOX_FLUSH_MAX_MS 2u
+/* With commit_on_flush, this many admissions waiting start a commit without
+ * a flush: a saturated loop never drains, and the disk should not idle
+ * while a full batch waits (issue 13: >= 32 envelopes per fsync). */
+#define ROUTER_INBOX_BATCH_MIN 32u
 
 typedef struct {
     uint64_t seq;         /* admission order, increasing, survives restarts */
@@ -116,6 +128,15 @@ uint64_t router_inbox_commit_failures(const router_inbox_t *self);
 
 /* Every entry with seq ≤ this is durable. Lock-free; any thread. */
 uint64_t router_inbox_durable_seq(const router_inbox_t *self);
+
+/* Group commit (commit_on_flush): what was admitted or popped since the
+ * last flush goes into the store thread's next commit, which starts as
+ * soon as the one in flight (if any) has ended. The router's loop calls it
+ * once per iteration, after the input that was ready has been handled
+ * (router_loop_set_drained_cb): an idle loop commits each admission at
+ * once, a saturated one commits a whole iteration's admissions with one
+ * fsync. Cheap when nothing is new (one atomic exchange). Any thread. */
+void router_inbox_flush(router_inbox_t *self);
 
 /* Blocks until everything admitted so far is durable. Not for the router
  * thread's hot path: used at shutdown and by tests. */

@@ -53,12 +53,13 @@ def main():
         bench("webhook", "--url", "http://127.0.0.1:1", "-n", "x", expect=64)
         bench("pubkey", "--seed", "00", expect=64)
         check(bench("pubkey").stdout.startswith("ed25519:"), "pubkey prints a key")
-        p = bench("chat", expect=2)
-        check("/ws/chat" in p.stderr, p.stderr)
+        bench("chat", expect=64)                                       # --url missing
+        bench("chat", "--url", "http://127.0.0.1:1", "--rate", "-1", expect=64)
 
     results.run(usage_and_exit_codes)
 
-    node = Daemon("bench", config={"gateway": {"echo": True, "require_pairing": False}})
+    node = Daemon("bench", config={"gateway": {"echo": True, "require_pairing": False},
+                                   "workers": {"agent_threads": 2}})
     try:
         key = bench("pubkey").stdout.strip()
         node.trust("kith-bench", base64.b64decode(key.split(":", 1)[1]))
@@ -92,12 +93,19 @@ def main():
             check(r["subscribed"] == 3 and r["deliveries"] == 12, r)
             r = result("webhook", "--url", f"http://127.0.0.1:{node.gw_port}", "-n", 30, "-c", 3,
                        "--dispatch")
-            check(r["accepted_202"] == 30 and r["dispatch"].startswith("unavailable"), r)
+            # Every request's turn started (its agent_start came on /api/events).
+            check(r["accepted_202"] == 30 and r["dispatched"] == 30, r)
+
+        def chat_turns():
+            r = result("chat", "--url", f"http://127.0.0.1:{node.gw_port}", "-n", 40, "-c", 4,
+                       "--rate", 200, "--timeout", 60)
+            check(r["done"] == 40 and r["error_frames"] == 0 and "error" not in r, r)
 
         results.run(envelopes_tcp_and_uds)
         results.run(envelopes_to_the_wrong_key_fail)
         results.run(ws_echo)
         results.run(sse_and_webhook)
+        results.run(chat_turns)
         results.stopped(node)
     finally:
         node.cleanup()

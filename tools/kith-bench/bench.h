@@ -18,7 +18,7 @@
 #include <sys/un.h>
 
 /* Exit codes: 0 ran, 1 the run failed (lost data, refused, timed out),
- * 2 the mode cannot run here (chat), 64 usage. */
+ * 2 the mode cannot run here, 64 usage. */
 #define BENCH_EXIT_FAIL 1
 #define BENCH_EXIT_UNAVAILABLE 2
 #define BENCH_EXIT_USAGE 64

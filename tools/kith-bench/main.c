@@ -19,7 +19,7 @@ static const struct {
     {"ws", bench_mode_ws, "WebSocket echo: msgs/s, latency, server CPU per message"},
     {"sse", bench_mode_sse, "SSE subscribers: burst delivery latency, memory per subscriber"},
     {"webhook", bench_mode_webhook, "POST /webhook: requests/s and latency"},
-    {"chat", bench_mode_chat, "/ws/chat scripted turns (needs /ws/chat: issue 10/11)"},
+    {"chat", bench_mode_chat, "/ws/chat scripted turns at a fixed rate: round-trip percentiles"},
     {"pubkey", bench_mode_pubkey, "print the public key of --seed (for `kith peers add`)"},
 };
 
