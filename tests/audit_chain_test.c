@@ -506,6 +506,91 @@ static void test_head_slots(void **state)
     assert_int_equal(slot[AUDIT_HEAD_SLOT - 1], '\n');
 }
 
+/* A writer refuses a log its head does not vouch for, and says why; the
+ * verifier names the same fault. */
+static void test_open_refuses_what_the_head_denies(void **state)
+{
+    s_fix_t *f = *state;
+    audit_chain_opts_t o = {.path = f->log};
+    audit_error_t err = {0};
+    audit_verify_result_t r;
+    s_make(f, NULL, 3);
+    size_t hlen;
+    char *head = s_slurp(f->head, &hlen);
+
+    /* A head with no valid slot. */
+    s_spit(f->head, "not a head at all, only garbage that fills some bytes\n", 54);
+    assert_null(audit_chain_open(&o, &err));
+    assert_int_equal(err.code, AUDIT_E_BROKEN);
+    assert_non_null(strstr(err.msg, "no valid slot"));
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), -1);
+    assert_int_equal(r.reason, AUDIT_V_HEAD_BAD);
+
+    /* Records but no head: a cut-off tail could not be told. */
+    unlink(f->head);
+    memset(&err, 0, sizeof err);
+    assert_null(audit_chain_open(&o, &err));
+    assert_int_equal(err.code, AUDIT_E_BROKEN);
+    assert_non_null(strstr(err.msg, "is missing"));
+
+    /* A head that remembers another chain's record 3. */
+    s_fix_t other = *f;
+    snprintf(other.log, sizeof other.log, "%s/other.log", f->dir);
+    snprintf(other.head, sizeof other.head, "%s/other.log.head", f->dir);
+    audit_chain_t *c = s_open(&other, NULL, NULL);
+    assert_non_null(c);
+    for (uint64_t i = 1; i <= 3; i++)
+        s_append(c, "pair", "{\"other\":true}", i);
+    audit_chain_close(&c);
+    size_t olen;
+    char *ohead = s_slurp(other.head, &olen);
+    s_spit(f->head, ohead, olen);
+    memset(&err, 0, sizeof err);
+    assert_null(audit_chain_open(&o, &err));
+    assert_int_equal(err.code, AUDIT_E_BROKEN);
+    assert_non_null(strstr(err.msg, "is not the one its head remembers"));
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), -1);
+    assert_int_equal(r.reason, AUDIT_V_HEAD_MISMATCH);
+    unlink(other.log);
+    unlink(other.head);
+    free(ohead);
+
+    /* Its own head back: it opens and goes on. */
+    s_spit(f->head, head, hlen);
+    c = s_open(f, NULL, NULL);
+    assert_non_null(c);
+    s_append(c, "pair", "{}", 4);
+    audit_chain_close(&c);
+    free(head);
+}
+
+/* What cannot be opened is an I/O error naming the file. */
+static void test_open_io_errors(void **state)
+{
+    s_fix_t *f = *state;
+    audit_error_t err = {0};
+    char missing[192];
+    snprintf(missing, sizeof missing, "%s/no/such/dir/audit.log", f->dir);
+    audit_chain_opts_t o = {.path = missing};
+    assert_null(audit_chain_open(&o, &err));
+    assert_int_equal(err.code, AUDIT_E_IO);
+    assert_non_null(strstr(err.msg, missing));
+
+    /* The head's name taken by a directory: neither writer nor verifier
+     * can read it. */
+    assert_int_equal(mkdir(f->head, 0700), 0);
+    o.path = f->log;
+    memset(&err, 0, sizeof err);
+    assert_null(audit_chain_open(&o, &err));
+    assert_int_equal(err.code, AUDIT_E_IO);
+    assert_non_null(strstr(err.msg, f->head));
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), -1);
+    assert_int_equal(r.reason, AUDIT_V_IO);
+    assert_int_equal(rmdir(f->head), 0);
+    assert_string_equal(audit_err_str(AUDIT_E_IO), "io");
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -516,7 +601,8 @@ int main(void)
         T(test_flip_every_byte_hmac), T(test_field_reasons),      T(test_truncation),
         T(test_torn_tail_repaired),   T(test_hmac),               T(test_group_commit),
         T(test_fsync_failure),        T(test_query),              T(test_long_and_garbage_lines),
-        T(test_head_slots),
+        T(test_head_slots),           T(test_open_refuses_what_the_head_denies),
+        T(test_open_io_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,8 @@
  * sockets, many concurrent connections, the slow-consumer cut, connection
  * limits, outbound connect (success and refusal), half-close and EOF,
  * read pausing, graceful close (flush and timeout), abort, shutdown, stale
- * Unix socket files, and address parsing.
+ * Unix socket files, accepts failing for want of descriptors (EMFILE) and
+ * an accept callback that sets no handlers, and address parsing.
  *
  * Every test that touches a backend is registered twice, once per backend
  * (names end in @uring / @epoll); the backend is the test's initial state,
@@ -27,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -1677,6 +1679,134 @@ static void test_turns_between_connections(void **state)
     s_done(&ctx);
 }
 
+/* ------------------------------------------------------------ accept failures */
+
+/* The process is out of descriptors (EMFILE): the listener counts each
+ * failed accept, pauses and retries, and once descriptors are free again
+ * the connections that waited in the backlog are accepted. */
+#define EMFILE_CLIENTS 3
+#define EMFILE_FAILURES 12 /* past S_ACCEPT_LOG_MS of retries: one summary line */
+
+typedef struct {
+    int fillers[4096]; /* descriptors held to use every number below the limit */
+    int nfillers;
+    struct rlimit saved;
+    bool restored;
+} s_emfile_t;
+
+static void s_emfile_restore(s_emfile_t *e)
+{
+    if (e->restored)
+        return;
+    e->restored = true;
+    for (int i = 0; i < e->nfillers; i++)
+        close(e->fillers[i]);
+    e->nfillers = 0;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &e->saved), 0);
+}
+
+static void s_emfile_watch(router_loop_t *loop, uint64_t id, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    s_emfile_t *e = ctx->extra;
+    (void) id;
+    router_loop_stats_t st;
+    router_loop_stats(loop, &st);
+    if (!e->restored && st.accept_errors >= EMFILE_FAILURES) {
+        if (ctx->accepted != 0)
+            ctx->violations++; /* nothing can be accepted without a descriptor */
+        s_emfile_restore(e);
+    }
+    if (e->restored && ctx->accepted == EMFILE_CLIENTS) {
+        router_loop_stop(loop);
+        return;
+    }
+    (void) router_loop_timer_add(loop, 10, s_emfile_watch, ctx);
+}
+
+static void test_accept_emfile_backs_off(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_echo);
+    static s_emfile_t e;
+    memset(&e, 0, sizeof e);
+    ctx.extra = &e;
+    int cl[EMFILE_CLIENTS];
+    for (int i = 0; i < EMFILE_CLIENTS; i++) {
+        cl[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(cl[i] >= 0);
+    }
+    /* Fill every free descriptor number below the highest one in use, then
+     * make that the limit: the next descriptor the process asks for fails. */
+    int top = -1;
+    for (;;) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        if (fd > cl[EMFILE_CLIENTS - 1]) { /* every number below it is in use */
+            top = fd;
+            close(fd);
+            break;
+        }
+        assert_true(e.nfillers < (int) (sizeof e.fillers / sizeof e.fillers[0]));
+        e.fillers[e.nfillers++] = fd;
+    }
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &e.saved), 0);
+    struct rlimit low = e.saved;
+    low.rlim_cur = (rlim_t) top;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    assert_true(open("/dev/null", O_RDONLY) < 0 && errno == EMFILE);
+    /* The kernel completes the handshakes; they wait in the backlog. */
+    for (int i = 0; i < EMFILE_CLIENTS; i++)
+        assert_int_equal(connect(cl[i], &ctx.addr.u.sa, ctx.addr.len), 0);
+    (void) router_loop_timer_add(ctx.loop, 10, s_emfile_watch, &ctx);
+    uint64_t guard = router_loop_timer_add(ctx.loop, HANG_GUARD_MS, s_guard, &ctx);
+    assert_int_equal(router_loop_run(ctx.loop), 0);
+    (void) router_loop_timer_cancel(ctx.loop, guard);
+    s_emfile_restore(&e);
+    assert_false(ctx.hung);
+    assert_int_equal(ctx.violations, 0);
+    assert_int_equal(ctx.accepted, EMFILE_CLIENTS);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_true(st.accept_errors >= EMFILE_FAILURES);
+    /* Each accepted connection serves. */
+    for (int i = 0; i < EMFILE_CLIENTS; i++)
+        close(cl[i]);
+    s_done(&ctx);
+}
+
+/* An accept callback that sets no handlers: the connection is aborted, the
+ * listener keeps serving. */
+static void s_accept_none(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    (void) l, (void) c;
+    ctx->accepted++;
+    if (ctx->accepted == 2)
+        router_loop_stop(ctx->loop);
+}
+
+static void test_accept_without_handlers_aborts(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_none);
+    int a = s_dial(&ctx.addr, 0), b = s_dial(&ctx.addr, 0);
+    assert_true(a >= 0 && b >= 0);
+    s_run(&ctx);
+    assert_int_equal(ctx.accepted, 2);
+    char buf[8];
+    assert_true(recv(a, buf, sizeof buf, 0) <= 0); /* aborted: EOF or reset */
+    assert_true(recv(b, buf, sizeof buf, 0) <= 0);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.conns_open, 0);
+    close(a);
+    close(b);
+    s_done(&ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1707,6 +1837,8 @@ int main(void)
         BOTH(test_close_timeout),
         BOTH(test_destroy_closes_connections),
         BOTH(test_uds_stale_file),
+        BOTH(test_accept_emfile_backs_off),
+        BOTH(test_accept_without_handlers_aborts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

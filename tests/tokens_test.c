@@ -1,9 +1,9 @@
 /* tests/tokens_test.c — router/state/tokens: a token is checked only once
  * durable, and every kind of state (token hashes, pairing lockouts,
  * idempotency answers, OpenClaw devices) comes back from state.db after a
- * reopen; callbacks run on the loop; a stop runs the callbacks still owed;
- * the devices table is bounded. */
-#include <errno.h>
+ * reopen; callbacks run on the loop; a stop runs the callbacks still owed.
+ * A failing disk withholds every answer until the row is written; every
+ * table (the devices table included) and the write queue have a bound. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,7 +15,9 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <sodium.h>
+#include <sqlite3.h>
 
 #include "router/state/tokens.h"
 
@@ -175,6 +177,272 @@ static void test_forgive_and_stop_runs_callbacks(void **state)
     router_tokens_destroy(&t);
 }
 
+/* Counts callbacks; stops the loop once `want` have run. */
+typedef struct {
+    router_loop_t *loop;
+    int calls, oks, want;
+} s_count_t;
+
+static void s_count(bool ok, void *ud)
+{
+    s_count_t *c = ud;
+    c->calls++;
+    c->oks += ok;
+    if (c->calls >= c->want)
+        router_loop_stop(c->loop);
+}
+
+/* Runs the loop until `want` callbacks ran in all (or 60 s: a failure). */
+static void s_wait_n(s_count_t *c, int want)
+{
+    c->want = want;
+    if (c->calls < want) {
+        uint64_t t = router_loop_timer_add(c->loop, 60000, s_give_up, NULL);
+        assert_int_equal(router_loop_run(c->loop), 0);
+        (void) router_loop_timer_cancel(c->loop, t);
+    }
+    assert_int_equal(c->calls, want);
+}
+
+/* Waits (bounded) until the store thread has failed `n` commits. */
+static void s_wait_failures(router_tokens_t *t, uint64_t n)
+{
+    for (int i = 0; i < 1200 && router_tokens_commit_failures(t) < n; i++)
+        usleep(50 * 1000);
+    assert_true(router_tokens_commit_failures(t) >= n);
+}
+
+static int s_scalar(const char *db, const char *sql)
+{
+    sqlite3 *h = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    return v;
+}
+
+/* A failing disk: nothing is usable or answered until written; the writes
+ * wait in a bounded queue (EAGAIN past it, the key released) and are
+ * written, once each, when the disk recovers. */
+static void test_failed_commits_withhold_then_write(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    router_tokens_test_fail_commits(t, true);
+    s_count_t c = {.loop = loop};
+    uint8_t h[32];
+    randombytes_buf(h, sizeof h);
+    uint64_t now = (uint64_t) time(NULL) * 1000, until = 0;
+    assert_int_equal(router_tokens_add(t, h, now, s_count, &c), 0);
+    assert_int_equal(router_tokens_fail(t, "10.0.0.1", now, 5, 1000, &until, s_count, &c), 0);
+    int status = 0;
+    const char *body = NULL;
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "k1", 2, now, &status, &body),
+                     ROUTER_IDEM_NEW);
+    assert_int_equal(router_tokens_idem_finish(t, "webhook", "k1", 2, 202, "{}", now, s_count, &c),
+                     0);
+    s_wait_failures(t, 2);
+    assert_false(router_tokens_check(t, h)); /* not durable, so not usable */
+
+    /* The queue fills while the disk fails: its bound holds. */
+    int queued = 3;
+    uint8_t more[32];
+    for (;;) {
+        randombytes_buf(more, sizeof more);
+        if (router_tokens_add(t, more, now, s_count, &c) != 0)
+            break;
+        queued++;
+        assert_true(queued <= (int) ROUTER_TOKENS_JOBS_MAX);
+    }
+    assert_int_equal(errno, EAGAIN);
+    assert_int_equal(queued, ROUTER_TOKENS_JOBS_MAX);
+    assert_int_equal(router_tokens_fail(t, "10.0.0.2", now, 5, 1000, &until, s_count, &c), -1);
+    assert_int_equal(errno, EAGAIN);
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "k2", 2, now, &status, &body),
+                     ROUTER_IDEM_NEW);
+    assert_int_equal(router_tokens_idem_finish(t, "webhook", "k2", 2, 200, "{}", now, s_count, &c),
+                     -1);
+    /* Refused, so released: the next request with the key is new. */
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "k2", 2, now, &status, &body),
+                     ROUTER_IDEM_NEW);
+    router_tokens_idem_release(t, "webhook", "k2", 2);
+    assert_int_equal(c.calls, 0);
+
+    router_tokens_test_fail_commits(t, false);
+    s_wait_n(&c, queued);
+    assert_int_equal(c.oks, queued);
+    assert_true(router_tokens_check(t, h));
+    assert_int_equal(router_tokens_count(t), ROUTER_TOKENS_JOBS_MAX - 2);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+    assert_int_equal(s_scalar(s_db, "SELECT COUNT(*) FROM gateway_tokens"),
+                     ROUTER_TOKENS_JOBS_MAX - 2);
+    assert_int_equal(s_scalar(s_db, "SELECT COUNT(*) FROM gateway_pair_lockouts"), 1);
+    assert_int_equal(s_scalar(s_db, "SELECT COUNT(*) FROM gateway_idempotency"), 1);
+}
+
+/* Stopping while the disk still fails answers what was never written with
+ * ok false, and a reopen knows nothing of it. */
+static void test_stop_while_failing_answers_not_written(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    router_tokens_test_fail_commits(t, true);
+    s_count_t c = {.loop = loop};
+    uint8_t h[32];
+    randombytes_buf(h, sizeof h);
+    assert_int_equal(router_tokens_add(t, h, 1, s_count, &c), 0);
+    s_wait_failures(t, 1);
+    router_tokens_stop(t);
+    assert_int_equal(c.calls, 1);
+    assert_int_equal(c.oks, 0);
+    assert_false(router_tokens_check(t, h));
+    uint8_t h2[32] = {2};
+    assert_int_equal(router_tokens_add(t, h2, 1, s_count, &c), -1); /* stopped */
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+    loop = router_loop_new(NULL);
+    t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(router_tokens_count(t), 0);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
+/* state.db that cannot be opened or read gives a reason, not a store. */
+static void test_open_failures_say_why(void **state)
+{
+    (void) state;
+    char err[256] = "";
+    router_loop_t *loop = router_loop_new(NULL);
+    char p[192];
+    snprintf(p, sizeof p, "%s/missing/state.db", s_dir);
+    assert_null(router_tokens_new(p, loop, err, sizeof err));
+    assert_non_null(strstr(err, p));
+
+    FILE *f = fopen(s_db, "w"); /* not a database */
+    assert_non_null(f);
+    fputs("this is not an SQLite file, but it is long enough to have a header....", f);
+    fclose(f);
+    err[0] = '\0';
+    assert_null(router_tokens_new(s_db, loop, err, sizeof err));
+    assert_non_null(strstr(err, s_db));
+    unlink(s_db);
+
+    /* A table of that name but another shape: its rows cannot be read. */
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(s_db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, "CREATE TABLE gateway_tokens(x)", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(h);
+    err[0] = '\0';
+    assert_null(router_tokens_new(s_db, loop, err, sizeof err));
+    assert_non_null(strstr(err, "cannot read gateway tables"));
+    router_loop_destroy(&loop);
+}
+
+/* Every table in memory has a bound, and what is past it is refused with
+ * a reason the caller can act on. */
+static void test_tables_are_bounded(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(NULL, loop, err, sizeof err);
+    assert_non_null(t);
+    s_count_t c = {.loop = loop};
+
+    /* Tokens: ROUTER_TOKENS_MAX, then ENOSPC. */
+    uint8_t h[32] = {0};
+    for (uint32_t i = 0; i < ROUTER_TOKENS_MAX; i++) {
+        memcpy(h, &i, sizeof i);
+        assert_int_equal(router_tokens_add(t, h, 1, s_count, &c), 0);
+        if ((i + 1) % 128 == 0)
+            s_wait_n(&c, (int) i + 1);
+    }
+    assert_int_equal(router_tokens_count(t), ROUTER_TOKENS_MAX);
+    h[31] = 0xFF;
+    assert_int_equal(router_tokens_add(t, h, 1, s_count, &c), -1);
+    assert_int_equal(errno, ENOSPC);
+
+    /* Lockouts: every slot a live lock, so a new client counts as locked;
+     * once the locks have ended, a new client takes the stalest slot. */
+    c = (s_count_t){.loop = loop};
+    uint64_t until = 0;
+    char client[32];
+    for (uint32_t i = 0; i < ROUTER_TOKENS_CLIENTS_MAX; i++) {
+        snprintf(client, sizeof client, "10.1.%u.%u", i / 256, i % 256);
+        assert_int_equal(router_tokens_fail(t, client, 1000 + i, 1, 5000, &until, s_count, &c),
+                         0);
+        assert_int_equal(until, 1000 + i + 5000);
+        if ((i + 1) % 128 == 0)
+            s_wait_n(&c, (int) i + 1);
+    }
+    assert_int_equal(router_tokens_fail(t, "10.2.0.1", 2000, 1, 5000, &until, NULL, NULL), -1);
+    assert_int_equal(errno, EAGAIN);
+    assert_int_equal(until, 7000);
+    assert_int_equal(router_tokens_locked_until(t, "10.2.0.1", 2000), 0); /* not remembered */
+    assert_int_equal(router_tokens_fail(t, "10.2.0.1", 6001, 5, 5000, &until, s_count, &c), 0);
+    s_wait_n(&c, (int) ROUTER_TOKENS_CLIENTS_MAX + 1);
+    assert_int_equal(router_tokens_locked_until(t, "10.1.0.0", 6001), 0);
+    assert_int_equal(router_tokens_fail(t, "10.2.0.1", 6002, 2, 5000, &until, NULL, NULL), 0);
+    assert_int_equal(until, 11002); /* the evicted slot is this client's now */
+    router_tokens_forgive(t, "10.2.0.1");
+    router_tokens_forgive(t, "10.2.0.1"); /* nothing to forgive: no write */
+    router_tokens_forgive(t, "never-seen");
+
+    /* Idempotency keys: bad keys and scopes, unknown keys, long bodies,
+     * and a full table. */
+    int status = 0;
+    const char *body = NULL;
+    char key[ROUTER_TOKENS_IDEM_KEY_MAX + 2];
+    memset(key, 'k', sizeof key);
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", key, 0, 1, &status, &body),
+                     ROUTER_IDEM_FULL);
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", key, ROUTER_TOKENS_IDEM_KEY_MAX + 1,
+                                              1, &status, &body),
+                     ROUTER_IDEM_FULL);
+    assert_int_equal(router_tokens_idem_begin(t, "a-scope-longer-than-16", "k", 1, 1, &status,
+                                              &body),
+                     ROUTER_IDEM_FULL);
+    router_tokens_idem_release(t, "webhook", key, 0);
+    assert_int_equal(router_tokens_idem_finish(t, "webhook", "nope", 4, 200, "{}", 1, NULL, NULL),
+                     -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "long", 4, 1, &status, &body),
+                     ROUTER_IDEM_NEW);
+    char big[ROUTER_TOKENS_IDEM_BODY_MAX + 1];
+    memset(big, 'b', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    assert_int_equal(router_tokens_idem_finish(t, "webhook", "long", 4, 200, big, 1, NULL, NULL),
+                     -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "long", 4, 1, &status, &body),
+                     ROUTER_IDEM_NEW); /* released by the refusal */
+    for (uint32_t i = 1; i < ROUTER_TOKENS_IDEM_MAX; i++) {
+        snprintf(key, sizeof key, "key-%u", i);
+        assert_int_equal(router_tokens_idem_begin(t, "event", key, strlen(key), 1, &status, &body),
+                         ROUTER_IDEM_NEW);
+    }
+    assert_int_equal(router_tokens_idem_begin(t, "event", "one-more", 8, 1, &status, &body),
+                     ROUTER_IDEM_FULL);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
 /* ---------------------------------------------------------------- devices */
 
 static void s_device(router_tokens_device_t *d, unsigned n)
@@ -317,6 +585,12 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_token_durable_then_reloaded, s_setup, s_teardown),
         cmocka_unit_test(test_forgive_and_stop_runs_callbacks),
+        cmocka_unit_test_setup_teardown(test_failed_commits_withhold_then_write, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_stop_while_failing_answers_not_written, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_open_failures_say_why, s_setup, s_teardown),
+        cmocka_unit_test(test_tables_are_bounded),
         cmocka_unit_test_setup_teardown(test_device_record_check_reload, s_setup, s_teardown),
         cmocka_unit_test(test_device_bound_and_stop),
     };

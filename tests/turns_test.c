@@ -3,7 +3,10 @@
  * message's frames reach every subscriber, history grows and comes back,
  * SESSION_BUSY past the bound and after the lock timeout, steer and stop
  * (with and without a turn), inbox entries (plain and external events)
- * become turns and leave the inbox, and the /api/sessions documents. */
+ * become turns and leave the inbox, and the /api/sessions documents; and
+ * what goes wrong: no worker takes a turn, a worker never answers (or
+ * never confirms a stop), a worker's reply is malformed or out of order,
+ * a router-run tool is called with bad arguments. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -68,6 +71,78 @@ static void s_done(router_mdp_worker_t *w, const uint8_t id[16], const char *tex
     s_send(w, &rep);
 }
 
+static void s_partial(router_mdp_worker_t *w, const uint8_t id[16], uint64_t seq,
+                      const proto_worker_event_t *ev)
+{
+    proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_PARTIAL};
+    memcpy(rep.partial.turn_id, id, 16);
+    rep.partial.seq = seq;
+    rep.partial.event = *ev;
+    s_send(w, &rep);
+}
+
+static proto_worker_str_t s_s(const char *text)
+{
+    return (proto_worker_str_t) {text, strlen(text)};
+}
+
+/* "/events": every event kind that becomes a frame, one out of order. */
+static void s_events(router_mdp_worker_t *w, const uint8_t id[16])
+{
+    proto_worker_event_t ev = {.type = PROTO_WORKER_EV_CHUNK_RESET};
+    s_partial(w, id, 0, &ev);
+    ev = (proto_worker_event_t) {.type = PROTO_WORKER_EV_OPERATOR_STATUS, .text = s_s("busy")};
+    s_partial(w, id, 1, &ev);
+    ev = (proto_worker_event_t) {.type = PROTO_WORKER_EV_AGENT_EVENT, .name = s_s("mood"),
+                                 .data = s_s("{\"calm\":true}")};
+    s_partial(w, id, 2, &ev);
+    ev = (proto_worker_event_t) {.type = PROTO_WORKER_EV_THINKING, .text = s_s("hmm")};
+    s_partial(w, id, 7, &ev); /* 3 was due: logged, the frame still goes out */
+    s_done(w, id, "events sent");
+}
+
+/* "/tools": router-run tools called with what they must refuse; the
+ * results, each followed by "|", are the turn's full response. */
+static void s_tools(router_mdp_worker_t *w, const uint8_t id[16])
+{
+    static const char *const calls[][2] = {
+        {"send_message", "[1]"},
+        {"send_message", "{\"peer\":\"nobody\",\"body\":\"x\"}"},
+        {"send_request", "{\"peer\":\"nobody\",\"intent\":\"x\"}"},
+        {"send_response", "{\"in_reply_to\":\"nope\"}"},
+        {"send_response",
+         "{\"in_reply_to\":\"0190f5a0-0000-7000-8000-000000000000\",\"status\":\"failed\"}"},
+        {"peers", "{}"},
+    };
+    size_t n = sizeof calls / sizeof calls[0];
+    for (size_t i = 0; i < n; i++) {
+        char cid[8];
+        snprintf(cid, sizeof cid, "c%zu", i);
+        proto_worker_event_t ev = {.type = PROTO_WORKER_EV_TOOL_CALL};
+        ev.call = (proto_worker_tool_call_t) {s_s(cid), s_s(calls[i][0]), s_s(calls[i][1])};
+        s_partial(w, id, i, &ev);
+    }
+    char all[4096] = "";
+    uint8_t *body;
+    size_t len;
+    for (size_t got = 0; got < n && router_mdp_worker_recv(w, &body, &len, -1) == 1;) {
+        proto_worker_request_t r;
+        proto_worker_error_t err;
+        int rc = proto_worker_request_decode(body, len, &r, &err);
+        free(body);
+        if (rc != 0)
+            continue;
+        if (r.type == PROTO_WORKER_REQ_TOOL_RESULT) {
+            size_t used = strlen(all);
+            snprintf(all + used, sizeof all - used, "%s:%s%s|", r.tool_result.id.p,
+                     r.tool_result.is_error ? "error:" : "", r.tool_result.result.p);
+            got++;
+        }
+        proto_worker_request_clear(&r);
+    }
+    s_done(w, id, all);
+}
+
 /* "echo(h=N): content"; "/hold" waits for a steer (answers "steered: X")
  * or a stop (FINAL stopped). */
 static void *s_agent_main(void *arg)
@@ -88,7 +163,19 @@ static void *s_agent_main(void *arg)
         uint8_t id[16];
         memcpy(id, req.turn.turn_id, 16);
         char out[512];
-        if (strcmp(req.turn.message.content.p, "/hold") == 0) {
+        const char *content = req.turn.message.content.p;
+        if (strcmp(content, "/deaf") == 0) {
+            /* Takes the turn and never answers anything again. */
+            while (router_mdp_worker_recv(a->w, &body, &len, -1) == 1)
+                free(body);
+        } else if (strcmp(content, "/events") == 0) {
+            s_events(a->w, id);
+        } else if (strcmp(content, "/garbage") == 0) {
+            assert_int_equal(router_mdp_worker_partial(a->w, (const uint8_t *) "\xff", 1), 0);
+            assert_int_equal(router_mdp_worker_final(a->w, (const uint8_t *) "\xff", 1), 0);
+        } else if (strcmp(content, "/tools") == 0) {
+            s_tools(a->w, id);
+        } else if (strcmp(content, "/hold") == 0) {
             for (;;) {
                 proto_worker_request_t c;
                 if (router_mdp_worker_recv(a->w, &body, &len, -1) != 1)
@@ -139,6 +226,8 @@ static agent_t *s_agent_start(void)
 
 static void s_agent_stop(agent_t **ap)
 {
+    if (!*ap)
+        return;
     router_mdp_worker_interrupt((*ap)->w);
     pthread_join((*ap)->thread, NULL);
     router_mdp_worker_destroy(&(*ap)->w);
@@ -217,7 +306,8 @@ static void s_run(env_t *e, bool (*until)(void *), void *ud)
     assert_false(e->timed_out);
 }
 
-static void s_setup(env_t *e, uint32_t queue_max, uint32_t lock_s)
+static void s_setup_with(env_t *e, uint32_t queue_max, uint32_t lock_s, uint32_t turn_timeout_s,
+                         bool agent)
 {
     char err[256] = "";
     snprintf(EP, sizeof EP, "inproc://turns-test-%d", ++s_case);
@@ -231,17 +321,23 @@ static void s_setup(env_t *e, uint32_t queue_max, uint32_t lock_s)
     assert_non_null(e->inbox);
     router_turns_opts_t to = {.loop = e->loop, .broker = e->b, .inbox = e->inbox,
                               .comms_session = "comms", .queue_max = queue_max,
-                              .lock_timeout_s = lock_s};
+                              .lock_timeout_s = lock_s, .turn_timeout_s = turn_timeout_s};
     e->t = router_turns_new(&to, err, sizeof err);
     if (!e->t)
         fprintf(stderr, "turns: %s\n", err);
     assert_non_null(e->t);
-    e->agent = s_agent_start();
+    e->agent = agent ? s_agent_start() : NULL;
+}
+
+static void s_setup(env_t *e, uint32_t queue_max, uint32_t lock_s)
+{
+    s_setup_with(e, queue_max, lock_s, 0, true);
 }
 
 static void s_teardown(env_t *e)
 {
-    s_agent_stop(&e->agent);
+    if (e->agent)
+        s_agent_stop(&e->agent);
     router_turns_destroy(&e->t);
     router_turns_destroy(&e->t);
     router_broker_destroy(&e->b);
@@ -446,6 +542,139 @@ static void test_sessions_api(void **state)
     s_teardown(&e);
 }
 
+/* A turn waits in the broker's queue. */
+static bool s_queued(void *ud)
+{
+    router_broker_stats_t bs;
+    router_broker_stats(ud, &bs);
+    return bs.queued >= 1;
+}
+
+/* No worker at all: a chat turn fails once its time is up (an inbox entry
+ * would wait on); a stop before any worker took it ends it at once. */
+static void test_no_worker(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup_with(&e, 0, 0, 1, false);
+    frames_t a = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "alone", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, s, "anyone?", 7, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_ERROR, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_ERROR),
+                           "no agent worker took the turn in time"));
+    /* Stopped while its history loads: it ends once loaded. */
+    assert_int_equal(router_turns_submit(e.t, s, "still?", 6, &code), 0);
+    router_turns_stop(e.t, s);
+    router_turns_stop(e.t, s); /* asked already: nothing more */
+    s_wait(&e, &a, ROUTER_TURN_FRAME_STOPPED, 1);
+    /* Stopped while queued for a worker. */
+    assert_int_equal(router_turns_submit(e.t, s, "again?", 6, &code), 0);
+    s_run(&e, s_queued, e.b);
+    router_turns_stop(e.t, s);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_STOPPED, 2);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_STOPPED),
+                           "stopped before a worker took it"));
+    router_turns_stats_t st;
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.running, 0);
+    assert_int_equal(st.stopped, 2);
+    router_turns_detach(e.t, s);
+    s_teardown(&e);
+}
+
+/* Both turns were handed to a worker. */
+static bool s_taken(void *ud)
+{
+    router_broker_stats_t bs;
+    router_broker_stats(ud, &bs);
+    return bs.requests >= 2 && bs.queued == 0;
+}
+
+/* A worker that takes a turn and goes silent: the turn times out; one that
+ * never confirms a stop: the turn ends as stopped after the grace. */
+static void test_silent_worker(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup_with(&e, 0, 0, 1, true);
+    agent_t *second = s_agent_start();
+    frames_t a = {0}, b = {0};
+    router_turns_sub_t sa = router_turns_attach(e.t, "deaf-a", NULL, s_on_frame, &a);
+    router_turns_sub_t sb = router_turns_attach(e.t, "deaf-b", NULL, s_on_frame, &b);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    s_wait(&e, &b, ROUTER_TURN_FRAME_SESSION_START, 1);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, sa, "/deaf", 5, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_ERROR, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_ERROR), "the turn timed out"));
+    assert_int_equal(router_turns_submit(e.t, sb, "/deaf", 5, &code), 0);
+    /* Stop once a worker holds it (no longer queued in the broker). */
+    s_run(&e, s_taken, e.b);
+    router_turns_stop(e.t, sb);
+    s_wait(&e, &b, ROUTER_TURN_FRAME_STOPPED, 1);
+    assert_null(strstr(s_last(&b, ROUTER_TURN_FRAME_STOPPED), "before a worker took it"));
+    router_turns_detach(e.t, sa);
+    router_turns_detach(e.t, sb);
+    s_agent_stop(&second);
+    s_teardown(&e);
+}
+
+/* Every event kind a worker may send becomes its frame (an out-of-order
+ * one too); a malformed partial is ignored, a malformed final ends the
+ * turn with an error; the session serves on. */
+static void test_worker_events_and_garbage(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    frames_t a = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "ev", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, s, "/events", 7, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);
+    assert_int_equal(s_count(&a, ROUTER_TURN_FRAME_CHUNK_RESET), 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_OPERATOR_STATUS), "\"status\":\"busy\""));
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_AGENT_EVENT),
+                           "\"name\":\"mood\",\"data\":{\"calm\":true}"));
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_THINKING), "\"content\":\"hmm\""));
+    assert_int_equal(router_turns_submit(e.t, s, "/garbage", 8, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_ERROR, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_ERROR), "final reply was malformed"));
+    assert_int_equal(router_turns_submit(e.t, s, "after", 5, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 2);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "): after"));
+    router_turns_detach(e.t, s);
+    s_teardown(&e);
+}
+
+/* Router-run tools refuse what they cannot do with a result the model can
+ * read (is_error), and the turn goes on. No trust store, no comms here. */
+static void test_router_tool_refusals(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    frames_t a = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "tools", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, s, "/tools", 6, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);
+    const char *done = s_last(&a, ROUTER_TURN_FRAME_DONE);
+    assert_non_null(strstr(done, "c0:error:{\\\"error\\\":\\\"arguments must be a JSON object"));
+    assert_non_null(strstr(done, "c1:error:{\\\"error\\\":\\\"peer must name a trusted peer"));
+    assert_non_null(strstr(done, "c2:error:{\\\"error\\\":\\\"peer must name a trusted peer"));
+    assert_non_null(strstr(done, "c3:error:{\\\"error\\\":\\\"in_reply_to must be"));
+    assert_non_null(strstr(done, "c4:error:{\\\"error\\\":\\\"no request with that id"));
+    assert_non_null(strstr(done, "c5:{\\\"peers\\\":[]}"));
+    router_turns_detach(e.t, s);
+    s_teardown(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -453,6 +682,10 @@ int main(void)
         cmocka_unit_test(test_busy_steer_stop),
         cmocka_unit_test(test_inbox_turns),
         cmocka_unit_test(test_sessions_api),
+        cmocka_unit_test(test_no_worker),
+        cmocka_unit_test(test_silent_worker),
+        cmocka_unit_test(test_worker_events_and_garbage),
+        cmocka_unit_test(test_router_tool_refusals),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

@@ -75,6 +75,8 @@ struct router_tokens {
     s_job_t *done_list;                     /* written, callbacks owed */
     bool stopping;
     _Atomic bool wake_posted;               /* a callback run is queued on the loop */
+    _Atomic bool fail_commits;              /* test seam: every commit fails */
+    _Atomic uint64_t failures;              /* commits that failed */
 };
 
 static const char *const s_schema =
@@ -230,6 +232,8 @@ static bool s_commit(router_tokens_t *self, s_job_t *batch)
              (unsigned long long) router_clock_wall_ms());
     if (sqlite3_exec(self->db, sql, NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
+    if (atomic_load(&self->fail_commits))
+        goto fail; /* the test seam: as a full or failing disk would */
     if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
         return true;
 fail:
@@ -253,6 +257,8 @@ static void *s_thread(void *arg)
         self->todo_tail = &self->todo;
         pthread_mutex_unlock(&self->mu);
         bool ok = s_commit(self, batch);
+        if (!ok)
+            atomic_fetch_add(&self->failures, 1);
         if (!ok && !self->stopping) {
             /* A failing disk: put the batch back and retry with backoff, so
              * nothing is answered before it is written. */
@@ -799,4 +805,14 @@ int router_tokens_device_record(router_tokens_t *self, const router_tokens_devic
         return -1;
     }
     return 0;
+}
+
+void router_tokens_test_fail_commits(router_tokens_t *self, bool fail)
+{
+    atomic_store(&self->fail_commits, fail);
+}
+
+uint64_t router_tokens_commit_failures(const router_tokens_t *self)
+{
+    return atomic_load(&((router_tokens_t *) self)->failures);
 }
