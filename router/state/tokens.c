@@ -259,7 +259,10 @@ static void *s_thread(void *arg)
         bool ok = s_commit(self, batch);
         if (!ok)
             atomic_fetch_add(&self->failures, 1);
-        if (!ok && !self->stopping) {
+        pthread_mutex_lock(&self->mu); /* stopping is the stop's to write */
+        bool stopping = self->stopping;
+        pthread_mutex_unlock(&self->mu);
+        if (!ok && !stopping) {
             /* A failing disk: put the batch back and retry with backoff, so
              * nothing is answered before it is written. */
             struct timespec ts = {0, (long) backoff_ms * 1000000L};
