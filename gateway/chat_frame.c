@@ -15,14 +15,6 @@
 #include "gateway/json_text.h"
 #include "proto/utf8.h"
 
-static uint64_t s_fnv(const unsigned char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ s[i]) * 1099511628211ull;
-    return h;
-}
-
 /* ---------------------------------------------------------------- decoding */
 
 /* The top-level members some frame type knows. */
@@ -32,14 +24,9 @@ enum { K_NONE, K_TYPE, K_CONTENT, K_PAGE_CONTEXT, K_ATTACHMENTS, K_OTHER };
 #define S_BAD(k) (1u << (k))
 
 typedef struct {
-    size_t first; /* its first entry in keys */
+    size_t first; /* where its names start (gateway_json_names_mark) */
     bool is_map;  /* an object (arrays have no keys) */
 } s_level_t;
-
-typedef struct {
-    uint64_t hash;
-    size_t off, len; /* into the arena */
-} s_key_t;
 
 typedef struct {
     gateway_chat_in_t *out;
@@ -48,10 +35,7 @@ typedef struct {
     gateway_chat_reason_t fail; /* set when a callback stops the parse */
     unsigned depth;
     s_level_t levels[GATEWAY_CHAT_DEPTH_MAX + 1];
-    s_key_t *keys;
-    size_t nkeys, keys_cap;
-    char *arena;
-    size_t arena_len, arena_cap;
+    gateway_json_names_t names; /* member names of the open objects */
     int top_key;                 /* the member whose value comes next, at depth 1 */
     unsigned bad;                /* S_BAD(k): member k had the wrong type */
     char type[GATEWAY_CHAT_TYPE_MAX + 1];
@@ -237,17 +221,15 @@ static int s_open(s_dec_t *c, bool map)
             return 0;
     }
     c->depth++;
-    c->levels[c->depth] = (s_level_t){.first = c->nkeys, .is_map = map};
+    c->levels[c->depth] = (s_level_t){.first = gateway_json_names_mark(&c->names), .is_map = map};
     return 1;
 }
 
 static int s_close(s_dec_t *c)
 {
     s_level_t *l = &c->levels[c->depth];
-    if (l->is_map && l->first < c->nkeys) {
-        c->arena_len = c->keys[l->first].off;
-        c->nkeys = l->first;
-    }
+    if (l->is_map)
+        gateway_json_names_release(&c->names, l->first);
     if (c->gen && c->depth >= 2) {
         if (!s_gen_check(c, l->is_map ? yajl_gen_map_close(c->gen)
                                       : yajl_gen_array_close(c->gen)))
@@ -268,35 +250,15 @@ static int s_on_end_array(void *ctx) { return s_close(ctx); }
 static int s_key_add(s_dec_t *c, const unsigned char *s, size_t len)
 {
     s_level_t *l = &c->levels[c->depth];
-    uint64_t h = s_fnv(s, len);
-    for (size_t i = l->first; i < c->nkeys; i++)
-        if (c->keys[i].hash == h && c->keys[i].len == len &&
-            !memcmp(c->arena + c->keys[i].off, s, len))
-            return s_stop(c, GATEWAY_CHAT_INVALID_JSON, "a member name is repeated");
-    if (c->nkeys - l->first >= GATEWAY_CHAT_KEYS_MAX)
+    switch (gateway_json_names_add(&c->names, l->first, s, len, GATEWAY_CHAT_KEYS_MAX)) {
+    case GATEWAY_JSON_NAME_OK: break;
+    case GATEWAY_JSON_NAME_REPEATED:
+        return s_stop(c, GATEWAY_CHAT_INVALID_JSON, "a member name is repeated");
+    case GATEWAY_JSON_NAME_TOO_MANY:
         return s_stop(c, GATEWAY_CHAT_INVALID_JSON, "an object has more than 256 members");
-    if (c->nkeys == c->keys_cap) {
-        size_t cap = c->keys_cap ? c->keys_cap * 2 : 16;
-        s_key_t *k = realloc(c->keys, cap * sizeof *k);
-        if (!k)
-            return s_stop(c, GATEWAY_CHAT_NOMEM, "out of memory");
-        c->keys = k;
-        c->keys_cap = cap;
+    case GATEWAY_JSON_NAME_NOMEM:
+        return s_stop(c, GATEWAY_CHAT_NOMEM, "out of memory");
     }
-    if (c->arena_len + len > c->arena_cap) {
-        size_t cap = c->arena_cap ? c->arena_cap : 256;
-        while (cap < c->arena_len + len)
-            cap *= 2;
-        char *a = realloc(c->arena, cap);
-        if (!a)
-            return s_stop(c, GATEWAY_CHAT_NOMEM, "out of memory");
-        c->arena = a;
-        c->arena_cap = cap;
-    }
-    if (len)
-        memcpy(c->arena + c->arena_len, s, len);
-    c->keys[c->nkeys++] = (s_key_t){.hash = h, .off = c->arena_len, .len = len};
-    c->arena_len += len;
     return 1;
 }
 
@@ -439,8 +401,7 @@ gateway_chat_reason_t gateway_chat_frame_decode(const uint8_t *data, size_t len,
     yajl_free(h);
     if (c.gen)
         yajl_gen_free(c.gen);
-    free(c.keys);
-    free(c.arena);
+    gateway_json_names_free(&c.names);
     if (r == GATEWAY_CHAT_OK)
         r = s_judge(&c);
     if (r != GATEWAY_CHAT_OK)

@@ -16,17 +16,12 @@
 /* The members of the top-level object a shape knows. */
 enum { K_NONE, K_MESSAGE, K_SESSION_ID, K_KIND, K_EVENT_TYPE, K_PAYLOAD, K_UNKNOWN };
 
-/* One open object's member names, for the duplicate check: hashes and
- * spans into the arena. */
+/* One open object or array; an object's member names are checked for
+ * repeats (gateway/json_text.h). */
 typedef struct {
-    size_t first;       /* its first entry in keys */
+    size_t first;       /* where its names start (gateway_json_names_mark) */
     bool is_map;        /* an object (arrays have no keys) */
 } s_level_t;
-
-typedef struct {
-    uint64_t hash;
-    size_t off, len;    /* into the arena */
-} s_key_t;
 
 typedef struct {
     gateway_ingress_shape_t shape;
@@ -36,10 +31,7 @@ typedef struct {
     gateway_ingress_reason_t fail; /* set when a callback stops the parse */
     unsigned depth;
     s_level_t levels[GATEWAY_INGRESS_DEPTH_MAX + 1];
-    s_key_t *keys;
-    size_t nkeys, keys_cap;
-    char *arena;
-    size_t arena_len, arena_cap;
+    gateway_json_names_t names; /* member names of the open objects */
     int top_key;        /* the member whose value comes next, at depth 1 */
     unsigned seen;      /* bit per K_*: members present */
     bool kind_ok;       /* "kind" was "generic_json" */
@@ -53,14 +45,6 @@ static int s_stop(s_ctx_t *c, gateway_ingress_reason_t r, const char *what)
         snprintf(c->why, c->cap, "%s", what);
     }
     return 0;
-}
-
-static uint64_t s_fnv(const unsigned char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ s[i]) * 1099511628211ull;
-    return h;
 }
 
 /* A top-level member's value of the given JSON type ('s' string, 'o'
@@ -140,7 +124,7 @@ static int s_open(s_ctx_t *c, bool map)
     if (c->depth >= GATEWAY_INGRESS_DEPTH_MAX)
         return s_stop(c, GATEWAY_INGRESS_INVALID_BODY, "nested deeper than 64");
     c->depth++;
-    c->levels[c->depth] = (s_level_t){.first = c->nkeys, .is_map = map};
+    c->levels[c->depth] = (s_level_t){.first = gateway_json_names_mark(&c->names), .is_map = map};
     if (c->depth == 1)
         c->root_is_map = true;
     return 1;
@@ -149,10 +133,8 @@ static int s_open(s_ctx_t *c, bool map)
 static int s_close(s_ctx_t *c)
 {
     s_level_t *l = &c->levels[c->depth];
-    if (l->is_map && l->first < c->nkeys) {
-        c->arena_len = c->keys[l->first].off;
-        c->nkeys = l->first;
-    }
+    if (l->is_map)
+        gateway_json_names_release(&c->names, l->first);
     c->depth--;
     return 1;
 }
@@ -168,35 +150,15 @@ static int s_on_key(void *ctx, const unsigned char *s, size_t len)
     if (memchr(s, '\0', len))
         return s_stop(c, GATEWAY_INGRESS_INVALID_JSON, "a member name holds NUL");
     s_level_t *l = &c->levels[c->depth];
-    uint64_t h = s_fnv(s, len);
-    for (size_t i = l->first; i < c->nkeys; i++)
-        if (c->keys[i].hash == h && c->keys[i].len == len &&
-            !memcmp(c->arena + c->keys[i].off, s, len))
-            return s_stop(c, GATEWAY_INGRESS_INVALID_JSON, "a member name is repeated");
-    if (c->nkeys - l->first >= GATEWAY_INGRESS_KEYS_MAX)
+    switch (gateway_json_names_add(&c->names, l->first, s, len, GATEWAY_INGRESS_KEYS_MAX)) {
+    case GATEWAY_JSON_NAME_OK: break;
+    case GATEWAY_JSON_NAME_REPEATED:
+        return s_stop(c, GATEWAY_INGRESS_INVALID_JSON, "a member name is repeated");
+    case GATEWAY_JSON_NAME_TOO_MANY:
         return s_stop(c, GATEWAY_INGRESS_INVALID_BODY, "an object has more than 1024 members");
-    if (c->nkeys == c->keys_cap) {
-        size_t cap = c->keys_cap ? c->keys_cap * 2 : 16;
-        s_key_t *k = realloc(c->keys, cap * sizeof *k);
-        if (!k)
-            return s_stop(c, GATEWAY_INGRESS_NOMEM, "out of memory");
-        c->keys = k;
-        c->keys_cap = cap;
+    case GATEWAY_JSON_NAME_NOMEM:
+        return s_stop(c, GATEWAY_INGRESS_NOMEM, "out of memory");
     }
-    if (c->arena_len + len > c->arena_cap) {
-        size_t cap = c->arena_cap ? c->arena_cap : 256;
-        while (cap < c->arena_len + len)
-            cap *= 2;
-        char *a = realloc(c->arena, cap);
-        if (!a)
-            return s_stop(c, GATEWAY_INGRESS_NOMEM, "out of memory");
-        c->arena = a;
-        c->arena_cap = cap;
-    }
-    if (len)
-        memcpy(c->arena + c->arena_len, s, len);
-    c->keys[c->nkeys++] = (s_key_t){.hash = h, .off = c->arena_len, .len = len};
-    c->arena_len += len;
     if (c->depth != 1)
         return 1;
     static const struct { const char *name; int k; gateway_ingress_shape_t shape; } known[] = {
@@ -255,8 +217,7 @@ gateway_ingress_reason_t gateway_ingress_body_parse(gateway_ingress_shape_t shap
         snprintf(why, cap, "the body is not JSON");
     }
     yajl_free(h);
-    free(c.keys);
-    free(c.arena);
+    gateway_json_names_free(&c.names);
     if (r == GATEWAY_INGRESS_OK) {
         bool ok = shape == GATEWAY_INGRESS_WEBHOOK
                       ? (c.seen & (1u << K_MESSAGE)) != 0

@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "proto/utf8.h"
@@ -54,6 +55,79 @@ static bool s_surrogates_paired(const char *s, size_t len)
     }
     return true;
 }
+
+/* ---------------------------------------------------------------- member names */
+
+struct gateway_json_name {
+    uint64_t hash;
+    size_t off, len; /* into the arena */
+};
+
+static uint64_t s_fnv(const unsigned char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ s[i]) * 1099511628211ull;
+    return h;
+}
+
+size_t gateway_json_names_mark(const gateway_json_names_t *n)
+{
+    return n->count;
+}
+
+gateway_json_name_result_t gateway_json_names_add(gateway_json_names_t *n, size_t first,
+                                                  const unsigned char *s, size_t len,
+                                                  size_t max)
+{
+    uint64_t h = s_fnv(s, len);
+    for (size_t i = first; i < n->count; i++)
+        if (n->names[i].hash == h && n->names[i].len == len &&
+            !memcmp(n->arena + n->names[i].off, s, len))
+            return GATEWAY_JSON_NAME_REPEATED;
+    if (n->count - first >= max)
+        return GATEWAY_JSON_NAME_TOO_MANY;
+    if (n->count == n->cap) {
+        size_t cap = n->cap ? n->cap * 2 : 16;
+        struct gateway_json_name *k = realloc(n->names, cap * sizeof *k);
+        if (!k)
+            return GATEWAY_JSON_NAME_NOMEM;
+        n->names = k;
+        n->cap = cap;
+    }
+    if (n->arena_len + len > n->arena_cap) {
+        size_t cap = n->arena_cap ? n->arena_cap : 256;
+        while (cap < n->arena_len + len)
+            cap *= 2;
+        char *a = realloc(n->arena, cap);
+        if (!a)
+            return GATEWAY_JSON_NAME_NOMEM;
+        n->arena = a;
+        n->arena_cap = cap;
+    }
+    if (len)
+        memcpy(n->arena + n->arena_len, s, len);
+    n->names[n->count++] = (struct gateway_json_name){.hash = h, .off = n->arena_len, .len = len};
+    n->arena_len += len;
+    return GATEWAY_JSON_NAME_OK;
+}
+
+void gateway_json_names_release(gateway_json_names_t *n, size_t first)
+{
+    if (first < n->count) {
+        n->arena_len = n->names[first].off;
+        n->count = first;
+    }
+}
+
+void gateway_json_names_free(gateway_json_names_t *n)
+{
+    free(n->names);
+    free(n->arena);
+    memset(n, 0, sizeof *n);
+}
+
+/* ---------------------------------------------------------------- text */
 
 const char *gateway_json_text_problem(const char *s, size_t len)
 {

@@ -7,11 +7,43 @@
 #define KITH_GATEWAY_JSON_TEXT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* NULL when s[0..len) may go to yajl; otherwise what is wrong with it, as
  * the end of a sentence about the text ("holds a NUL octet", "is not
  * well-formed UTF-8", "has a lone surrogate \u escape"). Static string. */
 const char *gateway_json_text_problem(const char *s, size_t len)
     __attribute__((warn_unused_result));
+
+/* The member names of the objects open in one JSON text, so a decoder can
+ * refuse a repeated name (yajl keeps the last). A decoder's object level
+ * remembers gateway_json_names_mark() when it opens and gives it to _add
+ * and to _release when it closes. Zero-initialise; free with _free. */
+typedef struct {
+    struct gateway_json_name *names; /* hashes and spans into arena */
+    size_t count, cap;               /* names held, allocated */
+    char *arena;                     /* their octets */
+    size_t arena_len, arena_cap;
+} gateway_json_names_t;
+
+typedef enum {
+    GATEWAY_JSON_NAME_OK = 0,
+    GATEWAY_JSON_NAME_REPEATED,  /* the object already has this name */
+    GATEWAY_JSON_NAME_TOO_MANY,  /* the object has `max` names already */
+    GATEWAY_JSON_NAME_NOMEM,
+} gateway_json_name_result_t;
+
+/* Where the next object's names start. */
+size_t gateway_json_names_mark(const gateway_json_names_t *n);
+
+/* Adds name s[0..len) to the object whose names start at `first`. */
+gateway_json_name_result_t gateway_json_names_add(gateway_json_names_t *n, size_t first,
+                                                  const unsigned char *s, size_t len,
+                                                  size_t max);
+
+/* The object whose names start at `first` closed: forgets them. */
+void gateway_json_names_release(gateway_json_names_t *n, size_t first);
+
+void gateway_json_names_free(gateway_json_names_t *n);
 
 #endif
