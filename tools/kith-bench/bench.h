@@ -91,6 +91,11 @@ int bench_http(const bench_ep_t *ep, const char *method, const char *path,
  * absent), 0 when incomplete, -1 when malformed. */
 ssize_t bench_http_head(const char *buf, size_t len, int *status, long *content_length);
 
+/* After a WebSocket upgrade request on fd: reads the answer's head into
+ * in[0..cap), checks it is 101 and leaves the bytes after it in in[0..*len).
+ * Returns 0, or -1 with one line on stderr naming `who` (the mode). */
+int bench_ws_upgraded(int fd, uint8_t *in, size_t cap, size_t *len, const char *who);
+
 /* The value of the first sample named exactly `name` (with labels, if
  * any, written as on the wire: name{a="b"}) in a Prometheus text body, or
  * -1 when absent. Sums every sample of `name` when sum_labels is true. */

@@ -254,6 +254,35 @@ int bench_write_all(int fd, const void *buf, size_t len)
 
 /* ---------------------------------------------------------------- HTTP */
 
+int bench_ws_upgraded(int fd, uint8_t *in, size_t cap, size_t *len, const char *who)
+{
+    *len = 0;
+    for (;;) {
+        int status;
+        long clen;
+        ssize_t h = bench_http_head((const char *) in, *len, &status, &clen);
+        if (h < 0)
+            break;
+        if (h > 0) {
+            if (status != 101) {
+                fprintf(stderr, "kith-bench %s: the server answered %d, not 101\n", who, status);
+                return -1;
+            }
+            memmove(in, in + h, *len - (size_t) h);
+            *len -= (size_t) h;
+            return 0;
+        }
+        if (*len == cap)
+            break;
+        ssize_t k = read(fd, in + *len, cap - *len);
+        if (k <= 0)
+            break;
+        *len += (size_t) k;
+    }
+    fprintf(stderr, "kith-bench %s: the upgrade failed\n", who);
+    return -1;
+}
+
 ssize_t bench_http_head(const char *buf, size_t len, int *status, long *content_length)
 {
     const char *end = NULL;

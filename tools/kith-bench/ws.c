@@ -75,30 +75,11 @@ static int s_handshake(const bench_ep_t *ep, s_conn_t *c)
                      ep->path, ep->host);
     if (bench_write_all(fd, req, (size_t) n) != 0)
         goto fail;
-    c->in_len = 0;
-    for (;;) {
-        int status;
-        long clen;
-        ssize_t h = bench_http_head((const char *) c->in, c->in_len, &status, &clen);
-        if (h < 0)
-            goto fail;
-        if (h > 0) {
-            if (status != 101) {
-                fprintf(stderr, "kith-bench ws: the server answered %d, not 101\n", status);
-                close(fd);
-                return -1;
-            }
-            memmove(c->in, c->in + h, c->in_len - (size_t) h);
-            c->in_len -= (size_t) h;
-            return fd;
-        }
-        if (c->in_len == S_IN_CAP)
-            goto fail;
-        ssize_t k = read(fd, c->in + c->in_len, S_IN_CAP - c->in_len);
-        if (k <= 0)
-            goto fail;
-        c->in_len += (size_t) k;
+    if (bench_ws_upgraded(fd, c->in, S_IN_CAP, &c->in_len, "ws") != 0) {
+        close(fd);
+        return -1;
     }
+    return fd;
 fail:
     fprintf(stderr, "kith-bench ws: the upgrade failed\n");
     close(fd);
