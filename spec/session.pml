@@ -39,7 +39,17 @@
  * cancel leaves the callback: a late FINAL answers again: S4),
  * BROKEN_ANY_HOLDER (controls go to whichever worker holds a request: S5),
  * BROKEN_STOP_QUEUED (a stop of a queued request forgets the message: S3),
- * BROKEN_NO_TIMEOUT (no router turn timeout: L1 fails with -DHANG).
+ * BROKEN_NO_TIMEOUT (no router turn timeout: L1 fails with -DHANG),
+ * BROKEN_NO_PUMP_AT_END (s_turn_end does not pump: S6), BROKEN_STEER_LEAK
+ * (a held steer outlives its turn and reaches the next one: S5),
+ * BROKEN_NO_KICK_ON_READY (a worker that joins does not get the request
+ * queued while no worker was known: an inbox turn waits for ever, L2).
+ *
+ * This model replaces spec/turnqueue.pml, the abstract queue written before
+ * the code: its T1 and T2 are S1 and S2, T3 is S3 + S4 + L1/L2, T4 (a steer
+ * applies only at a tool-loop boundary of the turn it was aimed at; none
+ * when no turn runs: NO_ACTIVE_TURN) and T5 (a stop ends only its turn) are
+ * S5, with the steer and stop held per turn as turn->controls holds them.
  */
 
 #ifndef NCHAT
@@ -86,8 +96,9 @@ byte  cur;                   /* its message, 0: none */
 byte  serial;                 /* turn->serial = its broker handle h = its turn_id */
 byte  phase;
 bool  stop_asked;             /* turn->stop_asked */
-bool  steer_held, stop_held;  /* turn->controls not yet sent */
+byte  steer_for, stop_for;   /* turn->controls not yet sent: the turn each is for, 0: none */
 bool  bq;                     /* router_broker_queued(h) */
+bool  kick;                   /* an s_dispatch call is due (after a request, a FINAL, a READY) */
 byte  in_flight;              /* ghost: turns started, not ended (S1) */
 byte  last_started;           /* ghost (S2) */
 
@@ -144,7 +155,10 @@ inline pump()
 		cur = m;
 		serial++;
 		phase = LOADING;
-		stop_asked = false; steer_held = false; stop_held = false;
+		stop_asked = false;
+#ifndef BROKEN_STEER_LEAK
+		steer_for = 0; stop_for = 0;         /* the new turn's controls are its own */
+#endif
 		printf("session: turn %d (message %d) starts\n", serial, m);
 		m = 0
 	:: else
@@ -171,8 +185,14 @@ inline end_turn(what)
 	cur = 0;
 	phase = 0;
 	in_flight--;
-	steer_held = false; stop_held = false; stop_asked = false;
-	pump()
+#ifndef BROKEN_STEER_LEAK
+	steer_for = 0; stop_for = 0;             /* s_turn_end frees turn->controls */
+#endif
+	stop_asked = false;
+#ifndef BROKEN_NO_PUMP_AT_END
+	pump();
+#endif
+	assert(cur != 0 || qlen == 0)           /* S6 */
 }
 
 /* A message arrives: router_turns_submit (chat) or s_take_inbox. */
@@ -216,7 +236,7 @@ active proctype client()
 	:: !steered -> atomic {                  /* router_turns_steer */
 		steered = true;
 		if
-		:: cur != 0 && !stop_asked -> steer_held = true
+		:: cur != 0 && !stop_asked -> steer_for = serial
 		:: else -> printf("session: steer -> NO_ACTIVE_TURN\n")
 		fi }
 	:: !stopped -> atomic {                  /* router_turns_stop */
@@ -233,7 +253,7 @@ active proctype client()
 			bq = false; cur = 0; phase = 0; in_flight--; pump()
 #endif
 		:: cur != 0 && !stop_asked && phase == RUNNING && !bq ->
-			stop_asked = true; stop_held = true   /* STOP control; the grace timer */
+			stop_asked = true; stop_for = serial  /* STOP control; the grace timer */
 		fi }
 	:: sent == NCHAT && steered && stopped -> break
 	od
@@ -261,7 +281,7 @@ end_s:
 	:: atomic { cur != 0 && phase == LOADING ->
 		if
 		:: stop_asked -> end_turn(STOPPED)   /* "stopped before it started" */
-		:: !stop_asked -> phase = RUNNING; bq = true   /* router_broker_request */
+		:: !stop_asked -> phase = RUNNING; bq = true; kick = true   /* router_broker_request, s_dispatch */
 		:: !stop_asked -> end_turn(ERROR)    /* the broker queue is full */
 		fi }
 	od
@@ -315,20 +335,25 @@ active proctype broker()
 	byte m, j;
 end_b:
 	do
-	:: atomic { bq && known && wreq == 0 && nfull(toW) ->   /* s_dispatch */
-		bq = false; wreq = serial; zombie = false;
-		toW!REQUEST, serial;
-		printf("broker: REQUEST of turn %d to the worker\n", serial) }
+	:: atomic { kick && nfull(toW) ->              /* s_dispatch */
+		kick = false;
+		if
+		:: bq && known && wreq == 0 ->
+			bq = false; wreq = serial; zombie = false;
+			toW!REQUEST, serial;
+			printf("broker: REQUEST of turn %d to the worker\n", serial)
+		:: else                              /* no idle worker: the request waits */
+		fi }
 #ifndef BROKEN_ANY_HOLDER
-	:: atomic { (steer_held || stop_held) && phase == RUNNING && !bq && known &&
+	:: atomic { (steer_for != 0 || stop_for != 0) && phase == RUNNING && !bq && known &&
 	            wreq == serial && !zombie && nfull(toW) ->
 #else
-	:: atomic { (steer_held || stop_held) && phase == RUNNING && known &&
+	:: atomic { (steer_for != 0 || stop_for != 0) && phase == RUNNING && known &&
 	            wreq != 0 && nfull(toW) ->
 #endif
 		if
-		:: steer_held -> steer_held = false; toW!STEER, serial
-		:: else -> stop_held = false; toW!STOP, serial
+		:: steer_for != 0 -> toW!STEER, steer_for; steer_for = 0
+		:: else -> toW!STOP, stop_for; stop_for = 0
 		fi }
 	:: atomic { known && (crashed || expiries < MAXEXP) ->  /* heartbeat silence */
 		if :: !crashed -> expiries++ :: else fi;
@@ -350,6 +375,7 @@ inline final(h, what)
 	if
 	:: known && wreq == h ->
 		wreq = 0;
+		kick = true;                         /* the worker is idle: s_dispatch */
 		if
 		:: !zombie -> turn_reply(h, what)
 		:: zombie -> zombie = false; late++  /* cancelled: dropped */
@@ -393,6 +419,9 @@ end_w:
 		do :: toW?_, _ :: empty(toW) -> break od }
 	:: atomic { !known && wturn == 0 && !hung ->  /* (re)connects: READY */
 		crashed = false; known = true;
+#ifndef BROKEN_NO_KICK_ON_READY
+		kick = true;                         /* s_on_ready ends in s_dispatch */
+#endif
 		printf("worker: READY\n");
 		do :: toW?_, _ :: empty(toW) -> break od }
 #ifdef HANG

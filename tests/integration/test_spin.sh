@@ -135,6 +135,9 @@ expect_caught session_no_zombie    session.pml 'assertion violated \(\(cur!=0\)&
 expect_caught session_any_holder   session.pml 'assertion violated \(h==wturn\)' -DBROKEN_ANY_HOLDER
 expect_caught session_stop_queued  session.pml 'assertion violated \(\(\(\(resolved==' -DBROKEN_STOP_QUEUED
 expect_cycle  session_no_timeout   session.pml chat_answered -DHANG -DBROKEN_NO_TIMEOUT
+expect_caught session_no_pump_at_end session.pml 'assertion violated \(\(cur!=0\)\|\|\(qlen==0\)\)' -DBROKEN_NO_PUMP_AT_END
+expect_caught session_steer_leak   session.pml 'assertion violated \(h==wturn\)' -DBROKEN_STEER_LEAK
+expect_cycle  session_no_kick_on_ready session.pml all_answered -DBROKEN_NO_KICK_ON_READY
 
 # ---------------------------------------------------------------- dispatch.pml
 # Durable entries to workers through the broker, across a crash (WIRE §14.9).
@@ -148,12 +151,6 @@ expect_caught dispatch_redispatch     dispatch.pml 'assertion violated \(n==(0|1
 expect_caught dispatch_dispatch_dead  dispatch.pml 'assertion violated known\[w\]' -DBROKEN_DISPATCH_DEAD
 expect_caught dispatch_no_zombie      dispatch.pml 'assertion violated \(\(eff\[e\]==0\)\|\|window\[e\]\)' -DBROKEN_NO_ZOMBIE
 expect_cycle  dispatch_lost_at_crash  dispatch.pml all_finished -DBROKEN_DELETE_AT_TAKE -DNO_D2_ASSERT
-
-# ---------------------------------------------------------------- turnqueue.pml
-verify turnqueue      turnqueue.pml safety
-verify turnqueue_live turnqueue.pml liveness
-expect_caught turnqueue_two_turns   turnqueue.pml 'assertion violated \(turns==1\)' -DBROKEN_TWO_TURNS
-expect_caught turnqueue_steer_leak  turnqueue.pml 'assertion violated \(steer_for==in_flight\)' -DBROKEN_STEER_LEAK
 
 echo "test_spin: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
