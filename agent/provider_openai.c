@@ -21,12 +21,11 @@
 #include <string.h>
 
 #include <curl/curl.h>
-#include <yajl/yajl_tree.h>
 
 #include "agent/json_buf.h"
+#include "agent/openai_error.h"
 #include "agent/openai_stream.h"
 #include "agent/provider.h"
-#include "proto/utf8.h"
 #include "router/clock.h"
 #include "router/log.h"
 
@@ -211,43 +210,6 @@ static int s_on_reasoning(void *ud, const char *p, size_t n)
     return sink->thinking(sink->ud, p, n);
 }
 
-/* ================================================================ errors */
-
-/* The server's own words from an error body: error.message, a string
- * `error`, `message`, or the body's start; UTF-8, one line, bounded. */
-static void s_error_message(const char *body, size_t len, char *out, size_t cap)
-{
-    out[0] = '\0';
-    if (!body || !len)
-        return;
-    yajl_val root = yajl_tree_parse(body, NULL, 0);
-    const char *msg = NULL;
-    if (root) {
-        static const char *p1[] = {"error", "message", NULL};
-        static const char *p2[] = {"error", NULL};
-        static const char *p3[] = {"message", NULL};
-        yajl_val v = yajl_tree_get(root, p1, yajl_t_string);
-        if (!v)
-            v = yajl_tree_get(root, p2, yajl_t_string);
-        if (!v)
-            v = yajl_tree_get(root, p3, yajl_t_string);
-        if (v)
-            msg = YAJL_GET_STRING(v);
-    }
-    const char *src = msg ? msg : body;
-    size_t n = msg ? strlen(msg) : len;
-    size_t k = 0;
-    for (size_t i = 0; i < n && k + 1 < cap && k < 300; i++)
-        out[k++] = (unsigned char) src[i] < 0x20 ? ' ' : src[i];
-    while (k > 0 && !proto_utf8_valid((const uint8_t *) out, k))
-        k--;
-    while (k > 0 && out[k - 1] == ' ')
-        k--;
-    out[k] = '\0';
-    if (root)
-        yajl_tree_free(root);
-}
-
 /* ================================================================ one exchange */
 
 typedef enum {
@@ -354,7 +316,7 @@ static s_x_rc_t s_exchange(s_openai_t *p, const char *body, size_t body_len, con
     long status = s_status(&x);
     if (status != 200) {
         char msg[320];
-        s_error_message(x.errbody, x.errlen, msg, sizeof msg);
+        agent_oai_error_message(x.errbody, x.errlen, msg, sizeof msg);
         snprintf(err, errcap, "openai: HTTP %ld%s%s", status, msg[0] ? ": " : "", msg);
         *retry_after_ms = x.retry_after_ms;
         rc = status == 429 || status >= 500 ? S_X_RETRY : S_X_ERROR;

@@ -255,6 +255,8 @@ static int s_body_append(gateway_http_conn_t *hc, const char *data, size_t n)
             cap = need;
         if (hc->parser.has_content_length && cap > hc->parser.content_length + 1)
             cap = (size_t) hc->parser.content_length + 1;
+        if (cap > hc->g->limits.max_body + 1) /* doubling must not pass the bound */
+            cap = (size_t) hc->g->limits.max_body + 1;
         if (cap < need)
             cap = need;
         char *p = realloc(hc->body_buf, cap);
@@ -666,7 +668,11 @@ static const router_conn_handlers_t s_handlers = {
 static void s_on_accept(router_listener_t *listener, router_conn_t *conn, void *ud)
 {
     (void) listener;
-    gateway_http_t *g = ud;
+    gateway_http_adopt(ud, conn);
+}
+
+void gateway_http_adopt(gateway_http_t *g, router_conn_t *conn)
+{
     if (g->draining) { /* an accept that raced the listeners' close */
         router_conn_abort(conn);
         return;

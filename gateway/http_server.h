@@ -89,6 +89,12 @@ gateway_http_t *gateway_http_new(router_loop_t *loop, const gateway_http_opts_t 
 int gateway_http_listen(gateway_http_t *g, const router_addr_t *addr, router_addr_t *bound)
     __attribute__((warn_unused_result));
 
+/* Serves `conn` (open, without handlers yet) as if it had been accepted on
+ * a listener: the same connection limit, deadlines and handlers. For
+ * connections that come another way (a memory loop in the fuzz harness,
+ * router/net/loop_mem.h). On refusal the connection is aborted. */
+void gateway_http_adopt(gateway_http_t *g, router_conn_t *conn);
+
 /* Stops accepting on every listener; open connections carry on. Idempotent. */
 void gateway_http_close_listeners(gateway_http_t *g);
 

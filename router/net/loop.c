@@ -510,7 +510,7 @@ static int s_opts_resolve(const router_loop_opts_t *in, router_loop_opts_t *o)
         o->recv_buf_count > S_RECV_BUF_COUNT_MAX ||
         (o->recv_buf_count & (o->recv_buf_count - 1)) != 0 ||
         o->post_capacity > S_POST_CAPACITY_MAX || o->max_timers >= UINT32_MAX ||
-        o->backend > ROUTER_LOOP_EPOLL)
+        o->backend > ROUTER_LOOP_MEMORY)
         return -1;
     unsigned cap = 1;
     while (cap < o->post_capacity)
@@ -537,6 +537,10 @@ static int s_opts_resolve(const router_loop_opts_t *in, router_loop_opts_t *o)
  * to epoll when the kernel or a seccomp profile refuses io_uring. */
 static int s_backend_init(router_loop_t *loop, router_loop_backend_t want)
 {
+    if (want == ROUTER_LOOP_MEMORY) {
+        loop->be = &router_backend_mem;
+        return loop->be->init(loop);
+    }
     if (want != ROUTER_LOOP_EPOLL) {
         loop->be = &router_backend_uring;
         int rc = loop->be->init(loop);

@@ -28,6 +28,7 @@ typedef enum router_loop_backend {
     ROUTER_LOOP_AUTO = 0, /* io_uring, else epoll (logged once per process) */
     ROUTER_LOOP_URING,    /* io_uring or fail */
     ROUTER_LOOP_EPOLL,    /* epoll */
+    ROUTER_LOOP_MEMORY,   /* no kernel I/O: connections fed by the caller (router/net/loop_mem.h) */
 } router_loop_backend_t;
 
 /* Defaults (DESIGN §10) used when an option is 0. */

@@ -348,6 +348,7 @@ struct router_backend_ops {
 
 extern const router_backend_ops_t router_backend_uring;
 extern const router_backend_ops_t router_backend_epoll;
+extern const router_backend_ops_t router_backend_mem; /* loop_mem.c */
 
 /* ------------------------------------------------------------ shared helpers */
 
