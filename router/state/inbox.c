@@ -75,6 +75,7 @@ struct router_inbox_t {
     size_t ndeletes, deletes_cap;
     _Atomic uint64_t durable_seq; /* all seq ≤ this are durable */
     _Atomic bool fail_commits;  /* test seam */
+    _Atomic bool hold_commits;  /* test seam: a commit waits before it ends */
     _Atomic uint64_t failures;  /* commits that failed */
     bool on_flush;              /* commit_on_flush: admissions wait for a flush */
     bool flush_req;             /* a flush came since the store thread last took work */
@@ -363,6 +364,8 @@ static int s_db_batch(router_inbox_t *self, const s_node_t *list, const uint64_t
         if (s_step_done(self->delete) != 0)
             goto fail;
     }
+    while (atomic_load(&self->hold_commits))
+        nanosleep(&(struct timespec){.tv_nsec = 1000000L}, NULL);
     if (atomic_load(&self->fail_commits))
         goto fail;
     if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
@@ -978,6 +981,7 @@ int router_inbox_pop(router_inbox_t *self, router_inbox_entry_t *out, int timeou
     s_node_t *n = s_remove_at(self, self->leased);
     pthread_mutex_unlock(&self->mu);
     *out = n->e;
+    free(n->idem);
     free(n);
     return 0;
 none:
@@ -1210,6 +1214,11 @@ done:
 void router_inbox_test_fail_commits(router_inbox_t *self, bool fail)
 {
     atomic_store(&self->fail_commits, fail);
+}
+
+void router_inbox_test_hold_commits(router_inbox_t *self, bool hold)
+{
+    atomic_store(&self->hold_commits, hold);
 }
 
 uint64_t router_inbox_commit_failures(const router_inbox_t *self)
