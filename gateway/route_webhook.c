@@ -292,12 +292,12 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
         (const uint8_t *) (frame ? frame : req->body), frame_len, now, NULL,
         has_key ? &idem : NULL, &w->seq);
     if (out != ROUTER_INBOX_ADMITTED) {
-        gateway_http_res_t *pres = gateway_http_pending_res(w->pending);
-        (void) gateway_http_res_header(pres, "Retry-After", "1");
-        (void) gateway_http_respond_error(pres, 503, out == ROUTER_INBOX_FULL ? "inbox_full"
-                                                                              : "unavailable",
+        /* Answered at once after all: the server drops the deferral. */
+        w->pending = NULL;
+        (void) gateway_http_res_header(res, "Retry-After", "1");
+        (void) gateway_http_respond_error(res, 503, out == ROUTER_INBOX_FULL ? "inbox_full"
+                                                                             : "unavailable",
                                           "the inbox cannot take this now; retry");
-        gateway_http_pending_end(&w->pending);
         goto fail;
     }
     ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ingress: queued %s id=%s seq=%llu bytes=%zu", scope,
