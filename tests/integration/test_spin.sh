@@ -155,5 +155,19 @@ verify turnqueue_live turnqueue.pml liveness
 expect_caught turnqueue_two_turns   turnqueue.pml 'assertion violated \(turns==1\)' -DBROKEN_TWO_TURNS
 expect_caught turnqueue_steer_leak  turnqueue.pml 'assertion violated \(steer_for==in_flight\)' -DBROKEN_STEER_LEAK
 
+# ---------------------------------------------------------------- webhook.pml
+# X-Idempotency-Key: the key row in its entry's inbox transaction, the
+# memory mark, withdrawal at the deadline, crash and expiry (WIRE §14.11).
+verify webhook            webhook.pml safety
+verify webhook_wide       webhook.pml safety -DMAXCRASH=2 -DMAXFAIL=3 -DMAXTIMEOUT=2 -DMAXREFUSE=2 -DMAXLOST=2 -DMAXEXPIRE=2
+verify webhook_all_done   webhook.pml fair:all_done
+expect_caught webhook_two_commits  webhook.pml 'assertion violated \(life_dur<=1\)' -DBROKEN_TWO_COMMITS
+expect_caught webhook_no_busy      webhook.pml 'assertion violated \(run_adm==0\)' -DBROKEN_NO_BUSY
+expect_caught webhook_keep_refused webhook.pml 'assertion violated \( !\(\(\(mem==1\)&&\(owner==c\)\)\)&&\(ns\[c\]==0\)\)' -DBROKEN_KEEP_ON_REFUSAL
+expect_caught webhook_early_202    webhook.pml 'assertion violated \(\(ns\[c\]==4\)&&dkey\)' -DBROKEN_EARLY_202
+expect_caught webhook_timeout_keeps webhook.pml 'assertion violated \( !\(\(\(mem==1\)&&\(owner==c\)\)\)&&\(ns\[c\]==0\)\)' -DBROKEN_TIMEOUT_KEEPS_ENTRY
+# What W4 protects: with it off, the corrected retries get 409 forever.
+expect_cycle  webhook_refused_busy webhook.pml all_done -DBROKEN_KEEP_ON_REFUSAL -DNO_W4_ASSERT
+
 echo "test_spin: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
