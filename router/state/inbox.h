@@ -15,6 +15,11 @@
  * Expired seen rows are pruned by the store thread in small batches, at
  * most every few seconds; a pruned v7 id raises its sender's floor.
  *
+ * The gateway's X-Idempotency-Key rides the same way (admit_keyed): its
+ * row commits in the entry's transaction and expired rows are pruned with
+ * the seen rows. An admission not yet durable can be withdrawn (a request
+ * that gave up waiting), so nothing of it is ever written (WIRE §17.4).
+ *
  * Each commit costs O(its batch): admissions queue on a list the store
  * thread takes by swapping pointers; the inbox mutex is never held across
  * disk I/O, so admit() (router thread) waits only for O(1) work.

@@ -1,7 +1,9 @@
 /* router/state/tokens.h — the gateway's durable safety state in state.db
  * (DESIGN §4, §5; WIRE §17): the SHA-256 of every paired bearer token, the
  * pairing lockouts per client address, the first answer given to each
- * X-Idempotency-Key (and OpenClaw idempotencyKey), and the OpenClaw devices
+ * OpenClaw idempotencyKey (X-Idempotency-Keys of the webhook routes are
+ * stored by the inbox with their entries and only marked here, in memory:
+ * router_tokens_idem_settle), and the OpenClaw devices
  * recorded with the SHA-256 of their deviceToken (WIRE §25.8).
  *
  * Checks read a copy held in memory, on the loop thread, and never touch
