@@ -2,7 +2,11 @@
  * /sessions/{id}/external-events (WIRE §17.4): strict JSON in, admitted to
  * the node's durable inbox, answered 202 only once the entry is durable,
  * like an envelope before its ack. X-Idempotency-Key makes a retry return
- * the first answer and queue nothing, across restarts. */
+ * the first answer and queue nothing, across restarts: the key's row is
+ * written in the inbox transaction of its entry (spec/webhook.pml, WIRE
+ * §14.11), reserved in memory (BUSY) while that commit is owed, and
+ * remembered in memory from the commit on (the token store's idempotency
+ * table, loaded from the inbox at start). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +34,7 @@ typedef struct s_waiter {
     uint64_t deadline_ms;                /* monotonic: 503 after */
     char scope[16];                      /* idempotency scope */
     char key[ROUTER_TOKENS_IDEM_KEY_MAX + 1]; /* "" without a key */
+    uint64_t expires_ms;                 /* wall ms the key is remembered until */
     char body[96];                       /* the 202 body */
     struct s_waiter *prev, *next;
 } s_waiter_t;
@@ -71,28 +76,28 @@ static void s_answer(s_waiter_t *w, int status, const char *code, const char *te
     free(w);
 }
 
-/* The idempotency row is durable (ok): now the 202 may go. */
-static void s_idem_written(bool ok, void *ud)
-{
-    s_waiter_t *w = ud;
-    if (ok)
-        s_answer(w, 202, NULL, NULL);
-    else
-        s_answer(w, 503, "unavailable", "the request was queued but its idempotency key could "
-                                         "not be stored; retrying may queue it twice");
-}
-
-/* A waiter whose entry is durable: remember its key first, if any. */
+/* A waiter whose entry is durable, and with it its key's row (one
+ * transaction): the key's memory mark turns from BUSY to the answer, then
+ * the 202 goes. */
 static void s_durable(gateway_ingress_t *self, s_waiter_t *w)
 {
-    if (!w->key[0]) {
-        s_answer(w, 202, NULL, NULL);
-        return;
-    }
-    router_tokens_t *t = gateway_auth_tokens(self->opts.auth);
-    if (router_tokens_idem_finish(t, w->scope, w->key, strlen(w->key), 202, w->body,
-                                  router_clock_wall_ms(), s_idem_written, w) != 0)
-        s_idem_written(false, w);
+    if (w->key[0] &&
+        router_tokens_idem_settle(gateway_auth_tokens(self->opts.auth), w->scope, w->key,
+                                  strlen(w->key), 202, w->body, w->expires_ms) != 0)
+        ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "ingress: key of entry %llu not remembered: %s",
+                   (unsigned long long) w->seq, strerror(errno)); /* its reservation held it */
+    s_answer(w, 202, NULL, NULL);
+}
+
+/* A waiter whose entry the inbox gave back: nothing of it, key included,
+ * was written, so its key is free again. */
+static void s_withdrawn(gateway_ingress_t *self, s_waiter_t *w, int status, const char *code,
+                        const char *text)
+{
+    if (w->key[0])
+        router_tokens_idem_release(gateway_auth_tokens(self->opts.auth), w->scope, w->key,
+                                   strlen(w->key));
+    s_answer(w, status, code, text);
 }
 
 static void s_poll(router_loop_t *loop, uint64_t id, void *ud);
@@ -107,13 +112,24 @@ static void s_check(gateway_ingress_t *self)
             s_unlink(self, w);
             s_durable(self, w);
         } else if (now >= w->deadline_ms) {
-            s_unlink(self, w);
-            if (w->key[0])
-                router_tokens_idem_release(gateway_auth_tokens(self->opts.auth), w->scope, w->key,
-                                           strlen(w->key));
-            ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "ingress: inbox entry %llu not durable in %u ms",
-                       (unsigned long long) w->seq, self->opts.durable_timeout_ms);
-            s_answer(w, 503, "not_durable", "the request could not be stored in time; retry");
+            /* Too late: take the entry (and its key) back, unless a commit
+             * holding it is running — then its outcome decides, soon. */
+            switch (router_inbox_withdraw(self->opts.inbox, w->seq)) {
+            case ROUTER_INBOX_COMMITTING:
+                break;
+            case ROUTER_INBOX_IS_DURABLE:
+                s_unlink(self, w);
+                s_durable(self, w);
+                break;
+            case ROUTER_INBOX_WITHDRAWN:
+                s_unlink(self, w);
+                ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                           "ingress: inbox entry %llu not durable in %u ms: withdrawn",
+                           (unsigned long long) w->seq, self->opts.durable_timeout_ms);
+                s_withdrawn(self, w, 503, "not_durable",
+                            "the request could not be stored in time; nothing was queued; retry");
+                break;
+            }
         }
     }
     if (self->waiters && !self->timer)
@@ -251,24 +267,10 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
     }
     uint8_t id[16], nobody[32] = {0};
     proto_uuid_v7_new(id);
-    uint64_t seq = 0;
-    router_inbox_outcome_t out = router_inbox_admit(
-        self->opts.inbox, id, nobody, shape == GATEWAY_INGRESS_WEBHOOK ? "webhook" : "event",
-        (const uint8_t *) (frame ? frame : req->body), frame_len, now, NULL, &seq);
-    if (out != ROUTER_INBOX_ADMITTED) {
-        (void) gateway_http_res_header(res, "Retry-After", "1");
-        (void) gateway_http_respond_error(res, 503, out == ROUTER_INBOX_FULL ? "inbox_full"
-                                                                             : "unavailable",
-                                          "the inbox cannot take this now; retry");
-        goto fail;
-    }
     char uuid[PROTO_UUID_TEXT_CAP];
     proto_uuid_format(id, uuid);
-    ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ingress: queued %s id=%s seq=%llu bytes=%zu", scope,
-               uuid, (unsigned long long) seq, frame_len);
     w->owner = self;
-    w->seq = seq;
-    w->deadline_ms = router_clock_mono_ms() + self->opts.durable_timeout_ms;
+    w->expires_ms = now + ROUTER_TOKENS_IDEM_TTL_MS;
     snprintf(w->scope, sizeof w->scope, "%s", scope);
     if (has_key)
         snprintf(w->key, sizeof w->key, "%.*s", (int) key.len, key.ptr);
@@ -276,12 +278,31 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
         snprintf(w->body, sizeof w->body, "{\"queued\":true,\"id\":\"%s\"}", uuid);
     else
         snprintf(w->body, sizeof w->body, "{\"queued\":true}");
-    w->pending = gateway_http_res_defer(res);
-    if (!w->pending) {
-        /* Admitted but cannot wait: say so rather than promise durability. */
+    /* Deferred before admission: once admitted, nothing may fail but the
+     * wait itself. */
+    if (!(w->pending = gateway_http_res_defer(res))) {
         (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
         goto fail;
     }
+    /* The key's row rides in the entry's transaction: durable together. */
+    router_inbox_idem_t idem = {.scope = scope, .key = key.ptr, .key_len = key.len,
+                                .status = 202, .body = w->body, .expires_ms = w->expires_ms};
+    router_inbox_outcome_t out = router_inbox_admit_keyed(
+        self->opts.inbox, id, nobody, shape == GATEWAY_INGRESS_WEBHOOK ? "webhook" : "event",
+        (const uint8_t *) (frame ? frame : req->body), frame_len, now, NULL,
+        has_key ? &idem : NULL, &w->seq);
+    if (out != ROUTER_INBOX_ADMITTED) {
+        /* Answered at once after all: the server drops the deferral. */
+        w->pending = NULL;
+        (void) gateway_http_res_header(res, "Retry-After", "1");
+        (void) gateway_http_respond_error(res, 503, out == ROUTER_INBOX_FULL ? "inbox_full"
+                                                                             : "unavailable",
+                                          "the inbox cannot take this now; retry");
+        goto fail;
+    }
+    ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ingress: queued %s id=%s seq=%llu bytes=%zu", scope,
+               uuid, (unsigned long long) w->seq, frame_len);
+    w->deadline_ms = router_clock_mono_ms() + self->opts.durable_timeout_ms;
     w->prev = self->last;
     if (self->last)
         self->last->next = w;
@@ -333,6 +354,20 @@ static void s_events(const gateway_http_req_t *req, gateway_http_res_t *res, voi
 
 /* ---------------------------------------------------------------- lifecycle */
 
+/* Start-up: a key stored with its entry by an earlier run is answered
+ * from memory like one answered in this run. */
+static int s_idem_loaded(const router_inbox_idem_t *row, void *ud)
+{
+    gateway_ingress_t *self = ud;
+    /* Every live key had a memory slot when it was admitted, so they fit. */
+    if (router_tokens_idem_settle(gateway_auth_tokens(self->opts.auth), row->scope, row->key,
+                                  row->key_len, row->status, row->body, row->expires_ms) != 0)
+        ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "ingress: a stored idempotency key of %s does "
+                   "not fit in memory (%s): a retry with it may queue twice",
+                   row->scope, strerror(errno));
+    return 0;
+}
+
 gateway_ingress_t *gateway_ingress_new(gateway_http_t *g, router_loop_t *loop,
                                        const gateway_ingress_opts_t *opts)
 {
@@ -353,6 +388,15 @@ gateway_ingress_t *gateway_ingress_new(gateway_http_t *g, router_loop_t *loop,
         crypto_hash_sha256(self->secret_hash, (const unsigned char *) secret, strlen(secret));
         self->has_secret = true;
     }
+    char err[256];
+    if (router_inbox_idem_load(opts->inbox, router_clock_wall_ms(), s_idem_loaded, self, err,
+                               sizeof err) != 0) {
+        ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "ingress: %s", err);
+        sodium_memzero(self->secret_hash, sizeof self->secret_hash);
+        free(self);
+        errno = EIO;
+        return NULL;
+    }
     if (gateway_http_route(g, "POST", "/webhook", s_webhook, self) != 0 ||
         gateway_http_route(g, "POST", S_EVENTS_PREFIX "*", s_events, self) != 0) {
         free(self);
@@ -368,9 +412,25 @@ void gateway_ingress_destroy(gateway_ingress_t **self_p)
     gateway_ingress_t *self = *self_p;
     if (self->timer)
         (void) router_loop_timer_cancel(self->loop, self->timer);
+    /* Owed answers: what is durable gets its 202; the rest is taken back
+     * (nothing written, key free), unless its commit is running, whose
+     * outcome is then unknown to the client: a retry with the key tells. */
     for (s_waiter_t *w = self->waiters, *n; w; w = n) {
         n = w->next;
-        s_answer(w, 503, "shutting_down", "the daemon stopped before the request was stored");
+        switch (router_inbox_withdraw(self->opts.inbox, w->seq)) {
+        case ROUTER_INBOX_IS_DURABLE:
+            s_durable(self, w);
+            break;
+        case ROUTER_INBOX_WITHDRAWN:
+            s_withdrawn(self, w, 503, "shutting_down",
+                        "the daemon stopped before the request was stored; nothing was queued");
+            break;
+        case ROUTER_INBOX_COMMITTING:
+            s_answer(w, 503, "shutting_down",
+                     "the daemon stopped while the request was being stored; retry with the "
+                     "same X-Idempotency-Key to learn whether it was queued");
+            break;
+        }
     }
     sodium_memzero(self->secret_hash, sizeof self->secret_hash);
     free(self);

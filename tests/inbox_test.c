@@ -328,6 +328,198 @@ static void test_commit_failure_withholds(void **state)
     s_rmdir(dir);
 }
 
+/* ---------------------------------------------------------------- idempotency keys */
+
+typedef struct {
+    int n;
+    char keys[4][64];
+} s_idem_loaded_t;
+
+static int s_idem_row(const router_inbox_idem_t *row, void *ud)
+{
+    s_idem_loaded_t *l = ud;
+    assert_true(l->n < 4);
+    snprintf(l->keys[l->n++], sizeof l->keys[0], "%s:%.*s:%d:%s", row->scope,
+             (int) row->key_len, row->key, row->status, row->body);
+    return 0;
+}
+
+/* A key rides in its entry's transaction: both are there after a reopen,
+ * an expired key is not loaded and is pruned, bounds are checked. */
+static void test_idem_with_entry(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char db[256];
+    snprintf(db, sizeof db, "%s/state.db", dir);
+    router_inbox_t *in = s_open(64, 0, db);
+    uint8_t id[16], zero[32] = {0}, frame[2] = {'{', '}'};
+    uint64_t seq;
+    router_inbox_idem_t live = {.scope = "webhook", .key = "k-1xx", .key_len = 3,
+                                .status = 202, .body = "{\"queued\":true}",
+                                .expires_ms = UINT64_MAX / 2};
+    router_inbox_idem_t old = live;
+    old.key = "k-2";
+    old.expires_ms = 5; /* long gone */
+    s_id(id, 1);
+    assert_int_equal(router_inbox_admit_keyed(in, id, zero, "webhook", frame, 2, 1, NULL, &live,
+                                              &seq), ROUTER_INBOX_ADMITTED);
+    s_id(id, 2);
+    assert_int_equal(router_inbox_admit_keyed(in, id, zero, "event", frame, 2, 1, NULL, &old,
+                                              &seq), ROUTER_INBOX_ADMITTED);
+    router_inbox_idem_t bad = live;
+    bad.key_len = ROUTER_INBOX_IDEM_KEY_MAX + 1;
+    assert_int_equal(router_inbox_admit_keyed(in, id, zero, "event", frame, 2, 1, NULL, &bad,
+                                              &seq), ROUTER_INBOX_NOMEM);
+    bad = live;
+    bad.scope = "a-scope-longer-than-16";
+    assert_int_equal(router_inbox_admit_keyed(in, id, zero, "event", frame, 2, 1, NULL, &bad,
+                                              &seq), ROUTER_INBOX_NOMEM);
+    router_inbox_sync(in);
+    assert_int_equal(router_inbox_count(in), 2);
+    router_inbox_destroy(&in);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency"), 2);
+
+    in = s_open(64, 0, db);
+    s_idem_loaded_t got = {0};
+    char err[128];
+    assert_int_equal(router_inbox_idem_load(in, 1000, s_idem_row, &got, err, sizeof err), 0);
+    assert_int_equal(got.n, 1);
+    assert_string_equal(got.keys[0], "webhook:k-1:202:{\"queued\":true}");
+    /* The prune (every few seconds) deletes the expired key durably. */
+    for (int i = 0; i < 600 && s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency") != 1; i++)
+        usleep(100 * 1000);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency WHERE key='k-1'"), 1);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency"), 1);
+    router_inbox_destroy(&in);
+
+    /* Memory only: nothing to load, and an admission is durable at once. */
+    in = s_open(4, 0, NULL);
+    got.n = 0;
+    assert_int_equal(router_inbox_idem_load(in, 1000, s_idem_row, &got, err, sizeof err), 0);
+    assert_int_equal(got.n, 0);
+    assert_int_equal(router_inbox_admit_keyed(in, id, zero, "webhook", frame, 2, 1, NULL, &live,
+                                              &seq), ROUTER_INBOX_ADMITTED);
+    assert_int_equal(router_inbox_withdraw(in, seq), ROUTER_INBOX_IS_DURABLE);
+    router_inbox_destroy(&in);
+    s_rmdir(dir);
+}
+
+/* While commits fail, an admission can be withdrawn (from the unwritten
+ * list, or parked when its commit was running and then failed): neither it
+ * nor its key is ever written, and what follows it still commits. */
+static void test_withdraw(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char db[256];
+    snprintf(db, sizeof db, "%s/state.db", dir);
+    router_inbox_t *in = s_open(64, 0, db);
+    uint8_t id[16], zero[32] = {0}, frame[2] = {'{', '}'};
+    uint64_t seq[3];
+    router_inbox_idem_t key = {.scope = "webhook", .key = "a", .key_len = 1, .status = 202,
+                               .body = "{}", .expires_ms = UINT64_MAX / 2};
+    router_inbox_test_fail_commits(in, true);
+    for (uint32_t i = 0; i < 3; i++) {
+        s_id(id, i);
+        key.key = i == 0 ? "a" : i == 1 ? "b" : "c";
+        assert_int_equal(router_inbox_admit_keyed(in, id, zero, "webhook", frame, 2, 1, NULL,
+                                                  &key, &seq[i]), ROUTER_INBOX_ADMITTED);
+    }
+    for (int i = 0; i < 600 && router_inbox_commit_failures(in) < 2; i++)
+        usleep(10 * 1000);
+    assert_true(router_inbox_commit_failures(in) >= 2);
+    /* Taken back: at once, or once the commit holding it has failed. */
+    router_inbox_withdraw_t w = ROUTER_INBOX_COMMITTING;
+    for (int i = 0; i < 6000 && w == ROUTER_INBOX_COMMITTING; i++) {
+        w = router_inbox_withdraw(in, seq[1]);
+        if (w == ROUTER_INBOX_COMMITTING)
+            usleep(1000);
+    }
+    assert_int_equal(w, ROUTER_INBOX_WITHDRAWN);
+    assert_int_equal(router_inbox_count(in), 2);
+    router_inbox_test_fail_commits(in, false);
+    router_inbox_sync(in);
+    assert_int_equal(router_inbox_durable_seq(in), seq[2]);
+    assert_int_equal(router_inbox_withdraw(in, seq[0]), ROUTER_INBOX_IS_DURABLE);
+    assert_int_equal(router_inbox_withdraw(in, seq[2]), ROUTER_INBOX_IS_DURABLE);
+    /* Only durable entries are taken, and the withdrawn one is not there. */
+    router_inbox_entry_t e;
+    assert_int_equal(router_inbox_pop(in, &e, 0), 0);
+    assert_int_equal(e.seq, seq[0]);
+    router_inbox_entry_clear(&e);
+    assert_int_equal(router_inbox_pop(in, &e, 0), 0);
+    assert_int_equal(e.seq, seq[2]);
+    router_inbox_entry_clear(&e);
+    router_inbox_destroy(&in);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency"), 2);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency WHERE key='b'"), 0);
+    s_rmdir(dir);
+}
+
+/* The parked path: withdrawn while the commit holding it runs
+ * (COMMITTING), that commit fails, and the entry is dropped rather than
+ * retried; one withdrawn while its commit runs and succeeds is durable. */
+static void test_withdraw_parked(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char db[256];
+    snprintf(db, sizeof db, "%s/state.db", dir);
+    router_inbox_t *in = s_open(64, 0, db);
+    uint8_t id[16], zero[32] = {0}, frame[2] = {'{', '}'};
+    uint64_t seq, next;
+    router_inbox_idem_t key = {.scope = "event", .key = "p", .key_len = 1, .status = 202,
+                               .body = "{}", .expires_ms = UINT64_MAX / 2};
+    router_inbox_test_hold_commits(in, true);
+    /* Admit until the store thread holds one in its commit (an earlier
+     * try withdrawn before it was taken is simply gone). */
+    router_inbox_withdraw_t w = ROUTER_INBOX_WITHDRAWN;
+    for (uint32_t i = 0; i < 200 && w != ROUTER_INBOX_COMMITTING; i++) {
+        s_id(id, 100 + i);
+        assert_int_equal(router_inbox_admit_keyed(in, id, zero, "event", frame, 2, 1, NULL, &key,
+                                                  &seq), ROUTER_INBOX_ADMITTED);
+        usleep(1000 * (i + 1));
+        w = router_inbox_withdraw(in, seq);
+    }
+    assert_int_equal(w, ROUTER_INBOX_COMMITTING);
+    s_id(id, 2);
+    assert_int_equal(router_inbox_admit(in, id, zero, "event", frame, 2, 1, NULL, &next),
+                     ROUTER_INBOX_ADMITTED);
+    router_inbox_test_fail_commits(in, true);
+    router_inbox_test_hold_commits(in, false);
+    for (int i = 0; i < 6000 && router_inbox_commit_failures(in) < 1; i++)
+        usleep(1000);
+    router_inbox_test_fail_commits(in, false);
+    router_inbox_sync(in);
+    /* The later admission committed past it; it stays withdrawn. */
+    assert_int_equal(router_inbox_durable_seq(in), next);
+    assert_int_equal(router_inbox_withdraw(in, seq), ROUTER_INBOX_WITHDRAWN);
+    assert_int_equal(router_inbox_count(in), 1);
+
+    /* Withdrawn during a commit that succeeds: durable after all. */
+    router_inbox_test_hold_commits(in, true);
+    s_id(id, 3);
+    assert_int_equal(router_inbox_admit_keyed(in, id, zero, "event", frame, 2, 1, NULL, &key,
+                                              &seq), ROUTER_INBOX_ADMITTED);
+    usleep(200 * 1000); /* not a threshold: either answer below is checked */
+    w = router_inbox_withdraw(in, seq);
+    router_inbox_test_hold_commits(in, false);
+    router_inbox_sync(in);
+    if (w == ROUTER_INBOX_COMMITTING)
+        assert_int_equal(router_inbox_withdraw(in, seq), ROUTER_INBOX_IS_DURABLE);
+    else
+        assert_int_equal(w, ROUTER_INBOX_WITHDRAWN);
+    router_inbox_destroy(&in);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), w == ROUTER_INBOX_COMMITTING ? 2 : 1);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency"),
+                     w == ROUTER_INBOX_COMMITTING ? 1 : 0);
+    s_rmdir(dir);
+}
+
 /* Expired seen rows are pruned by the store thread, and a pruned v7 id
  * raises its sender's floor. */
 static void test_prune(void **state)
@@ -434,6 +626,9 @@ int main(void)
         cmocka_unit_test(test_commit_failure_withholds),
         cmocka_unit_test(test_prune),
         cmocka_unit_test(test_lease),
+        cmocka_unit_test(test_idem_with_entry),
+        cmocka_unit_test(test_withdraw),
+        cmocka_unit_test(test_withdraw_parked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,6 +19,7 @@
 #include <sodium.h>
 #include <sqlite3.h>
 
+#include "router/clock.h"
 #include "router/state/tokens.h"
 
 typedef struct {
@@ -580,6 +581,47 @@ static void test_device_bound_and_stop(void **state)
     router_tokens_destroy(&t);
 }
 
+/* settle: memory only, for keys made durable elsewhere (the inbox). A
+ * reserved key becomes DONE, an unknown one is added, bounds are checked,
+ * and nothing is written to state.db. */
+static void test_idem_settle(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(NULL, loop, err, sizeof err);
+    assert_non_null(t);
+    int status = 0;
+    const char *body = NULL;
+    uint64_t now = router_clock_wall_ms();
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "s1", 2, now, &status, &body),
+                     ROUTER_IDEM_NEW);
+    assert_int_equal(router_tokens_idem_settle(t, "webhook", "s1", 2, 202, "{\"a\":1}", now + 10),
+                     0);
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "s1", 2, now, &status, &body),
+                     ROUTER_IDEM_DONE);
+    assert_int_equal(status, 202);
+    assert_string_equal(body, "{\"a\":1}");
+    /* Forgotten after its own expiry. */
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "s1", 2, now + 11, &status, &body),
+                     ROUTER_IDEM_NEW);
+    router_tokens_idem_release(t, "webhook", "s1", 2);
+    /* Loaded at start: not reserved before. */
+    assert_int_equal(router_tokens_idem_settle(t, "event", "s2", 2, 202, "{}", now + 1000), 0);
+    assert_int_equal(router_tokens_idem_begin(t, "event", "s2", 2, now, &status, &body),
+                     ROUTER_IDEM_DONE);
+    char big[ROUTER_TOKENS_IDEM_BODY_MAX + 1];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    errno = 0;
+    assert_int_equal(router_tokens_idem_settle(t, "event", "s3", 2, 202, big, now + 1000), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_tokens_idem_settle(t, "event", "s3", 0, 202, "{}", now + 1000), -1);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -591,6 +633,7 @@ int main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_open_failures_say_why, s_setup, s_teardown),
         cmocka_unit_test(test_tables_are_bounded),
+        cmocka_unit_test(test_idem_settle),
         cmocka_unit_test_setup_teardown(test_device_record_check_reload, s_setup, s_teardown),
         cmocka_unit_test(test_device_bound_and_stop),
     };

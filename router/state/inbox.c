@@ -34,11 +34,22 @@
 
 typedef struct s_node s_node_t;
 
+/* An idempotency key to write with its entry (router_inbox_admit_keyed). */
+typedef struct {
+    char scope[ROUTER_INBOX_IDEM_SCOPE_MAX + 1];
+    char key[ROUTER_INBOX_IDEM_KEY_MAX + 1];
+    int status;
+    char body[ROUTER_INBOX_IDEM_BODY_MAX];
+    uint64_t expires_ms;
+} s_idem_row_t;
+
 struct s_node {
     router_inbox_entry_t e;   /* the entry; e.frame owned here until popped */
-    s_node_t *next;           /* next on the unwritten list */
+    s_node_t *next;           /* next on the unwritten (or parked) list */
     bool remember;            /* write a seen row with it */
     router_inbox_seen_t seen; /* what that row holds */
+    s_idem_row_t *idem;       /* a key row to write with it, or NULL; owned */
+    bool withdraw;            /* withdrawn while its commit ran: drop it if that fails */
 };
 
 struct router_inbox_t {
@@ -57,10 +68,14 @@ struct router_inbox_t {
     s_node_t *pend_tail;
     size_t npend;               /* nodes on that list */
     size_t unwritten;           /* held entries not yet durable */
+    uint64_t inflight_top;      /* highest seq of the commit running now, 0: none */
+    s_node_t *parked;           /* withdrawn during a commit that failed: out of the ring,
+                                 * freed when router_inbox_withdraw asks again */
     uint64_t *deletes;          /* popped seqs to delete from disk */
     size_t ndeletes, deletes_cap;
     _Atomic uint64_t durable_seq; /* all seq ≤ this are durable */
     _Atomic bool fail_commits;  /* test seam */
+    _Atomic bool hold_commits;  /* test seam: a commit waits before it ends */
     _Atomic uint64_t failures;  /* commits that failed */
     bool on_flush;              /* commit_on_flush: admissions wait for a flush */
     bool flush_req;             /* a flush came since the store thread last took work */
@@ -73,6 +88,7 @@ struct router_inbox_t {
     sqlite3_stmt *delete;       /* DELETE one row by seq */
     sqlite3_stmt *seen;         /* remember one id */
     sqlite3_stmt *floor;        /* raise one sender's floor */
+    sqlite3_stmt *idem;         /* store one idempotency key */
     pthread_t thread;           /* the store thread, when db */
     bool thread_started;
     bool stopping;              /* store thread: finish and exit */
@@ -107,7 +123,16 @@ static const char *const s_schema =
     /* Per-sender v7 floor; the all-zero sender holds the floor for all. */
     "CREATE TABLE IF NOT EXISTS replay_floor ("
     " sender BLOB PRIMARY KEY,"
-    " floor_ms INTEGER NOT NULL);";
+    " floor_ms INTEGER NOT NULL);"
+    /* Gateway idempotency keys, written with their entries (WIRE §17.4). */
+    "CREATE TABLE IF NOT EXISTS inbox_idempotency ("
+    " scope TEXT NOT NULL,"
+    " key TEXT NOT NULL,"
+    " status INTEGER NOT NULL,"
+    " body TEXT NOT NULL,"
+    " expires_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (scope, key)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS inbox_idempotency_expiry ON inbox_idempotency(expires_ms);";
 
 /* ---------------------------------------------------------------- the ring */
 
@@ -116,11 +141,55 @@ static s_node_t *s_at(const router_inbox_t *self, size_t i)
     return self->ring[(self->head + i) % self->ring_cap];
 }
 
+/* Removes ring position idx (0 = head), keeping the order: shifts the
+ * shorter side by one (O(idx) for a turn's entry among the leased few; it
+ * used to move the whole backlog, ~1 ms per ended turn with a million
+ * entries held). Caller holds mu. Returns the node. */
+static s_node_t *s_ring_cut(router_inbox_t *self, size_t idx)
+{
+    s_node_t *n = s_at(self, idx);
+    if (idx < self->count - 1 - idx) {
+        /* Near the head (a turn's entry, among the leased): move the few
+         * before it up and advance the head, not the backlog behind it. */
+        for (size_t i = idx; i > 0; i--)
+            self->ring[(self->head + i) % self->ring_cap] = s_at(self, i - 1);
+        self->ring[self->head] = NULL;
+        self->head = (self->head + 1) % self->ring_cap;
+    } else {
+        for (size_t i = idx; i + 1 < self->count; i++)
+            self->ring[(self->head + i) % self->ring_cap] = s_at(self, i + 1);
+        self->ring[(self->head + self->count - 1) % self->ring_cap] = NULL;
+    }
+    self->count--;
+    self->bytes -= n->e.frame_len;
+    return n;
+}
+
+/* Takes node n, held and not yet durable, out of the ring (it was never
+ * written: no delete). Binary search: the ring is in seq order. Caller
+ * holds mu. */
+static void s_ring_drop(router_inbox_t *self, const s_node_t *n)
+{
+    size_t lo = 0, hi = self->count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s_at(self, mid)->e.seq < n->e.seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < self->count && s_at(self, lo) == n)
+        (void) s_ring_cut(self, lo);
+    self->unwritten--;
+    pthread_cond_broadcast(&self->changed); /* router_inbox_sync counts unwritten */
+}
+
 static void s_node_free(s_node_t *n)
 {
     if (!n)
         return;
     free(n->e.frame);
+    free(n->idem);
     free(n);
 }
 
@@ -148,7 +217,10 @@ static int s_db_open(router_inbox_t *self, const char *path, char *err, size_t e
                   " VALUES(?,?,?,?,?,?)", &self->seen) ||
         s_prepare(self->db,
                   "INSERT INTO replay_floor(sender,floor_ms) VALUES(?,?) ON CONFLICT(sender)"
-                  " DO UPDATE SET floor_ms=MAX(floor_ms,excluded.floor_ms)", &self->floor))
+                  " DO UPDATE SET floor_ms=MAX(floor_ms,excluded.floor_ms)", &self->floor) ||
+        s_prepare(self->db,
+                  "INSERT OR REPLACE INTO inbox_idempotency(scope,key,status,body,expires_ms)"
+                  " VALUES(?,?,?,?,?)", &self->idem))
         goto fail;
     return 0;
 fail:
@@ -246,6 +318,19 @@ static int s_db_write(router_inbox_t *self, const s_node_t *n)
     sqlite3_bind_blob(self->insert, 7, e->frame, (int) e->frame_len, SQLITE_STATIC);
     if (s_step_done(self->insert) != 0)
         return -1;
+    if (n->idem) {
+        /* A live row with this key cannot exist: the gateway admits a key
+         * only when it holds none (an expired one not yet pruned is
+         * replaced). */
+        sqlite3_reset(self->idem);
+        sqlite3_bind_text(self->idem, 1, n->idem->scope, -1, SQLITE_STATIC);
+        sqlite3_bind_text(self->idem, 2, n->idem->key, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(self->idem, 3, n->idem->status);
+        sqlite3_bind_text(self->idem, 4, n->idem->body, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(self->idem, 5, (sqlite3_int64) n->idem->expires_ms);
+        if (s_step_done(self->idem) != 0)
+            return -1;
+    }
     if (!n->remember)
         return 0;
     sqlite3_reset(self->seen);
@@ -279,6 +364,8 @@ static int s_db_batch(router_inbox_t *self, const s_node_t *list, const uint64_t
         if (s_step_done(self->delete) != 0)
             goto fail;
     }
+    while (atomic_load(&self->hold_commits))
+        nanosleep(&(struct timespec){.tv_nsec = 1000000L}, NULL);
     if (atomic_load(&self->fail_commits))
         goto fail;
     if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
@@ -333,6 +420,14 @@ static int s_db_prune(router_inbox_t *self, uint64_t now_ms)
                    NULL) != 0)
         goto fail;
     n = sqlite3_changes(self->db);
+    /* Expired idempotency keys, in batches of the same size. */
+    if (s_exec_i64(self->db,
+                   "DELETE FROM inbox_idempotency WHERE (scope, key) IN (SELECT scope, key"
+                   " FROM inbox_idempotency WHERE expires_ms < ?1 LIMIT ?2)",
+                   (int64_t) now_ms, S_PRUNE_BATCH, NULL) != 0)
+        goto fail;
+    if (sqlite3_changes(self->db) > n)
+        n = sqlite3_changes(self->db);
     int64_t floors = 0;
     if (s_exec_i64(self->db, "SELECT COUNT(*) FROM replay_floor", 0, 0, &floors) !=
         0)
@@ -403,6 +498,38 @@ static void s_fail_clear(s_failing_t *f)
         ROUTER_LOG(ROUTER_LOG_INFO, "inbox", "commits succeed again after %llu failure%s",
                    (unsigned long long) f->failing, f->failing == 1 ? "" : "s");
     *f = (s_failing_t){0};
+}
+
+/* A commit of `list` failed: its nodes go back in front of the unwritten
+ * list in order, except those withdrawn while it ran, which leave the ring
+ * for the parked list. Caller holds mu. */
+static void s_requeue(router_inbox_t *self, s_node_t *list)
+{
+    s_node_t *back = NULL, *last = NULL;
+    size_t nback = 0;
+    for (s_node_t *n = list, *next; n; n = next) {
+        next = n->next;
+        if (n->withdraw) {
+            s_ring_drop(self, n);
+            n->next = self->parked;
+            self->parked = n;
+            continue;
+        }
+        n->next = NULL;
+        if (last)
+            last->next = n;
+        else
+            back = n;
+        last = n;
+        nback++;
+    }
+    if (!back)
+        return;
+    last->next = self->pend_head;
+    if (!self->pend_head)
+        self->pend_tail = last;
+    self->pend_head = back;
+    self->npend += nback;
 }
 
 /* The store thread: each pass takes everything admitted or popped since the
@@ -486,6 +613,7 @@ static void *s_store_main(void *arg)
             }
         }
         bool stopping = self->stopping;
+        self->inflight_top = tail ? tail->e.seq : 0; /* router_inbox_withdraw waits for it */
         pthread_mutex_unlock(&self->mu);
 
         int rc = 0;
@@ -510,11 +638,18 @@ static void *s_store_main(void *arg)
         }
 
         pthread_mutex_lock(&self->mu);
+        self->inflight_top = 0;
         if (rc != 0) {
-            s_fail_note(self, &fail, nlist);
+            /* The batch goes back to the front of the unwritten list, where
+             * router_inbox_withdraw can take entries back; those withdrawn
+             * while it ran are parked instead, never retried. */
+            s_requeue(self, list);
+            list = tail = NULL;
+            nlist = 0;
+            s_fail_note(self, &fail, self->npend);
             if (stopping && fail.failing >= S_STOP_RETRIES) {
                 ROUTER_LOG(ROUTER_LOG_ERROR, "inbox",
-                           "stopping with %zu admissions not written (never acked)", nlist);
+                           "stopping with %zu admissions not written (never acked)", self->npend);
                 break;
             }
             pthread_mutex_unlock(&self->mu);
@@ -610,11 +745,16 @@ void router_inbox_destroy(router_inbox_t **self_p)
     sqlite3_finalize(self->delete);
     sqlite3_finalize(self->seen);
     sqlite3_finalize(self->floor);
+    sqlite3_finalize(self->idem);
     if (self->db)
         sqlite3_close(self->db);
-    /* Every node, written or not, is in the ring. */
+    /* Every node, written or not, is in the ring or parked. */
     for (size_t i = 0; self->ring && i < self->count; i++)
         s_node_free(s_at(self, i));
+    for (s_node_t *n = self->parked, *next; n; n = next) {
+        next = n->next;
+        s_node_free(n);
+    }
     free(self->ring);
     free(self->deletes);
     free(self->session);
@@ -631,10 +771,39 @@ router_inbox_outcome_t router_inbox_admit(router_inbox_t *self, const uint8_t id
                                           uint64_t now_ms, const router_inbox_seen_t *seen,
                                           uint64_t *seq)
 {
+    return router_inbox_admit_keyed(self, id, from, kind, frame, frame_len, now_ms, seen, NULL,
+                                    seq);
+}
+
+/* A copy of idem for its node, or NULL (out of memory or out of bounds). */
+static s_idem_row_t *s_idem_copy(const router_inbox_idem_t *idem)
+{
+    size_t scope_len = strlen(idem->scope);
+    if (!scope_len || scope_len > ROUTER_INBOX_IDEM_SCOPE_MAX || !idem->key_len ||
+        idem->key_len > ROUTER_INBOX_IDEM_KEY_MAX || strlen(idem->body) >= ROUTER_INBOX_IDEM_BODY_MAX)
+        return NULL;
+    s_idem_row_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    memcpy(r->scope, idem->scope, scope_len);
+    memcpy(r->key, idem->key, idem->key_len);
+    snprintf(r->body, sizeof r->body, "%s", idem->body);
+    r->status = idem->status;
+    r->expires_ms = idem->expires_ms;
+    return r;
+}
+
+router_inbox_outcome_t router_inbox_admit_keyed(router_inbox_t *self, const uint8_t id[16],
+                                                const uint8_t from[32], const char *kind,
+                                                const uint8_t *frame, size_t frame_len,
+                                                uint64_t now_ms, const router_inbox_seen_t *seen,
+                                                const router_inbox_idem_t *idem, uint64_t *seq)
+{
     /* Allocate before taking the lock: the lock is shared with consumers. */
     s_node_t *n = calloc(1, sizeof *n);
-    if (!n || !(n->e.frame = malloc(frame_len ? frame_len : 1))) {
-        free(n);
+    if (!n || !(n->e.frame = malloc(frame_len ? frame_len : 1)) ||
+        (idem && !(n->idem = s_idem_copy(idem)))) {
+        s_node_free(n);
         return ROUTER_INBOX_NOMEM;
     }
     memcpy(n->e.frame, frame, frame_len);
@@ -681,6 +850,57 @@ router_inbox_outcome_t router_inbox_admit(router_inbox_t *self, const uint8_t id
     return ROUTER_INBOX_ADMITTED;
 }
 
+router_inbox_withdraw_t router_inbox_withdraw(router_inbox_t *self, uint64_t seq)
+{
+    router_inbox_withdraw_t out = ROUTER_INBOX_WITHDRAWN;
+    s_node_t *drop = NULL;
+    pthread_mutex_lock(&self->mu);
+    /* Parked first: later commits may have carried durable_seq past it. */
+    for (s_node_t **p = &self->parked; *p; p = &(*p)->next)
+        if ((*p)->e.seq == seq) {
+            drop = *p;
+            *p = drop->next;
+            goto done;
+        }
+    if (!self->db || seq <= atomic_load(&self->durable_seq)) {
+        out = ROUTER_INBOX_IS_DURABLE;
+        goto done;
+    }
+    /* Every unwritten seq above the commit in flight is on the list. */
+    for (s_node_t *prev = NULL, *n = self->pend_head; n; prev = n, n = n->next)
+        if (n->e.seq == seq) {
+            if (prev)
+                prev->next = n->next;
+            else
+                self->pend_head = n->next;
+            if (self->pend_tail == n)
+                self->pend_tail = prev;
+            self->npend--;
+            s_ring_drop(self, n);
+            drop = n;
+            goto done;
+        }
+    if (self->inflight_top && seq <= self->inflight_top) {
+        /* In the commit running now: marked, so a failure parks it (the
+         * mark is read under mu once that commit has ended). */
+        for (size_t i = self->count; i > 0; i--) {
+            s_node_t *n = s_at(self, i - 1);
+            if (n->e.seq == seq) {
+                n->withdraw = true;
+                out = ROUTER_INBOX_COMMITTING;
+                break;
+            }
+            if (n->e.seq < seq)
+                break;
+        }
+    }
+    /* Anything else was never admitted: nothing of it can be written. */
+done:
+    pthread_mutex_unlock(&self->mu);
+    s_node_free(drop);
+    return out;
+}
+
 uint64_t router_inbox_durable_seq(const router_inbox_t *self)
 {
     return atomic_load(&((router_inbox_t *) self)->durable_seq);
@@ -707,27 +927,11 @@ void router_inbox_sync(router_inbox_t *self)
 }
 
 /* Removes the held entry at ring position idx (0 = head) and queues its
- * delete, keeping the order: shifts the shorter side by one (O(idx) for a
- * turn's entry among the leased few; it used to move the whole backlog,
- * ~1 ms per ended turn with a million entries held). Caller holds mu and
- * has made room in deletes. Returns the node. */
+ * delete (s_ring_cut). Caller holds mu and has made room in deletes.
+ * Returns the node. */
 static s_node_t *s_remove_at(router_inbox_t *self, size_t idx)
 {
-    s_node_t *n = s_at(self, idx);
-    if (idx < self->count - 1 - idx) {
-        /* Near the head (a turn's entry, among the leased): move the few
-         * before it up and advance the head, not the backlog behind it. */
-        for (size_t i = idx; i > 0; i--)
-            self->ring[(self->head + i) % self->ring_cap] = s_at(self, i - 1);
-        self->ring[self->head] = NULL;
-        self->head = (self->head + 1) % self->ring_cap;
-    } else {
-        for (size_t i = idx; i + 1 < self->count; i++)
-            self->ring[(self->head + i) % self->ring_cap] = s_at(self, i + 1);
-        self->ring[(self->head + self->count - 1) % self->ring_cap] = NULL;
-    }
-    self->count--;
-    self->bytes -= n->e.frame_len;
+    s_node_t *n = s_ring_cut(self, idx);
     if (self->db) {
         self->deletes[self->ndeletes++] = n->e.seq;
         if (self->on_flush)
@@ -777,6 +981,7 @@ int router_inbox_pop(router_inbox_t *self, router_inbox_entry_t *out, int timeou
     s_node_t *n = s_remove_at(self, self->leased);
     pthread_mutex_unlock(&self->mu);
     *out = n->e;
+    free(n->idem);
     free(n);
     return 0;
 none:
@@ -968,9 +1173,52 @@ done:
     return rc;
 }
 
+int router_inbox_idem_load(router_inbox_t *self, uint64_t now_ms, router_inbox_idem_fn *fn,
+                           void *ud, char *err, size_t errcap)
+{
+    if (!self->db)
+        return 0;
+    sqlite3_stmt *st = NULL;
+    int rc = -1, step;
+    pthread_mutex_lock(&self->db_mu);
+    if (s_prepare(self->db,
+                  "SELECT scope, key, status, body, expires_ms FROM inbox_idempotency"
+                  " WHERE expires_ms >= ? ORDER BY expires_ms DESC", &st))
+        goto done;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64) now_ms);
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *scope = (const char *) sqlite3_column_text(st, 0);
+        const char *key = (const char *) sqlite3_column_text(st, 1);
+        const char *body = (const char *) sqlite3_column_text(st, 3);
+        router_inbox_idem_t row = {.scope = scope, .key = key,
+                                   .key_len = key ? (size_t) sqlite3_column_bytes(st, 1) : 0,
+                                   .status = sqlite3_column_int(st, 2), .body = body,
+                                   .expires_ms = (uint64_t) sqlite3_column_int64(st, 4)};
+        if (!scope || !body || !row.key_len || row.key_len > ROUTER_INBOX_IDEM_KEY_MAX ||
+            strlen(scope) > ROUTER_INBOX_IDEM_SCOPE_MAX ||
+            strlen(body) >= ROUTER_INBOX_IDEM_BODY_MAX)
+            continue; /* not a row this code wrote */
+        if (fn(&row, ud) != 0)
+            goto done;
+    }
+    rc = step == SQLITE_DONE ? 0 : -1;
+done:
+    if (rc != 0)
+        snprintf(err, errcap, "inbox database: cannot read the idempotency keys: %s",
+                 sqlite3_errmsg(self->db));
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&self->db_mu);
+    return rc;
+}
+
 void router_inbox_test_fail_commits(router_inbox_t *self, bool fail)
 {
     atomic_store(&self->fail_commits, fail);
+}
+
+void router_inbox_test_hold_commits(router_inbox_t *self, bool hold)
+{
+    atomic_store(&self->hold_commits, hold);
 }
 
 uint64_t router_inbox_commit_failures(const router_inbox_t *self)

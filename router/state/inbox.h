@@ -15,6 +15,11 @@
  * Expired seen rows are pruned by the store thread in small batches, at
  * most every few seconds; a pruned v7 id raises its sender's floor.
  *
+ * The gateway's X-Idempotency-Key rides the same way (admit_keyed): its
+ * row commits in the entry's transaction and expired rows are pruned with
+ * the seen rows. An admission not yet durable can be withdrawn (a request
+ * that gave up waiting), so nothing of it is ever written (WIRE §17.4).
+ *
  * Each commit costs O(its batch): admissions queue on a list the store
  * thread takes by swapping pointers; the inbox mutex is never held across
  * disk I/O, so admit() (router thread) waits only for O(1) work.
@@ -87,6 +92,26 @@ typedef struct {
     uint64_t floor_ms;    /* the sender's raised v7 floor to store, 0 for none */
 } router_inbox_seen_t;
 
+/* An idempotency key recorded with an admission, in the same transaction
+ * as the entry (WIRE §17.4): after a crash both are durable or neither is.
+ * Rows live in the inbox database's `inbox_idempotency` table until
+ * expires_ms; the store thread deletes expired rows as it prunes. */
+#define ROUTER_INBOX_IDEM_SCOPE_MAX 16u /* octets of a scope ("webhook", "event") */
+#define ROUTER_INBOX_IDEM_KEY_MAX 128u  /* octets of a key */
+#define ROUTER_INBOX_IDEM_BODY_MAX 512u /* octets of the remembered answer body */
+
+typedef struct {
+    const char *scope;   /* NUL-terminated, 1..ROUTER_INBOX_IDEM_SCOPE_MAX octets */
+    const char *key;     /* key_len octets, 1..ROUTER_INBOX_IDEM_KEY_MAX */
+    size_t key_len;
+    int status;          /* the answer a retry with this key gets */
+    const char *body;    /* its body, NUL-terminated, shorter than ROUTER_INBOX_IDEM_BODY_MAX */
+    uint64_t expires_ms; /* wall ms; forgotten (and deleted) after */
+} router_inbox_idem_t;
+
+/* Start-up: one stored idempotency key (pointers valid during the call). */
+typedef int(router_inbox_idem_fn)(const router_inbox_idem_t *row, void *ud);
+
 /* Start-up: one remembered id of `sender` (rows of one sender oldest first). */
 typedef int(router_inbox_seen_fn)(const uint8_t sender[32], const uint8_t id[16],
                                   uint64_t expires_ms, void *ud);
@@ -111,6 +136,39 @@ router_inbox_outcome_t router_inbox_admit(router_inbox_t *self, const uint8_t id
                                           uint64_t now_ms, const router_inbox_seen_t *seen,
                                           uint64_t *seq) __attribute__((warn_unused_result));
 
+/* router_inbox_admit, and with `idem` (not NULL) its key row written in
+ * the same transaction as the entry, so the key is durable exactly when
+ * the entry is. ROUTER_INBOX_NOMEM also when idem is out of its bounds (a
+ * caller's bug). */
+router_inbox_outcome_t router_inbox_admit_keyed(router_inbox_t *self, const uint8_t id[16],
+                                                const uint8_t from[32], const char *kind,
+                                                const uint8_t *frame, size_t frame_len,
+                                                uint64_t now_ms, const router_inbox_seen_t *seen,
+                                                const router_inbox_idem_t *idem, uint64_t *seq)
+    __attribute__((warn_unused_result));
+
+/* What router_inbox_withdraw found. */
+typedef enum {
+    ROUTER_INBOX_WITHDRAWN = 0, /* taken back before any commit held it: never written, key
+                                 * included; its seq is never durable */
+    ROUTER_INBOX_IS_DURABLE,    /* already durable (with its key): answer as admitted */
+    ROUTER_INBOX_COMMITTING,    /* a commit holding it is running: ask again later (marked:
+                                 * if that commit fails, the entry is dropped, not retried) */
+} router_inbox_withdraw_t;
+
+/* Takes back admission `seq` that is not durable yet (a caller that gave
+ * up waiting for it, WIRE §17.4), so a refused request leaves nothing.
+ * Call it again after ROUTER_INBOX_COMMITTING until the answer is final;
+ * after WITHDRAWN do not ask about `seq` again. */
+router_inbox_withdraw_t router_inbox_withdraw(router_inbox_t *self, uint64_t seq);
+
+/* Reads back the idempotency keys previous runs stored that have not
+ * expired at now_ms, newest first, through fn (a non-zero return stops the
+ * load). Call it at start. Returns 0, or -1 with a message in err.
+ * Memory-only inboxes have nothing and return 0. */
+int router_inbox_idem_load(router_inbox_t *self, uint64_t now_ms, router_inbox_idem_fn *fn,
+                           void *ud, char *err, size_t errcap);
+
 /* Reads back what previous runs remembered: for each sender its newest
  * `per_sender_max` ids (given oldest first) through seen_fn, then every
  * stored floor through floor_fn. Call it at start, before admitting. A
@@ -122,6 +180,10 @@ int router_inbox_seen_load(router_inbox_t *self, size_t per_sender_max,
 
 /* Test seam: while `fail` is true every commit fails as a broken disk would. */
 void router_inbox_test_fail_commits(router_inbox_t *self, bool fail);
+
+/* Test seam: while `hold` is true every commit waits, its rows written,
+ * before it commits or fails (a commit in flight, held open). */
+void router_inbox_test_hold_commits(router_inbox_t *self, bool hold);
 
 /* Commits that failed since the inbox opened (for tests and metrics). */
 uint64_t router_inbox_commit_failures(const router_inbox_t *self);

@@ -711,6 +711,31 @@ int router_tokens_idem_finish(router_tokens_t *self, const char *scope, const ch
     return 0;
 }
 
+int router_tokens_idem_settle(router_tokens_t *self, const char *scope, const char *key,
+                              size_t key_len, int status, const char *body, uint64_t expires_ms)
+{
+    char full[S_IDEM_FULLKEY_MAX];
+    if (s_idem_key(full, scope, key, key_len) != 0 || strlen(body) >= ROUTER_TOKENS_IDEM_BODY_MAX) {
+        errno = EINVAL;
+        return -1;
+    }
+    s_idem_t *e = s_idem_find(self, full, router_clock_wall_ms());
+    for (size_t i = 0; !e && i < ROUTER_TOKENS_IDEM_MAX; i++)
+        if (!self->idem[i].key[0]) {
+            e = &self->idem[i];
+            snprintf(e->key, sizeof e->key, "%s", full);
+        }
+    if (!e) {
+        errno = ENOSPC;
+        return -1;
+    }
+    e->busy = false;
+    e->status = status;
+    snprintf(e->body, sizeof e->body, "%s", body);
+    e->expires_ms = expires_ms;
+    return 0;
+}
+
 void router_tokens_idem_release(router_tokens_t *self, const char *scope, const char *key,
                                 size_t key_len)
 {

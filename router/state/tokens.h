@@ -1,7 +1,9 @@
 /* router/state/tokens.h — the gateway's durable safety state in state.db
  * (DESIGN §4, §5; WIRE §17): the SHA-256 of every paired bearer token, the
  * pairing lockouts per client address, the first answer given to each
- * X-Idempotency-Key (and OpenClaw idempotencyKey), and the OpenClaw devices
+ * OpenClaw idempotencyKey (X-Idempotency-Keys of the webhook routes are
+ * stored by the inbox with their entries and only marked here, in memory:
+ * router_tokens_idem_settle), and the OpenClaw devices
  * recorded with the SHA-256 of their deviceToken (WIRE §25.8).
  *
  * Checks read a copy held in memory, on the loop thread, and never touch
@@ -115,6 +117,16 @@ router_idem_t router_tokens_idem_begin(router_tokens_t *self, const char *scope,
 int router_tokens_idem_finish(router_tokens_t *self, const char *scope, const char *key,
                               size_t key_len, int status, const char *body, uint64_t now_ms,
                               router_tokens_done_fn *done, void *ud)
+    __attribute__((warn_unused_result));
+
+/* Marks `key` of `scope` answered with (status, body) until expires_ms, in
+ * memory only, for an answer whose row another store made durable (the
+ * inbox writes webhook keys in the transaction of their entries, WIRE
+ * §17.4): a reserved key becomes DONE, an unknown one is added (as when
+ * loading those rows at start). Returns 0, or -1 with errno EINVAL (out of
+ * bounds) or ENOSPC (every slot holds a live key). */
+int router_tokens_idem_settle(router_tokens_t *self, const char *scope, const char *key,
+                              size_t key_len, int status, const char *body, uint64_t expires_ms)
     __attribute__((warn_unused_result));
 
 /* Forgets a reserved key that got no answer worth repeating. */
