@@ -506,9 +506,12 @@ active proctype worker()
 {
 end_idle:
 	do
-	:: d_step { inbox?[1] && DUR(1) -> inbox?_; consumed[1] = true; QUEUE_DELETE(1) }
-	:: d_step { inbox?[2] && DUR(2) -> inbox?_; consumed[2] = true; QUEUE_DELETE(2) }
-	:: d_step { inbox?[3] && DUR(3) -> inbox?_; consumed[3] = true; QUEUE_DELETE(3) }
+	:: d_step { inbox?[1] && DUR(1) -> inbox?_; consumed[1] = true; QUEUE_DELETE(1);
+	               printf("worker: takes 1\n") }
+	:: d_step { inbox?[2] && DUR(2) -> inbox?_; consumed[2] = true; QUEUE_DELETE(2);
+	               printf("worker: takes 2\n") }
+	:: d_step { inbox?[3] && DUR(3) -> inbox?_; consumed[3] = true; QUEUE_DELETE(3);
+	               printf("worker: takes 3\n") }
 	od
 }
 
