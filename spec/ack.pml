@@ -407,7 +407,11 @@ proctype sender_conn(byte c; byte mask)
 	mtype d;
 	bool in_order, resent;
 
-	atomic { write_ids(c, mask) }
+	atomic {
+		/* the first link writes the response first: then the messages can
+		 * meet a full inbox with nothing after them */
+		if :: c == 0 -> write_ids(c, 8); write_ids(c, mask & 6) :: else -> write_ids(c, mask) fi
+	}
 #ifndef NO_HALFCLOSE
 	/* A peer may shut its write side at once (one envelope per connection,
 	 * as Meerkat does), its acks still owed. */
@@ -479,7 +483,7 @@ active proctype sender()
 		opened[0] = true;
 		if :: stopping -> rst[0] = true :: else fi;   /* listeners closed: refused */
 		run receiver(0);
-		run sender_conn(0, 14)      /* ids 1, 2, 3 */
+		run sender_conn(0, 14)      /* ids 3 (the response), 1, 2 */
 	}
 	if
 	:: atomic { !stopping ->
