@@ -54,7 +54,6 @@
  * (eviction happens) and an inbox of 2 (inbox_full happens). */
 #define NIDS     3      /* envelopes 1..NIDS; the last one is a response */
 #define RESP_ID  NIDS   /* a `response`: admitted, never acked */
-#define DEAD     4      /* a window slot of a forgotten id i holds i + DEAD */
 #ifndef INBOX
 #define INBOX    2      /* inbox capacity (comms.inbox_capacity) */
 #endif
@@ -160,37 +159,44 @@ inline send_ack(c, i)
 	fi
 }
 
-/* router_replay_check_insert, insert half (s_insert): s_expire first drops
- * forgotten slots from the front; when the ring is still full its oldest id
- * is evicted and the watermark raised to its time. */
+/* router_replay_check_insert, insert half (s_insert): when the ring is
+ * full its oldest id is evicted and the watermark raised to its time; what
+ * was evicted is kept (ev, evf, evd) until the admission is decided. */
 inline window_insert(i)
 {
-	do
-	:: nempty(window) -> window?<h>; if :: h > DEAD -> window?_ :: else -> break fi
-	:: empty(window) -> break
-	od;
 	if
 	:: full(window) ->
-		window?h;
+		window?ev; evf = floor; evd = fdirty;
 #ifndef BROKEN_FORGET
-		if :: h > floor -> floor = h; RAISED :: else fi;
+		if :: ev > floor -> floor = ev; RAISED :: else fi;
 #endif
-		h = 0
+		skip
 	:: nfull(window)
 	fi;
 	window!i
 }
 
-/* router_replay_forget after an inbox refusal: the slot is forgotten in
- * place (it still takes room until it reaches the front), and the watermark
- * the admission took goes back to floor_dirty. */
+/* router_replay_forget after an inbox refusal: the id just inserted is
+ * dropped with its room, and the eviction its insert made is undone (the
+ * evicted id back at the front, the floor as it was), so the refusal
+ * leaves no trace; the floor the admission took goes back to floor_dirty. */
 inline window_forget(i)
 {
 	n = len(window);
 	do
 	:: n == 0 -> break
-	:: n > 0 -> window?h; if :: h == i -> window!(h + DEAD) :: else -> window!h fi; n--
+	:: n > 0 -> window?h; if :: h != i -> window!h :: else fi; n--
 	od;
+#ifndef BROKEN_TRACE
+	if
+	:: ev != 0 ->
+		n = len(window);
+		window!ev;
+		do :: n == 0 -> break :: n > 0 -> window?h; window!h; n-- od;
+		floor = evf; fdirty = evd
+	:: else
+	fi;
+#endif
 	h = 0;
 	if :: floor > 0 -> RAISED :: else fi
 }
@@ -220,6 +226,7 @@ inline on_frame(c, i, k, d)
 		if
 #ifndef REACK_ADMITTED
 		:: window??[eval(i)] || i <= floor ->
+			assert(HELD(i));                       /* P8: refusals leave no trace */
 			finishing[c] = true; printf("router: conn %d refuses %d: replay\n", c, i)
 #else
 		/* The alternative DESIGN does not take: a replay of an id still in
@@ -247,7 +254,7 @@ inline on_frame(c, i, k, d)
 				printf("router: conn %d drops %d, inbox full\n", c, i)
 #endif
 			fi;
-			fl = 0
+			fl = 0; ev = 0; evf = 0; evd = false
 		fi
 	fi
 }
@@ -310,7 +317,8 @@ inline release(c)
  * by the store thread after each commit) or the 50 ms tick. */
 proctype receiver(byte c)
 {
-	byte i, h, n, fl;
+	byte i, h, n, fl, ev, evf;
+	bool evd;
 	mtype k, d;
 	bool go;
 
@@ -644,7 +652,8 @@ active proctype sigterm()
  * router_replay_seed_floor). */
 active proctype crash()
 {
-	byte c, i, n, h;
+	byte c, i, n, h, ev, evf;
+	bool evd;
 end_up:
 	d_step { !crashed && admitted_any ->
 		crashed = true;

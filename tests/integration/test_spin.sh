@@ -93,7 +93,7 @@ fi
 # Each broken variant breaks one promise; the pattern is the text of the
 # assertion of the property it targets (P1: DUR(i), P2: monitor_p2's KEPT,
 # P3: in_order, P4: the id is neither held nor taken, P5: cut[c], P6:
-# !stopping, P7: monitor_p7's TRUTHFUL), so another property's failure
+# !stopping, P7: monitor_p7's TRUTHFUL, P8: a replay refusal's id is held), so another property's failure
 # does not count.
 p1='assertion violated \(\(durable&\(1<<i\)\)!=0\)'
 p2='assertion violated \(\( !\(\(\(\(acked\[0\]\|acked\[1\]\)&\(1<<1\)\)!=0\)\)\|\|\(Q_has'
@@ -110,6 +110,9 @@ expect_caught ack_seed_from_inbox  ack.pml "$p4" -DCRASH -DBROKEN_SEED_FROM_INBO
 expect_caught ack_drop_full        ack.pml 'assertion violated cut\[c\]' -DBROKEN_DROP_FULL -DNO_SIGTERM -DMAXCUT=0 -DMAXRESET=0
 expect_caught ack_read_after_stop  ack.pml 'assertion violated  !\(stopping\)' -DBROKEN_READ_AFTER_STOP -DMAXCUT=0 -DMAXRESET=0
 expect_caught ack_close_early      ack.pml "$p7" -DBROKEN_CLOSE_EARLY -DNO_SIGTERM
+# P8 (a refusal leaves no trace): router_replay_forget before the fix kept
+# the eviction the refused id's insert made (router/comms/replay.c).
+expect_caught ack_trace            ack.pml 'assertion violated \(Q_has\(inbox, 1, i, 0, 0\)\|\|consumed\[i\]\)' -DBROKEN_TRACE -DNO_SIGTERM -DMAXCUT=0 -DMAXRESET=0 -DMAXBAD=0
 
 # expect_cycle NAME MODEL CLAIM SPINFLAGS…: a broken variant of a liveness
 # property: under weak fairness pan must find an acceptance cycle of the
