@@ -44,6 +44,8 @@
  *      send so far ended in an orderly close without its ack (none timed
  *      out or was reset, none is still waiting, no ack held) is not in
  *      the receiver's inbox and was not taken by a worker   (monitor)
+ *   P8 a refusal leaves no trace: an id refused as a replay is in the
+ *      inbox or was taken by a worker (WIRE §6)            (on_frame)
  * Liveness (LTL `resolved`, under weak fairness): every connection the
  * sender opens is eventually resolved (each send acked, refused, or timed
  * out), also while the store's commits fail for ever.
