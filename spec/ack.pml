@@ -10,7 +10,7 @@
  *
  * Checked by tests/integration/test_spin.sh in configurations that split
  * the faults (0.3–0.7 M states each; L1 0.37 M under weak fairness);
- * everything at once (-DCRASH) is 9.1 M states, no error. By hand:
+ * everything at once (-DCRASH) is 8.8 M states, no error. By hand:
  *   spin -DCRASH -a ack.pml && gcc -O2 -DSAFETY -DNOCLAIM -o pan pan.c && ./pan
  * Configuration macros (spin -D…): NO_SIGTERM, CRASH (one kill -9 and
  * restart), MAXCUT=n (partitions), MAXRESET=n, MAXBAD=n, NO_HALFCLOSE,
