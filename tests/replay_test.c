@@ -107,6 +107,34 @@ static void test_eviction_watermark(void **state)
     router_replay_destroy(&r);
 }
 
+/* An id the inbox refuses leaves no trace, also when the window is full:
+ * the id its insert evicted is remembered again and the watermark goes
+ * back, so the refused id's retry is fresh (spec/ack.pml, WIRE §6). */
+static void test_forget_undoes_eviction(void **state)
+{
+    (void) state;
+    router_replay_t *r = router_replay_new(WINDOW_S, 0);
+    uint8_t pk[32] = {10}, id[16], first[16], x[16];
+    for (uint32_t i = 0; i < ROUTER_REPLAY_PER_PEER_MAX; i++) {
+        s_v7(id, NOW - 1000 + i / 8, i);
+        assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_FRESH);
+    }
+    s_v7(first, NOW - 1000, 0);
+    s_v7(x, NOW, 1000000);
+    assert_int_equal(router_replay_check_insert(r, pk, x, NOW, true), ROUTER_REPLAY_FRESH);
+    router_replay_forget(r, pk, x); /* the inbox refused it */
+    assert_int_equal(router_replay_size(r), ROUTER_REPLAY_PER_PEER_MAX);
+    assert_int_equal(router_replay_check_insert(r, pk, first, NOW, true), ROUTER_REPLAY_SEEN);
+    uint64_t v7, exp, floor;
+    router_replay_durable_info(r, pk, x, NOW, &v7, &exp, &floor);
+    assert_int_equal(floor, 0);
+    /* The retry of the refused id is admitted, evicting the oldest again. */
+    assert_int_equal(router_replay_check_insert(r, pk, x, NOW, true), ROUTER_REPLAY_FRESH);
+    assert_int_equal(router_replay_check_insert(r, pk, first, NOW, true), ROUTER_REPLAY_EVICTED);
+    assert_int_equal(router_replay_size(r), ROUTER_REPLAY_PER_PEER_MAX);
+    router_replay_destroy(&r);
+}
+
 /* Ids whose time has left the window are dropped as time moves on. */
 static void test_expiry(void **state)
 {
@@ -318,6 +346,7 @@ int main(void)
         cmocka_unit_test(test_eviction_watermark),
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_forget),
+        cmocka_unit_test(test_forget_undoes_eviction),
         cmocka_unit_test(test_clock_step_back),
         cmocka_unit_test(test_floor_taken_once),
         cmocka_unit_test(test_seed),

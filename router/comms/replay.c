@@ -34,6 +34,13 @@ struct s_peer {
     uint64_t expires_max; /* latest expires_ms inserted: the set is dead after it */
     uint64_t v7_max;      /* newest v7 time inserted */
     bool floor_dirty;     /* watermark rose since router_replay_durable_info took it */
+    /* The capacity eviction the newest insert made, so that
+     * router_replay_forget can undo it when the inbox refuses that id: a
+     * refusal leaves no trace (WIRE §6). Valid until the next insert. */
+    bool undo;
+    s_slot_t undo_slot;   /* the evicted slot */
+    uint64_t undo_watermark;
+    bool undo_dirty;
     bool known;           /* created for a trusted key: not in the unknown list */
     s_peer_t *uprev, *unext; /* the unknown sets, a circular list */
 };
@@ -384,12 +391,17 @@ static int s_insert(router_replay_t *self, s_peer_t *p, const uint8_t id[16], ui
                     uint64_t expires_ms, uint64_t now_ms)
 {
     s_expire(self, p, now_ms);
+    p->undo = false;
     if (p->count == p->cap) {
         if (p->cap < (p->known ? ROUTER_REPLAY_PER_PEER_MAX : ROUTER_REPLAY_UNKNOWN_PER_PEER_MAX)) {
             if (s_grow(self, p) != 0)
                 return -1;
         }
         if (p->count == p->cap) {
+            p->undo = true;
+            p->undo_slot = p->ring[p->head];
+            p->undo_watermark = p->watermark;
+            p->undo_dirty = p->floor_dirty;
             s_raise(p, p->ring[p->head].v7_ms);
             s_pop_head(self, p);
         }
@@ -551,8 +563,33 @@ void router_replay_forget(router_replay_t *self, const uint8_t peer[32], const u
         return;
     int found;
     uint32_t b = s_find(self, p, id, &found);
-    if (found)
-        s_slot_kill(self, p, p->index[b] - 1);
+    if (found) {
+        uint32_t slot = p->index[b] - 1;
+        s_slot_kill(self, p, slot);
+        if (slot == ((p->head + p->count - 1) & (p->cap - 1))) {
+            /* The id just inserted (the inbox refused it): its slot's room
+             * goes back, and an eviction its insert made is undone (the
+             * evicted id back at the front, the watermark as it was), so
+             * the refusal leaves no trace. spec/ack.pml found both: a
+             * refused id's retry was refused as a replay. */
+            p->count--;
+        }
+        if (p->undo && p->count < p->cap &&
+            slot == ((p->head + p->count) & (p->cap - 1))) {
+            p->head = (p->head - 1) & (p->cap - 1);
+            p->ring[p->head] = p->undo_slot;
+            p->count++;
+            if (p->undo_slot.live) {
+                uint32_t at = s_find(self, p, p->undo_slot.id, &found);
+                p->index[at] = p->head + 1;
+                p->live++;
+                self->ids++;
+            }
+            p->watermark = p->undo_watermark;
+            p->floor_dirty = p->undo_dirty;
+        }
+        p->undo = false;
+    }
     /* The watermark taken for this admission was not stored: hand it back. */
     if (p->watermark)
         p->floor_dirty = true;

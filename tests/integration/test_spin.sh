@@ -83,32 +83,47 @@ expect_caught() {
 }
 
 # ---------------------------------------------------------------- ack.pml
-# Safety is checked in two configurations that together cover every fault:
-# "net" (loss, reset, defective envelope, retry; no SIGTERM) and "shutdown"
-# (SIGTERM, loss, defective envelope, retry; no reset). All faults at once
-# is the same check at ~4 M states; run it with KITH_SPIN_FULL=1.
-verify ack_net      ack.pml safety -DNO_SIGTERM
-verify ack_shutdown ack.pml safety -DMAXRESET=0
-if [ "${KITH_SPIN_FULL:-0}" = 1 ]; then
-  verify ack_full ack.pml safety
-fi
-# The model has no cycle but termination, so `resolved` needs no fairness.
-verify ack_resolved ack.pml liveness -DNO_SIGTERM -DMAXRESET=0
-# A crash and restart (memory lost, durable state recovered) with loss,
-# a defective envelope and retry/replay: P4 must hold across it.
-verify ack_restart  ack.pml safety -DCRASH -DNO_SIGTERM -DMAXRESET=0
+# The signed-envelope path as the C runs it (WIRE §14.1–§14.6). Faults are
+# split across configurations so that each search stays small; together
+# they cover every fault: "net" (reset, partition, resend on the link after
+# a timeout, retry/replay, half-close), "shutdown" (SIGTERM and its drain
+# timeout racing the store, a defective envelope), "restart" (kill -9 and
+# the restart that rebuilds inbox and replay window from state.db, a
+# defective envelope). KITH_SPIN_FULL=1 adds all faults at once.
+verify ack_net      ack.pml safety -DNO_SIGTERM -DMAXBAD=0
+verify ack_shutdown ack.pml safety -DMAXCUT=0 -DMAXRESET=0 -DNO_SAMELINK
+verify ack_restart  ack.pml safety -DCRASH -DNO_SIGTERM -DMAXCUT=0 -DMAXRESET=0 -DNO_SAMELINK
+# L1 under weak fairness, with a store whose commits may fail for ever.
+verify ack_resolved ack.pml fair:resolved -DSTALL_FOREVER -DNO_SIGTERM -DMAXRESET=0 -DMAXBAD=0 -DNO_SAMELINK
 # The alternative DESIGN did not take (re-ack an admitted replay) is safe too.
-verify ack_reack    ack.pml safety -DNO_SIGTERM -DMAXRESET=0 -DREACK_ADMITTED
+verify ack_reack    ack.pml safety -DREACK_ADMITTED -DNO_SIGTERM -DMAXCUT=0 -DMAXBAD=0 -DNO_SAMELINK
+if [ "${KITH_SPIN_FULL:-0}" = 1 ]; then
+  verify ack_full ack.pml safety -DCRASH
+fi
 
-# Each broken variant breaks one promise; spin must say which.
-expect_caught ack_broken            ack_broken.pml 'assertion violated \(Q_has\(inbox, 1, i'
-expect_caught ack_broken_consequence ack_broken.pml 'assertion violated \(\(\(\( !\(acked\[1\]\)' -DNO_ORDER_ASSERT
-expect_caught ack_forget            ack.pml 'assertion violated \(admits\[i\]==1\)' -DBROKEN_FORGET -DNO_SIGTERM
-expect_caught ack_drop_full         ack.pml 'assertion violated lost\[c\]' -DBROKEN_DROP_FULL -DNO_SIGTERM
-# (P1 is caught first now that acks wait for durability: switched off to show P2.)
-expect_caught ack_shutdown_drop     ack.pml 'assertion violated \(\(\(\( !\(acked\[1\]\)' -DBROKEN_SHUTDOWN -DNO_ORDER_ASSERT -DMAXRESET=0
-expect_caught ack_volatile_replay  ack.pml 'assertion violated \(admits\[i\]==1\)' -DCRASH -DBROKEN_VOLATILE_REPLAY -DNO_SIGTERM -DMAXRESET=0
-expect_caught ack_abort_close     ack.pml 'assertion violated \(\(\(lost\[c\]' -DBROKEN_ABORT_CLOSE -DNO_SIGTERM
+# Each broken variant breaks one promise; the pattern is the text of the
+# assertion of the property it targets (P1: DUR(i), P2: monitor_p2's KEPT,
+# P3: in_order, P4: the id is neither held nor taken, P5: cut[c], P6:
+# !stopping, P7: monitor_p7's TRUTHFUL, P8: a replay refusal's id is held), so another property's failure
+# does not count.
+p1='assertion violated \(\(durable&\(1<<i\)\)!=0\)'
+p2='assertion violated \(\( !\(\(\(\(acked\[0\]\|acked\[1\]\)&\(1<<1\)\)!=0\)\)\|\|\(Q_has'
+p4='assertion violated \( !\(Q_has\(inbox, 1, i, 0, 0\)\)&& !\(consumed\[i\]\)\)'
+p7='assertion violated \(\( !\(\(\(\(heard_rejected'
+expect_caught ack_broken             ack_broken.pml "$p1" -DNO_SIGTERM
+expect_caught ack_broken_consequence ack_broken.pml "$p2" -DNO_P1 -DNO_SIGTERM -DMAXCUT=0 -DMAXRESET=0
+expect_caught ack_uncommitted      ack.pml "$p1" -DBROKEN_ACK_UNCOMMITTED -DNO_SIGTERM
+expect_caught ack_shutdown_drop    ack.pml "$p2" -DBROKEN_SHUTDOWN -DMAXCUT=0 -DMAXRESET=0
+expect_caught ack_order            ack.pml 'assertion violated in_order' -DBROKEN_ACK_ORDER -DNO_SIGTERM
+expect_caught ack_forget           ack.pml "$p4" -DBROKEN_FORGET -DNO_SIGTERM
+expect_caught ack_volatile_replay  ack.pml "$p4" -DCRASH -DBROKEN_VOLATILE_REPLAY -DNO_SIGTERM -DMAXCUT=0 -DMAXRESET=0
+expect_caught ack_seed_from_inbox  ack.pml "$p4" -DCRASH -DBROKEN_SEED_FROM_INBOX -DNO_SIGTERM -DMAXCUT=0 -DMAXRESET=0
+expect_caught ack_drop_full        ack.pml 'assertion violated cut\[c\]' -DBROKEN_DROP_FULL -DNO_SIGTERM -DMAXCUT=0 -DMAXRESET=0
+expect_caught ack_read_after_stop  ack.pml 'assertion violated  !\(stopping\)' -DBROKEN_READ_AFTER_STOP -DMAXCUT=0 -DMAXRESET=0
+expect_caught ack_close_early      ack.pml "$p7" -DBROKEN_CLOSE_EARLY -DNO_SIGTERM
+# P8 (a refusal leaves no trace): router_replay_forget before the fix kept
+# the eviction the refused id's insert made (router/comms/replay.c).
+expect_caught ack_trace            ack.pml 'assertion violated \(Q_has\(inbox, 1, i, 0, 0\)\|\|consumed\[i\]\)' -DBROKEN_TRACE -DNO_SIGTERM -DMAXCUT=0 -DMAXRESET=0 -DMAXBAD=0
 
 # expect_cycle NAME MODEL CLAIM SPINFLAGS…: a broken variant of a liveness
 # property: under weak fairness pan must find an acceptance cycle of the
@@ -130,6 +145,10 @@ expect_cycle() {
     bad "$name: spin found no acceptance cycle of $claim" "$name.out"
   fi
 }
+
+# L1: without the sender's ack timeout, a store that keeps failing leaves
+# a connection unresolved for ever.
+expect_cycle  ack_no_timeout       ack.pml resolved -DBROKEN_NO_TIMEOUT -DSTALL_FOREVER -DNO_SIGTERM -DMAXCUT=0 -DMAXRESET=0 -DMAXBAD=0 -DNO_SAMELINK
 
 # ---------------------------------------------------------------- session.pml
 # The session turn queue as router/workers/turns.c runs it (WIRE §14.8).
