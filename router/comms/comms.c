@@ -412,6 +412,8 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
                    cc->owed_count);
     if (reason == ROUTER_CLOSE_DEADLINE)
         router_guard_count_cut(&cc->guard, ROUTER_GUARD_CUT_DEADLINE);
+    else if (reason == ROUTER_CLOSE_SLOW_CONSUMER)
+        router_guard_count_cut(&cc->guard, ROUTER_GUARD_CUT_SLOW_CONSUMER);
     router_guard_leave(&cc->guard);
     router_framed_release(&cc->framed);
     router_pairing_conn_free(&cc->pairing);

@@ -44,6 +44,7 @@ const char *router_guard_cut_str(router_guard_cut_t why)
     case ROUTER_GUARD_CUT_UNAUTH_EVICTED: return "unauth_evicted";
     case ROUTER_GUARD_CUT_PARTIAL_BUDGET: return "partial_budget";
     case ROUTER_GUARD_CUT_DEADLINE: return "deadline";
+    case ROUTER_GUARD_CUT_SLOW_CONSUMER: return "slow_consumer";
     case ROUTER_GUARD_CUTS: break;
     }
     return "unknown";

@@ -39,6 +39,7 @@ typedef enum {
     ROUTER_GUARD_CUT_UNAUTH_EVICTED = 0, /* oldest unauthenticated, to admit a newcomer */
     ROUTER_GUARD_CUT_PARTIAL_BUDGET,     /* held the most when the partial budget ran out */
     ROUTER_GUARD_CUT_DEADLINE,           /* a deadline passed (counted by the owner) */
+    ROUTER_GUARD_CUT_SLOW_CONSUMER,      /* its unread output passed the bound (the owner) */
     ROUTER_GUARD_CUTS
 } router_guard_cut_t;
 
@@ -123,7 +124,7 @@ void router_guard_progress(router_guard_conn_t *gc, unsigned frames_done, bool m
  * router_guard_progress is called again. */
 void router_guard_pause(router_guard_conn_t *gc);
 
-/* Counts a cut the owner saw (ROUTER_GUARD_CUT_DEADLINE from on_close). */
+/* Counts a cut the owner saw (DEADLINE or SLOW_CONSUMER, from on_close). */
 void router_guard_count_cut(router_guard_conn_t *gc, router_guard_cut_t why);
 
 /* Counters for tests and metrics. */

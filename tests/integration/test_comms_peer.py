@@ -11,8 +11,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import (Conn, Daemon, Peer, Results, frame, inbox_rows, uuid7,  # noqa: E402
-                  verify_envelope)
+from peer import (Conn, Daemon, Peer, Results, frame, inbox_rows, metrics_map, uuid7,  # noqa: E402
+                  verify_envelope, wait_metric)
 
 import cbor2  # noqa: E402
 
@@ -165,6 +165,9 @@ def pipelined_thousand_in_order(node, alice):
     c.close()
 
 
+CUT_SLOW = 'kith_comms_conn_cut_total{kind="comms",reason="slow_consumer"}'
+
+
 def peer_that_never_reads_is_cut(node, alice):
     """Acks pile up for a peer that never reads; kith cuts it at the bound
     and keeps serving everyone else."""
@@ -183,7 +186,7 @@ def peer_that_never_reads_is_cut(node, alice):
             sent += 2000
         except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
             cut = True
-        if "reason=slow_consumer" in node.logs():
+        if metrics_map(node).get(CUT_SLOW, 0) > 0:
             cut = True
         # Everyone else is still served.
         if sent % 20000 == 0:
@@ -193,7 +196,7 @@ def peer_that_never_reads_is_cut(node, alice):
             expect_ack(other, node, alice, m)
             other.close()
     assert cut, f"a peer that never reads was not cut after {sent} envelopes"
-    node.wait_log("slow_consumer")
+    wait_metric(node, CUT_SLOW, lambda v: v >= 1)
     other = Conn(("127.0.0.1", node.port))
     m = alice.message(node.pk, "after the cut")
     other.send(frame(m))
