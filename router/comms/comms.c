@@ -132,6 +132,14 @@ static void s_close(s_cc_t *cc)
     router_conn_close(cc->conn);
 }
 
+/* Reads nothing more from cc for now: its frame and idle deadlines stop
+ * with it (the peer waits for us, not we for it). */
+static void s_stop_reading(s_cc_t *cc)
+{
+    router_conn_pause_read(cc->conn);
+    router_guard_pause(&cc->guard);
+}
+
 /* A refusal: stop reading; the connection closes as soon as the acks owed
  * for earlier admissions have been queued, so the sender fails fast but
  * never loses an ack it earned. */
@@ -140,8 +148,7 @@ static void s_refuse(s_cc_t *cc, proto_wire_reason_t reason, const char *detail,
 {
     s_emit(cc->comms, cc, false, reason, detail, env, peer, 0);
     cc->finishing = true;
-    router_conn_pause_read(cc->conn);
-    router_guard_pause(&cc->guard);
+    s_stop_reading(cc);
     if (cc->owed_count == 0)
         s_close(cc);
 }
@@ -171,8 +178,7 @@ static int s_owe(s_cc_t *cc, uint64_t seq, const proto_envelope_t *env, bool ack
     s_tick_arm(cc->comms);
     if (cc->owed_count >= S_PENDING_PAUSE && !cc->paused) {
         cc->paused = true;
-        router_conn_pause_read(cc->conn);
-        router_guard_pause(&cc->guard);
+        s_stop_reading(cc);
     }
     return 0;
 }
@@ -639,8 +645,7 @@ void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud)
         router_listener_close(&self->listeners[i]);
     self->nlisteners = 0;
     for (s_cc_t *cc = self->conns; cc; cc = cc->next) {
-        router_conn_pause_read(cc->conn);
-        router_guard_pause(&cc->guard);
+        s_stop_reading(cc);
         cc->paused = true;
     }
     /* Acks owed go out as their admissions become durable; then each
@@ -683,7 +688,7 @@ void router_comms_set_trust(router_comms_t *self, const router_trust_t *trust)
                    "out first)",
                    (unsigned long long) router_conn_id(cc->conn), cc->owed_count);
         cc->finishing = true;
-        router_conn_pause_read(cc->conn);
+        s_stop_reading(cc); /* no idle deadline while its acks wait for the store */
         if (cc->owed_count == 0)
             s_close(cc);
     }
