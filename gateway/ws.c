@@ -190,6 +190,8 @@ void gateway_ws_set_message_max(gateway_ws_t *ws, size_t max)
 
 static int s_msg_append(gateway_ws_t *ws, const uint8_t *data, size_t len)
 {
+    if (len == 0)
+        return 0; /* an empty fragment: ws->msg may not exist yet */
     if (ws->msg_len + len > ws->msg_cap) {
         /* Grows with what arrives, never past the message limit (the parser
          * refused larger messages before their payload). */
