@@ -155,5 +155,13 @@ verify turnqueue_live turnqueue.pml liveness
 expect_caught turnqueue_two_turns   turnqueue.pml 'assertion violated \(turns==1\)' -DBROKEN_TWO_TURNS
 expect_caught turnqueue_steer_leak  turnqueue.pml 'assertion violated \(steer_for==in_flight\)' -DBROKEN_STEER_LEAK
 
+# ---------------------------------------------------------------- crypto.pml
+# Checks on crypto threads finishing out of order; admissions and acks in
+# arrival order; a reset connection frees each job once (WIRE §14.12).
+verify crypto       crypto.pml safety
+verify crypto_wide  crypto.pml safety -DN=4 -DW=3
+expect_caught crypto_no_order      crypto.pml 'assertion violated \(adm\[nack\]==nack\)' -DBROKEN_NO_ORDER
+expect_caught crypto_free_inflight crypto.pml 'assertion violated \(freed\[(j|k)\]==0\)' -DBROKEN_FREE_INFLIGHT
+
 echo "test_spin: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
