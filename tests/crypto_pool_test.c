@@ -137,7 +137,10 @@ static void test_threads(void **state)
         assert_non_null(c.jobs[i]);
         c.jobs[i]->owner = (void *) (uintptr_t) i;
         assert_false(router_crypto_pool_submit(p, c.jobs[i]));
+        if (i % 37 == 36)
+            router_crypto_pool_flush(p); /* batches of several sizes */
     }
+    router_crypto_pool_flush(p);
     assert_true(router_loop_timer_add(c.loop, 120000, s_on_timeout, NULL) != 0);
     assert_int_equal(router_loop_run(c.loop), 0);
     assert_int_equal(c.back, N);
@@ -180,8 +183,11 @@ static void test_destroy_in_flight(void **state)
                                    .on_done = s_never};
     router_crypto_pool_t *p = router_crypto_pool_new(&o);
     assert_non_null(p);
-    for (unsigned i = 0; i < 50; i++)
+    for (unsigned i = 0; i < 50; i++) {
         router_crypto_pool_submit(p, s_make(i));
+        if (i == 30)
+            router_crypto_pool_flush(p); /* some queued, some still staged */
+    }
     router_crypto_pool_destroy(&p);
     router_loop_destroy(&loop);
 }

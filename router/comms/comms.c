@@ -505,9 +505,8 @@ static int s_on_frame(s_cc_t *cc, router_crypto_job_t *job)
     return 0;
 }
 
-static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+static void s_on_data_frames(router_conn_t *conn, uint8_t *data, size_t len, s_cc_t *cc)
 {
-    s_cc_t *cc = ud;
     unsigned frames = 0;
     /* A frame starts with its length; no envelope under 1 MiB starts with
      * '{' (0x7b), so a first '{' is Meerkat's JSON pairing (WIRE §23.6). */
@@ -570,6 +569,16 @@ nomem:
     ROUTER_LOG(ROUTER_LOG_WARN, "comms", "connection %llu cut: no memory for a frame",
                (unsigned long long) router_conn_id(conn));
     s_abort(cc);
+}
+
+static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+{
+    s_cc_t *cc = ud;
+    router_comms_t *self = cc->comms;
+    s_on_data_frames(conn, data, len, cc);
+    /* The frames of this read go to the crypto threads together (cc may
+     * be aborted by now; its jobs are orphans and come back all the same). */
+    router_crypto_pool_flush(self->crypto);
 }
 
 static void s_on_eof(router_conn_t *conn, void *ud)

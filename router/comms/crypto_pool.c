@@ -42,6 +42,8 @@ struct router_crypto_pool {
     int efd;                         /* eventfd: a batch is done; -1 with no threads */
     router_watch_t *watch;           /* the loop's watch on efd */
     size_t inflight;                 /* loop: submitted, not yet handed to on_done */
+    router_crypto_job_t *staged_head, *staged_tail; /* loop: submitted, not yet queued */
+    unsigned staged;                 /* loop: how many */
 
     pthread_mutex_t mu;              /* guards everything below */
     pthread_cond_t cv;               /* todo became non-empty, or stop */
@@ -63,12 +65,27 @@ static void s_append(router_crypto_job_t **head, router_crypto_job_t **tail,
     *tail = job;
 }
 
+/* One lock per job: hand back the job just run and take the next. */
 static void *s_worker_main(void *arg)
 {
     s_worker_t *w = arg;
     router_crypto_pool_t *p = w->pool;
+    router_crypto_job_t *ran = NULL;
     pthread_mutex_lock(&p->mu);
     for (;;) {
+        if (ran) {
+            s_append(&p->done_head, &p->done_tail, ran);
+            ran = NULL;
+            if (!p->signalled) {
+                p->signalled = true;
+                /* An eventfd write never blocks here (the counter is far
+                 * from overflowing: the loop reads it to zero on every
+                 * wake). */
+                uint64_t one = 1;
+                ssize_t n = write(p->efd, &one, sizeof one);
+                (void) n;
+            }
+        }
         if (p->stop)
             break;
         router_crypto_job_t *job = p->todo_head;
@@ -84,17 +101,9 @@ static void *s_worker_main(void *arg)
         pthread_mutex_unlock(&p->mu);
 
         router_crypto_job_run(job, p->sk, p->pk, &w->cache);
+        ran = job;
 
         pthread_mutex_lock(&p->mu);
-        s_append(&p->done_head, &p->done_tail, job);
-        if (!p->signalled) {
-            p->signalled = true;
-            /* An eventfd write never blocks here (the counter is far from
-             * overflowing: the loop reads it to zero on every wake). */
-            uint64_t one = 1;
-            ssize_t n = write(p->efd, &one, sizeof one);
-            (void) n;
-        }
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -199,6 +208,7 @@ void router_crypto_pool_destroy(router_crypto_pool_t **self_p)
     if (p->efd >= 0)
         close(p->efd);
     /* Orphans only (crypto_pool.h): nobody else points at them now. */
+    s_free_list(p->staged_head);
     s_free_list(p->todo_head);
     s_free_list(p->done_head);
     free(p->workers);
@@ -216,12 +226,28 @@ bool router_crypto_pool_submit(router_crypto_pool_t *self, router_crypto_job_t *
         return true;
     }
     self->inflight++;
-    pthread_mutex_lock(&self->mu);
-    s_append(&self->todo_head, &self->todo_tail, job);
-    if (self->idle)
-        pthread_cond_signal(&self->cv);
-    pthread_mutex_unlock(&self->mu);
+    s_append(&self->staged_head, &self->staged_tail, job);
+    self->staged++;
     return false;
+}
+
+void router_crypto_pool_flush(router_crypto_pool_t *self)
+{
+    if (!self->staged)
+        return;
+    pthread_mutex_lock(&self->mu);
+    if (self->todo_tail)
+        self->todo_tail->next = self->staged_head;
+    else
+        self->todo_head = self->staged_head;
+    self->todo_tail = self->staged_tail;
+    if (self->idle == 1 || (self->idle && self->staged == 1))
+        pthread_cond_signal(&self->cv);
+    else if (self->idle)
+        pthread_cond_broadcast(&self->cv);
+    pthread_mutex_unlock(&self->mu);
+    self->staged_head = self->staged_tail = NULL;
+    self->staged = 0;
 }
 
 size_t router_crypto_pool_inflight(const router_crypto_pool_t *self)

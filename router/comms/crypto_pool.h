@@ -49,9 +49,14 @@ router_crypto_pool_t *router_crypto_pool_new(const router_crypto_pool_opts_t *op
 void router_crypto_pool_destroy(router_crypto_pool_t **self_p);
 
 /* Runs `job`: at once on this thread when the pool has no threads (the job
- * is done on return; returns true), else queued for a thread (returns
- * false; on_done gets it later). The pool holds the job until then. */
+ * is done on return; returns true), else staged for the threads (returns
+ * false; on_done gets it later). The pool holds the job until then.
+ * Staged jobs reach the threads at router_crypto_pool_flush: call it after
+ * a batch of submits (one lock and one wake-up for the batch). */
 bool router_crypto_pool_submit(router_crypto_pool_t *self, router_crypto_job_t *job);
+
+/* Hands the staged jobs to the threads. */
+void router_crypto_pool_flush(router_crypto_pool_t *self);
 
 /* Jobs submitted to threads and not yet handed back to on_done. */
 size_t router_crypto_pool_inflight(const router_crypto_pool_t *self);
