@@ -91,8 +91,9 @@ int router_comms_serve_fd(router_comms_t *self, int fd);
  * them.) */
 void router_comms_release_acks(router_comms_t *self);
 
-/* Graceful shutdown: stop accepting and reading, wait for every admitted
- * envelope to be durable, send its ack, flush, close. `done` runs on the
+/* Graceful shutdown: stop accepting and reading, finish the checks of the
+ * frames already read (WIRE §14.12), wait for every admitted envelope to be
+ * durable, send its ack, flush, close. `done` runs on the
  * loop thread once every connection has closed. */
 void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud);
 

@@ -39,10 +39,10 @@ struct router_crypto_job {
     /* --- set by the loop before the job is run; read-only afterwards */
     uint8_t *payload;              /* the frame's payload, owned by the job; NULL for a preset refusal */
     size_t len;                    /* bytes of payload */
+    proto_wire_reason_t preset;    /* a refusal known before running (oversize), else PROTO_WIRE_OK */
     /* --- written by router_crypto_job_run; read by the loop after it */
     proto_envelope_t *env;         /* decoded envelope (owned), or NULL */
     proto_envelope_reason_t why;   /* PROTO_ENV_OK, or why decoding or the signature failed */
-    proto_wire_reason_t preset;    /* a refusal known before running (oversize), else PROTO_WIRE_OK */
     bool ack_ready;                /* ack holds the signed ack frame */
     uint8_t ack[PROTO_ACK_FRAME_LEN]; /* the ack, signed in advance (acked kinds addressed to us) */
     /* --- loop thread only */
