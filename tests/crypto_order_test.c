@@ -86,6 +86,8 @@ static void test_abandon_frees_once(void **state)
     /* the pool hands 0 and 2 back later: orphans, the loop frees them */
     assert_null(jobs[0]->owner);
     assert_null(jobs[2]->owner);
+    assert_true(atomic_load(&jobs[0]->cancelled));
+    assert_true(atomic_load(&jobs[2]->cancelled));
     router_crypto_job_free(&jobs[0]);
     router_crypto_job_free(&jobs[2]);
     router_crypto_order_abandon(&o, s_count_free, &s_owner); /* idempotent */

@@ -12,6 +12,7 @@ router_crypto_job_t *router_crypto_job_new(const uint8_t *payload, size_t len)
     router_crypto_job_t *job = calloc(1, sizeof *job);
     if (!job)
         return NULL;
+    atomic_init(&job->cancelled, false);
     job->payload = malloc(len ? len : 1);
     if (!job->payload) {
         free(job);
@@ -26,8 +27,10 @@ router_crypto_job_t *router_crypto_job_new(const uint8_t *payload, size_t len)
 router_crypto_job_t *router_crypto_job_new_refusal(proto_wire_reason_t reason)
 {
     router_crypto_job_t *job = calloc(1, sizeof *job);
-    if (job)
+    if (job) {
+        atomic_init(&job->cancelled, false);
         job->preset = reason;
+    }
     return job;
 }
 

@@ -14,6 +14,7 @@
 #ifndef KITH_ROUTER_CRYPTO_JOB_H
 #define KITH_ROUTER_CRYPTO_JOB_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -48,6 +49,8 @@ struct router_crypto_job {
     /* --- loop thread only */
     void *owner;                   /* the connection waiting for it; NULL once orphaned */
     bool done;                     /* back on the loop (ran inline, or returned by the pool) */
+    /* --- shared: set by the loop, read by a crypto thread */
+    atomic_bool cancelled;         /* orphaned before it ran: a thread skips the work */
     /* --- the pool's queues (under its mutex) */
     router_crypto_job_t *next;
 };

@@ -58,8 +58,14 @@ void router_crypto_order_abandon(router_crypto_order_t *o,
     for (size_t i = 0; i < o->count; i++) {
         router_crypto_job_t *job = o->ring[(o->head + i) & (o->cap - 1)];
         job->owner = NULL;
-        if (!job->done)
-            continue; /* still being run: freed when it comes back */
+        if (!job->done) {
+            /* Still with the pool: freed when it comes back. If no thread
+             * has begun it, none will verify it (a refused sender's
+             * pipelined frames cost one check, not one each). Relaxed: a
+             * thread that misses the flag only does useless work. */
+            atomic_store_explicit(&job->cancelled, true, memory_order_relaxed);
+            continue;
+        }
         if (free_fn) /* back on the loop: ours */
             free_fn(job, ud);
         else

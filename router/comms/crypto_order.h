@@ -38,7 +38,8 @@ router_crypto_job_t *router_crypto_order_pop(router_crypto_order_t *o);
 
 /* Drops every job: done ones are freed with free_fn(job, ud) (NULL:
  * router_crypto_job_free), the others orphaned (owner NULL, freed by
- * whoever sees them come back). Then frees the ring. Used when the
+ * whoever sees them come back) and cancelled (a thread that has not begun
+ * one skips it). Then frees the ring. Used when the
  * connection closes and after a refusal (what follows it is discarded
  * unread, WIRE §7). Idempotent. */
 void router_crypto_order_abandon(router_crypto_order_t *o,

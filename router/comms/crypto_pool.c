@@ -10,8 +10,10 @@
  * write to a job before a hand-over is visible after it, and no two threads
  * touch the same job fields at once: while a thread runs a job, the loop
  * may write only job->owner (orphaning it), a field of its own that the
- * thread never reads (crypto_job.h groups the fields by owner), and reads
- * only job->done, which nobody but the loop ever writes.
+ * thread never reads (crypto_job.h groups the fields by owner), reads
+ * only job->done, which nobody but the loop ever writes, and sets the
+ * atomic job->cancelled (relaxed: it guards no data; a thread that reads it
+ * late merely runs a job nobody waits for, which is freed all the same).
  * The eventfd carries no data; `signalled` (under the mutex) keeps the
  * threads from writing it again before the loop has taken the batch. */
 #include "router/comms/crypto_pool.h"
@@ -100,7 +102,8 @@ static void *s_worker_main(void *arg)
             p->todo_tail = NULL;
         pthread_mutex_unlock(&p->mu);
 
-        router_crypto_job_run(job, p->sk, p->pk, &w->cache);
+        if (!atomic_load_explicit(&job->cancelled, memory_order_relaxed))
+            router_crypto_job_run(job, p->sk, p->pk, &w->cache);
         ran = job;
 
         pthread_mutex_lock(&p->mu);
