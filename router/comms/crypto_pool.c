@@ -52,6 +52,7 @@ struct router_crypto_pool {
     router_crypto_job_t *todo_head, *todo_tail; /* to run, oldest first */
     router_crypto_job_t *done_head, *done_tail; /* run, not yet taken by the loop */
     unsigned idle;                   /* threads waiting on cv */
+    unsigned ndone;                  /* jobs on `done` */
     bool signalled;                  /* efd written since the loop last took `done` */
     bool stop;                       /* threads must exit */
 };
@@ -67,6 +68,11 @@ static void s_append(router_crypto_job_t **head, router_crypto_job_t **tail,
     *tail = job;
 }
 
+/* Most jobs a thread lets wait on `done` while it has more to run before
+ * it wakes the loop: at saturation the loop is woken once per batch, not
+ * once per job; with nothing more queued the wake is immediate. */
+#define S_DONE_BATCH 16u
+
 /* One lock per job: hand back the job just run and take the next. */
 static void *s_worker_main(void *arg)
 {
@@ -77,8 +83,9 @@ static void *s_worker_main(void *arg)
     for (;;) {
         if (ran) {
             s_append(&p->done_head, &p->done_tail, ran);
+            p->ndone++;
             ran = NULL;
-            if (!p->signalled) {
+            if (!p->signalled && (p->ndone >= S_DONE_BATCH || !p->todo_head || p->stop)) {
                 p->signalled = true;
                 /* An eventfd write never blocks here (the counter is far
                  * from overflowing: the loop reads it to zero on every
@@ -124,6 +131,7 @@ static void s_on_efd(router_watch_t *watch, int fd, unsigned events, void *ud)
     pthread_mutex_lock(&p->mu);
     router_crypto_job_t *job = p->done_head;
     p->done_head = p->done_tail = NULL;
+    p->ndone = 0;
     p->signalled = false;
     pthread_mutex_unlock(&p->mu);
     while (job) {
