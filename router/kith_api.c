@@ -170,6 +170,9 @@ kith_node_t *kith_node_new(kith_net_t *net, const char *name, const char *home)
     }
     router_config_t cfg;
     router_config_defaults(&cfg);
+    /* A library process runs many nodes: each verifies on its own loop
+     * thread, as deterministic as before the crypto pool (WIRE §14.12). */
+    cfg.comms.crypto_threads = 0;
     router_node_opts_t o = {
         .home = home,
         .config = &cfg,

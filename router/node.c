@@ -721,6 +721,7 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         .replay_horizon_s = self->cfg.comms.replay_horizon_s,
         .frame_max = (uint32_t) self->cfg.limits.envelope_frame_max,
         .require_peer_auth = self->cfg.comms.require_peer_auth,
+        .crypto_threads = self->cfg.comms.crypto_threads,
         .on_event = s_on_comms_event,
         .ud = self,
     };

@@ -58,6 +58,8 @@ static void test_defaults_match_design(void **state)
     assert_int_equal(c.comms.ack_timeout_ms, 30000);
     assert_int_equal(c.comms.inbox_capacity, 1024);
     assert_int_equal(c.comms.replay_window_s, 300);
+    /* the online CPUs, at most 8 (WIRE §14.12) */
+    assert_in_range(c.comms.crypto_threads, 1, ROUTER_CONFIG_CRYPTO_THREADS_DEFAULT);
     assert_string_equal(c.comms.session, "comms");
     assert_int_equal(c.workers.agent_threads, 2);
     assert_string_equal(c.workers.listen, "");
@@ -163,6 +165,7 @@ static const s_case_t s_cases[] = {
     {"comms", "inbox_capacity", "1048576", "\"x\"", "1048577", NULL},
     {"comms", "replay_window_s", "60", "1.5", "86401", NULL},
     {"comms", "session", "\"ops.comms-1\"", "1", "\"a b\"", NULL},
+    {"comms", "crypto_threads", "0", "\"2\"", "65", NULL},
     {"workers", "agent_threads", "0", "\"2\"", "257", NULL},
     {"workers", "listen", "\"tcp://127.0.0.1:5555\"", "1", "\"http://x\"", NULL},
     {"workers", "heartbeat_ms", "250", "[1]", "9", NULL},

@@ -1,7 +1,10 @@
 /* router/comms/comms.c — the inbound envelope pipeline: one small state per
- * connection (frame reader, acks owed in admission order, a refusal waiting
+ * connection (frame reader, frames in arrival order while crypto threads
+ * decode and verify them, acks owed in admission order, a refusal waiting
  * for those acks), the checks of DESIGN §8 in their order, and the release
- * of acks as the inbox makes admissions durable. */
+ * of acks as the inbox makes admissions durable. The checks that need no
+ * loop state (decode, signature, signing the ack) run on the crypto pool
+ * (router/comms/crypto_pool.h, WIRE §14.12); the rest run here, in order. */
 #include "router/comms/comms.h"
 
 #include <errno.h>
@@ -13,6 +16,8 @@
 
 #include "proto/frame.h"
 #include "router/clock.h"
+#include "router/comms/crypto_order.h"
+#include "router/comms/crypto_pool.h"
 #include "router/comms/framed.h"
 #include "router/comms/guard.h"
 #include "router/comms/pairing.h"
@@ -28,12 +33,22 @@
 #define S_RELEASE_TICK_MS 50u
 /* Bound on a graceful drain before remaining connections are aborted. */
 #define S_DRAIN_TIMEOUT_MS 10000u
+/* Frames of one connection read and not yet through the checks (on the
+ * crypto threads, or done and waiting for an earlier one) before it stops
+ * reading; it reads again below half of both. A connection with none may
+ * always take one more frame, so a 1 MiB envelope always gets through. */
+#define S_CONN_JOBS_MAX 256u
+#define S_CONN_JOB_BYTES_MAX (2u * 1024u * 1024u)
+/* The same for all connections together: a connection that finds these
+ * full stops reading until the total is below them again. Each bound may be
+ * passed by what one read delivers (ROUTER_CONN_TURN_BYTES) per connection. */
+#define S_JOBS_MAX 8192u
+#define S_JOB_BYTES_MAX (32u * 1024u * 1024u)
 
 typedef struct {
     uint64_t seq;       /* inbox sequence of the admitted envelope */
-    uint8_t id[16];     /* its id: the ack's in_reply_to */
-    uint8_t to[32];     /* the sender: the ack's recipient */
     bool ack;           /* proto_kind_acked: message, fenced message, request, lifecycle */
+    uint8_t frame[PROTO_ACK_FRAME_LEN]; /* the ack, signed on the crypto pool (when ack) */
 } s_owed_t;
 
 typedef struct s_cc s_cc_t;
@@ -44,11 +59,16 @@ struct s_cc {
     router_conn_t *conn;         /* the loop's connection */
     router_framed_t framed;      /* frames out of the byte stream */
     router_guard_conn_t guard;   /* bounds and deadlines (router/comms/guard.h) */
+    router_crypto_order_t order; /* frames read, not yet checked, in arrival order */
     s_owed_t *owed;              /* ring of admitted envelopes awaiting durability */
     size_t owed_head, owed_count, owed_cap;
-    bool finishing;              /* no more reading (a refusal, or the peer's EOF): close once owed is empty */
+    bool finishing;              /* no more reading (a refusal, or the peer's EOF): close once
+                                  * order and owed are empty */
     bool paused;                 /* reading paused for backpressure */
     bool closing;                /* router_conn_close was called */
+    bool aborted;                /* router_conn_abort was called: admit nothing more */
+    bool waiting;                /* on the comms' list of connections waiting for job room */
+    s_cc_t *wprev, *wnext;       /* that list */
     uint8_t sender[32];          /* key of the last trusted, verified sender; zeros until one */
     int transport;               /* S_TCP, S_UDS or S_INPROC, for the per-transport gauge */
     bool sniffed;                /* the first byte was seen (a '{' starts Meerkat pairing) */
@@ -74,6 +94,9 @@ struct router_comms {
     router_comms_event_fn *on_event;
     void *ud;
 
+    router_crypto_pool_t *crypto;      /* decode, verify, sign acks (inline with 0 threads) */
+    size_t jobs, job_bytes;            /* jobs alive (in orders, on the pool, orphans) and their bytes */
+    s_cc_t *waiters;                   /* connections paused until jobs drop below the totals */
     s_cc_t *conns;                     /* every open connection */
     router_listener_t *listeners[8];   /* what drain must close */
     size_t nlisteners;
@@ -122,7 +145,35 @@ static void s_emit(router_comms_t *self, s_cc_t *cc, bool admitted, proto_wire_r
     self->on_event(&ev, self->ud);
 }
 
+/* ---------------------------------------------------------------- jobs */
+
+/* Frees a job comms is done with and takes it off the totals. */
+static void s_job_free(router_comms_t *self, router_crypto_job_t *job)
+{
+    self->jobs--;
+    self->job_bytes -= job->len;
+    router_crypto_job_free(&job);
+}
+
+static void s_job_free_cb(router_crypto_job_t *job, void *ud)
+{
+    s_job_free(ud, job);
+}
+
+/* Drops the frames a connection read and has not admitted (after a
+ * refusal, an abort, a close): those done are freed now, those still on a
+ * crypto thread are orphaned and freed when they come back (s_on_job_done). */
+static void s_discard(s_cc_t *cc)
+{
+    router_crypto_order_abandon(&cc->order, s_job_free_cb, cc->comms);
+}
+
 /* ---------------------------------------------------------------- closing */
+
+static bool s_idle(const s_cc_t *cc)
+{
+    return cc->owed_count == 0 && router_crypto_order_count(&cc->order) == 0;
+}
 
 static void s_close(s_cc_t *cc)
 {
@@ -140,22 +191,102 @@ static void s_stop_reading(s_cc_t *cc)
     router_guard_pause(&cc->guard);
 }
 
-/* A refusal: stop reading; the connection closes as soon as the acks owed
- * for earlier admissions have been queued, so the sender fails fast but
- * never loses an ack it earned. */
+/* A reset: the sender must read "unknown outcome", never "refused"
+ * (WIRE §9.1); nothing it sent after what was admitted is admitted. */
+static void s_abort(s_cc_t *cc)
+{
+    cc->finishing = true;
+    cc->aborted = true;
+    s_discard(cc);
+    router_framed_release(&cc->framed);
+    router_conn_abort(cc->conn);
+}
+
+/* A refusal: stop reading; the frames read after the refused one are
+ * discarded unread (WIRE §7); the connection closes as soon as the acks
+ * owed for earlier admissions have been queued, so the sender fails fast
+ * but never loses an ack it earned. */
 static void s_refuse(s_cc_t *cc, proto_wire_reason_t reason, const char *detail,
                      const proto_envelope_t *env, const router_peer_t *peer)
 {
     s_emit(cc->comms, cc, false, reason, detail, env, peer, 0);
     cc->finishing = true;
+    s_discard(cc);
     s_stop_reading(cc);
-    if (cc->owed_count == 0)
+    if (s_idle(cc))
         s_close(cc);
+}
+
+/* ---------------------------------------------------------------- backpressure */
+
+static bool s_totals_full(const router_comms_t *self)
+{
+    return self->jobs >= S_JOBS_MAX || self->job_bytes >= S_JOB_BYTES_MAX;
+}
+
+static void s_waiter_remove(s_cc_t *cc)
+{
+    if (!cc->waiting)
+        return;
+    if (cc->wprev)
+        cc->wprev->wnext = cc->wnext;
+    else
+        cc->comms->waiters = cc->wnext;
+    if (cc->wnext)
+        cc->wnext->wprev = cc->wprev;
+    cc->wprev = cc->wnext = NULL;
+    cc->waiting = false;
+}
+
+/* Pauses or resumes reading after what a connection holds changed: acks
+ * owed (the store catching up), frames in the checks (the crypto threads
+ * catching up), and the jobs of all connections together. */
+static void s_flow(s_cc_t *cc)
+{
+    router_comms_t *self = cc->comms;
+    if (cc->finishing || cc->closing || self->draining)
+        return; /* reading stopped for good */
+    const router_crypto_order_t *o = &cc->order;
+    bool full = s_totals_full(self);
+    if (!cc->paused) {
+        bool own = cc->owed_count >= S_PENDING_PAUSE || o->count >= S_CONN_JOBS_MAX ||
+                   o->bytes >= S_CONN_JOB_BYTES_MAX;
+        if (!own && !full)
+            return;
+        cc->paused = true;
+        s_stop_reading(cc);
+    } else if (cc->owed_count < S_PENDING_PAUSE / 2 && o->count < S_CONN_JOBS_MAX / 2 &&
+               o->bytes < S_CONN_JOB_BYTES_MAX / 2 && !full) {
+        cc->paused = false;
+        s_waiter_remove(cc);
+        router_conn_resume_read(cc->conn);
+        router_guard_progress(&cc->guard, 0, router_framed_busy(&cc->framed));
+        return;
+    }
+    /* Paused: if the totals are (part of) the reason, be told when they drop. */
+    if (full && !cc->waiting) {
+        cc->waiting = true;
+        cc->wprev = NULL;
+        cc->wnext = self->waiters;
+        if (self->waiters)
+            self->waiters->wprev = cc;
+        self->waiters = cc;
+    }
+}
+
+/* Jobs were freed: connections waiting for room read again. */
+static void s_waiters_wake(router_comms_t *self)
+{
+    while (self->waiters && !s_totals_full(self)) {
+        s_cc_t *cc = self->waiters;
+        s_waiter_remove(cc);
+        s_flow(cc);
+    }
 }
 
 /* ---------------------------------------------------------------- acks owed */
 
-static int s_owe(s_cc_t *cc, uint64_t seq, const proto_envelope_t *env, bool ack)
+static int s_owe(s_cc_t *cc, uint64_t seq, const router_crypto_job_t *job, bool ack)
 {
     if (cc->owed_count == cc->owed_cap) {
         size_t ncap = cc->owed_cap ? cc->owed_cap * 2 : 16;
@@ -171,15 +302,11 @@ static int s_owe(s_cc_t *cc, uint64_t seq, const proto_envelope_t *env, bool ack
     }
     s_owed_t *o = &cc->owed[(cc->owed_head + cc->owed_count) % cc->owed_cap];
     o->seq = seq;
-    memcpy(o->id, proto_envelope_id(env), 16);
-    memcpy(o->to, proto_envelope_from(env), 32);
     o->ack = ack;
+    if (ack)
+        memcpy(o->frame, job->ack, sizeof o->frame);
     cc->owed_count++;
     s_tick_arm(cc->comms);
-    if (cc->owed_count >= S_PENDING_PAUSE && !cc->paused) {
-        cc->paused = true;
-        s_stop_reading(cc);
-    }
     return 0;
 }
 
@@ -187,7 +314,7 @@ static int s_owe(s_cc_t *cc, uint64_t seq, const proto_envelope_t *env, bool ack
 static void s_release(s_cc_t *cc)
 {
     router_comms_t *self = cc->comms;
-    if (cc->closing)
+    if (cc->closing || cc->aborted)
         return;
     uint64_t durable = router_inbox_durable_seq(self->inbox);
     while (cc->owed_count > 0) {
@@ -195,9 +322,7 @@ static void s_release(s_cc_t *cc)
         if (o->seq > durable)
             break;
         if (o->ack) {
-            uint8_t frame[PROTO_ACK_FRAME_LEN];
-            proto_envelope_ack_frame(self->identity->sk, o->to, o->id, NULL, frame);
-            if (router_conn_send(cc->conn, frame, sizeof frame) != 0)
+            if (router_conn_send(cc->conn, o->frame, sizeof o->frame) != 0)
                 return; /* cut (slow consumer) or closing: on_close follows */
             self->stats.acked++;
             router_metric_inc(self->m_acked, 1);
@@ -205,15 +330,12 @@ static void s_release(s_cc_t *cc)
         cc->owed_head = (cc->owed_head + 1) % cc->owed_cap;
         cc->owed_count--;
     }
-    if (cc->owed_count == 0 && (cc->finishing || self->draining)) {
+    if (s_idle(cc) && (cc->finishing || self->draining)) {
         s_close(cc);
         return;
     }
-    if (cc->paused && cc->owed_count < S_PENDING_PAUSE / 2 && !cc->finishing && !self->draining) {
-        cc->paused = false;
-        router_conn_resume_read(cc->conn);
-        router_guard_progress(&cc->guard, 0, router_framed_busy(&cc->framed));
-    }
+    if (cc->paused)
+        s_flow(cc);
 }
 
 static void s_release_all(router_comms_t *self)
@@ -253,36 +375,41 @@ static void s_tick_arm(router_comms_t *self)
 
 /* ---------------------------------------------------------------- the pipeline */
 
-static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
+/* The checks after the signature, on the loop, for one frame whose turn
+ * has come (every frame before it on the connection went through here). */
+static void s_check(s_cc_t *cc, router_crypto_job_t *job)
 {
     router_comms_t *self = cc->comms;
-    proto_envelope_t *env = NULL;
-    proto_envelope_reason_t why;
+    proto_envelope_t *env = job->env;
 
-    /* decode */
-    if (proto_envelope_decode(payload, len, &env, &why) != 0) {
-        s_refuse(cc, proto_envelope_reason_wire(why), proto_envelope_reason_str(why), NULL, NULL);
+    /* frame size, found while reading (WIRE §7 check 1) */
+    if (job->preset != PROTO_WIRE_OK) {
+        s_refuse(cc, job->preset, proto_wire_reason_str(job->preset), NULL, NULL);
         return;
     }
-    /* signature: a trusted key was checked for full order when the store
-     * loaded, which halves the cost of verifying it. */
-    const uint8_t *from = proto_envelope_from(env);
-    const router_peer_t *peer = self->trust ? router_trust_by_pubkey(self->trust, from) : NULL;
-    int bad = peer ? proto_envelope_verify_prechecked(env, &why)
-                   : proto_envelope_verify(env, &why);
-    if (bad) {
-        s_refuse(cc, proto_envelope_reason_wire(why), proto_envelope_reason_str(why), env, NULL);
-        goto done;
+    /* decode, on the crypto pool */
+    if (!env) {
+        s_refuse(cc, proto_envelope_reason_wire(job->why), proto_envelope_reason_str(job->why),
+                 NULL, NULL);
+        return;
     }
+    /* signature, on the crypto pool */
+    const uint8_t *from = proto_envelope_from(env);
+    if (!router_crypto_job_verified(job)) {
+        s_refuse(cc, proto_envelope_reason_wire(job->why), proto_envelope_reason_str(job->why),
+                 env, NULL);
+        return;
+    }
+    const router_peer_t *peer = self->trust ? router_trust_by_pubkey(self->trust, from) : NULL;
     /* addressed to us */
     if (memcmp(proto_envelope_to(env), self->identity->pk, 32) != 0) {
         s_refuse(cc, PROTO_WIRE_MISADDRESSED, NULL, env, peer);
-        goto done;
+        return;
     }
     /* sender trusted */
     if (!peer && self->require_peer_auth) {
         s_refuse(cc, PROTO_WIRE_UNTRUSTED_SENDER, NULL, env, NULL);
-        goto done;
+        return;
     }
     router_guard_authenticated(&cc->guard); /* signature (and trust) passed */
     if (peer)
@@ -299,7 +426,7 @@ static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
                                 : v == ROUTER_REPLAY_BUSY ? PROTO_WIRE_INBOX_FULL
                                                           : PROTO_WIRE_REPLAY;
         s_refuse(cc, r, router_replay_verdict_str(v), env, peer);
-        goto done;
+        return;
     }
     /* admitted to the inbox, the id remembered durably in the same
      * transaction (the ack waits for both) */
@@ -309,18 +436,18 @@ static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
     proto_kind_t kind = proto_envelope_kind(env);
     uint64_t seq = 0;
     router_inbox_outcome_t out = router_inbox_admit(self->inbox, id, from, proto_kind_str(kind),
-                                                    payload, len, now, &seen, &seq);
+                                                    job->payload, job->len, now, &seen, &seq);
     if (out != ROUTER_INBOX_ADMITTED) {
         /* Not admitted, so not remembered: the sender may retry it later. */
         router_replay_forget(self->replay, from, id);
         s_refuse(cc, out == ROUTER_INBOX_NOMEM ? PROTO_WIRE_INTERNAL : PROTO_WIRE_INBOX_FULL,
                  router_inbox_outcome_str(out), env, peer);
-        goto done;
+        return;
     }
     /* message, incarnation_fenced_message, request and lifecycle, as
-     * Meerkat acks them (WIRE §8.2, §23.2). */
+     * Meerkat acks them (WIRE §8.2, §23.2); the pool signed the ack. */
     bool wants_ack = proto_kind_acked(kind);
-    if (s_owe(cc, seq, env, wants_ack) != 0) {
+    if (s_owe(cc, seq, job, wants_ack) != 0) {
         /* Admitted but we cannot track its ack: it stays in the inbox, and
          * the sender must not read "refused" into what follows, so the
          * connection is reset (unknown outcome), never closed orderly. */
@@ -328,18 +455,64 @@ static void s_on_frame(s_cc_t *cc, const uint8_t *payload, size_t len)
         ROUTER_LOG(ROUTER_LOG_WARN, "comms",
                    "connection %llu reset: no memory to track the ack of an admitted envelope",
                    (unsigned long long) router_conn_id(cc->conn));
-        cc->finishing = true;
-        router_conn_abort(cc->conn);
-        goto done;
+        s_abort(cc);
+        return;
     }
     s_emit(self, cc, true, PROTO_WIRE_OK, "admitted", env, peer, seq);
-done:
-    proto_envelope_destroy(&env);
 }
 
-static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+/* Runs the loop's checks on the connection's frames that are done, from
+ * the front, stopping at the first one still on a crypto thread: so
+ * envelopes are admitted, and acked, in the order they arrived. */
+static void s_advance(s_cc_t *cc)
 {
-    s_cc_t *cc = ud;
+    router_comms_t *self = cc->comms;
+    router_crypto_job_t *job;
+    while (!cc->aborted && (job = router_crypto_order_pop(&cc->order)) != NULL) {
+        s_check(cc, job);
+        s_job_free(self, job);
+    }
+}
+
+/* A job came back from a crypto thread (loop thread). */
+static void s_on_job_done(router_crypto_job_t *job, void *ud)
+{
+    router_comms_t *self = ud;
+    s_cc_t *cc = job->owner;
+    if (!cc) {
+        s_job_free(self, job); /* its connection is gone or refused: discarded */
+    } else {
+        s_advance(cc);
+        s_release(cc); /* acks at once when admission is already durable; closes a
+                        * finishing connection once nothing is left */
+    }
+    s_waiters_wake(self);
+}
+
+/* A frame read: into the connection's order, then to the crypto pool (or
+ * through it at once, with no crypto threads). Returns -1 when out of
+ * memory (the caller resets the connection). */
+static int s_on_frame(s_cc_t *cc, router_crypto_job_t *job)
+{
+    router_comms_t *self = cc->comms;
+    if (!job)
+        return -1;
+    if (router_crypto_order_push(&cc->order, job, cc) != 0) {
+        router_crypto_job_free(&job);
+        return -1;
+    }
+    self->jobs++;
+    self->job_bytes += job->len;
+    if (job->preset != PROTO_WIRE_OK)
+        job->done = true; /* a refusal already: nothing to run */
+    else if (!router_crypto_pool_submit(self->crypto, job))
+        return 0; /* comes back through s_on_job_done */
+    s_advance(cc);
+    return 0;
+}
+
+static void s_on_data_frames(router_conn_t *conn, uint8_t *data, size_t len, s_cc_t *cc)
+{
     unsigned frames = 0;
     /* A frame starts with its length; no envelope under 1 MiB starts with
      * '{' (0x7b), so a first '{' is Meerkat's JSON pairing (WIRE §23.6). */
@@ -366,7 +539,11 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
         if (n < 0) {
             router_framed_error_t e = router_framed_error(&cc->framed);
             if (e == ROUTER_FRAMED_OVERSIZE) {
-                s_refuse(cc, PROTO_WIRE_OVERSIZE, "oversize", NULL, NULL);
+                /* refused in its turn, after the frames read before it */
+                if (s_on_frame(cc, router_crypto_job_new_refusal(PROTO_WIRE_OVERSIZE)) != 0)
+                    goto nomem;
+                cc->finishing = true; /* nothing after it is read */
+                s_stop_reading(cc);
                 break;
             }
             /* Not the sender's fault (no memory), or the partial budget cut
@@ -374,22 +551,39 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
              * "unknown", not "refused". */
             ROUTER_LOG(ROUTER_LOG_WARN, "comms", "connection %llu cut: reason=%s",
                        (unsigned long long) router_conn_id(conn), router_framed_error_str(e));
-            cc->finishing = true;
-            router_framed_release(&cc->framed);
-            router_conn_abort(conn);
+            s_abort(cc);
             return;
         }
         data += n;
         len -= (size_t) n;
         frames++;
-        s_on_frame(cc, f.payload, f.len);
+        if (s_on_frame(cc, router_crypto_job_new(f.payload, f.len)) != 0)
+            goto nomem;
     }
+    if (cc->aborted)
+        return;
     if (!router_framed_busy(&cc->framed))
         router_framed_release(&cc->framed); /* an idle connection holds nothing */
     if (!cc->finishing && !cc->paused && !cc->comms->draining)
         router_guard_progress(&cc->guard, frames, router_framed_busy(&cc->framed));
     /* Acks for whatever this read admitted (at once with a memory inbox). */
     s_release(cc);
+    s_flow(cc);
+    return;
+nomem:
+    ROUTER_LOG(ROUTER_LOG_WARN, "comms", "connection %llu cut: no memory for a frame",
+               (unsigned long long) router_conn_id(conn));
+    s_abort(cc);
+}
+
+static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
+{
+    s_cc_t *cc = ud;
+    router_comms_t *self = cc->comms;
+    s_on_data_frames(conn, data, len, cc);
+    /* The frames of this read go to the crypto threads together (cc may
+     * be aborted by now; its jobs are orphans and come back all the same). */
+    router_crypto_pool_flush(self->crypto);
 }
 
 static void s_on_eof(router_conn_t *conn, void *ud)
@@ -423,6 +617,8 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     router_guard_leave(&cc->guard);
     router_framed_release(&cc->framed);
     router_pairing_conn_free(&cc->pairing);
+    s_discard(cc); /* frames still on a crypto thread are orphaned, freed when back */
+    s_waiter_remove(cc);
     if (cc->prev)
         cc->prev->next = cc->next;
     else
@@ -433,6 +629,7 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     router_metric_set(self->m_open[cc->transport], --self->open_by[cc->transport]);
     free(cc->owed);
     free(cc);
+    s_waiters_wake(self);
     s_maybe_finish_drain(self);
 }
 
@@ -447,10 +644,7 @@ static void s_on_cut(router_guard_conn_t *gc, router_guard_cut_t why, void *ud)
 {
     (void) gc;
     (void) why;
-    s_cc_t *cc = ud;
-    cc->finishing = true;
-    router_framed_release(&cc->framed);
-    router_conn_abort(cc->conn);
+    s_abort(ud);
 }
 
 static s_cc_t *s_cc_new(router_comms_t *self)
@@ -537,7 +731,18 @@ router_comms_t *router_comms_new(const router_comms_opts_t *opts)
         self->guard = router_guard_new(&go);
         self->own_guard = true;
     }
-    if (!self->replay || !self->guard) {
+    router_crypto_pool_opts_t cpo = {
+        .loop = opts->loop,
+        .threads = opts->crypto_threads,
+        .sk = opts->identity->sk,
+        .pk = opts->identity->pk,
+        .on_done = s_on_job_done,
+        .ud = self,
+    };
+    if (self->replay && self->guard && !(self->crypto = router_crypto_pool_new(&cpo)))
+        ROUTER_LOG(ROUTER_LOG_ERROR, "comms", "cannot start %u crypto threads: %s",
+                   opts->crypto_threads, strerror(errno));
+    if (!self->replay || !self->guard || !self->crypto) {
         router_replay_destroy(&self->replay);
         if (self->own_guard)
             router_guard_destroy(&self->guard);
@@ -587,9 +792,12 @@ void router_comms_destroy(router_comms_t **self_p)
         router_guard_leave(&cc->guard);
         router_framed_release(&cc->framed);
         router_pairing_conn_free(&cc->pairing);
+        s_discard(cc);
         free(cc->owed);
         free(cc);
     }
+    /* Every job left is an orphan now: the pool frees them. */
+    router_crypto_pool_destroy(&self->crypto);
     router_replay_destroy(&self->replay);
     if (self->own_guard)
         router_guard_destroy(&self->guard);
@@ -689,7 +897,7 @@ void router_comms_set_trust(router_comms_t *self, const router_trust_t *trust)
                    (unsigned long long) router_conn_id(cc->conn), cc->owed_count);
         cc->finishing = true;
         s_stop_reading(cc); /* no idle deadline while its acks wait for the store */
-        if (cc->owed_count == 0)
+        if (s_idle(cc))
             s_close(cc);
     }
 }

@@ -8,8 +8,10 @@
  * Each refusal has its typed wire reason, is counted and reported through
  * on_event, and closes the connection once the acks owed for envelopes
  * admitted before it have gone out. Acks leave in admission order, and only
- * after the inbox reports the envelope durable. Loop thread only, except
- * where noted. */
+ * after the inbox reports the envelope durable. Decoding, verification and
+ * signing the acks run on crypto threads beside the loop when
+ * crypto_threads > 0 (WIRE §14.12); everything else stays on the loop.
+ * Loop thread only, except where noted. */
 #ifndef KITH_ROUTER_COMMS_H
 #define KITH_ROUTER_COMMS_H
 
@@ -60,6 +62,8 @@ typedef struct {
     uint32_t replay_horizon_s;          /* how long other ids are remembered; 0 → 86400 */
     uint32_t frame_max;                 /* largest frame payload; 0 → PROTO_FRAME_MAX */
     bool require_peer_auth;             /* refuse senders missing from the trust store */
+    unsigned crypto_threads;            /* threads that decode, verify and sign acks
+                                         * (comms.crypto_threads, WIRE §14.12); 0: the loop */
     router_comms_event_fn *on_event;    /* optional */
     void *ud;                           /* for on_event */
 } router_comms_opts_t;
@@ -87,8 +91,9 @@ int router_comms_serve_fd(router_comms_t *self, int fd);
  * them.) */
 void router_comms_release_acks(router_comms_t *self);
 
-/* Graceful shutdown: stop accepting and reading, wait for every admitted
- * envelope to be durable, send its ack, flush, close. `done` runs on the
+/* Graceful shutdown: stop accepting and reading, finish the checks of the
+ * frames already read (WIRE §14.12), wait for every admitted envelope to be
+ * durable, send its ack, flush, close. `done` runs on the
  * loop thread once every connection has closed. */
 void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud);
 

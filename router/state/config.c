@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <yajl/yajl_gen.h>
 
@@ -224,6 +225,7 @@ static const s_key_t s_comms_keys[] = {
     S_U("inbox_max_bytes", comms.inbox_max_bytes, 1024, 17179869184ull),
     S_S("session", comms.session, false, s_check_session, "a session name"),
     S_S("pairing_password_env", comms.pairing_password_env, true, s_check_env_name, S_ENV),
+    S_U("crypto_threads", comms.crypto_threads, 0, ROUTER_CONFIG_CRYPTO_THREADS_MAX),
 };
 
 static const s_key_t s_workers_keys[] = {
@@ -306,6 +308,14 @@ void router_config_defaults(router_config_t *cfg)
     cfg->comms.replay_horizon_s = 86400;
     cfg->comms.inbox_max_bytes = 64ull * 1024 * 1024;
     snprintf(cfg->comms.session, sizeof cfg->comms.session, "comms");
+    /* One crypto thread per online CPU, at most 8 (WIRE §14.12): the loop
+     * itself does little else at saturation, and past 8 the replay window
+     * and the inbox on the one loop thread are what limit. */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->comms.crypto_threads = cpus < 1 ? 1
+                                : (unsigned long) cpus > ROUTER_CONFIG_CRYPTO_THREADS_DEFAULT
+                                    ? ROUTER_CONFIG_CRYPTO_THREADS_DEFAULT
+                                    : (uint32_t) cpus;
 
     cfg->workers.agent_threads = 2;
     cfg->workers.heartbeat_ms = 1000;

@@ -36,6 +36,9 @@
 #define ROUTER_CONFIG_MODEL_CAP    256  /* agent.model */
 #define ROUTER_CONFIG_PATH_CAP     1024 /* audit.path */
 #define ROUTER_CONFIG_SESSION_CAP  65   /* comms.session: 1..64 of [A-Za-z0-9._-] */
+/* comms.crypto_threads: 0..this; default the online CPUs, at most _DEFAULT. */
+#define ROUTER_CONFIG_CRYPTO_THREADS_MAX 64u
+#define ROUTER_CONFIG_CRYPTO_THREADS_DEFAULT 8u
 
 /* comms.mode: which comms listener runs. */
 typedef enum {
@@ -82,6 +85,7 @@ typedef struct {
         uint64_t inbox_max_bytes;                          /* frame bytes the inbox holds, 1024..17179869184 */
         char session[ROUTER_CONFIG_SESSION_CAP];           /* session that takes comms turns */
         char pairing_password_env[ROUTER_CONFIG_ENV_CAP];  /* env var holding the Meerkat pairing password (WIRE §23.6), or "" */
+        uint32_t crypto_threads;                           /* threads verifying and signing beside the loop, 0..64 (WIRE §14.12) */
     } comms;
     struct {
         uint32_t agent_threads;                            /* embedded agent workers, 0..256 */

@@ -165,6 +165,10 @@ class Daemon:
         cfg = {"gateway": {"port": 0},
                "comms": {"address": "127.0.0.1:0", "uds_path": self.uds},
                "workers": {"agent_threads": 0}}
+        # The @crypto0 twins (CMakeLists.txt) run the same test with the
+        # checks on the loop thread instead of the crypto threads.
+        if os.environ.get("KITH_TEST_CRYPTO_THREADS"):
+            cfg["comms"]["crypto_threads"] = int(os.environ["KITH_TEST_CRYPTO_THREADS"])
         for section, values in (config or {}).items():
             cfg.setdefault(section, {}).update(values)
         self.config = cfg

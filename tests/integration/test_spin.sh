@@ -197,5 +197,13 @@ expect_caught webhook_timeout_keeps webhook.pml 'assertion violated \( !\(\(\(me
 # What W4 protects: with it off, the corrected retries get 409 forever.
 expect_cycle  webhook_refused_busy webhook.pml all_done -DBROKEN_KEEP_ON_REFUSAL -DNO_W4_ASSERT
 
+# ---------------------------------------------------------------- crypto.pml
+# Checks on crypto threads finishing out of order; admissions and acks in
+# arrival order; a reset connection frees each job once (WIRE §14.12).
+verify crypto       crypto.pml safety
+verify crypto_wide  crypto.pml safety -DN=4 -DW=3
+expect_caught crypto_no_order      crypto.pml 'assertion violated \(adm\[nack\]==nack\)' -DBROKEN_NO_ORDER
+expect_caught crypto_free_inflight crypto.pml 'assertion violated \(freed\[(j|k)\]==0\)' -DBROKEN_FREE_INFLIGHT
+
 echo "test_spin${only:+ $only}: $passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
