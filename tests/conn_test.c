@@ -1679,6 +1679,79 @@ static void test_turns_between_connections(void **state)
     s_done(&ctx);
 }
 
+/* An answer does not wait for parked input's turn: B's request is
+ * answered in the batch that read it, and the answer has left (its bytes
+ * are readable at B's peer) before A, which has input parked, gets its next
+ * turn. Before, the answer was submitted only at the next wait, after that
+ * turn (a GET /health behind a flood of event lines, issue 13). */
+typedef struct {
+    router_conn_t *a, *b;
+    int b_peer;           /* the test's end of B */
+    size_t a_got;
+    bool answered;        /* B's answer was queued */
+    int checked;          /* A's turns after that: 1 = the next one looked */
+    bool arrived;         /* ...and found the answer at B's peer */
+} s_answer_t;
+
+static void s_answer_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    (void) data;
+    s_ctx_t *ctx = ud;
+    s_answer_t *f = ctx->extra;
+    if (c == f->b && !f->answered) {
+        assert_int_equal(router_conn_send(c, "pong", 4), 0);
+        f->answered = true;
+    } else if (c == f->a) {
+        /* B's request comes while A has input parked for its turns. */
+        if (f->a_got == 0)
+            assert_int_equal(s_send_all(f->b_peer, "ping", 4), 0);
+        f->a_got += len;
+        if (f->answered && f->checked++ == 0) {
+            char buf[8];
+            f->arrived = recv(f->b_peer, buf, sizeof buf, MSG_DONTWAIT) == 4;
+        }
+    }
+    if (f->a_got == FAIR_A_BYTES && f->checked)
+        router_loop_stop(ctx->loop);
+}
+
+static const router_conn_handlers_t s_answer_handlers = {
+    .on_data = s_answer_data,
+    .on_close = s_fair_close,
+};
+
+static void test_answer_before_parked_turn(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    int a[2], b[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
+    s_answer_t f = {.b_peer = b[1]};
+    ctx.extra = &f;
+    int big = 1 << 20;
+    (void) setsockopt(a[1], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    (void) setsockopt(a[0], SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    uint8_t *blob = calloc(1, FAIR_A_BYTES);
+    assert_non_null(blob);
+    assert_int_equal(s_send_all(a[1], blob, FAIR_A_BYTES), 0);
+    f.a = router_loop_adopt(ctx.loop, a[0], &s_answer_handlers, &ctx);
+    f.b = router_loop_adopt(ctx.loop, b[0], &s_answer_handlers, &ctx);
+    assert_non_null(f.a);
+    assert_non_null(f.b);
+    router_conn_set_turn_bytes(f.a, 1024); /* most of A stays parked */
+    s_run(&ctx);
+    assert_false(ctx.hung);
+    assert_int_equal(f.a_got, FAIR_A_BYTES);
+    assert_true(f.answered);
+    assert_true(f.checked > 0);
+    assert_true(f.arrived);
+    free(blob);
+    close(a[1]);
+    close(b[1]);
+    s_done(&ctx);
+}
+
 /* ------------------------------------------------------------ accept failures */
 
 /* The process is out of descriptors (EMFILE): the listener counts each
@@ -1818,6 +1891,7 @@ int main(void)
         BOTH(test_many_connections),
         BOTH(test_slow_consumer_cut),
         BOTH(test_turns_between_connections),
+        BOTH(test_answer_before_parked_turn),
         BOTH(test_send_limit_exact),
         BOTH(test_connection_limits),
         BOTH(test_connect_tcp),

@@ -706,6 +706,15 @@ int router_loop_run(router_loop_t *loop)
             rc = -1;
             break;
         }
+        /* What this batch answered leaves before parked input's turn: a
+         * flood's turn (events.c: 4 KiB of lines, tens of µs) and the rest
+         * of the iteration would otherwise sit between a GET /health and
+         * its response's submission at the next wait (issue 13). */
+        if (loop->backlog) {
+            router_loop_settle(loop);
+            if (loop->be->submit)
+                loop->be->submit(loop);
+        }
         if (loop->conn_ops && loop->conn_ops->turn)
             loop->conn_ops->turn(loop); /* parked input gets its turn */
         router_loop_settle(loop);

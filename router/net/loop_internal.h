@@ -325,6 +325,9 @@ struct router_backend_ops {
      * something to happen and dispatches what did, at most
      * ROUTER_LOOP_BATCH completions or events. Returns how many. */
     int (*wait)(router_loop_t *loop, int timeout_ms);
+    /* Submits pending requests now, without waiting; NULL when writes
+     * leave without a submission (epoll writes at once). */
+    void (*submit)(router_loop_t *loop);
     int (*listener_start)(router_listener_t *l);
     void (*listener_stop)(router_listener_t *l);
     bool (*listener_busy)(const router_listener_t *l);

@@ -674,11 +674,19 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
     return n;
 }
 
+static void s_submit(router_loop_t *loop)
+{
+    s_uring_t *u = s_u(loop);
+    if (u->enabled && io_uring_sq_ready(&u->ring) > 0)
+        (void) io_uring_submit(&u->ring);
+}
+
 const router_backend_ops_t router_backend_uring = {
     .name = "io_uring",
     .init = s_init,
     .fini = s_fini,
     .wait = s_wait,
+    .submit = s_submit,
     .listener_start = s_listener_start,
     .listener_stop = s_listener_stop,
     .listener_busy = s_listener_busy,

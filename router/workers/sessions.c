@@ -1,6 +1,8 @@
 /* router/workers/sessions.c — the sessions store: a job queue under one
- * mutex, a thread running the jobs against SQLite, and an eventfd the loop
- * watches to run the finished jobs' callbacks. */
+ * mutex, a thread running the jobs against SQLite, an eventfd the loop
+ * watches to run the finished jobs' callbacks, and the loop's cache of
+ * recent history (history_cache.c) that answers most history reads without
+ * the thread. */
 #include "router/workers/sessions.h"
 
 #include <errno.h>
@@ -17,6 +19,7 @@
 
 #include "router/clock.h"
 #include "router/log.h"
+#include "router/workers/history_cache.h"
 
 #define MOD "sessions"
 
@@ -31,7 +34,10 @@ struct s_job {
     char *content;            /* J_APPEND */
     size_t len;
     char turn_id[40];         /* J_APPEND */
+    uint64_t time_ms;         /* J_APPEND: when it was queued, as the cache has it */
     unsigned limit;
+    uint64_t ticket;          /* J_HISTORY: the cache's load ticket, or 0 */
+    router_history_view_t *view; /* J_HISTORY answered by the cache: msgs are its */
     void *fn;                 /* callback, by kind */
     void *ud;
     uint64_t tag;
@@ -61,6 +67,8 @@ struct router_sessions {
     s_job_t *done_head, *done_tail;
     bool stopping;
     sqlite3 *db;               /* the thread's; opened by new */
+    router_history_cache_t *cache; /* the loop's */
+    size_t hits_out;           /* cache answers not yet delivered (≤ JOBS_MAX) */
     _Atomic uint64_t failures;
 };
 
@@ -90,6 +98,11 @@ static void s_job_free(s_job_t *j)
     free(j->name);
     free(j->content);
     free(j->res_name);
+    if (j->view) {
+        router_history_view_free(&j->view);
+        j->msgs = NULL;
+        j->nmsgs = 0;
+    }
     for (size_t i = 0; i < j->nmsgs; i++) {
         free((char *) j->msgs[i].content);
         free((char *) j->msgs[i].role);
@@ -150,7 +163,7 @@ static void s_run_open(router_sessions_t *s, s_job_t *j)
 static void s_run_append(router_sessions_t *s, s_job_t *j)
 {
     sqlite3_stmt *st = NULL;
-    uint64_t now = router_clock_wall_ms();
+    uint64_t now = j->time_ms;
     j->rc = -1;
     if (s_exec(s->db, "SAVEPOINT append") != 0)
         return;
@@ -393,7 +406,7 @@ static void *s_main(void *arg)
             if (j->kind == J_APPEND && !txn)
                 txn = s_exec(s->db, "BEGIN IMMEDIATE") == 0;
             s_run(s, j);
-            if (j->kind == J_APPEND) { /* nobody waits for it */
+            if (j->kind == J_APPEND && j->rc == 0) { /* nobody waits for it */
                 j->next = appends;
                 appends = j;
                 nappends++;
@@ -403,16 +416,26 @@ static void *s_main(void *arg)
             s_done_push(s, j);
             pthread_mutex_unlock(&s->mu);
         }
+        bool lost = false;
         if (txn && s_exec(s->db, "COMMIT") != 0) {
             atomic_fetch_add(&s->failures, nappends);
             ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: commit of %zu messages: %s", nappends,
                        sqlite3_errmsg(s->db));
             s_exec(s->db, "ROLLBACK");
+            lost = true;
         }
         while (appends) {
             s_job_t *j = appends;
             appends = j->next;
-            s_job_free(j);
+            j->next = NULL;
+            if (!lost) {
+                s_job_free(j);
+                continue;
+            }
+            j->rc = -1; /* the loop's cache forgets its session */
+            pthread_mutex_lock(&s->mu);
+            s_done_push(s, j);
+            pthread_mutex_unlock(&s->mu);
         }
         pthread_mutex_lock(&s->mu);
     }
@@ -443,6 +466,11 @@ static void s_on_done(router_watch_t *watch, int fd, unsigned events, void *ud)
                                                 j->res_name ? j->res_name : "");
             break;
         case J_HISTORY:
+            if (j->view)
+                s->hits_out--;
+            else if (j->ticket)
+                router_history_cache_loaded(s->cache, j->id, j->ticket, j->rc, j->msgs,
+                                            j->nmsgs);
             ((router_sessions_history_fn *) j->fn)(j->ud, j->tag, j->rc, j->msgs, j->nmsgs);
             break;
         case J_LIST:
@@ -456,7 +484,8 @@ static void s_on_done(router_watch_t *watch, int fd, unsigned events, void *ud)
                                                 len);
             break;
         }
-        case J_APPEND:
+        case J_APPEND: /* one that failed: the cache may hold what the database lost */
+            router_history_cache_forget(s->cache, j->id);
             break;
         }
         s_job_free(j);
@@ -484,6 +513,10 @@ router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path,
         goto fail;
     }
     sqlite3_busy_timeout(s->db, 5000);
+    if (!(s->cache = router_history_cache_new(0, 0))) {
+        snprintf(err, errcap, "sessions: out of memory");
+        goto fail;
+    }
     if (s_exec(s->db, s_schema) != 0) {
         snprintf(err, errcap, "sessions: %s: %s", path, sqlite3_errmsg(s->db));
         goto fail;
@@ -530,6 +563,7 @@ void router_sessions_destroy(router_sessions_t **self_p)
     }
     if (s->db)
         sqlite3_close(s->db);
+    router_history_cache_destroy(&s->cache);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -587,13 +621,34 @@ int router_sessions_open(router_sessions_t *s, const char *id, const char *name,
     return s_queue(s, j);
 }
 
+/* A hit answers now, through the done list (fn still runs later, as for a
+ * read the thread made); a miss goes to the thread and loads the cache. */
 int router_sessions_history(router_sessions_t *s, const char *id, unsigned limit,
                             router_sessions_history_fn *fn, void *ud, uint64_t tag)
 {
     s_job_t *j = s_job(J_HISTORY, id, (void *) fn, ud, tag);
-    if (j)
-        j->limit = limit;
-    return s_queue(s, j);
+    if (!j)
+        return -1;
+    j->limit = limit;
+    if (s->hits_out < ROUTER_SESSIONS_JOBS_MAX &&
+        router_history_cache_get(s->cache, id, limit, &j->view) == 1) {
+        j->msgs = j->view->msgs;
+        j->nmsgs = j->view->n;
+        s->hits_out++;
+        pthread_mutex_lock(&s->mu);
+        s_done_push(s, j);
+        pthread_mutex_unlock(&s->mu);
+        return 0;
+    }
+    /* The ticket is taken before the job can run: its answer finds it. */
+    uint64_t ticket = router_history_cache_loading(s->cache, id, limit);
+    j->ticket = ticket;
+    if (s_queue(s, j) != 0) {
+        if (ticket) /* no read comes to fill it */
+            router_history_cache_loaded(s->cache, id, ticket, -1, NULL, 0);
+        return -1;
+    }
+    return 0;
 }
 
 int router_sessions_append(router_sessions_t *s, const char *id, const char *role,
@@ -611,7 +666,14 @@ int router_sessions_append(router_sessions_t *s, const char *id, const char *rol
     memcpy(j->content, content, len);
     j->content[len] = '\0';
     j->len = len;
-    return s_queue(s, j);
+    j->time_ms = router_clock_wall_ms();
+    router_sessions_msg_t m = {j->role, j->content, len, j->time_ms, j->turn_id};
+    router_history_cache_append(s->cache, id, &m); /* now: once queued, j is the thread's */
+    if (s_queue(s, j) != 0) {
+        router_history_cache_forget(s->cache, id);
+        return -1;
+    }
+    return 0;
 }
 
 int router_sessions_list_json(router_sessions_t *s, unsigned limit,
@@ -630,6 +692,11 @@ int router_sessions_get_json(router_sessions_t *s, const char *id, unsigned limi
     if (j)
         j->limit = limit;
     return s_queue(s, j);
+}
+
+void router_sessions_cache_stats(const router_sessions_t *s, struct router_history_cache_stats *out)
+{
+    router_history_cache_stats(s->cache, out);
 }
 
 uint64_t router_sessions_failures(const router_sessions_t *s)

@@ -6,7 +6,10 @@
  * same code runs on an in-memory SQLite database.
  *
  * Jobs run in the order they were queued, so a history read queued after an
- * append sees it. */
+ * append sees it. Most history reads are answered by the loop's cache of
+ * recent history (history_cache.h) with the same result, without the thread
+ * (which may be waiting for a COMMIT's fsync); the callback still runs
+ * later, never inside the call. */
 #ifndef KITH_ROUTER_SESSIONS_H
 #define KITH_ROUTER_SESSIONS_H
 
@@ -66,6 +69,11 @@ int router_sessions_list_json(router_sessions_t *s, unsigned limit,
 /* One session and its last `limit` messages (see turns.h); 404 if unknown. */
 int router_sessions_get_json(router_sessions_t *s, const char *id, unsigned limit,
                              router_sessions_json_fn *fn, void *ud, uint64_t tag);
+
+/* The history cache's counters (history_cache.h). Loop thread. */
+struct router_history_cache_stats;
+void router_sessions_cache_stats(const router_sessions_t *s,
+                                 struct router_history_cache_stats *out);
 
 /* Jobs refused because the queue was full, and store failures. */
 uint64_t router_sessions_failures(const router_sessions_t *s);

@@ -154,6 +154,7 @@ struct router_turns {
     uint64_t next_serial;
     s_turn_t *turns;           /* in flight */
     size_t inbox_inflight;
+    bool taking;                /* inside s_take_inbox: no nested take */
     uint64_t poll_timer;
     s_request_t requests[S_REQUESTS_MAX];
     size_t next_request;
@@ -422,6 +423,8 @@ static void s_inbox_done(router_turns_t *t, uint64_t seq)
     router_metric_set(t->m_depth, t->o.inbox ? router_inbox_count(t->o.inbox) : 0);
 }
 
+static void s_take_inbox(router_turns_t *t);
+
 static void s_resp_send(s_resp_t *r);
 
 static void s_resp_retry(router_loop_t *loop, uint64_t id, void *ud)
@@ -450,6 +453,7 @@ static void s_resp_sent(router_send_outcome_t outcome, const char *detail, const
             router_metric_inc(t->m_responses, 1);
         s_inbox_done(t, r->seq);
         s_resp_free(t, r);
+        s_take_inbox(t); /* its slot is free: the next entry need not wait */
         return;
     }
     r->delay_ms = r->delay_ms ? r->delay_ms * 2 : S_RETRY_MIN_MS;
@@ -814,9 +818,14 @@ static void s_turn_end(s_turn_t *turn, const char *status)
             s_inbox_done(t, it->seq);
         }
     }
+    bool from_inbox = it->from_inbox;
     s_item_free(it);
     s_pump(t, sess);
     s_session_gc(t, sess);
+    /* A slot of S_INBOX_INFLIGHT_MAX came free: entries left waiting when
+     * it was full are taken now, not at the next commit or S_POLL_MS. */
+    if (from_inbox)
+        s_take_inbox(t);
 }
 
 /* ------------------------------------------------------------ controls */
@@ -1300,8 +1309,9 @@ static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
 
 static void s_take_inbox(router_turns_t *t)
 {
-    if (!t->o.inbox)
-        return;
+    if (!t->o.inbox || t->taking)
+        return; /* the outer call's loop takes what is left */
+    t->taking = true;
     while (t->inbox_inflight < S_INBOX_INFLIGHT_MAX) {
         router_inbox_entry_t e;
         if (router_inbox_take(t->o.inbox, &e) != 0)
@@ -1334,6 +1344,7 @@ static void s_take_inbox(router_turns_t *t)
         s_enqueue(t, sess, it);
         s_pump(t, sess);
     }
+    t->taking = false;
     router_metric_set(t->m_depth, router_inbox_count(t->o.inbox));
 }
 

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,6 +96,22 @@ static void *s_prober(void *arg)
             pr->failures++;
     }
     return NULL;
+}
+
+/* Under a real-time policy (tools/bench runs under `chrt -f`) threads of
+ * one priority never preempt each other: the probe would wait for the
+ * writer to block, timing the load generator rather than kith. One step
+ * above the writer, it runs as soon as its answer comes. */
+static void s_probe_above_writer(pthread_t th)
+{
+    int policy;
+    struct sched_param sp;
+    if (pthread_getschedparam(pthread_self(), &policy, &sp) != 0 ||
+        (policy != SCHED_FIFO && policy != SCHED_RR) ||
+        sp.sched_priority >= sched_get_priority_max(policy))
+        return;
+    sp.sched_priority++;
+    (void) pthread_setschedparam(th, policy, &sp);
 }
 
 /* ---------------------------------------------------------------- the writer */
@@ -247,6 +264,7 @@ int bench_mode_events(int argc, char **argv)
         if (pthread_create(&th, NULL, s_prober, &busy) != 0) {
             loaded.error = "cannot start the probe thread";
         } else {
+            s_probe_above_writer(th);
             s_run(&to, &gw, payload, len, lines, (unsigned) timeout_s, &loaded);
             atomic_store(&busy.stop, true);
             pthread_join(th, NULL);
