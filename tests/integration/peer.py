@@ -308,6 +308,22 @@ def gateway_url(node):
     return f"http://127.0.0.1:{node.gw_port}"
 
 
+def pairing_code(node):
+    """The newest pairing code the daemon printed (its log is where a
+    person reads it)."""
+    codes = re.findall(r"pairing code (\d{6}) ", node.logs())
+    assert codes, f"no pairing code in the log:\n{node.logs()}"
+    return codes[-1]
+
+
+def pair_token(node):
+    """Pairs with the newest code over POST /pair; returns the bearer token."""
+    status, _, body, _ = curl("-X", "POST", "-H", f"X-Pairing-Code: {pairing_code(node)}",
+                              gateway_url(node) + "/pair")
+    assert status == 200, f"/pair answered {status}: {body}"
+    return json.loads(body)["token"]
+
+
 def curl(*args):
     """Runs curl; returns (status, content type, body, stderr)."""
     p = subprocess.run(["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code} %{content_type}",

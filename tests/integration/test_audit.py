@@ -9,22 +9,16 @@ environment; `kith audit tail` and `query`."""
 
 import json
 import os
-import re
 import shutil
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import (Conn, Daemon, Peer, Results, check, curl, frame,  # noqa: E402
-                  gateway_url, kith_run, wait_metric)
+                  gateway_url, kith_run, pairing_code, wait_metric)
 
 HMAC_ENV = "KITH_TEST_AUDIT_KEY"
 
-
-def pairing_code(node):
-    codes = re.findall(r"pairing code (\d{6}) ", node.logs())
-    check(codes, f"no pairing code in the log:\n{node.logs()}")
-    return codes[-1]
 
 
 def pair(node, code):

@@ -9,7 +9,6 @@ import asyncio
 import http.client
 import json
 import os
-import re
 import subprocess
 import sys
 import urllib.parse
@@ -17,7 +16,7 @@ import urllib.parse
 import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results, check, curl, free_port, gateway_url  # noqa: E402
+from peer import Daemon, Results, check, curl, free_port, gateway_url, pair_token  # noqa: E402
 
 TIMEOUT = 60  # generous bound on any one wait; never a speed assertion
 FINALS = ("done", "stopped", "error")
@@ -26,14 +25,6 @@ FINALS = ("done", "stopped", "error")
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 300))
 
-
-def pair(node):
-    codes = re.findall(r"pairing code (\d{6}) ", node.logs())
-    check(codes, f"no pairing code in the log:\n{node.logs()}")
-    status, _, body, _ = curl("-X", "POST", "-H", f"X-Pairing-Code: {codes[-1]}",
-                              gateway_url(node) + "/pair")
-    check(status == 200, f"/pair answered {status}: {body}")
-    return json.loads(body)["token"]
 
 
 def chat_url(node, **query):
@@ -367,7 +358,7 @@ def main():
     state = {}
     try:
         node.start()
-        token = pair(node)
+        token = pair_token(node)
         results.run(refused_before_upgrade, node, token)
         results.run(message_chunks_done, node, token, state)
         results.run(bad_frames_keep_the_socket, node, token)

@@ -35,7 +35,7 @@ import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import (Daemon, Results, check, curl, free_port, gateway_url,  # noqa: E402
-                  metrics_map, wait_metric)
+                  metrics_map, pair_token, wait_metric)
 
 TIMEOUT = 60  # generous bound on any one wait; never a speed assertion
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,14 +48,6 @@ TICK_MS = 1000
 def b64u(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
-
-def pair(node):
-    codes = re.findall(r"pairing code (\d{6}) ", node.logs())
-    check(codes, f"no pairing code in the log:\n{node.logs()}")
-    status, _, body, _ = curl("-X", "POST", "-H", f"X-Pairing-Code: {codes[-1]}",
-                              gateway_url(node) + "/pair")
-    check(status == 200, f"/pair answered {status}: {body}")
-    return json.loads(body)["token"]
 
 
 def reference(node, token, scenario, *extra):
@@ -463,7 +455,7 @@ def main():
                                       "gateway": {"port": free_port()}}).start()
     r = Results()
     try:
-        token = pair(node)
+        token = pair_token(node)
         r.run(reference_session, node, token)
         r.run(reference_refusals, node, token)
         r.run(lambda: run(plain_agent(node, token)), name="plain_agent")

@@ -9,7 +9,6 @@ appear on /api/daemon/logs."""
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import (Conn, Daemon, Peer, Results, curl, frame, gateway_url,  # noqa: E402
-                  metrics_map, pubkey_text, wait_metric)
+                  metrics_map, pair_token, pubkey_text, wait_metric)
 
 RING = 8  # limits.sse_ring_events for this daemon
 
@@ -249,11 +248,7 @@ def test_streams_need_a_token():
             status, _, body, _ = curl("-H", "Accept: text/event-stream",
                                       gateway_url(node) + path)
             assert status == 401 and json.loads(body)["code"] == "unauthorized", (status, body)
-        code = re.findall(r"pairing code (\d{6}) ", node.logs())[-1]
-        status, _, body, _ = curl("-X", "POST", "-H", f"X-Pairing-Code: {code}",
-                                  gateway_url(node) + "/pair")
-        assert status == 200, body
-        token = json.loads(body)["token"]
+        token = pair_token(node)
         p = subprocess.run(["curl", "-sS", "-N", "--max-time", "2", "-o", "/dev/null",
                             "-w", "%{http_code} %{content_type}",
                             "-H", f"Authorization: Bearer {token}",

@@ -11,18 +11,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import (Daemon, Results, check, curl, free_port, gateway_url, inbox_rows,  # noqa: E402
-                  kith_run)
+                  kith_run, pair_token)
 
 SECRET_ENV = "KITH_TEST_WEBHOOK_SECRET"
 SECRET = "s3cret-of-the-test"
 
-
-def token_of(node):
-    code = re.findall(r"pairing code (\d{6}) ", node.logs())[-1]
-    status, _, body, _ = curl("-X", "POST", "-H", f"X-Pairing-Code: {code}",
-                              gateway_url(node) + "/pair")
-    assert status == 200, body
-    return json.loads(body)["token"]
 
 
 def post(node, path, data, *headers, ctype="application/json", head=False):
@@ -50,7 +43,7 @@ def main():
     node = Daemon("hook", config={"gateway": {"port": free_port()}})
     node.start()
     results = Results()
-    t = token_of(node)
+    t = pair_token(node)
     auth = f"Authorization: Bearer {t}"
 
     def webhook_queues_durably():
@@ -162,7 +155,7 @@ def main():
         sec = Daemon("hook-secret", config={"gateway": {"webhook_secret_env": SECRET_ENV}})
         try:
             sec.start()
-            tok = f"Authorization: Bearer {token_of(sec)}"
+            tok = f"Authorization: Bearer {pair_token(sec)}"
             ev = '{"kind":"generic_json","event_type":"x","payload":{}}'
             for path, extra in (("/webhook", [tok]), ("/sessions/a/external-events", [])):
                 data = '{"message":"m"}' if path == "/webhook" else ev

@@ -9,7 +9,6 @@ inbox, a store that cannot commit in time) leaves its key unused."""
 import http.client
 import json
 import os
-import re
 import signal
 import socket
 import sqlite3
@@ -18,15 +17,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results, check, curl, free_port, gateway_url  # noqa: E402
+from peer import Daemon, Results, check, free_port, pair_token  # noqa: E402
 
-
-def token_of(node):
-    code = re.findall(r"pairing code (\d{6}) ", node.logs())[-1]
-    status, _, body, _ = curl("-X", "POST", "-H", f"X-Pairing-Code: {code}",
-                              gateway_url(node) + "/pair")
-    assert status == 200, body
-    return json.loads(body)["token"]
 
 
 def post(node, path, body, key=None, token=None, timeout=120):
@@ -98,7 +90,7 @@ def main():
     node = Daemon("hook-idem", config={"gateway": {"port": free_port()}})
     node.start()
     results = Results()
-    token = token_of(node)
+    token = pair_token(node)
 
     def lost_202_then_crash():
         # The answer is lost (the client hangs up at once), the entry and its
@@ -214,7 +206,7 @@ def main():
                                             "comms": {"inbox_capacity": 1}})
         try:
             small.start()
-            tok = token_of(small)
+            tok = pair_token(small)
             status, _, _ = post(small, "/webhook", '{"message":"fill"}', None, tok)
             check(status == 202, status)
             for _ in range(2):
