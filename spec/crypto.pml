@@ -24,8 +24,12 @@
  *   C4 every job is freed exactly once: never twice, none left at the end
  *
  * Broken variants: BROKEN_NO_ORDER (a returned good job is admitted at
- * once, ahead of jobs still being checked: C1), BROKEN_FREE_INFLIGHT
- * (abandoning a connection frees the jobs still on a thread too: C4).
+ * once, ahead of jobs still being checked: C1), BROKEN_ADMIT_UNCHECKED
+ * (s_advance takes the front of the order without waiting for its check:
+ * C2), BROKEN_ACK_EARLY (an ack goes out before its admission is durable:
+ * C3), BROKEN_FREE_INFLIGHT (abandoning a connection frees the jobs still
+ * on a thread too: C4, freed twice), BROKEN_LEAK_ORPHAN (an orphan that
+ * comes back from its thread is never freed: C4, left at the end).
  */
 
 #ifndef N
@@ -89,7 +93,11 @@ inline abandon() {
 /* s_advance: the front of the order, while done. */
 inline advance() {
     do
+#ifndef BROKEN_ADMIT_UNCHECKED
     :: head < tail && done[head] && !closed && !refused ->
+#else
+    :: head < tail && !closed && !refused ->     /* does not wait for its check */
+#endif
         j = head;
         head++;
         if
@@ -142,7 +150,11 @@ active proctype Loop()
         inflight--;
         done[j] = true;
         if
+#ifndef BROKEN_LEAK_ORPHAN
         :: orphan[j] -> free_job(j)
+#else
+        :: orphan[j] -> skip                      /* an orphan back from a thread is kept */
+#endif
 #ifdef BROKEN_NO_ORDER
         :: !orphan[j] && good[j] && !refused && !closed && j != head ->
             admit(j)    /* ahead of its predecessors; freed when its turn comes */
@@ -150,7 +162,11 @@ active proctype Loop()
         :: else -> advance()
         fi }
     /* acks of durable admissions, in admission order */
+#ifndef BROKEN_ACK_EARLY
     :: atomic { !closed && nack < nadm && durable[adm[nack]] ->
+#else
+    :: atomic { !closed && nack < nadm ->      /* does not wait for the store */
+#endif
         assert(durable[adm[nack]]);     /* C3 */
         assert(adm[nack] == nack);      /* C1 */
         nack++ }

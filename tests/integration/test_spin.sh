@@ -204,6 +204,9 @@ verify crypto       crypto.pml safety
 verify crypto_wide  crypto.pml safety -DN=4 -DW=3
 expect_caught crypto_no_order      crypto.pml 'assertion violated \(adm\[nack\]==nack\)' -DBROKEN_NO_ORDER
 expect_caught crypto_free_inflight crypto.pml 'assertion violated \(freed\[(j|k)\]==0\)' -DBROKEN_FREE_INFLIGHT
+expect_caught crypto_admit_unchecked crypto.pml 'assertion violated \(checked\[j\]&&good\[j\]\)' -DBROKEN_ADMIT_UNCHECKED
+expect_caught crypto_ack_early     crypto.pml 'assertion violated durable\[adm\[nack\]\]' -DBROKEN_ACK_EARLY
+expect_caught crypto_leak_orphan   crypto.pml 'assertion violated \( !\(created\[i\]\)\|\|\(freed\[i\]==1\)\)' -DBROKEN_LEAK_ORPHAN
 
 echo "test_spin${only:+ $only}: $passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
