@@ -281,6 +281,56 @@ async def plain_refusals(node, token):
     check(await asyncio.to_thread(announced_oversize_closed, node), "no 1009 before the payload")
 
 
+async def answer(ws, rid):
+    """The next response frame to request `rid` (events in between skipped)."""
+    while True:
+        f = await recv(ws)
+        if f["type"] == "res" and f["id"] == rid:
+            return f
+
+
+async def malformed_frames(node, token):
+    """Bad frames from outside get typed answers; after connect the socket
+    stays and keeps serving."""
+    # Before connect: a binary frame closes 1003, a frame that is not a
+    # request closes 1008.
+    ws = await websockets.connect(url(node), ping_interval=None)
+    await recv(ws)
+    await ws.send(b"\x00binary")
+    await expect_closed(ws, 1003)
+    ws = await websockets.connect(url(node), ping_interval=None)
+    await recv(ws)
+    await ws.send("{not json")
+    await expect_closed(ws, 1008)
+    ws = await websockets.connect(url(node), ping_interval=None)
+    await recv(ws)
+    await ws.send(json.dumps({"type": "req", "id": "x1", "method": 7}))
+    res = await recv(ws)
+    check(res["ok"] is False and res["error"]["code"] == "INVALID_REQUEST", f"bad method {res}")
+    await expect_closed(ws, 1008)
+    # After connect: each refusal is an INVALID_REQUEST answer to its id.
+    ws, res = await handshake(node, token, version=2)
+    check(res["ok"] is True, f"hello {res}")
+    bad = [
+        ("again", "connect", {}),
+        ("a-nokey", "agent", {"message": "no key"}),
+        ("a-badkey", "agent", {"message": "bad key", "idempotencyKey": "sp ace"}),
+        ("a-nomsg", "agent", {"idempotencyKey": "k-nomsg"}),
+        ("c-nokey", "chat.send", {"sessionKey": "main", "message": "x"}),
+        ("ab-bad", "chat.abort", {"sessionKey": 5}),
+    ]
+    for rid, method, params in bad:
+        await ws.send(json.dumps({"type": "req", "id": rid, "method": method, "params": params}))
+        res = await answer(ws, rid)
+        check(res["ok"] is False and res["error"]["code"] == "INVALID_REQUEST",
+              f"{method} {params}: {res}")
+    # The socket still serves.
+    await ws.send(json.dumps({"type": "req", "id": "h2", "method": "health"}))
+    res = await answer(ws, "h2")
+    check(res["ok"] is True, f"health after the refusals {res}")
+    await ws.close()
+
+
 def announced_oversize_closed(node):
     import socket
     s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=20)
@@ -460,6 +510,7 @@ def main():
         r.run(reference_refusals, node, token)
         r.run(lambda: run(plain_agent(node, token)), name="plain_agent")
         r.run(lambda: run(plain_refusals(node, token)), name="plain_refusals")
+        r.run(lambda: run(malformed_frames(node, token)), name="malformed_frames")
         r.run(lambda: run(deviceless(node, token)), name="deviceless")
         r.run(lambda: run(upgrade_refusals(node)), name="upgrade_refusals")
         # The audit worker appends in batches: wait for the outcome.
