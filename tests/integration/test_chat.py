@@ -126,6 +126,12 @@ def refused_before_upgrade(node, token):
                               "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
                               "-H", "Sec-WebSocket-Protocol: kith.v1")
     check(status == 400 and json.loads(body)["code"] == "invalid_session_id", f"{status} {body}")
+    status, _, body, _ = curl(chat_url(node, name="bell\x07").replace("ws:", "http:"),
+                              "-H", f"Authorization: Bearer {token}", "-H", "Upgrade: websocket",
+                              "-H", "Connection: Upgrade", "-H", "Sec-WebSocket-Version: 13",
+                              "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                              "-H", "Sec-WebSocket-Protocol: kith.v1")
+    check(status == 400 and json.loads(body)["code"] == "invalid_name", f"{status} {body}")
 
 
 def message_chunks_done(node, token, state):
@@ -316,6 +322,9 @@ def sessions_api(node, token, state):
     check(status == 404 and json.loads(body)["code"], f"{status} {body}")
     status, _, body, _ = curl(*auth, gateway_url(node) + "/api/sessions/bad%20id")
     check(status == 400 and json.loads(body)["code"] == "invalid_session_id", f"{status} {body}")
+    for path in ("/api/sessions/", f"/api/sessions/{sid}/extra"):
+        status, _, body, _ = curl(*auth, gateway_url(node) + path)
+        check(status == 404 and json.loads(body)["code"] == "not_found", f"{path}: {status} {body}")
     status, _, body, _ = curl(*auth, gateway_url(node) + "/api/sessions?limit=0")
     check(status == 400 and json.loads(body)["code"] == "invalid_limit", f"{status} {body}")
     status, _, body, _ = curl(gateway_url(node) + "/api/sessions")
