@@ -35,6 +35,14 @@ static router_inbox_t *s_open(size_t cap, size_t max_bytes, const char *db)
     return in;
 }
 
+/* Makes the directory `dir` (a mkdtemp template) and puts its state.db
+ * path in db. */
+static void s_tmp_db(char *dir, char *db, size_t cap)
+{
+    assert_non_null(mkdtemp(dir));
+    snprintf(db, cap, "%s/state.db", dir);
+}
+
 static void test_full_refuses(void **state)
 {
     (void) state;
@@ -88,10 +96,8 @@ static void test_byte_bound(void **state)
 static void test_durable_reopen(void **state)
 {
     (void) state;
-    char dir[] = "/tmp/kith-inbox-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char db[256];
-    snprintf(db, sizeof db, "%s/state.db", dir);
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
 
     router_inbox_t *in = s_open(16, 0, db);
     uint8_t id[16], from[32] = {7}, frame[3] = {0x63, 'h', 'i'};
@@ -156,10 +162,8 @@ static void *s_consume(void *arg)
 static void test_cross_thread(void **state)
 {
     (void) state;
-    char dir[] = "/tmp/kith-inbox-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char db[256];
-    snprintf(db, sizeof db, "%s/state.db", dir);
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
     router_inbox_t *in = s_open(64, 0, db);
     s_consumer_t c = {.in = in};
     pthread_t t;
@@ -240,10 +244,8 @@ static int s_on_floor(const uint8_t sender[32], uint64_t floor_ms, void *ud)
 static void test_seen_rows(void **state)
 {
     (void) state;
-    char dir[] = "/tmp/kith-inbox-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char db[256];
-    snprintf(db, sizeof db, "%s/state.db", dir);
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
     router_inbox_t *in = s_open(64, 0, db);
     uint8_t id[16], a[32] = {1}, b[32] = {2}, zero[32] = {0}, frame[1] = {0xF6};
     uint64_t seq;
@@ -296,10 +298,8 @@ static void test_seen_rows(void **state)
 static void test_commit_failure_withholds(void **state)
 {
     (void) state;
-    char dir[] = "/tmp/kith-inbox-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char db[256];
-    snprintf(db, sizeof db, "%s/state.db", dir);
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
     router_inbox_t *in = s_open(64, 0, db);
     uint8_t id[16], a[32] = {1}, frame[1] = {0xF6};
     uint64_t seq;
@@ -349,10 +349,8 @@ static int s_idem_row(const router_inbox_idem_t *row, void *ud)
 static void test_idem_with_entry(void **state)
 {
     (void) state;
-    char dir[] = "/tmp/kith-inbox-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char db[256];
-    snprintf(db, sizeof db, "%s/state.db", dir);
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
     router_inbox_t *in = s_open(64, 0, db);
     uint8_t id[16], zero[32] = {0}, frame[2] = {'{', '}'};
     uint64_t seq;
@@ -412,10 +410,8 @@ static void test_idem_with_entry(void **state)
 static void test_withdraw(void **state)
 {
     (void) state;
-    char dir[] = "/tmp/kith-inbox-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char db[256];
-    snprintf(db, sizeof db, "%s/state.db", dir);
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
     router_inbox_t *in = s_open(64, 0, db);
     uint8_t id[16], zero[32] = {0}, frame[2] = {'{', '}'};
     uint64_t seq[3];
@@ -465,10 +461,8 @@ static void test_withdraw(void **state)
 static void test_withdraw_parked(void **state)
 {
     (void) state;
-    char dir[] = "/tmp/kith-inbox-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char db[256];
-    snprintf(db, sizeof db, "%s/state.db", dir);
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
     router_inbox_t *in = s_open(64, 0, db);
     uint8_t id[16], zero[32] = {0}, frame[2] = {'{', '}'};
     uint64_t seq, next;
@@ -525,10 +519,8 @@ static void test_withdraw_parked(void **state)
 static void test_prune(void **state)
 {
     (void) state;
-    char dir[] = "/tmp/kith-inbox-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char db[256];
-    snprintf(db, sizeof db, "%s/state.db", dir);
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
     router_inbox_t *in = s_open(64, 0, db);
     uint8_t id[16], a[32] = {1}, frame[1] = {0xF6};
     uint64_t seq;
@@ -555,10 +547,8 @@ static void test_prune(void **state)
 static void test_lease(void **state)
 {
     (void) state;
-    char dir[] = "/tmp/kith-inbox-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char db[256];
-    snprintf(db, sizeof db, "%s/state.db", dir);
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
     router_inbox_t *in = s_open(4, 0, db);
     uint8_t id[16], from[32] = {7}, frame[1] = {0xA0};
     uint64_t seq;
