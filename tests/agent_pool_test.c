@@ -217,7 +217,7 @@ static void test_burst_tools_and_stop(void **state)
     s_run(&r, s_all_ended, &all);
     for (int i = 0; i < TURNS; i++) {
         char want[64];
-        snprintf(want, sizeof want, "echo: %s", text[i]);
+        snprintf(want, sizeof want, "echo: %.31s", text[i]);
         assert_int_equal(t[i].finals, 1);
         assert_int_equal(t[i].lost, 0);
         assert_int_equal(t[i].final_type, PROTO_WORKER_FINAL_DONE);
