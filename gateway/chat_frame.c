@@ -431,39 +431,6 @@ const char *gateway_chat_reason_code(gateway_chat_reason_t r)
 
 /* ---------------------------------------------------------------- encoding */
 
-/* A growing output buffer; `oom` once an append failed. */
-typedef struct {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} s_buf_t;
-
-static void s_put(s_buf_t *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void s_puts(s_buf_t *b, const char *s)
-{
-    s_put(b, s, strlen(s));
-}
-
 /* Length of the well-formed UTF-8 sequence at s[0..n), 0 when there is none. */
 static size_t s_utf8_seq(const unsigned char *s, size_t n)
 {
@@ -478,11 +445,11 @@ static size_t s_utf8_seq(const unsigned char *s, size_t n)
 
 /* s[0..n) as a JSON string, quotes included. Ill-formed octets become
  * U+FFFD, one per octet. */
-static void s_str(s_buf_t *b, const char *s, size_t n)
+static void s_str(gateway_text_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *u = (const unsigned char *) s;
-    s_put(b, "\"", 1);
+    gateway_text_add(b, "\"", 1);
     size_t run = 0; /* octets copied as they are, pending */
     for (size_t i = 0; i < n;) {
         unsigned char c = u[i];
@@ -494,38 +461,38 @@ static void s_str(s_buf_t *b, const char *s, size_t n)
             run += seq;
             continue;
         }
-        s_put(b, s + i - run, run);
+        gateway_text_add(b, s + i - run, run);
         run = 0;
         if (c == '"' || c == '\\') {
             char esc[2] = {'\\', (char) c};
-            s_put(b, esc, 2);
+            gateway_text_add(b, esc, 2);
         } else if (c < 0x20) {
             const char *named = c == '\n' ? "\\n" : c == '\r' ? "\\r" : c == '\t' ? "\\t" : NULL;
             char esc[7] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15], 0};
-            s_puts(b, named ? named : esc);
+            gateway_text_cstr(b, named ? named : esc);
         } else {
-            s_puts(b, "\xEF\xBF\xBD");
+            gateway_text_cstr(b, "\xEF\xBF\xBD");
         }
         i++;
     }
-    s_put(b, s + n - run, run);
-    s_put(b, "\"", 1);
+    gateway_text_add(b, s + n - run, run);
+    gateway_text_add(b, "\"", 1);
 }
 
-static void s_cstr(s_buf_t *b, const char *s)
+static void s_cstr(gateway_text_t *b, const char *s)
 {
     if (s)
         s_str(b, s, strlen(s));
     else
-        s_puts(b, "null");
+        gateway_text_cstr(b, "null");
 }
 
 /* ,"name": */
-static void s_key(s_buf_t *b, const char *name)
+static void s_key(gateway_text_t *b, const char *name)
 {
-    s_puts(b, ",\"");
-    s_puts(b, name);
-    s_puts(b, "\":");
+    gateway_text_cstr(b, ",\"");
+    gateway_text_cstr(b, name);
+    gateway_text_cstr(b, "\":");
 }
 
 /* Re-serialises JSON text through yajl: the parse events drive a yajl_gen. */
@@ -574,10 +541,10 @@ static const yajl_callbacks s_pipe_callbacks = {
 
 /* json[0..n) as a JSON value when it is strict JSON (within the bounds),
  * else as a string; NULL/empty as null. */
-static void s_json_value(s_buf_t *b, const char *json, size_t n)
+static void s_json_value(gateway_text_t *b, const char *json, size_t n)
 {
     if (!json || n == 0) {
-        s_puts(b, "null");
+        gateway_text_cstr(b, "null");
         return;
     }
     if (n <= GATEWAY_CHAT_JSON_VALUE_MAX && !gateway_json_text_problem(json, n)) {
@@ -586,7 +553,7 @@ static void s_json_value(s_buf_t *b, const char *json, size_t n)
         if (!h) {
             if (p.g)
                 yajl_gen_free(p.g);
-            b->oom = true;
+            b->failed = true;
             return;
         }
         bool ok = yajl_parse(h, (const unsigned char *) json, n) == yajl_status_ok &&
@@ -596,7 +563,7 @@ static void s_json_value(s_buf_t *b, const char *json, size_t n)
         if (ok)
             ok = yajl_gen_get_buf(p.g, &out, &outlen) == yajl_gen_status_ok && outlen > 0;
         if (ok)
-            s_put(b, (const char *) out, outlen);
+            gateway_text_add(b, (const char *) out, outlen);
         yajl_free(h);
         yajl_gen_free(p.g);
         if (ok)
@@ -636,20 +603,20 @@ int gateway_chat_frame_encode(const gateway_chat_out_t *f, char **json, size_t *
         errno = EINVAL;
         return -1;
     }
-    s_buf_t b = {0};
-    s_puts(&b, "{\"type\":\"");
-    s_puts(&b, name);
-    s_puts(&b, "\"");
+    gateway_text_t b = {0};
+    gateway_text_cstr(&b, "{\"type\":\"");
+    gateway_text_cstr(&b, name);
+    gateway_text_cstr(&b, "\"");
     char num[24];
     switch (f->type) {
     case GATEWAY_CHAT_OUT_SESSION_START:
         s_key(&b, "session_id");
         s_cstr(&b, f->session_id);
         s_key(&b, "resumed");
-        s_puts(&b, f->resumed ? "true" : "false");
+        gateway_text_cstr(&b, f->resumed ? "true" : "false");
         s_key(&b, "message_count");
         snprintf(num, sizeof num, "%" PRIu64, f->message_count);
-        s_puts(&b, num);
+        gateway_text_cstr(&b, num);
         s_key(&b, "name");
         s_cstr(&b, f->name ? f->name : "");
         break;
@@ -657,7 +624,7 @@ int gateway_chat_frame_encode(const gateway_chat_out_t *f, char **json, size_t *
         s_key(&b, "session_id");
         s_cstr(&b, f->session_id);
         s_key(&b, "protocol");
-        s_puts(&b, "\"kith.v1\"");
+        gateway_text_cstr(&b, "\"kith.v1\"");
         break;
     case GATEWAY_CHAT_OUT_CHUNK:
     case GATEWAY_CHAT_OUT_THINKING:
@@ -684,7 +651,7 @@ int gateway_chat_frame_encode(const gateway_chat_out_t *f, char **json, size_t *
         s_key(&b, "result");
         s_json_value(&b, f->json, f->json_len);
         s_key(&b, "is_error");
-        s_puts(&b, f->is_error ? "true" : "false");
+        gateway_text_cstr(&b, f->is_error ? "true" : "false");
         break;
     case GATEWAY_CHAT_OUT_OPERATOR_STATUS:
         s_key(&b, "turn_id");
@@ -735,8 +702,8 @@ int gateway_chat_frame_encode(const gateway_chat_out_t *f, char **json, size_t *
         }
         break;
     }
-    s_puts(&b, "}");
-    if (b.oom) {
+    gateway_text_cstr(&b, "}");
+    if (b.failed) {
         free(b.p);
         errno = ENOMEM;
         return -1;

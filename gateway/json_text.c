@@ -139,3 +139,31 @@ const char *gateway_json_text_problem(const char *s, size_t len)
         return "has a lone surrogate \\u escape";
     return NULL;
 }
+
+/* ---------------------------------------------------------------- text out */
+
+void gateway_text_add(gateway_text_t *t, const char *s, size_t n)
+{
+    if (t->failed)
+        return;
+    if (t->len + n + 1 > t->cap) {
+        size_t cap = t->cap ? t->cap : 256;
+        while (cap < t->len + n + 1)
+            cap *= 2;
+        char *p = realloc(t->p, cap);
+        if (!p) {
+            t->failed = true;
+            return;
+        }
+        t->p = p;
+        t->cap = cap;
+    }
+    memcpy(t->p + t->len, s, n);
+    t->len += n;
+    t->p[t->len] = '\0';
+}
+
+void gateway_text_cstr(gateway_text_t *t, const char *s)
+{
+    gateway_text_add(t, s, strlen(s));
+}

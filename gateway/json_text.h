@@ -6,6 +6,7 @@
 #ifndef KITH_GATEWAY_JSON_TEXT_H
 #define KITH_GATEWAY_JSON_TEXT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,5 +46,20 @@ gateway_json_name_result_t gateway_json_names_add(gateway_json_names_t *n, size_
 void gateway_json_names_release(gateway_json_names_t *n, size_t first);
 
 void gateway_json_names_free(gateway_json_names_t *n);
+
+/* A growing text buffer for the JSON frames the gateway writes: always
+ * NUL-terminated; `failed` once an append ran out of memory (later appends
+ * do nothing). Zero-initialise; the caller frees p. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+    bool failed;
+} gateway_text_t;
+
+/* Appends s[0..n). */
+void gateway_text_add(gateway_text_t *t, const char *s, size_t n);
+
+/* Appends the C string s. */
+void gateway_text_cstr(gateway_text_t *t, const char *s);
 
 #endif

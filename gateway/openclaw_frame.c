@@ -9,6 +9,7 @@
 
 #include <yajl/yajl_gen.h>
 
+#include "gateway/json_text.h"
 #include "proto/utf8.h"
 
 /* ---------------------------------------------------------------- checks before parsing */
@@ -378,41 +379,8 @@ typedef struct {
     bool failed;
 } s_out_t;
 
-/* A growing text buffer. */
-typedef struct {
-    char *p;
-    size_t len, cap;
-    bool failed;
-} s_buf_t;
-
-static void s_buf_add(s_buf_t *b, const char *s, size_t n)
-{
-    if (b->failed)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void s_buf_cstr(s_buf_t *b, const char *s)
-{
-    s_buf_add(b, s, strlen(s));
-}
-
 /* A JSON string literal of s, escaped by yajl. */
-static void s_buf_json_str(s_buf_t *b, const char *s)
+static void s_buf_json_str(gateway_text_t *b, const char *s)
 {
     s_out_t o = {.g = yajl_gen_alloc(NULL)};
     if (!o.g) {
@@ -424,13 +392,13 @@ static void s_buf_json_str(s_buf_t *b, const char *s)
     const unsigned char *txt;
     size_t n;
     if (!o.failed && yajl_gen_get_buf(o.g, &txt, &n) == yajl_gen_status_ok)
-        s_buf_add(b, (const char *) txt, n);
+        gateway_text_add(b, (const char *) txt, n);
     else
         b->failed = true;
     yajl_gen_free(o.g);
 }
 
-static char *s_buf_end(s_buf_t *b, size_t *len)
+static char *s_buf_end(gateway_text_t *b, size_t *len)
 {
     if (b->failed) {
         free(b->p);
@@ -444,28 +412,28 @@ static char *s_buf_end(s_buf_t *b, size_t *len)
 char *gateway_openclaw_event_encode(const char *event, const char *payload_json, uint64_t seq,
                                     size_t *len)
 {
-    s_buf_t b = {0};
-    s_buf_cstr(&b, "{\"type\":\"event\",\"event\":");
+    gateway_text_t b = {0};
+    gateway_text_cstr(&b, "{\"type\":\"event\",\"event\":");
     s_buf_json_str(&b, event);
-    s_buf_cstr(&b, ",\"payload\":");
-    s_buf_cstr(&b, payload_json ? payload_json : "{}");
+    gateway_text_cstr(&b, ",\"payload\":");
+    gateway_text_cstr(&b, payload_json ? payload_json : "{}");
     if (seq) {
         char n[32];
         snprintf(n, sizeof n, ",\"seq\":%llu", (unsigned long long) seq);
-        s_buf_cstr(&b, n);
+        gateway_text_cstr(&b, n);
     }
-    s_buf_cstr(&b, "}");
+    gateway_text_cstr(&b, "}");
     return s_buf_end(&b, len);
 }
 
 char *gateway_openclaw_res_ok_encode(const char *id, const char *payload_json, size_t *len)
 {
-    s_buf_t b = {0};
-    s_buf_cstr(&b, "{\"type\":\"res\",\"id\":");
+    gateway_text_t b = {0};
+    gateway_text_cstr(&b, "{\"type\":\"res\",\"id\":");
     s_buf_json_str(&b, id);
-    s_buf_cstr(&b, ",\"ok\":true,\"payload\":");
-    s_buf_cstr(&b, payload_json ? payload_json : "{}");
-    s_buf_cstr(&b, "}");
+    gateway_text_cstr(&b, ",\"ok\":true,\"payload\":");
+    gateway_text_cstr(&b, payload_json ? payload_json : "{}");
+    gateway_text_cstr(&b, "}");
     return s_buf_end(&b, len);
 }
 
@@ -473,24 +441,24 @@ char *gateway_openclaw_res_error_encode(const char *id, const char *code, const 
                                         const char *details_json, bool retryable,
                                         const char *payload_json, size_t *len)
 {
-    s_buf_t b = {0};
-    s_buf_cstr(&b, "{\"type\":\"res\",\"id\":");
+    gateway_text_t b = {0};
+    gateway_text_cstr(&b, "{\"type\":\"res\",\"id\":");
     s_buf_json_str(&b, id);
-    s_buf_cstr(&b, ",\"ok\":false,\"error\":{\"code\":");
+    gateway_text_cstr(&b, ",\"ok\":false,\"error\":{\"code\":");
     s_buf_json_str(&b, code);
-    s_buf_cstr(&b, ",\"message\":");
+    gateway_text_cstr(&b, ",\"message\":");
     s_buf_json_str(&b, message);
     if (details_json) {
-        s_buf_cstr(&b, ",\"details\":");
-        s_buf_cstr(&b, details_json);
+        gateway_text_cstr(&b, ",\"details\":");
+        gateway_text_cstr(&b, details_json);
     }
     if (retryable)
-        s_buf_cstr(&b, ",\"retryable\":true");
-    s_buf_cstr(&b, "}");
+        gateway_text_cstr(&b, ",\"retryable\":true");
+    gateway_text_cstr(&b, "}");
     if (payload_json) {
-        s_buf_cstr(&b, ",\"payload\":");
-        s_buf_cstr(&b, payload_json);
+        gateway_text_cstr(&b, ",\"payload\":");
+        gateway_text_cstr(&b, payload_json);
     }
-    s_buf_cstr(&b, "}");
+    gateway_text_cstr(&b, "}");
     return s_buf_end(&b, len);
 }
