@@ -49,24 +49,16 @@ bool gateway_auth_pairing_required(const gateway_auth_t *self)
 
 /* ---------------------------------------------------------------- extraction */
 
-/* `token=<t>` among the &-separated pairs of a query (taken as sent: a
- * kith token needs no percent-encoding). */
+/* `token=<t>` in a query (taken as sent: a kith token needs no
+ * percent-encoding); an empty one is none. */
 static bool s_query_token(proto_http_slice_t q, const char **token, size_t *len)
 {
-    if (!q.ptr)
+    proto_http_slice_t v;
+    if (!gateway_http_query_find(q, "token", &v) || v.len == 0)
         return false;
-    const char *p = q.ptr, *end = q.ptr + q.len;
-    while (p < end) {
-        const char *amp = memchr(p, '&', (size_t) (end - p));
-        const char *stop = amp ? amp : end;
-        if (stop - p >= 6 && !memcmp(p, "token=", 6)) {
-            *token = p + 6;
-            *len = (size_t) (stop - p - 6);
-            return *len > 0;
-        }
-        p = stop + 1;
-    }
-    return false;
+    *token = v.ptr;
+    *len = v.len;
+    return true;
 }
 
 bool gateway_auth_bearer(const gateway_http_req_t *req, const gateway_http_res_t *res,

@@ -864,6 +864,25 @@ bool gateway_http_req_header(const gateway_http_req_t *req, const char *name,
     return proto_http_header_find(req->head, name, value);
 }
 
+bool gateway_http_query_find(proto_http_slice_t q, const char *name, proto_http_slice_t *value)
+{
+    if (!q.ptr)
+        return false;
+    size_t n = strlen(name);
+    const char *p = q.ptr, *end = q.ptr + q.len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t) (end - p));
+        const char *stop = amp ? amp : end;
+        if ((size_t) (stop - p) > n && !memcmp(p, name, n) && p[n] == '=') {
+            value->ptr = p + n + 1;
+            value->len = (size_t) (stop - value->ptr);
+            return true;
+        }
+        p = stop + 1;
+    }
+    return false;
+}
+
 bool gateway_http_req_method_is(const gateway_http_req_t *req, const char *method)
 {
     size_t n = strlen(method);

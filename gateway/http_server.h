@@ -132,6 +132,10 @@ typedef struct {
 bool gateway_http_req_header(const gateway_http_req_t *req, const char *name,
                              proto_http_slice_t *value);
 
+/* The raw value (not percent-decoded) of the first `name=` member among
+ * the &-separated pairs of query q into *value; false if there is none. */
+bool gateway_http_query_find(proto_http_slice_t q, const char *name, proto_http_slice_t *value);
+
 /* True when req->method is `method` (exactly, as methods are case-sensitive). */
 bool gateway_http_req_method_is(const gateway_http_req_t *req, const char *method);
 

@@ -76,36 +76,28 @@ static int s_hexval(char c)
  * found, 0 absent, -1 badly encoded or longer than cap - 1. */
 static int s_query_get(proto_http_slice_t q, const char *key, char *out, size_t cap, size_t *len)
 {
-    if (!q.ptr)
+    proto_http_slice_t v;
+    if (!gateway_http_query_find(q, key, &v))
         return 0;
-    size_t klen = strlen(key);
-    const char *p = q.ptr, *end = q.ptr + q.len;
-    while (p < end) {
-        const char *amp = memchr(p, '&', (size_t) (end - p));
-        const char *stop = amp ? amp : end;
-        if ((size_t) (stop - p) > klen && !memcmp(p, key, klen) && p[klen] == '=') {
-            size_t n = 0;
-            for (const char *s = p + klen + 1; s < stop; s++) {
-                int c = (unsigned char) *s;
-                if (c == '+') {
-                    c = ' ';
-                } else if (c == '%') {
-                    if (stop - s < 3 || s_hexval(s[1]) < 0 || s_hexval(s[2]) < 0)
-                        return -1;
-                    c = s_hexval(s[1]) * 16 + s_hexval(s[2]);
-                    s += 2;
-                }
-                if (n + 1 >= cap)
-                    return -1;
-                out[n++] = (char) c;
-            }
-            out[n] = '\0';
-            *len = n;
-            return 1;
+    const char *stop = v.ptr + v.len;
+    size_t n = 0;
+    for (const char *s = v.ptr; s < stop; s++) {
+        int c = (unsigned char) *s;
+        if (c == '+') {
+            c = ' ';
+        } else if (c == '%') {
+            if (stop - s < 3 || s_hexval(s[1]) < 0 || s_hexval(s[2]) < 0)
+                return -1;
+            c = s_hexval(s[1]) * 16 + s_hexval(s[2]);
+            s += 2;
         }
-        p = stop + 1;
+        if (n + 1 >= cap)
+            return -1;
+        out[n++] = (char) c;
     }
-    return 0;
+    out[n] = '\0';
+    *len = n;
+    return 1;
 }
 
 /* ---------------------------------------------------------------- sending */
