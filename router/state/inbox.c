@@ -4,6 +4,7 @@
  * (with the ids' seen rows, and deletes of popped entries) in one SQLite
  * transaction. The mutex is held only for O(1) hand-overs, never across I/O. */
 #include "router/state/inbox.h"
+#include "router/state/dblock.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -79,11 +80,15 @@ struct router_inbox_t {
     _Atomic uint64_t failures;  /* commits that failed */
     bool on_flush;              /* commit_on_flush: admissions wait for a flush */
     bool flush_req;             /* a flush came since the store thread last took work */
+    bool sync_req;              /* router_inbox_sync waits: commit without gathering */
+    uint64_t admitted;          /* admissions so far, for the store thread's pace */
     _Atomic bool dirty;         /* admitted or popped since the last flush */
 
     char *session;              /* owner session name */
     pthread_mutex_t db_mu;      /* the connection: store thread and seen_load */
     sqlite3 *db;                /* NULL: memory only */
+    char last_err[160];         /* why the last commit failed (under db_mu) */
+    router_dblock_t *wlock;     /* state.db's writer queue, shared with sessions */
     sqlite3_stmt *insert;       /* INSERT one row */
     sqlite3_stmt *delete;       /* DELETE one row by seq */
     sqlite3_stmt *seen;         /* remember one id */
@@ -208,6 +213,7 @@ static int s_db_open(router_inbox_t *self, const char *path, char *err, size_t e
     sqlite3_busy_timeout(self->db, 5000);
     if (sqlite3_exec(self->db, s_schema, NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
+    self->wlock = router_dblock_get(path);
     if (s_prepare(self->db,
                   "INSERT INTO inbox(seq,session,envelope_id,sender,kind,received_ms,frame)"
                   " VALUES(?,?,?,?,?,?,?)", &self->insert) ||
@@ -353,8 +359,12 @@ static int s_db_write(router_inbox_t *self, const s_node_t *n)
 /* One transaction: insert the listed nodes, delete the given seqs. */
 static int s_db_batch(router_inbox_t *self, const s_node_t *list, const uint64_t *dels, size_t nd)
 {
-    if (sqlite3_exec(self->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+    router_dblock_enter(self->wlock);
+    if (sqlite3_exec(self->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(self->last_err, sizeof self->last_err, "%s", sqlite3_errmsg(self->db));
+        router_dblock_leave(self->wlock);
         return -1;
+    }
     for (const s_node_t *n = list; n; n = n->next)
         if (s_db_write(self, n) != 0)
             goto fail;
@@ -370,10 +380,14 @@ static int s_db_batch(router_inbox_t *self, const s_node_t *list, const uint64_t
         goto fail;
     if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
+    router_dblock_leave(self->wlock);
     router_metric_inc(self->m_commits, 1);
     return 0;
 fail:
+    /* ROLLBACK resets the connection's message: keep the failure's. */
+    snprintf(self->last_err, sizeof self->last_err, "%s", sqlite3_errmsg(self->db));
     sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+    router_dblock_leave(self->wlock);
     return -1;
 }
 
@@ -401,8 +415,11 @@ static int s_exec_i64(sqlite3 *db, const char *sql, int64_t a, int64_t b, int64_
 static int s_db_prune(router_inbox_t *self, uint64_t now_ms)
 {
     int64_t cutoff = -1, n = 0;
-    if (sqlite3_exec(self->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+    router_dblock_enter(self->wlock);
+    if (sqlite3_exec(self->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        router_dblock_leave(self->wlock);
         return -1;
+    }
     /* The batch: everything expiring at or before the S_PRUNE_BATCH-th. */
     if (s_exec_i64(self->db,
                    "SELECT expires_ms FROM seen WHERE expires_ms < ?1 ORDER BY expires_ms"
@@ -452,10 +469,12 @@ static int s_db_prune(router_inbox_t *self, uint64_t now_ms)
     }
     if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
+    router_dblock_leave(self->wlock);
     router_metric_inc(self->m_commits, 1);
     return (int) n;
 fail:
     sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+    router_dblock_leave(self->wlock);
     return -1;
 }
 
@@ -477,7 +496,7 @@ static void s_fail_note(router_inbox_t *self, s_failing_t *f, size_t pending)
     if (f->failing == 1 || now - f->last_log_ms >= S_FAIL_LOG_EVERY_MS) {
         pthread_mutex_lock(&self->db_mu);
         const char *why = atomic_load(&self->fail_commits) ? "failing on purpose (test seam)"
-                                                           : sqlite3_errmsg(self->db);
+                                                           : self->last_err;
         ROUTER_LOG(ROUTER_LOG_ERROR, "inbox",
                    "commit failed (%llu failure%s since the last report, %zu admissions waiting,"
                    " not acked): %s; retrying",
@@ -532,6 +551,80 @@ static void s_requeue(router_inbox_t *self, s_node_t *list)
     self->npend += nback;
 }
 
+/* How fast admissions arrive, as the store thread sees it from one take
+ * of work to the next: what group commit needs to know whether waiting
+ * can fill a batch. */
+typedef struct {
+    uint64_t gap_us;        /* smoothed µs between admissions, 0: not known yet */
+    uint64_t taken_at_us;   /* when work was last taken */
+    uint64_t admitted_then; /* admissions counted at that take */
+} s_pace_t;
+
+/* One more sample of the gap between admissions, at a take of work. A gap
+ * longer than the gathering budget only says "too slow to gather", so it
+ * counts as that budget: an idle minute must not take minutes to forget. */
+static void s_pace_note(s_pace_t *pace, uint64_t admitted, uint64_t now_us)
+{
+    uint64_t n = admitted - pace->admitted_then;
+    if (pace->taken_at_us && n) {
+        uint64_t gap = (now_us - pace->taken_at_us) / n;
+        if (gap > ROUTER_INBOX_GATHER_MAX_US)
+            gap = ROUTER_INBOX_GATHER_MAX_US;
+        pace->gap_us = pace->gap_us ? (3 * pace->gap_us + gap) / 4 : gap;
+    }
+    pace->taken_at_us = now_us;
+    pace->admitted_then = admitted;
+}
+
+/* Waits, under mu, until the store thread should take work (or prune, or
+ * stop). Without commit_on_flush any work is taken at once. With it, work
+ * waits for the loop's flush, for ROUTER_INBOX_BATCH_MIN admissions, or
+ * ROUTER_INBOX_FLUSH_MAX_MS; and a flush is held back, gathering, while
+ * admissions keep arriving fast enough to make up ROUTER_INBOX_BATCH_MIN
+ * within ROUTER_INBOX_GATHER_MAX_US of the first, so that a busy router
+ * puts a full batch behind each fsync (WIRE §14.10). Gathering ends when
+ * none arrives for ROUTER_INBOX_GATHER_STALL_US. */
+static void s_store_wait(router_inbox_t *self, const s_pace_t *pace, uint64_t next_prune_ms)
+{
+    uint64_t since = 0;   /* µs: work first seen waiting */
+    uint64_t grew_at = 0; /* µs: npend last seen growing */
+    size_t seen = 0;
+    while (!self->stopping) {
+        uint64_t now = router_clock_mono_us();
+        uint64_t until = next_prune_ms * 1000u;
+        if (now >= until)
+            return;
+        if (self->pend_head || self->ndeletes) {
+            if (!self->on_flush || self->sync_req || self->npend >= ROUTER_INBOX_BATCH_MIN)
+                return;
+            if (!since)
+                since = now;
+            if (!grew_at || self->npend != seen) {
+                seen = self->npend;
+                grew_at = now;
+            }
+            uint64_t end;
+            if (self->flush_req) {
+                end = since + ROUTER_INBOX_GATHER_MAX_US;
+                uint64_t need = pace->gap_us * (ROUTER_INBOX_BATCH_MIN - self->npend);
+                uint64_t stall = grew_at + ROUTER_INBOX_GATHER_STALL_US;
+                if (!pace->gap_us || now + need > end || now >= stall)
+                    return;
+                if (stall < end)
+                    end = stall;
+            } else {
+                end = since + ROUTER_INBOX_FLUSH_MAX_MS * 1000u;
+            }
+            if (now >= end)
+                return;
+            if (end < until)
+                until = end;
+        }
+        struct timespec dl = router_clock_deadline_us(CLOCK_REALTIME, until - now);
+        pthread_cond_timedwait(&self->changed, &self->mu, &dl);
+    }
+}
+
 /* The store thread: each pass takes everything admitted or popped since the
  * last one — by swapping list and array pointers, O(1) under the lock — and
  * commits it in one transaction (group commit). A failed commit keeps its
@@ -546,38 +639,20 @@ static void *s_store_main(void *arg)
     uint64_t *dels = NULL;               /* taken deletes, not yet committed */
     size_t nd = 0, dels_cap = 0;
     s_failing_t fail = {0};
+    s_pace_t pace = {0};
     uint64_t next_prune = router_clock_mono_ms() + S_PRUNE_INTERVAL_MS;
 
     pthread_mutex_lock(&self->mu);
     for (;;) {
-        /* Work waits for a flush (commit_on_flush) or ROUTER_INBOX_FLUSH_MAX_MS. */
-        uint64_t work_since = 0;
-        while (!self->stopping && !list && !nd) {
-            bool work = self->pend_head || self->ndeletes;
-            if (work && (!self->on_flush || self->flush_req ||
-                         self->npend >= ROUTER_INBOX_BATCH_MIN))
-                break;
-            uint64_t now = router_clock_mono_ms();
-            if (now >= next_prune)
-                break;
-            uint64_t until = next_prune;
-            if (work) {
-                if (!work_since)
-                    work_since = now;
-                if (now >= work_since + ROUTER_INBOX_FLUSH_MAX_MS)
-                    break;
-                if (work_since + ROUTER_INBOX_FLUSH_MAX_MS < until)
-                    until = work_since + ROUTER_INBOX_FLUSH_MAX_MS;
-            }
-            struct timespec dl = router_clock_deadline(CLOCK_REALTIME, until - now);
-            pthread_cond_timedwait(&self->changed, &self->mu, &dl);
-        }
-        self->flush_req = false;
+        if (!list && !nd)
+            s_store_wait(self, &pace, next_prune);
+        self->flush_req = self->sync_req = false;
         if (self->stopping && !self->pend_head && self->ndeletes == 0 && !list && !nd)
             break; /* nothing left */
 
         /* Take what is new: the unwritten list whole, the deletes by swap. */
         if (self->pend_head) {
+            s_pace_note(&pace, self->admitted, router_clock_mono_us());
             if (tail)
                 tail->next = self->pend_head;
             else
@@ -748,6 +823,7 @@ void router_inbox_destroy(router_inbox_t **self_p)
     sqlite3_finalize(self->idem);
     if (self->db)
         sqlite3_close(self->db);
+    router_dblock_put(&self->wlock);
     /* Every node, written or not, is in the ring or parked. */
     for (size_t i = 0; self->ring && i < self->count; i++)
         s_node_free(s_at(self, i));
@@ -838,6 +914,7 @@ router_inbox_outcome_t router_inbox_admit_keyed(router_inbox_t *self, const uint
         self->pend_tail = n;
         self->npend++;
         self->unwritten++;
+        self->admitted++;
         if (self->on_flush)
             atomic_store_explicit(&self->dirty, true, memory_order_relaxed);
         if (self->on_flush ? self->npend == ROUTER_INBOX_BATCH_MIN : was_idle)
@@ -919,7 +996,7 @@ void router_inbox_flush(router_inbox_t *self)
 void router_inbox_sync(router_inbox_t *self)
 {
     pthread_mutex_lock(&self->mu);
-    self->flush_req = true;
+    self->flush_req = self->sync_req = true;
     pthread_cond_broadcast(&self->changed);
     while (self->unwritten > 0)
         pthread_cond_wait(&self->changed, &self->mu);

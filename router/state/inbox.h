@@ -67,6 +67,14 @@ typedef struct {
  * a flush: a saturated loop never drains, and the disk should not idle
  * while a full batch waits (issue 13: >= 32 envelopes per fsync). */
 #define ROUTER_INBOX_BATCH_MIN 32u
+/* With commit_on_flush, the longest a flush may be held back to gather a
+ * batch of ROUTER_INBOX_BATCH_MIN when admissions arrive fast enough to
+ * fill one in that time (WIRE §14.10). */
+#define ROUTER_INBOX_GATHER_MAX_US 4000u
+/* ... and the longest it waits for the next admission before it commits
+ * what it has: arrivals that stop (a sender's window is full, the burst
+ * is over) end the gathering. */
+#define ROUTER_INBOX_GATHER_STALL_US 500u
 
 typedef struct {
     uint64_t seq;         /* admission order, increasing, survives restarts */

@@ -19,9 +19,14 @@
 
 #include "router/clock.h"
 #include "router/log.h"
+#include "router/state/dblock.h"
 #include "router/workers/history_cache.h"
 
 #define MOD "sessions"
+/* The most appends, and the longest time, one transaction holds state.db's
+ * write lock for (s_main). */
+#define S_TXN_MAX_APPENDS 512u
+#define S_TXN_MAX_US 20000u
 
 typedef enum { J_OPEN, J_HISTORY, J_APPEND, J_LIST, J_GET } s_kind_t;
 
@@ -67,6 +72,7 @@ struct router_sessions {
     s_job_t *done_head, *done_tail;
     bool stopping;
     sqlite3 *db;               /* the thread's; opened by new */
+    router_dblock_t *wlock;    /* state.db's writer queue, shared with the inbox */
     router_history_cache_t *cache; /* the loop's */
     size_t hits_out;           /* cache answers not yet delivered (≤ JOBS_MAX) */
     _Atomic uint64_t failures;
@@ -372,13 +378,47 @@ static void s_done_push(router_sessions_t *s, s_job_t *j)
     }
 }
 
-/* Group commit: every job queued when the thread wakes runs in one
+/* Ends the appends' transaction (txn; without one, each append committed
+ * on its own): COMMIT, or on failure ROLLBACK and hand every append back
+ * to the loop failed (its cache forgets the session). Appends that
+ * committed are freed: nobody waits for them. */
+static void s_commit_appends(router_sessions_t *s, bool txn, s_job_t *appends, size_t nappends)
+{
+    bool lost = false;
+    if (txn && s_exec(s->db, "COMMIT") != 0) {
+        atomic_fetch_add(&s->failures, nappends);
+        ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: commit of %zu messages: %s", nappends,
+                   sqlite3_errmsg(s->db));
+        s_exec(s->db, "ROLLBACK");
+        lost = true;
+    }
+    if (txn)
+        router_dblock_leave(s->wlock);
+    while (appends) {
+        s_job_t *j = appends;
+        appends = j->next;
+        j->next = NULL;
+        if (!lost) {
+            s_job_free(j);
+            continue;
+        }
+        j->rc = -1;
+        pthread_mutex_lock(&s->mu);
+        s_done_push(s, j);
+        pthread_mutex_unlock(&s->mu);
+    }
+}
+
+/* Group commit: the jobs queued when the thread wakes run in one
  * transaction, so a burst of appends (two per turn) costs one WAL sync, not
  * one each; each append is its own savepoint, so a failing one takes only
  * itself back. Reads are handed to the loop as soon as they ran, before the
  * COMMIT's sync (they see the batch's own writes, in queue order), so a
  * turn's history never waits for a disk flush. Jobs that come during a
- * commit form the next batch. */
+ * commit form the next batch. A transaction holds state.db's one write
+ * lock, which the inbox's commits (acks, webhook answers) wait for, so it
+ * ends after S_TXN_MAX_APPENDS appends or S_TXN_MAX_US, and a backlog of
+ * many thousands is written in many short transactions, never one long one. */
 static void *s_main(void *arg)
 {
     router_sessions_t *s = arg;
@@ -393,6 +433,7 @@ static void *s_main(void *arg)
         s->ntodo = 0;
         pthread_mutex_unlock(&s->mu);
         bool txn = false;
+        uint64_t txn_since = 0;
         s_job_t *appends = NULL;
         size_t nappends = 0;
         while (batch) {
@@ -403,40 +444,32 @@ static void *s_main(void *arg)
              * writer), never a read snapshot that a write must upgrade
              * (SQLITE_BUSY_SNAPSHOT, no retry); from the first append on,
              * so reads before it hold no lock. */
-            if (j->kind == J_APPEND && !txn)
+            if (j->kind == J_APPEND && !txn) {
+                router_dblock_enter(s->wlock); /* the inbox's commits queue fairly with ours */
                 txn = s_exec(s->db, "BEGIN IMMEDIATE") == 0;
+                if (!txn)
+                    router_dblock_leave(s->wlock);
+                txn_since = router_clock_mono_us();
+            }
             s_run(s, j);
             if (j->kind == J_APPEND && j->rc == 0) { /* nobody waits for it */
                 j->next = appends;
                 appends = j;
                 nappends++;
-                continue;
+            } else {
+                pthread_mutex_lock(&s->mu);
+                s_done_push(s, j);
+                pthread_mutex_unlock(&s->mu);
             }
-            pthread_mutex_lock(&s->mu);
-            s_done_push(s, j);
-            pthread_mutex_unlock(&s->mu);
-        }
-        bool lost = false;
-        if (txn && s_exec(s->db, "COMMIT") != 0) {
-            atomic_fetch_add(&s->failures, nappends);
-            ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: commit of %zu messages: %s", nappends,
-                       sqlite3_errmsg(s->db));
-            s_exec(s->db, "ROLLBACK");
-            lost = true;
-        }
-        while (appends) {
-            s_job_t *j = appends;
-            appends = j->next;
-            j->next = NULL;
-            if (!lost) {
-                s_job_free(j);
-                continue;
+            if (txn && (nappends >= S_TXN_MAX_APPENDS ||
+                        router_clock_mono_us() - txn_since >= S_TXN_MAX_US)) {
+                s_commit_appends(s, true, appends, nappends);
+                txn = false;
+                appends = NULL;
+                nappends = 0;
             }
-            j->rc = -1; /* the loop's cache forgets its session */
-            pthread_mutex_lock(&s->mu);
-            s_done_push(s, j);
-            pthread_mutex_unlock(&s->mu);
         }
+        s_commit_appends(s, txn, appends, nappends);
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
@@ -513,6 +546,8 @@ router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path,
         goto fail;
     }
     sqlite3_busy_timeout(s->db, 5000);
+    if (db_path)
+        s->wlock = router_dblock_get(db_path);
     if (!(s->cache = router_history_cache_new(0, 0))) {
         snprintf(err, errcap, "sessions: out of memory");
         goto fail;
@@ -563,6 +598,7 @@ void router_sessions_destroy(router_sessions_t **self_p)
     }
     if (s->db)
         sqlite3_close(s->db);
+    router_dblock_put(&s->wlock);
     router_history_cache_destroy(&s->cache);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
