@@ -15,6 +15,7 @@
 #include "router/log.h"
 #include "router/workers/broker.h"
 #include "router/workers/mdp_worker.h"
+#include "router/thread.h"
 
 #define S_SERVICE "kith.audit"
 /* Room kept in an audit-records body for CBOR heads and keys. */
@@ -237,6 +238,7 @@ static void s_state(audit_worker_t *self, int state)
 static void *s_main(void *arg)
 {
     audit_worker_t *self = arg;
+    router_thread_bulk("kith-audit");
     self->mdp = router_mdp_worker_new(&self->mo, self->err, sizeof self->err);
     s_state(self, self->mdp ? 1 : -1);
     if (!self->mdp)

@@ -4,6 +4,7 @@
 #include "router/log.h"
 
 #include "router/clock.h"
+#include "router/thread.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -190,6 +191,7 @@ static void s_enqueue(const char *line, size_t len)
 
 static void *s_writer_main(void *arg)
 {
+    router_thread_name("kith-log");
     size_t cap = s_w.cap;
     char *batch = arg;
     pthread_mutex_lock(&s_w.lock);

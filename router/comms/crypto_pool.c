@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "router/log.h"
+#include "router/thread.h"
 
 typedef struct {
     router_crypto_pool_t *pool;     /* owner */
@@ -77,6 +78,7 @@ static void s_append(router_crypto_job_t **head, router_crypto_job_t **tail,
 static void *s_worker_main(void *arg)
 {
     s_worker_t *w = arg;
+    router_thread_name("kith-crypto");
     router_crypto_pool_t *p = w->pool;
     router_crypto_job_t *ran = NULL;
     pthread_mutex_lock(&p->mu);

@@ -19,6 +19,7 @@
 #include "router/clock.h"
 #include "router/log.h"
 #include "router/metrics.h"
+#include "router/thread.h"
 
 /* Expired seen rows are pruned at most this often, this many at a time. */
 #define S_PRUNE_INTERVAL_MS 5000u
@@ -634,6 +635,7 @@ static void s_store_wait(router_inbox_t *self, const s_pace_t *pace, uint64_t ne
 static void *s_store_main(void *arg)
 {
     router_inbox_t *self = arg;
+    router_thread_name("kith-store");
     s_node_t *list = NULL, *tail = NULL; /* taken, not yet committed */
     size_t nlist = 0;
     uint64_t *dels = NULL;               /* taken deletes, not yet committed */

@@ -15,6 +15,7 @@
 #include "router/clock.h"
 #include "router/log.h"
 #include "router/state/tokens.h"
+#include "router/thread.h"
 
 #define S_IDEM_FULLKEY_MAX (24u + ROUTER_TOKENS_IDEM_KEY_MAX) /* "scope:" + key + NUL */
 
@@ -245,6 +246,7 @@ fail:
 static void *s_thread(void *arg)
 {
     router_tokens_t *self = arg;
+    router_thread_name("kith-tokens");
     unsigned backoff_ms = 10;
     pthread_mutex_lock(&self->mu);
     for (;;) {

@@ -21,6 +21,7 @@
 #include "router/log.h"
 #include "router/state/dblock.h"
 #include "router/workers/history_cache.h"
+#include "router/thread.h"
 
 #define MOD "sessions"
 /* The most appends, and the longest time, one transaction holds state.db's
@@ -422,6 +423,7 @@ static void s_commit_appends(router_sessions_t *s, bool txn, s_job_t *appends, s
 static void *s_main(void *arg)
 {
     router_sessions_t *s = arg;
+    router_thread_name("kith-sessions");
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (!s->todo_head && !s->stopping)

@@ -124,9 +124,20 @@ typedef struct {
     int error;             /* errno of a failed connect/write, 0 */
 } s_writer_t;
 
+/* The writer runs at the ordinary priority even when tools/bench runs the
+ * load generator under `chrt -f`: a real-time writer would preempt the
+ * daemon whenever its socket had room, and the probe would time the
+ * writer's scheduling instead of kith. The probe alone stays real-time. */
+static void s_writer_ordinary(void)
+{
+    struct sched_param sp = {.sched_priority = 0};
+    (void) pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp);
+}
+
 static void *s_writer(void *arg)
 {
     s_writer_t *w = arg;
+    s_writer_ordinary();
     int fd = bench_ep_connect(w->to);
     if (fd < 0 || bench_write_all(fd, w->payload, w->len) != 0)
         w->error = errno ? errno : EIO;
