@@ -116,7 +116,7 @@ void agent_pool_opts_from_config(agent_pool_opts_t *o, const router_config_t *cf
 static void *s_thread(void *arg)
 {
     s_slot_t *slot = arg;
-    router_thread_bulk("kith-agent");
+    router_thread_name("kith-agent");
     agent_pool_t *pool = slot->pool;
     char err[256] = "", init_err[AGENT_PROVIDER_ERR_MAX] = "";
     router_mdp_worker_opts_t mo = {

@@ -10,9 +10,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* How much nicer than the loop thread a bulk-work thread runs (setpriority
- * per thread on Linux): CFS then wakes the loop ahead of it, so a GET
- * /health or an ack is not queued behind a time slice of turns (issue 13). */
+/* How much nicer than the loop thread a background thread runs
+ * (setpriority per thread on Linux): CFS then wakes the loop ahead of it,
+ * so a GET /health or an ack is not queued behind its time slice. */
 #define ROUTER_THREAD_BULK_NICE 5
 
 /* Names the calling thread (at most 15 characters are kept). */
@@ -22,9 +22,10 @@ static inline void router_thread_name(const char *name)
 }
 
 /* Names the calling thread and lowers its weight: for threads that run
- * throughput work beside the loop (agent turns, the audit appends), whose
- * latency is measured in turns, not in microseconds. Best effort: a
- * failure leaves the thread as it was. */
+ * background work beside the loop (the audit appends) whose latency
+ * nobody waits on. Not the agent threads: a /ws/chat turn's round trip
+ * waits for them (issue 13 measures both). Best effort: a failure leaves
+ * the thread as it was. */
 static inline void router_thread_bulk(const char *name)
 {
     router_thread_name(name);
