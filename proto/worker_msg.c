@@ -1,6 +1,7 @@
 /* proto/worker_msg.c — CBOR encode and hardened decode of worker.cddl's turn
  * bodies (see worker_msg.h for what is accepted). */
 #include "proto/worker_msg.h"
+#include "proto/cbor_cursor.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -472,7 +473,8 @@ static int s_map_fields(s_dec_t *d, const cbor_item_t *map, const char *field, c
     return 0;
 }
 
-static int s_need(s_dec_t *d, const cbor_item_t *v, const char *key)
+/* A required value (a libcbor item, or where a cursor item starts). */
+static int s_need(s_dec_t *d, const void *v, const char *key)
 {
     return v ? 0 : s_dec_fail(d, PROTO_WORKER_MISSING_FIELD, key);
 }
@@ -569,19 +571,6 @@ static int s_get_float(s_dec_t *d, const cbor_item_t *v, const char *key, double
     return 0;
 }
 
-/* An array of at most max entries: *n is its size. */
-static int s_get_array(s_dec_t *d, const cbor_item_t *v, const char *key, size_t max, size_t *n)
-{
-    if (s_need(d, v, key) < 0)
-        return -1;
-    if (!cbor_isa_array(v) || !cbor_array_is_definite(v))
-        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
-    *n = cbor_array_size(v);
-    if (*n > max)
-        return s_dec_fail(d, PROTO_WORKER_TOO_LONG, key);
-    return 0;
-}
-
 static void s_str_free(proto_worker_str_t *s)
 {
     free((void *) s->p);
@@ -610,12 +599,6 @@ void proto_worker_chat_msg_clear(proto_worker_chat_msg_t *m)
     memset(m, 0, sizeof *m);
 }
 
-/* array[i], borrowed (cbor_array_get would take a reference). */
-static const cbor_item_t *s_at(const cbor_item_t *array, size_t i)
-{
-    return cbor_array_handle(array)[i];
-}
-
 static int s_get_tool_call(s_dec_t *d, const cbor_item_t *v, proto_worker_tool_call_t *c)
 {
     static const char *const keys[] = {"id", "name", "arguments"};
@@ -627,108 +610,285 @@ static int s_get_tool_call(s_dec_t *d, const cbor_item_t *v, proto_worker_tool_c
     return 0;
 }
 
-static int s_get_chat_msg(s_dec_t *d, const cbor_item_t *v, const char *field, proto_worker_chat_msg_t *m)
+/* ------------------------------------------------- turn requests, in place
+ *
+ * A turn request is read with proto/cbor_cursor.h, never as a libcbor tree:
+ * it carries up to PROTO_WORKER_HISTORY_MAX messages, and a tree costs an
+ * allocation per item and per string. The rules are the tree decoder's,
+ * reason for reason. A value is named by where its item starts in the
+ * buffer (NULL: absent); every text string was checked as UTF-8 by
+ * proto_cbor_check before any of this runs. */
+
+/* The body being read: its end bounds every cursor. */
+typedef struct {
+    s_dec_t *d;
+    const uint8_t *end;
+} s_in_t;
+
+/* The head of the item at `at`; *next (optional) is where the item's
+ * contents (or the next item, for a scalar or string) begin. */
+static int s_in_head(const s_in_t *in, const uint8_t *at, proto_cbor_head_t *h, const uint8_t **next)
+{
+    proto_cbor_cursor_t c = proto_cbor_cursor_at(at, in->end);
+    if (proto_cbor_cursor_head(&c, h) < 0)
+        return -1;
+    if (next)
+        *next = c.p;
+    return 0;
+}
+
+/* s_map_fields for the map at `at`. */
+static int s_in_fields(const s_in_t *in, const uint8_t *at, const char *field, const char *const *keys,
+                       size_t n, const uint8_t **vals)
+{
+    proto_cbor_head_t h;
+    const uint8_t *next;
+    if (!at || s_in_head(in, at, &h, &next) < 0 || h.major != 5)
+        return s_dec_fail(in->d, PROTO_WORKER_WRONG_TYPE, field);
+    for (size_t k = 0; k < n; k++)
+        vals[k] = NULL;
+    proto_cbor_cursor_t c = proto_cbor_cursor_at(next, in->end);
+    for (uint64_t i = 0; i < h.arg; i++) {
+        proto_cbor_head_t key;
+        if (proto_cbor_cursor_head(&c, &key) < 0 || key.major != 3)
+            return s_dec_fail(in->d, PROTO_WORKER_WRONG_TYPE, field);
+        const uint8_t *val = c.p;
+        for (size_t k = 0; k < n; k++) {
+            if (key.arg != strlen(keys[k]) || memcmp(key.data, keys[k], key.arg) != 0)
+                continue;
+            if (vals[k])
+                return s_dec_fail(in->d, PROTO_WORKER_DUPLICATE_KEY, keys[k]);
+            vals[k] = val;
+            break;
+        }
+        if (proto_cbor_cursor_skip(&c) < 0)
+            return s_dec_fail(in->d, PROTO_WORKER_BAD_CBOR, field);
+    }
+    return 0;
+}
+
+/* s_get_str: the text at `at`, copied with a NUL. */
+static int s_in_str(const s_in_t *in, const uint8_t *at, const char *key, size_t max, proto_worker_str_t *out)
+{
+    proto_cbor_head_t h;
+    if (s_need(in->d, at, key) < 0)
+        return -1;
+    if (s_in_head(in, at, &h, NULL) < 0 || h.major != 3)
+        return s_dec_fail(in->d, PROTO_WORKER_WRONG_TYPE, key);
+    if (h.arg > max)
+        return s_dec_fail(in->d, PROTO_WORKER_TOO_LONG, key);
+    char *copy = malloc((size_t) h.arg + 1);
+    if (!copy)
+        return s_dec_fail(in->d, PROTO_WORKER_NO_MEMORY, key);
+    if (h.arg > 0)
+        memcpy(copy, h.data, (size_t) h.arg);
+    copy[h.arg] = '\0';
+    out->p = copy;
+    out->len = (size_t) h.arg;
+    return 0;
+}
+
+static int s_in_opt_str(const s_in_t *in, const uint8_t *at, const char *key, size_t max,
+                        proto_worker_str_t *out)
+{
+    return at ? s_in_str(in, at, key, max, out) : 0;
+}
+
+/* s_get_enum: text that must be one of names[1..n). */
+static int s_in_enum(const s_in_t *in, const uint8_t *at, const char *key, const char *const *names,
+                     size_t n, unsigned *out)
+{
+    proto_cbor_head_t h;
+    if (s_need(in->d, at, key) < 0)
+        return -1;
+    if (s_in_head(in, at, &h, NULL) < 0 || h.major != 3)
+        return s_dec_fail(in->d, PROTO_WORKER_WRONG_TYPE, key);
+    for (size_t i = 1; i < n; i++)
+        if (h.arg == strlen(names[i]) && memcmp(h.data, names[i], h.arg) == 0) {
+            *out = (unsigned) i;
+            return 0;
+        }
+    return s_dec_fail(in->d, PROTO_WORKER_BAD_VALUE, key);
+}
+
+static int s_in_uint(const s_in_t *in, const uint8_t *at, const char *key, uint64_t *out)
+{
+    proto_cbor_head_t h;
+    if (s_need(in->d, at, key) < 0)
+        return -1;
+    if (s_in_head(in, at, &h, NULL) < 0 || h.major != 0)
+        return s_dec_fail(in->d, PROTO_WORKER_WRONG_TYPE, key);
+    *out = h.arg;
+    return 0;
+}
+
+/* s_get_bstr: exactly n bytes. */
+static int s_in_bstr(const s_in_t *in, const uint8_t *at, const char *key, uint8_t *out, size_t n)
+{
+    proto_cbor_head_t h;
+    if (s_need(in->d, at, key) < 0)
+        return -1;
+    if (s_in_head(in, at, &h, NULL) < 0 || h.major != 2)
+        return s_dec_fail(in->d, PROTO_WORKER_WRONG_TYPE, key);
+    if (h.arg != n)
+        return s_dec_fail(in->d, PROTO_WORKER_BAD_VALUE, key);
+    memcpy(out, h.data, n);
+    return 0;
+}
+
+/* An array of at most max entries at `at`: *n is its size, *c a cursor at
+ * its first entry (each read with the cursor's p, then skipped). */
+static int s_in_array(const s_in_t *in, const uint8_t *at, const char *key, size_t max, size_t *n,
+                      proto_cbor_cursor_t *c)
+{
+    proto_cbor_head_t h;
+    const uint8_t *next;
+    if (s_need(in->d, at, key) < 0)
+        return -1;
+    if (s_in_head(in, at, &h, &next) < 0 || h.major != 4)
+        return s_dec_fail(in->d, PROTO_WORKER_WRONG_TYPE, key);
+    if (h.arg > max)
+        return s_dec_fail(in->d, PROTO_WORKER_TOO_LONG, key);
+    *n = (size_t) h.arg;
+    *c = proto_cbor_cursor_at(next, in->end);
+    return 0;
+}
+
+/* The entry at c->p, then c moves past it. */
+static const uint8_t *s_in_next(const s_in_t *in, proto_cbor_cursor_t *c, const char *key)
+{
+    const uint8_t *at = c->p;
+    if (proto_cbor_cursor_skip(c) < 0) {
+        s_dec_fail(in->d, PROTO_WORKER_BAD_CBOR, key);
+        return NULL;
+    }
+    return at;
+}
+
+static int s_in_tool_call(const s_in_t *in, const uint8_t *at, proto_worker_tool_call_t *c)
+{
+    static const char *const keys[] = {"id", "name", "arguments"};
+    const uint8_t *f[S_KEYS_MAX];
+    if (s_in_fields(in, at, "call", keys, 3, f) < 0 ||
+        s_in_str(in, f[0], "id", PROTO_WORKER_NAME_MAX, &c->id) < 0 ||
+        s_in_str(in, f[1], "name", PROTO_WORKER_NAME_MAX, &c->name) < 0 ||
+        s_in_str(in, f[2], "arguments", PROTO_WORKER_TEXT_MAX, &c->arguments) < 0)
+        return -1;
+    return 0;
+}
+
+static int s_in_chat_msg(const s_in_t *in, const uint8_t *at, const char *field, proto_worker_chat_msg_t *m)
 {
     static const char *const keys[] = {"role", "content", "tool_call_id", "tool_calls"};
-    const cbor_item_t *f[S_KEYS_MAX];
+    const uint8_t *f[S_KEYS_MAX];
     unsigned role = 0;
-    if (s_need(d, v, field) < 0 || s_map_fields(d, v, field, keys, 4, f) < 0 ||
-        s_get_enum(d, f[0], "role", s_roles, S_COUNT(s_roles), &role) < 0 ||
-        s_get_str(d, f[1], "content", PROTO_WORKER_TEXT_MAX, &m->content) < 0 ||
-        s_get_opt_str(d, f[2], "tool_call_id", PROTO_WORKER_NAME_MAX, &m->tool_call_id) < 0)
+    if (s_need(in->d, at, field) < 0 ||
+        s_in_fields(in, at, field, keys, 4, f) < 0 ||
+        s_in_enum(in, f[0], "role", s_roles, S_COUNT(s_roles), &role) < 0 ||
+        s_in_str(in, f[1], "content", PROTO_WORKER_TEXT_MAX, &m->content) < 0 ||
+        s_in_opt_str(in, f[2], "tool_call_id", PROTO_WORKER_NAME_MAX, &m->tool_call_id) < 0)
         return -1;
     m->role = (proto_worker_role_t) role;
     if (!f[3])
         return 0;
     size_t n = 0;
-    if (s_get_array(d, f[3], "tool_calls", PROTO_WORKER_TOOL_CALLS_MAX, &n) < 0)
+    proto_cbor_cursor_t c;
+    if (s_in_array(in, f[3], "tool_calls", PROTO_WORKER_TOOL_CALLS_MAX, &n, &c) < 0)
         return -1;
     m->has_tool_calls = true;
     if (n == 0)
         return 0;
     m->tool_calls = calloc(n, sizeof *m->tool_calls);
     if (!m->tool_calls)
-        return s_dec_fail(d, PROTO_WORKER_NO_MEMORY, "tool_calls");
+        return s_dec_fail(in->d, PROTO_WORKER_NO_MEMORY, "tool_calls");
     m->n_tool_calls = n;
-    for (size_t i = 0; i < n; i++)
-        if (s_get_tool_call(d, s_at(f[3], i), &m->tool_calls[i]) < 0)
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *e = s_in_next(in, &c, "tool_calls");
+        if (!e || s_in_tool_call(in, e, &m->tool_calls[i]) < 0)
             return -1;
+    }
     return 0;
 }
 
-static int s_get_turn(s_dec_t *d, const cbor_item_t *const *f, proto_worker_turn_t *t)
+static int s_in_turn(const s_in_t *in, const uint8_t *const *f, proto_worker_turn_t *t)
 {
     /* f: turn_id, session_id, message, history, tools, limits, origin */
-    if (s_get_bstr(d, f[0], "turn_id", t->turn_id, PROTO_UUID_LEN) < 0 ||
-        s_get_str(d, f[1], "session_id", PROTO_WORKER_SESSION_ID_MAX, &t->session_id) < 0)
+    if (s_in_bstr(in, f[0], "turn_id", t->turn_id, PROTO_UUID_LEN) < 0 ||
+        s_in_str(in, f[1], "session_id", PROTO_WORKER_SESSION_ID_MAX, &t->session_id) < 0)
         return -1;
     if (t->session_id.len < 1)
-        return s_dec_fail(d, PROTO_WORKER_BAD_VALUE, "session_id");
-    if (s_get_chat_msg(d, f[2], "message", &t->message) < 0)
+        return s_dec_fail(in->d, PROTO_WORKER_BAD_VALUE, "session_id");
+    if (s_in_chat_msg(in, f[2], "message", &t->message) < 0)
         return -1;
 
     size_t n = 0;
-    if (s_get_array(d, f[3], "history", PROTO_WORKER_HISTORY_MAX, &n) < 0)
+    proto_cbor_cursor_t c;
+    if (s_in_array(in, f[3], "history", PROTO_WORKER_HISTORY_MAX, &n, &c) < 0)
         return -1;
     if (n > 0) {
         t->history = calloc(n, sizeof *t->history);
         if (!t->history)
-            return s_dec_fail(d, PROTO_WORKER_NO_MEMORY, "history");
+            return s_dec_fail(in->d, PROTO_WORKER_NO_MEMORY, "history");
         t->n_history = n;
-        for (size_t i = 0; i < n; i++)
-            if (s_get_chat_msg(d, s_at(f[3], i), "history", &t->history[i]) < 0)
+        for (size_t i = 0; i < n; i++) {
+            const uint8_t *e = s_in_next(in, &c, "history");
+            if (!e || s_in_chat_msg(in, e, "history", &t->history[i]) < 0)
                 return -1;
+        }
     }
 
-    if (s_get_array(d, f[4], "tools", PROTO_WORKER_TOOLS_MAX, &n) < 0)
+    if (s_in_array(in, f[4], "tools", PROTO_WORKER_TOOLS_MAX, &n, &c) < 0)
         return -1;
     if (n > 0) {
         t->tools = calloc(n, sizeof *t->tools);
         if (!t->tools)
-            return s_dec_fail(d, PROTO_WORKER_NO_MEMORY, "tools");
+            return s_dec_fail(in->d, PROTO_WORKER_NO_MEMORY, "tools");
         t->n_tools = n;
         static const char *const keys[] = {"name", "description", "parameters", "executor"};
         for (size_t i = 0; i < n; i++) {
             proto_worker_tool_spec_t *s = &t->tools[i];
-            const cbor_item_t *g[S_KEYS_MAX];
+            const uint8_t *g[S_KEYS_MAX];
+            const uint8_t *e = s_in_next(in, &c, "tools");
             unsigned ex = 0;
-            if (s_map_fields(d, s_at(f[4], i), "tools", keys, 4, g) < 0 ||
-                s_get_str(d, g[0], "name", PROTO_WORKER_NAME_MAX, &s->name) < 0 ||
-                s_get_str(d, g[1], "description", PROTO_WORKER_TEXT_MAX, &s->description) < 0 ||
-                s_get_str(d, g[2], "parameters", PROTO_WORKER_TEXT_MAX, &s->parameters) < 0 ||
-                s_get_enum(d, g[3], "executor", s_executors, S_COUNT(s_executors), &ex) < 0)
+            if (!e || s_in_fields(in, e, "tools", keys, 4, g) < 0 ||
+                s_in_str(in, g[0], "name", PROTO_WORKER_NAME_MAX, &s->name) < 0 ||
+                s_in_str(in, g[1], "description", PROTO_WORKER_TEXT_MAX, &s->description) < 0 ||
+                s_in_str(in, g[2], "parameters", PROTO_WORKER_TEXT_MAX, &s->parameters) < 0 ||
+                s_in_enum(in, g[3], "executor", s_executors, S_COUNT(s_executors), &ex) < 0)
                 return -1;
             s->executor = (proto_worker_executor_t) ex;
         }
     }
 
     static const char *const lkeys[] = {"max_tool_iterations", "turn_timeout_s"};
-    const cbor_item_t *l[S_KEYS_MAX];
-    if (s_need(d, f[5], "limits") < 0 || s_map_fields(d, f[5], "limits", lkeys, 2, l) < 0 ||
-        s_get_uint(d, l[0], "max_tool_iterations", &t->max_tool_iterations) < 0 ||
-        s_get_uint(d, l[1], "turn_timeout_s", &t->turn_timeout_s) < 0)
+    const uint8_t *l[S_KEYS_MAX];
+    if (s_need(in->d, f[5], "limits") < 0 ||
+        s_in_fields(in, f[5], "limits", lkeys, 2, l) < 0 ||
+        s_in_uint(in, l[0], "max_tool_iterations", &t->max_tool_iterations) < 0 ||
+        s_in_uint(in, l[1], "turn_timeout_s", &t->turn_timeout_s) < 0)
         return -1;
 
     static const char *const okeys[] = {"channel", "envelope_id", "from", "envelope_type"};
-    const cbor_item_t *o[S_KEYS_MAX];
+    const uint8_t *o[S_KEYS_MAX];
     proto_worker_origin_t *org = &t->origin;
     unsigned ch = 0, et = 0;
-    if (s_need(d, f[6], "origin") < 0 || s_map_fields(d, f[6], "origin", okeys, 4, o) < 0 ||
-        s_get_enum(d, o[0], "channel", s_channels, S_COUNT(s_channels), &ch) < 0)
+    if (s_need(in->d, f[6], "origin") < 0 ||
+        s_in_fields(in, f[6], "origin", okeys, 4, o) < 0 ||
+        s_in_enum(in, o[0], "channel", s_channels, S_COUNT(s_channels), &ch) < 0)
         return -1;
     org->channel = (proto_worker_channel_t) ch;
     if (o[1]) {
-        if (s_get_bstr(d, o[1], "envelope_id", org->envelope_id, PROTO_UUID_LEN) < 0)
+        if (s_in_bstr(in, o[1], "envelope_id", org->envelope_id, PROTO_UUID_LEN) < 0)
             return -1;
         org->has_envelope_id = true;
     }
     if (o[2]) {
-        if (s_get_bstr(d, o[2], "from", org->from, PROTO_WORKER_PEER_KEY_LEN) < 0)
+        if (s_in_bstr(in, o[2], "from", org->from, PROTO_WORKER_PEER_KEY_LEN) < 0)
             return -1;
         org->has_from = true;
     }
     if (o[3]) {
-        if (s_get_enum(d, o[3], "envelope_type", s_envtypes, S_COUNT(s_envtypes), &et) < 0)
+        if (s_in_enum(in, o[3], "envelope_type", s_envtypes, S_COUNT(s_envtypes), &et) < 0)
             return -1;
         org->envelope_type = (proto_worker_envtype_t) et;
     }
@@ -798,27 +958,55 @@ void proto_worker_request_clear(proto_worker_request_t *req)
     memset(req, 0, sizeof *req);
 }
 
+/* The checks s_load makes, without the tree: the body's size, its CBOR
+ * (proto_cbor_check, UTF-8 included) and a map at the root. */
+static int s_in_load(s_dec_t *d, const uint8_t *p, size_t len)
+{
+    static const proto_cbor_limits_t lim = {
+        .max_depth = PROTO_WORKER_DEPTH_MAX, .allow_indefinite = 0, .max_items = PROTO_WORKER_ITEMS_MAX};
+    if (len > PROTO_WORKER_BODY_MAX)
+        return s_dec_fail(d, PROTO_WORKER_TOO_LARGE, "");
+    proto_cbor_reason_t cr = PROTO_CBOR_OK;
+    if (proto_cbor_check(p, len, &lim, &cr) != 0)
+        return s_dec_fail(d, cr == PROTO_CBOR_BAD_UTF8 ? PROTO_WORKER_BAD_UTF8 : PROTO_WORKER_BAD_CBOR, "");
+    if (len == 0 || p[0] >> 5 != 5)
+        return s_dec_fail(d, PROTO_WORKER_NOT_MAP, "");
+    return 0;
+}
+
 int proto_worker_request_decode(const uint8_t *p, size_t len, proto_worker_request_t *out,
                                 proto_worker_error_t *err)
 {
     s_dec_t d = {{PROTO_WORKER_OK, ""}};
+    s_in_t in = {&d, p + len};
     unsigned type = 0;
+    cbor_item_t *root = NULL;
     memset(out, 0, sizeof *out);
-    cbor_item_t *root = s_load(&d, p, len);
-    if (!root)
+    /* The type first, read in place: a turn (the large one) never becomes a tree. */
+    static const char *const tkeys[] = {"type"};
+    const uint8_t *tf[1];
+    if (s_in_load(&d, p, len) < 0 || s_in_fields(&in, p, "", tkeys, 1, tf) < 0)
         goto fail;
-    if (s_root_type(&d, root, s_req_types, S_COUNT(s_req_types), &type) < 0)
+    if (!tf[0] || s_in_enum(&in, tf[0], "type", s_req_types, S_COUNT(s_req_types), &type) < 0) {
+        d.err.reason = PROTO_WORKER_UNKNOWN_TYPE;
+        d.err.field = "type";
         goto fail;
+    }
     out->type = (proto_worker_req_type_t) type;
-    switch (out->type) {
-    case PROTO_WORKER_REQ_TURN: {
+    if (out->type == PROTO_WORKER_REQ_TURN) {
         static const char *const keys[] = {"turn_id", "session_id", "message", "history",
                                            "tools",   "limits",     "origin"};
-        const cbor_item_t *f[S_KEYS_MAX];
-        if (s_map_fields(&d, root, "", keys, 7, f) < 0 || s_get_turn(&d, f, &out->turn) < 0)
+        const uint8_t *f[S_KEYS_MAX];
+        if (s_in_fields(&in, p, "", keys, 7, f) < 0 || s_in_turn(&in, f, &out->turn) < 0)
             goto fail;
-        break;
+        *err = d.err;
+        return 0;
     }
+    if (!(root = s_load(&d, p, len)))
+        goto fail;
+    switch (out->type) {
+    case PROTO_WORKER_REQ_TURN:
+        break; /* read above */
     case PROTO_WORKER_REQ_STEER:
     case PROTO_WORKER_REQ_STOP: {
         static const char *const keys[] = {"turn_id", "content"};
