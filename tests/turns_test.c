@@ -494,6 +494,37 @@ static void test_inbox_turns(void **state)
     s_teardown(&e);
 }
 
+/* A backlog whose turns cannot start (the session store refusing every
+ * job): each ends at once as an error, one after another in s_pump's loop,
+ * and the emptied session is collected once. This recursed a frame per
+ * entry, and the inner calls freed the session the outer ones still used
+ * (a double free under load in tools/bench). */
+static void test_backlog_that_cannot_start(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    router_turns_store_refuse(e.t, true);
+    uint8_t id[16], nobody[32] = {0};
+    uint64_t seq;
+    for (int i = 0; i < 16; i++) {
+        proto_uuid_v7_new(id);
+        char line[32];
+        int n = snprintf(line, sizeof line, "event %d", i);
+        assert_int_equal(router_inbox_admit(e.inbox, id, nobody, "event", (const uint8_t *) line,
+                                            (size_t) n, 1, NULL, &seq), ROUTER_INBOX_ADMITTED);
+    }
+    router_turns_kick(e.t);
+    s_run(&e, s_inbox_empty, e.inbox);
+    router_turns_stats_t st;
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.errors, 16);
+    assert_int_equal(st.running, 0);
+    assert_int_equal(st.sessions, 0);
+    router_turns_store_refuse(e.t, false);
+    s_teardown(&e);
+}
+
 typedef struct {
     int status;
     char json[4096];
@@ -681,6 +712,7 @@ int main(void)
         cmocka_unit_test(test_chat_round_trip),
         cmocka_unit_test(test_busy_steer_stop),
         cmocka_unit_test(test_inbox_turns),
+        cmocka_unit_test(test_backlog_that_cannot_start),
         cmocka_unit_test(test_sessions_api),
         cmocka_unit_test(test_no_worker),
         cmocka_unit_test(test_silent_worker),

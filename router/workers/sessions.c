@@ -26,7 +26,7 @@
 #define MOD "sessions"
 /* The most appends, and the longest time, one transaction holds state.db's
  * write lock for (s_main). */
-#define S_TXN_MAX_APPENDS 512u
+#define S_TXN_MAX_APPENDS 8192u
 #define S_TXN_MAX_US 20000u
 
 typedef enum { J_OPEN, J_HISTORY, J_APPEND, J_LIST, J_GET } s_kind_t;
@@ -70,6 +70,7 @@ struct router_sessions {
     pthread_cond_t cv;
     s_job_t *todo_head, *todo_tail;
     size_t ntodo;
+    _Atomic bool refuse;       /* test seam: refuse every job (router_sessions_refuse) */
     s_job_t *done_head, *done_tail;
     bool stopping;
     sqlite3 *db;               /* the thread's; opened by new */
@@ -631,7 +632,7 @@ static int s_queue(router_sessions_t *s, s_job_t *j)
     if (!j)
         return -1;
     pthread_mutex_lock(&s->mu);
-    if (s->ntodo >= ROUTER_SESSIONS_JOBS_MAX) {
+    if (s->ntodo >= ROUTER_SESSIONS_JOBS_MAX || atomic_load(&s->refuse)) {
         pthread_mutex_unlock(&s->mu);
         atomic_fetch_add(&s->failures, 1);
         s_job_free(j);
@@ -740,4 +741,9 @@ void router_sessions_cache_stats(const router_sessions_t *s, struct router_histo
 uint64_t router_sessions_failures(const router_sessions_t *s)
 {
     return atomic_load(&((router_sessions_t *) s)->failures);
+}
+
+void router_sessions_refuse(router_sessions_t *s, bool on)
+{
+    atomic_store(&s->refuse, on);
 }

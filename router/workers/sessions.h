@@ -78,4 +78,7 @@ void router_sessions_cache_stats(const router_sessions_t *s,
 /* Jobs refused because the queue was full, and store failures. */
 uint64_t router_sessions_failures(const router_sessions_t *s);
 
+/* Test seam: while on, every job is refused as if the queue were full. */
+void router_sessions_refuse(router_sessions_t *s, bool on);
+
 #endif

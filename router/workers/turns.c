@@ -81,6 +81,7 @@ struct s_session {
     size_t waiting_chat;       /* chat items in the queue (bounded) */
     size_t waiting;            /* all items in the queue */
     s_turn_t *active;
+    bool pumping;              /* s_pump is starting turns: no nested pump, no gc */
 };
 
 typedef enum { T_LOADING, T_RUNNING } s_phase_t;
@@ -170,6 +171,7 @@ struct router_turns {
 };
 
 static void s_pump(router_turns_t *t, s_session_t *sess);
+static void s_pump_one(router_turns_t *t, s_session_t *sess);
 static void s_turn_end(s_turn_t *turn, const char *status);
 static void s_frame_error(s_turn_t *turn, const char *code, const char *message);
 static void s_frame_stopped(s_turn_t *turn, const char *message);
@@ -230,7 +232,7 @@ static s_session_t *s_session_get(router_turns_t *t, const char *id, bool make)
  * state lives in state.db). */
 static void s_session_gc(router_turns_t *t, s_session_t *s)
 {
-    if (s->subs || s->q_head || s->active)
+    if (s->subs || s->q_head || s->active || s->pumping)
         return;
     zhash_delete(t->sessions, s->id);
     t->st.sessions--;
@@ -708,11 +710,25 @@ static void s_on_history(void *ud, uint64_t tag, int rc, const router_sessions_m
     }
 }
 
-/* The next waiting item of the session becomes its turn. */
+/* The next waiting item of the session becomes its turn. A turn that
+ * cannot start ends at once (s_turn_end), and the next is tried, in this
+ * loop: s_turn_end's own pump and gc see `pumping` and leave the session to
+ * it. (Recursing instead, a backlog that fails to start — the session
+ * store's queue full — nested a frame per item and freed the session
+ * inside calls that went on using it.) */
 static void s_pump(router_turns_t *t, s_session_t *sess)
 {
-    if (sess->active || !sess->q_head)
+    if (sess->pumping)
         return;
+    sess->pumping = true;
+    while (!sess->active && sess->q_head)
+        s_pump_one(t, sess);
+    sess->pumping = false;
+}
+
+/* Starts the session's first waiting item (s_pump). */
+static void s_pump_one(router_turns_t *t, s_session_t *sess)
+{
     s_item_t *it = sess->q_head;
     s_item_unqueue(t, it);
     s_turn_t *turn = calloc(1, sizeof *turn);
@@ -1343,6 +1359,7 @@ static void s_take_inbox(router_turns_t *t)
         }
         s_enqueue(t, sess, it);
         s_pump(t, sess);
+        s_session_gc(t, sess); /* every item of it may have failed to start */
     }
     t->taking = false;
     router_metric_set(t->m_depth, router_inbox_count(t->o.inbox));
@@ -1770,4 +1787,9 @@ int router_turns_session_get(router_turns_t *t, const char *session_id, unsigned
         return -1;
     }
     return 0;
+}
+
+void router_turns_store_refuse(router_turns_t *t, bool on)
+{
+    router_sessions_refuse(t->store, on);
 }

@@ -208,4 +208,8 @@ typedef struct {
 
 void router_turns_stats(const router_turns_t *t, router_turns_stats_t *out);
 
+/* Test seam: the session store refuses every job while on (as when its
+ * queue is full), so turns fail to start. */
+void router_turns_store_refuse(router_turns_t *t, bool on);
+
 #endif
