@@ -50,15 +50,7 @@ static inline struct timespec router_clock_deadline_us(clockid_t clock, uint64_t
  * one second), for pthread_cond_timedwait and the like. */
 static inline struct timespec router_clock_deadline(clockid_t clock, uint64_t ms)
 {
-    struct timespec ts;
-    clock_gettime(clock, &ts);
-    ts.tv_sec += (time_t) (ms / 1000u);
-    ts.tv_nsec += (long) (ms % 1000u) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
+    return router_clock_deadline_us(clock, ms * 1000u);
 }
 
 #endif
