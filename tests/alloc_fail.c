@@ -37,6 +37,11 @@ unsigned alloc_fail_disarm(void)
     return s_failed;
 }
 
+unsigned alloc_fail_failed(void)
+{
+    return s_failed;
+}
+
 static bool s_fail_now(void)
 {
     if (s_fail_at < 0)

@@ -25,6 +25,9 @@ void alloc_fail_arm(long skip);
 /* Stops injecting; returns how many allocations failed since armed. */
 unsigned alloc_fail_disarm(void);
 
+/* How many allocations failed on this thread since armed, still armed. */
+unsigned alloc_fail_failed(void);
+
 /* Makes SQLite's allocations fail with the others. Call it first in main,
  * before anything opens a database. Returns 0 or -1 (SQLite in use already). */
 int alloc_fail_sqlite_install(void);
