@@ -2,7 +2,8 @@
  * a router loop on its own thread, a blocking socket client written here
  * (it shares no code with the server). Routes, keep-alive, pipelining,
  * request smuggling shapes, every limit, slow clients, timeouts and
- * backpressure; /health and /metrics.
+ * backpressure; /health and /metrics; the loop thread out of memory at
+ * each allocation of a request in turn.
  *
  * Every test runs on both loop backends (names end in @uring / @epoll).
  * No test depends on timing: the short timeouts some servers are given
@@ -12,6 +13,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -25,6 +27,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "alloc_fail.h"
 #include "gateway/http_server.h"
 #include "gateway/routes.h"
 #include "router/log.h"
@@ -975,6 +978,108 @@ static void test_destroy_with_open_connections(void **state)
     s_client_close(&body);
 }
 
+/* ---------------------------------------------------------------- out of memory */
+
+/* Arms (skip >= 0) or disarms (skip < 0) allocation failures on the loop
+ * thread and waits until it has. */
+typedef struct {
+    long skip;
+    unsigned failed; /* disarm: failures injected since armed */
+    sem_t done;
+} s_arm_t;
+
+static void s_arm_on_loop(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    s_arm_t *a = arg;
+    if (a->skip >= 0)
+        alloc_fail_arm(a->skip);
+    else
+        a->failed = alloc_fail_disarm();
+    sem_post(&a->done);
+}
+
+static unsigned s_loop_arm(s_srv_t *s, long skip)
+{
+    s_arm_t a = {.skip = skip};
+    assert_int_equal(sem_init(&a.done, 0, 0), 0);
+    assert_int_equal(router_loop_post(s->loop, s_arm_on_loop, &a), 0);
+    while (sem_wait(&a.done) != 0)
+        assert_int_equal(errno, EINTR);
+    sem_destroy(&a.done);
+    return a.failed;
+}
+
+/* Reads one response, or returns false when the server closed first. */
+static bool s_read_resp_or_eof(s_client_t *c, s_resp_t *r)
+{
+    memset(r, 0, sizeof *r);
+    while (!memmem(c->buf, c->len, "\r\n\r\n", 4))
+        if (s_recv_more(c) == 0)
+            return false;
+    s_read_resp(c, r, false);
+    return true;
+}
+
+/* A request whose head comes in two reads, its body in a third, then a
+ * pipelined second one, with the loop thread's 1st, 2nd, … allocation
+ * failing in turn until a run fails none. Each run is answered in full, or
+ * refused with a typed 5xx, or cut; and after each, a new connection is
+ * served as usual: one client's shortage never stops the server. */
+static void test_requests_without_memory(void **state)
+{
+    s_srv_t *s = s_srv_start(state, NULL);
+    unsigned refused = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        s_loop_arm(s, i);
+        s_client_t *c = s_connect(s);
+        s_resp_t r;
+        /* Best effort: a server short of memory may have closed already. */
+        static const char *const parts[] = {"POST /echo HTTP/1.1\r\nHost: t\r\n",
+                                            "Content-Length: 5\r\n\r\n",
+                                            "hello"
+                                            "GET /api/x HTTP/1.1\r\nHost: t\r\n\r\n"};
+        for (size_t k = 0; k < 3; k++) {
+            if (k)
+                usleep(1000); /* only to make separate reads likely; either way is right */
+            s_send_best_effort(c, parts[k], strlen(parts[k]));
+        }
+        bool first = s_read_resp_or_eof(c, &r), second = false, answered = first;
+        bool complete = false;
+        if (first && r.status == 200) {
+            assert_int_equal(r.body_len, 5);
+            assert_memory_equal(r.body, "hello", 5);
+            s_resp_free(&r);
+            second = answered = s_read_resp_or_eof(c, &r);
+            if (second && r.status == 200) {
+                assert_string_equal(r.body, "prefix GET /api/x -");
+                complete = true;
+            }
+        }
+        if (answered && r.status != 200)
+            s_expect_error(&r, 500, "internal_error");
+        s_resp_free(&r);
+        unsigned failed = s_loop_arm(s, -1);
+        s_client_close(&c);
+        if (!failed) {
+            assert_true(complete);
+            break;
+        }
+        if (!complete)
+            refused++;
+        /* The next client is served. */
+        s_client_t *next = s_connect(s);
+        s_exchange(next, "GET /api/y HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r);
+        assert_string_equal(r.body, "prefix GET /api/y -");
+        s_resp_free(&r);
+        s_client_close(&next);
+    }
+    assert_true(refused > 0);
+    print_message("%u allocations cut or refused the request\n", refused);
+    s_srv_stop(&s);
+}
+
 /* ---------------------------------------------------------------- main */
 
 #define BOTH(f)                                                        \
@@ -1002,6 +1107,7 @@ int main(void)
         BOTH(test_timeouts),
         BOTH(test_max_connections),
         BOTH(test_destroy_with_open_connections),
+        BOTH(test_requests_without_memory),
     };
     return cmocka_run_group_tests(tests, s_group_setup, NULL);
 }

@@ -2,7 +2,8 @@
  * admission order, durable admission through SQLite surviving a reopen,
  * popped entries deleted, cross-thread pop, seen ids stored with their
  * admissions and read back, a failing commit withholding durability, and
- * the pruning of expired seen rows. */
+ * the pruning of expired seen rows, and a reopen with each allocation
+ * (kith's and SQLite's) failing in turn. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include "alloc_fail.h"
 #include "router/state/inbox.h"
 
 static void s_id(uint8_t id[16], uint32_t n)
@@ -605,8 +607,113 @@ static void test_lease(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* ---------------------------------------------------------------- out of memory */
+
+static void s_exec(const char *db, const char *sql)
+{
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(h);
+}
+
+/* A reopen that loads more entries than its ring holds at first, the seen
+ * ids and floors, a key, and leases an entry, with each allocation on the
+ * way failing in turn: every step refuses with a reason or succeeds, and
+ * once a run fails none everything stored is there as it was written —
+ * no failed run lost or changed a row. Rows this code did not write are
+ * stepped past. */
+static void test_reopen_without_memory(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
+    router_inbox_t *in = s_open(16, 0, db);
+    uint8_t id[16], a[32] = {1}, b[32] = {2}, zero[32] = {0}, frame[3] = {0xA1, 0x61, 0x78};
+    uint64_t seq;
+    for (uint32_t i = 0; i < 6; i++) {
+        s_id(id, i);
+        router_inbox_seen_t seen = {.expires_ms = UINT64_MAX / 2, .floor_ms = i == 2 ? 77 : 0};
+        assert_int_equal(router_inbox_admit(in, id, i % 2 ? b : a, "message", frame, sizeof frame,
+                                            1, &seen, &seq),
+                         ROUTER_INBOX_ADMITTED);
+    }
+    router_inbox_idem_t key = {.scope = "webhook", .key = "k-1", .key_len = 3, .status = 202,
+                               .body = "{\"queued\":true}", .expires_ms = UINT64_MAX / 2};
+    s_id(id, 6);
+    assert_int_equal(router_inbox_admit_keyed(in, id, zero, "webhook", frame, sizeof frame, 1, NULL,
+                                              &key, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    router_inbox_sync(in);
+    router_inbox_destroy(&in);
+    /* A row of each table this code did not write (ids of the wrong size). */
+    s_exec(db, "INSERT INTO inbox(seq,session,envelope_id,sender,kind,received_ms,frame)"
+               " VALUES(100,'comms',x'01',x'02','message',1,x'F6');"
+               "INSERT INTO seen(sender,id,seq,v7_ms,admitted_ms,expires_ms)"
+               " VALUES(x'0303',x'04',101,0,1,4000000000000);"
+               "INSERT INTO seen(sender,id,seq,v7_ms,admitted_ms,expires_ms)"
+               " VALUES(x'0100000000000000000000000000000000000000000000000000000000000000',"
+               " x'05',102,0,1,4000000000000);");
+
+    unsigned refused = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        char err[256] = "";
+        router_inbox_opts_t o = {.capacity = 4, .db_path = db, .session = "comms"};
+        s_loaded_t l = {0};
+        s_idem_loaded_t got = {0};
+        router_inbox_entry_t e = {0};
+        int seen_rc = -2, idem_rc = -2, take_rc = -2;
+        alloc_fail_arm(i);
+        in = router_inbox_new(&o, err, sizeof err);
+        if (in)
+            seen_rc = router_inbox_seen_load(in, 3, s_on_seen, s_on_floor, &l, err, sizeof err);
+        if (seen_rc == 0)
+            idem_rc = router_inbox_idem_load(in, 1000, s_idem_row, &got, err, sizeof err);
+        if (idem_rc == 0)
+            take_rc = router_inbox_take(in, &e);
+        bool failed = alloc_fail_disarm() > 0;
+        if (!failed) {
+            assert_int_equal(take_rc, 0);
+            assert_int_equal(router_inbox_count(in), 7);
+            assert_int_equal(e.seq, 1);
+            assert_int_equal(e.frame_len, sizeof frame);
+            assert_memory_equal(e.frame, frame, sizeof frame);
+            assert_int_equal(l.n, 5); /* b's 3, a's newest 3 less the foreign one */
+            assert_int_equal(l.nfloors, 1);
+            assert_int_equal(l.floor, 77);
+            assert_int_equal(got.n, 1);
+            assert_string_equal(got.keys[0], "webhook:k-1:202:{\"queued\":true}");
+            router_inbox_entry_clear(&e);
+            router_inbox_destroy(&in);
+            break;
+        }
+        /* The failure refused one step, with a reason, or none at all. */
+        if (!in || seen_rc != 0 || idem_rc != 0) {
+            assert_true(err[0] != '\0');
+            refused++;
+        } else if (take_rc != 0) {
+            assert_null(e.frame); /* nothing leased: the entry is takeable again */
+            assert_int_equal(router_inbox_leased(in), 0);
+            assert_int_equal(router_inbox_take(in, &e), 0);
+            assert_int_equal(e.seq, 1);
+            refused++;
+        }
+        router_inbox_entry_clear(&e);
+        router_inbox_destroy(&in);
+    }
+    assert_true(refused > 0);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), 8);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM seen"), 8);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency"), 1);
+    print_message("%u allocations refused a step of the reopen\n", refused);
+    s_rmdir(dir);
+}
+
 int main(void)
 {
+    if (alloc_fail_sqlite_install() != 0)
+        return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_refuses),
         cmocka_unit_test(test_byte_bound),
@@ -619,6 +726,7 @@ int main(void)
         cmocka_unit_test(test_idem_with_entry),
         cmocka_unit_test(test_withdraw),
         cmocka_unit_test(test_withdraw_parked),
+        cmocka_unit_test(test_reopen_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,9 @@
  * idempotency answers, OpenClaw devices) comes back from state.db after a
  * reopen; callbacks run on the loop; a stop runs the callbacks still owed.
  * A failing disk withholds every answer until the row is written; every
- * table (the devices table included) and the write queue have a bound. */
+ * table (the devices table included) and the write queue have a bound.
+ * Out of memory, a write is refused and leaves nothing reserved, and a
+ * reopen refuses with a reason or loads everything. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +21,7 @@
 #include <sodium.h>
 #include <sqlite3.h>
 
+#include "alloc_fail.h"
 #include "router/clock.h"
 #include "router/state/tokens.h"
 
@@ -622,8 +625,147 @@ static void test_idem_settle(void **state)
     router_tokens_destroy(&t);
 }
 
+/* ---------------------------------------------------------------- out of memory */
+
+/* Each kind of write with its allocation failing: -1 with EAGAIN (what the
+ * header promises), nothing queued, and what it reserved given back — the
+ * key can be taken again, the device slot is free — so the same write
+ * succeeds once memory is there. */
+static void test_writes_refused_without_memory(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(NULL, loop, err, sizeof err); /* memory only */
+    assert_non_null(t);
+    uint8_t h[32];
+    randombytes_buf(h, sizeof h);
+    router_tokens_device_t d;
+    s_device(&d, 7);
+    uint64_t until = 0;
+    int status = 0;
+    const char *body = NULL;
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "k1", 2, 1, &status, &body),
+                     ROUTER_IDEM_NEW);
+
+    alloc_fail_arm(0);
+    int rc = router_tokens_add(t, h, 1, NULL, NULL);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(rc, -1);
+    assert_int_equal(errno, EAGAIN);
+    alloc_fail_arm(0);
+    rc = router_tokens_fail(t, "10.0.0.9", 1000, 5, 300000, &until, NULL, NULL);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(rc, -1);
+    assert_int_equal(errno, EAGAIN);
+    alloc_fail_arm(0);
+    rc = router_tokens_idem_finish(t, "webhook", "k1", 2, 202, "{}", 1, NULL, NULL);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(rc, -1);
+    assert_int_equal(errno, EAGAIN);
+    alloc_fail_arm(0);
+    rc = router_tokens_device_record(t, &d, h, 1000, NULL, NULL);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(rc, -1);
+    assert_int_equal(errno, EAGAIN);
+
+    /* Nothing reserved is left behind. */
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "k1", 2, 1, &status, &body),
+                     ROUTER_IDEM_NEW);
+    assert_int_equal(router_tokens_device_count(t), 0);
+    assert_false(router_tokens_device_get(t, d.id, &d));
+    s_done_t a = {.loop = loop};
+    assert_int_equal(router_tokens_device_record(t, &d, h, 1000, s_done, &a), 0);
+    s_wait(&a);
+    assert_true(a.ok);
+    assert_int_equal(router_tokens_device_count(t), 1);
+    s_done_t b = {.loop = loop};
+    assert_int_equal(router_tokens_add(t, h, 1, s_done, &b), 0);
+    s_wait(&b);
+    assert_true(router_tokens_check(t, h));
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
+/* A reopen of a state.db holding a token, a lockout, a key and a device,
+ * with each allocation (kith's or SQLite's) failing in turn: a store that
+ * opens holds all four as written — a failed read is a refusal with a
+ * reason, never a store that silently forgot a lockout or a key. */
+static void test_reopen_without_memory(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    uint8_t h[32];
+    randombytes_buf(h, sizeof h);
+    s_done_t a = {.loop = loop};
+    assert_int_equal(router_tokens_add(t, h, 1, s_done, &a), 0);
+    s_wait(&a);
+    uint64_t until = 0;
+    for (int i = 1; i <= 5; i++) {
+        s_done_t f = {.loop = loop};
+        assert_int_equal(router_tokens_fail(t, "10.0.0.9", 1000, 5, 300000, &until, s_done, &f), 0);
+        s_wait(&f);
+    }
+    int status = 0;
+    const char *body = NULL;
+    uint64_t now = (uint64_t) time(NULL) * 1000;
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "k1", 2, now, &status, &body),
+                     ROUTER_IDEM_NEW);
+    s_done_t g = {.loop = loop};
+    assert_int_equal(router_tokens_idem_finish(t, "webhook", "k1", 2, 202, "{}", now, s_done, &g),
+                     0);
+    s_wait(&g);
+    router_tokens_device_t d, got;
+    s_device(&d, 3);
+    s_done_t r = {.loop = loop};
+    assert_int_equal(router_tokens_device_record(t, &d, h, 1000, s_done, &r), 0);
+    s_wait(&r);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+
+    unsigned refused = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        loop = router_loop_new(NULL);
+        assert_non_null(loop);
+        err[0] = '\0';
+        alloc_fail_arm(i);
+        t = router_tokens_new(s_db, loop, err, sizeof err);
+        bool failed = alloc_fail_disarm() > 0;
+        if (!t) {
+            assert_true(failed);
+            assert_true(err[0] != '\0');
+            refused++;
+        } else {
+            assert_int_equal(router_tokens_count(t), 1);
+            assert_true(router_tokens_check(t, h));
+            assert_int_equal(router_tokens_locked_until(t, "10.0.0.9", 2000), 301000);
+            assert_int_equal(router_tokens_idem_begin(t, "webhook", "k1", 2, now, &status, &body),
+                             ROUTER_IDEM_DONE);
+            assert_int_equal(status, 202);
+            assert_int_equal(router_tokens_device_count(t), 1);
+            assert_true(router_tokens_device_get(t, d.id, &got));
+            assert_true(router_tokens_device_check(t, d.id, d.public_key, h));
+            router_tokens_stop(t);
+        }
+        router_loop_destroy(&loop);
+        router_tokens_destroy(&t);
+        if (!failed)
+            break;
+    }
+    assert_true(refused > 0);
+    print_message("%u allocations refused the reopen\n", refused);
+}
+
 int main(void)
 {
+    if (alloc_fail_sqlite_install() != 0)
+        return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_token_durable_then_reloaded, s_setup, s_teardown),
         cmocka_unit_test(test_forgive_and_stop_runs_callbacks),
@@ -636,6 +778,8 @@ int main(void)
         cmocka_unit_test(test_idem_settle),
         cmocka_unit_test_setup_teardown(test_device_record_check_reload, s_setup, s_teardown),
         cmocka_unit_test(test_device_bound_and_stop),
+        cmocka_unit_test(test_writes_refused_without_memory),
+        cmocka_unit_test_setup_teardown(test_reopen_without_memory, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,7 +6,8 @@
  * become turns and leave the inbox, and the /api/sessions documents; and
  * what goes wrong: no worker takes a turn, a worker never answers (or
  * never confirms a stop), a worker's reply is malformed or out of order,
- * a router-run tool is called with bad arguments. */
+ * a router-run tool is called with bad arguments; and the loop thread out
+ * of memory at each allocation of a turn with router tools in turn. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +20,7 @@
 #include <cmocka.h>
 #include <czmq.h>
 
+#include "alloc_fail.h"
 #include "proto/uuid.h"
 #include "proto/worker_msg.h"
 #include "router/net/loop.h"
@@ -138,7 +140,15 @@ static void s_tools(router_mdp_worker_t *w, const uint8_t id[16])
                      r.tool_result.is_error ? "error:" : "", r.tool_result.result.p);
             got++;
         }
+        bool stop = r.type == PROTO_WORKER_REQ_STOP;
         proto_worker_request_clear(&r);
+        if (stop) { /* no more results are coming */
+            proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_FINAL};
+            rep.final.type = PROTO_WORKER_FINAL_STOPPED;
+            memcpy(rep.final.turn_id, id, 16);
+            s_send(w, &rep);
+            return;
+        }
     }
     s_done(w, id, all);
 }
@@ -706,6 +716,96 @@ static void test_router_tool_refusals(void **state)
     s_teardown(&e);
 }
 
+/* ------------------------------------------------------------ out of memory */
+
+typedef struct {
+    router_turns_t *t;
+    uint64_t ended;  /* turns ended (done, stopped, errors) to wait for */
+    frames_t *fr;    /* or an error frame to the submitter (no turn began) */
+    int errors;      /* error frames it had before */
+    router_loop_t *loop;     /* with stop_at: */
+    uint64_t stop_at;        /* loop ms after which a turn hit by a failure is stopped */
+    router_turns_sub_t sub;  /* its submitter */
+} ended_t;
+
+static bool s_ended(void *ud)
+{
+    ended_t *w = ud;
+    if (w->stop_at && router_loop_now_ms(w->loop) >= w->stop_at && alloc_fail_failed() > 0) {
+        w->stop_at = 0;
+        router_turns_stop(w->t, w->sub);
+    }
+    router_turns_stats_t st;
+    router_turns_stats(w->t, &st);
+    return st.running == 0 && st.waiting == 0 &&
+           (st.done + st.stopped + st.errors >= w->ended ||
+            s_count(w->fr, ROUTER_TURN_FRAME_ERROR) > w->errors);
+}
+
+/* A turn calling the router's tools, submitted and run with the loop
+ * thread's (here, this thread's) 1st, 2nd, … allocation failing in turn
+ * until a run fails none: the message is refused with a code, or its turn
+ * ends (done, or an error) — never lost in between — and the session then
+ * runs the next message as usual. A turn whose worker request was lost
+ * ends by the turn timeout (2 s here), which is the mechanism under test,
+ * not a bound on speed. */
+static void test_turn_without_memory(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    unsigned refused = 0, errors = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        frames_t a = {0};
+        char name[32];
+        snprintf(name, sizeof name, "oom-%ld", i);
+        router_turns_sub_t s = router_turns_attach(e.t, name, NULL, s_on_frame, &a);
+        s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+        router_turns_stats_t before, st, after;
+        router_turns_stats(e.t, &before);
+        const char *code = NULL;
+        alloc_fail_arm(i);
+        int rc = router_turns_submit(e.t, s, "/tools", 6, &code);
+        if (rc == 0) {
+            /* A tool result the router could not send leaves the worker
+             * waiting until the turn's timeout; once a failure has happened,
+             * stop the turn instead of waiting that long (a turn that would
+             * have ended anyway may end stopped: either outcome passes). */
+            ended_t w = {e.t, before.done + before.stopped + before.errors + 1, &a, 0,
+                         e.loop, router_loop_now_ms(e.loop) + 300, s};
+            s_run(&e, s_ended, &w);
+        }
+        bool failed = alloc_fail_disarm() > 0;
+        router_turns_stats(e.t, &st);
+        if (!failed) {
+            assert_int_equal(rc, 0);
+            assert_int_equal(st.done, before.done + 1);
+            assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "c5:{\\\"peers\\\":[]}"));
+        } else if (rc != 0) {
+            assert_non_null(code);
+            refused++;
+        } else if (st.done == before.done) {
+            assert_true(st.errors > before.errors || st.stopped > before.stopped ||
+                        s_count(&a, ROUTER_TURN_FRAME_ERROR) > 0);
+            errors++;
+        }
+        /* The session serves the next message. */
+        assert_int_equal(router_turns_submit(e.t, s, "next", 4, &code), 0);
+        ended_t w = {e.t, st.done + st.stopped + st.errors + 1, &a, FRAMES_MAX, NULL, 0, 0};
+        s_run(&e, s_ended, &w);
+        router_turns_stats(e.t, &after);
+        assert_int_equal(after.done, st.done + 1);
+        router_turns_detach(e.t, s);
+        if (!failed)
+            break;
+    }
+    s_teardown(&e);
+    assert_true(refused > 0);
+    print_message("%u allocations refused the message, %u ended its turn otherwise than done\n",
+                  refused, errors);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -718,6 +818,7 @@ int main(void)
         cmocka_unit_test(test_silent_worker),
         cmocka_unit_test(test_worker_events_and_garbage),
         cmocka_unit_test(test_router_tool_refusals),
+        cmocka_unit_test(test_turn_without_memory),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

@@ -336,18 +336,23 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
 {
     sqlite3_stmt *st = NULL;
     uint64_t now = router_clock_wall_ms();
+    int step = SQLITE_DONE;
     if (sqlite3_prepare_v2(self->db, "SELECT hash FROM gateway_tokens ORDER BY created_ms", -1,
                            &st, NULL) != SQLITE_OK)
         goto fail;
-    while (sqlite3_step(st) == SQLITE_ROW && self->nhashes < ROUTER_TOKENS_MAX)
+    while ((step = sqlite3_step(st)) == SQLITE_ROW && self->nhashes < ROUTER_TOKENS_MAX)
         if (sqlite3_column_bytes(st, 0) == 32)
             memcpy(self->hashes[self->nhashes++], sqlite3_column_blob(st, 0), 32);
+    /* A step that failed (out of memory, I/O) ends a loop as the last row
+     * would: refuse rather than run without the rows not read. */
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        goto fail;
     sqlite3_finalize(st);
     if (sqlite3_prepare_v2(self->db,
                            "SELECT client, failures, until_ms FROM gateway_pair_lockouts"
                            " ORDER BY until_ms DESC", -1, &st, NULL) != SQLITE_OK)
         goto fail;
-    for (size_t i = 0; i < ROUTER_TOKENS_CLIENTS_MAX && sqlite3_step(st) == SQLITE_ROW;) {
+    for (size_t i = 0; i < ROUTER_TOKENS_CLIENTS_MAX && (step = sqlite3_step(st)) == SQLITE_ROW;) {
         const char *c = (const char *) sqlite3_column_text(st, 0);
         if (!c || strlen(c) >= ROUTER_TOKENS_CLIENT_MAX)
             continue;
@@ -356,6 +361,8 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
         self->locks[i].until_ms = (uint64_t) sqlite3_column_int64(st, 2);
         i++;
     }
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        goto fail;
     sqlite3_finalize(st);
     if (sqlite3_prepare_v2(self->db,
                            "SELECT key, status, body, expires_ms FROM gateway_idempotency"
@@ -363,7 +370,7 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
                            NULL) != SQLITE_OK)
         goto fail;
     sqlite3_bind_int64(st, 1, (sqlite3_int64) now);
-    for (size_t i = 0; i < ROUTER_TOKENS_IDEM_MAX && sqlite3_step(st) == SQLITE_ROW;) {
+    for (size_t i = 0; i < ROUTER_TOKENS_IDEM_MAX && (step = sqlite3_step(st)) == SQLITE_ROW;) {
         const char *k = (const char *) sqlite3_column_text(st, 0);
         const char *b = (const char *) sqlite3_column_text(st, 2);
         if (!k || !b || strlen(k) >= S_IDEM_FULLKEY_MAX || strlen(b) >= ROUTER_TOKENS_IDEM_BODY_MAX)
@@ -374,13 +381,15 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
         snprintf(e->body, sizeof e->body, "%s", b);
         e->expires_ms = (uint64_t) sqlite3_column_int64(st, 3);
     }
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        goto fail;
     sqlite3_finalize(st);
     if (sqlite3_prepare_v2(self->db,
                            "SELECT id, public_key, client_id, client_mode, platform, token_hash,"
                            " first_seen_ms, last_seen_ms FROM gateway_devices"
                            " ORDER BY last_seen_ms DESC", -1, &st, NULL) != SQLITE_OK)
         goto fail;
-    while (self->ndevices < ROUTER_TOKENS_DEVICES_MAX && sqlite3_step(st) == SQLITE_ROW) {
+    while (self->ndevices < ROUTER_TOKENS_DEVICES_MAX && (step = sqlite3_step(st)) == SQLITE_ROW) {
         const char *id = (const char *) sqlite3_column_text(st, 0);
         const void *pk = sqlite3_column_blob(st, 1);
         int pk_len = sqlite3_column_bytes(st, 1);
@@ -406,10 +415,13 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
         e->d.last_seen_ms = (uint64_t) sqlite3_column_int64(st, 7);
         e->durable = true;
     }
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        goto fail;
     sqlite3_finalize(st);
     return 0;
 fail:
     snprintf(err, errcap, "state.db: cannot read gateway tables: %s", sqlite3_errmsg(self->db));
+    sqlite3_finalize(st);
     return -1;
 }
 

@@ -331,6 +331,76 @@ async def malformed_frames(node, token):
     await ws.close()
 
 
+async def run_frames(ws, rid, method, params):
+    """Sends one run request; its frames until the run's last answer (for
+    agent the second res, for chat.send the chat event that ends it)."""
+    await ws.send(json.dumps({"type": "req", "id": rid, "method": method, "params": params}))
+    frames = []
+    while True:
+        f = await recv(ws)
+        frames.append(f)
+        if method == "agent" and f["type"] == "res" and f["id"] == rid and \
+                (f["ok"] is False or f["payload"].get("status") != "accepted"):
+            return frames
+        if method == "chat.send" and f["type"] == "res" and f["id"] == rid and f["ok"] is False:
+            return frames
+        if method == "chat.send" and f["type"] == "event" and f["event"] == "chat" and \
+                f["payload"]["state"] in ("final", "error", "aborted"):
+            return frames
+
+
+async def plain_tools_and_errors(node, token):
+    """What the scripted provider can make a turn do, as the OpenClaw
+    streams show it (WIRE §25): a router tool call and its result as `tool`
+    events of an agent run, a failing provider as the agent run's typed
+    error (and its lifecycle error event) and as a chat run's error state,
+    thinking left out of the streams; the socket serves on after each."""
+    ws, res = await handshake(node, token, version=2)
+    check(res["ok"] is True, f"hello {res}")
+
+    frames = await run_frames(ws, "t1", "agent", {"message": "/peers", "idempotencyKey": "tools-1",
+                                                 "sessionKey": "oc-tools"})
+    tool = [f["payload"] for f in frames if f["type"] == "event" and f["event"] == "agent" and
+            f["payload"]["stream"] == "tool"]
+    check([t["data"]["phase"] for t in tool] == ["start", "result"], f"tool events {frames}")
+    check(tool[0]["data"]["name"] == "peers" and tool[0]["data"]["toolCallId"] and
+          tool[1]["data"]["toolCallId"] == tool[0]["data"]["toolCallId"] and
+          tool[1]["data"]["isError"] is False, f"tool events {tool}")
+    final = frames[-1]
+    check(final["ok"] is True and final["payload"]["status"] == "ok", f"tool run final {final}")
+
+    frames = await run_frames(ws, "f1", "agent", {"message": "/fail", "idempotencyKey": "fail-1",
+                                                 "sessionKey": "oc-fail"})
+    final = frames[-1]
+    check(final["ok"] is False and final["error"]["code"] == "UNAVAILABLE" and
+          final["error"]["details"]["code"] and "/fail" in final["error"]["message"] and
+          final["payload"]["status"] == "error", f"failed agent run {final}")
+    life = [f["payload"]["data"] for f in frames if f["type"] == "event" and
+            f["event"] == "agent" and f["payload"]["stream"] == "lifecycle"]
+    check(life and life[-1]["phase"] == "error" and "/fail" in life[-1]["error"],
+          f"lifecycle {life}")
+
+    frames = await run_frames(ws, "f2", "chat.send", {"message": "/fail", "idempotencyKey": "fail-2",
+                                                     "sessionKey": "oc-fail"})
+    end = frames[-1]
+    check(end["type"] == "event" and end["payload"]["state"] == "error" and
+          end["payload"]["sessionKey"] == "oc-fail", f"failed chat run {end}")
+
+    frames = await run_frames(ws, "k1", "chat.send", {"message": "/think quietly",
+                                                     "idempotencyKey": "think-1",
+                                                     "sessionKey": "oc-think"})
+    end = frames[-1]
+    check(end["payload"]["state"] == "final" and
+          end["payload"]["message"]["content"][0]["text"] == "echo: /think quietly", f"think {end}")
+    kinds = {(f["event"], f["payload"].get("state")) for f in frames if f["type"] == "event" and
+             f["event"] not in ("tick", "presence", "health")}
+    check(kinds <= {("chat", "delta"), ("chat", "final")}, f"thinking shown: {frames}")
+    await ws.send(json.dumps({"type": "req", "id": "h3", "method": "health"}))
+    res = await answer(ws, "h3")
+    check(res["ok"] is True, f"health after the runs {res}")
+    await ws.close()
+
+
 def announced_oversize_closed(node):
     import socket
     s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=20)
@@ -510,6 +580,7 @@ def main():
         r.run(reference_refusals, node, token)
         r.run(lambda: run(plain_agent(node, token)), name="plain_agent")
         r.run(lambda: run(plain_refusals(node, token)), name="plain_refusals")
+        r.run(lambda: run(plain_tools_and_errors(node, token)), name="plain_tools_and_errors")
         r.run(lambda: run(malformed_frames(node, token)), name="malformed_frames")
         r.run(lambda: run(deviceless(node, token)), name="deviceless")
         r.run(lambda: run(upgrade_refusals(node)), name="upgrade_refusals")
