@@ -559,7 +559,15 @@ typedef struct {
     uint64_t gap_us;        /* smoothed µs between admissions, 0: not known yet */
     uint64_t taken_at_us;   /* when work was last taken */
     uint64_t admitted_then; /* admissions counted at that take */
+    unsigned no_gather;     /* takes to go without gathering (a gathering fell short) */
 } s_pace_t;
+
+/* After a gathering that fell short, the takes that commit at once before
+ * the next try: senders whose windows are smaller than a batch (16 HTTP
+ * clients, one webhook each in flight) would otherwise pay the stall wait
+ * on every commit; a saturated router fills its batches again at the next
+ * try. */
+#define S_GATHER_COOLDOWN 64u
 
 /* One more sample of the gap between admissions, at a take of work. A gap
  * longer than the gathering budget only says "too slow to gather", so it
@@ -575,6 +583,8 @@ static void s_pace_note(s_pace_t *pace, uint64_t admitted, uint64_t now_us)
     }
     pace->taken_at_us = now_us;
     pace->admitted_then = admitted;
+    if (pace->no_gather)
+        pace->no_gather--;
 }
 
 /* Waits, under mu, until the store thread should take work (or prune, or
@@ -584,12 +594,14 @@ static void s_pace_note(s_pace_t *pace, uint64_t admitted, uint64_t now_us)
  * admissions keep arriving fast enough to make up ROUTER_INBOX_BATCH_MIN
  * within ROUTER_INBOX_GATHER_MAX_US of the first, so that a busy router
  * puts a full batch behind each fsync (WIRE §14.10). Gathering ends when
- * none arrives for ROUTER_INBOX_GATHER_STALL_US. */
-static void s_store_wait(router_inbox_t *self, const s_pace_t *pace, uint64_t next_prune_ms)
+ * none arrives for ROUTER_INBOX_GATHER_STALL_US; one that fell short so
+ * is not tried again for S_GATHER_COOLDOWN takes. */
+static void s_store_wait(router_inbox_t *self, s_pace_t *pace, uint64_t next_prune_ms)
 {
     uint64_t since = 0;   /* µs: work first seen waiting */
     uint64_t grew_at = 0; /* µs: npend last seen growing */
     size_t seen = 0;
+    bool gathering = false; /* a flush is being held back */
     while (!self->stopping) {
         uint64_t now = router_clock_mono_us();
         uint64_t until = next_prune_ms * 1000u;
@@ -609,8 +621,12 @@ static void s_store_wait(router_inbox_t *self, const s_pace_t *pace, uint64_t ne
                 end = since + ROUTER_INBOX_GATHER_MAX_US;
                 uint64_t need = pace->gap_us * (ROUTER_INBOX_BATCH_MIN - self->npend);
                 uint64_t stall = grew_at + ROUTER_INBOX_GATHER_STALL_US;
-                if (!pace->gap_us || now + need > end || now >= stall)
+                if (!pace->gap_us || pace->no_gather || now + need > end || now >= stall) {
+                    if (gathering) /* it waited and fell short: commit at once a while */
+                        pace->no_gather = S_GATHER_COOLDOWN;
                     return;
+                }
+                gathering = true;
                 if (stall < end)
                     end = stall;
             } else {
