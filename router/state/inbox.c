@@ -567,7 +567,7 @@ typedef struct {
  * clients, one webhook each in flight) would otherwise pay the stall wait
  * on every commit; a saturated router fills its batches again at the next
  * try. */
-#define S_GATHER_COOLDOWN 64u
+#define S_GATHER_COOLDOWN 16u
 
 /* One more sample of the gap between admissions, at a take of work. A gap
  * longer than the gathering budget only says "too slow to gather", so it
