@@ -771,6 +771,17 @@ static void s_pump_one(router_turns_t *t, s_session_t *sess)
     }
 }
 
+/* Cancels whichever of a turn's timers are set (it is ending). */
+static void s_turn_timers_cancel(s_turn_t *turn)
+{
+    router_loop_t *loop = turn->t->o.loop;
+    if (turn->timer)
+        (void) router_loop_timer_cancel(loop, turn->timer);
+    if (turn->retry_timer)
+        (void) router_loop_timer_cancel(loop, turn->retry_timer);
+    turn->timer = turn->retry_timer = 0;
+}
+
 /* Frees turn, finishes its item, starts the next. `status`: done, stopped,
  * error; the final frame has been delivered already. */
 static void s_turn_end(s_turn_t *turn, const char *status)
@@ -778,10 +789,7 @@ static void s_turn_end(s_turn_t *turn, const char *status)
     router_turns_t *t = turn->t;
     s_session_t *sess = turn->sess;
     s_item_t *it = turn->item;
-    if (turn->timer)
-        (void) router_loop_timer_cancel(t->o.loop, turn->timer);
-    if (turn->retry_timer)
-        (void) router_loop_timer_cancel(t->o.loop, turn->retry_timer);
+    s_turn_timers_cancel(turn);
     if (turn->h > 0)
         router_broker_cancel(t->o.broker, turn->h); /* nothing if already over */
     for (size_t i = 0; i < turn->ncontrols; i++)
@@ -898,6 +906,33 @@ static int s_control(s_turn_t *turn, proto_worker_req_type_t type, const char *c
 }
 
 /* A router-tool-result to the worker holding the turn. */
+/* Asks the running turn's worker to stop (a STOP control) and gives it
+ * S_STOP_GRACE_MS to end the turn before the router does. */
+static void s_turn_stop_ask(s_turn_t *turn)
+{
+    router_turns_t *t = turn->t;
+    turn->stop_asked = true;
+    (void) s_control(turn, PROTO_WORKER_REQ_STOP, NULL, 0);
+    if (turn->timer)
+        (void) router_loop_timer_cancel(t->o.loop, turn->timer);
+    turn->timer = router_loop_timer_add(t->o.loop, S_STOP_GRACE_MS, s_on_turn_timeout, turn);
+}
+
+/* A tool result that cannot reach the worker (no memory for it, or its
+ * control queue full): the worker would wait for it until the turn timed
+ * out, so the turn is stopped now, as a user's stop would (the worker
+ * ends it, or S_STOP_GRACE_MS later the router does), with an error first
+ * saying why. */
+static void s_tool_lost(s_turn_t *turn, const char *why)
+{
+    ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "turn %s: a tool result was lost (%s); stopping the turn",
+               turn->id_text, why);
+    if (turn->stop_asked)
+        return;
+    s_frame_error(turn, "AGENT_ERROR", "a tool result could not be sent to the worker");
+    s_turn_stop_ask(turn);
+}
+
 static void s_tool_result(s_turn_t *turn, const char *call_id, const char *json, size_t len,
                           bool is_error)
 {
@@ -910,12 +945,12 @@ static void s_tool_result(s_turn_t *turn, const char *call_id, const char *json,
     size_t blen = 0;
     proto_worker_error_t err;
     if (proto_worker_request_encode(&req, &body, &blen, &err) != 0) {
-        ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "cannot encode a tool result: %s",
-                   proto_worker_reason_str(err.reason));
+        s_tool_lost(turn, proto_worker_reason_str(err.reason));
         return;
     }
     if (turn->ncontrols == S_CONTROLS_MAX) {
         free(body);
+        s_tool_lost(turn, "the control queue is full");
         return;
     }
     turn->controls[turn->ncontrols] = body;
@@ -972,6 +1007,8 @@ static void s_tool_answer(s_turn_t *turn, const char *call_id, bool is_error,
     char *json = router_json_end(o, &len);
     if (json)
         s_tool_result(turn, call_id, json, len, is_error);
+    else
+        s_tool_lost(turn, "out of memory");
     free(json);
 }
 
@@ -1460,10 +1497,7 @@ void router_turns_destroy(router_turns_t **self_p)
     while (t->turns) {
         s_turn_t *turn = t->turns;
         t->turns = turn->next;
-        if (turn->timer)
-            (void) router_loop_timer_cancel(t->o.loop, turn->timer);
-        if (turn->retry_timer)
-            (void) router_loop_timer_cancel(t->o.loop, turn->retry_timer);
+        s_turn_timers_cancel(turn);
         if (turn->h > 0)
             router_broker_cancel(t->o.broker, turn->h);
         for (size_t i = 0; i < turn->ncontrols; i++)
@@ -1732,10 +1766,7 @@ void router_turns_stop(router_turns_t *t, router_turns_sub_t id)
         s_turn_end(turn, "stopped");
         return;
     }
-    (void) s_control(turn, PROTO_WORKER_REQ_STOP, NULL, 0);
-    if (turn->timer)
-        (void) router_loop_timer_cancel(t->o.loop, turn->timer);
-    turn->timer = router_loop_timer_add(t->o.loop, S_STOP_GRACE_MS, s_on_turn_timeout, turn);
+    s_turn_stop_ask(turn);
 }
 
 /* ------------------------------------------------------------ sessions API */
