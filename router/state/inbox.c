@@ -1194,7 +1194,8 @@ int router_inbox_seen_load(router_inbox_t *self, size_t per_sender_max,
     if (s_prepare(self->db, "SELECT sender FROM seen WHERE sender > ? ORDER BY sender LIMIT 1",
                   &next) ||
         s_prepare(self->db,
-                  "SELECT id, expires_ms FROM seen WHERE sender = ? ORDER BY seq DESC LIMIT ?",
+                  "SELECT id, expires_ms FROM seen WHERE sender = ? AND length(id) = 16"
+                  " ORDER BY seq DESC LIMIT ?",
                   &rows) ||
         s_prepare(self->db, "SELECT sender, floor_ms FROM replay_floor", &floors))
         goto done;
