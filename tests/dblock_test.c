@@ -1,6 +1,7 @@
 /* tests/dblock_test.c — state.db's writer queue: one lock per file (by
  * device and inode, whatever path names it), freed with its last user, and
- * writers that take turns: no two inside at once, none starved. */
+ * writers of both classes that take turns: no two inside at once, none
+ * starved (every thread finishes its turns). */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -44,13 +45,13 @@ static void test_same_file_same_lock(void **state)
     snprintf(missing, sizeof missing, "%s/missing.db", s_dir);
     assert_null(router_dblock_get(missing));
     assert_null(router_dblock_get(NULL));
-    router_dblock_enter(NULL);
+    router_dblock_enter(NULL, ROUTER_DBLOCK_URGENT);
     router_dblock_leave(NULL);
     router_dblock_put(&l1);
     assert_null(l1);
     router_dblock_put(&l1); /* idempotent */
     /* l2 still holds it: the lock still works and is the same one. */
-    router_dblock_enter(l2);
+    router_dblock_enter(l2, ROUTER_DBLOCK_BULK);
     router_dblock_leave(l2);
     router_dblock_t *l4 = router_dblock_get(a);
     assert_ptr_equal(l4, l2);
@@ -64,6 +65,7 @@ static void test_same_file_same_lock(void **state)
 
 typedef struct {
     router_dblock_t *lock;
+    router_dblock_class_t cls;
     int *inside;     /* writers inside now (must never exceed 1) */
     int *max_inside;
     long *total;
@@ -73,7 +75,7 @@ static void *s_writer(void *arg)
 {
     s_writer_t *w = arg;
     for (int i = 0; i < 2000; i++) {
-        router_dblock_enter(w->lock);
+        router_dblock_enter(w->lock, w->cls);
         int now = __atomic_add_fetch(w->inside, 1, __ATOMIC_SEQ_CST);
         if (now > *w->max_inside)
             *w->max_inside = now;
@@ -84,8 +86,9 @@ static void *s_writer(void *arg)
     return NULL;
 }
 
-/* Four threads, 2000 turns each: every increment survives and nobody was
- * ever inside with another. */
+/* Four threads, two urgent and two bulk, 2000 turns each: every increment
+ * survives, nobody was ever inside with another, and the bulk threads
+ * finish too. */
 static void test_mutual_exclusion(void **state)
 {
     (void) state;
@@ -99,7 +102,8 @@ static void test_mutual_exclusion(void **state)
     pthread_t t[4];
     s_writer_t w[4];
     for (int i = 0; i < 4; i++) {
-        w[i] = (s_writer_t){router_dblock_get(path), &inside, &max_inside, &total};
+        w[i] = (s_writer_t){router_dblock_get(path), i < 2 ? ROUTER_DBLOCK_URGENT : ROUTER_DBLOCK_BULK,
+                            &inside, &max_inside, &total};
         assert_non_null(w[i].lock);
         assert_int_equal(pthread_create(&t[i], NULL, s_writer, &w[i]), 0);
     }

@@ -1,8 +1,9 @@
-/* router/state/dblock.c — FIFO writer locks shared by path (see dblock.h):
- * a process-wide list of {device, inode} → ticket lock, reference counted. */
+/* router/state/dblock.c — writer locks shared by path (see dblock.h): a
+ * process-wide list of {device, inode} → lock, reference counted. */
 #include "router/state/dblock.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -11,10 +12,12 @@ struct router_dblock_t {
     dev_t dev;                /* the file's device */
     ino_t ino;                /* and inode: the key */
     unsigned refs;            /* callers holding it (under s_registry_mu) */
-    pthread_mutex_t mu;       /* guards the tickets */
-    pthread_cond_t turn;      /* serving moved on */
-    uint64_t next;            /* the ticket the next writer draws */
-    uint64_t serving;         /* the ticket whose turn it is */
+    pthread_mutex_t mu;       /* guards the fields below */
+    pthread_cond_t turn;      /* the lock came free */
+    bool held;                /* a writer is inside */
+    unsigned urgent_waiting;  /* urgent writers waiting */
+    unsigned bulk_waiting;    /* bulk writers waiting */
+    unsigned passed;          /* urgent writers let in while a bulk one waited */
     router_dblock_t *link;    /* next in the registry */
 };
 
@@ -63,14 +66,26 @@ void router_dblock_put(router_dblock_t **lock_p)
     pthread_mutex_unlock(&s_registry_mu);
 }
 
-void router_dblock_enter(router_dblock_t *l)
+void router_dblock_enter(router_dblock_t *l, router_dblock_class_t cls)
 {
     if (!l)
         return;
     pthread_mutex_lock(&l->mu);
-    uint64_t mine = l->next++;
-    while (l->serving != mine)
-        pthread_cond_wait(&l->turn, &l->mu);
+    if (cls == ROUTER_DBLOCK_URGENT) {
+        l->urgent_waiting++;
+        while (l->held || (l->bulk_waiting && l->passed >= ROUTER_DBLOCK_URGENT_RUN))
+            pthread_cond_wait(&l->turn, &l->mu);
+        l->urgent_waiting--;
+        if (l->bulk_waiting)
+            l->passed++;
+    } else {
+        l->bulk_waiting++;
+        while (l->held || (l->urgent_waiting && l->passed < ROUTER_DBLOCK_URGENT_RUN))
+            pthread_cond_wait(&l->turn, &l->mu);
+        l->bulk_waiting--;
+        l->passed = 0;
+    }
+    l->held = true;
     pthread_mutex_unlock(&l->mu);
 }
 
@@ -79,7 +94,7 @@ void router_dblock_leave(router_dblock_t *l)
     if (!l)
         return;
     pthread_mutex_lock(&l->mu);
-    l->serving++;
+    l->held = false;
     pthread_cond_broadcast(&l->turn);
     pthread_mutex_unlock(&l->mu);
 }

@@ -360,7 +360,7 @@ static int s_db_write(router_inbox_t *self, const s_node_t *n)
 /* One transaction: insert the listed nodes, delete the given seqs. */
 static int s_db_batch(router_inbox_t *self, const s_node_t *list, const uint64_t *dels, size_t nd)
 {
-    router_dblock_enter(self->wlock);
+    router_dblock_enter(self->wlock, ROUTER_DBLOCK_URGENT);
     if (sqlite3_exec(self->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
         snprintf(self->last_err, sizeof self->last_err, "%s", sqlite3_errmsg(self->db));
         router_dblock_leave(self->wlock);
@@ -416,7 +416,7 @@ static int s_exec_i64(sqlite3 *db, const char *sql, int64_t a, int64_t b, int64_
 static int s_db_prune(router_inbox_t *self, uint64_t now_ms)
 {
     int64_t cutoff = -1, n = 0;
-    router_dblock_enter(self->wlock);
+    router_dblock_enter(self->wlock, ROUTER_DBLOCK_URGENT);
     if (sqlite3_exec(self->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
         router_dblock_leave(self->wlock);
         return -1;

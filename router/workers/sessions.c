@@ -27,7 +27,7 @@
 /* The most appends, and the longest time, one transaction holds state.db's
  * write lock for (s_main). */
 #define S_TXN_MAX_APPENDS 8192u
-#define S_TXN_MAX_US 20000u
+#define S_TXN_MAX_US 5000u
 
 typedef enum { J_OPEN, J_HISTORY, J_APPEND, J_LIST, J_GET } s_kind_t;
 
@@ -448,7 +448,7 @@ static void *s_main(void *arg)
              * (SQLITE_BUSY_SNAPSHOT, no retry); from the first append on,
              * so reads before it hold no lock. */
             if (j->kind == J_APPEND && !txn) {
-                router_dblock_enter(s->wlock); /* the inbox's commits queue fairly with ours */
+                router_dblock_enter(s->wlock, ROUTER_DBLOCK_BULK); /* behind the inbox's commits */
                 txn = s_exec(s->db, "BEGIN IMMEDIATE") == 0;
                 if (!txn)
                     router_dblock_leave(s->wlock);
