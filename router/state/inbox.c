@@ -562,12 +562,20 @@ typedef struct {
     unsigned no_gather;     /* takes to go without gathering (a gathering fell short) */
 } s_pace_t;
 
-/* After a gathering that fell short, the takes that commit at once before
- * the next try: senders whose windows are smaller than a batch (16 HTTP
- * clients, one webhook each in flight) would otherwise pay the stall wait
- * on every commit; a saturated router fills its batches again at the next
- * try. */
+/* After a gathering that fell far short (half a batch or less), the takes
+ * that commit at once before the next try: senders whose windows are
+ * smaller than a batch (16 HTTP clients, one webhook each in flight) would
+ * otherwise pay the stall wait on every commit; a saturated router whose
+ * admissions come in bursts falls short by less, and goes on gathering. */
 #define S_GATHER_COOLDOWN 16u
+
+/* Deletes alone (no admission waiting) are committed once this many wait,
+ * or this long after the first: a commit (an fsync) of nothing but turns
+ * taken would otherwise follow every few turns. A delete lost in a crash
+ * only means the entry's turn runs again after the restart (at least once,
+ * WIRE §14.10). */
+#define S_DELETES_BATCH 256u
+#define S_DELETES_MAX_MS 20u
 
 /* One more sample of the gap between admissions, at a take of work. A gap
  * longer than the gathering budget only says "too slow to gather", so it
@@ -617,12 +625,21 @@ static void s_store_wait(router_inbox_t *self, s_pace_t *pace, uint64_t next_pru
                 grew_at = now;
             }
             uint64_t end;
-            if (self->flush_req) {
+            if (!self->pend_head) {
+                /* Only deletes (turns taken): nobody waits for them, so they
+                 * ride with the next admissions' commit, or go alone once
+                 * S_DELETES_BATCH wait or S_DELETES_MAX_MS have passed. */
+                end = since + S_DELETES_MAX_MS * 1000u;
+                if (self->ndeletes >= S_DELETES_BATCH || now >= end)
+                    return;
+            } else if (self->flush_req) {
                 end = since + ROUTER_INBOX_GATHER_MAX_US;
                 uint64_t need = pace->gap_us * (ROUTER_INBOX_BATCH_MIN - self->npend);
                 uint64_t stall = grew_at + ROUTER_INBOX_GATHER_STALL_US;
                 if (!pace->gap_us || pace->no_gather || now + need > end || now >= stall) {
-                    if (gathering) /* it waited and fell short: commit at once a while */
+                    /* It waited and fell far short (a sender window, not a
+                     * pause in a burst): commit at once a while. */
+                    if (gathering && self->npend <= ROUTER_INBOX_BATCH_MIN / 2)
                         pace->no_gather = S_GATHER_COOLDOWN;
                     return;
                 }
