@@ -445,9 +445,11 @@ static void *s_main(void *arg)
             j->next = NULL;
             /* IMMEDIATE: the write lock up front (waiting out the inbox's
              * writer), never a read snapshot that a write must upgrade
-             * (SQLITE_BUSY_SNAPSHOT, no retry); from the first append on,
-             * so reads before it hold no lock. */
-            if (j->kind == J_APPEND && !txn) {
+             * (SQLITE_BUSY_SNAPSHOT, no retry); from the first write on
+             * (an append, or a session's row), so reads before it hold no
+             * lock, and a new session's row is not a commit — an fsync —
+             * of its own (one per webhook at 10,000/s saturated the disk). */
+            if ((j->kind == J_APPEND || j->kind == J_OPEN) && !txn) {
                 router_dblock_enter(s->wlock, ROUTER_DBLOCK_BULK); /* behind the inbox's commits */
                 txn = s_exec(s->db, "BEGIN IMMEDIATE") == 0;
                 if (!txn)
