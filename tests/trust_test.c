@@ -263,7 +263,7 @@ static void test_mixed_order_key_refused(void **state)
 static void test_duplicate_peer_id_refused(void **state)
 {
     (void) state;
-    char doc[1024];
+    char doc[4096];
     snprintf(doc, sizeof doc,
              "{\"peers\": [\n"
              "  {\"name\": \"a\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:1\"},\n"
@@ -283,7 +283,7 @@ static void test_duplicate_peer_id_refused(void **state)
 static void test_duplicate_names_allowed(void **state)
 {
     (void) state;
-    char doc[1024], err[ROUTER_TRUST_ERR_MAX];
+    char doc[4096], err[ROUTER_TRUST_ERR_MAX];
     snprintf(doc, sizeof doc,
              "{\"peers\": [{\"name\": \"bob\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:1\"},\n"
              "            {\"name\": \"bob\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:2\"},\n"
@@ -305,7 +305,7 @@ static void test_duplicate_names_allowed(void **state)
 static void test_profile(void **state)
 {
     (void) state;
-    char doc[1024], err[ROUTER_TRUST_ERR_MAX];
+    char doc[4096], err[ROUTER_TRUST_ERR_MAX];
     snprintf(doc, sizeof doc,
              "{\"peers\": [{\"name\": \"m\", \"pubkey\": \"%s\", \"addr\": \"tcp://h:1\","
              " \"profile\": \"meerkat\"},\n"
@@ -697,7 +697,7 @@ static router_trust_t *s_store(const char *rows)
 static void test_diff(void **state)
 {
     (void) state;
-    char a[1024], b[1024];
+    char a[2048], b[2048];
     snprintf(a, sizeof a,
              "{\"name\":\"bob\",\"pubkey\":\"%s\",\"addr\":\"tcp://h:1\"},"
              "{\"name\":\"carol\",\"pubkey\":\"%s\",\"addr\":\"tcp://h:2\"},"
