@@ -1,6 +1,7 @@
 /* tests/sessions_test.c — the sessions store: history reads answer in queue
  * order whether the loop's cache or the database answers them, and the
- * database alone answers them the same after a restart. */
+ * database alone answers them the same after a restart; an append the
+ * database refuses takes back only itself, in the middle of a batch. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include "router/net/loop.h"
 #include "router/workers/history_cache.h"
@@ -21,6 +23,8 @@ typedef struct {
     int answers;          /* history callbacks so far */
     char text[8][512];    /* each answer as "role:content@time,…" */
     int rc[8];
+    char json[8][1024];   /* each JSON answer */
+    int status[8];
     uint64_t deadline;
     int want;
 } env_t;
@@ -38,6 +42,15 @@ static void s_on_history(void *ud, uint64_t tag, int rc, const router_sessions_m
                                msgs[i].role, (int) msgs[i].len, msgs[i].content,
                                (unsigned long long) msgs[i].time_ms, msgs[i].turn_id);
     e->rc[tag] = rc;
+    e->answers++;
+}
+
+static void s_on_json(void *ud, uint64_t tag, int status, const char *json, size_t len)
+{
+    env_t *e = ud;
+    assert_true(tag < 8);
+    snprintf(e->json[tag], sizeof e->json[0], "%.*s", (int) len, json);
+    e->status[tag] = status;
     e->answers++;
 }
 
@@ -131,10 +144,70 @@ static void test_history_cache_and_restart(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* Appends are savepoints in one transaction: one the database refuses
+ * (a trigger here, as a full disk or a constraint would) leaves no half of
+ * itself (the message_count it raised) and takes none of its neighbours. */
+static void test_refused_append_takes_back_only_itself(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char db[256];
+    snprintf(db, sizeof db, "%s/state.db", dir);
+    env_t e = {0};
+    e.loop = router_loop_new(NULL);
+    assert_non_null(e.loop);
+    char err[256];
+    router_sessions_t *s = router_sessions_new(e.loop, db, err, sizeof err);
+    assert_non_null(s);
+    assert_int_equal(router_sessions_append(s, "a", "user", "first", 5, "t1"), 0);
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 0), 0);
+    s_wait(&e, 1);
+    sqlite3 *side = NULL;
+    assert_int_equal(sqlite3_open(db, &side), SQLITE_OK);
+    sqlite3_busy_timeout(side, 10000);
+    assert_int_equal(sqlite3_exec(side,
+                                  "CREATE TRIGGER poison BEFORE INSERT ON messages"
+                                  " WHEN NEW.content = 'poison'"
+                                  " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+                                  NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(side);
+
+    /* Likely one batch (they queue faster than the thread wakes); the
+     * outcome is the same in any split. */
+    assert_int_equal(router_sessions_append(s, "a", "assistant", "second", 6, "t1"), 0);
+    assert_int_equal(router_sessions_append(s, "a", "user", "poison", 6, "t2"), 0);
+    assert_int_equal(router_sessions_append(s, "b", "user", "poison", 6, "t3"), 0);
+    assert_int_equal(router_sessions_append(s, "a", "assistant", "third", 5, "t2"), 0);
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 1), 0);
+    assert_int_equal(router_sessions_get_json(s, "b", 10, s_on_json, &e, 2), 0);
+    s_wait(&e, 3);
+    assert_int_equal(router_sessions_failures(s), 2);
+    assert_int_equal(e.status[1], 200);
+    assert_non_null(strstr(e.json[1], "\"message_count\":3"));
+    assert_non_null(strstr(e.json[1], "\"content\":\"first\""));
+    assert_non_null(strstr(e.json[1], "\"content\":\"second\""));
+    assert_non_null(strstr(e.json[1], "\"content\":\"third\""));
+    assert_null(strstr(e.json[1], "poison"));
+    assert_int_equal(e.status[2], 404); /* its row went back with its message */
+
+    /* The database forgot what it refused, and so did the cache. */
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 3), 0);
+    s_wait(&e, 4);
+    assert_null(strstr(e.text[3], "poison"));
+    assert_non_null(strstr(e.text[3], "assistant:third@"));
+    router_sessions_destroy(&s);
+    router_loop_destroy(&e.loop);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_history_cache_and_restart),
+        cmocka_unit_test(test_refused_append_takes_back_only_itself),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,6 +31,36 @@
 
 typedef enum { J_OPEN, J_HISTORY, J_APPEND, J_LIST, J_GET } s_kind_t;
 
+/* The statements every turn runs, prepared once on the thread (s_stmt):
+ * parsing them again per append was a third of the thread's time. */
+typedef enum {
+    Q_ROW_NEW,        /* a session's row, if missing */
+    Q_ROW_GET,        /* its name and count */
+    Q_ROW_COUNT,      /* an append's count: the row made or counted up */
+    Q_MSG_INSERT,     /* an append's message */
+    Q_HISTORY,        /* the last n messages */
+    Q_SAVEPOINT,      /* each append is its own savepoint in the batch */
+    Q_RELEASE,
+    Q_ROLLBACK_TO,
+    Q_COUNT
+} s_query_t;
+
+static const char *const s_sql[Q_COUNT] = {
+    [Q_ROW_NEW] = "INSERT INTO sessions(id,name,created_ms,updated_ms) VALUES(?,?,?,?)"
+                  " ON CONFLICT(id) DO NOTHING",
+    [Q_ROW_GET] = "SELECT name, message_count FROM sessions WHERE id=?",
+    [Q_ROW_COUNT] = "INSERT INTO sessions(id,name,created_ms,updated_ms,message_count)"
+                    " VALUES(?,'',?,?,1) ON CONFLICT(id) DO UPDATE SET"
+                    " message_count=message_count+1, updated_ms=excluded.updated_ms",
+    [Q_MSG_INSERT] = "INSERT INTO messages(session_id,role,content,turn_id,time_ms)"
+                     " VALUES(?,?,?,?,?)",
+    [Q_HISTORY] = "SELECT role, content, time_ms, turn_id FROM (SELECT * FROM messages"
+                  " WHERE session_id=? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+    [Q_SAVEPOINT] = "SAVEPOINT append",
+    [Q_RELEASE] = "RELEASE append",
+    [Q_ROLLBACK_TO] = "ROLLBACK TO append",
+};
+
 typedef struct s_job s_job_t;
 struct s_job {
     s_kind_t kind;
@@ -74,6 +104,7 @@ struct router_sessions {
     s_job_t *done_head, *done_tail;
     bool stopping;
     sqlite3 *db;               /* the thread's; opened by new */
+    sqlite3_stmt *stmt[Q_COUNT]; /* the thread's, prepared on first use */
     router_dblock_t *wlock;    /* state.db's writer queue, shared with the inbox */
     router_history_cache_t *cache; /* the loop's */
     size_t hits_out;           /* cache answers not yet delivered (≤ JOBS_MAX) */
@@ -128,36 +159,55 @@ static int s_exec(sqlite3 *db, const char *sql)
     return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 
-/* Makes the row if missing. *resumed: it was there. */
-static int s_upsert(sqlite3 *db, const char *id, const char *name, uint64_t now, bool *resumed)
+/* Statement q, ready to bind: prepared on first use, and reset and
+ * unbound by s_stmt_end after each use. NULL: the error is the db's. */
+static sqlite3_stmt *s_stmt(router_sessions_t *s, s_query_t q)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = -1;
-    if (sqlite3_prepare_v2(db,
-                           "INSERT INTO sessions(id,name,created_ms,updated_ms) VALUES(?,?,?,?)"
-                           " ON CONFLICT(id) DO NOTHING", -1, &st, NULL) != SQLITE_OK)
-        return -1;
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, name ? name : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64) now);
-    sqlite3_bind_int64(st, 4, (sqlite3_int64) now);
-    if (sqlite3_step(st) == SQLITE_DONE) {
-        rc = 0;
-        if (resumed)
-            *resumed = sqlite3_changes(db) == 0;
+    if (!s->stmt[q] && sqlite3_prepare_v3(s->db, s_sql[q], -1, SQLITE_PREPARE_PERSISTENT,
+                                          &s->stmt[q], NULL) != SQLITE_OK) {
+        sqlite3_finalize(s->stmt[q]);
+        s->stmt[q] = NULL;
     }
-    sqlite3_finalize(st);
+    return s->stmt[q];
+}
+
+/* Ends a use of a statement from s_stmt: a reset statement holds no lock
+ * and no pointer into a job's (SQLITE_STATIC) strings. Keeps the db's
+ * error message of a failed step for the log. */
+static void s_stmt_end(sqlite3_stmt *st)
+{
+    if (st) {
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+}
+
+/* Runs a statement that returns no rows: 0 when it is done. */
+static int s_stmt_run(router_sessions_t *s, s_query_t q)
+{
+    sqlite3_stmt *st = s_stmt(s, q);
+    int rc = st && sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+    s_stmt_end(st);
     return rc;
 }
 
 static void s_run_open(router_sessions_t *s, s_job_t *j)
 {
-    sqlite3_stmt *st = NULL;
+    uint64_t now = router_clock_wall_ms();
     j->rc = -1;
-    if (s_upsert(s->db, j->id, j->name, router_clock_wall_ms(), &j->resumed) != 0)
+    sqlite3_stmt *st = s_stmt(s, Q_ROW_NEW);
+    if (!st)
         return;
-    if (sqlite3_prepare_v2(s->db, "SELECT name, message_count FROM sessions WHERE id=?", -1, &st,
-                           NULL) != SQLITE_OK)
+    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, j->name ? j->name : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64) now);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64) now);
+    bool made = sqlite3_step(st) == SQLITE_DONE;
+    s_stmt_end(st);
+    if (!made)
+        return;
+    j->resumed = sqlite3_changes(s->db) == 0;
+    if (!(st = s_stmt(s, Q_ROW_GET)))
         return;
     sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW) {
@@ -165,55 +215,51 @@ static void s_run_open(router_sessions_t *s, s_job_t *j)
         j->count = (uint64_t) sqlite3_column_int64(st, 1);
         j->rc = j->res_name ? 0 : -1;
     }
-    sqlite3_finalize(st);
+    s_stmt_end(st);
 }
 
 static void s_run_append(router_sessions_t *s, s_job_t *j)
 {
-    sqlite3_stmt *st = NULL;
     uint64_t now = j->time_ms;
     j->rc = -1;
-    if (s_exec(s->db, "SAVEPOINT append") != 0)
+    if (s_stmt_run(s, Q_SAVEPOINT) != 0)
         return;
-    if (s_upsert(s->db, j->id, NULL, now, NULL) != 0 ||
-        sqlite3_prepare_v2(s->db,
-                           "INSERT INTO messages(session_id,role,content,turn_id,time_ms)"
-                           " VALUES(?,?,?,?,?)", -1, &st, NULL) != SQLITE_OK)
+    sqlite3_stmt *st = s_stmt(s, Q_ROW_COUNT);
+    if (!st)
+        goto fail;
+    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64) now);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64) now);
+    bool counted = sqlite3_step(st) == SQLITE_DONE;
+    s_stmt_end(st);
+    if (!counted || !(st = s_stmt(s, Q_MSG_INSERT)))
         goto fail;
     sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, j->role, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, j->content, (int) j->len, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, j->turn_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, (sqlite3_int64) now);
-    if (sqlite3_step(st) != SQLITE_DONE)
+    bool stored = sqlite3_step(st) == SQLITE_DONE;
+    s_stmt_end(st);
+    if (!stored || s_stmt_run(s, Q_RELEASE) != 0)
         goto fail;
-    sqlite3_finalize(st);
-    st = NULL;
-    if (sqlite3_prepare_v2(s->db,
-                           "UPDATE sessions SET message_count=message_count+1, updated_ms=?"
-                           " WHERE id=?", -1, &st, NULL) != SQLITE_OK)
-        goto fail;
-    sqlite3_bind_int64(st, 1, (sqlite3_int64) now);
-    sqlite3_bind_text(st, 2, j->id, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE || s_exec(s->db, "RELEASE append") != 0)
-        goto fail;
-    sqlite3_finalize(st);
     j->rc = 0;
     return;
-fail:
-    sqlite3_finalize(st);
-    s_exec(s->db, "ROLLBACK TO append");
-    s_exec(s->db, "RELEASE append");
+fail:;
+    /* Said now: the rollback's success resets the db's message. */
+    char why[160];
+    snprintf(why, sizeof why, "%s", sqlite3_errmsg(s->db));
+    s_stmt_run(s, Q_ROLLBACK_TO);
+    s_stmt_run(s, Q_RELEASE);
+    ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: a message of session %s not stored: %s", j->id,
+               why);
 }
 
 /* The last `limit` messages of j->id, oldest first, into j->msgs. */
 static int s_load_msgs(router_sessions_t *s, s_job_t *j)
 {
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(s->db,
-                           "SELECT role, content, time_ms, turn_id FROM (SELECT * FROM messages"
-                           " WHERE session_id=? ORDER BY seq DESC LIMIT ?) ORDER BY seq", -1, &st,
-                           NULL) != SQLITE_OK)
+    sqlite3_stmt *st = s_stmt(s, Q_HISTORY);
+    if (!st)
         return -1;
     sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, j->limit);
@@ -248,7 +294,7 @@ static int s_load_msgs(router_sessions_t *s, s_job_t *j)
         m->turn_id = tid;
         j->nmsgs++;
     }
-    sqlite3_finalize(st);
+    s_stmt_end(st);
     return step == SQLITE_DONE ? 0 : -1;
 }
 
@@ -360,7 +406,8 @@ static void s_run(router_sessions_t *s, s_job_t *j)
     }
     if (j->rc != 0 || ((j->kind == J_LIST || j->kind == J_GET) && j->status == 503)) {
         atomic_fetch_add(&s->failures, 1);
-        ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: %s", sqlite3_errmsg(s->db));
+        if (j->kind != J_APPEND) /* s_run_append said why */
+            ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: %s", sqlite3_errmsg(s->db));
     }
 }
 
@@ -543,8 +590,10 @@ router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path,
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     const char *path = db_path ? db_path : ":memory:";
+    /* NOMUTEX: after new, only the thread uses the connection (destroy
+     * joins it first), so SQLite's per-call locking is pure cost. */
     if (sqlite3_open_v2(path, &s->db,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
         snprintf(err, errcap, "sessions: cannot open %s: %s", path,
                  s->db ? sqlite3_errmsg(s->db) : "out of memory");
@@ -601,6 +650,8 @@ void router_sessions_destroy(router_sessions_t **self_p)
         n = j->next;
         s_job_free(j);
     }
+    for (size_t q = 0; q < Q_COUNT; q++)
+        sqlite3_finalize(s->stmt[q]);
     if (s->db)
         sqlite3_close(s->db);
     router_dblock_put(&s->wlock);
