@@ -32,6 +32,9 @@
 
 /* Inbox entries held as turns at once (the rest wait in the inbox). */
 #define S_INBOX_INFLIGHT_MAX 256u
+/* Buckets of the turns in flight by serial: serials are consecutive, so
+ * the turns in flight mostly get a bucket each (s_turn_by_serial). */
+#define S_TURN_BUCKETS 1024u
 /* How often the inbox is looked at without a kick, and how often controls
  * for a turn not yet dispatched are tried again. */
 #define S_POLL_MS 100u
@@ -111,7 +114,8 @@ struct s_turn {
     bool has_tokens, has_cost;
     uint64_t tokens_used;
     double cost_usd;
-    s_turn_t *next;            /* in t->turns */
+    s_turn_t *prev, *next;     /* in t->turns */
+    s_turn_t *bucket_next;     /* in t->by_serial[serial % S_TURN_BUCKETS] */
 };
 
 typedef struct {
@@ -154,6 +158,7 @@ struct router_turns {
     router_turns_sub_t next_sub;
     uint64_t next_serial;
     s_turn_t *turns;           /* in flight */
+    s_turn_t *by_serial[S_TURN_BUCKETS]; /* the same turns, by serial */
     size_t inbox_inflight;
     bool taking;                /* inside s_take_inbox: no nested take */
     uint64_t poll_timer;
@@ -194,10 +199,40 @@ static s_sub_t *s_sub(const router_turns_t *t, router_turns_sub_t id)
 
 static s_turn_t *s_turn_by_serial(const router_turns_t *t, uint64_t serial)
 {
-    for (s_turn_t *x = t->turns; x; x = x->next)
+    for (s_turn_t *x = t->by_serial[serial % S_TURN_BUCKETS]; x; x = x->bucket_next)
         if (x->serial == serial)
             return x;
     return NULL;
+}
+
+/* A new turn joins the ones in flight. */
+static void s_turn_link(router_turns_t *t, s_turn_t *turn)
+{
+    turn->prev = NULL;
+    turn->next = t->turns;
+    if (t->turns)
+        t->turns->prev = turn;
+    t->turns = turn;
+    s_turn_t **b = &t->by_serial[turn->serial % S_TURN_BUCKETS];
+    turn->bucket_next = *b;
+    *b = turn;
+}
+
+/* An ending turn leaves them. */
+static void s_turn_unlink(router_turns_t *t, s_turn_t *turn)
+{
+    if (turn->prev)
+        turn->prev->next = turn->next;
+    else
+        t->turns = turn->next;
+    if (turn->next)
+        turn->next->prev = turn->prev;
+    for (s_turn_t **pp = &t->by_serial[turn->serial % S_TURN_BUCKETS]; *pp;
+         pp = &(*pp)->bucket_next)
+        if (*pp == turn) {
+            *pp = turn->bucket_next;
+            break;
+        }
 }
 
 static const char *s_channel_str(proto_worker_channel_t c)
@@ -748,8 +783,7 @@ static void s_pump_one(router_turns_t *t, s_session_t *sess)
     turn->item = it;
     turn->phase = T_LOADING;
     turn->started_mono = router_clock_mono_ms();
-    turn->next = t->turns;
-    t->turns = turn;
+    s_turn_link(t, turn);
     sess->active = turn;
     t->st.running++;
     s_gauges(t);
@@ -794,11 +828,7 @@ static void s_turn_end(s_turn_t *turn, const char *status)
         router_broker_cancel(t->o.broker, turn->h); /* nothing if already over */
     for (size_t i = 0; i < turn->ncontrols; i++)
         free(turn->controls[i]);
-    for (s_turn_t **pp = &t->turns; *pp; pp = &(*pp)->next)
-        if (*pp == turn) {
-            *pp = turn->next;
-            break;
-        }
+    s_turn_unlink(t, turn);
     uint64_t ms = router_clock_mono_ms() - turn->started_mono;
     router_histogram_observe(t->h_duration, ms);
     router_json_obj_t e;
@@ -1496,7 +1526,7 @@ void router_turns_destroy(router_turns_t **self_p)
         (void) router_loop_timer_cancel(t->o.loop, t->poll_timer);
     while (t->turns) {
         s_turn_t *turn = t->turns;
-        t->turns = turn->next;
+        s_turn_unlink(t, turn);
         s_turn_timers_cancel(turn);
         if (turn->h > 0)
             router_broker_cancel(t->o.broker, turn->h);
