@@ -663,6 +663,28 @@ static void test_silent_worker(void **state)
     s_teardown(&e);
 }
 
+/* A turn the router times out is stopped at its worker too: the one
+ * worker, held by a turn that waits for controls, is free again for the
+ * next turn (it was held until the worker ended by itself). */
+static void test_timed_out_turn_frees_its_worker(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup_with(&e, 0, 0, 1, true);
+    frames_t a = {0};
+    router_turns_sub_t sa = router_turns_attach(e.t, "held", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, sa, "/hold", 5, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_ERROR, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_ERROR), "the turn timed out"));
+    assert_int_equal(router_turns_submit(e.t, sa, "after", 5, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "echo(h="));
+    router_turns_detach(e.t, sa);
+    s_teardown(&e);
+}
+
 /* Every event kind a worker may send becomes its frame (an out-of-order
  * one too); a malformed partial is ignored, a malformed final ends the
  * turn with an error; the session serves on. */
@@ -816,6 +838,7 @@ int main(void)
         cmocka_unit_test(test_sessions_api),
         cmocka_unit_test(test_no_worker),
         cmocka_unit_test(test_silent_worker),
+        cmocka_unit_test(test_timed_out_turn_frees_its_worker),
         cmocka_unit_test(test_worker_events_and_garbage),
         cmocka_unit_test(test_router_tool_refusals),
         cmocka_unit_test(test_turn_without_memory),

@@ -181,6 +181,8 @@ static void s_turn_end(s_turn_t *turn, const char *status);
 static void s_frame_error(s_turn_t *turn, const char *code, const char *message);
 static void s_frame_stopped(s_turn_t *turn, const char *message);
 static void s_poll(router_loop_t *loop, uint64_t id, void *ud);
+static int s_control(s_turn_t *turn, proto_worker_req_type_t type, const char *content,
+                     size_t len);
 
 /* ------------------------------------------------------------ small helpers */
 
@@ -611,6 +613,11 @@ static void s_on_turn_timeout(router_loop_t *loop, uint64_t id, void *ud)
                                             s_on_turn_timeout, turn);
         return;
     }
+    /* A worker holding it is told to stop too: else it runs on (a provider
+     * call, a wait for controls) and takes no other turn meanwhile. Its
+     * FINAL, when it comes, finds the request over and is dropped. */
+    if (!waiting && turn->h > 0)
+        (void) s_control(turn, PROTO_WORKER_REQ_STOP, NULL, 0);
     s_frame_error(turn, "AGENT_ERROR", waiting ? "no agent worker took the turn in time"
                                               : "the turn timed out");
     s_turn_end(turn, "error");
