@@ -126,6 +126,8 @@ static void *s_thread(void *arg)
         .liveness = pool->o.liveness,
         .curve_server_key = pool->server_key,
         .curve_cert_path = pool->cert_path,
+        /* providers yield every AGENT_POLL_MS: recv runs often enough */
+        .same_thread = true,
     };
     router_mdp_worker_t *mdp = router_mdp_worker_new(&mo, err, sizeof err);
     agent_provider_t *provider = mdp ? agent_provider_new(&pool->o.provider, init_err, sizeof init_err) : NULL;

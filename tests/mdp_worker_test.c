@@ -6,6 +6,7 @@
  * interrupt from another thread, and refusal of bad options. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
@@ -27,13 +28,27 @@ static void s_endpoint(char *buf, size_t cap)
     snprintf(buf, cap, "inproc://mdp-worker-test-%d", ++s_n);
 }
 
-/* Receives one message from the fake broker socket, waiting up to 10 s. */
-static zmsg_t *s_recv(zsock_t *router)
+/* Receives one message from the fake broker socket, waiting up to ms. */
+static zmsg_t *s_recv_within(zsock_t *router, int ms)
 {
     zpoller_t *p = zpoller_new(router, NULL);
-    void *r = zpoller_wait(p, 10000);
+    void *r = zpoller_wait(p, ms);
     zpoller_destroy(&p);
     return r ? zmsg_recv(router) : NULL;
+}
+
+static zmsg_t *s_recv(zsock_t *router)
+{
+    return s_recv_within(router, 10000);
+}
+
+/* The command byte of a message from the worker. */
+static uint8_t s_cmd(zmsg_t *m)
+{
+    zframe_t *f = zmsg_first(m);
+    for (int i = 0; i < 3; i++)
+        f = zmsg_next(m);
+    return zframe_data(f)[0];
 }
 
 /* Receives until a message whose command is `cmd`; returns it with the
@@ -75,11 +90,16 @@ static void s_send_cmd(zsock_t *router, zframe_t *id, uint8_t cmd, const char *a
     assert_int_equal(zmsg_send(&m, router), 0);
 }
 
-static router_mdp_worker_t *s_worker(const char *ep, int hb)
+/* The two ways a worker runs its socket: the tests below run in both
+ * (cmocka's prestate: the socket on its own thread, or same_thread). */
+static bool s_own_thread = false, s_same_thread = true;
+
+static router_mdp_worker_t *s_worker(const char *ep, int hb, void **state)
 {
     char err[256] = "";
     router_mdp_worker_opts_t o = {.endpoint = ep, .service = "kith.test",
-                                  .heartbeat_ms = hb, .liveness = 3};
+                                  .heartbeat_ms = hb, .liveness = 3,
+                                  .same_thread = *(bool *) *state};
     router_mdp_worker_t *w = router_mdp_worker_new(&o, err, sizeof err);
     if (!w)
         fprintf(stderr, "worker: %s\n", err);
@@ -113,14 +133,13 @@ static void s_recv_body(router_mdp_worker_t *w, const char *want)
 
 static void test_turn_round_trip(void **state)
 {
-    (void) state;
     char ep[64];
     s_endpoint(ep, sizeof ep);
     zsock_t *router = zsock_new_router(ep);
     assert_non_null(router);
     /* Long heartbeats: this fake broker never beats, and must not be
      * declared dead in the middle of the test. */
-    router_mdp_worker_t *w = s_worker(ep, 60000);
+    router_mdp_worker_t *w = s_worker(ep, 60000, state);
 
     zmsg_t *m = s_expect(router, 0x01);
     assert_int_equal(zmsg_size(m), 5);
@@ -171,38 +190,45 @@ static void test_turn_round_trip(void **state)
 
 static void test_heartbeats_and_reconnect(void **state)
 {
-    (void) state;
     char ep[64];
     s_endpoint(ep, sizeof ep);
     zsock_t *router = zsock_new_router(ep);
-    router_mdp_worker_t *w = s_worker(ep, 50);
-    /* The worker beats on its own. */
+    router_mdp_worker_t *w = s_worker(ep, 50, state);
+    /* The worker beats while the caller waits in recv (and, on its own
+     * thread, whatever the caller does). */
+    uint8_t *b = NULL;
+    size_t n = 0;
+    assert_int_equal(router_mdp_worker_recv(w, &b, &n, 120), 0);
     zmsg_t *m = s_expect(router, 0x05);
     zmsg_destroy(&m);
 
     /* Hand a turn to whichever identity said READY last (this broker never
-     * beats, so the worker may already have reconnected: try again). */
+     * beats, so the worker reconnects every 150 ms: try again; recv runs
+     * meanwhile, which is where a same_thread worker reconnects). */
     zframe_t *id = NULL;
-    for (int tries = 0; tries < 50; tries++) {
-        m = s_expect(router, 0x01);
-        zframe_destroy(&id);
-        id = zframe_dup(zmsg_first(m));
+    bool got = false;
+    for (int tries = 0; tries < 2000 && !got; tries++) {
+        if ((m = s_recv_within(router, 5)) && s_cmd(m) == 0x01) {
+            zframe_destroy(&id);
+            id = zframe_dup(zmsg_first(m));
+            s_send_cmd(router, id, 0x02, "addr-A", "turn-A");
+        }
         zmsg_destroy(&m);
-        s_send_cmd(router, id, 0x02, "addr-A", "turn-A");
-        uint8_t *b = NULL;
-        size_t n = 0;
-        if (router_mdp_worker_recv(w, &b, &n, 1000) == 1) {
+        int rc = router_mdp_worker_recv(w, &b, &n, 5);
+        assert_true(rc >= 0);
+        if (rc == 1) {
             assert_memory_equal(b, "turn-A", 6);
             free(b);
-            break;
+            got = true;
         }
     }
+    assert_true(got);
     /* A turn is held and the broker stays silent: the worker reconnects
      * with a new identity but says READY only after the caller's FINAL,
      * and what it sends for the old turn is discarded. */
     uint64_t before = router_mdp_worker_reconnects(w);
     for (int i = 0; i < 1000 && router_mdp_worker_reconnects(w) == before; i++)
-        usleep(10000);
+        assert_int_equal(router_mdp_worker_recv(w, &b, &n, 10), 0);
     assert_true(router_mdp_worker_reconnects(w) > before);
     assert_int_equal(router_mdp_worker_partial(w, (const uint8_t *) "stale", 5), 0);
     assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "stale-final", 11), 0);
@@ -210,10 +236,7 @@ static void test_heartbeats_and_reconnect(void **state)
     for (;;) {
         m = s_recv(router);
         assert_non_null(m);
-        zframe_t *f = zmsg_first(m);
-        for (int i = 0; i < 3; i++)
-            f = zmsg_next(m);
-        uint8_t cmd = zframe_data(f)[0];
+        uint8_t cmd = s_cmd(m);
         assert_true(cmd != 0x03 && cmd != 0x04);
         if (cmd == 0x01) {
             id2 = zframe_dup(zmsg_first(m));
@@ -238,11 +261,10 @@ static void *s_interrupter(void *arg)
 
 static void test_interrupt(void **state)
 {
-    (void) state;
     char ep[64];
     s_endpoint(ep, sizeof ep);
     zsock_t *router = zsock_new_router(ep);
-    router_mdp_worker_t *w = s_worker(ep, 1000);
+    router_mdp_worker_t *w = s_worker(ep, 1000, state);
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, s_interrupter, w), 0);
     uint8_t *b = NULL;
@@ -311,9 +333,12 @@ static void test_cert_made(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_turn_round_trip),
-        cmocka_unit_test(test_heartbeats_and_reconnect),
-        cmocka_unit_test(test_interrupt),
+        cmocka_unit_test_prestate(test_turn_round_trip, &s_own_thread),
+        cmocka_unit_test_prestate(test_turn_round_trip, &s_same_thread),
+        cmocka_unit_test_prestate(test_heartbeats_and_reconnect, &s_own_thread),
+        cmocka_unit_test_prestate(test_heartbeats_and_reconnect, &s_same_thread),
+        cmocka_unit_test_prestate(test_interrupt, &s_own_thread),
+        cmocka_unit_test_prestate(test_interrupt, &s_same_thread),
         cmocka_unit_test(test_bad_options),
         cmocka_unit_test(test_cert_made),
     };

@@ -1,6 +1,7 @@
 /* router/workers/mdp_worker.c — an MDP 0.2 worker whose socket lives on a
  * CZMQ actor thread (heartbeats, liveness, reconnect), with bodies handed to
- * and from the caller's thread over the actor's pipe. */
+ * and from the caller's thread over the actor's pipe; or, with same_thread,
+ * on the caller's thread itself, the same state machine run from recv. */
 #include "router/workers/mdp_worker.h"
 
 #include <errno.h>
@@ -42,6 +43,7 @@ struct router_mdp_worker {
     zsock_t *first;        /* the socket new() connected; the actor takes it */
 
     zactor_t *actor;       /* owns the DEALER; the caller's thread owns this end */
+    struct s_actor *own;   /* same_thread: the socket's state, run by recv instead */
     int stop_fd;           /* eventfd written by interrupt */
     atomic_bool stopped;
     bool holding;          /* the caller's view: a turn is held */
@@ -99,9 +101,11 @@ static int s_send(zsock_t *s, uint8_t cmd, const void *arg, size_t arglen, bool 
 
 /* ------------------------------------------------------------ the actor */
 
-typedef struct {
+typedef struct s_actor {
     router_mdp_worker_t *w;
-    zsock_t *pipe;
+    zsock_t *pipe;     /* to the caller; NULL with same_thread */
+    zframe_t *handed;  /* same_thread: a body for recv to return */
+    const char *handed_what; /* PIPE_TURN or PIPE_MORE */
     zsock_t *dealer;
     bool ready_sent;   /* READY went out on this connection */
     bool holding;      /* a turn is held */
@@ -111,6 +115,19 @@ typedef struct {
     uint64_t heard_at; /* last message from the broker (mono ms) */
     uint64_t beat_at;  /* next heartbeat due (mono ms) */
 } actor_t;
+
+/* A REQUEST body goes to the caller: over the pipe, or (same_thread) kept
+ * for recv, which returns after each message it reads. */
+static void s_hand(actor_t *a, const char *what, zframe_t *body)
+{
+    if (a->pipe) {
+        zsock_send(a->pipe, "sf", what, body);
+        return;
+    }
+    zframe_destroy(&a->handed);
+    a->handed = zframe_dup(body);
+    a->handed_what = what;
+}
 
 static void s_ready(actor_t *a)
 {
@@ -170,7 +187,7 @@ static void s_on_broker(actor_t *a)
         if (!addr || !sep || zframe_size(sep) != 0 || !body || zmsg_size(m) != 0) {
             ROUTER_LOG(ROUTER_LOG_WARN, MOD, "%s: malformed REQUEST, ignored", a->w->service);
         } else if (a->holding) {
-            zsock_send(a->pipe, "sf", PIPE_MORE, body);
+            s_hand(a, PIPE_MORE, body);
         } else if (a->done && zframe_eq(addr, a->done)) {
             /* about a turn already finished (a steer racing its FINAL) */
         } else {
@@ -178,7 +195,7 @@ static void s_on_broker(actor_t *a)
             a->stale = false;
             zframe_destroy(&a->addr);
             a->addr = zframe_dup(addr);
-            zsock_send(a->pipe, "sf", PIPE_TURN, body);
+            s_hand(a, PIPE_TURN, body);
         }
         zframe_destroy(&addr);
         zframe_destroy(&sep);
@@ -197,6 +214,26 @@ done:
     zmsg_destroy(&m);
 }
 
+/* The caller's PARTIAL or FINAL goes to the broker, unless the turn went
+ * stale (the broker was declared dead meanwhile: it failed the turn). */
+static void s_reply_out(actor_t *a, bool final, const uint8_t *body, size_t len)
+{
+    if (a->holding && !a->stale && a->dealer && a->ready_sent)
+        s_send(a->dealer, final ? ROUTER_MDP_FINAL : ROUTER_MDP_PARTIAL, zframe_data(a->addr),
+               zframe_size(a->addr), true, body, len);
+    if (final && a->holding) {
+        a->holding = false;
+        zframe_destroy(&a->done);
+        a->done = a->addr;
+        a->addr = NULL;
+        if (a->stale) {
+            a->stale = false;
+            if (a->dealer)
+                s_ready(a);
+        }
+    }
+}
+
 /* One message from the caller: a reply, or $TERM. Returns -1 on $TERM. */
 static int s_on_pipe(actor_t *a)
 {
@@ -209,22 +246,8 @@ static int s_on_pipe(actor_t *a)
         rc = -1;
     } else {
         zframe_t *body = zmsg_pop(m);
-        bool final = streq(what, PIPE_FINAL);
-        if (body && a->holding && !a->stale && a->dealer && a->ready_sent)
-            s_send(a->dealer, final ? ROUTER_MDP_FINAL : ROUTER_MDP_PARTIAL,
-                   zframe_data(a->addr), zframe_size(a->addr), true, zframe_data(body),
-                   zframe_size(body));
-        if (final && a->holding) {
-            a->holding = false;
-            zframe_destroy(&a->done);
-            a->done = a->addr;
-            a->addr = NULL;
-            if (a->stale) {
-                a->stale = false;
-                if (a->dealer)
-                    s_ready(a);
-            }
-        }
+        if (body)
+            s_reply_out(a, streq(what, PIPE_FINAL), zframe_data(body), zframe_size(body));
         zframe_destroy(&body);
     }
     zstr_free(&what);
@@ -232,20 +255,56 @@ static int s_on_pipe(actor_t *a)
     return rc;
 }
 
+/* Heartbeat due: one to the broker, or, after heartbeat × liveness of
+ * silence, a fresh connection. */
+static void s_tick(actor_t *a)
+{
+    router_mdp_worker_t *w = a->w;
+    uint64_t now = router_clock_mono_ms();
+    if (now < a->beat_at)
+        return;
+    if (!a->dealer || now - a->heard_at > (uint64_t) w->heartbeat_ms * (uint64_t) w->liveness) {
+        s_reconnect(a);
+        a->heard_at = now;
+    } else if (a->ready_sent) {
+        s_send(a->dealer, ROUTER_MDP_HEARTBEAT, NULL, 0, false, NULL, 0);
+    }
+    a->beat_at = now + (uint64_t) w->heartbeat_ms;
+}
+
+/* The socket's state at start (the connection made by new), READY sent. */
+static void s_actor_init(actor_t *a, router_mdp_worker_t *w, zsock_t *pipe)
+{
+    *a = (actor_t){.w = w, .pipe = pipe, .dealer = w->first};
+    w->first = NULL;
+    uint64_t now = router_clock_mono_ms();
+    a->heard_at = now;
+    a->beat_at = now + (uint64_t) w->heartbeat_ms;
+    s_ready(a);
+}
+
+/* DISCONNECT (given a moment to leave), then the socket's state goes. */
+static void s_actor_fini(actor_t *a)
+{
+    if (a->dealer && a->ready_sent) {
+        s_send(a->dealer, ROUTER_MDP_DISCONNECT, NULL, 0, false, NULL, 0);
+        zsock_set_linger(a->dealer, DISCONNECT_LINGER_MS);
+    }
+    zsock_destroy(&a->dealer);
+    zframe_destroy(&a->addr);
+    zframe_destroy(&a->done);
+    zframe_destroy(&a->handed);
+}
+
 static void s_actor(zsock_t *pipe, void *args)
 {
     router_mdp_worker_t *w = args;
-    actor_t a = {.w = w, .pipe = pipe, .dealer = w->first};
-    w->first = NULL;
-    uint64_t now = router_clock_mono_ms();
-    a.heard_at = now;
-    a.beat_at = now + (uint64_t) w->heartbeat_ms;
-    s_ready(&a);
+    actor_t a;
+    s_actor_init(&a, w, pipe);
     zsock_signal(pipe, 0);
 
-    uint64_t silence_max = (uint64_t) w->heartbeat_ms * (uint64_t) w->liveness;
     for (;;) {
-        now = router_clock_mono_ms();
+        uint64_t now = router_clock_mono_ms();
         long timeout = a.beat_at > now ? (long) (a.beat_at - now) : 0;
         zmq_pollitem_t items[2] = {
             {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
@@ -258,24 +317,9 @@ static void s_actor(zsock_t *pipe, void *args)
             break;
         if (n > 0 && a.dealer && (items[1].revents & ZMQ_POLLIN))
             s_on_broker(&a);
-        now = router_clock_mono_ms();
-        if (now >= a.beat_at) {
-            if (!a.dealer || now - a.heard_at > silence_max) {
-                s_reconnect(&a);
-                a.heard_at = now;
-            } else if (a.ready_sent) {
-                s_send(a.dealer, ROUTER_MDP_HEARTBEAT, NULL, 0, false, NULL, 0);
-            }
-            a.beat_at = now + (uint64_t) w->heartbeat_ms;
-        }
+        s_tick(&a);
     }
-    if (a.dealer && a.ready_sent) {
-        s_send(a.dealer, ROUTER_MDP_DISCONNECT, NULL, 0, false, NULL, 0);
-        zsock_set_linger(a.dealer, DISCONNECT_LINGER_MS);
-    }
-    zsock_destroy(&a.dealer);
-    zframe_destroy(&a.addr);
-    zframe_destroy(&a.done);
+    s_actor_fini(&a);
 }
 
 /* ------------------------------------------------------------ the API */
@@ -370,6 +414,12 @@ router_mdp_worker_t *router_mdp_worker_new(const router_mdp_worker_opts_t *o, ch
     w->first = s_dealer_new(w, err, errcap);
     if (!w->first)
         goto fail;
+    if (o->same_thread) {
+        if (!(w->own = malloc(sizeof *w->own)))
+            goto nomem;
+        s_actor_init(w->own, w, NULL);
+        return w;
+    }
     w->actor = zactor_new(s_actor, w);
     if (!w->actor) {
         snprintf(err, errcap, "mdp worker: cannot start its thread");
@@ -389,6 +439,10 @@ void router_mdp_worker_destroy(router_mdp_worker_t **self_p)
         return;
     router_mdp_worker_t *w = *self_p;
     zactor_destroy(&w->actor);
+    if (w->own) {
+        s_actor_fini(w->own);
+        free(w->own);
+    }
     zsock_destroy(&w->first);
     zcert_destroy(&w->cert);
     if (w->stop_fd >= 0)
@@ -399,11 +453,67 @@ void router_mdp_worker_destroy(router_mdp_worker_t **self_p)
     *self_p = NULL;
 }
 
+/* A body recv returns: the caller's copy (free()), and the turn held once
+ * it is one that starts a turn. */
+static int s_give(router_mdp_worker_t *self, const char *what, zframe_t *f, uint8_t **body,
+                  size_t *len)
+{
+    size_t n = zframe_size(f);
+    uint8_t *copy = malloc(n ? n : 1);
+    if (!copy)
+        return -1;
+    memcpy(copy, zframe_data(f), n);
+    if (streq(what, PIPE_TURN))
+        self->holding = true;
+    *body = copy;
+    *len = n;
+    return 1;
+}
+
+/* recv with same_thread: the actor's loop, run here until a body comes,
+ * the caller's timeout passes, or interrupt. */
+static int s_recv_here(router_mdp_worker_t *self, uint8_t **body, size_t *len, int timeout_ms)
+{
+    actor_t *a = self->own;
+    uint64_t deadline = timeout_ms > 0 ? router_clock_mono_ms() + (uint64_t) timeout_ms : 0;
+    for (;;) {
+        if (atomic_load(&self->stopped))
+            return -1;
+        uint64_t now = router_clock_mono_ms();
+        long wait = a->beat_at > now ? (long) (a->beat_at - now) : 0;
+        if (timeout_ms == 0)
+            wait = 0;
+        else if (timeout_ms > 0 && (long) (deadline > now ? deadline - now : 0) < wait)
+            wait = (long) (deadline > now ? deadline - now : 0);
+        zmq_pollitem_t items[2] = {
+            {NULL, self->stop_fd, ZMQ_POLLIN, 0},
+            {a->dealer ? zsock_resolve(a->dealer) : NULL, 0, ZMQ_POLLIN, 0},
+        };
+        int n = zmq_poll(items, a->dealer ? 2 : 1, wait);
+        if (n < 0 && zmq_errno() != EINTR)
+            return -1;
+        if (atomic_load(&self->stopped))
+            return -1;
+        if (n > 0 && a->dealer && (items[1].revents & ZMQ_POLLIN))
+            s_on_broker(a);
+        s_tick(a);
+        if (a->handed) {
+            int rc = s_give(self, a->handed_what, a->handed, body, len);
+            zframe_destroy(&a->handed);
+            return rc;
+        }
+        if (timeout_ms == 0 || (timeout_ms > 0 && router_clock_mono_ms() >= deadline))
+            return 0;
+    }
+}
+
 int router_mdp_worker_recv(router_mdp_worker_t *self, uint8_t **body, size_t *len,
                            int timeout_ms)
 {
     *body = NULL;
     *len = 0;
+    if (self->own)
+        return s_recv_here(self, body, len, timeout_ms);
     uint64_t deadline = timeout_ms > 0 ? router_clock_mono_ms() + (uint64_t) timeout_ms : 0;
     for (;;) {
         if (atomic_load(&self->stopped))
@@ -437,19 +547,10 @@ int router_mdp_worker_recv(router_mdp_worker_t *self, uint8_t **body, size_t *le
             zframe_destroy(&f);
             return -1;
         }
-        if (streq(what, PIPE_TURN))
-            self->holding = true;
-        size_t n_bytes = zframe_size(f);
-        uint8_t *copy = malloc(n_bytes ? n_bytes : 1);
-        if (copy)
-            memcpy(copy, zframe_data(f), n_bytes);
+        int rc = s_give(self, what, f, body, len);
         zstr_free(&what);
         zframe_destroy(&f);
-        if (!copy)
-            return -1;
-        *body = copy;
-        *len = n_bytes;
-        return 1;
+        return rc;
     }
 }
 
@@ -458,6 +559,10 @@ static int s_reply(router_mdp_worker_t *self, const char *what, const uint8_t *b
 {
     if (!self->holding || len > ROUTER_MDP_BODY_MAX)
         return -1;
+    if (self->own) {
+        s_reply_out(self->own, streq(what, PIPE_FINAL), body, len);
+        return 0;
+    }
     zframe_t *f = zframe_new(body, len);
     if (!f)
         return -1;

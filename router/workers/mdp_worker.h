@@ -23,6 +23,16 @@
  *     }
  *     router_mdp_worker_destroy(&w);         // sends DISCONNECT
  *
+ * With same_thread the socket has no thread of its own: the caller's thread
+ * runs the same heartbeats, liveness and reconnects inside recv. That saves
+ * two thread hand-offs per message (a turn's request, each partial, its
+ * final), the cost that bounded turns per second of in-process agents, and
+ * asks one thing of the caller: call recv (0 ms is enough) at least every
+ * heartbeat_ms while busy, as agent providers do (they yield every
+ * AGENT_POLL_MS). A caller silent for heartbeat_ms × liveness is declared
+ * dead by the broker (its turn fails AGENT_ERROR) and reconnects at its next
+ * recv, as after any broker silence.
+ *
  * Threads: new, recv, partial, final and destroy belong to one thread (the
  * worker's); router_mdp_worker_interrupt may be called from any thread.
  *
@@ -39,6 +49,7 @@
 #ifndef KITH_ROUTER_MDP_WORKER_H
 #define KITH_ROUTER_MDP_WORKER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -66,6 +77,7 @@ typedef struct {
     int heartbeat_ms;             /* workers.heartbeat_ms (1000); ≤ 0: 1000 */
     int liveness;                 /* workers.liveness (3); ≤ 0: 3 */
     const char *curve_server_key; /* broker's public key, Z85; NULL: no CURVE */
+    bool same_thread;             /* the socket on the caller's thread (above) */
     const char *curve_cert_path;  /* this worker's CZMQ certificate (made, secret
                                    * 0600, when missing); NULL: ephemeral */
 } router_mdp_worker_opts_t;
@@ -84,7 +96,8 @@ void router_mdp_worker_destroy(router_mdp_worker_t **self_p);
 /* Next REQUEST body: 1 (caller frees *body with free()), 0 timeout,
  * -1 stopped (router_mdp_worker_interrupt) or failed. timeout_ms -1 waits
  * forever, 0 only looks. Heartbeats and reconnects run on the worker's own
- * thread, so calling this rarely never costs the connection. */
+ * thread, so calling this rarely never costs the connection; with
+ * same_thread they run in here, so it must be called often (above). */
 int router_mdp_worker_recv(router_mdp_worker_t *self, uint8_t **body, size_t *len,
                            int timeout_ms);
 
