@@ -7,8 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cbor.h>
-
 #include "proto/cbor_canon.h"
 #include "proto/utf8.h"
 
@@ -422,7 +420,7 @@ int proto_worker_reply_encode(const proto_worker_reply_t *rep, uint8_t **out, si
 
 /* ================================================================ decoding */
 
-/* A decoder's first error; every s_get_* returns 0 or -1 after recording it. */
+/* A decoder's first error; every s_in_* returns 0 or -1 after recording it. */
 typedef struct {
     proto_worker_error_t err;
 } s_dec_t;
@@ -436,139 +434,13 @@ static int s_dec_fail(s_dec_t *d, proto_worker_reason_t r, const char *field)
     return -1;
 }
 
-/* True when item is a definite text string equal to name. */
-static bool s_text_is(const cbor_item_t *item, const char *name)
-{
-    size_t n = strlen(name);
-    return cbor_isa_string(item) && cbor_string_is_definite(item) && cbor_string_length(item) == n &&
-           memcmp(cbor_string_handle(item), name, n) == 0;
-}
-
 /* Most keys any map here names. */
 #define S_KEYS_MAX 8
 
-/* Finds keys[0..n) in `map`: vals[k] is the value of keys[k] or NULL. Every
- * key must be text; a known key twice is refused; unknown keys are skipped. */
-static int s_map_fields(s_dec_t *d, const cbor_item_t *map, const char *field, const char *const *keys,
-                        size_t n, const cbor_item_t **vals)
-{
-    if (!cbor_isa_map(map) || !cbor_map_is_definite(map))
-        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, field);
-    for (size_t k = 0; k < n; k++)
-        vals[k] = NULL;
-    size_t size = cbor_map_size(map);
-    struct cbor_pair *pairs = cbor_map_handle(map);
-    for (size_t i = 0; i < size; i++) {
-        if (!cbor_isa_string(pairs[i].key))
-            return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, field);
-        for (size_t k = 0; k < n; k++) {
-            if (!s_text_is(pairs[i].key, keys[k]))
-                continue;
-            if (vals[k])
-                return s_dec_fail(d, PROTO_WORKER_DUPLICATE_KEY, keys[k]);
-            vals[k] = pairs[i].value;
-            break;
-        }
-    }
-    return 0;
-}
-
-/* A required value (a libcbor item, or where a cursor item starts). */
+/* A required value: where its item starts (NULL: absent). */
 static int s_need(s_dec_t *d, const void *v, const char *key)
 {
     return v ? 0 : s_dec_fail(d, PROTO_WORKER_MISSING_FIELD, key);
-}
-
-/* A text value copied to the heap with a NUL, 0..max bytes. */
-static int s_get_str(s_dec_t *d, const cbor_item_t *v, const char *key, size_t max, proto_worker_str_t *out)
-{
-    if (s_need(d, v, key) < 0)
-        return -1;
-    if (!cbor_isa_string(v) || !cbor_string_is_definite(v))
-        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
-    size_t n = cbor_string_length(v);
-    if (n > max)
-        return s_dec_fail(d, PROTO_WORKER_TOO_LONG, key);
-    const uint8_t *p = cbor_string_handle(v);
-    if (n > 0 && !proto_utf8_valid(p, n))
-        return s_dec_fail(d, PROTO_WORKER_BAD_UTF8, key);
-    char *copy = malloc(n + 1);
-    if (!copy)
-        return s_dec_fail(d, PROTO_WORKER_NO_MEMORY, key);
-    if (n > 0)
-        memcpy(copy, p, n);
-    copy[n] = '\0';
-    out->p = copy;
-    out->len = n;
-    return 0;
-}
-
-/* An optional text value: absent leaves *out {NULL, 0}. */
-static int s_get_opt_str(s_dec_t *d, const cbor_item_t *v, const char *key, size_t max, proto_worker_str_t *out)
-{
-    return v ? s_get_str(d, v, key, max, out) : 0;
-}
-
-/* A text value that must be one of names[1..n); *out is its index. */
-static int s_get_enum(s_dec_t *d, const cbor_item_t *v, const char *key, const char *const *names, size_t n,
-                      unsigned *out)
-{
-    if (s_need(d, v, key) < 0)
-        return -1;
-    if (!cbor_isa_string(v) || !cbor_string_is_definite(v))
-        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
-    for (size_t i = 1; i < n; i++)
-        if (s_text_is(v, names[i])) {
-            *out = (unsigned) i;
-            return 0;
-        }
-    return s_dec_fail(d, PROTO_WORKER_BAD_VALUE, key);
-}
-
-static int s_get_uint(s_dec_t *d, const cbor_item_t *v, const char *key, uint64_t *out)
-{
-    if (s_need(d, v, key) < 0)
-        return -1;
-    if (!cbor_isa_uint(v))
-        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
-    *out = cbor_get_int(v);
-    return 0;
-}
-
-static int s_get_bool(s_dec_t *d, const cbor_item_t *v, const char *key, bool *out)
-{
-    if (s_need(d, v, key) < 0)
-        return -1;
-    if (!cbor_is_bool(v))
-        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
-    *out = cbor_get_bool(v);
-    return 0;
-}
-
-/* A byte string of exactly n bytes. */
-static int s_get_bstr(s_dec_t *d, const cbor_item_t *v, const char *key, uint8_t *out, size_t n)
-{
-    if (s_need(d, v, key) < 0)
-        return -1;
-    if (!cbor_isa_bytestring(v) || !cbor_bytestring_is_definite(v))
-        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
-    if (cbor_bytestring_length(v) != n)
-        return s_dec_fail(d, PROTO_WORKER_BAD_VALUE, key);
-    memcpy(out, cbor_bytestring_handle(v), n);
-    return 0;
-}
-
-static int s_get_float(s_dec_t *d, const cbor_item_t *v, const char *key, double *out)
-{
-    if (s_need(d, v, key) < 0)
-        return -1;
-    /* Width 0 is a simple value (true, null…), not a float. */
-    if (!cbor_isa_float_ctrl(v) || cbor_float_get_width(v) == CBOR_FLOAT_0)
-        return s_dec_fail(d, PROTO_WORKER_WRONG_TYPE, key);
-    *out = cbor_float_get_float(v);
-    if (!isfinite(*out))
-        return s_dec_fail(d, PROTO_WORKER_BAD_VALUE, key);
-    return 0;
 }
 
 static void s_str_free(proto_worker_str_t *s)
@@ -599,25 +471,14 @@ void proto_worker_chat_msg_clear(proto_worker_chat_msg_t *m)
     memset(m, 0, sizeof *m);
 }
 
-static int s_get_tool_call(s_dec_t *d, const cbor_item_t *v, proto_worker_tool_call_t *c)
-{
-    static const char *const keys[] = {"id", "name", "arguments"};
-    const cbor_item_t *f[S_KEYS_MAX];
-    if (s_map_fields(d, v, "call", keys, 3, f) < 0 || s_get_str(d, f[0], "id", PROTO_WORKER_NAME_MAX, &c->id) < 0 ||
-        s_get_str(d, f[1], "name", PROTO_WORKER_NAME_MAX, &c->name) < 0 ||
-        s_get_str(d, f[2], "arguments", PROTO_WORKER_TEXT_MAX, &c->arguments) < 0)
-        return -1;
-    return 0;
-}
-
-/* ------------------------------------------------- turn requests, in place
+/* ------------------------------------------------- decoding, in place
  *
- * A turn request is read with proto/cbor_cursor.h, never as a libcbor tree:
- * it carries up to PROTO_WORKER_HISTORY_MAX messages, and a tree costs an
- * allocation per item and per string. The rules are the tree decoder's,
- * reason for reason. A value is named by where its item starts in the
- * buffer (NULL: absent); every text string was checked as UTF-8 by
- * proto_cbor_check before any of this runs. */
+ * Every body is read with proto/cbor_cursor.h, never as a libcbor tree: a
+ * turn request carries up to PROTO_WORKER_HISTORY_MAX messages, and a tree
+ * costs an allocation per item and per string; replies come several per
+ * turn, on the router's loop thread. A value is named by where its item
+ * starts in the buffer (NULL: absent); every text string was checked as
+ * UTF-8 by proto_cbor_check (s_in_load) before any of this runs. */
 
 /* The body being read: its end bounds every cursor. */
 typedef struct {
@@ -637,7 +498,9 @@ static int s_in_head(const s_in_t *in, const uint8_t *at, proto_cbor_head_t *h, 
     return 0;
 }
 
-/* s_map_fields for the map at `at`. */
+/* Finds keys[0..n) in the map at `at`: vals[k] is where the value of
+ * keys[k] starts, or NULL. Every key must be text; a known key twice is
+ * refused; unknown keys are skipped. */
 static int s_in_fields(const s_in_t *in, const uint8_t *at, const char *field, const char *const *keys,
                        size_t n, const uint8_t **vals)
 {
@@ -667,7 +530,7 @@ static int s_in_fields(const s_in_t *in, const uint8_t *at, const char *field, c
     return 0;
 }
 
-/* s_get_str: the text at `at`, copied with a NUL. */
+/* The text at `at`, 0..max bytes, copied to the heap with a NUL. */
 static int s_in_str(const s_in_t *in, const uint8_t *at, const char *key, size_t max, proto_worker_str_t *out)
 {
     proto_cbor_head_t h;
@@ -694,7 +557,7 @@ static int s_in_opt_str(const s_in_t *in, const uint8_t *at, const char *key, si
     return at ? s_in_str(in, at, key, max, out) : 0;
 }
 
-/* s_get_enum: text that must be one of names[1..n). */
+/* Text that must be one of names[1..n); *out is its index. */
 static int s_in_enum(const s_in_t *in, const uint8_t *at, const char *key, const char *const *names,
                      size_t n, unsigned *out)
 {
@@ -722,7 +585,7 @@ static int s_in_uint(const s_in_t *in, const uint8_t *at, const char *key, uint6
     return 0;
 }
 
-/* s_get_bstr: exactly n bytes. */
+/* A byte string of exactly n bytes. */
 static int s_in_bstr(const s_in_t *in, const uint8_t *at, const char *key, uint8_t *out, size_t n)
 {
     proto_cbor_head_t h;
@@ -733,6 +596,51 @@ static int s_in_bstr(const s_in_t *in, const uint8_t *at, const char *key, uint8
     if (h.arg != n)
         return s_dec_fail(in->d, PROTO_WORKER_BAD_VALUE, key);
     memcpy(out, h.data, n);
+    return 0;
+}
+
+static int s_in_bool(const s_in_t *in, const uint8_t *at, const char *key, bool *out)
+{
+    proto_cbor_head_t h;
+    if (s_need(in->d, at, key) < 0)
+        return -1;
+    if (s_in_head(in, at, &h, NULL) < 0 || h.major != 7 || (h.ai != 20 && h.ai != 21))
+        return s_dec_fail(in->d, PROTO_WORKER_WRONG_TYPE, key);
+    *out = h.ai == 21;
+    return 0;
+}
+
+/* IEEE 754 binary16 (a CBOR half float) as a double. */
+static double s_half(uint16_t v)
+{
+    int exp = (v >> 10) & 0x1f;
+    double mant = v & 0x3ff;
+    double x = exp == 0    ? ldexp(mant, -24)
+               : exp == 31 ? (mant == 0 ? INFINITY : NAN)
+                           : ldexp(mant + 1024, exp - 25);
+    return v & 0x8000 ? -x : x;
+}
+
+/* A float of any width (a simple value is not one), finite. */
+static int s_in_float(const s_in_t *in, const uint8_t *at, const char *key, double *out)
+{
+    proto_cbor_head_t h;
+    if (s_need(in->d, at, key) < 0)
+        return -1;
+    if (s_in_head(in, at, &h, NULL) < 0 || h.major != 7 || h.ai < 25 || h.ai > 27)
+        return s_dec_fail(in->d, PROTO_WORKER_WRONG_TYPE, key);
+    if (h.ai == 25) {
+        *out = s_half((uint16_t) h.arg);
+    } else if (h.ai == 26) {
+        uint32_t bits = (uint32_t) h.arg;
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        *out = f;
+    } else {
+        memcpy(out, &h.arg, sizeof *out);
+    }
+    if (!isfinite(*out))
+        return s_dec_fail(in->d, PROTO_WORKER_BAD_VALUE, key);
     return 0;
 }
 
@@ -895,47 +803,6 @@ static int s_in_turn(const s_in_t *in, const uint8_t *const *f, proto_worker_tur
     return 0;
 }
 
-/* proto_cbor_check + cbor_load within the body limits; the root must be a map. */
-static cbor_item_t *s_load(s_dec_t *d, const uint8_t *p, size_t len)
-{
-    static const proto_cbor_limits_t lim = {
-        .max_depth = PROTO_WORKER_DEPTH_MAX, .allow_indefinite = 0, .max_items = PROTO_WORKER_ITEMS_MAX};
-    if (len > PROTO_WORKER_BODY_MAX) {
-        s_dec_fail(d, PROTO_WORKER_TOO_LARGE, "");
-        return NULL;
-    }
-    proto_cbor_reason_t cr = PROTO_CBOR_OK;
-    cbor_item_t *root = proto_cbor_load(p, len, &lim, &cr);
-    if (!root) {
-        s_dec_fail(d, cr == PROTO_CBOR_NO_MEMORY ? PROTO_WORKER_NO_MEMORY
-                      : cr == PROTO_CBOR_BAD_UTF8 ? PROTO_WORKER_BAD_UTF8
-                                                  : PROTO_WORKER_BAD_CBOR,
-                   "");
-        return NULL;
-    }
-    if (!cbor_isa_map(root)) {
-        s_dec_fail(d, PROTO_WORKER_NOT_MAP, "");
-        cbor_decref(&root);
-        return NULL;
-    }
-    return root;
-}
-
-/* The root's `type` as one of names[1..n), or UNKNOWN_TYPE. */
-static int s_root_type(s_dec_t *d, const cbor_item_t *root, const char *const *names, size_t n, unsigned *type)
-{
-    static const char *const keys[] = {"type"};
-    const cbor_item_t *f[1];
-    if (s_map_fields(d, root, "", keys, 1, f) < 0)
-        return -1;
-    if (!f[0] || !cbor_isa_string(f[0]) || s_get_enum(d, f[0], "type", names, n, type) < 0) {
-        d->err.reason = PROTO_WORKER_UNKNOWN_TYPE;
-        d->err.field = "type";
-        return -1;
-    }
-    return 0;
-}
-
 void proto_worker_request_clear(proto_worker_request_t *req)
 {
     if (!req)
@@ -958,8 +825,8 @@ void proto_worker_request_clear(proto_worker_request_t *req)
     memset(req, 0, sizeof *req);
 }
 
-/* The checks s_load makes, without the tree: the body's size, its CBOR
- * (proto_cbor_check, UTF-8 included) and a map at the root. */
+/* The body's size, its CBOR (proto_cbor_check, UTF-8 included) and a map
+ * at the root. */
 static int s_in_load(s_dec_t *d, const uint8_t *p, size_t len)
 {
     static const proto_cbor_limits_t lim = {
@@ -980,9 +847,7 @@ int proto_worker_request_decode(const uint8_t *p, size_t len, proto_worker_reque
     s_dec_t d = {{PROTO_WORKER_OK, ""}};
     s_in_t in = {&d, p + len};
     unsigned type = 0;
-    cbor_item_t *root = NULL;
     memset(out, 0, sizeof *out);
-    /* The type first, read in place: a turn (the large one) never becomes a tree. */
     static const char *const tkeys[] = {"type"};
     const uint8_t *tf[1];
     if (s_in_load(&d, p, len) < 0 || s_in_fields(&in, p, "", tkeys, 1, tf) < 0)
@@ -999,47 +864,40 @@ int proto_worker_request_decode(const uint8_t *p, size_t len, proto_worker_reque
         const uint8_t *f[S_KEYS_MAX];
         if (s_in_fields(&in, p, "", keys, 7, f) < 0 || s_in_turn(&in, f, &out->turn) < 0)
             goto fail;
-        *err = d.err;
-        return 0;
     }
-    if (!(root = s_load(&d, p, len)))
-        goto fail;
     switch (out->type) {
     case PROTO_WORKER_REQ_TURN:
         break; /* read above */
     case PROTO_WORKER_REQ_STEER:
     case PROTO_WORKER_REQ_STOP: {
         static const char *const keys[] = {"turn_id", "content"};
-        const cbor_item_t *f[S_KEYS_MAX];
-        if (s_map_fields(&d, root, "", keys, 2, f) < 0 ||
-            s_get_bstr(&d, f[0], "turn_id", out->control.turn_id, PROTO_UUID_LEN) < 0)
+        const uint8_t *f[S_KEYS_MAX];
+        if (s_in_fields(&in, p, "", keys, 2, f) < 0 ||
+            s_in_bstr(&in, f[0], "turn_id", out->control.turn_id, PROTO_UUID_LEN) < 0)
             goto fail;
         /* A steer without content has nothing to steer with. */
         if (out->type == PROTO_WORKER_REQ_STEER
-                ? s_get_str(&d, f[1], "content", PROTO_WORKER_TEXT_MAX, &out->control.content) < 0
-                : s_get_opt_str(&d, f[1], "content", PROTO_WORKER_TEXT_MAX, &out->control.content) < 0)
+                ? s_in_str(&in, f[1], "content", PROTO_WORKER_TEXT_MAX, &out->control.content) < 0
+                : s_in_opt_str(&in, f[1], "content", PROTO_WORKER_TEXT_MAX, &out->control.content) < 0)
             goto fail;
         break;
     }
     case PROTO_WORKER_REQ_TOOL_RESULT: {
         static const char *const keys[] = {"turn_id", "id", "result", "is_error"};
-        const cbor_item_t *f[S_KEYS_MAX];
+        const uint8_t *f[S_KEYS_MAX];
         proto_worker_tool_result_t *r = &out->tool_result;
-        if (s_map_fields(&d, root, "", keys, 4, f) < 0 ||
-            s_get_bstr(&d, f[0], "turn_id", r->turn_id, PROTO_UUID_LEN) < 0 ||
-            s_get_str(&d, f[1], "id", PROTO_WORKER_NAME_MAX, &r->id) < 0 ||
-            s_get_str(&d, f[2], "result", PROTO_WORKER_TEXT_MAX, &r->result) < 0 ||
-            s_get_bool(&d, f[3], "is_error", &r->is_error) < 0)
+        if (s_in_fields(&in, p, "", keys, 4, f) < 0 ||
+            s_in_bstr(&in, f[0], "turn_id", r->turn_id, PROTO_UUID_LEN) < 0 ||
+            s_in_str(&in, f[1], "id", PROTO_WORKER_NAME_MAX, &r->id) < 0 ||
+            s_in_str(&in, f[2], "result", PROTO_WORKER_TEXT_MAX, &r->result) < 0 ||
+            s_in_bool(&in, f[3], "is_error", &r->is_error) < 0)
             goto fail;
         break;
     }
     }
-    cbor_decref(&root);
     *err = d.err;
     return 0;
 fail:
-    if (root)
-        cbor_decref(&root);
     proto_worker_request_clear(out);
     *err = d.err;
     return -1;
@@ -1067,51 +925,51 @@ void proto_worker_reply_clear(proto_worker_reply_t *rep)
     memset(rep, 0, sizeof *rep);
 }
 
-static int s_get_event(s_dec_t *d, const cbor_item_t *v, proto_worker_event_t *ev)
+static int s_in_event(const s_in_t *in, const uint8_t *at, proto_worker_event_t *ev)
 {
     static const char *const keys[] = {"type", "text",   "call",     "id",    "result",
                                        "is_error", "status", "name"};
     static const char *const keys2[] = {"data", "provider", "model", "iteration"};
-    const cbor_item_t *f[S_KEYS_MAX], *g[S_KEYS_MAX];
+    const uint8_t *f[S_KEYS_MAX], *g[S_KEYS_MAX];
     unsigned type = 0;
-    if (s_need(d, v, "event") < 0 || s_map_fields(d, v, "event", keys, 8, f) < 0 ||
-        s_map_fields(d, v, "event", keys2, 4, g) < 0)
+    if (s_need(in->d, at, "event") < 0 || s_in_fields(in, at, "event", keys, 8, f) < 0 ||
+        s_in_fields(in, at, "event", keys2, 4, g) < 0)
         return -1;
-    if (!f[0] || s_get_enum(d, f[0], "type", s_events, S_COUNT(s_events), &type) < 0) {
-        d->err.reason = PROTO_WORKER_UNKNOWN_TYPE;
-        d->err.field = "event";
+    if (!f[0] || s_in_enum(in, f[0], "type", s_events, S_COUNT(s_events), &type) < 0) {
+        in->d->err.reason = PROTO_WORKER_UNKNOWN_TYPE;
+        in->d->err.field = "event";
         return -1;
     }
     ev->type = (proto_worker_event_type_t) type;
     switch (ev->type) {
     case PROTO_WORKER_EV_CHUNK:
     case PROTO_WORKER_EV_THINKING:
-        return s_get_str(d, f[1], "text", PROTO_WORKER_TEXT_MAX, &ev->text);
+        return s_in_str(in, f[1], "text", PROTO_WORKER_TEXT_MAX, &ev->text);
     case PROTO_WORKER_EV_CHUNK_RESET:
         return 0;
     case PROTO_WORKER_EV_TOOL_CALL:
-        return s_need(d, f[2], "call") < 0 ? -1 : s_get_tool_call(d, f[2], &ev->call);
+        return s_need(in->d, f[2], "call") < 0 ? -1 : s_in_tool_call(in, f[2], &ev->call);
     case PROTO_WORKER_EV_TOOL_RESULT:
-        if (s_get_str(d, f[3], "id", PROTO_WORKER_NAME_MAX, &ev->id) < 0 ||
-            s_get_str(d, f[4], "result", PROTO_WORKER_TEXT_MAX, &ev->result) < 0 ||
-            s_get_bool(d, f[5], "is_error", &ev->is_error) < 0)
+        if (s_in_str(in, f[3], "id", PROTO_WORKER_NAME_MAX, &ev->id) < 0 ||
+            s_in_str(in, f[4], "result", PROTO_WORKER_TEXT_MAX, &ev->result) < 0 ||
+            s_in_bool(in, f[5], "is_error", &ev->is_error) < 0)
             return -1;
         return 0;
     case PROTO_WORKER_EV_OPERATOR_STATUS:
-        return s_get_str(d, f[6], "status", PROTO_WORKER_TEXT_MAX, &ev->text);
+        return s_in_str(in, f[6], "status", PROTO_WORKER_TEXT_MAX, &ev->text);
     case PROTO_WORKER_EV_AGENT_EVENT:
-        if (s_get_str(d, f[7], "name", PROTO_WORKER_NAME_MAX, &ev->name) < 0 ||
-            s_get_str(d, g[0], "data", PROTO_WORKER_TEXT_MAX, &ev->data) < 0)
+        if (s_in_str(in, f[7], "name", PROTO_WORKER_NAME_MAX, &ev->name) < 0 ||
+            s_in_str(in, g[0], "data", PROTO_WORKER_TEXT_MAX, &ev->data) < 0)
             return -1;
         return 0;
     case PROTO_WORKER_EV_LLM_REQUEST:
-        if (s_get_str(d, g[1], "provider", PROTO_WORKER_NAME_MAX, &ev->provider) < 0 ||
-            s_get_opt_str(d, g[2], "model", PROTO_WORKER_NAME_MAX, &ev->model) < 0 ||
-            s_get_uint(d, g[3], "iteration", &ev->iteration) < 0)
+        if (s_in_str(in, g[1], "provider", PROTO_WORKER_NAME_MAX, &ev->provider) < 0 ||
+            s_in_opt_str(in, g[2], "model", PROTO_WORKER_NAME_MAX, &ev->model) < 0 ||
+            s_in_uint(in, g[3], "iteration", &ev->iteration) < 0)
             return -1;
         return 0;
     }
-    return s_dec_fail(d, PROTO_WORKER_UNKNOWN_TYPE, "event");
+    return s_dec_fail(in->d, PROTO_WORKER_UNKNOWN_TYPE, "event");
 }
 
 int proto_worker_reply_decode(const uint8_t *p, size_t len, proto_worker_reply_t *out,
@@ -1119,68 +977,70 @@ int proto_worker_reply_decode(const uint8_t *p, size_t len, proto_worker_reply_t
 {
     static const char *const types[] = {NULL, "partial", "done", "stopped", "error"};
     s_dec_t d = {{PROTO_WORKER_OK, ""}};
+    s_in_t in = {&d, p + len};
     unsigned type = 0;
     memset(out, 0, sizeof *out);
-    cbor_item_t *root = s_load(&d, p, len);
-    if (!root)
+    static const char *const tkeys[] = {"type"};
+    const uint8_t *tf[1];
+    if (s_in_load(&d, p, len) < 0 || s_in_fields(&in, p, "", tkeys, 1, tf) < 0)
         goto fail;
-    if (s_root_type(&d, root, types, S_COUNT(types), &type) < 0)
+    if (!tf[0] || s_in_enum(&in, tf[0], "type", types, S_COUNT(types), &type) < 0) {
+        d.err.reason = PROTO_WORKER_UNKNOWN_TYPE;
+        d.err.field = "type";
         goto fail;
+    }
     if (type == 1) {
         static const char *const keys[] = {"turn_id", "seq", "event"};
-        const cbor_item_t *f[S_KEYS_MAX];
+        const uint8_t *f[S_KEYS_MAX];
         proto_worker_partial_t *pa = &out->partial;
         out->type = PROTO_WORKER_REPLY_PARTIAL;
-        if (s_map_fields(&d, root, "", keys, 3, f) < 0 ||
-            s_get_bstr(&d, f[0], "turn_id", pa->turn_id, PROTO_UUID_LEN) < 0 ||
-            s_get_uint(&d, f[1], "seq", &pa->seq) < 0 || s_get_event(&d, f[2], &pa->event) < 0)
+        if (s_in_fields(&in, p, "", keys, 3, f) < 0 ||
+            s_in_bstr(&in, f[0], "turn_id", pa->turn_id, PROTO_UUID_LEN) < 0 ||
+            s_in_uint(&in, f[1], "seq", &pa->seq) < 0 || s_in_event(&in, f[2], &pa->event) < 0)
             goto fail;
     } else {
         static const char *const keys[] = {"turn_id",     "full_response", "tool_iterations", "tokens_used",
                                            "cost_usd",    "message",       "code"};
-        const cbor_item_t *f[S_KEYS_MAX];
+        const uint8_t *f[S_KEYS_MAX];
         proto_worker_final_t *fi = &out->final;
         out->type = PROTO_WORKER_REPLY_FINAL;
         fi->type = (proto_worker_final_type_t) (type - 1);
-        if (s_map_fields(&d, root, "", keys, 7, f) < 0 ||
-            s_get_bstr(&d, f[0], "turn_id", fi->turn_id, PROTO_UUID_LEN) < 0)
+        if (s_in_fields(&in, p, "", keys, 7, f) < 0 ||
+            s_in_bstr(&in, f[0], "turn_id", fi->turn_id, PROTO_UUID_LEN) < 0)
             goto fail;
         switch (fi->type) {
         case PROTO_WORKER_FINAL_DONE:
-            if (s_get_str(&d, f[1], "full_response", PROTO_WORKER_TEXT_MAX, &fi->full_response) < 0 ||
-                s_get_uint(&d, f[2], "tool_iterations", &fi->tool_iterations) < 0)
+            if (s_in_str(&in, f[1], "full_response", PROTO_WORKER_TEXT_MAX, &fi->full_response) < 0 ||
+                s_in_uint(&in, f[2], "tool_iterations", &fi->tool_iterations) < 0)
                 goto fail;
             if (f[3]) {
-                if (s_get_uint(&d, f[3], "tokens_used", &fi->tokens_used) < 0)
+                if (s_in_uint(&in, f[3], "tokens_used", &fi->tokens_used) < 0)
                     goto fail;
                 fi->has_tokens_used = true;
             }
             if (f[4]) {
-                if (s_get_float(&d, f[4], "cost_usd", &fi->cost_usd) < 0)
+                if (s_in_float(&in, f[4], "cost_usd", &fi->cost_usd) < 0)
                     goto fail;
                 fi->has_cost_usd = true;
             }
             break;
         case PROTO_WORKER_FINAL_STOPPED:
-            if (s_get_opt_str(&d, f[5], "message", PROTO_WORKER_TEXT_MAX, &fi->message) < 0)
+            if (s_in_opt_str(&in, f[5], "message", PROTO_WORKER_TEXT_MAX, &fi->message) < 0)
                 goto fail;
             break;
         case PROTO_WORKER_FINAL_ERROR: {
             unsigned code = 0;
-            if (s_get_enum(&d, f[6], "code", s_codes, S_COUNT(s_codes), &code) < 0 ||
-                s_get_str(&d, f[5], "message", PROTO_WORKER_TEXT_MAX, &fi->message) < 0)
+            if (s_in_enum(&in, f[6], "code", s_codes, S_COUNT(s_codes), &code) < 0 ||
+                s_in_str(&in, f[5], "message", PROTO_WORKER_TEXT_MAX, &fi->message) < 0)
                 goto fail;
             fi->code = (proto_worker_code_t) code;
             break;
         }
         }
     }
-    cbor_decref(&root);
     *err = d.err;
     return 0;
 fail:
-    if (root)
-        cbor_decref(&root);
     proto_worker_reply_clear(out);
     *err = d.err;
     return -1;

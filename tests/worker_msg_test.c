@@ -328,6 +328,75 @@ static void s_tool_result_with(proto_cbor_buf_t *b, const char *key, const uint8
     }
 }
 
+/* A done FINAL whose cost_usd is the raw CBOR given. */
+static void s_done_with_cost(proto_cbor_buf_t *b, const char *raw, size_t rawlen)
+{
+    proto_cbor_put_head(b, 5, 5);
+    s_text(b, "type");
+    s_text(b, "done");
+    s_text(b, "turn_id");
+    proto_cbor_put_bytes(b, s_tid, PROTO_UUID_LEN);
+    s_text(b, "full_response");
+    s_text(b, "ok");
+    s_text(b, "tool_iterations");
+    proto_cbor_put_head(b, 0, 0);
+    s_text(b, "cost_usd");
+    proto_cbor_put_raw(b, raw, rawlen);
+}
+
+/* cost_usd in each float width CBOR has (the encoder writes the shortest
+ * exact one; another writer may not), and what is not a finite float. */
+static void test_cost_usd_widths(void **state)
+{
+    (void) state;
+    static const struct {
+        const char *raw;
+        size_t len;
+        double want;
+    } ok[] = {
+        {"\xf9\x3c\x00", 3, 1.0},                                  /* half */
+        {"\xf9\xb4\x00", 3, -0.25},                                /* half, negative */
+        {"\xf9\x00\x01", 3, 5.9604644775390625e-08},               /* half, subnormal */
+        {"\xf9\x7b\xff", 3, 65504.0},                              /* half, largest */
+        {"\xfa\x3e\x80\x00\x00", 5, 0.25},                         /* single */
+        {"\xfb\x3f\xb9\x99\x99\x99\x99\x99\x9a", 9, 0.1},          /* double */
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        proto_cbor_buf_t b;
+        proto_cbor_buf_init(&b, 1024);
+        s_done_with_cost(&b, ok[i].raw, ok[i].len);
+        proto_worker_reply_t out;
+        proto_worker_error_t err;
+        assert_int_equal(proto_worker_reply_decode(b.data, b.len, &out, &err), 0);
+        assert_true(out.final.has_cost_usd);
+        if (out.final.cost_usd != ok[i].want)
+            fail_msg("case %zu: %.17g, want %.17g", i, out.final.cost_usd, ok[i].want);
+        proto_worker_reply_clear(&out);
+        proto_cbor_buf_free(&b);
+    }
+    static const struct {
+        const char *seed, *raw;
+        size_t len;
+        proto_worker_reason_t want;
+    } bad[] = {
+        {"bad_cost_nan", "\xf9\x7e\x00", 3, PROTO_WORKER_BAD_VALUE},
+        {"bad_cost_inf", "\xfa\x7f\x80\x00\x00", 5, PROTO_WORKER_BAD_VALUE},
+        {"bad_cost_neg_inf", "\xfb\xff\xf0\x00\x00\x00\x00\x00\x00", 9, PROTO_WORKER_BAD_VALUE},
+        {"bad_cost_true", "\xf5", 1, PROTO_WORKER_WRONG_TYPE},
+        {"bad_cost_null", "\xf6", 1, PROTO_WORKER_WRONG_TYPE},
+        {"bad_cost_simple", "\xf8\x20", 2, PROTO_WORKER_WRONG_TYPE},
+        {"bad_cost_int", "\x01", 1, PROTO_WORKER_WRONG_TYPE},
+        {"bad_cost_tagged", "\xc1\xf9\x3c\x00", 4, PROTO_WORKER_WRONG_TYPE},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        proto_cbor_buf_t b;
+        proto_cbor_buf_init(&b, 1024);
+        s_done_with_cost(&b, bad[i].raw, bad[i].len);
+        s_refuse_rep(bad[i].seed, b.data, b.len, bad[i].want);
+        proto_cbor_buf_free(&b);
+    }
+}
+
 static void test_refusals(void **state)
 {
     (void) state;
@@ -628,6 +697,7 @@ int main(void)
         cmocka_unit_test(test_partials_roundtrip),
         cmocka_unit_test(test_finals_roundtrip),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_cost_usd_widths),
         cmocka_unit_test(test_turn_refusals),
         cmocka_unit_test(test_encoder_refusals),
         cmocka_unit_test(test_history_limit),
