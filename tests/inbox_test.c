@@ -576,6 +576,16 @@ static void test_lease(void **state)
     assert_int_equal(router_inbox_done(in, 4), -1); /* not leased */
     assert_int_equal(router_inbox_count(in), 3);
     assert_int_equal(router_inbox_leased(in), 2);
+    /* A lease given back (its consumer was short of memory) is the next
+     * take, ahead of entries never taken; only a leased seq goes back. */
+    assert_int_equal(router_inbox_untake(in, 3), 0);
+    assert_int_equal(router_inbox_untake(in, 3), -1);
+    assert_int_equal(router_inbox_untake(in, 4), -1);
+    assert_int_equal(router_inbox_leased(in), 1);
+    router_inbox_entry_clear(&e[2]);
+    assert_int_equal(router_inbox_take(in, &e[2]), 0);
+    assert_int_equal(e[2].seq, 3);
+    assert_int_equal(router_inbox_leased(in), 2);
     /* pop skips leased entries. */
     router_inbox_entry_t p;
     assert_int_equal(router_inbox_pop(in, &p, 0), 0);

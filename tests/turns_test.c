@@ -828,6 +828,63 @@ static void test_turn_without_memory(void **state)
                   refused, errors);
 }
 
+typedef struct {
+    frames_t *fr;
+    router_inbox_t *inbox;
+} ended_entry_t;
+
+/* The entry's turn ended (with an answer or an error) and it is gone. */
+static bool s_entry_ended(void *ud)
+{
+    ended_entry_t *w = ud;
+    return s_count(w->fr, ROUTER_TURN_FRAME_DONE) + s_count(w->fr, ROUTER_TURN_FRAME_ERROR) > 0 &&
+           router_inbox_count(w->inbox) == 0;
+}
+
+/* An inbox entry taken while memory runs short is never dropped: each
+ * allocation of taking it and starting its turn fails in turn, and every
+ * time the entry still becomes a turn that ends (given back to the inbox,
+ * or left first in its session's queue, and tried again), and nothing is
+ * left in the inbox. Before, three of those failures deleted the entry
+ * with only a log line. */
+static void test_inbox_entry_without_memory(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    unsigned failed_runs = 0, errors = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        frames_t c = {0};
+        router_turns_sub_t sc = router_turns_attach(e.t, "comms", NULL, s_on_frame, &c);
+        s_wait(&e, &c, ROUTER_TURN_FRAME_SESSION_START, 1);
+        uint8_t id[16], nobody[32] = {0};
+        uint64_t seq;
+        proto_uuid_v7_new(id);
+        char line[64];
+        int n = snprintf(line, sizeof line, "short of memory %ld", i);
+        assert_int_equal(router_inbox_admit(e.inbox, id, nobody, "event", (const uint8_t *) line,
+                                            (size_t) n, 1, NULL, &seq), ROUTER_INBOX_ADMITTED);
+        alloc_fail_arm(i);
+        router_turns_kick(e.t);
+        bool failed = alloc_fail_disarm() > 0;
+        ended_entry_t w = {&c, e.inbox};
+        s_run(&e, s_entry_ended, &w);
+        if (s_count(&c, ROUTER_TURN_FRAME_DONE) > 0)
+            assert_non_null(strstr(s_last(&c, ROUTER_TURN_FRAME_DONE), line));
+        else
+            errors++;
+        router_turns_detach(e.t, sc);
+        failed_runs += failed;
+        if (!failed)
+            break;
+    }
+    s_teardown(&e);
+    assert_true(failed_runs > 0);
+    print_message("%u allocations failed, %u of them ended the turn with an error\n", failed_runs,
+                  errors);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -842,6 +899,7 @@ int main(void)
         cmocka_unit_test(test_worker_events_and_garbage),
         cmocka_unit_test(test_router_tool_refusals),
         cmocka_unit_test(test_turn_without_memory),
+        cmocka_unit_test(test_inbox_entry_without_memory),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

@@ -1150,6 +1150,14 @@ int router_inbox_take(router_inbox_t *self, router_inbox_entry_t *out)
     return 0;
 }
 
+int router_inbox_untake(router_inbox_t *self, uint64_t seq)
+{
+    pthread_mutex_lock(&self->mu);
+    int rc = s_unlease(self, seq);
+    pthread_mutex_unlock(&self->mu);
+    return rc;
+}
+
 int router_inbox_done(router_inbox_t *self, uint64_t seq)
 {
     pthread_mutex_lock(&self->mu);

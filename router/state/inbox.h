@@ -232,6 +232,11 @@ int router_inbox_pop(router_inbox_t *self, router_inbox_entry_t *out, int timeou
  * leased in admission order. One consumer at a time. */
 int router_inbox_take(router_inbox_t *self, router_inbox_entry_t *out);
 
+/* Gives leased entry `seq` back untouched (its consumer could not hold it:
+ * out of memory): the next take returns it first, so no entry is dropped
+ * for a passing shortage. Returns 0, or -1 when `seq` is not leased. */
+int router_inbox_untake(router_inbox_t *self, uint64_t seq);
+
 /* The turn of leased entry `seq` has ended: forget it (deleted from the
  * database in a later batch). Returns 0, or -1 when `seq` is not leased (or
  * out of memory: the caller may retry). */

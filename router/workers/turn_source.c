@@ -32,12 +32,16 @@ void router_turn_source_clear(router_turn_source_t *s)
     memset(s, 0, sizeof *s);
 }
 
+/* The helpers below return 0, or ROUTER_TURN_SOURCE_REFUSED or _NO_MEMORY
+ * (only for an allocation of kith's that failed: anything less certain is
+ * a refusal, so no entry is retried for ever). */
+
 static int s_set(router_turn_source_t *o, const char *text, size_t len)
 {
     free(o->content);
     o->content = malloc(len + 1);
     if (!o->content)
-        return -1;
+        return ROUTER_TURN_SOURCE_NO_MEMORY;
     memcpy(o->content, text, len);
     o->content[len] = '\0';
     o->len = len;
@@ -49,14 +53,15 @@ static int s_set_with_json(router_turn_source_t *o, const char *head, const cbor
 {
     yajl_gen g = yajl_gen_alloc(NULL);
     if (!g)
-        return -1;
-    int rc = -1;
+        return ROUTER_TURN_SOURCE_NO_MEMORY;
+    int rc = ROUTER_TURN_SOURCE_REFUSED;
     const unsigned char *buf;
     size_t n;
     if ((v ? router_cbor_to_json(g, v) : (yajl_gen_null(g) == yajl_gen_status_ok ? 0 : -1)) == 0 &&
         yajl_gen_get_buf(g, &buf, &n) == yajl_gen_status_ok) {
         size_t hl = strlen(head);
         char *c = malloc(hl + n + 1);
+        rc = ROUTER_TURN_SOURCE_NO_MEMORY;
         if (c) {
             memcpy(c, head, hl);
             memcpy(c + hl, buf, n);
@@ -79,13 +84,14 @@ static int s_envelope(const router_inbox_entry_t *e, router_turn_source_t *o, ch
     if (proto_envelope_decode(e->frame, e->frame_len, &env, &r) != 0) {
         snprintf(why, whycap, "the stored envelope does not decode: %s",
                  proto_envelope_reason_str(r));
-        return -1;
+        return r == PROTO_ENV_NO_MEMORY ? ROUTER_TURN_SOURCE_NO_MEMORY
+                                        : ROUTER_TURN_SOURCE_REFUSED;
     }
     o->envelope = true;
     o->channel = PROTO_WORKER_CHANNEL_COMMS;
     memcpy(o->envelope_id, proto_envelope_id(env), 16);
     memcpy(o->from, proto_envelope_from(env), 32);
-    int rc = -1;
+    int rc = ROUTER_TURN_SOURCE_REFUSED; /* a field missing, unless set below */
     const char *p;
     size_t len;
     char head[256];
@@ -129,29 +135,33 @@ static int s_envelope(const router_inbox_entry_t *e, router_turn_source_t *o, ch
         snprintf(why, whycap, "a %s envelope does not start a turn",
                  proto_kind_str(proto_envelope_kind(env)));
         proto_envelope_destroy(&env);
-        return -1;
+        return ROUTER_TURN_SOURCE_REFUSED;
     }
     proto_envelope_destroy(&env);
     if (rc != 0)
-        snprintf(why, whycap, "out of memory or a field missing");
+        snprintf(why, whycap, rc == ROUTER_TURN_SOURCE_NO_MEMORY ? "out of memory"
+                                                                  : "a field missing");
     return rc;
 }
 
-/* Parses frame as a JSON object; NULL when it is not one. */
-static yajl_val s_json_object(const router_inbox_entry_t *e)
+/* Parses frame as a JSON object into *out (NULL when it is not one): 0, or
+ * ROUTER_TURN_SOURCE_NO_MEMORY. */
+static int s_json_object(const router_inbox_entry_t *e, yajl_val *out)
 {
+    *out = NULL;
     char *copy = malloc(e->frame_len + 1);
     if (!copy)
-        return NULL;
+        return ROUTER_TURN_SOURCE_NO_MEMORY;
     memcpy(copy, e->frame, e->frame_len);
     copy[e->frame_len] = '\0';
     yajl_val v = yajl_tree_parse(copy, NULL, 0);
     free(copy);
     if (v && !YAJL_IS_OBJECT(v)) {
         yajl_tree_free(v);
-        return NULL;
+        v = NULL;
     }
-    return v;
+    *out = v;
+    return 0;
 }
 
 static yajl_val s_member(yajl_val obj, const char *key)
@@ -162,17 +172,17 @@ static yajl_val s_member(yajl_val obj, const char *key)
     return NULL;
 }
 
-int router_turn_source_from_entry(const router_inbox_entry_t *e, const char *comms_session,
-                                  router_turn_source_t *o, char *why, size_t whycap)
+static int s_from_entry(const router_inbox_entry_t *e, router_turn_source_t *o, char *why,
+                        size_t whycap)
 {
-    memset(o, 0, sizeof *o);
-    snprintf(o->session, sizeof o->session, "%s", comms_session);
     if (strcmp(e->kind, "webhook") == 0) {
         /* {"message": string, "session_id"?: string}, checked at ingress */
-        yajl_val v = s_json_object(e);
+        yajl_val v;
+        if (s_json_object(e, &v) != 0)
+            return ROUTER_TURN_SOURCE_NO_MEMORY;
         yajl_val msg = v ? s_member(v, "message") : NULL;
         yajl_val sid = v ? s_member(v, "session_id") : NULL;
-        int rc = -1;
+        int rc = ROUTER_TURN_SOURCE_REFUSED;
         if (msg && YAJL_IS_STRING(msg)) {
             o->channel = PROTO_WORKER_CHANNEL_WEBHOOK;
             snprintf(o->session, sizeof o->session, "%s", ROUTER_TURN_WEBHOOK_SESSION);
@@ -190,7 +200,9 @@ int router_turn_source_from_entry(const router_inbox_entry_t *e, const char *com
         o->channel = PROTO_WORKER_CHANNEL_EXTERNAL_EVENT;
         /* External events are stored {"session_id":"<id>","event":<body>};
          * anything else is a plain event line's text. */
-        yajl_val v = e->frame_len && e->frame[0] == '{' ? s_json_object(e) : NULL;
+        yajl_val v = NULL;
+        if (e->frame_len && e->frame[0] == '{' && s_json_object(e, &v) != 0)
+            return ROUTER_TURN_SOURCE_NO_MEMORY;
         yajl_val sid = v && v->u.object.len == 2 ? s_member(v, "session_id") : NULL;
         yajl_val ev = v && v->u.object.len == 2 ? s_member(v, "event") : NULL;
         int rc;
@@ -200,7 +212,7 @@ int router_turn_source_from_entry(const router_inbox_entry_t *e, const char *com
             yajl_gen g = yajl_gen_alloc(NULL);
             const unsigned char *buf;
             size_t n;
-            rc = -1;
+            rc = g ? ROUTER_TURN_SOURCE_REFUSED : ROUTER_TURN_SOURCE_NO_MEMORY;
             if (g && router_json_gen_value(g, ev) == 0 &&
                 yajl_gen_get_buf(g, &buf, &n) == yajl_gen_status_ok)
                 rc = s_set(o, (const char *) buf, n);
@@ -211,8 +223,21 @@ int router_turn_source_from_entry(const router_inbox_entry_t *e, const char *com
         }
         yajl_tree_free(v);
         if (rc != 0)
-            snprintf(why, whycap, "out of memory");
+            snprintf(why, whycap, rc == ROUTER_TURN_SOURCE_NO_MEMORY
+                                      ? "out of memory"
+                                      : "the event cannot be written as JSON");
         return rc;
     }
     return s_envelope(e, o, why, whycap);
+}
+
+int router_turn_source_from_entry(const router_inbox_entry_t *e, const char *comms_session,
+                                  router_turn_source_t *o, char *why, size_t whycap)
+{
+    memset(o, 0, sizeof *o);
+    snprintf(o->session, sizeof o->session, "%s", comms_session);
+    int rc = s_from_entry(e, o, why, whycap);
+    if (rc != 0)
+        router_turn_source_clear(o);
+    return rc;
 }

@@ -26,9 +26,13 @@ typedef struct {
     bool is_request;                 /* a `request`: answered with a signed response */
 } router_turn_source_t;
 
+/* What router_turn_source_from_entry returns besides 0. */
+#define ROUTER_TURN_SOURCE_REFUSED (-1)   /* never a turn: dropped (logged, done) */
+#define ROUTER_TURN_SOURCE_NO_MEMORY (-2) /* out of memory: the entry waits for a retry */
+
 /* Fills *out from entry e. comms_session: envelopes' and plain events'
- * session. Returns 0, or -1 with why[whycap] when the entry cannot become a
- * turn (then it is dropped: logged and done). */
+ * session. Returns 0, or ROUTER_TURN_SOURCE_REFUSED or _NO_MEMORY with
+ * why[whycap]; *out is cleared on either. */
 int router_turn_source_from_entry(const router_inbox_entry_t *e, const char *comms_session,
                                   router_turn_source_t *out, char *why, size_t whycap);
 

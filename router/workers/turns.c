@@ -162,6 +162,7 @@ struct router_turns {
     size_t inbox_inflight;
     bool taking;                /* inside s_take_inbox: no nested take */
     uint64_t poll_timer;
+    bool stalled;              /* a turn could not be allocated: s_poll pumps again */
     s_request_t requests[S_REQUESTS_MAX];
     size_t next_request;
     s_resp_t *resps;
@@ -176,7 +177,7 @@ struct router_turns {
 };
 
 static void s_pump(router_turns_t *t, s_session_t *sess);
-static void s_pump_one(router_turns_t *t, s_session_t *sess);
+static int s_pump_one(router_turns_t *t, s_session_t *sess);
 static void s_turn_end(s_turn_t *turn, const char *status);
 static void s_frame_error(s_turn_t *turn, const char *code, const char *message);
 static void s_frame_stopped(s_turn_t *turn, const char *message);
@@ -763,24 +764,48 @@ static void s_pump(router_turns_t *t, s_session_t *sess)
     if (sess->pumping)
         return;
     sess->pumping = true;
-    while (!sess->active && sess->q_head)
-        s_pump_one(t, sess);
+    while (!sess->active && sess->q_head && s_pump_one(t, sess) == 0) {
+    }
     sess->pumping = false;
 }
 
-/* Starts the session's first waiting item (s_pump). */
-static void s_pump_one(router_turns_t *t, s_session_t *sess)
+/* Pumps every session whose first item waits with no turn running: those
+ * whose turn could not be allocated (s_pump_one). Sessions are visited by
+ * key, since pumping one may collect it. */
+static void s_pump_stalled(router_turns_t *t)
+{
+    zlist_t *keys = zhash_keys(t->sessions);
+    if (!keys)
+        return; /* still short: the next s_poll tries again */
+    t->stalled = false;
+    for (const char *k = zlist_first(keys); k; k = zlist_next(keys)) {
+        s_session_t *sess = zhash_lookup(t->sessions, k);
+        if (sess && !sess->active && sess->q_head) {
+            s_pump(t, sess);
+            s_session_gc(t, sess);
+        }
+    }
+    zlist_destroy(&keys);
+}
+
+/* Starts the session's first waiting item (s_pump): 0, or -1 when no turn
+ * could be allocated for an inbox item, which then stays first in line
+ * until s_poll pumps again (a durable entry is not dropped for a passing
+ * shortage; a chat message is answered AGENT_ERROR, its sender can send it
+ * again). */
+static int s_pump_one(router_turns_t *t, s_session_t *sess)
 {
     s_item_t *it = sess->q_head;
-    s_item_unqueue(t, it);
     s_turn_t *turn = calloc(1, sizeof *turn);
+    if (!turn && it->from_inbox) {
+        t->stalled = true;
+        return -1;
+    }
+    s_item_unqueue(t, it);
     if (!turn) {
-        if (!it->from_inbox)
-            s_error_to(t, it->sub, "AGENT_ERROR", "out of memory");
-        else
-            s_inbox_done(t, it->seq); /* dropped: cannot even hold it */
+        s_error_to(t, it->sub, "AGENT_ERROR", "out of memory");
         s_item_free(it);
-        return;
+        return 0;
     }
     turn->t = t;
     turn->serial = ++t->next_serial;
@@ -810,6 +835,7 @@ static void s_pump_one(router_turns_t *t, s_session_t *sess)
         s_frame_error(turn, "AGENT_ERROR", "the session store is overloaded");
         s_turn_end(turn, "error");
     }
+    return 0;
 }
 
 /* Cancels whichever of a turn's timers are set (it is ending). */
@@ -1397,6 +1423,19 @@ static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
 
 /* ------------------------------------------------------------ the inbox */
 
+/* An entry taken but not held (no memory for its item or its session) goes
+ * back to the inbox untouched, first in line: S_POLL_MS later s_poll takes
+ * it again. A durable entry is never dropped for a passing shortage, and
+ * nothing behind it is taken meanwhile, so its session's order holds. */
+static void s_untake(router_turns_t *t, router_inbox_entry_t *e)
+{
+    ROUTER_LOG(ROUTER_LOG_WARN, MOD, "out of memory: inbox entry seq=%llu waits for a retry",
+               (unsigned long long) e->seq);
+    (void) router_inbox_untake(t->o.inbox, e->seq);
+    t->inbox_inflight--;
+    router_inbox_entry_clear(e);
+}
+
 static void s_take_inbox(router_turns_t *t)
 {
     if (!t->o.inbox || t->taking)
@@ -1408,9 +1447,18 @@ static void s_take_inbox(router_turns_t *t)
             break;
         t->inbox_inflight++;
         s_item_t *it = calloc(1, sizeof *it);
+        if (!it) {
+            s_untake(t, &e);
+            break;
+        }
         char why[160] = "out of memory";
-        if (!it || router_turn_source_from_entry(&e, t->comms_session, &it->src, why,
-                                                 sizeof why) != 0) {
+        int rc = router_turn_source_from_entry(&e, t->comms_session, &it->src, why, sizeof why);
+        if (rc == ROUTER_TURN_SOURCE_NO_MEMORY) {
+            free(it);
+            s_untake(t, &e);
+            break;
+        }
+        if (rc != 0) {
             ROUTER_LOG(ROUTER_LOG_WARN, MOD, "inbox entry seq=%llu kind=%s dropped: %s",
                        (unsigned long long) e.seq, e.kind, why);
             free(it);
@@ -1420,17 +1468,13 @@ static void s_take_inbox(router_turns_t *t)
         }
         it->from_inbox = true;
         it->seq = e.seq;
-        router_inbox_entry_clear(&e);
         s_session_t *sess = s_session_get(t, it->src.session, true);
         if (!sess) {
-            /* No memory: give the lease back for a later try is not
-             * possible without reordering; drop with a log. */
-            ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "out of memory: inbox entry seq=%llu dropped",
-                       (unsigned long long) it->seq);
-            s_inbox_done(t, it->seq);
             s_item_free(it);
-            continue;
+            s_untake(t, &e);
+            break;
         }
+        router_inbox_entry_clear(&e);
         s_enqueue(t, sess, it);
         s_pump(t, sess);
         s_session_gc(t, sess); /* every item of it may have failed to start */
@@ -1443,6 +1487,8 @@ static void s_poll(router_loop_t *loop, uint64_t id, void *ud)
 {
     (void) id;
     router_turns_t *t = ud;
+    if (t->stalled)
+        s_pump_stalled(t);
     s_take_inbox(t);
     t->poll_timer = router_loop_timer_add(loop, S_POLL_MS, s_poll, t);
 }
