@@ -345,6 +345,149 @@ static void test_dead_worker(void **state)
     s_teardown(&r);
 }
 
+/* Sends [""]["MDPW02"][cmd] then the given frames from a raw DEALER. */
+static void s_raw_send(zsock_t *raw, const char *proto, uint8_t cmd, int nframes,
+                       const char *const *frames)
+{
+    zmsg_t *m = zmsg_new();
+    zmsg_addmem(m, "", 0);
+    zmsg_addstr(m, proto);
+    zmsg_addmem(m, &cmd, 1);
+    for (int i = 0; i < nframes; i++)
+        zmsg_addstr(m, frames[i]);
+    assert_int_equal(zmsg_send(&m, raw), 0);
+}
+
+typedef struct {
+    zsock_t *raw;
+    int cmd;
+} raw_wait_t;
+
+/* A message came to raw that is not a heartbeat: its command byte. */
+static bool s_raw_got(void *ud)
+{
+    raw_wait_t *w = ud;
+    zmsg_t *m;
+    while ((m = zmsg_recv_nowait(w->raw))) {
+        int cmd = -1;
+        if (zmsg_size(m) >= 3) {
+            zframe_t *f = zmsg_first(m);
+            f = zmsg_next(m);
+            f = zmsg_next(m);
+            cmd = zframe_size(f) == 1 ? zframe_data(f)[0] : -1;
+        }
+        zmsg_destroy(&m);
+        if (cmd != 0x05) {
+            w->cmd = cmd;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The next command byte the broker sends raw, heartbeats skipped. */
+static int s_raw_next_cmd(runner_t *r, zsock_t *raw)
+{
+    raw_wait_t w = {raw, -1};
+    s_run(r, s_raw_got, &w);
+    return w.cmd;
+}
+
+typedef struct {
+    router_broker_t *b;
+    uint64_t refused, late;
+} counts_t;
+
+static bool s_counted(void *ud)
+{
+    counts_t *c = ud;
+    router_broker_stats_t st;
+    router_broker_stats(c->b, &st);
+    return st.refused >= c->refused && st.late_replies >= c->late;
+}
+
+/* What a worker may get wrong, each refused and counted, the broker
+ * serving on: a message that is not MDPW02, READY without a service or
+ * with too long a name, READY twice, a command MDP does not have, a
+ * heartbeat or FINAL from a worker it does not know, and a reply without
+ * its address frames. The offender gets DISCONNECT where it can hear it. */
+static void test_protocol_errors(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, NULL, NULL, 0, ep, sizeof ep);
+    zsock_t *raw = zsock_new_dealer(ep);
+    assert_non_null(raw);
+    counts_t want = {r.b, 0, 0};
+
+    s_raw_send(raw, "MDPC01", 0x01, 1, (const char *const[]) {"kith.test"});
+    want.refused++;
+    s_run(&r, s_counted, &want);
+
+    s_raw_send(raw, "MDPW02", 0x01, 0, NULL); /* READY without a service */
+    want.refused++;
+    assert_int_equal(s_raw_next_cmd(&r, raw), 0x06);
+    char longname[ROUTER_MDP_SERVICE_MAX + 2];
+    memset(longname, 's', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    s_raw_send(raw, "MDPW02", 0x01, 1, (const char *const[]) {longname});
+    want.refused++;
+    assert_int_equal(s_raw_next_cmd(&r, raw), 0x06);
+
+    s_raw_send(raw, "MDPW02", 0x05, 0, NULL); /* HEARTBEAT, unknown */
+    assert_int_equal(s_raw_next_cmd(&r, raw), 0x06);
+    s_raw_send(raw, "MDPW02", 0x04, 3, (const char *const[]) {"addr", "", "late"});
+    want.late++;
+    assert_int_equal(s_raw_next_cmd(&r, raw), 0x06);
+    s_raw_send(raw, "MDPW02", 0x09, 0, NULL); /* no such command, unknown */
+    want.refused++;
+    assert_int_equal(s_raw_next_cmd(&r, raw), 0x06);
+    s_run(&r, s_counted, &want);
+
+    /* Known: READY twice deletes it. */
+    s_raw_ready(raw);
+    s_run(&r, s_workers_1, r.b);
+    s_raw_ready(raw);
+    want.refused++;
+    s_run(&r, s_workers_0, r.b);
+    /* Known: a command MDP does not have deletes it too. */
+    s_raw_ready(raw);
+    s_run(&r, s_workers_1, r.b);
+    s_raw_send(raw, "MDPW02", 0x09, 0, NULL);
+    want.refused++;
+    s_run(&r, s_workers_0, r.b);
+    /* Known and holding: a FINAL without its address frames is refused,
+     * the request still held; the right one ends it. */
+    s_raw_ready(raw);
+    s_run(&r, s_workers_1, r.b);
+    reply_t rep = {0};
+    assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "q", 1, s_on_reply, &rep) > 0);
+    s_run(&r, s_dispatched, r.b);
+    s_raw_send(raw, "MDPW02", 0x04, 1, (const char *const[]) {"short"});
+    want.refused++;
+    s_run(&r, s_counted, &want);
+    assert_int_equal(rep.finals + rep.lost, 0);
+    s_run(&r, s_counted, &want);
+    router_broker_stats_t st;
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.refused, want.refused);
+    assert_int_equal(st.late_replies, want.late);
+    assert_int_equal(st.in_flight, 1);
+
+    /* And the broker serves on: a real worker takes the next request. */
+    zsock_destroy(&raw);
+    echo_t *w = s_echo_start(ep, NULL, NULL);
+    reply_t rep2 = {0};
+    assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "ok", 2, s_on_reply, &rep2) >
+                0);
+    all_t one = {&rep2, 1};
+    s_run(&r, s_all_done, &one);
+    assert_string_equal(rep2.last, "f:ok");
+    s_echo_stop(&w);
+    s_teardown(&r);
+}
+
 /* A worker that leaves with DISCONNECT while holding a request. */
 static void test_disconnect_holding(void **state)
 {
@@ -497,6 +640,7 @@ int main(void)
         cmocka_unit_test(test_round_trip_lru),
         cmocka_unit_test(test_dead_worker),
         cmocka_unit_test(test_disconnect_holding),
+        cmocka_unit_test(test_protocol_errors),
         cmocka_unit_test(test_queue_bound_and_cancel),
         cmocka_unit_test(test_endpoint_is_local),
         cmocka_unit_test(test_curve),
