@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "agent/json_buf.h"
+#include "proto/pubkey.h"
 #include "proto/utf8.h"
 #include "router/clock.h"
 #include "router/log.h"
@@ -42,7 +43,29 @@ typedef struct {
     proto_worker_str_t await_result;    /* owned once it came */
     bool await_is_error;
     bool await_done;
+    /* A request envelope's turn: the system message naming it (s_origin_note). */
+    char origin_note[384];
 } s_turn_t;
+
+/* A request envelope's turn starts with a system message that names the
+ * request and its sender: the model needs the id to answer it with
+ * send_response (the turn's message holds only the intent and params). */
+static size_t s_origin_note(s_turn_t *t)
+{
+    const proto_worker_origin_t *o = &t->req->origin;
+    if (!o->has_envelope_id || o->envelope_type != PROTO_WORKER_ENVTYPE_REQUEST)
+        return 0;
+    char id[PROTO_UUID_TEXT_CAP], from[PROTO_PUBKEY_TEXT_CAP] = "an unknown peer";
+    proto_uuid_format(o->envelope_id, id);
+    if (o->has_from && proto_pubkey_format(o->from, from, sizeof from) != 0)
+        snprintf(from, sizeof from, "an unknown peer");
+    int n = snprintf(t->origin_note, sizeof t->origin_note,
+                     "This turn is request envelope %s from %s. To choose its status or result, "
+                     "call send_response with in_reply_to \"%s\"; otherwise your final answer "
+                     "is sent to the peer as its completed response.",
+                     id, from, id);
+    return n > 0 && (size_t) n < sizeof t->origin_note ? (size_t) n : 0;
+}
 
 const char *agent_turn_outcome_str(agent_turn_outcome_t o)
 {
@@ -567,6 +590,10 @@ agent_turn_outcome_t agent_turn_run(agent_provider_t *provider, const char *init
         goto out;
     }
     bool ok = true;
+    size_t note = s_origin_note(&t);
+    if (note)
+        ok = s_conv_push(&t, (proto_worker_chat_msg_t) {.role = PROTO_WORKER_ROLE_SYSTEM,
+                                                        .content = {t.origin_note, note}}) == 0;
     for (size_t i = 0; ok && i < turn->n_history; i++)
         ok = s_conv_push(&t, turn->history[i]) == 0;
     if (ok)

@@ -2,7 +2,8 @@
 (POST /v1/chat/completions, stream: true) on Python's http.server, started by
 the tests in a thread. It answers in the real wire format — Server-Sent
 Events of chat.completion.chunk objects over chunked HTTP/1.1, ended by
-`data: [DONE]` — and picks its behaviour from the first user message:
+`data: [DONE]` — and picks its behaviour from the last user message (a
+session's earlier turns come first, as history):
 
   hello      text in a few chunks, a usage chunk
   bytes      the same, written one byte at a time with CRLF line ends
@@ -13,11 +14,14 @@ Events of chat.completion.chunk objects over chunked HTTP/1.1, ended by
   ratelimit  429 with Retry-After: 0 the first time, then text
   boom       500 with an error body, every time
   slow       one chunk, then nothing until the client goes away
+  respond    (a comms request's turn) send_response to the request named in
+             the system message, with a result of its own; then text
 
 A comms request's turn ("request INTENT: PARAMS") is picked by its INTENT.
 Every request is kept (headers and JSON body) for the test to look at."""
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,9 +48,9 @@ def text_stream(parts, usage=None):
 
 
 def scenario(body):
-    """The first user message; a comms request's turn ("request INTENT:
+    """The last user message; a comms request's turn ("request INTENT:
     PARAMS", WIRE §19.4) picks its scenario by INTENT."""
-    first = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
+    first = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
     if first.startswith("request "):
         first = first[len("request "):].split(":")[0]
     return first
@@ -135,6 +139,21 @@ class FakeOpenAI:
                     tc(function={"arguments": '{"peer":'}),
                     tc(function={"arguments": ' "bob", "bo'}),
                     tc(function={"arguments": 'dy": "hi"}'}),
+                    chunk({}, "tool_calls"),
+                    "data: [DONE]\n\n",
+                ])
+
+            def s_respond(self, body, count):
+                if any(m["role"] == "tool" for m in body["messages"]):
+                    return self.stream(text_stream(["responded"]))
+                system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+                ids = re.findall(r'in_reply_to "([0-9a-f-]{36})"', system)
+                args = json.dumps({"in_reply_to": ids[0] if ids else "no id in the system message",
+                                   "status": "completed", "result": {"answer": 42}})
+                self.stream([
+                    chunk({"role": "assistant", "content": None}),
+                    chunk({"tool_calls": [{"index": 0, "id": "call_r1", "type": "function",
+                                           "function": {"name": "send_response", "arguments": args}}]}),
                     chunk({}, "tool_calls"),
                     "data: [DONE]\n\n",
                 ])

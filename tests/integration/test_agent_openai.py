@@ -7,7 +7,10 @@ byte at a time, a malformed chunk, 429 then success, 500s, a stop in the
 middle of a stream, the idle timeout, an unreachable server and an unset API
 key variable; then the daemon's embedded agents with provider openai run a
 peer's request whose model calls the router's send_message tool, the signed
-response carrying the answer. The key reaches the server and never a log."""
+response carrying the answer, and one whose model answers the request itself
+with send_response (the request's id given in a system message), which
+replaces the automatic response. The key reaches the server and never a
+log."""
 
 import json
 import os
@@ -23,6 +26,12 @@ from test_workers import AckServer, send  # noqa: E402
 
 KEY_ENV = "KITH_TEST_OPENAI_KEY"
 KEY = "sk-test-0123456789abcdef"
+
+
+def peer_uuid(raw):
+    """An envelope id (16 bytes) as its UUID text."""
+    import uuid
+    return uuid.UUID(bytes=bytes(raw))
 
 
 def chunks(events):
@@ -179,6 +188,26 @@ def main():
                 check(ok and k["type"] == "response" and k["in_reply_to"] == req["id"], k)
                 check(k["status"] == "completed" and k["result"].startswith("tool said: {"), k)
                 check('"outcome":"acked"' in k["result"], k)
+
+                # The model answers a request itself: send_response with
+                # the id the system message gave it, a result of its own,
+                # and no automatic response after it (the next response
+                # that comes is the next request's).
+                req2 = peer.request(node.pk, "respond", {})
+                send(node, req2)
+                ok, env = acks.next()
+                k = env["kind"]
+                check(ok and k["type"] == "response" and k["in_reply_to"] == req2["id"], k)
+                check(k["status"] == "completed" and k["result"] == {"answer": 42}, k)
+                system = [m for m in fake.requests_for("respond")[0]["body"]["messages"]
+                          if m["role"] == "system"]
+                check(len(system) == 1 and str(peer_uuid(req2["id"])) in system[0]["content"], system)
+                req3 = peer.request(node.pk, "hello", {})
+                send(node, req3)
+                ok, env = acks.next()
+                k = env["kind"]
+                check(ok and k["type"] == "response" and k["in_reply_to"] == req3["id"], k)
+                check(k["status"] == "completed" and k["result"] == "Hello, world", k)
                 check(KEY not in node.logs(), "the API key was logged")
                 results.stopped(node)
             finally:
