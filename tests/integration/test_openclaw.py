@@ -10,8 +10,10 @@ sees ticks and presence, and meets each refusal the client can provoke
 (wrong token, forged signature, device id mismatch, protocol mismatch).
 The refusals a conforming client cannot make (nonce mismatch, an expired
 signedAt, no nonce), the agent method with a v2 signature, the Origin
-check, a token in the URL and the pre-connect bounds are driven from a
-plain WebSocket client (Python websockets + PyNaCl). Then what must
+check, a token in the URL, the pre-connect bounds, methods outside the
+scopes a connection holds (FORBIDDEN) and a socket that never sends connect
+(closed 1008 at the handshake deadline) are driven from a plain WebSocket
+client (Python websockets + PyNaCl, a raw socket for the last). Then what must
 survive a restart (WIRE §25.8): the device the reference client joined with
 is in state.db with the SHA-256 of the deviceToken hello-ok gave it; after
 a restart the client connects with that deviceToken alone (its own stored
@@ -163,14 +165,14 @@ async def recv(ws):
 
 
 def connect_params(token, nonce, ts, version=3, signed_nonce=None, signed_at=None,
-                   sent_nonce=None):
+                   sent_nonce=None, scopes=("operator.write",)):
     """A connect request signed with a fresh key: v3 or v2; what is signed
     and what is sent can differ (to provoke each refusal)."""
     sk = nacl.signing.SigningKey.generate()
     pk = bytes(sk.verify_key)
     dev = hashlib.sha256(pk).hexdigest()
     at = ts if signed_at is None else signed_at
-    fields = [f"v{version}", dev, "test", "test", "operator", "operator.write", str(at), token,
+    fields = [f"v{version}", dev, "test", "test", "operator", ",".join(scopes), str(at), token,
               nonce if signed_nonce is None else signed_nonce]
     if version == 3:
         fields += ["linux", ""]
@@ -179,7 +181,7 @@ def connect_params(token, nonce, ts, version=3, signed_nonce=None, signed_at=Non
               "nonce": nonce if sent_nonce is None else sent_nonce}
     return {"minProtocol": 4, "maxProtocol": 4,
             "client": {"id": "test", "version": "1", "platform": "linux", "mode": "test"},
-            "role": "operator", "scopes": ["operator.write"], "auth": {"token": token},
+            "role": "operator", "scopes": list(scopes), "auth": {"token": token},
             "device": device}
 
 
@@ -240,6 +242,88 @@ async def plain_agent(node, token):
             break
     check(f["ok"] is True, f"system-presence with operator.write {f}")
     await ws.close()
+
+
+async def request(ws, rid, method, params=None):
+    """One request; its res (events before it skipped)."""
+    await ws.send(json.dumps({"type": "req", "id": rid, "method": method, "params": params or {}}))
+    while True:
+        f = await recv(ws)
+        if f["type"] == "res" and f["id"] == rid:
+            return f
+
+
+async def scope_refusals(node, token):
+    """A connection holds the scopes it asked for, and a method needing
+    another is refused FORBIDDEN with the missing scope named; the socket
+    carries on."""
+    def forbidden(f, scope):
+        check(f["ok"] is False and f["error"]["code"] == "FORBIDDEN" and
+              f["error"]["details"] == {"code": "MISSING_SCOPE", "missingScope": scope,
+                                        "requiredScopes": [scope]}, f)
+
+    ws, res = await handshake(node, token, scopes=("operator.read",))
+    check(res["ok"] is True and res["payload"]["auth"]["scopes"] == ["operator.read"], res)
+    forbidden(await request(ws, "s1", "chat.send", {"sessionKey": "main", "message": "x",
+                                                    "idempotencyKey": "scope-1"}), "operator.write")
+    forbidden(await request(ws, "s2", "agent", {"message": "x", "idempotencyKey": "scope-2"}),
+              "operator.write")
+    forbidden(await request(ws, "s3", "chat.abort", {"sessionKey": "main"}), "operator.write")
+    f = await request(ws, "s4", "health")
+    check(f["ok"] is True, f)
+    await ws.close()
+
+    ws, res = await handshake(node, token, scopes=("operator.approvals",))
+    check(res["ok"] is True and res["payload"]["auth"]["scopes"] == ["operator.approvals"], res)
+    forbidden(await request(ws, "s5", "health"), "operator.read")
+    forbidden(await request(ws, "s6", "system-presence"), "operator.read")
+    f = await request(ws, "s7", "no.such")
+    check(f["ok"] is False and f["error"]["code"] == "INVALID_REQUEST", f)
+    await ws.close()
+
+
+def idle_socket_open(node):
+    """A raw WebSocket upgrade to the endpoint that then says nothing: no
+    connect. Read back by idle_socket_closed at the end of the run."""
+    import socket
+    s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=TIMEOUT)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n")
+    return s
+
+
+def ws_frames(data):
+    """The whole server frames in data (after the HTTP head): (opcode,
+    payload) each."""
+    frames = []
+    while len(data) >= 2:
+        op, n, at = data[0] & 0x0F, data[1] & 0x7F, 2
+        if n == 126:
+            n, at = int.from_bytes(data[2:4], "big"), 4
+        elif n == 127:
+            n, at = int.from_bytes(data[2:10], "big"), 10
+        if len(data) < at + n:
+            break
+        frames.append((op, data[at:at + n]))
+        data = data[at + n:]
+    return frames
+
+
+def idle_socket_closed(s):
+    """The idle socket got its challenge, then (GATEWAY_OPENCLAW_HANDSHAKE_MS
+    after the upgrade) a close 1008 "connect timeout"."""
+    data, frames = b"", []
+    while not frames or frames[-1][0] != 8:
+        chunk = s.recv(65536)
+        check(chunk, f"closed without a close frame: {data!r}")
+        data += chunk
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        frames = ws_frames(rest) if sep else []
+    s.close()
+    check(head.startswith(b"HTTP/1.1 101"), head)
+    check(frames[0][0] == 1 and b"connect.challenge" in frames[0][1], frames)
+    check(frames[-1][1] == (1008).to_bytes(2, "big") + b"connect timeout", frames)
 
 
 async def device_refusal(node, token, code, **kw):
@@ -576,6 +660,7 @@ def main():
     r = Results()
     try:
         token = pair_token(node)
+        idle = idle_socket_open(node)
         r.run(reference_session, node, token)
         r.run(reference_refusals, node, token)
         r.run(lambda: run(plain_agent(node, token)), name="plain_agent")
@@ -584,6 +669,8 @@ def main():
         r.run(lambda: run(malformed_frames(node, token)), name="malformed_frames")
         r.run(lambda: run(deviceless(node, token)), name="deviceless")
         r.run(lambda: run(upgrade_refusals(node)), name="upgrade_refusals")
+        r.run(lambda: run(scope_refusals(node, token)), name="scope_refusals")
+        r.run(lambda: idle_socket_closed(idle), name="handshake_deadline")
         # The audit worker appends in batches: wait for the outcome.
         def audit_eventually():
             deadline = time.time() + TIMEOUT
