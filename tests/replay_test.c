@@ -264,6 +264,15 @@ static void test_seed(void **state)
     assert_int_equal(router_replay_check_insert(r, c, id, NOW, true), ROUTER_REPLAY_EVICTED);
     s_v7(id, NOW, 5);
     assert_int_equal(router_replay_check_insert(r, c, id, NOW, true), ROUTER_REPLAY_FRESH);
+    /* The all-zero key's floor is every sender's, however recent (it was
+     * kept as a window of its own, and bound no one). */
+    uint8_t zero[32] = {0}, e[32] = {11};
+    assert_int_equal(router_replay_seed_floor(r, zero, NOW - 30, NOW, false), 0);
+    s_v7(id, NOW - 40, 6);
+    assert_int_equal(router_replay_check_insert(r, e, id, NOW, true), ROUTER_REPLAY_EVICTED);
+    assert_int_equal(router_replay_check_insert(r, a, id, NOW, true), ROUTER_REPLAY_EVICTED);
+    s_v7(id, NOW - 25, 7);
+    assert_int_equal(router_replay_check_insert(r, e, id, NOW, true), ROUTER_REPLAY_FRESH);
     /* Seeding past the cap keeps the newest and raises the watermark. */
     uint8_t d[32] = {10};
     for (uint32_t i = 0; i < ROUTER_REPLAY_PER_PEER_MAX + 1; i++) {

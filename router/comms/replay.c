@@ -541,6 +541,11 @@ int router_replay_seed(router_replay_t *self, const uint8_t peer[32], const uint
 int router_replay_seed_floor(router_replay_t *self, const uint8_t peer[32], uint64_t floor_ms,
                              uint64_t now_ms, bool trusted)
 {
+    if (sodium_is_zero(peer, 32)) {
+        if (floor_ms > self->floor_all)
+            self->floor_all = floor_ms;
+        return 0;
+    }
     s_peer_t *p = s_peer_get(self, peer, 0);
     if (!p && floor_ms + self->window_ms < now_ms) {
         /* Only a clock stepped back could make it matter: one floor for all. */

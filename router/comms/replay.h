@@ -91,7 +91,10 @@ int router_replay_seed(router_replay_t *self, const uint8_t peer[32], const uint
                        uint64_t expires_ms, uint64_t now_ms, bool trusted)
     __attribute__((warn_unused_result));
 
-/* Start-up: a watermark a previous run made durable. Returns 0 or -1. */
+/* Start-up: a watermark a previous run made durable. The all-zero key
+ * (a small-order point: no envelope can be signed by it) stands for every
+ * sender, as the inbox stores the floor the oldest floors were folded
+ * into. Returns 0 or -1. */
 int router_replay_seed_floor(router_replay_t *self, const uint8_t peer[32], uint64_t floor_ms,
                              uint64_t now_ms, bool trusted) __attribute__((warn_unused_result));
 

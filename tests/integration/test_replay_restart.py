@@ -4,16 +4,20 @@ envelope from the independent peer (peer.py: cbor2 + PyNaCl), is stopped by
 SIGTERM or killed with SIGKILL, restarts on the same home, and must then
 refuse as `replay` both the exact same bytes and a different body reusing
 the id — for a UUIDv7 id and for a UUIDv4 id (Meerkat's, which carries no
-time) — without an ack, counted on /metrics."""
+time) — without an ack, counted on /metrics. And the stored floors (a v7
+id at or below its sender's floor, or the floor for every sender, is a
+replay) are back in force after a restart."""
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Conn, Daemon, Peer, Results, frame, verify_envelope  # noqa: E402
+from peer import Conn, Daemon, Peer, Results, frame, uuid7, verify_envelope  # noqa: E402
 
 
 def rejected_replay(node):
@@ -85,8 +89,44 @@ def case(sig, version):
         node.cleanup()
 
 
+def floors_after_restart():
+    """Floors as an earlier run stored them (a peer's own, and the one for
+    every sender under the all-zero key) refuse a fresh v7 id at or below
+    them once the node is up again; ids above them pass."""
+    alice, bob = Peer(), Peer()
+    node = Daemon("replay-floors", config={"comms": {"uds_path": None}})
+    try:
+        node.trust("alice", alice.pk)
+        node.trust("bob", bob.pk)
+        node.start()
+        node.stop(signal.SIGTERM)
+        now = int(time.time() * 1000)
+        db = sqlite3.connect(os.path.join(node.home, "state.db"))
+        db.execute("INSERT INTO replay_floor(sender, floor_ms) VALUES(?, ?)",
+                   (bytes(alice.pk), now - 60_000))
+        db.execute("INSERT INTO replay_floor(sender, floor_ms) VALUES(zeroblob(32), ?)",
+                   (now - 90_000,))
+        db.commit()
+        db.close()
+        open(node.log_path, "w").close()
+        node.start()
+        base = rejected_replay(node)
+        # Fresh (within ±5 min) but at or below the floor: replays.
+        send_refused(node, frame(alice.message(node.pk, "below", eid=uuid7(now - 120_000))))
+        send_refused(node, frame(bob.message(node.pk, "below all", eid=uuid7(now - 120_000))))
+        node.wait_log("reason=replay", count=2)
+        assert rejected_replay(node) == base + 2, "the floors did not refuse"
+        # Above them: admitted (bob between the two floors: only the
+        # all-sender floor is his).
+        send_acked(node, alice, alice.message(node.pk, "above", eid=uuid7(now - 30_000)))
+        send_acked(node, bob, bob.message(node.pk, "above all", eid=uuid7(now - 70_000)))
+    finally:
+        node.cleanup()
+
+
 def main():
     results = Results()
+    results.run(floors_after_restart)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for version in ("v7", "v4"):
             results.run(case, sig, version, name=f"replay_after_{sig.name.lower()}_{version}")
