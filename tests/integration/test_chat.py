@@ -9,6 +9,7 @@ import asyncio
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.parse
@@ -147,6 +148,89 @@ def message_chunks_done(node, token, state):
         state["session_id"] = start["session_id"]
         await ws.close()
     run(go())
+
+
+def context_and_attachments(node, token):
+    """page_context and attachments reach the agent after the content, as
+    compact JSON in their tags (WIRE §24.3): the scripted agent echoes it."""
+    async def go():
+        ws, _ = await open_chat(node, token)
+        await ws.send(json.dumps({"type": "message", "content": "look",
+                                  "page_context": {"url": "https://example.org/", "n": 1},
+                                  "attachments": [{"name": "a.txt", "text": "x"}]}))
+        want = ('echo: look\n\n<page_context>{"url":"https://example.org/","n":1}'
+                '</page_context>\n\n<attachments>[{"name":"a.txt","text":"x"}]</attachments>')
+        check_answer(await until_final(ws), want)
+        await ws.close()
+    run(go())
+
+
+def ws_frame(text):
+    """One masked client text frame (RFC 6455 §5.2), short payloads."""
+    data = text.encode()
+    mask = os.urandom(4)
+    head = bytes([0x81, 0x80 | len(data)]) if len(data) < 126 else \
+        bytes([0x81, 0x80 | 126]) + len(data).to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def raw_chat(node, token, frames):
+    """The upgrade and `frames` in one write, so they arrive before the
+    session is open (its session_start needs the session store's thread);
+    returns what came back until the server closed."""
+    s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=TIMEOUT)
+    s.sendall(b"GET /ws/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n"
+              b"Sec-WebSocket-Protocol: kith.v1, bearer." + token.encode() + b"\r\n\r\n" +
+              b"".join(frames))
+    return s
+
+
+def server_frames(s, until):
+    """Server frames read from s until until(frames) holds (or EOF)."""
+    data, frames = b"", []
+    while not until(frames):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        frames = []
+        while sep and len(rest) >= 2:
+            op, n, at = rest[0] & 0x0F, rest[1] & 0x7F, 2
+            if n == 126:
+                n, at = int.from_bytes(rest[2:4], "big"), 4
+            elif n == 127:
+                n, at = int.from_bytes(rest[2:10], "big"), 10
+            if len(rest) < at + n:
+                break
+            frames.append((op, rest[at:at + n]))
+            rest = rest[at + n:]
+    return frames
+
+
+def frames_before_session_start(node, token):
+    """Frames that come before session_start wait for it and are then
+    handled in order; more than GATEWAY_CHAT_EARLY_FRAMES_MAX (16) close the
+    socket 1008 instead of growing a buffer."""
+    msgs = [ws_frame(json.dumps({"type": "message", "content": f"early {i}"})) for i in (1, 2)]
+    s = raw_chat(node, token, msgs)
+    texts = lambda fr: [json.loads(p) for op, p in fr if op == 1]  # noqa: E731
+    done = lambda fr: sum(1 for f in texts(fr) if f["type"] == "done") == 2  # noqa: E731
+    got = texts(server_frames(s, done))
+    s.close()
+    check(got and got[0]["type"] == "session_start", got)
+    answers = [f["full_response"] for f in got if f["type"] == "done"]
+    check(answers == ["echo: early 1", "echo: early 2"], got)
+
+    many = [ws_frame(json.dumps({"type": "ping"}))] * 17
+    s = raw_chat(node, token, many)
+    closed = server_frames(s, lambda fr: any(op == 8 for op, _ in fr))
+    s.close()
+    close = [p for op, p in closed if op == 8]
+    check(close and close[0] == (1008).to_bytes(2, "big") + b"too many frames before session_start",
+          closed)
 
 
 def bad_frames_keep_the_socket(node, token):
@@ -371,6 +455,8 @@ def main():
         results.run(refused_before_upgrade, node, token)
         results.run(message_chunks_done, node, token, state)
         results.run(bad_frames_keep_the_socket, node, token)
+        results.run(context_and_attachments, node, token)
+        results.run(frames_before_session_start, node, token)
         results.run(queued_in_order, node, token)
         results.run(session_busy_past_the_queue, node, token)
         results.run(every_socket_sees_the_turn, node, token, state)
