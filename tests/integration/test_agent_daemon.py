@@ -15,7 +15,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from mdp_broker import KITH  # noqa: E402
 from peer import Daemon, Peer, Results, check, metrics_map, wait_metric  # noqa: E402
-from test_workers import DONE, ERROR, AckServer, endpoint_of, send, wait_inbox_empty  # noqa: E402
+from test_workers import DONE, ERROR, AckServer, AckServerUds, endpoint_of, send, wait_inbox_empty  # noqa: E402
 
 import subprocess  # noqa: E402
 import threading  # noqa: E402
@@ -67,6 +67,11 @@ def main():
     acks = AckServer(peer)
     node = Daemon("agents", config={"workers": {"listen": "tcp://127.0.0.1:0", "agent_threads": 0}})
     node.trust("peer", peer.pk, f"tcp://127.0.0.1:{acks.port}")
+    # A second peer reached over a Unix socket: the router's send tool
+    # dials it without any lookup, as it does an IP literal.
+    upeer = Peer()
+    uacks = AckServerUds(upeer, os.path.join(node.home, "upeer.sock"))
+    node.trust("upeer", upeer.pk, f"uds://{uacks.path}")
     node.start()
     ep = endpoint_of(node)
     agents = [Agent(ep, "A"), Agent(ep, "B")]
@@ -86,6 +91,13 @@ def main():
             send(node, peer.message(node.pk, "/send peer hi there"))
             ok, env = acks.next()
             check(ok and env["kind"] == {"type": "message", "body": "hi there"}, f"the peer got {env['kind']}")
+            wait_inbox_empty(node)
+
+        def send_tool_over_a_unix_socket():
+            send(node, peer.message(node.pk, "/send upeer hi over uds"))
+            ok, env = uacks.next()
+            check(ok and env["kind"] == {"type": "message", "body": "hi over uds"},
+                  f"the peer got {env['kind']}")
             wait_inbox_empty(node)
 
         def kill_9_mid_sleep():
@@ -117,6 +129,7 @@ def main():
         r.run(two_agents_join)
         r.run(request_answered_by_an_agent)
         r.run(send_tool_reaches_the_peer)
+        r.run(send_tool_over_a_unix_socket)
         r.run(kill_9_mid_sleep)
         r.run(agent_sigterm_exits_0)
         r.stopped(node)

@@ -1,6 +1,7 @@
 """tests/integration/test_send.py — two real daemons that trust each other:
 `kith send` from A to B is acked (exit 0) and B holds the message in its
-durable inbox and says so in its log; a request carries JSON params; an
+durable inbox and says so in its log; the same over B's Unix socket (a
+peer whose address is uds://); a request carries JSON params; an
 untrusted sender is refused at once (exit 3); a peer that is down is
 offline (exit 2); bad usage is exit 1."""
 
@@ -28,9 +29,12 @@ def main():
     results = Results()
     a = Daemon("a")
     b = Daemon("b")
+    c = Daemon("c")  # never runs either: it only sends, to B's Unix socket
     # A never runs: B's route to it is a port nobody listens on (discard).
     b.trust("a", a.pk, "tcp://127.0.0.1:9")
+    b.trust("c", c.pk, "tcp://127.0.0.1:9")
     b.start()
+    c.trust("b", b.pk, f"uds://{b.uds}")
     a.trust("b", b.pk, f"tcp://127.0.0.1:{b.port}")
     try:
         def acked_message():
@@ -46,6 +50,16 @@ def main():
             text = metrics(b)
             assert "kith_comms_admitted_total 1\n" in text, text
             assert "kith_comms_acked_total 1\n" in text, text
+
+        def acked_over_a_unix_socket():
+            rc, out, err, _ = send(c.home, "--to", "b", "--body", "by the socket")
+            assert rc == 0, (rc, out, err)
+            receipt = json.loads(out)
+            assert receipt["status"] == "acked", receipt
+            rows = [r for r in inbox_rows(b)
+                    if str(__import__("uuid").UUID(bytes=bytes(r[0]))) == receipt["id"]]
+            assert len(rows) == 1, "acked but not in B's durable inbox"
+            assert cbor2.loads(rows[0][2])["kind"] == {"type": "message", "body": "by the socket"}
 
         def request_by_peer_id():
             pid = json.loads(kith("id", "--home", b.home))["peer_id"]
@@ -108,6 +122,7 @@ def main():
             assert "timeout" in json.loads(out)["detail"]
 
         results.run(acked_message)
+        results.run(acked_over_a_unix_socket)
         results.run(request_by_peer_id)
         results.run(untrusted_is_refused_fast)
         results.run(unknown_peer_is_usage_error)
@@ -116,6 +131,7 @@ def main():
     finally:
         b.cleanup()
         a.cleanup()
+        c.cleanup()
     return results.summary()
 
 

@@ -77,6 +77,19 @@ class AckServer:
         return self.got.get(timeout=timeout)
 
 
+class AckServerUds(AckServer):
+    """The same on a Unix stream socket at `path` (uds:// peers)."""
+
+    def __init__(self, peer, path):
+        self.peer = peer
+        self.got = queue.Queue()
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.bind(path)
+        self.s.listen(16)
+        self.path = path
+        threading.Thread(target=self._accept, daemon=True).start()
+
+
 class Worker:
     def __init__(self, endpoint, name, curve=()):
         self.name = name
