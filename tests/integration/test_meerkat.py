@@ -15,9 +15,12 @@ Meerkat's typed decoding, raw key files, the pairing handshake):
   meerkat, meta, binding file) and it can send at once; wrong ones are
   refused, then locked out."""
 
+import base64
+import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -150,6 +153,53 @@ def main():
         row = listed["peers"][0]
         assert row["profile"] == "meerkat" and row["meta"]["labels"]["role"] == "worker", row
 
+    def pairing_refusals():
+        # Each refusal is one typed error line and a close; none of these
+        # is a wrong password, so the source address is not locked out.
+        def lines(*out, read_first=False):
+            with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
+                f = s.makefile("rwb")
+                got = []
+                for i, line in enumerate(out):
+                    f.write(line if isinstance(line, bytes) else json.dumps(line).encode() + b"\n")
+                    f.flush()
+                    if read_first and i == 0:
+                        got.append(json.loads(f.readline()))
+                got.append(json.loads(f.readline()))
+                assert f.readline() == b"", "the connection stayed open after a refusal"
+                return got
+
+        def code(got):
+            assert got["kind"] == "meerkat_pairing_error" and got["version"] == 1, got
+            return got["code"]
+
+        hello = {"kind": "meerkat_pairing_hello", "version": 1}
+        assert code(lines({"kind": "meerkat_pairing_hello", "version": 2})[-1]) == \
+            "unsupported_version"
+        assert code(lines({"kind": "meerkat_pairing_proof", "caller": {}})[-1]) in \
+            ("unexpected", "malformed")
+        assert code(lines(b"{not json}\n")[-1]) == "malformed"
+        assert code(lines(b'{"kind": "' + b"x" * 17000 + b'"}\n')[-1]) == "too_long"
+        got = lines(hello, hello, read_first=True)
+        assert got[0]["kind"] == "meerkat_pairing_challenge" and code(got[1]) == "unexpected", got
+        # A right proof for an address kith cannot dial.
+        with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
+            f = s.makefile("rwb")
+            f.write(json.dumps(hello).encode() + b"\n")
+            f.flush()
+            ch = json.loads(f.readline())
+            key, addr = node.pubkey_text, "ftp://example.org/"
+            proof = base64.b64encode(hashlib.sha256(
+                b"meerkat-comms-pairing-v1\0" + PASSWORD.encode() + b"\0" +
+                ch["challenge"].encode() + b"\0" + key.encode() + b"\0" + addr.encode()).digest())
+            f.write(json.dumps({"kind": "meerkat_pairing_proof",
+                                "caller": {"name": "x", "address": addr,
+                                           "identity": {"kind": "ed25519_public_key",
+                                                        "public_key": key}},
+                                "password_proof": proof.decode()}).encode() + b"\n")
+            f.flush()
+            assert code(json.loads(f.readline())) == "bad_address"
+
     def pairing():
         newbie = MeerkatPeer(os.path.join(tmp, "newbie"))
         done = newbie.pair(node.port, PASSWORD, name="new meerkat")
@@ -176,7 +226,7 @@ def main():
         newbie.close()
 
     for fn in (meerkat_to_kith, vectors_verify, kith_to_meerkat, kith_to_meerkat_1000,
-               refused_before_sending, identity_import, trust_import, pairing):
+               refused_before_sending, identity_import, trust_import, pairing_refusals, pairing):
         res.run(fn)
     try:
         res.stopped(node)
