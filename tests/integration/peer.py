@@ -140,6 +140,52 @@ class Conn:
         self.s.close()
 
 
+def ws_masked(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04"):
+    """One client frame (RFC 6455 §5.2: masked), any length."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_server_frames(data):
+    """Splits what a server sent after its 101 (frames are never masked
+    that way) into (opcode, payload); an unfinished last frame is left out."""
+    out = []
+    while len(data) >= 2:
+        op, n = data[0] & 0x0F, data[1] & 0x7F
+        i = 2
+        if n == 126:
+            n, i = struct.unpack(">H", data[2:4])[0], 4
+        elif n == 127:
+            n, i = struct.unpack(">Q", data[2:10])[0], 10
+        assert not data[1] & 0x80, "a server frame was masked"
+        if len(data) < i + n:
+            break
+        out.append((op, data[i:i + n]))
+        data = data[i + n:]
+    return out
+
+
+def ws_read_until(s, until):
+    """Reads a raw upgraded socket (its HTTP head and then frames) until
+    until(frames) holds or the server closes; returns (head, frames)."""
+    data, head, frames = b"", b"", []
+    while not until(frames):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        frames = ws_server_frames(rest) if sep else []
+    return head, frames
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

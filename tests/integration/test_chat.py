@@ -17,7 +17,8 @@ import urllib.parse
 import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results, check, curl, free_port, gateway_url, pair_token  # noqa: E402
+from peer import (Daemon, Results, check, curl, free_port, gateway_url, pair_token,  # noqa: E402
+                  ws_masked, ws_read_until)
 
 TIMEOUT = 60  # generous bound on any one wait; never a speed assertion
 FINALS = ("done", "stopped", "error")
@@ -165,15 +166,6 @@ def context_and_attachments(node, token):
     run(go())
 
 
-def ws_frame(text):
-    """One masked client text frame (RFC 6455 §5.2), short payloads."""
-    data = text.encode()
-    mask = os.urandom(4)
-    head = bytes([0x81, 0x80 | len(data)]) if len(data) < 126 else \
-        bytes([0x81, 0x80 | 126]) + len(data).to_bytes(2, "big")
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-
-
 def raw_chat(node, token, frames):
     """The upgrade and `frames` in one write, so they arrive before the
     session is open (its session_start needs the session store's thread);
@@ -187,46 +179,24 @@ def raw_chat(node, token, frames):
     return s
 
 
-def server_frames(s, until):
-    """Server frames read from s until until(frames) holds (or EOF)."""
-    data, frames = b"", []
-    while not until(frames):
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-        head, sep, rest = data.partition(b"\r\n\r\n")
-        frames = []
-        while sep and len(rest) >= 2:
-            op, n, at = rest[0] & 0x0F, rest[1] & 0x7F, 2
-            if n == 126:
-                n, at = int.from_bytes(rest[2:4], "big"), 4
-            elif n == 127:
-                n, at = int.from_bytes(rest[2:10], "big"), 10
-            if len(rest) < at + n:
-                break
-            frames.append((op, rest[at:at + n]))
-            rest = rest[at + n:]
-    return frames
-
-
 def frames_before_session_start(node, token):
     """Frames that come before session_start wait for it and are then
     handled in order; more than GATEWAY_CHAT_EARLY_FRAMES_MAX (16) close the
     socket 1008 instead of growing a buffer."""
-    msgs = [ws_frame(json.dumps({"type": "message", "content": f"early {i}"})) for i in (1, 2)]
+    msgs = [ws_masked(1, json.dumps({"type": "message", "content": f"early {i}"}).encode())
+            for i in (1, 2)]
     s = raw_chat(node, token, msgs)
     texts = lambda fr: [json.loads(p) for op, p in fr if op == 1]  # noqa: E731
     done = lambda fr: sum(1 for f in texts(fr) if f["type"] == "done") == 2  # noqa: E731
-    got = texts(server_frames(s, done))
+    got = texts(ws_read_until(s, done)[1])
     s.close()
     check(got and got[0]["type"] == "session_start", got)
     answers = [f["full_response"] for f in got if f["type"] == "done"]
     check(answers == ["echo: early 1", "echo: early 2"], got)
 
-    many = [ws_frame(json.dumps({"type": "ping"}))] * 17
+    many = [ws_masked(1, json.dumps({"type": "ping"}).encode())] * 17
     s = raw_chat(node, token, many)
-    closed = server_frames(s, lambda fr: any(op == 8 for op, _ in fr))
+    closed = ws_read_until(s, lambda fr: any(op == 8 for op, _ in fr))[1]
     s.close()
     close = [p for op, p in closed if op == 8]
     check(close and close[0] == (1008).to_bytes(2, "big") + b"too many frames before session_start",

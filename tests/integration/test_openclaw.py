@@ -37,7 +37,7 @@ import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import (Daemon, Results, check, curl, free_port, gateway_url,  # noqa: E402
-                  metrics_map, pair_token, wait_metric)
+                  metrics_map, pair_token, wait_metric, ws_read_until)
 
 TIMEOUT = 60  # generous bound on any one wait; never a speed assertion
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -293,35 +293,12 @@ def idle_socket_open(node):
     return s
 
 
-def ws_frames(data):
-    """The whole server frames in data (after the HTTP head): (opcode,
-    payload) each."""
-    frames = []
-    while len(data) >= 2:
-        op, n, at = data[0] & 0x0F, data[1] & 0x7F, 2
-        if n == 126:
-            n, at = int.from_bytes(data[2:4], "big"), 4
-        elif n == 127:
-            n, at = int.from_bytes(data[2:10], "big"), 10
-        if len(data) < at + n:
-            break
-        frames.append((op, data[at:at + n]))
-        data = data[at + n:]
-    return frames
-
-
 def idle_socket_closed(s):
     """The idle socket got its challenge, then (GATEWAY_OPENCLAW_HANDSHAKE_MS
     after the upgrade) a close 1008 "connect timeout"."""
-    data, frames = b"", []
-    while not frames or frames[-1][0] != 8:
-        chunk = s.recv(65536)
-        check(chunk, f"closed without a close frame: {data!r}")
-        data += chunk
-        head, sep, rest = data.partition(b"\r\n\r\n")
-        frames = ws_frames(rest) if sep else []
+    head, frames = ws_read_until(s, lambda fr: any(op == 8 for op, _ in fr))
     s.close()
-    check(head.startswith(b"HTTP/1.1 101"), head)
+    check(head.startswith(b"HTTP/1.1 101") and frames and frames[-1][0] == 8, (head, frames))
     check(frames[0][0] == 1 and b"connect.challenge" in frames[0][1], frames)
     check(frames[-1][1] == (1008).to_bytes(2, "big") + b"connect timeout", frames)
 

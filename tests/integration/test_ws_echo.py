@@ -12,12 +12,12 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 
 import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results  # noqa: E402
+from peer import Daemon, Results, ws_server_frames  # noqa: E402
+from peer import ws_masked as masked  # noqa: E402
 
 TESTS = []
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -37,18 +37,6 @@ def url(node, path="/ws/echo"):
 
 
 # ------------------------------------------------------------------ raw frames
-
-def masked(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04"):
-    head = bytes([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack(">H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
 
 def handshake(node, extra=b"", path=b"/ws/echo", version=b"13"):
     s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=30)
@@ -79,24 +67,6 @@ def read_all(s):
         if not chunk:
             break
         out += chunk
-    return out
-
-
-def frames(data):
-    """Splits server frames (never masked) into (opcode, payload)."""
-    out = []
-    while len(data) >= 2:
-        op, n = data[0] & 0x0F, data[1] & 0x7F
-        i = 2
-        if n == 126:
-            n, i = struct.unpack(">H", data[2:4])[0], 4
-        elif n == 127:
-            n, i = struct.unpack(">Q", data[2:10])[0], 10
-        assert not data[1] & 0x80, "a server frame was masked"
-        if len(data) < i + n:
-            break
-        out.append((op, data[i:i + n]))
-        data = data[i + n:]
     return out
 
 
@@ -174,7 +144,7 @@ def frames_behind_the_handshake_in_one_write(node):
     head, rest = read_head(s)
     assert head.startswith("HTTP/1.1 101"), head
     assert "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head, head
-    got = frames(rest + read_all(s))
+    got = ws_server_frames(rest + read_all(s))
     s.close()
     assert got[:2] == [(1, b"first"), (1, b"second")], got
     assert got[2][0] == 8 and close_code(got[2][1]) == 1000, got
@@ -184,7 +154,7 @@ def frames_behind_the_handshake_in_one_write(node):
 def unmasked_frame_is_1002(node):
     s, rest = upgraded(node)
     s.sendall(b"\x81\x02hi")
-    got = frames(rest + read_all(s))
+    got = ws_server_frames(rest + read_all(s))
     s.close()
     assert got and got[-1][0] == 8 and close_code(got[-1][1]) == 1002, got
 
@@ -193,7 +163,7 @@ def unmasked_frame_is_1002(node):
 def bad_utf8_text_is_1007(node):
     s, rest = upgraded(node)
     s.sendall(masked(1, b"ok \xff"))
-    got = frames(rest + read_all(s))
+    got = ws_server_frames(rest + read_all(s))
     s.close()
     assert got and got[-1][0] == 8 and close_code(got[-1][1]) == 1007, got
 
@@ -203,7 +173,7 @@ def oversized_message_is_1009_before_its_payload(node):
     s, rest = upgraded(node)
     # Only the header of a 2 MiB frame: refused on its length alone.
     s.sendall(bytes([0x82, 0x80 | 127]) + struct.pack(">Q", 2 << 20) + b"\x00\x00\x00\x00")
-    got = frames(rest + read_all(s))
+    got = ws_server_frames(rest + read_all(s))
     s.close()
     assert got and got[-1][0] == 8 and close_code(got[-1][1]) == 1009, got
 
@@ -216,7 +186,7 @@ def fragments_adding_up_past_the_limit_are_1009(node):
         s.sendall(masked(2, part, fin=False) + masked(0, part, fin=True))
     except (BrokenPipeError, ConnectionResetError):
         pass
-    got = frames(rest + read_all(s))
+    got = ws_server_frames(rest + read_all(s))
     s.close()
     assert got and got[-1][0] == 8 and close_code(got[-1][1]) == 1009, got
 
@@ -227,7 +197,7 @@ def reserved_opcode_is_1002_and_others_unharmed(node):
         async with websockets.connect(url(node), ping_interval=None) as ws:
             s, rest = upgraded(node)
             s.sendall(masked(3, b"?"))
-            got = frames(rest + read_all(s))
+            got = ws_server_frames(rest + read_all(s))
             s.close()
             assert got and close_code(got[-1][1]) == 1002, got
             await ws.send("still here")
@@ -287,7 +257,7 @@ def slow_reader_is_cut_with_1008(node):
     t.join(60)
     stop.set()
     s.settimeout(30)
-    got = frames(rest + read_all(s))
+    got = ws_server_frames(rest + read_all(s))
     s.close()
     closes = [p for op, p in got if op == 8]
     assert closes and close_code(closes[-1]) == 1008, (len(got), closes)
@@ -326,7 +296,7 @@ def pings_keep_live_sockets_and_end_dead_ones():
         run(go())
         s, rest = upgraded(node)
         s.settimeout(60)
-        got = frames(rest + read_all(s))
+        got = ws_server_frames(rest + read_all(s))
         s.close()
         ops = [op for op, _ in got]
         assert 9 in ops, got  # pinged
