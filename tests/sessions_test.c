@@ -75,19 +75,34 @@ static void s_wait(env_t *e, int want)
     assert_int_equal(e->answers, want);
 }
 
+/* A fresh state.db in a new temporary dir, a loop and the store on it. */
+static router_sessions_t *s_start(char *dir, char *db, size_t dbcap, env_t *e)
+{
+    assert_non_null(mkdtemp(dir));
+    snprintf(db, dbcap, "%s/state.db", dir);
+    e->loop = router_loop_new(NULL);
+    assert_non_null(e->loop);
+    char err[256];
+    router_sessions_t *s = router_sessions_new(e->loop, db, err, sizeof err);
+    assert_non_null(s);
+    return s;
+}
+
+/* The loop and the dir go (the store was destroyed by the test). */
+static void s_finish(const char *dir, env_t *e)
+{
+    router_loop_destroy(&e->loop);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static void test_history_cache_and_restart(void **state)
 {
     (void) state;
-    char dir[] = "/tmp/kith-sessions-test-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char db[256];
-    snprintf(db, sizeof db, "%s/state.db", dir);
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
     env_t e = {0};
-    e.loop = router_loop_new(NULL);
-    assert_non_null(e.loop);
-    char err[256];
-    router_sessions_t *s = router_sessions_new(e.loop, db, err, sizeof err);
-    assert_non_null(s);
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
 
     static const char *const words[] = {"one", "two", "three", "four", "five", "six"};
     for (int i = 0; i < 5; i++)
@@ -138,10 +153,7 @@ static void test_history_cache_and_restart(void **state)
     assert_int_equal(st.hits, 1);
     assert_int_equal(router_sessions_failures(s), 0);
     router_sessions_destroy(&s);
-    router_loop_destroy(&e.loop);
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    s_finish(dir, &e);
 }
 
 /* Appends are savepoints in one transaction: one the database refuses
@@ -150,16 +162,9 @@ static void test_history_cache_and_restart(void **state)
 static void test_refused_append_takes_back_only_itself(void **state)
 {
     (void) state;
-    char dir[] = "/tmp/kith-sessions-test-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char db[256];
-    snprintf(db, sizeof db, "%s/state.db", dir);
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256];
     env_t e = {0};
-    e.loop = router_loop_new(NULL);
-    assert_non_null(e.loop);
-    char err[256];
-    router_sessions_t *s = router_sessions_new(e.loop, db, err, sizeof err);
-    assert_non_null(s);
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
     assert_int_equal(router_sessions_append(s, "a", "user", "first", 5, "t1"), 0);
     assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 0), 0);
     s_wait(&e, 1);
@@ -197,10 +202,7 @@ static void test_refused_append_takes_back_only_itself(void **state)
     assert_null(strstr(e.text[3], "poison"));
     assert_non_null(strstr(e.text[3], "assistant:third@"));
     router_sessions_destroy(&s);
-    router_loop_destroy(&e.loop);
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    s_finish(dir, &e);
 }
 
 int main(void)
