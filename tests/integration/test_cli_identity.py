@@ -10,16 +10,21 @@ Run by ctest with KITH_BIN set; exits non-zero on the first failure."""
 import base64
 import json
 import os
+import signal
+import socket
 import stat
+import subprocess
 import sys
 import tempfile
+import time
 
 import nacl.signing
 
 if not os.environ.get("KITH_BIN"):
     sys.exit("KITH_BIN is not set (ctest sets it)")
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import check, kith_run as kith, peer_id as peer_id_of  # noqa: E402
+from peer import KITH, check, curl, free_port, kith_run as kith  # noqa: E402
+from peer import peer_id as peer_id_of  # noqa: E402
 
 def one_line_error(stderr: str, *needles: str):
     """An error is one line on stderr that contains every needle."""
@@ -286,6 +291,45 @@ def test_flag_forms(tmp):
     check(out.startswith(cfg + ": ok"), f"FILE before a flag: {out!r}")
 
 
+def test_serve_flags(tmp):
+    """kith daemon's own flags (DESIGN §3) win: --config names a file
+    outside the home (its comms address is used), --host and --port place
+    the gateway, --echo turns /ws/echo on; then SIGTERM is exit 0."""
+    home = os.path.join(tmp, "serve")
+    kith("keygen", "--home", home)
+    cfg = os.path.join(tmp, "elsewhere.json")
+    comms_port, gw_port = free_port(), free_port()
+    with open(cfg, "w") as f:
+        json.dump({"comms": {"address": f"127.0.0.1:{comms_port}", "uds_path": None},
+                   "gateway": {"port": 1}, "workers": {"agent_threads": 0}}, f)
+    log = open(os.path.join(tmp, "serve.out"), "wb")
+    p = subprocess.Popen([KITH, "daemon", "--home", home, "--config", cfg, "--host", "127.0.0.1",
+                          "--port", str(gw_port), "--echo"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        text = ""
+        while "daemon: ready" not in text:
+            check(p.poll() is None and time.time() < deadline, f"not ready: {text}")
+            time.sleep(0.05)
+            text = open(log.name, errors="replace").read()
+        check(f"gateway: listening on http://127.0.0.1:{gw_port} " in text, text)
+        check(f"comms: listening on tcp://127.0.0.1:{comms_port} " in text, text)
+        with socket.create_connection(("127.0.0.1", gw_port), timeout=60) as s:
+            s.sendall(b"GET /ws/echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      b"Sec-WebSocket-Version: 13\r\n\r\n")
+            head = s.recv(4096)
+        check(head.startswith(b"HTTP/1.1 101"), f"/ws/echo with --echo: {head!r}")
+        status = curl(f"http://127.0.0.1:{gw_port}/health")[0]
+        check(status == 200, f"/health on --port: {status}")
+        p.send_signal(signal.SIGTERM)
+        check(p.wait(timeout=60) == 0, "SIGTERM is exit 0")
+    finally:
+        if p.poll() is None:
+            p.kill()
+        log.close()
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="kith-it-identity-") as tmp:
         me = test_identity(tmp)
@@ -295,6 +339,7 @@ def main():
         test_config_check(tmp)
         test_help()
         test_flag_forms(tmp)
+        test_serve_flags(tmp)
     print("test_cli_identity: ok")
 
 
