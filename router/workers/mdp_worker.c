@@ -158,12 +158,12 @@ static void s_reconnect(actor_t *a)
                a->w->endpoint);
 }
 
-/* One message from the broker. */
-static void s_on_broker(actor_t *a)
+/* One message from the broker, if one waits: false when none did. */
+static bool s_on_broker(actor_t *a)
 {
-    zmsg_t *m = zmsg_recv(a->dealer);
+    zmsg_t *m = zmsg_recv_nowait(a->dealer);
     if (!m)
-        return;
+        return false;
     a->heard_at = router_clock_mono_ms();
     zframe_t *empty = zmsg_pop(m);
     zframe_t *proto = zmsg_pop(m);
@@ -212,6 +212,7 @@ done:
     zframe_destroy(&proto);
     zframe_destroy(&cmd);
     zmsg_destroy(&m);
+    return true;
 }
 
 /* The caller's PARTIAL or FINAL goes to the broker, unless the turn went
@@ -316,7 +317,7 @@ static void s_actor(zsock_t *pipe, void *args)
         if (n > 0 && (items[0].revents & ZMQ_POLLIN) && s_on_pipe(&a) < 0)
             break;
         if (n > 0 && a.dealer && (items[1].revents & ZMQ_POLLIN))
-            s_on_broker(&a);
+            (void) s_on_broker(&a);
         s_tick(&a);
     }
     s_actor_fini(&a);
@@ -479,11 +480,21 @@ static int s_recv_here(router_mdp_worker_t *self, uint8_t **body, size_t *len, i
     for (;;) {
         if (atomic_load(&self->stopped))
             return -1;
+        /* What already waits is read without a poll first (a turn's
+         * controls, the next request under load). */
+        while (a->dealer && !a->handed && s_on_broker(a)) {
+        }
+        s_tick(a);
+        if (a->handed) {
+            int rc = s_give(self, a->handed_what, a->handed, body, len);
+            zframe_destroy(&a->handed);
+            return rc;
+        }
+        if (timeout_ms == 0)
+            return 0; /* only looked: the receives above did */
         uint64_t now = router_clock_mono_ms();
         long wait = a->beat_at > now ? (long) (a->beat_at - now) : 0;
-        if (timeout_ms == 0)
-            wait = 0;
-        else if (timeout_ms > 0 && (long) (deadline > now ? deadline - now : 0) < wait)
+        if (timeout_ms > 0 && (long) (deadline > now ? deadline - now : 0) < wait)
             wait = (long) (deadline > now ? deadline - now : 0);
         zmq_pollitem_t items[2] = {
             {NULL, self->stop_fd, ZMQ_POLLIN, 0},
@@ -494,15 +505,7 @@ static int s_recv_here(router_mdp_worker_t *self, uint8_t **body, size_t *len, i
             return -1;
         if (atomic_load(&self->stopped))
             return -1;
-        if (n > 0 && a->dealer && (items[1].revents & ZMQ_POLLIN))
-            s_on_broker(a);
-        s_tick(a);
-        if (a->handed) {
-            int rc = s_give(self, a->handed_what, a->handed, body, len);
-            zframe_destroy(&a->handed);
-            return rc;
-        }
-        if (timeout_ms == 0 || (timeout_ms > 0 && router_clock_mono_ms() >= deadline))
+        if (n == 0 && timeout_ms > 0 && router_clock_mono_ms() >= deadline)
             return 0;
     }
 }
