@@ -171,7 +171,12 @@ CUT_SLOW = 'kith_comms_conn_cut_total{kind="comms",reason="slow_consumer"}'
 def peer_that_never_reads_is_cut(node, alice):
     """Acks pile up for a peer that never reads; kith cuts it at the bound
     and keeps serving everyone else."""
-    s = Conn(("127.0.0.1", node.port), timeout=5)
+    # A send may block for a while without a cut: kith stops reading while
+    # 4,096 acks wait for their commit, and a commit on a loaded machine
+    # can take seconds (a 5 s timeout here once ended the sends mid-frame,
+    # and the frame deadline, not the bound, cut the connection). Only a
+    # refusal to read for a minute counts as a cut of ours to look for.
+    s = Conn(("127.0.0.1", node.port), timeout=60)
     s.s.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
     # Enough acks (215 bytes each) to fill the socket buffers and then the
     # 4 MiB per-connection bound. Fresh envelopes every batch: a resent
