@@ -276,6 +276,45 @@ static void test_field_reasons(void **state)
     free(orig);
 }
 
+/* A record spliced in from another chain: its seq, fields and own hash
+ * all hold, and only its prev (another chain's record 1) tells. */
+static void test_prev_link(void **state)
+{
+    s_fix_t *f = *state;
+    s_make(f, NULL, 3);
+    s_fix_t other = *f;
+    snprintf(other.log, sizeof other.log, "%s/other.log", f->dir);
+    snprintf(other.head, sizeof other.head, "%s/other.log.head", f->dir);
+    audit_chain_t *c = s_open(&other, NULL, NULL);
+    assert_non_null(c);
+    s_append(c, "trust_changed", "{\"other\":true}", 1);
+    s_append(c, "pair", "{}", 2);
+    audit_chain_close(&c);
+    size_t alen, blen, a2len, b2len;
+    char *a = s_slurp(f->log, &alen), *b = s_slurp(other.log, &blen);
+    size_t a2 = s_line_at(a, 2, &a2len), b2 = s_line_at(b, 2, &b2len);
+    char *spliced = malloc(alen + b2len);
+    size_t n = 0;
+    memcpy(spliced, a, a2);
+    n = a2;
+    memcpy(spliced + n, b + b2, b2len);
+    n += b2len;
+    memcpy(spliced + n, a + a2 + a2len, alen - a2 - a2len);
+    n += alen - a2 - a2len;
+    s_spit(f->log, spliced, n);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), -1);
+    assert_int_equal(r.reason, AUDIT_V_PREV);
+    assert_int_equal(r.first_bad, 2);
+    assert_int_equal(r.records, 1);
+    assert_non_null(strstr(r.detail, "prev is not record 1's hash"));
+    free(spliced);
+    free(a);
+    free(b);
+    unlink(other.log);
+    unlink(other.head);
+}
+
 static void test_truncation(void **state)
 {
     s_fix_t *f = *state;
@@ -598,7 +637,7 @@ int main(void)
 #define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
     const struct CMUnitTest tests[] = {
         T(test_append_reopen_verify), T(test_bad_events_refused), T(test_flip_every_byte),
-        T(test_flip_every_byte_hmac), T(test_field_reasons),      T(test_truncation),
+        T(test_flip_every_byte_hmac), T(test_field_reasons),      T(test_truncation), T(test_prev_link),
         T(test_torn_tail_repaired),   T(test_hmac),               T(test_group_commit),
         T(test_fsync_failure),        T(test_query),              T(test_long_and_garbage_lines),
         T(test_head_slots),           T(test_open_refuses_what_the_head_denies),
