@@ -116,8 +116,13 @@ typedef struct s_actor {
     uint64_t beat_at;  /* next heartbeat due (mono ms) */
 } actor_t;
 
+static void s_reply_out(actor_t *a, bool final, const uint8_t *body, size_t len);
+
 /* A REQUEST body goes to the caller: over the pipe, or (same_thread) kept
- * for recv, which returns after each message it reads. */
+ * for recv, which returns after each message it reads. A turn that cannot
+ * be kept (no memory) is answered at once with an empty FINAL, which the
+ * router ends as malformed: the broker then has the worker back, where
+ * silence would have held it until the router's own timeout and after. */
 static void s_hand(actor_t *a, const char *what, zframe_t *body)
 {
     if (a->pipe) {
@@ -127,6 +132,8 @@ static void s_hand(actor_t *a, const char *what, zframe_t *body)
     zframe_destroy(&a->handed);
     a->handed = zframe_dup(body);
     a->handed_what = what;
+    if (!a->handed && !strcmp(what, PIPE_TURN))
+        s_reply_out(a, true, (const uint8_t *) "", 0);
 }
 
 static void s_ready(actor_t *a)
