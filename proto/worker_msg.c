@@ -841,6 +841,23 @@ static int s_in_load(s_dec_t *d, const uint8_t *p, size_t len)
     return 0;
 }
 
+/* s_in_load, then the root's `type` as one of names[1..n) (else
+ * UNKNOWN_TYPE): what every body is read by first. */
+static int s_in_root_type(s_in_t *in, const uint8_t *p, size_t len, const char *const *names,
+                          size_t n, unsigned *type)
+{
+    static const char *const tkeys[] = {"type"};
+    const uint8_t *tf[1];
+    if (s_in_load(in->d, p, len) < 0 || s_in_fields(in, p, "", tkeys, 1, tf) < 0)
+        return -1;
+    if (!tf[0] || s_in_enum(in, tf[0], "type", names, n, type) < 0) {
+        in->d->err.reason = PROTO_WORKER_UNKNOWN_TYPE;
+        in->d->err.field = "type";
+        return -1;
+    }
+    return 0;
+}
+
 int proto_worker_request_decode(const uint8_t *p, size_t len, proto_worker_request_t *out,
                                 proto_worker_error_t *err)
 {
@@ -848,15 +865,8 @@ int proto_worker_request_decode(const uint8_t *p, size_t len, proto_worker_reque
     s_in_t in = {&d, p + len};
     unsigned type = 0;
     memset(out, 0, sizeof *out);
-    static const char *const tkeys[] = {"type"};
-    const uint8_t *tf[1];
-    if (s_in_load(&d, p, len) < 0 || s_in_fields(&in, p, "", tkeys, 1, tf) < 0)
+    if (s_in_root_type(&in, p, len, s_req_types, S_COUNT(s_req_types), &type) < 0)
         goto fail;
-    if (!tf[0] || s_in_enum(&in, tf[0], "type", s_req_types, S_COUNT(s_req_types), &type) < 0) {
-        d.err.reason = PROTO_WORKER_UNKNOWN_TYPE;
-        d.err.field = "type";
-        goto fail;
-    }
     out->type = (proto_worker_req_type_t) type;
     if (out->type == PROTO_WORKER_REQ_TURN) {
         static const char *const keys[] = {"turn_id", "session_id", "message", "history",
@@ -980,15 +990,8 @@ int proto_worker_reply_decode(const uint8_t *p, size_t len, proto_worker_reply_t
     s_in_t in = {&d, p + len};
     unsigned type = 0;
     memset(out, 0, sizeof *out);
-    static const char *const tkeys[] = {"type"};
-    const uint8_t *tf[1];
-    if (s_in_load(&d, p, len) < 0 || s_in_fields(&in, p, "", tkeys, 1, tf) < 0)
+    if (s_in_root_type(&in, p, len, types, S_COUNT(types), &type) < 0)
         goto fail;
-    if (!tf[0] || s_in_enum(&in, tf[0], "type", types, S_COUNT(types), &type) < 0) {
-        d.err.reason = PROTO_WORKER_UNKNOWN_TYPE;
-        d.err.field = "type";
-        goto fail;
-    }
     if (type == 1) {
         static const char *const keys[] = {"turn_id", "seq", "event"};
         const uint8_t *f[S_KEYS_MAX];
