@@ -114,7 +114,6 @@ struct s_turn {
     bool has_tokens, has_cost;
     uint64_t tokens_used;
     double cost_usd;
-    s_turn_t *prev, *next;     /* in t->turns */
     s_turn_t *bucket_next;     /* in t->by_serial[serial % S_TURN_BUCKETS] */
 };
 
@@ -157,8 +156,7 @@ struct router_turns {
     zhash_t *subs;             /* "<id>" → s_sub_t */
     router_turns_sub_t next_sub;
     uint64_t next_serial;
-    s_turn_t *turns;           /* in flight */
-    s_turn_t *by_serial[S_TURN_BUCKETS]; /* the same turns, by serial */
+    s_turn_t *by_serial[S_TURN_BUCKETS]; /* the turns in flight, by serial */
     size_t inbox_inflight;
     bool taking;                /* inside s_take_inbox: no nested take */
     uint64_t poll_timer;
@@ -211,11 +209,6 @@ static s_turn_t *s_turn_by_serial(const router_turns_t *t, uint64_t serial)
 /* A new turn joins the ones in flight. */
 static void s_turn_link(router_turns_t *t, s_turn_t *turn)
 {
-    turn->prev = NULL;
-    turn->next = t->turns;
-    if (t->turns)
-        t->turns->prev = turn;
-    t->turns = turn;
     s_turn_t **b = &t->by_serial[turn->serial % S_TURN_BUCKETS];
     turn->bucket_next = *b;
     *b = turn;
@@ -224,12 +217,6 @@ static void s_turn_link(router_turns_t *t, s_turn_t *turn)
 /* An ending turn leaves them. */
 static void s_turn_unlink(router_turns_t *t, s_turn_t *turn)
 {
-    if (turn->prev)
-        turn->prev->next = turn->next;
-    else
-        t->turns = turn->next;
-    if (turn->next)
-        turn->next->prev = turn->prev;
     for (s_turn_t **pp = &t->by_serial[turn->serial % S_TURN_BUCKETS]; *pp;
          pp = &(*pp)->bucket_next)
         if (*pp == turn) {
@@ -1577,17 +1564,18 @@ void router_turns_destroy(router_turns_t **self_p)
     router_turns_t *t = *self_p;
     if (t->poll_timer)
         (void) router_loop_timer_cancel(t->o.loop, t->poll_timer);
-    while (t->turns) {
-        s_turn_t *turn = t->turns;
-        s_turn_unlink(t, turn);
-        s_turn_timers_cancel(turn);
-        if (turn->h > 0)
-            router_broker_cancel(t->o.broker, turn->h);
-        for (size_t i = 0; i < turn->ncontrols; i++)
-            free(turn->controls[i]);
-        s_item_free(turn->item); /* its inbox entry stays for the next run */
-        free(turn);
-    }
+    for (size_t b = 0; b < S_TURN_BUCKETS; b++)
+        while (t->by_serial[b]) {
+            s_turn_t *turn = t->by_serial[b];
+            t->by_serial[b] = turn->bucket_next;
+            s_turn_timers_cancel(turn);
+            if (turn->h > 0)
+                router_broker_cancel(t->o.broker, turn->h);
+            for (size_t i = 0; i < turn->ncontrols; i++)
+                free(turn->controls[i]);
+            s_item_free(turn->item); /* its inbox entry stays for the next run */
+            free(turn);
+        }
     while (t->resps)
         s_resp_free(t, t->resps);
     while (t->toolsends) {
