@@ -33,17 +33,11 @@
 #define S_RELEASE_TICK_MS 50u
 /* Bound on a graceful drain before remaining connections are aborted. */
 #define S_DRAIN_TIMEOUT_MS 10000u
-/* Frames of one connection read and not yet through the checks (on the
- * crypto threads, or done and waiting for an earlier one) before it stops
- * reading; it reads again below half of both. A connection with none may
- * always take one more frame, so a 1 MiB envelope always gets through. */
-#define S_CONN_JOBS_MAX 256u
-#define S_CONN_JOB_BYTES_MAX (2u * 1024u * 1024u)
-/* The same for all connections together: a connection that finds these
- * full stops reading until the total is below them again. Each bound may be
- * passed by what one read delivers (ROUTER_CONN_TURN_BYTES) per connection. */
-#define S_JOBS_MAX 8192u
-#define S_JOB_BYTES_MAX (32u * 1024u * 1024u)
+/* The bounds on frames in the checks are in comms.h (ROUTER_COMMS_*). */
+#define S_CONN_JOBS_MAX ROUTER_COMMS_CONN_JOBS_MAX
+#define S_CONN_JOB_BYTES_MAX ROUTER_COMMS_CONN_JOB_BYTES_MAX
+#define S_JOBS_MAX ROUTER_COMMS_JOBS_MAX
+#define S_JOB_BYTES_MAX ROUTER_COMMS_JOB_BYTES_MAX
 
 typedef struct {
     uint64_t seq;       /* inbox sequence of the admitted envelope */
@@ -905,4 +899,16 @@ void router_comms_set_trust(router_comms_t *self, const router_trust_t *trust)
 void router_comms_stats(const router_comms_t *self, router_comms_stats_t *out)
 {
     *out = self->stats;
+    out->jobs = self->jobs;
+    out->job_bytes = self->job_bytes;
+    out->paused = out->waiting = 0;
+    for (const s_cc_t *cc = self->conns; cc; cc = cc->next) {
+        out->paused += cc->paused;
+        out->waiting += cc->waiting;
+    }
+}
+
+void router_comms_test_hold_crypto(router_comms_t *self, bool hold)
+{
+    router_crypto_pool_test_hold(self->crypto, hold);
 }

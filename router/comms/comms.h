@@ -33,6 +33,18 @@
 
 typedef struct router_comms router_comms_t;
 
+/* Frames of one connection read and not yet through the checks (on the
+ * crypto threads, or done and waiting for an earlier one) before it stops
+ * reading; it reads again below half of both. A connection with none may
+ * always take one more frame, so a 1 MiB envelope always gets through. */
+#define ROUTER_COMMS_CONN_JOBS_MAX 256u
+#define ROUTER_COMMS_CONN_JOB_BYTES_MAX (2u * 1024u * 1024u)
+/* The same for all connections together: a connection that finds these
+ * full stops reading until the total is below them again. Each bound may be
+ * passed by what one read delivers (ROUTER_CONN_TURN_BYTES) per connection. */
+#define ROUTER_COMMS_JOBS_MAX 8192u
+#define ROUTER_COMMS_JOB_BYTES_MAX (32u * 1024u * 1024u)
+
 /* What happened to one inbound envelope (or frame), for logs, the audit
  * worker and /api/events. Pointers are borrowed for the call only. */
 typedef struct {
@@ -109,9 +121,18 @@ typedef struct {
     uint64_t acked;                    /* acks sent */
     uint64_t rejected[PROTO_WIRE_INTERNAL + 1]; /* refusals by wire reason */
     unsigned open;                     /* connections open */
+    size_t jobs, job_bytes;            /* frames in the checks, all connections, and their bytes */
+    unsigned paused;                   /* connections not reading for backpressure */
+    unsigned waiting;                  /* ...of which waiting for the totals to drop */
 } router_comms_stats_t;
 
+/* Loop thread only. */
 void router_comms_stats(const router_comms_t *self, router_comms_stats_t *out);
+
+/* Test seam: holds (or lets go of) the crypto threads, so frames stay in
+ * the checks and the bounds above can be reached deterministically. No-op
+ * with crypto_threads 0. Any thread. */
+void router_comms_test_hold_crypto(router_comms_t *self, bool hold);
 
 /* Serves Meerkat's pairing handshake on this node's comms connections
  * whose first byte is '{' (borrowed; NULL switches it off). Loop thread or

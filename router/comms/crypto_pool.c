@@ -55,6 +55,7 @@ struct router_crypto_pool {
     unsigned idle;                   /* threads waiting on cv */
     unsigned ndone;                  /* jobs on `done` */
     bool signalled;                  /* efd written since the loop last took `done` */
+    bool held;                       /* test seam: threads take no job (router_crypto_pool_test_hold) */
     bool stop;                       /* threads must exit */
 };
 
@@ -87,7 +88,7 @@ static void *s_worker_main(void *arg)
             s_append(&p->done_head, &p->done_tail, ran);
             p->ndone++;
             ran = NULL;
-            if (!p->signalled && (p->ndone >= S_DONE_BATCH || !p->todo_head || p->stop)) {
+            if (!p->signalled && (p->ndone >= S_DONE_BATCH || !p->todo_head || p->held || p->stop)) {
                 p->signalled = true;
                 /* An eventfd write never blocks here (the counter is far
                  * from overflowing: the loop reads it to zero on every
@@ -99,7 +100,7 @@ static void *s_worker_main(void *arg)
         }
         if (p->stop)
             break;
-        router_crypto_job_t *job = p->todo_head;
+        router_crypto_job_t *job = p->held ? NULL : p->todo_head;
         if (!job) {
             p->idle++;
             pthread_cond_wait(&p->cv, &p->mu);
@@ -261,6 +262,17 @@ void router_crypto_pool_flush(router_crypto_pool_t *self)
     pthread_mutex_unlock(&self->mu);
     self->staged_head = self->staged_tail = NULL;
     self->staged = 0;
+}
+
+void router_crypto_pool_test_hold(router_crypto_pool_t *self, bool hold)
+{
+    if (!self->nthreads)
+        return;
+    pthread_mutex_lock(&self->mu);
+    self->held = hold;
+    if (!hold)
+        pthread_cond_broadcast(&self->cv);
+    pthread_mutex_unlock(&self->mu);
 }
 
 size_t router_crypto_pool_inflight(const router_crypto_pool_t *self)

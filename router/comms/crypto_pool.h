@@ -58,6 +58,11 @@ bool router_crypto_pool_submit(router_crypto_pool_t *self, router_crypto_job_t *
 /* Hands the staged jobs to the threads. */
 void router_crypto_pool_flush(router_crypto_pool_t *self);
 
+/* Test seam: while held, the threads take no job, so submitted jobs stay
+ * queued (a slow or saturated pool, made deterministic). Any thread; no-op
+ * with no threads. */
+void router_crypto_pool_test_hold(router_crypto_pool_t *self, bool hold);
+
 /* Jobs submitted to threads and not yet handed back to on_done. */
 size_t router_crypto_pool_inflight(const router_crypto_pool_t *self);
 
