@@ -25,12 +25,6 @@
 #include "router/state/inbox.h"
 #include "router/state/trust.h"
 
-/* Enough connections that their own bounds together pass the total:
- * CONNS * CONN_JOBS_MAX > JOBS_MAX. */
-#define CONNS 64
-/* Frames each sends: more than one connection's bound, so each one stops. */
-#define PER_CONN (ROUTER_COMMS_CONN_JOBS_MAX + 14)
-
 typedef struct {
     /* set up on the loop thread */
     router_loop_t *loop;
@@ -38,7 +32,9 @@ typedef struct {
     router_trust_t *trust;
     router_comms_t *comms;
     router_identity_t id;
-    int server_fd[CONNS];
+    unsigned conns;       /* connections served */
+    int server_fd[64];    /* their kith ends */
+    size_t inbox_bytes;   /* room the inbox needs */
     /* handshakes with the test thread */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -55,7 +51,7 @@ static void *s_loop_main(void *arg)
     s_node_t *n = arg;
     char err[256];
     n->loop = router_loop_new(NULL);
-    router_inbox_opts_t io = {.capacity = CONNS * PER_CONN * 2, .session = "comms"};
+    router_inbox_opts_t io = {.capacity = 100000, .max_bytes = n->inbox_bytes, .session = "comms"};
     n->inbox = n->loop ? router_inbox_new(&io, err, sizeof err) : NULL;
     n->trust = router_trust_new();
     bool ok = n->inbox && n->trust &&
@@ -76,7 +72,7 @@ static void *s_loop_main(void *arg)
     }
     if (ok) {
         router_comms_test_hold_crypto(n->comms, true);
-        for (int i = 0; i < CONNS && ok; i++)
+        for (unsigned i = 0; i < n->conns && ok; i++)
             ok = router_comms_serve_fd(n->comms, n->server_fd[i]) == 0;
     }
     pthread_mutex_lock(&n->mu);
@@ -127,12 +123,10 @@ static void s_stop_post(router_loop_t *loop, void *arg)
 }
 
 /* A signed `message` from alice to `to`, as a frame; caller frees. */
-static uint8_t *s_frame(const uint8_t to[32], unsigned i, size_t *len)
+static uint8_t *s_frame(const uint8_t to[32], const char *body, size_t body_len, size_t *len)
 {
-    char body[32];
-    int bl = snprintf(body, sizeof body, "m%u", i);
     proto_envelope_reason_t why;
-    cbor_item_t *kind = proto_kind_message(body, (size_t) bl, NULL, PROTO_HANDLING_NONE);
+    cbor_item_t *kind = proto_kind_message(body, body_len, NULL, PROTO_HANDLING_NONE);
     proto_envelope_t *env = proto_envelope_new(NULL, s_peer_pk, to, &kind, &why);
     assert_non_null(env);
     assert_int_equal(proto_envelope_sign(env, s_peer_sk), 0);
@@ -166,50 +160,71 @@ static void s_read_all(int fd, uint8_t *p, size_t len)
     }
 }
 
-/* Frames in the checks stop at the totals while the crypto threads are
- * held: each connection stops at its own bound or, once the totals are
- * full, at its next read, waiting for room; when the threads catch up,
- * every waiting connection reads on and every envelope is acked, in order. */
-static void test_jobs_bounded_for_all_connections(void **state)
+/* One client connection's frames, written on a thread of its own: a
+ * connection kith has stopped reading blocks its writer, not the test. */
+typedef struct {
+    int fd;
+    uint8_t *frames;
+    size_t len;
+    pthread_t th;
+} s_client_t;
+
+static void *s_writer_main(void *arg)
 {
-    (void) state;
+    s_client_t *c = arg;
+    s_write_all(c->fd, c->frames, c->len);
+    return NULL;
+}
+
+/* What the connections held at the moment every one had stopped. */
+typedef struct {
+    router_comms_stats_t st;
+    size_t min_len, max_len; /* the smallest and largest frame sent */
+} s_held_t;
+
+/* Runs `conns` connections of `per_conn` envelopes (bodies of body_len
+ * bytes) into a node whose crypto threads are held; once every connection
+ * has stopped reading, returns what was held in *held, then lets the
+ * threads go and checks that every envelope is acked, in order. */
+static void s_run_held(unsigned conns, unsigned per_conn, size_t body_len, s_held_t *held)
+{
     s_node_t n = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    n.conns = conns;
+    n.inbox_bytes = (size_t) conns * per_conn * (body_len + 512);
     uint8_t seed[32];
     memset(seed, 0x42, sizeof seed);
     crypto_sign_seed_keypair(n.id.pk, n.id.sk, seed);
-    int client_fd[CONNS];
-    for (int i = 0; i < CONNS; i++) {
+    s_client_t *cl = calloc(conns, sizeof *cl);
+    uint8_t(*ids)[16] = calloc((size_t) conns * per_conn, 16);
+    char *body = malloc(body_len + 1);
+    assert_non_null(cl);
+    assert_non_null(ids);
+    assert_non_null(body);
+    held->min_len = SIZE_MAX;
+    held->max_len = 0;
+    for (unsigned c = 0; c < conns; c++) {
         int sv[2];
         assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-        /* Room for every frame and every ack at once, so neither side's
-         * writes wait for the other's reads. */
-        int buf = 1 << 20;
-        (void) setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
-        (void) setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
-        client_fd[i] = sv[0];
-        n.server_fd[i] = sv[1];
-    }
-
-    /* Every frame is signed before any is sent. */
-    uint8_t *frames[CONNS];
-    size_t frames_len[CONNS], min_len = SIZE_MAX;
-    static uint8_t ids[CONNS][PER_CONN][16];
-    for (int c = 0; c < CONNS; c++) {
-        frames[c] = NULL;
-        frames_len[c] = 0;
-        for (unsigned i = 0; i < PER_CONN; i++) {
+        cl[c].fd = sv[0];
+        n.server_fd[c] = sv[1];
+        /* Every frame is signed before any is sent. */
+        for (unsigned i = 0; i < per_conn; i++) {
+            int k = snprintf(body, body_len + 1, "m%u.%u ", c, i);
+            memset(body + k, 'x', body_len > (size_t) k ? body_len - (size_t) k : 0);
             size_t len;
-            uint8_t *f = s_frame(n.id.pk, (unsigned) c * PER_CONN + i, &len);
+            uint8_t *f = s_frame(n.id.pk, body, body_len > (size_t) k ? body_len : (size_t) k,
+                                 &len);
             proto_envelope_t *env = NULL;
             proto_envelope_reason_t why;
             assert_int_equal(proto_envelope_decode_frame(f, len, &env, &why), 0);
-            memcpy(ids[c][i], proto_envelope_id(env), 16);
+            memcpy(ids[c * per_conn + i], proto_envelope_id(env), 16);
             proto_envelope_destroy(&env);
-            frames[c] = realloc(frames[c], frames_len[c] + len);
-            assert_non_null(frames[c]);
-            memcpy(frames[c] + frames_len[c], f, len);
-            frames_len[c] += len;
-            min_len = min_len < len ? min_len : len;
+            cl[c].frames = realloc(cl[c].frames, cl[c].len + len);
+            assert_non_null(cl[c].frames);
+            memcpy(cl[c].frames + cl[c].len, f, len);
+            cl[c].len += len;
+            held->min_len = held->min_len < len ? held->min_len : len;
+            held->max_len = held->max_len > len ? held->max_len : len;
             free(f);
         }
     }
@@ -221,54 +236,84 @@ static void test_jobs_bounded_for_all_connections(void **state)
         pthread_cond_wait(&n.cv, &n.mu);
     pthread_mutex_unlock(&n.mu);
     assert_false(n.failed);
+    for (unsigned c = 0; c < conns; c++)
+        assert_int_equal(pthread_create(&cl[c].th, NULL, s_writer_main, &cl[c]), 0);
 
-    for (int c = 0; c < CONNS; c++)
-        s_write_all(client_fd[c], frames[c], frames_len[c]);
-
-    /* Every connection stops reading: none can read all its frames, since
-     * PER_CONN passes its own bound. */
-    router_comms_stats_t st;
+    /* Every connection stops reading: each sends more than its own bound. */
     do {
-        st = s_stats(&n);
-    } while (st.paused < CONNS);
-    /* The totals stopped some before their own bound ... */
-    assert_true(st.waiting > 0);
-    assert_true(st.jobs >= ROUTER_COMMS_JOBS_MAX);
-    /* ... so fewer frames wait than the connections' bounds alone allow,
-     * and no more than the total plus one read per connection. */
-    size_t per_read = ROUTER_CONN_TURN_BYTES / min_len + 1;
-    assert_true(st.jobs < (size_t) CONNS * ROUTER_COMMS_CONN_JOBS_MAX);
-    assert_true(st.jobs <= ROUTER_COMMS_JOBS_MAX + CONNS * per_read);
-    assert_int_equal(st.admitted, 0);
+        held->st = s_stats(&n);
+    } while (held->st.paused < conns);
+    assert_int_equal(held->st.admitted, 0);
 
     /* The threads catch up: everyone is read to the end and acked. */
     router_comms_test_hold_crypto(n.comms, false);
     uint8_t ack[PROTO_ACK_FRAME_LEN];
-    for (int c = 0; c < CONNS; c++)
-        for (unsigned i = 0; i < PER_CONN; i++) {
-            s_read_all(client_fd[c], ack, sizeof ack);
+    for (unsigned c = 0; c < conns; c++)
+        for (unsigned i = 0; i < per_conn; i++) {
+            s_read_all(cl[c].fd, ack, sizeof ack);
             proto_envelope_t *env = NULL;
             proto_envelope_reason_t why;
             assert_int_equal(proto_envelope_decode_frame(ack, sizeof ack, &env, &why), 0);
             assert_int_equal(proto_envelope_kind(env), PROTO_KIND_ACK);
             uint8_t irt[16];
             assert_int_equal(proto_envelope_in_reply_to(env, irt), 0);
-            assert_memory_equal(irt, ids[c][i], 16);
+            assert_memory_equal(irt, ids[c * per_conn + i], 16);
             proto_envelope_destroy(&env);
         }
-    st = s_stats(&n);
-    assert_int_equal(st.admitted, (uint64_t) CONNS * PER_CONN);
-    assert_int_equal(st.acked, (uint64_t) CONNS * PER_CONN);
+    router_comms_stats_t st = s_stats(&n);
+    assert_int_equal(st.admitted, (uint64_t) conns * per_conn);
+    assert_int_equal(st.acked, (uint64_t) conns * per_conn);
     assert_int_equal(st.paused, 0);
     assert_int_equal(st.waiting, 0);
+    assert_int_equal(st.jobs, 0);
+    assert_int_equal(st.job_bytes, 0);
 
     while (router_loop_post(n.loop, s_stop_post, &n) != 0)
         usleep(1000);
     pthread_join(th, NULL);
-    for (int c = 0; c < CONNS; c++) {
-        close(client_fd[c]);
-        free(frames[c]);
+    for (unsigned c = 0; c < conns; c++) {
+        pthread_join(cl[c].th, NULL);
+        close(cl[c].fd);
+        free(cl[c].frames);
     }
+    free(cl);
+    free(ids);
+    free(body);
+}
+
+/* Small frames stop at the total count: each connection stops at its own
+ * bound or, once the totals are full, at its next read, waiting for room;
+ * when the threads catch up, every waiting connection reads on. */
+static void test_jobs_bounded_for_all_connections(void **state)
+{
+    (void) state;
+    const unsigned conns = 64, per_conn = ROUTER_COMMS_CONN_JOBS_MAX + 14;
+    s_held_t h;
+    s_run_held(conns, per_conn, 8, &h);
+    /* The totals stopped some before their own bound ... */
+    assert_true(h.st.waiting > 0);
+    assert_true(h.st.jobs >= ROUTER_COMMS_JOBS_MAX);
+    /* ... so fewer frames wait than the connections' bounds alone allow,
+     * and no more than the total plus one read per connection. */
+    size_t per_read = ROUTER_CONN_TURN_BYTES / h.min_len + 1;
+    assert_true(h.st.jobs < (size_t) conns * ROUTER_COMMS_CONN_JOBS_MAX);
+    assert_true(h.st.jobs <= ROUTER_COMMS_JOBS_MAX + conns * per_read);
+}
+
+/* Large frames stop at the total bytes the same way. */
+static void test_job_bytes_bounded_for_all_connections(void **state)
+{
+    (void) state;
+    const size_t body = 256 * 1024;
+    const unsigned conns = 20, per_conn = ROUTER_COMMS_CONN_JOB_BYTES_MAX / body + 1;
+    s_held_t h;
+    s_run_held(conns, per_conn, body, &h);
+    assert_true(h.st.waiting > 0);
+    assert_true(h.st.job_bytes >= ROUTER_COMMS_JOB_BYTES_MAX);
+    /* Fewer bytes wait than the connections' own bounds allow, and no
+     * more than the total plus the frame one read completes per connection. */
+    assert_true(h.st.job_bytes < (size_t) conns * ROUTER_COMMS_CONN_JOB_BYTES_MAX);
+    assert_true(h.st.job_bytes <= ROUTER_COMMS_JOB_BYTES_MAX + conns * h.max_len);
 }
 
 int main(void)
@@ -278,6 +323,7 @@ int main(void)
     crypto_sign_keypair(s_peer_pk, s_peer_sk);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_jobs_bounded_for_all_connections),
+        cmocka_unit_test(test_job_bytes_bounded_for_all_connections),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
