@@ -295,6 +295,66 @@ static bool s_type_ok(const char *type)
     return true;
 }
 
+/* The frame of event `id`: "id: <id>" and "data: " + data, where data is
+ * {"type":"<type>"} or {"type":"<type>",<members>. Members without a line
+ * break (what kith's own producers write) are copied as they are, in one
+ * allocation; others go through the SSE encoder, which splits the data
+ * into lines. Returns the frame (caller frees) or NULL with errno set. */
+static uint8_t *s_frame(uint64_t id, const char *type, const char *members, size_t mlen,
+                        size_t *flen)
+{
+    char idt[24];
+    size_t idn = (size_t) snprintf(idt, sizeof idt, "%" PRIu64, id);
+    size_t tlen = strlen(type);
+    bool empty = mlen == 1; /* just the closing brace */
+    /* {"type":" <type> " then } or , <members> */
+    size_t dlen = 9 + tlen + 1 + (empty ? 1 : 1 + mlen);
+    if (!memchr(members, '\n', mlen) && !memchr(members, '\r', mlen)) {
+        *flen = 4 + idn + 1 + 6 + dlen + 2;
+        uint8_t *f = malloc(*flen), *p = f;
+        if (!f) {
+            errno = ENOMEM;
+            return NULL;
+        }
+#define S_PUT(src, n) (memcpy(p, (src), (n)), p += (n))
+        S_PUT("id: ", 4);
+        S_PUT(idt, idn);
+        S_PUT("\ndata: {\"type\":\"", 16);
+        S_PUT(type, tlen);
+        S_PUT(empty ? "\"}" : "\",", 2);
+        if (!empty)
+            S_PUT(members, mlen);
+        S_PUT("\n\n", 2);
+#undef S_PUT
+        return f;
+    }
+    char *data = malloc(dlen + 1);
+    if (!data) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    int dn = snprintf(data, dlen + 1, "{\"type\":\"%s\"%s%.*s", type, empty ? "" : ",",
+                      (int) mlen, empty ? "}" : members);
+    proto_sse_message_t msg = {
+        .id = idt,
+        .id_len = idn,
+        .data = (const uint8_t *) data,
+        .data_len = (size_t) dn,
+        .retry_ms = -1,
+    };
+    ssize_t n = proto_sse_encoded_len(&msg, NULL);
+    uint8_t *f = n > 0 ? malloc((size_t) n) : NULL;
+    if (!f || proto_sse_encode(f, (size_t) n, &msg, NULL) != n) {
+        free(f);
+        free(data);
+        errno = n > 0 ? ENOMEM : EINVAL;
+        return NULL;
+    }
+    free(data);
+    *flen = (size_t) n;
+    return f;
+}
+
 uint64_t gateway_events_publish(gateway_events_t *ev, const char *type, const char *json)
 {
     size_t jlen = json ? strlen(json) : 0;
@@ -303,43 +363,20 @@ uint64_t gateway_events_publish(gateway_events_t *ev, const char *type, const ch
         errno = EINVAL;
         return 0;
     }
-    /* {"type":"<type>"} or {"type":"<type>",<members>} */
-    size_t dcap = jlen + GATEWAY_EVENTS_TYPE_MAX + 16;
-    char *data = malloc(dcap);
-    if (!data) {
-        errno = ENOMEM;
-        return 0;
-    }
     const char *members = json + 1;
     while (*members == ' ' || *members == '\t' || *members == '\n' || *members == '\r')
         members++;
-    int dn = snprintf(data, dcap, "{\"type\":\"%s\"%s%s", type, *members == '}' ? "" : ",",
-                      *members == '}' ? "}" : members);
     uint64_t id = ev->next_id;
-    char idt[24];
-    snprintf(idt, sizeof idt, "%" PRIu64, id);
-    proto_sse_message_t msg = {
-        .id = idt,
-        .id_len = strlen(idt),
-        .data = (const uint8_t *) data,
-        .data_len = (size_t) dn,
-        .retry_ms = -1,
-    };
-    ssize_t flen = proto_sse_encoded_len(&msg, NULL);
-    uint8_t *frame = flen > 0 ? malloc((size_t) flen) : NULL;
-    if (!frame || proto_sse_encode(frame, (size_t) flen, &msg, NULL) != flen) {
-        free(frame);
-        free(data);
-        errno = flen > 0 ? ENOMEM : EINVAL;
+    size_t flen = 0;
+    uint8_t *frame = s_frame(id, type, members, jlen - (size_t) (members - json), &flen);
+    if (!frame)
         return 0;
-    }
-    free(data);
     while (ev->oldest < ev->next_id &&
            (ev->next_id - ev->oldest >= ev->opts.ring_events ||
             ev->ring_bytes + (size_t) flen > ev->opts.ring_bytes_max))
         s_evict_oldest(ev);
-    ev->ring[id % ev->opts.ring_events] = (s_slot_t){.frame = frame, .len = (size_t) flen};
-    ev->ring_bytes += (size_t) flen;
+    ev->ring[id % ev->opts.ring_events] = (s_slot_t){.frame = frame, .len = flen};
+    ev->ring_bytes += flen;
     ev->next_id++;
     router_metric_inc(ev->m_events, 1);
     for (s_sub_t *sub = ev->subs, *next; sub; sub = next) {
@@ -439,6 +476,15 @@ void gateway_events_destroy(gateway_events_t **self_p)
     free(ev->ring);
     free(ev);
     *self_p = NULL;
+}
+
+const uint8_t *gateway_events_frame(const gateway_events_t *ev, uint64_t id, size_t *len)
+{
+    if (id < ev->oldest || id >= ev->next_id)
+        return NULL;
+    const s_slot_t *slot = &ev->ring[id % ev->opts.ring_events];
+    *len = slot->len;
+    return slot->frame;
 }
 
 void gateway_events_stats(const gateway_events_t *ev, gateway_events_stats_t *out)

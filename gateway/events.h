@@ -72,6 +72,10 @@ void gateway_events_destroy(gateway_events_t **self_p);
 uint64_t gateway_events_publish(gateway_events_t *self, const char *type,
                                 const char *json_object);
 
+/* The encoded frame of event `id` while it is in the ring (borrowed, valid
+ * until the next publish), with its length in *len; NULL when it is not. */
+const uint8_t *gateway_events_frame(const gateway_events_t *self, uint64_t id, size_t *len);
+
 /* In a GET handler: answers the request with the stream (200
  * text/event-stream), honouring Last-Event-ID; or 400 bad_last_event_id,
  * 503 too_many_subscribers, 500. */

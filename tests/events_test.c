@@ -15,6 +15,7 @@
 
 #include "gateway/events.h"
 #include "gateway/log_tap.h"
+#include "proto/sse.h"
 #include "router/log.h"
 #include "router/net/loop.h"
 
@@ -85,6 +86,46 @@ static void test_refused(void **state)
     gateway_events_stats(ev, &st);
     assert_int_equal(st.newest, 0); /* nothing refused took an id */
     assert_null(gateway_events_new(loop, &(gateway_events_opts_t){.name = "Bad Name"}));
+    gateway_events_destroy(&ev);
+    router_loop_destroy(&loop);
+}
+
+/* Checks the frame of event `id` against the SSE encoder's own output
+ * for that id and data. */
+static void s_frame_is(gateway_events_t *ev, uint64_t id, const char *data)
+{
+    char idt[24];
+    snprintf(idt, sizeof idt, "%llu", (unsigned long long) id);
+    proto_sse_message_t m = {.id = idt, .id_len = strlen(idt), .data = (const uint8_t *) data,
+                             .data_len = strlen(data), .retry_ms = -1};
+    uint8_t want[512];
+    ssize_t n = proto_sse_encode(want, sizeof want, &m, NULL);
+    assert_true(n > 0);
+    size_t len = 0;
+    const uint8_t *got = gateway_events_frame(ev, id, &len);
+    assert_non_null(got);
+    assert_int_equal(len, (size_t) n);
+    assert_memory_equal(got, want, len);
+}
+
+/* What subscribers read: {"type":…} first, then the object's members;
+ * members with line breaks (whitespace between JSON tokens) become more
+ * data lines, which the client joins back with LF. */
+static void test_frames(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    gateway_events_t *ev = gateway_events_new(loop, NULL);
+    assert_int_equal(gateway_events_publish(ev, "agent_start", "{\"n\":1}"), 1);
+    s_frame_is(ev, 1, "{\"type\":\"agent_start\",\"n\":1}");
+    assert_int_equal(gateway_events_publish(ev, "error", "{}"), 2);
+    s_frame_is(ev, 2, "{\"type\":\"error\"}");
+    assert_int_equal(gateway_events_publish(ev, "error", "{ \t }"), 3);
+    s_frame_is(ev, 3, "{\"type\":\"error\"}");
+    assert_int_equal(gateway_events_publish(ev, "log", "{\n \"a\": 1,\r\n \"b\":\r2\n}"), 4);
+    s_frame_is(ev, 4, "{\"type\":\"log\",\"a\": 1,\r\n \"b\":\r2\n}");
+    assert_null(gateway_events_frame(ev, 5, &(size_t){0}));
+    assert_null(gateway_events_frame(ev, 0, &(size_t){0}));
     gateway_events_destroy(&ev);
     router_loop_destroy(&loop);
 }
@@ -165,6 +206,7 @@ int main(void)
         cmocka_unit_test(test_ids_and_ring_count),
         cmocka_unit_test(test_ring_bytes),
         cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_frames),
         cmocka_unit_test(test_json_escape),
         cmocka_unit_test(test_log_tap),
     };
