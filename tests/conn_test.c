@@ -1339,6 +1339,73 @@ static void test_deadline_cuts_silent(void **state)
     s_done(&ctx);
 }
 
+/* A connection whose fd someone else closed (a double close elsewhere in
+ * the process) and whose number was taken again: at its deadline the loop
+ * finds the fd is no longer its socket, counts and logs it, and cuts the
+ * connection without closing the fd's new owner. The swap happens a
+ * moment after the accept, so both backends have the receive armed. */
+static int s_stolen_fd = -1;
+
+static void s_steal_fd(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    s_ctx_t *ctx = ud;
+    int fd = router_conn_fd(ctx->conn);
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || null < 0 || dup2(null, fd) != fd)
+        ctx->violations++;
+    if (null >= 0)
+        close(null);
+    s_stolen_fd = fd;
+}
+
+static void s_accept_stolen(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    s_ctx_t *ctx = ud;
+    ctx->accepted++;
+    ctx->conn = c;
+    router_conn_set_handlers(c, &s_deadline_handlers, ud);
+    router_conn_set_deadline(c, router_loop_now_ms(ctx->loop) + 50);
+    if (!router_loop_timer_add(ctx->loop, 5, s_steal_fd, ctx))
+        ctx->violations++;
+}
+
+static void s_stolen_client(s_ctx_t *ctx, int idx)
+{
+    (void) idx;
+    int fd = s_dial(&ctx->addr, 0);
+    CHECK(ctx, fd >= 0);
+    uint8_t buf[16];
+    ssize_t n = s_recv_eof(fd, buf, sizeof buf); /* EOF or a reset: the socket is gone */
+    CHECK(ctx, n <= 0);
+    close(fd);
+}
+
+static void test_deadline_finds_a_stolen_fd(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_stolen);
+    ctx.want_closed = 1;
+    s_stolen_fd = -1;
+    s_clients_start(&ctx, s_stolen_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.violations, 0);
+    assert_int_equal(ctx.closed, 1);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_DEADLINE);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.deadline_cuts, 1);
+    assert_int_equal(st.fds_lost, 1);
+    s_done(&ctx);
+    /* The fd's new owner still has it. */
+    assert_true(s_stolen_fd >= 0);
+    assert_int_not_equal(fcntl(s_stolen_fd, F_GETFD), -1);
+    close(s_stolen_fd);
+}
+
 /* A deadline moved on by traffic holds as long as traffic comes, then cuts. */
 static void s_deadline_move_client(s_ctx_t *ctx, int idx)
 {
@@ -1908,6 +1975,7 @@ int main(void)
         BOTH(test_abort_discards),
         BOTH(test_deadline_cuts_silent),
         BOTH(test_deadline_moves),
+        BOTH(test_deadline_finds_a_stolen_fd),
         BOTH(test_close_timeout),
         BOTH(test_destroy_closes_connections),
         BOTH(test_uds_stale_file),

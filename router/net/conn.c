@@ -346,6 +346,24 @@ void router_conn_abort(router_conn_t *c)
 
 static void s_sweep_arm(router_loop_t *loop, uint64_t at);
 
+/* Whether c's fd no longer holds its socket: closed (EBADF), or its number
+ * reused for another file or socket, by code elsewhere in the process that
+ * closed it without its owner (a double close). Under epoll such a
+ * connection just falls silent (the closed fd left the epoll set), so its
+ * deadline is where the loss shows; checked only there. */
+static bool s_fd_lost(const router_conn_t *c)
+{
+    int type;
+    socklen_t tl = sizeof type;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0)
+        return errno == EBADF || errno == ENOTSOCK;
+    router_addr_t now;
+    socklen_t len = sizeof now.u;
+    if (c->peer.len == 0 || getpeername(c->fd, &now.u.sa, &len) != 0)
+        return false; /* nothing to compare, or our peer is gone: still ours */
+    return len != c->peer.len || memcmp(&now.u, &c->peer.u, len) != 0;
+}
+
 /* Aborts every connection whose deadline has passed and re-arms for the
  * earliest one left: O(connections) per sweep, at most one sweep per
  * ROUTER_CONN_SWEEP_MS. */
@@ -363,6 +381,16 @@ static void s_sweep(router_loop_t *loop, uint64_t id, void *ud)
             continue;
         if (c->deadline <= now) {
             loop->stats.deadline_cuts++;
+            if (c->fd >= 0 && s_fd_lost(c)) {
+                /* Not ours to close any more: closing it would break its
+                 * new owner. A bug elsewhere; say so loudly. */
+                loop->stats.fds_lost++;
+                ROUTER_LOG(ROUTER_LOG_ERROR, "conn",
+                           "conn %llu: fd %d no longer holds its socket (closed elsewhere in "
+                           "the process); cut at its deadline without closing it",
+                           (unsigned long long) c->id, c->fd);
+                c->fd = -1;
+            }
             router_conn_kill(c, ROUTER_CLOSE_DEADLINE, ETIMEDOUT);
         } else if (c->deadline < next) {
             next = c->deadline;
