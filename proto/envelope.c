@@ -190,12 +190,27 @@ const char *proto_status_str(proto_status_t s)
 
 /* ================================================================ item helpers */
 
+/* The bytes of a definite text string (*len set), or NULL for any other
+ * item: one look at the item, so a key can be compared with many names. */
+static const char *s_text_view(const cbor_item_t *item, size_t *len)
+{
+    if (!cbor_isa_string(item) || !cbor_string_is_definite(item))
+        return NULL;
+    *len = cbor_string_length(item);
+    return (const char *) cbor_string_handle(item);
+}
+
+static inline int s_view_is(const char *p, size_t len, const char *name)
+{
+    return p && len == strlen(name) && memcmp(p, name, len) == 0;
+}
+
 /* True when item is a definite text string equal to name. */
 static int s_text_is(const cbor_item_t *item, const char *name)
 {
-    size_t n = strlen(name);
-    return cbor_isa_string(item) && cbor_string_is_definite(item) && cbor_string_length(item) == n &&
-           memcmp(cbor_string_handle(item), name, n) == 0;
+    size_t len = 0;
+    const char *p = s_text_view(item, &len);
+    return s_view_is(p, len, name);
 }
 
 /* map[name] for a map with text keys, or NULL. */
@@ -243,8 +258,11 @@ static void s_release(cbor_item_t **p)
  * envelope data model: JSON values plus byte strings, text keys only, UTF-8
  * text, definite strings, finite floats, no tags, nothing deeper than the
  * limit, at most PROTO_ENVELOPE_ITEMS_MAX items counted in *items.
- * Duplicate keys are found later by the canonical encoder. */
-static proto_envelope_reason_t s_value_check(const cbor_item_t *item, unsigned depth, size_t *items)
+ * Duplicate keys are found later by the canonical encoder. Text of a
+ * decoded item was found to be UTF-8 by proto_cbor_check before libcbor
+ * read the same bytes, so only built items (`utf8`) are checked again. */
+static proto_envelope_reason_t s_value_check(const cbor_item_t *item, unsigned depth, size_t *items,
+                                             bool utf8)
 {
     if (depth > PROTO_ENVELOPE_DEPTH_MAX)
         return PROTO_ENV_TOO_DEEP;
@@ -260,13 +278,14 @@ static proto_envelope_reason_t s_value_check(const cbor_item_t *item, unsigned d
     case CBOR_TYPE_STRING:
         if (!cbor_string_is_definite(item))
             return PROTO_ENV_INDEFINITE_LENGTH;
-        return proto_utf8_valid(cbor_string_handle(item), cbor_string_length(item)) ? PROTO_ENV_OK
-                                                                                     : PROTO_ENV_BAD_UTF8;
+        return !utf8 || proto_utf8_valid(cbor_string_handle(item), cbor_string_length(item))
+                   ? PROTO_ENV_OK
+                   : PROTO_ENV_BAD_UTF8;
     case CBOR_TYPE_ARRAY: {
         size_t n = cbor_array_size(item);
         cbor_item_t **elems = cbor_array_handle(item);
         for (size_t i = 0; i < n; i++) {
-            proto_envelope_reason_t r = s_value_check(elems[i], depth + 1, items);
+            proto_envelope_reason_t r = s_value_check(elems[i], depth + 1, items, utf8);
             if (r != PROTO_ENV_OK)
                 return r;
         }
@@ -278,9 +297,9 @@ static proto_envelope_reason_t s_value_check(const cbor_item_t *item, unsigned d
         for (size_t i = 0; i < n; i++) {
             if (!cbor_isa_string(pairs[i].key))
                 return PROTO_ENV_NON_TEXT_KEY;
-            proto_envelope_reason_t r = s_value_check(pairs[i].key, depth + 1, items);
+            proto_envelope_reason_t r = s_value_check(pairs[i].key, depth + 1, items, utf8);
             if (r == PROTO_ENV_OK)
-                r = s_value_check(pairs[i].value, depth + 1, items);
+                r = s_value_check(pairs[i].value, depth + 1, items, utf8);
             if (r != PROTO_ENV_OK)
                 return r;
         }
@@ -409,12 +428,15 @@ static proto_envelope_reason_t s_kind_check(const cbor_item_t *map, proto_kind_t
     struct cbor_pair *pairs = cbor_map_handle(map);
 
     const cbor_item_t *type = NULL;
-    for (size_t i = 0; i < n; i++)
-        if (s_text_is(pairs[i].key, "type")) {
+    for (size_t i = 0; i < n; i++) {
+        size_t klen = 0;
+        const char *k = s_text_view(pairs[i].key, &klen);
+        if (s_view_is(k, klen, "type")) {
             if (type)
                 return PROTO_ENV_DUPLICATE_KEY;
             type = pairs[i].value;
         }
+    }
     if (!type)
         return PROTO_ENV_MISSING_FIELD;
     if (!cbor_isa_string(type))
@@ -427,9 +449,11 @@ static proto_envelope_reason_t s_kind_check(const cbor_item_t *map, proto_kind_t
         return PROTO_ENV_UNKNOWN_KIND;
 
     int seen[S_NFIELDS] = {0};
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        size_t klen = 0;
+        const char *k = s_text_view(pairs[i].key, &klen);
         for (size_t f = 0; f < S_NFIELDS && var->fields[f].name; f++) {
-            if (!s_text_is(pairs[i].key, var->fields[f].name))
+            if (!s_view_is(k, klen, var->fields[f].name))
                 continue;
             if (seen[f]++)
                 return PROTO_ENV_DUPLICATE_KEY;
@@ -437,6 +461,7 @@ static proto_envelope_reason_t s_kind_check(const cbor_item_t *map, proto_kind_t
             if (r != PROTO_ENV_OK)
                 return r;
         }
+    }
     for (size_t f = 0; f < S_NFIELDS && var->fields[f].name; f++)
         if (var->fields[f].required && !seen[f])
             return PROTO_ENV_MISSING_FIELD;
@@ -518,7 +543,7 @@ proto_envelope_t *proto_envelope_new(const uint8_t id[PROTO_UUID_LEN], const uin
         *reason = PROTO_ENV_NO_MEMORY; /* the kind builder ran out */
         return NULL;
     }
-    *reason = s_value_check(map, 2, &items);
+    *reason = s_value_check(map, 2, &items, true);
     if (*reason == PROTO_ENV_OK)
         *reason = s_kind_check(map, &k);
     if (*reason != PROTO_ENV_OK) {
@@ -575,15 +600,16 @@ int proto_envelope_decode(const uint8_t *p, size_t len, proto_envelope_t **out,
         goto fail;
     }
     size_t items = 0;
-    why = s_value_check(root, 1, &items);
+    why = s_value_check(root, 1, &items, false);
     if (why != PROTO_ENV_OK)
         goto fail;
 
     size_t n = cbor_map_size(root);
     struct cbor_pair *pairs = cbor_map_handle(root);
     for (size_t i = 0; i < n; i++) {
-        size_t k = 0;
-        while (k < S_K_COUNT && !s_text_is(pairs[i].key, s_env_keys[k]))
+        size_t k = 0, klen = 0;
+        const char *key = s_text_view(pairs[i].key, &klen);
+        while (k < S_K_COUNT && !s_view_is(key, klen, s_env_keys[k]))
             k++;
         if (k == S_K_COUNT) {
             why = PROTO_ENV_UNKNOWN_FIELD; /* unsigned, so nothing may ride along */
