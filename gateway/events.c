@@ -303,8 +303,11 @@ static bool s_type_ok(const char *type)
 static uint8_t *s_frame(uint64_t id, const char *type, const char *members, size_t mlen,
                         size_t *flen)
 {
-    char idt[24];
-    size_t idn = (size_t) snprintf(idt, sizeof idt, "%" PRIu64, id);
+    char digits[20], *idt = digits + sizeof digits;
+    do
+        *--idt = (char) ('0' + id % 10);
+    while ((id /= 10) != 0);
+    size_t idn = (size_t) (digits + sizeof digits - idt);
     size_t tlen = strlen(type);
     bool empty = mlen == 1; /* just the closing brace */
     /* {"type":" <type> " then } or , <members> */

@@ -921,7 +921,8 @@ router_inbox_outcome_t router_inbox_admit_keyed(router_inbox_t *self, const uint
     n->e.frame_len = frame_len;
     memcpy(n->e.id, id, 16);
     memcpy(n->e.from, from, 32);
-    snprintf(n->e.kind, sizeof n->e.kind, "%s", kind);
+    size_t kind_len = strnlen(kind, sizeof n->e.kind - 1); /* no printf per envelope */
+    memcpy(n->e.kind, kind, kind_len);
     n->e.received_ms = now_ms;
     if (seen) {
         n->remember = true;
