@@ -149,6 +149,13 @@ const char *proto_status_str(proto_status_t s);     /* NULL for NONE */
 int proto_envelope_decode(const uint8_t *p, size_t len, proto_envelope_t **out,
                           proto_envelope_reason_t *reason) __attribute__((warn_unused_result));
 
+/* proto_envelope_decode without its fast path for the canonical head (the
+ * fixed bytes a canonical envelope starts with, WIRE §4): the same
+ * result on every input, slower. For tests and the fuzz harness, which
+ * check that the two agree. */
+int proto_envelope_decode_general(const uint8_t *p, size_t len, proto_envelope_t **out,
+                                  proto_envelope_reason_t *reason) __attribute__((warn_unused_result));
+
 /* Decodes one whole frame: the 4-byte big-endian length, which must be at
  * most PROTO_ENVELOPE_MAX (else oversize) and match the bytes that follow
  * exactly (else truncated / trailing_bytes), then the envelope. For tools and
