@@ -115,6 +115,14 @@ static const char *s_env5(const char *kind_hex)
                  T("kind"), kind_hex, T("sig"), B(64, 0), NULL);
 }
 
+/* The same in canonical order (id, to, sig, from, kind), the head
+ * proto_envelope_decode matches byte for byte before it reads the kind. */
+static const char *s_env5c(const char *kind_hex)
+{
+    return s_cat("a5", T("id"), B(16, 0x11), T("to"), s_pk_item(s_bob_pk), T("sig"), B(64, 0), T("from"),
+                 s_pk_item(s_alice_pk), T("kind"), kind_hex, NULL);
+}
+
 static const char *s_msg_kind(void) { return s_cat("a2", T("type"), T("message"), T("body"), T("hi"), NULL); }
 
 static uint8_t *s_unhex(const char *hex, size_t *len)
@@ -137,12 +145,27 @@ static void s_expect_decode(const char *hex, proto_envelope_reason_t want, const
     int rc = proto_envelope_decode(p, n, &env, &why);
     if ((rc == 0) != (want == PROTO_ENV_OK) || why != want)
         fail_msg("%s: got %s, want %s", what, proto_envelope_reason_str(why), proto_envelope_reason_str(want));
+    /* The general path, without the canonical head's fast path, agrees. */
+    proto_envelope_t *general = NULL;
+    proto_envelope_reason_t gwhy = PROTO_ENV_OK;
+    int grc = proto_envelope_decode_general(p, n, &general, &gwhy);
+    if (grc != rc || gwhy != why)
+        fail_msg("%s: the general path got %s", what, proto_envelope_reason_str(gwhy));
+    proto_envelope_destroy(&general);
     if (rc == 0)
         assert_non_null(env);
     else
         assert_null(env);
     proto_envelope_destroy(&env);
     free(p);
+}
+
+/* An envelope around kind_hex decodes to `want` in either key order: the
+ * canonical one (the fast path) and another (the general path). */
+static void s_expect_kind(const char *kind_hex, proto_envelope_reason_t want, const char *what)
+{
+    s_expect_decode(s_env5(kind_hex), want, what);
+    s_expect_decode(s_env5c(kind_hex), want, what);
 }
 
 /* ------------------------------------------------------------ building blocks */
@@ -520,18 +543,18 @@ static void test_reject_cbor_level(void **state)
     s_expect_decode(s_cat(ok, "00", NULL), PROTO_ENV_TRAILING_BYTES, "trailing");
     s_expect_decode("", PROTO_ENV_TRUNCATED, "empty");
     /* Ill-formed inside: reserved additional info, two-byte simple value. */
-    s_expect_decode(s_env5(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), T("x"), "1c", NULL)),
+    s_expect_kind(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), T("x"), "1c", NULL),
                     PROTO_ENV_ILL_FORMED, "reserved ai");
-    s_expect_decode(s_env5(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), T("x"), "f818", NULL)),
+    s_expect_kind(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), T("x"), "f818", NULL),
                     PROTO_ENV_ILL_FORMED, "f818");
     /* Indefinite lengths: the envelope map, a body in chunks. */
     s_expect_decode(s_cat("bf", T("id"), B(16, 0x11), T("from"), s_pk_item(s_alice_pk), T("to"), s_pk_item(s_bob_pk),
                           T("kind"), s_msg_kind(), T("sig"), B(64, 0), "ff", NULL),
                     PROTO_ENV_INDEFINITE_LENGTH, "indefinite map");
-    s_expect_decode(s_env5(s_cat("a2", T("type"), T("message"), T("body"), "7f", T("h"), T("i"), "ff", NULL)),
+    s_expect_kind(s_cat("a2", T("type"), T("message"), T("body"), "7f", T("h"), T("i"), "ff", NULL),
                     PROTO_ENV_INDEFINITE_LENGTH, "indefinite text");
     /* A claimed huge array. */
-    s_expect_decode(s_env5(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), T("x"), "9bffffffffffffffff", NULL)),
+    s_expect_kind(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), T("x"), "9bffffffffffffffff", NULL),
                     PROTO_ENV_TRUNCATED, "huge array");
     s_arena_free();
 }
@@ -585,7 +608,7 @@ static void test_reject_depth(void **state)
         for (int i = 0; i < depth; i++)
             strcat(arrays, "81");
         const char *kind = s_cat("a3", T("type"), T("request"), T("intent"), T("x"), T("params"), arrays, "00", NULL);
-        s_expect_decode(s_env5(kind), depth == 29 ? PROTO_ENV_OK : PROTO_ENV_TOO_DEEP, "depth");
+        s_expect_kind(kind, depth == 29 ? PROTO_ENV_OK : PROTO_ENV_TOO_DEEP, "depth");
     }
     /* 100,000 levels are refused without recursion. */
     size_t deep = 100000;
@@ -593,7 +616,7 @@ static void test_reject_depth(void **state)
     for (size_t i = 0; i < deep; i++)
         memcpy(hex + 2 * i, "81", 2);
     memcpy(hex + 2 * deep, "00", 3);
-    s_expect_decode(s_env5(s_cat("a3", T("type"), T("request"), T("intent"), T("x"), T("params"), hex, NULL)),
+    s_expect_kind(s_cat("a3", T("type"), T("request"), T("intent"), T("x"), T("params"), hex, NULL),
                     PROTO_ENV_TOO_DEEP, "very deep");
     s_arena_free();
 }
@@ -602,14 +625,18 @@ static void test_reject_depth(void **state)
 static void test_reject_item_count(void **state)
 {
     (void) state;
-    for (size_t n = 100000; n <= 140000; n += 40000) {
+    /* The envelope map, its keys, the four fixed values, the kind map, its
+     * keys and values and the params array are 17 items: params of
+     * ITEMS_MAX - 17 elements is the most that fits, one more is refused. */
+    const size_t most = PROTO_ENVELOPE_ITEMS_MAX - 17;
+    for (size_t n = most; n <= most + 1; n++) {
         size_t hexlen = 2 * (5 + n) + 1;
         char *arr = s_keep(malloc(hexlen));
         snprintf(arr, hexlen, "9a%08zx", n);
         for (size_t i = 0; i < n; i++)
             memcpy(arr + 10 + 2 * i, "00", 3);
         const char *kind = s_cat("a3", T("type"), T("request"), T("intent"), T("x"), T("params"), arr, NULL);
-        s_expect_decode(s_env5(kind), n == 100000 ? PROTO_ENV_OK : PROTO_ENV_TOO_MANY_ITEMS, "item count");
+        s_expect_kind(kind, n == most ? PROTO_ENV_OK : PROTO_ENV_TOO_MANY_ITEMS, "item count");
         s_arena_free();
     }
     assert_int_equal(proto_envelope_reason_wire(PROTO_ENV_TOO_MANY_ITEMS), PROTO_WIRE_OVERSIZE);
@@ -626,29 +653,29 @@ static void test_reject_item_count(void **state)
 static void test_reject_data_model(void **state)
 {
     (void) state;
-#define MSG_WITH(extra_kv) s_env5(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), extra_kv, NULL))
-    s_expect_decode(MSG_WITH(s_cat(T("x"), "c100", NULL)), PROTO_ENV_UNSUPPORTED_TYPE, "tag");
-    s_expect_decode(MSG_WITH(s_cat(T("x"), "f7", NULL)), PROTO_ENV_UNSUPPORTED_TYPE, "undefined");
-    s_expect_decode(MSG_WITH(s_cat(T("x"), "f0", NULL)), PROTO_ENV_UNSUPPORTED_TYPE, "simple(16)");
-    s_expect_decode(MSG_WITH(s_cat(T("x"), "f97e00", NULL)), PROTO_ENV_UNSUPPORTED_TYPE, "NaN");
-    s_expect_decode(MSG_WITH(s_cat(T("x"), "fa7f800000", NULL)), PROTO_ENV_UNSUPPORTED_TYPE, "infinity");
-    s_expect_decode(MSG_WITH(s_cat(T("x"), "f5", NULL)), PROTO_ENV_OK, "true");
-    s_expect_decode(MSG_WITH(s_cat(T("x"), "fb3ff199999999999a", NULL)), PROTO_ENV_OK, "float");
-    s_expect_decode(s_env5(s_cat("a2", T("type"), T("message"), T("body"), "62c0af", NULL)), PROTO_ENV_BAD_UTF8,
+#define MSG_WITH(extra_kv) s_cat("a3", T("type"), T("message"), T("body"), T("hi"), extra_kv, NULL)
+    s_expect_kind(MSG_WITH(s_cat(T("x"), "c100", NULL)), PROTO_ENV_UNSUPPORTED_TYPE, "tag");
+    s_expect_kind(MSG_WITH(s_cat(T("x"), "f7", NULL)), PROTO_ENV_UNSUPPORTED_TYPE, "undefined");
+    s_expect_kind(MSG_WITH(s_cat(T("x"), "f0", NULL)), PROTO_ENV_UNSUPPORTED_TYPE, "simple(16)");
+    s_expect_kind(MSG_WITH(s_cat(T("x"), "f97e00", NULL)), PROTO_ENV_UNSUPPORTED_TYPE, "NaN");
+    s_expect_kind(MSG_WITH(s_cat(T("x"), "fa7f800000", NULL)), PROTO_ENV_UNSUPPORTED_TYPE, "infinity");
+    s_expect_kind(MSG_WITH(s_cat(T("x"), "f5", NULL)), PROTO_ENV_OK, "true");
+    s_expect_kind(MSG_WITH(s_cat(T("x"), "fb3ff199999999999a", NULL)), PROTO_ENV_OK, "float");
+    s_expect_kind(s_cat("a2", T("type"), T("message"), T("body"), "62c0af", NULL), PROTO_ENV_BAD_UTF8,
                     "overlong utf-8");
-    s_expect_decode(MSG_WITH(s_cat("6178", "a10102", NULL)), PROTO_ENV_NON_TEXT_KEY, "int key in a value");
-    s_expect_decode(MSG_WITH(s_cat("01", "02", NULL)), PROTO_ENV_NON_TEXT_KEY, "int key in kind");
-    s_expect_decode(MSG_WITH(s_cat(B(1, 1), "02", NULL)), PROTO_ENV_NON_TEXT_KEY, "bytes key in kind");
+    s_expect_kind(MSG_WITH(s_cat("6178", "a10102", NULL)), PROTO_ENV_NON_TEXT_KEY, "int key in a value");
+    s_expect_kind(MSG_WITH(s_cat("01", "02", NULL)), PROTO_ENV_NON_TEXT_KEY, "int key in kind");
+    s_expect_kind(MSG_WITH(s_cat(B(1, 1), "02", NULL)), PROTO_ENV_NON_TEXT_KEY, "bytes key in kind");
     /* Duplicates: at the top, among known kind fields, among unknown kind
      * fields, and deep inside a value. */
     s_expect_decode(s_cat("a6", T("id"), B(16, 0x11), T("from"), s_pk_item(s_alice_pk), T("to"), s_pk_item(s_bob_pk),
                           T("kind"), s_msg_kind(), T("sig"), B(64, 0), T("id"), B(16, 0x12), NULL),
                     PROTO_ENV_DUPLICATE_KEY, "duplicate id");
-    s_expect_decode(MSG_WITH(s_cat(T("body"), T("again"), NULL)), PROTO_ENV_DUPLICATE_KEY, "duplicate body");
-    s_expect_decode(MSG_WITH(s_cat(T("type"), T("message"), NULL)), PROTO_ENV_DUPLICATE_KEY, "duplicate type");
-    s_expect_decode(s_env5(s_cat("a4", T("type"), T("message"), T("body"), T("hi"), T("x"), "01", T("x"), "02", NULL)),
+    s_expect_kind(MSG_WITH(s_cat(T("body"), T("again"), NULL)), PROTO_ENV_DUPLICATE_KEY, "duplicate body");
+    s_expect_kind(MSG_WITH(s_cat(T("type"), T("message"), NULL)), PROTO_ENV_DUPLICATE_KEY, "duplicate type");
+    s_expect_kind(s_cat("a4", T("type"), T("message"), T("body"), T("hi"), T("x"), "01", T("x"), "02", NULL),
                     PROTO_ENV_DUPLICATE_KEY, "duplicate unknown field");
-    s_expect_decode(MSG_WITH(s_cat(T("x"), "8181a2", T("k"), "01", T("k"), "02", NULL)), PROTO_ENV_DUPLICATE_KEY,
+    s_expect_kind(MSG_WITH(s_cat(T("x"), "8181a2", T("k"), "01", T("k"), "02", NULL)), PROTO_ENV_DUPLICATE_KEY,
                     "duplicate deep");
 #undef MSG_WITH
     s_arena_free();
@@ -673,37 +700,37 @@ static void test_reject_schema(void **state)
     s_expect_decode(s_cat("a5", id, from, to, kind, T("sig"), B(63, 0), NULL), PROTO_ENV_BAD_LENGTH, "sig 63");
     s_expect_decode(s_cat("a5", id, from, to, T("kind"), "80", sig, NULL), PROTO_ENV_WRONG_TYPE, "kind array");
     /* Kind level. */
-    s_expect_decode(s_env5(s_cat("a1", T("body"), T("hi"), NULL)), PROTO_ENV_MISSING_FIELD, "no type");
-    s_expect_decode(s_env5(s_cat("a2", T("type"), "01", T("body"), T("hi"), NULL)), PROTO_ENV_WRONG_TYPE, "type int");
-    s_expect_decode(s_env5(s_cat("a2", T("type"), T("gossip"), T("body"), T("hi"), NULL)), PROTO_ENV_UNKNOWN_KIND,
+    s_expect_kind(s_cat("a1", T("body"), T("hi"), NULL), PROTO_ENV_MISSING_FIELD, "no type");
+    s_expect_kind(s_cat("a2", T("type"), "01", T("body"), T("hi"), NULL), PROTO_ENV_WRONG_TYPE, "type int");
+    s_expect_kind(s_cat("a2", T("type"), T("gossip"), T("body"), T("hi"), NULL), PROTO_ENV_UNKNOWN_KIND,
                     "unknown type");
-    s_expect_decode(s_env5(s_cat("a2", T("type"), T("Message"), T("body"), T("hi"), NULL)), PROTO_ENV_UNKNOWN_KIND,
+    s_expect_kind(s_cat("a2", T("type"), T("Message"), T("body"), T("hi"), NULL), PROTO_ENV_UNKNOWN_KIND,
                     "type is case-sensitive");
-    s_expect_decode(s_env5(s_cat("a1", T("type"), T("message"), NULL)), PROTO_ENV_MISSING_FIELD, "no body");
-    s_expect_decode(s_env5(s_cat("a2", T("type"), T("message"), T("body"), "05", NULL)), PROTO_ENV_WRONG_TYPE,
+    s_expect_kind(s_cat("a1", T("type"), T("message"), NULL), PROTO_ENV_MISSING_FIELD, "no body");
+    s_expect_kind(s_cat("a2", T("type"), T("message"), T("body"), "05", NULL), PROTO_ENV_WRONG_TYPE,
                     "body int");
-    s_expect_decode(s_env5(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), T("blocks"), "a0", NULL)),
+    s_expect_kind(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), T("blocks"), "a0", NULL),
                     PROTO_ENV_WRONG_TYPE, "blocks map");
-    s_expect_decode(s_env5(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), T("handling_mode"), "f6", NULL)),
+    s_expect_kind(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), T("handling_mode"), "f6", NULL),
                     PROTO_ENV_WRONG_TYPE, "optional null");
-    s_expect_decode(s_env5(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), T("handling_mode"), T("later"),
-                                 NULL)),
+    s_expect_kind(s_cat("a3", T("type"), T("message"), T("body"), T("hi"), T("handling_mode"), T("later"),
+                                 NULL),
                     PROTO_ENV_BAD_VALUE, "handling_mode");
-    s_expect_decode(s_env5(s_cat("a2", T("type"), T("request"), T("intent"), T("x"), NULL)), PROTO_ENV_MISSING_FIELD,
+    s_expect_kind(s_cat("a2", T("type"), T("request"), T("intent"), T("x"), NULL), PROTO_ENV_MISSING_FIELD,
                     "request without params");
-    s_expect_decode(s_env5(s_cat("a3", T("type"), T("request"), T("intent"), T("x"), T("params"), "f6", NULL)),
+    s_expect_kind(s_cat("a3", T("type"), T("request"), T("intent"), T("x"), T("params"), "f6", NULL),
                     PROTO_ENV_OK, "params null");
     const char *irt = s_cat(T("in_reply_to"), B(16, 7), NULL);
-    s_expect_decode(s_env5(s_cat("a4", T("type"), T("response"), irt, T("status"), T("done"), T("result"), "f6", NULL)),
+    s_expect_kind(s_cat("a4", T("type"), T("response"), irt, T("status"), T("done"), T("result"), "f6", NULL),
                     PROTO_ENV_BAD_VALUE, "status");
-    s_expect_decode(s_env5(s_cat("a3", T("type"), T("response"), irt, T("status"), T("failed"), NULL)),
+    s_expect_kind(s_cat("a3", T("type"), T("response"), irt, T("status"), T("failed"), NULL),
                     PROTO_ENV_MISSING_FIELD, "response without result");
-    s_expect_decode(s_env5(s_cat("a2", T("type"), T("ack"), T("in_reply_to"), B(17, 7), NULL)), PROTO_ENV_BAD_LENGTH,
+    s_expect_kind(s_cat("a2", T("type"), T("ack"), T("in_reply_to"), B(17, 7), NULL), PROTO_ENV_BAD_LENGTH,
                     "in_reply_to 17");
-    s_expect_decode(s_env5(s_cat("a2", T("type"), T("ack"), T("in_reply_to"), T("0190-…"), NULL)),
+    s_expect_kind(s_cat("a2", T("type"), T("ack"), T("in_reply_to"), T("0190-…"), NULL),
                     PROTO_ENV_WRONG_TYPE, "in_reply_to text");
-    s_expect_decode(s_env5(s_cat("a2", T("type"), T("ack"), irt, NULL)), PROTO_ENV_OK, "ack");
-    s_expect_decode(s_env5(s_cat("a2", T("type"), T("lifecycle"), T("kind"), T("x"), NULL)), PROTO_ENV_MISSING_FIELD,
+    s_expect_kind(s_cat("a2", T("type"), T("ack"), irt, NULL), PROTO_ENV_OK, "ack");
+    s_expect_kind(s_cat("a2", T("type"), T("lifecycle"), T("kind"), T("x"), NULL), PROTO_ENV_MISSING_FIELD,
                     "lifecycle without params");
     s_arena_free();
 }
