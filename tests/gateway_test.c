@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -74,6 +75,27 @@ static void s_silent(const gateway_http_req_t *req, gateway_http_res_t *res, voi
 }
 
 /* Misuses the response API; answers "ok" when every misuse was refused. */
+/* Misuse after a response that the API let through (s_checks). */
+static atomic_int s_late_misuse;
+
+static void s_no_stream_close(router_conn_t *conn, void *ud)
+{
+    (void) conn;
+    (void) ud;
+}
+
+static const gateway_http_stream_handlers_t s_no_stream = {.on_close = s_no_stream_close};
+
+/* Whether a header line longer than the handler's header room is refused
+ * (ENOSPC) and leaves what was added before it alone. */
+static bool s_header_overflows(gateway_http_res_t *res)
+{
+    static char big[GATEWAY_HTTP_RES_HEADERS_MAX - 2];
+    memset(big, 'v', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    return gateway_http_res_header(res, "X-Big", big) != -1 || errno != ENOSPC;
+}
+
 static void s_checks(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
 {
     (void) ud;
@@ -99,10 +121,38 @@ static void s_checks(const gateway_http_req_t *req, gateway_http_res_t *res, voi
         bad = "method compare";
     else if (gateway_http_res_header(res, "X-Ok", "1") != 0)
         bad = "a good header refused";
+    else if (gateway_http_respond_stream(res, 204, NULL, &s_no_stream, NULL) != NULL ||
+             errno != EINVAL)
+        bad = "a stream of 204";
+    else if (gateway_http_respond_stream(res, 200, NULL, NULL, NULL) != NULL || errno != EINVAL)
+        bad = "a stream without handlers";
+    else if (gateway_http_respond_stream(res, 200, "a\nb", &s_no_stream, NULL) != NULL ||
+             errno != EINVAL)
+        bad = "a stream with LF in its content type";
+    else if (gateway_http_respond_error(res, 400, NULL, "x") != -1 || errno != EINVAL)
+        bad = "an error without a code";
+    else if (gateway_http_respond(res, 200, NULL, NULL, 5) != -1 || errno != EINVAL)
+        bad = "a length without a body";
+    else if (s_header_overflows(res))
+        bad = "the handler's header room";
     if (gateway_http_respond(res, 200, "text/plain", bad ? bad : "ok", strlen(bad ? bad : "ok")))
         return;
+    /* After the response: counted, for test_routes to check. */
     if (gateway_http_respond(res, 200, NULL, NULL, 0) != -1 || errno != EALREADY)
-        print_message("a second response was not refused\n");
+        atomic_fetch_add(&s_late_misuse, 1);
+    if (gateway_http_res_header(res, "X-Late", "1") != -1 || errno != EALREADY)
+        atomic_fetch_add(&s_late_misuse, 1);
+    if (gateway_http_respond_stream(res, 200, NULL, &s_no_stream, NULL) != NULL || errno != EALREADY)
+        atomic_fetch_add(&s_late_misuse, 1);
+}
+
+/* An error whose text and code need JSON escapes (quotes, a backslash, a
+ * control character) still answers a well-formed body. */
+static void s_escaped_error(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    (void) req;
+    (void) ud;
+    (void) gateway_http_respond_error(res, 422, "odd\"code", "a \"quoted\\ line\nbreak\x01");
 }
 
 /* ---------------------------------------------------------------- the server */
@@ -161,6 +211,7 @@ static s_srv_t *s_srv_start(void **state, const gateway_http_opts_t *o)
     assert_int_equal(gateway_http_route(s->gw, "DELETE", "/any", s_named, "delete"), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/silent", s_silent, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/checks", s_checks, NULL), 0);
+    assert_int_equal(gateway_http_route(s->gw, "GET", "/escaped", s_escaped_error, NULL), 0);
     router_addr_t addr, bound;
     assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
     assert_int_equal(gateway_http_listen(s->gw, &addr, &bound), 0);
@@ -525,6 +576,12 @@ static void test_routes(void **state)
     s_exchange(c, "GET /checks HTTP/1.1\r\nHost: t\r\nX-Test: yes\r\n\r\n", 200, &r);
     assert_string_equal(r.body, "ok");
     assert_string_equal(s_hdr(&r, "X-Ok", v, sizeof v), "1");
+    assert_int_equal(atomic_load(&s_late_misuse), 0);
+    s_resp_free(&r);
+    s_exchange(c, "GET /escaped HTTP/1.1\r\nHost: t\r\n\r\n", 422, &r);
+    assert_string_equal(r.body,
+                        "{\"error\":\"a \\\"quoted\\\\ line\\u000abreak\\u0001\",\"code\":\"odd\\\"code\"}");
+    assert_non_null(strstr(r.head, "422 Unprocessable Content"));
     s_resp_free(&r);
     s_exchange(c, "GET /silent HTTP/1.1\r\nHost: t\r\n\r\n", 500, &r);
     s_expect_error(&r, 500, "internal_error");
