@@ -118,6 +118,12 @@ def main():
         check(status == 200 and body["records"] == [], f"{status} {body}")
         status, body = get(node, "/api/audit?limit=5000", token)
         check(status == 400, f"limit=5000 answered {status} {body}")
+        status, body = get(node, "/api/audit?since=yesterday", token)
+        check(status == 400 and body["code"] == "bad_since", f"since=yesterday: {status} {body}")
+        for bad in ("a%20b", "x" * 65, ""):
+            status, body = get(node, f"/api/audit?event_type={bad}", token)
+            check(status == 400 and body["code"] == "bad_event_type",
+                  f"event_type={bad!r}: {status} {body}")
     results.run(api_audit)
 
     def api_verify():
@@ -158,6 +164,29 @@ def main():
         verify(log_path(node), expect=0)
     results.run(flipped_byte_named)
 
+    def api_names_the_bad_record():
+        # A byte flipped in record 3 while the daemon is stopped: the daemon
+        # starts (the last record and the head are intact) and
+        # /api/audit/verify names record 3, with the verifier's reason.
+        recs = lines(node)
+        at = len(b"\n".join(recs[:2])) + 1 + 30
+        data = bytearray(original)
+        data[at] ^= 0x01
+        with open(log_path(node), "wb") as f:
+            f.write(data)
+        try:
+            restart(node)
+            status, body = get(node, "/api/audit/verify", token)
+            check(status == 200 and body["ok"] is False and body["first_bad"] == 3
+                  and isinstance(body.get("reason"), str) and body["reason"],
+                  f"{status} {body}")
+        finally:
+            node.stop()
+            with open(log_path(node), "wb") as f:
+                f.write(original)
+        verify(log_path(node), expect=0)
+    results.run(api_names_the_bad_record)
+
     def tail_cut_reported():
         recs = lines(node)
         keep = b"".join(r + b"\n" for r in recs[:-2])
@@ -195,6 +224,19 @@ def main():
         verify("--home", node.home, expect=0)
     results.run(restart_continues_chain)
     node.cleanup()
+
+    def audit_off_answers_503():
+        off = Daemon("audit-off", config={"audit": {"enabled": False}})
+        try:
+            off.start()
+            status, body = pair(off, pairing_code(off))
+            check(status == 200, f"pairing answered {status} {body}")
+            for path in ("/api/audit", "/api/audit/verify"):
+                status, err = get(off, path, body["token"])
+                check(status == 503 and err["code"] == "audit_unavailable", f"{path}: {status} {err}")
+        finally:
+            off.cleanup()
+    results.run(audit_off_answers_503)
 
     def hmac_chain():
         os.environ[HMAC_ENV] = "an audit key of more than sixteen bytes"
