@@ -544,6 +544,53 @@ static void test_prune(void **state)
     s_rmdir(dir);
 }
 
+/* The floors table is bounded: past 65,536 senders' floors, a prune folds
+ * the oldest half into the floor for all senders (the all-zero key), which
+ * binds everyone after a restart (router/comms/replay.c). */
+static void test_floors_fold(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
+    router_inbox_t *in = s_open(64, 0, db); /* makes the tables */
+    router_inbox_destroy(&in);
+    /* 65,537 senders with floors 10, 20, …: one more than the bound. */
+    const int n = 65537;
+    sqlite3 *h = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, "INSERT INTO replay_floor(sender,floor_ms) VALUES(?1,?2)",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    for (int i = 1; i <= n; i++) {
+        uint8_t sender[32] = {0};
+        memcpy(sender, &i, sizeof i);
+        sqlite3_bind_blob(st, 1, sender, sizeof sender, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64) i * 10);
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_exec(h, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(h);
+
+    in = s_open(64, 0, db);
+    /* The prune runs every few seconds: wait for it, bounded. */
+    for (int i = 0; i < 600 && s_scalar(db, "SELECT COUNT(*) FROM replay_floor") > 32768; i++)
+        usleep(100 * 1000);
+    /* The 32,770 oldest folded (floors up to the 32,770th, 327,700 ms),
+     * the newest 32,767 kept, and the fold is everyone's floor now. */
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM replay_floor"), 32768);
+    assert_int_equal(s_scalar(db, "SELECT floor_ms FROM replay_floor WHERE sender = zeroblob(32)"),
+                     327700);
+    assert_int_equal(s_scalar(db, "SELECT MIN(floor_ms) FROM replay_floor"
+                                  " WHERE sender != zeroblob(32)"),
+                     327710);
+    router_inbox_destroy(&in);
+    s_rmdir(dir);
+}
+
 /* Leases: taken entries stay held and stored until done, in any order;
  * after a reopen the unfinished ones are there to take again. */
 static void test_lease(void **state)
@@ -732,6 +779,7 @@ int main(void)
         cmocka_unit_test(test_seen_rows),
         cmocka_unit_test(test_commit_failure_withholds),
         cmocka_unit_test(test_prune),
+        cmocka_unit_test(test_floors_fold),
         cmocka_unit_test(test_lease),
         cmocka_unit_test(test_idem_with_entry),
         cmocka_unit_test(test_withdraw),
