@@ -330,11 +330,53 @@ def test_serve_flags(tmp):
         log.close()
 
 
+def test_peers_usage(tmp, me):
+    """Every way to call `kith peers` wrong is one line on stderr and exit 1,
+    and leaves the store as it was."""
+    home = os.path.join(tmp, "usage")
+    pk = me["pubkey"]
+    addr = "tcp://127.0.0.1:9"
+    for args, needle in (
+        ((), "expected add, remove or list"),
+        (("frob",), "expected add, remove or list"),
+        (("list", "--home"), "--home needs a directory"),
+        (("list", "extra", "--home", home), "unexpected 'extra'"),
+        (("remove", "--home", home), "expected one NAME or PEER_ID"),
+        (("add", "--home", home, "--name", "x", "--pubkey", pk, "--addr", addr,
+          "--profile", "other"), "--profile is kith or meerkat, got 'other'"),
+        (("add", "--home", home, "--name", "x", "--pubkey", pk, "--addr", addr,
+          "--label", "novalue"), "--label needs KEY=VALUE, got 'novalue'"),
+        (("add", "--home", home, "--name", "x", "--pubkey", pk, "--addr", addr, "extra"),
+         "unexpected 'extra'"),
+        (("import", "--home", home), "expected one FILE"),
+        (("import", os.path.join(tmp, "no-such.json"), "--home", home), "No such file"),
+    ):
+        _, err = kith("peers", *args, expect=1)
+        one_line_error(err, needle)
+    many = []
+    for i in range(65):
+        many += ["--label", f"k{i}=v"]
+    _, err = kith("peers", "add", "--home", home, "--name", "x", "--pubkey", pk, "--addr", addr,
+                  *many, expect=1)
+    one_line_error(err, "at most 64 labels")
+    # A file Meerkat would not write either: nothing imported, the store untouched.
+    bad = os.path.join(tmp, "bad-peers.json")
+    with open(bad, "w") as f:
+        f.write('{"peers": 7}')
+    _, err = kith("peers", "import", bad, "--home", home, expect=1)
+    one_line_error(err, bad, "nothing was imported")
+    _, err = kith("peers", "import", tmp, "--home", home, expect=1)
+    one_line_error(err, tmp)
+    out, _ = kith("peers", "list", "--home", home)
+    check("no trusted peers" in out, f"the store changed: {out}")
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="kith-it-identity-") as tmp:
         me = test_identity(tmp)
         test_lost_key(tmp)
         test_peers(tmp, me)
+        test_peers_usage(tmp, me)
         test_bad_row(tmp)
         test_config_check(tmp)
         test_help()
