@@ -144,6 +144,33 @@ def main():
               out)
     results.run(cli_live)
 
+    def cli_usage():
+        # Each wrong call is refused with its reason, exit 1.
+        for args, needle in (
+            ((), "usage"),
+            (("frob",), "unknown subcommand 'frob'"),
+            (("tail", "-n", "x", "--home", node.home), "-n must be a number from 0 to 1000"),
+            (("query", "--limit", "5000", "--home", node.home), "--limit must be a number from 0 to 1000"),
+            (("query", "--since", "-5", "--home", node.home), "--since must be a number"),
+            (("tail", "a.log", "b.log"), "unexpected argument 'b.log'"),
+            (("tail", "--config", os.path.join(node.home, "no-such.json"), "--home", node.home),
+             "no-such.json"),
+            (("verify", "--hmac-key-env", "KITH_TEST_UNSET_KEY", log_path(node)), "KITH_TEST_UNSET_KEY"),
+        ):
+            out, err = kith_run("audit", *args, expect=1)
+            check(needle in (err + out).lower() if needle == "usage" else needle in err,
+                  f"kith audit {' '.join(args)}: {err!r}")
+        # --since keeps the records from then on; an absolute audit.path in
+        # the configuration is used as it is.
+        out, _ = kith_run("audit", "query", "--since", "0", "--limit", "1000", "--home", node.home)
+        check(len(out.splitlines()) >= want, out)
+        cfg = os.path.join(node.home, "abs-audit.json")
+        with open(cfg, "w") as f:
+            json.dump({"audit": {"path": log_path(node)}}, f)
+        out, _ = kith_run("audit", "tail", "-n", "1", "--config", cfg, "--home", node.home)
+        check(len(out.splitlines()) == 1 and '"seq"' in out, out)
+    results.run(cli_usage)
+
     results.stopped(node)
     original = open(log_path(node), "rb").read()
     head = log_path(node) + ".head"
