@@ -173,6 +173,26 @@ def test_python_refusals():
     check("oversize" in err, err)
 
 
+def test_stdin_sizes_and_forms():
+    """stdin is read whole however big a valid envelope is, and refused past
+    the frame bound; an extra argument is refused; a map that looks like
+    kith's {"$bytes": …} has no JSON form for decode (verify still takes it)."""
+    sk = nacl.signing.SigningKey.generate()
+    to = bytes(nacl.signing.SigningKey.generate().verify_key)
+    big = canonical(sign(sk, to, {"type": "message", "body": "b" * 300_000}))
+    kith("envelope", "verify", "--raw", stdin=big)
+    out, _ = kith("envelope", "decode", "--raw", "--pretty", stdin=big)
+    check(b'"body": "bbb' in out and b"\n  " in out, out[:200])
+    _, err = kith("envelope", "verify", "--raw", stdin=b"\0" * (1536 * 1024), expect=1)
+    check("oversize" in err, err)
+    _, err = kith("envelope", "verify", "extra", stdin=frame(big), expect=1)
+    check("unexpected argument 'extra'" in err, err)
+    odd = canonical(sign(sk, to, {"type": "request", "intent": "x", "params": {"$bytes": "AA"}}))
+    kith("envelope", "verify", "--raw", stdin=odd)
+    _, err = kith("envelope", "decode", "--raw", stdin=odd, expect=1)
+    check("no JSON form" in err, err)
+
+
 # ---------------------------------------------------------------- kith-built → Python
 
 def test_kith_to_python(tmp):
@@ -283,6 +303,7 @@ def main():
         test_help()
         test_python_to_kith()
         test_python_refusals()
+        test_stdin_sizes_and_forms()
         test_kith_to_python(tmp)
         test_golden_vectors()
     print("test_envelope_cbor2: ok")
