@@ -330,6 +330,40 @@ def test_serve_flags(tmp):
         log.close()
 
 
+def test_daemon_refusals(tmp):
+    """What keeps kith daemon from starting is one line and exit 1: a log
+    level it does not know, a home it cannot create, a gateway.host that is
+    not an address, a gateway port someone else holds."""
+    home = os.path.join(tmp, "refusals")
+    kith("keygen", "--home", home)
+    _, err = kith("daemon", "--home", home, "--log-level", "loud", expect=1)
+    one_line_error(err, "--log-level must be debug, info, warn or error")
+    _, err = kith("daemon", "--home", "/proc/kith-cannot-be-here", expect=1)
+    check("cannot create /proc/kith-cannot-be-here" in err, err)
+
+    def refuses(config, *needles):
+        with open(os.path.join(home, "config.json"), "w") as f:
+            json.dump(config, f)
+        _, err = kith("daemon", "--home", home, expect=1)
+        lines = [ln for ln in err.splitlines() if ln.startswith("kith daemon: ")]
+        check(len(lines) == 1, f"one 'kith daemon:' line on stderr, got {err!r}")
+        for n in needles:
+            check(n in lines[0], f"{n!r} not in {lines[0]!r}")
+
+    base = {"comms": {"address": "127.0.0.1:0", "uds_path": None},
+            "workers": {"agent_threads": 0}}
+    refuses({**base, "gateway": {"host": "gateway.example", "port": 0}},
+            "gateway.host gateway.example", "use an IP address or localhost")
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    try:
+        port = held.getsockname()[1]
+        refuses({**base, "gateway": {"port": port}}, f"cannot listen on http://127.0.0.1:{port}")
+    finally:
+        held.close()
+
+
 def test_peers_usage(tmp, me):
     """Every way to call `kith peers` wrong is one line on stderr and exit 1,
     and leaves the store as it was."""
@@ -382,6 +416,7 @@ def main():
         test_help()
         test_flag_forms(tmp)
         test_serve_flags(tmp)
+        test_daemon_refusals(tmp)
     print("test_cli_identity: ok")
 
 
