@@ -17,7 +17,7 @@
 #include "proto/worker_msg.h"
 
 #define S(lit) ((proto_worker_str_t){(lit), sizeof(lit) - 1})
-#define FEED_MAX 16
+#define FEED_MAX 32
 #define SENT_MAX 256
 
 static const uint8_t s_tid[PROTO_UUID_LEN] = {0x01, 0x90, 0, 0, 0, 0, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 7};
@@ -333,6 +333,26 @@ static void test_steer_joins_at_boundary(void **state)
     s_link_free(&l);
 }
 
+/* Steers past AGENT_STEERS_MAX while a tool runs are dropped: the round
+ * after the tool answers the last one kept, not the one dropped. */
+static void test_steers_past_the_bound_are_dropped(void **state)
+{
+    (void) state;
+    s_link_t l = {0};
+    proto_worker_turn_t t = s_turn("/peers");
+    char text[AGENT_STEERS_MAX + 1][16];
+    for (int i = 0; i <= AGENT_STEERS_MAX; i++) {
+        snprintf(text[i], sizeof text[i], "steer%d", i);
+        s_feed_control(&l, 2, PROTO_WORKER_REQ_STEER, text[i], NULL);
+    }
+    s_feed_result(&l, 2, "call_0", "[]", false);
+    assert_int_equal(s_run(&l, &t), AGENT_TURN_DONE);
+    char want[32];
+    snprintf(want, sizeof want, "echo: steer%d", AGENT_STEERS_MAX - 1);
+    s_assert_text(s_final(&l)->full_response, want);
+    s_link_free(&l);
+}
+
 static void test_tool_errors(void **state)
 {
     (void) state;
@@ -420,6 +440,7 @@ int main(void)
         cmocka_unit_test(test_stop_during_sleep),
         cmocka_unit_test(test_stop_while_awaiting_tool),
         cmocka_unit_test(test_steer_joins_at_boundary),
+        cmocka_unit_test(test_steers_past_the_bound_are_dropped),
         cmocka_unit_test(test_tool_errors),
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_link_lost_and_init_failed),
