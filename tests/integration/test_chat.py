@@ -381,6 +381,16 @@ def sessions_api(node, token, state):
         check(status == 404 and json.loads(body)["code"] == "not_found", f"{path}: {status} {body}")
     status, _, body, _ = curl(*auth, gateway_url(node) + "/api/sessions?limit=0")
     check(status == 400 and json.loads(body)["code"] == "invalid_limit", f"{status} {body}")
+    # limit is form-encoded like any query value: %31 is "1"; a word, a
+    # number past 1000, one too long to read or a space are refused, and a
+    # broken escape already by the HTTP parser.
+    status, _, body, _ = curl(*auth, gateway_url(node) + f"/api/sessions/{sid}?limit=%31")
+    check(status == 200 and len(json.loads(body)["messages"]) == 1, f"limit=%31: {status} {body}")
+    for bad, code in (("ten", "invalid_limit"), ("1001", "invalid_limit"),
+                      ("123456789", "invalid_limit"), ("+1", "invalid_limit"),
+                      ("%3", "bad_target"), ("%zz", "bad_target")):
+        status, _, body, _ = curl(*auth, gateway_url(node) + f"/api/sessions/{sid}?limit={bad}")
+        check(status == 400 and json.loads(body)["code"] == code, f"limit={bad}: {status} {body}")
     status, _, body, _ = curl(gateway_url(node) + "/api/sessions")
     check(status == 401 and json.loads(body)["code"] == "unauthorized", f"{status} {body}")
     status, _, body, _ = curl(gateway_url(node) + f"/api/sessions/{sid}")
