@@ -376,7 +376,7 @@ uint64_t gateway_events_publish(gateway_events_t *ev, const char *type, const ch
         return 0;
     while (ev->oldest < ev->next_id &&
            (ev->next_id - ev->oldest >= ev->opts.ring_events ||
-            ev->ring_bytes + (size_t) flen > ev->opts.ring_bytes_max))
+            ev->ring_bytes + flen > ev->opts.ring_bytes_max))
         s_evict_oldest(ev);
     ev->ring[id % ev->opts.ring_events] = (s_slot_t){.frame = frame, .len = flen};
     ev->ring_bytes += flen;
