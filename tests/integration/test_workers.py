@@ -9,6 +9,7 @@ an error and the next goes to another worker; requests admitted before a
 daemon kill -9 (one mid-turn, one not yet taken) are dispatched again after
 the restart and both answered."""
 
+import json
 import os
 import queue
 import re
@@ -23,8 +24,8 @@ import time
 import cbor2
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import (Conn, Daemon, Peer, Results, check, frame, inbox_rows, metrics_map,
-                  verify_envelope, wait_metric)
+from peer import (Conn, Daemon, Peer, Results, check, curl, frame, gateway_url, inbox_rows,
+                  metrics_map, verify_envelope, wait_metric)
 from test_sse import Sse
 
 # Agent workers only: the embedded audit worker registers with the broker too.
@@ -197,6 +198,9 @@ def main():
                                                  "agent_threads": 0},
                                      "gateway": {"require_pairing": False}})
     node.trust("peer", peer.pk, f"tcp://127.0.0.1:{acks.port}")
+    # A peer behind a host name: the loop never resolves names, so the
+    # agents' send_message to it fails at once, saying so.
+    node.trust("far", Peer().pk, "tcp://peer.invalid:9")
     node.start()
     ep = endpoint_of(node)
     ep_now = [ep]
@@ -238,6 +242,14 @@ def main():
                   f"the peer got {env['kind']}")
             a.wait("served")
             wait_inbox_empty(node)
+
+        def router_tool_refuses_a_host_name():
+            send(node, peer.message(node.pk, "/send far hello"))
+            a.wait("served")
+            wait_inbox_empty(node)
+            _, _, body, _ = curl(gateway_url(node) + "/api/sessions/comms?limit=1")
+            last = json.loads(body)["messages"][-1]
+            check(last["role"] == "assistant" and "DNS lookup" in last["content"], f"{last}")
 
         def turn_events_on_api_events():
             sse = Sse(node).read_head()
@@ -305,6 +317,7 @@ def main():
         r.run(request_gets_signed_response)
         r.run(failed_request_gets_failed_response)
         r.run(router_tool_sends_signed_message)
+        r.run(router_tool_refuses_a_host_name)
         r.run(turn_events_on_api_events)
         r.run(worker_killed_mid_turn)
         r.run(entries_survive_daemon_kill)
