@@ -235,6 +235,10 @@ static int s_find_tail(audit_chain_t *self, audit_record_t *last, bool *have_las
     *file_len = r.offset;
     if (*have_last) {
         audit_rec_err_t e = keep_long ? AUDIT_REC_MALFORMED : audit_record_check(keep, keep_len, &self->key, last);
+        if (e == AUDIT_REC_NO_MEMORY) {
+            s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+            goto done;
+        }
         if (e != AUDIT_REC_OK) {
             s_err(err, AUDIT_E_BROKEN,
                   "%s: the last record does not check (%s); run `kith audit verify %s`, keep the "
@@ -527,6 +531,10 @@ int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_ver
         audit_record_t rec;
         audit_rec_err_t e = line.long_line ? AUDIT_REC_MALFORMED
                                            : audit_record_check(line.p, line.len, o->key, &rec);
+        if (e == AUDIT_REC_NO_MEMORY) {
+            rc = s_bad(out, AUDIT_V_IO, false, 0, "out of memory");
+            goto done;
+        }
         if (e == AUDIT_REC_MALFORMED) {
             rc = s_bad(out, AUDIT_V_MALFORMED, true, due,
                        "record %llu: the line at offset %lld is not a record",
@@ -646,7 +654,12 @@ int audit_chain_query(const char *path, const audit_query_t *q, audit_lines_t *o
     int got;
     while ((got = s_reader_next(&r, &line)) == 1) {
         audit_record_t rec;
-        if (!line.newline || line.long_line || audit_record_read(line.p, line.len, &rec) != 0)
+        int rd = !line.newline || line.long_line ? -1 : audit_record_read(line.p, line.len, &rec);
+        if (rd == -2) {
+            s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+            goto done;
+        }
+        if (rd != 0)
             continue;
         if ((q->type && strcmp(q->type, rec.type) != 0) || (q->has_since && rec.time_ms < q->since_ms))
             continue;

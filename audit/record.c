@@ -33,6 +33,7 @@ const char *audit_rec_err_str(audit_rec_err_t e)
     case AUDIT_REC_HASH:         return "hash";
     case AUDIT_REC_HMAC:         return "hmac";
     case AUDIT_REC_HMAC_MISSING: return "hmac_missing";
+    case AUDIT_REC_NO_MEMORY:    return "no_memory";
     }
     return "unknown";
 }
@@ -348,7 +349,7 @@ static int s_read_tree(const char *line, size_t len, audit_record_t *out, long *
     out->has_hmac = *hmac_at >= 0;
     char *copy = malloc(len + 1);
     if (!copy)
-        return -1;
+        return -2; /* not "malformed": a false tamper report is worse than none */
     memcpy(copy, line, len);
     copy[len] = '\0';
     yajl_val root = yajl_tree_parse(copy, NULL, 0);
@@ -389,8 +390,9 @@ audit_rec_err_t audit_record_check(const char *line, size_t len, const audit_key
 {
     long ulen, hmac_at;
     memset(out, 0, sizeof *out);
-    if (s_read_tree(line, len, out, &ulen, &hmac_at) != 0)
-        return AUDIT_REC_MALFORMED;
+    int rd = s_read_tree(line, len, out, &ulen, &hmac_at);
+    if (rd != 0)
+        return rd == -2 ? AUDIT_REC_NO_MEMORY : AUDIT_REC_MALFORMED;
     uint8_t hash[AUDIT_HASH_LEN], hmac[AUDIT_HASH_LEN];
     s_digest(line, (size_t) ulen, NULL, hash);
     bool keyed = key && key->len;

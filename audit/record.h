@@ -54,6 +54,7 @@ typedef enum {
     AUDIT_REC_HASH,         /* H is not SHA-256(U) */
     AUDIT_REC_HMAC,         /* M is not HMAC-SHA256(key, U) */
     AUDIT_REC_HMAC_MISSING, /* a key is in force and the record has no M */
+    AUDIT_REC_NO_MEMORY,    /* not checked: out of memory (says nothing of the line) */
 } audit_rec_err_t;
 
 const char *audit_rec_err_str(audit_rec_err_t e);
@@ -80,7 +81,8 @@ long audit_record_format(uint64_t seq, const proto_audit_event_t *ev,
                          size_t cap, uint8_t hash[AUDIT_HASH_LEN], char *err, size_t errcap);
 
 /* Reads line[0..len) (newline excluded) into *out without checking its
- * hash: for query, which trusts the file. Returns 0 or -1 (malformed). */
+ * hash: for query, which trusts the file. Returns 0, -1 (malformed) or -2
+ * (out of memory: the line was not read, which says nothing of it). */
 int audit_record_read(const char *line, size_t len, audit_record_t *out)
     __attribute__((warn_unused_result));
 
