@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "alloc_fail.h"
 #include "router/net/addr.h"
 #include "router/state/config.h"
 
@@ -717,6 +718,44 @@ static void test_fifo_config_refused(void **state)
     rmdir(home);
 }
 
+/* Every allocation of a parse fails in turn: each run refuses with an
+ * error that says memory (never that the file is wrong) or gives the same
+ * configuration, and leaks nothing (LSan). */
+static void test_parse_without_memory(void **state)
+{
+    (void) state;
+    static const char text[] =
+        "// a configuration\n"
+        "{ \"gateway\": { \"port\": 8080, \"webhook_secret_env\": \"KITH_HOOK\" },\n"
+        "  \"comms\": { \"address\": \"127.0.0.1:4300\", \"session\": \"peers\" },\n"
+        "  \"agent\": { \"provider\": \"openai\", \"base_url\": \"http://127.0.0.1:9\", \"model\": \"m\" },\n"
+        "  \"audit\": { \"path\": \"/var/log/kith-audit.log\" } }\n";
+    router_config_t want;
+    char err[ROUTER_CONFIG_ERR_MAX] = "";
+    assert_int_equal(s_parse(&want, text, err, sizeof err), 0);
+    char *want_json = router_config_to_json(&want);
+    assert_non_null(want_json);
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        router_config_t got;
+        err[0] = '\0';
+        alloc_fail_arm(i);
+        int rc = s_parse(&got, text, err, sizeof err);
+        bool failed = alloc_fail_disarm() > 0;
+        if (rc != 0) {
+            if (!failed || !strstr(err, "memory"))
+                fail_msg("run %ld: %s", i, err);
+            continue;
+        }
+        char *json = router_config_to_json(&got);
+        assert_non_null(json);
+        assert_string_equal(json, want_json);
+        free(json);
+        if (!failed)
+            break;
+    }
+    free(want_json);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -738,6 +777,7 @@ int main(void)
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_deep_nesting_refused_at_once),
         cmocka_unit_test(test_size_bound),
+        cmocka_unit_test(test_parse_without_memory),
         cmocka_unit_test(test_refusal_leaves_config_untouched),
         cmocka_unit_test(test_cross_key_rules),
         cmocka_unit_test(test_to_json_round_trip),

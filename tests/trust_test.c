@@ -17,6 +17,7 @@
 
 #include <sodium.h>
 
+#include "alloc_fail.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
 #include "router/state/trust.h"
@@ -746,6 +747,37 @@ static void test_diff(void **state)
 
 #define T(f) cmocka_unit_test_setup_teardown(f, s_setup, s_teardown)
 
+/* Every allocation of a parse fails in turn: each run refuses with an
+ * error that says memory (never that the document is wrong) or succeeds,
+ * and leaks nothing (LSan). */
+static void test_parse_without_memory(void **state)
+{
+    (void) state;
+    char doc[2048];
+    snprintf(doc, sizeof doc,
+             "{\"peers\": [\n"
+             "  {\"name\": \"alice\", \"pubkey\": \"%s\", \"addr\": \"tcp://127.0.0.1:4200\"},\n"
+             "  {\"name\": \"bob\", \"pubkey\": \"%s\", \"addr\": \"uds:///run/kith/bob.sock\",\n"
+             "   \"meta\": {\"description\": \"Bob's node\", \"labels\": {\"env\": \"prod\"}}}\n"
+             "]}\n",
+             s_pub(1), s_pub(2));
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        char err[ROUTER_TRUST_ERR_MAX] = "";
+        alloc_fail_arm(i);
+        router_trust_t *t = s_parse(doc, err, sizeof err);
+        bool failed = alloc_fail_disarm() > 0;
+        if (!t) {
+            if (!failed || !strstr(err, "memory"))
+                fail_msg("run %ld: %s", i, err);
+            continue;
+        }
+        assert_int_equal(router_trust_count(t), 2);
+        router_trust_destroy(&t);
+        if (!failed)
+            break;
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -769,6 +801,7 @@ int main(void)
         T(test_load_error_names_file_and_row),
         T(test_fifo_refused),
         cmocka_unit_test(test_diff),
+        cmocka_unit_test(test_parse_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
