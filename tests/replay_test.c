@@ -8,6 +8,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "alloc_fail.h"
 #include "router/comms/replay.h"
 
 #define NOW 1763700000000ull /* a fixed Unix time in ms */
@@ -346,6 +347,44 @@ static void test_unknown_set_is_small(void **state)
     router_replay_destroy(&r);
 }
 
+/* Out of memory at every allocation a check can make (a new sender's set,
+ * the peers table, a set doubling): the verdict is NOMEM, the id is not
+ * remembered (the retry is FRESH), and no id remembered before is lost
+ * (each is still SEEN): a failed growth must never re-open a replay. */
+static void test_without_memory(void **state)
+{
+    (void) state;
+    router_replay_t *r = router_replay_new(WINDOW_S, 0);
+    assert_non_null(r);
+    /* 200 ids from one sender (its set doubles twice), then 40 senders
+     * more (the peers table grows). */
+    enum { IDS = 400, ONE = 200, SENDERS = 40 };
+    uint8_t id[16], pk[32] = {0};
+    unsigned nomem = 0;
+    for (uint32_t n = 0; n < IDS; n++) {
+        pk[0] = n < ONE ? 0 : (uint8_t) (1 + n % SENDERS);
+        s_v4(id, n);
+        router_replay_verdict_t v = ROUTER_REPLAY_NOMEM;
+        for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+            alloc_fail_arm(i);
+            v = router_replay_check_insert(r, pk, id, NOW, true);
+            if (alloc_fail_disarm() == 0)
+                break;
+            assert_int_equal(v, ROUTER_REPLAY_NOMEM);
+            nomem++;
+        }
+        assert_int_equal(v, ROUTER_REPLAY_FRESH);
+        for (uint32_t k = 0; k <= n; k++) {
+            pk[0] = k < ONE ? 0 : (uint8_t) (1 + k % SENDERS);
+            s_v4(id, k);
+            assert_int_equal(router_replay_check_insert(r, pk, id, NOW, true), ROUTER_REPLAY_SEEN);
+        }
+    }
+    assert_true(nomem > SENDERS); /* every new set, and growths, were refused once */
+    assert_int_equal(router_replay_size(r), IDS);
+    router_replay_destroy(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -361,6 +400,7 @@ int main(void)
         cmocka_unit_test(test_seed),
         cmocka_unit_test(test_unknown_bound),
         cmocka_unit_test(test_unknown_set_is_small),
+        cmocka_unit_test(test_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
