@@ -14,6 +14,7 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include "alloc_fail.h"
 #include "router/net/loop.h"
 #include "router/workers/history_cache.h"
 #include "router/workers/sessions.h"
@@ -205,11 +206,96 @@ static void test_refused_append_takes_back_only_itself(void **state)
     s_finish(dir, &e);
 }
 
+/* Out of memory at every allocation of the constructor (SQLite's
+ * included) and of each call the loop makes: the constructor refuses with a
+ * reason, a call refuses with -1 and its callback never runs, and what was
+ * accepted is stored: the history read at the end holds every append that
+ * returned 0, in order. */
+static void test_without_memory(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
+    env_t e = {0};
+    assert_non_null(mkdtemp(dir));
+    snprintf(db, sizeof db, "%s/state.db", dir);
+    e.loop = router_loop_new(NULL);
+    assert_non_null(e.loop);
+    router_sessions_t *s = NULL;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX && !s; i++) {
+        err[0] = '\0';
+        alloc_fail_arm(i);
+        s = router_sessions_new(e.loop, db, err, sizeof err);
+        bool failed = alloc_fail_disarm() > 0;
+        if (!s)
+            assert_true(failed && err[0]);
+        else if (failed) {
+            router_sessions_destroy(&s); /* it coped: go on failing later allocations */
+        }
+    }
+    assert_non_null(s);
+    int stored = 0;
+    char want[512] = "";
+    size_t w = 0;
+    for (int n = 0; n < 3; n++) {
+        char word[8];
+        snprintf(word, sizeof word, "w%d", n);
+        for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+            alloc_fail_arm(i);
+            int rc = router_sessions_append(s, "oom", "user", word, strlen(word), "t1");
+            bool failed = alloc_fail_disarm() > 0;
+            if (rc == 0) {
+                stored++;
+                w += (size_t) snprintf(want + w, sizeof want - w, "%suser:%s@", w ? "," : "", word);
+            } else {
+                assert_true(failed);
+            }
+            if (!failed)
+                break;
+        }
+    }
+    int tag = 0;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        alloc_fail_arm(i);
+        int rc = router_sessions_history(s, "oom", 100, s_on_history, &e, (uint64_t) tag);
+        bool failed = alloc_fail_disarm() > 0;
+        if (rc == 0) {
+            s_wait(&e, tag + 1);
+            tag++;
+            if (tag == 8)
+                break;
+        } else {
+            assert_true(failed);
+        }
+        if (!failed)
+            break;
+    }
+    /* Each answer (the cache's or the database's) holds every stored append. */
+    assert_true(tag >= 1);
+    for (int k = 0; k < tag; k++) {
+        assert_int_equal(e.rc[k], 0);
+        char *p = e.text[k];
+        for (char *q = want; *q;) { /* "user:wN@" pieces appear in order */
+            char piece[32];
+            size_t n = strcspn(q, ",");
+            snprintf(piece, sizeof piece, "%.*s", (int) n, q);
+            p = strstr(p, piece);
+            assert_non_null(p);
+            q += n + (q[n] == ',');
+        }
+    }
+    assert_true(stored >= 3);
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_history_cache_and_restart),
         cmocka_unit_test(test_refused_append_takes_back_only_itself),
+        cmocka_unit_test(test_without_memory),
     };
+    if (alloc_fail_sqlite_install() != 0)
+        return 1;
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
