@@ -13,6 +13,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "alloc_fail.h"
 #include "gateway/events.h"
 #include "gateway/log_tap.h"
 #include "proto/sse.h"
@@ -130,6 +131,41 @@ static void test_frames(void **state)
     router_loop_destroy(&loop);
 }
 
+/* Out of memory at each allocation of a publish, both ways a frame is
+ * made: the publish returns 0 with ENOMEM and takes no id, and the ring
+ * keeps what it had; the next publish that can allocate takes the next id. */
+static void test_publish_without_memory(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    gateway_events_t *ev = gateway_events_new(loop, &(gateway_events_opts_t){.ring_events = 4});
+    assert_non_null(ev);
+    const char *objects[] = {"{\"n\":1}", "{\"a\":\n1}"};
+    uint64_t next = 1;
+    for (size_t k = 0; k < 2; k++)
+        for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+            errno = 0;
+            alloc_fail_arm(i);
+            uint64_t id = gateway_events_publish(ev, "agent_start", objects[k]);
+            bool failed = alloc_fail_disarm() > 0;
+            gateway_events_stats_t st;
+            gateway_events_stats(ev, &st);
+            if (id == 0) {
+                assert_true(failed);
+                assert_int_equal(errno, ENOMEM);
+                assert_int_equal(st.newest, next - 1);
+                continue;
+            }
+            assert_int_equal(id, next++);
+            assert_int_equal(st.newest, id);
+            if (!failed)
+                break;
+        }
+    assert_true(next >= 3);
+    gateway_events_destroy(&ev);
+    router_loop_destroy(&loop);
+}
+
 static void test_json_escape(void **state)
 {
     (void) state;
@@ -207,6 +243,7 @@ int main(void)
         cmocka_unit_test(test_ring_bytes),
         cmocka_unit_test(test_refused),
         cmocka_unit_test(test_frames),
+        cmocka_unit_test(test_publish_without_memory),
         cmocka_unit_test(test_json_escape),
         cmocka_unit_test(test_log_tap),
     };
