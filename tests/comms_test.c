@@ -189,6 +189,7 @@ typedef struct {
 static void s_run_held(unsigned conns, unsigned per_conn, size_t body_len, s_held_t *held)
 {
     s_node_t n = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    assert_true(conns <= sizeof n.server_fd / sizeof n.server_fd[0]);
     n.conns = conns;
     n.inbox_bytes = (size_t) conns * per_conn * (body_len + 512);
     uint8_t seed[32];
