@@ -99,6 +99,22 @@ def main():
             assert rc == 1 and "exactly one of" in err, (rc, err)
             rc, _, err, _ = send(a.home, "--to", "b", "--request", "x", "--params", "{bad")
             assert rc == 1 and "--params" in err, (rc, err)
+            # Each flag's own refusal, before anything is signed or sent.
+            for args, needle in (
+                (("--to", "b", "--body", "x", "extra"), "unexpected argument 'extra'"),
+                (("--to", "b", "--response", "not-a-uuid", "--status", "completed"),
+                 "--response takes the request's id"),
+                (("--to", "b", "--response", "0190a000-0000-7000-8000-000000000001"),
+                 "--response needs --status"),
+                (("--to", "b", "--response", "0190a000-0000-7000-8000-000000000001",
+                  "--status", "done"), "--response needs --status"),
+                (("--to", "b", "--body", "x", "--count", "0"), "--count takes 1 to 1000000"),
+                (("--to", "b", "--body", "x", "--count", "3x"), "--count takes 1 to 1000000"),
+                (("--to", "b", "--body", "x", "--timeout", "0"), "--timeout takes seconds"),
+                (("--to", "b", "--body", "x", "--timeout", "3601"), "--timeout takes seconds"),
+            ):
+                rc, _, err, _ = send(a.home, *args)
+                assert rc == 1 and needle in err, (args, rc, err)
 
         def offline_when_down():
             # A trusts B, but A's own daemon is not running: sending to A's
@@ -117,9 +133,12 @@ def main():
             p = Peer()
             a.trust("mute", p.pk, f"tcp://127.0.0.1:{port}")
             rc, out, err, took = send(a.home, "--to", "mute", "--body", "hello?", timeout=1)
-            mute.close()
             assert rc == 2, (rc, out, err)
             assert "timeout" in json.loads(out)["detail"]
+            # A timeout under a millisecond still waits one.
+            rc, out, err, took = send(a.home, "--to", "mute", "--body", "quick?", timeout=0.0001)
+            mute.close()
+            assert rc == 2 and "timeout" in json.loads(out)["detail"], (rc, out, err)
 
         results.run(acked_message)
         results.run(acked_over_a_unix_socket)
