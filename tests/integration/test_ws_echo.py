@@ -306,6 +306,41 @@ def pings_keep_live_sockets_and_end_dead_ones():
         node.cleanup()
 
 
+def unfinished_frame_and_unanswered_close():
+    # limits.frame_timeout_ms bounds a WebSocket frame too (DESIGN §10:
+    # time to finish a frame once started): a frame begun and never
+    # finished is closed 1008 at the deadline, and a peer that then never
+    # answers the Close is cut by the close handshake's own bound.
+    node = Daemon("wsframe", config={"gateway": {"echo": True},
+                                     "limits": {"frame_timeout_ms": 300, "ws_ping_interval_ms": 600000}})
+    try:
+        node.start()
+        s, rest = upgraded(node)
+        frame = masked(1, b"x" * 100)
+        s.sendall(frame[:20])  # the header and 14 bytes of 100
+        s.settimeout(60)
+        data = rest
+        while not any(op == 8 for op, _ in ws_server_frames(data)):
+            chunk = s.recv(4096)
+            assert chunk, "closed without a Close frame"
+            data += chunk
+        got = ws_server_frames(data)
+        assert got[-1][0] == 8 and close_code(got[-1][1]) == 1008, got
+        assert got[-1][1][2:] == b"frame not finished in time", got
+        # We never answer the Close: the daemon ends the connection anyway.
+        rest = read_all(s)
+        s.close()
+        assert not any(op == 8 for op, _ in ws_server_frames(rest)), rest
+        # And it still serves others.
+        async def go():
+            async with websockets.connect(url(node), ping_interval=None) as ws:
+                await ws.send("after")
+                assert await ws.recv() == "after"
+        run(go())
+    finally:
+        node.cleanup()
+
+
 def echo_is_off_by_default():
     node = Daemon("noecho")
     try:
@@ -331,6 +366,7 @@ def main():
         node.cleanup()
     results.run(echo_is_off_by_default)
     results.run(pings_keep_live_sockets_and_end_dead_ones)
+    results.run(unfinished_frame_and_unanswered_close)
     return results.summary()
 
 

@@ -233,6 +233,16 @@ static int s_sse_start(router_node_t *node, const router_config_t *cfg, gateway_
     return 0;
 }
 
+/* The WebSocket bounds of DESIGN §10 from the configuration, the same for
+ * every WebSocket route: message size, ping interval, and the time to
+ * finish a frame once begun (limits.frame_timeout_ms, as on comms). */
+static gateway_ws_opts_t s_ws_opts(const router_config_t *cfg)
+{
+    return (gateway_ws_opts_t){.message_max = cfg->limits.ws_message_max,
+                               .frame_timeout_ms = cfg->limits.frame_timeout_ms,
+                               .ping_interval_ms = cfg->limits.ws_ping_interval_ms};
+}
+
 /* /ws/chat and the session API (WIRE §24) on the node's turns; one per
  * process, like the echo's bounds. It takes over the turns' event sink,
  * publishing to /api/events itself and relaying to listen-only sockets. */
@@ -244,8 +254,7 @@ static int s_chat_start(router_node_t *node, const router_config_t *cfg, gateway
     if (!router_node_turns(node))
         return 0;
     gateway_chat_opts_t co = {.auth = auth, .turns = router_node_turns(node), .events = events,
-                              .ws = {.message_max = cfg->limits.ws_message_max,
-                                     .ping_interval_ms = cfg->limits.ws_ping_interval_ms}};
+                              .ws = s_ws_opts(cfg)};
     return (s_chat = gateway_chat_new(gw, router_node_loop(node), &co)) ? 0 : -1;
 }
 
@@ -260,8 +269,7 @@ static int s_openclaw_start(router_node_t *node, const router_config_t *cfg, gat
         return 0;
     const char *tick = getenv("KITH_OPENCLAW_TICK_MS");
     gateway_openclaw_opts_t oo = {.auth = auth, .turns = router_node_turns(node),
-                                  .ws = {.message_max = cfg->limits.ws_message_max,
-                                         .ping_interval_ms = cfg->limits.ws_ping_interval_ms},
+                                  .ws = s_ws_opts(cfg),
                                   .tick_ms = tick ? (unsigned) strtoul(tick, NULL, 10) : 0,
                                   .version = KITH_VERSION};
     return (s_openclaw = gateway_openclaw_new(gw, router_node_loop(node), &oo)) ? 0 : -1;
@@ -292,8 +300,7 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
     }
     /* One gateway per process, so the echo's bounds can live here. */
     static gateway_ws_opts_t echo_opts;
-    echo_opts = (gateway_ws_opts_t){.message_max = cfg->limits.ws_message_max,
-                                    .ping_interval_ms = cfg->limits.ws_ping_interval_ms};
+    echo_opts = s_ws_opts(cfg);
     if (cfg->gateway.echo && gateway_route_ws_echo(gw, &echo_opts) != 0) {
         snprintf(err, errcap, "gateway: cannot serve /ws/echo: %s", strerror(errno));
         goto fail;
