@@ -462,6 +462,39 @@ async def plain_tools_and_errors(node, token):
     await ws.close()
 
 
+async def foreign_turns_relayed(node, token):
+    """Two connections on one session key: the turns the second starts reach
+    the first as chat events of their own run (delta, final), so a client
+    sees everything said on a session it follows, not only its own."""
+    a, res = await handshake(node, token, version=2)
+    check(res["ok"] is True, f"hello a {res}")
+    frames = await run_frames(a, "a1", "chat.send", {"message": "first", "idempotencyKey": "fa-1",
+                                                    "sessionKey": "oc-shared"})
+    check(frames[-1]["payload"]["state"] == "final", f"a's own run {frames[-1]}")
+    b, res = await handshake(node, token, version=2)
+    check(res["ok"] is True, f"hello b {res}")
+    own = await run_frames(b, "b1", "chat.send", {"message": "from b", "idempotencyKey": "fb-1",
+                                                 "sessionKey": "oc-shared"})
+    check(own[-1]["payload"]["state"] == "final", f"b's own run {own[-1]}")
+    seen = []
+    while True:
+        f = await recv(a)
+        if f["type"] == "event" and f["event"] == "chat":
+            seen.append(f["payload"])
+            if f["payload"]["state"] in ("final", "error", "aborted"):
+                break
+    # One run of its own (the turn's id), numbered from 0, its deltas adding
+    # up to the final text.
+    check(all(p["sessionKey"] == "oc-shared" and p["runId"] == seen[0]["runId"] for p in seen) and
+          [p["seq"] for p in seen] == list(range(len(seen))), f"{seen}")
+    final = seen[-1]
+    text = "".join(p.get("deltaText", "") for p in seen[:-1])
+    check(final["state"] == "final" and text == "echo: from b" and
+          final["message"]["content"][0]["text"] == "echo: from b", f"relayed {seen}")
+    await a.close()
+    await b.close()
+
+
 def announced_oversize_closed(node):
     import socket
     s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=20)
@@ -643,6 +676,7 @@ def main():
         r.run(lambda: run(plain_agent(node, token)), name="plain_agent")
         r.run(lambda: run(plain_refusals(node, token)), name="plain_refusals")
         r.run(lambda: run(plain_tools_and_errors(node, token)), name="plain_tools_and_errors")
+        r.run(lambda: run(foreign_turns_relayed(node, token)), name="foreign_turns_relayed")
         r.run(lambda: run(malformed_frames(node, token)), name="malformed_frames")
         r.run(lambda: run(deviceless(node, token)), name="deviceless")
         r.run(lambda: run(upgrade_refusals(node)), name="upgrade_refusals")
