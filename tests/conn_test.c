@@ -36,6 +36,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "alloc_fail.h"
 #include "router/net/conn.h"
 #include "router/net/listen.h"
 #include "router/net/loop.h"
@@ -1406,6 +1407,64 @@ static void test_deadline_finds_a_stolen_fd(void **state)
     close(s_stolen_fd);
 }
 
+/* Out of memory at each allocation of router_loop_adopt and
+ * router_loop_connect: NULL with ENOMEM and the fd closed (adopt takes it
+ * either way), or a connection, which an abort ends; bad arguments are
+ * EINVAL, and adopt closes the fd it was given then too. */
+static void test_adopt_and_connect_without_memory(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    router_conn_handlers_t h = {.on_data = s_deadline_data, .on_close = s_srv_close};
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        errno = 0;
+        alloc_fail_arm(i);
+        router_conn_t *c = router_loop_adopt(ctx.loop, sv[0], &h, &ctx);
+        bool failed = alloc_fail_disarm() > 0;
+        if (!c) {
+            assert_true(failed);
+            assert_int_equal(errno, ENOMEM);
+            assert_int_equal(fcntl(sv[0], F_GETFD), -1); /* closed for us */
+        } else {
+            router_conn_abort(c);
+        }
+        close(sv[1]);
+        if (!failed)
+            break;
+    }
+    router_addr_t addr;
+    router_addr_err_t why;
+    assert_int_equal(router_addr_parse("127.0.0.1:9", &addr, &why), 0);
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        errno = 0;
+        alloc_fail_arm(i);
+        router_conn_t *c = router_loop_connect(ctx.loop, &addr, &h, &ctx);
+        bool failed = alloc_fail_disarm() > 0;
+        if (!c) {
+            assert_true(failed);
+            assert_int_equal(errno, ENOMEM);
+        } else {
+            router_conn_abort(c);
+        }
+        if (!failed)
+            break;
+    }
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    router_conn_handlers_t none = {0};
+    errno = 0;
+    assert_null(router_loop_adopt(ctx.loop, sv[0], &none, &ctx));
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(fcntl(sv[0], F_GETFD), -1);
+    close(sv[1]);
+    errno = 0;
+    assert_null(router_loop_connect(ctx.loop, &addr, &none, &ctx));
+    assert_int_equal(errno, EINVAL);
+    s_done(&ctx);
+}
+
 /* A deadline moved on by traffic holds as long as traffic comes, then cuts. */
 static void s_deadline_move_client(s_ctx_t *ctx, int idx)
 {
@@ -1976,6 +2035,7 @@ int main(void)
         BOTH(test_deadline_cuts_silent),
         BOTH(test_deadline_moves),
         BOTH(test_deadline_finds_a_stolen_fd),
+        BOTH(test_adopt_and_connect_without_memory),
         BOTH(test_close_timeout),
         BOTH(test_destroy_closes_connections),
         BOTH(test_uds_stale_file),
