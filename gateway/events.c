@@ -55,6 +55,39 @@ struct gateway_events {
 
 /* ---------------------------------------------------------------- JSON */
 
+/* v in decimal at the end of d[20]: returns where the digits start. */
+static char *s_digits(uint64_t v, char d[20])
+{
+    char *p = d + 20;
+    do
+        *--p = (char) ('0' + v % 10);
+    while ((v /= 10) != 0);
+    return p;
+}
+
+void gateway_events_json_raw(gateway_events_json_t *j, const char *s, size_t len)
+{
+    if (j->full || len >= j->cap - j->n) {
+        j->full = true;
+        return;
+    }
+    memcpy(j->p + j->n, s, len);
+    j->n += len;
+    j->p[j->n] = '\0';
+}
+
+void gateway_events_json_u64(gateway_events_json_t *j, uint64_t v)
+{
+    char d[20], *p = s_digits(v, d);
+    gateway_events_json_raw(j, p, (size_t) (d + sizeof d - p));
+}
+
+void gateway_events_json_str(gateway_events_json_t *j, const char *s, size_t len)
+{
+    if (!j->full && gateway_events_json_escape(j->p, j->cap, &j->n, s, len) != 0)
+        j->full = true;
+}
+
 int gateway_events_json_escape(char *out, size_t cap, size_t *n, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
@@ -303,10 +336,7 @@ static bool s_type_ok(const char *type)
 static uint8_t *s_frame(uint64_t id, const char *type, const char *members, size_t mlen,
                         size_t *flen)
 {
-    char digits[20], *idt = digits + sizeof digits;
-    do
-        *--idt = (char) ('0' + id % 10);
-    while ((id /= 10) != 0);
+    char digits[20], *idt = s_digits(id, digits);
     size_t idn = (size_t) (digits + sizeof digits - idt);
     size_t tlen = strlen(type);
     bool empty = mlen == 1; /* just the closing brace */

@@ -20,6 +20,7 @@
 #ifndef KITH_GATEWAY_EVENTS_H
 #define KITH_GATEWAY_EVENTS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -98,6 +99,22 @@ void gateway_events_stats(const gateway_events_t *self, gateway_events_stats_t *
  * UTF-8, every octet above 0x7F as \u00XX. Returns 0, or -1 when it does
  * not fit (out is then cut at *n). A helper for publishers. */
 int gateway_events_json_escape(char *out, size_t cap, size_t *n, const char *s, size_t len);
+
+/* A bounded writer of the JSON objects publishers build in a buffer of
+ * their own: an append that would not fit (with the NUL kept after it)
+ * marks the writer full, and it stays full; publish only what is not. */
+typedef struct {
+    char *p;     /* the buffer */
+    size_t cap;  /* its size */
+    size_t n;    /* bytes written, a NUL after them */
+    bool full;   /* an append did not fit */
+} gateway_events_json_t;
+
+void gateway_events_json_raw(gateway_events_json_t *j, const char *s, size_t len);
+/* v in decimal. */
+void gateway_events_json_u64(gateway_events_json_t *j, uint64_t v);
+/* s escaped as gateway_events_json_escape does (no quotes). */
+void gateway_events_json_str(gateway_events_json_t *j, const char *s, size_t len);
 
 /* The bearer check the stream's routes apply (opts.auth), or NULL. */
 const struct gateway_auth *gateway_events_auth(const gateway_events_t *ev);

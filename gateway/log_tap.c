@@ -82,22 +82,19 @@ static void s_publish(gateway_log_tap_t *t, const s_line_t *l)
         sp[7 + mlen] == ':')
         text = sp + 7 + mlen + 2;
     char json[ROUTER_LOG_LINE_MAX * 6 + 256];
-    size_t n = (size_t) snprintf(json, sizeof json, "{\"level\":\"%s\",\"module\":\"",
-                                 router_log_level_str(l->level));
-    if (gateway_events_json_escape(json, sizeof json, &n, l->module, mlen) != 0 ||
-        n + 12 >= sizeof json)
+    gateway_events_json_t j = {.p = json, .cap = sizeof json};
+    const char *level = router_log_level_str(l->level);
+    gateway_events_json_raw(&j, "{\"level\":\"", 10);
+    gateway_events_json_raw(&j, level, strlen(level));
+    gateway_events_json_raw(&j, "\",\"module\":\"", 12);
+    gateway_events_json_str(&j, l->module, mlen);
+    gateway_events_json_raw(&j, "\",\"time\":\"", 10);
+    gateway_events_json_str(&j, time, time_len);
+    gateway_events_json_raw(&j, "\",\"text\":\"", 10);
+    gateway_events_json_str(&j, text, (size_t) (end - text));
+    gateway_events_json_raw(&j, "\"}", 2);
+    if (j.full)
         return;
-    memcpy(json + n, "\",\"time\":\"", 10);
-    n += 10;
-    if (gateway_events_json_escape(json, sizeof json, &n, time, time_len) != 0 ||
-        n + 12 >= sizeof json)
-        return;
-    memcpy(json + n, "\",\"text\":\"", 10);
-    n += 10;
-    if (gateway_events_json_escape(json, sizeof json, &n, text, (size_t) (end - text)) != 0 ||
-        n + 3 >= sizeof json)
-        return;
-    memcpy(json + n, "\"}", 3);
     (void) gateway_events_publish(t->logs, "log", json);
 }
 
