@@ -1438,7 +1438,7 @@ static void s_take_inbox(router_turns_t *t)
             s_untake(t, &e);
             break;
         }
-        char why[160] = "out of memory";
+        char why[160] = ""; /* router_turn_source_from_entry says why it refused */
         int rc = router_turn_source_from_entry(&e, t->comms_session, &it->src, why, sizeof why);
         if (rc == ROUTER_TURN_SOURCE_NO_MEMORY) {
             free(it);
