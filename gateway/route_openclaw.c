@@ -65,6 +65,7 @@ struct s_run {
     char *message;            /* held until the session has started; then submitted */
     size_t message_len;
     bool submitted;
+    uint64_t msg;             /* submitted: its message in the session's queue */
     char turn_id[40];         /* "" until its turn's first frame */
     bool abort_asked;
     bool stop_sent;           /* its turn was asked to stop */
@@ -567,11 +568,15 @@ static void s_run_submit(s_run_t *r)
     s_conn_t *c = r->c;
     uint64_t serial = r->serial;
     const char *code = NULL;
+    if (r->abort_asked) {
+        s_run_finish(r, ROUTER_TURN_FRAME_STOPPED, "", 0, NULL); /* aborted before its turn */
+        return;
+    }
     r->submitted = true;
     char *msg = r->message;
     size_t n = r->message_len;
     r->message = NULL;
-    int rc = router_turns_submit(c->oc->opts.turns, r->b->sub, msg, n, &code);
+    int rc = router_turns_submit_msg(c->oc->opts.turns, r->b->sub, msg, n, &r->msg, &code);
     free(msg);
     if (!(r = s_run_by_serial(c, serial)))
         return;
@@ -626,16 +631,26 @@ static bool s_run_bind_active(s_run_t *r)
 
 static void s_abort_poll(router_loop_t *loop, uint64_t id, void *ud);
 
-/* Stops the turns of aborted runs that have one now; looks again later
- * for those still waiting their turn (a held turn sends no frame). */
+/* Ends aborted runs whose message still waits in its session's queue (it
+ * is taken out, so it never runs), stops the turns of those that have one
+ * now, and looks again later for the rest (a message whose turn began
+ * but sent no frame yet, or a run not submitted yet). */
 static void s_abort_pending(s_conn_t *c)
 {
     bool waiting = false;
     s_bind_t *stop[GATEWAY_OPENCLAW_SESSIONS_MAX];
     unsigned nstop = 0;
+    uint64_t withdrawn[GATEWAY_OPENCLAW_RUNS_MAX];
+    unsigned nwithdrawn = 0;
     for (s_run_t *r = c->runs; r; r = r->next) {
         if (!r->abort_asked || r->stop_sent)
             continue;
+        if (r->submitted && !r->turn_id[0] && nwithdrawn < GATEWAY_OPENCLAW_RUNS_MAX &&
+            router_turns_withdraw(c->oc->opts.turns, r->b->sub, r->msg) == 0) {
+            r->stop_sent = true;
+            withdrawn[nwithdrawn++] = r->serial;
+            continue;
+        }
         if (!s_run_bind_active(r)) {
             waiting = true;
             continue;
@@ -653,8 +668,16 @@ static void s_abort_pending(s_conn_t *c)
     router_turns_sub_t subs[GATEWAY_OPENCLAW_SESSIONS_MAX];
     for (unsigned i = 0; i < nstop; i++)
         subs[i] = stop[i]->sub;
+    uint64_t conn_serial = c->serial;
+    gateway_openclaw_t *oc = c->oc;
     for (unsigned i = 0; i < nstop; i++)
-        router_turns_stop(c->oc->opts.turns, subs[i]);
+        router_turns_stop(oc->opts.turns, subs[i]);
+    /* Serials, not pointers: a stop or an end may end runs and frames. */
+    for (unsigned i = 0; i < nwithdrawn && s_conn_by_serial(oc, conn_serial); i++) {
+        s_run_t *r = s_run_by_serial(c, withdrawn[i]);
+        if (r)
+            s_run_finish(r, ROUTER_TURN_FRAME_STOPPED, "", 0, NULL);
+    }
 }
 
 static void s_abort_poll(router_loop_t *loop, uint64_t id, void *ud)

@@ -467,6 +467,46 @@ static void test_busy_steer_stop(void **state)
     s_teardown(&e);
 }
 
+/* A waiting message taken out of the queue never runs; one whose turn
+ * began cannot be taken out. */
+static void test_withdraw(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    frames_t a = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "withdraw", NULL, s_on_frame, &a);
+    router_turns_sub_t other = router_turns_attach(e.t, "withdraw", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 2);
+    const char *code = NULL;
+    uint64_t held = 0, first = 0, second = 0;
+    assert_int_equal(router_turns_submit_msg(e.t, s, "/hold", 5, &held, &code), 0);
+    assert_int_equal(router_turns_submit_msg(e.t, s, "first", 5, &first, &code), 0);
+    assert_int_equal(router_turns_submit_msg(e.t, s, "second", 6, &second, &code), 0);
+    assert_true(held != 0 && first != held && second != first);
+    router_turns_stats_t st;
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.waiting, 2);
+    assert_int_equal(router_turns_withdraw(e.t, s, held), -1);      /* in flight */
+    assert_int_equal(router_turns_withdraw(e.t, other, first), -1); /* not other's */
+    assert_int_equal(router_turns_withdraw(e.t, s, 0), -1);
+    assert_int_equal(router_turns_withdraw(e.t, 999, first), -1);   /* no such subscriber */
+    assert_int_equal(router_turns_withdraw(e.t, s, first), 0);
+    assert_int_equal(router_turns_withdraw(e.t, s, first), -1);     /* gone already */
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.waiting, 1);
+    /* The held turn stops; the next is "second": "first" never ran. */
+    router_turns_stop(e.t, s);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 2); /* both subscribers see it */
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "): second\""));
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.waiting, 0);
+    assert_int_equal(st.done, 1);
+    router_turns_detach(e.t, s);
+    router_turns_detach(e.t, other);
+    s_teardown(&e);
+}
+
 static bool s_inbox_empty(void *ud)
 {
     return router_inbox_count(ud) == 0;
@@ -890,6 +930,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chat_round_trip),
         cmocka_unit_test(test_busy_steer_stop),
+        cmocka_unit_test(test_withdraw),
         cmocka_unit_test(test_inbox_turns),
         cmocka_unit_test(test_backlog_that_cannot_start),
         cmocka_unit_test(test_sessions_api),

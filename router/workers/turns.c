@@ -71,6 +71,7 @@ typedef struct s_item {
     router_turn_source_t src;  /* session, channel, content, envelope */
     uint64_t seq;              /* inbox: the entry */
     uint64_t lock_timer;       /* chat: the lock timeout */
+    uint64_t msg;              /* chat: the handle router_turns_withdraw takes */
     char *reply;               /* a request's response text, set as its turn ends */
     size_t reply_len;
     s_session_t *sess;
@@ -156,6 +157,7 @@ struct router_turns {
     zhash_t *subs;             /* "<id>" → s_sub_t */
     router_turns_sub_t next_sub;
     uint64_t next_serial;
+    uint64_t next_msg;         /* chat messages' handles, from 1 */
     s_turn_t *by_serial[S_TURN_BUCKETS]; /* the turns in flight, by serial */
     size_t inbox_inflight;
     bool taking;                /* inside s_take_inbox: no nested take */
@@ -1730,6 +1732,12 @@ static void s_lock_expired(router_loop_t *loop, uint64_t id, void *ud);
 int router_turns_submit(router_turns_t *t, router_turns_sub_t id, const char *content,
                         size_t len, const char **code)
 {
+    return router_turns_submit_msg(t, id, content, len, NULL, code);
+}
+
+int router_turns_submit_msg(router_turns_t *t, router_turns_sub_t id, const char *content,
+                            size_t len, uint64_t *msg, const char **code)
+{
     s_sub_t *sub = s_sub(t, id);
     if (!sub) {
         *code = "AGENT_ERROR";
@@ -1756,6 +1764,9 @@ int router_turns_submit(router_turns_t *t, router_turns_sub_t id, const char *co
     it->src.channel = PROTO_WORKER_CHANNEL_WS;
     snprintf(it->src.session, sizeof it->src.session, "%s", sess->id);
     it->sub = id;
+    it->msg = ++t->next_msg;
+    if (msg)
+        *msg = it->msg;
     s_enqueue(t, sess, it);
     it->t = t;
     if (sess->active)
@@ -1780,6 +1791,22 @@ static void s_lock_expired(router_loop_t *loop, uint64_t id, void *ud)
     s_error_to(t, it->sub, "SESSION_BUSY", msg);
     s_item_free(it);
     s_session_gc(t, sess);
+}
+
+int router_turns_withdraw(router_turns_t *t, router_turns_sub_t id, uint64_t msg)
+{
+    s_sub_t *sub = s_sub(t, id);
+    if (!sub || !msg)
+        return -1;
+    s_session_t *sess = sub->sess;
+    s_item_t *it = sess->q_head;
+    while (it && (it->from_inbox || it->sub != id || it->msg != msg))
+        it = it->next;
+    if (!it)
+        return -1; /* its turn began (or it ended): only a stop reaches it now */
+    s_item_unqueue(t, it);
+    s_item_free(it); /* the session stays: sub is attached to it */
+    return 0;
 }
 
 int router_turns_steer(router_turns_t *t, router_turns_sub_t id, const char *content,

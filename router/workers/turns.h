@@ -147,6 +147,17 @@ const char *router_turns_session_of(const router_turns_t *t, router_turns_sub_t 
 int router_turns_submit(router_turns_t *t, router_turns_sub_t sub, const char *content,
                         size_t len, const char **code);
 
+/* router_turns_submit, and in *msg (may be NULL) the message's handle for
+ * router_turns_withdraw (never 0). */
+int router_turns_submit_msg(router_turns_t *t, router_turns_sub_t sub, const char *content,
+                            size_t len, uint64_t *msg, const char **code);
+
+/* Takes sub's message `msg` out of its session's queue while its turn has
+ * not begun: it never runs, and no frame is sent for it. Returns 0, or -1
+ * when it is not waiting (its turn began or ended, or sub is unknown):
+ * then only router_turns_stop reaches it, once its turn is in flight. */
+int router_turns_withdraw(router_turns_t *t, router_turns_sub_t sub, uint64_t msg);
+
 /* Steers the session's turn in flight (applied at its next tool-loop
  * boundary). Returns 0, or -1 with *code "NO_ACTIVE_TURN" or
  * "EMPTY_CONTENT". */

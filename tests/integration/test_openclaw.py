@@ -495,6 +495,108 @@ async def foreign_turns_relayed(node, token):
     await b.close()
 
 
+class RunWatch:
+    """Collects one socket's frames: the answer to each request id, and the
+    chat event that ends each run."""
+
+    def __init__(self, ws):
+        self.ws, self.res, self.ends = ws, {}, {}
+
+    async def pump(self, until):
+        while not until():
+            f = await recv(self.ws)
+            if f["type"] == "res":
+                self.res.setdefault(f["id"], f)
+            elif f["type"] == "event" and f["event"] == "chat" and \
+                    f["payload"]["state"] in ("final", "error", "aborted"):
+                self.ends[f["payload"]["runId"]] = f["payload"]
+
+    async def ask(self, rid, method, params):
+        await self.ws.send(json.dumps({"type": "req", "id": rid, "method": method,
+                                       "params": params}))
+        await self.pump(lambda: rid in self.res)
+        return self.res[rid]
+
+    async def chat(self, rid, session, message, key=None):
+        return await self.ask(rid, "chat.send", {"sessionKey": session, "message": message,
+                                                 "idempotencyKey": key or rid})
+
+
+async def run_bounds(node, token):
+    """What one socket may hold (WIRE §25): the sessions it follows (8; one
+    with no run of its own is let go for a new one), its unfinished runs
+    (16), and a session's queue (16 waiting, from all sockets together);
+    past each, a typed refusal and the socket serves on. A key sent again
+    while its run is in flight answers in_flight and starts nothing. An
+    abort reaches runs still waiting their turn (stopped as it begins) and
+    runs held by a turn; everything ends aborted and the agents are free
+    for the next run."""
+    held = "/sleep 600000"
+    a = RunWatch((await handshake(node, token, version=2))[0])
+    # Eight sessions followed, each run to its end, then eight more: each
+    # new one takes the slot of a finished one.
+    for i in range(8):
+        res = await a.chat(f"q{i}", f"oc-b{i}", f"quick {i}")
+        check(res["ok"] is True, f"quick run {i}: {res}")
+    await a.pump(lambda: all(f"q{i}" in a.ends for i in range(8)))
+    check(all(a.ends[f"q{i}"]["state"] == "final" for i in range(8)), f"quick runs {a.ends}")
+    for i in range(8, 16):
+        res = await a.chat(f"h{i}", f"oc-b{i}", held)
+        check(res["ok"] is True and res["payload"]["status"] == "started", f"held run {i}: {res}")
+    # All eight slots hold a run now: a ninth session is refused.
+    res = await a.chat("s-over", "oc-b16", "one session too many")
+    check(res["ok"] is False and res["error"]["code"] == "UNAVAILABLE" and
+          "too many sessions" in res["error"]["message"], f"ninth session {res}")
+    # The same key while its run is held: the same runId, in flight.
+    res = await a.chat("h8-again", "oc-b8", held, key="h8")
+    check(res["ok"] is True and res["payload"] == {"runId": "h8", "status": "in_flight",
+                                                   "cached": True}, f"key again {res}")
+    # Up to 16 unfinished runs on the socket: 8 held, 8 queued behind oc-b8's.
+    for i in range(8):
+        res = await a.chat(f"w{i}", "oc-b8", f"waits {i}")
+        check(res["ok"] is True, f"queued run {i}: {res}")
+    res = await a.chat("r-over", "oc-b9", "one run too many")
+    check(res["ok"] is False and res["error"]["code"] == "UNAVAILABLE" and
+          "too many runs" in res["error"]["message"], f"seventeenth run {res}")
+    # Another socket fills oc-b8's queue: 8 of a's and 8 of b's wait (held
+    # turns too, so that none ends before its abort); the next is refused
+    # by the session, as the run's error.
+    b = RunWatch((await handshake(node, token, version=2))[0])
+    for i in range(8):
+        res = await b.chat(f"bw{i}", "oc-b8", held)
+        check(res["ok"] is True, f"b's queued run {i}: {res}")
+    res = await b.chat("bw-over", "oc-b8", "no room")
+    check(res["ok"] is True, f"accepted, then refused by the session: {res}")
+    await b.pump(lambda: "bw-over" in b.ends)
+    check(b.ends["bw-over"]["state"] == "error" and
+          "queue is full" in b.ends["bw-over"]["errorMessage"], f"queue full {b.ends}")
+    # Abort a queued run alone first: it waits its turn, marked.
+    res = await a.ask("ab-w7", "chat.abort", {"sessionKey": "oc-b8", "runId": "w7"})
+    check(res["ok"] is True and res["payload"]["runIds"] == ["w7"] and
+          res["payload"]["aborted"] is True, f"abort one waiting run {res}")
+    res = await a.ask("ab-none", "chat.abort", {"sessionKey": "oc-nothing"})
+    check(res["ok"] is True and res["payload"] == {"ok": True, "runIds": [], "aborted": False},
+          f"abort of nothing {res}")
+    # Then everything, on both sockets.
+    for i in range(8, 16):
+        res = await a.ask(f"ab{i}", "chat.abort", {"sessionKey": f"oc-b{i}"})
+        check(res["ok"] is True and res["payload"]["aborted"] is True, f"abort oc-b{i}: {res}")
+    res = await b.ask("b-ab", "chat.abort", {"sessionKey": "oc-b8"})
+    check(res["ok"] is True and len(res["payload"]["runIds"]) == 8, f"b's abort {res}")
+    a_runs = [f"h{i}" for i in range(8, 16)] + [f"w{i}" for i in range(8)]
+    await a.pump(lambda: all(r in a.ends for r in a_runs))
+    await b.pump(lambda: all(f"bw{i}" in b.ends for i in range(8)))
+    ends = [a.ends[r]["state"] for r in a_runs] + [b.ends[f"bw{i}"]["state"] for i in range(8)]
+    check(ends == ["aborted"] * 24, f"ends {a.ends} {b.ends}")
+    # The agents are free again, and the socket serves a new session.
+    res = await a.chat("after", "oc-b16", "after the bounds")
+    check(res["ok"] is True, f"run after the aborts {res}")
+    await a.pump(lambda: "after" in a.ends)
+    check(a.ends["after"]["state"] == "final", f"after {a.ends['after']}")
+    await a.ws.close()
+    await b.ws.close()
+
+
 def announced_oversize_closed(node):
     import socket
     s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=20)
@@ -677,6 +779,7 @@ def main():
         r.run(lambda: run(plain_refusals(node, token)), name="plain_refusals")
         r.run(lambda: run(plain_tools_and_errors(node, token)), name="plain_tools_and_errors")
         r.run(lambda: run(foreign_turns_relayed(node, token)), name="foreign_turns_relayed")
+        r.run(lambda: run(run_bounds(node, token)), name="run_bounds")
         r.run(lambda: run(malformed_frames(node, token)), name="malformed_frames")
         r.run(lambda: run(deviceless(node, token)), name="deviceless")
         r.run(lambda: run(upgrade_refusals(node)), name="upgrade_refusals")
