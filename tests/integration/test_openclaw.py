@@ -716,11 +716,36 @@ def device_recorded(node, token, state):
     return row
 
 
+async def cut_off_run(node, token, key):
+    """A run whose socket closes while its turn is held ends `unknown`: the
+    same key answers so, with nothing started (before and after a restart)."""
+    ws, res = await handshake(node, token, version=2)
+    check(res["ok"] is True, f"hello {res}")
+    w = RunWatch(ws)
+    res = await w.chat("cut", "oc-cut", "/sleep 600000", key=key)
+    check(res["ok"] is True and res["payload"]["status"] == "started", f"held {res}")
+    await ws.close()
+    return await key_status(node, token, key)
+
+
+async def key_status(node, token, key):
+    ws, res = await handshake(node, token, version=2)
+    check(res["ok"] is True, f"hello {res}")
+    res = await RunWatch(ws).chat("again", "oc-cut", "/sleep 600000", key=key)
+    await ws.close()
+    check(res["ok"] is True and res["payload"].get("cached") is True, f"key again {res}")
+    return res["payload"]["status"]
+
+
 def key_before_restart(node, token, key):
     out = reference(node, token, "chat_key", key)
     check(out["ack"] == {"runId": key, "status": "started"} and
           out["final"]["message"]["content"][0]["text"] == "echo: say it once", f"chat {out}")
     wait_metric(node, DONE, lambda v: v >= 1)
+    # Its turn goes on holding an agent, nobody following it, until the
+    # restart below stops the daemon.
+    status = run(cut_off_run(node, token, key + "-cut"))
+    check(status == "unknown", f"a cut-off run's key answers {status}")
 
 
 def device_after_restart(node, state, row):
@@ -758,6 +783,8 @@ def key_after_restart(node, token, key):
     check(status == 200, f"/api/sessions/oc-idem answered {status} {body}")
     msgs = json.loads(body)["messages"]
     check([m["content"] for m in msgs] == ["say it once", "echo: say it once"], f"msgs {msgs}")
+    status = run(key_status(node, token, key + "-cut"))
+    check(status == "unknown", f"a cut-off run's key after the restart answers {status}")
 
 
 def run(coro):
