@@ -491,6 +491,28 @@ async def foreign_turns_relayed(node, token):
     text = "".join(p.get("deltaText", "") for p in seen[:-1])
     check(final["state"] == "final" and text == "echo: from b" and
           final["message"]["content"][0]["text"] == "echo: from b", f"relayed {seen}")
+
+    async def relayed_end():
+        while True:
+            f = await recv(a)
+            if f["type"] == "event" and f["event"] == "chat" and \
+                    f["payload"]["state"] in ("final", "error", "aborted"):
+                return f["payload"]
+    # A failing turn of b's reaches a as an error, a stopped one as aborted.
+    own = await run_frames(b, "b2", "chat.send", {"message": "/fail", "idempotencyKey": "fb-2",
+                                                 "sessionKey": "oc-shared"})
+    check(own[-1]["payload"]["state"] == "error", f"b's failing run {own[-1]}")
+    end = await relayed_end()
+    check(end["state"] == "error" and "/fail" in end["errorMessage"] and
+          end["runId"] != seen[0]["runId"], f"relayed error {end}")
+    res = await request(b, "b3", "chat.send", {"message": "/sleep 600000", "idempotencyKey": "fb-3",
+                                              "sessionKey": "oc-shared"})
+    check(res["ok"] is True, f"b's held run {res}")
+    # Started: the session was idle, so its turn is in flight; stop it.
+    res = await request(b, "b4", "chat.abort", {"sessionKey": "oc-shared"})
+    check(res["ok"] is True and res["payload"]["runIds"] == ["fb-3"], f"b's abort {res}")
+    end = await relayed_end()
+    check(end["state"] == "aborted", f"relayed stop {end}")
     await a.close()
     await b.close()
 
@@ -722,6 +744,10 @@ async def cut_off_run(node, token, key):
     ws, res = await handshake(node, token, version=2)
     check(res["ok"] is True, f"hello {res}")
     w = RunWatch(ws)
+    # A first run, so the session has started: the held one is then
+    # submitted as it is answered (its turn begins at once).
+    res = await w.chat("first", "oc-cut", "before the cut", key=key + "-first")
+    await w.pump(lambda: key + "-first" in w.ends)
     res = await w.chat("cut", "oc-cut", "/sleep 600000", key=key)
     check(res["ok"] is True and res["payload"]["status"] == "started", f"held {res}")
     await ws.close()
