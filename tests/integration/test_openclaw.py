@@ -37,7 +37,8 @@ import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import (Daemon, Results, check, curl, free_port, gateway_url,  # noqa: E402
-                  metrics_map, pair_token, wait_metric, ws_read_until)
+                  metrics_map, pair_token, wait_metric, ws_masked, ws_read_until,
+                  ws_server_frames)
 
 TIMEOUT = 60  # generous bound on any one wait; never a speed assertion
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -340,6 +341,57 @@ async def plain_refusals(node, token):
     # ... and refused from the frame header alone: a stranger announcing a
     # 1 MiB frame is closed before sending its payload (nothing is buffered).
     check(await asyncio.to_thread(announced_oversize_closed, node), "no 1009 before the payload")
+
+
+async def role_refused(node, token):
+    """kith serves the operator role only: a node's connect closes 1008."""
+    ws = await websockets.connect(url(node), ping_interval=None)
+    ch = await recv(ws)
+    params = connect_params(token, ch["payload"]["nonce"], ch["payload"]["ts"])
+    params["role"] = "node"
+    await ws.send(json.dumps({"type": "req", "id": "r", "method": "connect", "params": params}))
+    res = await recv(ws)
+    check(res["ok"] is False and "operator role only" in res["error"]["message"], f"role {res}")
+    await expect_closed(ws, 1008)
+
+
+def request_during_connect(node, token):
+    """A request written with the connect, before hello-ok (the device is
+    still being recorded), is refused by id; the connect then succeeds and
+    the socket serves. One write carries both frames, so kith reads them
+    together: raw socket, masked frames by hand."""
+    import socket
+    s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=TIMEOUT)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n")
+    _, frames = ws_read_until(s, lambda f: len(f) >= 1)
+    ch = json.loads(frames[0][1])
+    connect = {"type": "req", "id": "c1", "method": "connect",
+               "params": connect_params(token, ch["payload"]["nonce"], ch["payload"]["ts"])}
+    early = {"type": "req", "id": "early", "method": "health"}
+    later = {"type": "req", "id": "later", "method": "health"}
+    s.sendall(ws_masked(1, json.dumps(connect).encode()) + ws_masked(1, json.dumps(early).encode()))
+    data, got = b"", {}
+
+    def read_answers(n):
+        nonlocal data
+        while len(got) < n:
+            chunk = s.recv(65536)
+            check(chunk, f"closed with {got}")
+            data += chunk
+            for op, p in ws_server_frames(data):
+                f = json.loads(p) if op == 1 else {}
+                if f.get("type") == "res":
+                    got.setdefault(f["id"], f)
+    read_answers(2)
+    check(got["early"]["ok"] is False and
+          got["early"]["error"]["message"] == "connect is still being answered" and
+          got["c1"]["ok"] is True, f"answers {got}")
+    s.sendall(ws_masked(1, json.dumps(later).encode()))
+    read_answers(3)
+    check(got["later"]["ok"] is True, f"health after hello-ok {got['later']}")
+    s.close()
 
 
 async def answer(ws, rid):
@@ -836,6 +888,8 @@ def main():
         r.run(lambda: run(malformed_frames(node, token)), name="malformed_frames")
         r.run(lambda: run(deviceless(node, token)), name="deviceless")
         r.run(lambda: run(upgrade_refusals(node)), name="upgrade_refusals")
+        r.run(lambda: run(role_refused(node, token)), name="role_refused")
+        r.run(request_during_connect, node, token)
         r.run(lambda: run(scope_refusals(node, token)), name="scope_refusals")
         r.run(lambda: idle_socket_closed(idle), name="handshake_deadline")
         # The audit worker appends in batches: wait for the outcome.
