@@ -2,7 +2,8 @@
 the real daemon: two `kith agent --connect tcp://127.0.0.1:PORT` processes
 (workers.listen) serve the inbox's turns with the scripted provider — a
 peer's request gets a signed response carrying the agent's answer, `/send`
-runs the router's send_message tool to the peer — and `kill -9` of the agent
+runs the router's send_message tool to the peer and `/request` its
+send_request tool — and `kill -9` of the agent
 holding a `/sleep 3000` turn ends that turn as an error, after which the
 next message is answered by the other agent. A second daemon with the
 default configuration answers through its embedded agent threads."""
@@ -93,6 +94,16 @@ def main():
             check(ok and env["kind"] == {"type": "message", "body": "hi there"}, f"the peer got {env['kind']}")
             wait_inbox_empty(node)
 
+        def request_tool_reaches_the_peer():
+            # send_request: the peer gets a signed request with the intent
+            # and the params the agent gave, CBOR from its JSON.
+            send(node, peer.message(node.pk, '/request peer do.thing {"x":1,"y":[true,"z"]}'))
+            ok, env = acks.next()
+            check(ok and env["kind"] == {"type": "request", "intent": "do.thing",
+                                         "params": {"x": 1, "y": [True, "z"]}},
+                  f"the peer got {env['kind']}")
+            wait_inbox_empty(node)
+
         def send_tool_over_a_unix_socket():
             send(node, peer.message(node.pk, "/send upeer hi over uds"))
             ok, env = uacks.next()
@@ -129,6 +140,7 @@ def main():
         r.run(two_agents_join)
         r.run(request_answered_by_an_agent)
         r.run(send_tool_reaches_the_peer)
+        r.run(request_tool_reaches_the_peer)
         r.run(send_tool_over_a_unix_socket)
         r.run(kill_9_mid_sleep)
         r.run(agent_sigterm_exits_0)
