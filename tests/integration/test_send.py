@@ -3,7 +3,8 @@
 durable inbox and says so in its log; the same over B's Unix socket (a
 peer whose address is uds://); a request carries JSON params; an
 untrusted sender is refused at once (exit 3); a peer that is down is
-offline (exit 2); bad usage is exit 1."""
+offline (exit 2); bad usage is exit 1; a peer named by its host name is
+resolved off the loop, and a name that does not resolve is exit 1."""
 
 import json
 import os
@@ -30,9 +31,11 @@ def main():
     a = Daemon("a")
     b = Daemon("b")
     c = Daemon("c")  # never runs either: it only sends, to B's Unix socket
+    d = Daemon("d")  # nor this one: it sends to B by B's host name
     # A never runs: B's route to it is a port nobody listens on (discard).
     b.trust("a", a.pk, "tcp://127.0.0.1:9")
     b.trust("c", c.pk, "tcp://127.0.0.1:9")
+    b.trust("d", d.pk, "tcp://127.0.0.1:9")
     b.start()
     c.trust("b", b.pk, f"uds://{b.uds}")
     a.trust("b", b.pk, f"tcp://127.0.0.1:{b.port}")
@@ -140,6 +143,28 @@ def main():
             mute.close()
             assert rc == 2 and "timeout" in json.loads(out)["detail"], (rc, out, err)
 
+        def peer_named_by_dns():
+            # A peer's address may name its host: `kith send` resolves it
+            # on its own thread (never the loop's). The machine's own name
+            # resolves through /etc/hosts on most machines; a name under
+            # .invalid never does (RFC 6761), with or without a network.
+            import socket
+            d.trust("b", b.pk, f"tcp://no-such-host.invalid:{b.port}")
+            rc, out, err, _ = send(d.home, "--to", "b", "--body", "nowhere", timeout=5)
+            assert rc == 1 and "cannot resolve no-such-host.invalid" in err, (rc, out, err)
+            host = socket.gethostname()
+            try:
+                local = socket.getaddrinfo(host, b.port, type=socket.SOCK_STREAM)[0][4][0]
+            except OSError:
+                local = None
+            if local is None or not local.startswith("127."):
+                print(f"     skipped the resolving half: {host} resolves to {local}, not loopback")
+                return
+            kith("peers", "remove", "b", "--home", d.home)
+            d.trust("b", b.pk, f"tcp://{host}:{b.port}")
+            rc, out, err, _ = send(d.home, "--to", "b", "--body", "by name")
+            assert rc == 0 and json.loads(out)["status"] == "acked", (rc, out, err)
+
         results.run(acked_message)
         results.run(acked_over_a_unix_socket)
         results.run(request_by_peer_id)
@@ -147,10 +172,12 @@ def main():
         results.run(unknown_peer_is_usage_error)
         results.run(offline_when_down)
         results.run(offline_when_no_ack)
+        results.run(peer_named_by_dns)
     finally:
         b.cleanup()
         a.cleanup()
         c.cleanup()
+        d.cleanup()
     return results.summary()
 
 
