@@ -22,5 +22,6 @@ int kith_cmd_config(int argc, char **argv);
 int kith_cmd_paircode(int argc, char **argv);
 int kith_cmd_audit(int argc, char **argv);
 int kith_cmd_agent(int argc, char **argv);
+int kith_cmd_service(int argc, char **argv);
 
 #endif

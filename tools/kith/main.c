@@ -23,6 +23,7 @@ static const kith_cmd_t s_cmds[] = {
     {"paircode", kith_cmd_paircode, "print a new one-time pairing code from the running daemon"},
     {"audit",    kith_cmd_audit,    "verify, tail or query the audit log offline"},
     {"agent",    kith_cmd_agent,    "run agent workers for a daemon's broker (--connect ENDPOINT)"},
+    {"service",  kith_cmd_service,  "install, start, stop or inspect the daemon as a systemd unit"},
 };
 
 static void s_usage(FILE *out)
@@ -36,6 +37,7 @@ static void s_usage(FILE *out)
             "  1  usage error, local error, or invalid input (the reason is on stderr)\n"
             "  2  kith send: the peer did not ack in time (offline)\n"
             "  3  kith send: the peer refused the envelope (connection closed)\n"
+            "     kith service start|stop|restart|status: systemctl's own exit status\n"
             "\nstate lives in --home DIR, else $KITH_HOME, else ~/.kith\n");
 }
 

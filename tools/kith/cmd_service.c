@@ -1,0 +1,455 @@
+/* tools/kith/cmd_service.c — `kith service install|uninstall|start|stop|
+ * restart|status|logs` (DESIGN §3): run the daemon under systemd. install
+ * writes a unit for `kith daemon` with this binary, home and configuration
+ * (a user unit, or with --system a system one) and enables it through
+ * systemctl; start, stop, restart and status are systemctl's, its exit
+ * status passed through; logs prints the daemon's own log file. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <spawn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "router/state/config.h"
+#include "router/state/home.h"
+#include "tools/kith/cli_opts.h"
+#include "tools/kith/cmd.h"
+
+#define S_UNIT "kith.service"
+#define S_LOG_LINES_DEFAULT 100u
+#define S_LOG_LINES_MAX 100000u
+#define S_FOLLOW_POLL_NS 250000000L   /* --follow looks for new lines 4 times a second */
+
+extern char **environ;
+
+static void s_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: kith service install [--home DIR] [--config FILE] [--system] [--print]\n"
+            "       kith service uninstall [--system]\n"
+            "       kith service start|stop|restart|status [--system]\n"
+            "       kith service logs [--home DIR] [--lines N] [--follow]\n"
+            "\n"
+            "Runs `kith daemon` under systemd, as a user unit (systemctl --user; add\n"
+            "`loginctl enable-linger $USER` to keep it running after logout) or, with\n"
+            "--system, as a system unit (/etc/systemd/system, as root).\n"
+            "\n"
+            "  install    writes " S_UNIT " for this kith binary with --home DIR (absolute) and\n"
+            "             --config FILE when given (refused when kith daemon would refuse it),\n"
+            "             then runs systemctl daemon-reload and enable; --print only prints\n"
+            "             the unit. The unit restarts the daemon when it fails, and\n"
+            "             `systemctl reload` sends SIGHUP (log reopened, trust reloaded).\n"
+            "  uninstall  disables and stops the unit and removes it\n"
+            "  start, stop, restart, status\n"
+            "             systemctl's, on " S_UNIT "; exit status: systemctl's own (status:\n"
+            "             0 running, 3 not running)\n"
+            "  logs       the last N lines (default 100) of DIR/logs/daemon.log;\n"
+            "             --follow keeps printing new ones until interrupted\n"
+            "\n"
+            "User units go to $XDG_CONFIG_HOME/systemd/user (else ~/.config/systemd/user).\n");
+}
+
+/* ---------------------------------------------------------------- systemctl */
+
+/* Runs `systemctl [--user] ARGS…` and returns its exit status, or -1 with
+ * errno (ENOENT: systemctl is not installed). */
+static int s_systemctl(bool system, const char *a1, const char *a2, const char *a3)
+{
+    char *argv[6];
+    int n = 0;
+    argv[n++] = "systemctl";
+    if (!system)
+        argv[n++] = "--user";
+    argv[n++] = (char *) a1;
+    if (a2)
+        argv[n++] = (char *) a2;
+    if (a3)
+        argv[n++] = (char *) a3;
+    argv[n] = NULL;
+    fflush(stdout);
+    pid_t pid;
+    int rc = posix_spawnp(&pid, "systemctl", NULL, NULL, argv, environ);
+    if (rc != 0) {
+        errno = rc;
+        return -1;
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+/* Says why `systemctl [--user] a1 [a2]` did not succeed (rc from s_systemctl). */
+static void s_report(bool system, int rc, const char *a1, const char *a2)
+{
+    if (rc < 0 && errno == ENOENT)
+        fprintf(stderr, "kith service: systemctl is not installed: run the daemon another way "
+                        "(kith daemon), or install systemd\n");
+    else if (rc < 0)
+        fprintf(stderr, "kith service: cannot run systemctl: %s\n", strerror(errno));
+    else
+        fprintf(stderr, "kith service: systemctl%s %s%s%s failed (exit %d)\n",
+                system ? "" : " --user", a1, a2 ? " " : "", a2 ? a2 : "", rc);
+}
+
+/* One systemctl step of install or uninstall: true when it succeeded. */
+static bool s_step(bool system, const char *a1, const char *a2, const char *a3)
+{
+    int rc = s_systemctl(system, a1, a2, a3);
+    if (rc != 0)
+        s_report(system, rc, a1, a2);
+    return rc == 0;
+}
+
+/* ---------------------------------------------------------------- the unit */
+
+/* Where the unit lives: dir[cap] and path[cap]. */
+static int s_unit_paths(bool system, char *dir, char *path, size_t cap)
+{
+    int n;
+    if (system) {
+        n = snprintf(dir, cap, "/etc/systemd/system");
+    } else {
+        const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+        if (xdg && xdg[0] == '/')
+            n = snprintf(dir, cap, "%s/systemd/user", xdg);
+        else if (home && home[0] == '/')
+            n = snprintf(dir, cap, "%s/.config/systemd/user", home);
+        else {
+            fprintf(stderr, "kith service: no HOME to put a user unit under; set HOME, or use "
+                            "--system\n");
+            return -1;
+        }
+    }
+    if (n < 0 || (size_t) n >= cap || snprintf(path, cap, "%s/" S_UNIT, dir) >= (int) cap) {
+        fprintf(stderr, "kith service: the unit's path is too long\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Appends one ExecStart argument (after a space unless `first`), quoted as
+ * systemd reads it: backslash escapes inside double quotes, "%%" for a
+ * percent sign (a specifier otherwise) and "$$" for a dollar sign (a
+ * variable otherwise). A control character cannot be written at all: -1. */
+static int s_exec_arg(FILE *f, const char *arg, bool first)
+{
+    fputs(first ? "\"" : " \"", f);
+    for (const unsigned char *p = (const unsigned char *) arg; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            return -1;
+        if (*p == '\\' || *p == '"')
+            fputc('\\', f);
+        else if (*p == '%' || *p == '$')
+            fputc(*p, f);
+        fputc(*p, f);
+    }
+    fputc('"', f);
+    return 0;
+}
+
+/* The unit's text for `exe daemon --home home [--config config]`. */
+static int s_unit_write(FILE *f, bool system, const char *exe, const char *home,
+                        const char *config)
+{
+    fprintf(f,
+            "# " S_UNIT " — written by `kith service install`; `kith service uninstall`\n"
+            "# removes it. Edit with `systemctl%s edit kith` to keep changes.\n"
+            "[Unit]\n"
+            "Description=kith, the comms router for AI agents\n"
+            "%s"
+            "\n"
+            "[Service]\n"
+            "Type=exec\n"
+            "ExecStart=",
+            system ? "" : " --user",
+            /* a user manager has no network targets */
+            system ? "After=network-online.target\nWants=network-online.target\n" : "");
+    if (s_exec_arg(f, exe, true) != 0 || s_exec_arg(f, "daemon", false) != 0 ||
+        s_exec_arg(f, "--home", false) != 0 || s_exec_arg(f, home, false) != 0)
+        return -1;
+    if (config && (s_exec_arg(f, "--config", false) != 0 || s_exec_arg(f, config, false) != 0))
+        return -1;
+    fprintf(f,
+            "\n"
+            "ExecReload=/bin/kill -HUP $MAINPID\n"
+            "Restart=on-failure\n"
+            "RestartSec=2s\n"
+            "TimeoutStopSec=60s\n"
+            "UMask=0077\n"
+            "NoNewPrivileges=yes\n"
+            "\n"
+            "[Install]\n"
+            "WantedBy=%s\n",
+            system ? "multi-user.target" : "default.target");
+    return ferror(f) ? -1 : 0;
+}
+
+/* Writes the unit to path through a temporary file, mode 0644 (systemd
+ * reads it; kith's umask would make it 0600). */
+static int s_unit_install(const char *dir, const char *path, bool system, const char *exe,
+                          const char *home, const char *config)
+{
+    if (router_home_mkdirs(dir, 0755) != 0) {
+        fprintf(stderr, "kith service: cannot create %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    char tmp[PATH_MAX + 8];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int) sizeof tmp)
+        return -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f) {
+        fprintf(stderr, "kith service: cannot write %s: %s\n", tmp, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    int rc = fchmod(fd, 0644) == 0 ? s_unit_write(f, system, exe, home, config) : -1;
+    if (fflush(f) != 0 || fsync(fd) != 0)
+        rc = -1;
+    if (fclose(f) != 0)
+        rc = -1;
+    if (rc == 0 && rename(tmp, path) != 0)
+        rc = -1;
+    if (rc != 0) {
+        fprintf(stderr, "kith service: cannot write %s: %s\n", path,
+                errno ? strerror(errno) : "a path holds a control character");
+        (void) unlink(tmp);
+    }
+    return rc;
+}
+
+/* ---------------------------------------------------------------- verbs */
+
+static int s_install(const char *home_flag, const char *config_flag, bool system, bool print)
+{
+    char exe[PATH_MAX], home[ROUTER_PATH_MAX], abs_home[PATH_MAX], abs_config[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) {
+        fprintf(stderr, "kith service: cannot find this kith binary: %s\n", strerror(errno));
+        return KITH_EXIT_FAIL;
+    }
+    exe[n] = '\0';
+    if (router_home_resolve(home_flag, home, sizeof home) != 0) {
+        fprintf(stderr, "kith service: no home directory; pass --home DIR or set KITH_HOME\n");
+        return KITH_EXIT_FAIL;
+    }
+    if (router_home_mkdirs(home, 0700) != 0 || !realpath(home, abs_home)) {
+        fprintf(stderr, "kith service: cannot use %s as the home: %s\n", home, strerror(errno));
+        return KITH_EXIT_FAIL;
+    }
+    if (config_flag && !realpath(config_flag, abs_config)) {
+        fprintf(stderr, "kith service: cannot read %s: %s\n", config_flag, strerror(errno));
+        return KITH_EXIT_FAIL;
+    }
+    /* A configuration the daemon would refuse makes a unit that fails at
+     * every restart: refuse it now, naming the problem. */
+    router_config_t *cfg = malloc(sizeof *cfg);
+    char err[ROUTER_CONFIG_ERR_MAX];
+    bool used = false;
+    if (!cfg) {
+        fprintf(stderr, "kith service: out of memory\n");
+        return KITH_EXIT_FAIL;
+    }
+    int loaded = router_config_load(cfg, abs_home, config_flag ? abs_config : NULL, &used, err,
+                                    sizeof err);
+    free(cfg);
+    if (loaded != 0) {
+        fprintf(stderr, "kith service: %s (nothing installed)\n", err);
+        return KITH_EXIT_FAIL;
+    }
+    const char *config = config_flag ? abs_config : NULL;
+    if (print) {
+        if (s_unit_write(stdout, system, exe, abs_home, config) != 0) {
+            fprintf(stderr, "kith service: a path holds a control character\n");
+            return KITH_EXIT_FAIL;
+        }
+        return KITH_EXIT_OK;
+    }
+    char dir[PATH_MAX], path[PATH_MAX];
+    if (s_unit_paths(system, dir, path, sizeof dir) != 0 ||
+        s_unit_install(dir, path, system, exe, abs_home, config) != 0)
+        return KITH_EXIT_FAIL;
+    printf("wrote %s\n", path);
+    if (!s_step(system, "daemon-reload", NULL, NULL) || !s_step(system, "enable", S_UNIT, NULL))
+        return KITH_EXIT_FAIL;
+    printf("enabled %s: start it with kith service start%s\n", S_UNIT, system ? " --system" : "");
+    return KITH_EXIT_OK;
+}
+
+static int s_uninstall(bool system)
+{
+    char dir[PATH_MAX], path[PATH_MAX];
+    if (s_unit_paths(system, dir, path, sizeof dir) != 0)
+        return KITH_EXIT_FAIL;
+    if (access(path, F_OK) != 0) {
+        fprintf(stderr, "kith service: %s is not installed (no %s)\n", S_UNIT, path);
+        return KITH_EXIT_FAIL;
+    }
+    if (!s_step(system, "disable", "--now", S_UNIT))
+        return KITH_EXIT_FAIL;
+    if (unlink(path) != 0) {
+        fprintf(stderr, "kith service: cannot remove %s: %s\n", path, strerror(errno));
+        return KITH_EXIT_FAIL;
+    }
+    printf("removed %s\n", path);
+    return s_step(system, "daemon-reload", NULL, NULL) ? KITH_EXIT_OK : KITH_EXIT_FAIL;
+}
+
+/* start, stop, restart, status: systemctl's output and exit status. */
+static int s_control(const char *verb, bool system)
+{
+    int rc = s_systemctl(system, verb, S_UNIT, NULL);
+    if (rc >= 0)
+        return rc;
+    s_report(system, rc, verb, S_UNIT);
+    return KITH_EXIT_FAIL;
+}
+
+/* Prints what f holds from offset `from` on; returns the new offset. */
+static long s_copy_from(FILE *f, long from)
+{
+    char buf[8192];
+    if (fseek(f, from, SEEK_SET) != 0)
+        return from;
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+        fwrite(buf, 1, n, stdout);
+        from += (long) n;
+    }
+    clearerr(f);
+    fflush(stdout);
+    return from;
+}
+
+static int s_logs(const char *home_flag, unsigned lines, bool follow)
+{
+    char home[ROUTER_PATH_MAX], path[ROUTER_PATH_MAX];
+    if (router_home_resolve(home_flag, home, sizeof home) != 0 ||
+        router_home_path(home, "logs/daemon.log", path, sizeof path) != 0) {
+        fprintf(stderr, "kith service: no home directory; pass --home DIR or set KITH_HOME\n");
+        return KITH_EXIT_FAIL;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "kith service: cannot read %s: %s (has the daemon run?)\n", path,
+                strerror(errno));
+        return KITH_EXIT_FAIL;
+    }
+    /* The start of the last `lines` lines: just after the newline that
+     * ends the line before them, found walking back from the end (the
+     * file's own last newline ends its last line). */
+    long end = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : 0, pos = end > 0 ? end : 0, start = 0;
+    unsigned seen = 0;
+    bool found = false;
+    char buf[8192];
+    while (pos > 0 && !found) {
+        long step = pos < (long) sizeof buf ? pos : (long) sizeof buf;
+        pos -= step;
+        if (fseek(f, pos, SEEK_SET) != 0 || fread(buf, 1, (size_t) step, f) != (size_t) step)
+            break;
+        for (long i = step - 1; i >= 0 && !found; i--)
+            if (buf[i] == '\n' && pos + i != end - 1 && ++seen == lines) {
+                start = pos + i + 1;
+                found = true;
+            }
+    }
+    long at = s_copy_from(f, start);
+    struct stat was;
+    while (follow && fstat(fileno(f), &was) == 0) {
+        struct timespec ts = {0, S_FOLLOW_POLL_NS};
+        nanosleep(&ts, NULL);
+        struct stat now;
+        if (stat(path, &now) == 0 && (now.st_ino != was.st_ino || now.st_size < at)) {
+            /* rotated (SIGHUP made a new file) or truncated: what the old
+             * one still had, then the new one from its start */
+            if (now.st_ino != was.st_ino)
+                (void) s_copy_from(f, at);
+            FILE *g = fopen(path, "rb");
+            if (g) {
+                fclose(f);
+                f = g;
+                at = 0;
+            }
+        }
+        at = s_copy_from(f, at);
+    }
+    fclose(f);
+    return KITH_EXIT_OK;
+}
+
+int kith_cmd_service(int argc, char **argv)
+{
+    const char *home_flag = NULL, *config_flag = NULL;
+    bool system = false, print = false, follow = false;
+    unsigned lines = S_LOG_LINES_DEFAULT;
+    static const struct option flags[] = {
+        {"home", required_argument, NULL, 'H'}, {"config", required_argument, NULL, 'c'},
+        {"system", no_argument, NULL, 's'},     {"print", no_argument, NULL, 'p'},
+        {"lines", required_argument, NULL, 'n'}, {"follow", no_argument, NULL, 'f'},
+        {0},
+    };
+    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "service", .help = "service",
+                     .longopts = flags};
+    for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
+        char *end = NULL;
+        unsigned long v;
+        switch (c) {
+        case KITH_OPT_HELP:
+            s_usage(stdout);
+            return KITH_EXIT_OK;
+        case 'H': home_flag = optarg; break;
+        case 'c': config_flag = optarg; break;
+        case 's': system = true; break;
+        case 'p': print = true; break;
+        case 'f': follow = true; break;
+        case 'n':
+            errno = 0;
+            v = strtoul(optarg, &end, 10);
+            if (errno || !end || *end || optarg[0] < '0' || optarg[0] > '9' || v < 1 ||
+                v > S_LOG_LINES_MAX) {
+                fprintf(stderr, "kith service: --lines takes 1 to %u; see kith service --help\n",
+                        S_LOG_LINES_MAX);
+                return KITH_EXIT_FAIL;
+            }
+            lines = (unsigned) v;
+            break;
+        default:
+            return KITH_EXIT_FAIL;
+        }
+    }
+    int rest = kith_opts_rest(&o);
+    if (argc - rest != 1) {
+        fprintf(stderr, "kith service: name one of install, uninstall, start, stop, restart, "
+                        "status, logs; see kith service --help\n");
+        return KITH_EXIT_FAIL;
+    }
+    const char *verb = argv[rest];
+    bool is_logs = !strcmp(verb, "logs"), is_install = !strcmp(verb, "install");
+    if ((!is_install && (config_flag || print)) || (!is_install && !is_logs && home_flag) ||
+        (!is_logs && (follow || lines != S_LOG_LINES_DEFAULT)) || (is_logs && system)) {
+        fprintf(stderr, "kith service %s: a flag that does not apply to it; see kith service "
+                        "--help\n", verb);
+        return KITH_EXIT_FAIL;
+    }
+    if (is_install)
+        return s_install(home_flag, config_flag, system, print);
+    if (!strcmp(verb, "uninstall"))
+        return s_uninstall(system);
+    if (is_logs)
+        return s_logs(home_flag, lines, follow);
+    if (!strcmp(verb, "start") || !strcmp(verb, "stop") || !strcmp(verb, "restart") ||
+        !strcmp(verb, "status"))
+        return s_control(verb, system);
+    fprintf(stderr, "kith service: unknown verb '%s'; see kith service --help\n", verb);
+    return KITH_EXIT_FAIL;
+}
