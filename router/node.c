@@ -37,6 +37,7 @@
 struct router_node {
     router_config_t cfg;                 /* effective configuration */
     char home[ROUTER_PATH_MAX];          /* state directory, "" for none */
+    char comms_bound[ROUTER_ADDR_STR_MAX]; /* the TCP comms listener's address, "" for none */
     router_identity_t identity;          /* our key */
     router_trust_t *trust;               /* trusted peers; a reload swaps in a new store */
     pthread_rwlock_t trust_lock;         /* guards `trust` against that swap for other threads */
@@ -218,13 +219,18 @@ static int s_listen_one(router_node_t *self, const char *text, bool events, char
                events ? "plain events" : "signed envelopes", router_loop_backend_name(self->loop));
     if (port)
         *port = router_addr_port(router_listener_addr(l));
+    /* What pairing advertises when nothing else is configured: the TCP
+     * comms address as bound (the port the kernel chose for port 0). */
+    if (!events && router_addr_family(&addr) != AF_UNIX && !self->comms_bound[0])
+        snprintf(self->comms_bound, sizeof self->comms_bound, "%s", bound);
     return 0;
 }
 
 static int s_listen(router_node_t *self, char *err, size_t errcap)
 {
     const router_config_t *c = &self->cfg;
-    if (c->comms.mode == ROUTER_COMMS_TCP && s_listen_one(self, c->comms.address, false, err, errcap, NULL))
+    if (c->comms.mode == ROUTER_COMMS_TCP &&
+        s_listen_one(self, c->comms.address, false, err, errcap, NULL) != 0)
         return -1;
     if ((c->comms.mode == ROUTER_COMMS_TCP || c->comms.mode == ROUTER_COMMS_UDS) &&
         c->comms.uds_path[0] && s_listen_one(self, c->comms.uds_path, false, err, errcap, NULL))
@@ -579,6 +585,7 @@ static int s_pairing(router_node_t *self, char *err, size_t errcap)
              self->identity.peer_id[1], self->identity.peer_id[2], self->identity.peer_id[3]);
     snprintf(address, sizeof address, "tcp://%s",
              self->cfg.comms.advertise_address[0] ? self->cfg.comms.advertise_address
+             : self->comms_bound[0]               ? self->comms_bound
                                                   : self->cfg.comms.address);
     router_pairing_opts_t po = {.loop = self->loop, .identity = &self->identity,
                                 .password = password, .name = name, .address = address,
@@ -737,12 +744,14 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
     }
     if (s_seed_replay(self, err, errcap) != 0)
         goto fail;
-    if (opts->listen && self->cfg.comms.pairing_password_env[0] && s_pairing(self, err, errcap) != 0)
-        goto fail;
     if (opts->workers && s_workers_start(self, opts, err, errcap) != 0)
         goto fail;
 
     if (opts->listen && s_listen(self, err, errcap) != 0)
+        goto fail;
+    /* After listening: pairing advertises the port bound. Nothing is read
+     * before the loop runs, so no handshake can come first. */
+    if (opts->listen && self->cfg.comms.pairing_password_env[0] && s_pairing(self, err, errcap) != 0)
         goto fail;
     if (opts->inproc_name) {
         snprintf(self->inproc_name, sizeof self->inproc_name, "%s", opts->inproc_name);
@@ -894,6 +903,12 @@ void router_node_on_durable(router_node_t *self, void (*fn)(void *ud), void *ud)
 {
     self->on_durable = fn;
     self->on_durable_ud = ud;
+}
+
+void router_node_use_tokens(router_node_t *self, struct router_tokens *tokens)
+{
+    if (self->pairing)
+        router_pairing_set_lockouts(self->pairing, tokens);
 }
 
 void router_node_on_stop(router_node_t *self, void (*fn)(void *ud), void *ud)

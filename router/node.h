@@ -111,6 +111,13 @@ void router_node_stop_async(router_node_t *self);
  * thread or before the node runs; fn NULL removes it. */
 void router_node_on_durable(router_node_t *self, void (*fn)(void *ud), void *ud);
 
+/* The token store whose lockouts count wrong Meerkat pairing proofs on the
+ * comms port (borrowed; the daemon's, beside the gateway's /pair). Set it
+ * before the node runs and NULL once the store stops; until it is set,
+ * pairing refuses every handshake. No pairing configured: nothing. */
+struct router_tokens;
+void router_node_use_tokens(router_node_t *self, struct router_tokens *tokens);
+
 /* Hands every comms event (each admission and each typed refusal, DESIGN
  * §8) to fn(ev, ud) on the loop thread, after the node has logged it: the
  * gateway publishes them on /api/events. One sink; NULL removes it. Set it

@@ -4,6 +4,7 @@
  * back to the loop. */
 #include "router/comms/pairing.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -25,16 +26,12 @@
 #include "router/log.h"
 #include "router/state/home.h"
 #include "router/state/statefile.h"
+#include "router/state/tokens.h"
 #include "router/state/trust.h"
 
-/* Source addresses whose wrong proofs are remembered. */
-#define S_FAIL_SLOTS 256
-
-typedef struct {
-    uint8_t key[16];     /* the source IP (v4 mapped into 16 bytes) */
-    unsigned fails;      /* wrong proofs since `since` */
-    uint64_t since;      /* mono ms of the first of them */
-} s_fail_t;
+/* A source's key in the token store's lockouts: "comms-pair:" and its IP,
+ * apart from the gateway's /pair clients (one does not lock the other). */
+#define S_CLIENT_PREFIX "comms-pair:"
 
 typedef enum { S_AWAIT_HELLO, S_AWAIT_PROOF, S_WRITING, S_DONE } s_state_t;
 
@@ -47,7 +44,7 @@ struct router_pairing_conn {
     char line[ROUTER_PAIRING_LINE_MAX];  /* the line being read */
     size_t len;
     char challenge[PROTO_UUID_TEXT_CAP]; /* sent in the challenge */
-    uint8_t src[16];                     /* source address key */
+    char client[ROUTER_TOKENS_CLIENT_MAX]; /* its lockout key (S_CLIENT_PREFIX + IP) */
     s_job_t *job;                        /* a file write in flight, or NULL */
 };
 
@@ -58,7 +55,7 @@ struct router_pairing {
     void (*on_paired)(void *ud);
     void *ud;
     unsigned conns;                      /* handshakes open */
-    s_fail_t fails[S_FAIL_SLOTS];
+    router_tokens_t *lockouts;           /* wrong proofs, durably; borrowed; NULL: refuse */
     router_pairing_stats_t stats;
     pthread_mutex_t mu;                  /* guards `writers` */
     pthread_cond_t cv;
@@ -146,49 +143,24 @@ static void s_refuse(router_pairing_conn_t *pc, const char *code, const char *wh
 
 /* ---------------------------------------------------------------- rate limit */
 
-static void s_src_key(const router_conn_t *conn, uint8_t key[16])
+/* The lockout key of conn's source: S_CLIENT_PREFIX and its IP text. */
+static void s_client_key(const router_conn_t *conn, char out[ROUTER_TOKENS_CLIENT_MAX])
 {
-    memset(key, 0, 16);
+    char ip[INET6_ADDRSTRLEN] = "?";
     const router_addr_t *a = router_conn_peer(conn);
-    if (!a)
-        return;
-    if (a->u.ss.ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *) &a->u.ss;
-        key[10] = key[11] = 0xff;
-        memcpy(key + 12, &in->sin_addr, 4);
-    } else if (a->u.ss.ss_family == AF_INET6) {
-        memcpy(key, &((const struct sockaddr_in6 *) &a->u.ss)->sin6_addr, 16);
-    }
+    if (a && a->u.ss.ss_family == AF_INET)
+        (void) inet_ntop(AF_INET, &((const struct sockaddr_in *) &a->u.ss)->sin_addr, ip,
+                         sizeof ip);
+    else if (a && a->u.ss.ss_family == AF_INET6)
+        (void) inet_ntop(AF_INET6, &((const struct sockaddr_in6 *) &a->u.ss)->sin6_addr, ip,
+                         sizeof ip);
+    snprintf(out, ROUTER_TOKENS_CLIENT_MAX, S_CLIENT_PREFIX "%s", ip);
 }
 
-/* The slot for key, or NULL; expired slots read as empty. */
-static s_fail_t *s_fail_find(router_pairing_t *p, const uint8_t key[16], uint64_t now, bool make)
+void router_pairing_set_lockouts(router_pairing_t *self, router_tokens_t *lockouts)
 {
-    s_fail_t *free_slot = NULL, *oldest = NULL;
-    for (size_t i = 0; i < S_FAIL_SLOTS; i++) {
-        s_fail_t *f = &p->fails[i];
-        if (f->fails && now - f->since >= ROUTER_PAIRING_LOCK_MS)
-            f->fails = 0;
-        if (f->fails && memcmp(f->key, key, 16) == 0)
-            return f;
-        if (!f->fails && !free_slot)
-            free_slot = f;
-        if (f->fails && (!oldest || f->since < oldest->since))
-            oldest = f;
-    }
-    if (!make)
-        return NULL;
-    s_fail_t *f = free_slot ? free_slot : oldest;
-    memcpy(f->key, key, 16);
-    f->fails = 0;
-    f->since = now;
-    return f;
-}
-
-static bool s_locked_out(router_pairing_t *p, const uint8_t key[16])
-{
-    s_fail_t *f = s_fail_find(p, key, router_clock_mono_ms(), false);
-    return f && f->fails >= ROUTER_PAIRING_FAILS_MAX;
+    if (self)
+        self->lockouts = lockouts;
 }
 
 /* ---------------------------------------------------------------- the file write */
@@ -366,8 +338,14 @@ static void s_on_proof(router_pairing_conn_t *pc, const router_pairing_msg_t *m)
     sodium_memzero(want, sizeof want);
     if (!ok) {
         p->stats.wrong++;
-        s_fail_t *f = s_fail_find(p, pc->src, router_clock_mono_ms(), true);
-        f->fails++;
+        /* Counted durably: a restart forgets no wrong proof. */
+        uint64_t until = 0;
+        if (router_tokens_fail(p->lockouts, pc->client, router_clock_wall_ms(),
+                               ROUTER_PAIRING_FAILS_MAX, ROUTER_PAIRING_LOCK_MS, &until, NULL,
+                               NULL) != 0)
+            ROUTER_LOG(ROUTER_LOG_WARN, "pairing",
+                       "a wrong proof from %s not written: %s", pc->client,
+                       until ? "every lockout slot holds a live lock" : "the store is busy");
         s_refuse(pc, "invalid_proof", "invalid pairing password proof");
         return;
     }
@@ -456,12 +434,13 @@ router_pairing_conn_t *router_pairing_conn_new(router_pairing_t *self, router_co
         return NULL;
     pc->p = self;
     pc->conn = conn;
-    s_src_key(conn, pc->src);
+    s_client_key(conn, pc->client);
     self->conns++;
-    if (s_locked_out(self, pc->src)) {
+    if (!self->lockouts)
+        s_refuse(pc, "internal", "pairing is not ready; try again later");
+    else if (router_tokens_locked_until(self->lockouts, pc->client, router_clock_wall_ms()))
         s_refuse(pc, "locked_out", "too many wrong pairing passwords from this address; try "
                                    "again later");
-    }
     return pc;
 }
 

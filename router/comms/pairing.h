@@ -9,8 +9,9 @@
  * meerkat_pairing_complete. Bounds: 16 KiB a line, ROUTER_PAIRING_CONNS_MAX
  * handshakes at once, the guard's unauthenticated deadline (a handshake
  * never counts as authenticated), and ROUTER_PAIRING_FAILS_MAX wrong proofs
- * per source address per ROUTER_PAIRING_LOCK_MS before that address is
- * refused until the period ends. Loop thread only. */
+ * in a row from one source address lock it out for ROUTER_PAIRING_LOCK_MS,
+ * counted in the token store's lockouts (state.db), so a restart forgets
+ * none. Loop thread only. */
 #ifndef KITH_ROUTER_PAIRING_H
 #define KITH_ROUTER_PAIRING_H
 
@@ -54,6 +55,12 @@ void router_pairing_quiesce(router_pairing_t *self);
 /* Quiesces and frees; call it after the loop is destroyed (answers queued
  * there refer to it). Idempotent; nulls *self_p. */
 void router_pairing_destroy(router_pairing_t **self_p);
+
+/* Where wrong proofs are counted: the token store's lockouts (borrowed;
+ * set before the loop runs, NULL once the store stops). Until one is set,
+ * every handshake is refused "internal": pairing fails closed. */
+struct router_tokens;
+void router_pairing_set_lockouts(router_pairing_t *self, struct router_tokens *lockouts);
 
 /* A handshake on `conn` (its reads go to router_pairing_conn_data). NULL
  * when too many run at once or out of memory: the caller resets conn. */

@@ -233,6 +233,9 @@ class Daemon:
              "--pubkey", pubkey_text(pk), "--addr", addr)
 
     def start(self):
+        # A restart appends to the same log: read only what this run wrote
+        # (the ports it bound, its "ready"), never the last run's.
+        since = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([KITH, self.command, "--home", self.home, *self.args],
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -240,7 +243,7 @@ class Daemon:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.logs()}")
-            logs = self.logs()
+            logs = self.logs(since)
             if "daemon: ready" in logs:
                 # The backend asked for (the epoll twins) is the one serving.
                 want = os.environ.get("KITH_LOOP_BACKEND")
@@ -258,8 +261,9 @@ class Daemon:
         m = re.search(pattern, logs)
         return int(m.group(1)) if m else None
 
-    def logs(self):
+    def logs(self, since=0):
         with open(self.log_path, "rb") as f:
+            f.seek(since)
             return f.read().decode(errors="replace")
 
     def wait_log(self, needle, timeout=60, count=1):

@@ -206,6 +206,8 @@ def main():
         assert done and done["kind"] == "meerkat_pairing_complete", done
         target = done["challenge_target"]
         assert target["identity"]["public_key"] == node.pubkey_text, target
+        # Where to reach kith: the comms port bound (the config says port 0).
+        assert done["target"]["address"] == f"tcp://127.0.0.1:{node.port}", done["target"]
         node.wait_log("paired new-meerkat")
         listed = json.loads(kith("peers", "list", "--json", "--home", node.home))
         row = [p for p in listed["peers"] if p["pubkey"] == pubkey_text(newbie.pk)][0]
@@ -225,8 +227,20 @@ def main():
         assert locked and locked.get("code") == "locked_out", locked
         newbie.close()
 
+    def lockout_survives_restart():
+        # The lockout is kept in state.db: a restart forgets no wrong proof.
+        node.stop()
+        node.start()
+        again = MeerkatPeer(os.path.join(tmp, "again"))
+        try:
+            locked = again.pair(node.port, PASSWORD)
+            assert locked and locked.get("code") == "locked_out", locked
+        finally:
+            again.close()
+
     for fn in (meerkat_to_kith, vectors_verify, kith_to_meerkat, kith_to_meerkat_1000,
-               refused_before_sending, identity_import, trust_import, pairing_refusals, pairing):
+               refused_before_sending, identity_import, trust_import, pairing_refusals, pairing,
+               lockout_survives_restart):
         res.run(fn)
     try:
         res.stopped(node)

@@ -92,6 +92,7 @@ static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_co
     }
     if (!(ga->tokens = router_tokens_new(db, router_node_loop(node), err, errcap)))
         return -1;
+    router_node_use_tokens(node, ga->tokens); /* Meerkat pairing's lockouts, durable too */
     gateway_auth_opts_t ao = {.require_pairing = cfg->gateway.require_pairing,
                               .allow_query_token = cfg->gateway.allow_query_token,
                               .audit = ga->audit_feed};
@@ -138,6 +139,7 @@ static void s_gw_auth_announce(s_gw_auth_t *ga)
 static void s_gw_auth_stop(s_gw_auth_t *ga, router_node_t *node)
 {
     router_node_on_durable(node, NULL, NULL);
+    router_node_use_tokens(node, NULL);
     gateway_route_audit_destroy(&ga->audit_routes);
     router_tokens_stop(ga->tokens);
     gateway_ingress_destroy(&ga->ingress);
