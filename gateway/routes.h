@@ -20,6 +20,10 @@ int gateway_route_health(gateway_http_t *g) __attribute__((warn_unused_result));
 int gateway_route_metrics(gateway_http_t *g, router_metrics_t *metrics)
     __attribute__((warn_unused_result));
 
+/* GET / (no Upgrade), /console.js, /console.css, /favicon.svg → the web console (its
+ * files are built in). Returns 0 or -1 (errno from gateway_http_route). */
+int gateway_route_console(gateway_http_t *g) __attribute__((warn_unused_result));
+
 /* GET /ws/echo (Upgrade) → an RFC 6455 echo socket with the bounds in
  * `opts` (borrowed; must outlive the server; NULL for the defaults). Only
  * installed when gateway.echo is on. Returns 0 or -1. */

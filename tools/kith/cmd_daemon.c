@@ -296,7 +296,8 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
     gateway_http_opts_from_config(&o, cfg);
     o.metrics = router_node_metrics(node);
     gateway_http_t *gw = gateway_http_new(router_node_loop(node), &o);
-    if (!gw || gateway_route_health(gw) != 0 || gateway_route_metrics(gw, o.metrics) != 0) {
+    if (!gw || gateway_route_health(gw) != 0 || gateway_route_metrics(gw, o.metrics) != 0 ||
+        gateway_route_console(gw) != 0) {
         snprintf(err, errcap, "gateway: cannot set up: %s", strerror(errno));
         goto fail;
     }

@@ -1,0 +1,107 @@
+// tests/integration/console_e2e.mjs — drives kith's web console in Debian's
+// headless Chromium (playwright-core, tests/node_modules) as a new user
+// would: opens http://127.0.0.1:PORT/, is refused a wrong code, pairs with
+// the right one, chats with the scripted agent, sees the turn on the events
+// panel, reloads (the token and the session are kept), lists the session,
+// and forgets the token. Prints one JSON line {ok, steps, failed?, …};
+// exit 0 only when every step passed. Used by test_console.py.
+//
+//   node console_e2e.mjs http://127.0.0.1:PORT PAIRING_CODE
+import { chromium } from 'playwright-core';
+
+const [base, code] = process.argv.slice(2);
+const TIMEOUT = 30000;
+const steps = [];
+const seen = { urls: [], sockets: [], problems: [] };
+
+function check(cond, what) {
+  if (!cond) throw new Error(what);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.KITH_CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+let result;
+try {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  page.on('request', (r) => seen.urls.push(r.url()));
+  page.on('websocket', (w) => seen.sockets.push(w.url()));
+  page.on('console', (m) => { if (m.type() === 'error') seen.problems.push(m.text()); });
+  page.on('pageerror', (e) => seen.problems.push(String(e)));
+  const step = async (name, fn) => { await fn(); steps.push(name); };
+
+  await step('loads', async () => {
+    const r = await page.goto(base + '/');
+    check(r.status() === 200, 'GET / answered ' + r.status());
+    await page.waitForFunction(() => document.getElementById('health').textContent === 'healthy');
+    check(await page.isVisible('#pair-form'), 'no pairing form');
+    check(!(await page.isVisible('#chat')), 'chat shown before pairing');
+  });
+  await step('wrong_code_refused', async () => {
+    await page.fill('#pair-code', code === '000000' ? '111111' : '000000');
+    await page.click('#pair');
+    await page.waitForFunction(() => document.getElementById('auth-error').textContent !== '');
+    const text = await page.textContent('#auth-error');
+    check(/code/i.test(text), 'refusal says ' + text);
+  });
+  await step('pairs', async () => {
+    await page.fill('#pair-code', code);
+    await page.click('#pair');
+    await page.waitForSelector('#chat', { state: 'visible' });
+    check((await page.textContent('#who')) === 'paired', 'not shown as paired');
+    const token = await page.evaluate(() => localStorage.getItem('kith.token'));
+    check(/^kith_[0-9a-f]{64}$/.test(token || ''), 'token kept: ' + token);
+  });
+  await step('chats', async () => {
+    await page.waitForFunction(() => document.getElementById('session').textContent.includes('(new)'));
+    await page.fill('#chat-input', 'hello console');
+    await page.press('#chat-input', 'Enter');
+    await page.waitForFunction(() => [...document.querySelectorAll('.msg.agent')]
+      .some((m) => m.textContent === 'echo: hello console'));
+    check((await page.textContent('.msg.user')) === 'hello console', 'the user line');
+  });
+  await step('events_shown', async () => {
+    await page.waitForFunction(() => [...document.querySelectorAll('#event-list li')]
+      .some((li) => li.textContent.startsWith('agent_end')));
+  });
+  await step('reload_keeps_token_and_session', async () => {
+    await page.reload();
+    await page.waitForSelector('#chat', { state: 'visible' });
+    await page.waitForFunction(() =>
+      document.getElementById('session').textContent.includes('(resumed, 2 messages)'));
+  });
+  await step('lists_session', async () => {
+    const sid = await page.evaluate(() => localStorage.getItem('kith.session'));
+    await page.click('#refresh');
+    await page.waitForSelector(`#sessions li[data-session="${sid}"]`);
+    check((await page.textContent('#peers')).includes('no trusted peers'), 'peers list');
+  });
+  await step('stop_without_turn', async () => {
+    await page.click('#stop');
+    await page.waitForFunction(() =>
+      document.getElementById('chat-status').textContent === 'no active turn');
+  });
+  await step('forgets', async () => {
+    await page.click('#forget');
+    await page.waitForSelector('#pair-form', { state: 'visible' });
+    check(await page.evaluate(() => localStorage.getItem('kith.token')) === null, 'token kept');
+  });
+  await step('no_token_in_urls_no_errors', async () => {
+    const leaks = [...seen.urls, ...seen.sockets].filter((u) => /token|kith_[0-9a-f]/.test(u));
+    check(leaks.length === 0, 'a token in a URL: ' + leaks.join(' '));
+    check(seen.sockets.some((u) => u.includes('/ws/chat')), 'no chat socket');
+    // The wrong code's 401 is the one error a browser logs on its own.
+    const other = seen.problems.filter((p) => !/401/.test(p));
+    check(other.length === 0, 'page errors: ' + other.join(' | '));
+  });
+  result = { ok: true, steps };
+} catch (e) {
+  result = { ok: false, steps, failed: String(e && e.message || e), problems: seen.problems };
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
+process.exit(result.ok ? 0 : 1);
