@@ -18,6 +18,7 @@
 #include "gateway/routes.h"
 #include "gateway/routes_audit.h"
 #include "gateway/routes_auth.h"
+#include "gateway/routes_canvas.h"
 #include "gateway/routes_chat.h"
 #include "gateway/routes_openclaw.h"
 #include "proto/pubkey.h"
@@ -277,6 +278,15 @@ static int s_openclaw_start(router_node_t *node, const router_config_t *cfg, gat
     return (s_openclaw = gateway_openclaw_new(gw, router_node_loop(node), &oo)) ? 0 : -1;
 }
 
+/* Live canvases (WIRE §26); their sockets' bounds live here, like the echo's. */
+static gateway_canvas_t *s_canvas;
+
+static int s_canvas_start(const router_config_t *cfg, gateway_http_t *gw, gateway_auth_t *auth)
+{
+    gateway_ws_opts_t wo = s_ws_opts(cfg);
+    return (s_canvas = gateway_canvas_new(gw, auth, &wo)) ? 0 : -1;
+}
+
 /* The HTTP gateway on the node's loop, listening on gateway.host:port with
  * the configured limits and the node's metrics. Returns the server, or
  * NULL with a one-line reason in err. */
@@ -322,6 +332,10 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
         snprintf(err, errcap, "gateway: cannot serve the OpenClaw endpoint: %s", strerror(errno));
         goto fail;
     }
+    if (s_canvas_start(cfg, gw, ga->auth) != 0) {
+        snprintf(err, errcap, "gateway: cannot serve the canvases: %s", strerror(errno));
+        goto fail;
+    }
     (void) router_addr_format(&addr, shown, sizeof shown);
     if (gateway_http_listen(gw, &addr, &bound) != 0) {
         snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", shown, strerror(errno));
@@ -339,6 +353,7 @@ fail:
     gateway_http_destroy(&gw);
     gateway_chat_destroy(&s_chat);
     gateway_openclaw_destroy(&s_openclaw);
+    gateway_canvas_destroy(&s_canvas);
     s_sse_stop(node, sse);
     return NULL;
 }
@@ -563,6 +578,7 @@ static int s_serve(int argc, char **argv, const char *cmd)
     gateway_http_destroy(&gw);
     gateway_chat_destroy(&s_chat); /* after the gateway let its sockets go, before the turns */
     gateway_openclaw_destroy(&s_openclaw);
+    gateway_canvas_destroy(&s_canvas);
     s_sse_stop(node, &sse);
     s_audit_stop(&au, node);
     router_node_destroy(&node);

@@ -1,0 +1,475 @@
+/* gateway/route_canvas.c — live canvases (DESIGN §5, spec/WIRE.md §26): a
+ * canvas is a named document that agents, scripts and tools replace with
+ * POST /api/canvas/{id} and that browsers watch over /ws/canvas/{id}, each
+ * new version pushed to every watcher. GET /api/canvas lists them, GET
+ * /api/canvas/{id} reads one, DELETE /api/canvas/{id} clears one. Bearer-
+ * protected. Canvases are live state, kept in memory only (a restart
+ * starts with none), bounded in number, size and watchers. A document is
+ * only ever handed out inside JSON (never served as itself), so HTML in a
+ * canvas cannot run on the gateway's origin. Loop thread only. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <yajl/yajl_gen.h>
+
+#include "gateway/routes_canvas.h"
+#include "proto/utf8.h"
+#include "router/clock.h"
+
+typedef struct s_watch s_watch_t;
+
+typedef struct s_canvas {
+    char id[GATEWAY_CANVAS_ID_MAX + 1];
+    uint64_t version;          /* 0: nothing posted (or cleared) */
+    char type[GATEWAY_CANVAS_TYPE_MAX + 1];
+    char *content;             /* NUL-ended, `len` octets; NULL at version 0 */
+    size_t len;
+    uint64_t updated_ms;       /* wall clock of the last post or clear */
+    s_watch_t *watchers;
+    unsigned nwatchers;
+    struct s_canvas *next;
+} s_canvas_t;
+
+struct s_watch {
+    gateway_canvas_t *owner;
+    gateway_ws_t *ws;
+    s_canvas_t *canvas;
+    s_watch_t *next;
+};
+
+struct gateway_canvas {
+    gateway_auth_t *auth;        /* borrowed */
+    gateway_ws_opts_t ws_opts;
+    s_canvas_t *canvases;
+    unsigned ncanvases, nwatchers;
+    size_t bytes;                /* content octets of every canvas */
+};
+
+/* ---------------------------------------------------------------- canvases */
+
+static bool s_id_ok(const char *s, size_t len)
+{
+    if (len == 0 || len > GATEWAY_CANVAS_ID_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static s_canvas_t *s_find(gateway_canvas_t *self, const char *id, size_t len)
+{
+    for (s_canvas_t *c = self->canvases; c; c = c->next)
+        if (strlen(c->id) == len && !memcmp(c->id, id, len))
+            return c;
+    return NULL;
+}
+
+static s_canvas_t *s_make(gateway_canvas_t *self, const char *id, size_t len)
+{
+    if (self->ncanvases >= GATEWAY_CANVAS_MAX)
+        return NULL;
+    s_canvas_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    memcpy(c->id, id, len);
+    c->next = self->canvases;
+    self->canvases = c;
+    self->ncanvases++;
+    return c;
+}
+
+/* Forgets a canvas with no document and no watcher. */
+static void s_gc(gateway_canvas_t *self, s_canvas_t *c)
+{
+    if (c->version || c->watchers)
+        return;
+    for (s_canvas_t **pp = &self->canvases; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    self->ncanvases--;
+    free(c->content);
+    free(c);
+}
+
+/* ---------------------------------------------------------------- JSON */
+
+static void s_gs(yajl_gen g, const char *k, const char *v, size_t n)
+{
+    (void) yajl_gen_string(g, (const unsigned char *) k, strlen(k));
+    (void) yajl_gen_string(g, (const unsigned char *) v, n);
+}
+
+static void s_gu(yajl_gen g, const char *k, uint64_t v)
+{
+    (void) yajl_gen_string(g, (const unsigned char *) k, strlen(k));
+    (void) yajl_gen_integer(g, (long long) v);
+}
+
+/* {"type"?,"id","version","content_type","content","updated_ms"}; NULL
+ * without memory. Caller frees; *len its octets. */
+static char *s_doc_json(const s_canvas_t *c, const char *type, size_t *len)
+{
+    yajl_gen g = yajl_gen_alloc(NULL);
+    if (!g)
+        return NULL;
+    (void) yajl_gen_map_open(g);
+    if (type)
+        s_gs(g, "type", type, strlen(type));
+    s_gs(g, "id", c->id, strlen(c->id));
+    s_gu(g, "version", c->version);
+    if (c->version) {
+        s_gs(g, "content_type", c->type, strlen(c->type));
+        s_gs(g, "content", c->content, c->len);
+    }
+    s_gu(g, "updated_ms", c->updated_ms);
+    (void) yajl_gen_map_close(g);
+    const unsigned char *buf;
+    size_t n;
+    char *out = NULL;
+    if (yajl_gen_get_buf(g, &buf, &n) == yajl_gen_status_ok && (out = malloc(n + 1))) {
+        memcpy(out, buf, n);
+        out[n] = '\0';
+        *len = n;
+    }
+    yajl_gen_free(g);
+    return out;
+}
+
+/* Every watcher of c gets `json` (a watcher too slow is cut by its bound). */
+static void s_push(const s_canvas_t *c, const char *json, size_t len)
+{
+    for (s_watch_t *w = c->watchers, *next; w; w = next) {
+        next = w->next; /* a failed send closes the socket, later */
+        (void) gateway_ws_send(w->ws, true, json, len);
+    }
+}
+
+/* ---------------------------------------------------------------- REST */
+
+/* The {id} of /api/canvas/{id}, or false (answered 400/404). */
+static bool s_path_id(const gateway_http_req_t *req, gateway_http_res_t *res, const char **id,
+                      size_t *len)
+{
+    static const char prefix[] = "/api/canvas/";
+    *id = req->path.ptr + sizeof prefix - 1;
+    *len = req->path.len - (sizeof prefix - 1);
+    if (s_id_ok(*id, *len))
+        return true;
+    (void) gateway_http_respond_error(res, 400, "invalid_canvas_id",
+                                      "a canvas id is 1..128 of A-Z a-z 0-9 . _ : -");
+    return false;
+}
+
+static void s_list(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_canvas_t *self = ud;
+    if (gateway_auth_require(self->auth, req, res) != 0)
+        return;
+    yajl_gen g = yajl_gen_alloc(NULL);
+    if (!g) {
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+        return;
+    }
+    (void) yajl_gen_map_open(g);
+    (void) yajl_gen_string(g, (const unsigned char *) "canvases", 8);
+    (void) yajl_gen_array_open(g);
+    for (const s_canvas_t *c = self->canvases; c; c = c->next) {
+        if (!c->version)
+            continue; /* watched, nothing posted yet */
+        (void) yajl_gen_map_open(g);
+        s_gs(g, "id", c->id, strlen(c->id));
+        s_gu(g, "version", c->version);
+        s_gs(g, "content_type", c->type, strlen(c->type));
+        s_gu(g, "bytes", c->len);
+        s_gu(g, "watchers", c->nwatchers);
+        s_gu(g, "updated_ms", c->updated_ms);
+        (void) yajl_gen_map_close(g);
+    }
+    (void) yajl_gen_array_close(g);
+    (void) yajl_gen_map_close(g);
+    const unsigned char *buf;
+    size_t n;
+    if (yajl_gen_get_buf(g, &buf, &n) == yajl_gen_status_ok)
+        (void) gateway_http_respond(res, 200, "application/json", buf, n);
+    else
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+    yajl_gen_free(g);
+}
+
+static void s_get(gateway_canvas_t *self, s_canvas_t *c, gateway_http_res_t *res)
+{
+    (void) self;
+    size_t n = 0;
+    char *json = c && c->version ? s_doc_json(c, NULL, &n) : NULL;
+    if (!c || !c->version)
+        (void) gateway_http_respond_error(res, 404, "not_found", "no such canvas");
+    else if (!json)
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+    else
+        (void) gateway_http_respond(res, 200, "application/json", json, n);
+    free(json);
+}
+
+/* The media type of a posted document: `type/subtype` of token characters,
+ * parameters allowed; at most GATEWAY_CANVAS_TYPE_MAX octets. */
+static bool s_type_ok(proto_http_slice_t t)
+{
+    if (t.len == 0 || t.len > GATEWAY_CANVAS_TYPE_MAX)
+        return false;
+    size_t slash = 0, i = 0;
+    for (; i < t.len && t.ptr[i] != ';'; i++) {
+        char c = t.ptr[i];
+        if (c == '/') {
+            if (slash++ || i == 0)
+                return false;
+        } else if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                     strchr("!#$&-^_.+", c))) {
+            return false;
+        }
+    }
+    if (slash != 1 || t.ptr[i - 1] == '/')
+        return false;
+    for (; i < t.len; i++)
+        if ((unsigned char) t.ptr[i] < 0x20 || t.ptr[i] == 0x7f)
+            return false;
+    return true;
+}
+
+static void s_post(gateway_canvas_t *self, const gateway_http_req_t *req, gateway_http_res_t *res,
+                   s_canvas_t *c, const char *id, size_t id_len)
+{
+    proto_http_slice_t type;
+    if (!gateway_http_req_header(req, "Content-Type", &type) || !s_type_ok(type)) {
+        (void) gateway_http_respond_error(res, 415, "unsupported_media_type",
+                                          "send the document with its Content-Type "
+                                          "(text/html, text/markdown, application/json, …)");
+        return;
+    }
+    if (!proto_utf8_valid((const uint8_t *) req->body, req->body_len) ||
+        memchr(req->body, '\0', req->body_len)) {
+        (void) gateway_http_respond_error(res, 400, "invalid_body",
+                                          "a canvas document is UTF-8 text without NUL");
+        return;
+    }
+    size_t had = c ? c->len : 0;
+    if (self->bytes - had + req->body_len > GATEWAY_CANVAS_BYTES_MAX) {
+        (void) gateway_http_respond_error(res, 507, "canvas_full",
+                                          "the canvases hold as much as they may; clear one");
+        return;
+    }
+    bool made = false;
+    if (!c) {
+        if (!(c = s_make(self, id, id_len))) {
+            (void) gateway_http_respond_error(res, 507, "canvas_full",
+                                              self->ncanvases >= GATEWAY_CANVAS_MAX
+                                                  ? "too many canvases; clear one"
+                                                  : "the server is out of memory");
+            return;
+        }
+        made = true;
+    }
+    char *copy = malloc(req->body_len + 1);
+    if (!copy) {
+        if (made)
+            s_gc(self, c);
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+        return;
+    }
+    memcpy(copy, req->body, req->body_len);
+    copy[req->body_len] = '\0';
+    free(c->content);
+    c->content = copy;
+    self->bytes = self->bytes - had + req->body_len;
+    c->len = req->body_len;
+    memcpy(c->type, type.ptr, type.len);
+    c->type[type.len] = '\0';
+    c->version++;
+    c->updated_ms = router_clock_wall_ms();
+    size_t n = 0;
+    char *frame = s_doc_json(c, "frame", &n);
+    if (frame)
+        s_push(c, frame, n);
+    free(frame);
+    char answer[GATEWAY_CANVAS_ID_MAX + 96];
+    snprintf(answer, sizeof answer, "{\"id\":\"%s\",\"version\":%llu,\"watchers\":%u}", c->id,
+             (unsigned long long) c->version, c->nwatchers);
+    (void) gateway_http_respond_json(res, 200, answer);
+}
+
+static void s_delete(gateway_canvas_t *self, s_canvas_t *c, gateway_http_res_t *res)
+{
+    if (!c || !c->version) {
+        (void) gateway_http_respond_error(res, 404, "not_found", "no such canvas");
+        return;
+    }
+    self->bytes -= c->len;
+    free(c->content);
+    c->content = NULL;
+    c->len = 0;
+    c->type[0] = '\0';
+    c->version = 0;
+    c->updated_ms = router_clock_wall_ms();
+    char gone[GATEWAY_CANVAS_ID_MAX + 40];
+    int n = snprintf(gone, sizeof gone, "{\"type\":\"cleared\",\"id\":\"%s\"}", c->id);
+    s_push(c, gone, (size_t) n);
+    s_gc(self, c);
+    (void) gateway_http_respond_json(res, 200, "{\"cleared\":true}");
+}
+
+static void s_one(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_canvas_t *self = ud;
+    if (gateway_auth_require(self->auth, req, res) != 0)
+        return;
+    const char *id;
+    size_t len;
+    if (!s_path_id(req, res, &id, &len))
+        return;
+    s_canvas_t *c = s_find(self, id, len);
+    if (gateway_http_req_method_is(req, "POST"))
+        s_post(self, req, res, c, id, len);
+    else if (gateway_http_req_method_is(req, "DELETE"))
+        s_delete(self, c, res);
+    else
+        s_get(self, c, res);
+}
+
+/* ---------------------------------------------------------------- watchers */
+
+static void s_ws_message(gateway_ws_t *ws, bool text, const uint8_t *data, size_t len, void *ud)
+{
+    (void) text, (void) data, (void) len, (void) ud;
+    static const char refusal[] = "{\"type\":\"error\",\"code\":\"READ_ONLY\",\"message\":"
+                                  "\"a canvas socket only watches: post with POST "
+                                  "/api/canvas/{id}\"}";
+    (void) gateway_ws_send(ws, true, refusal, sizeof refusal - 1);
+}
+
+static void s_ws_close(gateway_ws_t *ws, uint16_t code, void *ud)
+{
+    (void) ws, (void) code;
+    s_watch_t *w = ud;
+    s_canvas_t *c = w->canvas;
+    for (s_watch_t **pp = &c->watchers; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    c->nwatchers--;
+    w->owner->nwatchers--;
+    s_gc(w->owner, c);
+    free(w);
+}
+
+static const gateway_ws_handlers_t s_ws_handlers = {.on_message = s_ws_message,
+                                                    .on_close = s_ws_close};
+
+/* GET /ws/canvas/{id}: the canvas's document now (or {"type":"empty"}),
+ * then every new one as it is posted. */
+static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_canvas_t *self = ud;
+    if (gateway_auth_require(self->auth, req, res) != 0)
+        return;
+    static const char prefix[] = "/ws/canvas/";
+    const char *id = req->path.ptr + sizeof prefix - 1;
+    size_t len = req->path.len - (sizeof prefix - 1);
+    if (!s_id_ok(id, len)) {
+        (void) gateway_http_respond_error(res, 400, "invalid_canvas_id",
+                                          "a canvas id is 1..128 of A-Z a-z 0-9 . _ : -");
+        return;
+    }
+    if (self->nwatchers >= GATEWAY_CANVAS_WATCHERS_MAX) {
+        (void) gateway_http_respond_error(res, 503, "too_many_watchers",
+                                          "too many canvas sockets are open");
+        return;
+    }
+    s_canvas_t *c = s_find(self, id, len);
+    bool made = !c;
+    if (!c && !(c = s_make(self, id, len))) {
+        (void) gateway_http_respond_error(res, 503, "canvas_full",
+                                          self->ncanvases >= GATEWAY_CANVAS_MAX
+                                              ? "too many canvases"
+                                              : "the server is out of memory");
+        return;
+    }
+    s_watch_t *w = calloc(1, sizeof *w);
+    size_t n = 0;
+    char *first = c->version ? s_doc_json(c, "frame", &n) : NULL;
+    if (!first && !c->version) {
+        char empty[GATEWAY_CANVAS_ID_MAX + 40];
+        int k = snprintf(empty, sizeof empty, "{\"type\":\"empty\",\"id\":\"%s\"}", c->id);
+        first = k > 0 ? strdup(empty) : NULL;
+        n = k > 0 ? (size_t) k : 0;
+    }
+    gateway_ws_t *ws = w && first ? gateway_ws_accept(res, &s_ws_handlers, w, &self->ws_opts)
+                                  : NULL;
+    if (!ws) {
+        free(w);
+        free(first);
+        if (made)
+            s_gc(self, c);
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+        return;
+    }
+    *w = (s_watch_t){.owner = self, .ws = ws, .canvas = c, .next = c->watchers};
+    c->watchers = w;
+    c->nwatchers++;
+    self->nwatchers++;
+    (void) gateway_ws_send(ws, true, first, n);
+    free(first);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static const char *const s_protocols[] = {"kith.canvas.v1"};
+
+gateway_canvas_t *gateway_canvas_new(gateway_http_t *g, gateway_auth_t *auth,
+                                     const gateway_ws_opts_t *ws_opts)
+{
+    gateway_canvas_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->auth = auth;
+    if (ws_opts)
+        self->ws_opts = *ws_opts;
+    if (gateway_http_route(g, "GET", "/api/canvas", s_list, self) != 0 ||
+        gateway_http_route(g, "GET", "/api/canvas/*", s_one, self) != 0 ||
+        gateway_http_route(g, "POST", "/api/canvas/*", s_one, self) != 0 ||
+        gateway_http_route(g, "DELETE", "/api/canvas/*", s_one, self) != 0 ||
+        gateway_http_route_ws(g, "/ws/canvas/*", s_protocols, 1, s_upgrade, self) != 0) {
+        int e = errno;
+        free(self);
+        errno = e;
+        return NULL;
+    }
+    return self;
+}
+
+void gateway_canvas_destroy(gateway_canvas_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    gateway_canvas_t *self = *self_p;
+    /* The gateway let the sockets go already (no on_close comes). */
+    while (self->canvases) {
+        s_canvas_t *c = self->canvases;
+        self->canvases = c->next;
+        while (c->watchers) {
+            s_watch_t *w = c->watchers;
+            c->watchers = w->next;
+            free(w);
+        }
+        free(c->content);
+        free(c);
+    }
+    free(self);
+    *self_p = NULL;
+}

@@ -1,0 +1,162 @@
+"""tests/integration/test_canvas.py — live canvases (DESIGN §5, WIRE §26) on
+the real `kith daemon`: Python `websockets` watchers on /ws/canvas/{id} and
+curl / http.client posting, reading, listing and clearing. A watcher that
+comes first is told the canvas is empty, then gets every version as it is
+posted; one that comes later starts from the document in place; a watcher
+that speaks is answered READ_ONLY and keeps watching; a clear reaches the
+watchers. Refusals: no token (401, before any upgrade), a bad id, no or a
+bad Content-Type (415), text that is not UTF-8, a document over the body
+limit (413), unknown canvases (404), and the bound on canvases (507 at
+256, room again once one is cleared). A document is only ever handed out
+inside JSON, never served as itself."""
+
+import asyncio
+import http.client
+import json
+import os
+import sys
+
+import websockets
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import Daemon, Results, check, curl, gateway_url, pair_token  # noqa: E402
+
+TIMEOUT = 60
+
+
+def main():
+    node = Daemon("canvas").start()
+    r = Results()
+    try:
+        token = pair_token(node)
+        base = gateway_url(node)
+        auth = ("-H", f"Authorization: Bearer {token}")
+
+        def request(method, path, body=None, ctype=None, bearer=True):
+            c = http.client.HTTPConnection("127.0.0.1", node.gw_port, timeout=TIMEOUT)
+            headers = {"Authorization": f"Bearer {token}"} if bearer else {}
+            if ctype:
+                headers["Content-Type"] = ctype
+            c.request(method, path, body=body, headers=headers)
+            resp = c.getresponse()
+            data = resp.read()
+            c.close()
+            return resp.status, resp.getheader("Content-Type"), data
+
+        def ws_url(cid):
+            return f"ws://127.0.0.1:{node.gw_port}/ws/canvas/{cid}"
+
+        async def recv(ws):
+            return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+        async def watching():
+            protos = ["kith.canvas.v1", f"bearer.{token}"]
+            a = await websockets.connect(ws_url("demo"), subprotocols=protos, ping_interval=None)
+            check(a.subprotocol == "kith.canvas.v1", f"subprotocol {a.subprotocol}")
+            check(await recv(a) == {"type": "empty", "id": "demo"}, "the first watcher")
+            st, _, body = request("POST", "/api/canvas/demo", b"<h1>hi</h1>", "text/html")
+            check(st == 200 and json.loads(body) == {"id": "demo", "version": 1, "watchers": 1},
+                  f"post {st} {body}")
+            f = await recv(a)
+            check(f["type"] == "frame" and f["version"] == 1 and f["content_type"] == "text/html"
+                  and f["content"] == "<h1>hi</h1>" and f["updated_ms"] > 0, f"frame {f}")
+            b = await websockets.connect(ws_url("demo"), subprotocols=protos, ping_interval=None)
+            f = await recv(b)
+            check(f["type"] == "frame" and f["version"] == 1, f"a later watcher starts at {f}")
+            doc = '{"rows": [1, 2, "ü"]}'
+            st, _, body = request("POST", "/api/canvas/demo", doc.encode(),
+                                  "application/json; charset=utf-8")
+            check(st == 200 and json.loads(body)["watchers"] == 2, f"post 2 {st} {body}")
+            for w in (a, b):
+                f = await recv(w)
+                check(f["version"] == 2 and f["content"] == doc and
+                      f["content_type"] == "application/json; charset=utf-8", f"v2 {f}")
+            await a.send("may I draw?")
+            f = await recv(a)
+            check(f["type"] == "error" and f["code"] == "READ_ONLY", f"a watcher spoke: {f}")
+            st, ctype, body = request("GET", "/api/canvas/demo")
+            got = json.loads(body)
+            check(st == 200 and ctype == "application/json" and got["content"] == doc and
+                  got["version"] == 2 and "type" not in got, f"GET {st} {ctype} {got}")
+            st, _, body = request("GET", "/api/canvas")
+            listed = json.loads(body)["canvases"]
+            check(st == 200 and len(listed) == 1 and listed[0]["id"] == "demo" and
+                  listed[0]["watchers"] == 2 and listed[0]["bytes"] == len(doc.encode()),
+                  f"list {listed}")
+            st, _, body = request("DELETE", "/api/canvas/demo")
+            check(st == 200 and json.loads(body) == {"cleared": True}, f"delete {st} {body}")
+            for w in (a, b):
+                f = await recv(w)
+                check(f == {"type": "cleared", "id": "demo"}, f"cleared {f}")
+            st, _, _ = request("GET", "/api/canvas/demo")
+            check(st == 404, f"GET after the clear {st}")
+            # Still watching: the next post reaches them.
+            st, _, _ = request("POST", "/api/canvas/demo", b"again", "text/plain")
+            f = await recv(b)
+            check(f["version"] == 1 and f["content"] == "again", f"after the clear {f}")
+            await a.close()
+            await b.close()
+            request("DELETE", "/api/canvas/demo")
+
+        async def no_token_no_upgrade():
+            try:
+                await websockets.connect(ws_url("demo"), subprotocols=["kith.canvas.v1"],
+                                         ping_interval=None)
+                check(False, "upgraded without a token")
+            except websockets.InvalidStatusCode as e:
+                check(e.status_code == 401, f"no token: {e.status_code}")
+
+        def refusals():
+            st, _, _ = request("GET", "/api/canvas", bearer=False)
+            check(st == 401, f"list without a token {st}")
+            st, _, _ = request("POST", "/api/canvas/x", b"hi", "text/plain", bearer=False)
+            check(st == 401, f"post without a token {st}")
+            for path, code in (("/api/canvas/bad%20id", "invalid_canvas_id"),
+                               ("/api/canvas/" + "x" * 129, "invalid_canvas_id"),
+                               ("/api/canvas/", "invalid_canvas_id")):
+                st, _, body = request("POST", path, b"hi", "text/plain")
+                check(st == 400 and json.loads(body)["code"] == code, f"{path}: {st} {body}")
+            st, _, body = request("POST", "/api/canvas/x", b"hi")
+            check(st == 415, f"no Content-Type {st} {body}")
+            st, _, body = request("POST", "/api/canvas/x", b"hi", "nonsense")
+            check(st == 415, f"a bad Content-Type {st} {body}")
+            st, _, body = request("POST", "/api/canvas/x", b"\xff\xfe", "text/plain")
+            check(st == 400 and json.loads(body)["code"] == "invalid_body", f"not UTF-8 {st}")
+            st, _, body = request("POST", "/api/canvas/x", b"a\x00b", "text/plain")
+            check(st == 400, f"a NUL {st}")
+            st, _, _ = request("POST", "/api/canvas/x", b"x" * (1024 * 1024 + 1), "text/plain")
+            check(st == 413, f"over the body limit {st}")
+            for method in ("GET", "DELETE"):
+                st, _, body = request(method, "/api/canvas/nowhere")
+                check(st == 404 and json.loads(body)["code"] == "not_found", f"{method} {st}")
+            st, _, body = request("PUT", "/api/canvas/x", b"hi", "text/plain")
+            check(st == 405, f"PUT {st}")
+
+        def bounded():
+            for i in range(256):
+                st, _, body = request("POST", f"/api/canvas/c{i}", b"x", "text/plain")
+                check(st == 200, f"canvas {i}: {st} {body}")
+            st, _, body = request("POST", "/api/canvas/one-more", b"x", "text/plain")
+            check(st == 507 and json.loads(body)["code"] == "canvas_full", f"257th {st} {body}")
+            st, _, _ = request("DELETE", "/api/canvas/c0")
+            st, _, body = request("POST", "/api/canvas/one-more", b"x", "text/plain")
+            check(st == 200, f"room again {st} {body}")
+            for i in range(1, 256):
+                request("DELETE", f"/api/canvas/c{i}")
+            request("DELETE", "/api/canvas/one-more")
+            st, _, body = request("GET", "/api/canvas")
+            check(json.loads(body) == {"canvases": []}, f"all cleared {body}")
+
+        r.run(lambda: asyncio.run(asyncio.wait_for(watching(), 120)), name="watching")
+        r.run(lambda: asyncio.run(no_token_no_upgrade()), name="no_token_no_upgrade")
+        r.run(refusals)
+        r.run(bounded)
+        _ = (curl, base, auth)
+        r.stopped(node)
+    finally:
+        node.cleanup()
+    return r.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
