@@ -16,6 +16,7 @@
 #include "gateway/routes_canvas.h"
 #include "proto/utf8.h"
 #include "router/clock.h"
+#include "router/workers/turn_json.h"
 
 typedef struct s_watch s_watch_t;
 
@@ -100,46 +101,20 @@ static void s_gc(gateway_canvas_t *self, s_canvas_t *c)
 
 /* ---------------------------------------------------------------- JSON */
 
-static void s_gs(yajl_gen g, const char *k, const char *v, size_t n)
-{
-    (void) yajl_gen_string(g, (const unsigned char *) k, strlen(k));
-    (void) yajl_gen_string(g, (const unsigned char *) v, n);
-}
-
-static void s_gu(yajl_gen g, const char *k, uint64_t v)
-{
-    (void) yajl_gen_string(g, (const unsigned char *) k, strlen(k));
-    (void) yajl_gen_integer(g, (long long) v);
-}
-
 /* {"type"?,"id","version","content_type","content","updated_ms"}; NULL
  * without memory. Caller frees; *len its octets. */
 static char *s_doc_json(const s_canvas_t *c, const char *type, size_t *len)
 {
-    yajl_gen g = yajl_gen_alloc(NULL);
-    if (!g)
-        return NULL;
-    (void) yajl_gen_map_open(g);
-    if (type)
-        s_gs(g, "type", type, strlen(type));
-    s_gs(g, "id", c->id, strlen(c->id));
-    s_gu(g, "version", c->version);
+    router_json_obj_t o;
+    router_json_begin(&o, type);
+    router_json_cstr(&o, "id", c->id);
+    router_json_u64(&o, "version", c->version);
     if (c->version) {
-        s_gs(g, "content_type", c->type, strlen(c->type));
-        s_gs(g, "content", c->content, c->len);
+        router_json_cstr(&o, "content_type", c->type);
+        router_json_str(&o, "content", c->content, c->len);
     }
-    s_gu(g, "updated_ms", c->updated_ms);
-    (void) yajl_gen_map_close(g);
-    const unsigned char *buf;
-    size_t n;
-    char *out = NULL;
-    if (yajl_gen_get_buf(g, &buf, &n) == yajl_gen_status_ok && (out = malloc(n + 1))) {
-        memcpy(out, buf, n);
-        out[n] = '\0';
-        *len = n;
-    }
-    yajl_gen_free(g);
-    return out;
+    router_json_u64(&o, "updated_ms", c->updated_ms);
+    return router_json_end(&o, len);
 }
 
 /* Every watcher of c gets `json` (a watcher too slow is cut by its bound). */
@@ -172,35 +147,32 @@ static void s_list(const gateway_http_req_t *req, gateway_http_res_t *res, void 
     gateway_canvas_t *self = ud;
     if (gateway_auth_require(self->auth, req, res) != 0)
         return;
-    yajl_gen g = yajl_gen_alloc(NULL);
-    if (!g) {
-        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
-        return;
+    router_json_obj_t o;
+    router_json_begin(&o, NULL);
+    if (o.g) {
+        (void) yajl_gen_string(o.g, (const unsigned char *) "canvases", 8);
+        (void) yajl_gen_array_open(o.g);
+        for (const s_canvas_t *c = self->canvases; c; c = c->next) {
+            if (!c->version)
+                continue; /* watched, nothing posted yet */
+            (void) yajl_gen_map_open(o.g);
+            router_json_cstr(&o, "id", c->id);
+            router_json_u64(&o, "version", c->version);
+            router_json_cstr(&o, "content_type", c->type);
+            router_json_u64(&o, "bytes", c->len);
+            router_json_u64(&o, "watchers", c->nwatchers);
+            router_json_u64(&o, "updated_ms", c->updated_ms);
+            (void) yajl_gen_map_close(o.g);
+        }
+        (void) yajl_gen_array_close(o.g);
     }
-    (void) yajl_gen_map_open(g);
-    (void) yajl_gen_string(g, (const unsigned char *) "canvases", 8);
-    (void) yajl_gen_array_open(g);
-    for (const s_canvas_t *c = self->canvases; c; c = c->next) {
-        if (!c->version)
-            continue; /* watched, nothing posted yet */
-        (void) yajl_gen_map_open(g);
-        s_gs(g, "id", c->id, strlen(c->id));
-        s_gu(g, "version", c->version);
-        s_gs(g, "content_type", c->type, strlen(c->type));
-        s_gu(g, "bytes", c->len);
-        s_gu(g, "watchers", c->nwatchers);
-        s_gu(g, "updated_ms", c->updated_ms);
-        (void) yajl_gen_map_close(g);
-    }
-    (void) yajl_gen_array_close(g);
-    (void) yajl_gen_map_close(g);
-    const unsigned char *buf;
-    size_t n;
-    if (yajl_gen_get_buf(g, &buf, &n) == yajl_gen_status_ok)
-        (void) gateway_http_respond(res, 200, "application/json", buf, n);
+    size_t n = 0;
+    char *json = router_json_end(&o, &n);
+    if (json)
+        (void) gateway_http_respond(res, 200, "application/json", json, n);
     else
         (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
-    yajl_gen_free(g);
+    free(json);
 }
 
 static void s_get(gateway_canvas_t *self, s_canvas_t *c, gateway_http_res_t *res)

@@ -1,6 +1,6 @@
 """tests/integration/test_canvas.py — live canvases (DESIGN §5, WIRE §26) on
 the real `kith daemon`: Python `websockets` watchers on /ws/canvas/{id} and
-curl / http.client posting, reading, listing and clearing. A watcher that
+Python's http.client posting, reading, listing and clearing. A watcher that
 comes first is told the canvas is empty, then gets every version as it is
 posted; one that comes later starts from the document in place; a watcher
 that speaks is answered READ_ONLY and keeps watching; a clear reaches the
@@ -19,7 +19,7 @@ import sys
 import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results, check, curl, gateway_url, pair_token  # noqa: E402
+from peer import Daemon, Results, check, pair_token  # noqa: E402
 
 TIMEOUT = 60
 
@@ -29,8 +29,6 @@ def main():
     r = Results()
     try:
         token = pair_token(node)
-        base = gateway_url(node)
-        auth = ("-H", f"Authorization: Bearer {token}")
 
         def request(method, path, body=None, ctype=None, bearer=True):
             c = http.client.HTTPConnection("127.0.0.1", node.gw_port, timeout=TIMEOUT)
@@ -151,7 +149,6 @@ def main():
         r.run(lambda: asyncio.run(no_token_no_upgrade()), name="no_token_no_upgrade")
         r.run(refusals)
         r.run(bounded)
-        _ = (curl, base, auth)
         r.stopped(node)
     finally:
         node.cleanup()
