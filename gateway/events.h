@@ -26,6 +26,7 @@
 
 #include "gateway/http_server.h"
 #include "router/comms/comms.h"
+#include "router/comms/events.h"
 #include "router/metrics.h"
 #include "router/net/loop.h"
 
@@ -134,5 +135,11 @@ int gateway_route_daemon_logs(gateway_http_t *g, gateway_events_t *logs)
  * admission as `comms_message` and each refusal as `comms_rejected` on
  * `ud`, a gateway_events_t. Loop thread. */
 void gateway_events_on_comms(const router_comms_event_t *ev, void *ud);
+
+/* A router_channel_event_fn publishing `channel_event` {"channel","id",
+ * "seq","session_id","event_type"?,"bytes"} on `ud`, a gateway_events_t:
+ * a plain event line (router_node_set_channel_sink), a webhook or an
+ * external event (gateway_ingress_set_events) admitted. Loop thread. */
+void gateway_events_on_channel(const router_channel_event_t *ev, void *ud);
 
 #endif

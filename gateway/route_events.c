@@ -77,3 +77,25 @@ void gateway_events_on_comms(const router_comms_event_t *ev, void *ud)
         (void) gateway_events_publish(ud, ev->admitted ? "comms_message" : "comms_rejected",
                                       buf);
 }
+
+void gateway_events_on_channel(const router_channel_event_t *ev, void *ud)
+{
+    char id[PROTO_UUID_TEXT_CAP];
+    proto_uuid_format(ev->id, id);
+    char buf[512];
+    gateway_events_json_t j = {.p = buf, .cap = sizeof buf};
+    gateway_events_json_raw(&j, "{\"channel\":\"", 12);
+    gateway_events_json_raw(&j, ev->channel, strlen(ev->channel));
+    gateway_events_json_raw(&j, "\"", 1);
+    s_member(&j, "id", id, true);
+    gateway_events_json_raw(&j, ",\"seq\":", 7);
+    gateway_events_json_u64(&j, ev->seq);
+    s_member(&j, "session_id", ev->session_id, false);
+    if (ev->event_type)
+        s_member(&j, "event_type", ev->event_type, false);
+    gateway_events_json_raw(&j, ",\"bytes\":", 9);
+    gateway_events_json_u64(&j, ev->bytes);
+    gateway_events_json_raw(&j, "}", 1);
+    if (!j.full)
+        (void) gateway_events_publish(ud, "channel_event", buf);
+}

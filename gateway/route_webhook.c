@@ -15,11 +15,13 @@
 
 #include <sodium.h>
 
+#include "gateway/events.h"
 #include "gateway/ingress_body.h"
 #include "gateway/routes_auth.h"
 #include "proto/uuid.h"
 #include "router/clock.h"
 #include "router/log.h"
+#include "router/workers/turn_source.h"
 
 #define S_WAITERS_MAX 1024u          /* answers waiting for durability */
 #define S_POLL_MS 100u               /* fallback check, as comms does for acks */
@@ -48,6 +50,7 @@ struct gateway_ingress {
     s_waiter_t *last;
     size_t nwaiters;
     uint64_t timer;                      /* the fallback poll, 0 for none */
+    gateway_events_t *events;            /* channel_event goes here, or NULL */
 };
 
 /* ---------------------------------------------------------------- answering */
@@ -302,6 +305,20 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
     }
     ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ingress: queued %s id=%s seq=%llu bytes=%zu", scope,
                uuid, (unsigned long long) w->seq, frame_len);
+    if (self->events) {
+        char sid[GATEWAY_INGRESS_ID_MAX + 1];
+        if (shape == GATEWAY_INGRESS_EVENT)
+            snprintf(sid, sizeof sid, "%.*s", (int) session_len, session);
+        else
+            snprintf(sid, sizeof sid, "%s", b.session_id[0] ? b.session_id
+                                                            : ROUTER_TURN_WEBHOOK_SESSION);
+        router_channel_event_t ev = {
+            .channel = shape == GATEWAY_INGRESS_WEBHOOK ? "webhook" : "external_event",
+            .id = id, .seq = w->seq, .session_id = sid,
+            .event_type = shape == GATEWAY_INGRESS_EVENT ? b.event_type : NULL,
+            .bytes = frame_len};
+        gateway_events_on_channel(&ev, self->events);
+    }
     w->deadline_ms = router_clock_mono_ms() + self->opts.durable_timeout_ms;
     w->prev = self->last;
     if (self->last)
@@ -435,4 +452,10 @@ void gateway_ingress_destroy(gateway_ingress_t **self_p)
     sodium_memzero(self->secret_hash, sizeof self->secret_hash);
     free(self);
     *self_p = NULL;
+}
+
+void gateway_ingress_set_events(gateway_ingress_t *self, gateway_events_t *events)
+{
+    if (self)
+        self->events = events;
 }

@@ -65,6 +65,11 @@ gateway_ingress_t *gateway_ingress_new(gateway_http_t *g, router_loop_t *loop,
  * the loop thread. */
 void gateway_ingress_durable(gateway_ingress_t *self);
 
+/* Where each admitted webhook and external event is published as
+ * `channel_event` (WIRE §18.2; borrowed; NULL: nowhere). */
+struct gateway_events;
+void gateway_ingress_set_events(gateway_ingress_t *self, struct gateway_events *events);
+
 /* Answers what still waits (503) and frees. Idempotent; nulls *self_p. */
 void gateway_ingress_destroy(gateway_ingress_t **self_p);
 

@@ -68,6 +68,8 @@ struct router_node {
     router_audit_feed_t *audit;          /* security events go here, or NULL (audit off) */
     router_comms_event_fn *sink;         /* also told of every comms event, or NULL */
     void *sink_ud;                       /* its argument */
+    router_channel_event_fn *channel_sink; /* told of every plain event line queued, or NULL */
+    void *channel_sink_ud;
     void (*on_stop)(void *ud);           /* told when a graceful stop begins */
     void *on_stop_ud;
     unsigned drain_holds;                /* loop thread: drains still running (comms, holders) */
@@ -121,6 +123,24 @@ void router_node_set_event_sink(router_node_t *self, router_comms_event_fn *fn, 
 {
     self->sink = fn;
     self->sink_ud = ud;
+}
+
+/* A plain event line was queued: its session is comms.session (WIRE §19). */
+static void s_on_channel_event(const router_channel_event_t *ev, void *ud)
+{
+    router_node_t *self = ud;
+    if (!self->channel_sink)
+        return;
+    router_channel_event_t e = *ev;
+    if (!e.session_id)
+        e.session_id = self->cfg.comms.session;
+    self->channel_sink(&e, self->channel_sink_ud);
+}
+
+void router_node_set_channel_sink(router_node_t *self, router_channel_event_fn *fn, void *ud)
+{
+    self->channel_sink = fn;
+    self->channel_sink_ud = ud;
 }
 
 /* On the loop thread: acks may go out. comms is NULL once the node is being
@@ -716,6 +736,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         .metrics = self->metrics,
         .guard = self->guard,
         .connections_max = self->cfg.limits.event_connections_max,
+        .on_queued = s_on_channel_event,
+        .ud = self,
     };
     router_comms_opts_t co = {
         .loop = self->loop,

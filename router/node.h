@@ -30,6 +30,7 @@
 #include <cbor.h>
 
 #include "router/comms/comms.h"
+#include "router/comms/events.h"
 #include "router/comms/outbound.h"
 #include "router/metrics.h"
 #include "router/net/inproc.h"
@@ -123,6 +124,11 @@ void router_node_use_tokens(router_node_t *self, struct router_tokens *tokens);
  * gateway publishes them on /api/events. One sink; NULL removes it. Set it
  * before the node runs, or on the loop thread. */
 void router_node_set_event_sink(router_node_t *self, router_comms_event_fn *fn, void *ud);
+
+/* Also tells fn(ev, ud) of every plain event line queued (WIRE §18.2
+ * `channel_event`; session_id filled with comms.session), on the loop
+ * thread; fn NULL removes it. Set it before the node runs. */
+void router_node_set_channel_sink(router_node_t *self, router_channel_event_fn *fn, void *ud);
 
 /* Sends the node's security events (envelope refusals, trust store
  * reloads and refused reloads) to `feed` (borrowed; NULL: none). Set it

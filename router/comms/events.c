@@ -43,6 +43,8 @@ struct s_ec {
 struct router_events {
     router_loop_t *loop;
     router_inbox_t *inbox;
+    router_channel_event_fn *on_queued; /* may be NULL */
+    void *on_queued_ud;
     router_guard_t *guard;
     uint32_t connections_max;
     router_listener_t *listeners[S_LISTENERS_MAX];
@@ -88,6 +90,11 @@ static void s_line(router_events_t *self, const uint8_t *line, size_t len)
          * the loop spends its time formatting lines (/health stalled). */
         ROUTER_LOG(ROUTER_LOG_DEBUG, "events", "queued event seq=%llu bytes=%zu",
                    (unsigned long long) seq, body_len);
+        if (self->on_queued) {
+            router_channel_event_t ev = {.channel = "event_line", .id = id, .seq = seq,
+                                         .bytes = body_len};
+            self->on_queued(&ev, self->on_queued_ud);
+        }
     } else {
         s_skip(self, router_inbox_outcome_str(out));
     }
@@ -239,6 +246,8 @@ router_events_t *router_events_new(const router_events_opts_t *opts)
     self->loop = opts->loop;
     self->inbox = opts->inbox;
     self->guard = opts->guard;
+    self->on_queued = opts->on_queued;
+    self->on_queued_ud = opts->ud;
     self->connections_max = opts->connections_max ? opts->connections_max : 1024;
     if (opts->metrics) {
         self->m_queued = router_metrics_add(opts->metrics, "kith_events_queued_total", NULL,

@@ -18,12 +18,28 @@
 
 typedef struct router_events router_events_t;
 
+/* One event taken on a channel other than signed comms, once admitted to
+ * the inbox (WIRE §18.2 `channel_event`): a plain event line here; a
+ * webhook or an external event at the gateway. Valid during the call. */
+typedef struct {
+    const char *channel;     /* "event_line", "webhook", "external_event" */
+    const uint8_t *id;       /* the inbox entry's UUID (16 octets) */
+    uint64_t seq;            /* its inbox sequence number */
+    const char *session_id;  /* the session its turn goes to; NULL: not known here */
+    const char *event_type;  /* an external event's type; else NULL */
+    size_t bytes;            /* the entry's octets */
+} router_channel_event_t;
+
+typedef void (router_channel_event_fn)(const router_channel_event_t *ev, void *ud);
+
 typedef struct {
     router_loop_t *loop;        /* borrowed */
     router_inbox_t *inbox;      /* where events go; borrowed */
     router_metrics_t *metrics;  /* optional */
     router_guard_t *guard;      /* bounds and deadlines; borrowed, required */
     uint32_t connections_max;   /* open event connections (DESIGN §10 default 1,024) */
+    router_channel_event_fn *on_queued; /* each line admitted (loop thread); may be NULL */
+    void *ud;
 } router_events_opts_t;
 
 /* Returns NULL on allocation failure. Caller owns the result. */

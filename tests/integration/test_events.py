@@ -2,7 +2,8 @@
 `kith daemon` (comms.auth "none"): newline-delimited JSON {"body"} or plain
 text over TCP and a Unix socket; malformed and over-long lines are counted
 and skipped while the connection stays open; accepted lines are queued in
-the durable inbox; the counters show on /metrics (read with curl)."""
+the durable inbox; the counters show on /metrics (read with curl); each
+line queued is a channel_event on /api/events."""
 
 import os
 import socket
@@ -58,6 +59,28 @@ def main():
         ok = queued == 4 and skipped == 4
         print(("ok   " if ok else "FAIL ") + f"/metrics: queued={queued} skipped={skipped}")
         results.append(ok)
+    finally:
+        node.cleanup()
+
+    # Each line queued is a channel_event on /api/events (WIRE §18.2), for
+    # the session plain events go to (comms.session).
+    node = Daemon("events-sse", config={"comms": {"auth": "none", "event_address": "127.0.0.1:0",
+                                                  "session": "ops"},
+                                        "gateway": {"require_pairing": False}})
+    node.start()
+    try:
+        from test_sse import Sse
+        sse = Sse(node).read_head()
+        s = socket.create_connection(("127.0.0.1", node.event_port), timeout=10)
+        s.sendall(b'{"body":"first"}\nsecond line\n')
+        firsts = [sse.next_of({"channel_event"})[1] for _ in range(2)]
+        ok = [(e["channel"], e["session_id"], e["bytes"]) for e in firsts] == \
+            [("event_line", "ops", 5), ("event_line", "ops", 11)] and \
+            firsts[0]["seq"] < firsts[1]["seq"] and len(firsts[0]["id"]) == 36
+        print(("ok   " if ok else "FAIL ") + f"channel_event per line: {firsts}")
+        results.append(ok)
+        s.close()
+        sse.close()
     finally:
         node.cleanup()
 

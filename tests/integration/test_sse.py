@@ -3,7 +3,8 @@
 socket: an envelope admitted from a trusted peer appears as comms_message,
 an untrusted one as comms_rejected (untrusted_sender); a reconnect with
 Last-Event-ID replays exactly what was missed; one older than the ring
-(limits.sse_ring_events is small here) gets stream_gap first; a reader that
+(limits.sse_ring_events is small here) gets stream_gap first; a webhook
+and an external event show as channel_event; a reader that
 never reads is cut while the daemon keeps serving /health; daemon log lines
 appear on /api/daemon/logs."""
 
@@ -215,6 +216,30 @@ def test_slow_reader_cut(node, alice):
     r.close()
 
 
+def test_channel_events(node, alice):
+    """A webhook and an external event admitted are each a channel_event,
+    naming the session their turns go to."""
+    sse = Sse(node).read_head()
+    base = gateway_url(node)
+    posts = [("/webhook", '{"message":"hook","session_id":"s-1"}'),
+             ("/webhook", '{"message":"no session"}'),
+             ("/sessions/ext-1/external-events",
+              '{"kind":"generic_json","event_type":"deploy","payload":{"ok":true}}')]
+    answers = []
+    for path, body in posts:
+        status, _, out, _ = curl("-X", "POST", "-H", "Content-Type: application/json",
+                                 "--data", body, base + path)
+        assert status == 202, (path, status, out)
+        answers.append(json.loads(out))
+    got = [sse.next_of({"channel_event"})[1] for _ in posts]
+    sse.close()
+    assert [(e["channel"], e["session_id"], e.get("event_type")) for e in got] == \
+        [("webhook", "s-1", None), ("webhook", "webhook", None),
+         ("external_event", "ext-1", "deploy")], got
+    assert got[0]["id"] == answers[0]["id"] and got[1]["id"] == answers[1]["id"], (got, answers)
+    assert got[0]["bytes"] == len(posts[0][1]) and got[0]["seq"] < got[1]["seq"] < got[2]["seq"]
+
+
 def test_daemon_logs(node, alice):
     # "admitted envelope" lines are rate-limited per call site (router/log.h)
     # and earlier tests flooded it: send one, and when its line was
@@ -274,7 +299,7 @@ def main():
     res = Results()
     try:
         for t in (test_curl_comms_message, test_untrusted_rejected, test_replay_last_event_id,
-                  test_stream_gap, test_bad_last_event_id, test_daemon_logs,
+                  test_stream_gap, test_bad_last_event_id, test_channel_events, test_daemon_logs,
                   test_slow_reader_cut):
             res.run(t, node, alice)
         res.stopped(node)

@@ -190,6 +190,7 @@ static void s_sse_stop(router_node_t *node, s_sse_t *sse)
 {
     gateway_log_tap_destroy(&sse->tap);
     router_node_set_event_sink(node, NULL, NULL);
+    router_node_set_channel_sink(node, NULL, NULL);
     if (router_node_turns(node))
         router_turns_set_event_sink(router_node_turns(node), NULL, NULL);
     gateway_events_destroy(&sse->events);
@@ -231,6 +232,7 @@ static int s_sse_start(router_node_t *node, const router_config_t *cfg, gateway_
         !(sse->tap = gateway_log_tap_new(loop, sse->logs)))
         return -1;
     router_node_set_event_sink(node, gateway_events_on_comms, sse->events);
+    router_node_set_channel_sink(node, gateway_events_on_channel, sse->events);
     if (router_node_turns(node))
         router_turns_set_event_sink(router_node_turns(node), s_sse_turn_event, sse->events);
     return 0;
@@ -324,6 +326,7 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
         snprintf(err, errcap, "gateway: cannot serve /api/events: %s", strerror(errno));
         goto fail;
     }
+    gateway_ingress_set_events(ga->ingress, sse->events);
     if (s_chat_start(node, cfg, gw, ga->auth, sse->events) != 0) {
         snprintf(err, errcap, "gateway: cannot serve /ws/chat: %s", strerror(errno));
         goto fail;
