@@ -9,6 +9,8 @@
 
 #include "proto/utf8.h"
 
+#include <stdio.h>
+
 static int s_hex4(const char *p, unsigned *v)
 {
     *v = 0;
@@ -166,4 +168,91 @@ void gateway_text_add(gateway_text_t *t, const char *s, size_t n)
 void gateway_text_cstr(gateway_text_t *t, const char *s)
 {
     gateway_text_add(t, s, strlen(s));
+}
+
+/* ---------------------------------------------------------------- trees */
+
+/* Nesting depth (yajl builds and frees its tree recursively, so depth is
+ * bounded before it sees the text) and \u0000 (which would cut a C string
+ * short). A malformed text may pass: yajl refuses it next. */
+static const char *s_scan(const char *s, size_t len, unsigned depth_max)
+{
+    unsigned depth = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!in_str) {
+            if (c == '"')
+                in_str = true;
+            else if ((c == '[' || c == '{') && ++depth > depth_max)
+                return "nests too deep";
+            else if ((c == ']' || c == '}') && depth)
+                depth--;
+            continue;
+        }
+        if (c == '"') {
+            in_str = false;
+        } else if (c == '\\' && i + 1 < len) {
+            if (s[i + 1] == 'u' && i + 6 <= len && !memcmp(s + i + 2, "0000", 4))
+                return "holds \\u0000 in a string";
+            i++;
+        }
+    }
+    return NULL;
+}
+
+/* No object in the tree repeats a member name or has more than keys_max
+ * members. Depth is bounded by s_scan. */
+static bool s_tree_ok(yajl_val v, size_t keys_max)
+{
+    if (YAJL_IS_OBJECT(v)) {
+        size_t n = v->u.object.len;
+        if (n > keys_max)
+            return false;
+        for (size_t i = 0; i < n; i++) {
+            for (size_t j = 0; j < i; j++)
+                if (!strcmp(v->u.object.keys[i], v->u.object.keys[j]))
+                    return false;
+            if (!s_tree_ok(v->u.object.values[i], keys_max))
+                return false;
+        }
+    } else if (YAJL_IS_ARRAY(v)) {
+        for (size_t i = 0; i < v->u.array.len; i++)
+            if (!s_tree_ok(v->u.array.values[i], keys_max))
+                return false;
+    }
+    return true;
+}
+
+yajl_val gateway_json_tree_parse(const uint8_t *data, size_t len, unsigned depth_max,
+                                 size_t keys_max, char *why, size_t cap)
+{
+    const char *text = (const char *) data;
+    const char *problem = gateway_json_text_problem(text, len);
+    if (!problem)
+        problem = s_scan(text, len, depth_max);
+    if (problem) {
+        snprintf(why, cap, "the text %s", problem);
+        return NULL;
+    }
+    char *copy = malloc(len + 1);
+    if (!copy) {
+        snprintf(why, cap, "out of memory");
+        return NULL;
+    }
+    memcpy(copy, data, len);
+    copy[len] = '\0';
+    char err[128];
+    yajl_val tree = yajl_tree_parse(copy, err, sizeof err);
+    free(copy);
+    if (!tree) {
+        snprintf(why, cap, "the text is not JSON");
+        return NULL;
+    }
+    if (!s_tree_ok(tree, keys_max)) {
+        yajl_tree_free(tree);
+        snprintf(why, cap, "an object repeats a member name or has too many members");
+        return NULL;
+    }
+    return tree;
 }

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <yajl/yajl_tree.h>
+
 /* NULL when s[0..len) may go to yajl; otherwise what is wrong with it, as
  * the end of a sentence about the text ("holds a NUL octet", "is not
  * well-formed UTF-8", "has a lone surrogate \u escape"). Static string. */
@@ -61,5 +63,15 @@ void gateway_text_add(gateway_text_t *t, const char *s, size_t n);
 
 /* Appends the C string s. */
 void gateway_text_cstr(gateway_text_t *t, const char *s);
+
+/* One JSON text from outside parsed strictly into yajl's tree: no NUL
+ * octet, well-formed UTF-8, no lone surrogate and no \u0000 escape,
+ * nesting at most depth_max, no object that repeats a member name or has
+ * more than keys_max members. Returns the tree (caller frees it with
+ * yajl_tree_free), or NULL with why[cap] saying what was wrong, for people
+ * ("out of memory" too). */
+yajl_val gateway_json_tree_parse(const uint8_t *data, size_t len, unsigned depth_max,
+                                 size_t keys_max, char *why, size_t cap)
+    __attribute__((warn_unused_result));
 
 #endif

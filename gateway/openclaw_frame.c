@@ -1,5 +1,5 @@
 /* gateway/openclaw_frame.c — the OpenClaw endpoint's frame decoder (yajl's
- * tree, after the checks yajl leaves out) and frame wrappers
+ * tree, parsed strictly by gateway_json_tree_parse) and frame wrappers
  * (gateway/openclaw_frame.h). */
 #include "gateway/openclaw_frame.h"
 
@@ -10,101 +10,6 @@
 #include <yajl/yajl_gen.h>
 
 #include "gateway/json_text.h"
-#include "proto/utf8.h"
-
-/* ---------------------------------------------------------------- checks before parsing */
-
-static int s_hex4(const char *p, unsigned *v)
-{
-    *v = 0;
-    for (int i = 0; i < 4; i++) {
-        char ch = p[i];
-        unsigned d = ch >= '0' && ch <= '9'   ? (unsigned) (ch - '0')
-                     : ch >= 'a' && ch <= 'f' ? (unsigned) (ch - 'a' + 10)
-                     : ch >= 'A' && ch <= 'F' ? (unsigned) (ch - 'A' + 10)
-                                              : 16u;
-        if (d > 15)
-            return -1;
-        *v = *v * 16 + d;
-    }
-    return 0;
-}
-
-/* One pass over the text outside yajl: nesting depth (yajl builds and frees
- * its tree recursively, so depth is bounded before it sees the text), lone
- * surrogate escapes (which yajl turns into '?') and \u0000 (which would cut
- * a C string short). Returns NULL, or what is wrong. A malformed text may
- * pass: yajl refuses it next. */
-static const char *s_scan(const char *s, size_t len)
-{
-    unsigned depth = 0;
-    bool in_str = false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!in_str) {
-            if (c == '"') {
-                in_str = true;
-            } else if (c == '[' || c == '{') {
-                if (++depth > GATEWAY_OPENCLAW_DEPTH_MAX)
-                    return "the frame nests deeper than 32";
-            } else if ((c == ']' || c == '}') && depth) {
-                depth--;
-            }
-            continue;
-        }
-        if (c == '"') {
-            in_str = false;
-            continue;
-        }
-        if (c != '\\')
-            continue;
-        if (i + 1 >= len)
-            return NULL;
-        if (s[i + 1] != 'u') {
-            i++;
-            continue;
-        }
-        unsigned v;
-        if (i + 6 > len || s_hex4(s + i + 2, &v) != 0)
-            return NULL;
-        i += 5;
-        if (v == 0)
-            return "a string holds \\u0000";
-        if (v >= 0xDC00 && v <= 0xDFFF)
-            return "a \\u escape is a lone surrogate";
-        if (v >= 0xD800 && v <= 0xDBFF) {
-            unsigned lo;
-            if (i + 7 > len || s[i + 1] != '\\' || s[i + 2] != 'u' ||
-                s_hex4(s + i + 3, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF)
-                return "a \\u escape is a lone surrogate";
-            i += 6;
-        }
-    }
-    return NULL;
-}
-
-/* No object in the tree repeats a member name or has more than
- * GATEWAY_OPENCLAW_KEYS_MAX members. Depth is bounded by s_scan. */
-static bool s_tree_ok(yajl_val v)
-{
-    if (YAJL_IS_OBJECT(v)) {
-        size_t n = v->u.object.len;
-        if (n > GATEWAY_OPENCLAW_KEYS_MAX)
-            return false;
-        for (size_t i = 0; i < n; i++) {
-            for (size_t j = 0; j < i; j++)
-                if (!strcmp(v->u.object.keys[i], v->u.object.keys[j]))
-                    return false;
-            if (!s_tree_ok(v->u.object.values[i]))
-                return false;
-        }
-    } else if (YAJL_IS_ARRAY(v)) {
-        for (size_t i = 0; i < v->u.array.len; i++)
-            if (!s_tree_ok(v->u.array.values[i]))
-                return false;
-    }
-    return true;
-}
 
 static int s_fail(char *why, size_t cap, const char *what)
 {
@@ -160,27 +65,13 @@ int gateway_openclaw_req_decode(const uint8_t *data, size_t len, gateway_opencla
                                 char *why, size_t cap)
 {
     memset(out, 0, sizeof *out);
-    const char *text = (const char *) data;
-    if (memchr(text, '\0', len))
-        return s_fail(why, cap, "the frame holds a NUL octet");
-    if (!proto_utf8_valid(data, len))
-        return s_fail(why, cap, "the frame is not well-formed UTF-8");
-    const char *problem = s_scan(text, len);
-    if (problem)
-        return s_fail(why, cap, problem);
-    char *copy = malloc(len + 1);
-    if (!copy)
-        return s_fail(why, cap, "out of memory");
-    memcpy(copy, data, len);
-    copy[len] = '\0';
-    char err[128];
-    yajl_val tree = yajl_tree_parse(copy, err, sizeof err);
-    free(copy);
+    yajl_val tree = gateway_json_tree_parse(data, len, GATEWAY_OPENCLAW_DEPTH_MAX,
+                                            GATEWAY_OPENCLAW_KEYS_MAX, why, cap);
     if (!tree)
-        return s_fail(why, cap, "the frame is not JSON");
-    if (!YAJL_IS_OBJECT(tree) || !s_tree_ok(tree)) {
+        return -1;
+    if (!YAJL_IS_OBJECT(tree)) {
         yajl_tree_free(tree);
-        return s_fail(why, cap, "a frame is one JSON object without repeated member names");
+        return s_fail(why, cap, "a frame is one JSON object");
     }
     char type[8];
     int rc_id = s_str(tree, "id", out->id, sizeof out->id);

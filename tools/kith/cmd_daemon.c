@@ -20,6 +20,7 @@
 #include "gateway/routes_auth.h"
 #include "gateway/routes_canvas.h"
 #include "gateway/routes_chat.h"
+#include "gateway/routes_nodes.h"
 #include "gateway/routes_openclaw.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
@@ -289,6 +290,16 @@ static int s_canvas_start(const router_config_t *cfg, gateway_http_t *gw, gatewa
     return (s_canvas = gateway_canvas_new(gw, auth, &wo)) ? 0 : -1;
 }
 
+/* The node registry (WIRE §27). */
+static gateway_nodes_t *s_nodes;
+
+static int s_nodes_start(router_node_t *node, const router_config_t *cfg, gateway_http_t *gw,
+                         gateway_auth_t *auth)
+{
+    gateway_ws_opts_t wo = s_ws_opts(cfg);
+    return (s_nodes = gateway_nodes_new(gw, router_node_loop(node), auth, &wo)) ? 0 : -1;
+}
+
 /* The HTTP gateway on the node's loop, listening on gateway.host:port with
  * the configured limits and the node's metrics. Returns the server, or
  * NULL with a one-line reason in err. */
@@ -339,6 +350,10 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
         snprintf(err, errcap, "gateway: cannot serve the canvases: %s", strerror(errno));
         goto fail;
     }
+    if (s_nodes_start(node, cfg, gw, ga->auth) != 0) {
+        snprintf(err, errcap, "gateway: cannot serve the node registry: %s", strerror(errno));
+        goto fail;
+    }
     (void) router_addr_format(&addr, shown, sizeof shown);
     if (gateway_http_listen(gw, &addr, &bound) != 0) {
         snprintf(err, errcap, "gateway: cannot listen on http://%s: %s", shown, strerror(errno));
@@ -357,6 +372,7 @@ fail:
     gateway_chat_destroy(&s_chat);
     gateway_openclaw_destroy(&s_openclaw);
     gateway_canvas_destroy(&s_canvas);
+    gateway_nodes_destroy(&s_nodes);
     s_sse_stop(node, sse);
     return NULL;
 }
@@ -582,6 +598,7 @@ static int s_serve(int argc, char **argv, const char *cmd)
     gateway_chat_destroy(&s_chat); /* after the gateway let its sockets go, before the turns */
     gateway_openclaw_destroy(&s_openclaw);
     gateway_canvas_destroy(&s_canvas);
+    gateway_nodes_destroy(&s_nodes);
     s_sse_stop(node, &sse);
     s_audit_stop(&au, node);
     router_node_destroy(&node);
