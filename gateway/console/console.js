@@ -2,8 +2,8 @@
 // (POST /pair; the token is kept in localStorage and sent only in the
 // Authorization header or the `bearer.` WebSocket subprotocol, never in a
 // URL), chats over /ws/chat (spec/WIRE.md §24), follows /api/events (SSE,
-// read with fetch so the token stays in a header) and lists peers and
-// sessions. Every text from the server goes into the page as textContent.
+// read with fetch so the token stays in a header) and lists peers,
+// sessions, nodes and canvases. Every text from the server goes into the page as textContent.
 'use strict';
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -253,9 +253,11 @@
 
   async function refreshLists() {
     try {
-      const [peers, sessions] = await Promise.all([
+      const [peers, sessions, nodes, canvases] = await Promise.all([
         fetch('/api/peers', authed()).then((r) => r.json()),
         fetch('/api/sessions', authed()).then((r) => r.json()),
+        fetch('/api/nodes', authed()).then((r) => r.json()),
+        fetch('/api/canvas', authed()).then((r) => r.json()),
       ]);
       const pl = $('peers');
       pl.replaceChildren();
@@ -273,6 +275,17 @@
         sl.append(li);
       }
       if (!sl.children.length) sl.append(el('li', 'muted', 'no sessions yet'));
+      const nl = $('nodes');
+      nl.replaceChildren();
+      for (const n of nodes.nodes || [])
+        nl.append(el('li', '', n.name + ' — ' + n.commands.join(', ') + ' — ' + n.id));
+      if (!nl.children.length) nl.append(el('li', 'muted', 'no nodes connected'));
+      const cl = $('canvases');
+      cl.replaceChildren();
+      for (const c of canvases.canvases || [])
+        cl.append(el('li', '', c.id + ' — ' + c.content_type + ', version ' + c.version + ', ' +
+                               c.watchers + ' watching'));
+      if (!cl.children.length) cl.append(el('li', 'muted', 'no canvases'));
     } catch (e) {
       $('peers').replaceChildren(el('li', 'error', 'could not be read'));
     }

@@ -3,7 +3,7 @@
 // would: opens http://127.0.0.1:PORT/, is refused a wrong code, pairs with
 // the right one, chats with the scripted agent, sees the turn on the events
 // panel, reloads (the token and the session are kept), lists the session,
-// and forgets the token. Prints one JSON line {ok, steps, failed?, …};
+// a canvas and no nodes, and forgets the token. Prints one JSON line {ok, steps, failed?, …};
 // exit 0 only when every step passed. Used by test_console.py.
 //
 //   node console_e2e.mjs http://127.0.0.1:PORT PAIRING_CODE
@@ -75,9 +75,18 @@ try {
   });
   await step('lists_session', async () => {
     const sid = await page.evaluate(() => localStorage.getItem('kith.session'));
+    // A canvas to list, posted with the token the page holds.
+    const posted = await page.evaluate(async () => (await fetch('/api/canvas/status', {
+      method: 'POST', body: '<b>ok</b>',
+      headers: { Authorization: 'Bearer ' + localStorage.getItem('kith.token'),
+                 'Content-Type': 'text/html' } })).status);
+    check(posted === 200, 'canvas post ' + posted);
     await page.click('#refresh');
     await page.waitForSelector(`#sessions li[data-session="${sid}"]`);
     check((await page.textContent('#peers')).includes('no trusted peers'), 'peers list');
+    check((await page.textContent('#nodes')).includes('no nodes connected'), 'nodes list');
+    await page.waitForFunction(() =>
+      document.getElementById('canvases').textContent.includes('status — text/html, version 1'));
   });
   await step('stop_without_turn', async () => {
     await page.click('#stop');
