@@ -444,7 +444,7 @@ static void s_one(const gateway_http_req_t *req, gateway_http_res_t *res, void *
             s_node_json(&o, n);
         size_t n_len = 0;
         const unsigned char *buf;
-        if (o.g && yajl_gen_get_buf(o.g, &buf, &n_len) == yajl_gen_status_ok)
+        if (o.g && !o.failed && yajl_gen_get_buf(o.g, &buf, &n_len) == yajl_gen_status_ok)
             (void) gateway_http_respond(res, 200, "application/json", buf, n_len);
         else
             (void) gateway_http_respond_error(res, 503, "unavailable",
