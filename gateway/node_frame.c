@@ -9,6 +9,7 @@
 
 #include "gateway/json_text.h"
 #include "router/workers/turn_json.h"
+#include "router/workers/turn_source.h"
 
 static gateway_node_reason_t s_fail(char *why, size_t cap, gateway_node_reason_t r,
                                     const char *what)
@@ -27,15 +28,7 @@ static yajl_val s_get(yajl_val o, const char *key)
 
 bool gateway_node_token_ok(const char *s, size_t len, size_t max)
 {
-    if (len == 0 || len > max)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == ':' || c == '-'))
-            return false;
-    }
-    return true;
+    return len <= max && router_turn_session_id_ok(s, len); /* the same characters */
 }
 
 /* v as compact JSON text (caller frees), or NULL without memory. */

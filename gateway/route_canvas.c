@@ -17,6 +17,7 @@
 #include "proto/utf8.h"
 #include "router/clock.h"
 #include "router/workers/turn_json.h"
+#include "router/workers/turn_source.h"
 
 typedef struct s_watch s_watch_t;
 
@@ -49,17 +50,10 @@ struct gateway_canvas {
 
 /* ---------------------------------------------------------------- canvases */
 
+/* A canvas id is shaped like a session id: 1..128 of A-Z a-z 0-9 . _ : - */
 static bool s_id_ok(const char *s, size_t len)
 {
-    if (len == 0 || len > GATEWAY_CANVAS_ID_MAX)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == ':' || c == '-'))
-            return false;
-    }
-    return true;
+    return len <= GATEWAY_CANVAS_ID_MAX && router_turn_session_id_ok(s, len);
 }
 
 static s_canvas_t *s_find(gateway_canvas_t *self, const char *id, size_t len)

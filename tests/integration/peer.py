@@ -13,6 +13,7 @@ gateway_url) and small checks (check, Results)."""
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -372,6 +373,21 @@ def pair_token(node):
                               gateway_url(node) + "/pair")
     assert status == 200, f"/pair answered {status}: {body}"
     return json.loads(body)["token"]
+
+
+def api(node, method, path, body=None, token=None, ctype=None):
+    """One request to the gateway with Python's http.client (a second HTTP
+    client beside curl): body bytes as given, token as a bearer header when
+    set. Returns (status, content type, body bytes)."""
+    c = http.client.HTTPConnection("127.0.0.1", node.gw_port, timeout=60)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if ctype:
+        headers["Content-Type"] = ctype
+    c.request(method, path, body=body, headers=headers)
+    resp = c.getresponse()
+    data = resp.read()
+    c.close()
+    return resp.status, resp.getheader("Content-Type"), data
 
 
 def curl(*args):

@@ -11,7 +11,6 @@ limit (413), unknown canvases (404), and the bound on canvases (507 at
 inside JSON, never served as itself."""
 
 import asyncio
-import http.client
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ import sys
 import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results, check, pair_token  # noqa: E402
+from peer import Daemon, Results, api, check, pair_token  # noqa: E402
 
 TIMEOUT = 60
 
@@ -31,15 +30,7 @@ def main():
         token = pair_token(node)
 
         def request(method, path, body=None, ctype=None, bearer=True):
-            c = http.client.HTTPConnection("127.0.0.1", node.gw_port, timeout=TIMEOUT)
-            headers = {"Authorization": f"Bearer {token}"} if bearer else {}
-            if ctype:
-                headers["Content-Type"] = ctype
-            c.request(method, path, body=body, headers=headers)
-            resp = c.getresponse()
-            data = resp.read()
-            c.close()
-            return resp.status, resp.getheader("Content-Type"), data
+            return api(node, method, path, body, token if bearer else None, ctype)
 
         def ws_url(cid):
             return f"ws://127.0.0.1:{node.gw_port}/ws/canvas/{cid}"

@@ -12,7 +12,6 @@ unknown nodes and commands, bad invoke bodies, and the bound on calls
 waiting on one node (429 past 16)."""
 
 import asyncio
-import http.client
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ import threading
 import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results, check, pair_token  # noqa: E402
+from peer import Daemon, Results, api, check, pair_token  # noqa: E402
 
 TIMEOUT = 60
 
@@ -35,16 +34,12 @@ def main():
         protos = ["kith.nodes.v1", f"bearer.{token}"]
 
         def request(method, path, body=None, bearer=True, ctype="application/json"):
-            c = http.client.HTTPConnection("127.0.0.1", node.gw_port, timeout=TIMEOUT)
-            headers = {"Authorization": f"Bearer {token}"} if bearer else {}
-            if body is not None:
-                headers["Content-Type"] = ctype
-                body = body if isinstance(body, bytes) else json.dumps(body).encode()
-            c.request(method, path, body=body, headers=headers)
-            resp = c.getresponse()
-            data = resp.read()
-            c.close()
-            return resp.status, json.loads(data) if data else None
+            """(status, JSON body): a dict body is sent as JSON."""
+            if isinstance(body, dict):
+                body = json.dumps(body).encode()
+            st, _, data = api(node, method, path, body, token if bearer else None,
+                              ctype if body is not None else None)
+            return st, json.loads(data) if data else None
 
         async def recv(ws):
             return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
