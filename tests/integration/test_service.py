@@ -150,6 +150,14 @@ def main():
         rc, out, err = e.run("install", "--home", home, rc=1)
         check(rc == 1 and "systemctl --user daemon-reload failed (exit 1)" in err, f"{rc} {err}")
         e.calls()
+        # No place for the unit: a file where its folder would be.
+        blocked = Env()
+        with open(blocked.xdg, "w") as f:
+            f.write("not a folder")
+        rc, out, err = blocked.run("install", "--home", home)
+        check(rc == 1 and "cannot create" in err and blocked.calls() == [], f"{rc} {err}")
+        rc, out, err = e.run("uninstall", "--system")
+        check(rc == 1 and "not installed" in err, f"uninstall --system {rc} {err}")
         for args, needle in ((("launch",), "unknown verb 'launch'"),
                              ((), "name one of install"),
                              (("start", "--home", home), "does not apply"),
@@ -201,6 +209,10 @@ def main():
             with open(logs, "w") as f:
                 f.write("after rotation\n")
             check(next_line() == "after rotation\n", "the new file's line")
+            # Truncated in place (copytruncate): read again from its start.
+            with open(logs, "w") as f:
+                f.write("x\n")
+            check(next_line() == "x\n", "the truncated file's line")
         finally:
             p.kill()
             p.wait()
