@@ -233,10 +233,12 @@ static void s_post(gateway_canvas_t *self, const gateway_http_req_t *req, gatewa
     bool made = false;
     if (!c) {
         if (!(c = s_make(self, id, id_len))) {
-            (void) gateway_http_respond_error(res, 507, "canvas_full",
-                                              self->ncanvases >= GATEWAY_CANVAS_MAX
-                                                  ? "too many canvases; clear one"
-                                                  : "the server is out of memory");
+            if (self->ncanvases >= GATEWAY_CANVAS_MAX)
+                (void) gateway_http_respond_error(res, 507, "canvas_full",
+                                                  "too many canvases; clear one");
+            else
+                (void) gateway_http_respond_error(res, 503, "unavailable",
+                                                  "the server is out of memory");
             return;
         }
         made = true;
@@ -360,10 +362,11 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
     s_canvas_t *c = s_find(self, id, len);
     bool made = !c;
     if (!c && !(c = s_make(self, id, len))) {
-        (void) gateway_http_respond_error(res, 503, "canvas_full",
-                                          self->ncanvases >= GATEWAY_CANVAS_MAX
-                                              ? "too many canvases"
-                                              : "the server is out of memory");
+        if (self->ncanvases >= GATEWAY_CANVAS_MAX)
+            (void) gateway_http_respond_error(res, 503, "canvas_full", "too many canvases");
+        else
+            (void) gateway_http_respond_error(res, 503, "unavailable",
+                                              "the server is out of memory");
         return;
     }
     s_watch_t *w = calloc(1, sizeof *w);

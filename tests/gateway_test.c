@@ -31,6 +31,7 @@
 #include "alloc_fail.h"
 #include "gateway/http_server.h"
 #include "gateway/routes.h"
+#include "gateway/routes_canvas.h"
 #include "router/log.h"
 #include "router/metrics.h"
 #include "router/net/listen.h"
@@ -161,6 +162,8 @@ typedef struct {
     router_loop_t *loop;
     router_metrics_t *metrics;
     gateway_http_t *gw;
+    gateway_auth_t *auth;       /* pairing off: every request passes */
+    gateway_canvas_t *canvas;   /* /api/canvas…, for the out-of-memory sweep */
     pthread_t thread;
     int rc;         /* router_loop_run's result */
     uint16_t port;  /* where it listens */
@@ -175,6 +178,7 @@ static void *s_loop_main(void *arg)
     s->rc = router_loop_run(s->loop);
     gateway_http_destroy(&s->gw);
     gateway_http_destroy(&s->gw); /* idempotent */
+    gateway_canvas_destroy(&s->canvas);
     router_loop_destroy(&s->loop);
     return NULL;
 }
@@ -212,6 +216,11 @@ static s_srv_t *s_srv_start(void **state, const gateway_http_opts_t *o)
     assert_int_equal(gateway_http_route(s->gw, "GET", "/silent", s_silent, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/checks", s_checks, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/escaped", s_escaped_error, NULL), 0);
+    gateway_auth_opts_t ao = {.require_pairing = false};
+    s->auth = gateway_auth_new(NULL, &ao);
+    assert_non_null(s->auth);
+    s->canvas = gateway_canvas_new(s->gw, s->auth, NULL);
+    assert_non_null(s->canvas);
     router_addr_t addr, bound;
     assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
     assert_int_equal(gateway_http_listen(s->gw, &addr, &bound), 0);
@@ -229,6 +238,7 @@ static void s_srv_stop(s_srv_t **sp)
     assert_int_equal(s->rc, 0);
     assert_null(s->gw);
     assert_null(s->loop);
+    gateway_auth_destroy(&s->auth);
     router_metrics_destroy(&s->metrics);
     free(s);
     *sp = NULL;
@@ -1137,6 +1147,83 @@ static void test_requests_without_memory(void **state)
     s_srv_stop(&s);
 }
 
+/* The canvas routes with the loop thread's 1st, 2nd, … allocation failing
+ * in turn: each post, read and list is answered in full or refused with a
+ * typed 503 (or cut), never half-done — a canvas whose post was refused is
+ * not listed and holds nothing — and the next request is served. */
+static void test_canvas_without_memory(void **state)
+{
+    s_srv_t *s = s_srv_start(state, NULL);
+    unsigned refused = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        s_loop_arm(s, i);
+        s_client_t *c = s_connect(s);
+        s_resp_t r;
+        char req[256];
+        snprintf(req, sizeof req,
+                 "POST /api/canvas/c%ld HTTP/1.1\r\nHost: t\r\nContent-Type: text/html\r\n"
+                 "Content-Length: 5\r\n\r\n<b>x</b>",
+                 i);
+        /* Content-Length 5 takes "<b>x<": the rest is a bad next request. */
+        s_send_best_effort(c, req, strlen(req) - 3);
+        bool posted = false;
+        if (s_read_resp_or_eof(c, &r)) {
+            if (r.status == 200)
+                posted = true;
+            else
+                s_expect_error(&r, r.status == 500 ? 500 : 503,
+                               r.status == 500 ? "internal_error" : "unavailable");
+            s_resp_free(&r);
+        }
+        unsigned failed = s_loop_arm(s, -1);
+        s_client_close(&c);
+        /* A post answered 200 is there; one refused or cut is either not
+         * there or (the answer, not the post, ran short) there whole. */
+        s_client_t *next = s_connect(s);
+        snprintf(req, sizeof req, "GET /api/canvas/c%ld HTTP/1.1\r\nHost: t\r\n\r\n", i);
+        s_sends(next, req);
+        s_read_resp(next, &r, false);
+        assert_true(r.status == 200 || (!posted && r.status == 404));
+        if (r.status == 200)
+            assert_non_null(strstr(r.body, "\"content\":\"<b>x<\""));
+        s_resp_free(&r);
+        s_client_close(&next);
+        if (!failed) {
+            assert_true(posted);
+            break;
+        }
+        if (!posted)
+            refused++;
+    }
+    /* Reads and lists under the same shortage: whole answers or typed 503s. */
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        s_loop_arm(s, i);
+        s_client_t *c = s_connect(s);
+        s_resp_t r;
+        s_sends(c, "GET /api/canvas HTTP/1.1\r\nHost: t\r\n\r\n");
+        bool whole = false;
+        if (s_read_resp_or_eof(c, &r)) {
+            if (r.status == 200)
+                whole = strstr(r.body, "{\"canvases\":[") == r.body;
+            else
+                s_expect_error(&r, r.status == 500 ? 500 : 503,
+                               r.status == 500 ? "internal_error" : "unavailable");
+            s_resp_free(&r);
+        }
+        unsigned failed = s_loop_arm(s, -1);
+        s_client_close(&c);
+        if (!failed) {
+            assert_true(whole);
+            break;
+        }
+    }
+    assert_true(refused > 0);
+    print_message("%u allocations refused a canvas post\n", refused);
+    s_srv_stop(&s);
+}
+
 /* ---------------------------------------------------------------- main */
 
 #define BOTH(f)                                                        \
@@ -1165,6 +1252,7 @@ int main(void)
         BOTH(test_max_connections),
         BOTH(test_destroy_with_open_connections),
         BOTH(test_requests_without_memory),
+        BOTH(test_canvas_without_memory),
     };
     return cmocka_run_group_tests(tests, s_group_setup, NULL);
 }
