@@ -1202,7 +1202,8 @@ static void test_canvas_without_memory(void **state)
         s_loop_arm(s, i);
         s_client_t *c = s_connect(s);
         s_resp_t r;
-        s_sends(c, "GET /api/canvas HTTP/1.1\r\nHost: t\r\n\r\n");
+        static const char list[] = "GET /api/canvas HTTP/1.1\r\nHost: t\r\n\r\n";
+        s_send_best_effort(c, list, sizeof list - 1); /* the server may have cut it already */
         bool whole = false;
         if (s_read_resp_or_eof(c, &r)) {
             if (r.status == 200)
