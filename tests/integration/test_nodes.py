@@ -12,6 +12,7 @@ unknown nodes and commands, bad invoke bodies, and the bound on calls
 waiting on one node (429 past 16)."""
 
 import asyncio
+import http.client
 import json
 import os
 import sys
@@ -185,6 +186,29 @@ def main():
             check(answers == sorted(i["call_id"] for i in invokes), f"answers {answers}")
             await ws.close()
 
+        async def many_nodes():
+            # Three at once; the middle one leaves; the others stay listed
+            # and callable.
+            socks = [await register(f"n{i}", ["echo"]) for i in range(3)]
+            st, got = request("GET", "/api/nodes")
+            check(sorted(n["name"] for n in got["nodes"]) == ["n0", "n1", "n2"], f"three {got}")
+            await socks[1][0].close()
+            for _ in range(100):
+                st, got = request("GET", "/api/nodes")
+                if len(got["nodes"]) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            check(sorted(n["name"] for n in got["nodes"]) == ["n0", "n2"], f"two {got}")
+            for ws, nid in (socks[0], socks[2]):
+                t, out = invoke_async(nid, {"command": "echo"})
+                inv = await recv(ws)
+                await ws.send(json.dumps({"type": "result", "call_id": inv["call_id"], "ok": True,
+                                          "result": nid}))
+                t.join(TIMEOUT)
+                check(out == [(200, {"ok": True, "result": nid})], f"{nid}: {out}")
+            await socks[0][0].close()
+            await socks[2][0].close()
+
         def run(coro):
             return asyncio.run(asyncio.wait_for(coro, 180))
 
@@ -192,7 +216,41 @@ def main():
         r.run(lambda: run(removed_and_deadline()), name="removed_and_deadline")
         r.run(lambda: run(no_token()), name="no_token")
         r.run(lambda: run(refusals_and_bounds()), name="refusals_and_bounds")
+        r.run(lambda: run(many_nodes()), name="many_nodes")
+
+        # The daemon stops with a node connected and a call waiting on it:
+        # the node's socket is closed 1001 (going away), the waiting request
+        # ends (answered, or its connection closed), and the daemon exits 0.
+        async def held():
+            ws, nid = await register("held", ["wait"])
+            out = []
+
+            def call():
+                try:
+                    out.append(request("POST", f"/api/nodes/{nid}/invoke",
+                                       {"command": "wait", "timeout_ms": 300000}))
+                except (ConnectionError, http.client.HTTPException) as e:
+                    out.append(type(e).__name__)
+            t = threading.Thread(target=call)
+            t.start()
+            await recv(ws)
+            return ws, t, out
+
+        async def closed_going_away(ws):
+            try:
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+                return None
+            except websockets.ConnectionClosed as e:
+                return e.code
+        loop = asyncio.new_event_loop()
+        ws, t, out = loop.run_until_complete(held())
         r.stopped(node)
+        t.join(TIMEOUT)
+        code = loop.run_until_complete(closed_going_away(ws))
+        loop.close()
+        r.run(lambda: check(not t.is_alive() and out and code == 1001,
+                            f"at the stop: call {out}, node socket {code}"),
+              name="stop_with_a_call_waiting")
     finally:
         node.cleanup()
     return r.summary()
