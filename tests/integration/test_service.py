@@ -40,10 +40,12 @@ class Env:
         os.chmod(fake, 0o755)
         self.unit = os.path.join(self.xdg, "systemd", "user", "kith.service")
 
-    def run(self, *args, rc=0, path=None):
+    def run(self, *args, rc=0, path=None, unset=()):
         env = dict(os.environ, XDG_CONFIG_HOME=self.xdg, FAKE_SYSTEMCTL_LOG=self.log,
                    PATH=path if path is not None else self.bin + ":" + os.environ["PATH"],
                    FAKE_SYSTEMCTL_RC=str(rc))
+        for name in unset:
+            env.pop(name, None)
         p = subprocess.run([KITH, "service", *args], capture_output=True, text=True, env=env,
                            timeout=TIMEOUT)
         return p.returncode, p.stdout, p.stderr
@@ -158,6 +160,17 @@ def main():
         check(rc == 1 and "cannot create" in err and blocked.calls() == [], f"{rc} {err}")
         rc, out, err = e.run("uninstall", "--system")
         check(rc == 1 and "not installed" in err, f"uninstall --system {rc} {err}")
+        rc, out, err = e.run("start", path=e.tmp)
+        check(rc == 1 and "systemctl is not installed" in err, f"start without systemctl {rc} {err}")
+        rc, out, err = e.run("install", "--home", home, unset=("HOME", "XDG_CONFIG_HOME"))
+        check(rc == 1 and "no HOME" in err, f"no HOME {rc} {err}")
+        # A path systemd cannot be given: a newline in the home's name.
+        odd = os.path.join(e.tmp, "line\nbreak")
+        os.makedirs(odd)
+        rc, out, err = e.run("install", "--home", odd, "--print")
+        check(rc == 1 and "control character" in err, f"newline in the home {rc} {err}")
+        rc, out, err = e.run("--help")
+        check(rc == 0 and out.startswith("usage: kith service install"), f"--help {rc}")
         for args, needle in ((("launch",), "unknown verb 'launch'"),
                              ((), "name one of install"),
                              (("start", "--home", home), "does not apply"),
@@ -169,6 +182,11 @@ def main():
         check(e.calls() == [], "no systemctl call for a refused command")
 
     def uninstall_removes():
+        # systemctl refusing to disable it: nothing is removed.
+        rc, out, err = e.run("uninstall", rc=5)
+        check(rc == 1 and "disable --now kith.service failed (exit 5)" in err and
+              os.path.exists(e.unit), f"refused disable {rc} {err}")
+        e.calls()
         rc, out, err = e.run("uninstall")
         check(rc == 0 and not os.path.exists(e.unit), f"{rc} {out} {err}")
         check(e.calls() == ["--user disable --now kith.service", "--user daemon-reload"], "calls")

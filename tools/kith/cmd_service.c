@@ -87,8 +87,9 @@ static int s_systemctl(bool system, const char *a1, const char *a2, const char *
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
 
-/* Says why `systemctl [--user] a1 [a2]` did not succeed (rc from s_systemctl). */
-static void s_report(bool system, int rc, const char *a1, const char *a2)
+/* Says why `systemctl [--user] a1 [a2 [a3]]` did not succeed (rc from
+ * s_systemctl). */
+static void s_report(bool system, int rc, const char *a1, const char *a2, const char *a3)
 {
     if (rc < 0 && errno == ENOENT)
         fprintf(stderr, "kith service: systemctl is not installed: run the daemon another way "
@@ -96,8 +97,9 @@ static void s_report(bool system, int rc, const char *a1, const char *a2)
     else if (rc < 0)
         fprintf(stderr, "kith service: cannot run systemctl: %s\n", strerror(errno));
     else
-        fprintf(stderr, "kith service: systemctl%s %s%s%s failed (exit %d)\n",
-                system ? "" : " --user", a1, a2 ? " " : "", a2 ? a2 : "", rc);
+        fprintf(stderr, "kith service: systemctl%s %s%s%s%s%s failed (exit %d)\n",
+                system ? "" : " --user", a1, a2 ? " " : "", a2 ? a2 : "", a3 ? " " : "",
+                a3 ? a3 : "", rc);
 }
 
 /* One systemctl step of install or uninstall: true when it succeeded. */
@@ -105,7 +107,7 @@ static bool s_step(bool system, const char *a1, const char *a2, const char *a3)
 {
     int rc = s_systemctl(system, a1, a2, a3);
     if (rc != 0)
-        s_report(system, rc, a1, a2);
+        s_report(system, rc, a1, a2, a3);
     return rc == 0;
 }
 
@@ -311,7 +313,7 @@ static int s_control(const char *verb, bool system)
     int rc = s_systemctl(system, verb, S_UNIT, NULL);
     if (rc >= 0)
         return rc;
-    s_report(system, rc, verb, S_UNIT);
+    s_report(system, rc, verb, S_UNIT, NULL);
     return KITH_EXIT_FAIL;
 }
 
