@@ -137,9 +137,10 @@ int gateway_route_daemon_logs(gateway_http_t *g, gateway_events_t *logs)
 void gateway_events_on_comms(const router_comms_event_t *ev, void *ud);
 
 /* A router_channel_event_fn publishing `channel_event` {"channel","id",
- * "seq","session_id","event_type"?,"bytes"} on `ud`, a gateway_events_t:
- * a plain event line (router_node_set_channel_sink), a webhook or an
- * external event (gateway_ingress_set_events) admitted. Loop thread. */
+ * "seq","count","last_seq","session_id","event_type"?,"bytes"} on `ud`, a
+ * gateway_events_t: the plain event lines of one read
+ * (router_node_set_channel_sink), or one webhook or external event
+ * (gateway_ingress_set_events) admitted. Loop thread. */
 void gateway_events_on_channel(const router_channel_event_t *ev, void *ud);
 
 #endif

@@ -90,6 +90,10 @@ void gateway_events_on_channel(const router_channel_event_t *ev, void *ud)
     s_member(&j, "id", id, true);
     gateway_events_json_raw(&j, ",\"seq\":", 7);
     gateway_events_json_u64(&j, ev->seq);
+    gateway_events_json_raw(&j, ",\"count\":", 9);
+    gateway_events_json_u64(&j, ev->count ? ev->count : 1);
+    gateway_events_json_raw(&j, ",\"last_seq\":", 12);
+    gateway_events_json_u64(&j, ev->count > 1 ? ev->last_seq : ev->seq);
     s_member(&j, "session_id", ev->session_id, false);
     if (ev->event_type)
         s_member(&j, "event_type", ev->event_type, false);

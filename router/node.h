@@ -125,9 +125,9 @@ void router_node_use_tokens(router_node_t *self, struct router_tokens *tokens);
  * before the node runs, or on the loop thread. */
 void router_node_set_event_sink(router_node_t *self, router_comms_event_fn *fn, void *ud);
 
-/* Also tells fn(ev, ud) of every plain event line queued (WIRE §18.2
- * `channel_event`; session_id filled with comms.session), on the loop
- * thread; fn NULL removes it. Set it before the node runs. */
+/* Also tells fn(ev, ud) of the plain event lines each read queued (WIRE
+ * §18.2 `channel_event`; session_id filled with comms.session), on the
+ * loop thread; fn NULL removes it. Set it before the node runs. */
 void router_node_set_channel_sink(router_node_t *self, router_channel_event_fn *fn, void *ud);
 
 /* Sends the node's security events (envelope refusals, trust store

@@ -45,6 +45,8 @@ struct router_events {
     router_inbox_t *inbox;
     router_channel_event_fn *on_queued; /* may be NULL */
     void *on_queued_ud;
+    router_channel_event_t batch;       /* the lines of the read being handled */
+    uint8_t batch_id[16];               /* its first line's id */
     router_guard_t *guard;
     uint32_t connections_max;
     router_listener_t *listeners[S_LISTENERS_MAX];
@@ -90,11 +92,13 @@ static void s_line(router_events_t *self, const uint8_t *line, size_t len)
          * the loop spends its time formatting lines (/health stalled). */
         ROUTER_LOG(ROUTER_LOG_DEBUG, "events", "queued event seq=%llu bytes=%zu",
                    (unsigned long long) seq, body_len);
-        if (self->on_queued) {
-            router_channel_event_t ev = {.channel = "event_line", .id = id, .seq = seq,
-                                         .bytes = body_len};
-            self->on_queued(&ev, self->on_queued_ud);
+        if (!self->batch.count) {
+            memcpy(self->batch_id, id, sizeof self->batch_id);
+            self->batch.seq = seq;
         }
+        self->batch.count++;
+        self->batch.last_seq = seq;
+        self->batch.bytes += body_len;
     } else {
         s_skip(self, router_inbox_outcome_str(out));
     }
@@ -134,6 +138,17 @@ static void s_storage_free(s_ec_t *ec)
 
 /* ---------------------------------------------------------------- connections */
 
+/* One channel_event for the lines the read just handled admitted. */
+static void s_batch_report(router_events_t *self)
+{
+    if (self->batch.count && self->on_queued) {
+        self->batch.channel = "event_line";
+        self->batch.id = self->batch_id;
+        self->on_queued(&self->batch, self->on_queued_ud);
+    }
+    memset(&self->batch, 0, sizeof self->batch);
+}
+
 static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
 {
     s_ec_t *ec = ud;
@@ -149,6 +164,7 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
                        (unsigned long long) router_conn_id(conn));
             ec->stopped = true;
             s_storage_free(ec);
+            s_batch_report(ec->ev); /* what it admitted before the cut */
             router_conn_abort(conn);
             return;
         }
@@ -160,6 +176,7 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
         else
             s_line(ec->ev, item.at, item.len);
     }
+    s_batch_report(ec->ev);
     if (ec->buf && !proto_line_reader_busy(&ec->reader)) {
         /* Between lines: an idle connection holds nothing. */
         proto_line_reader_storage_gone(&ec->reader);

@@ -18,16 +18,20 @@
 
 typedef struct router_events router_events_t;
 
-/* One event taken on a channel other than signed comms, once admitted to
- * the inbox (WIRE §18.2 `channel_event`): a plain event line here; a
- * webhook or an external event at the gateway. Valid during the call. */
+/* Events taken on a channel other than signed comms, once admitted to the
+ * inbox (WIRE §18.2 `channel_event`): the plain event lines of one read
+ * here (one report per read, so a flood of lines is not a flood of
+ * events); one webhook or external event at the gateway. Valid during the
+ * call. */
 typedef struct {
     const char *channel;     /* "event_line", "webhook", "external_event" */
-    const uint8_t *id;       /* the inbox entry's UUID (16 octets) */
+    const uint8_t *id;       /* the (first) inbox entry's UUID (16 octets) */
     uint64_t seq;            /* its inbox sequence number */
-    const char *session_id;  /* the session its turn goes to; NULL: not known here */
+    uint64_t count;          /* entries reported: 1, or the lines of one read */
+    uint64_t last_seq;       /* the last one's sequence number (seq when count is 1) */
+    const char *session_id;  /* the session their turns go to; NULL: not known here */
     const char *event_type;  /* an external event's type; else NULL */
-    size_t bytes;            /* the entry's octets */
+    size_t bytes;            /* the entries' octets */
 } router_channel_event_t;
 
 typedef void (router_channel_event_fn)(const router_channel_event_t *ev, void *ud);
@@ -38,7 +42,7 @@ typedef struct {
     router_metrics_t *metrics;  /* optional */
     router_guard_t *guard;      /* bounds and deadlines; borrowed, required */
     uint32_t connections_max;   /* open event connections (DESIGN §10 default 1,024) */
-    router_channel_event_fn *on_queued; /* each line admitted (loop thread); may be NULL */
+    router_channel_event_fn *on_queued; /* the lines one read admitted (loop thread); may be NULL */
     void *ud;
 } router_events_opts_t;
 

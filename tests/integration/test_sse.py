@@ -238,6 +238,7 @@ def test_channel_events(node, alice):
          ("external_event", "ext-1", "deploy")], got
     assert got[0]["id"] == answers[0]["id"] and got[1]["id"] == answers[1]["id"], (got, answers)
     assert got[0]["bytes"] == len(posts[0][1]) and got[0]["seq"] < got[1]["seq"] < got[2]["seq"]
+    assert all(e["count"] == 1 and e["last_seq"] == e["seq"] for e in got), got
 
 
 def test_daemon_logs(node, alice):
