@@ -196,7 +196,7 @@ static bool s_type_ok(proto_http_slice_t t)
             if (slash++ || i == 0)
                 return false;
         } else if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                     strchr("!#$&-^_.+", c))) {
+                     (c && strchr("!#$&-^_.+", c)))) {
             return false;
         }
     }
