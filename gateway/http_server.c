@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "gateway/http_internal.h"
 #include "router/log.h"
@@ -887,6 +888,15 @@ bool gateway_http_req_method_is(const gateway_http_req_t *req, const char *metho
 {
     size_t n = strlen(method);
     return req->method.len == n && !memcmp(req->method.ptr, method, n);
+}
+
+bool gateway_http_req_is_json(const gateway_http_req_t *req)
+{
+    proto_http_slice_t v;
+    if (!gateway_http_req_header(req, "Content-Type", &v) || v.len < 16 ||
+        strncasecmp(v.ptr, "application/json", 16) != 0)
+        return false;
+    return v.len == 16 || v.ptr[16] == ';' || v.ptr[16] == ' ' || v.ptr[16] == '\t';
 }
 
 /* ---------------------------------------------------------------- deferred answers */

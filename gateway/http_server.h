@@ -139,6 +139,10 @@ bool gateway_http_query_find(proto_http_slice_t q, const char *name, proto_http_
 /* True when req->method is `method` (exactly, as methods are case-sensitive). */
 bool gateway_http_req_method_is(const gateway_http_req_t *req, const char *method);
 
+/* True when the request's Content-Type is application/json (any case),
+ * alone or with parameters ("; charset=utf-8"). */
+bool gateway_http_req_is_json(const gateway_http_req_t *req);
+
 /* ---------------------------------------------------------------- responses */
 
 /* Adds a header line to the response about to be sent. `name` must be a

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <yajl/yajl_tree.h>
 
@@ -315,9 +314,7 @@ static void s_list(const gateway_http_req_t *req, gateway_http_res_t *res, void 
 static void s_invoke(gateway_nodes_t *self, s_node_t *n, const gateway_http_req_t *req,
                      gateway_http_res_t *res)
 {
-    proto_http_slice_t ct;
-    if (!gateway_http_req_header(req, "Content-Type", &ct) || ct.len < 16 ||
-        strncasecmp(ct.ptr, "application/json", 16) != 0) {
+    if (!gateway_http_req_is_json(req)) {
         (void) gateway_http_respond_error(res, 415, "unsupported_media_type",
                                           "send Content-Type: application/json");
         return;

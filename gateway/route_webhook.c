@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <sodium.h>
 
@@ -155,15 +154,6 @@ void gateway_ingress_durable(gateway_ingress_t *self)
 
 /* ---------------------------------------------------------------- checks */
 
-static bool s_json_type(const gateway_http_req_t *req)
-{
-    proto_http_slice_t v;
-    if (!gateway_http_req_header(req, "Content-Type", &v) || v.len < 16 ||
-        strncasecmp(v.ptr, "application/json", 16) != 0)
-        return false;
-    return v.len == 16 || v.ptr[16] == ';' || v.ptr[16] == ' ' || v.ptr[16] == '\t';
-}
-
 /* The optional X-Webhook-Secret, compared as SHA-256 digests in constant
  * time (so neither the content nor the length leaks). */
 static bool s_secret_ok(const gateway_ingress_t *self, const gateway_http_req_t *req)
@@ -204,7 +194,7 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
                                           "X-Webhook-Secret is missing or wrong");
         return;
     }
-    if (!s_json_type(req)) {
+    if (!gateway_http_req_is_json(req)) {
         (void) gateway_http_respond_error(res, 415, "unsupported_media_type",
                                           "send Content-Type: application/json");
         return;

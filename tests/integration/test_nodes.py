@@ -164,8 +164,9 @@ def main():
                     (f"/api/nodes/{nid}/invoke", b"{not json", (400, "invalid_json"))):
                 st, got = request("POST", path, body)
                 check((st, got["code"]) == want, f"{path} {body}: {st} {got}")
-            st, got = request("POST", f"/api/nodes/{nid}/invoke", b"{}", ctype="text/plain")
-            check(st == 415, f"text/plain {st}")
+            for ctype in ("text/plain", "application/jsonx"):
+                st, got = request("POST", f"/api/nodes/{nid}/invoke", b"{}", ctype=ctype)
+                check(st == 415, f"{ctype} {st}")
             st, got = request("PUT", f"/api/nodes/{nid}", b"{}")
             check(st == 405, f"PUT {st}")
             st, got = request("POST", f"/api/nodes/{nid}", {"command": "slow"})
