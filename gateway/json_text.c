@@ -4,12 +4,11 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "proto/utf8.h"
-
-#include <stdio.h>
 
 static int s_hex4(const char *p, unsigned *v)
 {

@@ -169,9 +169,8 @@ static void s_list(const gateway_http_req_t *req, gateway_http_res_t *res, void 
     free(json);
 }
 
-static void s_get(gateway_canvas_t *self, s_canvas_t *c, gateway_http_res_t *res)
+static void s_get(const s_canvas_t *c, gateway_http_res_t *res)
 {
-    (void) self;
     size_t n = 0;
     char *json = c && c->version ? s_doc_json(c, NULL, &n) : NULL;
     if (!c || !c->version)
@@ -306,7 +305,7 @@ static void s_one(const gateway_http_req_t *req, gateway_http_res_t *res, void *
     else if (gateway_http_req_method_is(req, "DELETE"))
         s_delete(self, c, res);
     else
-        s_get(self, c, res);
+        s_get(c, res);
 }
 
 /* ---------------------------------------------------------------- watchers */

@@ -119,10 +119,9 @@ static void s_send_error(s_node_t *n, const char *code, const char *message)
     free(json);
 }
 
-/* The node's object for the REST answers, into an open array or map. */
-static void s_node_json(router_json_obj_t *o, const s_node_t *n)
+/* The node's members for the REST answers, into an open object. */
+static void s_node_members(router_json_obj_t *o, const s_node_t *n)
 {
-    (void) yajl_gen_map_open(o->g);
     router_json_cstr(o, "id", n->id);
     router_json_cstr(o, "name", n->name);
     (void) yajl_gen_string(o->g, (const unsigned char *) "commands", 8);
@@ -134,7 +133,6 @@ static void s_node_json(router_json_obj_t *o, const s_node_t *n)
     router_json_raw(o, "meta", n->meta, strlen(n->meta));
     router_json_u64(o, "connected_ms", n->connected_ms);
     router_json_u64(o, "calls", n->ncalls);
-    (void) yajl_gen_map_close(o->g);
 }
 
 static void s_on_register(s_node_t *n, gateway_node_frame_t *f)
@@ -302,9 +300,13 @@ static void s_list(const gateway_http_req_t *req, gateway_http_res_t *res, void 
     if (o.g) {
         (void) yajl_gen_string(o.g, (const unsigned char *) "nodes", 5);
         (void) yajl_gen_array_open(o.g);
-        for (const s_node_t *n = self->nodes; n; n = n->next)
-            if (n->registered)
-                s_node_json(&o, n);
+        for (const s_node_t *n = self->nodes; n; n = n->next) {
+            if (!n->registered)
+                continue;
+            (void) yajl_gen_map_open(o.g);
+            s_node_members(&o, n);
+            (void) yajl_gen_map_close(o.g);
+        }
         (void) yajl_gen_array_close(o.g);
     }
     s_respond_doc(res, &o);
@@ -435,19 +437,10 @@ static void s_one(const gateway_http_req_t *req, gateway_http_res_t *res, void *
         }
         (void) gateway_http_respond_json(res, 200, "{\"removed\":true}");
     } else {
-        router_json_obj_t o = {0};
-        o.g = yajl_gen_alloc(NULL);
-        if (o.g)
-            s_node_json(&o, n);
-        size_t n_len = 0;
-        const unsigned char *buf;
-        if (o.g && !o.failed && yajl_gen_get_buf(o.g, &buf, &n_len) == yajl_gen_status_ok)
-            (void) gateway_http_respond(res, 200, "application/json", buf, n_len);
-        else
-            (void) gateway_http_respond_error(res, 503, "unavailable",
-                                              "the server is out of memory");
-        if (o.g)
-            yajl_gen_free(o.g);
+        router_json_obj_t o;
+        router_json_begin(&o, NULL);
+        s_node_members(&o, n);
+        s_respond_doc(res, &o);
     }
 }
 

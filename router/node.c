@@ -68,7 +68,7 @@ struct router_node {
     router_audit_feed_t *audit;          /* security events go here, or NULL (audit off) */
     router_comms_event_fn *sink;         /* also told of every comms event, or NULL */
     void *sink_ud;                       /* its argument */
-    router_channel_event_fn *channel_sink; /* told of every plain event line queued, or NULL */
+    router_channel_event_fn *channel_sink; /* told of the event lines each read queued, or NULL */
     void *channel_sink_ud;
     void (*on_stop)(void *ud);           /* told when a graceful stop begins */
     void *on_stop_ud;
@@ -125,7 +125,7 @@ void router_node_set_event_sink(router_node_t *self, router_comms_event_fn *fn, 
     self->sink_ud = ud;
 }
 
-/* A plain event line was queued: its session is comms.session (WIRE §19). */
+/* Plain event lines were queued: their session is comms.session (WIRE §19). */
 static void s_on_channel_event(const router_channel_event_t *ev, void *ud)
 {
     router_node_t *self = ud;

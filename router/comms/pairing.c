@@ -344,8 +344,8 @@ static void s_on_proof(router_pairing_conn_t *pc, const router_pairing_msg_t *m)
                                ROUTER_PAIRING_FAILS_MAX, ROUTER_PAIRING_LOCK_MS, &until, NULL,
                                NULL) != 0)
             ROUTER_LOG(ROUTER_LOG_WARN, "pairing",
-                       "a wrong proof from %s not written: %s", pc->client,
-                       until ? "every lockout slot holds a live lock" : "the store is busy");
+                       "a wrong proof from %s not written durably: the lockout store is busy "
+                       "or full", pc->client);
         s_refuse(pc, "invalid_proof", "invalid pairing password proof");
         return;
     }
