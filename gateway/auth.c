@@ -11,6 +11,7 @@
 
 #include "gateway/auth.h"
 #include "gateway/ws.h"
+#include "proto/utf8.h"
 
 struct gateway_auth {
     router_tokens_t *tokens;               /* borrowed */
@@ -97,7 +98,8 @@ bool gateway_auth_bearer(const gateway_http_req_t *req, const gateway_http_res_t
 
 /* ---------------------------------------------------------------- checks */
 
-bool gateway_auth_token_ok(const gateway_auth_t *self, const char *token, size_t len)
+bool gateway_auth_token_find(const gateway_auth_t *self, const char *token, size_t len,
+                             router_token_scope_t *scope, char id[ROUTER_TOKENS_ID_LEN + 1])
 {
     if (len != GATEWAY_AUTH_TOKEN_LEN || memcmp(token, GATEWAY_AUTH_TOKEN_PREFIX, 5) != 0)
         return false;
@@ -106,7 +108,18 @@ bool gateway_auth_token_ok(const gateway_auth_t *self, const char *token, size_t
             return false;
     uint8_t hash[32];
     crypto_hash_sha256(hash, (const unsigned char *) token, len);
-    return router_tokens_check(self->tokens, hash);
+    if (!router_tokens_check(self->tokens, hash, scope))
+        return false;
+    if (id)
+        router_tokens_id(hash, id);
+    return true;
+}
+
+bool gateway_auth_token_ok(const gateway_auth_t *self, const char *token, size_t len,
+                           char id[ROUTER_TOKENS_ID_LEN + 1])
+{
+    router_token_scope_t scope;
+    return gateway_auth_token_find(self, token, len, &scope, id) && scope == ROUTER_TOKEN_OPERATOR;
 }
 
 router_audit_feed_t *gateway_auth_audit(const gateway_auth_t *self)
@@ -131,22 +144,61 @@ void gateway_auth_audit_req(const gateway_auth_t *self, const char *type,
     (void) router_audit_feed_push(self->opts.audit, type, router_audit_detail_end(&d));
 }
 
-int gateway_auth_require(const gateway_auth_t *self, const gateway_http_req_t *req,
-                         gateway_http_res_t *res)
+/* gateway_auth_require and _require_node: node tokens pass when node_ok. */
+static int s_require(const gateway_auth_t *self, const gateway_http_req_t *req,
+                     gateway_http_res_t *res, bool node_ok, router_token_scope_t *scope)
 {
+    router_token_scope_t got = ROUTER_TOKEN_OPERATOR;
+    if (scope)
+        *scope = got;
     if (!self->opts.require_pairing)
         return 0;
     const char *t = NULL;
     size_t n = 0;
+    char id[ROUTER_TOKENS_ID_LEN + 1];
     if (gateway_auth_bearer(req, res, self->opts.allow_query_token, &t, &n) &&
-        gateway_auth_token_ok(self, t, n))
-        return 0;
+        gateway_auth_token_find(self, t, n, &got, id)) {
+        if (got == ROUTER_TOKEN_OPERATOR || (node_ok && got == ROUTER_TOKEN_NODE)) {
+            gateway_http_res_credential(res, id);
+            if (scope)
+                *scope = got;
+            return 0;
+        }
+        gateway_auth_audit_req(self, "auth_failure", req, "token_scope");
+        (void) gateway_http_respond_error(res, 403, "forbidden",
+                                          "a node token opens /ws/nodes only");
+        return -1;
+    }
     gateway_auth_audit_req(self, "auth_failure", req, t ? "invalid_token" : "no_token");
     (void) gateway_http_res_header(res, "WWW-Authenticate", "Bearer");
     (void) gateway_http_respond_error(res, 401, "unauthorized",
                                       t ? "the bearer token is not valid"
                                         : "a bearer token is required (POST /pair)");
     return -1;
+}
+
+int gateway_auth_require(const gateway_auth_t *self, const gateway_http_req_t *req,
+                         gateway_http_res_t *res)
+{
+    return s_require(self, req, res, false, NULL);
+}
+
+int gateway_auth_require_loopback(const gateway_auth_t *self, const gateway_http_req_t *req,
+                                  gateway_http_res_t *res)
+{
+    bool ok = gateway_auth_is_loopback(req->peer);
+    gateway_auth_audit_req(self, "admin", req, ok ? "allowed" : "forbidden");
+    if (ok)
+        return 0;
+    (void) gateway_http_respond_error(res, 403, "forbidden",
+                                      "admin routes answer loopback clients only");
+    return -1;
+}
+
+int gateway_auth_require_node(const gateway_auth_t *self, const gateway_http_req_t *req,
+                              gateway_http_res_t *res, router_token_scope_t *scope)
+{
+    return s_require(self, req, res, true, scope);
 }
 
 void gateway_auth_token_new(char text[GATEWAY_AUTH_TOKEN_LEN + 1], uint8_t hash[32])
@@ -157,6 +209,16 @@ void gateway_auth_token_new(char text[GATEWAY_AUTH_TOKEN_LEN + 1], uint8_t hash[
     sodium_bin2hex(text + 5, 65, raw, sizeof raw);
     sodium_memzero(raw, sizeof raw);
     crypto_hash_sha256(hash, (const unsigned char *) text, GATEWAY_AUTH_TOKEN_LEN);
+}
+
+bool gateway_auth_token_name_ok(const char *name, size_t len)
+{
+    if (!name || len == 0 || len > ROUTER_TOKENS_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char) name[i] < 0x20 || name[i] == 0x7f)
+            return false;
+    return proto_utf8_valid((const uint8_t *) name, len);
 }
 
 /* ---------------------------------------------------------------- pairing code */

@@ -54,18 +54,45 @@ bool gateway_auth_bearer(const gateway_http_req_t *req, const gateway_http_res_t
                          bool allow_query, const char **token, size_t *len)
     __attribute__((warn_unused_result));
 
-/* True when `token` is a paired token (its SHA-256 is stored). */
-bool gateway_auth_token_ok(const gateway_auth_t *self, const char *token, size_t len)
+/* True when `token` is a bearer token kith gave and has not revoked (its
+ * SHA-256 is stored); *scope gets what it opens and id (may be NULL) its
+ * public id. */
+bool gateway_auth_token_find(const gateway_auth_t *self, const char *token, size_t len,
+                             router_token_scope_t *scope, char id[ROUTER_TOKENS_ID_LEN + 1])
     __attribute__((warn_unused_result));
 
-/* Lets the request through (0), or answers 401 {"code":"unauthorized"}
- * with `WWW-Authenticate: Bearer` and returns -1. Passes everything when
- * pairing is not required. */
+/* True when `token` is an operator's token (paired, or minted with that
+ * scope) not revoked; id (may be NULL) gets its public id. */
+bool gateway_auth_token_ok(const gateway_auth_t *self, const char *token, size_t len,
+                           char id[ROUTER_TOKENS_ID_LEN + 1]) __attribute__((warn_unused_result));
+
+/* Lets an operator's request through (0), naming its token on res
+ * (gateway_http_res_credential) so a revocation ends what it opens; or
+ * answers 401 {"code":"unauthorized"} with `WWW-Authenticate: Bearer`, or
+ * 403 {"code":"forbidden"} for a node token, and returns -1. Passes
+ * everything when pairing is not required. */
 int gateway_auth_require(const gateway_auth_t *self, const gateway_http_req_t *req,
                          gateway_http_res_t *res) __attribute__((warn_unused_result));
 
+/* Admin routes answer loopback peers only: 0 when req may go on, else
+ * answered 403 {"code":"forbidden"} and -1. Either way the call is an
+ * audit record (WIRE §21). */
+int gateway_auth_require_loopback(const gateway_auth_t *self, const gateway_http_req_t *req,
+                                  gateway_http_res_t *res) __attribute__((warn_unused_result));
+
+/* gateway_auth_require for /ws/nodes: a node token passes too; *scope
+ * (may be NULL) gets the token's (ROUTER_TOKEN_OPERATOR when pairing is
+ * not required). */
+int gateway_auth_require_node(const gateway_auth_t *self, const gateway_http_req_t *req,
+                              gateway_http_res_t *res, router_token_scope_t *scope)
+    __attribute__((warn_unused_result));
+
 /* A new token: text `kith_<64 hex>` (NUL-terminated) and its SHA-256. */
 void gateway_auth_token_new(char text[GATEWAY_AUTH_TOKEN_LEN + 1], uint8_t hash[32]);
+
+/* True when name (len octets) may name a token: 1..ROUTER_TOKENS_NAME_MAX
+ * octets of UTF-8, no control characters. */
+bool gateway_auth_token_name_ok(const char *name, size_t len) __attribute__((warn_unused_result));
 
 /* Mints a new one-time pairing code (replacing any unspent one) into
  * code[GATEWAY_AUTH_CODE_LEN + 1]. */

@@ -121,6 +121,7 @@ struct gateway_http_conn {
     gateway_http_pending_t *pending; /* DEFERRED: the answer owed */
     gateway_http_stream_handlers_t stream; /* STREAM: the route's callbacks */
     void *stream_ud;                /* STREAM: their argument */
+    char credential[GATEWAY_HTTP_CREDENTIAL_MAX]; /* STREAM: what let it in (gateway_http_revoke) */
     gateway_http_conn_t *prev, *next; /* the server's list */
 };
 
@@ -135,6 +136,7 @@ struct gateway_http_res {
     proto_ws_upgrade_t *upgrade;             /* an upgrade route's checked handshake, else NULL */
     gateway_ws_t *ws;                        /* what gateway_ws_accept made of the connection */
     gateway_http_pending_t *deferred;        /* what gateway_http_res_defer made of it */
+    char credential[GATEWAY_HTTP_CREDENTIAL_MAX]; /* what let the request in ("": nothing named) */
 };
 
 /* A deferred answer: the response, kept off the stack until the route
@@ -190,6 +192,10 @@ void gateway_ws_input(gateway_ws_t *ws, uint8_t *data, size_t len);
 
 /* For gateway_http_destroy: lets every socket go without callbacks. */
 void gateway_ws_disown_all(gateway_http_t *g);
+
+/* For gateway_http_revoke: closes (1008, `reason`) every socket let in
+ * with credential `id`; returns how many. */
+size_t gateway_ws_close_credential(gateway_http_t *g, const char *id, const char *reason);
 
 /* For gateway_http_drain: closes every socket with `code`, or aborts them
  * (abort true) when the drain's deadline passed. */

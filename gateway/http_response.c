@@ -170,6 +170,17 @@ void gateway_http_res_init(gateway_http_res_t *res, gateway_http_conn_t *hc, boo
     res->upgrade = NULL;
     res->ws = NULL;
     res->deferred = NULL;
+    res->credential[0] = '\0';
+}
+
+void gateway_http_res_credential(gateway_http_res_t *res, const char *id)
+{
+    snprintf(res->credential, sizeof res->credential, "%s", id ? id : "");
+}
+
+const char *gateway_http_res_credential_of(const gateway_http_res_t *res)
+{
+    return res->credential;
 }
 
 /* field-value octets we send: visible ASCII, SP, HTAB (no obs-text, so
@@ -333,6 +344,7 @@ router_conn_t *gateway_http_respond_stream(gateway_http_res_t *res, int status,
     hc->phase = GATEWAY_HTTP_STREAM;
     hc->stream = *h;
     hc->stream_ud = ud;
+    memcpy(hc->credential, res->credential, sizeof hc->credential);
     return hc->conn;
 }
 

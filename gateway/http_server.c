@@ -836,6 +836,21 @@ void gateway_http_drain(gateway_http_t *g, void (*done)(void *ud), void *ud,
     gateway_http_drain_check(g);
 }
 
+size_t gateway_http_revoke(gateway_http_t *g, const char *id, const char *reason)
+{
+    if (!g || !id || !id[0])
+        return 0;
+    size_t n = 0;
+    for (gateway_http_conn_t *hc = g->conns, *next; hc; hc = next) {
+        next = hc->next;
+        if (hc->phase == GATEWAY_HTTP_STREAM && !strcmp(hc->credential, id)) {
+            router_conn_close(hc->conn); /* stays STREAM: on_close tells the route */
+            n++;
+        }
+    }
+    return n + gateway_ws_close_credential(g, id, reason);
+}
+
 void gateway_http_destroy(gateway_http_t **g_p)
 {
     if (!g_p || !*g_p)

@@ -201,6 +201,24 @@ gateway_http_res_t *gateway_http_pending_res(gateway_http_pending_t *p);
  * Idempotent; nulls *p_p. */
 void gateway_http_pending_end(gateway_http_pending_t **p_p);
 
+/* ---------------------------------------------------------------- credentials */
+
+#define GATEWAY_HTTP_CREDENTIAL_MAX 24u /* a credential's name, NUL included */
+
+/* Names the credential that let this request in (a bearer token's public
+ * id), so that revoking it later ends what the request opened: its
+ * WebSocket (gateway_ws_accept takes the name along) or its streamed
+ * response. An id too long is cut. */
+void gateway_http_res_credential(gateway_http_res_t *res, const char *id);
+
+/* The credential named on res, "" for none. Points into res. */
+const char *gateway_http_res_credential_of(const gateway_http_res_t *res);
+
+/* Ends everything open that credential `id` let in: WebSockets are closed
+ * 1008 with `reason`, streamed responses are closed. Requests still to
+ * come are the auth's to refuse. Returns how many ended. */
+size_t gateway_http_revoke(gateway_http_t *g, const char *id, const char *reason);
+
 /* ---------------------------------------------------------------- streamed responses */
 
 /* Callbacks of a streamed response's connection (gateway_http_respond_stream). */

@@ -8,18 +8,10 @@
 #include "gateway/routes_auth.h"
 #include "router/log.h"
 
-/* Admin routes answer loopback peers only: true when req may go on, else
- * answered 403. Either way the call is an audit record (WIRE §21). */
 static bool s_loopback(const gateway_route_admin_t *admin, const gateway_http_req_t *req,
                        gateway_http_res_t *res)
 {
-    bool ok = gateway_auth_is_loopback(req->peer);
-    gateway_auth_audit_req(admin->auth, "admin", req, ok ? "allowed" : "forbidden");
-    if (ok)
-        return true;
-    (void) gateway_http_respond_error(res, 403, "forbidden",
-                                      "admin routes answer loopback clients only");
-    return false;
+    return gateway_auth_require_loopback(admin->auth, req, res) == 0;
 }
 
 static void s_paircode(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)

@@ -1,6 +1,6 @@
 /* gateway/route_nodes.c — the dynamic node registry (DESIGN §5, spec/WIRE.md
  * §27): devices and programs that offer commands connect to /ws/nodes with
- * a paired token, register a name and their commands, and answer invokes;
+ * a node token (or an operator's), register a name and their commands, and answer invokes;
  * operators list them (GET /api/nodes, /api/nodes/{id}), remove them
  * (DELETE /api/nodes/{id}) and invoke their commands (POST
  * /api/nodes/{id}/invoke, answered when the node answers or the call times
@@ -43,6 +43,7 @@ struct s_node {
     size_t ncommands;
     char *meta;                      /* JSON object text */
     uint64_t connected_ms;           /* wall clock of the upgrade */
+    char token_id[ROUTER_TOKENS_ID_LEN + 1]; /* the token it connected with, "" for none */
     uint64_t register_timer;         /* the register deadline, 0 once registered */
     s_call_t *calls;
     unsigned ncalls;
@@ -132,6 +133,10 @@ static void s_node_members(router_json_obj_t *o, const s_node_t *n)
     (void) yajl_gen_array_close(o->g);
     router_json_raw(o, "meta", n->meta, strlen(n->meta));
     router_json_u64(o, "connected_ms", n->connected_ms);
+    if (n->token_id[0])
+        router_json_cstr(o, "token_id", n->token_id);
+    else
+        router_json_raw(o, "token_id", "null", 4);
     router_json_u64(o, "calls", n->ncalls);
 }
 
@@ -242,7 +247,7 @@ static void s_register_late(router_loop_t *loop, uint64_t id, void *ud)
 static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
 {
     gateway_nodes_t *self = ud;
-    if (gateway_auth_require(self->auth, req, res) != 0)
+    if (gateway_auth_require_node(self->auth, req, res, NULL) != 0)
         return;
     if (self->nnodes >= GATEWAY_NODES_MAX) {
         (void) gateway_http_respond_error(res, 503, "too_many_nodes",
@@ -264,6 +269,7 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
     n->owner = self;
     n->ws = ws;
     n->connected_ms = router_clock_wall_ms();
+    snprintf(n->token_id, sizeof n->token_id, "%s", gateway_http_res_credential_of(res));
     n->next = self->nodes;
     if (self->nodes)
         self->nodes->prev = n;

@@ -86,6 +86,7 @@ struct s_conn {
     bool loopback;
     char conn_id[PROTO_UUID_TEXT_CAP];
     char nonce[65];
+    char token_id[ROUTER_TOKENS_ID_LEN + 1]; /* the bearer token that let it in, "" for none */
     char client_addr[GATEWAY_AUTH_CLIENT_MAX];
     uint64_t seq;             /* last event seq sent */
     uint64_t handshake_timer, tick_timer;
@@ -1293,6 +1294,7 @@ static int s_device_record(s_conn_t *c, const char *req_id)
     snprintf(d.client_id, sizeof d.client_id, "%s", h->client_id);
     snprintf(d.client_mode, sizeof d.client_mode, "%s", h->client_mode);
     snprintf(d.platform, sizeof d.platform, "%s", h->client_platform);
+    memcpy(d.via, c->token_id, sizeof d.via); /* used only with a new deviceToken */
     uint64_t now = router_clock_wall_ms();
     int rc;
     if (!req_id) {
@@ -1362,7 +1364,8 @@ static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
     const char *secret = h->token[0]          ? h->token
                          : h->device_token[0] ? h->device_token
                                               : h->bootstrap_token;
-    bool bearer = pairing && secret[0] && gateway_auth_token_ok(oc->opts.auth, secret, strlen(secret));
+    bool bearer = pairing && secret[0] &&
+                  gateway_auth_token_ok(oc->opts.auth, secret, strlen(secret), c->token_id);
     bool by_device = false;
     uint8_t pk[32];
     if (pairing && !bearer && h->device_token[0]) {
@@ -1371,6 +1374,9 @@ static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
         by_device = h->has_device &&
                     gateway_openclaw_b64_decode(h->device_public_key, pk, sizeof pk) == 0 &&
                     router_tokens_device_check(oc->tokens, h->device_id, pk, th);
+        router_tokens_device_t known;
+        if (by_device && router_tokens_device_get(oc->tokens, h->device_id, &known))
+            memcpy(c->token_id, known.via, sizeof c->token_id); /* revoking it ends this too */
         if (!by_device) {
             s_audit(c, "auth_failure", "invalid_device_token");
             s_refuse(c, req->id,
@@ -1416,6 +1422,7 @@ static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
                  "{\"code\":\"DEVICE_IDENTITY_REQUIRED\",\"reason\":\"device-required\"}", 1008);
         return;
     }
+    gateway_ws_set_credential(c->ws, c->token_id);
     char v[8];
     snprintf(v, sizeof v, "v%d", version);
     if (h->has_device)

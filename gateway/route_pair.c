@@ -2,6 +2,7 @@
  * (WIRE §17.2). Bad codes are counted per client address and a run of them
  * locks the client out; both the token and the count are durable before
  * the client hears the answer. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@ typedef struct {
     bool paired;                             /* a token (else a bad code) */
     uint64_t until_ms;                       /* bad code: locked until, 0 for not */
     char token[GATEWAY_AUTH_TOKEN_LEN + 1];  /* paired: the token to hand over */
+    char id[ROUTER_TOKENS_ID_LEN + 1];       /* paired: its public id */
 } s_wait_t;
 
 static void s_too_many(gateway_http_res_t *res, uint64_t until_ms, uint64_t now_ms)
@@ -42,8 +44,9 @@ static void s_written(bool ok, void *ud)
         (void) gateway_http_respond_error(res, 503, "unavailable",
                                           "the pairing state could not be stored");
     } else if (w->paired) {
-        char body[128];
-        snprintf(body, sizeof body, "{\"paired\":true,\"token\":\"%s\"}", w->token);
+        char body[160];
+        snprintf(body, sizeof body, "{\"paired\":true,\"token\":\"%s\",\"id\":\"%s\"}",
+                 w->token, w->id);
         (void) gateway_http_respond_json(res, 200, body);
         sodium_memzero(body, sizeof body);
         ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "paired a new bearer token");
@@ -72,11 +75,22 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
         s_too_many(res, until, now);
         return;
     }
-    proto_http_slice_t code;
+    proto_http_slice_t code, label;
     if (!gateway_http_req_header(req, "X-Pairing-Code", &code)) {
         (void) gateway_http_respond_error(res, 400, "missing_pairing_code",
                                           "send the code in X-Pairing-Code");
         return;
+    }
+    char name[ROUTER_TOKENS_NAME_MAX + 1] = "";
+    if (gateway_http_req_header(req, "X-Token-Name", &label)) {
+        if (!gateway_auth_token_name_ok(label.ptr, label.len)) {
+            (void) gateway_http_respond_error(res, 400, "invalid_token_name",
+                                              "X-Token-Name: 1 to 64 octets, no control "
+                                              "characters");
+            return;
+        }
+        memcpy(name, label.ptr, label.len);
+        name[label.len] = '\0';
     }
     s_wait_t *w = calloc(1, sizeof *w);
     if (!w) {
@@ -88,8 +102,9 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
         uint8_t hash[32];
         w->paired = true;
         gateway_auth_token_new(w->token, hash);
+        router_tokens_id(hash, w->id);
         router_tokens_forgive(tokens, client);
-        rc = router_tokens_add(tokens, hash, now, s_written, w);
+        rc = router_tokens_add(tokens, hash, ROUTER_TOKEN_OPERATOR, name, now, s_written, w);
         gateway_auth_audit_req(auth, "pair", req, "code_accepted");
     } else {
         rc = router_tokens_fail(tokens, client, now, GATEWAY_PAIR_FAILURES_MAX,
@@ -104,6 +119,10 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
     if (rc != 0) {
         if (!w->paired && w->until_ms)
             s_too_many(res, w->until_ms, now);
+        else if (w->paired && errno == ENOSPC)
+            (void) gateway_http_respond_error(res, 507, "too_many_tokens",
+                                              "every token slot is taken: revoke tokens no "
+                                              "longer used (DELETE /api/tokens/{id})");
         else
             (void) gateway_http_respond_error(res, 503, "unavailable",
                                               "the pairing state cannot be stored now");

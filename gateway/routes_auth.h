@@ -33,6 +33,25 @@ typedef struct {
 int gateway_route_admin(gateway_http_t *g, gateway_route_admin_t *admin)
     __attribute__((warn_unused_result));
 
+/* Token management (WIRE §28); the caller keeps it for the server's life. */
+typedef struct gateway_route_tokens {
+    gateway_auth_t *auth;                /* borrowed: the token store and bearer checks */
+    gateway_http_t *g;                   /* set by gateway_route_tokens: what revoking ends */
+    struct gateway_route_tokens_door {
+        struct gateway_route_tokens *route;
+        bool admin;                      /* /admin/tokens: loopback, no bearer */
+    } doors[2];                          /* set by gateway_route_tokens */
+} gateway_route_tokens_t;
+
+/* GET /api/tokens → {"tokens":[{"id","scope","name","created_ms","current"}]};
+ * POST /api/tokens {"scope","name"} → 201 {"id","scope","name",
+ * "created_ms","token"} once durable; DELETE /api/tokens/{id} → 200
+ * {"revoked":true,"id","closed"} once durable, having ended what the token
+ * opened. The same on /admin/tokens for loopback peers without a bearer.
+ * Returns 0 or -1. */
+int gateway_route_tokens(gateway_http_t *g, gateway_route_tokens_t *route)
+    __attribute__((warn_unused_result));
+
 /* What GET /api/peers reads; the caller keeps it for the server's life. */
 typedef struct {
     router_node_t *node;  /* borrowed: whose trust store */

@@ -6,6 +6,7 @@
 #include "gateway/ws.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -46,6 +47,7 @@ struct gateway_ws {
     uint64_t close_due;           /* loop ms: our Close must be answered by then; 0 none */
     uint64_t timer;               /* armed timer, 0 for none */
     uint64_t timer_due;           /* when it fires */
+    char credential[GATEWAY_HTTP_CREDENTIAL_MAX]; /* what let it in, "" for nothing named */
     gateway_ws_t *prev, *next;    /* the server's list */
 };
 
@@ -449,6 +451,7 @@ gateway_ws_t *gateway_ws_accept(gateway_http_res_t *res, const gateway_ws_handle
         return NULL;
     res->sent = true;
     res->ws = ws;
+    memcpy(ws->credential, res->credential, sizeof ws->credential);
     gateway_http_count_status(hc->g, hc->route, 101);
     if (router_conn_send(hc->conn, head, (size_t) n) != 0)
         ws->state = S_DONE; /* on_close follows from the loop */
@@ -470,6 +473,25 @@ const char *gateway_ws_req_bearer(const gateway_http_res_t *res, size_t *len)
     if (len)
         *len = res->upgrade->bearer_len;
     return res->upgrade->bearer;
+}
+
+void gateway_ws_set_credential(gateway_ws_t *ws, const char *id)
+{
+    if (ws)
+        snprintf(ws->credential, sizeof ws->credential, "%s", id ? id : "");
+}
+
+size_t gateway_ws_close_credential(gateway_http_t *g, const char *id, const char *reason)
+{
+    size_t n = 0;
+    for (gateway_ws_t *ws = g->ws, *next; ws; ws = next) {
+        next = ws->next;
+        if (ws->credential[0] && !strcmp(ws->credential, id) && ws->state == S_OPEN) {
+            gateway_ws_close(ws, 1008, reason);
+            n++;
+        }
+    }
+    return n;
 }
 
 void gateway_ws_close_all(gateway_http_t *g, uint16_t code, bool abort)

@@ -86,6 +86,11 @@ int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len);
  * on_close follows once the client answers or GATEWAY_WS_CLOSE_WAIT_MS pass. */
 void gateway_ws_close(gateway_ws_t *ws, uint16_t code, const char *reason);
 
+/* Names the credential that let the socket in, for a route that
+ * authenticates after the upgrade (OpenClaw's connect): revoking it closes
+ * the socket (gateway_http_revoke). NULL or "" names none. */
+void gateway_ws_set_credential(gateway_ws_t *ws, const char *id);
+
 /* A number unique within the loop, for logs. */
 uint64_t gateway_ws_id(const gateway_ws_t *ws);
 

@@ -108,15 +108,34 @@ static void test_token_ok_and_code(void **state)
     uint8_t again[32];
     crypto_hash_sha256(again, (const unsigned char *) text, strlen(text));
     assert_memory_equal(again, hash, 32);
-    assert_false(gateway_auth_token_ok(a, text, strlen(text)));
-    assert_int_equal(router_tokens_add(tokens, hash, 1, NULL, NULL), 0);
+    assert_false(gateway_auth_token_ok(a, text, strlen(text), NULL));
+    char node_text[GATEWAY_AUTH_TOKEN_LEN + 1];
+    uint8_t node_hash[32];
+    gateway_auth_token_new(node_text, node_hash);
+    assert_int_equal(router_tokens_add(tokens, hash, ROUTER_TOKEN_OPERATOR, "", 1, NULL, NULL), 0);
+    assert_int_equal(router_tokens_add(tokens, node_hash, ROUTER_TOKEN_NODE, "n", 1, NULL, NULL), 0);
     router_tokens_stop(tokens); /* written, and now known to checks */
-    assert_true(gateway_auth_token_ok(a, text, strlen(text)));
-    assert_false(gateway_auth_token_ok(a, text, strlen(text) - 1));
+    char id[ROUTER_TOKENS_ID_LEN + 1], want[ROUTER_TOKENS_ID_LEN + 1];
+    assert_true(gateway_auth_token_ok(a, text, strlen(text), id));
+    router_tokens_id(hash, want);
+    assert_string_equal(id, want);
+    /* A node token is a token, but not an operator's. */
+    router_token_scope_t scope = ROUTER_TOKEN_OPERATOR;
+    assert_false(gateway_auth_token_ok(a, node_text, strlen(node_text), NULL));
+    assert_true(gateway_auth_token_find(a, node_text, strlen(node_text), &scope, NULL));
+    assert_int_equal(scope, ROUTER_TOKEN_NODE);
+    /* Names: UTF-8 without control characters, 1..64 octets. */
+    assert_true(gateway_auth_token_name_ok("caf\xc3\xa9 tablet", 12));
+    assert_false(gateway_auth_token_name_ok("", 0));
+    assert_false(gateway_auth_token_name_ok("a\tb", 3));
+    assert_false(gateway_auth_token_name_ok("a\x7f", 2));
+    assert_false(gateway_auth_token_name_ok("\xc3", 1));
+    assert_false(gateway_auth_token_name_ok(text, ROUTER_TOKENS_NAME_MAX + 1));
+    assert_false(gateway_auth_token_ok(a, text, strlen(text) - 1, NULL));
     text[7] = text[7] == 'a' ? 'b' : 'a';
-    assert_false(gateway_auth_token_ok(a, text, strlen(text)));
+    assert_false(gateway_auth_token_ok(a, text, strlen(text), NULL));
     text[7] = 'A'; /* uppercase hex is not a kith token */
-    assert_false(gateway_auth_token_ok(a, text, strlen(text)));
+    assert_false(gateway_auth_token_ok(a, text, strlen(text), NULL));
 
     char code[GATEWAY_AUTH_CODE_LEN + 1], old[GATEWAY_AUTH_CODE_LEN + 1];
     assert_false(gateway_auth_code_take(a, "000000", 6)); /* none minted */

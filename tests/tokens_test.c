@@ -5,7 +5,9 @@
  * A failing disk withholds every answer until the row is written; every
  * table (the devices table included) and the write queue have a bound.
  * Out of memory, a write is refused and leaves nothing reserved, and a
- * reopen refuses with a reason or loads everything. */
+ * reopen refuses with a reason or loads everything. Tokens keep a scope
+ * and a name; a revoked token, and every deviceToken it earned, is refused
+ * at once and after a reopen. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -95,12 +97,12 @@ static void test_token_durable_then_reloaded(void **state)
     randombytes_buf(other, sizeof other);
     assert_int_equal(router_tokens_count(t), 0);
     s_done_t d = {.loop = loop};
-    assert_int_equal(router_tokens_add(t, h, 1, s_done, &d), 0);
-    assert_false(router_tokens_check(t, h)); /* not before it is durable */
+    assert_int_equal(router_tokens_add(t, h, ROUTER_TOKEN_OPERATOR, "", 1, s_done, &d), 0);
+    assert_false(router_tokens_check(t, h, NULL)); /* not before it is durable */
     s_wait(&d);
     assert_true(d.ok);
-    assert_true(router_tokens_check(t, h));
-    assert_false(router_tokens_check(t, other));
+    assert_true(router_tokens_check(t, h, NULL));
+    assert_false(router_tokens_check(t, other, NULL));
 
     /* Five bad codes lock; the lock and the token survive a reopen. */
     uint64_t until = 0;
@@ -138,7 +140,7 @@ static void test_token_durable_then_reloaded(void **state)
     t = router_tokens_new(s_db, loop, err, sizeof err);
     assert_non_null(t);
     assert_int_equal(router_tokens_count(t), 1);
-    assert_true(router_tokens_check(t, h));
+    assert_true(router_tokens_check(t, h, NULL));
     assert_int_equal(router_tokens_locked_until(t, "10.0.0.9", 2000), 301000);
     assert_int_equal(router_tokens_idem_begin(t, "webhook", "k1", 2, now, &status, &body),
                      ROUTER_IDEM_DONE);
@@ -172,7 +174,7 @@ static void test_forgive_and_stop_runs_callbacks(void **state)
     /* A callback owed when the store stops runs inside stop. */
     uint8_t h[32] = {1};
     s_done_t d = {.loop = loop};
-    assert_int_equal(router_tokens_add(t, h, 1, s_done, &d), 0);
+    assert_int_equal(router_tokens_add(t, h, ROUTER_TOKEN_OPERATOR, "", 1, s_done, &d), 0);
     router_tokens_stop(t);
     assert_int_equal(d.calls, 1);
     assert_true(d.ok);
@@ -244,7 +246,7 @@ static void test_failed_commits_withhold_then_write(void **state)
     uint8_t h[32];
     randombytes_buf(h, sizeof h);
     uint64_t now = (uint64_t) time(NULL) * 1000, until = 0;
-    assert_int_equal(router_tokens_add(t, h, now, s_count, &c), 0);
+    assert_int_equal(router_tokens_add(t, h, ROUTER_TOKEN_OPERATOR, "", now, s_count, &c), 0);
     assert_int_equal(router_tokens_fail(t, "10.0.0.1", now, 5, 1000, &until, s_count, &c), 0);
     int status = 0;
     const char *body = NULL;
@@ -253,14 +255,14 @@ static void test_failed_commits_withhold_then_write(void **state)
     assert_int_equal(router_tokens_idem_finish(t, "webhook", "k1", 2, 202, "{}", now, s_count, &c),
                      0);
     s_wait_failures(t, 2);
-    assert_false(router_tokens_check(t, h)); /* not durable, so not usable */
+    assert_false(router_tokens_check(t, h, NULL)); /* not durable, so not usable */
 
     /* The queue fills while the disk fails: its bound holds. */
     int queued = 3;
     uint8_t more[32];
     for (;;) {
         randombytes_buf(more, sizeof more);
-        if (router_tokens_add(t, more, now, s_count, &c) != 0)
+        if (router_tokens_add(t, more, ROUTER_TOKEN_OPERATOR, "", now, s_count, &c) != 0)
             break;
         queued++;
         assert_true(queued <= (int) ROUTER_TOKENS_JOBS_MAX);
@@ -282,7 +284,7 @@ static void test_failed_commits_withhold_then_write(void **state)
     router_tokens_test_fail_commits(t, false);
     s_wait_n(&c, queued);
     assert_int_equal(c.oks, queued);
-    assert_true(router_tokens_check(t, h));
+    assert_true(router_tokens_check(t, h, NULL));
     assert_int_equal(router_tokens_count(t), ROUTER_TOKENS_JOBS_MAX - 2);
     router_tokens_stop(t);
     router_loop_destroy(&loop);
@@ -306,14 +308,14 @@ static void test_stop_while_failing_answers_not_written(void **state)
     s_count_t c = {.loop = loop};
     uint8_t h[32];
     randombytes_buf(h, sizeof h);
-    assert_int_equal(router_tokens_add(t, h, 1, s_count, &c), 0);
+    assert_int_equal(router_tokens_add(t, h, ROUTER_TOKEN_OPERATOR, "", 1, s_count, &c), 0);
     s_wait_failures(t, 1);
     router_tokens_stop(t);
     assert_int_equal(c.calls, 1);
     assert_int_equal(c.oks, 0);
-    assert_false(router_tokens_check(t, h));
+    assert_false(router_tokens_check(t, h, NULL));
     uint8_t h2[32] = {2};
-    assert_int_equal(router_tokens_add(t, h2, 1, s_count, &c), -1); /* stopped */
+    assert_int_equal(router_tokens_add(t, h2, ROUTER_TOKEN_OPERATOR, "", 1, s_count, &c), -1); /* stopped */
     router_loop_destroy(&loop);
     router_tokens_destroy(&t);
     loop = router_loop_new(NULL);
@@ -372,13 +374,13 @@ static void test_tables_are_bounded(void **state)
     uint8_t h[32] = {0};
     for (uint32_t i = 0; i < ROUTER_TOKENS_MAX; i++) {
         memcpy(h, &i, sizeof i);
-        assert_int_equal(router_tokens_add(t, h, 1, s_count, &c), 0);
+        assert_int_equal(router_tokens_add(t, h, ROUTER_TOKEN_OPERATOR, "", 1, s_count, &c), 0);
         if ((i + 1) % 128 == 0)
             s_wait_n(&c, (int) i + 1);
     }
     assert_int_equal(router_tokens_count(t), ROUTER_TOKENS_MAX);
     h[31] = 0xFF;
-    assert_int_equal(router_tokens_add(t, h, 1, s_count, &c), -1);
+    assert_int_equal(router_tokens_add(t, h, ROUTER_TOKEN_OPERATOR, "", 1, s_count, &c), -1);
     assert_int_equal(errno, ENOSPC);
 
     /* Lockouts: every slot a live lock, so a new client counts as locked;
@@ -547,6 +549,126 @@ static void test_device_record_check_reload(void **state)
     router_tokens_destroy(&t);
 }
 
+/* ---------------------------------------------------------------- scopes and revocation */
+
+/* A token's scope and name come back from check() and list() and from
+ * state.db; a revoked token is refused at once, and so is every
+ * deviceToken it earned, and both stay so after a reopen. */
+static void test_scope_name_revoke(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    uint8_t op[32], node[32], devtok[32], other_devtok[32];
+    randombytes_buf(op, 32);
+    randombytes_buf(node, 32);
+    randombytes_buf(devtok, 32);
+    randombytes_buf(other_devtok, 32);
+    char op_id[ROUTER_TOKENS_ID_LEN + 1], node_id[ROUTER_TOKENS_ID_LEN + 1];
+    router_tokens_id(op, op_id);
+    router_tokens_id(node, node_id);
+    assert_int_equal(strlen(op_id), ROUTER_TOKENS_ID_LEN);
+
+    /* Refused before anything is queued. */
+    char long_name[ROUTER_TOKENS_NAME_MAX + 2];
+    memset(long_name, 'n', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    assert_int_equal(router_tokens_add(t, node, ROUTER_TOKEN_NODE, long_name, 1, NULL, NULL), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_tokens_add(t, node, (router_token_scope_t) 7, "x", 1, NULL, NULL), -1);
+    assert_int_equal(errno, EINVAL);
+
+    s_done_t a = {.loop = loop}, b = {.loop = loop};
+    assert_int_equal(router_tokens_add(t, op, ROUTER_TOKEN_OPERATOR, "laptop", 10, s_done, &a), 0);
+    s_wait(&a);
+    assert_int_equal(router_tokens_add(t, node, ROUTER_TOKEN_NODE, "tablet", 20, s_done, &b), 0);
+    s_wait(&b);
+    router_token_scope_t scope = ROUTER_TOKEN_NODE;
+    assert_true(router_tokens_check(t, op, &scope));
+    assert_int_equal(scope, ROUTER_TOKEN_OPERATOR);
+    assert_true(router_tokens_check(t, node, &scope));
+    assert_int_equal(scope, ROUTER_TOKEN_NODE);
+    router_tokens_info_t list[4];
+    assert_int_equal(router_tokens_list(t, list, 4), 2);
+    assert_string_equal(list[0].id, op_id);
+    assert_string_equal(list[0].name, "laptop");
+    assert_int_equal(list[0].created_ms, 10);
+    assert_string_equal(list[1].id, node_id);
+    assert_int_equal(list[1].scope, ROUTER_TOKEN_NODE);
+    assert_int_equal(router_tokens_list(t, list, 1), 1); /* bounded by the caller's room */
+
+    /* Two devices: one earned its deviceToken with op, one with no known token. */
+    router_tokens_device_t d1, d2, got;
+    s_device(&d1, 1);
+    s_device(&d2, 2);
+    memcpy(d1.via, op_id, sizeof d1.via);
+    s_done_t c = {.loop = loop}, e = {.loop = loop};
+    assert_int_equal(router_tokens_device_record(t, &d1, devtok, 30, s_done, &c), 0);
+    s_wait(&c);
+    assert_int_equal(router_tokens_device_record(t, &d2, other_devtok, 30, s_done, &e), 0);
+    s_wait(&e);
+    /* Seen again without a new deviceToken: the via stays with the one kept. */
+    router_tokens_device_t again = d1;
+    again.via[0] = '\0';
+    s_done_t f = {.loop = loop};
+    assert_int_equal(router_tokens_device_record(t, &again, NULL, 40, s_done, &f), 0);
+    s_wait(&f);
+    assert_true(router_tokens_device_get(t, d1.id, &got));
+    assert_string_equal(got.via, op_id);
+
+    /* Revoked: refused at once (before the delete is durable), the
+     * deviceToken it earned too; the other device keeps its own. */
+    s_done_t g = {.loop = loop};
+    assert_int_equal(router_tokens_revoke(t, "0123456789abcdef", NULL, NULL), -1);
+    assert_int_equal(errno, ENOENT);
+    assert_int_equal(router_tokens_revoke(t, op_id, s_done, &g), 0);
+    assert_false(router_tokens_check(t, op, NULL));
+    assert_false(router_tokens_device_check(t, d1.id, d1.public_key, devtok));
+    assert_true(router_tokens_device_check(t, d2.id, d2.public_key, other_devtok));
+    assert_int_equal(router_tokens_count(t), 1);
+    assert_int_equal(router_tokens_list(t, list, 4), 1);
+    assert_int_equal(router_tokens_revoke(t, op_id, NULL, NULL), -1); /* once only */
+    assert_int_equal(errno, ENOENT);
+    s_wait(&g);
+    assert_true(g.ok);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+
+    loop = router_loop_new(NULL);
+    t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    assert_false(router_tokens_check(t, op, NULL));
+    assert_true(router_tokens_check(t, node, &scope));
+    assert_int_equal(scope, ROUTER_TOKEN_NODE);
+    assert_int_equal(router_tokens_list(t, list, 4), 1);
+    assert_string_equal(list[0].name, "tablet");
+    assert_int_equal(list[0].created_ms, 20);
+    assert_false(router_tokens_device_check(t, d1.id, d1.public_key, devtok));
+    assert_true(router_tokens_device_get(t, d1.id, &got)); /* the device stays, its token not */
+    assert_string_equal(got.via, "");
+    assert_true(router_tokens_device_check(t, d2.id, d2.public_key, other_devtok));
+    /* A row this build cannot read opens nothing. */
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(s_db, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE gateway_tokens SET scope='root'", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    loop = router_loop_new(NULL);
+    t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    assert_false(router_tokens_check(t, node, NULL));
+    assert_int_equal(router_tokens_count(t), 0);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
 static void test_device_bound_and_stop(void **state)
 {
     (void) state;
@@ -649,7 +771,7 @@ static void test_writes_refused_without_memory(void **state)
                      ROUTER_IDEM_NEW);
 
     alloc_fail_arm(0);
-    int rc = router_tokens_add(t, h, 1, NULL, NULL);
+    int rc = router_tokens_add(t, h, ROUTER_TOKEN_OPERATOR, "", 1, NULL, NULL);
     assert_int_equal(alloc_fail_disarm(), 1);
     assert_int_equal(rc, -1);
     assert_int_equal(errno, EAGAIN);
@@ -680,9 +802,9 @@ static void test_writes_refused_without_memory(void **state)
     assert_true(a.ok);
     assert_int_equal(router_tokens_device_count(t), 1);
     s_done_t b = {.loop = loop};
-    assert_int_equal(router_tokens_add(t, h, 1, s_done, &b), 0);
+    assert_int_equal(router_tokens_add(t, h, ROUTER_TOKEN_OPERATOR, "", 1, s_done, &b), 0);
     s_wait(&b);
-    assert_true(router_tokens_check(t, h));
+    assert_true(router_tokens_check(t, h, NULL));
     router_tokens_stop(t);
     router_loop_destroy(&loop);
     router_tokens_destroy(&t);
@@ -702,7 +824,7 @@ static void test_reopen_without_memory(void **state)
     uint8_t h[32];
     randombytes_buf(h, sizeof h);
     s_done_t a = {.loop = loop};
-    assert_int_equal(router_tokens_add(t, h, 1, s_done, &a), 0);
+    assert_int_equal(router_tokens_add(t, h, ROUTER_TOKEN_OPERATOR, "", 1, s_done, &a), 0);
     s_wait(&a);
     uint64_t until = 0;
     for (int i = 1; i <= 5; i++) {
@@ -743,7 +865,7 @@ static void test_reopen_without_memory(void **state)
             refused++;
         } else {
             assert_int_equal(router_tokens_count(t), 1);
-            assert_true(router_tokens_check(t, h));
+            assert_true(router_tokens_check(t, h, NULL));
             assert_int_equal(router_tokens_locked_until(t, "10.0.0.9", 2000), 301000);
             assert_int_equal(router_tokens_idem_begin(t, "webhook", "k1", 2, now, &status, &body),
                              ROUTER_IDEM_DONE);
@@ -778,6 +900,7 @@ int main(void)
         cmocka_unit_test(test_idem_settle),
         cmocka_unit_test_setup_teardown(test_device_record_check_reload, s_setup, s_teardown),
         cmocka_unit_test(test_device_bound_and_stop),
+        cmocka_unit_test_setup_teardown(test_scope_name_revoke, s_setup, s_teardown),
         cmocka_unit_test(test_writes_refused_without_memory),
         cmocka_unit_test_setup_teardown(test_reopen_without_memory, s_setup, s_teardown),
     };

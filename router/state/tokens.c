@@ -1,6 +1,7 @@
-/* router/state/tokens.c — paired token hashes, pairing lockouts,
- * idempotency answers and OpenClaw devices: a copy in memory for the loop thread, and a store
- * thread that writes them to state.db before their callbacks run. */
+/* router/state/tokens.c — bearer token hashes (with their scope, name and
+ * revocation), pairing lockouts, idempotency answers and OpenClaw devices:
+ * a copy in memory for the loop thread, and a store thread that writes them
+ * to state.db before their callbacks run. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -19,22 +20,32 @@
 
 #define S_IDEM_FULLKEY_MAX (24u + ROUTER_TOKENS_IDEM_KEY_MAX) /* "scope:" + key + NUL */
 
-typedef enum { S_JOB_TOKEN, S_JOB_LOCK, S_JOB_IDEM, S_JOB_DEVICE } s_job_kind_t;
+typedef enum { S_JOB_TOKEN, S_JOB_REVOKE, S_JOB_LOCK, S_JOB_IDEM, S_JOB_DEVICE } s_job_kind_t;
 
 /* One write for the store thread. */
 typedef struct s_job {
     s_job_kind_t kind;
-    uint8_t hash[32];                       /* TOKEN; DEVICE: its deviceToken hash */
+    uint8_t hash[32];                       /* TOKEN, REVOKE; DEVICE: its deviceToken hash */
     bool has_hash;                          /* DEVICE: hash is a new deviceToken hash */
     router_tokens_device_t dev;             /* DEVICE */
-    char key[S_IDEM_FULLKEY_MAX];           /* LOCK: client; IDEM: scope:key */
-    uint64_t a, b;                          /* TOKEN: created; LOCK: failures, until; IDEM: status, expires */
+    char key[S_IDEM_FULLKEY_MAX];           /* TOKEN: name; LOCK: client; IDEM: scope:key */
+    uint64_t a, b;                          /* TOKEN: created, scope; LOCK: failures, until;
+                                               IDEM: status, expires */
     char body[ROUTER_TOKENS_IDEM_BODY_MAX]; /* IDEM: the answer */
     bool ok;                                /* written */
     router_tokens_done_fn *done;            /* may be NULL */
     void *ud;
     struct s_job *next;
 } s_job_t;
+
+/* A token as the loop thread checks it. */
+typedef struct {
+    uint8_t hash[32];                      /* SHA-256 of the token text */
+    router_token_scope_t scope;            /* what it opens */
+    char name[ROUTER_TOKENS_NAME_MAX + 1]; /* the operator's label, may be "" */
+    uint64_t created_ms;                   /* Unix ms */
+    bool revoked;                          /* a revoke is being written: refused already */
+} s_token_t;
 
 typedef struct {
     char client[ROUTER_TOKENS_CLIENT_MAX]; /* "" for a free slot */
@@ -59,8 +70,8 @@ typedef struct {
 
 struct router_tokens {
     router_loop_t *loop;                    /* callbacks are posted here */
-    uint8_t (*hashes)[32];                  /* durable token hashes */
-    size_t nhashes;
+    s_token_t *tokens;                      /* durable tokens, oldest first */
+    size_t ntokens;
     s_lock_t *locks;                        /* ROUTER_TOKENS_CLIENTS_MAX slots */
     s_idem_t *idem;                         /* ROUTER_TOKENS_IDEM_MAX slots */
     s_device_t *devices;                    /* ROUTER_TOKENS_DEVICES_MAX slots */
@@ -84,7 +95,8 @@ static const char *const s_schema =
     "PRAGMA journal_mode=WAL;"
     "PRAGMA synchronous=FULL;"
     "CREATE TABLE IF NOT EXISTS gateway_tokens ("
-    " hash BLOB PRIMARY KEY, created_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    " hash BLOB PRIMARY KEY, created_ms INTEGER NOT NULL,"
+    " scope TEXT NOT NULL DEFAULT 'operator', name TEXT NOT NULL DEFAULT '') WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS gateway_pair_lockouts ("
     " client TEXT PRIMARY KEY, failures INTEGER NOT NULL, until_ms INTEGER NOT NULL)"
     " WITHOUT ROWID;"
@@ -94,9 +106,68 @@ static const char *const s_schema =
     "CREATE TABLE IF NOT EXISTS gateway_devices ("
     " id TEXT PRIMARY KEY, public_key BLOB NOT NULL, client_id TEXT NOT NULL,"
     " client_mode TEXT NOT NULL, platform TEXT NOT NULL, token_hash BLOB,"
-    " first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL) WITHOUT ROWID;";
+    " first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,"
+    " via TEXT NOT NULL DEFAULT '') WITHOUT ROWID;";
+
+static const char *const s_scope_names[] = {[ROUTER_TOKEN_OPERATOR] = "operator",
+                                            [ROUTER_TOKEN_NODE] = "node"};
+
+const char *router_tokens_scope_name(router_token_scope_t scope)
+{
+    return (unsigned) scope < sizeof s_scope_names / sizeof *s_scope_names ? s_scope_names[scope]
+                                                                            : "unknown";
+}
+
+bool router_tokens_scope_parse(const char *text, size_t len, router_token_scope_t *scope)
+{
+    for (size_t i = 0; i < sizeof s_scope_names / sizeof *s_scope_names; i++)
+        if (strlen(s_scope_names[i]) == len && !memcmp(s_scope_names[i], text, len)) {
+            *scope = (router_token_scope_t) i;
+            return true;
+        }
+    return false;
+}
+
+void router_tokens_id(const uint8_t hash[32], char id[ROUTER_TOKENS_ID_LEN + 1])
+{
+    sodium_bin2hex(id, ROUTER_TOKENS_ID_LEN + 1, hash, ROUTER_TOKENS_ID_LEN / 2);
+}
 
 /* ---------------------------------------------------------------- callbacks on the loop */
+
+static s_token_t *s_token_find(router_tokens_t *self, const uint8_t hash[32])
+{
+    for (size_t i = 0; i < self->ntokens; i++)
+        if (!memcmp(self->tokens[i].hash, hash, 32))
+            return &self->tokens[i];
+    return NULL;
+}
+
+/* A token write is done: a new token becomes usable, a revoked one leaves
+ * (order kept: the list is oldest first). */
+static void s_token_done(router_tokens_t *self, const s_job_t *j)
+{
+    if (!j->ok)
+        return; /* only at stop: a revoked token stays refused until then */
+    if (j->kind == S_JOB_TOKEN) {
+        if (self->ntokens >= ROUTER_TOKENS_MAX)
+            return;
+        s_token_t *t = &self->tokens[self->ntokens++];
+        memset(t, 0, sizeof *t);
+        memcpy(t->hash, j->hash, 32);
+        t->scope = (router_token_scope_t) j->b;
+        snprintf(t->name, sizeof t->name, "%.*s", (int) ROUTER_TOKENS_NAME_MAX, j->key);
+        t->created_ms = j->a;
+        return;
+    }
+    s_token_t *t = s_token_find(self, j->hash);
+    if (!t)
+        return;
+    size_t i = (size_t) (t - self->tokens);
+    memmove(t, t + 1, (self->ntokens - i - 1) * sizeof *t);
+    self->ntokens--;
+    sodium_memzero(&self->tokens[self->ntokens], sizeof *t);
+}
 
 static s_device_t *s_device_find(const router_tokens_t *self, const char *id)
 {
@@ -120,11 +191,15 @@ static void s_device_done(router_tokens_t *self, const s_job_t *j)
     }
     if (!e->durable)
         self->ndevices++;
+    char via[sizeof e->d.via];
+    memcpy(via, e->d.via, sizeof via);
     e->d = j->dev;
     e->durable = true;
     if (j->has_hash) {
         memcpy(e->token_hash, j->hash, 32);
         e->has_token = true;
+    } else {
+        memcpy(e->d.via, via, sizeof via); /* the deviceToken kept keeps its via */
     }
 }
 
@@ -145,8 +220,8 @@ static void s_run_done(router_tokens_t *self)
     }
     for (s_job_t *j = rev, *n; j; j = n) {
         n = j->next;
-        if (j->ok && j->kind == S_JOB_TOKEN && self->nhashes < ROUTER_TOKENS_MAX)
-            memcpy(self->hashes[self->nhashes++], j->hash, 32);
+        if (j->kind == S_JOB_TOKEN || j->kind == S_JOB_REVOKE)
+            s_token_done(self, j);
         if (j->kind == S_JOB_DEVICE)
             s_device_done(self, j);
         if (j->done)
@@ -172,16 +247,21 @@ static int s_write(router_tokens_t *self, const s_job_t *j)
         return 0;
     sqlite3_stmt *st = NULL;
     const char *sql = j->kind == S_JOB_TOKEN
-                          ? "INSERT OR REPLACE INTO gateway_tokens(hash,created_ms) VALUES(?,?)"
+                          ? "INSERT OR REPLACE INTO gateway_tokens(hash,created_ms,scope,name)"
+                            " VALUES(?,?,?,?)"
+                      : j->kind == S_JOB_REVOKE
+                          ? "DELETE FROM gateway_tokens WHERE hash=?"
                       : j->kind == S_JOB_LOCK
                           ? "INSERT OR REPLACE INTO gateway_pair_lockouts(client,failures,until_ms)"
                             " VALUES(?,?,?)"
                       : j->kind == S_JOB_DEVICE
                           ? "INSERT INTO gateway_devices(id,public_key,client_id,client_mode,"
-                            "platform,token_hash,first_seen_ms,last_seen_ms)"
-                            " VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
+                            "platform,token_hash,first_seen_ms,last_seen_ms,via)"
+                            " VALUES(?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
                             " public_key=excluded.public_key, client_id=excluded.client_id,"
                             " client_mode=excluded.client_mode, platform=excluded.platform,"
+                            " via=CASE WHEN excluded.token_hash IS NULL THEN via"
+                            " ELSE excluded.via END,"
                             " token_hash=coalesce(excluded.token_hash, token_hash),"
                             " last_seen_ms=excluded.last_seen_ms"
                           : "INSERT OR REPLACE INTO gateway_idempotency(key,status,body,expires_ms)"
@@ -191,6 +271,11 @@ static int s_write(router_tokens_t *self, const s_job_t *j)
     if (j->kind == S_JOB_TOKEN) {
         sqlite3_bind_blob(st, 1, j->hash, 32, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (sqlite3_int64) j->a);
+        sqlite3_bind_text(st, 3, router_tokens_scope_name((router_token_scope_t) j->b), -1,
+                          SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, j->key, -1, SQLITE_STATIC);
+    } else if (j->kind == S_JOB_REVOKE) {
+        sqlite3_bind_blob(st, 1, j->hash, 32, SQLITE_STATIC);
     } else if (j->kind == S_JOB_LOCK) {
         sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (sqlite3_int64) j->a);
@@ -207,6 +292,7 @@ static int s_write(router_tokens_t *self, const s_job_t *j)
             sqlite3_bind_null(st, 6);
         sqlite3_bind_int64(st, 7, (sqlite3_int64) j->dev.first_seen_ms);
         sqlite3_bind_int64(st, 8, (sqlite3_int64) j->dev.last_seen_ms);
+        sqlite3_bind_text(st, 9, j->dev.via, -1, SQLITE_STATIC);
     } else {
         sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (sqlite3_int64) j->a);
@@ -215,6 +301,18 @@ static int s_write(router_tokens_t *self, const s_job_t *j)
     }
     int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
     sqlite3_finalize(st);
+    if (rc == 0 && j->kind == S_JOB_REVOKE) {
+        /* The deviceTokens the revoked token earned go in the same commit. */
+        char id[ROUTER_TOKENS_ID_LEN + 1];
+        router_tokens_id(j->hash, id);
+        if (sqlite3_prepare_v2(self->db,
+                               "UPDATE gateway_devices SET token_hash=NULL, via='' WHERE via=?",
+                               -1, &st, NULL) != SQLITE_OK)
+            return -1;
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+        sqlite3_finalize(st);
+    }
     return rc;
 }
 
@@ -337,12 +435,24 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
     sqlite3_stmt *st = NULL;
     uint64_t now = router_clock_wall_ms();
     int step = SQLITE_DONE;
-    if (sqlite3_prepare_v2(self->db, "SELECT hash FROM gateway_tokens ORDER BY created_ms", -1,
-                           &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT hash, created_ms, scope, name FROM gateway_tokens"
+                           " ORDER BY created_ms", -1, &st, NULL) != SQLITE_OK)
         goto fail;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW && self->nhashes < ROUTER_TOKENS_MAX)
-        if (sqlite3_column_bytes(st, 0) == 32)
-            memcpy(self->hashes[self->nhashes++], sqlite3_column_blob(st, 0), 32);
+    while ((step = sqlite3_step(st)) == SQLITE_ROW && self->ntokens < ROUTER_TOKENS_MAX) {
+        const char *scope = (const char *) sqlite3_column_text(st, 2);
+        const char *name = (const char *) sqlite3_column_text(st, 3);
+        s_token_t *t = &self->tokens[self->ntokens];
+        /* A row this build cannot read opens nothing (fails closed). */
+        if (sqlite3_column_bytes(st, 0) != 32 || !scope || !name ||
+            strlen(name) > ROUTER_TOKENS_NAME_MAX ||
+            !router_tokens_scope_parse(scope, strlen(scope), &t->scope))
+            continue;
+        memcpy(t->hash, sqlite3_column_blob(st, 0), 32);
+        t->created_ms = (uint64_t) sqlite3_column_int64(st, 1);
+        snprintf(t->name, sizeof t->name, "%s", name);
+        self->ntokens++;
+    }
     /* A step that failed (out of memory, I/O) ends a loop as the last row
      * would: refuse rather than run without the rows not read. */
     if (step != SQLITE_ROW && step != SQLITE_DONE)
@@ -386,7 +496,7 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
     sqlite3_finalize(st);
     if (sqlite3_prepare_v2(self->db,
                            "SELECT id, public_key, client_id, client_mode, platform, token_hash,"
-                           " first_seen_ms, last_seen_ms FROM gateway_devices"
+                           " first_seen_ms, last_seen_ms, via FROM gateway_devices"
                            " ORDER BY last_seen_ms DESC", -1, &st, NULL) != SQLITE_OK)
         goto fail;
     while (self->ndevices < ROUTER_TOKENS_DEVICES_MAX && (step = sqlite3_step(st)) == SQLITE_ROW) {
@@ -413,6 +523,9 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
         }
         e->d.first_seen_ms = (uint64_t) sqlite3_column_int64(st, 6);
         e->d.last_seen_ms = (uint64_t) sqlite3_column_int64(st, 7);
+        const char *via = (const char *) sqlite3_column_text(st, 8);
+        if (via && strlen(via) == ROUTER_TOKENS_ID_LEN)
+            memcpy(e->d.via, via, sizeof e->d.via);
         e->durable = true;
     }
     if (step != SQLITE_ROW && step != SQLITE_DONE)
@@ -427,6 +540,35 @@ fail:
 
 /* ---------------------------------------------------------------- lifecycle */
 
+/* Brings an older state.db's tables up to this build's columns: tokens
+ * written before they had a scope and a name were all paired, so an
+ * operator's; devices written before they had a via earned their
+ * deviceToken with a token not known (it outlives a revocation until it is
+ * replaced). */
+static int s_migrate(sqlite3 *db)
+{
+    static const struct {
+        const char *probe; /* fails to prepare on an older file */
+        const char *sql;   /* what brings it up to date */
+    } steps[] = {
+        {"SELECT scope, name FROM gateway_tokens LIMIT 0",
+         "ALTER TABLE gateway_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'operator';"
+         "ALTER TABLE gateway_tokens ADD COLUMN name TEXT NOT NULL DEFAULT '';"},
+        {"SELECT via FROM gateway_devices LIMIT 0",
+         "ALTER TABLE gateway_devices ADD COLUMN via TEXT NOT NULL DEFAULT '';"},
+    };
+    for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(db, steps[i].probe, -1, &st, NULL) == SQLITE_OK) {
+            sqlite3_finalize(st);
+            continue;
+        }
+        if (sqlite3_exec(db, steps[i].sql, NULL, NULL, NULL) != SQLITE_OK)
+            return -1;
+    }
+    return 0;
+}
+
 router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, char *err,
                                    size_t errcap)
 {
@@ -439,11 +581,11 @@ router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, cha
     self->todo_tail = &self->todo;
     pthread_mutex_init(&self->mu, NULL);
     pthread_cond_init(&self->cv, NULL);
-    self->hashes = calloc(ROUTER_TOKENS_MAX, 32);
+    self->tokens = calloc(ROUTER_TOKENS_MAX, sizeof *self->tokens);
     self->locks = calloc(ROUTER_TOKENS_CLIENTS_MAX, sizeof *self->locks);
     self->idem = calloc(ROUTER_TOKENS_IDEM_MAX, sizeof *self->idem);
     self->devices = calloc(ROUTER_TOKENS_DEVICES_MAX, sizeof *self->devices);
-    if (!self->hashes || !self->locks || !self->idem || !self->devices) {
+    if (!self->tokens || !self->locks || !self->idem || !self->devices) {
         snprintf(err, errcap, "out of memory");
         goto fail;
     }
@@ -452,7 +594,8 @@ router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, cha
                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                             NULL) != SQLITE_OK ||
             (sqlite3_busy_timeout(self->db, 5000),
-             sqlite3_exec(self->db, s_schema, NULL, NULL, NULL) != SQLITE_OK)) {
+             sqlite3_exec(self->db, s_schema, NULL, NULL, NULL) != SQLITE_OK) ||
+            s_migrate(self->db) != 0) {
             snprintf(err, errcap, "%s: %s", db_path,
                      self->db ? sqlite3_errmsg(self->db) : "cannot open");
             goto fail;
@@ -501,9 +644,9 @@ void router_tokens_destroy(router_tokens_t **self_p)
         sqlite3_close(self->db);
     pthread_mutex_destroy(&self->mu);
     pthread_cond_destroy(&self->cv);
-    if (self->hashes)
-        sodium_memzero(self->hashes, ROUTER_TOKENS_MAX * 32);
-    free(self->hashes);
+    if (self->tokens)
+        sodium_memzero(self->tokens, ROUTER_TOKENS_MAX * sizeof *self->tokens);
+    free(self->tokens);
     free(self->locks);
     free(self->idem);
     if (self->devices)
@@ -517,25 +660,41 @@ void router_tokens_destroy(router_tokens_t **self_p)
 
 size_t router_tokens_count(const router_tokens_t *self)
 {
-    return self->nhashes;
+    size_t n = 0;
+    for (size_t i = 0; i < self->ntokens; i++)
+        n += !self->tokens[i].revoked;
+    return n;
 }
 
-bool router_tokens_check(const router_tokens_t *self, const uint8_t hash[32])
+bool router_tokens_check(const router_tokens_t *self, const uint8_t hash[32],
+                         router_token_scope_t *scope)
 {
     /* Every entry is compared, so the time says nothing of which matched. */
     bool found = false;
-    for (size_t i = 0; i < self->nhashes; i++)
-        found |= sodium_memcmp(self->hashes[i], hash, 32) == 0;
+    unsigned got = 0;
+    for (size_t i = 0; i < self->ntokens; i++) {
+        const s_token_t *t = &self->tokens[i];
+        unsigned hit = (unsigned) (sodium_memcmp(t->hash, hash, 32) == 0) & (unsigned) !t->revoked;
+        found |= hit;
+        got |= (0u - hit) & (unsigned) t->scope;
+    }
+    if (scope)
+        *scope = (router_token_scope_t) got;
     return found;
 }
 
-int router_tokens_add(router_tokens_t *self, const uint8_t hash[32], uint64_t now_ms,
-                      router_tokens_done_fn *done, void *ud)
+int router_tokens_add(router_tokens_t *self, const uint8_t hash[32], router_token_scope_t scope,
+                      const char *name, uint64_t now_ms, router_tokens_done_fn *done, void *ud)
 {
+    if ((unsigned) scope >= sizeof s_scope_names / sizeof *s_scope_names || !name ||
+        strlen(name) > ROUTER_TOKENS_NAME_MAX) {
+        errno = EINVAL;
+        return -1;
+    }
     pthread_mutex_lock(&self->mu);
     size_t queued = self->njobs; /* written by the store thread too */
     pthread_mutex_unlock(&self->mu);
-    if (self->nhashes + queued >= ROUTER_TOKENS_MAX) {
+    if (self->ntokens + queued >= ROUTER_TOKENS_MAX) {
         errno = ENOSPC;
         return -1;
     }
@@ -546,7 +705,59 @@ int router_tokens_add(router_tokens_t *self, const uint8_t hash[32], uint64_t no
     }
     memcpy(j->hash, hash, 32);
     j->a = now_ms;
+    j->b = (uint64_t) scope;
+    snprintf(j->key, sizeof j->key, "%s", name);
     return s_submit(self, j);
+}
+
+size_t router_tokens_list(const router_tokens_t *self, router_tokens_info_t *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < self->ntokens && n < cap; i++) {
+        const s_token_t *t = &self->tokens[i];
+        if (t->revoked)
+            continue;
+        router_tokens_id(t->hash, out[n].id);
+        out[n].scope = t->scope;
+        snprintf(out[n].name, sizeof out[n].name, "%s", t->name);
+        out[n].created_ms = t->created_ms;
+        n++;
+    }
+    return n;
+}
+
+int router_tokens_revoke(router_tokens_t *self, const char *id, router_tokens_done_fn *done,
+                         void *ud)
+{
+    s_token_t *t = NULL;
+    char tid[ROUTER_TOKENS_ID_LEN + 1];
+    for (size_t i = 0; i < self->ntokens && !t; i++) {
+        router_tokens_id(self->tokens[i].hash, tid);
+        if (!self->tokens[i].revoked && !strcmp(tid, id))
+            t = &self->tokens[i];
+    }
+    if (!t) {
+        errno = ENOENT;
+        return -1;
+    }
+    s_job_t *j = s_job_new(S_JOB_REVOKE, done, ud);
+    if (!j) {
+        errno = EAGAIN;
+        return -1;
+    }
+    memcpy(j->hash, t->hash, 32);
+    if (s_submit(self, j) != 0) /* frees j */
+        return -1;
+    t->revoked = true; /* refused from now on; gone once the delete is durable */
+    for (size_t i = 0; i < ROUTER_TOKENS_DEVICES_MAX; i++) {
+        s_device_t *e = &self->devices[i];
+        if (e->d.id[0] && !strcmp(e->d.via, id)) {
+            e->has_token = false;
+            e->d.via[0] = '\0';
+            sodium_memzero(e->token_hash, sizeof e->token_hash);
+        }
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- lockouts */

@@ -1,5 +1,6 @@
 /* router/state/tokens.h — the gateway's durable safety state in state.db
- * (DESIGN §4, §5; WIRE §17): the SHA-256 of every paired bearer token, the
+ * (DESIGN §4, §5; WIRE §17, §28): the SHA-256 of every bearer token with
+ * its scope and name (revocable), the
  * pairing lockouts per client address, the first answer given to each
  * OpenClaw idempotencyKey (X-Idempotency-Keys of the webhook routes are
  * stored by the inbox with their entries and only marked here, in memory:
@@ -24,7 +25,9 @@
 
 #include "router/net/loop.h"
 
-#define ROUTER_TOKENS_MAX 1024u              /* paired tokens kept */
+#define ROUTER_TOKENS_MAX 1024u              /* bearer tokens kept (paired or minted) */
+#define ROUTER_TOKENS_NAME_MAX 64u           /* octets of a token's name */
+#define ROUTER_TOKENS_ID_LEN 16u             /* a token's id: hex of its hash's first 8 octets */
 #define ROUTER_TOKENS_CLIENTS_MAX 4096u      /* client addresses with bad codes remembered */
 #define ROUTER_TOKENS_CLIENT_MAX 64u         /* a client address text, NUL included */
 #define ROUTER_TOKENS_JOBS_MAX 256u          /* writes waiting for the store thread */
@@ -37,6 +40,20 @@
 #define ROUTER_TOKENS_DEVICE_TEXT_MAX 128u   /* octets of a device's client id, mode, platform */
 
 typedef struct router_tokens router_tokens_t;
+
+/* What a bearer token opens (WIRE §28). */
+typedef enum {
+    ROUTER_TOKEN_OPERATOR = 0, /* every bearer route: paired at /pair, or minted */
+    ROUTER_TOKEN_NODE = 1,     /* /ws/nodes only: minted by an operator */
+} router_token_scope_t;
+
+/* A token as listed: never its hash, only the id derived from it. */
+typedef struct {
+    char id[ROUTER_TOKENS_ID_LEN + 1];     /* lowercase hex */
+    router_token_scope_t scope;
+    char name[ROUTER_TOKENS_NAME_MAX + 1]; /* may be "" */
+    uint64_t created_ms;                   /* Unix ms */
+} router_tokens_info_t;
 
 /* A write's outcome, on the loop thread: ok when the row is durable. */
 typedef void (router_tokens_done_fn)(bool ok, void *ud);
@@ -61,19 +78,45 @@ void router_tokens_destroy(router_tokens_t **self_p);
 
 /* ---------------------------------------------------------------- tokens */
 
-/* Tokens paired and durable. */
-size_t router_tokens_count(const router_tokens_t *self);
+/* "operator" or "node" ("unknown" for anything else). */
+const char *router_tokens_scope_name(router_token_scope_t scope);
 
-/* True when `hash` is the SHA-256 of a paired token (each compared in
- * constant time). */
-bool router_tokens_check(const router_tokens_t *self, const uint8_t hash[32])
+/* Parses a scope's name (len octets); false for anything else. */
+bool router_tokens_scope_parse(const char *text, size_t len, router_token_scope_t *scope)
     __attribute__((warn_unused_result));
 
-/* Stores `hash`; done(ok) follows once durable, after which check() knows
- * it. Returns 0, or -1 with errno ENOSPC (ROUTER_TOKENS_MAX paired) or
- * EAGAIN (the write queue is full): done will not run. */
-int router_tokens_add(router_tokens_t *self, const uint8_t hash[32], uint64_t now_ms,
-                      router_tokens_done_fn *done, void *ud) __attribute__((warn_unused_result));
+/* The public id of the token whose SHA-256 is `hash`: its first 8 octets
+ * in hex. It names the token in lists and revocations and opens nothing. */
+void router_tokens_id(const uint8_t hash[32], char id[ROUTER_TOKENS_ID_LEN + 1]);
+
+/* Tokens durable and not revoked. */
+size_t router_tokens_count(const router_tokens_t *self);
+
+/* True when `hash` is the SHA-256 of a durable token not revoked (each
+ * compared in constant time); *scope (may be NULL) gets what it opens. */
+bool router_tokens_check(const router_tokens_t *self, const uint8_t hash[32],
+                         router_token_scope_t *scope) __attribute__((warn_unused_result));
+
+/* Stores `hash` with its scope and name (≤ ROUTER_TOKENS_NAME_MAX octets);
+ * done(ok) follows once durable, after which check() knows it. Returns 0,
+ * or -1 with errno ENOSPC (ROUTER_TOKENS_MAX kept), EAGAIN (the write
+ * queue is full) or EINVAL (scope or name): done will not run. */
+int router_tokens_add(router_tokens_t *self, const uint8_t hash[32], router_token_scope_t scope,
+                      const char *name, uint64_t now_ms, router_tokens_done_fn *done, void *ud)
+    __attribute__((warn_unused_result));
+
+/* Copies up to `cap` durable, unrevoked tokens, oldest first, into out;
+ * returns how many. */
+size_t router_tokens_list(const router_tokens_t *self, router_tokens_info_t *out, size_t cap);
+
+/* Revokes the token with public id `id`: check() refuses it from this
+ * call on, and so does device_check() every deviceToken it earned (their
+ * `via`); its row is deleted and those deviceTokens are dropped; done(ok)
+ * follows once that is durable.
+ * Returns 0, or -1 with errno ENOENT (no such token) or EAGAIN (the write
+ * queue is full; nothing changed): done will not run. */
+int router_tokens_revoke(router_tokens_t *self, const char *id, router_tokens_done_fn *done,
+                         void *ud) __attribute__((warn_unused_result));
 
 /* ---------------------------------------------------------------- pairing lockouts */
 
@@ -143,6 +186,9 @@ typedef struct {
     char client_mode[ROUTER_TOKENS_DEVICE_TEXT_MAX + 1]; /* connect client.mode */
     char platform[ROUTER_TOKENS_DEVICE_TEXT_MAX + 1];    /* connect client.platform, "" if none */
     uint64_t first_seen_ms, last_seen_ms;                /* Unix ms */
+    char via[ROUTER_TOKENS_ID_LEN + 1]; /* the bearer token (its id) that earned the current
+                                           deviceToken: revoking it drops that deviceToken;
+                                           "" when not known */
 } router_tokens_device_t;
 
 /* Devices recorded and durable. */
@@ -161,7 +207,8 @@ bool router_tokens_device_check(const router_tokens_t *self, const char *id,
 /* Records device d (its first_seen_ms and last_seen_ms are ignored: a new
  * device is first seen at now_ms, a known one keeps its first sighting;
  * both get last seen now_ms). With token_hash, that becomes the device's
- * deviceToken hash, replacing any earlier one; NULL keeps the one it has.
+ * deviceToken hash, replacing any earlier one, earned by bearer token
+ * d->via; NULL keeps the deviceToken it has and the via with it.
  * done(ok) follows once the row is durable, and only then do get() and
  * check() see the change. Returns 0, or -1 with errno EINVAL (an id that
  * is not 64 lowercase hex, or a text too long), ENOSPC

@@ -848,6 +848,41 @@ def device_after_restart(node, state, row):
           f"wrong {out}")
 
 
+def revoked_with_its_bearer(node, token):
+    """A deviceToken earned with a bearer token dies with it (WIRE §28):
+    revoking the bearer closes its sockets 1008 and refuses that
+    deviceToken; a device that earned its own with another token goes on."""
+    st, _, body, _ = curl("-X", "POST", "-H", f"Authorization: Bearer {token}",
+                          "-H", "Content-Type: application/json",
+                          "--data", '{"scope":"operator","name":"second client"}',
+                          gateway_url(node) + "/api/tokens")
+    check(st == 201, f"mint {st} {body}")
+    minted = json.loads(body)
+    state = os.path.join(node.home, "openclaw-device-2.json")
+    out = reference(node, minted["token"], "device_first", state)
+    check(out["hello"]["auth"].get("deviceToken"), f"first {out}")
+
+    async def live_then_revoked():
+        ws, res = await handshake(node, minted["token"], version=2)
+        check(res["ok"] is True, f"hello {res}")
+        st, _, body, _ = curl("-X", "DELETE", "-H", f"Authorization: Bearer {token}",
+                              gateway_url(node) + f"/api/tokens/{minted['id']}")
+        check(st == 200 and json.loads(body)["closed"] >= 1, f"revoke {st} {body}")
+        await expect_closed(ws, 1008)
+    run(live_then_revoked())
+    out = reference(node, "-", "device_again", state)
+    check(out.get("details") and out["details"]["code"] == "AUTH_DEVICE_TOKEN_MISMATCH",
+          f"a deviceToken outlived its bearer: {out}")
+    ws_res = run(handshake_ok(node, token))
+    check(ws_res, "the other token stopped working")
+
+
+async def handshake_ok(node, token):
+    ws, res = await handshake(node, token, version=2)
+    await ws.close()
+    return res["ok"] is True
+
+
 def key_after_restart(node, token, key):
     out = reference(node, token, "chat_key", key)
     check(out["ack"]["runId"] == key and out["ack"]["status"] == "ok" and
@@ -913,6 +948,7 @@ def main():
             node.start()
             r.run(lambda: device_after_restart(node, state, row[0]), name="device_after_restart")
             r.run(key_after_restart, node, token, key)
+            r.run(revoked_with_its_bearer, node, token)
             r.stopped(node)
     finally:
         node.cleanup()

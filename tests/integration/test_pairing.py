@@ -65,8 +65,9 @@ def main():
         check("kith daemon: pairing code: " + code in node.logs(), "code not on stderr")
         status, _, doc = pair(node, code)
         check(status == 200, (status, doc))
-        check(set(doc) == {"paired", "token"} and doc["paired"] is True, doc)
+        check(set(doc) == {"paired", "token", "id"} and doc["paired"] is True, doc)
         check(TOKEN_RE.match(doc["token"]), doc)
+        check(doc["id"] == hashlib.sha256(doc["token"].encode()).hexdigest()[:16], doc)
         state["token"] = doc["token"]
         # Only the SHA-256 is kept; the token itself is nowhere in state.db.
         check(stored_hashes(node) == [hashlib.sha256(doc["token"].encode()).digest()],

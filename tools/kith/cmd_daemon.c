@@ -67,6 +67,7 @@ typedef struct {
     gateway_ingress_t *ingress; /* /webhook and /sessions/{id}/external-events */
     gateway_route_peers_t peers; /* GET /api/peers */
     gateway_route_admin_t admin; /* /admin/paircode, /admin/shutdown */
+    gateway_route_tokens_t tokens_routes; /* /api/tokens, /admin/tokens */
     router_audit_feed_t *audit_feed;      /* pairing, auth failures, admin calls; NULL: off */
     router_broker_t *audit_broker;        /* /api/audit asks the audit worker through it */
     gateway_route_audit_t *audit_routes;  /* GET /api/audit, /api/audit/verify */
@@ -106,6 +107,7 @@ static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_co
                                         .shutdown_ud = node};
     if (!ga->auth || gateway_route_pair(gw, ga->auth) != 0 ||
         gateway_route_admin(gw, &ga->admin) != 0 || gateway_route_peers(gw, &ga->peers) != 0 ||
+        (ga->tokens_routes.auth = ga->auth, gateway_route_tokens(gw, &ga->tokens_routes)) != 0 ||
         !(ga->audit_routes = gateway_route_audit_new(gw, router_node_loop(node),
                                                      ga->audit_feed ? ga->audit_broker : NULL,
                                                      ga->auth))) {
