@@ -31,6 +31,7 @@
 #include "alloc_fail.h"
 #include "gateway/http_server.h"
 #include "gateway/routes.h"
+#include "gateway/routes_auth.h"
 #include "gateway/routes_canvas.h"
 #include "router/log.h"
 #include "router/metrics.h"
@@ -164,6 +165,8 @@ typedef struct {
     gateway_http_t *gw;
     gateway_auth_t *auth;       /* pairing off: every request passes */
     gateway_canvas_t *canvas;   /* /api/canvas…, for the out-of-memory sweep */
+    router_tokens_t *tokens;    /* in memory: what /admin/tokens manages */
+    gateway_route_tokens_t token_routes; /* /api/tokens, /admin/tokens */
     pthread_t thread;
     int rc;         /* router_loop_run's result */
     uint16_t port;  /* where it listens */
@@ -179,6 +182,7 @@ static void *s_loop_main(void *arg)
     gateway_http_destroy(&s->gw);
     gateway_http_destroy(&s->gw); /* idempotent */
     gateway_canvas_destroy(&s->canvas);
+    router_tokens_stop(s->tokens); /* its callbacks are posts to this loop */
     router_loop_destroy(&s->loop);
     return NULL;
 }
@@ -217,8 +221,13 @@ static s_srv_t *s_srv_start(void **state, const gateway_http_opts_t *o)
     assert_int_equal(gateway_http_route(s->gw, "GET", "/checks", s_checks, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/escaped", s_escaped_error, NULL), 0);
     gateway_auth_opts_t ao = {.require_pairing = false};
-    s->auth = gateway_auth_new(NULL, &ao);
+    char err[128];
+    s->tokens = router_tokens_new(NULL, s->loop, err, sizeof err);
+    assert_non_null(s->tokens);
+    s->auth = gateway_auth_new(s->tokens, &ao);
     assert_non_null(s->auth);
+    s->token_routes.auth = s->auth;
+    assert_int_equal(gateway_route_tokens(s->gw, &s->token_routes), 0);
     s->canvas = gateway_canvas_new(s->gw, s->auth, NULL);
     assert_non_null(s->canvas);
     router_addr_t addr, bound;
@@ -239,6 +248,7 @@ static void s_srv_stop(s_srv_t **sp)
     assert_null(s->gw);
     assert_null(s->loop);
     gateway_auth_destroy(&s->auth);
+    router_tokens_destroy(&s->tokens);
     router_metrics_destroy(&s->metrics);
     free(s);
     *sp = NULL;
@@ -1225,6 +1235,121 @@ static void test_canvas_without_memory(void **state)
     s_srv_stop(&s);
 }
 
+/* One request to /admin/tokens… on a fresh connection: the answer (or
+ * status 0 when the server cut the connection first). */
+static void s_tokens_call(s_srv_t *s, const char *method, const char *path, const char *body,
+                          s_resp_t *r)
+{
+    s_client_t *c = s_connect(s);
+    char req[512];
+    snprintf(req, sizeof req,
+             "%s %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s",
+             method, path, strlen(body), body);
+    s_send_best_effort(c, req, strlen(req)); /* the server may have cut it already */
+    if (!s_read_resp_or_eof(c, r))
+        r->status = 0;
+    s_client_close(&c);
+}
+
+/* True when the token list names a token `name`. */
+static bool s_tokens_listed(s_srv_t *s, const char *name)
+{
+    s_resp_t r;
+    s_tokens_call(s, "GET", "/admin/tokens", "", &r);
+    assert_int_equal(r.status, 200);
+    char want[96];
+    snprintf(want, sizeof want, "\"name\":\"%s\"", name);
+    bool found = strstr(r.body, want) != NULL;
+    s_resp_free(&r);
+    return found;
+}
+
+/* A typed refusal for want of memory (or nothing, the connection cut). */
+static void s_expect_short(const s_resp_t *r)
+{
+    if (r->status != 0)
+        s_expect_error(r, r->status == 500 ? 500 : 503,
+                       r->status == 500 ? "internal_error" : "unavailable");
+}
+
+/* The token routes with the loop thread's 1st, 2nd, … allocation failing:
+ * a mint is answered 201 with its token (and is then listed) or refused
+ * with a typed 5xx; a list is whole or refused; a revoke is answered 200
+ * (and the token is gone) or refused, and every answer after is whole. */
+static void test_tokens_without_memory(void **state)
+{
+    s_srv_t *s = s_srv_start(state, NULL);
+    unsigned refused = 0;
+    char body[96], name[32], path[64];
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        snprintf(name, sizeof name, "m%ld", i);
+        snprintf(body, sizeof body, "{\"scope\":\"node\",\"name\":\"%s\"}", name);
+        s_loop_arm(s, i);
+        s_resp_t r;
+        s_tokens_call(s, "POST", "/admin/tokens", body, &r);
+        unsigned failed = s_loop_arm(s, -1);
+        bool minted = r.status == 201 && strstr(r.body, "\"token\":\"kith_");
+        if (r.status != 201)
+            s_expect_short(&r);
+        if (r.status)
+            s_resp_free(&r);
+        if (minted)
+            assert_true(s_tokens_listed(s, name));
+        if (!failed) {
+            assert_true(minted);
+            break;
+        }
+        refused += !minted;
+    }
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        s_loop_arm(s, i);
+        s_resp_t r;
+        s_tokens_call(s, "GET", "/admin/tokens", "", &r);
+        unsigned failed = s_loop_arm(s, -1);
+        bool whole = r.status == 200 && strstr(r.body, "{\"tokens\":[") == r.body;
+        if (r.status != 200)
+            s_expect_short(&r);
+        if (r.status)
+            s_resp_free(&r);
+        if (!failed) {
+            assert_true(whole);
+            break;
+        }
+    }
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        snprintf(name, sizeof name, "r%ld", i);
+        snprintf(body, sizeof body, "{\"scope\":\"operator\",\"name\":\"%s\"}", name);
+        s_resp_t r;
+        s_tokens_call(s, "POST", "/admin/tokens", body, &r);
+        assert_int_equal(r.status, 201);
+        const char *id = strstr(r.body, "\"id\":\"");
+        assert_non_null(id);
+        snprintf(path, sizeof path, "/admin/tokens/%.16s", id + 6);
+        s_resp_free(&r);
+        s_loop_arm(s, i);
+        s_tokens_call(s, "DELETE", path, "", &r);
+        unsigned failed = s_loop_arm(s, -1);
+        bool revoked = r.status == 200 && strstr(r.body, "\"revoked\":true");
+        if (r.status != 200)
+            s_expect_short(&r);
+        if (r.status)
+            s_resp_free(&r);
+        if (revoked)
+            assert_false(s_tokens_listed(s, name));
+        if (!failed) {
+            assert_true(revoked);
+            break;
+        }
+    }
+    assert_true(refused > 0);
+    print_message("%u allocations refused a token mint\n", refused);
+    s_srv_stop(&s);
+}
+
 /* ---------------------------------------------------------------- main */
 
 #define BOTH(f)                                                        \
@@ -1254,6 +1379,7 @@ int main(void)
         BOTH(test_destroy_with_open_connections),
         BOTH(test_requests_without_memory),
         BOTH(test_canvas_without_memory),
+        BOTH(test_tokens_without_memory),
     };
     return cmocka_run_group_tests(tests, s_group_setup, NULL);
 }
