@@ -7,7 +7,8 @@ revoking a token refuses it at once and ends the WebSockets and event
 streams it opened (1008 "token revoked"); everything survives a restart
 (names, scopes, revocations); a state.db written before tokens had a scope
 is read as it was meant; the loopback /admin/tokens works without a
-bearer; every refusal is typed; and past the 1,024 tokens kept, minting
+bearer, and `kith tokens list|mint|revoke` through it; every refusal is
+typed; and past the 1,024 tokens kept, minting
 and pairing answer 507 too_many_tokens until one is revoked."""
 
 import asyncio
@@ -23,7 +24,8 @@ import time
 import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results, api, check, curl, gateway_url  # noqa: E402
+from peer import (Daemon, Results, api, check, curl, free_port, gateway_url,  # noqa: E402
+                  kith_run)
 
 TIMEOUT = 60
 
@@ -118,9 +120,16 @@ def upgrade_status(node, path, token):
     return st
 
 
+def daemon_gone(node):
+    """`kith tokens` with no daemon: one line, exit 1."""
+    _, err = kith_run("tokens", "list", "--home", node.home, expect=1)
+    check(err.count("\n") == 1 and "not running" in err, err)
+
+
 def main():
     home_db_token = "kith_" + "ab" * 32
-    node = Daemon("tokens")
+    # A fixed port: `kith tokens` finds the daemon through the configuration.
+    node = Daemon("tokens", config={"gateway": {"port": free_port()}})
     # A state.db as builds before scopes wrote it: one paired token, and a
     # device row without a via.
     db = sqlite3.connect(os.path.join(node.home, "state.db"))
@@ -266,6 +275,33 @@ def main():
             check(st == 200 and body["revoked"], f"admin revoke {st} {body}")
             check(request(node, "GET", "/api/peers", token=got["token"])[0] == 401, "still works")
 
+        def cli_lists_mints_revokes():
+            """`kith tokens`, through the loopback admin routes, no token held."""
+            home = ("--home", node.home)
+            out, _ = kith_run("tokens", "mint", "--scope", "node", "--name", "sensor \"7\"", *home)
+            tok = out.strip()
+            check(tok.startswith("kith_") and len(tok) == 69, f"mint printed {out!r}")
+            out, _ = kith_run("tokens", "list", *home)
+            mine = [ln for ln in out.splitlines() if ln.startswith(token_id(tok))]
+            check(len(mine) == 1 and mine[0].split()[1] == "node" and
+                  mine[0].endswith('sensor "7"') and "T" in mine[0].split()[2], f"list {out}")
+            out, _ = kith_run("tokens", "list", "--json", *home)
+            check(token_id(tok) in [t["id"] for t in json.loads(out)["tokens"]], out)
+            out, _ = kith_run("tokens", "mint", "--scope", "operator", "--name", "x", "--json", *home)
+            check(json.loads(out)["scope"] == "operator", out)
+            out, _ = kith_run("tokens", "revoke", token_id(tok), *home)
+            check(out.strip() == f"revoked {token_id(tok)} (0 connections closed)", out)
+            check(upgrade_status(node, "/ws/nodes", tok) == 401, "revoked by the CLI, still opens")
+            # Refusals: one line on stderr, exit 1.
+            for args, want in ((("revoke", token_id(tok)), "answered 404"),
+                               (("revoke", "XYZ"), "not a token id"),
+                               (("mint", "--scope", "root", "--name", "x"), "answered 400"),
+                               (("mint", "--name", "x"), "--scope and --name are required"),
+                               (("list", "extra"), "unexpected argument"),
+                               (("frob",), "unknown verb")):
+                _, err = kith_run("tokens", *args, *home, expect=1)
+                check(err.count("\n") == 1 and want in err, f"{args}: {err!r}")
+
         def survives_restart():
             op = state["op"]
             before = listed(node, op)
@@ -314,9 +350,10 @@ def main():
 
         for fn in (older_state_db_read, paired_token_named, node_token_opens_nodes_only,
                    revoking_ends_what_it_opened, refusals_typed, admin_door_without_bearer,
-                   survives_restart, bound_then_room_again):
+                   cli_lists_mints_revokes, survives_restart, bound_then_room_again):
             r.run(fn)
         r.stopped(node)
+        r.run(daemon_gone, node)
     finally:
         node.cleanup()
     return r.summary()

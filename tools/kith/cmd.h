@@ -20,6 +20,7 @@ int kith_cmd_envelope(int argc, char **argv);
 int kith_cmd_send(int argc, char **argv);
 int kith_cmd_config(int argc, char **argv);
 int kith_cmd_paircode(int argc, char **argv);
+int kith_cmd_tokens(int argc, char **argv);
 int kith_cmd_audit(int argc, char **argv);
 int kith_cmd_agent(int argc, char **argv);
 int kith_cmd_service(int argc, char **argv);

@@ -21,6 +21,7 @@ static const kith_cmd_t s_cmds[] = {
     {"send",     kith_cmd_send,     "send a signed message or request to a peer"},
     {"config",   kith_cmd_config,   "check a config file strictly (exit 0 valid, 1 not)"},
     {"paircode", kith_cmd_paircode, "print a new one-time pairing code from the running daemon"},
+    {"tokens",   kith_cmd_tokens,   "list, mint or revoke the running daemon's bearer tokens"},
     {"audit",    kith_cmd_audit,    "verify, tail or query the audit log offline"},
     {"agent",    kith_cmd_agent,    "run agent workers for a daemon's broker (--connect ENDPOINT)"},
     {"service",  kith_cmd_service,  "install, start, stop or inspect the daemon as a systemd unit"},
