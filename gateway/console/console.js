@@ -54,7 +54,8 @@
     let r, body = {};
     try {
       r = await fetch('/pair', { method: 'POST',
-                                 headers: { 'X-Pairing-Code': $('pair-code').value.trim() } });
+                                 headers: { 'X-Pairing-Code': $('pair-code').value.trim(),
+                                            'X-Token-Name': 'web console' } });
       body = await r.json().catch(() => ({}));
     } catch (e) {
       $('auth-error').textContent = 'the daemon cannot be reached';
@@ -85,7 +86,16 @@
     if (reason) $('auth-error').textContent = reason;
   }
 
-  function forget() {
+  // Forgetting revokes the token too (WIRE §28), so a copy left elsewhere
+  // is worth nothing; the browser forgets it even when the daemon is away.
+  async function forget() {
+    try {
+      const r = await fetch('/api/tokens', authed());
+      const mine = r.ok ? ((await r.json()).tokens || []).find((t) => t.current) : null;
+      if (mine) await fetch('/api/tokens/' + mine.id, authed({ method: 'DELETE' }));
+    } catch (e) {
+      // unreachable: forget locally all the same
+    }
     localStorage.removeItem(TOKEN);
     localStorage.removeItem(SESSION);
     stop('');
@@ -253,11 +263,12 @@
 
   async function refreshLists() {
     try {
-      const [peers, sessions, nodes, canvases] = await Promise.all([
+      const [peers, sessions, nodes, canvases, tokens] = await Promise.all([
         fetch('/api/peers', authed()).then((r) => r.json()),
         fetch('/api/sessions', authed()).then((r) => r.json()),
         fetch('/api/nodes', authed()).then((r) => r.json()),
         fetch('/api/canvas', authed()).then((r) => r.json()),
+        fetch('/api/tokens', authed()).then((r) => r.json()),
       ]);
       const pl = $('peers');
       pl.replaceChildren();
@@ -286,9 +297,46 @@
         cl.append(el('li', '', c.id + ' — ' + c.content_type + ', version ' + c.version + ', ' +
                                c.watchers + ' watching'));
       if (!cl.children.length) cl.append(el('li', 'muted', 'no canvases'));
+      const tl = $('tokens');
+      tl.replaceChildren();
+      for (const t of tokens.tokens || []) {
+        const li = el('li', '', (t.name || '(unnamed)') + ' — ' + t.scope + ' — ' + t.id +
+                                (t.current ? ' (this browser)' : ''));
+        li.dataset.token = t.id;
+        if (!t.current) {
+          const b = el('button', 'revoke', 'Revoke');
+          b.type = 'button';
+          b.addEventListener('click', () => revoke(t.id));
+          li.append(' ', b);
+        }
+        tl.append(li);
+      }
+      if (!tl.children.length) tl.append(el('li', 'muted', 'pairing is off: no tokens'));
     } catch (e) {
       $('peers').replaceChildren(el('li', 'error', 'could not be read'));
     }
+  }
+
+  // ---------------------------------------------------------------- tokens
+
+  async function revoke(id) {
+    const r = await fetch('/api/tokens/' + id, authed({ method: 'DELETE' }));
+    $('minted').textContent = r.ok ? 'revoked ' + id : 'could not revoke ' + id + ' (' + r.status + ')';
+    refreshLists();
+  }
+
+  // A node token is shown once, here, and never kept by the page.
+  async function mint(ev) {
+    ev.preventDefault();
+    const r = await fetch('/api/tokens', authed({
+      method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ scope: 'node', name: $('mint-name').value.trim() }) }));
+    const body = await r.json().catch(() => ({}));
+    $('minted').textContent = r.ok
+      ? 'node token for “' + body.name + '” (shown this once): ' + body.token
+      : (body.error || 'minting failed (' + r.status + ')');
+    if (r.ok) $('mint-name').value = '';
+    refreshLists();
   }
 
   document.addEventListener('DOMContentLoaded', () => {
@@ -299,6 +347,7 @@
     $('stop').addEventListener('click', stopTurn);
     $('new-session').addEventListener('click', () => switchSession(null));
     $('refresh').addEventListener('click', refreshLists);
+    $('mint-form').addEventListener('submit', mint);
     health();
     start();
   });

@@ -3,7 +3,9 @@
 // would: opens http://127.0.0.1:PORT/, is refused a wrong code, pairs with
 // the right one, chats with the scripted agent, sees the turn on the events
 // panel, reloads (the token and the session are kept), lists the session,
-// a canvas and no nodes, and forgets the token. Prints one JSON line {ok, steps, failed?, …};
+// a canvas and no nodes, lists its own token, mints a node token and
+// revokes it, and forgets the token (which revokes it). Prints one JSON
+// line {ok, steps, failed?, …};
 // exit 0 only when every step passed. Used by test_console.py.
 //
 //   node console_e2e.mjs http://127.0.0.1:PORT PAIRING_CODE
@@ -88,22 +90,50 @@ try {
     await page.waitForFunction(() =>
       document.getElementById('canvases').textContent.includes('status — text/html, version 1'));
   });
+  await step('tokens_minted_revoked', async () => {
+    await page.waitForFunction(() =>
+      document.getElementById('tokens').textContent.includes('web console — operator — ') &&
+      document.getElementById('tokens').textContent.includes('(this browser)'));
+    check((await page.$$('#tokens button.revoke')).length === 0, 'own token has a revoke button');
+    await page.fill('#mint-name', 'e2e tablet');
+    await page.click('#mint');
+    await page.waitForFunction(() => /kith_[0-9a-f]{64}$/.test(
+      document.getElementById('minted').textContent));
+    const minted = (await page.textContent('#minted')).match(/kith_[0-9a-f]{64}$/)[0];
+    await page.waitForFunction(() =>
+      document.getElementById('tokens').textContent.includes('e2e tablet — node — '));
+    // The node token opens /ws/nodes only: any other route answers 403.
+    const other = await page.evaluate(async (t) => (await fetch('/api/peers', {
+      headers: { Authorization: 'Bearer ' + t } })).status, minted);
+    check(other === 403, 'a node token read /api/peers: ' + other);
+    await page.click('#tokens button.revoke');
+    await page.waitForFunction(() =>
+      !document.getElementById('tokens').textContent.includes('e2e tablet'));
+    const after = await page.evaluate(async (t) => (await fetch('/api/peers', {
+      headers: { Authorization: 'Bearer ' + t } })).status, minted);
+    check(after === 401, 'a revoked token answered ' + after);
+  });
   await step('stop_without_turn', async () => {
     await page.click('#stop');
     await page.waitForFunction(() =>
       document.getElementById('chat-status').textContent === 'no active turn');
   });
-  await step('forgets', async () => {
+  await step('forgets_and_revokes', async () => {
+    const held = await page.evaluate(() => localStorage.getItem('kith.token'));
     await page.click('#forget');
     await page.waitForSelector('#pair-form', { state: 'visible' });
     check(await page.evaluate(() => localStorage.getItem('kith.token')) === null, 'token kept');
+    const st = await page.evaluate(async (t) => (await fetch('/api/peers', {
+      headers: { Authorization: 'Bearer ' + t } })).status, held);
+    check(st === 401, 'a forgotten token still answers ' + st);
   });
   await step('no_token_in_urls_no_errors', async () => {
-    const leaks = [...seen.urls, ...seen.sockets].filter((u) => /token|kith_[0-9a-f]/.test(u));
+    const leaks = [...seen.urls, ...seen.sockets].filter((u) => /token=|kith_[0-9a-f]/.test(u));
     check(leaks.length === 0, 'a token in a URL: ' + leaks.join(' '));
     check(seen.sockets.some((u) => u.includes('/ws/chat')), 'no chat socket');
-    // The wrong code's 401 is the one error a browser logs on its own.
-    const other = seen.problems.filter((p) => !/401/.test(p));
+    // The browser logs the wrong code's 401 and the node token's 403 (and
+    // the revoked tokens' 401s) on its own.
+    const other = seen.problems.filter((p) => !/40[13]/.test(p));
     check(other.length === 0, 'page errors: ' + other.join(' | '));
   });
   result = { ok: true, steps };
