@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -211,41 +210,22 @@ static int s_write_binding(const s_job_t *j, const char *home, char *err, size_t
 
 /* Adds (or replaces) the caller in trusted_peers.json under the same lock
  * `kith peers` takes, with profile meerkat and its meta. */
-static int s_write_trust(s_job_t *j, const char *home, char *err, size_t errcap)
+/* The pairing's row: Meerkat upserts (the new address wins). */
+static int s_edit_trust(router_trust_t *t, void *ud, char *err, size_t errcap)
 {
-    char path[ROUTER_PATH_MAX], lock_path[ROUTER_PATH_MAX];
-    if (router_home_path(home, ROUTER_TRUST_FILE, path, sizeof path) != 0 ||
-        router_home_path(home, ROUTER_TRUST_FILE ".lock", lock_path, sizeof lock_path) != 0) {
-        snprintf(err, errcap, "trust file path too long");
-        return -1;
-    }
-    int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (lock < 0 || flock(lock, LOCK_EX) != 0) {
-        snprintf(err, errcap, "%.300s: %s", lock_path, strerror(errno));
-        if (lock >= 0)
-            close(lock);
-        return -1;
-    }
-    int rc = -1;
-    router_trust_t *t = router_trust_load(path, err, errcap);
-    if (!t)
-        goto done;
+    const s_job_t *j = ud;
     const router_peer_t *old = router_trust_by_pubkey(t, j->msg.pk);
     if (old)
-        (void) router_trust_remove(t, old); /* Meerkat upserts: the new address wins */
+        (void) router_trust_remove(t, old);
     router_label_t labels[2] = {{"paired_via", "meerkat_pairing"}, {"meerkat_name", j->msg.name}};
     size_t nlabels = strlen(j->msg.name) <= ROUTER_PEER_LABEL_VALUE_MAX ? 2 : 1;
     if (router_trust_add(t, j->kith_name, j->msg.pk, j->msg.address,
                          "paired over the Meerkat pairing handshake", labels, nlabels, err,
                          errcap) != 0)
-        goto done;
+        return -1;
     (void) router_trust_set_profile(t, router_trust_by_pubkey(t, j->msg.pk),
                                     ROUTER_PEER_PROFILE_MEERKAT);
-    rc = router_trust_save(t, path, err, errcap);
-done:
-    router_trust_destroy(&t);
-    close(lock);
-    return rc;
+    return 0;
 }
 
 static void s_job_done(router_loop_t *loop, void *arg);
@@ -254,7 +234,7 @@ static void *s_writer(void *arg)
 {
     s_job_t *j = arg;
     router_pairing_t *p = j->p;
-    j->rc = s_write_trust(j, p->home, j->err, sizeof j->err);
+    j->rc = router_trust_edit(p->home, s_edit_trust, j, j->err, sizeof j->err);
     if (j->rc == 0)
         j->rc = s_write_binding(j, p->home, j->err, sizeof j->err);
     /* The loop's post queue may be full for a moment: retry, briefly. */

@@ -145,6 +145,19 @@ int router_trust_set_profile(router_trust_t *t, const router_peer_t *peer,
  * is not in the store. Invalidates every router_peer_t pointer. */
 int router_trust_remove(router_trust_t *t, const router_peer_t *peer);
 
+/* One change to a loaded store: 0 to save it, -1 (err set) to leave the
+ * file as it was. */
+typedef int(router_trust_edit_fn)(router_trust_t *t, void *ud, char *err, size_t errcap);
+
+/* Edits `home`'s trusted_peers.json under its lock (trusted_peers.json.lock,
+ * held across load, edit and save, so concurrent editors — `kith peers`,
+ * pairing, the REST routes — never lose a change): loads it (a missing file
+ * is an empty store), runs edit, and saves when edit returns 0. Blocking
+ * file I/O and fsync: never on a loop thread. Returns 0, or -1 with err
+ * set and the file unchanged. */
+int router_trust_edit(const char *home, router_trust_edit_fn *edit, void *ud, char *err,
+                      size_t errcap) __attribute__((warn_unused_result));
+
 /* What a reload changed, peers matched by public key: counts, and one line
  * for the log in text[ROUTER_TRUST_DIFF_MAX] such as
  *   added bob, carol; removed dave; changed erin (addr)

@@ -1,14 +1,12 @@
 /* tools/kith/cmd_peers.c — `kith peers add|remove|list`: edit and show
- * $KITH_HOME/trusted_peers.json. Edits hold an exclusive lock on
- * trusted_peers.json.lock across load and save, so two concurrent edits
- * cannot lose one another's change. */
+ * $KITH_HOME/trusted_peers.json. Edits go through router_trust_edit, which
+ * holds the exclusive lock on trusted_peers.json.lock across load and save,
+ * so two concurrent edits cannot lose one another's change. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include "proto/pubkey.h"
@@ -65,62 +63,33 @@ static int s_take_home(int *argc, char **argv, const char **home_flag)
     return 0;
 }
 
-/* The store path, the lock (when `lock`) and the loaded store. */
+/* The store path and the loaded store, for reading (edits go through
+ * router_trust_edit). */
 typedef struct {
     char home[ROUTER_PATH_MAX];
     char path[ROUTER_PATH_MAX];
-    int lock_fd;
     router_trust_t *trust;
 } s_store_t;
 
 static void s_close(s_store_t *s)
 {
     router_trust_destroy(&s->trust);
-    if (s->lock_fd >= 0)
-        close(s->lock_fd);
-    s->lock_fd = -1;
 }
 
-static int s_open(s_store_t *s, const char *home_flag, bool lock)
+static int s_open(s_store_t *s, const char *home_flag)
 {
-    s->lock_fd = -1;
     s->trust = NULL;
     if (router_home_resolve(home_flag, s->home, sizeof s->home) != 0) {
         fprintf(stderr, "kith peers: no home directory; pass --home DIR or set KITH_HOME\n");
         return -1;
     }
-    char lock_path[ROUTER_PATH_MAX];
-    if (router_home_path(s->home, ROUTER_TRUST_FILE, s->path, sizeof s->path) != 0 ||
-        router_home_path(s->home, ROUTER_TRUST_FILE ".lock", lock_path, sizeof lock_path) != 0) {
+    if (router_home_path(s->home, ROUTER_TRUST_FILE, s->path, sizeof s->path) != 0) {
         fprintf(stderr, "kith peers: %s: path too long; use a shorter --home\n", s->home);
         return -1;
-    }
-    if (lock) {
-        if (router_home_mkdirs(s->home, 0700) != 0) {
-            fprintf(stderr, "kith peers: cannot create %s: %s\n", s->home, strerror(errno));
-            return -1;
-        }
-        s->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-        if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX) != 0) {
-            fprintf(stderr, "kith peers: cannot lock %s: %s\n", lock_path, strerror(errno));
-            s_close(s);
-            return -1;
-        }
     }
     char err[ROUTER_TRUST_ERR_MAX];
     s->trust = router_trust_load(s->path, err, sizeof err);
     if (!s->trust) {
-        fprintf(stderr, "kith peers: %s\n", err);
-        s_close(s);
-        return -1;
-    }
-    return 0;
-}
-
-static int s_save(s_store_t *s)
-{
-    char err[ROUTER_TRUST_ERR_MAX];
-    if (router_trust_save(s->trust, s->path, err, sizeof err) != 0) {
         fprintf(stderr, "kith peers: %s\n", err);
         return -1;
     }
@@ -128,6 +97,30 @@ static int s_save(s_store_t *s)
 }
 
 /* ------------------------------------------------------------ add */
+
+/* One row to add, and what the edit reports back. */
+typedef struct {
+    const char *name, *addr, *description;
+    const router_label_t *labels;
+    size_t nlabels;
+    uint8_t pk[PROTO_PUBKEY_LEN];
+    router_peer_profile_t profile;
+    char uuid[PROTO_UUID_TEXT_CAP]; /* out: the new row's PeerId */
+    size_t count;                   /* out: rows after the edit */
+} s_add_t;
+
+static int s_add_edit(router_trust_t *t, void *ud, char *err, size_t errcap)
+{
+    s_add_t *a = ud;
+    if (router_trust_add(t, a->name, a->pk, a->addr, a->description, a->labels, a->nlabels, err,
+                         errcap) != 0)
+        return -1;
+    const router_peer_t *p = router_trust_by_pubkey(t, a->pk);
+    (void) router_trust_set_profile(t, p, a->profile);
+    proto_uuid_format(p->peer_id, a->uuid);
+    a->count = router_trust_count(t);
+    return 0;
+}
 
 static int s_add(int argc, char **argv, const char *home_flag)
 {
@@ -137,7 +130,6 @@ static int s_add(int argc, char **argv, const char *home_flag)
     char *label_text[ROUTER_PEER_LABELS_MAX];
     size_t nlabels = 0;
     int rc = KITH_EXIT_FAIL;
-    s_store_t store = {.lock_fd = -1};
     static const struct option flags[] = {
         {"name", required_argument, NULL, 'n'},        {"pubkey", required_argument, NULL, 'k'},
         {"addr", required_argument, NULL, 'a'},        {"label", required_argument, NULL, 'l'},
@@ -209,30 +201,67 @@ static int s_add(int argc, char **argv, const char *home_flag)
                                                    "base64 (32 bytes) after \"ed25519:\"");
         goto done;
     }
-    if (s_open(&store, home_flag, true) != 0)
+    char home[ROUTER_PATH_MAX], err[ROUTER_TRUST_ERR_MAX];
+    if (router_home_resolve(home_flag, home, sizeof home) != 0) {
+        fprintf(stderr, "kith peers: no home directory; pass --home DIR or set KITH_HOME\n");
         goto done;
-    char err[ROUTER_TRUST_ERR_MAX];
-    if (router_trust_add(store.trust, name, pk, addr, description, labels, nlabels, err,
-                         sizeof err) != 0) {
+    }
+    s_add_t add = {.name = name, .addr = addr, .description = description, .labels = labels,
+                   .nlabels = nlabels, .profile = profile};
+    memcpy(add.pk, pk, sizeof pk);
+    if (router_trust_edit(home, s_add_edit, &add, err, sizeof err) != 0) {
         fprintf(stderr, "kith peers add: %s\n", err);
         goto done;
     }
-    (void) router_trust_set_profile(store.trust, router_trust_by_pubkey(store.trust, pk), profile);
-    if (s_save(&store) != 0)
-        goto done;
-    const router_peer_t *p = router_trust_by_pubkey(store.trust, pk);
-    char uuid[PROTO_UUID_TEXT_CAP];
-    proto_uuid_format(p->peer_id, uuid);
-    printf("added %s %s (%zu trusted)\n", p->name, uuid, router_trust_count(store.trust));
+    printf("added %s %s (%zu trusted)\n", name, add.uuid, add.count);
     rc = KITH_EXIT_OK;
 done:
-    s_close(&store);
     for (size_t i = 0; i < nlabels; i++)
         free(label_text[i]);
     return rc;
 }
 
 /* ------------------------------------------------------------ remove */
+
+/* The row to remove (a name or a PeerId), and what the edit reports back. */
+typedef struct {
+    const char *which;
+    char name[ROUTER_PEER_NAME_MAX + 1]; /* out: the removed row's name */
+    char uuid[PROTO_UUID_TEXT_CAP];      /* out: its PeerId */
+    size_t count;                        /* out: rows after the edit */
+} s_remove_t;
+
+static int s_remove_edit(router_trust_t *t, void *ud, char *err, size_t errcap)
+{
+    s_remove_t *rm = ud;
+    uint8_t id[PROTO_UUID_LEN];
+    const router_peer_t *p = NULL;
+    size_t matches = 0;
+    if (proto_uuid_parse(rm->which, strlen(rm->which), id) == 0)
+        p = router_trust_by_peer_id(t, id);
+    if (p)
+        matches = 1;
+    else
+        p = router_trust_by_name(t, rm->which, &matches);
+    if (matches == 0) {
+        snprintf(err, errcap, "no peer named or with PeerId '%.100s' in %s; kith peers list "
+                 "shows them", rm->which, ROUTER_TRUST_FILE);
+        return -1;
+    }
+    if (matches > 1) {
+        snprintf(err, errcap, "%zu peers are named '%.100s'; remove one by its PeerId (kith "
+                 "peers list shows them)", matches, rm->which);
+        return -1;
+    }
+    proto_uuid_format(p->peer_id, rm->uuid);
+    snprintf(rm->name, sizeof rm->name, "%s", p->name);
+    if (router_trust_remove(t, p) != 0) {
+        snprintf(err, errcap, "cannot remove '%.100s'", rm->which);
+        return -1;
+    }
+    rm->count = router_trust_count(t);
+    return 0;
+}
 
 static int s_remove(int argc, char **argv, const char *home_flag)
 {
@@ -247,42 +276,18 @@ static int s_remove(int argc, char **argv, const char *home_flag)
         fprintf(stderr, "kith peers remove: expected one NAME or PEER_ID; see kith peers --help\n");
         return KITH_EXIT_FAIL;
     }
-    const char *which = argv[kith_opts_rest(&o)];
-    s_store_t store = {.lock_fd = -1};
-    if (s_open(&store, home_flag, true) != 0)
+    s_remove_t rm = {.which = argv[kith_opts_rest(&o)]};
+    char home[ROUTER_PATH_MAX], err[ROUTER_TRUST_ERR_MAX];
+    if (router_home_resolve(home_flag, home, sizeof home) != 0) {
+        fprintf(stderr, "kith peers: no home directory; pass --home DIR or set KITH_HOME\n");
         return KITH_EXIT_FAIL;
-    int rc = KITH_EXIT_FAIL;
-    uint8_t id[PROTO_UUID_LEN];
-    const router_peer_t *p = NULL;
-    size_t matches = 0;
-    if (proto_uuid_parse(which, strlen(which), id) == 0)
-        p = router_trust_by_peer_id(store.trust, id);
-    if (p)
-        matches = 1;
-    else
-        p = router_trust_by_name(store.trust, which, &matches);
-    if (matches == 0) {
-        fprintf(stderr, "kith peers remove: no peer named or with PeerId '%s' in %s; "
-                        "kith peers list shows them\n",
-                which, store.path);
-        goto done;
     }
-    if (matches > 1) {
-        fprintf(stderr, "kith peers remove: %zu peers are named '%s'; remove one by its PeerId "
-                        "(kith peers list shows them)\n",
-                matches, which);
-        goto done;
+    if (router_trust_edit(home, s_remove_edit, &rm, err, sizeof err) != 0) {
+        fprintf(stderr, "kith peers remove: %s\n", err);
+        return KITH_EXIT_FAIL;
     }
-    char uuid[PROTO_UUID_TEXT_CAP], name[ROUTER_PEER_NAME_MAX + 1];
-    proto_uuid_format(p->peer_id, uuid);
-    snprintf(name, sizeof name, "%s", p->name);
-    if (router_trust_remove(store.trust, p) != 0 || s_save(&store) != 0)
-        goto done;
-    printf("removed %s %s (%zu trusted)\n", name, uuid, router_trust_count(store.trust));
-    rc = KITH_EXIT_OK;
-done:
-    s_close(&store);
-    return rc;
+    printf("removed %s %s (%zu trusted)\n", rm.name, rm.uuid, rm.count);
+    return KITH_EXIT_OK;
 }
 
 /* ------------------------------------------------------------ list */
@@ -307,8 +312,8 @@ static int s_list(int argc, char **argv, const char *home_flag)
                 argv[kith_opts_rest(&o)]);
         return KITH_EXIT_FAIL;
     }
-    s_store_t store = {.lock_fd = -1};
-    if (s_open(&store, home_flag, false) != 0)
+    s_store_t store = {0};
+    if (s_open(&store, home_flag) != 0)
         return KITH_EXIT_FAIL;
     int rc = KITH_EXIT_OK;
     if (json) {
@@ -340,6 +345,23 @@ static int s_list(int argc, char **argv, const char *home_flag)
 
 /* ------------------------------------------------------------ import */
 
+/* A Meerkat file's text to import, and what the edit reports back. */
+typedef struct {
+    const char *text;
+    size_t len;
+    kith_peers_import_t res; /* out */
+    size_t count;            /* out: rows after the edit */
+} s_import_t;
+
+static int s_import_edit(router_trust_t *t, void *ud, char *err, size_t errcap)
+{
+    s_import_t *im = ud;
+    if (kith_peers_import_meerkat(t, im->text, im->len, stdout, &im->res, err, errcap) != 0)
+        return -1;
+    im->count = router_trust_count(t);
+    return 0;
+}
+
 static int s_import(int argc, char **argv, const char *home_flag)
 {
     if (argc != 2 || argv[1][0] == '-') {
@@ -360,23 +382,18 @@ static int s_import(int argc, char **argv, const char *home_flag)
         free(text);
         return KITH_EXIT_FAIL;
     }
-    s_store_t store = {.lock_fd = -1};
     int rc = KITH_EXIT_FAIL;
-    char err[ROUTER_TRUST_ERR_MAX];
-    kith_peers_import_t res;
-    if (s_open(&store, home_flag, true) != 0)
-        goto done;
-    if (kith_peers_import_meerkat(store.trust, text, len, stdout, &res, err, sizeof err) != 0) {
+    char home[ROUTER_PATH_MAX], err[ROUTER_TRUST_ERR_MAX];
+    s_import_t im = {.text = text, .len = len};
+    if (router_home_resolve(home_flag, home, sizeof home) != 0) {
+        fprintf(stderr, "kith peers: no home directory; pass --home DIR or set KITH_HOME\n");
+    } else if (router_trust_edit(home, s_import_edit, &im, err, sizeof err) != 0) {
         fprintf(stderr, "kith peers import: %s: %s; nothing was imported\n", argv[1], err);
-        goto done;
+    } else {
+        printf("imported %zu (%zu renamed), dropped %zu; %zu trusted\n", im.res.imported,
+               im.res.renamed, im.res.dropped, im.count);
+        rc = KITH_EXIT_OK;
     }
-    if (res.imported && s_save(&store) != 0)
-        goto done;
-    printf("imported %zu (%zu renamed), dropped %zu; %zu trusted\n", res.imported, res.renamed,
-           res.dropped, router_trust_count(store.trust));
-    rc = KITH_EXIT_OK;
-done:
-    s_close(&store);
     free(text);
     return rc;
 }
