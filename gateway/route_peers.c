@@ -1,12 +1,66 @@
-/* gateway/route_peers.c — GET /api/peers (DESIGN §5): the trusted peers in
- * force, for dashboards and scripts. Bearer-protected; the same JSON as
- * `kith peers list --json`, so there is one format for both. */
+/* gateway/route_peers.c — the trusted peers over REST (DESIGN §5, WIRE
+ * §17.3a): GET /api/peers lists the store in force (the JSON of `kith
+ * peers list --json`); POST /api/peers adds a peer and DELETE
+ * /api/peers/{name|peer_id} removes one. An edit is the file's locked
+ * edit (router_trust_edit), run on a thread of its own because it writes
+ * and fsyncs; the daemon reloads as it is answered, so the answer's change
+ * is in force. Bearer-protected (operators only). */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
+#include <yajl/yajl_tree.h>
+
+#include "gateway/json_text.h"
 #include "gateway/routes_auth.h"
+#include "proto/pubkey.h"
+#include "proto/uuid.h"
+#include "router/log.h"
+#include "router/net/loop.h"
 #include "router/state/trust.h"
 
-static void s_peers(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+#define S_BODY_DEPTH_MAX 3u   /* {"meta":{"labels":{…}}} */
+#define S_BODY_KEYS_MAX 80u   /* members: the row's, its meta's and 64 labels */
+#define S_WHY_MAX 160u        /* a JSON refusal's text */
+
+/* One edit: what to change, on the edit thread, and how it went. */
+typedef struct {
+    gateway_route_peers_t *route;
+    gateway_http_pending_t *pending;          /* the operator's request */
+    bool remove;                              /* DELETE (else POST) */
+    /* POST: the row */
+    char *name, *addr, *description;          /* owned copies */
+    router_label_t labels[ROUTER_PEER_LABELS_MAX];
+    char *label_text[ROUTER_PEER_LABELS_MAX]; /* owned "key\0value" copies */
+    size_t nlabels;
+    uint8_t pk[32];
+    router_peer_profile_t profile;
+    /* DELETE: the row named */
+    char which[ROUTER_PEER_NAME_MAX + 1];
+    /* out */
+    int rc;                                   /* router_trust_edit's */
+    int status;                               /* the refusal's HTTP status */
+    const char *code;                         /* and its code */
+    char err[ROUTER_TRUST_ERR_MAX];
+    char removed[ROUTER_PEER_NAME_MAX + PROTO_UUID_TEXT_CAP + 2]; /* DELETE: "name peer_id" */
+} s_edit_t;
+
+static void s_edit_free(s_edit_t *e)
+{
+    free(e->name);
+    free(e->addr);
+    free(e->description);
+    for (size_t i = 0; i < e->nlabels; i++)
+        free(e->label_text[i]);
+    free(e);
+}
+
+/* ---------------------------------------------------------------- GET */
+
+static void s_list(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
 {
     gateway_route_peers_t *self = ud;
     if (gateway_auth_require(self->auth, req, res) != 0)
@@ -20,7 +74,338 @@ static void s_peers(const gateway_http_req_t *req, gateway_http_res_t *res, void
     free(json);
 }
 
+/* ---------------------------------------------------------------- the edit thread */
+
+/* On the edit thread, inside the file's lock. */
+static int s_apply(router_trust_t *t, void *ud, char *err, size_t errcap)
+{
+    s_edit_t *e = ud;
+    if (!e->remove) {
+        if (router_trust_by_pubkey(t, e->pk)) {
+            e->status = 409;
+            e->code = "peer_exists";
+            snprintf(err, errcap, "this pubkey is trusted already: DELETE it first to change it");
+            return -1;
+        }
+        if (router_trust_add(t, e->name, e->pk, e->addr, e->description, e->labels, e->nlabels,
+                             err, errcap) != 0) {
+            e->status = 400;
+            e->code = "invalid_peer";
+            return -1;
+        }
+        return router_trust_set_profile(t, router_trust_by_pubkey(t, e->pk), e->profile);
+    }
+    uint8_t id[PROTO_UUID_LEN];
+    const router_peer_t *p = NULL;
+    size_t matches = 0;
+    if (proto_uuid_parse(e->which, strlen(e->which), id) == 0 &&
+        (p = router_trust_by_peer_id(t, id)))
+        matches = 1;
+    else
+        p = router_trust_by_name(t, e->which, &matches);
+    if (matches != 1) {
+        e->status = matches ? 409 : 404;
+        e->code = matches ? "ambiguous_name" : "not_found";
+        snprintf(err, errcap, matches ? "%zu peers have this name: remove one by its peer_id"
+                                      : "no trusted peer has this name or peer_id",
+                 matches);
+        return -1;
+    }
+    char uuid[PROTO_UUID_TEXT_CAP];
+    proto_uuid_format(p->peer_id, uuid);
+    snprintf(e->removed, sizeof e->removed, "%s %s", p->name, uuid);
+    return router_trust_remove(t, p);
+}
+
+static void s_edit_done(router_loop_t *loop, void *arg);
+
+static void *s_edit_main(void *arg)
+{
+    s_edit_t *e = arg;
+    gateway_route_peers_t *self = e->route;
+    e->status = 500;
+    e->code = "trust_store_error";
+    e->rc = router_trust_edit(router_node_home(self->node), s_apply, e, e->err, sizeof e->err);
+    /* The loop's post queue may be full for a moment: retry, briefly. The
+     * loop runs what was posted even as it is torn down. */
+    for (int i = 0; router_loop_post(router_node_loop(self->node), s_edit_done, e) != 0; i++) {
+        if (i == 2000) {
+            ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "cannot hand a peer edit back to the loop");
+            break;
+        }
+        usleep(1000);
+    }
+    pthread_mutex_lock(&self->mu);
+    self->writers--;
+    pthread_cond_broadcast(&self->cv);
+    pthread_mutex_unlock(&self->mu);
+    return NULL;
+}
+
+/* On the loop: the file is written (or not); the node reloads it, so the
+ * answer's change is the one in force. */
+static void s_edit_done(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    s_edit_t *e = arg;
+    gateway_route_peers_t *self = e->route;
+    gateway_http_res_t *res = gateway_http_pending_res(e->pending);
+    pthread_mutex_lock(&self->mu);
+    bool stopped = self->stopped;
+    pthread_mutex_unlock(&self->mu);
+    if (stopped) {
+        /* The daemon is going: nobody is listening for the answer. */
+    } else if (e->rc != 0) {
+        if (e->status == 500)
+            ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "peer edit not saved: %s", e->err);
+        (void) gateway_http_respond_error(res, e->status, e->code, e->err);
+    } else {
+        router_node_trust_reload(self->node, e->remove ? "DELETE /api/peers" : "POST /api/peers");
+        if (e->remove) {
+            char body[160];
+            const char *sp = strchr(e->removed, ' ');
+            snprintf(body, sizeof body, "{\"removed\":true,\"name\":\"%.*s\",\"peer_id\":\"%s\"}",
+                     (int) (sp - e->removed), e->removed, sp + 1);
+            (void) gateway_http_respond_json(res, 200, body);
+        } else {
+            const router_peer_t *p = router_trust_by_pubkey(router_node_trust_view(self->node),
+                                                            e->pk);
+            char *json = p ? router_peer_to_json(p) : NULL;
+            if (json)
+                (void) gateway_http_respond_json(res, 201, json);
+            else if (p)
+                (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
+            else /* the file changed again before the reload: written all the same */
+                (void) gateway_http_respond_json(res, 201, "{\"added\":true}");
+            free(json);
+        }
+    }
+    gateway_http_pending_end(&e->pending);
+    s_edit_free(e);
+}
+
+/* Defers res and starts e's thread; answers (and frees e) when it cannot. */
+static void s_edit_start(gateway_route_peers_t *self, s_edit_t *e, gateway_http_res_t *res)
+{
+    e->route = self;
+    pthread_mutex_lock(&self->mu);
+    bool room = self->writers < GATEWAY_PEERS_EDITS_MAX;
+    if (room)
+        self->writers++;
+    pthread_mutex_unlock(&self->mu);
+    if (!room) {
+        (void) gateway_http_res_header(res, "Retry-After", "1");
+        (void) gateway_http_respond_error(res, 503, "busy", "other peer edits are being written");
+        s_edit_free(e);
+        return;
+    }
+    pthread_attr_t attr;
+    pthread_t th;
+    e->pending = gateway_http_res_defer(res);
+    int rc = e->pending && pthread_attr_init(&attr) == 0 ? 0 : -1;
+    if (rc == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        rc = pthread_create(&th, &attr, s_edit_main, e) == 0 ? 0 : -1;
+        pthread_attr_destroy(&attr);
+    }
+    if (rc == 0)
+        return;
+    pthread_mutex_lock(&self->mu);
+    self->writers--;
+    pthread_mutex_unlock(&self->mu);
+    if (e->pending) {
+        (void) gateway_http_respond_error(gateway_http_pending_res(e->pending), 503, "unavailable",
+                                          "cannot start the edit");
+        gateway_http_pending_end(&e->pending);
+    } else {
+        (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
+    }
+    s_edit_free(e);
+}
+
+/* ---------------------------------------------------------------- POST */
+
+/* Reads the body's row into e; a refusal's text, or NULL. */
+static const char *s_row(s_edit_t *e, yajl_val b, const char **code)
+{
+    *code = "invalid_body";
+    if (!YAJL_IS_OBJECT(b))
+        return "the body is {\"name\", \"pubkey\", \"addr\", \"profile\"?, \"meta\"?}";
+    yajl_val name = NULL, pubkey = NULL, addr = NULL, profile = NULL, meta = NULL;
+    for (size_t i = 0; i < YAJL_GET_OBJECT(b)->len; i++) {
+        const char *k = YAJL_GET_OBJECT(b)->keys[i];
+        yajl_val v = YAJL_GET_OBJECT(b)->values[i];
+        if (!strcmp(k, "name"))
+            name = v;
+        else if (!strcmp(k, "pubkey"))
+            pubkey = v;
+        else if (!strcmp(k, "addr"))
+            addr = v;
+        else if (!strcmp(k, "profile"))
+            profile = v;
+        else if (!strcmp(k, "meta"))
+            meta = v;
+        else
+            return "unknown member: the body is {\"name\", \"pubkey\", \"addr\", \"profile\"?, "
+                   "\"meta\"?}";
+    }
+    if (!YAJL_IS_STRING(name) || !YAJL_IS_STRING(pubkey) || !YAJL_IS_STRING(addr))
+        return "\"name\", \"pubkey\" and \"addr\" are strings, and required";
+    if (profile && (!YAJL_IS_STRING(profile) ||
+                    router_peer_profile_parse(profile->u.string, &e->profile) != 0))
+        return "\"profile\" is \"kith\" or \"meerkat\"";
+    const char *pk = pubkey->u.string;
+    if (proto_pubkey_parse(pk, strlen(pk), e->pk) != 0) {
+        *code = "invalid_pubkey";
+        return "\"pubkey\" is \"ed25519:\" and the standard padded base64 of a full-order key";
+    }
+    e->name = strdup(name->u.string);
+    e->addr = strdup(addr->u.string);
+    if (!e->name || !e->addr)
+        return "";
+    if (!meta)
+        return NULL;
+    if (!YAJL_IS_OBJECT(meta))
+        return "\"meta\" is {\"description\"?, \"labels\"?}";
+    for (size_t i = 0; i < YAJL_GET_OBJECT(meta)->len; i++) {
+        const char *k = YAJL_GET_OBJECT(meta)->keys[i];
+        yajl_val v = YAJL_GET_OBJECT(meta)->values[i];
+        if (!strcmp(k, "description") && YAJL_IS_STRING(v)) {
+            if (!(e->description = strdup(v->u.string)))
+                return "";
+        } else if (!strcmp(k, "labels") && YAJL_IS_OBJECT(v)) {
+            if (YAJL_GET_OBJECT(v)->len > ROUTER_PEER_LABELS_MAX)
+                return "at most 64 labels";
+            for (size_t j = 0; j < YAJL_GET_OBJECT(v)->len; j++) {
+                yajl_val lv = YAJL_GET_OBJECT(v)->values[j];
+                if (!YAJL_IS_STRING(lv))
+                    return "a label's value is a string";
+                const char *key = YAJL_GET_OBJECT(v)->keys[j], *val = lv->u.string;
+                size_t kl = strlen(key), vl = strlen(val);
+                char *copy = malloc(kl + vl + 2);
+                if (!copy)
+                    return "";
+                memcpy(copy, key, kl + 1);
+                memcpy(copy + kl + 1, val, vl + 1);
+                e->label_text[e->nlabels] = copy;
+                e->labels[e->nlabels].key = copy;
+                e->labels[e->nlabels].value = copy + kl + 1;
+                e->nlabels++;
+            }
+        } else {
+            return "\"meta\" is {\"description\": string?, \"labels\": {string: string}?}";
+        }
+    }
+    return NULL;
+}
+
+static void s_add(gateway_route_peers_t *self, const gateway_http_req_t *req,
+                  gateway_http_res_t *res)
+{
+    if (!gateway_http_req_is_json(req)) {
+        (void) gateway_http_respond_error(res, 415, "unsupported_media_type",
+                                          "send Content-Type: application/json");
+        return;
+    }
+    char why[S_WHY_MAX];
+    yajl_val b = gateway_json_tree_parse((const uint8_t *) req->body, req->body_len,
+                                         S_BODY_DEPTH_MAX, S_BODY_KEYS_MAX, why, sizeof why);
+    if (!b) {
+        (void) gateway_http_respond_error(res, 400, "invalid_json", why);
+        return;
+    }
+    s_edit_t *e = calloc(1, sizeof *e);
+    const char *code = NULL, *refusal = e ? s_row(e, b, &code) : "";
+    yajl_tree_free(b);
+    if (refusal) {
+        if (refusal[0])
+            (void) gateway_http_respond_error(res, 400, code, refusal);
+        else
+            (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
+        if (e)
+            s_edit_free(e);
+        return;
+    }
+    s_edit_start(self, e, res);
+}
+
+/* ---------------------------------------------------------------- DELETE */
+
+static void s_one(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_route_peers_t *self = ud;
+    if (gateway_auth_require(self->auth, req, res) != 0)
+        return;
+    if (!gateway_http_req_method_is(req, "DELETE")) {
+        (void) gateway_http_res_header(res, "Allow", "DELETE");
+        (void) gateway_http_respond_error(res, 405, "method_not_allowed",
+                                          "a peer is removed with DELETE; GET /api/peers lists");
+        return;
+    }
+    static const char prefix[] = "/api/peers/";
+    const char *which = req->path.ptr + sizeof prefix - 1;
+    size_t len = req->path.len - (sizeof prefix - 1);
+    /* A name is [A-Za-z0-9._-], a peer_id a UUID: nothing else can match. */
+    bool ok = len > 0 && len <= ROUTER_PEER_NAME_MAX;
+    for (size_t i = 0; ok && i < len; i++)
+        ok = strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-",
+                    which[i]) != NULL;
+    if (!ok) {
+        (void) gateway_http_respond_error(res, 404, "not_found",
+                                          "no trusted peer has this name or peer_id");
+        return;
+    }
+    s_edit_t *e = calloc(1, sizeof *e);
+    if (!e) {
+        (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
+        return;
+    }
+    e->remove = true;
+    memcpy(e->which, which, len);
+    e->which[len] = '\0';
+    s_edit_start(self, e, res);
+}
+
+static void s_collection(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_route_peers_t *self = ud;
+    if (!gateway_http_req_method_is(req, "POST")) {
+        s_list(req, res, ud);
+        return;
+    }
+    if (gateway_auth_require(self->auth, req, res) != 0)
+        return;
+    if (!router_node_home(self->node)) {
+        (void) gateway_http_respond_error(res, 503, "unavailable",
+                                          "this node keeps no trusted_peers.json to edit");
+        return;
+    }
+    s_add(self, req, res);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
 int gateway_route_peers(gateway_http_t *g, gateway_route_peers_t *route)
 {
-    return gateway_http_route(g, "GET", "/api/peers", s_peers, route);
+    if (!route->ready) {
+        pthread_mutex_init(&route->mu, NULL);
+        pthread_cond_init(&route->cv, NULL);
+        route->ready = true;
+    }
+    if (gateway_http_route(g, "GET", "/api/peers", s_collection, route) != 0 ||
+        gateway_http_route(g, "POST", "/api/peers", s_collection, route) != 0 ||
+        gateway_http_route(g, NULL, "/api/peers/*", s_one, route) != 0)
+        return -1;
+    return 0;
+}
+
+void gateway_route_peers_stop(gateway_route_peers_t *route)
+{
+    if (!route || !route->ready)
+        return;
+    pthread_mutex_lock(&route->mu);
+    route->stopped = true;
+    while (route->writers > 0)
+        pthread_cond_wait(&route->cv, &route->mu);
+    pthread_mutex_unlock(&route->mu);
 }

@@ -4,6 +4,9 @@
 #ifndef KITH_GATEWAY_ROUTES_AUTH_H
 #define KITH_GATEWAY_ROUTES_AUTH_H
 
+#include <pthread.h>
+#include <stdbool.h>
+
 #include "gateway/auth.h"
 #include "gateway/http_server.h"
 #include "router/node.h"
@@ -52,17 +55,34 @@ typedef struct gateway_route_tokens {
 int gateway_route_tokens(gateway_http_t *g, gateway_route_tokens_t *route)
     __attribute__((warn_unused_result));
 
-/* What GET /api/peers reads; the caller keeps it for the server's life. */
+#define GATEWAY_PEERS_EDITS_MAX 4u /* peer edits being written at once (503 busy past it) */
+
+/* What the peer routes read and edit; the caller keeps it for the server's
+ * life, and past the loop's (its posts name it). */
 typedef struct {
     router_node_t *node;  /* borrowed: whose trust store */
     gateway_auth_t *auth; /* borrowed: the bearer check */
+    /* set up by gateway_route_peers: */
+    pthread_mutex_t mu;   /* guards writers and stopped */
+    pthread_cond_t cv;    /* a writer finished */
+    unsigned writers;     /* edit threads running */
+    bool stopped;         /* gateway_route_peers_stop ran: edits done now answer nobody */
+    bool ready;           /* mu and cv are initialised */
 } gateway_route_peers_t;
 
 /* GET /api/peers (bearer) → 200 {"peers":[{"name","pubkey","peer_id","addr",
- * "meta"?}]}: the trust store in force, as `kith peers list --json` prints
- * it, after any live reload. Returns 0 or -1. */
+ * "profile"?,"meta"?}]}: the trust store in force, as `kith peers list
+ * --json` prints it, after any live reload. POST /api/peers {"name",
+ * "pubkey","addr","profile"?,"meta"?} → 201 the row, and DELETE
+ * /api/peers/{name|peer_id} → 200 {"removed":true,"name","peer_id"}, each
+ * once trusted_peers.json is written and reloaded (WIRE §17.3a). Returns
+ * 0 or -1. */
 int gateway_route_peers(gateway_http_t *g, gateway_route_peers_t *route)
     __attribute__((warn_unused_result));
+
+/* Once the loop has stopped: waits for the edits being written; what they
+ * post back answers nobody. Idempotent. */
+void gateway_route_peers_stop(gateway_route_peers_t *route);
 
 /* The webhook and external-event ingress (gateway/route_webhook.c). */
 typedef struct gateway_ingress gateway_ingress_t;

@@ -360,6 +360,16 @@ static void s_trust_reload(router_node_t *self, const char *why)
     s_audit_trust(self, "trust_changed", why, &d, NULL);
 }
 
+void router_node_trust_reload(router_node_t *self, const char *why)
+{
+    s_trust_reload(self, why);
+}
+
+const char *router_node_home(const router_node_t *self)
+{
+    return self->home[0] ? self->home : NULL;
+}
+
 /* inotify on the home directory: reload when trusted_peers.json is written
  * and closed, renamed into place (kith peers), moved away or deleted. */
 static void s_on_trust_inotify(router_watch_t *watch, int fd, unsigned events, void *ud)

@@ -135,6 +135,15 @@ void router_node_set_channel_sink(router_node_t *self, router_channel_event_fn *
  * before the node runs, or on the loop thread. */
 void router_node_set_audit(router_node_t *self, router_audit_feed_t *feed);
 
+/* The node's home directory, NULL when it keeps nothing on disk. Borrowed;
+ * valid for the node's life. */
+const char *router_node_home(const router_node_t *self);
+
+/* Reloads trusted_peers.json now (as SIGHUP and the file watch do),
+ * logging and auditing what changed with `why`; a file that does not load
+ * keeps the store in force. Loop thread only. */
+void router_node_trust_reload(router_node_t *self, const char *why);
+
 /* The trust store in force. Loop thread only: reloads swap it there, so the
  * pointer is valid until the callback that asked returns. Borrowed. */
 const router_trust_t *router_node_trust_view(const router_node_t *self);

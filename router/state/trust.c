@@ -977,6 +977,57 @@ void router_trust_diff(const router_trust_t *before, const router_trust_t *after
 
 /* ------------------------------------------------------------ the writer */
 
+/* One row as the file (and GET /api/peers) writes it. */
+static void s_peer_gen(yajl_gen g, const router_peer_t *p, bool with_peer_id)
+{
+    char pub[PROTO_PUBKEY_TEXT_CAP], uuid[PROTO_UUID_TEXT_CAP];
+    (void) proto_pubkey_format(p->pk, pub, sizeof pub);
+    yajl_gen_map_open(g);
+    router_jsonc_gen_text(g, "name");
+    router_jsonc_gen_text(g, p->name);
+    router_jsonc_gen_text(g, "pubkey");
+    router_jsonc_gen_text(g, pub);
+    if (with_peer_id) {
+        proto_uuid_format(p->peer_id, uuid);
+        router_jsonc_gen_text(g, "peer_id");
+        router_jsonc_gen_text(g, uuid);
+    }
+    router_jsonc_gen_text(g, "addr");
+    router_jsonc_gen_text(g, p->addr);
+    if (p->profile != ROUTER_PEER_PROFILE_KITH) {
+        router_jsonc_gen_text(g, "profile");
+        router_jsonc_gen_text(g, router_peer_profile_str(p->profile));
+    }
+    if (p->description || p->nlabels) {
+        router_jsonc_gen_text(g, "meta");
+        yajl_gen_map_open(g);
+        if (p->description) {
+            router_jsonc_gen_text(g, "description");
+            router_jsonc_gen_text(g, p->description);
+        }
+        if (p->nlabels) {
+            router_jsonc_gen_text(g, "labels");
+            yajl_gen_map_open(g);
+            for (size_t j = 0; j < p->nlabels; j++) {
+                router_jsonc_gen_text(g, p->labels[j].key);
+                router_jsonc_gen_text(g, p->labels[j].value);
+            }
+            yajl_gen_map_close(g);
+        }
+        yajl_gen_map_close(g);
+    }
+    yajl_gen_map_close(g);
+}
+
+char *router_peer_to_json(const router_peer_t *p)
+{
+    yajl_gen g = router_jsonc_gen_new();
+    if (!g)
+        return NULL;
+    s_peer_gen(g, p, true);
+    return router_jsonc_gen_finish(&g);
+}
+
 char *router_trust_to_json(const router_trust_t *t, bool with_peer_id)
 {
     yajl_gen g = router_jsonc_gen_new();
@@ -985,46 +1036,8 @@ char *router_trust_to_json(const router_trust_t *t, bool with_peer_id)
     yajl_gen_map_open(g);
     router_jsonc_gen_text(g, "peers");
     yajl_gen_array_open(g);
-    for (size_t i = 0; i < t->count; i++) {
-        const router_peer_t *p = t->rows[i];
-        char pub[PROTO_PUBKEY_TEXT_CAP], uuid[PROTO_UUID_TEXT_CAP];
-        (void) proto_pubkey_format(p->pk, pub, sizeof pub);
-        yajl_gen_map_open(g);
-        router_jsonc_gen_text(g, "name");
-        router_jsonc_gen_text(g, p->name);
-        router_jsonc_gen_text(g, "pubkey");
-        router_jsonc_gen_text(g, pub);
-        if (with_peer_id) {
-            proto_uuid_format(p->peer_id, uuid);
-            router_jsonc_gen_text(g, "peer_id");
-            router_jsonc_gen_text(g, uuid);
-        }
-        router_jsonc_gen_text(g, "addr");
-        router_jsonc_gen_text(g, p->addr);
-        if (p->profile != ROUTER_PEER_PROFILE_KITH) {
-            router_jsonc_gen_text(g, "profile");
-            router_jsonc_gen_text(g, router_peer_profile_str(p->profile));
-        }
-        if (p->description || p->nlabels) {
-            router_jsonc_gen_text(g, "meta");
-            yajl_gen_map_open(g);
-            if (p->description) {
-                router_jsonc_gen_text(g, "description");
-                router_jsonc_gen_text(g, p->description);
-            }
-            if (p->nlabels) {
-                router_jsonc_gen_text(g, "labels");
-                yajl_gen_map_open(g);
-                for (size_t j = 0; j < p->nlabels; j++) {
-                    router_jsonc_gen_text(g, p->labels[j].key);
-                    router_jsonc_gen_text(g, p->labels[j].value);
-                }
-                yajl_gen_map_close(g);
-            }
-            yajl_gen_map_close(g);
-        }
-        yajl_gen_map_close(g);
-    }
+    for (size_t i = 0; i < t->count; i++)
+        s_peer_gen(g, t->rows[i], with_peer_id);
     yajl_gen_array_close(g);
     yajl_gen_map_close(g);
     return router_jsonc_gen_finish(&g);

@@ -111,6 +111,10 @@ char *router_trust_to_json(const router_trust_t *t, bool with_peer_id);
 /* Frees *tp and sets it to NULL; does nothing when either is NULL. */
 void router_trust_destroy(router_trust_t **tp);
 
+/* One row as GET /api/peers lists it (with its peer_id); NULL when out of
+ * memory. Caller frees. */
+char *router_peer_to_json(const router_peer_t *p);
+
 /* Rows, in file order. router_trust_at returns NULL past the end. */
 size_t router_trust_count(const router_trust_t *t);
 const router_peer_t *router_trust_at(const router_trust_t *t, size_t i);

@@ -144,6 +144,7 @@ static void s_gw_auth_stop(s_gw_auth_t *ga, router_node_t *node)
 {
     router_node_on_durable(node, NULL, NULL);
     router_node_use_tokens(node, NULL);
+    gateway_route_peers_stop(&ga->peers);
     gateway_route_audit_destroy(&ga->audit_routes);
     router_tokens_stop(ga->tokens);
     gateway_ingress_destroy(&ga->ingress);

@@ -1,0 +1,171 @@
+"""tests/integration/test_peers_api.py — the trusted peers over REST (DESIGN
+§5 GET/POST/DELETE /api/peers, WIRE §17.3a) on the real `kith daemon`, with
+Python's http.client as the operator and an independent signed peer
+(peer.py: cbor2 + PyNaCl): a peer added with POST is trusted at once (its
+envelope is acked, no restart, no SIGHUP) and is in trusted_peers.json; one
+removed with DELETE is refused at once; both survive a restart; edits made
+at the same moment by the API and by `kith peers add` are all kept (one
+lock); and every refusal is typed: bad bodies, keys, names and addresses,
+a key trusted already (409), an unknown or ambiguous name, a node token
+(403), no token (401)."""
+
+import json
+import os
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import (Conn, Daemon, Peer, Results, api, check, frame, kith,  # noqa: E402
+                  pair_token, pubkey_text)
+
+
+def send_one(node, sender, body):
+    """A fresh connection, one message; True when acked, False when refused."""
+    c = Conn(("127.0.0.1", node.port))
+    try:
+        c.send(frame(sender.message(node.pk, body)))
+        return c.read_frame() is not None
+    finally:
+        c.close()
+
+
+def main():
+    node = Daemon("peers_api").start()
+    r = Results()
+    try:
+        token = pair_token(node)
+
+        def call(method, path, body=None, tok=token, ctype="application/json"):
+            if isinstance(body, dict):
+                body = json.dumps(body).encode()
+            st, _, data = api(node, method, path, body, tok, ctype if body is not None else None)
+            return st, json.loads(data) if data else None
+
+        def stored():
+            with open(os.path.join(node.home, "trusted_peers.json")) as f:
+                return json.load(f)["peers"]
+
+        alice = Peer()
+        state = {}
+
+        def added_is_trusted_at_once():
+            check(not send_one(node, alice, "before"), "an untrusted peer was acked")
+            row = {"name": "alice", "pubkey": pubkey_text(alice.pk), "addr": "tcp://127.0.0.1:9",
+                   "profile": "meerkat",
+                   "meta": {"description": "added over REST", "labels": {"team": "blue"}}}
+            st, got = call("POST", "/api/peers", row)
+            check(st == 201, f"POST {st} {got}")
+            check({k: got[k] for k in row} == row and len(got["peer_id"]) == 36, f"row {got}")
+            state["alice_id"] = got["peer_id"]
+            check(send_one(node, alice, "after"), "a peer added over REST was refused")
+            st, listed = call("GET", "/api/peers")
+            check(st == 200 and got in listed["peers"], f"list {listed}")
+            check([p for p in stored() if p["name"] == "alice"] ==
+                  [{k: v for k, v in got.items() if k != "peer_id"}], f"file {stored()}")
+
+        def refusals_typed():
+            bob = Peer()
+            good = {"name": "bob", "pubkey": pubkey_text(bob.pk), "addr": "tcp://127.0.0.1:9"}
+            cases = [
+                (b'{"name":', 400, "invalid_json"),
+                (b'["bob"]', 400, "invalid_body"),
+                ({**good, "extra": 1}, 400, "invalid_body"),
+                ({"name": "bob", "addr": "tcp://127.0.0.1:9"}, 400, "invalid_body"),
+                ({**good, "profile": "other"}, 400, "invalid_body"),
+                ({**good, "meta": {"labels": {"k": 1}}}, 400, "invalid_body"),
+                ({**good, "meta": {"colour": "red"}}, 400, "invalid_body"),
+                ({**good, "pubkey": "ed25519:AAAA"}, 400, "invalid_pubkey"),
+                ({**good, "pubkey": "ed25519:" + "A" * 43 + "="}, 400, "invalid_pubkey"),
+                ({**good, "name": "bob smith"}, 400, "invalid_peer"),
+                ({**good, "addr": "http://x"}, 400, "invalid_peer"),
+                ({**good, "pubkey": pubkey_text(alice.pk)}, 409, "peer_exists"),
+            ]
+            for body, want_st, code in cases:
+                st, got = call("POST", "/api/peers", body)
+                check(st == want_st and got["code"] == code, f"{body!r}: {st} {got}")
+            st, got = call("POST", "/api/peers", json.dumps(good).encode(), ctype="text/plain")
+            check(st == 415, f"text/plain {st} {got}")
+            st, got = call("POST", "/api/peers", good, tok=None)
+            check(st == 401, f"no token {st} {got}")
+            st, got = call("POST", "/api/tokens", {"scope": "node", "name": "n"})
+            check(st == 201, f"mint {st} {got}")
+            st, got = call("POST", "/api/peers", good, tok=got["token"])
+            check(st == 403 and got["code"] == "forbidden", f"node token {st} {got}")
+            for which, want_st, code in (("nobody", 404, "not_found"), ("a%20b", 404, "not_found"),
+                                         ("00000000-0000-0000-0000-000000000000", 404,
+                                          "not_found")):
+                st, got = call("DELETE", f"/api/peers/{which}")
+                check(st == want_st and got["code"] == code, f"DELETE {which}: {st} {got}")
+            st, _, _ = api(node, "GET", "/api/peers/alice", token=token)
+            check(st == 405, f"GET one {st}")
+            check("bob" not in [p["name"] for p in stored()], "a refused row was written")
+
+        def concurrent_edits_all_kept():
+            """Four API adds and four `kith peers add` at once: eight rows."""
+            peers = [Peer() for _ in range(8)]
+            out = []
+
+            def by_api(i):
+                out.append(call("POST", "/api/peers", {"name": f"api{i}",
+                                                       "pubkey": pubkey_text(peers[i].pk),
+                                                       "addr": "tcp://127.0.0.1:9"})[0])
+
+            def by_cli(i):
+                kith("peers", "add", "--home", node.home, "--name", f"cli{i}",
+                     "--pubkey", pubkey_text(peers[4 + i].pk), "--addr", "tcp://127.0.0.1:9")
+                out.append("cli")
+            threads = [threading.Thread(target=by_api, args=(i,)) for i in range(4)] + \
+                      [threading.Thread(target=by_cli, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            busy = [s for s in out if s == 503]
+            check(all(s in (201, 503, "cli") for s in out), f"answers {out}")
+            names = {p["name"] for p in stored()}
+            for i in range(4):
+                check(f"cli{i}" in names, f"cli{i} lost: {names}")
+            for i in range(4):
+                ok = f"api{i}" in names
+                check(ok or busy, f"api{i} lost: {names} {out}")
+            # Each peer added either way is trusted by the running daemon.
+            for i in range(4):
+                node.wait_log(f"cli{i}")
+            for p in peers[4:]:
+                check(send_one(node, p, "hi"), "a CLI-added peer refused")
+
+        def removed_is_refused_at_once():
+            st, got = call("POST", "/api/peers", {"name": "twin", "pubkey": pubkey_text(Peer().pk),
+                                                  "addr": "tcp://127.0.0.1:9"})
+            check(st == 201, f"twin 1 {st} {got}")
+            st, got2 = call("POST", "/api/peers", {"name": "twin", "pubkey": pubkey_text(Peer().pk),
+                                                   "addr": "tcp://127.0.0.1:9"})
+            check(st == 201, f"twin 2 {st} {got2}")
+            st, res = call("DELETE", "/api/peers/twin")
+            check(st == 409 and res["code"] == "ambiguous_name", f"ambiguous {st} {res}")
+            st, res = call("DELETE", f"/api/peers/{got['peer_id']}")
+            check(st == 200 and res == {"removed": True, "name": "twin",
+                                        "peer_id": got["peer_id"]}, f"by id {st} {res}")
+            st, res = call("DELETE", "/api/peers/alice")
+            check(st == 200 and res["peer_id"] == state["alice_id"], f"alice {st} {res}")
+            check(not send_one(node, alice, "after removal"), "a removed peer was acked")
+            check("alice" not in [p["name"] for p in stored()], "alice still in the file")
+
+        def survives_restart():
+            before = call("GET", "/api/peers")[1]
+            node.stop()
+            node.start()
+            after = call("GET", "/api/peers")[1]
+            check(after == before, f"before {before} after {after}")
+
+        for fn in (added_is_trusted_at_once, refusals_typed, concurrent_edits_all_kept,
+                   removed_is_refused_at_once, survives_restart):
+            r.run(fn)
+        r.stopped(node)
+    finally:
+        node.cleanup()
+    return r.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
