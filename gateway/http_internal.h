@@ -140,9 +140,14 @@ struct gateway_http_res {
 };
 
 /* A deferred answer: the response, kept off the stack until the route
- * sends it. res.hc is NULL once the connection is gone. */
+ * sends it. res.hc is NULL once the connection is gone. While the handler
+ * that deferred still runs, the answer is the handler's own (origin), so a
+ * route that finds it can answer at once after all may do so through the
+ * handle, and end it, without a special path. */
 struct gateway_http_pending {
     gateway_http_res_t res;
+    gateway_http_res_t *origin; /* the handler's response while it runs, else NULL */
+    bool ended;                 /* _end was called while the handler ran */
 };
 
 /* ---------------------------------------------------------------- http_route.c */

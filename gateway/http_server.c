@@ -356,19 +356,23 @@ static void s_dispatch(gateway_http_conn_t *hc)
     gateway_http_res_t res;
     gateway_http_res_init(&res, hc, !hc->parser.keep_alive);
     route->fn(&req, &res, route->ud);
-    if (res.deferred && !res.sent) {
-        /* Read nothing more until the answer is sent (pipelined requests
-         * are held); the route bounds the wait, so no timer runs. */
-        hc->pending = res.deferred;
-        hc->pending->res = res;
-        hc->phase = GATEWAY_HTTP_DEFERRED;
-        hc->paused = true;
-        s_timer_stop(hc);
-        router_conn_pause_read(hc->conn);
-        return;
-    }
-    if (res.deferred) { /* deferred, then answered at once after all */
-        free(res.deferred);
+    gateway_http_pending_t *p = res.deferred;
+    if (p) {
+        p->origin = NULL;
+        if (!res.sent && !p->ended) {
+            /* Read nothing more until the answer is sent (pipelined
+             * requests are held); the route bounds the wait, so no timer
+             * runs. */
+            hc->pending = p;
+            hc->pending->res = res;
+            hc->phase = GATEWAY_HTTP_DEFERRED;
+            hc->paused = true;
+            s_timer_stop(hc);
+            router_conn_pause_read(hc->conn);
+            return;
+        }
+        /* Deferred, then answered (or ended) at once after all. */
+        free(p);
         res.deferred = NULL;
     }
     if (!res.sent)
@@ -927,12 +931,14 @@ gateway_http_pending_t *gateway_http_res_defer(gateway_http_res_t *res)
         return NULL;
     }
     res->deferred = calloc(1, sizeof *res->deferred);
-    return res->deferred; /* filled from *res once the handler returns */
+    if (res->deferred) /* its res is filled from *res once the handler returns */
+        res->deferred->origin = res;
+    return res->deferred;
 }
 
 gateway_http_res_t *gateway_http_pending_res(gateway_http_pending_t *p)
 {
-    return &p->res;
+    return p->origin ? p->origin : &p->res;
 }
 
 void gateway_http_pending_end(gateway_http_pending_t **p_p)
@@ -941,6 +947,10 @@ void gateway_http_pending_end(gateway_http_pending_t **p_p)
         return;
     gateway_http_pending_t *p = *p_p;
     *p_p = NULL;
+    if (p->origin) { /* the handler still runs: s_dispatch finishes it */
+        p->ended = true;
+        return;
+    }
     gateway_http_conn_t *hc = p->res.hc;
     if (!hc) {
         free(p);

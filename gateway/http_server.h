@@ -188,7 +188,9 @@ typedef struct gateway_http_pending gateway_http_pending_t;
  * timers stop until gateway_http_pending_end; the route bounds the wait
  * itself. Headers already added are kept. Returns the handle (owned by the
  * route until _end), or NULL with errno (EALREADY answered, EINVAL in an
- * upgrade, ENOMEM) — then answer now. */
+ * upgrade, ENOMEM) — then answer now. A route that finds, before its
+ * handler returns, that it can answer at once after all may answer through
+ * the handle and end it there, as it would later. */
 gateway_http_pending_t *gateway_http_res_defer(gateway_http_res_t *res);
 
 /* The response of a deferred request, to fill with gateway_http_res_header

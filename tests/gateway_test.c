@@ -157,6 +157,29 @@ static void s_escaped_error(const gateway_http_req_t *req, gateway_http_res_t *r
     (void) gateway_http_respond_error(res, 422, "odd\"code", "a \"quoted\\ line\nbreak\x01");
 }
 
+/* Defers, then answers at once through the handle and ends it, inside the
+ * handler (as a route does when the work it would wait for is refused). */
+static void s_defer_answered(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    (void) req;
+    (void) ud;
+    gateway_http_pending_t *p = gateway_http_res_defer(res);
+    assert_non_null(p);
+    (void) gateway_http_respond_json(gateway_http_pending_res(p), 409, "{\"at\":\"once\"}");
+    gateway_http_pending_end(&p);
+    assert_null(p);
+}
+
+/* Defers, then ends the handle unanswered inside the handler: a 500. */
+static void s_defer_dropped(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    (void) req;
+    (void) ud;
+    gateway_http_pending_t *p = gateway_http_res_defer(res);
+    assert_non_null(p);
+    gateway_http_pending_end(&p);
+}
+
 /* ---------------------------------------------------------------- the server */
 
 typedef struct {
@@ -220,6 +243,9 @@ static s_srv_t *s_srv_start(void **state, const gateway_http_opts_t *o)
     assert_int_equal(gateway_http_route(s->gw, "GET", "/silent", s_silent, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/checks", s_checks, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/escaped", s_escaped_error, NULL), 0);
+    assert_int_equal(gateway_http_route(s->gw, "GET", "/defer-answered", s_defer_answered, NULL),
+                     0);
+    assert_int_equal(gateway_http_route(s->gw, "GET", "/defer-dropped", s_defer_dropped, NULL), 0);
     gateway_auth_opts_t ao = {.require_pairing = false};
     char err[128];
     s->tokens = router_tokens_new(NULL, s->loop, err, sizeof err);
@@ -1235,6 +1261,36 @@ static void test_canvas_without_memory(void **state)
     s_srv_stop(&s);
 }
 
+/* A deferral answered or ended before its handler returned is that
+ * request's answer (a 500 when nothing was said), and the connection goes
+ * on with the next request: pipelined behind it here. */
+static void test_deferral_ended_in_its_handler(void **state)
+{
+    s_srv_t *s = s_srv_start(state, NULL);
+    s_client_t *c = s_connect(s);
+    s_sends(c, "GET /defer-answered HTTP/1.1\r\nHost: t\r\n\r\n"
+               "GET /defer-dropped HTTP/1.1\r\nHost: t\r\n\r\n"
+               "GET /defer-answered HTTP/1.1\r\nHost: t\r\n\r\n");
+    s_resp_t r;
+    s_read_resp(c, &r, false);
+    assert_int_equal(r.status, 409);
+    assert_string_equal(r.body, "{\"at\":\"once\"}");
+    s_resp_free(&r);
+    s_read_resp(c, &r, false);
+    s_expect_error(&r, 500, "internal_error");
+    s_resp_free(&r);
+    /* The 500 closes the connection: the third request is not answered. */
+    assert_int_equal(s_recv_more(c), 0);
+    s_client_close(&c);
+    c = s_connect(s);
+    s_sends(c, "GET /defer-answered HTTP/1.1\r\nHost: t\r\n\r\n");
+    s_read_resp(c, &r, false);
+    assert_int_equal(r.status, 409);
+    s_resp_free(&r);
+    s_client_close(&c);
+    s_srv_stop(&s);
+}
+
 /* One request to /admin/tokens… on a fresh connection: the answer (or
  * status 0 when the server cut the connection first). */
 static void s_tokens_call(s_srv_t *s, const char *method, const char *path, const char *body,
@@ -1380,6 +1436,7 @@ int main(void)
         BOTH(test_requests_without_memory),
         BOTH(test_canvas_without_memory),
         BOTH(test_tokens_without_memory),
+        BOTH(test_deferral_ended_in_its_handler),
     };
     return cmocka_run_group_tests(tests, s_group_setup, NULL);
 }
