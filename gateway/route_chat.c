@@ -464,9 +464,10 @@ static long s_limit(const gateway_http_req_t *req, unsigned dflt)
     return x >= 1 && x <= GATEWAY_CHAT_LIMIT_MAX ? x : -1;
 }
 
-/* Starts one session API read: the answer comes later (deferred). */
+/* Starts one session API call: the list (no session_id), one session's
+ * read, or its deletion; the answer comes later (deferred). */
 static void s_rest(gateway_chat_t *chat, gateway_http_res_t *res, const char *session_id,
-                   unsigned limit)
+                   unsigned limit, bool delete)
 {
     if (chat->nrests >= GATEWAY_CHAT_REST_PENDING_MAX) {
         (void) gateway_http_respond_error(res, 503, "busy", "too many session reads at once");
@@ -484,12 +485,19 @@ static void s_rest(gateway_chat_t *chat, gateway_http_res_t *res, const char *se
         chat->rests->prev = r;
     chat->rests = r;
     chat->nrests++;
-    int rc = session_id
+    int rc = delete ? router_turns_session_delete(chat->opts.turns, session_id, s_rest_answer, r)
+             : session_id
                  ? router_turns_session_get(chat->opts.turns, session_id, limit, s_rest_answer, r)
                  : router_turns_sessions_list(chat->opts.turns, limit, s_rest_answer, r);
     if (rc != 0) {
-        (void) gateway_http_respond_error(gateway_http_pending_res(r->pending), 503, "busy",
-                                          "the session store is busy; try again");
+        gateway_http_res_t *pres = gateway_http_pending_res(r->pending);
+        if (rc == -2)
+            (void) gateway_http_respond_error(pres, 409, "session_busy",
+                                              "a socket is attached to this session or a turn of "
+                                              "it runs or waits: close it first");
+        else
+            (void) gateway_http_respond_error(pres, 503, "busy",
+                                              "the session store is busy; try again");
         gateway_http_pending_end(&r->pending);
         s_rest_unlink(r);
         free(r);
@@ -506,7 +514,7 @@ static void s_sessions_list(const gateway_http_req_t *req, gateway_http_res_t *r
         (void) gateway_http_respond_error(res, 400, "invalid_limit", "limit is 1..1000");
         return;
     }
-    s_rest(chat, res, NULL, (unsigned) limit);
+    s_rest(chat, res, NULL, (unsigned) limit, false);
 }
 
 static void s_session_get(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
@@ -526,7 +534,8 @@ static void s_session_get(const gateway_http_req_t *req, gateway_http_res_t *res
                                           "a session id is 1..128 of A-Z a-z 0-9 . _ : -");
         return;
     }
-    long limit = s_limit(req, GATEWAY_CHAT_HISTORY_LIMIT);
+    bool delete = gateway_http_req_method_is(req, "DELETE");
+    long limit = delete ? 0 : s_limit(req, GATEWAY_CHAT_HISTORY_LIMIT);
     if (limit < 0) {
         (void) gateway_http_respond_error(res, 400, "invalid_limit", "limit is 1..1000");
         return;
@@ -534,7 +543,7 @@ static void s_session_get(const gateway_http_req_t *req, gateway_http_res_t *res
     char sid[ROUTER_TURNS_SESSION_ID_MAX + 1];
     memcpy(sid, id, id_len);
     sid[id_len] = '\0';
-    s_rest(chat, res, sid, (unsigned) limit);
+    s_rest(chat, res, sid, (unsigned) limit, delete);
 }
 
 /* ---------------------------------------------------------------- lifecycle */
@@ -558,7 +567,8 @@ gateway_chat_t *gateway_chat_new(gateway_http_t *g, router_loop_t *loop,
         chat->opts.listen_only_ms = GATEWAY_CHAT_LISTEN_ONLY_MS;
     if (gateway_http_route_ws(g, "/ws/chat", s_protocols, 1, s_upgrade, chat) != 0 ||
         gateway_http_route(g, "GET", "/api/sessions", s_sessions_list, chat) != 0 ||
-        gateway_http_route(g, "GET", "/api/sessions/*", s_session_get, chat) != 0) {
+        gateway_http_route(g, "GET", "/api/sessions/*", s_session_get, chat) != 0 ||
+        gateway_http_route(g, "DELETE", "/api/sessions/*", s_session_get, chat) != 0) {
         int e = errno;
         free(chat);
         errno = e;

@@ -1,7 +1,8 @@
 /* tests/sessions_test.c — the sessions store: history reads answer in queue
  * order whether the loop's cache or the database answers them, and the
  * database alone answers them the same after a restart; an append the
- * database refuses takes back only itself, in the middle of a batch. */
+ * database refuses takes back only itself, in the middle of a batch; a
+ * delete is durable and forgotten by the cache. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -157,6 +158,47 @@ static void test_history_cache_and_restart(void **state)
     s_finish(dir, &e);
 }
 
+/* A delete takes the session and every message, after the appends queued
+ * before it and in a commit of its own; the cache forgets the session, a
+ * read after it finds nothing, and a restart brings nothing back. */
+static void test_delete(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(router_sessions_append(s, "gone", "user", "x", 1, ""), 0);
+    assert_int_equal(router_sessions_append(s, "kept", "user", "y", 1, ""), 0);
+    assert_int_equal(router_sessions_history(s, "gone", 10, s_on_history, &e, 0), 0);
+    s_wait(&e, 1); /* the cache holds "gone" now */
+    assert_int_equal(router_sessions_delete(s, "gone", s_on_json, &e, 1), 0);
+    assert_int_equal(router_sessions_history(s, "gone", 10, s_on_history, &e, 2), 0);
+    assert_int_equal(router_sessions_delete(s, "nobody", s_on_json, &e, 3), 0);
+    s_wait(&e, 4);
+    assert_int_equal(e.status[1], 200);
+    assert_string_equal(e.json[1], "{\"deleted\":true,\"id\":\"gone\",\"messages\":3}");
+    assert_int_equal(e.rc[2], 0);
+    assert_string_equal(e.text[2], "");
+    assert_int_equal(e.status[3], 404);
+    assert_non_null(strstr(e.json[3], "not_found"));
+    /* The store refusing: 503, nothing deleted. */
+    router_sessions_refuse(s, true);
+    assert_int_equal(router_sessions_delete(s, "kept", s_on_json, &e, 4), -1);
+    router_sessions_refuse(s, false);
+    router_sessions_destroy(&s);
+
+    s = router_sessions_new(e.loop, db, err, sizeof err);
+    assert_non_null(s);
+    assert_int_equal(router_sessions_get_json(s, "gone", 10, s_on_json, &e, 5), 0);
+    assert_int_equal(router_sessions_get_json(s, "kept", 10, s_on_json, &e, 6), 0);
+    s_wait(&e, 6);
+    assert_int_equal(e.status[5], 404);
+    assert_int_equal(e.status[6], 200);
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
 /* Appends are savepoints in one transaction: one the database refuses
  * (a trigger here, as a full disk or a constraint would) leaves no half of
  * itself (the message_count it raised) and takes none of its neighbours. */
@@ -294,6 +336,7 @@ int main(void)
         cmocka_unit_test(test_history_cache_and_restart),
         cmocka_unit_test(test_refused_append_takes_back_only_itself),
         cmocka_unit_test(test_without_memory),
+        cmocka_unit_test(test_delete),
     };
     if (alloc_fail_sqlite_install() != 0)
         return 1;

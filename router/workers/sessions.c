@@ -29,7 +29,7 @@
 #define S_TXN_MAX_APPENDS 8192u
 #define S_TXN_MAX_US 5000u
 
-typedef enum { J_OPEN, J_HISTORY, J_APPEND, J_LIST, J_GET } s_kind_t;
+typedef enum { J_OPEN, J_HISTORY, J_APPEND, J_LIST, J_GET, J_DELETE } s_kind_t;
 
 /* The statements every turn runs, prepared once on the thread (s_stmt):
  * parsing them again per append was a third of the thread's time. */
@@ -84,7 +84,7 @@ struct s_job {
     char *res_name;
     router_sessions_msg_t *msgs;
     size_t nmsgs;
-    char *json;               /* J_LIST, J_GET */
+    char *json;               /* J_LIST, J_GET, J_DELETE */
     size_t json_len;
     int status;
     s_job_t *next;
@@ -395,6 +395,43 @@ done:
     yajl_gen_free(g);
 }
 
+/* A session and its messages, in a commit of their own, so the answer
+ * says what is durable. 404 when there is no such session. */
+static void s_run_delete(router_sessions_t *s, s_job_t *j)
+{
+    sqlite3_stmt *st = NULL;
+    j->status = 503;
+    router_dblock_enter(s->wlock, ROUTER_DBLOCK_BULK);
+    if (s_exec(s->db, "BEGIN IMMEDIATE") != 0) {
+        router_dblock_leave(s->wlock);
+        return;
+    }
+    bool ok = false, found = false;
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM sessions WHERE id=?", -1, &st, NULL) ==
+        SQLITE_OK) {
+        sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+        ok = sqlite3_step(st) == SQLITE_DONE;
+        found = sqlite3_changes(s->db) > 0;
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+    if (ok && sqlite3_prepare_v2(s->db, "DELETE FROM messages WHERE session_id=?", -1, &st,
+                                 NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+        ok = sqlite3_step(st) == SQLITE_DONE;
+        j->count = (uint64_t) sqlite3_changes(s->db);
+        sqlite3_finalize(st);
+    } else {
+        ok = false;
+    }
+    if (ok && s_exec(s->db, "COMMIT") == 0) {
+        j->status = found ? 200 : 404;
+    } else {
+        s_exec(s->db, "ROLLBACK");
+    }
+    router_dblock_leave(s->wlock);
+}
+
 static void s_run(router_sessions_t *s, s_job_t *j)
 {
     switch (j->kind) {
@@ -403,8 +440,10 @@ static void s_run(router_sessions_t *s, s_job_t *j)
     case J_HISTORY: j->rc = s_load_msgs(s, j); break;
     case J_LIST:
     case J_GET: s_run_json(s, j); break;
+    case J_DELETE: s_run_delete(s, j); break;
     }
-    if (j->rc != 0 || ((j->kind == J_LIST || j->kind == J_GET) && j->status == 503)) {
+    if (j->rc != 0 || ((j->kind == J_LIST || j->kind == J_GET || j->kind == J_DELETE) &&
+                       j->status == 503)) {
         atomic_fetch_add(&s->failures, 1);
         if (j->kind != J_APPEND) /* s_run_append said why */
             ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: %s", sqlite3_errmsg(s->db));
@@ -496,6 +535,13 @@ static void *s_main(void *arg)
              * (an append, or a session's row), so reads before it hold no
              * lock, and a new session's row is not a commit — an fsync —
              * of its own (one per webhook at 10,000/s saturated the disk). */
+            if (j->kind == J_DELETE && txn) {
+                /* What came before it is committed first: it commits alone. */
+                s_commit_appends(s, true, appends, nappends);
+                txn = false;
+                appends = NULL;
+                nappends = 0;
+            }
             if ((j->kind == J_APPEND || j->kind == J_OPEN) && !txn) {
                 router_dblock_enter(s->wlock, ROUTER_DBLOCK_BULK); /* behind the inbox's commits */
                 txn = s_exec(s->db, "BEGIN IMMEDIATE") == 0;
@@ -572,6 +618,21 @@ static void s_on_done(router_watch_t *watch, int fd, unsigned events, void *ud)
         case J_APPEND: /* one that failed: the cache may hold what the database lost */
             router_history_cache_forget(s->cache, j->id);
             break;
+        case J_DELETE: {
+            /* A history read queued before the delete may have filled it again. */
+            router_history_cache_forget(s->cache, j->id);
+            char body[256]; /* the id is 1..128 of [A-Za-z0-9._:-]: nothing to escape */
+            int n = snprintf(body, sizeof body,
+                             "{\"deleted\":true,\"id\":\"%.128s\",\"messages\":%llu}", j->id,
+                             (unsigned long long) j->count);
+            static const char e503[] =
+                "{\"error\":\"the session store failed\",\"code\":\"unavailable\"}";
+            static const char e404[] = "{\"error\":\"no such session\",\"code\":\"not_found\"}";
+            const char *out = j->status == 200 ? body : j->status == 404 ? e404 : e503;
+            ((router_sessions_json_fn *) j->fn)(j->ud, j->tag, j->status, out,
+                                                j->status == 200 ? (size_t) n : strlen(out));
+            break;
+        }
         }
         s_job_free(j);
     }
@@ -774,6 +835,16 @@ int router_sessions_list_json(router_sessions_t *s, unsigned limit,
     s_job_t *j = s_job(J_LIST, NULL, (void *) fn, ud, tag);
     if (j)
         j->limit = limit;
+    return s_queue(s, j);
+}
+
+int router_sessions_delete(router_sessions_t *s, const char *id, router_sessions_json_fn *fn,
+                           void *ud, uint64_t tag)
+{
+    s_job_t *j = s_job(J_DELETE, id, (void *) fn, ud, tag);
+    if (!j)
+        return -1;
+    router_history_cache_forget(s->cache, id); /* reads from now on see it gone */
     return s_queue(s, j);
 }
 

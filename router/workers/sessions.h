@@ -66,6 +66,12 @@ int router_sessions_append(router_sessions_t *s, const char *id, const char *rol
 /* {"sessions":[…]} newest first (see turns.h). */
 int router_sessions_list_json(router_sessions_t *s, unsigned limit,
                               router_sessions_json_fn *fn, void *ud, uint64_t tag);
+/* Deletes a session and its messages, in a commit of its own; fn gets 200
+ * {"deleted":true,"messages":N} once that is durable, 404 when there is no
+ * such session, 503 when the store failed ({"deleted":true,"id",
+ * "messages":N} on success). The cache forgets it at once. */
+int router_sessions_delete(router_sessions_t *s, const char *id, router_sessions_json_fn *fn,
+                           void *ud, uint64_t tag);
 /* One session and its last `limit` messages (see turns.h); 404 if unknown. */
 int router_sessions_get_json(router_sessions_t *s, const char *id, unsigned limit,
                              router_sessions_json_fn *fn, void *ud, uint64_t tag);

@@ -1918,6 +1918,26 @@ int router_turns_session_get(router_turns_t *t, const char *session_id, unsigned
     return 0;
 }
 
+int router_turns_session_delete(router_turns_t *t, const char *session_id,
+                                router_turns_json_fn *fn, void *ud)
+{
+    if (!session_id || !router_turn_session_id_ok(session_id, strlen(session_id)))
+        return -1;
+    const s_session_t *s = s_session_get(t, session_id, false);
+    if (s && (s->subs || s->q_head || s->active || s->pumping))
+        return -2;
+    s_json_req_t *r = malloc(sizeof *r);
+    if (!r)
+        return -1;
+    r->fn = fn;
+    r->ud = ud;
+    if (router_sessions_delete(t->store, session_id, s_on_json, r, 0) != 0) {
+        free(r);
+        return -1;
+    }
+    return 0;
+}
+
 void router_turns_store_refuse(router_turns_t *t, bool on)
 {
     router_sessions_refuse(t->store, on);

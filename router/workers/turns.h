@@ -196,6 +196,14 @@ int router_turns_sessions_list(router_turns_t *t, unsigned limit, router_turns_j
 int router_turns_session_get(router_turns_t *t, const char *session_id, unsigned limit,
                              router_turns_json_fn *fn, void *ud);
 
+/* DELETE /api/sessions/{id}: the session and its messages go, durably;
+ * fn gets 200 {"deleted":true,"id","messages":N}, 404 for an unknown id, 503
+ * when the store failed. Returns 0; -1 for a bad id or a full queue; -2
+ * (nothing done) while a socket is attached to the session or a turn of
+ * it runs or waits. */
+int router_turns_session_delete(router_turns_t *t, const char *session_id,
+                                router_turns_json_fn *fn, void *ud);
+
 /* ------------------------------------------------------------ wiring */
 
 /* Where turn events for /api/events go (NULL: nowhere). */

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 
 import websockets
@@ -397,6 +398,65 @@ def sessions_api(node, token, state):
     check(status == 401, f"{status} {body}")
 
 
+def session_deleted(node, token, state):
+    """DELETE /api/sessions/{id}: refused while a socket is attached, then
+    the session and its messages go (durably), its history with them."""
+    auth = ("-H", f"Authorization: Bearer {token}")
+    url = gateway_url(node) + "/api/sessions/to-delete"
+
+    def delete():
+        st, _, body, _ = curl("-X", "DELETE", *auth, url)
+        return st, json.loads(body)
+
+    async def go():
+        ws, _ = await open_chat(node, token, session_id="to-delete")
+        check_answer(await say(ws, "remember me"), "echo: remember me")
+        st, body = delete()
+        check(st == 409 and body["code"] == "session_busy", f"attached: {st} {body}")
+        await ws.close()
+        deadline = time.time() + TIMEOUT
+        while True:  # the socket's detach reaches the turns a moment after its close
+            st, body = delete()
+            if st != 409 or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        check(st == 200 and body == {"deleted": True, "id": "to-delete", "messages": 2},
+              f"delete {st} {body}")
+        st, _, body, _ = curl(*auth, url)
+        check(st == 404, f"read after delete {st} {body}")
+        st, _, body, _ = curl(*auth, gateway_url(node) + "/api/sessions")
+        check("to-delete" not in [x["id"] for x in json.loads(body)["sessions"]], body)
+        st, body = delete()
+        check(st == 404 and body["code"] == "not_found", f"twice {st} {body}")
+        st, _, body, _ = curl("-X", "DELETE", *auth, gateway_url(node) + "/api/sessions/bad%20id")
+        check(st == 400 and json.loads(body)["code"] == "invalid_session_id", f"bad id {st} {body}")
+        st, _, body, _ = curl("-X", "DELETE", url)
+        check(st == 401, f"no token {st} {body}")
+        # The same id again is a new, empty session: no history came back.
+        ws, start = await open_chat(node, token, session_id="to-delete")
+        check(start["resumed"] is False and start["message_count"] == 0, f"reopened {start}")
+        frames = await say(ws, "/peers")
+        check(frames[-1]["type"] == "done", f"turn {frames[-1]}")
+        await ws.close()
+        st, _, body, _ = curl(*auth, url)
+        check(st == 200 and [m["content"] for m in json.loads(body)["messages"]][0] == "/peers",
+              f"new history {body}")
+        while True:
+            st, body = delete()
+            if st != 409 or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        check(st == 200, f"second delete {st} {body}")
+        state["deleted"] = "to-delete"
+    run(go())
+
+
+def deleted_stays_deleted(node, token, state):
+    st, _, body, _ = curl("-H", f"Authorization: Bearer {token}",
+                          gateway_url(node) + f"/api/sessions/{state['deleted']}")
+    check(st == 404, f"a deleted session came back after a restart: {st} {body}")
+
+
 def resume_after_restart(node, token, state):
     async def go():
         ws, start = await open_chat(node, token, session_id=state["session_id"])
@@ -446,10 +506,13 @@ def main():
         if "turn_id" in state:
             results.run(events_show_the_turn, node, token, state)
             results.run(sessions_api, node, token, state)
+            results.run(session_deleted, node, token, state)
         if results.stopped(node) and "message_count" in state:
             open(node.log_path, "wb").close()  # start() waits for this run's "ready"
             node.start()
             results.run(resume_after_restart, node, token, state)
+            if "deleted" in state:
+                results.run(deleted_stays_deleted, node, token, state)
             results.stopped(node)
     finally:
         node.cleanup()
