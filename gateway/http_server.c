@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include "gateway/http_internal.h"
+#include "gateway/json_text.h"
 #include "router/log.h"
 #include "router/net/conn.h"
 
@@ -916,6 +917,22 @@ bool gateway_http_req_is_json(const gateway_http_req_t *req)
         strncasecmp(v.ptr, "application/json", 16) != 0)
         return false;
     return v.len == 16 || v.ptr[16] == ';' || v.ptr[16] == ' ' || v.ptr[16] == '\t';
+}
+
+struct yajl_val_s *gateway_http_req_json(const gateway_http_req_t *req, gateway_http_res_t *res,
+                                         unsigned depth_max, size_t keys_max)
+{
+    if (!gateway_http_req_is_json(req)) {
+        (void) gateway_http_respond_error(res, 415, "unsupported_media_type",
+                                          "send Content-Type: application/json");
+        return NULL;
+    }
+    char why[160];
+    yajl_val b = gateway_json_tree_parse((const uint8_t *) req->body, req->body_len, depth_max,
+                                         keys_max, why, sizeof why);
+    if (!b)
+        (void) gateway_http_respond_error(res, 400, "invalid_json", why);
+    return b;
 }
 
 /* ---------------------------------------------------------------- deferred answers */

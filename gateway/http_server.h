@@ -143,6 +143,16 @@ bool gateway_http_req_method_is(const gateway_http_req_t *req, const char *metho
  * alone or with parameters ("; charset=utf-8"). */
 bool gateway_http_req_is_json(const gateway_http_req_t *req);
 
+/* The request's body as one strict JSON text (gateway_json_tree_parse's
+ * rules, nesting at most depth_max, objects of at most keys_max members),
+ * for a route that takes application/json: the tree (caller frees it with
+ * yajl_tree_free), or NULL once res is answered 415 unsupported_media_type
+ * (another Content-Type) or 400 invalid_json (saying what was wrong). */
+struct yajl_val_s;
+struct yajl_val_s *gateway_http_req_json(const gateway_http_req_t *req, gateway_http_res_t *res,
+                                         unsigned depth_max, size_t keys_max)
+    __attribute__((warn_unused_result));
+
 /* ---------------------------------------------------------------- responses */
 
 /* Adds a header line to the response about to be sent. `name` must be a

@@ -14,7 +14,6 @@
 
 #include <yajl/yajl_tree.h>
 
-#include "gateway/json_text.h"
 #include "gateway/node_frame.h"
 #include "gateway/routes_nodes.h"
 #include "proto/uuid.h"
@@ -322,19 +321,9 @@ static void s_list(const gateway_http_req_t *req, gateway_http_res_t *res, void 
 static void s_invoke(gateway_nodes_t *self, s_node_t *n, const gateway_http_req_t *req,
                      gateway_http_res_t *res)
 {
-    if (!gateway_http_req_is_json(req)) {
-        (void) gateway_http_respond_error(res, 415, "unsupported_media_type",
-                                          "send Content-Type: application/json");
+    yajl_val b = gateway_http_req_json(req, res, GATEWAY_NODE_DEPTH_MAX, GATEWAY_NODE_KEYS_MAX);
+    if (!b)
         return;
-    }
-    char why[GATEWAY_NODE_WHY_MAX];
-    yajl_val b = gateway_json_tree_parse((const uint8_t *) req->body, req->body_len,
-                                         GATEWAY_NODE_DEPTH_MAX, GATEWAY_NODE_KEYS_MAX, why,
-                                         sizeof why);
-    if (!b) {
-        (void) gateway_http_respond_error(res, 400, "invalid_json", why);
-        return;
-    }
     const char *cmd_path[] = {"command", NULL}, *params_path[] = {"params", NULL},
                *timeout_path[] = {"timeout_ms", NULL};
     yajl_val cmd = YAJL_IS_OBJECT(b) ? yajl_tree_get(b, cmd_path, yajl_t_any) : NULL;

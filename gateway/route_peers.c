@@ -14,7 +14,6 @@
 
 #include <yajl/yajl_tree.h>
 
-#include "gateway/json_text.h"
 #include "gateway/routes_auth.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
@@ -24,7 +23,6 @@
 
 #define S_BODY_DEPTH_MAX 3u   /* {"meta":{"labels":{…}}} */
 #define S_BODY_KEYS_MAX 80u   /* members: the row's, its meta's and 64 labels */
-#define S_WHY_MAX 160u        /* a JSON refusal's text */
 
 /* One edit: what to change, on the edit thread, and how it went. */
 typedef struct {
@@ -302,18 +300,9 @@ static const char *s_row(s_edit_t *e, yajl_val b, const char **code)
 static void s_add(gateway_route_peers_t *self, const gateway_http_req_t *req,
                   gateway_http_res_t *res)
 {
-    if (!gateway_http_req_is_json(req)) {
-        (void) gateway_http_respond_error(res, 415, "unsupported_media_type",
-                                          "send Content-Type: application/json");
+    yajl_val b = gateway_http_req_json(req, res, S_BODY_DEPTH_MAX, S_BODY_KEYS_MAX);
+    if (!b)
         return;
-    }
-    char why[S_WHY_MAX];
-    yajl_val b = gateway_json_tree_parse((const uint8_t *) req->body, req->body_len,
-                                         S_BODY_DEPTH_MAX, S_BODY_KEYS_MAX, why, sizeof why);
-    if (!b) {
-        (void) gateway_http_respond_error(res, 400, "invalid_json", why);
-        return;
-    }
     s_edit_t *e = calloc(1, sizeof *e);
     const char *code = NULL, *refusal = e ? s_row(e, b, &code) : "";
     yajl_tree_free(b);

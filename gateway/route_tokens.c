@@ -12,7 +12,6 @@
 #include <sodium.h>
 #include <yajl/yajl_tree.h>
 
-#include "gateway/json_text.h"
 #include "gateway/routes_auth.h"
 #include "router/clock.h"
 #include "router/log.h"
@@ -20,7 +19,6 @@
 
 #define S_BODY_DEPTH_MAX 2u  /* {"scope","name"}: nothing nests */
 #define S_BODY_KEYS_MAX 8u   /* members read from a body */
-#define S_WHY_MAX 160u       /* a JSON refusal's text */
 
 /* One answer waiting for its write to be durable. */
 typedef struct {
@@ -139,18 +137,9 @@ static void s_defer(s_wait_t *w, gateway_http_res_t *res)
  * its hash is durable. */
 static void s_mint(const s_door_t *door, const gateway_http_req_t *req, gateway_http_res_t *res)
 {
-    if (!gateway_http_req_is_json(req)) {
-        (void) gateway_http_respond_error(res, 415, "unsupported_media_type",
-                                          "send Content-Type: application/json");
+    yajl_val b = gateway_http_req_json(req, res, S_BODY_DEPTH_MAX, S_BODY_KEYS_MAX);
+    if (!b)
         return;
-    }
-    char why[S_WHY_MAX];
-    yajl_val b = gateway_json_tree_parse((const uint8_t *) req->body, req->body_len,
-                                         S_BODY_DEPTH_MAX, S_BODY_KEYS_MAX, why, sizeof why);
-    if (!b) {
-        (void) gateway_http_respond_error(res, 400, "invalid_json", why);
-        return;
-    }
     const char *scope_path[] = {"scope", NULL}, *name_path[] = {"name", NULL};
     yajl_val scope = YAJL_IS_OBJECT(b) ? yajl_tree_get(b, scope_path, yajl_t_any) : NULL;
     yajl_val name = YAJL_IS_OBJECT(b) ? yajl_tree_get(b, name_path, yajl_t_any) : NULL;
