@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <yajl/yajl_tree.h>
 
@@ -124,15 +123,11 @@ static void *s_edit_main(void *arg)
     e->status = 500;
     e->code = "trust_store_error";
     e->rc = router_trust_edit(router_node_home(self->node), s_apply, e, e->err, sizeof e->err);
-    /* The loop's post queue may be full for a moment: retry, briefly. The
-     * loop runs what was posted even as it is torn down. */
-    for (int i = 0; router_loop_post(router_node_loop(self->node), s_edit_done, e) != 0; i++) {
-        if (i == 2000) {
-            ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "cannot hand a peer edit back to the loop");
-            break;
-        }
-        usleep(1000);
-    }
+    /* The loop's post queue may be full for a moment: retry, briefly (a
+     * stopped loop waits for this thread, so not for ever). The loop runs
+     * what was posted even as it is torn down. */
+    if (router_loop_post_wait(router_node_loop(self->node), s_edit_done, e, 2000) != 0)
+        ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "cannot hand a peer edit back to the loop");
     pthread_mutex_lock(&self->mu);
     self->writers--;
     pthread_cond_broadcast(&self->cv);

@@ -884,8 +884,7 @@ void router_node_stop(router_node_t *self)
     if (!self || atomic_exchange(&self->stopped, true))
         return;
     if (self->threaded) {
-        while (router_loop_post(self->loop, s_begin_stop, self) != 0)
-            usleep(1000); /* the post queue is full: it drains */
+        (void) router_loop_post_wait(self->loop, s_begin_stop, self, 0);
         pthread_mutex_lock(&self->life_mu);
         while (!self->loop_done)
             pthread_cond_wait(&self->life_cv, &self->life_mu);

@@ -424,7 +424,8 @@ static void s_count_post(router_loop_t *loop, void *arg)
     (*(int *) arg)++;
 }
 
-/* Posts accepted but not yet run still run, inside destroy. */
+/* Posts accepted but not yet run still run, inside destroy; a post that
+ * waits for room in a full queue no one drains gives up at its bound. */
 static void test_posts_run_at_destroy(void **state)
 {
     router_loop_opts_t o = {.post_capacity = 4};
@@ -434,6 +435,10 @@ static void test_posts_run_at_destroy(void **state)
         assert_int_equal(router_loop_post(loop, s_count_post, &ran), 0);
     errno = 0;
     assert_int_equal(router_loop_post(loop, s_count_post, &ran), -1);
+    assert_int_equal(errno, EAGAIN);
+    /* Waiting for room gives up at its bound when nothing drains the queue. */
+    errno = 0;
+    assert_int_equal(router_loop_post_wait(loop, s_count_post, &ran, 3), -1);
     assert_int_equal(errno, EAGAIN);
     router_loop_destroy(&loop);
     assert_int_equal(ran, 4);

@@ -238,13 +238,8 @@ static void *s_writer(void *arg)
     if (j->rc == 0)
         j->rc = s_write_binding(j, p->home, j->err, sizeof j->err);
     /* The loop's post queue may be full for a moment: retry, briefly. */
-    for (int i = 0; router_loop_post(p->loop, s_job_done, j) != 0; i++) {
-        if (i == 2000) {
-            ROUTER_LOG(ROUTER_LOG_ERROR, "pairing", "cannot hand a pairing back to the loop");
-            break;
-        }
-        usleep(1000);
-    }
+    if (router_loop_post_wait(p->loop, s_job_done, j, 2000) != 0)
+        ROUTER_LOG(ROUTER_LOG_ERROR, "pairing", "cannot hand a pairing back to the loop");
     pthread_mutex_lock(&p->mu);
     p->writers--;
     pthread_cond_broadcast(&p->cv);

@@ -283,6 +283,19 @@ int router_loop_post(router_loop_t *loop, router_post_fn fn, void *arg)
     return 0;
 }
 
+int router_loop_post_wait(router_loop_t *loop, router_post_fn fn, void *arg, unsigned max_ms)
+{
+    for (unsigned waited = 0; router_loop_post(loop, fn, arg) != 0; waited++) {
+        if (max_ms && waited >= max_ms) {
+            errno = EAGAIN;
+            return -1;
+        }
+        struct timespec ms = {0, 1000000L}; /* the queue drains as the loop runs */
+        nanosleep(&ms, NULL);
+    }
+    return 0;
+}
+
 /* Runs up to `budget` queued posts; returns true if more are waiting. */
 static bool s_posts_run(router_loop_t *loop, size_t budget)
 {

@@ -197,6 +197,12 @@ typedef void (*router_post_fn)(router_loop_t *loop, void *arg);
  * router_loop_destroy; posting threads must be done before destroy. */
 int router_loop_post(router_loop_t *loop, router_post_fn fn, void *arg);
 
+/* router_loop_post from a thread that may block (never the loop's own):
+ * while the queue is full, tries again every millisecond, for at most
+ * max_ms (0: until it is taken). Returns 0, or -1 (EAGAIN) when max_ms
+ * passed first and nothing was queued. */
+int router_loop_post_wait(router_loop_t *loop, router_post_fn fn, void *arg, unsigned max_ms);
+
 /* ------------------------------------------------------------ fd watches */
 
 /* Readiness bits for watches. ROUTER_EV_ERROR is only ever reported. */
