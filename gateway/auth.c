@@ -183,15 +183,80 @@ int gateway_auth_require(const gateway_auth_t *self, const gateway_http_req_t *r
     return s_require(self, req, res, false, NULL);
 }
 
+/* a[0..n) equals the C string b, ASCII case ignored. */
+static bool s_ieq(const char *a, size_t n, const char *b)
+{
+    if (strlen(b) != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z')
+            x = (char) (x + 32);
+        if (y >= 'A' && y <= 'Z')
+            y = (char) (y + 32);
+        if (x != y)
+            return false;
+    }
+    return true;
+}
+
+bool gateway_auth_origin_ok(const gateway_http_req_t *req)
+{
+    proto_http_slice_t origin, host;
+    if (!gateway_http_req_header(req, "Origin", &origin))
+        return true;
+    if (!gateway_http_req_header(req, "Host", &host) || host.len == 0 || host.len > 255)
+        return false;
+    char want[300];
+    for (int https = 0; https < 2; https++) {
+        int n = snprintf(want, sizeof want, "%s://%.*s", https ? "https" : "http", (int) host.len,
+                         host.ptr);
+        if (n > 0 && s_ieq(origin.ptr, origin.len, want))
+            return true;
+    }
+    return false;
+}
+
+/* Host names this machine whatever DNS says: localhost, an IPv4 literal in
+ * 127.0.0.0/8 or [::1], with or without a port. */
+static bool s_host_is_loopback(const gateway_http_req_t *req)
+{
+    proto_http_slice_t host;
+    if (!gateway_http_req_header(req, "Host", &host) || host.len == 0 || host.len > 64)
+        return false;
+    char h[65];
+    memcpy(h, host.ptr, host.len);
+    h[host.len] = '\0';
+    char *end;
+    if (h[0] == '[') {
+        end = strchr(h, ']');
+        if (!end || (end[1] && end[1] != ':'))
+            return false;
+        *end = '\0';
+        struct in6_addr a6;
+        return inet_pton(AF_INET6, h + 1, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+    }
+    if ((end = strchr(h, ':')))
+        *end = '\0';
+    struct in_addr a4;
+    if (inet_pton(AF_INET, h, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    return s_ieq(h, strlen(h), "localhost");
+}
+
 int gateway_auth_require_loopback(const gateway_auth_t *self, const gateway_http_req_t *req,
                                   gateway_http_res_t *res)
 {
-    bool ok = gateway_auth_is_loopback(req->peer);
-    gateway_auth_audit_req(self, "admin", req, ok ? "allowed" : "forbidden");
-    if (ok)
+    const char *why = !gateway_auth_is_loopback(req->peer) ? "admin routes answer loopback "
+                                                             "clients only"
+                      : !s_host_is_loopback(req) ? "admin routes answer Host: localhost, "
+                                                   "127.0.0.1 or [::1] only"
+                      : !gateway_auth_origin_ok(req) ? "admin routes answer no other site"
+                                                     : NULL;
+    gateway_auth_audit_req(self, "admin", req, why ? "forbidden" : "allowed");
+    if (!why)
         return 0;
-    (void) gateway_http_respond_error(res, 403, "forbidden",
-                                      "admin routes answer loopback clients only");
+    (void) gateway_http_respond_error(res, 403, "forbidden", why);
     return -1;
 }
 

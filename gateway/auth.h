@@ -74,9 +74,17 @@ bool gateway_auth_token_ok(const gateway_auth_t *self, const char *token, size_t
 int gateway_auth_require(const gateway_auth_t *self, const gateway_http_req_t *req,
                          gateway_http_res_t *res) __attribute__((warn_unused_result));
 
-/* Admin routes answer loopback peers only: 0 when req may go on, else
- * answered 403 {"code":"forbidden"} and -1. Either way the call is an
- * audit record (WIRE §21). */
+/* A browser's Origin must be this gateway itself (scheme http or https,
+ * the same host and port as Host), so a page elsewhere cannot drive a
+ * request with what the browser holds (CVE-2026-25253). No Origin: not a
+ * browser, nothing to check. */
+bool gateway_auth_origin_ok(const gateway_http_req_t *req) __attribute__((warn_unused_result));
+
+/* Admin routes answer loopback peers only, asked for a loopback host
+ * (Host: localhost, 127.x.x.x or [::1], any port: a name that resolves
+ * here by DNS rebinding is refused) from no other site (Origin, above):
+ * 0 when req may go on, else answered 403 {"code":"forbidden"} and -1.
+ * Either way the call is an audit record (WIRE §21). */
 int gateway_auth_require_loopback(const gateway_auth_t *self, const gateway_http_req_t *req,
                                   gateway_http_res_t *res) __attribute__((warn_unused_result));
 

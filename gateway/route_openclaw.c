@@ -1559,43 +1559,6 @@ static bool s_query_has_token(proto_http_slice_t q)
     return false;
 }
 
-static bool s_ieq(const char *a, size_t n, const char *b)
-{
-    if (strlen(b) != n)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char x = a[i], y = b[i];
-        if (x >= 'A' && x <= 'Z')
-            x = (char) (x + 32);
-        if (y >= 'A' && y <= 'Z')
-            y = (char) (y + 32);
-        if (x != y)
-            return false;
-    }
-    return true;
-}
-
-/* A browser's Origin must be this gateway itself (scheme http or https,
- * the same host and port as Host): a page elsewhere cannot drive a
- * connection with the user's token (CVE-2026-25253). No Origin: not a
- * browser, nothing to check. */
-static bool s_origin_ok(const gateway_http_req_t *req)
-{
-    proto_http_slice_t origin, host;
-    if (!gateway_http_req_header(req, "Origin", &origin))
-        return true;
-    if (!gateway_http_req_header(req, "Host", &host) || host.len == 0 || host.len > 255)
-        return false;
-    char want[300];
-    for (int https = 0; https < 2; https++) {
-        int n = snprintf(want, sizeof want, "%s://%.*s", https ? "https" : "http", (int) host.len,
-                         host.ptr);
-        if (n > 0 && s_ieq(origin.ptr, origin.len, want))
-            return true;
-    }
-    return false;
-}
-
 static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
 {
     gateway_openclaw_t *oc = ud;
@@ -1606,7 +1569,7 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
                                           "request only, never in the URL");
         return;
     }
-    if (!s_origin_ok(req)) {
+    if (!gateway_auth_origin_ok(req)) {
         gateway_auth_audit_req(oc->opts.auth, "auth_failure", req, "origin_not_allowed");
         (void) gateway_http_respond_error(res, 403, "origin_not_allowed",
                                           "the Origin is not this gateway");

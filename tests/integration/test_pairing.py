@@ -196,6 +196,29 @@ def main():
 
     results.run(restart_keeps_token_and_lockout)
 
+    def admin_refuses_rebinding_and_other_sites():
+        """A loopback client is not enough: the Host must name this machine
+        (a page whose name was rebound to 127.0.0.1 sends its own) and no
+        other site's Origin may come with it (a cross-site POST)."""
+        url = gateway_url(node)
+        for args in ((url + "/admin/paircode", "-H", "Host: attacker.example:%d" % node.gw_port),
+                     (url + "/admin/paircode", "-H", "Host: 127.0.0.1.attacker.example"),
+                     (url + "/admin/paircode", "-H", "Host: [::2]:1"),
+                     (url + "/admin/tokens", "-H", "Host: kith.internal"),
+                     ("-X", "POST", url + "/admin/shutdown", "-H", "Origin: https://attacker.example"),
+                     (url + "/admin/paircode", "-H", "Origin: null")):
+            status, _, body, _ = curl(*args)
+            check(status == 403 and json.loads(body)["code"] == "forbidden", (args, status, body))
+        for host in ("localhost", "LOCALHOST:1", "127.0.0.1", "127.9.9.9:80", "[::1]:42617",
+                     "[::1]"):
+            status, _, body, _ = curl(url + "/admin/paircode", "-H", f"Host: {host}")
+            check(status == 200, (host, status, body))
+        status, _, body, _ = curl(url + "/admin/paircode", "-H",
+                                  f"Origin: http://127.0.0.1:{node.gw_port}")
+        check(status == 200, ("same origin", status, body))
+
+    results.run(admin_refuses_rebinding_and_other_sites)
+
     def admin_refuses_non_loopback():
         addrs = [a for a in os.popen("hostname -I 2>/dev/null").read().split()
                  if "." in a and not a.startswith("127.")]
