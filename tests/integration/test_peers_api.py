@@ -7,12 +7,15 @@ removed with DELETE is refused at once; both survive a restart; edits made
 at the same moment by the API and by `kith peers add` are all kept (one
 lock); and every refusal is typed: bad bodies, keys, names and addresses,
 a key trusted already (409), an unknown or ambiguous name, a node token
-(403), no token (401)."""
+(403), no token (401), a fifth edit while four wait for the file's lock
+(503 busy), and a file that does not load (500, nothing written)."""
 
+import fcntl
 import json
 import os
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import (Conn, Daemon, Peer, Results, api, check, frame, kith,  # noqa: E402
@@ -151,6 +154,55 @@ def main():
             check(not send_one(node, alice, "after removal"), "a removed peer was acked")
             check("alice" not in [p["name"] for p in stored()], "alice still in the file")
 
+        def edits_bounded_while_the_file_is_locked():
+            """`kith peers` (here: this test) holds the file's lock: edits
+            wait for it, four at most; the fifth is 503 busy, and the four
+            land once the lock is let go."""
+            lock = open(os.path.join(node.home, "trusted_peers.json.lock"), "a+")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            peers = [Peer() for _ in range(5)]
+            out = [None] * 4
+            tasks = os.path.join("/proc", str(node.proc.pid), "task")
+            before = len(os.listdir(tasks))
+
+            def add(i):
+                out[i] = call("POST", "/api/peers", {"name": f"held{i}",
+                                                     "pubkey": pubkey_text(peers[i].pk),
+                                                     "addr": "tcp://127.0.0.1:9"})
+            threads = [threading.Thread(target=add, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            # The four are on threads of their own in the daemon, each waiting
+            # for the lock: then, and only then, is the fifth past the bound.
+            deadline = time.time() + 60
+            while len(os.listdir(tasks)) < before + 4 and time.time() < deadline:
+                time.sleep(0.02)
+            st, got = call("POST", "/api/peers", {"name": "fifth",
+                                                  "pubkey": pubkey_text(peers[4].pk),
+                                                  "addr": "tcp://127.0.0.1:9"})
+            check(st == 503 and got["code"] == "busy", f"past the bound {st} {got}")
+            check(all(o is None for o in out), f"answered while the lock was held: {out}")
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+            for t in threads:
+                t.join()
+            check([o[0] for o in out] == [201] * 4, f"after the lock {out}")
+
+        def unreadable_file_changes_nothing():
+            path = os.path.join(node.home, "trusted_peers.json")
+            good = open(path).read()
+            with open(path, "w") as f:
+                f.write('{"peers": [{"name": "broken"')
+            st, got = call("POST", "/api/peers", {"name": "late", "pubkey": pubkey_text(Peer().pk),
+                                                  "addr": "tcp://127.0.0.1:9"})
+            check(st == 500 and got["code"] == "trust_store_error", f"POST {st} {got}")
+            st, got = call("DELETE", "/api/peers/held0")
+            check(st == 500 and got["code"] == "trust_store_error", f"DELETE {st} {got}")
+            check(open(path).read() == '{"peers": [{"name": "broken"', "the file was rewritten")
+            with open(path, "w") as f:
+                f.write(good)
+            os.chmod(path, 0o600)
+
         def survives_restart():
             before = call("GET", "/api/peers")[1]
             node.stop()
@@ -159,7 +211,8 @@ def main():
             check(after == before, f"before {before} after {after}")
 
         for fn in (added_is_trusted_at_once, refusals_typed, concurrent_edits_all_kept,
-                   removed_is_refused_at_once, survives_restart):
+                   removed_is_refused_at_once, edits_bounded_while_the_file_is_locked,
+                   unreadable_file_changes_nothing, survives_restart):
             r.run(fn)
         r.stopped(node)
     finally:
