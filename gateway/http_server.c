@@ -930,7 +930,9 @@ struct yajl_val_s *gateway_http_req_json(const gateway_http_req_t *req, gateway_
     char why[160];
     yajl_val b = gateway_json_tree_parse((const uint8_t *) req->body, req->body_len, depth_max,
                                          keys_max, why, sizeof why);
-    if (!b)
+    if (!b && errno == ENOMEM)
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+    else if (!b)
         (void) gateway_http_respond_error(res, 400, "invalid_json", why);
     return b;
 }

@@ -147,7 +147,8 @@ bool gateway_http_req_is_json(const gateway_http_req_t *req);
  * rules, nesting at most depth_max, objects of at most keys_max members),
  * for a route that takes application/json: the tree (caller frees it with
  * yajl_tree_free), or NULL once res is answered 415 unsupported_media_type
- * (another Content-Type) or 400 invalid_json (saying what was wrong). */
+ * (another Content-Type), 400 invalid_json (saying what was wrong) or 503
+ * unavailable (out of memory). */
 struct yajl_val_s;
 struct yajl_val_s *gateway_http_req_json(const gateway_http_req_t *req, gateway_http_res_t *res,
                                          unsigned depth_max, size_t keys_max)

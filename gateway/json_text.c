@@ -2,6 +2,7 @@
  * outside (see json_text.h). */
 #include "gateway/json_text.h"
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -232,11 +233,13 @@ yajl_val gateway_json_tree_parse(const uint8_t *data, size_t len, unsigned depth
         problem = s_scan(text, len, depth_max);
     if (problem) {
         snprintf(why, cap, "the text %s", problem);
+        errno = EINVAL;
         return NULL;
     }
     char *copy = malloc(len + 1);
     if (!copy) {
         snprintf(why, cap, "out of memory");
+        errno = ENOMEM;
         return NULL;
     }
     memcpy(copy, data, len);
@@ -246,11 +249,13 @@ yajl_val gateway_json_tree_parse(const uint8_t *data, size_t len, unsigned depth
     free(copy);
     if (!tree) {
         snprintf(why, cap, "the text is not JSON");
+        errno = EINVAL;
         return NULL;
     }
     if (!s_tree_ok(tree, keys_max)) {
         yajl_tree_free(tree);
         snprintf(why, cap, "an object repeats a member name or has too many members");
+        errno = EINVAL;
         return NULL;
     }
     return tree;

@@ -68,8 +68,9 @@ void gateway_text_cstr(gateway_text_t *t, const char *s);
  * octet, well-formed UTF-8, no lone surrogate and no \u0000 escape,
  * nesting at most depth_max, no object that repeats a member name or has
  * more than keys_max members. Returns the tree (caller frees it with
- * yajl_tree_free), or NULL with why[cap] saying what was wrong, for people
- * ("out of memory" too). */
+ * yajl_tree_free), or NULL with why[cap] saying what was wrong, for people,
+ * and errno EINVAL (the text) or ENOMEM (out of memory: nothing was wrong
+ * with the text). */
 yajl_val gateway_json_tree_parse(const uint8_t *data, size_t len, unsigned depth_max,
                                  size_t keys_max, char *why, size_t cap)
     __attribute__((warn_unused_result));

@@ -143,24 +143,25 @@ static void s_mint(const s_door_t *door, const gateway_http_req_t *req, gateway_
     const char *scope_path[] = {"scope", NULL}, *name_path[] = {"name", NULL};
     yajl_val scope = YAJL_IS_OBJECT(b) ? yajl_tree_get(b, scope_path, yajl_t_any) : NULL;
     yajl_val name = YAJL_IS_OBJECT(b) ? yajl_tree_get(b, name_path, yajl_t_any) : NULL;
-    s_wait_t *w = calloc(1, sizeof *w);
+    router_token_scope_t sc = ROUTER_TOKEN_NODE;
     const char *refusal = NULL;
     if (!YAJL_IS_OBJECT(b) || !YAJL_IS_STRING(scope) || !YAJL_IS_STRING(name) ||
         YAJL_GET_OBJECT(b)->len != 2)
         refusal = "the body is {\"scope\":\"node\"|\"operator\", \"name\"}";
-    else if (!router_tokens_scope_parse(scope->u.string, strlen(scope->u.string), &w->info.scope))
+    else if (!router_tokens_scope_parse(scope->u.string, strlen(scope->u.string), &sc))
         refusal = "\"scope\" is \"node\" or \"operator\"";
     else if (!gateway_auth_token_name_ok(name->u.string, strlen(name->u.string)))
         refusal = "\"name\" is 1 to 64 octets, no control characters";
-    if (refusal || !w) {
+    s_wait_t *w = refusal ? NULL : calloc(1, sizeof *w);
+    if (!w) {
         yajl_tree_free(b);
-        free(w);
         if (refusal)
             (void) gateway_http_respond_error(res, 400, "invalid_body", refusal);
         else
             (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
         return;
     }
+    w->info.scope = sc;
     snprintf(w->info.name, sizeof w->info.name, "%s", name->u.string);
     yajl_tree_free(b);
     uint8_t hash[32];
