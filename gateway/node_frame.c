@@ -1,6 +1,7 @@
 /* gateway/node_frame.c — decoding the frames nodes send (node_frame.h). */
 #include "gateway/node_frame.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,7 +133,7 @@ gateway_node_reason_t gateway_node_frame_decode(const uint8_t *data, size_t len,
     yajl_val t = gateway_json_tree_parse(data, len, GATEWAY_NODE_DEPTH_MAX, GATEWAY_NODE_KEYS_MAX,
                                          why, cap);
     if (!t)
-        return strcmp(why, "out of memory") ? GATEWAY_NODE_INVALID_JSON : GATEWAY_NODE_NOMEM;
+        return errno == ENOMEM ? GATEWAY_NODE_NOMEM : GATEWAY_NODE_INVALID_JSON;
     gateway_node_reason_t r;
     yajl_val type = YAJL_IS_OBJECT(t) ? s_get(t, "type") : NULL;
     if (!YAJL_IS_OBJECT(t))
