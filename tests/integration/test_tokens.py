@@ -292,15 +292,46 @@ def main():
             out, _ = kith_run("tokens", "revoke", token_id(tok), *home)
             check(out.strip() == f"revoked {token_id(tok)} (0 connections closed)", out)
             check(upgrade_status(node, "/ws/nodes", tok) == 401, "revoked by the CLI, still opens")
+            # A name with a quote, a backslash and a non-ASCII letter goes as
+            # sent; a control character is the daemon's to refuse.
+            out, _ = kith_run("tokens", "mint", "--scope", "node", "--name", 'q"\\ café', *home)
+            named = [t for t in json.loads(kith_run("tokens", "list", "--json", *home)[0])["tokens"]
+                     if t["id"] == token_id(out.strip())]
+            check(named and named[0]["name"] == 'q"\\ café', f"escaped name {named}")
             # Refusals: one line on stderr, exit 1.
             for args, want in ((("revoke", token_id(tok)), "answered 404"),
                                (("revoke", "XYZ"), "not a token id"),
+                               (("revoke", token_id(tok).upper()), "not a token id"),
+                               (("revoke",), "expected one token ID"),
                                (("mint", "--scope", "root", "--name", "x"), "answered 400"),
+                               (("mint", "--scope", "node", "--name", "a\tb"), "answered 400"),
+                               (("mint", "--scope", "node", "--name", "n" * 600), "too long"),
                                (("mint", "--name", "x"), "--scope and --name are required"),
                                (("list", "extra"), "unexpected argument"),
+                               (("list", "--bogus"), "--bogus"),
                                (("frob",), "unknown verb")):
                 _, err = kith_run("tokens", *args, *home, expect=1)
                 check(err.count("\n") == 1 and want in err, f"{args}: {err!r}")
+            _, err = kith_run("tokens", expect=1)
+            check("expected list, mint or revoke" in err, err)
+            for args in (("--help",), ("list", "--help")):
+                out, _ = kith_run("tokens", *args)
+                check(out.startswith("usage: kith tokens"), out)
+            # The configuration names where the daemon is; a bad one says so.
+            cfg = os.path.join(node.home, "other.json")
+            with open(cfg, "w") as f:
+                f.write('{"gateway": {"port": 0}}')
+            _, err = kith_run("tokens", "list", *home, "--config", cfg, expect=1)
+            check("gateway.port is 0" in err, err)
+            # Something else on the port (the comms listener): not HTTP.
+            with open(cfg, "w") as f:
+                f.write('{"gateway": {"port": %d}, "comms": {"mode": "none"}}' % node.port)
+            _, err = kith_run("tokens", "list", *home, "--config", cfg, expect=1)
+            check(err.count("\n") == 1 and ("not HTTP" in err or "not running" in err), err)
+            with open(cfg, "w") as f:
+                f.write('{"gateway": {"prot": 1}}')
+            _, err = kith_run("tokens", "list", *home, "--config", cfg, expect=1)
+            check(err.count("\n") == 1 and "prot" in err, err)
 
         def survives_restart():
             op = state["op"]
