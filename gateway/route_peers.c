@@ -11,30 +11,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <yajl/yajl_tree.h>
-
+#include "gateway/peer_row.h"
 #include "gateway/routes_auth.h"
-#include "proto/pubkey.h"
 #include "proto/uuid.h"
 #include "router/log.h"
 #include "router/net/loop.h"
 #include "router/state/trust.h"
 
-#define S_BODY_DEPTH_MAX 3u   /* {"meta":{"labels":{…}}} */
-#define S_BODY_KEYS_MAX 80u   /* members: the row's, its meta's and 64 labels */
 
 /* One edit: what to change, on the edit thread, and how it went. */
 typedef struct {
     gateway_route_peers_t *route;
     gateway_http_pending_t *pending;          /* the operator's request */
     bool remove;                              /* DELETE (else POST) */
-    /* POST: the row */
-    char *name, *addr, *description;          /* owned copies */
-    router_label_t labels[ROUTER_PEER_LABELS_MAX];
-    char *label_text[ROUTER_PEER_LABELS_MAX]; /* owned "key\0value" copies */
-    size_t nlabels;
-    uint8_t pk[32];
-    router_peer_profile_t profile;
+    gateway_peer_row_t row;                   /* POST: the row */
     /* DELETE: the row named */
     char which[ROUTER_PEER_NAME_MAX + 1];
     /* out */
@@ -47,11 +37,7 @@ typedef struct {
 
 static void s_edit_free(s_edit_t *e)
 {
-    free(e->name);
-    free(e->addr);
-    free(e->description);
-    for (size_t i = 0; i < e->nlabels; i++)
-        free(e->label_text[i]);
+    gateway_peer_row_clear(&e->row);
     free(e);
 }
 
@@ -78,19 +64,20 @@ static int s_apply(router_trust_t *t, void *ud, char *err, size_t errcap)
 {
     s_edit_t *e = ud;
     if (!e->remove) {
-        if (router_trust_by_pubkey(t, e->pk)) {
+        const gateway_peer_row_t *r = &e->row;
+        if (router_trust_by_pubkey(t, r->pk)) {
             e->status = 409;
             e->code = "peer_exists";
             snprintf(err, errcap, "this pubkey is trusted already: DELETE it first to change it");
             return -1;
         }
-        if (router_trust_add(t, e->name, e->pk, e->addr, e->description, e->labels, e->nlabels,
+        if (router_trust_add(t, r->name, r->pk, r->addr, r->description, r->labels, r->nlabels,
                              err, errcap) != 0) {
             e->status = 400;
             e->code = "invalid_peer";
             return -1;
         }
-        return router_trust_set_profile(t, router_trust_by_pubkey(t, e->pk), e->profile);
+        return router_trust_set_profile(t, router_trust_by_pubkey(t, r->pk), r->profile);
     }
     uint8_t id[PROTO_UUID_LEN];
     const router_peer_t *p = NULL;
@@ -162,7 +149,7 @@ static void s_edit_done(router_loop_t *loop, void *arg)
             (void) gateway_http_respond_json(res, 200, body);
         } else {
             const router_peer_t *p = router_trust_by_pubkey(router_node_trust_view(self->node),
-                                                            e->pk);
+                                                            e->row.pk);
             char *json = p ? router_peer_to_json(p) : NULL;
             if (json)
                 (void) gateway_http_respond_json(res, 201, json);
@@ -218,96 +205,25 @@ static void s_edit_start(gateway_route_peers_t *self, s_edit_t *e, gateway_http_
 
 /* ---------------------------------------------------------------- POST */
 
-/* Reads the body's row into e; a refusal's text, or NULL. */
-static const char *s_row(s_edit_t *e, yajl_val b, const char **code)
-{
-    *code = "invalid_body";
-    if (!YAJL_IS_OBJECT(b))
-        return "the body is {\"name\", \"pubkey\", \"addr\", \"profile\"?, \"meta\"?}";
-    yajl_val name = NULL, pubkey = NULL, addr = NULL, profile = NULL, meta = NULL;
-    for (size_t i = 0; i < YAJL_GET_OBJECT(b)->len; i++) {
-        const char *k = YAJL_GET_OBJECT(b)->keys[i];
-        yajl_val v = YAJL_GET_OBJECT(b)->values[i];
-        if (!strcmp(k, "name"))
-            name = v;
-        else if (!strcmp(k, "pubkey"))
-            pubkey = v;
-        else if (!strcmp(k, "addr"))
-            addr = v;
-        else if (!strcmp(k, "profile"))
-            profile = v;
-        else if (!strcmp(k, "meta"))
-            meta = v;
-        else
-            return "unknown member: the body is {\"name\", \"pubkey\", \"addr\", \"profile\"?, "
-                   "\"meta\"?}";
-    }
-    if (!YAJL_IS_STRING(name) || !YAJL_IS_STRING(pubkey) || !YAJL_IS_STRING(addr))
-        return "\"name\", \"pubkey\" and \"addr\" are strings, and required";
-    if (profile && (!YAJL_IS_STRING(profile) ||
-                    router_peer_profile_parse(profile->u.string, &e->profile) != 0))
-        return "\"profile\" is \"kith\" or \"meerkat\"";
-    const char *pk = pubkey->u.string;
-    if (proto_pubkey_parse(pk, strlen(pk), e->pk) != 0) {
-        *code = "invalid_pubkey";
-        return "\"pubkey\" is \"ed25519:\" and the standard padded base64 of a full-order key";
-    }
-    e->name = strdup(name->u.string);
-    e->addr = strdup(addr->u.string);
-    if (!e->name || !e->addr)
-        return "";
-    if (!meta)
-        return NULL;
-    if (!YAJL_IS_OBJECT(meta))
-        return "\"meta\" is {\"description\"?, \"labels\"?}";
-    for (size_t i = 0; i < YAJL_GET_OBJECT(meta)->len; i++) {
-        const char *k = YAJL_GET_OBJECT(meta)->keys[i];
-        yajl_val v = YAJL_GET_OBJECT(meta)->values[i];
-        if (!strcmp(k, "description") && YAJL_IS_STRING(v)) {
-            if (!(e->description = strdup(v->u.string)))
-                return "";
-        } else if (!strcmp(k, "labels") && YAJL_IS_OBJECT(v)) {
-            if (YAJL_GET_OBJECT(v)->len > ROUTER_PEER_LABELS_MAX)
-                return "at most 64 labels";
-            for (size_t j = 0; j < YAJL_GET_OBJECT(v)->len; j++) {
-                yajl_val lv = YAJL_GET_OBJECT(v)->values[j];
-                if (!YAJL_IS_STRING(lv))
-                    return "a label's value is a string";
-                const char *key = YAJL_GET_OBJECT(v)->keys[j], *val = lv->u.string;
-                size_t kl = strlen(key), vl = strlen(val);
-                char *copy = malloc(kl + vl + 2);
-                if (!copy)
-                    return "";
-                memcpy(copy, key, kl + 1);
-                memcpy(copy + kl + 1, val, vl + 1);
-                e->label_text[e->nlabels] = copy;
-                e->labels[e->nlabels].key = copy;
-                e->labels[e->nlabels].value = copy + kl + 1;
-                e->nlabels++;
-            }
-        } else {
-            return "\"meta\" is {\"description\": string?, \"labels\": {string: string}?}";
-        }
-    }
-    return NULL;
-}
-
 static void s_add(gateway_route_peers_t *self, const gateway_http_req_t *req,
                   gateway_http_res_t *res)
 {
-    yajl_val b = gateway_http_req_json(req, res, S_BODY_DEPTH_MAX, S_BODY_KEYS_MAX);
-    if (!b)
+    if (!gateway_http_req_is_json(req)) {
+        (void) gateway_http_respond_error(res, 415, "unsupported_media_type",
+                                          "send Content-Type: application/json");
         return;
+    }
     s_edit_t *e = calloc(1, sizeof *e);
-    const char *code = NULL, *refusal = e ? s_row(e, b, &code) : "";
-    yajl_tree_free(b);
-    if (refusal) {
-        if (refusal[0])
-            (void) gateway_http_respond_error(res, 400, code, refusal);
-        else
-            (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
-        if (e)
-            s_edit_free(e);
+    if (!e) {
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+        return;
+    }
+    const char *code = NULL;
+    char why[GATEWAY_PEER_ROW_WHY_MAX];
+    if (gateway_peer_row_decode((const uint8_t *) req->body, req->body_len, &e->row, &code, why,
+                                sizeof why) != 0) {
+        (void) gateway_http_respond_error(res, strcmp(code, "unavailable") ? 400 : 503, code, why);
+        free(e);
         return;
     }
     s_edit_start(self, e, res);
