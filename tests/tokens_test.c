@@ -628,6 +628,8 @@ static void test_scope_name_revoke(void **state)
     assert_false(router_tokens_device_check(t, d1.id, d1.public_key, devtok));
     assert_true(router_tokens_device_check(t, d2.id, d2.public_key, other_devtok));
     assert_int_equal(router_tokens_count(t), 1);
+    assert_int_equal(router_tokens_count_scope(t, ROUTER_TOKEN_OPERATOR), 0);
+    assert_int_equal(router_tokens_count_scope(t, ROUTER_TOKEN_NODE), 1);
     assert_int_equal(router_tokens_list(t, list, 4), 1);
     assert_int_equal(router_tokens_revoke(t, op_id, NULL, NULL), -1); /* once only */
     assert_int_equal(errno, ENOENT);

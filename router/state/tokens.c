@@ -666,6 +666,14 @@ size_t router_tokens_count(const router_tokens_t *self)
     return n;
 }
 
+size_t router_tokens_count_scope(const router_tokens_t *self, router_token_scope_t scope)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < self->ntokens; i++)
+        n += !self->tokens[i].revoked && self->tokens[i].scope == scope;
+    return n;
+}
+
 bool router_tokens_check(const router_tokens_t *self, const uint8_t hash[32],
                          router_token_scope_t *scope)
 {

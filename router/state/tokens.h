@@ -92,6 +92,9 @@ void router_tokens_id(const uint8_t hash[32], char id[ROUTER_TOKENS_ID_LEN + 1])
 /* Tokens durable and not revoked. */
 size_t router_tokens_count(const router_tokens_t *self);
 
+/* Of those, the ones of `scope`. */
+size_t router_tokens_count_scope(const router_tokens_t *self, router_token_scope_t scope);
+
 /* True when `hash` is the SHA-256 of a durable token not revoked (each
  * compared in constant time); *scope (may be NULL) gets what it opens. */
 bool router_tokens_check(const router_tokens_t *self, const uint8_t hash[32],

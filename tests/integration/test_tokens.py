@@ -126,6 +126,26 @@ def daemon_gone(node):
     check(err.count("\n") == 1 and "not running" in err, err)
 
 
+def node_tokens_alone_still_print_a_code():
+    """A daemon whose only tokens are node tokens mints a pairing code at
+    start, as with none: nobody could open the operator's routes."""
+    node = Daemon("tokens-nodes-only")
+    try:
+        db = sqlite3.connect(os.path.join(node.home, "state.db"))
+        db.execute("CREATE TABLE gateway_tokens (hash BLOB PRIMARY KEY, created_ms INTEGER NOT NULL,"
+                   " scope TEXT NOT NULL DEFAULT 'operator', name TEXT NOT NULL DEFAULT '')"
+                   " WITHOUT ROWID")
+        db.execute("INSERT INTO gateway_tokens VALUES (?, 1, 'node', 'sensor')",
+                   (hashlib.sha256(b"kith_" + b"cd" * 32).digest(),))
+        db.commit()
+        db.close()
+        node.start()
+        check("no token paired: pairing code" in node.logs(), node.logs())
+        check(node.stop() == 0, "exit")
+    finally:
+        node.cleanup()
+
+
 def main():
     home_db_token = "kith_" + "ab" * 32
     # A fixed port: `kith tokens` finds the daemon through the configuration.
@@ -385,6 +405,7 @@ def main():
             r.run(fn)
         r.stopped(node)
         r.run(daemon_gone, node)
+        r.run(node_tokens_alone_still_print_a_code)
     finally:
         node.cleanup()
     return r.summary()

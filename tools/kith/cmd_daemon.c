@@ -127,10 +127,12 @@ static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_co
     return 0;
 }
 
-/* With pairing on and no token paired yet, a one-time code to pair with. */
+/* With pairing on and no operator's token yet (node tokens open nothing
+ * an operator needs), a one-time code to pair with. */
 static void s_gw_auth_announce(s_gw_auth_t *ga)
 {
-    if (!gateway_auth_pairing_required(ga->auth) || router_tokens_count(ga->tokens) > 0)
+    if (!gateway_auth_pairing_required(ga->auth) ||
+        router_tokens_count_scope(ga->tokens, ROUTER_TOKEN_OPERATOR) > 0)
         return;
     char code[GATEWAY_AUTH_CODE_LEN + 1];
     gateway_auth_code_mint(ga->auth, code);
