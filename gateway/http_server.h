@@ -206,7 +206,9 @@ gateway_http_pending_t *gateway_http_res_defer(gateway_http_res_t *res);
 
 /* The response of a deferred request, to fill with gateway_http_res_header
  * and answer with gateway_http_respond* (which fail with EPIPE when the
- * connection is gone). Valid until gateway_http_pending_end. */
+ * connection is gone). Valid until gateway_http_pending_end; asked for
+ * while the deferring handler runs, it is that handler's own response,
+ * valid only until the handler returns: ask again each time. */
 gateway_http_res_t *gateway_http_pending_res(gateway_http_pending_t *p);
 
 /* Ends a deferred request (a 500 if nothing was answered), lets the
