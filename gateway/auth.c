@@ -244,6 +244,14 @@ static bool s_host_is_loopback(const gateway_http_req_t *req)
     return s_ieq(h, strlen(h), "localhost");
 }
 
+bool gateway_auth_browser_local(const gateway_http_req_t *req)
+{
+    proto_http_slice_t origin;
+    if (!gateway_http_req_header(req, "Origin", &origin))
+        return true;
+    return gateway_auth_origin_ok(req) && s_host_is_loopback(req);
+}
+
 int gateway_auth_require_loopback(const gateway_auth_t *self, const gateway_http_req_t *req,
                                   gateway_http_res_t *res)
 {

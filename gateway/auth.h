@@ -80,6 +80,12 @@ int gateway_auth_require(const gateway_auth_t *self, const gateway_http_req_t *r
  * browser, nothing to check. */
 bool gateway_auth_origin_ok(const gateway_http_req_t *req) __attribute__((warn_unused_result));
 
+/* True unless a browser sent the request (it carries Origin) from anywhere
+ * but this gateway's own page on this machine: Origin is http(s):// + Host
+ * and Host names this machine (localhost, 127.x.x.x, [::1]) whatever DNS
+ * says. For routes that nothing else guards. */
+bool gateway_auth_browser_local(const gateway_http_req_t *req) __attribute__((warn_unused_result));
+
 /* Admin routes answer loopback peers only, asked for a loopback host
  * (Host: localhost, 127.x.x.x or [::1], any port: a name that resolves
  * here by DNS rebinding is refused) from no other site (Origin, above):

@@ -194,6 +194,17 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
                                           "X-Webhook-Secret is missing or wrong");
         return;
     }
+    /* Without a secret, nothing but the network guards external events: a
+     * browser (it sends Origin) may post them only from this gateway's own
+     * page on this machine, not from a page whose name was rebound here. */
+    if (!self->has_secret && shape == GATEWAY_INGRESS_EVENT && !gateway_auth_browser_local(req)) {
+        gateway_auth_audit_req(self->opts.auth, "auth_failure", req, "origin_not_allowed");
+        (void) gateway_http_respond_error(res, 403, "origin_not_allowed",
+                                          "a browser may post events here only from this "
+                                          "gateway's own page on this machine; servers send no "
+                                          "Origin (or set gateway.webhook_secret_env)");
+        return;
+    }
     if (!gateway_http_req_is_json(req)) {
         (void) gateway_http_respond_error(res, 415, "unsupported_media_type",
                                           "send Content-Type: application/json");

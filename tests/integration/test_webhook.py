@@ -2,7 +2,9 @@
 /sessions/{id}/external-events on the real `kith daemon` (WIRE §17.4), with
 curl: 202 once the entry is in the durable inbox, every refusal with its
 status and code (400 invalid_json / invalid_body, 401, 415), the optional
-X-Webhook-Secret, and X-Idempotency-Key deduplicating across a restart."""
+X-Webhook-Secret (and without it, browsers let post external events only
+from the gateway's own page on this machine), and X-Idempotency-Key
+deduplicating across a restart."""
 
 import json
 import os
@@ -120,6 +122,21 @@ def main():
         check(status == 415, (status, doc))
         status, doc = post(node, "/sessions/s/other", body)
         check(status == 404, (status, doc))
+        # No secret: a browser may post only from this gateway's own page on
+        # this machine. A page whose name was rebound to 127.0.0.1 sends its
+        # own Host and Origin; a cross-site page sends its Origin.
+        before = len(rows(node, "event"))
+        port = node.gw_port
+        for headers in ((f"Host: attacker.example:{port}", f"Origin: http://attacker.example:{port}"),
+                        ("Origin: https://attacker.example",),
+                        ("Origin: null",)):
+            status, doc = post(node, "/sessions/s/external-events", body, *headers)
+            check(status == 403 and doc["code"] == "origin_not_allowed", (headers, status, doc))
+        check(len(rows(node, "event")) == before, "a browser's refused event was queued")
+        for headers in ((f"Origin: http://127.0.0.1:{port}",),
+                        ("Host: localhost", "Origin: http://localhost")):
+            status, doc = post(node, "/sessions/s/external-events", body, *headers)
+            check(status == 202, (headers, status, doc))
 
     def idempotency_across_restart():
         key = "X-Idempotency-Key: order-42"
