@@ -313,6 +313,11 @@ def main():
         # without pausing it, and the frame deadline cut it (0 acks owed)
         # instead of the slow-consumer bound. Not found yet; the bound is
         # still tested on io_uring (this file's plain and crypto0 runs).
+        # Since then, run with the skip removed: 2 full suites and 12 runs
+        # beside the heaviest integration tests, all passed; and no close()
+        # in the daemon returned EBADF across the whole integration suite
+        # on epoll (the double-close theory). Kept skipped until it is
+        # understood: a rare failure here would fail CI for everything.
         print("skip run_slow_consumer on epoll: an open, intermittent stall (see the comment)")
         runs.remove(run_slow_consumer)
     for fn in runs:
