@@ -18,7 +18,6 @@
 #include "router/net/loop.h"
 #include "router/state/trust.h"
 
-
 /* One edit: what to change, on the edit thread, and how it went. */
 typedef struct {
     gateway_route_peers_t *route;
