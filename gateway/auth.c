@@ -217,31 +217,26 @@ bool gateway_auth_origin_ok(const gateway_http_req_t *req)
     return false;
 }
 
-/* Host names this machine whatever DNS says: localhost, an IPv4 literal in
- * 127.0.0.0/8 or [::1], with or without a port. */
-static bool s_host_is_loopback(const gateway_http_req_t *req)
+/* True when the request's Host is a name DNS answers for — a dotted name
+ * that is not an IP literal — so that it may have been rebound to this
+ * machine by whoever runs its DNS (DNS rebinding). An IP literal, a name
+ * without a dot (localhost) and no Host at all cannot have been: a browser
+ * sends the name of the page's own origin. */
+static bool s_host_may_be_rebound(const gateway_http_req_t *req)
 {
     proto_http_slice_t host;
-    if (!gateway_http_req_header(req, "Host", &host) || host.len == 0 || host.len > 64)
+    if (!gateway_http_req_header(req, "Host", &host) || host.len == 0)
         return false;
-    char h[65];
+    if (host.len > 255 || host.ptr[0] == '[')
+        return host.len > 255; /* [IPv6 literal]; an absurd Host is refused */
+    char h[256];
     memcpy(h, host.ptr, host.len);
     h[host.len] = '\0';
-    char *end;
-    if (h[0] == '[') {
-        end = strchr(h, ']');
-        if (!end || (end[1] && end[1] != ':'))
-            return false;
-        *end = '\0';
-        struct in6_addr a6;
-        return inet_pton(AF_INET6, h + 1, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
-    }
-    if ((end = strchr(h, ':')))
-        *end = '\0';
+    char *colon = strchr(h, ':');
+    if (colon)
+        *colon = '\0';
     struct in_addr a4;
-    if (inet_pton(AF_INET, h, &a4) == 1)
-        return (ntohl(a4.s_addr) >> 24) == 127;
-    return s_ieq(h, strlen(h), "localhost");
+    return strchr(h, '.') && inet_pton(AF_INET, h, &a4) != 1;
 }
 
 bool gateway_auth_browser_local(const gateway_http_req_t *req)
@@ -249,7 +244,7 @@ bool gateway_auth_browser_local(const gateway_http_req_t *req)
     proto_http_slice_t origin;
     if (!gateway_http_req_header(req, "Origin", &origin))
         return true;
-    return gateway_auth_origin_ok(req) && s_host_is_loopback(req);
+    return gateway_auth_origin_ok(req) && !s_host_may_be_rebound(req);
 }
 
 int gateway_auth_require_loopback(const gateway_auth_t *self, const gateway_http_req_t *req,
@@ -257,8 +252,8 @@ int gateway_auth_require_loopback(const gateway_auth_t *self, const gateway_http
 {
     const char *why = !gateway_auth_is_loopback(req->peer) ? "admin routes answer loopback "
                                                              "clients only"
-                      : !s_host_is_loopback(req) ? "admin routes answer Host: localhost, "
-                                                   "127.0.0.1 or [::1] only"
+                      : s_host_may_be_rebound(req) ? "admin routes answer no DNS name in Host "
+                                                     "(use localhost or an address)"
                       : !gateway_auth_origin_ok(req) ? "admin routes answer no other site"
                                                      : NULL;
     gateway_auth_audit_req(self, "admin", req, why ? "forbidden" : "allowed");

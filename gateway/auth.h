@@ -81,14 +81,15 @@ int gateway_auth_require(const gateway_auth_t *self, const gateway_http_req_t *r
 bool gateway_auth_origin_ok(const gateway_http_req_t *req) __attribute__((warn_unused_result));
 
 /* True unless a browser sent the request (it carries Origin) from anywhere
- * but this gateway's own page on this machine: Origin is http(s):// + Host
- * and Host names this machine (localhost, 127.x.x.x, [::1]) whatever DNS
- * says. For routes that nothing else guards. */
+ * but this gateway's own page: Origin is http(s):// + Host, and Host is not
+ * a DNS name (a dotted name that is not an IP literal), which a page's DNS
+ * could have pointed here (DNS rebinding). For routes that nothing else
+ * guards. */
 bool gateway_auth_browser_local(const gateway_http_req_t *req) __attribute__((warn_unused_result));
 
-/* Admin routes answer loopback peers only, asked for a loopback host
- * (Host: localhost, 127.x.x.x or [::1], any port: a name that resolves
- * here by DNS rebinding is refused) from no other site (Origin, above):
+/* Admin routes answer loopback peers only, asked by no DNS name in Host
+ * (localhost, an IP literal, any port, or no Host: a dotted name may have
+ * been pointed here by DNS rebinding) from no other site (Origin, above):
  * 0 when req may go on, else answered 403 {"code":"forbidden"} and -1.
  * Either way the call is an audit record (WIRE §21). */
 int gateway_auth_require_loopback(const gateway_auth_t *self, const gateway_http_req_t *req,

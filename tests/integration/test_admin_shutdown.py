@@ -110,8 +110,7 @@ def main():
             idle, sse, ws = idle_keepalive(node), sse_stream(node), websocket(node)
             s = connect(node)
             # The shutdown and a request pipelined behind it, in one write.
-            s.sendall(b"POST /admin/shutdown HTTP/1.1\r\nHost: localhost\r\n"
-                      b"Content-Length: 0\r\n\r\n"
+            s.sendall(b"POST /admin/shutdown HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
                       b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             answer = read_until_eof(s)
             head, _, body = answer.partition(b"\r\n\r\n")

@@ -134,7 +134,8 @@ def main():
             check(status == 403 and doc["code"] == "origin_not_allowed", (headers, status, doc))
         check(len(rows(node, "event")) == before, "a browser's refused event was queued")
         for headers in ((f"Origin: http://127.0.0.1:{port}",),
-                        ("Host: localhost", "Origin: http://localhost")):
+                        ("Host: localhost", "Origin: http://localhost"),
+                        ("Host: 192.0.2.7:80", "Origin: https://192.0.2.7:80")):
             status, doc = post(node, "/sessions/s/external-events", body, *headers)
             check(status == 202, (headers, status, doc))
 
