@@ -19,7 +19,6 @@ typedef struct {
     bool paired;                             /* a token (else a bad code) */
     uint64_t until_ms;                       /* bad code: locked until, 0 for not */
     char token[GATEWAY_AUTH_TOKEN_LEN + 1];  /* paired: the token to hand over */
-    char id[ROUTER_TOKENS_ID_LEN + 1];       /* paired: its public id */
 } s_wait_t;
 
 static void s_too_many(gateway_http_res_t *res, uint64_t until_ms, uint64_t now_ms)
@@ -44,9 +43,8 @@ static void s_written(bool ok, void *ud)
         (void) gateway_http_respond_error(res, 503, "unavailable",
                                           "the pairing state could not be stored");
     } else if (w->paired) {
-        char body[160];
-        snprintf(body, sizeof body, "{\"paired\":true,\"token\":\"%s\",\"id\":\"%s\"}",
-                 w->token, w->id);
+        char body[128];
+        snprintf(body, sizeof body, "{\"paired\":true,\"token\":\"%s\"}", w->token);
         (void) gateway_http_respond_json(res, 200, body);
         sodium_memzero(body, sizeof body);
         ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "paired a new bearer token");
@@ -102,7 +100,6 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
         uint8_t hash[32];
         w->paired = true;
         gateway_auth_token_new(w->token, hash);
-        router_tokens_id(hash, w->id);
         router_tokens_forgive(tokens, client);
         rc = router_tokens_add(tokens, hash, ROUTER_TOKEN_OPERATOR, name, now, s_written, w);
         gateway_auth_audit_req(auth, "pair", req, "code_accepted");

@@ -175,7 +175,8 @@ def main():
 
         def paired_token_named():
             got = pair(node, "laptop (curl)")
-            check(got["id"] == token_id(got["token"]), f"id {got}")
+            check(set(got) == {"paired", "token"}, f"pair answer {got}")
+            got["id"] = token_id(got["token"])  # the list shows it (WIRE §28)
             state["op"] = got["token"]
             toks = listed(node, state["op"])
             mine = [t for t in toks if t["current"]]
