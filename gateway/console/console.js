@@ -272,8 +272,15 @@
       ]);
       const pl = $('peers');
       pl.replaceChildren();
-      for (const p of peers.peers || [])
-        pl.append(el('li', '', p.name + ' — ' + (p.addr || '') + ' — ' + (p.pubkey || '')));
+      for (const p of peers.peers || []) {
+        const li = el('li', '', p.name + ' — ' + (p.addr || '') + ' — ' + (p.pubkey || ''));
+        li.dataset.peer = p.peer_id;
+        const b = el('button', 'revoke', 'Remove');
+        b.type = 'button';
+        b.addEventListener('click', () => removePeer(p.peer_id, p.name));
+        li.append(' ', b);
+        pl.append(li);
+      }
       if (!pl.children.length) pl.append(el('li', 'muted', 'no trusted peers'));
       const sl = $('sessions');
       sl.replaceChildren();
@@ -317,6 +324,30 @@
     }
   }
 
+  // ---------------------------------------------------------------- peers
+
+  // POST /api/peers: answered once trusted_peers.json is written and in force.
+  async function addPeer(ev) {
+    ev.preventDefault();
+    const row = { name: $('peer-name').value.trim(), pubkey: $('peer-pubkey').value.trim(),
+                  addr: $('peer-addr').value.trim() };
+    const r = await fetch('/api/peers', authed({
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(row) }));
+    const body = await r.json().catch(() => ({}));
+    $('peer-status').textContent = r.ok ? 'trusted ' + body.name + ' (' + body.peer_id + ')'
+                                        : (body.error || 'refused (' + r.status + ')');
+    if (r.ok) $('peer-form').reset();
+    refreshLists();
+  }
+
+  async function removePeer(peerId, name) {
+    const r = await fetch('/api/peers/' + peerId, authed({ method: 'DELETE' }));
+    const body = await r.json().catch(() => ({}));
+    $('peer-status').textContent = r.ok ? 'removed ' + name
+                                        : (body.error || 'could not remove ' + name);
+    refreshLists();
+  }
+
   // ---------------------------------------------------------------- tokens
 
   async function revoke(id) {
@@ -348,6 +379,7 @@
     $('new-session').addEventListener('click', () => switchSession(null));
     $('refresh').addEventListener('click', refreshLists);
     $('mint-form').addEventListener('submit', mint);
+    $('peer-form').addEventListener('submit', addPeer);
     health();
     start();
   });

@@ -3,15 +3,15 @@
 // would: opens http://127.0.0.1:PORT/, is refused a wrong code, pairs with
 // the right one, chats with the scripted agent, sees the turn on the events
 // panel, reloads (the token and the session are kept), lists the session,
-// a canvas and no nodes, lists its own token, mints a node token and
-// revokes it, and forgets the token (which revokes it). Prints one JSON
-// line {ok, steps, failed?, …};
+// a canvas and no nodes, trusts a peer and removes it, lists its own
+// token, mints a node token and revokes it, and forgets the token (which
+// revokes it). Prints one JSON line {ok, steps, failed?, …};
 // exit 0 only when every step passed. Used by test_console.py.
 //
-//   node console_e2e.mjs http://127.0.0.1:PORT PAIRING_CODE
+//   node console_e2e.mjs http://127.0.0.1:PORT PAIRING_CODE PEER_PUBKEY
 import { chromium } from 'playwright-core';
 
-const [base, code] = process.argv.slice(2);
+const [base, code, peerKey] = process.argv.slice(2);
 const TIMEOUT = 30000;
 const steps = [];
 const seen = { urls: [], sockets: [], problems: [] };
@@ -90,6 +90,25 @@ try {
     await page.waitForFunction(() =>
       document.getElementById('canvases').textContent.includes('status — text/html, version 1'));
   });
+  await step('peer_trusted_then_removed', async () => {
+    await page.fill('#peer-name', 'e2e-peer');
+    await page.fill('#peer-pubkey', 'ed25519:AAAA');
+    await page.fill('#peer-addr', 'tcp://127.0.0.1:9');
+    await page.click('#peer-add');
+    await page.waitForFunction(() => /pubkey/.test(document.getElementById('peer-status').textContent));
+    await page.fill('#peer-pubkey', peerKey);
+    await page.click('#peer-add');
+    await page.waitForFunction(() =>
+      document.getElementById('peer-status').textContent.startsWith('trusted e2e-peer') &&
+      document.getElementById('peers').textContent.includes('e2e-peer — tcp://127.0.0.1:9'));
+    const listed = await page.evaluate(async () => (await (await fetch('/api/peers', {
+      headers: { Authorization: 'Bearer ' + localStorage.getItem('kith.token') } })).json()).peers);
+    check(listed.length === 1 && listed[0].pubkey === peerKey, 'GET /api/peers ' + JSON.stringify(listed));
+    await page.click('#peers button.revoke');
+    await page.waitForFunction(() =>
+      document.getElementById('peer-status').textContent === 'removed e2e-peer' &&
+      document.getElementById('peers').textContent.includes('no trusted peers'));
+  });
   await step('tokens_minted_revoked', async () => {
     await page.waitForFunction(() =>
       document.getElementById('tokens').textContent.includes('web console — operator — ') &&
@@ -131,9 +150,9 @@ try {
     const leaks = [...seen.urls, ...seen.sockets].filter((u) => /token=|kith_[0-9a-f]/.test(u));
     check(leaks.length === 0, 'a token in a URL: ' + leaks.join(' '));
     check(seen.sockets.some((u) => u.includes('/ws/chat')), 'no chat socket');
-    // The browser logs the wrong code's 401 and the node token's 403 (and
-    // the revoked tokens' 401s) on its own.
-    const other = seen.problems.filter((p) => !/40[13]/.test(p));
+    // The browser logs the wrong code's 401, the bad key's 400, the node
+    // token's 403 (and the revoked tokens' 401s) on its own.
+    const other = seen.problems.filter((p) => !/40[013]/.test(p));
     check(other.length === 0, 'page errors: ' + other.join(' | '));
   });
   result = { ok: true, steps };

@@ -11,12 +11,14 @@ token and resumes the session, the session is listed, Stop with no turn
 says so, the token is forgotten, no URL ever carried the token, and the
 page logged no error (a CSP violation would be one)."""
 
+import base64
 import json
 import os
 import re
 import subprocess
 import sys
 
+import nacl.signing
 import websockets  # noqa: F401  (the OpenClaw check below)
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -80,7 +82,10 @@ def main():
         def in_chromium():
             check(os.path.exists(NODE), f"{NODE} is missing: run tools/setup")
             check(os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: run tools/setup")
-            p = subprocess.run([NODE, os.path.join(HERE, "console_e2e.mjs"), base, code.group(1)],
+            peer_key = "ed25519:" + base64.b64encode(
+                bytes(nacl.signing.SigningKey.generate().verify_key)).decode()
+            p = subprocess.run([NODE, os.path.join(HERE, "console_e2e.mjs"), base, code.group(1),
+                                peer_key],
                                capture_output=True, text=True, timeout=300,
                                env=dict(os.environ, KITH_CHROMIUM=CHROMIUM))
             lines = p.stdout.strip().splitlines()
