@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <yajl/yajl_tree.h>
+
 #include "gateway/chat_frame.h"
 #include "gateway/ingress_body.h"
 #include "gateway/routes_chat.h"
@@ -49,6 +51,20 @@ struct s_rest {
     s_rest_t *prev, *next;
 };
 
+/* One POST /api/sessions/{id}/messages: its own subscriber to the session,
+ * the message it submits once attached, and the answer owed. */
+typedef struct s_post s_post_t;
+struct s_post {
+    gateway_chat_t *chat;
+    gateway_http_pending_t *pending;
+    router_turns_sub_t sub;
+    char *content;                   /* submitted at session_start, then freed */
+    size_t len;
+    bool submitted;                  /* the message is queued */
+    char turn_id[40];                /* its turn, once its first frame came */
+    s_post_t *prev, *next;
+};
+
 struct gateway_chat {
     gateway_http_t *g;               /* borrowed */
     router_loop_t *loop;             /* borrowed */
@@ -57,6 +73,8 @@ struct gateway_chat {
     uint32_t nsocks, nrelays;
     s_rest_t *rests;                 /* session API answers awaited */
     uint32_t nrests;
+    s_post_t *posts;                 /* turns over HTTP awaited */
+    uint32_t nposts;
 };
 
 static const char *const s_protocols[] = {GATEWAY_CHAT_PROTOCOL};
@@ -546,6 +564,151 @@ static void s_session_get(const gateway_http_req_t *req, gateway_http_res_t *res
     s_rest(chat, res, sid, (unsigned) limit, delete);
 }
 
+/* ---------------------------------------------------------------- a turn over HTTP */
+
+/* Answers the post (status, JSON text), lets go of its subscriber and
+ * frees it. */
+static void s_post_end(s_post_t *p, int status, const char *json, size_t len)
+{
+    gateway_chat_t *chat = p->chat;
+    if (json)
+        (void) gateway_http_respond(gateway_http_pending_res(p->pending), status,
+                                    "application/json", json, len);
+    gateway_http_pending_end(&p->pending);
+    if (p->sub)
+        router_turns_detach(chat->opts.turns, p->sub); /* safe inside its own frame */
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        chat->posts = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    chat->nposts--;
+    free(p->content);
+    free(p);
+}
+
+static void s_post_error(s_post_t *p, int status, const char *code, const char *message)
+{
+    gateway_http_res_t *res = gateway_http_pending_res(p->pending);
+    if (status == 429)
+        (void) gateway_http_res_header(res, "Retry-After", "1");
+    (void) gateway_http_respond_error(res, status, code, message);
+    s_post_end(p, 0, NULL, 0);
+}
+
+/* The frames of the post's session: its message goes in once attached;
+ * the final frame of the turn that answers it (or an error for the
+ * message itself, which carries no turn_id) is the answer. */
+static void s_post_frame(const router_turn_frame_t *frame, void *ud)
+{
+    s_post_t *p = ud;
+    if (!p->submitted) {
+        if (frame->type != ROUTER_TURN_FRAME_SESSION_START) {
+            s_post_error(p, 503, "unavailable", "the session could not be opened");
+            return;
+        }
+        const char *code = NULL;
+        if (router_turns_submit(p->chat->opts.turns, p->sub, p->content, p->len, &code) != 0) {
+            bool busy = code && !strcmp(code, "SESSION_BUSY");
+            s_post_error(p, busy ? 429 : 503, busy ? "session_busy" : "unavailable",
+                         busy ? "16 messages already wait in this session; retry"
+                              : "the turn could not be queued");
+            return;
+        }
+        p->submitted = true;
+        free(p->content);
+        p->content = NULL;
+        return;
+    }
+    bool final = frame->type == ROUTER_TURN_FRAME_DONE ||
+                 frame->type == ROUTER_TURN_FRAME_STOPPED ||
+                 frame->type == ROUTER_TURN_FRAME_ERROR;
+    /* kith's own frame (NUL-terminated): a turn's carries its turn_id */
+    char id[sizeof p->turn_id] = "";
+    yajl_val f = yajl_tree_parse(frame->json, NULL, 0);
+    const char *tid_path[] = {"turn_id", NULL};
+    yajl_val tid = f ? yajl_tree_get(f, tid_path, yajl_t_string) : NULL;
+    if (tid && strlen(tid->u.string) < sizeof id)
+        snprintf(id, sizeof id, "%s", tid->u.string);
+    yajl_tree_free(f);
+    if (!p->turn_id[0] && id[0] && frame->submitter == p->sub)
+        memcpy(p->turn_id, id, sizeof id); /* the first frame of the turn answering it */
+    if (!final)
+        return;
+    if ((p->turn_id[0] && !strcmp(id, p->turn_id)) ||
+        (!id[0] && frame->type == ROUTER_TURN_FRAME_ERROR))
+        s_post_end(p, 200, frame->json, frame->json_len);
+}
+
+/* POST /api/sessions/{id}/messages {"content"}: a turn over HTTP. */
+static void s_session_post(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_chat_t *chat = ud;
+    if (gateway_auth_require(chat->opts.auth, req, res) != 0)
+        return;
+    static const char prefix[] = "/api/sessions/", suffix[] = "/messages";
+    const char *id = req->path.ptr + sizeof prefix - 1;
+    size_t len = req->path.len - (sizeof prefix - 1);
+    if (len <= sizeof suffix - 1 ||
+        memcmp(id + len - (sizeof suffix - 1), suffix, sizeof suffix - 1) != 0) {
+        (void) gateway_http_res_header(res, "Allow", "GET, HEAD, DELETE");
+        (void) gateway_http_respond_error(res, 405, "method_not_allowed",
+                                          "a message is posted to /api/sessions/{id}/messages");
+        return;
+    }
+    len -= sizeof suffix - 1;
+    if (!gateway_ingress_id_ok(id, len)) {
+        (void) gateway_http_respond_error(res, 400, "invalid_session_id",
+                                          "a session id is 1..128 of A-Z a-z 0-9 . _ : -");
+        return;
+    }
+    yajl_val b = gateway_http_req_json(req, res, 2, 4);
+    if (!b)
+        return;
+    const char *path[] = {"content", NULL};
+    yajl_val content = YAJL_IS_OBJECT(b) && b->u.object.len == 1
+                           ? yajl_tree_get(b, path, yajl_t_string) : NULL;
+    const char *text = content ? content->u.string : NULL;
+    if (!text || !text[0]) {
+        (void) gateway_http_respond_error(res, 400, "invalid_body",
+                                          "the body is {\"content\": a non-empty string}");
+        yajl_tree_free(b);
+        return;
+    }
+    if (chat->nposts >= GATEWAY_CHAT_POSTS_MAX) {
+        (void) gateway_http_res_header(res, "Retry-After", "1");
+        (void) gateway_http_respond_error(res, 503, "busy", "too many turns over HTTP wait");
+        yajl_tree_free(b);
+        return;
+    }
+    char sid[ROUTER_TURNS_SESSION_ID_MAX + 1];
+    memcpy(sid, id, len);
+    sid[len] = '\0';
+    s_post_t *p = calloc(1, sizeof *p);
+    if (p)
+        p->content = strdup(text);
+    yajl_tree_free(b);
+    if (!p || !p->content || !(p->pending = gateway_http_res_defer(res))) {
+        if (p)
+            free(p->content);
+        free(p);
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+        return;
+    }
+    p->chat = chat;
+    p->len = strlen(p->content);
+    p->next = chat->posts;
+    if (chat->posts)
+        chat->posts->prev = p;
+    chat->posts = p;
+    chat->nposts++;
+    /* The session_start frame comes later, from the loop: the message goes
+     * in then (s_post_frame). */
+    if (!(p->sub = router_turns_attach(chat->opts.turns, sid, NULL, s_post_frame, p)))
+        s_post_error(p, 503, "unavailable", "too many subscribers are attached");
+}
+
 /* ---------------------------------------------------------------- lifecycle */
 
 gateway_chat_t *gateway_chat_new(gateway_http_t *g, router_loop_t *loop,
@@ -568,7 +731,8 @@ gateway_chat_t *gateway_chat_new(gateway_http_t *g, router_loop_t *loop,
     if (gateway_http_route_ws(g, "/ws/chat", s_protocols, 1, s_upgrade, chat) != 0 ||
         gateway_http_route(g, "GET", "/api/sessions", s_sessions_list, chat) != 0 ||
         gateway_http_route(g, "GET", "/api/sessions/*", s_session_get, chat) != 0 ||
-        gateway_http_route(g, "DELETE", "/api/sessions/*", s_session_get, chat) != 0) {
+        gateway_http_route(g, "DELETE", "/api/sessions/*", s_session_get, chat) != 0 ||
+        gateway_http_route(g, "POST", "/api/sessions/*", s_session_post, chat) != 0) {
         int e = errno;
         free(chat);
         errno = e;
@@ -592,6 +756,8 @@ void gateway_chat_destroy(gateway_chat_t **self_p)
         s_rest_unlink(r);
         free(r);
     }
+    while (chat->posts)
+        s_post_end(chat->posts, 0, NULL, 0); /* the turns go on; the answers go nowhere */
     free(chat);
     *self_p = NULL;
 }

@@ -21,6 +21,7 @@
 #define GATEWAY_CHAT_HISTORY_LIMIT 1000u        /* GET /api/sessions/{id} without ?limit= */
 #define GATEWAY_CHAT_LIMIT_MAX 1000u            /* largest ?limit= of either */
 #define GATEWAY_CHAT_REST_PENDING_MAX 1024u     /* session API answers awaited at once */
+#define GATEWAY_CHAT_POSTS_MAX 256u             /* turns over HTTP awaited at once */
 
 typedef struct gateway_chat gateway_chat_t;
 

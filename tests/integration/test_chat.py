@@ -451,6 +451,59 @@ def session_deleted(node, token, state):
     run(go())
 
 
+def turn_over_http(node, token, state):
+    """POST /api/sessions/{id}/messages: a turn over plain HTTP, answered
+    with its final frame; a socket on the same session sees the turn; the
+    history has it; every refusal is typed."""
+    url = gateway_url(node) + "/api/sessions/over-http/messages"
+
+    def post(body, *extra, path=url, ctype="application/json"):
+        args = ["-X", "POST", "-H", f"Authorization: Bearer {token}", *extra, "--data-binary",
+                body]
+        if ctype:
+            args += ["-H", f"Content-Type: {ctype}"]
+        st, _, out, _ = curl(*args, path)
+        return st, json.loads(out) if out else None
+
+    st, got = post(json.dumps({"content": "hello over http"}))
+    check(st == 200 and got["type"] == "done" and got["full_response"] == "echo: hello over http"
+          and got.get("turn_id"), f"post {st} {got}")
+    # A tool turn, while a socket on the same session watches it.
+    async def watched():
+        ws, start = await open_chat(node, token, session_id="over-http")
+        check(start["resumed"] is True and start["message_count"] == 2, f"start {start}")
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, lambda: post(json.dumps({"content": "/peers"})))
+        frames = await until_final(ws)
+        st2, got2 = await fut
+        await ws.close()
+        return frames, st2, got2
+    frames, st, got = run(watched())
+    check(st == 200 and got["type"] == "done" and got["turn_id"] == frames[-1]["turn_id"],
+          f"watched {st} {got} / {frames[-1]}")
+    check(any(f["type"] == "tool_call" for f in frames), f"the socket saw {frames}")
+    st, _, body, _ = curl("-H", f"Authorization: Bearer {token}",
+                          gateway_url(node) + "/api/sessions/over-http")
+    msgs = [m["content"] for m in json.loads(body)["messages"]]
+    check(msgs[0] == "hello over http" and msgs[1] == "echo: hello over http" and
+          msgs[2] == "/peers", f"history {msgs}")
+    # Refusals.
+    for body, code in (('{"content": ""}', "invalid_body"), ('{"content": 5}', "invalid_body"),
+                       ('{"content": "a", "x": 1}', "invalid_body"), ('{"content":', "invalid_json")):
+        st, got = post(body)
+        check(st == 400 and got["code"] == code, f"{body}: {st} {got}")
+    st, got = post('{"content":"a"}', ctype="text/plain")
+    check(st == 415, f"text/plain {st} {got}")
+    st, got = post('{"content":"a"}', path=gateway_url(node) + "/api/sessions/bad%20id/messages")
+    check(st == 400 and got["code"] == "invalid_session_id", f"bad id {st} {got}")
+    st, got = post('{"content":"a"}', path=gateway_url(node) + "/api/sessions/over-http")
+    check(st == 405, f"POST without /messages {st} {got}")
+    st, _, out, _ = curl("-X", "POST", "-H", "Content-Type: application/json", "--data-binary",
+                         '{"content":"a"}', url)
+    check(st == 401, f"no token {st} {out}")
+    state["over_http"] = True
+
+
 def deleted_stays_deleted(node, token, state):
     st, _, body, _ = curl("-H", f"Authorization: Bearer {token}",
                           gateway_url(node) + f"/api/sessions/{state['deleted']}")
@@ -507,6 +560,7 @@ def main():
             results.run(events_show_the_turn, node, token, state)
             results.run(sessions_api, node, token, state)
             results.run(session_deleted, node, token, state)
+            results.run(turn_over_http, node, token, state)
         if results.stopped(node) and "message_count" in state:
             open(node.log_path, "wb").close()  # start() waits for this run's "ready"
             node.start()
