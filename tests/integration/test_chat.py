@@ -503,6 +503,26 @@ def turn_over_http(node, token, state):
     check(st == 401, f"no token {st} {out}")
     state["over_http"] = True
 
+    # A full queue: a socket holds a turn and fills the queue behind it (its
+    # own message refused says the queue is full); the post is 429.
+    async def full_queue():
+        ws, _ = await open_chat(node, token, session_id="busy-over-http")
+        await ws.send(json.dumps({"type": "message", "content": "/sleep 600000"}))
+        for i in range(20):
+            await ws.send(json.dumps({"type": "message", "content": f"q{i}"}))
+        while True:
+            f = await recv(ws)
+            if f["type"] == "error" and f["code"] == "SESSION_BUSY" and "turn_id" not in f:
+                break
+        loop = asyncio.get_running_loop()
+        st, got = await loop.run_in_executor(None, lambda: post(
+            '{"content":"one more"}', path=gateway_url(node) + "/api/sessions/busy-over-http/messages"))
+        await ws.send(json.dumps({"type": "stop"}))
+        await ws.close()
+        return st, got
+    st, got = run(full_queue())
+    check(st == 429 and got["code"] == "session_busy", f"full queue {st} {got}")
+
 
 def deleted_stays_deleted(node, token, state):
     st, _, body, _ = curl("-H", f"Authorization: Bearer {token}",
