@@ -624,6 +624,12 @@ static void s_post_frame(const router_turn_frame_t *frame, void *ud)
     bool final = frame->type == ROUTER_TURN_FRAME_DONE ||
                  frame->type == ROUTER_TURN_FRAME_STOPPED ||
                  frame->type == ROUTER_TURN_FRAME_ERROR;
+    /* Only the frames of its own message's turn, and an error for the
+     * message itself (no submitter, no turn), can concern it; of its
+     * turn's frames, only the first and the final are read. */
+    bool lone_error = frame->type == ROUTER_TURN_FRAME_ERROR && frame->submitter == 0;
+    if ((frame->submitter != p->sub && !lone_error) || (!final && p->turn_id[0]))
+        return;
     /* kith's own frame (NUL-terminated): a turn's carries its turn_id */
     char id[sizeof p->turn_id] = "";
     yajl_val f = yajl_tree_parse(frame->json, NULL, 0);
