@@ -144,6 +144,8 @@ void gateway_auth_audit_req(const gateway_auth_t *self, const char *type,
     (void) router_audit_feed_push(self->opts.audit, type, router_audit_detail_end(&d));
 }
 
+static bool s_host_may_be_rebound(const gateway_http_req_t *req);
+
 /* gateway_auth_require and _require_node: node tokens pass when node_ok. */
 static int s_require(const gateway_auth_t *self, const gateway_http_req_t *req,
                      gateway_http_res_t *res, bool node_ok, router_token_scope_t *scope)
@@ -152,7 +154,7 @@ static int s_require(const gateway_auth_t *self, const gateway_http_req_t *req,
     if (scope)
         *scope = got;
     if (!self->opts.require_pairing)
-        return 0;
+        return gateway_auth_require_unpaired(self, req, res);
     const char *t = NULL;
     size_t n = 0;
     char id[ROUTER_TOKENS_ID_LEN + 1];
@@ -259,6 +261,24 @@ int gateway_auth_require_loopback(const gateway_auth_t *self, const gateway_http
     gateway_auth_audit_req(self, "admin", req, why ? "forbidden" : "allowed");
     if (!why)
         return 0;
+    (void) gateway_http_respond_error(res, 403, "forbidden", why);
+    return -1;
+}
+
+int gateway_auth_require_unpaired(const gateway_auth_t *self, const gateway_http_req_t *req,
+                                  gateway_http_res_t *res)
+{
+    if (self->opts.require_pairing)
+        return 0;
+    const char *why = s_host_may_be_rebound(req)
+                          ? "with pairing off the gateway answers no DNS name in Host (use "
+                            "localhost or an address, or turn gateway.require_pairing on)"
+                      : !gateway_auth_origin_ok(req)
+                          ? "with pairing off the gateway answers no other site"
+                          : NULL;
+    if (!why)
+        return 0;
+    gateway_auth_audit_req(self, "auth_failure", req, "unpaired_not_local");
     (void) gateway_http_respond_error(res, 403, "forbidden", why);
     return -1;
 }

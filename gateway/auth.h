@@ -69,10 +69,18 @@ bool gateway_auth_token_ok(const gateway_auth_t *self, const char *token, size_t
 /* Lets an operator's request through (0), naming its token on res
  * (gateway_http_res_credential) so a revocation ends what it opens; or
  * answers 401 {"code":"unauthorized"} with `WWW-Authenticate: Bearer`, or
- * 403 {"code":"forbidden"} for a node token, and returns -1. Passes
- * everything when pairing is not required. */
+ * 403 {"code":"forbidden"} for a node token, and returns -1. When pairing
+ * is not required, it is gateway_auth_require_unpaired. */
 int gateway_auth_require(const gateway_auth_t *self, const gateway_http_req_t *req,
                          gateway_http_res_t *res) __attribute__((warn_unused_result));
+
+/* With pairing off nothing proves who a client is, so a request that a web
+ * page could have made is refused: a Host that is a DNS name (the page's
+ * own name, rebound to this gateway's address) or another site's Origin
+ * gets 403 {"code":"forbidden"}, an audit record, and -1. Everything else,
+ * and everything when pairing is on, gets 0 (WIRE §17.1). */
+int gateway_auth_require_unpaired(const gateway_auth_t *self, const gateway_http_req_t *req,
+                                  gateway_http_res_t *res) __attribute__((warn_unused_result));
 
 /* A browser's Origin must be this gateway itself (scheme http or https,
  * the same host and port as Host), so a page elsewhere cannot drive a

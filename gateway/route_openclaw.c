@@ -1575,6 +1575,8 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
                                           "the Origin is not this gateway");
         return;
     }
+    if (gateway_auth_require_unpaired(oc->opts.auth, req, res) != 0)
+        return;
     if (oc->nconns >= GATEWAY_OPENCLAW_CONNS_MAX) {
         (void) gateway_http_respond_error(res, 503, "too_many_connections",
                                           "too many OpenClaw connections are open");

@@ -261,6 +261,33 @@ def main():
             check("pairing code" not in none.logs(), none.logs())
             status, doc = webhook(none)
             check(status == 202, (status, doc))
+            # With pairing off nothing proves who a client is: a request a
+            # web page could have made (its rebound DNS name in Host, or
+            # another site's Origin) is refused before it does anything.
+            url = gateway_url(none)
+            ws_head = ["-H", "Connection: Upgrade", "-H", "Upgrade: websocket",
+                       "-H", "Sec-WebSocket-Version: 13",
+                       "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]
+            for args in ((url + "/api/sessions", "-H", f"Host: rebind.example:{none.gw_port}"),
+                         ("-X", "POST", "-H", "Content-Type: application/json", "--data",
+                          '{"message":"hi"}', url + "/webhook", "-H", "Host: kith.internal"),
+                         ("-X", "POST", "-H", "Content-Type: application/json", "--data",
+                          '{"message":"hi"}', url + "/webhook",
+                          "-H", "Origin: https://attacker.example"),
+                         (url + "/api/events", "-H", "Host: 127.0.0.1.attacker.example"),
+                         (url + "/ws/chat", *ws_head, "-H", "Host: rebind.example"),
+                         (url + "/", *ws_head, "-H", "Host: rebind.example")):
+                status, _, body, _ = curl(*args)
+                check(status == 403 and json.loads(body)["code"] == "forbidden", (args, status, body))
+            for host in ("localhost", f"127.0.0.1:{none.gw_port}", "[::1]", "x"):
+                status, _, body, _ = curl(url + "/api/sessions", "-H", f"Host: {host}")
+                check(status == 200, (host, status, body))
+            status, doc = webhook(none, "-H", f"Origin: http://127.0.0.1:{none.gw_port}")
+            check(status == 202, ("same origin", status, doc))
+            # Pairing on, a DNS name in Host is the operator's business: the token decides.
+            status, doc = webhook(off, "-H", f"Authorization: Bearer {t}", "-H",
+                                  "Host: kith.example.org")
+            check(status == 202, (status, doc))
         finally:
             off.cleanup()
             none.cleanup()
