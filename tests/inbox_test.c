@@ -17,6 +17,7 @@
 #include <sqlite3.h>
 
 #include "alloc_fail.h"
+#include "vfs_fail.h"
 #include "router/state/inbox.h"
 
 static void s_id(uint8_t id[16], uint32_t n)
@@ -296,38 +297,45 @@ static void test_seen_rows(void **state)
 }
 
 /* A failing commit keeps its entries un-durable (so un-acked) and is
- * retried; once the disk recovers they become durable, nothing lost. */
+ * retried; once the disk recovers they become durable, nothing lost. The
+ * disk fails under SQLite (tests/vfs_fail.h): full (a write refused) or
+ * failing (an fsync refused), so the store's own COMMIT fails and is rolled
+ * back, as on a real disk. */
 static void test_commit_failure_withholds(void **state)
 {
     (void) state;
-    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
-    s_tmp_db(dir, db, sizeof db);
-    router_inbox_t *in = s_open(64, 0, db);
-    uint8_t id[16], a[32] = {1}, frame[1] = {0xF6};
-    uint64_t seq;
-    router_inbox_test_fail_commits(in, true);
-    for (uint32_t i = 0; i < 3; i++) {
-        s_id(id, i);
-        router_inbox_seen_t seen = {.expires_ms = UINT64_MAX / 2};
-        assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, &seen, &seq),
-                         ROUTER_INBOX_ADMITTED);
+    for (int kind = VFS_FAIL_SYNC; kind <= VFS_FAIL_WRITE; kind++) {
+        char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+        s_tmp_db(dir, db, sizeof db);
+        router_inbox_t *in = s_open(64, 0, db);
+        uint8_t id[16], a[32] = {1}, frame[1] = {0xF6};
+        uint64_t seq;
+        vfs_fail_arm((vfs_fail_kind_t) kind, dir, 0, -1);
+        for (uint32_t i = 0; i < 3; i++) {
+            s_id(id, i);
+            router_inbox_seen_t seen = {.expires_ms = UINT64_MAX / 2};
+            assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, &seen, &seq),
+                             ROUTER_INBOX_ADMITTED);
+        }
+        /* Wait (bounded) until the store has failed a few times. */
+        for (int i = 0; i < 600 && router_inbox_commit_failures(in) < 3; i++)
+            usleep(50 * 1000);
+        assert_true(router_inbox_commit_failures(in) >= 3);
+        assert_true(vfs_fail_failed((vfs_fail_kind_t) kind) >= 3);
+        assert_int_equal(router_inbox_durable_seq(in), 0);
+        router_inbox_entry_t e;
+        assert_int_equal(router_inbox_pop(in, &e, 0), -1);
+        assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), 0);
+        vfs_fail_clear();
+        router_inbox_sync(in);
+        assert_int_equal(router_inbox_durable_seq(in), 3);
+        assert_int_equal(router_inbox_pop(in, &e, 0), 0);
+        router_inbox_entry_clear(&e);
+        router_inbox_destroy(&in);
+        assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM seen"), 3);
+        assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), 2);
+        s_rmdir(dir);
     }
-    /* Wait (bounded) until the store has failed a few times. */
-    for (int i = 0; i < 600 && router_inbox_commit_failures(in) < 3; i++)
-        usleep(50 * 1000);
-    assert_true(router_inbox_commit_failures(in) >= 3);
-    assert_int_equal(router_inbox_durable_seq(in), 0);
-    router_inbox_entry_t e;
-    assert_int_equal(router_inbox_pop(in, &e, 0), -1);
-    router_inbox_test_fail_commits(in, false);
-    router_inbox_sync(in);
-    assert_int_equal(router_inbox_durable_seq(in), 3);
-    assert_int_equal(router_inbox_pop(in, &e, 0), 0);
-    router_inbox_entry_clear(&e);
-    router_inbox_destroy(&in);
-    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM seen"), 3);
-    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), 2);
-    s_rmdir(dir);
 }
 
 /* ---------------------------------------------------------------- idempotency keys */
@@ -419,7 +427,7 @@ static void test_withdraw(void **state)
     uint64_t seq[3];
     router_inbox_idem_t key = {.scope = "webhook", .key = "a", .key_len = 1, .status = 202,
                                .body = "{}", .expires_ms = UINT64_MAX / 2};
-    router_inbox_test_fail_commits(in, true);
+    vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, -1);
     for (uint32_t i = 0; i < 3; i++) {
         s_id(id, i);
         key.key = i == 0 ? "a" : i == 1 ? "b" : "c";
@@ -438,7 +446,7 @@ static void test_withdraw(void **state)
     }
     assert_int_equal(w, ROUTER_INBOX_WITHDRAWN);
     assert_int_equal(router_inbox_count(in), 2);
-    router_inbox_test_fail_commits(in, false);
+    vfs_fail_arm(VFS_FAIL_SYNC, NULL, 0, 0);
     router_inbox_sync(in);
     assert_int_equal(router_inbox_durable_seq(in), seq[2]);
     assert_int_equal(router_inbox_withdraw(in, seq[0]), ROUTER_INBOX_IS_DURABLE);
@@ -470,7 +478,7 @@ static void test_withdraw_parked(void **state)
     uint64_t seq, next;
     router_inbox_idem_t key = {.scope = "event", .key = "p", .key_len = 1, .status = 202,
                                .body = "{}", .expires_ms = UINT64_MAX / 2};
-    router_inbox_test_hold_commits(in, true);
+    vfs_fail_hold(dir);
     /* Admit until the store thread holds one in its commit (an earlier
      * try withdrawn before it was taken is simply gone). */
     router_inbox_withdraw_t w = ROUTER_INBOX_WITHDRAWN;
@@ -485,11 +493,11 @@ static void test_withdraw_parked(void **state)
     s_id(id, 2);
     assert_int_equal(router_inbox_admit(in, id, zero, "event", frame, 2, 1, NULL, &next),
                      ROUTER_INBOX_ADMITTED);
-    router_inbox_test_fail_commits(in, true);
-    router_inbox_test_hold_commits(in, false);
+    vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, -1);
+    vfs_fail_hold(NULL);
     for (int i = 0; i < 6000 && router_inbox_commit_failures(in) < 1; i++)
         usleep(1000);
-    router_inbox_test_fail_commits(in, false);
+    vfs_fail_arm(VFS_FAIL_SYNC, NULL, 0, 0);
     router_inbox_sync(in);
     /* The later admission committed past it; it stays withdrawn. */
     assert_int_equal(router_inbox_durable_seq(in), next);
@@ -497,13 +505,13 @@ static void test_withdraw_parked(void **state)
     assert_int_equal(router_inbox_count(in), 1);
 
     /* Withdrawn during a commit that succeeds: durable after all. */
-    router_inbox_test_hold_commits(in, true);
+    vfs_fail_hold(dir);
     s_id(id, 3);
     assert_int_equal(router_inbox_admit_keyed(in, id, zero, "event", frame, 2, 1, NULL, &key,
                                               &seq), ROUTER_INBOX_ADMITTED);
     usleep(200 * 1000); /* not a threshold: either answer below is checked */
     w = router_inbox_withdraw(in, seq);
-    router_inbox_test_hold_commits(in, false);
+    vfs_fail_hold(NULL);
     router_inbox_sync(in);
     if (w == ROUTER_INBOX_COMMITTING)
         assert_int_equal(router_inbox_withdraw(in, seq), ROUTER_INBOX_IS_DURABLE);
@@ -769,7 +777,7 @@ static void test_reopen_without_memory(void **state)
 
 int main(void)
 {
-    if (alloc_fail_sqlite_install() != 0)
+    if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
         return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_refuses),

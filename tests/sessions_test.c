@@ -2,7 +2,8 @@
  * order whether the loop's cache or the database answers them, and the
  * database alone answers them the same after a restart; an append the
  * database refuses takes back only itself, in the middle of a batch; a
- * delete is durable and forgotten by the cache. */
+ * delete is durable and forgotten by the cache; a full disk loses only
+ * what it refused, and says so. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +17,7 @@
 #include <sqlite3.h>
 
 #include "alloc_fail.h"
+#include "vfs_fail.h"
 #include "router/net/loop.h"
 #include "router/workers/history_cache.h"
 #include "router/workers/sessions.h"
@@ -248,6 +250,53 @@ static void test_refused_append_takes_back_only_itself(void **state)
     s_finish(dir, &e);
 }
 
+/* The disk full under the store (tests/vfs_fail.h): a batch of appends
+ * whose COMMIT fails is rolled back whole and counted, and the cache
+ * forgets the session rather than serve what was never stored; a delete
+ * answers 503 and deletes nothing. Once the disk has room again, appends
+ * are stored as before, and a restart finds exactly what was. */
+static void test_disk_full(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    assert_int_equal(router_sessions_append(s, "a", "user", "kept", 4, "t1"), 0);
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 0), 0);
+    s_wait(&e, 1); /* stored, and the cache holds "a" */
+    assert_int_equal(router_sessions_failures(s), 0);
+
+    vfs_fail_arm(VFS_FAIL_WRITE, dir, 0, -1);
+    assert_int_equal(router_sessions_append(s, "a", "assistant", "lost", 4, "t1"), 0);
+    assert_int_equal(router_sessions_append(s, "a", "user", "lost too", 8, "t2"), 0);
+    assert_int_equal(router_sessions_delete(s, "a", s_on_json, &e, 1), 0);
+    s_wait(&e, 2);
+    assert_int_equal(e.status[1], 503);
+    assert_true(vfs_fail_failed(VFS_FAIL_WRITE) >= 2);
+    assert_int_equal(router_sessions_failures(s), 3); /* two appends, one delete */
+    vfs_fail_clear();
+
+    /* What is read now is what the database holds. */
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 2), 0);
+    s_wait(&e, 3);
+    assert_int_equal(e.rc[2], 0);
+    assert_non_null(strstr(e.text[2], "user:kept@"));
+    assert_null(strstr(e.text[2], "lost"));
+    assert_int_equal(router_sessions_append(s, "a", "assistant", "again", 5, "t3"), 0);
+    router_sessions_destroy(&s);
+
+    s = router_sessions_new(e.loop, db, err, sizeof err);
+    assert_non_null(s);
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 3), 0);
+    s_wait(&e, 4);
+    assert_int_equal(e.status[3], 200);
+    assert_non_null(strstr(e.json[3], "\"message_count\":2"));
+    assert_non_null(strstr(e.json[3], "\"content\":\"again\""));
+    assert_null(strstr(e.json[3], "lost"));
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
 /* Out of memory at every allocation of the constructor (SQLite's
  * included) and of each call the loop makes: the constructor refuses with a
  * reason, a call refuses with -1 and its callback never runs, and what was
@@ -337,8 +386,9 @@ int main(void)
         cmocka_unit_test(test_refused_append_takes_back_only_itself),
         cmocka_unit_test(test_without_memory),
         cmocka_unit_test(test_delete),
+        cmocka_unit_test(test_disk_full),
     };
-    if (alloc_fail_sqlite_install() != 0)
+    if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
         return 1;
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

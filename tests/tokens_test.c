@@ -24,6 +24,7 @@
 #include <sqlite3.h>
 
 #include "alloc_fail.h"
+#include "vfs_fail.h"
 #include "router/clock.h"
 #include "router/state/tokens.h"
 
@@ -241,7 +242,7 @@ static void test_failed_commits_withhold_then_write(void **state)
     router_loop_t *loop = router_loop_new(NULL);
     router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
     assert_non_null(t);
-    router_tokens_test_fail_commits(t, true);
+    vfs_fail_arm(VFS_FAIL_SYNC, s_dir, 0, -1); /* fsync fails, so every COMMIT does */
     s_count_t c = {.loop = loop};
     uint8_t h[32];
     randombytes_buf(h, sizeof h);
@@ -281,7 +282,7 @@ static void test_failed_commits_withhold_then_write(void **state)
     router_tokens_idem_release(t, "webhook", "k2", 2);
     assert_int_equal(c.calls, 0);
 
-    router_tokens_test_fail_commits(t, false);
+    vfs_fail_clear();
     s_wait_n(&c, queued);
     assert_int_equal(c.oks, queued);
     assert_true(router_tokens_check(t, h, NULL));
@@ -296,7 +297,9 @@ static void test_failed_commits_withhold_then_write(void **state)
 }
 
 /* Stopping while the disk still fails answers what was never written with
- * ok false, and a reopen knows nothing of it. */
+ * ok false, and a reopen knows nothing of it. The disk is full (writes
+ * refused): after a failed fsync instead, what was written may or may not
+ * be there after a reopen, which is the disk's answer, not the store's. */
 static void test_stop_while_failing_answers_not_written(void **state)
 {
     (void) state;
@@ -304,7 +307,7 @@ static void test_stop_while_failing_answers_not_written(void **state)
     router_loop_t *loop = router_loop_new(NULL);
     router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
     assert_non_null(t);
-    router_tokens_test_fail_commits(t, true);
+    vfs_fail_arm(VFS_FAIL_WRITE, s_dir, 0, -1); /* full: every COMMIT fails */
     s_count_t c = {.loop = loop};
     uint8_t h[32];
     randombytes_buf(h, sizeof h);
@@ -318,6 +321,7 @@ static void test_stop_while_failing_answers_not_written(void **state)
     assert_int_equal(router_tokens_add(t, h2, ROUTER_TOKEN_OPERATOR, "", 1, s_count, &c), -1); /* stopped */
     router_loop_destroy(&loop);
     router_tokens_destroy(&t);
+    vfs_fail_clear(); /* the disk recovers: the reopen finds nothing */
     loop = router_loop_new(NULL);
     t = router_tokens_new(s_db, loop, err, sizeof err);
     assert_non_null(t);
@@ -888,7 +892,7 @@ static void test_reopen_without_memory(void **state)
 
 int main(void)
 {
-    if (alloc_fail_sqlite_install() != 0)
+    if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
         return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_token_durable_then_reloaded, s_setup, s_teardown),

@@ -76,8 +76,6 @@ struct router_inbox_t {
     uint64_t *deletes;          /* popped seqs to delete from disk */
     size_t ndeletes, deletes_cap;
     _Atomic uint64_t durable_seq; /* all seq ≤ this are durable */
-    _Atomic bool fail_commits;  /* test seam */
-    _Atomic bool hold_commits;  /* test seam: a commit waits before it ends */
     _Atomic uint64_t failures;  /* commits that failed */
     bool on_flush;              /* commit_on_flush: admissions wait for a flush */
     bool flush_req;             /* a flush came since the store thread last took work */
@@ -375,10 +373,6 @@ static int s_db_batch(router_inbox_t *self, const s_node_t *list, const uint64_t
         if (s_step_done(self->delete) != 0)
             goto fail;
     }
-    while (atomic_load(&self->hold_commits))
-        nanosleep(&(struct timespec){.tv_nsec = 1000000L}, NULL);
-    if (atomic_load(&self->fail_commits))
-        goto fail;
     if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     router_dblock_leave(self->wlock);
@@ -496,8 +490,7 @@ static void s_fail_note(router_inbox_t *self, s_failing_t *f, size_t pending)
     f->unreported++;
     if (f->failing == 1 || now - f->last_log_ms >= S_FAIL_LOG_EVERY_MS) {
         pthread_mutex_lock(&self->db_mu);
-        const char *why = atomic_load(&self->fail_commits) ? "failing on purpose (test seam)"
-                                                           : self->last_err;
+        const char *why = self->last_err;
         ROUTER_LOG(ROUTER_LOG_ERROR, "inbox",
                    "commit failed (%llu failure%s since the last report, %zu admissions waiting,"
                    " not acked): %s; retrying",
@@ -1331,16 +1324,6 @@ done:
     sqlite3_finalize(st);
     pthread_mutex_unlock(&self->db_mu);
     return rc;
-}
-
-void router_inbox_test_fail_commits(router_inbox_t *self, bool fail)
-{
-    atomic_store(&self->fail_commits, fail);
-}
-
-void router_inbox_test_hold_commits(router_inbox_t *self, bool hold)
-{
-    atomic_store(&self->hold_commits, hold);
 }
 
 uint64_t router_inbox_commit_failures(const router_inbox_t *self)

@@ -186,13 +186,6 @@ int router_inbox_seen_load(router_inbox_t *self, size_t per_sender_max,
                            router_inbox_seen_fn *seen_fn, router_inbox_floor_fn *floor_fn,
                            void *ud, char *err, size_t errcap);
 
-/* Test seam: while `fail` is true every commit fails as a broken disk would. */
-void router_inbox_test_fail_commits(router_inbox_t *self, bool fail);
-
-/* Test seam: while `hold` is true every commit waits, its rows written,
- * before it commits or fails (a commit in flight, held open). */
-void router_inbox_test_hold_commits(router_inbox_t *self, bool hold);
-
 /* Commits that failed since the inbox opened (for tests and metrics). */
 uint64_t router_inbox_commit_failures(const router_inbox_t *self);
 

@@ -87,7 +87,6 @@ struct router_tokens {
     s_job_t *done_list;                     /* written, callbacks owed */
     bool stopping;
     _Atomic bool wake_posted;               /* a callback run is queued on the loop */
-    _Atomic bool fail_commits;              /* test seam: every commit fails */
     _Atomic uint64_t failures;              /* commits that failed */
 };
 
@@ -331,8 +330,6 @@ static bool s_commit(router_tokens_t *self, s_job_t *batch)
              (unsigned long long) router_clock_wall_ms());
     if (sqlite3_exec(self->db, sql, NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
-    if (atomic_load(&self->fail_commits))
-        goto fail; /* the test seam: as a full or failing disk would */
     if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
         return true;
 fail:
@@ -1066,11 +1063,6 @@ int router_tokens_device_record(router_tokens_t *self, const router_tokens_devic
         return -1;
     }
     return 0;
-}
-
-void router_tokens_test_fail_commits(router_tokens_t *self, bool fail)
-{
-    atomic_store(&self->fail_commits, fail);
 }
 
 uint64_t router_tokens_commit_failures(const router_tokens_t *self)

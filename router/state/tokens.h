@@ -227,9 +227,4 @@ int router_tokens_device_record(router_tokens_t *self, const router_tokens_devic
 /* Commits the store thread has seen fail (each is retried). */
 uint64_t router_tokens_commit_failures(const router_tokens_t *self);
 
-/* Test seam: while `fail` holds, every commit is rolled back as a failing
- * disk's would be (and retried, so nothing is answered until it is
- * written). Any thread. */
-void router_tokens_test_fail_commits(router_tokens_t *self, bool fail);
-
 #endif

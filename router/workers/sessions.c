@@ -403,6 +403,8 @@ static void s_run_delete(router_sessions_t *s, s_job_t *j)
     j->status = 503;
     router_dblock_enter(s->wlock, ROUTER_DBLOCK_BULK);
     if (s_exec(s->db, "BEGIN IMMEDIATE") != 0) {
+        ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: delete of session %s: %s", j->id,
+                   sqlite3_errmsg(s->db));
         router_dblock_leave(s->wlock);
         return;
     }
@@ -427,6 +429,10 @@ static void s_run_delete(router_sessions_t *s, s_job_t *j)
     if (ok && s_exec(s->db, "COMMIT") == 0) {
         j->status = found ? 200 : 404;
     } else {
+        /* Said before the ROLLBACK, which replaces the connection's
+         * message (SQLite may have rolled back already, on a full disk). */
+        ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: delete of session %s: %s", j->id,
+                   sqlite3_errmsg(s->db));
         s_exec(s->db, "ROLLBACK");
     }
     router_dblock_leave(s->wlock);
@@ -445,7 +451,7 @@ static void s_run(router_sessions_t *s, s_job_t *j)
     if (j->rc != 0 || ((j->kind == J_LIST || j->kind == J_GET || j->kind == J_DELETE) &&
                        j->status == 503)) {
         atomic_fetch_add(&s->failures, 1);
-        if (j->kind != J_APPEND) /* s_run_append said why */
+        if (j->kind != J_APPEND && j->kind != J_DELETE) /* those said why */
             ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: %s", sqlite3_errmsg(s->db));
     }
 }
