@@ -79,6 +79,7 @@ struct gateway_http {
     void (*drain_done)(void *ud);        /* told once the last connection is gone */
     void *drain_ud;                      /* its argument */
     uint64_t drain_timer;                /* cuts what is left at the drain's deadline */
+    uint64_t last_call_timer;            /* answers deferred requests before that */
     time_t date_at;                      /* second `date` was formatted for */
     char date[64];                       /* IMF-fixdate for the Date header */
     router_metric_t *m_open;             /* kith_http_connections_open */

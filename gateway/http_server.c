@@ -23,6 +23,9 @@
 /* First allocation for a decoded body; it then doubles as data arrives, so
  * a client announcing a large body it never sends pins little memory. */
 #define S_BODY_CHUNK 4096u
+/* How long before a drain's deadline the requests still owed an answer are
+ * told 503 (half the drain when it is shorter than twice this). */
+#define S_LAST_CALL_MS 1000u
 
 static const char s_continue[] = "HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -786,15 +789,22 @@ void gateway_http_close_listeners(gateway_http_t *g)
 
 /* ---------------------------------------------------------------- draining */
 
+static void s_drain_timers_stop(gateway_http_t *g)
+{
+    if (g->drain_timer)
+        (void) router_loop_timer_cancel(g->loop, g->drain_timer);
+    if (g->last_call_timer)
+        (void) router_loop_timer_cancel(g->loop, g->last_call_timer);
+    g->drain_timer = g->last_call_timer = 0;
+}
+
 void gateway_http_drain_check(gateway_http_t *g)
 {
     if (!g->draining || g->open || !g->drain_done)
         return;
     void (*done)(void *) = g->drain_done;
     g->drain_done = NULL;
-    if (g->drain_timer)
-        (void) router_loop_timer_cancel(g->loop, g->drain_timer);
-    g->drain_timer = 0;
+    s_drain_timers_stop(g);
     ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "drained: every connection closed");
     done(g->drain_ud);
 }
@@ -814,6 +824,37 @@ static void s_drain_deadline(router_loop_t *loop, uint64_t id, void *ud)
             router_conn_abort(hc->conn);
         }
     gateway_ws_close_all(g, 1001, true);
+}
+
+/* A request whose route deferred its answer (a turn over HTTP, a node's
+ * invoke, a 202 waiting for durability) and has not answered by now would
+ * be cut without a word at the deadline: it is answered 503 shutting_down
+ * instead, and its connection closes in order, so the client reads why.
+ * The route keeps its handle; what it answers later goes nowhere. */
+static void s_drain_last_call(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    gateway_http_t *g = ud;
+    g->last_call_timer = 0;
+    unsigned n = 0;
+    for (gateway_http_conn_t *hc = g->conns, *next; hc; hc = next) {
+        next = hc->next;
+        if (hc->phase != GATEWAY_HTTP_DEFERRED || !hc->pending || hc->pending->res.sent)
+            continue;
+        gateway_http_res_t *res = &hc->pending->res;
+        res->close = true;
+        (void) gateway_http_res_header(res, "Retry-After", "5");
+        (void) gateway_http_respond_error(res, 503, "shutting_down",
+                                          "the daemon is stopping before this request was "
+                                          "answered; what it asked for may or may not be done");
+        hc->phase = GATEWAY_HTTP_CLOSING;
+        s_timer_stop(hc);
+        router_conn_close(hc->conn); /* what was written goes first */
+        n++;
+    }
+    if (n)
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "drain: %u requests unanswered, told 503", n);
 }
 
 void gateway_http_drain(gateway_http_t *g, void (*done)(void *ud), void *ud,
@@ -836,8 +877,12 @@ void gateway_http_drain(gateway_http_t *g, void (*done)(void *ud), void *ud,
             router_conn_close(hc->conn); /* stays STREAM: on_close tells the route */
     }
     gateway_ws_close_all(g, 1001, false);
-    if (g->open && deadline_ms)
+    if (g->open && deadline_ms) {
         g->drain_timer = router_loop_timer_add(g->loop, deadline_ms, s_drain_deadline, g);
+        unsigned before = deadline_ms > 2 * S_LAST_CALL_MS ? deadline_ms - S_LAST_CALL_MS
+                                                            : deadline_ms / 2;
+        g->last_call_timer = router_loop_timer_add(g->loop, before, s_drain_last_call, g);
+    }
     gateway_http_drain_check(g);
 }
 
@@ -861,8 +906,7 @@ void gateway_http_destroy(gateway_http_t **g_p)
     if (!g_p || !*g_p)
         return;
     gateway_http_t *g = *g_p;
-    if (g->drain_timer)
-        (void) router_loop_timer_cancel(g->loop, g->drain_timer);
+    s_drain_timers_stop(g);
     gateway_http_close_listeners(g);
     /* Open connections belong to the loop: cut them loose from us. */
     for (gateway_http_conn_t *hc = g->conns, *next; hc; hc = next) {

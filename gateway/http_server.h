@@ -101,8 +101,10 @@ void gateway_http_close_listeners(gateway_http_t *g);
 /* A graceful stop: closes the listeners, closes idle keep-alive
  * connections and event streams, sends WebSockets a 1001 close, and lets
  * each request in progress (a deferred answer included) finish with
- * `Connection: close`. done(ud) runs on the loop once no connection is
- * left, or after deadline_ms, when the rest are cut. Once. */
+ * `Connection: close`. A deferred request still unanswered a second before
+ * deadline_ms (half-way, for a short drain) is answered 503
+ * {"code":"shutting_down"} and closed. done(ud) runs on the loop once no
+ * connection is left, or after deadline_ms, when the rest are cut. Once. */
 void gateway_http_drain(gateway_http_t *g, void (*done)(void *ud), void *ud,
                         unsigned deadline_ms);
 

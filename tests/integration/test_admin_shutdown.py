@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import Daemon, Results, check, curl, gateway_url  # noqa: E402
@@ -153,6 +154,36 @@ def main():
         finally:
             node.cleanup()
 
+    def unanswered_request_is_told_503():
+        """A request whose answer is deferred and still owed near the drain's
+        deadline (a turn over HTTP that sleeps for minutes) is answered 503
+        shutting_down and closed in order, not cut without a word."""
+        node = Daemon("shutdown-owed", config=cfg).start()
+        try:
+            s = connect(node)
+            body = json.dumps({"content": "/sleep 600000"}).encode()
+            s.sendall(b"POST /api/sessions/owed/messages HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(body), body))
+            # The turn has begun once the session holds the message (bounded).
+            for _ in range(200):
+                status, _, text, _ = curl(gateway_url(node) + "/api/sessions/owed")
+                if status == 200 and json.loads(text).get("message_count", 0) >= 1:
+                    break
+                time.sleep(0.05)
+            check(status == 200, (status, text))
+            node.proc.send_signal(signal.SIGTERM)
+            answer = read_until_eof(s)
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            check(head.startswith(b"HTTP/1.1 503"), answer)
+            check(b"connection: close" in head.lower() and b"retry-after: 5" in head.lower(), head)
+            check(json.loads(rest)["code"] == "shutting_down", rest)
+            node.proc.wait(timeout=60)
+            check(node.proc.returncode == 0, f"exit {node.proc.returncode}\n{node.logs()}")
+            check("drain: 1 requests unanswered, told 503" in node.logs(), node.logs()[-2000:])
+        finally:
+            node.cleanup()
+
     def kith_gateway_serves_http_without_comms():
         node = Daemon("gateway-alone", config=cfg, command="gateway").start()
         try:
@@ -169,7 +200,8 @@ def main():
             node.cleanup()
 
     for fn in (shutdown_over_http, shutdown_refused_with_get_and_keeps_serving,
-               sigterm_drains_the_gateway, kith_gateway_serves_http_without_comms):
+               sigterm_drains_the_gateway, unanswered_request_is_told_503,
+               kith_gateway_serves_http_without_comms):
         results.run(fn)
     return results.summary()
 
