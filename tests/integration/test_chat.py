@@ -9,6 +9,8 @@ import asyncio
 import http.client
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -555,6 +557,67 @@ def node_ws_client(node, token):
     check(p.returncode == 0 and out.get("ok"), (p.returncode, p.stdout, p.stderr))
 
 
+def http_turns_bounded_and_answered_at_stop():
+    """256 turns over HTTP wait at once (16 sessions, each a turn that
+    sleeps and 15 messages behind it); one more is 503 busy with
+    Retry-After while /health still answers. Then a stop answers every one
+    of the 256: with its turn's final frame, or 503 shutting_down — none is
+    reset."""
+    node = Daemon("chat-posts", config={"gateway": {"require_pairing": False},
+                                        "workers": {"agent_threads": 2}})
+    socks = []
+    try:
+        node.start()
+        for i in range(257):
+            sid = f"held-{i // 16}"  # the 257th alone in a 17th session: not 429
+            body = json.dumps({"content": "/sleep 600000" if i % 16 == 0 else f"m{i}"}).encode()
+            s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=60)
+            s.sendall(b"POST /api/sessions/%s/messages HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (sid.encode(), len(body), body))
+            socks.append(s)
+        # Whichever came last to the server is the one refused (bounded wait).
+        busy, deadline = [], time.monotonic() + 60
+        while not busy and time.monotonic() < deadline:
+            ready, _, _ = select.select(socks, [], [], 0.5)
+            busy = ready
+        check(len(busy) == 1, f"{len(busy)} answered early")
+        head, _, rest = busy[0].recv(65536).partition(b"\r\n\r\n")
+        check(head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower(), head)
+        check(json.loads(rest)["code"] == "busy", rest)
+        socks.remove(busy[0])
+        busy[0].close()
+        st, _, _, _ = curl(gateway_url(node) + "/health")
+        check(st == 200, st)
+        ready, _, _ = select.select(socks, [], [], 0.2)
+        check(not ready, f"{len(ready)} more answered before the stop")
+
+        node.proc.send_signal(signal.SIGTERM)
+        codes = {}
+        for s in socks:
+            data = b""
+            while True:
+                chunk = s.recv(65536)  # a reset raises: each must be answered
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            head, _, rest = data.partition(b"\r\n\r\n")
+            status = head[9:12].decode()
+            check(status in ("200", "503"), data[:300])
+            if status == "503":
+                check(json.loads(rest)["code"] == "shutting_down", rest)
+            codes[status] = codes.get(status, 0) + 1
+        socks = []
+        node.proc.wait(timeout=60)
+        check(node.proc.returncode == 0, f"exit {node.proc.returncode}")
+        print(f"at the stop: {codes}")
+    finally:
+        for s in socks:
+            s.close()
+        node.cleanup()
+
+
 def main():
     # A fixed port: the restart must come back where the clients are.
     # The embedded agents (scripted provider), as `kith daemon` runs by default.
@@ -590,6 +653,7 @@ def main():
             results.stopped(node)
     finally:
         node.cleanup()
+    results.run(http_turns_bounded_and_answered_at_stop)
     return results.summary()
 
 
