@@ -1,12 +1,15 @@
 /* tests/identity_test.c — router/identity: file modes, round trip, the
  * RFC 8032 key and its PeerId (computed independently with Python's
- * hashlib), refusal of unsafe, malformed and mismatched files, no overwrite. */
+ * hashlib), refusal of unsafe, malformed and mismatched files, no overwrite,
+ * and creation whose fsync or rename fails (tests/io_fail.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -15,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io_fail.h"
 #include "proto/pubkey.h"
 #include "router/state/identity.h"
 
@@ -401,6 +405,114 @@ static void test_load_or_create_refuses_mismatch(void **state)
     assert_string_equal(text, S_RFC_KEY_LINE);
 }
 
+/* ------------------------------------------------------------ failing disk */
+
+/* The names in dir other than "." and "..". */
+static unsigned s_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    unsigned n = 0;
+    for (struct dirent *ent; (ent = readdir(d));)
+        n += strcmp(ent->d_name, ".") != 0 && strcmp(ent->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
+
+/* The key cannot be made durable (the fsync of its temp file fails) on a
+ * first start: the start fails naming the file and why, and leaves no key,
+ * whole or half, and no temp file, so the next start trusts nothing of it
+ * and makes a new identity. */
+static void test_key_fsync_failure_leaves_no_key(void **state)
+{
+    s_env_t *e = *state;
+    router_identity_t id;
+    bool created = true;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    io_fail_arm(IO_FAIL_FSYNC, 0, EIO);
+    int rc = router_identity_load_or_create(e->home, &id, &created, err, sizeof err);
+    assert_int_equal(io_fail_disarm(), 1);
+    assert_int_equal(rc, -1);
+    assert_false(created);
+    assert_true(s_all_zero(&id, sizeof id));
+    assert_non_null(strstr(err, "cannot write"));
+    assert_non_null(strstr(err, "identity.key.tmp-"));
+    assert_non_null(strstr(err, strerror(EIO)));
+    assert_int_equal(s_entries(e->dir), 0);
+
+    assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), -1);
+    assert_non_null(strstr(err, "no identity at"));
+    assert_int_equal(router_identity_load_or_create(e->home, &id, &created, err, sizeof err), 0);
+    assert_true(created);
+    router_identity_wipe(&id);
+}
+
+/* The key is linked in but its directory cannot be synced (the second
+ * fsync): creating fails, saying the key was created; it is whole, and
+ * the next start loads it (and writes the missing identity.pub). */
+static void test_key_dir_sync_failure_keeps_whole_key(void **state)
+{
+    s_env_t *e = *state;
+    router_identity_t id;
+    char err[ROUTER_IDENTITY_ERR_MAX];
+    io_fail_arm(IO_FAIL_FSYNC, 1, EIO);
+    int rc = router_identity_create_from_seed(e->home, s_rfc_seed, &id, err, sizeof err);
+    assert_int_equal(io_fail_disarm(), 1);
+    assert_int_equal(rc, -1);
+    assert_true(s_all_zero(&id, sizeof id));
+    assert_int_equal(strncmp(err, e->key, strlen(e->key)), 0);
+    assert_non_null(strstr(err, "created, but syncing"));
+    char text[256];
+    s_read(e->key, text, sizeof text);
+    assert_string_equal(text, S_RFC_KEY_LINE);
+    assert_int_equal(s_entries(e->dir), 1); /* the key alone: no temp file */
+
+    bool created = true;
+    assert_int_equal(router_identity_load_or_create(e->home, &id, &created, err, sizeof err), 0);
+    assert_false(created);
+    assert_memory_equal(id.pk, s_rfc_pk, 32);
+    s_read(e->pub, text, sizeof text);
+    assert_string_equal(text, S_RFC_PUB_LINE);
+    router_identity_wipe(&id);
+}
+
+/* identity.pub cannot be written (its fsync, after the key's two, or its
+ * rename fails): creating fails naming identity.pub; the key stands whole,
+ * no temp file is left, and the next start rewrites identity.pub. */
+static void test_pub_failure_keeps_key(void **state)
+{
+    s_env_t *e = *state;
+    static const struct {
+        io_fail_call_t call;
+        long skip;
+        int err;
+    } fail[] = {{IO_FAIL_FSYNC, 2, EIO}, {IO_FAIL_RENAME, 0, ENOSPC}};
+    for (size_t i = 0; i < sizeof fail / sizeof fail[0]; i++) {
+        unlink(e->key);
+        unlink(e->pub);
+        router_identity_t id;
+        char err[ROUTER_IDENTITY_ERR_MAX];
+        io_fail_arm(fail[i].call, fail[i].skip, fail[i].err);
+        int rc = router_identity_create_from_seed(e->home, s_rfc_seed, &id, err, sizeof err);
+        assert_int_equal(io_fail_disarm(), 1);
+        assert_int_equal(rc, -1);
+        assert_true(s_all_zero(&id, sizeof id));
+        assert_int_equal(strncmp(err, e->pub, strlen(e->pub)), 0);
+        assert_non_null(strstr(err, strerror(fail[i].err)));
+        assert_int_equal(access(e->pub, F_OK), -1);
+        char text[256];
+        s_read(e->key, text, sizeof text);
+        assert_string_equal(text, S_RFC_KEY_LINE);
+        assert_int_equal(s_entries(e->dir), 1);
+
+        assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), 0);
+        assert_memory_equal(id.pk, s_rfc_pk, 32);
+        s_read(e->pub, text, sizeof text);
+        assert_string_equal(text, S_RFC_PUB_LINE);
+        router_identity_wipe(&id);
+    }
+}
+
 static void test_wipe(void **state)
 {
     (void) state;
@@ -430,6 +542,9 @@ int main(void)
         T(test_load_or_create),
         T(test_lost_key_is_not_replaced),
         T(test_load_or_create_refuses_mismatch),
+        T(test_key_fsync_failure_leaves_no_key),
+        T(test_key_dir_sync_failure_keeps_whole_key),
+        T(test_pub_failure_keeps_key),
         T(test_wipe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

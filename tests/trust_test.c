@@ -1,12 +1,15 @@
 /* tests/trust_test.c — router/trust: fail-closed loading that names the bad
  * row (every class of bad row), duplicate PeerIds, duplicate names, lookups,
- * add/remove, atomic saves and the file-mode rule. */
+ * add/remove, atomic saves (and saves whose fsync or rename fails) and the
+ * file-mode rule. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -18,6 +21,7 @@
 #include <sodium.h>
 
 #include "alloc_fail.h"
+#include "io_fail.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
 #include "router/state/trust.h"
@@ -631,6 +635,109 @@ static void test_save_is_atomic_replace(void **state)
     router_trust_destroy(&t);
 }
 
+/* The names in dir other than "." and "..". */
+static unsigned s_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    unsigned n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
+
+/* The whole of a small file, NUL-terminated; the caller frees it. */
+static char *s_slurp(const char *path)
+{
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    char *buf = calloc(1, 4096);
+    assert_non_null(buf);
+    size_t n = fread(buf, 1, 4095, fp);
+    assert_true(n < 4095);
+    fclose(fp);
+    return buf;
+}
+
+/* Saves the store "old", then a store with "new" added while `call` fails
+ * (after `skip` good calls) with errno `e`. Returns the second save's error
+ * and leaves the file's bytes before and after it in *before and *after. */
+static void s_save_failing(const s_files_t *f, io_fail_call_t call, long skip, int e,
+                           char err[ROUTER_TRUST_ERR_MAX], char **before, char **after)
+{
+    router_trust_t *t = router_trust_new();
+    uint8_t pk[32];
+    s_key(1, pk);
+    assert_int_equal(router_trust_add(t, "old", pk, "tcp://h:1", NULL, NULL, 0, err,
+                                      ROUTER_TRUST_ERR_MAX),
+                     0);
+    assert_int_equal(router_trust_save(t, f->path, err, ROUTER_TRUST_ERR_MAX), 0);
+    *before = s_slurp(f->path);
+    s_key(2, pk);
+    assert_int_equal(router_trust_add(t, "new", pk, "tcp://h:2", NULL, NULL, 0, err,
+                                      ROUTER_TRUST_ERR_MAX),
+                     0);
+    io_fail_arm(call, skip, e);
+    int rc = router_trust_save(t, f->path, err, ROUTER_TRUST_ERR_MAX);
+    assert_int_equal(io_fail_disarm(), 1);
+    assert_int_equal(rc, -1);
+    *after = s_slurp(f->path);
+    router_trust_destroy(&t);
+}
+
+/* The new file cannot be made durable (fsync fails): the save fails naming
+ * the file and why, the old file keeps every byte, no temp file is left. */
+static void test_save_fsync_failure_keeps_old_file(void **state)
+{
+    s_files_t *f = *state;
+    char err[ROUTER_TRUST_ERR_MAX], *before, *after;
+    s_save_failing(f, IO_FAIL_FSYNC, 0, EIO, err, &before, &after);
+    assert_int_equal(strncmp(err, f->path, strlen(f->path)), 0);
+    assert_non_null(strstr(err, "cannot write"));
+    assert_non_null(strstr(err, strerror(EIO)));
+    assert_string_equal(after, before);
+    assert_int_equal(s_entries(f->dir), 1);
+    free(before);
+    free(after);
+}
+
+/* The rename fails (a full disk, another file system): the same. */
+static void test_save_rename_failure_keeps_old_file(void **state)
+{
+    s_files_t *f = *state;
+    char err[ROUTER_TRUST_ERR_MAX], *before, *after;
+    s_save_failing(f, IO_FAIL_RENAME, 0, EXDEV, err, &before, &after);
+    assert_int_equal(strncmp(err, f->path, strlen(f->path)), 0);
+    assert_non_null(strstr(err, "cannot replace"));
+    assert_non_null(strstr(err, strerror(EXDEV)));
+    assert_string_equal(after, before);
+    assert_int_equal(s_entries(f->dir), 1);
+    free(before);
+    free(after);
+}
+
+/* The file is replaced but its directory cannot be synced (the second
+ * fsync): the save still fails, saying the new file is in place, which it
+ * is, whole; no temp file is left. */
+static void test_save_dir_sync_failure_says_replaced(void **state)
+{
+    s_files_t *f = *state;
+    char err[ROUTER_TRUST_ERR_MAX], *before, *after;
+    s_save_failing(f, IO_FAIL_FSYNC, 1, EIO, err, &before, &after);
+    assert_int_equal(strncmp(err, f->path, strlen(f->path)), 0);
+    assert_non_null(strstr(err, "replaced, but syncing its directory failed"));
+    assert_non_null(strstr(err, strerror(EIO)));
+    assert_non_null(strstr(after, "\"new\""));
+    router_trust_t *u = router_trust_parse(after, strlen(after), err, sizeof err);
+    assert_non_null(u);
+    assert_int_equal(router_trust_count(u), 2);
+    router_trust_destroy(&u);
+    assert_int_equal(s_entries(f->dir), 1);
+    free(before);
+    free(after);
+}
+
 static void test_group_writable_file_refused(void **state)
 {
     s_files_t *f = *state;
@@ -797,6 +904,9 @@ int main(void)
         T(test_missing_file_is_empty),
         T(test_save_load_round_trip),
         T(test_save_is_atomic_replace),
+        T(test_save_fsync_failure_keeps_old_file),
+        T(test_save_rename_failure_keeps_old_file),
+        T(test_save_dir_sync_failure_says_replaced),
         T(test_group_writable_file_refused),
         T(test_load_error_names_file_and_row),
         T(test_fifo_refused),
