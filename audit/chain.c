@@ -26,6 +26,7 @@ struct audit_chain {
     uint64_t last_seq;               /* last durable record */
     uint8_t last_hash[AUDIT_HASH_LEN];
     off_t durable_len;               /* the log's length through last_seq */
+    bool cut_owed;                   /* a failed batch's bytes may follow durable_len */
     char *batch;                     /* lines of one append, reused */
     size_t batch_cap;
 };
@@ -434,6 +435,17 @@ int audit_chain_append(audit_chain_t *self, const proto_audit_event_t *ev, size_
         len += (size_t) l;
         self->batch[len++] = '\n';
     }
+    /* A failed batch that could not be cut back left its records after the
+     * last durable one: this batch, written after them, would repeat their
+     * seqs and break the chain. Cut them first, or refuse the batch. */
+    if (self->cut_owed) {
+        if (ftruncate(self->fd, self->durable_len) != 0) {
+            s_err(err, AUDIT_E_IO, "cannot cut %s back to %lld bytes: %s", self->path,
+                  (long long) self->durable_len, strerror(errno));
+            return -1;
+        }
+        self->cut_owed = false;
+    }
     if (s_write_all(self->fd, self->batch, len) != 0) {
         s_err(err, AUDIT_E_IO, "cannot write %s: %s", self->path, strerror(errno));
         goto undo;
@@ -460,9 +472,12 @@ undo:
     /* Nothing of this batch is acknowledged: cut the log back so the next
      * batch chains from the last durable record. (After a failed fsync the
      * kernel may have dropped the pages anyway; the cut makes that moot.) */
-    if (ftruncate(self->fd, self->durable_len) != 0)
-        ROUTER_LOG(ROUTER_LOG_ERROR, "audit", "cannot cut %s back to %lld bytes: %s", self->path,
-                   (long long) self->durable_len, strerror(errno));
+    if (ftruncate(self->fd, self->durable_len) != 0) {
+        self->cut_owed = true;
+        ROUTER_LOG(ROUTER_LOG_ERROR, "audit",
+                   "cannot cut %s back to %lld bytes: %s (retried before the next batch)",
+                   self->path, (long long) self->durable_len, strerror(errno));
+    }
     return -1;
 }
 

@@ -65,8 +65,10 @@ void audit_chain_close(audit_chain_t **self_p);
 
 /* Appends ev[0..n) as records last_seq+1 …, durably (group commit), and
  * sets *first_seq. All or nothing: on any failure no record is
- * acknowledged, the log is cut back to its last durable length, and the
- * chain goes on from the last durable record. Returns 0, or -1 with *err. */
+ * acknowledged, the log is cut back to its last durable length (a cut that
+ * fails is retried before the next batch is written, which is refused while
+ * it keeps failing), and the chain goes on from the last durable record.
+ * Returns 0, or -1 with *err. */
 int audit_chain_append(audit_chain_t *self, const proto_audit_event_t *ev, size_t n,
                        uint64_t *first_seq, audit_error_t *err) __attribute__((warn_unused_result));
 

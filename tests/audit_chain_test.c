@@ -1,8 +1,10 @@
 /* tests/audit_chain_test.c — the audit chain on disk (audit/chain, record,
  * head; WIRE §21): appends and reopening, verification naming the first bad
  * record for a flip of every byte of a record, cut-off tails, HMAC on and
- * off, group commit (one log fsync and one head fsync per batch), and an
- * injected fsync failure that acknowledges nothing. */
+ * off, group commit (one log fsync and one head fsync per batch), an
+ * injected fsync failure that acknowledges nothing, and a failing ftruncate
+ * (tests/io_fail.h) when a torn tail is repaired or a failed batch is cut
+ * back. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +20,7 @@
 #include <sodium.h>
 
 #include "alloc_fail.h"
+#include "io_fail.h"
 #include "audit/chain.h"
 #include "audit/head.h"
 #include "audit/record.h"
@@ -478,6 +481,97 @@ static void test_fsync_failure(void **state)
     assert_int_equal(r.records, 4);
 }
 
+/* The torn tail cannot be cut (ftruncate fails): open fails with an I/O
+ * error naming the log and why, and changes nothing, so the next open,
+ * with a working disk, repairs it and the chain goes on. */
+static void test_torn_tail_repair_fails(void **state)
+{
+    s_fix_t *f = *state;
+    s_make(f, NULL, 2);
+    FILE *fp = fopen(f->log, "ab");
+    fputs("{\"seq\":3,\"time_ms\":1,\"ty", fp);
+    fclose(fp);
+    size_t len_before, len_after;
+    char *before = s_slurp(f->log, &len_before);
+
+    audit_chain_opts_t o = {.path = f->log};
+    audit_error_t err = {0};
+    io_fail_arm(IO_FAIL_FTRUNCATE, 0, EIO);
+    audit_chain_t *c = audit_chain_open(&o, &err);
+    assert_int_equal(io_fail_disarm(), 1);
+    assert_null(c);
+    assert_int_equal(err.code, AUDIT_E_IO);
+    assert_non_null(strstr(err.msg, "cannot repair"));
+    assert_non_null(strstr(err.msg, f->log));
+    assert_non_null(strstr(err.msg, strerror(EIO)));
+    char *after = s_slurp(f->log, &len_after);
+    assert_int_equal(len_after, len_before);
+    assert_memory_equal(after, before, len_before);
+
+    c = s_open(f, NULL, NULL);
+    assert_non_null(c);
+    assert_int_equal(audit_chain_last_seq(c), 2);
+    s_append(c, "pair", "{}", 3);
+    audit_chain_close(&c);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
+    assert_int_equal(r.records, 3);
+    free(before);
+    free(after);
+}
+
+/* A batch whose fsync fails and whose cut-back fails too (ftruncate): its
+ * records stay in the file for now, but the next batch cuts them before it
+ * writes, so it chains from the last durable record and the log verifies
+ * with none of the failed batch in it. While the cut keeps failing, each
+ * batch is refused (an I/O error naming the log) and nothing is written. */
+static void test_cut_back_failure(void **state)
+{
+    s_fix_t *f = *state;
+    s_sync_t sync = {0};
+    audit_chain_t *c = s_open(f, NULL, &sync);
+    assert_non_null(c);
+    s_append(c, "pair", "{}", 1);
+    struct stat durable, st;
+    assert_int_equal(stat(f->log, &durable), 0);
+    proto_audit_event_t ev[3];
+    for (int i = 0; i < 3; i++)
+        ev[i] = (proto_audit_event_t){.time_ms = 5, .type = "pair", .type_len = 4, .detail = "{}",
+                                      .detail_len = 2};
+    uint64_t first = 0;
+    audit_error_t err = {0};
+    sync.fail_at = (int) sync.calls + 1; /* the next log fsync */
+    io_fail_arm(IO_FAIL_FTRUNCATE, 0, EIO);
+    assert_int_equal(audit_chain_append(c, ev, 3, &first, &err), -1);
+    assert_int_equal(io_fail_disarm(), 1);
+    assert_int_equal(err.code, AUDIT_E_IO);
+    assert_non_null(strstr(err.msg, "fsync"));
+    assert_int_equal(audit_chain_last_seq(c), 1);
+    assert_int_equal(stat(f->log, &st), 0);
+    assert_true(st.st_size > durable.st_size); /* the batch could not be cut */
+
+    /* The cut fails again when the next batch comes: refused, unwritten. */
+    io_fail_arm(IO_FAIL_FTRUNCATE, 0, EIO);
+    memset(&err, 0, sizeof err);
+    assert_int_equal(audit_chain_append(c, ev, 1, &first, &err), -1);
+    assert_int_equal(io_fail_disarm(), 1);
+    assert_int_equal(err.code, AUDIT_E_IO);
+    assert_non_null(strstr(err.msg, f->log));
+    assert_non_null(strstr(err.msg, strerror(EIO)));
+    assert_int_equal(audit_chain_last_seq(c), 1);
+    struct stat again;
+    assert_int_equal(stat(f->log, &again), 0);
+    assert_int_equal(again.st_size, st.st_size);
+
+    /* Then it works: the batch chains from record 1. */
+    assert_int_equal(audit_chain_append(c, ev, 3, &first, &err), 0);
+    assert_int_equal(first, 2);
+    audit_chain_close(&c);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
+    assert_int_equal(r.records, 4);
+}
+
 static void test_query(void **state)
 {
     s_fix_t *f = *state;
@@ -700,7 +794,8 @@ int main(void)
         T(test_append_reopen_verify), T(test_bad_events_refused), T(test_flip_every_byte),
         T(test_flip_every_byte_hmac), T(test_field_reasons),      T(test_truncation), T(test_prev_link),
         T(test_torn_tail_repaired),   T(test_hmac),               T(test_group_commit),
-        T(test_fsync_failure),        T(test_query),              T(test_long_and_garbage_lines),
+        T(test_fsync_failure),        T(test_torn_tail_repair_fails), T(test_cut_back_failure),
+        T(test_query),                T(test_long_and_garbage_lines),
         T(test_head_slots),           T(test_open_refuses_what_the_head_denies),
         T(test_open_io_errors),       T(test_without_memory),
     };
