@@ -21,6 +21,7 @@
 #include "io_fail.h"
 #include "proto/pubkey.h"
 #include "router/state/identity.h"
+#include "router/state/identity_meerkat.h"
 
 /* RFC 8032 §7.1, TEST 1: the secret key (seed) and public key. */
 static const uint8_t s_rfc_seed[32] = {
@@ -513,6 +514,59 @@ static void test_pub_failure_keeps_key(void **state)
     }
 }
 
+/* Exporting for Meerkat (`kith id --export-meerkat`) when a file cannot be
+ * made durable: the export fails naming it and leaves nothing behind — no
+ * identity.key without its identity.pub, which would refuse the retry
+ * ("never replaces") — and the retry then writes both. */
+static void test_meerkat_export_failure_leaves_nothing(void **state)
+{
+    s_env_t *e = *state;
+    router_identity_t id;
+    char err[ROUTER_IDENTITY_ERR_MAX], mk[160], path[200];
+    assert_int_equal(router_identity_create_from_seed(e->home, s_rfc_seed, &id, err, sizeof err),
+                     0);
+    snprintf(mk, sizeof mk, "%s/meerkat", e->home);
+    static const struct {
+        long skip;         /* fsyncs let through first */
+        const char *named; /* the file the error names */
+    } fail[] = {{0, "identity.key"}, {1, "identity.pub"}};
+    for (size_t i = 0; i < sizeof fail / sizeof fail[0]; i++) {
+        io_fail_arm(IO_FAIL_FSYNC, fail[i].skip, EIO);
+        int rc = router_identity_export_meerkat(&id, mk, err, sizeof err);
+        assert_int_equal(io_fail_disarm(), 1);
+        assert_int_equal(rc, -1);
+        assert_non_null(strstr(err, fail[i].named));
+        assert_non_null(strstr(err, strerror(EIO)));
+        assert_int_equal(s_entries(mk), 0);
+    }
+    /* Both written, then the directory's sync fails: said, files whole. */
+    io_fail_arm(IO_FAIL_FSYNC, 2, EIO);
+    assert_int_equal(router_identity_export_meerkat(&id, mk, err, sizeof err), -1);
+    assert_int_equal(io_fail_disarm(), 1);
+    assert_non_null(strstr(err, "syncing the directory failed"));
+    assert_int_equal(s_entries(mk), 2);
+    snprintf(path, sizeof path, "%s/identity.key", mk);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/identity.pub", mk);
+    unlink(path);
+    /* The retry: the seed and the public key, 32 raw octets each. */
+    assert_int_equal(router_identity_export_meerkat(&id, mk, err, sizeof err), 0);
+    uint8_t raw[64];
+    snprintf(path, sizeof path, "%s/identity.key", mk);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(raw, 1, sizeof raw, f), 32);
+    fclose(f);
+    assert_memory_equal(raw, s_rfc_seed, 32);
+    snprintf(path, sizeof path, "%s/identity.pub", mk);
+    f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(raw, 1, sizeof raw, f), 32);
+    fclose(f);
+    assert_memory_equal(raw, s_rfc_pk, 32);
+    router_identity_wipe(&id);
+}
+
 static void test_wipe(void **state)
 {
     (void) state;
@@ -543,6 +597,7 @@ int main(void)
         T(test_lost_key_is_not_replaced),
         T(test_load_or_create_refuses_mismatch),
         T(test_key_fsync_failure_leaves_no_key),
+        T(test_meerkat_export_failure_leaves_nothing),
         T(test_key_dir_sync_failure_keeps_whole_key),
         T(test_pub_failure_keeps_key),
         T(test_wipe),

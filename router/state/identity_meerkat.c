@@ -126,9 +126,14 @@ int router_identity_export_meerkat(const router_identity_t *id, const char *dir,
     /* libsodium's secret key is seed ‖ public key: the seed is its first half. */
     if (s_write_raw(dir, "identity.key", id->sk, 0600, err, errcap) != 0)
         return -1;
-    if (s_write_raw(dir, "identity.pub", id->pk, 0644, err, errcap) != 0)
-        return -1;
     char path[ROUTER_PATH_MAX];
+    if (s_write_raw(dir, "identity.pub", id->pk, 0644, err, errcap) != 0) {
+        /* The key just made goes too: left alone it would refuse the retry
+         * ("never replaces") and hold a key no public half names. */
+        snprintf(path, sizeof path, "%s/identity.key", dir);
+        unlink(path);
+        return -1;
+    }
     snprintf(path, sizeof path, "%s/identity.pub", dir);
     if (router_statefile_sync_dir(path) != 0) {
         snprintf(err, errcap, "%s: written, but syncing the directory failed: %s", dir,
