@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -219,12 +220,36 @@ static void s_kick(router_loop_t *loop)
     }
 }
 
+/* Another thread's call into the loop (post, wake, stop) is counted while
+ * it touches the loop: once it has published its work, the loop thread may
+ * act on it before the call returns — a stop or a post that ends the run —
+ * and destroy the loop; router_loop_destroy waits until no call is inside. */
+static void s_foreign_enter(router_loop_t *loop)
+{
+    atomic_fetch_add(&loop->foreign, 1);
+}
+
+static void s_foreign_leave(router_loop_t *loop)
+{
+    atomic_fetch_sub(&loop->foreign, 1);
+}
+
+/* Waits out the calls of other threads still inside (each is a few
+ * instructions from returning). */
+static void s_foreign_wait(router_loop_t *loop)
+{
+    while (atomic_load(&loop->foreign))
+        sched_yield();
+}
+
 void router_loop_wake(router_loop_t *loop)
 {
     if (!loop)
         return;
+    s_foreign_enter(loop);
     atomic_store(&loop->wake_requested, 1);
     s_kick(loop);
+    s_foreign_leave(loop);
 }
 
 void router_loop_set_wake_cb(router_loop_t *loop, router_wake_fn cb, void *ud)
@@ -247,8 +272,10 @@ void router_loop_stop(router_loop_t *loop)
 {
     if (!loop)
         return;
+    s_foreign_enter(loop);
     atomic_store(&loop->stop, true);
     s_kick(loop);
+    s_foreign_leave(loop);
 }
 
 int router_loop_post(router_loop_t *loop, router_post_fn fn, void *arg)
@@ -257,6 +284,7 @@ int router_loop_post(router_loop_t *loop, router_post_fn fn, void *arg)
         errno = EINVAL;
         return -1;
     }
+    s_foreign_enter(loop);
     size_t pos = atomic_load_explicit(&loop->post_tail, memory_order_relaxed);
     router_post_cell_t *cell;
     for (;;) {
@@ -270,6 +298,7 @@ int router_loop_post(router_loop_t *loop, router_post_fn fn, void *arg)
                 break;
         } else if (dif < 0) {
             atomic_fetch_add_explicit(&loop->posts_refused, 1, memory_order_relaxed);
+            s_foreign_leave(loop);
             errno = EAGAIN;
             return -1;
         } else {
@@ -280,6 +309,7 @@ int router_loop_post(router_loop_t *loop, router_post_fn fn, void *arg)
     cell->arg = arg;
     atomic_store_explicit(&cell->seq, pos + 1, memory_order_release);
     s_kick(loop);
+    s_foreign_leave(loop);
     return 0;
 }
 
@@ -634,7 +664,9 @@ void router_loop_destroy(router_loop_t **lp)
                    loop->be == &router_backend_uring
                        ? "io_uring cannot cancel and reap its requests from here"
                        : "allowed for epoll, but not portable to io_uring");
-    /* Nothing accepted is lost: queued posts run before teardown. */
+    /* Nothing accepted is lost: queued posts run before teardown (a post
+     * still being published is waited for first). */
+    s_foreign_wait(loop);
     while (s_posts_run(loop, SIZE_MAX))
         ;
     loop->destroying = true;
@@ -655,6 +687,7 @@ void router_loop_destroy(router_loop_t **lp)
     loop->be_finished = true;
     router_loop_settle(loop); /* frees everything: the kernel is done with it */
     s_signals_release(loop);
+    s_foreign_wait(loop);
     close(loop->event_fd);
     free(loop->timers.slots);
     free(loop->timers.heap);

@@ -8,7 +8,11 @@
  * router loop, conn and listener APIs is for that thread only, except
  * router_loop_wake, router_loop_post and router_loop_stop, which any thread
  * may call; router_loop_destroy too belongs to that thread once it has run
- * the loop. Callbacks always run on the loop thread and must not block.
+ * the loop. A call of those three from another thread that began while
+ * the loop ran may still be inside when the loop thread, acting on what it
+ * published (a stop, a post that ends the run), returns and destroys the
+ * loop: destroy waits until no such call is inside. Callbacks always run on
+ * the loop thread and must not block.
  *
  * Connections: router/net/conn.h. Listeners and addresses: router/net/listen.h. */
 #ifndef KITH_ROUTER_LOOP_H

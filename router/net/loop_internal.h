@@ -301,6 +301,7 @@ struct router_loop {
     _Atomic size_t post_tail;        /* producers' next position */
     size_t post_head;                /* the consumer's next position */
     _Atomic uint64_t posts_refused;  /* posts refused, counted by producers */
+    atomic_uint foreign;             /* other threads inside post/wake/stop (destroy waits) */
     int signal_fd;                   /* signalfd, or -1 */
     router_watch_t *signal_watch;    /* its watch */
     sigset_t sig_set;                /* signals routed to the signalfd */
