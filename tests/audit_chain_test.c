@@ -360,15 +360,22 @@ static void test_truncation(void **state)
     free(orig);
 }
 
+/* Appends the start of a record that a crash cut short. */
+static void s_append_torn(const s_fix_t *f)
+{
+    FILE *fp = fopen(f->log, "ab");
+    assert_non_null(fp);
+    fputs("{\"seq\":3,\"time_ms\":1,\"ty", fp);
+    fclose(fp);
+}
+
 /* A crash tore the last write (no head names it): reopening cuts it off
  * and the chain goes on. */
 static void test_torn_tail_repaired(void **state)
 {
     s_fix_t *f = *state;
     s_make(f, NULL, 2);
-    FILE *fp = fopen(f->log, "ab");
-    fputs("{\"seq\":3,\"time_ms\":1,\"ty", fp);
-    fclose(fp);
+    s_append_torn(f);
     audit_chain_t *c = s_open(f, NULL, NULL);
     assert_non_null(c);
     assert_int_equal(audit_chain_last_seq(c), 2);
@@ -488,9 +495,7 @@ static void test_torn_tail_repair_fails(void **state)
 {
     s_fix_t *f = *state;
     s_make(f, NULL, 2);
-    FILE *fp = fopen(f->log, "ab");
-    fputs("{\"seq\":3,\"time_ms\":1,\"ty", fp);
-    fclose(fp);
+    s_append_torn(f);
     size_t len_before, len_after;
     char *before = s_slurp(f->log, &len_before);
 
