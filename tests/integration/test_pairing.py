@@ -217,6 +217,26 @@ def main():
 
     results.run(admin_refuses_rebinding_and_other_sites)
 
+    def exposed_gateway_warns():
+        """Bound where other machines reach it, a gateway says at start which
+        doors are open that are harmless on loopback; on loopback it says
+        nothing of the kind."""
+        check("reachable from other machines" not in node.logs(), node.logs()[-2000:])
+        for cfg, want in (({"host": "0.0.0.0"}, ["without a webhook secret"]),
+                          ({"host": "0.0.0.0", "require_pairing": False},
+                           ["with pairing off", "without a webhook secret"])):
+            d = Daemon("pair-exposed", config={"gateway": cfg})
+            try:
+                d.start()
+                logs = d.logs()
+                warned = [w for w in ("with pairing off", "without a webhook secret")
+                          if w in logs]
+                check(warned == want, (cfg, warned, logs[-2000:]))
+            finally:
+                d.cleanup()
+
+    results.run(exposed_gateway_warns)
+
     def admin_refuses_non_loopback():
         addrs = [a for a in os.popen("hostname -I 2>/dev/null").read().split()
                  if "." in a and not a.startswith("127.")]

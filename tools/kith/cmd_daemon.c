@@ -127,6 +127,25 @@ static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_co
     return 0;
 }
 
+/* A gateway other machines can reach, with a door left open that is
+ * harmless on loopback, says so once at start (README "Exposing the
+ * gateway"). */
+static void s_gw_exposure_warn(const router_config_t *cfg, const router_addr_t *bound,
+                               const char *shown)
+{
+    if (gateway_auth_is_loopback(bound))
+        return;
+    if (!cfg->gateway.require_pairing)
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                   "http://%s is reachable from other machines with pairing off: every bearer "
+                   "route is open to them (set gateway.require_pairing true)", shown);
+    if (!cfg->gateway.webhook_secret_env[0])
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                   "http://%s is reachable from other machines without a webhook secret: "
+                   "POST /sessions/{id}/external-events takes their events, and each can "
+                   "become a turn (set gateway.webhook_secret_env)", shown);
+}
+
 /* With pairing on and no operator's token yet (node tokens open nothing
  * an operator needs), a one-time code to pair with. */
 static void s_gw_auth_announce(s_gw_auth_t *ga)
@@ -370,6 +389,7 @@ static gateway_http_t *s_gateway_start(router_node_t *node, const router_config_
     if (cfg->gateway.echo)
         ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "serving ws://%s/ws/echo (gateway.echo; no token)",
                    shown);
+    s_gw_exposure_warn(cfg, &bound, shown);
     s_gw_auth_announce(ga);
     return gw;
 fail:
