@@ -4,7 +4,9 @@
  * (router/net/loop_mem.h) hands the real connection its input and the
  * harness its output. Routes: the real GET /health and /ws/echo, a POST
  * /echo answering the body's length and hash, a GET /defer answered later
- * (gateway_http_res_defer), and the server's own 404/405/426 and refusals.
+ * (gateway_http_res_defer), a GET /guarded behind the bearer check of a
+ * gateway with pairing off (gateway/auth.c reads Host and Origin: a DNS name
+ * or another site is 403), and the server's own 404/405/426 and refusals.
  *
  * The first input octet picks the configuration (default or tight limits,
  * how fast the client reads); the rest is the client's byte stream, fed
@@ -22,6 +24,7 @@
 #include <string.h>
 
 #include "fuzz/split.h"
+#include "gateway/auth.h"
 #include "gateway/http_internal.h"
 #include "gateway/http_server.h"
 #include "gateway/routes.h"
@@ -131,6 +134,19 @@ static void s_defer(const gateway_http_req_t *req, gateway_http_res_t *res, void
     }
     s_cur->pending = p;
     s_cur->pending_seq = seq;
+}
+
+/* GET /guarded: what gateway_auth_require lets through with pairing off
+ * (no token store: nothing proves who a client is, so only requests a web
+ * page cannot have made pass). */
+static void s_guarded(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_auth_t *auth = ud;
+    s_seq_header(res, s_cur->dispatched++);
+    if (gateway_auth_require(auth, req, res) == 0)
+        (void) gateway_http_respond(res, 200, "text/plain", "open", 4);
+    else if (!res->sent)
+        S_FAIL("a refusal without an answer");
 }
 
 /* Answers the /defer requests owed, each letting the connection go on. */
@@ -303,10 +319,14 @@ static uint64_t s_run(const s_config_t *cfg, const uint8_t *in, size_t len, size
         S_FAIL("setup");
     if (router_mem_peer_set(loop, &s_peer, &run, cfg->window) != 0)
         S_FAIL("setup");
+    static gateway_auth_t *auth; /* stateless with pairing off: one for every run */
+    if (!auth && !(auth = gateway_auth_new(NULL, &(gateway_auth_opts_t){.require_pairing = false})))
+        S_FAIL("setup");
     gateway_http_t *g = gateway_http_new(loop, &cfg->opts);
     if (!g || gateway_route_health(g) != 0 || gateway_route_ws_echo(g, &cfg->ws) != 0 ||
         gateway_http_route(g, "POST", "/echo", s_echo, g) != 0 ||
-        gateway_http_route(g, "GET", "/defer", s_defer, NULL) != 0)
+        gateway_http_route(g, "GET", "/defer", s_defer, NULL) != 0 ||
+        gateway_http_route(g, "GET", "/guarded", s_guarded, auth) != 0)
         S_FAIL("setup");
     s_cur = &run;
     router_conn_t *conn = router_mem_conn_new(loop);
