@@ -349,20 +349,5 @@ void gateway_auth_client(const router_addr_t *peer, char out[GATEWAY_AUTH_CLIENT
 
 bool gateway_auth_is_loopback(const router_addr_t *peer)
 {
-    if (!peer || !peer->len)
-        return false;
-    switch (peer->u.sa.sa_family) {
-    case AF_INET:
-        return (ntohl(peer->u.in4.sin_addr.s_addr) >> 24) == 127;
-    case AF_INET6: {
-        const uint8_t *a = peer->u.in6.sin6_addr.s6_addr;
-        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        if (IN6_IS_ADDR_LOOPBACK(&peer->u.in6.sin6_addr))
-            return true;
-        return !memcmp(a, mapped, 12) && a[12] == 127;
-    }
-    case AF_UNIX:
-        return true;
-    }
-    return false;
+    return router_addr_is_loopback(peer);
 }

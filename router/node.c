@@ -237,6 +237,18 @@ static int s_listen_one(router_node_t *self, const char *text, bool events, char
     ROUTER_LOG(ROUTER_LOG_INFO, events ? "events" : "comms", "listening on %s://%s (%s, %s)",
                router_addr_family(&addr) == AF_UNIX ? "uds" : "tcp", bound,
                events ? "plain events" : "signed envelopes", router_loop_backend_name(self->loop));
+    /* Doors harmless on loopback are named when other machines reach them. */
+    if (!router_addr_is_loopback(router_listener_addr(l))) {
+        if (events)
+            ROUTER_LOG(ROUTER_LOG_WARN, "events",
+                       "tcp://%s is reachable from other machines: each line any of them "
+                       "sends is queued as an event, unauthenticated (comms.auth \"none\")",
+                       bound);
+        else if (!self->cfg.comms.require_peer_auth)
+            ROUTER_LOG(ROUTER_LOG_WARN, "comms",
+                       "tcp://%s is reachable from other machines with comms.require_peer_auth "
+                       "false: envelopes from any key, trusted or not, are admitted", bound);
+    }
     if (port)
         *port = router_addr_port(router_listener_addr(l));
     /* What pairing advertises when nothing else is configured: the TCP

@@ -129,12 +129,39 @@ static void test_from_host(void **state)
     assert_int_equal(err, ROUTER_ADDR_UNBRACKETED_V6);
 }
 
+/* Only this machine can use it: 127/8, ::1, a mapped 127.x, a Unix
+ * socket; never the wildcard or another address. */
+static void test_is_loopback(void **state)
+{
+    (void) state;
+    static const struct {
+        const char *text;
+        bool loopback;
+    } cases[] = {
+        {"127.0.0.1:1", true},        {"127.255.0.9:80", true},   {"[::1]:7", true},
+        {"[::ffff:127.0.0.2]:1", true}, {"/tmp/kith.sock", true}, {"0.0.0.0:42617", false},
+        {"[::]:1", false},            {"10.0.0.1:4200", false},   {"[::ffff:10.0.0.1]:1", false},
+        {"128.0.0.1:1", false},       {"[::2]:1", false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        router_addr_t a;
+        router_addr_err_t err;
+        assert_int_equal(router_addr_parse(cases[i].text, &a, &err), 0);
+        if (router_addr_is_loopback(&a) != cases[i].loopback)
+            fail_msg("%s: loopback %d", cases[i].text, !cases[i].loopback);
+    }
+    router_addr_t none = {0};
+    assert_false(router_addr_is_loopback(&none));
+    assert_false(router_addr_is_loopback(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_host_valid),
         cmocka_unit_test(test_from_host),
+        cmocka_unit_test(test_is_loopback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

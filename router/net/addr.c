@@ -224,6 +224,25 @@ uint16_t router_addr_port(const router_addr_t *a)
     }
 }
 
+bool router_addr_is_loopback(const router_addr_t *a)
+{
+    switch (router_addr_family(a)) {
+    case AF_INET:
+        return (ntohl(a->u.in4.sin_addr.s_addr) >> 24) == 127;
+    case AF_INET6: {
+        const uint8_t *b = a->u.in6.sin6_addr.s6_addr;
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (IN6_IS_ADDR_LOOPBACK(&a->u.in6.sin6_addr))
+            return true;
+        return !memcmp(b, mapped, 12) && b[12] == 127;
+    }
+    case AF_UNIX:
+        return true;
+    default:
+        return false;
+    }
+}
+
 int router_addr_format(const router_addr_t *a, char *out, size_t cap)
 {
     char host[INET6_ADDRSTRLEN];

@@ -98,4 +98,8 @@ int router_addr_family(const router_addr_t *addr);
 /* The TCP port, or 0 for a Unix socket address. */
 uint16_t router_addr_port(const router_addr_t *addr);
 
+/* True when only this machine can use the address: 127.0.0.0/8, ::1, an
+ * IPv4-mapped 127.x, or a Unix socket. The wildcard (0.0.0.0, ::) is not. */
+bool router_addr_is_loopback(const router_addr_t *addr);
+
 #endif

@@ -217,25 +217,32 @@ def main():
 
     results.run(admin_refuses_rebinding_and_other_sites)
 
-    def exposed_gateway_warns():
-        """Bound where other machines reach it, a gateway says at start which
-        doors are open that are harmless on loopback; on loopback it says
-        nothing of the kind."""
+    def exposed_doors_warn():
+        """Bound where other machines reach it, a listener says at start which
+        of its doors are open that are harmless on loopback: the gateway's
+        pairing and webhook secret, comms without peer auth, plain events.
+        On loopback nothing of the kind is said."""
+        doors = ("with pairing off", "without a webhook secret", "trusted or not",
+                 "queued as an event, unauthenticated")
         check("reachable from other machines" not in node.logs(), node.logs()[-2000:])
-        for cfg, want in (({"host": "0.0.0.0"}, ["without a webhook secret"]),
-                          ({"host": "0.0.0.0", "require_pairing": False},
-                           ["with pairing off", "without a webhook secret"])):
-            d = Daemon("pair-exposed", config={"gateway": cfg})
+        for cfg, want in (({"gateway": {"host": "0.0.0.0"}}, [doors[1]]),
+                          ({"gateway": {"host": "0.0.0.0", "require_pairing": False}},
+                           [doors[0], doors[1]]),
+                          ({"comms": {"address": "0.0.0.0:0", "require_peer_auth": False}},
+                           [doors[2]]),
+                          ({"comms": {"require_peer_auth": False}}, []),
+                          ({"comms": {"auth": "none", "event_address": "0.0.0.0:0"}}, [doors[3]]),
+                          ({"comms": {"auth": "none", "event_address": "127.0.0.1:0"}}, [])):
+            d = Daemon("pair-exposed", config=cfg)
             try:
                 d.start()
                 logs = d.logs()
-                warned = [w for w in ("with pairing off", "without a webhook secret")
-                          if w in logs]
+                warned = [w for w in doors if w in logs]
                 check(warned == want, (cfg, warned, logs[-2000:]))
             finally:
                 d.cleanup()
 
-    results.run(exposed_gateway_warns)
+    results.run(exposed_doors_warn)
 
     def admin_refuses_non_loopback():
         addrs = [a for a in os.popen("hostname -I 2>/dev/null").read().split()
