@@ -297,6 +297,53 @@ static void test_disk_full(void **state)
     s_finish(dir, &e);
 }
 
+static void s_on_open(void *ud, uint64_t tag, int rc, bool resumed, uint64_t count,
+                      const char *name)
+{
+    env_t *e = ud;
+    assert_true(tag < 8);
+    snprintf(e->text[tag], sizeof e->text[0], "%s:%llu:%s", resumed ? "resumed" : "new",
+             (unsigned long long) count, name ? name : "-");
+    e->rc[tag] = rc;
+    e->answers++;
+}
+
+/* A session opened on a full disk: the open is answered (from what it
+ * read; its row is written with the next commit, which fails and is
+ * logged), nothing is stored, and once there is room the same id opens as
+ * new, with its name, and keeps its messages. */
+static void test_open_on_full_disk(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    vfs_fail_arm(VFS_FAIL_WRITE, dir, 0, -1);
+    assert_int_equal(router_sessions_open(s, "fresh", "a name", s_on_open, &e, 0), 0);
+    s_wait(&e, 1);
+    assert_true(vfs_fail_failed(VFS_FAIL_WRITE) >= 1);
+    vfs_fail_clear();
+    assert_int_equal(router_sessions_get_json(s, "fresh", 10, s_on_json, &e, 1), 0);
+    s_wait(&e, 2);
+    assert_int_equal(e.status[1], 404); /* nothing was stored */
+    assert_int_equal(router_sessions_open(s, "fresh", "a name", s_on_open, &e, 2), 0);
+    s_wait(&e, 3);
+    assert_int_equal(e.rc[2], 0);
+    assert_string_equal(e.text[2], "new:0:a name");
+    assert_int_equal(router_sessions_append(s, "fresh", "user", "hello", 5, "t1"), 0);
+    router_sessions_destroy(&s);
+
+    s = router_sessions_new(e.loop, db, err, sizeof err);
+    assert_non_null(s);
+    assert_int_equal(router_sessions_get_json(s, "fresh", 10, s_on_json, &e, 3), 0);
+    s_wait(&e, 4);
+    assert_int_equal(e.status[3], 200);
+    assert_non_null(strstr(e.json[3], "\"name\":\"a name\""));
+    assert_non_null(strstr(e.json[3], "\"content\":\"hello\""));
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
 /* Out of memory at every allocation of the constructor (SQLite's
  * included) and of each call the loop makes: the constructor refuses with a
  * reason, a call refuses with -1 and its callback never runs, and what was
@@ -387,6 +434,7 @@ int main(void)
         cmocka_unit_test(test_without_memory),
         cmocka_unit_test(test_delete),
         cmocka_unit_test(test_disk_full),
+        cmocka_unit_test(test_open_on_full_disk),
     };
     if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
         return 1;
