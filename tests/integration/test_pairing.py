@@ -9,9 +9,12 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import sys
+import tempfile
+import threading
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import Daemon, Results, check, curl, free_port, gateway_url, kith_run  # noqa: E402
@@ -272,6 +275,53 @@ def main():
         _, err = kith_run("paircode", "--home", node.home, expect=1)
         check(err.count("\n") == 1 and "not running" in err, err)
 
+    def paircode_against_a_wrong_server():
+        """Something at the gateway's port that is not a working daemon: the
+        CLI says which of the three it met, in one line, exit 1 — a server
+        that takes the request and says nothing (10 s, its deadline), one
+        that answers what is not HTTP, one that answers without end."""
+        home = tempfile.mkdtemp(prefix="kith-wrong-")
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        with open(os.path.join(home, "config.json"), "w") as f:
+            json.dump({"gateway": {"port": srv.getsockname()[1]}}, f)
+        held = []
+
+        def serve(answer):
+            c, _ = srv.accept()
+            c.settimeout(30)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            if answer is None:
+                held.append(c)  # says nothing, and keeps the connection open
+                return
+            try:
+                c.sendall(answer)
+            except OSError:
+                pass  # the CLI stopped reading: its bound
+            c.close()
+
+        try:
+            for answer, want in ((None, "did not answer within 10 s"),
+                                 (b"hello there\r\n\r\n", "not HTTP"),
+                                 (b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * ((1 << 20) + 4096),
+                                  "answered more than 1024 KiB")):
+                t = threading.Thread(target=serve, args=(answer,))
+                t.start()
+                _, err = kith_run("paircode", "--home", home, expect=1)
+                t.join(timeout=60)
+                check(err.count("\n") == 1 and want in err, (want, err))
+        finally:
+            for c in held:
+                c.close()
+            srv.close()
+            shutil.rmtree(home, ignore_errors=True)
+
     def query_token_off_and_pairing_off():
         off = Daemon("pair-off", config={"gateway": {"allow_query_token": False}})
         none = Daemon("pair-none", config={"gateway": {"require_pairing": False}})
@@ -323,6 +373,7 @@ def main():
     with open(os.path.join(node.home, "config.json"), "w") as f:
         json.dump({"gateway": {"port": port}}, f)
     results.run(paircode_without_daemon)
+    results.run(paircode_against_a_wrong_server)
     results.run(query_token_off_and_pairing_off)
     return results.summary()
 

@@ -3,6 +3,7 @@
  * held to one deadline, the whole answer read (bounded) and split. */
 #include <errno.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,10 +45,13 @@ static int s_send_all(int fd, const char *data, size_t len, uint64_t deadline)
     return 0;
 }
 
-/* The exchange itself: the raw answer (head and body) into *raw. */
+/* The exchange itself: the raw answer (head and body) into *raw.
+ * *connected says whether a failure came after the connection was made
+ * (a daemon that is there but does not answer) or before (none there). */
 static int s_exchange(const router_addr_t *addr, const char *req, size_t req_len, char **raw,
-                      size_t *raw_len)
+                      size_t *raw_len, bool *connected)
 {
+    *connected = false;
     uint64_t deadline = router_clock_mono_ms() + KITH_ADMIN_TIMEOUT_MS;
     char *buf = NULL;
     size_t got = 0, cap = 0;
@@ -63,6 +67,7 @@ static int s_exchange(const router_addr_t *addr, const char *req, size_t req_len
         errno = soerr ? soerr : ETIMEDOUT;
         goto fail;
     }
+    *connected = true;
     if (s_send_all(fd, req, req_len, deadline) != 0)
         goto fail;
     for (;;) {
@@ -151,11 +156,24 @@ int kith_admin_call(const char *cmd, const char *home_flag, const char *config_f
         memcpy(req + hn, body, blen);
     char *raw = NULL;
     size_t raw_len = 0;
-    int rc = s_exchange(&addr, req, (size_t) hn + blen, &raw, &raw_len);
+    bool connected;
+    int rc = s_exchange(&addr, req, (size_t) hn + blen, &raw, &raw_len, &connected);
     free(req);
     if (rc != 0) {
-        snprintf(err, errcap, "kith %s: the daemon is not running at http://%s (%s)", cmd, shown,
-                 strerror(errno));
+        int e = errno;
+        if (!connected)
+            snprintf(err, errcap, "kith %s: the daemon is not running at http://%s (%s)", cmd,
+                     shown, strerror(e));
+        else if (e == ETIMEDOUT)
+            snprintf(err, errcap, "kith %s: http://%s took the request but did not answer "
+                                  "within %u s (is the daemon stuck?)",
+                     cmd, shown, KITH_ADMIN_TIMEOUT_MS / 1000);
+        else if (e == EFBIG)
+            snprintf(err, errcap, "kith %s: http://%s answered more than %u KiB; not read", cmd,
+                     shown, KITH_ADMIN_ANSWER_MAX / 1024);
+        else
+            snprintf(err, errcap, "kith %s: the exchange with http://%s failed (%s)", cmd, shown,
+                     strerror(e));
         return -1;
     }
     const char *sep = strstr(raw, "\r\n\r\n");

@@ -20,8 +20,10 @@ typedef struct {
 /* Sends `method path` with `body` (NULL: none; sent as application/json)
  * to the daemon that home_flag/config_flag (may be NULL) configure. On
  * success fills *ans and returns 0; else writes one line for people, as
- * "the daemon is not running at http://…" or the configuration's own
- * complaint, into err and returns -1. `cmd` names the command in err. */
+ * "the daemon is not running at http://…" (nothing accepted the
+ * connection), "… did not answer within 10 s" (something did, and then
+ * said nothing), an answer too large or not HTTP, or the configuration's
+ * own complaint, into err and returns -1. `cmd` names the command in err. */
 int kith_admin_call(const char *cmd, const char *home_flag, const char *config_flag,
                     const char *method, const char *path, const char *body,
                     kith_admin_answer_t *ans, char *err, size_t errcap);
