@@ -12,6 +12,7 @@
 #include "gateway/auth.h"
 #include "gateway/ws.h"
 #include "proto/utf8.h"
+#include "router/net/addr.h"
 
 struct gateway_auth {
     router_tokens_t *tokens;               /* borrowed */
@@ -144,8 +145,6 @@ void gateway_auth_audit_req(const gateway_auth_t *self, const char *type,
     (void) router_audit_feed_push(self->opts.audit, type, router_audit_detail_end(&d));
 }
 
-static bool s_host_may_be_rebound(const gateway_http_req_t *req);
-
 /* gateway_auth_require and _require_node: node tokens pass when node_ok. */
 static int s_require(const gateway_auth_t *self, const gateway_http_req_t *req,
                      gateway_http_res_t *res, bool node_ok, router_token_scope_t *scope)
@@ -252,7 +251,7 @@ bool gateway_auth_browser_local(const gateway_http_req_t *req)
 int gateway_auth_require_loopback(const gateway_auth_t *self, const gateway_http_req_t *req,
                                   gateway_http_res_t *res)
 {
-    const char *why = !gateway_auth_is_loopback(req->peer) ? "admin routes answer loopback "
+    const char *why = !router_addr_is_loopback(req->peer) ? "admin routes answer loopback "
                                                              "clients only"
                       : s_host_may_be_rebound(req) ? "admin routes answer no DNS name in Host "
                                                      "(use localhost or an address)"
@@ -345,9 +344,4 @@ void gateway_auth_client(const router_addr_t *peer, char out[GATEWAY_AUTH_CLIENT
         snprintf(out, GATEWAY_AUTH_CLIENT_MAX, "unix");
         break;
     }
-}
-
-bool gateway_auth_is_loopback(const router_addr_t *peer)
-{
-    return router_addr_is_loopback(peer);
 }

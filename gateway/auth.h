@@ -130,8 +130,4 @@ bool gateway_auth_code_take(gateway_auth_t *self, const char *code, size_t len)
  * ("unix" for a Unix socket). */
 void gateway_auth_client(const router_addr_t *peer, char out[GATEWAY_AUTH_CLIENT_MAX]);
 
-/* True when the peer is a loopback address (127.0.0.0/8, ::1, ::ffff:127…)
- * or a Unix socket. */
-bool gateway_auth_is_loopback(const router_addr_t *peer);
-
 #endif

@@ -26,6 +26,7 @@
 #include "proto/uuid.h"
 #include "router/clock.h"
 #include "router/log.h"
+#include "router/net/addr.h"
 #include "router/net/conn.h"
 
 #define MOD "openclaw"
@@ -1597,7 +1598,7 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
     /* Until connect is accepted the parser refuses larger frames before
      * their payload, so a stranger never makes us buffer a full message. */
     gateway_ws_set_message_max(c->ws, GATEWAY_OPENCLAW_PREAUTH_MAX);
-    c->loopback = gateway_auth_is_loopback(req->peer);
+    c->loopback = router_addr_is_loopback(req->peer);
     gateway_auth_client(req->peer, c->client_addr);
     uint8_t u[16], n[32];
     proto_uuid_v7_new(u);

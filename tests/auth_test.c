@@ -15,6 +15,7 @@
 
 #include "gateway/auth.h"
 #include "gateway/http_internal.h"
+#include "router/net/addr.h"
 
 /* A request parsed from text, as a handler would see it. */
 typedef struct {
@@ -162,20 +163,20 @@ static void test_clients(void **state)
     assert_int_equal(router_addr_from_host("127.0.0.1", 5555, &a, &why), 0);
     gateway_auth_client(&a, c);
     assert_string_equal(c, "127.0.0.1");
-    assert_true(gateway_auth_is_loopback(&a));
+    assert_true(router_addr_is_loopback(&a));
     assert_int_equal(router_addr_from_host("127.9.9.9", 1, &a, &why), 0);
-    assert_true(gateway_auth_is_loopback(&a));
+    assert_true(router_addr_is_loopback(&a));
     assert_int_equal(router_addr_from_host("::1", 1, &a, &why), 0);
-    assert_true(gateway_auth_is_loopback(&a));
+    assert_true(router_addr_is_loopback(&a));
     gateway_auth_client(&a, c);
     assert_string_equal(c, "::1");
     assert_int_equal(router_addr_from_host("::ffff:127.0.0.1", 1, &a, &why), 0);
-    assert_true(gateway_auth_is_loopback(&a));
+    assert_true(router_addr_is_loopback(&a));
     assert_int_equal(router_addr_from_host("192.0.2.1", 1, &a, &why), 0);
-    assert_false(gateway_auth_is_loopback(&a));
+    assert_false(router_addr_is_loopback(&a));
     assert_int_equal(router_addr_from_host("::ffff:192.0.2.1", 1, &a, &why), 0);
-    assert_false(gateway_auth_is_loopback(&a));
-    assert_false(gateway_auth_is_loopback(NULL));
+    assert_false(router_addr_is_loopback(&a));
+    assert_false(router_addr_is_loopback(NULL));
 }
 
 int main(void)

@@ -25,6 +25,7 @@
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
 #include "router/log.h"
+#include "router/net/addr.h"
 #include "router/net/fdlimit.h"
 #include "router/node.h"
 #include "router/state/config.h"
@@ -133,7 +134,7 @@ static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_co
 static void s_gw_exposure_warn(const router_config_t *cfg, const router_addr_t *bound,
                                const char *shown)
 {
-    if (gateway_auth_is_loopback(bound))
+    if (router_addr_is_loopback(bound))
         return;
     if (!cfg->gateway.require_pairing)
         ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
