@@ -16,6 +16,7 @@
 #include "gateway/ingress_body.h"
 #include "gateway/routes_chat.h"
 #include "proto/utf8.h"
+#include "proto/ws.h"
 #include "router/log.h"
 
 /* A client frame that came before session_start, held until it has gone. */
@@ -180,6 +181,9 @@ static const char *s_code_text(const char *code)
         return "no turn is in flight to steer";
     if (!strcmp(code, "EMPTY_CONTENT"))
         return "\"content\" is empty";
+    if (!strcmp(code, "STORAGE_FULL"))
+        return "state.db keeps limits.sessions_bytes_max octets of messages; delete sessions"
+               " or raise the limit";
     return "the message could not be queued";
 }
 
@@ -294,8 +298,12 @@ static void s_on_frame(const router_turn_frame_t *frame, void *ud)
     if (s->started)
         return;
     if (frame->type != ROUTER_TURN_FRAME_SESSION_START) {
-        /* The session could not be opened (an error came instead). */
-        gateway_ws_close(s->ws, 1011, "the session could not be opened");
+        /* The session could not be opened (an error came instead): a
+         * bound (1008, as for every bound) or a failure (1011). */
+        if (frame->code && !strcmp(frame->code, "STORAGE_FULL"))
+            gateway_ws_close(s->ws, PROTO_WS_CLOSE_POLICY, "state.db keeps its most sessions");
+        else
+            gateway_ws_close(s->ws, 1011, "the session could not be opened");
         return;
     }
     s->started = true;
@@ -605,15 +613,24 @@ static void s_post_frame(const router_turn_frame_t *frame, void *ud)
     s_post_t *p = ud;
     if (!p->submitted) {
         if (frame->type != ROUTER_TURN_FRAME_SESSION_START) {
-            s_post_error(p, 503, "unavailable", "the session could not be opened");
+            if (frame->code && !strcmp(frame->code, "STORAGE_FULL"))
+                s_post_error(p, 507, "storage_full",
+                             "state.db keeps limits.sessions_max sessions: delete one or raise"
+                             " the limit");
+            else
+                s_post_error(p, 503, "unavailable", "the session could not be opened");
             return;
         }
         const char *code = NULL;
         if (router_turns_submit(p->chat->opts.turns, p->sub, p->content, p->len, &code) != 0) {
             bool busy = code && !strcmp(code, "SESSION_BUSY");
-            s_post_error(p, busy ? 429 : 503, busy ? "session_busy" : "unavailable",
-                         busy ? "16 messages already wait in this session; retry"
-                              : "the turn could not be queued");
+            bool full = code && !strcmp(code, "STORAGE_FULL");
+            if (full)
+                s_post_error(p, 507, "storage_full", s_code_text(code));
+            else
+                s_post_error(p, busy ? 429 : 503, busy ? "session_busy" : "unavailable",
+                             busy ? "16 messages already wait in this session; retry"
+                                  : "the turn could not be queued");
             return;
         }
         p->submitted = true;

@@ -589,7 +589,9 @@ static void s_run_submit(s_run_t *r)
     }
     const char *text = code && !strcmp(code, "SESSION_BUSY")   ? "the session's queue is full"
                        : code && !strcmp(code, "EMPTY_CONTENT") ? "the message is empty"
-                                                                : "the message could not be queued";
+                       : code && !strcmp(code, "STORAGE_FULL")
+                           ? "state.db keeps all the messages its limits allow"
+                           : "the message could not be queued";
     s_run_finish(r, ROUTER_TURN_FRAME_ERROR, text, strlen(text), code ? code : "AGENT_ERROR");
 }
 

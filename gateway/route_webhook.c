@@ -21,6 +21,7 @@
 #include "router/clock.h"
 #include "router/log.h"
 #include "router/workers/turn_source.h"
+#include "router/workers/turns.h"
 
 #define S_WAITERS_MAX 1024u          /* answers waiting for durability */
 #define S_POLL_MS 100u               /* fallback check, as comms does for acks */
@@ -252,6 +253,19 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
                 res, 400, r == GATEWAY_INGRESS_INVALID_JSON ? "invalid_json" : "invalid_body", why);
         goto fail;
     }
+    /* The session the message is for: state.db must have room for it
+     * before it is accepted, since its turn stores it whatever happens. */
+    char sid[GATEWAY_INGRESS_ID_MAX + 1];
+    if (shape == GATEWAY_INGRESS_EVENT)
+        snprintf(sid, sizeof sid, "%.*s", (int) session_len, session);
+    else
+        snprintf(sid, sizeof sid, "%s",
+                 b.session_id[0] ? b.session_id : ROUTER_TURN_WEBHOOK_SESSION);
+    const char *full = self->opts.turns ? router_turns_room(self->opts.turns, sid) : NULL;
+    if (full) {
+        (void) gateway_http_respond_error(res, 507, "storage_full", full);
+        goto fail;
+    }
     if (self->nwaiters >= S_WAITERS_MAX || !(w = calloc(1, sizeof *w))) {
         (void) gateway_http_respond_error(res, 503, "unavailable", "too many requests in flight");
         goto fail;
@@ -307,12 +321,6 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
     ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ingress: queued %s id=%s seq=%llu bytes=%zu", scope,
                uuid, (unsigned long long) w->seq, frame_len);
     if (self->events) {
-        char sid[GATEWAY_INGRESS_ID_MAX + 1];
-        if (shape == GATEWAY_INGRESS_EVENT)
-            snprintf(sid, sizeof sid, "%.*s", (int) session_len, session);
-        else
-            snprintf(sid, sizeof sid, "%s", b.session_id[0] ? b.session_id
-                                                            : ROUTER_TURN_WEBHOOK_SESSION);
         router_channel_event_t ev = {
             .channel = shape == GATEWAY_INGRESS_WEBHOOK ? "webhook" : "external_event",
             .id = id, .seq = w->seq, .session_id = sid,

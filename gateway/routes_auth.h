@@ -90,6 +90,7 @@ typedef struct gateway_ingress gateway_ingress_t;
 typedef struct {
     gateway_auth_t *auth;          /* borrowed: bearer checks, idempotency store */
     router_inbox_t *inbox;         /* borrowed: where accepted work goes */
+    struct router_turns *turns;    /* borrowed: asked whether state.db has room; NULL: not asked */
     const char *secret_env;        /* env var naming the webhook secret; NULL/"" for none */
     unsigned durable_timeout_ms;   /* 503 when not durable within; 0 → 10000 */
 } gateway_ingress_opts_t;

@@ -88,6 +88,10 @@ static void test_defaults_match_design(void **state)
     assert_int_equal(c.limits.ws_preauth_frame_max, 64 * 1024);
     assert_int_equal(c.limits.session_queue_max, 16);
     assert_int_equal(c.limits.sse_ring_events, 4096);
+    assert_int_equal(c.limits.sessions_max, 100000);
+    assert_int_equal(c.limits.session_messages_max, 10000);
+    assert_int_equal(c.limits.session_bytes_max, 64 * 1024 * 1024);
+    assert_true(c.limits.sessions_bytes_max == 1ull << 30);
 }
 
 /* DESIGN §4's example block, verbatim, is a valid config equal to the
@@ -181,6 +185,10 @@ static const s_case_t s_cases[] = {
     {"audit", "enabled", "false", "0", NULL, NULL},
     {"audit", "path", "\"/var/log/kith/audit.log\"", "1", "\"logs/\"", NULL},
     {"audit", "hmac_key_env", "\"AUDIT_KEY\"", "1", "\"A B\"", NULL},
+    {"limits", "sessions_max", "5", "\"5\"", "0", NULL},
+    {"limits", "session_messages_max", "2000", "true", "100000001", NULL},
+    {"limits", "session_bytes_max", "1048576", "\"1\"", "4095", NULL},
+    {"limits", "sessions_bytes_max", "17179869184", "[]", "4095", NULL},
 };
 
 /* {"<section>": {[with, ]"<key>": <value>}} */
@@ -635,6 +643,8 @@ static void test_limits_keys(void **state)
 static void test_limits_cross_rules(void **state)
 {
     (void) state;
+    s_refused("{\"limits\":{\"session_messages_max\":999}}",
+              "limits.session_messages_max: 999 is less than agent.max_history_messages (1000)");
     s_refused("{\"limits\":{\"comms_connections_max\":100}}",
               "limits.comms_unauth_connections_max: 2500 is more than limits.comms_connections_max");
     s_refused("{\"limits\":{\"comms_unauth_connections_max\":10}}",

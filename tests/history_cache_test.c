@@ -184,6 +184,54 @@ static void test_bounds(void **state)
     router_history_cache_destroy(&c);
 }
 
+/* The store's per-session bounds, applied as the store applies them: after
+ * an append (at once, or once the read in flight is in), never to what a
+ * read alone brought (the store cuts a session only when it appends), and
+ * never below one message. A cut makes what is held the whole session. */
+static void test_store_bounds(void **state)
+{
+    (void) state;
+    router_history_cache_t *c = router_history_cache_new(0, 0);
+    assert_non_null(c);
+    router_history_cache_bound(c, 3, 2 * (10 + 10), 10); /* 3 messages, 2 of 10 octets */
+    router_sessions_msg_t m[4] = {s_m("user", "a", 1), s_m("user", "b", 2),
+                                  s_m("user", "c", 3), s_m("user", "d", 4)};
+    uint64_t t = router_history_cache_loading(c, "s", 10);
+    router_history_cache_loaded(c, "s", t, 0, m, 4); /* over the bound: as read */
+    s_expect(c, "s", 10, "a,b,c,d");
+    router_sessions_msg_t e = s_m("user", "e", 5);
+    router_history_cache_append(c, "s", &e);
+    s_expect(c, "s", 10, "c,d,e");
+    /* Octets: 2 messages of 10 fit, a third does not. */
+    router_sessions_msg_t big = s_m("user", "0123456789", 6);
+    router_history_cache_append(c, "s", &big);
+    s_expect(c, "s", 10, "e,0123456789");
+    router_history_cache_append(c, "s", &big);
+    s_expect(c, "s", 10, "0123456789,0123456789");
+    /* One message past the bound alone is kept. */
+    char huge[300];
+    memset(huge, 'h', sizeof huge - 1);
+    huge[sizeof huge - 1] = '\0';
+    router_sessions_msg_t h = s_m("user", huge, 7);
+    router_history_cache_append(c, "s", &h);
+    s_expect(c, "s", 1, huge);
+    s_expect(c, "s", 10, huge); /* the whole session */
+
+    /* Appended while a read is out: the bound applies once it is in. */
+    t = router_history_cache_loading(c, "r", 10);
+    router_history_cache_append(c, "r", &e);
+    router_history_cache_append(c, "r", &e);
+    router_history_cache_loaded(c, "r", t, 0, m, 2);
+    s_expect(c, "r", 10, "b,e,e");
+    /* A window of the newest (cap 3) cut by the bound is the whole session. */
+    t = router_history_cache_loading(c, "w", 3);
+    router_history_cache_loaded(c, "w", t, 0, m + 1, 3);
+    s_expect_miss(c, "w", 5); /* more than it holds, and not the whole session */
+    router_history_cache_append(c, "w", &big);
+    s_expect(c, "w", 5, "d,0123456789");
+    router_history_cache_destroy(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -192,6 +240,7 @@ int main(void)
         cmocka_unit_test(test_overflow_while_loading),
         cmocka_unit_test(test_stale_and_failed_reads),
         cmocka_unit_test(test_bounds),
+        cmocka_unit_test(test_store_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,10 @@
  * database alone answers them the same after a restart; an append the
  * database refuses takes back only itself, in the middle of a batch; a
  * delete is durable and forgotten by the cache; a full disk loses only
- * what it refused, and says so. */
+ * what it refused, and says so; the bounds keep each session's newest
+ * messages, refuse a new session past sessions_max, say when the octets
+ * are spent, and count the same after a restart, a failed commit and an
+ * upgrade from a state.db without counts. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -87,9 +90,31 @@ static router_sessions_t *s_start(char *dir, char *db, size_t dbcap, env_t *e)
     e->loop = router_loop_new(NULL);
     assert_non_null(e->loop);
     char err[256];
-    router_sessions_t *s = router_sessions_new(e->loop, db, err, sizeof err);
+    router_sessions_t *s = router_sessions_new(e->loop, db, NULL, err, sizeof err);
     assert_non_null(s);
     return s;
+}
+
+/* s_start with bounds. */
+static router_sessions_t *s_start_bounded(char *dir, char *db, size_t dbcap, env_t *e,
+                                          const router_sessions_bounds_t *b)
+{
+    assert_non_null(mkdtemp(dir));
+    snprintf(db, dbcap, "%s/state.db", dir);
+    e->loop = router_loop_new(NULL);
+    assert_non_null(e->loop);
+    char err[256];
+    router_sessions_t *s = router_sessions_new(e->loop, db, b, err, sizeof err);
+    assert_non_null(s);
+    return s;
+}
+
+static void s_expect_usage(router_sessions_t *s, uint64_t sessions, uint64_t bytes)
+{
+    uint64_t n = 0, b = 0;
+    router_sessions_usage(s, &n, &b);
+    assert_int_equal(n, sessions);
+    assert_int_equal(b, bytes);
 }
 
 /* The loop and the dir go (the store was destroyed by the test). */
@@ -143,7 +168,7 @@ static void test_history_cache_and_restart(void **state)
     assert_null(s);
 
     /* After a restart the database answers, the same as the cache did. */
-    s = router_sessions_new(e.loop, db, err, sizeof err);
+    s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
     assert_non_null(s);
     assert_int_equal(router_sessions_history(s, "a", 3, s_on_history, &e, 4), 0);
     s_wait(&e, 5);
@@ -190,7 +215,7 @@ static void test_delete(void **state)
     router_sessions_refuse(s, false);
     router_sessions_destroy(&s);
 
-    s = router_sessions_new(e.loop, db, err, sizeof err);
+    s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
     assert_non_null(s);
     assert_int_equal(router_sessions_get_json(s, "gone", 10, s_on_json, &e, 5), 0);
     assert_int_equal(router_sessions_get_json(s, "kept", 10, s_on_json, &e, 6), 0);
@@ -285,7 +310,7 @@ static void test_disk_full(void **state)
     assert_int_equal(router_sessions_append(s, "a", "assistant", "again", 5, "t3"), 0);
     router_sessions_destroy(&s);
 
-    s = router_sessions_new(e.loop, db, err, sizeof err);
+    s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
     assert_non_null(s);
     assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 3), 0);
     s_wait(&e, 4);
@@ -333,7 +358,7 @@ static void test_open_on_full_disk(void **state)
     assert_int_equal(router_sessions_append(s, "fresh", "user", "hello", 5, "t1"), 0);
     router_sessions_destroy(&s);
 
-    s = router_sessions_new(e.loop, db, err, sizeof err);
+    s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
     assert_non_null(s);
     assert_int_equal(router_sessions_get_json(s, "fresh", 10, s_on_json, &e, 3), 0);
     s_wait(&e, 4);
@@ -362,7 +387,7 @@ static void test_without_memory(void **state)
     for (long i = 0; i < ALLOC_FAIL_RUNS_MAX && !s; i++) {
         err[0] = '\0';
         alloc_fail_arm(i);
-        s = router_sessions_new(e.loop, db, err, sizeof err);
+        s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
         bool failed = alloc_fail_disarm() > 0;
         if (!s)
             assert_true(failed && err[0]);
@@ -426,6 +451,207 @@ static void test_without_memory(void **state)
     s_finish(dir, &e);
 }
 
+
+static void s_on_open(void *ud, uint64_t tag, int rc, bool resumed, uint64_t count,
+                      const char *name);
+
+/* A message costs its octets and ROUTER_SESSIONS_MSG_COST. */
+#define COST(n) ((uint64_t) (n) + ROUTER_SESSIONS_MSG_COST)
+
+/* Each session keeps its newest messages within messages_max and
+ * session_bytes_max, never fewer than its last one; a history read after
+ * the octets bound cut a session the cache held answers what the database
+ * keeps. sessions_max refuses a new session, not a kept one, and not an
+ * append (accepted work is stored); a delete makes room; the counts
+ * survive a restart. */
+static void test_bounds_keep_the_newest(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
+    env_t e = {0};
+    router_sessions_bounds_t b = {.sessions_max = 2, .messages_max = 3,
+                                  .session_bytes_max = 2 * COST(100) + 50, .bytes_max = 100000};
+    router_sessions_t *s = s_start_bounded(dir, db, sizeof db, &e, &b);
+    for (int i = 0; i < 5; i++) {
+        char m[4];
+        snprintf(m, sizeof m, "m%d", i);
+        assert_int_equal(router_sessions_append(s, "a", "user", m, 2, ""), 0);
+    }
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 0), 0);
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 1), 0);
+    s_wait(&e, 2); /* and the cache holds "a" */
+    assert_non_null(strstr(e.json[0], "\"message_count\":3"));
+    assert_null(strstr(e.json[0], "\"m1\""));
+    assert_non_null(strstr(e.json[0], "\"m2\""));
+    assert_non_null(strstr(e.json[0], "\"m4\""));
+    assert_int_equal(router_sessions_pruned(s), 2);
+    s_expect_usage(s, 1, 3 * COST(2));
+
+    /* 300 octets: the count takes m2, the octets m3 and m4. */
+    char big[601];
+    memset(big, 'Y', 300);
+    assert_int_equal(router_sessions_append(s, "a", "user", big, 300, ""), 0);
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 2), 0);
+    s_wait(&e, 3);
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 3), 0);
+    s_wait(&e, 4);
+    assert_null(strstr(e.text[3], "m4")); /* the cache forgot what the bound took */
+    assert_non_null(strstr(e.text[3], "user:YYY"));
+    assert_null(strchr(e.text[3], ','));
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 4), 0);
+    s_wait(&e, 5); /* the thread has stored it */
+    assert_non_null(strstr(e.json[4], "\"message_count\":1,"));
+    s_expect_usage(s, 1, COST(300));
+    /* One message larger than the bound is kept, alone. */
+    memset(big, 'Z', 600);
+    assert_int_equal(router_sessions_append(s, "a", "user", big, 600, ""), 0);
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 4), 0);
+    s_wait(&e, 6);
+    assert_non_null(strstr(e.json[4], "\"message_count\":1,"));
+    assert_non_null(strstr(e.json[4], "ZZZ"));
+    assert_int_equal(router_sessions_pruned(s), 6);
+    s_expect_usage(s, 1, COST(600));
+
+    /* Two sessions are kept: a third is refused, a kept one resumes. */
+    assert_int_equal(router_sessions_room(s, true), ROUTER_SESSIONS_ROOM);
+    assert_int_equal(router_sessions_open(s, "b", "bee", s_on_open, &e, 5), 0);
+    s_wait(&e, 7);
+    assert_int_equal(e.rc[5], 0);
+    assert_int_equal(router_sessions_room(s, true), ROUTER_SESSIONS_FULL_SESSIONS);
+    assert_int_equal(router_sessions_room(s, false), ROUTER_SESSIONS_ROOM);
+    assert_int_equal(router_sessions_open(s, "c", NULL, s_on_open, &e, 6), 0);
+    assert_int_equal(router_sessions_open(s, "a", NULL, s_on_open, &e, 7), 0);
+    s_wait(&e, 9);
+    assert_int_equal(e.rc[6], ROUTER_SESSIONS_FULL_SESSIONS);
+    assert_int_equal(e.rc[7], 0);
+    assert_string_equal(e.text[7], "resumed:1:");
+    assert_int_equal(router_sessions_failures(s), 0);
+    /* What ingress accepted is stored past the bound. */
+    assert_int_equal(router_sessions_append(s, "c", "user", "late", 4, ""), 0);
+    assert_int_equal(router_sessions_get_json(s, "c", 10, s_on_json, &e, 0), 0);
+    s_wait(&e, 10);
+    assert_int_equal(e.status[0], 200);
+    s_expect_usage(s, 3, COST(600) + COST(4));
+    router_sessions_destroy(&s);
+
+    /* A restart counts the same; deletes make room. */
+    s = router_sessions_new(e.loop, db, &b, err, sizeof err);
+    assert_non_null(s);
+    s_expect_usage(s, 3, COST(600) + COST(4));
+    assert_int_equal(router_sessions_delete(s, "c", s_on_json, &e, 1), 0);
+    assert_int_equal(router_sessions_delete(s, "b", s_on_json, &e, 2), 0);
+    s_wait(&e, 12);
+    assert_int_equal(e.status[1], 200);
+    assert_int_equal(e.status[2], 200);
+    s_expect_usage(s, 1, COST(600));
+    assert_int_equal(router_sessions_room(s, true), ROUTER_SESSIONS_ROOM);
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
+/* bytes_max: past it ingress is told there is no room for any message
+ * (appends already accepted are stored); a delete gives it back. */
+static void test_bounds_octets_over_all(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256];
+    env_t e = {0};
+    router_sessions_bounds_t b = {.bytes_max = 2 * COST(500)};
+    router_sessions_t *s = s_start_bounded(dir, db, sizeof db, &e, &b);
+    char text[500];
+    memset(text, 'x', sizeof text);
+    assert_int_equal(router_sessions_append(s, "one", "user", text, sizeof text, ""), 0);
+    assert_int_equal(router_sessions_get_json(s, "one", 1, s_on_json, &e, 0), 0);
+    s_wait(&e, 1);
+    assert_int_equal(router_sessions_room(s, false), ROUTER_SESSIONS_ROOM);
+    assert_int_equal(router_sessions_append(s, "two", "user", text, sizeof text, ""), 0);
+    assert_int_equal(router_sessions_append(s, "two", "user", text, sizeof text, ""), 0);
+    assert_int_equal(router_sessions_get_json(s, "two", 1, s_on_json, &e, 1), 0);
+    s_wait(&e, 2);
+    assert_int_equal(router_sessions_room(s, false), ROUTER_SESSIONS_FULL_BYTES);
+    assert_int_equal(router_sessions_room(s, true), ROUTER_SESSIONS_FULL_BYTES);
+    s_expect_usage(s, 2, 3 * COST(500));
+    assert_int_equal(router_sessions_delete(s, "two", s_on_json, &e, 2), 0);
+    s_wait(&e, 3);
+    assert_int_equal(router_sessions_room(s, false), ROUTER_SESSIONS_ROOM);
+    s_expect_usage(s, 1, COST(500));
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
+/* A batch whose COMMIT fails takes back what the thread had counted for
+ * it: the counts are the database's again, so a failing disk cannot make
+ * the bounds drift either way. */
+static void test_bounds_after_a_failed_commit(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    assert_int_equal(router_sessions_append(s, "a", "user", "kept", 4, ""), 0);
+    assert_int_equal(router_sessions_get_json(s, "a", 1, s_on_json, &e, 0), 0);
+    s_wait(&e, 1);
+    s_expect_usage(s, 1, COST(4));
+    vfs_fail_arm(VFS_FAIL_WRITE, dir, 0, -1);
+    assert_int_equal(router_sessions_append(s, "a", "user", "lost", 4, ""), 0);
+    assert_int_equal(router_sessions_append(s, "new", "user", "lost", 4, ""), 0);
+    assert_int_equal(router_sessions_open(s, "opened", NULL, s_on_open, &e, 1), 0);
+    /* A delete commits alone, after the batch before it: once it is
+     * answered, that batch has failed. */
+    assert_int_equal(router_sessions_delete(s, "a", s_on_json, &e, 2), 0);
+    s_wait(&e, 3);
+    assert_int_equal(e.status[2], 503);
+    vfs_fail_clear();
+    s_expect_usage(s, 1, COST(4));
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
+/* A state.db from before the counts: the store adds its `bytes` column,
+ * counts every session's messages into it once, and bounds it from then
+ * on (its oldest message goes when the count bound is lower). */
+static void test_bounds_upgrade_old_state_db(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
+    env_t e = {0};
+    assert_non_null(mkdtemp(dir));
+    snprintf(db, sizeof db, "%s/state.db", dir);
+    sqlite3 *old = NULL;
+    assert_int_equal(sqlite3_open(db, &old), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(old,
+                                  "CREATE TABLE sessions (id TEXT PRIMARY KEY,"
+                                  " name TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL,"
+                                  " updated_ms INTEGER NOT NULL,"
+                                  " message_count INTEGER NOT NULL DEFAULT 0);"
+                                  "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+                                  " session_id TEXT NOT NULL, role TEXT NOT NULL,"
+                                  " content TEXT NOT NULL, turn_id TEXT NOT NULL DEFAULT '',"
+                                  " time_ms INTEGER NOT NULL);"
+                                  "INSERT INTO sessions VALUES('old','',1,2,3);"
+                                  "INSERT INTO sessions VALUES('empty','',1,2,0);"
+                                  "INSERT INTO messages(session_id,role,content,time_ms)"
+                                  " VALUES('old','user','hello',1),"
+                                  " ('old','assistant','h\xc3\xa9llo',2),"
+                                  " ('old','user','third',3);",
+                                  NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(old);
+    e.loop = router_loop_new(NULL);
+    assert_non_null(e.loop);
+    router_sessions_bounds_t b = {.messages_max = 3};
+    router_sessions_t *s = router_sessions_new(e.loop, db, &b, err, sizeof err);
+    assert_non_null(s);
+    s_expect_usage(s, 2, COST(5) + COST(6) + COST(5));
+    assert_int_equal(router_sessions_append(s, "old", "assistant", "four", 4, ""), 0);
+    assert_int_equal(router_sessions_get_json(s, "old", 10, s_on_json, &e, 0), 0);
+    s_wait(&e, 1);
+    assert_non_null(strstr(e.json[0], "\"message_count\":3"));
+    assert_null(strstr(e.json[0], "\"hello\""));
+    s_expect_usage(s, 2, COST(6) + COST(5) + COST(4));
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -435,6 +661,10 @@ int main(void)
         cmocka_unit_test(test_delete),
         cmocka_unit_test(test_disk_full),
         cmocka_unit_test(test_open_on_full_disk),
+        cmocka_unit_test(test_bounds_keep_the_newest),
+        cmocka_unit_test(test_bounds_octets_over_all),
+        cmocka_unit_test(test_bounds_after_a_failed_commit),
+        cmocka_unit_test(test_bounds_upgrade_old_state_db),
     };
     if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
         return 1;

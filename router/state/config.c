@@ -272,6 +272,10 @@ static const s_key_t s_limits_keys[] = {
     S_U("ws_preauth_frame_max", limits.ws_preauth_frame_max, 125, 16777216),
     S_U("ws_ping_interval_ms", limits.ws_ping_interval_ms, 100, 3600000),
     S_U("sse_ring_events", limits.sse_ring_events, 1, 1048576),
+    S_U("sessions_max", limits.sessions_max, 1, 100000000),
+    S_U("session_messages_max", limits.session_messages_max, 1, 100000000),
+    S_U("session_bytes_max", limits.session_bytes_max, 4096, 1ull << 40),
+    S_U("sessions_bytes_max", limits.sessions_bytes_max, 4096, 1ull << 50),
 };
 
 static const s_section_t s_sections[] = {
@@ -348,6 +352,10 @@ void router_config_defaults(router_config_t *cfg)
     cfg->limits.ws_ping_interval_ms = 25000;
     cfg->limits.session_queue_max = 16;
     cfg->limits.sse_ring_events = 4096;
+    cfg->limits.sessions_max = 100000;              /* WIRE §24.10 */
+    cfg->limits.session_messages_max = 10000;
+    cfg->limits.session_bytes_max = 64ull << 20;
+    cfg->limits.sessions_bytes_max = 1ull << 30;
 }
 
 const char *router_comms_mode_str(router_comms_mode_t mode)
@@ -638,6 +646,15 @@ int router_config_check(const router_config_t *cfg, char *err, size_t errcap)
                                  "limits.comms_unauth_connections_max (%u)",
                                  cfg->limits.comms_unauth_per_source_max,
                                  cfg->limits.comms_unauth_connections_max),
+               -1;
+    /* A session keeps at least the history a turn is sent: the bound never
+     * takes a message a turn (or the history cache) would read. */
+    if (cfg->limits.session_messages_max < cfg->agent.max_history_messages)
+        return router_jsonc_fail(err, errcap,
+                                 "limits.session_messages_max: %llu is less than "
+                                 "agent.max_history_messages (%u)",
+                                 (unsigned long long) cfg->limits.session_messages_max,
+                                 cfg->agent.max_history_messages),
                -1;
     return 0;
 }

@@ -128,6 +128,10 @@ typedef struct {
         uint32_t ws_ping_interval_ms;                      /* WebSocket server ping; no pong by the next: closed (25 s) */
         uint32_t session_queue_max;                        /* messages waiting per session: 16 */
         uint32_t sse_ring_events;                          /* SSE replay ring: 4096 */
+        uint64_t sessions_max;                             /* sessions state.db keeps: 100,000 */
+        uint64_t session_messages_max;                     /* messages kept per session: 10,000 */
+        uint64_t session_bytes_max;                        /* octets kept per session: 64 MiB */
+        uint64_t sessions_bytes_max;                       /* octets kept over all sessions: 1 GiB */
     } limits;
 } router_config_t;
 

@@ -25,6 +25,7 @@ struct s_entry {
     bool loading;             /* a database read is out; v holds what came after it */
     bool complete;            /* v is the whole session */
     bool dropped;             /* an old message was let go while loading */
+    bool appended;            /* a message was appended while loading */
     uint64_t ticket;          /* of the read while loading */
     size_t bytes;             /* its messages' bytes and v */
     s_entry_t *prev, *next;   /* most recently used first */
@@ -34,6 +35,7 @@ struct router_history_cache {
     zhash_t *by_id;           /* id → s_entry_t (not owned by the hash) */
     s_entry_t *head, *tail;
     size_t sessions_max, bytes_max;
+    uint64_t keep_msgs, keep_bytes, msg_cost; /* the store's per-session bounds, 0: none */
     uint64_t next_ticket;
     router_history_cache_stats_t st;
 };
@@ -170,6 +172,43 @@ static int s_push(router_history_cache_t *c, s_entry_t *e, s_msg_t *m)
     return 0;
 }
 
+/* The store's bounds on e, after an append (router_history_cache_bound):
+ * the newest messages that fit. The store keeps the longest run of a
+ * session's newest messages within both bounds, and any shorter run of
+ * them is within too, so cutting the newest messages held here gives
+ * exactly what the store keeps whenever the cut takes anything; and then
+ * they are the whole session. */
+static void s_keep(router_history_cache_t *c, s_entry_t *e)
+{
+    if (!c->keep_msgs && !c->keep_bytes)
+        return;
+    uint64_t cost = 0;
+    for (size_t i = 0; i < e->n; i++)
+        cost += e->v[i]->m.len + c->msg_cost;
+    size_t drop = 0;
+    while (e->n - drop > 1 && ((c->keep_msgs && e->n - drop > c->keep_msgs) ||
+                               (c->keep_bytes && cost > c->keep_bytes))) {
+        cost -= e->v[drop]->m.len + c->msg_cost;
+        e->bytes -= e->v[drop]->bytes;
+        c->st.bytes -= e->v[drop]->bytes;
+        s_msg_unref(e->v[drop]);
+        drop++;
+    }
+    if (!drop)
+        return;
+    memmove(e->v, e->v + drop, (e->n - drop) * sizeof *e->v);
+    e->n -= drop;
+    e->complete = true;
+}
+
+void router_history_cache_bound(router_history_cache_t *c, uint64_t messages_max,
+                                uint64_t bytes_max, uint64_t msg_cost)
+{
+    c->keep_msgs = messages_max;
+    c->keep_bytes = bytes_max;
+    c->msg_cost = msg_cost;
+}
+
 router_history_cache_t *router_history_cache_new(size_t sessions_max, size_t bytes_max)
 {
     router_history_cache_t *c = calloc(1, sizeof *c);
@@ -261,7 +300,7 @@ uint64_t router_history_cache_loading(router_history_cache_t *c, const char *id,
     }
     e->cap = limit;
     e->loading = true;
-    e->complete = e->dropped = false;
+    e->complete = e->dropped = e->appended = false;
     e->ticket = ++c->next_ticket;
     s_touch(c, e);
     uint64_t ticket = e->ticket;
@@ -324,6 +363,9 @@ void router_history_cache_loaded(router_history_cache_t *c, const char *id, uint
     e->complete = n < e->cap && !e->dropped && total <= e->cap;
     e->loading = false;
     e->dropped = false;
+    if (e->appended) /* the store applied its bounds at those appends */
+        s_keep(c, e);
+    e->appended = false;
     s_evict(c);
 }
 
@@ -338,6 +380,10 @@ void router_history_cache_append(router_history_cache_t *c, const char *id,
         s_remove(c, e); /* it would miss this message: not held any more */
         return;
     }
+    if (e->loading)
+        e->appended = true; /* the bounds apply once the read is in */
+    else
+        s_keep(c, e);
     s_touch(c, e);
     s_evict(c);
 }

@@ -5,7 +5,10 @@
  * The cache answers exactly what a history read queued at the same point
  * would: the sessions store records every append it queues here, in queue
  * order, and a session enters only from a read of the database that was
- * queued before any append recorded for it while it loads. Bounded by
+ * queued before any append recorded for it while it loads. The store's
+ * per-session bounds (sessions.h) are applied here as the store applies
+ * them, after each append, so a session the bounds cut answers the same
+ * from either. Bounded by
  * sessions and bytes (least recently used goes first); memory only, so a
  * restart starts empty and reads the database again. Loop thread only. */
 #ifndef KITH_ROUTER_HISTORY_CACHE_H
@@ -39,6 +42,12 @@ typedef struct router_history_cache_stats {
 /* NULL when memory is short. 0 for either bound: its default. Caller owns
  * the result. */
 router_history_cache_t *router_history_cache_new(size_t sessions_max, size_t bytes_max);
+/* The store's per-session bounds (0: none): after an append a session
+ * keeps its newest messages while it holds more than messages_max, or
+ * more than bytes_max octets with msg_cost counted per message, never
+ * fewer than one. Call before the first use. */
+void router_history_cache_bound(router_history_cache_t *c, uint64_t messages_max,
+                                uint64_t bytes_max, uint64_t msg_cost);
 /* Idempotent; nulls *self_p. Views already handed out stay valid. */
 void router_history_cache_destroy(router_history_cache_t **self_p);
 

@@ -36,8 +36,10 @@ typedef enum { J_OPEN, J_HISTORY, J_APPEND, J_LIST, J_GET, J_DELETE } s_kind_t;
 typedef enum {
     Q_ROW_NEW,        /* a session's row, if missing */
     Q_ROW_GET,        /* its name and count */
-    Q_ROW_COUNT,      /* an append's count: the row made or counted up */
+    Q_ROW_BUMP,       /* an append counted on its row: count and octets after it */
     Q_MSG_INSERT,     /* an append's message */
+    Q_PRUNE_ONE,      /* a session's oldest message out: its content's octets */
+    Q_ROW_SHRINK,     /* what the pruning took, off its row */
     Q_HISTORY,        /* the last n messages */
     Q_SAVEPOINT,      /* each append is its own savepoint in the batch */
     Q_RELEASE,
@@ -49,13 +51,16 @@ static const char *const s_sql[Q_COUNT] = {
     [Q_ROW_NEW] = "INSERT INTO sessions(id,name,created_ms,updated_ms) VALUES(?,?,?,?)"
                   " ON CONFLICT(id) DO NOTHING",
     [Q_ROW_GET] = "SELECT name, message_count FROM sessions WHERE id=?",
-    [Q_ROW_COUNT] = "INSERT INTO sessions(id,name,created_ms,updated_ms,message_count)"
-                    " VALUES(?,'',?,?,1) ON CONFLICT(id) DO UPDATE SET"
-                    " message_count=message_count+1, updated_ms=excluded.updated_ms",
+    [Q_ROW_BUMP] = "UPDATE sessions SET message_count=message_count+1, bytes=bytes+?1,"
+                   " updated_ms=?2 WHERE id=?3 RETURNING message_count, bytes",
     [Q_MSG_INSERT] = "INSERT INTO messages(session_id,role,content,turn_id,time_ms)"
                      " VALUES(?,?,?,?,?)",
     [Q_HISTORY] = "SELECT role, content, time_ms, turn_id FROM (SELECT * FROM messages"
                   " WHERE session_id=? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+    [Q_PRUNE_ONE] = "DELETE FROM messages WHERE seq=(SELECT seq FROM messages WHERE"
+                    " session_id=?1 ORDER BY seq LIMIT 1) RETURNING length(CAST(content AS BLOB))",
+    [Q_ROW_SHRINK] = "UPDATE sessions SET message_count=message_count-?1, bytes=bytes-?2"
+                     " WHERE id=?3",
     [Q_SAVEPOINT] = "SAVEPOINT append",
     [Q_RELEASE] = "RELEASE append",
     [Q_ROLLBACK_TO] = "ROLLBACK TO append",
@@ -109,6 +114,10 @@ struct router_sessions {
     router_history_cache_t *cache; /* the loop's */
     size_t hits_out;           /* cache answers not yet delivered (≤ JOBS_MAX) */
     _Atomic uint64_t failures;
+    router_sessions_bounds_t b; /* in force, defaults filled in */
+    uint64_t nsessions, nbytes; /* the thread's count of what state.db keeps */
+    _Atomic uint64_t pub_sessions, pub_bytes; /* the same, for other threads */
+    _Atomic uint64_t pruned;   /* messages the bounds took */
 };
 
 static const char *const s_schema =
@@ -118,7 +127,8 @@ static const char *const s_schema =
     " name TEXT NOT NULL DEFAULT '',"
     " created_ms INTEGER NOT NULL,"
     " updated_ms INTEGER NOT NULL,"
-    " message_count INTEGER NOT NULL DEFAULT 0);"
+    " message_count INTEGER NOT NULL DEFAULT 0,"
+    " bytes INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated_ms);"
     "CREATE TABLE IF NOT EXISTS messages ("
     " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -191,48 +201,149 @@ static int s_stmt_run(router_sessions_t *s, s_query_t q)
     return rc;
 }
 
+/* The thread's counts, for router_sessions_room on other threads. */
+static void s_publish(router_sessions_t *s)
+{
+    atomic_store(&s->pub_sessions, s->nsessions);
+    atomic_store(&s->pub_bytes, s->nbytes);
+}
+
+/* The counts again from state.db: at open, and after a rollback took back
+ * what the thread had counted. 0, or -1 (the counts are left as they are). */
+static int s_recount(router_sessions_t *s)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+    if (sqlite3_prepare_v2(s->db, "SELECT count(*), coalesce(sum(bytes),0) FROM sessions", -1,
+                           &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        s->nsessions = (uint64_t) sqlite3_column_int64(st, 0);
+        s->nbytes = (uint64_t) sqlite3_column_int64(st, 1);
+        s_publish(s);
+        rc = 0;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Makes j->id's row when missing (*made: it was). 0, or -1. */
+static int s_row_new(router_sessions_t *s, const char *id, const char *name, uint64_t now,
+                     bool *made)
+{
+    sqlite3_stmt *st = s_stmt(s, Q_ROW_NEW);
+    if (!st)
+        return -1;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64) now);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64) now);
+    int step = sqlite3_step(st);
+    *made = step == SQLITE_DONE && sqlite3_changes(s->db) > 0;
+    s_stmt_end(st);
+    return step == SQLITE_DONE ? 0 : -1;
+}
+
+/* A session that is kept is resumed; one that is not is made, unless
+ * sessions_max are kept (rc ROUTER_SESSIONS_FULL_SESSIONS). */
 static void s_run_open(router_sessions_t *s, s_job_t *j)
 {
-    uint64_t now = router_clock_wall_ms();
     j->rc = -1;
-    sqlite3_stmt *st = s_stmt(s, Q_ROW_NEW);
+    sqlite3_stmt *st = s_stmt(s, Q_ROW_GET);
     if (!st)
         return;
     sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, j->name ? j->name : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64) now);
-    sqlite3_bind_int64(st, 4, (sqlite3_int64) now);
-    bool made = sqlite3_step(st) == SQLITE_DONE;
-    s_stmt_end(st);
-    if (!made)
-        return;
-    j->resumed = sqlite3_changes(s->db) == 0;
-    if (!(st = s_stmt(s, Q_ROW_GET)))
-        return;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW) {
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
         j->res_name = strdup((const char *) sqlite3_column_text(st, 0));
         j->count = (uint64_t) sqlite3_column_int64(st, 1);
+        j->resumed = true;
         j->rc = j->res_name ? 0 : -1;
     }
     s_stmt_end(st);
+    if (step != SQLITE_DONE)
+        return;
+    if (s->nsessions >= s->b.sessions_max) {
+        j->rc = ROUTER_SESSIONS_FULL_SESSIONS;
+        return;
+    }
+    const char *name = j->name ? j->name : "";
+    bool made = false;
+    if (s_row_new(s, j->id, name, router_clock_wall_ms(), &made) != 0 ||
+        !(j->res_name = strdup(name)))
+        return;
+    if (made) {
+        s->nsessions++;
+        s_publish(s);
+    }
+    j->rc = 0;
 }
 
+/* Takes the oldest messages of a session out while it keeps more than the
+ * bounds allow, never its last one; count and bytes are its row's after
+ * the append. *gone and *freed say what went. The loop's history cache
+ * applies the same rule (router_history_cache_bound), so it answers what
+ * is kept. */
+static int s_prune(router_sessions_t *s, const char *id, uint64_t count, uint64_t bytes,
+                   uint64_t *gone, uint64_t *freed)
+{
+    *gone = *freed = 0;
+    while (count - *gone > 1 && (count - *gone > s->b.messages_max ||
+                                 bytes - *freed > s->b.session_bytes_max)) {
+        sqlite3_stmt *st = s_stmt(s, Q_PRUNE_ONE);
+        if (!st)
+            return -1;
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        int step = sqlite3_step(st);
+        bool got = step == SQLITE_ROW;
+        uint64_t len = got ? (uint64_t) sqlite3_column_int64(st, 0) : 0;
+        while (step == SQLITE_ROW)
+            step = sqlite3_step(st);
+        s_stmt_end(st);
+        if (step != SQLITE_DONE || !got)
+            return -1; /* the row counts more than there is */
+        *gone += 1;
+        *freed += len + ROUTER_SESSIONS_MSG_COST;
+    }
+    if (*gone == 0)
+        return 0;
+    sqlite3_stmt *st = s_stmt(s, Q_ROW_SHRINK);
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, (sqlite3_int64) *gone);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64) *freed);
+    sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    s_stmt_end(st);
+    return step == SQLITE_DONE ? 0 : -1;
+}
+
+/* One message in its own savepoint: the row (made if missing), the
+ * message, and what the bounds take. The counts change only once it is
+ * all done. */
 static void s_run_append(router_sessions_t *s, s_job_t *j)
 {
-    uint64_t now = j->time_ms;
+    uint64_t now = j->time_ms, cost = (uint64_t) j->len + ROUTER_SESSIONS_MSG_COST;
+    uint64_t count = 0, bytes = 0, gone = 0, freed = 0;
+    bool made = false;
     j->rc = -1;
     if (s_stmt_run(s, Q_SAVEPOINT) != 0)
         return;
-    sqlite3_stmt *st = s_stmt(s, Q_ROW_COUNT);
+    if (s_row_new(s, j->id, "", now, &made) != 0)
+        goto fail;
+    sqlite3_stmt *st = s_stmt(s, Q_ROW_BUMP);
     if (!st)
         goto fail;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64) cost);
     sqlite3_bind_int64(st, 2, (sqlite3_int64) now);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64) now);
-    bool counted = sqlite3_step(st) == SQLITE_DONE;
+    sqlite3_bind_text(st, 3, j->id, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        count = (uint64_t) sqlite3_column_int64(st, 0);
+        bytes = (uint64_t) sqlite3_column_int64(st, 1);
+        step = sqlite3_step(st);
+    }
     s_stmt_end(st);
-    if (!counted || !(st = s_stmt(s, Q_MSG_INSERT)))
+    if (step != SQLITE_DONE || count == 0 || !(st = s_stmt(s, Q_MSG_INSERT)))
         goto fail;
     sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, j->role, -1, SQLITE_STATIC);
@@ -241,8 +352,14 @@ static void s_run_append(router_sessions_t *s, s_job_t *j)
     sqlite3_bind_int64(st, 5, (sqlite3_int64) now);
     bool stored = sqlite3_step(st) == SQLITE_DONE;
     s_stmt_end(st);
-    if (!stored || s_stmt_run(s, Q_RELEASE) != 0)
+    if (!stored || s_prune(s, j->id, count, bytes, &gone, &freed) != 0 ||
+        s_stmt_run(s, Q_RELEASE) != 0)
         goto fail;
+    s->nsessions += made;
+    s->nbytes = s->nbytes + cost > freed ? s->nbytes + cost - freed : 0;
+    s_publish(s);
+    if (gone)
+        atomic_fetch_add(&s->pruned, gone);
     j->rc = 0;
     return;
 fail:;
@@ -409,11 +526,16 @@ static void s_run_delete(router_sessions_t *s, s_job_t *j)
         return;
     }
     bool ok = false, found = false;
-    if (sqlite3_prepare_v2(s->db, "DELETE FROM sessions WHERE id=?", -1, &st, NULL) ==
-        SQLITE_OK) {
+    uint64_t freed = 0;
+    if (sqlite3_prepare_v2(s->db, "DELETE FROM sessions WHERE id=? RETURNING bytes", -1, &st,
+                           NULL) == SQLITE_OK) {
         sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-        ok = sqlite3_step(st) == SQLITE_DONE;
-        found = sqlite3_changes(s->db) > 0;
+        int step;
+        while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+            found = true;
+            freed = (uint64_t) sqlite3_column_int64(st, 0);
+        }
+        ok = step == SQLITE_DONE;
         sqlite3_finalize(st);
         st = NULL;
     }
@@ -428,6 +550,11 @@ static void s_run_delete(router_sessions_t *s, s_job_t *j)
     }
     if (ok && s_exec(s->db, "COMMIT") == 0) {
         j->status = found ? 200 : 404;
+        if (found) {
+            s->nsessions -= s->nsessions > 0;
+            s->nbytes = s->nbytes > freed ? s->nbytes - freed : 0;
+            s_publish(s);
+        }
     } else {
         /* Said before the ROLLBACK, which replaces the connection's
          * message (SQLite may have rolled back already, on a full disk). */
@@ -448,6 +575,8 @@ static void s_run(router_sessions_t *s, s_job_t *j)
     case J_GET: s_run_json(s, j); break;
     case J_DELETE: s_run_delete(s, j); break;
     }
+    if (j->rc == ROUTER_SESSIONS_FULL_SESSIONS) /* a bound, not a failure */
+        return;
     if (j->rc != 0 || ((j->kind == J_LIST || j->kind == J_GET || j->kind == J_DELETE) &&
                        j->status == 503)) {
         atomic_fetch_add(&s->failures, 1);
@@ -485,6 +614,9 @@ static void s_commit_appends(router_sessions_t *s, bool txn, s_job_t *appends, s
                    sqlite3_errmsg(s->db));
         s_exec(s->db, "ROLLBACK");
         lost = true;
+        /* What the thread counted for the batch (its appends, the rows its
+         * opens made) was taken back with it. */
+        (void) s_recount(s);
     }
     if (txn)
         router_dblock_leave(s->wlock);
@@ -644,7 +776,47 @@ static void s_on_done(router_watch_t *watch, int fd, unsigned events, void *ud)
     }
 }
 
-router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path, char *err,
+/* A state.db from before the bounds has no `bytes` column: it is added and
+ * filled from the messages, in one transaction, once. */
+static int s_migrate(router_sessions_t *s)
+{
+    sqlite3_stmt *st = NULL;
+    bool has = sqlite3_prepare_v2(s->db, "SELECT bytes FROM sessions LIMIT 0", -1, &st, NULL) ==
+               SQLITE_OK;
+    sqlite3_finalize(st);
+    if (has)
+        return 0;
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "BEGIN IMMEDIATE;"
+             "ALTER TABLE sessions ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;"
+             "UPDATE sessions SET bytes=(SELECT coalesce(sum(length(CAST(content AS BLOB))+%u),0)"
+             " FROM messages WHERE session_id=sessions.id);"
+             "COMMIT;",
+             ROUTER_SESSIONS_MSG_COST);
+    if (s_exec(s->db, sql) == 0)
+        return 0;
+    s_exec(s->db, "ROLLBACK");
+    return -1;
+}
+
+/* Fills in the defaults of the bounds not given. */
+static router_sessions_bounds_t s_bounds(const router_sessions_bounds_t *in)
+{
+    router_sessions_bounds_t b = in ? *in : (router_sessions_bounds_t){0};
+    if (!b.sessions_max)
+        b.sessions_max = ROUTER_SESSIONS_MAX;
+    if (!b.messages_max)
+        b.messages_max = ROUTER_SESSIONS_MESSAGES_MAX;
+    if (!b.session_bytes_max)
+        b.session_bytes_max = ROUTER_SESSIONS_SESSION_BYTES_MAX;
+    if (!b.bytes_max)
+        b.bytes_max = ROUTER_SESSIONS_BYTES_MAX;
+    return b;
+}
+
+router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path,
+                                       const router_sessions_bounds_t *bounds, char *err,
                                        size_t errcap)
 {
     router_sessions_t *s = calloc(1, sizeof *s);
@@ -654,6 +826,7 @@ router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path,
     }
     s->loop = loop;
     s->efd = -1;
+    s->b = s_bounds(bounds);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     const char *path = db_path ? db_path : ":memory:";
@@ -673,7 +846,9 @@ router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path,
         snprintf(err, errcap, "sessions: out of memory");
         goto fail;
     }
-    if (s_exec(s->db, s_schema) != 0) {
+    router_history_cache_bound(s->cache, s->b.messages_max, s->b.session_bytes_max,
+                               ROUTER_SESSIONS_MSG_COST);
+    if (s_exec(s->db, s_schema) != 0 || s_migrate(s) != 0 || s_recount(s) != 0) {
         snprintf(err, errcap, "sessions: %s: %s", path, sqlite3_errmsg(s->db));
         goto fail;
     }
@@ -871,6 +1046,28 @@ void router_sessions_cache_stats(const router_sessions_t *s, struct router_histo
 uint64_t router_sessions_failures(const router_sessions_t *s)
 {
     return atomic_load(&((router_sessions_t *) s)->failures);
+}
+
+router_sessions_room_t router_sessions_room(const router_sessions_t *s, bool creating)
+{
+    router_sessions_t *m = (router_sessions_t *) s; /* atomics only */
+    if (atomic_load(&m->pub_bytes) >= s->b.bytes_max)
+        return ROUTER_SESSIONS_FULL_BYTES;
+    if (creating && atomic_load(&m->pub_sessions) >= s->b.sessions_max)
+        return ROUTER_SESSIONS_FULL_SESSIONS;
+    return ROUTER_SESSIONS_ROOM;
+}
+
+void router_sessions_usage(const router_sessions_t *s, uint64_t *sessions, uint64_t *bytes)
+{
+    router_sessions_t *m = (router_sessions_t *) s;
+    *sessions = atomic_load(&m->pub_sessions);
+    *bytes = atomic_load(&m->pub_bytes);
+}
+
+uint64_t router_sessions_pruned(const router_sessions_t *s)
+{
+    return atomic_load(&((router_sessions_t *) s)->pruned);
 }
 
 void router_sessions_refuse(router_sessions_t *s, bool on)

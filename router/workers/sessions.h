@@ -24,6 +24,30 @@
 /* Longest name kept with a session. */
 #define ROUTER_SESSIONS_NAME_MAX 256u
 
+/* What state.db keeps (WIRE §24.10). A stored message costs its content's
+ * octets plus ROUTER_SESSIONS_MSG_COST for its row and index entries, so
+ * a flood of tiny messages is bounded as surely as a few large ones. */
+#define ROUTER_SESSIONS_MSG_COST 128u
+#define ROUTER_SESSIONS_MAX 100000u                        /* limits.sessions_max */
+#define ROUTER_SESSIONS_MESSAGES_MAX 10000u                /* limits.session_messages_max */
+#define ROUTER_SESSIONS_SESSION_BYTES_MAX (64ull << 20)    /* limits.session_bytes_max */
+#define ROUTER_SESSIONS_BYTES_MAX (1ull << 30)             /* limits.sessions_bytes_max */
+
+/* The store's bounds; 0 for any: its default above. */
+typedef struct {
+    uint64_t sessions_max;      /* sessions kept: past it a new one is refused */
+    uint64_t messages_max;      /* messages kept per session: the oldest go */
+    uint64_t session_bytes_max; /* octets kept per session: the oldest messages go */
+    uint64_t bytes_max;         /* octets over all sessions: past it ingress is refused */
+} router_sessions_bounds_t;
+
+/* router_sessions_room's answer, and an open's rc when it was refused. */
+typedef enum {
+    ROUTER_SESSIONS_ROOM = 0,        /* ingress may add to the store */
+    ROUTER_SESSIONS_FULL_SESSIONS = -2, /* sessions_max sessions are kept: no new one */
+    ROUTER_SESSIONS_FULL_BYTES = -3, /* bytes_max octets are kept: no new message */
+} router_sessions_room_t;
+
 typedef struct router_sessions router_sessions_t;
 
 /* One stored message. */
@@ -36,7 +60,8 @@ typedef struct {
 } router_sessions_msg_t;
 
 /* Loop thread: the session is there (made now, or `resumed`). rc -1: the
- * store failed. name is "" when none. */
+ * store failed; ROUTER_SESSIONS_FULL_SESSIONS: it is not there and
+ * sessions_max sessions are kept. name is "" when none. */
 typedef void(router_sessions_open_fn)(void *ud, uint64_t tag, int rc, bool resumed,
                                       uint64_t message_count, const char *name);
 /* Loop thread: the last messages, oldest first (valid during the call). */
@@ -46,8 +71,11 @@ typedef void(router_sessions_history_fn)(void *ud, uint64_t tag, int rc,
 typedef void(router_sessions_json_fn)(void *ud, uint64_t tag, int status, const char *json,
                                       size_t len);
 
-/* Returns NULL with a reason in err[errcap]. Caller owns the result. */
-router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path, char *err,
+/* bounds NULL: the defaults. An older state.db gains its `bytes` column
+ * here (counted from its messages once). Returns NULL with a reason in
+ * err[errcap]. Caller owns the result. */
+router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path,
+                                       const router_sessions_bounds_t *bounds, char *err,
                                        size_t errcap);
 
 /* Runs what is queued (callbacks are not called), stops the thread, frees.
@@ -60,7 +88,10 @@ int router_sessions_open(router_sessions_t *s, const char *id, const char *name,
                          router_sessions_open_fn *fn, void *ud, uint64_t tag);
 int router_sessions_history(router_sessions_t *s, const char *id, unsigned limit,
                             router_sessions_history_fn *fn, void *ud, uint64_t tag);
-/* Stores one message (no callback). */
+/* Stores one message (no callback). Never refused for the bounds: what
+ * ingress accepted is kept (ask router_sessions_room first); the
+ * session's oldest messages go when it is past messages_max or
+ * session_bytes_max (never the one just stored). */
 int router_sessions_append(router_sessions_t *s, const char *id, const char *role,
                            const char *content, size_t len, const char *turn_id);
 /* {"sessions":[…]} newest first (see turns.h). */
@@ -80,6 +111,18 @@ int router_sessions_get_json(router_sessions_t *s, const char *id, unsigned limi
 struct router_history_cache_stats;
 void router_sessions_cache_stats(const router_sessions_t *s,
                                  struct router_history_cache_stats *out);
+
+/* Whether ingress may add a message now (`creating`: it may make a new
+ * session). The counts are the store thread's, published as it commits:
+ * what is queued and not yet stored can overshoot a bound, by what the
+ * queues hold. Any thread. */
+router_sessions_room_t router_sessions_room(const router_sessions_t *s, bool creating);
+
+/* Sessions and octets kept now (as router_sessions_room sees them). */
+void router_sessions_usage(const router_sessions_t *s, uint64_t *sessions, uint64_t *bytes);
+
+/* Messages the bounds took out of sessions since the store opened. */
+uint64_t router_sessions_pruned(const router_sessions_t *s);
 
 /* Jobs refused because the queue was full, and store failures. */
 uint64_t router_sessions_failures(const router_sessions_t *s);

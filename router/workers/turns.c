@@ -173,6 +173,7 @@ struct router_turns {
     router_turns_stats_t st;
     router_metric_t *m_done, *m_stopped, *m_error, *m_running, *m_waiting, *m_depth,
         *m_responses;
+    router_metric_t *m_stored, *m_stored_bytes, *m_pruned, *m_full; /* state.db's bounds */
     router_histogram_t *h_duration;
 };
 
@@ -1472,10 +1473,21 @@ static void s_take_inbox(router_turns_t *t)
     router_metric_set(t->m_depth, router_inbox_count(t->o.inbox));
 }
 
+/* What state.db keeps, for /metrics (the store counts on its thread). */
+static void s_store_gauges(router_turns_t *t)
+{
+    uint64_t n = 0, bytes = 0;
+    router_sessions_usage(t->store, &n, &bytes);
+    router_metric_set(t->m_stored, n);
+    router_metric_set(t->m_stored_bytes, bytes);
+    router_metric_set(t->m_pruned, router_sessions_pruned(t->store));
+}
+
 static void s_poll(router_loop_t *loop, uint64_t id, void *ud)
 {
     (void) id;
     router_turns_t *t = ud;
+    s_store_gauges(t);
     if (t->stalled)
         s_pump_stalled(t);
     s_take_inbox(t);
@@ -1522,7 +1534,7 @@ router_turns_t *router_turns_new(const router_turns_opts_t *o, char *err, size_t
         snprintf(err, errcap, "turns: out of memory");
         goto fail;
     }
-    if (!(t->store = router_sessions_new(o->loop, o->db_path, err, errcap)))
+    if (!(t->store = router_sessions_new(o->loop, o->db_path, &o->store_bounds, err, errcap)))
         goto fail;
     if (o->metrics) {
         const char *h = "Turns ended, by status";
@@ -1542,6 +1554,18 @@ router_turns_t *router_turns_new(const router_turns_opts_t *o, char *err, size_t
         t->m_responses = router_metrics_add(o->metrics, "kith_turn_responses_total", NULL,
                                             ROUTER_METRIC_COUNTER,
                                             "Signed responses to request envelopes, acked");
+        t->m_stored = router_metrics_add(o->metrics, "kith_sessions_stored", NULL,
+                                         ROUTER_METRIC_GAUGE, "Sessions state.db keeps");
+        t->m_stored_bytes = router_metrics_add(
+            o->metrics, "kith_sessions_stored_bytes", NULL, ROUTER_METRIC_GAUGE,
+            "Octets of messages state.db keeps (content, and 128 per message)");
+        t->m_pruned = router_metrics_add(o->metrics, "kith_session_messages_pruned_total", NULL,
+                                         ROUTER_METRIC_COUNTER,
+                                         "Oldest messages let go by the per-session bounds");
+        t->m_full = router_metrics_add(o->metrics, "kith_sessions_refused_total", NULL,
+                                       ROUTER_METRIC_COUNTER,
+                                       "Sessions and messages refused: state.db keeps what its"
+                                       " limits allow");
         static const uint64_t bounds_ms[] = {100, 250, 500, 1000, 2500, 5000, 10000, 30000,
                                              60000, 300000};
         t->h_duration = router_metrics_add_histogram(
@@ -1630,6 +1654,13 @@ void router_turns_stats(const router_turns_t *t, router_turns_stats_t *out)
 
 /* ------------------------------------------------------------ chat API */
 
+static const char s_full_sessions_text[] =
+    "state.db keeps limits.sessions_max sessions: delete one (DELETE /api/sessions/{id}) or"
+    " raise the limit";
+static const char s_full_bytes_text[] =
+    "state.db keeps limits.sessions_bytes_max octets of messages: delete sessions"
+    " (DELETE /api/sessions/{id}) or raise the limit";
+
 static void s_on_open(void *ud, uint64_t tag, int rc, bool resumed, uint64_t count,
                       const char *name)
 {
@@ -1638,6 +1669,11 @@ static void s_on_open(void *ud, uint64_t tag, int rc, bool resumed, uint64_t cou
     if (!sub)
         return;
     sub->started = true;
+    if (rc == ROUTER_SESSIONS_FULL_SESSIONS) {
+        router_metric_inc(t->m_full, 1);
+        s_error_to(t, sub->id, "STORAGE_FULL", s_full_sessions_text);
+        return;
+    }
     if (rc != 0) {
         s_error_to(t, sub->id, "AGENT_ERROR", "the session store failed");
         return;
@@ -1750,6 +1786,11 @@ int router_turns_submit_msg(router_turns_t *t, router_turns_sub_t id, const char
     s_session_t *sess = sub->sess;
     if ((sess->active || sess->q_head) && sess->waiting_chat >= t->o.queue_max) {
         *code = "SESSION_BUSY";
+        return -1;
+    }
+    if (router_sessions_room(t->store, false) != ROUTER_SESSIONS_ROOM) {
+        router_metric_inc(t->m_full, 1);
+        *code = "STORAGE_FULL";
         return -1;
     }
     s_item_t *it = calloc(1, sizeof *it);
@@ -1936,6 +1977,23 @@ int router_turns_session_delete(router_turns_t *t, const char *session_id,
         return -1;
     }
     return 0;
+}
+
+const char *router_turns_room(const router_turns_t *t, const char *session_id)
+{
+    bool open_here = session_id && zhash_lookup(t->sessions, session_id);
+    router_sessions_room_t room = router_sessions_room(t->store, !open_here);
+    if (room == ROUTER_SESSIONS_ROOM)
+        return NULL;
+    router_metric_inc(t->m_full, 1);
+    return room == ROUTER_SESSIONS_FULL_SESSIONS ? s_full_sessions_text : s_full_bytes_text;
+}
+
+void router_turns_store_usage(const router_turns_t *t, uint64_t *sessions, uint64_t *bytes,
+                              uint64_t *pruned)
+{
+    router_sessions_usage(t->store, sessions, bytes);
+    *pruned = router_sessions_pruned(t->store);
 }
 
 void router_turns_store_refuse(router_turns_t *t, bool on)

@@ -37,6 +37,7 @@
 #include "router/state/inbox.h"
 #include "router/state/trust.h"
 #include "router/workers/broker.h"
+#include "router/workers/sessions.h"
 
 typedef struct router_turns router_turns_t;
 
@@ -99,6 +100,7 @@ typedef struct {
     uint32_t turn_timeout_s;         /* agent.turn_timeout_s */
     uint32_t queue_max;              /* waiting messages per session; 0: 16 */
     uint32_t lock_timeout_s;         /* 0: $KITH_SESSION_LOCK_TIMEOUT_SECS, else 300 */
+    router_sessions_bounds_t store_bounds; /* what state.db keeps (limits.sessions_max, …); 0s: defaults */
     router_metrics_t *metrics;       /* may be NULL */
     /* Comms for router-run tools and responses; NULL send: they fail. */
     router_turns_send_fn *send;
@@ -126,7 +128,9 @@ typedef uint64_t router_turns_sub_t;
 /* Attaches a subscriber to session `session_id` (NULL or "": a new session
  * with a fresh id), `name` (NULL: none; kept with a new session). fn's
  * first call, later on the loop thread, is the session_start frame
- * {"type":"session_start","session_id","resumed","message_count","name"}.
+ * {"type":"session_start","session_id","resumed","message_count","name"},
+ * or an ERROR frame instead: "STORAGE_FULL" (a session state.db does not
+ * keep, and it keeps limits.sessions_max), "AGENT_ERROR" (the store failed).
  * Returns the subscriber (> 0), or 0 for a bad session id or too many
  * subscribers. */
 router_turns_sub_t router_turns_attach(router_turns_t *t, const char *session_id,
@@ -141,7 +145,8 @@ const char *router_turns_session_of(const router_turns_t *t, router_turns_sub_t 
 
 /* Queues a user message for sub's session. Returns 0 (the turn's frames
  * follow), or -1 with *code "EMPTY_CONTENT", "SESSION_BUSY" (16 already
- * waiting) or "AGENT_ERROR" (unknown sub, no memory). A message that waits
+ * waiting), "STORAGE_FULL" (state.db keeps limits.sessions_bytes_max
+ * octets) or "AGENT_ERROR" (unknown sub, no memory). A message that waits
  * longer than the lock timeout gets an ERROR frame SESSION_BUSY, to sub
  * only. */
 int router_turns_submit(router_turns_t *t, router_turns_sub_t sub, const char *content,
@@ -203,6 +208,20 @@ int router_turns_session_get(router_turns_t *t, const char *session_id, unsigned
  * it runs or waits. */
 int router_turns_session_delete(router_turns_t *t, const char *session_id,
                                 router_turns_json_fn *fn, void *ud);
+
+/* Whether a message for session `session_id` may be accepted at ingress
+ * that answers before its turn opens the session (webhooks, external
+ * events): NULL yes, else why not, in a sentence (*code "STORAGE_FULL").
+ * The session counts as new unless it is open here now (a socket, a turn
+ * or a message waiting): at limits.sessions_max, a message for a session
+ * only state.db knows is refused too. Signed envelopes and plain event
+ * lines are not asked: they go to comms.session, which the per-session
+ * bounds keep. */
+const char *router_turns_room(const router_turns_t *t, const char *session_id);
+
+/* The store's usage (router_sessions_usage) and messages its bounds took. */
+void router_turns_store_usage(const router_turns_t *t, uint64_t *sessions, uint64_t *bytes,
+                              uint64_t *pruned);
 
 /* ------------------------------------------------------------ wiring */
 

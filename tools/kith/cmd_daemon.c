@@ -101,6 +101,7 @@ static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_co
                               .allow_query_token = cfg->gateway.allow_query_token,
                               .audit = ga->audit_feed};
     gateway_ingress_opts_t io = {.inbox = router_node_inbox(node),
+                                 .turns = router_node_turns(node),
                                  .secret_env = cfg->gateway.webhook_secret_env};
     ga->auth = gateway_auth_new(ga->tokens, &ao);
     ga->peers = (gateway_route_peers_t){.node = node, .auth = ga->auth};
