@@ -26,6 +26,7 @@ struct s_entry {
     bool complete;            /* v is the whole session */
     bool dropped;             /* an old message was let go while loading */
     bool appended;            /* a message was appended while loading */
+    uint64_t cost;            /* what the store's bounds count of v: octets + msg_cost each */
     uint64_t ticket;          /* of the read while loading */
     size_t bytes;             /* its messages' bytes and v */
     s_entry_t *prev, *next;   /* most recently used first */
@@ -98,6 +99,12 @@ static void s_touch(router_history_cache_t *c, s_entry_t *e)
         c->tail = e;
 }
 
+/* What the store's bounds count of one message. */
+static uint64_t s_cost(const router_history_cache_t *c, const s_msg_t *m)
+{
+    return m->m.len + c->msg_cost;
+}
+
 static void s_clear_msgs(router_history_cache_t *c, s_entry_t *e)
 {
     for (size_t i = 0; i < e->n; i++) {
@@ -106,6 +113,7 @@ static void s_clear_msgs(router_history_cache_t *c, s_entry_t *e)
         s_msg_unref(e->v[i]);
     }
     e->n = 0;
+    e->cost = 0;
 }
 
 static void s_remove(router_history_cache_t *c, s_entry_t *e)
@@ -155,6 +163,7 @@ static int s_push(router_history_cache_t *c, s_entry_t *e, s_msg_t *m)
     if (e->n == e->cap) {
         e->bytes -= e->v[0]->bytes;
         c->st.bytes -= e->v[0]->bytes;
+        e->cost -= s_cost(c, e->v[0]);
         s_msg_unref(e->v[0]);
         memmove(e->v, e->v + 1, (e->n - 1) * sizeof *e->v);
         e->n--;
@@ -169,6 +178,7 @@ static int s_push(router_history_cache_t *c, s_entry_t *e, s_msg_t *m)
     e->v[e->n++] = m;
     e->bytes += m->bytes;
     c->st.bytes += m->bytes;
+    e->cost += s_cost(c, m);
     return 0;
 }
 
@@ -182,13 +192,10 @@ static void s_keep(router_history_cache_t *c, s_entry_t *e)
 {
     if (!c->keep_msgs && !c->keep_bytes)
         return;
-    uint64_t cost = 0;
-    for (size_t i = 0; i < e->n; i++)
-        cost += e->v[i]->m.len + c->msg_cost;
     size_t drop = 0;
     while (e->n - drop > 1 && ((c->keep_msgs && e->n - drop > c->keep_msgs) ||
-                               (c->keep_bytes && cost > c->keep_bytes))) {
-        cost -= e->v[drop]->m.len + c->msg_cost;
+                               (c->keep_bytes && e->cost > c->keep_bytes))) {
+        e->cost -= s_cost(c, e->v[drop]);
         e->bytes -= e->v[drop]->bytes;
         c->st.bytes -= e->v[drop]->bytes;
         s_msg_unref(e->v[drop]);
@@ -360,6 +367,9 @@ void router_history_cache_loaded(router_history_cache_t *c, const char *id, uint
         e->bytes += v[i]->bytes;
         c->st.bytes += v[i]->bytes;
     }
+    e->cost = 0;
+    for (size_t i = 0; i < k; i++)
+        e->cost += s_cost(c, v[i]);
     e->complete = n < e->cap && !e->dropped && total <= e->cap;
     e->loading = false;
     e->dropped = false;
