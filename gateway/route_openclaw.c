@@ -829,11 +829,15 @@ static void s_on_frame(const router_turn_frame_t *frame, void *ud)
         return;
     }
     if (frame->type == ROUTER_TURN_FRAME_ERROR && !b->started) {
-        /* The session could not be opened: its runs fail. */
+        /* The session could not be opened: its runs fail, saying why. */
+        bool full = frame->code && !strcmp(frame->code, "STORAGE_FULL");
+        const char *why = full ? "the session could not be opened: state.db keeps"
+                                 " limits.sessions_max sessions"
+                               : "the session could not be opened";
         for (s_run_t *r = c->runs, *next; r; r = next) {
             next = r->next;
             if (r->b == b)
-                s_run_finish(r, ROUTER_TURN_FRAME_ERROR, "the session could not be opened", 31,
+                s_run_finish(r, ROUTER_TURN_FRAME_ERROR, why, strlen(why),
                              frame->code ? frame->code : "AGENT_ERROR");
         }
         return;

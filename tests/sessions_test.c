@@ -652,6 +652,90 @@ static void test_bounds_upgrade_old_state_db(void **state)
     s_finish(dir, &e);
 }
 
+/* An append whose pruning the database refuses (a trigger here) is taken
+ * back whole: its message, its row's count and octets, the thread's
+ * counts, and the cache's copy; the session stays as it was. */
+static void test_bounds_prune_refused(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256];
+    env_t e = {0};
+    router_sessions_bounds_t b = {.messages_max = 2};
+    router_sessions_t *s = s_start_bounded(dir, db, sizeof db, &e, &b);
+    assert_int_equal(router_sessions_append(s, "a", "user", "stuck", 5, ""), 0);
+    assert_int_equal(router_sessions_append(s, "a", "user", "b", 1, ""), 0);
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 0), 0);
+    s_wait(&e, 1); /* stored, and the cache holds "a" */
+    sqlite3 *side = NULL;
+    assert_int_equal(sqlite3_open(db, &side), SQLITE_OK);
+    sqlite3_busy_timeout(side, 10000);
+    assert_int_equal(sqlite3_exec(side,
+                                  "CREATE TRIGGER stuck BEFORE DELETE ON messages"
+                                  " WHEN OLD.content = 'stuck'"
+                                  " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+                                  NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(side);
+    assert_int_equal(router_sessions_append(s, "a", "user", "c", 1, ""), 0);
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 1), 0);
+    s_wait(&e, 2);
+    assert_int_equal(router_sessions_failures(s), 1);
+    assert_non_null(strstr(e.json[1], "\"message_count\":2,"));
+    assert_null(strstr(e.json[1], "\"c\""));
+    s_expect_usage(s, 1, COST(5) + COST(1));
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 2), 0);
+    s_wait(&e, 3);
+    assert_null(strstr(e.text[2], "user:c@"));
+    assert_non_null(strstr(e.text[2], "user:stuck@"));
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
+/* The upgrade of an old state.db on a full disk: the store refuses to open,
+ * saying why, and the file is as it was; with room, it upgrades. */
+static void test_bounds_upgrade_on_full_disk(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
+    env_t e = {0};
+    assert_non_null(mkdtemp(dir));
+    snprintf(db, sizeof db, "%s/state.db", dir);
+    sqlite3 *old = NULL;
+    assert_int_equal(sqlite3_open(db, &old), SQLITE_OK);
+    /* Everything the store's schema makes but the column, so the upgrade
+     * is the only write. */
+    assert_int_equal(sqlite3_exec(old,
+                                  "PRAGMA journal_mode=WAL;"
+                                  "CREATE TABLE sessions (id TEXT PRIMARY KEY,"
+                                  " name TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL,"
+                                  " updated_ms INTEGER NOT NULL,"
+                                  " message_count INTEGER NOT NULL DEFAULT 0);"
+                                  "CREATE INDEX sessions_updated ON sessions(updated_ms);"
+                                  "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+                                  " session_id TEXT NOT NULL, role TEXT NOT NULL,"
+                                  " content TEXT NOT NULL, turn_id TEXT NOT NULL DEFAULT '',"
+                                  " time_ms INTEGER NOT NULL);"
+                                  "CREATE INDEX messages_session ON messages(session_id, seq);"
+                                  "INSERT INTO sessions VALUES('old','',1,2,1);"
+                                  "INSERT INTO messages(session_id,role,content,time_ms)"
+                                  " VALUES('old','user','hello',1);",
+                                  NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(old);
+    e.loop = router_loop_new(NULL);
+    assert_non_null(e.loop);
+    vfs_fail_arm(VFS_FAIL_WRITE, dir, 0, -1);
+    err[0] = '\0';
+    router_sessions_t *s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
+    assert_null(s);
+    assert_true(vfs_fail_failed(VFS_FAIL_WRITE) >= 1);
+    assert_non_null(strstr(err, "full"));
+    vfs_fail_clear();
+    s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
+    assert_non_null(s);
+    s_expect_usage(s, 1, COST(5));
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -665,6 +749,8 @@ int main(void)
         cmocka_unit_test(test_bounds_octets_over_all),
         cmocka_unit_test(test_bounds_after_a_failed_commit),
         cmocka_unit_test(test_bounds_upgrade_old_state_db),
+        cmocka_unit_test(test_bounds_prune_refused),
+        cmocka_unit_test(test_bounds_upgrade_on_full_disk),
     };
     if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
         return 1;

