@@ -69,6 +69,9 @@ struct s_run {
     uint64_t msg;             /* submitted: its message in the session's queue */
     char turn_id[40];         /* "" until its turn's first frame */
     bool abort_asked;
+    const char *open_failed;  /* its session could not be opened before the run was
+                               * answered: the code, ended once answered (static) */
+    const char *open_why;     /* … and why (static) */
     bool stop_sent;           /* its turn was asked to stop */
     uint64_t seq;             /* chat / agent payload seq */
     uint64_t started_mono;
@@ -834,11 +837,17 @@ static void s_on_frame(const router_turn_frame_t *frame, void *ud)
         const char *why = full ? "the session could not be opened: state.db keeps"
                                  " limits.sessions_max sessions"
                                : "the session could not be opened";
+        const char *code = full ? "STORAGE_FULL" : "AGENT_ERROR";
         for (s_run_t *r = c->runs, *next; r; r = next) {
             next = r->next;
-            if (r->b == b)
-                s_run_finish(r, ROUTER_TURN_FRAME_ERROR, why, strlen(why),
-                             frame->code ? frame->code : "AGENT_ERROR");
+            if (r->b != b)
+                continue;
+            if (!r->accepted) { /* its request is not answered yet: it ends once it is */
+                r->open_failed = code;
+                r->open_why = why;
+                continue;
+            }
+            s_run_finish(r, ROUTER_TURN_FRAME_ERROR, why, strlen(why), code);
         }
         return;
     }
@@ -965,7 +974,10 @@ static void s_run_written(bool ok, void *ud)
     else
         snprintf(payload, sizeof payload, "{\"runId\":\"%s\",\"status\":\"started\"}", r->run_id);
     s_res_ok(r->c, r->req_id, payload);
-    if (r->b->started)
+    if (r->open_failed)
+        s_run_finish(r, ROUTER_TURN_FRAME_ERROR, r->open_why, strlen(r->open_why),
+                     r->open_failed);
+    else if (r->b->started)
         s_run_submit(r);
 }
 
