@@ -607,6 +607,32 @@ static void test_bounds_after_a_failed_commit(void **state)
     s_finish(dir, &e);
 }
 
+/* A state.db as kith wrote it before the counts (no `bytes` column, in
+ * WAL mode, with the store's indexes, so an upgrade is the store's only
+ * write), in a new temporary dir, with `rows` inserted. */
+static void s_old_state_db(char *dir, char *db, size_t dbcap, const char *rows)
+{
+    assert_non_null(mkdtemp(dir));
+    snprintf(db, dbcap, "%s/state.db", dir);
+    sqlite3 *old = NULL;
+    assert_int_equal(sqlite3_open(db, &old), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(old,
+                                  "PRAGMA journal_mode=WAL;"
+                                  "CREATE TABLE sessions (id TEXT PRIMARY KEY,"
+                                  " name TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL,"
+                                  " updated_ms INTEGER NOT NULL,"
+                                  " message_count INTEGER NOT NULL DEFAULT 0);"
+                                  "CREATE INDEX sessions_updated ON sessions(updated_ms);"
+                                  "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+                                  " session_id TEXT NOT NULL, role TEXT NOT NULL,"
+                                  " content TEXT NOT NULL, turn_id TEXT NOT NULL DEFAULT '',"
+                                  " time_ms INTEGER NOT NULL);"
+                                  "CREATE INDEX messages_session ON messages(session_id, seq);",
+                                  NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(old, rows, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(old);
+}
+
 /* A state.db from before the counts: the store adds its `bytes` column,
  * counts every session's messages into it once, and bounds it from then
  * on (its oldest message goes when the count bound is lower). */
@@ -615,27 +641,12 @@ static void test_bounds_upgrade_old_state_db(void **state)
     (void) state;
     char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
     env_t e = {0};
-    assert_non_null(mkdtemp(dir));
-    snprintf(db, sizeof db, "%s/state.db", dir);
-    sqlite3 *old = NULL;
-    assert_int_equal(sqlite3_open(db, &old), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(old,
-                                  "CREATE TABLE sessions (id TEXT PRIMARY KEY,"
-                                  " name TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL,"
-                                  " updated_ms INTEGER NOT NULL,"
-                                  " message_count INTEGER NOT NULL DEFAULT 0);"
-                                  "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-                                  " session_id TEXT NOT NULL, role TEXT NOT NULL,"
-                                  " content TEXT NOT NULL, turn_id TEXT NOT NULL DEFAULT '',"
-                                  " time_ms INTEGER NOT NULL);"
-                                  "INSERT INTO sessions VALUES('old','',1,2,3);"
-                                  "INSERT INTO sessions VALUES('empty','',1,2,0);"
-                                  "INSERT INTO messages(session_id,role,content,time_ms)"
-                                  " VALUES('old','user','hello',1),"
-                                  " ('old','assistant','h\xc3\xa9llo',2),"
-                                  " ('old','user','third',3);",
-                                  NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(old);
+    s_old_state_db(dir, db, sizeof db,
+                   "INSERT INTO sessions VALUES('old','',1,2,3);"
+                   "INSERT INTO sessions VALUES('empty','',1,2,0);"
+                   "INSERT INTO messages(session_id,role,content,time_ms)"
+                   " VALUES('old','user','hello',1), ('old','assistant','h\xc3\xa9llo',2),"
+                   " ('old','user','third',3);");
     e.loop = router_loop_new(NULL);
     assert_non_null(e.loop);
     router_sessions_bounds_t b = {.messages_max = 3};
@@ -697,29 +708,10 @@ static void test_bounds_upgrade_on_full_disk(void **state)
     (void) state;
     char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
     env_t e = {0};
-    assert_non_null(mkdtemp(dir));
-    snprintf(db, sizeof db, "%s/state.db", dir);
-    sqlite3 *old = NULL;
-    assert_int_equal(sqlite3_open(db, &old), SQLITE_OK);
-    /* Everything the store's schema makes but the column, so the upgrade
-     * is the only write. */
-    assert_int_equal(sqlite3_exec(old,
-                                  "PRAGMA journal_mode=WAL;"
-                                  "CREATE TABLE sessions (id TEXT PRIMARY KEY,"
-                                  " name TEXT NOT NULL DEFAULT '', created_ms INTEGER NOT NULL,"
-                                  " updated_ms INTEGER NOT NULL,"
-                                  " message_count INTEGER NOT NULL DEFAULT 0);"
-                                  "CREATE INDEX sessions_updated ON sessions(updated_ms);"
-                                  "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-                                  " session_id TEXT NOT NULL, role TEXT NOT NULL,"
-                                  " content TEXT NOT NULL, turn_id TEXT NOT NULL DEFAULT '',"
-                                  " time_ms INTEGER NOT NULL);"
-                                  "CREATE INDEX messages_session ON messages(session_id, seq);"
-                                  "INSERT INTO sessions VALUES('old','',1,2,1);"
-                                  "INSERT INTO messages(session_id,role,content,time_ms)"
-                                  " VALUES('old','user','hello',1);",
-                                  NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(old);
+    s_old_state_db(dir, db, sizeof db,
+                   "INSERT INTO sessions VALUES('old','',1,2,1);"
+                   "INSERT INTO messages(session_id,role,content,time_ms)"
+                   " VALUES('old','user','hello',1);");
     e.loop = router_loop_new(NULL);
     assert_non_null(e.loop);
     vfs_fail_arm(VFS_FAIL_WRITE, dir, 0, -1);
