@@ -174,6 +174,7 @@ struct router_turns {
     router_metric_t *m_done, *m_stopped, *m_error, *m_running, *m_waiting, *m_depth,
         *m_responses;
     router_metric_t *m_stored, *m_stored_bytes, *m_pruned, *m_full; /* state.db's bounds */
+    router_sessions_room_t store_room; /* as last logged (s_store_gauges) */
     router_histogram_t *h_duration;
 };
 
@@ -1473,7 +1474,9 @@ static void s_take_inbox(router_turns_t *t)
     router_metric_set(t->m_depth, router_inbox_count(t->o.inbox));
 }
 
-/* What state.db keeps, for /metrics (the store counts on its thread). */
+/* What state.db keeps, for /metrics (the store counts on its thread), and
+ * a line in the log when a bound is reached or has room again, so an
+ * operator learns why ingress answers 507 before a client says so. */
 static void s_store_gauges(router_turns_t *t)
 {
     uint64_t n = 0, bytes = 0;
@@ -1481,6 +1484,21 @@ static void s_store_gauges(router_turns_t *t)
     router_metric_set(t->m_stored, n);
     router_metric_set(t->m_stored_bytes, bytes);
     router_metric_set(t->m_pruned, router_sessions_pruned(t->store));
+    router_sessions_room_t room = router_sessions_room(t->store, true);
+    if (room == t->store_room)
+        return;
+    if (room == ROUTER_SESSIONS_FULL_SESSIONS)
+        ROUTER_LOG(ROUTER_LOG_WARN, "turns",
+                   "state.db keeps %llu sessions, limits.sessions_max: new sessions are refused"
+                   " until some are deleted", (unsigned long long) n);
+    else if (room == ROUTER_SESSIONS_FULL_BYTES)
+        ROUTER_LOG(ROUTER_LOG_WARN, "turns",
+                   "state.db keeps %llu octets of messages, limits.sessions_bytes_max: new"
+                   " messages are refused until sessions are deleted", (unsigned long long) bytes);
+    else
+        ROUTER_LOG(ROUTER_LOG_INFO, "turns", "state.db has room again (%llu sessions, %llu octets)",
+                   (unsigned long long) n, (unsigned long long) bytes);
+    t->store_room = room;
 }
 
 static void s_poll(router_loop_t *loop, uint64_t id, void *ud)

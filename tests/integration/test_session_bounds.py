@@ -131,6 +131,7 @@ def main():
         check(status == 202, (status, doc))
         # The webhook's turn makes s3: wait until it is kept.
         wait_stored(node, lambda n, nbytes: n == 3)
+        node.wait_log("state.db keeps 3 sessions, limits.sessions_max")
 
         async def chat_refused():
             ws, first = await open_chat(node, token, "s4")
@@ -176,6 +177,7 @@ def main():
         check(status == 507 and doc["code"] == "storage_full", (status, doc))
         status, _, body = api(node, "DELETE", "/api/sessions/s3", token=token)
         check(status == 200, (status, body))
+        node.wait_log("state.db has room again (2 sessions")
         status, doc = turn(node, token, "s8", "hello")
         check(status == 200 and doc.get("type") == "done", (status, doc))
         wait_stored(node, lambda n, nbytes: n == 3)
@@ -217,6 +219,7 @@ def main():
                     break
             check(f["type"] == "done", f)
             await asyncio.to_thread(wait_stored, node, lambda n, nbytes: nbytes >= 6000)
+            await asyncio.to_thread(node.wait_log, "limits.sessions_bytes_max: new messages")
             # The socket stays; its next message is refused, typed.
             await ws.send(json.dumps({"type": "message", "content": "more"}))
             f = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
