@@ -1,33 +1,21 @@
 /* router/comms/guard.c — admission bounds for comms and plain-event
- * connections: a source table (per-address counts), the unauthenticated
+ * connections: counts per source address (router/net/sources.h), the unauthenticated
  * list (oldest first, cut to make room), the partial-frame budget (cut the
  * largest unauthenticated holder first) and the per-connection deadlines. */
 #include "router/comms/guard.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "router/log.h"
-
-/* One source: an IP address (IPv4-mapped IPv6 counts as IPv4), or a Unix
- * socket listener (its peers have no address: they share one source). */
-struct router_guard_source {
-    router_guard_kind_t kind;        /* sources are counted per kind */
-    uint8_t len;                     /* 4, 16, or sizeof(void *) for a listener */
-    uint8_t key[16];                 /* the address bytes, or the listener pointer */
-    unsigned count;                  /* connections counted against it */
-    router_guard_source_t *next;     /* hash chain */
-};
+#include "router/net/addr.h"
 
 struct router_guard {
     router_loop_t *loop;
     router_guard_opts_t o;
-    router_guard_source_t **buckets; /* source table */
-    size_t nbuckets;                 /* a power of two */
+    router_sources_t *sources;       /* connections per source, by kind */
     router_guard_conn_t *unauth_head, *unauth_tail; /* unauthenticated comms, oldest first */
     router_guard_conn_t *holders;    /* entries holding partial bytes */
     router_guard_stats_t stats;
@@ -48,64 +36,6 @@ const char *router_guard_cut_str(router_guard_cut_t why)
     case ROUTER_GUARD_CUTS: break;
     }
     return "unknown";
-}
-
-/* ---------------------------------------------------------------- sources */
-
-/* The source key of a connection; false when it has none (then exempt). */
-static bool s_source_key(const router_conn_t *conn, const router_listener_t *l,
-                         router_guard_source_t *k)
-{
-    const router_addr_t *a = router_conn_peer(conn);
-    memset(k, 0, sizeof *k);
-    if (!a || a->len == 0)
-        return false;
-    if (a->u.sa.sa_family == AF_INET) {
-        k->len = 4;
-        memcpy(k->key, &a->u.in4.sin_addr, 4);
-    } else if (a->u.sa.sa_family == AF_INET6) {
-        const uint8_t *b = a->u.in6.sin6_addr.s6_addr;
-        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        if (memcmp(b, mapped, 12) == 0) {
-            k->len = 4;
-            memcpy(k->key, b + 12, 4);
-        } else {
-            k->len = 16;
-            memcpy(k->key, b, 16);
-        }
-    } else if (a->u.sa.sa_family == AF_UNIX) {
-        k->len = sizeof l;
-        memcpy(k->key, &l, sizeof l);
-    } else {
-        return false;
-    }
-    return true;
-}
-
-static size_t s_hash(const router_guard_source_t *k)
-{
-    uint64_t h = 1469598103934665603ull ^ (uint64_t) k->kind;
-    for (size_t i = 0; i < k->len; i++)
-        h = (h ^ k->key[i]) * 1099511628211ull;
-    return (size_t) (h ^ (h >> 29));
-}
-
-static router_guard_source_t **s_source_slot(router_guard_t *g, const router_guard_source_t *k)
-{
-    router_guard_source_t **p = &g->buckets[s_hash(k) & (g->nbuckets - 1)];
-    for (; *p; p = &(*p)->next)
-        if ((*p)->kind == k->kind && (*p)->len == k->len && !memcmp((*p)->key, k->key, k->len))
-            break;
-    return p;
-}
-
-static void s_source_drop(router_guard_t *g, router_guard_source_t *s)
-{
-    if (--s->count > 0)
-        return;
-    router_guard_source_t **p = s_source_slot(g, s);
-    *p = s->next;
-    free(s);
 }
 
 static void s_format_source(const router_conn_t *conn, char *out, size_t cap)
@@ -217,47 +147,36 @@ int router_guard_join(router_guard_t *g, router_guard_conn_t *gc, router_guard_k
     gc->conn = conn;
     gc->on_cut = on_cut;
     gc->ud = ud;
-    router_guard_source_t k;
-    if (listener && s_source_key(conn, listener, &k)) {
-        k.kind = kind;
-        router_guard_source_t **slot = s_source_slot(g, &k);
-        unsigned cap = kind == ROUTER_GUARD_COMMS ? g->o.unauth_per_source_max
-                                                  : g->o.events_per_source_max;
-        if (*slot && (*slot)->count >= cap) {
-            char src[ROUTER_ADDR_STR_MAX];
-            s_format_source(conn, src, sizeof src);
-            g->stats.refused_per_source[kind]++;
-            router_metric_inc(g->m_refused[kind], 1);
-            ROUTER_LOG(ROUTER_LOG_WARN, s_kind_names[kind],
-                       "connection from %s refused: reason=per_source (%u %s open from it)", src,
-                       (*slot)->count, kind == ROUTER_GUARD_COMMS ? "unauthenticated" : "");
-            return -1;
-        }
-        if (kind == ROUTER_GUARD_COMMS && g->stats.unauth >= g->o.unauth_max && g->unauth_head)
+    unsigned cap = kind == ROUTER_GUARD_COMMS ? g->o.unauth_per_source_max
+                                              : g->o.events_per_source_max;
+    switch (router_sources_add(g->sources, conn, listener, kind, cap, &gc->source)) {
+    case ROUTER_SOURCES_FULL: {
+        char src[ROUTER_ADDR_STR_MAX];
+        s_format_source(conn, src, sizeof src);
+        g->stats.refused_per_source[kind]++;
+        router_metric_inc(g->m_refused[kind], 1);
+        ROUTER_LOG(ROUTER_LOG_WARN, s_kind_names[kind],
+                   "connection from %s refused: reason=per_source (%u %s open from it)", src, cap,
+                   kind == ROUTER_GUARD_COMMS ? "unauthenticated" : "");
+        return -1;
+    }
+    case ROUTER_SOURCES_NOMEM: return -1;
+    case ROUTER_SOURCES_NONE: break; /* in-process: exempt */
+    case ROUTER_SOURCES_COUNTED:
+        if (kind != ROUTER_GUARD_COMMS)
+            break;
+        if (g->stats.unauth >= g->o.unauth_max && g->unauth_head)
             s_cut(g->unauth_head, ROUTER_GUARD_CUT_UNAUTH_EVICTED);
-        slot = s_source_slot(g, &k); /* the cut may have freed a source */
-        if (!*slot) {
-            router_guard_source_t *s = malloc(sizeof *s);
-            if (!s)
-                return -1;
-            *s = k;
-            s->count = 0;
-            s->next = NULL;
-            *slot = s;
-        }
-        (*slot)->count++;
-        gc->source = *slot;
-        if (kind == ROUTER_GUARD_COMMS) {
-            gc->unauth = true;
-            gc->uprev = g->unauth_tail;
-            if (g->unauth_tail)
-                g->unauth_tail->unext = gc;
-            else
-                g->unauth_head = gc;
-            g->unauth_tail = gc;
-            g->stats.unauth++;
-            router_metric_set(g->m_unauth, g->stats.unauth);
-        }
+        gc->unauth = true;
+        gc->uprev = g->unauth_tail;
+        if (g->unauth_tail)
+            g->unauth_tail->unext = gc;
+        else
+            g->unauth_head = gc;
+        g->unauth_tail = gc;
+        g->stats.unauth++;
+        router_metric_set(g->m_unauth, g->stats.unauth);
+        break;
     }
     gc->guard = g;
     if (g->o.first_frame_ms)
@@ -271,10 +190,7 @@ void router_guard_authenticated(router_guard_conn_t *gc)
     if (!g || !gc->unauth)
         return;
     s_unauth_unlink(g, gc);
-    if (gc->source) {
-        s_source_drop(g, gc->source);
-        gc->source = NULL;
-    }
+    router_sources_release(g->sources, &gc->source);
 }
 
 void router_guard_leave(router_guard_conn_t *gc)
@@ -283,10 +199,7 @@ void router_guard_leave(router_guard_conn_t *gc)
     if (!g)
         return;
     s_unauth_unlink(g, gc);
-    if (gc->source) {
-        s_source_drop(g, gc->source);
-        gc->source = NULL;
-    }
+    router_sources_release(g->sources, &gc->source);
     s_held_set(g, gc, 0);
     gc->guard = NULL;
 }
@@ -366,11 +279,7 @@ router_guard_t *router_guard_new(const router_guard_opts_t *opts)
         g->o.events_per_source_max = 32;
     if (!g->o.partial_bytes_max)
         g->o.partial_bytes_max = 64u * 1024 * 1024;
-    g->nbuckets = 64;
-    while (g->nbuckets < 2u * g->o.unauth_max && g->nbuckets < (1u << 20))
-        g->nbuckets *= 2;
-    g->buckets = calloc(g->nbuckets, sizeof *g->buckets);
-    if (!g->buckets) {
+    if (!(g->sources = router_sources_new(g->o.unauth_max))) {
         free(g);
         return NULL;
     }
@@ -404,12 +313,7 @@ void router_guard_destroy(router_guard_t **self_p)
     if (!self_p || !*self_p)
         return;
     router_guard_t *g = *self_p;
-    for (size_t i = 0; i < g->nbuckets; i++)
-        for (router_guard_source_t *s = g->buckets[i], *n; s; s = n) {
-            n = s->next;
-            free(s);
-        }
-    free(g->buckets);
+    router_sources_destroy(&g->sources);
     free(g);
     *self_p = NULL;
 }

@@ -22,10 +22,10 @@
 #include "router/net/conn.h"
 #include "router/net/listen.h"
 #include "router/net/loop.h"
+#include "router/net/sources.h"
 
 typedef struct router_guard router_guard_t;
 typedef struct router_guard_conn router_guard_conn_t;
-typedef struct router_guard_source router_guard_source_t;
 
 /* Which kind of connection a guard entry is. */
 typedef enum {
@@ -59,7 +59,7 @@ struct router_guard_conn {
     router_guard_kind_t kind;           /* comms or events */
     router_guard_cut_fn *on_cut;        /* the owner's cut callback */
     void *ud;                           /* for on_cut */
-    router_guard_source_t *source;      /* counted against this source, or NULL */
+    router_source_t *source;            /* counted against this source, or NULL */
     bool unauth;                        /* on the unauthenticated list (comms) */
     bool seen_frame;                    /* a first frame or line completed */
     bool mid_frame;                     /* a frame or line has begun and not ended */

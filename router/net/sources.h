@@ -1,0 +1,47 @@
+/* router/net/sources.h — connections counted per source address, for the
+ * bounds that keep one client from taking what others need (DESIGN §10,
+ * spec/WIRE.md §9.1, §11.3). A source is an IP address (an IPv4-mapped
+ * IPv6 address counts as the IPv4 one), or for a Unix socket the listener
+ * (its peers have no address: they share one source); a connection with
+ * neither (in-process) has no source and is never counted. Sources are
+ * kept apart by a class the caller chooses (comms, plain events, HTTP).
+ * Loop thread only. */
+#ifndef KITH_ROUTER_SOURCES_H
+#define KITH_ROUTER_SOURCES_H
+
+#include <stddef.h>
+
+#include "router/net/conn.h"
+#include "router/net/listen.h"
+
+typedef struct router_sources router_sources_t;
+typedef struct router_source router_source_t;
+
+/* `expect`: about how many sources are counted at once (sizes the table;
+ * it never grows). NULL on allocation failure. Caller owns the result;
+ * destroy it once every source was released. */
+router_sources_t *router_sources_new(size_t expect);
+void router_sources_destroy(router_sources_t **self_p);
+
+typedef enum {
+    ROUTER_SOURCES_COUNTED = 0, /* *out is the source, counted once more */
+    ROUTER_SOURCES_NONE,        /* conn has no source: not counted, *out NULL */
+    ROUTER_SOURCES_FULL,        /* its source already has `cap`: not counted */
+    ROUTER_SOURCES_NOMEM,       /* no memory for a new source: not counted */
+} router_sources_add_t;
+
+/* Counts conn, which came through `listener` (NULL: an in-process
+ * connection, which has no source), against its source of `klass`, unless
+ * that source already has `cap`. */
+router_sources_add_t router_sources_add(router_sources_t *self, const router_conn_t *conn,
+                                        const router_listener_t *listener, unsigned klass,
+                                        unsigned cap, router_source_t **out)
+    __attribute__((warn_unused_result));
+
+/* Connections counted against a source now. */
+unsigned router_sources_count(const router_source_t *source);
+
+/* Takes one count off *source_p (freed at zero) and nulls it. NULL: nothing. */
+void router_sources_release(router_sources_t *self, router_source_t **source_p);
+
+#endif
