@@ -152,8 +152,12 @@ static int s_require(const gateway_auth_t *self, const gateway_http_req_t *req,
     router_token_scope_t got = ROUTER_TOKEN_OPERATOR;
     if (scope)
         *scope = got;
-    if (!self->opts.require_pairing)
-        return gateway_auth_require_unpaired(self, req, res);
+    if (!self->opts.require_pairing) {
+        if (gateway_auth_require_unpaired(self, req, res) != 0)
+            return -1;
+        gateway_http_res_authenticated(res); /* pairing off: what passes is in */
+        return 0;
+    }
     const char *t = NULL;
     size_t n = 0;
     char id[ROUTER_TOKENS_ID_LEN + 1];
@@ -258,8 +262,10 @@ int gateway_auth_require_loopback(const gateway_auth_t *self, const gateway_http
                       : !gateway_auth_origin_ok(req) ? "admin routes answer no other site"
                                                      : NULL;
     gateway_auth_audit_req(self, "admin", req, why ? "forbidden" : "allowed");
-    if (!why)
+    if (!why) {
+        gateway_http_res_authenticated(res);
         return 0;
+    }
     (void) gateway_http_respond_error(res, 403, "forbidden", why);
     return -1;
 }

@@ -12,6 +12,7 @@
 #include "gateway/ws.h"
 #include "proto/ws_handshake.h"
 #include "router/net/conn.h"
+#include "router/net/sources.h"
 
 /* Rejections counted in kith_http_rejected_total: the parser's reasons,
  * then the server's own. */
@@ -20,6 +21,9 @@ enum {
     GATEWAY_HTTP_REJECT_CONN_LIMIT,                        /* "too_many_connections" */
     GATEWAY_HTTP_REJECT_UPGRADE,                           /* "websocket_not_found" */
     GATEWAY_HTTP_REJECT_HANDSHAKE,                         /* "websocket_handshake" */
+    GATEWAY_HTTP_REJECT_UNAUTH_SOURCE,                     /* "unauth_per_source" */
+    GATEWAY_HTTP_REJECT_UNAUTH_FULL,                       /* "unauth_full" */
+    GATEWAY_HTTP_REJECT_UNAUTH_EVICTED,                    /* "unauth_evicted" */
     GATEWAY_HTTP_REJECT_COUNT
 };
 
@@ -87,6 +91,10 @@ struct gateway_http {
     router_metric_t *m_ws_frames_in;     /* kith_ws_frames_total{direction="in"} */
     router_metric_t *m_ws_frames_out;    /* kith_ws_frames_total{direction="out"} */
     uint32_t ws_open;                    /* WebSockets among `open` */
+    router_sources_t *sources;           /* unauthenticated connections per source */
+    gateway_http_conn_t *unauth_head, *unauth_tail; /* not yet authenticated, oldest first */
+    uint32_t unauth;                     /* how many */
+    router_metric_t *m_unauth;           /* kith_http_unauth_connections */
     router_metric_t *m_rejected[GATEWAY_HTTP_REJECT_COUNT]; /* kith_http_rejected_total */
     router_metric_t *m_status[GATEWAY_HTTP_STATUS_MAX - GATEWAY_HTTP_STATUS_MIN + 1];
                                          /* kith_http_requests_total, registered on first use */
@@ -123,6 +131,9 @@ struct gateway_http_conn {
     gateway_http_stream_handlers_t stream; /* STREAM: the route's callbacks */
     void *stream_ud;                /* STREAM: their argument */
     char credential[GATEWAY_HTTP_CREDENTIAL_MAX]; /* STREAM: what let it in (gateway_http_revoke) */
+    bool unauth;                    /* on the unauthenticated list (no request has proved a credential) */
+    router_source_t *source;        /* counted against this source while unauthenticated, or NULL */
+    gateway_http_conn_t *uprev, *unext; /* the unauthenticated list */
     gateway_http_conn_t *prev, *next; /* the server's list */
 };
 

@@ -177,6 +177,7 @@ void gateway_http_res_init(gateway_http_res_t *res, gateway_http_conn_t *hc, boo
 void gateway_http_res_credential(gateway_http_res_t *res, const char *id)
 {
     snprintf(res->credential, sizeof res->credential, "%s", id ? id : "");
+    gateway_http_res_authenticated(res);
 }
 
 const char *gateway_http_res_credential_of(const gateway_http_res_t *res)

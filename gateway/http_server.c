@@ -38,6 +38,8 @@ void gateway_http_opts_from_config(gateway_http_opts_t *opts, const router_confi
     opts->headers_max = cfg->limits.http_headers_max;
     opts->body_max = cfg->limits.http_body_max;
     opts->max_connections = cfg->gateway.max_connections;
+    opts->unauth_max = cfg->limits.http_unauth_connections_max;
+    opts->unauth_per_source_max = cfg->limits.http_unauth_per_source_max;
     opts->send_limit = cfg->limits.conn_unsent_max;
 }
 
@@ -54,6 +56,14 @@ static int s_opts_resolve(const gateway_http_opts_t *in, gateway_http_opts_t *o,
         o->body_max = PROTO_HTTP_BODY_MAX;
     if (!o->max_connections)
         o->max_connections = ROUTER_LOOP_MAX_CONNS;
+    if (!o->unauth_max)
+        o->unauth_max = GATEWAY_HTTP_UNAUTH_MAX;
+    if (o->unauth_max > o->max_connections)
+        o->unauth_max = o->max_connections;
+    if (!o->unauth_per_source_max)
+        o->unauth_per_source_max = GATEWAY_HTTP_UNAUTH_PER_SOURCE_MAX;
+    if (o->unauth_per_source_max > o->unauth_max)
+        o->unauth_per_source_max = o->unauth_max;
     if (!o->head_timeout_ms)
         o->head_timeout_ms = GATEWAY_HTTP_HEAD_TIMEOUT_MS;
     if (!o->body_timeout_ms)
@@ -131,6 +141,9 @@ static const char *s_reject_code(int reject)
     case GATEWAY_HTTP_REJECT_CONN_LIMIT: return "too_many_connections";
     case GATEWAY_HTTP_REJECT_UPGRADE: return "websocket_not_found";
     case GATEWAY_HTTP_REJECT_HANDSHAKE: return "websocket_handshake";
+    case GATEWAY_HTTP_REJECT_UNAUTH_SOURCE: return "unauth_per_source";
+    case GATEWAY_HTTP_REJECT_UNAUTH_FULL: return "unauth_full";
+    case GATEWAY_HTTP_REJECT_UNAUTH_EVICTED: return "unauth_evicted";
     }
     return proto_http_reason_str((proto_http_reason_t) reject);
 }
@@ -386,9 +399,109 @@ static void s_dispatch(gateway_http_conn_t *hc)
 
 /* Unlinks hc from the server's list, leaving the count of open connections
  * to the caller. */
+/* ---------------------------------------------------------------- unauthenticated connections */
+
+/* Off the unauthenticated list and its source's count. Idempotent. */
+static void s_unauth_leave(gateway_http_conn_t *hc)
+{
+    gateway_http_t *g = hc->g;
+    if (!hc->unauth)
+        return;
+    if (hc->uprev)
+        hc->uprev->unext = hc->unext;
+    else
+        g->unauth_head = hc->unext;
+    if (hc->unext)
+        hc->unext->uprev = hc->uprev;
+    else
+        g->unauth_tail = hc->uprev;
+    hc->uprev = hc->unext = NULL;
+    hc->unauth = false;
+    router_sources_release(g->sources, &hc->source);
+    g->unauth--;
+    router_metric_set(g->m_unauth, g->unauth);
+}
+
+void gateway_http_res_authenticated(gateway_http_res_t *res)
+{
+    if (res && res->hc)
+        s_unauth_leave(res->hc);
+}
+
+/* Room for one more unauthenticated connection (WIRE §11.3): the oldest
+ * one that has nothing under way (waiting for, or reading, a request head)
+ * is cut. False when every one has work in hand. */
+static bool s_unauth_room(gateway_http_t *g)
+{
+    if (g->unauth < g->opts.unauth_max)
+        return true;
+    for (gateway_http_conn_t *hc = g->unauth_head; hc; hc = hc->unext) {
+        if (hc->phase != GATEWAY_HTTP_WAIT && hc->phase != GATEWAY_HTTP_HEAD)
+            continue;
+        router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_UNAUTH_EVICTED], 1);
+        ROUTER_LOG(ROUTER_LOG_INFO, "gateway",
+                   "conn %llu cut: the oldest of %u unauthenticated connections, for a newcomer",
+                   (unsigned long long) router_conn_id(hc->conn), g->unauth);
+        s_unauth_leave(hc);
+        router_conn_abort(hc->conn); /* on_close frees it */
+        return true;
+    }
+    return false;
+}
+
+/* Counts a new connection as unauthenticated: refuses it (false; the
+ * caller aborts it) when its source already holds its share, or when the
+ * share of all is full of connections with work in hand. Loopback peers
+ * (a local reverse proxy carries many clients) and in-process ones have no
+ * per-source share. */
+static bool s_unauth_join(gateway_http_t *g, gateway_http_conn_t *hc,
+                          const router_listener_t *listener)
+{
+    const router_addr_t *peer = router_conn_peer(hc->conn);
+    if (listener && !(peer && router_addr_is_loopback(peer))) {
+        switch (router_sources_add(g->sources, hc->conn, listener, 0,
+                                   g->opts.unauth_per_source_max, &hc->source)) {
+        case ROUTER_SOURCES_FULL: {
+            router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_UNAUTH_SOURCE], 1);
+            char src[ROUTER_ADDR_STR_MAX] = "?";
+            (void) router_addr_format(peer, src, sizeof src);
+            ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                       "connection from %s refused: %u unauthenticated open from it"
+                       " (limits.http_unauth_per_source_max)",
+                       src, g->opts.unauth_per_source_max);
+            return false;
+        }
+        case ROUTER_SOURCES_NOMEM: return false;
+        case ROUTER_SOURCES_NONE:
+        case ROUTER_SOURCES_COUNTED: break;
+        }
+    }
+    if (!s_unauth_room(g)) {
+        router_sources_release(g->sources, &hc->source);
+        router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_UNAUTH_FULL], 1);
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                   "connection refused: %u unauthenticated connections, each with a request under"
+                   " way (limits.http_unauth_connections_max)", g->unauth);
+        return false;
+    }
+    hc->unauth = true;
+    hc->uprev = g->unauth_tail;
+    if (g->unauth_tail)
+        g->unauth_tail->unext = hc;
+    else
+        g->unauth_head = hc;
+    g->unauth_tail = hc;
+    g->unauth++;
+    router_metric_set(g->m_unauth, g->unauth);
+    return true;
+}
+
+/* Off the server's list (closed, or now a WebSocket, which its endpoint
+ * bounds) and off the unauthenticated one. */
 static void s_conn_unlink(gateway_http_conn_t *hc)
 {
     gateway_http_t *g = hc->g;
+    s_unauth_leave(hc);
     if (hc->prev)
         hc->prev->next = hc->next;
     else
@@ -674,13 +787,19 @@ static const router_conn_handlers_t s_handlers = {
     .on_close = s_on_close,
 };
 
+static void s_adopt(gateway_http_t *g, router_conn_t *conn, const router_listener_t *listener);
+
 static void s_on_accept(router_listener_t *listener, router_conn_t *conn, void *ud)
 {
-    (void) listener;
-    gateway_http_adopt(ud, conn);
+    s_adopt(ud, conn, listener);
 }
 
 void gateway_http_adopt(gateway_http_t *g, router_conn_t *conn)
+{
+    s_adopt(g, conn, NULL);
+}
+
+static void s_adopt(gateway_http_t *g, router_conn_t *conn, const router_listener_t *listener)
 {
     if (g->draining) { /* an accept that raced the listeners' close */
         router_conn_abort(conn);
@@ -706,6 +825,11 @@ void gateway_http_adopt(gateway_http_t *g, router_conn_t *conn)
     hc->g = g;
     hc->conn = conn;
     hc->phase = GATEWAY_HTTP_WAIT;
+    if (!s_unauth_join(g, hc, listener)) {
+        free(hc);
+        router_conn_abort(conn);
+        return;
+    }
     router_conn_set_handlers(conn, &s_handlers, hc);
     hc->next = g->conns;
     if (g->conns)
@@ -725,6 +849,9 @@ static void s_metrics_register(gateway_http_t *g)
         return;
     g->m_open = router_metrics_add(m, "kith_http_connections_open", NULL, ROUTER_METRIC_GAUGE,
                                    "HTTP connections open on the gateway.");
+    g->m_unauth = router_metrics_add(m, "kith_http_unauth_connections", NULL, ROUTER_METRIC_GAUGE,
+                                     "HTTP connections on which no request has proved a"
+                                     " credential yet.");
     g->m_ws_open = router_metrics_add(m, "kith_ws_connections_open", NULL, ROUTER_METRIC_GAUGE,
                                       "WebSocket connections open (counted in "
                                       "kith_http_connections_open too).");
@@ -757,6 +884,11 @@ gateway_http_t *gateway_http_new(router_loop_t *loop, const gateway_http_opts_t 
         return NULL;
     }
     g->loop = loop;
+    if (!(g->sources = router_sources_new(g->opts.unauth_max))) {
+        free(g);
+        errno = ENOMEM;
+        return NULL;
+    }
     s_metrics_register(g);
     return g;
 }
@@ -917,6 +1049,7 @@ void gateway_http_destroy(gateway_http_t **g_p)
     }
     gateway_ws_disown_all(g);
     router_metric_set(g->m_open, 0);
+    router_sources_destroy(&g->sources);
     free(g);
     *g_p = NULL;
 }

@@ -38,6 +38,8 @@
 #define GATEWAY_HTTP_HEAD_TIMEOUT_MS 10000u      /* slow-loris bound on a request head */
 #define GATEWAY_HTTP_BODY_TIMEOUT_MS 60000u      /* bound on reading one body */
 #define GATEWAY_HTTP_IDLE_TIMEOUT_MS 60000u      /* kept-alive connection with nothing to do */
+#define GATEWAY_HTTP_UNAUTH_MAX 2500u            /* connections not yet authenticated (WIRE §11.3) */
+#define GATEWAY_HTTP_UNAUTH_PER_SOURCE_MAX 32u   /* ...from one non-loopback source */
 #define GATEWAY_HTTP_SEND_HIGH_WATER (64u * 1024) /* unsent answer octets before reads pause */
 
 #define GATEWAY_HTTP_ROUTES_MAX 64u      /* routes in one server */
@@ -57,6 +59,8 @@ typedef struct {
     uint32_t headers_max;       /* header field lines, ≤ PROTO_HTTP_HEADERS_MAX */
     size_t body_max;            /* decoded body octets (PROTO_HTTP_BODY_MAX) */
     uint32_t max_connections;   /* open connections over all listeners (ROUTER_LOOP_MAX_CONNS) */
+    uint32_t unauth_max;        /* ...of them not yet authenticated (2,500; at most max_connections) */
+    uint32_t unauth_per_source_max; /* ...from one non-loopback source (32; at most unauth_max) */
     unsigned head_timeout_ms;   /* see the top of this file */
     unsigned body_timeout_ms;   /* see the top of this file */
     unsigned idle_timeout_ms;   /* see the top of this file */
@@ -225,8 +229,14 @@ void gateway_http_pending_end(gateway_http_pending_t **p_p);
 /* Names the credential that let this request in (a bearer token's public
  * id), so that revoking it later ends what the request opened: its
  * WebSocket (gateway_ws_accept takes the name along) or its streamed
- * response. An id too long is cut. */
+ * response. An id too long is cut. The connection is authenticated
+ * (gateway_http_res_authenticated). */
 void gateway_http_res_credential(gateway_http_res_t *res, const char *id);
+
+/* The request proved a credential (a bearer token, the webhook secret, a
+ * pairing code, or the loopback and pairing-off rules of auth.h): its
+ * connection leaves the unauthenticated bounds (WIRE §11.3) for good. */
+void gateway_http_res_authenticated(gateway_http_res_t *res);
 
 /* The credential named on res, "" for none. Points into res. */
 const char *gateway_http_res_credential_of(const gateway_http_res_t *res);

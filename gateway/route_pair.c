@@ -45,6 +45,7 @@ static void s_written(bool ok, void *ud)
     } else if (w->paired) {
         char body[128];
         snprintf(body, sizeof body, "{\"paired\":true,\"token\":\"%s\"}", w->token);
+        gateway_http_res_authenticated(res); /* the code was a credential */
         (void) gateway_http_respond_json(res, 200, body);
         sodium_memzero(body, sizeof body);
         ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "paired a new bearer token");

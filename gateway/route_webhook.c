@@ -195,6 +195,8 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
                                           "X-Webhook-Secret is missing or wrong");
         return;
     }
+    if (self->has_secret)
+        gateway_http_res_authenticated(res); /* the secret is a credential */
     /* Without a secret, nothing but the network guards external events: a
      * browser (it sends Origin) may post them only from this gateway's own
      * page on this machine, not from a page whose name was rebound here. */

@@ -89,6 +89,8 @@ static void test_defaults_match_design(void **state)
     assert_int_equal(c.limits.session_queue_max, 16);
     assert_int_equal(c.limits.sse_ring_events, 4096);
     assert_int_equal(c.limits.sessions_max, 100000);
+    assert_int_equal(c.limits.http_unauth_connections_max, 2500);
+    assert_int_equal(c.limits.http_unauth_per_source_max, 32);
     assert_int_equal(c.limits.session_messages_max, 10000);
     assert_int_equal(c.limits.session_bytes_max, 64 * 1024 * 1024);
     assert_true(c.limits.sessions_bytes_max == 1ull << 30);
@@ -186,6 +188,8 @@ static const s_case_t s_cases[] = {
     {"audit", "path", "\"/var/log/kith/audit.log\"", "1", "\"logs/\"", NULL},
     {"audit", "hmac_key_env", "\"AUDIT_KEY\"", "1", "\"A B\"", NULL},
     {"limits", "sessions_max", "5", "\"5\"", "0", NULL},
+    {"limits", "http_unauth_connections_max", "3000", "\"3000\"", "0", NULL},
+    {"limits", "http_unauth_per_source_max", "8", "[8]", "1048577", NULL},
     {"limits", "session_messages_max", "2000", "true", "100000001", NULL},
     {"limits", "session_bytes_max", "1048576", "\"1\"", "4095", NULL},
     {"limits", "sessions_bytes_max", "17179869184", "[]", "4095", NULL},
@@ -643,6 +647,9 @@ static void test_limits_keys(void **state)
 static void test_limits_cross_rules(void **state)
 {
     (void) state;
+    s_refused("{\"limits\":{\"http_unauth_connections_max\":10}}",
+              "limits.http_unauth_per_source_max: 32 is more than "
+              "limits.http_unauth_connections_max (10)");
     s_refused("{\"limits\":{\"session_messages_max\":999}}",
               "limits.session_messages_max: 999 is less than agent.max_history_messages (1000)");
     s_refused("{\"limits\":{\"comms_connections_max\":100}}",

@@ -25,6 +25,10 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -211,8 +215,25 @@ static void *s_loop_main(void *arg)
 }
 
 /* A server on the backend of the test's state, with `o` (NULL: defaults),
- * the core routes and the test routes, listening on 127.0.0.1:0. */
-static s_srv_t *s_srv_start(void **state, const gateway_http_opts_t *o)
+ * the core routes and the test routes, listening on 127.0.0.1:0 and, when
+ * `uds` is set, on that Unix socket too. */
+static s_srv_t *s_srv_start_at2(void **state, const gateway_http_opts_t *o, const char *uds,
+                                uint16_t *uds_port);
+
+static s_srv_t *s_srv_start_at(void **state, const gateway_http_opts_t *o, const char *uds)
+{
+    return s_srv_start_at2(state, o, uds, NULL);
+}
+
+/* s_srv_start_at, the extra listener any address (its port in *extra_port). */
+static s_srv_t *s_srv_start_tcp2(void **state, const gateway_http_opts_t *o, const char *at,
+                                 uint16_t *extra_port)
+{
+    return s_srv_start_at2(state, o, at, extra_port);
+}
+
+static s_srv_t *s_srv_start_at2(void **state, const gateway_http_opts_t *o, const char *uds,
+                                uint16_t *uds_port)
 {
     s_srv_t *s = calloc(1, sizeof *s);
     assert_non_null(s);
@@ -261,8 +282,19 @@ static s_srv_t *s_srv_start(void **state, const gateway_http_opts_t *o)
     assert_int_equal(gateway_http_listen(s->gw, &addr, &bound), 0);
     s->port = router_addr_port(&bound);
     assert_true(s->port != 0);
+    if (uds) {
+        assert_int_equal(router_addr_parse(uds, &addr, NULL), 0);
+        assert_int_equal(gateway_http_listen(s->gw, &addr, &bound), 0);
+        if (uds_port)
+            *uds_port = router_addr_port(&bound);
+    }
     assert_int_equal(pthread_create(&s->thread, NULL, s_loop_main, s), 0);
     return s;
+}
+
+static s_srv_t *s_srv_start(void **state, const gateway_http_opts_t *o)
+{
+    return s_srv_start_at(state, o, NULL);
 }
 
 static void s_srv_stop(s_srv_t **sp)
@@ -316,6 +348,23 @@ static s_client_t *s_connect(const s_srv_t *s)
         usleep(20 * 1000);
     if (rc != 0)
         fail_msg("connect to 127.0.0.1:%u: %s", s->port, strerror(errno));
+    return c;
+}
+
+/* A client on the server's Unix socket. */
+static s_client_t *s_connect_uds(const char *path)
+{
+    s_client_t *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(c->fd >= 0);
+    struct timeval tv = {.tv_sec = HANG_GUARD_S};
+    assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv), 0);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    assert_true(strlen(path) < sizeof sun.sun_path);
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    assert_int_equal(connect(c->fd, (struct sockaddr *) &sun, sizeof sun), 0);
     return c;
 }
 
@@ -1056,6 +1105,176 @@ static void test_max_connections(void **state)
     s_srv_stop(&s);
 }
 
+/* A request that proves a credential (pairing is off in these servers:
+ * a bearer route lets everything in) takes its connection off the
+ * unauthenticated bounds. */
+static void s_authenticate(s_client_t *c)
+{
+    s_resp_t r;
+    s_exchange(c, "GET /api/canvas HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r);
+    s_resp_free(&r);
+}
+
+/* The unauthenticated share (limits.http_unauth_connections_max, WIRE
+ * §11.3): a newcomer past it cuts the oldest unauthenticated connection
+ * that has nothing under way; when every one has a request under way, the
+ * newcomer is refused; an authenticated connection is outside the share.
+ * Loopback counts towards the share though it has no per-source one. */
+static void test_unauth_share(void **state)
+{
+    gateway_http_opts_t o = {.unauth_max = 2};
+    s_srv_t *s = s_srv_start(state, &o);
+    s_client_t *m = s_connect(s); /* for /metrics, authenticated first */
+    s_authenticate(m);
+    s_client_t *a = s_connect(s), *b = s_connect(s);
+    s_sends(a, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345");
+    assert_int_equal(s_metric(m, "kith_http_unauth_connections"), 2);
+    /* b waits for its first request: it goes for c; a has one under way. */
+    s_client_t *c = s_connect(s);
+    s_expect_eof(b);
+    s_client_close(&b);
+    assert_int_equal(s_metric(m, "kith_http_rejected_total{reason=\"unauth_evicted\"}"), 1);
+    s_sends(c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nab");
+    assert_int_equal(s_metric(m, "kith_http_unauth_connections"), 2);
+    /* Both have requests under way: the newcomer is refused. */
+    s_client_t *d = s_connect(s);
+    s_send_best_effort(d, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n", 33);
+    s_expect_eof(d);
+    s_client_close(&d);
+    assert_int_equal(s_metric(m, "kith_http_rejected_total{reason=\"unauth_full\"}"), 1);
+    /* a finishes and is answered; then it proves a credential and leaves
+     * the share, so a newcomer has room without a cut. */
+    s_resp_t r;
+    s_sends(a, "67890");
+    s_read_resp(a, &r, false);
+    assert_int_equal(r.status, 200);
+    s_resp_free(&r);
+    s_authenticate(a);
+    assert_int_equal(s_metric(m, "kith_http_unauth_connections"), 1);
+    s_client_t *e = s_connect(s);
+    s_exchange(e, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r);
+    s_resp_free(&r);
+    s_sends(c, "cd");
+    s_read_resp(c, &r, false);
+    assert_int_equal(r.status, 200);
+    s_resp_free(&r);
+    assert_int_equal(s_metric(m, "kith_http_rejected_total{reason=\"unauth_evicted\"}"), 1);
+    s_client_close(&a);
+    s_client_close(&c);
+    s_client_close(&e);
+    s_client_close(&m);
+    s_srv_stop(&s);
+}
+
+/* A local address that is not loopback (a machine's own address on an
+ * interface that is up), as text, or false when there is none (a network
+ * namespace with only lo, as CI runs the suite). */
+static bool s_outside_address(char *out, size_t cap)
+{
+    struct ifaddrs *all = NULL;
+    if (getifaddrs(&all) != 0)
+        return false;
+    bool found = false;
+    for (struct ifaddrs *i = all; i && !found; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || !(i->ifa_flags & IFF_UP) ||
+            (i->ifa_flags & IFF_LOOPBACK))
+            continue;
+        const struct sockaddr_in *sin = (const struct sockaddr_in *) i->ifa_addr;
+        if ((ntohl(sin->sin_addr.s_addr) >> 24) == 127)
+            continue;
+        found = inet_ntop(AF_INET, &sin->sin_addr, out, (socklen_t) cap) != NULL;
+    }
+    freeifaddrs(all);
+    return found;
+}
+
+/* A client of `host`:`port` (an IPv4 address): its source is that address. */
+static s_client_t *s_connect_to(const char *host, uint16_t port)
+{
+    s_client_t *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(c->fd >= 0);
+    struct timeval tv = {.tv_sec = HANG_GUARD_S};
+    assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv), 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
+    assert_int_equal(inet_pton(AF_INET, host, &sin.sin_addr), 1);
+    assert_int_equal(connect(c->fd, (struct sockaddr *) &sin, sizeof sin), 0);
+    return c;
+}
+
+/* Local peers have no per-source share: a Unix socket's (they share one
+ * source) and loopback ones, however many; they count towards the share
+ * of all. */
+static void test_unauth_local_sources(void **state)
+{
+    char dir[] = "/tmp/kith-gw-test-XXXXXX", path[128], uds[160];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/gw.sock", dir);
+    snprintf(uds, sizeof uds, "uds://%s", path);
+    gateway_http_opts_t o = {.unauth_per_source_max = 2};
+    s_srv_t *s = s_srv_start_at(state, &o, uds);
+    s_client_t *m = s_connect(s);
+    s_authenticate(m);
+    s_client_t *c[6];
+    s_resp_t r;
+    for (int i = 0; i < 6; i++) {
+        c[i] = i < 3 ? s_connect_uds(path) : s_connect(s);
+        s_exchange(c[i], "GET /health HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r);
+        s_resp_free(&r);
+    }
+    assert_int_equal(s_metric(m, "kith_http_unauth_connections"), 6);
+    assert_int_equal(s_metric(m, "kith_http_rejected_total{reason=\"unauth_per_source\"}"), 0);
+    for (int i = 0; i < 6; i++)
+        s_client_close(&c[i]);
+    s_client_close(&m);
+    s_srv_stop(&s);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* The per-source share (limits.http_unauth_per_source_max) for a peer that
+ * is not local: past it the source is refused and others are not, and a
+ * connection that proves a credential gives its source's place back. It
+ * needs an address of this machine that is not loopback; without one (CI
+ * runs in a namespace with only lo) the test says so and skips. */
+static void test_unauth_per_source(void **state)
+{
+    char host[INET_ADDRSTRLEN], listen_at[64];
+    if (!s_outside_address(host, sizeof host)) {
+        print_message("no address here but loopback: the per-source share is not reached\n");
+        skip();
+        return;
+    }
+    snprintf(listen_at, sizeof listen_at, "%s:0", host);
+    gateway_http_opts_t o = {.unauth_per_source_max = 2};
+    uint16_t port = 0;
+    s_srv_t *s = s_srv_start_tcp2(state, &o, listen_at, &port);
+    s_client_t *m = s_connect(s);
+    s_authenticate(m);
+    s_client_t *a = s_connect_to(host, port), *b = s_connect_to(host, port);
+    s_resp_t r;
+    s_exchange(a, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r); /* still unauthenticated */
+    s_resp_free(&r);
+    s_client_t *c = s_connect_to(host, port);
+    s_send_best_effort(c, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n", 33);
+    s_expect_eof(c);
+    s_client_close(&c);
+    assert_int_equal(s_metric(m, "kith_http_rejected_total{reason=\"unauth_per_source\"}"), 1);
+    s_authenticate(b);
+    c = s_connect_to(host, port);
+    s_exchange(c, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r);
+    s_resp_free(&r);
+    assert_int_equal(s_metric(m, "kith_http_rejected_total{reason=\"unauth_per_source\"}"), 1);
+    assert_int_equal(s_metric(m, "kith_http_unauth_connections"), 2); /* a and c */
+    s_client_close(&a);
+    s_client_close(&b);
+    s_client_close(&c);
+    s_client_close(&m);
+    s_srv_stop(&s);
+}
+
 /* Stopping with connections in every state leaks nothing (LSan checks). */
 static void test_destroy_with_open_connections(void **state)
 {
@@ -1457,6 +1676,9 @@ int main(void)
         BOTH(test_slow_client),
         BOTH(test_timeouts),
         BOTH(test_max_connections),
+        BOTH(test_unauth_share),
+        BOTH(test_unauth_local_sources),
+        BOTH(test_unauth_per_source),
         BOTH(test_destroy_with_open_connections),
         BOTH(test_requests_without_memory),
         BOTH(test_canvas_without_memory),

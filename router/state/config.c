@@ -260,6 +260,8 @@ static const s_key_t s_limits_keys[] = {
     S_U("comms_connections_max", limits.comms_connections_max, 1, 1048576),
     S_U("comms_unauth_connections_max", limits.comms_unauth_connections_max, 1, 1048576),
     S_U("comms_unauth_per_source_max", limits.comms_unauth_per_source_max, 1, 1048576),
+    S_U("http_unauth_connections_max", limits.http_unauth_connections_max, 1, 1048576),
+    S_U("http_unauth_per_source_max", limits.http_unauth_per_source_max, 1, 1048576),
     S_U("partial_frame_bytes_max", limits.partial_frame_bytes_max, 1024, 4294967295u),
     S_U("first_frame_timeout_ms", limits.first_frame_timeout_ms, 1, 3600000),
     S_U("frame_timeout_ms", limits.frame_timeout_ms, 1, 3600000),
@@ -338,6 +340,8 @@ void router_config_defaults(router_config_t *cfg)
     cfg->limits.comms_connections_max = 10000;
     cfg->limits.comms_unauth_connections_max = 2500;
     cfg->limits.comms_unauth_per_source_max = 32;
+    cfg->limits.http_unauth_connections_max = 2500; /* WIRE §11.3; at most gateway.max_connections */
+    cfg->limits.http_unauth_per_source_max = 32;
     cfg->limits.partial_frame_bytes_max = 64 * 1024 * 1024;
     cfg->limits.first_frame_timeout_ms = 10000;
     cfg->limits.frame_timeout_ms = 30000;
@@ -646,6 +650,13 @@ int router_config_check(const router_config_t *cfg, char *err, size_t errcap)
                                  "limits.comms_unauth_connections_max (%u)",
                                  cfg->limits.comms_unauth_per_source_max,
                                  cfg->limits.comms_unauth_connections_max),
+               -1;
+    if (cfg->limits.http_unauth_per_source_max > cfg->limits.http_unauth_connections_max)
+        return router_jsonc_fail(err, errcap,
+                                 "limits.http_unauth_per_source_max: %u is more than "
+                                 "limits.http_unauth_connections_max (%u)",
+                                 cfg->limits.http_unauth_per_source_max,
+                                 cfg->limits.http_unauth_connections_max),
                -1;
     /* A session keeps at least the history a turn is sent: the bound never
      * takes a message a turn (or the history cache) would read. */

@@ -114,6 +114,8 @@ typedef struct {
         uint32_t comms_connections_max;                    /* open comms connections: 10,000 */
         uint32_t comms_unauth_connections_max;             /* ...of them not yet authenticated: 2,500 */
         uint32_t comms_unauth_per_source_max;              /* ...from one source address: 32 */
+        uint32_t http_unauth_connections_max;              /* gateway connections not yet authenticated: 2,500 */
+        uint32_t http_unauth_per_source_max;               /* ...from one non-loopback source address: 32 */
         size_t partial_frame_bytes_max;                    /* bytes in partial frames and lines, all connections: 64 MiB */
         uint32_t first_frame_timeout_ms;                   /* new connection to its first complete frame or line: 10 s */
         uint32_t frame_timeout_ms;                         /* a frame or line once its first byte came: 30 s */
