@@ -85,7 +85,7 @@ struct s_conn {
     gateway_openclaw_t *oc;
     uint64_t serial;          /* unique in the endpoint */
     gateway_ws_t *ws;
-    bool closing;             /* gateway_ws_close was called */
+    bool closing;             /* gateway_ws_close (or _end) was called */
     bool connected;           /* hello-ok sent */
     bool loopback;
     char conn_id[PROTO_UUID_TEXT_CAP];
@@ -1578,6 +1578,34 @@ static bool s_query_has_token(proto_http_slice_t q)
     return false;
 }
 
+
+/* Room for one more socket before hello-ok (WIRE §25.2): past
+ * GATEWAY_OPENCLAW_HANDSHAKES_MAX the oldest socket still waiting for a
+ * connect it has not sent (or that was not accepted yet) is ended, so a
+ * stranger opening sockets and saying nothing cannot take the places of
+ * clients that authenticate. False when every one of them has a connect
+ * being accepted. */
+static bool s_handshake_room(gateway_openclaw_t *oc)
+{
+    uint32_t waiting = 0;
+    s_conn_t *oldest = NULL; /* the list is newest first */
+    for (s_conn_t *c = oc->conns; c; c = c->next)
+        if (!c->connected && !c->closing) {
+            waiting++;
+            if (!c->accepting)
+                oldest = c;
+        }
+    if (waiting < GATEWAY_OPENCLAW_HANDSHAKES_MAX)
+        return true;
+    if (!oldest)
+        return false;
+    ROUTER_LOG(ROUTER_LOG_INFO, MOD, "socket %s ended: the oldest of %u handshakes, for a newcomer",
+               oldest->conn_id, waiting);
+    oldest->closing = true;
+    gateway_ws_end(oldest->ws, 1008, "a newer connection needed this one's place in the handshake");
+    return true;
+}
+
 static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
 {
     gateway_openclaw_t *oc = ud;
@@ -1596,6 +1624,11 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
     }
     if (gateway_auth_require_unpaired(oc->opts.auth, req, res) != 0)
         return;
+    if (!s_handshake_room(oc)) {
+        (void) gateway_http_respond_error(res, 503, "too_many_connections",
+                                          "too many OpenClaw handshakes are under way");
+        return;
+    }
     if (oc->nconns >= GATEWAY_OPENCLAW_CONNS_MAX) {
         (void) gateway_http_respond_error(res, 503, "too_many_connections",
                                           "too many OpenClaw connections are open");

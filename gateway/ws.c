@@ -176,6 +176,11 @@ void gateway_ws_close(gateway_ws_t *ws, uint16_t code, const char *reason)
     s_rearm(ws);
 }
 
+void gateway_ws_end(gateway_ws_t *ws, uint16_t code, const char *reason)
+{
+    s_fail(ws, code, reason);
+}
+
 uint64_t gateway_ws_id(const gateway_ws_t *ws)
 {
     return router_conn_id(ws->conn);

@@ -86,6 +86,11 @@ int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len);
  * on_close follows once the client answers or GATEWAY_WS_CLOSE_WAIT_MS pass. */
 void gateway_ws_close(gateway_ws_t *ws, uint16_t code, const char *reason);
 
+/* Sends Close with `code` and `reason` and ends the socket without waiting
+ * for the client's (what was queued is flushed first): for a socket whose
+ * place another needs now. on_close follows; nothing more is read. */
+void gateway_ws_end(gateway_ws_t *ws, uint16_t code, const char *reason);
+
 /* Names the credential that let the socket in, for a route that
  * authenticates after the upgrade (OpenClaw's connect): revoking it closes
  * the socket (gateway_http_revoke). NULL or "" names none. */

@@ -206,6 +206,27 @@ async def expect_closed(ws, code):
         check(e.code == code, f"closed with {e.code} {e.reason!r}, not {code}")
 
 
+async def handshake_share(node, token):
+    """At most 256 sockets wait before hello-ok (WIRE §25.2): the next one
+    ends the oldest still waiting (close 1008); a connected socket is never
+    ended for it, and the newcomer can connect."""
+    done, res = await handshake(node, token)
+    check(res.get("ok") is True, f"hello {res}")
+    waiting = []
+    for _ in range(256):
+        ws = await websockets.connect(url(node), ping_interval=None, max_size=None)
+        check((await recv(ws))["event"] == "connect.challenge", "no challenge")
+        waiting.append(ws)
+    newcomer, res = await handshake(node, token)
+    check(res.get("ok") is True, f"the newcomer's hello {res}")
+    await expect_closed(waiting[0], 1008)
+    check("place" in (waiting[0].close_reason or ""), waiting[0].close_reason)
+    await asyncio.wait_for(await done.ping(), TIMEOUT)  # the connected one is untouched
+    await asyncio.wait_for(await waiting[1].ping(), TIMEOUT)
+    for ws in [done, newcomer] + waiting:
+        await ws.close()
+
+
 async def plain_agent(node, token):
     ws, res = await handshake(node, token, version=2)
     check(res["ok"] is True and res["payload"]["type"] == "hello-ok", f"v2 hello {res}")
@@ -927,6 +948,7 @@ def main():
         r.run(request_during_connect, node, token)
         r.run(lambda: run(scope_refusals(node, token)), name="scope_refusals")
         r.run(lambda: idle_socket_closed(idle), name="handshake_deadline")
+        r.run(lambda: run(handshake_share(node, token)), name="handshake_share")
         # The audit worker appends in batches: wait for the outcome.
         def audit_eventually():
             deadline = time.time() + TIMEOUT
