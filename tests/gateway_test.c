@@ -327,15 +327,23 @@ typedef struct {
     size_t body_len;
 } s_resp_t;
 
+/* A stream socket of `family` whose reads and writes give up after the
+ * hang guard, so a server that never answers fails the test, not hangs it. */
+static int s_client_socket(int family)
+{
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct timeval tv = {.tv_sec = HANG_GUARD_S};
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv), 0);
+    return fd;
+}
+
 static s_client_t *s_connect(const s_srv_t *s)
 {
     s_client_t *c = calloc(1, sizeof *c);
     assert_non_null(c);
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(c->fd >= 0);
-    struct timeval tv = {.tv_sec = HANG_GUARD_S};
-    assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
-    assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv), 0);
+    c->fd = s_client_socket(AF_INET);
     int one = 1;
     assert_int_equal(setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), 0);
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(s->port),
@@ -356,11 +364,7 @@ static s_client_t *s_connect_uds(const char *path)
 {
     s_client_t *c = calloc(1, sizeof *c);
     assert_non_null(c);
-    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(c->fd >= 0);
-    struct timeval tv = {.tv_sec = HANG_GUARD_S};
-    assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
-    assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv), 0);
+    c->fd = s_client_socket(AF_UNIX);
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
     assert_true(strlen(path) < sizeof sun.sun_path);
     memcpy(sun.sun_path, path, strlen(path) + 1);
@@ -506,10 +510,7 @@ static void s_expect_eof(s_client_t *c)
  * closed with no answer to a request. */
 static void s_expect_refused_at(const char *host, uint16_t port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct timeval tv = {.tv_sec = HANG_GUARD_S};
-    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    int fd = s_client_socket(AF_INET);
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
     assert_int_equal(inet_pton(AF_INET, host, &sin.sin_addr), 1);
     if (connect(fd, (struct sockaddr *) &sin, sizeof sin) == 0) {
@@ -1218,11 +1219,7 @@ static s_client_t *s_connect_to(const char *host, uint16_t port)
 {
     s_client_t *c = calloc(1, sizeof *c);
     assert_non_null(c);
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(c->fd >= 0);
-    struct timeval tv = {.tv_sec = HANG_GUARD_S};
-    assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
-    assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv), 0);
+    c->fd = s_client_socket(AF_INET);
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
     assert_int_equal(inet_pton(AF_INET, host, &sin.sin_addr), 1);
     assert_int_equal(connect(c->fd, (struct sockaddr *) &sin, sizeof sin), 0);
