@@ -441,13 +441,27 @@ static void test_tables_are_bounded(void **state)
     assert_int_equal(errno, EINVAL);
     assert_int_equal(router_tokens_idem_begin(t, "webhook", "long", 4, 1, &status, &body),
                      ROUTER_IDEM_NEW); /* released by the refusal */
-    for (uint32_t i = 1; i < ROUTER_TOKENS_IDEM_MAX; i++) {
+    /* One scope holds at most its share: external events (which may need
+     * no credential) cannot take the places of webhooks' keys. */
+    for (uint32_t i = 0; i < ROUTER_TOKENS_IDEM_SCOPE_MAX; i++) {
         snprintf(key, sizeof key, "key-%u", i);
         assert_int_equal(router_tokens_idem_begin(t, "event", key, strlen(key), 1, &status, &body),
                          ROUTER_IDEM_NEW);
     }
     assert_int_equal(router_tokens_idem_begin(t, "event", "one-more", 8, 1, &status, &body),
                      ROUTER_IDEM_FULL);
+    for (uint32_t i = 1; i < ROUTER_TOKENS_IDEM_MAX - ROUTER_TOKENS_IDEM_SCOPE_MAX; i++) {
+        snprintf(key, sizeof key, "key-%u", i);
+        assert_int_equal(router_tokens_idem_begin(t, "webhook", key, strlen(key), 1, &status,
+                                                  &body),
+                         ROUTER_IDEM_NEW);
+    }
+    /* And the table as a whole is full. */
+    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "k", 1, 1, &status, &body),
+                     ROUTER_IDEM_FULL);
+    router_tokens_idem_release(t, "event", "key-0", 5);
+    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "k", 1, 1, &status, &body),
+                     ROUTER_IDEM_NEW);
     router_tokens_stop(t);
     router_loop_destroy(&loop);
     router_tokens_destroy(&t);

@@ -877,6 +877,15 @@ static s_idem_t *s_idem_find(router_tokens_t *self, const char *full, uint64_t n
     return NULL;
 }
 
+/* Live keys of the scope that full ("scope:key") names. */
+static size_t s_idem_scope_count(const router_tokens_t *self, const char *full)
+{
+    size_t plen = (size_t) (strchr(full, ':') - full) + 1, n = 0;
+    for (size_t i = 0; i < ROUTER_TOKENS_IDEM_MAX; i++)
+        n += self->idem[i].key[0] && !strncmp(self->idem[i].key, full, plen);
+    return n;
+}
+
 router_idem_t router_tokens_idem_begin(router_tokens_t *self, const char *scope, const char *key,
                                        size_t key_len, uint64_t now_ms, int *status,
                                        const char **body)
@@ -892,6 +901,8 @@ router_idem_t router_tokens_idem_begin(router_tokens_t *self, const char *scope,
         *body = e->body;
         return ROUTER_IDEM_DONE;
     }
+    if (s_idem_scope_count(self, full) >= ROUTER_TOKENS_IDEM_SCOPE_MAX)
+        return ROUTER_IDEM_FULL;
     for (size_t i = 0; i < ROUTER_TOKENS_IDEM_MAX; i++) {
         e = &self->idem[i];
         if (e->key[0])

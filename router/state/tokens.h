@@ -32,6 +32,9 @@
 #define ROUTER_TOKENS_CLIENT_MAX 64u         /* a client address text, NUL included */
 #define ROUTER_TOKENS_JOBS_MAX 256u          /* writes waiting for the store thread */
 #define ROUTER_TOKENS_IDEM_MAX 4096u         /* idempotency keys remembered */
+#define ROUTER_TOKENS_IDEM_SCOPE_MAX 2048u   /* ...of one scope being begun, so keys that need
+                                              * no credential (external events) cannot take
+                                              * the places of those that do */
 #define ROUTER_TOKENS_IDEM_KEY_MAX 128u      /* octets of one key */
 #define ROUTER_TOKENS_IDEM_BODY_MAX 512u     /* octets of one remembered answer body */
 #define ROUTER_TOKENS_IDEM_TTL_MS (24ull * 3600 * 1000) /* how long a key is remembered */
