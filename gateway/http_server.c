@@ -397,8 +397,6 @@ static void s_dispatch(gateway_http_conn_t *hc)
     s_request_done(hc, &res);
 }
 
-/* Unlinks hc from the server's list, leaving the count of open connections
- * to the caller. */
 /* ---------------------------------------------------------------- unauthenticated connections */
 
 /* Off the unauthenticated list and its source's count. Idempotent. */
@@ -496,8 +494,9 @@ static bool s_unauth_join(gateway_http_t *g, gateway_http_conn_t *hc,
     return true;
 }
 
-/* Off the server's list (closed, or now a WebSocket, which its endpoint
- * bounds) and off the unauthenticated one. */
+/* Unlinks hc from the server's list (it closed, or is a WebSocket now,
+ * which its endpoint bounds) and from the unauthenticated one, leaving the
+ * count of open connections to the caller. */
 static void s_conn_unlink(gateway_http_conn_t *hc)
 {
     gateway_http_t *g = hc->g;
