@@ -467,6 +467,53 @@ static void test_tables_are_bounded(void **state)
     router_tokens_destroy(&t);
 }
 
+
+/* The key table reclaims expired keys: when no slot is free, a sweep
+ * frees every expired one (at most once a second), a lookup that meets an
+ * expired key lets it go, and each scope's count follows, so a scope can
+ * fill its whole share again. */
+static void test_idem_table_reclaims(void **state)
+{
+    (void) state;
+    char err[256], key[32];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(NULL, loop, err, sizeof err);
+    assert_non_null(t);
+    int status = 0;
+    const char *body = NULL;
+    uint64_t now = router_clock_wall_ms();
+    for (uint32_t i = 0; i < ROUTER_TOKENS_IDEM_MAX; i++) {
+        snprintf(key, sizeof key, "key-%u", i);
+        assert_int_equal(router_tokens_idem_settle(t, i % 2 ? "webhook" : "event", key,
+                                                   strlen(key), 202, "{}", now + 1000),
+                         0);
+    }
+    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "x", 1, now, &status, &body),
+                     ROUTER_IDEM_FULL);
+    assert_int_equal(router_tokens_idem_begin(t, "event", "key-0", 5, now, &status, &body),
+                     ROUTER_IDEM_DONE);
+    /* Past their expiry: the next new key sweeps them all. */
+    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "x", 1, now + 2000, &status, &body),
+                     ROUTER_IDEM_NEW);
+    assert_int_equal(router_tokens_idem_begin(t, "event", "key-0", 5, now + 2000, &status, &body),
+                     ROUTER_IDEM_NEW);
+    for (uint32_t i = 1; i < ROUTER_TOKENS_IDEM_SCOPE_MAX; i++) {
+        snprintf(key, sizeof key, "again-%u", i);
+        assert_int_equal(router_tokens_idem_begin(t, "event", key, strlen(key), now + 2000,
+                                                  &status, &body),
+                         ROUTER_IDEM_NEW);
+    }
+    assert_int_equal(router_tokens_idem_begin(t, "event", "over", 4, now + 2000, &status, &body),
+                     ROUTER_IDEM_FULL);
+    /* A released key gives its place back to its scope. */
+    router_tokens_idem_release(t, "event", "key-0", 5);
+    assert_int_equal(router_tokens_idem_begin(t, "event", "over", 4, now + 2000, &status, &body),
+                     ROUTER_IDEM_NEW);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
 /* ---------------------------------------------------------------- devices */
 
 static void s_device(router_tokens_device_t *d, unsigned n)
@@ -918,6 +965,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_failures_say_why, s_setup, s_teardown),
         cmocka_unit_test(test_tables_are_bounded),
         cmocka_unit_test(test_idem_settle),
+        cmocka_unit_test(test_idem_table_reclaims),
         cmocka_unit_test_setup_teardown(test_device_record_check_reload, s_setup, s_teardown),
         cmocka_unit_test(test_device_bound_and_stop),
         cmocka_unit_test_setup_teardown(test_scope_name_revoke, s_setup, s_teardown),

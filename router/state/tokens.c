@@ -19,6 +19,10 @@
 #include "router/thread.h"
 
 #define S_IDEM_FULLKEY_MAX (24u + ROUTER_TOKENS_IDEM_KEY_MAX) /* "scope:" + key + NUL */
+#define S_IDEM_SCOPES 8u           /* distinct scopes counted ("webhook", "event", OpenClaw's) */
+#define S_IDEM_SWEEP_MS 1000u      /* a full sweep for expired keys, at most this often */
+_Static_assert((ROUTER_TOKENS_IDEM_MAX & (ROUTER_TOKENS_IDEM_MAX - 1)) == 0,
+               "the key table's buckets are a power of two");
 
 typedef enum { S_JOB_TOKEN, S_JOB_REVOKE, S_JOB_LOCK, S_JOB_IDEM, S_JOB_DEVICE } s_job_kind_t;
 
@@ -54,12 +58,22 @@ typedef struct {
 } s_lock_t;
 
 typedef struct {
-    char key[S_IDEM_FULLKEY_MAX];           /* "" for a free slot */
+    char key[S_IDEM_FULLKEY_MAX];           /* "scope:key"; "" for a free slot */
     bool busy;                              /* reserved, not answered yet */
     int status;                             /* the answer, when !busy */
     char body[ROUTER_TOKENS_IDEM_BODY_MAX];
     uint64_t expires_ms;                    /* forgotten after */
+    uint32_t next;                          /* the next slot of its hash chain + 1; 0: none */
 } s_idem_t;
+
+/* Live keys per scope (the share of ROUTER_TOKENS_IDEM_SCOPE_MAX). */
+typedef struct {
+    char name[17];                          /* "" for a free entry */
+    uint32_t n;
+} s_idem_scope_t;
+
+static int s_idem_put(router_tokens_t *self, const char *full, int status, const char *body,
+                      uint64_t expires_ms, uint64_t now_ms);
 
 typedef struct {
     router_tokens_device_t d;               /* d.id "" for a free slot */
@@ -73,7 +87,12 @@ struct router_tokens {
     s_token_t *tokens;                      /* durable tokens, oldest first */
     size_t ntokens;
     s_lock_t *locks;                        /* ROUTER_TOKENS_CLIENTS_MAX slots */
-    s_idem_t *idem;                         /* ROUTER_TOKENS_IDEM_MAX slots */
+    s_idem_t *idem;                         /* ROUTER_TOKENS_IDEM_MAX slots (touched as used) */
+    uint32_t *idem_heads;                   /* hash buckets: first slot + 1, 0 for none */
+    uint32_t *idem_free;                    /* free slots, a stack */
+    uint32_t idem_nfree;
+    uint64_t idem_swept_ms;                 /* the last full sweep for expired keys */
+    s_idem_scope_t idem_scopes[S_IDEM_SCOPES];
     s_device_t *devices;                    /* ROUTER_TOKENS_DEVICES_MAX slots */
     size_t ndevices;                        /* durable ones */
     sqlite3 *db;                            /* NULL: memory only */
@@ -477,16 +496,14 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
                            NULL) != SQLITE_OK)
         goto fail;
     sqlite3_bind_int64(st, 1, (sqlite3_int64) now);
-    for (size_t i = 0; i < ROUTER_TOKENS_IDEM_MAX && (step = sqlite3_step(st)) == SQLITE_ROW;) {
+    while (self->idem_nfree && (step = sqlite3_step(st)) == SQLITE_ROW) {
         const char *k = (const char *) sqlite3_column_text(st, 0);
         const char *b = (const char *) sqlite3_column_text(st, 2);
-        if (!k || !b || strlen(k) >= S_IDEM_FULLKEY_MAX || strlen(b) >= ROUTER_TOKENS_IDEM_BODY_MAX)
+        if (!k || !b || strlen(k) >= S_IDEM_FULLKEY_MAX || strlen(b) >= ROUTER_TOKENS_IDEM_BODY_MAX ||
+            !strchr(k, ':'))
             continue;
-        s_idem_t *e = &self->idem[i++];
-        snprintf(e->key, sizeof e->key, "%s", k);
-        e->status = sqlite3_column_int(st, 1);
-        snprintf(e->body, sizeof e->body, "%s", b);
-        e->expires_ms = (uint64_t) sqlite3_column_int64(st, 3);
+        (void) s_idem_put(self, k, sqlite3_column_int(st, 1), b,
+                          (uint64_t) sqlite3_column_int64(st, 3), now);
     }
     if (step != SQLITE_ROW && step != SQLITE_DONE)
         goto fail;
@@ -581,11 +598,17 @@ router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, cha
     self->tokens = calloc(ROUTER_TOKENS_MAX, sizeof *self->tokens);
     self->locks = calloc(ROUTER_TOKENS_CLIENTS_MAX, sizeof *self->locks);
     self->idem = calloc(ROUTER_TOKENS_IDEM_MAX, sizeof *self->idem);
+    self->idem_heads = calloc(ROUTER_TOKENS_IDEM_MAX, sizeof *self->idem_heads);
+    self->idem_free = malloc(ROUTER_TOKENS_IDEM_MAX * sizeof *self->idem_free);
     self->devices = calloc(ROUTER_TOKENS_DEVICES_MAX, sizeof *self->devices);
-    if (!self->tokens || !self->locks || !self->idem || !self->devices) {
+    if (!self->tokens || !self->locks || !self->idem || !self->idem_heads || !self->idem_free ||
+        !self->devices) {
         snprintf(err, errcap, "out of memory");
         goto fail;
     }
+    for (uint32_t i = 0; i < ROUTER_TOKENS_IDEM_MAX; i++) /* slot 0 is handed out first */
+        self->idem_free[i] = ROUTER_TOKENS_IDEM_MAX - 1 - i;
+    self->idem_nfree = ROUTER_TOKENS_IDEM_MAX;
     if (db_path) {
         if (sqlite3_open_v2(db_path, &self->db,
                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
@@ -646,6 +669,8 @@ void router_tokens_destroy(router_tokens_t **self_p)
     free(self->tokens);
     free(self->locks);
     free(self->idem);
+    free(self->idem_heads);
+    free(self->idem_free);
     if (self->devices)
         sodium_memzero(self->devices, ROUTER_TOKENS_DEVICES_MAX * sizeof *self->devices);
     free(self->devices);
@@ -852,6 +877,11 @@ void router_tokens_forgive(router_tokens_t *self, const char *client)
 
 /* ---------------------------------------------------------------- idempotency */
 
+/* Keys are found through a chained hash of "scope:key"; a free slot comes
+ * off a stack; an expired key goes when a lookup meets it, and all of them
+ * in a sweep when no slot is free (at most every S_IDEM_SWEEP_MS, so a
+ * full table under load costs one scan a second, not one per request). */
+
 static int s_idem_key(char out[S_IDEM_FULLKEY_MAX], const char *scope, const char *key,
                       size_t key_len)
 {
@@ -861,29 +891,98 @@ static int s_idem_key(char out[S_IDEM_FULLKEY_MAX], const char *scope, const cha
     return 0;
 }
 
+static uint32_t s_idem_bucket(const char *full)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const unsigned char *p = (const unsigned char *) full; *p; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    return (uint32_t) (h ^ (h >> 32)) & (ROUTER_TOKENS_IDEM_MAX - 1);
+}
+
+/* The count of full's scope; NULL when it has none and `make` is false,
+ * or S_IDEM_SCOPES other scopes are counted already. */
+static s_idem_scope_t *s_idem_scope(router_tokens_t *self, const char *full, bool make)
+{
+    size_t n = strcspn(full, ":");
+    s_idem_scope_t *free_one = NULL;
+    for (size_t i = 0; i < S_IDEM_SCOPES; i++) {
+        s_idem_scope_t *sc = &self->idem_scopes[i];
+        if (!sc->name[0]) {
+            if (!free_one)
+                free_one = sc;
+        } else if (strlen(sc->name) == n && !memcmp(sc->name, full, n)) {
+            return sc;
+        }
+    }
+    if (!make || !free_one || n >= sizeof free_one->name)
+        return NULL;
+    memcpy(free_one->name, full, n);
+    free_one->name[n] = '\0';
+    free_one->n = 0;
+    return free_one;
+}
+
+/* Frees slot e: off its chain, its scope's count, onto the free stack. */
+static void s_idem_drop(router_tokens_t *self, s_idem_t *e)
+{
+    uint32_t idx = (uint32_t) (e - self->idem);
+    for (uint32_t *link = &self->idem_heads[s_idem_bucket(e->key)]; *link;
+         link = &self->idem[*link - 1].next)
+        if (*link - 1 == idx) {
+            *link = e->next;
+            break;
+        }
+    s_idem_scope_t *sc = s_idem_scope(self, e->key, false);
+    if (sc && sc->n > 0 && --sc->n == 0)
+        sc->name[0] = '\0'; /* the entry is free for another scope */
+    e->key[0] = '\0';
+    e->next = 0;
+    self->idem_free[self->idem_nfree++] = idx;
+}
+
+static bool s_idem_expired(const s_idem_t *e, uint64_t now_ms)
+{
+    return !e->busy && e->expires_ms < now_ms;
+}
+
+/* The live slot of full, or NULL; expired keys met on the way go. */
 static s_idem_t *s_idem_find(router_tokens_t *self, const char *full, uint64_t now_ms)
 {
-    for (size_t i = 0; i < ROUTER_TOKENS_IDEM_MAX; i++) {
-        s_idem_t *e = &self->idem[i];
-        if (!e->key[0])
-            continue;
-        if (!e->busy && e->expires_ms < now_ms) {
-            e->key[0] = '\0';
-            continue;
-        }
-        if (!strcmp(e->key, full))
+    uint32_t link = self->idem_heads[s_idem_bucket(full)];
+    while (link) {
+        s_idem_t *e = &self->idem[link - 1];
+        link = e->next;
+        if (s_idem_expired(e, now_ms))
+            s_idem_drop(self, e);
+        else if (!strcmp(e->key, full))
             return e;
     }
     return NULL;
 }
 
-/* Live keys of the scope that full ("scope:key") names. */
-static size_t s_idem_scope_count(const router_tokens_t *self, const char *full)
+/* A new slot for full (busy), counted in its scope; NULL when none is free
+ * after a sweep, or S_IDEM_SCOPES other scopes are counted. */
+static s_idem_t *s_idem_new(router_tokens_t *self, const char *full, uint64_t now_ms)
 {
-    size_t plen = (size_t) (strchr(full, ':') - full) + 1, n = 0;
-    for (size_t i = 0; i < ROUTER_TOKENS_IDEM_MAX; i++)
-        n += self->idem[i].key[0] && !strncmp(self->idem[i].key, full, plen);
-    return n;
+    if (!self->idem_nfree && now_ms - self->idem_swept_ms >= S_IDEM_SWEEP_MS) {
+        self->idem_swept_ms = now_ms;
+        for (uint32_t i = 0; i < ROUTER_TOKENS_IDEM_MAX; i++)
+            if (self->idem[i].key[0] && s_idem_expired(&self->idem[i], now_ms))
+                s_idem_drop(self, &self->idem[i]);
+    }
+    s_idem_scope_t *sc = self->idem_nfree ? s_idem_scope(self, full, true) : NULL;
+    if (!sc)
+        return NULL;
+    uint32_t idx = self->idem_free[--self->idem_nfree];
+    s_idem_t *e = &self->idem[idx];
+    memset(e, 0, sizeof *e);
+    snprintf(e->key, sizeof e->key, "%s", full);
+    e->busy = true;
+    uint32_t *head = &self->idem_heads[s_idem_bucket(full)];
+    e->next = *head;
+    *head = idx + 1;
+    sc->n++;
+    return e;
 }
 
 router_idem_t router_tokens_idem_begin(router_tokens_t *self, const char *scope, const char *key,
@@ -893,7 +992,7 @@ router_idem_t router_tokens_idem_begin(router_tokens_t *self, const char *scope,
     char full[S_IDEM_FULLKEY_MAX];
     if (s_idem_key(full, scope, key, key_len) != 0)
         return ROUTER_IDEM_FULL;
-    s_idem_t *e = s_idem_find(self, full, now_ms); /* also frees expired slots */
+    s_idem_t *e = s_idem_find(self, full, now_ms);
     if (e) {
         if (e->busy)
             return ROUTER_IDEM_BUSY;
@@ -901,18 +1000,10 @@ router_idem_t router_tokens_idem_begin(router_tokens_t *self, const char *scope,
         *body = e->body;
         return ROUTER_IDEM_DONE;
     }
-    if (s_idem_scope_count(self, full) >= ROUTER_TOKENS_IDEM_SCOPE_MAX)
+    const s_idem_scope_t *sc = s_idem_scope(self, full, false);
+    if (sc && sc->n >= ROUTER_TOKENS_IDEM_SCOPE_MAX)
         return ROUTER_IDEM_FULL;
-    for (size_t i = 0; i < ROUTER_TOKENS_IDEM_MAX; i++) {
-        e = &self->idem[i];
-        if (e->key[0])
-            continue;
-        memset(e, 0, sizeof *e);
-        snprintf(e->key, sizeof e->key, "%s", full);
-        e->busy = true;
-        return ROUTER_IDEM_NEW;
-    }
-    return ROUTER_IDEM_FULL;
+    return s_idem_new(self, full, now_ms) ? ROUTER_IDEM_NEW : ROUTER_IDEM_FULL;
 }
 
 int router_tokens_idem_finish(router_tokens_t *self, const char *scope, const char *key,
@@ -925,13 +1016,13 @@ int router_tokens_idem_finish(router_tokens_t *self, const char *scope, const ch
         e = s_idem_find(self, full, now_ms);
     if (!e || strlen(body) >= ROUTER_TOKENS_IDEM_BODY_MAX) {
         if (e)
-            e->key[0] = '\0';
+            s_idem_drop(self, e);
         errno = EINVAL;
         return -1;
     }
     s_job_t *j = s_job_new(S_JOB_IDEM, done, ud);
     if (!j) {
-        e->key[0] = '\0';
+        s_idem_drop(self, e);
         errno = EAGAIN;
         return -1;
     }
@@ -946,9 +1037,25 @@ int router_tokens_idem_finish(router_tokens_t *self, const char *scope, const ch
     j->b = e->expires_ms;
     snprintf(j->body, sizeof j->body, "%s", body);
     if (s_submit(self, j) != 0) {
-        e->key[0] = '\0';
+        s_idem_drop(self, e);
         return -1;
     }
+    return 0;
+}
+
+/* Remembers an answer as it stands (settle, and the load at start). */
+static int s_idem_put(router_tokens_t *self, const char *full, int status, const char *body,
+                      uint64_t expires_ms, uint64_t now_ms)
+{
+    s_idem_t *e = s_idem_find(self, full, now_ms);
+    if (!e && !(e = s_idem_new(self, full, now_ms))) {
+        errno = ENOSPC;
+        return -1;
+    }
+    e->busy = false;
+    e->status = status;
+    snprintf(e->body, sizeof e->body, "%s", body);
+    e->expires_ms = expires_ms;
     return 0;
 }
 
@@ -960,21 +1067,7 @@ int router_tokens_idem_settle(router_tokens_t *self, const char *scope, const ch
         errno = EINVAL;
         return -1;
     }
-    s_idem_t *e = s_idem_find(self, full, router_clock_wall_ms());
-    for (size_t i = 0; !e && i < ROUTER_TOKENS_IDEM_MAX; i++)
-        if (!self->idem[i].key[0]) {
-            e = &self->idem[i];
-            snprintf(e->key, sizeof e->key, "%s", full);
-        }
-    if (!e) {
-        errno = ENOSPC;
-        return -1;
-    }
-    e->busy = false;
-    e->status = status;
-    snprintf(e->body, sizeof e->body, "%s", body);
-    e->expires_ms = expires_ms;
-    return 0;
+    return s_idem_put(self, full, status, body, expires_ms, router_clock_wall_ms());
 }
 
 void router_tokens_idem_release(router_tokens_t *self, const char *scope, const char *key,
@@ -985,7 +1078,7 @@ void router_tokens_idem_release(router_tokens_t *self, const char *scope, const 
         return;
     s_idem_t *e = s_idem_find(self, full, router_clock_wall_ms());
     if (e && e->busy)
-        e->key[0] = '\0';
+        s_idem_drop(self, e);
 }
 
 /* ---------------------------------------------------------------- devices */

@@ -31,8 +31,8 @@
 #define ROUTER_TOKENS_CLIENTS_MAX 4096u      /* client addresses with bad codes remembered */
 #define ROUTER_TOKENS_CLIENT_MAX 64u         /* a client address text, NUL included */
 #define ROUTER_TOKENS_JOBS_MAX 256u          /* writes waiting for the store thread */
-#define ROUTER_TOKENS_IDEM_MAX 4096u         /* idempotency keys remembered */
-#define ROUTER_TOKENS_IDEM_SCOPE_MAX 2048u   /* ...of one scope being begun, so keys that need
+#define ROUTER_TOKENS_IDEM_MAX 65536u        /* idempotency keys remembered (slots touched as used) */
+#define ROUTER_TOKENS_IDEM_SCOPE_MAX 32768u  /* ...of one scope being begun, so keys that need
                                               * no credential (external events) cannot take
                                               * the places of those that do */
 #define ROUTER_TOKENS_IDEM_KEY_MAX 128u      /* octets of one key */
