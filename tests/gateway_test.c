@@ -374,6 +374,18 @@ static void s_connect_fd(s_client_t *c, const struct sockaddr_in *sin)
     }
 }
 
+/* A client of `host`:`port` (an IPv4 address): its source is that address. */
+static s_client_t *s_connect_to(const char *host, uint16_t port)
+{
+    s_client_t *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    c->fd = s_client_socket(AF_INET);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
+    assert_int_equal(inet_pton(AF_INET, host, &sin.sin_addr), 1);
+    s_connect_fd(c, &sin);
+    return c;
+}
+
 static s_client_t *s_connect(const s_srv_t *s)
 {
     s_client_t *c = calloc(1, sizeof *c);
@@ -540,12 +552,7 @@ static void s_expect_eof(s_client_t *c)
  * closed with no answer to a request. */
 static void s_expect_refused_at(const char *host, uint16_t port)
 {
-    s_client_t *c = calloc(1, sizeof *c);
-    assert_non_null(c);
-    c->fd = s_client_socket(AF_INET);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
-    assert_int_equal(inet_pton(AF_INET, host, &sin.sin_addr), 1);
-    s_connect_fd(c, &sin);
+    s_client_t *c = s_connect_to(host, port);
     s_send_best_effort(c, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n", 33);
     s_expect_eof(c);
     s_client_close(&c);
@@ -1248,18 +1255,6 @@ static bool s_outside_address(char *out, size_t cap)
     }
     freeifaddrs(all);
     return found;
-}
-
-/* A client of `host`:`port` (an IPv4 address): its source is that address. */
-static s_client_t *s_connect_to(const char *host, uint16_t port)
-{
-    s_client_t *c = calloc(1, sizeof *c);
-    assert_non_null(c);
-    c->fd = s_client_socket(AF_INET);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
-    assert_int_equal(inet_pton(AF_INET, host, &sin.sin_addr), 1);
-    s_connect_fd(c, &sin);
-    return c;
 }
 
 /* Local peers have no per-source share: a Unix socket's (they share one
