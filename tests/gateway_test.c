@@ -380,23 +380,18 @@ static s_client_t *s_connect_to(const char *host, uint16_t port)
     s_client_t *c = calloc(1, sizeof *c);
     assert_non_null(c);
     c->fd = s_client_socket(AF_INET);
+    int one = 1;
+    assert_int_equal(setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), 0);
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
     assert_int_equal(inet_pton(AF_INET, host, &sin.sin_addr), 1);
     s_connect_fd(c, &sin);
     return c;
 }
 
+/* A client of the server's loopback listener. */
 static s_client_t *s_connect(const s_srv_t *s)
 {
-    s_client_t *c = calloc(1, sizeof *c);
-    assert_non_null(c);
-    c->fd = s_client_socket(AF_INET);
-    int one = 1;
-    assert_int_equal(setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(s->port),
-                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    s_connect_fd(c, &sin);
-    return c;
+    return s_connect_to("127.0.0.1", s->port);
 }
 
 /* A client on the server's Unix socket. */
