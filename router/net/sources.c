@@ -126,11 +126,6 @@ router_sources_add_t router_sources_add(router_sources_t *self, const router_con
     return ROUTER_SOURCES_COUNTED;
 }
 
-unsigned router_sources_count(const router_source_t *source)
-{
-    return source ? source->count : 0;
-}
-
 void router_sources_release(router_sources_t *self, router_source_t **source_p)
 {
     router_source_t *s = source_p ? *source_p : NULL;

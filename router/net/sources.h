@@ -38,9 +38,6 @@ router_sources_add_t router_sources_add(router_sources_t *self, const router_con
                                         unsigned cap, router_source_t **out)
     __attribute__((warn_unused_result));
 
-/* Connections counted against a source now. */
-unsigned router_sources_count(const router_source_t *source);
-
 /* Takes one count off *source_p (freed at zero) and nulls it. NULL: nothing. */
 void router_sources_release(router_sources_t *self, router_source_t **source_p);
 

@@ -2007,13 +2007,6 @@ const char *router_turns_room(const router_turns_t *t, const char *session_id)
     return room == ROUTER_SESSIONS_FULL_SESSIONS ? s_full_sessions_text : s_full_bytes_text;
 }
 
-void router_turns_store_usage(const router_turns_t *t, uint64_t *sessions, uint64_t *bytes,
-                              uint64_t *pruned)
-{
-    router_sessions_usage(t->store, sessions, bytes);
-    *pruned = router_sessions_pruned(t->store);
-}
-
 void router_turns_store_refuse(router_turns_t *t, bool on)
 {
     router_sessions_refuse(t->store, on);

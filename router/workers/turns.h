@@ -219,10 +219,6 @@ int router_turns_session_delete(router_turns_t *t, const char *session_id,
  * bounds keep. */
 const char *router_turns_room(const router_turns_t *t, const char *session_id);
 
-/* The store's usage (router_sessions_usage) and messages its bounds took. */
-void router_turns_store_usage(const router_turns_t *t, uint64_t *sessions, uint64_t *bytes,
-                              uint64_t *pruned);
-
 /* ------------------------------------------------------------ wiring */
 
 /* Where turn events for /api/events go (NULL: nowhere). */
