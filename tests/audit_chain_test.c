@@ -462,6 +462,28 @@ static void test_group_commit(void **state)
     assert_int_equal(r.records, 200);
 }
 
+/* Three "pair" events, a batch for the failure tests. */
+static void s_pair_batch(proto_audit_event_t ev[3])
+{
+    for (int i = 0; i < 3; i++)
+        ev[i] = (proto_audit_event_t){.time_ms = 5, .type = "pair", .type_len = 4, .detail = "{}",
+                                      .detail_len = 2};
+}
+
+/* After a failed batch on a log holding record 1: the batch goes in as
+ * records 2..4, and the closed log verifies with 4 records. */
+static void s_expect_chained_from_one(s_fix_t *f, audit_chain_t **c_p, proto_audit_event_t ev[3])
+{
+    uint64_t first = 0;
+    audit_error_t err = {0};
+    assert_int_equal(audit_chain_append(*c_p, ev, 3, &first, &err), 0);
+    assert_int_equal(first, 2);
+    audit_chain_close(c_p);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
+    assert_int_equal(r.records, 4);
+}
+
 static void test_fsync_failure(void **state)
 {
     s_fix_t *f = *state;
@@ -473,9 +495,7 @@ static void test_fsync_failure(void **state)
     assert_int_equal(stat(f->log, &before), 0);
     sync.fail_at = (int) sync.calls + 1; /* the next log fsync */
     proto_audit_event_t ev[3];
-    for (int i = 0; i < 3; i++)
-        ev[i] = (proto_audit_event_t){.time_ms = 5, .type = "pair", .type_len = 4, .detail = "{}",
-                                      .detail_len = 2};
+    s_pair_batch(ev);
     uint64_t first = 0;
     audit_error_t err = {0};
     assert_int_equal(audit_chain_append(c, ev, 3, &first, &err), -1);
@@ -487,12 +507,7 @@ static void test_fsync_failure(void **state)
     assert_int_equal(stat(f->log, &after), 0);
     assert_int_equal(after.st_size, before.st_size); /* cut back: nothing of the batch stays */
     /* The next batch chains from record 1. */
-    assert_int_equal(audit_chain_append(c, ev, 3, &first, &err), 0);
-    assert_int_equal(first, 2);
-    audit_chain_close(&c);
-    audit_verify_result_t r;
-    assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
-    assert_int_equal(r.records, 4);
+    s_expect_chained_from_one(f, &c, ev);
 }
 
 /* The torn tail cannot be cut (ftruncate fails): open fails with an I/O
@@ -540,9 +555,7 @@ static void test_cut_back_failure(void **state)
     struct stat durable, st;
     assert_int_equal(stat(f->log, &durable), 0);
     proto_audit_event_t ev[3];
-    for (int i = 0; i < 3; i++)
-        ev[i] = (proto_audit_event_t){.time_ms = 5, .type = "pair", .type_len = 4, .detail = "{}",
-                                      .detail_len = 2};
+    s_pair_batch(ev);
     uint64_t first = 0;
     audit_error_t err = {0};
     sync.fail_at = (int) sync.calls + 1; /* the next log fsync */
@@ -569,12 +582,7 @@ static void test_cut_back_failure(void **state)
     assert_int_equal(again.st_size, st.st_size);
 
     /* Then it works: the batch chains from record 1. */
-    assert_int_equal(audit_chain_append(c, ev, 3, &first, &err), 0);
-    assert_int_equal(first, 2);
-    audit_chain_close(&c);
-    audit_verify_result_t r;
-    assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
-    assert_int_equal(r.records, 4);
+    s_expect_chained_from_one(f, &c, ev);
 }
 
 static void test_query(void **state)

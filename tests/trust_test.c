@@ -686,35 +686,31 @@ static void s_save_failing(const s_files_t *f, io_fail_call_t call, long skip, i
     router_trust_destroy(&t);
 }
 
-/* The new file cannot be made durable (fsync fails): the save fails naming
- * the file and why, the old file keeps every byte, no temp file is left. */
-static void test_save_fsync_failure_keeps_old_file(void **state)
+/* A save whose `call` fails with e: it fails naming the file, `what` went
+ * wrong and why, the old file keeps every byte, no temp file is left. */
+static void s_expect_old_file_kept(s_files_t *f, io_fail_call_t call, int e, const char *what)
 {
-    s_files_t *f = *state;
     char err[ROUTER_TRUST_ERR_MAX], *before, *after;
-    s_save_failing(f, IO_FAIL_FSYNC, 0, EIO, err, &before, &after);
+    s_save_failing(f, call, 0, e, err, &before, &after);
     assert_int_equal(strncmp(err, f->path, strlen(f->path)), 0);
-    assert_non_null(strstr(err, "cannot write"));
-    assert_non_null(strstr(err, strerror(EIO)));
+    assert_non_null(strstr(err, what));
+    assert_non_null(strstr(err, strerror(e)));
     assert_string_equal(after, before);
     assert_int_equal(s_entries(f->dir), 1);
     free(before);
     free(after);
 }
 
+/* The new file cannot be made durable (fsync fails). */
+static void test_save_fsync_failure_keeps_old_file(void **state)
+{
+    s_expect_old_file_kept(*state, IO_FAIL_FSYNC, EIO, "cannot write");
+}
+
 /* The rename fails (a full disk, another file system): the same. */
 static void test_save_rename_failure_keeps_old_file(void **state)
 {
-    s_files_t *f = *state;
-    char err[ROUTER_TRUST_ERR_MAX], *before, *after;
-    s_save_failing(f, IO_FAIL_RENAME, 0, EXDEV, err, &before, &after);
-    assert_int_equal(strncmp(err, f->path, strlen(f->path)), 0);
-    assert_non_null(strstr(err, "cannot replace"));
-    assert_non_null(strstr(err, strerror(EXDEV)));
-    assert_string_equal(after, before);
-    assert_int_equal(s_entries(f->dir), 1);
-    free(before);
-    free(after);
+    s_expect_old_file_kept(*state, IO_FAIL_RENAME, EXDEV, "cannot replace");
 }
 
 /* The file is replaced but its directory cannot be synced (the second

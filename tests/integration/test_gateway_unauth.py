@@ -57,25 +57,26 @@ def body_under_way(node):
     s.sendall(b"POST /sessions/s-1/external-events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
               b"Content-Type: application/json\r\nContent-Length: 100\r\n"
               b"Expect: 100-continue\r\n\r\n")
-    got = b""
-    while b"\r\n\r\n" not in got:
-        chunk = s.recv(256)
-        check(chunk, f"closed before 100 Continue: {got!r}")
-        got += chunk
-    check(got.startswith(b"HTTP/1.1 100 "), got)
+    head, _ = read_head(s)
+    check(head.startswith(b"HTTP/1.1 100 "), head)
     return s
+
+
+def read_head(s):
+    """A response head from s, and what came after it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        check(chunk, f"closed before an answer: {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
 
 
 def exchange(s, text):
     """One request on s: its status and body."""
     s.sendall(text.encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(4096)
-        if not chunk:
-            raise AssertionError(f"closed before an answer: {data!r}")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
+    head, rest = read_head(s)
     length = 0
     for line in head.split(b"\r\n")[1:]:
         k, _, v = line.partition(b":")
