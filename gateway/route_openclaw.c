@@ -1027,6 +1027,13 @@ static void s_m_run(s_conn_t *c, const gateway_openclaw_req_t *req, s_kind_t kin
     case ROUTER_IDEM_NEW:
         break;
     }
+    if (s_run_live(oc, key)) {
+        /* A run longer than the keys' shortest hold (WIRE §17.4) may have
+         * had its key let go for newer ones; it still runs: no second. */
+        router_tokens_idem_release(oc->tokens, S_IDEM_SCOPE, key, klen);
+        s_cached(c, req->id, key, S_IDEM_IN_FLIGHT);
+        return;
+    }
     if (c->nruns >= GATEWAY_OPENCLAW_RUNS_MAX) {
         router_tokens_idem_release(oc->tokens, S_IDEM_SCOPE, key, klen);
         s_res_error(c, req->id, "UNAVAILABLE", "too many runs in flight on this connection",

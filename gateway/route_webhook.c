@@ -27,6 +27,8 @@
 #define S_POLL_MS 100u               /* fallback check, as comms does for acks */
 #define S_EVENTS_PREFIX "/sessions/"
 #define S_EVENTS_SUFFIX "/external-events"
+_Static_assert(ROUTER_INBOX_IDEM_ROWS_PER_SCOPE == ROUTER_TOKENS_IDEM_SCOPE_MAX,
+               "state.db keeps the keys of a scope that memory can hold again at start");
 
 /* One 202 owed once seq is durable. */
 typedef struct s_waiter {

@@ -552,6 +552,55 @@ static void test_prune(void **state)
     s_rmdir(dir);
 }
 
+/* Past the newest ROUTER_INBOX_IDEM_ROWS_PER_SCOPE keys of a scope, the
+ * prune deletes the older rows (memory holds no more of a scope, WIRE
+ * §17.4); another scope's rows are not touched. */
+static void test_idem_rows_bounded(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
+    router_inbox_t *in = s_open(64, 0, db); /* makes the tables */
+    router_inbox_destroy(&in);
+    const int64_t base = INT64_MAX / 4, over = 100;
+    const int n = (int) ROUTER_INBOX_IDEM_ROWS_PER_SCOPE + (int) over;
+    sqlite3 *h = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, "INSERT INTO inbox_idempotency"
+                                           "(scope,key,status,body,expires_ms)"
+                                           " VALUES(?1,printf('k-%d',?2),202,'{}',?3)",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    for (int i = 0; i < n + 10; i++) {
+        bool webhook = i < n; /* then 10 of another scope */
+        sqlite3_bind_text(st, 1, webhook ? "webhook" : "event", -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 2, i);
+        sqlite3_bind_int64(st, 3, base + i);
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_exec(h, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(h);
+
+    in = s_open(64, 0, db);
+    for (int i = 0; i < 600 && s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency"
+                                            " WHERE scope='webhook'") > n - over;
+         i++)
+        usleep(100 * 1000);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency WHERE scope='webhook'"),
+                     ROUTER_INBOX_IDEM_ROWS_PER_SCOPE);
+    assert_int_equal(s_scalar(db, "SELECT MIN(expires_ms) FROM inbox_idempotency"
+                                  " WHERE scope='webhook'"),
+                     base + over);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency WHERE scope='event'"),
+                     10);
+    router_inbox_destroy(&in);
+    s_rmdir(dir);
+}
+
 /* The floors table is bounded: past 65,536 senders' floors, a prune folds
  * the oldest half into the floor for all senders (the all-zero key), which
  * binds everyone after a restart (router/comms/replay.c). */
@@ -787,6 +836,7 @@ int main(void)
         cmocka_unit_test(test_seen_rows),
         cmocka_unit_test(test_commit_failure_withholds),
         cmocka_unit_test(test_prune),
+        cmocka_unit_test(test_idem_rows_bounded),
         cmocka_unit_test(test_floors_fold),
         cmocka_unit_test(test_lease),
         cmocka_unit_test(test_idem_with_entry),

@@ -471,7 +471,8 @@ static void test_tables_are_bounded(void **state)
 /* The key table reclaims expired keys: when no slot is free, a sweep
  * frees every expired one (at most once a second), a lookup that meets an
  * expired key lets it go, and each scope's count follows, so a scope can
- * fill its whole share again. */
+ * fill its whole share again. Keys answered a second ago are never let go
+ * for newer ones. */
 static void test_idem_table_reclaims(void **state)
 {
     (void) state;
@@ -481,11 +482,11 @@ static void test_idem_table_reclaims(void **state)
     assert_non_null(t);
     int status = 0;
     const char *body = NULL;
-    uint64_t now = router_clock_wall_ms();
+    uint64_t now = router_clock_wall_ms(), ttl = ROUTER_TOKENS_IDEM_TTL_MS;
     for (uint32_t i = 0; i < ROUTER_TOKENS_IDEM_MAX; i++) {
         snprintf(key, sizeof key, "key-%u", i);
         assert_int_equal(router_tokens_idem_settle(t, i % 2 ? "webhook" : "event", key,
-                                                   strlen(key), 202, "{}", now + 1000),
+                                                   strlen(key), 202, "{}", now + ttl - 1000),
                          0);
     }
     assert_int_equal(router_tokens_idem_begin(t, "openclaw", "x", 1, now, &status, &body),
@@ -493,25 +494,187 @@ static void test_idem_table_reclaims(void **state)
     assert_int_equal(router_tokens_idem_begin(t, "event", "key-0", 5, now, &status, &body),
                      ROUTER_IDEM_DONE);
     /* Past their expiry: the next new key sweeps them all. */
-    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "x", 1, now + 2000, &status, &body),
+    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "x", 1, now + ttl, &status, &body),
                      ROUTER_IDEM_NEW);
-    assert_int_equal(router_tokens_idem_begin(t, "event", "key-0", 5, now + 2000, &status, &body),
+    assert_int_equal(router_tokens_idem_begin(t, "event", "key-0", 5, now + ttl, &status, &body),
                      ROUTER_IDEM_NEW);
     for (uint32_t i = 1; i < ROUTER_TOKENS_IDEM_SCOPE_MAX; i++) {
         snprintf(key, sizeof key, "again-%u", i);
-        assert_int_equal(router_tokens_idem_begin(t, "event", key, strlen(key), now + 2000,
+        assert_int_equal(router_tokens_idem_begin(t, "event", key, strlen(key), now + ttl,
                                                   &status, &body),
                          ROUTER_IDEM_NEW);
     }
-    assert_int_equal(router_tokens_idem_begin(t, "event", "over", 4, now + 2000, &status, &body),
+    assert_int_equal(router_tokens_idem_begin(t, "event", "over", 4, now + ttl, &status, &body),
                      ROUTER_IDEM_FULL);
     /* A released key gives its place back to its scope. */
     router_tokens_idem_release(t, "event", "key-0", 5);
-    assert_int_equal(router_tokens_idem_begin(t, "event", "over", 4, now + 2000, &status, &body),
+    assert_int_equal(router_tokens_idem_begin(t, "event", "over", 4, now + ttl, &status, &body),
                      ROUTER_IDEM_NEW);
     router_tokens_stop(t);
     router_loop_destroy(&loop);
     router_tokens_destroy(&t);
+}
+
+static uint64_t s_metric(router_metrics_t *m, const char *line)
+{
+    static char text[64 * 1024];
+    assert_true(router_metrics_render(m, text, sizeof text) > 0);
+    const char *at = strstr(text, line);
+    assert_non_null(at);
+    return strtoull(at + strlen(line), NULL, 10);
+}
+
+/* A full scope lets its oldest answered key go for a new one, once that
+ * key was answered ROUTER_TOKENS_IDEM_KEEP_MS ago: keyed requests are
+ * served at any sustained rate below a scope's share per KEEP, and a retry
+ * within KEEP is always recognised. Only the full scope's own keys go;
+ * reserved keys never do; a table full of several scopes takes from the
+ * one holding the most. */
+static void test_idem_evicts_oldest(void **state)
+{
+    (void) state;
+    char err[256], key[32];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(NULL, loop, err, sizeof err);
+    router_metrics_t *m = router_metrics_new();
+    assert_non_null(t);
+    assert_non_null(m);
+    router_tokens_use_metrics(t, m);
+    int status = 0;
+    const char *body = NULL;
+    uint64_t t0 = router_clock_wall_ms(), keep = ROUTER_TOKENS_IDEM_KEEP_MS;
+    /* A webhook key, answered long before, and a reserved one. */
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "w-old", 5, t0 - keep, &status, &body),
+                     ROUTER_IDEM_NEW);
+    assert_int_equal(router_tokens_idem_finish(t, "webhook", "w-old", 5, 202, "{\"w\":1}",
+                                               t0 - keep, NULL, NULL),
+                     0);
+    assert_int_equal(router_tokens_idem_begin(t, "event", "busy", 4, t0, &status, &body),
+                     ROUTER_IDEM_NEW);
+    /* The event scope fills, key i answered at t0 + i ms, out of order
+     * once (key 2 before key 1), as commits may settle them. */
+    for (uint32_t i = 1; i < ROUTER_TOKENS_IDEM_SCOPE_MAX; i++) {
+        uint32_t n = i == 1 ? 2 : i == 2 ? 1 : i;
+        snprintf(key, sizeof key, "key-%u", n);
+        assert_int_equal(router_tokens_idem_settle(t, "event", key, strlen(key), 202, "{}",
+                                                   t0 + n + ROUTER_TOKENS_IDEM_TTL_MS),
+                         0);
+    }
+    assert_int_equal(s_metric(m, "\nkith_idempotency_keys "), ROUTER_TOKENS_IDEM_SCOPE_MAX + 1);
+    /* Every key of the scope was answered less than KEEP ago: refused. */
+    assert_int_equal(router_tokens_idem_begin(t, "event", "new-0", 5, t0 + keep - 1, &status,
+                                              &body),
+                     ROUTER_IDEM_FULL);
+    /* From KEEP on, the oldest answered goes (key-1), then key-2; the
+     * reserved key stays, and the webhook's. */
+    assert_int_equal(router_tokens_idem_begin(t, "event", "new-1", 5, t0 + keep + 1, &status,
+                                              &body),
+                     ROUTER_IDEM_NEW);
+    assert_int_equal(router_tokens_idem_begin(t, "event", "key-2", 5, t0 + keep + 1, &status,
+                                              &body),
+                     ROUTER_IDEM_DONE);
+    assert_int_equal(router_tokens_idem_begin(t, "event", "new-2", 5, t0 + keep + 2, &status,
+                                              &body),
+                     ROUTER_IDEM_NEW);
+    assert_int_equal(router_tokens_idem_begin(t, "event", "key-2", 5, t0 + keep + 2, &status,
+                                              &body),
+                     ROUTER_IDEM_FULL); /* let go, and key-3 answered under KEEP ago */
+    assert_int_equal(router_tokens_idem_begin(t, "event", "key-3", 5, t0 + keep + 2, &status,
+                                              &body),
+                     ROUTER_IDEM_DONE);
+    assert_int_equal(router_tokens_idem_begin(t, "event", "busy", 4, t0 + keep + 2, &status,
+                                              &body),
+                     ROUTER_IDEM_BUSY);
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "w-old", 5, t0 + keep + 2, &status,
+                                              &body),
+                     ROUTER_IDEM_DONE);
+    assert_string_equal(body, "{\"w\":1}");
+    assert_int_equal(s_metric(m, "\nkith_idempotency_keys_evicted_total "), 2);
+    /* The table full: webhook keys fill the rest (to the events' share:
+     * the scope first counted holds the most), and a third scope's key
+     * takes its oldest, the webhook's first key. */
+    uint32_t room = ROUTER_TOKENS_IDEM_MAX - ROUTER_TOKENS_IDEM_SCOPE_MAX - 1;
+    for (uint32_t i = 0; i < room; i++) {
+        snprintf(key, sizeof key, "w-%u", i);
+        assert_int_equal(router_tokens_idem_settle(t, "webhook", key, strlen(key), 202, "{}",
+                                                   t0 + 100000 + ROUTER_TOKENS_IDEM_TTL_MS),
+                         0);
+    }
+    assert_int_equal(s_metric(m, "\nkith_idempotency_keys "), ROUTER_TOKENS_IDEM_MAX);
+    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "o", 1, t0 + keep + 3, &status,
+                                              &body),
+                     ROUTER_IDEM_NEW);
+    /* w-old is gone (not DONE), and nothing else is old enough a moment
+     * earlier. */
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "w-old", 5, t0 + keep + 2, &status,
+                                              &body),
+                     ROUTER_IDEM_FULL);
+    assert_int_equal(s_metric(m, "\nkith_idempotency_keys_evicted_total "), 3);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+    router_metrics_destroy(&m);
+}
+
+/* state.db keeps no more OpenClaw keys than memory can hold again: past
+ * the newest ROUTER_TOKENS_IDEM_SCOPE_MAX, the next commit deletes the
+ * older rows; a reopen loads the newest first and stops at the share. */
+static void test_idem_rows_bounded(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err); /* makes the tables */
+    router_tokens_stop(t);
+    router_tokens_destroy(&t);
+    const int64_t base = (int64_t) router_clock_wall_ms() + 3600 * 1000, over = 50;
+    const int n = (int) ROUTER_TOKENS_IDEM_SCOPE_MAX + (int) over;
+    sqlite3 *h = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(s_db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, "INSERT INTO gateway_idempotency"
+                                           "(key,status,body,expires_ms)"
+                                           " VALUES(printf('openclaw:k-%d',?1),200,'{}',?2)",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    for (int i = 0; i < n; i++) {
+        sqlite3_bind_int(st, 1, i);
+        sqlite3_bind_int64(st, 2, base + i);
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_exec(h, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(h);
+
+    t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    int status = 0;
+    const char *body = NULL;
+    uint64_t now = router_clock_wall_ms();
+    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "k-50", 4, now, &status, &body),
+                     ROUTER_IDEM_DONE);
+    /* k-49 was not loaded: it is new, and the oldest loaded key (k-50,
+     * answered 23 h ago) goes for it. */
+    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "k-49", 4, now, &status, &body),
+                     ROUTER_IDEM_NEW);
+    router_tokens_idem_release(t, "openclaw", "k-49", 4);
+    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "k-51", 4, now, &status, &body),
+                     ROUTER_IDEM_DONE);
+    s_count_t c = {.loop = loop};
+    uint8_t tok[32];
+    randombytes_buf(tok, sizeof tok);
+    assert_int_equal(router_tokens_add(t, tok, ROUTER_TOKEN_OPERATOR, "", now, s_count, &c), 0);
+    s_wait_n(&c, 1);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+    assert_int_equal(s_scalar(s_db, "SELECT COUNT(*) FROM gateway_idempotency"),
+                     ROUTER_TOKENS_IDEM_SCOPE_MAX);
+    assert_int_equal(s_scalar(s_db, "SELECT COUNT(*) FROM gateway_idempotency"
+                                    " WHERE key='openclaw:k-49'"),
+                     0);
 }
 
 /* ---------------------------------------------------------------- devices */
@@ -966,6 +1129,8 @@ int main(void)
         cmocka_unit_test(test_tables_are_bounded),
         cmocka_unit_test(test_idem_settle),
         cmocka_unit_test(test_idem_table_reclaims),
+        cmocka_unit_test(test_idem_evicts_oldest),
+        cmocka_unit_test_setup_teardown(test_idem_rows_bounded, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_device_record_check_reload, s_setup, s_teardown),
         cmocka_unit_test(test_device_bound_and_stop),
         cmocka_unit_test_setup_teardown(test_scope_name_revoke, s_setup, s_teardown),

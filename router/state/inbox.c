@@ -136,7 +136,9 @@ static const char *const s_schema =
     " body TEXT NOT NULL,"
     " expires_ms INTEGER NOT NULL,"
     " PRIMARY KEY (scope, key)) WITHOUT ROWID;"
-    "CREATE INDEX IF NOT EXISTS inbox_idempotency_expiry ON inbox_idempotency(expires_ms);";
+    "CREATE INDEX IF NOT EXISTS inbox_idempotency_expiry ON inbox_idempotency(expires_ms);"
+    "CREATE INDEX IF NOT EXISTS inbox_idempotency_scope_expiry"
+    " ON inbox_idempotency(scope, expires_ms);";
 
 /* ---------------------------------------------------------------- the ring */
 
@@ -437,6 +439,25 @@ static int s_db_prune(router_inbox_t *self, uint64_t now_ms)
                    "DELETE FROM inbox_idempotency WHERE (scope, key) IN (SELECT scope, key"
                    " FROM inbox_idempotency WHERE expires_ms < ?1 LIMIT ?2)",
                    (int64_t) now_ms, S_PRUNE_BATCH, NULL) != 0)
+        goto fail;
+    if (sqlite3_changes(self->db) > n)
+        n = sqlite3_changes(self->db);
+    /* Past the newest ROUTER_INBOX_IDEM_ROWS_PER_SCOPE keys of a scope, rows
+     * are dead weight: the gateway's memory, which loads the newest first,
+     * holds no more, and lets older keys go for newer ones (WIRE §17.4).
+     * The scopes are found by seeking the primary key, each one's bound by
+     * walking its (scope, expiry) index. */
+    if (s_exec_i64(self->db,
+                   "WITH RECURSIVE sc(s) AS (SELECT MIN(scope) FROM inbox_idempotency"
+                   " UNION ALL SELECT (SELECT MIN(scope) FROM inbox_idempotency WHERE scope > s)"
+                   " FROM sc WHERE s IS NOT NULL),"
+                   " cut(s, c) AS (SELECT s, (SELECT expires_ms FROM inbox_idempotency"
+                   " WHERE scope = s ORDER BY expires_ms DESC LIMIT 1 OFFSET ?1)"
+                   " FROM sc WHERE s IS NOT NULL)"
+                   " DELETE FROM inbox_idempotency WHERE (scope, key) IN (SELECT i.scope, i.key"
+                   " FROM cut JOIN inbox_idempotency i ON i.scope = cut.s AND i.expires_ms < cut.c"
+                   " LIMIT ?2)",
+                   ROUTER_INBOX_IDEM_ROWS_PER_SCOPE - 1, S_PRUNE_BATCH, NULL) != 0)
         goto fail;
     if (sqlite3_changes(self->db) > n)
         n = sqlite3_changes(self->db);

@@ -107,6 +107,7 @@ typedef struct {
 #define ROUTER_INBOX_IDEM_SCOPE_MAX 16u /* octets of a scope ("webhook", "event") */
 #define ROUTER_INBOX_IDEM_KEY_MAX 128u  /* octets of a key */
 #define ROUTER_INBOX_IDEM_BODY_MAX 512u /* octets of the remembered answer body */
+#define ROUTER_INBOX_IDEM_ROWS_PER_SCOPE 32768u /* newest keys of a scope kept; older rows go */
 
 typedef struct {
     const char *scope;   /* NUL-terminated, 1..ROUTER_INBOX_IDEM_SCOPE_MAX octets */

@@ -21,6 +21,7 @@
 #define S_IDEM_FULLKEY_MAX (24u + ROUTER_TOKENS_IDEM_KEY_MAX) /* "scope:" + key + NUL */
 #define S_IDEM_SCOPES 8u           /* distinct scopes counted ("webhook", "event", OpenClaw's) */
 #define S_IDEM_SWEEP_MS 1000u      /* a full sweep for expired keys, at most this often */
+#define S_IDEM_BOUND_MS 5000u      /* state.db's rows cut to what memory holds, this often */
 _Static_assert((ROUTER_TOKENS_IDEM_MAX & (ROUTER_TOKENS_IDEM_MAX - 1)) == 0,
                "the key table's buckets are a power of two");
 
@@ -64,12 +65,15 @@ typedef struct {
     char body[ROUTER_TOKENS_IDEM_BODY_MAX];
     uint64_t expires_ms;                    /* forgotten after */
     uint32_t next;                          /* the next slot of its hash chain + 1; 0: none */
+    uint32_t older, newer;                  /* answered keys of its scope by expiry: slot + 1 */
 } s_idem_t;
 
-/* Live keys per scope (the share of ROUTER_TOKENS_IDEM_SCOPE_MAX). */
+/* Live keys per scope (the share of ROUTER_TOKENS_IDEM_SCOPE_MAX), and its
+ * answered ones in order of expiry, the oldest first to go. */
 typedef struct {
     char name[17];                          /* "" for a free entry */
     uint32_t n;
+    uint32_t oldest, newest;                /* slot + 1; 0: none answered */
 } s_idem_scope_t;
 
 static int s_idem_put(router_tokens_t *self, const char *full, int status, const char *body,
@@ -93,6 +97,8 @@ struct router_tokens {
     uint32_t idem_nfree;
     uint64_t idem_swept_ms;                 /* the last full sweep for expired keys */
     s_idem_scope_t idem_scopes[S_IDEM_SCOPES];
+    router_metric_t *m_idem_held;           /* kith_idempotency_keys */
+    router_metric_t *m_idem_evicted;        /* kith_idempotency_keys_evicted_total */
     s_device_t *devices;                    /* ROUTER_TOKENS_DEVICES_MAX slots */
     size_t ndevices;                        /* durable ones */
     sqlite3 *db;                            /* NULL: memory only */
@@ -107,6 +113,7 @@ struct router_tokens {
     bool stopping;
     _Atomic bool wake_posted;               /* a callback run is queued on the loop */
     _Atomic uint64_t failures;              /* commits that failed */
+    uint64_t idem_bounded_ms;               /* store thread: rows last cut to the bound */
 };
 
 static const char *const s_schema =
@@ -121,6 +128,7 @@ static const char *const s_schema =
     "CREATE TABLE IF NOT EXISTS gateway_idempotency ("
     " key TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL,"
     " expires_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS gateway_idempotency_expiry ON gateway_idempotency(expires_ms);"
     "CREATE TABLE IF NOT EXISTS gateway_devices ("
     " id TEXT PRIMARY KEY, public_key BLOB NOT NULL, client_id TEXT NOT NULL,"
     " client_mode TEXT NOT NULL, platform TEXT NOT NULL, token_hash BLOB,"
@@ -344,11 +352,25 @@ static bool s_commit(router_tokens_t *self, s_job_t *batch)
     for (s_job_t *j = batch; j; j = j->next)
         if (s_write(self, j) != 0)
             goto fail;
-    char sql[128];
+    uint64_t now = router_clock_wall_ms();
+    char sql[192];
     snprintf(sql, sizeof sql, "DELETE FROM gateway_idempotency WHERE expires_ms < %llu",
-             (unsigned long long) router_clock_wall_ms());
+             (unsigned long long) now);
     if (sqlite3_exec(self->db, sql, NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
+    /* Rows past the newest the memory can hold again at start are dead
+     * weight (their keys were let go for newer ones): at most every
+     * S_IDEM_BOUND_MS, since finding the bound walks that many index
+     * entries. The table holds one scope's keys (OpenClaw's). */
+    if (now - self->idem_bounded_ms >= S_IDEM_BOUND_MS) {
+        self->idem_bounded_ms = now;
+        snprintf(sql, sizeof sql,
+                 "DELETE FROM gateway_idempotency WHERE expires_ms < (SELECT expires_ms FROM"
+                 " gateway_idempotency ORDER BY expires_ms DESC LIMIT 1 OFFSET %u)",
+                 ROUTER_TOKENS_IDEM_SCOPE_MAX - 1);
+        if (sqlite3_exec(self->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+            goto fail;
+    }
     if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
         return true;
 fail:
@@ -880,7 +902,10 @@ void router_tokens_forgive(router_tokens_t *self, const char *client)
 /* Keys are found through a chained hash of "scope:key"; a free slot comes
  * off a stack; an expired key goes when a lookup meets it, and all of them
  * in a sweep when no slot is free (at most every S_IDEM_SWEEP_MS, so a
- * full table under load costs one scan a second, not one per request). */
+ * full table under load costs one scan a second, not one per request).
+ * Each scope keeps its answered keys in a list by expiry, so the one to
+ * let go for a newer key, when its scope or the table is full, is found
+ * in O(1). */
 
 static int s_idem_key(char out[S_IDEM_FULLKEY_MAX], const char *scope, const char *key,
                       size_t key_len)
@@ -916,13 +941,58 @@ static s_idem_scope_t *s_idem_scope(router_tokens_t *self, const char *full, boo
     }
     if (!make || !free_one || n >= sizeof free_one->name)
         return NULL;
+    memset(free_one, 0, sizeof *free_one);
     memcpy(free_one->name, full, n);
-    free_one->name[n] = '\0';
-    free_one->n = 0;
     return free_one;
 }
 
-/* Frees slot e: off its chain, its scope's count, onto the free stack. */
+static void s_idem_held(router_tokens_t *self)
+{
+    router_metric_set(self->m_idem_held, ROUTER_TOKENS_IDEM_MAX - self->idem_nfree);
+}
+
+/* Puts answered key e into its scope's list by expiry: keys are answered
+ * in about that order, so the place is found from the newest end in a
+ * step or two (and at the oldest end at once, as the load at start, which
+ * reads the newest first, needs); past a few steps the key goes there,
+ * which only makes the order in which keys are let go approximate. */
+static void s_idem_age_link(router_tokens_t *self, s_idem_scope_t *sc, s_idem_t *e)
+{
+    uint32_t idx = (uint32_t) (e - self->idem) + 1, after = sc->newest;
+    if (after && e->expires_ms < self->idem[after - 1].expires_ms) {
+        if (e->expires_ms < self->idem[sc->oldest - 1].expires_ms)
+            after = 0;
+        for (int steps = 0; after && self->idem[after - 1].expires_ms > e->expires_ms &&
+                            steps < 64; steps++)
+            after = self->idem[after - 1].older;
+    }
+    e->older = after;
+    e->newer = after ? self->idem[after - 1].newer : sc->oldest;
+    if (e->older)
+        self->idem[e->older - 1].newer = idx;
+    else
+        sc->oldest = idx;
+    if (e->newer)
+        self->idem[e->newer - 1].older = idx;
+    else
+        sc->newest = idx;
+}
+
+static void s_idem_age_unlink(router_tokens_t *self, s_idem_scope_t *sc, s_idem_t *e)
+{
+    if (e->older)
+        self->idem[e->older - 1].newer = e->newer;
+    else
+        sc->oldest = e->newer;
+    if (e->newer)
+        self->idem[e->newer - 1].older = e->older;
+    else
+        sc->newest = e->older;
+    e->older = e->newer = 0;
+}
+
+/* Frees slot e: off its chain, its scope's list and count, onto the free
+ * stack. */
 static void s_idem_drop(router_tokens_t *self, s_idem_t *e)
 {
     uint32_t idx = (uint32_t) (e - self->idem);
@@ -933,11 +1003,14 @@ static void s_idem_drop(router_tokens_t *self, s_idem_t *e)
             break;
         }
     s_idem_scope_t *sc = s_idem_scope(self, e->key, false);
+    if (sc && !e->busy)
+        s_idem_age_unlink(self, sc, e);
     if (sc && sc->n > 0 && --sc->n == 0)
         sc->name[0] = '\0'; /* the entry is free for another scope */
     e->key[0] = '\0';
     e->next = 0;
     self->idem_free[self->idem_nfree++] = idx;
+    s_idem_held(self);
 }
 
 static bool s_idem_expired(const s_idem_t *e, uint64_t now_ms)
@@ -960,18 +1033,50 @@ static s_idem_t *s_idem_find(router_tokens_t *self, const char *full, uint64_t n
     return NULL;
 }
 
-/* A new slot for full (busy), counted in its scope; NULL when none is free
- * after a sweep, or S_IDEM_SCOPES other scopes are counted. */
-static s_idem_t *s_idem_new(router_tokens_t *self, const char *full, uint64_t now_ms)
+/* Lets the oldest answered key of sc go for a newer one, when it was
+ * answered at least ROUTER_TOKENS_IDEM_KEEP_MS ago (its answer time is its
+ * expiry less the TTL). Returns whether a slot was freed. */
+static bool s_idem_evict(router_tokens_t *self, s_idem_scope_t *sc, uint64_t now_ms)
 {
+    if (!sc || !sc->oldest)
+        return false;
+    s_idem_t *e = &self->idem[sc->oldest - 1];
+    if (e->expires_ms + ROUTER_TOKENS_IDEM_KEEP_MS > now_ms + ROUTER_TOKENS_IDEM_TTL_MS)
+        return false;
+    if (!s_idem_expired(e, now_ms))
+        router_metric_inc(self->m_idem_evicted, 1);
+    s_idem_drop(self, e);
+    return true;
+}
+
+/* The scope holding the most keys, NULL when none holds any. */
+static s_idem_scope_t *s_idem_largest(router_tokens_t *self)
+{
+    s_idem_scope_t *best = NULL;
+    for (size_t i = 0; i < S_IDEM_SCOPES; i++)
+        if (self->idem_scopes[i].name[0] && (!best || self->idem_scopes[i].n > best->n))
+            best = &self->idem_scopes[i];
+    return best;
+}
+
+/* A new slot for full (busy), counted in its scope. When its scope holds
+ * its share, or no slot is free after a sweep, an old key goes for it
+ * when `evict` (a new request) allows, else NULL (as it is for the load at
+ * start, which reads the newest keys first and stops at the bounds). */
+static s_idem_t *s_idem_new(router_tokens_t *self, const char *full, uint64_t now_ms, bool evict)
+{
+    s_idem_scope_t *sc = s_idem_scope(self, full, false);
+    if (sc && sc->n >= ROUTER_TOKENS_IDEM_SCOPE_MAX && !(evict && s_idem_evict(self, sc, now_ms)))
+        return NULL;
     if (!self->idem_nfree && now_ms - self->idem_swept_ms >= S_IDEM_SWEEP_MS) {
         self->idem_swept_ms = now_ms;
         for (uint32_t i = 0; i < ROUTER_TOKENS_IDEM_MAX; i++)
             if (self->idem[i].key[0] && s_idem_expired(&self->idem[i], now_ms))
                 s_idem_drop(self, &self->idem[i]);
     }
-    s_idem_scope_t *sc = self->idem_nfree ? s_idem_scope(self, full, true) : NULL;
-    if (!sc)
+    if (!self->idem_nfree && !(evict && s_idem_evict(self, s_idem_largest(self), now_ms)))
+        return NULL;
+    if (!(sc = s_idem_scope(self, full, true)))
         return NULL;
     uint32_t idx = self->idem_free[--self->idem_nfree];
     s_idem_t *e = &self->idem[idx];
@@ -982,7 +1087,34 @@ static s_idem_t *s_idem_new(router_tokens_t *self, const char *full, uint64_t no
     e->next = *head;
     *head = idx + 1;
     sc->n++;
+    s_idem_held(self);
     return e;
+}
+
+/* Records e's answer and puts it in its scope's list by expiry. */
+static void s_idem_answer(router_tokens_t *self, s_idem_t *e, int status, const char *body,
+                          uint64_t expires_ms)
+{
+    s_idem_scope_t *sc = s_idem_scope(self, e->key, false);
+    if (sc && !e->busy)
+        s_idem_age_unlink(self, sc, e);
+    e->busy = false;
+    e->status = status;
+    snprintf(e->body, sizeof e->body, "%s", body);
+    e->expires_ms = expires_ms;
+    if (sc)
+        s_idem_age_link(self, sc, e);
+}
+
+void router_tokens_use_metrics(router_tokens_t *self, router_metrics_t *metrics)
+{
+    self->m_idem_held = router_metrics_add(
+        metrics, "kith_idempotency_keys", NULL, ROUTER_METRIC_GAUGE,
+        "Idempotency keys held in memory (webhooks, external events, OpenClaw runs)");
+    self->m_idem_evicted = router_metrics_add(
+        metrics, "kith_idempotency_keys_evicted_total", NULL, ROUTER_METRIC_COUNTER,
+        "Idempotency keys let go before their 24 h for newer ones: their scope was full");
+    s_idem_held(self);
 }
 
 router_idem_t router_tokens_idem_begin(router_tokens_t *self, const char *scope, const char *key,
@@ -1000,10 +1132,7 @@ router_idem_t router_tokens_idem_begin(router_tokens_t *self, const char *scope,
         *body = e->body;
         return ROUTER_IDEM_DONE;
     }
-    const s_idem_scope_t *sc = s_idem_scope(self, full, false);
-    if (sc && sc->n >= ROUTER_TOKENS_IDEM_SCOPE_MAX)
-        return ROUTER_IDEM_FULL;
-    return s_idem_new(self, full, now_ms) ? ROUTER_IDEM_NEW : ROUTER_IDEM_FULL;
+    return s_idem_new(self, full, now_ms, true) ? ROUTER_IDEM_NEW : ROUTER_IDEM_FULL;
 }
 
 int router_tokens_idem_finish(router_tokens_t *self, const char *scope, const char *key,
@@ -1028,10 +1157,7 @@ int router_tokens_idem_finish(router_tokens_t *self, const char *scope, const ch
     }
     /* Answered from memory at once; the caller answers its own client
      * only once the row is durable. */
-    e->busy = false;
-    e->status = status;
-    snprintf(e->body, sizeof e->body, "%s", body);
-    e->expires_ms = now_ms + ROUTER_TOKENS_IDEM_TTL_MS;
+    s_idem_answer(self, e, status, body, now_ms + ROUTER_TOKENS_IDEM_TTL_MS);
     snprintf(j->key, sizeof j->key, "%s", full);
     j->a = (uint64_t) status;
     j->b = e->expires_ms;
@@ -1048,14 +1174,11 @@ static int s_idem_put(router_tokens_t *self, const char *full, int status, const
                       uint64_t expires_ms, uint64_t now_ms)
 {
     s_idem_t *e = s_idem_find(self, full, now_ms);
-    if (!e && !(e = s_idem_new(self, full, now_ms))) {
+    if (!e && !(e = s_idem_new(self, full, now_ms, false))) {
         errno = ENOSPC;
         return -1;
     }
-    e->busy = false;
-    e->status = status;
-    snprintf(e->body, sizeof e->body, "%s", body);
-    e->expires_ms = expires_ms;
+    s_idem_answer(self, e, status, body, expires_ms);
     return 0;
 }
 

@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "router/metrics.h"
 #include "router/net/loop.h"
 
 #define ROUTER_TOKENS_MAX 1024u              /* bearer tokens kept (paired or minted) */
@@ -38,6 +39,8 @@
 #define ROUTER_TOKENS_IDEM_KEY_MAX 128u      /* octets of one key */
 #define ROUTER_TOKENS_IDEM_BODY_MAX 512u     /* octets of one remembered answer body */
 #define ROUTER_TOKENS_IDEM_TTL_MS (24ull * 3600 * 1000) /* how long a key is remembered */
+#define ROUTER_TOKENS_IDEM_KEEP_MS (300ull * 1000) /* ...at least: a key answered less than this
+                                                    * ago is never let go for a newer one */
 #define ROUTER_TOKENS_DEVICES_MAX 1024u      /* OpenClaw devices recorded */
 #define ROUTER_TOKENS_DEVICE_ID_LEN 64u      /* a device id: hex SHA-256 of its public key */
 #define ROUTER_TOKENS_DEVICE_TEXT_MAX 128u   /* octets of a device's client id, mode, platform */
@@ -152,6 +155,19 @@ typedef enum {
     ROUTER_IDEM_DONE,     /* answered before: *status and *body are that answer */
     ROUTER_IDEM_FULL,     /* no room to remember another key now */
 } router_idem_t;
+
+/* Keys are let go before their TTL only when their scope (or the table)
+ * is full: the oldest answered key of the scope that holds the most goes
+ * for the new one, provided it was answered at least
+ * ROUTER_TOKENS_IDEM_KEEP_MS ago; otherwise the new key is FULL. So a
+ * retry within KEEP is always recognised, and within the TTL while fewer
+ * than ROUTER_TOKENS_IDEM_SCOPE_MAX newer keys of its scope came after it
+ * (WIRE §17.4). */
+
+/* Registers kith_idempotency_keys (held) and
+ * kith_idempotency_keys_evicted_total (let go early for newer ones) in
+ * `metrics` (borrowed; must outlive the store). */
+void router_tokens_use_metrics(router_tokens_t *self, router_metrics_t *metrics);
 
 /* Looks `key` up (octets, 1..ROUTER_TOKENS_IDEM_KEY_MAX) in the keys of
  * `scope` ("webhook", …), reserving it when new. On DONE *body points into

@@ -17,7 +17,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results, check, free_port, pair_token  # noqa: E402
+from peer import Daemon, Results, check, free_port, metric, pair_token  # noqa: E402
 
 
 
@@ -190,8 +190,44 @@ def main():
               "the withdrawn request was written after all")
         check(key_rows(node, "stuck-1") == 1, "one key row")
 
+    def full_scope_lets_oldest_go():
+        # A scope holding its share of keys (32,768), all answered 23 h
+        # ago, still takes a new key: its oldest goes for it (once answered
+        # at least 5 min ago; WIRE §17.4), the newest are still replayed,
+        # and state.db keeps no more rows of the scope than memory holds.
+        share = 32768
+        ready = node.logs().count("daemon: ready")
+        node.stop()
+        db = sqlite3.connect(db_path(node))
+        soon = int(time.time() * 1000) + 3600 * 1000
+        db.executemany("INSERT INTO inbox_idempotency(scope,key,status,body,expires_ms)"
+                       " VALUES('webhook',?,202,?,?)",
+                       ((f"old-{i}", json.dumps({"queued": True, "id": f"old-{i}"}), soon + i)
+                        for i in range(share + 10)))
+        db.commit()
+        db.close()
+        node.start()
+        node.wait_log("daemon: ready", count=ready + 1)
+        check(metric(node, "kith_idempotency_keys") >= share, "the keys were not loaded")
+        status, doc, replayed = post(node, "/webhook", '{"message":"fresh-key"}', "fresh-1",
+                                     token)
+        check(status == 202 and not replayed, (status, doc, replayed))
+        check(metric(node, "kith_idempotency_keys_evicted_total") >= 1, "no key was let go")
+        newest = f"old-{share + 9}"
+        status, doc, replayed = post(node, "/webhook", '{"message":"x"}', newest, token)
+        check(status == 202 and replayed and doc["id"] == newest, (status, doc, replayed))
+        check(entries(node, "fresh-key") == 1, "the new key's request was not queued")
+        deadline = time.time() + 60
+        rows = lambda: scalar(node, "SELECT COUNT(*) FROM inbox_idempotency"  # noqa: E731
+                                    " WHERE scope = 'webhook'")
+        while time.time() < deadline and rows() > share:
+            time.sleep(0.2)
+        check(rows() == share, f"{rows()} webhook key rows kept, not {share}")
+        check(key_rows(node, "old-0") == 0 and key_rows(node, newest) == 1,
+              "the rows kept are not the newest")
+
     for fn in (lost_202_then_crash, answered_then_restart, concurrent_one_admission,
-               refused_leaves_no_key, store_failure_leaves_no_key):
+               refused_leaves_no_key, store_failure_leaves_no_key, full_scope_lets_oldest_go):
         results.run(fn)
     try:
         results.stopped(node)

@@ -97,6 +97,7 @@ static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_co
     if (!(ga->tokens = router_tokens_new(db, router_node_loop(node), err, errcap)))
         return -1;
     router_node_use_tokens(node, ga->tokens); /* Meerkat pairing's lockouts, durable too */
+    router_tokens_use_metrics(ga->tokens, router_node_metrics(node));
     gateway_auth_opts_t ao = {.require_pairing = cfg->gateway.require_pairing,
                               .allow_query_token = cfg->gateway.allow_query_token,
                               .audit = ga->audit_feed};
