@@ -236,8 +236,10 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
                                               "a request with this key is still being answered");
             return;
         case ROUTER_IDEM_FULL:
+            (void) gateway_http_res_header(res, "Retry-After", "1");
             (void) gateway_http_respond_error(res, 503, "unavailable",
-                                              "too many idempotency keys in flight");
+                                              "too many idempotency keys are being answered or"
+                                              " were answered in the last 5 minutes");
             return;
         case ROUTER_IDEM_NEW:
             break;

@@ -225,6 +225,30 @@ def main():
         check(rows() == share, f"{rows()} webhook key rows kept, not {share}")
         check(key_rows(node, "old-0") == 0 and key_rows(node, newest) == 1,
               "the rows kept are not the newest")
+        # Keys all answered a moment ago: none may go, so a new key is
+        # refused (503, Retry-After), and nothing is queued for it.
+        ready = node.logs().count("daemon: ready")
+        node.stop()
+        db = sqlite3.connect(db_path(node))
+        later = int(time.time() * 1000) + 24 * 3600 * 1000
+        db.executemany("INSERT INTO inbox_idempotency(scope,key,status,body,expires_ms)"
+                       " VALUES('webhook',?,202,'{\"queued\":true}',?)",
+                       ((f"now-{i}", later + i) for i in range(share)))
+        db.commit()
+        db.close()
+        node.start()
+        node.wait_log("daemon: ready", count=ready + 1)
+        c = http.client.HTTPConnection("127.0.0.1", node.gw_port, timeout=60)
+        c.request("POST", "/webhook", body=b'{"message":"too-soon"}',
+                  headers={"Content-Type": "application/json", "X-Idempotency-Key": "soon-1",
+                           "Authorization": f"Bearer {token}"})
+        r = c.getresponse()
+        doc = json.loads(r.read())
+        c.close()
+        check(r.status == 503 and doc["code"] == "unavailable"
+              and r.getheader("Retry-After") == "1", (r.status, doc))
+        check(entries(node, "too-soon") == 0 and key_rows(node, "soon-1") == 0,
+              "a refused key was queued or kept")
 
     for fn in (lost_202_then_crash, answered_then_restart, concurrent_one_admission,
                refused_leaves_no_key, store_failure_leaves_no_key, full_scope_lets_oldest_go):
