@@ -9,6 +9,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -364,6 +365,30 @@ static bool s_fd_lost(const router_conn_t *c)
     return len != c->peer.len || memcmp(&now.u, &c->peer.u, len) != 0;
 }
 
+/* A connection cut at its deadline while it was not paused and its socket
+ * held input unread was stalled by kith, not by its peer: a lost wake-up
+ * (the backend's interest and the connection's state disagree) or the
+ * loop's budget for parked input. It is cut all the same, but its state
+ * is logged loudly for whoever debugs it; a peer that just stopped
+ * sending leaves nothing unread, so slow senders are not logged here. */
+static void s_stall_check(router_conn_t *c)
+{
+    int unread = 0;
+    if (ioctl(c->fd, FIONREAD, &unread) != 0 || unread <= 0 || c->eof ||
+        c->state != ROUTER_CONN_OPEN || c->read_paused)
+        return;
+    c->loop->stats.stalls++;
+    bool ep = c->loop->be == &router_backend_epoll;
+    ROUTER_LOG(ROUTER_LOG_ERROR, "conn",
+               "conn %llu: cut at its deadline with %d bytes unread while it wanted input "
+               "(wants_read=%d park=%zu park_total=%zu backlog=%d pending=%#x unsent=%zu "
+               "backend=%s epoll_events=%#x epoll_added=%d write_blocked=%d): kith held it "
+               "back (a lost wake-up, or the loop's parked-input budget)",
+               (unsigned long long) c->id, unread, router_conn_wants_read(c), c->park_len,
+               c->loop->park_total, c->in_backlog, c->pending, c->wq_bytes, c->loop->be->name,
+               ep ? c->be.e.events : 0u, ep && c->be.e.added, ep && c->be.e.write_blocked);
+}
+
 /* Aborts every connection whose deadline has passed and re-arms for the
  * earliest one left: O(connections) per sweep, at most one sweep per
  * ROUTER_CONN_SWEEP_MS. */
@@ -391,6 +416,8 @@ static void s_sweep(router_loop_t *loop, uint64_t id, void *ud)
                            (unsigned long long) c->id, c->fd);
                 c->fd = -1;
             }
+            else if (c->fd >= 0)
+                s_stall_check(c);
             router_conn_kill(c, ROUTER_CLOSE_DEADLINE, ETIMEDOUT);
         } else if (c->deadline < next) {
             next = c->deadline;

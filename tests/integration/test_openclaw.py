@@ -37,7 +37,7 @@ import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import (Daemon, Results, check, curl, free_port, gateway_url,  # noqa: E402
-                  metrics_map, pair_token, wait_metric, ws_masked, ws_read_until,
+                  metric, metrics_map, pair_token, wait_metric, ws_masked, ws_read_until,
                   ws_server_frames)
 
 TIMEOUT = 60  # generous bound on any one wait; never a speed assertion
@@ -921,6 +921,57 @@ def key_after_restart(node, token, key):
     check(status == "unknown", f"a cut-off run's key after the restart answers {status}")
 
 
+def keys_full_then_let_go():
+    """OpenClaw's keys share the bounds of §17.4: a scope full of keys
+    answered a moment ago refuses a new one (UNAVAILABLE, retryable, no
+    run); full of keys answered 23 h ago, the oldest goes for the new run,
+    and the newest is still answered as cached."""
+    share = 32768
+    node = Daemon("openclaw-keys", config={"workers": {"agent_threads": 1},
+                                           "gateway": {"port": free_port()}}).start()
+    try:
+        token = pair_token(node)
+        ready = node.logs().count("daemon: ready")
+        node.stop()
+        db = sqlite3.connect(os.path.join(node.home, "state.db"))
+        later = int(time.time() * 1000) + 24 * 3600 * 1000
+        db.executemany("INSERT INTO gateway_idempotency(key,status,body,expires_ms)"
+                       " VALUES(?,200,'ok',?)",
+                       ((f"openclaw:full-{i}", later + i) for i in range(share)))
+        db.commit()
+        db.close()
+        node.start()
+        node.wait_log("daemon: ready", count=ready + 1)
+
+        async def one(key):
+            ws, res = await handshake(node, token, version=2)
+            check(res["ok"] is True, f"hello {res}")
+            f = await RunWatch(ws).chat("k1", "oc-keys", "hello keys", key=key)
+            await ws.close()
+            return f
+        f = run(one("new-1"))
+        check(f["ok"] is False and f["error"]["code"] == "UNAVAILABLE" and
+              f["error"].get("retryable") is True, f"a full scope took a key: {f}")
+        check(metric(node, "kith_turns_total{status=\"done\"}") == 0, "a refused key ran")
+        ready = node.logs().count("daemon: ready")
+        node.stop()
+        db = sqlite3.connect(os.path.join(node.home, "state.db"))
+        db.execute("UPDATE gateway_idempotency SET expires_ms = expires_ms - ?",
+                   (23 * 3600 * 1000,))
+        db.commit()
+        db.close()
+        node.start()
+        node.wait_log("daemon: ready", count=ready + 1)
+        f = run(one("new-1"))
+        check(f["ok"] is True and f["payload"]["status"] == "started", f"new key {f}")
+        f = run(one(f"full-{share - 1}"))
+        check(f["ok"] is True and f["payload"].get("cached") is True and
+              f["payload"]["status"] == "ok", f"the newest kept key {f}")
+        check(metric(node, "kith_idempotency_keys_evicted_total") >= 1, "nothing was let go")
+    finally:
+        node.cleanup()
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 300))
 
@@ -949,6 +1000,7 @@ def main():
         r.run(lambda: run(scope_refusals(node, token)), name="scope_refusals")
         r.run(lambda: idle_socket_closed(idle), name="handshake_deadline")
         r.run(lambda: run(handshake_share(node, token)), name="handshake_share")
+        r.run(keys_full_then_let_go)
         # The audit worker appends in batches: wait for the outcome.
         def audit_eventually():
             deadline = time.time() + TIMEOUT
