@@ -277,6 +277,15 @@ class Daemon:
             time.sleep(0.05)
         raise AssertionError(f"{needle!r} not {count}x in daemon log:\n{self.logs()}")
 
+    def restart(self, sig=signal.SIGTERM, while_stopped=None):
+        """Stops (or kills) the daemon, runs while_stopped() (an edit of its
+        home, say), and starts it again on the same ports when they were
+        fixed in its config."""
+        self.stop(sig)
+        if while_stopped:
+            while_stopped()
+        return self.start()
+
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -931,17 +931,16 @@ def keys_full_then_let_go():
                                            "gateway": {"port": free_port()}}).start()
     try:
         token = pair_token(node)
-        ready = node.logs().count("daemon: ready")
-        node.stop()
-        db = sqlite3.connect(os.path.join(node.home, "state.db"))
         later = int(time.time() * 1000) + 24 * 3600 * 1000
-        db.executemany("INSERT INTO gateway_idempotency(key,status,body,expires_ms)"
-                       " VALUES(?,200,'ok',?)",
-                       ((f"openclaw:full-{i}", later + i) for i in range(share)))
-        db.commit()
-        db.close()
-        node.start()
-        node.wait_log("daemon: ready", count=ready + 1)
+
+        def write_keys():
+            db = sqlite3.connect(os.path.join(node.home, "state.db"))
+            db.executemany("INSERT INTO gateway_idempotency(key,status,body,expires_ms)"
+                           " VALUES(?,200,'ok',?)",
+                           ((f"openclaw:full-{i}", later + i) for i in range(share)))
+            db.commit()
+            db.close()
+        node.restart(while_stopped=write_keys)
 
         async def one(key):
             ws, res = await handshake(node, token, version=2)
@@ -953,15 +952,13 @@ def keys_full_then_let_go():
         check(f["ok"] is False and f["error"]["code"] == "UNAVAILABLE" and
               f["error"].get("retryable") is True, f"a full scope took a key: {f}")
         check(metric(node, "kith_turns_total{status=\"done\"}") == 0, "a refused key ran")
-        ready = node.logs().count("daemon: ready")
-        node.stop()
-        db = sqlite3.connect(os.path.join(node.home, "state.db"))
-        db.execute("UPDATE gateway_idempotency SET expires_ms = expires_ms - ?",
-                   (23 * 3600 * 1000,))
-        db.commit()
-        db.close()
-        node.start()
-        node.wait_log("daemon: ready", count=ready + 1)
+        def answered_long_ago():
+            db = sqlite3.connect(os.path.join(node.home, "state.db"))
+            db.execute("UPDATE gateway_idempotency SET expires_ms = expires_ms - ?",
+                       (23 * 3600 * 1000,))
+            db.commit()
+            db.close()
+        node.restart(while_stopped=answered_long_ago)
         f = run(one("new-1"))
         check(f["ok"] is True and f["payload"]["status"] == "started", f"new key {f}")
         f = run(one(f"full-{share - 1}"))

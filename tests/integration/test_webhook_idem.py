@@ -51,6 +51,16 @@ def scalar(node, sql, *args):
         db.close()
 
 
+def insert_keys(node, scope, rows):
+    """Writes (key, body, expires_ms) rows of a scope into state.db as an
+    earlier run of the daemon would have (the daemon is stopped)."""
+    db = sqlite3.connect(db_path(node))
+    db.executemany(f"INSERT INTO inbox_idempotency(scope,key,status,body,expires_ms)"
+                   f" VALUES('{scope}',?,202,?,?)", rows)
+    db.commit()
+    db.close()
+
+
 def entries(node, needle):
     """Inbox entries whose frame contains needle."""
     return scalar(node, "SELECT COUNT(*) FROM inbox WHERE instr(frame, ?) > 0",
@@ -59,15 +69,6 @@ def entries(node, needle):
 
 def key_rows(node, key):
     return scalar(node, "SELECT COUNT(*) FROM inbox_idempotency WHERE key = ?", key)
-
-
-def restart(node, sig=signal.SIGTERM):
-    """Stops (or kills) and starts again on the same ports; the log is
-    appended to, so wait for one more "ready" than before."""
-    ready = node.logs().count("daemon: ready")
-    node.stop(sig)
-    node.start()
-    node.wait_log("daemon: ready", count=ready + 1)
 
 
 class StoreLock:
@@ -107,7 +108,7 @@ def main():
             time.sleep(0.05)
         check(key_rows(node, "lost-1") == 1 and entries(node, "lost-202") == 1,
               "the entry and its key were not both stored")
-        restart(node, signal.SIGKILL)
+        node.restart(signal.SIGKILL)
         status, doc, replayed = post(node, "/webhook", body, "lost-1", token)
         check(status == 202 and replayed and doc["queued"] is True, (status, doc, replayed))
         stored = scalar(node, "SELECT body FROM inbox_idempotency WHERE key = 'lost-1'")
@@ -121,7 +122,7 @@ def main():
         body = '{"kind":"generic_json","event_type":"idem.restart","payload":1}'
         status, first, replayed = post(node, "/sessions/s1/external-events", body, "r-1")
         check(status == 202 and not replayed, (status, first))
-        restart(node)
+        node.restart()
         status, again, replayed = post(node, "/sessions/s1/external-events", body, "r-1")
         check(status == 202 and replayed and again == first, (status, again, first))
         check(entries(node, "idem.restart") == 1, "queued twice")
@@ -196,18 +197,10 @@ def main():
         # at least 5 min ago; WIRE §17.4), the newest are still replayed,
         # and state.db keeps no more rows of the scope than memory holds.
         share = 32768
-        ready = node.logs().count("daemon: ready")
-        node.stop()
-        db = sqlite3.connect(db_path(node))
         soon = int(time.time() * 1000) + 3600 * 1000
-        db.executemany("INSERT INTO inbox_idempotency(scope,key,status,body,expires_ms)"
-                       " VALUES('webhook',?,202,?,?)",
-                       ((f"old-{i}", json.dumps({"queued": True, "id": f"old-{i}"}), soon + i)
-                        for i in range(share + 10)))
-        db.commit()
-        db.close()
-        node.start()
-        node.wait_log("daemon: ready", count=ready + 1)
+        node.restart(while_stopped=lambda: insert_keys(
+            node, "webhook", ((f"old-{i}", json.dumps({"queued": True, "id": f"old-{i}"}),
+                              soon + i) for i in range(share + 10))))
         check(metric(node, "kith_idempotency_keys") >= share, "the keys were not loaded")
         status, doc, replayed = post(node, "/webhook", '{"message":"fresh-key"}', "fresh-1",
                                      token)
@@ -227,17 +220,9 @@ def main():
               "the rows kept are not the newest")
         # Keys all answered a moment ago: none may go, so a new key is
         # refused (503, Retry-After), and nothing is queued for it.
-        ready = node.logs().count("daemon: ready")
-        node.stop()
-        db = sqlite3.connect(db_path(node))
         later = int(time.time() * 1000) + 24 * 3600 * 1000
-        db.executemany("INSERT INTO inbox_idempotency(scope,key,status,body,expires_ms)"
-                       " VALUES('webhook',?,202,'{\"queued\":true}',?)",
-                       ((f"now-{i}", later + i) for i in range(share)))
-        db.commit()
-        db.close()
-        node.start()
-        node.wait_log("daemon: ready", count=ready + 1)
+        node.restart(while_stopped=lambda: insert_keys(
+            node, "webhook", ((f"now-{i}", '{"queued":true}', later + i) for i in range(share))))
         c = http.client.HTTPConnection("127.0.0.1", node.gw_port, timeout=60)
         c.request("POST", "/webhook", body=b'{"message":"too-soon"}',
                   headers={"Content-Type": "application/json", "X-Idempotency-Key": "soon-1",
