@@ -104,8 +104,16 @@ def verify_envelope(env):
 class Conn:
     """One comms connection: send frames, read frames, notice closes."""
 
-    def __init__(self, addr, timeout=60.0):
-        if isinstance(addr, tuple):
+    def __init__(self, addr, timeout=60.0, rcvbuf=None):
+        if isinstance(addr, tuple) and rcvbuf:
+            # Before connect, so the window offered never exceeds the buffer:
+            # shrunk afterwards, data already in flight overfills it and the
+            # kernel drops what arrives next, window updates included.
+            self.s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.s.settimeout(timeout)
+            self.s.connect(addr)
+        elif isinstance(addr, tuple):
             self.s = socket.create_connection(addr, timeout=timeout)
         else:
             self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
