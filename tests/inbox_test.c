@@ -203,6 +203,14 @@ static sqlite3_int64 s_scalar(const char *db, const char *sql)
     return v;
 }
 
+/* Waits, bounded, for the store thread's prune (every few seconds) to
+ * bring the count `sql` answers down to at most `at_most`. */
+static void s_wait_prune(const char *db, const char *sql, sqlite3_int64 at_most)
+{
+    for (int i = 0; i < 600 && s_scalar(db, sql) > at_most; i++)
+        usleep(100 * 1000);
+}
+
 static void s_rmdir(const char *dir)
 {
     char cmd[300];
@@ -396,8 +404,7 @@ static void test_idem_with_entry(void **state)
     assert_int_equal(got.n, 1);
     assert_string_equal(got.keys[0], "webhook:k-1:202:{\"queued\":true}");
     /* The prune (every few seconds) deletes the expired key durably. */
-    for (int i = 0; i < 600 && s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency") != 1; i++)
-        usleep(100 * 1000);
+    s_wait_prune(db, "SELECT COUNT(*) FROM inbox_idempotency", 1);
     assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency WHERE key='k-1'"), 1);
     assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency"), 1);
     router_inbox_destroy(&in);
@@ -543,9 +550,7 @@ static void test_prune(void **state)
     assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, &keep, &seq),
                      ROUTER_INBOX_ADMITTED);
     router_inbox_sync(in);
-    /* The prune runs every few seconds: wait for it, bounded. */
-    for (int i = 0; i < 600 && s_scalar(db, "SELECT COUNT(*) FROM seen") != 1; i++)
-        usleep(100 * 1000);
+    s_wait_prune(db, "SELECT COUNT(*) FROM seen", 1);
     assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM seen"), 1);
     assert_int_equal(s_scalar(db, "SELECT floor_ms FROM replay_floor"), 1234);
     router_inbox_destroy(&in);
@@ -586,10 +591,7 @@ static void test_idem_rows_bounded(void **state)
     sqlite3_close(h);
 
     in = s_open(64, 0, db);
-    for (int i = 0; i < 600 && s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency"
-                                            " WHERE scope='webhook'") > n - over;
-         i++)
-        usleep(100 * 1000);
+    s_wait_prune(db, "SELECT COUNT(*) FROM inbox_idempotency WHERE scope='webhook'", n - over);
     assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency WHERE scope='webhook'"),
                      ROUTER_INBOX_IDEM_ROWS_PER_SCOPE);
     assert_int_equal(s_scalar(db, "SELECT MIN(expires_ms) FROM inbox_idempotency"
@@ -633,9 +635,7 @@ static void test_floors_fold(void **state)
     sqlite3_close(h);
 
     in = s_open(64, 0, db);
-    /* The prune runs every few seconds: wait for it, bounded. */
-    for (int i = 0; i < 600 && s_scalar(db, "SELECT COUNT(*) FROM replay_floor") > 32768; i++)
-        usleep(100 * 1000);
+    s_wait_prune(db, "SELECT COUNT(*) FROM replay_floor", 32768);
     /* The 32,770 oldest folded (floors up to the 32,770th, 327,700 ms),
      * the newest 32,767 kept, and the fold is everyone's floor now. */
     assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM replay_floor"), 32768);
