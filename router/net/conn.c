@@ -377,7 +377,6 @@ static void s_stall_check(router_conn_t *c)
     if (ioctl(c->fd, FIONREAD, &unread) != 0 || unread <= 0 || c->eof ||
         c->state != ROUTER_CONN_OPEN || c->read_paused)
         return;
-    c->loop->stats.stalls++;
     bool ep = c->loop->be == &router_backend_epoll;
     ROUTER_LOG(ROUTER_LOG_ERROR, "conn",
                "conn %llu: cut at its deadline with %d bytes unread while it wanted input "

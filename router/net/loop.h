@@ -133,7 +133,6 @@ typedef struct router_loop_stats {
     uint64_t close_timeouts;   /* graceful closes that hit the timeout */
     uint64_t deadline_cuts;    /* connections aborted at their deadline */
     uint64_t fds_lost;         /* ...of which had lost their fd to a close elsewhere */
-    uint64_t stalls;           /* ...of which wanted input their socket held (a kith bug) */
     uint64_t recv_nobufs;      /* io_uring: receives re-armed after -ENOBUFS */
     uint64_t posts;            /* router_loop_post calls run */
     uint64_t posts_refused;    /* router_loop_post calls refused: queue full */
