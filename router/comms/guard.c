@@ -232,24 +232,45 @@ void router_guard_drop(router_guard_conn_t *gc, size_t bytes)
 
 /* ---------------------------------------------------------------- deadlines */
 
+/* A peer kith stopped reading met a shut TCP window, and its kernel
+ * probes that window with backoff (up to ROUTER_GUARD_GRACE_MAX_MS apart):
+ * when the update that reopens it is lost, the peer sends again only at
+ * its next probe, which comes at most as long after the resume as the
+ * pause lasted. Until then the peer is not late; a deadline set meanwhile
+ * counts from then. Returns the time to add to a deadline set now. */
+static uint64_t s_grace(router_guard_conn_t *gc, uint64_t now)
+{
+    if (gc->paused_at) {
+        uint64_t held = now > gc->paused_at ? now - gc->paused_at : 0;
+        gc->grace_until = now + (held < ROUTER_GUARD_GRACE_MAX_MS ? held : ROUTER_GUARD_GRACE_MAX_MS);
+        gc->paused_at = 0;
+    }
+    if (gc->grace_until <= now) {
+        gc->grace_until = 0;
+        return 0;
+    }
+    return gc->grace_until - now;
+}
+
 void router_guard_progress(router_guard_conn_t *gc, unsigned frames_done, bool mid_frame)
 {
     router_guard_t *g = gc->guard;
     if (!g)
         return;
+    uint64_t now = router_loop_now_ms(g->loop);
+    uint64_t grace = s_grace(gc, now);
     bool was_mid = gc->mid_frame;
     gc->mid_frame = mid_frame;
     if (frames_done)
         gc->seen_frame = true;
     if (!gc->seen_frame)
         return; /* the first frame's deadline, set at join, holds */
-    uint64_t now = router_loop_now_ms(g->loop);
     if (mid_frame) {
         /* A frame begun in this read (after one ended, or after idling). */
         if (!was_mid || frames_done)
-            router_conn_set_deadline(gc->conn, g->o.frame_ms ? now + g->o.frame_ms : 0);
+            router_conn_set_deadline(gc->conn, g->o.frame_ms ? now + g->o.frame_ms + grace : 0);
     } else {
-        router_conn_set_deadline(gc->conn, g->o.idle_ms ? now + g->o.idle_ms : 0);
+        router_conn_set_deadline(gc->conn, g->o.idle_ms ? now + g->o.idle_ms + grace : 0);
     }
 }
 
@@ -259,6 +280,10 @@ void router_guard_pause(router_guard_conn_t *gc)
         return;
     gc->mid_frame = false;
     gc->seen_frame = true; /* the peer did its part; the next read starts afresh */
+    if (!gc->paused_at) {
+        uint64_t now = router_loop_now_ms(gc->guard->loop);
+        gc->paused_at = now ? now : 1;
+    }
     router_conn_set_deadline(gc->conn, 0);
 }
 

@@ -63,6 +63,8 @@ struct router_guard_conn {
     bool unauth;                        /* on the unauthenticated list (comms) */
     bool seen_frame;                    /* a first frame or line completed */
     bool mid_frame;                     /* a frame or line has begun and not ended */
+    uint64_t paused_at;                 /* loop ms when reading stopped; 0 while reading */
+    uint64_t grace_until;               /* loop ms by which a peer held back sends again */
     size_t held;                        /* bytes held in partial frames or lines */
     router_guard_conn_t *uprev, *unext; /* unauthenticated list, oldest first */
     router_guard_conn_t *hprev, *hnext; /* entries holding bytes */
@@ -115,13 +117,21 @@ int router_guard_hold(router_guard_conn_t *gc, size_t bytes) __attribute__((warn
  * freed or shrunk. */
 void router_guard_drop(router_guard_conn_t *gc, size_t bytes);
 
+/* The most a connection's next deadline grows by the time kith held it
+ * back: the longest a peer's TCP waits between probes of a shut window
+ * (Linux's TCP_RTO_MAX), so one lost window update cannot cost it its frame. */
+#define ROUTER_GUARD_GRACE_MAX_MS 120000u
+
 /* After a read: `frames_done` frames or lines completed in it, and
  * `mid_frame` says whether one is begun now. Moves the deadline: the first
- * frame's until one completes, then a frame's once begun, else idle. */
+ * frame's until one completes, then a frame's once begun, else idle. After
+ * router_guard_pause, the first call (reading again) notes how long reading
+ * stopped, capped at ROUTER_GUARD_GRACE_MAX_MS; deadlines set until that
+ * long after it count from then, not from now. */
 void router_guard_progress(router_guard_conn_t *gc, unsigned frames_done, bool mid_frame);
 
 /* Reading stopped (backpressure, a refusal, drain): no read deadline until
- * router_guard_progress is called again. */
+ * router_guard_progress is called again; the time until then is counted. */
 void router_guard_pause(router_guard_conn_t *gc);
 
 /* Counts a cut the owner saw (DEADLINE or SLOW_CONSUMER, from on_close). */
