@@ -1,9 +1,10 @@
 """tests/integration/test_request_response.py — issue 11's request round
 trip between two real daemons: `kith send --request` from node A to node B
 runs a turn on B (its embedded scripted agents), and A's inbox receives B's
-signed `response` naming the request; then the same with B killed -9 while
-a worker holds the turn, and restarted: the request is dispatched again and
-A still gets exactly one completed response.
+signed `response` naming the request; then with A down when B answers: B
+retries with backoff until A is back, and A gets the response once; then
+the same with B killed -9 while a worker holds the turn, and restarted: the
+request is dispatched again and A still gets exactly one completed response.
 
 A runs no agent workers, so B's response stays in A's inbox where the test
 reads it (state.db) and checks its signature with PyNaCl."""
@@ -12,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import cbor2
 
@@ -35,7 +37,6 @@ def responses(a, b):
 
 
 def wait_response(a, b, rid, timeout=60):
-    import time
     deadline = time.time() + timeout
     while time.time() < deadline:
         got = responses(a, b)
@@ -55,7 +56,8 @@ def send_request(a, intent, params):
 
 def main():
     r = Results()
-    a = Daemon("req-a")
+    # A keeps its comms port across restarts too: B's trust row names it.
+    a = Daemon("req-a", config={"comms": {"address": f"127.0.0.1:{free_port()}"}})
     # B keeps its comms port across restarts: A's trust row names it.
     b = Daemon("req-b", config={"workers": {"agent_threads": 2, "listen": "tcp://127.0.0.1:0"},
                                 "comms": {"address": f"127.0.0.1:{free_port()}"}})
@@ -73,6 +75,24 @@ def main():
             k = got[rid]
             check(k["status"] == "completed", k)
             check("review" in json.dumps(k["result"]), k)
+
+        def answer_waits_for_the_requester():
+            # A is down: the request goes from A's identity by the CLI, and
+            # B's answer finds nobody at A's address. B keeps it (its inbox
+            # entry stays leased) and retries with backoff until A is back.
+            a.stop()
+            since = len(b.logs())
+            rid = send_request(a, "later", {"n": 1})
+            deadline = time.time() + 60
+            while "not acked" not in b.logs()[since:] and time.time() < deadline:
+                time.sleep(0.1)
+            check("not acked" in b.logs()[since:], f"B never retried:\n{b.logs()[since:]}")
+            a.start()
+            got = wait_response(a, b, rid)
+            check(got[rid]["status"] == "completed", got[rid])
+            n = sum(1 for (kind, blob) in inbox_rows(a, "kind, frame") if kind == "response"
+                    and cbor2.loads(bytes(blob))["kind"]["in_reply_to"] == rid)
+            check(n == 1, f"{n} responses to one request")
 
         def b_killed_mid_turn_still_answers():
             # B without embedded agents: a Python worker takes the turn and
@@ -109,6 +129,7 @@ def main():
             check(n == 1, f"{n} responses to one request")
 
         r.run(request_answered_with_signed_response)
+        r.run(answer_waits_for_the_requester)
         r.run(b_killed_mid_turn_still_answers)
         r.stopped(b)
         r.stopped(a)
