@@ -1,0 +1,50 @@
+/* router/net/resolver.h — DNS names for the loop, resolved off it. The loop
+ * never blocks, and getaddrinfo can block for seconds, so a name that is
+ * not an IP literal or `localhost` goes to one thread of the resolver's
+ * own (started on first use), and the answer comes back to the loop
+ * through an eventfd it watches. Answers are cached for a while (failures
+ * for less), the names cached and the callers waiting are bounded, and a
+ * resolver destroyed with a lookup in flight leaves the thread to finish
+ * it and drop the answer: the loop never waits for DNS, not even to stop. */
+#ifndef KITH_ROUTER_NET_RESOLVER_H
+#define KITH_ROUTER_NET_RESOLVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "router/metrics.h"
+#include "router/net/addr.h"
+#include "router/net/loop.h"
+
+#define ROUTER_RESOLVER_NAMES_MAX 64u     /* names cached or being resolved */
+#define ROUTER_RESOLVER_WAITERS_MAX 1024u /* callers waiting, all names together */
+#define ROUTER_RESOLVER_TTL_MS 30000u     /* an answer is used this long */
+#define ROUTER_RESOLVER_FAIL_TTL_MS 5000u /* a failure is given again this long */
+
+typedef struct router_resolver router_resolver_t;
+
+/* An answer, on the loop thread: `addr` (the first address getaddrinfo
+ * gave, port set) or NULL with `why` saying what failed. */
+typedef void(router_resolve_fn)(const router_addr_t *addr, const char *why, void *ud);
+
+/* A resolver for `loop` (borrowed; loop thread, or before it runs).
+ * `metrics` is optional. Returns NULL with errno set. The caller owns it. */
+router_resolver_t *router_resolver_new(router_loop_t *loop, router_metrics_t *metrics);
+
+/* Loop thread. Callers still waiting are dropped without a call. A lookup
+ * in flight finishes on its thread and is thrown away. Idempotent; nulls
+ * *self_p. */
+void router_resolver_destroy(router_resolver_t **self_p);
+
+/* Loop thread. Resolves host (a DNS name) for `port`:
+ *   0: a fresh answer was cached: *out is set, cb is not called;
+ *   1: cb(addr or NULL, why, ud) runs later on the loop, exactly once
+ *      (unless the resolver is destroyed first);
+ *  -1: not now: the name failed within ROUTER_RESOLVER_FAIL_TTL_MS, or too
+ *      many names or callers wait, or no thread could start; `why` says which.
+ * An IP literal or `localhost` answers 0 at once. */
+int router_resolver_lookup(router_resolver_t *self, const char *host, uint16_t port,
+                           router_addr_t *out, router_resolve_fn *cb, void *ud, char *why,
+                           size_t whycap) __attribute__((warn_unused_result));
+
+#endif

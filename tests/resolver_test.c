@@ -1,0 +1,192 @@
+/* tests/resolver_test.c — router/net/resolver.c on a real loop: literals
+ * answer at once, a name from the hosts file resolves on the resolver's
+ * thread and is then cached (for any port), a name that does not resolve
+ * fails and the failure is repeated from the cache, the names and the
+ * callers waiting are bounded, and a resolver destroyed with lookups in
+ * flight calls nobody and leaks nothing (LSan). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "alloc_fail.h"
+#include "router/net/resolver.h"
+
+typedef struct {
+    router_loop_t *loop;
+    unsigned calls;
+    bool ok;
+    router_addr_t addr;
+    char why[160];
+} s_answer_t;
+
+static void s_on_answer(const router_addr_t *addr, const char *why, void *ud)
+{
+    s_answer_t *a = ud;
+    a->calls++;
+    a->ok = addr != NULL;
+    if (addr)
+        a->addr = *addr;
+    snprintf(a->why, sizeof a->why, "%s", why);
+    router_loop_stop(a->loop);
+}
+
+static void s_never(const router_addr_t *addr, const char *why, void *ud)
+{
+    (void) addr;
+    (void) why;
+    (void) ud;
+    fail_msg("a destroyed resolver called back");
+}
+
+/* Another name of 127.0.0.1 than `localhost` (the hosts file's match is
+ * blind to case, kith's own parser is not): only a lookup finds it. */
+static const char *s_loopback_name(void)
+{
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    if (getaddrinfo("LOCALHOST", "9", &hints, &res) != 0 || !res)
+        fail_msg("LOCALHOST does not resolve here: no hosts file?");
+    freeaddrinfo(res);
+    return "LOCALHOST";
+}
+
+static uint16_t s_port(const router_addr_t *a)
+{
+    return ntohs(a->u.in4.sin_port);
+}
+
+static void test_literal_at_once(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    router_resolver_t *r = router_resolver_new(loop, NULL);
+    assert_non_null(r);
+    router_addr_t a;
+    char why[160];
+    assert_int_equal(router_resolver_lookup(r, "127.0.0.1", 80, &a, s_never, NULL, why, sizeof why),
+                     0);
+    assert_int_equal(s_port(&a), 80);
+    assert_int_equal(router_resolver_lookup(r, "::1", 81, &a, s_never, NULL, why, sizeof why), 0);
+    router_resolver_destroy(&r);
+    router_resolver_destroy(&r); /* idempotent */
+    router_loop_destroy(&loop);
+}
+
+static void test_name_resolved_then_cached(void **state)
+{
+    (void) state;
+    router_metrics_t *m = router_metrics_new();
+    router_loop_t *loop = router_loop_new(NULL);
+    router_resolver_t *r = router_resolver_new(loop, m);
+    assert_non_null(r);
+    s_answer_t ans = {.loop = loop};
+    router_addr_t a;
+    char why[160];
+    const char *name = s_loopback_name();
+    assert_int_equal(router_resolver_lookup(r, name, 4200, &a, s_on_answer, &ans, why, sizeof why),
+                     1);
+    /* A second caller while it is out waits for the same lookup. */
+    s_answer_t ans2 = {.loop = loop};
+    assert_int_equal(router_resolver_lookup(r, name, 4300, &a, s_on_answer, &ans2, why, sizeof why),
+                     1);
+    while (ans.calls + ans2.calls < 2)
+        assert_int_equal(router_loop_run(loop), 0);
+    assert_true(ans.ok && ans2.ok);
+    char text[64];
+    assert_non_null(inet_ntop(AF_INET, &ans.addr.u.in4.sin_addr, text, sizeof text));
+    assert_string_equal(text, "127.0.0.1");
+    assert_int_equal(s_port(&ans.addr), 4200);
+    assert_int_equal(s_port(&ans2.addr), 4300);
+    /* Cached: at once, for any port, no second lookup. */
+    assert_int_equal(router_resolver_lookup(r, name, 4400, &a, s_never, NULL, why, sizeof why), 0);
+    assert_int_equal(s_port(&a), 4400);
+    char buf[4096];
+    assert_true(router_metrics_render(m, buf, sizeof buf) > 0);
+    assert_non_null(strstr(buf, "kith_dns_lookups_total 1\n"));
+    assert_non_null(strstr(buf, "kith_dns_lookups_failed_total 0\n"));
+    router_resolver_destroy(&r);
+    router_loop_destroy(&loop);
+    router_metrics_destroy(&m);
+}
+
+static void test_failure_cached(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    router_resolver_t *r = router_resolver_new(loop, NULL);
+    s_answer_t ans = {.loop = loop};
+    router_addr_t a;
+    char why[160] = "";
+    assert_int_equal(
+        router_resolver_lookup(r, "peer.invalid", 9, &a, s_on_answer, &ans, why, sizeof why), 1);
+    while (!ans.calls)
+        assert_int_equal(router_loop_run(loop), 0);
+    assert_false(ans.ok);
+    assert_true(ans.why[0] != '\0');
+    /* Asked again at once: the same failure, from the cache. */
+    assert_int_equal(
+        router_resolver_lookup(r, "peer.invalid", 9, &a, s_never, NULL, why, sizeof why), -1);
+    assert_string_equal(why, ans.why);
+    router_resolver_destroy(&r);
+    router_loop_destroy(&loop);
+}
+
+/* Answers reach the loop only when it runs: until then every name asked
+ * for stays out, which makes both bounds reachable at will. */
+static void test_bounds_and_destroy_in_flight(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    router_resolver_t *r = router_resolver_new(loop, NULL);
+    router_addr_t a;
+    char why[160], name[64];
+    unsigned i;
+    for (i = 0; i < ROUTER_RESOLVER_NAMES_MAX; i++) {
+        snprintf(name, sizeof name, "n%u.invalid", i);
+        assert_int_equal(router_resolver_lookup(r, name, 9, &a, s_never, NULL, why, sizeof why), 1);
+    }
+    assert_int_equal(router_resolver_lookup(r, "one-more.invalid", 9, &a, s_never, NULL, why,
+                                            sizeof why),
+                     -1);
+    assert_non_null(strstr(why, "too many names"));
+    /* Callers on names already out, up to the bound. */
+    for (; i < ROUTER_RESOLVER_WAITERS_MAX; i++)
+        assert_int_equal(router_resolver_lookup(r, "n0.invalid", 9, &a, s_never, NULL, why,
+                                                sizeof why),
+                         1);
+    assert_int_equal(
+        router_resolver_lookup(r, "n1.invalid", 9, &a, s_never, NULL, why, sizeof why), -1);
+    assert_non_null(strstr(why, "too many sends"));
+    /* No memory for a caller: refused, nothing kept. */
+    router_resolver_t *r2 = router_resolver_new(loop, NULL);
+    for (long k = 0; k < 3; k++) {
+        alloc_fail_arm(k);
+        int rc = router_resolver_lookup(r2, "x.invalid", 9, &a, s_never, NULL, why, sizeof why);
+        bool failed = alloc_fail_disarm() > 0;
+        assert_int_equal(rc, failed ? -1 : 1);
+        if (failed)
+            assert_string_equal(why, "out of memory");
+    }
+    /* Destroyed with all of them out: nobody is called (s_never), the
+     * thread drops what it finishes, and nothing leaks. */
+    router_resolver_destroy(&r2);
+    router_resolver_destroy(&r);
+    router_loop_destroy(&loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_literal_at_once),
+        cmocka_unit_test(test_name_resolved_then_cached),
+        cmocka_unit_test(test_failure_cached),
+        cmocka_unit_test(test_bounds_and_destroy_in_flight),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
