@@ -28,6 +28,7 @@
 #include "router/net/conn.h"
 #include "router/net/listen.h"
 #include "router/net/loop.h"
+#include "router/net/resolver.h"
 #include "router/state/home.h"
 #include "router/state/identity.h"
 #include "router/state/trust.h"
@@ -48,6 +49,8 @@ struct router_node {
     router_inbox_t *inbox;               /* admitted envelopes and events */
     router_comms_t *comms;               /* inbound pipeline */
     router_outbound_t *outbound;         /* sends and their acks */
+    router_resolver_t *resolver;         /* peers' DNS names, off the loop; made on first use */
+    struct s_dns_send *dns_sends;        /* the loop's sends waiting for a name's answer */
     router_inproc_t *inproc;             /* namespace for inproc:// */
     char inproc_name[ROUTER_INPROC_NAME_MAX + 1]; /* bound name, "" for none */
     router_guard_t *guard;               /* connection bounds and deadlines (comms, events) */
@@ -487,9 +490,118 @@ static void s_on_signal(router_loop_t *loop, int signo, void *ud)
 
 /* ---------------------------------------------------------------- sends for the turns */
 
+/* A send of the loop's to a peer named by DNS, signed and waiting for the
+ * name's answer (router/net/resolver.h). */
+typedef struct s_dns_send {
+    struct s_dns_send *prev, *next;
+    router_node_t *node;
+    uint8_t to[32];
+    uint8_t id[16];
+    uint8_t *frame;                     /* owned */
+    size_t len;
+    char host[ROUTER_CONFIG_HOST_CAP];
+    router_send_fn *cb;
+    void *cb_ud;
+} s_dns_send_t;
+
+static void s_dns_send_unlink(router_node_t *self, s_dns_send_t *d)
+{
+    if (d->prev)
+        d->prev->next = d->next;
+    else
+        self->dns_sends = d->next;
+    if (d->next)
+        d->next->prev = d->prev;
+}
+
+/* The name's answer: send, or tell the caller the peer is offline. */
+static void s_dns_answered(const router_addr_t *addr, const char *why, void *ud)
+{
+    s_dns_send_t *d = ud;
+    router_node_t *self = d->node;
+    char detail[ROUTER_CONFIG_HOST_CAP + 160];
+    s_dns_send_unlink(self, d);
+    if (!addr) {
+        snprintf(detail, sizeof detail, "cannot resolve %s: %s", d->host, why);
+        d->cb(ROUTER_SEND_OFFLINE, detail, NULL, d->cb_ud);
+    } else if (!self->outbound || self->stopping) {
+        d->cb(ROUTER_SEND_OFFLINE, "the node is stopping", NULL, d->cb_ud);
+    } else if (router_outbound_send(self->outbound, d->to, addr, d->frame, d->len, d->id, d->cb,
+                                    d->cb_ud) != 0) {
+        snprintf(detail, sizeof detail, "cannot send: %s", strerror(errno));
+        d->cb(ROUTER_SEND_OFFLINE, detail, NULL, d->cb_ud);
+    }
+    free(d->frame);
+    free(d);
+}
+
+/* At teardown, before the turns go: sends still waiting for DNS fail, as
+ * outbound's own do. */
+static void s_dns_sends_fail(router_node_t *self)
+{
+    router_resolver_destroy(&self->resolver); /* drops its waiters uncalled */
+    while (self->dns_sends) {
+        s_dns_send_t *d = self->dns_sends;
+        s_dns_send_unlink(self, d);
+        d->cb(ROUTER_SEND_OFFLINE, "the node is stopping", NULL, d->cb_ud);
+        free(d->frame);
+        free(d);
+    }
+}
+
+/* Sends *frame_p to a peer whose address is a DNS name: at once when the
+ * answer is cached, else once it comes (taking *frame_p). 0 or -1 with
+ * detail, as router_turns_send_fn. */
+static int s_send_by_name(router_node_t *self, const router_peer_t *peer, uint8_t **frame_p,
+                          size_t len, const uint8_t id[16], router_send_fn *cb, void *cb_ud,
+                          char *detail, size_t detailcap)
+{
+    const char *host = peer->dial.host;
+    char why[160];
+    if (!self->resolver && !(self->resolver = router_resolver_new(self->loop, self->metrics))) {
+        snprintf(detail, detailcap, "cannot resolve %s: %s", host, strerror(errno));
+        return -1;
+    }
+    s_dns_send_t *d = calloc(1, sizeof *d);
+    if (!d) {
+        snprintf(detail, detailcap, "out of memory");
+        return -1;
+    }
+    router_addr_t addr;
+    int r = router_resolver_lookup(self->resolver, host, peer->dial.port, &addr, s_dns_answered,
+                                   d, why, sizeof why);
+    if (r != 1) {
+        free(d);
+        if (r < 0) {
+            snprintf(detail, detailcap, "cannot resolve %s: %s", host, why);
+            return -1;
+        }
+        if (router_outbound_send(self->outbound, peer->pk, &addr, *frame_p, len, id, cb, cb_ud) !=
+            0) {
+            snprintf(detail, detailcap, "cannot send: %s", strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    d->node = self;
+    memcpy(d->to, peer->pk, 32);
+    memcpy(d->id, id, 16);
+    d->frame = *frame_p;
+    *frame_p = NULL;
+    d->len = len;
+    snprintf(d->host, sizeof d->host, "%s", host);
+    d->cb = cb;
+    d->cb_ud = cb_ud;
+    d->next = self->dns_sends;
+    if (d->next)
+        d->next->prev = d;
+    self->dns_sends = d;
+    return 0;
+}
+
 /* router_turns_send_fn: signs and sends on the loop thread, without
- * blocking. The peer's address must need no DNS lookup (an IP literal,
- * localhost, a Unix socket or inproc://): the loop never resolves. */
+ * blocking. A peer named by DNS is resolved on the resolver's thread and
+ * sent to when the answer comes (router/net/resolver.h). */
 static int s_turns_send(void *ud, const uint8_t to[32], cbor_item_t **kind, uint8_t id_out[16],
                         router_send_fn *cb, void *cb_ud, char *detail, size_t detailcap)
 {
@@ -502,6 +614,7 @@ static int s_turns_send(void *ud, const uint8_t to[32], cbor_item_t **kind, uint
     router_addr_t addr;
     router_addr_err_t why;
     char inproc[ROUTER_INPROC_NAME_MAX + 1] = "";
+    bool by_name = false;
     if (!peer) {
         snprintf(detail, detailcap, "the peer is not trusted");
         goto done;
@@ -518,9 +631,7 @@ static int s_turns_send(void *ud, const uint8_t to[32], cbor_item_t **kind, uint
             goto done;
         }
     } else if (router_addr_from_host(peer->dial.host, peer->dial.port, &addr, &why) != 0) {
-        snprintf(detail, detailcap, "%s needs a DNS lookup, which the router loop never does",
-                 peer->dial.host);
-        goto done;
+        by_name = !router_outbound_connected(self->outbound, to);
     }
     proto_envelope_reason_t r;
     env = proto_envelope_new(NULL, self->identity.pk, to, kind, &r);
@@ -534,6 +645,10 @@ static int s_turns_send(void *ud, const uint8_t to[32], cbor_item_t **kind, uint
         goto done;
     }
     memcpy(id_out, proto_envelope_id(env), 16);
+    if (by_name) {
+        rc = s_send_by_name(self, peer, &frame, len, id_out, cb, cb_ud, detail, detailcap);
+        goto done;
+    }
     if (inproc[0] && !router_outbound_connected(self->outbound, to)) {
         int fd = router_inproc_dial(self->inproc, inproc);
         if (fd < 0) {
@@ -850,6 +965,7 @@ static void s_teardown(router_node_t *self)
     /* Order matters: the store thread may post wake-ups until the inbox is
      * destroyed, so the loop outlives the inbox; posts still pending run
      * inside router_loop_destroy and find comms and outbound gone. */
+    s_dns_sends_fail(self);                   /* turns still there to be told */
     router_outbound_destroy(&self->outbound); /* fails its sends: turns still there */
     router_turns_destroy(&self->turns);     /* unfinished entries stay in the inbox */
     router_broker_destroy(&self->broker);

@@ -36,6 +36,28 @@ DONE = 'kith_turns_total{status="done"}'
 ERROR = 'kith_turns_total{status="error"}'
 
 
+DNS_LOOKUPS = "kith_dns_lookups_total"
+
+
+def loopback_name():
+    """A name that only a lookup turns into 127.0.0.1: another name of
+    127.0.0.1 in /etc/hosts, else LOCALHOST (the hosts file matches names
+    without regard to case; kith's own parser knows only `localhost`)."""
+    names = []
+    with open("/etc/hosts") as f:
+        for line in f:
+            words = line.split("#")[0].split()
+            if words and words[0] == "127.0.0.1":
+                names += [w for w in words[1:] if w != "localhost"]
+    for name in names + ["LOCALHOST"]:
+        try:
+            if socket.getaddrinfo(name, 9, socket.AF_INET)[0][4][0] == "127.0.0.1":
+                return name
+        except OSError:
+            pass
+    raise AssertionError("no name other than `localhost` resolves to 127.0.0.1 here")
+
+
 class AckServer:
     """The test peer's own comms listener: verifies each envelope it gets,
     answers with a signed ack, and hands the envelope to the test."""
@@ -198,8 +220,12 @@ def main():
                                                  "agent_threads": 0},
                                      "gateway": {"require_pairing": False}})
     node.trust("peer", peer.pk, f"tcp://127.0.0.1:{acks.port}")
-    # A peer behind a host name: the loop never resolves names, so the
-    # agents' send_message to it fails at once, saying so.
+    # Peers behind host names: the loop hands names to the resolver's
+    # thread; one that resolves (to this machine) gets the agents'
+    # send_message, one that does not is offline, saying why.
+    near = Peer()
+    near_acks = AckServer(near)
+    node.trust("near", near.pk, f"tcp://{loopback_name()}:{near_acks.port}")
     node.trust("far", Peer().pk, "tcp://peer.invalid:9")
     node.start()
     ep = endpoint_of(node)
@@ -243,13 +269,25 @@ def main():
             a.wait("served")
             wait_inbox_empty(node)
 
-        def router_tool_refuses_a_host_name():
+        def router_tool_resolves_a_host_name():
+            before = metrics_map(node).get(DNS_LOOKUPS, 0)
+            for body in ("hi by name", "and again"):  # the second from the cache
+                send(node, peer.message(node.pk, f"/send near {body}"))
+                ok, env = near_acks.next()
+                check(ok and env["kind"] == {"type": "message", "body": body},
+                      f"the peer got {env['kind']}")
+                a.wait("served")
+                wait_inbox_empty(node)
+            check(metrics_map(node).get(DNS_LOOKUPS, 0) == before + 1, metrics_map(node))
+
+        def router_tool_reports_a_name_that_does_not_resolve():
             send(node, peer.message(node.pk, "/send far hello"))
             a.wait("served")
             wait_inbox_empty(node)
             _, _, body, _ = curl(gateway_url(node) + "/api/sessions/comms?limit=1")
             last = json.loads(body)["messages"][-1]
-            check(last["role"] == "assistant" and "DNS lookup" in last["content"], f"{last}")
+            check(last["role"] == "assistant" and "offline" in last["content"]
+                  and "cannot resolve peer.invalid" in last["content"], f"{last}")
 
         def turn_events_on_api_events():
             sse = Sse(node).read_head()
@@ -317,7 +355,8 @@ def main():
         r.run(request_gets_signed_response)
         r.run(failed_request_gets_failed_response)
         r.run(router_tool_sends_signed_message)
-        r.run(router_tool_refuses_a_host_name)
+        r.run(router_tool_resolves_a_host_name)
+        r.run(router_tool_reports_a_name_that_does_not_resolve)
         r.run(turn_events_on_api_events)
         r.run(worker_killed_mid_turn)
         r.run(entries_survive_daemon_kill)
