@@ -212,6 +212,39 @@ def curve_keys_only_authorized(peer, acks):
         node.cleanup()
 
 
+def refused_at_start():
+    """A broker that cannot serve refuses to start, saying why in one line:
+    its port taken, its CURVE secret not a certificate, its folder not one."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    port = held.getsockname()[1]
+
+    def refused(node, needle):
+        try:
+            node.start()
+            raise AssertionError(f"started in spite of {needle!r}")
+        except RuntimeError as e:
+            check(node.proc.returncode not in (0, None), f"exit {node.proc.returncode}")
+            check(needle in str(e), f"no {needle!r} in:\n{e}")
+        finally:
+            node.cleanup()
+
+    try:
+        refused(Daemon("busy", config={"workers": {"listen": f"tcp://127.0.0.1:{port}"}}),
+                f"workers: cannot bind tcp://127.0.0.1:{port}")
+    finally:
+        held.close()
+    node = Daemon("badcert", config={"workers": {"listen": "tcp://lo:0"}})
+    os.makedirs(os.path.join(node.home, "workers"), mode=0o700)
+    with open(os.path.join(node.home, "workers", "broker.cert_secret"), "w") as f:
+        f.write("not a certificate\n")
+    refused(node, "is not a CZMQ certificate with a secret key")
+    node = Daemon("notdir", config={"workers": {"listen": "tcp://lo:0"}})
+    open(os.path.join(node.home, "workers"), "w").close()
+    refused(node, "workers: cannot make")
+
+
 def main():
     r = Results()
     peer = Peer()
@@ -361,6 +394,7 @@ def main():
         r.run(worker_killed_mid_turn)
         r.run(entries_survive_daemon_kill)
         r.run(curve_keys_only_authorized, peer, acks)
+        r.run(refused_at_start)
         r.stopped(node)
     finally:
         for w in workers:
