@@ -137,6 +137,68 @@ def oversized_head_gets_431(node, alice):
     assert status == 431 and error_code(body) == "head_too_large", out[:200]
 
 
+H = b"Host: a\r\n"
+
+
+def post(extra, body=b""):
+    return b"POST /webhook HTTP/1.1\r\n" + H + extra + b"\r\n" + body
+
+
+WIRE_11_2 = [
+    # (code, status, request): a request for each refusal of WIRE §11.2
+    ("bad_method", 400, b"G(T /health HTTP/1.1\r\n" + H + b"\r\n"),
+    ("bad_target", 400, b"GET /he#alth HTTP/1.1\r\n" + H + b"\r\n"),
+    ("target_too_long", 414, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + H + b"\r\n"),
+    ("bad_version", 400, b"GET /health HTTP/x.1\r\n" + H + b"\r\n"),
+    ("version_not_supported", 505, b"GET /health HTTP/1.2\r\n" + H + b"\r\n"),
+    ("version_not_supported", 505, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    ("bare_cr", 400, b"GET /health HTTP/1.1\r\nHost: a\rX\r\n\r\n"),
+    ("bare_lf", 400, b"GET /health HTTP/1.1\nHost: a\r\n\r\n"),
+    ("bad_field_name", 400, b"GET /health HTTP/1.1\r\n" + H + b"X(y: 1\r\n\r\n"),
+    ("bad_field_value", 400, b"GET /health HTTP/1.1\r\n" + H + b"X: a\x01b\r\n\r\n"),
+    ("space_before_colon", 400, b"GET /health HTTP/1.1\r\n" + H + b"X : 1\r\n\r\n"),
+    ("obs_fold", 400, b"GET /health HTTP/1.1\r\n" + H + b"X: 1\r\n  2\r\n\r\n"),
+    ("too_many_fields", 431, b"GET /health HTTP/1.1\r\n" + H + b"".join(b"X%d: 1\r\n" % i for i in range(101)) + b"\r\n"),
+    ("host_missing", 400, b"GET /health HTTP/1.1\r\n\r\n"),
+    ("host_duplicate", 400, b"GET /health HTTP/1.1\r\n" + H + H + b"\r\n"),
+    ("host_invalid", 400, b"GET /health HTTP/1.1\r\nHost: a:99999\r\n\r\n"),
+    ("content_length_invalid", 400, post(b"Content-Length: +5\r\n")),
+    ("content_length_overflow", 400, post(b"Content-Length: 99999999999999999999999\r\n")),
+    ("content_length_duplicate", 400, post(b"Content-Length: 5, 5\r\n")),
+    ("content_length_with_transfer_encoding", 400, post(b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n")),
+    ("transfer_encoding_invalid", 400, post(b"Transfer-Encoding: chunked,\r\n")),
+    ("transfer_encoding_duplicate", 400, post(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n")),
+    ("transfer_encoding_not_chunked", 400, post(b"Transfer-Encoding: gzip\r\n")),
+    ("transfer_encoding_unsupported", 501, post(b"Transfer-Encoding: gzip, chunked\r\n")),
+    ("transfer_encoding_in_http10", 400, b"POST /webhook HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    ("body_too_large", 413, post(b"Content-Length: 2000000\r\n")),
+    ("body_too_large", 413, post(b"Transfer-Encoding: chunked\r\n", b"200000\r\n")),
+    ("bad_chunk_size", 400, post(b"Transfer-Encoding: chunked\r\n", b"zz\r\n")),
+    ("chunk_size_overflow", 400, post(b"Transfer-Encoding: chunked\r\n", b"00000000000000001\r\n")),
+    ("bad_chunk_ext", 400, post(b"Transfer-Encoding: chunked\r\n", b"1;\r\n")),
+    ("chunk_ext_too_large", 400, post(b"Transfer-Encoding: chunked\r\n", b"1;a=" + b"b" * 5000 + b"\r\n")),
+    ("bad_chunk_data_end", 400, post(b"Transfer-Encoding: chunked\r\n", b"1\r\nxy\r\n")),
+    ("trailer_too_large", 431, post(b"Transfer-Encoding: chunked\r\n", b"0\r\n" + b"".join(b"T%d: %s\r\n" % (i, b"v" * 200) for i in range(90)) + b"\r\n")),
+    ("websocket_not_found", 404, b"GET /nope HTTP/1.1\r\n" + H + b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+    ("upgrade_required", 426, b"GET /ws/chat HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"),
+    ("method_not_allowed", 405, b"DELETE /health HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"),
+]
+
+
+@test
+def every_refusal_of_the_table(node, alice):
+    """Each row of WIRE §11.2 that a request can make, from raw bytes: its
+    status, its code in a JSON body, and nothing else answered after it."""
+    wrong = []
+    for code, status, req in WIRE_11_2:
+        got = split_responses(raw(node.gw_port, req))
+        st, headers, body = got[0] if got else (None, {}, b"")
+        if (len(got), st, error_code(body) if got else None) != (1, status, code) or \
+                headers.get("content-type") != "application/json":
+            wrong.append((code, status, got[:2]))
+    assert not wrong, wrong
+
+
 def run_ephemeral_and_ipv6():
     """gateway.port 0: the log names the port the kernel picked; and an IPv6
     listen host (brackets added for the address parser) when the host has ::1."""
