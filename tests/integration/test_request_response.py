@@ -46,6 +46,13 @@ def wait_response(a, b, rid, timeout=60):
     raise AssertionError(f"no response to {rid.hex()} in A's inbox:\n{b.logs()[-3000:]}")
 
 
+def responses_once(a, rid):
+    """Exactly one response to request rid reached A."""
+    n = sum(1 for (kind, blob) in inbox_rows(a, "kind, frame") if kind == "response"
+            and cbor2.loads(bytes(blob))["kind"]["in_reply_to"] == rid)
+    check(n == 1, f"{n} responses to one request")
+
+
 def send_request(a, intent, params):
     out, _ = kith_run("send", "--home", a.home, "--to", "b", "--request", intent,
                       "--params", json.dumps(params))
@@ -90,9 +97,7 @@ def main():
             a.start()
             got = wait_response(a, b, rid)
             check(got[rid]["status"] == "completed", got[rid])
-            n = sum(1 for (kind, blob) in inbox_rows(a, "kind, frame") if kind == "response"
-                    and cbor2.loads(bytes(blob))["kind"]["in_reply_to"] == rid)
-            check(n == 1, f"{n} responses to one request")
+            responses_once(a, rid)
 
         def b_killed_mid_turn_still_answers():
             # B without embedded agents: a Python worker takes the turn and
@@ -123,10 +128,7 @@ def main():
             b.start()
             got = wait_response(a, b, rid)
             check(got[rid]["status"] == "completed", got[rid])
-            # Exactly one response to it reaches A.
-            n = sum(1 for (kind, blob) in inbox_rows(a, "kind, frame") if kind == "response"
-                    and cbor2.loads(bytes(blob))["kind"]["in_reply_to"] == rid)
-            check(n == 1, f"{n} responses to one request")
+            responses_once(a, rid)
 
         r.run(request_answered_with_signed_response)
         r.run(answer_waits_for_the_requester)
