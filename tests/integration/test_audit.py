@@ -306,6 +306,42 @@ def main():
         finally:
             t.cleanup()
     results.run(tool_calls_recorded)
+
+    def absolute_path_used_as_it_is():
+        # audit.path outside the home (a log partition, say): the chain is
+        # written there, the API and the CLI read it there; a path the
+        # daemon cannot open stops the start, naming it.
+        import tempfile
+        where = tempfile.mkdtemp(prefix="kith-audit-abs-")
+        path = os.path.join(where, "chain.log")
+        a = Daemon("audit-abs", config={"audit": {"path": path}})
+        try:
+            a.start()
+            pair(a, "000000")
+            wait_metric(a, "kith_audit_appended_total", lambda v: v >= 1)
+            check(not os.path.exists(log_path(a)), "a chain in the home as well")
+            with open(path, "rb") as f:
+                check(b'"pair_failed"' in f.read(), "no pair_failed record at audit.path")
+            status, body = pair(a, pairing_code(a))
+            status, got = get(a, "/api/audit/verify", body["token"])
+            check(status == 200 and got["ok"] is True and got["records"] >= 2, f"{status} {got}")
+            a.stop()
+            out = verify("--home", a.home, expect=0)
+            check("intact" in out, out)
+        finally:
+            a.cleanup()
+            shutil.rmtree(where, ignore_errors=True)
+        bad = os.path.join(where, "no-such-dir", "chain.log")
+        b = Daemon("audit-bad", config={"audit": {"path": bad}})
+        try:
+            try:
+                b.start()
+                raise AssertionError("started with an audit.path it cannot open")
+            except RuntimeError as e:
+                check(b.proc.returncode not in (0, None) and bad in str(e), str(e)[-2000:])
+        finally:
+            b.cleanup()
+    results.run(absolute_path_used_as_it_is)
     shutil.rmtree(node.home, ignore_errors=True)
     return results.summary()
 
