@@ -152,6 +152,32 @@ def main():
         listed = json.loads(kith("peers", "list", "--json", "--home", home))
         row = listed["peers"][0]
         assert row["profile"] == "meerkat" and row["meta"]["labels"]["role"] == "worker", row
+        # Rows kith cannot take are dropped one by one, saying why; meta it
+        # refuses is left behind without losing the peer.
+        third, fourth = MeerkatPeer(os.path.join(tmp, "third")), MeerkatPeer(os.path.join(tmp, "fourth"))
+        third.close()
+        fourth.close()
+        doc = {"peers": [
+            42,
+            {"name": "noaddr", "pubkey": pubkey_text(third.pk)},
+            {"name": "loud", "pubkey": pubkey_text(fourth.pk), "addr": "tcp://127.0.0.1:7002",
+             "meta": {"description": "two\nlines"}},
+        ]}
+        json.dump(doc, open(path, "w"))
+        out, _ = kith_run("peers", "import", path, "--home", home)
+        assert 'dropped peers[0] "": not an object' in out, out
+        assert 'dropped peers[1] "noaddr": addr: missing' in out, out
+        assert 'peers[2] "loud": meta left behind' in out, out
+        listed = json.loads(kith("peers", "list", "--json", "--home", home))
+        loud = [p for p in listed["peers"] if p["name"] == "loud"]
+        assert len(loud) == 1 and "meta" not in loud[0] and len(listed["peers"]) == 2, listed
+        # A file that is not a Meerkat trust file at all changes nothing.
+        for text, needle in (("{not json", "not JSON"), ('{"peers": 5}', 'no "peers" array'),
+                             (" " * (8 << 20) + "{}", "more than the")):
+            open(path, "w").write(text)
+            _, err = kith_run("peers", "import", path, "--home", home, expect=1)
+            assert needle in err, (needle, err)
+        assert json.loads(kith("peers", "list", "--json", "--home", home)) == listed
 
     def pairing_refusals():
         # Each refusal is one typed error line and a close; none of these
