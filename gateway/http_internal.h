@@ -93,7 +93,8 @@ struct gateway_http {
     uint32_t ws_open;                    /* WebSockets among `open` */
     router_sources_t *sources;           /* unauthenticated connections per source */
     gateway_http_conn_t *unauth_head, *unauth_tail; /* not yet authenticated, oldest first */
-    uint32_t unauth;                     /* how many */
+    gateway_ws_t *ws_unauth_head, *ws_unauth_tail; /* WebSockets not yet authenticated, oldest first */
+    uint32_t unauth;                     /* how many, both lists */
     router_metric_t *m_unauth;           /* kith_http_unauth_connections */
     router_metric_t *m_rejected[GATEWAY_HTTP_REJECT_COUNT]; /* kith_http_rejected_total */
     router_metric_t *m_status[GATEWAY_HTTP_STATUS_MAX - GATEWAY_HTTP_STATUS_MIN + 1];
@@ -195,6 +196,15 @@ const char *gateway_http_reason_text(proto_http_reason_t reason);
  * matched) in kith_http_requests_total and kith_http_route_requests_total. */
 void gateway_http_count_status(gateway_http_t *g, const gateway_http_route_t *route, int status);
 
+/* An unauthenticated connection becoming a WebSocket keeps its place in
+ * the unauthenticated share (WIRE §11.3): hc leaves the list, the count
+ * and its source's count stay. Returns the source handle (NULL when the
+ * source is not counted) and sets *was to whether hc held a place. */
+router_source_t *gateway_http_unauth_hand_over(gateway_http_conn_t *hc, bool *was);
+
+/* Gives back a place handed over (the socket authenticated or closed). */
+void gateway_http_unauth_give_back(gateway_http_t *g, router_source_t **source_p);
+
 /* ---------------------------------------------------------------- ws.c */
 
 /* Takes over `conn` (whose HTTP state the caller frees) as a WebSocket of
@@ -206,6 +216,11 @@ gateway_ws_t *gateway_ws_adopt(gateway_http_t *g, router_conn_t *conn,
 
 /* Frames that arrived behind the upgrade request, in the same read. */
 void gateway_ws_input(gateway_ws_t *ws, uint8_t *data, size_t len);
+
+/* The unauthenticated share is full: cuts the oldest WebSocket that has
+ * not authenticated (1008) and gives its place back. False when there is
+ * none. */
+bool gateway_ws_unauth_evict(gateway_http_t *g);
 
 /* For gateway_http_destroy: lets every socket go without callbacks. */
 void gateway_ws_disown_all(gateway_http_t *g);

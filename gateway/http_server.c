@@ -426,9 +426,31 @@ void gateway_http_res_authenticated(gateway_http_res_t *res)
         s_unauth_leave(res->hc);
 }
 
+router_source_t *gateway_http_unauth_hand_over(gateway_http_conn_t *hc, bool *was)
+{
+    *was = hc->unauth;
+    if (!hc->unauth)
+        return NULL;
+    gateway_http_t *g = hc->g;
+    router_source_t *source = hc->source;
+    hc->source = NULL;
+    g->unauth++; /* s_unauth_leave gives one back: the socket keeps it */
+    s_unauth_leave(hc);
+    return source;
+}
+
+void gateway_http_unauth_give_back(gateway_http_t *g, router_source_t **source_p)
+{
+    router_sources_release(g->sources, source_p);
+    g->unauth--;
+    router_metric_set(g->m_unauth, g->unauth);
+}
+
 /* Room for one more unauthenticated connection (WIRE §11.3): the oldest
  * one that has nothing under way (waiting for, or reading, a request head)
- * is cut. False when every one has work in hand. */
+ * is cut, else the oldest WebSocket that has not authenticated (it holds
+ * its place for as long as it likes). False when every one has work in
+ * hand. */
 static bool s_unauth_room(gateway_http_t *g)
 {
     if (g->unauth < g->opts.unauth_max)
@@ -444,7 +466,7 @@ static bool s_unauth_room(gateway_http_t *g)
         router_conn_abort(hc->conn); /* on_close frees it */
         return true;
     }
-    return false;
+    return gateway_ws_unauth_evict(g);
 }
 
 /* Counts a new connection as unauthenticated: refuses it (false; the

@@ -48,6 +48,9 @@ struct gateway_ws {
     uint64_t timer;               /* armed timer, 0 for none */
     uint64_t timer_due;           /* when it fires */
     char credential[GATEWAY_HTTP_CREDENTIAL_MAX]; /* what let it in, "" for nothing named */
+    bool unauth;                  /* holds a place in the unauthenticated share (WIRE §11.3) */
+    router_source_t *source;      /* ...counted against this source, or NULL */
+    gateway_ws_t *uprev, *unext;  /* the server's unauthenticated sockets, oldest first */
     gateway_ws_t *prev, *next;    /* the server's list */
 };
 
@@ -352,6 +355,43 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
     gateway_ws_input(ud, data, len);
 }
 
+/* ---------------------------------------------------------------- the unauthenticated share */
+
+/* Gives the socket's place in the unauthenticated share back. Idempotent. */
+static void s_unauth_leave(gateway_ws_t *ws)
+{
+    gateway_http_t *g = ws->g;
+    if (!ws->unauth)
+        return;
+    if (ws->uprev)
+        ws->uprev->unext = ws->unext;
+    else
+        g->ws_unauth_head = ws->unext;
+    if (ws->unext)
+        ws->unext->uprev = ws->uprev;
+    else
+        g->ws_unauth_tail = ws->uprev;
+    ws->uprev = ws->unext = NULL;
+    ws->unauth = false;
+    gateway_http_unauth_give_back(g, &ws->source);
+}
+
+bool gateway_ws_unauth_evict(gateway_http_t *g)
+{
+    gateway_ws_t *ws = g->ws_unauth_head;
+    if (!ws)
+        return false;
+    router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_UNAUTH_EVICTED], 1);
+    ROUTER_LOG(ROUTER_LOG_INFO, "gateway",
+               "ws %llu cut: the oldest unauthenticated WebSocket, for a newcomer",
+               (unsigned long long) router_conn_id(ws->conn));
+    s_unauth_leave(ws);
+    s_fail(ws, PROTO_WS_CLOSE_POLICY, "too many unauthenticated connections");
+    return true;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
 static void s_unlink(gateway_ws_t *ws)
 {
     gateway_http_t *g = ws->g;
@@ -382,6 +422,7 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
         ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ws %llu cut: %s",
                    (unsigned long long) router_conn_id(conn), router_close_reason_str(reason));
     gateway_http_t *g = ws->g;
+    s_unauth_leave(ws);
     s_unlink(ws);
     if (ws->h.on_close)
         ws->h.on_close(ws, ws->close_code, ws->ud);
@@ -457,6 +498,17 @@ gateway_ws_t *gateway_ws_accept(gateway_http_res_t *res, const gateway_ws_handle
     res->sent = true;
     res->ws = ws;
     memcpy(ws->credential, res->credential, sizeof ws->credential);
+    /* Not authenticated by its upgrade request: it keeps its place. */
+    ws->source = gateway_http_unauth_hand_over(hc, &ws->unauth);
+    if (ws->unauth) {
+        gateway_http_t *g = hc->g;
+        ws->uprev = g->ws_unauth_tail;
+        if (g->ws_unauth_tail)
+            g->ws_unauth_tail->unext = ws;
+        else
+            g->ws_unauth_head = ws;
+        g->ws_unauth_tail = ws;
+    }
     gateway_http_count_status(hc->g, hc->route, 101);
     if (router_conn_send(hc->conn, head, (size_t) n) != 0)
         ws->state = S_DONE; /* on_close follows from the loop */
@@ -482,8 +534,10 @@ const char *gateway_ws_req_bearer(const gateway_http_res_t *res, size_t *len)
 
 void gateway_ws_set_credential(gateway_ws_t *ws, const char *id)
 {
-    if (ws)
-        snprintf(ws->credential, sizeof ws->credential, "%s", id ? id : "");
+    if (!ws)
+        return;
+    snprintf(ws->credential, sizeof ws->credential, "%s", id ? id : "");
+    s_unauth_leave(ws);
 }
 
 size_t gateway_ws_close_credential(gateway_http_t *g, const char *id, const char *reason)
@@ -515,6 +569,7 @@ void gateway_ws_disown_all(gateway_http_t *g)
     for (gateway_ws_t *ws = g->ws, *next; ws; ws = next) {
         next = ws->next;
         router_conn_disown(ws->conn);
+        s_unauth_leave(ws);
         s_free(ws);
     }
     g->ws = NULL;

@@ -91,9 +91,12 @@ void gateway_ws_close(gateway_ws_t *ws, uint16_t code, const char *reason);
  * place another needs now. on_close follows; nothing more is read. */
 void gateway_ws_end(gateway_ws_t *ws, uint16_t code, const char *reason);
 
-/* Names the credential that let the socket in, for a route that
- * authenticates after the upgrade (OpenClaw's connect): revoking it closes
- * the socket (gateway_http_revoke). NULL or "" names none. */
+/* The socket authenticated after its upgrade (OpenClaw's connect): it
+ * leaves the unauthenticated share (WIRE §11.3), where a socket whose
+ * upgrade request proved no credential stays until then (and may be cut,
+ * oldest first, to make room). `id` names the credential that let it in:
+ * revoking it closes the socket (gateway_http_revoke); NULL or "" names
+ * none. */
 void gateway_ws_set_credential(gateway_ws_t *ws, const char *id);
 
 /* A number unique within the loop, for logs. */

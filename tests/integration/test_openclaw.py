@@ -223,6 +223,13 @@ async def handshake_share(node, token):
     check("place" in (waiting[0].close_reason or ""), waiting[0].close_reason)
     await asyncio.wait_for(await done.ping(), TIMEOUT)  # the connected one is untouched
     await asyncio.wait_for(await waiting[1].ping(), TIMEOUT)
+    # The sockets still waiting hold places in the gateway's share of
+    # unauthenticated connections (WIRE §11.3); connected ones do not:
+    # 255 waiting, and the request that reads the gauge.
+    deadline, unauth = time.time() + TIMEOUT, None
+    while unauth != 256 and time.time() < deadline:
+        unauth = (await asyncio.to_thread(metrics_map, node)).get("kith_http_unauth_connections")
+    check(unauth == 256, f"{unauth} unauthenticated connections, not 256")
     for ws in [done, newcomer] + waiting:
         await ws.close()
 

@@ -341,6 +341,50 @@ def unfinished_frame_and_unanswered_close():
         node.cleanup()
 
 
+def unauthenticated_sockets_hold_a_place_and_yield_it():
+    # /ws/echo proves no credential, so its sockets stay in the share of
+    # unauthenticated connections (WIRE §11.3): with room for 3, a fourth
+    # connection cuts the oldest socket (Close 1008) and is served; the
+    # others go on; closed sockets give their places back.
+    node = Daemon("wsunauth", config={"gateway": {"echo": True},
+                                      "limits": {"http_unauth_connections_max": 3,
+                                                 "http_unauth_per_source_max": 3}})
+
+    def metrics():
+        out = subprocess.run(["curl", "-s", f"http://127.0.0.1:{node.gw_port}/metrics"],
+                             capture_output=True, text=True, timeout=30).stdout
+        return {ln.split()[0]: float(ln.split()[1]) for ln in out.splitlines()
+                if ln and not ln.startswith("#")}
+
+    try:
+        node.start()
+
+        async def go():
+            socks = [await websockets.connect(url(node), ping_interval=None) for _ in range(3)]
+            for i, ws in enumerate(socks):
+                await ws.send(f"m{i}")
+                assert await ws.recv() == f"m{i}"
+            m = await asyncio.to_thread(metrics)  # a fourth connection
+            assert m['kith_http_rejected_total{reason="unauth_evicted"}'] == 1, m
+            assert m["kith_http_unauth_connections"] == 3, m
+            try:
+                await socks[0].recv()
+                raise AssertionError("the oldest socket was not cut")
+            except websockets.ConnectionClosed as e:
+                assert e.rcvd and e.rcvd.code == 1008, e
+                assert e.rcvd.reason == "too many unauthenticated connections", e
+            for i, ws in enumerate(socks[1:], 1):
+                await ws.send(f"again{i}")
+                assert await ws.recv() == f"again{i}"
+                await ws.close()
+            m = await asyncio.to_thread(metrics)
+            assert m["kith_http_unauth_connections"] == 1, m  # this request's own
+            assert m['kith_http_rejected_total{reason="unauth_evicted"}'] == 1, m
+        run(go())
+    finally:
+        node.cleanup()
+
+
 def echo_is_off_by_default():
     node = Daemon("noecho")
     try:
@@ -367,6 +411,7 @@ def main():
     results.run(echo_is_off_by_default)
     results.run(pings_keep_live_sockets_and_end_dead_ones)
     results.run(unfinished_frame_and_unanswered_close)
+    results.run(unauthenticated_sockets_hold_a_place_and_yield_it)
     return results.summary()
 
 
