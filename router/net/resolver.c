@@ -100,23 +100,32 @@ static void s_shared_release(s_shared_t *sh)
     free(sh);
 }
 
-/* getaddrinfo, for one name; the first address it gives. */
+/* getaddrinfo, for one name: its first IPv4 address, else its first
+ * address. IPv4 first because a name with both often has an IPv6 address
+ * nothing routes to (a container host's), and kith listens on IPv4 unless
+ * told otherwise; one address, because the loop dials once per send. */
 static void s_resolve(s_job_t *j)
 {
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
     char port[8];
     snprintf(port, sizeof port, "%u", j->port);
     int g = getaddrinfo(j->host, port, &hints, &res);
-    if (g != 0 || !res) {
+    const struct addrinfo *pick = res;
+    for (const struct addrinfo *a = res; a; a = a->ai_next)
+        if (a->ai_family == AF_INET) {
+            pick = a;
+            break;
+        }
+    if (g != 0 || !pick) {
         snprintf(j->why, sizeof j->why, "%s", g == EAI_SYSTEM ? strerror(errno) : gai_strerror(g));
         j->ok = false;
-    } else if (res->ai_addrlen > sizeof j->addr.u) {
+    } else if (pick->ai_addrlen > sizeof j->addr.u) {
         snprintf(j->why, sizeof j->why, "an address of an unknown family");
         j->ok = false;
     } else {
         memset(&j->addr, 0, sizeof j->addr);
-        memcpy(&j->addr.u, res->ai_addr, res->ai_addrlen);
-        j->addr.len = res->ai_addrlen;
+        memcpy(&j->addr.u, pick->ai_addr, pick->ai_addrlen);
+        j->addr.len = pick->ai_addrlen;
         j->ok = true;
     }
     if (res)
