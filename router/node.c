@@ -504,7 +504,8 @@ typedef struct s_dns_send {
     void *cb_ud;
 } s_dns_send_t;
 
-static void s_dns_send_unlink(router_node_t *self, s_dns_send_t *d)
+/* Off the node's list, and freed. */
+static void s_dns_send_free(router_node_t *self, s_dns_send_t *d)
 {
     if (d->prev)
         d->prev->next = d->next;
@@ -512,6 +513,8 @@ static void s_dns_send_unlink(router_node_t *self, s_dns_send_t *d)
         self->dns_sends = d->next;
     if (d->next)
         d->next->prev = d->prev;
+    free(d->frame);
+    free(d);
 }
 
 /* The name's answer: send, or tell the caller the peer is offline. */
@@ -520,7 +523,6 @@ static void s_dns_answered(const router_addr_t *addr, const char *why, void *ud)
     s_dns_send_t *d = ud;
     router_node_t *self = d->node;
     char detail[ROUTER_CONFIG_HOST_CAP + 160];
-    s_dns_send_unlink(self, d);
     if (!addr) {
         snprintf(detail, sizeof detail, "cannot resolve %s: %s", d->host, why);
         d->cb(ROUTER_SEND_OFFLINE, detail, NULL, d->cb_ud);
@@ -531,8 +533,7 @@ static void s_dns_answered(const router_addr_t *addr, const char *why, void *ud)
         snprintf(detail, sizeof detail, "cannot send: %s", strerror(errno));
         d->cb(ROUTER_SEND_OFFLINE, detail, NULL, d->cb_ud);
     }
-    free(d->frame);
-    free(d);
+    s_dns_send_free(self, d);
 }
 
 /* At teardown, before the turns go: sends still waiting for DNS fail, as
@@ -542,19 +543,17 @@ static void s_dns_sends_fail(router_node_t *self)
     router_resolver_destroy(&self->resolver); /* drops its waiters uncalled */
     while (self->dns_sends) {
         s_dns_send_t *d = self->dns_sends;
-        s_dns_send_unlink(self, d);
         d->cb(ROUTER_SEND_OFFLINE, "the node is stopping", NULL, d->cb_ud);
-        free(d->frame);
-        free(d);
+        s_dns_send_free(self, d);
     }
 }
 
-/* Sends *frame_p to a peer whose address is a DNS name: at once when the
- * answer is cached, else once it comes (taking *frame_p). 0 or -1 with
- * detail, as router_turns_send_fn. */
+/* A peer whose address is a DNS name: 0 with *addr set when the answer is
+ * cached (the caller sends as to any address), 1 when the send waits for
+ * the answer (taking *frame_p), -1 with detail. */
 static int s_send_by_name(router_node_t *self, const router_peer_t *peer, uint8_t **frame_p,
                           size_t len, const uint8_t id[16], router_send_fn *cb, void *cb_ud,
-                          char *detail, size_t detailcap)
+                          router_addr_t *addr, char *detail, size_t detailcap)
 {
     const char *host = peer->dial.host;
     char why[160];
@@ -567,21 +566,13 @@ static int s_send_by_name(router_node_t *self, const router_peer_t *peer, uint8_
         snprintf(detail, detailcap, "out of memory");
         return -1;
     }
-    router_addr_t addr;
-    int r = router_resolver_lookup(self->resolver, host, peer->dial.port, &addr, s_dns_answered,
+    int r = router_resolver_lookup(self->resolver, host, peer->dial.port, addr, s_dns_answered,
                                    d, why, sizeof why);
     if (r != 1) {
         free(d);
-        if (r < 0) {
+        if (r < 0)
             snprintf(detail, detailcap, "cannot resolve %s: %s", host, why);
-            return -1;
-        }
-        if (router_outbound_send(self->outbound, peer->pk, &addr, *frame_p, len, id, cb, cb_ud) !=
-            0) {
-            snprintf(detail, detailcap, "cannot send: %s", strerror(errno));
-            return -1;
-        }
-        return 0;
+        return r;
     }
     d->node = self;
     memcpy(d->to, peer->pk, 32);
@@ -596,7 +587,7 @@ static int s_send_by_name(router_node_t *self, const router_peer_t *peer, uint8_
     if (d->next)
         d->next->prev = d;
     self->dns_sends = d;
-    return 0;
+    return 1;
 }
 
 /* router_turns_send_fn: signs and sends on the loop thread, without
@@ -646,8 +637,12 @@ static int s_turns_send(void *ud, const uint8_t to[32], cbor_item_t **kind, uint
     }
     memcpy(id_out, proto_envelope_id(env), 16);
     if (by_name) {
-        rc = s_send_by_name(self, peer, &frame, len, id_out, cb, cb_ud, detail, detailcap);
-        goto done;
+        int waits = s_send_by_name(self, peer, &frame, len, id_out, cb, cb_ud, &addr, detail,
+                                   detailcap);
+        if (waits != 0) {
+            rc = waits > 0 ? 0 : -1;
+            goto done;
+        }
     }
     if (inproc[0] && !router_outbound_connected(self->outbound, to)) {
         int fd = router_inproc_dial(self->inproc, inproc);
