@@ -681,6 +681,9 @@ static int s_workers_start(router_node_t *self, const router_node_opts_t *opts, 
         .home = self->home[0] ? self->home : NULL,
         .heartbeat_ms = c->workers.heartbeat_ms,
         .liveness = c->workers.liveness,
+        .pending_max = c->limits.workers_pending_max,
+        .pending_per_source_max = c->limits.workers_pending_per_source_max,
+        .ready_timeout_ms = c->limits.first_frame_timeout_ms,
         .metrics = self->metrics,
     };
     if (!(self->broker = router_broker_new(&bo, err, errcap)))

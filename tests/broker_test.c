@@ -14,11 +14,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <czmq.h>
 
+#include "alloc_fail.h"
+#include "router/clock.h"
 #include "router/net/loop.h"
 #include "router/workers/broker.h"
 #include "router/workers/mdp_worker.h"
@@ -129,6 +136,8 @@ static void s_run(runner_t *r, bool (*until)(void *), void *ud)
 /* Heartbeats of the broker under test: generous by default, so a loaded
  * machine never expires a live worker; short in the dead-worker test. */
 static uint32_t s_hb = 100, s_live = 30;
+/* The workers.listen bounds of the broker under test (0: the defaults). */
+static uint32_t s_pending_max, s_per_source_max, s_ready_ms;
 
 static void s_setup(runner_t *r, const char *listen, const char *home, size_t queue_max,
                     char *ep, size_t epcap)
@@ -139,7 +148,9 @@ static void s_setup(runner_t *r, const char *listen, const char *home, size_t qu
     char err[256] = "";
     router_broker_opts_t o = {.loop = r->loop, .endpoint = ep, .listen = listen, .home = home,
                               .heartbeat_ms = s_hb, .liveness = s_live,
-                              .queue_max = queue_max};
+                              .queue_max = queue_max, .pending_max = s_pending_max,
+                              .pending_per_source_max = s_per_source_max,
+                              .ready_timeout_ms = s_ready_ms};
     r->b = router_broker_new(&o, err, sizeof err);
     if (!r->b)
         fprintf(stderr, "broker: %s\n", err);
@@ -634,6 +645,245 @@ static void test_curve(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* ------------------------------------------------------------ workers.listen bounds */
+
+/* A TCP connection from `src` (any 127.x.y.z is this host's loopback) to
+ * the broker's listen port, saying nothing: non-blocking. */
+static int s_raw_tcp(const char *src, const char *bound)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    assert_int_equal(inet_pton(AF_INET, src, &a.sin_addr), 1);
+    assert_int_equal(bind(fd, (struct sockaddr *) &a, sizeof a), 0);
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t) atoi(strrchr(bound, ':') + 1))};
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int rc = connect(fd, (struct sockaddr *) &to, sizeof to);
+    assert_true(rc == 0 || errno == EINPROGRESS);
+    return fd;
+}
+
+/* True once the broker has closed fd (after its ZMTP greeting). */
+static bool s_raw_closed(int fd)
+{
+    char buf[512];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n > 0)
+            continue;
+        return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+    }
+}
+
+/* A count s_wait_conns does not check. */
+#define S_ANY UINT64_MAX
+
+typedef struct {
+    router_broker_t *b;
+    router_worker_conns_stats_t want; /* fields of S_ANY are not checked */
+} conns_want_t;
+
+static bool s_conns_are(void *ud)
+{
+    conns_want_t *w = ud;
+    router_worker_conns_stats_t st;
+    router_broker_listen_stats(w->b, &st);
+    return (w->want.pending == UINT64_MAX || st.pending == w->want.pending) &&
+           (w->want.workers == UINT64_MAX || st.workers == w->want.workers) &&
+           (w->want.cut_share == UINT64_MAX || st.cut_share == w->want.cut_share) &&
+           (w->want.cut_source == UINT64_MAX || st.cut_source == w->want.cut_source) &&
+           (w->want.cut_deadline == UINT64_MAX || st.cut_deadline == w->want.cut_deadline);
+}
+
+static void s_wait_conns(runner_t *r, uint64_t pending, uint64_t workers, uint64_t share,
+                         uint64_t source, uint64_t deadline)
+{
+    conns_want_t w = {r->b, {pending, workers, share, source, deadline}};
+    r->until = s_conns_are;
+    r->ud = &w;
+    r->deadline = router_loop_now_ms(r->loop) + 20000;
+    r->timed_out = false;
+    router_loop_timer_add(r->loop, 0, s_check, r);
+    assert_int_equal(router_loop_run(r->loop), 0);
+    if (r->timed_out) {
+        router_worker_conns_stats_t st;
+        router_broker_listen_stats(r->b, &st);
+        fail_msg("connections: pending %llu workers %llu cut share %llu source %llu deadline "
+                 "%llu", (unsigned long long) st.pending, (unsigned long long) st.workers,
+                 (unsigned long long) st.cut_share, (unsigned long long) st.cut_source,
+                 (unsigned long long) st.cut_deadline);
+    }
+}
+
+static bool s_settled(void *ud)
+{
+    uint64_t *until = ud;
+    return router_clock_mono_ms() >= *until;
+}
+
+/* Runs the loop for ms, so that anything about to happen does. */
+static void s_settle(runner_t *r, uint64_t ms)
+{
+    uint64_t until = router_clock_mono_ms() + ms;
+    s_run(r, s_settled, &until);
+}
+
+/* Connections that carry no worker have a share (the oldest is cut past
+ * it), a share per source address (the newcomer is cut past it) and a
+ * deadline; a worker's connection has none of them, and CURVE workers get
+ * in while strangers hold the share. */
+static void test_listen_pending_bounds(void **state)
+{
+    (void) state;
+    char home[] = "/tmp/kith-broker-test-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    s_pending_max = 5;
+    s_per_source_max = 3;
+    s_ready_ms = 2500;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, "tcp://lo:*", home, 0, ep, sizeof ep);
+    const char *bound = router_broker_listen_endpoint(r.b);
+    char tcp[64];
+    snprintf(tcp, sizeof tcp, "tcp://127.0.0.1%s", strrchr(bound, ':'));
+
+    /* Three from one address are held; a fourth from it is cut, alone. */
+    int a[4];
+    for (int i = 0; i < 4; i++)
+        a[i] = s_raw_tcp("127.0.0.2", bound);
+    s_wait_conns(&r, 3, 0, 0, 1, 0);
+    s_settle(&r, 100);
+    assert_true(s_raw_closed(a[3]));
+    for (int i = 0; i < 3; i++)
+        assert_false(s_raw_closed(a[i]));
+    /* Two more from another address fill the share; one from a third cuts
+     * the oldest of all. */
+    int b[2], c;
+    for (int i = 0; i < 2; i++)
+        b[i] = s_raw_tcp("127.0.0.3", bound);
+    s_wait_conns(&r, 5, 0, 0, 1, 0);
+    c = s_raw_tcp("127.0.0.4", bound);
+    s_wait_conns(&r, 5, 0, 1, 1, 0);
+    s_settle(&r, 100);
+    assert_true(s_raw_closed(a[0]));
+    assert_false(s_raw_closed(a[1]));
+
+    /* An authorized worker gets in past the full share (its connection
+     * cuts the oldest stranger's) and then holds no place in it. */
+    zcert_t *good = zcert_new();
+    char good_path[512], pub_path[512];
+    snprintf(good_path, sizeof good_path, "%s/good.cert", home);
+    snprintf(pub_path, sizeof pub_path, "%s/workers/authorized/good.cert", home);
+    assert_int_equal(zcert_save(good, good_path), 0);
+    assert_int_equal(zcert_save_public(good, pub_path), 0);
+    zcert_destroy(&good);
+    echo_t *ok = s_echo_start(tcp, router_broker_curve_public(r.b), good_path);
+    s_run(&r, s_workers_1, r.b);
+    s_wait_conns(&r, S_ANY, 1, S_ANY, 1, S_ANY);
+    /* Eight connections: one a worker's, the rest held or cut (the oldest
+     * stranger for the share, unless a slow machine let its deadline pass
+     * first). */
+    router_worker_conns_stats_t st;
+    router_broker_listen_stats(r.b, &st);
+    assert_int_equal(st.pending + st.cut_share + st.cut_source + st.cut_deadline, 7);
+    assert_true(st.cut_share + st.cut_deadline >= 2);
+    s_settle(&r, 100);
+    assert_true(s_raw_closed(a[1]));
+
+    /* The strangers' deadline passes: all cut; the worker stays and serves. */
+    s_wait_conns(&r, 0, 1, S_ANY, 1, S_ANY);
+    router_broker_listen_stats(r.b, &st);
+    assert_int_equal(st.cut_share + st.cut_deadline, 6);
+    s_settle(&r, 100);
+    assert_true(s_raw_closed(a[2]));
+    assert_true(s_raw_closed(b[0]));
+    assert_true(s_raw_closed(b[1]));
+    assert_true(s_raw_closed(c));
+    s_settle(&r, 300);
+    assert_int_equal(router_broker_workers(r.b, "kith.test"), 1);
+    reply_t rep = {0};
+    assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "still", 5, s_on_reply,
+                                      &rep) > 0);
+    all_t one = {&rep, 1};
+    s_run(&r, s_all_done, &one);
+    assert_string_equal(rep.last, "f:still");
+
+    /* The worker leaves: its connection goes, and with it every count. */
+    s_echo_stop(&ok);
+    s_wait_conns(&r, 0, 0, S_ANY, S_ANY, S_ANY);
+    for (int i = 0; i < 4; i++)
+        close(a[i]);
+    close(b[0]);
+    close(b[1]);
+    close(c);
+    s_teardown(&r);
+    s_pending_max = s_per_source_max = s_ready_ms = 0;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* A worker the broker forgets while its connection stays (a second READY
+ * breaks the protocol) is pending again, with a fresh deadline: on a local
+ * endpoint too, where CURVE is off. */
+static void test_listen_worker_forgotten(void **state)
+{
+    (void) state;
+    s_pending_max = 4;
+    s_per_source_max = 4;
+    s_ready_ms = 500;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, "tcp://127.0.0.1:*", NULL, 0, ep, sizeof ep);
+    zsock_t *raw = zsock_new_dealer(router_broker_listen_endpoint(r.b));
+    assert_non_null(raw);
+    s_raw_ready(raw);
+    s_run(&r, s_workers_1, r.b);
+    s_wait_conns(&r, 0, 1, 0, 0, 0);
+    /* Held past the deadline as a worker: not cut. */
+    s_settle(&r, 800);
+    s_wait_conns(&r, 0, 1, 0, 0, 0);
+    s_raw_ready(raw);
+    s_run(&r, s_workers_0, r.b);
+    /* Its connection is pending again and cut at the deadline (the DEALER
+     * then reconnects by itself, and is cut again). */
+    s_wait_conns(&r, S_ANY, 0, 0, 0, 1);
+    zsock_destroy(&raw);
+    s_wait_conns(&r, 0, 0, 0, 0, S_ANY);
+    s_teardown(&r);
+    s_pending_max = s_per_source_max = s_ready_ms = 0;
+}
+
+/* Every allocation of kith's in a broker's start (the listen socket's
+ * connection watch included) failing in turn: each run refuses cleanly,
+ * saying why, or starts and serves. */
+static void test_new_out_of_memory(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    assert_non_null(loop);
+    bool started = false;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX && !started; i++) {
+        char err[256] = "";
+        char ep[64];
+        snprintf(ep, sizeof ep, "inproc://broker-test-oom-%ld", i);
+        router_broker_opts_t o = {.loop = loop, .endpoint = ep, .listen = "tcp://127.0.0.1:*"};
+        alloc_fail_arm(i);
+        router_broker_t *b = router_broker_new(&o, err, sizeof err);
+        unsigned failed = alloc_fail_disarm();
+        if (b) {
+            started = failed == 0;
+            router_broker_destroy(&b);
+        } else {
+            assert_true(failed > 0);
+            assert_true(strncmp(err, "workers: ", 9) == 0);
+        }
+    }
+    assert_true(started);
+    router_loop_destroy(&loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -644,6 +894,9 @@ int main(void)
         cmocka_unit_test(test_queue_bound_and_cancel),
         cmocka_unit_test(test_endpoint_is_local),
         cmocka_unit_test(test_curve),
+        cmocka_unit_test(test_listen_pending_bounds),
+        cmocka_unit_test(test_listen_worker_forgotten),
+        cmocka_unit_test(test_new_out_of_memory),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

@@ -595,6 +595,8 @@ static const s_case_t s_limits_cases[] = {
     {"limits", "frame_timeout_ms", "1000", "\"1s\"", "3600001", NULL},
     {"limits", "comms_idle_timeout_ms", "60000", "false", "86400001", NULL},
     {"limits", "event_connections_max", "8", "\"8\"", "1048577", NULL},
+    {"limits", "workers_pending_max", "128", "\"128\"", "65537", NULL},
+    {"limits", "workers_pending_per_source_max", "2", "2.5", "0", NULL},
     {"limits", "http_head_max", "8192", "1e4", "1023", NULL},
     {"limits", "http_headers_max", "50", "null", "10001", NULL},
     {"limits", "http_body_max", "2097152", "true", "0", NULL},
@@ -614,6 +616,8 @@ static void test_limits_keys(void **state)
     assert_int_equal(d.limits.frame_timeout_ms, 30000);
     assert_int_equal(d.limits.comms_idle_timeout_ms, 300000);
     assert_int_equal(d.limits.event_connections_max, 1024);
+    assert_int_equal(d.limits.workers_pending_max, 64);
+    assert_int_equal(d.limits.workers_pending_per_source_max, 16);
     for (size_t i = 0; i < sizeof s_limits_cases / sizeof s_limits_cases[0]; i++) {
         const s_case_t *c = &s_limits_cases[i];
         char doc[512], err[ROUTER_CONFIG_ERR_MAX], want[256], prefix[128];
@@ -657,6 +661,9 @@ static void test_limits_cross_rules(void **state)
     s_refused("{\"limits\":{\"comms_unauth_connections_max\":10}}",
               "limits.comms_unauth_per_source_max: 32 is more than "
               "limits.comms_unauth_connections_max");
+    s_refused("{\"limits\":{\"workers_pending_max\":8}}",
+              "limits.workers_pending_per_source_max: 16 is more than "
+              "limits.workers_pending_max (8)");
     router_config_t c;
     char err[ROUTER_CONFIG_ERR_MAX];
     assert_int_equal(s_parse(&c,

@@ -267,6 +267,8 @@ static const s_key_t s_limits_keys[] = {
     S_U("frame_timeout_ms", limits.frame_timeout_ms, 1, 3600000),
     S_U("comms_idle_timeout_ms", limits.comms_idle_timeout_ms, 1, 86400000),
     S_U("event_connections_max", limits.event_connections_max, 1, 1048576),
+    S_U("workers_pending_max", limits.workers_pending_max, 1, 65536),
+    S_U("workers_pending_per_source_max", limits.workers_pending_per_source_max, 1, 65536),
     S_U("http_head_max", limits.http_head_max, 1024, 1048576),
     S_U("http_headers_max", limits.http_headers_max, 1, 10000),
     S_U("http_body_max", limits.http_body_max, 1, 1073741824),
@@ -347,6 +349,8 @@ void router_config_defaults(router_config_t *cfg)
     cfg->limits.frame_timeout_ms = 30000;
     cfg->limits.comms_idle_timeout_ms = 300000;
     cfg->limits.event_connections_max = 1024;
+    cfg->limits.workers_pending_max = 64;           /* WIRE §19.2 */
+    cfg->limits.workers_pending_per_source_max = 16;
     cfg->limits.http_head_max = 16 * 1024;
     cfg->limits.http_headers_max = 100;
     cfg->limits.http_body_max = 1024 * 1024;
@@ -657,6 +661,13 @@ int router_config_check(const router_config_t *cfg, char *err, size_t errcap)
                                  "limits.http_unauth_connections_max (%u)",
                                  cfg->limits.http_unauth_per_source_max,
                                  cfg->limits.http_unauth_connections_max),
+               -1;
+    if (cfg->limits.workers_pending_per_source_max > cfg->limits.workers_pending_max)
+        return router_jsonc_fail(err, errcap,
+                                 "limits.workers_pending_per_source_max: %u is more than "
+                                 "limits.workers_pending_max (%u)",
+                                 cfg->limits.workers_pending_per_source_max,
+                                 cfg->limits.workers_pending_max),
                -1;
     /* A session keeps at least the history a turn is sent: the bound never
      * takes a message a turn (or the history cache) would read. */

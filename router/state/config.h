@@ -121,6 +121,8 @@ typedef struct {
         uint32_t frame_timeout_ms;                         /* a frame or line once its first byte came: 30 s */
         uint32_t comms_idle_timeout_ms;                    /* no frame or line at all: 300 s */
         uint32_t event_connections_max;                    /* open plain-event connections: 1,024 */
+        uint32_t workers_pending_max;                      /* workers.listen connections without READY: 64 */
+        uint32_t workers_pending_per_source_max;           /* ...from one source address: 16 */
         size_t http_head_max;                              /* HTTP request head: 16 KiB */
         uint32_t http_headers_max;                         /* HTTP header lines: 100 */
         size_t http_body_max;                              /* HTTP body: 1 MiB */

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include "router/log.h"
 #include "router/state/home.h"
 #include "router/workers/mdp_worker.h"
+#include "router/workers/worker_conns.h"
 
 #define MOD "workers"
 
@@ -57,6 +59,7 @@ struct s_worker {
     s_req_t *req;               /* held request, or NULL (idle) */
     s_worker_t *prev, *next;    /* idle list links */
     bool idle;
+    uint64_t conn;              /* its workers.listen connection (worker_conns serial), or 0 */
 };
 
 struct s_service {
@@ -75,6 +78,7 @@ struct router_broker {
     bool draining[S_SOCKS];     /* a drain of that socket is on the stack */
     uint64_t more_timer;        /* 0 ms timer resuming a drain cut at a batch */
     uint64_t beat_timer;
+    router_worker_conns_t *conns; /* the listen socket's connections, or NULL */
     zactor_t *auth;             /* zauth, for CURVE */
     zcert_t *cert;              /* the broker's certificate, for CURVE */
     char *listen_endpoint;      /* as bound */
@@ -241,6 +245,8 @@ static void s_worker_delete(router_broker_t *b, s_worker_t *w, bool say_disconne
         b->st.workers_idle--;
     }
     zhash_delete(b->workers, w->key);
+    if (b->conns)
+        router_worker_conns_left(b->conns, w->conn);
     w->svc->nworkers--;
     b->st.workers--;
     s_req_t *r = w->req;
@@ -287,7 +293,8 @@ static void s_dispatch(router_broker_t *b, s_service_t *s)
 
 /* ------------------------------------------------------------ messages */
 
-static void s_on_ready(router_broker_t *b, int sock, zframe_t *id, zmsg_t *m)
+/* `fd`: the descriptor the READY came in on (ZMQ_SRCFD), or -1. */
+static void s_on_ready(router_broker_t *b, int sock, zframe_t *id, zmsg_t *m, int fd)
 {
     zframe_t *svcf = zmsg_pop(m);
     s_service_t *s = NULL;
@@ -318,6 +325,8 @@ static void s_on_ready(router_broker_t *b, int sock, zframe_t *id, zmsg_t *m)
         free(w);
         return;
     }
+    if (sock == S_SOCK_LISTEN && b->conns && fd >= 0)
+        w->conn = router_worker_conns_ready(b->conns, fd);
     s->nworkers++;
     b->st.workers++;
     s_idle_append(b, w);
@@ -358,8 +367,8 @@ static void s_on_reply(router_broker_t *b, s_worker_t *w, uint8_t cmd, zmsg_t *m
     zframe_destroy(&body);
 }
 
-/* One message read from a ROUTER socket. */
-static void s_on_message(router_broker_t *b, int sock, zmsg_t *m)
+/* One message read from a ROUTER socket, on descriptor fd (or -1). */
+static void s_on_message(router_broker_t *b, int sock, zmsg_t *m, int fd)
 {
     zframe_t *id = zmsg_pop(m), *empty = zmsg_pop(m), *proto = zmsg_pop(m), *cmdf = zmsg_pop(m);
     if (!id || !empty || zframe_size(empty) != 0 || !proto ||
@@ -382,7 +391,7 @@ static void s_on_message(router_broker_t *b, int sock, zmsg_t *m)
             b->st.refused++;
             s_worker_delete(b, w, true);
         } else {
-            s_on_ready(b, sock, id, m);
+            s_on_ready(b, sock, id, m, fd);
         }
         break;
     case ROUTER_MDP_HEARTBEAT:
@@ -424,6 +433,48 @@ done:
 
 static void s_more(router_loop_t *loop, uint64_t id, void *ud);
 
+/* One whole message, and the descriptor of the connection it came in on
+ * (ZMQ_SRCFD of its routing-id frame, -1 on inproc): the READY of a
+ * workers.listen connection takes it out of the pending share. NULL when
+ * nothing waits. The caller owns the result. */
+static zmsg_t *s_recv(zsock_t *sock, int *fd)
+{
+    void *h = zsock_resolve(sock);
+    zmq_msg_t first;
+again:
+    zmq_msg_init(&first);
+    if (zmq_msg_recv(&first, h, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&first);
+        return NULL;
+    }
+    *fd = zmq_msg_get(&first, ZMQ_SRCFD);
+    bool more = zmq_msg_more(&first);
+    zmsg_t *m = zmsg_new();
+    zframe_t *f = zframe_new(zmq_msg_data(&first), zmq_msg_size(&first));
+    zmq_msg_close(&first);
+    if (!m || !f || zmsg_append(m, &f) != 0) {
+        zframe_destroy(&f);
+        zmsg_destroy(&m);
+        /* Out of memory: this message is dropped whole (as an over-long
+         * one is), and the next one read. */
+        while (more) {
+            zframe_t *rest = zframe_recv(sock);
+            more = rest && zframe_more(rest);
+            zframe_destroy(&rest);
+        }
+        goto again;
+    }
+    /* A message's parts arrive together: the rest is already here. */
+    while (more) {
+        zframe_t *rest = zframe_recv(sock);
+        if (!rest)
+            break;
+        more = zframe_more(rest);
+        zmsg_append(m, &rest);
+    }
+    return m;
+}
+
 /* Reads what a socket holds, up to a batch. ZMQ_FD is edge-triggered and
  * any send or receive may consume the edge, so this runs after every wake
  * and after every send (s_kick), receiving until there is nothing (the
@@ -442,10 +493,11 @@ static void s_drain(router_broker_t *b, int sock)
                 b->more_timer = router_loop_timer_add(b->loop, 0, s_more, b);
             break;
         }
-        zmsg_t *m = zmsg_recv_nowait(b->socks[sock]);
+        int fd = -1;
+        zmsg_t *m = s_recv(b->socks[sock], &fd);
         if (!m)
             break;
-        s_on_message(b, sock, m);
+        s_on_message(b, sock, m, fd);
         zmsg_destroy(&m);
     }
     b->draining[sock] = false;
@@ -667,6 +719,17 @@ router_broker_t *router_broker_new(const router_broker_opts_t *o, char *err, siz
         bool local = router_broker_endpoint_is_local(o->listen);
         if (!local && s_curve_on(b, s, o->home, err, errcap) != 0)
             goto fail;
+        /* A connection has ready_ms to finish its handshake and say READY
+         * (worker_conns cuts it then, and counts it). ZeroMQ's own
+         * handshake deadline, twice that, only catches a connection whose
+         * monitor event was lost. */
+        uint32_t ready_ms = o->ready_timeout_ms ? o->ready_timeout_ms : 10000;
+        zsock_set_handshake_ivl(s, ready_ms > INT_MAX / 2 ? INT_MAX : (int) ready_ms * 2);
+        router_worker_conns_opts_t co = {.loop = b->loop, .pending_max = o->pending_max,
+                                         .per_source_max = o->pending_per_source_max,
+                                         .ready_timeout_ms = ready_ms, .metrics = o->metrics};
+        if (!(b->conns = router_worker_conns_new(zsock_resolve(s), &co, err, errcap)))
+            goto fail;
         if (zsock_bind(s, "%s", o->listen) < 0) {
             snprintf(err, errcap, "workers: cannot bind %s: %s", o->listen,
                      zmq_strerror(zmq_errno()));
@@ -746,6 +809,7 @@ void router_broker_destroy(router_broker_t **self_p)
     }
     for (size_t i = 0; i < b->nservices; i++)
         s_queue_free(&b->services[i]);
+    router_worker_conns_destroy(&b->conns);
     for (int i = 0; i < S_SOCKS; i++)
         zsock_destroy(&b->socks[i]);
     zactor_destroy(&b->auth);
@@ -857,6 +921,14 @@ int router_broker_queued(const router_broker_t *b, int64_t h)
 void router_broker_stats(const router_broker_t *b, router_broker_stats_t *out)
 {
     *out = b->st;
+}
+
+void router_broker_listen_stats(const router_broker_t *b, router_worker_conns_stats_t *out)
+{
+    if (b->conns)
+        router_worker_conns_stats(b->conns, out);
+    else
+        memset(out, 0, sizeof *out);
 }
 
 size_t router_broker_workers(const router_broker_t *b, const char *service)

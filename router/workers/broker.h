@@ -23,6 +23,7 @@
 
 #include "router/metrics.h"
 #include "router/net/loop.h"
+#include "router/workers/worker_conns.h"
 
 /* The endpoint embedded workers connect to. */
 #define ROUTER_BROKER_INPROC "inproc://kith.workers"
@@ -53,6 +54,10 @@ typedef struct {
     uint32_t heartbeat_ms;      /* 0: 1000 */
     uint32_t liveness;          /* 0: 3 */
     size_t queue_max;           /* per service; 0: ROUTER_BROKER_QUEUE_MAX */
+    /* The listen socket's connections without a worker (WIRE §19.2): */
+    uint32_t pending_max;       /* at once; 0: ROUTER_WORKER_CONNS_PENDING_MAX */
+    uint32_t pending_per_source_max; /* from one address; 0: ..._PER_SOURCE_MAX */
+    uint32_t ready_timeout_ms;  /* accept to READY, handshake included; 0: 10 s */
     router_metrics_t *metrics;  /* may be NULL */
 } router_broker_opts_t;
 
@@ -101,6 +106,10 @@ typedef struct {
 } router_broker_stats_t;
 
 void router_broker_stats(const router_broker_t *b, router_broker_stats_t *out);
+
+/* The workers.listen connections' counts (WIRE §19.2); all 0 without a
+ * listen endpoint. */
+void router_broker_listen_stats(const router_broker_t *b, router_worker_conns_stats_t *out);
 
 /* Workers of `service` registered now. */
 size_t router_broker_workers(const router_broker_t *b, const char *service);

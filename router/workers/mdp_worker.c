@@ -142,16 +142,10 @@ static void s_ready(actor_t *a)
     a->ready_sent = true;
 }
 
-/* The broker went silent: a fresh socket (new identity), READY unless a
- * turn is still held by the caller (then READY waits for its FINAL). */
-static void s_reconnect(actor_t *a)
+/* A fresh socket (a new identity) and READY on it. */
+static void s_connect(actor_t *a)
 {
     char err[256];
-    zsock_destroy(&a->dealer);
-    a->ready_sent = false;
-    atomic_fetch_add(&a->w->reconnects, 1);
-    if (a->holding)
-        a->stale = true;
     a->dealer = s_dealer_new(a->w, err, sizeof err);
     if (!a->dealer) {
         /* The endpoint connected once, so this is a resource shortage:
@@ -159,10 +153,26 @@ static void s_reconnect(actor_t *a)
         ROUTER_LOG(ROUTER_LOG_WARN, MOD, "%s", err);
         return;
     }
-    if (!a->holding)
-        s_ready(a);
-    ROUTER_LOG(ROUTER_LOG_INFO, MOD, "%s: broker silent, reconnected to %s", a->w->service,
-               a->w->endpoint);
+    s_ready(a);
+    ROUTER_LOG(ROUTER_LOG_INFO, MOD, "%s: reconnected to %s", a->w->service, a->w->endpoint);
+}
+
+/* The broker went silent or said DISCONNECT: the socket goes. A fresh one
+ * connects at once, unless the caller still holds a turn: then only after
+ * its FINAL, since READY must wait for it and a connection that says
+ * nothing is cut by the broker (WIRE §19.2). */
+static void s_reconnect(actor_t *a)
+{
+    zsock_destroy(&a->dealer);
+    a->ready_sent = false;
+    atomic_fetch_add(&a->w->reconnects, 1);
+    if (a->holding) {
+        a->stale = true;
+        ROUTER_LOG(ROUTER_LOG_INFO, MOD,
+                   "%s: broker silent; reconnecting once the turn held is over", a->w->service);
+        return;
+    }
+    s_connect(a);
 }
 
 /* One message from the broker, if one waits: false when none did. */
@@ -236,8 +246,7 @@ static void s_reply_out(actor_t *a, bool final, const uint8_t *body, size_t len)
         a->addr = NULL;
         if (a->stale) {
             a->stale = false;
-            if (a->dealer)
-                s_ready(a);
+            s_connect(a);
         }
     }
 }
@@ -271,7 +280,11 @@ static void s_tick(actor_t *a)
     uint64_t now = router_clock_mono_ms();
     if (now < a->beat_at)
         return;
-    if (!a->dealer || now - a->heard_at > (uint64_t) w->heartbeat_ms * (uint64_t) w->liveness) {
+    if (!a->dealer) {
+        if (!a->holding) /* a connect that failed: again */
+            s_connect(a);
+        a->heard_at = now;
+    } else if (now - a->heard_at > (uint64_t) w->heartbeat_ms * (uint64_t) w->liveness) {
         s_reconnect(a);
         a->heard_at = now;
     } else if (a->ready_sent) {

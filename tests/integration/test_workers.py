@@ -212,6 +212,89 @@ def curve_keys_only_authorized(peer, acks):
         node.cleanup()
 
 
+PENDING = 'kith_workers_listen_connections{state="pending"}'
+WORKER_CONNS = 'kith_workers_listen_connections{state="worker"}'
+
+
+def cut(reason):
+    return f'kith_workers_listen_cut_total{{reason="{reason}"}}'
+
+
+def closed_by_kith(s):
+    """True once kith has closed s (after ZeroMQ's greeting)."""
+    s.settimeout(10)
+    try:
+        while s.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def strangers_hold_no_place(peer, acks):
+    """Connections to a CURVE workers.listen that carry no worker (WIRE
+    §19.2): from one address at most limits.workers_pending_per_source_max
+    (the newcomer past it is cut), from all at most
+    limits.workers_pending_max (the oldest is cut), none past
+    limits.first_frame_timeout_ms; an authorized worker gets in while
+    strangers hold every place, and its connection is never cut."""
+    import zmq
+    node = Daemon("strangers", config={"workers": {"listen": "tcp://lo:0", "agent_threads": 0},
+                                       "limits": {"workers_pending_max": 6,
+                                                  "workers_pending_per_source_max": 4,
+                                                  "first_frame_timeout_ms": 4000}})
+    node.trust("peer", peer.pk, f"tcp://127.0.0.1:{acks.port}")
+    node.start()
+    held, friend = [], None
+    try:
+        ep = endpoint_of(node)
+        port = int(ep.rsplit(":", 1)[1])
+        server = re.search(r"CURVE on, server key (\S{40});", node.logs()).group(1)
+
+        def stranger(src):
+            s = socket.socket()
+            s.bind((src, 0))
+            s.connect(("127.0.0.1", port))
+            held.append(s)
+            return s
+
+        a = [stranger("127.0.0.2") for _ in range(5)]
+        wait_metric(node, cut("per_source"), lambda v: v == 1, timeout=10)
+        check(closed_by_kith(a[4]), "the fifth from one address was not cut")
+        wait_metric(node, PENDING, lambda v: v == 4, timeout=10)
+        b = [stranger("127.0.0.3") for _ in range(2)]
+        wait_metric(node, PENDING, lambda v: v == 6, timeout=10)
+        stranger("127.0.0.4")
+        m = wait_metric(node, cut("share"), lambda v: v >= 1, timeout=10)
+        check(m.get(PENDING) == 6, f"pending {m.get(PENDING)}")
+        check(closed_by_kith(a[0]), "the oldest was not cut for the newcomer")
+
+        pub, sec = (k.decode() for k in zmq.curve_keypair())
+        with open(os.path.join(node.home, "workers", "authorized", "w.cert"), "w") as f:
+            f.write(f'metadata\ncurve\n    public-key = "{pub}"\n')
+        friend = Worker(ep, "F", (server, pub, sec))
+        wait_metric(node, WORKER_CONNS, lambda v: v == 1, timeout=30)
+        send(node, peer.message(node.pk, "through the crowd"))
+        friend.wait("served")
+        # The deadline cuts every stranger still held, never the worker.
+        m = wait_metric(node, PENDING, lambda v: v == 0, timeout=30)
+        check(m.get(cut("deadline"), 0) >= 1, f"no deadline cut: {m}")
+        check(m.get(WORKER_CONNS) == 1 and m.get(AGENTS_ALIVE) == 1, f"worker gone: {m}")
+        for s in a[1:4] + b:
+            check(closed_by_kith(s), "a stranger outlived the deadline")
+        send(node, peer.message(node.pk, "still here"))
+        friend.wait("served")
+        wait_inbox_empty(node)
+    finally:
+        for s in held:
+            s.close()
+        if friend:
+            friend.kill()
+        node.cleanup()
+
+
 def refused_at_start():
     """A broker that cannot serve refuses to start, saying why in one line:
     its port taken, its CURVE secret not a certificate, its folder not one."""
@@ -397,6 +480,7 @@ def main():
         r.run(router_tool_resolves_a_host_name)
         r.run(router_tool_reports_a_name_that_does_not_resolve)
         r.run(curve_keys_only_authorized, peer, acks)
+        r.run(strangers_hold_no_place, peer, acks)
         r.run(refused_at_start)
         r.stopped(node)
     finally:

@@ -3,6 +3,7 @@
  * SIGINT/SIGTERM, then drain: every envelope acked is durable in the inbox
  * before the process exits. */
 #include <errno.h>
+#include <limits.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
@@ -558,7 +559,13 @@ static int s_serve(int argc, char **argv, const char *cmd)
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "starting: home %s, config %s", home,
                used ? "config.json" : "embedded defaults");
     s_warn_home_mode(home);
-    (void) router_fdlimit_raise(cfg.limits.comms_connections_max + cfg.gateway.max_connections);
+    /* A workers.listen connection takes two descriptors (ZeroMQ's, and the
+     * one kith cuts it by: WIRE §19.2), for every worker and every pending
+     * connection. */
+    uint64_t conns = (uint64_t) cfg.limits.comms_connections_max + cfg.gateway.max_connections;
+    if (cfg.workers.listen[0])
+        conns += 2 * ((uint64_t) ROUTER_BROKER_WORKERS_MAX + cfg.limits.workers_pending_max);
+    (void) router_fdlimit_raise(conns > UINT_MAX ? UINT_MAX : (unsigned) conns);
     /* Per-connection buffers of 128 KiB and more (partial frames, parked
      * input) are mapped on their own and go back to the system when the
      * connection goes. glibc would otherwise raise this threshold after the
