@@ -20,6 +20,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <czmq.h>
@@ -855,6 +856,42 @@ static void test_listen_worker_forgotten(void **state)
     s_pending_max = s_per_source_max = s_ready_ms = 0;
 }
 
+/* On ipc:// the source is the peer's uid: a third connection from this
+ * test's uid is cut, the two before it at their deadline. */
+static void test_listen_ipc(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-broker-test-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char listen[128];
+    snprintf(listen, sizeof listen, "ipc://%s/w.sock", dir);
+    s_pending_max = 4;
+    s_per_source_max = 2;
+    s_ready_ms = 400;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, listen, NULL, 0, ep, sizeof ep);
+    int u[3];
+    for (int i = 0; i < 3; i++) {
+        u[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        snprintf(a.sun_path, sizeof a.sun_path, "%s/w.sock", dir);
+        assert_int_equal(connect(u[i], (struct sockaddr *) &a, sizeof a), 0);
+    }
+    s_wait_conns(&r, S_ANY, 0, 0, 1, S_ANY);
+    s_wait_conns(&r, 0, 0, 0, 1, 2);
+    s_settle(&r, 100);
+    for (int i = 0; i < 3; i++) {
+        assert_true(s_raw_closed(u[i]));
+        close(u[i]);
+    }
+    s_teardown(&r);
+    s_pending_max = s_per_source_max = s_ready_ms = 0;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* Every allocation of kith's in a broker's start (the listen socket's
  * connection watch included) failing in turn: each run refuses cleanly,
  * saying why, or starts and serves. */
@@ -896,6 +933,7 @@ int main(void)
         cmocka_unit_test(test_curve),
         cmocka_unit_test(test_listen_pending_bounds),
         cmocka_unit_test(test_listen_worker_forgotten),
+        cmocka_unit_test(test_listen_ipc),
         cmocka_unit_test(test_new_out_of_memory),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
