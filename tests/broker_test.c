@@ -892,6 +892,92 @@ static void test_listen_ipc(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* True when this host can bind [::1] (a network namespace may have no
+ * IPv6). */
+static bool s_have_ipv6_loopback(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    bool ok = bind(fd, (struct sockaddr *) &a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+/* workers.listen on an IPv6 literal binds (ZMQ_IPV6 on that socket only),
+ * a worker connects to it, and the pending bounds count IPv6 sources. */
+static void test_listen_ipv6(void **state)
+{
+    (void) state;
+    if (!s_have_ipv6_loopback()) {
+        fprintf(stderr, "no IPv6 loopback here: test_listen_ipv6 skipped\n");
+        skip();
+    }
+    s_pending_max = 4;
+    s_per_source_max = 1;
+    s_ready_ms = 60000;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, "tcp://[::1]:*", NULL, 0, ep, sizeof ep);
+    const char *bound = router_broker_listen_endpoint(r.b);
+    assert_non_null(strstr(bound, "[::1]"));
+    echo_t *e = s_echo_start(bound, NULL, NULL);
+    s_run(&r, s_workers_1, r.b);
+    s_wait_conns(&r, 0, 1, 0, 0, 0);
+    int fds[2];
+    for (int i = 0; i < 2; i++) {
+        fds[i] = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT,
+                                 .sin6_port = htons((uint16_t) atoi(strrchr(bound, ':') + 1))};
+        int rc = connect(fds[i], (struct sockaddr *) &a, sizeof a);
+        assert_true(rc == 0 || errno == EINPROGRESS);
+    }
+    /* ::1 may hold one pending place: the second is cut. */
+    s_wait_conns(&r, 1, 1, 0, 1, 0);
+    s_settle(&r, 100);
+    assert_false(s_raw_closed(fds[0]));
+    assert_true(s_raw_closed(fds[1]));
+    close(fds[0]);
+    close(fds[1]);
+    s_wait_conns(&r, 0, 1, 0, 1, 0);
+    s_echo_stop(&e);
+    s_teardown(&r);
+    s_pending_max = s_per_source_max = s_ready_ms = 0;
+}
+
+/* A broker that cannot start says why: CURVE without a home, an inproc
+ * endpoint taken. One destroyed with requests queued frees them. */
+static void test_refusals_and_teardown(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    assert_non_null(loop);
+    char err[256] = "";
+    /* libzmq lets go of a closed socket's inproc name only later: each
+     * start here binds a name of its own. */
+    router_broker_opts_t o = {.loop = loop, .endpoint = "inproc://broker-test-refusals-curve",
+                              .listen = "tcp://lo:*"};
+    assert_null(router_broker_new(&o, err, sizeof err));
+    assert_non_null(strstr(err, "is not loopback: CURVE needs a home directory"));
+    o.endpoint = "inproc://broker-test-refusals";
+    o.listen = NULL;
+    router_broker_t *b = router_broker_new(&o, err, sizeof err);
+    assert_non_null(b);
+    assert_null(router_broker_new(&o, err, sizeof err));
+    assert_non_null(strstr(err, "workers: cannot bind inproc://broker-test-refusals"));
+    reply_t rep = {0};
+    for (int i = 0; i < 3; i++)
+        assert_true(router_broker_request(b, "kith.test", (uint8_t *) "q", 1, s_on_reply, &rep) >
+                    0);
+    router_worker_conns_stats_t st;
+    router_broker_listen_stats(b, &st);
+    assert_int_equal(st.pending + st.workers, 0);
+    router_broker_destroy(&b);
+    assert_int_equal(rep.finals + rep.partials + rep.lost, 0);
+    router_loop_destroy(&loop);
+}
+
 /* Every allocation of kith's in a broker's start (the listen socket's
  * connection watch included) failing in turn: each run refuses cleanly,
  * saying why, or starts and serves. */
@@ -934,6 +1020,8 @@ int main(void)
         cmocka_unit_test(test_listen_pending_bounds),
         cmocka_unit_test(test_listen_worker_forgotten),
         cmocka_unit_test(test_listen_ipc),
+        cmocka_unit_test(test_listen_ipv6),
+        cmocka_unit_test(test_refusals_and_teardown),
         cmocka_unit_test(test_new_out_of_memory),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

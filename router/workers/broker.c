@@ -713,6 +713,7 @@ router_broker_t *router_broker_new(const router_broker_opts_t *o, char *err, siz
         if (!s)
             goto nomem;
         b->socks[S_SOCK_LISTEN] = s;
+        zsock_set_ipv6(s, router_mdp_endpoint_ipv6(o->listen));
         b->listen_endpoint = strdup(o->listen);
         if (!b->listen_endpoint)
             goto nomem;

@@ -62,6 +62,7 @@ static zsock_t *s_dealer_new(router_mdp_worker_t *w, char *err, size_t errcap)
     }
     zsock_set_linger(s, 0);
     zsock_set_maxmsgsize(s, (int) ROUTER_MDP_BODY_MAX + 4096);
+    zsock_set_ipv6(s, router_mdp_endpoint_ipv6(w->endpoint));
     if (w->curve) {
         zcert_apply(w->cert, s);
         zsock_set_curve_serverkey(s, w->server_key);

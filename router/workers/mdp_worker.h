@@ -52,6 +52,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Largest body (one CBOR item, spec/worker.cddl) in either direction. */
 #define ROUTER_MDP_BODY_MAX (1u << 20)
@@ -68,6 +69,15 @@ enum {
     ROUTER_MDP_DISCONNECT = 0x06,
 };
 #define ROUTER_MDP_WORKER_PROTO "MDPW02"
+
+/* True for a tcp:// endpoint whose host is an IPv6 literal ([::1]):
+ * ZeroMQ binds or connects to one only on a socket with ZMQ_IPV6 set.
+ * Other endpoints keep IPv4, so that `*` and interface names mean what
+ * they always did. */
+static inline bool router_mdp_endpoint_ipv6(const char *e)
+{
+    return strncmp(e, "tcp://[", 7) == 0;
+}
 
 typedef struct router_mdp_worker router_mdp_worker_t;
 
