@@ -525,6 +525,10 @@ static void test_bounds_keep_the_newest(void **state)
     assert_int_equal(e.rc[6], ROUTER_SESSIONS_FULL_SESSIONS);
     assert_int_equal(e.rc[7], 0);
     assert_string_equal(e.text[7], "resumed:1:");
+    /* The ids kept are known without a query: the door lets them in. */
+    assert_true(router_sessions_kept(s, "a"));
+    assert_true(router_sessions_kept(s, "b"));
+    assert_false(router_sessions_kept(s, "c"));
     assert_int_equal(router_sessions_failures(s), 0);
     /* What ingress accepted is stored past the bound. */
     assert_int_equal(router_sessions_append(s, "c", "user", "late", 4, ""), 0);
@@ -538,12 +542,17 @@ static void test_bounds_keep_the_newest(void **state)
     s = router_sessions_new(e.loop, db, &b, err, sizeof err);
     assert_non_null(s);
     s_expect_usage(s, 3, COST(600) + COST(4));
+    assert_true(router_sessions_kept(s, "b"));
+    assert_true(router_sessions_kept(s, "c")); /* made by its append, read at start */
     assert_int_equal(router_sessions_delete(s, "c", s_on_json, &e, 1), 0);
     assert_int_equal(router_sessions_delete(s, "b", s_on_json, &e, 2), 0);
     s_wait(&e, 12);
     assert_int_equal(e.status[1], 200);
     assert_int_equal(e.status[2], 200);
     s_expect_usage(s, 1, COST(600));
+    assert_false(router_sessions_kept(s, "b"));
+    assert_false(router_sessions_kept(s, "c"));
+    assert_true(router_sessions_kept(s, "a"));
     assert_int_equal(router_sessions_room(s, true), ROUTER_SESSIONS_ROOM);
     router_sessions_destroy(&s);
     s_finish(dir, &e);
@@ -603,6 +612,10 @@ static void test_bounds_after_a_failed_commit(void **state)
     assert_int_equal(e.status[2], 503);
     vfs_fail_clear();
     s_expect_usage(s, 1, COST(4));
+    /* The ids the failed batch made went with it. */
+    assert_true(router_sessions_kept(s, "a"));
+    assert_false(router_sessions_kept(s, "new"));
+    assert_false(router_sessions_kept(s, "opened"));
     router_sessions_destroy(&s);
     s_finish(dir, &e);
 }

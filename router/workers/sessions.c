@@ -21,6 +21,7 @@
 #include "router/log.h"
 #include "router/state/dblock.h"
 #include "router/workers/history_cache.h"
+#include "router/workers/session_ids.h"
 #include "router/thread.h"
 
 #define MOD "sessions"
@@ -116,6 +117,7 @@ struct router_sessions {
     _Atomic uint64_t failures;
     router_sessions_bounds_t b; /* in force, defaults filled in */
     uint64_t nsessions, nbytes; /* the thread's count of what state.db keeps */
+    router_session_ids_t *ids; /* the ids state.db keeps (the thread writes, any reads) */
     _Atomic uint64_t pub_sessions, pub_bytes; /* the same, for other threads */
     _Atomic uint64_t pruned;   /* messages the bounds took */
 };
@@ -208,8 +210,29 @@ static void s_publish(router_sessions_t *s)
     atomic_store(&s->pub_bytes, s->nbytes);
 }
 
-/* The counts again from state.db: at open, and after a rollback took back
- * what the thread had counted. 0, or -1 (the counts are left as they are). */
+/* The ids kept, again from state.db. 0, or -1 (a query failed; the set
+ * may then miss ids, which the door refuses at the bound as new ones). */
+static int s_reload_ids(router_sessions_t *s)
+{
+    sqlite3_stmt *st = NULL;
+    router_session_ids_clear(s->ids);
+    if (sqlite3_prepare_v2(s->db, "SELECT id FROM sessions", -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    int step;
+    bool short_of_memory = false;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW)
+        short_of_memory |= router_session_ids_add(s->ids, (const char *) sqlite3_column_text(
+                                                              st, 0)) != 0;
+    sqlite3_finalize(st);
+    if (short_of_memory)
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "out of memory for the ids of the sessions kept: at "
+                   "limits.sessions_max, messages for some of them are refused as new");
+    return step == SQLITE_DONE ? 0 : -1;
+}
+
+/* The counts and the ids again from state.db: at open, and after a
+ * rollback took back what the thread had counted. 0, or -1 (the counts are
+ * left as they are). */
 static int s_recount(router_sessions_t *s)
 {
     sqlite3_stmt *st = NULL;
@@ -220,7 +243,7 @@ static int s_recount(router_sessions_t *s)
         s->nsessions = (uint64_t) sqlite3_column_int64(st, 0);
         s->nbytes = (uint64_t) sqlite3_column_int64(st, 1);
         s_publish(s);
-        rc = 0;
+        rc = s_reload_ids(s);
     }
     sqlite3_finalize(st);
     return rc;
@@ -273,6 +296,7 @@ static void s_run_open(router_sessions_t *s, s_job_t *j)
         return;
     if (made) {
         s->nsessions++;
+        (void) router_session_ids_add(s->ids, j->id);
         s_publish(s);
     }
     j->rc = 0;
@@ -356,6 +380,8 @@ static void s_run_append(router_sessions_t *s, s_job_t *j)
         s_stmt_run(s, Q_RELEASE) != 0)
         goto fail;
     s->nsessions += made;
+    if (made)
+        (void) router_session_ids_add(s->ids, j->id);
     s->nbytes = s->nbytes + cost > freed ? s->nbytes + cost - freed : 0;
     s_publish(s);
     if (gone)
@@ -552,6 +578,7 @@ static void s_run_delete(router_sessions_t *s, s_job_t *j)
         j->status = found ? 200 : 404;
         if (found) {
             s->nsessions -= s->nsessions > 0;
+            router_session_ids_remove(s->ids, j->id);
             s->nbytes = s->nbytes > freed ? s->nbytes - freed : 0;
             s_publish(s);
         }
@@ -844,7 +871,7 @@ router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path,
     sqlite3_busy_timeout(s->db, 5000);
     if (db_path)
         s->wlock = router_dblock_get(db_path);
-    if (!(s->cache = router_history_cache_new(0, 0))) {
+    if (!(s->cache = router_history_cache_new(0, 0)) || !(s->ids = router_session_ids_new())) {
         snprintf(err, errcap, "sessions: out of memory");
         goto fail;
     }
@@ -910,6 +937,7 @@ void router_sessions_destroy(router_sessions_t **self_p)
         sqlite3_close(s->db);
     router_dblock_put(&s->wlock);
     router_history_cache_destroy(&s->cache);
+    router_session_ids_destroy(&s->ids);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -1058,6 +1086,11 @@ void router_sessions_cache_stats(const router_sessions_t *s, struct router_histo
 uint64_t router_sessions_failures(const router_sessions_t *s)
 {
     return atomic_load(&((router_sessions_t *) s)->failures);
+}
+
+bool router_sessions_kept(const router_sessions_t *s, const char *id)
+{
+    return router_session_ids_has(s->ids, id);
 }
 
 router_sessions_room_t router_sessions_room(const router_sessions_t *s, bool creating)

@@ -118,6 +118,12 @@ void router_sessions_cache_stats(const router_sessions_t *s,
  * queues hold. Any thread. */
 router_sessions_room_t router_sessions_room(const router_sessions_t *s, bool creating);
 
+/* True when state.db keeps session `id` (as far as the store thread has
+ * committed): a message for it makes no new session, so the sessions_max
+ * bound does not refuse it. Any thread; no query (an in-memory set of the
+ * ids kept, router/workers/session_ids.h). */
+bool router_sessions_kept(const router_sessions_t *s, const char *id);
+
 /* Sessions and octets kept now (as router_sessions_room sees them). */
 void router_sessions_usage(const router_sessions_t *s, uint64_t *sessions, uint64_t *bytes);
 

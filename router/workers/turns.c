@@ -2001,6 +2001,10 @@ const char *router_turns_room(const router_turns_t *t, const char *session_id)
 {
     bool open_here = session_id && zhash_lookup(t->sessions, session_id);
     router_sessions_room_t room = router_sessions_room(t->store, !open_here);
+    /* At the bound, a session state.db keeps makes nothing new. */
+    if (room == ROUTER_SESSIONS_FULL_SESSIONS && session_id &&
+        router_sessions_kept(t->store, session_id))
+        room = router_sessions_room(t->store, false);
     if (room == ROUTER_SESSIONS_ROOM)
         return NULL;
     router_metric_inc(t->m_full, 1);

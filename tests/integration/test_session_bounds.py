@@ -161,6 +161,16 @@ def main():
     def kept_sessions_go_on():
         status, doc = turn(node, token, "keep", "still here")
         check(status == 200 and doc.get("full_response") == "echo: still here", (status, doc))
+        # A session state.db keeps that nobody has open makes nothing new:
+        # its webhooks and events are let in at the bound.
+        refused = metrics_map(node).get("kith_sessions_refused_total", 0)
+        status, doc = post(node, "/webhook", '{"message":"to s3","session_id":"s3"}', auth)
+        check(status == 202, (status, doc))
+        status, doc = post(node, "/sessions/s3/external-events",
+                           '{"kind":"generic_json","event_type":"x","payload":2}')
+        check(status == 202, (status, doc))
+        check(metrics_map(node).get("kith_sessions_refused_total", 0) == refused, "refused")
+        wait_stored(node, lambda n, nbytes: n == 3)
 
         async def attached():
             ws, first = await open_chat(node, token, "s2")
@@ -177,6 +187,9 @@ def main():
         wait_stored(node, lambda n, nbytes: n == 3)
         status, doc = turn(node, token, "s8", "hello")
         check(status == 507 and doc["code"] == "storage_full", (status, doc))
+        # The ids kept are read again at start: a kept session is let in.
+        status, doc = post(node, "/webhook", '{"message":"back","session_id":"keep"}', auth)
+        check(status == 202, (status, doc))
         status, _, body = api(node, "DELETE", "/api/sessions/s3", token=token)
         check(status == 200, (status, body))
         node.wait_log("state.db has room again (2 sessions")
