@@ -142,7 +142,8 @@ void gateway_auth_audit_req(const gateway_auth_t *self, const char *type,
     router_audit_detail_strn(&d, "path", req->path.ptr, req->path.ptr ? req->path.len : 0);
     if (why)
         router_audit_detail_str(&d, "reason", why);
-    (void) router_audit_feed_push(self->opts.audit, type, router_audit_detail_end(&d));
+    (void) router_audit_feed_push_from(self->opts.audit, type, client,
+                                       router_audit_detail_end(&d));
 }
 
 /* gateway_auth_require and _require_node: node tokens pass when node_ok. */
@@ -334,20 +335,9 @@ bool gateway_auth_code_take(gateway_auth_t *self, const char *code, size_t len)
 
 /* ---------------------------------------------------------------- clients */
 
+_Static_assert(GATEWAY_AUTH_CLIENT_MAX == ROUTER_ADDR_CLIENT_MAX, "one client text size");
+
 void gateway_auth_client(const router_addr_t *peer, char out[GATEWAY_AUTH_CLIENT_MAX])
 {
-    snprintf(out, GATEWAY_AUTH_CLIENT_MAX, "unknown");
-    if (!peer)
-        return;
-    switch (peer->u.sa.sa_family) {
-    case AF_INET:
-        inet_ntop(AF_INET, &peer->u.in4.sin_addr, out, GATEWAY_AUTH_CLIENT_MAX);
-        break;
-    case AF_INET6:
-        inet_ntop(AF_INET6, &peer->u.in6.sin6_addr, out, GATEWAY_AUTH_CLIENT_MAX);
-        break;
-    case AF_UNIX:
-        snprintf(out, GATEWAY_AUTH_CLIENT_MAX, "unix");
-        break;
-    }
+    router_addr_client(peer, out);
 }

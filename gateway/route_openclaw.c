@@ -1181,7 +1181,7 @@ static void s_audit(s_conn_t *c, const char *type, const char *reason)
     }
     if (reason)
         router_audit_detail_str(&d, "reason", reason);
-    (void) router_audit_feed_push(feed, type, router_audit_detail_end(&d));
+    (void) router_audit_feed_push_from(feed, type, c->client_addr, router_audit_detail_end(&d));
 }
 
 static void s_on_tick(router_loop_t *loop, uint64_t id, void *ud)

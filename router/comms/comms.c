@@ -135,6 +135,7 @@ static void s_emit(router_comms_t *self, s_cc_t *cc, bool admitted, proto_wire_r
         .kind = env ? proto_kind_str(proto_envelope_kind(env)) : NULL,
         .seq = seq,
         .conn_id = router_conn_id(cc->conn),
+        .addr = router_conn_peer(cc->conn),
     };
     self->on_event(&ev, self->ud);
 }

@@ -57,6 +57,7 @@ typedef struct {
     const char *kind;             /* "message", …, NULL when not decoded */
     uint64_t seq;                 /* inbox sequence when admitted */
     uint64_t conn_id;             /* the connection it came on */
+    const router_addr_t *addr;    /* its peer's address; NULL in-process */
 } router_comms_event_t;
 
 typedef void(router_comms_event_fn)(const router_comms_event_t *ev, void *ud);

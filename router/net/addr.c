@@ -243,6 +243,22 @@ bool router_addr_is_loopback(const router_addr_t *a)
     }
 }
 
+void router_addr_client(const router_addr_t *peer, char out[ROUTER_ADDR_CLIENT_MAX])
+{
+    snprintf(out, ROUTER_ADDR_CLIENT_MAX, "unknown");
+    switch (peer ? router_addr_family(peer) : AF_UNSPEC) {
+    case AF_INET:
+        inet_ntop(AF_INET, &peer->u.in4.sin_addr, out, ROUTER_ADDR_CLIENT_MAX);
+        break;
+    case AF_INET6:
+        inet_ntop(AF_INET6, &peer->u.in6.sin6_addr, out, ROUTER_ADDR_CLIENT_MAX);
+        break;
+    case AF_UNIX:
+        snprintf(out, ROUTER_ADDR_CLIENT_MAX, "unix");
+        break;
+    }
+}
+
 int router_addr_format(const router_addr_t *a, char *out, size_t cap)
 {
     char host[INET6_ADDRSTRLEN];

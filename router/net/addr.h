@@ -92,6 +92,13 @@ const char *router_addr_err_str(router_addr_err_t err);
  * Returns 0, or -1 when it does not fit or the address is empty. */
 int router_addr_format(const router_addr_t *addr, char *out, size_t cap);
 
+/* Room for what router_addr_client writes, NUL included. */
+#define ROUTER_ADDR_CLIENT_MAX 64
+
+/* A peer as the audit log and the logs name it: its IP address without the
+ * port, "unix" for a Unix socket, "unknown" for NULL or anything else. */
+void router_addr_client(const router_addr_t *peer, char out[ROUTER_ADDR_CLIENT_MAX]);
+
 /* AF_INET, AF_INET6, AF_UNIX, or AF_UNSPEC for an empty address. */
 int router_addr_family(const router_addr_t *addr);
 

@@ -13,10 +13,14 @@
 #include "proto/uuid.h"
 #include "router/clock.h"
 #include "router/log.h"
+#include "router/workers/audit_limit.h"
 
 /* A batch stays well under the 1 MiB body. */
 #define S_BATCH_BYTES_MAX (768u * 1024u)
 #define S_RETRY_MAX_MS 30000u
+/* How often the counts of events the limit held back are written, as
+ * audit_suppressed records (WIRE §21.7). */
+#define S_SUPPRESSED_EVERY_MS 10000u
 
 typedef struct {
     uint64_t time_ms;
@@ -38,8 +42,10 @@ struct router_audit_feed {
     uint64_t timer;              /* flush or retry timer, 0 for none */
     uint32_t retry_first_ms;
     uint32_t retry_ms;           /* the next retry's delay */
+    router_audit_limit_t *limit; /* what outsiders' events may cost the log */
+    uint64_t limit_timer;        /* the next audit_suppressed records, 0 for none */
     router_audit_feed_stats_t st;
-    router_metric_t *m_events, *m_appended, *m_dropped, *m_retries, *m_queue;
+    router_metric_t *m_events, *m_appended, *m_dropped, *m_retries, *m_queue, *m_suppressed;
 };
 
 /* ================================================================ details */
@@ -141,7 +147,9 @@ router_audit_feed_t *router_audit_feed_new(const router_audit_feed_opts_t *o)
     self->broker = o->broker;
     self->cap = o->queue_max ? o->queue_max : ROUTER_AUDIT_FEED_QUEUE_MAX;
     self->retry_first_ms = self->retry_ms = o->retry_ms ? o->retry_ms : 1000;
-    if (!(self->ring = calloc(self->cap, sizeof *self->ring))) {
+    if (!(self->ring = calloc(self->cap, sizeof *self->ring)) ||
+        !(self->limit = router_audit_limit_new())) {
+        free(self->ring);
         free(self);
         return NULL;
     }
@@ -160,6 +168,9 @@ router_audit_feed_t *router_audit_feed_new(const router_audit_feed_opts_t *o)
                                              "Audit batches sent again after the worker failed them");
         self->m_queue = router_metrics_add(m, "kith_audit_queue", NULL, ROUTER_METRIC_GAUGE,
                                            "Audit events waiting for the audit worker");
+        self->m_suppressed = router_metrics_add(
+            m, "kith_audit_suppressed_total", NULL, ROUTER_METRIC_COUNTER,
+            "Audit events from outside held back by the rate limit (counted in audit_suppressed)");
     }
     return self;
 }
@@ -193,6 +204,13 @@ void router_audit_feed_destroy(router_audit_feed_t **self_p)
         router_broker_cancel(self->broker, self->request);
     if (self->timer)
         (void) router_loop_timer_cancel(self->loop, self->timer);
+    if (self->limit_timer)
+        (void) router_loop_timer_cancel(self->loop, self->limit_timer);
+    if (router_audit_limit_pending(self->limit))
+        ROUTER_LOG(ROUTER_LOG_WARN, "audit",
+                   "%llu audit events held back by the rate limit, not yet summed up at shutdown",
+                   (unsigned long long) router_audit_limit_pending(self->limit));
+    router_audit_limit_destroy(&self->limit);
     if (self->count) {
         ROUTER_LOG(ROUTER_LOG_WARN, "audit", "%zu audit events not yet written at shutdown: dropped",
                    self->count);
@@ -396,7 +414,11 @@ void router_audit_feed_on_comms(router_audit_feed_t *self, const router_comms_ev
     if (ev->kind)
         router_audit_detail_str(&d, "kind", ev->kind);
     router_audit_detail_u64(&d, "conn", ev->conn_id);
-    (void) router_audit_feed_push(self, "envelope_rejected", router_audit_detail_end(&d));
+    char client[ROUTER_ADDR_CLIENT_MAX];
+    router_addr_client(ev->addr, client);
+    router_audit_detail_str(&d, "client", client);
+    (void) router_audit_feed_push_from(self, "envelope_rejected", client,
+                                       router_audit_detail_end(&d));
 }
 
 void router_audit_feed_tool_call(router_audit_feed_t *self, const char *session_id,
@@ -416,4 +438,43 @@ void router_audit_feed_tool_call(router_audit_feed_t *self, const char *session_
 void router_audit_feed_stats(const router_audit_feed_t *self, router_audit_feed_stats_t *out)
 {
     *out = self->st;
+}
+
+/* ================================================================ the limit */
+
+static void s_on_suppressed(const char *type, const char *source, uint64_t count,
+                            uint64_t first_ms, uint64_t last_ms, void *ud)
+{
+    router_audit_detail_t d;
+    router_audit_detail_init(&d);
+    router_audit_detail_str(&d, "type", type);
+    router_audit_detail_str(&d, "client", source);
+    router_audit_detail_u64(&d, "count", count);
+    router_audit_detail_u64(&d, "first_ms", first_ms);
+    router_audit_detail_u64(&d, "last_ms", last_ms);
+    (void) router_audit_feed_push(ud, "audit_suppressed", router_audit_detail_end(&d));
+}
+
+static void s_on_limit_timer(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    router_audit_feed_t *self = ud;
+    self->limit_timer = 0;
+    router_audit_limit_flush(self->limit, s_on_suppressed, self);
+}
+
+int router_audit_feed_push_from(router_audit_feed_t *self, const char *type, const char *client,
+                                const char *detail)
+{
+    if (!self)
+        return 0;
+    if (router_audit_limit_take(self->limit, type, client, router_clock_wall_ms()))
+        return router_audit_feed_push(self, type, detail);
+    self->st.suppressed++;
+    router_metric_inc(self->m_suppressed, 1);
+    if (!self->limit_timer)
+        self->limit_timer =
+            router_loop_timer_add(self->loop, S_SUPPRESSED_EVERY_MS, s_on_limit_timer, self);
+    return 0;
 }

@@ -55,6 +55,16 @@ void router_audit_feed_destroy(router_audit_feed_t **self_p);
  * or out of memory: counted and logged). */
 int router_audit_feed_push(router_audit_feed_t *self, const char *type, const char *detail);
 
+/* An event anyone who reaches a port can cause (a refused token, pairing
+ * code or envelope, a forbidden admin call: router_audit_limit_applies),
+ * from `client` (the peer's address, as the detail records it). Past the
+ * rate limit of audit_limit.h it is not queued but counted, and an
+ * `audit_suppressed` record {type, client, count, first_ms, last_ms} says
+ * so within 10 s (WIRE §21.7). Other types are pushed as they come.
+ * Returns as router_audit_feed_push (0 when held back). */
+int router_audit_feed_push_from(router_audit_feed_t *self, const char *type, const char *client,
+                                const char *detail);
+
 /* A comms event (router_node's event sink): refusals become
  * "envelope_rejected" records; admissions are not security events. */
 void router_audit_feed_on_comms(router_audit_feed_t *self, const router_comms_event_t *ev);
@@ -72,6 +82,7 @@ typedef struct {
     uint64_t dropped;    /* events refused because the queue was full */
     uint64_t retries;    /* batches sent again */
     uint64_t batches;    /* audit-append requests acknowledged */
+    uint64_t suppressed; /* events from outside held back by the rate limit */
 } router_audit_feed_stats_t;
 
 void router_audit_feed_stats(const router_audit_feed_t *self, router_audit_feed_stats_t *out);

@@ -342,6 +342,50 @@ def main():
         finally:
             b.cleanup()
     results.run(absolute_path_used_as_it_is)
+
+    def outsiders_flood_summed_up():
+        # 300 requests without a token on one connection, and 30 malformed
+        # envelopes, from one address: the log takes the burst of each
+        # (10, then 1 a second) and says the rest in one audit_suppressed
+        # record per type and source (WIRE §21.7); the chain stays whole.
+        import http.client
+        f = Daemon("audit-flood")
+        try:
+            f.start()
+            status, body = pair(f, pairing_code(f))
+            token = body["token"]
+            c = http.client.HTTPConnection("127.0.0.1", f.gw_port, timeout=30)
+            for _ in range(300):
+                c.request("GET", "/api/peers")
+                r = c.getresponse()
+                r.read()
+                check(r.status == 401, f"answered {r.status}")
+            c.close()
+            for _ in range(30):
+                k = Conn(("127.0.0.1", f.port))
+                k.send(frame(b"\xa1\x61x"))
+                check(k.closed(), "a malformed frame's connection stays open")
+            deadline = time.time() + 60
+            summed = {}
+            while time.time() < deadline and len(summed) < 2:
+                time.sleep(0.5)
+                _, got = get(f, "/api/audit?event_type=audit_suppressed&limit=100", token)
+                summed = {r["detail"]["type"]: r["detail"] for r in got["records"]}
+            check(set(summed) == {"auth_failure", "envelope_rejected"}, summed)
+            for kind, total in (("auth_failure", 300), ("envelope_rejected", 30)):
+                _, got = get(f, f"/api/audit?event_type={kind}&limit=1000", token)
+                written = [r for r in got["records"] if r["detail"].get("client") == "127.0.0.1"]
+                d = summed[kind]
+                check(d["client"] == "127.0.0.1" and d["first_ms"] <= d["last_ms"], d)
+                check(len(written) + d["count"] == total and 10 <= len(written) < 40,
+                      f"{kind}: {len(written)} written, {d['count']} summed")
+            m = wait_metric(f, "kith_audit_suppressed_total", lambda v: v > 0)
+            check(m["kith_audit_suppressed_total"] == sum(d["count"] for d in summed.values()), m)
+            status, got = get(f, "/api/audit/verify", token)
+            check(status == 200 and got["ok"] is True, f"{status} {got}")
+        finally:
+            f.cleanup()
+    results.run(outsiders_flood_summed_up)
     shutil.rmtree(node.home, ignore_errors=True)
     return results.summary()
 
