@@ -26,6 +26,7 @@
 #include <czmq.h>
 
 #include "alloc_fail.h"
+#include "have_ipv6.h"
 #include "router/clock.h"
 #include "router/net/loop.h"
 #include "router/workers/broker.h"
@@ -158,8 +159,17 @@ static void s_setup(runner_t *r, const char *listen, const char *home, size_t qu
     assert_non_null(r->b);
 }
 
+/* The workers.listen bounds of the next s_setup (s_teardown resets them). */
+static void s_listen_bounds(uint32_t pending_max, uint32_t per_source_max, uint32_t ready_ms)
+{
+    s_pending_max = pending_max;
+    s_per_source_max = per_source_max;
+    s_ready_ms = ready_ms;
+}
+
 static void s_teardown(runner_t *r)
 {
+    s_listen_bounds(0, 0, 0);
     router_broker_destroy(&r->b);
     router_broker_destroy(&r->b);
     router_loop_destroy(&r->loop);
@@ -739,9 +749,7 @@ static void test_listen_pending_bounds(void **state)
     (void) state;
     char home[] = "/tmp/kith-broker-test-XXXXXX";
     assert_non_null(mkdtemp(home));
-    s_pending_max = 5;
-    s_per_source_max = 3;
-    s_ready_ms = 2500;
+    s_listen_bounds(5, 3, 2500);
     runner_t r = {0};
     char ep[64];
     s_setup(&r, "tcp://lo:*", home, 0, ep, sizeof ep);
@@ -819,7 +827,6 @@ static void test_listen_pending_bounds(void **state)
     close(b[1]);
     close(c);
     s_teardown(&r);
-    s_pending_max = s_per_source_max = s_ready_ms = 0;
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", home);
     assert_int_equal(system(cmd), 0);
@@ -831,9 +838,7 @@ static void test_listen_pending_bounds(void **state)
 static void test_listen_worker_forgotten(void **state)
 {
     (void) state;
-    s_pending_max = 4;
-    s_per_source_max = 4;
-    s_ready_ms = 500;
+    s_listen_bounds(4, 4, 500);
     runner_t r = {0};
     char ep[64];
     s_setup(&r, "tcp://127.0.0.1:*", NULL, 0, ep, sizeof ep);
@@ -853,7 +858,6 @@ static void test_listen_worker_forgotten(void **state)
     zsock_destroy(&raw);
     s_wait_conns(&r, 0, 0, 0, 0, S_ANY);
     s_teardown(&r);
-    s_pending_max = s_per_source_max = s_ready_ms = 0;
 }
 
 /* On ipc:// the source is the peer's uid: a third connection from this
@@ -865,9 +869,7 @@ static void test_listen_ipc(void **state)
     assert_non_null(mkdtemp(dir));
     char listen[128];
     snprintf(listen, sizeof listen, "ipc://%s/w.sock", dir);
-    s_pending_max = 4;
-    s_per_source_max = 2;
-    s_ready_ms = 400;
+    s_listen_bounds(4, 2, 400);
     runner_t r = {0};
     char ep[64];
     s_setup(&r, listen, NULL, 0, ep, sizeof ep);
@@ -886,23 +888,9 @@ static void test_listen_ipc(void **state)
         close(u[i]);
     }
     s_teardown(&r);
-    s_pending_max = s_per_source_max = s_ready_ms = 0;
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     assert_int_equal(system(cmd), 0);
-}
-
-/* True when this host can bind [::1] (a network namespace may have no
- * IPv6). */
-static bool s_have_ipv6_loopback(void)
-{
-    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
-    bool ok = bind(fd, (struct sockaddr *) &a, sizeof a) == 0;
-    close(fd);
-    return ok;
 }
 
 /* workers.listen on an IPv6 literal binds (ZMQ_IPV6 on that socket only),
@@ -910,13 +898,11 @@ static bool s_have_ipv6_loopback(void)
 static void test_listen_ipv6(void **state)
 {
     (void) state;
-    if (!s_have_ipv6_loopback()) {
+    if (!test_have_ipv6_loopback()) {
         fprintf(stderr, "no IPv6 loopback here: test_listen_ipv6 skipped\n");
         skip();
     }
-    s_pending_max = 4;
-    s_per_source_max = 1;
-    s_ready_ms = 60000;
+    s_listen_bounds(4, 1, 60000);
     runner_t r = {0};
     char ep[64];
     s_setup(&r, "tcp://[::1]:*", NULL, 0, ep, sizeof ep);
@@ -943,7 +929,6 @@ static void test_listen_ipv6(void **state)
     s_wait_conns(&r, 0, 1, 0, 1, 0);
     s_echo_stop(&e);
     s_teardown(&r);
-    s_pending_max = s_per_source_max = s_ready_ms = 0;
 }
 
 /* A broker that cannot start says why: CURVE without a home, an inproc

@@ -36,6 +36,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "have_ipv6.h"
 #include "alloc_fail.h"
 #include "router/net/conn.h"
 #include "router/net/listen.h"
@@ -348,20 +349,9 @@ static void test_echo_tcp4(void **state)
     s_echo_test(state, "127.0.0.1:0", NULL);
 }
 
-static bool s_have_ipv6(void)
-{
-    int fd = socket(AF_INET6, SOCK_STREAM, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
-    bool ok = bind(fd, (struct sockaddr *) &a, sizeof a) == 0;
-    close(fd);
-    return ok;
-}
-
 static void test_echo_tcp6(void **state)
 {
-    if (!s_have_ipv6()) {
+    if (!test_have_ipv6_loopback()) {
         print_message("no IPv6 loopback here: skipping\n");
         skip();
     }
@@ -371,7 +361,7 @@ static void test_echo_tcp6(void **state)
 /* `[::]` listens dual-stack: an IPv4 client gets through. */
 static void test_echo_dual_stack(void **state)
 {
-    if (!s_have_ipv6()) {
+    if (!test_have_ipv6_loopback()) {
         print_message("no IPv6 here: skipping\n");
         skip();
     }
