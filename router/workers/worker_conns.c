@@ -21,6 +21,9 @@
 
 #define MOD "workers"
 
+/* Monitor events that may wait for the loop (two frames each, ~100
+ * octets): beyond, libzmq drops them (see s_cut for what then). */
+#define S_EVENTS_MAX 65536
 /* Descriptor hash buckets (a power of two). */
 #define S_BUCKETS 256u
 /* A source address as a key: family tag, then 16 octets (IPv4 in the first
@@ -391,7 +394,16 @@ router_worker_conns_t *router_worker_conns_new(void *zmq_socket,
     snprintf(ep, sizeof ep, "inproc://kith.workers.monitor.%llu",
              (unsigned long long) atomic_fetch_add(&s_monitors, 1));
     if (zmq_socket_monitor(zmq_socket, ep, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0 ||
-        !(c->mon = zsock_new(ZMQ_PAIR)) || zsock_connect(c->mon, "%s", ep) != 0) {
+        !(c->mon = zsock_new(ZMQ_PAIR))) {
+        snprintf(err, errcap, "workers: cannot monitor the listen socket: %s",
+                 zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    /* The events wait in an inproc pipe whose bound is the monitor's send
+     * bound (1,000) plus this receive bound: room for a loop that falls
+     * behind a burst of connections, and still a bound (S_EVENTS_MAX). */
+    zsock_set_rcvhwm(c->mon, S_EVENTS_MAX);
+    if (zsock_connect(c->mon, "%s", ep) != 0) {
         snprintf(err, errcap, "workers: cannot monitor the listen socket: %s",
                  zmq_strerror(zmq_errno()));
         goto fail;
