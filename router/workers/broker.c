@@ -433,9 +433,9 @@ done:
 
 static void s_more(router_loop_t *loop, uint64_t id, void *ud);
 
-/* One whole message, and the descriptor of the connection it came in on
- * (ZMQ_SRCFD of its routing-id frame, -1 on inproc): the READY of a
- * workers.listen connection takes it out of the pending share. NULL when
+/* One whole message from the workers.listen socket, and the descriptor of
+ * the connection it came in on (ZMQ_SRCFD of its routing-id frame): the
+ * READY of a connection takes it out of the pending share. NULL when
  * nothing waits. The caller owns the result. */
 static zmsg_t *s_recv(zsock_t *sock, int *fd)
 {
@@ -493,8 +493,11 @@ static void s_drain(router_broker_t *b, int sock)
                 b->more_timer = router_loop_timer_add(b->loop, 0, s_more, b);
             break;
         }
+        /* Only a workers.listen READY needs its descriptor: the embedded
+         * workers' messages (the hot path) are read as before. */
         int fd = -1;
-        zmsg_t *m = s_recv(b->socks[sock], &fd);
+        zmsg_t *m = sock == S_SOCK_LISTEN ? s_recv(b->socks[sock], &fd)
+                                          : zmsg_recv_nowait(b->socks[sock]);
         if (!m)
             break;
         s_on_message(b, sock, m, fd);
