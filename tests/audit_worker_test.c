@@ -250,6 +250,61 @@ static void test_waits_for_worker_and_counts_drops(void **state)
     assert_int_equal(r.records, 64);
 }
 
+static void s_on_drained(void *ud)
+{
+    (*(int *) ud)++;
+}
+
+static bool s_drained(fix_t *f, void *ud)
+{
+    (void) f;
+    return *(int *) ud > 0;
+}
+
+/* A stop waits for the queue, the rate limit's counts included: without a
+ * worker the wait ends at its timeout; with one, once all is written. */
+static void test_drain_at_stop(void **state)
+{
+    fix_t *f = *state;
+    int called = 0;
+    router_audit_feed_drain(NULL, s_on_drained, &called, 10);
+    assert_int_equal(called, 1);
+    called = 0;
+    router_audit_feed_drain(f->feed, s_on_drained, &called, 10); /* nothing queued */
+    assert_int_equal(called, 1);
+
+    s_push(f, 3, "trust_changed");
+    for (int i = 0; i < 12; i++)
+        assert_int_equal(router_audit_feed_push_from(f->feed, "auth_failure", "10.9.9.9", "{}"), 0);
+    router_audit_feed_stats_t st;
+    router_audit_feed_stats(f->feed, &st);
+    assert_int_equal(st.suppressed, 2);
+    assert_int_equal(st.queued, 13);
+    called = 0;
+    router_audit_feed_drain(f->feed, s_on_drained, &called, 100);
+    assert_int_equal(called, 0);
+    router_audit_feed_stats(f->feed, &st);
+    assert_int_equal(st.queued, 14); /* the count, queued as audit_suppressed */
+    s_run(f, s_drained, &called);   /* no worker: the wait ends at its timeout */
+    assert_int_equal(called, 1);
+
+    audit_worker_t *w = s_worker(f);
+    called = 0;
+    router_audit_feed_drain(f->feed, s_on_drained, &called, 60000);
+    s_run(f, s_drained, &called);
+    router_audit_feed_stats(f->feed, &st);
+    assert_int_equal(st.appended, 14);
+    assert_int_equal(called, 1);
+    proto_audit_msg_t q = {.kind = PROTO_AUDIT_QUERY, .limit = 5, .event_type = "audit_suppressed",
+                           .event_type_len = 16};
+    ask_t a;
+    s_ask(f, &q, &a);
+    assert_int_equal(a.reply.n_records, 1);
+    assert_non_null(strstr(a.reply.records[0].p, "\"client\":\"10.9.9.9\",\"count\":2,"));
+    proto_audit_msg_clear(&a.reply);
+    audit_worker_stop(&w);
+}
+
 static void test_fsync_failure_retried(void **state)
 {
     fix_t *f = *state;
@@ -318,6 +373,7 @@ int main(void)
         T(test_feed_to_records),
         T(test_waits_for_worker_and_counts_drops),
         T(test_fsync_failure_retried),
+        T(test_drain_at_stop),
         T(test_handle_bad_bodies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

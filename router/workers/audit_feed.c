@@ -44,6 +44,9 @@ struct router_audit_feed {
     uint32_t retry_ms;           /* the next retry's delay */
     router_audit_limit_t *limit; /* what outsiders' events may cost the log */
     uint64_t limit_timer;        /* the next audit_suppressed records, 0 for none */
+    router_audit_feed_drained_fn *drained; /* a stop waits for the queue to empty */
+    void *drained_ud;
+    uint64_t drain_timer;        /* the stop's wait, 0 for none */
     router_audit_feed_stats_t st;
     router_metric_t *m_events, *m_appended, *m_dropped, *m_retries, *m_queue, *m_suppressed;
 };
@@ -180,6 +183,8 @@ static s_event_t *s_at(const router_audit_feed_t *self, size_t i)
     return self->ring[(self->head + i) % self->cap];
 }
 
+static void s_drained(router_audit_feed_t *self, bool timed_out);
+
 /* Frees the n oldest events. */
 static void s_pop(router_audit_feed_t *self, size_t n)
 {
@@ -193,6 +198,8 @@ static void s_pop(router_audit_feed_t *self, size_t n)
     }
     self->st.queued = self->count;
     router_metric_set(self->m_queue, self->count);
+    if (self->drained && !self->count)
+        s_drained(self, false);
 }
 
 void router_audit_feed_destroy(router_audit_feed_t **self_p)
@@ -200,6 +207,9 @@ void router_audit_feed_destroy(router_audit_feed_t **self_p)
     router_audit_feed_t *self = *self_p;
     if (!self)
         return;
+    self->drained = NULL; /* the loop is over: nobody waits any more */
+    if (self->drain_timer)
+        (void) router_loop_timer_cancel(self->loop, self->drain_timer);
     if (self->request > 0)
         router_broker_cancel(self->broker, self->request);
     if (self->timer)
@@ -477,4 +487,55 @@ int router_audit_feed_push_from(router_audit_feed_t *self, const char *type, con
         self->limit_timer =
             router_loop_timer_add(self->loop, S_SUPPRESSED_EVERY_MS, s_on_limit_timer, self);
     return 0;
+}
+
+/* ================================================================ a stop */
+
+static void s_drained(router_audit_feed_t *self, bool timed_out)
+{
+    router_audit_feed_drained_fn *fn = self->drained;
+    if (!fn)
+        return;
+    self->drained = NULL;
+    if (self->drain_timer) {
+        (void) router_loop_timer_cancel(self->loop, self->drain_timer);
+        self->drain_timer = 0;
+    }
+    if (timed_out)
+        ROUTER_LOG(ROUTER_LOG_WARN, "audit",
+                   "stopping: %zu audit events not yet written when the wait for them ended",
+                   self->count);
+    fn(self->drained_ud);
+}
+
+static void s_on_drain_timer(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    router_audit_feed_t *self = ud;
+    self->drain_timer = 0;
+    s_drained(self, true);
+}
+
+void router_audit_feed_drain(router_audit_feed_t *self, router_audit_feed_drained_fn *drained,
+                             void *ud, uint32_t timeout_ms)
+{
+    if (!self) {
+        drained(ud);
+        return;
+    }
+    if (self->limit_timer) {
+        (void) router_loop_timer_cancel(self->loop, self->limit_timer);
+        self->limit_timer = 0;
+    }
+    router_audit_limit_flush(self->limit, s_on_suppressed, self);
+    self->drained = drained;
+    self->drained_ud = ud;
+    if (!self->count) {
+        s_drained(self, false);
+        return;
+    }
+    self->drain_timer = router_loop_timer_add(self->loop, timeout_ms, s_on_drain_timer, self);
+    if (!self->drain_timer) /* no timer to bound the wait: do not wait */
+        s_drained(self, true);
 }

@@ -65,6 +65,16 @@ int router_audit_feed_push(router_audit_feed_t *self, const char *type, const ch
 int router_audit_feed_push_from(router_audit_feed_t *self, const char *type, const char *client,
                                 const char *detail);
 
+/* A graceful stop: the counts the rate limit holds are queued as
+ * audit_suppressed records at once, and drained(ud) runs on the loop
+ * thread when the queue is empty (everything written) or after timeout_ms,
+ * whichever comes first; exactly once, possibly inside this call. Events
+ * queued after that are handled as before (dropped at destroy if not yet
+ * written). A NULL feed calls drained(ud) at once. */
+typedef void(router_audit_feed_drained_fn)(void *ud);
+void router_audit_feed_drain(router_audit_feed_t *self, router_audit_feed_drained_fn *drained,
+                             void *ud, uint32_t timeout_ms);
+
 /* A comms event (router_node's event sink): refusals become
  * "envelope_rejected" records; admissions are not security events. */
 void router_audit_feed_on_comms(router_audit_feed_t *self, const router_comms_event_t *ev);

@@ -386,6 +386,33 @@ def main():
         finally:
             f.cleanup()
     results.run(outsiders_flood_summed_up)
+
+    def stop_writes_what_it_holds():
+        # A graceful stop writes the rate limit's counts (and the queue)
+        # before it exits: 30 401s, then SIGTERM at once, long before the
+        # 10 s summary would have been due.
+        import http.client
+        f = Daemon("audit-stop")
+        try:
+            f.start()
+            c = http.client.HTTPConnection("127.0.0.1", f.gw_port, timeout=30)
+            for _ in range(30):
+                c.request("GET", "/api/peers")
+                r = c.getresponse()
+                r.read()
+            c.close()
+            wait_metric(f, "kith_audit_suppressed_total", lambda v: v >= 19)
+            f.stop()
+            recs = [json.loads(line) for line in lines(f)]
+            written = [r for r in recs if r["type"] == "auth_failure"]
+            summed = [r["detail"] for r in recs if r["type"] == "audit_suppressed"]
+            check(len(summed) == 1 and summed[0]["type"] == "auth_failure" and
+                  len(written) + summed[0]["count"] == 30, (len(written), summed))
+            out = verify("--home", f.home, expect=0)
+            check("intact" in out, out)
+        finally:
+            f.cleanup()
+    results.run(stop_writes_what_it_holds)
     shutil.rmtree(node.home, ignore_errors=True)
     return results.summary()
 

@@ -186,24 +186,32 @@ static void s_gw_auth_destroy(s_gw_auth_t *ga)
 /* How long a stopping gateway waits for answers in progress (WIRE §9.2). */
 #define S_GATEWAY_DRAIN_MS 5000u
 
-/* The gateway and the node whose stop waits for it. */
+/* How long a stopping daemon waits for the audit events queued to be
+ * written (WIRE §21.7). */
+#define S_AUDIT_DRAIN_MS 2000u
+
+/* The gateway, the audit feed, and the node whose stop waits for them. */
 typedef struct {
     gateway_http_t *gw;
+    router_audit_feed_t *audit; /* NULL: audit off */
     router_node_t *node;
 } s_gw_drain_t;
 
-static void s_gateway_drained(void *node)
+static void s_drain_done(void *node)
 {
     router_node_drain_release(node);
 }
 
 /* A graceful stop began: the gateway stops accepting at once, finishes
- * the answers in progress and closes, and the loop waits for it. */
+ * the answers in progress and closes; the audit feed writes what it holds
+ * (the rate limit's counts too); and the loop waits for both. */
 static void s_gateway_drain(void *ud)
 {
     s_gw_drain_t *d = ud;
     router_node_drain_hold(d->node);
-    gateway_http_drain(d->gw, s_gateway_drained, d->node, S_GATEWAY_DRAIN_MS);
+    router_node_drain_hold(d->node);
+    gateway_http_drain(d->gw, s_drain_done, d->node, S_GATEWAY_DRAIN_MS);
+    router_audit_feed_drain(d->audit, s_drain_done, d->node, S_AUDIT_DRAIN_MS);
 }
 
 /* The gateway's SSE streams (DESIGN §7) and the log tap feeding one. */
@@ -613,7 +621,7 @@ static int s_serve(int argc, char **argv, const char *cmd)
     }
     /* Stop taking HTTP connections the moment the drain starts, and let
      * the answers in progress go out before the loop ends. */
-    s_gw_drain_t drain = {.gw = gw, .node = node};
+    s_gw_drain_t drain = {.gw = gw, .audit = au.feed, .node = node};
     router_node_on_stop(node, s_gateway_drain, &drain);
     /* The embedded agent workers (workers.agent_threads) on inproc. */
     agent_pool_opts_t apo;
