@@ -175,6 +175,14 @@ static void s_teardown(runner_t *r)
     router_loop_destroy(&r->loop);
 }
 
+/* Removes a test's temporary directory and what it holds. */
+static void s_rm_rf(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* ------------------------------------------------------------ replies */
 
 typedef struct {
@@ -651,9 +659,7 @@ static void test_curve(void **state)
     assert_string_equal(router_broker_curve_public(r.b), pub_before);
     s_teardown(&r);
 
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
-    assert_int_equal(system(cmd), 0);
+    s_rm_rf(home);
 }
 
 /* ------------------------------------------------------------ workers.listen bounds */
@@ -827,9 +833,7 @@ static void test_listen_pending_bounds(void **state)
     close(b[1]);
     close(c);
     s_teardown(&r);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
-    assert_int_equal(system(cmd), 0);
+    s_rm_rf(home);
 }
 
 /* A worker the broker forgets while its connection stays (a second READY
@@ -888,9 +892,7 @@ static void test_listen_ipc(void **state)
         close(u[i]);
     }
     s_teardown(&r);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    s_rm_rf(dir);
 }
 
 /* workers.listen on an IPv6 literal binds (ZMQ_IPV6 on that socket only),
