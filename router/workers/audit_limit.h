@@ -24,12 +24,10 @@
 #define ROUTER_AUDIT_LIMIT_TYPE_BURST 200u
 #define ROUTER_AUDIT_LIMIT_TYPE_PER_S 50u
 /* (type, source) pairs remembered at once; past it the least recently
- * seen is let go (its uncounted events move to its type's "*" source). */
+ * seen is let go, and the count it held back moves to its type's "*". */
 #define ROUTER_AUDIT_LIMIT_SOURCES_MAX 1024u
 /* Longest source kept (an IPv6 address is 45); longer ones are cut. */
 #define ROUTER_AUDIT_LIMIT_SOURCE_LEN 63u
-/* Longest type (WIRE §21.1). */
-#define ROUTER_AUDIT_LIMIT_TYPE_LEN 64u
 
 typedef struct router_audit_limit router_audit_limit_t;
 
