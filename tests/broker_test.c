@@ -183,6 +183,19 @@ static void s_rm_rf(const char *dir)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A worker certificate at HOME/good.cert (both halves), its public half
+ * in the broker's workers/authorized/: a key the broker lets in. */
+static void s_authorized_cert(const char *home, char *path, size_t cap)
+{
+    zcert_t *good = zcert_new();
+    char pub_path[512];
+    snprintf(path, cap, "%s/good.cert", home);
+    snprintf(pub_path, sizeof pub_path, "%s/workers/authorized/good.cert", home);
+    assert_int_equal(zcert_save(good, path), 0);
+    assert_int_equal(zcert_save_public(good, pub_path), 0);
+    zcert_destroy(&good);
+}
+
 /* ------------------------------------------------------------ replies */
 
 typedef struct {
@@ -622,13 +635,8 @@ static void test_curve(void **state)
     assert_int_equal(sb.st_mode & 0777, 0600);
 
     /* One worker key authorized, one not. */
-    zcert_t *good = zcert_new();
-    char good_path[512], pub_path[512];
-    snprintf(good_path, sizeof good_path, "%s/good.cert", home);
-    snprintf(pub_path, sizeof pub_path, "%s/workers/authorized/good.cert", home);
-    assert_int_equal(zcert_save(good, good_path), 0);
-    assert_int_equal(zcert_save_public(good, pub_path), 0);
-    zcert_destroy(&good);
+    char good_path[512];
+    s_authorized_cert(home, good_path, sizeof good_path);
 
     echo_t *bad = s_echo_start(tcp, pub, NULL); /* ephemeral key */
     echo_t *ok = s_echo_start(tcp, pub, good_path);
@@ -786,13 +794,8 @@ static void test_listen_pending_bounds(void **state)
 
     /* An authorized worker gets in past the full share (its connection
      * cuts the oldest stranger's) and then holds no place in it. */
-    zcert_t *good = zcert_new();
-    char good_path[512], pub_path[512];
-    snprintf(good_path, sizeof good_path, "%s/good.cert", home);
-    snprintf(pub_path, sizeof pub_path, "%s/workers/authorized/good.cert", home);
-    assert_int_equal(zcert_save(good, good_path), 0);
-    assert_int_equal(zcert_save_public(good, pub_path), 0);
-    zcert_destroy(&good);
+    char good_path[512];
+    s_authorized_cert(home, good_path, sizeof good_path);
     echo_t *ok = s_echo_start(tcp, router_broker_curve_public(r.b), good_path);
     s_run(&r, s_workers_1, r.b);
     s_wait_conns(&r, S_ANY, 1, S_ANY, 1, S_ANY);
