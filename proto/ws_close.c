@@ -12,11 +12,12 @@
 bool proto_ws_close_code_valid(uint16_t code)
 {
     /* 1004 is reserved, 1005, 1006 and 1015 are for reports, never the wire;
-     * 1012-1014 and 1016-2999 are not defined by RFC 6455 (2000-2999 belong
-     * to extensions, none negotiated); 3000-4999 are for libraries and
-     * applications. */
+     * 1012-1014 (service restart, try again later, bad gateway) are in the
+     * IANA registry RFC 6455 §11.7 set up, and browsers and proxies send
+     * them; 1016-2999 are unassigned or belong to extensions, none
+     * negotiated; 3000-4999 are for libraries and applications. */
     return (code >= 1000 && code <= 1003) ||
-           (code >= 1007 && code <= 1011) ||
+           (code >= 1007 && code <= 1014) ||
            (code >= 3000 && code <= 4999);
 }
 

@@ -601,8 +601,9 @@ static void test_reject_after_close(void **state)
 static void test_close_codes(void **state)
 {
     (void) state;
-    static const uint16_t valid[] = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999};
-    static const uint16_t invalid[] = {0, 1, 999, 1004, 1005, 1006, 1012, 1013, 1014, 1015, 1016, 1100,
+    static const uint16_t valid[] = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011,
+                                     1012, 1013, 1014, 3000, 3999, 4000, 4999};
+    static const uint16_t invalid[] = {0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100,
                                        2000, 2999, 5000, 65535};
     for (size_t i = 0; i < sizeof valid / sizeof valid[0]; i++) {
         assert_true(proto_ws_close_code_valid(valid[i]));
