@@ -584,6 +584,19 @@ static void s_on_upgrade(gateway_http_conn_t *hc)
     s_request_done(hc, &res);
 }
 
+/* Whether `method` is one kith recognises: RFC 9110's methods and PATCH.
+ * A path that does not take one of them is 405 with Allow; a method kith
+ * does not recognise is 501 on every path (RFC 9110 §15.6.2). */
+static bool s_method_known(proto_http_slice_t method)
+{
+    static const char *const known[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
+                                        "CONNECT", "OPTIONS", "TRACE", "PATCH"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (method.len == strlen(known[i]) && !memcmp(method.ptr, known[i], method.len))
+            return true;
+    return false;
+}
+
 /* A head is complete: refuse what is not served, find the route, and get
  * the body going. */
 static void s_on_head(gateway_http_conn_t *hc)
@@ -603,7 +616,10 @@ static void s_on_head(gateway_http_conn_t *hc)
         bool body = p->chunked || (p->has_content_length && p->content_length > 0);
         gateway_http_res_t res;
         gateway_http_res_init(&res, hc, body || !p->keep_alive);
-        if (allow[0] && gateway_http_res_header(&res, "Allow", allow) == 0)
+        if (!s_method_known(p->method))
+            (void) gateway_http_respond_error(&res, 501, "method_not_implemented",
+                                              "the method is not one this server knows");
+        else if (allow[0] && gateway_http_res_header(&res, "Allow", allow) == 0)
             (void) gateway_http_respond_error(&res, 405, "method_not_allowed",
                                               "this path does not take this method");
         else if (gateway_http_route_find(g, p->method, p->path, true, NULL, 0) &&

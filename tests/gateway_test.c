@@ -718,8 +718,13 @@ static void test_routes(void **state)
     s_exchange(c, "DELETE /any HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r);
     assert_string_equal(r.body, "delete DELETE /any -");
     s_resp_free(&r);
-    /* Methods are case-sensitive. */
-    s_exchange(c, "get /health HTTP/1.1\r\nHost: t\r\n\r\n", 405, &r);
+    /* Methods are case-sensitive: `get` is no method kith knows, so 501
+     * (RFC 9110 §15.6.2), where PUT on a path that does not take it is 405. */
+    s_exchange(c, "get /health HTTP/1.1\r\nHost: t\r\n\r\n", 501, &r);
+    s_expect_error(&r, 501, "method_not_implemented");
+    s_resp_free(&r);
+    s_exchange(c, "PUT /health HTTP/1.1\r\nHost: t\r\n\r\n", 405, &r);
+    s_expect_error(&r, 405, "method_not_allowed");
     s_resp_free(&r);
     s_exchange(c, "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n", 404, &r);
     s_resp_free(&r);

@@ -182,6 +182,7 @@ WIRE_11_2 = [
     ("websocket_not_found", 404, b"GET /nope HTTP/1.1\r\n" + H + b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"),
     ("upgrade_required", 426, b"GET /ws/chat HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"),
     ("method_not_allowed", 405, b"DELETE /health HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"),
+    ("method_not_implemented", 501, b"BREW /health HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"),
 ]
 
 
