@@ -213,7 +213,7 @@ def handshake_refusals(node):
     s = handshake(node, version=b"8")
     head, rest = read_head(s)
     s.close()
-    assert head.startswith("HTTP/1.1 426"), head
+    assert head.startswith("HTTP/1.1 426 Upgrade Required\r\n"), head
     assert "Sec-WebSocket-Version: 13" in head, head
     assert json.loads(rest.decode())["code"] == "websocket_handshake"
     s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=30)
@@ -235,7 +235,7 @@ def plain_get_on_the_endpoint_is_426(node):
     s.sendall(b"GET /ws/echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     head, rest = read_head(s)
     s.close()
-    assert head.startswith("HTTP/1.1 426"), head
+    assert head.startswith("HTTP/1.1 426 Upgrade Required\r\n"), head
     assert "Upgrade: websocket" in head, head
 
 
