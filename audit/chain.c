@@ -1,8 +1,9 @@
 /* audit/chain.c — the audit log on disk: open and resume, group-committed
- * appends, verification and queries. See chain.h and WIRE §21. */
+ * appends, rotation, verification and queries. See chain.h and WIRE §21. */
 #include "audit/chain.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdarg.h>
@@ -13,7 +14,12 @@
 #include <unistd.h>
 
 #include "audit/head.h"
+#include "router/clock.h"
 #include "router/log.h"
+
+/* A rotation writes the new log and its head under these names first, so a
+ * crash at any step leaves the chain whole (s_rotation_recover). */
+#define S_NEW_SUFFIX ".new"
 
 struct audit_chain {
     char *path;                      /* the log */
@@ -23,10 +29,14 @@ struct audit_chain {
     audit_key_t key;                 /* HMAC key, len 0 for none */
     audit_sync_fn sync;              /* fdatasync or the test's stand-in */
     void *sync_ud;
+    uint64_t first_seq;              /* the log's first record (0: none yet) */
     uint64_t last_seq;               /* last durable record */
     uint8_t last_hash[AUDIT_HASH_LEN];
     off_t durable_len;               /* the log's length through last_seq */
     bool cut_owed;                   /* a failed batch's bytes may follow durable_len */
+    uint64_t rotate_bytes;           /* rotate at this length; 0: never */
+    off_t rotate_at;                 /* the next rotation is tried at this length */
+    uint32_t keep;                   /* rotated files kept */
     char *batch;                     /* lines of one append, reused */
     size_t batch_cap;
 };
@@ -59,6 +69,7 @@ const char *audit_verify_reason_str(audit_verify_reason_t r)
     case AUDIT_V_HEAD_MISSING:  return "head_missing";
     case AUDIT_V_HEAD_BAD:      return "head_bad";
     case AUDIT_V_IO:            return "io";
+    case AUDIT_V_ROTATION:      return "rotation";
     }
     return "unknown";
 }
@@ -196,6 +207,299 @@ static void s_sync_dir(const char *path)
     }
 }
 
+/* ================================================================ rotation */
+
+static int s_write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -1;
+        if (w == 0) {
+            errno = EIO;
+            return -1;
+        }
+        p += w;
+        n -= (size_t) w;
+    }
+    return 0;
+}
+
+/* A rotated file is named for the seq of its first record, 20 digits
+ * ("audit.log.00000000000000000001"), so names never move once given,
+ * sort as the chain runs, and a file removed from the middle shows as a
+ * gap in the chain (verify). */
+#define S_SEQ_DIGITS 20
+
+/* `path` + suffix, or the rotated file path.<seq> + suffix when seq > 0.
+ * Caller frees; NULL when out of memory. */
+static char *s_file_name(const char *path, uint64_t seq, const char *suffix)
+{
+    size_t n = strlen(path) + strlen(suffix) + S_SEQ_DIGITS + 2;
+    char *s = malloc(n);
+    if (s && seq)
+        snprintf(s, n, "%s.%0*llu%s", path, S_SEQ_DIGITS, (unsigned long long) seq, suffix);
+    else if (s)
+        snprintf(s, n, "%s%s", path, suffix);
+    return s;
+}
+
+static bool s_exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static int s_u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+    return x < y ? -1 : x > y;
+}
+
+/* The rotated files of `path`: the first seq each is named for, ascending,
+ * at most S_ROTATED_SCAN_MAX. Returns 0 with *seqs (caller frees) and
+ * *n, or -1 (errno). A directory that holds none gives 0 and n 0. */
+#define S_ROTATED_SCAN_MAX (4u * AUDIT_KEEP_MAX)
+static int s_rotated_list(const char *path, uint64_t **seqs, size_t *n)
+{
+    *seqs = NULL;
+    *n = 0;
+    char *copy = strdup(path), *copy2 = strdup(path);
+    uint64_t *out = calloc(S_ROTATED_SCAN_MAX, sizeof *out);
+    DIR *d = copy && copy2 && out ? opendir(dirname(copy)) : NULL;
+    int rc = -1;
+    if (!copy || !copy2 || !out)
+        errno = ENOMEM;
+    if (!d) {
+        if (errno == ENOENT) /* no directory: no files */
+            rc = 0;
+        goto done;
+    }
+    const char *base = basename(copy2);
+    size_t blen = strlen(base), count = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && count < S_ROTATED_SCAN_MAX) {
+        const char *nm = e->d_name;
+        if (strlen(nm) != blen + 1 + S_SEQ_DIGITS || memcmp(nm, base, blen) || nm[blen] != '.')
+            continue;
+        uint64_t v = 0;
+        bool digits = true;
+        for (const char *q = nm + blen + 1; *q && digits; q++) {
+            digits = *q >= '0' && *q <= '9' && v <= (UINT64_MAX - 9) / 10;
+            v = v * 10 + (uint64_t) (*q - '0');
+        }
+        if (digits && v > 0)
+            out[count++] = v;
+    }
+    qsort(out, count, sizeof *out, s_u64_cmp);
+    *seqs = out;
+    *n = count;
+    out = NULL;
+    rc = 0;
+done:
+    if (d)
+        closedir(d);
+    free(out);
+    free(copy);
+    free(copy2);
+    return rc;
+}
+
+/* A rotation goes (s_rotate): (1) the new log, opened by its
+ * audit_rotated record, and its head are written and synced as path.new
+ * and path.new.head; (2) path → path.<S>, S the first seq it holds, then
+ * path.head → path.<S>.head; (3) path.new → path; (4) path.new.head →
+ * path.head; (5) rotated files past audit.keep are deleted, oldest first.
+ * A crash between any two steps leaves one of these states, which this
+ * finishes or undoes before the log is opened: nothing acknowledged is
+ * lost and no record is repeated.
+ *   - path.new beside path: (2) never ran; the new files are dropped.
+ *   - path.new, no path: (2) moved the log to the newest path.<S>; its head
+ *     follows it if it has not, then (3).
+ *   - path.new.head with no path.new and no path.head: (3) ran; (4) is done.
+ * 0, or -1 with *err. */
+static int s_rotation_recover(const char *path, audit_error_t *err)
+{
+    int rc = -1;
+    uint64_t *seqs = NULL;
+    size_t n = 0;
+    char *new_log = s_strcat(path, S_NEW_SUFFIX);
+    char *new_head = s_file_name(path, 0, S_NEW_SUFFIX AUDIT_HEAD_SUFFIX);
+    char *head = s_file_name(path, 0, AUDIT_HEAD_SUFFIX);
+    char *last_head = NULL;
+    if (!new_log || !new_head || !head) {
+        s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+        goto done;
+    }
+    if (s_exists(new_log) && s_exists(path)) {
+        if ((unlink(new_log) != 0 && errno != ENOENT) || (unlink(new_head) != 0 && errno != ENOENT))
+            goto io;
+        ROUTER_LOG(ROUTER_LOG_WARN, "audit", "%s: a rotation a crash interrupted was undone", path);
+    } else if (s_exists(new_log)) {
+        if (s_rotated_list(path, &seqs, &n) != 0)
+            goto io;
+        if (n && !(last_head = s_file_name(path, seqs[n - 1], AUDIT_HEAD_SUFFIX))) {
+            s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+            goto done;
+        }
+        if (last_head && s_exists(head) && !s_exists(last_head) && rename(head, last_head) != 0)
+            goto io;
+        if (rename(new_log, path) != 0)
+            goto io;
+        ROUTER_LOG(ROUTER_LOG_WARN, "audit", "%s: a rotation a crash interrupted was finished", path);
+    }
+    if (s_exists(new_head) && !s_exists(new_log) && !s_exists(head) && rename(new_head, head) != 0)
+        goto io;
+    rc = 0;
+    goto done;
+io:
+    s_err(err, AUDIT_E_IO, "cannot finish the rotation of %s: %s", path, strerror(errno));
+done:
+    free(seqs);
+    free(new_log);
+    free(new_head);
+    free(head);
+    free(last_head);
+    return rc;
+}
+
+/* (5): deletes the oldest rotated files until `keep` are left. Failures are
+ * logged: the next rotation tries again. */
+static void s_rotated_prune(const audit_chain_t *self)
+{
+    uint64_t *seqs;
+    size_t n;
+    if (s_rotated_list(self->path, &seqs, &n) != 0) {
+        ROUTER_LOG(ROUTER_LOG_ERROR, "audit", "cannot list the rotated files of %s: %s",
+                   self->path, strerror(errno));
+        return;
+    }
+    /* Oldest first, and never past one that stays: a newer file deleted
+     * while an older one is kept would be a gap in the chain. */
+    for (size_t i = 0; i + self->keep < n; i++) {
+        char *log = s_file_name(self->path, seqs[i], "");
+        char *head = s_file_name(self->path, seqs[i], AUDIT_HEAD_SUFFIX);
+        bool gone = log && head && unlink(log) == 0;
+        if (gone && unlink(head) != 0 && errno != ENOENT)
+            ROUTER_LOG(ROUTER_LOG_WARN, "audit", "cannot delete %s: %s", head, strerror(errno));
+        else if (!gone)
+            ROUTER_LOG(ROUTER_LOG_ERROR, "audit", "cannot delete %s: %s",
+                       log ? log : "a rotated file", log && head ? strerror(errno) : "out of memory");
+        free(log);
+        free(head);
+        if (!gone)
+            break;
+    }
+    free(seqs);
+}
+
+/* Steps (1) to (5) above, then the chain goes on in the new log. Returns 0,
+ * or -1 with *err and everything as it was (the chain stays in this log). */
+static int s_rotate(audit_chain_t *self, audit_error_t *err)
+{
+    int rc = -1, fd = -1, hfd = -1;
+    bool moved = false;
+    char *new_log = s_strcat(self->path, S_NEW_SUFFIX);
+    char *new_head = s_file_name(self->path, 0, S_NEW_SUFFIX AUDIT_HEAD_SUFFIX);
+    char *old_log = s_file_name(self->path, self->first_seq, "");
+    char *old_head = s_file_name(self->path, self->first_seq, AUDIT_HEAD_SUFFIX);
+    if (!new_log || !new_head || !old_log || !old_head) {
+        s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+        goto done;
+    }
+    if (!self->first_seq) {
+        s_err(err, AUDIT_E_BROKEN, "%s: its first record could not be read", self->path);
+        goto done;
+    }
+    /* The last rotation's step (4) may have failed: its head, which this
+     * chain still writes, goes into place before anything else. */
+    if (s_exists(new_head) &&
+        (s_exists(self->head_path) || rename(new_head, self->head_path) != 0)) {
+        s_err(err, AUDIT_E_IO, "%s is still there from the last rotation", new_head);
+        goto done;
+    }
+    /* (1) The record that opens the new log. */
+    char detail[64], line[1024], why[160];
+    int dl = snprintf(detail, sizeof detail, "{\"previous_seq\":%llu}",
+                      (unsigned long long) self->last_seq);
+    proto_audit_event_t ev = {.time_ms = router_clock_wall_ms(), .type = AUDIT_ROTATED_TYPE,
+                              .type_len = strlen(AUDIT_ROTATED_TYPE), .detail = detail,
+                              .detail_len = (size_t) dl};
+    uint8_t hash[AUDIT_HASH_LEN];
+    long len = audit_record_format(self->last_seq + 1, &ev, self->last_hash, &self->key, line,
+                                   sizeof line - 1, hash, why, sizeof why);
+    if (len < 0) {
+        s_err(err, AUDIT_E_EVENT, "the rotation record: %s", why);
+        goto done;
+    }
+    line[len++] = '\n';
+    audit_head_t h = {.seq = self->last_seq + 1};
+    memcpy(h.hash, hash, AUDIT_HASH_LEN);
+    fd = open(new_log, O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+    hfd = fd < 0 ? -1 : open(new_head, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || hfd < 0 || s_write_all(fd, line, (size_t) len) != 0 ||
+        self->sync(fd, self->sync_ud) != 0 || audit_head_write(hfd, &h, &self->key) != 0 ||
+        self->sync(hfd, self->sync_ud) != 0) {
+        s_err(err, AUDIT_E_IO, "cannot write %s: %s", new_log, strerror(errno));
+        goto undo;
+    }
+    /* (2) and (3). A file of that name would be overwritten: refuse. */
+    if (s_exists(old_log) || s_exists(old_head)) {
+        s_err(err, AUDIT_E_IO, "%s is there already", old_log);
+        goto undo;
+    }
+    if (rename(self->path, old_log) != 0) {
+        s_err(err, AUDIT_E_IO, "cannot move %s: %s", self->path, strerror(errno));
+        goto undo;
+    }
+    moved = true;
+    if (rename(self->head_path, old_head) != 0 || rename(new_log, self->path) != 0) {
+        s_err(err, AUDIT_E_IO, "cannot move %s's files into place: %s", self->path,
+              strerror(errno));
+        goto undo;
+    }
+    /* (4). Should it fail, the next open finishes it; until then this
+     * chain writes its head through hfd. */
+    if (rename(new_head, self->head_path) != 0)
+        ROUTER_LOG(ROUTER_LOG_ERROR, "audit", "cannot move %s: %s (the next start finishes it)",
+                   new_head, strerror(errno));
+    s_sync_dir(self->path);
+    close(self->fd);
+    close(self->head_fd);
+    self->fd = fd;
+    self->head_fd = hfd;
+    fd = hfd = -1;
+    self->durable_len = len;
+    self->last_seq++;
+    self->first_seq = self->last_seq;
+    memcpy(self->last_hash, hash, AUDIT_HASH_LEN);
+    ROUTER_LOG(ROUTER_LOG_INFO, "audit", "rotated %s: records to %llu are in %s", self->path,
+               (unsigned long long) self->last_seq - 1, old_log);
+    s_rotated_prune(self); /* (5) */
+    rc = 0;
+    goto done;
+undo:
+    if (moved) {
+        /* Back where it was, so the chain goes on in this log. */
+        (void) rename(old_head, self->head_path);
+        (void) rename(old_log, self->path);
+    }
+    (void) unlink(new_log);
+    (void) unlink(new_head);
+done:
+    if (fd >= 0)
+        close(fd);
+    if (hfd >= 0)
+        close(hfd);
+    free(new_log);
+    free(new_head);
+    free(old_log);
+    free(old_head);
+    return rc;
+}
+
 /* Finds the last complete line of the log: its record (checked), the
  * length through it, and whether torn bytes follow. A scan, so a log of any
  * size needs only the reader's buffer; done once per open. */
@@ -222,6 +526,9 @@ static int s_find_tail(audit_chain_t *self, audit_record_t *last, bool *have_las
     while ((got = s_reader_next(&r, &line)) == 1) {
         if (!line.newline)
             break; /* torn: bytes after the last newline */
+        audit_record_t first;
+        if (!*have_last && !line.long_line && audit_record_read(line.p, line.len, &first) == 0)
+            self->first_seq = first.seq; /* where a rotation names the file */
         if (line.len)
             memcpy(keep, line.p, line.len);
         keep_len = line.len;
@@ -272,12 +579,17 @@ audit_chain_t *audit_chain_open(const audit_chain_opts_t *o, audit_error_t *err)
     self->fd = self->head_fd = -1;
     self->sync = o->sync ? o->sync : s_fdatasync;
     self->sync_ud = o->sync_ud;
+    self->rotate_bytes = o->rotate_bytes;
+    self->rotate_at = (off_t) o->rotate_bytes;
+    self->keep = o->keep == 0 ? 1 : o->keep > AUDIT_KEEP_MAX ? AUDIT_KEEP_MAX : o->keep;
     if (o->key)
         self->key = *o->key;
     if (!(self->path = strdup(o->path)) || !(self->head_path = s_strcat(o->path, AUDIT_HEAD_SUFFIX))) {
         s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
         goto fail;
     }
+    if (s_rotation_recover(self->path, err) != 0)
+        goto fail;
     struct stat st;
     bool created = stat(self->path, &st) != 0;
     self->fd = open(self->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
@@ -383,30 +695,24 @@ const char *audit_chain_path(const audit_chain_t *self) { return self->path; }
 
 /* ================================================================ append */
 
-static int s_write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -1;
-        if (w == 0) {
-            errno = EIO;
-            return -1;
-        }
-        p += w;
-        n -= (size_t) w;
-    }
-    return 0;
-}
-
 int audit_chain_append(audit_chain_t *self, const proto_audit_event_t *ev, size_t n,
                        uint64_t *first_seq, audit_error_t *err)
 {
     if (n == 0 || n > PROTO_AUDIT_EVENTS_MAX) {
         s_err(err, AUDIT_E_EVENT, "a batch holds 1 to %u events", PROTO_AUDIT_EVENTS_MAX);
         return -1;
+    }
+    if (self->rotate_bytes && self->durable_len >= self->rotate_at && !self->cut_owed) {
+        /* A rotation that fails is tried again once the log has grown by
+         * a sixteenth more, not at every batch. */
+        audit_error_t re;
+        if (s_rotate(self, &re) == 0) {
+            self->rotate_at = (off_t) self->rotate_bytes;
+        } else {
+            self->rotate_at = self->durable_len + (off_t) (self->rotate_bytes / 16) + 1;
+            ROUTER_LOG(ROUTER_LOG_ERROR, "audit", "%s (the log goes on, and is rotated later)",
+                       re.msg);
+        }
     }
     size_t need = n * (AUDIT_LINE_MAX + 1);
     if (self->batch_cap < need) {
@@ -456,6 +762,8 @@ int audit_chain_append(audit_chain_t *self, const proto_audit_event_t *ev, size_
     }
     self->durable_len += (off_t) len;
     *first_seq = self->last_seq + 1;
+    if (!self->first_seq)
+        self->first_seq = *first_seq;
     self->last_seq += n;
     memcpy(self->last_hash, hash, AUDIT_HASH_LEN);
     /* The records are durable and chained. A head that lags behind only
@@ -498,12 +806,24 @@ __attribute__((format(printf, 5, 6))) static int s_bad(audit_verify_result_t *ou
     return -1;
 }
 
-int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_verify_result_t *out)
+/* Where one file's records start and end in the chain. */
+typedef struct {
+    bool anchored;                     /* its first record is an audit_rotated one */
+    uint64_t first_seq;                /* 0: no records */
+    uint8_t first_prev[AUDIT_HASH_LEN];
+    uint64_t last_seq;
+    uint8_t last_hash[AUDIT_HASH_LEN];
+} s_span_t;
+
+/* Verifies one file and its head. Its first record is seq 1 after the
+ * genesis hash, unless it is an audit_rotated record: then the file goes
+ * on from the seq and prev that record names (the file before it is
+ * checked against them by the caller). */
+static int s_verify_file(const char *path, const audit_verify_opts_t *o,
+                         audit_verify_result_t *out, s_span_t *span)
 {
-    static const audit_verify_opts_t none = {0};
-    if (!o)
-        o = &none;
     memset(out, 0, sizeof *out);
+    memset(span, 0, sizeof *span);
     out->ok = true;
     int rc = -1;
     s_reader_t r = {.fd = -1};
@@ -561,6 +881,17 @@ int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_ver
                        "record %llu: its hash does not match its bytes (changed)",
                        (unsigned long long) due);
             goto done;
+        }
+        if (out->records == 0) {
+            /* A log a rotation opened goes on from the file before it. */
+            span->anchored = rec.seq > 1 && !strcmp(rec.type, AUDIT_ROTATED_TYPE);
+            if (span->anchored) {
+                due = rec.seq;
+                last_seq = rec.seq - 1;
+                memcpy(last_hash, rec.prev, AUDIT_HASH_LEN);
+            }
+            span->first_seq = due;
+            memcpy(span->first_prev, last_hash, AUDIT_HASH_LEN);
         }
         if (rec.seq != due) {
             rc = s_bad(out, AUDIT_V_SEQ, true, due,
@@ -621,7 +952,8 @@ int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_ver
         goto done;
     }
     (void) head_hash_checked;
-    snprintf(out->detail, sizeof out->detail, "%llu records intact", (unsigned long long) out->records);
+    span->last_seq = last_seq;
+    memcpy(span->last_hash, last_hash, AUDIT_HASH_LEN);
     rc = 0;
 done:
     if (r.fd >= 0)
@@ -629,6 +961,74 @@ done:
     free(r.buf);
     free(head_path);
     return rc;
+}
+
+int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_verify_result_t *out)
+{
+    static const audit_verify_opts_t none = {0};
+    if (!o)
+        o = &none;
+    memset(out, 0, sizeof *out);
+    uint64_t *seqs;
+    size_t n;
+    if (s_rotated_list(path, &seqs, &n) != 0)
+        return s_bad(out, AUDIT_V_IO, false, 0, "cannot list the rotated files of %s: %s", path,
+                     strerror(errno));
+    /* Oldest first, each against the one before it; the log itself last. */
+    uint64_t records = 0, first_seq = 0;
+    bool unchecked = false;
+    s_span_t before = {0};
+    int rc = 0;
+    for (size_t i = 0; i <= n && rc == 0; i++) {
+        uint64_t named = i < n ? seqs[i] : 0;
+        char *name = s_file_name(path, named, "");
+        if (!name) {
+            rc = s_bad(out, AUDIT_V_IO, false, 0, "out of memory");
+            break;
+        }
+        s_span_t span;
+        rc = s_verify_file(name, o, out, &span);
+        unchecked = unchecked || out->hmac_seen_unchecked;
+        if (rc == 0 && named && span.first_seq != named)
+            rc = s_bad(out, AUDIT_V_ROTATION, true, named,
+                       "%s is named for record %llu but starts at %llu (renamed or emptied)", name,
+                       (unsigned long long) named, (unsigned long long) span.first_seq);
+        else if (rc == 0 && i > 0 &&
+                 (!span.anchored || span.first_seq != before.last_seq + 1 ||
+                  sodium_memcmp(span.first_prev, before.last_hash, AUDIT_HASH_LEN) != 0))
+            rc = s_bad(out, AUDIT_V_ROTATION, true, before.last_seq + 1,
+                       "%s does not go on from record %llu, the last of the file before it (a "
+                       "file was removed, replaced or started anew)",
+                       name, (unsigned long long) before.last_seq);
+        else if (rc != 0 && named) {
+            char d[AUDIT_ERR_MAX];
+            memcpy(d, out->detail, sizeof d);
+            if (snprintf(out->detail, sizeof out->detail, "%s: %s", name, d) < 0)
+                memcpy(out->detail, d, sizeof d);
+        }
+        free(name);
+        out->records += records;
+        out->files = (uint32_t) i + 1;
+        out->hmac_seen_unchecked = unchecked;
+        records = out->records;
+        if (!first_seq && span.first_seq)
+            first_seq = span.first_seq;
+        before = span;
+    }
+    free(seqs);
+    if (rc != 0)
+        return -1;
+    out->first_seq = first_seq;
+    if (out->files > 1 || first_seq > 1)
+        snprintf(out->detail, sizeof out->detail,
+                 "%llu records intact in %u file%s (records %llu to %llu%s)",
+                 (unsigned long long) out->records, out->files, out->files > 1 ? "s" : "",
+                 (unsigned long long) first_seq, (unsigned long long) before.last_seq,
+                 first_seq > 1 ? "; the ones before were rotated away" : "");
+    else
+        snprintf(out->detail, sizeof out->detail, "%llu records intact",
+                 (unsigned long long) out->records);
+    return 0;
 }
 
 /* ================================================================ query */
@@ -642,13 +1042,13 @@ void audit_lines_free(audit_lines_t *l)
     memset(l, 0, sizeof *l);
 }
 
-int audit_chain_query(const char *path, const audit_query_t *q, audit_lines_t *out,
-                      audit_error_t *err)
+/* The newest `limit` matches of one file within bytes_max (0: no bound),
+ * oldest first; *full says that matches were left out for bytes_max. */
+static int s_query_file(const char *path, const audit_query_t *q, uint32_t limit, size_t bytes_max,
+                        audit_lines_t *out, bool *full, audit_error_t *err)
 {
     memset(out, 0, sizeof *out);
-    uint32_t limit = q->limit > PROTO_AUDIT_LIMIT_MAX ? PROTO_AUDIT_LIMIT_MAX : q->limit;
-    if (limit == 0)
-        return 0;
+    *full = false;
     s_reader_t r = {.fd = open(path, O_RDONLY | O_CLOEXEC)};
     if (r.fd < 0) {
         if (errno == ENOENT)
@@ -704,8 +1104,10 @@ int audit_chain_query(const char *path, const audit_query_t *q, audit_lines_t *o
     size_t total = 0, keep = 0;
     for (size_t i = count; i > 0; i--) {
         size_t at = (head + i - 1) % limit;
-        if (q->bytes_max && total + lens[at] > q->bytes_max)
+        if (bytes_max && total + lens[at] > bytes_max) {
+            *full = true;
             break;
+        }
         total += lens[at];
         keep++;
     }
@@ -733,4 +1135,72 @@ done:
     free(r.buf);
     close(r.fd);
     return rc;
+}
+
+int audit_chain_query(const char *path, const audit_query_t *q, audit_lines_t *out,
+                      audit_error_t *err)
+{
+    memset(out, 0, sizeof *out);
+    uint32_t left = q->limit > PROTO_AUDIT_LIMIT_MAX ? PROTO_AUDIT_LIMIT_MAX : q->limit;
+    size_t bytes_left = q->bytes_max;
+    uint64_t *seqs = NULL;
+    size_t n = 0;
+    if (left && s_rotated_list(path, &seqs, &n) != 0) {
+        s_err(err, errno == ENOMEM ? AUDIT_E_NO_MEMORY : AUDIT_E_IO,
+              "cannot list the rotated files of %s: %s", path, strerror(errno));
+        return -1;
+    }
+    /* The log, then its rotated files newest first, each one's matches put
+     * before what is held. */
+    for (size_t i = 0; left > 0 && i <= n; i++) {
+        char *name = s_file_name(path, i ? seqs[n - i] : 0, "");
+        if (!name) {
+            s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+            goto fail;
+        }
+        audit_lines_t part;
+        bool full;
+        int rc = s_query_file(name, q, left, bytes_left, &part, &full, err);
+        free(name);
+        if (rc != 0)
+            goto fail;
+        size_t got = part.n, bytes = 0;
+        for (size_t k = 0; k < part.n; k++)
+            bytes += part.lens[k];
+        if (part.n && out->n) {
+            char **lines = calloc(part.n + out->n, sizeof *lines);
+            size_t *lens = calloc(part.n + out->n, sizeof *lens);
+            if (!lines || !lens) {
+                free(lines);
+                free(lens);
+                audit_lines_free(&part);
+                s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
+                goto fail;
+            }
+            memcpy(lines, part.lines, part.n * sizeof *lines);
+            memcpy(lens, part.lens, part.n * sizeof *lens);
+            memcpy(lines + part.n, out->lines, out->n * sizeof *lines);
+            memcpy(lens + part.n, out->lens, out->n * sizeof *lens);
+            free(part.lines);
+            free(part.lens);
+            free(out->lines);
+            free(out->lens);
+            out->lines = lines;
+            out->lens = lens;
+            out->n += part.n;
+        } else if (part.n) {
+            *out = part;
+        }
+        left -= (uint32_t) got;
+        if (q->bytes_max)
+            bytes_left -= bytes;
+        if (full || (q->bytes_max && bytes_left == 0))
+            break;
+    }
+    free(seqs);
+    return 0;
+fail:
+    free(seqs);
+    audit_lines_free(out);
+    return -1;
 }

@@ -5,9 +5,13 @@
  *   - append: a batch of events becomes consecutive records, written with
  *     one write and made durable with one fsync of the log and one of the
  *     head (group commit); nothing is acknowledged before both.
+ *   - rotation: once the log holds rotate_bytes, it becomes path.1 (older
+ *     ones path.2 … path.keep, the oldest deleted) and a new log goes on
+ *     with the same chain, opened by an `audit_rotated` record (WIRE §21.8).
  *   - verify: recomputes every hash (and HMAC with a key), checks seq and
- *     prev links and the head, and names the first bad record.
- *   - query: the newest matching records, oldest first.
+ *     prev links and the head, follows the chain back through the rotated
+ *     files, and names the first bad record.
+ *   - query: the newest matching records, oldest first, across the files.
  *
  * A chain is used by one thread at a time (the audit worker's). verify and
  * query only read, so `kith audit` runs them beside a live daemon. */
@@ -24,6 +28,11 @@
 #define AUDIT_ERR_MAX 320
 /* The head file's name is the log's with this appended. */
 #define AUDIT_HEAD_SUFFIX ".head"
+/* The type of the record that opens a log after a rotation: it chains on
+ * from the last record of the file before (path.1). */
+#define AUDIT_ROTATED_TYPE "audit_rotated"
+/* Rotated files a chain keeps at most (audit.keep). */
+#define AUDIT_KEEP_MAX 1000u
 
 typedef enum {
     AUDIT_OK = 0,
@@ -48,14 +57,16 @@ typedef struct {
     const audit_key_t *key;    /* HMAC key; NULL or empty: none. Copied. */
     audit_sync_fn sync;        /* NULL: fdatasync */
     void *sync_ud;
+    uint64_t rotate_bytes;     /* rotate once the log holds this many bytes; 0: never */
+    uint32_t keep;             /* rotated files kept, 1..AUDIT_KEEP_MAX (0: 1) */
 } audit_chain_opts_t;
 
 typedef struct audit_chain audit_chain_t;
 
 /* Opens (or creates, 0600) the log and its head and finds where the chain
  * goes on: the last record's seq and hash, checked against the head and
- * the key. A last line torn by a crash (no newline, never acknowledged) is
- * cut off. Refuses (AUDIT_E_BROKEN) a log whose head says records are
+ * the key. A rotation a crash interrupted is finished or undone first, and
+ * a last line torn by a crash (no newline, never acknowledged) is cut off. Refuses (AUDIT_E_BROKEN) a log whose head says records are
  * missing, whose last record does not check, or that was written with a
  * different key. Returns NULL with *err set. Caller owns the result. */
 audit_chain_t *audit_chain_open(const audit_chain_opts_t *o, audit_error_t *err);
@@ -64,7 +75,9 @@ audit_chain_t *audit_chain_open(const audit_chain_opts_t *o, audit_error_t *err)
 void audit_chain_close(audit_chain_t **self_p);
 
 /* Appends ev[0..n) as records last_seq+1 …, durably (group commit), and
- * sets *first_seq. All or nothing: on any failure no record is
+ * sets *first_seq. A log that holds rotate_bytes is rotated first; a
+ * rotation that fails is logged and undone, and the batch goes on in the
+ * same log (tried again with the next batch). All or nothing: on any failure no record is
  * acknowledged, the log is cut back to its last durable length (a cut that
  * fails is retried before the next batch is written, which is refused while
  * it keeps failing), and the chain goes on from the last durable record.
@@ -92,6 +105,7 @@ typedef enum {
     AUDIT_V_HEAD_MISSING,  /* records, but no head file */
     AUDIT_V_HEAD_BAD,      /* a head file with no valid slot */
     AUDIT_V_IO,            /* the log or head cannot be read */
+    AUDIT_V_ROTATION,      /* a log does not go on from the rotated file before it */
 } audit_verify_reason_t;
 
 /* The `reason` word on the wire and in `kith audit verify`: "hash", … */
@@ -109,11 +123,16 @@ typedef struct {
     uint64_t first_bad;              /* seq of the first bad (or first missing) record */
     audit_verify_reason_t reason;
     bool hmac_seen_unchecked;        /* records carry HMACs but no key was given */
+    uint32_t files;                  /* files read: the log and its rotated ones */
+    uint64_t first_seq;              /* seq of the oldest record kept (0: none) */
     char detail[AUDIT_ERR_MAX];      /* one line for people */
 } audit_verify_result_t;
 
-/* Verifies the log at `path` (a missing log is an empty one). Returns 0
- * when intact, -1 otherwise; *out says what was found either way. */
+/* Verifies the log at `path` (a missing log is an empty one) and the
+ * rotated files before it (path.1, path.2 … up to the first missing one),
+ * oldest first: each file must chain on from the one before, and the
+ * oldest kept may start where rotation deleted the ones before it. Returns
+ * 0 when intact, -1 otherwise; *out says what was found either way. */
 int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_verify_result_t *out)
     __attribute__((warn_unused_result));
 
@@ -135,8 +154,9 @@ typedef struct {
 
 void audit_lines_free(audit_lines_t *l);
 
-/* The newest q->limit records of `path` that match, oldest first; lines
- * that are not records are skipped (verify reports them). When bytes_max is
+/* The newest q->limit records of `path` and its rotated files that match,
+ * oldest first; lines that are not records are skipped (verify reports
+ * them). When bytes_max is
  * set, the oldest are dropped until the rest fit. Returns 0 with *out (the
  * caller frees it), or -1 with *err. A missing log has no records. */
 int audit_chain_query(const char *path, const audit_query_t *q, audit_lines_t *out,

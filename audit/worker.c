@@ -284,7 +284,8 @@ audit_worker_t *audit_worker_start(const audit_worker_opts_t *o, char *err, size
     pthread_cond_init(&self->cond, NULL);
     if (audit_key_from_env(&self->key, o->hmac_key_env, err, errcap) != 0)
         goto fail;
-    audit_chain_opts_t co = {.path = o->path, .key = &self->key, .sync = o->sync, .sync_ud = o->sync_ud};
+    audit_chain_opts_t co = {.path = o->path, .key = &self->key, .sync = o->sync, .sync_ud = o->sync_ud,
+                             .rotate_bytes = o->rotate_bytes, .keep = o->keep};
     audit_error_t ce = {0};
     if (!(self->chain = audit_chain_open(&co, &ce))) {
         snprintf(err, errcap, "%s", ce.msg);

@@ -28,6 +28,8 @@ typedef struct {
     const char *curve_server_key; /* for a remote broker; NULL: none */
     audit_sync_fn sync;           /* tests: stands in for fdatasync; NULL: fdatasync */
     void *sync_ud;
+    uint64_t rotate_bytes;        /* audit.rotate_bytes; 0: never rotate */
+    uint32_t keep;                /* audit.keep; 0: 1 */
 } audit_worker_opts_t;
 
 /* Opens the chain (refusing a log that is cut off, torn by tampering or

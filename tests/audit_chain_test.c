@@ -4,7 +4,9 @@
  * off, group commit (one log fsync and one head fsync per batch), an
  * injected fsync failure that acknowledges nothing, and a failing ftruncate
  * (tests/io_fail.h) when a torn tail is repaired or a failed batch is cut
- * back. */
+ * back; rotation: the chain across files, retention, what verify says of
+ * files removed, replaced or renamed, every crash state and failing step of
+ * a rotation, and a rotation without memory. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <dirent.h>
 #include <cmocka.h>
 
 #include <sodium.h>
@@ -46,8 +49,16 @@ static int s_setup(void **state)
 static int s_teardown(void **state)
 {
     s_fix_t *f = *state;
-    unlink(f->log);
-    unlink(f->head);
+    DIR *d = opendir(f->dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char p[400];
+        snprintf(p, sizeof p, "%s/%s", f->dir, e->d_name);
+        if (e->d_name[0] != '.')
+            unlink(p);
+    }
+    if (d)
+        closedir(d);
     rmdir(f->dir);
     free(f);
     return 0;
@@ -798,6 +809,395 @@ static void test_without_memory(void **state)
     }
 }
 
+/* ------------------------------------------------------------------ rotation */
+
+static audit_chain_t *s_open_rot(const s_fix_t *f, uint64_t rotate_bytes, uint32_t keep,
+                                 s_sync_t *sync)
+{
+    audit_chain_opts_t o = {.path = f->log, .rotate_bytes = rotate_bytes, .keep = keep};
+    if (sync) {
+        o.sync = s_sync;
+        o.sync_ud = sync;
+    }
+    audit_error_t err = {0};
+    audit_chain_t *c = audit_chain_open(&o, &err);
+    if (!c)
+        fprintf(stderr, "open: %s\n", err.msg);
+    return c;
+}
+
+/* Appends one event, whatever its seq; returns it. */
+static uint64_t s_add(audit_chain_t *c, int i)
+{
+    char detail[64];
+    snprintf(detail, sizeof detail, "{\"n\":%d,\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxx\"}", i);
+    proto_audit_event_t ev = {.time_ms = 1700000000000ull + (uint64_t) i, .type = "tool_call",
+                              .type_len = 9, .detail = detail, .detail_len = strlen(detail)};
+    uint64_t first = 0;
+    audit_error_t err = {0};
+    int rc = audit_chain_append(c, &ev, 1, &first, &err);
+    if (rc != 0)
+        fprintf(stderr, "append: %s\n", err.msg);
+    assert_int_equal(rc, 0);
+    return first;
+}
+
+/* The rotated files in the fixture's directory, ascending (names of at
+ * most 16). */
+static size_t s_rotated(const s_fix_t *f, char names[16][64])
+{
+    size_t n = 0;
+    DIR *d = opendir(f->dir);
+    assert_non_null(d);
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strlen(e->d_name) == strlen("audit.log.") + 20 && !strncmp(e->d_name, "audit.log.", 10)) {
+            assert_true(n < 16);
+            snprintf(names[n++], 64, "%s", e->d_name);
+        }
+    closedir(d);
+    qsort(names, n, 64, (int (*)(const void *, const void *)) strcmp);
+    return n;
+}
+
+static void s_path(const s_fix_t *f, const char *name, const char *suffix, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/%s%s", f->dir, name, suffix);
+}
+
+static void s_expect_intact(const s_fix_t *f, uint64_t last, uint32_t files)
+{
+    audit_verify_result_t r;
+    int rc = audit_chain_verify(f->log, NULL, &r);
+    if (rc != 0)
+        fprintf(stderr, "verify: %s\n", r.detail);
+    assert_int_equal(rc, 0);
+    assert_int_equal(r.files, files);
+    assert_int_equal(r.records, last - r.first_seq + 1);
+}
+
+static void s_expect_rotation_broken(const s_fix_t *f)
+{
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), -1);
+    assert_int_equal(r.reason, AUDIT_V_ROTATION);
+    assert_true(r.has_first_bad);
+}
+
+static void test_rotation_keeps_the_chain(void **state)
+{
+    s_fix_t *f = *state;
+    audit_chain_t *c = s_open_rot(f, 600, 3, NULL);
+    assert_non_null(c);
+    uint64_t last = 0;
+    for (int i = 0; i < 40; i++)
+        last = s_add(c, i);
+    char names[16][64];
+    size_t n = s_rotated(f, names);
+    assert_int_equal(n, 3); /* audit.keep */
+    s_expect_intact(f, last, 4);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
+    assert_true(r.first_seq > 1); /* the ones before were deleted */
+    assert_int_equal(strtoull(names[0] + 10, NULL, 10), r.first_seq);
+
+    /* The log opens with the record that chains it on. */
+    size_t len;
+    char *buf = s_slurp(f->log, &len);
+    assert_non_null(strstr(buf, "\"type\":\"audit_rotated\""));
+    assert_true(strstr(buf, "\"type\":\"audit_rotated\"") < strchr(buf, '\n'));
+    free(buf);
+
+    /* A query reads back through the files, oldest first, with no gap. */
+    audit_lines_t l;
+    audit_error_t err = {0};
+    audit_query_t q = {.limit = 1000};
+    assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
+    assert_int_equal(l.n, r.records);
+    for (size_t i = 0; i < l.n; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "{\"seq\":%llu,", (unsigned long long) (r.first_seq + i));
+        assert_memory_equal(l.lines[i], want, strlen(want));
+    }
+    audit_lines_free(&l);
+    /* The newest 5 take records from the file before the log when the log
+     * holds fewer; a type filter; a byte bound across files. */
+    q = (audit_query_t){.limit = 5};
+    assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
+    assert_int_equal(l.n, 5);
+    char want[32];
+    snprintf(want, sizeof want, "{\"seq\":%llu,", (unsigned long long) last - 4);
+    assert_memory_equal(l.lines[0], want, strlen(want));
+    audit_lines_free(&l);
+    q = (audit_query_t){.limit = 1000, .type = AUDIT_ROTATED_TYPE};
+    assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
+    assert_true(l.n >= 3);
+    audit_lines_free(&l);
+    q = (audit_query_t){.limit = 1000, .bytes_max = 1500};
+    assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
+    size_t total = 0;
+    for (size_t i = 0; i < l.n; i++)
+        total += l.lens[i];
+    assert_true(l.n >= 3 && l.n < r.records && total <= 1500);
+    snprintf(want, sizeof want, "{\"seq\":%llu,", (unsigned long long) last);
+    assert_memory_equal(l.lines[l.n - 1], want, strlen(want));
+    audit_lines_free(&l);
+
+    /* Reopened, the chain goes on. */
+    audit_chain_close(&c);
+    assert_non_null(c = s_open_rot(f, 600, 3, NULL));
+    assert_int_equal(audit_chain_last_seq(c), last);
+    for (int i = 0; i < 5; i++)
+        last = s_add(c, 100 + i);
+    audit_chain_close(&c);
+    s_expect_intact(f, last, 4);
+    /* No rotation: the log grows on. */
+    assert_non_null(c = s_open_rot(f, 0, 3, NULL));
+    for (int i = 0; i < 10; i++)
+        last = s_add(c, 200 + i);
+    audit_chain_close(&c);
+    assert_int_equal(s_rotated(f, names), 3);
+    s_expect_intact(f, last, 4);
+}
+
+/* Four rotations kept; returns the last seq. */
+static uint64_t s_four_rotations(s_fix_t *f, char names[16][64])
+{
+    audit_chain_t *c = s_open_rot(f, 500, 10, NULL);
+    assert_non_null(c);
+    uint64_t last = 0;
+    for (int i = 0; i < 40 && s_rotated(f, names) < 4; i++)
+        last = s_add(c, i);
+    audit_chain_close(&c);
+    assert_int_equal(s_rotated(f, names), 4);
+    s_expect_intact(f, last, 5);
+    return last;
+}
+
+static void test_rotation_tampering(void **state)
+{
+    s_fix_t *f = *state;
+    char names[16][64], p[400], q[400];
+    /* The oldest removed, as retention would: still intact. */
+    uint64_t last = s_four_rotations(f, names);
+    s_path(f, names[0], "", p, sizeof p);
+    assert_int_equal(unlink(p), 0);
+    s_path(f, names[0], ".head", p, sizeof p);
+    assert_int_equal(unlink(p), 0);
+    s_expect_intact(f, last, 4);
+    /* One from the middle removed: the chain has a gap. */
+    s_path(f, names[2], "", p, sizeof p);
+    s_path(f, names[2], ".head", q, sizeof q);
+    assert_int_equal(rename(p, "/tmp/kith-audit-aside"), 0);
+    assert_int_equal(rename(q, "/tmp/kith-audit-aside.head"), 0);
+    s_expect_rotation_broken(f);
+    assert_int_equal(rename("/tmp/kith-audit-aside", p), 0);
+    assert_int_equal(rename("/tmp/kith-audit-aside.head", q), 0);
+    s_expect_intact(f, last, 4);
+    /* A rotated file renamed to another seq. */
+    char r1[400];
+    s_path(f, names[2], "", p, sizeof p);
+    snprintf(r1, sizeof r1, "%s/audit.log.%020llu", f->dir, 999999ull);
+    assert_int_equal(rename(p, r1), 0);
+    s_expect_rotation_broken(f);
+    assert_int_equal(rename(r1, p), 0);
+    s_expect_intact(f, last, 4);
+    /* The log replaced by a chain of its own. */
+    assert_int_equal(rename(f->log, "/tmp/kith-audit-aside"), 0);
+    assert_int_equal(rename(f->head, "/tmp/kith-audit-aside.head"), 0);
+    audit_chain_t *c = s_open_rot(f, 0, 10, NULL);
+    assert_non_null(c);
+    s_append(c, "tool_call", "{}", 1);
+    audit_chain_close(&c);
+    s_expect_rotation_broken(f);
+    assert_int_equal(rename("/tmp/kith-audit-aside", f->log), 0);
+    assert_int_equal(rename("/tmp/kith-audit-aside.head", f->head), 0);
+    s_expect_intact(f, last, 4);
+    /* A changed byte in a rotated file names that file. */
+    s_path(f, names[1], "", p, sizeof p);
+    size_t len;
+    char *buf = s_slurp(p, &len);
+    buf[20] ^= 1;
+    s_spit(p, buf, len);
+    free(buf);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), -1);
+    assert_non_null(strstr(r.detail, names[1]));
+}
+
+/* Makes the state a crash leaves between two steps of a rotation, from the
+ * files a whole rotation left: `step` is how many of (2)-(4) ran. */
+static void s_unrotate(const s_fix_t *f, const char *rotated, int step)
+{
+    char log_new[400], head_new[400], rot[400], rot_head[400];
+    snprintf(log_new, sizeof log_new, "%s.new", f->log);
+    snprintf(head_new, sizeof head_new, "%s.new.head", f->log);
+    s_path(f, rotated, "", rot, sizeof rot);
+    s_path(f, rotated, ".head", rot_head, sizeof rot_head);
+    if (step < 3) /* (3) not run: the new log is still path.new */
+        assert_int_equal(rename(f->log, log_new), 0);
+    if (step < 4) /* (4) not run: the new head is still path.new.head */
+        assert_int_equal(rename(f->head, head_new), 0);
+    if (step < 2) { /* nothing moved: the log and its head are back */
+        assert_int_equal(rename(rot, f->log), 0);
+        assert_int_equal(rename(rot_head, f->head), 0);
+        /* and the batch after the rotation never written: path.new holds
+         * the audit_rotated record alone. */
+        size_t len;
+        char *buf = s_slurp(log_new, &len);
+        s_spit(log_new, buf, (size_t) (strchr(buf, '\n') - buf) + 1);
+        free(buf);
+    } else if (step == 2) { /* the log moved, its head not yet */
+        assert_int_equal(rename(rot_head, f->head), 0);
+    }
+}
+
+static void test_rotation_crash_states(void **state)
+{
+    s_fix_t *f = *state;
+    char names[16][64];
+    for (int step = 1; step <= 4; step++) {
+        /* step 1: only (1) ran; 2: the log moved; 3: (3) ran; 4: all but (5).
+         * step 2 also stands for "the log and its head moved". */
+        audit_chain_t *c = s_open_rot(f, 300, 100, NULL);
+        assert_non_null(c);
+        size_t before = s_rotated(f, names);
+        uint64_t last = 0;
+        while (s_rotated(f, names) == before)
+            last = s_add(c, (int) last);
+        audit_chain_close(&c);
+        size_t n = s_rotated(f, names);
+        s_unrotate(f, names[n - 1], step);
+        assert_non_null(c = s_open_rot(f, 300, 100, NULL));
+        /* Undone (step 1): the log ends at the record before the
+         * audit_rotated one; finished: at the batch after it. Either way
+         * nothing acknowledged is lost. */
+        assert_int_equal(audit_chain_last_seq(c), step == 1 ? last - 2 : last);
+        last = s_add(c, 1000 + step);
+        audit_chain_close(&c);
+        char leftover[400];
+        snprintf(leftover, sizeof leftover, "%s.new", f->log);
+        assert_false(access(leftover, F_OK) == 0);
+        snprintf(leftover, sizeof leftover, "%s.new.head", f->log);
+        assert_false(access(leftover, F_OK) == 0);
+        audit_verify_result_t r;
+        int rc = audit_chain_verify(f->log, NULL, &r);
+        if (rc != 0)
+            fprintf(stderr, "step %d: %s\n", step, r.detail);
+        assert_int_equal(rc, 0);
+        assert_int_equal(r.first_seq, 1);
+        assert_int_equal(r.records, last);
+    }
+}
+
+static void test_rotation_failures(void **state)
+{
+    s_fix_t *f = *state;
+    char names[16][64];
+    audit_chain_t *c = s_open_rot(f, 300, 100, NULL);
+    assert_non_null(c);
+    uint64_t last = 0;
+    while (s_rotated(f, names) == 0)
+        last = s_add(c, (int) last);
+    /* Each rename of a rotation failing in turn: the batch is kept in the
+     * log, the files are as they were, and the chain is whole. */
+    for (long k = 0; k < 3; k++) {
+        audit_chain_close(&c);
+        assert_non_null(c = s_open_rot(f, 300, 100, NULL));
+        size_t before = s_rotated(f, names);
+        io_fail_arm(IO_FAIL_RENAME, k, EIO);
+        last = s_add(c, 500 + (int) k);
+        assert_int_equal(io_fail_disarm(), 1);
+        assert_int_equal(s_rotated(f, names), before);
+        char leftover[400];
+        snprintf(leftover, sizeof leftover, "%s.new", f->log);
+        assert_false(access(leftover, F_OK) == 0);
+        s_expect_intact(f, last, (uint32_t) before + 1);
+    }
+    /* The new head failing to move: the rotation stands, the next open
+     * puts the head in place. */
+    audit_chain_close(&c);
+    assert_non_null(c = s_open_rot(f, 300, 100, NULL));
+    size_t before = s_rotated(f, names);
+    io_fail_arm(IO_FAIL_RENAME, 3, EIO);
+    last = s_add(c, 600);
+    assert_int_equal(io_fail_disarm(), 1);
+    assert_int_equal(s_rotated(f, names), before + 1);
+    last = s_add(c, 601); /* the head first, then this rotation */
+    assert_int_equal(s_rotated(f, names), before + 2);
+    audit_chain_close(&c);
+    assert_non_null(c = s_open_rot(f, 300, 100, NULL));
+    assert_int_equal(audit_chain_last_seq(c), last);
+    s_expect_intact(f, last, (uint32_t) before + 3);
+    /* The new log failing to sync: no rotation; it is tried again once the
+     * log has grown by a sixteenth of rotate_bytes. */
+    audit_chain_close(&c);
+    s_sync_t sync = {.fail_at = 1};
+    assert_non_null(c = s_open_rot(f, 300, 100, &sync));
+    before = s_rotated(f, names);
+    last = s_add(c, 700);
+    assert_int_equal(s_rotated(f, names), before);
+    last = s_add(c, 701);
+    assert_int_equal(s_rotated(f, names), before + 1);
+    audit_chain_close(&c);
+    s_expect_intact(f, last, (uint32_t) before + 2);
+    /* A file already named for the log's first record: refused, kept. */
+    assert_non_null(c = s_open_rot(f, 300, 100, NULL));
+    char taken[400];
+    size_t len;
+    char *buf = s_slurp(f->log, &len);
+    unsigned long long first = strtoull(buf + strlen("{\"seq\":"), NULL, 10);
+    free(buf);
+    snprintf(taken, sizeof taken, "%s.%020llu", f->log, first);
+    s_spit(taken, "x", 1);
+    before = s_rotated(f, names);
+    last = s_add(c, 800);
+    assert_int_equal(s_rotated(f, names), before);
+    audit_chain_close(&c);
+    assert_int_equal(unlink(taken), 0);
+    s_expect_intact(f, last, (uint32_t) before);
+}
+
+static void test_rotation_without_memory(void **state)
+{
+    s_fix_t *f = *state;
+    char names[16][64];
+    audit_chain_t *c = s_open_rot(f, 250, 4, NULL);
+    assert_non_null(c);
+    uint64_t last = s_add(c, 0);
+    last = s_add(c, 1);
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        /* Every allocation of an append that rotates, failing in turn:
+         * the append is refused or kept, and the chain stays whole. */
+        size_t before = s_rotated(f, names);
+        proto_audit_event_t ev = {.time_ms = 1, .type = "tool_call", .type_len = 9,
+                                  .detail = "{}", .detail_len = 2};
+        uint64_t first;
+        audit_error_t err = {0};
+        alloc_fail_arm(i);
+        int rc = audit_chain_append(c, &ev, 1, &first, &err);
+        bool failed = alloc_fail_disarm() > 0;
+        if (rc == 0)
+            last = first;
+        else
+            assert_true(failed && err.code == AUDIT_E_NO_MEMORY);
+        audit_verify_result_t r;
+        int vr = audit_chain_verify(f->log, NULL, &r);
+        if (vr != 0)
+            fprintf(stderr, "allocation %ld: %s\n", i, r.detail);
+        assert_int_equal(vr, 0);
+        assert_int_equal(audit_chain_last_seq(c), last);
+        if (!failed) { /* rotated, and pruned to audit.keep */
+            assert_int_equal(s_rotated(f, names), before + 1 > 4 ? 4 : before + 1);
+            break;
+        }
+        /* Back to a log that holds rotate_bytes, for the next round. */
+        audit_chain_close(&c);
+        assert_non_null(c = s_open_rot(f, 250, 4, NULL));
+    }
+    audit_chain_close(&c);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -811,6 +1211,8 @@ int main(void)
         T(test_query),                T(test_long_and_garbage_lines),
         T(test_head_slots),           T(test_open_refuses_what_the_head_denies),
         T(test_open_io_errors),       T(test_without_memory),
+        T(test_rotation_keeps_the_chain), T(test_rotation_tampering),
+        T(test_rotation_crash_states), T(test_rotation_failures), T(test_rotation_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

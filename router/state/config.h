@@ -106,6 +106,8 @@ typedef struct {
         bool enabled;                                      /* run the audit worker */
         char path[ROUTER_CONFIG_PATH_CAP];                 /* log file, relative to $KITH_HOME or absolute */
         char hmac_key_env[ROUTER_CONFIG_ENV_CAP];          /* env var holding the HMAC key, or "" */
+        uint64_t rotate_bytes;                             /* rotate the log at this size; 0: never */
+        uint32_t keep;                                     /* rotated files kept, 1..1000 */
     } audit;
     /* DESIGN §10: the `limits` keys (defaults from router_config_defaults()). */
     struct {

@@ -5,7 +5,8 @@ codes, requests without a token and admin calls become records; GET
 `kith audit verify` exits 0 on the live log, 1 naming the record when one
 byte of audit.log is flipped, and reports records cut off the end (and the
 daemon refuses to go on from such a log); HMAC records with a key from the
-environment; `kith audit tail` and `query`."""
+environment; `kith audit tail` and `query`; rotation keeps one chain
+across the files it names (audit.rotate_bytes, audit.keep)."""
 
 import json
 import os
@@ -413,6 +414,64 @@ def main():
         finally:
             f.cleanup()
     results.run(stop_writes_what_it_holds)
+
+    def rotation_keeps_one_chain():
+        # audit.rotate_bytes 1: every batch after the first starts a new
+        # log; audit.keep 3 keeps three rotated files. The chain runs on
+        # through them: verify follows it, queries read back through them,
+        # a restart goes on, and a file taken from the middle is caught.
+        import re
+        r = Daemon("audit-rot", config={"audit": {"rotate_bytes": 1, "keep": 3}})
+        try:
+            r.start()
+            for i in range(8):  # 8 records of one source: under its limit of 10
+                status, _ = get(r, "/api/peers")
+                check(status == 401, status)
+                wait_metric(r, "kith_audit_appended_total", lambda v, i=i: v >= i + 1)
+            named = re.compile(r"^audit\.log\.\d{20}$")
+            rotated = sorted(n for n in os.listdir(r.home) if named.match(n))
+            check(len(rotated) == 3, rotated)
+            check(all(os.path.exists(os.path.join(r.home, n + ".head")) for n in rotated), rotated)
+            on_disk = []
+            for n in rotated + ["audit.log"]:
+                with open(os.path.join(r.home, n), "rb") as f:
+                    on_disk += [json.loads(x) for x in f.read().split(b"\n")[:-1]]
+            seqs = [x["seq"] for x in on_disk]
+            check(seqs == list(range(seqs[0], seqs[0] + len(seqs))) and seqs[0] > 1, seqs)
+            check(on_disk[-2]["type"] == "audit_rotated" and
+                  on_disk[-2]["detail"] == {"previous_seq": seqs[-3]}, on_disk[-2])
+            out = verify("--home", r.home, expect=0)
+            check(f"intact: {len(seqs)} records in 4 files, from record {seqs[0]} (older ones "
+                  "rotated away)" in out, out)
+            status, _, body, _ = curl("-X", "POST", "-H", f"X-Pairing-Code: {pairing_code(r)}",
+                                      gateway_url(r) + "/pair")
+            token = json.loads(body)["token"]
+            status, body = get(r, "/api/audit/verify", token)
+            check(status == 200 and body["ok"] is True and body["records"] >= len(seqs),
+                  f"{status} {body}")
+            status, body = get(r, "/api/audit?limit=1000", token)
+            # (pairing wrote records since, so rotation went on)
+            got = [x["seq"] for x in body["records"]]
+            check(status == 200 and got == list(range(got[0], got[0] + len(got))) and
+                  got[0] > 1 and got[-1] > seqs[-1], (got, seqs))
+            out, _ = kith_run("audit", "tail", "-n", "5", "--home", r.home)
+            check(len(out.splitlines()) == 5, out)
+            r.stop()
+            restart(r)
+            status, _ = get(r, "/api/peers")
+            wait_metric(r, "kith_audit_appended_total", lambda v: v >= 1)
+            r.stop()
+            out = verify("--home", r.home, expect=0)
+            check("intact" in out and "in 4 files" in out, out)
+            rotated = sorted(n for n in os.listdir(r.home) if named.match(n))
+            aside = os.path.join(r.home, "aside")
+            os.rename(os.path.join(r.home, rotated[1]), aside)
+            out = verify("--home", r.home, expect=1)
+            check("(rotation)" in out, out)
+            os.rename(aside, os.path.join(r.home, rotated[1]))
+        finally:
+            r.cleanup()
+    results.run(rotation_keeps_one_chain)
     shutil.rmtree(node.home, ignore_errors=True)
     return results.summary()
 

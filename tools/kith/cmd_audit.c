@@ -23,11 +23,13 @@ static const char s_usage[] =
     "\n"
     "Reads the audit log (default: audit.path under the home, audit.log).\n"
     "  verify  recomputes every record's hash (and HMAC with a key), checks the\n"
-    "          chain and the head file FILE.head; exit 0 when intact, 1 naming\n"
+    "          chain and the head file FILE.head, back through the files rotation\n"
+    "          kept (FILE.1, FILE.2 …, oldest first); exit 0 when intact, 1 naming\n"
     "          the first bad record (changed, missing, or cut off at the end).\n"
     "          The key comes from --hmac-key-env, else audit.hmac_key_env.\n"
     "          --no-head skips the head file (a log copied without it).\n"
-    "  tail    prints the last N records (default 10), one JSON line each.\n"
+    "  tail    prints the last N records (default 10), one JSON line each,\n"
+    "          reading the rotated files too when FILE holds fewer.\n"
     "  query   prints the newest matching records (default limit 100, at most\n"
     "          1000), oldest first: --type T, --since MS (Unix ms, time_ms >= MS).\n";
 
@@ -105,7 +107,12 @@ static int s_verify(const s_args_t *a, const char *path, const router_config_t *
     int rc = audit_chain_verify(path, &vo, &r);
     audit_key_clear(&key);
     if (rc == 0) {
-        printf("%s: intact: %llu records%s\n", path, (unsigned long long) r.records,
+        char span[96] = "";
+        if (r.files > 1 || r.first_seq > 1)
+            snprintf(span, sizeof span, " in %u file%s, from record %llu%s", r.files,
+                     r.files > 1 ? "s" : "", (unsigned long long) r.first_seq,
+                     r.first_seq > 1 ? " (older ones rotated away)" : "");
+        printf("%s: intact: %llu records%s%s\n", path, (unsigned long long) r.records, span,
                r.hmac_seen_unchecked ? " (HMACs present but not checked: no key)" : "");
         return KITH_EXIT_OK;
     }
