@@ -76,7 +76,18 @@ struct gateway_chat {
     uint32_t nrests;
     s_post_t *posts;                 /* turns over HTTP awaited */
     uint32_t nposts;
+    router_metric_t *m_socks;        /* kith_chat_sockets */
+    router_metric_t *m_relays;       /* kith_chat_relays */
+    router_metric_t *m_posts;        /* kith_chat_http_turns */
 };
+
+/* The gauges, after any count changed. */
+static void s_gauges(const gateway_chat_t *chat)
+{
+    router_metric_set(chat->m_socks, chat->nsocks);
+    router_metric_set(chat->m_relays, chat->nrelays);
+    router_metric_set(chat->m_posts, chat->nposts);
+}
 
 static const char *const s_protocols[] = {GATEWAY_CHAT_PROTOCOL};
 
@@ -241,6 +252,7 @@ static void s_relay_end(s_sock_t *s)
     if (s->relay) {
         s->relay = false;
         s->chat->nrelays--;
+        s_gauges(s->chat);
     }
 }
 
@@ -326,6 +338,7 @@ static void s_sock_free(s_sock_t *s)
     if (s->next)
         s->next->prev = s->prev;
     chat->nsocks--;
+    s_gauges(chat);
     s_relay_end(s);
     if (s->quiet_timer)
         (void) router_loop_timer_cancel(chat->loop, s->quiet_timer);
@@ -356,6 +369,7 @@ static void s_on_quiet(router_loop_t *loop, uint64_t id, void *ud)
         return;
     s->relay = true;
     s->chat->nrelays++;
+    s_gauges(s->chat);
 }
 
 static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
@@ -413,6 +427,7 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
         chat->socks->prev = s;
     chat->socks = s;
     chat->nsocks++;
+    s_gauges(chat);
     s->quiet_timer = router_loop_timer_add(chat->loop, chat->opts.listen_only_ms, s_on_quiet, s);
     if (!s->quiet_timer)
         ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
@@ -592,6 +607,7 @@ static void s_post_end(s_post_t *p, int status, const char *json, size_t len)
     if (p->next)
         p->next->prev = p->prev;
     chat->nposts--;
+    s_gauges(chat);
     free(p->content);
     free(p);
 }
@@ -726,6 +742,7 @@ static void s_session_post(const gateway_http_req_t *req, gateway_http_res_t *re
         chat->posts->prev = p;
     chat->posts = p;
     chat->nposts++;
+    s_gauges(chat);
     /* The session_start frame comes later, from the loop: the message goes
      * in then (s_post_frame). */
     if (!(p->sub = router_turns_attach(chat->opts.turns, sid, NULL, s_post_frame, p)))
@@ -761,6 +778,15 @@ gateway_chat_t *gateway_chat_new(gateway_http_t *g, router_loop_t *loop,
         errno = e;
         return NULL;
     }
+    router_metrics_t *m = opts->metrics;
+    if (m) {
+        chat->m_socks = router_metrics_add(m, "kith_chat_sockets", NULL, ROUTER_METRIC_GAUGE,
+                                           "/ws/chat sockets open.");
+        chat->m_relays = router_metrics_add(m, "kith_chat_relays", NULL, ROUTER_METRIC_GAUGE,
+                                            "/ws/chat sockets that became listen-only relays.");
+        chat->m_posts = router_metrics_add(m, "kith_chat_http_turns", NULL, ROUTER_METRIC_GAUGE,
+                                           "Turns over HTTP whose answer is awaited.");
+    }
     router_turns_set_event_sink(opts->turns, s_on_event, chat);
     return chat;
 }
@@ -783,10 +809,4 @@ void gateway_chat_destroy(gateway_chat_t **self_p)
         s_post_end(chat->posts, 0, NULL, 0); /* the turns go on; the answers go nowhere */
     free(chat);
     *self_p = NULL;
-}
-
-void gateway_chat_stats(const gateway_chat_t *self, gateway_chat_stats_t *out)
-{
-    *out = (gateway_chat_stats_t){.sockets = self->nsocks, .relays = self->nrelays,
-                                  .pending = self->nrests};
 }

@@ -127,7 +127,18 @@ struct gateway_openclaw {
     uint64_t started_mono;
     router_tokens_t *tokens;  /* borrowed from opts.auth: keys and devices */
     s_wait_t *waits;          /* writes waited for */
+    router_metric_t *m_conns;     /* kith_openclaw_sockets */
+    router_metric_t *m_connected; /* kith_openclaw_connected */
+    router_metric_t *m_runs;      /* kith_openclaw_runs */
 };
+
+/* The gauges, after any count changed. */
+static void s_gauges(const gateway_openclaw_t *oc)
+{
+    router_metric_set(oc->m_conns, oc->nconns);
+    router_metric_set(oc->m_connected, oc->nconnected);
+    router_metric_set(oc->m_runs, oc->nruns);
+}
 
 /* The operator scopes (OpenClaw's closed set). */
 enum {
@@ -386,6 +397,7 @@ static void s_run_free(s_run_t *r)
         }
     c->nruns--;
     c->oc->nruns--;
+    s_gauges(c->oc);
     free(r->message);
     free(r->text);
     free(r);
@@ -1066,6 +1078,7 @@ static void s_m_run(s_conn_t *c, const gateway_openclaw_req_t *req, s_kind_t kin
     *tail = r;
     c->nruns++;
     oc->nruns++;
+    s_gauges(oc);
     /* The key is written as in flight before the answer goes and before
      * the message is submitted (s_run_written). */
     s_wait_t *w = s_wait_new(oc, r->serial);
@@ -1284,6 +1297,7 @@ static void s_accept(s_conn_t *c, const char *id, const char *device_token)
     gateway_ws_set_message_max(c->ws, 0); /* known now: the configured limit */
     c->connected_ms = router_clock_wall_ms();
     oc->nconnected++;
+    s_gauges(oc);
     s_hello(c, id, device_token);
     c->tick_timer = router_loop_timer_add(oc->loop, oc->opts.tick_ms, s_on_tick, c);
     s_presence_broadcast(oc);
@@ -1543,6 +1557,7 @@ static void s_conn_free(s_conn_t *c)
     bool was = c->connected;
     if (was)
         oc->nconnected--;
+    s_gauges(oc);
     free(c->hello);
     free(c);
     if (was)
@@ -1668,6 +1683,7 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
         oc->conns->prev = c;
     oc->conns = c;
     oc->nconns++;
+    s_gauges(oc);
     char payload[128];
     snprintf(payload, sizeof payload, "{\"nonce\":\"%s\",\"ts\":%llu}", c->nonce,
              (unsigned long long) router_clock_wall_ms());
@@ -1714,6 +1730,16 @@ gateway_openclaw_t *gateway_openclaw_new(gateway_http_t *g, router_loop_t *loop,
         errno = e;
         return NULL;
     }
+    router_metrics_t *m = opts->metrics;
+    if (m) {
+        oc->m_conns = router_metrics_add(m, "kith_openclaw_sockets", NULL, ROUTER_METRIC_GAUGE,
+                                         "OpenClaw control sockets open.");
+        oc->m_connected = router_metrics_add(m, "kith_openclaw_connected", NULL,
+                                             ROUTER_METRIC_GAUGE,
+                                             "OpenClaw control sockets past hello-ok.");
+        oc->m_runs = router_metrics_add(m, "kith_openclaw_runs", NULL, ROUTER_METRIC_GAUGE,
+                                        "OpenClaw runs unfinished.");
+    }
     return oc;
 }
 
@@ -1734,10 +1760,4 @@ void gateway_openclaw_destroy(gateway_openclaw_t **self_p)
     }
     free(oc);
     *self_p = NULL;
-}
-
-void gateway_openclaw_stats(const gateway_openclaw_t *self, gateway_openclaw_stats_t *out)
-{
-    *out = (gateway_openclaw_stats_t){.sockets = self->nconns, .connected = self->nconnected,
-                                      .runs = self->nruns};
 }

@@ -11,6 +11,7 @@
 #include "gateway/events.h"
 #include "gateway/http_server.h"
 #include "gateway/ws.h"
+#include "router/metrics.h"
 #include "router/workers/turns.h"
 
 #define GATEWAY_CHAT_PROTOCOL "kith.v1"         /* the subprotocol a client must offer */
@@ -32,6 +33,8 @@ typedef struct {
                                  * and what relay sockets get; NULL: neither */
     gateway_ws_opts_t ws;       /* bounds of each chat socket (0s: gateway/ws.h defaults) */
     unsigned listen_only_ms;    /* 0: GATEWAY_CHAT_LISTEN_ONLY_MS */
+    router_metrics_t *metrics;  /* borrowed, optional: kith_chat_sockets, kith_chat_relays,
+                                 * kith_chat_http_turns */
 } gateway_chat_opts_t;
 
 /* Installs GET /ws/chat, GET /api/sessions and GET /api/sessions/{id} on
@@ -46,14 +49,5 @@ gateway_chat_t *gateway_chat_new(gateway_http_t *g, router_loop_t *loop,
  * (which let the sockets' connections go) and before router_turns_destroy.
  * Idempotent; nulls *self_p. */
 void gateway_chat_destroy(gateway_chat_t **self_p);
-
-/* For tests and logs. */
-typedef struct {
-    uint32_t sockets;   /* chat sockets open */
-    uint32_t relays;    /* of which listen-only relays */
-    uint32_t pending;   /* session API answers awaited */
-} gateway_chat_stats_t;
-
-void gateway_chat_stats(const gateway_chat_t *self, gateway_chat_stats_t *out);
 
 #endif

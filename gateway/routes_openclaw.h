@@ -15,6 +15,7 @@
 #include "gateway/auth.h"
 #include "gateway/http_server.h"
 #include "gateway/ws.h"
+#include "router/metrics.h"
 #include "router/workers/turns.h"
 
 #define GATEWAY_OPENCLAW_PROTOCOL 4             /* the one protocol version spoken */
@@ -38,6 +39,8 @@ typedef struct {
                                  * message_max is hello-ok's policy.maxPayload */
     unsigned tick_ms;           /* 0: GATEWAY_OPENCLAW_TICK_MS */
     const char *version;        /* hello-ok server.version; NULL: "kith" */
+    router_metrics_t *metrics;  /* borrowed, optional: kith_openclaw_sockets,
+                                 * kith_openclaw_connected, kith_openclaw_runs */
 } gateway_openclaw_opts_t;
 
 /* Installs the WebSocket route `/` on `g`. Everything borrowed must
@@ -52,14 +55,5 @@ gateway_openclaw_t *gateway_openclaw_new(gateway_http_t *g, router_loop_t *loop,
  * that comes later finds no endpoint and does nothing) and before
  * router_turns_destroy. Idempotent; nulls *self_p. */
 void gateway_openclaw_destroy(gateway_openclaw_t **self_p);
-
-/* For tests and logs. */
-typedef struct {
-    uint32_t sockets;    /* open */
-    uint32_t connected;  /* of which past hello-ok */
-    uint32_t runs;       /* runs unfinished */
-} gateway_openclaw_stats_t;
-
-void gateway_openclaw_stats(const gateway_openclaw_t *self, gateway_openclaw_stats_t *out);
 
 #endif

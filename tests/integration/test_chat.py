@@ -20,8 +20,8 @@ import urllib.parse
 import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import (Daemon, Results, check, curl, free_port, gateway_url, pair_token,  # noqa: E402
-                  ws_masked, ws_read_until)
+from peer import (Daemon, Results, check, curl, free_port, gateway_url, metric,  # noqa: E402
+                  pair_token, wait_metric, ws_masked, ws_read_until)
 
 TIMEOUT = 60  # generous bound on any one wait; never a speed assertion
 FINALS = ("done", "stopped", "error")
@@ -618,6 +618,57 @@ def http_turns_bounded_and_answered_at_stop():
         node.cleanup()
 
 
+def sockets_past_the_bound(node, token):
+    """WIRE §24: at most 4096 chat sockets are attached at once (all
+    sessions); the next upgrade is 503 too_many_subscribers, and a place
+    that frees is taken again. kith_chat_sockets counts them."""
+    bound = 4096
+
+    def upgrade():
+        s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=TIMEOUT)
+        s.sendall(b"GET /ws/chat?session_id=crowd HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  b"Sec-WebSocket-Protocol: kith.v1, bearer." + token.encode() + b"\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        return s, head.split(b"\r\n", 1)[0], head
+
+    held = []
+    try:
+        # One at a time: each counts as unauthenticated until its upgrade
+        # is read, and those have a bound of their own (2,500).
+        for _ in range(bound):
+            s, status, _ = upgrade()
+            check(status == b"HTTP/1.1 101 Switching Protocols", status)
+            held.append(s)
+        wait_metric(node, "kith_chat_sockets", lambda v: v == bound)
+        s, status, head = upgrade()
+        check(status.startswith(b"HTTP/1.1 503") and b"too_many_subscribers" in head, head)
+        s.close()
+        held.pop().close()
+        wait_metric(node, "kith_chat_sockets", lambda v: v == bound - 1)
+        s, status, _ = upgrade()
+        check(status == b"HTTP/1.1 101 Switching Protocols", status)
+        held.append(s)
+    finally:
+        for s in held:
+            s.close()
+    wait_metric(node, "kith_chat_sockets", lambda v: v == 0)
+    # and the daemon goes on serving turns
+    async def go():
+        ws, _ = await open_chat(node, token)
+        await ws.send(json.dumps({"type": "message", "content": "after the crowd"}))
+        frames = await until_final(ws)
+        check(frames[-1]["type"] == "done", frames[-1])
+        await ws.close()
+    run(go())
+
+
 def main():
     # A fixed port: the restart must come back where the clients are.
     # The embedded agents (scripted provider), as `kith daemon` runs by default.
@@ -628,6 +679,7 @@ def main():
     try:
         node.start()
         token = pair_token(node)
+        results.run(sockets_past_the_bound, node, token)
         results.run(refused_before_upgrade, node, token)
         results.run(message_chunks_done, node, token, state)
         results.run(bad_frames_keep_the_socket, node, token)

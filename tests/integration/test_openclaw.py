@@ -230,8 +230,16 @@ async def handshake_share(node, token):
     while unauth != 256 and time.time() < deadline:
         unauth = (await asyncio.to_thread(metrics_map, node)).get("kith_http_unauth_connections")
     check(unauth == 256, f"{unauth} unauthenticated connections, not 256")
+    # The gauges: 257 sockets, 2 of them past hello-ok; none once closed.
+    deadline, m = time.time() + TIMEOUT, {}
+    while (m.get("kith_openclaw_sockets"), m.get("kith_openclaw_connected")) != (257, 2) and \
+            time.time() < deadline:
+        m = await asyncio.to_thread(metrics_map, node)
+    check((m.get("kith_openclaw_sockets"), m.get("kith_openclaw_connected")) == (257, 2), m)
     for ws in [done, newcomer] + waiting:
         await ws.close()
+    await asyncio.to_thread(wait_metric, node, "kith_openclaw_sockets", lambda v: v == 0)
+    check(metric(node, "kith_openclaw_runs") == 0, "runs left")
 
 
 async def plain_agent(node, token):

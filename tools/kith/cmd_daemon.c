@@ -296,7 +296,7 @@ static int s_chat_start(router_node_t *node, const router_config_t *cfg, gateway
     if (!router_node_turns(node))
         return 0;
     gateway_chat_opts_t co = {.auth = auth, .turns = router_node_turns(node), .events = events,
-                              .ws = s_ws_opts(cfg)};
+                              .ws = s_ws_opts(cfg), .metrics = router_node_metrics(node)};
     return (s_chat = gateway_chat_new(gw, router_node_loop(node), &co)) ? 0 : -1;
 }
 
@@ -313,7 +313,7 @@ static int s_openclaw_start(router_node_t *node, const router_config_t *cfg, gat
     gateway_openclaw_opts_t oo = {.auth = auth, .turns = router_node_turns(node),
                                   .ws = s_ws_opts(cfg),
                                   .tick_ms = tick ? (unsigned) strtoul(tick, NULL, 10) : 0,
-                                  .version = KITH_VERSION};
+                                  .version = KITH_VERSION, .metrics = router_node_metrics(node)};
     return (s_openclaw = gateway_openclaw_new(gw, router_node_loop(node), &oo)) ? 0 : -1;
 }
 
