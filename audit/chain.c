@@ -963,17 +963,28 @@ done:
     return rc;
 }
 
-int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_verify_result_t *out)
+/* Whether the rotated files of `path` are still seqs[0..n). */
+static bool s_rotated_same(const char *path, const uint64_t *seqs, size_t n)
 {
-    static const audit_verify_opts_t none = {0};
-    if (!o)
-        o = &none;
+    uint64_t *now;
+    size_t m;
+    if (s_rotated_list(path, &now, &m) != 0)
+        return true; /* cannot tell: the first reading stands */
+    bool same = m == n && (n == 0 || memcmp(now, seqs, n * sizeof *seqs) == 0);
+    free(now);
+    return same;
+}
+
+/* Reads of a chain a daemon may rotate meanwhile (`kith audit` beside a
+ * running daemon) are tried again when the rotated files changed under
+ * them, at most this many times in all. */
+#define S_READ_ATTEMPTS 3
+
+/* audit_chain_verify over the rotated files seqs[0..n) and the log. */
+static int s_verify_chain(const char *path, const audit_verify_opts_t *o,
+                          audit_verify_result_t *out, const uint64_t *seqs, size_t n)
+{
     memset(out, 0, sizeof *out);
-    uint64_t *seqs;
-    size_t n;
-    if (s_rotated_list(path, &seqs, &n) != 0)
-        return s_bad(out, AUDIT_V_IO, false, 0, "cannot list the rotated files of %s: %s", path,
-                     strerror(errno));
     /* Oldest first, each against the one before it; the log itself last. */
     uint64_t records = 0, first_seq = 0;
     bool unchecked = false;
@@ -1015,7 +1026,6 @@ int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_ver
             first_seq = span.first_seq;
         before = span;
     }
-    free(seqs);
     if (rc != 0)
         return -1;
     out->first_seq = first_seq;
@@ -1029,6 +1039,27 @@ int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_ver
         snprintf(out->detail, sizeof out->detail, "%llu records intact",
                  (unsigned long long) out->records);
     return 0;
+}
+
+int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_verify_result_t *out)
+{
+    static const audit_verify_opts_t none = {0};
+    if (!o)
+        o = &none;
+    for (int attempt = 1;; attempt++) {
+        uint64_t *seqs;
+        size_t n;
+        if (s_rotated_list(path, &seqs, &n) != 0) {
+            memset(out, 0, sizeof *out);
+            return s_bad(out, AUDIT_V_IO, false, 0, "cannot list the rotated files of %s: %s",
+                         path, strerror(errno));
+        }
+        int rc = s_verify_chain(path, o, out, seqs, n);
+        bool again = rc != 0 && attempt < S_READ_ATTEMPTS && !s_rotated_same(path, seqs, n);
+        free(seqs);
+        if (!again)
+            return rc;
+    }
 }
 
 /* ================================================================ query */
@@ -1137,19 +1168,13 @@ done:
     return rc;
 }
 
-int audit_chain_query(const char *path, const audit_query_t *q, audit_lines_t *out,
-                      audit_error_t *err)
+/* audit_chain_query over the log and then seqs[0..n), newest first. */
+static int s_query_chain(const char *path, const audit_query_t *q, audit_lines_t *out,
+                         audit_error_t *err, const uint64_t *seqs, size_t n)
 {
     memset(out, 0, sizeof *out);
     uint32_t left = q->limit > PROTO_AUDIT_LIMIT_MAX ? PROTO_AUDIT_LIMIT_MAX : q->limit;
     size_t bytes_left = q->bytes_max;
-    uint64_t *seqs = NULL;
-    size_t n = 0;
-    if (left && s_rotated_list(path, &seqs, &n) != 0) {
-        s_err(err, errno == ENOMEM ? AUDIT_E_NO_MEMORY : AUDIT_E_IO,
-              "cannot list the rotated files of %s: %s", path, strerror(errno));
-        return -1;
-    }
     /* The log, then its rotated files newest first, each one's matches put
      * before what is held. */
     for (size_t i = 0; left > 0 && i <= n; i++) {
@@ -1197,10 +1222,32 @@ int audit_chain_query(const char *path, const audit_query_t *q, audit_lines_t *o
         if (full || (q->bytes_max && bytes_left == 0))
             break;
     }
-    free(seqs);
     return 0;
 fail:
-    free(seqs);
     audit_lines_free(out);
     return -1;
+}
+
+int audit_chain_query(const char *path, const audit_query_t *q, audit_lines_t *out,
+                      audit_error_t *err)
+{
+    memset(out, 0, sizeof *out);
+    if (q->limit == 0)
+        return 0;
+    for (int attempt = 1;; attempt++) {
+        uint64_t *seqs;
+        size_t n;
+        if (s_rotated_list(path, &seqs, &n) != 0) {
+            s_err(err, errno == ENOMEM ? AUDIT_E_NO_MEMORY : AUDIT_E_IO,
+                  "cannot list the rotated files of %s: %s", path, strerror(errno));
+            return -1;
+        }
+        int rc = s_query_chain(path, q, out, err, seqs, n);
+        bool again = attempt < S_READ_ATTEMPTS && !s_rotated_same(path, seqs, n);
+        free(seqs);
+        if (!again)
+            return rc;
+        if (rc == 0)
+            audit_lines_free(out); /* read while a rotation moved the files: again */
+    }
 }

@@ -18,6 +18,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <dirent.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include <sodium.h>
@@ -1198,6 +1201,59 @@ static void test_rotation_without_memory(void **state)
     audit_chain_close(&c);
 }
 
+/* A writer that rotates at every batch, on a thread of its own. */
+typedef struct {
+    audit_chain_t *c;
+    atomic_bool stop;
+    int batches;
+} s_writer_t;
+
+static void *s_writer(void *arg)
+{
+    s_writer_t *w = arg;
+    proto_audit_event_t ev = {.time_ms = 1, .type = "tool_call", .type_len = 9, .detail = "{}",
+                              .detail_len = 2};
+    while (!atomic_load(&w->stop)) {
+        uint64_t first;
+        audit_error_t err;
+        if (audit_chain_append(w->c, &ev, 1, &first, &err) == 0)
+            w->batches++;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+static void test_reads_beside_a_rotating_writer(void **state)
+{
+    /* `kith audit verify` and `query` beside a running daemon: a rotation
+     * between listing the files and reading them must not read as a break
+     * in the chain, nor give records out of order. */
+    s_fix_t *f = *state;
+    s_writer_t w = {.c = s_open_rot(f, 1, 3, NULL)};
+    assert_non_null(w.c);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, s_writer, &w), 0);
+    for (int i = 0; i < 300; i++) {
+        audit_verify_result_t r;
+        int rc = audit_chain_verify(f->log, NULL, &r);
+        if (rc != 0)
+            fprintf(stderr, "verify %d: %s\n", i, r.detail);
+        assert_int_equal(rc, 0);
+        audit_lines_t l;
+        audit_error_t err = {0};
+        audit_query_t q = {.limit = 1000};
+        assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
+        for (size_t k = 1; k < l.n; k++)
+            assert_true(strtoull(l.lines[k] + 7, NULL, 10) == strtoull(l.lines[k - 1] + 7, NULL, 10) + 1);
+        audit_lines_free(&l);
+    }
+    atomic_store(&w.stop, true);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_true(w.batches > 0);
+    audit_chain_close(&w.c);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -1213,6 +1269,7 @@ int main(void)
         T(test_open_io_errors),       T(test_without_memory),
         T(test_rotation_keeps_the_chain), T(test_rotation_tampering),
         T(test_rotation_crash_states), T(test_rotation_failures), T(test_rotation_without_memory),
+        T(test_reads_beside_a_rotating_writer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
