@@ -1,6 +1,10 @@
 /* tests/node_test.c — the in-process harness: several nodes in one process,
  * each on its own loop thread, connected through a private inproc namespace;
- * messages and requests acked, refusals typed, inboxes read directly. */
+ * messages and requests acked, refusals typed, inboxes read directly. And
+ * what goes wrong: peers that cannot be reached (by the blocking sends and
+ * by the router-run tools' sends on the loop, DNS names included), a node
+ * not yet running or stopped, nodes that cannot be made, trust files that
+ * do not load, and allocations failing in turn. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,15 +13,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
 #include "alloc_fail.h"
 #include "proto/envelope.h"
+#include "proto/pubkey.h"
+#include "proto/uuid.h"
+#include "proto/worker_msg.h"
 #include "router/net/inproc.h"
 #include "router/node.h"
 #include "router/state/config.h"
 #include "router/state/inbox.h"
+#include "router/state/trust.h"
+#include "router/workers/mdp_worker.h"
+#include "router/workers/turns.h"
 
 #define NODES 3
 
@@ -178,6 +191,177 @@ static void test_offline_after_stop(void **state)
     assert_int_equal(r.outcome, ROUTER_SEND_OFFLINE);
 }
 
+/* The public key of the pair one repeated seed byte makes. */
+static void s_key(uint8_t seed_byte, uint8_t pk[32])
+{
+    uint8_t seed[32], sk[64];
+    memset(seed, seed_byte, sizeof seed);
+    proto_ed25519_seed_keypair(seed, pk, sk);
+}
+
+/* Peers a running node cannot reach, each named as trust_set allows at
+ * any time (on the node's loop): an inproc name nobody holds, a TCP port
+ * nobody listens on, a socket path that is not there, a DNS name that
+ * does not resolve. Each send ends offline (or is refused) with a reason;
+ * then a listener opened at run time carries a send over TCP. */
+static void test_unreachable_peers(void **state)
+{
+    s_net_t *t = *state;
+    router_node_t *a = t->node[0], *b = t->node[1];
+    static const struct {
+        const char *name, *addr, *detail;
+        int rc;
+    } peers[] = {
+        {"ghost", "inproc://ghost", "nobody is bound", 0},
+        {"closed", "tcp://127.0.0.1:1", "", 0},
+        {"nosock", "uds:///nonexistent-kith-dir/comms.sock", "", 0},
+        {"nxdomain", "tcp://peer.invalid:9", "cannot resolve peer.invalid", -1},
+    };
+    char err[256];
+    router_node_receipt_t r;
+    for (size_t i = 0; i < sizeof peers / sizeof peers[0]; i++) {
+        uint8_t pk[32];
+        s_key((uint8_t) (0x60 + i), pk);
+        assert_int_equal(router_node_trust_set(a, peers[i].name, pk, peers[i].addr, false, err,
+                                               sizeof err), 0);
+        assert_int_equal(router_node_send_message(a, peers[i].name, "anyone?", &r), peers[i].rc);
+        assert_int_equal(r.outcome, ROUTER_SEND_OFFLINE);
+        assert_non_null(strstr(r.detail, peers[i].detail));
+        assert_true(r.detail[0] != '\0');
+    }
+    /* No such address to listen on; then b listens, and a reaches it there
+     * instead of inproc (the row of the same key and name is replaced). */
+    assert_int_equal(router_node_listen(b, "not an address", err, sizeof err), -1);
+    assert_true(err[0] != '\0');
+    int port = router_node_listen(b, "127.0.0.1:0", err, sizeof err);
+    assert_true(port > 0);
+    char addr[64];
+    snprintf(addr, sizeof addr, "tcp://127.0.0.1:%d", port);
+    assert_int_equal(router_node_trust_set(a, "b", router_node_pubkey(b), addr, false, err,
+                                           sizeof err), 0);
+    assert_int_equal(router_node_trust_set(a, "b", router_node_pubkey(b), addr, false, err,
+                                           sizeof err), 0); /* already so */
+    size_t named = 0;
+    const router_peer_t *p = router_trust_by_name(router_node_trust_view(a), "b", &named);
+    assert_non_null(p);
+    assert_int_equal(named, 1);
+    assert_string_equal(p->addr, addr);
+    assert_int_equal(router_node_send_message(a, "b", "over tcp", &r), 0);
+    assert_int_equal(r.outcome, ROUTER_SEND_ACKED);
+    s_expect(b, a, "message", r.id, NULL);
+}
+
+/* Counts its calls, and says whether one ran on the caller's thread. */
+typedef struct {
+    int calls;       /* calls made */
+    pthread_t caller; /* the test's thread */
+    bool on_caller;  /* the last ran on it */
+} s_call_count_t;
+
+static int s_call_count(router_node_t *self, void *arg)
+{
+    (void) self;
+    s_call_count_t *c = arg;
+    c->calls++;
+    c->on_caller = pthread_equal(pthread_self(), c->caller);
+    return 0;
+}
+
+/* A graceful stop's hook: it takes a drain hold (as the gateway does) and
+ * lets go of it on a later turn of the loop. */
+typedef struct {
+    router_node_t *node;
+    int stops;       /* times the hook ran */
+    bool released;   /* its hold was let go */
+} s_stop_hook_t;
+
+static void s_release(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    s_stop_hook_t *h = ud;
+    h->released = true;
+    router_node_drain_release(h->node);
+}
+
+static void s_on_stop(void *ud)
+{
+    s_stop_hook_t *h = ud;
+    h->stops++;
+    router_node_drain_hold(h->node);
+    assert_true(router_loop_timer_add(router_node_loop(h->node), 1, s_release, h) != 0);
+}
+
+/* A node not yet started runs calls (and trust edits) on the caller's
+ * thread and refuses sends ("not running"); started, it runs them on its
+ * loop and sends to a peer named by its PeerId; stopped (its loop ends
+ * only once the stop hook's drain hold is let go), it refuses all of them
+ * with a reason. */
+static void test_not_running(void **state)
+{
+    (void) state;
+    router_inproc_t *net = router_inproc_new();
+    router_node_t *a = s_node(net, "early-a", 0x51);
+    router_node_t *b = s_node(net, "early-b", 0x52);
+    char err[256];
+    assert_int_equal(router_node_trust(a, "b", router_node_pubkey(b), "inproc://early-b", err,
+                                       sizeof err), 0);
+    assert_int_equal(router_node_trust(b, "a", router_node_pubkey(a), "inproc://early-a", err,
+                                       sizeof err), 0);
+    router_node_receipt_t r;
+    assert_int_equal(router_node_send_message(a, "b", "too early", &r), -1);
+    assert_int_equal(r.outcome, ROUTER_SEND_OFFLINE);
+    assert_non_null(strstr(r.detail, "not running"));
+    s_call_count_t c = {.caller = pthread_self()};
+    assert_int_equal(router_node_call(a, s_call_count, &c), 0);
+    assert_int_equal(c.calls, 1);
+    assert_true(c.on_caller);
+    /* b renamed: its row (same key) is replaced. */
+    assert_int_equal(router_node_trust_set(a, "b2", router_node_pubkey(b), "inproc://early-b",
+                                           false, err, sizeof err), 0);
+    const router_trust_t *view = router_node_trust_view(a);
+    assert_int_equal(router_trust_count(view), 1);
+    assert_non_null(router_trust_by_name(view, "b2", NULL));
+    /* An address trust does not take: refused, the store as it was. */
+    uint8_t pk[32];
+    s_key(0x53, pk);
+    assert_int_equal(router_node_trust_set(a, "c", pk, "ftp://c", false, err, sizeof err), -1);
+    assert_true(err[0] != '\0');
+    assert_int_equal(router_trust_count(router_node_trust_view(a)), 1);
+
+    s_stop_hook_t hook = {.node = a};
+    router_node_on_stop(a, s_on_stop, &hook);
+    assert_int_equal(router_node_start(a), 0);
+    assert_int_equal(router_node_start(b), 0);
+    assert_int_equal(router_node_call(a, s_call_count, &c), 0);
+    assert_int_equal(c.calls, 2);
+    assert_false(c.on_caller);
+    uint8_t b_id[16];
+    char b_text[PROTO_UUID_TEXT_CAP];
+    proto_peer_id(router_node_pubkey(b), b_id);
+    proto_uuid_format(b_id, b_text);
+    assert_int_equal(router_node_send_message(a, b_text, "now", &r), 0);
+    assert_int_equal(r.outcome, ROUTER_SEND_ACKED);
+    s_expect(b, a, "message", r.id, NULL);
+
+    router_node_stop(a);
+    assert_int_equal(hook.stops, 1);
+    assert_true(hook.released);
+    assert_int_equal(router_node_send_message(a, "b2", "too late", &r), -1);
+    assert_non_null(strstr(r.detail, "not running"));
+    errno = 0;
+    assert_int_equal(router_node_call(a, s_call_count, &c), -1);
+    assert_int_equal(errno, ECANCELED);
+    assert_int_equal(c.calls, 2);
+    assert_int_equal(router_node_trust_set(a, "c", pk, "inproc://c", false, err, sizeof err), -1);
+    assert_string_equal(err, "the node is stopping");
+    assert_int_equal(router_node_listen(a, "127.0.0.1:0", err, sizeof err), -1);
+    assert_string_equal(err, "the node is stopping");
+    router_node_destroy(&a);
+    router_node_destroy(&b);
+    router_inproc_destroy(&net);
+}
+
 /* Removes a test's home directory and what the node made in it. */
 static void s_rm_tree(const char *dir)
 {
@@ -195,6 +379,386 @@ static void s_rm_tree(const char *dir)
     }
     closedir(d);
     assert_int_equal(rmdir(dir), 0);
+}
+
+/* ---------------------------------------------------------------- router tools through a node */
+
+/* The peers the agent below sends a message to, in its tool calls' order. */
+static const char *const s_tool_peers[] = {"b", "ghost", "closed", "nosock", "far", "far2"};
+#define TOOL_PEERS (sizeof s_tool_peers / sizeof s_tool_peers[0])
+
+static proto_worker_str_t s_str(const char *p)
+{
+    return (proto_worker_str_t) {p, strlen(p)};
+}
+
+static void s_reply(router_mdp_worker_t *w, const proto_worker_reply_t *rep)
+{
+    uint8_t *body;
+    size_t len;
+    proto_worker_error_t err;
+    assert_int_equal(proto_worker_reply_encode(rep, &body, &len, &err), 0);
+    if (rep->type == PROTO_WORKER_REPLY_PARTIAL)
+        assert_int_equal(router_mdp_worker_partial(w, body, len), 0);
+    else
+        assert_int_equal(router_mdp_worker_final(w, body, len), 0);
+    free(body);
+}
+
+/* An agent worker that answers each turn by calling send_message to each
+ * of s_tool_peers; its answer is the results, "i:result|" each. */
+static void *s_agent_main(void *arg)
+{
+    router_mdp_worker_t *w = arg;
+    uint8_t *body;
+    size_t len;
+    while (router_mdp_worker_recv(w, &body, &len, -1) == 1) {
+        proto_worker_request_t req;
+        proto_worker_error_t err;
+        int rc = proto_worker_request_decode(body, len, &req, &err);
+        free(body);
+        if (rc != 0)
+            continue;
+        bool turn = req.type == PROTO_WORKER_REQ_TURN;
+        uint8_t id[16];
+        memcpy(id, req.turn.turn_id, 16);
+        proto_worker_request_clear(&req);
+        if (!turn)
+            continue;
+        char cids[TOOL_PEERS][24], args[TOOL_PEERS][96];
+        for (size_t i = 0; i < TOOL_PEERS; i++) {
+            snprintf(cids[i], sizeof cids[i], "%zu", i);
+            snprintf(args[i], sizeof args[i], "{\"peer\":\"%s\",\"body\":\"hello\"}",
+                     s_tool_peers[i]);
+            proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_PARTIAL};
+            memcpy(rep.partial.turn_id, id, 16);
+            rep.partial.seq = i;
+            rep.partial.event.type = PROTO_WORKER_EV_TOOL_CALL;
+            rep.partial.event.call = (proto_worker_tool_call_t) {
+                s_str(cids[i]), s_str("send_message"), s_str(args[i])};
+            s_reply(w, &rep);
+        }
+        char all[2048] = "";
+        for (size_t got = 0; got < TOOL_PEERS;) {
+            if (router_mdp_worker_recv(w, &body, &len, -1) != 1)
+                return NULL;
+            rc = proto_worker_request_decode(body, len, &req, &err);
+            free(body);
+            if (rc != 0)
+                continue;
+            if (req.type == PROTO_WORKER_REQ_TOOL_RESULT) {
+                size_t used = strlen(all);
+                snprintf(all + used, sizeof all - used, "%s:%s|", req.tool_result.id.p,
+                         req.tool_result.result.p);
+                got++;
+            }
+            proto_worker_request_clear(&req);
+        }
+        proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_FINAL};
+        rep.final.type = PROTO_WORKER_FINAL_DONE;
+        memcpy(rep.final.turn_id, id, 16);
+        rep.final.full_response = s_str(all);
+        s_reply(w, &rep);
+    }
+    return NULL;
+}
+
+/* A chat subscriber on the node's loop, and the turn's last frame. */
+typedef struct {
+    pthread_mutex_t mu;        /* guards last: the loop writes, the test reads */
+    pthread_cond_t cv;         /* signalled when last is written */
+    char last[4096];           /* the DONE or ERROR frame, "" before */
+    router_turns_sub_t sub;    /* the subscriber (loop thread) */
+} s_chat_t;
+
+static void s_on_chat_frame(const router_turn_frame_t *f, void *ud)
+{
+    s_chat_t *c = ud;
+    if (f->type != ROUTER_TURN_FRAME_DONE && f->type != ROUTER_TURN_FRAME_ERROR)
+        return;
+    pthread_mutex_lock(&c->mu);
+    snprintf(c->last, sizeof c->last, "%.*s", (int) f->json_len, f->json);
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* On the loop: attach to session "tools" and send "go". */
+static int s_chat_go(router_node_t *self, void *arg)
+{
+    s_chat_t *c = arg;
+    router_turns_t *t = router_node_turns(self);
+    const char *code = NULL;
+    c->sub = router_turns_attach(t, "tools", NULL, s_on_chat_frame, c);
+    return c->sub && router_turns_submit(t, c->sub, "go", 2, &code) == 0 ? 0 : -1;
+}
+
+/* On the loop: "go" once more. */
+static int s_chat_again(router_node_t *self, void *arg)
+{
+    s_chat_t *c = arg;
+    const char *code = NULL;
+    return router_turns_submit(router_node_turns(self), c->sub, "go", 2, &code);
+}
+
+/* Waits (a minute at most) for the turn's last frame, then forgets it. */
+static void s_chat_wait(s_chat_t *c, char *out, size_t cap)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 60;
+    pthread_mutex_lock(&c->mu);
+    while (!c->last[0])
+        assert_int_not_equal(pthread_cond_timedwait(&c->cv, &c->mu, &until), ETIMEDOUT);
+    snprintf(out, cap, "%s", c->last);
+    c->last[0] = '\0';
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int s_chat_detach(router_node_t *self, void *arg)
+{
+    router_turns_detach(router_node_turns(self), ((s_chat_t *) arg)->sub);
+    return 0;
+}
+
+/* Router-run tools sending through the node's own comms: a message to a
+ * trusted peer is acked; to an inproc name nobody holds, a port nobody
+ * listens on, a socket path that is not there or a DNS name that does not
+ * resolve (looked up off the loop), the tool's result says offline and
+ * why, and the turn goes on to its answer. */
+static void test_router_tools_through_comms(void **state)
+{
+    (void) state;
+    static const char endpoint[] = "inproc://kith.workers.node-test-tools";
+    router_inproc_t *net = router_inproc_new();
+    router_config_t cfg;
+    router_config_defaults(&cfg);
+    cfg.comms.ack_timeout_ms = 10000;
+    uint8_t seed[32];
+    memset(seed, 0x91, sizeof seed);
+    router_node_opts_t o = {.inproc = net, .inproc_name = "wa", .seed = seed, .config = &cfg,
+                            .workers = true, .workers_endpoint = endpoint};
+    char err[256] = "";
+    router_node_t *a = router_node_new(&o, err, sizeof err);
+    if (!a)
+        fprintf(stderr, "node wa: %s\n", err);
+    assert_non_null(a);
+    router_node_t *b = s_node(net, "wb", 0x92);
+    assert_int_equal(router_node_trust(a, "b", router_node_pubkey(b), "inproc://wb", err,
+                                       sizeof err), 0);
+    assert_int_equal(router_node_trust(b, "a", router_node_pubkey(a), "inproc://wa", err,
+                                       sizeof err), 0);
+    static const char *const unreachable[][2] = {
+        {"ghost", "inproc://nowhere"},
+        {"closed", "tcp://127.0.0.1:1"},
+        {"nosock", "uds:///nonexistent-kith-dir/comms.sock"},
+        {"far", "tcp://peer.invalid:9"},
+        {"far2", "tcp://peer2.invalid:9"},
+    };
+    for (size_t i = 0; i < sizeof unreachable / sizeof unreachable[0]; i++) {
+        uint8_t pk[32];
+        s_key((uint8_t) (0xa0 + i), pk);
+        assert_int_equal(router_node_trust(a, unreachable[i][0], pk, unreachable[i][1], err,
+                                           sizeof err), 0);
+    }
+    assert_int_equal(router_node_start(a), 0);
+    assert_int_equal(router_node_start(b), 0);
+    router_mdp_worker_opts_t wo = {.endpoint = endpoint, .service = "kith.agent",
+                                   .heartbeat_ms = cfg.workers.heartbeat_ms,
+                                   .liveness = cfg.workers.liveness};
+    router_mdp_worker_t *w = router_mdp_worker_new(&wo, err, sizeof err);
+    assert_non_null(w);
+    pthread_t agent;
+    assert_int_equal(pthread_create(&agent, NULL, s_agent_main, w), 0);
+
+    s_chat_t c = {.sub = 0};
+    pthread_mutex_init(&c.mu, NULL);
+    pthread_cond_init(&c.cv, NULL);
+    assert_int_equal(router_node_call(a, s_chat_go, &c), 0);
+    char last[4096];
+    /* The second turn finds both names' failures cached: refused at once. */
+    for (int turn = 0; turn < 2; turn++) {
+        if (turn)
+            assert_int_equal(router_node_call(a, s_chat_again, &c), 0);
+        s_chat_wait(&c, last, sizeof last);
+        assert_non_null(strstr(last, "\"type\":\"done\""));
+        assert_non_null(strstr(last, "0:{\\\"outcome\\\":\\\"acked\\\""));
+        assert_non_null(strstr(last, "1:{\\\"outcome\\\":\\\"offline\\\",\\\"detail\\\":"
+                                     "\\\"nobody is bound at inproc://nowhere\\\"}"));
+        assert_non_null(strstr(last, "2:{\\\"outcome\\\":\\\"offline\\\""));
+        assert_non_null(strstr(last, "3:{\\\"outcome\\\":\\\"offline\\\""));
+        assert_non_null(strstr(last, "4:{\\\"outcome\\\":\\\"offline\\\""));
+        assert_non_null(strstr(last, "cannot resolve peer.invalid"));
+        assert_non_null(strstr(last, "5:{\\\"outcome\\\":\\\"offline\\\""));
+        assert_non_null(strstr(last, "cannot resolve peer2.invalid"));
+    }
+    for (int turn = 0; turn < 2; turn++) {
+        router_inbox_entry_t e;
+        assert_int_equal(router_inbox_pop(router_node_inbox(b), &e, 10000), 0);
+        assert_memory_equal(e.from, router_node_pubkey(a), 32);
+        assert_string_equal(e.kind, "message");
+        router_inbox_entry_clear(&e);
+    }
+
+    assert_int_equal(router_node_call(a, s_chat_detach, &c), 0);
+    router_mdp_worker_interrupt(w);
+    pthread_join(agent, NULL);
+    router_mdp_worker_destroy(&w);
+    router_node_destroy(&a);
+    router_node_destroy(&b);
+    router_inproc_destroy(&net);
+    pthread_cond_destroy(&c.cv);
+    pthread_mutex_destroy(&c.mu);
+}
+
+/* Writes text to home/name. */
+static void s_write(const char *home, const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", home, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* Nodes that cannot be made, each refused with a reason for people and
+ * nothing leaked: pairing on with its password's variable unset, or with
+ * no home to keep paired peers in; an inproc name already bound; a home
+ * that is a file; a trusted_peers.json that does not load. Pairing with a
+ * password and a home starts. */
+static void test_new_refusals(void **state)
+{
+    (void) state;
+    router_config_t cfg;
+    router_config_defaults(&cfg);
+    snprintf(cfg.comms.address, sizeof cfg.comms.address, "127.0.0.1:0");
+    snprintf(cfg.comms.pairing_password_env, sizeof cfg.comms.pairing_password_env,
+             "KITH_NODE_TEST_PAIRING");
+    assert_int_equal(unsetenv("KITH_NODE_TEST_PAIRING"), 0);
+    router_node_opts_t o = {.config = &cfg, .listen = true};
+    char err[256] = "";
+    assert_null(router_node_new(&o, err, sizeof err));
+    assert_non_null(strstr(err, "$KITH_NODE_TEST_PAIRING must hold a pairing password"));
+    assert_int_equal(setenv("KITH_NODE_TEST_PAIRING", "0123456789abcdef0123456789abcdef", 1), 0);
+    err[0] = '\0';
+    assert_null(router_node_new(&o, err, sizeof err));
+    assert_non_null(strstr(err, "pairing needs a home directory"));
+    char home[] = "/tmp/kith-node-new-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    o.home = home;
+    router_node_t *n = router_node_new(&o, err, sizeof err);
+    if (!n)
+        fprintf(stderr, "pairing node: %s\n", err);
+    assert_non_null(n);
+    router_node_destroy(&n);
+    assert_int_equal(unsetenv("KITH_NODE_TEST_PAIRING"), 0);
+
+    /* The trust file does not load: the node is not made. */
+    s_write(home, "trusted_peers.json", "{not json");
+    router_node_opts_t h = {.home = home};
+    err[0] = '\0';
+    assert_null(router_node_new(&h, err, sizeof err));
+    assert_non_null(strstr(err, "trusted_peers.json"));
+    /* A home that is a file. */
+    char file[600];
+    snprintf(file, sizeof file, "%s/trusted_peers.json", home);
+    h.home = file;
+    err[0] = '\0';
+    assert_null(router_node_new(&h, err, sizeof err));
+    assert_true(err[0] != '\0');
+    s_rm_tree(home);
+
+    router_inproc_t *net = router_inproc_new();
+    router_node_t *first = s_node(net, "taken", 0x71);
+    router_node_opts_t d = {.inproc = net, .inproc_name = "taken"};
+    err[0] = '\0';
+    assert_null(router_node_new(&d, err, sizeof err));
+    assert_non_null(strstr(err, "inproc://taken"));
+    router_node_destroy(&first);
+    router_inproc_destroy(&net);
+}
+
+/* trusted_peers.json read again (SIGHUP, inotify, pairing): a changed file
+ * is swapped in, an unchanged one changes nothing, one that does not load
+ * is refused and the peers trusted before stay, a missing one trusts
+ * nobody. trust_set with persist writes the file a reload reads. */
+static void test_trust_reload(void **state)
+{
+    (void) state;
+    char home[] = "/tmp/kith-node-trust-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    router_node_opts_t o = {.home = home, .memory_inbox = true};
+    char err[256] = "";
+    router_node_t *n = router_node_new(&o, err, sizeof err);
+    assert_non_null(n);
+    assert_string_equal(router_node_home(n), home);
+    uint8_t p1[32], p2[32];
+    s_key(0x81, p1);
+    s_key(0x82, p2);
+    assert_int_equal(router_node_trust_set(n, "p1", p1, "inproc://p1", true, err, sizeof err), 0);
+    router_node_trust_reload(n, "test: unchanged");
+    assert_int_equal(router_trust_count(router_node_trust_view(n)), 1);
+
+    s_write(home, "trusted_peers.json", "{\"peers\":[{\"name\":");
+    router_node_trust_reload(n, "test: broken");
+    assert_int_equal(router_trust_count(router_node_trust_view(n)), 1);
+    assert_non_null(router_trust_by_pubkey(router_node_trust_view(n), p1));
+
+    router_trust_t *next = router_trust_new();
+    assert_int_equal(router_trust_add(next, "p1", p1, "inproc://p1", NULL, NULL, 0, err,
+                                      sizeof err), 0);
+    assert_int_equal(router_trust_add(next, "p2", p2, "inproc://p2", NULL, NULL, 0, err,
+                                      sizeof err), 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s/trusted_peers.json", home);
+    assert_int_equal(router_trust_save(next, path, err, sizeof err), 0);
+    router_trust_destroy(&next);
+    router_node_trust_reload(n, "test: a peer added");
+    assert_int_equal(router_trust_count(router_node_trust_view(n)), 2);
+    assert_non_null(router_trust_by_name(router_node_trust_view(n), "p2", NULL));
+
+    /* trust_set with each of its allocations failing in turn (the node
+     * is not started: it runs here, where the failures are armed): refused
+     * with a reason and the store as it was, or done, the file with it. */
+    unsigned refused = 0;
+    char prev[64] = "";
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        uint8_t p3[32];
+        s_key(0x83, p3);
+        char addr[64];
+        snprintf(addr, sizeof addr, "inproc://p3-%ld", i); /* each run changes the row */
+        err[0] = '\0';
+        alloc_fail_arm(i);
+        int rc = router_node_trust_set(n, "p3", p3, addr, true, err, sizeof err);
+        bool failed = alloc_fail_disarm() > 0;
+        const router_peer_t *row = router_trust_by_name(router_node_trust_view(n), "p3", NULL);
+        if (rc != 0) {
+            assert_true(failed);
+            assert_true(err[0] != '\0');
+            if (prev[0])
+                assert_string_equal(row->addr, prev);
+            else
+                assert_null(row);
+            refused++;
+            continue;
+        }
+        assert_non_null(row);
+        assert_string_equal(row->addr, addr);
+        snprintf(prev, sizeof prev, "%s", addr);
+        if (!failed)
+            break;
+    }
+    assert_true(refused > 0);
+    router_node_trust_reload(n, "test: as set");
+    assert_int_equal(router_trust_count(router_node_trust_view(n)), 3);
+    assert_string_equal(router_trust_by_name(router_node_trust_view(n), "p3", NULL)->addr, prev);
+
+    assert_int_equal(unlink(path), 0);
+    router_node_trust_reload(n, "test: file gone");
+    assert_int_equal(router_trust_count(router_node_trust_view(n)), 0);
+    router_node_destroy(&n);
+    s_rm_tree(home);
 }
 
 /* A full node (home, listeners, workers) built with each of its
@@ -252,6 +816,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_request_and_reused_link, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_peer_and_untrusted, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_offline_after_stop, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_unreachable_peers, s_setup, s_teardown),
+        cmocka_unit_test(test_not_running),
+        cmocka_unit_test(test_new_refusals),
+        cmocka_unit_test(test_trust_reload),
+        cmocka_unit_test(test_router_tools_through_comms),
         cmocka_unit_test(test_new_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -3,11 +3,17 @@
  * message's frames reach every subscriber, history grows and comes back,
  * SESSION_BUSY past the bound and after the lock timeout, steer and stop
  * (with and without a turn), inbox entries (plain and external events)
- * become turns and leave the inbox, and the /api/sessions documents; and
- * what goes wrong: no worker takes a turn, a worker never answers (or
- * never confirms a stop), a worker's reply is malformed or out of order,
- * a router-run tool is called with bad arguments; and the loop thread out
- * of memory at each allocation of a turn with router tools in turn. */
+ * become turns and leave the inbox, and the /api/sessions documents; the
+ * router-run tools sending through a fake comms (acked, offline, no
+ * route) and a request envelope's signed response, retried until acked;
+ * and what goes wrong: no worker takes a turn, a worker never answers (or
+ * never confirms a stop, or leaves), a worker's reply is malformed, out of
+ * order or another turn's, a router-run tool is called with bad
+ * arguments, state.db's bounds are reached, inbox entries cannot be
+ * turns, a history is too large to send, turns are destroyed with work in
+ * hand; and the loop thread out of memory at each allocation of a turn
+ * with router tools, of taking an inbox entry, of attaching and of
+ * router_turns_new, in turn. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,10 +27,13 @@
 #include <czmq.h>
 
 #include "alloc_fail.h"
+#include "proto/envelope.h"
+#include "proto/pubkey.h"
 #include "proto/uuid.h"
 #include "proto/worker_msg.h"
 #include "router/net/loop.h"
 #include "router/state/inbox.h"
+#include "router/state/trust.h"
 #include "router/workers/broker.h"
 #include "router/workers/mdp_worker.h"
 #include "router/workers/turns.h"
@@ -39,6 +48,8 @@ static int s_case;
 typedef struct {
     pthread_t thread;
     router_mdp_worker_t *w;
+    const char *const (*calls)[2]; /* "/send": the router tools it calls, set before */
+    size_t ncalls;
 } agent_t;
 
 static void s_send(router_mdp_worker_t *w, const proto_worker_reply_t *rep)
@@ -103,22 +114,25 @@ static void s_events(router_mdp_worker_t *w, const uint8_t id[16])
     s_done(w, id, "events sent");
 }
 
-/* "/tools": router-run tools called with what they must refuse; the
- * results, each followed by "|", are the turn's full response. */
-static void s_tools(router_mdp_worker_t *w, const uint8_t id[16])
+/* "/tools": router-run tools called with what they must refuse. */
+static const char *const s_refusals[][2] = {
+    {"send_message", "[1]"},
+    {"send_message", "{\"peer\":\"nobody\",\"body\":\"x\"}"},
+    {"send_request", "{\"peer\":\"nobody\",\"intent\":\"x\"}"},
+    {"send_response", "{\"in_reply_to\":\"nope\"}"},
+    {"send_response",
+     "{\"in_reply_to\":\"0190f5a0-0000-7000-8000-000000000000\",\"status\":\"failed\"}"},
+    {"peers", "{}"},
+};
+
+/* Calls the router-run tools calls[0..n) ("c0", "c1", …); the results,
+ * each "id:[error:]result|", are the turn's full response. Interrupted
+ * (the test is ending): returns with no reply. */
+static void s_tools(router_mdp_worker_t *w, const uint8_t id[16], const char *const calls[][2],
+                    size_t n)
 {
-    static const char *const calls[][2] = {
-        {"send_message", "[1]"},
-        {"send_message", "{\"peer\":\"nobody\",\"body\":\"x\"}"},
-        {"send_request", "{\"peer\":\"nobody\",\"intent\":\"x\"}"},
-        {"send_response", "{\"in_reply_to\":\"nope\"}"},
-        {"send_response",
-         "{\"in_reply_to\":\"0190f5a0-0000-7000-8000-000000000000\",\"status\":\"failed\"}"},
-        {"peers", "{}"},
-    };
-    size_t n = sizeof calls / sizeof calls[0];
     for (size_t i = 0; i < n; i++) {
-        char cid[8];
+        char cid[24];
         snprintf(cid, sizeof cid, "c%zu", i);
         proto_worker_event_t ev = {.type = PROTO_WORKER_EV_TOOL_CALL};
         ev.call = (proto_worker_tool_call_t) {s_s(cid), s_s(calls[i][0]), s_s(calls[i][1])};
@@ -127,7 +141,9 @@ static void s_tools(router_mdp_worker_t *w, const uint8_t id[16])
     char all[4096] = "";
     uint8_t *body;
     size_t len;
-    for (size_t got = 0; got < n && router_mdp_worker_recv(w, &body, &len, -1) == 1;) {
+    for (size_t got = 0; got < n;) {
+        if (router_mdp_worker_recv(w, &body, &len, -1) != 1)
+            return;
         proto_worker_request_t r;
         proto_worker_error_t err;
         int rc = proto_worker_request_decode(body, len, &r, &err);
@@ -151,6 +167,40 @@ static void s_tools(router_mdp_worker_t *w, const uint8_t id[16])
         }
     }
     s_done(w, id, all);
+}
+
+/* "/worker-tools": a tool the worker runs itself (its call and result are
+ * only shown), a provider call, then an error FINAL. */
+static void s_worker_tools(router_mdp_worker_t *w, const uint8_t id[16])
+{
+    proto_worker_event_t ev = {.type = PROTO_WORKER_EV_TOOL_CALL};
+    ev.call = (proto_worker_tool_call_t) {s_s("w0"), s_s("search"), s_s("{\"q\":\"kith\"}")};
+    s_partial(w, id, 0, &ev);
+    ev = (proto_worker_event_t) {.type = PROTO_WORKER_EV_TOOL_RESULT, .id = s_s("w0"),
+                                 .result = s_s("{\"hits\":0}"), .is_error = true};
+    s_partial(w, id, 1, &ev);
+    ev = (proto_worker_event_t) {.type = PROTO_WORKER_EV_LLM_REQUEST, .provider = s_s("openai"),
+                                 .model = s_s("m1"), .iteration = 2};
+    s_partial(w, id, 2, &ev);
+    proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_FINAL};
+    rep.final.type = PROTO_WORKER_FINAL_ERROR;
+    memcpy(rep.final.turn_id, id, 16);
+    rep.final.code = PROTO_WORKER_CODE_PROVIDER_ERROR;
+    rep.final.message = s_s("upstream down");
+    s_send(w, &rep);
+}
+
+/* A request envelope's turn ("request answer: …") answers it itself with
+ * the send_response tool, naming the envelope its origin carries. */
+static void s_answer_request(router_mdp_worker_t *w, const proto_worker_turn_t *turn)
+{
+    char irt[PROTO_UUID_TEXT_CAP], args[192];
+    proto_uuid_format(turn->origin.envelope_id, irt);
+    snprintf(args, sizeof args,
+             "{\"in_reply_to\":\"%s\",\"status\":\"completed\",\"result\":{\"ok\":true}}",
+             irt);
+    const char *const call[1][2] = {{"send_response", args}};
+    s_tools(w, turn->turn_id, call, 1);
 }
 
 /* "echo(h=N): content"; "/hold" waits for a steer (answers "steered: X")
@@ -184,7 +234,26 @@ static void *s_agent_main(void *arg)
             assert_int_equal(router_mdp_worker_partial(a->w, (const uint8_t *) "\xff", 1), 0);
             assert_int_equal(router_mdp_worker_final(a->w, (const uint8_t *) "\xff", 1), 0);
         } else if (strcmp(content, "/tools") == 0) {
-            s_tools(a->w, id);
+            s_tools(a->w, id, s_refusals, sizeof s_refusals / sizeof s_refusals[0]);
+        } else if (strcmp(content, "/send") == 0) {
+            s_tools(a->w, id, a->calls, a->ncalls);
+        } else if (strcmp(content, "/worker-tools") == 0) {
+            s_worker_tools(a->w, id);
+        } else if (strncmp(content, "request answer", 14) == 0) {
+            s_answer_request(a->w, &req.turn);
+        } else if (strcmp(content, "/other") == 0) {
+            /* Another turn's partial first: the router ignores it. */
+            uint8_t other[16] = {0};
+            s_chunk(a->w, other, 0, "not yours");
+            s_chunk(a->w, id, 0, "yours");
+            proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_FINAL};
+            rep.final = (proto_worker_final_t) {.type = PROTO_WORKER_FINAL_DONE,
+                                                .full_response = s_s("yours"),
+                                                .tool_iterations = 3, .has_tokens_used = true,
+                                                .tokens_used = 42, .has_cost_usd = true,
+                                                .cost_usd = 0.5};
+            memcpy(rep.final.turn_id, id, 16);
+            s_send(a->w, &rep);
         } else if (strcmp(content, "/hold") == 0) {
             for (;;) {
                 proto_worker_request_t c;
@@ -252,7 +321,7 @@ static void s_agent_stop(agent_t **ap)
 typedef struct {
     int n;
     router_turn_frame_type_t type[FRAMES_MAX];
-    char json[FRAMES_MAX][512];
+    char json[FRAMES_MAX][2048];
 } frames_t;
 
 static void s_on_frame(const router_turn_frame_t *f, void *ud)
@@ -316,8 +385,9 @@ static void s_run(env_t *e, bool (*until)(void *), void *ud)
     assert_false(e->timed_out);
 }
 
-static void s_setup_with(env_t *e, uint32_t queue_max, uint32_t lock_s, uint32_t turn_timeout_s,
-                         bool agent)
+/* A loop, a broker, an inbox and turns with the options `to` sets (the
+ * loop, broker and inbox are filled in here), and an agent if asked. */
+static void s_setup_opts(env_t *e, router_turns_opts_t to, bool agent)
 {
     char err[256] = "";
     snprintf(EP, sizeof EP, "inproc://turns-test-%d", ++s_case);
@@ -329,14 +399,24 @@ static void s_setup_with(env_t *e, uint32_t queue_max, uint32_t lock_s, uint32_t
     router_inbox_opts_t io = {.capacity = 16};
     e->inbox = router_inbox_new(&io, err, sizeof err);
     assert_non_null(e->inbox);
-    router_turns_opts_t to = {.loop = e->loop, .broker = e->b, .inbox = e->inbox,
-                              .comms_session = "comms", .queue_max = queue_max,
-                              .lock_timeout_s = lock_s, .turn_timeout_s = turn_timeout_s};
+    to.loop = e->loop;
+    to.broker = e->b;
+    to.inbox = e->inbox;
+    if (!to.comms_session)
+        to.comms_session = "comms";
     e->t = router_turns_new(&to, err, sizeof err);
     if (!e->t)
         fprintf(stderr, "turns: %s\n", err);
     assert_non_null(e->t);
     e->agent = agent ? s_agent_start() : NULL;
+}
+
+static void s_setup_with(env_t *e, uint32_t queue_max, uint32_t lock_s, uint32_t turn_timeout_s,
+                         bool agent)
+{
+    router_turns_opts_t to = {.queue_max = queue_max, .lock_timeout_s = lock_s,
+                              .turn_timeout_s = turn_timeout_s};
+    s_setup_opts(e, to, agent);
 }
 
 static void s_setup(env_t *e, uint32_t queue_max, uint32_t lock_s)
@@ -371,6 +451,140 @@ static void s_wait(env_t *e, frames_t *fr, router_turn_frame_type_t type, int n)
 {
     want_t w = {fr, type, n};
     s_run(e, s_has, &w);
+}
+
+/* ------------------------------------------------------------ fake comms */
+
+/* What the fake comms does with its n-th send. */
+typedef enum {
+    SEND_ACK,     /* the peer acks it (the callback runs on the next loop turn) */
+    SEND_OFFLINE, /* no ack: the peer is offline */
+    SEND_FAIL,    /* refused at once (-1), no callback */
+    SEND_SILENT,  /* taken, never answered (the test ends first) */
+} send_mode_t;
+
+#define SENDS_MAX 16
+
+/* An answer the fake comms owes, given on a later loop turn. */
+typedef struct {
+    router_send_fn *cb;             /* the sender's callback */
+    void *cb_ud;
+    router_send_outcome_t outcome;  /* what it is told */
+} pending_t;
+
+/* router_turns_send_fn's stand-in, and the trust store turns reads. */
+typedef struct {
+    router_loop_t *loop;           /* where answers are given */
+    router_trust_t *trust;         /* the store turns reads (owned by the test) */
+    send_mode_t mode[SENDS_MAX];   /* each send's fate (0: SEND_ACK) */
+    int n;                         /* sends asked for */
+    uint8_t to[SENDS_MAX][32];     /* each send's peer */
+    proto_kind_t kind[SENDS_MAX];  /* ...its kind */
+    char text[SENDS_MAX][128];     /* ...a message's body, a request's intent, a response's result */
+    uint8_t in_reply_to[SENDS_MAX][16]; /* ...a response's request */
+    proto_status_t status[SENDS_MAX];   /* ...a response's status */
+    pending_t pend[SENDS_MAX];     /* ...its answer, until given */
+} comms_t;
+
+static void s_comms_answer(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    pending_t *p = ud;
+    static const uint8_t ack_id[16] = {1};
+    p->cb(p->outcome, p->outcome == ROUTER_SEND_ACKED ? "acked" : "the peer is offline",
+          p->outcome == ROUTER_SEND_ACKED ? ack_id : NULL, p->cb_ud);
+}
+
+static int s_comms_send(void *ud, const uint8_t to[32], cbor_item_t **kind, uint8_t id_out[16],
+                        router_send_fn *cb, void *cb_ud, char *detail, size_t detailcap)
+{
+    comms_t *c = ud;
+    assert_true(c->n < SENDS_MAX);
+    int i = c->n++;
+    memcpy(c->to[i], to, 32);
+    /* What was sent, read back as the envelope it would travel in. */
+    cbor_item_t *mine = cbor_incref(*kind);
+    proto_envelope_reason_t why;
+    proto_envelope_t *env = proto_envelope_new(NULL, to, to, &mine, &why);
+    assert_non_null(env);
+    memcpy(id_out, proto_envelope_id(env), 16);
+    c->kind[i] = proto_envelope_kind(env);
+    const char *p = NULL;
+    size_t len = 0;
+    if (proto_envelope_text(env, c->kind[i] == PROTO_KIND_REQUEST ? "intent"
+                                 : c->kind[i] == PROTO_KIND_RESPONSE ? "result" : "body",
+                            &p, &len) == 0)
+        snprintf(c->text[i], sizeof c->text[i], "%.*s", (int) len, p);
+    if (c->kind[i] == PROTO_KIND_RESPONSE) {
+        assert_int_equal(proto_envelope_in_reply_to(env, c->in_reply_to[i]), 0);
+        c->status[i] = proto_envelope_status(env);
+    }
+    proto_envelope_destroy(&env);
+    if (c->mode[i] == SEND_FAIL) {
+        snprintf(detail, detailcap, "no route to the peer");
+        return -1; /* *kind stays the caller's */
+    }
+    cbor_decref(kind); /* taken */
+    if (c->mode[i] == SEND_SILENT)
+        return 0;
+    c->pend[i] = (pending_t) {cb, cb_ud, c->mode[i] == SEND_ACK ? ROUTER_SEND_ACKED
+                                                                : ROUTER_SEND_OFFLINE};
+    assert_true(router_loop_timer_add(c->loop, 0, s_comms_answer, &c->pend[i]) != 0);
+    return 0;
+}
+
+static const router_trust_t *s_comms_trust(void *ud)
+{
+    return ((comms_t *) ud)->trust;
+}
+
+/* A peer `name` with the keys seed_byte makes, trusted by c; its keys in
+ * pk and sk. */
+static void s_comms_peer(comms_t *c, const char *name, uint8_t seed_byte, uint8_t pk[32],
+                         uint8_t sk[64])
+{
+    uint8_t seed[32];
+    memset(seed, seed_byte, sizeof seed);
+    proto_ed25519_seed_keypair(seed, pk, sk);
+    char err[256];
+    assert_int_equal(router_trust_add(c->trust, name, pk, "tcp://127.0.0.1:9", NULL, NULL, 0, err,
+                                      sizeof err), 0);
+}
+
+/* Turns with c as their comms and trust store, and an agent. */
+static void s_setup_comms(env_t *e, comms_t *c)
+{
+    router_turns_opts_t to = {.send = s_comms_send, .send_ud = c, .trust = s_comms_trust,
+                              .trust_ud = c};
+    s_setup_opts(e, to, true);
+    c->loop = e->loop;
+}
+
+/* ------------------------------------------------------------ events */
+
+#define EVENTS_MAX 64
+
+/* What the /api/events sink was told. */
+typedef struct {
+    int n;
+    char line[EVENTS_MAX][256]; /* "type json" */
+} events_t;
+
+static void s_on_event(const char *type, const char *json, void *ud)
+{
+    events_t *ev = ud;
+    if (ev->n < EVENTS_MAX)
+        snprintf(ev->line[ev->n++], sizeof ev->line[0], "%s %s", type, json);
+}
+
+/* The first event line holding both needles, or NULL. */
+static const char *s_event_with(const events_t *ev, const char *a, const char *b)
+{
+    for (int i = 0; i < ev->n; i++)
+        if (strstr(ev->line[i], a) && strstr(ev->line[i], b))
+            return ev->line[i];
+    return NULL;
 }
 
 /* ------------------------------------------------------------ cases */
@@ -623,46 +837,83 @@ static void test_sessions_api(void **state)
     s_teardown(&e);
 }
 
-/* A turn waits in the broker's queue. */
+/* At least n turns wait in the broker's queue. */
+typedef struct {
+    router_broker_t *b;
+    uint64_t n;
+} queued_t;
+
 static bool s_queued(void *ud)
 {
+    queued_t *q = ud;
     router_broker_stats_t bs;
-    router_broker_stats(ud, &bs);
-    return bs.queued >= 1;
+    router_broker_stats(q->b, &bs);
+    return bs.queued >= q->n;
 }
 
-/* No worker at all: a chat turn fails once its time is up (an inbox entry
- * would wait on); a stop before any worker took it ends it at once. */
+/* An entry of `kind` whose frame is `line`, admitted to the inbox. */
+static void s_admit_line(router_inbox_t *inbox, const char *kind, const char *line)
+{
+    uint8_t id[16], nobody[32] = {0};
+    uint64_t seq;
+    proto_uuid_v7_new(id);
+    assert_int_equal(router_inbox_admit(inbox, id, nobody, kind, (const uint8_t *) line,
+                                        strlen(line), 1, NULL, &seq), ROUTER_INBOX_ADMITTED);
+}
+
+/* No worker at all: a chat turn fails once its time is up while an inbox
+ * entry's turn waits on, for as long as it takes a worker to come; a stop
+ * before any worker took a turn ends it at once. */
 static void test_no_worker(void **state)
 {
     (void) state;
     env_t e = {0};
     s_setup_with(&e, 0, 0, 1, false);
-    frames_t a = {0};
+    frames_t a = {0}, c = {0};
     router_turns_sub_t s = router_turns_attach(e.t, "alone", NULL, s_on_frame, &a);
+    router_turns_sub_t sc = router_turns_attach(e.t, "comms", NULL, s_on_frame, &c);
     s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    s_wait(&e, &c, ROUTER_TURN_FRAME_SESSION_START, 1);
+    /* The entry's turn is queued first, so its time is up first too. */
+    s_admit_line(e.inbox, "event", "for a later worker");
+    router_turns_kick(e.t);
+    queued_t q = {e.b, 1};
+    s_run(&e, s_queued, &q);
     const char *code = NULL;
     assert_int_equal(router_turns_submit(e.t, s, "anyone?", 7, &code), 0);
     s_wait(&e, &a, ROUTER_TURN_FRAME_ERROR, 1);
     assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_ERROR),
                            "no agent worker took the turn in time"));
+    assert_int_equal(s_count(&c, ROUTER_TURN_FRAME_ERROR), 0);
+    assert_int_equal(router_inbox_count(e.inbox), 1);
     /* Stopped while its history loads: it ends once loaded. */
     assert_int_equal(router_turns_submit(e.t, s, "still?", 6, &code), 0);
     router_turns_stop(e.t, s);
     router_turns_stop(e.t, s); /* asked already: nothing more */
     s_wait(&e, &a, ROUTER_TURN_FRAME_STOPPED, 1);
-    /* Stopped while queued for a worker. */
+    /* Stopped while queued for a worker (behind the entry's turn). */
     assert_int_equal(router_turns_submit(e.t, s, "again?", 6, &code), 0);
-    s_run(&e, s_queued, e.b);
+    q.n = 2;
+    s_run(&e, s_queued, &q);
+    assert_int_equal(router_turns_steer(e.t, s, "never sent", 10, &code), 0); /* held */
     router_turns_stop(e.t, s);
     s_wait(&e, &a, ROUTER_TURN_FRAME_STOPPED, 2);
     assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_STOPPED),
                            "stopped before a worker took it"));
     router_turns_stats_t st;
     router_turns_stats(e.t, &st);
-    assert_int_equal(st.running, 0);
+    assert_int_equal(st.running, 1); /* the entry's */
     assert_int_equal(st.stopped, 2);
+    /* A worker comes: the entry's turn runs after all, and it is done. */
+    e.agent = s_agent_start();
+    s_wait(&e, &c, ROUTER_TURN_FRAME_DONE, 1);
+    assert_non_null(strstr(s_last(&c, ROUTER_TURN_FRAME_DONE), "): for a later worker"));
+    s_run(&e, s_inbox_empty, e.inbox);
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.running, 0);
+    assert_int_equal(st.done, 1);
     router_turns_detach(e.t, s);
+    router_turns_detach(e.t, sc);
     s_teardown(&e);
 }
 
@@ -774,6 +1025,623 @@ static void test_router_tool_refusals(void **state)
     assert_non_null(strstr(done, "c3:error:{\\\"error\\\":\\\"in_reply_to must be"));
     assert_non_null(strstr(done, "c4:error:{\\\"error\\\":\\\"no request with that id"));
     assert_non_null(strstr(done, "c5:{\\\"peers\\\":[]}"));
+    router_turns_detach(e.t, s);
+    s_teardown(&e);
+}
+
+/* Turns that cannot be made: each of router_turns_new's allocations
+ * failing in turn refuses with a reason and leaks nothing (LSan), or is
+ * coped with; a state.db that cannot be opened refuses too. */
+static void test_new_refusals(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    assert_non_null(loop);
+    router_turns_opts_t to = {.loop = loop};
+    unsigned refused = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        char err[256] = "";
+        alloc_fail_arm(i);
+        router_turns_t *t = router_turns_new(&to, err, sizeof err);
+        bool failed = alloc_fail_disarm() > 0;
+        if (!t) {
+            assert_true(failed);
+            assert_true(err[0] != '\0');
+            refused++;
+            continue;
+        }
+        router_turns_destroy(&t);
+        assert_null(t);
+        if (!failed)
+            break;
+    }
+    assert_true(refused > 0);
+    char err[256] = "";
+    to.db_path = "/nonexistent-kith-dir/state.db";
+    assert_null(router_turns_new(&to, err, sizeof err));
+    assert_true(err[0] != '\0');
+    router_loop_destroy(&loop);
+}
+
+/* The edges of the chat and sessions API: no callback, a subscriber gone
+ * before its session opened, unknown subscribers, an empty steer, the
+ * turn in flight and its submitter, deleting a session (not while in
+ * use), and each call refused at once when memory is short or the store's
+ * queue is full. */
+static void test_api_edges(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    events_t ev = {0};
+    router_turns_set_event_sink(e.t, s_on_event, &ev);
+    frames_t a = {0}, gone = {0};
+    const char *code = NULL;
+    assert_int_equal(router_turns_attach(e.t, "edges", NULL, NULL, NULL), 0);
+    router_turns_sub_t g = router_turns_attach(e.t, "edges", NULL, s_on_frame, &gone);
+    assert_true(g > 0);
+    router_turns_detach(e.t, g);
+    router_turns_sub_t s = router_turns_attach(e.t, "edges", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    assert_int_equal(gone.n, 0); /* its open was answered first, to nobody */
+
+    assert_int_equal(router_turns_submit(e.t, 999, "hi", 2, &code), -1);
+    assert_string_equal(code, "AGENT_ERROR");
+    router_turns_stop(e.t, 999);
+    assert_null(router_turns_active(e.t, 999, NULL));
+    assert_int_equal(router_turns_steer(e.t, s, " \t", 2, &code), -1);
+    assert_string_equal(code, "EMPTY_CONTENT");
+
+    assert_null(router_turns_active(e.t, s, NULL));
+    assert_int_equal(router_turns_submit(e.t, s, "/hold", 5, &code), 0);
+    router_turns_sub_t submitter = 0;
+    const char *active = router_turns_active(e.t, s, &submitter);
+    assert_non_null(active);
+    assert_int_equal(submitter, s);
+    char turn_id[PROTO_UUID_TEXT_CAP];
+    snprintf(turn_id, sizeof turn_id, "%s", active);
+    json_t d = {0};
+    assert_int_equal(router_turns_session_delete(e.t, "edges", s_on_json, &d), -2);
+    assert_int_equal(router_turns_session_delete(e.t, "bad id", s_on_json, &d), -1);
+    router_turns_stop(e.t, s);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_STOPPED, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_STOPPED), turn_id));
+    assert_non_null(s_event_with(&ev, "agent_start ", "\"channel\":\"ws\""));
+    assert_non_null(s_event_with(&ev, "agent_end ", "\"status\":\"stopped\""));
+    router_turns_detach(e.t, s);
+
+    /* Nobody uses it now: it goes, once. */
+    assert_int_equal(router_turns_session_delete(e.t, "edges", s_on_json, &d), 0);
+    s_run(&e, s_json_done, &d);
+    assert_int_equal(d.status, 200);
+    assert_non_null(strstr(d.json, "\"deleted\":true"));
+    json_t d2 = {0};
+    assert_int_equal(router_turns_session_delete(e.t, "edges", s_on_json, &d2), 0);
+    s_run(&e, s_json_done, &d2);
+    assert_int_equal(d2.status, 404);
+    json_t l = {0};
+    assert_int_equal(router_turns_sessions_list(e.t, 5000, s_on_json, &l), 0);
+    s_run(&e, s_json_done, &l);
+    assert_int_equal(l.status, 200);
+    assert_non_null(strstr(l.json, "{\"sessions\":["));
+    assert_null(router_turns_room(e.t, "anything"));
+    assert_null(router_turns_room(e.t, NULL));
+
+    json_t never = {0};
+    alloc_fail_arm(0);
+    assert_int_equal(router_turns_sessions_list(e.t, 10, s_on_json, &never), -1);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    alloc_fail_arm(0);
+    assert_int_equal(router_turns_session_get(e.t, "edges", 0, s_on_json, &never), -1);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    alloc_fail_arm(0);
+    assert_int_equal(router_turns_session_delete(e.t, "edges", s_on_json, &never), -1);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    router_turns_store_refuse(e.t, true);
+    assert_int_equal(router_turns_sessions_list(e.t, 10, s_on_json, &never), -1);
+    assert_int_equal(router_turns_session_get(e.t, "edges", 0, s_on_json, &never), -1);
+    assert_int_equal(router_turns_session_delete(e.t, "edges", s_on_json, &never), -1);
+    assert_int_equal(router_turns_attach(e.t, "refused", NULL, s_on_frame, &gone), 0);
+    router_turns_store_refuse(e.t, false);
+    router_turns_stats_t st;
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.sessions, 0);
+    assert_false(never.done);
+    assert_int_equal(gone.n, 0);
+    s_teardown(&e);
+}
+
+/* Attaching while memory runs short, each allocation failing in turn: the
+ * attach is refused (0) and leaves no session behind, or it works. */
+static void test_attach_without_memory(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    unsigned refused = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        frames_t a = {0};
+        alloc_fail_arm(i);
+        router_turns_sub_t s = router_turns_attach(e.t, "short", NULL, s_on_frame, &a);
+        bool failed = alloc_fail_disarm() > 0;
+        router_turns_stats_t st;
+        router_turns_stats(e.t, &st);
+        if (!s) {
+            assert_true(failed);
+            assert_int_equal(st.sessions, 0);
+            refused++;
+            continue;
+        }
+        s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+        router_turns_detach(e.t, s);
+        if (!failed)
+            break;
+    }
+    assert_true(refused >= 3); /* the session, the subscriber, the store's job */
+    s_teardown(&e);
+}
+
+/* state.db has room again for "kept" (or not). */
+static bool s_bytes_full(void *ud)
+{
+    return router_turns_room(ud, "kept") != NULL;
+}
+
+/* state.db's bounds: at sessions_max a new session is refused
+ * (STORAGE_FULL) while the kept one opens; past bytes_max a message is
+ * refused; router_turns_room tells ingress the same. */
+static void test_store_bounds(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    router_turns_opts_t to = {.store_bounds = {.sessions_max = 1, .bytes_max = 1}};
+    s_setup_opts(&e, to, true);
+    frames_t a = {0}, b = {0};
+    router_turns_sub_t sa = router_turns_attach(e.t, "kept", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    router_turns_sub_t sb = router_turns_attach(e.t, "new", NULL, s_on_frame, &b);
+    s_wait(&e, &b, ROUTER_TURN_FRAME_ERROR, 1);
+    assert_non_null(strstr(s_last(&b, ROUTER_TURN_FRAME_ERROR), "\"code\":\"STORAGE_FULL\""));
+    assert_int_equal(s_count(&b, ROUTER_TURN_FRAME_SESSION_START), 0);
+    const char *why = router_turns_room(e.t, "other");
+    assert_non_null(why);
+    assert_non_null(strstr(why, "limits.sessions_max"));
+    assert_null(router_turns_room(e.t, "kept"));
+    /* Not open here now, "kept" is still no new session: it has room. */
+    router_turns_detach(e.t, sa);
+    assert_null(router_turns_room(e.t, "kept"));
+    sa = router_turns_attach(e.t, "kept", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 2);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_SESSION_START), "\"resumed\":true"));
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, sa, "fits", 4, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);
+    s_run(&e, s_bytes_full, e.t);
+    assert_non_null(strstr(router_turns_room(e.t, "kept"), "limits.sessions_bytes_max"));
+    assert_int_equal(router_turns_submit(e.t, sa, "no room", 7, &code), -1);
+    assert_string_equal(code, "STORAGE_FULL");
+    router_turns_detach(e.t, sa);
+    router_turns_detach(e.t, sb);
+    s_teardown(&e);
+}
+
+/* Steers sent before any worker took the turn are held (at most 16) and
+ * reach the worker once one holds it, by the held controls' own retry:
+ * this worker sends nothing until it is steered. */
+static void test_controls_before_dispatch(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup_with(&e, 0, 0, 0, false);
+    frames_t a = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "early", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, s, "/hold", 5, &code), 0);
+    queued_t q = {e.b, 1};
+    s_run(&e, s_queued, &q);
+    for (int i = 0; i < 16; i++) {
+        char steer[8];
+        int n = snprintf(steer, sizeof steer, "s%d", i);
+        assert_int_equal(router_turns_steer(e.t, s, steer, (size_t) n, &code), 0);
+    }
+    assert_int_equal(router_turns_steer(e.t, s, "s16", 3, &code), -1);
+    assert_string_equal(code, "NO_ACTIVE_TURN");
+    e.agent = s_agent_start();
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "\"full_response\":\"steered: s0\""));
+    router_turns_detach(e.t, s);
+    s_teardown(&e);
+}
+
+/* The worker holds a turn (it left the broker's queue). */
+static bool s_held(void *ud)
+{
+    router_broker_stats_t bs;
+    router_broker_stats(ud, &bs);
+    return bs.in_flight >= 1;
+}
+
+/* What a worker may send besides a plain answer: its own tool's call and
+ * result (shown, and events that name the tool), a provider call (an event
+ * only), an error FINAL with its code; another turn's partial is ignored;
+ * a worker that leaves while it holds a turn ends it with an error. */
+static void test_worker_replies(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    events_t ev = {0};
+    router_turns_set_event_sink(e.t, s_on_event, &ev);
+    frames_t a = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "replies", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, s, "/worker-tools", 13, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_ERROR, 1);
+    const char *err = s_last(&a, ROUTER_TURN_FRAME_ERROR);
+    assert_non_null(strstr(err, "\"code\":\"PROVIDER_ERROR\""));
+    assert_non_null(strstr(err, "\"message\":\"upstream down\""));
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_TOOL_CALL), "\"name\":\"search\""));
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_TOOL_RESULT), "\"is_error\":true"));
+    assert_non_null(s_event_with(&ev, "tool_call_start ", "\"name\":\"search\""));
+    assert_non_null(s_event_with(&ev, "tool_call ", "\"name\":\"search\""));
+    assert_non_null(s_event_with(&ev, "llm_request ", "\"model\":\"m1\""));
+    assert_non_null(s_event_with(&ev, "agent_end ", "\"status\":\"error\""));
+
+    assert_int_equal(router_turns_submit(e.t, s, "/other", 6, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "\"full_response\":\"yours\""));
+    for (int i = 0; i < a.n; i++)
+        assert_null(strstr(a.json[i], "not yours"));
+    /* What the worker counted goes with the turn's end. */
+    const char *end = s_event_with(&ev, "agent_end ", "\"status\":\"done\"");
+    assert_non_null(end);
+    assert_non_null(strstr(end, "\"tool_iterations\":3,\"tokens_used\":42,\"cost_usd\":0.5"));
+
+    assert_int_equal(router_turns_submit(e.t, s, "/deaf", 5, &code), 0);
+    s_run(&e, s_held, e.b);
+    s_agent_stop(&e.agent);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_ERROR, 2);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_ERROR), "died or left"));
+    router_turns_detach(e.t, s);
+    s_teardown(&e);
+}
+
+/* Router-run tools with comms and a trust store: a message and a request
+ * go to the peer named (by name, PeerId or key) and the ack's outcome is
+ * the result; a send with no route or not acked, a body or intent that is
+ * no string, a name too long for any peer are errors the model reads;
+ * peers lists the store. */
+static void test_router_tools_send(void **state)
+{
+    (void) state;
+    comms_t c = {.trust = router_trust_new()};
+    uint8_t up[32], down[32], sk[64], pid[16];
+    s_comms_peer(&c, "up", 0x21, up, sk);
+    s_comms_peer(&c, "down", 0x22, down, sk);
+    char up_id[PROTO_UUID_TEXT_CAP], down_key[PROTO_PUBKEY_TEXT_CAP], long_name[300];
+    proto_peer_id(up, pid);
+    proto_uuid_format(pid, up_id);
+    assert_int_equal(proto_pubkey_format(down, down_key, sizeof down_key), 0);
+    memset(long_name, 'x', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    char by_id[128], by_key[128], too_long[400];
+    snprintf(by_id, sizeof by_id, "{\"peer\":\"%s\",\"intent\":\"ping\"}", up_id);
+    snprintf(by_key, sizeof by_key, "{\"peer\":\"%s\",\"body\":\"x\"}", down_key);
+    snprintf(too_long, sizeof too_long, "{\"peer\":\"%s\",\"body\":\"x\"}", long_name);
+    const char *const calls[][2] = {
+        {"send_message", "{\"peer\":\"up\",\"body\":\"hello\"}"}, /* send 0: acked */
+        {"send_request", by_id},                                  /* send 1: acked */
+        {"send_message", by_key},                                 /* send 2: no route */
+        {"send_message", "{\"peer\":\"up\",\"body\":7}"},
+        {"send_request", "{\"peer\":\"up\",\"intent\":[1]}"},
+        {"send_message", too_long},
+        {"peers", "{}"},
+        {"send_message", "{\"peer\":\"down\",\"body\":\"late\"}"}, /* send 3: offline */
+    };
+    c.mode[2] = SEND_FAIL;
+    c.mode[3] = SEND_OFFLINE;
+    env_t e = {0};
+    s_setup_comms(&e, &c);
+    e.agent->calls = calls;
+    e.agent->ncalls = sizeof calls / sizeof calls[0];
+    frames_t a = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "send", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, s, "/send", 5, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);
+    const char *done = s_last(&a, ROUTER_TURN_FRAME_DONE);
+    assert_non_null(strstr(done, "c0:{\\\"outcome\\\":\\\"acked\\\""));
+    assert_non_null(strstr(done, "c1:{\\\"outcome\\\":\\\"acked\\\""));
+    assert_non_null(strstr(done, "c2:error:{\\\"outcome\\\":\\\"offline\\\",\\\"detail\\\":"
+                                 "\\\"no route to the peer\\\"}"));
+    assert_non_null(strstr(done, "c3:error:{\\\"error\\\":\\\"body must be a string\\\"}"));
+    assert_non_null(strstr(done, "c4:error:{\\\"error\\\":\\\"intent must be a string\\\"}"));
+    assert_non_null(strstr(done, "c5:error:{\\\"error\\\":\\\"peer must name a trusted peer"));
+    assert_non_null(strstr(done, "c6:{\\n  \\\"peers\\\": ["));
+    assert_non_null(strstr(done, "\\\"name\\\": \\\"down\\\""));
+    assert_non_null(strstr(done, up_id)); /* the store's rows, with their PeerIds */
+    assert_non_null(strstr(done, "c7:error:{\\\"outcome\\\":\\\"offline\\\""));
+    assert_int_equal(c.n, 4);
+    assert_memory_equal(c.to[0], up, 32);
+    assert_int_equal(c.kind[0], PROTO_KIND_MESSAGE);
+    assert_string_equal(c.text[0], "hello");
+    assert_memory_equal(c.to[1], up, 32);
+    assert_int_equal(c.kind[1], PROTO_KIND_REQUEST);
+    assert_string_equal(c.text[1], "ping");
+    assert_memory_equal(c.to[2], down, 32);
+    assert_memory_equal(c.to[3], down, 32);
+    assert_string_equal(c.text[3], "late");
+    router_turns_detach(e.t, s);
+    s_teardown(&e);
+    router_trust_destroy(&c.trust);
+}
+
+/* A signed request envelope from (pk, sk), intent and params {"n":1},
+ * admitted to the inbox; its id in id. */
+static void s_admit_request(router_inbox_t *inbox, const uint8_t pk[32], const uint8_t sk[64],
+                            const char *intent, uint8_t id[16])
+{
+    cbor_item_t *params = cbor_new_definite_map(1);
+    assert_true(cbor_map_add(params, (struct cbor_pair) {
+                                         .key = cbor_move(cbor_build_string("n")),
+                                         .value = cbor_move(cbor_build_uint8(1))}));
+    cbor_item_t *kind = proto_kind_request(intent, strlen(intent), &params, NULL,
+                                           PROTO_HANDLING_QUEUE);
+    assert_non_null(kind);
+    proto_envelope_reason_t why;
+    proto_envelope_t *env = proto_envelope_new(NULL, pk, pk, &kind, &why);
+    assert_non_null(env);
+    assert_int_equal(proto_envelope_sign(env, sk), 0);
+    uint8_t *body = NULL;
+    size_t len = 0;
+    assert_int_equal(proto_envelope_encode(env, &body, &len), 0);
+    memcpy(id, proto_envelope_id(env), 16);
+    uint64_t seq;
+    assert_int_equal(router_inbox_admit(inbox, id, pk, "request", body, len, 1, NULL, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    free(body);
+    proto_envelope_destroy(&env);
+}
+
+/* A request envelope's turn ends with a signed response to its sender:
+ * the turn's answer, status completed, sent again while there is no route
+ * or no ack (each twice here, side by side) until one comes, and only then
+ * is the entry done. A turn that answered its request itself
+ * (send_response) gets no second response. */
+static void test_request_response(void **state)
+{
+    (void) state;
+    comms_t c = {.trust = router_trust_new()};
+    uint8_t pk[32], sk[64], ping[16], pong[16], id[16];
+    s_comms_peer(&c, "asker", 0x31, pk, sk);
+    c.mode[0] = SEND_FAIL;    /* no route: tried again S_RETRY_MIN_MS later */
+    c.mode[1] = SEND_OFFLINE; /* not acked: the same */
+    env_t e = {0};
+    s_setup_comms(&e, &c);
+    frames_t f = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "comms", NULL, s_on_frame, &f);
+    s_wait(&e, &f, ROUTER_TURN_FRAME_SESSION_START, 1);
+    s_admit_request(e.inbox, pk, sk, "ping", ping);
+    s_admit_request(e.inbox, pk, sk, "pong", pong);
+    router_turns_kick(e.t);
+    s_run(&e, s_inbox_empty, e.inbox);
+    assert_int_equal(c.n, 4);
+    int pings = 0, pongs = 0;
+    for (int i = 0; i < 4; i++) {
+        assert_memory_equal(c.to[i], pk, 32);
+        assert_int_equal(c.kind[i], PROTO_KIND_RESPONSE);
+        assert_int_equal(c.status[i], PROTO_STATUS_COMPLETED);
+        if (memcmp(c.in_reply_to[i], ping, 16) == 0) {
+            assert_non_null(strstr(c.text[i], "echo(h=0): request ping: {\"n\":1}"));
+            pings++;
+        } else {
+            assert_memory_equal(c.in_reply_to[i], pong, 16);
+            assert_non_null(strstr(c.text[i], "): request pong: {\"n\":1}"));
+            pongs++;
+        }
+    }
+    assert_int_equal(pings, 2);
+    assert_int_equal(pongs, 2);
+    s_admit_request(e.inbox, pk, sk, "answer", id);
+    router_turns_kick(e.t);
+    s_run(&e, s_inbox_empty, e.inbox);
+    assert_int_equal(c.n, 5);
+    assert_int_equal(c.kind[4], PROTO_KIND_RESPONSE);
+    assert_memory_equal(c.in_reply_to[4], id, 16);
+    assert_int_equal(c.status[4], PROTO_STATUS_COMPLETED);
+    s_wait(&e, &f, ROUTER_TURN_FRAME_DONE, 3);
+    assert_non_null(strstr(s_last(&f, ROUTER_TURN_FRAME_DONE), "c0:{\\\"outcome\\\":\\\"acked\\\""));
+    router_turns_detach(e.t, s);
+    s_teardown(&e);
+    router_trust_destroy(&c.trust);
+}
+
+typedef struct {
+    comms_t *c;
+    int n;
+} sends_t;
+
+/* The fake comms was asked for n sends. */
+static bool s_sent(void *ud)
+{
+    sends_t *w = ud;
+    return w->c->n >= w->n;
+}
+
+/* Turns destroyed with work in hand: a request's response not yet acked,
+ * a turn whose router tool's send was never answered, another waiting for
+ * a worker with a steer held, a message waiting behind it and subscribers
+ * still attached. All are let go (LSan checks nothing leaks); the request's
+ * entry is still leased, for the next run to answer. */
+static void test_teardown_with_work_held(void **state)
+{
+    (void) state;
+    comms_t c = {.trust = router_trust_new()};
+    uint8_t up[32], sk[64], id[16];
+    s_comms_peer(&c, "up", 0x41, up, sk);
+    c.mode[0] = SEND_SILENT; /* the response */
+    c.mode[1] = SEND_SILENT; /* the tool's message */
+    const char *const calls[][2] = {{"send_message", "{\"peer\":\"up\",\"body\":\"hello?\"}"}};
+    env_t e = {0};
+    s_setup_comms(&e, &c);
+    e.agent->calls = calls;
+    e.agent->ncalls = 1;
+    frames_t a = {0}, b = {0};
+    router_turns_sub_t sa = router_turns_attach(e.t, "held-a", NULL, s_on_frame, &a);
+    router_turns_sub_t sb = router_turns_attach(e.t, "held-b", NULL, s_on_frame, &b);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    s_wait(&e, &b, ROUTER_TURN_FRAME_SESSION_START, 1);
+    s_admit_request(e.inbox, up, sk, "ping", id);
+    router_turns_kick(e.t);
+    sends_t w = {&c, 1};
+    s_run(&e, s_sent, &w);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, sa, "/send", 5, &code), 0);
+    w.n = 2;
+    s_run(&e, s_sent, &w);
+    /* The one worker waits for the tool's result: the next turn queues. */
+    assert_int_equal(router_turns_submit(e.t, sb, "/hold", 5, &code), 0);
+    queued_t q = {e.b, 1};
+    s_run(&e, s_queued, &q);
+    assert_int_equal(router_turns_steer(e.t, sb, "later", 5, &code), 0);
+    assert_int_equal(router_turns_submit(e.t, sb, "waits", 5, &code), 0);
+    router_turns_stats_t st;
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.running, 2);
+    assert_int_equal(st.waiting, 1);
+    assert_int_equal(router_inbox_count(e.inbox), 1);
+    s_teardown(&e);
+    router_trust_destroy(&c.trust);
+}
+
+/* The inbox is empty and no turn or session is left. */
+static bool s_entry_gone(void *ud)
+{
+    env_t *e = ud;
+    router_turns_stats_t st;
+    router_turns_stats(e->t, &st);
+    return router_inbox_count(e->inbox) == 0 && st.running == 0 && st.sessions == 0;
+}
+
+/* Inbox entries that can never be turns (a webhook with no message, a
+ * frame that is no envelope) are dropped and leave the inbox. An entry for
+ * a session not open here, taken with each allocation failing in turn, is
+ * given back and tried again, or its turn ends: never lost. */
+static void test_inbox_entries_dropped(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    s_admit_line(e.inbox, "webhook", "{\"session_id\":\"x\"}");
+    s_admit_line(e.inbox, "message", "not an envelope");
+    router_turns_kick(e.t);
+    s_run(&e, s_inbox_empty, e.inbox);
+    router_turns_stats_t st;
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.running + st.done + st.errors + st.sessions, 0);
+    unsigned failed_runs = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        char line[96];
+        snprintf(line, sizeof line, "{\"session_id\":\"fresh-%ld\",\"event\":{\"i\":%ld}}", i, i);
+        s_admit_line(e.inbox, "event", line);
+        router_turns_stats_t before;
+        router_turns_stats(e.t, &before);
+        alloc_fail_arm(i);
+        router_turns_kick(e.t);
+        bool failed = alloc_fail_disarm() > 0;
+        s_run(&e, s_entry_gone, &e);
+        router_turns_stats(e.t, &st);
+        assert_int_equal(st.done + st.errors, before.done + before.errors + 1);
+        if (!failed) {
+            assert_int_equal(st.done, before.done + 1);
+            break;
+        }
+        failed_runs++;
+    }
+    assert_true(failed_runs > 0);
+    s_teardown(&e);
+}
+
+#define CROWD 70 /* more subscribers than one batch of deliveries (64) */
+
+/* How many DONE frames a subscriber of the crowd got. */
+static void s_on_crowd_frame(const router_turn_frame_t *f, void *ud)
+{
+    int *n = ud;
+    n[f->type == ROUTER_TURN_FRAME_DONE]++;
+}
+
+typedef struct {
+    int (*got)[2];
+    int type; /* 0: any frame (session_start), 1: DONE */
+} crowd_t;
+
+static bool s_crowd_has(void *ud)
+{
+    crowd_t *w = ud;
+    for (int i = 0; i < CROWD; i++)
+        if (w->got[i][w->type] == 0)
+            return false;
+    return true;
+}
+
+/* Many sockets on one session: every one of them gets each frame of its
+ * turns, past the first batch of 64 too. */
+static void test_crowded_session(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    int got[CROWD][2] = {{0}};
+    router_turns_sub_t subs[CROWD];
+    for (int i = 0; i < CROWD; i++) {
+        subs[i] = router_turns_attach(e.t, "crowd", NULL, s_on_crowd_frame, got[i]);
+        assert_true(subs[i] > 0);
+    }
+    crowd_t w = {got, 0};
+    s_run(&e, s_crowd_has, &w);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, subs[CROWD - 1], "all of you", 10, &code), 0);
+    w.type = 1;
+    s_run(&e, s_crowd_has, &w);
+    for (int i = 0; i < CROWD; i++) {
+        assert_int_equal(got[i][1], 1);
+        router_turns_detach(e.t, subs[i]);
+    }
+    s_teardown(&e);
+}
+
+/* A history too large for one turn request (PROTO_WORKER_BODY_MAX) loses
+ * its oldest half until the request fits: the turn still runs. */
+static void test_long_history(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    frames_t a = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "long", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    size_t n = 600u * 1024u; /* two of them do not fit in one request */
+    char *big = malloc(n);
+    assert_non_null(big);
+    memset(big, 'x', n);
+    const char *code = NULL;
+    big[0] = '1';
+    assert_int_equal(router_turns_submit(e.t, s, big, n, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "echo(h=0): 1xxx"));
+    big[0] = '2';
+    assert_int_equal(router_turns_submit(e.t, s, big, n, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 2);
+    /* The first message went; the answer to it stayed. */
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_DONE), "echo(h=1): 2xxx"));
+    free(big);
     router_turns_detach(e.t, s);
     s_teardown(&e);
 }
@@ -939,6 +1807,18 @@ int main(void)
         cmocka_unit_test(test_timed_out_turn_frees_its_worker),
         cmocka_unit_test(test_worker_events_and_garbage),
         cmocka_unit_test(test_router_tool_refusals),
+        cmocka_unit_test(test_new_refusals),
+        cmocka_unit_test(test_api_edges),
+        cmocka_unit_test(test_attach_without_memory),
+        cmocka_unit_test(test_store_bounds),
+        cmocka_unit_test(test_controls_before_dispatch),
+        cmocka_unit_test(test_worker_replies),
+        cmocka_unit_test(test_router_tools_send),
+        cmocka_unit_test(test_request_response),
+        cmocka_unit_test(test_teardown_with_work_held),
+        cmocka_unit_test(test_inbox_entries_dropped),
+        cmocka_unit_test(test_crowded_session),
+        cmocka_unit_test(test_long_history),
         cmocka_unit_test(test_turn_without_memory),
         cmocka_unit_test(test_inbox_entry_without_memory),
     };
