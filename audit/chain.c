@@ -976,11 +976,26 @@ static bool s_rotated_same(const char *path, const uint64_t *seqs, size_t n)
     return same;
 }
 
+/* Whether a rotation is under way: its new files wait under their .new
+ * names from its first step to its last rename. */
+static bool s_rotating(const char *path)
+{
+    char *new_log = s_strcat(path, S_NEW_SUFFIX);
+    char *new_head = s_file_name(path, 0, S_NEW_SUFFIX AUDIT_HEAD_SUFFIX);
+    bool busy = !new_log || !new_head || s_exists(new_log) || s_exists(new_head);
+    free(new_log);
+    free(new_head);
+    return busy;
+}
+
 /* Reads of a chain a daemon may rotate meanwhile (`kith audit` beside a
  * running daemon) are tried again, at most this many times in all: a
  * query whose rotated files changed under it, and a verify that failed
- * (after a pause, since a rotation caught between its renames looks like
- * a head gone missing and changes no file's name yet). */
+ * while they changed, or while a rotation was under way, or in the newest
+ * two files of a rotated chain, where a rotation acts (after a pause:
+ * between its renames a rotation looks like a head gone missing, and its
+ * last renames change no file's name). A log never rotated, or one that
+ * fails further back, is read once. */
 #define S_READ_ATTEMPTS 3
 #define S_READ_PAUSE_NS (20 * 1000 * 1000)
 
@@ -1059,11 +1074,16 @@ int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_ver
                          path, strerror(errno));
         }
         int rc = s_verify_chain(path, o, out, seqs, n);
+        bool moved = rc != 0 && attempt < S_READ_ATTEMPTS && !s_rotated_same(path, seqs, n);
+        bool busy = rc != 0 && attempt < S_READ_ATTEMPTS && !moved &&
+                    ((n > 0 && out->files >= n) || s_rotating(path));
         free(seqs);
-        if (rc == 0 || attempt == S_READ_ATTEMPTS)
+        if (!moved && !busy)
             return rc;
-        struct timespec pause = {0, S_READ_PAUSE_NS};
-        nanosleep(&pause, NULL);
+        if (busy) {
+            struct timespec pause = {0, S_READ_PAUSE_NS};
+            nanosleep(&pause, NULL);
+        }
     }
 }
 
