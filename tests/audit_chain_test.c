@@ -84,9 +84,11 @@ static int s_sync(int fd, void *ud)
     return fdatasync(fd);
 }
 
-static audit_chain_t *s_open(const s_fix_t *f, const audit_key_t *key, s_sync_t *sync)
+/* The fixture's chain, rotated at rotate_bytes (0: never) keeping `keep`. */
+static audit_chain_t *s_open_with(const s_fix_t *f, const audit_key_t *key, s_sync_t *sync,
+                                  uint64_t rotate_bytes, uint32_t keep)
 {
-    audit_chain_opts_t o = {.path = f->log, .key = key};
+    audit_chain_opts_t o = {.path = f->log, .key = key, .rotate_bytes = rotate_bytes, .keep = keep};
     if (sync) {
         o.sync = s_sync;
         o.sync_ud = sync;
@@ -96,6 +98,11 @@ static audit_chain_t *s_open(const s_fix_t *f, const audit_key_t *key, s_sync_t 
     if (!c)
         fprintf(stderr, "open: %s\n", err.msg);
     return c;
+}
+
+static audit_chain_t *s_open(const s_fix_t *f, const audit_key_t *key, s_sync_t *sync)
+{
+    return s_open_with(f, key, sync, 0, 0);
 }
 
 static void s_append(audit_chain_t *c, const char *type, const char *detail, uint64_t want_seq)
@@ -817,16 +824,7 @@ static void test_without_memory(void **state)
 static audit_chain_t *s_open_rot(const s_fix_t *f, uint64_t rotate_bytes, uint32_t keep,
                                  s_sync_t *sync)
 {
-    audit_chain_opts_t o = {.path = f->log, .rotate_bytes = rotate_bytes, .keep = keep};
-    if (sync) {
-        o.sync = s_sync;
-        o.sync_ud = sync;
-    }
-    audit_error_t err = {0};
-    audit_chain_t *c = audit_chain_open(&o, &err);
-    if (!c)
-        fprintf(stderr, "open: %s\n", err.msg);
-    return c;
+    return s_open_with(f, NULL, sync, rotate_bytes, keep);
 }
 
 /* Appends one event, whatever its seq; returns it. */

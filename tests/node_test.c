@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "alloc_fail.h"
+#include "worker_reply.h"
 #include "proto/envelope.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
@@ -392,19 +393,6 @@ static proto_worker_str_t s_str(const char *p)
     return (proto_worker_str_t) {p, strlen(p)};
 }
 
-static void s_reply(router_mdp_worker_t *w, const proto_worker_reply_t *rep)
-{
-    uint8_t *body;
-    size_t len;
-    proto_worker_error_t err;
-    assert_int_equal(proto_worker_reply_encode(rep, &body, &len, &err), 0);
-    if (rep->type == PROTO_WORKER_REPLY_PARTIAL)
-        assert_int_equal(router_mdp_worker_partial(w, body, len), 0);
-    else
-        assert_int_equal(router_mdp_worker_final(w, body, len), 0);
-    free(body);
-}
-
 /* An agent worker that answers each turn by calling send_message to each
  * of s_tool_peers; its answer is the results, "i:result|" each. */
 static void *s_agent_main(void *arg)
@@ -436,7 +424,7 @@ static void *s_agent_main(void *arg)
             rep.partial.event.type = PROTO_WORKER_EV_TOOL_CALL;
             rep.partial.event.call = (proto_worker_tool_call_t) {
                 s_str(cids[i]), s_str("send_message"), s_str(args[i])};
-            s_reply(w, &rep);
+            test_worker_reply(w, &rep);
         }
         char all[2048] = "";
         for (size_t got = 0; got < TOOL_PEERS;) {
@@ -458,7 +446,7 @@ static void *s_agent_main(void *arg)
         rep.final.type = PROTO_WORKER_FINAL_DONE;
         memcpy(rep.final.turn_id, id, 16);
         rep.final.full_response = s_str(all);
-        s_reply(w, &rep);
+        test_worker_reply(w, &rep);
     }
     return NULL;
 }

@@ -27,6 +27,7 @@
 #include <czmq.h>
 
 #include "alloc_fail.h"
+#include "worker_reply.h"
 #include "proto/envelope.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
@@ -52,19 +53,6 @@ typedef struct {
     size_t ncalls;
 } agent_t;
 
-static void s_send(router_mdp_worker_t *w, const proto_worker_reply_t *rep)
-{
-    uint8_t *body;
-    size_t len;
-    proto_worker_error_t err;
-    assert_int_equal(proto_worker_reply_encode(rep, &body, &len, &err), 0);
-    if (rep->type == PROTO_WORKER_REPLY_PARTIAL)
-        assert_int_equal(router_mdp_worker_partial(w, body, len), 0);
-    else
-        assert_int_equal(router_mdp_worker_final(w, body, len), 0);
-    free(body);
-}
-
 static void s_chunk(router_mdp_worker_t *w, const uint8_t id[16], uint64_t seq, const char *text)
 {
     proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_PARTIAL};
@@ -72,7 +60,7 @@ static void s_chunk(router_mdp_worker_t *w, const uint8_t id[16], uint64_t seq, 
     rep.partial.seq = seq;
     rep.partial.event.type = PROTO_WORKER_EV_CHUNK;
     rep.partial.event.text = (proto_worker_str_t) {text, strlen(text)};
-    s_send(w, &rep);
+    test_worker_reply(w, &rep);
 }
 
 static void s_done(router_mdp_worker_t *w, const uint8_t id[16], const char *text)
@@ -81,7 +69,7 @@ static void s_done(router_mdp_worker_t *w, const uint8_t id[16], const char *tex
     rep.final.type = PROTO_WORKER_FINAL_DONE;
     memcpy(rep.final.turn_id, id, 16);
     rep.final.full_response = (proto_worker_str_t) {text, strlen(text)};
-    s_send(w, &rep);
+    test_worker_reply(w, &rep);
 }
 
 static void s_partial(router_mdp_worker_t *w, const uint8_t id[16], uint64_t seq,
@@ -91,7 +79,7 @@ static void s_partial(router_mdp_worker_t *w, const uint8_t id[16], uint64_t seq
     memcpy(rep.partial.turn_id, id, 16);
     rep.partial.seq = seq;
     rep.partial.event = *ev;
-    s_send(w, &rep);
+    test_worker_reply(w, &rep);
 }
 
 static proto_worker_str_t s_s(const char *text)
@@ -162,7 +150,7 @@ static void s_tools(router_mdp_worker_t *w, const uint8_t id[16], const char *co
             proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_FINAL};
             rep.final.type = PROTO_WORKER_FINAL_STOPPED;
             memcpy(rep.final.turn_id, id, 16);
-            s_send(w, &rep);
+            test_worker_reply(w, &rep);
             return;
         }
     }
@@ -187,7 +175,7 @@ static void s_worker_tools(router_mdp_worker_t *w, const uint8_t id[16])
     memcpy(rep.final.turn_id, id, 16);
     rep.final.code = PROTO_WORKER_CODE_PROVIDER_ERROR;
     rep.final.message = s_s("upstream down");
-    s_send(w, &rep);
+    test_worker_reply(w, &rep);
 }
 
 /* A request envelope's turn ("request answer: …") answers it itself with
@@ -253,7 +241,7 @@ static void *s_agent_main(void *arg)
                                                 .tokens_used = 42, .has_cost_usd = true,
                                                 .cost_usd = 0.5};
             memcpy(rep.final.turn_id, id, 16);
-            s_send(a->w, &rep);
+            test_worker_reply(a->w, &rep);
         } else if (strcmp(content, "/hold") == 0) {
             for (;;) {
                 proto_worker_request_t c;
@@ -274,7 +262,7 @@ static void *s_agent_main(void *arg)
                     proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_FINAL};
                     rep.final.type = PROTO_WORKER_FINAL_STOPPED;
                     memcpy(rep.final.turn_id, id, 16);
-                    s_send(a->w, &rep);
+                    test_worker_reply(a->w, &rep);
                     proto_worker_request_clear(&c);
                     break;
                 }
