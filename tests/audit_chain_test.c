@@ -854,7 +854,7 @@ static size_t s_rotated(const s_fix_t *f, char names[16][64])
     while ((e = readdir(d)))
         if (strlen(e->d_name) == strlen("audit.log.") + 20 && !strncmp(e->d_name, "audit.log.", 10)) {
             assert_true(n < 16);
-            snprintf(names[n++], 64, "%s", e->d_name);
+            memcpy(names[n++], e->d_name, strlen("audit.log.") + 20 + 1);
         }
     closedir(d);
     qsort(names, n, 64, (int (*)(const void *, const void *)) strcmp);
