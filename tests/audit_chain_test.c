@@ -998,14 +998,29 @@ static void test_rotation_tampering(void **state)
     assert_int_equal(rename(aside, p), 0);
     assert_int_equal(rename(aside_head, q), 0);
     s_expect_intact(f, last, 4);
-    /* A rotated file renamed to another seq. */
+    /* A rotated file renamed to another seq: past its neighbour (out of
+     * the chain's order), and one past its own first record (in order,
+     * but not the name its first record gives it). */
     char r1[400];
-    s_path(f, names[2], "", p, sizeof p);
-    snprintf(r1, sizeof r1, "%s/audit.log.%020llu", f->dir, 999999ull);
-    assert_int_equal(rename(p, r1), 0);
-    s_expect_rotation_broken(f);
-    assert_int_equal(rename(r1, p), 0);
-    s_expect_intact(f, last, 4);
+    unsigned long long seq2 = strtoull(names[2] + 10, NULL, 10);
+    unsigned long long tries[] = {999999ull, seq2 + 1};
+    for (size_t k = 0; k < 2; k++) {
+        s_path(f, names[2], "", p, sizeof p);
+        snprintf(r1, sizeof r1, "%s/audit.log.%020llu", f->dir, tries[k]);
+        assert_int_equal(rename(p, r1), 0);
+        s_path(f, names[2], ".head", q, sizeof q);
+        char r1h[420];
+        snprintf(r1h, sizeof r1h, "%s.head", r1);
+        assert_int_equal(rename(q, r1h), 0);
+        audit_verify_result_t rv;
+        assert_int_equal(audit_chain_verify(f->log, NULL, &rv), -1);
+        assert_int_equal(rv.reason, AUDIT_V_ROTATION);
+        if (k == 1)
+            assert_non_null(strstr(rv.detail, "is named for record"));
+        assert_int_equal(rename(r1, p), 0);
+        assert_int_equal(rename(r1h, q), 0);
+        s_expect_intact(f, last, 4);
+    }
     /* The log replaced by a chain of its own. */
     assert_int_equal(rename(f->log, aside), 0);
     assert_int_equal(rename(f->head, aside_head), 0);
@@ -1072,6 +1087,13 @@ static void test_rotation_crash_states(void **state)
         audit_chain_close(&c);
         size_t n = s_rotated(f, names);
         s_unrotate(f, names[n - 1], step);
+        if (step == 2) {
+            /* A rename of the recovery failing: the open is refused and
+             * the files stay as they were, for the next open to finish. */
+            io_fail_arm(IO_FAIL_RENAME, 0, EIO);
+            assert_null(s_open_rot(f, 300, 100, NULL));
+            assert_int_equal(io_fail_disarm(), 1);
+        }
         assert_non_null(c = s_open_rot(f, 300, 100, NULL));
         /* Undone (step 1): the log ends at the record before the
          * audit_rotated one; finished: at the batch after it. Either way
