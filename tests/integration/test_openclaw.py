@@ -19,7 +19,11 @@ is in state.db with the SHA-256 of the deviceToken hello-ok gave it; after
 a restart the client connects with that deviceToken alone (its own stored
 device-auth path) and a wrong one is refused AUTH_DEVICE_TOKEN_MISMATCH;
 a chat.send idempotency key sent before the restart answers the same runId
-after it and starts no turn. Nothing is installed at run time."""
+after it and starts no turn. A second daemon takes its turns from an outside
+worker (pyzmq + cbor2 in a thread, WIRE §19) that does what the embedded
+one never does: chunk_reset (a chat delta with `replace`), a stop answered
+`done`, a held turn with a frame already sent; it also has a 1 s session
+lock timeout and room for two sessions. Nothing is installed at run time."""
 
 import asyncio
 import base64
@@ -30,6 +34,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import nacl.signing
@@ -166,7 +171,7 @@ async def recv(ws):
 
 
 def connect_params(token, nonce, ts, version=3, signed_nonce=None, signed_at=None,
-                   sent_nonce=None, scopes=("operator.write",)):
+                   sent_nonce=None, scopes=("operator.write",), instance_id=None):
     """A connect request signed with a fresh key: v3 or v2; what is signed
     and what is sent can differ (to provoke each refusal)."""
     sk = nacl.signing.SigningKey.generate()
@@ -180,8 +185,10 @@ def connect_params(token, nonce, ts, version=3, signed_nonce=None, signed_at=Non
     sig = sk.sign("|".join(fields).encode()).signature
     device = {"id": dev, "publicKey": b64u(pk), "signature": b64u(sig), "signedAt": at,
               "nonce": nonce if sent_nonce is None else sent_nonce}
-    return {"minProtocol": 4, "maxProtocol": 4,
-            "client": {"id": "test", "version": "1", "platform": "linux", "mode": "test"},
+    client = {"id": "test", "version": "1", "platform": "linux", "mode": "test"}
+    if instance_id is not None:
+        client["instanceId"] = instance_id  # not in the signed string
+    return {"minProtocol": 4, "maxProtocol": 4, "client": client,
             "role": "operator", "scopes": list(scopes), "auth": {"token": token},
             "device": device}
 
@@ -586,6 +593,22 @@ async def foreign_turns_relayed(node, token):
             if f["type"] == "event" and f["event"] == "chat" and \
                     f["payload"]["state"] in ("final", "error", "aborted"):
                 return f["payload"]
+    # A turn of b's that calls a tool reaches a as chat text only (a chat
+    # view has no tool events).
+    own = await run_frames(b, "b1t", "chat.send", {"message": "/peers", "idempotencyKey": "fb-1t",
+                                                  "sessionKey": "oc-shared"})
+    check(own[-1]["payload"]["state"] == "final", f"b's tool run {own[-1]}")
+    seen = []
+    while not seen or seen[-1]["state"] == "delta":
+        f = await recv(a)
+        if f["type"] == "event":
+            check(f["event"] in ("chat", "tick", "presence"), f"relayed {f}")
+            if f["event"] == "chat":
+                seen.append(f["payload"])
+    check(seen[-1]["state"] == "final" and
+          seen[-1]["message"]["content"][0]["text"].startswith("peers returned: ") and
+          "".join(p["deltaText"] for p in seen[:-1]) == seen[-1]["message"]["content"][0]["text"],
+          f"relayed tool turn {seen}")
     # A failing turn of b's reaches a as an error, a stopped one as aborted.
     own = await run_frames(b, "b2", "chat.send", {"message": "/fail", "idempotencyKey": "fb-2",
                                                  "sessionKey": "oc-shared"})
@@ -707,6 +730,232 @@ async def run_bounds(node, token):
     await b.ws.close()
 
 
+async def presence_instance(node, token):
+    """A client's instanceId (OpenClaw's PresenceEntry) is in its presence
+    entry: in hello-ok's snapshot and in system-presence."""
+    inst = f"inst-{os.urandom(4).hex()}"
+    ws, res = await handshake(node, token, instance_id=inst)
+    check(res["ok"] is True, f"hello {res}")
+    mine = [e for e in res["payload"]["snapshot"]["presence"] if e.get("instanceId") == inst]
+    check(len(mine) == 1 and mine[0]["mode"] == "test" and mine[0]["platform"] == "linux" and
+          re.fullmatch(r"[0-9a-f]{64}", mine[0].get("deviceId", "")), f"snapshot {mine}")
+    f = await request(ws, "p1", "system-presence")
+    listed = [e for e in f["payload"] if e.get("instanceId") == inst]
+    check(f["ok"] is True and len(listed) == 1 and listed[0]["deviceId"] == mine[0]["deviceId"],
+          f"system-presence {f}")
+    await ws.close()
+
+
+class RawClient:
+    """A connected OpenClaw socket written by hand (masked frames), so that
+    several requests go in one write and kith reads them together: the
+    second is handled before anything the first waits for (its key's
+    durable write) has come back."""
+
+    def __init__(self, node, token):
+        import socket
+        self.s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=TIMEOUT)
+        self.s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       b"Sec-WebSocket-Version: 13\r\n\r\n")
+        self.data, self.frames = b"", []
+        ch = self.until(lambda fs: fs)[0]
+        self.send({"type": "req", "id": "c1", "method": "connect",
+                   "params": connect_params(token, ch["payload"]["nonce"], ch["payload"]["ts"],
+                                            version=2)})
+        hello = self.res("c1")
+        check(hello[0]["ok"] is True, f"hello {hello}")
+
+    def send(self, *reqs):
+        self.s.sendall(b"".join(ws_masked(1, json.dumps(r).encode()) for r in reqs))
+
+    def until(self, pred):
+        """Every text frame so far, once pred(frames) holds."""
+        while not pred(self.frames):
+            chunk = self.s.recv(65536)
+            check(chunk, f"closed with {self.frames}")
+            self.data += chunk
+            head, sep, rest = self.data.partition(b"\r\n\r\n")
+            if sep:
+                self.frames = [json.loads(p) for op, p in ws_server_frames(rest) if op == 1]
+        return self.frames
+
+    def res(self, rid, n=1):
+        """The first n answers to request rid."""
+        got = lambda fs: [f for f in fs if f["type"] == "res" and f["id"] == rid]  # noqa: E731
+        return got(self.until(lambda fs: len(got(fs)) >= n))[:n]
+
+    def chat(self, run_id):
+        """The chat events of run_id, once one ends it."""
+        got = lambda fs: [f["payload"] for f in fs if f["type"] == "event" and  # noqa: E731
+                          f["event"] == "chat" and f["payload"]["runId"] == run_id]
+        return got(self.until(lambda fs: any(p["state"] in ("final", "error", "aborted")
+                                             for p in got(fs))))
+
+    def close(self):
+        self.s.close()
+
+
+def session_messages(node, token, session):
+    status, _, body, _ = curl("-H", f"Authorization: Bearer {token}",
+                              gateway_url(node) + f"/api/sessions/{session}")
+    check(status in (200, 404), f"/api/sessions/{session} answered {status} {body}")
+    return [m["content"] for m in json.loads(body)["messages"]] if status == 200 else []
+
+
+def key_in_flight_busy(node, token):
+    """The same idempotency key twice in one write: the second request is
+    read while the first's key is reserved but not yet durable, and is
+    answered in_flight with the same runId; one run, one turn."""
+    c = RawClient(node, token)
+    key = f"busy-{os.urandom(4).hex()}"
+    req = {"type": "req", "method": "chat.send",
+           "params": {"sessionKey": "oc-busy", "message": "only once", "idempotencyKey": key}}
+    c.send(dict(req, id="b1"), dict(req, id="b2"))
+    first, second = c.res("b1")[0], c.res("b2")[0]
+    check(first["ok"] is True and first["payload"] == {"runId": key, "status": "started"},
+          f"first {first}")
+    check(second["ok"] is True and
+          second["payload"] == {"runId": key, "status": "in_flight", "cached": True},
+          f"second {second}")
+    events = c.chat(key)
+    check(events[-1]["state"] == "final" and
+          events[-1]["message"]["content"][0]["text"] == "echo: only once", f"run {events}")
+    c.close()
+    msgs = session_messages(node, token, "oc-busy")
+    check(msgs == ["only once", "echo: only once"], f"one turn, not {msgs}")
+
+
+def abort_before_accepted(node, token):
+    """chat.abort in the same write as the run it names: the run's key is
+    not durable yet, so nothing is queued; the abort lists it, the run is
+    answered (started / accepted) and then ends aborted at once, its turn
+    never run. For agent, the stop answer: summary aborted, stopReason rpc."""
+    c = RawClient(node, token)
+    ck, ak = f"early-chat-{os.urandom(4).hex()}", f"early-agent-{os.urandom(4).hex()}"
+    c.send({"type": "req", "id": "s1", "method": "chat.send",
+            "params": {"sessionKey": "oc-early", "message": "never said", "idempotencyKey": ck}},
+           {"type": "req", "id": "x1", "method": "chat.abort",
+            "params": {"sessionKey": "oc-early"}})
+    ab = c.res("x1")[0]
+    check(ab["ok"] is True and ab["payload"] == {"ok": True, "runIds": [ck], "aborted": True},
+          f"abort {ab}")
+    st = c.res("s1")[0]
+    check(st["ok"] is True and st["payload"] == {"runId": ck, "status": "started"}, f"send {st}")
+    events = c.chat(ck)
+    check([(e["seq"], e["state"], e.get("stopReason")) for e in events] == [(0, "aborted", "rpc")],
+          f"chat run {events}")
+
+    # The socket serves on (and stays open past the abort's next look,
+    # S_ABORT_POLL_MS, which must find nothing left to do).
+    time.sleep(0.3)
+    c.send({"type": "req", "id": "h1", "method": "health"})
+    check(c.res("h1")[0]["ok"] is True, "health after the abort")
+    c.close()
+
+    # The same for agent, on a socket that closes at once after it.
+    c = RawClient(node, token)
+    c.send({"type": "req", "id": "a1", "method": "agent",
+            "params": {"sessionKey": "oc-early-agent", "message": "never run",
+                       "idempotencyKey": ak}},
+           {"type": "req", "id": "x2", "method": "chat.abort",
+            "params": {"sessionKey": "oc-early-agent", "runId": ak}})
+    ab = c.res("x2")[0]
+    check(ab["ok"] is True and ab["payload"]["runIds"] == [ak], f"abort {ab}")
+    acc, fin = c.res("a1", 2)
+    check(acc["ok"] is True and acc["payload"]["status"] == "accepted", f"accepted {acc}")
+    check(fin["ok"] is True and fin["payload"] == {"runId": ak, "sessionKey": "oc-early-agent",
+                                                   "status": "error", "summary": "aborted",
+                                                   "stopReason": "rpc"}, f"agent final {fin}")
+    life = [f["payload"]["data"]["phase"] for f in c.frames if f["type"] == "event" and
+            f["event"] == "agent" and f["payload"]["runId"] == ak]
+    check(life == ["end"], f"a run that never became a turn has no start: {life}")
+    c.close()
+    for session in ("oc-early", "oc-early-agent"):
+        msgs = session_messages(node, token, session)
+        check(msgs == [], f"an aborted run's message reached {session}: {msgs}")
+
+
+def cut_before_durable(node, token):
+    """A socket that sends a run and closes in the same write: the run ends
+    with its socket before its key is durable (nothing was promised); the
+    key is remembered as ended, never as still in flight, and starts
+    nothing when sent again."""
+    c = RawClient(node, token)
+    key = f"cut-early-{os.urandom(4).hex()}"
+    req = {"type": "req", "id": "s1", "method": "chat.send", "params": {
+        "sessionKey": "oc-cut-early", "message": "cut early", "idempotencyKey": key}}
+    c.s.sendall(ws_masked(1, json.dumps(req).encode()) + ws_masked(8, (1000).to_bytes(2, "big")))
+    c.close()
+
+    async def again():
+        ws, res = await handshake(node, token, version=2)
+        check(res["ok"] is True, f"hello {res}")
+        f = await RunWatch(ws).chat("again", "oc-cut-early", "cut early", key=key)
+        await ws.close()
+        return f
+    f = run(again())
+    check(f["ok"] is True and f["payload"].get("cached") is True and
+          f["payload"]["status"] in ("error", "unknown"), f"the cut-off key {f}")
+
+
+async def agent_stopped_in_flight(node, token):
+    """An agent run whose turn is in flight (held, no frame yet) is stopped
+    by chat.abort: lifecycle start then end, and the stop answer."""
+    ws, res = await handshake(node, token, version=2)
+    check(res["ok"] is True, f"hello {res}")
+    # A first run, so the session has started: the held one is then
+    # submitted as it is answered (its turn begins at once).
+    frames = await run_frames(ws, "g0", "agent", {"message": "warm up", "sessionKey": "oc-gstop",
+                                                 "idempotencyKey": f"gw-{os.urandom(4).hex()}"})
+    check(frames[-1]["ok"] is True and frames[-1]["payload"]["status"] == "ok", f"{frames[-1]}")
+    key = f"gstop-{os.urandom(4).hex()}"
+    acc = await request(ws, "g1", "agent", {"message": "/sleep 600000", "sessionKey": "oc-gstop",
+                                            "idempotencyKey": key})
+    check(acc["ok"] is True and acc["payload"]["status"] == "accepted", f"accepted {acc}")
+    await ws.send(json.dumps({"type": "req", "id": "g2", "method": "chat.abort",
+                              "params": {"sessionKey": "oc-gstop"}}))
+    frames, final = [], None
+    while final is None:
+        f = await recv(ws)
+        frames.append(f)
+        if f["type"] == "res" and f["id"] == "g1":
+            final = f
+    ab = [f for f in frames if f["type"] == "res" and f["id"] == "g2"]
+    check(ab and ab[0]["payload"]["runIds"] == [key], f"abort {ab}")
+    life = [f["payload"]["data"].get("phase") for f in frames if f["type"] == "event" and
+            f["event"] == "agent" and f["payload"]["runId"] == key]
+    check(life == ["start", "end"], f"lifecycle {life}")
+    check(final["ok"] is True and final["payload"] == {"runId": key, "sessionKey": "oc-gstop",
+                                                       "status": "error", "summary": "aborted",
+                                                       "stopReason": "rpc"}, f"final {final}")
+    await ws.close()
+
+
+async def agent_text_bound(node, token):
+    """An agent run's text is kept up to 256 KiB for the streams' `text`;
+    past it the assistant events carry only their delta, and the final
+    answer is still whole."""
+    ws, res = await handshake(node, token, version=2)
+    check(res["ok"] is True, f"hello {res}")
+    big = "x" * (256 * 1024)
+    frames = await run_frames(ws, "t1", "agent", {"message": big + " tail", "sessionKey": "oc-big",
+                                                 "idempotencyKey": f"big-{os.urandom(4).hex()}"})
+    final = frames[-1]
+    want = "echo: " + big + " tail"
+    check(final["ok"] is True and final["payload"]["result"]["payloads"][0]["text"] == want,
+          f"final {str(final)[:300]}")
+    asst = [f["payload"] for f in frames if f["type"] == "event" and f["event"] == "agent" and
+            f["payload"]["stream"] == "assistant"]
+    check([a["data"]["delta"] for a in asst] == ["echo: ", big + " ", "tail"],
+          f"deltas {[len(a['data']['delta']) for a in asst]}")
+    check(asst[0]["data"]["text"] == "echo: " and asst[0]["text"] == "echo: ",
+          f"first {asst[0]}")
+    check(all("text" not in a["data"] and "text" not in a for a in asst[1:]),
+          f"text past the bound: {[sorted(a['data']) for a in asst]}")
+    await ws.close()
+
+
 def announced_oversize_closed(node):
     import socket
     s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=20)
@@ -781,6 +1030,10 @@ async def upgrade_refusals(node):
         check(False, "a token in the URL was upgraded")
     except websockets.InvalidStatusCode as e:
         check(e.status_code == 400, f"?token= answered {e.status_code}")
+    # ... a member only named like it is not one: upgraded.
+    ws = await websockets.connect(url(node, "?client=web&tokens=1"), ping_interval=None)
+    check((await recv(ws))["event"] == "connect.challenge", "a query without token")
+    await ws.close()
     # The console's GET / without Upgrade is not this endpoint's.
     status, _, body, _ = curl(gateway_url(node) + "/")
     check(status in (404, 426, 200), f"GET / answered {status}")
@@ -791,6 +1044,185 @@ def audited(node, token):
                               gateway_url(node) + "/api/audit?event_type=device_join&limit=1000")
     check(status == 200, f"/api/audit answered {status} {body}")
     check(json.loads(body)["records"], f"no device_join audited: {body}")
+
+
+# ---------------------------------------------------------------- an outside worker
+
+class ScriptWorker(threading.Thread):
+    """An agent worker on `workers.listen` (WIRE §19, pyzmq + cbor2, no kith
+    code) that answers what kith's own never sends: a turn's content picks
+    its script. `/reset`: a chunk, chunk_reset, a chunk, done. `/reset-big`:
+    a chunk past the agent text bound, chunk_reset, a short chunk, done.
+    `/hold`: a chunk, then it holds until a stop, answered `stopped`.
+    `/finish`: the same, but the stop is answered `done` (the turn
+    finished before the stop reached it)."""
+
+    def __init__(self, endpoint):
+        super().__init__(daemon=True)
+        import zmq
+        self.zmq, self.endpoint, self.quit = zmq, endpoint, threading.Event()
+        self.error = None
+
+    def run(self):
+        import cbor2
+        P = b"MDPW02"
+        sock = self.zmq.Context.instance().socket(self.zmq.DEALER)
+        sock.connect(self.endpoint)
+        sock.send_multipart([b"", P, b"\x01", b"kith.agent"])
+        held, beat = None, 0.0
+        try:
+            while not self.quit.is_set():
+                if time.monotonic() >= beat:
+                    sock.send_multipart([b"", P, b"\x05"])
+                    beat = time.monotonic() + 0.5
+                if not sock.poll(100):
+                    continue
+                f = sock.recv_multipart()
+                if f[2] != b"\x02":
+                    continue
+                addr, body = f[3], cbor2.loads(f[5])
+
+                def reply(cmd, b):
+                    sock.send_multipart([b"", P, cmd, addr, b"", cbor2.dumps(b)])
+
+                if body.get("type") == "stop" and held and held[0] == addr:
+                    tid, mode = held[1], held[2]
+                    held = None
+                    if mode == "/finish":
+                        reply(b"\x04", {"type": "done", "turn_id": tid,
+                                        "full_response": "partial finished", "tool_iterations": 0})
+                    else:
+                        reply(b"\x04", {"type": "stopped", "turn_id": tid})
+                    continue
+                if body.get("type") != "turn":
+                    continue
+                tid, text = body["turn_id"], body["message"]["content"]
+                chunks = {"/reset": ["draft ", None, "kept"],
+                          "/reset-big": ["y" * (256 * 1024 + 1), None, "short"],
+                          "/hold": ["partial "], "/finish": ["partial "]}.get(text, [text])
+                for seq, ch in enumerate(chunks):
+                    ev = {"type": "chunk_reset"} if ch is None else {"type": "chunk", "text": ch}
+                    reply(b"\x03", {"type": "partial", "turn_id": tid, "seq": seq, "event": ev})
+                if text in ("/hold", "/finish"):
+                    held = (addr, tid, text)
+                    continue
+                reply(b"\x04", {"type": "done", "turn_id": tid, "full_response": chunks[-1],
+                                "tool_iterations": 0})
+        except Exception as e:  # reported by the case that waits on it
+            self.error = e
+        finally:
+            sock.send_multipart([b"", P, b"\x06"])
+            sock.close(linger=1000)
+
+
+async def worker_runs(node, token):
+    """What an outside worker's turns look like on the OpenClaw streams: a
+    chunk_reset is a chat delta with `replace` (the text starts again), and
+    an agent run's `text` starts again from it, bound and all; an abort of a
+    turn that has sent a frame stops it (chat aborted, agent the stop
+    answer), unless the turn finished first (then it ends as finished)."""
+    ws, res = await handshake(node, token, version=2)
+    check(res["ok"] is True, f"hello {res}")
+    frames = await run_frames(ws, "r1", "chat.send", {"message": "/reset", "sessionKey": "w-reset",
+                                                     "idempotencyKey": "w-reset-1"})
+    chat = [f["payload"] for f in frames if f["type"] == "event" and f["event"] == "chat"]
+    check([(p["seq"], p["state"], p.get("deltaText"), p.get("replace")) for p in chat[:-1]] ==
+          [(0, "delta", "draft ", None), (1, "delta", "", True), (2, "delta", "kept", None)],
+          f"deltas {chat}")
+    check(chat[-1]["state"] == "final" and chat[-1]["seq"] == 3 and
+          chat[-1]["message"]["content"][0]["text"] == "kept", f"final {chat[-1]}")
+
+    frames = await run_frames(ws, "r2", "agent", {"message": "/reset-big", "sessionKey": "w-reset",
+                                                 "idempotencyKey": "w-reset-2"})
+    asst = [f["payload"] for f in frames if f["type"] == "event" and f["event"] == "agent" and
+            f["payload"]["stream"] == "assistant"]
+    check(len(asst) == 2 and "text" not in asst[0]["data"] and
+          len(asst[0]["data"]["delta"]) == 256 * 1024 + 1, f"past the bound {str(asst)[:300]}")
+    check(asst[1]["data"] == {"text": "short", "delta": "short"} and asst[1]["text"] == "short",
+          f"after the reset {asst[1]}")
+    check(frames[-1]["ok"] is True and
+          frames[-1]["payload"]["result"]["payloads"][0]["text"] == "short", f"{frames[-1]}")
+
+    for kind, rid, msg, key in (("chat.send", "h1", "/hold", "w-hold-1"),
+                                ("agent", "h2", "/hold", "w-hold-2"),
+                                ("chat.send", "h3", "/finish", "w-finish-1")):
+        await ws.send(json.dumps({"type": "req", "id": rid, "method": kind, "params": {
+            "message": msg, "sessionKey": "w-hold", "idempotencyKey": key}}))
+        seen = []
+        while not any(f["type"] == "event" and f["event"] in ("chat", "agent") and
+                      f["payload"]["runId"] == key and
+                      (f["payload"].get("state") == "delta" or
+                       f["payload"].get("stream") == "assistant") for f in seen):
+            seen.append(await recv(ws))  # its turn has sent a frame
+        ab = await request(ws, rid + "-ab", "chat.abort", {"sessionKey": "w-hold", "runId": key})
+        check(ab["ok"] is True and ab["payload"]["runIds"] == [key], f"abort {ab}")
+        if kind == "agent":
+            final = await answer(ws, rid)
+            check(final["ok"] is True and
+                  final["payload"] == {"runId": key, "sessionKey": "w-hold", "status": "error",
+                                       "summary": "aborted", "stopReason": "rpc"}, f"{final}")
+            continue
+        while True:
+            f = await recv(ws)
+            if f["type"] == "event" and f["event"] == "chat" and f["payload"]["runId"] == key and \
+                    f["payload"]["state"] != "delta":
+                break
+        if msg == "/hold":
+            check(f["payload"]["state"] == "aborted" and f["payload"]["stopReason"] == "rpc", f)
+        else:
+            check(f["payload"]["state"] == "final" and
+                  f["payload"]["message"]["content"][0]["text"] == "partial finished", f)
+
+    # A message waiting behind a held turn past the session lock timeout
+    # (1 s here) never becomes a turn: its run ends in error.
+    w = RunWatch(ws)
+    check((await w.chat("l1", "w-hold", "/hold", key="w-lock-1"))["ok"] is True, "held")
+    res = await w.chat("l2", "w-hold", "waits too long", key="w-lock-2")
+    check(res["ok"] is True and res["payload"]["status"] == "started", f"queued {res}")
+    await w.pump(lambda: "w-lock-2" in w.ends)
+    end = w.ends["w-lock-2"]
+    check(end["state"] == "error" and "waited 1 s" in end["errorMessage"], f"lock timeout {end}")
+
+    # state.db keeps limits.sessions_max (2 here: w-reset, w-hold)
+    # sessions: a run on a third ends in error, saying so; the held run on
+    # w-hold is untouched.
+    res = await w.chat("f1", "w-full", "no room", key="w-full-1")
+    check(res["ok"] is True and res["payload"]["status"] == "started", f"third session {res}")
+    await w.pump(lambda: "w-full-1" in w.ends)
+    end = w.ends["w-full-1"]
+    check(end["state"] == "error" and "limits.sessions_max" in end["errorMessage"],
+          f"session bound {end}")
+    check("w-lock-1" not in w.ends, f"the held run ended: {w.ends}")
+    check((await w.ask("l3", "chat.abort", {"sessionKey": "w-hold"}))["payload"]["runIds"] ==
+          ["w-lock-1"], "abort the held one")
+    await w.pump(lambda: "w-lock-1" in w.ends)
+    check(w.ends["w-lock-1"]["state"] == "aborted", f"{w.ends['w-lock-1']}")
+    await ws.close()
+
+
+def outside_worker():
+    os.environ["KITH_SESSION_LOCK_TIMEOUT_SECS"] = "1"  # the daemon inherits it
+    try:
+        node = Daemon("openclaw-worker", config={"workers": {"listen": "tcp://127.0.0.1:0",
+                                                             "agent_threads": 0},
+                                                 "limits": {"sessions_max": 2},
+                                                 "gateway": {"port": free_port()}}).start()
+    finally:
+        del os.environ["KITH_SESSION_LOCK_TIMEOUT_SECS"]
+    w = None
+    try:
+        token = pair_token(node)
+        m = re.search(r"workers: listening on (tcp://127\.0\.0\.1:\d+)", node.logs())
+        check(m, "no workers endpoint in the log")
+        w = ScriptWorker(m.group(1))
+        w.start()
+        run(worker_runs(node, token))
+        check(w.error is None, f"the worker failed: {w.error!r}")
+    finally:
+        if w:
+            w.quit.set()
+            w.join(TIMEOUT)
+        node.cleanup()
 
 
 # ---------------------------------------------------------------- across a restart
@@ -1004,6 +1436,12 @@ def main():
         r.run(lambda: run(plain_tools_and_errors(node, token)), name="plain_tools_and_errors")
         r.run(lambda: run(foreign_turns_relayed(node, token)), name="foreign_turns_relayed")
         r.run(lambda: run(run_bounds(node, token)), name="run_bounds")
+        r.run(lambda: run(presence_instance(node, token)), name="presence_instance")
+        r.run(key_in_flight_busy, node, token)
+        r.run(abort_before_accepted, node, token)
+        r.run(cut_before_durable, node, token)
+        r.run(lambda: run(agent_stopped_in_flight(node, token)), name="agent_stopped_in_flight")
+        r.run(lambda: run(agent_text_bound(node, token)), name="agent_text_bound")
         r.run(lambda: run(malformed_frames(node, token)), name="malformed_frames")
         r.run(lambda: run(deviceless(node, token)), name="deviceless")
         r.run(lambda: run(upgrade_refusals(node)), name="upgrade_refusals")
@@ -1013,6 +1451,7 @@ def main():
         r.run(lambda: idle_socket_closed(idle), name="handshake_deadline")
         r.run(lambda: run(handshake_share(node, token)), name="handshake_share")
         r.run(keys_full_then_let_go)
+        r.run(outside_worker)
         # The audit worker appends in batches: wait for the outcome.
         def audit_eventually():
             deadline = time.time() + TIMEOUT
