@@ -27,7 +27,8 @@ typedef struct {
     bool stopped;                       /* a stop arrived */
     bool timed_out;
     bool link_lost;
-    bool too_large;                     /* the response outgrew AGENT_RESPONSE_MAX */
+    bool too_large;                     /* the response outgrew AGENT_RESPONSE_MAX, or */
+    bool resp_oom;                      /* its buffer could not grow */
     /* The conversation: [0, n_borrowed) are shallow copies of the request's
      * history and message; the rest are owned. */
     proto_worker_chat_msg_t *conv;
@@ -266,7 +267,7 @@ static int s_sink_chunk(void *ud, const char *p, size_t n)
             cap *= 2;
         char *r = realloc(t->resp, cap);
         if (!r) {
-            t->too_large = true;
+            t->too_large = t->resp_oom = true;
             return -1;
         }
         t->resp = r;
@@ -297,10 +298,12 @@ static int s_sink_yield(void *ud, int ms)
 
 /* ================================================================ conversation */
 
+/* Appends m (taking what it owns on success). 0, -1 out of memory, or -2
+ * at AGENT_CONV_MAX. */
 static int s_conv_push(s_turn_t *t, proto_worker_chat_msg_t m)
 {
     if (t->n_conv == AGENT_CONV_MAX)
-        return -1;
+        return -2;
     if (t->n_conv == t->cap_conv) {
         size_t cap = t->cap_conv ? t->cap_conv * 2 : 16;
         proto_worker_chat_msg_t *c = realloc(t->conv, cap * sizeof *c);
@@ -332,14 +335,15 @@ static int s_apply_steers(s_turn_t *t)
         m.content.p = t->steers[i];
         m.content.len = strlen(t->steers[i]); /* decoded text: NUL-ended */
         t->steers[i] = NULL;
-        if (s_conv_push(t, m) < 0) {
+        int rc = s_conv_push(t, m);
+        if (rc < 0) {
             free((void *) m.content.p);
             for (size_t j = i + 1; j < t->n_steers; j++) {
                 free(t->steers[j]);
                 t->steers[j] = NULL;
             }
             t->n_steers = 0;
-            return -1;
+            return rc;
         }
     }
     t->n_steers = 0;
@@ -376,7 +380,9 @@ static char *s_tool_error_json(const char *what, const proto_worker_str_t *name)
     return agent_json_buf_take(&b, NULL);
 }
 
-/* Runs one tool call: announce, get the result, report it, append it. */
+/* Runs one tool call: announce, get the result, report it, append it.
+ * 0; -1 the turn must end (stop, timeout, link); -2 out of memory; -3 the
+ * conversation is at AGENT_CONV_MAX. */
 static int s_tool_run(s_turn_t *t, const proto_worker_tool_call_t *call)
 {
     proto_worker_event_t ev = {.type = PROTO_WORKER_EV_TOOL_CALL, .call = *call};
@@ -421,9 +427,10 @@ static int s_tool_run(s_turn_t *t, const proto_worker_tool_call_t *call)
     proto_worker_chat_msg_t m = {.role = PROTO_WORKER_ROLE_TOOL, .content = {result, result_len}};
     m.tool_call_id.p = s_strndup(call->id.p, call->id.len);
     m.tool_call_id.len = call->id.len;
-    if (!m.tool_call_id.p || s_conv_push(t, m) < 0) {
+    int prc = m.tool_call_id.p ? s_conv_push(t, m) : -1;
+    if (prc < 0) {
         proto_worker_chat_msg_clear(&m);
-        return -2;
+        return prc == -2 ? -3 : -2;
     }
     return 0;
 }
@@ -458,8 +465,23 @@ static agent_turn_outcome_t s_end_aborted(s_turn_t *t)
         s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the turn timed out after %" PRIu64 " s", s);
         return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_TIMEOUT;
     }
-    s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the response grew past %u bytes",
-                  (unsigned) AGENT_RESPONSE_MAX);
+    if (t->resp_oom)
+        s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "out of memory");
+    else
+        s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the response grew past %u bytes",
+                      (unsigned) AGENT_RESPONSE_MAX);
+    return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_AGENT_ERROR;
+}
+
+/* Ends the turn for a message the conversation could not take: push_rc
+ * is s_conv_push's (-1 out of memory, -2 at its bound). */
+static agent_turn_outcome_t s_conv_refused(s_turn_t *t, int push_rc)
+{
+    if (push_rc == -2)
+        s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the conversation grew past %u messages",
+                      (unsigned) AGENT_CONV_MAX);
+    else
+        s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "out of memory");
     return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_AGENT_ERROR;
 }
 
@@ -473,11 +495,9 @@ static agent_turn_outcome_t s_loop(s_turn_t *t)
     for (;;) {
         if (s_poll(t, 0) < 0)
             return s_end_aborted(t);
-        if (s_apply_steers(t) < 0) {
-            s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the conversation grew past %u messages",
-                          (unsigned) AGENT_CONV_MAX);
-            return AGENT_TURN_AGENT_ERROR;
-        }
+        int sr = s_apply_steers(t);
+        if (sr < 0)
+            return s_conv_refused(t, sr);
         proto_worker_event_t lev = {.type = PROTO_WORKER_EV_LLM_REQUEST, .iteration = rounds};
         lev.provider = (proto_worker_str_t){t->provider->name, strlen(t->provider->name)};
         if (t->provider->model && t->provider->model[0])
@@ -518,10 +538,10 @@ static agent_turn_outcome_t s_loop(s_turn_t *t)
                 proto_worker_chat_msg_t m = {.role = PROTO_WORKER_ROLE_ASSISTANT};
                 m.content.p = s_strndup(t->resp ? t->resp : "", t->resp_len);
                 m.content.len = t->resp_len;
-                if (!m.content.p || s_conv_push(t, m) < 0) {
+                int prc = m.content.p ? s_conv_push(t, m) : -1;
+                if (prc < 0) {
                     proto_worker_chat_msg_clear(&m);
-                    s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "out of memory");
-                    return AGENT_TURN_AGENT_ERROR;
+                    return s_conv_refused(t, prc);
                 }
                 continue;
             }
@@ -534,6 +554,13 @@ static agent_turn_outcome_t s_loop(s_turn_t *t)
             return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_DONE;
         }
 
+        /* Calls from a provider that went on after the sink said to stop
+         * (the built-in ones never do) are not run: the stop, the deadline
+         * or the bound ends the turn first. */
+        if (s_must_end(t)) {
+            agent_completion_clear(&out);
+            return s_end_aborted(t);
+        }
         if (tool_iterations >= req->max_tool_iterations) {
             agent_completion_clear(&out);
             s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR,
@@ -550,11 +577,10 @@ static agent_turn_outcome_t s_loop(s_turn_t *t)
         am.n_tool_calls = out.n_calls;
         out.calls = NULL;
         out.n_calls = 0;
-        if (!am.content.p || s_conv_push(t, am) < 0) {
+        int prc = am.content.p ? s_conv_push(t, am) : -1;
+        if (prc < 0) {
             proto_worker_chat_msg_clear(&am);
-            s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the conversation grew past %u messages",
-                          (unsigned) AGENT_CONV_MAX);
-            return AGENT_TURN_AGENT_ERROR;
+            return s_conv_refused(t, prc);
         }
         size_t at = t->n_conv - 1;
         for (size_t i = 0; i < t->conv[at].n_tool_calls; i++) {
@@ -563,6 +589,8 @@ static agent_turn_outcome_t s_loop(s_turn_t *t)
             int trc = s_tool_run(t, &call);
             if (trc == -1)
                 return s_must_end(t) ? s_end_aborted(t) : AGENT_TURN_LINK_LOST;
+            if (trc == -3)
+                return s_conv_refused(t, -2);
             if (trc < 0) {
                 s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "out of memory running a tool");
                 return AGENT_TURN_AGENT_ERROR;

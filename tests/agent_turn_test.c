@@ -937,6 +937,37 @@ static void test_stop_refuses_text_and_drops_waiting_steers(void **state)
     s_link_free(&l);
 }
 
+/* Yields (a stop comes), then answers with a tool call all the same: a
+ * provider bug the built-in ones do not have. */
+static agent_complete_rc_t s_round_calls_after_stop(s_fake_t *f, const agent_completion_req_t *req,
+                                                    const agent_sink_t *sink, agent_completion_t *out,
+                                                    char *err, size_t errcap)
+{
+    (void) req;
+    static const char *const names[] = {"send_message"};
+    f->sink_rc[0] = sink->yield(sink->ud, 0);
+    return s_fake_calls(out, f->rounds, names, 1) < 0 ? s_fake_oom(err, errcap) : AGENT_COMPLETE_OK;
+}
+
+/* A stopped turn runs no tool, even one its provider asks for after the
+ * stop: the turn ends STOPPED and no tool_call is announced (the router
+ * would run a router tool it announced). */
+static void test_no_tool_after_a_stop(void **state)
+{
+    (void) state;
+    s_link_t l = {0};
+    s_fake_t f = s_fake(s_round_calls_after_stop, &l);
+    proto_worker_turn_t t = s_turn("hi");
+    s_feed_control(&l, 1, PROTO_WORKER_REQ_STOP, NULL, NULL);
+    assert_int_equal(s_run_fake(&l, &f, &t), AGENT_TURN_STOPPED);
+    assert_int_equal(f.sink_rc[0], -1);
+    assert_int_equal(f.rounds, 1);
+    for (size_t i = 0; i < l.n_partials; i++)
+        assert_int_not_equal(s_ev(&l, i)->type, PROTO_WORKER_EV_TOOL_CALL);
+    assert_int_equal(s_final(&l)->type, PROTO_WORKER_FINAL_STOPPED);
+    s_link_free(&l);
+}
+
 /* Whichever send fails, nothing more is sent and the turn ends LINK_LOST. */
 static void test_a_failed_send_ends_the_turn(void **state)
 {
@@ -1124,6 +1155,7 @@ static void test_conversation_bound(void **state)
     assert_int_equal(s_run(&l, &t), AGENT_TURN_AGENT_ERROR);
     assert_int_equal(l.n_partials, 3); /* llm_request, tool_call, tool_result */
     assert_int_equal(s_final(&l)->code, PROTO_WORKER_CODE_AGENT_ERROR);
+    s_assert_text(s_final(&l)->message, grew);
     s_link_free(&l);
 
     /* One slot: the answer a steer came during joins, the steers cannot. */
@@ -1143,6 +1175,7 @@ static void test_conversation_bound(void **state)
     s_feed_control(&l, 1, PROTO_WORKER_REQ_STEER, "one", NULL);
     assert_int_equal(s_run(&l, &t), AGENT_TURN_AGENT_ERROR);
     assert_int_equal(s_final(&l)->code, PROTO_WORKER_CODE_AGENT_ERROR);
+    s_assert_text(s_final(&l)->message, grew);
     assert_int_equal(l.n_partials, 3); /* llm_request, "echo: ", "hi" */
     s_link_free(&l);
     free(hist);
@@ -1414,9 +1447,12 @@ static void test_tour_out_of_memory(void **state)
                     assert_int_equal(fin->type, PROTO_WORKER_FINAL_DONE);
                 break;
             case AGENT_TURN_AGENT_ERROR:
+                /* said as what it is: no bound was reached */
                 assert_int_equal(fin->type, PROTO_WORKER_FINAL_ERROR);
                 assert_int_equal(fin->code, PROTO_WORKER_CODE_AGENT_ERROR);
-                assert_true(fin->message.len > 0);
+                if (fin->message.len < 13 || memcmp(fin->message.p, "out of memory", 13) != 0)
+                    fail_msg("history %zu, allocation %ld: %.*s", histories[h], i,
+                             (int) fin->message.len, fin->message.p);
                 break;
             case AGENT_TURN_PROVIDER_ERROR:
                 assert_int_equal(fin->code, PROTO_WORKER_CODE_PROVIDER_ERROR);
@@ -1464,6 +1500,7 @@ int main(void)
         cmocka_unit_test(test_timeout_zero_and_huge),
         cmocka_unit_test(test_a_flood_of_ignored_requests),
         cmocka_unit_test(test_conversation_bound),
+        cmocka_unit_test(test_no_tool_after_a_stop),
         cmocka_unit_test(test_text_that_is_not_utf8),
         cmocka_unit_test(test_controls_at_boundaries),
         cmocka_unit_test(test_provider_that_ignores_a_lost_link),
