@@ -105,18 +105,24 @@ static audit_chain_t *s_open(const s_fix_t *f, const audit_key_t *key, s_sync_t 
     return s_open_with(f, key, sync, 0, 0);
 }
 
-static void s_append(audit_chain_t *c, const char *type, const char *detail, uint64_t want_seq)
+/* Appends one event as a batch of its own; returns its seq. */
+static uint64_t s_append_one(audit_chain_t *c, const char *type, const char *detail,
+                             uint64_t time_ms)
 {
-    proto_audit_event_t ev = {.time_ms = 1700000000000ull + want_seq, .type = type,
-                              .type_len = strlen(type), .detail = detail,
-                              .detail_len = strlen(detail)};
+    proto_audit_event_t ev = {.time_ms = time_ms, .type = type, .type_len = strlen(type),
+                              .detail = detail, .detail_len = strlen(detail)};
     uint64_t first = 0;
     audit_error_t err = {0};
     int rc = audit_chain_append(c, &ev, 1, &first, &err);
     if (rc != 0)
         fprintf(stderr, "append: %s\n", err.msg);
     assert_int_equal(rc, 0);
-    assert_int_equal(first, want_seq);
+    return first;
+}
+
+static void s_append(audit_chain_t *c, const char *type, const char *detail, uint64_t want_seq)
+{
+    assert_int_equal(s_append_one(c, type, detail, 1700000000000ull + want_seq), want_seq);
 }
 
 static char *s_slurp(const char *path, size_t *len)
@@ -832,15 +838,7 @@ static uint64_t s_add(audit_chain_t *c, int i)
 {
     char detail[64];
     snprintf(detail, sizeof detail, "{\"n\":%d,\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxx\"}", i);
-    proto_audit_event_t ev = {.time_ms = 1700000000000ull + (uint64_t) i, .type = "tool_call",
-                              .type_len = 9, .detail = detail, .detail_len = strlen(detail)};
-    uint64_t first = 0;
-    audit_error_t err = {0};
-    int rc = audit_chain_append(c, &ev, 1, &first, &err);
-    if (rc != 0)
-        fprintf(stderr, "append: %s\n", err.msg);
-    assert_int_equal(rc, 0);
-    return first;
+    return s_append_one(c, "tool_call", detail, 1700000000000ull + (uint64_t) i);
 }
 
 /* The rotated files in the fixture's directory, ascending (names of at
