@@ -192,7 +192,9 @@ static uint8_t *s_verify(audit_chain_t *chain, const audit_key_t *key, size_t *l
     char reason[AUDIT_ERR_MAX + 32];
     snprintf(reason, sizeof reason, "%s: %s", audit_verify_reason_str(r.reason), r.detail);
     proto_audit_msg_t m = {.kind = PROTO_AUDIT_VERIFIED, .ok = rc == 0, .checked = r.records,
-                           .has_first_bad = r.has_first_bad, .first_bad = r.first_bad};
+                           .has_first_bad = r.has_first_bad, .first_bad = r.first_bad,
+                           .files = r.files, .has_first_seq = rc == 0 && r.first_seq > 0,
+                           .first_seq = r.first_seq};
     if (rc != 0) {
         m.reason = reason;
         m.reason_len = s_utf8_cut(reason, PROTO_AUDIT_REASON_MAX);

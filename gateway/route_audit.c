@@ -118,6 +118,10 @@ static void s_answer(gateway_http_res_t *res, const proto_audit_msg_t *m)
                      (unsigned long long) m->checked);
         if (m->has_first_bad)
             w += sprintf(w, ",\"first_bad\":%llu", (unsigned long long) m->first_bad);
+        if (m->files)
+            w += sprintf(w, ",\"files\":%llu", (unsigned long long) m->files);
+        if (m->has_first_seq)
+            w += sprintf(w, ",\"first_seq\":%llu", (unsigned long long) m->first_seq);
         if (m->reason) {
             w += sprintf(w, ",\"reason\":");
             s_json_str(&w, m->reason, m->reason_len);

@@ -67,12 +67,13 @@ typedef enum {
     S_K_DETAIL,
     S_K_CODE,
     S_K_MESSAGE,
+    S_K_FILES,
     S_K_N,
 } s_key_t;
 
 static const char *const s_key_names[S_K_N] = {
     "type", "events", "first_seq", "count", "limit", "event_type", "since_ms",
-    "records", "ok", "first_bad", "reason", "time_ms", "detail", "code", "message",
+    "records", "ok", "first_bad", "reason", "time_ms", "detail", "code", "message", "files",
 };
 
 #define S_BIT(k) (1u << (k))
@@ -93,7 +94,8 @@ static const s_schema_t s_schemas[] = {
     {PROTO_AUDIT_RECORDS, S_BIT(S_K_TYPE) | S_BIT(S_K_RECORDS), S_BIT(S_K_TYPE) | S_BIT(S_K_RECORDS)},
     {PROTO_AUDIT_VERIFY, S_BIT(S_K_TYPE), S_BIT(S_K_TYPE)},
     {PROTO_AUDIT_VERIFIED,
-     S_BIT(S_K_TYPE) | S_BIT(S_K_OK) | S_BIT(S_K_FIRST_BAD) | S_BIT(S_K_REASON) | S_BIT(S_K_RECORDS),
+     S_BIT(S_K_TYPE) | S_BIT(S_K_OK) | S_BIT(S_K_FIRST_BAD) | S_BIT(S_K_REASON) | S_BIT(S_K_RECORDS) |
+         S_BIT(S_K_FILES) | S_BIT(S_K_FIRST_SEQ),
      S_BIT(S_K_TYPE) | S_BIT(S_K_OK) | S_BIT(S_K_RECORDS)},
     {PROTO_AUDIT_ERROR, S_BIT(S_K_TYPE) | S_BIT(S_K_CODE) | S_BIT(S_K_MESSAGE),
      S_BIT(S_K_TYPE) | S_BIT(S_K_CODE) | S_BIT(S_K_MESSAGE)},
@@ -303,6 +305,13 @@ static proto_audit_err_t s_decode(const cbor_item_t *root, proto_audit_msg_t *m)
                 return e;
             m->has_first_bad = true;
         }
+        if (f[S_K_FILES] && (e = s_uint(f[S_K_FILES], &m->files)) != PROTO_AUDIT_OK)
+            return e;
+        if (f[S_K_FIRST_SEQ]) {
+            if ((e = s_uint(f[S_K_FIRST_SEQ], &m->first_seq)) != PROTO_AUDIT_OK)
+                return e;
+            m->has_first_seq = true;
+        }
         if (f[S_K_REASON])
             return s_text(f[S_K_REASON], 0, PROTO_AUDIT_REASON_MAX, &m->reason, &m->reason_len);
         return PROTO_AUDIT_OK;
@@ -488,11 +497,14 @@ int proto_audit_msg_encode(const proto_audit_msg_t *m, uint8_t **out, size_t *le
         s_put_str(&b, type);
         break;
     case PROTO_AUDIT_VERIFIED:
-        proto_cbor_put_head(&b, 5, 3 + (m->reason ? 1 : 0) + (m->has_first_bad ? 1 : 0));
+        proto_cbor_put_head(&b, 5, 3 + (m->reason ? 1 : 0) + (m->has_first_bad ? 1 : 0) +
+                                       (m->files ? 1 : 0) + (m->has_first_seq ? 1 : 0));
         s_put_str(&b, "ok");
         proto_cbor_put_head(&b, 7, m->ok ? 21 : 20);
         s_put_str(&b, "type");
         s_put_str(&b, type);
+        if (m->files)
+            s_put_uint(&b, "files", m->files);
         if (m->reason) {
             s_put_str(&b, "reason");
             proto_cbor_put_text(&b, m->reason, m->reason_len);
@@ -500,6 +512,8 @@ int proto_audit_msg_encode(const proto_audit_msg_t *m, uint8_t **out, size_t *le
         s_put_uint(&b, "records", m->checked);
         if (m->has_first_bad)
             s_put_uint(&b, "first_bad", m->first_bad);
+        if (m->has_first_seq)
+            s_put_uint(&b, "first_seq", m->first_seq);
         break;
     case PROTO_AUDIT_ERROR:
         proto_cbor_put_head(&b, 5, 3);

@@ -6,7 +6,8 @@
  *   audit-query    {type:"audit_query", limit, ? event_type, ? since_ms}
  *   audit-records  {type:"audit_records", records:[* tstr]}
  *   audit-verify   {type:"audit_verify"}
- *   audit-verified {type:"audit_verified", ok, records, ? first_bad, ? reason}
+ *   audit-verified {type:"audit_verified", ok, records, ? first_bad, ? reason,
+ *                   ? files, ? first_seq}
  *   audit-error    {type:"audit_error", code, message}   (any request that failed)
  *
  * What the decoder accepts (each refusal a typed reason below): one CBOR
@@ -100,8 +101,8 @@ typedef struct {
     /* APPEND */
     proto_audit_event_t *events;
     size_t n_events;            /* 1..PROTO_AUDIT_EVENTS_MAX */
-    /* APPENDED */
-    uint64_t first_seq;         /* the seq of events[0] */
+    /* APPENDED; VERIFIED when has_first_seq */
+    uint64_t first_seq;         /* the seq of events[0]; the oldest record verified */
     uint64_t count;             /* events appended */
     /* QUERY */
     uint32_t limit;             /* 0..PROTO_AUDIT_LIMIT_MAX */
@@ -117,6 +118,8 @@ typedef struct {
     uint64_t checked;           /* `records`: how many records were checked */
     bool has_first_bad;
     uint64_t first_bad;         /* seq of the first bad record */
+    bool has_first_seq;         /* first_seq is sent (a rotated chain, or seq 1 on) */
+    uint64_t files;             /* files read: the log and its rotated ones; 0: not sent */
     const char *reason;         /* VERIFIED: NULL when absent; ERROR: the message */
     size_t reason_len;
     /* ERROR */

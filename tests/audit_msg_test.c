@@ -104,6 +104,22 @@ static void test_small_kinds_bytes(void **state)
     assert_true(d.has_first_bad);
     assert_int_equal(d.first_bad, 2);
     assert_string_equal(d.reason, "hash");
+    assert_int_equal(d.files, 0);
+    assert_false(d.has_first_seq);
+    proto_audit_msg_clear(&d);
+    /* a rotated chain: ok, type, files, records, first_seq (WIRE §21.10) */
+    proto_audit_msg_t r = {.kind = PROTO_AUDIT_VERIFIED, .ok = true, .checked = 84, .files = 4,
+                           .has_first_seq = true, .first_seq = 2123};
+    s_round(&r,
+            "a5" "626f6b" "f5" "6474797065" "6e61756469745f7665726966696564"
+            "6566696c6573" "04" "677265636f726473" "1854"
+            "6966697273745f736571" "19084b",
+            &d);
+    assert_true(d.ok);
+    assert_int_equal(d.checked, 84);
+    assert_int_equal(d.files, 4);
+    assert_true(d.has_first_seq);
+    assert_int_equal(d.first_seq, 2123);
     proto_audit_msg_clear(&d);
     /* audit_error: code, type, message */
     proto_audit_msg_t e = {.kind = PROTO_AUDIT_ERROR, .code = "io", .code_len = 2,

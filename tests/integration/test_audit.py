@@ -131,8 +131,8 @@ def main():
         status, body = get(node, "/api/audit/verify")
         check(status == 401, f"/api/audit/verify without a token answered {status}")
         status, body = get(node, "/api/audit/verify", token)
-        check(status == 200 and body["ok"] is True and body["records"] >= want,
-              f"{status} {body}")
+        check(status == 200 and body["ok"] is True and body["records"] >= want and
+              body["files"] == 1 and body["first_seq"] == 1, f"{status} {body}")
     results.run(api_verify)
 
     def cli_live():
@@ -447,7 +447,9 @@ def main():
                                       gateway_url(r) + "/pair")
             token = json.loads(body)["token"]
             status, body = get(r, "/api/audit/verify", token)
-            check(status == 200 and body["ok"] is True and body["records"] >= len(seqs),
+            # (the pairing wrote records since, so the chain moved on)
+            check(status == 200 and body["ok"] is True and body["files"] == 4 and
+                  body["first_seq"] > seqs[0] - 1 and body["records"] >= len(seqs),
                   f"{status} {body}")
             status, body = get(r, "/api/audit?limit=1000", token)
             # (pairing wrote records since, so rotation went on)
