@@ -21,6 +21,7 @@
 /* A rotation writes the new log and its head under these names first, so a
  * crash at any step leaves the chain whole (s_rotation_recover). */
 #define S_NEW_SUFFIX ".new"
+#define S_NEW_HEAD_SUFFIX S_NEW_SUFFIX AUDIT_HEAD_SUFFIX
 
 struct audit_chain {
     char *path;                      /* the log */
@@ -238,12 +239,12 @@ static int s_write_all(int fd, const char *p, size_t n)
  * Caller frees; NULL when out of memory. */
 static char *s_file_name(const char *path, uint64_t seq, const char *suffix)
 {
+    if (!seq)
+        return s_strcat(path, suffix);
     size_t n = strlen(path) + strlen(suffix) + S_SEQ_DIGITS + 2;
     char *s = malloc(n);
-    if (s && seq)
+    if (s)
         snprintf(s, n, "%s.%0*llu%s", path, S_SEQ_DIGITS, (unsigned long long) seq, suffix);
-    else if (s)
-        snprintf(s, n, "%s%s", path, suffix);
     return s;
 }
 
@@ -327,8 +328,8 @@ static int s_rotation_recover(const char *path, audit_error_t *err)
     uint64_t *seqs = NULL;
     size_t n = 0;
     char *new_log = s_strcat(path, S_NEW_SUFFIX);
-    char *new_head = s_file_name(path, 0, S_NEW_SUFFIX AUDIT_HEAD_SUFFIX);
-    char *head = s_file_name(path, 0, AUDIT_HEAD_SUFFIX);
+    char *new_head = s_strcat(path, S_NEW_HEAD_SUFFIX);
+    char *head = s_strcat(path, AUDIT_HEAD_SUFFIX);
     char *last_head = NULL;
     if (!new_log || !new_head || !head) {
         s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
@@ -403,7 +404,7 @@ static int s_rotate(audit_chain_t *self, audit_error_t *err)
     int rc = -1, fd = -1, hfd = -1;
     bool moved = false;
     char *new_log = s_strcat(self->path, S_NEW_SUFFIX);
-    char *new_head = s_file_name(self->path, 0, S_NEW_SUFFIX AUDIT_HEAD_SUFFIX);
+    char *new_head = s_strcat(self->path, S_NEW_HEAD_SUFFIX);
     char *old_log = s_file_name(self->path, self->first_seq, "");
     char *old_head = s_file_name(self->path, self->first_seq, AUDIT_HEAD_SUFFIX);
     if (!new_log || !new_head || !old_log || !old_head) {
@@ -981,7 +982,7 @@ static bool s_rotated_same(const char *path, const uint64_t *seqs, size_t n)
 static bool s_rotating(const char *path)
 {
     char *new_log = s_strcat(path, S_NEW_SUFFIX);
-    char *new_head = s_file_name(path, 0, S_NEW_SUFFIX AUDIT_HEAD_SUFFIX);
+    char *new_head = s_strcat(path, S_NEW_HEAD_SUFFIX);
     bool busy = !new_log || !new_head || s_exists(new_log) || s_exists(new_head);
     free(new_log);
     free(new_head);
