@@ -86,6 +86,7 @@ struct s_conn {
     uint64_t serial;          /* unique in the endpoint */
     gateway_ws_t *ws;
     bool closing;             /* gateway_ws_close (or _end) was called */
+    bool ended;               /* gateway_ws_end was called: gone but for the flush */
     bool connected;           /* hello-ok sent */
     bool loopback;
     char conn_id[PROTO_UUID_TEXT_CAP];
@@ -296,10 +297,24 @@ static void s_presence_list(yajl_gen g, const gateway_openclaw_t *oc)
     (void) yajl_gen_array_close(g);
 }
 
-/* A presence event to every connected socket (after a join or a leave). */
+static bool s_scope_has(const s_conn_t *c, unsigned need);
+
+/* May c see who is connected? What `system-presence` needs (WIRE §25.3). */
+static bool s_presence_reader(const s_conn_t *c)
+{
+    return c->connected && s_scope_has(c, S_SCOPE_READ | S_SCOPE_WRITE);
+}
+
+/* A presence event to every connected socket that may read it (after a
+ * join or a leave); built only when there is one. */
 static void s_presence_broadcast(gateway_openclaw_t *oc)
 {
     oc->presence_version++;
+    const s_conn_t *reader = oc->conns;
+    while (reader && !s_presence_reader(reader))
+        reader = reader->next;
+    if (!reader)
+        return;
     yajl_gen g = s_gen_new();
     if (!g)
         return;
@@ -309,7 +324,7 @@ static void s_presence_broadcast(gateway_openclaw_t *oc)
     (void) yajl_gen_map_close(g);
     char *payload = s_gen_end(g);
     for (s_conn_t *c = oc->conns; c; c = c->next)
-        if (c->connected)
+        if (s_presence_reader(c))
             s_event(c, "presence", payload);
     free(payload);
 }
@@ -1239,7 +1254,12 @@ static void s_hello(s_conn_t *c, const char *id, const char *device_token)
     s_gk(g, "snapshot");
     (void) yajl_gen_map_open(g);
     s_gk(g, "presence");
-    s_presence_list(g, oc);
+    if (s_presence_reader(c)) {
+        s_presence_list(g, oc);
+    } else {
+        (void) yajl_gen_array_open(g);
+        (void) yajl_gen_array_close(g);
+    }
     s_gk(g, "health");
     (void) yajl_gen_map_open(g);
     s_gb(g, "ok", true);
@@ -1602,28 +1622,38 @@ static bool s_query_has_token(proto_http_slice_t q)
 
 
 /* Room for one more socket before hello-ok (WIRE §25.2): past
- * GATEWAY_OPENCLAW_HANDSHAKES_MAX the oldest socket still waiting for a
- * connect it has not sent (or that was not accepted yet) is ended, so a
- * stranger opening sockets and saying nothing cannot take the places of
- * clients that authenticate. False when every one of them has a connect
+ * GATEWAY_OPENCLAW_HANDSHAKES_MAX one is ended, so a stranger opening
+ * sockets and saying nothing (or something refused) cannot take the
+ * places of clients that authenticate. A socket refused before hello-ok
+ * still counts while it waits for the client's Close (up to
+ * GATEWAY_WS_CLOSE_WAIT_MS): else a stranger who never answers a refusal
+ * would hold places past the bound. The oldest such one is ended first,
+ * then the oldest one still waiting for a connect it has not sent (or
+ * that was not accepted yet). False when every one of them has a connect
  * being accepted. */
 static bool s_handshake_room(gateway_openclaw_t *oc)
 {
     uint32_t waiting = 0;
-    s_conn_t *oldest = NULL; /* the list is newest first */
-    for (s_conn_t *c = oc->conns; c; c = c->next)
-        if (!c->connected && !c->closing) {
-            waiting++;
-            if (!c->accepting)
-                oldest = c;
-        }
+    s_conn_t *refused = NULL, *idle = NULL; /* the list is newest first */
+    for (s_conn_t *c = oc->conns; c; c = c->next) {
+        if (c->connected || c->ended)
+            continue;
+        waiting++;
+        if (c->closing)
+            refused = c;
+        else if (!c->accepting)
+            idle = c;
+    }
     if (waiting < GATEWAY_OPENCLAW_HANDSHAKES_MAX)
         return true;
+    s_conn_t *oldest = refused ? refused : idle;
     if (!oldest)
         return false;
     ROUTER_LOG(ROUTER_LOG_INFO, MOD, "socket %s ended: the oldest of %u handshakes, for a newcomer",
                oldest->conn_id, waiting);
     oldest->closing = true;
+    oldest->ended = true;
+    /* A refused one has had its Close: this stops the wait for the client's. */
     gateway_ws_end(oldest->ws, 1008, "a newer connection needed this one's place in the handshake");
     return true;
 }
@@ -1646,14 +1676,15 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
     }
     if (gateway_auth_require_unpaired(oc->opts.auth, req, res) != 0)
         return;
-    if (!s_handshake_room(oc)) {
-        (void) gateway_http_respond_error(res, 503, "too_many_connections",
-                                          "too many OpenClaw handshakes are under way");
-        return;
-    }
+    /* The bound of all first: a newcomer refused anyway ends nobody. */
     if (oc->nconns >= GATEWAY_OPENCLAW_CONNS_MAX) {
         (void) gateway_http_respond_error(res, 503, "too_many_connections",
                                           "too many OpenClaw connections are open");
+        return;
+    }
+    if (!s_handshake_room(oc)) {
+        (void) gateway_http_respond_error(res, 503, "too_many_connections",
+                                          "too many OpenClaw handshakes are under way");
         return;
     }
     s_conn_t *c = calloc(1, sizeof *c);
