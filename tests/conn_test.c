@@ -4,7 +4,10 @@
  * limits, outbound connect (success and refusal), half-close and EOF,
  * read pausing, graceful close (flush and timeout), abort, shutdown, stale
  * Unix socket files, accepts failing for want of descriptors (EMFILE) and
- * an accept callback that sets no handlers, and address parsing.
+ * an accept callback that sets no handlers, and address parsing; and the
+ * failures midway: a peer that resets mid-frame or after our FIN, out of
+ * memory inside a frame's send or for input parked past its turn, no timer
+ * slot for a close or a deadline, an abort while input waits its turn.
  *
  * Every test that touches a backend is registered twice, once per backend
  * (names end in @uring / @epoll); the backend is the test's initial state,
@@ -1996,6 +1999,452 @@ static void test_accept_without_handlers_aborts(void **state)
     s_done(&ctx);
 }
 
+/* ------------------------------------------------------------ failures midway */
+
+/* The server side of these tests: keeps what arrives, notes the close's
+ * error, stops the loop on the flag or a close. */
+static void s_mid_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    ctx->conn = c;
+    size_t k = len < sizeof ctx->got - ctx->got_len ? len : sizeof ctx->got - ctx->got_len;
+    memcpy(ctx->got + ctx->got_len, data, k);
+    ctx->got_len += k;
+    atomic_store(&ctx->flag, true);
+}
+
+static void s_mid_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    ctx->send_errno = router_conn_error(c);
+    s_srv_close(c, reason, ud);
+}
+
+static const router_conn_handlers_t s_mid_handlers = {
+    .on_data = s_mid_data,
+    .on_close = s_mid_close,
+};
+
+static void s_accept_mid(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    ((s_ctx_t *) ud)->accepted++;
+    router_conn_set_handlers(c, &s_mid_handlers, ud);
+}
+
+/* Runs loop iterations until the peer end `fd` reads EOF, and returns the
+ * bytes it read before (the connection's fd is closed once the backend
+ * lets go of it: not necessarily in the iteration that killed it). */
+static size_t s_peer_eof(s_ctx_t *ctx, int fd)
+{
+    size_t got = 0;
+    for (int i = 0; i < 100000; i++) {
+        uint8_t buf[4096];
+        ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (r == 0)
+            return got;
+        if (r > 0) {
+            got += (size_t) r;
+            continue;
+        }
+        assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+        assert_true(router_loop_timer_add(ctx->loop, 1, s_guard, ctx) != 0);
+        assert_int_equal(router_loop_run(ctx->loop), 0);
+        ctx->hung = false;
+    }
+    fail_msg("the peer never saw the connection close");
+    return got;
+}
+
+/* Closes fd with a reset (RST), as a peer that crashed or was killed. */
+static void s_reset_close(int fd)
+{
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    (void) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd);
+}
+
+/* A peer that sends half a frame, then vanishes (reset). */
+static void s_vanish_client(s_ctx_t *ctx, int idx)
+{
+    (void) idx;
+    int fd = s_dial(&ctx->addr, 0);
+    CHECK(ctx, fd >= 0);
+    CHECK(ctx, s_send_all(fd, "\x00\x00\x01\x00half", 8) == 0);
+    s_wait_flag(ctx); /* the server has the half frame */
+    s_reset_close(fd);
+}
+
+/* A peer gone mid-frame is a socket error, not an orderly end: the
+ * connection closes with ROUTER_CLOSE_ERROR (ECONNRESET) once, after the
+ * bytes that did arrive were handed over, and nothing more. */
+static void test_peer_vanishes_mid_frame(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_mid);
+    ctx.want_closed = 1;
+    s_clients_start(&ctx, s_vanish_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.closed, 1);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_ERROR);
+    assert_int_equal(ctx.send_errno, ECONNRESET);
+    assert_int_equal(ctx.got_len, 8);
+    assert_memory_equal(ctx.got, "\x00\x00\x01\x00half", 8);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.conns_open, 0);
+    s_done(&ctx);
+}
+
+/* Answers, then closes gracefully. */
+static void s_bye_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    (void) data;
+    (void) len;
+    (void) ud;
+    if (router_conn_send(c, "bye", 3) == 0)
+        router_conn_close(c);
+}
+
+static const router_conn_handlers_t s_bye_handlers = {
+    .on_data = s_bye_data,
+    .on_close = s_mid_close,
+};
+
+static void s_accept_bye(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    ((s_ctx_t *) ud)->accepted++;
+    router_conn_set_handlers(c, &s_bye_handlers, ud);
+}
+
+/* Reads everything the server sent and its FIN, then resets instead of
+ * answering with its own FIN. */
+static void s_reset_after_fin_client(s_ctx_t *ctx, int idx)
+{
+    (void) idx;
+    int fd = s_dial(&ctx->addr, 0);
+    CHECK(ctx, fd >= 0);
+    CHECK(ctx, s_send_all(fd, "hi", 2) == 0);
+    char buf[16];
+    ssize_t n = s_recv_eof(fd, buf, sizeof buf);
+    s_reset_close(fd);
+    CHECK(ctx, n == 3 && memcmp(buf, "bye", 3) == 0);
+}
+
+/* A graceful close whose queue was flushed and FIN sent ends as
+ * ROUTER_CLOSE_LOCAL even when the peer then resets instead of closing in
+ * turn: everything was delivered, so it is not an error. */
+static void test_reset_after_graceful_close(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    s_listen(&ctx, "127.0.0.1:0", s_accept_bye);
+    ctx.want_closed = 1;
+    s_clients_start(&ctx, s_reset_after_fin_client, 1);
+    s_run(&ctx);
+    assert_int_equal(ctx.closed, 1);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_LOCAL);
+    assert_int_equal(ctx.send_errno, 0);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.close_timeouts, 0);
+    s_done(&ctx);
+}
+
+/* A graceful close whose peer never sends its FIN ends at close_timeout_ms
+ * as ROUTER_CLOSE_LOCAL (everything was sent), not as a timeout. */
+static void test_close_timeout_all_sent(void **state)
+{
+    s_ctx_t ctx;
+    router_loop_opts_t o = {.close_timeout_ms = 20};
+    s_loop_new(&ctx, state, &o);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    router_conn_t *c = router_loop_adopt(ctx.loop, sv[0], &s_mid_handlers, &ctx);
+    assert_non_null(c);
+    assert_int_equal(router_conn_send(c, "last", 4), 0);
+    router_conn_close(c);
+    assert_int_equal(router_conn_send(c, "more", 4), -1);
+    assert_int_equal(errno, EPIPE);
+    ctx.want_closed = 1;
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_LOCAL);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.close_timeouts, 0);
+    char buf[8];
+    assert_int_equal(s_recv_eof(sv[1], buf, sizeof buf), 4);
+    assert_memory_equal(buf, "last", 4);
+    close(sv[1]);
+    s_done(&ctx);
+}
+
+static void s_stop_on_drain(router_conn_t *c, void *ud)
+{
+    (void) c;
+    router_loop_stop(((s_ctx_t *) ud)->loop);
+}
+
+/* A frame in two pieces (a header and its body) with each allocation of
+ * the send queue failing in turn: the send refuses with ENOMEM and the
+ * connection is cut (ROUTER_CLOSE_ERROR), so the peer never reads a
+ * partial frame; once no allocation fails the whole frame arrives. */
+static void test_sendv_without_memory(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    router_conn_handlers_t h = s_mid_handlers;
+    h.on_drain = s_stop_on_drain;
+    static uint8_t body[3000];
+    for (size_t i = 0; i < sizeof body; i++)
+        body[i] = (uint8_t) i;
+    struct iovec iov[2] = {{.iov_base = "head", .iov_len = 4},
+                           {.iov_base = body, .iov_len = sizeof body}};
+    unsigned refused = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        router_conn_t *c = router_loop_adopt(ctx.loop, sv[0], &h, &ctx);
+        assert_non_null(c);
+        errno = 0;
+        alloc_fail_arm(i);
+        int rc = router_conn_sendv(c, iov, 2);
+        int e = errno;
+        bool failed = alloc_fail_disarm() > 0;
+        uint8_t buf[4096];
+        if (failed) {
+            assert_int_equal(rc, -1);
+            assert_int_equal(e, ENOMEM);
+            assert_int_equal(router_conn_send(c, "x", 1), -1); /* cut already */
+            ctx.want_closed = ctx.closed + 1;
+            s_run(&ctx);
+            assert_int_equal(ctx.reasons[ctx.closed - 1], ROUTER_CLOSE_ERROR);
+            assert_int_equal(ctx.send_errno, ENOMEM);
+            assert_int_equal(s_peer_eof(&ctx, sv[1]), 0); /* not a byte */
+            close(sv[1]);
+            refused++;
+            continue;
+        }
+        assert_int_equal(rc, 0);
+        s_run(&ctx); /* until the queue drained */
+        assert_int_equal(s_recv_exact(sv[1], buf, 4 + sizeof body), 0);
+        assert_memory_equal(buf, "head", 4);
+        assert_memory_equal(buf + 4, body, sizeof body);
+        router_conn_abort(c);
+        ctx.want_closed = ctx.closed + 1;
+        s_run(&ctx);
+        assert_int_equal(ctx.reasons[ctx.closed - 1], ROUTER_CLOSE_ABORT);
+        close(sv[1]);
+        break;
+    }
+    assert_true(refused >= 2); /* the header's block and the body's */
+    s_done(&ctx);
+}
+
+/* Out of memory for input held past the connection's turn: it cannot be
+ * kept and must not be handed over twice or lost silently, so the
+ * connection is cut (ROUTER_CLOSE_ERROR, ENOMEM) after the bytes of its
+ * turn. */
+static void s_park_oom_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_mid_data(c, data, len, ud);
+    alloc_fail_arm(0); /* the next allocation: the parking of the rest */
+}
+
+static void test_park_without_memory(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    router_conn_handlers_t h = {.on_data = s_park_oom_data, .on_close = s_mid_close};
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    router_conn_t *c = router_loop_adopt(ctx.loop, sv[0], &h, &ctx);
+    assert_non_null(c);
+    router_conn_set_turn_bytes(c, 1);
+    assert_int_equal(s_send_all(sv[1], "0123456789", 10), 0);
+    ctx.want_closed = 1;
+    s_run(&ctx);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(ctx.closed, 1);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_ERROR);
+    assert_int_equal(ctx.send_errno, ENOMEM);
+    assert_int_equal(ctx.got_len, 1);
+    assert_int_equal(ctx.got[0], '0');
+    close(sv[1]);
+    s_done(&ctx);
+}
+
+/* router_conn_disown: the owner's handlers are never called again, and the
+ * connection is reset. */
+static void test_disown(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    router_conn_t *c = router_loop_adopt(ctx.loop, sv[0], &s_mid_handlers, &ctx);
+    assert_non_null(c);
+    assert_int_equal(router_conn_send(c, "unsent", 6), 0);
+    router_conn_disown(c);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.conns_open, 0);
+    assert_int_equal(s_peer_eof(&ctx, sv[1]), 0); /* queued data discarded */
+    assert_int_equal(ctx.closed, 0);
+    close(sv[1]);
+    s_done(&ctx);
+}
+
+/* Bad arguments and the edges of the API answer without touching a
+ * connection; a total that overflows is over any limit (the cut). */
+static void test_send_arguments(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    errno = 0;
+    assert_int_equal(router_conn_sendv(NULL, NULL, 0), -1);
+    assert_int_equal(errno, EINVAL);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    router_conn_t *c = router_loop_adopt(ctx.loop, sv[0], &s_mid_handlers, &ctx);
+    assert_non_null(c);
+    errno = 0;
+    assert_int_equal(router_conn_sendv(c, NULL, 1), -1);
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_int_equal(router_conn_sendv(c, (struct iovec[1]){{0}}, -1), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_conn_sendv(c, NULL, 0), 0); /* nothing to send */
+    static uint8_t one;
+    struct iovec huge[2] = {{.iov_base = &one, .iov_len = SIZE_MAX / 2 + 1},
+                            {.iov_base = &one, .iov_len = SIZE_MAX / 2 + 1}};
+    errno = 0;
+    assert_int_equal(router_conn_sendv(c, huge, 2), -1);
+    assert_int_equal(errno, ENOBUFS);
+    assert_int_equal(router_conn_fd(c), -1); /* cut */
+    ctx.want_closed = 1;
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_SLOW_CONSUMER);
+    close(sv[1]);
+    /* adopt of a descriptor that is not open: refused with its errno. */
+    int dead = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    assert_true(dead >= 0);
+    close(dead);
+    errno = 0;
+    assert_null(router_loop_adopt(ctx.loop, dead, &s_mid_handlers, &ctx));
+    assert_int_equal(errno, EBADF);
+    /* The accessors take NULL. */
+    assert_int_equal(router_conn_id(NULL), 0);
+    assert_null(router_conn_peer(NULL));
+    assert_null(router_conn_userdata(NULL));
+    assert_int_equal(router_conn_error(NULL), 0);
+    static const char *const names[] = {"?", "eof", "local", "abort", "error", "slow_consumer",
+                                        "timeout", "connect_failed", "shutdown", "deadline"};
+    for (int r = ROUTER_CLOSE_EOF; r <= ROUTER_CLOSE_DEADLINE; r++)
+        assert_string_equal(router_close_reason_str((router_close_reason_t) r), names[r]);
+    assert_string_equal(router_close_reason_str((router_close_reason_t) 99), "unknown");
+    s_done(&ctx);
+}
+
+static void s_noop_timer(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id, (void) ud;
+}
+
+/* Without a timer slot left (max_timers pending), a graceful close cannot
+ * be bounded, so it ends at once: as a timeout with data unsent, as a
+ * local close without; and a deadline that could not arm the sweep is
+ * armed by the next router_conn_set_deadline, an earlier one moving the
+ * sweep forward. */
+static void test_no_timer_slot(void **state)
+{
+    s_ctx_t ctx;
+    router_loop_opts_t o = {.max_timers = 8};
+    s_loop_new(&ctx, state, &o);
+    router_conn_t *c[4];
+    int peer[4];
+    for (int i = 0; i < 4; i++) {
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        c[i] = router_loop_adopt(ctx.loop, sv[0], &s_mid_handlers, &ctx);
+        assert_non_null(c[i]);
+        peer[i] = sv[1];
+    }
+    uint64_t fill[8];
+    int nfill = 0;
+    while (nfill < 8 && (fill[nfill] = router_loop_timer_add(ctx.loop, 60000, s_noop_timer, NULL)))
+        nfill++;
+    assert_true(nfill > 0 && nfill < 8 + 1);
+    assert_int_equal(router_loop_timer_add(ctx.loop, 60000, s_noop_timer, NULL), 0);
+    assert_int_equal(errno, ENOSPC);
+    assert_int_equal(router_conn_send(c[0], "unsent", 6), 0);
+    router_conn_close(c[0]);
+    router_conn_close(c[1]);
+    assert_int_equal(router_conn_fd(c[0]), -1); /* ended at once */
+    assert_int_equal(router_conn_fd(c[1]), -1);
+    uint64_t now = router_loop_now_ms(ctx.loop);
+    router_conn_set_deadline(c[2], now + 1); /* no sweep: nothing would cut it */
+    for (int i = 0; i < nfill; i++)
+        assert_int_equal(router_loop_timer_cancel(ctx.loop, fill[i]), 0);
+    router_conn_set_deadline(c[2], now + 60000); /* armed now */
+    router_conn_set_deadline(c[3], now + 1);     /* earlier: the sweep moves */
+    ctx.want_closed = 3;
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_TIMEOUT);
+    assert_int_equal(ctx.reasons[1], ROUTER_CLOSE_LOCAL);
+    assert_int_equal(ctx.reasons[2], ROUTER_CLOSE_DEADLINE);
+    assert_true(router_conn_fd(c[2]) >= 0); /* its deadline is a minute away */
+    router_conn_abort(c[2]);
+    ctx.want_closed = 4;
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[3], ROUTER_CLOSE_ABORT);
+    for (int i = 0; i < 4; i++)
+        close(peer[i]);
+    s_done(&ctx);
+}
+
+/* A connection aborted while its input waits parked for its next turn
+ * leaves the loop's backlog with it (ASan: no use after free). */
+static void s_backlog_abort(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id;
+    s_ctx_t *ctx = ud;
+    if (ctx->conn)
+        router_conn_abort(ctx->conn);
+}
+
+static void s_backlog_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    s_ctx_t *ctx = ud;
+    if (ctx->got_len == 0)
+        assert_true(router_loop_timer_add(ctx->loop, 0, s_backlog_abort, ctx) != 0);
+    s_mid_data(c, data, len, ud);
+}
+
+static void test_abort_while_parked(void **state)
+{
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    router_conn_handlers_t h = {.on_data = s_backlog_data, .on_close = s_mid_close};
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    router_conn_t *c = router_loop_adopt(ctx.loop, sv[0], &h, &ctx);
+    assert_non_null(c);
+    router_conn_set_turn_bytes(c, 1);
+    static const char many[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+    assert_int_equal(s_send_all(sv[1], many, sizeof many - 1), 0);
+    ctx.want_closed = 1;
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_ABORT);
+    assert_true(ctx.got_len >= 1 && ctx.got_len < sizeof many - 1);
+    assert_memory_equal(ctx.got, many, ctx.got_len);
+    close(sv[1]);
+    s_done(&ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2031,6 +2480,15 @@ int main(void)
         BOTH(test_uds_stale_file),
         BOTH(test_accept_emfile_backs_off),
         BOTH(test_accept_without_handlers_aborts),
+        BOTH(test_peer_vanishes_mid_frame),
+        BOTH(test_reset_after_graceful_close),
+        BOTH(test_close_timeout_all_sent),
+        BOTH(test_sendv_without_memory),
+        BOTH(test_park_without_memory),
+        BOTH(test_disown),
+        BOTH(test_send_arguments),
+        BOTH(test_no_timer_slot),
+        BOTH(test_abort_while_parked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
