@@ -2,6 +2,7 @@
  * appends, rotation, verification and queries. See chain.h and WIRE §21. */
 #include "audit/chain.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -178,6 +179,87 @@ static int s_reader_next(s_reader_t *r, s_line_t *line)
             return 1;
         }
         if (s_reader_fill(r) != 0)
+            return -1;
+    }
+}
+
+/* Reads a file's lines last first, for queries, which want the newest
+ * records: through the same fixed buffer, so a query costs the bytes back
+ * to its oldest match, not the whole file. A line longer than
+ * AUDIT_LINE_MAX (no record is) and the file's unterminated last bytes (an
+ * append cut short) are passed over. Bytes appended after the reader was
+ * opened are not read. */
+typedef struct {
+    int fd;
+    char *buf;            /* S_READER_CAP */
+    size_t lo, hi;        /* buf[lo, hi) holds the file's bytes from `offset` */
+    off_t offset;         /* file offset of buf[lo]; everything from offset + hi - lo on is done */
+    off_t size;           /* the file's size when opened */
+    bool skipping;        /* the bytes before hi belong to a line passed over */
+} s_rreader_t;
+
+/* Reads the chunk before buf[lo], first moving what is held to the end of
+ * the buffer when there is no room for a chunk before it. 0, or -1
+ * (errno). */
+static int s_rreader_fill(s_rreader_t *r)
+{
+    size_t have = r->hi - r->lo;
+    assert(have <= AUDIT_LINE_MAX + 1); /* s_rreader_prev lets a longer line go */
+    if (r->lo < S_READ_CHUNK) { /* so a chunk fits before it */
+        memmove(r->buf + S_READER_CAP - have, r->buf + r->lo, have);
+        r->lo = S_READER_CAP - have;
+        r->hi = S_READER_CAP;
+    }
+    size_t n = (off_t) S_READ_CHUNK < r->offset ? S_READ_CHUNK : (size_t) r->offset;
+    for (size_t got = 0; got < n;) {
+        ssize_t k = pread(r->fd, r->buf + r->lo - n + got, n - got, r->offset - (off_t) (n - got));
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            if (k == 0)
+                errno = EIO; /* the file was cut shorter under the reader */
+            return -1;
+        }
+        got += (size_t) k;
+    }
+    r->lo -= n;
+    r->offset -= (off_t) n;
+    return 0;
+}
+
+/* 1 with the line before the last one handed over (newline excluded, valid
+ * until the next call), 0 at the start of the file, -1 on a read error
+ * (errno). */
+static int s_rreader_prev(s_rreader_t *r, const char **p, size_t *len)
+{
+    for (;;) {
+        size_t have = r->hi - r->lo;
+        if (have > 0) {
+            if (!r->skipping && r->buf[r->hi - 1] != '\n')
+                r->skipping = true; /* the file's last bytes, never terminated */
+            size_t body = r->skipping ? have : have - 1; /* before the terminator */
+            const char *nl = memrchr(r->buf + r->lo, '\n', body);
+            if (nl || r->offset == 0) {
+                size_t start = nl ? (size_t) (nl - r->buf) + 1 : r->lo;
+                size_t n = r->lo + body - start;
+                bool whole = !r->skipping && n <= AUDIT_LINE_MAX;
+                r->hi = start;
+                r->skipping = false;
+                if (whole) {
+                    *p = r->buf + start;
+                    *len = n;
+                    return 1;
+                }
+                continue;
+            }
+            if (body > AUDIT_LINE_MAX) { /* too long for a record: let it go */
+                r->skipping = true;
+                r->hi = r->lo;
+            }
+        } else if (r->offset == 0) {
+            return 0;
+        }
+        if (s_rreader_fill(r) != 0)
             return -1;
     }
 }
@@ -1099,14 +1181,21 @@ void audit_lines_free(audit_lines_t *l)
     memset(l, 0, sizeof *l);
 }
 
-/* The newest `limit` matches of one file within bytes_max (0: no bound),
- * oldest first; *full says that matches were left out for bytes_max. */
-static int s_query_file(const char *path, const audit_query_t *q, uint32_t limit, size_t bytes_max,
-                        audit_lines_t *out, bool *full, audit_error_t *err)
+/* What is left of a query as it goes from file to file. */
+typedef struct {
+    uint32_t limit;     /* matches still wanted */
+    size_t bytes;       /* line bytes still allowed (bytes_max set) */
+    uint64_t scan;      /* file bytes still allowed (scan_max set) */
+    bool stop;          /* a bound was reached: read no older file */
+} s_query_left_t;
+
+/* The newest matches of one file, read from its end back, oldest first in
+ * *out, within what `left` allows (and taken off it). */
+static int s_query_file(const char *path, const audit_query_t *q, s_query_left_t *left,
+                        audit_lines_t *out, audit_error_t *err)
 {
     memset(out, 0, sizeof *out);
-    *full = false;
-    s_reader_t r = {.fd = open(path, O_RDONLY | O_CLOEXEC)};
+    s_rreader_t r = {.fd = open(path, O_RDONLY | O_CLOEXEC)};
     if (r.fd < 0) {
         if (errno == ENOENT)
             return 0;
@@ -1114,81 +1203,77 @@ static int s_query_file(const char *path, const audit_query_t *q, uint32_t limit
         return -1;
     }
     int rc = -1;
-    /* A ring of the newest `limit` matches. */
-    char **ring = calloc(limit, sizeof *ring);
-    size_t *lens = calloc(limit, sizeof *lens);
-    size_t head = 0, count = 0;
-    if (!ring || !lens || !(r.buf = malloc(S_READER_CAP))) {
+    struct stat st;
+    if (fstat(r.fd, &st) != 0) {
+        s_err(err, AUDIT_E_IO, "cannot read %s: %s", path, strerror(errno));
+        goto done;
+    }
+    r.offset = r.size = st.st_size;
+    r.lo = r.hi = S_READER_CAP;
+    /* Matches newest first; turned round at the end. */
+    char **lines = calloc(left->limit, sizeof *lines);
+    size_t *lens = calloc(left->limit, sizeof *lens);
+    out->lines = lines;
+    out->lens = lens;
+    if (!lines || !lens || !(r.buf = malloc(S_READER_CAP))) {
         s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
         goto done;
     }
-    s_line_t line;
-    int got;
-    while ((got = s_reader_next(&r, &line)) == 1) {
+    const char *p;
+    size_t len;
+    int got = 1;
+    while (out->n < left->limit) {
+        uint64_t read_back = (uint64_t) (r.size - r.offset);
+        if (q->scan_max && read_back >= left->scan) {
+            left->stop = true; /* stopped by scan_max: what it read stands */
+            break;
+        }
+        if ((got = s_rreader_prev(&r, &p, &len)) != 1)
+            break;
         audit_record_t rec;
-        int rd = !line.newline || line.long_line ? -1 : audit_record_read(line.p, line.len, &rec);
+        int rd = audit_record_read(p, len, &rec);
         if (rd == -2) {
             s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
             goto done;
         }
-        if (rd != 0)
+        if (rd != 0 || (q->type && strcmp(q->type, rec.type) != 0) ||
+            (q->has_since && rec.time_ms < q->since_ms))
             continue;
-        if ((q->type && strcmp(q->type, rec.type) != 0) || (q->has_since && rec.time_ms < q->since_ms))
-            continue;
-        char *copy = malloc(line.len + 1);
-        if (!copy) {
+        if (q->bytes_max && len > left->bytes) {
+            left->stop = true;
+            break;
+        }
+        if (!(lines[out->n] = malloc(len + 1))) {
             s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
             goto done;
         }
-        memcpy(copy, line.p, line.len);
-        copy[line.len] = '\0';
-        size_t slot = (head + count) % limit;
-        if (count == limit) {
-            free(ring[head]);
-            slot = head;
-            head = (head + 1) % limit;
-        } else {
-            count++;
-        }
-        ring[slot] = copy;
-        lens[slot] = line.len;
+        memcpy(lines[out->n], p, len);
+        lines[out->n][len] = '\0';
+        lens[out->n++] = len;
+        if (q->bytes_max)
+            left->bytes -= len;
     }
     if (got < 0) {
         s_err(err, AUDIT_E_IO, "cannot read %s: %s", path, strerror(errno));
         goto done;
     }
-    /* Drop the oldest until the rest fit bytes_max. */
-    size_t total = 0, keep = 0;
-    for (size_t i = count; i > 0; i--) {
-        size_t at = (head + i - 1) % limit;
-        if (bytes_max && total + lens[at] > bytes_max) {
-            *full = true;
-            break;
-        }
-        total += lens[at];
-        keep++;
+    if (q->scan_max) {
+        uint64_t read_back = (uint64_t) (r.size - r.offset);
+        left->scan -= read_back < left->scan ? read_back : left->scan;
     }
-    if (keep && (!(out->lines = calloc(keep, sizeof *out->lines)) ||
-                 !(out->lens = calloc(keep, sizeof *out->lens)))) {
-        audit_lines_free(out);
-        s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < count; i++) {
-        size_t at = (head + i) % limit;
-        if (i < count - keep)
-            continue;
-        out->lines[out->n] = ring[at];
-        out->lens[out->n++] = lens[at];
-        ring[at] = NULL;
+    left->limit -= (uint32_t) out->n;
+    for (size_t i = 0, j = out->n; i + 1 < j; i++, j--) {
+        char *t = lines[i];
+        lines[i] = lines[j - 1];
+        lines[j - 1] = t;
+        size_t tl = lens[i];
+        lens[i] = lens[j - 1];
+        lens[j - 1] = tl;
     }
     rc = 0;
 done:
-    if (ring)
-        for (size_t i = 0; i < limit; i++)
-            free(ring[i]);
-    free(ring);
-    free(lens);
+    if (rc != 0)
+        audit_lines_free(out);
     free(r.buf);
     close(r.fd);
     return rc;
@@ -1199,25 +1284,24 @@ static int s_query_chain(const char *path, const audit_query_t *q, audit_lines_t
                          audit_error_t *err, const uint64_t *seqs, size_t n)
 {
     memset(out, 0, sizeof *out);
-    uint32_t left = q->limit > PROTO_AUDIT_LIMIT_MAX ? PROTO_AUDIT_LIMIT_MAX : q->limit;
-    size_t bytes_left = q->bytes_max;
+    s_query_left_t left = {
+        .limit = q->limit > PROTO_AUDIT_LIMIT_MAX ? PROTO_AUDIT_LIMIT_MAX : q->limit,
+        .bytes = q->bytes_max,
+        .scan = q->scan_max,
+    };
     /* The log, then its rotated files newest first, each one's matches put
      * before what is held. */
-    for (size_t i = 0; left > 0 && i <= n; i++) {
+    for (size_t i = 0; left.limit > 0 && !left.stop && i <= n; i++) {
         char *name = s_file_name(path, i ? seqs[n - i] : 0, "");
         if (!name) {
             s_err(err, AUDIT_E_NO_MEMORY, "out of memory");
             goto fail;
         }
         audit_lines_t part;
-        bool full;
-        int rc = s_query_file(name, q, left, bytes_left, &part, &full, err);
+        int rc = s_query_file(name, q, &left, &part, err);
         free(name);
         if (rc != 0)
             goto fail;
-        size_t got = part.n, bytes = 0;
-        for (size_t k = 0; k < part.n; k++)
-            bytes += part.lens[k];
         if (part.n && out->n) {
             char **lines = calloc(part.n + out->n, sizeof *lines);
             size_t *lens = calloc(part.n + out->n, sizeof *lens);
@@ -1239,15 +1323,14 @@ static int s_query_chain(const char *path, const audit_query_t *q, audit_lines_t
             out->lines = lines;
             out->lens = lens;
             out->n += part.n;
-        } else if (part.n) {
+        } else if (out->n) {
+            audit_lines_free(&part); /* nothing from this file */
+        } else {
+            audit_lines_free(out);
             *out = part;
         }
-        left -= (uint32_t) got;
-        if (q->bytes_max)
-            bytes_left -= bytes;
-        if (full || (q->bytes_max && bytes_left == 0))
-            break;
     }
+    out->partial = left.stop; /* set only where fewer than limit were found */
     return 0;
 fail:
     audit_lines_free(out);

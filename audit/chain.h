@@ -5,13 +5,16 @@
  *   - append: a batch of events becomes consecutive records, written with
  *     one write and made durable with one fsync of the log and one of the
  *     head (group commit); nothing is acknowledged before both.
- *   - rotation: once the log holds rotate_bytes, it becomes path.1 (older
- *     ones path.2 … path.keep, the oldest deleted) and a new log goes on
- *     with the same chain, opened by an `audit_rotated` record (WIRE §21.8).
+ *   - rotation: once the log holds rotate_bytes, it is renamed for the seq
+ *     of its first record (path.<20 digits>; the oldest past `keep`
+ *     deleted) and a new log goes on with the same chain, opened by an
+ *     `audit_rotated` record (WIRE §21.10).
  *   - verify: recomputes every hash (and HMAC with a key), checks seq and
  *     prev links and the head, follows the chain back through the rotated
  *     files, and names the first bad record.
- *   - query: the newest matching records, oldest first, across the files.
+ *   - query: the newest matching records, oldest first, across the files,
+ *     read from their ends back, so a query costs what it reads back to
+ *     its oldest match (and at most scan_max bytes), not the whole log.
  *
  * A chain is used by one thread at a time (the audit worker's). verify and
  * query only read, so `kith audit` runs them beside a live daemon. */
@@ -144,20 +147,24 @@ typedef struct {
     bool has_since;
     uint64_t since_ms;       /* time_ms >= since_ms */
     size_t bytes_max;        /* total line bytes kept; 0: no bound beyond limit */
+    uint64_t scan_max;       /* bytes of the files read, all together; 0: no bound */
 } audit_query_t;
 
 typedef struct {
     char **lines;            /* NUL-terminated, oldest first; lines not kept are skipped */
     size_t *lens;
     size_t n;
+    bool partial;            /* bytes_max or scan_max stopped the read: older matches may exist */
 } audit_lines_t;
 
 void audit_lines_free(audit_lines_t *l);
 
 /* The newest q->limit records of `path` and its rotated files that match,
  * oldest first; lines that are not records are skipped (verify reports
- * them). When bytes_max is
- * set, the oldest are dropped until the rest fit. Returns 0 with *out (the
+ * them). The files are read newest first, each from its end back, until
+ * limit matches are found, or the next would take the lines past
+ * bytes_max, or scan_max bytes have been read; out->partial says one of
+ * the last two stopped it with fewer than limit. Returns 0 with *out (the
  * caller frees it), or -1 with *err. A missing log has no records. */
 int audit_chain_query(const char *path, const audit_query_t *q, audit_lines_t *out,
                       audit_error_t *err) __attribute__((warn_unused_result));

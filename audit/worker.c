@@ -24,6 +24,7 @@
 struct audit_worker {
     audit_chain_t *chain;          /* the log; the thread's alone once it runs */
     audit_key_t key;               /* for verify (the chain keeps its own copy) */
+    uint64_t query_scan_max;       /* log bytes one query reads; 0: no bound */
     router_mdp_worker_t *mdp;      /* made and destroyed on the thread */
     router_mdp_worker_opts_t mo;   /* how to connect */
     char *endpoint;
@@ -162,10 +163,12 @@ done:;
 
 /* ---------------------------------------------------------------- query, verify */
 
-static uint8_t *s_query(audit_chain_t *chain, const proto_audit_msg_t *req, size_t *len)
+static uint8_t *s_query(audit_chain_t *chain, const proto_audit_msg_t *req, uint64_t scan_max,
+                        size_t *len)
 {
     audit_query_t q = {.limit = req->limit, .type = req->event_type, .has_since = req->has_since,
-                       .since_ms = req->since_ms, .bytes_max = PROTO_AUDIT_MSG_MAX - S_RECORDS_OVERHEAD};
+                       .since_ms = req->since_ms, .bytes_max = PROTO_AUDIT_MSG_MAX - S_RECORDS_OVERHEAD,
+                       .scan_max = scan_max};
     audit_lines_t lines;
     audit_error_t err = {0};
     if (audit_chain_query(audit_chain_path(chain), &q, &lines, &err) != 0)
@@ -176,7 +179,8 @@ static uint8_t *s_query(audit_chain_t *chain, const proto_audit_msg_t *req, size
         goto done;
     for (size_t i = 0; i < lines.n; i++)
         t[i] = (proto_audit_text_t){lines.lines[i], lines.lens[i]};
-    proto_audit_msg_t m = {.kind = PROTO_AUDIT_RECORDS, .records = t, .n_records = lines.n};
+    proto_audit_msg_t m = {.kind = PROTO_AUDIT_RECORDS, .records = t, .n_records = lines.n,
+                           .partial = lines.partial};
     out = s_encode(&m, len);
 done:
     free(t);
@@ -204,7 +208,8 @@ static uint8_t *s_verify(audit_chain_t *chain, const audit_key_t *key, size_t *l
     return s_encode(&m, len);
 }
 
-uint8_t *audit_worker_handle(audit_chain_t *chain, const audit_key_t *key, const uint8_t *body,
+uint8_t *audit_worker_handle(audit_chain_t *chain, const audit_key_t *key, uint64_t query_scan_max,
+                             const uint8_t *body,
                              size_t len, size_t *out_len)
 {
     proto_audit_msg_t req;
@@ -217,7 +222,7 @@ uint8_t *audit_worker_handle(audit_chain_t *chain, const audit_key_t *key, const
     uint8_t *out;
     switch (req.kind) {
     case PROTO_AUDIT_APPEND: out = s_append(chain, &req, out_len); break;
-    case PROTO_AUDIT_QUERY:  out = s_query(chain, &req, out_len); break;
+    case PROTO_AUDIT_QUERY:  out = s_query(chain, &req, query_scan_max, out_len); break;
     case PROTO_AUDIT_VERIFY: out = s_verify(chain, key, out_len); break;
     default:
         out = s_error("bad_request", "a reply, not a request", out_len);
@@ -254,7 +259,8 @@ static void *s_main(void *arg)
         if (rc == 0)
             continue;
         size_t out_len = 0;
-        uint8_t *out = audit_worker_handle(self->chain, &self->key, body, len, &out_len);
+        uint8_t *out =
+            audit_worker_handle(self->chain, &self->key, self->query_scan_max, body, len, &out_len);
         free(body);
         if (!out) {
             out = s_error("no_memory", "out of memory", &out_len);
@@ -284,6 +290,7 @@ audit_worker_t *audit_worker_start(const audit_worker_opts_t *o, char *err, size
     }
     pthread_mutex_init(&self->lock, NULL);
     pthread_cond_init(&self->cond, NULL);
+    self->query_scan_max = o->query_scan_max;
     if (audit_key_from_env(&self->key, o->hmac_key_env, err, errcap) != 0)
         goto fail;
     audit_chain_opts_t co = {.path = o->path, .key = &self->key, .sync = o->sync, .sync_ud = o->sync_ud,

@@ -30,6 +30,7 @@ typedef struct {
     void *sync_ud;
     uint64_t rotate_bytes;        /* audit.rotate_bytes; 0: never rotate */
     uint32_t keep;                /* audit.keep; 0: 1 */
+    uint64_t query_scan_max;      /* audit.query_scan_bytes: log bytes one query reads; 0: all */
 } audit_worker_opts_t;
 
 /* Opens the chain (refusing a log that is cut off, torn by tampering or
@@ -44,8 +45,10 @@ void audit_worker_stop(audit_worker_t **self_p);
 
 /* Handles one request body and returns the reply body (caller frees), or
  * NULL when out of memory. The worker's loop is this plus transport; tests
- * call it directly. `chain` is used by one thread at a time. */
-uint8_t *audit_worker_handle(audit_chain_t *chain, const audit_key_t *key, const uint8_t *body,
+ * call it directly. `chain` is used by one thread at a time; a query reads
+ * at most query_scan_max bytes of the log (0: no bound). */
+uint8_t *audit_worker_handle(audit_chain_t *chain, const audit_key_t *key, uint64_t query_scan_max,
+                             const uint8_t *body,
                              size_t len, size_t *out_len);
 
 #endif

@@ -94,7 +94,7 @@ static void s_answer(gateway_http_res_t *res, const proto_audit_msg_t *m)
 {
     if (m->kind == PROTO_AUDIT_RECORDS) {
         /* Each record is a JSON object already: they go in as they are. */
-        size_t cap = 32;
+        size_t cap = 48;
         for (size_t i = 0; i < m->n_records; i++)
             cap += m->records[i].len + 1;
         char *body = malloc(cap), *w = body;
@@ -109,7 +109,7 @@ static void s_answer(gateway_http_res_t *res, const proto_audit_msg_t *m)
             memcpy(w, m->records[i].p, m->records[i].len);
             w += m->records[i].len;
         }
-        strcpy(w, "]}");
+        strcpy(w, m->partial ? "],\"partial\":true}" : "]}");
         (void) gateway_http_respond_json(res, 200, body);
         free(body);
     } else if (m->kind == PROTO_AUDIT_VERIFIED) {

@@ -68,12 +68,14 @@ typedef enum {
     S_K_CODE,
     S_K_MESSAGE,
     S_K_FILES,
+    S_K_PARTIAL,
     S_K_N,
 } s_key_t;
 
 static const char *const s_key_names[S_K_N] = {
     "type", "events", "first_seq", "count", "limit", "event_type", "since_ms",
     "records", "ok", "first_bad", "reason", "time_ms", "detail", "code", "message", "files",
+    "partial",
 };
 
 #define S_BIT(k) (1u << (k))
@@ -91,7 +93,8 @@ static const s_schema_t s_schemas[] = {
      S_BIT(S_K_TYPE) | S_BIT(S_K_FIRST_SEQ) | S_BIT(S_K_COUNT)},
     {PROTO_AUDIT_QUERY, S_BIT(S_K_TYPE) | S_BIT(S_K_LIMIT) | S_BIT(S_K_EVENT_TYPE) | S_BIT(S_K_SINCE_MS),
      S_BIT(S_K_TYPE) | S_BIT(S_K_LIMIT)},
-    {PROTO_AUDIT_RECORDS, S_BIT(S_K_TYPE) | S_BIT(S_K_RECORDS), S_BIT(S_K_TYPE) | S_BIT(S_K_RECORDS)},
+    {PROTO_AUDIT_RECORDS, S_BIT(S_K_TYPE) | S_BIT(S_K_RECORDS) | S_BIT(S_K_PARTIAL),
+     S_BIT(S_K_TYPE) | S_BIT(S_K_RECORDS)},
     {PROTO_AUDIT_VERIFY, S_BIT(S_K_TYPE), S_BIT(S_K_TYPE)},
     {PROTO_AUDIT_VERIFIED,
      S_BIT(S_K_TYPE) | S_BIT(S_K_OK) | S_BIT(S_K_FIRST_BAD) | S_BIT(S_K_REASON) | S_BIT(S_K_RECORDS) |
@@ -291,6 +294,11 @@ static proto_audit_err_t s_decode(const cbor_item_t *root, proto_audit_msg_t *m)
         return PROTO_AUDIT_OK;
     }
     case PROTO_AUDIT_RECORDS:
+        if (f[S_K_PARTIAL]) {
+            if (!cbor_is_bool(f[S_K_PARTIAL]))
+                return PROTO_AUDIT_E_WRONG_TYPE;
+            m->partial = cbor_get_bool(f[S_K_PARTIAL]);
+        }
         return s_decode_records(f[S_K_RECORDS], m);
     case PROTO_AUDIT_VERIFY:
         return PROTO_AUDIT_OK;
@@ -483,9 +491,13 @@ int proto_audit_msg_encode(const proto_audit_msg_t *m, uint8_t **out, size_t *le
         }
         break;
     case PROTO_AUDIT_RECORDS:
-        proto_cbor_put_head(&b, 5, 2);
+        proto_cbor_put_head(&b, 5, 2 + (m->partial ? 1 : 0));
         s_put_str(&b, "type");
         s_put_str(&b, type);
+        if (m->partial) { /* "partial" sorts before "records": same length */
+            s_put_str(&b, "partial");
+            proto_cbor_put_head(&b, 7, 21);
+        }
         s_put_str(&b, "records");
         proto_cbor_put_head(&b, 4, m->n_records);
         for (size_t i = 0; i < m->n_records; i++)

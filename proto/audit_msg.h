@@ -4,7 +4,7 @@
  *   audit-append   {type:"audit_append", events:[+ {time_ms, type, detail}]}
  *   audit-appended {type:"audit_appended", first_seq, count}
  *   audit-query    {type:"audit_query", limit, ? event_type, ? since_ms}
- *   audit-records  {type:"audit_records", records:[* tstr]}
+ *   audit-records  {type:"audit_records", records:[* tstr], ? partial}
  *   audit-verify   {type:"audit_verify"}
  *   audit-verified {type:"audit_verified", ok, records, ? first_bad, ? reason,
  *                   ? files, ? first_seq}
@@ -113,6 +113,7 @@ typedef struct {
     /* RECORDS */
     proto_audit_text_t *records;
     size_t n_records;           /* 0..PROTO_AUDIT_LIMIT_MAX */
+    bool partial;               /* a bound stopped the read short of limit; sent when true */
     /* VERIFIED */
     bool ok;
     uint64_t checked;           /* `records`: how many records were checked */

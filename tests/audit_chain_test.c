@@ -635,6 +635,18 @@ static void test_query(void **state)
     assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
     assert_true(l.n >= 1 && l.n < 9);
     assert_memory_equal(l.lines[l.n - 1], "{\"seq\":9,", 9);
+    assert_true(l.partial); /* fewer than asked, and older ones left out */
+    audit_lines_free(&l);
+    /* limit found within the bound, or everything read: not partial. */
+    q = (audit_query_t){.limit = 1, .bytes_max = 500, .scan_max = 1};
+    assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
+    assert_int_equal(l.n, 1);
+    assert_false(l.partial);
+    audit_lines_free(&l);
+    q = (audit_query_t){.limit = 1000, .bytes_max = 1 << 20, .scan_max = 1 << 20};
+    assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
+    assert_int_equal(l.n, 9);
+    assert_false(l.partial);
     audit_lines_free(&l);
     q = (audit_query_t){.limit = 0};
     assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
@@ -667,6 +679,93 @@ static void test_long_and_garbage_lines(void **state)
     assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
     assert_int_equal(l.n, 2);
     audit_lines_free(&l);
+}
+
+/* The query reads each file from its end back: whatever lies between the
+ * records (lines too long to be one, on either side of a chunk's edge,
+ * garbage, empty lines) and a torn last line, it finds exactly the records
+ * a forward read finds, newest last, and under scan_max a suffix of them
+ * that says it is partial. */
+static void test_query_reads_back(void **state)
+{
+    s_fix_t *f = *state;
+    enum { N = 400 };
+    s_make(f, NULL, N);
+    size_t len;
+    char *orig = s_slurp(f->log, &len);
+    const char *rec[N];
+    size_t rlen[N], k = 0;
+    for (char *p = orig; k < N; k++) {
+        char *nl = memchr(p, '\n', len - (size_t) (p - orig));
+        assert_non_null(nl);
+        rec[k] = p;
+        rlen[k] = (size_t) (nl - p);
+        p = nl + 1;
+    }
+    static const size_t longs[] = {AUDIT_LINE_MAX - 1, AUDIT_LINE_MAX, AUDIT_LINE_MAX + 1,
+                                   40000, 65535, 65536, 65537, 140000};
+    char *junk = malloc(140001);
+    assert_non_null(junk);
+    memset(junk, 'x', 140000);
+    srand(7);
+    for (int round = 0; round < 12; round++) {
+        FILE *fp = fopen(f->log, "wb");
+        assert_non_null(fp);
+        size_t written = 0;
+        for (size_t i = 0; i < N; i++) {
+            switch (rand() % 6) {
+            case 0: written += fwrite("junk\n", 1, 5, fp); break;
+            case 1: written += fwrite("\n", 1, 1, fp); break;
+            case 2: {
+                size_t n = longs[(size_t) rand() % (sizeof longs / sizeof longs[0])];
+                written += fwrite(junk, 1, n, fp);
+                written += fwrite("\n", 1, 1, fp);
+                break;
+            }
+            default: break;
+            }
+            written += fwrite(rec[i], 1, rlen[i] + 1, fp);
+        }
+        if (round % 3 == 1) /* an append cut short: not a record */
+            written += fwrite(rec[0], 1, rlen[0] / 2, fp);
+        if (round % 3 == 2) /* ... not even when only its newline is missing */
+            written += fwrite(rec[0], 1, rlen[0], fp);
+        if (round % 3 == 0 && round) { /* ... nor a record and one octet more */
+            written += fwrite(rec[0], 1, rlen[0], fp);
+            written += fwrite(" ", 1, 1, fp);
+        }
+        if (round % 4 == 3) /* ... or a long line with no end */
+            written += fwrite(junk, 1, 70000, fp);
+        fclose(fp);
+
+        audit_lines_t l;
+        audit_error_t err = {0};
+        audit_query_t q = {.limit = 1000};
+        assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
+        assert_int_equal(l.n, N);
+        assert_false(l.partial);
+        for (size_t i = 0; i < N; i++) {
+            assert_int_equal(l.lens[i], rlen[i]);
+            assert_memory_equal(l.lines[i], rec[i], rlen[i]);
+        }
+        audit_lines_free(&l);
+        q.limit = 7;
+        assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
+        assert_int_equal(l.n, 7);
+        assert_false(l.partial);
+        assert_memory_equal(l.lines[0], rec[N - 7], rlen[N - 7]);
+        audit_lines_free(&l);
+        /* A scan bound: the newest found within it, and partial. */
+        q = (audit_query_t){.limit = 1000, .scan_max = (uint64_t) (rand() % (int) written)};
+        assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
+        assert_true(l.partial);
+        assert_true(l.n < N);
+        for (size_t i = 0; i < l.n; i++)
+            assert_memory_equal(l.lines[i], rec[N - l.n + i], rlen[N - l.n + i]);
+        audit_lines_free(&l);
+    }
+    free(junk);
+    free(orig);
 }
 
 static void test_head_slots(void **state)
@@ -940,6 +1039,21 @@ static void test_rotation_keeps_the_chain(void **state)
     assert_true(l.n >= 3 && l.n < r.records && total <= 1500);
     snprintf(want, sizeof want, "{\"seq\":%llu,", (unsigned long long) last);
     assert_memory_equal(l.lines[l.n - 1], want, strlen(want));
+    assert_true(l.partial);
+    audit_lines_free(&l);
+    /* A scan bound past the log: the log's records and some of the file
+     * before it, the newest, and partial. */
+    struct stat st;
+    assert_int_equal(stat(f->log, &st), 0);
+    q = (audit_query_t){.limit = 1000, .scan_max = (uint64_t) st.st_size + 1};
+    assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
+    assert_true(l.partial && l.n > 1 && l.n < r.records);
+    assert_memory_equal(l.lines[l.n - 1], want, strlen(want));
+    for (size_t i = 1; i < l.n; i++) { /* consecutive */
+        char at[32];
+        snprintf(at, sizeof at, "{\"seq\":%llu,", (unsigned long long) (last - l.n + 1 + i));
+        assert_memory_equal(l.lines[i], at, strlen(at));
+    }
     audit_lines_free(&l);
 
     /* Reopened, the chain goes on. */
@@ -1287,7 +1401,8 @@ int main(void)
         T(test_flip_every_byte_hmac), T(test_field_reasons),      T(test_truncation), T(test_prev_link),
         T(test_torn_tail_repaired),   T(test_hmac),               T(test_group_commit),
         T(test_fsync_failure),        T(test_torn_tail_repair_fails), T(test_cut_back_failure),
-        T(test_query),                T(test_long_and_garbage_lines),
+        T(test_query),                T(test_query_reads_back),
+        T(test_long_and_garbage_lines),
         T(test_head_slots),           T(test_open_refuses_what_the_head_denies),
         T(test_open_io_errors),       T(test_without_memory),
         T(test_rotation_keeps_the_chain), T(test_rotation_tampering),

@@ -156,6 +156,32 @@ static void test_query_and_records(void **state)
     assert_int_equal(d.n_records, 2);
     assert_string_equal(d.records[1].p, "{\"seq\":2}");
     proto_audit_msg_clear(&d);
+    assert_false(d.partial);
+    proto_audit_msg_clear(&d);
+    /* A read a bound stopped: type, partial, records ("partial" sorts
+     * before "records", the same length). */
+    proto_audit_msg_t rp = {.kind = PROTO_AUDIT_RECORDS, .records = recs + 1, .n_records = 1,
+                            .partial = true};
+    s_round(&rp,
+            "a3" "6474797065" "6d61756469745f7265636f726473" "677061727469616c" "f5"
+            "677265636f726473" "81" "697b22736571223a327d",
+            &d);
+    assert_true(d.partial);
+    assert_int_equal(d.n_records, 1);
+    proto_audit_msg_clear(&d);
+    /* partial: false is taken too (an encoder may send it); not a bool is not. */
+    size_t len;
+    proto_audit_err_t e;
+    uint8_t want[64];
+    s_unhex("a3" "6474797065" "6d61756469745f7265636f726473" "677061727469616c" "f4"
+            "677265636f726473" "80",
+            want, &len);
+    assert_int_equal(proto_audit_msg_decode(want, len, &d, &e), 0);
+    assert_false(d.partial);
+    proto_audit_msg_clear(&d);
+    assert_int_equal(s_refuse("a3" "6474797065" "6d61756469745f7265636f726473" "677061727469616c"
+                              "01" "677265636f726473" "80"),
+                     PROTO_AUDIT_E_WRONG_TYPE);
     proto_audit_msg_t r0 = {.kind = PROTO_AUDIT_RECORDS};
     s_round(&r0, NULL, &d);
     assert_int_equal(d.n_records, 0);

@@ -333,7 +333,7 @@ static void test_handle_bad_bodies(void **state)
     size_t len;
     proto_audit_msg_t m;
     proto_audit_err_t e;
-    uint8_t *out = audit_worker_handle(c, NULL, (const uint8_t *) "\xa0", 1, &len);
+    uint8_t *out = audit_worker_handle(c, NULL, 0, (const uint8_t *) "\xa0", 1, &len);
     assert_int_equal(proto_audit_msg_decode(out, len, &m, &e), 0);
     assert_int_equal(m.kind, PROTO_AUDIT_ERROR);
     assert_string_equal(m.code, "bad_request");
@@ -348,7 +348,7 @@ static void test_handle_bad_bodies(void **state)
     uint8_t *body;
     size_t blen;
     assert_int_equal(proto_audit_msg_encode(&req, &body, &blen, &e), 0);
-    out = audit_worker_handle(c, NULL, body, blen, &len);
+    out = audit_worker_handle(c, NULL, 0, body, blen, &len);
     free(body);
     assert_int_equal(proto_audit_msg_decode(out, len, &m, &e), 0);
     assert_int_equal(m.kind, PROTO_AUDIT_APPENDED);

@@ -78,6 +78,7 @@ static void test_defaults_match_design(void **state)
     assert_string_equal(c.audit.hmac_key_env, "");
     assert_int_equal(c.audit.rotate_bytes, 64 * 1024 * 1024);
     assert_int_equal(c.audit.keep, 8);
+    assert_int_equal(c.audit.query_scan_bytes, 64 * 1024 * 1024);
     /* DESIGN §10 */
     assert_int_equal(c.limits.envelope_frame_max, 1024 * 1024);
     assert_int_equal(c.limits.conn_unsent_max, 4 * 1024 * 1024);
@@ -191,6 +192,7 @@ static const s_case_t s_cases[] = {
     {"audit", "hmac_key_env", "\"AUDIT_KEY\"", "1", "\"A B\"", NULL},
     {"audit", "rotate_bytes", "0", "\"64M\"", "1125899906842625", NULL},
     {"audit", "keep", "1000", "-1", "1001", NULL},
+    {"audit", "query_scan_bytes", "0", "\"64M\"", "1125899906842625", NULL},
     {"limits", "sessions_max", "5", "\"5\"", "0", NULL},
     {"limits", "http_unauth_connections_max", "3000", "\"3000\"", "0", NULL},
     {"limits", "http_unauth_per_source_max", "8", "[8]", "1048577", NULL},

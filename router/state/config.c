@@ -252,6 +252,7 @@ static const s_key_t s_audit_keys[] = {
     S_S("hmac_key_env", audit.hmac_key_env, true, s_check_env_name, S_ENV),
     S_U("rotate_bytes", audit.rotate_bytes, 0, 1ull << 50),
     S_U("keep", audit.keep, 1, 1000),
+    S_U("query_scan_bytes", audit.query_scan_bytes, 0, 1ull << 50),
 };
 
 /* DESIGN §10. Byte counts that are size_t in the struct are stored through
@@ -340,6 +341,7 @@ void router_config_defaults(router_config_t *cfg)
     snprintf(cfg->audit.path, sizeof cfg->audit.path, "audit.log");
     cfg->audit.rotate_bytes = 64ull * 1024 * 1024;
     cfg->audit.keep = 8;
+    cfg->audit.query_scan_bytes = 64ull * 1024 * 1024;
 
     cfg->limits.envelope_frame_max = 1024 * 1024;
     cfg->limits.conn_unsent_max = 4 * 1024 * 1024;

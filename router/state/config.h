@@ -108,6 +108,7 @@ typedef struct {
         char hmac_key_env[ROUTER_CONFIG_ENV_CAP];          /* env var holding the HMAC key, or "" */
         uint64_t rotate_bytes;                             /* rotate the log at this size; 0: never */
         uint32_t keep;                                     /* rotated files kept, 1..1000 */
+        uint64_t query_scan_bytes;                         /* log bytes one query reads; 0: all */
     } audit;
     /* DESIGN §10: the `limits` keys (defaults from router_config_defaults()). */
     struct {

@@ -318,6 +318,7 @@ WORKER_GOOD = {
         {"type": "stopped", "turn_id": TURN},
         {"type": "audit_appended", "first_seq": 7, "count": 1},
         {"type": "audit_records", "records": ['{"seq":1}']},
+        {"type": "audit_records", "partial": True, "records": ['{"seq":1}']},
         {"type": "audit_verified", "ok": False, "records": 3, "first_bad": 2, "reason": "hash"},
         {"type": "audit_error", "code": "io", "message": "cannot fsync audit.log"},
     ],

@@ -445,7 +445,8 @@ static int s_audit_start(s_audit_t *au, router_node_t *node, const router_config
     audit_worker_opts_t wo = {.path = path, .hmac_key_env = cfg->audit.hmac_key_env,
                               .heartbeat_ms = (int) cfg->workers.heartbeat_ms,
                               .liveness = (int) cfg->workers.liveness,
-                              .rotate_bytes = cfg->audit.rotate_bytes, .keep = cfg->audit.keep};
+                              .rotate_bytes = cfg->audit.rotate_bytes, .keep = cfg->audit.keep,
+                              .query_scan_max = cfg->audit.query_scan_bytes};
     if (!(au->worker = audit_worker_start(&wo, err, errcap)))
         return -1;
     router_audit_feed_opts_t fo = {.loop = router_node_loop(node), .broker = au->broker,
