@@ -32,7 +32,7 @@
 /* The head file's name is the log's with this appended. */
 #define AUDIT_HEAD_SUFFIX ".head"
 /* The type of the record that opens a log after a rotation: it chains on
- * from the last record of the file before (path.1). */
+ * from the last record of the file before (the newest path.<seq>). */
 #define AUDIT_ROTATED_TYPE "audit_rotated"
 /* Rotated files a chain keeps at most (audit.keep). */
 #define AUDIT_KEEP_MAX 1000u
@@ -132,7 +132,7 @@ typedef struct {
 } audit_verify_result_t;
 
 /* Verifies the log at `path` (a missing log is an empty one) and the
- * rotated files before it (path.1, path.2 … up to the first missing one),
+ * rotated files before it (path.<seq of its first record>, 20 digits),
  * oldest first: each file must chain on from the one before, and the
  * oldest kept may start where rotation deleted the ones before it. Returns
  * 0 when intact, -1 otherwise; *out says what was found either way. */
