@@ -3,12 +3,16 @@
  * popped entries deleted, cross-thread pop, seen ids stored with their
  * admissions and read back, a failing commit withholding durability, and
  * the pruning of expired seen rows, and a reopen with each allocation
- * (kith's and SQLite's) failing in turn. */
+ * (kith's and SQLite's) failing in turn; a statement failing in the middle
+ * of a batch, a stop while the disk is full, out of memory for a delete,
+ * withdrawals from both ends of the unwritten list, and load callbacks
+ * that refuse. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +22,7 @@
 
 #include "alloc_fail.h"
 #include "vfs_fail.h"
+#include "router/metrics.h"
 #include "router/state/inbox.h"
 
 static void s_id(uint8_t id[16], uint32_t n)
@@ -824,6 +829,354 @@ static void test_reopen_without_memory(void **state)
     s_rmdir(dir);
 }
 
+/* ---------------------------------------------------------------- failures midway */
+
+/* s_exec with a busy timeout: the store thread may hold the write lock. */
+static void s_exec_busy(const char *db, const char *sql)
+{
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    sqlite3_busy_timeout(h, 10000);
+    assert_int_equal(sqlite3_exec(h, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(h);
+}
+
+static void s_wait_failures(router_inbox_t *in, uint64_t at_least)
+{
+    for (int i = 0; i < 10000 && router_inbox_commit_failures(in) < at_least; i++)
+        usleep(1000);
+    assert_true(router_inbox_commit_failures(in) >= at_least);
+}
+
+/* A statement failing in the middle of a batch — the entry's row, its
+ * key, its seen row, its sender's floor, or a delete of a popped entry —
+ * fails the whole transaction: it is rolled back (no row of it stays),
+ * nothing of it becomes durable, and the retry once the cause is gone
+ * writes every row exactly once. The failures are triggers of the test's
+ * own (RAISE while a switch row is set), as a constraint or a full table
+ * would fail a statement. Deletes that come while a failing batch waits
+ * join its retry. */
+static void test_batch_fails_midway(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
+    router_inbox_t *in = s_open(64, 0, db); /* the schema */
+    router_inbox_destroy(&in);
+    static const char *const where[] = {"inbox", "inbox_idempotency", "seen", "replay_floor"};
+    char sql[512];
+    s_exec(db, "CREATE TABLE fail_switch(what TEXT);"
+               "CREATE TRIGGER fail_delete BEFORE DELETE ON inbox WHEN EXISTS(SELECT 1 FROM"
+               " fail_switch WHERE what = 'delete') BEGIN SELECT RAISE(ABORT, 'injected'); END;");
+    for (size_t k = 0; k < 4; k++) {
+        snprintf(sql, sizeof sql,
+                 "CREATE TRIGGER fail_%s BEFORE INSERT ON %s WHEN EXISTS(SELECT 1 FROM"
+                 " fail_switch WHERE what = '%s') BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+                 where[k], where[k], where[k]);
+        s_exec(db, sql);
+    }
+    in = s_open(64, 0, db);
+    uint8_t id[16], a[32] = {1}, frame[1] = {0xF6};
+    uint64_t seq, durable = 0;
+    uint32_t nid = 0;
+    for (size_t k = 0; k < 4; k++) {
+        snprintf(sql, sizeof sql, "INSERT INTO fail_switch VALUES('%s')", where[k]);
+        s_exec_busy(db, sql);
+        uint64_t failures = router_inbox_commit_failures(in);
+        char key[8];
+        snprintf(key, sizeof key, "k%zu", k);
+        router_inbox_idem_t idem = {.scope = "event", .key = key, .key_len = strlen(key),
+                                    .status = 202, .body = "{}", .expires_ms = UINT64_MAX / 2};
+        router_inbox_seen_t floor = {.expires_ms = UINT64_MAX / 2, .floor_ms = 100 + k};
+        router_inbox_seen_t plain = {.expires_ms = UINT64_MAX / 2};
+        s_id(id, nid++);
+        assert_int_equal(router_inbox_admit(in, id, a, "event", frame, 1, 1, NULL, &seq),
+                         ROUTER_INBOX_ADMITTED);
+        s_id(id, nid++);
+        assert_int_equal(router_inbox_admit_keyed(in, id, a, "message", frame, 1, 1, &floor,
+                                                  &idem, &seq), ROUTER_INBOX_ADMITTED);
+        s_id(id, nid++);
+        assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, &plain, &seq),
+                         ROUTER_INBOX_ADMITTED);
+        s_wait_failures(in, failures + 2); /* failed, and failed again on the retry */
+        assert_int_equal(router_inbox_durable_seq(in), durable);
+        assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), (sqlite3_int64) durable);
+        assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM seen"), (sqlite3_int64) (2 * k));
+        s_exec_busy(db, "DELETE FROM fail_switch");
+        router_inbox_sync(in);
+        durable += 3;
+        assert_int_equal(router_inbox_durable_seq(in), durable);
+    }
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), 12);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM seen"), 8);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency"), 4);
+    assert_int_equal(s_scalar(db, "SELECT floor_ms FROM replay_floor"), 103);
+
+    /* Deletes: a popped entry's delete fails, one more popped meanwhile
+     * joins the retry, and an admission in the same batch waits too. */
+    s_exec_busy(db, "INSERT INTO fail_switch VALUES('delete')");
+    uint64_t failures = router_inbox_commit_failures(in);
+    router_inbox_entry_t e;
+    assert_int_equal(router_inbox_pop(in, &e, 0), 0);
+    assert_int_equal(e.seq, 1);
+    router_inbox_entry_clear(&e);
+    s_wait_failures(in, failures + 1);
+    assert_int_equal(router_inbox_pop(in, &e, 0), 0);
+    assert_int_equal(e.seq, 2);
+    router_inbox_entry_clear(&e);
+    s_id(id, nid++);
+    assert_int_equal(router_inbox_admit(in, id, a, "event", frame, 1, 1, NULL, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    failures = router_inbox_commit_failures(in);
+    s_wait_failures(in, failures + 2);
+    assert_int_equal(router_inbox_durable_seq(in), durable);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), 12);
+    s_exec_busy(db, "DELETE FROM fail_switch");
+    router_inbox_sync(in);
+    assert_int_equal(router_inbox_durable_seq(in), seq);
+    assert_int_equal(router_inbox_count(in), 11);
+    router_inbox_destroy(&in);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), 11);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox WHERE seq <= 2"), 0);
+    s_rmdir(dir);
+}
+
+static void s_count_durable(void *ud)
+{
+    atomic_fetch_add((atomic_uint *) ud, 1);
+}
+
+/* Stopping while the disk is full: the store gives up after a few retries
+ * instead of hanging the shutdown; what it could not write was never
+ * acked (not durable), is freed (LSan), and is not in the database after
+ * a reopen — while what was durable before is. The durable callback and
+ * the commit counters report only real commits. (A full disk, not a
+ * failing fsync: what a commit whose fsync failed wrote may still be read
+ * back after a restart, WIRE §6.) */
+static void test_stop_with_failing_disk(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
+    atomic_uint durable_calls = 0;
+    router_metrics_t *m = router_metrics_new();
+    assert_non_null(m);
+    char err[256] = "";
+    router_inbox_opts_t o = {.capacity = 16, .db_path = db, .session = "comms",
+                             .on_durable = s_count_durable, .ud = &durable_calls, .metrics = m};
+    router_inbox_t *in = router_inbox_new(&o, err, sizeof err);
+    assert_non_null(in);
+    uint8_t id[16], a[32] = {1}, frame[2] = {0xA0, 0xF6};
+    uint64_t seq;
+    s_id(id, 1);
+    assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 2, 1, NULL, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    router_inbox_sync(in);
+    assert_int_equal(atomic_load(&durable_calls), 1);
+    char text[4096];
+    assert_true(router_metrics_render(m, text, sizeof text) > 0);
+    assert_non_null(strstr(text, "kith_inbox_commits_total 1\n"));
+    assert_non_null(strstr(text, "kith_inbox_committed_total 1\n"));
+
+    vfs_fail_arm(VFS_FAIL_WRITE, dir, 0, -1);
+    for (uint32_t i = 2; i <= 3; i++) {
+        s_id(id, i);
+        assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 2, 1, NULL, &seq),
+                         ROUTER_INBOX_ADMITTED);
+    }
+    s_wait_failures(in, 1);
+    router_inbox_destroy(&in); /* returns: the store gave up */
+    assert_true(vfs_fail_failed(VFS_FAIL_WRITE) >= 5);
+    vfs_fail_clear();
+    assert_int_equal(atomic_load(&durable_calls), 1);
+    assert_true(router_metrics_render(m, text, sizeof text) > 0);
+    assert_non_null(strstr(text, "kith_inbox_committed_total 1\n"));
+    router_metrics_destroy(&m);
+
+    in = s_open(16, 0, db);
+    assert_int_equal(router_inbox_count(in), 1);
+    router_inbox_entry_t e;
+    assert_int_equal(router_inbox_pop(in, &e, 0), 0);
+    assert_int_equal(e.seq, 1);
+    router_inbox_entry_clear(&e);
+    router_inbox_destroy(&in);
+    s_rmdir(dir);
+}
+
+/* Out of memory for the delete of a done or popped entry (the first one
+ * grows the delete list): refused, the entry stays held and leased or
+ * takeable, and the retry succeeds; a lease given back from the middle of
+ * the leased ones is the next taken. */
+static void test_delete_without_memory(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
+    router_inbox_t *in = s_open(8, 0, db);
+    uint8_t id[16], a[32] = {1}, frame[1] = {0xF6};
+    uint64_t seq;
+    for (uint32_t i = 0; i < 3; i++) {
+        s_id(id, i);
+        assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, NULL, &seq),
+                         ROUTER_INBOX_ADMITTED);
+    }
+    router_inbox_sync(in);
+    router_inbox_entry_t e1, e2, again;
+    assert_int_equal(router_inbox_take(in, &e1), 0);
+    assert_int_equal(router_inbox_take(in, &e2), 0);
+    assert_int_equal(router_inbox_untake(in, e1.seq), 0);
+    assert_int_equal(router_inbox_take(in, &again), 0);
+    assert_int_equal(again.seq, e1.seq); /* ahead of seq 3, never taken */
+    router_inbox_entry_clear(&again);
+    alloc_fail_arm(0);
+    assert_int_equal(router_inbox_done(in, e1.seq), -1);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(router_inbox_leased(in), 2);
+    assert_int_equal(router_inbox_count(in), 3);
+    assert_int_equal(router_inbox_done(in, e1.seq), 0);
+    assert_int_equal(router_inbox_count(in), 2);
+    router_inbox_entry_clear(&e1);
+    router_inbox_entry_clear(&e2);
+    router_inbox_destroy(&in); /* seq 2 stays leased: stored */
+
+    in = s_open(8, 0, db); /* a new delete list */
+    assert_int_equal(router_inbox_count(in), 2);
+    router_inbox_entry_t e;
+    alloc_fail_arm(0);
+    assert_int_equal(router_inbox_pop(in, &e, 0), -1);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(router_inbox_count(in), 2);
+    assert_int_equal(router_inbox_pop(in, &e, 0), 0);
+    assert_int_equal(e.seq, 2);
+    router_inbox_entry_clear(&e);
+    router_inbox_destroy(&in);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), 1);
+    assert_int_equal(s_scalar(db, "SELECT seq FROM inbox"), 3);
+    s_rmdir(dir);
+}
+
+/* Admissions waiting behind a commit in flight (its sync held) are on the
+ * unwritten list: the first and the last of it can be withdrawn, and the
+ * rest commits after; the one in flight, withdrawn too, is dropped when
+ * its commit fails. */
+static void test_withdraw_ends_of_list(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
+    router_inbox_t *in = s_open(8, 0, db);
+    uint8_t id[16], a[32] = {1}, frame[1] = {0xF6};
+    uint64_t seq[4];
+    vfs_fail_hold(dir);
+    s_id(id, 0);
+    assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, NULL, &seq[0]),
+                     ROUTER_INBOX_ADMITTED);
+    for (int i = 0; i < 10000 && vfs_fail_held() == 0; i++)
+        usleep(1000);
+    assert_true(vfs_fail_held() > 0); /* seq[0]'s commit waits in its sync */
+    for (uint32_t i = 1; i < 4; i++) {
+        s_id(id, i);
+        assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, NULL, &seq[i]),
+                         ROUTER_INBOX_ADMITTED);
+    }
+    assert_int_equal(router_inbox_withdraw(in, seq[3]), ROUTER_INBOX_WITHDRAWN); /* the tail */
+    assert_int_equal(router_inbox_withdraw(in, seq[1]), ROUTER_INBOX_WITHDRAWN); /* the head */
+    assert_int_equal(router_inbox_withdraw(in, seq[0]), ROUTER_INBOX_COMMITTING);
+    assert_int_equal(router_inbox_count(in), 2);
+    /* seq[0]'s commit fails: parked, never retried; nobody asks about it
+     * again, so the inbox frees it when it goes (LSan). */
+    vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, 1);
+    vfs_fail_hold(NULL);
+    router_inbox_sync(in);
+    assert_int_equal(vfs_fail_failed(VFS_FAIL_SYNC), 1);
+    vfs_fail_clear();
+    assert_int_equal(router_inbox_durable_seq(in), seq[2]);
+    assert_int_equal(router_inbox_count(in), 1);
+    s_id(id, 4);
+    assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, NULL, &seq[3]),
+                     ROUTER_INBOX_ADMITTED); /* the list works on after both ends went */
+    router_inbox_sync(in);
+    router_inbox_destroy(&in);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), 2);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox WHERE seq IN (1, 2, 4)"), 0);
+    s_rmdir(dir);
+}
+
+static int s_seen_stop(const uint8_t sender[32], const uint8_t id[16], uint64_t expires_ms,
+                       void *ud)
+{
+    (void) sender, (void) id, (void) expires_ms, (void) ud;
+    return -1;
+}
+
+static int s_floor_stop(const uint8_t sender[32], uint64_t floor_ms, void *ud)
+{
+    (void) sender, (void) floor_ms, (void) ud;
+    return -1;
+}
+
+static int s_idem_stop(const router_inbox_idem_t *row, void *ud)
+{
+    (void) row, (void) ud;
+    return -1;
+}
+
+/* A load callback that refuses stops the load with an error; rows this
+ * code did not write are stepped past; memory-only inboxes load nothing. */
+static void test_load_stops(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    s_tmp_db(dir, db, sizeof db);
+    router_inbox_t *in = s_open(8, 0, db);
+    uint8_t id[16], a[32] = {1}, frame[1] = {0xF6};
+    uint64_t seq;
+    router_inbox_seen_t seen = {.expires_ms = UINT64_MAX / 2, .floor_ms = 9};
+    router_inbox_idem_t key = {.scope = "event", .key = "k", .key_len = 1, .status = 202,
+                               .body = "{}", .expires_ms = UINT64_MAX / 2};
+    s_id(id, 1);
+    assert_int_equal(router_inbox_admit_keyed(in, id, a, "message", frame, 1, 1, &seen, &key,
+                                              &seq), ROUTER_INBOX_ADMITTED);
+    router_inbox_sync(in);
+    router_inbox_destroy(&in);
+    s_exec(db, "INSERT INTO replay_floor(sender,floor_ms) VALUES(x'0203', 5);"
+               "INSERT INTO inbox_idempotency(scope,key,status,body,expires_ms)"
+               " VALUES('event','',202,'{}',4000000000000);");
+    in = s_open(8, 0, db);
+    char err[256] = "";
+    s_loaded_t l = {0};
+    assert_int_equal(router_inbox_seen_load(in, 4, s_seen_stop, s_on_floor, &l, err, sizeof err),
+                     -1);
+    assert_non_null(strstr(err, "seen ids"));
+    err[0] = '\0';
+    assert_int_equal(router_inbox_seen_load(in, 4, s_on_seen, s_floor_stop, &l, err, sizeof err),
+                     -1);
+    assert_true(err[0] != '\0');
+    memset(&l, 0, sizeof l);
+    assert_int_equal(router_inbox_seen_load(in, 4, s_on_seen, s_on_floor, &l, err, sizeof err), 0);
+    assert_int_equal(l.n, 1);
+    assert_int_equal(l.nfloors, 1); /* the foreign floor row is stepped past */
+    assert_int_equal(l.floor, 9);
+    err[0] = '\0';
+    assert_int_equal(router_inbox_idem_load(in, 1000, s_idem_stop, NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "idempotency"));
+    s_idem_loaded_t got = {0};
+    assert_int_equal(router_inbox_idem_load(in, 1000, s_idem_row, &got, err, sizeof err), 0);
+    assert_int_equal(got.n, 1); /* the empty key is not one this code wrote */
+    router_inbox_destroy(&in);
+
+    in = s_open(8, 0, NULL);
+    assert_int_equal(router_inbox_seen_load(in, 4, s_seen_stop, s_floor_stop, NULL, err,
+                                            sizeof err), 0);
+    router_inbox_destroy(&in);
+    router_inbox_entry_clear(NULL);
+    assert_string_equal(router_inbox_outcome_str(ROUTER_INBOX_ADMITTED), "admitted");
+    assert_string_equal(router_inbox_outcome_str(ROUTER_INBOX_FULL), "inbox_full");
+    assert_string_equal(router_inbox_outcome_str(ROUTER_INBOX_NOMEM), "nomem");
+    assert_string_equal(router_inbox_outcome_str((router_inbox_outcome_t) 42), "unknown");
+    s_rmdir(dir);
+}
+
 int main(void)
 {
     if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
@@ -843,6 +1196,11 @@ int main(void)
         cmocka_unit_test(test_withdraw),
         cmocka_unit_test(test_withdraw_parked),
         cmocka_unit_test(test_reopen_without_memory),
+        cmocka_unit_test(test_batch_fails_midway),
+        cmocka_unit_test(test_stop_with_failing_disk),
+        cmocka_unit_test(test_delete_without_memory),
+        cmocka_unit_test(test_withdraw_ends_of_list),
+        cmocka_unit_test(test_load_stops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
