@@ -511,6 +511,19 @@ static void s_chat_event(s_conn_t *c, const char *run_id, const char *key, uint6
     free(payload);
 }
 
+/* text[0..len) into out[cap], cut short at a character boundary: a text
+ * frame must stay UTF-8 (RFC 6455 §8.1; a client fails it with 1007). */
+static void s_cut(char *out, size_t cap, const char *text, size_t len)
+{
+    if (len > cap - 1) {
+        len = cap - 1;
+        while (len > 0 && ((unsigned char) text[len] & 0xC0) == 0x80)
+            len--; /* text[len] continues a sequence: cut before its lead */
+    }
+    memcpy(out, text, len);
+    out[len] = '\0';
+}
+
 /* The `agent` request's second, final answer. */
 static void s_agent_final(s_run_t *r, const char *status, const char *text, size_t len,
                           const char *code)
@@ -554,8 +567,7 @@ static void s_agent_final(s_run_t *r, const char *status, const char *text, size
         char details[96];
         snprintf(details, sizeof details, "{\"code\":\"%s\"}", code);
         char msg[GATEWAY_OPENCLAW_WHY_MAX];
-        snprintf(msg, sizeof msg, "%.*s", (int) (len < sizeof msg - 1 ? len : sizeof msg - 1),
-                 text);
+        s_cut(msg, sizeof msg, text, len);
         char *json = gateway_openclaw_res_error_encode(
             r->req_id, "UNAVAILABLE", msg[0] ? msg : "the turn failed", details, false, payload,
             &n);
@@ -582,7 +594,7 @@ static void s_run_finish(s_run_t *r, router_turn_frame_type_t type, const char *
         s_agent_final(r, "error", NULL, 0, NULL);
     } else {
         char e[GATEWAY_OPENCLAW_WHY_MAX];
-        snprintf(e, sizeof e, "%.*s", (int) (len < sizeof e - 1 ? len : sizeof e - 1), text);
+        s_cut(e, sizeof e, text, len);
         s_agent_event(r, "lifecycle", "error", NULL, 0, e);
         s_agent_final(r, "error", text, len, code ? code : "AGENT_ERROR");
     }

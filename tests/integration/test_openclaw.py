@@ -487,6 +487,161 @@ async def malformed_frames(node, token):
     await ws.close()
 
 
+KEY_RULE = "must be 1..128 of A-Z a-z 0-9 . _ : -"
+
+
+async def param_errors(node, token):
+    """Each frame or params error WIRE §25.1/25.3/25.6 names gets its exact
+    INVALID_REQUEST answer: before hello-ok the answer (when the id could
+    be read) and then close 1008; after it the answer, and the socket
+    serves on."""
+    async def refused_before(frame, message):
+        ws = await websockets.connect(url(node), ping_interval=None)
+        await recv(ws)
+        await ws.send(frame if isinstance(frame, str) else json.dumps(frame))
+        if message is not None:
+            res = await recv(ws)
+            check(res["type"] == "res" and res["ok"] is False and
+                  res["error"]["code"] == "INVALID_REQUEST" and
+                  res["error"]["message"] == message, f"{frame}: {res}")
+        await expect_closed(ws, 1008)
+
+    def connect(params):
+        return {"type": "req", "id": "c", "method": "connect", "params": params}
+
+    good = {"minProtocol": 4, "maxProtocol": 4, "client": {"id": "gateway-client",
+                                                           "mode": "backend"},
+            "auth": {"token": token}}
+    bad_params = [
+        ("params", None, "params must be an object"),
+        ("minProtocol", -1, "minProtocol and maxProtocol are non-negative integers"),
+        ("maxProtocol", 4.5, "minProtocol and maxProtocol are non-negative integers"),
+        ("client", "cli", "client must be an object"),
+        ("client", {"id": "", "mode": "backend"},
+         "client.id and client.mode are strings of 1..128 octets"),
+        ("client", {"id": "gateway-client", "mode": "m" * 129},
+         "client.id and client.mode are strings of 1..128 octets"),
+        ("client", {"id": "gateway-client", "mode": "backend", "version": 1},
+         "client.version is a string of at most 128 octets"),
+        ("client", {"id": "gateway-client", "mode": "backend", "platform": "p" * 129},
+         "client.platform is a string of at most 128 octets"),
+        ("client", {"id": "gateway-client", "mode": "backend", "deviceFamily": []},
+         "client.deviceFamily is a string of at most 128 octets"),
+        ("client", {"id": "gateway-client", "mode": "backend", "instanceId": {}},
+         "client.instanceId is a string of at most 128 octets"),
+        ("role", 1, "role is a string"),
+        ("scopes", "operator.read", "scopes is an array of at most 16 strings"),
+        ("scopes", ["operator.read"] * 17, "scopes is an array of at most 16 strings"),
+        ("scopes", [""], "a scope is a string of 1..64 octets"),
+        ("scopes", ["s" * 65], "a scope is a string of 1..64 octets"),
+        ("auth", "secret", "auth must be an object"),
+        ("auth", {"token": "t" * 513}, "auth.token is a string of at most 512 octets"),
+        ("auth", {"deviceToken": 5}, "auth.deviceToken is a string of at most 512 octets"),
+        ("auth", {"bootstrapToken": True},
+         "auth.bootstrapToken is a string of at most 512 octets"),
+        ("device", [], "device must be an object"),
+        ("device", {"id": "x", "publicKey": "y", "signature": "z"},
+         "device needs id, publicKey, signature (strings) and signedAt (an integer)"),
+        ("device", {"id": "x", "publicKey": "y", "signature": "z", "signedAt": 1, "nonce": 2},
+         "device.nonce is a string of at most 128 octets"),
+    ]
+    for key, value, why in bad_params:
+        params = dict(good)
+        params[key] = value
+        frame = connect(None if key == "params" else params)
+        await refused_before(frame, "invalid connect params: " + why)
+    # Frames: no readable id, no answer; with one, the reason.
+    await refused_before("[1]", None)
+    await refused_before({"type": "req", "method": "connect"}, None)
+    await refused_before({"type": "req", "id": "i" * 129, "method": "connect"}, None)
+    await refused_before({"type": "event", "id": "t", "method": "connect"},
+                         'clients send frames of type "req"')
+    await refused_before({"type": "req", "id": "m", "method": ""},
+                         '"method" must be a string of 1..64 octets')
+    await refused_before({"type": "req", "id": "m", "method": "x" * 65},
+                         '"method" must be a string of 1..64 octets')
+    await refused_before({"type": "req", "id": "tp", "method": "connect",
+                          "traceparent": "0" * 129},
+                         '"traceparent" is a string of at most 128 octets')
+    await refused_before('{"type":"req","id":"dup","id":"dup","method":"connect"}', None)
+    # A deviceToken alone that is not this device's: AUTH_DEVICE_TOKEN_MISMATCH.
+    ws = await websockets.connect(url(node), ping_interval=None)
+    ch = await recv(ws)
+    params = connect_params("", ch["payload"]["nonce"], ch["payload"]["ts"])
+    params["auth"] = {"deviceToken": "kithdev_" + "0" * 64}
+    await ws.send(json.dumps(connect(params)))
+    res = await recv(ws)
+    check(res["ok"] is False and
+          res["error"]["details"]["code"] == "AUTH_DEVICE_TOKEN_MISMATCH" and
+          res["error"]["message"].startswith("unauthorized: device token mismatch"), res)
+    await expect_closed(ws, 1008)
+    # A bootstrapToken is the secret when nothing else is given: not a
+    # paired token, AUTH_TOKEN_MISMATCH.
+    params = dict(good)
+    params["auth"] = {"bootstrapToken": "not-a-kith-token"}
+    ws = await websockets.connect(url(node), ping_interval=None)
+    await recv(ws)
+    await ws.send(json.dumps(connect(params)))
+    res = await recv(ws)
+    check(res["ok"] is False and res["error"]["details"]["code"] == "AUTH_TOKEN_MISMATCH", res)
+    await expect_closed(ws, 1008)
+
+    # After hello-ok: each error is answered to its id, and the socket serves on.
+    ws = await websockets.connect(url(node), ping_interval=None)
+    await recv(ws)
+    await ws.send(json.dumps(connect(dict(good, scopes=["operator.write"]))))
+    check((await answer(ws, "c"))["ok"] is True, "hello")
+    after = [
+        ({"type": "req", "id": "n", "method": "no.such"}, "unknown method: no.such"),
+        ({"type": "event", "id": "e", "method": "health"}, 'clients send frames of type "req"'),
+        ({"type": "req", "id": "a1", "method": "agent", "params": []},
+         "invalid agent params: params must be an object"),
+        ({"type": "req", "id": "a2", "method": "agent", "params": {"message": 5}},
+         'invalid agent params: "message" must be a string'),
+        ({"type": "req", "id": "a3", "method": "agent",
+          "params": {"message": "", "idempotencyKey": "k-empty"}},
+         'invalid agent params: "message" must not be empty'),
+        ({"type": "req", "id": "a4", "method": "agent",
+          "params": {"message": "x", "idempotencyKey": "k", "sessionKey": "s p"}},
+         f'invalid agent params: "sessionKey" {KEY_RULE}'),
+        ({"type": "req", "id": "a5", "method": "agent",
+          "params": {"message": "x", "idempotencyKey": "k" * 129}},
+         f'invalid agent params: "idempotencyKey" {KEY_RULE}'),
+        ({"type": "req", "id": "s1", "method": "chat.send",
+          "params": {"message": "x", "idempotencyKey": "k-nosession"}},
+         f'invalid chat.send params: "sessionKey" {KEY_RULE}'),
+        ({"type": "req", "id": "s2", "method": "chat.send",
+          "params": {"message": "x", "idempotencyKey": "k", "sessionKey": 7}},
+         f'invalid chat.send params: "sessionKey" {KEY_RULE}'),
+        ({"type": "req", "id": "b1", "method": "chat.abort", "params": "main"},
+         "invalid chat.abort params: params must be an object"),
+        ({"type": "req", "id": "b2", "method": "chat.abort", "params": {"sessionKey": ""}},
+         f'invalid chat.abort params: "sessionKey" {KEY_RULE}'),
+        ({"type": "req", "id": "b3", "method": "chat.abort",
+          "params": {"sessionKey": "main", "runId": "r/1"}},
+         f'invalid chat.abort params: "runId" {KEY_RULE}'),
+    ]
+    for frame, message in after:
+        await ws.send(json.dumps(frame))
+        res = await answer(ws, frame["id"])
+        check(res["ok"] is False and res["error"]["code"] == "INVALID_REQUEST" and
+              res["error"]["message"] == message, f"{frame}: {res}")
+    await ws.send("[1]")  # no id: nothing to answer, and the socket carries on
+    # A chat.abort with nothing to abort: an empty answer.
+    await ws.send(json.dumps({"type": "req", "id": "b4", "method": "chat.abort",
+                              "params": {"sessionKey": "idle", "runId": "none"}}))
+    res = await answer(ws, "b4")
+    check(res["ok"] is True and res["payload"] == {"ok": True, "runIds": [], "aborted": False},
+          f"abort of nothing {res}")
+    # operator.write may read presence too (WIRE §25.6).
+    await ws.send(json.dumps({"type": "req", "id": "p", "method": "system-presence"}))
+    res = await answer(ws, "p")
+    check(res["ok"] is True and isinstance(res["payload"], list), f"presence with write {res}")
+    await ws.send(json.dumps({"type": "req", "id": "h", "method": "health"}))
+    check((await answer(ws, "h"))["ok"] is True, "health after the errors")
+    await ws.close()
+
+
 async def run_frames(ws, rid, method, params):
     """Sends one run request; its frames until the run's last answer (for
     agent the second res, for chat.send the chat event that ends it)."""
@@ -1055,7 +1210,8 @@ class ScriptWorker(threading.Thread):
     a chunk past the agent text bound, chunk_reset, a short chunk, done.
     `/hold`: a chunk, then it holds until a stop, answered `stopped`.
     `/finish`: the same, but the stop is answered `done` (the turn
-    finished before the stop reached it)."""
+    finished before the stop reached it). `/fail-utf8`: an error whose
+    message is 200 two-octet characters."""
 
     def __init__(self, endpoint):
         super().__init__(daemon=True)
@@ -1097,6 +1253,10 @@ class ScriptWorker(threading.Thread):
                 if body.get("type") != "turn":
                     continue
                 tid, text = body["turn_id"], body["message"]["content"]
+                if text == "/fail-utf8":
+                    reply(b"\x04", {"type": "error", "turn_id": tid, "code": "PROVIDER_ERROR",
+                                    "message": "\u00e9" * 200})
+                    continue
                 chunks = {"/reset": ["draft ", None, "kept"],
                           "/reset-big": ["y" * (256 * 1024 + 1), None, "short"],
                           "/hold": ["partial "], "/finish": ["partial "]}.get(text, [text])
@@ -1142,6 +1302,25 @@ async def worker_runs(node, token):
           f"after the reset {asst[1]}")
     check(frames[-1]["ok"] is True and
           frames[-1]["payload"]["result"]["payloads"][0]["text"] == "short", f"{frames[-1]}")
+
+    # A turn's error past the bound of an answer's message (160 octets) is
+    # cut there at a character boundary: the frame stays UTF-8 (a client
+    # fails one that is not with 1007); the summary and chat keep it whole.
+    frames = await run_frames(ws, "u1", "agent", {"message": "/fail-utf8", "sessionKey": "w-reset",
+                                                 "idempotencyKey": "w-utf8-1"})
+    fin, long = frames[-1], "\u00e9" * 200
+    check(fin["ok"] is False and fin["error"]["code"] == "UNAVAILABLE" and
+          fin["error"]["details"] == {"code": "PROVIDER_ERROR"} and
+          fin["error"]["message"] == "\u00e9" * 79 and fin["payload"]["summary"] == long,
+          f"agent error {fin}")
+    life = [f["payload"]["data"] for f in frames if f["type"] == "event" and
+            f["event"] == "agent" and f["payload"]["stream"] == "lifecycle"]
+    check(life[-1] == {"phase": "error", "error": "\u00e9" * 79}, f"lifecycle {life}")
+    frames = await run_frames(ws, "u2", "chat.send", {"message": "/fail-utf8",
+                                                     "sessionKey": "w-reset",
+                                                     "idempotencyKey": "w-utf8-2"})
+    check(frames[-1]["payload"]["state"] == "error" and
+          frames[-1]["payload"]["errorMessage"] == long, f"chat error {frames[-1]}")
 
     for kind, rid, msg, key in (("chat.send", "h1", "/hold", "w-hold-1"),
                                 ("agent", "h2", "/hold", "w-hold-2"),
@@ -1443,6 +1622,7 @@ def main():
         r.run(lambda: run(agent_stopped_in_flight(node, token)), name="agent_stopped_in_flight")
         r.run(lambda: run(agent_text_bound(node, token)), name="agent_text_bound")
         r.run(lambda: run(malformed_frames(node, token)), name="malformed_frames")
+        r.run(lambda: run(param_errors(node, token)), name="param_errors")
         r.run(lambda: run(deviceless(node, token)), name="deviceless")
         r.run(lambda: run(upgrade_refusals(node)), name="upgrade_refusals")
         r.run(lambda: run(role_refused(node, token)), name="role_refused")
