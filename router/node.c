@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sodium.h>
@@ -1167,19 +1166,11 @@ static int s_resolve(const router_peer_addr_t *dial, router_addr_t *out, char *w
     }
     if (router_addr_from_host(dial->host, dial->port, out, &e) == 0)
         return 0; /* a literal or localhost */
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-    char port[8];
-    snprintf(port, sizeof port, "%u", dial->port);
-    int g = getaddrinfo(dial->host, port, &hints, &res);
-    if (g != 0 || !res) {
-        snprintf(why, whycap, "cannot resolve %.100s: %s", dial->host, gai_strerror(g));
-        return -1;
-    }
-    memset(out, 0, sizeof *out);
-    memcpy(&out->u.ss, res->ai_addr, res->ai_addrlen);
-    out->len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
+    char gai[128];
+    if (router_resolve_blocking(dial->host, dial->port, out, gai, sizeof gai) == 0)
+        return 0;
+    snprintf(why, whycap, "cannot resolve %.100s: %.40s", dial->host, gai);
+    return -1;
 }
 
 static const router_peer_t *s_find_peer(const router_trust_t *trust, const char *to)

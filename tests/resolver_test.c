@@ -118,6 +118,24 @@ static void test_name_resolved_then_cached(void **state)
     router_metrics_destroy(&m);
 }
 
+/* The blocking lookup threads that may wait use (a library caller's send)
+ * picks as the resolver's thread does. */
+static void test_blocking(void **state)
+{
+    (void) state;
+    router_addr_t a;
+    char why[160] = "";
+    assert_int_equal(router_resolve_blocking(s_loopback_name(), 4200, &a, why, sizeof why), 0);
+    assert_int_equal(a.u.ss.ss_family, AF_INET);
+    assert_int_equal(a.len, sizeof a.u.in4);
+    char text[64];
+    assert_non_null(inet_ntop(AF_INET, &a.u.in4.sin_addr, text, sizeof text));
+    assert_string_equal(text, "127.0.0.1");
+    assert_int_equal(s_port(&a), 4200);
+    assert_int_equal(router_resolve_blocking("peer.invalid", 9, &a, why, sizeof why), -1);
+    assert_true(why[0] != '\0');
+}
+
 static void test_failure_cached(void **state)
 {
     (void) state;
@@ -188,6 +206,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_literal_at_once),
         cmocka_unit_test(test_name_resolved_then_cached),
+        cmocka_unit_test(test_blocking),
         cmocka_unit_test(test_failure_cached),
         cmocka_unit_test(test_bounds_and_destroy_in_flight),
     };

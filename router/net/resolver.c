@@ -100,36 +100,42 @@ static void s_shared_release(s_shared_t *sh)
     free(sh);
 }
 
-/* getaddrinfo, for one name: its first IPv4 address, else its first
- * address. IPv4 first because a name with both often has an IPv6 address
- * nothing routes to (a container host's), and kith listens on IPv4 unless
- * told otherwise; one address, because the loop dials once per send. */
-static void s_resolve(s_job_t *j)
+/* Its first IPv4 address, else its first address. IPv4 first because a
+ * name with both often has an IPv6 address nothing routes to (a container
+ * host's), and kith listens on IPv4 unless told otherwise; one address,
+ * because the loop dials once per send. */
+int router_resolve_blocking(const char *host, uint16_t port, router_addr_t *out, char *why,
+                            size_t whycap)
 {
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-    char port[8];
-    snprintf(port, sizeof port, "%u", j->port);
-    int g = getaddrinfo(j->host, port, &hints, &res);
-    const struct addrinfo *pick = res;
-    for (const struct addrinfo *a = res; a; a = a->ai_next)
+    char service[8];
+    snprintf(service, sizeof service, "%u", port);
+    int g = getaddrinfo(host, service, &hints, &res);
+    const struct addrinfo *pick = g == 0 ? res : NULL;
+    for (const struct addrinfo *a = pick; a; a = a->ai_next)
         if (a->ai_family == AF_INET) {
             pick = a;
             break;
         }
-    if (g != 0 || !pick) {
-        snprintf(j->why, sizeof j->why, "%s", g == EAI_SYSTEM ? strerror(errno) : gai_strerror(g));
-        j->ok = false;
-    } else if (pick->ai_addrlen > sizeof j->addr.u) {
-        snprintf(j->why, sizeof j->why, "an address of an unknown family");
-        j->ok = false;
-    } else {
-        memset(&j->addr, 0, sizeof j->addr);
-        memcpy(&j->addr.u, pick->ai_addr, pick->ai_addrlen);
-        j->addr.len = pick->ai_addrlen;
-        j->ok = true;
+    int rc = -1;
+    if (!pick)
+        snprintf(why, whycap, "%s", g == EAI_SYSTEM ? strerror(errno) : gai_strerror(g));
+    else if (pick->ai_addrlen > sizeof out->u)
+        snprintf(why, whycap, "an address of an unknown family");
+    else {
+        memset(out, 0, sizeof *out);
+        memcpy(&out->u, pick->ai_addr, pick->ai_addrlen);
+        out->len = pick->ai_addrlen;
+        rc = 0;
     }
     if (res)
         freeaddrinfo(res);
+    return rc;
+}
+
+static void s_resolve(s_job_t *j)
+{
+    j->ok = router_resolve_blocking(j->host, j->port, &j->addr, j->why, sizeof j->why) == 0;
 }
 
 static void *s_thread_main(void *arg)

@@ -27,6 +27,13 @@ typedef struct router_resolver router_resolver_t;
  * gave, port set) or NULL with `why` saying what failed. */
 typedef void(router_resolve_fn)(const router_addr_t *addr, const char *why, void *ud);
 
+/* getaddrinfo for `host`, on a thread that may wait seconds (never the
+ * loop's): its first IPv4 address, else its first, with `port`. 0, or -1
+ * with why[whycap]. The resolver's thread and callers that send from
+ * their own thread pick the same address this way. */
+int router_resolve_blocking(const char *host, uint16_t port, router_addr_t *out, char *why,
+                            size_t whycap) __attribute__((warn_unused_result));
+
 /* A resolver for `loop` (borrowed; loop thread, or before it runs).
  * `metrics` is optional. Returns NULL with errno set. The caller owns it. */
 router_resolver_t *router_resolver_new(router_loop_t *loop, router_metrics_t *metrics);
