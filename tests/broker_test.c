@@ -997,6 +997,266 @@ static void test_new_out_of_memory(void **state)
     router_loop_destroy(&loop);
 }
 
+/* ------------------------------------------------------------ failures midway */
+
+/* Sends a PARTIAL or FINAL for handle h from a raw worker. */
+static void s_raw_reply(zsock_t *raw, uint8_t cmd, int64_t h, const char *body)
+{
+    uint8_t addr[8];
+    for (int i = 7; i >= 0; i--, h >>= 8)
+        addr[i] = (uint8_t) (h & 0xff);
+    zmsg_t *m = zmsg_new();
+    zmsg_addmem(m, "", 0);
+    zmsg_addstr(m, "MDPW02");
+    zmsg_addmem(m, &cmd, 1);
+    zmsg_addmem(m, addr, 8);
+    zmsg_addmem(m, "", 0);
+    zmsg_addstr(m, body);
+    assert_int_equal(zmsg_send(&m, raw), 0);
+}
+
+static bool s_workers_1_any(void *ud)
+{
+    router_broker_stats_t st;
+    router_broker_stats(ud, &st);
+    return st.workers == 1;
+}
+
+typedef struct {
+    router_broker_t *b;
+    reply_t *rep;
+} final_gone_t;
+
+/* The FINAL came, and the worker it came from is gone. */
+static bool s_final_and_gone(void *ud)
+{
+    final_gone_t *f = ud;
+    router_broker_stats_t st;
+    router_broker_stats(f->b, &st);
+    return f->rep->finals == 1 && st.workers == 0;
+}
+
+/* A worker whose queue is full (it stopped reading) when it comes back
+ * idle cannot take the next request: it is dropped and the request stays
+ * queued, not lost, for the next worker. */
+static void test_full_worker_keeps_request(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, NULL, NULL, 0, ep, sizeof ep);
+    zsock_t *raw = zsock_new(ZMQ_DEALER);
+    assert_non_null(raw);
+    zsock_set_rcvhwm(raw, 1);
+    assert_int_equal(zsock_connect(raw, "%s", ep), 0);
+    s_raw_ready(raw);
+    s_run(&r, s_workers_1_any, r.b);
+    reply_t rep[2] = {0};
+    int64_t h1 = router_broker_request(r.b, "kith.test", (uint8_t *) "one", 3, s_on_reply,
+                                       &rep[0]);
+    int64_t h2 = router_broker_request(r.b, "kith.test", (uint8_t *) "two", 3, s_on_reply,
+                                       &rep[1]);
+    assert_true(h1 > 0 && h2 > h1);
+    assert_false(router_broker_queued(r.b, h1)); /* raw holds it */
+    assert_true(router_broker_queued(r.b, h2));
+    /* Fill raw's queue: the holder's sends fail once it is full. */
+    int sent = 0;
+    while (router_broker_send_to_holder(r.b, h1, (uint8_t *) "s", 1) == 0) {
+        sent++;
+        assert_true(sent < 1000000);
+    }
+    assert_true(sent > 0);
+    s_raw_reply(raw, 0x04, h1, "done");
+    final_gone_t fg = {r.b, &rep[0]};
+    s_run(&r, s_final_and_gone, &fg);
+    assert_string_equal(rep[0].last, "done");
+    assert_true(router_broker_queued(r.b, h2));
+    router_broker_stats_t st;
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.queued, 1);
+    assert_int_equal(st.lost, 0);
+    echo_t *w = s_echo_start(ep, NULL, NULL);
+    all_t one = {&rep[1], 1};
+    s_run(&r, s_all_done, &one);
+    assert_string_equal(rep[1].last, "f:two");
+    assert_int_equal(rep[1].lost, 0);
+    s_echo_stop(&w);
+    zsock_destroy(&raw);
+    s_teardown(&r);
+}
+
+/* A request cancelled while a worker holds it is a zombie: no callback
+ * runs for it, its holder cannot be sent to, the worker's FINAL for it is
+ * dropped and the worker takes the next request. Queued requests cancelled
+ * from the middle or the end of the queue leave it in order; a reply with
+ * another request's address is counted late and changes nothing. */
+static void test_cancel_held_and_queued(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, NULL, NULL, 0, ep, sizeof ep);
+    zsock_t *raw = zsock_new_dealer(ep);
+    assert_non_null(raw);
+    s_raw_ready(raw);
+    s_run(&r, s_workers_1_any, r.b);
+    reply_t rep[4] = {0};
+    int64_t h[4];
+    const char *bodies[4] = {"held", "next", "mid", "end"};
+    for (int i = 0; i < 4; i++) {
+        h[i] = router_broker_request(r.b, "kith.test", (const uint8_t *) bodies[i],
+                                     strlen(bodies[i]), s_on_reply, &rep[i]);
+        assert_true(h[i] > 0);
+    }
+    assert_int_equal(s_raw_next_cmd(&r, raw), 0x02); /* "held" */
+    router_broker_cancel(r.b, h[0]);
+    assert_int_equal(router_broker_send_to_holder(r.b, h[0], (uint8_t *) "s", 1), -1);
+    router_broker_cancel(r.b, h[3]); /* the tail */
+    router_broker_cancel(r.b, h[2]); /* now the tail again, after "next" */
+    router_broker_stats_t st;
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.queued, 1);
+    assert_int_equal(st.in_flight, 1);
+    s_raw_reply(raw, 0x03, h[1], "not yours"); /* raw holds h[0], not h[1] */
+    counts_t late = {r.b, 0, 1};
+    s_run(&r, s_counted, &late);
+    s_raw_reply(raw, 0x04, h[0], "zombie");
+    assert_int_equal(s_raw_next_cmd(&r, raw), 0x02); /* "next", its turn now */
+    s_raw_reply(raw, 0x04, h[1], "f:next");
+    all_t one = {&rep[1], 1};
+    s_run(&r, s_all_done, &one);
+    assert_string_equal(rep[1].last, "f:next");
+    for (int i = 0; i < 4; i++)
+        if (i != 1)
+            assert_int_equal(rep[i].partials + rep[i].finals + rep[i].lost, 0);
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.lost, 0);
+    assert_int_equal(st.late_replies, 1);
+    assert_int_equal(st.queued + st.in_flight, 0);
+    zsock_destroy(&raw);
+    s_teardown(&r);
+}
+
+/* Out of memory for a request (its record, its body) refuses it: -1,
+ * nothing queued or counted; the next one goes. A READY that cannot be
+ * recorded is answered DISCONNECT, and the worker's next READY joins. */
+static void test_request_and_ready_without_memory(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, NULL, NULL, 0, ep, sizeof ep);
+    reply_t rep = {0};
+    unsigned refused = 0;
+    int64_t h = -1;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        alloc_fail_arm(i);
+        h = router_broker_request(r.b, "kith.test", (uint8_t *) "mem", 3, s_on_reply, &rep);
+        bool failed = alloc_fail_disarm() > 0;
+        if (!failed)
+            break;
+        if (h < 0) {
+            router_broker_stats_t st;
+            router_broker_stats(r.b, &st);
+            assert_int_equal(st.queued + st.requests, 0);
+            refused++;
+        } else {
+            break; /* a later allocation (the loop's) failed, the request went */
+        }
+    }
+    assert_true(h > 0);
+    assert_true(refused >= 2);
+    zsock_t *raw = zsock_new_dealer(ep);
+    assert_non_null(raw);
+    alloc_fail_arm(0); /* the worker's record: the first allocation of ours */
+    s_raw_ready(raw);
+    assert_int_equal(s_raw_next_cmd(&r, raw), 0x06);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(router_broker_workers(r.b, "kith.test"), 0);
+    s_raw_ready(raw);
+    assert_int_equal(s_raw_next_cmd(&r, raw), 0x02); /* it joined and got "mem" */
+    zsock_destroy(&raw);
+    s_teardown(&r);
+}
+
+static bool s_late_300(void *ud)
+{
+    router_broker_stats_t st;
+    router_broker_stats(ud, &st);
+    return st.late_replies >= 300;
+}
+
+/* A flood of worker messages is read in batches, the loop taking turns
+ * between them, and every message is handled in the end. */
+static void test_flood_in_batches(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, NULL, NULL, 0, ep, sizeof ep);
+    zsock_t *raw = zsock_new_dealer(ep);
+    assert_non_null(raw);
+    s_raw_ready(raw);
+    s_run(&r, s_workers_1_any, r.b);
+    for (int i = 0; i < 300; i++)
+        s_raw_reply(raw, 0x03, 12345, "stray"); /* it holds nothing: late */
+    s_run(&r, s_late_300, r.b);
+    router_broker_stats_t st;
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.late_replies, 300);
+    assert_int_equal(st.workers, 1);
+    zsock_destroy(&raw);
+    s_teardown(&r);
+}
+
+/* What the broker says when its start cannot go on: a listen endpoint in
+ * use, a certificate file that is not one; with a metrics registry the
+ * broker's series exist. */
+static void test_new_refusals(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    assert_non_null(loop);
+    router_metrics_t *m = router_metrics_new();
+    assert_non_null(m);
+    char err[256] = "";
+    router_broker_opts_t o = {.loop = loop, .endpoint = "inproc://broker-test-new-refusals-1",
+                              .listen = "tcp://127.0.0.1:*", .metrics = m};
+    router_broker_t *b = router_broker_new(&o, err, sizeof err);
+    assert_non_null(b);
+    reply_t rep = {0};
+    assert_true(router_broker_request(b, "kith.test", (uint8_t *) "q", 1, s_on_reply, &rep) > 0);
+    char text[8192];
+    assert_true(router_metrics_render(m, text, sizeof text) > 0);
+    assert_non_null(strstr(text, "kith_broker_requests_total 1"));
+    assert_non_null(strstr(text, "kith_workers_alive{service=\"kith.test\"} 0"));
+    char taken[128];
+    snprintf(taken, sizeof taken, "%s", router_broker_listen_endpoint(b));
+    router_broker_opts_t o2 = {.loop = loop, .endpoint = "inproc://broker-test-new-refusals-2",
+                               .listen = taken};
+    assert_null(router_broker_new(&o2, err, sizeof err));
+    assert_non_null(strstr(err, "workers: cannot bind tcp://127.0.0.1:"));
+    router_broker_destroy(&b);
+    router_metrics_destroy(&m);
+
+    char home[] = "/tmp/kith-broker-test-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    char path[512];
+    snprintf(path, sizeof path, "%s/workers", home);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/workers/broker.cert_secret", home);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("not a certificate\n", f);
+    fclose(f);
+    router_broker_opts_t o3 = {.loop = loop, .endpoint = "inproc://broker-test-new-refusals-3",
+                               .listen = "tcp://lo:*", .home = home};
+    assert_null(router_broker_new(&o3, err, sizeof err));
+    assert_non_null(strstr(err, "is not a CZMQ certificate with a secret key"));
+    s_rm_rf(home);
+    router_loop_destroy(&loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1013,6 +1273,11 @@ int main(void)
         cmocka_unit_test(test_listen_ipv6),
         cmocka_unit_test(test_refusals_and_teardown),
         cmocka_unit_test(test_new_out_of_memory),
+        cmocka_unit_test(test_full_worker_keeps_request),
+        cmocka_unit_test(test_cancel_held_and_queued),
+        cmocka_unit_test(test_request_and_ready_without_memory),
+        cmocka_unit_test(test_flood_in_batches),
+        cmocka_unit_test(test_new_refusals),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();
