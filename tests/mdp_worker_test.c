@@ -18,6 +18,7 @@
 #include <cmocka.h>
 #include <czmq.h>
 
+#include "alloc_fail.h"
 #include "router/workers/mdp_worker.h"
 
 static int s_n;
@@ -330,6 +331,141 @@ static void test_cert_made(void **state)
     rmdir(dir);
 }
 
+/* Waits for the worker's READY (recv runs meanwhile: a same_thread worker
+ * reads and reconnects only in there); returns its identity. */
+static zframe_t *s_ready_id(zsock_t *router, router_mdp_worker_t *w)
+{
+    for (int tries = 0; tries < 4000; tries++) {
+        zmsg_t *m = s_recv_within(router, 5);
+        if (m && s_cmd(m) == 0x01) {
+            zframe_t *id = zframe_dup(zmsg_first(m));
+            zmsg_destroy(&m);
+            return id;
+        }
+        zmsg_destroy(&m);
+        uint8_t *b = NULL;
+        size_t n = 0;
+        assert_int_equal(router_mdp_worker_recv(w, &b, &n, 0), 0);
+    }
+    fail_msg("no READY came");
+    return NULL;
+}
+
+/* Out of memory for the body of a new turn: the caller cannot be given
+ * it, so the worker answers it at once with an empty FINAL (the router
+ * ends that turn as malformed and has the worker back) and recv goes on
+ * waiting; the next turn is served. Before, recv returned -1 ("stopped or
+ * failed"), on which callers stop serving, and the turn stayed held. */
+static void test_turn_without_memory(void **state)
+{
+    char ep[64];
+    s_endpoint(ep, sizeof ep);
+    zsock_t *router = zsock_new_router(ep);
+    router_mdp_worker_t *w = s_worker(ep, 1000, state);
+    zframe_t *id = s_ready_id(router, w);
+    s_send_cmd(router, id, 0x02, "addr-A", "turn-A");
+    uint8_t *b = NULL;
+    size_t n = 0;
+    bool failed = false;
+    for (int i = 0; i < 2000 && !failed; i++) {
+        alloc_fail_arm(0);
+        int rc = router_mdp_worker_recv(w, &b, &n, 5);
+        failed = alloc_fail_disarm() > 0;
+        assert_int_equal(rc, 0);
+        assert_null(b);
+    }
+    assert_true(failed);
+    zmsg_t *m = NULL;
+    for (int i = 0; i < 2000 && !m; i++) {
+        m = s_recv_within(router, 5);
+        if (m && s_cmd(m) != 0x04)
+            zmsg_destroy(&m);
+        assert_int_equal(router_mdp_worker_recv(w, &b, &n, 0), 0);
+    }
+    assert_non_null(m);
+    s_check_reply(m, "addr-A", "");
+    zmsg_destroy(&m);
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "x", 1), -1); /* none held */
+    s_send_cmd(router, id, 0x02, "addr-B", "turn-B");
+    s_recv_body(w, "turn-B");
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "done-B", 6), 0);
+    m = s_expect(router, 0x04);
+    s_check_reply(m, "addr-B", "done-B");
+    zmsg_destroy(&m);
+    zframe_destroy(&id);
+    router_mdp_worker_destroy(&w);
+    zsock_destroy(&router);
+}
+
+/* What the broker may send wrong is ignored (not MDPW02, a command MDP
+ * does not have, a REQUEST without its frames), a REQUEST for the turn
+ * just finished is dropped, and DISCONNECT makes the worker come back on a
+ * new connection, READY, serving. */
+static void test_broker_junk_and_disconnect(void **state)
+{
+    char ep[64];
+    s_endpoint(ep, sizeof ep);
+    zsock_t *router = zsock_new_router(ep);
+    router_mdp_worker_t *w = s_worker(ep, 1000, state);
+    zframe_t *id = s_ready_id(router, w);
+    zmsg_t *m = zmsg_new();
+    zmsg_append(m, &(zframe_t *) {zframe_dup(id)});
+    zmsg_addmem(m, "", 0);
+    zmsg_addstr(m, "MDPX99");
+    zmsg_addmem(m, &(uint8_t) {0x02}, 1);
+    assert_int_equal(zmsg_send(&m, router), 0);
+    s_send_cmd(router, id, 0x09, NULL, NULL);
+    s_send_cmd(router, id, 0x02, NULL, NULL); /* a REQUEST without address or body */
+    s_send_cmd(router, id, 0x02, "addr-A", "turn-A");
+    s_recv_body(w, "turn-A");
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "done-A", 6), 0);
+    m = s_expect(router, 0x04);
+    s_check_reply(m, "addr-A", "done-A");
+    zmsg_destroy(&m);
+    s_send_cmd(router, id, 0x02, "addr-A", "steer-late"); /* dropped */
+    uint64_t before = router_mdp_worker_reconnects(w);
+    s_send_cmd(router, id, 0x06, NULL, NULL);
+    zframe_t *id2 = s_ready_id(router, w);
+    assert_false(zframe_eq(id, id2));
+    assert_int_equal(router_mdp_worker_reconnects(w), before + 1);
+    s_send_cmd(router, id2, 0x02, "addr-B", "turn-B");
+    s_recv_body(w, "turn-B"); /* not the late steer */
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "done-B", 6), 0);
+    m = s_expect(router, 0x04);
+    s_check_reply(m, "addr-B", "done-B");
+    zmsg_destroy(&m);
+    zframe_destroy(&id);
+    zframe_destroy(&id2);
+    router_mdp_worker_destroy(&w);
+    zsock_destroy(&router);
+}
+
+/* Every allocation of kith's in new failing in turn: NULL with a reason,
+ * or a worker that serves. */
+static void test_new_without_memory(void **state)
+{
+    char ep[64];
+    s_endpoint(ep, sizeof ep);
+    zsock_t *router = zsock_new_router(ep);
+    bool made = false;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX && !made; i++) {
+        char err[256] = "";
+        router_mdp_worker_opts_t o = {.endpoint = ep, .service = "kith.test",
+                                      .same_thread = *(bool *) *state};
+        alloc_fail_arm(i);
+        router_mdp_worker_t *w = router_mdp_worker_new(&o, err, sizeof err);
+        bool failed = alloc_fail_disarm() > 0;
+        if (!w) {
+            assert_true(failed);
+            assert_non_null(strstr(err, "mdp worker: "));
+        }
+        made = w && !failed;
+        router_mdp_worker_destroy(&w);
+    }
+    assert_true(made);
+    zsock_destroy(&router);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -339,6 +475,12 @@ int main(void)
         cmocka_unit_test_prestate(test_heartbeats_and_reconnect, &s_same_thread),
         cmocka_unit_test_prestate(test_interrupt, &s_own_thread),
         cmocka_unit_test_prestate(test_interrupt, &s_same_thread),
+        cmocka_unit_test_prestate(test_turn_without_memory, &s_own_thread),
+        cmocka_unit_test_prestate(test_turn_without_memory, &s_same_thread),
+        cmocka_unit_test_prestate(test_broker_junk_and_disconnect, &s_own_thread),
+        cmocka_unit_test_prestate(test_broker_junk_and_disconnect, &s_same_thread),
+        cmocka_unit_test_prestate(test_new_without_memory, &s_own_thread),
+        cmocka_unit_test_prestate(test_new_without_memory, &s_same_thread),
         cmocka_unit_test(test_bad_options),
         cmocka_unit_test(test_cert_made),
     };

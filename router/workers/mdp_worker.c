@@ -476,12 +476,22 @@ void router_mdp_worker_destroy(router_mdp_worker_t **self_p)
 }
 
 /* A body recv returns: the caller's copy (free()), and the turn held once
- * it is one that starts a turn. */
+ * it is one that starts a turn. Returns 1, 0 when a new turn could not be
+ * copied (no memory: answered at once with an empty FINAL, as s_hand does,
+ * so the broker has the worker back and the caller goes on waiting, where
+ * -1 would tell it the worker stopped), or -1 for a turn's later request
+ * that could not be copied (the caller holding the turn ends it). */
 static int s_give(router_mdp_worker_t *self, const char *what, zframe_t *f, uint8_t **body,
                   size_t *len)
 {
     size_t n = zframe_size(f);
     uint8_t *copy = malloc(n ? n : 1);
+    if (!copy && streq(what, PIPE_TURN)) {
+        self->holding = true;
+        if (router_mdp_worker_final(self, (const uint8_t *) "", 0) != 0)
+            self->holding = false;
+        return 0;
+    }
     if (!copy)
         return -1;
     memcpy(copy, zframe_data(f), n);
@@ -509,7 +519,8 @@ static int s_recv_here(router_mdp_worker_t *self, uint8_t **body, size_t *len, i
         if (a->handed) {
             int rc = s_give(self, a->handed_what, a->handed, body, len);
             zframe_destroy(&a->handed);
-            return rc;
+            if (rc != 0)
+                return rc;
         }
         if (timeout_ms == 0)
             return 0; /* only looked: the receives above did */
@@ -574,7 +585,8 @@ int router_mdp_worker_recv(router_mdp_worker_t *self, uint8_t **body, size_t *le
         int rc = s_give(self, what, f, body, len);
         zstr_free(&what);
         zframe_destroy(&f);
-        return rc;
+        if (rc != 0)
+            return rc;
     }
 }
 
