@@ -2,7 +2,14 @@
  * §5, WIRE §21.8): bearer-protected, answered by the audit worker through
  * the broker (audit-query, audit-verify), so the loop never reads the log
  * itself; the HTTP answer is deferred until the worker's FINAL, bounded by
- * a timeout. */
+ * a timeout.
+ *
+ * The worker that answers also writes the log, one request at a time, so
+ * what readers may put before the router's appends is bounded: at most
+ * GATEWAY_AUDIT_QUERIES_MAX queries at the worker at once, and one verify (it reads
+ * every kept file), whose answer every verify asked meanwhile shares. A
+ * client with a token cannot hold the log's writes back and so keep its
+ * own actions out of the log. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +31,8 @@ typedef struct s_waiter {
     int kind;                       /* its kind (1 FINAL, -1 lost) */
     uint8_t *body;                  /* its body (heap) */
     size_t len;
+    bool query;                     /* an audit-query: counted in `queries` */
+    bool follows;                   /* a verify sharing `verifying`'s answer: nothing sent */
     struct s_waiter *prev, *next;
 } s_waiter_t;
 
@@ -33,6 +42,8 @@ struct gateway_route_audit {
     gateway_auth_t *auth;
     s_waiter_t *waiters;
     size_t nwaiters;
+    size_t queries;                 /* audit-query requests at the worker */
+    s_waiter_t *verifying;          /* the audit-verify at the worker, or NULL */
 };
 
 /* ---------------------------------------------------------------- waiters */
@@ -47,6 +58,10 @@ static void s_finish(s_waiter_t *w)
     if (w->next)
         w->next->prev = w->prev;
     self->nwaiters--;
+    if (w->query)
+        self->queries--;
+    if (self->verifying == w)
+        self->verifying = NULL;
     if (w->timer)
         (void) router_loop_timer_cancel(self->loop, w->timer);
     gateway_http_pending_end(&w->pending);
@@ -59,6 +74,27 @@ static void s_unavailable(gateway_http_res_t *res, const char *why)
     (void) gateway_http_respond_error(res, 503, "audit_unavailable", why);
 }
 
+static void s_answer(gateway_http_res_t *res, const proto_audit_msg_t *m);
+
+/* Answers w with m, or 503 `why` when m is NULL, and lets it go; when w
+ * is the verify at the worker, every verify waiting on it gets the same. */
+static void s_reply_all(s_waiter_t *w, const proto_audit_msg_t *m, const char *why)
+{
+    gateway_route_audit_t *self = w->owner;
+    bool leads = self->verifying == w;
+    for (s_waiter_t *f = self->waiters, *next; f; f = next) {
+        next = f->next;
+        if (f == w || (leads && f->follows)) {
+            gateway_http_res_t *res = gateway_http_pending_res(f->pending);
+            if (m)
+                s_answer(res, m);
+            else
+                s_unavailable(res, why);
+            s_finish(f);
+        }
+    }
+}
+
 static void s_on_timeout(router_loop_t *loop, uint64_t id, void *ud)
 {
     (void) loop;
@@ -66,8 +102,7 @@ static void s_on_timeout(router_loop_t *loop, uint64_t id, void *ud)
     s_waiter_t *w = ud;
     w->timer = 0;
     router_broker_cancel(w->owner->broker, w->request);
-    s_unavailable(gateway_http_pending_res(w->pending), "the audit worker did not answer in time");
-    s_finish(w);
+    s_reply_all(w, NULL, "the audit worker did not answer in time");
 }
 
 /* Appends s JSON-escaped and quoted. */
@@ -143,18 +178,16 @@ static void s_on_answer(router_loop_t *loop, uint64_t id, void *ud)
     (void) id;
     s_waiter_t *w = ud;
     w->timer = 0;
-    gateway_http_res_t *res = gateway_http_pending_res(w->pending);
     proto_audit_msg_t m;
     proto_audit_err_t e;
     if (w->kind < 0)
-        s_unavailable(res, "the audit worker went away");
+        s_reply_all(w, NULL, "the audit worker went away");
     else if (proto_audit_msg_decode(w->body, w->len, &m, &e) != 0)
-        s_unavailable(res, "the audit worker's answer is unreadable");
+        s_reply_all(w, NULL, "the audit worker's answer is unreadable");
     else {
-        s_answer(res, &m);
+        s_reply_all(w, &m, NULL);
         proto_audit_msg_clear(&m);
     }
-    s_finish(w);
 }
 
 /* The broker may call this inside router_broker_request (a fast worker's
@@ -189,11 +222,17 @@ static void s_ask(gateway_route_audit_t *self, gateway_http_res_t *res, const pr
         s_unavailable(res, "too many audit requests waiting");
         return;
     }
+    bool verify = req->kind == PROTO_AUDIT_VERIFY;
+    bool follows = verify && self->verifying;
+    if (!verify && self->queries >= GATEWAY_AUDIT_QUERIES_MAX) {
+        s_unavailable(res, "the audit worker is busy with other queries: try again");
+        return;
+    }
     uint8_t *body = NULL;
     size_t len = 0;
     proto_audit_err_t e;
     s_waiter_t *w = calloc(1, sizeof *w);
-    if (!w || proto_audit_msg_encode(req, &body, &len, &e) != 0 ||
+    if (!w || (!follows && proto_audit_msg_encode(req, &body, &len, &e) != 0) ||
         !(w->pending = gateway_http_res_defer(res))) {
         free(w);
         free(body);
@@ -206,11 +245,19 @@ static void s_ask(gateway_route_audit_t *self, gateway_http_res_t *res, const pr
         w->next->prev = w;
     self->waiters = w;
     self->nwaiters++;
+    if (follows) { /* answered with the verify under way, within its timeout */
+        w->follows = true;
+        return;
+    }
+    w->query = !verify;
+    if (w->query)
+        self->queries++;
+    else
+        self->verifying = w;
     w->request = router_broker_request(self->broker, ROUTER_AUDIT_SERVICE, body, len, s_on_reply, w);
     free(body);
     if (w->request <= 0) {
-        s_unavailable(gateway_http_pending_res(w->pending), "the audit worker's queue is full");
-        s_finish(w);
+        s_reply_all(w, NULL, "the audit worker's queue is full");
         return;
     }
     if (!w->got && !(w->timer = router_loop_timer_add(self->loop, S_TIMEOUT_MS, s_on_timeout, w)))
@@ -320,6 +367,11 @@ gateway_route_audit_t *gateway_route_audit_new(gateway_http_t *g, router_loop_t 
     return self;
 }
 
+size_t gateway_route_audit_waiting(const gateway_route_audit_t *self)
+{
+    return self->nwaiters;
+}
+
 void gateway_route_audit_destroy(gateway_route_audit_t **self_p)
 {
     gateway_route_audit_t *self = *self_p;
@@ -327,7 +379,8 @@ void gateway_route_audit_destroy(gateway_route_audit_t **self_p)
         return;
     while (self->waiters) {
         s_waiter_t *w = self->waiters;
-        router_broker_cancel(self->broker, w->request);
+        if (w->request > 0)
+            router_broker_cancel(self->broker, w->request);
         s_unavailable(gateway_http_pending_res(w->pending), "the daemon is stopping");
         s_finish(w);
     }

@@ -1,0 +1,357 @@
+/* tests/route_audit_test.c — what /api/audit and /api/audit/verify put in
+ * front of the audit worker, which also writes the log (WIRE §21.8): a
+ * stand-in worker holds each request until the test lets it go, so the
+ * test sees exactly what reached it. Verifies asked while one is at the
+ * worker share its answer (one request), queries past
+ * GATEWAY_AUDIT_QUERIES_MAX are answered 503 at once, and the worker's
+ * `partial` reaches the client. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "gateway/auth.h"
+#include "gateway/http_server.h"
+#include "gateway/routes_audit.h"
+#include "proto/audit_msg.h"
+#include "router/net/addr.h"
+#include "router/net/loop.h"
+#include "router/state/tokens.h"
+#include "router/workers/broker.h"
+#include "router/workers/mdp_worker.h"
+
+#define CLIENTS 8
+
+/* ------------------------------------------------------------ the worker */
+
+/* A kith.audit worker on its own thread that answers its n-th request only
+ * once `release` reaches n. */
+typedef struct {
+    const char *ep;
+    pthread_t thread;
+    atomic_int got;      /* requests received */
+    atomic_int release;  /* requests it may answer */
+    atomic_bool stop;
+    atomic_int verifies, queries;
+} fake_t;
+
+static void *s_fake_main(void *ud)
+{
+    fake_t *k = ud;
+    char err[256];
+    router_mdp_worker_opts_t o = {.endpoint = k->ep, .service = ROUTER_AUDIT_SERVICE,
+                                  .heartbeat_ms = 100, .liveness = 50};
+    router_mdp_worker_t *w = router_mdp_worker_new(&o, err, sizeof err);
+    if (!w) {
+        fprintf(stderr, "worker: %s\n", err);
+        return NULL;
+    }
+    while (!atomic_load(&k->stop)) {
+        uint8_t *body;
+        size_t len;
+        if (router_mdp_worker_recv(w, &body, &len, 20) != 1)
+            continue;
+        proto_audit_msg_t req;
+        proto_audit_err_t e;
+        int decoded = proto_audit_msg_decode(body, len, &req, &e);
+        free(body);
+        int n = atomic_fetch_add(&k->got, 1) + 1;
+        while (atomic_load(&k->release) < n && !atomic_load(&k->stop))
+            usleep(1000);
+        proto_audit_text_t rec = {"{\"seq\":1}", 9};
+        proto_audit_msg_t m = {.kind = PROTO_AUDIT_ERROR, .code = "bad_request", .code_len = 11};
+        if (decoded == 0 && req.kind == PROTO_AUDIT_VERIFY) {
+            atomic_fetch_add(&k->verifies, 1);
+            m = (proto_audit_msg_t){.kind = PROTO_AUDIT_VERIFIED, .ok = true, .checked = (uint64_t) n,
+                                    .files = 1, .has_first_seq = true, .first_seq = 1};
+        } else if (decoded == 0 && req.kind == PROTO_AUDIT_QUERY) {
+            atomic_fetch_add(&k->queries, 1);
+            m = (proto_audit_msg_t){.kind = PROTO_AUDIT_RECORDS, .records = &rec, .n_records = 1,
+                                    .partial = true};
+        }
+        if (decoded == 0)
+            proto_audit_msg_clear(&req);
+        uint8_t *out = NULL;
+        size_t olen = 0;
+        if (proto_audit_msg_encode(&m, &out, &olen, &e) == 0)
+            (void) router_mdp_worker_final(w, out, olen);
+        free(out);
+    }
+    router_mdp_worker_destroy(&w);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ the fixture */
+
+static int s_n;
+
+typedef struct {
+    char ep[64];
+    router_loop_t *loop;
+    router_broker_t *broker;
+    router_tokens_t *tokens;
+    gateway_auth_t *auth;
+    gateway_http_t *gw;
+    gateway_route_audit_t *audit;
+    uint16_t port;
+    fake_t fake;
+} fix_t;
+
+static int s_setup(void **state)
+{
+    fix_t *f = calloc(1, sizeof *f);
+    snprintf(f->ep, sizeof f->ep, "inproc://route-audit-test-%d", ++s_n);
+    char err[256] = "";
+    if (!f || !(f->loop = router_loop_new(NULL)))
+        return -1;
+    router_broker_opts_t bo = {.loop = f->loop, .endpoint = f->ep, .heartbeat_ms = 100,
+                               .liveness = 50};
+    if (!(f->broker = router_broker_new(&bo, err, sizeof err)) ||
+        !(f->tokens = router_tokens_new(NULL, f->loop, err, sizeof err))) {
+        fprintf(stderr, "setup: %s\n", err);
+        return -1;
+    }
+    gateway_auth_opts_t ao = {.require_pairing = false};
+    router_addr_t addr, bound;
+    if (!(f->auth = gateway_auth_new(f->tokens, &ao)) || !(f->gw = gateway_http_new(f->loop, NULL)) ||
+        !(f->audit = gateway_route_audit_new(f->gw, f->loop, f->broker, f->auth)) ||
+        router_addr_parse("127.0.0.1:0", &addr, NULL) != 0 ||
+        gateway_http_listen(f->gw, &addr, &bound) != 0)
+        return -1;
+    f->port = router_addr_port(&bound);
+    f->fake.ep = f->ep;
+    if (pthread_create(&f->fake.thread, NULL, s_fake_main, &f->fake) != 0)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    fix_t *f = *state;
+    atomic_store(&f->fake.stop, true);
+    pthread_join(f->fake.thread, NULL);
+    gateway_route_audit_destroy(&f->audit);
+    gateway_http_destroy(&f->gw);
+    gateway_auth_destroy(&f->auth);
+    router_tokens_destroy(&f->tokens);
+    router_broker_destroy(&f->broker);
+    router_loop_destroy(&f->loop);
+    free(f);
+    return 0;
+}
+
+/* ------------------------------------------------------------ the loop */
+
+typedef struct {
+    fix_t *f;
+    bool (*until)(fix_t *f, void *ud);
+    void *ud;
+    uint64_t deadline;
+    bool timed_out;
+} run_t;
+
+static void s_check(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    run_t *r = ud;
+    if (r->until(r->f, r->ud) || router_loop_now_ms(loop) > r->deadline) {
+        r->timed_out = !r->until(r->f, r->ud);
+        router_loop_stop(loop);
+        return;
+    }
+    router_loop_timer_add(loop, 2, s_check, r);
+}
+
+/* Runs the loop until until() holds, at most 60 s (a hang, not a timing). */
+static void s_run(fix_t *f, bool (*until)(fix_t *, void *), void *ud)
+{
+    run_t r = {.f = f, .until = until, .ud = ud, .deadline = router_loop_now_ms(f->loop) + 60000};
+    router_loop_timer_add(f->loop, 0, s_check, &r);
+    assert_int_equal(router_loop_run(f->loop), 0);
+    assert_false(r.timed_out);
+}
+
+/* ------------------------------------------------------------ clients */
+
+typedef struct {
+    int fd;
+    char buf[4096];
+    size_t len;
+} client_t;
+
+static void s_get(fix_t *f, client_t *c, const char *path)
+{
+    memset(c, 0, sizeof *c);
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(c->fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(f->port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(c->fd, (struct sockaddr *) &sa, sizeof sa), 0); /* the backlog takes it */
+    char req[256];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", path);
+    assert_int_equal(send(c->fd, req, (size_t) n, MSG_NOSIGNAL), n);
+    assert_int_equal(fcntl(c->fd, F_SETFL, O_NONBLOCK), 0);
+}
+
+/* Reads what came; true once the server closed (Connection: close). */
+static bool s_answered(client_t *c)
+{
+    for (;;) {
+        ssize_t n = recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len, 0);
+        if (n > 0) {
+            c->len += (size_t) n;
+            c->buf[c->len] = '\0';
+            continue;
+        }
+        return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+    }
+}
+
+static const char *s_body(const client_t *c)
+{
+    const char *b = strstr(c->buf, "\r\n\r\n");
+    return b ? b + 4 : "";
+}
+
+typedef struct {
+    client_t *c;
+    size_t n;
+} clients_t;
+
+static bool s_all_answered(fix_t *f, void *ud)
+{
+    (void) f;
+    clients_t *cs = ud;
+    bool all = true;
+    for (size_t i = 0; i < cs->n; i++)
+        all = s_answered(&cs->c[i]) && all;
+    return all;
+}
+
+typedef struct {
+    size_t waiting;
+    int got;
+} at_t;
+
+/* The route holds `waiting` answers and the worker has `got` requests. */
+static bool s_reached(fix_t *f, void *ud)
+{
+    at_t *a = ud;
+    return gateway_route_audit_waiting(f->audit) == a->waiting &&
+           atomic_load(&f->fake.got) == a->got;
+}
+
+/* ------------------------------------------------------------ tests */
+
+static void test_verifies_share_one(void **state)
+{
+    fix_t *f = *state;
+    client_t c[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++)
+        s_get(f, &c[i], "/api/audit/verify");
+    /* One verify reached the worker; the rest wait for its answer. */
+    s_run(f, s_reached, &(at_t){CLIENTS, 1});
+    atomic_store(&f->fake.release, 1);
+    s_run(f, s_all_answered, &(clients_t){c, CLIENTS});
+    for (int i = 0; i < CLIENTS; i++) {
+        assert_non_null(strstr(c[i].buf, "HTTP/1.1 200 "));
+        assert_string_equal(s_body(&c[i]),
+                            "{\"ok\":true,\"records\":1,\"files\":1,\"first_seq\":1}");
+        close(c[i].fd);
+    }
+    assert_int_equal(atomic_load(&f->fake.verifies), 1);
+    assert_int_equal(gateway_route_audit_waiting(f->audit), 0);
+
+    /* A verify asked after that answer is a request of its own. */
+    client_t again;
+    s_get(f, &again, "/api/audit/verify");
+    atomic_store(&f->fake.release, 2);
+    s_run(f, s_all_answered, &(clients_t){&again, 1});
+    assert_non_null(strstr(s_body(&again), "\"records\":2,"));
+    close(again.fd);
+    assert_int_equal(atomic_load(&f->fake.verifies), 2);
+}
+
+typedef struct {
+    client_t *c;
+    size_t n, want;
+} count_t;
+
+/* `want` of the clients have been answered. */
+static bool s_count_answered(fix_t *f, void *ud)
+{
+    (void) f;
+    count_t *k = ud;
+    size_t done = 0;
+    for (size_t i = 0; i < k->n; i++)
+        done += s_answered(&k->c[i]);
+    return done == k->want;
+}
+
+static void test_queries_bounded(void **state)
+{
+    fix_t *f = *state;
+    client_t c[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++)
+        s_get(f, &c[i], "/api/audit?limit=5");
+    /* GATEWAY_AUDIT_QUERIES_MAX go to the broker (the worker holds the
+     * first, the broker queues the rest); the others are answered at once,
+     * whichever the server read last. */
+    s_run(f, s_reached, &(at_t){GATEWAY_AUDIT_QUERIES_MAX, 1});
+    s_run(f, s_count_answered, &(count_t){c, CLIENTS, CLIENTS - GATEWAY_AUDIT_QUERIES_MAX});
+    bool held[CLIENTS];
+    for (size_t i = 0; i < CLIENTS; i++) {
+        held[i] = !s_answered(&c[i]);
+        if (held[i])
+            continue;
+        assert_non_null(strstr(c[i].buf, "HTTP/1.1 503 "));
+        assert_non_null(strstr(s_body(&c[i]), "\"code\":\"audit_unavailable\""));
+        assert_non_null(strstr(s_body(&c[i]), "busy with other queries"));
+    }
+    /* A verify is not a query: it still goes (behind the queries). */
+    client_t v;
+    s_get(f, &v, "/api/audit/verify");
+    s_run(f, s_reached, &(at_t){GATEWAY_AUDIT_QUERIES_MAX + 1, 1});
+    atomic_store(&f->fake.release, 100);
+    s_run(f, s_all_answered, &(clients_t){c, CLIENTS});
+    for (size_t i = 0; i < CLIENTS; i++) {
+        if (held[i]) {
+            assert_non_null(strstr(c[i].buf, "HTTP/1.1 200 "));
+            assert_string_equal(s_body(&c[i]), "{\"records\":[{\"seq\":1}],\"partial\":true}");
+        }
+        close(c[i].fd);
+    }
+    s_run(f, s_all_answered, &(clients_t){&v, 1});
+    assert_non_null(strstr(v.buf, "HTTP/1.1 200 "));
+    close(v.fd);
+    assert_int_equal(atomic_load(&f->fake.queries), GATEWAY_AUDIT_QUERIES_MAX);
+    /* With the queries answered, a new one goes. */
+    client_t q;
+    s_get(f, &q, "/api/audit");
+    s_run(f, s_all_answered, &(clients_t){&q, 1});
+    assert_non_null(strstr(q.buf, "HTTP/1.1 200 "));
+    close(q.fd);
+    assert_int_equal(atomic_load(&f->fake.queries), GATEWAY_AUDIT_QUERIES_MAX + 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_verifies_share_one, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_queries_bounded, s_setup, s_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
