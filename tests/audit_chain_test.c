@@ -768,6 +768,61 @@ static void test_query_reads_back(void **state)
     free(orig);
 }
 
+/* The words kith audit verify, /api/audit/verify and audit_error carry
+ * (WIRE 21.6, 21.9): each enum value has its own, and a value past the
+ * last is "unknown". */
+static void test_names(void **state)
+{
+    (void) state;
+    static const char *const errs[] = {"ok", "io", "event", "broken", "no_memory"};
+    for (int i = 0; i <= AUDIT_E_NO_MEMORY; i++)
+        assert_string_equal(audit_err_str((audit_err_t) i), errs[i]);
+    assert_string_equal(audit_err_str((audit_err_t) 99), "unknown");
+    static const char *const reasons[] = {
+        "ok",   "malformed",    "torn",          "seq",          "prev",     "hash", "hmac",
+        "hmac_missing", "truncated", "head_mismatch", "head_missing", "head_bad", "io", "rotation"};
+    for (int i = 0; i <= AUDIT_V_ROTATION; i++)
+        assert_string_equal(audit_verify_reason_str((audit_verify_reason_t) i), reasons[i]);
+    assert_string_equal(audit_verify_reason_str((audit_verify_reason_t) 99), "unknown");
+}
+
+/* A file that opens but cannot be read (a directory where a log should
+ * be: read gives EISDIR) fails a query with AUDIT_E_IO naming it, and a
+ * verify with AUDIT_V_IO; in a rotated file's place, the same. */
+static void test_read_errors(void **state)
+{
+    s_fix_t *f = *state;
+    audit_lines_t l;
+    audit_error_t err = {0};
+    audit_query_t q = {.limit = 10};
+    audit_verify_result_t r;
+    assert_int_equal(mkdir(f->log, 0700), 0);
+    assert_int_equal(audit_chain_query(f->log, &q, &l, &err), -1);
+    assert_int_equal(err.code, AUDIT_E_IO);
+    assert_non_null(strstr(err.msg, f->log));
+    assert_non_null(strstr(err.msg, strerror(EISDIR)));
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), -1);
+    assert_int_equal(r.reason, AUDIT_V_IO);
+    assert_int_equal(rmdir(f->log), 0);
+
+    s_make(f, NULL, 3);
+    char rotated[400];
+    snprintf(rotated, sizeof rotated, "%s.00000000000000000001", f->log);
+    assert_int_equal(mkdir(rotated, 0700), 0);
+    memset(&err, 0, sizeof err);
+    assert_int_equal(audit_chain_query(f->log, &q, &l, &err), -1); /* 3 < 10: it reads on */
+    assert_int_equal(err.code, AUDIT_E_IO);
+    assert_non_null(strstr(err.msg, rotated));
+    q.limit = 3; /* found in the log: the rotated file is never read */
+    assert_int_equal(audit_chain_query(f->log, &q, &l, &err), 0);
+    assert_int_equal(l.n, 3);
+    audit_lines_free(&l);
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), -1);
+    assert_int_equal(r.reason, AUDIT_V_IO);
+    assert_non_null(strstr(r.detail, rotated));
+    assert_int_equal(rmdir(rotated), 0);
+}
+
 static void test_head_slots(void **state)
 {
     (void) state;
@@ -1402,7 +1457,7 @@ int main(void)
         T(test_torn_tail_repaired),   T(test_hmac),               T(test_group_commit),
         T(test_fsync_failure),        T(test_torn_tail_repair_fails), T(test_cut_back_failure),
         T(test_query),                T(test_query_reads_back),
-        T(test_long_and_garbage_lines),
+        T(test_long_and_garbage_lines), T(test_names), T(test_read_errors),
         T(test_head_slots),           T(test_open_refuses_what_the_head_denies),
         T(test_open_io_errors),       T(test_without_memory),
         T(test_rotation_keeps_the_chain), T(test_rotation_tampering),
