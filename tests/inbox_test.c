@@ -889,12 +889,14 @@ static void test_batch_fails_midway(void **state)
                                     .status = 202, .body = "{}", .expires_ms = UINT64_MAX / 2};
         router_inbox_seen_t floor = {.expires_ms = UINT64_MAX / 2, .floor_ms = 100 + k};
         router_inbox_seen_t plain = {.expires_ms = UINT64_MAX / 2};
-        s_id(id, nid++);
-        assert_int_equal(router_inbox_admit(in, id, a, "event", frame, 1, 1, NULL, &seq),
-                         ROUTER_INBOX_ADMITTED);
+        /* The one that fails first: no batch can commit without it (a
+         * failed batch goes back in front of what came after). */
         s_id(id, nid++);
         assert_int_equal(router_inbox_admit_keyed(in, id, a, "message", frame, 1, 1, &floor,
                                                   &idem, &seq), ROUTER_INBOX_ADMITTED);
+        s_id(id, nid++);
+        assert_int_equal(router_inbox_admit(in, id, a, "event", frame, 1, 1, NULL, &seq),
+                         ROUTER_INBOX_ADMITTED);
         s_id(id, nid++);
         assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, &plain, &seq),
                          ROUTER_INBOX_ADMITTED);
