@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -361,6 +362,48 @@ static void test_handle_bad_bodies(void **state)
     assert_int_equal(audit_chain_query(f->log, &q, &l, &ce), 0);
     assert_int_equal(l.n, 1);
     audit_lines_free(&l);
+
+    /* A reply is not a request. */
+    proto_audit_text_t rec = {"{}", 2};
+    req = (proto_audit_msg_t){.kind = PROTO_AUDIT_RECORDS, .records = &rec, .n_records = 1};
+    assert_int_equal(proto_audit_msg_encode(&req, &body, &blen, &e), 0);
+    out = audit_worker_handle(c, NULL, 0, body, blen, &len);
+    free(body);
+    assert_int_equal(proto_audit_msg_decode(out, len, &m, &e), 0);
+    assert_int_equal(m.kind, PROTO_AUDIT_ERROR);
+    assert_string_equal(m.code, "bad_request");
+    assert_string_equal(m.reason, "a reply, not a request");
+    proto_audit_msg_clear(&m);
+    free(out);
+
+    /* A query that cannot read the log (a directory in its place now)
+     * is an `io` audit_error naming it; the verify says io too. */
+    char aside[160];
+    snprintf(aside, sizeof aside, "%s.aside", f->log);
+    assert_int_equal(rename(f->log, aside), 0);
+    assert_int_equal(mkdir(f->log, 0700), 0);
+    req = (proto_audit_msg_t){.kind = PROTO_AUDIT_QUERY, .limit = 5};
+    assert_int_equal(proto_audit_msg_encode(&req, &body, &blen, &e), 0);
+    out = audit_worker_handle(c, NULL, 0, body, blen, &len);
+    free(body);
+    assert_int_equal(proto_audit_msg_decode(out, len, &m, &e), 0);
+    assert_int_equal(m.kind, PROTO_AUDIT_ERROR);
+    assert_string_equal(m.code, "io");
+    assert_non_null(strstr(m.reason, "cannot read"));
+    proto_audit_msg_clear(&m);
+    free(out);
+    req = (proto_audit_msg_t){.kind = PROTO_AUDIT_VERIFY};
+    assert_int_equal(proto_audit_msg_encode(&req, &body, &blen, &e), 0);
+    out = audit_worker_handle(c, NULL, 0, body, blen, &len);
+    free(body);
+    assert_int_equal(proto_audit_msg_decode(out, len, &m, &e), 0);
+    assert_int_equal(m.kind, PROTO_AUDIT_VERIFIED);
+    assert_false(m.ok);
+    assert_non_null(strstr(m.reason, "io: "));
+    proto_audit_msg_clear(&m);
+    free(out);
+    assert_int_equal(rmdir(f->log), 0);
+    assert_int_equal(rename(aside, f->log), 0);
     audit_chain_close(&c);
 }
 
