@@ -17,6 +17,7 @@
 #include "proto/worker_msg.h"
 #include "router/net/loop.h"
 #include "router/workers/broker.h"
+#include "loop_until.h"
 
 #define S(lit) ((proto_worker_str_t){(lit), sizeof(lit) - 1})
 #define TURNS 24
@@ -27,33 +28,12 @@ typedef struct {
     router_loop_t *loop;
     router_broker_t *b;
     char ep[64];
-    bool (*until)(void *);
-    void *ud;
-    uint64_t deadline;
-    bool timed_out;
 } runner_t;
-
-static void s_check(router_loop_t *loop, uint64_t id, void *ud)
-{
-    (void) id;
-    runner_t *r = ud;
-    if (r->until(r->ud) || router_loop_now_ms(loop) > r->deadline) {
-        r->timed_out = !r->until(r->ud);
-        router_loop_stop(loop);
-        return;
-    }
-    router_loop_timer_add(loop, 10, s_check, r);
-}
 
 /* Runs the loop until until(ud) (checked every 10 ms), at most 120 s. */
 static void s_run(runner_t *r, bool (*until)(void *), void *ud)
 {
-    r->until = until;
-    r->ud = ud;
-    r->deadline = router_loop_now_ms(r->loop) + 120000;
-    router_loop_timer_add(r->loop, 0, s_check, r);
-    assert_int_equal(router_loop_run(r->loop), 0);
-    assert_false(r->timed_out);
+    test_loop_until(r->loop, until, ud, 10, 120000);
 }
 
 static void s_setup(runner_t *r)

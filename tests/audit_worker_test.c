@@ -25,6 +25,7 @@
 #include "router/net/loop.h"
 #include "router/workers/audit_feed.h"
 #include "router/workers/broker.h"
+#include "loop_until.h"
 
 static int s_n;
 
@@ -104,40 +105,23 @@ static audit_worker_t *s_worker(fix_t *f)
 
 /* ------------------------------------------------------------ the loop */
 
+/* Runs the loop until until(ud) holds (checked every 5 ms), at most 60 s. */
+static void s_run(fix_t *f, bool (*until)(void *), void *ud)
+{
+    test_loop_until(f->loop, until, ud, 5, 60000);
+}
+
 typedef struct {
     fix_t *f;
-    bool (*until)(fix_t *f, void *ud);
-    void *ud;
-    uint64_t deadline;
-    bool timed_out;
-} run_t;
+    uint64_t n;
+} appended_t;
 
-static void s_check(router_loop_t *loop, uint64_t id, void *ud)
+static bool s_appended(void *ud)
 {
-    (void) id;
-    run_t *r = ud;
-    if (r->until(r->f, r->ud) || router_loop_now_ms(loop) > r->deadline) {
-        r->timed_out = !r->until(r->f, r->ud);
-        router_loop_stop(loop);
-        return;
-    }
-    router_loop_timer_add(loop, 5, s_check, r);
-}
-
-/* Runs the loop until until() holds, at most 60 s. */
-static void s_run(fix_t *f, bool (*until)(fix_t *, void *), void *ud)
-{
-    run_t r = {.f = f, .until = until, .ud = ud, .deadline = router_loop_now_ms(f->loop) + 60000};
-    router_loop_timer_add(f->loop, 0, s_check, &r);
-    assert_int_equal(router_loop_run(f->loop), 0);
-    assert_false(r.timed_out);
-}
-
-static bool s_appended(fix_t *f, void *ud)
-{
+    appended_t *a = ud;
     router_audit_feed_stats_t st;
-    router_audit_feed_stats(f->feed, &st);
-    return st.appended >= *(uint64_t *) ud;
+    router_audit_feed_stats(a->f->feed, &st);
+    return st.appended >= a->n;
 }
 
 static void s_push(fix_t *f, int n, const char *type)
@@ -167,9 +151,8 @@ static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
     a->done = kind == 0 ? a->done : (kind == 1 ? 1 : -1);
 }
 
-static bool s_asked(fix_t *f, void *ud)
+static bool s_asked(void *ud)
 {
-    (void) f;
     return ((ask_t *) ud)->done != 0;
 }
 
@@ -193,11 +176,9 @@ static void test_feed_to_records(void **state)
     fix_t *f = *state;
     audit_worker_t *w = s_worker(f);
     s_push(f, 10, "auth_failure");
-    uint64_t want = 10;
-    s_run(f, s_appended, &want);
+    s_run(f, s_appended, &(appended_t){f, 10});
     s_push(f, 5, "pair");
-    want = 15;
-    s_run(f, s_appended, &want);
+    s_run(f, s_appended, &(appended_t){f, 15});
     router_audit_feed_stats_t st;
     router_audit_feed_stats(f->feed, &st);
     assert_int_equal(st.appended, 15);
@@ -243,8 +224,7 @@ static void test_waits_for_worker_and_counts_drops(void **state)
     assert_non_null(strstr(text, "kith_audit_dropped_total 1"));
     /* The worker comes: all 64 are written, once. */
     audit_worker_t *w = s_worker(f);
-    uint64_t want = 64;
-    s_run(f, s_appended, &want);
+    s_run(f, s_appended, &(appended_t){f, 64});
     audit_worker_stop(&w);
     audit_verify_result_t r;
     assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
@@ -256,9 +236,8 @@ static void s_on_drained(void *ud)
     (*(int *) ud)++;
 }
 
-static bool s_drained(fix_t *f, void *ud)
+static bool s_drained(void *ud)
 {
-    (void) f;
     return *(int *) ud > 0;
 }
 
@@ -312,8 +291,7 @@ static void test_fsync_failure_retried(void **state)
     audit_worker_t *w = s_worker(f);
     atomic_store(&f->fail_syncs, 2); /* the first batch fails twice */
     s_push(f, 7, "admin");
-    uint64_t want = 7;
-    s_run(f, s_appended, &want);
+    s_run(f, s_appended, &(appended_t){f, 7});
     router_audit_feed_stats_t st;
     router_audit_feed_stats(f->feed, &st);
     assert_true(st.retries >= 2);

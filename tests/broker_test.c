@@ -27,6 +27,7 @@
 
 #include "alloc_fail.h"
 #include "have_ipv6.h"
+#include "loop_until.h"
 #include "router/clock.h"
 #include "router/net/loop.h"
 #include "router/workers/broker.h"
@@ -101,38 +102,12 @@ static void s_echo_stop(echo_t **ep)
 typedef struct {
     router_loop_t *loop;
     router_broker_t *b;
-    bool (*until)(void *ud);
-    void *ud;
-    uint64_t deadline;
-    bool timed_out;
 } runner_t;
-
-static void s_check(router_loop_t *loop, uint64_t id, void *ud)
-{
-    (void) id;
-    runner_t *r = ud;
-    if (r->until(r->ud)) {
-        router_loop_stop(loop);
-        return;
-    }
-    if (router_loop_now_ms(loop) > r->deadline) {
-        r->timed_out = true;
-        router_loop_stop(loop);
-        return;
-    }
-    router_loop_timer_add(loop, 10, s_check, r);
-}
 
 /* Runs the loop until until(ud) holds (checked every 10 ms), at most 60 s. */
 static void s_run(runner_t *r, bool (*until)(void *), void *ud)
 {
-    r->until = until;
-    r->ud = ud;
-    r->deadline = router_loop_now_ms(r->loop) + 60000;
-    r->timed_out = false;
-    router_loop_timer_add(r->loop, 0, s_check, r);
-    assert_int_equal(router_loop_run(r->loop), 0);
-    assert_false(r->timed_out);
+    test_loop_until(r->loop, until, ud, 10, 60000);
 }
 
 /* Heartbeats of the broker under test: generous by default, so a loaded
@@ -725,13 +700,7 @@ static void s_wait_conns(runner_t *r, uint64_t pending, uint64_t workers, uint64
                          uint64_t source, uint64_t deadline)
 {
     conns_want_t w = {r->b, {pending, workers, share, source, deadline}};
-    r->until = s_conns_are;
-    r->ud = &w;
-    r->deadline = router_loop_now_ms(r->loop) + 20000;
-    r->timed_out = false;
-    router_loop_timer_add(r->loop, 0, s_check, r);
-    assert_int_equal(router_loop_run(r->loop), 0);
-    if (r->timed_out) {
+    if (!test_loop_wait(r->loop, s_conns_are, &w, 10, 20000)) {
         router_worker_conns_stats_t st;
         router_broker_listen_stats(r->b, &st);
         fail_msg("connections: pending %llu workers %llu cut share %llu source %llu deadline "

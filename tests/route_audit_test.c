@@ -31,6 +31,7 @@
 #include "router/state/tokens.h"
 #include "router/workers/broker.h"
 #include "router/workers/mdp_worker.h"
+#include "loop_until.h"
 
 #define CLIENTS 8
 
@@ -155,33 +156,11 @@ static int s_teardown(void **state)
 
 /* ------------------------------------------------------------ the loop */
 
-typedef struct {
-    fix_t *f;
-    bool (*until)(fix_t *f, void *ud);
-    void *ud;
-    uint64_t deadline;
-    bool timed_out;
-} run_t;
-
-static void s_check(router_loop_t *loop, uint64_t id, void *ud)
+/* Runs the loop until until(ud) holds (checked every 2 ms), at most 60 s
+ * (a hang, not a timing). */
+static void s_run(fix_t *f, bool (*until)(void *), void *ud)
 {
-    (void) id;
-    run_t *r = ud;
-    if (r->until(r->f, r->ud) || router_loop_now_ms(loop) > r->deadline) {
-        r->timed_out = !r->until(r->f, r->ud);
-        router_loop_stop(loop);
-        return;
-    }
-    router_loop_timer_add(loop, 2, s_check, r);
-}
-
-/* Runs the loop until until() holds, at most 60 s (a hang, not a timing). */
-static void s_run(fix_t *f, bool (*until)(fix_t *, void *), void *ud)
-{
-    run_t r = {.f = f, .until = until, .ud = ud, .deadline = router_loop_now_ms(f->loop) + 60000};
-    router_loop_timer_add(f->loop, 0, s_check, &r);
-    assert_int_equal(router_loop_run(f->loop), 0);
-    assert_false(r.timed_out);
+    test_loop_until(f->loop, until, ud, 2, 60000);
 }
 
 /* ------------------------------------------------------------ clients */
@@ -231,9 +210,8 @@ typedef struct {
     size_t n;
 } clients_t;
 
-static bool s_all_answered(fix_t *f, void *ud)
+static bool s_all_answered(void *ud)
 {
-    (void) f;
     clients_t *cs = ud;
     bool all = true;
     for (size_t i = 0; i < cs->n; i++)
@@ -242,16 +220,17 @@ static bool s_all_answered(fix_t *f, void *ud)
 }
 
 typedef struct {
+    fix_t *f;
     size_t waiting;
     int got;
 } at_t;
 
 /* The route holds `waiting` answers and the worker has `got` requests. */
-static bool s_reached(fix_t *f, void *ud)
+static bool s_reached(void *ud)
 {
     at_t *a = ud;
-    return gateway_route_audit_waiting(f->audit) == a->waiting &&
-           atomic_load(&f->fake.got) == a->got;
+    return gateway_route_audit_waiting(a->f->audit) == a->waiting &&
+           atomic_load(&a->f->fake.got) == a->got;
 }
 
 /* ------------------------------------------------------------ tests */
@@ -263,7 +242,7 @@ static void test_verifies_share_one(void **state)
     for (int i = 0; i < CLIENTS; i++)
         s_get(f, &c[i], "/api/audit/verify");
     /* One verify reached the worker; the rest wait for its answer. */
-    s_run(f, s_reached, &(at_t){CLIENTS, 1});
+    s_run(f, s_reached, &(at_t){f, CLIENTS, 1});
     atomic_store(&f->fake.release, 1);
     s_run(f, s_all_answered, &(clients_t){c, CLIENTS});
     for (int i = 0; i < CLIENTS; i++) {
@@ -291,9 +270,8 @@ typedef struct {
 } count_t;
 
 /* `want` of the clients have been answered. */
-static bool s_count_answered(fix_t *f, void *ud)
+static bool s_count_answered(void *ud)
 {
-    (void) f;
     count_t *k = ud;
     size_t done = 0;
     for (size_t i = 0; i < k->n; i++)
@@ -310,7 +288,7 @@ static void test_queries_bounded(void **state)
     /* GATEWAY_AUDIT_QUERIES_MAX go to the broker (the worker holds the
      * first, the broker queues the rest); the others are answered at once,
      * whichever the server read last. */
-    s_run(f, s_reached, &(at_t){GATEWAY_AUDIT_QUERIES_MAX, 1});
+    s_run(f, s_reached, &(at_t){f, GATEWAY_AUDIT_QUERIES_MAX, 1});
     s_run(f, s_count_answered, &(count_t){c, CLIENTS, CLIENTS - GATEWAY_AUDIT_QUERIES_MAX});
     bool held[CLIENTS];
     for (size_t i = 0; i < CLIENTS; i++) {
@@ -324,7 +302,7 @@ static void test_queries_bounded(void **state)
     /* A verify is not a query: it still goes (behind the queries). */
     client_t v;
     s_get(f, &v, "/api/audit/verify");
-    s_run(f, s_reached, &(at_t){GATEWAY_AUDIT_QUERIES_MAX + 1, 1});
+    s_run(f, s_reached, &(at_t){f, GATEWAY_AUDIT_QUERIES_MAX + 1, 1});
     atomic_store(&f->fake.release, 100);
     s_run(f, s_all_answered, &(clients_t){c, CLIENTS});
     for (size_t i = 0; i < CLIENTS; i++) {

@@ -28,6 +28,7 @@
 
 #include "alloc_fail.h"
 #include "worker_reply.h"
+#include "loop_until.h"
 #include "proto/envelope.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
@@ -345,32 +346,12 @@ typedef struct {
     router_inbox_t *inbox;
     router_turns_t *t;
     agent_t *agent;
-    bool (*until)(void *);
-    void *ud;
-    uint64_t deadline;
-    bool timed_out;
 } env_t;
 
-static void s_check(router_loop_t *loop, uint64_t id, void *ud)
-{
-    (void) id;
-    env_t *e = ud;
-    if (e->until(e->ud) || router_loop_now_ms(loop) > e->deadline) {
-        e->timed_out = !e->until(e->ud);
-        router_loop_stop(loop);
-        return;
-    }
-    router_loop_timer_add(loop, 10, s_check, e);
-}
-
+/* Runs the loop until until(ud) holds (checked every 10 ms), at most 60 s. */
 static void s_run(env_t *e, bool (*until)(void *), void *ud)
 {
-    e->until = until;
-    e->ud = ud;
-    e->deadline = router_loop_now_ms(e->loop) + 60000;
-    router_loop_timer_add(e->loop, 0, s_check, e);
-    assert_int_equal(router_loop_run(e->loop), 0);
-    assert_false(e->timed_out);
+    test_loop_until(e->loop, until, ud, 10, 60000);
 }
 
 /* A loop, a broker, an inbox and turns with the options `to` sets (the
