@@ -7,6 +7,20 @@
 /* Room for a command's flags and the --help every command takes. */
 #define S_OPTS_MAX 16
 
+/* The flag `--name=VALUE` in arg names when glibc refused it for taking no
+ * value (optopt is then its val), or NULL: an unknown flag, or a short one. */
+static const struct option *s_given(const struct option *all, const char *arg, int optopt)
+{
+    const char *eq = strchr(arg, '=');
+    if (optopt == 0 || arg[0] != '-' || arg[1] != '-' || !eq)
+        return NULL;
+    size_t len = (size_t) (eq - arg - 2);
+    for (const struct option *f = all; f->name; f++)
+        if (f->val == optopt && f->has_arg == no_argument && !strncmp(f->name, arg + 2, len))
+            return f;
+    return NULL;
+}
+
 int kith_opts_next(kith_opts_t *o)
 {
     struct option all[S_OPTS_MAX + 2];
@@ -25,16 +39,25 @@ int kith_opts_next(kith_opts_t *o)
     if (c == -1)
         return KITH_OPT_END;
     if (c == '?' || c == ':') {
+        /* A long flag always moves optind past itself; a short one inside
+         * a group (-xy) does not, so argv[optind - 1] names the bad flag
+         * only when it is a long one. glibc's optopt tells which: 0 for an
+         * unknown long flag, the letter for a short one, the flag's val
+         * for a long one given a value it takes none of. */
         const char *arg = optind > 0 && optind <= o->argc ? o->argv[optind - 1] : "?";
+        const struct option *given = s_given(all, arg, optopt);
         if (c == ':')
             fprintf(stderr, "kith %s: %s needs a value; see kith %s --help\n", o->cmd, arg,
                     o->help);
-        else if (arg[0] == '-' && arg[1] == '-')
+        else if (given)
+            fprintf(stderr, "kith %s: --%s takes no value; see kith %s --help\n", o->cmd,
+                    given->name, o->help);
+        else if (optopt == 0 && arg[0] == '-' && arg[1] == '-')
             fprintf(stderr, "kith %s: unknown option '%s'; see kith %s --help\n", o->cmd, arg,
                     o->help);
         else
             fprintf(stderr, "kith %s: unknown option '-%c'; see kith %s --help\n", o->cmd,
-                    optopt ? optopt : '?', o->help);
+                    optopt > 0 && optopt < 256 ? optopt : '?', o->help);
         return KITH_OPT_ERROR;
     }
     return c;
