@@ -261,7 +261,7 @@ def test_help():
     out, _ = kith("--help")
     check("config" in out and "peers" in out, "kith --help lists the commands")
     _, err = kith("peers", "frobnicate", expect=1)
-    one_line_error(err, "add, remove or list")
+    one_line_error(err, "add, remove, list or import", "kith peers --help")
     _, err = kith("keygen", "--bogus", expect=1)
     one_line_error(err, "--bogus", "--help")
     # getopt_long everywhere: one-line errors naming the fix, exit 1.
@@ -371,8 +371,8 @@ def test_peers_usage(tmp, me):
     pk = me["pubkey"]
     addr = "tcp://127.0.0.1:9"
     for args, needle in (
-        ((), "expected add, remove or list"),
-        (("frob",), "expected add, remove or list"),
+        ((), "expected add, remove, list or import"),
+        (("frob",), "expected add, remove, list or import"),
         (("list", "--home"), "--home needs a directory"),
         (("list", "extra", "--home", home), "unexpected 'extra'"),
         (("remove", "--home", home), "expected one NAME or PEER_ID"),

@@ -44,11 +44,16 @@ static void s_usage(FILE *out)
             "  --home DIR  state directory (else $KITH_HOME, else ~/.kith)\n");
 }
 
-/* Takes --home DIR out of argv (compacting it) wherever it appears. */
+/* Takes --home DIR (or --home=DIR) out of argv (compacting it) wherever
+ * it appears. */
 static int s_take_home(int *argc, char **argv, const char **home_flag)
 {
     int out = 0;
     for (int i = 0; i < *argc; i++) {
+        if (!strncmp(argv[i], "--home=", 7)) {
+            *home_flag = argv[i] + 7;
+            continue;
+        }
         if (!strcmp(argv[i], "--home")) {
             if (i + 1 >= *argc) {
                 fprintf(stderr, "kith peers: --home needs a directory\n");
@@ -364,8 +369,13 @@ static int s_import_edit(router_trust_t *t, void *ud, char *err, size_t errcap)
 
 static int s_import(int argc, char **argv, const char *home_flag)
 {
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        s_usage(stdout);
+        return KITH_EXIT_OK;
+    }
     if (argc != 2 || argv[1][0] == '-') {
-        fprintf(stderr, "kith peers import: expected one FILE (a Meerkat trusted_peers.json)\n");
+        fprintf(stderr, "kith peers import: expected one FILE (a Meerkat trusted_peers.json); "
+                        "see kith peers --help\n");
         return KITH_EXIT_FAIL;
     }
     FILE *f = fopen(argv[1], "rb");
@@ -404,7 +414,8 @@ int kith_cmd_peers(int argc, char **argv)
     if (s_take_home(&argc, argv, &home_flag) != 0)
         return KITH_EXIT_FAIL;
     if (argc < 2) {
-        fprintf(stderr, "kith peers: expected add, remove or list; see kith peers --help\n");
+        fprintf(stderr, "kith peers: expected add, remove, list or import; see kith peers "
+                        "--help\n");
         return KITH_EXIT_FAIL;
     }
     const char *sub = argv[1];
@@ -420,6 +431,7 @@ int kith_cmd_peers(int argc, char **argv)
         return s_list(argc - 1, argv + 1, home_flag);
     if (!strcmp(sub, "import"))
         return s_import(argc - 1, argv + 1, home_flag);
-    fprintf(stderr, "kith peers: unknown subcommand '%s'; expected add, remove or list\n", sub);
+    fprintf(stderr, "kith peers: unknown subcommand '%s'; expected add, remove, list or import; "
+                    "see kith peers --help\n", sub);
     return KITH_EXIT_FAIL;
 }
