@@ -40,14 +40,15 @@ class Env:
         os.chmod(fake, 0o755)
         self.unit = os.path.join(self.xdg, "systemd", "user", "kith.service")
 
-    def run(self, *args, rc=0, path=None, unset=()):
+    def run(self, *args, rc=0, path=None, unset=(), extra=None, stdout=subprocess.PIPE):
         env = dict(os.environ, XDG_CONFIG_HOME=self.xdg, FAKE_SYSTEMCTL_LOG=self.log,
                    PATH=path if path is not None else self.bin + ":" + os.environ["PATH"],
                    FAKE_SYSTEMCTL_RC=str(rc))
+        env.update(extra or {})
         for name in unset:
             env.pop(name, None)
-        p = subprocess.run([KITH, "service", *args], capture_output=True, text=True, env=env,
-                           timeout=TIMEOUT)
+        p = subprocess.run([KITH, "service", *args], stdout=stdout, stderr=subprocess.PIPE,
+                           text=True, env=env, timeout=TIMEOUT)
         return p.returncode, p.stdout, p.stderr
 
     def calls(self):
@@ -181,6 +182,77 @@ def main():
             check(rc == 1 and needle in err and len(err.splitlines()) == 1, f"{args}: {rc} {err}")
         check(e.calls() == [], "no systemctl call for a refused command")
 
+    def more_failures_are_one_line():
+        # Each refusal below is exactly one line, and writes or runs nothing
+        # it should not.
+        def refused(want, *args, **kw):
+            rc, out, err = e.run(*args, **kw)
+            check(rc == 1 and err == want + "\n", f"{args}: {rc} {err!r}, wanted {want!r}")
+
+        e.calls()
+        before = open(e.unit).read()  # the unit an earlier case left
+        odd = os.path.join(e.tmp, "tab\there")
+        refused("kith service: the home's path (--home) holds a control character, which a "
+                "systemd unit cannot hold; rename it (nothing installed)", "install", "--home", odd)
+        check(open(e.unit).read() == before and e.calls() == [], "nothing written, nothing run")
+        os.unlink(e.unit)
+        refused("kith service: cannot use /proc/kith-no-home as the home: No such file or "
+                "directory", "install", "--home", "/proc/kith-no-home")
+        refused("kith service: the unit's path is too long; set a shorter XDG_CONFIG_HOME (or "
+                "HOME)", "install", "--home", home, extra={"XDG_CONFIG_HOME": "/" + "x" * 4090})
+        refused("kith service: no HOME to put a user unit under; set HOME, or use --system",
+                "uninstall", unset=("HOME", "XDG_CONFIG_HOME"))
+        with open("/dev/full", "w") as full:
+            refused("kith service: cannot write the unit to stdout: No space left on device",
+                    "install", "--home", home, "--print", stdout=full)
+        # The temporary file, or the unit itself, cannot be written.
+        os.makedirs(e.unit + ".tmp")
+        refused(f"kith service: cannot write {e.unit}.tmp: Is a directory", "install",
+                "--home", home)
+        os.rmdir(e.unit + ".tmp")
+        os.makedirs(os.path.join(e.unit, "in-the-way"))
+        refused(f"kith service: cannot write {e.unit}: Is a directory", "install", "--home", home)
+        check(not os.path.exists(e.unit + ".tmp"), "the temporary file is removed")
+        check(e.calls() == [], "no systemctl call for a unit not written")
+        # A unit systemctl disabled but kith cannot remove.
+        os.rmdir(os.path.join(e.unit, "in-the-way"))
+        refused(f"kith service: cannot remove {e.unit}: Is a directory", "uninstall")
+        check(e.calls() == ["--user disable --now kith.service"], "disable ran, reload did not")
+        os.rmdir(e.unit)
+        # A systemctl that is there but cannot run, and one killed by a signal.
+        bad = os.path.join(e.tmp, "bad-bin")
+        os.makedirs(bad)
+        with open(os.path.join(bad, "systemctl"), "w") as f:
+            f.write("#!/bin/sh\nexit 0\n")  # mode 0644: not executable
+        refused("kith service: cannot run systemctl: Permission denied; check the systemctl on "
+                "PATH", "start", path=bad)
+        killed = os.path.join(e.tmp, "killed-bin")
+        os.makedirs(killed)
+        with open(os.path.join(killed, "systemctl"), "w") as f:
+            f.write("#!/bin/sh\nkill -9 $$\n")
+        os.chmod(os.path.join(killed, "systemctl"), 0o755)
+        rc, out, err = e.run("status", path=killed)
+        check(rc == 128 + 9 and err == "", f"status killed by SIGKILL: {rc} {err!r}")
+        refused("kith service: systemctl --user daemon-reload failed (exit 137)", "install",
+                "--home", home, path=killed)
+        os.unlink(e.unit)
+        # With no XDG_CONFIG_HOME the unit goes under HOME/.config.
+        fake_home = os.path.join(e.tmp, "fake-home")
+        rc, out, err = e.run("install", "--home", home, unset=("XDG_CONFIG_HOME",),
+                             extra={"HOME": fake_home})
+        unit = os.path.join(fake_home, ".config", "systemd", "user", "kith.service")
+        check(rc == 0 and out.startswith(f"wrote {unit}\n") and os.path.exists(unit),
+              f"{rc} {out} {err}")
+        check(e.calls() == ["--user daemon-reload", "--user enable kith.service"], "calls")
+        rc, out, err = e.run("uninstall", unset=("XDG_CONFIG_HOME",), extra={"HOME": fake_home})
+        check(rc == 0 and out == f"removed {unit}\n" and not os.path.exists(unit),
+              f"{rc} {out} {err}")
+        e.calls()
+        # The unit the first case wrote, back for the cases after this one.
+        rc, out, err = e.run("install", "--home", home, "--config", config)
+        check(rc == 0, f"reinstall {rc} {err}")
+        e.calls()
+
     def uninstall_removes():
         # systemctl refusing to disable it: nothing is removed.
         rc, out, err = e.run("uninstall", rc=5)
@@ -241,6 +313,7 @@ def main():
     r.run(print_touches_nothing)
     r.run(controls_pass_systemctl_through)
     r.run(failures_are_one_line)
+    r.run(more_failures_are_one_line)
     r.run(uninstall_removes)
     r.run(logs_tail)
     r.run(logs_follow)

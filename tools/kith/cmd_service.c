@@ -95,7 +95,8 @@ static void s_report(bool system, int rc, const char *a1, const char *a2, const 
         fprintf(stderr, "kith service: systemctl is not installed: run the daemon another way "
                         "(kith daemon), or install systemd\n");
     else if (rc < 0)
-        fprintf(stderr, "kith service: cannot run systemctl: %s\n", strerror(errno));
+        fprintf(stderr, "kith service: cannot run systemctl: %s; check the systemctl on PATH\n",
+                strerror(errno));
     else
         fprintf(stderr, "kith service: systemctl%s %s%s%s%s%s failed (exit %d)\n",
                 system ? "" : " --user", a1, a2 ? " " : "", a2 ? a2 : "", a3 ? " " : "",
@@ -132,7 +133,8 @@ static int s_unit_paths(bool system, char *dir, char *path, size_t cap)
         }
     }
     if (n < 0 || (size_t) n >= cap || snprintf(path, cap, "%s/" S_UNIT, dir) >= (int) cap) {
-        fprintf(stderr, "kith service: the unit's path is too long\n");
+        fprintf(stderr, "kith service: the unit's path is too long; set a shorter "
+                        "XDG_CONFIG_HOME (or HOME)\n");
         return -1;
     }
     return 0;
@@ -215,6 +217,7 @@ static int s_unit_install(const char *dir, const char *path, bool system, const 
             close(fd);
         return -1;
     }
+    errno = 0; /* s_unit_write fails without errno on a control character */
     int rc = fchmod(fd, 0644) == 0 ? s_unit_write(f, system, exe, home, config) : -1;
     if (fflush(f) != 0 || fsync(fd) != 0)
         rc = -1;
@@ -231,6 +234,20 @@ static int s_unit_install(const char *dir, const char *path, bool system, const 
 }
 
 /* ---------------------------------------------------------------- verbs */
+
+/* Which of the unit's paths holds a control character, which ExecStart
+ * cannot carry (s_exec_arg), in words; NULL when none does. */
+static const char *s_unwritable_path(const char *exe, const char *home, const char *config)
+{
+    const char *paths[] = {exe, home, config};
+    const char *what[] = {"this kith binary's path", "the home's path (--home)",
+                          "the configuration's path (--config)"};
+    for (size_t i = 0; i < 3; i++)
+        for (const unsigned char *p = (const unsigned char *) paths[i]; p && *p; p++)
+            if (*p < 0x20 || *p == 0x7f)
+                return what[i];
+    return NULL;
+}
 
 static int s_install(const char *home_flag, const char *config_flag, bool system, bool print)
 {
@@ -270,9 +287,17 @@ static int s_install(const char *home_flag, const char *config_flag, bool system
         return KITH_EXIT_FAIL;
     }
     const char *config = config_flag ? abs_config : NULL;
+    const char *odd = s_unwritable_path(exe, abs_home, config);
+    if (odd) {
+        /* Not the path itself: it would not print on one line. */
+        fprintf(stderr, "kith service: %s holds a control character, which a systemd unit "
+                        "cannot hold; rename it (nothing installed)\n", odd);
+        return KITH_EXIT_FAIL;
+    }
     if (print) {
-        if (s_unit_write(stdout, system, exe, abs_home, config) != 0) {
-            fprintf(stderr, "kith service: a path holds a control character\n");
+        if (s_unit_write(stdout, system, exe, abs_home, config) != 0 || fflush(stdout) != 0) {
+            fprintf(stderr, "kith service: cannot write the unit to stdout: %s\n",
+                    strerror(errno));
             return KITH_EXIT_FAIL;
         }
         return KITH_EXIT_OK;
