@@ -198,3 +198,19 @@ void kith_admin_answer_free(kith_admin_answer_t *ans)
     ans->body = NULL;
     ans->body_len = 0;
 }
+
+const char *kith_admin_line(const char *text, char out[KITH_ADMIN_LINE_CAP])
+{
+    size_t n = 0;
+    for (; text[n] && n < KITH_ADMIN_SHOWN_MAX; n++)
+        out[n] = (unsigned char) text[n] < 0x20 || text[n] == 0x7f ? ' ' : text[n];
+    if (!text[n]) {
+        out[n] = '\0';
+        return out;
+    }
+    /* Cut before the character text[n] is inside, not through it. */
+    while (n > 0 && ((unsigned char) text[n] & 0xC0) == 0x80)
+        n--;
+    memcpy(out + n, "…", sizeof "…");
+    return out;
+}

@@ -30,4 +30,14 @@ int kith_admin_call(const char *cmd, const char *home_flag, const char *config_f
 
 void kith_admin_answer_free(kith_admin_answer_t *ans);
 
+/* Octets of an answer's text an error line shows, and the room
+ * kith_admin_line needs for them, a closing "…" and the NUL. */
+#define KITH_ADMIN_SHOWN_MAX 200u
+#define KITH_ADMIN_LINE_CAP (KITH_ADMIN_SHOWN_MAX + 4u)
+
+/* text (an answer's body, or a string in it) made fit for a one-line
+ * error: control characters (line breaks too) become spaces, and past
+ * KITH_ADMIN_SHOWN_MAX octets it is cut, ending in "…". Returns out. */
+const char *kith_admin_line(const char *text, char out[KITH_ADMIN_LINE_CAP]);
+
 #endif

@@ -38,7 +38,7 @@ int kith_cmd_paircode(int argc, char **argv)
         }
     }
     if (kith_opts_rest(&o) < argc) {
-        fprintf(stderr, "kith paircode: unexpected argument %s (see kith paircode --help)\n",
+        fprintf(stderr, "kith paircode: unexpected argument '%s'; see kith paircode --help\n",
                 argv[kith_opts_rest(&o)]);
         return KITH_EXIT_FAIL;
     }
@@ -51,7 +51,9 @@ int kith_cmd_paircode(int argc, char **argv)
     }
     const char *code = ans.status == 200 ? strstr(ans.body, "\"code\":\"") : NULL;
     if (!code) {
-        fprintf(stderr, "kith paircode: /admin/paircode answered %d: %s\n", ans.status, ans.body);
+        char shown[KITH_ADMIN_LINE_CAP];
+        fprintf(stderr, "kith paircode: /admin/paircode answered %d: %s\n", ans.status,
+                kith_admin_line(ans.body, shown));
         kith_admin_answer_free(&ans);
         return KITH_EXIT_FAIL;
     }
@@ -59,7 +61,8 @@ int kith_cmd_paircode(int argc, char **argv)
     size_t n = strspn(code, "0123456789");
     int rc = KITH_EXIT_OK;
     if (n != 6 || code[n] != '"') {
-        fprintf(stderr, "kith paircode: unexpected answer: %s\n", ans.body);
+        char shown[KITH_ADMIN_LINE_CAP];
+        fprintf(stderr, "kith paircode: unexpected answer: %s\n", kith_admin_line(ans.body, shown));
         rc = KITH_EXIT_FAIL;
     } else {
         printf("%.6s\n", code);

@@ -88,8 +88,9 @@ static char *s_call(const s_flags_t *f, const char *verb, const char *method, co
     const char *epath[] = {"error", NULL};
     yajl_val doc = yajl_tree_parse(ans.body, NULL, 0);
     yajl_val e = doc ? yajl_tree_get(doc, epath, yajl_t_string) : NULL;
+    char shown[KITH_ADMIN_LINE_CAP];
     fprintf(stderr, "kith tokens %s: the daemon answered %d: %s\n", verb, ans.status,
-            e ? YAJL_GET_STRING(e) : ans.body);
+            kith_admin_line(e ? YAJL_GET_STRING(e) : ans.body, shown));
     yajl_tree_free(doc);
     kith_admin_answer_free(&ans);
     return NULL;
@@ -114,7 +115,8 @@ static int s_list(const s_flags_t *f)
     yajl_val doc = yajl_tree_parse(body, NULL, 0);
     yajl_val all = doc ? s_member(doc, "tokens", yajl_t_array) : NULL;
     if (!all) {
-        fprintf(stderr, "kith tokens list: unexpected answer: %s\n", body);
+        char shown[KITH_ADMIN_LINE_CAP];
+        fprintf(stderr, "kith tokens list: unexpected answer: %s\n", kith_admin_line(body, shown));
         yajl_tree_free(doc);
         free(body);
         return KITH_EXIT_FAIL;
@@ -232,7 +234,8 @@ int kith_cmd_tokens(int argc, char **argv)
     bool list = !strcmp(verb, "list"), mint = !strcmp(verb, "mint"),
          revoke = !strcmp(verb, "revoke");
     if (!list && !mint && !revoke) {
-        fprintf(stderr, "kith tokens: unknown verb '%s'; expected list, mint or revoke\n", verb);
+        fprintf(stderr, "kith tokens: unknown verb '%s'; expected list, mint or revoke; see kith "
+                        "tokens --help\n", verb);
         return KITH_EXIT_FAIL;
     }
     s_flags_t f = {0};
