@@ -84,7 +84,8 @@ static int s_log_path(const s_args_t *a, const char *file, router_config_t *cfg,
         return 0;
     }
     if (router_home_path(home, cfg->audit.path, out, cap) != 0) {
-        fprintf(stderr, "kith audit: the audit log's path is too long\n");
+        fprintf(stderr, "kith audit: the audit log's path is too long; pass FILE, or give a "
+                        "shorter audit.path\n");
         return -1;
     }
     return 0;
@@ -167,12 +168,17 @@ int kith_cmd_audit(int argc, char **argv)
         {"lines", required_argument, NULL, 'n'},
         {0},
     };
-    /* -n N is tail's habit; the option parser knows long flags only. */
-    for (int i = 2; i < argc; i++)
-        if (!strcmp(argv[i], "-n"))
-            argv[i] = (char *) "--lines";
     char cmdname[32];
     snprintf(cmdname, sizeof cmdname, "audit %s", verb);
+    /* -n N is tail's habit; the option parser knows long flags only. */
+    for (int i = 2; i < argc; i++)
+        if (!strcmp(argv[i], "-n")) {
+            if (i + 1 == argc) { /* else the error would name --lines, not what was typed */
+                fprintf(stderr, "kith %s: -n needs a value; see kith audit --help\n", cmdname);
+                return KITH_EXIT_FAIL;
+            }
+            argv[i] = (char *) "--lines";
+        }
     kith_opts_t o = {.argc = argc - 1, .argv = argv + 1, .cmd = cmdname, .help = "audit",
                      .longopts = flags};
     s_args_t a = {.limit = strcmp(verb, "tail") ? 100 : 10};
