@@ -1,0 +1,424 @@
+#!/usr/bin/python3
+"""tests/integration/test_cli_errors.py — the `kith` command line's error
+paths (DESIGN §3: every error is one line on stderr naming the problem and
+the fix, with the exit code `kith --help` lists): flags given wrong, no home
+to work in, paths too long, files where folders should be, stdin and stdout
+that fail, and a stand-in daemon (a Python HTTP server on loopback) whose
+answers to `kith paircode` and `kith tokens` are wrong, oversize, multi-line
+or cut off.
+
+Run by ctest with KITH_BIN set; every case runs, then the file fails if one
+did."""
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+if not os.environ.get("KITH_BIN"):
+    sys.exit("KITH_BIN is not set (ctest sets it)")
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import KITH, Peer, Results, check, frame  # noqa: E402
+
+TIMEOUT = 60
+
+
+def kith(*args, expect=0, stdin=None, env=None, unset=(), stdout=None):
+    """Runs kith with KITH_HOME unset (and `unset` removed, `env` added);
+    checks the exit code; returns (stdout, stderr) as text."""
+    full = dict(os.environ)
+    for name in ("KITH_HOME", *unset):
+        full.pop(name, None)
+    full.update(env or {})
+    feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+    p = subprocess.run([KITH, *args], stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=full, timeout=TIMEOUT, **feed)
+    out = p.stdout.decode(errors="replace") if p.stdout is not None else ""
+    err = p.stderr.decode(errors="replace")
+    check(p.returncode == expect,
+          f"kith {' '.join(args)[:200]}: exit {p.returncode}, wanted {expect}\n"
+          f"stdout: {out[:500]!r}\nstderr: {err[:500]!r}")
+    return out, err
+
+
+def error_line(err, want):
+    """stderr is exactly the one line `want` (DESIGN §3)."""
+    check(err == want + "\n", f"stderr {err[:600]!r},\n wanted {want!r}")
+
+
+def refused(args, want, **kw):
+    """kith ARGS exits 1 with exactly the line `want` on stderr."""
+    _, err = kith(*args, expect=1, **kw)
+    error_line(err, want)
+
+
+NO_HOME = ("HOME", "XDG_CONFIG_HOME")  # with KITH_HOME, all a home can come from
+
+
+class FakeDaemon:
+    """A loopback HTTP server standing in for the daemon's admin routes:
+    each connection gets the next answer (bytes), or None for a reset."""
+
+    def __init__(self, tmp, answers):
+        self.answers = list(answers)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.home = os.path.join(tmp, f"fake-{self.port}")
+        os.makedirs(self.home)
+        with open(os.path.join(self.home, "config.json"), "w") as f:
+            json.dump({"gateway": {"port": self.port}}, f)
+        self.requests = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        for answer in self.answers:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed: the test is over
+            with conn:
+                conn.settimeout(TIMEOUT)
+                req = b""
+                while b"\r\n\r\n" not in req:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    req += chunk
+                head, _, body = req.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(body) < length:
+                    body += conn.recv(4096)
+                self.requests.append((head.split(b"\r\n")[0].decode(), body.decode()))
+                if answer is None:  # a reset: SO_LINGER 0, then close
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    continue
+                try:
+                    conn.sendall(answer)
+                except OSError:
+                    pass  # kith stopped reading (an oversize answer)
+
+    def close(self):
+        """Stops serving; True when every answer was asked for."""
+        self.sock.close()  # a thread still in accept() stops with an error
+        self.thread.join(TIMEOUT)
+        return len(self.requests) == len(self.answers)
+
+
+def http(status, body, reason="X"):
+    data = body.encode() if isinstance(body, str) else body
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(data)}\r\n"
+            "Connection: close\r\n\r\n").encode() + data
+
+
+def deep_dir(root, length):
+    """A path under root about `length` characters long, of 200-character
+    components (one component may be at most 255)."""
+    path = root
+    while len(path) + 202 < length:
+        path = os.path.join(path, "d" * 200)
+    return os.path.join(path, "e" * (length - len(path) - 1))
+
+
+def main():
+    r = Results()
+    tmp = tempfile.mkdtemp(prefix="kith-it-cli-errors-")
+    me = Peer()
+    me_pk = base64.b64encode(me.pk).decode()
+
+    def flags_named_right():
+        # A short flag inside a group (-xy) is named as itself, not as the
+        # flag before it; a flag that takes no value says so.
+        home = os.path.join(tmp, "flags")
+        refused(("peers", "list", "--json", "-xy"),
+                "kith peers list: unknown option '-x'; see kith peers --help")
+        refused(("id", f"--home={home}", "-qz"), "kith id: unknown option '-q'; see kith id --help")
+        refused(("id", "-x"), "kith id: unknown option '-x'; see kith id --help")
+        refused(("peers", "list", "--json=yes"),
+                "kith peers list: --json takes no value; see kith peers --help")
+        refused(("daemon", "--echo=1"),
+                "kith daemon: --echo takes no value; see kith daemon --help")
+        refused(("id", "--bogus=1"), "kith id: unknown option '--bogus=1'; see kith id --help")
+        refused(("config", "check", "--bogus"),
+                "kith config check: unknown option '--bogus'; see kith config check --help")
+        refused(("audit", "query", "--bogus"),
+                "kith audit query: unknown option '--bogus'; see kith audit --help")
+        refused(("peers", "remove", "--bogus"),
+                "kith peers remove: unknown option '--bogus'; see kith peers --help")
+        refused(("paircode", "--bogus"),
+                "kith paircode: unknown option '--bogus'; see kith paircode --help")
+        refused(("paircode", "extra"),
+                "kith paircode: unexpected argument 'extra'; see kith paircode --help")
+        refused(("id", "extra"), "kith id: unexpected argument 'extra'; see kith id --help")
+        refused(("config",), "kith config: expected 'check'; see kith config --help")
+        refused(("config", "frob"), "kith config: expected 'check'; see kith config --help")
+        refused(("tokens", "frob"), "kith tokens: unknown verb 'frob'; expected list, mint or "
+                                    "revoke; see kith tokens --help")
+        # kith peers takes --home=DIR as every other command does.
+        out, _ = kith("peers", "list", f"--home={home}")
+        check(out == f"no trusted peers in {home}/trusted_peers.json\n", out)
+        for args, first in ((("gateway", "--help"), "usage: kith gateway "),
+                            (("audit", "tail", "--help"), "usage: kith audit verify"),
+                            (("paircode", "--help"), "usage: kith paircode "),
+                            (("peers", "import", "--help"), "usage: kith peers add"),
+                            (("agent", "--help"), "usage: kith agent")):
+            out, err = kith(*args)
+            check(out.startswith(first) and err == "", f"{args}: {out[:80]!r} {err!r}")
+
+    def agent_flags():
+        for args, want in (
+            (("--connect", "inproc://x", "stray"),
+             "unexpected argument 'stray'; see kith agent --help"),
+            (("--connect", "tcp://127.0.0.1:9", "--cert", "c.key"),
+             "--cert needs --server-key; see kith agent --help"),
+            (("--connect", "tcp://127.0.0.1:9", "--idle-timeout-ms", "0"),
+             "--idle-timeout-ms must be 1..86400000"),
+            (("--connect", "tcp://127.0.0.1:9", "--log-level", "loud"),
+             "--log-level must be debug, info, warn or error"),
+        ):
+            refused(("agent", *args), "kith agent: " + want)
+
+    def no_home():
+        # No --home, no KITH_HOME, no HOME: every command that needs a home
+        # says where one comes from.
+        fix = "pass --home DIR or set KITH_HOME"
+        for args, want in (
+            (("id",), f"kith id: no home directory; {fix}"),
+            (("daemon",), f"kith daemon: no home directory: {fix}"),
+            (("send", "--to", "bob", "--body", "hi"), f"kith send: no home directory: {fix}"),
+            (("config", "check"), f"kith config check: no home directory; {fix}"),
+            (("peers", "list"), f"kith peers: no home directory; {fix}"),
+            (("peers", "remove", "bob"), f"kith peers: no home directory; {fix}"),
+            (("peers", "add", "--name", "bob", "--pubkey", "ed25519:" + me_pk,
+              "--addr", "tcp://127.0.0.1:9"),
+             f"kith peers: no home directory; {fix}"),
+            (("audit", "tail"), "kith audit: no home directory: pass FILE, --home DIR or set "
+                                "KITH_HOME"),
+            (("envelope", "encode"), f"kith envelope encode: no home directory; {fix}"),
+            (("paircode",), f"kith paircode: no home directory: {fix}"),
+            (("tokens", "list"), f"kith tokens: no home directory: {fix}"),
+            (("service", "logs"), f"kith service: no home directory; {fix}"),
+            (("service", "install"), f"kith service: no home directory; {fix}"),
+        ):
+            refused(args, want, unset=NO_HOME)
+        meerkat = os.path.join(tmp, "meerkat-peers.json")
+        with open(meerkat, "w") as f:
+            f.write('{"peers": []}')
+        refused(("peers", "import", meerkat), f"kith peers: no home directory; {fix}",
+                unset=NO_HOME)
+
+    def paths_too_long():
+        long_home = "/" + "h" * 4080
+        refused(("peers", "list", "--home", long_home),
+                f"kith peers: {long_home}: path too long; use a shorter --home")
+        # The home fits, audit.path under it does not.
+        home = deep_dir(tmp, 3500)
+        os.makedirs(home)
+        cfg = os.path.join(tmp, "long-audit.json")
+        with open(cfg, "w") as f:
+            json.dump({"audit": {"path": "a" * 1000}}, f)
+        refused(("audit", "tail", "--home", home, "--config", cfg),
+                "kith audit: the audit log's path is too long; pass FILE, or give a shorter "
+                "audit.path")
+
+    def audit_reads():
+        home = os.path.join(tmp, "audit")
+        os.makedirs(home)
+        with open(os.path.join(home, "config.json"), "w") as f:
+            json.dump({"audit": {"hmac_key_env": "KITH_TEST_NO_SUCH_KEY"}}, f)
+        log = os.path.join(home, "audit.log")
+        # An HMAC key the configuration names but the environment lacks is a
+        # warning: the chain is still checked (an empty log here).
+        out, err = kith("audit", "verify", "--home", home, unset=("KITH_TEST_NO_SUCH_KEY",))
+        check(out == f"{log}: intact: 0 records\n", out)
+        check(len(err.splitlines()) == 1 and "KITH_TEST_NO_SUCH_KEY" in err and
+              err.endswith(": HMACs are not checked\n"), err)
+        # The same variable named on the command line is an error.
+        _, err = kith("audit", "verify", "--home", home, "--hmac-key-env",
+                      "KITH_TEST_NO_SUCH_KEY", expect=1, unset=("KITH_TEST_NO_SUCH_KEY",))
+        check(len(err.splitlines()) == 1 and err.startswith("kith audit verify: ") and
+              "KITH_TEST_NO_SUCH_KEY" in err, err)
+        refused(("audit", "tail", tmp), f"kith audit: cannot read {tmp}: Is a directory")
+        # -n is named as typed (it stands for the undocumented --lines).
+        refused(("audit", "tail", "--home", home, "-n"),
+                "kith audit tail: -n needs a value; see kith audit --help")
+        refused(("audit", "tail", "--home", home, "-n", "x"),
+                "kith audit: -n must be a number from 0 to 1000; see kith audit --help")
+
+    def envelope_io():
+        home = os.path.join(tmp, "env")
+        kith("keygen", "--home", home)
+        # stdin a directory: read(2) fails with EISDIR.
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            p = subprocess.run([KITH, "envelope", "decode"], stdin=fd, capture_output=True,
+                               timeout=TIMEOUT)
+        finally:
+            os.close(fd)
+        check(p.returncode == 1, f"exit {p.returncode}")
+        error_line(p.stderr.decode(), "kith envelope decode: cannot read stdin")
+        msg = json.dumps({"to": "ed25519:" + me_pk,
+                          "kind": {"type": "message", "body": "hi"}}).encode()
+        # stdout that cannot take the frame.
+        with open("/dev/full", "wb") as full:
+            _, err = kith("envelope", "encode", "--home", home, stdin=msg, stdout=full, expect=1)
+        error_line(err, "kith envelope encode: cannot write stdout")
+        # More JSON than an envelope may be (ROUTER_JSON_MAX, 4 MiB).
+        big = b'{"to": "x", "pad": "' + b"a" * (4 * 1024 * 1024) + b'"}'
+        refused(("envelope", "encode", "--home", home),
+                "kith envelope encode: oversize: more than 4194304 bytes on stdin", stdin=big)
+        # A map whose only key is "$bytes" has no JSON form decode could
+        # print (it would read back as a byte string); verify still takes it.
+        env = me.request(me.pk, params={"$bytes": "not bytes"})
+        refused(("envelope", "decode"),
+                'kith envelope decode: the envelope holds a map {"$bytes": …}, which has no '
+                "JSON form (or out of memory); use kith envelope verify", stdin=frame(env))
+        kith("envelope", "verify", stdin=frame(env))
+
+    def identity_export():
+        home = os.path.join(tmp, "export")
+        kith("keygen", "--home", home)
+        blocker = os.path.join(tmp, "export-file")
+        open(blocker, "w").close()
+        refused(("id", "--home", home, "--export-meerkat", blocker),
+                f"kith id: --export-meerkat: {blocker}/identity.key: Not a directory")
+
+    def send_refusals():
+        home = os.path.join(tmp, "send")
+        os.makedirs(home)
+        refused(("send", "--home", home, "--to", "bob", "--body", "hi"),
+                f"kith send: no identity at {home}/identity/identity.key; run: kith keygen "
+                f"--home {home}")
+        with open(os.path.join(home, "config.json"), "w") as f:
+            f.write('{"comms": {"inbox": 1}}')
+        _, err = kith("send", "--home", home, "--to", "bob", "--body", "hi", expect=1)
+        check(len(err.splitlines()) == 1 and err.startswith(
+            f"kith send: {home}/config.json: comms.inbox: unknown key"), err)
+
+    def peers_import_drops_bad_addr():
+        home = os.path.join(tmp, "import")
+        src = os.path.join(tmp, "import-src.json")
+        pk = "ed25519:" + me_pk
+        with open(src, "w") as f:
+            json.dump({"peers": [{"name": "web", "pubkey": pk, "addr": "http://h:1"}]}, f)
+        out, err = kith("peers", "import", src, "--home", home)
+        lines = out.splitlines()
+        check(len(lines) == 2 and lines[0].startswith('dropped peers[0] "web": addr') and
+              lines[1] == "imported 0 (0 renamed), dropped 1; 0 trusted" and err == "",
+              f"{out!r} {err!r}")
+
+    def daemon_refusals():
+        # A home whose config.json path fits (4095 characters) but whose
+        # logs/daemon.log does not: refused before anything is started.
+        home = deep_dir(tmp, 4080)
+        os.makedirs(home)
+        refused(("daemon", "--home", home), f"kith daemon: cannot create {home}/logs")
+
+    def daemon_without_log_file():
+        # logs/daemon.log a folder: the daemon says so once and logs to
+        # stderr; with the smallest per-connection unsent bound it still
+        # starts (the event streams keep room for their largest events).
+        home = os.path.join(tmp, "daemon-nolog")
+        os.makedirs(os.path.join(home, "logs", "daemon.log"))
+        with open(os.path.join(home, "config.json"), "w") as f:
+            json.dump({"gateway": {"port": 0},
+                       "comms": {"address": "127.0.0.1:0", "uds_path": None},
+                       "workers": {"agent_threads": 0},
+                       "limits": {"conn_unsent_max": 1024}}, f)
+        errlog = os.path.join(tmp, "daemon-nolog.err")
+        with open(errlog, "wb") as out:
+            p = subprocess.Popen([KITH, "daemon", "--home", home], stdout=out, stderr=out)
+        try:
+            deadline = time.time() + TIMEOUT
+            text = ""
+            while "daemon: ready" not in text:
+                check(p.poll() is None and time.time() < deadline, f"not ready: {text}")
+                time.sleep(0.05)
+                text = open(errlog, errors="replace").read()
+            p.send_signal(signal.SIGTERM)
+            check(p.wait(timeout=TIMEOUT) == 0, f"SIGTERM: exit {p.returncode}")
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        text = open(errlog, errors="replace").read()
+        want = (f"kith daemon: cannot open {home}/logs/daemon.log (Is a directory); logging "
+                "to stderr only")
+        check(text.splitlines()[0] == want, text[:600])
+
+    def admin_answers():
+        # Each kith call below makes one request; the stand-in answers them
+        # in order.
+        multi = "first line\nsecond line\n"
+        cases = [
+            (("paircode",), http(500, multi),
+             "kith paircode: /admin/paircode answered 500: first line second line "),
+            (("paircode",), http(200, '{"code":"12345x"}'),
+             'kith paircode: unexpected answer: {"code":"12345x"}'),
+            (("paircode",), http(403, "x" * 5000),
+             "kith paircode: /admin/paircode answered 403: " + "x" * 200 + "…"),
+            (("paircode",), b"SSH-2.0-OpenSSH\r\n\r\n",
+             "kith paircode: http://127.0.0.1:{port} answered something that is not HTTP"),
+            (("paircode",), http(200, "y" * (1 << 20)),
+             "kith paircode: http://127.0.0.1:{port} answered more than 1024 KiB; not read"),
+            (("tokens", "list"), http(200, '{"tokens": 3}'),
+             'kith tokens list: unexpected answer: {"tokens": 3}'),
+            (("tokens", "list"), http(403, '{"error": "not\\nhere", "code": "x"}'),
+             "kith tokens list: the daemon answered 403: not here"),
+            (("tokens", "mint", "--scope", "node", "--name", "n"), http(201, "{}"),
+             "kith tokens mint: unexpected answer"),
+            # Cut before a two-octet character that octet 200 falls inside.
+            (("tokens", "revoke", "0123456789abcdef"),
+             http(404, json.dumps({"error": "a" + "é" * 150}, ensure_ascii=False)),
+             "kith tokens revoke: the daemon answered 404: a" + "é" * 99 + "…"),
+        ]
+        fake = FakeDaemon(tmp, [answer for _, answer, _ in cases] + [None])
+        try:
+            cfg = os.path.join(fake.home, "config.json")
+            for i, (args, _, want) in enumerate(cases):
+                # --config FILE (paircode's first call) names the same file.
+                more = ("--config", cfg) if i == 0 else ()
+                refused((*args, "--home", fake.home, *more), want.replace("{port}", str(fake.port)))
+            # A reset after the request: one line.
+            _, err = kith("paircode", "--home", fake.home, expect=1)
+            check(len(err.splitlines()) == 1 and err.startswith(
+                f"kith paircode: the exchange with http://127.0.0.1:{fake.port} failed ("), err)
+        finally:
+            done = fake.close()
+        check(done, f"kith made {len(fake.requests)} requests, not {len(fake.answers)}")
+        check([req for req, _ in fake.requests[:1]] == ["GET /admin/paircode HTTP/1.1"],
+              f"{fake.requests[:1]}")
+        check(fake.requests[7] == ("POST /admin/tokens HTTP/1.1",
+                                   '{"scope":"node","name":"n"}'), f"{fake.requests[7]}")
+        # A gateway.host that is no address.
+        home = os.path.join(tmp, "admin-host")
+        os.makedirs(home)
+        with open(os.path.join(home, "config.json"), "w") as f:
+            json.dump({"gateway": {"host": "gateway.example", "port": 9}}, f)
+        refused(("paircode", "--home", home), "kith paircode: gateway.host gateway.example: "
+                "host must be an IPv4 literal, a bracketed IPv6 literal or localhost")
+
+    for case in (flags_named_right, agent_flags, no_home, paths_too_long, audit_reads,
+                 envelope_io, identity_export, send_refusals, peers_import_drops_bad_addr,
+                 daemon_refusals, daemon_without_log_file, admin_answers):
+        r.run(case)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return r.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
