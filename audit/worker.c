@@ -309,6 +309,8 @@ audit_worker_t *audit_worker_start(const audit_worker_opts_t *o, char *err, size
     self->mo = (router_mdp_worker_opts_t){.endpoint = self->endpoint, .service = S_SERVICE,
                                           .heartbeat_ms = o->heartbeat_ms, .liveness = o->liveness,
                                           .curve_server_key = self->curve_key};
+    /* Read before the thread starts: from then on the chain is its alone. */
+    unsigned long long records = (unsigned long long) audit_chain_last_seq(self->chain);
     if (pthread_create(&self->thread, NULL, s_main, self) != 0) {
         snprintf(err, errcap, "cannot start the audit worker thread");
         goto fail;
@@ -323,8 +325,7 @@ audit_worker_t *audit_worker_start(const audit_worker_opts_t *o, char *err, size
         goto fail;
     }
     ROUTER_LOG(ROUTER_LOG_INFO, "audit", "worker serving %s on %s (%llu records%s)", o->path,
-               self->endpoint, (unsigned long long) audit_chain_last_seq(self->chain),
-               self->key.len ? ", HMAC on" : "");
+               self->endpoint, records, self->key.len ? ", HMAC on" : "");
     return self;
 fail:
     audit_worker_stop(&self);
