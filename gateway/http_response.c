@@ -290,6 +290,22 @@ int gateway_http_respond(gateway_http_res_t *res, int status, const char *conten
         {.iov_base = (void *) body, .iov_len = len},
     };
     int iovcnt = hc->head_only || bodiless || !len ? 1 : 2;
+    size_t limit = hc->g->opts.send_limit ? hc->g->opts.send_limit : ROUTER_CONN_SEND_LIMIT;
+    if (iovcnt == 2 && len > limit - (limit < (size_t) n ? limit : (size_t) n)) {
+        /* Larger on its own than the unsent bound: the loop would cut the
+         * connection without a word, however fast the client reads. Say
+         * why instead; nothing was written, so the connection goes on. */
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                   "conn %llu: a %d answer of %zu octets passes limits.conn_unsent_max (%zu)",
+                   (unsigned long long) router_conn_id(hc->conn), status, len, limit);
+        res->sent = false;
+        res->extra_len = 0; /* the handler's fields were for the answer not sent */
+        char text[128];
+        snprintf(text, sizeof text,
+                 "the answer would be larger than %zu octets (limits.conn_unsent_max); ask for"
+                 " less", limit);
+        return gateway_http_respond_error(res, 500, "response_too_large", text);
+    }
     if (router_conn_sendv(hc->conn, iov, iovcnt) != 0) {
         /* Cut as a slow consumer, or already closing: on_close follows. */
         ROUTER_LOG(ROUTER_LOG_DEBUG, "gateway", "conn %llu: response %d not sent: %s",
