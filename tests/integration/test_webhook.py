@@ -195,8 +195,34 @@ def main():
         finally:
             bad.cleanup()
 
+    def inbox_full_is_503_and_not_remembered():
+        """WIRE 17.4 step 6: with the inbox full (comms.inbox_capacity 2, no
+        agent draining it) a webhook is 503 inbox_full with Retry-After: 1,
+        nothing queued; its idempotency key is not remembered, so the same
+        key is refused the same way again rather than replayed."""
+        small = Daemon("hook-full", config={"comms": {"inbox_capacity": 2}})
+        try:
+            small.start()
+            tok = f"Authorization: Bearer {pair_token(small)}"
+            for i in range(2):
+                status, doc = post(small, "/webhook", f'{{"message":"m{i}"}}', tok)
+                check(status == 202, (i, status, doc))
+            for _ in range(2):
+                status, doc, head = post(small, "/webhook", '{"message":"one too many"}', tok,
+                                         "X-Idempotency-Key: full-1", head=True)
+                check(status == 503 and doc["code"] == "inbox_full" and doc["error"],
+                      (status, doc))
+                check(re.search(r"(?im)^retry-after: 1\r?$", head), head)
+            check(rows(small, "webhook") == ['{"message":"m0"}', '{"message":"m1"}'],
+                  rows(small, "webhook"))
+            status, _, body, _ = curl(gateway_url(small) + "/health")
+            check(status == 200, (status, body))
+        finally:
+            small.cleanup()
+
     results.run(webhook_secret)
     results.run(secret_env_unset_refuses_start)
+    results.run(inbox_full_is_503_and_not_remembered)
     return results.summary()
 
 
