@@ -320,6 +320,12 @@ def main():
         check(len(lines) == 2 and lines[0].startswith('dropped peers[0] "web": addr') and
               lines[1] == "imported 0 (0 renamed), dropped 1; 0 trusted" and err == "",
               f"{out!r} {err!r}")
+        # A file past the 8 MiB bound is refused without a size kith never read.
+        with open(src, "w") as f:
+            f.write('{"peers": [], "pad": "' + "p" * (9 * 1024 * 1024) + '"}')
+        refused(("peers", "import", src, "--home", home),
+                f"kith peers import: {src}: more than the 8388608 bytes a trust file may be; "
+                "nothing was imported")
 
     def daemon_refusals():
         # A home whose config.json path fits (4095 characters) but whose

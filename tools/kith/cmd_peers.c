@@ -392,6 +392,12 @@ static int s_import(int argc, char **argv, const char *home_flag)
         free(text);
         return KITH_EXIT_FAIL;
     }
+    if (len > ROUTER_TRUST_FILE_MAX) { /* only MAX + 1 octets were read: no size to name */
+        fprintf(stderr, "kith peers import: %s: more than the %u bytes a trust file may be; "
+                        "nothing was imported\n", argv[1], ROUTER_TRUST_FILE_MAX);
+        free(text);
+        return KITH_EXIT_FAIL;
+    }
     int rc = KITH_EXIT_FAIL;
     char home[ROUTER_PATH_MAX], err[ROUTER_TRUST_ERR_MAX];
     s_import_t im = {.text = text, .len = len};
