@@ -68,3 +68,14 @@ int kith_opts_rest(const kith_opts_t *o)
     (void) o;
     return optind;
 }
+
+char *kith_one_line(char *text)
+{
+    size_t n = 0;
+    for (; text[n]; n++)
+        if ((unsigned char) text[n] < 0x20 || text[n] == 0x7f)
+            text[n] = ' ';
+    while (n > 0 && text[n - 1] == ' ')
+        text[--n] = '\0';
+    return text;
+}

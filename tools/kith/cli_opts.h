@@ -33,4 +33,9 @@ int kith_opts_next(kith_opts_t *o);
 /* The index of the first operand, once kith_opts_next returned KITH_OPT_END. */
 int kith_opts_rest(const kith_opts_t *o);
 
+/* A message from elsewhere made fit for a one-line error, in place:
+ * control characters become spaces (yajl ends its parse errors with a line
+ * break) and trailing spaces are dropped. Returns text. */
+char *kith_one_line(char *text);
+
 #endif

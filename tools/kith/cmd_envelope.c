@@ -170,7 +170,7 @@ static int s_encode(const s_opts_t *o)
     if (!json)
         goto done;
     if (router_envelope_from_json((const char *) json, json_len, id.pk, &env, err, sizeof err) != 0) {
-        fprintf(stderr, "kith envelope encode: %s\n", err);
+        fprintf(stderr, "kith envelope encode: %s\n", kith_one_line(err));
         goto done;
     }
     if (proto_envelope_sign(env, id.sk) != 0) {

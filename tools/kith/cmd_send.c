@@ -15,6 +15,7 @@
 #include "proto/envelope.h"
 #include "proto/uuid.h"
 #include "router/clock.h"
+#include "router/log.h"
 #include "router/node.h"
 #include "router/state/config.h"
 #include "router/state/home.h"
@@ -91,7 +92,7 @@ static cbor_item_t *s_kind(const char *body, const char *intent, const char *par
         cbor_item_t *v = router_json_to_cbor(json, strlen(json), err, errcap);
         if (!v) {
             char why[160];
-            snprintf(why, sizeof why, "%s", err);
+            snprintf(why, sizeof why, "%s", kith_one_line(err));
             snprintf(err, errcap, "--%s: %s", st != PROTO_STATUS_NONE ? "result" : "params", why);
             return NULL;
         }
@@ -183,6 +184,9 @@ int kith_cmd_send(int argc, char **argv)
         }
     }
     signal(SIGPIPE, SIG_IGN);
+    /* stderr is for what went wrong (one line, DESIGN §3), not the node's
+     * progress ("drained; stopping" after every send) */
+    router_log_set_level(ROUTER_LOG_WARN);
 
     char home[ROUTER_PATH_MAX], err[ROUTER_CONFIG_ERR_MAX] = "";
     if (router_home_resolve(home_flag, home, sizeof home) != 0) {
