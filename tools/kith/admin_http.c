@@ -205,6 +205,8 @@ const char *kith_admin_line(const char *text, char out[KITH_ADMIN_LINE_CAP])
     for (; text[n] && n < KITH_ADMIN_SHOWN_MAX; n++)
         out[n] = (unsigned char) text[n] < 0x20 || text[n] == 0x7f ? ' ' : text[n];
     if (!text[n]) {
+        while (n > 0 && out[n - 1] == ' ') /* a body's closing line break */
+            n--;
         out[n] = '\0';
         return out;
     }

@@ -36,8 +36,9 @@ void kith_admin_answer_free(kith_admin_answer_t *ans);
 #define KITH_ADMIN_LINE_CAP (KITH_ADMIN_SHOWN_MAX + 4u)
 
 /* text (an answer's body, or a string in it) made fit for a one-line
- * error: control characters (line breaks too) become spaces, and past
- * KITH_ADMIN_SHOWN_MAX octets it is cut, ending in "…". Returns out. */
+ * error: control characters (line breaks too) become spaces, trailing ones
+ * go, and past KITH_ADMIN_SHOWN_MAX octets it is cut, ending in "…".
+ * Returns out. */
 const char *kith_admin_line(const char *text, char out[KITH_ADMIN_LINE_CAP]);
 
 #endif
