@@ -309,6 +309,74 @@ def main():
         check(len(err.splitlines()) == 1 and err.startswith(
             f"kith send: {home}/config.json: comms.inbox: unknown key"), err)
 
+    def values_checked():
+        # Each flag's value is checked, and named, before anything is done.
+        home = os.path.join(tmp, "values")
+        kith("keygen", "--home", home)
+        uid = "01890a5c-2c4b-7cde-8f01-23456789abcd"
+        weak = "ed25519:AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="  # a small-order point
+        for args, want in (
+            (("send", "--to", "b", "--body", "x", "--count", "5x"),
+             "kith send: --count takes 1 to 1000000"),
+            (("send", "--to", "b", "--body", "x", "--timeout", "0"),
+             "kith send: --timeout takes seconds, more than 0 and at most 3600"),
+            (("send", "--to", "b", "--body", "x", "--timeout", "2x"),
+             "kith send: --timeout takes seconds, more than 0 and at most 3600"),
+            # yajl's own message ends in a line break: still one line, and
+            # no log line of the node's after it.
+            (("send", "--to", "b", "--response", uid, "--status", "accepted", "--result", "{bad"),
+             "kith send: --result: invalid JSON: lexical error: invalid char in json text."),
+            (("send", "--to", "nobody", "--response", uid, "--status", "failed"),
+             "kith send: no trusted peer named nobody"),
+            (("peers", "add", "--name", "x", "--pubkey", "abc", "--addr", "tcp://h:1"),
+             'kith peers add: --pubkey must start with "ed25519:"; pass the pubkey the peer\'s '
+             "`kith id` prints"),
+            (("peers", "add", "--name", "x", "--pubkey", weak, "--addr", "tcp://h:1"),
+             "kith peers add: --pubkey is not a full-order Ed25519 key; pass the pubkey the "
+             "peer's `kith id` prints"),
+            (("peers", "add", "--name", "x", "--pubkey", weak, "--addr", "tcp://h:1",
+              "--label", "=v"), "kith peers add: --label needs KEY=VALUE, got '=v'"),
+            (("peers", "add", "--pubkey", weak), "kith peers add: --name, --pubkey and --addr "
+                                                 "are required; see kith peers --help"),
+            (("audit", "query", "--since", "abc"),
+             "kith audit: --since must be a number from 0 to 18446744073709551615; see kith "
+             "audit --help"),
+            (("audit", "query", "--limit", "1001"),
+             "kith audit: --limit must be a number from 0 to 1000; see kith audit --help"),
+        ):
+            refused((*args, "--home", home), want)
+        _, err = kith("envelope", "encode", "--home", home, stdin=b"{bad", expect=1)
+        error_line(err, "kith envelope encode: invalid JSON: lexical error: invalid char in "
+                        "json text.")
+        for args, want in (
+            (("peers", "import", "a", "b"), "kith peers import: expected one FILE (a Meerkat "
+                                            "trusted_peers.json); see kith peers --help"),
+            (("agent", "--connect", "inproc://x", "--threads", "0"),
+             "kith agent: --threads must be 1..256"),
+            (("agent", "--connect", "inproc://x", "--provider", "bogus"),
+             'kith agent: agent.provider: expected one of "scripted", "openai", got "bogus"'),
+            (("agent", "--connect", "inproc://x", "--bogus"),
+             "kith agent: unknown option '--bogus'; see kith agent --help"),
+            (("service", "logs", "--lines", "abc"),
+             "kith service: --lines takes 1 to 100000; see kith service --help"),
+            (("service", "install", "--follow"),
+             "kith service install: a flag that does not apply to it; see kith service --help"),
+            (("service", "status", "--config", "x"),
+             "kith service status: a flag that does not apply to it; see kith service --help"),
+            (("service", "start", "--print"),
+             "kith service start: a flag that does not apply to it; see kith service --help"),
+        ):
+            refused(args, want)
+        # A command alone prints its usage on stderr (exit 1); -h on stdout.
+        for cmd, first in (("audit", "usage: kith audit verify"),
+                           ("envelope", "usage: kith envelope encode")):
+            _, err = kith(cmd, expect=1)
+            check(err.startswith(first), err[:80])
+            out, err = kith(cmd, "-h")
+            check(out.startswith(first) and err == "", out[:80])
+        out, _ = kith("config", "-h")
+        check(out.startswith("usage: kith config check"), out[:80])
+
     def peers_import_drops_bad_addr():
         home = os.path.join(tmp, "import")
         src = os.path.join(tmp, "import-src.json")
@@ -372,7 +440,7 @@ def main():
         multi = "first line\nsecond line\n"
         cases = [
             (("paircode",), http(500, multi),
-             "kith paircode: /admin/paircode answered 500: first line second line "),
+             "kith paircode: /admin/paircode answered 500: first line second line"),
             (("paircode",), http(200, '{"code":"12345x"}'),
              'kith paircode: unexpected answer: {"code":"12345x"}'),
             (("paircode",), http(403, "x" * 5000),
@@ -387,6 +455,8 @@ def main():
              "kith tokens list: the daemon answered 403: not here"),
             (("tokens", "mint", "--scope", "node", "--name", "n"), http(201, "{}"),
              "kith tokens mint: unexpected answer"),
+            (("tokens", "revoke", "0123456789abcdef"), http(500, "no JSON here\r\n"),
+             "kith tokens revoke: the daemon answered 500: no JSON here"),
             # Cut before a two-octet character that octet 200 falls inside.
             (("tokens", "revoke", "0123456789abcdef"),
              http(404, json.dumps({"error": "a" + "é" * 150}, ensure_ascii=False)),
@@ -410,6 +480,8 @@ def main():
               f"{fake.requests[:1]}")
         check(fake.requests[7] == ("POST /admin/tokens HTTP/1.1",
                                    '{"scope":"node","name":"n"}'), f"{fake.requests[7]}")
+        check(fake.requests[8][0] == "DELETE /admin/tokens/0123456789abcdef HTTP/1.1",
+              f"{fake.requests[8]}")
         # A gateway.host that is no address.
         home = os.path.join(tmp, "admin-host")
         os.makedirs(home)
@@ -419,7 +491,8 @@ def main():
                 "host must be an IPv4 literal, a bracketed IPv6 literal or localhost")
 
     for case in (flags_named_right, agent_flags, no_home, paths_too_long, audit_reads,
-                 envelope_io, identity_export, send_refusals, peers_import_drops_bad_addr,
+                 envelope_io, identity_export, send_refusals, values_checked,
+                 peers_import_drops_bad_addr,
                  daemon_refusals, daemon_without_log_file, admin_answers):
         r.run(case)
     shutil.rmtree(tmp, ignore_errors=True)
