@@ -319,9 +319,10 @@ static void s_on_frame(const router_turn_frame_t *frame, void *ud)
         return;
     }
     s->started = true;
-    /* The frames that waited for it, in order. A frame handled here may
-     * close the socket; the rest are then dropped with it. */
-    for (unsigned i = 0; i < s->nearly && s->ws; i++)
+    /* The frames that waited for it, in order, all of them: a socket cut
+     * meanwhile (a slow consumer) is ended later, from the loop, and what
+     * its client sent before still runs, as for a client that went away. */
+    for (unsigned i = 0; i < s->nearly; i++)
         s_handle(s, s->early[i].text, s->early[i].data, s->early[i].len);
     s_early_free(s);
 }
