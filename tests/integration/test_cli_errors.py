@@ -328,6 +328,13 @@ def main():
              "kith send: --result: invalid JSON: lexical error: invalid char in json text."),
             (("send", "--to", "nobody", "--response", uid, "--status", "failed"),
              "kith send: no trusted peer named nobody"),
+            # A flag the kind does not read is refused, not dropped.
+            (("send", "--to", "b", "--body", "x", "--params", "{}"),
+             "kith send: --params goes with --request or --lifecycle; see kith send --help"),
+            (("send", "--to", "b", "--request", "x", "--result", "{}"),
+             "kith send: --status and --result go with --response; see kith send --help"),
+            (("send", "--to", "b", "--lifecycle", "x", "--status", "failed"),
+             "kith send: --status and --result go with --response; see kith send --help"),
             (("peers", "add", "--name", "x", "--pubkey", "abc", "--addr", "tcp://h:1"),
              'kith peers add: --pubkey must start with "ed25519:"; pass the pubkey the peer\'s '
              "`kith id` prints"),

@@ -119,6 +119,7 @@ int kith_cmd_send(int argc, char **argv)
     const char *home_flag = NULL, *to = NULL, *body = NULL, *intent = NULL, *params = "{}";
     const char *timeout = NULL, *lifecycle = NULL, *response = NULL, *status = NULL;
     const char *result = "null", *count_text = NULL;
+    bool params_given = false, result_given = false;
     static const struct option flags[] = {
         {"home", required_argument, NULL, 'H'},      {"to", required_argument, NULL, 't'},
         {"body", required_argument, NULL, 'b'},      {"request", required_argument, NULL, 'r'},
@@ -137,12 +138,12 @@ int kith_cmd_send(int argc, char **argv)
         case 't': to = optarg; break;
         case 'b': body = optarg; break;
         case 'r': intent = optarg; break;
-        case 'p': params = optarg; break;
+        case 'p': params = optarg; params_given = true; break;
         case 'T': timeout = optarg; break;
         case 'l': lifecycle = optarg; break;
         case 'R': response = optarg; break;
         case 's': status = optarg; break;
-        case 'x': result = optarg; break;
+        case 'x': result = optarg; result_given = true; break;
         case 'n': count_text = optarg; break;
         default: return KITH_EXIT_FAIL;
         }
@@ -155,6 +156,17 @@ int kith_cmd_send(int argc, char **argv)
     if (!to || (!!body + !!intent + !!lifecycle + !!response) != 1) {
         fprintf(stderr, "kith send: give --to and exactly one of --body, --request, --lifecycle "
                         "or --response\n");
+        return KITH_EXIT_FAIL;
+    }
+    /* A flag the chosen kind does not read is a mistake to say, not to drop. */
+    if (params_given && !intent && !lifecycle) {
+        fprintf(stderr, "kith send: --params goes with --request or --lifecycle; see kith send "
+                        "--help\n");
+        return KITH_EXIT_FAIL;
+    }
+    if ((status || result_given) && !response) {
+        fprintf(stderr, "kith send: --status and --result go with --response; see kith send "
+                        "--help\n");
         return KITH_EXIT_FAIL;
     }
     proto_status_t st = PROTO_STATUS_NONE;
