@@ -408,6 +408,11 @@ def main():
         home = deep_dir(tmp, 4080)
         os.makedirs(home)
         refused(("daemon", "--home", home), f"kith daemon: cannot create {home}/logs")
+        # A flag's mistake is found before the home is made.
+        fresh = os.path.join(tmp, "daemon-not-made")
+        refused(("gateway", "--home", fresh, "--log-level", "loud"),
+                "kith gateway: --log-level must be debug, info, warn or error")
+        check(not os.path.exists(fresh), "the home was made for a refused command")
 
     def daemon_without_log_file():
         # logs/daemon.log a folder: the daemon says so once and logs to

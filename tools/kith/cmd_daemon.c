@@ -517,6 +517,12 @@ static int s_serve(int argc, char **argv, const char *cmd)
                 argv[kith_opts_rest(&o)], cmd);
         return KITH_EXIT_FAIL;
     }
+    /* Checked before the home is made: a mistyped flag leaves nothing behind. */
+    router_log_level_t level;
+    if (router_log_level_parse(level_text, &level) != 0) {
+        fprintf(stderr, "kith %s: --log-level must be debug, info, warn or error\n", cmd);
+        return KITH_EXIT_FAIL;
+    }
 
     /* Before any thread exists: SIGINT/SIGTERM/SIGHUP reach the loop's
      * signalfd only if every thread blocks them (an unblocked SIGHUP would
@@ -548,11 +554,6 @@ static int s_serve(int argc, char **argv, const char *cmd)
          router_config_set(&cfg, "comms.mode", "none", err, sizeof err) != 0) ||
         router_config_check(&cfg, err, sizeof err) != 0) {
         fprintf(stderr, "kith %s: %s\n", cmd, err);
-        return KITH_EXIT_FAIL;
-    }
-    router_log_level_t level;
-    if (router_log_level_parse(level_text, &level) != 0) {
-        fprintf(stderr, "kith %s: --log-level must be debug, info, warn or error\n", cmd);
         return KITH_EXIT_FAIL;
     }
     char logdir[ROUTER_PATH_MAX], logpath[ROUTER_PATH_MAX];
