@@ -8,15 +8,16 @@
 #define S_OPTS_MAX 16
 
 /* The flag `--name=VALUE` in arg names when glibc refused it for taking no
- * value (optopt is then its val), or NULL: an unknown flag, or a short one. */
-static const struct option *s_given(const struct option *all, const char *arg, int optopt)
+ * value (opt, glibc's optopt, is then its val), or NULL: an unknown flag,
+ * or a short one. */
+static const struct option *s_given(const struct option *all, const char *arg, int opt)
 {
     const char *eq = strchr(arg, '=');
-    if (optopt == 0 || arg[0] != '-' || arg[1] != '-' || !eq)
+    if (opt == 0 || arg[0] != '-' || arg[1] != '-' || !eq)
         return NULL;
     size_t len = (size_t) (eq - arg - 2);
     for (const struct option *f = all; f->name; f++)
-        if (f->val == optopt && f->has_arg == no_argument && !strncmp(f->name, arg + 2, len))
+        if (f->val == opt && f->has_arg == no_argument && !strncmp(f->name, arg + 2, len))
             return f;
     return NULL;
 }
