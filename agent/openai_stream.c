@@ -16,6 +16,8 @@
 
 /* Longest map key kept for path matching; longer keys match nothing. */
 #define S_KEY_MAX 24
+/* Most octets of a server's own error message kept as the reason. */
+#define S_SERVER_MSG_MAX 200
 
 typedef struct {
     bool is_map;
@@ -48,6 +50,7 @@ struct agent_oai_stream {
     /* JSON of one event */
     s_frame_t frames[AGENT_OAI_DEPTH_MAX];
     size_t depth;
+    bool error_seen;              /* this chunk's top-level `error` is not null */
     bool in_elem;                 /* inside choices[].delta.tool_calls[k] */
     int64_t elem_index;           /* its `index`, or -1 */
     size_t elem_pos;              /* its position in the array */
@@ -72,18 +75,22 @@ static agent_oai_rc_t s_fail(agent_oai_stream_t *s, const char *fmt, ...)
     return s->rc;
 }
 
-/* Appends p[n] to *buf (len, cap), refusing to pass max. */
+/* s_append's and s_piece_append's refusals. */
+#define S_PAST_MAX (-1)
+#define S_NO_MEMORY (-2)
+
+/* Appends p[n] to *buf (len, cap): 0, S_PAST_MAX past max, or S_NO_MEMORY. */
 static int s_append(char **buf, size_t *len, size_t *cap, const char *p, size_t n, size_t max)
 {
     if (n > max || *len > max - n)
-        return -1;
+        return S_PAST_MAX;
     if (*len + n + 1 > *cap) {
         size_t c = *cap ? *cap : 64;
         while (c < *len + n + 1)
             c *= 2;
         char *b = realloc(*buf, c);
         if (!b)
-            return -1;
+            return S_NO_MEMORY;
         *buf = b;
         *cap = c;
     }
@@ -100,6 +107,25 @@ static int s_piece_append(char **piece, size_t *len, const char *p, size_t n, si
 {
     size_t cap = *piece ? *len + 1 : 0;
     return s_append(piece, len, &cap, p, n, max);
+}
+
+/* A refusal of s_append (r < 0) as the stream's error: out of memory, or
+ * the bound the caller names. */
+#define S_REFUSED(s, r, ...) ((r) == S_NO_MEMORY ? s_fail((s), "out of memory") : s_fail((s), __VA_ARGS__))
+
+/* The server's own message as the stream's error: one line (control
+ * characters become spaces), at most S_SERVER_MSG_MAX octets, cut on a code
+ * point; an empty one says so. */
+static void s_fail_server(agent_oai_stream_t *s, const char *t, size_t n)
+{
+    char msg[S_SERVER_MSG_MAX + 1];
+    size_t k = 0;
+    for (size_t i = 0; i < n && k < S_SERVER_MSG_MAX; i++)
+        msg[k++] = (unsigned char) t[i] < 0x20 || t[i] == 0x7f ? ' ' : t[i];
+    while (k > 0 && !proto_utf8_valid((const uint8_t *) msg, k))
+        k--;
+    msg[k] = '\0';
+    s_fail(s, "%s", k ? msg : "the server sent an error without a message");
 }
 
 static void s_call_free(s_call_t *c)
@@ -161,7 +187,7 @@ static int s_cb_string(void *ud, const unsigned char *p, size_t n)
         s_fail(s, "a stream chunk holds text that is not UTF-8");
         return 0;
     }
-    int rc = 1;
+    int rc = 1, r;
     if (S_PATH(s, "choices", "*", "delta", "content")) {
         if (n && s->cb.on_content) {
             s->emitted = true;
@@ -180,18 +206,18 @@ static int s_cb_string(void *ud, const unsigned char *p, size_t n)
             }
         }
     } else if (s->in_elem && S_PATH(s, "choices", "*", "delta", "tool_calls", "*", "id")) {
-        if (s_piece_append(&s->elem.id, &s->elem.id_len, t, n, PROTO_WORKER_NAME_MAX) < 0) {
-            s_fail(s, "a tool call id passed %d bytes", PROTO_WORKER_NAME_MAX);
+        if ((r = s_piece_append(&s->elem.id, &s->elem.id_len, t, n, PROTO_WORKER_NAME_MAX)) < 0) {
+            S_REFUSED(s, r, "a tool call id passed %d bytes", PROTO_WORKER_NAME_MAX);
             rc = 0;
         }
     } else if (s->in_elem && S_PATH(s, "choices", "*", "delta", "tool_calls", "*", "function", "name")) {
-        if (s_piece_append(&s->elem.name, &s->elem.name_len, t, n, PROTO_WORKER_NAME_MAX) < 0) {
-            s_fail(s, "a tool name passed %d bytes", PROTO_WORKER_NAME_MAX);
+        if ((r = s_piece_append(&s->elem.name, &s->elem.name_len, t, n, PROTO_WORKER_NAME_MAX)) < 0) {
+            S_REFUSED(s, r, "a tool name passed %d bytes", PROTO_WORKER_NAME_MAX);
             rc = 0;
         }
     } else if (s->in_elem && S_PATH(s, "choices", "*", "delta", "tool_calls", "*", "function", "arguments")) {
-        if (s_piece_append(&s->elem.args, &s->elem.args_len, t, n, AGENT_OAI_ARGS_MAX) < 0) {
-            s_fail(s, "a tool call's arguments passed %u bytes", (unsigned) AGENT_OAI_ARGS_MAX);
+        if ((r = s_piece_append(&s->elem.args, &s->elem.args_len, t, n, AGENT_OAI_ARGS_MAX)) < 0) {
+            S_REFUSED(s, r, "a tool call's arguments passed %u bytes", (unsigned) AGENT_OAI_ARGS_MAX);
             rc = 0;
         }
     } else if (S_PATH(s, "choices", "*", "finish_reason")) {
@@ -199,16 +225,26 @@ static int s_cb_string(void *ud, const unsigned char *p, size_t n)
         memcpy(s->finish_reason, t, k);
         s->finish_reason[k] = '\0';
     } else if (S_PATH(s, "error", "message") || S_PATH(s, "error")) {
-        s_fail(s, "%.*s", (int) (n > 200 ? 200 : n), t);
+        s_fail_server(s, t, n);
         rc = 0;
     }
     s_value_done(s);
     return rc;
 }
 
+/* A value at the top-level `error` other than a string (which says why)
+ * or null: the chunk is an error all the same, said when it has been read
+ * (its message may follow). */
+static void s_error_value(agent_oai_stream_t *s)
+{
+    if (S_PATH(s, "error"))
+        s->error_seen = true;
+}
+
 static int s_cb_integer(void *ud, long long v)
 {
     agent_oai_stream_t *s = ud;
+    s_error_value(s);
     if (s->in_elem && S_PATH(s, "choices", "*", "delta", "tool_calls", "*", "index")) {
         if (v < 0 || v >= AGENT_OAI_TOOL_CALLS_MAX) {
             s_fail(s, "a tool call index %lld is outside 0..%d", v, AGENT_OAI_TOOL_CALLS_MAX - 1);
@@ -243,18 +279,21 @@ static int s_cb_null(void *ud)
 static int s_cb_bool(void *ud, int b)
 {
     (void) b;
+    s_error_value(ud);
     return s_cb_scalar(ud);
 }
 
 static int s_cb_double(void *ud, double d)
 {
     (void) d;
+    s_error_value(ud);
     return s_cb_scalar(ud);
 }
 
 static int s_cb_start_map(void *ud)
 {
     agent_oai_stream_t *s = ud;
+    s_error_value(s);
     /* An element of choices[].delta.tool_calls begins. */
     if (S_PATH(s, "choices", "*", "delta", "tool_calls", "*")) {
         s->in_elem = true;
@@ -292,23 +331,18 @@ static int s_elem_merge(agent_oai_stream_t *s)
     }
     s_call_t *c = &s->calls[idx];
     c->used = true;
-    int rc = 0;
-    if (s->elem.id_len && !c->id_len)
-        rc |= s_piece_append(&c->id, &c->id_len, s->elem.id, s->elem.id_len, PROTO_WORKER_NAME_MAX);
-    if (s->elem.name_len)
-        rc |= s_piece_append(&c->name, &c->name_len, s->elem.name, s->elem.name_len, PROTO_WORKER_NAME_MAX);
-    if (s->elem.args_len &&
-        s_piece_append(&c->args, &c->args_len, s->elem.args, s->elem.args_len, AGENT_OAI_ARGS_MAX) < 0) {
-        s_call_free(&s->elem);
-        s_fail(s, "tool call %" PRId64 ": its arguments passed %u bytes", idx, (unsigned) AGENT_OAI_ARGS_MAX);
-        return 0;
-    }
+    int r = 0;
+    if (s->elem.id_len && !c->id_len &&
+        (r = s_piece_append(&c->id, &c->id_len, s->elem.id, s->elem.id_len, PROTO_WORKER_NAME_MAX)) < 0)
+        S_REFUSED(s, r, "tool call %" PRId64 ": its id passed %d bytes", idx, PROTO_WORKER_NAME_MAX);
+    else if (s->elem.name_len &&
+             (r = s_piece_append(&c->name, &c->name_len, s->elem.name, s->elem.name_len, PROTO_WORKER_NAME_MAX)) < 0)
+        S_REFUSED(s, r, "tool call %" PRId64 ": its name passed %d bytes", idx, PROTO_WORKER_NAME_MAX);
+    else if (s->elem.args_len &&
+             (r = s_piece_append(&c->args, &c->args_len, s->elem.args, s->elem.args_len, AGENT_OAI_ARGS_MAX)) < 0)
+        S_REFUSED(s, r, "tool call %" PRId64 ": its arguments passed %u bytes", idx, (unsigned) AGENT_OAI_ARGS_MAX);
     s_call_free(&s->elem);
-    if (rc < 0) {
-        s_fail(s, "tool call %" PRId64 ": its name passed %d bytes", idx, PROTO_WORKER_NAME_MAX);
-        return 0;
-    }
-    return 1;
+    return r < 0 ? 0 : 1;
 }
 
 static int s_cb_end_map(void *ud)
@@ -323,6 +357,7 @@ static int s_cb_end_map(void *ud)
 
 static int s_cb_start_array(void *ud)
 {
+    s_error_value(ud);
     return s_push(ud, false);
 }
 
@@ -368,16 +403,21 @@ static agent_oai_rc_t s_dispatch(agent_oai_stream_t *s)
         return s_fail(s, "out of memory");
     s->depth = 0;
     s->in_elem = false;
+    s->error_seen = false;
     yajl_status st = yajl_parse(h, (const unsigned char *) s->data, n);
     if (st == yajl_status_ok)
         st = yajl_complete_parse(h);
     if (st != yajl_status_ok && s->rc == AGENT_OAI_OK) {
         unsigned char *why = yajl_get_error(h, 0, (const unsigned char *) s->data, n);
-        /* yajl's message is ASCII prose; keep its first line. */
-        s_fail(s, "a malformed stream chunk: %.*s", (int) strcspn((const char *) why, "\n"),
-               why ? (const char *) why : "?");
-        yajl_free_error(h, why);
+        /* yajl's message is ASCII prose; keep its first line (NULL: its
+         * allocation failed). */
+        const char *w = why ? (const char *) why : "?";
+        s_fail(s, "a malformed stream chunk: %.*s", (int) strcspn(w, "\n"), w);
+        if (why)
+            yajl_free_error(h, why);
     }
+    if (s->error_seen)
+        s_fail(s, "the server sent an error without a message");
     yajl_free(h);
     s_call_free(&s->elem);
     s->in_elem = false;
@@ -401,9 +441,11 @@ static agent_oai_rc_t s_line(agent_oai_stream_t *s, const char *p, size_t n)
         v++;
         vlen--;
     }
-    if ((s->has_data && s_append(&s->data, &s->data_len, &s->data_cap, "\n", 1, AGENT_OAI_EVENT_MAX) < 0) ||
-        s_append(&s->data, &s->data_len, &s->data_cap, v, vlen, AGENT_OAI_EVENT_MAX) < 0)
-        return s_fail(s, "a stream event passed %u bytes", (unsigned) AGENT_OAI_EVENT_MAX);
+    int r = s->has_data ? s_append(&s->data, &s->data_len, &s->data_cap, "\n", 1, AGENT_OAI_EVENT_MAX) : 0;
+    if (r == 0)
+        r = s_append(&s->data, &s->data_len, &s->data_cap, v, vlen, AGENT_OAI_EVENT_MAX);
+    if (r < 0)
+        return S_REFUSED(s, r, "a stream event passed %u bytes", (unsigned) AGENT_OAI_EVENT_MAX);
     s->has_data = true;
     return s->rc;
 }
@@ -428,8 +470,9 @@ agent_oai_rc_t agent_oai_stream_feed(agent_oai_stream_t *s, const char *p, size_
         size_t j = i;
         while (j < n && p[j] != '\n' && p[j] != '\r')
             j++;
-        if (j > i && s_append(&s->line, &s->line_len, &s->line_cap, p + i, j - i, AGENT_OAI_LINE_MAX) < 0)
-            return s_fail(s, "a stream line passed %u bytes", (unsigned) AGENT_OAI_LINE_MAX);
+        int r = j > i ? s_append(&s->line, &s->line_len, &s->line_cap, p + i, j - i, AGENT_OAI_LINE_MAX) : 0;
+        if (r < 0)
+            return S_REFUSED(s, r, "a stream line passed %u bytes", (unsigned) AGENT_OAI_LINE_MAX);
         if (j == n)
             break;
         s->skip_lf = p[j] == '\r';

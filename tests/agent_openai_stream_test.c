@@ -12,6 +12,8 @@
 #include <cmocka.h>
 
 #include "agent/openai_stream.h"
+#include "alloc_fail.h"
+#include "proto/utf8.h"
 
 typedef struct {
     char text[4096];
@@ -20,6 +22,7 @@ typedef struct {
     size_t thinking_len;
     int stop_after;          /* > 0: the nth content callback says stop */
     int calls;
+    bool stop_thinking;      /* the reasoning callback says stop */
 } s_out_t;
 
 static int s_on_content(void *ud, const char *p, size_t n)
@@ -39,7 +42,7 @@ static int s_on_reasoning(void *ud, const char *p, size_t n)
     memcpy(o->thinking + o->thinking_len, p, n);
     o->thinking_len += n;
     o->thinking[o->thinking_len] = '\0';
-    return 0;
+    return o->stop_thinking ? -1 : 0;
 }
 
 /* Feeds body in pieces of `step` bytes (0: all at once), then finishes. */
@@ -260,12 +263,229 @@ static void test_callback_stops(void **state)
     agent_oai_stream_destroy(&s);
 }
 
+
+/* A chunk whose `error` is anything but null is a provider error (WIRE
+ * §20.5), whether or not it says why; an [DONE] after it changes nothing.
+ * Before, an error object without a string message was skipped, and the
+ * [DONE] that llama.cpp and vLLM send after it made an empty answer. */
+static void test_error_without_message(void **state)
+{
+    (void) state;
+    static const char *const bodies[] = {
+        "data: {\"error\":{\"code\":500,\"type\":\"server_error\"}}\n\ndata: [DONE]\n\n",
+        "data: {\"error\":{\"message\":null,\"code\":\"overloaded\"}}\n\ndata: [DONE]\n\n",
+        "data: {\"error\":503}\n\ndata: [DONE]\n\n",
+        "data: {\"error\":true}\n\ndata: [DONE]\n\n",
+        "data: {\"error\":1.5}\n\ndata: [DONE]\n\n",
+        "data: {\"error\":[\"x\"]}\n\ndata: [DONE]\n\n",
+        "data: {\"error\":\"\"}\n\ndata: [DONE]\n\n",
+        "data: {\"choices\":[{\"delta\":{\"content\":\"so far\"}}]}\n\n"
+        "data: {\"error\":{\"type\":\"server_error\"}}\n\n"
+        "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++)
+        for (size_t step = 0; step < 2; step++)
+            s_expect_error(bodies[i], step, "the server sent an error without a message");
+    /* A null `error` (some proxies send one on every chunk) is no error. */
+    static const char ok[] = "data: {\"error\":null,\"choices\":[{\"delta\":{\"content\":\"fine\"},"
+                             "\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    s_out_t o = {0};
+    agent_oai_stream_t *s = NULL;
+    assert_int_equal(s_run(ok, 0, &o, &s), AGENT_OAI_OK);
+    assert_string_equal(o.text, "fine");
+    agent_oai_stream_destroy(&s);
+}
+
+/* The server's message becomes the reason as one line of UTF-8, cut on a
+ * code point (it was cut at 200 octets wherever they fell, line breaks and
+ * all). */
+static void test_error_message_one_line(void **state)
+{
+    (void) state;
+    char body[1024];
+    int n = snprintf(body, sizeof body, "data: {\"error\":{\"message\":\"first\\nsecond\\tx");
+    for (int i = 0; i < 150; i++)
+        n += snprintf(body + n, sizeof body - (size_t) n, "\xc3\xa9");
+    snprintf(body + n, sizeof body - (size_t) n, "\"}}\n\n");
+    agent_oai_stream_t *s = NULL;
+    s_out_t o = {0};
+    assert_int_equal(s_run(body, 0, &o, &s), AGENT_OAI_ERROR);
+    const char *why = agent_oai_stream_error(s);
+    assert_true(strncmp(why, "first second x\xc3\xa9", 16) == 0);
+    assert_null(strpbrk(why, "\n\r\t"));
+    assert_true(proto_utf8_valid((const uint8_t *) why, strlen(why)));
+    assert_in_range(strlen(why), 190, 200);
+    agent_oai_stream_destroy(&s);
+}
+
+/* What a chunk may hold that nobody reads: booleans, numbers, keys too long
+ * to match or holding a NUL, a `choices` that is an object, data after
+ * [DONE]; a last line without its end is read at finish. */
+static void test_ignored_parts(void **state)
+{
+    (void) state;
+    static const char body[] =
+        "data: {\"choices\":[{\"delta\":{\"content\\u0000x\":\"no\",\"a_key_longer_than_twenty_four_octets\":"
+        "\"no\",\"flag\":true,\"p\":0.5,\"content\":\"yes\"},\"logprobs\":null}]}\n\n"
+        "data: {\"choices\":{\"0\":{\"delta\":{\"content\":\"no\"}}}}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"a\"}},"
+        "{\"index\":2,\"id\":\"c2\",\"function\":{\"name\":\"b\",\"arguments\":\"[1]\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n"
+        "data: [DONE]\n\n"
+        "data: {\"choices\":[{\"delta\":{\"content\":\"late\"}}]}\n\n"
+        "data: {\"error\":\"late\"}";
+    for (size_t step = 0; step < 3; step++) {
+        s_out_t o = {0};
+        agent_oai_stream_t *s = NULL;
+        agent_oai_rc_t rc = s_run(body, step, &o, &s);
+        if (rc != AGENT_OAI_OK)
+            fail_msg("%s", agent_oai_stream_error(s));
+        assert_string_equal(o.text, "yes");
+        agent_completion_t c = {0};
+        assert_int_equal(agent_oai_stream_take(s, &c), 0);
+        assert_int_equal(c.n_calls, 2); /* index 1 never came: no call for it */
+        assert_string_equal(c.calls[0].id.p, "call_0");
+        assert_string_equal(c.calls[1].id.p, "c2");
+        assert_string_equal(c.calls[1].arguments.p, "[1]");
+        agent_completion_clear(&c);
+        agent_oai_stream_destroy(&s);
+    }
+    /* A last line without its end that is not JSON; an error stays. */
+    s_expect_error("data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {oops", 0, "malformed");
+    agent_oai_stream_t *s = agent_oai_stream_new(NULL);
+    assert_int_equal(agent_oai_stream_feed(s, "data: [\n\n", 9), AGENT_OAI_ERROR);
+    assert_int_equal(agent_oai_stream_finish(s), AGENT_OAI_ERROR);
+    assert_non_null(strstr(agent_oai_stream_error(s), "malformed"));
+    agent_oai_stream_destroy(&s);
+}
+
+/* Bounds not reached by test_bounds: an id or a name past its octets, in
+ * one fragment or joined across chunks; more calls than the bound by
+ * position; an event of many lines; the whole response. */
+static void test_more_bounds(void **state)
+{
+    (void) state;
+    char long_name[300];
+    memset(long_name, 'n', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    char body[4096];
+    snprintf(body, sizeof body,
+             "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"%s\"}]}}]}\n\n", long_name);
+    s_expect_error(body, 0, "id passed 256");
+    snprintf(body, sizeof body,
+             "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"%s\"}}]}}]}\n\n",
+             long_name);
+    s_expect_error(body, 0, "tool name passed 256");
+#define NAME3 "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":3,\"function\":{\"name\":\"%.200s\"}}]}}]}\n\n"
+    snprintf(body, sizeof body, NAME3 NAME3, long_name, long_name);
+#undef NAME3
+    s_expect_error(body, 7, "tool call 3: its name passed 256");
+
+    /* 65 calls with no index: by position, the 65th has no slot. */
+    size_t n = (size_t) snprintf(body, sizeof body, "data: {\"choices\":[{\"delta\":{\"tool_calls\":[");
+    for (int i = 0; i <= AGENT_OAI_TOOL_CALLS_MAX; i++)
+        n += (size_t) snprintf(body + n, sizeof body - n, "%s{\"function\":{\"name\":\"f\"}}", i ? "," : "");
+    snprintf(body + n, sizeof body - n, "]}}]}\n\n");
+    s_expect_error(body, 0, "more than 64 tool calls");
+
+    /* An event of two data lines, each within the line bound. */
+    size_t half = AGENT_OAI_EVENT_MAX / 2 + 16;
+    char *line = malloc(half + 8);
+    assert_non_null(line);
+    memcpy(line, "data: ", 6);
+    memset(line + 6, 'x', half);
+    line[6 + half] = '\n';
+    agent_oai_stream_t *s = agent_oai_stream_new(NULL);
+    assert_int_equal(agent_oai_stream_feed(s, line, half + 7), AGENT_OAI_OK);
+    assert_int_equal(agent_oai_stream_feed(s, line, half + 7), AGENT_OAI_ERROR);
+    assert_non_null(strstr(agent_oai_stream_error(s), "event passed"));
+    agent_oai_stream_destroy(&s);
+
+    /* The whole response: comments (keep-alives) past 16 MiB. */
+    memset(line, ' ', half + 7);
+    line[0] = ':';
+    line[half + 6] = '\n';
+    s = agent_oai_stream_new(NULL);
+    agent_oai_rc_t rc = AGENT_OAI_OK;
+    size_t fed = 0;
+    while (rc == AGENT_OAI_OK && fed <= AGENT_OAI_RESPONSE_MAX) {
+        rc = agent_oai_stream_feed(s, line, half + 7);
+        fed += half + 7;
+    }
+    assert_int_equal(rc, AGENT_OAI_ERROR);
+    assert_true(fed > AGENT_OAI_RESPONSE_MAX);
+    assert_non_null(strstr(agent_oai_stream_error(s), "response passed"));
+    agent_oai_stream_destroy(&s);
+    free(line);
+}
+
+static void test_reasoning_stops(void **state)
+{
+    (void) state;
+    s_out_t o = {.stop_thinking = true};
+    agent_oai_stream_t *s = NULL;
+    assert_int_equal(s_run(s_text_stream, 0, &o, &s), AGENT_OAI_ABORTED);
+    assert_string_equal(o.thinking, "let me think");
+    assert_string_equal(o.text, "");
+    agent_oai_stream_destroy(&s);
+}
+
+/* Out of memory at each allocation of a read with text and tool calls, one
+ * at a time: the read either ends as if nothing failed, or refuses with
+ * "out of memory" (never a bound it did not pass), leaking nothing. */
+static void test_without_memory(void **state)
+{
+    (void) state;
+    static const char body[] =
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\",\"tool_calls\":[{\"index\":0,\"id\":\"c\","
+        "\"function\":{\"name\":\"send_message\",\"arguments\":\"{\\\"a\\\"\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\":1}\"}},"
+        "{\"index\":1,\"function\":{\"name\":\"peers\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n";
+    bool done = false;
+    int refused = 0;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX && !done; i++) {
+        s_out_t o = {0};
+        agent_oai_cb_t cb = {s_on_content, s_on_reasoning, &o};
+        alloc_fail_arm(i);
+        agent_oai_stream_t *s = agent_oai_stream_new(&cb);
+        agent_completion_t c = {0};
+        int rc = -1;
+        if (s) {
+            agent_oai_rc_t frc = AGENT_OAI_OK;
+            for (size_t k = 0; k < sizeof body - 1 && frc == AGENT_OAI_OK; k += 5)
+                frc = agent_oai_stream_feed(s, body + k, sizeof body - 1 - k < 5 ? sizeof body - 1 - k : 5);
+            if (agent_oai_stream_finish(s) == AGENT_OAI_OK)
+                rc = agent_oai_stream_take(s, &c);
+        }
+        bool failed = alloc_fail_disarm() > 0;
+        done = !failed;
+        if (rc == 0) {
+            assert_int_equal(c.n_calls, 2);
+            assert_string_equal(c.calls[0].arguments.p, "{\"a\":1}");
+            assert_string_equal(c.calls[1].id.p, "call_1");
+        } else {
+            assert_true(failed);
+            refused++;
+            if (s && !strstr(agent_oai_stream_error(s), "out of memory"))
+                fail_msg("allocation %ld: \"%s\"", i, agent_oai_stream_error(s));
+        }
+        agent_completion_clear(&c);
+        agent_oai_stream_destroy(&s);
+    }
+    assert_true(done);
+    assert_true(refused > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_text_any_split),     cmocka_unit_test(test_crlf_and_no_done),
         cmocka_unit_test(test_tool_calls_assembled), cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_bounds),             cmocka_unit_test(test_callback_stops),
+        cmocka_unit_test(test_error_without_message), cmocka_unit_test(test_error_message_one_line),
+        cmocka_unit_test(test_ignored_parts),      cmocka_unit_test(test_more_bounds),
+        cmocka_unit_test(test_reasoning_stops),    cmocka_unit_test(test_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
