@@ -4,6 +4,7 @@
  *
  * To rewrite the vectors after a deliberate change:
  *   KITH_WRITE_VECTORS=1 build/envelope_json_test */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +21,7 @@
 #include "proto/cbor_canon.h"
 #include "proto/envelope.h"
 #include "router/comms/envelope_json.h"
+#include "alloc_fail.h"
 
 #define VECTORS_PATH KITH_SOURCE_DIR "/spec/vectors/envelopes.json"
 
@@ -973,6 +975,330 @@ static void test_vectors_entries(void **state)
     free(file);
 }
 
+/* ================================================================ refusals and bounds */
+
+/* Bounds on the JSON text: its size, a number's length, the item count
+ * (keys included), with the last accepted value beside each refusal. */
+static void test_json_bounds(void **state)
+{
+    (void) state;
+    char err[256] = "";
+    /* ROUTER_JSON_MAX + 1 octets are refused before a byte is read. */
+    size_t big = ROUTER_JSON_MAX + 1;
+    char *text = malloc(big);
+    assert_non_null(text);
+    memset(text, ' ', big);
+    text[0] = '0';
+    assert_null(router_json_to_cbor(text, big, err, sizeof err));
+    assert_string_equal(err, "JSON text larger than 4194304 bytes");
+    cbor_item_t *ok = router_json_to_cbor(text, big - 1, err, sizeof err);
+    assert_non_null(ok);
+    cbor_decref(&ok);
+    /* A number of 511 octets is read; one of 512 is not. */
+    memset(text, '1', 512);
+    text[512] = '\0';
+    assert_null(router_json_to_cbor(text, 512, err, sizeof err));
+    assert_string_equal(err, "number too long");
+    text[0] = '0';
+    text[1] = '.';
+    ok = router_json_to_cbor(text, 511, err, sizeof err);
+    assert_non_null(ok);
+    cbor_decref(&ok);
+    free(text);
+
+    /* PROTO_ENVELOPE_ITEMS_MAX (131072) values: an array of 131071 zeros
+     * is 131072 with itself; one zero more is refused when the array
+     * closes, and a key past the bound is refused as it is read. */
+    size_t n = 131072, cap = 2 * n + 32;
+    text = malloc(cap);
+    assert_non_null(text);
+    size_t len = 0;
+    text[len++] = '[';
+    for (size_t i = 0; i < n - 1; i++) {
+        text[len++] = '0';
+        text[len++] = ',';
+    }
+    text[len - 1] = ']';
+    ok = router_json_to_cbor(text, len, err, sizeof err);
+    assert_non_null(ok);
+    assert_int_equal(cbor_array_size(ok), n - 1);
+    cbor_decref(&ok);
+    text[len - 1] = ',';
+    memcpy(text + len, "0]", 2);
+    assert_null(router_json_to_cbor(text, len + 2, err, sizeof err));
+    assert_string_equal(err, "more than 131072 values");
+    memcpy(text + len, "0,{\"a\":0}]", 10);
+    err[0] = 'x';
+    assert_null(router_json_to_cbor(text, len + 10, err, sizeof err));
+    assert_string_equal(err, "more than 131072 values");
+    free(text);
+
+    /* A refusal with a key waiting for its value frees the key (LSan). */
+    s_expect_json_error("{\"a\":1e400}", "number 1e400 is out of range");
+    s_expect_json_error("{\"a\":{\"b\":[1,{\"$bytes\":\"!\"}]}}", "\"$bytes\" must be a string");
+    s_expect_json_error("{\"$bytes\":\"AAE=\"", "invalid JSON");
+    s_expect_json_error("", "invalid JSON");
+    s_expect_json_error("{\"a\" 1}", "invalid JSON");
+    s_expect_json_error("[1,2,]", "invalid JSON");
+    s_expect_json_error("NaN", "invalid JSON");
+    /* No place for a reason: still refused, nothing written. */
+    assert_null(router_json_to_cbor("[1,", 3, NULL, 0));
+    assert_null(router_json_to_cbor("1e999", 5, NULL, 0));
+    /* Underflow is not an error: the nearest float (0 or a subnormal). */
+    s_expect_cbor("1e-400", "f90000");
+    s_expect_cbor("-1e-400", "f98000");
+    /* "$bytes" with another key beside it is an ordinary object. */
+    s_expect_cbor("{\"$bytes\":\"AA==\",\"x\":1}", "a2617801662462797465736441413d3d");
+    s_expect_cbor("{\"$bytes\":\"\"}", "40");
+}
+
+/* router_cbor_to_json on one item: the JSON text, or NULL when refused. */
+static char *s_to_json(cbor_item_t *item)
+{
+    yajl_gen g = yajl_gen_alloc(NULL);
+    assert_non_null(g);
+    char *out = NULL;
+    if (router_cbor_to_json(g, item) == 0) {
+        const unsigned char *buf;
+        size_t len;
+        assert_int_equal(yajl_gen_get_buf(g, &buf, &len), yajl_gen_status_ok);
+        out = strndup((const char *) buf, len);
+        assert_non_null(out);
+    }
+    yajl_gen_free(g);
+    cbor_decref(&item);
+    return out;
+}
+
+static void s_expect_to_json(cbor_item_t *item, const char *want)
+{
+    char *got = s_to_json(item);
+    if (!got)
+        fail_msg("refused, want %s", want);
+    if (strcmp(got, want) != 0)
+        fail_msg("got %s, want %s", got, want);
+    free(got);
+}
+
+static void s_expect_no_json(cbor_item_t *item, const char *what)
+{
+    char *got = s_to_json(item);
+    if (got)
+        fail_msg("%s: printed as %s", what, got);
+}
+
+static cbor_item_t *s_map1(cbor_item_t *key, cbor_item_t *value)
+{
+    cbor_item_t *m = cbor_new_definite_map(1);
+    assert_true(cbor_map_add(m, (struct cbor_pair){.key = cbor_move(key), .value = cbor_move(value)}));
+    return m;
+}
+
+static cbor_item_t *s_arr2(cbor_item_t *a, cbor_item_t *b)
+{
+    cbor_item_t *arr = cbor_new_definite_array(2);
+    assert_true(cbor_array_push(arr, cbor_move(a)));
+    assert_true(cbor_array_push(arr, cbor_move(b)));
+    return arr;
+}
+
+/* CBOR → JSON: golden text for each value form, and the items JSON
+ * cannot carry refused, alone and nested. */
+static void test_cbor_to_json(void **state)
+{
+    (void) state;
+    s_expect_to_json(cbor_build_uint64(UINT64_MAX), "18446744073709551615");
+    s_expect_to_json(cbor_build_negint64(UINT64_MAX), "-18446744073709551616");
+    s_expect_to_json(cbor_build_negint8(0), "-1");
+    s_expect_to_json(cbor_build_float8(0.1), "0.1");
+    s_expect_to_json(cbor_build_float8(1e16), "1e+16");
+    s_expect_to_json(cbor_build_float8(1e-5), "1e-05");
+    s_expect_to_json(cbor_build_float8(100000.0), "100000.0");
+    s_expect_to_json(cbor_build_float8(-0.0), "-0.0");
+    s_expect_to_json(cbor_build_float8(5e-324), "5e-324");
+    s_expect_to_json(cbor_build_float8(-1.7976931348623157e308), "-1.7976931348623157e+308");
+    s_expect_to_json(cbor_build_float4(0.1f), "0.10000000149011612");
+    s_expect_to_json(cbor_build_float2(1.5f), "1.5");
+    s_expect_to_json(cbor_build_bool(true), "true");
+    s_expect_to_json(cbor_build_bool(false), "false");
+    s_expect_to_json(cbor_new_null(), "null");
+    s_expect_to_json(cbor_build_bytestring((const uint8_t *) "\x00\x01\x02\xff", 4), "{\"$bytes\":\"AAEC/w==\"}");
+    s_expect_to_json(cbor_build_bytestring(NULL, 0), "{\"$bytes\":\"\"}");
+    s_expect_to_json(cbor_new_definite_map(0), "{}");
+    s_expect_to_json(cbor_new_definite_array(0), "[]");
+    char err[64];
+    cbor_item_t *two = router_json_to_cbor("{\"$bytes\":1,\"x\":2}", 18, err, sizeof err);
+    assert_non_null(two);
+    s_expect_to_json(s_arr2(cbor_build_string("\xc3\xbc"), two), "[\"\xc3\xbc\",{\"x\":2,\"$bytes\":1}]");
+    static const char unsorted[] = "{\"bb\":1,\"a\":2,\"ccc\":3,\"aa\":4}";
+    cbor_item_t *sorted = router_json_to_cbor(unsorted, strlen(unsorted), err, sizeof err);
+    assert_non_null(sorted);
+    s_expect_to_json(sorted, "{\"a\":2,\"aa\":4,\"bb\":1,\"ccc\":3}");
+
+    /* No JSON form: tags, undefined and other simple values, NaN and
+     * infinities, indefinite strings, non-text keys, {"$bytes": x} alone
+     * (it would read back as bytes), and any of them inside. */
+    s_expect_no_json(cbor_build_tag(1, cbor_move(cbor_build_uint8(0))), "tag");
+    s_expect_no_json(cbor_new_undef(), "undefined");
+    s_expect_no_json(cbor_build_ctrl(16), "simple(16)");
+    s_expect_no_json(cbor_build_float8(NAN), "NaN");
+    s_expect_no_json(cbor_build_float4(INFINITY), "+inf");
+    s_expect_no_json(cbor_build_float2(-INFINITY), "-inf");
+    s_expect_no_json(cbor_new_indefinite_bytestring(), "indefinite bytes");
+    s_expect_no_json(cbor_new_indefinite_string(), "indefinite text");
+    s_expect_no_json(s_map1(cbor_build_uint8(1), cbor_build_uint8(1)), "integer key");
+    s_expect_no_json(s_map1(cbor_new_indefinite_string(), cbor_build_uint8(1)), "indefinite key");
+    s_expect_no_json(s_map1(cbor_build_string("$bytes"), cbor_build_string("AA==")), "a lone $bytes");
+    s_expect_no_json(s_arr2(cbor_build_uint8(1), cbor_new_undef()), "undefined in an array");
+    s_expect_no_json(s_map1(cbor_build_string("a"), s_arr2(cbor_new_null(), cbor_build_float8(NAN))),
+                     "NaN in a map");
+}
+
+/* The kind alone, as the gateway and the tools print it: "type" first,
+ * the rest in canonical order, in_reply_to as a UUID. */
+static void test_kind_to_json(void **state)
+{
+    (void) state;
+    static const uint8_t irt[16] = {0x01, 0x7f, 0x22, 0xe2, 0x79, 0xb0, 0x7c, 0xc3,
+                                    0x98, 0xc4, 0xdc, 0x0c, 0x0c, 0x07, 0x39, 0x8f};
+    cbor_item_t *res = cbor_build_string("ok");
+    cbor_item_t *kinds[2] = {proto_kind_response(irt, PROTO_STATUS_COMPLETED, &res), proto_kind_ack(irt)};
+    const char *want[2] = {
+        "{\"type\":\"response\",\"result\":\"ok\",\"status\":\"completed\","
+        "\"in_reply_to\":\"017f22e2-79b0-7cc3-98c4-dc0c0c07398f\"}",
+        "{\"type\":\"ack\",\"in_reply_to\":\"017f22e2-79b0-7cc3-98c4-dc0c0c07398f\"}",
+    };
+    for (int i = 0; i < 2; i++) {
+        proto_envelope_reason_t why;
+        proto_envelope_t *env = proto_envelope_new(NULL, s_alice.pk, s_bob.pk, &kinds[i], &why);
+        assert_non_null(env);
+        yajl_gen g = yajl_gen_alloc(NULL);
+        assert_int_equal(router_envelope_kind_to_json(g, env), 0);
+        const unsigned char *buf;
+        size_t len;
+        assert_int_equal(yajl_gen_get_buf(g, &buf, &len), yajl_gen_status_ok);
+        assert_int_equal(len, strlen(want[i]));
+        assert_memory_equal(buf, want[i], len);
+        yajl_gen_free(g);
+        proto_envelope_destroy(&env);
+    }
+}
+
+/* The refusals of router_envelope_from_json not in
+ * test_envelope_json_errors: fields of the wrong JSON type, a kind whose
+ * type is missing or not text, a long unknown key cut in the message. */
+static void test_envelope_json_refusals(void **state)
+{
+    (void) state;
+    char buf[1024];
+    s_expect_env_error("{\"to\":5,\"kind\":{\"type\":\"message\",\"body\":\"x\"}}", "\"to\" must be a string");
+    snprintf(buf, sizeof buf, "{\"from\":[],\"to\":\"%s\",\"kind\":{\"type\":\"message\",\"body\":\"x\"}}", s_bob.text);
+    s_expect_env_error(buf, "\"from\" must be a string");
+    snprintf(buf, sizeof buf, "{\"from\":\"ed25519:x\",\"to\":\"%s\",\"kind\":{\"type\":\"message\",\"body\":\"x\"}}",
+             s_bob.text);
+    s_expect_env_error(buf, "\"from\" is not this node's key");
+    snprintf(buf, sizeof buf, "{\"id\":7,\"to\":\"%s\",\"kind\":{\"type\":\"message\",\"body\":\"x\"}}", s_bob.text);
+    s_expect_env_error(buf, "\"id\" must be a string");
+    snprintf(buf, sizeof buf, "{\"to\":\"%s\",\"kind\":{\"in_reply_to\":\"017f22e2-79b0-7cc3-98c4-dc0c0c07398f\"}}",
+             s_bob.text);
+    s_expect_env_error(buf, "kind: missing_field");
+    snprintf(buf, sizeof buf, "{\"to\":\"%s\",\"kind\":{\"type\":1,\"in_reply_to\":\"x\"}}", s_bob.text);
+    s_expect_env_error(buf, "kind: wrong_type");
+    snprintf(buf, sizeof buf, "{\"to\":\"%s\",\"kind\":{\"type\":\"ack\",\"in_reply_to\":{\"$bytes\":\"AAE=\"}}}",
+             s_bob.text);
+    s_expect_env_error(buf, "kind: bad_length");
+    snprintf(buf, sizeof buf, "{\"to\":\"%s\",\"kind\":{\"type\":\"message\",\"body\":\"x\"},\"%0100d\":1}", s_bob.text,
+             0);
+    char err[256] = "";
+    assert_null(s_from_json(buf, &s_alice, err, sizeof err));
+    assert_string_equal(err, "unknown key \"0000000000000000000000000000000000000000000000000000000000000000\" "
+                             "(expected id, from, to, kind)");
+    s_expect_env_error("\"x\"", "the envelope must be a JSON object");
+    s_expect_env_error("{\"$bytes\":\"AA==\"}", "the envelope must be a JSON object");
+    s_expect_env_error("{", "invalid JSON");
+
+    /* sig, signature_valid and signature_error are read and ignored; an
+     * in_reply_to given as bytes is taken as bytes. */
+    snprintf(buf, sizeof buf,
+             "{\"sig\":1,\"signature_valid\":false,\"signature_error\":null,\"to\":\"%s\",\"kind\":{\"type\":\"ack\","
+             "\"in_reply_to\":{\"$bytes\":\"AX8i4nmwfMOYxNwMDAc5jw==\"}}}",
+             s_bob.text);
+    proto_envelope_t *env = s_from_json(buf, &s_alice, err, sizeof err);
+    if (!env)
+        fail_msg("%s", err);
+    uint8_t irt[16];
+    assert_int_equal(proto_envelope_in_reply_to(env, irt), 0);
+    assert_int_equal(irt[0], 0x01);
+    assert_int_equal(irt[15], 0x8f);
+    proto_envelope_destroy(&env);
+}
+
+/* Every allocation kith makes in a decode, an encode and a value print,
+ * failing in turn: each run refuses as out of memory (never as the
+ * input's fault) or succeeds, and leaks nothing (LSan). */
+static void test_alloc_fail(void **state)
+{
+    (void) state;
+    char json[1024];
+    snprintf(json, sizeof json,
+             "{\"id\":\"017f22e2-79b0-7cc3-98c4-dc0c0c07398f\",\"to\":\"%s\",\"kind\":{\"type\":\"response\","
+             "\"in_reply_to\":\"017f22e2-79b0-7cc3-98c4-dc0c0c07398f\",\"status\":\"failed\",\"result\":{\"raw\":"
+             "{\"$bytes\":\"3q2+7w==\"},\"n\":[1,-1,0.5,{\"$bytes\":\"\"}]}}}",
+             s_bob.text);
+    long i;
+    unsigned decode_fails = 0, encode_fails = 0;
+    for (i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        char err[256] = "";
+        proto_envelope_t *env = NULL;
+        alloc_fail_arm(i);
+        int rc = router_envelope_from_json(json, strlen(json), s_alice.pk, &env, err, sizeof err);
+        unsigned failed = alloc_fail_disarm();
+        if (rc != 0) {
+            assert_null(env);
+            if (!strstr(err, "out of memory") && !strstr(err, "no_memory"))
+                fail_msg("allocation %ld failing: refused as \"%s\"", i, err);
+            decode_fails++;
+            continue;
+        }
+        assert_non_null(env);
+        proto_envelope_destroy(&env);
+        if (!failed)
+            break;
+    }
+    assert_true(i < ALLOC_FAIL_RUNS_MAX);
+    assert_true(decode_fails >= 1); /* the "$bytes" buffers at least */
+
+    proto_envelope_t *env = NULL;
+    char err[256];
+    assert_int_equal(router_envelope_from_json(json, strlen(json), s_alice.pk, &env, err, sizeof err), 0);
+    assert_int_equal(proto_envelope_sign(env, s_alice.sk), 0);
+    char *want = NULL;
+    size_t want_len = 0;
+    proto_envelope_reason_t bad = PROTO_ENV_BAD_SIGNATURE;
+    assert_int_equal(router_envelope_to_json(env, &bad, 0, &want, &want_len), 0);
+    for (i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        char *out = NULL;
+        size_t len = 0;
+        alloc_fail_arm(i);
+        int rc = router_envelope_to_json(env, &bad, 0, &out, &len);
+        unsigned failed = alloc_fail_disarm();
+        if (rc != 0) {
+            assert_null(out);
+            encode_fails++;
+            continue;
+        }
+        assert_int_equal(len, want_len);
+        assert_string_equal(out, want);
+        free(out);
+        if (!failed)
+            break;
+    }
+    assert_true(i < ALLOC_FAIL_RUNS_MAX);
+    assert_true(encode_fails >= 3); /* maps sorted, bytes in base64, the copy out */
+    free(want);
+    proto_envelope_destroy(&env);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -986,6 +1312,11 @@ int main(void)
         cmocka_unit_test(test_envelope_json_roundtrip),
         cmocka_unit_test(test_vectors_regenerate),
         cmocka_unit_test(test_vectors_entries),
+        cmocka_unit_test(test_json_bounds),
+        cmocka_unit_test(test_cbor_to_json),
+        cmocka_unit_test(test_kind_to_json),
+        cmocka_unit_test(test_envelope_json_refusals),
+        cmocka_unit_test(test_alloc_fail),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -68,7 +68,12 @@ static int s_add(s_parse_t *ps, cbor_item_t *item)
         ok = cbor_array_push(top->container, item);
     } else {
         ok = cbor_map_add(top->container, (struct cbor_pair){.key = top->key, .value = item});
+        /* The map holds the key now (cbor_decref nulls the pointer only
+         * when it frees): forget it, or a later refusal while this object
+         * is still open ({"a":1 then EOF) would drop the map's reference
+         * and free the key twice. */
         cbor_decref(&top->key);
+        top->key = NULL;
     }
     cbor_decref(&item);
     if (!ok)
@@ -177,10 +182,12 @@ static cbor_item_t *s_maybe_bytes(s_parse_t *ps, cbor_item_t *map)
     uint8_t *bin = malloc(n / 4 * 3 + 3);
     size_t bin_len = 0;
     const char *end = NULL;
-    if (!cbor_isa_string(v) || !bin ||
-        sodium_base642bin(bin, n / 4 * 3 + 3, (const char *) cbor_string_handle(v), n, NULL, &bin_len, &end,
-                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
-        end != (const char *) cbor_string_handle(v) + n) {
+    if (!bin) {
+        s_err(ps->err, ps->errcap, "out of memory"); /* ours, not the text's fault */
+    } else if (!cbor_isa_string(v) ||
+               sodium_base642bin(bin, n / 4 * 3 + 3, (const char *) cbor_string_handle(v), n, NULL, &bin_len,
+                                 &end, sodium_base64_VARIANT_ORIGINAL) != 0 ||
+               end != (const char *) cbor_string_handle(v) + n) {
         s_err(ps->err, ps->errcap, "\"$bytes\" must be a string of standard padded base64");
     } else {
         out = cbor_build_bytestring(bin, bin_len);
