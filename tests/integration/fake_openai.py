@@ -14,6 +14,16 @@ session's earlier turns come first, as history):
   ratelimit  429 with Retry-After: 0 the first time, then text
   boom       500 with an error body, every time
   slow       one chunk, then nothing until the client goes away
+  think      reasoning_content, then text
+  errorobj   text, then an error chunk without a message, then [DONE]
+  reset      one chunk of text, then (once the test sets reset_go) the
+             connection reset, with no end chunk
+  hangup     the request read, the connection closed without an answer
+  badrequest 400 with an error body (not worth a retry)
+  html       502 with an HTML page for a body, every time
+  overload   503 with Retry-After: 3600 (past the client's 60 s cap)
+  plainjson  200 with a whole chat.completion object, not a stream
+  huge       text past the turn's answer bound (1 MiB), in 64 KiB chunks
   respond    (a comms request's turn) send_response to the request named in
              the system message, with a result of its own; then text
 
@@ -21,7 +31,11 @@ A comms request's turn ("request INTENT: PARAMS") is picked by its INTENT.
 Every request is kept (headers and JSON body) for the test to look at."""
 
 import json
+import os
 import re
+import socket
+import struct
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,6 +73,8 @@ def scenario(body):
 class FakeOpenAI:
     def __init__(self):
         self.requests = []
+        self.answered = []      # scenarios whose (first) answer was written whole
+        self.reset_go = threading.Event()  # s_reset resets its connection
         self.counts = {}
         self.lock = threading.Lock()
         fake = self
@@ -170,13 +186,78 @@ class FakeOpenAI:
             def s_boom(self, body, count):
                 self.plain(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
 
+            def s_think(self, body, count):
+                self.stream([chunk({"role": "assistant", "reasoning_content": "pondering"}),
+                             chunk({"reasoning_content": " more"})] + text_stream(["thought"]))
+
+            def s_errorobj(self, body, count):
+                self.stream([chunk({"content": "partly"}),
+                             'data: {"error": {"type": "server_error", "code": 500}}\n\n',
+                             "data: [DONE]\n\n"])
+
+            def drop(self, rst):
+                """Ends the connection here (rst: with a reset), the handler
+                writing nothing more."""
+                if rst:
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+                self.close_connection = True
+                self.wfile = open(os.devnull, "wb")
+
+            def s_reset(self, body, count):
+                self.start_stream()
+                self.piece(chunk({"content": "partly"}))
+                fake.reset_go.wait(30)  # the client read it: a reset would drop what it had not
+                self.drop(True)
+
+            def s_hangup(self, body, count):
+                self.drop(False)
+
+            def s_badrequest(self, body, count):
+                self.plain(400, {"error": {"message": "Unrecognized request argument", "type":
+                                           "invalid_request_error"}})
+
+            def s_html(self, body, count):
+                data = b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n</html>\r\n"
+                self.send_response(502)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def s_overload(self, body, count):
+                self.plain(503, {"error": {"message": "overloaded"}}, [("Retry-After", "3600")])
+                self.wfile.flush()
+                with fake.lock:
+                    fake.answered.append("overload")
+
+            def s_plainjson(self, body, count):
+                self.plain(200, {"id": "chatcmpl-fake", "object": "chat.completion", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "whole"}, "finish_reason": "stop"}]})
+
+            def s_huge(self, body, count):
+                self.start_stream()
+                try:
+                    for _ in range(20):  # 1.25 MiB, or until the client hangs up
+                        self.piece(chunk({"content": "x" * 65536}))
+                    self.piece(chunk({}, "stop"))
+                    self.end_stream()
+                except OSError:
+                    self.close_connection = True
+                    self.wfile = open(os.devnull, "wb")
+
             def s_slow(self, body, count):
                 self.start_stream()
                 self.piece(chunk({"content": "tick"}))
                 for _ in range(600):  # until the client hangs up (or a minute)
                     time.sleep(0.1)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], OSError):  # a client that went away is no news
+                    super().handle_error(request, client_address)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"

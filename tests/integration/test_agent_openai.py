@@ -4,8 +4,11 @@
 Python Majordomo broker (mdp_broker.py): text in chunks, tokens counted, a
 tool call split across chunks run through the router-tool round trip, one
 byte at a time, a malformed chunk, 429 then success, 500s, a stop in the
-middle of a stream, the idle timeout, an unreachable server and an unset API
-key variable; then the daemon's embedded agents with provider openai run a
+middle of a stream, the idle timeout, reasoning as thinking, an error chunk
+without a message, a reset mid-stream, a hang-up without an answer, a 400
+(not retried), an HTML 502, a stop while waiting out a Retry-After, a body
+that is not a stream, an answer past its bound, tool parameters that are
+not JSON, an unreachable server and an unset API key variable; then the daemon's embedded agents with provider openai run a
 peer's request whose model calls the router's send_message tool, the signed
 response carrying the answer, and one whose model answers the request itself
 with send_response (the request's id given in a system message), which
@@ -15,12 +18,13 @@ log."""
 import json
 import os
 import sys
+import time
 
 import cbor2
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_openai import FakeOpenAI  # noqa: E402
-from mdp_broker import Broker, turn  # noqa: E402
+from mdp_broker import Broker, tool, turn  # noqa: E402
 from peer import Daemon, Peer, Results, check, free_port, wait_metric  # noqa: E402
 from test_workers import AckServer, send  # noqa: E402
 
@@ -126,6 +130,85 @@ def main():
             events, final = run("slow")
             check(final["type"] == "error" and "no data from the server for 3000 ms" in final["message"], final)
 
+        def reasoning_is_thinking():
+            events, final = run("think")
+            check([e["text"] for e in events if e["type"] == "thinking"] == ["pondering", " more"], events)
+            check(final["type"] == "done" and final["full_response"] == "thought", final)
+
+        def error_chunk_without_message():
+            # An error object with no message, then [DONE] (as llama.cpp and
+            # vLLM end a failed stream): a provider error, not an empty answer.
+            events, final = run("errorobj")
+            check(chunks(events) == "partly", events)
+            check(final["type"] == "error" and final["code"] == "PROVIDER_ERROR", final)
+            check(final["message"] == "openai: the server sent an error without a message", final)
+
+        def reset_mid_stream():
+            # Text went out: the reset is an error, and no attempt follows.
+            fake.reset_go.clear()
+            events, final = run("reset", lambda w, ev: ev["type"] == "chunk" and fake.reset_go.set())
+            check(chunks(events) == "partly", events)
+            check(final["type"] == "error" and final["code"] == "PROVIDER_ERROR", final)
+            check(final["message"].startswith("openai: ") and "after" not in final["message"], final)
+            check(len(fake.requests_for("reset")) == 1, len(fake.requests_for("reset")))
+
+        def hangup_without_answer():
+            events, final = run("hangup")
+            check(final["type"] == "error" and final["code"] == "PROVIDER_ERROR", final)
+            check(final["message"].startswith("openai: "), final)
+
+        def client_error_not_retried():
+            events, final = run("badrequest")
+            check(final["type"] == "error" and final["code"] == "PROVIDER_ERROR", final)
+            check(final["message"] == "openai: HTTP 400: Unrecognized request argument", final)
+            check(len(fake.requests_for("badrequest")) == 1, len(fake.requests_for("badrequest")))
+
+        def html_error_page():
+            # Not JSON: the body's start, on one line, after every attempt.
+            events, final = run("html")
+            check(final["type"] == "error" and final["code"] == "PROVIDER_ERROR", final)
+            check(final["message"].startswith("openai: HTTP 502: <html>") and "\n" not in final["message"] and
+                  final["message"].endswith("(after 3 attempts)"), final)
+            check(len(fake.requests_for("html")) == 3, len(fake.requests_for("html")))
+
+        def stop_while_waiting_to_retry():
+            # A 503 asks for an hour (the client waits at most 60 s): a stop
+            # during the wait ends the turn at once, with no second attempt.
+            tid, body = turn("overload")
+
+            def stop(w, ev):
+                if ev["type"] == "llm_request":
+                    for _ in range(3000):  # until the 503 is written (a bound, not a timing)
+                        with fake.lock:
+                            if "overload" in fake.answered:
+                                break
+                        time.sleep(0.01)
+                    b.request(cbor2.dumps({"type": "stop", "turn_id": tid}), worker=w)
+            b.request(body)
+            events, final = b.collect(tid, stop)
+            check(final["type"] == "stopped", (events, final))
+            check(len(fake.requests_for("overload")) == 1, len(fake.requests_for("overload")))
+
+        def not_a_stream():
+            events, final = run("plainjson")
+            check(final["type"] == "error" and final["code"] == "PROVIDER_ERROR", final)
+            check("ended before [DONE] or a finish_reason" in final["message"], final)
+
+        def answer_past_its_bound():
+            events, final = run("huge")
+            check(final["type"] == "error" and final["code"] == "AGENT_ERROR", final)
+            check("the response grew past" in final["message"], final)
+            check(len(fake.requests_for("huge")) == 1, len(fake.requests_for("huge")))
+
+        def tool_parameters_not_json():
+            tid, body = turn("hello", tools=[tool("broken", params="{oops")])
+            n = len(fake.requests_for("hello"))
+            b.request(body)
+            events, final = b.collect(tid)
+            check(final["type"] == "error" and final["code"] == "PROVIDER_ERROR", final)
+            check(final["message"] == "openai: the parameters of tool broken are not JSON", final)
+            check(len(fake.requests_for("hello")) == n, "a request went out")
+
         def key_never_logged():
             agent.terminate()
             out, err = agent.communicate(timeout=30)
@@ -133,7 +216,10 @@ def main():
             check(KEY not in (out + err).decode(errors="replace"), "the API key was logged")
 
         for case in (text_streams_in_chunks, one_byte_at_a_time, tool_call_end_to_end, malformed_chunk,
-                     rate_limited_then_ok, server_errors, stop_mid_stream, idle_timeout, key_never_logged):
+                     rate_limited_then_ok, server_errors, stop_mid_stream, idle_timeout, reasoning_is_thinking,
+                     error_chunk_without_message, reset_mid_stream, hangup_without_answer,
+                     client_error_not_retried, html_error_page, stop_while_waiting_to_retry, not_a_stream,
+                     answer_past_its_bound, tool_parameters_not_json, key_never_logged):
             results.run(case)
 
         def unset_key_is_init_failed():
