@@ -1,7 +1,7 @@
 /* tests/openai_error_test.c — the reader of a non-200 chat-completions body
  * (agent/openai_error.c): the message of real OpenAI-compatible error
  * bodies, the fallbacks, and every bound (length, one line, UTF-8, nesting,
- * bodies that are not NUL-terminated or hold a NUL). */
+ * bodies that are not NUL-terminated or hold a NUL), and out of memory. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "agent/openai_error.h"
+#include "alloc_fail.h"
 #include "proto/utf8.h"
 
 /* The message of a NUL-terminated body, into a static buffer. */
@@ -141,6 +142,21 @@ static void test_deep_nesting(void **state)
                         "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[");
 }
 
+/* Out of memory for the copy yajl reads: the body's own start, as for a
+ * body that is not JSON, still one line; nothing leaks. */
+static void test_without_memory(void **state)
+{
+    (void) state;
+    const char body[] = "{\"error\":{\"message\":\"slow down\"}}\n";
+    char out[320];
+    alloc_fail_arm(0);
+    agent_oai_error_message(body, sizeof body - 1, out, sizeof out);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_string_equal(out, "{\"error\":{\"message\":\"slow down\"}}");
+    agent_oai_error_message(body, sizeof body - 1, out, sizeof out);
+    assert_string_equal(out, "slow down");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -149,6 +165,7 @@ int main(void)
         cmocka_unit_test(test_bounds),
         cmocka_unit_test(test_not_terminated),
         cmocka_unit_test(test_deep_nesting),
+        cmocka_unit_test(test_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
