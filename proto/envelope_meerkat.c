@@ -155,12 +155,24 @@ static int s_block(const cbor_item_t *b, const char *path, char *why, size_t cap
         return s_only(b, k, path, why, cap) || s_need_text(b, "text", path, why, cap) ? -1 : 0;
     }
     if (s_key_is(type, "image") || s_key_is(type, "video")) {
+        /* Meerkat flattens ImageData / VideoData into the block, tagged by
+         * "source": each source has its own field, and the other source's
+         * field is one its struct drops like any unknown one. */
+        static const char *const k_image_inline[] = {"type", "media_type", "source", "data", NULL};
+        static const char *const k_image_blob[] = {"type", "media_type", "source", "blob_id", NULL};
+        static const char *const k_video_inline[] = {"type", "media_type", "duration_ms", "source",
+                                                     "data", NULL};
+        static const char *const k_video_uri[] = {"type", "media_type", "duration_ms", "source",
+                                                  "uri", NULL};
         bool video = s_key_is(type, "video");
-        static const char *const ki[] = {"type", "media_type", "source", "data", "blob_id", NULL};
-        static const char *const kv[] = {"type", "media_type", "duration_ms", "source", "data",
-                                         "uri", NULL};
-        if (s_only(b, video ? kv : ki, path, why, cap) ||
-            s_need_text(b, "media_type", path, why, cap))
+        const cbor_item_t *src = s_get(b, "source");
+        bool inline_src = src && s_key_is(src, "inline");
+        if (!inline_src && !(src && s_key_is(src, video ? "uri" : "blob")))
+            return s_fail(why, cap, "%s.source: expected \"inline\" or \"%s\"", path,
+                          video ? "uri" : "blob");
+        const char *const *known = video ? (inline_src ? k_video_inline : k_video_uri)
+                                         : (inline_src ? k_image_inline : k_image_blob);
+        if (s_only(b, known, path, why, cap) || s_need_text(b, "media_type", path, why, cap))
             return -1;
         if (video) {
             const cbor_item_t *d = s_get(b, "duration_ms");
@@ -168,16 +180,7 @@ static int s_block(const cbor_item_t *b, const char *path, char *why, size_t cap
                 return s_fail(why, cap, "%s.duration_ms: Meerkat requires an unsigned integer",
                               path);
         }
-        const cbor_item_t *src = s_get(b, "source");
-        const char *field = NULL;
-        if (src && s_key_is(src, "inline"))
-            field = "data";
-        else if (src && s_key_is(src, video ? "uri" : "blob"))
-            field = video ? "uri" : "blob_id";
-        if (!field)
-            return s_fail(why, cap, "%s.source: expected \"inline\" or \"%s\"", path,
-                          video ? "uri" : "blob");
-        return s_need_text(b, field, path, why, cap);
+        return s_need_text(b, inline_src ? "data" : video ? "uri" : "blob_id", path, why, cap);
     }
     if (s_key_is(type, "structured")) {
         static const char *const k[] = {"type", "data", NULL};
