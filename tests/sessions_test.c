@@ -6,7 +6,10 @@
  * what it refused, and says so; the bounds keep each session's newest
  * messages, refuse a new session past sessions_max, say when the octets
  * are spent, and count the same after a restart, a failed commit and an
- * upgrade from a state.db without counts. */
+ * upgrade from a state.db without counts; the job queue at its bound refuses
+ * each kind of job at once and loses nothing it accepted; a COMMIT whose
+ * fsync fails takes back its batch; queries that fail answer each job's
+ * typed failure (503 JSON for the HTTP API), logged with SQLite's reason. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +24,7 @@
 
 #include "alloc_fail.h"
 #include "vfs_fail.h"
+#include "router/log.h"
 #include "router/net/loop.h"
 #include "router/workers/history_cache.h"
 #include "router/workers/sessions.h"
@@ -741,6 +745,235 @@ static void test_bounds_upgrade_on_full_disk(void **state)
     s_finish(dir, &e);
 }
 
+/* The job queue at its bound (ROUTER_SESSIONS_JOBS_MAX), the thread held
+ * in a COMMIT's fsync (a slow disk): every job past the bound is refused
+ * at once with -1 and counted, its callback never runs; a refused append
+ * leaves nothing behind in the cache, a refused history read leaves no
+ * load pending; and every job that was accepted is stored once the disk
+ * moves again, in order. */
+static void test_queue_at_its_bound(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    assert_int_equal(router_sessions_append(s, "a", "user", "first", 5, "t0"), 0);
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 0), 0);
+    s_wait(&e, 1); /* the cache holds "a" */
+
+    vfs_fail_hold(dir);
+    assert_int_equal(router_sessions_append(s, "a", "assistant", "held", 4, "t0"), 0);
+    for (int i = 0; i < 30000 && vfs_fail_held() == 0; i++) /* a bound, not a timing */
+        usleep(1000);
+    assert_int_equal(vfs_fail_held(), 1); /* the thread waits in its commit */
+
+    unsigned accepted = 0;
+    char word[16];
+    for (;;) {
+        int n = snprintf(word, sizeof word, "m%u", accepted);
+        if (router_sessions_append(s, "a", "user", word, (size_t) n, "t1") != 0)
+            break;
+        accepted++;
+        assert_true(accepted <= ROUTER_SESSIONS_JOBS_MAX);
+    }
+    assert_int_equal(accepted, ROUTER_SESSIONS_JOBS_MAX);
+    assert_int_equal(router_sessions_failures(s), 1);
+    /* Each kind of job is refused the same way. */
+    assert_int_equal(router_sessions_history(s, "cold", 10, s_on_history, &e, 1), -1);
+    assert_int_equal(router_sessions_open(s, "b", "name", s_on_open, &e, 1), -1);
+    assert_int_equal(router_sessions_list_json(s, 10, s_on_json, &e, 1), -1);
+    assert_int_equal(router_sessions_get_json(s, "a", 1, s_on_json, &e, 1), -1);
+    assert_int_equal(router_sessions_delete(s, "a", s_on_json, &e, 1), -1);
+    assert_int_equal(router_sessions_failures(s), 6);
+    /* The refused append made the cache forget "a": a read of it waits its
+     * turn behind the queue (a cache hit is no job, and it would have
+     * served the refused message). */
+    assert_int_equal(router_sessions_history(s, "a", 1, s_on_history, &e, 2), -1);
+    assert_int_equal(router_sessions_failures(s), 7);
+
+    vfs_fail_hold(NULL);
+    /* The thread counts each append as it runs it: once it counts past
+     * the two before the hold, it has taken the whole queue. */
+    uint64_t n = 0, bytes = 0;
+    for (int i = 0; i < 30000 && bytes <= COST(5) + COST(4); i++) { /* a bound, not a timing */
+        router_sessions_usage(s, &n, &bytes);
+        usleep(1000);
+    }
+    assert_true(bytes > COST(5) + COST(4));
+    assert_int_equal(router_sessions_history(s, "cold", 10, s_on_history, &e, 3), 0);
+    assert_int_equal(router_sessions_get_json(s, "a", 1, s_on_json, &e, 4), 0);
+    assert_int_equal(router_sessions_list_json(s, 10, s_on_json, &e, 5), 0);
+    s_wait(&e, 4);
+    assert_int_equal(e.rc[1], 0); /* never called for tag 1 */
+    assert_int_equal(e.rc[3], 0);
+    assert_string_equal(e.text[3], ""); /* no load was left pending for "cold" */
+    assert_int_equal(e.status[4], 200);
+    char want[64];
+    snprintf(want, sizeof want, "\"message_count\":%u,", ROUTER_SESSIONS_JOBS_MAX + 2);
+    if (!strstr(e.json[4], want))
+        fail_msg("%s lacks %s", e.json[4], want);
+    snprintf(want, sizeof want, "\"content\":\"m%u\"", ROUTER_SESSIONS_JOBS_MAX - 1);
+    assert_non_null(strstr(e.json[4], want));
+    assert_int_equal(e.status[5], 200);
+    assert_non_null(strstr(e.json[5], "{\"sessions\":[{\"id\":\"a\",\"name\":\"\","));
+    assert_null(strstr(e.json[5], "\"b\""));
+    assert_int_equal(router_sessions_failures(s), 7); /* and nothing failed after */
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
+/* A COMMIT whose fsync fails (tests/vfs_fail.h): the batch is taken back
+ * whole and counted, the cache forgets its sessions, a session the batch
+ * made is not kept; the store goes on serving, and a restart finds what
+ * the database answered before it. */
+static void test_commit_fsync_fails(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    assert_int_equal(router_sessions_append(s, "a", "user", "kept", 4, "t1"), 0);
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 0), 0);
+    s_wait(&e, 1);
+    s_expect_usage(s, 1, COST(4));
+
+    vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, -1);
+    assert_int_equal(router_sessions_append(s, "a", "assistant", "lost", 4, "t1"), 0);
+    assert_int_equal(router_sessions_append(s, "n", "user", "lost", 4, "t2"), 0);
+    assert_int_equal(router_sessions_delete(s, "a", s_on_json, &e, 1), 0);
+    s_wait(&e, 2);
+    assert_int_equal(e.status[1], 503);
+    assert_string_equal(e.json[1], "{\"error\":\"the session store failed\",\"code\":\"unavailable\"}");
+    assert_true(vfs_fail_failed(VFS_FAIL_SYNC) >= 2);
+    assert_int_equal(router_sessions_failures(s), 3);
+    vfs_fail_clear();
+    s_expect_usage(s, 1, COST(4));
+    assert_false(router_sessions_kept(s, "n"));
+
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 2), 0);
+    assert_int_equal(router_sessions_get_json(s, "n", 10, s_on_json, &e, 3), 0);
+    s_wait(&e, 4);
+    assert_int_equal(e.rc[2], 0);
+    assert_non_null(strstr(e.text[2], "user:kept@"));
+    assert_null(strstr(e.text[2], "lost"));
+    assert_int_equal(e.status[3], 404);
+    assert_int_equal(router_sessions_append(s, "a", "assistant", "again", 5, "t3"), 0);
+    router_sessions_destroy(&s);
+
+    s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
+    assert_non_null(s);
+    s_expect_usage(s, 1, COST(4) + COST(5));
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 4), 0);
+    s_wait(&e, 5);
+    assert_non_null(strstr(e.json[4], "\"message_count\":2"));
+    assert_null(strstr(e.json[4], "lost"));
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
+/* The store's log lines, as the tap (router/log.h) sees them. */
+static char s_log[4096];
+static size_t s_log_len;
+
+static void s_tap(router_log_level_t level, const char *module, const char *line, size_t len,
+                  void *ud)
+{
+    (void) level;
+    (void) ud;
+    if (strcmp(module, "sessions") == 0 && s_log_len + len < sizeof s_log) {
+        memcpy(s_log + s_log_len, line, len);
+        s_log_len += len;
+        s_log[s_log_len] = '\0';
+    }
+}
+
+/* Renames a table of state.db from another connection (as a damaged
+ * database would answer: the store's statements fail). */
+static void s_rename(const char *db, const char *from, const char *to)
+{
+    sqlite3 *side = NULL;
+    char sql[128];
+    snprintf(sql, sizeof sql, "ALTER TABLE %s RENAME TO %s", from, to);
+    assert_int_equal(sqlite3_open(db, &side), SQLITE_OK);
+    sqlite3_busy_timeout(side, 10000);
+    assert_int_equal(sqlite3_exec(side, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(side);
+}
+
+/* A database whose queries fail: every kind of job answers its typed
+ * failure — an open or a history read rc -1, the HTTP API 503 with the
+ * JSON error, a delete 503 that deletes nothing, an append not stored (the
+ * cache forgets the session) — each counted, and the store keeps serving:
+ * once the database answers again, what was stored before is all there. */
+static void test_store_fails_queries(void **state)
+{
+    (void) state;
+    static const char e503[] = "{\"error\":\"the session store failed\",\"code\":\"unavailable\"}";
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    s_log_len = 0;
+    s_log[0] = '\0';
+    router_log_set_tap(s_tap, NULL);
+    assert_int_equal(router_sessions_append(s, "a", "user", "kept", 4, "t1"), 0);
+    assert_int_equal(router_sessions_list_json(s, 10, s_on_json, &e, 0), 0);
+    s_wait(&e, 1);
+    assert_int_equal(e.status[0], 200);
+    assert_non_null(strstr(e.json[0], "\"id\":\"a\""));
+    assert_non_null(strstr(e.json[0], "\"message_count\":1}]}"));
+
+    /* The messages are out of reach; the sessions' rows are not. */
+    s_rename(db, "messages", "messages_away");
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 1), 0);
+    assert_int_equal(router_sessions_history(s, "uncached", 10, s_on_history, &e, 2), 0);
+    assert_int_equal(router_sessions_delete(s, "a", s_on_json, &e, 3), 0);
+    assert_int_equal(router_sessions_append(s, "a", "user", "not stored", 10, "t2"), 0);
+    assert_int_equal(router_sessions_list_json(s, 10, s_on_json, &e, 4), 0);
+    s_wait(&e, 5);
+    assert_int_equal(e.status[1], 503);
+    assert_string_equal(e.json[1], e503);
+    assert_int_equal(e.rc[2], -1);
+    assert_int_equal(e.status[3], 503);
+    assert_string_equal(e.json[3], e503);
+    assert_int_equal(e.status[4], 200); /* the sessions answer still */
+    assert_non_null(strstr(e.json[4], "\"message_count\":1}]}"));
+    assert_int_equal(router_sessions_failures(s), 4);
+    /* Each failure is logged with SQLite's reason (the read of a session
+     * said "not an error": its reason was read after a finalize reset it). */
+    router_log_set_tap(NULL, NULL);
+    if (strstr(s_log, "not an error") || !strstr(s_log, "session a: no such table: messages"))
+        fail_msg("%s", s_log);
+
+    /* Now the sessions' rows too. */
+    s_rename(db, "sessions", "sessions_away");
+    assert_int_equal(router_sessions_list_json(s, 10, s_on_json, &e, 5), 0);
+    assert_int_equal(router_sessions_open(s, "b", NULL, s_on_open, &e, 6), 0);
+    s_wait(&e, 7);
+    assert_int_equal(e.status[5], 503);
+    assert_string_equal(e.json[5], e503);
+    assert_int_equal(e.rc[6], -1);
+    assert_int_equal(router_sessions_failures(s), 6);
+
+    s_rename(db, "sessions_away", "sessions");
+    s_rename(db, "messages_away", "messages");
+    memset(&e.answers, 0, sizeof e - offsetof(env_t, answers));
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 0), 0);
+    assert_int_equal(router_sessions_open(s, "b", "bee", s_on_open, &e, 1), 0);
+    assert_int_equal(router_sessions_list_json(s, 10, s_on_json, &e, 2), 0);
+    s_wait(&e, 3);
+    assert_int_equal(e.rc[0], 0);
+    assert_non_null(strstr(e.text[0], "user:kept@"));
+    assert_null(strstr(e.text[0], "not stored"));
+    assert_int_equal(e.rc[1], 0);
+    assert_string_equal(e.text[1], "new:0:bee");
+    assert_int_equal(e.status[2], 200);
+    assert_non_null(strstr(e.json[2], "\"id\":\"a\""));
+    assert_non_null(strstr(e.json[2], "\"id\":\"b\""));
+    assert_int_equal(router_sessions_failures(s), 6);
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -756,6 +989,9 @@ int main(void)
         cmocka_unit_test(test_bounds_upgrade_old_state_db),
         cmocka_unit_test(test_bounds_prune_refused),
         cmocka_unit_test(test_bounds_upgrade_on_full_disk),
+        cmocka_unit_test(test_queue_at_its_bound),
+        cmocka_unit_test(test_commit_fsync_fails),
+        cmocka_unit_test(test_store_fails_queries),
     };
     if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
         return 1;

@@ -291,15 +291,17 @@ static void s_run_open(router_sessions_t *s, s_job_t *j)
     }
     const char *name = j->name ? j->name : "";
     bool made = false;
-    if (s_row_new(s, j->id, name, router_clock_wall_ms(), &made) != 0 ||
-        !(j->res_name = strdup(name)))
+    if (s_row_new(s, j->id, name, router_clock_wall_ms(), &made) != 0)
         return;
+    /* Counted as soon as the row is there, answered or not: it is
+     * committed with the batch either way. */
     if (made) {
         s->nsessions++;
         (void) router_session_ids_add(s->ids, j->id);
         s_publish(s);
     }
-    j->rc = 0;
+    if ((j->res_name = strdup(name)))
+        j->rc = 0;
 }
 
 /* Takes the oldest messages of a session out while it keeps more than the
@@ -461,31 +463,35 @@ static void s_gen_session(yajl_gen g, sqlite3_stmt *st)
     yajl_gen_integer(g, sqlite3_column_int64(st, 4));
 }
 
-static void s_take_json(yajl_gen g, s_job_t *j)
+/* The answer's text into j (status 200). -1: out of memory. */
+static int s_take_json(yajl_gen g, s_job_t *j)
 {
     const unsigned char *buf;
     size_t len;
-    if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok && (j->json = malloc(len + 1))) {
-        memcpy(j->json, buf, len);
-        j->json[len] = '\0';
-        j->json_len = len;
-        j->status = 200;
-    }
+    if (yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok || !(j->json = malloc(len + 1)))
+        return -1;
+    memcpy(j->json, buf, len);
+    j->json[len] = '\0';
+    j->json_len = len;
+    j->status = 200;
+    return 0;
 }
 
 static void s_run_json(router_sessions_t *s, s_job_t *j)
 {
     sqlite3_stmt *st = NULL;
+    const char *why = "out of memory"; /* unless SQLite's message says more */
     yajl_gen g = yajl_gen_alloc(NULL);
     j->status = 503;
     if (!g)
-        return;
+        goto done;
     const char *cols = "SELECT id, name, created_ms, updated_ms, message_count FROM sessions";
     char sql[256];
     if (j->kind == J_LIST)
         snprintf(sql, sizeof sql, "%s ORDER BY updated_ms DESC, id LIMIT ?", cols);
     else
         snprintf(sql, sizeof sql, "%s WHERE id=?", cols);
+    why = NULL;
     if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
         goto done;
     if (j->kind == J_LIST) {
@@ -503,7 +509,8 @@ static void s_run_json(router_sessions_t *s, s_job_t *j)
             goto done;
         yajl_gen_array_close(g);
         yajl_gen_map_close(g);
-        s_take_json(g, j);
+        if (s_take_json(g, j) != 0)
+            why = "out of memory";
         goto done;
     }
     sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
@@ -532,10 +539,18 @@ static void s_run_json(router_sessions_t *s, s_job_t *j)
     }
     yajl_gen_array_close(g);
     yajl_gen_map_close(g);
-    s_take_json(g, j);
+    if (s_take_json(g, j) != 0)
+        why = "out of memory";
 done:
+    /* Said before the finalize, which resets the db's message (a failed
+     * read of a session whose messages failed said "not an error"). */
+    if (j->status == 503)
+        ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: %s%s: %s",
+                   j->kind == J_LIST ? "the list of sessions" : "a read of session ",
+                   j->kind == J_LIST ? "" : j->id, why ? why : sqlite3_errmsg(s->db));
     sqlite3_finalize(st);
-    yajl_gen_free(g);
+    if (g)
+        yajl_gen_free(g);
 }
 
 /* A session and its messages, in a commit of their own, so the answer
@@ -607,7 +622,7 @@ static void s_run(router_sessions_t *s, s_job_t *j)
     if (j->rc != 0 || ((j->kind == J_LIST || j->kind == J_GET || j->kind == J_DELETE) &&
                        j->status == 503)) {
         atomic_fetch_add(&s->failures, 1);
-        if (j->kind != J_APPEND && j->kind != J_DELETE) /* those said why */
+        if (j->kind == J_OPEN || j->kind == J_HISTORY) /* the others said why */
             ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: %s", sqlite3_errmsg(s->db));
     }
 }
