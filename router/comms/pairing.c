@@ -385,7 +385,7 @@ void router_pairing_conn_data(router_pairing_conn_t *pc, const uint8_t *data, si
         int rc = router_pairing_msg_parse(pc->line, pc->len, &m, why, sizeof why);
         pc->len = 0;
         if (rc != 0) {
-            s_refuse(pc, "malformed", why);
+            s_refuse(pc, errno == ENOMEM ? "internal" : "malformed", why);
             return;
         }
         if (pc->state == S_AWAIT_HELLO && m.kind == ROUTER_PAIRING_HELLO)

@@ -2,6 +2,8 @@
  * bounded) and the password proof. */
 #include "router/comms/pairing_msg.h"
 
+#include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,21 @@ static int s_fail(char *why, size_t cap, const char *msg)
 {
     snprintf(why, cap, "%s", msg);
     return -1;
+}
+
+/* True when the JSON text has a \u0000 escape. yajl's tree hands strings
+ * back NUL-terminated without their length, so one would cut a field short
+ * unseen (a name, an address the proof covers). A backslash appears in
+ * JSON only inside a string, paired with what it escapes. */
+static bool s_has_nul_escape(const char *s, size_t n)
+{
+    for (size_t i = 0; i + 1 < n; i++)
+        if (s[i] == '\\') {
+            if (s[i + 1] == 'u' && n - i >= 6 && memcmp(s + i + 2, "0000", 4) == 0)
+                return true;
+            i++;
+        }
+    return false;
 }
 
 /* obj[path] as a string copied into out[cap]; -1 when absent, not a string,
@@ -32,10 +49,13 @@ static int s_copy(yajl_val obj, const char **path, char *out, size_t cap)
     return 0;
 }
 
+/* On -1, errno tells the caller whose fault it was: EINVAL the line's
+ * (refused "malformed"), ENOMEM ours (the line may be fine: "internal"). */
 int router_pairing_msg_parse(const char *line, size_t len, router_pairing_msg_t *out, char *why,
                              size_t whycap)
 {
     memset(out, 0, sizeof *out);
+    errno = EINVAL;
     if (len > ROUTER_PAIRING_LINE_MAX)
         return s_fail(why, whycap, "line longer than 16 KiB");
     if (len && line[len - 1] == '\n')
@@ -44,16 +64,22 @@ int router_pairing_msg_parse(const char *line, size_t len, router_pairing_msg_t 
         len--;
     if (memchr(line, '\0', len))
         return s_fail(why, whycap, "a NUL byte in the line");
+    if (s_has_nul_escape(line, len))
+        return s_fail(why, whycap, "a NUL character (\\u0000) in a string");
     char *text = malloc(len + 1);
-    if (!text)
+    if (!text) {
+        errno = ENOMEM;
         return s_fail(why, whycap, "out of memory");
+    }
     memcpy(text, line, len);
     text[len] = '\0';
     char err[128] = "";
     yajl_val doc = yajl_tree_parse(text, err, sizeof err);
     free(text);
-    if (!doc)
+    if (!doc) {
+        errno = EINVAL; /* yajl's number reading may have changed it */
         return s_fail(why, whycap, "not JSON");
+    }
     int rc = -1;
     const char *p_kind[] = {"kind", NULL};
     char kind[40];
@@ -107,8 +133,10 @@ int router_pairing_msg_parse(const char *line, size_t len, router_pairing_msg_t 
     }
 done:
     yajl_tree_free(doc);
-    if (rc != 0)
+    if (rc != 0) {
         memset(out, 0, sizeof *out);
+        errno = EINVAL;
+    }
     return rc;
 }
 
