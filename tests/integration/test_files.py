@@ -6,6 +6,7 @@ refused at once (a FIFO used to hang start-up), and comms.event_address in
 every form WIRE §10 names."""
 
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -102,13 +103,16 @@ def run_kith(*args):
 
 def fifo_config_refused():
     home = tempfile.mkdtemp(prefix="kith-fifo-config-")
-    path = os.path.join(home, "config.json")
-    os.mkfifo(path, 0o600)
-    p = run_kith("daemon", "--home", home)
-    assert p.returncode == 1, (p.returncode, p.stderr)
-    assert f"{path}: not a regular file (a FIFO)" in p.stderr, p.stderr
-    p = run_kith("config", "check", path)
-    assert p.returncode == 1 and "not a regular file" in p.stderr, p.stderr
+    try:
+        path = os.path.join(home, "config.json")
+        os.mkfifo(path, 0o600)
+        p = run_kith("daemon", "--home", home)
+        assert p.returncode == 1, (p.returncode, p.stderr)
+        assert f"{path}: not a regular file (a FIFO)" in p.stderr, p.stderr
+        p = run_kith("config", "check", path)
+        assert p.returncode == 1 and "not a regular file" in p.stderr, p.stderr
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def fifo_trust_refused():
@@ -156,6 +160,7 @@ def event_address_forms():
     for part in ('"tcp://host:port"', '"host:port"', '"uds:///abs/path"', '"/abs/path"',
                  "host must be an IPv4 literal"):
         assert part in p.stderr, p.stderr
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def main():

@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 
@@ -26,9 +27,13 @@ from peer import KITH, Results, check  # noqa: E402
 TIMEOUT = 60
 
 
+MADE = []  # every Env's folder, removed when the test ends
+
+
 class Env:
     def __init__(self):
         self.tmp = tempfile.mkdtemp(prefix="kith-service-")
+        MADE.append(self.tmp)
         self.bin = os.path.join(self.tmp, "bin")
         self.xdg = os.path.join(self.tmp, "xdg")
         self.log = os.path.join(self.tmp, "systemctl.log")
@@ -321,4 +326,9 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        rc = main()
+    finally:
+        for d in MADE:
+            shutil.rmtree(d, ignore_errors=True)
+    sys.exit(rc)
