@@ -258,6 +258,11 @@ def main():
                 "kith audit tail: -n needs a value; see kith audit --help")
         refused(("audit", "tail", "--home", home, "-n", "x"),
                 "kith audit: -n must be a number from 0 to 1000; see kith audit --help")
+        # ... and joined to its value, as tail(1) takes it.
+        refused(("audit", "tail", "--home", home, "-nx"),
+                "kith audit: -n must be a number from 0 to 1000; see kith audit --help")
+        out, err = kith("audit", "tail", "--home", home, "-n5")
+        check(out == "" and err == "", (out, err))
 
     def envelope_io():
         home = os.path.join(tmp, "env")

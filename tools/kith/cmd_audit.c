@@ -170,7 +170,9 @@ int kith_cmd_audit(int argc, char **argv)
     };
     char cmdname[32];
     snprintf(cmdname, sizeof cmdname, "audit %s", verb);
-    /* -n N is tail's habit; the option parser knows long flags only. */
+    /* -n N (and -nN) is tail's habit; the option parser knows long flags
+     * only. */
+    char joined[32];
     for (int i = 2; i < argc; i++)
         if (!strcmp(argv[i], "-n")) {
             if (i + 1 == argc) { /* else the error would name --lines, not what was typed */
@@ -178,6 +180,9 @@ int kith_cmd_audit(int argc, char **argv)
                 return KITH_EXIT_FAIL;
             }
             argv[i] = (char *) "--lines";
+        } else if (!strncmp(argv[i], "-n", 2) && strlen(argv[i]) < sizeof joined - 8) {
+            snprintf(joined, sizeof joined, "--lines=%s", argv[i] + 2);
+            argv[i] = joined;
         }
     kith_opts_t o = {.argc = argc - 1, .argv = argv + 1, .cmd = cmdname, .help = "audit",
                      .longopts = flags};
