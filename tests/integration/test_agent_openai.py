@@ -48,7 +48,8 @@ def main():
     b = Broker()
     try:
         env = {KEY_ENV: KEY}
-        agent = b.spawn("--provider", "openai", "--base-url", fake.base_url, "--model", "fake-model",
+        # Trailing slashes on the base URL are dropped (WIRE §20.5).
+        agent = b.spawn("--provider", "openai", "--base-url", fake.base_url + "//", "--model", "fake-model",
                         "--api-key-env", KEY_ENV, "--threads", "2", "--idle-timeout-ms", "3000",
                         "--log-level", "debug", env=env)
         b.wait_ready(2)
@@ -66,6 +67,7 @@ def main():
             check(final["type"] == "done" and final["full_response"] == "Hello, world", final)
             check(final.get("tokens_used") == 21, final)
             req = fake.requests_for("hello")[-1]
+            check(req["path"] == "/v1/chat/completions", req["path"])
             check(req["headers"].get("Authorization") == "Bearer " + KEY, req["headers"])
             body = req["body"]
             check(body["stream"] is True and body["model"] == "fake-model", body)
