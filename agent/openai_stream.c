@@ -596,3 +596,8 @@ bool agent_oai_stream_emitted(const agent_oai_stream_t *s)
 {
     return s->emitted;
 }
+
+bool agent_oai_stream_done(const agent_oai_stream_t *s)
+{
+    return s->done;
+}

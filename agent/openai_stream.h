@@ -72,6 +72,10 @@ const char *agent_oai_stream_error(const agent_oai_stream_t *s);
 const char *agent_oai_stream_finish_reason(const agent_oai_stream_t *s);
 /* Whether any content or reasoning went out through the callbacks. */
 bool agent_oai_stream_emitted(const agent_oai_stream_t *s);
+/* Whether `data: [DONE]` has been read: nothing after it counts, so the
+ * caller need not wait for the body's end (a server or proxy that keeps
+ * it open would otherwise hold a finished answer until a timeout). */
+bool agent_oai_stream_done(const agent_oai_stream_t *s);
 
 /* Moves the assembled tool calls and token count into *out (after a
  * successful finish). A call without an id gets "call_<index>"; one without

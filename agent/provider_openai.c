@@ -49,6 +49,7 @@ typedef struct {
     uint64_t last_byte_ms;
     bool aborted;         /* the sink said stop */
     bool stream_failed;   /* the reader refused the body */
+    bool ended;           /* [DONE] was read: the rest of the body is not waited for */
 } s_xfer_t;
 
 static pthread_once_t s_curl_once = PTHREAD_ONCE_INIT;
@@ -171,6 +172,10 @@ static size_t s_on_body(char *p, size_t size, size_t nmemb, void *ud)
         x->stream_failed = true;
         return 0;
     }
+    if (agent_oai_stream_done(x->stream)) {
+        x->ended = true; /* the answer is whole: stop the transfer here */
+        return 0;
+    }
     return n;
 }
 
@@ -273,7 +278,7 @@ static s_x_rc_t s_exchange(s_openai_t *p, const char *body, size_t body_len, con
             snprintf(err, errcap, "openai: %s", curl_multi_strerror(mc));
             goto out;
         }
-        if (x.aborted || x.stream_failed || !running)
+        if (x.aborted || x.stream_failed || x.ended || !running)
             break;
         if (sink->yield(sink->ud, 0) < 0) {
             x.aborted = true;
@@ -306,6 +311,8 @@ static s_x_rc_t s_exchange(s_openai_t *p, const char *body, size_t body_len, con
     for (CURLMsg *m; (m = curl_multi_info_read(p->multi, &left));)
         if (m->msg == CURLMSG_DONE && m->easy_handle == x.easy)
             cc = m->data.result;
+    if (x.ended)
+        cc = CURLE_OK; /* stopped by s_on_body once [DONE] was read */
     if (cc != CURLE_OK) {
         snprintf(err, errcap, "openai: %s%s%s", curl_easy_strerror(cc), curl_err[0] ? ": " : "", curl_err);
         bool unreached = cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST ||

@@ -90,6 +90,7 @@ static void s_check_text_stream(agent_oai_rc_t rc, agent_oai_stream_t *s, s_out_
     assert_string_equal(o->thinking, "let me think");
     assert_string_equal(agent_oai_stream_finish_reason(s), "stop");
     assert_true(agent_oai_stream_emitted(s));
+    assert_true(agent_oai_stream_done(s));
     agent_completion_t c = {0};
     assert_int_equal(agent_oai_stream_take(s, &c), 0);
     assert_int_equal(c.n_calls, 0);
@@ -477,9 +478,29 @@ static void test_without_memory(void **state)
     assert_true(refused > 0);
 }
 
+/* [DONE] is seen once its event is whole (the blank line after it), so
+ * the provider can stop the transfer there. */
+static void test_done_is_seen(void **state)
+{
+    (void) state;
+    agent_oai_stream_t *s = agent_oai_stream_new(NULL);
+    assert_non_null(s);
+    static const char text[] = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n";
+    assert_int_equal(agent_oai_stream_feed(s, text, sizeof text - 1), AGENT_OAI_OK);
+    assert_false(agent_oai_stream_done(s));
+    static const char done[] = "data: [DONE]\n";
+    assert_int_equal(agent_oai_stream_feed(s, done, sizeof done - 1), AGENT_OAI_OK);
+    assert_false(agent_oai_stream_done(s));
+    assert_int_equal(agent_oai_stream_feed(s, "\n", 1), AGENT_OAI_OK);
+    assert_true(agent_oai_stream_done(s));
+    assert_int_equal(agent_oai_stream_finish(s), AGENT_OAI_OK);
+    agent_oai_stream_destroy(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_done_is_seen),
         cmocka_unit_test(test_text_any_split),     cmocka_unit_test(test_crlf_and_no_done),
         cmocka_unit_test(test_tool_calls_assembled), cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_bounds),             cmocka_unit_test(test_callback_stops),

@@ -246,6 +246,15 @@ class FakeOpenAI:
                     self.close_connection = True
                     self.wfile = open(os.devnull, "wb")
 
+            def s_doneopen(self, body, count):
+                # A whole answer, [DONE], and then the body is never ended
+                # (no last chunk): a proxy that keeps it open.
+                self.start_stream()
+                for e in text_stream(["held ", "open"]):
+                    self.piece(e)
+                for _ in range(600):  # until the client hangs up (or a minute)
+                    time.sleep(0.1)
+
             def s_slow(self, body, count):
                 self.start_stream()
                 self.piece(chunk({"content": "tick"}))

@@ -132,6 +132,13 @@ def main():
             events, final = run("slow")
             check(final["type"] == "error" and "no data from the server for 3000 ms" in final["message"], final)
 
+        def done_ends_the_answer():
+            # [DONE] ends the answer even when the server never ends the
+            # body (it would otherwise fail at the idle timeout).
+            events, final = run("doneopen")
+            check(final["type"] == "done" and final["full_response"] == "held open", final)
+            check(chunks(events) == "held open", events)
+
         def reasoning_is_thinking():
             events, final = run("think")
             check([e["text"] for e in events if e["type"] == "thinking"] == ["pondering", " more"], events)
@@ -218,8 +225,8 @@ def main():
             check(KEY not in (out + err).decode(errors="replace"), "the API key was logged")
 
         for case in (text_streams_in_chunks, one_byte_at_a_time, tool_call_end_to_end, malformed_chunk,
-                     rate_limited_then_ok, server_errors, stop_mid_stream, idle_timeout, reasoning_is_thinking,
-                     error_chunk_without_message, reset_mid_stream, hangup_without_answer,
+                     rate_limited_then_ok, server_errors, stop_mid_stream, idle_timeout,
+                     done_ends_the_answer, reasoning_is_thinking, error_chunk_without_message, reset_mid_stream, hangup_without_answer,
                      client_error_not_retried, html_error_page, stop_while_waiting_to_retry, not_a_stream,
                      answer_past_its_bound, tool_parameters_not_json, key_never_logged):
             results.run(case)
