@@ -51,7 +51,9 @@ typedef struct {
 } router_pairing_msg_t;
 
 /* Parses line[len] (one JSON object; a trailing newline is allowed).
- * Returns 0 with *out filled, or -1 with a short reason in why[whycap]. */
+ * Returns 0 with *out filled, or -1 with a short reason in why[whycap] and
+ * errno saying whose fault: EINVAL the line's (answered "malformed"),
+ * ENOMEM ours (the line may be fine: "internal"). */
 int router_pairing_msg_parse(const char *line, size_t len, router_pairing_msg_t *out, char *why,
                              size_t whycap) __attribute__((warn_unused_result));
 
