@@ -372,9 +372,12 @@ def main():
     os.makedirs(node.home, exist_ok=True)
     with open(os.path.join(node.home, "config.json"), "w") as f:
         json.dump({"gateway": {"port": port}}, f)
-    results.run(paircode_without_daemon)
-    results.run(paircode_against_a_wrong_server)
-    results.run(query_token_off_and_pairing_off)
+    try:
+        results.run(paircode_without_daemon)
+        results.run(paircode_against_a_wrong_server)
+        results.run(query_token_off_and_pairing_off)
+    finally:
+        shutil.rmtree(node.home, ignore_errors=True)  # made again above, after the cleanup
     return results.summary()
 
 
