@@ -183,7 +183,11 @@ static void s_get(const s_canvas_t *c, gateway_http_res_t *res)
 }
 
 /* The media type of a posted document: `type/subtype` of token characters,
- * parameters allowed; at most GATEWAY_CANVAS_TYPE_MAX octets. */
+ * parameters of printable ASCII allowed; at most GATEWAY_CANVAS_TYPE_MAX
+ * octets. HTTP lets obs-text (0x80..0xff) through a field value as opaque
+ * octets, but the type is handed back inside JSON and canvas frames, which
+ * must be UTF-8: one such octet would make every list unreadable and close
+ * every watcher 1007. */
 static bool s_type_ok(proto_http_slice_t t)
 {
     if (t.len == 0 || t.len > GATEWAY_CANVAS_TYPE_MAX)
@@ -202,7 +206,7 @@ static bool s_type_ok(proto_http_slice_t t)
     if (slash != 1 || t.ptr[i - 1] == '/')
         return false;
     for (; i < t.len; i++)
-        if ((unsigned char) t.ptr[i] < 0x20 || t.ptr[i] == 0x7f)
+        if ((unsigned char) t.ptr[i] < 0x20 || (unsigned char) t.ptr[i] >= 0x7f)
             return false;
     return true;
 }

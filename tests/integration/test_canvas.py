@@ -107,8 +107,20 @@ def main():
                 check(st == 400 and json.loads(body)["code"] == code, f"{path}: {st} {body}")
             st, _, body = request("POST", "/api/canvas/x", b"hi")
             check(st == 415, f"no Content-Type {st} {body}")
-            st, _, body = request("POST", "/api/canvas/x", b"hi", "nonsense")
-            check(st == 415, f"a bad Content-Type {st} {body}")
+            # Media types that are not `type/subtype` of token characters,
+            # with parameters of printable ASCII, at most 128 octets: 415,
+            # and nothing is posted.
+            for ctype in ("nonsense", "text", "/html", "text/", "text/ht ml", "a/b/c",
+                          ";x", "text/" + "h" * 124,
+                          b"text/plain; charset=\xff", "t\u00e9xt/plain".encode()):
+                st, _, body = request("POST", "/api/canvas/x", b"hi", ctype)
+                check(st == 415 and json.loads(body)["code"] == "unsupported_media_type",
+                      f"Content-Type {ctype!r}: {st} {body}")
+            st, _, body = request("GET", "/api/canvas/x")
+            check(st == 404, f"a refused post was kept: {st} {body}")
+            st, _, body = request("POST", "/api/canvas/x", b"hi", "text/" + "h" * 123)
+            check(st == 200, f"a 128-octet Content-Type {st} {body}")
+            request("DELETE", "/api/canvas/x")
             st, _, body = request("POST", "/api/canvas/x", b"\xff\xfe", "text/plain")
             check(st == 400 and json.loads(body)["code"] == "invalid_body", f"not UTF-8 {st}")
             st, _, body = request("POST", "/api/canvas/x", b"a\x00b", "text/plain")
