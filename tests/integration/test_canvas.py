@@ -8,9 +8,14 @@ watchers. Refusals: no token (401, before any upgrade), a bad id, no or a
 bad Content-Type (415), text that is not UTF-8, a document over the body
 limit (413), unknown canvases (404), and the bound on canvases (507 at
 256, room again once one is cleared). A document is only ever handed out
-inside JSON, never served as itself."""
+inside JSON, never served as itself. Sockets: a bad id is 400 before any
+upgrade; a canvas only watched counts among the 256 (a new socket past them
+is 503 canvas_full) but is not listed; a watcher that vanishes without a
+Close is forgotten; 1,024 sockets at once (the next is 503
+too_many_watchers); and 64 MiB of documents together (507 canvas_full)."""
 
 import asyncio
+import http.client
 import json
 import os
 import sys
@@ -124,14 +129,120 @@ def main():
             st, _, body = request("POST", "/api/canvas/x", b"\xff\xfe", "text/plain")
             check(st == 400 and json.loads(body)["code"] == "invalid_body", f"not UTF-8 {st}")
             st, _, body = request("POST", "/api/canvas/x", b"a\x00b", "text/plain")
-            check(st == 400, f"a NUL {st}")
-            st, _, _ = request("POST", "/api/canvas/x", b"x" * (1024 * 1024 + 1), "text/plain")
-            check(st == 413, f"over the body limit {st}")
+            check(st == 400 and json.loads(body)["code"] == "invalid_body", f"a NUL {st} {body}")
+            st, _, body = request("POST", "/api/canvas/x", b"x" * (1024 * 1024 + 1), "text/plain")
+            check(st == 413 and json.loads(body)["code"] == "body_too_large",
+                  f"over the body limit {st} {body}")
             for method in ("GET", "DELETE"):
                 st, _, body = request(method, "/api/canvas/nowhere")
                 check(st == 404 and json.loads(body)["code"] == "not_found", f"{method} {st}")
+                st, _, body = request(method, "/api/canvas/" + "y" * 129)
+                check(st == 400 and json.loads(body)["code"] == "invalid_canvas_id",
+                      f"{method} a long id {st} {body}")
             st, _, body = request("PUT", "/api/canvas/x", b"hi", "text/plain")
-            check(st == 405, f"PUT {st}")
+            check(st == 405 and json.loads(body)["code"] == "method_not_allowed", f"PUT {st} {body}")
+            st, _, body = request("GET", "/api/canvas")
+            check(st == 200 and json.loads(body) == {"canvases": []}, f"after refusals {body}")
+
+        def upgrade(cid, bearer=True):
+            """A WebSocket upgrade the server refuses: (status, JSON body)."""
+            c = http.client.HTTPConnection("127.0.0.1", node.gw_port, timeout=TIMEOUT)
+            headers = {"Upgrade": "websocket", "Connection": "Upgrade",
+                       "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                       "Sec-WebSocket-Version": "13"}
+            if bearer:
+                headers["Authorization"] = f"Bearer {token}"
+            c.request("GET", f"/ws/canvas/{cid}", headers=headers)
+            resp = c.getresponse()
+            data = resp.read()
+            c.close()
+            return resp.status, json.loads(data) if data else None
+
+        async def socket_refusals_and_bounds():
+            protos = [f"bearer.{token}"]
+            for cid, want in (("bad%20id", (400, "invalid_canvas_id")),
+                              ("z" * 129, (400, "invalid_canvas_id")),
+                              ("", (400, "invalid_canvas_id"))):
+                st, got = upgrade(cid)
+                check((st, got and got["code"]) == want, f"upgrade {cid!r}: {st} {got}")
+            st, got = upgrade("fine", bearer=False)
+            check(st == 401, f"upgrade without a token {st} {got}")
+            # 255 canvases posted and one only watched make 256: the watched
+            # one is not listed, and a new canvas is refused either way.
+            for i in range(255):
+                st, _, body = request("POST", f"/api/canvas/f{i}", b"x", "text/plain")
+                check(st == 200, f"canvas {i}: {st} {body}")
+            w = await websockets.connect(ws_url("watched"), subprotocols=protos, ping_interval=None)
+            check(await recv(w) == {"type": "empty", "id": "watched"}, "the watched one")
+            st, _, body = request("GET", "/api/canvas")
+            ids = {c["id"] for c in json.loads(body)["canvases"]}
+            check(st == 200 and len(ids) == 255 and "watched" not in ids, f"listed {len(ids)}")
+            st, got = upgrade("one-more")
+            check((st, got["code"]) == (503, "canvas_full"), f"a socket past 256 {st} {got}")
+            st, _, body = request("POST", "/api/canvas/one-more", b"x", "text/plain")
+            check(st == 507 and json.loads(body)["code"] == "canvas_full", f"post {st} {body}")
+            # The watched canvas is one of the 256: it can be posted to.
+            st, _, body = request("POST", "/api/canvas/watched", b"now", "text/plain")
+            check(st == 200 and json.loads(body)["watchers"] == 1, f"post watched {st} {body}")
+            check((await recv(w))["content"] == "now", "the watcher got the post")
+            # A watcher that vanishes (no Close) is forgotten; the daemon
+            # serves the others.
+            w.transport.abort()
+            request("DELETE", "/api/canvas/watched")
+            for _ in range(600):
+                st, _, body = request("POST", "/api/canvas/one-more", b"x", "text/plain")
+                if st == 200:
+                    break
+                await asyncio.sleep(0.05)
+            check(st == 200, f"room once the watcher left {st} {body}")
+            for i in range(255):
+                request("DELETE", f"/api/canvas/f{i}")
+            request("DELETE", "/api/canvas/one-more")
+            st, _, body = request("GET", "/api/canvas")
+            check(json.loads(body) == {"canvases": []}, f"all cleared {body}")
+
+        async def watchers_bounded():
+            """1,024 canvas sockets at once; the next is 503 too_many_watchers
+            and a post still reaches all of them."""
+            protos = [f"bearer.{token}"]
+            socks = []
+            try:
+                for _ in range(1024):
+                    socks.append(await websockets.connect(ws_url("crowd"), subprotocols=protos,
+                                                          ping_interval=None))
+                st, got = upgrade("crowd")
+                check((st, got["code"]) == (503, "too_many_watchers"), f"1025th {st} {got}")
+                st, got = upgrade("elsewhere")
+                check((st, got["code"]) == (503, "too_many_watchers"), f"elsewhere {st} {got}")
+                st, _, body = request("POST", "/api/canvas/crowd", b"all", "text/plain")
+                check(st == 200 and json.loads(body)["watchers"] == 1024, f"post {st} {body}")
+                firsts = await asyncio.gather(*(recv(s) for s in socks))
+                check(all(f == {"type": "empty", "id": "crowd"} for f in firsts), "empty first")
+                frames = await asyncio.gather(*(recv(s) for s in socks))
+                check(all(f["content"] == "all" for f in frames), "every watcher got the post")
+            finally:
+                await asyncio.gather(*(s.close() for s in socks))
+            request("DELETE", "/api/canvas/crowd")
+
+        def bytes_bounded():
+            """64 MiB of documents together: 64 canvases of 1 MiB fill it; one
+            more octet is 507 canvas_full, a same-size replacement is not."""
+            mib = b"m" * (1024 * 1024)
+            for i in range(64):
+                st, _, body = request("POST", f"/api/canvas/big{i}", mib, "text/plain")
+                check(st == 200, f"1 MiB #{i}: {st} {body}")
+            st, _, body = request("POST", "/api/canvas/small", b"x", "text/plain")
+            check(st == 507 and json.loads(body)["code"] == "canvas_full", f"past 64 MiB {st} {body}")
+            st, _, body = request("POST", "/api/canvas/big0", mib[:-1] + b"n", "text/plain")
+            check(st == 200 and json.loads(body)["version"] == 2, f"replaced {st} {body}")
+            st, _, body = request("GET", "/api/canvas/small")
+            check(st == 404, f"the refused canvas exists {st}")
+            request("DELETE", "/api/canvas/big1")
+            st, _, body = request("POST", "/api/canvas/small", b"x", "text/plain")
+            check(st == 200, f"room again {st} {body}")
+            for i in range(64):
+                request("DELETE", f"/api/canvas/big{i}")
+            request("DELETE", "/api/canvas/small")
 
         def bounded():
             for i in range(256):
@@ -152,6 +263,11 @@ def main():
         r.run(lambda: asyncio.run(no_token_no_upgrade()), name="no_token_no_upgrade")
         r.run(refusals)
         r.run(bounded)
+        r.run(lambda: asyncio.run(asyncio.wait_for(socket_refusals_and_bounds(), 180)),
+              name="socket_refusals_and_bounds")
+        r.run(lambda: asyncio.run(asyncio.wait_for(watchers_bounded(), 300)),
+              name="watchers_bounded")
+        r.run(bytes_bounded)
         r.stopped(node)
     finally:
         node.cleanup()
