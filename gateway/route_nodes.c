@@ -98,10 +98,17 @@ static void s_call_timeout(router_loop_t *loop, uint64_t id, void *ud)
 
 /* ---------------------------------------------------------------- nodes */
 
+/* A node in the registry: registered, and not being closed (a removed node
+ * leaves at its DELETE, not once its client answers the Close). */
+static bool s_node_listed(const s_node_t *n)
+{
+    return n->registered && !n->closing;
+}
+
 static s_node_t *s_node_find(gateway_nodes_t *self, const char *id, size_t len)
 {
     for (s_node_t *n = self->nodes; n; n = n->next)
-        if (n->registered && strlen(n->id) == len && !memcmp(n->id, id, len))
+        if (s_node_listed(n) && strlen(n->id) == len && !memcmp(n->id, id, len))
             return n;
     return NULL;
 }
@@ -306,7 +313,7 @@ static void s_list(const gateway_http_req_t *req, gateway_http_res_t *res, void 
         (void) yajl_gen_string(o.g, (const unsigned char *) "nodes", 5);
         (void) yajl_gen_array_open(o.g);
         for (const s_node_t *n = self->nodes; n; n = n->next) {
-            if (!n->registered)
+            if (!s_node_listed(n))
                 continue;
             (void) yajl_gen_map_open(o.g);
             s_node_members(&o, n);
@@ -426,10 +433,8 @@ static void s_one(const gateway_http_req_t *req, gateway_http_res_t *res, void *
     if (invoke) {
         s_invoke(self, n, req, res);
     } else if (gateway_http_req_method_is(req, "DELETE")) {
-        if (!n->closing) {
-            n->closing = true;
-            gateway_ws_close(n->ws, 1000, "removed by an operator");
-        }
+        n->closing = true; /* out of the registry from now on */
+        gateway_ws_close(n->ws, 1000, "removed by an operator");
         (void) gateway_http_respond_json(res, 200, "{\"removed\":true}");
     } else {
         router_json_obj_t o;

@@ -126,6 +126,15 @@ def main():
             ws, nid = await register("doomed", ["x"])
             st, body = request("DELETE", f"/api/nodes/{nid}")
             check(st == 200 and body == {"removed": True}, f"delete {st} {body}")
+            # Removed at once, before its client answers the Close (this
+            # loop, blocked in these requests, cannot answer it yet).
+            for method, path, body in (("GET", f"/api/nodes/{nid}", None),
+                                       ("DELETE", f"/api/nodes/{nid}", None),
+                                       ("POST", f"/api/nodes/{nid}/invoke", {"command": "x"})):
+                st, got = request(method, path, body)
+                check(st == 404 and got["code"] == "not_found", f"{method} after DELETE {st} {got}")
+            st, got = request("GET", "/api/nodes")
+            check(st == 200 and got == {"nodes": []}, f"listed after DELETE {got}")
             try:
                 await asyncio.wait_for(ws.recv(), TIMEOUT)
                 check(False, "still open after DELETE")
