@@ -9,19 +9,28 @@ node (its socket closes 1000) and a socket that never registers is closed
 1008 at the deadline (10 s). Refusals: no token (401, before any upgrade),
 bad frames (typed errors, the socket stays), results before register,
 unknown nodes and commands, bad invoke bodies, and the bound on calls
-waiting on one node (429 past 16)."""
+waiting on one node (429 past 16). Failure handling: every kind of junk
+frame answered with its code while the node stays registered and callable;
+a message over 1 MiB (1009) and text that is not UTF-8 (1007); a refused
+register registers nothing; a node that vanishes without a Close, or stops
+reading until its unsent bound cuts it, with calls waiting (503 node_gone);
+ids out of charset or length (404); every bad invoke body (400 with its
+code, 413 past 1 MiB); and 256 node sockets at once (503 too_many_nodes)."""
 
 import asyncio
 import http.client
 import json
 import os
+import struct
 import sys
 import threading
+import time
 
 import websockets
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results, api, check, pair_token  # noqa: E402
+from peer import (Conn, Daemon, Results, api, check, pair_token, ws_masked,  # noqa: E402
+                  ws_read_until, ws_server_frames)
 
 TIMEOUT = 60
 
@@ -35,8 +44,8 @@ def main():
         protos = ["kith.nodes.v1", f"bearer.{token}"]
 
         def request(method, path, body=None, bearer=True, ctype="application/json"):
-            """(status, JSON body): a dict body is sent as JSON."""
-            if isinstance(body, dict):
+            """(status, JSON body): a dict or list body is sent as JSON."""
+            if isinstance(body, (dict, list)):
                 body = json.dumps(body).encode()
             st, _, data = api(node, method, path, body, token if bearer else None,
                               ctype if body is not None else None)
@@ -219,6 +228,233 @@ def main():
             await socks[0][0].close()
             await socks[2][0].close()
 
+        def upgrade_refused():
+            """An upgrade of /ws/nodes the server refuses: (status, JSON body)."""
+            c = http.client.HTTPConnection("127.0.0.1", node.gw_port, timeout=TIMEOUT)
+            c.request("GET", "/ws/nodes", headers={
+                "Upgrade": "websocket", "Connection": "Upgrade",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13",
+                "Authorization": f"Bearer {token}"})
+            resp = c.getresponse()
+            data = resp.read()
+            c.close()
+            return resp.status, json.loads(data) if data else None
+
+        def raw_node(rcvbuf=None):
+            """A node on a raw socket (frames by hand): registered as "raw"
+            with the command "x"; returns (socket, id)."""
+            c = Conn(("127.0.0.1", node.gw_port), rcvbuf=rcvbuf)
+            c.send(("GET /ws/nodes HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: bearer.{token}\r\n"
+                    "\r\n").encode())
+            c.send(ws_masked(1, b'{"type":"register","name":"raw","commands":["x"]}'))
+            head, frames = ws_read_until(c.s, lambda f: len(f) >= 1)
+            check(head.startswith(b"HTTP/1.1 101") and len(frames) == 1, f"raw {head} {frames}")
+            return c.s, json.loads(frames[0][1])["id"]
+
+        def raw_close_code(s):
+            """Reads a raw node's socket (past its register answer) until the
+            server's Close; its code, or None when the connection ends first."""
+            data = b""
+            while True:
+                for op, payload in ws_server_frames(data):
+                    if op == 8:
+                        return struct.unpack(">H", payload[:2])[0]
+                chunk = s.recv(65536)
+                if not chunk:
+                    return None
+                data += chunk
+
+        async def junk_frames_keep_the_socket():
+            ws, nid = await register("junky", ["echo"])
+            deep = "[" * 40 + "]" * 40
+            for text, code in (
+                    ('{"type":"result","call_id":"k999999","ok":true}', "UNKNOWN_CALL"),
+                    ("[]", "INVALID_JSON"),
+                    ('"register"', "INVALID_JSON"),
+                    ('{"type":"result","call_id":"k1","ok":true} {}', "INVALID_JSON"),
+                    ('{"type":"register","type":"register"}', "INVALID_JSON"),
+                    ('{"type":"result","call_id":"k1","ok":true,"result":' + deep + "}",
+                     "INVALID_JSON"),
+                    ('{"type":"invoke","call_id":"k1"}', "UNKNOWN_MESSAGE_TYPE"),
+                    ('{"type":null}', "UNKNOWN_MESSAGE_TYPE"),
+                    ('{"type":"register","name":"x","commands":["a"],"meta":"m"}', "INVALID_FRAME"),
+                    ('{"type":"register","name":"x","commands":' + json.dumps(
+                        [f"c{i}" for i in range(65)]) + "}", "INVALID_FRAME"),
+                    ('{"type":"register","name":"x","commands":["' + "c" * 65 + '"]}',
+                     "INVALID_FRAME"),
+                    ('{"type":"register","name":"x","commands":[],"meta":{"k":"' + "m" * 16400 +
+                     '"}}', "INVALID_FRAME"),
+                    ('{"type":"result","call_id":"' + "k" * 65 + '","ok":true}', "INVALID_FRAME"),
+                    ('{"type":"result","call_id":"k1","ok":false,"error":"' + "e" * 1025 + '"}',
+                     "INVALID_FRAME")):
+                await ws.send(text)
+                e = await recv(ws)
+                check(e["type"] == "error" and e["code"] == code and e["message"],
+                      f"{text[:60]}: {e}")
+            # None of it changed the node, which still answers calls.
+            st, one = request("GET", f"/api/nodes/{nid}")
+            check(st == 200 and (one["name"], one["commands"], one["meta"]) ==
+                  ("junky", ["echo"], {}), f"after junk {one}")
+            t, out = invoke_async(nid, {"command": "echo", "timeout_ms": 300000})
+            inv = await recv(ws)
+            await ws.send(json.dumps({"type": "result", "call_id": inv["call_id"], "ok": True,
+                                      "result": None}))
+            t.join(TIMEOUT)
+            check(out == [(200, {"ok": True, "result": None})], f"after junk {out}")
+            # A message over 1 MiB is past the socket's bound: closed 1009,
+            # and the node leaves the registry.
+            await ws.send("x" * (1024 * 1024 + 1))
+            try:
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+                check(False, "a message over 1 MiB was taken")
+            except websockets.ConnectionClosed as e:
+                check(e.rcvd is not None and e.rcvd.code == 1009, f"over 1 MiB: {e}")
+            for _ in range(600):
+                st, one = request("GET", f"/api/nodes/{nid}")
+                if st == 404:
+                    break
+                await asyncio.sleep(0.05)
+            check(st == 404 and one["code"] == "not_found", f"after 1009 {st} {one}")
+            # A refused register registers nothing: a result is still early.
+            ws = await websockets.connect(url, subprotocols=protos, ping_interval=None)
+            await ws.send('{"type":"register","name":"","commands":[]}')
+            check((await recv(ws))["code"] == "INVALID_FRAME", "a bad first register")
+            await ws.send('{"type":"result","call_id":"k1","ok":true}')
+            check((await recv(ws))["code"] == "NOT_REGISTERED", "a result after a bad register")
+            st, got = request("GET", "/api/nodes")
+            check(got == {"nodes": []}, f"a refused register listed {got}")
+            await ws.close()
+            # Text that is not UTF-8 breaks the socket's own rules: 1007.
+            s, nid = raw_node()
+            s.sendall(ws_masked(1, b'{"type":"\xff"}'))
+            code = raw_close_code(s)
+            check(code == 1007, f"not UTF-8: closed {code}")
+            s.close()
+
+        async def vanished_mid_call():
+            """A node whose connection drops (no Close) with a call waiting:
+            the call is 503 node_gone, the node leaves, others are served."""
+            ws, nid = await register("vanishing", ["slow"])
+            other, oid = await register("staying", ["echo"])
+            t, out = invoke_async(nid, {"command": "slow"})
+            await recv(ws)
+            ws.transport.abort()
+            await ws.wait_closed()  # the socket is shut once this loop runs
+            t.join(TIMEOUT)
+            check(out and out[0][0] == 503 and out[0][1]["code"] == "node_gone", f"vanished {out}")
+            st, got = request("GET", "/api/nodes")
+            check(st == 200 and [n["id"] for n in got["nodes"]] == [oid], f"after {got}")
+            t, out = invoke_async(oid, {"command": "echo"})
+            inv = await recv(other)
+            await other.send(json.dumps({"type": "result", "call_id": inv["call_id"], "ok": True}))
+            t.join(TIMEOUT)
+            check(out == [(200, {"ok": True, "result": None})], f"the other node {out}")
+            await other.close()
+
+        def node_that_never_reads():
+            """A node that stops reading while 1 MiB invokes queue up is cut
+            at the socket's unsent bound (DESIGN §10): the invoke that meets
+            the bound, and every other waiting, is 503 node_gone (one made
+            after the node left is 404)."""
+            s, nid = raw_node(rcvbuf=4096)
+            big = {"command": "x", "params": "p" * (1000 * 1000), "timeout_ms": 300000}
+            calls = [invoke_async(nid, big) for _ in range(16)]
+            deadline = time.monotonic() + 120
+            while not any(out for _, out in calls) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            s.close()  # the client goes too: nothing waits for it
+            for t, _ in calls:
+                t.join(TIMEOUT)
+            answers = [(out[0][0], out[0][1]["code"]) if out else None for _, out in calls]
+            check(all(a in ((503, "node_gone"), (404, "not_found")) for a in answers) and
+                  (503, "node_gone") in answers, f"answers {answers}")
+            st, got = request("GET", "/api/nodes")
+            check(st == 200 and got == {"nodes": []}, f"after the cut {got}")
+
+        async def nodes_bounded():
+            """256 node sockets at once; the next upgrade is 503 too_many_nodes
+            until one leaves."""
+            socks = []
+            try:
+                for i in range(256):
+                    socks.append(await register(f"b{i}", ["x"]))
+                st, got = upgrade_refused()
+                check((st, got["code"]) == (503, "too_many_nodes"), f"257th {st} {got}")
+                st, got = request("GET", "/api/nodes")
+                check(len(got["nodes"]) == 256, f"listed {len(got['nodes'])}")
+                gone = socks.pop(0)[0]
+                gone.transport.abort()
+                await gone.wait_closed()
+                for _ in range(600):
+                    try:
+                        socks.append(await register("late", ["x"]))
+                        break
+                    except websockets.InvalidStatusCode as e:
+                        check(e.status_code == 503, f"while one leaves {e.status_code}")
+                        await asyncio.sleep(0.05)
+                check(socks[-1][1] != socks[0][1], "no room once one left")
+            finally:
+                await asyncio.gather(*(ws.close() for ws, _ in socks))
+
+        def rest_refusals():
+            """Ids out of charset or length, and every bad invoke body: the
+            exact status and code, and nothing reaches the node."""
+            async def go():
+                ws, nid = await register("strict", ["slow"])
+                for method, path in (("GET", "/api/nodes/" + "n" * 300),
+                                     ("GET", "/api/nodes/bad%20id"),
+                                     ("GET", "/api/nodes/"),
+                                     ("DELETE", "/api/nodes/" + nid.upper()),
+                                     ("DELETE", f"/api/nodes/{nid}x")):
+                    st, got = request(method, path)
+                    check((st, got["code"]) == (404, "not_found"), f"{method} {path}: {st} {got}")
+                c = http.client.HTTPConnection("127.0.0.1", node.gw_port, timeout=TIMEOUT)
+                c.request("DELETE", f"/api/nodes/{nid}/invoke",
+                          headers={"Authorization": f"Bearer {token}"})
+                resp = c.getresponse()
+                got = json.loads(resp.read())
+                c.close()
+                check((resp.status, got["code"], resp.getheader("Allow")) ==
+                      (405, "method_not_allowed", "POST"), f"DELETE invoke {resp.status} {got}")
+                st, got = request("POST", "/api/nodes", {"command": "slow"})
+                check((st, got["code"]) == (405, "method_not_allowed"), f"POST list {st} {got}")
+                for body, want in (
+                        ({"command": 5}, "invalid_body"),
+                        ({"command": None}, "invalid_body"),
+                        ({"params": {}}, "invalid_body"),
+                        (["slow"], "invalid_body"),
+                        ({"command": "slow", "timeout_ms": "100"}, "invalid_body"),
+                        ({"command": "slow", "timeout_ms": 1.5}, "invalid_body"),
+                        ({"command": "slow", "timeout_ms": -1}, "invalid_body"),
+                        ({"command": "slow", "timeout_ms": 300001}, "invalid_body"),
+                        ({"command": "slow", "timeout_ms": 2 ** 70}, "invalid_body"),
+                        ({"command": "SLOW"}, "unknown_command"),
+                        (b'{"command":"slow","command":"slow"}', "invalid_json"),
+                        (b'{"command":"slow"} {}', "invalid_json"),
+                        (b'{"command":"slow","params":' + b"[" * 40 + b"]" * 40 + b"}",
+                         "invalid_json"),
+                        (b'{"command":"sl\u0000ow"}', "invalid_json"),
+                        (b'{"command":"\xff"}', "invalid_json"),
+                        (b"", "invalid_json")):
+                    st, got = request("POST", f"/api/nodes/{nid}/invoke", body)
+                    check((st, got["code"]) == (400, want), f"{body!r}: {st} {got}")
+                st, got = request("POST", f"/api/nodes/{nid}/invoke",
+                                  b'{"command":"slow","params":"' + b"p" * (1024 * 1024) + b'"}')
+                check((st, got["code"]) == (413, "body_too_large"), f"over 1 MiB {st} {got}")
+                st, one = request("GET", f"/api/nodes/{nid}")
+                check(one["calls"] == 0, f"a refused invoke waits {one}")
+                # Nothing reached the node: the next frame it gets is this.
+                t, out = invoke_async(nid, {"command": "slow", "params": [1]})
+                inv = await recv(ws)
+                check(inv["params"] == [1], f"the node got {inv}")
+                await ws.send(json.dumps({"type": "result", "call_id": inv["call_id"],
+                                          "ok": True}))
+                t.join(TIMEOUT)
+                await ws.close()
+            run(go())
+
         def run(coro):
             return asyncio.run(asyncio.wait_for(coro, 180))
 
@@ -227,6 +463,11 @@ def main():
         r.run(lambda: run(no_token()), name="no_token")
         r.run(lambda: run(refusals_and_bounds()), name="refusals_and_bounds")
         r.run(lambda: run(many_nodes()), name="many_nodes")
+        r.run(lambda: run(junk_frames_keep_the_socket()), name="junk_frames_keep_the_socket")
+        r.run(lambda: run(vanished_mid_call()), name="vanished_mid_call")
+        r.run(node_that_never_reads)
+        r.run(lambda: run(nodes_bounded()), name="nodes_bounded")
+        r.run(rest_refusals)
 
         # The daemon stops with a node connected and a call waiting on it:
         # the node's socket is closed 1001 (going away), the waiting request
