@@ -1,7 +1,9 @@
 /* tests/trust_test.c — router/trust: fail-closed loading that names the bad
  * row (every class of bad row), duplicate PeerIds, duplicate names, lookups,
  * add/remove, atomic saves (and saves whose fsync or rename fails) and the
- * file-mode rule. */
+ * file-mode rule; router_trust_edit, the locked edit every writer uses
+ * (refusals and failures leave the file untouched, concurrent editors all
+ * land); and gateway/peer_row, the row POST /api/peers sends. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,9 +24,11 @@
 #include <sodium.h>
 
 #include "alloc_fail.h"
+#include "gateway/peer_row.h"
 #include "io_fail.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
+#include "router/state/home.h"
 #include "router/state/trust.h"
 
 /* Key pair n (deterministic: seed bytes all n). */
@@ -848,6 +853,310 @@ static void test_diff(void **state)
     router_trust_destroy(&after);
 }
 
+/* ------------------------------------------------------------ locked edits */
+
+/* What s_edit_add does: add peer `key` as `name`, or refuse with `refuse`. */
+typedef struct {
+    uint8_t key;
+    const char *name;
+    const char *refuse; /* non-NULL: return -1 with this error */
+    unsigned calls;     /* how often the edit ran */
+} s_edit_t;
+
+static int s_edit_add(router_trust_t *t, void *ud, char *err, size_t errcap)
+{
+    s_edit_t *e = ud;
+    e->calls++;
+    if (e->refuse) {
+        snprintf(err, errcap, "%s", e->refuse);
+        return -1;
+    }
+    uint8_t pk[32];
+    s_key(e->key, pk);
+    return router_trust_add(t, e->name, pk, "tcp://h:1", NULL, NULL, 0, err, errcap);
+}
+
+/* An edit is saved; the lock file it takes is left, 0600, beside it. */
+static void test_edit_saves(void **state)
+{
+    s_files_t *f = *state;
+    char err[ROUTER_TRUST_ERR_MAX] = "", lock[160];
+    s_edit_t e = {.key = 1, .name = "one"};
+    assert_int_equal(router_trust_edit(f->dir, s_edit_add, &e, err, sizeof err), 0);
+    e = (s_edit_t){.key = 2, .name = "two"};
+    assert_int_equal(router_trust_edit(f->dir, s_edit_add, &e, err, sizeof err), 0);
+    router_trust_t *t = router_trust_load(f->path, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(router_trust_count(t), 2);
+    router_trust_destroy(&t);
+    snprintf(lock, sizeof lock, "%s.lock", f->path);
+    struct stat st;
+    assert_int_equal(stat(lock, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+}
+
+/* An edit that refuses, or a duplicate PeerId, leaves the file as it was:
+ * the same bytes, the same inode (never rewritten). */
+static void test_edit_refused_leaves_the_file(void **state)
+{
+    s_files_t *f = *state;
+    char err[ROUTER_TRUST_ERR_MAX] = "";
+    s_edit_t e = {.key = 1, .name = "one"};
+    assert_int_equal(router_trust_edit(f->dir, s_edit_add, &e, err, sizeof err), 0);
+    char *before = s_slurp(f->path);
+    struct stat st0, st1;
+    assert_int_equal(stat(f->path, &st0), 0);
+    e = (s_edit_t){.key = 2, .name = "two", .refuse = "not today"};
+    assert_int_equal(router_trust_edit(f->dir, s_edit_add, &e, err, sizeof err), -1);
+    assert_string_equal(err, "not today");
+    e = (s_edit_t){.key = 1, .name = "one-again"}; /* the same key: the same PeerId */
+    assert_int_equal(router_trust_edit(f->dir, s_edit_add, &e, err, sizeof err), -1);
+    assert_non_null(strstr(err, "PeerId"));
+    e = (s_edit_t){.key = 3, .name = "bad name"};
+    assert_int_equal(router_trust_edit(f->dir, s_edit_add, &e, err, sizeof err), -1);
+    char *after = s_slurp(f->path);
+    assert_string_equal(after, before);
+    assert_int_equal(stat(f->path, &st1), 0);
+    assert_int_equal(st1.st_ino, st0.st_ino);
+    free(before);
+    free(after);
+}
+
+/* A file that does not load is never edited (nor rewritten). */
+static void test_edit_of_a_file_that_does_not_load(void **state)
+{
+    s_files_t *f = *state;
+    static const char broken[] = "{\"peers\": [{\"name\": \"x\"";
+    FILE *fp = fopen(f->path, "w");
+    assert_non_null(fp);
+    fputs(broken, fp);
+    fclose(fp);
+    assert_int_equal(chmod(f->path, 0600), 0);
+    char err[ROUTER_TRUST_ERR_MAX] = "";
+    s_edit_t e = {.key = 1, .name = "one"};
+    assert_int_equal(router_trust_edit(f->dir, s_edit_add, &e, err, sizeof err), -1);
+    assert_int_equal(e.calls, 0);
+    assert_non_null(strstr(err, f->path));
+    char *after = s_slurp(f->path);
+    assert_string_equal(after, broken);
+    free(after);
+}
+
+/* A save that fails (fsync: EIO) fails the edit; the old file stays whole. */
+static void test_edit_save_failure_keeps_the_file(void **state)
+{
+    s_files_t *f = *state;
+    char err[ROUTER_TRUST_ERR_MAX] = "";
+    s_edit_t e = {.key = 1, .name = "one"};
+    assert_int_equal(router_trust_edit(f->dir, s_edit_add, &e, err, sizeof err), 0);
+    char *before = s_slurp(f->path);
+    e = (s_edit_t){.key = 2, .name = "two"};
+    io_fail_arm(IO_FAIL_FSYNC, 0, EIO);
+    int rc = router_trust_edit(f->dir, s_edit_add, &e, err, sizeof err);
+    assert_int_equal(io_fail_disarm(), 1);
+    assert_int_equal(rc, -1);
+    assert_non_null(strstr(err, strerror(EIO)));
+    char *after = s_slurp(f->path);
+    assert_string_equal(after, before);
+    assert_int_equal(s_entries(f->dir), 2); /* the file and its lock: no temp file */
+    free(before);
+    free(after);
+}
+
+/* A home that cannot be made, a lock that cannot be opened, and a home
+ * path past PATH_MAX: refused with words, and the edit never runs. */
+static void test_edit_home_and_lock_failures(void **state)
+{
+    s_files_t *f = *state;
+    char err[ROUTER_TRUST_ERR_MAX] = "", home[192], lock[192];
+    s_edit_t e = {.key = 1, .name = "one"};
+    snprintf(home, sizeof home, "%s/plain", f->dir);
+    FILE *fp = fopen(home, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    snprintf(home, sizeof home, "%s/plain/home", f->dir);
+    assert_int_equal(router_trust_edit(home, s_edit_add, &e, err, sizeof err), -1);
+    assert_non_null(strstr(err, "cannot create"));
+    snprintf(lock, sizeof lock, "%s.lock", f->path);
+    assert_int_equal(mkdir(lock, 0700), 0); /* the lock's name taken by a directory */
+    assert_int_equal(router_trust_edit(f->dir, s_edit_add, &e, err, sizeof err), -1);
+    assert_non_null(strstr(err, "cannot lock"));
+    assert_int_equal(rmdir(lock), 0);
+    static char deep[ROUTER_PATH_MAX + 64];
+    memset(deep, 'd', sizeof deep - 1);
+    deep[0] = '/';
+    assert_int_equal(router_trust_edit(deep, s_edit_add, &e, err, sizeof err), -1);
+    assert_non_null(strstr(err, "too long"));
+    assert_int_equal(e.calls, 0);
+    assert_int_equal(access(f->path, F_OK), -1); /* nothing was written */
+}
+
+/* Editors on four threads at once, eight edits each: the lock serialises
+ * them, and every one of the 32 peers is in the file. */
+typedef struct {
+    const char *home;
+    uint8_t first;
+    int failed;
+} s_editor_t;
+
+static void *s_editor(void *arg)
+{
+    s_editor_t *ed = arg;
+    for (uint8_t i = 0; i < 8; i++) {
+        char name[16], err[ROUTER_TRUST_ERR_MAX];
+        snprintf(name, sizeof name, "p%u", (unsigned) (ed->first + i));
+        s_edit_t e = {.key = (uint8_t) (ed->first + i), .name = name};
+        if (router_trust_edit(ed->home, s_edit_add, &e, err, sizeof err) != 0)
+            ed->failed++;
+    }
+    return NULL;
+}
+
+static void test_edit_concurrent_editors_all_kept(void **state)
+{
+    s_files_t *f = *state;
+    pthread_t th[4];
+    s_editor_t ed[4];
+    for (int i = 0; i < 4; i++) {
+        ed[i] = (s_editor_t){.home = f->dir, .first = (uint8_t) (10 + 8 * i)};
+        assert_int_equal(pthread_create(&th[i], NULL, s_editor, &ed[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(ed[i].failed, 0);
+    }
+    char err[ROUTER_TRUST_ERR_MAX];
+    router_trust_t *t = router_trust_load(f->path, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(router_trust_count(t), 32);
+    router_trust_destroy(&t);
+}
+
+/* ------------------------------------------------------------ the REST row */
+
+/* gateway/peer_row: the body of POST /api/peers. */
+static int s_row(const char *body, gateway_peer_row_t *row, const char **code)
+{
+    char why[GATEWAY_PEER_ROW_WHY_MAX] = "";
+    *code = NULL;
+    int rc = gateway_peer_row_decode((const uint8_t *) body, strlen(body), row, code, why,
+                                     sizeof why);
+    if (rc != 0)
+        assert_true(why[0] && *code && !row->name && !row->nlabels);
+    return rc;
+}
+
+static void test_peer_row_decode(void **state)
+{
+    (void) state;
+    char body[1024];
+    gateway_peer_row_t row;
+    const char *code;
+    snprintf(body, sizeof body,
+             "{\"name\":\"alice\",\"pubkey\":\"%s\",\"addr\":\"tcp://h:1\",\"profile\":\"meerkat\","
+             "\"meta\":{\"description\":\"hers\",\"labels\":{\"team\":\"blue\",\"env\":\"\"}}}",
+             s_pub(1));
+    assert_int_equal(s_row(body, &row, &code), 0);
+    uint8_t pk[32];
+    s_key(1, pk);
+    assert_memory_equal(row.pk, pk, 32);
+    assert_string_equal(row.name, "alice");
+    assert_string_equal(row.addr, "tcp://h:1");
+    assert_string_equal(row.description, "hers");
+    assert_int_equal(row.profile, ROUTER_PEER_PROFILE_MEERKAT);
+    assert_int_equal(row.nlabels, 2);
+    assert_string_equal(row.labels[1].key, "env");
+    assert_string_equal(row.labels[1].value, "");
+    gateway_peer_row_clear(&row);
+    gateway_peer_row_clear(&row); /* idempotent */
+    /* Shape is checked here; the row's own rules are the store's. */
+    snprintf(body, sizeof body, "{\"name\":\"bad name\",\"pubkey\":\"%s\",\"addr\":\"nowhere\"}",
+             s_pub(1));
+    assert_int_equal(s_row(body, &row, &code), 0);
+    gateway_peer_row_clear(&row);
+    static const struct {
+        const char *tmpl; /* @PK: a good key */
+        const char *code;
+    } bad[] = {
+        {"{\"name\":\"a\",\"pubkey\":\"@PK\",\"addr\":\"tcp://h:1\"", "invalid_json"},
+        {"{\"name\":\"a\",\"name\":\"b\",\"pubkey\":\"@PK\",\"addr\":\"tcp://h:1\"}", "invalid_json"},
+        {"{\"name\":\"a\\u0000\",\"pubkey\":\"@PK\",\"addr\":\"tcp://h:1\"}", "invalid_json"},
+        {"{\"name\":\"a\",\"pubkey\":\"@PK\",\"addr\":\"tcp://h:1\",\"meta\":{\"labels\":"
+         "{\"k\":[\"v\"]}}}", "invalid_json"}, /* four deep */
+        {"[\"@PK\"]", "invalid_body"},
+        {"\"@PK\"", "invalid_body"},
+        {"{\"name\":\"a\",\"pubkey\":\"@PK\"}", "invalid_body"},
+        {"{\"name\":1,\"pubkey\":\"@PK\",\"addr\":\"tcp://h:1\"}", "invalid_body"},
+        {"{\"name\":\"a\",\"pubkey\":\"@PK\",\"addr\":null}", "invalid_body"},
+        {"{\"name\":\"a\",\"pubkey\":\"@PK\",\"addr\":\"tcp://h:1\",\"peer_id\":\"x\"}",
+         "invalid_body"},
+        {"{\"name\":\"a\",\"pubkey\":\"@PK\",\"addr\":\"tcp://h:1\",\"profile\":\"Kith\"}",
+         "invalid_body"},
+        {"{\"name\":\"a\",\"pubkey\":\"@PK\",\"addr\":\"tcp://h:1\",\"profile\":null}",
+         "invalid_body"},
+        {"{\"name\":\"a\",\"pubkey\":\"@PK\",\"addr\":\"tcp://h:1\",\"meta\":null}", "invalid_body"},
+        {"{\"name\":\"a\",\"pubkey\":\"@PK\",\"addr\":\"tcp://h:1\",\"meta\":{\"labels\":[]}}",
+         "invalid_body"},
+        {"{\"name\":\"a\",\"pubkey\":\"@PK\",\"addr\":\"tcp://h:1\",\"meta\":{\"labels\":"
+         "{\"a\":\"1\",\"b\":2}}}", "invalid_body"},
+        {"{\"name\":\"a\",\"pubkey\":\"x@PK\",\"addr\":\"tcp://h:1\"}", "invalid_pubkey"},
+        {"{\"name\":\"a\",\"pubkey\":\"@PK=\",\"addr\":\"tcp://h:1\"}", "invalid_pubkey"},
+        {"{\"name\":\"a\",\"pubkey\":\"ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\","
+         "\"addr\":\"tcp://h:1\",\"x\":\"@PK\"}", "invalid_body"}, /* members first */
+        {"{\"name\":\"a\",\"pubkey\":\"ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\","
+         "\"addr\":\"tcp://h:1\",\"meta\":{\"description\":\"@PK\"}}", "invalid_pubkey"}, /* 0 */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s_with_key(bad[i].tmpl, s_pub(1), body, sizeof body);
+        if (s_row(body, &row, &code) == 0) {
+            gateway_peer_row_clear(&row);
+            fail_msg("accepted %s", body);
+        }
+        if (strcmp(code, bad[i].code) != 0)
+            fail_msg("%s: %s, not %s", body, code, bad[i].code);
+    }
+    /* 64 labels fit; 65 do not. */
+    int n = snprintf(body, sizeof body,
+                     "{\"name\":\"a\",\"pubkey\":\"%s\",\"addr\":\"tcp://h:1\",\"meta\":{\"labels\":{",
+                     s_pub(1));
+    for (int i = 0; i < 64; i++)
+        n += snprintf(body + n, sizeof body - (size_t) n, "%s\"k%d\":\"v\"", i ? "," : "", i);
+    snprintf(body + n, sizeof body - (size_t) n, "}}}");
+    assert_int_equal(s_row(body, &row, &code), 0);
+    assert_int_equal(row.nlabels, 64);
+    gateway_peer_row_clear(&row);
+    snprintf(body + n, sizeof body - (size_t) n, ",\"k64\":\"v\"}}}");
+    assert_int_equal(s_row(body, &row, &code), -1);
+}
+
+/* Every allocation of a decode fails in turn: "unavailable" (never a fault
+ * of the body) or the row, and nothing leaks (LSan). */
+static void test_peer_row_without_memory(void **state)
+{
+    (void) state;
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"name\":\"alice\",\"pubkey\":\"%s\",\"addr\":\"tcp://h:1\","
+             "\"meta\":{\"description\":\"hers\",\"labels\":{\"team\":\"blue\",\"env\":\"x\"}}}",
+             s_pub(1));
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        gateway_peer_row_t row;
+        const char *code;
+        alloc_fail_arm(i);
+        int rc = s_row(body, &row, &code);
+        bool failed = alloc_fail_disarm() > 0;
+        if (rc != 0) {
+            if (!failed || strcmp(code, "unavailable") != 0)
+                fail_msg("run %ld: %s", i, code);
+            continue;
+        }
+        assert_int_equal(row.nlabels, 2);
+        gateway_peer_row_clear(&row);
+        if (!failed)
+            break;
+    }
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, s_setup, s_teardown)
 
 /* Every allocation of a parse fails in turn: each run refuses with an
@@ -906,8 +1215,16 @@ int main(void)
         T(test_group_writable_file_refused),
         T(test_load_error_names_file_and_row),
         T(test_fifo_refused),
+        T(test_edit_saves),
+        T(test_edit_refused_leaves_the_file),
+        T(test_edit_of_a_file_that_does_not_load),
+        T(test_edit_save_failure_keeps_the_file),
+        T(test_edit_home_and_lock_failures),
+        T(test_edit_concurrent_editors_all_kept),
         cmocka_unit_test(test_diff),
         cmocka_unit_test(test_parse_without_memory),
+        cmocka_unit_test(test_peer_row_decode),
+        cmocka_unit_test(test_peer_row_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
