@@ -1,8 +1,10 @@
 /* tests/node_frame_test.c — gateway/node_frame: the register and result
  * frames nodes send on /ws/nodes (WIRE §27), accepted and refused with the
- * code the socket answers, at each bound; and gateway_json_tree_parse, the
- * strict JSON parse it shares with the OpenClaw endpoint. */
+ * code the socket answers, at each bound and on either side of it, and
+ * without memory; and gateway_json_tree_parse, the strict JSON parse it
+ * shares with the OpenClaw endpoint. */
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "alloc_fail.h"
 #include "gateway/json_text.h"
 #include "gateway/node_frame.h"
 
@@ -173,6 +176,102 @@ static void test_tree_parse(void **state)
     yajl_tree_free(t);
 }
 
+/* Each bound at its edge: meta of 16 KiB as re-serialised, a name of 64
+ * octets counted as octets (not characters), a call id of 64, an error of
+ * 1024; one octet more of any is refused. */
+static void test_edges(void **state)
+{
+    (void) state;
+    gateway_node_frame_t f;
+    static char text[20000];
+    /* {"k":"…"} is the value's length plus 8. */
+    for (size_t v = 16376; v <= 16377; v++) {
+        int n = snprintf(text, sizeof text,
+                         "{\"type\":\"register\",\"name\":\"n\",\"commands\":[],\"meta\":{\"k\":\"");
+        memset(text + n, 'm', v);
+        snprintf(text + n + v, sizeof text - (size_t) n - v, "\"}}");
+        if (v == 16376) {
+            assert_int_equal(s_dec(text, &f), GATEWAY_NODE_OK);
+            assert_int_equal(strlen(f.meta), GATEWAY_NODE_META_MAX);
+            gateway_node_frame_clear(&f);
+        } else {
+            assert_int_equal(s_dec(text, &f), GATEWAY_NODE_INVALID_FRAME);
+        }
+    }
+    char name[200] = "";
+    for (int i = 0; i < 32; i++)
+        strcat(name, "\xc3\xa9"); /* é: 64 octets, 32 characters */
+    snprintf(text, sizeof text, "{\"type\":\"register\",\"name\":\"%s\",\"commands\":[]}", name);
+    assert_int_equal(s_dec(text, &f), GATEWAY_NODE_OK);
+    assert_string_equal(f.name, name);
+    gateway_node_frame_clear(&f);
+    snprintf(text, sizeof text, "{\"type\":\"register\",\"name\":\"%s\\u00e9\",\"commands\":[]}",
+             name);
+    assert_int_equal(s_dec(text, &f), GATEWAY_NODE_INVALID_FRAME);
+    assert_int_equal(s_dec("{\"type\":\"register\",\"name\":\"a\x7f\",\"commands\":[]}", &f),
+                     GATEWAY_NODE_INVALID_FRAME);
+    assert_int_equal(s_dec("{\"type\":\"register\",\"name\":5,\"commands\":[]}", &f),
+                     GATEWAY_NODE_INVALID_FRAME);
+    char id[80];
+    memset(id, 'k', 64);
+    id[64] = '\0';
+    snprintf(text, sizeof text, "{\"type\":\"result\",\"call_id\":\"%s\",\"ok\":true}", id);
+    assert_int_equal(s_dec(text, &f), GATEWAY_NODE_OK);
+    assert_string_equal(f.call_id, id);
+    gateway_node_frame_clear(&f);
+    snprintf(text, sizeof text, "{\"type\":\"result\",\"call_id\":\"%sk\",\"ok\":true}", id);
+    assert_int_equal(s_dec(text, &f), GATEWAY_NODE_INVALID_FRAME);
+    assert_int_equal(s_dec("{\"type\":\"result\",\"call_id\":7,\"ok\":true}", &f),
+                     GATEWAY_NODE_INVALID_FRAME);
+    int n = snprintf(text, sizeof text, "{\"type\":\"result\",\"call_id\":\"k1\",\"ok\":false,"
+                                        "\"error\":\"");
+    memset(text + n, 'e', 1024);
+    snprintf(text + n + 1024, sizeof text - (size_t) n - 1024, "\"}");
+    assert_int_equal(s_dec(text, &f), GATEWAY_NODE_OK);
+    assert_int_equal(strlen(f.error), 1024);
+    gateway_node_frame_clear(&f);
+    /* A failed call's result is not read; an ok call's error is not. */
+    assert_int_equal(s_dec("{\"type\":\"result\",\"call_id\":\"k1\",\"ok\":true,\"error\":5}", &f),
+                     GATEWAY_NODE_OK);
+    assert_string_equal(f.result, "null");
+    gateway_node_frame_clear(&f);
+    assert_true(gateway_node_token_ok("a", 1, 1));
+    assert_false(gateway_node_token_ok("ab", 2, 1));
+    assert_false(gateway_node_token_ok("", 0, 64));
+    assert_false(gateway_node_token_ok("a/b", 3, 64));
+}
+
+/* Every allocation of a decode fails in turn: INTERNAL (never the frame's
+ * fault) or the frame, and nothing leaks (LSan). */
+static void test_without_memory(void **state)
+{
+    (void) state;
+    static const char *const frames[] = {
+        "{\"type\":\"register\",\"name\":\"n\",\"commands\":[\"a\",\"b\"],"
+        "\"meta\":{\"os\":\"x\",\"v\":[1,2,{\"z\":null}]}}",
+        "{\"type\":\"register\",\"name\":\"n\",\"commands\":[]}",
+        "{\"type\":\"result\",\"call_id\":\"k1\",\"ok\":true,\"result\":{\"a\":[true,1.5,\"s\"]}}",
+        "{\"type\":\"result\",\"call_id\":\"k1\",\"ok\":true}",
+        "{\"type\":\"result\",\"call_id\":\"k1\",\"ok\":false,\"error\":\"no\"}",
+    };
+    for (size_t k = 0; k < sizeof frames / sizeof frames[0]; k++) {
+        for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+            gateway_node_frame_t f;
+            alloc_fail_arm(i);
+            gateway_node_reason_t r = s_dec(frames[k], &f);
+            bool failed = alloc_fail_disarm() > 0;
+            if (r != GATEWAY_NODE_OK) {
+                if (!failed || r != GATEWAY_NODE_NOMEM)
+                    fail_msg("frame %zu run %ld: %d", k, i, (int) r);
+                continue;
+            }
+            gateway_node_frame_clear(&f);
+            if (!failed)
+                break;
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -180,6 +279,8 @@ int main(void)
         cmocka_unit_test(test_result),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_tree_parse),
+        cmocka_unit_test(test_edges),
+        cmocka_unit_test(test_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
