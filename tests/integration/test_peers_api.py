@@ -8,9 +8,14 @@ at the same moment by the API and by `kith peers add` are all kept (one
 lock); and every refusal is typed: bad bodies, keys, names and addresses,
 a key trusted already (409), an unknown or ambiguous name, a node token
 (403), no token (401), a fifth edit while four wait for the file's lock
-(503 busy), and a file that does not load (500, nothing written)."""
+(503 busy), and a file that does not load (500, nothing written). No
+refusal touches trusted_peers.json (its bytes, inode and mtime stay) or
+stops the daemon serving the peers it trusts; two DELETEs of one peer at
+once are one 200 and one 404."""
 
+import base64
 import fcntl
+import http.client
 import json
 import os
 import sys
@@ -66,9 +71,18 @@ def main():
             check([p for p in stored() if p["name"] == "alice"] ==
                   [{k: v for k, v in got.items() if k != "peer_id"}], f"file {stored()}")
 
+        def on_disk():
+            """trusted_peers.json as it is on disk: bytes, inode, mtime."""
+            path = os.path.join(node.home, "trusted_peers.json")
+            st = os.stat(path)
+            with open(path, "rb") as f:
+                return f.read(), st.st_ino, st.st_mtime_ns
+
         def refusals_typed():
             bob = Peer()
             good = {"name": "bob", "pubkey": pubkey_text(bob.pk), "addr": "tcp://127.0.0.1:9"}
+            disk = on_disk()
+            small_order = "ed25519:" + base64.b64encode(bytes(32)).decode()
             cases = [
                 (b'{"name":', 400, "invalid_json"),
                 (b'["bob"]', 400, "invalid_body"),
@@ -88,26 +102,65 @@ def main():
                 ({**good, "name": "bob smith"}, 400, "invalid_peer"),
                 ({**good, "addr": "http://x"}, 400, "invalid_peer"),
                 ({**good, "pubkey": pubkey_text(alice.pk)}, 409, "peer_exists"),
+                (json.dumps(good).encode()[:-1] + b',"name":"twice"}', 400, "invalid_json"),
+                (json.dumps({**good, **{f"x{i}": 1 for i in range(81)}}).encode(), 400,
+                 "invalid_json"),
+                ({**good, "meta": {"labels": {"k": {"deep": "v"}}}}, 400, "invalid_json"),
+                (json.dumps(good).encode().replace(b"bob", b"b\\u0000b"), 400, "invalid_json"),
+                (json.dumps(good).encode().replace(b"bob", b"b\xffb"), 400, "invalid_json"),
+                (b"", 400, "invalid_json"),
+                ({**good, "pubkey": None}, 400, "invalid_body"),
+                ({**good, "addr": ["tcp://127.0.0.1:9"]}, 400, "invalid_body"),
+                ({**good, "meta": None}, 400, "invalid_body"),
+                ({**good, "pubkey": small_order}, 400, "invalid_pubkey"),
+                ({**good, "pubkey": pubkey_text(bob.pk).rstrip("=")}, 400, "invalid_pubkey"),
+                ({**good, "pubkey": pubkey_text(bob.pk)[8:]}, 400, "invalid_pubkey"),
+                ({**good, "name": ""}, 400, "invalid_peer"),
+                ({**good, "name": "b" * 65}, 400, "invalid_peer"),
+                ({**good, "addr": "tcp://127.0.0.1"}, 400, "invalid_peer"),
+                ({**good, "addr": "tcp://127.0.0.1:99999"}, 400, "invalid_peer"),
+                ({**good, "meta": {"labels": {"": "v"}}}, 400, "invalid_peer"),
+                ({**good, "meta": {"labels": {"k": "two\nlines"}}}, 400, "invalid_peer"),
+                ({**good, "name": "alice-twin", "pubkey": pubkey_text(alice.pk)}, 409,
+                 "peer_exists"),
             ]
             for body, want_st, code in cases:
                 st, got = call("POST", "/api/peers", body)
                 check(st == want_st and got["code"] == code, f"{body!r}: {st} {got}")
             st, got = call("POST", "/api/peers", json.dumps(good).encode(), ctype="text/plain")
-            check(st == 415, f"text/plain {st} {got}")
-            st, got = call("POST", "/api/peers", good, tok=None)
-            check(st == 401, f"no token {st} {got}")
+            check(st == 415 and got["code"] == "unsupported_media_type", f"text/plain {st} {got}")
+            st, got = call("POST", "/api/peers", {**good, "meta": {"description": "d" * (1 << 20)}})
+            check(st == 413 and got["code"] == "body_too_large", f"over 1 MiB {st} {got}")
             st, got = call("POST", "/api/tokens", {"scope": "node", "name": "n"})
             check(st == 201, f"mint {st} {got}")
-            st, got = call("POST", "/api/peers", good, tok=got["token"])
-            check(st == 403 and got["code"] == "forbidden", f"node token {st} {got}")
+            node_token = got["token"]
+            for method, path, body in (("POST", "/api/peers", good), ("GET", "/api/peers", None),
+                                       ("DELETE", "/api/peers/alice", None)):
+                st, got = call(method, path, body, tok=None)
+                check(st == 401 and got["code"] == "unauthorized", f"{method} no token {st} {got}")
+                st, got = call(method, path, body, tok=node_token)
+                check(st == 403 and got["code"] == "forbidden", f"{method} node token {st} {got}")
             for which, want_st, code in (("nobody", 404, "not_found"), ("a%20b", 404, "not_found"),
+                                         ("a" * 65, 404, "not_found"),
+                                         ("alice%2F..", 404, "not_found"),
                                          ("00000000-0000-0000-0000-000000000000", 404,
                                           "not_found")):
                 st, got = call("DELETE", f"/api/peers/{which}")
                 check(st == want_st and got["code"] == code, f"DELETE {which}: {st} {got}")
-            st, _, _ = api(node, "GET", "/api/peers/alice", token=token)
-            check(st == 405, f"GET one {st}")
+            for method in ("GET", "POST", "PUT"):
+                c = http.client.HTTPConnection("127.0.0.1", node.gw_port, timeout=60)
+                c.request(method, "/api/peers/alice", body=b"{}" if method != "GET" else None,
+                          headers={"Authorization": f"Bearer {token}",
+                                   "Content-Type": "application/json"})
+                resp = c.getresponse()
+                got = json.loads(resp.read())
+                c.close()
+                check((resp.status, got["code"], resp.getheader("Allow")) ==
+                      (405, "method_not_allowed", "DELETE"), f"{method} one {resp.status} {got}")
             check("bob" not in [p["name"] for p in stored()], "a refused row was written")
+            check(on_disk() == disk, "a refusal touched trusted_peers.json")
+            # The daemon serves on: the trusted peer is still acked.
+            check(send_one(node, alice, "after the refusals"), "alice refused after refusals")
 
         def concurrent_edits_all_kept():
             """Four API adds and four `kith peers add` at once: eight rows."""
@@ -159,6 +212,33 @@ def main():
             check(st == 200 and res["peer_id"] == state["alice_id"], f"alice {st} {res}")
             check(not send_one(node, alice, "after removal"), "a removed peer was acked")
             check("alice" not in [p["name"] for p in stored()], "alice still in the file")
+
+        def concurrent_removes_of_one_peer():
+            """Two DELETEs of one peer at once: one removes it (200), the other
+            finds nothing (404); a POST of another key at the same moment lands."""
+            p, q = Peer(), Peer()
+            st, got = call("POST", "/api/peers", {"name": "once", "pubkey": pubkey_text(p.pk),
+                                                  "addr": "tcp://127.0.0.1:9"})
+            check(st == 201, f"once {st} {got}")
+            out = []
+            jobs = [lambda: out.append(call("DELETE", "/api/peers/once")),
+                    lambda: out.append(call("DELETE", f"/api/peers/{got['peer_id']}")),
+                    lambda: out.append(call("POST", "/api/peers", {
+                        "name": "meanwhile", "pubkey": pubkey_text(q.pk),
+                        "addr": "tcp://127.0.0.1:9"}))]
+            threads = [threading.Thread(target=j) for j in jobs]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            got_codes = sorted((st, body.get("code", "ok")) for st, body in out)
+            check(got_codes == [(200, "ok"), (201, "ok"), (404, "not_found")], f"{out}")
+            names = [x["name"] for x in stored()]
+            check("once" not in names and "meanwhile" in names, f"file {names}")
+            check(not send_one(node, p, "removed"), "a removed peer was acked")
+            check(send_one(node, q, "added"), "a peer added meanwhile was refused")
+            st, got = call("DELETE", "/api/peers/meanwhile")
+            check(st == 200, f"tidy {st} {got}")
 
         def edits_bounded_while_the_file_is_locked():
             """`kith peers` (here: this test) holds the file's lock: edits
@@ -217,7 +297,7 @@ def main():
             check(after == before, f"before {before} after {after}")
 
         for fn in (added_is_trusted_at_once, refusals_typed, concurrent_edits_all_kept,
-                   removed_is_refused_at_once, edits_bounded_while_the_file_is_locked,
+                   removed_is_refused_at_once, concurrent_removes_of_one_peer, edits_bounded_while_the_file_is_locked,
                    unreadable_file_changes_nothing, survives_restart):
             r.run(fn)
         r.stopped(node)
