@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -354,6 +355,17 @@ static void s_accept_retry(router_loop_t *loop, uint64_t id, void *ud)
         router_listener_on_accept_error(l, -rc);
 }
 
+/* Whether a connection waits in l's queue. Linux reserves the new
+ * descriptor before it looks at the queue, so accept4() on a listener
+ * nobody is connecting to fails with EMFILE too; the io_uring backend
+ * tries every listener again after one restarts, and without this check
+ * each idle listener would log failures and pause as if it were flooded. */
+static bool s_pending(const router_listener_t *l)
+{
+    struct pollfd p = {.fd = l->fd, .events = POLLIN};
+    return poll(&p, 1, 0) != 0; /* ready, or poll itself failed: report the error */
+}
+
 bool router_listener_accept_burst(router_listener_t *l, int burst)
 {
     for (int i = 0; i < burst; i++) {
@@ -364,9 +376,12 @@ bool router_listener_accept_burst(router_listener_t *l, int burst)
             router_listener_on_accept(l, fd);
             continue;
         }
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
+        int err = errno;
+        if (err == EAGAIN || err == EWOULDBLOCK)
             return false;
-        router_listener_on_accept_error(l, errno);
+        if ((err == EMFILE || err == ENFILE) && !s_pending(l))
+            return false; /* nothing was waiting here: not this listener's failure */
+        router_listener_on_accept_error(l, err);
     }
     return true;
 }
