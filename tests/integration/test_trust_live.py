@@ -132,6 +132,25 @@ def broken_file_keeps_old_store(node, p):
         json.dump({"peers": [dict(row, pubkey="ed25519:AAAA")]}, f)
     node.wait_log("trust: reload (", count=errors + 2)
     assert send_one(node, p, "still trusted after a bad key")
+    # A bad address, and a file others may write: refused alike, each
+    # naming what is wrong, and the store in force is kept (no envelope
+    # sent: the rotation case below needs the admitted-envelope log line
+    # under its rate limit).
+    for rows, mode, needle in (([dict(row, addr="tcp://127.0.0.1")], 0o600, "addr"),
+                               ([row], 0o664, "writable")):
+        n = node.logs().count("trust: reload (")
+        fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, json.dumps({"peers": rows}).encode())
+        os.close(fd)
+        os.chmod(path + ".new", mode)
+        os.rename(path + ".new", path)
+        node.wait_log("trust: reload (", count=n + 1)
+        line = [ln for ln in node.logs().splitlines() if "trust: reload (" in ln][n]
+        assert needle in line and "keeping the 1 peers trusted before" in line, line
+    os.chmod(path, 0o600)  # the next case starts from a file that does not load
+    with open(path, "w") as f:
+        json.dump({"peers": [dict(row, pubkey="ed25519:AAAA")]}, f)
+    node.wait_log("trust: reload (", count=errors + 5)
 
 
 def deleted_file_is_empty_store(node, p):
