@@ -156,8 +156,8 @@ int router_guard_join(router_guard_t *g, router_guard_conn_t *gc, router_guard_k
         g->stats.refused_per_source[kind]++;
         router_metric_inc(g->m_refused[kind], 1);
         ROUTER_LOG(ROUTER_LOG_WARN, s_kind_names[kind],
-                   "connection from %s refused: reason=per_source (%u %s open from it)", src, cap,
-                   kind == ROUTER_GUARD_COMMS ? "unauthenticated" : "");
+                   "connection from %s refused: reason=per_source (%u%s open from it)", src, cap,
+                   kind == ROUTER_GUARD_COMMS ? " unauthenticated" : "");
         return -1;
     }
     case ROUTER_SOURCES_NOMEM: return -1;

@@ -8,6 +8,7 @@ the independent peer in peer.py; numbers are read from /metrics with curl.
 No timing is asserted: every wait is for an outcome, with a generous bound."""
 
 import os
+import re
 import signal
 import socket
 import struct
@@ -59,6 +60,16 @@ def ended(s, timeout=60):
         return "rst"
     except (TimeoutError, socket.timeout):
         return None
+
+
+def wait_re(node, pattern, timeout=60):
+    """Waits for a line matching pattern: the daemon logs from its own thread."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if re.search(pattern, node.logs()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} not in daemon log:\n{node.logs()[-3000:]}")
 
 
 def conn_from(node, src):
@@ -236,6 +247,8 @@ def event_connections_capped_and_timed():
         for _ in range(5):
             held.append(try_dial(node.event_port))
         wait_metric(node, EV_REFUSED, lambda v: v >= 1)
+        wait_re(node, r"events: connection from 127\.0\.0\.2:\d+ refused: reason=per_source "
+                      r"\(4 open from it\)")
         # Silent ones are cut at the first-line deadline.
         wait_metric(node, EV_DEADLINE, lambda v: v >= 4)
         # A line split over reads is held only while it is split.
