@@ -15,12 +15,16 @@ a message over 1 MiB (1009) and text that is not UTF-8 (1007); a refused
 register registers nothing; a node that vanishes without a Close, or stops
 reading until its unsent bound cuts it, with calls waiting (503 node_gone);
 ids out of charset or length (404); every bad invoke body (400 with its
-code, 413 past 1 MiB); and 256 node sockets at once (503 too_many_nodes)."""
+code, 413 past 1 MiB); 256 node sockets at once (503 too_many_nodes);
+1,024 calls waiting over all nodes (429 too_many_calls); and operators
+whose connections close while their calls wait."""
 
 import asyncio
 import http.client
 import json
 import os
+import re
+import socket
 import struct
 import sys
 import threading
@@ -398,6 +402,88 @@ def main():
             finally:
                 await asyncio.gather(*(ws.close() for ws, _ in socks))
 
+        def raw_invoke(nid, body):
+            """An invoke on a raw socket, sent and not read: the socket."""
+            data = json.dumps(body).encode()
+            c = socket.create_connection(("127.0.0.1", node.gw_port), timeout=TIMEOUT)
+            c.sendall((f"POST /api/nodes/{nid}/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                       f"Content-Length: {len(data)}\r\n\r\n").encode() + data)
+            return c
+
+        def read_answer(c):
+            """The status and JSON body of a raw socket's one answer."""
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = c.recv(65536)
+                check(chunk, f"closed before an answer: {data}")
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(body) < n:
+                body += c.recv(65536)
+            return int(head.split()[1]), json.loads(body[:n])
+
+        async def calls_bounded_over_all_nodes():
+            """1,024 calls may wait over all nodes (64 nodes, 16 each); the
+            next, on a node with room, is 429 too_many_calls; when the nodes
+            leave, every waiting call is 503 node_gone."""
+            socks = [await register(f"c{i}", ["wait"]) for i in range(65)]
+            waiting = []
+            try:
+                for ws, nid in socks[:64]:
+                    waiting += [raw_invoke(nid, {"command": "wait", "timeout_ms": 300000})
+                                for _ in range(16)]
+                total = 0
+                for _ in range(1200):
+                    st, got = request("GET", "/api/nodes")
+                    total = sum(n["calls"] for n in got["nodes"])
+                    if total == 1024:
+                        break
+                    await asyncio.sleep(0.05)
+                check(total == 1024, f"waiting {total}")
+                st, got = request("POST", f"/api/nodes/{socks[64][1]}/invoke", {"command": "wait"})
+                check((st, got["code"]) == (429, "too_many_calls"), f"the 1025th {st} {got}")
+            finally:
+                await asyncio.gather(*(ws.close() for ws, _ in socks))
+            answers = [read_answer(c) for c in waiting]
+            for c in waiting:
+                c.close()
+            check(all((st, got["code"]) == (503, "node_gone") for st, got in answers),
+                  f"answers {set((st, got['code']) for st, got in answers)}")
+
+        async def operator_gone_mid_call():
+            """The operator's connection closes while its call waits: the
+            node's later result (and another's timeout) end calls nobody
+            hears; the daemon serves on."""
+            ws, nid = await register("orphaned", ["x"])
+            c = raw_invoke(nid, {"command": "x"})
+            d = raw_invoke(nid, {"command": "x", "timeout_ms": 1})
+            inv = await recv(ws)
+            await recv(ws)
+            c.close()
+            d.close()
+            for _ in range(600):  # the timed-out one ends by itself
+                st, one = request("GET", f"/api/nodes/{nid}")
+                if one["calls"] == 1:
+                    break
+                await asyncio.sleep(0.05)
+            check(one["calls"] == 1, f"after the timeout {one}")
+            await ws.send(json.dumps({"type": "result", "call_id": inv["call_id"], "ok": True}))
+            for _ in range(600):
+                st, one = request("GET", f"/api/nodes/{nid}")
+                if one["calls"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+            check(st == 200 and one["calls"] == 0, f"after the result {one}")
+            t, out = invoke_async(nid, {"command": "x"})
+            inv = await recv(ws)
+            await ws.send(json.dumps({"type": "result", "call_id": inv["call_id"], "ok": True,
+                                      "result": 1}))
+            t.join(TIMEOUT)
+            check(out == [(200, {"ok": True, "result": 1})], f"served on {out}")
+            await ws.close()
+
         def rest_refusals():
             """Ids out of charset or length, and every bad invoke body: the
             exact status and code, and nothing reaches the node."""
@@ -468,6 +554,8 @@ def main():
         r.run(node_that_never_reads)
         r.run(lambda: run(nodes_bounded()), name="nodes_bounded")
         r.run(rest_refusals)
+        r.run(lambda: run(calls_bounded_over_all_nodes()), name="calls_bounded_over_all_nodes")
+        r.run(lambda: run(operator_gone_mid_call()), name="operator_gone_mid_call")
 
         # The daemon stops with a node connected and a call waiting on it:
         # the node's socket is closed 1001 (going away), the waiting request
