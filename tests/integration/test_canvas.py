@@ -268,7 +268,34 @@ def main():
         r.run(lambda: asyncio.run(asyncio.wait_for(watchers_bounded(), 300)),
               name="watchers_bounded")
         r.run(bytes_bounded)
-        r.stopped(node)
+
+        # The daemon stops with documents posted and a watcher on one: the
+        # watcher is closed 1001 (going away), and the daemon exits 0 (under
+        # the sanitizers: nothing leaked).
+        async def watch_kept():
+            for cid in ("kept", "kept-too"):
+                st, _, body = request("POST", f"/api/canvas/{cid}", b"stays", "text/plain")
+                check(st == 200, f"post {cid} {st} {body}")
+            w = await websockets.connect(ws_url("kept"), subprotocols=[f"bearer.{token}"],
+                                         ping_interval=None)
+            check((await recv(w))["content"] == "stays", "the watcher's first frame")
+            return w
+
+        async def closed_code(w):
+            try:
+                await asyncio.wait_for(w.recv(), TIMEOUT)
+                return None
+            except websockets.ConnectionClosed as e:
+                return e.rcvd.code if e.rcvd else None
+        loop = asyncio.new_event_loop()
+        try:
+            w = loop.run_until_complete(watch_kept())
+            r.stopped(node)
+            code = loop.run_until_complete(closed_code(w))
+            r.run(lambda: check(code == 1001, f"the watcher at the stop: {code}"),
+                  name="stop_with_canvases_and_a_watcher")
+        finally:
+            loop.close()
     finally:
         node.cleanup()
     return r.summary()
