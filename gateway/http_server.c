@@ -451,10 +451,11 @@ void gateway_http_unauth_give_back(gateway_http_t *g, router_source_t **source_p
  * is cut, else the oldest WebSocket that has not authenticated (it holds
  * its place for as long as it likes). False when every one has work in
  * hand. */
-static bool s_unauth_room(gateway_http_t *g)
+/* Cuts the oldest unauthenticated connection with nothing under way
+ * (else the oldest unauthenticated WebSocket) for a newcomer; false when
+ * every one has work in hand. */
+static bool s_unauth_evict(gateway_http_t *g)
 {
-    if (g->unauth < g->opts.unauth_max)
-        return true;
     for (gateway_http_conn_t *hc = g->unauth_head; hc; hc = hc->unext) {
         if (hc->phase != GATEWAY_HTTP_WAIT && hc->phase != GATEWAY_HTTP_HEAD)
             continue;
@@ -467,6 +468,11 @@ static bool s_unauth_room(gateway_http_t *g)
         return true;
     }
     return gateway_ws_unauth_evict(g);
+}
+
+static bool s_unauth_room(gateway_http_t *g)
+{
+    return g->unauth < g->opts.unauth_max || s_unauth_evict(g);
 }
 
 /* Counts a new connection as unauthenticated: refuses it (false; the
@@ -842,7 +848,11 @@ static void s_adopt(gateway_http_t *g, router_conn_t *conn, const router_listene
         router_conn_abort(conn);
         return;
     }
-    if (g->open >= g->opts.max_connections) {
+    /* At the cap, a newcomer takes the place of an idle unauthenticated
+     * connection, as past the unauthenticated share: else connections
+     * that prove nothing could hold every place (the share may be as
+     * large as the cap) and lock out clients with a credential. */
+    if (g->open >= g->opts.max_connections && !(g->unauth > 0 && s_unauth_evict(g))) {
         router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_CONN_LIMIT], 1);
         if (!g->refusing)
             ROUTER_LOG(ROUTER_LOG_WARN, "gateway",

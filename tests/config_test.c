@@ -663,7 +663,9 @@ static void test_limits_cross_rules(void **state)
     s_refused("{\"limits\":{\"session_messages_max\":999}}",
               "limits.session_messages_max: 999 is less than agent.max_history_messages (1000)");
     s_refused("{\"limits\":{\"comms_connections_max\":100}}",
-              "limits.comms_unauth_connections_max: 2500 is more than limits.comms_connections_max");
+              "limits.comms_unauth_connections_max: 2500 is not less than limits.comms_connections_max");
+    s_refused("{\"limits\":{\"comms_connections_max\":100,\"comms_unauth_connections_max\":100}}",
+              "limits.comms_unauth_connections_max: 100 is not less than limits.comms_connections_max");
     s_refused("{\"limits\":{\"comms_unauth_connections_max\":10}}",
               "limits.comms_unauth_per_source_max: 32 is more than "
               "limits.comms_unauth_connections_max");

@@ -646,10 +646,13 @@ int router_config_check(const router_config_t *cfg, char *err, size_t errcap)
                                  "comms.event_address: plain events need comms.auth \"none\"; "
                                  "set it or remove comms.event_address"),
                -1;
-    /* limits: the unauthenticated share fits in the connection cap. */
-    if (cfg->limits.comms_unauth_connections_max > cfg->limits.comms_connections_max)
+    /* limits: the unauthenticated share leaves room under the connection
+     * cap, or connections that prove nothing could fill the listener and
+     * a trusted peer's fresh connection would be refused before the guard
+     * could evict one of them for it. */
+    if (cfg->limits.comms_unauth_connections_max >= cfg->limits.comms_connections_max)
         return router_jsonc_fail(err, errcap,
-                                 "limits.comms_unauth_connections_max: %u is more than "
+                                 "limits.comms_unauth_connections_max: %u is not less than "
                                  "limits.comms_connections_max (%u)",
                                  cfg->limits.comms_unauth_connections_max,
                                  cfg->limits.comms_connections_max),

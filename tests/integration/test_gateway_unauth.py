@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from peer import Daemon, Results, check, pair_token  # noqa: E402
 
 SHARE = 4
+CAP = 4  # gateway.max_connections of the second daemon
 TIMEOUT = 30  # a bound on any one wait, never a speed assertion
 
 
@@ -168,6 +169,33 @@ def main():
     for s in held + [mon]:
         s.close()
     results.stopped(node)
+
+    def cap_full_of_idle_connections():
+        # gateway.max_connections 4 clamps the unauthenticated share to 4:
+        # four idle connections hold every place. A client with a bearer
+        # token still gets in: at the cap the oldest idle unauthenticated
+        # connection gives way, as past the share (WIRE 11.3).
+        cap = Daemon("gwcap", config={"gateway": {"max_connections": CAP}})
+        idle = []
+        try:
+            cap.start()
+            tok = pair_token(cap)
+            idle = [connect(cap) for _ in range(CAP)]
+            newcomer = connect(cap)
+            authed = ("GET /api/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      f"Authorization: Bearer {tok}\r\n\r\n")
+            check(request(newcomer, authed) == 200, "the bearer client was not served at the cap")
+            check(closed(idle[0]), "the oldest idle connection kept its place")
+            m = metrics_on(newcomer)
+            # (1, or 2 when the pairing's own connection was not reaped yet)
+            check(m.get('kith_http_rejected_total{reason="unauth_evicted"}', 0) >= 1, m)
+            check(m.get('kith_http_rejected_total{reason="too_many_connections"}') in (None, 0), m)
+            newcomer.close()
+        finally:
+            for s in idle:
+                s.close()
+            cap.cleanup()
+    results.run(cap_full_of_idle_connections)
     node.cleanup()
     return results.summary()
 
