@@ -31,7 +31,7 @@ struct s_sub {
     gateway_events_t *ev;  /* the stream */
     router_conn_t *conn;   /* its connection (the HTTP server's) */
     uint64_t cursor;       /* id of the next event to send */
-    uint64_t replay_end;   /* ids below this are replayed (paced); above, live */
+    bool live;             /* it caught up once: from then on it is cut, not paced */
     bool cut;              /* aborted: waiting for on_close */
     s_sub_t *prev, *next;  /* the stream's list */
 };
@@ -152,7 +152,10 @@ static void s_sub_cut(s_sub_t *sub, const char *why)
 
 /* Sends what the subscriber is owed, as far as its unsent bound allows.
  * A live subscriber that cannot take an event is cut; a replaying one
- * waits for its connection to drain, unless the ring has overtaken it. */
+ * waits for its connection to drain, unless the ring has overtaken it.
+ * A replay lasts until the subscriber has caught up with the newest
+ * event, those published while it ran included: they are as far behind
+ * as the rest, and the ring bounds how far that may be. */
 static void s_sub_pump(s_sub_t *sub)
 {
     gateway_events_t *ev = sub->ev;
@@ -164,8 +167,13 @@ static void s_sub_pump(s_sub_t *sub)
     }
     while (sub->cursor < ev->next_id) {
         const s_slot_t *slot = &ev->ring[sub->cursor % ev->opts.ring_events];
-        if (router_conn_send_queued(sub->conn) + slot->len > ev->opts.unsent_max) {
-            if (sub->cursor >= sub->replay_end)
+        size_t queued = router_conn_send_queued(sub->conn);
+        if (queued + slot->len > ev->opts.unsent_max) {
+            /* An event larger than the whole bound never fits: waiting for
+             * a drain of an empty queue would stall a replay for good. */
+            if (queued == 0)
+                s_sub_cut(sub, "event larger than its unsent bound");
+            else if (sub->live)
                 s_sub_cut(sub, "slow consumer");
             return; /* replaying: on_drain goes on */
         }
@@ -175,6 +183,7 @@ static void s_sub_pump(s_sub_t *sub)
         }
         sub->cursor++;
     }
+    sub->live = true;
 }
 
 static void s_on_drain(router_conn_t *conn, void *ud)
@@ -301,7 +310,6 @@ void gateway_events_subscribe(gateway_events_t *ev, const gateway_http_req_t *re
     } else if (have) {
         sub->cursor = last + 1;
     }
-    sub->replay_end = ev->next_id;
     s_sub_pump(sub);
 }
 
@@ -485,8 +493,9 @@ gateway_events_t *gateway_events_new(router_loop_t *loop, const gateway_events_o
     s_metrics_register(ev);
     ev->timer = router_loop_timer_add(loop, o.keepalive_ms, s_keepalive, ev);
     if (!ev->timer) {
+        int e = errno; /* the loop's: ENOMEM, or ENOSPC (no timer slot) */
         gateway_events_destroy(&ev);
-        errno = ENOSPC;
+        errno = e;
         return NULL;
     }
     return ev;

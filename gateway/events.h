@@ -12,8 +12,9 @@
  *
  * Bounds: the ring holds at most ring_events events and ring_bytes_max
  * octets; a subscriber may have at most unsent_max octets unsent: a live
- * subscriber that would pass it, or a replaying one the ring overtakes, is
- * cut (its connection aborted; counted in kith_sse_cut_total). At most
+ * subscriber that would pass it, a replaying one the ring overtakes, or
+ * any whose next event is larger than unsent_max, is cut (its connection
+ * aborted; counted in kith_sse_cut_total). At most
  * subscribers_max subscribe at once (then 503).
  *
  * Threads: loop thread only. */
@@ -58,7 +59,8 @@ typedef struct {
 } gateway_events_opts_t;
 
 /* A stream on `loop` (borrowed). Returns NULL with errno set (EINVAL for an
- * option out of range, ENOMEM). Caller owns the result. */
+ * option out of range, ENOMEM, ENOSPC when the loop has no timer slot for
+ * the keep-alives). Caller owns the result. */
 gateway_events_t *gateway_events_new(router_loop_t *loop, const gateway_events_opts_t *opts);
 
 /* Frees the stream and its subscribers without touching their connections:
