@@ -264,6 +264,105 @@ def test_daemon_logs(node, alice):
     r.close()
 
 
+def test_unknown_and_bad_ids(node, alice):
+    """WIRE §18.3: an id above the newest (an earlier run's) gets a
+    stream_gap unknown_id (lost null, id first_kept-1), then the ring; ids
+    that are not decimal, or past 20 digits or 2^64-1, are 400
+    bad_last_event_id on both streams, and subscribe no one."""
+    send_acked(node, alice, ["u1"])
+    r = Sse(node, last_id=2**64 - 1).read_head()
+    eid, gap = r.next()
+    assert gap == {"type": "stream_gap", "reason": "unknown_id", "last_event_id": 2**64 - 1,
+                   "lost": None, "first_kept": gap["first_kept"]}, gap
+    assert eid == gap["first_kept"] - 1, (eid, gap)
+    nxt, _ = r.next()
+    assert nxt == gap["first_kept"], nxt
+    r.close()
+    wait_metric(node, 'kith_sse_subscribers{stream="events"}', lambda v: v == 0)
+    for path in ("/api/events", "/api/daemon/logs"):
+        for bad in ("x1", "-1", "1.5", "0x10", "1" * 21, str(2**64), "9" * 20):
+            status, _, body, _ = curl("-H", f"Last-Event-ID: {bad}", gateway_url(node) + path)
+            assert status == 400 and json.loads(body) == {
+                "error": "Last-Event-ID must be an event id (decimal)",
+                "code": "bad_last_event_id"}, (path, bad, status, body)
+    m = metrics_map(node)
+    assert m['kith_sse_subscribers{stream="events"}'] == 0, m
+    assert m['kith_sse_subscribers{stream="logs"}'] == 0, m
+
+
+def test_head_and_gone_mid_event(node, alice):
+    """HEAD gets the head alone; a client that resets in the middle of an
+    event leaves (the gauge drops) while another reads every event, ids
+    consecutive."""
+    s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=30)
+    s.sendall(b"HEAD /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"\r\n\r\n"), got
+    assert b"text/event-stream" in got.lower(), got
+    witness = Sse(node).read_head()
+    gone = Sse(node).read_head()
+    wait_metric(node, 'kith_sse_subscribers{stream="events"}', lambda v: v == 2)
+    send_acked(node, alice, ["mid"])
+    while b"data:" not in gone.buf:
+        gone.buf += gone.s.recv(20)  # part of the event, not all of it
+    gone.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    gone.close()
+    first, _ = witness.next_of({"comms_message"})
+    send_acked(node, alice, ["after 1", "after 2"])
+    wait_metric(node, 'kith_sse_subscribers{stream="events"}', lambda v: v == 1)
+    ids = [witness.next_of({"comms_message"})[0] for _ in range(2)]
+    assert ids == [first + 1, first + 2], (first, ids)
+    witness.close()
+
+
+def test_logs_after_rotation(node, alice):
+    """/api/daemon/logs follows the logger, not the file: with logs/daemon.log
+    renamed away (and SIGHUP reopening it) or truncated under it, lines go
+    on with the next ids, none repeated or lost to the stream."""
+    import signal
+    path = os.path.join(node.home, "logs", "daemon.log")
+    assert os.path.exists(path), os.listdir(node.home)
+    r = Sse(node, path="/api/daemon/logs").read_head()
+    ids = []
+    os.rename(path, path + ".1")
+    node.proc.send_signal(signal.SIGHUP)
+    wait_for = lambda: os.path.exists(path)  # noqa: E731
+    for _ in range(600):
+        if wait_for():
+            break
+        time.sleep(0.05)
+    assert os.path.exists(path), "SIGHUP did not reopen logs/daemon.log"
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    # A line of our own making: a refusal logs one (at info) per connection.
+    mallory = Peer()
+    seen = None
+    for i in range(50):
+        c = Conn(("127.0.0.1", node.port))
+        c.send(frame(mallory.message(node.pk, f"rot {i}")))
+        assert c.closed()
+        c.close()
+        while True:
+            eid, d = r.next()
+            ids.append(eid)
+            assert d["type"] in ("log", "log_dropped"), d
+            if "untrusted" in d.get("text", "") or "similar lines suppressed" in d.get("text", ""):
+                seen = d
+                break
+        if seen and "untrusted" in seen["text"]:
+            break
+    assert seen and "untrusted" in seen["text"], seen
+    assert ids == list(range(ids[0], ids[0] + len(ids))), ids
+    r.close()
+    os.unlink(path + ".1")
+
+
 def test_streams_need_a_token():
     """With pairing on (the default) both streams answer 401 without a bearer
     token, and stream with one paired through POST /pair."""
@@ -274,6 +373,13 @@ def test_streams_need_a_token():
             status, _, body, _ = curl("-H", "Accept: text/event-stream",
                                       gateway_url(node) + path)
             assert status == 401 and json.loads(body)["code"] == "unauthorized", (status, body)
+            status, _, body, _ = curl("-H", "Authorization: Bearer kith_" + "0" * 64,
+                                      gateway_url(node) + path)
+            assert status == 401 and json.loads(body)["code"] == "unauthorized", (status, body)
+            status, _, body, _ = curl("-H", "Last-Event-ID: x", gateway_url(node) + path)
+            assert status == 401, (path, status, body)  # the token is checked first
+        m = metrics_map(node)
+        assert m.get('kith_sse_subscribers{stream="events"}', 0) == 0, m
         token = pair_token(node)
         p = subprocess.run(["curl", "-sS", "-N", "--max-time", "2", "-o", "/dev/null",
                             "-w", "%{http_code} %{content_type}",
@@ -301,6 +407,7 @@ def main():
     try:
         for t in (test_curl_comms_message, test_untrusted_rejected, test_replay_last_event_id,
                   test_stream_gap, test_bad_last_event_id, test_channel_events, test_daemon_logs,
+                  test_unknown_and_bad_ids, test_head_and_gone_mid_event, test_logs_after_rotation,
                   test_slow_reader_cut):
             res.run(t, node, alice)
         res.stopped(node)
