@@ -391,6 +391,42 @@ def test_streams_need_a_token():
         node.cleanup()
 
 
+def test_subscriber_bound():
+    """gateway.max_connections 3: a stream takes at most 2 subscribers, and
+    the next is answered 503 too_many_subscribers with Retry-After: 5 (not
+    reset at the cap); a leaving subscriber frees its place."""
+    node = Daemon("ssecap", config={"gateway": {"require_pairing": False, "max_connections": 3}})
+    node.start()
+    subs = []
+    try:
+        subs = [Sse(node).read_head() for _ in range(2)]
+        s = socket.create_connection(("127.0.0.1", node.gw_port), timeout=60)
+        s.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:  # the head first: a 200 would stream on
+            chunk = s.recv(65536)
+            assert chunk, f"closed without an answer: {data!r}"
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 "), head
+        length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        while len(body) < length:
+            chunk = s.recv(65536)
+            assert chunk, "closed inside the 503's body"
+            body += chunk
+        s.close()
+        assert b"\r\nretry-after: 5" in head.lower(), head
+        assert json.loads(body)["code"] == "too_many_subscribers", body
+        subs.pop().close()
+        wait_metric(node, 'kith_sse_subscribers{stream="events"}', lambda v: v == 1)
+        subs.append(Sse(node).read_head())
+    finally:
+        for sub in subs:
+            sub.close()
+        node.cleanup()
+
+
 def main():
     alice = Peer()
     # Pairing off here: these cases are about the stream; tokens are
@@ -416,6 +452,7 @@ def main():
     finally:
         node.cleanup()
     res.run(test_streams_need_a_token)
+    res.run(test_subscriber_bound)
     return res.summary()
 
 

@@ -255,7 +255,10 @@ static int s_sse_start(router_node_t *node, const router_config_t *cfg, gateway_
         .name = "events",
         .ring_events = cfg->limits.sse_ring_events,
         .unsent_max = unsent,
-        .subscribers_max = cfg->gateway.max_connections,
+        /* One place below the gateway's cap, so the 503 that says so can
+         * be answered (a connection past the cap is reset unanswered) and
+         * a stream never takes the last place from other requests. */
+        .subscribers_max = cfg->gateway.max_connections > 1 ? cfg->gateway.max_connections - 1 : 1,
         .auth = auth,
         .metrics = router_node_metrics(node),
     };
