@@ -1148,25 +1148,6 @@ static void test_timeouts(void **state)
     s_srv_stop(&s);
 }
 
-static void test_max_connections(void **state)
-{
-    gateway_http_opts_t o = {.max_connections = 1};
-    s_srv_t *s = s_srv_start(state, &o);
-    s_client_t *a = s_connect(s);
-    s_resp_t r;
-    s_exchange(a, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r);
-    s_resp_free(&r);
-    /* A second connection is cut at once, with no answer. */
-    s_client_t *b = s_connect(s);
-    s_send_best_effort(b, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n", 33);
-    s_expect_eof(b);
-    s_client_close(&b);
-    assert_int_equal(s_metric(a, "kith_http_rejected_total{reason=\"too_many_connections\"}"), 1);
-    assert_int_equal(s_metric(a, "kith_http_connections_open"), 1);
-    s_client_close(&a);
-    s_srv_stop(&s);
-}
-
 /* A request that proves a credential (pairing is off in these servers:
  * a bearer route lets everything in) takes its connection off the
  * unauthenticated bounds. */
@@ -1176,6 +1157,39 @@ static void s_authenticate(s_client_t *c)
     s_exchange(c, "GET /api/canvas HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r);
     s_resp_free(&r);
 }
+
+/* gateway.max_connections (WIRE §11.2): at the cap a newcomer takes the
+ * place of the oldest idle unauthenticated connection; when every one open
+ * has authenticated (or has work in hand) it is cut at once, unanswered. */
+static void test_max_connections(void **state)
+{
+    gateway_http_opts_t o = {.max_connections = 2};
+    s_srv_t *s = s_srv_start(state, &o);
+    s_client_t *a = s_connect(s);
+    s_authenticate(a);
+    s_client_t *idle = s_connect(s);
+    s_resp_t r;
+    s_exchange(idle, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r); /* proves nothing */
+    s_resp_free(&r);
+    s_client_t *b = s_connect(s);
+    s_exchange(b, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n", 200, &r);
+    s_resp_free(&r);
+    s_expect_eof(idle); /* it gave way */
+    s_client_close(&idle);
+    assert_int_equal(s_metric(a, "kith_http_rejected_total{reason=\"unauth_evicted\"}"), 1);
+    s_authenticate(b);
+    /* Both places authenticated: a newcomer is cut at once, with no answer. */
+    s_client_t *c = s_connect(s);
+    s_send_best_effort(c, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n", 33);
+    s_expect_eof(c);
+    s_client_close(&c);
+    assert_int_equal(s_metric(a, "kith_http_rejected_total{reason=\"too_many_connections\"}"), 1);
+    assert_int_equal(s_metric(a, "kith_http_connections_open"), 2);
+    s_client_close(&b);
+    s_client_close(&a);
+    s_srv_stop(&s);
+}
+
 
 /* The unauthenticated share (limits.http_unauth_connections_max, WIRE
  * §11.3): a newcomer past it cuts the oldest unauthenticated connection
