@@ -446,18 +446,15 @@ void gateway_http_unauth_give_back(gateway_http_t *g, router_source_t **source_p
     router_metric_set(g->m_unauth, g->unauth);
 }
 
-/* Room for one more unauthenticated connection (WIRE §11.3): the oldest
- * one that has nothing under way (waiting for, or reading, a request head)
- * is cut, else the oldest WebSocket that has not authenticated (it holds
- * its place for as long as it likes). False when every one has work in
- * hand. */
-/* Cuts the oldest unauthenticated connection with nothing under way
- * (else the oldest unauthenticated WebSocket) for a newcomer; false when
+/* Cuts, for a newcomer (`spare`, never cut itself; may be NULL), the
+ * oldest unauthenticated connection that has nothing under way (waiting
+ * for, or reading, a request head), else the oldest WebSocket that has not
+ * authenticated (it holds its place for as long as it likes). False when
  * every one has work in hand. */
-static bool s_unauth_evict(gateway_http_t *g)
+static bool s_unauth_evict(gateway_http_t *g, const gateway_http_conn_t *spare)
 {
     for (gateway_http_conn_t *hc = g->unauth_head; hc; hc = hc->unext) {
-        if (hc->phase != GATEWAY_HTTP_WAIT && hc->phase != GATEWAY_HTTP_HEAD)
+        if (hc == spare || (hc->phase != GATEWAY_HTTP_WAIT && hc->phase != GATEWAY_HTTP_HEAD))
             continue;
         router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_UNAUTH_EVICTED], 1);
         ROUTER_LOG(ROUTER_LOG_INFO, "gateway",
@@ -470,9 +467,10 @@ static bool s_unauth_evict(gateway_http_t *g)
     return gateway_ws_unauth_evict(g);
 }
 
+/* Room for one more unauthenticated connection (WIRE §11.3). */
 static bool s_unauth_room(gateway_http_t *g)
 {
-    return g->unauth < g->opts.unauth_max || s_unauth_evict(g);
+    return g->unauth < g->opts.unauth_max || s_unauth_evict(g, NULL);
 }
 
 /* Counts a new connection as unauthenticated: refuses it (false; the
@@ -842,27 +840,29 @@ void gateway_http_adopt(gateway_http_t *g, router_conn_t *conn)
     s_adopt(g, conn, NULL);
 }
 
+/* A newcomer at gateway.max_connections with no place to take: reset
+ * unanswered, counted, logged once per run of refusals. */
+static void s_refuse_at_cap(gateway_http_t *g, router_conn_t *conn)
+{
+    router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_CONN_LIMIT], 1);
+    if (!g->refusing)
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                   "%u connections open (gateway.max_connections): refusing new ones", g->open);
+    g->refusing = true;
+    router_conn_abort(conn);
+}
+
 static void s_adopt(gateway_http_t *g, router_conn_t *conn, const router_listener_t *listener)
 {
     if (g->draining) { /* an accept that raced the listeners' close */
         router_conn_abort(conn);
         return;
     }
-    /* At the cap, a newcomer takes the place of an idle unauthenticated
-     * connection, as past the unauthenticated share: else connections
-     * that prove nothing could hold every place (the share may be as
-     * large as the cap) and lock out clients with a credential. */
-    if (g->open >= g->opts.max_connections && !(g->unauth > 0 && s_unauth_evict(g))) {
-        router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_CONN_LIMIT], 1);
-        if (!g->refusing)
-            ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
-                       "%u connections open (gateway.max_connections): refusing new ones",
-                       g->open);
-        g->refusing = true;
-        router_conn_abort(conn);
+    bool at_cap = g->open >= g->opts.max_connections;
+    if (at_cap && g->unauth == 0) {
+        s_refuse_at_cap(g, conn);
         return;
     }
-    g->refusing = false;
     gateway_http_conn_t *hc = calloc(1, sizeof *hc);
     if (!hc || proto_http_parser_init(&hc->parser, &g->limits) != 0) {
         free(hc);
@@ -872,11 +872,25 @@ static void s_adopt(gateway_http_t *g, router_conn_t *conn, const router_listene
     hc->g = g;
     hc->conn = conn;
     hc->phase = GATEWAY_HTTP_WAIT;
+    unsigned before = g->unauth;
     if (!s_unauth_join(g, hc, listener)) {
         free(hc);
         router_conn_abort(conn);
         return;
     }
+    /* At the cap the newcomer takes the place of an idle unauthenticated
+     * connection, as past the share: else connections that prove nothing
+     * could hold every place (the share may be as large as the cap) and
+     * lock out clients with a credential. The join has cut one already
+     * when the share was full; a newcomer its source's share refused
+     * (above) cuts nobody. */
+    if (at_cap && g->unauth != before && !s_unauth_evict(g, hc)) {
+        s_unauth_leave(hc);
+        free(hc);
+        s_refuse_at_cap(g, conn);
+        return;
+    }
+    g->refusing = false;
     router_conn_set_handlers(conn, &s_handlers, hc);
     hc->next = g->conns;
     if (g->conns)
