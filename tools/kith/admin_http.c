@@ -15,6 +15,7 @@
 #include "router/state/config.h"
 #include "router/state/home.h"
 #include "tools/kith/admin_http.h"
+#include "tools/kith/cli_opts.h"
 
 /* Waits for fd to be ready for `events` until the deadline. */
 static int s_wait(int fd, short events, uint64_t deadline)
@@ -201,18 +202,12 @@ void kith_admin_answer_free(kith_admin_answer_t *ans)
 
 const char *kith_admin_line(const char *text, char out[KITH_ADMIN_LINE_CAP])
 {
-    size_t n = 0;
-    for (; text[n] && n < KITH_ADMIN_SHOWN_MAX; n++)
-        out[n] = (unsigned char) text[n] < 0x20 || text[n] == 0x7f ? ' ' : text[n];
-    if (!text[n]) {
-        while (n > 0 && out[n - 1] == ' ') /* a body's closing line break */
+    size_t n = strnlen(text, KITH_ADMIN_SHOWN_MAX + 1);
+    bool cut = n > KITH_ADMIN_SHOWN_MAX;
+    if (cut) /* before the character text[n] is inside, not through it */
+        for (n = KITH_ADMIN_SHOWN_MAX; n > 0 && ((unsigned char) text[n] & 0xC0) == 0x80;)
             n--;
-        out[n] = '\0';
-        return out;
-    }
-    /* Cut before the character text[n] is inside, not through it. */
-    while (n > 0 && ((unsigned char) text[n] & 0xC0) == 0x80)
-        n--;
-    memcpy(out + n, "…", sizeof "…");
-    return out;
+    memcpy(out, text, n);
+    memcpy(out + n, cut ? "…" : "", cut ? sizeof "…" : 1);
+    return kith_one_line(out);
 }
