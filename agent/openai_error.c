@@ -72,16 +72,23 @@ void agent_oai_error_message(const char *body, size_t len, char *out, size_t cap
         if (v)
             msg = YAJL_GET_STRING(v);
     }
-    const char *src = msg ? msg : body;
-    size_t n = msg ? strlen(msg) : len;
+    if (msg)
+        (void) agent_oai_error_line(msg, strlen(msg), out, cap, AGENT_OAI_ERROR_TEXT_MAX);
+    else
+        (void) agent_oai_error_line(body, len, out, cap, AGENT_OAI_ERROR_TEXT_MAX);
+    if (root)
+        yajl_tree_free(root);
+}
+
+size_t agent_oai_error_line(const char *t, size_t n, char *out, size_t cap, size_t max)
+{
     size_t k = 0;
-    for (size_t i = 0; i < n && k + 1 < cap && k < AGENT_OAI_ERROR_TEXT_MAX; i++)
-        out[k++] = (unsigned char) src[i] < 0x20 ? ' ' : src[i];
+    for (size_t i = 0; i < n && k + 1 < cap && k < max; i++)
+        out[k++] = (unsigned char) t[i] < 0x20 || t[i] == 0x7f ? ' ' : t[i];
     while (k > 0 && !proto_utf8_valid((const uint8_t *) out, k))
         k--;
     while (k > 0 && out[k - 1] == ' ')
         k--;
     out[k] = '\0';
-    if (root)
-        yajl_tree_free(root);
+    return k;
 }

@@ -21,4 +21,9 @@
  * any. body need not be NUL-terminated. */
 void agent_oai_error_message(const char *body, size_t len, char *out, size_t cap);
 
+/* A server's text t[0..n) as one line into out[0..cap) (cap ≥ 1): control
+ * octets become spaces, at most `max` octets, cut on a code point,
+ * trailing spaces dropped, NUL-terminated. Returns the octets written. */
+size_t agent_oai_error_line(const char *t, size_t n, char *out, size_t cap, size_t max);
+
 #endif

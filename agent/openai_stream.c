@@ -12,6 +12,7 @@
 #include <yajl/yajl_parse.h>
 
 #include "agent/json_buf.h"
+#include "agent/openai_error.h"
 #include "proto/utf8.h"
 
 /* Longest map key kept for path matching; longer keys match nothing. */
@@ -119,12 +120,7 @@ static int s_piece_append(char **piece, size_t *len, const char *p, size_t n, si
 static void s_fail_server(agent_oai_stream_t *s, const char *t, size_t n)
 {
     char msg[S_SERVER_MSG_MAX + 1];
-    size_t k = 0;
-    for (size_t i = 0; i < n && k < S_SERVER_MSG_MAX; i++)
-        msg[k++] = (unsigned char) t[i] < 0x20 || t[i] == 0x7f ? ' ' : t[i];
-    while (k > 0 && !proto_utf8_valid((const uint8_t *) msg, k))
-        k--;
-    msg[k] = '\0';
+    size_t k = agent_oai_error_line(t, n, msg, sizeof msg, S_SERVER_MSG_MAX);
     s_fail(s, "%s", k ? msg : "the server sent an error without a message");
 }
 
