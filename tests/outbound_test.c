@@ -1,14 +1,22 @@
-/* tests/outbound_test.c — router/comms/outbound.c against a loop with no
- * timer slot left: a send whose ack could never time out is refused at
- * once (ENOSPC) instead of waiting forever, and no callback is owed. */
+/* tests/outbound_test.c — router/comms/outbound.c on a real loop: a send
+ * whose ack could never time out (no timer slot) is refused at once
+ * (ENOSPC) instead of waiting forever, and no callback is owed; a kind that
+ * gets no ack is reported sent only once its connection is open, never
+ * when the connection could not be made. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <cmocka.h>
 
+#include "loop_until.h"
 #include "proto/frame.h"
 #include "router/comms/outbound.h"
 #include "router/net/conn.h"
@@ -71,10 +79,206 @@ static void test_ack_timer_failure_fails_the_send(void **state)
     router_loop_destroy(&loop);
 }
 
+/* ---------------------------------------------------------------- a loop, a peer, outcomes */
+
+/* One send's outcome. */
+typedef struct {
+    int calls;                    /* times told (must end at 1) */
+    router_send_outcome_t outcome;
+    char detail[192];
+} s_outcome_t;
+
+static void s_record(router_send_outcome_t outcome, const char *detail, const uint8_t *ack_id,
+                     void *ud)
+{
+    (void) ack_id;
+    s_outcome_t *o = ud;
+    o->calls++;
+    o->outcome = outcome;
+    snprintf(o->detail, sizeof o->detail, "%s", detail);
+}
+
+static bool s_told(void *ud)
+{
+    return ((s_outcome_t *) ud)->calls > 0;
+}
+
+/* The receiving end: counts the bytes each accepted connection sent and,
+ * once a whole test frame arrived, closes orderly without an ack, which
+ * the sender reads as a refusal: an outcome that proves the frame got
+ * there. */
+typedef struct {
+    size_t bytes;                 /* received, all connections */
+    unsigned accepted;            /* connections accepted */
+} s_peer_t;
+
+static s_peer_t s_peer;
+
+static void s_peer_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    (void) data;
+    (void) ud;
+    s_peer.bytes += len;
+    if (s_peer.bytes % (PROTO_FRAME_HEADER_LEN + 1) == 0)
+        router_conn_close(c);
+}
+
+static void s_peer_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    (void) c;
+    (void) reason;
+    (void) ud;
+}
+
+static const router_conn_handlers_t s_peer_handlers = {.on_data = s_peer_data,
+                                                      .on_close = s_peer_close};
+
+static void s_peer_accept(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    (void) ud;
+    s_peer.accepted++;
+    router_conn_set_handlers(c, &s_peer_handlers, NULL);
+}
+
+/* A loop, an outbound and a listening peer on 127.0.0.1 (any port). */
+typedef struct {
+    router_loop_t *loop;
+    router_identity_t id;
+    router_outbound_t *ob;
+    router_listener_t *l;
+    uint16_t port;
+} s_bench_t;
+
+static void s_bench_up(s_bench_t *b)
+{
+    memset(b, 0, sizeof *b);
+    memset(&s_peer, 0, sizeof s_peer);
+    assert_non_null(b->loop = router_loop_new(NULL));
+    router_addr_t a;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &a, NULL), 0);
+    assert_non_null(b->l = router_loop_listen(b->loop, &a, s_peer_accept, NULL));
+    b->port = router_addr_port(router_listener_addr(b->l));
+    router_outbound_opts_t oo = {.loop = b->loop, .identity = &b->id, .ack_timeout_ms = 10000};
+    assert_non_null(b->ob = router_outbound_new(&oo));
+}
+
+static void s_bench_down(s_bench_t *b)
+{
+    router_outbound_destroy(&b->ob);
+    router_listener_close(&b->l);
+    router_loop_destroy(&b->loop);
+}
+
+/* `ip`:`port` as an address. */
+static router_addr_t s_addr(const char *ip, uint16_t port)
+{
+    char text[64];
+    snprintf(text, sizeof text, strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, port);
+    router_addr_t a;
+    assert_int_equal(router_addr_parse(text, &a, NULL), 0);
+    return a;
+}
+
+static uint8_t s_frame[PROTO_FRAME_HEADER_LEN + 1] = {0, 0, 0, 1, 0xa0};
+
+/* A listener on ip:port (port 0: any) whose accept queue is full, so a
+ * new connect to it waits unanswered, as to a host that is down. */
+#define HOLE_FDS 17
+typedef struct {
+    int fd[HOLE_FDS];
+    int n;
+    uint16_t port;
+} s_hole_t;
+
+static void s_hole_open(s_hole_t *h, const char *ip, uint16_t port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    assert_int_equal(inet_pton(AF_INET, ip, &a.sin_addr), 1);
+    h->n = 0;
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(l >= 0);
+    h->fd[h->n++] = l;
+    assert_int_equal(bind(l, (struct sockaddr *) &a, sizeof a), 0);
+    assert_int_equal(listen(l, 0), 0);
+    socklen_t len = sizeof a;
+    assert_int_equal(getsockname(l, (struct sockaddr *) &a, &len), 0);
+    h->port = ntohs(a.sin_port);
+    /* Fill the queue until a connect stays pending. */
+    for (;;) {
+        assert_true(h->n < HOLE_FDS);
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        assert_true(c >= 0);
+        h->fd[h->n++] = c;
+        int rc = connect(c, (struct sockaddr *) &a, sizeof a);
+        assert_true(rc == 0 || errno == EINPROGRESS);
+        struct pollfd p = {.fd = c, .events = POLLOUT};
+        if (rc != 0 && poll(&p, 1, 200) == 0)
+            return;
+    }
+}
+
+static void s_hole_close(s_hole_t *h)
+{
+    while (h->n > 0)
+        close(h->fd[--h->n]);
+}
+
+/* A kind that gets no ack, to an address that refuses or does not answer:
+ * offline, because it never left (it was reported sent before); to one
+ * that listens: sent. */
+static void test_no_ack_sent_only_when_connected(void **state)
+{
+    (void) state;
+    s_bench_t b;
+    s_bench_up(&b);
+    uint8_t pk[32] = {3}, id[16] = {4};
+    /* Nothing listens on 127.0.0.2 (the listener is bound to 127.0.0.1). */
+    router_addr_t refused = s_addr("127.0.0.2", b.port);
+    s_outcome_t o = {0};
+    router_outbound_msg_t m = {.peer_pk = pk, .addr = &refused, .fd = -1, .frame = s_frame,
+                               .len = sizeof s_frame, .id = id, .no_ack = true,
+                               .cb = s_record, .ud = &o};
+    assert_int_equal(router_outbound_send_msg(b.ob, &m), 0);
+    test_loop_until(b.loop, s_told, &o, 5, 10000);
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.outcome, ROUTER_SEND_OFFLINE);
+    assert_non_null(strstr(o.detail, "cannot connect"));
+
+    s_hole_t hole;
+    s_hole_open(&hole, "127.0.0.1", 0);
+    router_addr_t silent = s_addr("127.0.0.1", hole.port);
+    uint8_t pk3[32] = {6};
+    s_outcome_t o3 = {0};
+    m.peer_pk = pk3;
+    m.addr = &silent;
+    m.timeout_ms = 300;
+    m.ud = &o3;
+    assert_int_equal(router_outbound_send_msg(b.ob, &m), 0);
+    test_loop_until(b.loop, s_told, &o3, 5, 10000);
+    assert_int_equal(o3.outcome, ROUTER_SEND_OFFLINE);
+    assert_non_null(strstr(o3.detail, "timeout"));
+    s_hole_close(&hole);
+    m.timeout_ms = 0;
+
+    s_outcome_t o2 = {0};
+    router_addr_t live = s_addr("127.0.0.1", b.port);
+    uint8_t pk2[32] = {5};
+    m.peer_pk = pk2;
+    m.addr = &live;
+    m.ud = &o2;
+    assert_int_equal(router_outbound_send_msg(b.ob, &m), 0);
+    test_loop_until(b.loop, s_told, &o2, 5, 10000);
+    assert_int_equal(o2.outcome, ROUTER_SEND_SENT);
+    s_bench_down(&b);
+    assert_int_equal(o.calls + o2.calls + o3.calls, 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ack_timer_failure_fails_the_send),
+        cmocka_unit_test(test_no_ack_sent_only_when_connected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

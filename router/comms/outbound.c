@@ -49,6 +49,7 @@ struct s_link {
     uint8_t pk[32];               /* the peer */
     router_conn_t *conn;          /* NULL once closed */
     router_framed_t framed;       /* acks coming back */
+    bool opened;                  /* connected (on_open ran) or adopted connected */
     bool peer_closed;             /* the peer's orderly close (FIN) was read */
     bool oneshot;                 /* one envelope, one answer, then closed (WIRE §23.1); never reused */
     s_wait_t *head, *tail;        /* waiting sends, in send order */
@@ -100,14 +101,19 @@ static void s_wait_finish(s_wait_t *w, router_send_outcome_t outcome, const char
     cb(outcome, detail, ack_id, ud);
 }
 
+/* An acked kind's timeout; for a kind that gets no ack, the turn after
+ * its connection opened (sent), or its timeout while none did (offline:
+ * it never left). */
 static void s_on_ack_timeout(router_loop_t *loop, uint64_t id, void *ud)
 {
     (void) loop;
     (void) id;
     s_wait_t *w = ud;
     w->timer = 0;
-    if (w->no_ack)
+    if (w->no_ack && w->link->opened)
         s_wait_finish(w, ROUTER_SEND_SENT, "written; this kind gets no ack", NULL);
+    else if (w->no_ack)
+        s_wait_finish(w, ROUTER_SEND_OFFLINE, "no connection before the timeout", NULL);
     else
         s_wait_finish(w, ROUTER_SEND_OFFLINE, "no ack before the timeout", NULL);
 }
@@ -225,7 +231,30 @@ static void s_on_eof(router_conn_t *conn, void *ud)
     router_conn_close(conn);
 }
 
+/* Connected: what was queued goes out now. Sends of kinds that get no ack
+ * settle "sent" on the next turn (never inside this callback); until now
+ * their timer was the send's timeout, so a connection that never opens
+ * reports them offline, not sent. */
+static void s_on_open(router_conn_t *conn, void *ud)
+{
+    (void) conn;
+    s_link_t *l = ud;
+    router_outbound_t *ob = l->ob;
+    l->opened = true;
+    for (s_wait_t *w = l->head; w; w = w->next) {
+        if (!w->no_ack)
+            continue;
+        uint64_t t = router_loop_timer_add(ob->loop, 0, s_on_ack_timeout, w);
+        if (!t)
+            continue; /* no timer slot: its timeout settles it, as sent */
+        if (w->timer)
+            router_loop_timer_cancel(ob->loop, w->timer);
+        w->timer = t;
+    }
+}
+
 static const router_conn_handlers_t s_handlers = {
+    .on_open = s_on_open,
     .on_data = s_on_data,
     .on_eof = s_on_eof,
     .on_close = s_on_close,
@@ -274,11 +303,14 @@ static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint
     /* The timer first: a send that could never time out would leave its
      * caller waiting forever (router_node_send blocks on it). */
     /* A kind that gets no ack settles "sent" on the next turn of the loop
-     * (never inside this call), after the write was queued. */
+     * (never inside this call), after the write was queued, once the
+     * connection is open (s_on_open); until then it waits as long as an
+     * acked kind would. */
     w->no_ack = no_ack;
     if (!timeout_ms)
         timeout_ms = self->ack_timeout_ms;
-    w->timer = router_loop_timer_add(self->loop, no_ack ? 0 : timeout_ms, s_on_ack_timeout, w);
+    w->timer = router_loop_timer_add(self->loop, no_ack && l->opened ? 0 : timeout_ms,
+                                     s_on_ack_timeout, w);
     if (!w->timer) {
         int e = errno;
         ROUTER_LOG(ROUTER_LOG_WARN, "comms", "cannot time an ack (%s): send refused", strerror(e));
@@ -327,6 +359,7 @@ static s_link_t *s_link_open(router_outbound_t *self, const uint8_t pk[32],
         errno = e;
         return NULL;
     }
+    l->opened = !addr; /* an adopted socket is connected already */
     return l;
 }
 

@@ -74,7 +74,8 @@ typedef struct {
                                  * its answer (WIRE §23.1); at most 256 open at once */
     bool no_ack;                /* the kind gets no ack (proto_kind_acked false), or the
                                  * caller wants none: the send settles ROUTER_SEND_SENT
-                                 * once written */
+                                 * once queued on an open connection, or OFFLINE when no
+                                 * connection opened within timeout_ms */
     uint32_t timeout_ms;        /* how long to wait for the ack; 0: ack_timeout_ms */
     router_send_fn *cb;         /* runs exactly once, never from inside the call */
     void *ud;
