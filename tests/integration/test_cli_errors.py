@@ -179,6 +179,31 @@ def main():
             out, err = kith(*args)
             check(out.startswith(first) and err == "", f"{args}: {out[:80]!r} {err!r}")
 
+    def flag_values_kept():
+        # A value that looks like a flag belongs to the flag before it:
+        # no pass over argv ahead of the option parser takes it as -n or
+        # --home.
+        home = os.path.join(tmp, "values-kept")
+        kith("keygen", "--home", home)
+        refused(("audit", "tail", "--home", home, "--config", "-n5"),
+                "kith audit: -n5: no such file (a config file named explicitly must exist)")
+        out, err = kith("audit", "query", "--home", home, "--type", "-n")
+        check(out == "" and err == "", (out, err))
+        pk = "ed25519:" + me_pk
+        kith("peers", "add", "--home", home, "--name", "carol", "--pubkey", pk,
+             "--addr", "tcp://127.0.0.1:9", "--description", "--home")
+        out, _ = kith("peers", "list", "--home", home, "--json")
+        check(json.loads(out)["peers"][0]["meta"]["description"] == "--home", out)
+        kith("peers", "remove", "carol", "--home", home)
+        kith("peers", "--home", home, "add", "--name", "carol", "--pubkey", pk,
+             "--addr", "tcp://127.0.0.1:9", "--description", "--home=elsewhere")
+        out, _ = kith("peers", f"--home={home}", "list", "--json")
+        check(json.loads(out)["peers"][0]["meta"]["description"] == "--home=elsewhere", out)
+        check(not os.path.exists("elsewhere"), "--home=elsewhere was taken as the home")
+        for body in ("-n", "--home", "-n5"):
+            refused(("send", "--home", home, "--to", "nobody", "--body", body),
+                    "kith send: no trusted peer named nobody")
+
     def agent_flags():
         for args, want in (
             (("--connect", "inproc://x", "stray"),
@@ -507,7 +532,7 @@ def main():
         refused(("paircode", "--home", home), "kith paircode: gateway.host gateway.example: "
                 "host must be an IPv4 literal, a bracketed IPv6 literal or localhost")
 
-    for case in (flags_named_right, agent_flags, no_home, paths_too_long, audit_reads,
+    for case in (flags_named_right, flag_values_kept, agent_flags, no_home, paths_too_long, audit_reads,
                  envelope_io, identity_export, send_refusals, values_checked,
                  peers_import_drops_bad_addr,
                  daemon_refusals, daemon_without_log_file, admin_answers):

@@ -6,6 +6,8 @@
 
 /* Room for a command's flags and the --help every command takes. */
 #define S_OPTS_MAX 16
+/* Room for a command's short flags ("n:"), beyond -h. */
+#define S_SHORTS_MAX 16
 
 /* The flag `--name=VALUE` in arg names when glibc refused it for taking no
  * value (opt, glibc's optopt, is then its val), or NULL: an unknown flag,
@@ -36,7 +38,13 @@ int kith_opts_next(kith_opts_t *o)
         o->started = true;
     }
     opterr = 0; /* errors are printed below, in kith's words */
-    int c = getopt_long(o->argc, o->argv, ":h", all, NULL);
+    /* Short flags go to getopt too, never rewritten in argv beforehand:
+     * only getopt knows which entries are other flags' values (`--type -n`
+     * is a type named "-n"). */
+    char shorts[S_SHORTS_MAX + 3] = ":h";
+    if (o->shorts)
+        snprintf(shorts + 2, sizeof shorts - 2, "%s", o->shorts);
+    int c = getopt_long(o->argc, o->argv, shorts, all, NULL);
     if (c == -1)
         return KITH_OPT_END;
     if (c == '?' || c == ':') {

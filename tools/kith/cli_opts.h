@@ -22,6 +22,8 @@ typedef struct {
     const char *cmd;             /* "peers add": names the command in errors */
     const char *help;            /* "peers": `kith <help> --help` is the fix errors name */
     const struct option *longopts; /* the command's flags, {0} ended; --help is added */
+    const char *shorts;          /* short flags beyond -h in getopt's syntax ("n:"), or NULL;
+                                  * each one's val is its letter */
     bool started;                /* getopt has been reset for this argv */
 } kith_opts_t;
 

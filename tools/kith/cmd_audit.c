@@ -170,22 +170,10 @@ int kith_cmd_audit(int argc, char **argv)
     };
     char cmdname[32];
     snprintf(cmdname, sizeof cmdname, "audit %s", verb);
-    /* -n N (and -nN) is tail's habit; the option parser knows long flags
-     * only. */
-    char joined[32];
-    for (int i = 2; i < argc; i++)
-        if (!strcmp(argv[i], "-n")) {
-            if (i + 1 == argc) { /* else the error would name --lines, not what was typed */
-                fprintf(stderr, "kith %s: -n needs a value; see kith audit --help\n", cmdname);
-                return KITH_EXIT_FAIL;
-            }
-            argv[i] = (char *) "--lines";
-        } else if (!strncmp(argv[i], "-n", 2) && strlen(argv[i]) < sizeof joined - 8) {
-            snprintf(joined, sizeof joined, "--lines=%s", argv[i] + 2);
-            argv[i] = joined;
-        }
+    /* -n N (and -nN) is tail's habit: a short flag, so getopt tells it
+     * from another flag's value (`--type -n`). */
     kith_opts_t o = {.argc = argc - 1, .argv = argv + 1, .cmd = cmdname, .help = "audit",
-                     .longopts = flags};
+                     .longopts = flags, .shorts = "n:"};
     s_args_t a = {.limit = strcmp(verb, "tail") ? 100 : 10};
     uint64_t v;
     for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {

@@ -44,27 +44,30 @@ static void s_usage(FILE *out)
             "  --home DIR  state directory (else $KITH_HOME, else ~/.kith)\n");
 }
 
-/* Takes --home DIR (or --home=DIR) out of argv (compacting it) wherever
- * it appears. */
+/* Takes --home DIR (or --home=DIR) given before the subcommand (`kith
+ * peers --home DIR list`) out of argv. After the subcommand, --home is one
+ * of its flags, read by getopt, which alone knows which entries are other
+ * flags' values (`--description --home` describes a peer as "--home"). */
 static int s_take_home(int *argc, char **argv, const char **home_flag)
 {
-    int out = 0;
-    for (int i = 0; i < *argc; i++) {
+    int i = 1;
+    while (i < *argc && argv[i][0] == '-') {
         if (!strncmp(argv[i], "--home=", 7)) {
             *home_flag = argv[i] + 7;
-            continue;
-        }
-        if (!strcmp(argv[i], "--home")) {
+            i++;
+        } else if (!strcmp(argv[i], "--home")) {
             if (i + 1 >= *argc) {
-                fprintf(stderr, "kith peers: --home needs a directory\n");
+                fprintf(stderr, "kith peers: --home needs a directory; see kith peers --help\n");
                 return -1;
             }
-            *home_flag = argv[++i];
-            continue;
+            *home_flag = argv[i + 1];
+            i += 2;
+        } else {
+            break; /* --help, or a mistake the subcommand check names */
         }
-        argv[out++] = argv[i];
     }
-    *argc = out;
+    memmove(argv + 1, argv + i, (size_t) (*argc - i) * sizeof *argv);
+    *argc -= i - 1;
     return 0;
 }
 
@@ -139,7 +142,7 @@ static int s_add(int argc, char **argv, const char *home_flag)
         {"name", required_argument, NULL, 'n'},        {"pubkey", required_argument, NULL, 'k'},
         {"addr", required_argument, NULL, 'a'},        {"label", required_argument, NULL, 'l'},
         {"description", required_argument, NULL, 'd'}, {"profile", required_argument, NULL, 'P'},
-        {0},
+        {"home", required_argument, NULL, 'H'},        {0},
     };
     kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "peers add", .help = "peers",
                      .longopts = flags};
@@ -157,6 +160,8 @@ static int s_add(int argc, char **argv, const char *home_flag)
             addr = val;
         } else if (c == 'd') {
             description = val;
+        } else if (c == 'H') {
+            home_flag = val;
         } else if (c == 'P') {
             if (router_peer_profile_parse(val, &profile) != 0) {
                 fprintf(stderr, "kith peers add: --profile is kith or meerkat, got '%s'\n", val);
@@ -270,8 +275,14 @@ static int s_remove_edit(router_trust_t *t, void *ud, char *err, size_t errcap)
 
 static int s_remove(int argc, char **argv, const char *home_flag)
 {
-    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "peers remove", .help = "peers"};
+    static const struct option flags[] = {{"home", required_argument, NULL, 'H'}, {0}};
+    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "peers remove", .help = "peers",
+                     .longopts = flags};
     for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
+        if (c == 'H') {
+            home_flag = optarg;
+            continue;
+        }
         if (c != KITH_OPT_HELP)
             return KITH_EXIT_FAIL;
         s_usage(stdout);
@@ -300,7 +311,8 @@ static int s_remove(int argc, char **argv, const char *home_flag)
 static int s_list(int argc, char **argv, const char *home_flag)
 {
     bool json = false;
-    static const struct option flags[] = {{"json", no_argument, NULL, 'j'}, {0}};
+    static const struct option flags[] = {{"json", no_argument, NULL, 'j'},
+                                          {"home", required_argument, NULL, 'H'}, {0}};
     kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "peers list", .help = "peers",
                      .longopts = flags};
     for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
@@ -308,9 +320,12 @@ static int s_list(int argc, char **argv, const char *home_flag)
             s_usage(stdout);
             return KITH_EXIT_OK;
         }
-        if (c != 'j')
+        if (c == 'H')
+            home_flag = optarg;
+        else if (c == 'j')
+            json = true;
+        else
             return KITH_EXIT_FAIL;
-        json = true;
     }
     if (kith_opts_rest(&o) < argc) {
         fprintf(stderr, "kith peers list: unexpected '%s'; see kith peers --help\n",
@@ -369,18 +384,27 @@ static int s_import_edit(router_trust_t *t, void *ud, char *err, size_t errcap)
 
 static int s_import(int argc, char **argv, const char *home_flag)
 {
-    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        s_usage(stdout);
-        return KITH_EXIT_OK;
+    static const struct option flags[] = {{"home", required_argument, NULL, 'H'}, {0}};
+    kith_opts_t o = {.argc = argc, .argv = argv, .cmd = "peers import", .help = "peers",
+                     .longopts = flags};
+    for (int c; (c = kith_opts_next(&o)) != KITH_OPT_END;) {
+        if (c == KITH_OPT_HELP) {
+            s_usage(stdout);
+            return KITH_EXIT_OK;
+        }
+        if (c != 'H')
+            return KITH_EXIT_FAIL;
+        home_flag = optarg;
     }
-    if (argc != 2 || argv[1][0] == '-') {
+    if (argc - kith_opts_rest(&o) != 1) {
         fprintf(stderr, "kith peers import: expected one FILE (a Meerkat trusted_peers.json); "
                         "see kith peers --help\n");
         return KITH_EXIT_FAIL;
     }
-    FILE *f = fopen(argv[1], "rb");
+    const char *file = argv[kith_opts_rest(&o)];
+    FILE *f = fopen(file, "rb");
     if (!f) {
-        fprintf(stderr, "kith peers import: %s: %s\n", argv[1], strerror(errno));
+        fprintf(stderr, "kith peers import: %s: %s\n", file, strerror(errno));
         return KITH_EXIT_FAIL;
     }
     char *text = malloc(ROUTER_TRUST_FILE_MAX + 1);
@@ -388,13 +412,13 @@ static int s_import(int argc, char **argv, const char *home_flag)
     bool bad = ferror(f) || !text;
     fclose(f);
     if (bad) {
-        fprintf(stderr, "kith peers import: %s: cannot read\n", argv[1]);
+        fprintf(stderr, "kith peers import: %s: cannot read\n", file);
         free(text);
         return KITH_EXIT_FAIL;
     }
     if (len > ROUTER_TRUST_FILE_MAX) { /* only MAX + 1 octets were read: no size to name */
         fprintf(stderr, "kith peers import: %s: more than the %u bytes a trust file may be; "
-                        "nothing was imported\n", argv[1], ROUTER_TRUST_FILE_MAX);
+                        "nothing was imported\n", file, ROUTER_TRUST_FILE_MAX);
         free(text);
         return KITH_EXIT_FAIL;
     }
@@ -404,7 +428,7 @@ static int s_import(int argc, char **argv, const char *home_flag)
     if (router_home_resolve(home_flag, home, sizeof home) != 0) {
         fprintf(stderr, "kith peers: no home directory; pass --home DIR or set KITH_HOME\n");
     } else if (router_trust_edit(home, s_import_edit, &im, err, sizeof err) != 0) {
-        fprintf(stderr, "kith peers import: %s: %s; nothing was imported\n", argv[1], err);
+        fprintf(stderr, "kith peers import: %s: %s; nothing was imported\n", file, err);
     } else {
         printf("imported %zu (%zu renamed), dropped %zu; %zu trusted\n", im.res.imported,
                im.res.renamed, im.res.dropped, im.count);
