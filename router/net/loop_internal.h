@@ -184,6 +184,7 @@ struct router_watch {
         struct {
             unsigned inflight;    /* poll requests in flight */
             bool failed;          /* the kernel refused the poll: not re-armed */
+            bool removing;        /* a removal of the newest poll was queued */
         } u;                      /* io_uring backend */
         struct {
             bool added;           /* in the epoll set */
@@ -391,5 +392,10 @@ int router_conn_wq_iov(const router_conn_t *c, struct iovec *iov, int max);
 void router_conn_kill(router_conn_t *c, router_close_reason_t reason, int err);
 /* conn.c: queues pending work for c. */
 void router_conn_pend(router_conn_t *c, unsigned what);
+
+/* loop_uring.c: whether the next SQE is to be refused, as a submission
+ * queue the kernel cannot drain refuses it. Always false in kith; a weak
+ * symbol the unit tests override (tests/uring_fail.h). */
+bool router_uring_sqe_refused(void);
 
 #endif

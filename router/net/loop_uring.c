@@ -68,10 +68,21 @@ static s_uring_t *s_u(const router_loop_t *loop)
     return loop->be_data;
 }
 
+/* The test seam for a submission queue that cannot be drained (the kernel
+ * refuses io_uring_enter while its completion queue overflows): a weak
+ * definition that refuses nothing, which the unit tests replace
+ * (tests/uring_fail.h) to run every path below that finds no SQE. */
+__attribute__((weak)) bool router_uring_sqe_refused(void)
+{
+    return false;
+}
+
 /* An SQE, submitting what is queued if the SQ is full. NULL if none can be
  * had (the ring is not enabled yet, or the kernel is backed up). */
 static struct io_uring_sqe *s_sqe(s_uring_t *u)
 {
+    if (router_uring_sqe_refused())
+        return NULL;
     struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
     if (sqe || !u->enabled)
         return sqe;
@@ -209,14 +220,18 @@ static void s_fini(router_loop_t *loop)
     if (!u)
         return;
     if (u->enabled) {
-        struct io_uring_sqe *sqe = s_sqe(u);
-        if (sqe) {
-            io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
-            io_uring_sqe_set_data64(sqe, router_op_pack(NULL, ROUTER_OP_IGNORE));
-        }
+        bool cancelled = false;
         uint64_t deadline = router_loop_now_ms(loop) + S_DRAIN_MS;
         int rc = 0;
         while (u->inflight > 0) {
+            /* Asked again each round while no SQE can be had: the
+             * completions reaped below make room. */
+            struct io_uring_sqe *sqe = cancelled ? NULL : s_sqe(u);
+            if (sqe) {
+                io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+                io_uring_sqe_set_data64(sqe, router_op_pack(NULL, ROUTER_OP_IGNORE));
+                cancelled = true;
+            }
             uint64_t now = router_loop_now_ms(loop);
             if (now >= deadline)
                 break;
@@ -541,6 +556,7 @@ static int s_watch_start(router_watch_t *w)
     io_uring_sqe_set_data64(sqe, router_op_pack(w, ROUTER_OP_POLL));
     w->be.u.inflight++;
     w->be.u.failed = false;
+    w->be.u.removing = false;
     u->inflight++;
     return 0;
 }
@@ -552,9 +568,21 @@ static void s_watch_stop(router_watch_t *w)
         return;
     struct io_uring_sqe *sqe = s_sqe(u);
     if (!sqe)
-        return; /* the poll ends when the fd is closed; w->dead mutes it */
+        return; /* a dead watch's removal is queued again before the next wait */
     io_uring_prep_poll_remove(sqe, router_op_pack(w, ROUTER_OP_POLL));
     io_uring_sqe_set_data64(sqe, router_op_pack(NULL, ROUTER_OP_IGNORE));
+    w->be.u.removing = true;
+}
+
+/* A poll request holds its file: closing the fd does not end it. A watch
+ * destroyed when no SQE could be had would keep its poll (and the file,
+ * and its own memory) until the ring closes, so its removal is queued
+ * again here, before each wait, until one is. */
+static void s_watch_retry_stops(router_loop_t *loop)
+{
+    for (router_watch_t *w = loop->dead_watches; w; w = w->next)
+        if (w->be.u.inflight > 0 && !w->be.u.removing)
+            s_watch_stop(w);
 }
 
 /* Remove then add: SQEs are issued in order, so the remove always finds the
@@ -638,6 +666,8 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
             return rc == -1 ? -errno : rc;
         u->enabled = true;
     }
+    if (loop->dead_watches)
+        s_watch_retry_stops(loop);
     if (u->accept_again)
         timeout_ms = 0; /* accepted below, after the wait: not a reason to sleep */
     struct io_uring_cqe *cqe;

@@ -1,0 +1,515 @@
+/* tests/loop_uring_test.c — the io_uring backend when the kernel has no
+ * submission slot to give (tests/uring_fail.h): a kernel whose completion
+ * queue overflows refuses io_uring_enter, and every SQE kith asks for then
+ * comes back NULL. Each case makes one kind of request unobtainable — a
+ * send, a receive, a connect, a cancel, a poll, the listeners' poll, the
+ * teardown's cancel — and checks what the loop promises: the connection it
+ * concerns ends with a reason (EBUSY), the peer is told (FIN or RST, never
+ * silence), nothing leaks (LSan), and every other connection goes on being
+ * served. Skipped, visibly, where the kernel refuses io_uring. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "router/log.h"
+#include "router/net/conn.h"
+#include "router/net/listen.h"
+#include "router/net/loop.h"
+#include "loop_until.h"
+#include "uring_fail.h"
+
+/* Bound on every wait: a hang fails the test instead of hanging CI. */
+#define S_MAX_MS 10000u
+
+/* ------------------------------------------------------------ fixtures */
+
+#define S_SLOTS 4
+
+/* What the server side saw of one accepted (or dialled) connection. */
+typedef struct {
+    router_conn_t *conn;           /* while open */
+    unsigned closes;               /* on_close calls (must stay ≤ 1) */
+    router_close_reason_t reason;  /* the last on_close's */
+    int err;                       /* router_conn_error() then */
+    char got[64];                  /* bytes received, first 63 */
+    size_t got_len;
+} s_side_t;
+
+typedef struct {
+    router_loop_t *loop;
+    router_listener_t *l;
+    s_side_t side[S_SLOTS];
+    unsigned accepted;
+} s_fix_t;
+
+static void s_on_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    (void) c;
+    s_side_t *s = ud;
+    size_t room = sizeof s->got - 1 - s->got_len;
+    size_t n = len < room ? len : room;
+    memcpy(s->got + s->got_len, data, n);
+    s->got_len += n;
+}
+
+static void s_on_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    s_side_t *s = ud;
+    s->closes++;
+    s->reason = reason;
+    s->err = router_conn_error(c);
+    s->conn = NULL;
+}
+
+static const router_conn_handlers_t s_handlers = {.on_data = s_on_data, .on_close = s_on_close};
+
+static void s_on_accept(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    s_fix_t *f = ud;
+    assert_true(f->accepted < S_SLOTS);
+    s_side_t *s = &f->side[f->accepted++];
+    s->conn = c;
+    router_conn_set_handlers(c, &s_handlers, s);
+}
+
+static int s_setup(void **state)
+{
+    static s_fix_t f;
+    memset(&f, 0, sizeof f);
+    router_loop_opts_t o = {.backend = ROUTER_LOOP_URING};
+    f.loop = router_loop_new(&o);
+    *state = &f;
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    s_fix_t *f = *state;
+    (void) uring_fail_disarm(); /* a case that failed half-way may have left it armed */
+    router_listener_close(&f->l);
+    router_loop_destroy(&f->loop);
+    return 0;
+}
+
+/* The fixture's loop, or the test skipped where io_uring is refused. */
+static s_fix_t *s_fix(void **state)
+{
+    s_fix_t *f = *state;
+    if (!f->loop) {
+        print_message("io_uring refused here: skipping\n");
+        skip();
+    }
+    return f;
+}
+
+static void s_listen(s_fix_t *f)
+{
+    router_addr_t addr;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
+    f->l = router_loop_listen(f->loop, &addr, s_on_accept, f);
+    assert_non_null(f->l);
+}
+
+/* A blocking client socket connected to the fixture's listener; reads give
+ * up after S_MAX_MS (a hang guard, never a measurement). */
+static int s_client(const s_fix_t *f)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_port = htons(router_addr_port(router_listener_addr(f->l))),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *) &sin, sizeof sin), 0);
+    struct timeval tv = {.tv_sec = S_MAX_MS / 1000};
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    return fd;
+}
+
+typedef struct {
+    s_fix_t *f;
+    unsigned n;
+} s_count_t;
+
+static bool s_accepted(void *ud)
+{
+    s_count_t *w = ud;
+    return w->f->accepted >= w->n;
+}
+
+static bool s_closed(void *ud)
+{
+    return ((s_side_t *) ud)->closes > 0;
+}
+
+/* Runs the loop until `n` connections were accepted. */
+static void s_accept_n(s_fix_t *f, unsigned n)
+{
+    s_count_t w = {f, n};
+    test_loop_until(f->loop, s_accepted, &w, 2, S_MAX_MS);
+}
+
+/* The client's side of a connection kith ended: an orderly FIN or a reset,
+ * and no data. */
+static void s_client_sees_end(int fd)
+{
+    char b[8];
+    ssize_t n = recv(fd, b, sizeof b, 0);
+    assert_true(n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE)));
+}
+
+typedef struct {
+    int fd;
+    char buf[16];
+    size_t len;
+    size_t want;
+} s_read_t;
+
+/* Reads what a client socket has without blocking the loop that feeds it. */
+static bool s_client_got(void *ud)
+{
+    s_read_t *r = ud;
+    ssize_t n = recv(r->fd, r->buf + r->len, sizeof r->buf - r->len, MSG_DONTWAIT);
+    if (n > 0)
+        r->len += (size_t) n;
+    return r->len >= r->want;
+}
+
+typedef struct {
+    const s_side_t *s;
+    size_t want;
+} s_got_t;
+
+static bool s_side_got(void *ud)
+{
+    const s_got_t *g = ud;
+    return g->s->got_len >= g->want || g->s->closes > 0;
+}
+
+/* Checks that the connection of side `s` (client `fd`) still works both
+ * ways: kith reads what the client sends and the client reads what kith
+ * sends. */
+static void s_still_served(s_fix_t *f, s_side_t *s, int fd)
+{
+    assert_non_null(s->conn);
+    size_t before = s->got_len;
+    assert_int_equal(send(fd, "ok", 2, MSG_NOSIGNAL), 2);
+    s_read_t r = {.fd = fd, .want = 4};
+    assert_int_equal(router_conn_send(s->conn, "pong", 4), 0);
+    test_loop_until(f->loop, s_client_got, &r, 2, S_MAX_MS);
+    assert_memory_equal(r.buf, "pong", 4);
+    s_got_t g = {s, before + 2};
+    test_loop_until(f->loop, s_side_got, &g, 2, S_MAX_MS);
+    assert_int_equal(s->closes, 0);
+    assert_memory_equal(s->got + before, "ok", 2);
+}
+
+/* ------------------------------------------------------------ cases */
+
+/* A reply with no SQE to carry it: that connection ends with EBUSY (the
+ * peer sees it end rather than wait forever for bytes that cannot be
+ * sent); the one beside it is untouched. */
+static void test_send_without_sqe(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    s_listen(f);
+    int c0 = s_client(f), c1 = s_client(f);
+    s_accept_n(f, 2);
+    uring_fail_arm(0, 1);
+    assert_int_equal(router_conn_send(f->side[0].conn, "lost", 4), 0);
+    test_loop_until(f->loop, s_closed, &f->side[0], 2, S_MAX_MS);
+    assert_int_equal(uring_fail_disarm(), 1);
+    assert_int_equal(f->side[0].closes, 1);
+    assert_int_equal(f->side[0].reason, ROUTER_CLOSE_ERROR);
+    assert_int_equal(f->side[0].err, EBUSY);
+    s_client_sees_end(c0);
+    s_still_served(f, &f->side[1], c1);
+    close(c0);
+    close(c1);
+}
+
+/* A newcomer whose receive cannot be queued is ended (it could never be
+ * read); the loop accepts and serves the next one. */
+static void test_recv_without_sqe(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    s_listen(f);
+    uring_fail_arm(0, 1);
+    int c0 = s_client(f);
+    s_accept_n(f, 1);
+    test_loop_until(f->loop, s_closed, &f->side[0], 2, S_MAX_MS);
+    assert_int_equal(uring_fail_disarm(), 1);
+    assert_int_equal(f->side[0].reason, ROUTER_CLOSE_ERROR);
+    assert_int_equal(f->side[0].err, EBUSY);
+    s_client_sees_end(c0);
+    int c1 = s_client(f);
+    s_accept_n(f, 2);
+    s_still_served(f, &f->side[1], c1);
+    close(c0);
+    close(c1);
+}
+
+/* Ending a connection needs a cancel for its receive; with none to be had
+ * the loop shuts the socket down so the receive ends by itself. Nothing
+ * at all can be submitted meanwhile, yet on_close runs once, the peer
+ * sees the end and the connection's memory goes (LSan at teardown). */
+static void test_abort_without_sqe(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    s_listen(f);
+    int c0 = s_client(f), c1 = s_client(f);
+    s_accept_n(f, 2);
+    router_loop_stats_t st;
+    router_loop_stats(f->loop, &st);
+    assert_int_equal(st.conns_open, 2);
+    uring_fail_arm(0, -1);
+    router_conn_abort(f->side[0].conn);
+    test_loop_until(f->loop, s_closed, &f->side[0], 2, S_MAX_MS);
+    s_client_sees_end(c0);
+    assert_true(uring_fail_disarm() >= 1);
+    assert_int_equal(f->side[0].closes, 1);
+    assert_int_equal(f->side[0].reason, ROUTER_CLOSE_ABORT);
+    router_loop_stats(f->loop, &st);
+    assert_int_equal(st.conns_open, 1);
+    s_still_served(f, &f->side[1], c1);
+    close(c0);
+    close(c1);
+}
+
+/* An outbound connect that cannot be queued is reported like any failed
+ * connect: from the loop, through on_close, with the reason. */
+static void test_connect_without_sqe(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    s_listen(f);
+    s_side_t out = {0};
+    uring_fail_arm(0, 1);
+    out.conn = router_loop_connect(f->loop, router_listener_addr(f->l), &s_handlers, &out);
+    assert_non_null(out.conn);
+    assert_int_equal(out.closes, 0); /* never from inside the call */
+    test_loop_until(f->loop, s_closed, &out, 2, S_MAX_MS);
+    assert_int_equal(uring_fail_disarm(), 1);
+    assert_int_equal(out.closes, 1);
+    assert_int_equal(out.reason, ROUTER_CLOSE_CONNECT_FAILED);
+    assert_int_equal(out.err, EBUSY);
+    /* The next connect goes through. */
+    s_side_t ok = {0};
+    ok.conn = router_loop_connect(f->loop, router_listener_addr(f->l), &s_handlers, &ok);
+    assert_non_null(ok.conn);
+    s_accept_n(f, 1);
+    assert_non_null(ok.conn);
+    router_conn_abort(ok.conn);
+    test_loop_until(f->loop, s_closed, &ok, 2, S_MAX_MS);
+}
+
+/* Listening when the listeners' poll cannot be queued fails with EBUSY and
+ * leaves no descriptor behind. */
+static unsigned s_fds_open(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    unsigned n = 0;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+static void test_listen_without_sqe(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    router_addr_t addr;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
+    unsigned fds = s_fds_open();
+    uring_fail_arm(0, 1);
+    errno = 0;
+    assert_null(router_loop_listen(f->loop, &addr, s_on_accept, f));
+    assert_int_equal(errno, EBUSY);
+    assert_int_equal(uring_fail_disarm(), 1);
+    assert_int_equal(s_fds_open(), fds);
+    s_listen(f);
+    int c0 = s_client(f);
+    s_accept_n(f, 1);
+    s_still_served(f, &f->side[0], c0);
+    close(c0);
+}
+
+/* Watches: a watch that cannot start is refused with EBUSY; an update whose
+ * new poll cannot be queued says so, and the watch re-arms with the new
+ * events when the old poll's removal completes. */
+typedef struct {
+    unsigned fired;
+    unsigned events;
+} s_watch_seen_t;
+
+static void s_watch_cb(router_watch_t *w, int fd, unsigned events, void *ud)
+{
+    (void) w;
+    s_watch_seen_t *s = ud;
+    s->fired++;
+    s->events |= events;
+    char b[16];
+    if (events & ROUTER_EV_READ)
+        (void) read(fd, b, sizeof b);
+}
+
+static bool s_watch_fired(void *ud)
+{
+    return ((s_watch_seen_t *) ud)->fired > 0;
+}
+
+static void test_watch_without_sqe(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    s_watch_seen_t seen = {0};
+    uring_fail_arm(0, 1);
+    errno = 0;
+    assert_null(router_loop_watch_fd(f->loop, p[0], ROUTER_EV_READ, s_watch_cb, &seen));
+    assert_int_equal(errno, EBUSY);
+    assert_int_equal(uring_fail_disarm(), 1);
+
+    /* Watch the write end for writability, then move it to the read end's
+     * events... on the same pipe: the read end, first for WRITE (never
+     * ready), then updated to READ with the new poll refused. */
+    router_watch_t *w = router_loop_watch_fd(f->loop, p[0], ROUTER_EV_WRITE, s_watch_cb, &seen);
+    assert_non_null(w);
+    uring_fail_arm(1, 1); /* the removal is queued, the new poll refused */
+    errno = 0;
+    assert_int_equal(router_watch_update(w, ROUTER_EV_READ), -1);
+    assert_int_equal(errno, EBUSY);
+    assert_int_equal(uring_fail_disarm(), 1);
+    assert_int_equal(write(p[1], "x", 1), 1);
+    test_loop_until(f->loop, s_watch_fired, &seen, 2, S_MAX_MS);
+    assert_true(seen.events & ROUTER_EV_READ);
+    router_watch_destroy(&w);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* A poll holds its file: closing the fd does not end it. A watch destroyed
+ * while no SQE could be had must still have its poll removed once one can
+ * be: then the pipe's read end is really gone and a write fails with EPIPE
+ * (while the poll lingered, the kernel still counted a reader). */
+typedef struct {
+    int wfd;
+    int err;
+} s_pipe_t;
+
+static bool s_pipe_broken(void *ud)
+{
+    s_pipe_t *p = ud;
+    if (write(p->wfd, "x", 1) < 0)
+        p->err = errno;
+    return p->err != 0;
+}
+
+static void test_watch_destroyed_without_sqe(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    int p[2];
+    assert_int_equal(pipe2(p, O_NONBLOCK), 0);
+    s_watch_seen_t seen = {0};
+    router_watch_t *w = router_loop_watch_fd(f->loop, p[0], ROUTER_EV_READ, s_watch_cb, &seen);
+    assert_non_null(w);
+    assert_int_equal(write(p[1], "x", 1), 1);
+    test_loop_until(f->loop, s_watch_fired, &seen, 2, S_MAX_MS); /* its poll is in the kernel */
+    seen.fired = 0;
+    uring_fail_arm(0, 1);
+    router_watch_destroy(&w);
+    assert_int_equal(uring_fail_disarm(), 1);
+    close(p[0]);
+    void (*was)(int) = signal(SIGPIPE, SIG_IGN);
+    s_pipe_t pp = {.wfd = p[1]};
+    test_loop_until(f->loop, s_pipe_broken, &pp, 2, S_MAX_MS);
+    signal(SIGPIPE, was);
+    assert_int_equal(pp.err, EPIPE);
+    assert_int_equal(seen.fired, 0); /* a dead watch is never called */
+    close(p[1]);
+}
+
+/* Teardown with nothing submittable: the cancels cannot be queued, the
+ * open connection is shut down so its receive ends, and the listeners'
+ * poll is left for the ring's close to cancel (logged, never silent); no
+ * memory is left behind (LSan). */
+static void test_destroy_without_sqe(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    s_listen(f);
+    int c0 = s_client(f);
+    s_accept_n(f, 1);
+    router_listener_close(&f->l);
+    uring_fail_arm(0, -1);
+    router_loop_destroy(&f->loop);
+    assert_true(uring_fail_disarm() >= 1);
+    assert_int_equal(f->side[0].closes, 1);
+    assert_int_equal(f->side[0].reason, ROUTER_CLOSE_SHUTDOWN);
+    s_client_sees_end(c0);
+    close(c0);
+}
+
+/* The same teardown when SQEs come back after a few refusals: the cancel
+ * of everything is asked for again each round, so every request is reaped
+ * before the memory goes, and nothing is left for the ring's close (no
+ * "not drained" line in the log). */
+static void test_destroy_sqe_back(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    char logpath[] = "/tmp/kith-uring-log-XXXXXX";
+    int lfd = mkstemp(logpath);
+    assert_true(lfd >= 0);
+    close(lfd);
+    router_log_opts_t lo = {.level = ROUTER_LOG_INFO, .path = logpath, .no_stderr = true};
+    assert_int_equal(router_log_start(&lo), 0);
+    s_listen(f);
+    int c0 = s_client(f);
+    s_accept_n(f, 1);
+    router_listener_close(&f->l);
+    uring_fail_arm(0, 3); /* the connection's cancel, the wake-up poll's removal, the first try */
+    router_loop_destroy(&f->loop);
+    assert_int_equal(uring_fail_disarm(), 3);
+    router_log_flush();
+    router_log_stop();
+    assert_int_equal(f->side[0].reason, ROUTER_CLOSE_SHUTDOWN);
+    s_client_sees_end(c0);
+    close(c0);
+    FILE *fp = fopen(logpath, "r");
+    assert_non_null(fp);
+    char line[512];
+    while (fgets(line, sizeof line, fp))
+        if (strstr(line, "not drained"))
+            fail_msg("teardown left requests: %s", line);
+    fclose(fp);
+    unlink(logpath);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_send_without_sqe, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_recv_without_sqe, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_abort_without_sqe, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_connect_without_sqe, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_listen_without_sqe, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_watch_without_sqe, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_watch_destroyed_without_sqe, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_without_sqe, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_sqe_back, s_setup, s_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
