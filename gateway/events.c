@@ -32,7 +32,7 @@ struct s_sub {
     router_conn_t *conn;   /* its connection (the HTTP server's) */
     uint64_t cursor;       /* id of the next event to send */
     bool live;             /* it caught up once: from then on it is cut, not paced */
-    bool cut;              /* aborted: waiting for on_close */
+    bool cut;              /* aborted or being closed: waiting for on_close */
     s_sub_t *prev, *next;  /* the stream's list */
 };
 
@@ -47,9 +47,11 @@ struct gateway_events {
     s_sub_t *subs;                 /* subscribers */
     uint32_t nsubs;                /* how many */
     uint64_t cut;                  /* cut since start */
+    uint64_t keepalive_lost;       /* closed since start: no keep-alive timer */
     uint64_t timer;                /* keep-alive timer, 0 for none */
     router_metric_t *m_subs;       /* kith_sse_subscribers */
     router_metric_t *m_cut;        /* kith_sse_cut_total */
+    router_metric_t *m_lost;       /* kith_sse_keepalive_lost_total */
     router_metric_t *m_events;     /* kith_sse_events_total */
 };
 
@@ -121,6 +123,9 @@ int gateway_events_json_escape(char *out, size_t cap, size_t *n, const char *s, 
 }
 
 /* ---------------------------------------------------------------- subscribers */
+
+static int s_timer_arm(gateway_events_t *ev);
+static void s_keepalive(router_loop_t *loop, uint64_t id, void *ud);
 
 static void s_sub_unlink(s_sub_t *sub)
 {
@@ -263,6 +268,17 @@ void gateway_events_subscribe(gateway_events_t *ev, const gateway_http_req_t *re
     if (have < 0) {
         (void) gateway_http_respond_error(res, 400, "bad_last_event_id",
                                           "Last-Event-ID must be an event id (decimal)");
+        return;
+    }
+    /* A stream whose keep-alive timer was lost (s_keepalive_lost) takes
+     * a subscriber only once it is armed again. */
+    if (!ev->timer && s_timer_arm(ev) != 0) {
+        ROUTER_LOG(ROUTER_LOG_ERROR, "gateway",
+                   "sse %s: keep-alive timer still not armed (%s): subscriber refused", ev->name,
+                   strerror(errno));
+        (void) gateway_http_res_header(res, "Retry-After", "5");
+        (void) gateway_http_respond_error(res, 503, "keepalive_unavailable",
+                                          "this stream cannot send keep-alives now");
         return;
     }
     if (ev->nsubs >= ev->opts.subscribers_max) {
@@ -429,8 +445,64 @@ uint64_t gateway_events_publish(gateway_events_t *ev, const char *type, const ch
 
 /* ---------------------------------------------------------------- keep-alive */
 
+/* 0, or the errno with which the next keep-alive timer is to be refused.
+ * The loop frees a timer's slot before its callback runs, so today the
+ * re-arm cannot fail; this weak definition lets tests/events_test.c
+ * override it to run the paths that handle a refusal (as
+ * router_uring_sqe_refused does for the io_uring loop). */
+__attribute__((weak)) int gateway_events_timer_fault(void)
+{
+    return 0;
+}
+
+/* Arms the keep-alive timer. Returns 0, or -1 with errno (the loop's:
+ * ENOMEM, ENOSPC when it has no timer slot) and ev->timer 0. */
+static int s_timer_arm(gateway_events_t *ev)
+{
+    int fault = gateway_events_timer_fault();
+    if (fault) {
+        ev->timer = 0;
+        errno = fault;
+        return -1;
+    }
+    ev->timer = router_loop_timer_add(ev->loop, ev->opts.keepalive_ms, s_keepalive, ev);
+    return ev->timer ? 0 : -1;
+}
+
+/* The keep-alive timer could not be re-armed: the subscribers would sit
+ * on a connection that a proxy or the client may take for dead, with
+ * nobody told. Each is sent a comment naming the reason and closed
+ * (gracefully: what it was owed is flushed first), counted; a client
+ * reconnects with its last id, and the next subscribe arms the timer
+ * again or is refused. */
+static void s_keepalive_lost(gateway_events_t *ev, int err)
+{
+    char text[96];
+    int tn = snprintf(text, sizeof text, "closing: keep-alives unavailable (%s)", strerror(err));
+    uint8_t line[128];
+    ssize_t n = proto_sse_encode_comment(line, sizeof line, text,
+                                         tn > 0 && (size_t) tn < sizeof text ? (size_t) tn : 0,
+                                         NULL);
+    uint32_t closed = 0;
+    for (s_sub_t *sub = ev->subs; sub; sub = sub->next) {
+        if (sub->cut)
+            continue;
+        sub->cut = true;
+        closed++;
+        if (n > 0 && router_conn_send_queued(sub->conn) + (size_t) n <= ev->opts.unsent_max)
+            (void) router_conn_send(sub->conn, line, (size_t) n);
+        router_conn_close(sub->conn);
+    }
+    ev->keepalive_lost += closed;
+    router_metric_inc(ev->m_lost, closed);
+    ROUTER_LOG(ROUTER_LOG_ERROR, "gateway",
+               "sse %s: keep-alive timer not re-armed (%s): %u subscribers closed", ev->name,
+               strerror(err), closed);
+}
+
 static void s_keepalive(router_loop_t *loop, uint64_t id, void *ud)
 {
+    (void) loop;
     (void) id;
     gateway_events_t *ev = ud;
     uint8_t line[32];
@@ -438,7 +510,8 @@ static void s_keepalive(router_loop_t *loop, uint64_t id, void *ud)
     for (s_sub_t *sub = ev->subs; sub && n > 0; sub = sub->next)
         if (!sub->cut && router_conn_send_queued(sub->conn) + (size_t) n <= ev->opts.unsent_max)
             (void) router_conn_send(sub->conn, line, (size_t) n);
-    ev->timer = router_loop_timer_add(loop, ev->opts.keepalive_ms, s_keepalive, ev);
+    if (s_timer_arm(ev) != 0)
+        s_keepalive_lost(ev, errno);
 }
 
 /* ---------------------------------------------------------------- lifecycle */
@@ -456,6 +529,10 @@ static void s_metrics_register(gateway_events_t *ev)
                                    "SSE subscribers cut for not keeping up, by stream.");
     ev->m_events = router_metrics_add(m, "kith_sse_events_total", labels, ROUTER_METRIC_COUNTER,
                                       "SSE events published, by stream.");
+    ev->m_lost = router_metrics_add(m, "kith_sse_keepalive_lost_total", labels,
+                                    ROUTER_METRIC_COUNTER,
+                                    "SSE subscribers closed because the keep-alive timer could "
+                                    "not be re-armed, by stream.");
 }
 
 gateway_events_t *gateway_events_new(router_loop_t *loop, const gateway_events_opts_t *opts)
@@ -491,8 +568,7 @@ gateway_events_t *gateway_events_new(router_loop_t *loop, const gateway_events_o
     ev->opts = o;
     ev->next_id = ev->oldest = 1;
     s_metrics_register(ev);
-    ev->timer = router_loop_timer_add(loop, o.keepalive_ms, s_keepalive, ev);
-    if (!ev->timer) {
+    if (s_timer_arm(ev) != 0) {
         int e = errno; /* the loop's: ENOMEM, or ENOSPC (no timer slot) */
         gateway_events_destroy(&ev);
         errno = e;
@@ -537,6 +613,7 @@ void gateway_events_stats(const gateway_events_t *ev, gateway_events_stats_t *ou
         .ring_bytes = ev->ring_bytes,
         .subscribers = ev->nsubs,
         .cut = ev->cut,
+        .keepalive_lost = ev->keepalive_lost,
     };
 }
 

@@ -17,6 +17,11 @@
  * aborted; counted in kith_sse_cut_total). At most
  * subscribers_max subscribe at once (then 503).
  *
+ * When the keep-alive timer cannot be re-armed, every subscriber is sent a
+ * comment naming the reason and closed (logged, counted in
+ * kith_sse_keepalive_lost_total); a later subscribe arms it again or is
+ * refused 503 keepalive_unavailable.
+ *
  * Threads: loop thread only. */
 #ifndef KITH_GATEWAY_EVENTS_H
 #define KITH_GATEWAY_EVENTS_H
@@ -55,7 +60,8 @@ typedef struct {
                                 * borrowed; NULL: none */
     router_metrics_t *metrics; /* borrowed; NULL: no metrics. Registers, labelled
                                 * stream="<name>": kith_sse_subscribers (gauge),
-                                * kith_sse_cut_total, kith_sse_events_total */
+                                * kith_sse_cut_total, kith_sse_events_total,
+                                * kith_sse_keepalive_lost_total */
 } gateway_events_opts_t;
 
 /* A stream on `loop` (borrowed). Returns NULL with errno set (EINVAL for an
@@ -82,7 +88,8 @@ const uint8_t *gateway_events_frame(const gateway_events_t *self, uint64_t id, s
 
 /* In a GET handler: answers the request with the stream (200
  * text/event-stream), honouring Last-Event-ID; or 400 bad_last_event_id,
- * 503 too_many_subscribers, 500. */
+ * 503 too_many_subscribers, 503 keepalive_unavailable (the keep-alive
+ * timer could not be armed), 500. */
 void gateway_events_subscribe(gateway_events_t *self, const gateway_http_req_t *req,
                               gateway_http_res_t *res);
 
@@ -93,7 +100,13 @@ typedef struct {
     size_t ring_bytes;    /* octets the ring holds */
     uint32_t subscribers; /* subscribers now */
     uint64_t cut;         /* subscribers cut since start */
+    uint64_t keepalive_lost; /* subscribers closed since start: keep-alive timer lost */
 } gateway_events_stats_t;
+
+/* A test seam: 0, or the errno with which the stream's next keep-alive
+ * timer is refused as if the loop had refused it. kith defines it weak,
+ * returning 0; a test may define its own. */
+int gateway_events_timer_fault(void);
 
 void gateway_events_stats(const gateway_events_t *self, gateway_events_stats_t *out);
 

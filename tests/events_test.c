@@ -745,6 +745,83 @@ static void test_sub_keepalive(void **state)
     s_srv_stop(&s);
 }
 
+/* The errno with which the stream's keep-alive timer is refused
+ * (gateway/events.h's seam), 0 for none; set by the test thread, read on
+ * the loop's. */
+static _Atomic int s_timer_fault;
+
+int gateway_events_timer_fault(void)
+{
+    return s_timer_fault;
+}
+
+/* The keep-alive timer cannot be re-armed: each subscriber gets a comment
+ * naming the reason and an orderly end (FIN, not a reset), counted and
+ * logged; a subscribe while the timer is still refused is 503
+ * keepalive_unavailable, and once the loop takes it again the stream
+ * serves with keep-alives. (Before, the re-arm's failure went unseen and
+ * the stream went silent for good.) */
+static void test_sub_keepalive_lost(void **state)
+{
+    (void) state;
+    s_srv_t *s = s_srv_start(&(gateway_events_opts_t){.keepalive_ms = 10});
+    s_cli_t *c = s_subscribe(s, "", 0);
+    assert_int_equal(s_publish_n(s, 1, 4), 1);
+    s_expect_n(c, 1, 4);
+    s_timer_fault = ENOSPC;
+    /* Keep-alives, then the reason, then the end. */
+    static const char reason[] = ": closing: keep-alives unavailable (No space left on device)";
+    for (;;) {
+        char *nl;
+        while (!(nl = memchr(c->buf, '\n', c->len)))
+            assert_true(s_cli_more(c) > 0);
+        size_t n = (size_t) (nl - c->buf);
+        if (n == 12 && !memcmp(c->buf, ": keep-alive", 12)) {
+            s_cli_consume(c, n + 1);
+            continue;
+        }
+        assert_int_equal(n, sizeof reason - 1);
+        assert_memory_equal(c->buf, reason, n);
+        s_cli_consume(c, n + 1);
+        break;
+    }
+    char rest[16];
+    ssize_t r;
+    while ((r = recv(c->fd, rest, sizeof rest, 0)) < 0 && errno == EINTR)
+        ;
+    assert_int_equal(r, 0); /* FIN: closed on purpose, not cut */
+    s_cli_close(&c);
+    s_wait_subscribers(s, 0);
+    gateway_events_stats_t st = s_stats(s);
+    assert_int_equal(st.keepalive_lost, 1);
+    assert_int_equal(st.cut, 0);
+    assert_true(s_metrics_has(s, "kith_sse_keepalive_lost_total{stream=\"events\"} 1"));
+
+    c = s_cli_connect(s, 0);
+    char head[2048], body[512];
+    assert_int_equal(s_request(c, "GET", "", head, sizeof head), 503);
+    assert_non_null(strcasestr(head, "\r\nretry-after: 5\r\n"));
+    s_cli_body(c, head, body, sizeof body);
+    assert_non_null(strstr(body, "\"code\":\"keepalive_unavailable\""));
+    s_cli_close(&c);
+
+    s_timer_fault = 0;
+    c = s_subscribe(s, "Last-Event-ID: 1\r\n", 0);
+    assert_int_equal(s_publish_n(s, 2, 0), 2);
+    s_expect_n(c, 2, 0);
+    for (int seen = 0; seen < 2;) { /* the timer runs again */
+        char *nl;
+        while (!(nl = memchr(c->buf, '\n', c->len)))
+            assert_true(s_cli_more(c) > 0);
+        size_t n = (size_t) (nl - c->buf);
+        assert_true(n == 12 && !memcmp(c->buf, ": keep-alive", 12));
+        seen++;
+        s_cli_consume(c, n + 1);
+    }
+    s_cli_close(&c);
+    s_srv_stop(&s);
+}
+
 /* HEAD gets the head alone and the connection closes; no subscriber. */
 static void test_sub_head(void **state)
 {
@@ -1104,6 +1181,7 @@ int main(void)
         cmocka_unit_test(test_sub_resume),
         cmocka_unit_test(test_sub_bound),
         cmocka_unit_test(test_sub_keepalive),
+        cmocka_unit_test(test_sub_keepalive_lost),
         cmocka_unit_test(test_sub_head),
         cmocka_unit_test(test_sub_gone_mid_event),
         cmocka_unit_test(test_sub_slow_cut),
