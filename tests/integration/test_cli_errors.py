@@ -260,6 +260,64 @@ def main():
                 "kith audit: the audit log's path is too long; pass FILE, or give a shorter "
                 "audit.path")
 
+    def reasons_survive_long_paths():
+        # A home of 4000 characters: each error still ends in its reason
+        # (they used to be cut at 512 bytes, inside the path).
+        home = deep_dir(tmp, 4000)
+        os.makedirs(home)
+        with open(os.path.join(home, "config.json"), "w") as f:
+            f.write('{"comms": {"inbox": 1}}')
+        for args, cmd in ((("send", "--to", "bob", "--body", "x"), "send"),
+                          (("paircode",), "paircode"), (("tokens", "list"), "tokens"),
+                          (("config", "check"), "config check"), (("audit", "tail"), "audit"),
+                          (("daemon",), "daemon")):
+            _, err = kith(*args, "--home", home, expect=1)
+            want = f"kith {cmd}: {home}/config.json: comms.inbox: unknown key"
+            check(len(err.splitlines()) == 1 and err.startswith(want) and
+                  err.endswith("(line 1, column 19)\n"), f"{args}: {err[-300:]!r}")
+        refused(("id", "--home", home),
+                f"kith id: no identity at {home}/identity/identity.key; run: kith keygen "
+                f"--home {home}")
+
+    def state_db_path_bound():
+        # SQLite opens database paths of at most 512 characters, and the
+        # journal's is 8 longer than state.db's: a home whose state.db is
+        # longer is refused, by name, before anything starts.
+        def home_for(length):
+            real = os.path.realpath(tmp)
+            return deep_dir(real, length - len("/state.db"))
+        home = home_for(505)
+        os.makedirs(home)
+        refused(("daemon", "--home", home),
+                f"kith daemon: {home}/state.db is 505 characters long as a real path; SQLite "
+                "opens at most 504: use a home with a shorter path")
+        check(not os.path.exists(os.path.join(home, "state.db")), "state.db was made")
+        # One shorter runs.
+        home = home_for(504)
+        os.makedirs(home)
+        check(len(os.path.join(home, "state.db")) == 504, home)
+        with open(os.path.join(home, "config.json"), "w") as f:
+            json.dump({"gateway": {"port": 0},
+                       "comms": {"address": "127.0.0.1:0", "uds_path": None},
+                       "workers": {"agent_threads": 0}}, f)
+        errlog = os.path.join(tmp, "daemon-504.err")
+        with open(errlog, "wb") as out:
+            p = subprocess.Popen([KITH, "daemon", "--home", home], stdout=out, stderr=out)
+        try:
+            deadline = time.time() + TIMEOUT
+            text = ""
+            while "daemon: ready" not in text:
+                check(p.poll() is None and time.time() < deadline, f"not ready: {text[-600:]}")
+                time.sleep(0.05)
+                text = open(errlog, errors="replace").read()
+            p.send_signal(signal.SIGTERM)
+            check(p.wait(timeout=TIMEOUT) == 0, f"SIGTERM: exit {p.returncode}")
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        check(os.path.exists(os.path.join(home, "state.db")), "no state.db")
+
     def audit_reads():
         home = os.path.join(tmp, "audit")
         os.makedirs(home)
@@ -532,7 +590,8 @@ def main():
         refused(("paircode", "--home", home), "kith paircode: gateway.host gateway.example: "
                 "host must be an IPv4 literal, a bracketed IPv6 literal or localhost")
 
-    for case in (flags_named_right, flag_values_kept, agent_flags, no_home, paths_too_long, audit_reads,
+    for case in (flags_named_right, flag_values_kept, agent_flags, no_home, paths_too_long,
+                 reasons_survive_long_paths, state_db_path_bound, audit_reads,
                  envelope_io, identity_export, send_refusals, values_checked,
                  peers_import_drops_bad_addr,
                  daemon_refusals, daemon_without_log_file, admin_answers):

@@ -116,7 +116,7 @@ int kith_admin_call(const char *cmd, const char *home_flag, const char *config_f
                     kith_admin_answer_t *ans, char *err, size_t errcap)
 {
     memset(ans, 0, sizeof *ans);
-    char home[ROUTER_PATH_MAX], cerr[ROUTER_CONFIG_ERR_MAX] = "";
+    char home[ROUTER_PATH_MAX], cerr[KITH_ERR_MAX] = "";
     router_config_t cfg;
     bool used = false;
     if (router_home_resolve(home_flag, home, sizeof home) != 0) {

@@ -8,6 +8,14 @@
 #include <getopt.h>
 #include <stdbool.h>
 
+#include "router/state/home.h"
+
+/* Room for one error line: a reason may name two paths of up to
+ * ROUTER_PATH_MAX each ("no identity at PATH; run: kith keygen --home
+ * HOME"), and the reason and its fix come after them, so a smaller buffer
+ * would cut exactly the part that says what to do. */
+#define KITH_ERR_MAX (2 * ROUTER_PATH_MAX + 512)
+
 /* What kith_opts_next() returns besides an option's `val`. */
 enum {
     KITH_OPT_END = -1,   /* no flags left: operands are argv[kith_opts_rest()..argc) */

@@ -103,7 +103,7 @@ int kith_cmd_agent(int argc, char **argv)
     }
     router_log_set_level(level);
 
-    char err[ROUTER_CONFIG_ERR_MAX] = "";
+    char err[KITH_ERR_MAX] = "";
     router_config_t cfg;
     router_config_defaults(&cfg);
     if ((config && router_config_load_file(&cfg, config, err, sizeof err) != 0) ||

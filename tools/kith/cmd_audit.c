@@ -64,7 +64,7 @@ static int s_uint_arg(const char *flag, const char *text, uint64_t max, uint64_t
 static int s_log_path(const s_args_t *a, const char *file, router_config_t *cfg, char *out,
                       size_t cap)
 {
-    char home[ROUTER_PATH_MAX], err[ROUTER_CONFIG_ERR_MAX] = "";
+    char home[ROUTER_PATH_MAX], err[KITH_ERR_MAX] = "";
     router_config_defaults(cfg);
     bool have_home = router_home_resolve(a->home_flag, home, sizeof home) == 0;
     if (have_home && router_config_load(cfg, home, a->config_flag, NULL, err, sizeof err) != 0) {

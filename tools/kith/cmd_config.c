@@ -67,7 +67,7 @@ static int s_check(int argc, char **argv)
         fprintf(stderr, "kith config check: out of memory\n");
         return KITH_EXIT_FAIL;
     }
-    char err[ROUTER_CONFIG_ERR_MAX];
+    char err[KITH_ERR_MAX];
     bool used = false;
     int rc = KITH_EXIT_FAIL;
     if (router_config_load(cfg, home, file, &used, err, sizeof err) != 0) {

@@ -36,6 +36,7 @@
 #include "router/workers/broker.h"
 #include "router/workers/turns.h"
 #include "tools/kith/cli_opts.h"
+#include "tools/kith/cli_statedb.h"
 #include "tools/kith/cmd.h"
 
 static void s_usage(FILE *out, const char *cmd)
@@ -538,7 +539,7 @@ static int s_serve(int argc, char **argv, const char *cmd)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    char home[ROUTER_PATH_MAX], err[ROUTER_CONFIG_ERR_MAX] = "";
+    char home[ROUTER_PATH_MAX], err[KITH_ERR_MAX] = "";
     if (router_home_resolve(home_flag, home, sizeof home) != 0) {
         fprintf(stderr, "kith %s: no home directory: pass --home DIR or set KITH_HOME\n", cmd);
         return KITH_EXIT_FAIL;
@@ -566,6 +567,8 @@ static int s_serve(int argc, char **argv, const char *cmd)
         fprintf(stderr, "kith %s: cannot create %s/logs\n", cmd, home);
         return KITH_EXIT_FAIL;
     }
+    if (kith_statedb_check(cmd, home) != 0)
+        return KITH_EXIT_FAIL;
     router_log_opts_t lo = {.level = level, .path = logpath};
     if (router_log_start(&lo) != 0)
         fprintf(stderr, "kith %s: cannot open %s (%m); logging to stderr only\n", cmd, logpath);

@@ -150,7 +150,7 @@ static int s_read_envelope(const s_opts_t *o, const char *who, proto_envelope_t 
 
 static int s_encode(const s_opts_t *o)
 {
-    char home[ROUTER_PATH_MAX], err[ROUTER_IDENTITY_ERR_MAX];
+    char home[ROUTER_PATH_MAX], err[KITH_ERR_MAX];
     router_identity_t id;
     proto_envelope_t *env = NULL;
     uint8_t *json = NULL, *out = NULL;

@@ -48,7 +48,7 @@ int kith_identity_cmd_run(int argc, char **argv, const char *name, const char *u
         return KITH_EXIT_FAIL;
     }
     router_identity_t id;
-    char err[ROUTER_IDENTITY_ERR_MAX];
+    char err[KITH_ERR_MAX];
     int rc = import_dir ? router_identity_import_meerkat(home, import_dir, &id, err, sizeof err)
                         : get(home, &id, err, sizeof err);
     if (rc != 0) {

@@ -42,7 +42,7 @@ int kith_cmd_paircode(int argc, char **argv)
                 argv[kith_opts_rest(&o)]);
         return KITH_EXIT_FAIL;
     }
-    char err[512];
+    char err[KITH_ERR_MAX];
     kith_admin_answer_t ans;
     if (kith_admin_call("paircode", home_flag, config_flag, "GET", "/admin/paircode", NULL, &ans,
                         err, sizeof err) != 0) {

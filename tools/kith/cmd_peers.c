@@ -95,7 +95,7 @@ static int s_open(s_store_t *s, const char *home_flag)
         fprintf(stderr, "kith peers: %s: path too long; use a shorter --home\n", s->home);
         return -1;
     }
-    char err[ROUTER_TRUST_ERR_MAX];
+    char err[KITH_ERR_MAX];
     s->trust = router_trust_load(s->path, err, sizeof err);
     if (!s->trust) {
         fprintf(stderr, "kith peers: %s\n", err);
@@ -211,7 +211,7 @@ static int s_add(int argc, char **argv, const char *home_flag)
                                                    "base64 (32 bytes) after \"ed25519:\"");
         goto done;
     }
-    char home[ROUTER_PATH_MAX], err[ROUTER_TRUST_ERR_MAX];
+    char home[ROUTER_PATH_MAX], err[KITH_ERR_MAX];
     if (router_home_resolve(home_flag, home, sizeof home) != 0) {
         fprintf(stderr, "kith peers: no home directory; pass --home DIR or set KITH_HOME\n");
         goto done;
@@ -293,7 +293,7 @@ static int s_remove(int argc, char **argv, const char *home_flag)
         return KITH_EXIT_FAIL;
     }
     s_remove_t rm = {.which = argv[kith_opts_rest(&o)]};
-    char home[ROUTER_PATH_MAX], err[ROUTER_TRUST_ERR_MAX];
+    char home[ROUTER_PATH_MAX], err[KITH_ERR_MAX];
     if (router_home_resolve(home_flag, home, sizeof home) != 0) {
         fprintf(stderr, "kith peers: no home directory; pass --home DIR or set KITH_HOME\n");
         return KITH_EXIT_FAIL;
@@ -423,7 +423,7 @@ static int s_import(int argc, char **argv, const char *home_flag)
         return KITH_EXIT_FAIL;
     }
     int rc = KITH_EXIT_FAIL;
-    char home[ROUTER_PATH_MAX], err[ROUTER_TRUST_ERR_MAX];
+    char home[ROUTER_PATH_MAX], err[KITH_ERR_MAX];
     s_import_t im = {.text = text, .len = len};
     if (router_home_resolve(home_flag, home, sizeof home) != 0) {
         fprintf(stderr, "kith peers: no home directory; pass --home DIR or set KITH_HOME\n");

@@ -200,7 +200,7 @@ int kith_cmd_send(int argc, char **argv)
      * progress ("drained; stopping" after every send) */
     router_log_set_level(ROUTER_LOG_WARN);
 
-    char home[ROUTER_PATH_MAX], err[ROUTER_CONFIG_ERR_MAX] = "";
+    char home[ROUTER_PATH_MAX], err[KITH_ERR_MAX] = "";
     if (router_home_resolve(home_flag, home, sizeof home) != 0) {
         fprintf(stderr, "kith send: no home directory: pass --home DIR or set KITH_HOME\n");
         return KITH_EXIT_FAIL;

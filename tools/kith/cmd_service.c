@@ -273,7 +273,7 @@ static int s_install(const char *home_flag, const char *config_flag, bool system
     /* A configuration the daemon would refuse makes a unit that fails at
      * every restart: refuse it now, naming the problem. */
     router_config_t *cfg = malloc(sizeof *cfg);
-    char err[ROUTER_CONFIG_ERR_MAX];
+    char err[KITH_ERR_MAX];
     bool used = false;
     if (!cfg) {
         fprintf(stderr, "kith service: out of memory\n");

@@ -76,7 +76,7 @@ static int s_parse(int argc, char **argv, const char *verb, s_flags_t *f, int *r
 static char *s_call(const s_flags_t *f, const char *verb, const char *method, const char *path,
                     const char *body, int want)
 {
-    char err[512];
+    char err[KITH_ERR_MAX];
     kith_admin_answer_t ans;
     if (kith_admin_call("tokens", f->home, f->config, method, path, body, &ans, err,
                         sizeof err) != 0) {
