@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "proto/sse.h"
 #include "proto/utf8.h"
@@ -211,12 +212,22 @@ static const gateway_http_stream_handlers_t s_stream_handlers = {
 };
 
 /* Last-Event-ID as a decimal id. Returns 1 with *out, 0 when absent, -1
- * when it is not one. */
+ * when it is not one. Two fields are not one: combined (RFC 9110 §5.3)
+ * "3, 4" is no id, and taking either would resume where the client may
+ * not have asked. */
 static int s_last_event_id(const gateway_http_req_t *req, uint64_t *out)
 {
-    proto_http_slice_t v;
-    if (!gateway_http_req_header(req, "Last-Event-ID", &v))
+    proto_http_slice_t v = {0};
+    unsigned fields = 0;
+    for (size_t i = 0; i < req->head->header_count; i++) {
+        proto_http_header_t h = proto_http_header_get(req->head, i);
+        if (h.name.len == 13 && !strncasecmp(h.name.ptr, "Last-Event-ID", 13) && fields++ == 0)
+            v = h.value;
+    }
+    if (fields == 0)
         return 0;
+    if (fields > 1)
+        return -1;
     if (v.len == 0 || v.len > 20)
         return -1;
     uint64_t n = 0;
