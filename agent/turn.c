@@ -27,6 +27,8 @@ typedef struct {
     bool stopped;                       /* a stop arrived */
     bool timed_out;
     bool link_lost;
+    bool final_replaced;                /* the FINAL meant could not be encoded: an error went */
+    bool given_up;                      /* recv said -2: the FINAL went below, send nothing */
     bool too_large;                     /* the response outgrew AGENT_RESPONSE_MAX, or */
     bool resp_oom;                      /* its buffer could not grow */
     /* The conversation: [0, n_borrowed) are shallow copies of the request's
@@ -86,7 +88,7 @@ const char *agent_turn_outcome_str(agent_turn_outcome_t o)
 
 static int s_send_partial(s_turn_t *t, const proto_worker_event_t *ev)
 {
-    if (t->link_lost)
+    if (t->link_lost || t->given_up)
         return -1;
     proto_worker_partial_t p = {.seq = t->seq, .event = *ev};
     memcpy(p.turn_id, t->req->turn_id, PROTO_UUID_LEN);
@@ -110,28 +112,85 @@ static int s_send_partial(s_turn_t *t, const proto_worker_event_t *ev)
     return 0;
 }
 
+/* CBOR text string head and bytes (n < 256) at out[*at]. */
+static void s_cbor_text(uint8_t *out, size_t *at, const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 24) {
+        out[(*at)++] = (uint8_t) (0x60 | n);
+    } else {
+        out[(*at)++] = 0x78;
+        out[(*at)++] = (uint8_t) n;
+    }
+    memcpy(out + *at, s, n);
+    *at += n;
+}
+
+size_t agent_final_oom_encode(const uint8_t *turn_id, uint8_t *out, size_t cap)
+{
+    if (cap < AGENT_FINAL_OOM_MAX)
+        return 0;
+    /* turn-error of worker.cddl, keys in the order proto_worker_final_encode
+     * writes them. */
+    size_t at = 0;
+    out[at++] = 0xa4; /* map(4) */
+    s_cbor_text(out, &at, "type");
+    s_cbor_text(out, &at, "error");
+    s_cbor_text(out, &at, "turn_id");
+    out[at++] = 0x40 | PROTO_UUID_LEN; /* bstr(16) */
+    if (turn_id)
+        memcpy(out + at, turn_id, PROTO_UUID_LEN);
+    else
+        memset(out + at, 0, PROTO_UUID_LEN);
+    at += PROTO_UUID_LEN;
+    s_cbor_text(out, &at, "code");
+    s_cbor_text(out, &at, "AGENT_ERROR");
+    s_cbor_text(out, &at, "message");
+    s_cbor_text(out, &at, "out of memory: the worker could not encode the turn's result");
+    return at;
+}
+
+/* Sends the FINAL f_in, or, when it cannot be encoded, an error FINAL in
+ * its place (t->final_replaced: the turn then ends AGENT_ERROR, not as f_in
+ * said). A FINAL always goes out, unless the link failed. */
 static int s_send_final(s_turn_t *t, const proto_worker_final_t *f_in)
 {
+    if (t->given_up)
+        return -1;
     proto_worker_final_t f = *f_in;
     memcpy(f.turn_id, t->req->turn_id, PROTO_UUID_LEN);
     uint8_t *body = NULL;
     size_t len = 0;
     proto_worker_error_t err;
+    uint8_t oom[AGENT_FINAL_OOM_MAX];
+    const uint8_t *out;
     if (proto_worker_final_encode(&f, &body, &len, &err) < 0) {
-        /* Only an oversize or non-UTF-8 message gets here: say so instead. */
-        ROUTER_LOG(ROUTER_LOG_WARN, "agent", "final not encodable: %s (%s)", proto_worker_reason_str(err.reason), err.field);
+        /* An oversize or non-UTF-8 message, or no memory: say so instead. */
+        ROUTER_LOG(ROUTER_LOG_WARN, "agent", "final not encodable: %s (%s); an error goes in its place",
+                   proto_worker_reason_str(err.reason), err.field);
+        t->final_replaced = true;
         proto_worker_final_t g = {.type = PROTO_WORKER_FINAL_ERROR, .code = PROTO_WORKER_CODE_AGENT_ERROR};
         static const char msg[] = "the worker could not encode the turn's result";
         g.message = (proto_worker_str_t){msg, sizeof msg - 1};
         memcpy(g.turn_id, t->req->turn_id, PROTO_UUID_LEN);
         if (proto_worker_final_encode(&g, &body, &len, &err) < 0)
-            return -1;
+            len = agent_final_oom_encode(t->req->turn_id, oom, sizeof oom);
     }
-    int rc = t->io->send(t->io->ud, true, body, len);
+    out = body ? body : oom;
+    int rc = t->io->send(t->io->ud, true, out, len);
     free(body);
     if (rc < 0)
         t->link_lost = true;
     return rc;
+}
+
+/* How a turn whose FINAL went out (or was tried) ended: as `o`, unless the
+ * link failed or the FINAL had to be replaced by an error. */
+static agent_turn_outcome_t s_ended(const s_turn_t *t, agent_turn_outcome_t o)
+{
+    if (t->link_lost)
+        return AGENT_TURN_LINK_LOST;
+    return t->final_replaced ? AGENT_TURN_AGENT_ERROR : o;
 }
 
 static void s_final_error(s_turn_t *t, proto_worker_code_t code, const char *fmt, ...)
@@ -204,7 +263,7 @@ out:
 
 static bool s_must_end(const s_turn_t *t)
 {
-    return t->stopped || t->timed_out || t->link_lost || t->too_large;
+    return t->stopped || t->timed_out || t->link_lost || t->too_large || t->given_up;
 }
 
 /* Reads the socket for up to ms (bounded by the deadline). -1 when the
@@ -230,6 +289,10 @@ static int s_poll(s_turn_t *t, int ms)
         uint8_t *body = NULL;
         size_t len = 0;
         int rc = t->io->recv(t->io->ud, &body, &len, wait);
+        if (rc == -2) {
+            t->given_up = true;
+            return -1;
+        }
         if (rc < 0) {
             t->link_lost = true;
             return -1;
@@ -454,23 +517,27 @@ static agent_turn_outcome_t s_end_aborted(s_turn_t *t)
     if (t->link_lost) {
         return AGENT_TURN_LINK_LOST;
     }
+    if (t->given_up) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "agent", "turn given up: a request about it was lost for want of memory");
+        return AGENT_TURN_AGENT_ERROR;
+    }
     if (t->stopped) {
         static const char msg[] = "stopped";
         proto_worker_final_t f = {.type = PROTO_WORKER_FINAL_STOPPED, .message = {msg, sizeof msg - 1}};
         s_send_final(t, &f);
-        return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_STOPPED;
+        return s_ended(t, AGENT_TURN_STOPPED);
     }
     if (t->timed_out) {
         uint64_t s = t->req->turn_timeout_s ? t->req->turn_timeout_s : S_TIMEOUT_DEFAULT_S;
         s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the turn timed out after %" PRIu64 " s", s);
-        return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_TIMEOUT;
+        return s_ended(t, AGENT_TURN_TIMEOUT);
     }
     if (t->resp_oom)
         s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "out of memory");
     else
         s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the response grew past %u bytes",
                       (unsigned) AGENT_RESPONSE_MAX);
-    return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_AGENT_ERROR;
+    return s_ended(t, AGENT_TURN_AGENT_ERROR);
 }
 
 /* Ends the turn for a message the conversation could not take: push_rc
@@ -482,7 +549,7 @@ static agent_turn_outcome_t s_conv_refused(s_turn_t *t, int push_rc)
                       (unsigned) AGENT_CONV_MAX);
     else
         s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "out of memory");
-    return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_AGENT_ERROR;
+    return s_ended(t, AGENT_TURN_AGENT_ERROR);
 }
 
 static agent_turn_outcome_t s_loop(s_turn_t *t)
@@ -503,7 +570,7 @@ static agent_turn_outcome_t s_loop(s_turn_t *t)
         if (t->provider->model && t->provider->model[0])
             lev.model = (proto_worker_str_t){t->provider->model, strlen(t->provider->model)};
         if (s_send_partial(t, &lev) < 0)
-            return AGENT_TURN_LINK_LOST;
+            return s_must_end(t) ? s_end_aborted(t) : AGENT_TURN_LINK_LOST;
 
         agent_completion_req_t creq = {t->conv, t->n_conv, req->tools, req->n_tools, rounds};
         agent_completion_t out = {0};
@@ -517,12 +584,12 @@ static agent_turn_outcome_t s_loop(s_turn_t *t)
         if (rc == AGENT_COMPLETE_ABORTED) { /* never told to: a provider bug */
             agent_completion_clear(&out);
             s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "the provider gave up without a reason");
-            return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_AGENT_ERROR;
+            return s_ended(t, AGENT_TURN_AGENT_ERROR);
         }
         if (rc == AGENT_COMPLETE_ERROR) {
             agent_completion_clear(&out);
             s_final_error(t, PROTO_WORKER_CODE_PROVIDER_ERROR, "%s", err[0] ? err : "provider error");
-            return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_PROVIDER_ERROR;
+            return s_ended(t, AGENT_TURN_PROVIDER_ERROR);
         }
         if (out.has_tokens_used) {
             has_tokens = true;
@@ -551,7 +618,7 @@ static agent_turn_outcome_t s_loop(s_turn_t *t)
                                       .has_tokens_used = has_tokens,
                                       .tokens_used = tokens};
             s_send_final(t, &f);
-            return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_DONE;
+            return s_ended(t, AGENT_TURN_DONE);
         }
 
         /* Calls from a provider that went on after the sink said to stop
@@ -565,7 +632,7 @@ static agent_turn_outcome_t s_loop(s_turn_t *t)
             agent_completion_clear(&out);
             s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR,
                           "the turn reached max_tool_iterations (%" PRIu64 ")", req->max_tool_iterations);
-            return t->link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_AGENT_ERROR;
+            return s_ended(t, AGENT_TURN_AGENT_ERROR);
         }
         tool_iterations++;
 
@@ -593,7 +660,7 @@ static agent_turn_outcome_t s_loop(s_turn_t *t)
                 return s_conv_refused(t, -2);
             if (trc < 0) {
                 s_final_error(t, PROTO_WORKER_CODE_AGENT_ERROR, "out of memory running a tool");
-                return AGENT_TURN_AGENT_ERROR;
+                return s_ended(t, AGENT_TURN_AGENT_ERROR);
             }
         }
     }
@@ -614,7 +681,7 @@ agent_turn_outcome_t agent_turn_run(agent_provider_t *provider, const char *init
     agent_turn_outcome_t o;
     if (!provider) {
         s_final_error(&t, PROTO_WORKER_CODE_AGENT_INIT_FAILED, "%s", init_err && *init_err ? init_err : "no provider");
-        o = t.link_lost ? AGENT_TURN_LINK_LOST : AGENT_TURN_INIT_FAILED;
+        o = s_ended(&t, AGENT_TURN_INIT_FAILED);
         goto out;
     }
     bool ok = true;
@@ -629,7 +696,7 @@ agent_turn_outcome_t agent_turn_run(agent_provider_t *provider, const char *init
     t.n_borrowed = t.n_conv;
     if (!ok) {
         s_final_error(&t, PROTO_WORKER_CODE_AGENT_ERROR, "out of memory");
-        o = AGENT_TURN_AGENT_ERROR;
+        o = s_ended(&t, AGENT_TURN_AGENT_ERROR);
         goto out;
     }
     o = s_loop(&t);

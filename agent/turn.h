@@ -28,7 +28,9 @@
 typedef struct {
     /* The next request body: 1 (*body is the caller's, free()), 0 nothing
      * within timeout_ms (0: only looks), -1 the worker is stopping or the
-     * link failed. */
+     * link failed, -2 the turn was given up below (a request about it could
+     * not be read for want of memory; its FINAL went already): the turn
+     * ends without more replies. */
     int (*recv)(void *ud, uint8_t **body, size_t *len, int timeout_ms);
     /* One reply body, a PARTIAL (final false) or the FINAL. 0 or -1. */
     int (*send)(void *ud, bool final, const uint8_t *body, size_t len);
@@ -48,12 +50,24 @@ typedef enum {
     AGENT_TURN_STOPPED,
     AGENT_TURN_TIMEOUT,
     AGENT_TURN_PROVIDER_ERROR,
-    AGENT_TURN_AGENT_ERROR,     /* iteration limit, response too large, no memory */
+    AGENT_TURN_AGENT_ERROR,     /* iteration limit, response too large, no memory
+                                 * (the FINAL meant could not be encoded either) */
     AGENT_TURN_INIT_FAILED,     /* no provider */
     AGENT_TURN_LINK_LOST,       /* recv/send failed: the FINAL may not have gone out */
 } agent_turn_outcome_t;
 
 const char *agent_turn_outcome_str(agent_turn_outcome_t o);
+
+/* Room for agent_final_oom_encode's body. */
+#define AGENT_FINAL_OOM_MAX 160
+
+/* The last resort when a FINAL cannot be encoded (out of memory): writes
+ * an error FINAL (AGENT_ERROR, "out of memory: …") for turn_id into
+ * out[cap] without allocating, so the router always hears that the turn
+ * ended, where silence would hold the worker and the turn until the turn
+ * timeout. turn_id NULL: all zero. Returns its length, or 0 when cap is
+ * under AGENT_FINAL_OOM_MAX. */
+size_t agent_final_oom_encode(const uint8_t *turn_id, uint8_t *out, size_t cap);
 
 /* Runs `turn` to its FINAL. `provider` NULL means the provider could not be
  * made: the turn ends at once with AGENT_INIT_FAILED carrying init_err.

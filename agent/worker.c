@@ -27,9 +27,11 @@ static agent_turn_outcome_t s_refuse(const agent_io_t *io, const uint8_t *turn_i
     uint8_t *body = NULL;
     size_t len = 0;
     proto_worker_error_t err;
+    uint8_t oom[AGENT_FINAL_OOM_MAX];
+    /* Out of memory: a FINAL all the same, or the worker stays held. */
     if (proto_worker_final_encode(&f, &body, &len, &err) < 0)
-        return AGENT_TURN_AGENT_ERROR;
-    int rc = io->send(io->ud, true, body, len);
+        len = agent_final_oom_encode(turn_id, oom, sizeof oom);
+    int rc = io->send(io->ud, true, body ? body : oom, len);
     free(body);
     return rc < 0 ? AGENT_TURN_LINK_LOST : AGENT_TURN_AGENT_ERROR;
 }

@@ -45,6 +45,7 @@ typedef struct {
     proto_worker_reply_t sent[SENT_MAX];
     size_t n_sent, n_partials, n_finals;
     int fail_recv_after;   /* > 0: recv fails once this many partials went out */
+    int give_up_after;     /* > 0: recv says -2 (the turn given up below) once this many went out */
     size_t fail_at;        /* > 0: the fail_at-th send (from 1) and every later one fail */
     bool fail_final;       /* the FINAL's send fails */
     size_t n_attempts;     /* sends tried */
@@ -69,6 +70,8 @@ static int s_recv(void *ud, uint8_t **body, size_t *len, int timeout_ms)
         l->max_wait_ms = timeout_ms;
     if (l->fail_recv_after > 0 && l->n_partials >= (size_t) l->fail_recv_after)
         return -1;
+    if (l->give_up_after > 0 && l->n_partials >= (size_t) l->give_up_after)
+        return -2;
     if (l->next_feed < l->n_feed && l->feed[l->next_feed].after <= l->n_partials &&
         l->feed[l->next_feed].gate <= l->gate) {
         *body = l->feed[l->next_feed].body;
@@ -598,6 +601,26 @@ static void test_link_lost_and_init_failed(void **state)
     assert_int_equal(s_final(&l)->code, PROTO_WORKER_CODE_AGENT_INIT_FAILED);
     s_assert_text(s_final(&l)->message, "openai: OPENAI_API_KEY is not set");
     s_link_free(&l);
+}
+
+/* recv's -2 (the MDP worker lost a request about the turn for want of
+ * memory, and answered the turn with a FINAL of its own): the turn ends at
+ * once, AGENT_ERROR, sending nothing more, here while it waits for a tool's
+ * result and while a provider sleeps. Before, -2 did not exist: the lost
+ * request's -1 read as the link failing, and the worker thread stopped. */
+static void test_turn_given_up_below(void **state)
+{
+    (void) state;
+    static const char *const contents[] = {"/peers", "/sleep 600000"};
+    static const int after[] = {2, 1}; /* llm_request and tool_call; llm_request */
+    for (size_t i = 0; i < 2; i++) {
+        s_link_t l = {.give_up_after = after[i]};
+        proto_worker_turn_t t = s_turn(contents[i]);
+        assert_int_equal(s_run(&l, &t), AGENT_TURN_AGENT_ERROR);
+        assert_int_equal(l.n_finals, 0);
+        assert_int_equal(l.n_partials, (size_t) after[i]);
+        s_link_free(&l);
+    }
 }
 
 /* History reaches the provider: a turn whose history ends in tool results
@@ -1439,17 +1462,16 @@ static void test_tour_out_of_memory(void **state)
             seen[o]++;
             switch (o) {
             case AGENT_TURN_DONE:
-                /* the FINAL itself failed to encode, or a PARTIAL or a
-                 * request was lost on the way */
-                if (fin->type == PROTO_WORKER_FINAL_ERROR)
-                    s_assert_text(fin->message, "the worker could not encode the turn's result");
-                else
-                    assert_int_equal(fin->type, PROTO_WORKER_FINAL_DONE);
+                /* a PARTIAL or a request was lost on the way */
+                assert_int_equal(fin->type, PROTO_WORKER_FINAL_DONE);
                 break;
             case AGENT_TURN_AGENT_ERROR:
-                /* said as what it is: no bound was reached */
+                /* said as what it is: no bound was reached (or the FINAL
+                 * meant failed to encode, and this error went instead) */
                 assert_int_equal(fin->type, PROTO_WORKER_FINAL_ERROR);
                 assert_int_equal(fin->code, PROTO_WORKER_CODE_AGENT_ERROR);
+                if (fin->message.len == 45 && memcmp(fin->message.p, "the worker could not encode the turn's result", 45) == 0)
+                    break;
                 if (fin->message.len < 13 || memcmp(fin->message.p, "out of memory", 13) != 0)
                     fail_msg("history %zu, allocation %ld: %.*s", histories[h], i,
                              (int) fin->message.len, fin->message.p);
@@ -1468,6 +1490,77 @@ static void test_tour_out_of_memory(void **state)
     assert_true(seen[AGENT_TURN_DONE] > 0);
     assert_true(seen[AGENT_TURN_AGENT_ERROR] > 0);
     assert_true(seen[AGENT_TURN_PROVIDER_ERROR] > 0);
+}
+
+/* ------------------------------------------------------------ a FINAL that cannot be encoded */
+
+/* Says "hi", then makes the next allocation (the FINAL's encoding, after
+ * the boundary's look at the link, which allocates nothing) fail. */
+static agent_complete_rc_t s_round_hi_then_oom(s_fake_t *f, const agent_completion_req_t *req,
+                                               const agent_sink_t *sink, agent_completion_t *out, char *err,
+                                               size_t errcap)
+{
+    (void) f; (void) req; (void) out; (void) err; (void) errcap;
+    if (sink->chunk(sink->ud, "hi", 2) < 0)
+        return AGENT_COMPLETE_ABORTED;
+    alloc_fail_arm(0);
+    return AGENT_COMPLETE_OK;
+}
+
+/* The log line that says the FINAL did not encode fails the allocation
+ * after it too (the error FINAL meant in its place): memory stays short. */
+static void s_log_rearm(router_log_level_t level, const char *module, const char *line, size_t len, void *ud)
+{
+    (void) level; (void) module; (void) ud;
+    static const char want[] = "final not encodable";
+    if (len >= sizeof want - 1 && memmem(line, len, want, sizeof want - 1))
+        alloc_fail_arm(0);
+}
+
+/* A done FINAL whose encoding runs out of memory: an error FINAL goes in
+ * its place and the turn ends AGENT_ERROR (it said done before, while the
+ * router heard an error); when the error cannot be encoded either, one
+ * written without allocating still goes (before, no FINAL at all: the
+ * worker and the turn stayed held until the router's turn timeout, and the
+ * turn was logged done). */
+static void test_final_without_memory(void **state)
+{
+    (void) state;
+    for (int twice = 0; twice < 2; twice++) {
+        static s_link_t l;
+        memset(&l, 0, sizeof l);
+        l.hold = true;
+        proto_worker_turn_t t = s_turn("hi");
+        s_fake_t f = s_fake(s_round_hi_then_oom, &l);
+        if (twice)
+            router_log_set_tap(s_log_rearm, NULL);
+        agent_turn_outcome_t o = s_run_fake(&l, &f, &t);
+        router_log_set_tap(NULL, NULL);
+        assert_int_equal(alloc_fail_disarm(), 1); /* the second arm counts anew */
+        s_link_release(&l);
+        assert_int_equal(o, AGENT_TURN_AGENT_ERROR);
+        const proto_worker_final_t *fin = s_final(&l);
+        assert_int_equal(fin->type, PROTO_WORKER_FINAL_ERROR);
+        assert_int_equal(fin->code, PROTO_WORKER_CODE_AGENT_ERROR);
+        s_assert_text(fin->message, twice ? "out of memory: the worker could not encode the turn's result"
+                                          : "the worker could not encode the turn's result");
+        s_link_free(&l);
+    }
+    /* The hand-written body is the codec's own encoding of that error. */
+    uint8_t buf[AGENT_FINAL_OOM_MAX];
+    assert_int_equal(agent_final_oom_encode(s_tid, buf, AGENT_FINAL_OOM_MAX - 1), 0);
+    size_t n = agent_final_oom_encode(s_tid, buf, sizeof buf);
+    static const char msg[] = "out of memory: the worker could not encode the turn's result";
+    proto_worker_final_t g = {.type = PROTO_WORKER_FINAL_ERROR, .code = PROTO_WORKER_CODE_AGENT_ERROR,
+                              .message = {msg, sizeof msg - 1}};
+    memcpy(g.turn_id, s_tid, PROTO_UUID_LEN);
+    uint8_t *want = NULL;
+    size_t want_len = 0;
+    proto_worker_error_t err;
+    assert_int_equal(proto_worker_final_encode(&g, &want, &want_len, &err), 0);
+    assert_int_equal(n, want_len);
+    assert_memory_equal(buf, want, n);
+    free(want);
 }
 
 int main(void)
@@ -1507,6 +1600,8 @@ int main(void)
         cmocka_unit_test(test_debug_log_names_provider_and_outcome),
         cmocka_unit_test(test_tour),
         cmocka_unit_test(test_tour_out_of_memory),
+        cmocka_unit_test(test_final_without_memory),
+        cmocka_unit_test(test_turn_given_up_below),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
