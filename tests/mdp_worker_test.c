@@ -397,6 +397,53 @@ static void test_turn_without_memory(void **state)
     zsock_destroy(&router);
 }
 
+/* Out of memory for a later request about the turn held (a tool result,
+ * a steer, a stop): recv answers -2, the turn is ended with an empty FINAL
+ * (the router ends it AGENT_ERROR and has the worker back), the caller's
+ * replies for it are refused, and the worker serves the next turn. Before,
+ * recv returned -1, which callers read as the socket failing: the agent's
+ * thread stopped serving and the turn waited for the router's timeout. */
+static void test_later_request_without_memory(void **state)
+{
+    char ep[64];
+    s_endpoint(ep, sizeof ep);
+    zsock_t *router = zsock_new_router(ep);
+    router_mdp_worker_t *w = s_worker(ep, 1000, state);
+    zframe_t *id = s_ready_id(router, w);
+    s_send_cmd(router, id, 0x02, "addr-A", "turn-A");
+    s_recv_body(w, "turn-A");
+    s_send_cmd(router, id, 0x02, "addr-A", "result-A");
+    uint8_t *b = NULL;
+    size_t n = 0;
+    bool failed = false;
+    int rc = 0;
+    for (int i = 0; i < 2000 && !failed; i++) {
+        alloc_fail_arm(0);
+        rc = router_mdp_worker_recv(w, &b, &n, 5);
+        failed = alloc_fail_disarm() > 0;
+        if (!failed)
+            assert_int_equal(rc, 0);
+        assert_null(b);
+    }
+    assert_true(failed);
+    assert_int_equal(rc, -2);
+    zmsg_t *m = s_expect(router, 0x04);
+    s_check_reply(m, "addr-A", "");
+    zmsg_destroy(&m);
+    assert_int_equal(router_mdp_worker_partial(w, (const uint8_t *) "p", 1), -1);
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "x", 1), -1);
+    s_send_cmd(router, id, 0x02, "addr-A", "steer-late"); /* the turn is over: dropped */
+    s_send_cmd(router, id, 0x02, "addr-B", "turn-B");
+    s_recv_body(w, "turn-B");
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "done-B", 6), 0);
+    m = s_expect(router, 0x04);
+    s_check_reply(m, "addr-B", "done-B");
+    zmsg_destroy(&m);
+    zframe_destroy(&id);
+    router_mdp_worker_destroy(&w);
+    zsock_destroy(&router);
+}
+
 /* What the broker may send wrong is ignored (not MDPW02, a command MDP
  * does not have, a REQUEST without its frames), a REQUEST for the turn
  * just finished is dropped, and DISCONNECT makes the worker come back on a
@@ -466,6 +513,43 @@ static void test_new_without_memory(void **state)
     zsock_destroy(&router);
 }
 
+/* A CURVE worker with its certificate file, each allocation of ours
+ * failing in turn: made on the first run that gets that far, read after.
+ * A refusal leaks nothing, the certificate included (LSan). */
+static void test_new_curve_without_memory(void **state)
+{
+    char dir[] = "/tmp/kith-mdp-worker-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256], secret[300];
+    snprintf(path, sizeof path, "%s/w.cert", dir);
+    snprintf(secret, sizeof secret, "%s_secret", path);
+    zcert_t *server = zcert_new();
+    char ep[64];
+    s_endpoint(ep, sizeof ep);
+    bool made = false;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX && !made; i++) {
+        char err[256] = "";
+        router_mdp_worker_opts_t o = {.endpoint = ep, .service = "kith.test",
+                                      .same_thread = *(bool *) *state,
+                                      .curve_server_key = zcert_public_txt(server),
+                                      .curve_cert_path = path};
+        alloc_fail_arm(i);
+        router_mdp_worker_t *w = router_mdp_worker_new(&o, err, sizeof err);
+        bool failed = alloc_fail_disarm() > 0;
+        if (!w) {
+            assert_true(failed);
+            assert_non_null(strstr(err, "mdp worker: "));
+        }
+        made = w && !failed;
+        router_mdp_worker_destroy(&w);
+    }
+    assert_true(made);
+    zcert_destroy(&server);
+    unlink(secret);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -477,10 +561,14 @@ int main(void)
         cmocka_unit_test_prestate(test_interrupt, &s_same_thread),
         cmocka_unit_test_prestate(test_turn_without_memory, &s_own_thread),
         cmocka_unit_test_prestate(test_turn_without_memory, &s_same_thread),
+        cmocka_unit_test_prestate(test_later_request_without_memory, &s_own_thread),
+        cmocka_unit_test_prestate(test_later_request_without_memory, &s_same_thread),
         cmocka_unit_test_prestate(test_broker_junk_and_disconnect, &s_own_thread),
         cmocka_unit_test_prestate(test_broker_junk_and_disconnect, &s_same_thread),
         cmocka_unit_test_prestate(test_new_without_memory, &s_own_thread),
         cmocka_unit_test_prestate(test_new_without_memory, &s_same_thread),
+        cmocka_unit_test_prestate(test_new_curve_without_memory, &s_own_thread),
+        cmocka_unit_test_prestate(test_new_curve_without_memory, &s_same_thread),
         cmocka_unit_test(test_bad_options),
         cmocka_unit_test(test_cert_made),
     };

@@ -111,6 +111,7 @@ typedef struct s_actor {
     bool ready_sent;   /* READY went out on this connection */
     bool holding;      /* a turn is held */
     bool stale;        /* the broker was declared dead while holding */
+    bool given_up;     /* same_thread: a request about the turn held could not be kept */
     zframe_t *addr;    /* client address of the turn held */
     zframe_t *done;    /* client address of the turn last finished */
     uint64_t heard_at; /* last message from the broker (mono ms) */
@@ -135,6 +136,8 @@ static void s_hand(actor_t *a, const char *what, zframe_t *body)
     a->handed_what = what;
     if (!a->handed && !strcmp(what, PIPE_TURN))
         s_reply_out(a, true, (const uint8_t *) "", 0);
+    else if (!a->handed)
+        a->given_up = true; /* recv ends the turn, as s_give does */
 }
 
 static void s_ready(actor_t *a)
@@ -475,12 +478,26 @@ void router_mdp_worker_destroy(router_mdp_worker_t **self_p)
     *self_p = NULL;
 }
 
+/* The turn held ends here, the caller's replies for it refused from now:
+ * an empty FINAL (the router ends the turn as malformed, AGENT_ERROR, and
+ * has the worker back). recv's -2. */
+static int s_give_up(router_mdp_worker_t *self)
+{
+    ROUTER_LOG(ROUTER_LOG_WARN, MOD, "%s: out of memory for a request about the turn held; "
+               "that turn ends here", self->service);
+    if (self->holding && router_mdp_worker_final(self, (const uint8_t *) "", 0) != 0)
+        self->holding = false;
+    return -2;
+}
+
 /* A body recv returns: the caller's copy (free()), and the turn held once
- * it is one that starts a turn. Returns 1, 0 when a new turn could not be
+ * it is one that starts a turn. Returns 1; 0 when a new turn could not be
  * copied (no memory: answered at once with an empty FINAL, as s_hand does,
  * so the broker has the worker back and the caller goes on waiting, where
- * -1 would tell it the worker stopped), or -1 for a turn's later request
- * that could not be copied (the caller holding the turn ends it). */
+ * -1 would tell it the worker stopped); or -2 for a turn's later request
+ * that could not be copied (a tool result, steer or stop lost: the turn
+ * cannot go on as the router means it, so it ends here the same way, with
+ * an empty FINAL, and the caller ends it without replies and serves on). */
 static int s_give(router_mdp_worker_t *self, const char *what, zframe_t *f, uint8_t **body,
                   size_t *len)
 {
@@ -493,7 +510,7 @@ static int s_give(router_mdp_worker_t *self, const char *what, zframe_t *f, uint
         return 0;
     }
     if (!copy)
-        return -1;
+        return s_give_up(self);
     memcpy(copy, zframe_data(f), n);
     if (streq(what, PIPE_TURN))
         self->holding = true;
@@ -516,6 +533,10 @@ static int s_recv_here(router_mdp_worker_t *self, uint8_t **body, size_t *len, i
         while (a->dealer && !a->handed && s_on_broker(a)) {
         }
         s_tick(a);
+        if (a->given_up) {
+            a->given_up = false;
+            return s_give_up(self);
+        }
         if (a->handed) {
             int rc = s_give(self, a->handed_what, a->handed, body, len);
             zframe_destroy(&a->handed);

@@ -104,7 +104,10 @@ router_mdp_worker_t *router_mdp_worker_new(const router_mdp_worker_opts_t *o, ch
 void router_mdp_worker_destroy(router_mdp_worker_t **self_p);
 
 /* Next REQUEST body: 1 (caller frees *body with free()), 0 timeout,
- * -1 stopped (router_mdp_worker_interrupt) or failed. timeout_ms -1 waits
+ * -1 stopped (router_mdp_worker_interrupt) or failed, -2 the turn held was
+ * given up here (a request about it could not be copied, out of memory):
+ * it was answered with an empty FINAL, the caller's replies for it are
+ * refused, and the caller ends it and calls recv again. timeout_ms -1 waits
  * forever, 0 only looks. Heartbeats and reconnects run on the worker's own
  * thread, so calling this rarely never costs the connection; with
  * same_thread they run in here, so it must be called often (above). */
