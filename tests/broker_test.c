@@ -940,6 +940,39 @@ static void test_refusals_and_teardown(void **state)
 /* Every allocation of kith's in a broker's start (the listen socket's
  * connection watch included) failing in turn: each run refuses cleanly,
  * saying why, or starts and serves. */
+/* CURVE on workers.listen (a non-loopback endpoint) with each allocation
+ * of ours failing in turn, its certificate made on the first run and read
+ * on the others: a refusal leaks nothing, the certificate included (LSan). */
+static void test_new_curve_out_of_memory(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    assert_non_null(loop);
+    char home[] = "/tmp/kith-broker-test-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    bool started = false;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX && !started; i++) {
+        char err[256] = "";
+        char ep[64];
+        snprintf(ep, sizeof ep, "inproc://broker-test-curve-oom-%ld", i);
+        router_broker_opts_t o = {.loop = loop, .endpoint = ep, .listen = "tcp://lo:*", .home = home};
+        alloc_fail_arm(i);
+        router_broker_t *b = router_broker_new(&o, err, sizeof err);
+        unsigned failed = alloc_fail_disarm();
+        if (b) {
+            started = failed == 0;
+            assert_non_null(router_broker_curve_public(b));
+            router_broker_destroy(&b);
+        } else {
+            assert_true(failed > 0);
+            assert_true(strncmp(err, "workers: ", 9) == 0);
+        }
+    }
+    assert_true(started);
+    s_rm_rf(home);
+    router_loop_destroy(&loop);
+}
+
 static void test_new_out_of_memory(void **state)
 {
     (void) state;
@@ -1181,6 +1214,64 @@ static void test_flood_in_batches(void **state)
 /* What the broker says when its start cannot go on: a listen endpoint in
  * use, a certificate file that is not one; with a metrics registry the
  * broker's series exist. */
+/* A flood of requests for service names no worker serves, each refused
+ * (a body over the bound) or queued and given up (cancelled), as the
+ * router's own bugs or a worker's READY churn could make: the 16 service
+ * slots are reused, the kith_workers_alive series stay bounded, and a real
+ * service is still served after. Before, every name kept its slot for
+ * good, so after 16 names every request for a new service (kith.audit
+ * starting late, say) was refused. */
+static void test_service_names_flood(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64], err[256] = "";
+    snprintf(ep, sizeof ep, "inproc://broker-test-%d", ++s_n);
+    r.loop = router_loop_new(NULL);
+    assert_non_null(r.loop);
+    router_metrics_t *m = router_metrics_new();
+    assert_non_null(m);
+    router_broker_opts_t o = {.loop = r.loop, .endpoint = ep, .heartbeat_ms = s_hb, .liveness = s_live,
+                              .metrics = m};
+    r.b = router_broker_new(&o, err, sizeof err);
+    assert_non_null(r.b);
+    static uint8_t big[ROUTER_MDP_BODY_MAX + 1];
+    reply_t rep = {0};
+    /* The real service is known first, as kith.agent and kith.audit are at
+     * start: its series is kept whatever names come after. */
+    int64_t first = router_broker_request(r.b, "kith.test", (uint8_t *) "x", 1, s_on_reply, &rep);
+    assert_true(first > 0);
+    router_broker_cancel(r.b, first);
+    for (int i = 0; i < 10000; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "made.up.%d", i);
+        if (i % 2) {
+            assert_int_equal(router_broker_request(r.b, name, big, sizeof big, s_on_reply, &rep), -1);
+        } else {
+            int64_t h = router_broker_request(r.b, name, (uint8_t *) "x", 1, s_on_reply, &rep);
+            if (h <= 0)
+                fail_msg("request %d for a new service refused", i);
+            router_broker_cancel(r.b, h);
+        }
+    }
+    assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "q", 1, s_on_reply, &rep) > 0);
+    echo_t *w = s_echo_start(ep, NULL, NULL);
+    all_t one = {&rep, 1};
+    s_run(&r, s_all_done, &one);
+    assert_string_equal(rep.last, "f:q");
+    assert_int_equal(rep.partials + rep.lost, 1); /* the cancelled ones never ran */
+    static char text[1 << 17];
+    assert_true(router_metrics_render(m, text, sizeof text) > 0);
+    size_t series = 0;
+    for (const char *p = text; (p = strstr(p, "kith_workers_alive{")); p++)
+        series++;
+    assert_true(series > 0 && series <= ROUTER_BROKER_SERVICES_MAX * 4);
+    assert_non_null(strstr(text, "kith_workers_alive{service=\"kith.test\"} 1"));
+    s_echo_stop(&w);
+    s_teardown(&r);
+    router_metrics_destroy(&m);
+}
+
 static void test_new_refusals(void **state)
 {
     (void) state;
@@ -1242,11 +1333,13 @@ int main(void)
         cmocka_unit_test(test_listen_ipv6),
         cmocka_unit_test(test_refusals_and_teardown),
         cmocka_unit_test(test_new_out_of_memory),
+        cmocka_unit_test(test_new_curve_out_of_memory),
         cmocka_unit_test(test_full_worker_keeps_request),
         cmocka_unit_test(test_cancel_held_and_queued),
         cmocka_unit_test(test_request_and_ready_without_memory),
         cmocka_unit_test(test_flood_in_batches),
         cmocka_unit_test(test_new_refusals),
+        cmocka_unit_test(test_service_names_flood),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

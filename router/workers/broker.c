@@ -34,6 +34,10 @@
 #define S_SOCKS 2
 /* ZAP domain of the CURVE endpoint. */
 #define S_ZAP_DOMAIN "kith.workers"
+/* kith_workers_alive series registered, ever: metrics cannot be removed,
+ * and a service slot is reused by other names (s_service), so past this
+ * a new name gets no series (a flood of made-up names stays bounded). */
+#define S_ALIVE_SERIES_MAX (ROUTER_BROKER_SERVICES_MAX * 4)
 
 typedef struct s_req s_req_t;
 typedef struct s_worker s_worker_t;
@@ -63,7 +67,7 @@ struct s_worker {
 };
 
 struct s_service {
-    char name[ROUTER_MDP_SERVICE_MAX + 1];
+    char name[ROUTER_MDP_SERVICE_MAX + 1]; /* "" : the slot is free */
     s_worker_t *idle_head, *idle_tail; /* least recently used first */
     s_req_t *q_head, *q_tail;          /* requests waiting */
     size_t nqueued;
@@ -87,7 +91,12 @@ struct router_broker {
     size_t queue_max;
     zhash_t *workers;           /* key → s_worker_t (not owned by the hash) */
     s_service_t services[ROUTER_BROKER_SERVICES_MAX];
-    size_t nservices;
+    size_t nservices;           /* slots ever used: [0, nservices) */
+    struct {
+        char name[ROUTER_MDP_SERVICE_MAX + 1];
+        router_metric_t *m;
+    } alive[S_ALIVE_SERIES_MAX]; /* kith_workers_alive series by service name */
+    size_t nalive;
     int64_t next_h;
     router_broker_stats_t st;
     router_metrics_t *metrics;  /* where per-service series are registered, or NULL */
@@ -103,6 +112,34 @@ static void s_gauges(router_broker_t *b)
         router_metric_set(b->services[i].m_alive, b->services[i].nworkers);
 }
 
+/* kith_workers_alive{service=name}: the series registered for that name
+ * before, or a new one; NULL without metrics, for a name that would need
+ * escaping in a label, or past S_ALIVE_SERIES_MAX names. */
+static router_metric_t *s_alive_series(router_broker_t *b, const char *name)
+{
+    if (!b->metrics || strpbrk(name, "\"\\"))
+        return NULL;
+    for (size_t i = 0; i < b->nalive; i++)
+        if (strcmp(b->alive[i].name, name) == 0)
+            return b->alive[i].m;
+    if (b->nalive == S_ALIVE_SERIES_MAX)
+        return NULL;
+    char labels[ROUTER_MDP_SERVICE_MAX + 16];
+    snprintf(labels, sizeof labels, "service=\"%s\"", name);
+    router_metric_t *m = router_metrics_add(b->metrics, "kith_workers_alive", labels, ROUTER_METRIC_GAUGE,
+                                            "Workers registered with the broker, by service");
+    if (m) {
+        snprintf(b->alive[b->nalive].name, sizeof b->alive[b->nalive].name, "%s", name);
+        b->alive[b->nalive++].m = m;
+    }
+    return m;
+}
+
+/* The service `name`, or (make) a slot for it. A slot with no worker and
+ * no request queued is free for another name: nothing points at it (a
+ * request in flight is held by a worker of its service). So services that
+ * come and go, and requests refused for a name no worker serves, never
+ * use the 16 slots up for good. */
 static s_service_t *s_service(router_broker_t *b, const char *name, size_t len, bool make)
 {
     if (len == 0 || len > ROUTER_MDP_SERVICE_MAX)
@@ -110,23 +147,23 @@ static s_service_t *s_service(router_broker_t *b, const char *name, size_t len, 
     for (size_t i = 0; i < b->nservices; i++)
         if (strlen(b->services[i].name) == len && memcmp(b->services[i].name, name, len) == 0)
             return &b->services[i];
-    if (!make || b->nservices == ROUTER_BROKER_SERVICES_MAX)
+    if (!make)
         return NULL;
     for (size_t i = 0; i < len; i++)
         if ((unsigned char) name[i] < 0x21 || (unsigned char) name[i] > 0x7e)
             return NULL;
-    s_service_t *s = &b->services[b->nservices++];
+    s_service_t *s = NULL;
+    for (size_t i = 0; i < b->nservices && !s; i++)
+        if (b->services[i].nworkers == 0 && b->services[i].nqueued == 0)
+            s = &b->services[i];
+    if (!s && b->nservices < ROUTER_BROKER_SERVICES_MAX)
+        s = &b->services[b->nservices++];
+    if (!s)
+        return NULL;
     memset(s, 0, sizeof *s);
     memcpy(s->name, name, len);
     s->name[len] = '\0';
-    /* A name that would need escaping in a label gets no series. */
-    if (b->metrics && !strpbrk(s->name, "\"\\")) {
-        char labels[ROUTER_MDP_SERVICE_MAX + 16];
-        snprintf(labels, sizeof labels, "service=\"%s\"", s->name);
-        s->m_alive = router_metrics_add(b->metrics, "kith_workers_alive", labels,
-                                        ROUTER_METRIC_GAUGE,
-                                        "Workers registered with the broker, by service");
-    }
+    s->m_alive = s_alive_series(b, s->name);
     return s;
 }
 
@@ -828,8 +865,10 @@ void router_broker_destroy(router_broker_t **self_p)
 int64_t router_broker_request(router_broker_t *b, const char *service, const uint8_t *body,
                               size_t len, router_broker_reply_fn *on_reply, void *ud)
 {
+    if (len > ROUTER_MDP_BODY_MAX)
+        return -1;
     s_service_t *s = s_service(b, service, strlen(service), true);
-    if (!s || len > ROUTER_MDP_BODY_MAX || s->nqueued >= b->queue_max)
+    if (!s || s->nqueued >= b->queue_max)
         return -1;
     s_req_t *r = calloc(1, sizeof *r);
     if (!r || !(r->body = malloc(len ? len : 1))) {
