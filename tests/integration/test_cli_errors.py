@@ -397,6 +397,50 @@ def main():
         check(len(err.splitlines()) == 1 and err.startswith(
             f"kith send: {home}/config.json: comms.inbox: unknown key"), err)
 
+    def send_thread_refused():
+        # The node's thread cannot be made (the user's process limit): the
+        # line says why and what to do, not only "cannot start". Found by
+        # raising RLIMIT_NPROC one at a time for an unprivileged user, as
+        # the threads made before it vary; root ignores the limit.
+        nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+        if os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("prlimit"):
+            print("     skipped: needs root, setpriv and prlimit")
+            return
+        base = tempfile.mkdtemp(prefix="kith-it-nproc-")
+        os.chmod(base, 0o755)
+        home = os.path.join(base, "home")
+        # LSan needs a thread of its own to look for leaks at exit.
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1")
+        env.pop("KITH_HOME", None)
+
+        def run(*args, nproc=None):
+            limit = ("prlimit", f"--nproc={nproc}") if nproc else ()
+            return subprocess.run([*limit, *nobody, KITH, *args], capture_output=True,
+                                  env=env, timeout=TIMEOUT, cwd=base)
+        try:
+            os.chown(base, 65534, 65534)
+            check(run("keygen", "--home", home).returncode == 0, "keygen as nobody")
+            check(run("peers", "add", "--home", home, "--name", "bob", "--pubkey",
+                      "ed25519:" + me_pk, "--addr", "tcp://127.0.0.1:9").returncode == 0,
+                  "peers add as nobody")
+            seen = None
+            for nproc in range(1, 64):
+                p = run("send", "--home", home, "--to", "bob", "--body", "x", "--timeout", "1",
+                        nproc=nproc)
+                err = p.stderr.decode(errors="replace")
+                if "kith send: cannot start" in err:
+                    seen = err
+                    check(p.returncode == 1, f"exit {p.returncode}")
+                    error_line(err.splitlines(True)[-1],
+                               "kith send: cannot start the sending thread (Resource temporarily "
+                               "unavailable); raise the limit on processes (ulimit -u) or free "
+                               "memory, and retry")
+                if p.returncode != 1:
+                    break  # enough threads: the send itself ran
+            check(seen is not None, "no process limit failed the sending thread")
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
     def values_checked():
         # Each flag's value is checked, and named, before anything is done.
         home = os.path.join(tmp, "values")
@@ -592,7 +636,7 @@ def main():
 
     for case in (flags_named_right, flag_values_kept, agent_flags, no_home, paths_too_long,
                  reasons_survive_long_paths, state_db_path_bound, audit_reads,
-                 envelope_io, identity_export, send_refusals, values_checked,
+                 envelope_io, identity_export, send_refusals, send_thread_refused, values_checked,
                  peers_import_drops_bad_addr,
                  daemon_refusals, daemon_without_log_file, admin_answers):
         r.run(case)

@@ -5,6 +5,7 @@
  * without an ack, which it does only after a typed refusal); 2 offline or
  * unknown (no ack in time, a reset, a broken connection: the envelope may
  * have been admitted; spec/WIRE.md §9.1); 1 usage or local error. */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -231,8 +232,15 @@ int kith_cmd_send(int argc, char **argv)
 
     router_node_opts_t no = {.home = home, .config = &cfg, .memory_inbox = true};
     router_node_t *node = router_node_new(&no, err, sizeof err);
-    if (!node || router_node_start(node) != 0) {
-        fprintf(stderr, "kith send: %s\n", node ? "cannot start" : err);
+    if (!node) {
+        fprintf(stderr, "kith send: %s\n", err);
+        return KITH_EXIT_FAIL;
+    }
+    if (router_node_start(node) != 0) {
+        /* Only a thread that cannot be made fails here: the process or
+         * user limit is the usual cause. */
+        fprintf(stderr, "kith send: cannot start the sending thread (%s); raise the limit on "
+                        "processes (ulimit -u) or free memory, and retry\n", strerror(errno));
         router_node_destroy(&node);
         return KITH_EXIT_FAIL;
     }
