@@ -516,19 +516,25 @@ static void s_dns_send_free(router_node_t *self, s_dns_send_t *d)
     free(d);
 }
 
-/* The name's answer: send, or tell the caller the peer is offline. */
-static void s_dns_answered(const router_addr_t *addr, const char *why, void *ud)
+/* The name's answer: send (to each of its addresses in turn until one
+ * connects), or tell the caller the peer is offline. */
+static void s_dns_answered(const router_addr_list_t *addrs, const char *why, void *ud)
 {
     s_dns_send_t *d = ud;
     router_node_t *self = d->node;
     char detail[ROUTER_CONFIG_HOST_CAP + 160];
-    if (!addr) {
+    router_outbound_msg_t m = {.peer_pk = d->to, .fd = -1, .frame = d->frame, .len = d->len,
+                               .id = d->id, .cb = d->cb, .ud = d->cb_ud};
+    if (addrs) {
+        m.addr = addrs->addr;
+        m.naddrs = addrs->n;
+    }
+    if (!addrs) {
         snprintf(detail, sizeof detail, "cannot resolve %s: %s", d->host, why);
         d->cb(ROUTER_SEND_OFFLINE, detail, NULL, d->cb_ud);
     } else if (!self->outbound || self->stopping) {
         d->cb(ROUTER_SEND_OFFLINE, "the node is stopping", NULL, d->cb_ud);
-    } else if (router_outbound_send(self->outbound, d->to, addr, d->frame, d->len, d->id, d->cb,
-                                    d->cb_ud) != 0) {
+    } else if (router_outbound_send_msg(self->outbound, &m) != 0) {
         snprintf(detail, sizeof detail, "cannot send: %s", strerror(errno));
         d->cb(ROUTER_SEND_OFFLINE, detail, NULL, d->cb_ud);
     }
@@ -547,12 +553,12 @@ static void s_dns_sends_fail(router_node_t *self)
     }
 }
 
-/* A peer whose address is a DNS name: 0 with *addr set when the answer is
- * cached (the caller sends as to any address), 1 when the send waits for
- * the answer (taking *frame_p), -1 with detail. */
+/* A peer whose address is a DNS name: 0 with *addrs set when the answer
+ * is cached (the caller sends as to any address), 1 when the send waits
+ * for the answer (taking *frame_p), -1 with detail. */
 static int s_send_by_name(router_node_t *self, const router_peer_t *peer, uint8_t **frame_p,
                           size_t len, const uint8_t id[16], router_send_fn *cb, void *cb_ud,
-                          router_addr_t *addr, char *detail, size_t detailcap)
+                          router_addr_list_t *addrs, char *detail, size_t detailcap)
 {
     const char *host = peer->dial.host;
     char why[160];
@@ -565,7 +571,7 @@ static int s_send_by_name(router_node_t *self, const router_peer_t *peer, uint8_
         snprintf(detail, detailcap, "out of memory");
         return -1;
     }
-    int r = router_resolver_lookup(self->resolver, host, peer->dial.port, addr, s_dns_answered,
+    int r = router_resolver_lookup(self->resolver, host, peer->dial.port, addrs, s_dns_answered,
                                    d, why, sizeof why);
     if (r != 1) {
         free(d);
@@ -601,7 +607,7 @@ static int s_turns_send(void *ud, const uint8_t to[32], cbor_item_t **kind, uint
     size_t len = 0;
     int rc = -1;
     const router_peer_t *peer = router_trust_by_pubkey(self->trust, to);
-    router_addr_t addr;
+    router_addr_list_t addrs = {.n = 1};
     router_addr_err_t why;
     char inproc[ROUTER_INPROC_NAME_MAX + 1] = "";
     bool by_name = false;
@@ -616,11 +622,11 @@ static int s_turns_send(void *ud, const uint8_t to[32], cbor_item_t **kind, uint
     if (peer->dial.transport == ROUTER_PEER_INPROC) {
         snprintf(inproc, sizeof inproc, "%s", peer->dial.path);
     } else if (peer->dial.transport == ROUTER_PEER_UDS) {
-        if (router_addr_parse(peer->dial.path, &addr, &why) != 0) {
+        if (router_addr_parse(peer->dial.path, &addrs.addr[0], &why) != 0) {
             snprintf(detail, detailcap, "bad socket path: %s", router_addr_err_str(why));
             goto done;
         }
-    } else if (router_addr_from_host(peer->dial.host, peer->dial.port, &addr, &why) != 0) {
+    } else if (router_addr_from_host(peer->dial.host, peer->dial.port, &addrs.addr[0], &why) != 0) {
         by_name = !router_outbound_connected(self->outbound, to);
     }
     proto_envelope_reason_t r;
@@ -636,7 +642,7 @@ static int s_turns_send(void *ud, const uint8_t to[32], cbor_item_t **kind, uint
     }
     memcpy(id_out, proto_envelope_id(env), 16);
     if (by_name) {
-        int waits = s_send_by_name(self, peer, &frame, len, id_out, cb, cb_ud, &addr, detail,
+        int waits = s_send_by_name(self, peer, &frame, len, id_out, cb, cb_ud, &addrs, detail,
                                    detailcap);
         if (waits != 0) {
             rc = waits > 0 ? 0 : -1;
@@ -651,7 +657,10 @@ static int s_turns_send(void *ud, const uint8_t to[32], cbor_item_t **kind, uint
         }
         rc = router_outbound_send_fd(self->outbound, to, fd, frame, len, id_out, cb, cb_ud);
     } else {
-        rc = router_outbound_send(self->outbound, to, &addr, frame, len, id_out, cb, cb_ud);
+        router_outbound_msg_t m = {.peer_pk = to, .addr = addrs.addr, .naddrs = addrs.n, .fd = -1,
+                                   .frame = frame, .len = len, .id = id_out, .cb = cb,
+                                   .ud = cb_ud};
+        rc = router_outbound_send_msg(self->outbound, &m);
     }
     if (rc != 0)
         snprintf(detail, detailcap, "cannot send: %s", strerror(errno));
@@ -1093,7 +1102,7 @@ int router_node_trust(router_node_t *self, const char *name, const uint8_t pk[32
 typedef struct {
     router_node_t *node;
     uint8_t pk[32];                         /* the peer */
-    router_addr_t addr;                     /* where, for TCP and UDS */
+    router_addr_list_t addrs;               /* where, for TCP and UDS: dialed in turn */
     char inproc[ROUTER_INPROC_NAME_MAX + 1];/* where, for in-process ("" otherwise) */
     uint8_t *frame;                         /* signed frame */
     size_t len;
@@ -1130,7 +1139,8 @@ static void s_send_on_loop(router_loop_t *loop, void *arg)
         s_send_done(ROUTER_SEND_OFFLINE, "the node is stopping", NULL, job);
         return;
     }
-    router_outbound_msg_t m = {.peer_pk = job->pk, .addr = &job->addr, .fd = -1,
+    router_outbound_msg_t m = {.peer_pk = job->pk, .addr = job->addrs.addr,
+                               .naddrs = job->addrs.n, .fd = -1,
                                .frame = job->frame, .len = job->len, .id = job->out->id,
                                .oneshot = job->oneshot, .no_ack = job->no_ack,
                                .timeout_ms = job->timeout_ms, .cb = s_send_done, .ud = job};
@@ -1154,17 +1164,19 @@ static void s_send_on_loop(router_loop_t *loop, void *arg)
 }
 
 /* TCP peers may be named by DNS: resolve here, on the caller's thread,
- * never on the loop. */
-static int s_resolve(const router_peer_addr_t *dial, router_addr_t *out, char *why, size_t whycap)
+ * never on the loop; every address the name has, in dialing order. */
+static int s_resolve(const router_peer_addr_t *dial, router_addr_list_t *out, char *why,
+                     size_t whycap)
 {
     router_addr_err_t e;
+    out->n = 1;
     if (dial->transport == ROUTER_PEER_UDS) {
-        if (router_addr_parse(dial->path, out, &e) == 0)
+        if (router_addr_parse(dial->path, &out->addr[0], &e) == 0)
             return 0;
         snprintf(why, whycap, "bad socket path: %s", router_addr_err_str(e));
         return -1;
     }
-    if (router_addr_from_host(dial->host, dial->port, out, &e) == 0)
+    if (router_addr_from_host(dial->host, dial->port, &out->addr[0], &e) == 0)
         return 0; /* a literal or localhost */
     char gai[128];
     if (router_resolve_blocking(dial->host, dial->port, out, gai, sizeof gai) == 0)
@@ -1215,7 +1227,7 @@ int router_node_send_ex(router_node_t *self, const char *to, cbor_item_t **kind,
     }
     if (dial.transport == ROUTER_PEER_INPROC)
         snprintf(job.inproc, sizeof job.inproc, "%s", dial.path);
-    else if (s_resolve(&dial, &job.addr, out->detail, sizeof out->detail) != 0)
+    else if (s_resolve(&dial, &job.addrs, out->detail, sizeof out->detail) != 0)
         goto done;
     proto_envelope_reason_t why;
     env = proto_envelope_new(NULL, self->identity.pk, job.pk, kind, &why);

@@ -4,7 +4,9 @@
  * what goes wrong: peers that cannot be reached (by the blocking sends and
  * by the router-run tools' sends on the loop, DNS names included), a node
  * not yet running or stopped, nodes that cannot be made, trust files that
- * do not load, and allocations failing in turn. */
+ * do not load, and allocations failing in turn. A peer's DNS name whose
+ * first addresses are dead (refusing, or silent) still delivers, through
+ * the next one. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,12 +16,16 @@
 #include <string.h>
 #include <dirent.h>
 #include <errno.h>
+#include <arpa/inet.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
 #include "alloc_fail.h"
+#include "fake_dns.h"
 #include "worker_reply.h"
 #include "proto/envelope.h"
 #include "proto/pubkey.h"
@@ -252,6 +258,71 @@ static void test_unreachable_peers(void **state)
     s_expect(b, a, "message", r.id, NULL);
 }
 
+/* A listener on ip:port whose accept queue is full: a new connect to it
+ * waits unanswered, as to a host that is down. Returns its fds' count in
+ * fd[] (listener and fillers), to close. */
+static int s_hole_open(int fd[17], const char *ip, uint16_t port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    assert_int_equal(inet_pton(AF_INET, ip, &a.sin_addr), 1);
+    int n = 0;
+    fd[n] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd[n] >= 0);
+    assert_int_equal(bind(fd[n], (struct sockaddr *) &a, sizeof a), 0);
+    assert_int_equal(listen(fd[n++], 0), 0);
+    for (;;) {
+        assert_true(n < 17);
+        int c = fd[n++] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        assert_true(c >= 0);
+        int rc = connect(c, (struct sockaddr *) &a, sizeof a);
+        assert_true(rc == 0 || errno == EINPROGRESS);
+        struct pollfd p = {.fd = c, .events = POLLOUT};
+        if (rc != 0 && poll(&p, 1, 200) == 0)
+            return n;
+    }
+}
+
+/* b listens on 127.0.0.1; a knows it by names whose first addresses are
+ * dead: 127.0.0.2 refuses, 127.0.0.3 takes the connect and never answers.
+ * Both blocking sends are acked, through the address that listens, the
+ * silent one's well within the send's time (it gets its share, half). */
+static void test_dns_name_dead_addresses_first(void **state)
+{
+    s_net_t *t = *state;
+    router_node_t *a = t->node[0], *b = t->node[1];
+    char err[256], addr[64];
+    int port = router_node_listen(b, "127.0.0.1:0", err, sizeof err);
+    assert_true(port > 0);
+    static const char *const refused_first[] = {"127.0.0.2", "127.0.0.1"};
+    static const char *const silent_first[] = {"127.0.0.3", "127.0.0.1"};
+    test_dns_set("refused-first.kith-test", refused_first, 2);
+    test_dns_set("silent-first.kith-test", silent_first, 2);
+    int hole[17];
+    int holes = s_hole_open(hole, "127.0.0.3", (uint16_t) port);
+    snprintf(addr, sizeof addr, "tcp://refused-first.kith-test:%d", port);
+    assert_int_equal(router_node_trust_set(a, "b1", router_node_pubkey(b), addr, false, err,
+                                           sizeof err), 0);
+    router_node_receipt_t r;
+    assert_int_equal(router_node_send_message(a, "b1", "past a refusal", &r), 0);
+    assert_int_equal(r.outcome, ROUTER_SEND_ACKED);
+    s_expect(b, a, "message", r.id, NULL);
+
+    router_node_t *c = t->node[2];
+    snprintf(addr, sizeof addr, "tcp://silent-first.kith-test:%d", port);
+    assert_int_equal(router_node_trust_set(c, "b2", router_node_pubkey(b), addr, false, err,
+                                           sizeof err), 0);
+    router_node_send_opts_t o = {.timeout_ms = 4000};
+    cbor_item_t *kind = proto_kind_message("past silence", 12, NULL, PROTO_HANDLING_NONE);
+    assert_non_null(kind);
+    assert_int_equal(router_node_send_ex(c, "b2", &kind, &o, &r), 0);
+    assert_int_equal(r.outcome, ROUTER_SEND_ACKED);
+    s_expect(b, c, "message", r.id, NULL);
+    while (holes > 0)
+        close(hole[--holes]);
+    test_dns_set("refused-first.kith-test", NULL, 0);
+    test_dns_set("silent-first.kith-test", NULL, 0);
+}
+
 /* Counts its calls, and says whether one ran on the caller's thread. */
 typedef struct {
     int calls;       /* calls made */
@@ -385,7 +456,8 @@ static void s_rm_tree(const char *dir)
 /* ---------------------------------------------------------------- router tools through a node */
 
 /* The peers the agent below sends a message to, in its tool calls' order. */
-static const char *const s_tool_peers[] = {"b", "ghost", "closed", "nosock", "far", "far2"};
+static const char *const s_tool_peers[] = {"b", "ghost", "closed", "nosock", "far", "far2",
+                                           "multi"};
 #define TOOL_PEERS (sizeof s_tool_peers / sizeof s_tool_peers[0])
 
 static proto_worker_str_t s_str(const char *p)
@@ -535,6 +607,19 @@ static void test_router_tools_through_comms(void **state)
                                        sizeof err), 0);
     assert_int_equal(router_node_trust(b, "a", router_node_pubkey(a), "inproc://wa", err,
                                        sizeof err), 0);
+    /* "multi": another node over TCP, by a name whose first address
+     * refuses. */
+    router_node_t *m = s_node(net, "wm", 0x93);
+    assert_int_equal(router_node_trust(m, "a", router_node_pubkey(a), "inproc://wa", err,
+                                       sizeof err), 0);
+    int port = router_node_listen(m, "127.0.0.1:0", err, sizeof err);
+    assert_true(port > 0);
+    static const char *const multi_ips[] = {"127.0.0.2", "127.0.0.1"};
+    test_dns_set("multi.kith-test", multi_ips, 2);
+    char multi[64];
+    snprintf(multi, sizeof multi, "tcp://multi.kith-test:%d", port);
+    assert_int_equal(router_node_trust(a, "multi", router_node_pubkey(m), multi, err, sizeof err),
+                     0);
     static const char *const unreachable[][2] = {
         {"ghost", "inproc://nowhere"},
         {"closed", "tcp://127.0.0.1:1"},
@@ -550,6 +635,7 @@ static void test_router_tools_through_comms(void **state)
     }
     assert_int_equal(router_node_start(a), 0);
     assert_int_equal(router_node_start(b), 0);
+    assert_int_equal(router_node_start(m), 0);
     router_mdp_worker_opts_t wo = {.endpoint = endpoint, .service = "kith.agent",
                                    .heartbeat_ms = cfg.workers.heartbeat_ms,
                                    .liveness = cfg.workers.liveness};
@@ -578,10 +664,11 @@ static void test_router_tools_through_comms(void **state)
         assert_non_null(strstr(last, "cannot resolve peer.invalid"));
         assert_non_null(strstr(last, "5:{\\\"outcome\\\":\\\"offline\\\""));
         assert_non_null(strstr(last, "cannot resolve peer2.invalid"));
+        assert_non_null(strstr(last, "6:{\\\"outcome\\\":\\\"acked\\\""));
     }
-    for (int turn = 0; turn < 2; turn++) {
+    for (int turn = 0; turn < 4; turn++) {
         router_inbox_entry_t e;
-        assert_int_equal(router_inbox_pop(router_node_inbox(b), &e, 10000), 0);
+        assert_int_equal(router_inbox_pop(router_node_inbox(turn % 2 ? m : b), &e, 10000), 0);
         assert_memory_equal(e.from, router_node_pubkey(a), 32);
         assert_string_equal(e.kind, "message");
         router_inbox_entry_clear(&e);
@@ -593,9 +680,11 @@ static void test_router_tools_through_comms(void **state)
     router_mdp_worker_destroy(&w);
     router_node_destroy(&a);
     router_node_destroy(&b);
+    router_node_destroy(&m);
     router_inproc_destroy(&net);
     pthread_cond_destroy(&c.cv);
     pthread_mutex_destroy(&c.mu);
+    test_dns_set("multi.kith-test", NULL, 0);
 }
 
 /* Writes text to home/name. */
@@ -805,6 +894,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unknown_peer_and_untrusted, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_offline_after_stop, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_unreachable_peers, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_dns_name_dead_addresses_first, s_setup, s_teardown),
         cmocka_unit_test(test_not_running),
         cmocka_unit_test(test_new_refusals),
         cmocka_unit_test(test_trust_reload),

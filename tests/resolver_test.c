@@ -1,9 +1,10 @@
 /* tests/resolver_test.c — router/net/resolver.c on a real loop: literals
  * answer at once, a name from the hosts file resolves on the resolver's
  * thread and is then cached (for any port), a name that does not resolve
- * fails and the failure is repeated from the cache, the names and the
- * callers waiting are bounded, and a resolver destroyed with lookups in
- * flight calls nobody and leaks nothing (LSan). */
+ * fails and the failure is repeated from the cache, a name with many
+ * addresses gives them all in dialing order (IPv4 first, no repeats, at
+ * most 8), the names and the callers waiting are bounded, and a resolver
+ * destroyed with lookups in flight calls nobody and leaks nothing (LSan). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,28 +17,33 @@
 #include <cmocka.h>
 
 #include "alloc_fail.h"
+#include "fake_dns.h"
 #include "router/net/resolver.h"
 
 typedef struct {
     router_loop_t *loop;
     unsigned calls;
     bool ok;
-    router_addr_t addr;
+    router_addr_t addr;       /* the first */
+    router_addr_list_t addrs; /* all */
     char why[160];
 } s_answer_t;
 
-static void s_on_answer(const router_addr_t *addr, const char *why, void *ud)
+static void s_on_answer(const router_addr_list_t *addrs, const char *why, void *ud)
 {
     s_answer_t *a = ud;
     a->calls++;
-    a->ok = addr != NULL;
-    if (addr)
-        a->addr = *addr;
+    a->ok = addrs != NULL;
+    if (addrs) {
+        assert_true(addrs->n >= 1 && addrs->n <= ROUTER_RESOLVE_ADDRS_MAX);
+        a->addrs = *addrs;
+        a->addr = addrs->addr[0];
+    }
     snprintf(a->why, sizeof a->why, "%s", why);
     router_loop_stop(a->loop);
 }
 
-static void s_never(const router_addr_t *addr, const char *why, void *ud)
+static void s_never(const router_addr_list_t *addr, const char *why, void *ud)
 {
     (void) addr;
     (void) why;
@@ -61,18 +67,29 @@ static uint16_t s_port(const router_addr_t *a)
     return ntohs(a->u.in4.sin_port);
 }
 
+/* An address as text, port included. */
+static const char *s_text(const router_addr_t *a)
+{
+    static char text[ROUTER_ADDR_STR_MAX];
+    assert_int_equal(router_addr_format(a, text, sizeof text), 0);
+    return text;
+}
+
 static void test_literal_at_once(void **state)
 {
     (void) state;
     router_loop_t *loop = router_loop_new(NULL);
     router_resolver_t *r = router_resolver_new(loop, NULL);
     assert_non_null(r);
-    router_addr_t a;
+    router_addr_list_t a;
     char why[160];
     assert_int_equal(router_resolver_lookup(r, "127.0.0.1", 80, &a, s_never, NULL, why, sizeof why),
                      0);
-    assert_int_equal(s_port(&a), 80);
+    assert_int_equal(a.n, 1);
+    assert_int_equal(s_port(&a.addr[0]), 80);
     assert_int_equal(router_resolver_lookup(r, "::1", 81, &a, s_never, NULL, why, sizeof why), 0);
+    assert_int_equal(a.n, 1);
+    assert_string_equal(s_text(&a.addr[0]), "[::1]:81");
     router_resolver_destroy(&r);
     router_resolver_destroy(&r); /* idempotent */
     router_loop_destroy(&loop);
@@ -86,7 +103,7 @@ static void test_name_resolved_then_cached(void **state)
     router_resolver_t *r = router_resolver_new(loop, m);
     assert_non_null(r);
     s_answer_t ans = {.loop = loop};
-    router_addr_t a;
+    router_addr_list_t a;
     char why[160];
     const char *name = s_loopback_name();
     assert_int_equal(router_resolver_lookup(r, name, 4200, &a, s_on_answer, &ans, why, sizeof why),
@@ -108,7 +125,7 @@ static void test_name_resolved_then_cached(void **state)
     assert_int_equal(s_port(&ans2.addr), 4300);
     /* Cached: at once, for any port, no second lookup. */
     assert_int_equal(router_resolver_lookup(r, name, 4400, &a, s_never, NULL, why, sizeof why), 0);
-    assert_int_equal(s_port(&a), 4400);
+    assert_int_equal(s_port(&a.addr[0]), 4400);
     char buf[4096];
     assert_true(router_metrics_render(m, buf, sizeof buf) > 0);
     assert_non_null(strstr(buf, "kith_dns_lookups_total 1\n"));
@@ -123,16 +140,17 @@ static void test_name_resolved_then_cached(void **state)
 static void test_blocking(void **state)
 {
     (void) state;
-    router_addr_t a;
+    router_addr_list_t l;
     char why[160] = "";
-    assert_int_equal(router_resolve_blocking(s_loopback_name(), 4200, &a, why, sizeof why), 0);
-    assert_int_equal(a.u.ss.ss_family, AF_INET);
-    assert_int_equal(a.len, sizeof a.u.in4);
+    assert_int_equal(router_resolve_blocking(s_loopback_name(), 4200, &l, why, sizeof why), 0);
+    const router_addr_t *a = &l.addr[0];
+    assert_int_equal(a->u.ss.ss_family, AF_INET);
+    assert_int_equal(a->len, sizeof a->u.in4);
     char text[64];
-    assert_non_null(inet_ntop(AF_INET, &a.u.in4.sin_addr, text, sizeof text));
+    assert_non_null(inet_ntop(AF_INET, &a->u.in4.sin_addr, text, sizeof text));
     assert_string_equal(text, "127.0.0.1");
-    assert_int_equal(s_port(&a), 4200);
-    assert_int_equal(router_resolve_blocking("peer.invalid", 9, &a, why, sizeof why), -1);
+    assert_int_equal(s_port(a), 4200);
+    assert_int_equal(router_resolve_blocking("peer.invalid", 9, &l, why, sizeof why), -1);
     assert_true(why[0] != '\0');
 }
 
@@ -142,7 +160,7 @@ static void test_failure_cached(void **state)
     router_loop_t *loop = router_loop_new(NULL);
     router_resolver_t *r = router_resolver_new(loop, NULL);
     s_answer_t ans = {.loop = loop};
-    router_addr_t a;
+    router_addr_list_t a;
     char why[160] = "";
     assert_int_equal(
         router_resolver_lookup(r, "peer.invalid", 9, &a, s_on_answer, &ans, why, sizeof why), 1);
@@ -165,7 +183,7 @@ static void test_bounds_and_destroy_in_flight(void **state)
     (void) state;
     router_loop_t *loop = router_loop_new(NULL);
     router_resolver_t *r = router_resolver_new(loop, NULL);
-    router_addr_t a;
+    router_addr_list_t a;
     char why[160], name[64];
     unsigned i;
     for (i = 0; i < ROUTER_RESOLVER_NAMES_MAX; i++) {
@@ -201,6 +219,50 @@ static void test_bounds_and_destroy_in_flight(void **state)
     router_loop_destroy(&loop);
 }
 
+/* A name with many addresses: every IPv4 one in the order DNS gave them,
+ * then the IPv6 ones, a repeat once, at most 8; the caller's port on each,
+ * from the thread and from the cache alike. */
+static void test_many_addresses(void **state)
+{
+    (void) state;
+    static const char *const ips[] = {"::1", "127.0.0.3", "fe80::1", "127.0.0.2", "127.0.0.3",
+                                      "127.0.0.4", "::2", "127.0.0.5", "127.0.0.6", "127.0.0.7",
+                                      "127.0.0.8", "127.0.0.9"};
+    static const char *const want[] = {"127.0.0.3:4200", "127.0.0.2:4200", "127.0.0.4:4200",
+                                       "127.0.0.5:4200", "127.0.0.6:4200", "127.0.0.7:4200",
+                                       "127.0.0.8:4200", "127.0.0.9:4200"};
+    test_dns_set("many.kith-test", ips, sizeof ips / sizeof ips[0]);
+    router_addr_list_t l;
+    char why[160] = "";
+    assert_int_equal(router_resolve_blocking("many.kith-test", 4200, &l, why, sizeof why), 0);
+    assert_int_equal(l.n, ROUTER_RESOLVE_ADDRS_MAX);
+    for (unsigned i = 0; i < l.n; i++)
+        assert_string_equal(s_text(&l.addr[i]), want[i]);
+    /* Fewer IPv4 ones: the IPv6 ones follow, in their order. */
+    static const char *const few[] = {"::1", "127.0.0.2", "::2", "127.0.0.2"};
+    test_dns_set("few.kith-test", few, sizeof few / sizeof few[0]);
+    router_loop_t *loop = router_loop_new(NULL);
+    router_resolver_t *r = router_resolver_new(loop, NULL);
+    s_answer_t ans = {.loop = loop};
+    assert_int_equal(
+        router_resolver_lookup(r, "few.kith-test", 99, &l, s_on_answer, &ans, why, sizeof why), 1);
+    while (!ans.calls)
+        assert_int_equal(router_loop_run(loop), 0);
+    assert_true(ans.ok);
+    assert_int_equal(ans.addrs.n, 3);
+    assert_string_equal(s_text(&ans.addrs.addr[0]), "127.0.0.2:99");
+    assert_string_equal(s_text(&ans.addrs.addr[1]), "[::1]:99");
+    assert_string_equal(s_text(&ans.addrs.addr[2]), "[::2]:99");
+    assert_int_equal(
+        router_resolver_lookup(r, "few.kith-test", 98, &l, s_never, NULL, why, sizeof why), 0);
+    assert_int_equal(l.n, 3);
+    assert_string_equal(s_text(&l.addr[2]), "[::2]:98");
+    router_resolver_destroy(&r);
+    router_loop_destroy(&loop);
+    test_dns_set("many.kith-test", NULL, 0);
+    test_dns_set("few.kith-test", NULL, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -209,6 +271,7 @@ int main(void)
         cmocka_unit_test(test_blocking),
         cmocka_unit_test(test_failure_cached),
         cmocka_unit_test(test_bounds_and_destroy_in_flight),
+        cmocka_unit_test(test_many_addresses),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

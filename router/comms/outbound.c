@@ -7,7 +7,12 @@
  * own cut or a timeout says nothing about the envelope: offline.
  *
  * Meerkat-profile sends (WIRE §23.1) each get a link of their own that is
- * never reused: the envelope, its one answer, our orderly close. */
+ * never reused: the envelope, its one answer, our orderly close.
+ *
+ * A link given several addresses (a DNS name's) dials them in turn until
+ * one connects (spec/WIRE.md §1.1). While another address is left to try,
+ * each waiting send keeps a copy of its frame, so that what a failed
+ * connect dropped can be queued again on the next one. */
 #include "router/comms/outbound.h"
 
 #include <errno.h>
@@ -36,6 +41,9 @@ typedef struct s_link s_link_t;
 struct s_wait {
     uint8_t id[16];       /* the envelope's id: the ack's in_reply_to */
     uint64_t timer;       /* ack timeout */
+    uint64_t until_ms;    /* ...when it fires (loop clock) */
+    uint8_t *frame;       /* a copy while the link may dial another address, else NULL */
+    size_t len;
     bool no_ack;          /* a kind that gets no ack: settled "sent" by its timer */
     router_send_fn *cb;   /* told once */
     void *ud;
@@ -50,6 +58,10 @@ struct s_link {
     router_conn_t *conn;          /* NULL once closed */
     router_framed_t framed;       /* acks coming back */
     bool opened;                  /* connected (on_open ran) or adopted connected */
+    router_addr_t addrs[ROUTER_OUTBOUND_ADDRS_MAX]; /* where to dial, in turn */
+    unsigned naddrs;              /* ...how many */
+    unsigned dialed;              /* ...how many tried so far */
+    int dial_err;                 /* why the last connect failed */
     bool peer_closed;             /* the peer's orderly close (FIN) was read */
     bool oneshot;                 /* one envelope, one answer, then closed (WIRE §23.1); never reused */
     s_wait_t *head, *tail;        /* waiting sends, in send order */
@@ -93,6 +105,7 @@ static void s_wait_finish(s_wait_t *w, router_send_outcome_t outcome, const char
     router_send_fn *cb = w->cb;
     void *ud = w->ud;
     s_link_t *l = w->link;
+    free(w->frame);
     free(w);
     /* A one-envelope link has had its answer: close it orderly (what was
      * written is flushed first). */
@@ -195,15 +208,36 @@ static void s_link_free(s_link_t *l)
     free(l);
 }
 
+static int s_link_redial(s_link_t *l);
+
 static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *ud)
 {
     s_link_t *l = ud;
     l->conn = NULL;
     char detail[128];
     router_send_outcome_t outcome;
-    if (reason == ROUTER_CLOSE_CONNECT_FAILED) {
+    /* Not connected: refused, unreachable, or past its share of the time
+     * (its deadline). Nothing was delivered, so the next address may be
+     * tried with the same frames. */
+    bool no_connect = reason == ROUTER_CLOSE_CONNECT_FAILED ||
+                      (reason == ROUTER_CLOSE_DEADLINE && !l->opened);
+    if (no_connect) {
+        l->dial_err = router_conn_error(conn);
+        if (l->head && l->dialed < l->naddrs) {
+            ROUTER_LOG(ROUTER_LOG_INFO, "comms",
+                       "a peer's address %u of %u does not connect (%s): trying the next",
+                       l->dialed, l->naddrs, strerror(l->dial_err));
+            if (s_link_redial(l) == 0)
+                return;
+        }
+    }
+    if (no_connect) {
         outcome = ROUTER_SEND_OFFLINE;
-        snprintf(detail, sizeof detail, "cannot connect: %s", strerror(router_conn_error(conn)));
+        if (l->naddrs > 1)
+            snprintf(detail, sizeof detail, "cannot connect to any of its %u addresses (the last: %s)",
+                     l->naddrs, strerror(l->dial_err));
+        else
+            snprintf(detail, sizeof detail, "cannot connect: %s", strerror(l->dial_err));
     } else if (l->peer_closed && (reason == ROUTER_CLOSE_LOCAL || reason == ROUTER_CLOSE_EOF)) {
         /* An orderly close with no ack: the receiver refused (typed). */
         outcome = ROUTER_SEND_REJECTED;
@@ -241,7 +275,10 @@ static void s_on_open(router_conn_t *conn, void *ud)
     s_link_t *l = ud;
     router_outbound_t *ob = l->ob;
     l->opened = true;
+    router_conn_set_deadline(conn, 0); /* the connect's share of the time is no limit now */
     for (s_wait_t *w = l->head; w; w = w->next) {
+        free(w->frame); /* no other address will be dialed */
+        w->frame = NULL;
         if (!w->no_ack)
             continue;
         uint64_t t = router_loop_timer_add(ob->loop, 0, s_on_ack_timeout, w);
@@ -288,6 +325,65 @@ static s_link_t *s_link_new(router_outbound_t *self, const uint8_t pk[32])
     return l;
 }
 
+/* Whether a failed connect would be followed by another: frames are kept
+ * for it until then. */
+static bool s_link_may_redial(const s_link_t *l)
+{
+    return !l->opened && l->dialed < l->naddrs;
+}
+
+/* Dials the link's next address that a connection can be started to.
+ * An attempt with more addresses after it gets an equal share of the time
+ * left until `until_ms` (its deadline ends it, to on_close), so every
+ * address gets a try before the sends time out; the last gets whatever is
+ * left. 0, or -1 with errno when none is left. */
+static int s_link_dial(s_link_t *l, uint64_t until_ms)
+{
+    router_outbound_t *ob = l->ob;
+    while (l->dialed < l->naddrs) {
+        unsigned left = l->naddrs - l->dialed; /* this one included */
+        l->conn = router_loop_connect(ob->loop, &l->addrs[l->dialed++], &s_handlers, l);
+        if (!l->conn) {
+            l->dial_err = errno; /* e.g. no IPv6 on this host: the next */
+            continue;
+        }
+        if (left > 1) {
+            uint64_t now = router_loop_now_ms(ob->loop);
+            uint64_t share = until_ms > now ? (until_ms - now) / left : 0;
+            router_conn_set_deadline(l->conn, now + (share ? share : 1));
+        }
+        return 0;
+    }
+    errno = l->dial_err ? l->dial_err : EHOSTUNREACH;
+    return -1;
+}
+
+/* After a connect failed: dials the next address and queues there again,
+ * in order, every frame still waiting. 0, or -1 when no address is left
+ * (the caller then fails the sends). */
+static int s_link_redial(s_link_t *l)
+{
+    uint64_t until = 0;
+    for (s_wait_t *w = l->head; w; w = w->next)
+        if (w->until_ms > until)
+            until = w->until_ms;
+    if (s_link_dial(l, until) != 0)
+        return -1;
+    bool keep = s_link_may_redial(l);
+    for (s_wait_t *w = l->head; w; w = w->next) {
+        /* Each has its copy (kept while another address was left), and
+         * they fit: they did before. A send that fails cuts the new
+         * connection, whose on_close then fails the sends. */
+        if (!w->frame || router_conn_send(l->conn, w->frame, w->len) != 0)
+            break;
+        if (!keep) {
+            free(w->frame); /* the last address: no other will be dialed */
+            w->frame = NULL;
+        }
+    }
+    return 0;
+}
+
 /* Queues the frame and the wait on a link that has a connection. */
 static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint8_t id[16],
                        bool no_ack, uint32_t timeout_ms, router_send_fn *cb, void *ud)
@@ -300,6 +396,15 @@ static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint
     s_wait_t *w = calloc(1, sizeof *w);
     if (!w)
         return -1;
+    if (s_link_may_redial(l)) {
+        if (!(w->frame = malloc(len))) {
+            free(w);
+            errno = ENOMEM;
+            return -1;
+        }
+        memcpy(w->frame, frame, len);
+        w->len = len;
+    }
     /* The timer first: a send that could never time out would leave its
      * caller waiting forever (router_node_send blocks on it). */
     /* A kind that gets no ack settles "sent" on the next turn of the loop
@@ -309,11 +414,13 @@ static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint
     w->no_ack = no_ack;
     if (!timeout_ms)
         timeout_ms = self->ack_timeout_ms;
+    w->until_ms = router_loop_now_ms(self->loop) + timeout_ms;
     w->timer = router_loop_timer_add(self->loop, no_ack && l->opened ? 0 : timeout_ms,
                                      s_on_ack_timeout, w);
     if (!w->timer) {
         int e = errno;
         ROUTER_LOG(ROUTER_LOG_WARN, "comms", "cannot time an ack (%s): send refused", strerror(e));
+        free(w->frame);
         free(w);
         errno = e;
         return -1;
@@ -321,6 +428,7 @@ static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint
     if (router_conn_send(l->conn, frame, len) != 0) {
         int e = errno;
         router_loop_timer_cancel(self->loop, w->timer);
+        free(w->frame);
         free(w); /* the connection is closing; its on_close tells the others */
         errno = e;
         return -1;
@@ -339,27 +447,35 @@ static int s_link_send(s_link_t *l, const uint8_t *frame, size_t len, const uint
     return 0;
 }
 
-/* A new link to the peer: connecting to `addr`, or serving `fd` (already
- * connected; taken, also on failure) when addr is NULL. NULL with errno set
- * on failure. */
-static s_link_t *s_link_open(router_outbound_t *self, const uint8_t pk[32],
-                             const router_addr_t *addr, int fd)
+/* A new link to the peer: dialing m->addr (each of its naddrs in turn,
+ * the first send timing out after timeout_ms), or serving m->fd (already
+ * connected; taken, also on failure) when addr is NULL. NULL with errno
+ * set on failure. */
+static s_link_t *s_link_open(router_outbound_t *self, const router_outbound_msg_t *m,
+                             uint32_t timeout_ms)
 {
-    s_link_t *l = s_link_new(self, pk);
+    s_link_t *l = s_link_new(self, m->peer_pk);
     if (!l) {
-        if (!addr)
-            close(fd);
+        if (!m->addr)
+            close(m->fd);
         return NULL;
     }
-    l->conn = addr ? router_loop_connect(self->loop, addr, &s_handlers, l)
-                   : router_loop_adopt(self->loop, fd, &s_handlers, l);
+    if (m->addr) {
+        size_t n = m->naddrs ? m->naddrs : 1;
+        l->naddrs = n < ROUTER_OUTBOUND_ADDRS_MAX ? (unsigned) n : ROUTER_OUTBOUND_ADDRS_MAX;
+        memcpy(l->addrs, m->addr, l->naddrs * sizeof l->addrs[0]);
+        if (s_link_dial(l, router_loop_now_ms(self->loop) + timeout_ms) != 0)
+            l->conn = NULL;
+    } else {
+        l->conn = router_loop_adopt(self->loop, m->fd, &s_handlers, l);
+        l->opened = true; /* an adopted socket is connected already */
+    }
     if (!l->conn) {
         int e = errno;
         s_link_free(l);
         errno = e;
         return NULL;
     }
-    l->opened = !addr; /* an adopted socket is connected already */
     return l;
 }
 
@@ -375,7 +491,7 @@ int router_outbound_send_msg(router_outbound_t *self, const router_outbound_msg_
     if (!m->oneshot && m->addr)
         l = s_link_find(self, m->peer_pk);
     if (!l) {
-        if (!(l = s_link_open(self, m->peer_pk, m->addr, m->addr ? -1 : m->fd)))
+        if (!(l = s_link_open(self, m, m->timeout_ms ? m->timeout_ms : self->ack_timeout_ms)))
             return -1;
         if (m->oneshot) {
             l->oneshot = true;

@@ -18,6 +18,10 @@
 
 typedef struct router_outbound router_outbound_t;
 
+/* Addresses one send may dial in turn (a DNS name's, spec/WIRE.md §1.1);
+ * more are ignored. */
+#define ROUTER_OUTBOUND_ADDRS_MAX 8u
+
 typedef enum {
     ROUTER_SEND_ACKED = 0,  /* the peer's signed ack arrived */
     ROUTER_SEND_OFFLINE,    /* no connection, no ack before the timeout, a reset: unknown */
@@ -66,6 +70,9 @@ int router_outbound_send_fd(router_outbound_t *self, const uint8_t peer_pk[32], 
 typedef struct {
     const uint8_t *peer_pk;     /* the peer's key, 32 bytes */
     const router_addr_t *addr;  /* where (TCP, UDS); NULL: serve fd instead */
+    size_t naddrs;              /* addr[] holds this many (0 means 1), dialed in turn
+                                 * until one connects: a refusal or a connect past its
+                                 * share of the time left moves on (spec/WIRE.md §1.1) */
     int fd;                     /* with addr NULL: a connected socket, taken (also on failure) */
     const uint8_t *frame;       /* 4-byte length + CBOR, copied */
     size_t len;

@@ -26,7 +26,7 @@ typedef struct s_job {
     char host[ROUTER_ADDR_HOST_MAX];  /* a copy: the thread reads only this */
     uint16_t port;
     bool ok;                          /* answered: resolved */
-    router_addr_t addr;               /* ...to this */
+    router_addr_list_t addrs;         /* ...to these */
     char why[128];                    /* ...or not, and why */
 } s_job_t;
 
@@ -54,7 +54,7 @@ typedef struct {
     bool busy;                        /* a job is out for it */
     char host[ROUTER_ADDR_HOST_MAX];
     bool ok;                          /* the last answer */
-    router_addr_t addr;
+    router_addr_list_t addrs;
     char why[128];
     uint64_t expires_ms;              /* the last answer holds until then */
     uint64_t used_ms;                 /* last asked for (the least recent goes first) */
@@ -71,12 +71,15 @@ struct router_resolver {
 };
 
 /* A name's answer serves every port: the caller's goes in. */
-static void s_set_port(router_addr_t *a, uint16_t port)
+static void s_set_port(router_addr_list_t *l, uint16_t port)
 {
-    if (a->u.ss.ss_family == AF_INET)
-        a->u.in4.sin_port = htons(port);
-    else if (a->u.ss.ss_family == AF_INET6)
-        a->u.in6.sin6_port = htons(port);
+    for (unsigned i = 0; i < l->n; i++) {
+        router_addr_t *a = &l->addr[i];
+        if (a->u.ss.ss_family == AF_INET)
+            a->u.in4.sin_port = htons(port);
+        else if (a->u.ss.ss_family == AF_INET6)
+            a->u.in6.sin6_port = htons(port);
+    }
 }
 
 /* ---------------------------------------------------------------- the shared block */
@@ -100,42 +103,55 @@ static void s_shared_release(s_shared_t *sh)
     free(sh);
 }
 
-/* Its first IPv4 address, else its first address. IPv4 first because a
- * name with both often has an IPv6 address nothing routes to (a container
- * host's), and kith listens on IPv4 unless told otherwise; one address,
- * because the loop dials once per send. */
-int router_resolve_blocking(const char *host, uint16_t port, router_addr_t *out, char *why,
+/* Appends a to the list unless it is there already or the list is full. */
+static void s_list_add(router_addr_list_t *l, const struct addrinfo *a)
+{
+    if (l->n >= ROUTER_RESOLVE_ADDRS_MAX || a->ai_addrlen > sizeof l->addr[0].u)
+        return;
+    for (unsigned i = 0; i < l->n; i++)
+        if (l->addr[i].len == a->ai_addrlen && memcmp(&l->addr[i].u, a->ai_addr, a->ai_addrlen) == 0)
+            return;
+    router_addr_t *out = &l->addr[l->n++];
+    memset(out, 0, sizeof *out);
+    memcpy(&out->u, a->ai_addr, a->ai_addrlen);
+    out->len = a->ai_addrlen;
+}
+
+/* Every IPv4 address, then every IPv6 one, each family in getaddrinfo's
+ * order. IPv4 first because a name with both often has an IPv6 address
+ * nothing routes to (a container host's), and kith listens on IPv4 unless
+ * told otherwise; all of them, because a sender tries the next when one
+ * does not connect (spec/WIRE.md §1.1). */
+int router_resolve_blocking(const char *host, uint16_t port, router_addr_list_t *out, char *why,
                             size_t whycap)
 {
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
     char service[8];
     snprintf(service, sizeof service, "%u", port);
     int g = getaddrinfo(host, service, &hints, &res);
-    const struct addrinfo *pick = g == 0 ? res : NULL;
-    for (const struct addrinfo *a = pick; a; a = a->ai_next)
-        if (a->ai_family == AF_INET) {
-            pick = a;
-            break;
-        }
-    int rc = -1;
-    if (!pick)
-        snprintf(why, whycap, "%s", g == EAI_SYSTEM ? strerror(errno) : gai_strerror(g));
-    else if (pick->ai_addrlen > sizeof out->u)
-        snprintf(why, whycap, "an address of an unknown family");
-    else {
-        memset(out, 0, sizeof *out);
-        memcpy(&out->u, pick->ai_addr, pick->ai_addrlen);
-        out->len = pick->ai_addrlen;
-        rc = 0;
-    }
+    int g_errno = errno;
+    static const int families[] = {AF_INET, AF_INET6};
+    out->n = 0;
+    for (size_t f = 0; g == 0 && f < sizeof families / sizeof families[0]; f++)
+        for (const struct addrinfo *a = res; a; a = a->ai_next)
+            if (a->ai_family == families[f])
+                s_list_add(out, a);
     if (res)
         freeaddrinfo(res);
-    return rc;
+    if (out->n == 0) {
+        const char *what = g == 0 ? "no IPv4 or IPv6 address"
+                           : g == EAI_SYSTEM ? strerror(g_errno)
+                           : gai_strerror(g);
+        snprintf(why, whycap, "%s", what);
+        return -1;
+    }
+    s_set_port(out, port);
+    return 0;
 }
 
 static void s_resolve(s_job_t *j)
 {
-    j->ok = router_resolve_blocking(j->host, j->port, &j->addr, j->why, sizeof j->why) == 0;
+    j->ok = router_resolve_blocking(j->host, j->port, &j->addrs, j->why, sizeof j->why) == 0;
 }
 
 static void *s_thread_main(void *arg)
@@ -177,7 +193,7 @@ static void s_answer(router_resolver_t *self, s_job_t *j)
     uint64_t now = router_loop_now_ms(self->loop);
     n->busy = false;
     n->ok = j->ok;
-    n->addr = j->addr;
+    n->addrs = j->addrs;
     snprintf(n->why, sizeof n->why, "%s", j->why);
     n->expires_ms = now + (j->ok ? ROUTER_RESOLVER_TTL_MS : ROUTER_RESOLVER_FAIL_TTL_MS);
     if (!j->ok)
@@ -188,7 +204,7 @@ static void s_answer(router_resolver_t *self, s_job_t *j)
     while (w) {
         s_waiter_t *next = w->next;
         self->waiting--;
-        router_addr_t a = n->addr;
+        router_addr_list_t a = n->addrs;
         s_set_port(&a, w->port);
         w->cb(j->ok ? &a : NULL, j->why, w->ud);
         free(w);
@@ -286,12 +302,14 @@ static int s_submit(router_resolver_t *self, s_name_t *n, uint16_t port, char *w
 }
 
 int router_resolver_lookup(router_resolver_t *self, const char *host, uint16_t port,
-                           router_addr_t *out, router_resolve_fn *cb, void *ud, char *why,
+                           router_addr_list_t *out, router_resolve_fn *cb, void *ud, char *why,
                            size_t whycap)
 {
     router_addr_err_t e;
-    if (router_addr_from_host(host, port, out, &e) == 0)
+    if (router_addr_from_host(host, port, &out->addr[0], &e) == 0) {
+        out->n = 1;
         return 0; /* a literal or localhost: nothing to look up */
+    }
     if (strlen(host) >= ROUTER_ADDR_HOST_MAX) {
         snprintf(why, whycap, "the name is too long");
         return -1;
@@ -304,7 +322,7 @@ int router_resolver_lookup(router_resolver_t *self, const char *host, uint16_t p
             snprintf(why, whycap, "%s", n->why);
             return -1;
         }
-        *out = n->addr;
+        *out = n->addrs;
         s_set_port(out, port);
         return 0;
     }
