@@ -105,6 +105,48 @@ static bool s_node_listed(const s_node_t *n)
     return n->registered && !n->closing;
 }
 
+/* Takes n out of the registry now: its waiting calls answer 503 node_gone
+ * and its socket is closed with code (a no-op when it is closing already).
+ * It is freed at on_close, once the client answers or the wait runs out. */
+static void s_node_end(s_node_t *n, uint16_t code, const char *reason)
+{
+    n->closing = true;
+    while (n->calls)
+        s_call_end(n->calls, 503, NULL, "node_gone", "the node left before it answered");
+    gateway_ws_close(n->ws, code, reason);
+}
+
+static int s_info_cmp(const void *a, const void *b)
+{
+    return strcmp(((const router_tokens_info_t *) a)->id, ((const router_tokens_info_t *) b)->id);
+}
+
+/* Ends the nodes whose token was revoked. The revocation closed their
+ * sockets (1008 "token revoked", gateway_http_revoke), but on_close comes
+ * only once the client answers that Close (or GATEWAY_WS_CLOSE_WAIT_MS
+ * pass), and a revoked node must leave the registry at once (WIRE §27):
+ * every route reads the registry through this first. */
+static void s_nodes_sweep_revoked(gateway_nodes_t *self)
+{
+    bool any = false;
+    for (const s_node_t *n = self->nodes; n && !any; n = n->next)
+        any = n->token_id[0] && !n->closing;
+    if (!any)
+        return;
+    router_tokens_info_t *live = malloc(ROUTER_TOKENS_MAX * sizeof *live);
+    if (!live)
+        return; /* the sockets close all the same; on_close removes them */
+    size_t k = router_tokens_list(gateway_auth_tokens(self->auth), live, ROUTER_TOKENS_MAX);
+    qsort(live, k, sizeof *live, s_info_cmp);
+    for (s_node_t *n = self->nodes; n; n = n->next) {
+        router_tokens_info_t key;
+        memcpy(key.id, n->token_id, sizeof key.id);
+        if (n->token_id[0] && !n->closing && !bsearch(&key, live, k, sizeof *live, s_info_cmp))
+            s_node_end(n, 1008, "token revoked");
+    }
+    free(live);
+}
+
 static s_node_t *s_node_find(gateway_nodes_t *self, const char *id, size_t len)
 {
     for (s_node_t *n = self->nodes; n; n = n->next)
@@ -307,6 +349,7 @@ static void s_list(const gateway_http_req_t *req, gateway_http_res_t *res, void 
     gateway_nodes_t *self = ud;
     if (gateway_auth_require(self->auth, req, res) != 0)
         return;
+    s_nodes_sweep_revoked(self);
     router_json_obj_t o;
     router_json_begin(&o, NULL);
     if (o.g) {
@@ -394,37 +437,80 @@ static void s_invoke(gateway_nodes_t *self, s_node_t *n, const gateway_http_req_
     n->calls = c;
     n->ncalls++;
     self->ncalls++;
+    /* The timer before the send: a node never gets a call nobody waits for. */
     c->timer = router_loop_timer_add(self->loop, timeout, s_call_timeout, c);
+    if (!c->timer) {
+        free(frame);
+        s_call_end(c, 503, NULL, "unavailable", "no timer for the call");
+        return;
+    }
     int sent = gateway_ws_send(n->ws, true, frame, len);
     free(frame);
-    if (!c->timer)
-        s_call_end(c, 503, NULL, "unavailable", "no timer for the call");
-    else if (sent != 0)
-        s_call_end(c, 503, NULL, "node_gone", "the node's socket cannot take the call");
+    /* A socket that cannot take the call is closing (past its unsent bound,
+     * the slow consumer is cut 1008): the node leaves now, with every call
+     * that waits on it. */
+    if (sent != 0)
+        s_node_end(n, 1008, "the node does not read its calls");
+}
+
+/* A method the server knows (RFC 9110's and PATCH): the others are 501 on
+ * every path, as the server answers them where no route takes any method. */
+static bool s_method_known(const gateway_http_req_t *req)
+{
+    static const char *const known[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
+                                        "CONNECT", "OPTIONS", "TRACE", "PATCH"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (gateway_http_req_method_is(req, known[i]))
+            return true;
+    return false;
+}
+
+/* Splits /api/nodes/{id} and /api/nodes/{id}/invoke (the id may be empty:
+ * no node has it); false for any other path under /api/nodes/. */
+static bool s_path_split(const gateway_http_req_t *req, const char **id, size_t *len,
+                         bool *invoke)
+{
+    static const char prefix[] = "/api/nodes/", suffix[] = "/invoke";
+    const char *p = req->path.ptr + sizeof prefix - 1;
+    size_t n = req->path.len - (sizeof prefix - 1);
+    const char *slash = memchr(p, '/', n);
+    *id = p;
+    *len = slash ? (size_t) (slash - p) : n;
+    *invoke = slash != NULL;
+    return !slash ||
+           (n - *len == sizeof suffix - 1 && !memcmp(slash, suffix, sizeof suffix - 1));
 }
 
 static void s_one(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
 {
     gateway_nodes_t *self = ud;
+    if (!s_method_known(req)) {
+        (void) gateway_http_respond_error(res, 501, "method_not_implemented",
+                                          "the method is not one this server knows");
+        return;
+    }
     if (gateway_auth_require(self->auth, req, res) != 0)
         return;
-    static const char prefix[] = "/api/nodes/", suffix[] = "/invoke";
-    const char *id = req->path.ptr + sizeof prefix - 1;
-    size_t len = req->path.len - (sizeof prefix - 1);
-    bool invoke = len > sizeof suffix - 1 &&
-                  !memcmp(id + len - (sizeof suffix - 1), suffix, sizeof suffix - 1);
-    if (invoke)
-        len -= sizeof suffix - 1;
+    const char *id;
+    size_t len;
+    bool invoke;
+    if (!s_path_split(req, &id, &len, &invoke)) {
+        (void) gateway_http_respond_error(res, 404, "not_found",
+                                          "no such path under /api/nodes/");
+        return;
+    }
     bool post = gateway_http_req_method_is(req, "POST");
-    bool known = post || gateway_http_req_method_is(req, "GET") ||
-                 gateway_http_req_method_is(req, "HEAD") ||
-                 gateway_http_req_method_is(req, "DELETE");
-    if (!known || post != invoke) {
+    bool allowed = invoke ? post
+                          : gateway_http_req_method_is(req, "GET") ||
+                                gateway_http_req_method_is(req, "HEAD") ||
+                                gateway_http_req_method_is(req, "DELETE");
+    if (!allowed) {
         (void) gateway_http_res_header(res, "Allow", invoke ? "POST" : "GET, HEAD, DELETE");
         (void) gateway_http_respond_error(res, 405, "method_not_allowed",
                                           "this path does not take this method");
         return;
     }
+    s_nodes_sweep_revoked(self);
     s_node_t *n = s_node_find(self, id, len);
     if (!n) {
         (void) gateway_http_respond_error(res, 404, "not_found", "no such node");
@@ -433,8 +519,7 @@ static void s_one(const gateway_http_req_t *req, gateway_http_res_t *res, void *
     if (invoke) {
         s_invoke(self, n, req, res);
     } else if (gateway_http_req_method_is(req, "DELETE")) {
-        n->closing = true; /* out of the registry from now on */
-        gateway_ws_close(n->ws, 1000, "removed by an operator");
+        s_node_end(n, 1000, "removed by an operator"); /* out of the registry from now on */
         (void) gateway_http_respond_json(res, 200, "{\"removed\":true}");
     } else {
         router_json_obj_t o;
