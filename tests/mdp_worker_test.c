@@ -331,6 +331,59 @@ static void test_cert_made(void **state)
     rmdir(dir);
 }
 
+typedef struct {
+    const char *path;
+    const char *server_key;
+    router_mdp_worker_t *w;
+    char err[256];
+} s_maker_t;
+
+static void *s_maker(void *arg)
+{
+    s_maker_t *m = arg;
+    router_mdp_worker_opts_t o = {.endpoint = "inproc://mdp-worker-cert-race", .service = "kith.agent",
+                                  .curve_server_key = m->server_key, .curve_cert_path = m->path,
+                                  .same_thread = true};
+    m->w = router_mdp_worker_new(&o, m->err, sizeof m->err);
+    return NULL;
+}
+
+/* Workers of one process started at once with one certificate path that
+ * does not exist yet (kith agent --threads N --cert FILE): every one
+ * starts, one makes the file, the others read it. Before, they raced: some
+ * failed "cannot create FILE_secret: File exists" or read a file still
+ * being written ("not a CZMQ certificate"), and the pool did not start. */
+static void test_cert_made_by_many_at_once(void **state)
+{
+    (void) state;
+    zcert_t *server = zcert_new();
+    enum { THREADS = 16, ROUNDS = 4 };
+    for (int round = 0; round < ROUNDS; round++) {
+        char dir[] = "/tmp/kith-mdp-worker-XXXXXX";
+        assert_non_null(mkdtemp(dir));
+        char path[256], secret[300];
+        snprintf(path, sizeof path, "%s/agent.cert", dir);
+        snprintf(secret, sizeof secret, "%s_secret", path);
+        static s_maker_t m[THREADS];
+        pthread_t th[THREADS];
+        for (int i = 0; i < THREADS; i++) {
+            m[i] = (s_maker_t){.path = path, .server_key = zcert_public_txt(server)};
+            assert_int_equal(pthread_create(&th[i], NULL, s_maker, &m[i]), 0);
+        }
+        for (int i = 0; i < THREADS; i++)
+            pthread_join(th[i], NULL);
+        for (int i = 0; i < THREADS; i++) {
+            if (!m[i].w)
+                fail_msg("round %d, worker %d: %s", round, i, m[i].err);
+            router_mdp_worker_destroy(&m[i].w);
+        }
+        unlink(secret);
+        unlink(path);
+        rmdir(dir);
+    }
+    zcert_destroy(&server);
+}
+
 /* Waits for the worker's READY (recv runs meanwhile: a same_thread worker
  * reads and reconnects only in there); returns its identity. */
 static zframe_t *s_ready_id(zsock_t *router, router_mdp_worker_t *w)
@@ -571,6 +624,7 @@ int main(void)
         cmocka_unit_test_prestate(test_new_curve_without_memory, &s_same_thread),
         cmocka_unit_test(test_bad_options),
         cmocka_unit_test(test_cert_made),
+        cmocka_unit_test(test_cert_made_by_many_at_once),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

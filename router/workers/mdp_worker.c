@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -349,6 +350,11 @@ static void s_actor(zsock_t *pipe, void *args)
 
 /* ------------------------------------------------------------ the API */
 
+/* Workers of one process (kith agent --threads N --cert FILE) load or make
+ * the same certificate: one at a time, so that none reads the file another
+ * is still writing, or finds the secret file it was about to create. */
+static pthread_mutex_t s_cert_lock = PTHREAD_MUTEX_INITIALIZER;
+
 /* Loads the worker's certificate, or makes it when `path` does not exist
  * yet: `path` gets the public half (to copy into the broker's
  * $KITH_HOME/workers/authorized/), path_secret (created 0600 first) both. */
@@ -426,8 +432,13 @@ router_mdp_worker_t *router_mdp_worker_new(const router_mdp_worker_opts_t *o, ch
         memcpy(w->server_key, o->curve_server_key, 41);
         w->curve = true;
         snprintf(err, errcap, "mdp worker: cannot make a CURVE certificate");
-        w->cert = o->curve_cert_path ? s_cert_load_or_make(o->curve_cert_path, err, errcap)
-                                     : zcert_new();
+        if (o->curve_cert_path) {
+            pthread_mutex_lock(&s_cert_lock);
+            w->cert = s_cert_load_or_make(o->curve_cert_path, err, errcap);
+            pthread_mutex_unlock(&s_cert_lock);
+        } else {
+            w->cert = zcert_new();
+        }
         if (!w->cert)
             goto fail;
     }
