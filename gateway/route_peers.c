@@ -7,6 +7,7 @@
  * is in force. Bearer-protected (operators only). */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,10 +19,22 @@
 #include "router/net/loop.h"
 #include "router/state/trust.h"
 
+#define S_HANDBACK_WAIT_MS 2000u /* the edit thread waits this long for room in the post queue */
+#define S_HANDBACK_POLL_MS 50u   /* then the loop's poll finds the result, this often */
+
+/* How an edit's result comes back to the loop thread. */
+enum {
+    S_EDIT_RUNNING = 0, /* the edit thread has it */
+    S_EDIT_POSTED,      /* being posted (or posted: s_edit_done runs from the queue) */
+    S_EDIT_STRANDED,    /* the post queue stayed full: the loop's poll takes it */
+};
+
 /* One edit: what to change, on the edit thread, and how it went. */
 typedef struct {
     gateway_route_peers_t *route;
     gateway_http_pending_t *pending;          /* the operator's request */
+    atomic_int handback;                      /* S_EDIT_*: set by the edit thread */
+    uint64_t timer;                           /* loop: the poll for a stranded result, 0: none */
     bool remove;                              /* DELETE (else POST) */
     gateway_peer_row_t row;                   /* POST: the row */
     /* DELETE: the row named */
@@ -102,18 +115,27 @@ static int s_apply(router_trust_t *t, void *ud, char *err, size_t errcap)
 
 static void s_edit_done(router_loop_t *loop, void *arg);
 
+/* The edit thread: the file's locked edit, then the result back to the
+ * loop. The file may be written already, so the result must reach the
+ * operator whatever the loop's post queue holds: posted when there is room
+ * (within S_HANDBACK_WAIT_MS; a stopped loop waits for this thread, so not
+ * for ever, and it runs what was posted even as it is torn down), else
+ * left for the loop's poll (s_edit_poll). Either way e is the loop's from
+ * then on, and this thread does not touch it again. */
 static void *s_edit_main(void *arg)
 {
     s_edit_t *e = arg;
     gateway_route_peers_t *self = e->route;
+    router_loop_t *loop = router_node_loop(self->node);
     e->status = 500;
     e->code = "trust_store_error";
     e->rc = router_trust_edit(router_node_home(self->node), s_apply, e, e->err, sizeof e->err);
-    /* The loop's post queue may be full for a moment: retry, briefly (a
-     * stopped loop waits for this thread, so not for ever). The loop runs
-     * what was posted even as it is torn down. */
-    if (router_loop_post_wait(router_node_loop(self->node), s_edit_done, e, 2000) != 0)
-        ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "cannot hand a peer edit back to the loop");
+    atomic_store(&e->handback, S_EDIT_POSTED);
+    if (router_loop_post_wait(loop, s_edit_done, e, S_HANDBACK_WAIT_MS) != 0) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                   "the loop's post queue is full: a peer edit's answer waits for its poll");
+        atomic_store(&e->handback, S_EDIT_STRANDED);
+    }
     pthread_mutex_lock(&self->mu);
     self->writers--;
     pthread_cond_broadcast(&self->cv);
@@ -121,13 +143,31 @@ static void *s_edit_main(void *arg)
     return NULL;
 }
 
+/* On the loop, every S_HANDBACK_POLL_MS while an edit runs: takes the
+ * result whose post could not be queued. */
+static void s_edit_poll(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    s_edit_t *e = ud;
+    e->timer = 0;
+    if (atomic_load(&e->handback) == S_EDIT_STRANDED) {
+        s_edit_done(loop, e);
+        return;
+    }
+    e->timer = router_loop_timer_add(loop, S_HANDBACK_POLL_MS, s_edit_poll, e);
+    if (!e->timer) /* only a post can answer now */
+        ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "no timer to wait for a peer edit");
+}
+
 /* On the loop: the file is written (or not); the node reloads it, so the
  * answer's change is the one in force. */
 static void s_edit_done(router_loop_t *loop, void *arg)
 {
-    (void) loop;
     s_edit_t *e = arg;
     gateway_route_peers_t *self = e->route;
+    if (e->timer)
+        (void) router_loop_timer_cancel(loop, e->timer);
+    e->timer = 0;
     gateway_http_res_t *res = gateway_http_pending_res(e->pending);
     pthread_mutex_lock(&self->mu);
     bool stopped = self->stopped;
@@ -150,11 +190,12 @@ static void s_edit_done(router_loop_t *loop, void *arg)
             const router_peer_t *p = router_trust_by_pubkey(router_node_trust_view(self->node),
                                                             e->row.pk);
             char *json = p ? router_peer_to_json(p) : NULL;
+            /* The row is written: without it to show (the file changed
+             * again before the reload, or no memory) the answer still says
+             * so, never a refusal. */
             if (json)
                 (void) gateway_http_respond_json(res, 201, json);
-            else if (p)
-                (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
-            else /* the file changed again before the reload: written all the same */
+            else
                 (void) gateway_http_respond_json(res, 201, "{\"added\":true}");
             free(json);
         }
@@ -180,8 +221,12 @@ static void s_edit_start(gateway_route_peers_t *self, s_edit_t *e, gateway_http_
     }
     pthread_attr_t attr;
     pthread_t th;
+    router_loop_t *loop = router_node_loop(self->node);
     e->pending = gateway_http_res_defer(res);
-    int rc = e->pending && pthread_attr_init(&attr) == 0 ? 0 : -1;
+    /* The poll is armed before anything is written: an edit that could not
+     * come back is never started (503, nothing applied). */
+    e->timer = e->pending ? router_loop_timer_add(loop, S_HANDBACK_POLL_MS, s_edit_poll, e) : 0;
+    int rc = e->timer && pthread_attr_init(&attr) == 0 ? 0 : -1;
     if (rc == 0) {
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         rc = pthread_create(&th, &attr, s_edit_main, e) == 0 ? 0 : -1;
@@ -189,12 +234,14 @@ static void s_edit_start(gateway_route_peers_t *self, s_edit_t *e, gateway_http_
     }
     if (rc == 0)
         return;
+    if (e->timer)
+        (void) router_loop_timer_cancel(loop, e->timer);
     pthread_mutex_lock(&self->mu);
     self->writers--;
     pthread_mutex_unlock(&self->mu);
     if (e->pending) {
         (void) gateway_http_respond_error(gateway_http_pending_res(e->pending), 503, "unavailable",
-                                          "cannot start the edit");
+                                          "cannot start the edit now: nothing was changed");
         gateway_http_pending_end(&e->pending);
     } else {
         (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
