@@ -137,7 +137,9 @@ int router_statefile_replace(const char *path, const void *data, size_t len, uns
     char tmp[ROUTER_PATH_MAX];
     int n = snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path);
     if (n < 0 || (size_t) n >= sizeof tmp) {
-        snprintf(err, errcap, "%s: path too long", path);
+        /* Only the path's start: the whole of it would crowd the reason
+         * out of err. */
+        snprintf(err, errcap, "%.64s...: path too long (%zu bytes)", path, strlen(path));
         errno = ENAMETOOLONG;
         return -1;
     }
