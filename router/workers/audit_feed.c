@@ -364,9 +364,13 @@ int router_audit_feed_push(router_audit_feed_t *self, const char *type, const ch
     if (!self)
         return 0;
     size_t tl = strlen(type), dl = strlen(detail);
-    if (tl < 1 || tl > PROTO_AUDIT_TYPE_MAX || dl > PROTO_AUDIT_DETAIL_MAX) {
-        ROUTER_LOG(ROUTER_LOG_ERROR, "audit", "audit event %.64s refused: type or detail out of bounds",
-                   type);
+    /* Text that is not UTF-8 would make the worker's decoder refuse the
+     * whole batch (bad_request, dropped): refuse this one event instead. */
+    if (tl < 1 || tl > PROTO_AUDIT_TYPE_MAX || dl > PROTO_AUDIT_DETAIL_MAX ||
+        !proto_utf8_valid((const uint8_t *) type, tl) || !proto_utf8_valid((const uint8_t *) detail, dl)) {
+        ROUTER_LOG(ROUTER_LOG_ERROR, "audit",
+                   "audit event refused: type or detail out of bounds or not UTF-8 (type %zu bytes, "
+                   "detail %zu)", tl, dl);
         router_metric_inc(self->m_dropped, 1);
         self->st.dropped++;
         return -1;
@@ -376,10 +380,14 @@ int router_audit_feed_push(router_audit_feed_t *self, const char *type, const ch
         !(ev = malloc(sizeof *ev + tl + 1 + dl + 1))) {
         router_metric_inc(self->m_dropped, 1);
         self->st.dropped++;
-        ROUTER_LOG(ROUTER_LOG_ERROR, "audit",
-                   "audit queue full (%zu events, the worker is behind or down): %s event dropped, "
-                   "counted in kith_audit_dropped_total",
-                   self->count, type);
+        if (self->count == self->cap || self->bytes + tl + dl > ROUTER_AUDIT_FEED_BYTES_MAX)
+            ROUTER_LOG(ROUTER_LOG_ERROR, "audit",
+                       "audit queue full (%zu events, the worker is behind or down): %s event dropped, "
+                       "counted in kith_audit_dropped_total",
+                       self->count, type);
+        else
+            ROUTER_LOG(ROUTER_LOG_ERROR, "audit",
+                       "out of memory: %s audit event dropped, counted in kith_audit_dropped_total", type);
         return -1;
     }
     ev->time_ms = router_clock_wall_ms();

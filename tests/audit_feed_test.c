@@ -1,0 +1,385 @@
+/* tests/audit_feed_test.c — router/workers/audit_feed's failure paths, on a
+ * real loop and broker with a scripted fake audit worker (an MDP worker on
+ * its own thread answering each audit-append as told): pushes refused for
+ * their bounds or for want of memory, the queue's bound, new under each
+ * allocation failing, replies that are not appended (a body that does not
+ * decode, an io error, a count that does not match, bad_request, a worker
+ * that leaves holding the batch), and events still queued at destroy. The
+ * happy path, with the real audit worker, is in audit_worker_test. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "alloc_fail.h"
+#include "loop_until.h"
+#include "proto/audit_msg.h"
+#include "router/net/loop.h"
+#include "router/workers/audit_feed.h"
+#include "router/workers/broker.h"
+#include "router/workers/mdp_worker.h"
+
+static int s_n;
+
+/* ------------------------------------------------------------ the fake worker */
+
+/* What the fake worker answers to one audit-append. */
+typedef enum {
+    S_OK = 0,      /* audit_appended with the batch's count */
+    S_GARBAGE,     /* a body that is no audit message */
+    S_IO,          /* audit_error io */
+    S_WRONG_COUNT, /* audit_appended with one event too many */
+    S_BAD_REQUEST, /* audit_error bad_request */
+    S_LEAVE,       /* no answer: the worker leaves holding the batch */
+} s_mode_t;
+
+#define S_SCRIPT_MAX 8
+
+typedef struct {
+    char ep[64];
+    pthread_t thread;
+    router_mdp_worker_t *w;
+    s_mode_t script[S_SCRIPT_MAX]; /* answers, in order; S_OK after */
+    size_t n_script;
+    atomic_size_t requests;        /* audit-appends received */
+    atomic_size_t events;          /* events in them */
+} s_fake_t;
+
+static void s_answer(s_fake_t *f, const proto_audit_msg_t *m)
+{
+    if (m->kind == PROTO_AUDIT_APPENDED || m->kind == PROTO_AUDIT_ERROR) {
+        uint8_t *body = NULL;
+        size_t len = 0;
+        proto_audit_err_t e;
+        assert_int_equal(proto_audit_msg_encode(m, &body, &len, &e), 0);
+        assert_int_equal(router_mdp_worker_final(f->w, body, len), 0);
+        free(body);
+    }
+}
+
+static void *s_fake_main(void *arg)
+{
+    s_fake_t *f = arg;
+    uint8_t *body;
+    size_t len;
+    while (router_mdp_worker_recv(f->w, &body, &len, -1) == 1) {
+        proto_audit_msg_t req;
+        proto_audit_err_t e;
+        assert_int_equal(proto_audit_msg_decode(body, len, &req, &e), 0);
+        free(body);
+        assert_int_equal(req.kind, PROTO_AUDIT_APPEND);
+        size_t i = atomic_fetch_add(&f->requests, 1);
+        atomic_fetch_add(&f->events, req.n_events);
+        s_mode_t mode = i < f->n_script ? f->script[i] : S_OK;
+        proto_audit_msg_t rep = {.kind = PROTO_AUDIT_APPENDED, .first_seq = 1, .count = req.n_events};
+        switch (mode) {
+        case S_OK:
+            break;
+        case S_GARBAGE:
+            assert_int_equal(router_mdp_worker_final(f->w, (const uint8_t *) "\xff", 1), 0);
+            rep.kind = 0;
+            break;
+        case S_IO:
+            rep = (proto_audit_msg_t){.kind = PROTO_AUDIT_ERROR, .code = "io", .code_len = 2,
+                                      .reason = "disk full", .reason_len = 9};
+            break;
+        case S_WRONG_COUNT:
+            rep.count++;
+            break;
+        case S_BAD_REQUEST:
+            rep = (proto_audit_msg_t){.kind = PROTO_AUDIT_ERROR, .code = "bad_request", .code_len = 11,
+                                      .reason = "no", .reason_len = 2};
+            break;
+        case S_LEAVE:
+            proto_audit_msg_clear(&req);
+            return NULL; /* s_fake_stop's destroy says DISCONNECT */
+        }
+        s_answer(f, &rep);
+        proto_audit_msg_clear(&req);
+    }
+    return NULL;
+}
+
+static s_fake_t *s_fake_start(const char *ep, const s_mode_t *script, size_t n)
+{
+    s_fake_t *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    snprintf(f->ep, sizeof f->ep, "%s", ep);
+    assert_true(n <= S_SCRIPT_MAX);
+    if (n)
+        memcpy(f->script, script, n * sizeof *script);
+    f->n_script = n;
+    char err[256] = "";
+    router_mdp_worker_opts_t o = {.endpoint = f->ep, .service = ROUTER_AUDIT_SERVICE,
+                                  .heartbeat_ms = 100, .liveness = 50};
+    f->w = router_mdp_worker_new(&o, err, sizeof err);
+    assert_non_null(f->w);
+    assert_int_equal(pthread_create(&f->thread, NULL, s_fake_main, f), 0);
+    return f;
+}
+
+static void s_fake_stop(s_fake_t **fp)
+{
+    s_fake_t *f = *fp;
+    router_mdp_worker_interrupt(f->w);
+    pthread_join(f->thread, NULL);
+    router_mdp_worker_destroy(&f->w);
+    free(f);
+    *fp = NULL;
+}
+
+/* ------------------------------------------------------------ the fixture */
+
+typedef struct {
+    char ep[64];
+    router_loop_t *loop;
+    router_broker_t *b;
+    router_metrics_t *metrics;
+    router_audit_feed_t *feed;
+} fix_t;
+
+static int s_setup(void **state)
+{
+    fix_t *f = calloc(1, sizeof *f);
+    snprintf(f->ep, sizeof f->ep, "inproc://audit-feed-test-%d", ++s_n);
+    f->loop = router_loop_new(NULL);
+    f->metrics = router_metrics_new();
+    char err[256] = "";
+    router_broker_opts_t bo = {.loop = f->loop, .endpoint = f->ep, .heartbeat_ms = 100, .liveness = 50};
+    f->b = f->loop ? router_broker_new(&bo, err, sizeof err) : NULL;
+    router_audit_feed_opts_t fo = {.loop = f->loop, .broker = f->b, .metrics = f->metrics,
+                                   .queue_max = 8, .retry_ms = 5};
+    f->feed = f->b ? router_audit_feed_new(&fo) : NULL;
+    *state = f;
+    return f->feed && f->metrics ? 0 : -1;
+}
+
+static int s_teardown(void **state)
+{
+    fix_t *f = *state;
+    router_audit_feed_destroy(&f->feed);
+    router_broker_destroy(&f->b);
+    router_loop_destroy(&f->loop);
+    router_metrics_destroy(&f->metrics);
+    free(f);
+    return 0;
+}
+
+static router_audit_feed_stats_t s_stats(fix_t *f)
+{
+    router_audit_feed_stats_t st;
+    router_audit_feed_stats(f->feed, &st);
+    return st;
+}
+
+static bool s_empty(void *ud)
+{
+    fix_t *f = ud;
+    return s_stats(f).queued == 0;
+}
+
+typedef struct {
+    fix_t *f;
+    uint64_t retries;
+} retries_t;
+
+static bool s_retried(void *ud)
+{
+    retries_t *r = ud;
+    return s_stats(r->f).retries >= r->retries;
+}
+
+static bool s_taken(void *ud)
+{
+    return atomic_load(&((s_fake_t *) ud)->requests) > 0;
+}
+
+static void s_push(fix_t *f, int n)
+{
+    for (int i = 0; i < n; i++)
+        assert_int_equal(router_audit_feed_push(f->feed, "trust_changed", "{}"), 0);
+}
+
+static void s_metric(fix_t *f, const char *want)
+{
+    static char text[16384];
+    assert_true(router_metrics_render(f->metrics, text, sizeof text) > 0);
+    if (!strstr(text, want))
+        fail_msg("no \"%s\" in:\n%s", want, text);
+}
+
+/* ------------------------------------------------------------ tests */
+
+/* A NULL feed (audit off) takes every call and does nothing. */
+static void test_null_feed(void **state)
+{
+    (void) state;
+    assert_int_equal(router_audit_feed_push(NULL, "pair", "{}"), 0);
+    assert_int_equal(router_audit_feed_push_from(NULL, "auth_failure", "10.0.0.1", "{}"), 0);
+    router_audit_feed_tool_call(NULL, "s", "peers", "c1", false);
+    router_comms_event_t ev = {0};
+    router_audit_feed_on_comms(NULL, &ev);
+    router_audit_feed_t *none = NULL;
+    router_audit_feed_destroy(&none);
+}
+
+/* Events out of bounds, or not UTF-8 (which the worker's decoder would
+ * refuse, and the whole batch with it), are refused one by one, counted
+ * and logged; so are events past the queue's bound and one that finds no
+ * memory. */
+static void test_push_refusals(void **state)
+{
+    fix_t *f = *state;
+    static char long_type[PROTO_AUDIT_TYPE_MAX + 2], long_detail[PROTO_AUDIT_DETAIL_MAX + 2];
+    memset(long_type, 't', sizeof long_type - 1);
+    memset(long_detail, 'd', sizeof long_detail - 1);
+    assert_int_equal(router_audit_feed_push(f->feed, "", "{}"), -1);
+    assert_int_equal(router_audit_feed_push(f->feed, long_type, "{}"), -1);
+    assert_int_equal(router_audit_feed_push(f->feed, "pair", long_detail), -1);
+    assert_int_equal(router_audit_feed_push(f->feed, "pair", "{\"x\":\"\xff\"}"), -1);
+    assert_int_equal(router_audit_feed_push(f->feed, "pa\xc3", "{}"), -1);
+    assert_int_equal(s_stats(f).dropped, 5);
+    alloc_fail_arm(0);
+    assert_int_equal(router_audit_feed_push(f->feed, "pair", "{}"), -1);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(s_stats(f).dropped, 6);
+    s_push(f, 8);
+    assert_int_equal(router_audit_feed_push(f->feed, "pair", "{}"), -1);
+    router_audit_feed_stats_t st = s_stats(f);
+    assert_int_equal(st.dropped, 7);
+    assert_int_equal(st.queued, 8);
+    assert_int_equal(st.pushed, 8);
+    s_metric(f, "kith_audit_dropped_total 7");
+    s_metric(f, "kith_audit_queue 8");
+    /* With nothing to take them, the 8 are dropped at destroy, counted. */
+    router_audit_feed_destroy(&f->feed);
+    s_metric(f, "kith_audit_dropped_total 15");
+}
+
+/* new with each allocation failing: NULL, leaking nothing, or a feed. */
+static void test_new_without_memory(void **state)
+{
+    fix_t *f = *state;
+    bool made = false;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX && !made; i++) {
+        router_metrics_t *m = router_metrics_new();
+        assert_non_null(m);
+        router_audit_feed_opts_t fo = {.loop = f->loop, .broker = f->b, .metrics = m};
+        alloc_fail_arm(i);
+        router_audit_feed_t *feed = router_audit_feed_new(&fo);
+        bool failed = alloc_fail_disarm() > 0;
+        if (!feed)
+            assert_true(failed);
+        made = feed && !failed;
+        router_audit_feed_destroy(&feed);
+        router_metrics_destroy(&m);
+    }
+    assert_true(made);
+}
+
+/* Answers that are not "appended, all of them": a body that does not
+ * decode, an io error and a count that does not match keep the batch and
+ * send it again (counted in retries); the events are appended once the
+ * worker says so, and nothing is dropped. */
+static void test_failed_batches_are_sent_again(void **state)
+{
+    fix_t *f = *state;
+    static const s_mode_t script[] = {S_GARBAGE, S_IO, S_WRONG_COUNT};
+    s_fake_t *w = s_fake_start(f->ep, script, 3);
+    s_push(f, 3);
+    test_loop_until(f->loop, s_empty, f, 5, 60000);
+    router_audit_feed_stats_t st = s_stats(f);
+    assert_int_equal(st.appended, 3);
+    assert_int_equal(st.retries, 3);
+    assert_int_equal(st.batches, 1);
+    assert_int_equal(st.dropped, 0);
+    assert_int_equal(atomic_load(&w->requests), 4);
+    s_metric(f, "kith_audit_retries_total 3");
+    s_metric(f, "kith_audit_appended_total 3");
+    s_fake_stop(&w);
+}
+
+/* bad_request is kith's own bug, not the disk's: that batch is dropped
+ * (counted, never sent again, which would loop) and the feed goes on. */
+static void test_bad_request_drops_the_batch(void **state)
+{
+    fix_t *f = *state;
+    static const s_mode_t script[] = {S_BAD_REQUEST};
+    s_fake_t *w = s_fake_start(f->ep, script, 1);
+    s_push(f, 2);
+    test_loop_until(f->loop, s_empty, f, 5, 60000);
+    router_audit_feed_stats_t st = s_stats(f);
+    assert_int_equal(st.dropped, 2);
+    assert_int_equal(st.appended, 0);
+    s_push(f, 1);
+    test_loop_until(f->loop, s_empty, f, 5, 60000);
+    st = s_stats(f);
+    assert_int_equal(st.appended, 1);
+    assert_int_equal(st.retries, 0);
+    s_fake_stop(&w);
+}
+
+/* A worker that leaves holding the batch: the batch stays queued and is
+ * sent again, to the next worker, once. */
+static void test_worker_leaves_holding_a_batch(void **state)
+{
+    fix_t *f = *state;
+    static const s_mode_t script[] = {S_LEAVE};
+    s_fake_t *w = s_fake_start(f->ep, script, 1);
+    s_push(f, 2);
+    test_loop_until(f->loop, s_taken, w, 5, 60000);
+    s_fake_stop(&w); /* DISCONNECT while holding: the broker fails the batch */
+    retries_t one = {f, 1};
+    test_loop_until(f->loop, s_retried, &one, 5, 60000);
+    assert_int_equal(s_stats(f).queued, 2);
+    s_fake_t *w2 = s_fake_start(f->ep, NULL, 0);
+    test_loop_until(f->loop, s_empty, f, 5, 60000);
+    router_audit_feed_stats_t st = s_stats(f);
+    assert_int_equal(st.appended, 2);
+    assert_int_equal(atomic_load(&w2->events), 2);
+    s_fake_stop(&w2);
+}
+
+/* Details: every kind of value, a NULL string, and one that outgrows the
+ * buffer is cut to {"truncated":true}. */
+static void test_details(void **state)
+{
+    (void) state;
+    router_audit_detail_t d;
+    router_audit_detail_init(&d);
+    router_audit_detail_str(&d, "a", NULL);
+    router_audit_detail_strn(&d, "b", "xyz", 2);
+    router_audit_detail_u64(&d, "n", 42);
+    router_audit_detail_bool(&d, "t", true);
+    router_audit_detail_bool(&d, "f", false);
+    router_audit_detail_str(&d, "c", "\x01\x7f");
+    assert_string_equal(router_audit_detail_end(&d),
+                        "{\"a\":\"\",\"b\":\"xy\",\"n\":42,\"t\":true,\"f\":false,\"c\":\"\\u0001\\u007f\"}");
+    router_audit_detail_init(&d);
+    static char big[ROUTER_AUDIT_DETAIL_MAX];
+    memset(big, 'x', sizeof big - 1);
+    router_audit_detail_str(&d, "big", big);
+    router_audit_detail_u64(&d, "after", 1);
+    assert_string_equal(router_audit_detail_end(&d), "{\"truncated\":true}");
+}
+
+int main(void)
+{
+#define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_null_feed),
+        T(test_push_refusals),
+        T(test_new_without_memory),
+        T(test_failed_batches_are_sent_again),
+        T(test_bad_request_drops_the_batch),
+        T(test_worker_leaves_holding_a_batch),
+        cmocka_unit_test(test_details),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
