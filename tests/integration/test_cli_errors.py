@@ -358,13 +358,21 @@ def main():
         finally:
             os.close(fd)
         check(p.returncode == 1, f"exit {p.returncode}")
-        error_line(p.stderr.decode(), "kith envelope decode: cannot read stdin")
+        error_line(p.stderr.decode(), "kith envelope decode: cannot read stdin (Is a directory); "
+                                      "give it a file or a pipe")
+        # stdin closed: reads fail as on a closed descriptor.
+        p = subprocess.run([KITH, "envelope", "decode"], capture_output=True, timeout=TIMEOUT,
+                           stdin=None, preexec_fn=lambda: os.close(0))
+        check(p.returncode == 1, f"exit {p.returncode}")
+        error_line(p.stderr.decode(), "kith envelope decode: cannot read stdin (Bad file "
+                                      "descriptor); give it a file or a pipe")
         msg = json.dumps({"to": "ed25519:" + me_pk,
                           "kind": {"type": "message", "body": "hi"}}).encode()
         # stdout that cannot take the frame.
         with open("/dev/full", "wb") as full:
             _, err = kith("envelope", "encode", "--home", home, stdin=msg, stdout=full, expect=1)
-        error_line(err, "kith envelope encode: cannot write stdout")
+        error_line(err, "kith envelope encode: cannot write stdout (No space left on device); "
+                        "check the file or pipe it goes to")
         # More JSON than an envelope may be (ROUTER_JSON_MAX, 4 MiB).
         big = b'{"to": "x", "pad": "' + b"a" * (4 * 1024 * 1024) + b'"}'
         refused(("envelope", "encode", "--home", home),
@@ -376,6 +384,27 @@ def main():
                 'kith envelope decode: the envelope holds a map {"$bytes": …}, which has no '
                 "JSON form (or out of memory); use kith envelope verify", stdin=frame(env))
         kith("envelope", "verify", stdin=frame(env))
+
+    def stdout_that_fails():
+        # What a command prints must arrive: a full disk or a closed
+        # stdout is exit 1 with one line, not exit 0 with nothing written.
+        home = os.path.join(tmp, "stdout")
+        kith("keygen", "--home", home)
+        full_line = ("cannot write stdout (No space left on device); check the file or pipe it "
+                     "goes to")
+        for args, cmd in ((("id", "--home", home), "id"),
+                          (("peers", "list", "--home", home), "peers"),
+                          (("config", "check", "--home", home, "--print"), "config"),
+                          (("audit", "verify", "--home", home), "audit"),
+                          (("id", "--help"), "id"), (("--help",), None), (("--version",), None)):
+            with open("/dev/full", "wb") as full:
+                _, err = kith(*args, stdout=full, expect=1)
+            error_line(err, f"kith {cmd}: {full_line}" if cmd else f"kith: {full_line}")
+        p = subprocess.run([KITH, "id", "--home", home], stdout=None, stderr=subprocess.PIPE,
+                           timeout=TIMEOUT, preexec_fn=lambda: os.close(1))
+        check(p.returncode == 1, f"exit {p.returncode}")
+        error_line(p.stderr.decode(), "kith id: cannot write stdout (Bad file descriptor); check "
+                                      "the file or pipe it goes to")
 
     def identity_export():
         home = os.path.join(tmp, "export")
@@ -636,7 +665,8 @@ def main():
 
     for case in (flags_named_right, flag_values_kept, agent_flags, no_home, paths_too_long,
                  reasons_survive_long_paths, state_db_path_bound, audit_reads,
-                 envelope_io, identity_export, send_refusals, send_thread_refused, values_checked,
+                 envelope_io, stdout_that_fails, identity_export,
+                 send_refusals, send_thread_refused, values_checked,
                  peers_import_drops_bad_addr,
                  daemon_refusals, daemon_without_log_file, admin_answers):
         r.run(case)

@@ -1,5 +1,6 @@
 /* tools/kith/cmd_envelope.c — `kith envelope encode|decode|verify`: make and
  * inspect signed envelope frames on stdin/stdout (DESIGN §3, §8). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +91,7 @@ static void s_usage_verify(FILE *out)
 static uint8_t *s_read_stdin(size_t limit, size_t *len, const char *who)
 {
     size_t cap = 64 * 1024, n = 0;
+    int read_errno = 0;
     uint8_t *buf = malloc(cap + 1);
     if (!buf)
         goto oom;
@@ -103,13 +105,16 @@ static uint8_t *s_read_stdin(size_t limit, size_t *len, const char *who)
                 goto oom;
             buf = grown;
         }
+        errno = 0;
         size_t got = fread(buf + n, 1, cap - n, stdin);
+        read_errno = errno;
         n += got;
         if (got == 0)
             break;
     }
     if (ferror(stdin)) {
-        fprintf(stderr, "kith envelope %s: cannot read stdin\n", who);
+        fprintf(stderr, "kith envelope %s: cannot read stdin (%s); give it a file or a pipe\n",
+                who, read_errno ? strerror(read_errno) : "read error");
         free(buf);
         return NULL;
     }
@@ -181,8 +186,10 @@ static int s_encode(const s_opts_t *o)
         fprintf(stderr, "kith envelope encode: out of memory\n");
         goto done;
     }
+    errno = 0;
     if (fwrite(out, 1, out_len, stdout) != out_len || fflush(stdout) != 0) {
-        fprintf(stderr, "kith envelope encode: cannot write stdout\n");
+        fprintf(stderr, "kith envelope encode: cannot write stdout (%s); check the file or pipe "
+                        "it goes to\n", errno ? strerror(errno) : "write error");
         goto done;
     }
     rc = KITH_EXIT_OK;

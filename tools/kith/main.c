@@ -1,4 +1,6 @@
 /* tools/kith/main.c — the kith command line: picks the subcommand. */
+#include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -42,6 +44,24 @@ static void s_usage(FILE *out)
             "\nstate lives in --home DIR, else $KITH_HOME, else ~/.kith\n");
 }
 
+/* What the command printed must have reached stdout: a full disk or a
+ * closed descriptor would otherwise leave `kith id > id.json` empty with
+ * exit 0. Output is buffered, so most write errors only show here. A
+ * command that already failed has said why on its own line; its code
+ * stands. */
+static int s_stdout_close(const char *cmd, int rc)
+{
+    errno = 0;
+    bool bad = fflush(stdout) != 0;
+    int e = errno;
+    bad = bad || ferror(stdout);
+    if (!bad || rc != KITH_EXIT_OK)
+        return rc;
+    fprintf(stderr, "kith%s%s: cannot write stdout (%s); check the file or pipe it goes to\n",
+            cmd ? " " : "", cmd ? cmd : "", e ? strerror(e) : "write error");
+    return KITH_EXIT_FAIL;
+}
+
 int main(int argc, char **argv)
 {
     /* Every file kith creates is its owner's alone (0600, directories 0700):
@@ -51,15 +71,15 @@ int main(int argc, char **argv)
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
         s_usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? KITH_EXIT_FAIL : KITH_EXIT_OK;
+        return s_stdout_close(NULL, argc < 2 ? KITH_EXIT_FAIL : KITH_EXIT_OK);
     }
     if (!strcmp(argv[1], "--version")) {
         printf("kith %s\n", KITH_VERSION);
-        return KITH_EXIT_OK;
+        return s_stdout_close(NULL, KITH_EXIT_OK);
     }
     for (size_t i = 0; i < sizeof s_cmds / sizeof s_cmds[0]; i++)
         if (!strcmp(argv[1], s_cmds[i].name))
-            return s_cmds[i].run(argc - 1, argv + 1);
+            return s_stdout_close(s_cmds[i].name, s_cmds[i].run(argc - 1, argv + 1));
     fprintf(stderr, "kith: unknown command '%s'; run 'kith --help' for the list\n", argv[1]);
     return KITH_EXIT_FAIL;
 }
