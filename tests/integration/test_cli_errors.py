@@ -406,6 +406,35 @@ def main():
         error_line(p.stderr.decode(), "kith id: cannot write stdout (Bad file descriptor); check "
                                       "the file or pipe it goes to")
 
+    def daemon_stderr_closed():
+        # With stderr closed, the next file the daemon opened (its log)
+        # took descriptor 2, and every log line was written to it twice.
+        home = os.path.join(tmp, "daemon-no-stderr")
+        os.makedirs(home)
+        with open(os.path.join(home, "config.json"), "w") as f:
+            json.dump({"gateway": {"port": 0},
+                       "comms": {"address": "127.0.0.1:0", "uds_path": None},
+                       "workers": {"agent_threads": 0}}, f)
+        log = os.path.join(home, "logs", "daemon.log")
+        p = subprocess.Popen([KITH, "daemon", "--home", home], stdout=subprocess.DEVNULL,
+                             stderr=None, preexec_fn=lambda: os.close(2))
+        try:
+            deadline = time.time() + TIMEOUT
+            text = ""
+            while "daemon: ready" not in text:
+                check(p.poll() is None and time.time() < deadline, f"not ready: {text[-600:]}")
+                time.sleep(0.05)
+                text = open(log, errors="replace").read() if os.path.exists(log) else ""
+            p.send_signal(signal.SIGTERM)
+            check(p.wait(timeout=TIMEOUT) == 0, f"SIGTERM: exit {p.returncode}")
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        lines = open(log, errors="replace").read().splitlines()
+        starts = [line for line in lines if "daemon: starting" in line]
+        check(len(starts) == 1, f"{len(starts)} 'starting' lines in daemon.log: {lines[:4]}")
+
     def identity_export():
         home = os.path.join(tmp, "export")
         kith("keygen", "--home", home)
@@ -665,7 +694,7 @@ def main():
 
     for case in (flags_named_right, flag_values_kept, agent_flags, no_home, paths_too_long,
                  reasons_survive_long_paths, state_db_path_bound, audit_reads,
-                 envelope_io, stdout_that_fails, identity_export,
+                 envelope_io, stdout_that_fails, daemon_stderr_closed, identity_export,
                  send_refusals, send_thread_refused, values_checked,
                  peers_import_drops_bad_addr,
                  daemon_refusals, daemon_without_log_file, admin_answers):

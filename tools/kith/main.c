@@ -1,9 +1,11 @@
 /* tools/kith/main.c — the kith command line: picks the subcommand. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "tools/kith/cmd.h"
 
@@ -62,8 +64,27 @@ static int s_stdout_close(const char *cmd, int rc)
     return KITH_EXIT_FAIL;
 }
 
+/* A descriptor 0, 1 or 2 the caller closed (`kith daemon 2>&-`) would be
+ * handed to the next file kith opens, and then stdout or stderr writes
+ * would land in it (daemon.log got every line twice). Each is filled with
+ * /dev/null opened the wrong way round, so reading stdin or writing stdout
+ * fails as it would on a closed descriptor (EBADF), and is reported. */
+static void s_std_fds_reserve(void)
+{
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) != -1 || errno != EBADF)
+            continue;
+        int got = open("/dev/null", (fd == 1 ? O_RDONLY : O_WRONLY) | O_CLOEXEC);
+        if (got >= 0 && got != fd) { /* not the lowest free one: cannot happen, but */
+            (void) dup2(got, fd);
+            close(got);
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
+    s_std_fds_reserve();
     /* Every file kith creates is its owner's alone (0600, directories 0700):
      * state.db and its -wal/-shm (SQLite creates them 0644 less the umask),
      * logs, keys, the trust store. Explicit modes elsewhere say the same. */
