@@ -153,10 +153,10 @@ static void *s_thread(void *arg)
         uint8_t *body = NULL;
         size_t len = 0;
         int rc = router_mdp_worker_recv(mdp, &body, &len, -1);
-        if (rc < 0)
+        if (rc == -1)
             break;
-        if (rc == 0)
-            continue;
+        if (rc <= 0)
+            continue; /* 0: nothing yet; -2: a request given up below, answered there */
         (void) agent_worker_serve(provider, init_err, &io, body, len);
         free(body);
         atomic_fetch_add(&pool->turns, 1);

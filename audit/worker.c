@@ -254,10 +254,10 @@ static void *s_main(void *arg)
         uint8_t *body = NULL;
         size_t len = 0;
         int rc = router_mdp_worker_recv(self->mdp, &body, &len, -1);
-        if (rc < 0)
+        if (rc == -1)
             break;
-        if (rc == 0)
-            continue;
+        if (rc <= 0)
+            continue; /* 0: nothing yet; -2: a request given up below, answered there */
         size_t out_len = 0;
         uint8_t *out =
             audit_worker_handle(self->chain, &self->key, self->query_scan_max, body, len, &out_len);
