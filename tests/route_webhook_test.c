@@ -1,0 +1,371 @@
+/* tests/route_webhook_test.c — POST /webhook and POST
+ * /sessions/{id}/external-events (gateway/route_webhook.c) over real
+ * sockets, on a gateway whose inbox is a real state.db: the loop thread
+ * out of memory at each allocation of a request in turn, and an inbox
+ * whose commits fail. Whatever fails, a 202 is answered only for an entry
+ * that is durable, every other answer is a typed 5xx JSON error, the
+ * server goes on serving, and a retry with the same X-Idempotency-Key
+ * stores its entry exactly once (tests/alloc_fail.h, tests/vfs_fail.h).
+ *
+ * No test depends on timing: a client read that waits longer than the
+ * hang guard fails the test instead of hanging it. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "alloc_fail.h"
+#include "gateway/auth.h"
+#include "gateway/http_server.h"
+#include "gateway/routes_auth.h"
+#include "router/net/addr.h"
+#include "router/net/loop.h"
+#include "router/state/inbox.h"
+#include "router/state/tokens.h"
+#include "vfs_fail.h"
+
+/* A client read that waits this long has hung: fail instead. */
+#define HANG_GUARD_S 30
+
+/* ---------------------------------------------------------------- the server */
+
+typedef struct {
+    char dir[64];               /* a fresh temp directory */
+    char db[128];               /* dir/state.db: the inbox */
+    router_loop_t *loop;
+    gateway_http_t *gw;
+    router_tokens_t *tokens;    /* in memory: the idempotency keys */
+    gateway_auth_t *auth;       /* pairing off: no bearer needed */
+    router_inbox_t *inbox;
+    gateway_ingress_t *ingress;
+    pthread_t thread;
+    uint16_t port;
+} s_srv_t;
+
+static void *s_loop_main(void *arg)
+{
+    s_srv_t *s = arg;
+    assert_int_equal(router_loop_run(s->loop), 0);
+    gateway_ingress_destroy(&s->ingress); /* after the loop, before the gateway */
+    gateway_http_destroy(&s->gw);
+    router_tokens_stop(s->tokens);
+    router_loop_destroy(&s->loop);
+    return NULL;
+}
+
+static router_inbox_t *s_inbox_open(const s_srv_t *s)
+{
+    char err[256];
+    router_inbox_opts_t io = {.capacity = 4096, .db_path = s->db, .session = "gateway"};
+    router_inbox_t *in = router_inbox_new(&io, err, sizeof err);
+    if (!in)
+        fail_msg("inbox: %s", err);
+    return in;
+}
+
+static void s_srv_start(s_srv_t *s, unsigned durable_timeout_ms)
+{
+    s->loop = router_loop_new(NULL);
+    assert_non_null(s->loop);
+    s->gw = gateway_http_new(s->loop, &(gateway_http_opts_t){0});
+    assert_non_null(s->gw);
+    char err[256];
+    s->tokens = router_tokens_new(NULL, s->loop, err, sizeof err);
+    assert_non_null(s->tokens);
+    s->auth = gateway_auth_new(s->tokens, &(gateway_auth_opts_t){.require_pairing = false});
+    assert_non_null(s->auth);
+    s->inbox = s_inbox_open(s);
+    gateway_ingress_opts_t o = {.auth = s->auth, .inbox = s->inbox,
+                                .durable_timeout_ms = durable_timeout_ms};
+    s->ingress = gateway_ingress_new(s->gw, s->loop, &o);
+    assert_non_null(s->ingress);
+    router_addr_t addr, bound;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
+    assert_int_equal(gateway_http_listen(s->gw, &addr, &bound), 0);
+    s->port = router_addr_port(&bound);
+    assert_int_equal(pthread_create(&s->thread, NULL, s_loop_main, s), 0);
+}
+
+static void s_srv_stop(s_srv_t *s)
+{
+    router_loop_stop(s->loop);
+    assert_int_equal(pthread_join(s->thread, NULL), 0);
+    gateway_auth_destroy(&s->auth);
+    router_tokens_destroy(&s->tokens);
+    router_inbox_destroy(&s->inbox);
+}
+
+static int s_setup(void **state)
+{
+    s_srv_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return -1;
+    snprintf(s->dir, sizeof s->dir, "/tmp/kith-webhook-test-XXXXXX");
+    if (!mkdtemp(s->dir)) {
+        free(s);
+        return -1;
+    }
+    snprintf(s->db, sizeof s->db, "%s/state.db", s->dir);
+    *state = s;
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    s_srv_t *s = *state;
+    vfs_fail_clear();
+    const char *sfx[] = {"", "-wal", "-shm", "-journal"};
+    char p[192];
+    for (size_t i = 0; i < sizeof sfx / sizeof *sfx; i++) {
+        snprintf(p, sizeof p, "%s%s", s->db, sfx[i]);
+        unlink(p);
+    }
+    rmdir(s->dir);
+    free(s);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- arming the loop thread */
+
+typedef struct {
+    long skip;        /* >= 0: arm; < 0: disarm */
+    unsigned failed;  /* disarm: failures injected since armed */
+    sem_t done;
+} s_arm_t;
+
+static void s_arm_on_loop(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    s_arm_t *a = arg;
+    if (a->skip >= 0)
+        alloc_fail_arm(a->skip);
+    else
+        a->failed = alloc_fail_disarm();
+    sem_post(&a->done);
+}
+
+static unsigned s_loop_arm(s_srv_t *s, long skip)
+{
+    s_arm_t a = {.skip = skip};
+    assert_int_equal(sem_init(&a.done, 0, 0), 0);
+    assert_int_equal(router_loop_post(s->loop, s_arm_on_loop, &a), 0);
+    while (sem_wait(&a.done) != 0)
+        assert_int_equal(errno, EINTR);
+    sem_destroy(&a.done);
+    return a.failed;
+}
+
+/* ---------------------------------------------------------------- the client */
+
+typedef struct {
+    int status;       /* 0: the server closed without an answer */
+    bool replayed;    /* Idempotent-Replayed: true */
+    char body[1024];  /* NUL-terminated */
+} s_resp_t;
+
+/* One request on a fresh connection; the answer, or status 0 when the
+ * connection ended (or was reset) before a whole answer came. */
+static void s_post(const s_srv_t *s, const char *path, const char *key, const char *body,
+                   s_resp_t *r)
+{
+    memset(r, 0, sizeof *r);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct timeval tv = {.tv_sec = HANG_GUARD_S};
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv), 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(s->port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (const struct sockaddr *) &sin, sizeof sin) != 0) {
+        assert_int_equal(errno, ECONNRESET); /* accepted and cut at once */
+        close(fd);
+        return;
+    }
+    char req[2048];
+    int n = snprintf(req, sizeof req,
+                     "POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     "%s%s%sContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     path, key ? "X-Idempotency-Key: " : "", key ? key : "", key ? "\r\n" : "",
+                     strlen(body), body);
+    assert_true(n > 0 && (size_t) n < sizeof req);
+    if (send(fd, req, (size_t) n, MSG_NOSIGNAL) != n) {
+        close(fd);
+        return;
+    }
+    char buf[8192];
+    size_t len = 0;
+    for (;;) {
+        ssize_t got = recv(fd, buf + len, sizeof buf - 1 - len, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            fail_msg("no answer in %d s", HANG_GUARD_S);
+        if (got <= 0)
+            break;
+        len += (size_t) got;
+        assert_true(len < sizeof buf - 1);
+    }
+    close(fd);
+    buf[len] = '\0';
+    char *end = strstr(buf, "\r\n\r\n");
+    if (!end || sscanf(buf, "HTTP/1.1 %d", &r->status) != 1)
+        return;
+    const char *cl = strcasestr(buf, "\r\nContent-Length: ");
+    assert_non_null(cl);
+    size_t blen = strtoul(cl + 18, NULL, 10);
+    if (strlen(end + 4) != blen) { /* cut short: no answer after all */
+        r->status = 0;
+        return;
+    }
+    *end = '\0';
+    r->replayed = strcasestr(buf, "\r\nIdempotent-Replayed: true") != NULL;
+    assert_true(blen < sizeof r->body);
+    memcpy(r->body, end + 4, blen + 1);
+}
+
+/* A refusal is a typed 5xx: JSON with "error" and "code". */
+static void s_expect_typed_5xx(const s_resp_t *r)
+{
+    if (r->status < 500 || r->status > 599 || !strstr(r->body, "\"code\":\"") ||
+        !strstr(r->body, "\"error\":\""))
+        fail_msg("not a typed 5xx: %d %s", r->status, r->body);
+}
+
+/* ---------------------------------------------------------------- out of memory */
+
+typedef struct {
+    const char *path;
+    const char *body;
+    const char *queued; /* what a 202's body starts with */
+} s_shape_t;
+
+/* Each allocation the loop thread makes for one request fails in turn.
+ * Each run must answer 202 (the entry is durable) or a typed 5xx, or cut
+ * the connection; the gateway still serves; and a retry with the run's key
+ * is then answered 202, a replay when the first try was queued, so that
+ * the inbox ends with exactly one entry per key. */
+static void s_sweep(s_srv_t *s, const s_shape_t *shape)
+{
+    size_t keys = 0, queued_first = 0, cut = 0, refused = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        char key[32];
+        snprintf(key, sizeof key, "sweep-%ld", i);
+        s_resp_t r, again;
+        s_loop_arm(s, i);
+        s_post(s, shape->path, key, shape->body, &r);
+        unsigned failed = s_loop_arm(s, -1);
+        keys++;
+        if (r.status == 202) {
+            assert_int_equal(strncmp(r.body, shape->queued, strlen(shape->queued)), 0);
+            assert_false(r.replayed);
+            queued_first++;
+        } else if (r.status == 0) {
+            print_message("run %ld: cut before an answer\n", i);
+            cut++;
+        } else {
+            s_expect_typed_5xx(&r);
+            refused++;
+        }
+        s_post(s, shape->path, key, shape->body, &again);
+        if (again.status != 202)
+            fail_msg("run %ld (%d %s): the retry got %d %s", i, r.status, r.body, again.status,
+                     again.body);
+        if (r.status == 202) {
+            assert_true(again.replayed);
+            assert_string_equal(again.body, r.body);
+        }
+        if (failed == 0)
+            break; /* a run with nothing left to fail: all were reached */
+    }
+    print_message("%s: %zu runs, %zu queued at once, %zu refused (5xx), %zu cut\n", shape->path,
+                  keys, queued_first, refused, cut);
+    assert_true(refused > 0); /* the sweep reached the route's own refusals */
+    s_srv_stop(s);
+    /* Durable: one entry per key, read back from state.db. */
+    router_inbox_t *in = s_inbox_open(s);
+    assert_int_equal(router_inbox_count(in), keys);
+    router_inbox_destroy(&in);
+}
+
+static void test_webhook_without_memory(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, 0);
+    s_sweep(s, &(s_shape_t){"/webhook", "{\"message\":\"hello\",\"session_id\":\"s-1\"}",
+                            "{\"queued\":true,\"id\":\""});
+}
+
+static void test_event_without_memory(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, 0);
+    s_sweep(s, &(s_shape_t){"/sessions/s-2/external-events",
+                            "{\"kind\":\"generic_json\",\"event_type\":\"t\",\"payload\":{\"a\":1}}",
+                            "{\"queued\":true}"});
+}
+
+/* ---------------------------------------------------------------- failing commits */
+
+/* Every commit of the inbox fails (its fsync): a request is answered 503
+ * not_durable once its time is up, with nothing queued and its key free;
+ * the disk recovers and the retry with that key is stored once. */
+static void test_commit_fails_not_durable(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, 300);
+    vfs_fail_arm(VFS_FAIL_SYNC, s->dir, 0, -1);
+    s_resp_t r;
+    s_post(s, "/webhook", "k-1", "{\"message\":\"one\"}", &r);
+    assert_int_equal(r.status, 503);
+    s_expect_typed_5xx(&r);
+    assert_non_null(strstr(r.body, "\"code\":\"not_durable\""));
+    s_post(s, "/sessions/s-3/external-events", NULL,
+           "{\"kind\":\"generic_json\",\"event_type\":\"t\",\"payload\":1}", &r);
+    assert_int_equal(r.status, 503);
+    assert_non_null(strstr(r.body, "\"code\":\"not_durable\""));
+    assert_true(vfs_fail_failed(VFS_FAIL_SYNC) > 0);
+    vfs_fail_clear();
+    s_post(s, "/webhook", "k-1", "{\"message\":\"one\"}", &r);
+    assert_int_equal(r.status, 202);
+    assert_false(r.replayed);
+    s_resp_t again;
+    s_post(s, "/webhook", "k-1", "{\"message\":\"one\"}", &again);
+    assert_int_equal(again.status, 202);
+    assert_true(again.replayed);
+    assert_string_equal(again.body, r.body);
+    s_srv_stop(s);
+    router_inbox_t *in = s_inbox_open(s);
+    assert_int_equal(router_inbox_count(in), 1);
+    router_inbox_destroy(&in);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, s_setup, s_teardown)
+
+int main(void)
+{
+    if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
+        return 1;
+    const struct CMUnitTest tests[] = {
+        T(test_webhook_without_memory),
+        T(test_event_without_memory),
+        T(test_commit_fails_not_durable),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
