@@ -585,6 +585,16 @@ def main():
         check(len(lines) == 2 and lines[0].startswith('dropped peers[0] "web": addr') and
               lines[1] == "imported 0 (0 renamed), dropped 1; 0 trusted" and err == "",
               f"{out!r} {err!r}")
+        # A folder, and a file that is not JSON: one line each (yajl's own
+        # message draws the spot over two more lines).
+        refused(("peers", "import", tmp, "--home", home),
+                f"kith peers import: {tmp}: Is a directory; give the path of a Meerkat "
+                "trusted_peers.json")
+        empty = os.path.join(tmp, "import-empty.json")
+        open(empty, "w").close()
+        refused(("peers", "import", empty, "--home", home),
+                f"kith peers import: {empty}: not JSON: parse error: premature EOF; nothing was "
+                "imported")
         # A file past the 8 MiB bound is refused without a size kith never read.
         with open(src, "w") as f:
             f.write('{"peers": [], "pad": "' + "p" * (9 * 1024 * 1024) + '"}')

@@ -408,11 +408,15 @@ static int s_import(int argc, char **argv, const char *home_flag)
         return KITH_EXIT_FAIL;
     }
     char *text = malloc(ROUTER_TRUST_FILE_MAX + 1);
+    errno = 0;
     size_t len = text ? fread(text, 1, ROUTER_TRUST_FILE_MAX + 1, f) : 0;
+    int read_errno = errno;
     bool bad = ferror(f) || !text;
     fclose(f);
     if (bad) {
-        fprintf(stderr, "kith peers import: %s: cannot read\n", file);
+        fprintf(stderr, "kith peers import: %s: %s; give the path of a Meerkat "
+                        "trusted_peers.json\n", file,
+                !text ? "out of memory" : read_errno ? strerror(read_errno) : "cannot read");
         free(text);
         return KITH_EXIT_FAIL;
     }

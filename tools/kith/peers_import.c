@@ -44,6 +44,8 @@ int kith_peers_import_meerkat(router_trust_t *into, const char *text, size_t len
     yajl_val doc = yajl_tree_parse(copy, why, sizeof why);
     free(copy);
     if (!doc) {
+        /* yajl's message goes on to draw the spot over two more lines */
+        why[strcspn(why, "\n")] = '\0';
         snprintf(err, errcap, "not JSON: %s", why[0] ? why : "syntax error");
         return -1;
     }
