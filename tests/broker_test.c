@@ -645,6 +645,33 @@ static void test_curve(void **state)
     s_rm_rf(home);
 }
 
+/* A file where the authorized workers' directory belongs: the broker
+ * refuses to start and says what to do (ZAP would have read no
+ * certificates from it and admitted no worker, without a word). */
+static void test_curve_authorized_not_a_directory(void **state)
+{
+    (void) state;
+    char home[] = "/tmp/kith-broker-test-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    char path[512];
+    snprintf(path, sizeof path, "%s/workers", home);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/workers/authorized", home);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fclose(f);
+    router_loop_t *loop = router_loop_new(NULL);
+    assert_non_null(loop);
+    char err[512] = "";
+    router_broker_opts_t o = {.loop = loop, .endpoint = "inproc://broker-test-notdir",
+                              .listen = "tcp://lo:*", .home = home};
+    router_broker_t *b = router_broker_new(&o, err, sizeof err);
+    assert_null(b);
+    assert_non_null(strstr(err, "/workers/authorized is not a directory"));
+    router_loop_destroy(&loop);
+    s_rm_rf(home);
+}
+
 /* ------------------------------------------------------------ workers.listen bounds */
 
 /* A TCP connection from `src` (any 127.x.y.z is this host's loopback) to
@@ -1327,6 +1354,7 @@ int main(void)
         cmocka_unit_test(test_queue_bound_and_cancel),
         cmocka_unit_test(test_endpoint_is_local),
         cmocka_unit_test(test_curve),
+        cmocka_unit_test(test_curve_authorized_not_a_directory),
         cmocka_unit_test(test_listen_pending_bounds),
         cmocka_unit_test(test_listen_worker_forgotten),
         cmocka_unit_test(test_listen_ipc),

@@ -617,6 +617,24 @@ int router_broker_endpoint_is_local(const char *e)
            strncmp(host, "localhost:", 10) == 0;
 }
 
+/* Makes the directory `path` (0700) unless it is one already. Anything
+ * else there is an error: ZAP would read no certificates from a file
+ * named like the authorized directory, and admit no worker, silently. */
+static int s_dir_ensure(const char *path, char *err, size_t errcap)
+{
+    struct stat st;
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+        snprintf(err, errcap, "workers: cannot make %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errcap, "workers: %s is not a directory: remove it, and kith makes it",
+                 path);
+        return -1;
+    }
+    return 0;
+}
+
 /* Loads $home/workers/broker.cert (with its _secret), or makes it: the
  * secret file is created 0600 before CZMQ writes into it. */
 static zcert_t *s_cert_load_or_make(const char *home, char *err, size_t errcap)
@@ -630,10 +648,8 @@ static zcert_t *s_cert_load_or_make(const char *home, char *err, size_t errcap)
         return NULL;
     }
     snprintf(secret, sizeof secret, "%s_secret", path);
-    if ((mkdir(dir, 0700) != 0 && errno != EEXIST) || (mkdir(auth, 0700) != 0 && errno != EEXIST)) {
-        snprintf(err, errcap, "workers: cannot make %s: %s", auth, strerror(errno));
+    if (s_dir_ensure(dir, err, errcap) != 0 || s_dir_ensure(auth, err, errcap) != 0)
         return NULL;
-    }
     if (access(secret, F_OK) == 0) {
         zcert_t *c = zcert_load(path);
         if (!c || !zcert_secret_txt(c)[0] || strcmp(zcert_secret_txt(c), "0000000000000000000000000000000000000000") == 0) {
