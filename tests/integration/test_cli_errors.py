@@ -694,6 +694,12 @@ def main():
                                    '{"scope":"node","name":"n"}'), f"{fake.requests[7]}")
         check(fake.requests[8][0] == "DELETE /admin/tokens/0123456789abcdef HTTP/1.1",
               f"{fake.requests[8]}")
+        # Nobody listening any more: the line says what to do.
+        for args in (("paircode",), ("tokens", "list")):
+            refused((*args, "--home", fake.home),
+                    f"kith {args[0]}: the daemon is not running at http://127.0.0.1:{fake.port} "
+                    "(Connection refused); start it (kith daemon), or pass the --home or "
+                    "--config it runs with")
         # A gateway.host that is no address.
         home = os.path.join(tmp, "admin-host")
         os.makedirs(home)

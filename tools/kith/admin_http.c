@@ -163,7 +163,8 @@ int kith_admin_call(const char *cmd, const char *home_flag, const char *config_f
     if (rc != 0) {
         int e = errno;
         if (!connected)
-            snprintf(err, errcap, "kith %s: the daemon is not running at http://%s (%s)", cmd,
+            snprintf(err, errcap, "kith %s: the daemon is not running at http://%s (%s); start "
+                     "it (kith daemon), or pass the --home or --config it runs with", cmd,
                      shown, strerror(e));
         else if (e == ETIMEDOUT)
             snprintf(err, errcap, "kith %s: http://%s took the request but did not answer "
