@@ -577,6 +577,29 @@ static void test_wipe(void **state)
     router_identity_wipe(NULL);
 }
 
+/* A home or a Meerkat folder whose path is too long: the error says so
+ * (showing the path's start), rather than a path of kilobytes that cuts
+ * the reason out of err. */
+static void test_too_long_paths_say_so(void **state)
+{
+    (void) state;
+    static char lng[4090];
+    memset(lng, 'h', sizeof lng - 1);
+    lng[0] = '/';
+    lng[sizeof lng - 1] = '\0';
+    router_identity_t id;
+    bool created = true;
+    char err[ROUTER_IDENTITY_ERR_MAX] = "";
+    assert_int_equal(router_identity_load_or_create(lng, &id, &created, err, sizeof err), -1);
+    assert_false(created);
+    assert_non_null(strstr(err, "path too long for a home directory"));
+    assert_int_equal(strncmp(err, lng, 64), 0);
+    err[0] = '\0';
+    assert_int_equal(router_identity_import_meerkat("/tmp", lng, &id, err, sizeof err), -1);
+    assert_non_null(strstr(err, "path too long"));
+    assert_true(s_all_zero(&id, sizeof id));
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, s_setup, s_teardown)
 
 int main(void)
@@ -601,6 +624,7 @@ int main(void)
         T(test_key_dir_sync_failure_keeps_whole_key),
         T(test_pub_failure_keeps_key),
         T(test_wipe),
+        T(test_too_long_paths_say_so),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -40,7 +40,7 @@ static int s_paths(const char *home, s_paths_t *p, char *err, size_t errcap)
     if (router_home_path(home, ROUTER_IDENTITY_DIR, p->dir, sizeof p->dir) != 0 ||
         router_home_path(home, ROUTER_IDENTITY_KEY_FILE, p->key, sizeof p->key) != 0 ||
         router_home_path(home, ROUTER_IDENTITY_PUB_FILE, p->pub, sizeof p->pub) != 0) {
-        snprintf(err, errcap, "%s: path too long for a home directory", home);
+        router_statefile_err_too_long(home, " for a home directory", err, errcap);
         return -1;
     }
     return 0;
@@ -259,7 +259,7 @@ static int s_write_key(const s_paths_t *p, const uint8_t seed[PROTO_SEED_LEN], b
     char tmp[ROUTER_PATH_MAX];
     int rc = -1, fd = -1;
     if (snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", p->key) >= (int) sizeof tmp) {
-        snprintf(err, errcap, "%s: path too long", p->key);
+        router_statefile_err_too_long(p->key, "", err, errcap);
         goto done;
     }
     /* mkostemp: O_CREAT | O_EXCL, mode 0600 from the first instant. */

@@ -24,7 +24,7 @@ static int s_read_raw(const char *dir, const char *name, uint8_t out[S_RAW_LEN],
     char path[ROUTER_PATH_MAX];
     *missing = false;
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int) sizeof path) {
-        snprintf(err, errcap, "%s: path too long", dir);
+        router_statefile_err_too_long(dir, "", err, errcap);
         return -1;
     }
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
@@ -96,7 +96,7 @@ static int s_write_raw(const char *dir, const char *name, const uint8_t *data, u
 {
     char path[ROUTER_PATH_MAX];
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int) sizeof path) {
-        snprintf(err, errcap, "%s: path too long", dir);
+        router_statefile_err_too_long(dir, "", err, errcap);
         return -1;
     }
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);

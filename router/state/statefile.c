@@ -88,6 +88,15 @@ fail:;
     return -1;
 }
 
+void router_statefile_err_too_long(const char *path, const char *what, char *err, size_t errcap)
+{
+    size_t n = strlen(path);
+    if (n <= 64)
+        snprintf(err, errcap, "%s: path too long%s", path, what);
+    else
+        snprintf(err, errcap, "%.64s...: path too long%s (%zu bytes)", path, what, n);
+}
+
 int router_statefile_sync_dir(const char *path)
 {
     char copy[ROUTER_PATH_MAX];
@@ -137,9 +146,7 @@ int router_statefile_replace(const char *path, const void *data, size_t len, uns
     char tmp[ROUTER_PATH_MAX];
     int n = snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path);
     if (n < 0 || (size_t) n >= sizeof tmp) {
-        /* Only the path's start: the whole of it would crowd the reason
-         * out of err. */
-        snprintf(err, errcap, "%.64s...: path too long (%zu bytes)", path, strlen(path));
+        router_statefile_err_too_long(path, "", err, errcap);
         errno = ENAMETOOLONG;
         return -1;
     }

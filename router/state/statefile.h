@@ -30,6 +30,12 @@ int router_statefile_replace(const char *path, const void *data, size_t len, uns
 int router_statefile_write_all(int fd, const void *data, size_t len)
     __attribute__((warn_unused_result));
 
+/* Says in err[errcap] that `path` is too long, as "<path>: path too long"
+ * followed by `what` (may be ""). Of a path longer than 64 bytes only the
+ * start is shown, with its length: the whole of it would crowd the reason
+ * out of err. */
+void router_statefile_err_too_long(const char *path, const char *what, char *err, size_t errcap);
+
 /* fsyncs the directory holding `path`, so a rename or link into it is
  * durable. Returns 0 or -1 (errno). */
 int router_statefile_sync_dir(const char *path) __attribute__((warn_unused_result));
