@@ -323,6 +323,44 @@ static void test_dns_name_dead_addresses_first(void **state)
     test_dns_set("silent-first.kith-test", NULL, 0);
 }
 
+/* A blocking send with each of the caller's allocations failing in turn
+ * (the envelope, its signature, its frame): refused with a reason and
+ * nothing leaked (LSan), or sent and acked as usual; and a dial into a
+ * node whose accept cannot allocate is refused, the node serving on. */
+static void test_send_without_memory(void **state)
+{
+    s_net_t *t = *state;
+    router_node_t *a = t->node[0], *b = t->node[1];
+    router_node_receipt_t r;
+    unsigned refused = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        alloc_fail_arm(i);
+        int rc = router_node_send_message(a, "b", "short of memory", &r);
+        bool failed = alloc_fail_disarm() > 0;
+        if (rc != 0) {
+            assert_true(failed);
+            assert_int_equal(r.outcome, ROUTER_SEND_OFFLINE);
+            assert_true(r.detail[0] != '\0');
+            refused++;
+            continue;
+        }
+        assert_int_equal(r.outcome, ROUTER_SEND_ACKED);
+        s_expect(b, a, "message", r.id, NULL);
+        if (!failed)
+            break;
+    }
+    assert_true(refused > 0);
+    /* The accept of an in-process dial, on the dialing thread (here). */
+    alloc_fail_arm(0);
+    int fd = router_inproc_dial(t->net, "b");
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(fd, -1);
+    assert_int_equal(router_node_send_message(a, "b", "still here", &r), 0);
+    assert_int_equal(r.outcome, ROUTER_SEND_ACKED);
+    s_expect(b, a, "message", r.id, NULL);
+}
+
 /* Counts its calls, and says whether one ran on the caller's thread. */
 typedef struct {
     int calls;       /* calls made */
@@ -895,6 +933,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_offline_after_stop, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_unreachable_peers, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_dns_name_dead_addresses_first, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_send_without_memory, s_setup, s_teardown),
         cmocka_unit_test(test_not_running),
         cmocka_unit_test(test_new_refusals),
         cmocka_unit_test(test_trust_reload),
