@@ -106,6 +106,17 @@ static const s_schema_t s_schemas[] = {
 
 static const unsigned s_event_allowed = S_BIT(S_K_TIME_MS) | S_BIT(S_K_TYPE) | S_BIT(S_K_DETAIL);
 
+/* audit-error's `code`: worker.cddl names exactly these. */
+static const char *const s_error_codes[] = {"bad_request", "event", "io", "broken", "no_memory"};
+
+static bool s_error_code_known(const char *p, size_t len)
+{
+    for (size_t i = 0; i < sizeof s_error_codes / sizeof s_error_codes[0]; i++)
+        if (len == strlen(s_error_codes[i]) && memcmp(p, s_error_codes[i], len) == 0)
+            return true;
+    return false;
+}
+
 static bool s_text_eq(const cbor_item_t *item, const char *s)
 {
     size_t n = strlen(s);
@@ -297,7 +308,9 @@ static proto_audit_err_t s_decode(const cbor_item_t *root, proto_audit_msg_t *m)
         if (f[S_K_PARTIAL]) {
             if (!cbor_is_bool(f[S_K_PARTIAL]))
                 return PROTO_AUDIT_E_WRONG_TYPE;
-            m->partial = cbor_get_bool(f[S_K_PARTIAL]);
+            if (!cbor_get_bool(f[S_K_PARTIAL]))
+                return PROTO_AUDIT_E_BAD_VALUE; /* `? partial: true`: absent, never false */
+            m->partial = true;
         }
         return s_decode_records(f[S_K_RECORDS], m);
     case PROTO_AUDIT_VERIFY:
@@ -326,6 +339,8 @@ static proto_audit_err_t s_decode(const cbor_item_t *root, proto_audit_msg_t *m)
     case PROTO_AUDIT_ERROR:
         if ((e = s_text(f[S_K_CODE], 1, PROTO_AUDIT_CODE_MAX, &m->code, &m->code_len)) != PROTO_AUDIT_OK)
             return e;
+        if (!s_error_code_known(m->code, m->code_len))
+            return PROTO_AUDIT_E_BAD_VALUE;
         return s_text(f[S_K_MESSAGE], 0, PROTO_AUDIT_REASON_MAX, &m->reason, &m->reason_len);
     }
     return PROTO_AUDIT_E_UNKNOWN_TYPE;
@@ -430,6 +445,7 @@ static proto_audit_err_t s_encode_check(const proto_audit_msg_t *m)
         return PROTO_AUDIT_OK;
     case PROTO_AUDIT_ERROR:
         if (!s_text_ok(m->code, m->code_len, 1, PROTO_AUDIT_CODE_MAX) ||
+            !s_error_code_known(m->code, m->code_len) ||
             !s_text_ok(m->reason, m->reason_len, 0, PROTO_AUDIT_REASON_MAX))
             return PROTO_AUDIT_E_BAD_VALUE;
         return PROTO_AUDIT_OK;

@@ -16,7 +16,9 @@
  * map with text keys, exactly the keys its `type` allows (CDDL maps are
  * closed), none twice; unsigned integers where the schema says uint (no
  * negative, float or tagged stand-ins); text that is UTF-8 without NUL
- * bytes, within the length bounds below. No I/O; no libsodium. */
+ * bytes, within the length bounds below; an audit-error `code` of the five
+ * worker.cddl names and `partial` only as true (both BAD_VALUE otherwise,
+ * and the encoder refuses what the decoder would). No I/O; no libsodium. */
 #ifndef KITH_PROTO_AUDIT_MSG_H
 #define KITH_PROTO_AUDIT_MSG_H
 
@@ -68,7 +70,8 @@ typedef enum {
     PROTO_AUDIT_E_UNKNOWN_FIELD,  /* a key the body's schema does not have */
     PROTO_AUDIT_E_DUPLICATE_KEY,  /* one key twice in a map */
     PROTO_AUDIT_E_WRONG_TYPE,     /* a value of the wrong CBOR type */
-    PROTO_AUDIT_E_BAD_VALUE,      /* out of range: empty events, limit > 1000, type length, NUL */
+    PROTO_AUDIT_E_BAD_VALUE,      /* out of range: empty events, limit > 1000, type length, NUL,
+                                     an unknown error code, partial false */
     PROTO_AUDIT_E_TOO_MANY,       /* more events or records than the bounds above */
     PROTO_AUDIT_E_NO_MEMORY,      /* kith ran out of memory */
 } proto_audit_err_t;

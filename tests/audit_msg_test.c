@@ -10,6 +10,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "alloc_fail.h"
 #include "proto/audit_msg.h"
 
 static void s_unhex(const char *hex, uint8_t *out, size_t *len)
@@ -169,16 +170,11 @@ static void test_query_and_records(void **state)
     assert_true(d.partial);
     assert_int_equal(d.n_records, 1);
     proto_audit_msg_clear(&d);
-    /* partial: false is taken too (an encoder may send it); not a bool is not. */
-    size_t len;
-    proto_audit_err_t e;
-    uint8_t want[64];
-    s_unhex("a3" "6474797065" "6d61756469745f7265636f726473" "677061727469616c" "f4"
-            "677265636f726473" "80",
-            want, &len);
-    assert_int_equal(proto_audit_msg_decode(want, len, &d, &e), 0);
-    assert_false(d.partial);
-    proto_audit_msg_clear(&d);
+    /* worker.cddl says `? partial: true`: false is not a value it has
+     * (absent says "not partial"), and not a bool is the wrong type. */
+    assert_int_equal(s_refuse("a3" "6474797065" "6d61756469745f7265636f726473" "677061727469616c"
+                              "f4" "677265636f726473" "80"),
+                     PROTO_AUDIT_E_BAD_VALUE);
     assert_int_equal(s_refuse("a3" "6474797065" "6d61756469745f7265636f726473" "677061727469616c"
                               "01" "677265636f726473" "80"),
                      PROTO_AUDIT_E_WRONG_TYPE);
@@ -273,6 +269,144 @@ static void test_bounds(void **state)
     assert_string_equal(proto_audit_err_str(PROTO_AUDIT_E_DUPLICATE_KEY), "duplicate_key");
 }
 
+/* audit-error's code is one of worker.cddl's five, on both sides. */
+static void test_error_codes(void **state)
+{
+    (void) state;
+    static const char *const codes[] = {"bad_request", "event", "io", "broken", "no_memory"};
+    proto_audit_msg_t d;
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        proto_audit_msg_t e = {.kind = PROTO_AUDIT_ERROR, .code = codes[i], .code_len = strlen(codes[i]),
+                               .reason = "m", .reason_len = 1};
+        s_round(&e, NULL, &d);
+        assert_string_equal(d.code, codes[i]);
+        proto_audit_msg_clear(&d);
+    }
+    uint8_t *enc = NULL;
+    size_t len = 0;
+    proto_audit_err_t err;
+    proto_audit_msg_t e = {.kind = PROTO_AUDIT_ERROR, .code = "oops", .code_len = 4, .reason = "", .reason_len = 0};
+    assert_int_equal(proto_audit_msg_encode(&e, &enc, &len, &err), -1);
+    assert_int_equal(err, PROTO_AUDIT_E_BAD_VALUE);
+    assert_null(enc);
+    e.code = "io2"; /* a known code's prefix is not that code */
+    e.code_len = 2;
+    assert_int_equal(proto_audit_msg_encode(&e, &enc, &len, &err), 0);
+    free(enc);
+    proto_audit_msg_t q = {.kind = PROTO_AUDIT_QUERY, .limit = PROTO_AUDIT_LIMIT_MAX + 1};
+    assert_int_equal(proto_audit_msg_encode(&q, &enc, &len, &err), -1);
+    assert_int_equal(err, PROTO_AUDIT_E_BAD_VALUE);
+    /* {"code": "IO", "type": "audit_error", "message": ""} */
+    assert_int_equal(s_refuse("a3" "64636f6465" "62494f" "6474797065" "6b61756469745f6572726f72"
+                              "676d657373616765" "60"),
+                     PROTO_AUDIT_E_BAD_VALUE);
+}
+
+/* Out of memory at each of kith's allocations in turn, decoding and
+ * encoding every kind that allocates: NO_MEMORY, nothing leaked (LSan),
+ * and the message empty; until a run fails none and succeeds. */
+static void test_no_memory(void **state)
+{
+    (void) state;
+    static proto_audit_event_t evs[] = {
+        {1, "pair", 4, "{\"a\":1}", 7},
+        {2, "auth_failure", 12, "{}", 2},
+    };
+    static proto_audit_text_t recs[] = {{"line one", 8}, {"line two", 8}};
+    const proto_audit_msg_t kinds[] = {
+        {.kind = PROTO_AUDIT_APPEND, .events = evs, .n_events = 2},
+        {.kind = PROTO_AUDIT_QUERY, .limit = 5, .event_type = "pair", .event_type_len = 4},
+        {.kind = PROTO_AUDIT_RECORDS, .records = recs, .n_records = 2, .partial = true},
+        {.kind = PROTO_AUDIT_VERIFIED, .ok = false, .checked = 3, .reason = "hmac", .reason_len = 4},
+        {.kind = PROTO_AUDIT_ERROR, .code = "io", .code_len = 2, .reason = "disk", .reason_len = 4},
+    };
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        uint8_t *enc = NULL;
+        size_t len = 0;
+        proto_audit_err_t err;
+        assert_int_equal(proto_audit_msg_encode(&kinds[k], &enc, &len, &err), 0);
+        long i = 0;
+        for (; i < ALLOC_FAIL_RUNS_MAX; i++) {
+            proto_audit_msg_t d;
+            alloc_fail_arm(i);
+            int rc = proto_audit_msg_decode(enc, len, &d, &err);
+            unsigned failed = alloc_fail_disarm();
+            if (rc == 0) {
+                assert_int_equal(failed, 0);
+                assert_int_equal(d.kind, kinds[k].kind);
+                proto_audit_msg_clear(&d);
+                break;
+            }
+            assert_int_equal(err, PROTO_AUDIT_E_NO_MEMORY);
+            assert_int_equal(d.kind, 0);
+            assert_null(d.events);
+            assert_null(d.records);
+        }
+        assert_true(i > 0 && i < ALLOC_FAIL_RUNS_MAX);
+        for (i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+            uint8_t *again = NULL;
+            size_t alen = 0;
+            alloc_fail_arm(i);
+            int rc = proto_audit_msg_encode(&kinds[k], &again, &alen, &err);
+            unsigned failed = alloc_fail_disarm();
+            if (rc == 0) {
+                assert_int_equal(failed, 0);
+                assert_int_equal(alen, len);
+                assert_memory_equal(again, enc, len);
+                free(again);
+                break;
+            }
+            assert_int_equal(err, PROTO_AUDIT_E_NO_MEMORY);
+            assert_null(again);
+        }
+        assert_true(i > 0 && i < ALLOC_FAIL_RUNS_MAX);
+        free(enc);
+    }
+}
+
+/* Every reason and kind has its own stable name. */
+static void test_names(void **state)
+{
+    (void) state;
+    for (int a = PROTO_AUDIT_OK; a <= PROTO_AUDIT_E_NO_MEMORY; a++) {
+        assert_string_not_equal(proto_audit_err_str((proto_audit_err_t) a), "unknown");
+        for (int b = PROTO_AUDIT_OK; b < a; b++)
+            assert_string_not_equal(proto_audit_err_str((proto_audit_err_t) a),
+                                    proto_audit_err_str((proto_audit_err_t) b));
+    }
+    assert_string_equal(proto_audit_err_str((proto_audit_err_t) 99), "unknown");
+    assert_null(proto_audit_kind_str((proto_audit_kind_t) 0));
+    assert_string_equal(proto_audit_kind_str(PROTO_AUDIT_VERIFIED), "audit_verified");
+}
+
+/* More data items than PROTO_AUDIT_ITEMS_MAX is too large, before libcbor
+ * builds anything: records of one-byte strings. */
+static void test_items_bound(void **state)
+{
+    (void) state;
+    size_t n = PROTO_AUDIT_ITEMS_MAX; /* + the map, its keys and type: past the bound */
+    size_t cap = 64 + 2 * n;
+    uint8_t *buf = malloc(cap);
+    assert_non_null(buf);
+    size_t w = 0;
+    static const uint8_t head[] = {0xa2, 0x64, 't', 'y', 'p', 'e', 0x6d, 'a', 'u', 'd', 'i', 't', '_',
+                                   'r', 'e', 'c', 'o', 'r', 'd', 's', 0x67, 'r', 'e', 'c', 'o', 'r',
+                                   'd', 's', 0x99};
+    memcpy(buf, head, sizeof head);
+    w = sizeof head;
+    buf[w++] = (uint8_t) (n >> 8);
+    buf[w++] = (uint8_t) n;
+    for (size_t i = 0; i < n; i++) {
+        buf[w++] = 0x61;
+        buf[w++] = 'a';
+    }
+    proto_audit_msg_t d;
+    proto_audit_err_t err;
+    assert_int_equal(proto_audit_msg_decode(buf, w, &d, &err), -1);
+    assert_int_equal(err, PROTO_AUDIT_E_TOO_LARGE);
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -281,6 +415,10 @@ int main(void)
         cmocka_unit_test(test_query_and_records),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_bounds),
+        cmocka_unit_test(test_error_codes),
+        cmocka_unit_test(test_no_memory),
+        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_items_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
