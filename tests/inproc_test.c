@@ -17,6 +17,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -423,6 +424,52 @@ static void test_relay_partition_holds_end(void **state)
     s_pair_close(&p);
 }
 
+/* The relay thread's allocation after this many more that succeed fails
+ * (-1: none); read by the seam below when a relay thread starts. */
+static _Atomic long s_relay_skip = -1;
+
+void router_inproc_relay_thread_started(void)
+{
+    long skip = atomic_load(&s_relay_skip);
+    if (skip >= 0)
+        alloc_fail_arm(skip);
+}
+
+/* The relay thread out of memory at each of its first allocations in turn
+ * (its poll set, then the chunk of the first bytes read): where it cannot
+ * hold bytes it cuts the connection, so both ends see the end at once,
+ * never a reader waiting for bytes that are gone (its frame deadline) nor
+ * a writer writing into a stream nobody reads; elsewhere the bytes arrive. */
+static void test_relay_without_memory(void **state)
+{
+    (void) state;
+    unsigned cuts = 0;
+    for (long skip = 0; skip < 4; skip++) {
+        atomic_store(&s_relay_skip, skip);
+        s_pair_t p;
+        s_pair_open(&p); /* its relay thread reads the skip when it starts */
+        assert_int_equal(write(p.dialer, "abc", 3), 3);
+        uint8_t b[3];
+        ssize_t n;
+        while ((n = read(p.server, b, sizeof b)) < 0 && (errno == EAGAIN || errno == EINTR))
+            s_wait(p.server, POLLIN);
+        if (n > 0) { /* carried: all of it, in order */
+            if (n < 3)
+                s_read_exact(p.server, b + n, (size_t) (3 - n));
+            assert_memory_equal(b, "abc", 3);
+        } else { /* cut: the reader saw the end, and so does the writer */
+            assert_true(n == 0 || errno == ECONNRESET);
+            cuts++;
+            s_expect_end(p.dialer);
+            assert_int_equal(send(p.dialer, "d", 1, MSG_NOSIGNAL), -1);
+            assert_true(errno == EPIPE || errno == ECONNRESET);
+        }
+        s_pair_close(&p); /* joins the relay thread */
+        atomic_store(&s_relay_skip, -1);
+    }
+    assert_true(cuts > 0); /* the chunk's allocation was reached */
+}
+
 /* Destroyed with connections still carried, and one just added: nothing
  * leaks (LSan), every relay descriptor is closed. */
 static void test_relay_destroy_with_links(void **state)
@@ -463,6 +510,7 @@ int main(void)
         cmocka_unit_test(test_relay_held_bound),
         cmocka_unit_test(test_relay_partition_holds_end),
         cmocka_unit_test(test_relay_destroy_with_links),
+        cmocka_unit_test(test_relay_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -174,6 +174,20 @@ static bool s_link_done(const s_link_t *l)
     return true;
 }
 
+/* Ends the connection both ways at once: what is held is dropped and both
+ * ends see the end of the stream (a reset if they had unread bytes). */
+static void s_link_cut(s_link_t *l, uint64_t now)
+{
+    for (int i = 0; i < 2; i++) {
+        s_dir_t *d = &l->dir[i];
+        d->eof = true;
+        d->eof_ms = now;
+        d->dead = true;
+        s_dir_discard(d);
+        (void) shutdown(l->fd[i], SHUT_RDWR);
+    }
+}
+
 static bool s_dir_reads(const s_link_t *l, int i)
 {
     const s_dir_t *d = &l->dir[i];
@@ -198,11 +212,12 @@ static void s_dir_read(s_link_t *l, int i, uint64_t now)
         return; /* nobody reads the other end any more */
     s_chunk_t *c = malloc(sizeof *c + (size_t) n);
     if (!c) {
-        /* Cannot hold it: the stream is broken, as a cut connection is. */
-        d->eof = true;
-        d->eof_ms = now;
-        d->dead = true;
-        s_dir_discard(d);
+        /* Cannot hold it: the stream is broken, so the connection is cut,
+         * both ways, for both ends to see at once, as a cut TCP connection
+         * is seen. Marking this direction alone ended left the reader
+         * waiting out its frame deadline for bytes that were gone, and the
+         * writer writing into a stream nobody read. */
+        s_link_cut(l, now);
         return;
     }
     c->next = NULL;
@@ -319,9 +334,17 @@ static bool s_sync(router_inproc_relay_t *self)
     return go;
 }
 
+/* The test seam: runs first on the relay thread. A weak definition that
+ * does nothing, which tests/inproc_test.c replaces to make the relay
+ * thread's own allocations fail (tests/alloc_fail.h arms one thread). */
+__attribute__((weak)) void router_inproc_relay_thread_started(void)
+{
+}
+
 static void *s_main(void *arg)
 {
     router_inproc_relay_t *self = arg;
+    router_inproc_relay_thread_started();
     while (s_sync(self)) {
         uint64_t now = router_clock_mono_ms();
         int timeout = -1;

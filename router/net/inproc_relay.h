@@ -51,4 +51,8 @@ int router_inproc_relay_set(router_inproc_relay_t *self, const char *a, const ch
 void router_inproc_relay_get(router_inproc_relay_t *self, const char *a, const char *b,
                              bool *partitioned, uint32_t *delay_ms);
 
+/* Called first on the relay thread of every relay. Does nothing in kith:
+ * a weak symbol unit tests override to reach the thread's failure paths. */
+void router_inproc_relay_thread_started(void);
+
 #endif
