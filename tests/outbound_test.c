@@ -366,6 +366,48 @@ static void test_none_connects(void **state)
     s_bench_down(&b);
 }
 
+/* Addresses no connection can even be started to (port 0: EINVAL, as a
+ * family this host lacks would be) are passed over, first or later; with
+ * none other, the send is refused at once, or offline once the others
+ * failed. */
+static void test_addresses_that_cannot_be_dialed(void **state)
+{
+    (void) state;
+    s_bench_t b;
+    s_bench_up(&b);
+    router_addr_t bad = s_addr("127.0.0.1", 0), live = s_addr("127.0.0.1", b.port);
+    router_addr_t refused = s_addr("127.0.0.2", b.port);
+    uint8_t pk[32] = {15}, id[16] = {16};
+    router_addr_t first_bad[2] = {bad, live};
+    s_outcome_t o = {0};
+    router_outbound_msg_t m = {.peer_pk = pk, .addr = first_bad, .naddrs = 2, .fd = -1,
+                               .frame = s_frame, .len = sizeof s_frame, .id = id,
+                               .cb = s_record, .ud = &o};
+    assert_int_equal(router_outbound_send_msg(b.ob, &m), 0);
+    test_loop_until(b.loop, s_told, &o, 5, 10000);
+    assert_int_equal(o.outcome, ROUTER_SEND_REJECTED); /* it got there */
+
+    uint8_t pk2[32] = {17};
+    m.peer_pk = pk2;
+    m.addr = &bad;
+    m.naddrs = 1;
+    errno = 0;
+    assert_int_equal(router_outbound_send_msg(b.ob, &m), -1);
+    assert_int_equal(errno, EINVAL);
+
+    router_addr_t last_bad[2] = {refused, bad};
+    s_outcome_t o3 = {0};
+    m.addr = last_bad;
+    m.naddrs = 2;
+    m.ud = &o3;
+    assert_int_equal(router_outbound_send_msg(b.ob, &m), 0);
+    test_loop_until(b.loop, s_told, &o3, 5, 10000);
+    assert_int_equal(o3.outcome, ROUTER_SEND_OFFLINE);
+    assert_non_null(strstr(o3.detail, "cannot connect to any of its 2 addresses"));
+    assert_int_equal(o.calls + o3.calls, 2);
+    s_bench_down(&b);
+}
+
 /* Each allocation of a send to two addresses failing in turn (the link,
  * its reader, the wait, the frame's copy): refused with no callback owed,
  * or sent and told once; nothing leaks (LSan). */
@@ -409,6 +451,7 @@ int main(void)
         cmocka_unit_test(test_refused_then_live),
         cmocka_unit_test(test_silent_then_live),
         cmocka_unit_test(test_none_connects),
+        cmocka_unit_test(test_addresses_that_cannot_be_dialed),
         cmocka_unit_test(test_send_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
