@@ -2,6 +2,7 @@
  * trips byte for byte, and each kind of bad body gets its typed refusal.
  * With KITH_WORKER_MSG_SEEDS=DIR set, every body here (good and bad) is also
  * written to DIR: that is how fuzz/corpus/worker_msg/ was seeded. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "alloc_fail.h"
 #include "proto/cbor_canon.h"
 #include "proto/worker_msg.h"
 
@@ -689,6 +691,182 @@ static void test_history_limit(void **state)
     proto_cbor_buf_free(&b);
 }
 
+/* Every bound and missing value the encoder refuses, with its field, and
+ * without writing a body. */
+static void test_encoder_bounds(void **state)
+{
+    (void) state;
+    uint8_t *p = (uint8_t *) 1;
+    size_t len = 1;
+    proto_worker_error_t err;
+
+    proto_worker_request_t r = s_turn_full();
+    r.turn.session_id = (proto_worker_str_t){NULL, 0};
+    assert_int_equal(proto_worker_request_encode(&r, &p, &len, &err), -1);
+    assert_int_equal(err.reason, PROTO_WORKER_BAD_VALUE);
+    assert_string_equal(err.field, "session_id");
+    assert_null(p);
+    assert_int_equal(len, 0);
+
+    r = s_turn_full();
+    r.turn.n_tools = PROTO_WORKER_TOOLS_MAX + 1; /* checked before tools[] is read */
+    assert_int_equal(proto_worker_request_encode(&r, &p, &len, &err), -1);
+    assert_int_equal(err.reason, PROTO_WORKER_TOO_LONG);
+    assert_string_equal(err.field, "tools");
+
+    r = s_turn_full();
+    r.turn.message.n_tool_calls = PROTO_WORKER_TOOL_CALLS_MAX + 1;
+    assert_int_equal(proto_worker_request_encode(&r, &p, &len, &err), -1);
+    assert_int_equal(err.reason, PROTO_WORKER_TOO_LONG);
+    assert_string_equal(err.field, "tool_calls");
+
+    r = s_turn_full();
+    r.turn.message.content = (proto_worker_str_t){NULL, 3}; /* a length without bytes */
+    assert_int_equal(proto_worker_request_encode(&r, &p, &len, &err), -1);
+    assert_int_equal(err.reason, PROTO_WORKER_BAD_VALUE);
+    assert_string_equal(err.field, "content");
+
+    r = s_turn_full();
+    r.turn.origin.channel = 0;
+    assert_int_equal(proto_worker_request_encode(&r, &p, &len, &err), -1);
+    assert_int_equal(err.reason, PROTO_WORKER_BAD_VALUE);
+    assert_string_equal(err.field, "channel");
+
+    r.type = 99;
+    assert_int_equal(proto_worker_request_encode(&r, &p, &len, &err), -1);
+    assert_int_equal(err.reason, PROTO_WORKER_BAD_VALUE);
+    assert_string_equal(err.field, "type");
+
+    proto_worker_final_t f = {0};
+    f.type = PROTO_WORKER_FINAL_DONE;
+    f.has_cost_usd = true;
+    f.cost_usd = NAN;
+    assert_int_equal(proto_worker_final_encode(&f, &p, &len, &err), -1);
+    assert_int_equal(err.reason, PROTO_WORKER_BAD_VALUE);
+    assert_string_equal(err.field, "cost_usd");
+    f.cost_usd = -INFINITY;
+    assert_int_equal(proto_worker_final_encode(&f, &p, &len, &err), -1);
+    assert_string_equal(err.field, "cost_usd");
+    f.type = 99;
+    assert_int_equal(proto_worker_final_encode(&f, &p, &len, &err), -1);
+    assert_int_equal(err.reason, PROTO_WORKER_BAD_VALUE);
+    assert_string_equal(err.field, "type");
+
+    proto_worker_reply_t rep = {0};
+    rep.type = 99;
+    assert_int_equal(proto_worker_reply_encode(&rep, &p, &len, &err), -1);
+    assert_int_equal(err.reason, PROTO_WORKER_BAD_VALUE);
+    assert_string_equal(err.field, "type");
+    assert_null(p);
+}
+
+/* Decodes `body` with each of kith's allocations failing in turn: every
+ * failed run is NO_MEMORY with the struct cleared and nothing leaked (LSan),
+ * until a run that fails none succeeds. Returns the runs that failed. */
+static long s_decode_oom(const uint8_t *body, size_t len, bool request)
+{
+    long i = 0;
+    for (; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        proto_worker_request_t req;
+        proto_worker_reply_t rep;
+        proto_worker_error_t err;
+        alloc_fail_arm(i);
+        int rc = request ? proto_worker_request_decode(body, len, &req, &err)
+                         : proto_worker_reply_decode(body, len, &rep, &err);
+        unsigned failed = alloc_fail_disarm();
+        if (rc == 0) {
+            assert_int_equal(failed, 0);
+            if (request)
+                proto_worker_request_clear(&req);
+            else
+                proto_worker_reply_clear(&rep);
+            return i;
+        }
+        assert_int_equal(failed, 1);
+        assert_int_equal(err.reason, PROTO_WORKER_NO_MEMORY);
+        if (request) {
+            assert_int_equal(req.type, 0);
+            assert_null(req.turn.history);
+            assert_null(req.turn.tools);
+        } else {
+            assert_int_equal(rep.type, 0);
+        }
+    }
+    fail_msg("decode never succeeded");
+    return i;
+}
+
+static void test_no_memory(void **state)
+{
+    (void) state;
+    uint8_t *body = NULL;
+    size_t len = 0;
+    proto_worker_error_t err;
+    proto_worker_request_t r = s_turn_full();
+    assert_int_equal(proto_worker_request_encode(&r, &body, &len, &err), 0);
+    /* strings, history, tools and tool calls each allocate */
+    assert_true(s_decode_oom(body, len, true) > 10);
+    free(body);
+
+    /* The encoder's buffer growing fails: NO_MEMORY, nothing handed out. */
+    long i = 0;
+    for (; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        alloc_fail_arm(i);
+        int rc = proto_worker_request_encode(&r, &body, &len, &err);
+        unsigned failed = alloc_fail_disarm();
+        if (rc == 0) {
+            assert_int_equal(failed, 0);
+            free(body);
+            break;
+        }
+        assert_int_equal(err.reason, PROTO_WORKER_NO_MEMORY);
+        assert_null(body);
+    }
+    assert_true(i > 0 && i < ALLOC_FAIL_RUNS_MAX);
+
+    proto_worker_reply_t rep = {0};
+    rep.type = PROTO_WORKER_REPLY_PARTIAL;
+    rep.partial.event.type = PROTO_WORKER_EV_TOOL_CALL;
+    rep.partial.event.call = s_calls[0];
+    assert_int_equal(proto_worker_reply_encode(&rep, &body, &len, &err), 0);
+    assert_true(s_decode_oom(body, len, false) == 3);
+    free(body);
+    rep = (proto_worker_reply_t){0};
+    rep.type = PROTO_WORKER_REPLY_PARTIAL;
+    rep.partial.event.type = PROTO_WORKER_EV_LLM_REQUEST;
+    rep.partial.event.provider = S("openai");
+    rep.partial.event.model = S("m");
+    assert_int_equal(proto_worker_reply_encode(&rep, &body, &len, &err), 0);
+    assert_true(s_decode_oom(body, len, false) == 2);
+    free(body);
+    rep = (proto_worker_reply_t){0};
+    rep.type = PROTO_WORKER_REPLY_FINAL;
+    rep.final.type = PROTO_WORKER_FINAL_ERROR;
+    rep.final.code = PROTO_WORKER_CODE_PROVIDER_ERROR;
+    rep.final.message = S("m");
+    assert_int_equal(proto_worker_reply_encode(&rep, &body, &len, &err), 0);
+    assert_true(s_decode_oom(body, len, false) == 1);
+    free(body);
+}
+
+/* Every reason has its own name; names of values outside the enums. */
+static void test_names(void **state)
+{
+    (void) state;
+    for (int a = PROTO_WORKER_OK; a <= PROTO_WORKER_NO_MEMORY; a++) {
+        assert_string_not_equal(proto_worker_reason_str((proto_worker_reason_t) a), "unknown");
+        for (int b = PROTO_WORKER_OK; b < a; b++)
+            assert_string_not_equal(proto_worker_reason_str((proto_worker_reason_t) a),
+                                    proto_worker_reason_str((proto_worker_reason_t) b));
+    }
+    assert_string_equal(proto_worker_reason_str((proto_worker_reason_t) 99), "unknown");
+    assert_string_equal(proto_worker_role_str(PROTO_WORKER_ROLE_TOOL), "tool");
+    assert_string_equal(proto_worker_role_str((proto_worker_role_t) 0), "?");
+    assert_string_equal(proto_worker_event_type_str(PROTO_WORKER_EV_LLM_REQUEST), "llm_request");
+    assert_string_equal(proto_worker_event_type_str((proto_worker_event_type_t) 99), "?");
+    assert_string_equal(proto_worker_code_str((proto_worker_code_t) 0), "?");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -701,6 +879,9 @@ int main(void)
         cmocka_unit_test(test_turn_refusals),
         cmocka_unit_test(test_encoder_refusals),
         cmocka_unit_test(test_history_limit),
+        cmocka_unit_test(test_encoder_bounds),
+        cmocka_unit_test(test_no_memory),
+        cmocka_unit_test(test_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
