@@ -825,6 +825,7 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         .max_conns = self->cfg.limits.comms_connections_max +
                      self->cfg.limits.event_connections_max + self->cfg.gateway.max_connections,
         .send_limit = self->cfg.limits.conn_unsent_max,
+        .send_total_limit = self->cfg.limits.conn_unsent_total_max,
     };
     if (!(self->loop = router_loop_new(&lo))) {
         snprintf(err, errcap, "cannot create the event loop: %s", strerror(errno));

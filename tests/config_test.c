@@ -82,6 +82,7 @@ static void test_defaults_match_design(void **state)
     /* DESIGN §10 */
     assert_int_equal(c.limits.envelope_frame_max, 1024 * 1024);
     assert_int_equal(c.limits.conn_unsent_max, 4 * 1024 * 1024);
+    assert_int_equal(c.limits.conn_unsent_total_max, (size_t) 1 << 30);
     assert_int_equal(c.limits.comms_connections_max, 10000);
     assert_int_equal(c.limits.http_head_max, 16 * 1024);
     assert_int_equal(c.limits.http_headers_max, 100);
@@ -593,6 +594,7 @@ static void test_load_policy(void **state)
 static const s_case_t s_limits_cases[] = {
     {"limits", "envelope_frame_max", "65536", "\"1MiB\"", "1048577", NULL},
     {"limits", "conn_unsent_max", "1048576", "true", "1023", NULL},
+    {"limits", "conn_unsent_total_max", "17592186044416", "\"1GiB\"", "1048575", NULL},
     {"limits", "comms_connections_max", "20000", "null", "0", NULL},
     {"limits", "comms_unauth_connections_max", "300", "\"300\"", "0", NULL},
     {"limits", "comms_unauth_per_source_max", "4", "[4]", "0", NULL},

@@ -44,6 +44,7 @@
 #include "router/net/conn.h"
 #include "router/net/listen.h"
 #include "router/net/loop.h"
+#include "router/net/loop_mem.h"
 
 #define HANG_GUARD_MS 60000
 #define MAX_CLIENTS 8
@@ -611,6 +612,89 @@ static void test_send_limit_exact(void **state)
     assert_int_equal(ctx.send_errno, ENOBUFS);
     assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_SLOW_CONSUMER);
     s_done(&ctx);
+}
+
+/* The loop's connections together: once a send would take their unsent
+ * bytes past send_total_limit, a connection may hold only its share
+ * (the limit / connections open). The one that stopped reading is cut;
+ * the others, and a newcomer below its share, go on. On the memory loop:
+ * nothing is written until it runs, so the queues hold what is sent. */
+typedef struct {
+    unsigned closed;
+    router_close_reason_t reason;
+    size_t out;
+} s_share_t;
+
+static void s_share_output(router_conn_t *c, const uint8_t *d, size_t n, void *ud)
+{
+    (void) c;
+    (void) d;
+    ((s_share_t *) ud)->out += n;
+}
+
+static void s_share_data(router_conn_t *c, uint8_t *d, size_t n, void *ud)
+{
+    (void) c;
+    (void) d;
+    (void) n;
+    (void) ud;
+}
+
+static void s_share_close(router_conn_t *c, router_close_reason_t r, void *ud)
+{
+    (void) c;
+    s_share_t *s = ud;
+    s->closed++;
+    s->reason = r;
+}
+
+static void test_unsent_total_share(void **state)
+{
+    (void) state;
+    const size_t k = 1024;
+    router_loop_t *loop = router_loop_new(&(router_loop_opts_t){
+        .backend = ROUTER_LOOP_MEMORY, .send_limit = 1024 * k, .send_total_limit = 1024 * k});
+    assert_non_null(loop);
+    s_share_t peer = {0}, side[3] = {{0}};
+    const router_mem_peer_t mp = {.on_output = s_share_output};
+    assert_int_equal(router_mem_peer_set(loop, &mp, &peer, 0), 0);
+    const router_conn_handlers_t h = {.on_data = s_share_data, .on_close = s_share_close};
+    router_conn_t *c[3];
+    for (int i = 0; i < 3; i++) {
+        c[i] = router_mem_conn_new(loop);
+        assert_non_null(c[i]);
+        router_conn_set_handlers(c[i], &h, &side[i]);
+    }
+    uint8_t *big = calloc(1, 600 * k);
+    assert_non_null(big);
+    assert_int_equal(router_conn_send(c[0], big, 600 * k), 0);
+    assert_int_equal(router_conn_send(c[1], big, 300 * k), 0);
+    /* 1,100 KiB would pass the 1 MiB: c[0]'s share is a third of it. */
+    errno = 0;
+    assert_int_equal(router_conn_send(c[0], big, 200 * k), -1);
+    assert_int_equal(errno, ENOBUFS);
+    router_loop_stats_t st;
+    router_loop_stats(loop, &st);
+    assert_int_equal(st.slow_consumer_cuts, 1);
+    assert_int_equal(st.unsent_total_cuts, 1);
+    assert_int_equal(st.unsent_total, 900 * k); /* c[0]'s bytes go when it is freed */
+    /* Still past the bound, but c[2] holds less than its half. */
+    assert_int_equal(router_conn_send(c[2], big, 200 * k), 0);
+    /* Below the bound each connection has its own limit again. */
+    (void) router_mem_run(loop, 0);
+    router_loop_stats(loop, &st);
+    assert_int_equal(st.unsent_total, 0);
+    assert_int_equal(side[0].closed, 1);
+    assert_int_equal(side[0].reason, ROUTER_CLOSE_SLOW_CONSUMER);
+    assert_int_equal(side[1].closed + side[2].closed, 0);
+    assert_int_equal(peer.out, 500 * k);
+    assert_int_equal(router_conn_send(c[1], big, 600 * k), 0);
+    assert_int_equal(router_conn_send(c[2], big, 400 * k), 0);
+    router_loop_stats(loop, &st);
+    assert_int_equal(st.unsent_total_cuts, 1);
+    free(big);
+    router_loop_destroy(&loop);
+    assert_int_equal(side[1].closed + side[2].closed, 2);
 }
 
 /* ------------------------------------------------------------ connection limits */
@@ -2458,6 +2542,7 @@ int main(void)
         BOTH(test_turns_between_connections),
         BOTH(test_answer_before_parked_turn),
         BOTH(test_send_limit_exact),
+        cmocka_unit_test(test_unsent_total_share),
         BOTH(test_connection_limits),
         BOTH(test_connect_tcp),
         BOTH(test_connect_uds),

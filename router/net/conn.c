@@ -128,6 +128,8 @@ static bool s_release(router_conn_t *c, bool force)
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
+    loop->wq_total -= c->wq_bytes;
+    c->wq_bytes = 0;
     for (router_wq_block_t *b = c->wq_head, *next; b; b = next) {
         next = b->next;
         free(b);
@@ -152,6 +154,7 @@ static int s_wq_append(router_conn_t *c, const uint8_t *data, size_t len)
             memcpy(b->data + b->tail, data, k);
             b->tail += k;
             c->wq_bytes += k;
+            c->loop->wq_total += k;
             data += k;
             len -= k;
             continue;
@@ -197,6 +200,7 @@ static void s_wq_consume(router_conn_t *c, size_t n)
         size_t k = b->tail - b->head < n ? b->tail - b->head : n;
         b->head += k;
         c->wq_bytes -= k;
+        c->loop->wq_total -= k;
         n -= k;
         if (b->head == b->tail) {
             c->wq_head = b->next;
@@ -205,6 +209,14 @@ static void s_wq_consume(router_conn_t *c, size_t n)
             free(b);
         }
     }
+}
+
+/* Whether queueing `more` bytes would take the loop's connections
+ * together past opts.send_total_limit. */
+static bool s_total_short(const router_loop_t *loop, size_t more)
+{
+    size_t cap = loop->opts.send_total_limit;
+    return loop->wq_total > cap || more > cap - loop->wq_total;
 }
 
 int router_conn_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt)
@@ -227,13 +239,26 @@ int router_conn_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt)
     }
     if (total == 0)
         return 0;
-    if (total > c->send_limit || c->wq_bytes > c->send_limit - total) {
+    size_t limit = c->send_limit;
+    if (s_total_short(c->loop, total)) {
+        /* All connections together are at their bound: each may hold its
+         * share of it, so the ones that stopped reading give way and the
+         * ones that keep up go on. */
+        unsigned open = c->loop->stats.conns_open ? c->loop->stats.conns_open : 1;
+        size_t share = c->loop->opts.send_total_limit / open;
+        limit = share < limit ? share : limit;
+    }
+    if (total > limit || c->wq_bytes > limit - total) {
         char peer[ROUTER_ADDR_STR_MAX] = "?";
         (void) router_addr_format(&c->peer, peer, sizeof peer);
         c->loop->stats.slow_consumer_cuts++;
+        if (limit < c->send_limit)
+            c->loop->stats.unsent_total_cuts++;
         ROUTER_LOG(ROUTER_LOG_WARN, "conn",
-                   "conn %llu (%s) cut as a slow consumer: %zu bytes unsent, %zu more, limit %zu",
-                   (unsigned long long) c->id, peer, c->wq_bytes, total, c->send_limit);
+                   "conn %llu (%s) cut as a slow consumer: %zu bytes unsent, %zu more, limit %zu%s",
+                   (unsigned long long) c->id, peer, c->wq_bytes, total, limit,
+                   limit < c->send_limit ? " (its share: all connections hold "
+                                           "send_total_limit unsent)" : "");
         router_conn_kill(c, ROUTER_CLOSE_SLOW_CONSUMER, ENOBUFS);
         errno = ENOBUFS;
         return -1;

@@ -86,6 +86,11 @@ router_conn_t *router_loop_adopt(router_loop_t *loop, int fd, const router_conn_
  * the loop next runs. If the unsent bytes would exceed the connection's
  * limit, nothing is queued and the connection is cut (on_close with
  * ROUTER_CLOSE_SLOW_CONSUMER, counted): returns -1 with errno ENOBUFS.
+ * The loop's connections together hold at most about twice the loop's
+ * send_total_limit: once len would take them past it, a connection's
+ * limit is its share (send_total_limit / connections open), so one that
+ * stopped reading is cut and one that keeps up goes on (counted in
+ * unsent_total_cuts too).
  * Returns -1 with EPIPE on a connection that is closing or closed. */
 int router_conn_send(router_conn_t *conn, const void *data, size_t len);
 

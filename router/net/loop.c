@@ -539,6 +539,8 @@ static int s_opts_resolve(const router_loop_opts_t *in, router_loop_opts_t *o)
         o->max_conns = ROUTER_LOOP_MAX_CONNS;
     if (!o->send_limit)
         o->send_limit = ROUTER_CONN_SEND_LIMIT;
+    if (!o->send_total_limit)
+        o->send_total_limit = ROUTER_LOOP_SEND_TOTAL_LIMIT;
     if (!o->close_timeout_ms)
         o->close_timeout_ms = ROUTER_LOOP_CLOSE_TIMEOUT_MS;
     if (!o->recv_buf_size)
@@ -784,5 +786,6 @@ void router_loop_stats(const router_loop_t *loop, router_loop_stats_t *out)
     if (!loop || !out)
         return;
     *out = loop->stats;
+    out->unsent_total = loop->wq_total;
     out->posts_refused = atomic_load_explicit(&loop->posts_refused, memory_order_relaxed);
 }

@@ -42,12 +42,14 @@ typedef enum router_loop_backend {
 #define ROUTER_LOOP_RECV_BUF_COUNT 256u
 #define ROUTER_LOOP_MAX_TIMERS (256u * 1024u)
 #define ROUTER_LOOP_POST_CAPACITY 4096u
+#define ROUTER_LOOP_SEND_TOTAL_LIMIT ((size_t) 1 << 30)
 
 /* Loop options; zero-initialise and set what you need. */
 typedef struct router_loop_opts {
     router_loop_backend_t backend; /* AUTO: env KITH_LOOP_BACKEND=uring|epoll decides */
     unsigned max_conns;        /* open connections (accepted + outbound) */
     size_t send_limit;         /* per-connection unsent bytes (ROUTER_CONN_SEND_LIMIT) */
+    size_t send_total_limit;   /* unsent bytes of all connections together (1 GiB; conn.h) */
     unsigned close_timeout_ms; /* bound on a graceful close */
     unsigned recv_buf_size;    /* most bytes one on_data call delivers */
     unsigned recv_buf_count;   /* io_uring provided buffers (power of two, ≤ 32768) */
@@ -130,6 +132,9 @@ typedef struct router_loop_stats {
     uint64_t bytes_in;         /* bytes received on connections */
     uint64_t bytes_out;        /* bytes written to connections */
     uint64_t slow_consumer_cuts; /* connections cut for exceeding the send limit */
+    uint64_t unsent_total_cuts;  /* ...of which for holding more than their share of the
+                                  * loop's send_total_limit when it ran short */
+    size_t unsent_total;         /* bytes queued unsent on all connections now */
     uint64_t close_timeouts;   /* graceful closes that hit the timeout */
     uint64_t deadline_cuts;    /* connections aborted at their deadline */
     uint64_t fds_lost;         /* ...of which had lost their fd to a close elsewhere */

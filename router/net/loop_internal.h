@@ -279,6 +279,7 @@ struct router_loop {
     const router_loop_owner_ops_t *listener_ops; /* listen.c's, once a listener exists */
     uint64_t iter;                   /* loop iterations so far: the turn clock */
     size_t park_total;               /* bytes parked on all connections */
+    size_t wq_total;                 /* bytes queued unsent on all connections */
     router_listener_t *listeners;    /* open listeners */
     router_listener_t *dead_listeners; /* closed, awaiting the backend or their conns */
     router_watch_t *watches;         /* live watches */

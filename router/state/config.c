@@ -260,6 +260,7 @@ static const s_key_t s_audit_keys[] = {
 static const s_key_t s_limits_keys[] = {
     S_U("envelope_frame_max", limits.envelope_frame_max, 1, 1048576),
     S_U("conn_unsent_max", limits.conn_unsent_max, 1024, 1073741824),
+    S_U("conn_unsent_total_max", limits.conn_unsent_total_max, 1048576, 1ull << 44),
     S_U("comms_connections_max", limits.comms_connections_max, 1, 1048576),
     S_U("comms_unauth_connections_max", limits.comms_unauth_connections_max, 1, 1048576),
     S_U("comms_unauth_per_source_max", limits.comms_unauth_per_source_max, 1, 1048576),
@@ -345,6 +346,7 @@ void router_config_defaults(router_config_t *cfg)
 
     cfg->limits.envelope_frame_max = 1024 * 1024;
     cfg->limits.conn_unsent_max = 4 * 1024 * 1024;
+    cfg->limits.conn_unsent_total_max = (size_t) 1 << 30;
     cfg->limits.comms_connections_max = 10000;
     cfg->limits.comms_unauth_connections_max = 2500;
     cfg->limits.comms_unauth_per_source_max = 32;

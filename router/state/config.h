@@ -114,6 +114,7 @@ typedef struct {
     struct {
         size_t envelope_frame_max;                         /* one envelope frame: 1 MiB, 1..1 MiB */
         size_t conn_unsent_max;                            /* a connection's unsent bytes: 4 MiB */
+        size_t conn_unsent_total_max;                      /* all connections' unsent bytes: 1 GiB (WIRE §9.2) */
         uint32_t comms_connections_max;                    /* open comms connections: 10,000 */
         uint32_t comms_unauth_connections_max;             /* ...of them not yet authenticated: 2,500 */
         uint32_t comms_unauth_per_source_max;              /* ...from one source address: 32 */
