@@ -13,6 +13,7 @@
 
 #include <sodium.h>
 
+#include "alloc_fail.h"
 #include "proto/cbor_canon.h"
 #include "proto/envelope.h"
 
@@ -827,6 +828,145 @@ static void test_reason_names(void **state)
     assert_string_equal(proto_wire_reason_str(PROTO_WIRE_UNTRUSTED_SENDER), "untrusted_sender");
 }
 
+/* A request whose params is a map of 20 keys (past the canonical encoder's
+ * on-stack order table) holding a nested map, so every allocation kith
+ * makes for an envelope is on the way. */
+static cbor_item_t *s_wide_kind(void)
+{
+    cbor_item_t *params = cbor_new_definite_map(20);
+    assert_non_null(params);
+    for (int i = 0; i < 20; i++) {
+        char key[8];
+        snprintf(key, sizeof key, "k%02d", 19 - i);
+        cbor_item_t *v = i == 0 ? s_params() : cbor_build_uint8((uint8_t) i);
+        assert_true(cbor_map_add(params, (struct cbor_pair){cbor_move(s_str(key)), cbor_move(v)}));
+    }
+    return proto_kind_request("wide", 4, &params, NULL, PROTO_HANDLING_STEER);
+}
+
+/* Decoding (both paths), making and encoding with each of kith's
+ * allocations failing in turn: NO_MEMORY (wire reason `internal`, not the
+ * sender's fault), no envelope, nothing leaked (LSan); then success. */
+static void test_no_memory(void **state)
+{
+    (void) state;
+    proto_envelope_t *env = s_signed(s_wide_kind());
+    uint8_t *frame = NULL;
+    size_t len = 0;
+    assert_int_equal(proto_envelope_encode(env, &frame, &len), 0);
+    for (int general = 0; general < 2; general++) {
+        long i = 0;
+        for (; i < ALLOC_FAIL_RUNS_MAX; i++) {
+            proto_envelope_t *copy = (proto_envelope_t *) 1;
+            proto_envelope_reason_t why = PROTO_ENV_OK;
+            alloc_fail_arm(i);
+            int rc = general ? proto_envelope_decode_general(frame, len, &copy, &why)
+                             : proto_envelope_decode(frame, len, &copy, &why);
+            unsigned failed = alloc_fail_disarm();
+            if (rc == 0) {
+                assert_int_equal(failed, 0);
+                assert_int_equal(proto_envelope_verify(copy, &why), 0);
+                proto_envelope_destroy(&copy);
+                break;
+            }
+            assert_int_equal(why, PROTO_ENV_NO_MEMORY);
+            assert_int_equal(proto_envelope_reason_wire(why), PROTO_WIRE_INTERNAL);
+            assert_null(copy);
+        }
+        assert_true(i >= 3 && i < ALLOC_FAIL_RUNS_MAX); /* scratch, order, signable, env at least */
+    }
+    long i = 0;
+    for (; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        cbor_item_t *kind = s_wide_kind();
+        proto_envelope_reason_t why = PROTO_ENV_OK;
+        alloc_fail_arm(i);
+        proto_envelope_t *made = proto_envelope_new(s_id, s_alice_pk, s_bob_pk, &kind, &why);
+        unsigned failed = alloc_fail_disarm();
+        assert_null(kind); /* taken, also on failure */
+        if (made) {
+            assert_int_equal(failed, 0);
+            proto_envelope_destroy(&made);
+            break;
+        }
+        assert_int_equal(why, PROTO_ENV_NO_MEMORY);
+    }
+    assert_true(i >= 3 && i < ALLOC_FAIL_RUNS_MAX);
+    uint8_t *again = (uint8_t *) 1;
+    size_t alen = 0;
+    alloc_fail_arm(0);
+    assert_int_equal(proto_envelope_encode_frame(env, &again, &alen), -1);
+    alloc_fail_disarm();
+    free(frame);
+    proto_envelope_destroy(&env);
+}
+
+/* A builder missing a required value makes nothing and releases what it
+ * was given (LSan). */
+static void test_builders_take_on_failure(void **state)
+{
+    (void) state;
+    cbor_item_t *blocks = cbor_new_definite_array(0);
+    assert_null(proto_kind_request("x", 1, NULL, &blocks, PROTO_HANDLING_QUEUE));
+    assert_null(blocks);
+    assert_null(proto_kind_lifecycle("mob.peer_added", 14, NULL));
+    cbor_item_t *result = cbor_build_uint8(1);
+    assert_null(proto_kind_response(s_id, PROTO_STATUS_NONE, &result));
+    assert_null(result);
+    /* A NULL text is the empty text. */
+    cbor_item_t *kind = proto_kind_message(NULL, 5, NULL, PROTO_HANDLING_NONE);
+    proto_envelope_t *env = s_signed(kind);
+    const char *body = NULL;
+    size_t body_len = 9;
+    assert_int_equal(proto_envelope_text(env, "body", &body, &body_len), 0);
+    assert_int_equal(body_len, 0);
+    assert_int_equal(proto_envelope_text(env, "nothing", &body, &body_len), -1);
+    proto_envelope_destroy(&env);
+}
+
+/* Names and accessors for every kind, status and wire reason. */
+static void test_kind_names(void **state)
+{
+    (void) state;
+    static const struct {
+        proto_kind_t kind;
+        const char *name;
+        bool acked;
+    } kinds[] = {
+        {PROTO_KIND_MESSAGE, "message", true},     {PROTO_KIND_REQUEST, "request", true},
+        {PROTO_KIND_RESPONSE, "response", false},  {PROTO_KIND_ACK, "ack", false},
+        {PROTO_KIND_LIFECYCLE, "lifecycle", true}, {PROTO_KIND_FENCED_MESSAGE, "incarnation_fenced_message", true},
+    };
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        assert_string_equal(proto_kind_str(kinds[i].kind), kinds[i].name);
+        assert_int_equal(proto_kind_acked(kinds[i].kind), kinds[i].acked);
+    }
+    assert_string_equal(proto_kind_str((proto_kind_t) 99), "unknown");
+    assert_null(proto_handling_str(PROTO_HANDLING_NONE));
+    assert_null(proto_status_str(PROTO_STATUS_NONE));
+    assert_string_equal(proto_status_str(PROTO_STATUS_COMPLETED), "completed");
+    assert_string_equal(proto_envelope_reason_str((proto_envelope_reason_t) 99), "unknown");
+    for (int a = PROTO_WIRE_OK; a <= PROTO_WIRE_INTERNAL; a++) {
+        assert_string_not_equal(proto_wire_reason_str((proto_wire_reason_t) a), "unknown");
+        for (int b = PROTO_WIRE_OK; b < a; b++)
+            assert_string_not_equal(proto_wire_reason_str((proto_wire_reason_t) a),
+                                    proto_wire_reason_str((proto_wire_reason_t) b));
+    }
+    assert_string_equal(proto_wire_reason_str((proto_wire_reason_t) 99), "unknown");
+
+    /* An ack has no handling mode and no status; a response's status. */
+    proto_envelope_t *ack = s_signed(proto_kind_ack(s_id));
+    proto_envelope_reason_t why;
+    assert_int_equal(proto_envelope_handling(ack), PROTO_HANDLING_NONE);
+    assert_int_equal(proto_envelope_status(ack), PROTO_STATUS_NONE);
+    assert_int_equal(proto_envelope_verify_prechecked(ack, &why), 0);
+    proto_envelope_destroy(&ack);
+    cbor_item_t *result = cbor_new_null();
+    proto_envelope_t *resp = s_signed(proto_kind_response(s_id, PROTO_STATUS_ACCEPTED, &result));
+    assert_int_equal(proto_envelope_status(resp), PROTO_STATUS_ACCEPTED);
+    assert_int_equal(proto_envelope_handling(resp), PROTO_HANDLING_NONE);
+    proto_envelope_destroy(&resp);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -852,6 +992,9 @@ int main(void)
         cmocka_unit_test(test_reject_when_building),
         cmocka_unit_test(test_reject_signature),
         cmocka_unit_test(test_reason_names),
+        cmocka_unit_test(test_no_memory),
+        cmocka_unit_test(test_builders_take_on_failure),
+        cmocka_unit_test(test_kind_names),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     s_arena_free();
