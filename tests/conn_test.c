@@ -678,8 +678,13 @@ static void test_unsent_total_share(void **state)
     assert_int_equal(st.slow_consumer_cuts, 1);
     assert_int_equal(st.unsent_total_cuts, 1);
     assert_int_equal(st.unsent_total, 900 * k); /* c[0]'s bytes go when it is freed */
-    /* Still past the bound, but c[2] holds less than its half. */
+    /* Still past the bound, but c[2] holds less than its half; the room
+     * the loop reports is exactly what it takes. */
+    assert_int_equal(router_conn_send_room(c[0]), 0);
+    assert_int_equal(router_conn_send_room(c[2]), 512 * k);
+    assert_int_equal(router_conn_send_room(c[1]), 212 * k); /* 512 of its share − 300 */
     assert_int_equal(router_conn_send(c[2], big, 200 * k), 0);
+    assert_int_equal(router_conn_send_room(c[2]), 312 * k);
     /* Below the bound each connection has its own limit again. */
     (void) router_mem_run(loop, 0);
     router_loop_stats(loop, &st);
@@ -688,10 +693,17 @@ static void test_unsent_total_share(void **state)
     assert_int_equal(side[0].reason, ROUTER_CLOSE_SLOW_CONSUMER);
     assert_int_equal(side[1].closed + side[2].closed, 0);
     assert_int_equal(peer.out, 500 * k);
+    assert_int_equal(router_conn_send_room(c[1]), 1024 * k);
     assert_int_equal(router_conn_send(c[1], big, 600 * k), 0);
+    assert_int_equal(router_conn_send_room(c[2]), 512 * k); /* its share: more than the total has left */
     assert_int_equal(router_conn_send(c[2], big, 400 * k), 0);
+    /* Past the bound now (c[1] 600, c[2] 400 of 1,024 and more asked):
+     * each holds its share's worth at most. */
+    assert_int_equal(router_conn_send_room(c[2]), 112 * k);
+    assert_int_equal(router_conn_send(c[2], big, 112 * k), 0);
+    assert_int_equal(router_conn_send(c[2], big, 1), -1);
     router_loop_stats(loop, &st);
-    assert_int_equal(st.unsent_total_cuts, 1);
+    assert_int_equal(st.unsent_total_cuts, 2);
     free(big);
     router_loop_destroy(&loop);
     assert_int_equal(side[1].closed + side[2].closed, 2);

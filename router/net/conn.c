@@ -219,6 +219,26 @@ static bool s_total_short(const router_loop_t *loop, size_t more)
     return loop->wq_total > cap || more > cap - loop->wq_total;
 }
 
+size_t router_conn_send_room(const router_conn_t *c)
+{
+    if (!c || c->state == ROUTER_CONN_DEAD || c->state == ROUTER_CONN_CLOSING ||
+        c->close_when_open || c->wq_bytes >= c->send_limit)
+        return 0;
+    size_t own = c->send_limit - c->wq_bytes;
+    const router_loop_t *loop = c->loop;
+    size_t cap = loop->opts.send_total_limit;
+    size_t below_cap = loop->wq_total < cap ? cap - loop->wq_total : 0;
+    if (below_cap >= own)
+        return own;
+    /* Past what the total has room for, a send is queued only within the
+     * connection's share. */
+    unsigned open = loop->stats.conns_open ? loop->stats.conns_open : 1;
+    size_t share = cap / open;
+    size_t in_share = share > c->wq_bytes ? share - c->wq_bytes : 0;
+    size_t room = below_cap > in_share ? below_cap : in_share;
+    return room < own ? room : own;
+}
+
 int router_conn_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt)
 {
     if (!c || (iovcnt > 0 && !iov) || iovcnt < 0) {

@@ -94,6 +94,13 @@ router_conn_t *router_loop_adopt(router_loop_t *loop, int fd, const router_conn_
  * Returns -1 with EPIPE on a connection that is closing or closed. */
 int router_conn_send(router_conn_t *conn, const void *data, size_t len);
 
+/* How many bytes router_conn_send would queue now without cutting the
+ * connection: what its own limit leaves, or, when all connections together
+ * are near the loop's send_total_limit, what its share leaves. 0 on a
+ * connection that is closing or closed. For protocols that end a
+ * connection politely (a WebSocket Close) before the loop would cut it. */
+size_t router_conn_send_room(const router_conn_t *conn);
+
 /* As router_conn_send for several pieces (a frame header and its body, say):
  * all are queued or none. */
 int router_conn_sendv(router_conn_t *conn, const struct iovec *iov, int iovcnt);
