@@ -13,6 +13,7 @@
 #include <sodium.h>
 #include <yajl/yajl_tree.h>
 
+#include "alloc_fail.h"
 #include "proto/cbor_canon.h"
 #include "proto/utf8.h"
 
@@ -371,6 +372,92 @@ static void test_utf8(void **state)
             fail_msg("utf8 case %zu", i);
 }
 
+/* Keys of different major types: kith sorts length-first (RFC 7049 §3.9,
+ * DESIGN §8), so "a" (61 61) comes before 1000 (19 03e8), where RFC 8949
+ * §4.2.1's plain bytewise order would put 1000 first. Envelopes and worker
+ * bodies only have text keys, for which the two orders agree (WIRE §4). */
+static void test_key_order_mixed_types(void **state)
+{
+    (void) state;
+    s_expect_canon("a21903e8016161" "02", "a26161021903e801");
+    s_expect_canon("a2626262016161" "02", "a2616102626262" "01");
+    /* Same length: bytewise, so 10 (0a) before -1 (20) before "a". */
+    s_expect_canon("a3616101200a0a0b", "a30a0b200a616101");
+}
+
+/* A built item may hold what no input can: simple(24..31) has no
+ * well-formed encoding (RFC 8949 §3.3), so the encoder refuses it; and
+ * every reason has its own name. */
+static void test_built_items_and_names(void **state)
+{
+    (void) state;
+    cbor_item_t *ctrl = cbor_build_ctrl(24);
+    uint8_t *out = NULL;
+    size_t len = 0;
+    proto_cbor_reason_t why = PROTO_CBOR_OK;
+    assert_int_equal(proto_cbor_canon_bytes(ctrl, 4, 64, &out, &len, &why), -1);
+    assert_int_equal(why, PROTO_CBOR_ILL_FORMED);
+    assert_null(out);
+    cbor_decref(&ctrl);
+    ctrl = cbor_build_ctrl(32);
+    assert_int_equal(proto_cbor_canon_bytes(ctrl, 4, 64, &out, &len, &why), 0);
+    assert_int_equal(len, 2);
+    assert_int_equal(out[0], 0xf8);
+    assert_int_equal(out[1], 32);
+    free(out);
+    cbor_decref(&ctrl);
+    /* A fixed buffer is never handed out (it is the caller's). */
+    uint8_t mem[8];
+    proto_cbor_buf_t b;
+    proto_cbor_buf_init_fixed(&b, mem, sizeof mem);
+    proto_cbor_put_head(&b, 0, 1);
+    assert_null(proto_cbor_buf_take(&b, &len));
+    for (int a = PROTO_CBOR_OK; a <= PROTO_CBOR_NO_MEMORY; a++) {
+        assert_string_not_equal(proto_cbor_reason_str((proto_cbor_reason_t) a), "unknown");
+        for (int c = PROTO_CBOR_OK; c < a; c++)
+            assert_string_not_equal(proto_cbor_reason_str((proto_cbor_reason_t) a),
+                                    proto_cbor_reason_str((proto_cbor_reason_t) c));
+    }
+    assert_string_equal(proto_cbor_reason_str((proto_cbor_reason_t) 99), "unknown");
+}
+
+/* The canonical encoder with each of its allocations failing in turn (the
+ * output growing, a map's scratch buffer and its order table past 16
+ * pairs): NO_MEMORY, no output, nothing leaked (LSan); then the bytes. */
+static void test_encode_no_memory(void **state)
+{
+    (void) state;
+    cbor_item_t *map = cbor_new_definite_map(20);
+    assert_non_null(map);
+    for (int i = 0; i < 20; i++) {
+        char key[4] = {'k', (char) ('a' + 19 - i), 0, 0};
+        cbor_item_t *v = cbor_new_definite_map(1);
+        assert_true(cbor_map_add(v, (struct cbor_pair){cbor_move(cbor_build_string("x")),
+                                                       cbor_move(cbor_build_uint8((uint8_t) i))}));
+        assert_true(cbor_map_add(map, (struct cbor_pair){cbor_move(cbor_build_string(key)), cbor_move(v)}));
+    }
+    long i = 0;
+    for (; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        uint8_t *out = (uint8_t *) 1;
+        size_t len = 0;
+        proto_cbor_reason_t why = PROTO_CBOR_OK;
+        alloc_fail_arm(i);
+        int rc = proto_cbor_canon_bytes(map, 8, 1u << 16, &out, &len, &why);
+        unsigned failed = alloc_fail_disarm();
+        if (rc == 0) {
+            assert_int_equal(failed, 0);
+            assert_int_equal(out[0], 0xb4);
+            assert_int_equal(out[1], 0x62); /* "ka" first */
+            assert_int_equal(out[3], 'a');
+            free(out);
+            break;
+        }
+        assert_int_equal(why, PROTO_CBOR_NO_MEMORY);
+    }
+    assert_true(i >= 3 && i < ALLOC_FAIL_RUNS_MAX);
+    cbor_decref(&map);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -387,6 +474,9 @@ int main(void)
         cmocka_unit_test(test_check_depth),
         cmocka_unit_test(test_check_item_count),
         cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_key_order_mixed_types),
+        cmocka_unit_test(test_built_items_and_names),
+        cmocka_unit_test(test_encode_no_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
