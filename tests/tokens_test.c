@@ -977,6 +977,81 @@ static void test_idem_settle(void **state)
     router_tokens_destroy(&t);
 }
 
+/* A damaged state.db: idempotency rows whose status is no HTTP status, or
+ * whose expiry is further than any key is kept, or whose key has no
+ * scope. None is replayed as it stands: the bad status would be an invalid
+ * answer to every retry (a 500 from the server instead), the far expiry
+ * would hold the key for ever; the good row beside them still loads. A
+ * key settled from the inbox's rows has its status checked the same way. */
+static void test_idem_damaged_rows(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    router_tokens_stop(t);
+    router_tokens_destroy(&t);
+    uint64_t now = router_clock_wall_ms();
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(s_db, &db), SQLITE_OK);
+    static const struct {
+        const char *key;
+        int status;
+        uint64_t ahead_ms;
+    } rows[] = {
+        {"openclaw:zero", 0, 60000},
+        {"openclaw:huge", 999, 60000},
+        {"openclaw:negative", -1, 60000},
+        {"openclaw:forever", 200, 1000 * ROUTER_TOKENS_IDEM_TTL_MS},
+        {"noscope", 200, 60000},
+        {"openclaw:good", 200, 60000},
+    };
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO gateway_idempotency VALUES(?,?,?,?)", -1,
+                                        &st, NULL), SQLITE_OK);
+    for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 1, rows[i].key, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 2, rows[i].status);
+        sqlite3_bind_text(st, 3, "ok", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64) (now + rows[i].ahead_ms));
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    int status = -5;
+    const char *body = NULL;
+    const char *refused[] = {"zero", "huge", "negative"};
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(router_tokens_idem_begin(t, "openclaw", refused[i], strlen(refused[i]),
+                                                  now, &status, &body), ROUTER_IDEM_NEW);
+        router_tokens_idem_release(t, "openclaw", refused[i], strlen(refused[i]));
+    }
+    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "good", 4, now, &status, &body),
+                     ROUTER_IDEM_DONE);
+    assert_int_equal(status, 200);
+    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "forever", 7, now, &status, &body),
+                     ROUTER_IDEM_DONE);
+    /* Held at most a key's lifetime from the load, not a thousand. */
+    uint64_t later = router_clock_wall_ms() + ROUTER_TOKENS_IDEM_TTL_MS + 1;
+    assert_int_equal(router_tokens_idem_begin(t, "openclaw", "forever", 7, later, &status, &body),
+                     ROUTER_IDEM_NEW);
+    router_tokens_idem_release(t, "openclaw", "forever", 7);
+    /* Settled from elsewhere (the inbox's rows): the same checks. */
+    errno = 0;
+    assert_int_equal(router_tokens_idem_settle(t, "webhook", "w0", 2, 0, "{}", now + 1000), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_tokens_idem_begin(t, "webhook", "w0", 2, now, &status, &body),
+                     ROUTER_IDEM_NEW);
+    router_tokens_idem_release(t, "webhook", "w0", 2);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
 /* ---------------------------------------------------------------- out of memory */
 
 /* Each kind of write with its allocation failing: -1 with EAGAIN (what the
@@ -1128,6 +1203,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_failures_say_why, s_setup, s_teardown),
         cmocka_unit_test(test_tables_are_bounded),
         cmocka_unit_test(test_idem_settle),
+        cmocka_unit_test_setup_teardown(test_idem_damaged_rows, s_setup, s_teardown),
         cmocka_unit_test(test_idem_table_reclaims),
         cmocka_unit_test(test_idem_evicts_oldest),
         cmocka_unit_test_setup_teardown(test_idem_rows_bounded, s_setup, s_teardown),

@@ -468,6 +468,24 @@ static s_job_t *s_job_new(s_job_kind_t kind, router_tokens_done_fn *done, void *
 
 /* ---------------------------------------------------------------- loading */
 
+/* A remembered answer's status: an HTTP one a client can be given again.
+ * A stored row with another (a damaged state.db) is not loaded: replaying
+ * it would be an invalid answer, every retry for as long as it lasted. */
+static bool s_idem_status_ok(int status)
+{
+    return status >= 200 && status <= 599;
+}
+
+/* A stored expiry, at most a key's lifetime from now: a damaged row (or a
+ * clock set back since it was written) must not hold a key for longer than
+ * any key is kept. */
+static uint64_t s_idem_expiry_cap(uint64_t expires_ms, uint64_t now_ms)
+{
+    return expires_ms > now_ms && expires_ms - now_ms > ROUTER_TOKENS_IDEM_TTL_MS
+               ? now_ms + ROUTER_TOKENS_IDEM_TTL_MS
+               : expires_ms;
+}
+
 static int s_load(router_tokens_t *self, char *err, size_t errcap)
 {
     sqlite3_stmt *st = NULL;
@@ -521,11 +539,12 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
     while (self->idem_nfree && (step = sqlite3_step(st)) == SQLITE_ROW) {
         const char *k = (const char *) sqlite3_column_text(st, 0);
         const char *b = (const char *) sqlite3_column_text(st, 2);
+        int status = sqlite3_column_int(st, 1);
         if (!k || !b || strlen(k) >= S_IDEM_FULLKEY_MAX || strlen(b) >= ROUTER_TOKENS_IDEM_BODY_MAX ||
-            !strchr(k, ':'))
+            !strchr(k, ':') || !s_idem_status_ok(status))
             continue;
-        (void) s_idem_put(self, k, sqlite3_column_int(st, 1), b,
-                          (uint64_t) sqlite3_column_int64(st, 3), now);
+        (void) s_idem_put(self, k, status, b,
+                          s_idem_expiry_cap((uint64_t) sqlite3_column_int64(st, 3), now), now);
     }
     if (step != SQLITE_ROW && step != SQLITE_DONE)
         goto fail;
@@ -1186,7 +1205,8 @@ int router_tokens_idem_settle(router_tokens_t *self, const char *scope, const ch
                               size_t key_len, int status, const char *body, uint64_t expires_ms)
 {
     char full[S_IDEM_FULLKEY_MAX];
-    if (s_idem_key(full, scope, key, key_len) != 0 || strlen(body) >= ROUTER_TOKENS_IDEM_BODY_MAX) {
+    if (s_idem_key(full, scope, key, key_len) != 0 || strlen(body) >= ROUTER_TOKENS_IDEM_BODY_MAX ||
+        !s_idem_status_ok(status)) {
         errno = EINVAL;
         return -1;
     }

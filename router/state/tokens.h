@@ -189,7 +189,8 @@ int router_tokens_idem_finish(router_tokens_t *self, const char *scope, const ch
  * inbox writes webhook keys in the transaction of their entries, WIRE
  * §17.4): a reserved key becomes DONE, an unknown one is added (as when
  * loading those rows at start). Returns 0, or -1 with errno EINVAL (out of
- * bounds) or ENOSPC (every slot holds a live key). */
+ * bounds, or a status outside 200..599) or ENOSPC (every slot holds a live
+ * key). */
 int router_tokens_idem_settle(router_tokens_t *self, const char *scope, const char *key,
                               size_t key_len, int status, const char *body, uint64_t expires_ms)
     __attribute__((warn_unused_result));
