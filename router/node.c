@@ -948,7 +948,13 @@ fail:
 
 int router_node_run(router_node_t *self)
 {
+    /* running first: a stop from another thread either sees it (and
+     * begins the drain on the loop) or is seen here. */
     atomic_store(&self->running, true);
+    if (atomic_load(&self->stopped)) {
+        atomic_store(&self->running, false);
+        return 0; /* stopped before it ran: nothing would end the loop */
+    }
     int rc = router_loop_run(self->loop);
     atomic_store(&self->running, false);
     return rc < 0 ? -1 : 0;
@@ -1003,6 +1009,17 @@ static void *s_thread_main(void *arg)
 
 int router_node_start(router_node_t *self)
 {
+    /* Once: a second thread on the same loop, or a loop started after its
+     * stop (nothing would end it, and destroy would wait for ever), is
+     * refused. */
+    if (self->threaded || atomic_load(&self->running)) {
+        errno = EALREADY;
+        return -1;
+    }
+    if (atomic_load(&self->stopped)) {
+        errno = ECANCELED;
+        return -1;
+    }
     atomic_store(&self->running, true);
     pthread_mutex_init(&self->life_mu, NULL);
     pthread_cond_init(&self->life_cv, NULL);
@@ -1028,6 +1045,10 @@ void router_node_stop(router_node_t *self)
         while (!self->loop_done)
             pthread_cond_wait(&self->life_cv, &self->life_mu);
         pthread_mutex_unlock(&self->life_mu);
+    } else if (atomic_load(&self->running)) {
+        /* router_node_run on some thread, maybe this one: begin the drain
+         * there; its router_node_run returns when it is done. */
+        (void) router_loop_post_wait(self->loop, s_begin_stop, self, 1000);
     }
 }
 
@@ -1329,8 +1350,15 @@ int router_node_call(router_node_t *self, router_node_call_fn *fn, void *arg)
         errno = ECANCELED;
         return -1;
     }
-    if (!atomic_load(&self->running))
+    if (!atomic_load(&self->running)) {
+        /* Its thread's loop has ended (a stop begun on the loop): that
+         * thread owns the loop still, so nothing may run here. */
+        if (self->threaded) {
+            errno = ECANCELED;
+            return -1;
+        }
         return fn(self, arg); /* not started: no loop thread to hand it to */
+    }
     s_call_t c = {.node = self, .fn = fn, .arg = arg};
     pthread_mutex_init(&c.mu, NULL);
     pthread_cond_init(&c.cv, NULL);

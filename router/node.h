@@ -66,7 +66,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
  * failed. */
 int router_node_run(router_node_t *self);
 
-/* Runs the node on a thread of its own. Returns 0 or -1 (errno). */
+/* Runs the node on a thread of its own, once. Returns 0 or -1 (errno:
+ * EALREADY when it runs already, ECANCELED when it was stopped). */
 int router_node_start(router_node_t *self) __attribute__((warn_unused_result));
 
 /* Graceful stop from any thread: stop accepting and reading, send the acks

@@ -472,6 +472,98 @@ static void test_not_running(void **state)
     router_inproc_destroy(&net);
 }
 
+/* A node whose loop ended by a stop begun on it (router_node_stop_async,
+ * as POST /admin/shutdown does) but that is not destroyed yet: a call
+ * from another thread is refused (ECANCELED), never run on the caller's
+ * thread against a loop that another thread owns (it was: "not running"
+ * looked like "not started"). */
+static void test_calls_after_the_loop_ended(void **state)
+{
+    s_net_t *t = *state;
+    router_node_t *a = t->node[0];
+    router_node_stop_async(a);
+    router_node_receipt_t r;
+    /* The loop has ended once a send says the node is not running. */
+    for (int i = 0;; i++) {
+        assert_true(i < 1000);
+        (void) router_node_send_message(a, "b", "anyone?", &r);
+        if (strstr(r.detail, "not running"))
+            break;
+        struct timespec ms10 = {0, 10 * 1000 * 1000};
+        nanosleep(&ms10, NULL);
+    }
+    s_call_count_t c = {.caller = pthread_self()};
+    errno = 0;
+    assert_int_equal(router_node_call(a, s_call_count, &c), -1);
+    assert_int_equal(errno, ECANCELED);
+    assert_int_equal(c.calls, 0);
+    char err[256];
+    assert_int_equal(router_node_listen(a, "127.0.0.1:0", err, sizeof err), -1);
+    assert_string_equal(err, "the node is stopping");
+}
+
+/* A node is started once: starting it again, or after a stop, is refused
+ * (EALREADY, ECANCELED) instead of running a second loop thread, or a
+ * loop nobody would stop (destroy then waited for ever). */
+static void test_start_twice_or_after_stop(void **state)
+{
+    (void) state;
+    router_inproc_t *net = router_inproc_new();
+    router_node_t *a = s_node(net, "twice", 0x54);
+    assert_int_equal(router_node_start(a), 0);
+    errno = 0;
+    assert_int_equal(router_node_start(a), -1);
+    assert_int_equal(errno, EALREADY);
+    router_node_destroy(&a);
+    router_node_t *b = s_node(net, "stopped-first", 0x55);
+    router_node_stop(b);
+    errno = 0;
+    assert_int_equal(router_node_start(b), -1);
+    assert_int_equal(errno, ECANCELED);
+    assert_int_equal(router_node_run(b), 0); /* returns at once */
+    router_node_destroy(&b);
+    router_inproc_destroy(&net);
+}
+
+/* A node run on a thread of the caller's (router_node_run), then
+ * destroyed there, as the loop's owner must. */
+static void *s_run_main(void *arg)
+{
+    router_node_t *n = arg;
+    int rc = router_node_run(n);
+    router_node_destroy(&n);
+    return (void *) (intptr_t) rc;
+}
+
+/* router_node_stop from another thread ends a node that router_node_run
+ * runs, as the header says (it set a flag the loop never read). */
+static void test_stop_ends_run(void **state)
+{
+    (void) state;
+    router_inproc_t *net = router_inproc_new();
+    router_node_t *a = s_node(net, "runner", 0x56);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, s_run_main, a), 0);
+    /* It runs once a call runs on its loop, not here. */
+    s_call_count_t c = {.caller = pthread_self()};
+    for (int i = 0; c.calls == 0 || c.on_caller; i++) {
+        assert_true(i < 1000);
+        c.calls = 0;
+        assert_int_equal(router_node_call(a, s_call_count, &c), 0);
+        struct timespec ms10 = {0, 10 * 1000 * 1000};
+        if (c.on_caller)
+            nanosleep(&ms10, NULL);
+    }
+    router_node_stop(a);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 30;
+    void *rc = NULL;
+    assert_int_equal(pthread_timedjoin_np(th, &rc, &until), 0);
+    assert_int_equal((intptr_t) rc, 0);
+    router_inproc_destroy(&net);
+}
+
 /* Removes a test's home directory and what the node made in it. */
 static void s_rm_tree(const char *dir)
 {
@@ -935,6 +1027,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dns_name_dead_addresses_first, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_send_without_memory, s_setup, s_teardown),
         cmocka_unit_test(test_not_running),
+        cmocka_unit_test_setup_teardown(test_calls_after_the_loop_ended, s_setup, s_teardown),
+        cmocka_unit_test(test_start_twice_or_after_stop),
+        cmocka_unit_test(test_stop_ends_run),
         cmocka_unit_test(test_new_refusals),
         cmocka_unit_test(test_trust_reload),
         cmocka_unit_test(test_router_tools_through_comms),
