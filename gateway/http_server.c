@@ -612,7 +612,7 @@ static void s_on_head(gateway_http_conn_t *hc)
         s_on_upgrade(hc);
         return;
     }
-    char allow[128];
+    char allow[128], ws_allow[128];
     hc->route = gateway_http_route_find(g, p->method, p->path, false, allow, sizeof allow);
     if (!hc->route) {
         /* Answered without reading a body, so if one was sent the
@@ -620,16 +620,22 @@ static void s_on_head(gateway_http_conn_t *hc)
         bool body = p->chunked || (p->has_content_length && p->content_length > 0);
         gateway_http_res_t res;
         gateway_http_res_init(&res, hc, body || !p->keep_alive);
+        /* A WebSocket endpoint's path exists too: GET there is 426, any
+         * other method 405 with what it takes, never 404. */
+        bool ws = gateway_http_route_find(g, p->method, p->path, true, ws_allow,
+                                          sizeof ws_allow) != NULL;
         if (!s_method_known(p->method))
             (void) gateway_http_respond_error(&res, 501, "method_not_implemented",
                                               "the method is not one this server knows");
         else if (allow[0] && gateway_http_res_header(&res, "Allow", allow) == 0)
             (void) gateway_http_respond_error(&res, 405, "method_not_allowed",
                                               "this path does not take this method");
-        else if (gateway_http_route_find(g, p->method, p->path, true, NULL, 0) &&
-                 gateway_http_res_header(&res, "Upgrade", "websocket") == 0)
+        else if (ws && gateway_http_res_header(&res, "Upgrade", "websocket") == 0)
             (void) gateway_http_respond_error(&res, 426, "upgrade_required",
                                               "this path is a WebSocket endpoint");
+        else if (!ws && ws_allow[0] && gateway_http_res_header(&res, "Allow", ws_allow) == 0)
+            (void) gateway_http_respond_error(&res, 405, "method_not_allowed",
+                                              "this path does not take this method");
         else
             (void) gateway_http_respond_error(&res, 404, "not_found", "no route for this path");
         s_request_done(hc, &res);

@@ -1048,6 +1048,27 @@ static void test_limits(void **state)
     s_resp_free(&r);
     s_expect_eof(c);
     s_client_close(&c);
+
+    /* Another method on a WebSocket endpoint's path: the path exists, so
+     * 405 with what it takes (it was 404 not_found), plain or with the
+     * upgrade's fields; GET without them stays 426. */
+    c = s_connect(s);
+    char allow[64];
+    s_exchange(c, "POST /ws/canvas/a HTTP/1.1\r\nHost: t\r\n\r\n", 405, &r);
+    s_expect_error(&r, 405, "method_not_allowed");
+    assert_non_null(s_hdr(&r, "Allow", allow, sizeof allow));
+    assert_string_equal(allow, "GET, HEAD");
+    s_resp_free(&r);
+    s_exchange(c, "DELETE /ws/canvas/a HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n",
+               405, &r);
+    s_expect_error(&r, 405, "method_not_allowed");
+    s_resp_free(&r);
+    s_exchange(c, "GET /ws/canvas/a HTTP/1.1\r\nHost: t\r\n\r\n", 426, &r);
+    s_expect_error(&r, 426, "upgrade_required");
+    s_resp_free(&r);
+    s_client_close(&c);
     s_srv_stop(&s);
 }
 

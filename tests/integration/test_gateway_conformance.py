@@ -339,6 +339,28 @@ def expect_100_continue(node):
     assert st == 413 and headers["connection"] == "close", out
 
 
+@test
+def websocket_paths_without_an_upgrade(node):
+    """A WebSocket endpoint's path exists: GET there without an upgrade is
+    426 with `Upgrade: websocket`, another method 405 with `Allow`, with or
+    without the upgrade's fields (it was 404 not_found)."""
+    up = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+    for path in (b"/ws/echo", b"/ws/chat"):
+        for method, extra, status, code in ((b"GET", b"", 426, "upgrade_required"),
+                                            (b"POST", b"", 405, "method_not_allowed"),
+                                            (b"PUT", up, 405, "method_not_allowed"),
+                                            (b"OPTIONS", b"", 405, "method_not_allowed")):
+            out, _ = exchange(node, method + b" " + path + b" HTTP/1.1\r\n" + H + extra +
+                              b"Connection: close\r\n\r\n")
+            (st, headers, body), = responses(out)
+            assert (st, json.loads(body)["code"]) == (status, code), (method, path, out)
+            if status == 405:
+                assert headers["allow"] == "GET, HEAD", headers
+            else:
+                assert headers["upgrade"] == "websocket", headers
+
+
 # ------------------------------------------------------------------ WebSocket
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
