@@ -767,6 +767,8 @@ static int s_pairing(router_node_t *self, char *err, size_t errcap)
 
 router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t errcap)
 {
+    if (errcap)
+        err[0] = '\0'; /* steps below that fail without a reason of their own check it */
     router_node_t *self = calloc(1, sizeof *self);
     if (!self) {
         snprintf(err, errcap, "out of memory");

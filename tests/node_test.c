@@ -991,7 +991,8 @@ static void test_new_without_memory(void **state)
         /* One endpoint per run: ZeroMQ frees a closed socket's inproc name
          * on its own thread, some time after the broker is gone. */
         snprintf(endpoint, sizeof endpoint, "inproc://kith.workers.node-oom.%ld", i);
-        char err[256] = "";
+        /* What a caller's buffer held before: the reason must replace it. */
+        char err[256] = "(stale)";
         alloc_fail_arm(i);
         router_node_t *n = router_node_new(&o, err, sizeof err);
         bool failed = alloc_fail_disarm() > 0;
@@ -1000,6 +1001,7 @@ static void test_new_without_memory(void **state)
                 print_error("refused without an allocation failing: %s\n", err);
             assert_true(failed); /* only a failed allocation refuses here */
             assert_true(err[0] != '\0');
+            assert_string_not_equal(err, "(stale)");
             refused++;
             continue;
         }
