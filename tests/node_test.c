@@ -525,6 +525,95 @@ static void test_start_twice_or_after_stop(void **state)
     router_inproc_destroy(&net);
 }
 
+/* Holds a node's loop thread inside a call until released. */
+typedef struct {
+    router_node_t *node;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool entered, release;
+} s_block_t;
+
+static int s_block(router_node_t *self, void *arg)
+{
+    (void) self;
+    s_block_t *b = arg;
+    pthread_mutex_lock(&b->mu);
+    b->entered = true;
+    pthread_cond_broadcast(&b->cv);
+    while (!b->release)
+        pthread_cond_wait(&b->cv, &b->mu);
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+}
+
+static void *s_block_main(void *arg)
+{
+    s_block_t *b = arg;
+    return (void *) (intptr_t) router_node_call(b->node, s_block, b);
+}
+
+static void s_noop(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    (void) arg;
+}
+
+/* A node whose loop's post queue is full (its thread held in a call while
+ * others post): a blocking send, a call, a trust edit and an in-process
+ * dial to it are each refused at once with a reason ("busy", EAGAIN,
+ * refused), none waits for ever, and once the loop runs again all of them
+ * work. */
+static void test_post_queue_full(void **state)
+{
+    s_net_t *t = *state;
+    router_node_t *a = t->node[0];
+    s_block_t blk = {.node = a};
+    pthread_mutex_init(&blk.mu, NULL);
+    pthread_cond_init(&blk.cv, NULL);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, s_block_main, &blk), 0);
+    pthread_mutex_lock(&blk.mu);
+    while (!blk.entered)
+        pthread_cond_wait(&blk.cv, &blk.mu);
+    pthread_mutex_unlock(&blk.mu);
+    unsigned posted = 0;
+    while (router_loop_post(router_node_loop(a), s_noop, NULL) == 0)
+        assert_true(++posted <= 1u << 20);
+    assert_int_equal(errno, EAGAIN);
+
+    router_node_receipt_t r;
+    assert_int_equal(router_node_send_message(a, "b", "no room", &r), -1);
+    assert_non_null(strstr(r.detail, "busy"));
+    s_call_count_t c = {.caller = pthread_self()};
+    errno = 0;
+    assert_int_equal(router_node_call(a, s_call_count, &c), -1);
+    assert_int_equal(errno, EAGAIN);
+    assert_int_equal(c.calls, 0);
+    char err[256];
+    uint8_t pk[32];
+    s_key(0x57, pk);
+    assert_int_equal(router_node_trust_set(a, "d", pk, "inproc://d", false, err, sizeof err), -1);
+    assert_string_equal(err, "the node is busy: try again");
+    assert_int_equal(router_inproc_dial(t->net, "a"), -1);
+
+    pthread_mutex_lock(&blk.mu);
+    blk.release = true;
+    pthread_cond_broadcast(&blk.cv);
+    pthread_mutex_unlock(&blk.mu);
+    void *rc = NULL;
+    assert_int_equal(pthread_join(th, &rc), 0);
+    assert_int_equal((intptr_t) rc, 0);
+    pthread_cond_destroy(&blk.cv);
+    pthread_mutex_destroy(&blk.mu);
+    assert_int_equal(router_node_call(a, s_call_count, &c), 0);
+    assert_int_equal(c.calls, 1);
+    assert_int_equal(router_node_send_message(a, "b", "room again", &r), 0);
+    assert_int_equal(r.outcome, ROUTER_SEND_ACKED);
+    s_expect(t->node[1], a, "message", r.id, NULL);
+    assert_int_equal(router_node_send_message(t->node[1], "a", "and back", &r), 0);
+    assert_int_equal(r.outcome, ROUTER_SEND_ACKED);
+}
+
 /* A node run on a thread of the caller's (router_node_run), then
  * destroyed there, as the loop's owner must. */
 static void *s_run_main(void *arg)
@@ -1032,6 +1121,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_calls_after_the_loop_ended, s_setup, s_teardown),
         cmocka_unit_test(test_start_twice_or_after_stop),
         cmocka_unit_test(test_stop_ends_run),
+        cmocka_unit_test_setup_teardown(test_post_queue_full, s_setup, s_teardown),
         cmocka_unit_test(test_new_refusals),
         cmocka_unit_test(test_trust_reload),
         cmocka_unit_test(test_router_tools_through_comms),
