@@ -94,6 +94,8 @@ struct s_conn {
     char token_id[ROUTER_TOKENS_ID_LEN + 1]; /* the bearer token that let it in, "" for none */
     char client_addr[GATEWAY_AUTH_CLIENT_MAX];
     uint64_t seq;             /* last event seq sent */
+    uint64_t presence_seen;   /* the presence_version its last presence list had */
+    bool presence_in_tick;    /* a presence event went out since its last tick */
     uint64_t handshake_timer, tick_timer;
     uint64_t abort_timer;     /* aborted runs still waiting for their turn */
     uint64_t connected_ms;
@@ -125,6 +127,8 @@ struct gateway_openclaw {
     uint32_t nconns, nconnected, nruns;
     uint64_t next_serial;
     uint64_t presence_version;
+    char *presence_json;      /* {"presence":[…]} of presence_json_version, or NULL */
+    uint64_t presence_json_version;
     uint64_t started_mono;
     router_tokens_t *tokens;  /* borrowed from opts.auth: keys and devices */
     s_wait_t *waits;          /* writes waited for */
@@ -305,28 +309,53 @@ static bool s_presence_reader(const s_conn_t *c)
     return c->connected && s_scope_has(c, S_SCOPE_READ | S_SCOPE_WRITE);
 }
 
-/* A presence event to every connected socket that may read it (after a
- * join or a leave); built only when there is one. */
-static void s_presence_broadcast(gateway_openclaw_t *oc)
+/* The payload {"presence":[…]} of the current presence_version, built
+ * once per version however many sockets it goes to (owned by oc), or NULL
+ * when out of memory. */
+static const char *s_presence_payload(gateway_openclaw_t *oc)
 {
-    oc->presence_version++;
-    const s_conn_t *reader = oc->conns;
-    while (reader && !s_presence_reader(reader))
-        reader = reader->next;
-    if (!reader)
-        return;
+    if (oc->presence_json && oc->presence_json_version == oc->presence_version)
+        return oc->presence_json;
+    free(oc->presence_json);
+    oc->presence_json = NULL;
     yajl_gen g = s_gen_new();
     if (!g)
-        return;
+        return NULL;
     (void) yajl_gen_map_open(g);
     s_gk(g, "presence");
     s_presence_list(g, oc);
     (void) yajl_gen_map_close(g);
-    char *payload = s_gen_end(g);
+    oc->presence_json = s_gen_end(g);
+    oc->presence_json_version = oc->presence_version;
+    return oc->presence_json;
+}
+
+/* Sends c the current presence list, when it may read it and has not got
+ * it yet. */
+static void s_presence_send(s_conn_t *c)
+{
+    gateway_openclaw_t *oc = c->oc;
+    if (!c->ws || c->closing || !s_presence_reader(c) || c->presence_seen == oc->presence_version)
+        return;
+    const char *payload = s_presence_payload(oc);
+    if (!payload)
+        return; /* out of memory: its next tick tries again */
+    c->presence_seen = oc->presence_version;
+    c->presence_in_tick = true;
+    s_event(c, "presence", payload);
+}
+
+/* A socket joined or left. Each socket that may read presence gets at
+ * most one presence event per tick interval (WIRE §25.3): at once when it
+ * had none since its last tick, else right after its next tick (s_on_tick),
+ * with the list as it is then. So N sockets joining cost each reader one
+ * list per interval, never one per join (N² lists). */
+static void s_presence_changed(gateway_openclaw_t *oc)
+{
+    oc->presence_version++;
     for (s_conn_t *c = oc->conns; c; c = c->next)
-        if (s_presence_reader(c))
-            s_event(c, "presence", payload);
-    free(payload);
+        if (!c->presence_in_tick)
+            s_presence_send(c);
 }
 
 /* ---------------------------------------------------------------- waits */
@@ -1232,6 +1261,9 @@ static void s_on_tick(router_loop_t *loop, uint64_t id, void *ud)
     char payload[48];
     snprintf(payload, sizeof payload, "{\"ts\":%llu}", (unsigned long long) router_clock_wall_ms());
     s_event(c, "tick", payload);
+    /* A new interval: the list that changed since its last presence. */
+    c->presence_in_tick = false;
+    s_presence_send(c);
 }
 
 /* hello-ok; device_token (or NULL) is the deviceToken handed out. */
@@ -1332,7 +1364,7 @@ static void s_accept(s_conn_t *c, const char *id, const char *device_token)
     s_gauges(oc);
     s_hello(c, id, device_token);
     c->tick_timer = router_loop_timer_add(oc->loop, oc->opts.tick_ms, s_on_tick, c);
-    s_presence_broadcast(oc);
+    s_presence_changed(oc);
 }
 
 /* The device record is durable (ok): hello-ok with its new deviceToken. */
@@ -1593,7 +1625,7 @@ static void s_conn_free(s_conn_t *c)
     free(c->hello);
     free(c);
     if (was)
-        s_presence_broadcast(oc);
+        s_presence_changed(oc);
 }
 
 static void s_on_close(gateway_ws_t *ws, uint16_t code, void *ud)
@@ -1795,6 +1827,7 @@ void gateway_openclaw_destroy(gateway_openclaw_t **self_p)
         c->ws = NULL; /* the gateway let them go: nothing more is sent */
     while (oc->conns)
         s_conn_free(oc->conns);
+    free(oc->presence_json);
     /* Writes still owed a callback: it will find no endpoint and free. */
     for (s_wait_t *w = oc->waits, *n; w; w = n) {
         n = w->next;
