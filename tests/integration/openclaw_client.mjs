@@ -21,7 +21,8 @@
 // to its final when it started one).
 import crypto from "node:crypto";
 import fs from "node:fs";
-import { GatewayClient } from "@openclaw/gateway-client";
+import { GatewayClient, GatewayScopeUpgrade,
+  getGatewaySessionMessageSubscriptionCoordinator } from "@openclaw/gateway-client";
 
 const [scenario, url, tokenArg, extra] = process.argv.slice(2);
 const token = tokenArg === "-" ? undefined : tokenArg;
@@ -218,7 +219,42 @@ async function chatKey() {
   return out;
 }
 
+// Every method the library itself may send besides connect, through its
+// own helpers where it has one, and methods WIRE §25.7 leaves out: each
+// must be answered (a typed error), and the socket must stay usable.
+async function libraryMethods() {
+  const hello = Promise.withResolvers();
+  const client = new GatewayClient({
+    url, token, deviceIdentity: newIdentity(), hostDeps: hostDeps(false),
+    clientName: "cli", mode: "cli", platform: "linux",
+    scopes: ["operator.read", "operator.write"],
+    onHelloOk: (h) => hello.resolve(h), onConnectError: (e) => hello.reject(e),
+  });
+  client.start();
+  await withTimeout(hello.promise, "hello-ok");
+  const answer = (p) => withTimeout(p.then((payload) => ({ ok: true, payload }),
+    (e) => ({ ok: false, code: e.gatewayCode ?? e.code, message: e.message,
+      details: e.details ?? null })), "an answer");
+  const out = {};
+  const coordinator = getGatewaySessionMessageSubscriptionCoordinator(client);
+  out["sessions.messages.subscribe"] = await answer(coordinator.acquire("main"));
+  const upgrade = new GatewayScopeUpgrade({
+    request: (method, params, opts) => client.request(method, params, opts),
+    loadDeviceAuthToken: () => null, storeDeviceAuthToken: () => {},
+  });
+  out["device.scopes.requestUpgrade"] =
+    await answer(upgrade.requestScopeUpgrade({ scopes: ["operator.admin"] }));
+  for (const [m, p] of [["sessions.messages.unsubscribe", { key: "main" }],
+    ["device.scopes.waitUpgrade", { requestId: "r1" }], ["chat.history", { sessionKey: "main" }],
+    ["agent.wait", { runId: "x" }], ["sessions.list", {}], ["device.token.rotate", {}]])
+    out[m] = await answer(client.request(m, p));
+  out.health = await answer(client.request("health", {}));
+  await client.stopAndWait();
+  return out;
+}
+
 const main = scenario === "session" ? session()
+  : scenario === "library_methods" ? libraryMethods()
   : ["device_first", "device_again", "device_wrong"].includes(scenario) ? device(scenario)
   : scenario === "chat_key" ? chatKey()
   : refusal(scenario);

@@ -160,6 +160,23 @@ def reference_refusals(node, token):
           f"the supported range is not named: {out}")
 
 
+def reference_library_methods(node, token):
+    """Every method the reference client sends on its own (its session
+    message subscriptions and device scope upgrades, through its own
+    helpers) and others WIRE §25.7 leaves out are answered INVALID_REQUEST
+    `unknown method: M` — never left unanswered, which the client would
+    wait on for its request timeout — and the socket goes on serving."""
+    out = reference(node, token, "library_methods")
+    methods = [m for m in out if m != "health"]
+    check(len(methods) == 8, f"answers {out}")
+    for m in methods:
+        a = out[m]
+        check(a["ok"] is False and a["code"] == "INVALID_REQUEST" and
+              f"unknown method: {m}" in a["message"], f"{m}: {a}")
+    check(out["health"]["ok"] is True and out["health"]["payload"]["ok"] is True,
+          f"health after them {out['health']}")
+
+
 # ---------------------------------------------------------------- a plain WebSocket client
 
 def url(node, query=""):
@@ -1610,6 +1627,7 @@ def main():
         idle = idle_socket_open(node)
         r.run(reference_session, node, token)
         r.run(reference_refusals, node, token)
+        r.run(reference_library_methods, node, token)
         r.run(lambda: run(plain_agent(node, token)), name="plain_agent")
         r.run(lambda: run(plain_refusals(node, token)), name="plain_refusals")
         r.run(lambda: run(plain_tools_and_errors(node, token)), name="plain_tools_and_errors")
