@@ -4,14 +4,16 @@
  * with test_dns_set gets its IP literals, in the order given, and every
  * other name goes to the C library's getaddrinfo. So a test can give a
  * peer's name a dead address before a live one, as a real zone can,
- * without a DNS server. Answers are chains of the C library's own numeric
- * answers, so its freeaddrinfo frees them. */
+ * without a DNS server, or hold every lookup of such a name until told
+ * (a DNS server that is slow to answer). Answers are chains of the C
+ * library's own numeric answers, so its freeaddrinfo frees them. */
 #ifndef KITH_TESTS_FAKE_DNS_H
 #define KITH_TESTS_FAKE_DNS_H
 
 #include <dlfcn.h>
 #include <netdb.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -24,7 +26,28 @@ static struct {
     const char *ips[TEST_DNS_NAMES][TEST_DNS_IPS];
     size_t n[TEST_DNS_NAMES];
     unsigned asked;                /* lookups of names set, all together */
-} s_test_dns = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    bool hold;                     /* lookups of names set wait until it is false */
+    unsigned done;                 /* ...and have been answered */
+    pthread_cond_t cv;             /* signalled when hold changes */
+} s_test_dns = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+/* Holds (true) or lets go (false) the lookups of names set here. */
+static inline void test_dns_hold(bool hold)
+{
+    pthread_mutex_lock(&s_test_dns.mu);
+    s_test_dns.hold = hold;
+    pthread_cond_broadcast(&s_test_dns.cv);
+    pthread_mutex_unlock(&s_test_dns.mu);
+}
+
+/* How many lookups of names set here have been answered. */
+static inline unsigned test_dns_done(void)
+{
+    pthread_mutex_lock(&s_test_dns.mu);
+    unsigned n = s_test_dns.done;
+    pthread_mutex_unlock(&s_test_dns.mu);
+    return n;
+}
 
 /* Makes `name` resolve to ips[0..n) (string literals: kept, not copied);
  * n 0 forgets it. */
@@ -68,6 +91,9 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
             n = s_test_dns.n[i];
             memcpy(ips, s_test_dns.ips[i], n * sizeof ips[0]);
             s_test_dns.asked++;
+            while (s_test_dns.hold)
+                pthread_cond_wait(&s_test_dns.cv, &s_test_dns.mu);
+            s_test_dns.done++;
         }
     pthread_mutex_unlock(&s_test_dns.mu);
     if (n == 0)
