@@ -385,9 +385,9 @@ def frame(op, payload, fin=True, rsv=0, form=None, masked=True, mask=b"\x37\xfa\
     return h + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
 
 
-def ws_session(node, data, path=b"/ws/echo"):
-    """Upgrades, sends data, returns the server's frames [(opcode, payload)]
-    up to the end of the connection."""
+def ws_session(node, data, path=b"/ws/echo", octets=False):
+    """Upgrades, sends data (one octet per send when `octets`), returns the
+    server's frames [(opcode, payload)] up to the end of the connection."""
     with socket.create_connection(("127.0.0.1", node.gw_port), timeout=WAIT_S) as s:
         s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
                   b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY +
@@ -400,7 +400,8 @@ def ws_session(node, data, path=b"/ws/echo"):
         head, _, buf = buf.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101 "), head
         try:
-            s.sendall(data)
+            for piece in [bytes([b]) for b in data] if octets else [data]:
+                s.sendall(piece)
         except (BrokenPipeError, ConnectionResetError):
             pass  # closed on the first bad frame, before the rest was sent
         while True:
@@ -526,6 +527,12 @@ def websocket_valid_exchanges(node):
         assert closed_with(frames) == (code, ""), (code, frames)
     frames = ws_session(node, frame(CLOSE_OP, b""))
     assert frames == [(CLOSE_OP, b"")], frames
+    # One octet per write: the same answers.
+    frames = ws_session(node, cases[1][1] + BYE, octets=True)
+    assert frames[:-1] == cases[1][2] and closed_with(frames) == (1000, ""), frames
+    frames = ws_session(node, frame(TEXT, b"\xe2\x82", fin=False) + frame(PING, b"") +
+                        frame(CONT, b"\x28"), octets=True)
+    assert frames[0] == (PONG, b"") and closed_with(frames)[0] == 1007, frames
 
 
 @test
