@@ -35,14 +35,22 @@ typedef struct {
     int chunk_major;    /* indefinite strings: the major type of every chunk; else -1 */
 } s_open_t;
 
-int proto_cbor_check(const uint8_t *p, size_t len, const proto_cbor_limits_t *lim,
-                     proto_cbor_reason_t *reason)
+/* libcbor 0.8 refuses a tag 6..20 in its one-byte head (c6..d4, "unassigned"
+ * to it) but loads the same tag in a longer head, which the canonical
+ * encoder then writes as c6..d4: for_libcbor refuses these tags in any head
+ * (UNSUPPORTED, once the input is known well-formed), so what loads always
+ * re-encodes to bytes that load. */
+#define S_LIBCBOR_TAG_MIN 6
+#define S_LIBCBOR_TAG_MAX 20
+
+static int s_check(const uint8_t *p, size_t len, const proto_cbor_limits_t *lim, int for_libcbor,
+                   proto_cbor_reason_t *reason)
 {
     s_open_t open[PROTO_CBOR_DEPTH_MAX];
     unsigned depth = 0; /* containers open */
     unsigned max_depth = lim->max_depth < PROTO_CBOR_DEPTH_MAX ? lim->max_depth : PROTO_CBOR_DEPTH_MAX;
     size_t pos = 0, items = 0;
-    int started = 0;
+    int started = 0, unloadable = 0;
     proto_cbor_reason_t why = PROTO_CBOR_OK;
 
     for (;;) {
@@ -143,6 +151,8 @@ int proto_cbor_check(const uint8_t *p, size_t len, const proto_cbor_limits_t *li
             }
             break;
         case 6: /* tag: exactly one item follows */
+            if (arg >= S_LIBCBOR_TAG_MIN && arg <= S_LIBCBOR_TAG_MAX)
+                unloadable |= for_libcbor;
             open[depth].left = 1;
             open[depth].indefinite = 0;
             open[depth].chunk_major = -1;
@@ -160,6 +170,10 @@ int proto_cbor_check(const uint8_t *p, size_t len, const proto_cbor_limits_t *li
         why = PROTO_CBOR_TRAILING;
         goto fail;
     }
+    if (unloadable) {
+        why = PROTO_CBOR_UNSUPPORTED;
+        goto fail;
+    }
     *reason = PROTO_CBOR_OK;
     return 0;
 fail:
@@ -167,11 +181,17 @@ fail:
     return -1;
 }
 
+int proto_cbor_check(const uint8_t *p, size_t len, const proto_cbor_limits_t *lim,
+                     proto_cbor_reason_t *reason)
+{
+    return s_check(p, len, lim, 0, reason);
+}
+
 cbor_item_t *proto_cbor_load(const uint8_t *p, size_t len, const proto_cbor_limits_t *lim,
                              proto_cbor_reason_t *reason)
 {
     struct cbor_load_result res;
-    if (proto_cbor_check(p, len, lim, reason) != 0)
+    if (s_check(p, len, lim, 1, reason) != 0)
         return NULL;
     cbor_item_t *item = cbor_load(p, len, &res);
     if (!item || res.error.code != CBOR_ERR_NONE || res.read != len) {

@@ -37,7 +37,8 @@ typedef enum {
     PROTO_CBOR_TOO_DEEP,       /* nesting beyond the limit */
     PROTO_CBOR_TOO_MANY_ITEMS, /* more data items than the limit */
     PROTO_CBOR_UNSUPPORTED,    /* well-formed, but libcbor 0.8 cannot hold it: simple
-                                  values other than false/true/null/undefined */
+                                  values other than false/true/null/undefined; tags
+                                  6..20 (proto_cbor_load, in any head) */
     PROTO_CBOR_DUPLICATE_KEY,  /* two keys in one map with the same encoding */
     PROTO_CBOR_TOO_LARGE,      /* output would exceed the buffer's limit */
     PROTO_CBOR_NO_MEMORY,      /* allocation failed */
@@ -63,7 +64,10 @@ int proto_cbor_check(const uint8_t *p, size_t len, const proto_cbor_limits_t *li
                      proto_cbor_reason_t *reason) __attribute__((warn_unused_result));
 
 /* proto_cbor_check, then cbor_load. Returns a new item (caller owns one
- * reference: cbor_decref), or NULL with *reason set. */
+ * reference: cbor_decref), or NULL with *reason set. A tag 6..20 is
+ * UNSUPPORTED however wide its head: libcbor 0.8 refuses it in the
+ * one-byte head the canonical encoder writes, so what loads always
+ * re-encodes to bytes that load again. */
 cbor_item_t *proto_cbor_load(const uint8_t *p, size_t len, const proto_cbor_limits_t *lim,
                              proto_cbor_reason_t *reason) __attribute__((warn_unused_result));
 
