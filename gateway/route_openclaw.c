@@ -216,9 +216,29 @@ static char *s_gen_end(yajl_gen g)
 
 /* ---------------------------------------------------------------- sending */
 
+static void s_close(s_conn_t *c, uint16_t code, const char *reason)
+{
+    if (c->ws && !c->closing) {
+        c->closing = true;
+        gateway_ws_close(c->ws, code, reason);
+    }
+}
+
+/* An answer or an event could not be made (out of memory): the socket
+ * closes, so the client's requests fail now instead of waiting on an
+ * answer that will never come, and no event goes missing unseen. */
+static void s_oom(s_conn_t *c)
+{
+    ROUTER_LOG(ROUTER_LOG_WARN, MOD, "socket %s: out of memory for a frame: closed", c->conn_id);
+    s_close(c, 1011, "out of memory");
+}
+
+/* Sends json (taken; NULL: it could not be made). */
 static void s_send(s_conn_t *c, char *json, size_t len)
 {
-    if (json && c->ws && !c->closing)
+    if (!json)
+        s_oom(c);
+    else if (c->ws && !c->closing)
         (void) gateway_ws_send(c->ws, true, json, len); /* a failure closes the socket later */
     free(json);
 }
@@ -226,8 +246,12 @@ static void s_send(s_conn_t *c, char *json, size_t len)
 /* An event with the socket's next seq (none before hello-ok). */
 static void s_event(s_conn_t *c, const char *event, const char *payload)
 {
-    if (!payload || !c->ws || c->closing)
+    if (!c->ws || c->closing)
         return;
+    if (!payload) {
+        s_oom(c);
+        return;
+    }
     size_t len;
     char *json = gateway_openclaw_event_encode(event, payload, c->connected ? ++c->seq : 0, &len);
     s_send(c, json, len);
@@ -247,14 +271,6 @@ static void s_res_error(s_conn_t *c, const char *id, const char *code, const cha
     char *json = gateway_openclaw_res_error_encode(id, code, message, details, retryable, NULL,
                                                    &len);
     s_send(c, json, len);
-}
-
-static void s_close(s_conn_t *c, uint16_t code, const char *reason)
-{
-    if (c->ws && !c->closing) {
-        c->closing = true;
-        gateway_ws_close(c->ws, code, reason);
-    }
 }
 
 /* ---------------------------------------------------------------- presence */
@@ -464,8 +480,10 @@ static void s_agent_event(s_run_t *r, const char *stream, const char *phase, con
                           size_t delta_len, const char *error)
 {
     yajl_gen g = s_gen_new();
-    if (!g)
+    if (!g) {
+        s_oom(r->c);
         return;
+    }
     (void) yajl_gen_map_open(g);
     s_gs(g, "runId", r->run_id);
     s_gu(g, "seq", r->seq++);
@@ -503,8 +521,10 @@ static void s_chat_event(s_conn_t *c, const char *run_id, const char *key, uint6
                          const char *state, const char *text, size_t len, bool replace)
 {
     yajl_gen g = s_gen_new();
-    if (!g)
+    if (!g) {
+        s_oom(c);
         return;
+    }
     (void) yajl_gen_map_open(g);
     s_gs(g, "runId", run_id);
     s_gs(g, "sessionKey", key);
@@ -558,8 +578,10 @@ static void s_agent_final(s_run_t *r, const char *status, const char *text, size
                           const char *code)
 {
     yajl_gen g = s_gen_new();
-    if (!g)
+    if (!g) {
+        s_oom(r->c);
         return;
+    }
     (void) yajl_gen_map_open(g);
     s_gs(g, "runId", r->run_id);
     s_gs(g, "sessionKey", r->b->key);
@@ -587,8 +609,10 @@ static void s_agent_final(s_run_t *r, const char *status, const char *text, size
     }
     (void) yajl_gen_map_close(g);
     char *payload = s_gen_end(g);
-    if (!payload)
+    if (!payload) {
+        s_oom(r->c);
         return;
+    }
     size_t n = 0;
     if (!code) {
         s_res_ok(r->c, r->req_id, payload);
@@ -839,8 +863,10 @@ static void s_run_frame(s_run_t *r, router_turn_frame_type_t type, yajl_val f, c
     case ROUTER_TURN_FRAME_TOOL_RESULT:
         if (r->kind == S_RUN_AGENT) {
             yajl_gen g = s_gen_new();
-            if (!g)
+            if (!g) {
+                s_oom(r->c);
                 break;
+            }
             (void) yajl_gen_map_open(g);
             s_gs(g, "runId", r->run_id);
             s_gu(g, "seq", r->seq++);
@@ -1169,8 +1195,10 @@ static void s_m_abort(s_conn_t *c, const gateway_openclaw_req_t *req)
     }
     /* Mark first, answer, then stop: a stop can end runs at once. */
     yajl_gen g = s_gen_new();
-    if (!g)
+    if (!g) {
+        s_oom(c);
         return;
+    }
     (void) yajl_gen_map_open(g);
     s_gb(g, "ok", true);
     s_gk(g, "runIds");
@@ -1213,8 +1241,10 @@ static void s_m_presence(s_conn_t *c, const gateway_openclaw_req_t *req)
         return;
     }
     yajl_gen g = s_gen_new();
-    if (!g)
+    if (!g) {
+        s_oom(c);
         return;
+    }
     s_presence_list(g, c->oc);
     char *payload = s_gen_end(g);
     s_res_ok(c, req->id, payload);
@@ -1271,8 +1301,10 @@ static void s_hello(s_conn_t *c, const char *id, const char *device_token)
 {
     gateway_openclaw_t *oc = c->oc;
     yajl_gen g = s_gen_new();
-    if (!g)
+    if (!g) {
+        s_oom(c);
         return;
+    }
     size_t max_payload = oc->opts.ws.message_max ? oc->opts.ws.message_max : GATEWAY_WS_MESSAGE_MAX;
     (void) yajl_gen_map_open(g);
     s_gs(g, "type", "hello-ok");
@@ -1554,13 +1586,14 @@ static void s_on_message(gateway_ws_t *ws, bool text, const uint8_t *data, size_
         s_close(c, 1003, "frames are JSON text");
         return;
     }
-    if (!c->connected && len > GATEWAY_OPENCLAW_PREAUTH_MAX) {
-        s_close(c, 1009, "pre-connect frame too large");
-        return;
-    }
     char why[GATEWAY_OPENCLAW_WHY_MAX];
     gateway_openclaw_req_t req;
+    errno = 0;
     if (gateway_openclaw_req_decode(data, len, &req, why, sizeof why) != 0) {
+        if (errno == ENOMEM) {
+            s_oom(c); /* not the client's fault, and its request must not wait for ever */
+            return;
+        }
         if (req.id[0])
             s_res_error(c, req.id, "INVALID_REQUEST", why, NULL, false);
         if (!c->connected)
