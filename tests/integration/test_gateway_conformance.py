@@ -191,6 +191,10 @@ REFUSED = [
     ("host_userinfo", b"GET /health HTTP/1.1\r\nHost: u@a\r\n\r\n", 400, "host_invalid"),
     ("host_list", b"GET /health HTTP/1.1\r\nHost: a, b\r\n\r\n", 400, "host_invalid"),
     ("absolute_without_host", b"GET http://x/health HTTP/1.1\r\n\r\n", 400, "host_missing"),
+    ("host_port_6_digits", b"GET /health HTTP/1.1\r\nHost: a:000080\r\n\r\n", 400, "host_invalid"),
+    ("host_port_65536", b"GET /health HTTP/1.1\r\nHost: a:65536\r\n\r\n", 400, "host_invalid"),
+    ("absolute_port_6_digits", b"GET http://a:000080/health HTTP/1.1\r\nHost: a\r\n\r\n", 400,
+     "bad_target"),
     ("head_16385", head_of(16385, b""), 431, "head_too_large"),
     ("crlfs_then_head_16385", b"\r\n" * 8000 + head_of(385, b""), 431, "head_too_large"),
     ("fields_101", b"GET /health HTTP/1.1\r\n" + H +
@@ -261,6 +265,7 @@ def what_rfc_9112_allows_is_served(node):
          b"chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + CLOSE, [200, 200]),
         ("absolute_form", b"GET http://x:1/health HTTP/1.1\r\nHost: a\r\n\r\n" + CLOSE, [200, 200]),
         ("leading_crlfs", b"\r\n\r\n" + CLOSE, [200]),
+        ("host_port_0080", b"GET /health HTTP/1.1\r\nHost: a:0080\r\n\r\n" + CLOSE, [200, 200]),
         ("http10_keep_alive", b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
          b"GET /health HTTP/1.0\r\n\r\n", [200, 200]),
         ("close_ends_pipeline", CLOSE + HEALTH, [200]),
