@@ -525,6 +525,64 @@ static void test_start_twice_or_after_stop(void **state)
     router_inproc_destroy(&net);
 }
 
+/* On the node's loop thread: its allocations fail from the arg-th on. */
+static int s_loop_arm(router_node_t *self, void *arg)
+{
+    (void) self;
+    alloc_fail_arm(*(long *) arg);
+    return 0;
+}
+
+static int s_loop_disarm(router_node_t *self, void *arg)
+{
+    (void) self;
+    *(unsigned *) arg = alloc_fail_disarm();
+    return 0;
+}
+
+/* A send over TCP with each allocation on the sender's loop thread
+ * failing in turn (its link, reader, wait, connection, queue, the ack's
+ * reading): every send is told exactly once, offline with a reason or
+ * acked, nothing leaks (LSan), and the node goes on sending. */
+static void test_loop_send_without_memory(void **state)
+{
+    s_net_t *t = *state;
+    router_node_t *a = t->node[0], *b = t->node[1];
+    char err[256], addr[64];
+    int port = router_node_listen(b, "127.0.0.1:0", err, sizeof err);
+    assert_true(port > 0);
+    snprintf(addr, sizeof addr, "tcp://127.0.0.1:%d", port);
+    assert_int_equal(router_node_trust_set(a, "bt", router_node_pubkey(b), addr, false, err,
+                                           sizeof err), 0);
+    router_node_receipt_t r;
+    unsigned offline = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < 200);
+        unsigned failed = 0;
+        assert_int_equal(router_node_call(a, s_loop_arm, &i), 0);
+        router_node_send_opts_t o = {.timeout_ms = 3000};
+        cbor_item_t *kind = proto_kind_message("loop short of memory", 20, NULL,
+                                               PROTO_HANDLING_NONE);
+        assert_non_null(kind);
+        assert_int_equal(router_node_send_ex(a, "bt", &kind, &o, &r), 0);
+        assert_int_equal(router_node_call(a, s_loop_disarm, &failed), 0);
+        if (r.outcome != ROUTER_SEND_ACKED) {
+            assert_int_equal(r.outcome, ROUTER_SEND_OFFLINE);
+            assert_true(r.detail[0] != '\0');
+            offline++;
+        }
+        if (!failed && r.outcome == ROUTER_SEND_ACKED)
+            break;
+    }
+    assert_true(offline > 0);
+    router_inbox_entry_t e;
+    while (router_inbox_pop(router_node_inbox(b), &e, 0) == 0)
+        router_inbox_entry_clear(&e);
+    assert_int_equal(router_node_send_message(a, "bt", "after", &r), 0);
+    assert_int_equal(r.outcome, ROUTER_SEND_ACKED);
+    s_expect(b, a, "message", r.id, NULL);
+}
+
 /* Holds a node's loop thread inside a call until released. */
 typedef struct {
     router_node_t *node;
@@ -1192,6 +1250,7 @@ int main(void)
         cmocka_unit_test(test_start_twice_or_after_stop),
         cmocka_unit_test(test_stop_ends_run),
         cmocka_unit_test_setup_teardown(test_post_queue_full, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_loop_send_without_memory, s_setup, s_teardown),
         cmocka_unit_test(test_new_refusals),
         cmocka_unit_test(test_trust_reload),
         cmocka_unit_test(test_router_tools_through_comms),
