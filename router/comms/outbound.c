@@ -234,8 +234,9 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     if (no_connect) {
         outcome = ROUTER_SEND_OFFLINE;
         if (l->naddrs > 1)
-            snprintf(detail, sizeof detail, "cannot connect to any of its %u addresses (the last: %s)",
-                     l->naddrs, strerror(l->dial_err));
+            snprintf(detail, sizeof detail,
+                     "cannot connect to any of its %u addresses (the last: %s)", l->naddrs,
+                     strerror(l->dial_err));
         else
             snprintf(detail, sizeof detail, "cannot connect: %s", strerror(l->dial_err));
     } else if (l->peer_closed && (reason == ROUTER_CLOSE_LOCAL || reason == ROUTER_CLOSE_EOF)) {

@@ -109,7 +109,8 @@ static void s_list_add(router_addr_list_t *l, const struct addrinfo *a)
     if (l->n >= ROUTER_RESOLVE_ADDRS_MAX || a->ai_addrlen > sizeof l->addr[0].u)
         return;
     for (unsigned i = 0; i < l->n; i++)
-        if (l->addr[i].len == a->ai_addrlen && memcmp(&l->addr[i].u, a->ai_addr, a->ai_addrlen) == 0)
+        if (l->addr[i].len == a->ai_addrlen &&
+            memcmp(&l->addr[i].u, a->ai_addr, a->ai_addrlen) == 0)
             return;
     router_addr_t *out = &l->addr[l->n++];
     memset(out, 0, sizeof *out);
