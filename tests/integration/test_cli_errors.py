@@ -214,6 +214,17 @@ def main():
              "--idle-timeout-ms must be 1..86400000"),
             (("--connect", "tcp://127.0.0.1:9", "--log-level", "loud"),
              "--log-level must be debug, info, warn or error"),
+            # The broker is in another process: a bare word, an empty or an
+            # inproc:// endpoint can never reach it.
+            (("--connect", "broker"), "--connect takes tcp://HOST:PORT or ipc://PATH (the "
+                                      "daemon's workers.listen), got 'broker'"),
+            (("--connect", ""), "--connect takes tcp://HOST:PORT or ipc://PATH (the daemon's "
+                                "workers.listen), got ''"),
+            (("--connect", "inproc://kith.workers"), "--connect takes tcp://HOST:PORT or "
+                                                     "ipc://PATH (the daemon's workers.listen), "
+                                                     "got 'inproc://kith.workers'"),
+            (("--connect", "tcp://"), "--connect takes tcp://HOST:PORT or ipc://PATH (the "
+                                      "daemon's workers.listen), got 'tcp://'"),
         ):
             refused(("agent", *args), "kith agent: " + want)
 

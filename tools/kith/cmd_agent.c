@@ -116,6 +116,17 @@ int kith_cmd_agent(int argc, char **argv)
         return KITH_EXIT_FAIL;
     }
 
+    /* The broker is in another process: only tcp:// and ipc:// reach it
+     * (an inproc:// or empty endpoint would wait for ever on nothing, and
+     * a bare word gets ZeroMQ's "Invalid argument"). Checked last, so each
+     * flag's own mistake is named first. */
+    if ((strncmp(connect, "tcp://", 6) != 0 && strncmp(connect, "ipc://", 6) != 0) ||
+        !connect[6]) {
+        fprintf(stderr, "kith agent: --connect takes tcp://HOST:PORT or ipc://PATH (the daemon's "
+                        "workers.listen), got '%s'\n", connect);
+        return KITH_EXIT_FAIL;
+    }
+
     /* Before any thread exists, so the signals reach sigwait below only. */
     sigset_t set;
     sigemptyset(&set);
