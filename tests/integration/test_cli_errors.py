@@ -575,11 +575,12 @@ def main():
              "kith service start: a flag that does not apply to it; see kith service --help"),
         ):
             refused(args, want)
-        # A command alone prints its usage on stderr (exit 1); -h on stdout.
-        for cmd, first in (("audit", "usage: kith audit verify"),
-                           ("envelope", "usage: kith envelope encode")):
-            _, err = kith(cmd, expect=1)
-            check(err.startswith(first), err[:80])
+        # A command alone is one line naming its verbs (exit 1), as every
+        # error; -h prints the usage on stdout.
+        for cmd, first, verbs in (("audit", "usage: kith audit verify", "verify, tail or query"),
+                                  ("envelope", "usage: kith envelope encode",
+                                   "encode, decode or verify")):
+            refused((cmd,), f"kith {cmd}: expected {verbs}; see kith {cmd} --help")
             out, err = kith(cmd, "-h")
             check(out.startswith(first) and err == "", out[:80])
         out, _ = kith("config", "-h")

@@ -147,9 +147,13 @@ static int s_print(const char *path, const audit_query_t *q)
 
 int kith_cmd_audit(int argc, char **argv)
 {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        fputs(s_usage, argc < 2 ? stderr : stdout);
-        return argc < 2 ? KITH_EXIT_FAIL : KITH_EXIT_OK;
+    if (argc < 2) {
+        fprintf(stderr, "kith audit: expected verify, tail or query; see kith audit --help\n");
+        return KITH_EXIT_FAIL;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        fputs(s_usage, stdout);
+        return KITH_EXIT_OK;
     }
     const char *verb = argv[1];
     if (strcmp(verb, "verify") && strcmp(verb, "tail") && strcmp(verb, "query")) {

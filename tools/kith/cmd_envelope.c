@@ -242,9 +242,14 @@ static int s_verify(const s_opts_t *o)
 
 int kith_cmd_envelope(int argc, char **argv)
 {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        s_usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? KITH_EXIT_FAIL : KITH_EXIT_OK;
+    if (argc < 2) {
+        fprintf(stderr, "kith envelope: expected encode, decode or verify; see kith envelope "
+                        "--help\n");
+        return KITH_EXIT_FAIL;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        s_usage(stdout);
+        return KITH_EXIT_OK;
     }
     const char *sub = argv[1];
     int is_encode = !strcmp(sub, "encode"), is_decode = !strcmp(sub, "decode"), is_verify = !strcmp(sub, "verify");
