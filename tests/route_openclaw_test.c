@@ -29,6 +29,7 @@
 #include "router/net/addr.h"
 #include "router/net/loop.h"
 #include "router/state/tokens.h"
+#include "router/workers/broker.h"
 #include "router/workers/turns.h"
 #include "loop_until.h"
 
@@ -39,6 +40,7 @@ typedef struct {
     router_tokens_t *tokens;
     gateway_auth_t *auth;
     gateway_http_t *gw;
+    router_broker_t *broker;
     router_turns_t *turns;
     gateway_openclaw_t *oc;
     uint16_t port;
@@ -70,7 +72,13 @@ static void s_fix_new(fix_t *f)
     assert_non_null(f->auth);
     f->gw = gateway_http_new(f->loop, NULL);
     assert_non_null(f->gw);
-    router_turns_opts_t to = {.loop = f->loop};
+    static int n;
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://route-openclaw-test-%d", ++n);
+    router_broker_opts_t bo = {.loop = f->loop, .endpoint = ep};
+    f->broker = router_broker_new(&bo, err, sizeof err);
+    assert_non_null(f->broker);
+    router_turns_opts_t to = {.loop = f->loop, .broker = f->broker};
     f->turns = router_turns_new(&to, err, sizeof err);
     assert_non_null(f->turns);
     gateway_openclaw_opts_t oo = {.auth = f->auth, .turns = f->turns};
@@ -88,6 +96,7 @@ static void s_fix_free(fix_t *f)
     router_tokens_stop(f->tokens);
     gateway_openclaw_destroy(&f->oc);
     router_turns_destroy(&f->turns);
+    router_broker_destroy(&f->broker);
     gateway_auth_destroy(&f->auth);
     router_tokens_destroy(&f->tokens);
     router_loop_destroy(&f->loop);

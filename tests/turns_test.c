@@ -1006,7 +1006,17 @@ static void test_new_refusals(void **state)
     (void) state;
     router_loop_t *loop = router_loop_new(NULL);
     assert_non_null(loop);
-    router_turns_opts_t to = {.loop = loop};
+    char berr[256] = "";
+    snprintf(EP, sizeof EP, "inproc://turns-test-%d", ++s_case);
+    router_broker_opts_t bo = {.loop = loop, .endpoint = EP};
+    router_broker_t *b = router_broker_new(&bo, berr, sizeof berr);
+    assert_non_null(b);
+    /* Without a broker (or a loop) no turn could go anywhere: refused
+     * with a reason, where the first submit used to dereference NULL. */
+    router_turns_opts_t none = {.loop = loop};
+    assert_null(router_turns_new(&none, berr, sizeof berr));
+    assert_non_null(strstr(berr, "a loop and a broker are needed"));
+    router_turns_opts_t to = {.loop = loop, .broker = b};
     unsigned refused = 0;
     for (long i = 0;; i++) {
         assert_true(i < ALLOC_FAIL_RUNS_MAX);
@@ -1030,6 +1040,7 @@ static void test_new_refusals(void **state)
     to.db_path = "/nonexistent-kith-dir/state.db";
     assert_null(router_turns_new(&to, err, sizeof err));
     assert_true(err[0] != '\0');
+    router_broker_destroy(&b);
     router_loop_destroy(&loop);
 }
 

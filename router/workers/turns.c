@@ -1522,6 +1522,13 @@ void router_turns_kick(router_turns_t *t)
 
 router_turns_t *router_turns_new(const router_turns_opts_t *o, char *err, size_t errcap)
 {
+    if (!o || !o->loop || !o->broker) {
+        /* Every turn goes to the broker on the loop: without them the
+         * first submit would dereference NULL. */
+        snprintf(err, errcap, "turns: a loop and a broker are needed");
+        errno = EINVAL;
+        return NULL;
+    }
     router_turns_t *t = calloc(1, sizeof *t);
     if (!t) {
         snprintf(err, errcap, "turns: out of memory");
