@@ -6,6 +6,7 @@
 #include "gateway/ws.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,10 +153,19 @@ int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len)
         errno = EPIPE;
         return -1;
     }
-    if (router_conn_send_queued(ws->conn) + PROTO_WS_HEADER_MAX + len > ws->send_limit) {
-        ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ws %llu cut: slow consumer (%zu bytes unsent)",
-                   (unsigned long long) router_conn_id(ws->conn),
-                   router_conn_send_queued(ws->conn));
+    /* Room for the frame and the Close after it: the connection's own
+     * limit, or its share of all connections' unsent bound when they
+     * together near it (router_conn_send_room); past either the socket is
+     * closed politely, before the loop would reset it. */
+    size_t queued = router_conn_send_queued(ws->conn);
+    size_t room = router_conn_send_room(ws->conn);
+    if (len > SIZE_MAX - PROTO_WS_HEADER_MAX - S_CLOSE_ROOM ||
+        PROTO_WS_HEADER_MAX + len + S_CLOSE_ROOM > room) {
+        bool share = queued < ws->send_limit + S_CLOSE_ROOM &&
+                     room < ws->send_limit + S_CLOSE_ROOM - queued;
+        ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ws %llu cut: slow consumer (%zu bytes unsent%s)",
+                   (unsigned long long) router_conn_id(ws->conn), queued,
+                   share ? "; its share of limits.conn_unsent_total_max" : "");
         s_fail(ws, PROTO_WS_CLOSE_POLICY, "slow consumer");
         errno = ENOBUFS;
         return -1;

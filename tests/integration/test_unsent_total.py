@@ -4,11 +4,13 @@ on the real `kith daemon --echo`: sockets that ask for echo and read none
 of it are cut once all connections together hold the bound (each may then
 hold only its share of it), long before their own 4 MiB, while a client
 that reads goes on being served. Python's `websockets` is the reader; the
-stuck clients are raw sockets."""
+stuck clients are raw sockets, and each must get Close 1008 "slow
+consumer" (not a reset) when its share runs out."""
 
 import asyncio
 import os
 import socket
+import struct
 import sys
 import threading
 
@@ -17,6 +19,7 @@ import websockets
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import Daemon, Results  # noqa: E402
 from peer import ws_masked as masked  # noqa: E402
+from peer import ws_server_frames  # noqa: E402
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 STUCK = 3
@@ -72,7 +75,7 @@ def stuck_readers_yield_to_the_total(node):
 
     def watch():
         # "its share": cut by the total, not by its own 4 MiB.
-        if node.wait_log("(its share: all connections hold", timeout=90, count=STUCK):
+        if node.wait_log("its share of limits.conn_unsent_total_max", timeout=90, count=STUCK):
             cut.set()
         stop.set()
     for t in threads:
@@ -85,16 +88,26 @@ def stuck_readers_yield_to_the_total(node):
         t.join(30)
     assert cut.is_set(), ("no stuck socket was cut by its share", [n[0] for n in sent],
                           node.logs()[-2000:])
-    # Each stuck socket was cut, and reading it now finds its end.
+    # Each stuck socket was closed politely: what it never read ends with
+    # Close 1008 "slow consumer".
     for s in socks:
         s.settimeout(30)
+        data = b""
         try:
-            while s.recv(1 << 20):
-                pass
-        except (ConnectionResetError, socket.timeout):
-            pass
+            while True:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+        except (ConnectionResetError, socket.timeout) as e:
+            raise AssertionError(f"the socket was not closed politely: {e!r}")
         s.close()
-    assert "cut as a slow consumer" in node.logs()
+        # The bytes after the 101 head (read by upgraded) are whole frames.
+        frames = ws_server_frames(data)
+        closes = [p for op, p in frames if op == 8]
+        assert closes, ("no Close", len(data))
+        assert struct.unpack(">H", closes[-1][:2])[0] == 1008, closes[-1]
+        assert closes[-1][2:] == b"slow consumer", closes[-1]
     assert rounds > 0
 
 
