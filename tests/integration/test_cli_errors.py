@@ -453,6 +453,11 @@ def main():
         open(blocker, "w").close()
         refused(("id", "--home", home, "--export-meerkat", blocker),
                 f"kith id: --export-meerkat: {blocker}/identity.key: Not a directory")
+        # An import names its flag too: the path may be mistaken for the home's.
+        empty = os.path.join(tmp, "export-empty")
+        os.makedirs(empty)
+        refused(("keygen", "--home", os.path.join(tmp, "import-to"), "--import-meerkat", empty),
+                f"kith keygen: --import-meerkat: {empty}/identity.key: No such file or directory")
 
     def send_refusals():
         home = os.path.join(tmp, "send")

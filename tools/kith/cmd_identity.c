@@ -52,7 +52,8 @@ int kith_identity_cmd_run(int argc, char **argv, const char *name, const char *u
     int rc = import_dir ? router_identity_import_meerkat(home, import_dir, &id, err, sizeof err)
                         : get(home, &id, err, sizeof err);
     if (rc != 0) {
-        fprintf(stderr, "kith %s: %s\n", name, err);
+        /* Which of two folders a path in err is under: the flag says. */
+        fprintf(stderr, "kith %s: %s%s\n", name, import_dir ? "--import-meerkat: " : "", err);
         return KITH_EXIT_FAIL;
     }
     if (export_dir && router_identity_export_meerkat(&id, export_dir, err, sizeof err) != 0) {
