@@ -202,7 +202,8 @@ def main():
         check(not os.path.exists("elsewhere"), "--home=elsewhere was taken as the home")
         for body in ("-n", "--home", "-n5"):
             refused(("send", "--home", home, "--to", "nobody", "--body", body),
-                    "kith send: no trusted peer named nobody")
+                    "kith send: no trusted peer named nobody; kith peers list shows the trusted "
+                    "ones (kith peers add adds one)")
 
     def agent_flags():
         for args, want in (
@@ -533,7 +534,8 @@ def main():
             (("send", "--to", "b", "--response", uid, "--status", "accepted", "--result", "{bad"),
              "kith send: --result: invalid JSON: lexical error: invalid char in json text."),
             (("send", "--to", "nobody", "--response", uid, "--status", "failed"),
-             "kith send: no trusted peer named nobody"),
+             "kith send: no trusted peer named nobody; kith peers list shows the trusted "
+             "ones (kith peers add adds one)"),
             # A flag the kind does not read is refused, not dropped.
             (("send", "--to", "b", "--body", "x", "--params", "{}"),
              "kith send: --params goes with --request or --lifecycle; see kith send --help"),

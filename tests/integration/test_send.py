@@ -88,6 +88,10 @@ def main():
                                           timeout=3600)
                 assert rc == 3, (rc, out, err)
                 assert json.loads(out)["status"] == "rejected"
+                # One line: what happened, then where to look.
+                assert err.count("\n") == 1 and err.startswith("kith send: rejected: ") and \
+                    err.endswith("; the peer's log names the reason (does it trust this "
+                                 "node's key? kith id prints it)\n"), err
                 print(f"     refused after {took:.2f} s")
                 b.wait_log("reason=untrusted_sender")
                 text = metrics(b)
@@ -97,7 +101,8 @@ def main():
 
         def unknown_peer_is_usage_error():
             rc, out, err, _ = send(a.home, "--to", "nobody", "--body", "x")
-            assert rc == 1 and "no trusted peer" in err, (rc, err)
+            assert rc == 1 and err == ("kith send: no trusted peer named nobody; kith peers list "
+                                       "shows the trusted ones (kith peers add adds one)\n"), (rc, err)
             rc, _, err, _ = send(a.home, "--to", "b")
             assert rc == 1 and "exactly one of" in err, (rc, err)
             rc, _, err, _ = send(a.home, "--to", "b", "--request", "x", "--params", "{bad")
@@ -125,6 +130,9 @@ def main():
             rc, out, err, _ = send(b.home, "--to", "a", "--body", "anyone?", timeout=2)
             assert rc == 2, (rc, out, err)
             assert json.loads(out)["status"] == "offline"
+            assert err.count("\n") == 1 and err.startswith("kith send: offline: ") and \
+                err.endswith("; check that the peer runs at its addr (kith peers list), then "
+                             "retry\n"), err
 
         def offline_when_no_ack():
             # A listener that accepts and never answers: the ack timeout.
@@ -151,7 +159,10 @@ def main():
             import socket
             d.trust("b", b.pk, f"tcp://no-such-host.invalid:{b.port}")
             rc, out, err, _ = send(d.home, "--to", "b", "--body", "nowhere", timeout=5)
-            assert rc == 1 and "cannot resolve no-such-host.invalid" in err, (rc, out, err)
+            assert rc == 1 and err.count("\n") == 1 and \
+                err.startswith("kith send: cannot resolve no-such-host.invalid") and \
+                err.endswith("; check the peer's addr (kith peers list) and this machine's "
+                             "DNS\n"), (rc, out, err)
             host = socket.gethostname()
             try:
                 local = socket.getaddrinfo(host, b.port, type=socket.SOCK_STREAM)[0][4][0]

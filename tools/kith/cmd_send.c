@@ -109,6 +109,25 @@ static cbor_item_t *s_kind(const char *body, const char *intent, const char *par
     return kind;
 }
 
+/* What to do about a send that failed or was not acked, after its
+ * reason: the node's detail says what happened, not where to look. */
+static const char *s_fix(int rc, router_send_outcome_t outcome, const char *detail)
+{
+    if (rc != 0) {
+        if (!strncmp(detail, "no trusted peer named ", 22))
+            return "; kith peers list shows the trusted ones (kith peers add adds one)";
+        if (!strncmp(detail, "cannot resolve ", 15))
+            return "; check the peer's addr (kith peers list) and this machine's DNS";
+        return "";
+    }
+    if (outcome == ROUTER_SEND_OFFLINE)
+        return "; check that the peer runs at its addr (kith peers list), then retry";
+    if (outcome == ROUTER_SEND_REJECTED)
+        return "; the peer's log names the reason (does it trust this node's key? kith id "
+               "prints it)";
+    return "";
+}
+
 /* Which exit code wins with --count: error, then offline, then refused. */
 static int s_rank(int code)
 {
@@ -258,7 +277,7 @@ int kith_cmd_send(int argc, char **argv)
         int rc = router_node_send(node, to, &kind, &r);
         uint64_t elapsed = router_clock_mono_ms() - t0;
         if (rc != 0) {
-            fprintf(stderr, "kith send: %s\n", r.detail);
+            fprintf(stderr, "kith send: %s%s\n", r.detail, s_fix(rc, r.outcome, r.detail));
             worst = KITH_EXIT_FAIL;
             break;
         }
@@ -271,7 +290,8 @@ int kith_cmd_send(int argc, char **argv)
         case ROUTER_SEND_REJECTED: code = KITH_EXIT_REJECTED; break;
         }
         if (code != KITH_EXIT_OK)
-            fprintf(stderr, "kith send: %s: %s\n", router_send_outcome_str(r.outcome), r.detail);
+            fprintf(stderr, "kith send: %s: %s%s\n", router_send_outcome_str(r.outcome), r.detail,
+                    s_fix(rc, r.outcome, r.detail));
         if (s_rank(code) > s_rank(worst))
             worst = code;
     }
