@@ -412,6 +412,17 @@ def main():
             with open("/dev/full", "wb") as full:
                 _, err = kith(*args, stdout=full, expect=1)
             error_line(err, f"kith {cmd}: {full_line}" if cmd else f"kith: {full_line}")
+        # A reader that has gone: SIGPIPE, without a word (kith --help).
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            p = subprocess.run([KITH, "peers", "list", "--home", home], stdout=w,
+                               stderr=subprocess.PIPE, timeout=TIMEOUT)
+        finally:
+            os.close(w)
+        check(p.returncode == -signal.SIGPIPE and p.stderr == b"", (p.returncode, p.stderr))
+        out, _ = kith("--help")
+        check("ends\n  by SIGPIPE without a word" in out, out)
         p = subprocess.run([KITH, "id", "--home", home], stdout=None, stderr=subprocess.PIPE,
                            timeout=TIMEOUT, preexec_fn=lambda: os.close(1))
         check(p.returncode == 1, f"exit {p.returncode}")

@@ -54,6 +54,20 @@ def main():
             assert "kith_comms_admitted_total 1\n" in text, text
             assert "kith_comms_acked_total 1\n" in text, text
 
+        def receipt_into_closed_pipe():
+            # The receipt's reader has gone: kith send (which ignores SIGPIPE
+            # for its sockets) ends by SIGPIPE without a word, as every other
+            # command does, once the envelope is acked.
+            import signal
+            r, w = os.pipe()
+            os.close(r)
+            try:
+                p = subprocess.run([KITH, "send", "--home", a.home, "--to", "b", "--body", "piped"],
+                                   stdout=w, stderr=subprocess.PIPE, timeout=120)
+            finally:
+                os.close(w)
+            assert p.returncode == -signal.SIGPIPE and p.stderr == b"", (p.returncode, p.stderr)
+
         def acked_over_a_unix_socket():
             rc, out, err, _ = send(c.home, "--to", "b", "--body", "by the socket")
             assert rc == 0, (rc, out, err)
@@ -177,6 +191,7 @@ def main():
             assert rc == 0 and json.loads(out)["status"] == "acked", (rc, out, err)
 
         results.run(acked_message)
+        results.run(receipt_into_closed_pipe)
         results.run(acked_over_a_unix_socket)
         results.run(request_by_peer_id)
         results.run(untrusted_is_refused_fast)

@@ -1,6 +1,7 @@
 /* tools/kith/main.c — the kith command line: picks the subcommand. */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -43,6 +44,8 @@ static void s_usage(FILE *out)
             "  2  kith send: the peer did not ack in time (offline)\n"
             "  3  kith send: the peer refused the envelope (connection closed)\n"
             "     kith service start|stop|restart|status: systemctl's own exit status\n"
+            "  a command whose stdout's reader has gone (kith audit tail | head -1) ends\n"
+            "  by SIGPIPE without a word, as other tools do (141 in a shell)\n"
             "\nstate lives in --home DIR, else $KITH_HOME, else ~/.kith\n");
 }
 
@@ -59,6 +62,13 @@ static int s_stdout_close(const char *cmd, int rc)
     bad = bad || ferror(stdout);
     if (!bad || rc != KITH_EXIT_OK)
         return rc;
+    if (e == EPIPE) {
+        /* The reader went away (`kith peers list | head -1`): end as every
+         * command that does not ignore SIGPIPE already has, quietly, by
+         * the signal, whether or not this one ignored it for its sockets. */
+        signal(SIGPIPE, SIG_DFL);
+        raise(SIGPIPE);
+    }
     fprintf(stderr, "kith%s%s: cannot write stdout (%s); check the file or pipe it goes to\n",
             cmd ? " " : "", cmd ? cmd : "", e ? strerror(e) : "write error");
     return KITH_EXIT_FAIL;
