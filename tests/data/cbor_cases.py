@@ -192,6 +192,15 @@ case(R, "wrong_type", "tool_call_id", dumps(turn(history__1__tool_call_id=1)), n
 case(R, "wrong_type", "tools", dumps(turn(tools__0="peers")), name="tool not a map")
 case(R, "bad_value", "executor", dumps(turn(tools__0__executor="both")), name="executor outside the set")
 case(R, "too_long", "name", dumps(turn(tools__0__name="n" * 257)), name="tool name of 257")
+case(R, "too_long", "tools", dumps(turn(tools=Raw(head(4, 257) + b"\xa0" * 257))), name="257 tools")
+case(R, "too_long", "tool_calls", dumps(turn(history__0__tool_calls=Raw(head(4, 257) + b"\xa0" * 257))),
+     name="257 tool calls")
+case(R, "ok", "", dumps(turn(tools=[TURN["tools"][0]] * 256)), name="256 tools")
+case(R, "ok", "", rmap([(b"\x78\x04type", t("stop")), (b"\x79\x00\x07turn_id", dumps(TID))]),
+     name="keys in non-shortest heads")
+case(R, "duplicate_key", "turn_id", rmap([(t("type"), t("stop")), (t("turn_id"), dumps(TID)),
+                                          (b"\x78\x07turn_id", dumps(TID))]),
+     name="turn_id twice, once in a non-shortest head")
 case(R, "wrong_type", "limits", dumps(turn(limits=[60, 600])), name="limits not a map")
 case(R, "missing_field", "turn_timeout_s", dumps(turn(limits__turn_timeout_s=None)), name="no timeout")
 case(R, "wrong_type", "max_tool_iterations", dumps(turn(limits__max_tool_iterations=-1)),
