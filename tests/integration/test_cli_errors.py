@@ -586,11 +586,19 @@ def main():
             (("service", "logs", "--lines", "abc"),
              "kith service: --lines takes 1 to 100000; see kith service --help"),
             (("service", "install", "--follow"),
-             "kith service install: a flag that does not apply to it; see kith service --help"),
+             "kith service install: --follow does not apply to install; see kith service --help"),
             (("service", "status", "--config", "x"),
-             "kith service status: a flag that does not apply to it; see kith service --help"),
+             "kith service status: --config does not apply to status; see kith service --help"),
             (("service", "start", "--print"),
-             "kith service start: a flag that does not apply to it; see kith service --help"),
+             "kith service start: --print does not apply to start; see kith service --help"),
+            # --lines given as its default is still given.
+            (("service", "stop", "--lines", "100"),
+             "kith service stop: --lines does not apply to stop; see kith service --help"),
+            (("service", "logs", "--system"),
+             "kith service logs: --system does not apply to logs; see kith service --help"),
+            # The verb is checked before its flags.
+            (("service", "frob", "--home", "x"),
+             "kith service: unknown verb 'frob'; see kith service --help"),
         ):
             refused(args, want)
         # A command alone is one line naming its verbs (exit 1), as every

@@ -417,7 +417,7 @@ static int s_logs(const char *home_flag, unsigned lines, bool follow)
 int kith_cmd_service(int argc, char **argv)
 {
     const char *home_flag = NULL, *config_flag = NULL;
-    bool system = false, print = false, follow = false;
+    bool system = false, print = false, follow = false, lines_given = false;
     unsigned lines = S_LOG_LINES_DEFAULT;
     static const struct option flags[] = {
         {"home", required_argument, NULL, 'H'}, {"config", required_argument, NULL, 'c'},
@@ -449,6 +449,7 @@ int kith_cmd_service(int argc, char **argv)
                 return KITH_EXIT_FAIL;
             }
             lines = (unsigned) v;
+            lines_given = true;
             break;
         default:
             return KITH_EXIT_FAIL;
@@ -462,10 +463,23 @@ int kith_cmd_service(int argc, char **argv)
     }
     const char *verb = argv[rest];
     bool is_logs = !strcmp(verb, "logs"), is_install = !strcmp(verb, "install");
-    if ((!is_install && (config_flag || print)) || (!is_install && !is_logs && home_flag) ||
-        (!is_logs && (follow || lines != S_LOG_LINES_DEFAULT)) || (is_logs && system)) {
-        fprintf(stderr, "kith service %s: a flag that does not apply to it; see kith service "
-                        "--help\n", verb);
+    bool is_control = !strcmp(verb, "start") || !strcmp(verb, "stop") ||
+                      !strcmp(verb, "restart") || !strcmp(verb, "status");
+    if (!is_logs && !is_install && !is_control && strcmp(verb, "uninstall") != 0) {
+        fprintf(stderr, "kith service: unknown verb '%s'; see kith service --help\n", verb);
+        return KITH_EXIT_FAIL;
+    }
+    /* A flag the verb does not read is named, not dropped. */
+    const char *stray = !is_install && config_flag             ? "--config"
+                        : !is_install && print                 ? "--print"
+                        : !is_install && !is_logs && home_flag ? "--home"
+                        : !is_logs && follow                   ? "--follow"
+                        : !is_logs && lines_given              ? "--lines"
+                        : is_logs && system                    ? "--system"
+                                                               : NULL;
+    if (stray) {
+        fprintf(stderr, "kith service %s: %s does not apply to %s; see kith service --help\n",
+                verb, stray, verb);
         return KITH_EXIT_FAIL;
     }
     if (is_install)
@@ -474,9 +488,5 @@ int kith_cmd_service(int argc, char **argv)
         return s_uninstall(system);
     if (is_logs)
         return s_logs(home_flag, lines, follow);
-    if (!strcmp(verb, "start") || !strcmp(verb, "stop") || !strcmp(verb, "restart") ||
-        !strcmp(verb, "status"))
-        return s_control(verb, system);
-    fprintf(stderr, "kith service: unknown verb '%s'; see kith service --help\n", verb);
-    return KITH_EXIT_FAIL;
+    return s_control(verb, system);
 }
