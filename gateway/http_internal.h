@@ -24,6 +24,7 @@ enum {
     GATEWAY_HTTP_REJECT_UNAUTH_SOURCE,                     /* "unauth_per_source" */
     GATEWAY_HTTP_REJECT_UNAUTH_FULL,                       /* "unauth_full" */
     GATEWAY_HTTP_REJECT_UNAUTH_EVICTED,                    /* "unauth_evicted" */
+    GATEWAY_HTTP_REJECT_UNAUTH_BODIES,                     /* "unauth_bodies_full" */
     GATEWAY_HTTP_REJECT_COUNT
 };
 
@@ -93,9 +94,11 @@ struct gateway_http {
     uint32_t ws_open;                    /* WebSockets among `open` */
     router_sources_t *sources;           /* unauthenticated connections per source */
     gateway_http_conn_t *unauth_head, *unauth_tail; /* not yet authenticated, oldest first */
+    size_t unauth_body_held;             /* body octets allocated by unauthenticated connections */
     gateway_ws_t *ws_unauth_head, *ws_unauth_tail; /* WebSockets not yet authenticated, oldest first */
     uint32_t unauth;                     /* how many, both lists */
     router_metric_t *m_unauth;           /* kith_http_unauth_connections */
+    router_metric_t *m_unauth_body;      /* kith_http_unauth_body_bytes */
     router_metric_t *m_rejected[GATEWAY_HTTP_REJECT_COUNT]; /* kith_http_rejected_total */
     router_metric_t *m_status[GATEWAY_HTTP_STATUS_MAX - GATEWAY_HTTP_STATUS_MIN + 1];
                                          /* kith_http_requests_total, registered on first use */
@@ -118,6 +121,7 @@ struct gateway_http_conn {
     const char *head_at;            /* a complete head still in the read buffer, else NULL */
     char *body_buf;                 /* decoded body so far */
     size_t body_len, body_cap;      /* its octets, allocated octets */
+    size_t body_counted;            /* body_cap, counted in unauth_body_held while unauthenticated */
     const gateway_http_route_t *route; /* route of the current request */
     bool head_only;                 /* the current request is HEAD: answers carry no body */
     bool paused;                    /* reads paused: answers are waiting to be written */

@@ -40,6 +40,7 @@ void gateway_http_opts_from_config(gateway_http_opts_t *opts, const router_confi
     opts->max_connections = cfg->gateway.max_connections;
     opts->unauth_max = cfg->limits.http_unauth_connections_max;
     opts->unauth_per_source_max = cfg->limits.http_unauth_per_source_max;
+    opts->unauth_body_max = cfg->limits.partial_frame_bytes_max;
     opts->send_limit = cfg->limits.conn_unsent_max;
 }
 
@@ -62,6 +63,8 @@ static int s_opts_resolve(const gateway_http_opts_t *in, gateway_http_opts_t *o,
         o->unauth_max = o->max_connections;
     if (!o->unauth_per_source_max)
         o->unauth_per_source_max = GATEWAY_HTTP_UNAUTH_PER_SOURCE_MAX;
+    if (!o->unauth_body_max)
+        o->unauth_body_max = GATEWAY_HTTP_UNAUTH_BODY_MAX;
     if (o->unauth_per_source_max > o->unauth_max)
         o->unauth_per_source_max = o->unauth_max;
     if (!o->head_timeout_ms)
@@ -144,6 +147,7 @@ static const char *s_reject_code(int reject)
     case GATEWAY_HTTP_REJECT_UNAUTH_SOURCE: return "unauth_per_source";
     case GATEWAY_HTTP_REJECT_UNAUTH_FULL: return "unauth_full";
     case GATEWAY_HTTP_REJECT_UNAUTH_EVICTED: return "unauth_evicted";
+    case GATEWAY_HTTP_REJECT_UNAUTH_BODIES: return "unauth_bodies_full";
     }
     return proto_http_reason_str((proto_http_reason_t) reject);
 }
@@ -262,8 +266,51 @@ static int s_head_keep(gateway_http_conn_t *hc)
     return again == (ssize_t) n ? 0 : -1;
 }
 
+/* The body octets hc holds count in the unauthenticated connections'
+ * budget as `bytes` from now (0 once authenticated or the body is gone). */
+static void s_body_count(gateway_http_conn_t *hc, size_t bytes)
+{
+    gateway_http_t *g = hc->g;
+    if (!hc->unauth)
+        bytes = 0;
+    g->unauth_body_held = g->unauth_body_held - hc->body_counted + bytes;
+    hc->body_counted = bytes;
+    router_metric_set(g->m_unauth_body, g->unauth_body_held);
+}
+
+static void s_unauth_leave(gateway_http_conn_t *hc);
+
+/* Room in the unauthenticated connections' body budget for hc to hold
+ * `cap` octets, made by cutting the connection that holds the most while
+ * still reading its body, if it holds more than hc would: one client
+ * cannot be made to wait by many holding bodies open, and memory stays
+ * bounded however many connections prove nothing (WIRE §11.3). False:
+ * hc is the one to refuse. */
+static bool s_body_room(gateway_http_conn_t *hc, size_t cap)
+{
+    gateway_http_t *g = hc->g;
+    while (g->unauth_body_held - hc->body_counted + cap > g->opts.unauth_body_max) {
+        gateway_http_conn_t *victim = NULL;
+        for (gateway_http_conn_t *c = g->unauth_head; c; c = c->unext)
+            if (c != hc && c->phase == GATEWAY_HTTP_BODY &&
+                (!victim || c->body_counted > victim->body_counted))
+                victim = c;
+        if (!victim || victim->body_counted <= cap)
+            return false;
+        router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_UNAUTH_BODIES], 1);
+        ROUTER_LOG(ROUTER_LOG_INFO, "gateway",
+                   "conn %llu cut: its unfinished body (%zu octets) was the largest held by "
+                   "unauthenticated connections (limits.partial_frame_bytes_max)",
+                   (unsigned long long) router_conn_id(victim->conn), victim->body_counted);
+        s_unauth_leave(victim);
+        router_conn_abort(victim->conn); /* on_close frees it */
+    }
+    return true;
+}
+
 /* Appends decoded body octets, keeping a NUL after them. The decoder has
- * checked the total against the body limit. */
+ * checked the total against the body limit. Returns 0, -1 out of memory,
+ * or -2 when the unauthenticated connections' body budget has no room. */
 static int s_body_append(gateway_http_conn_t *hc, const char *data, size_t n)
 {
     size_t need = hc->body_len + n + 1;
@@ -277,11 +324,14 @@ static int s_body_append(gateway_http_conn_t *hc, const char *data, size_t n)
             cap = (size_t) hc->g->limits.max_body + 1;
         if (cap < need)
             cap = need;
+        if (hc->unauth && !s_body_room(hc, cap))
+            return -2;
         char *p = realloc(hc->body_buf, cap);
         if (!p)
             return -1;
         hc->body_buf = p;
         hc->body_cap = cap;
+        s_body_count(hc, cap);
     }
     memcpy(hc->body_buf + hc->body_len, data, n);
     hc->body_len += n;
@@ -313,6 +363,7 @@ static void s_request_done(gateway_http_conn_t *hc, const gateway_http_res_t *re
     hc->head_len = hc->head_cap = 0;
     free(hc->head);
     hc->head = NULL;
+    s_body_count(hc, 0);
     hc->body_len = hc->body_cap = 0;
     free(hc->body_buf);
     hc->body_buf = NULL;
@@ -415,6 +466,7 @@ static void s_unauth_leave(gateway_http_conn_t *hc)
         g->unauth_tail = hc->uprev;
     hc->uprev = hc->unext = NULL;
     hc->unauth = false;
+    s_body_count(hc, 0); /* a credential proved: its body is its own affair */
     router_sources_release(g->sources, &hc->source);
     g->unauth--;
     router_metric_set(g->m_unauth, g->unauth);
@@ -717,7 +769,14 @@ static size_t s_read_body(gateway_http_conn_t *hc, char *buf, size_t len)
             s_refuse_reason(hc, hc->body.reason);
             return len;
         }
-        if (data.len && s_body_append(hc, data.ptr, data.len) != 0) {
+        int rc = data.len ? s_body_append(hc, data.ptr, data.len) : 0;
+        if (rc == -2) {
+            s_refuse(hc, 503, GATEWAY_HTTP_REJECT_UNAUTH_BODIES,
+                     "too many unfinished request bodies from clients without a credential; "
+                     "try again later");
+            return len;
+        }
+        if (rc != 0) {
             s_fail(hc, "a request body");
             return len;
         }
@@ -805,6 +864,7 @@ static void s_conn_free(gateway_http_conn_t *hc)
 {
     if (hc->pending)
         hc->pending->res.hc = NULL; /* the route still holds it; its answer goes nowhere */
+    s_body_count(hc, 0);
     free(hc->head);
     free(hc->body_buf);
     free(hc->held);
@@ -919,6 +979,11 @@ static void s_metrics_register(gateway_http_t *g)
     g->m_unauth = router_metrics_add(m, "kith_http_unauth_connections", NULL, ROUTER_METRIC_GAUGE,
                                      "HTTP connections on which no request has proved a"
                                      " credential yet.");
+    g->m_unauth_body = router_metrics_add(m, "kith_http_unauth_body_bytes", NULL,
+                                          ROUTER_METRIC_GAUGE,
+                                          "Request-body octets held by HTTP connections that have"
+                                          " proved no credential (bounded by"
+                                          " limits.partial_frame_bytes_max).");
     g->m_ws_open = router_metrics_add(m, "kith_ws_connections_open", NULL, ROUTER_METRIC_GAUGE,
                                       "WebSocket connections open (counted in "
                                       "kith_http_connections_open too).");
