@@ -34,6 +34,9 @@ static const char s_usage[] =
     "\n"
     "Exit 0 done; 1 usage, the daemon not running, or a refusal (on stderr).\n";
 
+/* The longest token name, in octets (WIRE §28). */
+#define S_NAME_MAX 64
+
 /* Flags every verb takes. */
 typedef struct {
     const char *home, *config, *scope, *name;
@@ -172,7 +175,22 @@ static int s_mint(const s_flags_t *f)
                         "--help\n");
         return KITH_EXIT_FAIL;
     }
-    char scope[64], name[512], body[640];
+    /* The daemon's own bounds (WIRE §28), said here without a round trip
+     * and whether or not it runs. */
+    if (strcmp(f->scope, "node") != 0 && strcmp(f->scope, "operator") != 0) {
+        fprintf(stderr, "kith tokens mint: --scope is node or operator, got '%.64s'\n", f->scope);
+        return KITH_EXIT_FAIL;
+    }
+    size_t nlen = strlen(f->name);
+    bool control = false;
+    for (size_t i = 0; i < nlen; i++)
+        control = control || (unsigned char) f->name[i] < 0x20 || f->name[i] == 0x7f;
+    if (nlen < 1 || nlen > S_NAME_MAX || control) {
+        fprintf(stderr, "kith tokens mint: --name takes 1 to %d octets without control "
+                        "characters\n", S_NAME_MAX);
+        return KITH_EXIT_FAIL;
+    }
+    char scope[64], name[S_NAME_MAX * 6 + 3], body[sizeof scope + sizeof name + 32];
     if (!s_json_string(scope, sizeof scope, f->scope) ||
         !s_json_string(name, sizeof name, f->name)) {
         fprintf(stderr, "kith tokens mint: --scope or --name is too long\n");
