@@ -659,6 +659,35 @@ def main():
                 "kith gateway: --log-level must be debug, info, warn or error")
         check(not os.path.exists(fresh), "the home was made for a refused command")
 
+    def daemon_port_taken():
+        # A port another process holds: the last line (the ones before are
+        # the daemon's log) names it and what to do.
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        fix = ("; another process listens there (another kith daemon?): stop it, or choose "
+               "another address (--port, gateway.port, comms.address)")
+        try:
+            for name, cfg, want in (
+                ("gateway", {"gateway": {"port": port},
+                             "comms": {"address": "127.0.0.1:0", "uds_path": None}},
+                 f"kith daemon: gateway: cannot listen on http://127.0.0.1:{port}: Address "
+                 "already in use"),
+                ("comms", {"gateway": {"port": 0},
+                           "comms": {"address": f"127.0.0.1:{port}", "uds_path": None}},
+                 f"kith daemon: cannot listen on 127.0.0.1:{port}: Address already in use"),
+            ):
+                home = os.path.join(tmp, f"port-taken-{name}")
+                os.makedirs(home)
+                cfg["workers"] = {"agent_threads": 0}
+                with open(os.path.join(home, "config.json"), "w") as f:
+                    json.dump(cfg, f)
+                _, err = kith("daemon", "--home", home, expect=1)
+                check(err.splitlines()[-1] == want + fix, err[-400:])
+        finally:
+            holder.close()
+
     def daemon_without_log_file():
         # logs/daemon.log a folder: the daemon says so once and logs to
         # stderr; with the smallest per-connection unsent bound it still
@@ -758,7 +787,7 @@ def main():
                  envelope_io, stdout_that_fails, daemon_stderr_closed, identity_export,
                  send_refusals, send_thread_refused, values_checked,
                  peers_import_drops_bad_addr,
-                 daemon_refusals, daemon_without_log_file, admin_answers):
+                 daemon_refusals, daemon_port_taken, daemon_without_log_file, admin_answers):
         r.run(case)
     shutil.rmtree(tmp, ignore_errors=True)
     return r.summary()

@@ -486,6 +486,16 @@ static void s_warn_home_mode(const char *home)
                    home, (unsigned) (st.st_mode & 07777), home);
 }
 
+/* What to do when a listener cannot be opened, after the reason (the
+ * rest of the start failures name their key or file already). */
+static const char *s_start_fix(const char *err)
+{
+    if (strstr(err, "Address already in use"))
+        return "; another process listens there (another kith daemon?): stop it, or choose "
+               "another address (--port, gateway.port, comms.address)";
+    return "";
+}
+
 /* `kith daemon` and `kith gateway` (cmd names which): one server, the
  * gateway without the comms listeners. */
 static int s_serve(int argc, char **argv, const char *cmd)
@@ -595,7 +605,7 @@ static int s_serve(int argc, char **argv, const char *cmd)
     if (!node) {
         ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "cannot start: %s", err);
         router_log_stop();
-        fprintf(stderr, "kith %s: %s\n", cmd, err);
+        fprintf(stderr, "kith %s: %s%s\n", cmd, err, s_start_fix(err));
         return KITH_EXIT_FAIL;
     }
     char pk[PROTO_PUBKEY_TEXT_CAP], pid[PROTO_UUID_TEXT_CAP];
@@ -612,7 +622,7 @@ static int s_serve(int argc, char **argv, const char *cmd)
         ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "cannot start: %s", err);
         router_node_destroy(&node);
         router_log_stop();
-        fprintf(stderr, "kith %s: %s\n", cmd, err);
+        fprintf(stderr, "kith %s: %s%s\n", cmd, err, s_start_fix(err));
         return KITH_EXIT_FAIL;
     }
     s_gw_auth_t ga = {.audit_feed = au.feed, .audit_broker = au.broker};
@@ -625,7 +635,7 @@ static int s_serve(int argc, char **argv, const char *cmd)
         ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "cannot start: %s", err);
         router_node_destroy(&node);
         router_log_stop();
-        fprintf(stderr, "kith %s: %s\n", cmd, err);
+        fprintf(stderr, "kith %s: %s%s\n", cmd, err, s_start_fix(err));
         return KITH_EXIT_FAIL;
     }
     /* Stop taking HTTP connections the moment the drain starts, and let
