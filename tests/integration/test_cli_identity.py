@@ -373,7 +373,7 @@ def test_peers_usage(tmp, me):
     for args, needle in (
         ((), "expected add, remove, list or import"),
         (("frob",), "expected add, remove, list or import"),
-        (("list", "--home"), "--home needs a directory"),
+        (("list", "--home"), "--home needs a value"),
         (("list", "extra", "--home", home), "unexpected 'extra'"),
         (("remove", "--home", home), "expected one NAME or PEER_ID"),
         (("add", "--home", home, "--name", "x", "--pubkey", pk, "--addr", addr,
