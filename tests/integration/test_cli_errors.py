@@ -610,7 +610,7 @@ def main():
         for cmd, first, verbs in (("audit", "usage: kith audit verify", "verify, tail or query"),
                                   ("envelope", "usage: kith envelope encode",
                                    "encode, decode or verify")):
-            refused((cmd,), f"kith {cmd}: expected {verbs}; see kith {cmd} --help")
+            refused((cmd,), f"kith {cmd}: expected {verbs}; see kith {cmd} --help for the usage")
             out, err = kith(cmd, "-h")
             check(out.startswith(first) and err == "", out[:80])
         out, _ = kith("config", "-h")

@@ -148,7 +148,8 @@ static int s_print(const char *path, const audit_query_t *q)
 int kith_cmd_audit(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "kith audit: expected verify, tail or query; see kith audit --help\n");
+        fprintf(stderr, "kith audit: expected verify, tail or query; see kith audit --help for the "
+                        "usage\n");
         return KITH_EXIT_FAIL;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {

@@ -244,7 +244,7 @@ int kith_cmd_envelope(int argc, char **argv)
 {
     if (argc < 2) {
         fprintf(stderr, "kith envelope: expected encode, decode or verify; see kith envelope "
-                        "--help\n");
+                        "--help for the usage\n");
         return KITH_EXIT_FAIL;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
