@@ -132,13 +132,21 @@ static int s_query_get(proto_http_slice_t q, const char *key, char *out, size_t 
 
 /* ---------------------------------------------------------------- sending */
 
-/* Encodes and sends one frame the gateway makes itself. */
+/* Encodes and sends one frame the gateway makes itself. A frame that
+ * cannot be made (out of memory) closes the socket with 1011: its client
+ * waits on an answer (an error, `connected`) that would never come. */
 static void s_send_frame(s_sock_t *s, const gateway_chat_out_t *f)
 {
     char *json;
     size_t len;
-    if (!s->ws || gateway_chat_frame_encode(f, &json, &len) != 0)
+    if (!s->ws)
         return;
+    if (gateway_chat_frame_encode(f, &json, &len) != 0) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "ws %llu: out of memory for a frame: closed",
+                   (unsigned long long) gateway_ws_id(s->ws));
+        gateway_ws_close(s->ws, 1011, "out of memory");
+        return;
+    }
     (void) gateway_ws_send(s->ws, true, json, len); /* a failure closes the socket itself */
     free(json);
 }
@@ -239,7 +247,17 @@ static void s_handle(s_sock_t *s, bool text, const uint8_t *data, size_t len)
             code = "AGENT_ERROR";
         break;
     case GATEWAY_CHAT_IN_STOP:
-        router_turns_stop(chat->opts.turns, s->sub);
+        if (router_turns_active(chat->opts.turns, s->sub, NULL)) {
+            router_turns_stop(chat->opts.turns, s->sub); /* every socket gets its stopped */
+        } else {
+            /* No turn: the answer is this socket's alone, and made here,
+             * where a frame that cannot be made closes the socket (the
+             * turns module would drop its own). */
+            static const char none[] = "no active turn";
+            gateway_chat_out_t f = {.type = GATEWAY_CHAT_OUT_STOPPED, .text = none,
+                                    .text_len = sizeof none - 1};
+            s_send_frame(s, &f);
+        }
         break;
     }
     if (code)
