@@ -171,10 +171,18 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
         data += n;
         len -= (size_t) n;
         lines++;
-        if (item.kind == PROTO_LINE_TOO_LONG)
+        if (item.kind == PROTO_LINE_TOO_LONG) {
             s_skip(ec->ev, "too_long");
-        else
+            /* The rest of it is skipped unstored (proto/line.h): the
+             * 64 KiB kept so far go back to the partial budget now, not
+             * at its LF, which may be a frame deadline away. */
+            if (ec->buf) {
+                proto_line_reader_storage_gone(&ec->reader);
+                s_storage_free(ec);
+            }
+        } else {
             s_line(ec->ev, item.at, item.len);
+        }
     }
     s_batch_report(ec->ev);
     if (ec->buf && !proto_line_reader_busy(&ec->reader)) {
