@@ -3,8 +3,9 @@
  * its own thread answering each audit-append as told): pushes refused for
  * their bounds or for want of memory, the queue's bound, new under each
  * allocation failing, replies that are not appended (a body that does not
- * decode, an io error, a count that does not match, bad_request, a worker
- * that leaves holding the batch), and events still queued at destroy. The
+ * decode, an io error, counts other than the batch's, bad_request, a
+ * worker that leaves holding the batch), a loop that has no timer for the
+ * feed, and events still queued at destroy. The
  * happy path, with the real audit worker, is in audit_worker_test. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -34,7 +35,9 @@ typedef enum {
     S_OK = 0,      /* audit_appended with the batch's count */
     S_GARBAGE,     /* a body that is no audit message */
     S_IO,          /* audit_error io */
-    S_WRONG_COUNT, /* audit_appended with one event too many */
+    S_OVER_COUNT,  /* audit_appended with one event too many */
+    S_SHORT_COUNT, /* audit_appended with the first event only (a worker that stored a part) */
+    S_NO_COUNT,    /* audit_appended with count 0 */
     S_BAD_REQUEST, /* audit_error bad_request */
     S_LEAVE,       /* no answer: the worker leaves holding the batch */
 } s_mode_t;
@@ -89,8 +92,14 @@ static void *s_fake_main(void *arg)
             rep = (proto_audit_msg_t){.kind = PROTO_AUDIT_ERROR, .code = "io", .code_len = 2,
                                       .reason = "disk full", .reason_len = 9};
             break;
-        case S_WRONG_COUNT:
+        case S_OVER_COUNT:
             rep.count++;
+            break;
+        case S_SHORT_COUNT:
+            rep.count = 1;
+            break;
+        case S_NO_COUNT:
+            rep.count = 0;
             break;
         case S_BAD_REQUEST:
             rep = (proto_audit_msg_t){.kind = PROTO_AUDIT_ERROR, .code = "bad_request", .code_len = 11,
@@ -283,14 +292,14 @@ static void test_new_without_memory(void **state)
     assert_true(made);
 }
 
-/* Answers that are not "appended, all of them": a body that does not
- * decode, an io error and a count that does not match keep the batch and
- * send it again (counted in retries); the events are appended once the
- * worker says so, and nothing is dropped. */
+/* Answers that store nothing: a body that does not decode, an io error
+ * and "appended" 0 events keep the batch and send it again (counted in
+ * retries); the events are appended once the worker says so, and nothing
+ * is dropped. */
 static void test_failed_batches_are_sent_again(void **state)
 {
     fix_t *f = *state;
-    static const s_mode_t script[] = {S_GARBAGE, S_IO, S_WRONG_COUNT};
+    static const s_mode_t script[] = {S_GARBAGE, S_IO, S_NO_COUNT};
     s_fake_t *w = s_fake_start(f->ep, script, 3);
     s_push(f, 3);
     test_loop_until(f->loop, s_empty, f, 5, 60000);
@@ -303,6 +312,102 @@ static void test_failed_batches_are_sent_again(void **state)
     s_metric(f, "kith_audit_retries_total 3");
     s_metric(f, "kith_audit_appended_total 3");
     s_fake_stop(&w);
+}
+
+/* "appended" with a count other than the batch's (a worker serving
+ * kith.audit over workers.listen may store a part): the events it says it
+ * stored are never sent again, which could write them twice. One that
+ * stored the first of 3 gets the other 2 in the next batch; one that says
+ * it stored more than it was sent has stored the batch (logged). The
+ * worker sees 3 + 2 events, no retry. */
+static void test_appended_counts_that_differ(void **state)
+{
+    fix_t *f = *state;
+    static const s_mode_t script[] = {S_SHORT_COUNT, S_OVER_COUNT};
+    s_fake_t *w = s_fake_start(f->ep, script, 2);
+    s_push(f, 3);
+    test_loop_until(f->loop, s_empty, f, 5, 60000);
+    router_audit_feed_stats_t st = s_stats(f);
+    assert_int_equal(st.appended, 3);
+    assert_int_equal(st.batches, 2);
+    assert_int_equal(st.retries, 0);
+    assert_int_equal(st.dropped, 0);
+    assert_int_equal(atomic_load(&w->requests), 2);
+    assert_int_equal(atomic_load(&w->events), 5);
+    s_metric(f, "kith_audit_appended_total 3");
+    s_fake_stop(&w);
+}
+
+static void s_nop_timer(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    (void) ud;
+}
+
+static bool s_timer_failures(void *ud)
+{
+    retries_t *r = ud;
+    router_audit_feed_stats_t st = s_stats(r->f);
+    return st.timer_failures >= r->retries && st.retries >= 1;
+}
+
+/* The loop cannot add the feed's timer (its max_timers are pending): the
+ * events pushed are sent all the same, from the next loop iteration (a
+ * post), counted in kith_audit_timer_failures_total; a retry's wait that
+ * finds no timer is not skipped (the batch is not sent again at once), and
+ * the next event pushed sends the queue. */
+static void test_no_timer_for_the_feed(void **state)
+{
+    (void) state;
+    fix_t fx = {0}, *f = &fx;
+    snprintf(f->ep, sizeof f->ep, "inproc://audit-feed-test-%d", ++s_n);
+    router_loop_opts_t lo = {.max_timers = 16};
+    f->loop = router_loop_new(&lo);
+    assert_non_null(f->loop);
+    f->metrics = router_metrics_new();
+    char err[256] = "";
+    router_broker_opts_t bo = {.loop = f->loop, .endpoint = f->ep, .heartbeat_ms = 100, .liveness = 50};
+    f->b = router_broker_new(&bo, err, sizeof err);
+    assert_non_null(f->b);
+    router_audit_feed_opts_t fo = {.loop = f->loop, .broker = f->b, .metrics = f->metrics,
+                                   .queue_max = 8, .retry_ms = 5};
+    f->feed = router_audit_feed_new(&fo);
+    assert_non_null(f->feed);
+    static const s_mode_t script[] = {S_IO};
+    s_fake_t *w = s_fake_start(f->ep, script, 1);
+
+    uint64_t ids[16];
+    size_t n = 0;
+    while (n < 16 && (ids[n] = router_loop_timer_add(f->loop, 3600000, s_nop_timer, NULL)))
+        n++;
+    assert_true(n > 1 && n < 16); /* the broker holds some */
+    s_push(f, 3);
+    assert_int_equal(s_stats(f).timer_failures, 1);
+    /* One timer for the test's own checks. */
+    assert_int_equal(router_loop_timer_cancel(f->loop, ids[--n]), 0);
+    test_loop_until(f->loop, s_taken, w, 5, 60000);
+    /* The worker fails the batch; the retry's timer fails, and so does the
+     * post's second try: the batch waits. */
+    retries_t three = {f, 3};
+    test_loop_until(f->loop, s_timer_failures, &three, 5, 60000);
+    router_audit_feed_stats_t st = s_stats(f);
+    assert_int_equal(st.queued, 3);
+    assert_int_equal(atomic_load(&w->requests), 1);
+    s_metric(f, "kith_audit_timer_failures_total 3");
+    while (n)
+        assert_int_equal(router_loop_timer_cancel(f->loop, ids[--n]), 0);
+    s_push(f, 1);
+    test_loop_until(f->loop, s_empty, f, 5, 60000);
+    st = s_stats(f);
+    assert_int_equal(st.appended, 4);
+    assert_int_equal(st.timer_failures, 3);
+    assert_int_equal(atomic_load(&w->requests), 2);
+    s_fake_stop(&w);
+    router_audit_feed_destroy(&f->feed);
+    router_broker_destroy(&f->b);
+    router_loop_destroy(&f->loop);
+    router_metrics_destroy(&f->metrics);
 }
 
 /* bad_request is kith's own bug, not the disk's: that batch is dropped
@@ -377,6 +482,8 @@ int main(void)
         T(test_push_refusals),
         T(test_new_without_memory),
         T(test_failed_batches_are_sent_again),
+        T(test_appended_counts_that_differ),
+        cmocka_unit_test(test_no_timer_for_the_feed),
         T(test_bad_request_drops_the_batch),
         T(test_worker_leaves_holding_a_batch),
         cmocka_unit_test(test_details),

@@ -3,6 +3,7 @@
  * WIRE §21.7. */
 #include "router/workers/audit_feed.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,8 @@ struct router_audit_feed {
     int64_t request;             /* the broker's handle; 0 none, -1 being sent */
     uint64_t sends;              /* counts s_send's requests (a reply may come inside one) */
     uint64_t timer;              /* flush or retry timer, 0 for none */
+    struct s_post *post;         /* stands in for a timer the loop could not add; NULL none */
+    bool timer_failing;          /* the last timer add failed (logged once, until one works) */
     uint32_t retry_first_ms;
     uint32_t retry_ms;           /* the next retry's delay */
     router_audit_limit_t *limit; /* what outsiders' events may cost the log */
@@ -48,7 +51,17 @@ struct router_audit_feed {
     void *drained_ud;
     uint64_t drain_timer;        /* the stop's wait, 0 for none */
     router_audit_feed_stats_t st;
-    router_metric_t *m_events, *m_appended, *m_dropped, *m_retries, *m_queue, *m_suppressed;
+    router_metric_t *m_events, *m_appended, *m_dropped, *m_retries, *m_queue, *m_suppressed,
+        *m_timer_failures;
+};
+
+/* A post that stands in for a timer the loop could not add (its timers at
+ * max_timers, or no memory). The loop runs every post it took, at the
+ * latest inside router_loop_destroy, so a feed destroyed first only
+ * unhooks itself (feed NULL) and the post frees itself. */
+struct s_post {
+    router_audit_feed_t *feed; /* NULL once the feed is gone */
+    uint64_t ms;               /* the delay the timer was for */
 };
 
 /* ================================================================ details */
@@ -174,6 +187,9 @@ router_audit_feed_t *router_audit_feed_new(const router_audit_feed_opts_t *o)
         self->m_suppressed = router_metrics_add(
             m, "kith_audit_suppressed_total", NULL, ROUTER_METRIC_COUNTER,
             "Audit events from outside held back by the rate limit (counted in audit_suppressed)");
+        self->m_timer_failures = router_metrics_add(
+            m, "kith_audit_timer_failures_total", NULL, ROUTER_METRIC_COUNTER,
+            "Times the audit feed could not add a loop timer to send or retry a batch");
     }
     return self;
 }
@@ -212,6 +228,8 @@ void router_audit_feed_destroy(router_audit_feed_t **self_p)
         (void) router_loop_timer_cancel(self->loop, self->drain_timer);
     if (self->request > 0)
         router_broker_cancel(self->broker, self->request);
+    if (self->post)
+        self->post->feed = NULL; /* the loop still runs it: it frees itself */
     if (self->timer)
         (void) router_loop_timer_cancel(self->loop, self->timer);
     if (self->limit_timer)
@@ -243,11 +261,71 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
     s_send(self);
 }
 
-static void s_schedule(router_audit_feed_t *self, uint64_t ms)
+/* Adds the send or retry timer; 0, or -1 (counted, and logged once until
+ * a timer is added again). */
+static int s_timer_add(router_audit_feed_t *self, uint64_t ms)
 {
+    if ((self->timer = router_loop_timer_add(self->loop, ms, s_on_timer, self)) != 0) {
+        self->timer_failing = false;
+        return 0;
+    }
+    self->st.timer_failures++;
+    router_metric_inc(self->m_timer_failures, 1);
+    if (!self->timer_failing)
+        ROUTER_LOG(ROUTER_LOG_ERROR, "audit",
+                   "cannot add the audit feed's timer (%s): %zu queued audit events are sent from "
+                   "the next loop iteration or with the next event, counted in "
+                   "kith_audit_timer_failures_total",
+                   strerror(errno), self->count);
+    self->timer_failing = true;
+    return -1;
+}
+
+static void s_on_post(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    struct s_post *p = arg;
+    router_audit_feed_t *self = p->feed;
+    uint64_t ms = p->ms;
+    free(p);
+    if (!self)
+        return; /* destroyed meanwhile */
+    self->post = NULL;
     if (self->timer || self->request != 0)
         return;
-    self->timer = router_loop_timer_add(self->loop, ms, s_on_timer, self);
+    /* A send waits for nothing: send now. A retry's wait is tried as a timer
+     * once more, not skipped: sending a failed batch again at once, each
+     * time it fails, would send it as fast as the worker can fail it. If
+     * that fails as well, the next event pushed sends the queue. */
+    if (ms == 0)
+        s_send(self);
+    else
+        (void) s_timer_add(self, ms);
+}
+
+/* Sends the queue after ms (0: in the next loop iteration, so what one
+ * iteration pushes goes together). Queued events are never left without
+ * something that sends them: when the loop cannot add the timer, a post
+ * stands in for it; when it cannot take the post either, the next push
+ * (which schedules again) sends them. */
+static void s_schedule(router_audit_feed_t *self, uint64_t ms)
+{
+    if (self->timer || self->post || self->request != 0)
+        return;
+    if (s_timer_add(self, ms) == 0)
+        return;
+    struct s_post *p = malloc(sizeof *p);
+    if (p) {
+        *p = (struct s_post){.feed = self, .ms = ms};
+        if (router_loop_post(self->loop, s_on_post, p) == 0) {
+            self->post = p;
+            return;
+        }
+        free(p);
+    }
+    ROUTER_LOG(ROUTER_LOG_ERROR, "audit",
+               "cannot post the audit feed's send either: %zu queued audit events wait for the "
+               "next event", self->count);
 }
 
 /* The worker failed the batch in flight, or died holding it: keep it and
@@ -281,15 +359,28 @@ static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
         s_retry(self, "bad reply");
         return;
     }
-    if (m.kind == PROTO_AUDIT_APPENDED && m.count == self->in_flight) {
-        self->st.appended += m.count;
+    if (m.kind == PROTO_AUDIT_APPENDED && m.count > 0) {
+        /* The worker says these are durable: they are never sent again,
+         * which could write them twice. kith's worker stores a batch whole;
+         * another worker serving kith.audit (workers.listen) may store its
+         * first `count` events only: the rest stay queued, at the head, and
+         * go in the next batch. A count past the batch is the worker's
+         * mistake: the batch counts as stored, and the mistake is logged. */
+        size_t done = m.count < self->in_flight ? (size_t) m.count : self->in_flight;
+        if (m.count != self->in_flight)
+            ROUTER_LOG(m.count > self->in_flight ? ROUTER_LOG_ERROR : ROUTER_LOG_WARN, "audit",
+                       "the audit worker appended %llu events of a batch of %zu: %s",
+                       (unsigned long long) m.count, self->in_flight,
+                       m.count > self->in_flight ? "more than it was sent, the batch counts as stored"
+                                                 : "the rest are sent again in the next batch");
+        self->st.appended += done;
         self->st.batches++;
-        router_metric_inc(self->m_appended, m.count);
-        s_pop(self, self->in_flight);
+        router_metric_inc(self->m_appended, done);
+        s_pop(self, done);
         self->in_flight = 0;
         self->retry_ms = self->retry_first_ms;
         if (self->count)
-            s_send(self); /* what came meanwhile: the next group commit */
+            s_send(self); /* what is left and what came meanwhile: the next group commit */
     } else if (m.kind == PROTO_AUDIT_ERROR && m.code && strcmp(m.code, "bad_request") == 0) {
         /* kith sent what kith's worker cannot read: a bug, not a disk
          * problem; sending it again would loop. */
