@@ -761,8 +761,14 @@ static void s_abort_pending(s_conn_t *c)
         if (!dup && nstop < GATEWAY_OPENCLAW_SESSIONS_MAX)
             stop[nstop++] = r->b;
     }
-    if (waiting && !c->abort_timer)
-        c->abort_timer = router_loop_timer_add(c->oc->loop, S_ABORT_POLL_MS, s_abort_poll, c);
+    if (waiting && !c->abort_timer &&
+        !(c->abort_timer = router_loop_timer_add(c->oc->loop, S_ABORT_POLL_MS, s_abort_poll, c)))
+        /* Not lost: such a run still stops at its turn's first frame
+         * (s_on_frame), and the next abort looks again; only sooner fails. */
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD,
+                   "socket %s: no timer to look again for aborted runs (%s): they stop at "
+                   "their turn's first frame",
+                   c->conn_id, strerror(errno));
     /* Subscriber ids, not pointers: a stop may end runs and frames at once. */
     router_turns_sub_t subs[GATEWAY_OPENCLAW_SESSIONS_MAX];
     for (unsigned i = 0; i < nstop; i++)
@@ -1283,11 +1289,27 @@ static void s_audit(s_conn_t *c, const char *type, const char *reason)
     (void) router_audit_feed_push_from(feed, type, c->client_addr, router_audit_detail_end(&d));
 }
 
+static void s_on_tick(router_loop_t *loop, uint64_t id, void *ud);
+
+/* Arms the socket's next tick. Without one its client would close with
+ * 4000 after two intervals, blaming the network: the server says why
+ * instead (1011). */
+static void s_tick_arm(s_conn_t *c)
+{
+    c->tick_timer = router_loop_timer_add(c->oc->loop, c->oc->opts.tick_ms, s_on_tick, c);
+    if (!c->tick_timer) {
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "socket %s: no timer for ticks (%s): closed",
+                   c->conn_id, strerror(errno));
+        s_close(c, 1011, "no timer for ticks");
+    }
+}
+
 static void s_on_tick(router_loop_t *loop, uint64_t id, void *ud)
 {
-    (void) id;
+    (void) loop, (void) id;
     s_conn_t *c = ud;
-    c->tick_timer = router_loop_timer_add(loop, c->oc->opts.tick_ms, s_on_tick, c);
+    c->tick_timer = 0;
+    s_tick_arm(c);
     char payload[48];
     snprintf(payload, sizeof payload, "{\"ts\":%llu}", (unsigned long long) router_clock_wall_ms());
     s_event(c, "tick", payload);
@@ -1395,7 +1417,7 @@ static void s_accept(s_conn_t *c, const char *id, const char *device_token)
     oc->nconnected++;
     s_gauges(oc);
     s_hello(c, id, device_token);
-    c->tick_timer = router_loop_timer_add(oc->loop, oc->opts.tick_ms, s_on_tick, c);
+    s_tick_arm(c);
     s_presence_changed(oc);
 }
 
