@@ -31,7 +31,8 @@
 /* While acks are owed, how often they are also released by a timer, in
  * case a durable wake-up could not be posted (the post queue was full). */
 #define S_RELEASE_TICK_MS 50u
-/* Bound on a graceful drain before remaining connections are aborted. */
+/* Bound on a graceful drain before remaining connections are aborted
+ * (router_comms_opts_t.drain_timeout_ms, for tests, when not 0). */
 #define S_DRAIN_TIMEOUT_MS 10000u
 /* The bounds on frames in the checks are in comms.h (ROUTER_COMMS_*). */
 #define S_CONN_JOBS_MAX ROUTER_COMMS_CONN_JOBS_MAX
@@ -96,6 +97,7 @@ struct router_comms {
     size_t nlisteners;
     uint64_t tick_timer;               /* fallback release timer while acks are owed, 0 when none */
     bool draining;
+    uint32_t drain_timeout_ms;         /* bound on a drain */
     void (*drain_done)(void *ud);
     void *drain_ud;
     uint64_t drain_timer;
@@ -718,6 +720,7 @@ router_comms_t *router_comms_new(const router_comms_opts_t *opts)
     self->require_peer_auth = opts->require_peer_auth;
     self->on_event = opts->on_event;
     self->ud = opts->ud;
+    self->drain_timeout_ms = opts->drain_timeout_ms ? opts->drain_timeout_ms : S_DRAIN_TIMEOUT_MS;
     self->replay = router_replay_new(opts->replay_window_s ? opts->replay_window_s : 300,
                                      opts->replay_horizon_s);
     self->guard = opts->guard;
@@ -825,18 +828,23 @@ static void s_maybe_finish_drain(router_comms_t *self)
     done(self->drain_ud);
 }
 
+/* Resets the connections a drain is still waiting for, so it ends. */
+static void s_drain_cut(router_comms_t *self, const char *why)
+{
+    ROUTER_LOG(ROUTER_LOG_WARN, "comms", "%s; aborting %u connections", why, self->stats.open);
+    for (s_cc_t *cc = self->conns, *next; cc; cc = next) {
+        next = cc->next;
+        router_conn_abort(cc->conn);
+    }
+}
+
 static void s_on_drain_timeout(router_loop_t *loop, uint64_t id, void *ud)
 {
     (void) loop;
     (void) id;
     router_comms_t *self = ud;
     self->drain_timer = 0;
-    ROUTER_LOG(ROUTER_LOG_WARN, "comms", "drain timed out; aborting %u connections",
-               self->stats.open);
-    for (s_cc_t *cc = self->conns, *next; cc; cc = next) {
-        next = cc->next;
-        router_conn_abort(cc->conn);
-    }
+    s_drain_cut(self, "drain timed out");
 }
 
 void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud)
@@ -854,8 +862,20 @@ void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud)
     /* Acks owed go out as their admissions become durable; then each
      * connection closes. */
     s_release_all(self);
-    self->drain_timer = router_loop_timer_add(self->loop, S_DRAIN_TIMEOUT_MS, s_on_drain_timeout,
-                                              self);
+    /* A second drain restarts the bound: the first's timer must not be
+     * left to fire on comms freed after the drain ended. */
+    if (self->drain_timer) {
+        (void) router_loop_timer_cancel(self->loop, self->drain_timer);
+        self->drain_timer = 0;
+    }
+    if (self->conns) {
+        self->drain_timer = router_loop_timer_add(self->loop, self->drain_timeout_ms,
+                                                  s_on_drain_timeout, self);
+        /* No timer slot: nothing would bound the wait, and a shutdown must
+         * end, so what the bound would do is done now. */
+        if (!self->drain_timer)
+            s_drain_cut(self, "no timer for the drain's bound");
+    }
     s_maybe_finish_drain(self);
 }
 

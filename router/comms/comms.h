@@ -79,6 +79,8 @@ typedef struct {
                                          * (comms.crypto_threads, WIRE §14.12); 0: the loop */
     router_comms_event_fn *on_event;    /* optional */
     void *ud;                           /* for on_event */
+    uint32_t drain_timeout_ms;          /* bound on router_comms_drain before the
+                                         * connections left are reset; 0 → 10 000 */
 } router_comms_opts_t;
 
 /* Returns NULL on allocation failure. The caller owns the result and must
@@ -106,8 +108,10 @@ void router_comms_release_acks(router_comms_t *self);
 
 /* Graceful shutdown: stop accepting and reading, finish the checks of the
  * frames already read (WIRE §14.12), wait for every admitted envelope to be
- * durable, send its ack, flush, close. `done` runs on the
- * loop thread once every connection has closed. */
+ * durable, send its ack, flush, close. Bounded by drain_timeout_ms, after
+ * which the connections left are reset (at once when no timer can be
+ * had). `done` runs on the loop thread once every connection has closed.
+ * A second call while draining replaces `done` and restarts the bound. */
 void router_comms_drain(router_comms_t *self, void (*done)(void *ud), void *ud);
 
 /* Swaps in a reloaded trust store (borrowed; the old one may be freed once
