@@ -1,0 +1,398 @@
+/* tests/listen_test.c — router/net/listen.c's failure handling, on both
+ * backends, with real sockets on the test's thread: out of memory at each
+ * allocation of router_loop_listen (TCP and Unix: nothing leaks, no socket
+ * file is left) and of an accept; an accept callback that sets no
+ * handlers; a process out of descriptors (EMFILE: the listener backs off
+ * and accepts again once descriptors are free), a listener closed while
+ * backing off, and backing off with every timer slot taken. Listening and
+ * Unix socket files in the ordinary case are tests/conn_test.c. */
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "alloc_fail.h"
+#include "loop_until.h"
+#include "router/net/conn.h"
+#include "router/net/listen.h"
+#include "router/net/loop.h"
+
+#define WAIT_EVERY_MS 2
+#define WAIT_MAX_MS 20000
+
+static router_loop_backend_t s_uring = ROUTER_LOOP_URING;
+static router_loop_backend_t s_epoll = ROUTER_LOOP_EPOLL;
+
+static router_loop_t *s_loop_new(void **state, router_loop_opts_t *opts)
+{
+    router_loop_opts_t o = opts ? *opts : (router_loop_opts_t){0};
+    o.backend = *(router_loop_backend_t *) *state;
+    router_loop_t *loop = router_loop_new(&o);
+    if (!loop && o.backend == ROUTER_LOOP_URING && (errno == ENOSYS || errno == EPERM)) {
+        print_message("io_uring refused here (%s): skipping\n", strerror(errno));
+        skip();
+    }
+    assert_non_null(loop);
+    return loop;
+}
+
+static unsigned s_fd_count(void)
+{
+    unsigned n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+typedef struct {
+    router_loop_t *loop;
+    router_listener_t *l;
+    unsigned accepted;  /* on_accept calls */
+    unsigned closed;    /* on_close calls */
+    bool no_handlers;   /* on_accept leaves the connection without handlers */
+    int fd;             /* the client s_until_gone watches */
+    uint64_t want;      /* what the predicates wait for */
+    struct rlimit restore; /* RLIMIT_NOFILE to put back */
+} s_fx_t;
+
+static void s_on_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    (void) c;
+    (void) data;
+    (void) len;
+    (void) ud;
+}
+
+static void s_on_close(router_conn_t *c, router_close_reason_t why, void *ud)
+{
+    (void) c;
+    (void) why;
+    ((s_fx_t *) ud)->closed++;
+}
+
+static void s_on_accept(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    s_fx_t *fx = ud;
+    fx->accepted++;
+    if (fx->no_handlers)
+        return;
+    static const router_conn_handlers_t h = {.on_data = s_on_data, .on_close = s_on_close};
+    router_conn_set_handlers(c, &h, fx);
+}
+
+static void s_listen_tcp(s_fx_t *fx)
+{
+    router_addr_t addr;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
+    fx->l = router_loop_listen(fx->loop, &addr, s_on_accept, fx);
+    assert_non_null(fx->l);
+}
+
+static int s_connect(const s_fx_t *fx)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons(router_addr_port(router_listener_addr(fx->l))),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *) &a, sizeof a), 0);
+    return fd;
+}
+
+static bool s_peer_gone(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 0) <= 0)
+        return false;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR);
+}
+
+static router_loop_stats_t s_loop_stats(const s_fx_t *fx)
+{
+    router_loop_stats_t st;
+    router_loop_stats(fx->loop, &st);
+    return st;
+}
+
+static bool s_until_gone(void *ud)
+{
+    return s_peer_gone(((s_fx_t *) ud)->fd);
+}
+
+static bool s_until_accepted(void *ud)
+{
+    s_fx_t *fx = ud;
+    return fx->accepted >= fx->want;
+}
+
+static bool s_until_accept_errors(void *ud)
+{
+    s_fx_t *fx = ud;
+    return s_loop_stats(fx).accept_errors >= fx->want;
+}
+
+static bool s_never(void *ud)
+{
+    (void) ud;
+    return false;
+}
+
+static void s_wait(s_fx_t *fx, bool (*until)(void *))
+{
+    test_loop_until(fx->loop, until, fx, WAIT_EVERY_MS, WAIT_MAX_MS);
+}
+
+/* Lowers the descriptor limit so that no descriptor is free: an accept
+ * fails with EMFILE. */
+static void s_fds_exhaust(s_fx_t *fx)
+{
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &fx->restore), 0);
+    int lowest = dup(0);
+    assert_true(lowest >= 0);
+    close(lowest);
+    struct rlimit rl = fx->restore;
+    rl.rlim_cur = (rlim_t) lowest;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+}
+
+static void s_fds_restore(s_fx_t *fx)
+{
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &fx->restore), 0);
+}
+
+/* ------------------------------------------------------------ tests */
+
+/* Out of memory at each allocation of router_loop_listen, TCP and Unix:
+ * NULL with ENOMEM, no descriptor kept, no socket file left behind; the
+ * run that fails nothing listens. */
+static void test_listen_without_memory(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    char dir[] = "/tmp/kith-listen-test-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[128];
+    snprintf(path, sizeof path, "uds://%s/sub/l.sock", dir);
+    const char *texts[] = {"127.0.0.1:0", path};
+    s_fx_t fx = {.loop = loop};
+    for (size_t k = 0; k < 2; k++) {
+        router_addr_t addr;
+        assert_int_equal(router_addr_parse(texts[k], &addr, NULL), 0);
+        long run;
+        for (run = 0; run < ALLOC_FAIL_RUNS_MAX; run++) {
+            unsigned fds = s_fd_count();
+            alloc_fail_arm(run);
+            router_listener_t *l = router_loop_listen(loop, &addr, s_on_accept, &fx);
+            unsigned failed = alloc_fail_disarm();
+            if (!l) {
+                assert_true(failed > 0);
+                assert_int_equal(errno, ENOMEM);
+                assert_int_equal(s_fd_count(), fds);
+                if (k == 1)
+                    assert_int_not_equal(access(addr.u.un.sun_path, F_OK), 0);
+                continue;
+            }
+            router_listener_close(&l);
+            if (k == 1)
+                assert_int_not_equal(access(addr.u.un.sun_path, F_OK), 0);
+            if (failed == 0)
+                break;
+        }
+        assert_true(run > 0 && run < ALLOC_FAIL_RUNS_MAX);
+    }
+    router_loop_destroy(&loop);
+    snprintf(path, sizeof path, "%s/sub", dir);
+    rmdir(path);
+    assert_int_equal(rmdir(dir), 0);
+}
+
+/* An accept whose connection cannot be allocated: the socket is closed
+ * (its client sees the end), counted as an accept error, and the next
+ * connection is served. */
+static void test_accept_without_memory(void **state)
+{
+    s_fx_t fx = {0};
+    fx.loop = s_loop_new(state, NULL);
+    s_listen_tcp(&fx);
+    /* Warm up: the loop's first run makes what it keeps (timer slots). */
+    assert_false(test_loop_wait(fx.loop, s_never, &fx, 1, 1));
+    int a = s_connect(&fx);
+    struct pollfd p = {.fd = a};
+    poll(&p, 1, 0);
+    alloc_fail_arm(0);
+    fx.fd = a;
+    s_wait(&fx, s_until_gone);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(fx.accepted, 0);
+    assert_int_equal(s_loop_stats(&fx).accept_errors, 1);
+    int b = s_connect(&fx);
+    fx.want = 1;
+    s_wait(&fx, s_until_accepted);
+    close(a);
+    close(b);
+    router_loop_destroy(&fx.loop);
+}
+
+/* An accept callback that gives the connection no handlers: the loop
+ * aborts it; the listener goes on. */
+static void test_accept_without_handlers(void **state)
+{
+    s_fx_t fx = {.no_handlers = true};
+    fx.loop = s_loop_new(state, NULL);
+    s_listen_tcp(&fx);
+    int a = s_connect(&fx);
+    fx.fd = a;
+    s_wait(&fx, s_until_gone);
+    assert_int_equal(fx.accepted, 1);
+    router_listener_stats_t ls;
+    router_listener_stats(fx.l, &ls);
+    assert_int_equal(ls.open, 0);
+    fx.no_handlers = false;
+    int b = s_connect(&fx);
+    fx.want = 2;
+    s_wait(&fx, s_until_accepted);
+    router_listener_stats(fx.l, &ls);
+    assert_int_equal(ls.open, 1);
+    close(a);
+    close(b);
+    router_loop_destroy(&fx.loop);
+}
+
+/* Out of descriptors: accepts fail, the listener backs off (counted, no
+ * spin), and once descriptors are free again the waiting connection is
+ * accepted. */
+static void test_emfile_backs_off_and_recovers(void **state)
+{
+    s_fx_t fx = {0};
+    fx.loop = s_loop_new(state, NULL);
+    s_listen_tcp(&fx);
+    int a = s_connect(&fx);
+    s_fds_exhaust(&fx);
+    fx.want = 1;
+    s_wait(&fx, s_until_accept_errors);
+    s_fds_restore(&fx);
+    assert_int_equal(fx.accepted, 0);
+    fx.want = 1;
+    s_wait(&fx, s_until_accepted);
+    router_listener_stats_t ls;
+    router_listener_stats(fx.l, &ls);
+    assert_int_equal(ls.accepted, 1);
+    close(a);
+    router_loop_destroy(&fx.loop);
+}
+
+/* A listener closed while it backs off: its retry never runs (on freed
+ * memory: ASan would say so), the loop runs on past the retry's time. */
+static void test_close_while_backing_off(void **state)
+{
+    s_fx_t fx = {0};
+    fx.loop = s_loop_new(state, NULL);
+    s_listen_tcp(&fx);
+    int a = s_connect(&fx);
+    s_fds_exhaust(&fx);
+    fx.want = 1;
+    s_wait(&fx, s_until_accept_errors);
+    s_fds_restore(&fx);
+    uint64_t errors = s_loop_stats(&fx).accept_errors;
+    router_listener_close(&fx.l);
+    assert_null(fx.l);
+    /* Timers fire in deadline order: past this wait, a retry would have. */
+    assert_false(test_loop_wait(fx.loop, s_never, &fx, 50, 400));
+    assert_int_equal(fx.accepted, 0);
+    assert_int_equal(s_loop_stats(&fx).accept_errors, errors);
+    close(a);
+    router_loop_destroy(&fx.loop);
+}
+
+/* Backing off needs a timer; with every slot taken the listener retries
+ * on the next iteration instead, and accepts once descriptors are free.
+ * Driven by posts, since no timer can be had. */
+typedef struct {
+    s_fx_t *fx;
+    unsigned phase;  /* 0: waiting for failures; 1: for the accept */
+    bool hung;
+} s_post_drive_t;
+
+static void s_drive(router_loop_t *loop, void *arg)
+{
+    s_post_drive_t *d = arg;
+    if (d->phase == 0 && s_loop_stats(d->fx).accept_errors >= 3) {
+        s_fds_restore(d->fx);
+        d->phase = 1;
+    }
+    if (d->phase == 1 && d->fx->accepted >= 1) {
+        router_loop_stop(loop);
+        return;
+    }
+    assert_int_equal(router_loop_post(loop, s_drive, d), 0);
+}
+
+static void s_hang(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    *(bool *) ud = true;
+    router_loop_stop(loop);
+}
+
+static void test_backing_off_without_timer(void **state)
+{
+    enum { TIMERS = 4 };
+    s_fx_t fx = {0};
+    router_loop_opts_t o = {.max_timers = TIMERS};
+    fx.loop = s_loop_new(state, &o);
+    s_listen_tcp(&fx);
+    s_post_drive_t d = {.fx = &fx};
+    uint64_t ids[TIMERS];
+    ids[0] = router_loop_timer_add(fx.loop, WAIT_MAX_MS, s_hang, &d.hung);
+    assert_true(ids[0] != 0);
+    for (unsigned i = 1; i < TIMERS; i++)
+        assert_true((ids[i] = router_loop_timer_add(fx.loop, 3600000, s_hang, &d.hung)) != 0);
+    assert_int_equal(router_loop_timer_add(fx.loop, 1, s_hang, &d.hung), 0);
+    int a = s_connect(&fx);
+    s_fds_exhaust(&fx);
+    assert_int_equal(router_loop_post(fx.loop, s_drive, &d), 0);
+    int rc = router_loop_run(fx.loop);
+    if (d.phase == 0)
+        s_fds_restore(&fx);
+    assert_int_equal(rc, 0);
+    assert_false(d.hung);
+    assert_int_equal(fx.accepted, 1);
+    for (unsigned i = 0; i < TIMERS; i++)
+        assert_int_equal(router_loop_timer_cancel(fx.loop, ids[i]), 0);
+    close(a);
+    router_loop_destroy(&fx.loop);
+}
+
+#define BOTH(f)                                                        \
+    {#f "@uring", f, NULL, NULL, &s_uring}, {#f "@epoll", f, NULL, NULL, &s_epoll}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        BOTH(test_listen_without_memory),
+        BOTH(test_accept_without_memory),
+        BOTH(test_accept_without_handlers),
+        BOTH(test_emfile_backs_off_and_recovers),
+        BOTH(test_close_while_backing_off),
+        BOTH(test_backing_off_without_timer),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
