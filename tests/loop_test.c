@@ -1,6 +1,8 @@
 /* tests/loop_test.c — the event loop core: backend choice, timers, signals
  * through signalfd, cross-thread posts and wake-ups, fairness under a
- * receive flood, fd watches, the open-file limit.
+ * receive flood, fd watches, the open-file limit, and what fails: out of
+ * memory in router_loop_new and when the timer table grows, calls the
+ * API refuses.
  *
  * Every test that touches a backend is registered twice, once per backend
  * (names end in @uring / @epoll); the backend is passed as the test's
@@ -8,6 +10,7 @@
  * io_uring, the @uring variants are skipped, visibly. No test depends on
  * timing: waits are for events, and the one timer that could fire on a
  * hang only turns the hang into a failure. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -28,6 +31,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 #include <zmq.h>
+
+#include "alloc_fail.h"
 
 #include "router/log.h"
 #include "router/net/conn.h"
@@ -957,6 +962,135 @@ static void test_accept_failures_rate_limited(void **state)
     assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* ------------------------------------------------------------ failures */
+
+static unsigned s_fd_count(void)
+{
+    unsigned n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Out of memory at each allocation of router_loop_new: NULL with ENOMEM
+ * (or the backend's own error), no descriptor kept (LSan: nothing leaked);
+ * the run that fails nothing makes a loop that runs. */
+static void test_new_without_memory(void **state)
+{
+    router_loop_opts_t o = {.backend = *(router_loop_backend_t *) *state};
+    router_loop_t *probe = router_loop_new(&o);
+    if (!probe) {
+        print_message("backend refused here (%s): skipping\n", strerror(errno));
+        skip();
+    }
+    router_loop_destroy(&probe);
+    long run;
+    for (run = 0; run < ALLOC_FAIL_RUNS_MAX; run++) {
+        unsigned fds = s_fd_count();
+        alloc_fail_arm(run);
+        router_loop_t *loop = router_loop_new(&o);
+        unsigned failed = alloc_fail_disarm();
+        if (!loop) {
+            assert_true(failed > 0);
+            assert_int_equal(errno, ENOMEM);
+            assert_int_equal(s_fd_count(), fds);
+            continue;
+        }
+        router_loop_stop(loop);
+        assert_int_equal(router_loop_run(loop), 0);
+        router_loop_destroy(&loop);
+        assert_int_equal(s_fd_count(), fds);
+        if (failed == 0)
+            break;
+    }
+    assert_true(run > 0 && run < ALLOC_FAIL_RUNS_MAX);
+}
+
+static void s_count_timer(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    (*(unsigned *) ud)++;
+}
+
+/* The timer table grows by reallocating its slots and its heap; either
+ * failing refuses that one timer (0, ENOMEM), and the timers already
+ * pending and those added later all fire, in deadline order. */
+static void test_timer_grow_without_memory(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    unsigned fired = 0;
+    uint64_t first = router_loop_timer_add(loop, 0, s_count_timer, &fired);
+    assert_true(first != 0);
+    for (unsigned i = 1; i < 64; i++) /* the first 64 slots, all taken */
+        assert_true(router_loop_timer_add(loop, 0, s_count_timer, &fired) != 0);
+    for (long k = 0; k < 2; k++) {
+        alloc_fail_arm(k); /* 0: the slots' realloc; 1: the heap's */
+        errno = 0;
+        assert_int_equal(router_loop_timer_add(loop, 0, s_count_timer, &fired), 0);
+        assert_int_equal(errno, ENOMEM);
+        assert_int_equal(alloc_fail_disarm(), 1);
+    }
+    for (unsigned i = 0; i < 64; i++)
+        assert_true(router_loop_timer_add(loop, 0, s_count_timer, &fired) != 0);
+    assert_true(router_loop_timer_add(loop, 1, s_timer_stop_cb, NULL) != 0);
+    s_run(loop);
+    assert_int_equal(fired, 128);
+    assert_int_equal(router_loop_timer_cancel(loop, first), -1);
+    router_loop_destroy(&loop);
+}
+
+static void s_run_again(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    errno = 0;
+    *(int *) ud = router_loop_run(loop) == -1 ? errno : 0;
+    router_loop_stop(loop);
+}
+
+static void s_drained(router_loop_t *loop, void *ud)
+{
+    (*(unsigned *) ud)++;
+    router_loop_stop(loop);
+}
+
+/* Calls the API refuses, each with its errno, and the drained callback. */
+static void test_refusals(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    errno = 0;
+    assert_int_equal(router_loop_timer_add(NULL, 1, s_never, NULL), 0);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_loop_timer_add(loop, 1, NULL, NULL), 0);
+    assert_int_equal(router_loop_timer_cancel(NULL, 1), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_loop_timer_cancel(loop, 0), -1);
+    assert_int_equal(errno, ENOENT);
+    assert_int_equal(router_loop_post(NULL, s_post_fn, NULL), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_loop_post(loop, NULL, NULL), -1);
+    assert_int_equal(router_loop_run(NULL), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_loop_on_signal(loop, SIGKILL, NULL, NULL), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_null(router_loop_watch_fd(loop, -1, ROUTER_EV_READ, NULL, NULL));
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_watch_update(NULL, ROUTER_EV_READ), -1);
+    int inner = 0;
+    assert_true(router_loop_timer_add(loop, 0, s_run_again, &inner) != 0);
+    s_run(loop);
+    assert_int_equal(inner, EBUSY);
+    unsigned drained = 0;
+    router_loop_set_drained_cb(loop, s_drained, &drained);
+    s_run(loop);
+    assert_int_equal(drained, 1);
+    router_loop_set_drained_cb(loop, NULL, NULL);
+    router_loop_destroy(&loop);
+}
+
 /* ------------------------------------------------------------ logger */
 
 static void test_log_levels_and_escaping(void **state)
@@ -1022,6 +1156,9 @@ int main(void)
         BOTH(test_watch_pipe),
         BOTH(test_watch_update),
         BOTH(test_watch_zmq_fd),
+        BOTH(test_new_without_memory),
+        BOTH(test_timer_grow_without_memory),
+        BOTH(test_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
