@@ -844,10 +844,14 @@ int audit_chain_append(audit_chain_t *self, const proto_audit_event_t *ev, size_
         s_err(err, AUDIT_E_IO, "cannot fsync %s: %s", self->path, strerror(errno));
         goto undo;
     }
+    /* The log's first record, which names the file when it is rotated: this
+     * batch's first only in a log that held nothing. In a log whose first
+     * line is not a record (first_seq 0 from open), the batch is not first:
+     * naming the file for it would give it a name its first line belies. */
+    if (!self->first_seq && self->durable_len == 0)
+        self->first_seq = self->last_seq + 1;
     self->durable_len += (off_t) len;
     *first_seq = self->last_seq + 1;
-    if (!self->first_seq)
-        self->first_seq = *first_seq;
     self->last_seq += n;
     memcpy(self->last_hash, hash, AUDIT_HASH_LEN);
     /* The records are durable and chained. A head that lags behind only

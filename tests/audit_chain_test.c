@@ -6,7 +6,11 @@
  * (tests/io_fail.h) when a torn tail is repaired or a failed batch is cut
  * back; rotation: the chain across files, retention, what verify says of
  * files removed, replaced or renamed, every crash state and failing step of
- * a rotation, and a rotation without memory. */
+ * a rotation (and of its recovery), and a rotation without memory; a write
+ * that fails part way (RLIMIT_FSIZE), a head sync that fails alone, a log
+ * that is a directory or a looping link, a key added or dropped between
+ * runs, rotations refused (a stale new head, a first line that is not a
+ * record) and a query across files without memory. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <dirent.h>
@@ -1254,12 +1260,17 @@ static void test_rotation_crash_states(void **state)
         audit_chain_close(&c);
         size_t n = s_rotated(f, names);
         s_unrotate(f, names[n - 1], step);
-        if (step == 2) {
-            /* A rename of the recovery failing: the open is refused and
-             * the files stay as they were, for the next open to finish. */
-            io_fail_arm(IO_FAIL_RENAME, 0, EIO);
-            assert_null(s_open_rot(f, 300, 100, NULL));
+        /* Each rename of the recovery failing in turn (step 2: the head's,
+         * then the log's; step 3: the new head's): the open is refused
+         * and what is left is a state the next open finishes. */
+        for (long k = 0; k < (step == 2 ? 2 : step == 3 ? 1 : 0); k++) {
+            io_fail_arm(IO_FAIL_RENAME, k, EIO);
+            audit_error_t err = {0};
+            audit_chain_opts_t o = {.path = f->log, .rotate_bytes = 300, .keep = 100};
+            assert_null(audit_chain_open(&o, &err));
             assert_int_equal(io_fail_disarm(), 1);
+            assert_int_equal(err.code, AUDIT_E_IO);
+            assert_non_null(strstr(err.msg, "cannot finish the rotation"));
         }
         assert_non_null(c = s_open_rot(f, 300, 100, NULL));
         /* Undone (step 1): the log ends at the record before the
@@ -1446,6 +1457,291 @@ static void test_reads_beside_a_rotating_writer(void **state)
     audit_chain_close(&w.c);
 }
 
+/* ------------------------------------------------------------------ more failures */
+
+/* The write itself fails part way (the file may grow no more: EFBIG under
+ * RLIMIT_FSIZE, as a full disk's ENOSPC would): the append is reported,
+ * nothing of the batch is acknowledged or left in the log, and the next
+ * batch chains from the last durable record. */
+static void test_write_failure(void **state)
+{
+    s_fix_t *f = *state;
+    audit_chain_t *c = s_open(f, NULL, NULL);
+    assert_non_null(c);
+    s_append(c, "pair", "{}", 1);
+    struct stat before, after;
+    assert_int_equal(stat(f->log, &before), 0);
+    struct rlimit old, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    void (*old_xfsz)(int) = signal(SIGXFSZ, SIG_IGN);
+    lim = (struct rlimit){.rlim_cur = (rlim_t) before.st_size + 40, .rlim_max = old.rlim_max};
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    proto_audit_event_t ev[3];
+    s_pair_batch(ev);
+    uint64_t first = 0;
+    audit_error_t err = {0};
+    int rc = audit_chain_append(c, ev, 3, &first, &err);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, old_xfsz);
+    assert_int_equal(rc, -1);
+    assert_int_equal(err.code, AUDIT_E_IO);
+    assert_non_null(strstr(err.msg, "cannot write"));
+    assert_non_null(strstr(err.msg, f->log));
+    assert_int_equal(first, 0);
+    assert_int_equal(audit_chain_last_seq(c), 1);
+    assert_int_equal(stat(f->log, &after), 0);
+    assert_int_equal(after.st_size, before.st_size); /* the 40 bytes written were cut */
+    s_expect_chained_from_one(f, &c, ev);
+}
+
+/* Only the head's sync fails: the records are durable, so the append is
+ * acknowledged (the head lags one batch, which verify accepts), and the
+ * head catches up with the next open. */
+static void test_head_sync_failure(void **state)
+{
+    s_fix_t *f = *state;
+    s_sync_t sync = {0};
+    audit_chain_t *c = s_open(f, NULL, &sync);
+    assert_non_null(c);
+    s_append(c, "pair", "{}", 1);
+    sync.fail_at = (int) sync.calls + 2; /* the log's sync works, the head's fails */
+    s_append(c, "pair", "{}", 2);
+    assert_int_equal(sync.calls, (unsigned) sync.fail_at);
+    audit_chain_close(&c);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
+    assert_int_equal(r.records, 2);
+    assert_non_null(c = s_open(f, NULL, NULL));
+    assert_int_equal(audit_chain_last_seq(c), 2);
+    audit_chain_close(&c);
+    audit_head_t h;
+    assert_int_equal(audit_head_read(f->head, NULL, &h), 1);
+    assert_int_equal(h.seq, 2);
+}
+
+/* The first head of a new log cannot be made durable: the open is refused
+ * with an I/O error naming the head, and the next open makes it. */
+static void test_open_head_sync_failure(void **state)
+{
+    s_fix_t *f = *state;
+    s_sync_t sync = {.fail_at = 1};
+    audit_chain_opts_t o = {.path = f->log, .sync = s_sync, .sync_ud = &sync};
+    audit_error_t err = {0};
+    assert_null(audit_chain_open(&o, &err));
+    assert_int_equal(err.code, AUDIT_E_IO);
+    assert_non_null(strstr(err.msg, f->head));
+    audit_chain_t *c = s_open(f, NULL, NULL);
+    assert_non_null(c);
+    s_append(c, "pair", "{}", 1);
+    audit_chain_close(&c);
+    s_expect_intact(f, 1, 1);
+}
+
+/* A batch of no events, or of more than a request may hold: refused as an
+ * event error, nothing written. */
+static void test_batch_bounds(void **state)
+{
+    s_fix_t *f = *state;
+    audit_chain_t *c = s_open(f, NULL, NULL);
+    assert_non_null(c);
+    proto_audit_event_t ev[1];
+    ev[0] = (proto_audit_event_t){.time_ms = 1, .type = "pair", .type_len = 4, .detail = "{}",
+                                  .detail_len = 2};
+    uint64_t first = 0;
+    audit_error_t err = {0};
+    assert_int_equal(audit_chain_append(c, ev, 0, &first, &err), -1);
+    assert_int_equal(err.code, AUDIT_E_EVENT);
+    assert_int_equal(audit_chain_append(c, ev, PROTO_AUDIT_EVENTS_MAX + 1, &first, &err), -1);
+    assert_int_equal(err.code, AUDIT_E_EVENT);
+    assert_int_equal(audit_chain_last_seq(c), 0);
+    struct stat st;
+    assert_int_equal(stat(f->log, &st), 0);
+    assert_int_equal(st.st_size, 0);
+    audit_chain_close(&c);
+}
+
+/* A log that cannot be read (a directory where it should be, a link that
+ * loops): open, verify and query each say so with an I/O error naming it,
+ * and nothing is created or changed. */
+static void test_unreadable_log(void **state)
+{
+    s_fix_t *f = *state;
+    audit_error_t err = {0};
+    audit_verify_result_t r;
+    audit_query_t q = {.limit = 10};
+    audit_lines_t lines;
+    for (int kind = 0; kind < 2; kind++) {
+        if (kind == 0)
+            assert_int_equal(mkdir(f->log, 0700), 0);
+        else
+            assert_int_equal(symlink(f->log, f->log), 0); /* ELOOP */
+        audit_chain_opts_t o = {.path = f->log};
+        memset(&err, 0, sizeof err);
+        assert_null(audit_chain_open(&o, &err));
+        assert_int_equal(err.code, AUDIT_E_IO);
+        assert_non_null(strstr(err.msg, f->log));
+        assert_int_equal(audit_chain_verify(f->log, NULL, &r), -1);
+        assert_int_equal(r.reason, AUDIT_V_IO);
+        assert_non_null(strstr(r.detail, f->log));
+        memset(&err, 0, sizeof err);
+        assert_int_equal(audit_chain_query(f->log, &q, &lines, &err), -1);
+        assert_int_equal(err.code, AUDIT_E_IO);
+        assert_non_null(strstr(err.msg, f->log));
+        assert_int_equal(lines.n, 0);
+        unlink(f->head); /* the failed open may have made it */
+        if (kind == 0)
+            assert_int_equal(rmdir(f->log), 0);
+        else
+            assert_int_equal(unlink(f->log), 0);
+    }
+    /* A path.new beside the log (a rotation a crash interrupted) that
+     * cannot be dropped: the open is refused, saying so; the log is whole. */
+    s_make(f, NULL, 1);
+    char new_dir[400], inside[420];
+    snprintf(new_dir, sizeof new_dir, "%s.new", f->log);
+    snprintf(inside, sizeof inside, "%s/x", new_dir);
+    assert_int_equal(mkdir(new_dir, 0700), 0);
+    s_spit(inside, "x", 1);
+    audit_chain_opts_t o = {.path = f->log};
+    memset(&err, 0, sizeof err);
+    assert_null(audit_chain_open(&o, &err));
+    assert_int_equal(err.code, AUDIT_E_IO);
+    assert_non_null(strstr(err.msg, "cannot finish the rotation"));
+    assert_int_equal(unlink(inside), 0);
+    assert_int_equal(rmdir(new_dir), 0);
+    s_expect_intact(f, 1, 1);
+}
+
+/* A key added to, or dropped from, a log between runs. Records written
+ * without a key do not go on under one (the last record has no HMAC), and
+ * an empty log's unkeyed head is not taken under a key either (anyone could
+ * have written it, over a keyed chain); a keyed empty log opened without
+ * the key goes on unkeyed, its head re-written. */
+static void test_key_changes_between_runs(void **state)
+{
+    s_fix_t *f = *state;
+    audit_key_t key = {.len = 20};
+    memcpy(key.bytes, "0123456789abcdefghij", 20);
+    audit_chain_opts_t o = {.path = f->log, .key = &key};
+    audit_error_t err = {0};
+    /* Unkeyed records, then a key. */
+    s_make(f, NULL, 2);
+    assert_null(audit_chain_open(&o, &err));
+    assert_int_equal(err.code, AUDIT_E_BROKEN);
+    assert_non_null(strstr(err.msg, "does not check"));
+    s_expect_intact(f, 2, 1);
+    /* An unkeyed empty log, then a key. */
+    assert_int_equal(unlink(f->log), 0);
+    assert_int_equal(unlink(f->head), 0);
+    audit_chain_t *c = s_open(f, NULL, NULL);
+    assert_non_null(c);
+    audit_chain_close(&c);
+    memset(&err, 0, sizeof err);
+    assert_null(audit_chain_open(&o, &err));
+    assert_int_equal(err.code, AUDIT_E_BROKEN);
+    assert_non_null(strstr(err.msg, "made with this HMAC key"));
+    /* A keyed empty log, then no key: it goes on unkeyed. */
+    assert_int_equal(unlink(f->log), 0);
+    assert_int_equal(unlink(f->head), 0);
+    assert_non_null(c = s_open(f, &key, NULL));
+    audit_chain_close(&c);
+    audit_head_t h;
+    assert_int_equal(audit_head_read(f->head, &key, &h), 1);
+    assert_true(h.authenticated);
+    assert_non_null(c = s_open(f, NULL, NULL));
+    s_append(c, "pair", "{}", 1);
+    audit_chain_close(&c);
+    assert_int_equal(audit_head_read(f->head, NULL, &h), 1);
+    assert_false(h.keyed);
+    assert_int_equal(h.seq, 1);
+    s_expect_intact(f, 1, 1);
+}
+
+/* What stops a rotation and is not a failing call: the log's first line is
+ * not a record (so the rotated file could not be named), or a stale
+ * path.new.head beside the head. The rotation is refused and logged, the
+ * batch goes into the log as usual, and a rotation goes ahead once the
+ * cause is gone and the log has grown a sixteenth more. */
+static void test_rotation_refused(void **state)
+{
+    s_fix_t *f = *state;
+    char names[16][64], stale[400];
+    snprintf(stale, sizeof stale, "%s.new.head", f->log);
+    audit_chain_t *c = s_open(f, NULL, NULL); /* past rotate_bytes, not rotated yet */
+    assert_non_null(c);
+    uint64_t last = 0;
+    while (audit_chain_last_seq(c) < 3)
+        last = s_add(c, (int) last);
+    audit_chain_close(&c);
+    s_spit(stale, "left over", 9);
+    assert_non_null(c = s_open_rot(f, 300, 4, NULL));
+    last = s_add(c, 10);
+    assert_int_equal(s_rotated(f, names), 0);
+    assert_int_equal(access(stale, F_OK), 0); /* not ours to drop */
+    assert_int_equal(unlink(stale), 0);
+    s_expect_intact(f, last, 1);
+    last = s_add(c, 11);
+    assert_int_equal(s_rotated(f, names), 1);
+    audit_chain_close(&c);
+    s_expect_intact(f, last, 2);
+
+    /* The first line of the (new) log mangled: the file cannot be named. */
+    size_t len;
+    char *buf = s_slurp(f->log, &len);
+    memset(buf, 'x', (size_t) (strchr(buf, '\n') - buf));
+    s_spit(f->log, buf, len);
+    free(buf);
+    while (!(c = s_open_rot(f, 300, 4, NULL)))
+        fail_msg("a log whose last record checks opens");
+    for (int i = 0; i < 3; i++)
+        last = s_add(c, 20 + i);
+    assert_int_equal(audit_chain_last_seq(c), last);
+    assert_int_equal(s_rotated(f, names), 1);
+    audit_chain_close(&c);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), -1);
+    assert_int_equal(r.reason, AUDIT_V_MALFORMED);
+}
+
+/* A query across rotated files with each allocation failing in turn:
+ * refused with no_memory or answered in full, leaking nothing. */
+static void test_query_across_files_without_memory(void **state)
+{
+    s_fix_t *f = *state;
+    char names[16][64];
+    audit_chain_t *c = s_open_rot(f, 300, 8, NULL);
+    assert_non_null(c);
+    uint64_t last = 0;
+    while (s_rotated(f, names) < 2)
+        last = s_add(c, (int) last);
+    audit_chain_close(&c);
+    audit_query_t q = {.limit = 1000};
+    audit_lines_t all;
+    audit_error_t err = {0};
+    assert_int_equal(audit_chain_query(f->log, &q, &all, &err), 0);
+    assert_int_equal(all.n, last);
+    bool done = false;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX && !done; i++) {
+        audit_lines_t l;
+        memset(&err, 0, sizeof err);
+        alloc_fail_arm(i);
+        int rc = audit_chain_query(f->log, &q, &l, &err);
+        done = alloc_fail_disarm() == 0;
+        if (rc != 0) {
+            assert_false(done);
+            assert_int_equal(err.code, AUDIT_E_NO_MEMORY);
+            assert_int_equal(l.n, 0);
+            continue;
+        }
+        assert_int_equal(l.n, all.n);
+        for (size_t k = 0; k < l.n; k++)
+            assert_string_equal(l.lines[k], all.lines[k]);
+        audit_lines_free(&l);
+    }
+    assert_true(done);
+    audit_lines_free(&all);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -1463,6 +1759,9 @@ int main(void)
         T(test_rotation_keeps_the_chain), T(test_rotation_tampering),
         T(test_rotation_crash_states), T(test_rotation_failures), T(test_rotation_without_memory),
         T(test_reads_beside_a_rotating_writer),
+        T(test_write_failure),        T(test_head_sync_failure),  T(test_open_head_sync_failure),
+        T(test_batch_bounds),         T(test_unreadable_log),     T(test_key_changes_between_runs),
+        T(test_rotation_refused),     T(test_query_across_files_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
