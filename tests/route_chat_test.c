@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -184,7 +185,9 @@ static unsigned s_frames(bool *closed)
     return n;
 }
 
-static void s_connect_tcp(uint16_t port)
+/* A new client connection to port, with `req` sent (blocking: it is in
+ * the server's socket before its loop runs again). */
+static void s_tcp_open(uint16_t port, const char *req)
 {
     memset(&s_cl, 0, sizeof s_cl);
     s_cl.fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -192,11 +195,17 @@ static void s_connect_tcp(uint16_t port)
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(s_cl.fd, (struct sockaddr *) &a, sizeof a), 0);
-    static const char up[] = "GET /ws/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                             "Sec-WebSocket-Protocol: kith.v1\r\n"
-                             "Sec-WebSocket-Version: 13\r\n\r\n";
-    assert_int_equal(send(s_cl.fd, up, sizeof up - 1, 0), (ssize_t) (sizeof up - 1));
+    size_t n = strlen(req);
+    assert_int_equal(send(s_cl.fd, req, n, 0), (ssize_t) n);
+}
+
+/* The client's upgrade to /ws/chat; the socket is non-blocking after. */
+static void s_connect_tcp(uint16_t port)
+{
+    s_tcp_open(port, "GET /ws/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Protocol: kith.v1\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n");
     assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
 }
 
@@ -426,12 +435,173 @@ static void test_message_out_of_memory(void **state)
     s_fix_free(&f);
 }
 
+/* ---------------------------------------------------------------- HTTP */
+
+/* A whole HTTP answer came (its head and Content-Length octets of body),
+ * or the connection ended. */
+static bool s_until_answer(void *ud)
+{
+    (void) ud;
+    s_read();
+    if (s_cl.eof)
+        return true;
+    if (!s_cl.head)
+        return false;
+    size_t body = 0;
+    static const char cl[] = "\r\nContent-Length: ";
+    for (size_t i = 0; i + sizeof cl - 1 < s_cl.head; i++)
+        if (!strncasecmp((const char *) s_cl.buf + i, cl, sizeof cl - 1)) {
+            body = strtoul((const char *) s_cl.buf + i + sizeof cl - 1, NULL, 10);
+            break;
+        }
+    return s_cl.len >= s_cl.head + body;
+}
+
+/* The status of the answer in s_cl, 0 for none. */
+static int s_status(void)
+{
+    if (!s_cl.head || s_cl.len < 12 || memcmp(s_cl.buf, "HTTP/1.1 ", 9) != 0)
+        return 0;
+    return atoi((const char *) s_cl.buf + 9);
+}
+
+/* Sends an HTTP request on a new connection and runs the loop until its
+ * whole answer came or the connection ended (false: WAIT_MS passed). */
+static bool s_http(fix_t *f, const char *req)
+{
+    s_tcp_open(f->port, req);
+    assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
+    return test_loop_wait(f->loop, s_until_answer, NULL, 1, WAIT_MS);
+}
+
+/* Frames sent with the upgrade, before session_start can have gone out
+ * (they are held, then handled), with each allocation failing in turn:
+ * session_start and the answer, a refusal or a close. */
+static void test_early_frames_out_of_memory(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        s_connect_tcp(f.port);
+        assert_int_equal(fcntl(s_cl.fd, F_SETFL, 0), 0);
+        s_send_text("{\"type\":\"connect\"}");
+        assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
+        alloc_fail_arm(i);
+        bool held = s_wait(&f, 1);
+        unsigned failed = alloc_fail_disarm();
+        bool answered = !s_refused() && s_frame_has(0, "\"session_start\"") &&
+                        (s_frame_has(1, "\"connected\"") || s_frame_has(1, "\"error\""));
+        if (!held && S_TURNS_DROP_SESSION_START && !s_frame_has(0, "\"session_start\"")) {
+            print_message("allocation %ld failing: no session_start (the turns module "
+                          "dropped it: tolerated until it is fixed)\n", i);
+        } else if (!held || (!answered && !s_refused() && !s_ended())) {
+            fail_msg("allocation %ld failing: a frame held for session_start got neither an "
+                     "answer nor a close", i);
+        }
+        s_client_close(&f);
+        if (!failed) {
+            assert_true(answered && s_frame_has(1, "\"connected\""));
+            break;
+        }
+    }
+    s_still_serving(&f);
+    s_fix_free(&f);
+}
+
+/* The session API (list, read, delete), with each allocation failing in
+ * turn: an answer (any status) or the connection's end. */
+static void test_session_api_out_of_memory(void **state)
+{
+    (void) state;
+    static const char *const reqs[] = {
+        "GET /api/sessions HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /api/sessions/s1?limit=5 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "DELETE /api/sessions/s1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    };
+    fix_t f;
+    s_fix_new(&f);
+    for (size_t m = 0; m < sizeof reqs / sizeof reqs[0]; m++) {
+        for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+            alloc_fail_arm(i);
+            bool held = s_http(&f, reqs[m]);
+            unsigned failed = alloc_fail_disarm();
+            if (!held)
+                fail_msg("%.20s with allocation %ld failing: neither an answer nor an end",
+                         reqs[m], i);
+            int status = s_status();
+            s_client_close(&f);
+            if (!failed) {
+                assert_true(status == 200 || status == 404);
+                break;
+            }
+        }
+    }
+    s_still_serving(&f);
+    s_fix_free(&f);
+}
+
+/* A turn over HTTP, with each allocation failing in turn: an answer or the
+ * connection's end. The turn (no worker takes it) is stopped from a chat
+ * socket on the same session; its stopped frame answers the post. */
+static void test_session_post_out_of_memory(void **state)
+{
+    (void) state;
+    static const char head[] = "POST /api/sessions/p1/messages HTTP/1.1\r\nHost: x\r\n"
+                               "Content-Type: application/json\r\nContent-Length: 16\r\n\r\n";
+    static const char body[] = "{\"content\":\"hi\"}";
+    fix_t f;
+    s_fix_new(&f);
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        /* The head is read with nothing failing (the HTTP server's own
+         * allocations for it are not this route's); the body, the route
+         * and the turn are. */
+        s_tcp_open(f.port, head);
+        s_spin(&f);
+        alloc_fail_arm(i);
+        assert_int_equal(send(s_cl.fd, body, sizeof body - 1, 0), (ssize_t) (sizeof body - 1));
+        assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
+        s_spin(&f);
+        unsigned failed = alloc_fail_disarm();
+        client_t post = s_cl;
+        /* A chat socket on the session stops its turn, if one runs. */
+        s_tcp_open(f.port, "GET /ws/chat?session_id=p1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                           "Sec-WebSocket-Protocol: kith.v1\r\nSec-WebSocket-Version: 13\r\n\r\n");
+        assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
+        assert_true(s_wait(&f, 0));
+        assert_true(s_frame_has(0, "\"session_start\""));
+        s_send_text("{\"type\":\"stop\"}");
+        assert_true(s_wait(&f, 1));
+        s_client_close(&f);
+        s_cl = post;
+        bool held = test_loop_wait(f.loop, s_until_answer, NULL, 1, WAIT_MS);
+        if (!held && S_TURNS_DROP_SESSION_START)
+            print_message("a post with allocation %ld failing: no answer (the turns module "
+                          "dropped its session_start: tolerated until it is fixed)\n", i);
+        else if (!held)
+            fail_msg("a post with allocation %ld failing: neither an answer nor an end", i);
+        int status = s_status();
+        s_client_close(&f);
+        if (!failed) {
+            assert_int_equal(status, 200);
+            break;
+        }
+    }
+    s_still_serving(&f);
+    s_fix_free(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_session_start_out_of_memory),
         cmocka_unit_test(test_frames_out_of_memory),
         cmocka_unit_test(test_message_out_of_memory),
+        cmocka_unit_test(test_early_frames_out_of_memory),
+        cmocka_unit_test(test_session_api_out_of_memory),
+        cmocka_unit_test(test_session_post_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
