@@ -213,6 +213,7 @@ void gateway_http_unauth_give_back(gateway_http_t *g, router_source_t **source_p
 
 /* Takes over `conn` (whose HTTP state the caller frees) as a WebSocket of
  * server g: installs its own connection handlers and links it in g->ws.
+ * on_closing is held back until gateway_ws_accept clears ws->accepting.
  * Returns NULL (errno ENOMEM) and leaves conn alone on failure. */
 gateway_ws_t *gateway_ws_adopt(gateway_http_t *g, router_conn_t *conn,
                                const gateway_ws_handlers_t *h, void *ud,

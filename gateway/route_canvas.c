@@ -28,23 +28,25 @@ typedef struct s_canvas {
     char *content;             /* NUL-ended, `len` octets; NULL at version 0 */
     size_t len;
     uint64_t updated_ms;       /* wall clock of the last post or clear */
-    s_watch_t *watchers;
+    s_watch_t *watchers;       /* its open sockets */
     unsigned nwatchers;
+    bool pushing;              /* s_push runs: a watcher cut there leaves it to the pusher to gc */
     struct s_canvas *next;
 } s_canvas_t;
 
 struct s_watch {
     gateway_canvas_t *owner;
     gateway_ws_t *ws;
-    s_canvas_t *canvas;
-    s_watch_t *next;
+    s_canvas_t *canvas;          /* NULL once its socket is closing */
+    s_watch_t *next;             /* the canvas's watchers, or the closing ones */
 };
 
 struct gateway_canvas {
     gateway_auth_t *auth;        /* borrowed */
     gateway_ws_opts_t ws_opts;
     s_canvas_t *canvases;
-    unsigned ncanvases, nwatchers;
+    s_watch_t *closing;          /* watchers whose socket is closing, until on_close */
+    unsigned ncanvases, nwatchers; /* nwatchers: every canvas socket, closing ones too */
     size_t bytes;                /* content octets of every canvas */
 };
 
@@ -111,13 +113,17 @@ static char *s_doc_json(const s_canvas_t *c, const char *type, size_t *len)
     return router_json_end(&o, len);
 }
 
-/* Every watcher of c gets `json` (a watcher too slow is cut by its bound). */
-static void s_push(const s_canvas_t *c, const char *json, size_t len)
+/* Every watcher of c gets `json` (a watcher too slow is cut by its bound).
+ * A watcher cut here leaves c->watchers (on_closing) while this runs: c is
+ * not forgotten meanwhile (c->pushing); the caller gc's it. */
+static void s_push(s_canvas_t *c, const char *json, size_t len)
 {
+    c->pushing = true;
     for (s_watch_t *w = c->watchers, *next; w; w = next) {
-        next = w->next; /* a failed send closes the socket, later */
+        next = w->next; /* a failed send unlinks w, nothing else */
         (void) gateway_ws_send(w->ws, true, json, len);
     }
+    c->pushing = false;
 }
 
 /* ---------------------------------------------------------------- REST */
@@ -323,23 +329,45 @@ static void s_ws_message(gateway_ws_t *ws, bool text, const uint8_t *data, size_
     (void) gateway_ws_send(ws, true, refusal, sizeof refusal - 1);
 }
 
-static void s_ws_close(gateway_ws_t *ws, uint16_t code, void *ud)
+static void s_watch_unlink(s_watch_t **head, s_watch_t *w)
 {
-    (void) ws, (void) code;
-    s_watch_t *w = ud;
-    s_canvas_t *c = w->canvas;
-    for (s_watch_t **pp = &c->watchers; *pp; pp = &(*pp)->next)
+    for (s_watch_t **pp = head; *pp; pp = &(*pp)->next)
         if (*pp == w) {
             *pp = w->next;
             break;
         }
+}
+
+/* The socket stopped being open (revoked, cut, closed by either side): it
+ * stops watching now — it gets no frame and no longer counts among the
+ * canvas's watchers — though it may take GATEWAY_WS_CLOSE_WAIT_MS more to
+ * go. It waits in self->closing for on_close. */
+static void s_ws_closing(gateway_ws_t *ws, void *ud)
+{
+    (void) ws;
+    s_watch_t *w = ud;
+    s_canvas_t *c = w->canvas;
+    gateway_canvas_t *self = w->owner;
+    s_watch_unlink(&c->watchers, w);
     c->nwatchers--;
+    w->canvas = NULL;
+    w->next = self->closing;
+    self->closing = w;
+    if (!c->pushing)
+        s_gc(self, c);
+}
+
+static void s_ws_close(gateway_ws_t *ws, uint16_t code, void *ud)
+{
+    (void) ws, (void) code;
+    s_watch_t *w = ud; /* s_ws_closing moved it to the closing ones */
+    s_watch_unlink(&w->owner->closing, w);
     w->owner->nwatchers--;
-    s_gc(w->owner, c);
     free(w);
 }
 
 static const gateway_ws_handlers_t s_ws_handlers = {.on_message = s_ws_message,
+                                                    .on_closing = s_ws_closing,
                                                     .on_close = s_ws_close};
 
 /* GET /ws/canvas/{id}: the canvas's document now (or {"type":"empty"}),
@@ -441,6 +469,11 @@ void gateway_canvas_destroy(gateway_canvas_t **self_p)
         }
         free(c->content);
         free(c);
+    }
+    while (self->closing) {
+        s_watch_t *w = self->closing;
+        self->closing = w->next;
+        free(w);
     }
     free(self);
     *self_p = NULL;

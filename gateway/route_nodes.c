@@ -35,7 +35,7 @@ struct s_node {
     gateway_nodes_t *owner;
     gateway_ws_t *ws;
     bool registered;
-    bool closing;                    /* gateway_ws_close was called */
+    bool closing;                    /* its socket stopped being open (on_closing) */
     char id[PROTO_UUID_TEXT_CAP];    /* given at the first register */
     char name[GATEWAY_NODE_NAME_MAX + 1];
     char commands[GATEWAY_NODE_COMMANDS_MAX][GATEWAY_NODE_COMMAND_MAX + 1];
@@ -105,46 +105,21 @@ static bool s_node_listed(const s_node_t *n)
     return n->registered && !n->closing;
 }
 
-/* Takes n out of the registry now: its waiting calls answer 503 node_gone
- * and its socket is closed with code (a no-op when it is closing already).
- * It is freed at on_close, once the client answers or the wait runs out. */
-static void s_node_end(s_node_t *n, uint16_t code, const char *reason)
+/* The node's socket stopped being open, whoever closed it (a DELETE, its
+ * token revoked, a slow consumer cut, its client): it leaves the registry
+ * now, not when the close handshake ends (up to GATEWAY_WS_CLOSE_WAIT_MS
+ * later), and its waiting calls answer 503 node_gone. It is freed at
+ * on_close. */
+static void s_ws_closing(gateway_ws_t *ws, void *ud)
 {
+    (void) ws;
+    s_node_t *n = ud;
     n->closing = true;
+    if (n->register_timer)
+        (void) router_loop_timer_cancel(n->owner->loop, n->register_timer);
+    n->register_timer = 0;
     while (n->calls)
         s_call_end(n->calls, 503, NULL, "node_gone", "the node left before it answered");
-    gateway_ws_close(n->ws, code, reason);
-}
-
-static int s_info_cmp(const void *a, const void *b)
-{
-    return strcmp(((const router_tokens_info_t *) a)->id, ((const router_tokens_info_t *) b)->id);
-}
-
-/* Ends the nodes whose token was revoked. The revocation closed their
- * sockets (1008 "token revoked", gateway_http_revoke), but on_close comes
- * only once the client answers that Close (or GATEWAY_WS_CLOSE_WAIT_MS
- * pass), and a revoked node must leave the registry at once (WIRE §27):
- * every route reads the registry through this first. */
-static void s_nodes_sweep_revoked(gateway_nodes_t *self)
-{
-    bool any = false;
-    for (const s_node_t *n = self->nodes; n && !any; n = n->next)
-        any = n->token_id[0] && !n->closing;
-    if (!any)
-        return;
-    router_tokens_info_t *live = malloc(ROUTER_TOKENS_MAX * sizeof *live);
-    if (!live)
-        return; /* the sockets close all the same; on_close removes them */
-    size_t k = router_tokens_list(gateway_auth_tokens(self->auth), live, ROUTER_TOKENS_MAX);
-    qsort(live, k, sizeof *live, s_info_cmp);
-    for (s_node_t *n = self->nodes; n; n = n->next) {
-        router_tokens_info_t key;
-        memcpy(key.id, n->token_id, sizeof key.id);
-        if (n->token_id[0] && !n->closing && !bsearch(&key, live, k, sizeof *live, s_info_cmp))
-            s_node_end(n, 1008, "token revoked");
-    }
-    free(live);
 }
 
 static s_node_t *s_node_find(gateway_nodes_t *self, const char *id, size_t len)
@@ -261,12 +236,8 @@ static void s_ws_message(gateway_ws_t *ws, bool text, const uint8_t *data, size_
 static void s_ws_close(gateway_ws_t *ws, uint16_t code, void *ud)
 {
     (void) ws, (void) code;
-    s_node_t *n = ud;
+    s_node_t *n = ud; /* s_ws_closing ended its calls and its register timer */
     gateway_nodes_t *self = n->owner;
-    while (n->calls)
-        s_call_end(n->calls, 503, NULL, "node_gone", "the node left before it answered");
-    if (n->register_timer)
-        (void) router_loop_timer_cancel(self->loop, n->register_timer);
     if (n->prev)
         n->prev->next = n->next;
     else
@@ -279,6 +250,7 @@ static void s_ws_close(gateway_ws_t *ws, uint16_t code, void *ud)
 }
 
 static const gateway_ws_handlers_t s_ws_handlers = {.on_message = s_ws_message,
+                                                    .on_closing = s_ws_closing,
                                                     .on_close = s_ws_close};
 
 static void s_register_late(router_loop_t *loop, uint64_t id, void *ud)
@@ -286,10 +258,7 @@ static void s_register_late(router_loop_t *loop, uint64_t id, void *ud)
     (void) loop, (void) id;
     s_node_t *n = ud;
     n->register_timer = 0;
-    if (!n->closing) {
-        n->closing = true;
-        gateway_ws_close(n->ws, 1008, "register first");
-    }
+    gateway_ws_close(n->ws, 1008, "register first");
 }
 
 static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
@@ -325,10 +294,8 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
     self->nnodes++;
     n->register_timer =
         router_loop_timer_add(self->loop, GATEWAY_NODES_REGISTER_MS, s_register_late, n);
-    if (!n->register_timer) {
-        n->closing = true;
+    if (!n->register_timer)
         gateway_ws_close(ws, 1011, "no timer for the register deadline");
-    }
 }
 
 /* ---------------------------------------------------------------- REST */
@@ -349,7 +316,6 @@ static void s_list(const gateway_http_req_t *req, gateway_http_res_t *res, void 
     gateway_nodes_t *self = ud;
     if (gateway_auth_require(self->auth, req, res) != 0)
         return;
-    s_nodes_sweep_revoked(self);
     router_json_obj_t o;
     router_json_begin(&o, NULL);
     if (o.g) {
@@ -444,13 +410,12 @@ static void s_invoke(gateway_nodes_t *self, s_node_t *n, const gateway_http_req_
         s_call_end(c, 503, NULL, "unavailable", "no timer for the call");
         return;
     }
-    int sent = gateway_ws_send(n->ws, true, frame, len);
+    /* A socket that cannot take the call is cut (past its unsent bound,
+     * the slow consumer is closed 1008): on_closing takes the node out
+     * before this returns, with every call that waits on it, this one
+     * included. */
+    (void) gateway_ws_send(n->ws, true, frame, len);
     free(frame);
-    /* A socket that cannot take the call is closing (past its unsent bound,
-     * the slow consumer is cut 1008): the node leaves now, with every call
-     * that waits on it. */
-    if (sent != 0)
-        s_node_end(n, 1008, "the node does not read its calls");
 }
 
 /* A method the server knows (RFC 9110's and PATCH): the others are 501 on
@@ -510,7 +475,6 @@ static void s_one(const gateway_http_req_t *req, gateway_http_res_t *res, void *
                                           "this path does not take this method");
         return;
     }
-    s_nodes_sweep_revoked(self);
     s_node_t *n = s_node_find(self, id, len);
     if (!n) {
         (void) gateway_http_respond_error(res, 404, "not_found", "no such node");
@@ -519,7 +483,8 @@ static void s_one(const gateway_http_req_t *req, gateway_http_res_t *res, void *
     if (invoke) {
         s_invoke(self, n, req, res);
     } else if (gateway_http_req_method_is(req, "DELETE")) {
-        s_node_end(n, 1000, "removed by an operator"); /* out of the registry from now on */
+        /* on_closing takes it out of the registry before this returns. */
+        gateway_ws_close(n->ws, 1000, "removed by an operator");
         (void) gateway_http_respond_json(res, 200, "{\"removed\":true}");
     } else {
         router_json_obj_t o;

@@ -43,6 +43,8 @@ struct gateway_ws {
     bool msg_text;                /* it is a text message */
     bool in_frame;                /* a frame has begun and not ended */
     bool pong_owed;               /* our last ping has had no pong yet */
+    bool closing_told;            /* on_closing was called */
+    bool accepting;               /* inside gateway_ws_accept: on_closing waits for on_close */
     uint64_t frame_due;           /* loop ms: the frame begun must end by then; 0 none */
     uint64_t ping_due;            /* loop ms: the next ping (or the liveness verdict) */
     uint64_t close_due;           /* loop ms: our Close must be answered by then; 0 none */
@@ -56,6 +58,17 @@ struct gateway_ws {
 };
 
 static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud);
+
+/* The socket left S_OPEN: tells the route once, at once, so it stops
+ * listing a socket that may take GATEWAY_WS_CLOSE_WAIT_MS more to go. */
+static void s_closing(gateway_ws_t *ws)
+{
+    if (ws->closing_told || ws->accepting)
+        return;
+    ws->closing_told = true;
+    if (ws->h.on_closing)
+        ws->h.on_closing(ws, ws->ud);
+}
 
 /* ---------------------------------------------------------------- deadlines */
 
@@ -93,6 +106,7 @@ static void s_rearm(gateway_ws_t *ws)
                    (unsigned long long) router_conn_id(ws->conn));
         ws->state = S_DONE;
         router_conn_abort(ws->conn);
+        s_closing(ws);
     }
 }
 
@@ -145,6 +159,7 @@ static void s_fail(gateway_ws_t *ws, uint16_t code, const char *reason)
     ws->state = S_DONE;
     s_timer_stop(ws);
     router_conn_close(ws->conn); /* flush the Close, then FIN; bounded by the loop */
+    s_closing(ws);
 }
 
 int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len)
@@ -171,8 +186,12 @@ int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len)
         return -1;
     }
     if (s_send_frame(ws, text ? PROTO_WS_OP_TEXT : PROTO_WS_OP_BINARY, data, len) != 0) {
-        if (errno != EMSGSIZE)
+        if (errno != EMSGSIZE) {
+            int e = errno;
             ws->state = S_DONE; /* the connection is going: on_close follows */
+            s_closing(ws);
+            errno = e;
+        }
         return -1;
     }
     return 0;
@@ -187,6 +206,7 @@ void gateway_ws_close(gateway_ws_t *ws, uint16_t code, const char *reason)
     /* Wait for the client's Close, but not for ever. */
     ws->close_due = router_loop_now_ms(ws->g->loop) + GATEWAY_WS_CLOSE_WAIT_MS;
     s_rearm(ws);
+    s_closing(ws);
 }
 
 void gateway_ws_end(gateway_ws_t *ws, uint16_t code, const char *reason)
@@ -270,8 +290,10 @@ static void s_event(gateway_ws_t *ws, proto_ws_event_t *ev)
             s_deliver(ws, ws->msg, ws->msg_len);
         return;
     case PROTO_WS_OP_PING:
-        if (ws->state == S_OPEN && s_send_frame(ws, PROTO_WS_OP_PONG, ev->data, ev->len) != 0)
+        if (ws->state == S_OPEN && s_send_frame(ws, PROTO_WS_OP_PONG, ev->data, ev->len) != 0) {
             ws->state = S_DONE;
+            s_closing(ws);
+        }
         return;
     case PROTO_WS_OP_PONG:
         ws->pong_owed = false; /* alive; a pong we did not ask for also counts */
@@ -285,6 +307,7 @@ static void s_event(gateway_ws_t *ws, proto_ws_event_t *ev)
         ws->state = S_DONE;
         s_timer_stop(ws);
         router_conn_close(ws->conn);
+        s_closing(ws);
         return;
     case PROTO_WS_OP_CONTINUATION:
         return; /* never reported: slices carry their message's opcode */
@@ -345,6 +368,7 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
             }
             if (s_send_frame(ws, PROTO_WS_OP_PING, "kith", 4) != 0) {
                 ws->state = S_DONE; /* on_close follows from the loop */
+                s_closing(ws);
                 return;
             }
             ws->pong_owed = true;
@@ -434,6 +458,8 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     gateway_http_t *g = ws->g;
     s_unauth_leave(ws);
     s_unlink(ws);
+    ws->state = S_DONE;
+    s_closing(ws); /* once before on_close, whatever ended it */
     if (ws->h.on_close)
         ws->h.on_close(ws, ws->close_code, ws->ud);
     s_free(ws);
@@ -459,6 +485,7 @@ gateway_ws_t *gateway_ws_adopt(gateway_http_t *g, router_conn_t *conn,
     ws->conn = conn;
     ws->h = *h;
     ws->ud = ud;
+    ws->accepting = true; /* until gateway_ws_accept returns: the route is not set up */
     ws->opts = opts ? *opts : (gateway_ws_opts_t){0};
     if (!ws->opts.message_max)
         ws->opts.message_max = GATEWAY_WS_MESSAGE_MAX;
@@ -521,7 +548,8 @@ gateway_ws_t *gateway_ws_accept(gateway_http_res_t *res, const gateway_ws_handle
     }
     gateway_http_count_status(hc->g, hc->route, 101);
     if (router_conn_send(hc->conn, head, (size_t) n) != 0)
-        ws->state = S_DONE; /* on_close follows from the loop */
+        ws->state = S_DONE; /* on_close follows from the loop, on_closing first */
+    ws->accepting = false;
     return ws;
 }
 
@@ -567,9 +595,11 @@ void gateway_ws_close_all(gateway_http_t *g, uint16_t code, bool abort)
 {
     for (gateway_ws_t *ws = g->ws, *next; ws; ws = next) {
         next = ws->next;
-        if (abort)
+        if (abort) {
             router_conn_abort(ws->conn);
-        else
+            ws->state = S_DONE;
+            s_closing(ws);
+        } else
             gateway_ws_close(ws, code, "server shutting down");
     }
 }

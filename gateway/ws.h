@@ -41,6 +41,16 @@ typedef struct {
     /* A whole message: text (well-formed UTF-8) or binary. `data` is valid
      * during the call only. */
     void (*on_message)(gateway_ws_t *ws, bool text, const uint8_t *data, size_t len, void *ud);
+    /* The socket stopped being open: no message reaches it or leaves it
+     * from now on. Called once for every socket, before on_close. A close
+     * the server starts (gateway_ws_close or _end, a token revoked, a slow
+     * consumer cut inside gateway_ws_send, a protocol error, shutdown) calls
+     * it at once, from inside that call, while the close handshake may take
+     * up to GATEWAY_WS_CLOSE_WAIT_MS more: a route that lists its sockets
+     * drops this one here, not at on_close. Never called from inside
+     * gateway_ws_accept (a socket that fails there is told before its
+     * on_close). ws stays valid until on_close returns. Optional. */
+    void (*on_closing)(gateway_ws_t *ws, void *ud);
     /* The socket is gone; `code` is the close code exchanged (1006 when the
      * connection dropped without one). ws is invalid after this returns. */
     void (*on_close)(gateway_ws_t *ws, uint16_t code, void *ud);
@@ -78,7 +88,8 @@ gateway_ws_t *gateway_ws_accept(gateway_http_res_t *res, const gateway_ws_handle
 
 /* Sends one whole message. Returns 0; or -1 with errno EPIPE when the
  * socket is closing, ENOBUFS when it would pass the unsent-byte limit (the
- * socket is then closed with 1008), EMSGSIZE when larger than 2^63. */
+ * socket is then closed with 1008, on_closing called before this returns),
+ * EMSGSIZE when larger than 2^63. */
 int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len);
 
 /* Starts the close handshake with `code` and a reason (UTF-8, at most 123

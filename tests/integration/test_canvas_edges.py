@@ -4,7 +4,9 @@ while 1 MiB documents are posted is cut with 1008 at its unsent bound
 (DESIGN §10) while the posts are answered and a watcher that reads gets
 every version in order; a watcher that floods the read-only socket and
 never reads its READ_ONLY answers is cut the same way; revoking the token
-a watcher connected with closes it 1008 "token revoked"; the daemon's
+a watcher connected with closes it 1008 "token revoked" and it stops
+counting among the canvas's watchers at once, though its client has not
+answered the Close; the daemon's
 memory held for a watcher stays within that bound, and it serves on. Watchers here are raw
 sockets (frames by hand) so the test decides whether they read."""
 
@@ -128,9 +130,29 @@ def main():
             check(close_code(s) == (1008, "token revoked"), "revoked watcher")
             s.close()
 
+        def revoked_watcher_stops_counting():
+            # The watcher reads nothing, so it does not answer the server's
+            # Close: its socket lingers for the close wait (5 s), but it no
+            # longer watches from the revocation on.
+            st, _, data = api(node, "POST", "/api/tokens",
+                              json.dumps({"scope": "operator", "name": "dash2"}).encode(), op,
+                              "application/json")
+            minted = json.loads(data)
+            s = raw_watcher("revoked-count", token=minted["token"])
+            st, got = post("revoked-count", "v1")
+            check(st == 200 and got["watchers"] == 1, f"post before {st} {got}")
+            st, _, data = api(node, "DELETE", f"/api/tokens/{minted['id']}", None, op)
+            check(st == 200 and json.loads(data)["closed"] == 1, f"revoke {st} {data}")
+            st, got = post("revoked-count", "v2")
+            check(st == 200 and got["watchers"] == 0, f"post after {st} {got}")
+            check(watchers_of("revoked-count") == 0, f"listed {watchers_of('revoked-count')}")
+            check(close_code(s) == (1008, "token revoked"), "revoked watcher")
+            s.close()
+
         r.run(slow_watcher_is_cut)
         r.run(flooding_watcher_is_cut)
         r.run(revoked_watcher_closed)
+        r.run(revoked_watcher_stops_counting)
         r.stopped(node)
     finally:
         node.cleanup()

@@ -2,7 +2,8 @@
 §27, §28) on the real `kith daemon`, as an outside client meets them: a
 node whose token is revoked leaves the registry with the revocation's
 answer, before its client answers the server's Close (1008 "token
-revoked"), and the calls waiting on it are 503 node_gone; every path under
+revoked"), and the calls waiting on it are 503 node_gone within the
+revocation, with no other request to notice it; every path under
 /api/nodes/ that is not {id} or {id}/invoke, an empty, over-long or
 percent-encoded id is a typed 404, a method a path does not take is 405
 with the path's own Allow, and a method the server does not know is 501.
@@ -128,6 +129,35 @@ def main():
             check(out and out[0][:2] == (200, {"ok": True, "result": 7}), f"other {out}")
             other.close()
 
+        def revoked_node_calls_end_in_the_revocation():
+            # No REST read of the registry between the revocation and the
+            # call's answer: the revocation itself ends the call, while the
+            # node's socket still waits for the answer to its Close (the
+            # server gives a Close it sent GATEWAY_WS_CLOSE_WAIT_MS, 5 s,
+            # before it resets the connection and forgets the socket).
+            minted = mint_node_token("revoked call")
+            s, nid = raw_node(minted["token"])
+            t, out = invoke_async(nid, {"command": "x", "timeout_ms": 300000})
+            inv = json.loads(next_frame(s, 1))  # the call waits on the node
+            check(inv["type"] == "invoke", f"invoke {inv}")
+            st, got, _ = request("DELETE", f"/api/tokens/{minted['id']}")
+            check(st == 200 and got["closed"] == 1, f"revoke {st} {got}")
+            t.join(TIMEOUT)
+            check(out and (out[0][0], out[0][1]["code"]) == (503, "node_gone"), f"call {out}")
+            check(close_of(s) == (1008, "token revoked"), "the revoked node's close")
+            s.setblocking(False)
+            try:
+                waiting = s.recv(1) != b""
+            except BlockingIOError:
+                waiting = True  # nothing more, no FIN, no reset: the server waits
+            except ConnectionResetError:
+                waiting = False
+            check(waiting, "the call was answered only once the server gave up on the node")
+            s.setblocking(True)
+            s.sendall(ws_masked(8, struct.pack(">H", 1008)))  # the Close answered: it ends
+            check(s.recv(1) == b"", "the connection ends after the close handshake")
+            s.close()
+
         def paths_and_methods():
             s, nid = raw_node(op)
             for method, path in (("POST", "/api/nodes//invoke"),
@@ -168,6 +198,7 @@ def main():
             s.close()
 
         r.run(revoked_node_leaves_at_once)
+        r.run(revoked_node_calls_end_in_the_revocation)
         r.run(paths_and_methods)
         r.stopped(node)
     finally:
