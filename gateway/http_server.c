@@ -640,10 +640,9 @@ static void s_on_upgrade(gateway_http_conn_t *hc)
     s_request_done(hc, &res);
 }
 
-/* Whether `method` is one kith recognises: RFC 9110's methods and PATCH.
- * A path that does not take one of them is 405 with Allow; a method kith
- * does not recognise is 501 on every path (RFC 9110 §15.6.2). */
-static bool s_method_known(proto_http_slice_t method)
+/* A path that does not take a known method is 405 with Allow; a method
+ * kith does not recognise is 501 on every path. */
+bool gateway_http_method_known(proto_http_slice_t method)
 {
     static const char *const known[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
                                         "CONNECT", "OPTIONS", "TRACE", "PATCH"};
@@ -676,7 +675,7 @@ static void s_on_head(gateway_http_conn_t *hc)
          * other method 405 with what it takes, never 404. */
         bool ws = gateway_http_route_find(g, p->method, p->path, true, ws_allow,
                                           sizeof ws_allow) != NULL;
-        if (!s_method_known(p->method))
+        if (!gateway_http_method_known(p->method))
             (void) gateway_http_respond_error(&res, 501, "method_not_implemented",
                                               "the method is not one this server knows");
         else if (allow[0] && gateway_http_res_header(&res, "Allow", allow) == 0)

@@ -148,6 +148,12 @@ bool gateway_http_query_find(proto_http_slice_t q, const char *name, proto_http_
 /* True when req->method is `method` (exactly, as methods are case-sensitive). */
 bool gateway_http_req_method_is(const gateway_http_req_t *req, const char *method);
 
+/* True when `method` is one the server recognises: RFC 9110's methods and
+ * PATCH (case-sensitive). A method it does not is 501 on every path (RFC
+ * 9110 §15.6.2); a route that takes any method answers the same way with
+ * this check, so the two never disagree. */
+bool gateway_http_method_known(proto_http_slice_t method);
+
 /* True when the request's Content-Type is application/json (any case),
  * alone or with parameters ("; charset=utf-8"). */
 bool gateway_http_req_is_json(const gateway_http_req_t *req);

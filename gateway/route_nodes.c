@@ -418,18 +418,6 @@ static void s_invoke(gateway_nodes_t *self, s_node_t *n, const gateway_http_req_
     free(frame);
 }
 
-/* A method the server knows (RFC 9110's and PATCH): the others are 501 on
- * every path, as the server answers them where no route takes any method. */
-static bool s_method_known(const gateway_http_req_t *req)
-{
-    static const char *const known[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
-                                        "CONNECT", "OPTIONS", "TRACE", "PATCH"};
-    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (gateway_http_req_method_is(req, known[i]))
-            return true;
-    return false;
-}
-
 /* Splits /api/nodes/{id} and /api/nodes/{id}/invoke (the id may be empty:
  * no node has it); false for any other path under /api/nodes/. */
 static bool s_path_split(const gateway_http_req_t *req, const char **id, size_t *len,
@@ -449,7 +437,7 @@ static bool s_path_split(const gateway_http_req_t *req, const char **id, size_t 
 static void s_one(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
 {
     gateway_nodes_t *self = ud;
-    if (!s_method_known(req)) {
+    if (!gateway_http_method_known(req->method)) {
         (void) gateway_http_respond_error(res, 501, "method_not_implemented",
                                           "the method is not one this server knows");
         return;

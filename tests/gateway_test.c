@@ -803,6 +803,24 @@ static void test_route_table(void **state)
     router_loop_destroy(&loop);
 }
 
+/* The methods the server knows, as routes that take any method read them
+ * (route_nodes.c answers 501 with this check): RFC 9110's and PATCH,
+ * case-sensitive, whole. */
+static void test_method_known(void **state)
+{
+    (void) state;
+    static const char *const known[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
+                                        "CONNECT", "OPTIONS", "TRACE", "PATCH"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        assert_true(gateway_http_method_known(
+            (proto_http_slice_t){.ptr = known[i], .len = strlen(known[i])}));
+    static const char *const unknown[] = {"BREW", "get", "GETS", "GE", "PROPFIND", "", "QUERY"};
+    for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++)
+        assert_false(gateway_http_method_known(
+            (proto_http_slice_t){.ptr = unknown[i], .len = strlen(unknown[i])}));
+    assert_false(gateway_http_method_known((proto_http_slice_t){.ptr = "GET", .len = 2}));
+}
+
 /* ---------------------------------------------------------------- keep-alive and pipelining */
 
 static void test_pipelining(void **state)
@@ -1754,6 +1772,7 @@ int main(void)
         BOTH(test_metrics),
         BOTH(test_routes),
         cmocka_unit_test(test_route_table),
+        cmocka_unit_test(test_method_known),
         BOTH(test_pipelining),
         BOTH(test_backpressure),
         BOTH(test_smuggling),
