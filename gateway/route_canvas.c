@@ -114,8 +114,13 @@ static char *s_doc_json(const s_canvas_t *c, const char *type, size_t *len)
 }
 
 /* Every watcher of c gets `json` (a watcher too slow is cut by its bound).
- * A watcher cut here leaves c->watchers (on_closing) while this runs: c is
- * not forgotten meanwhile (c->pushing); the caller gc's it. */
+ * Each gets its own copy, queued now, newest socket first: once all
+ * connections hold limits.conn_unsent_total_max each may keep only its
+ * share, so when one post's copies cannot all fit, the ones served last
+ * are cut whether or not they read (WIRE §26; sharing one copy needs
+ * router/net/conn.c). A watcher cut here leaves c->watchers (on_closing)
+ * while this runs: c is not forgotten meanwhile (c->pushing); the caller
+ * gc's it. */
 static void s_push(s_canvas_t *c, const char *json, size_t len)
 {
     c->pushing = true;
