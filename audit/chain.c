@@ -894,6 +894,15 @@ __attribute__((format(printf, 5, 6))) static int s_bad(audit_verify_result_t *ou
     return -1;
 }
 
+/* A verify that could not be carried out for want of memory: says nothing
+ * of the log, so the result says so (no_memory) beside the reason io. */
+static int s_no_memory(audit_verify_result_t *out)
+{
+    (void) s_bad(out, AUDIT_V_IO, false, 0, "out of memory");
+    out->no_memory = true;
+    return -1;
+}
+
 /* Where one file's records start and end in the chain. */
 typedef struct {
     bool anchored;                     /* its first record is an audit_rotated one */
@@ -917,7 +926,7 @@ static int s_verify_file(const char *path, const audit_verify_opts_t *o,
     s_reader_t r = {.fd = -1};
     char *head_path = s_strcat(path, AUDIT_HEAD_SUFFIX);
     if (!head_path)
-        return s_bad(out, AUDIT_V_IO, false, 0, "out of memory");
+        return s_no_memory(out);
 
     /* The head first: the writer makes the log durable before the head, so
      * a head read before the log never names a record the log lacks. */
@@ -933,7 +942,7 @@ static int s_verify_file(const char *path, const audit_verify_opts_t *o,
         goto done;
     }
     if (r.fd >= 0 && !(r.buf = malloc(S_READER_CAP))) {
-        rc = s_bad(out, AUDIT_V_IO, false, 0, "out of memory");
+        rc = s_no_memory(out);
         goto done;
     }
     uint64_t last_seq = 0;
@@ -955,7 +964,7 @@ static int s_verify_file(const char *path, const audit_verify_opts_t *o,
         audit_rec_err_t e = line.long_line ? AUDIT_REC_MALFORMED
                                            : audit_record_check(line.p, line.len, o->key, &rec);
         if (e == AUDIT_REC_NO_MEMORY) {
-            rc = s_bad(out, AUDIT_V_IO, false, 0, "out of memory");
+            rc = s_no_memory(out);
             goto done;
         }
         if (e == AUDIT_REC_MALFORMED) {
@@ -1100,7 +1109,7 @@ static int s_verify_chain(const char *path, const audit_verify_opts_t *o,
         uint64_t named = i < n ? seqs[i] : 0;
         char *name = s_file_name(path, named, "");
         if (!name) {
-            rc = s_bad(out, AUDIT_V_IO, false, 0, "out of memory");
+            rc = s_no_memory(out);
             break;
         }
         s_span_t span;
@@ -1157,6 +1166,7 @@ int audit_chain_verify(const char *path, const audit_verify_opts_t *o, audit_ver
         size_t n;
         if (s_rotated_list(path, &seqs, &n) != 0) {
             memset(out, 0, sizeof *out);
+            out->no_memory = errno == ENOMEM;
             return s_bad(out, AUDIT_V_IO, false, 0, "cannot list the rotated files of %s: %s",
                          path, strerror(errno));
         }

@@ -128,6 +128,7 @@ typedef struct {
     bool hmac_seen_unchecked;        /* records carry HMACs but no key was given */
     uint32_t files;                  /* files read: the log and its rotated ones */
     uint64_t first_seq;              /* seq of the oldest record kept (0: none) */
+    bool no_memory;                  /* reason io: out of memory, nothing is known of the log */
     char detail[AUDIT_ERR_MAX];      /* one line for people */
 } audit_verify_result_t;
 

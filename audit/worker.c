@@ -109,14 +109,32 @@ static char *s_refused_detail(const proto_audit_event_t *ev, const char *why, si
     return out;
 }
 
+/* The audit_appended replies a batch may get, encoded before it is written:
+ * once its records are durable, a reply that could not be encoded (no
+ * memory) would be a no_memory error, and the router would send the batch
+ * again and have it written twice. It starts at the next seq, or one later
+ * when a rotation opens a new log with its audit_rotated record. */
+#define S_FIRST_SEQS 2
+
 static uint8_t *s_append(audit_chain_t *chain, const proto_audit_msg_t *req, size_t *len)
 {
-    uint64_t first = 0;
+    uint64_t first = 0, next = audit_chain_last_seq(chain) + 1;
+    uint8_t *ready[S_FIRST_SEQS] = {0};
+    size_t ready_len[S_FIRST_SEQS] = {0};
+    uint8_t *out = NULL;
+    for (size_t i = 0; i < S_FIRST_SEQS; i++) {
+        proto_audit_msg_t m = {.kind = PROTO_AUDIT_APPENDED, .first_seq = next + i,
+                               .count = req->n_events};
+        if (!(ready[i] = s_encode(&m, &ready_len[i])))
+            goto done; /* nothing written: the thread answers no_memory */
+    }
     audit_error_t err = {0};
     if (audit_chain_append(chain, req->events, req->n_events, &first, &err) == 0)
+        goto appended;
+    if (err.code != AUDIT_E_EVENT) {
+        out = s_error(s_code(err.code), err.msg, len);
         goto done;
-    if (err.code != AUDIT_E_EVENT)
-        return s_error(s_code(err.code), err.msg, len);
+    }
     err = (audit_error_t){.code = AUDIT_E_NO_MEMORY};
     snprintf(err.msg, sizeof err.msg, "out of memory");
     /* Some event was refused: append the batch with each refused event
@@ -153,12 +171,25 @@ static uint8_t *s_append(audit_chain_t *chain, const proto_audit_msg_t *req, siz
         free(owned);
         free(evs);
         free(line);
-        if (rc != 0)
-            return s_error(s_code(err.code), err.msg, len);
+        if (rc != 0) {
+            out = s_error(s_code(err.code), err.msg, len);
+            goto done;
+        }
     }
-done:;
-    proto_audit_msg_t m = {.kind = PROTO_AUDIT_APPENDED, .first_seq = first, .count = req->n_events};
-    return s_encode(&m, len);
+appended:
+    if (first - next < S_FIRST_SEQS) {
+        out = ready[first - next];
+        *len = ready_len[first - next];
+        ready[first - next] = NULL;
+    } else { /* not reached: a batch starts where the chain or a rotation left it */
+        proto_audit_msg_t m = {.kind = PROTO_AUDIT_APPENDED, .first_seq = first,
+                               .count = req->n_events};
+        out = s_encode(&m, len);
+    }
+done:
+    for (size_t i = 0; i < S_FIRST_SEQS; i++)
+        free(ready[i]);
+    return out;
 }
 
 /* ---------------------------------------------------------------- query, verify */
@@ -193,6 +224,8 @@ static uint8_t *s_verify(audit_chain_t *chain, const audit_key_t *key, size_t *l
     audit_verify_opts_t vo = {.key = key};
     audit_verify_result_t r;
     int rc = audit_chain_verify(audit_chain_path(chain), &vo, &r);
+    if (rc != 0 && r.no_memory) /* no verdict: the log may well be intact */
+        return s_error("no_memory", r.detail, len);
     char reason[AUDIT_ERR_MAX + 32];
     snprintf(reason, sizeof reason, "%s: %s", audit_verify_reason_str(r.reason), r.detail);
     proto_audit_msg_t m = {.kind = PROTO_AUDIT_VERIFIED, .ok = rc == 0, .checked = r.records,
@@ -215,6 +248,11 @@ uint8_t *audit_worker_handle(audit_chain_t *chain, const audit_key_t *key, uint6
     proto_audit_msg_t req;
     proto_audit_err_t e;
     if (proto_audit_msg_decode(body, len, &req, &e) != 0) {
+        /* Out of memory is this worker's state, not the request's fault:
+         * bad_request would make the router drop the batch for good
+         * (WIRE §21.7), no_memory has it sent again. */
+        if (e == PROTO_AUDIT_E_NO_MEMORY)
+            return s_error("no_memory", "out of memory", out_len);
         char why[96];
         snprintf(why, sizeof why, "not an audit request: %s", proto_audit_err_str(e));
         return s_error("bad_request", why, out_len);

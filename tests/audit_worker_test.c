@@ -3,7 +3,10 @@
  * become records (batched, one request in flight), query and verify answer
  * through the broker, events wait while no worker is up, a full queue is
  * counted, an injected fsync failure is retried without duplicates, and
- * the worker answers bad bodies with a typed audit_error. */
+ * the worker answers bad bodies with a typed audit_error; a start refused
+ * (key, log, endpoint, each allocation), requests handled with each
+ * allocation failing (no_memory, never a batch dropped or written twice,
+ * never a verdict), and a batch with a refused event failing on the disk. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,9 +22,11 @@
 
 #include <sodium.h>
 
+#include "alloc_fail.h"
 #include "audit/chain.h"
 #include "audit/worker.h"
 #include "proto/audit_msg.h"
+#include "proto/utf8.h"
 #include "router/net/loop.h"
 #include "router/workers/audit_feed.h"
 #include "router/workers/broker.h"
@@ -385,6 +390,172 @@ static void test_handle_bad_bodies(void **state)
     audit_chain_close(&c);
 }
 
+/* What a start refuses: a key variable that is not set, a log that cannot
+ * be opened, an endpoint the worker cannot connect to; and a start with
+ * each of its allocations failing in turn. Each says why, and leaks
+ * nothing (LSan). */
+static void test_start_failures(void **state)
+{
+    fix_t *f = *state;
+    char err[256] = "";
+    unsetenv("KITH_W2C_NO_SUCH_KEY");
+    audit_worker_opts_t o = {.path = f->log, .endpoint = f->ep, .heartbeat_ms = 100, .liveness = 50,
+                             .hmac_key_env = "KITH_W2C_NO_SUCH_KEY"};
+    assert_null(audit_worker_start(&o, err, sizeof err));
+    assert_non_null(strstr(err, "not set"));
+    char missing[192];
+    snprintf(missing, sizeof missing, "%s/no/such/audit.log", f->dir);
+    o = (audit_worker_opts_t){.path = missing, .endpoint = f->ep};
+    assert_null(audit_worker_start(&o, err, sizeof err));
+    assert_non_null(strstr(err, missing));
+    o = (audit_worker_opts_t){.path = f->log, .endpoint = "nonsense://x"};
+    err[0] = '\0';
+    assert_null(audit_worker_start(&o, err, sizeof err));
+    assert_non_null(strstr(err, "audit worker: "));
+    o = (audit_worker_opts_t){.path = f->log, .endpoint = f->ep, .heartbeat_ms = 100, .liveness = 50};
+    bool made = false;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX && !made; i++) {
+        err[0] = '\0';
+        alloc_fail_arm(i);
+        audit_worker_t *w = audit_worker_start(&o, err, sizeof err);
+        bool failed = alloc_fail_disarm() > 0;
+        if (!w)
+            assert_true(failed && err[0]);
+        made = w && !failed;
+        audit_worker_stop(&w);
+    }
+    assert_true(made);
+}
+
+static uint8_t *s_body(const proto_audit_msg_t *req, size_t *len)
+{
+    uint8_t *body;
+    proto_audit_err_t e;
+    assert_int_equal(proto_audit_msg_encode(req, &body, len, &e), 0);
+    return body;
+}
+
+/* Requests handled with each allocation failing in turn: each answer is
+ * the right reply, a no_memory audit_error or NULL (the thread then says
+ * no_memory), and the log holds exactly the records acknowledged. */
+static void test_handle_without_memory(void **state)
+{
+    fix_t *f = *state;
+    audit_chain_opts_t co = {.path = f->log};
+    audit_error_t ce;
+    audit_chain_t *c = audit_chain_open(&co, &ce);
+    assert_non_null(c);
+    proto_audit_event_t ev[2] = {
+        {.time_ms = 1, .type = "pair", .type_len = 4, .detail = "{}", .detail_len = 2},
+        {.time_ms = 2, .type = "pair", .type_len = 4, .detail = "[1]", .detail_len = 3},
+    };
+    proto_audit_msg_t reqs[3] = {
+        {.kind = PROTO_AUDIT_APPEND, .events = ev, .n_events = 2},
+        {.kind = PROTO_AUDIT_QUERY, .limit = 10},
+        {.kind = PROTO_AUDIT_VERIFY},
+    };
+    uint64_t acked = 0;
+    for (int k = 0; k < 3; k++) {
+        size_t blen;
+        uint8_t *body = s_body(&reqs[k], &blen);
+        bool done = false;
+        for (long i = 0; i < ALLOC_FAIL_RUNS_MAX && !done; i++) {
+            size_t len = 0;
+            alloc_fail_arm(i);
+            uint8_t *out = audit_worker_handle(c, NULL, 0, body, blen, &len);
+            done = alloc_fail_disarm() == 0;
+            if (!out) {
+                assert_false(done);
+                continue;
+            }
+            proto_audit_msg_t m;
+            proto_audit_err_t e;
+            assert_int_equal(proto_audit_msg_decode(out, len, &m, &e), 0);
+            free(out);
+            if (m.kind == PROTO_AUDIT_ERROR) {
+                assert_false(done);
+                assert_string_equal(m.code, "no_memory");
+            } else if (k == 0) {
+                assert_int_equal(m.kind, PROTO_AUDIT_APPENDED);
+                assert_int_equal(m.first_seq, acked + 1);
+                acked += m.count;
+            } else {
+                assert_int_equal(m.kind, k == 1 ? PROTO_AUDIT_RECORDS : PROTO_AUDIT_VERIFIED);
+                if (k == 1)
+                    assert_int_equal(m.n_records, acked);
+                else
+                    assert_true(m.ok); /* never a verdict it could not reach */
+            }
+            proto_audit_msg_clear(&m);
+        }
+        assert_true(done);
+        free(body);
+    }
+    audit_chain_close(&c);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
+    assert_int_equal(r.records, acked);
+    assert_true(acked >= 2);
+}
+
+/* A batch with a refused event whose append then fails on the disk: an
+ * `io` audit_error (nothing acknowledged, nothing left in the log), its
+ * message cut to the reply's bound on a UTF-8 boundary (the log's path is
+ * long and not ASCII); the next batch goes in as record 1. */
+static void test_refused_event_then_io(void **state)
+{
+    fix_t *f = *state;
+    char sub[400], log[460], head[470];
+    char name[241];
+    for (int i = 0; i < 120; i++)
+        memcpy(name + 2 * i, "\xc3\xa9", 2); /* é */
+    name[240] = '\0';
+    snprintf(sub, sizeof sub, "%s/%s", f->dir, name);
+    snprintf(log, sizeof log, "%s/audit.log", sub);
+    snprintf(head, sizeof head, "%s.head", log);
+    assert_int_equal(mkdir(sub, 0700), 0);
+    audit_chain_opts_t co = {.path = log, .sync = s_sync, .sync_ud = f};
+    audit_error_t ce;
+    audit_chain_t *c = audit_chain_open(&co, &ce);
+    assert_non_null(c);
+    proto_audit_event_t ev[2] = {
+        {.time_ms = 1, .type = "pair", .type_len = 4, .detail = "{}", .detail_len = 2},
+        {.time_ms = 2, .type = "pair", .type_len = 4, .detail = "\"x\"", .detail_len = 3},
+    };
+    proto_audit_msg_t req = {.kind = PROTO_AUDIT_APPEND, .events = ev, .n_events = 2};
+    size_t blen, len;
+    uint8_t *body = s_body(&req, &blen);
+    atomic_store(&f->fail_syncs, 1);
+    uint8_t *out = audit_worker_handle(c, NULL, 0, body, blen, &len);
+    assert_int_equal(atomic_load(&f->fail_syncs), 0);
+    proto_audit_msg_t m;
+    proto_audit_err_t e;
+    assert_int_equal(proto_audit_msg_decode(out, len, &m, &e), 0);
+    free(out);
+    assert_int_equal(m.kind, PROTO_AUDIT_ERROR);
+    assert_string_equal(m.code, "io");
+    assert_true(m.reason_len > 0 && m.reason_len <= PROTO_AUDIT_REASON_MAX);
+    assert_true(proto_utf8_valid((const uint8_t *) m.reason, m.reason_len));
+    assert_memory_equal(m.reason, "cannot fsync ", 13);
+    proto_audit_msg_clear(&m);
+    assert_int_equal(audit_chain_last_seq(c), 0);
+    out = audit_worker_handle(c, NULL, 0, body, blen, &len);
+    free(body);
+    assert_int_equal(proto_audit_msg_decode(out, len, &m, &e), 0);
+    free(out);
+    assert_int_equal(m.kind, PROTO_AUDIT_APPENDED);
+    assert_int_equal(m.first_seq, 1);
+    assert_int_equal(m.count, 2);
+    proto_audit_msg_clear(&m);
+    audit_chain_close(&c);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(log, NULL, &r), 0);
+    assert_int_equal(r.records, 2);
+    assert_int_equal(unlink(head), 0);
+    assert_int_equal(unlink(log), 0);
+    assert_int_equal(rmdir(sub), 0);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -396,6 +567,9 @@ int main(void)
         T(test_fsync_failure_retried),
         T(test_drain_at_stop),
         T(test_handle_bad_bodies),
+        T(test_start_failures),
+        T(test_handle_without_memory),
+        T(test_refused_event_then_io),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
