@@ -556,6 +556,45 @@ static void test_refused_event_then_io(void **state)
     assert_int_equal(rmdir(sub), 0);
 }
 
+/* A batch that finds the log due for rotation starts one seq later (the
+ * new log's audit_rotated record comes first): the reply says so. */
+static void test_appended_after_rotation(void **state)
+{
+    fix_t *f = *state;
+    audit_chain_opts_t co = {.path = f->log, .rotate_bytes = 100, .keep = 2};
+    audit_error_t ce;
+    audit_chain_t *c = audit_chain_open(&co, &ce);
+    assert_non_null(c);
+    proto_audit_event_t ev = {.time_ms = 1, .type = "pair", .type_len = 4, .detail = "{}",
+                              .detail_len = 2};
+    proto_audit_msg_t req = {.kind = PROTO_AUDIT_APPEND, .events = &ev, .n_events = 1};
+    size_t blen, len;
+    uint8_t *body = s_body(&req, &blen);
+    uint64_t want[2] = {1, 3}; /* 2 is the audit_rotated record */
+    for (int i = 0; i < 2; i++) {
+        uint8_t *out = audit_worker_handle(c, NULL, 0, body, blen, &len);
+        proto_audit_msg_t m;
+        proto_audit_err_t e;
+        assert_int_equal(proto_audit_msg_decode(out, len, &m, &e), 0);
+        free(out);
+        assert_int_equal(m.kind, PROTO_AUDIT_APPENDED);
+        assert_int_equal(m.first_seq, want[i]);
+        assert_int_equal(m.count, 1);
+        proto_audit_msg_clear(&m);
+    }
+    free(body);
+    audit_chain_close(&c);
+    audit_verify_result_t r;
+    assert_int_equal(audit_chain_verify(f->log, NULL, &r), 0);
+    assert_int_equal(r.records, 3);
+    assert_int_equal(r.files, 2);
+    char rotated[200];
+    snprintf(rotated, sizeof rotated, "%s.%020d", f->log, 1);
+    assert_int_equal(unlink(rotated), 0);
+    snprintf(rotated, sizeof rotated, "%s.%020d.head", f->log, 1);
+    assert_int_equal(unlink(rotated), 0);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -570,6 +609,7 @@ int main(void)
         T(test_start_failures),
         T(test_handle_without_memory),
         T(test_refused_event_then_io),
+        T(test_appended_after_rotation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
