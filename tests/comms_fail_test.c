@@ -1,10 +1,15 @@
-/* tests/comms_drain_test.c — router_comms_drain (spec/WIRE.md §9) on a real
- * loop with real TCP sockets, on the test's thread: connections mid-frame
- * and idle close orderly and the drain ends; a drain that cannot finish
- * (the crypto threads held) is cut at its bound (shortened through
- * router_comms_opts_t.drain_timeout_ms) and ends; a drain that can have
- * no timer (the loop's timer slots all taken) still ends; a second drain
- * leaves no timer behind to fire on freed comms. */
+/* tests/comms_fail_test.c — comms' failure handling (router/comms/comms.c)
+ * on a real loop with real TCP sockets, on the test's thread. Drain
+ * (spec/WIRE.md §9): connections mid-frame and idle close orderly and the
+ * drain ends; a drain that cannot finish (the crypto threads held) is cut
+ * at its bound (shortened through router_comms_opts_t.drain_timeout_ms)
+ * and ends; a drain that can have no timer (the loop's timer slots all
+ * taken) still ends; a second drain leaves no timer behind to fire on
+ * freed comms. Out of memory at each allocation of router_comms_new and of
+ * a connection's life (accept, frames, the checks, the acks owed): each
+ * run refuses or resets cleanly, the acks the sender got are a prefix of
+ * what was admitted, and nothing stays counted. The bounds on frames in
+ * the checks are tests/comms_test.c. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -21,10 +26,12 @@
 
 #include <sodium.h>
 
+#include "alloc_fail.h"
 #include "loop_until.h"
 #include "proto/envelope.h"
 #include "router/comms/comms.h"
 #include "router/comms/guard.h"
+#include "router/metrics.h"
 #include "router/net/listen.h"
 #include "router/net/loop.h"
 #include "router/state/identity.h"
@@ -51,6 +58,9 @@ typedef struct {
     unsigned drained_other;
     int fd;               /* for s_until_gone */
     bool gone_reset;
+    unsigned want_open;   /* for s_until_open_is */
+    size_t ack_bytes;     /* acks read by s_until_acked_or_gone_fd */
+    bool ended;           /* ...which saw the end of the connection */
 } s_fx_t;
 
 static void s_fx_init(s_fx_t *fx, const router_loop_opts_t *lo, unsigned crypto_threads)
@@ -131,6 +141,32 @@ static void s_send(int fd, const void *p, size_t len)
     }
 }
 
+/* n signed `message`s from alice to fx's node, as frames; caller frees. */
+static size_t s_envelopes(const s_fx_t *fx, unsigned n, uint8_t **out)
+{
+    uint8_t *all = NULL;
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++) {
+        proto_envelope_reason_t why;
+        cbor_item_t *kind = proto_kind_message("hi", 2, NULL, PROTO_HANDLING_NONE);
+        proto_envelope_t *env = proto_envelope_new(NULL, s_alice_pk, fx->id.pk, &kind, &why);
+        assert_non_null(env);
+        assert_int_equal(proto_envelope_sign(env, s_alice_sk), 0);
+        uint8_t *frame = NULL;
+        size_t len = 0;
+        assert_int_equal(proto_envelope_encode_frame(env, &frame, &len), 0);
+        proto_envelope_destroy(&env);
+        uint8_t *more = realloc(all, total + len);
+        assert_non_null(more);
+        all = more;
+        memcpy(all + total, frame, len);
+        total += len;
+        free(frame);
+    }
+    *out = all;
+    return total;
+}
+
 /* Sends one signed `message` from alice to fx's node. */
 static void s_send_envelope(const s_fx_t *fx, int fd)
 {
@@ -190,6 +226,37 @@ static bool s_until_job(void *ud)
 static bool s_until_open2(void *ud)
 {
     return s_stats(ud).open == 2;
+}
+
+static bool s_until_open_is(void *ud)
+{
+    s_fx_t *fx = ud;
+    return s_stats(fx).open == fx->want_open;
+}
+
+/* drained_other acks sent in all, or the connection at fd ended (reset,
+ * refused at accept): the acks that came are read away into ack_bytes. */
+static bool s_until_acked_or_gone_fd(void *ud)
+{
+    s_fx_t *fx = ud;
+    if (s_stats(fx).acked >= fx->drained_other)
+        return true;
+    for (;;) {
+        struct pollfd p = {.fd = fx->fd, .events = POLLIN};
+        if (poll(&p, 1, 0) <= 0)
+            return false;
+        uint8_t buf[4096];
+        ssize_t n = recv(fx->fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            fx->ack_bytes += (size_t) n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return false;
+        fx->ended = true;
+        fx->gone_reset = n < 0;
+        return true;
+    }
 }
 
 static bool s_never(void *ud)
@@ -341,6 +408,117 @@ static void test_drain_twice(void **state)
     s_fx_fini(&fx);
 }
 
+/* router_comms_new with each of its allocations failing in turn. */
+static void test_new_without_memory(void **state)
+{
+    (void) state;
+    s_fx_t fx;
+    s_fx_init(&fx, NULL, 0);
+    router_metrics_t *metrics = router_metrics_new();
+    assert_non_null(metrics);
+    long run;
+    for (run = 0; run < ALLOC_FAIL_RUNS_MAX; run++) {
+        router_comms_opts_t co = {.loop = fx.loop, .identity = &fx.id, .trust = fx.trust,
+                                  .inbox = fx.inbox, .metrics = run % 2 ? metrics : NULL,
+                                  .crypto_threads = 1};
+        alloc_fail_arm(run / 2);
+        router_comms_t *c = router_comms_new(&co);
+        unsigned failed = alloc_fail_disarm();
+        if (!c) {
+            assert_true(failed > 0);
+            continue;
+        }
+        router_comms_destroy(&c);
+        if (failed == 0 && run % 2)
+            break;
+    }
+    assert_true(run > 2 && run < ALLOC_FAIL_RUNS_MAX);
+    router_metrics_destroy(&metrics);
+    s_fx_fini(&fx);
+}
+
+/* Reads the acks still coming on fx->fd until its end: how many came in
+ * all (each PROTO_ACK_FRAME_LEN), and whether it ended with a reset. */
+static unsigned s_acks_until_end(s_fx_t *fx, bool *reset)
+{
+    uint8_t buf[4096];
+    while (!fx->ended) {
+        struct pollfd p = {.fd = fx->fd, .events = POLLIN};
+        assert_int_equal(poll(&p, 1, WAIT_MAX_MS), 1);
+        ssize_t n = recv(fx->fd, buf, sizeof buf, 0);
+        if (n > 0) {
+            fx->ack_bytes += (size_t) n;
+            continue;
+        }
+        fx->ended = true;
+        fx->gone_reset = n < 0;
+    }
+    *reset = fx->gone_reset;
+    assert_int_equal(fx->ack_bytes % PROTO_ACK_FRAME_LEN, 0);
+    return (unsigned) (fx->ack_bytes / PROTO_ACK_FRAME_LEN);
+}
+
+/* One connection sending three envelopes in one write, with the 1st, 2nd,
+ * … allocation on the loop thread failing: the connection serves them all
+ * or is reset; what was acked is what was admitted, in order; once it is
+ * gone nothing is held in the checks or in partial frames. */
+static void test_connection_without_memory(void **state)
+{
+    (void) state;
+    s_fx_t fx;
+    s_fx_init(&fx, NULL, 0);
+    int w = s_connect(fx.port); /* warm up: the loop's own first allocations */
+    s_send_envelope(&fx, w);
+    s_wait(&fx, s_until_admitted);
+    close(w);
+    fx.want_open = 0;
+    s_wait(&fx, s_until_open_is);
+    long run;
+    unsigned served = 0;
+    for (run = 0; run < ALLOC_FAIL_RUNS_MAX; run++) {
+        router_comms_stats_t before = s_stats(&fx);
+        int fd = s_connect(fx.port);
+        uint8_t *frames = NULL;
+        size_t len = s_envelopes(&fx, 3, &frames);
+        alloc_fail_arm(run);
+        s_send(fd, frames, len);
+        fx.drained_other = (unsigned) before.acked + 3; /* acked to wait for */
+        fx.fd = fd;
+        fx.ack_bytes = 0;
+        fx.ended = false;
+        test_loop_until(fx.loop, s_until_acked_or_gone_fd, &fx, WAIT_EVERY_MS, WAIT_MAX_MS);
+        unsigned failed = alloc_fail_disarm();
+        free(frames);
+        shutdown(fd, SHUT_WR);
+        fx.want_open = 0;
+        s_wait(&fx, s_until_open_is);
+        bool reset = false;
+        unsigned acks = s_acks_until_end(&fx, &reset);
+        close(fd);
+        router_comms_stats_t after = s_stats(&fx);
+        assert_int_equal(after.jobs, 0);
+        assert_int_equal(after.job_bytes, 0);
+        assert_int_equal(after.acked - before.acked, acks);
+        assert_true(after.admitted - before.admitted >= acks);
+        assert_true(after.admitted - before.admitted <= 3);
+        /* Out of memory is never the sender's fault: at most `internal`. */
+        for (int r = 0; r < PROTO_WIRE_INTERNAL; r++)
+            if (after.rejected[r] != before.rejected[r])
+                fail_msg("run %ld: out of memory refused an envelope as %s", run,
+                         proto_wire_reason_str((proto_wire_reason_t) r));
+        if (acks == 3 && !reset)
+            served++;
+        if (failed == 0) {
+            assert_int_equal(acks, 3);
+            assert_false(reset);
+            break;
+        }
+    }
+    assert_true(run > 3 && run < ALLOC_FAIL_RUNS_MAX);
+    assert_true(served >= 1);
+    s_fx_fini(&fx);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -351,6 +529,8 @@ int main(void)
         cmocka_unit_test(test_drain_timeout),
         cmocka_unit_test(test_drain_without_timer),
         cmocka_unit_test(test_drain_twice),
+        cmocka_unit_test(test_new_without_memory),
+        cmocka_unit_test(test_connection_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
