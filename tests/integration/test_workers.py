@@ -325,7 +325,7 @@ def refused_at_start():
     refused(node, "is not a CZMQ certificate with a secret key")
     node = Daemon("notdir", config={"workers": {"listen": "tcp://lo:0"}})
     open(os.path.join(node.home, "workers"), "w").close()
-    refused(node, "workers: cannot make")
+    refused(node, "/workers is not a directory: remove it, and kith makes it")
 
 
 def main():
