@@ -143,7 +143,9 @@ static void s_send_close(gateway_ws_t *ws, uint16_t code, const char *reason)
     ssize_t n = proto_ws_close_encode(frame, sizeof frame, code, reason, rlen, NULL);
     if (n < 0) /* a reason that is not UTF-8: send the code alone */
         n = proto_ws_close_encode(frame, sizeof frame, code, NULL, 0, NULL);
-    if (n > 0 && router_conn_send(ws->conn, frame, (size_t) n) == 0)
+    /* The last frame: it goes even when the socket is being cut for
+     * holding more than its share of all unsent bytes (it is why). */
+    if (n > 0 && router_conn_send_last(ws->conn, frame, (size_t) n) == 0)
         router_metric_inc(ws->g->m_ws_frames_out, 1);
     ws->close_code = code == PROTO_WS_CLOSE_NO_STATUS ? PROTO_WS_CLOSE_NORMAL : code;
 }

@@ -701,6 +701,11 @@ static void test_unsent_total_share(void **state)
      * each holds its share's worth at most. */
     assert_int_equal(router_conn_send_room(c[2]), 112 * k);
     assert_int_equal(router_conn_send(c[2], big, 112 * k), 0);
+    /* Past its share, the last bytes before a close still go (a Close
+     * frame: why it is cut), within ROUTER_CONN_LAST_MAX. */
+    assert_int_equal(router_conn_send_last(c[2], big, ROUTER_CONN_LAST_MAX + 1), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_conn_send_last(c[2], big, 17), 0);
     assert_int_equal(router_conn_send(c[2], big, 1), -1);
     router_loop_stats(loop, &st);
     assert_int_equal(st.unsent_total_cuts, 2);

@@ -239,7 +239,8 @@ size_t router_conn_send_room(const router_conn_t *c)
     return room < own ? room : own;
 }
 
-int router_conn_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt)
+/* router_conn_sendv; `last`: router_conn_send_last's pass past the share. */
+static int s_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt, bool last)
 {
     if (!c || (iovcnt > 0 && !iov) || iovcnt < 0) {
         errno = EINVAL;
@@ -259,8 +260,12 @@ int router_conn_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt)
     }
     if (total == 0)
         return 0;
+    if (last && total > ROUTER_CONN_LAST_MAX) {
+        errno = EINVAL;
+        return -1;
+    }
     size_t limit = c->send_limit;
-    if (s_total_short(c->loop, total)) {
+    if (!last && s_total_short(c->loop, total)) {
         /* All connections together are at their bound: each may hold its
          * share of it, so the ones that stopped reading give way and the
          * ones that keep up go on. */
@@ -295,6 +300,17 @@ int router_conn_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt)
     if (c->state != ROUTER_CONN_CONNECTING)
         router_conn_pend(c, ROUTER_PEND_FLUSH);
     return 0;
+}
+
+int router_conn_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt)
+{
+    return s_sendv(c, iov, iovcnt, false);
+}
+
+int router_conn_send_last(router_conn_t *c, const void *data, size_t len)
+{
+    struct iovec iov = {.iov_base = (void *) data, .iov_len = len};
+    return s_sendv(c, &iov, 1, true);
 }
 
 int router_conn_send(router_conn_t *c, const void *data, size_t len)

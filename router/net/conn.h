@@ -101,6 +101,14 @@ int router_conn_send(router_conn_t *conn, const void *data, size_t len);
  * connection politely (a WebSocket Close) before the loop would cut it. */
 size_t router_conn_send_room(const router_conn_t *conn);
 
+/* As router_conn_send for the last bytes before a close (a WebSocket
+ * Close frame, a final error), at most ROUTER_CONN_LAST_MAX of them: queued
+ * even past the connection's share of the loop's send_total_limit (never
+ * past its own limit), so a connection cut for holding more than its
+ * share is still told why. -1 with EINVAL when len is larger. */
+#define ROUTER_CONN_LAST_MAX 256u
+int router_conn_send_last(router_conn_t *conn, const void *data, size_t len);
+
 /* As router_conn_send for several pieces (a frame header and its body, say):
  * all are queued or none. */
 int router_conn_sendv(router_conn_t *conn, const struct iovec *iov, int iovcnt);
