@@ -5,7 +5,8 @@
  * at its bound (shortened through router_comms_opts_t.drain_timeout_ms)
  * and ends; a drain that can have no timer (the loop's timer slots all
  * taken) still ends; a second drain leaves no timer behind to fire on
- * freed comms. Out of memory at each allocation of router_comms_new and of
+ * freed comms. Acks released by comms' own tick when no durable wake-up
+ * is posted. Out of memory at each allocation of router_comms_new and of
  * a connection's life (accept, frames, the checks, the acks owed): each
  * run refuses or resets cleanly, the acks the sender got are a prefix of
  * what was admitted, and nothing stays counted. The bounds on frames in
@@ -519,6 +520,54 @@ static void test_connection_without_memory(void **state)
     s_fx_fini(&fx);
 }
 
+/* With a store that commits on its own thread, nothing here posts the
+ * durable wake-up (as when the post queue is full and the wake-up cannot
+ * be posted): the acks still go out, in order, through comms' own tick. */
+static void test_acks_without_wakeup(void **state)
+{
+    (void) state;
+    s_fx_t fx;
+    s_fx_init(&fx, NULL, 0);
+    char dir[] = "/tmp/kith-comms-fail-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char db[128], err[256];
+    snprintf(db, sizeof db, "%s/state.db", dir);
+    router_inbox_opts_t io = {.capacity = 1000, .session = "comms", .db_path = db};
+    router_inbox_t *disk = router_inbox_new(&io, err, sizeof err);
+    assert_non_null(disk);
+    router_comms_destroy(&fx.comms);
+    router_comms_opts_t co = {.loop = fx.loop, .identity = &fx.id, .trust = fx.trust,
+                              .inbox = disk, .require_peer_auth = true};
+    fx.comms = router_comms_new(&co);
+    assert_non_null(fx.comms);
+    router_addr_t addr;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
+    router_listener_t *l = router_comms_listen(fx.comms, &addr);
+    assert_non_null(l);
+    int fd = s_connect(router_addr_port(router_listener_addr(l)));
+    uint8_t *frames = NULL;
+    size_t len = s_envelopes(&fx, 3, &frames);
+    s_send(fd, frames, len);
+    free(frames);
+    fx.fd = fd;
+    fx.drained_other = 3;
+    test_loop_until(fx.loop, s_until_acked_or_gone_fd, &fx, WAIT_EVERY_MS, WAIT_MAX_MS);
+    assert_false(fx.ended);
+    shutdown(fd, SHUT_WR);
+    fx.want_open = 0;
+    s_wait(&fx, s_until_open_is);
+    bool reset = true;
+    assert_int_equal(s_acks_until_end(&fx, &reset), 3);
+    assert_false(reset);
+    close(fd);
+    router_comms_destroy(&fx.comms);
+    router_inbox_destroy(&disk);
+    s_fx_fini(&fx);
+    char rm[160];
+    snprintf(rm, sizeof rm, "rm -rf %s", dir);
+    assert_int_equal(system(rm), 0);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -529,6 +578,7 @@ int main(void)
         cmocka_unit_test(test_drain_timeout),
         cmocka_unit_test(test_drain_without_timer),
         cmocka_unit_test(test_drain_twice),
+        cmocka_unit_test(test_acks_without_wakeup),
         cmocka_unit_test(test_new_without_memory),
         cmocka_unit_test(test_connection_without_memory),
     };
