@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import (Conn, Daemon, Peer, Results, check, curl, frame,  # noqa: E402
-                  gateway_url, kith_run, pairing_code, wait_metric)
+                  gateway_url, kith_run, metrics_map, pairing_code, wait_metric)
 
 HMAC_ENV = "KITH_TEST_AUDIT_KEY"
 
@@ -134,6 +134,18 @@ def main():
         check(status == 200 and body["ok"] is True and body["records"] >= want and
               body["files"] == 1 and body["first_seq"] == 1, f"{status} {body}")
     results.run(api_verify)
+
+    def feed_metrics():
+        # WIRE §21.7's counters, on a daemon whose feed never lacked a timer
+        # and never had a batch failed or dropped.
+        m = metrics_map(node)
+        for k in ("kith_audit_events_total", "kith_audit_appended_total", "kith_audit_dropped_total",
+                  "kith_audit_retries_total", "kith_audit_suppressed_total",
+                  "kith_audit_timer_failures_total", "kith_audit_queue"):
+            check(k in m, f"no {k} on /metrics")
+        check(m["kith_audit_timer_failures_total"] == 0 and m["kith_audit_dropped_total"] == 0 and
+              m["kith_audit_retries_total"] == 0, m)
+    results.run(feed_metrics)
 
     def cli_live():
         out = verify("--home", node.home, expect=0)
