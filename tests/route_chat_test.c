@@ -36,13 +36,6 @@
 
 #define WAIT_MS 5000 /* a bound on one wait, never a speed check */
 
-/* router/workers/turns.c drops a session_start (or an error for one
- * subscriber) it has no memory to make (s_on_open, s_error_to): the socket
- * then waits for ever. Not this route's to fix; 1 tolerates that silence
- * (and only that: a wait that runs out) until the turns module sends an
- * error it needs no allocation for, then this becomes 0. */
-#define S_TURNS_DROP_SESSION_START 1
-
 typedef struct {
     router_loop_t *loop;
     router_tokens_t *tokens;
@@ -335,12 +328,8 @@ static void test_session_start_out_of_memory(void **state)
         bool held = s_wait(&f, 0);
         unsigned failed = alloc_fail_disarm();
         bool started = !s_refused() && s_frame_has(0, "\"session_start\"");
-        if (!held && S_TURNS_DROP_SESSION_START) {
-            print_message("allocation %ld failing: no session_start (the turns module "
-                          "dropped it: tolerated until it is fixed)\n", i);
-        } else if (!held || (!started && !s_refused() && !s_ended())) {
+        if (!held || (!started && !s_refused() && !s_ended()))
             fail_msg("allocation %ld failing: neither session_start, a refusal nor a close", i);
-        }
         s_client_close(&f);
         if (!failed) {
             assert_true(started);
@@ -492,10 +481,7 @@ static void test_early_frames_out_of_memory(void **state)
         unsigned failed = alloc_fail_disarm();
         bool answered = !s_refused() && s_frame_has(0, "\"session_start\"") &&
                         (s_frame_has(1, "\"connected\"") || s_frame_has(1, "\"error\""));
-        if (!held && S_TURNS_DROP_SESSION_START && !s_frame_has(0, "\"session_start\"")) {
-            print_message("allocation %ld failing: no session_start (the turns module "
-                          "dropped it: tolerated until it is fixed)\n", i);
-        } else if (!held || (!answered && !s_refused() && !s_ended())) {
+        if (!held || (!answered && !s_refused() && !s_ended())) {
             fail_msg("allocation %ld failing: a frame held for session_start got neither an "
                      "answer nor a close", i);
         }
@@ -577,10 +563,7 @@ static void test_session_post_out_of_memory(void **state)
         s_client_close(&f);
         s_cl = post;
         bool held = test_loop_wait(f.loop, s_until_answer, NULL, 1, WAIT_MS);
-        if (!held && S_TURNS_DROP_SESSION_START)
-            print_message("a post with allocation %ld failing: no answer (the turns module "
-                          "dropped its session_start: tolerated until it is fixed)\n", i);
-        else if (!held)
+        if (!held)
             fail_msg("a post with allocation %ld failing: neither an answer nor an end", i);
         int status = s_status();
         s_client_close(&f);

@@ -279,6 +279,19 @@ static void s_deliver_one(s_sub_t *sub, router_turn_frame_type_t type, const cha
     sub->fn(&f, sub->ud);
 }
 
+/* The frame one subscriber gets when the frame meant for it could not be
+ * made (out of memory): a fixed error, built without allocating, so a
+ * client waiting for an answer (a session_start, an error, a stop's reply)
+ * is told instead of left waiting. */
+static void s_deliver_oom(s_sub_t *sub)
+{
+    static const char oom[] =
+        "{\"type\":\"error\",\"code\":\"AGENT_ERROR\",\"message\":\"out of memory\"}";
+    ROUTER_LOG(ROUTER_LOG_WARN, MOD, "session %s: out of memory for a frame: AGENT_ERROR sent",
+               sub->sess->id);
+    s_deliver_one(sub, ROUTER_TURN_FRAME_ERROR, oom, sizeof oom - 1, "AGENT_ERROR", 0);
+}
+
 /* Every started subscriber of the session gets the frame. A callback may
  * detach subscribers (its own or others): the list is walked by id. */
 static void s_deliver(router_turns_t *t, s_session_t *sess, router_turn_frame_type_t type,
@@ -341,6 +354,8 @@ static void s_error_to(router_turns_t *t, router_turns_sub_t id, const char *cod
     char *json = router_json_end(&o, &len);
     if (json)
         s_deliver_one(sub, ROUTER_TURN_FRAME_ERROR, json, len, code, 0);
+    else
+        s_deliver_oom(sub);
     free(json);
 }
 
@@ -1713,6 +1728,8 @@ static void s_on_open(void *ud, uint64_t tag, int rc, bool resumed, uint64_t cou
     char *json = router_json_end(&o, &jl);
     if (json)
         s_deliver_one(sub, ROUTER_TURN_FRAME_SESSION_START, json, jl, NULL, 0);
+    else
+        s_deliver_oom(sub);
     free(json);
 }
 
@@ -1917,6 +1934,8 @@ void router_turns_stop(router_turns_t *t, router_turns_sub_t id)
         char *json = router_json_end(&o, &jl);
         if (json)
             s_deliver_one(sub, ROUTER_TURN_FRAME_STOPPED, json, jl, NULL, 0);
+        else
+            s_deliver_oom(sub);
         free(json);
         return;
     }
