@@ -36,6 +36,9 @@ struct audit_worker {
     pthread_cond_t cond;
     int state;                     /* 0 starting, 1 serving, -1 failed */
     char err[256];
+    uint8_t *oom_reply;            /* audit_error no_memory, made at start for when no
+                                    * reply can be made: a request never goes unanswered */
+    size_t oom_reply_len;
 };
 
 /* ---------------------------------------------------------------- replies */
@@ -300,14 +303,14 @@ static void *s_main(void *arg)
         uint8_t *out =
             audit_worker_handle(self->chain, &self->key, self->query_scan_max, body, len, &out_len);
         free(body);
-        if (!out) {
+        if (!out)
             out = s_error("no_memory", "out of memory", &out_len);
-            if (!out) {
-                ROUTER_LOG(ROUTER_LOG_ERROR, "audit", "out of memory: a request goes unanswered");
-                continue;
-            }
-        }
-        if (router_mdp_worker_final(self->mdp, out, out_len) != 0)
+        /* Even that may not be made: the copy made at start goes instead,
+         * so the router's feed is told (and sends the batch again) rather
+         * than waiting with it in flight. */
+        const uint8_t *reply = out ? out : self->oom_reply;
+        size_t reply_len = out ? out_len : self->oom_reply_len;
+        if (router_mdp_worker_final(self->mdp, reply, reply_len) != 0)
             ROUTER_LOG(ROUTER_LOG_WARN, "audit", "cannot send a reply to the broker");
         free(out);
     }
@@ -329,6 +332,10 @@ audit_worker_t *audit_worker_start(const audit_worker_opts_t *o, char *err, size
     pthread_mutex_init(&self->lock, NULL);
     pthread_cond_init(&self->cond, NULL);
     self->query_scan_max = o->query_scan_max;
+    if (!(self->oom_reply = s_error("no_memory", "out of memory", &self->oom_reply_len))) {
+        snprintf(err, errcap, "out of memory");
+        goto fail;
+    }
     if (audit_key_from_env(&self->key, o->hmac_key_env, err, errcap) != 0)
         goto fail;
     audit_chain_opts_t co = {.path = o->path, .key = &self->key, .sync = o->sync, .sync_ud = o->sync_ud,
@@ -386,6 +393,7 @@ void audit_worker_stop(audit_worker_t **self_p)
     audit_key_clear(&self->key);
     free(self->endpoint);
     free(self->curve_key);
+    free(self->oom_reply);
     pthread_mutex_destroy(&self->lock);
     pthread_cond_destroy(&self->cond);
     free(self);

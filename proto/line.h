@@ -76,7 +76,9 @@ int proto_line_reader_init_grow(proto_line_reader_t *r, size_t max, proto_line_s
                                 void *user) __attribute__((warn_unused_result));
 
 /* The caller freed a growing reader's storage; call only between lines
- * (proto_line_reader_busy false). */
+ * (proto_line_reader_busy false), or right after a line was reported too
+ * long (nothing is stored then, and skipping the rest of it stores
+ * nothing). */
 void proto_line_reader_storage_gone(proto_line_reader_t *r);
 
 /* True while a line has begun (octets, a held CR, or a too-long line being
