@@ -33,6 +33,7 @@
 #include "router/workers/broker.h"
 #include "router/workers/turns.h"
 #include "loop_until.h"
+#include "ws_raw_client.h"
 
 #define WAIT_MS 5000 /* a bound on one wait, never a speed check */
 
@@ -47,17 +48,9 @@ typedef struct {
     uint16_t port;
 } fix_t;
 
-/* One client socket and what the server sent it (no allocation here: the
- * loop's allocations are the ones failed). */
-typedef struct {
-    int fd;
-    uint8_t buf[1 << 16];
-    size_t len;
-    bool eof;
-    size_t head;             /* octets of the HTTP head, 0 until read */
-} client_t;
-
-static client_t s_cl;
+/* The test's one client (tests/ws_raw_client.h: it allocates nothing, so
+ * the allocations failed are the loop's). */
+static test_wsc_t s_cl;
 
 static void s_fix_new(fix_t *f)
 {
@@ -106,127 +99,15 @@ static void s_fix_free(fix_t *f)
 
 /* ---------------------------------------------------------------- the client */
 
-static void s_read(void)
-{
-    while (!s_cl.eof && s_cl.len < sizeof s_cl.buf) {
-        ssize_t n = recv(s_cl.fd, s_cl.buf + s_cl.len, sizeof s_cl.buf - s_cl.len, 0);
-        if (n > 0)
-            s_cl.len += (size_t) n;
-        else if (n == 0 || (errno != EAGAIN && errno != EINTR))
-            s_cl.eof = true;
-        else if (errno == EAGAIN)
-            break;
-    }
-    if (!s_cl.head) {
-        for (size_t i = 3; i < s_cl.len; i++)
-            if (!memcmp(s_cl.buf + i - 3, "\r\n\r\n", 4)) {
-                s_cl.head = i + 1;
-                break;
-            }
-    }
-}
-
-/* The n-th server frame after the head: opcode and payload; false when
- * not all here yet. */
-static bool s_frame(unsigned n, int *op, const uint8_t **payload, size_t *len)
-{
-    if (!s_cl.head)
-        return false;
-    size_t at = s_cl.head;
-    for (unsigned i = 0;; i++) {
-        if (s_cl.len - at < 2)
-            return false;
-        const uint8_t *p = s_cl.buf + at;
-        size_t plen = p[1] & 0x7f, hl = 2;
-        if (plen == 126) {
-            if (s_cl.len - at < 4)
-                return false;
-            plen = (size_t) p[2] << 8 | p[3];
-            hl = 4;
-        } else if (plen == 127) {
-            if (s_cl.len - at < 10)
-                return false;
-            plen = 0;
-            for (int k = 0; k < 8; k++)
-                plen = plen << 8 | p[2 + k];
-            hl = 10;
-        }
-        if (s_cl.len - at < hl + plen)
-            return false;
-        if (i == n) {
-            *op = p[0] & 0x0f;
-            *payload = p + hl;
-            *len = plen;
-            return true;
-        }
-        at += hl + plen;
-    }
-}
-
-/* How many whole frames came, and whether one of them is a Close. */
-static unsigned s_frames(bool *closed)
-{
-    unsigned n = 0;
-    int op;
-    const uint8_t *p;
-    size_t len;
-    *closed = false;
-    while (s_frame(n, &op, &p, &len)) {
-        *closed = *closed || op == 8;
-        n++;
-    }
-    return n;
-}
-
-/* A new client connection to port, with `req` sent (blocking: it is in
- * the server's socket before its loop runs again). */
-static void s_tcp_open(uint16_t port, const char *req)
-{
-    memset(&s_cl, 0, sizeof s_cl);
-    s_cl.fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(s_cl.fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(s_cl.fd, (struct sockaddr *) &a, sizeof a), 0);
-    size_t n = strlen(req);
-    assert_int_equal(send(s_cl.fd, req, n, 0), (ssize_t) n);
-}
-
 /* The client's upgrade to /ws/chat; the socket is non-blocking after. */
 static void s_connect_tcp(uint16_t port)
 {
-    s_tcp_open(port, "GET /ws/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     "Sec-WebSocket-Protocol: kith.v1\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n");
+    test_wsc_open(&s_cl, port,
+                  "GET /ws/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Protocol: kith.v1\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n");
     assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
-}
-
-/* A masked text frame (mask 0: the payload goes as it is). */
-static void s_send_text(const char *text)
-{
-    size_t n = strlen(text);
-    uint8_t h[8] = {0x81};
-    size_t hl;
-    if (n < 126) {
-        h[1] = (uint8_t) (0x80 | n);
-        hl = 2;
-    } else {
-        h[1] = 0x80 | 126;
-        h[2] = (uint8_t) (n >> 8);
-        h[3] = (uint8_t) n;
-        hl = 4;
-    }
-    memset(h + hl, 0, 4);
-    hl += 4;
-    assert_int_equal(send(s_cl.fd, h, hl, MSG_NOSIGNAL), (ssize_t) hl);
-    assert_int_equal(send(s_cl.fd, text, n, MSG_NOSIGNAL), (ssize_t) n);
-}
-
-/* The upgrade was answered with something else than 101 (a refusal). */
-static bool s_refused(void)
-{
-    return s_cl.head && memcmp(s_cl.buf, "HTTP/1.1 101", 12) != 0;
 }
 
 static unsigned s_want;
@@ -236,11 +117,11 @@ static unsigned s_want;
 static bool s_until_frames(void *ud)
 {
     (void) ud;
-    s_read();
-    if (s_refused())
+    test_wsc_read(&s_cl);
+    if (test_wsc_refused(&s_cl))
         return true;
     bool closed;
-    return s_frames(&closed) >= s_want || closed || s_cl.eof;
+    return test_wsc_frames(&s_cl, &closed) >= s_want || closed || s_cl.eof;
 }
 
 /* Runs the loop until frame `n` (0-based) came, or the socket ended, or
@@ -251,37 +132,15 @@ static bool s_wait(fix_t *f, unsigned n)
     return test_loop_wait(f->loop, s_until_frames, NULL, 1, WAIT_MS);
 }
 
-static bool s_frame_has(unsigned n, const char *needle)
-{
-    int op;
-    const uint8_t *p;
-    size_t len;
-    if (!s_frame(n, &op, &p, &len) || op != 1)
-        return false;
-    size_t k = strlen(needle);
-    for (size_t i = 0; i + k <= len; i++)
-        if (!memcmp(p + i, needle, k))
-            return true;
-    return false;
-}
-
-/* The socket has ended for the client: a Close came, or the connection. */
-static bool s_ended(void)
-{
-    bool closed;
-    (void) s_frames(&closed);
-    return closed || s_cl.eof;
-}
-
 /* A client past session_start (nothing failed); returns its frame count. */
 static unsigned s_client_started(fix_t *f)
 {
     s_connect_tcp(f->port);
     assert_true(s_wait(f, 0));
-    assert_false(s_refused());
-    assert_true(s_frame_has(0, "\"session_start\""));
+    assert_false(test_wsc_refused(&s_cl));
+    assert_true(test_wsc_frame_has(&s_cl, 0, "\"session_start\""));
     bool closed;
-    return s_frames(&closed);
+    return test_wsc_frames(&s_cl, &closed);
 }
 
 static bool s_gone(void *ud)
@@ -307,9 +166,9 @@ static void s_client_close(fix_t *f)
 static void s_still_serving(fix_t *f)
 {
     unsigned base = s_client_started(f);
-    s_send_text("{\"type\":\"connect\"}");
+    test_wsc_send_text(&s_cl, "{\"type\":\"connect\"}");
     assert_true(s_wait(f, base));
-    assert_true(s_frame_has(base, "\"connected\""));
+    assert_true(test_wsc_frame_has(&s_cl, base, "\"connected\""));
     s_client_close(f);
 }
 
@@ -327,8 +186,9 @@ static void test_session_start_out_of_memory(void **state)
         s_connect_tcp(f.port);
         bool held = s_wait(&f, 0);
         unsigned failed = alloc_fail_disarm();
-        bool started = !s_refused() && s_frame_has(0, "\"session_start\"");
-        if (!held || (!started && !s_refused() && !s_ended()))
+        bool started =
+            !test_wsc_refused(&s_cl) && test_wsc_frame_has(&s_cl, 0, "\"session_start\"");
+        if (!held || (!started && !test_wsc_refused(&s_cl) && !test_wsc_ended(&s_cl)))
             fail_msg("allocation %ld failing: neither session_start, a refusal nor a close", i);
         s_client_close(&f);
         if (!failed) {
@@ -360,13 +220,13 @@ static void test_frames_out_of_memory(void **state)
         for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
             unsigned base = s_client_started(&f);
             alloc_fail_arm(i);
-            s_send_text(frames[m].text);
+            test_wsc_send_text(&s_cl, frames[m].text);
             bool held = s_wait(&f, base);
             unsigned failed = alloc_fail_disarm();
-            bool answered = s_frame_has(base, frames[m].answer);
+            bool answered = test_wsc_frame_has(&s_cl, base, frames[m].answer);
             /* Out of memory may answer with an error of its own. */
-            bool error = s_frame_has(base, "\"error\"");
-            if (!held || (!answered && !error && !s_ended()))
+            bool error = test_wsc_frame_has(&s_cl, base, "\"error\"");
+            if (!held || (!answered && !error && !test_wsc_ended(&s_cl)))
                 fail_msg("%s with allocation %ld failing: neither an answer nor a close",
                          frames[m].text, i);
             s_client_close(&f);
@@ -391,30 +251,30 @@ static void test_message_out_of_memory(void **state)
     for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
         unsigned base = s_client_started(&f);
         alloc_fail_arm(i);
-        s_send_text("{\"type\":\"message\",\"content\":\"hello\"}");
+        test_wsc_send_text(&s_cl, "{\"type\":\"message\",\"content\":\"hello\"}");
         s_spin(&f);
         unsigned failed = alloc_fail_disarm();
-        if (!s_ended()) {
-            s_send_text("{\"type\":\"stop\"}");
+        if (!test_wsc_ended(&s_cl)) {
+            test_wsc_send_text(&s_cl, "{\"type\":\"stop\"}");
             /* The stopped frame, after any frames of the message. */
             bool stopped = false;
             unsigned k = base;
-            while (!stopped && !s_ended()) {
+            while (!stopped && !test_wsc_ended(&s_cl)) {
                 if (!s_wait(&f, k))
                     fail_msg("allocation %ld failing: no answer to stop after a message", i);
-                if (s_ended())
+                if (test_wsc_ended(&s_cl))
                     break;
-                stopped = s_frame_has(k, "\"stopped\"");
+                stopped = test_wsc_frame_has(&s_cl, k, "\"stopped\"");
                 if (!stopped)
                     k++;
             }
             bool error = false;
             for (unsigned j = base; j < k; j++)
-                error = error || s_frame_has(j, "\"error\"");
-            if (stopped && s_frame_has(k, "no active turn") && !error)
+                error = error || test_wsc_frame_has(&s_cl, j, "\"error\"");
+            if (stopped && test_wsc_frame_has(&s_cl, k, "no active turn") && !error)
                 fail_msg("allocation %ld failing: the message was lost without an error", i);
             if (!failed)
-                assert_true(stopped && s_frame_has(k, "\"turn_id\""));
+                assert_true(stopped && test_wsc_frame_has(&s_cl, k, "\"turn_id\""));
         }
         s_client_close(&f);
         if (!failed)
@@ -431,7 +291,7 @@ static void test_message_out_of_memory(void **state)
 static bool s_until_answer(void *ud)
 {
     (void) ud;
-    s_read();
+    test_wsc_read(&s_cl);
     if (s_cl.eof)
         return true;
     if (!s_cl.head)
@@ -458,7 +318,7 @@ static int s_status(void)
  * whole answer came or the connection ended (false: WAIT_MS passed). */
 static bool s_http(fix_t *f, const char *req)
 {
-    s_tcp_open(f->port, req);
+    test_wsc_open(&s_cl, f->port, req);
     assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
     return test_loop_wait(f->loop, s_until_answer, NULL, 1, WAIT_MS);
 }
@@ -474,20 +334,22 @@ static void test_early_frames_out_of_memory(void **state)
     for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
         s_connect_tcp(f.port);
         assert_int_equal(fcntl(s_cl.fd, F_SETFL, 0), 0);
-        s_send_text("{\"type\":\"connect\"}");
+        test_wsc_send_text(&s_cl, "{\"type\":\"connect\"}");
         assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
         alloc_fail_arm(i);
         bool held = s_wait(&f, 1);
         unsigned failed = alloc_fail_disarm();
-        bool answered = !s_refused() && s_frame_has(0, "\"session_start\"") &&
-                        (s_frame_has(1, "\"connected\"") || s_frame_has(1, "\"error\""));
-        if (!held || (!answered && !s_refused() && !s_ended())) {
+        bool answered = !test_wsc_refused(&s_cl) &&
+                        test_wsc_frame_has(&s_cl, 0, "\"session_start\"") &&
+                        (test_wsc_frame_has(&s_cl, 1, "\"connected\"") ||
+                         test_wsc_frame_has(&s_cl, 1, "\"error\""));
+        if (!held || (!answered && !test_wsc_refused(&s_cl) && !test_wsc_ended(&s_cl))) {
             fail_msg("allocation %ld failing: a frame held for session_start got neither an "
                      "answer nor a close", i);
         }
         s_client_close(&f);
         if (!failed) {
-            assert_true(answered && s_frame_has(1, "\"connected\""));
+            assert_true(answered && test_wsc_frame_has(&s_cl, 1, "\"connected\""));
             break;
         }
     }
@@ -542,23 +404,23 @@ static void test_session_post_out_of_memory(void **state)
         /* The head is read with nothing failing (the HTTP server's own
          * allocations for it are not this route's); the body, the route
          * and the turn are. */
-        s_tcp_open(f.port, head);
+        test_wsc_open(&s_cl, f.port, head);
         s_spin(&f);
         alloc_fail_arm(i);
         assert_int_equal(send(s_cl.fd, body, sizeof body - 1, 0), (ssize_t) (sizeof body - 1));
         assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
         s_spin(&f);
         unsigned failed = alloc_fail_disarm();
-        client_t post = s_cl;
+        test_wsc_t post = s_cl;
         /* A chat socket on the session stops its turn, if one runs. */
-        s_tcp_open(f.port, "GET /ws/chat?session_id=p1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        test_wsc_open(&s_cl, f.port, "GET /ws/chat?session_id=p1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                            "Sec-WebSocket-Protocol: kith.v1\r\nSec-WebSocket-Version: 13\r\n\r\n");
         assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
         assert_true(s_wait(&f, 0));
-        assert_true(s_frame_has(0, "\"session_start\""));
-        s_send_text("{\"type\":\"stop\"}");
+        assert_true(test_wsc_frame_has(&s_cl, 0, "\"session_start\""));
+        test_wsc_send_text(&s_cl, "{\"type\":\"stop\"}");
         assert_true(s_wait(&f, 1));
         s_client_close(&f);
         s_cl = post;

@@ -32,6 +32,7 @@
 #include "router/workers/broker.h"
 #include "router/workers/turns.h"
 #include "loop_until.h"
+#include "ws_raw_client.h"
 
 #define WAIT_MS 5000 /* a bound on one wait, never a speed check */
 
@@ -46,17 +47,9 @@ typedef struct {
     uint16_t port;
 } fix_t;
 
-/* One client socket and what the server sent it (no allocation here: the
- * loop's allocations are the ones failed). */
-typedef struct {
-    int fd;
-    uint8_t buf[1 << 16];
-    size_t len;
-    bool eof;
-    size_t head;             /* octets of the HTTP head, 0 until read */
-} client_t;
-
-static client_t s_cl;
+/* The test's one client (tests/ws_raw_client.h: it allocates nothing, so
+ * the allocations failed are the loop's). */
+static test_wsc_t s_cl;
 
 static void s_fix_new(fix_t *f)
 {
@@ -104,113 +97,22 @@ static void s_fix_free(fix_t *f)
 
 /* ---------------------------------------------------------------- the client */
 
-static void s_read(void)
-{
-    while (!s_cl.eof && s_cl.len < sizeof s_cl.buf) {
-        ssize_t n = recv(s_cl.fd, s_cl.buf + s_cl.len, sizeof s_cl.buf - s_cl.len, 0);
-        if (n > 0)
-            s_cl.len += (size_t) n;
-        else if (n == 0 || (errno != EAGAIN && errno != EINTR))
-            s_cl.eof = true;
-        else if (errno == EAGAIN)
-            break;
-    }
-    if (!s_cl.head) {
-        for (size_t i = 3; i < s_cl.len; i++)
-            if (!memcmp(s_cl.buf + i - 3, "\r\n\r\n", 4)) {
-                s_cl.head = i + 1;
-                break;
-            }
-    }
-}
-
-/* The n-th server frame after the head: opcode and payload; false when
- * not all here yet. */
-static bool s_frame(unsigned n, int *op, const uint8_t **payload, size_t *len)
-{
-    if (!s_cl.head)
-        return false;
-    size_t at = s_cl.head;
-    for (unsigned i = 0;; i++) {
-        if (s_cl.len - at < 2)
-            return false;
-        const uint8_t *p = s_cl.buf + at;
-        size_t plen = p[1] & 0x7f, hl = 2;
-        if (plen == 126) {
-            if (s_cl.len - at < 4)
-                return false;
-            plen = (size_t) p[2] << 8 | p[3];
-            hl = 4;
-        } else if (plen == 127) {
-            if (s_cl.len - at < 10)
-                return false;
-            plen = 0;
-            for (int k = 0; k < 8; k++)
-                plen = plen << 8 | p[2 + k];
-            hl = 10;
-        }
-        if (s_cl.len - at < hl + plen)
-            return false;
-        if (i == n) {
-            *op = p[0] & 0x0f;
-            *payload = p + hl;
-            *len = plen;
-            return true;
-        }
-        at += hl + plen;
-    }
-}
-
-/* How many whole frames came, and whether one of them is a Close. */
-static unsigned s_frames(bool *closed)
-{
-    unsigned n = 0;
-    int op;
-    const uint8_t *p;
-    size_t len;
-    *closed = false;
-    while (s_frame(n, &op, &p, &len)) {
-        *closed = *closed || op == 8;
-        n++;
-    }
-    return n;
-}
-
+/* The client's upgrade to / (OpenClaw); the socket is non-blocking after. */
 static void s_connect_tcp(uint16_t port)
 {
-    memset(&s_cl, 0, sizeof s_cl);
-    s_cl.fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(s_cl.fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(s_cl.fd, (struct sockaddr *) &a, sizeof a), 0);
-    static const char up[] = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                             "Sec-WebSocket-Version: 13\r\n\r\n";
-    assert_int_equal(send(s_cl.fd, up, sizeof up - 1, 0), (ssize_t) (sizeof up - 1));
+    test_wsc_open(&s_cl, port,
+                  "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n");
     assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
 }
 
-/* A masked text frame (mask 0: the payload goes as it is). */
-static void s_send_text(const char *text)
-{
-    size_t n = strlen(text);
-    uint8_t h[8] = {0x81};
-    size_t hl;
-    if (n < 126) {
-        h[1] = (uint8_t) (0x80 | n);
-        hl = 2;
-    } else {
-        h[1] = 0x80 | 126;
-        h[2] = (uint8_t) (n >> 8);
-        h[3] = (uint8_t) n;
-        hl = 4;
-    }
-    memset(h + hl, 0, 4);
-    hl += 4;
-    assert_int_equal(send(s_cl.fd, h, hl, MSG_NOSIGNAL), (ssize_t) hl);
-    assert_int_equal(send(s_cl.fd, text, n, MSG_NOSIGNAL), (ssize_t) n);
-}
+/* A `connect` request with the token "t" and the scopes given (a JSON list's
+ * inside). */
+#define S_CONNECT(scopes)                                                                   \
+    "{\"type\":\"req\",\"id\":\"c\",\"method\":\"connect\",\"params\":{\"minProtocol\":4,"       \
+    "\"maxProtocol\":4,\"client\":{\"id\":\"gateway-client\",\"mode\":\"backend\"},"            \
+    "\"scopes\":[" scopes "],\"auth\":{\"token\":\"t\"}}}"
 
 static unsigned s_want;
 
@@ -218,9 +120,9 @@ static unsigned s_want;
 static bool s_until_frames(void *ud)
 {
     (void) ud;
-    s_read();
+    test_wsc_read(&s_cl);
     bool closed;
-    return s_frames(&closed) >= s_want || closed || s_cl.eof;
+    return test_wsc_frames(&s_cl, &closed) >= s_want || closed || s_cl.eof;
 }
 
 /* Runs the loop until frame `n` (0-based) came or the socket ended.
@@ -232,21 +134,7 @@ static bool s_wait_frame(fix_t *f, unsigned n)
     int op;
     const uint8_t *p;
     size_t len;
-    return s_frame(n, &op, &p, &len) && op == 1;
-}
-
-static bool s_frame_has(unsigned n, const char *needle)
-{
-    int op;
-    const uint8_t *p;
-    size_t len;
-    if (!s_frame(n, &op, &p, &len))
-        return false;
-    size_t k = strlen(needle);
-    for (size_t i = 0; i + k <= len; i++)
-        if (!memcmp(p + i, needle, k))
-            return true;
-    return false;
+    return test_wsc_frame(&s_cl, n, &op, &p, &len) && op == 1;
 }
 
 /* A client past hello-ok (nothing failed), with its frames counted. */
@@ -254,14 +142,11 @@ static unsigned s_client_connected(fix_t *f)
 {
     s_connect_tcp(f->port);
     assert_true(s_wait_frame(f, 0)); /* connect.challenge */
-    s_send_text("{\"type\":\"req\",\"id\":\"c\",\"method\":\"connect\",\"params\":{"
-                "\"minProtocol\":4,\"maxProtocol\":4,\"client\":{\"id\":\"gateway-client\","
-                "\"mode\":\"backend\"},\"scopes\":[\"operator.read\",\"operator.write\"],"
-                "\"auth\":{\"token\":\"t\"}}}");
+    test_wsc_send_text(&s_cl, S_CONNECT("\"operator.read\",\"operator.write\""));
     assert_true(s_wait_frame(f, 1));
-    assert_true(s_frame_has(1, "\"hello-ok\""));
+    assert_true(test_wsc_frame_has(&s_cl, 1, "\"hello-ok\""));
     bool closed;
-    return s_frames(&closed);
+    return test_wsc_frames(&s_cl, &closed);
 }
 
 static bool s_gone(void *ud)
@@ -291,20 +176,17 @@ static void test_connect_out_of_memory(void **state)
         s_connect_tcp(f.port);
         assert_true(s_wait_frame(&f, 0));
         alloc_fail_arm(i);
-        s_send_text("{\"type\":\"req\",\"id\":\"c\",\"method\":\"connect\",\"params\":{"
-                    "\"minProtocol\":4,\"maxProtocol\":4,\"client\":{\"id\":\"gateway-client\","
-                    "\"mode\":\"backend\"},\"scopes\":[\"operator.read\"],"
-                    "\"auth\":{\"token\":\"t\"}}}");
+        test_wsc_send_text(&s_cl, S_CONNECT("\"operator.read\""));
         s_want = 2;
         bool held = test_loop_wait(f.loop, s_until_frames, NULL, 1, WAIT_MS);
         unsigned failed = alloc_fail_disarm();
         bool closed;
-        unsigned n = s_frames(&closed);
+        unsigned n = test_wsc_frames(&s_cl, &closed);
         if (!held || (n < 2 && !closed && !s_cl.eof))
             fail_msg("allocation %ld failing: connect got neither an answer nor a close", i);
         s_client_close(&f);
         if (!failed) {
-            assert_true(n >= 2 && s_frame_has(1, "\"hello-ok\""));
+            assert_true(n >= 2 && test_wsc_frame_has(&s_cl, 1, "\"hello-ok\""));
             break;
         }
     }
@@ -322,7 +204,8 @@ static void test_methods_out_of_memory(void **state)
     static const char *const reqs[] = {
         "{\"type\":\"req\",\"id\":\"m\",\"method\":\"system-presence\"}",
         "{\"type\":\"req\",\"id\":\"m\",\"method\":\"health\"}",
-        "{\"type\":\"req\",\"id\":\"m\",\"method\":\"chat.abort\",\"params\":{\"sessionKey\":\"s\"}}",
+        "{\"type\":\"req\",\"id\":\"m\",\"method\":\"chat.abort\","
+        "\"params\":{\"sessionKey\":\"s\"}}",
         "{\"type\":\"req\",\"id\":\"m\",\"method\":\"no.such\"}",
     };
     fix_t f;
@@ -332,7 +215,7 @@ static void test_methods_out_of_memory(void **state)
             unsigned base = s_client_connected(&f);
             const char *text = reqs[m];
             alloc_fail_arm(i);
-            s_send_text(text);
+            test_wsc_send_text(&s_cl, text);
             /* The answer is the first frame with "id":"m" (events may
              * come first: presence). */
             bool answered = false, closed = false;
@@ -340,8 +223,8 @@ static void test_methods_out_of_memory(void **state)
                 s_want = k + 1;
                 if (!test_loop_wait(f.loop, s_until_frames, NULL, 1, WAIT_MS))
                     break;
-                (void) s_frames(&closed);
-                answered = s_frame_has(k, "\"id\":\"m\"");
+                (void) test_wsc_frames(&s_cl, &closed);
+                answered = test_wsc_frame_has(&s_cl, k, "\"id\":\"m\"");
             }
             unsigned failed = alloc_fail_disarm();
             if (!answered && !closed && !s_cl.eof)
