@@ -131,8 +131,8 @@ static bool s_wait_frame(fix_t *f, unsigned n)
 {
     s_want = n + 1;
     assert_true(test_loop_wait(f->loop, s_until_frames, NULL, 1, WAIT_MS));
-    int op;
-    const uint8_t *p;
+    int op = 0;
+    const uint8_t *p = NULL;
     size_t len;
     return test_wsc_frame(&s_cl, n, &op, &p, &len) && op == 1;
 }

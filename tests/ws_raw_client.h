@@ -89,9 +89,9 @@ static inline bool test_wsc_frame(const test_wsc_t *c, unsigned n, int *op,
 static inline unsigned test_wsc_frames(const test_wsc_t *c, bool *closed)
 {
     unsigned n = 0;
-    int op;
-    const uint8_t *p;
-    size_t len;
+    int op = 0;
+    const uint8_t *p = NULL;
+    size_t len = 0;
     *closed = false;
     while (test_wsc_frame(c, n, &op, &p, &len)) {
         *closed = *closed || op == 8;
@@ -103,9 +103,9 @@ static inline unsigned test_wsc_frames(const test_wsc_t *c, bool *closed)
 /* Whether text frame n came and holds `needle`. */
 static inline bool test_wsc_frame_has(const test_wsc_t *c, unsigned n, const char *needle)
 {
-    int op;
-    const uint8_t *p;
-    size_t len;
+    int op = 0;
+    const uint8_t *p = NULL;
+    size_t len = 0;
     if (!test_wsc_frame(c, n, &op, &p, &len) || op != 1)
         return false;
     size_t k = strlen(needle);
