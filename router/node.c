@@ -909,8 +909,17 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         .identity = &self->identity,
         .ack_timeout_ms = self->cfg.comms.ack_timeout_ms,
     };
-    if (!(self->comms = router_comms_new(&co)) || !(self->outbound = router_outbound_new(&oo)) ||
-        !(self->events = router_events_new(&eo))) {
+    if (!(self->comms = router_comms_new(&co))) {
+        if (errno == ENOMEM)
+            snprintf(err, errcap, "out of memory");
+        else /* the crypto threads (WIRE §14.12) */
+            snprintf(err, errcap,
+                     "cannot start %u crypto threads (%s): lower comms.crypto_threads, or raise "
+                     "the limit on processes (ulimit -u)",
+                     co.crypto_threads, strerror(errno));
+        goto fail;
+    }
+    if (!(self->outbound = router_outbound_new(&oo)) || !(self->events = router_events_new(&eo))) {
         snprintf(err, errcap, "out of memory");
         goto fail;
     }

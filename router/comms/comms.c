@@ -737,14 +737,18 @@ router_comms_t *router_comms_new(const router_comms_opts_t *opts)
         .on_done = s_on_job_done,
         .ud = self,
     };
-    if (self->replay && self->guard && !(self->crypto = router_crypto_pool_new(&cpo)))
+    int err = ENOMEM;
+    if (self->replay && self->guard && !(self->crypto = router_crypto_pool_new(&cpo))) {
+        err = errno ? errno : ENOMEM;
         ROUTER_LOG(ROUTER_LOG_ERROR, "comms", "cannot start %u crypto threads: %s",
-                   opts->crypto_threads, strerror(errno));
+                   opts->crypto_threads, strerror(err));
+    }
     if (!self->replay || !self->guard || !self->crypto) {
         router_replay_destroy(&self->replay);
         if (self->own_guard)
             router_guard_destroy(&self->guard);
         free(self);
+        errno = err;
         return NULL;
     }
     if (opts->metrics) {

@@ -83,7 +83,8 @@ typedef struct {
                                          * connections left are reset; 0 → 10 000 */
 } router_comms_opts_t;
 
-/* Returns NULL on allocation failure. The caller owns the result and must
+/* Returns NULL with errno set: ENOMEM, or why the crypto threads could not
+ * start (EAGAIN: the limit on processes). The caller owns the result and must
  * call router_comms_release_acks on the loop thread whenever the inbox
  * reports a durable batch (its on_durable hook runs on the store thread, so
  * the caller posts the call to the loop). */

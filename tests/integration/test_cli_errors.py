@@ -509,7 +509,7 @@ def main():
             check(run("peers", "add", "--home", home, "--name", "bob", "--pubkey",
                       "ed25519:" + me_pk, "--addr", "tcp://127.0.0.1:9").returncode == 0,
                   "peers add as nobody")
-            seen = None
+            seen = crypto = None
             for nproc in range(1, 64):
                 p = run("send", "--home", home, "--to", "bob", "--body", "x", "--timeout", "1",
                         nproc=nproc)
@@ -517,16 +517,29 @@ def main():
                 # its counts as nobody: not kith's line.
                 err = "".join(ln for ln in p.stderr.decode(errors="replace").splitlines(True)
                               if not ln.startswith("profiling:"))
-                if "kith send: cannot start" in err:
+                if "kith send: cannot start the sending" in err:
                     seen = err
                     check(p.returncode == 1, f"exit {p.returncode}")
                     error_line(err.splitlines(True)[-1],
                                "kith send: cannot start the sending thread (Resource temporarily "
                                "unavailable); raise the limit on processes (ulimit -u) or free "
                                "memory, and retry")
+                elif "crypto threads" in err:
+                    # Fewer processes still: the node's crypto threads
+                    # (comms.crypto_threads) are the first to fail, and the
+                    # line says so, not "out of memory".
+                    crypto = err
+                    check(p.returncode == 1, f"exit {p.returncode}")
+                    last = err.splitlines(True)[-1]
+                    check(last.startswith("kith send: cannot start ") and
+                          last.rstrip().endswith("crypto threads (Resource temporarily "
+                                                 "unavailable): lower comms.crypto_threads, or "
+                                                 "raise the limit on processes (ulimit -u)"),
+                          last)
                 if p.returncode != 1:
                     break  # enough threads: the send itself ran
             check(seen is not None, "no process limit failed the sending thread")
+            check(crypto is not None, "no process limit failed the crypto threads")
         finally:
             shutil.rmtree(base, ignore_errors=True)
 
