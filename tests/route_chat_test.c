@@ -32,20 +32,15 @@
 #include "router/state/tokens.h"
 #include "router/workers/broker.h"
 #include "router/workers/turns.h"
+#include "gateway_fixture.h"
 #include "loop_until.h"
 #include "ws_raw_client.h"
 
 #define WAIT_MS 5000 /* a bound on one wait, never a speed check */
 
 typedef struct {
-    router_loop_t *loop;
-    router_tokens_t *tokens;
-    gateway_auth_t *auth;
-    gateway_http_t *gw;
-    router_broker_t *broker;
-    router_turns_t *turns;
+    test_gw_t b;               /* loop, tokens, auth, server, broker, turns */
     gateway_chat_t *chat;
-    uint16_t port;
 } fix_t;
 
 /* The test's one client (tests/ws_raw_client.h: it allocates nothing, so
@@ -54,47 +49,19 @@ static test_wsc_t s_cl;
 
 static void s_fix_new(fix_t *f)
 {
-    memset(f, 0, sizeof *f);
-    router_loop_opts_t lo = {.backend = ROUTER_LOOP_EPOLL};
-    f->loop = router_loop_new(&lo);
-    assert_non_null(f->loop);
-    char err[256];
-    f->tokens = router_tokens_new(NULL, f->loop, err, sizeof err);
-    assert_non_null(f->tokens);
-    gateway_auth_opts_t ao = {.require_pairing = false};
-    f->auth = gateway_auth_new(f->tokens, &ao);
-    assert_non_null(f->auth);
-    f->gw = gateway_http_new(f->loop, NULL);
-    assert_non_null(f->gw);
-    static int n;
-    char ep[64];
-    snprintf(ep, sizeof ep, "inproc://route-chat-test-%d", ++n);
-    router_broker_opts_t bo = {.loop = f->loop, .endpoint = ep};
-    f->broker = router_broker_new(&bo, err, sizeof err);
-    assert_non_null(f->broker);
-    router_turns_opts_t to = {.loop = f->loop, .broker = f->broker};
-    f->turns = router_turns_new(&to, err, sizeof err);
-    assert_non_null(f->turns);
+    test_gw_new(&f->b, "route-chat-test");
     /* No socket becomes a listen-only relay while a test runs. */
-    gateway_chat_opts_t co = {.auth = f->auth, .turns = f->turns, .listen_only_ms = 3600000};
-    f->chat = gateway_chat_new(f->gw, f->loop, &co);
+    gateway_chat_opts_t co = {.auth = f->b.auth, .turns = f->b.turns, .listen_only_ms = 3600000};
+    f->chat = gateway_chat_new(f->b.gw, f->b.loop, &co);
     assert_non_null(f->chat);
-    router_addr_t addr, bound;
-    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
-    assert_int_equal(gateway_http_listen(f->gw, &addr, &bound), 0);
-    f->port = router_addr_port(&bound);
+    test_gw_listen(&f->b);
 }
 
 static void s_fix_free(fix_t *f)
 {
-    gateway_http_destroy(&f->gw);
-    router_tokens_stop(f->tokens);
+    test_gw_stop(&f->b);
     gateway_chat_destroy(&f->chat);
-    router_turns_destroy(&f->turns);
-    router_broker_destroy(&f->broker);
-    gateway_auth_destroy(&f->auth);
-    router_tokens_destroy(&f->tokens);
-    router_loop_destroy(&f->loop);
+    test_gw_free(&f->b);
 }
 
 /* ---------------------------------------------------------------- the client */
@@ -129,13 +96,13 @@ static bool s_until_frames(void *ud)
 static bool s_wait(fix_t *f, unsigned n)
 {
     s_want = n + 1;
-    return test_loop_wait(f->loop, s_until_frames, NULL, 1, WAIT_MS);
+    return test_loop_wait(f->b.loop, s_until_frames, NULL, 1, WAIT_MS);
 }
 
 /* A client past session_start (nothing failed); returns its frame count. */
 static unsigned s_client_started(fix_t *f)
 {
-    s_connect_tcp(f->port);
+    s_connect_tcp(f->b.port);
     assert_true(s_wait(f, 0));
     assert_false(test_wsc_refused(&s_cl));
     assert_true(test_wsc_frame_has(&s_cl, 0, "\"session_start\""));
@@ -153,7 +120,7 @@ static bool s_gone(void *ud)
 static void s_spin(fix_t *f)
 {
     for (int i = 0; i < 5; i++)
-        (void) test_loop_wait(f->loop, s_gone, NULL, 1, WAIT_MS);
+        (void) test_loop_wait(f->b.loop, s_gone, NULL, 1, WAIT_MS);
 }
 
 static void s_client_close(fix_t *f)
@@ -183,7 +150,7 @@ static void test_session_start_out_of_memory(void **state)
     s_fix_new(&f);
     for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
         alloc_fail_arm(i);
-        s_connect_tcp(f.port);
+        s_connect_tcp(f.b.port);
         bool held = s_wait(&f, 0);
         unsigned failed = alloc_fail_disarm();
         bool started =
@@ -318,9 +285,9 @@ static int s_status(void)
  * whole answer came or the connection ended (false: WAIT_MS passed). */
 static bool s_http(fix_t *f, const char *req)
 {
-    test_wsc_open(&s_cl, f->port, req);
+    test_wsc_open(&s_cl, f->b.port, req);
     assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
-    return test_loop_wait(f->loop, s_until_answer, NULL, 1, WAIT_MS);
+    return test_loop_wait(f->b.loop, s_until_answer, NULL, 1, WAIT_MS);
 }
 
 /* Frames sent with the upgrade, before session_start can have gone out
@@ -332,7 +299,7 @@ static void test_early_frames_out_of_memory(void **state)
     fix_t f;
     s_fix_new(&f);
     for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
-        s_connect_tcp(f.port);
+        s_connect_tcp(f.b.port);
         assert_int_equal(fcntl(s_cl.fd, F_SETFL, 0), 0);
         test_wsc_send_text(&s_cl, "{\"type\":\"connect\"}");
         assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
@@ -404,7 +371,7 @@ static void test_session_post_out_of_memory(void **state)
         /* The head is read with nothing failing (the HTTP server's own
          * allocations for it are not this route's); the body, the route
          * and the turn are. */
-        test_wsc_open(&s_cl, f.port, head);
+        test_wsc_open(&s_cl, f.b.port, head);
         s_spin(&f);
         alloc_fail_arm(i);
         assert_int_equal(send(s_cl.fd, body, sizeof body - 1, 0), (ssize_t) (sizeof body - 1));
@@ -413,7 +380,7 @@ static void test_session_post_out_of_memory(void **state)
         unsigned failed = alloc_fail_disarm();
         test_wsc_t post = s_cl;
         /* A chat socket on the session stops its turn, if one runs. */
-        test_wsc_open(&s_cl, f.port, "GET /ws/chat?session_id=p1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        test_wsc_open(&s_cl, f.b.port, "GET /ws/chat?session_id=p1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                            "Sec-WebSocket-Protocol: kith.v1\r\nSec-WebSocket-Version: 13\r\n\r\n");
@@ -424,7 +391,7 @@ static void test_session_post_out_of_memory(void **state)
         assert_true(s_wait(&f, 1));
         s_client_close(&f);
         s_cl = post;
-        bool held = test_loop_wait(f.loop, s_until_answer, NULL, 1, WAIT_MS);
+        bool held = test_loop_wait(f.b.loop, s_until_answer, NULL, 1, WAIT_MS);
         if (!held)
             fail_msg("a post with allocation %ld failing: neither an answer nor an end", i);
         int status = s_status();

@@ -31,20 +31,15 @@
 #include "router/state/tokens.h"
 #include "router/workers/broker.h"
 #include "router/workers/turns.h"
+#include "gateway_fixture.h"
 #include "loop_until.h"
 #include "ws_raw_client.h"
 
 #define WAIT_MS 5000 /* a bound on one wait, never a speed check */
 
 typedef struct {
-    router_loop_t *loop;
-    router_tokens_t *tokens;
-    gateway_auth_t *auth;
-    gateway_http_t *gw;
-    router_broker_t *broker;
-    router_turns_t *turns;
+    test_gw_t b;               /* loop, tokens, auth, server, broker, turns */
     gateway_openclaw_t *oc;
-    uint16_t port;
 } fix_t;
 
 /* The test's one client (tests/ws_raw_client.h: it allocates nothing, so
@@ -53,46 +48,18 @@ static test_wsc_t s_cl;
 
 static void s_fix_new(fix_t *f)
 {
-    memset(f, 0, sizeof *f);
-    router_loop_opts_t lo = {.backend = ROUTER_LOOP_EPOLL};
-    f->loop = router_loop_new(&lo);
-    assert_non_null(f->loop);
-    char err[256];
-    f->tokens = router_tokens_new(NULL, f->loop, err, sizeof err);
-    assert_non_null(f->tokens);
-    gateway_auth_opts_t ao = {.require_pairing = false};
-    f->auth = gateway_auth_new(f->tokens, &ao);
-    assert_non_null(f->auth);
-    f->gw = gateway_http_new(f->loop, NULL);
-    assert_non_null(f->gw);
-    static int n;
-    char ep[64];
-    snprintf(ep, sizeof ep, "inproc://route-openclaw-test-%d", ++n);
-    router_broker_opts_t bo = {.loop = f->loop, .endpoint = ep};
-    f->broker = router_broker_new(&bo, err, sizeof err);
-    assert_non_null(f->broker);
-    router_turns_opts_t to = {.loop = f->loop, .broker = f->broker};
-    f->turns = router_turns_new(&to, err, sizeof err);
-    assert_non_null(f->turns);
-    gateway_openclaw_opts_t oo = {.auth = f->auth, .turns = f->turns};
-    f->oc = gateway_openclaw_new(f->gw, f->loop, &oo);
+    test_gw_new(&f->b, "route-openclaw-test");
+    gateway_openclaw_opts_t oo = {.auth = f->b.auth, .turns = f->b.turns};
+    f->oc = gateway_openclaw_new(f->b.gw, f->b.loop, &oo);
     assert_non_null(f->oc);
-    router_addr_t addr, bound;
-    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
-    assert_int_equal(gateway_http_listen(f->gw, &addr, &bound), 0);
-    f->port = router_addr_port(&bound);
+    test_gw_listen(&f->b);
 }
 
 static void s_fix_free(fix_t *f)
 {
-    gateway_http_destroy(&f->gw);
-    router_tokens_stop(f->tokens);
+    test_gw_stop(&f->b);
     gateway_openclaw_destroy(&f->oc);
-    router_turns_destroy(&f->turns);
-    router_broker_destroy(&f->broker);
-    gateway_auth_destroy(&f->auth);
-    router_tokens_destroy(&f->tokens);
-    router_loop_destroy(&f->loop);
+    test_gw_free(&f->b);
 }
 
 /* ---------------------------------------------------------------- the client */
@@ -130,7 +97,7 @@ static bool s_until_frames(void *ud)
 static bool s_wait_frame(fix_t *f, unsigned n)
 {
     s_want = n + 1;
-    assert_true(test_loop_wait(f->loop, s_until_frames, NULL, 1, WAIT_MS));
+    assert_true(test_loop_wait(f->b.loop, s_until_frames, NULL, 1, WAIT_MS));
     int op = 0;
     const uint8_t *p = NULL;
     size_t len;
@@ -140,7 +107,7 @@ static bool s_wait_frame(fix_t *f, unsigned n)
 /* A client past hello-ok (nothing failed), with its frames counted. */
 static unsigned s_client_connected(fix_t *f)
 {
-    s_connect_tcp(f->port);
+    s_connect_tcp(f->b.port);
     assert_true(s_wait_frame(f, 0)); /* connect.challenge */
     test_wsc_send_text(&s_cl, S_CONNECT("\"operator.read\",\"operator.write\""));
     assert_true(s_wait_frame(f, 1));
@@ -160,7 +127,7 @@ static void s_client_close(fix_t *f)
     close(s_cl.fd);
     /* A few turns of the loop to let the server see it go. */
     for (int i = 0; i < 5; i++)
-        (void) test_loop_wait(f->loop, s_gone, NULL, 1, WAIT_MS);
+        (void) test_loop_wait(f->b.loop, s_gone, NULL, 1, WAIT_MS);
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -173,12 +140,12 @@ static void test_connect_out_of_memory(void **state)
     fix_t f;
     s_fix_new(&f);
     for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
-        s_connect_tcp(f.port);
+        s_connect_tcp(f.b.port);
         assert_true(s_wait_frame(&f, 0));
         alloc_fail_arm(i);
         test_wsc_send_text(&s_cl, S_CONNECT("\"operator.read\""));
         s_want = 2;
-        bool held = test_loop_wait(f.loop, s_until_frames, NULL, 1, WAIT_MS);
+        bool held = test_loop_wait(f.b.loop, s_until_frames, NULL, 1, WAIT_MS);
         unsigned failed = alloc_fail_disarm();
         bool closed;
         unsigned n = test_wsc_frames(&s_cl, &closed);
@@ -221,7 +188,7 @@ static void test_methods_out_of_memory(void **state)
             bool answered = false, closed = false;
             for (unsigned k = base; !answered && !closed && !s_cl.eof; k++) {
                 s_want = k + 1;
-                if (!test_loop_wait(f.loop, s_until_frames, NULL, 1, WAIT_MS))
+                if (!test_loop_wait(f.b.loop, s_until_frames, NULL, 1, WAIT_MS))
                     break;
                 (void) test_wsc_frames(&s_cl, &closed);
                 answered = test_wsc_frame_has(&s_cl, k, "\"id\":\"m\"");
