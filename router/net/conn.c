@@ -219,6 +219,14 @@ static bool s_total_short(const router_loop_t *loop, size_t more)
     return loop->wq_total > cap || more > cap - loop->wq_total;
 }
 
+/* What one connection may hold unsent while all of them together are at
+ * send_total_limit: its share of the bound. */
+static size_t s_share(const router_loop_t *loop)
+{
+    unsigned open = loop->stats.conns_open ? loop->stats.conns_open : 1;
+    return loop->opts.send_total_limit / open;
+}
+
 size_t router_conn_send_room(const router_conn_t *c)
 {
     if (!c || c->state == ROUTER_CONN_DEAD || c->state == ROUTER_CONN_CLOSING ||
@@ -232,8 +240,7 @@ size_t router_conn_send_room(const router_conn_t *c)
         return own;
     /* Past what the total has room for, a send is queued only within the
      * connection's share. */
-    unsigned open = loop->stats.conns_open ? loop->stats.conns_open : 1;
-    size_t share = cap / open;
+    size_t share = s_share(loop);
     size_t in_share = share > c->wq_bytes ? share - c->wq_bytes : 0;
     size_t room = below_cap > in_share ? below_cap : in_share;
     return room < own ? room : own;
@@ -269,8 +276,7 @@ static int s_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt, bool l
         /* All connections together are at their bound: each may hold its
          * share of it, so the ones that stopped reading give way and the
          * ones that keep up go on. */
-        unsigned open = c->loop->stats.conns_open ? c->loop->stats.conns_open : 1;
-        size_t share = c->loop->opts.send_total_limit / open;
+        size_t share = s_share(c->loop);
         limit = share < limit ? share : limit;
     }
     if (total > limit || c->wq_bytes > limit - total) {
