@@ -13,7 +13,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
-#include <semaphore.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -34,6 +33,7 @@
 #include <cmocka.h>
 
 #include "alloc_fail.h"
+#include "alloc_fail_loop.h"
 #include "gateway/http_server.h"
 #include "gateway/routes.h"
 #include "gateway/routes_auth.h"
@@ -1405,34 +1405,11 @@ static void test_destroy_with_open_connections(void **state)
 
 /* ---------------------------------------------------------------- out of memory */
 
-/* Arms (skip >= 0) or disarms (skip < 0) allocation failures on the loop
- * thread and waits until it has. */
-typedef struct {
-    long skip;
-    unsigned failed; /* disarm: failures injected since armed */
-    sem_t done;
-} s_arm_t;
-
-static void s_arm_on_loop(router_loop_t *loop, void *arg)
-{
-    (void) loop;
-    s_arm_t *a = arg;
-    if (a->skip >= 0)
-        alloc_fail_arm(a->skip);
-    else
-        a->failed = alloc_fail_disarm();
-    sem_post(&a->done);
-}
-
+/* Arms (skip >= 0) or disarms (skip < 0) allocation failures on the
+ * server's loop thread and waits until it has. */
 static unsigned s_loop_arm(s_srv_t *s, long skip)
 {
-    s_arm_t a = {.skip = skip};
-    assert_int_equal(sem_init(&a.done, 0, 0), 0);
-    assert_int_equal(router_loop_post(s->loop, s_arm_on_loop, &a), 0);
-    while (sem_wait(&a.done) != 0)
-        assert_int_equal(errno, EINTR);
-    sem_destroy(&a.done);
-    return a.failed;
+    return alloc_fail_on_loop(s->loop, skip);
 }
 
 /* Reads one response, or returns false when the server closed first. */

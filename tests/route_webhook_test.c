@@ -20,7 +20,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
-#include <semaphore.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +30,7 @@
 #include <unistd.h>
 
 #include "alloc_fail.h"
+#include "alloc_fail_loop.h"
 #include "gateway/auth.h"
 #include "gateway/http_server.h"
 #include "gateway/routes_auth.h"
@@ -143,32 +143,11 @@ static int s_teardown(void **state)
 
 /* ---------------------------------------------------------------- arming the loop thread */
 
-typedef struct {
-    long skip;        /* >= 0: arm; < 0: disarm */
-    unsigned failed;  /* disarm: failures injected since armed */
-    sem_t done;
-} s_arm_t;
-
-static void s_arm_on_loop(router_loop_t *loop, void *arg)
-{
-    (void) loop;
-    s_arm_t *a = arg;
-    if (a->skip >= 0)
-        alloc_fail_arm(a->skip);
-    else
-        a->failed = alloc_fail_disarm();
-    sem_post(&a->done);
-}
-
+/* Arms (skip >= 0) or disarms (skip < 0) allocation failures on the
+ * server's loop thread and waits until it has. */
 static unsigned s_loop_arm(s_srv_t *s, long skip)
 {
-    s_arm_t a = {.skip = skip};
-    assert_int_equal(sem_init(&a.done, 0, 0), 0);
-    assert_int_equal(router_loop_post(s->loop, s_arm_on_loop, &a), 0);
-    while (sem_wait(&a.done) != 0)
-        assert_int_equal(errno, EINTR);
-    sem_destroy(&a.done);
-    return a.failed;
+    return alloc_fail_on_loop(s->loop, skip);
 }
 
 /* ---------------------------------------------------------------- the client */
