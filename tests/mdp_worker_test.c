@@ -540,6 +540,97 @@ static void test_broker_junk_and_disconnect(void **state)
     zsock_destroy(&router);
 }
 
+/* A worker beating every hb ms that declares this silent test broker dead
+ * only after a minute: the tests below see its heartbeats, not reconnects. */
+static router_mdp_worker_t *s_worker_patient(const char *ep, int hb, void **state)
+{
+    char err[256] = "";
+    router_mdp_worker_opts_t o = {.endpoint = ep, .service = "kith.test",
+                                  .heartbeat_ms = hb, .liveness = 60000 / hb,
+                                  .same_thread = *(bool *) *state};
+    router_mdp_worker_t *w = router_mdp_worker_new(&o, err, sizeof err);
+    if (!w)
+        fprintf(stderr, "worker: %s\n", err);
+    assert_non_null(w);
+    return w;
+}
+
+/* A REQUEST about the turn held (a steer, a tool result) that reaches the
+ * worker before the caller's FINAL for that turn has gone out is dropped:
+ * the caller has ended the turn, and its next recv is the next turn.
+ * Before, a worker on its own thread handed the steer over after the
+ * FINAL, where the caller, holding no turn, took it for a new one. */
+static void test_request_racing_final(void **state)
+{
+    char ep[64];
+    s_endpoint(ep, sizeof ep);
+    zsock_t *router = zsock_new_router(ep);
+    router_mdp_worker_t *w = s_worker_patient(ep, 20, state);
+    zframe_t *id = s_ready_id(router, w);
+    s_send_cmd(router, id, 0x02, "addr-A", "turn-A");
+    s_recv_body(w, "turn-A");
+    zmsg_t *m;
+    while ((m = zmsg_recv_nowait(router)))
+        zmsg_destroy(&m);
+    s_send_cmd(router, id, 0x02, "addr-A", "steer-A");
+    if (!*(bool *) *state) {
+        /* The socket's thread reads a waiting message before it beats:
+         * three heartbeats sent after the steer mean it has read the
+         * steer and handed it over, ahead of the FINAL below. */
+        for (int i = 0; i < 3; i++) {
+            m = s_expect(router, 0x05);
+            zmsg_destroy(&m);
+        }
+    }
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "done-A", 6), 0);
+    m = s_expect(router, 0x04);
+    s_check_reply(m, "addr-A", "done-A");
+    zmsg_destroy(&m);
+    s_send_cmd(router, id, 0x02, "addr-B", "turn-B");
+    s_recv_body(w, "turn-B"); /* not steer-A */
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "done-B", 6), 0);
+    m = s_expect(router, 0x04);
+    s_check_reply(m, "addr-B", "done-B");
+    zmsg_destroy(&m);
+    zframe_destroy(&id);
+    router_mdp_worker_destroy(&w);
+    zsock_destroy(&router);
+}
+
+/* A broker that refuses the worker (1 024 workers already, 16 services)
+ * answers each READY with DISCONNECT: the worker comes back, but one
+ * heartbeat after each DISCONNECT, not at once. Before, it reconnected the
+ * moment the DISCONNECT came, and worker and broker spun, a connection and
+ * a READY per round trip, as long as the refusal lasted. (Only a lower
+ * bound on the time is checked: a loaded machine makes it longer.) */
+static void test_refused_worker_paced(void **state)
+{
+    enum { HB = 100, READIES = 4 };
+    char ep[64];
+    s_endpoint(ep, sizeof ep);
+    zsock_t *router = zsock_new_router(ep);
+    router_mdp_worker_t *w = s_worker_patient(ep, HB, state);
+    int64_t first = 0;
+    int readies = 0;
+    for (int tries = 0; tries < 20000 && readies < READIES; tries++) {
+        zmsg_t *m = s_recv_within(router, 5);
+        if (m && s_cmd(m) == 0x01) {
+            if (readies++ == 0)
+                first = zclock_mono();
+            s_send_cmd(router, zmsg_first(m), 0x06, NULL, NULL);
+        }
+        zmsg_destroy(&m);
+        uint8_t *b = NULL;
+        size_t n = 0;
+        assert_int_equal(router_mdp_worker_recv(w, &b, &n, 0), 0);
+    }
+    assert_int_equal(readies, READIES);
+    assert_true(zclock_mono() - first >= (READIES - 1) * HB);
+    assert_true(router_mdp_worker_reconnects(w) >= READIES - 1);
+    router_mdp_worker_destroy(&w);
+    zsock_destroy(&router);
+}
+
 /* Every allocation of kith's in new failing in turn: NULL with a reason,
  * or a worker that serves. */
 static void test_new_without_memory(void **state)
@@ -618,6 +709,10 @@ int main(void)
         cmocka_unit_test_prestate(test_later_request_without_memory, &s_same_thread),
         cmocka_unit_test_prestate(test_broker_junk_and_disconnect, &s_own_thread),
         cmocka_unit_test_prestate(test_broker_junk_and_disconnect, &s_same_thread),
+        cmocka_unit_test_prestate(test_request_racing_final, &s_own_thread),
+        cmocka_unit_test_prestate(test_request_racing_final, &s_same_thread),
+        cmocka_unit_test_prestate(test_refused_worker_paced, &s_own_thread),
+        cmocka_unit_test_prestate(test_refused_worker_paced, &s_same_thread),
         cmocka_unit_test_prestate(test_new_without_memory, &s_own_thread),
         cmocka_unit_test_prestate(test_new_without_memory, &s_same_thread),
         cmocka_unit_test_prestate(test_new_curve_without_memory, &s_own_thread),

@@ -163,10 +163,15 @@ static void s_connect(actor_t *a)
 }
 
 /* The broker went silent or said DISCONNECT: the socket goes. A fresh one
- * connects at once, unless the caller still holds a turn: then only after
- * its FINAL, since READY must wait for it and a connection that says
- * nothing is cut by the broker (WIRE §19.2). */
-static void s_reconnect(actor_t *a)
+ * connects at once after silence (which took heartbeat × liveness to
+ * notice), at the next heartbeat after a DISCONNECT (`at_once` false): a
+ * broker that refuses every READY (1 024 workers, 16 services) answers it
+ * with DISCONNECT at once, and reconnecting at once made the two spin,
+ * a connection and a READY per round trip, for as long as the refusal
+ * lasted. Unless the caller still holds a turn: then only after its FINAL,
+ * since READY must wait for it and a connection that says nothing is cut
+ * by the broker (WIRE §19.2). */
+static void s_reconnect(actor_t *a, bool at_once)
 {
     zsock_destroy(&a->dealer);
     a->ready_sent = false;
@@ -174,10 +179,13 @@ static void s_reconnect(actor_t *a)
     if (a->holding) {
         a->stale = true;
         ROUTER_LOG(ROUTER_LOG_INFO, MOD,
-                   "%s: broker silent; reconnecting once the turn held is over", a->w->service);
+                   "%s: broker gone; reconnecting once the turn held is over", a->w->service);
         return;
     }
-    s_connect(a);
+    if (at_once)
+        s_connect(a);
+    else /* s_tick connects a worker without a socket when the beat is due */
+        a->beat_at = router_clock_mono_ms() + (uint64_t) a->w->heartbeat_ms;
 }
 
 /* One message from the broker, if one waits: false when none did. */
@@ -200,7 +208,7 @@ static bool s_on_broker(actor_t *a)
     case ROUTER_MDP_HEARTBEAT:
         break;
     case ROUTER_MDP_DISCONNECT:
-        s_reconnect(a);
+        s_reconnect(a, false);
         break;
     case ROUTER_MDP_REQUEST: {
         zframe_t *addr = zmsg_pop(m);
@@ -290,7 +298,7 @@ static void s_tick(actor_t *a)
             s_connect(a);
         a->heard_at = now;
     } else if (now - a->heard_at > (uint64_t) w->heartbeat_ms * (uint64_t) w->liveness) {
-        s_reconnect(a);
+        s_reconnect(a, true);
         a->heard_at = now;
     } else if (a->ready_sent) {
         s_send(a->dealer, ROUTER_MDP_HEARTBEAT, NULL, 0, false, NULL, 0);
@@ -614,7 +622,12 @@ int router_mdp_worker_recv(router_mdp_worker_t *self, uint8_t **body, size_t *le
             zframe_destroy(&f);
             return -1;
         }
-        int rc = s_give(self, what, f, body, len);
+        /* A request about a turn the caller has ended (its FINAL, or -2)
+         * that the socket's thread read before that FINAL reached it: a
+         * steer or tool result racing the FINAL. The turn is over, so it
+         * is dropped, as the socket's thread drops one that comes after;
+         * handed over, it read as a new turn to a caller holding none. */
+        int rc = streq(what, PIPE_MORE) && !self->holding ? 0 : s_give(self, what, f, body, len);
         zstr_free(&what);
         zframe_destroy(&f);
         if (rc != 0)
