@@ -4,7 +4,9 @@
  * file is left) and of an accept; an accept callback that sets no
  * handlers; a process out of descriptors (EMFILE: the listener backs off
  * and accepts again once descriptors are free), a listener closed while
- * backing off, and backing off with every timer slot taken. Listening and
+ * backing off, and backing off with every timer slot taken (no spin:
+ * accept attempts counted over loop iterations; made without a slot or
+ * not). Listening and
  * Unix socket files in the ordinary case are tests/conn_test.c. */
 #include <dirent.h>
 #include <errno.h>
@@ -322,9 +324,27 @@ static void test_close_while_backing_off(void **state)
     router_loop_destroy(&fx.loop);
 }
 
-/* Backing off needs a timer; with every slot taken the listener retries
- * on the next iteration instead, and accepts once descriptors are free.
- * Driven by posts, since no timer can be had. */
+static void s_hang(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    *(bool *) ud = true;
+    router_loop_stop(loop);
+}
+
+/* Fills every free timer slot with timers that never fire in the test;
+ * returns how many. */
+static unsigned s_timers_fill(router_loop_t *loop, uint64_t *ids, unsigned max, bool *hung)
+{
+    unsigned n = 0;
+    while (n < max && (ids[n] = router_loop_timer_add(loop, 3600000, s_hang, hung)) != 0)
+        n++;
+    assert_int_equal(errno, ENOSPC);
+    return n;
+}
+
+/* Backing off with every other slot taken: the listener's own slot serves
+ * the retry, which accepts once descriptors are free. Driven by posts,
+ * since the test can have no timer of its own. */
 typedef struct {
     s_fx_t *fx;
     unsigned phase;  /* 0: waiting for failures; 1: for the accept */
@@ -334,7 +354,7 @@ typedef struct {
 static void s_drive(router_loop_t *loop, void *arg)
 {
     s_post_drive_t *d = arg;
-    if (d->phase == 0 && s_loop_stats(d->fx).accept_errors >= 3) {
+    if (d->phase == 0 && s_loop_stats(d->fx).accept_errors >= 1) {
         s_fds_restore(d->fx);
         d->phase = 1;
     }
@@ -345,13 +365,6 @@ static void s_drive(router_loop_t *loop, void *arg)
     assert_int_equal(router_loop_post(loop, s_drive, d), 0);
 }
 
-static void s_hang(router_loop_t *loop, uint64_t id, void *ud)
-{
-    (void) id;
-    *(bool *) ud = true;
-    router_loop_stop(loop);
-}
-
 static void test_backing_off_without_timer(void **state)
 {
     enum { TIMERS = 4 };
@@ -360,12 +373,11 @@ static void test_backing_off_without_timer(void **state)
     fx.loop = s_loop_new(state, &o);
     s_listen_tcp(&fx);
     s_post_drive_t d = {.fx = &fx};
+    uint64_t guard = router_loop_timer_add(fx.loop, WAIT_MAX_MS, s_hang, &d.hung);
+    assert_true(guard != 0);
     uint64_t ids[TIMERS];
-    ids[0] = router_loop_timer_add(fx.loop, WAIT_MAX_MS, s_hang, &d.hung);
-    assert_true(ids[0] != 0);
-    for (unsigned i = 1; i < TIMERS; i++)
-        assert_true((ids[i] = router_loop_timer_add(fx.loop, 3600000, s_hang, &d.hung)) != 0);
-    assert_int_equal(router_loop_timer_add(fx.loop, 1, s_hang, &d.hung), 0);
+    unsigned n = s_timers_fill(fx.loop, ids, TIMERS, &d.hung);
+    assert_int_equal(n, TIMERS - 2); /* the guard's, and the listener's own */
     int a = s_connect(&fx);
     s_fds_exhaust(&fx);
     assert_int_equal(router_loop_post(fx.loop, s_drive, &d), 0);
@@ -375,10 +387,101 @@ static void test_backing_off_without_timer(void **state)
     assert_int_equal(rc, 0);
     assert_false(d.hung);
     assert_int_equal(fx.accepted, 1);
-    for (unsigned i = 0; i < TIMERS; i++)
+    for (unsigned i = 0; i < n; i++)
         assert_int_equal(router_loop_timer_cancel(fx.loop, ids[i]), 0);
+    assert_int_equal(router_loop_timer_cancel(fx.loop, guard), 0);
     close(a);
     router_loop_destroy(&fx.loop);
+}
+
+/* Accept failing with no timer slot free must not spin: accept attempts
+ * are counted over a window of loop iterations (wake callbacks, each of
+ * which wakes the loop again), not over time. Then descriptors come back
+ * (and, for a listener that never had a slot, one slot is freed): the
+ * waiting connection is accepted. */
+enum { S_WINDOW_WAKES = 400 };
+
+typedef struct {
+    s_fx_t *fx;
+    unsigned phase;        /* 0: first failure; 1: counting; 2: the accept */
+    unsigned wakes;        /* wake callbacks in the window */
+    uint64_t errors_at;    /* accept_errors when the window opened */
+    uint64_t window_errors;/* ...and how many more by its end */
+    uint64_t free_id;      /* a timer to cancel when the window ends, or 0 */
+    bool hung;
+} s_spin_t;
+
+static void s_spin_wake(router_loop_t *loop, void *ud)
+{
+    s_spin_t *d = ud;
+    uint64_t errors = s_loop_stats(d->fx).accept_errors;
+    if (d->phase == 0 && errors >= 1) {
+        d->phase = 1;
+        d->errors_at = errors;
+    } else if (d->phase == 1 && ++d->wakes == S_WINDOW_WAKES) {
+        d->window_errors = errors - d->errors_at;
+        s_fds_restore(d->fx);
+        if (d->free_id)
+            assert_int_equal(router_loop_timer_cancel(loop, d->free_id), 0);
+        d->phase = 2;
+    } else if (d->phase == 2 && d->fx->accepted >= 1) {
+        router_loop_stop(loop);
+        return;
+    }
+    router_loop_wake(loop);
+}
+
+static void s_no_spin(void **state, bool reserved)
+{
+    enum { TIMERS = 8 };
+    s_fx_t fx = {0};
+    router_loop_opts_t o = {.max_timers = TIMERS};
+    fx.loop = s_loop_new(state, &o);
+    s_spin_t d = {.fx = &fx};
+    uint64_t guard = router_loop_timer_add(fx.loop, WAIT_MAX_MS, s_hang, &d.hung);
+    assert_true(guard != 0);
+    uint64_t ids[TIMERS];
+    unsigned n = 0;
+    if (reserved) {
+        s_listen_tcp(&fx);
+        n = s_timers_fill(fx.loop, ids, TIMERS, &d.hung);
+    } else {
+        n = s_timers_fill(fx.loop, ids, TIMERS, &d.hung);
+        s_listen_tcp(&fx); /* no slot for it */
+        d.free_id = ids[--n];
+    }
+    int a = s_connect(&fx);
+    s_fds_exhaust(&fx);
+    router_loop_set_wake_cb(fx.loop, s_spin_wake, &d);
+    router_loop_wake(fx.loop);
+    int rc = router_loop_run(fx.loop);
+    if (d.phase < 2)
+        s_fds_restore(&fx);
+    assert_int_equal(rc, 0);
+    assert_false(d.hung);
+    print_message("accept failures in %u wake-ups: %llu\n", (unsigned) S_WINDOW_WAKES,
+                  (unsigned long long) d.window_errors);
+    /* Paused, one retry per 100 ms at most: a spinning listener fails at
+     * least once per iteration (two wake-ups). */
+    assert_true(d.window_errors < S_WINDOW_WAKES / 20);
+    assert_int_equal(fx.accepted, 1);
+    for (unsigned i = 0; i < n; i++)
+        assert_int_equal(router_loop_timer_cancel(fx.loop, ids[i]), 0);
+    assert_int_equal(router_loop_timer_cancel(fx.loop, guard), 0);
+    close(a);
+    router_loop_destroy(&fx.loop);
+}
+
+static void test_no_spin_without_timer(void **state)
+{
+    s_no_spin(state, true);
+}
+
+/* A listener made while every slot was pending has no slot of its own:
+ * it stays paused (no spin) until a slot is free, then retries. */
+static void test_no_spin_without_any_slot(void **state)
+{
+    s_no_spin(state, false);
 }
 
 #define BOTH(f)                                                        \
@@ -393,6 +496,8 @@ int main(void)
         BOTH(test_emfile_backs_off_and_recovers),
         BOTH(test_close_while_backing_off),
         BOTH(test_backing_off_without_timer),
+        BOTH(test_no_spin_without_timer),
+        BOTH(test_no_spin_without_any_slot),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

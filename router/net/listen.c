@@ -23,6 +23,9 @@ static const router_loop_owner_ops_t s_owner_ops;
 
 /* Pause before accepting again after EMFILE, ENFILE, ENOMEM and the like. */
 #define S_ACCEPT_RETRY_MS 100
+/* How far off a listener's reserved timer slot fires (it only re-reserves
+ * itself): a day, well inside the loop's longest timer. */
+#define S_RESERVE_MS (24u * 3600u * 1000u)
 /* Accept failures are logged at most once per this many ms per listener;
  * the next line counts those suppressed meanwhile. */
 #define S_ACCEPT_LOG_MS 1000
@@ -129,6 +132,30 @@ fail:;
 
 /* ------------------------------------------------------------ listeners */
 
+static void s_accept_retry(router_loop_t *loop, uint64_t id, void *ud);
+
+/* A listener keeps one timer slot of its own (retry_timer while not
+ * backing off), so backing off after EMFILE never depends on a free slot:
+ * the reservation is cancelled and the retry takes the slot it freed.
+ * Without that, a loop whose max_timers were pending restarted accepting
+ * at once and spun on EMFILE at full CPU. */
+static void s_reserve_fire(router_loop_t *loop, uint64_t id, void *ud)
+{
+    router_listener_t *l = ud;
+    (void) id;
+    /* The slot that fired was freed just before this call: taking it back
+     * cannot fail. */
+    l->retry_timer = router_loop_timer_add(loop, S_RESERVE_MS, s_reserve_fire, l);
+}
+
+/* Takes the listener's slot, if one is free: a listener made while every
+ * slot was pending tries again at each settle (listener_ops). */
+static void s_reserve(router_listener_t *l)
+{
+    if (!l->retry_timer)
+        l->retry_timer = router_loop_timer_add(l->loop, S_RESERVE_MS, s_reserve_fire, l);
+}
+
 router_listener_t *router_loop_listen(router_loop_t *loop, const router_addr_t *addr,
                                       router_accept_fn on_accept, void *ud)
 {
@@ -166,6 +193,7 @@ router_listener_t *router_loop_listen(router_loop_t *loop, const router_addr_t *
     }
     ROUTER_LIST_PUSH(loop->listeners, l);
     loop->listener_ops = &s_owner_ops;
+    s_reserve(l);
     char text[ROUTER_ADDR_STR_MAX] = "?";
     (void) router_addr_format(&l->addr, text, sizeof text);
     ROUTER_LOG(ROUTER_LOG_DEBUG, "listen", "listening on %s (%s)", text, loop->be->name);
@@ -234,9 +262,20 @@ static bool s_release(router_listener_t *l, bool force)
     return true;
 }
 
-/* The loop's settle step for listeners: free the closed ones. */
+/* The loop's settle step for listeners: a listener without a timer slot
+ * (none was free when it was made or backed off) takes one as soon as one
+ * is, and a backing-off listener that had none then retries through it:
+ * it stays paused meanwhile, never spins; the closed ones are freed. */
 static void s_settle(router_loop_t *loop)
 {
+    for (router_listener_t *l = loop->listeners; l; l = l->next) {
+        if (l->retry_timer || l->closed)
+            continue;
+        if (!l->backing_off)
+            s_reserve(l);
+        else
+            l->retry_timer = router_loop_timer_add(loop, S_ACCEPT_RETRY_MS, s_accept_retry, l);
+    }
     for (router_listener_t *l = loop->dead_listeners, *next; l; l = next) {
         next = l->next;
         (void) s_release(l, loop->be_finished);
@@ -349,6 +388,7 @@ static void s_accept_retry(router_loop_t *loop, uint64_t id, void *ud)
     l->backing_off = false;
     if (l->closed)
         return;
+    s_reserve(l); /* the slot this retry held, freed just before the call */
     s_accept_error_log(l, 0); /* the count, if failures stopped being logged */
     int rc = loop->be->listener_start(l);
     if (rc < 0)
@@ -405,12 +445,13 @@ void router_listener_on_accept_error(router_listener_t *l, int err)
     s_accept_error_log(l, err);
     l->backing_off = true;
     loop->be->listener_stop(l);
+    /* The reservation's slot goes to the retry (a slot just freed: the add
+     * cannot fail). With no reservation and no free slot the listener
+     * stays paused until s_settle finds a slot: restarting it at once
+     * would spin on accept for as long as descriptors are short. */
+    if (l->retry_timer)
+        (void) router_loop_timer_cancel(loop, l->retry_timer);
     l->retry_timer = router_loop_timer_add(loop, S_ACCEPT_RETRY_MS, s_accept_retry, l);
-    if (!l->retry_timer) {
-        /* No timer slot: retry on the next loop iteration instead. */
-        l->backing_off = false;
-        (void) loop->be->listener_start(l);
-    }
 }
 
 const router_addr_t *router_listener_addr(const router_listener_t *l)

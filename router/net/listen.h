@@ -31,7 +31,11 @@ typedef void (*router_accept_fn)(router_listener_t *listener, router_conn_t *con
  *   stale one); a live socket fails with EADDRINUSE, any other kind of file
  *   with EEXIST. The socket file is removed again by router_listener_close.
  * Accepted connections beyond the loop's max_conns (or the listener's own
- * cap) are closed at once and counted as refused.
+ * cap) are closed at once and counted as refused. When accept fails for
+ * want of descriptors or memory the listener pauses for 100 ms; it keeps
+ * one of the loop's timer slots (max_timers) for that pause, taken now or,
+ * if none is free, as soon as one is — until then a failure pauses it
+ * until a slot frees, it never retries in a tight loop.
  * Returns the listener, owned by the loop until router_listener_close (or
  * router_loop_destroy); NULL with errno set on failure. Loop thread only. */
 router_listener_t *router_loop_listen(router_loop_t *loop, const router_addr_t *addr,
