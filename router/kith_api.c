@@ -34,6 +34,8 @@
 struct kith_net {
     router_inproc_t *inproc; /* the namespace, with fault injection */
     pthread_mutex_t mu;      /* guards nodes and fault read-modify-writes */
+    pthread_mutex_t trust_mu; /* one kith_node_trust at a time: its undo puts back a
+                               * whole store, which must not lose another's edit */
     kith_node_t *nodes;      /* nodes not yet destroyed */
 };
 
@@ -116,6 +118,7 @@ kith_net_t *kith_net_new(void)
         return NULL;
     }
     pthread_mutex_init(&net->mu, NULL);
+    pthread_mutex_init(&net->trust_mu, NULL);
     return net;
 }
 
@@ -141,6 +144,7 @@ void kith_net_destroy(kith_net_t **net_p)
     }
     router_inproc_destroy(&net->inproc);
     pthread_mutex_destroy(&net->mu);
+    pthread_mutex_destroy(&net->trust_mu);
     free(net);
     *net_p = NULL;
 }
@@ -241,15 +245,37 @@ static int s_trust_one(kith_node_t *self, const kith_node_t *peer)
     return 0;
 }
 
+/* All or nothing: a's store is copied first and put back when b's edit
+ * fails, so a failed call never leaves a trusting b while b refuses a. */
 int kith_node_trust(kith_node_t *a, kith_node_t *b)
 {
+    char err[ROUTER_TRUST_ERR_MAX], why[S_ERROR_CAP];
     if (!a || !b)
         return s_fail("kith_node_trust: two nodes are required");
     if (a == b)
         return s_fail("kith_node_trust: a node does not need to trust itself");
     if (a->net != b->net)
         return s_fail("kith_node_trust: %s and %s are in different nets", a->name, b->name);
-    return s_trust_one(a, b) == 0 && s_trust_one(b, a) == 0 ? 0 : -1;
+    int rc = -1;
+    pthread_mutex_lock(&a->net->trust_mu);
+    router_trust_t *undo = router_node_trust_copy(a->node, err, sizeof err);
+    if (!undo) {
+        s_fail("kith_node_trust: %s: %s", a->name, err);
+        goto done;
+    }
+    if (s_trust_one(a, b) != 0)
+        goto done;
+    if (s_trust_one(b, a) != 0) {
+        snprintf(why, sizeof why, "%s", s_error);
+        if (router_node_trust_restore(a->node, &undo, a->home, err, sizeof err) != 0)
+            s_fail("%.300s; and %s still trusts %s: %.150s", why, a->name, b->name, err);
+        goto done;
+    }
+    rc = 0;
+done:
+    router_trust_destroy(&undo);
+    pthread_mutex_unlock(&a->net->trust_mu);
+    return rc;
 }
 
 int kith_node_listen(kith_node_t *n, const char *addr)

@@ -1397,39 +1397,44 @@ typedef struct {
     size_t errcap;
 } s_trust_set_t;
 
-/* On the loop (or before it runs): a copy of the store without the rows
- * that share the key or the name, plus the new row, swapped in as a reload
- * swaps (s_trust_reload) and, with persist, saved first. */
-static int s_trust_set(router_node_t *self, void *arg)
+/* Appends to `next` every row of `from` but those with key `pk` or name
+ * `name` (NULL: none skipped), whole: meta and profile too, so an edit of
+ * one row never turns a Meerkat peer into a kith one. 0, or -1 with err. */
+static int s_trust_copy_rows(router_trust_t *next, const router_trust_t *from, const uint8_t *pk,
+                             const char *name, char *err, size_t errcap)
 {
-    s_trust_set_t *j = arg;
-    const router_peer_t *same = router_trust_by_pubkey(self->trust, j->pk);
-    size_t named = 0;
-    (void) router_trust_by_name(self->trust, j->name, &named);
-    if (same && named == 1 && strcmp(same->name, j->name) == 0 && strcmp(same->addr, j->addr) == 0)
-        return 0; /* already so */
-    router_trust_t *next = router_trust_new();
-    if (!next) {
-        snprintf(j->err, j->errcap, "out of memory");
-        return -1;
-    }
-    for (size_t i = 0; i < router_trust_count(self->trust); i++) {
-        const router_peer_t *p = router_trust_at(self->trust, i);
-        if (memcmp(p->pk, j->pk, 32) == 0 || strcmp(p->name, j->name) == 0)
+    for (size_t i = 0; i < router_trust_count(from); i++) {
+        const router_peer_t *p = router_trust_at(from, i);
+        if ((pk && memcmp(p->pk, pk, 32) == 0) || (name && strcmp(p->name, name) == 0))
             continue;
         if (router_trust_add(next, p->name, p->pk, p->addr, p->description, p->labels, p->nlabels,
-                             j->err, j->errcap) != 0)
-            goto fail;
+                             err, errcap) != 0)
+            return -1;
+        if (p->profile != ROUTER_PEER_PROFILE_KITH &&
+            router_trust_set_profile(next, router_trust_at(next, router_trust_count(next) - 1),
+                                     p->profile) != 0) {
+            snprintf(err, errcap, "cannot copy the profile of %s", p->name);
+            return -1;
+        }
     }
-    if (router_trust_add(next, j->name, j->pk, j->addr, NULL, NULL, 0, j->err, j->errcap) != 0)
-        goto fail;
-    if (j->persist && self->home[0]) {
+    return 0;
+}
+
+/* On the loop (or before it runs): *next_p (taken) becomes the store in
+ * force, as a reload swaps (s_trust_reload); with persist and a home it is
+ * saved first, and a failed save changes nothing. 0, or -1 with err. */
+static int s_trust_commit(router_node_t *self, router_trust_t **next_p, bool persist, char *err,
+                          size_t errcap)
+{
+    router_trust_t *next = *next_p;
+    *next_p = NULL;
+    if (persist && self->home[0]) {
         char path[ROUTER_PATH_MAX];
         if (router_home_path(self->home, ROUTER_TRUST_FILE, path, sizeof path) != 0) {
-            snprintf(j->err, j->errcap, "home path too long");
+            snprintf(err, errcap, "home path too long");
             goto fail;
         }
-        if (router_trust_save(next, path, j->err, j->errcap) != 0)
+        if (router_trust_save(next, path, err, errcap) != 0)
             goto fail;
     }
     pthread_rwlock_wrlock(&self->trust_lock);
@@ -1444,12 +1449,79 @@ fail:
     return -1;
 }
 
+/* On the loop (or before it runs): a copy of the store without the rows
+ * that share the key or the name, plus the new row, committed. */
+static int s_trust_set(router_node_t *self, void *arg)
+{
+    s_trust_set_t *j = arg;
+    const router_peer_t *same = router_trust_by_pubkey(self->trust, j->pk);
+    size_t named = 0;
+    (void) router_trust_by_name(self->trust, j->name, &named);
+    if (same && named == 1 && strcmp(same->name, j->name) == 0 && strcmp(same->addr, j->addr) == 0)
+        return 0; /* already so */
+    router_trust_t *next = router_trust_new();
+    if (!next) {
+        snprintf(j->err, j->errcap, "out of memory");
+        return -1;
+    }
+    if (s_trust_copy_rows(next, self->trust, j->pk, j->name, j->err, j->errcap) != 0 ||
+        router_trust_add(next, j->name, j->pk, j->addr, NULL, NULL, 0, j->err, j->errcap) != 0) {
+        router_trust_destroy(&next);
+        return -1;
+    }
+    return s_trust_commit(self, &next, j->persist, j->err, j->errcap);
+}
+
 int router_node_trust_set(router_node_t *self, const char *name, const uint8_t pk[32],
                           const char *addr, bool persist, char *err, size_t errcap)
 {
     s_trust_set_t j = {name, pk, addr, persist, err, errcap};
     err[0] = '\0';
     int rc = router_node_call(self, s_trust_set, &j);
+    if (rc != 0 && !err[0])
+        snprintf(err, errcap, "%s",
+                 errno == EAGAIN ? "the node is busy: try again" : "the node is stopping");
+    return rc;
+}
+
+router_trust_t *router_node_trust_copy(router_node_t *self, char *err, size_t errcap)
+{
+    router_trust_t *copy = router_trust_new();
+    if (!copy) {
+        snprintf(err, errcap, "out of memory");
+        return NULL;
+    }
+    /* The store in force is never edited, only swapped (under the write
+     * lock): reading it under the read lock is safe from any thread. */
+    pthread_rwlock_rdlock(&self->trust_lock);
+    int rc = s_trust_copy_rows(copy, self->trust, NULL, NULL, err, errcap);
+    pthread_rwlock_unlock(&self->trust_lock);
+    if (rc != 0)
+        router_trust_destroy(&copy);
+    return copy;
+}
+
+typedef struct {
+    router_trust_t *store; /* taken by s_trust_restore */
+    bool persist;
+    char *err;
+    size_t errcap;
+} s_trust_restore_t;
+
+static int s_trust_restore(router_node_t *self, void *arg)
+{
+    s_trust_restore_t *j = arg;
+    return s_trust_commit(self, &j->store, j->persist, j->err, j->errcap);
+}
+
+int router_node_trust_restore(router_node_t *self, router_trust_t **store_p, bool persist,
+                              char *err, size_t errcap)
+{
+    s_trust_restore_t j = {*store_p, persist, err, errcap};
+    *store_p = NULL;
+    err[0] = '\0';
+    int rc = router_node_call(self, s_trust_restore, &j);
+    router_trust_destroy(&j.store); /* not run: still ours */
     if (rc != 0 && !err[0])
         snprintf(err, errcap, "%s",
                  errno == EAGAIN ? "the node is busy: try again" : "the node is stopping");

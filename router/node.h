@@ -203,6 +203,18 @@ int router_node_trust_set(router_node_t *self, const char *name, const uint8_t p
                           const char *addr, bool persist, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
+/* A copy of the trust store in force, every row whole (caller owns it):
+ * what router_node_trust_restore puts back to undo a trust_set. Any
+ * thread. NULL with err set (out of memory). */
+router_trust_t *router_node_trust_copy(router_node_t *self, char *err, size_t errcap);
+
+/* Makes *store_p (taken, nulled; a router_node_trust_copy) the store in
+ * force again, at any time, as router_node_trust_set swaps; with persist
+ * and a home, trusted_peers.json is written first (a failed write changes
+ * nothing). Returns 0, or -1 with err set. */
+int router_node_trust_restore(router_node_t *self, router_trust_t **store_p, bool persist,
+                              char *err, size_t errcap) __attribute__((warn_unused_result));
+
 /* Also serves signed envelopes on `addr` (tcp://… or uds://…, as
  * comms.address takes them), at any time. Returns the bound TCP port (the
  * one chosen for port 0), 0 for a Unix socket, or -1 with err set. */

@@ -1,0 +1,240 @@
+/* tests/kith_api_inside_test.c — the public library (router/kith_api.c)
+ * compiled into the test, so its failure paths can be reached through the
+ * seams a DSO's calls escape (tests/alloc_fail.h, tests/io_fail.h): a
+ * kith_node_trust whose second edit fails leaves neither node trusting the
+ * other; an edit of one row keeps every other row whole. kith_api_test
+ * checks the library as users link it; this one what it does when the
+ * machine fails it. */
+#include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "router/kith_api.c"
+
+#include "alloc_fail.h"
+#include "alloc_fail_loop.h"
+#include "io_fail.h"
+
+/* Generous: waits that must end, never a measure of speed. */
+#define S_WAIT_MS 20000
+
+/* ---------------------------------------------------------------- helpers */
+
+static kith_node_t *s_node(kith_net_t *net, const char *name, const char *home)
+{
+    kith_node_t *n = kith_node_new(net, name, home);
+    if (!n)
+        fprintf(stderr, "kith_node_new %s: %s\n", name, kith_last_error());
+    assert_non_null(n);
+    return n;
+}
+
+/* How many peers n trusts now, and whether one of them is named `name`. */
+static size_t s_trusted(kith_node_t *n, const char *name, bool *has)
+{
+    char err[ROUTER_TRUST_ERR_MAX];
+    router_trust_t *t = router_node_trust_copy(n->node, err, sizeof err);
+    assert_non_null(t);
+    *has = router_trust_by_name(t, name, NULL) != NULL;
+    size_t count = router_trust_count(t);
+    router_trust_destroy(&t);
+    return count;
+}
+
+typedef struct {
+    io_fail_call_t call; /* IO_FAIL_CALLS: disarm */
+    unsigned failed;     /* disarm: calls that failed since armed */
+    sem_t done;
+} s_io_arm_t;
+
+static void s_io_arm_on(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    s_io_arm_t *a = arg;
+    if (a->call != IO_FAIL_CALLS)
+        io_fail_arm(a->call, 0, ENOSPC);
+    else
+        a->failed = io_fail_disarm();
+    sem_post(&a->done);
+}
+
+/* tests/io_fail.h on n's loop thread, where its trust edits run: the next
+ * `call` there fails with ENOSPC (IO_FAIL_CALLS: disarm, returning how many
+ * failed). */
+static unsigned s_io_fail_on_loop(kith_node_t *n, io_fail_call_t call)
+{
+    s_io_arm_t a = {.call = call};
+    assert_int_equal(sem_init(&a.done, 0, 0), 0);
+    assert_int_equal(router_loop_post(router_node_loop(n->node), s_io_arm_on, &a), 0);
+    while (sem_wait(&a.done) != 0)
+        assert_int_equal(errno, EINTR);
+    sem_destroy(&a.done);
+    return a.failed;
+}
+
+static char s_tmp[64];
+
+static void s_tmp_make(void)
+{
+    snprintf(s_tmp, sizeof s_tmp, "/tmp/kith_api_inside.XXXXXX");
+    assert_non_null(mkdtemp(s_tmp));
+}
+
+static void s_tmp_remove(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", s_tmp);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* ---------------------------------------------------------------- kith_node_trust, all or nothing */
+
+/* b's edit cannot be written (its disk is full): the call fails, and a,
+ * whose edit went first, is put back as it was — in memory and on disk. */
+static void test_trust_undone_when_second_write_fails(void **state)
+{
+    (void) state;
+    s_tmp_make();
+    char home_a[128], home_b[128], file_a[160];
+    snprintf(home_a, sizeof home_a, "%s/a", s_tmp);
+    snprintf(home_b, sizeof home_b, "%s/b", s_tmp);
+    snprintf(file_a, sizeof file_a, "%s/%s", home_a, ROUTER_TRUST_FILE);
+    kith_net_t *net = kith_net_new();
+    assert_non_null(net);
+    kith_node_t *a = s_node(net, "a", home_a), *b = s_node(net, "b", home_b);
+
+    s_io_fail_on_loop(b, IO_FAIL_RENAME);
+    assert_int_equal(kith_node_trust(a, b), -1);
+    assert_int_equal(s_io_fail_on_loop(b, IO_FAIL_CALLS), 1);
+    assert_non_null(strstr(kith_last_error(), "b cannot trust a"));
+
+    bool has;
+    assert_int_equal(s_trusted(a, "b", &has), 0);
+    assert_false(has);
+    assert_int_equal(s_trusted(b, "a", &has), 0);
+    assert_int_equal(kith_node_send(a, "b", "half", S_WAIT_MS), KITH_ERROR);
+    assert_non_null(strstr(kith_last_error(), "no trusted peer named b"));
+    /* A restart would not bring the half back either. */
+    char err[ROUTER_TRUST_ERR_MAX];
+    router_trust_t *on_disk = router_trust_load(file_a, err, sizeof err);
+    assert_non_null(on_disk);
+    assert_int_equal(router_trust_count(on_disk), 0);
+    router_trust_destroy(&on_disk);
+
+    /* The disk has room again: the same call now does both. */
+    assert_int_equal(kith_node_trust(a, b), 0);
+    assert_int_equal(kith_node_send(a, "b", "whole", S_WAIT_MS), KITH_ACKED);
+    assert_int_equal(kith_node_send(b, "a", "whole", S_WAIT_MS), KITH_ACKED);
+    kith_net_destroy(&net);
+    s_tmp_remove();
+}
+
+/* Out of memory at each allocation of b's edit in turn (on b's loop
+ * thread, where it runs): each call either does both edits or neither. */
+static void test_trust_all_or_nothing_out_of_memory(void **state)
+{
+    (void) state;
+    kith_net_t *net = kith_net_new();
+    assert_non_null(net);
+    kith_node_t *c = s_node(net, "c", NULL);
+    bool done = false;
+    for (long skip = 0; skip < ALLOC_FAIL_RUNS_MAX && !done; skip++) {
+        kith_node_t *a = s_node(net, "a", NULL), *b = s_node(net, "b", NULL);
+        /* a trusts c already: the undo must keep that row. */
+        assert_int_equal(kith_node_trust(a, c), 0);
+        alloc_fail_on_loop(router_node_loop(b->node), skip);
+        int rc = kith_node_trust(a, b);
+        unsigned failed = alloc_fail_on_loop(router_node_loop(b->node), -1);
+        bool a_has_b, b_has_a, a_has_c;
+        size_t na = s_trusted(a, "b", &a_has_b);
+        s_trusted(b, "a", &b_has_a);
+        (void) s_trusted(a, "c", &a_has_c);
+        assert_true(a_has_c);
+        if (rc == 0) {
+            assert_true(a_has_b && b_has_a);
+            assert_int_equal(na, 2);
+            done = failed == 0;
+        } else {
+            assert_true(failed > 0);
+            assert_non_null(strstr(kith_last_error(), "b cannot trust a"));
+            assert_false(a_has_b);
+            assert_false(b_has_a);
+            assert_int_equal(na, 1);
+        }
+        kith_node_destroy(&a);
+        kith_node_destroy(&b);
+    }
+    assert_true(done);
+    kith_net_destroy(&net);
+}
+
+/* ---------------------------------------------------------------- trust edits keep other rows whole */
+
+/* A Meerkat peer in a's trusted_peers.json stays a Meerkat peer (one
+ * envelope per connection, WIRE §23.1) when a trusts another node: in
+ * memory and in the file written back. */
+static void test_trust_keeps_other_rows_profile(void **state)
+{
+    (void) state;
+    s_tmp_make();
+    char home_a[128], file_a[160];
+    snprintf(home_a, sizeof home_a, "%s/a", s_tmp);
+    snprintf(file_a, sizeof file_a, "%s/%s", home_a, ROUTER_TRUST_FILE);
+    assert_int_equal(router_home_mkdirs(home_a, 0700), 0);
+    uint8_t pk[32], sk[64];
+    crypto_sign_keypair(pk, sk);
+    char key[PROTO_PUBKEY_TEXT_CAP];
+    proto_pubkey_format(pk, key, sizeof key);
+    FILE *f = fopen(file_a, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "{\"peers\": [{\"name\": \"m\", \"pubkey\": \"%s\", \"addr\": \"tcp://127.0.0.1:9\","
+            " \"profile\": \"meerkat\", \"meta\": {\"description\": \"a phone\"}}]}\n",
+            key);
+    fclose(f);
+    assert_int_equal(chmod(file_a, 0600), 0);
+
+    kith_net_t *net = kith_net_new();
+    kith_node_t *a = s_node(net, "a", home_a), *b = s_node(net, "b", NULL);
+    assert_int_equal(kith_node_trust(a, b), 0);
+
+    char err[ROUTER_TRUST_ERR_MAX];
+    router_trust_t *mem = router_node_trust_copy(a->node, err, sizeof err);
+    router_trust_t *disk = router_trust_load(file_a, err, sizeof err);
+    assert_non_null(mem);
+    assert_non_null(disk);
+    const router_trust_t *stores[] = {mem, disk};
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(router_trust_count(stores[i]), 2);
+        const router_peer_t *m = router_trust_by_pubkey(stores[i], pk);
+        assert_non_null(m);
+        assert_int_equal(m->profile, ROUTER_PEER_PROFILE_MEERKAT);
+        assert_string_equal(m->description, "a phone");
+    }
+    router_trust_destroy(&mem);
+    router_trust_destroy(&disk);
+    kith_net_destroy(&net);
+    s_tmp_remove();
+}
+
+int main(void)
+{
+    if (sodium_init() < 0)
+        return 1;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_trust_undone_when_second_write_fails),
+        cmocka_unit_test(test_trust_all_or_nothing_out_of_memory),
+        cmocka_unit_test(test_trust_keeps_other_rows_profile),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
