@@ -656,21 +656,27 @@ static void s_post_frame(const router_turn_frame_t *frame, void *ud)
                 s_post_error(p, 503, "unavailable", "the session could not be opened");
             return;
         }
-        const char *code = NULL;
-        if (router_turns_submit(p->chat->opts.turns, p->sub, p->content, p->len, &code) != 0) {
-            bool busy = code && !strcmp(code, "SESSION_BUSY");
-            bool full = code && !strcmp(code, "STORAGE_FULL");
-            if (full)
-                s_post_error(p, 507, "storage_full", s_code_text(code));
-            else
-                s_post_error(p, busy ? 429 : 503, busy ? "session_busy" : "unavailable",
-                             busy ? "16 messages already wait in this session; retry"
-                                  : "the turn could not be queued");
-            return;
-        }
+        /* Submitted before the call: the turn may start inside it and a
+         * frame of it (an error: no memory for the turn, the session store
+         * refusing its history) come back here at once, answer the post
+         * and free p, which then must not be touched again. A refusal (-1)
+         * comes before any frame, with p still here. */
         p->submitted = true;
-        free(p->content);
+        char *content = p->content;
         p->content = NULL;
+        const char *code = NULL;
+        int rc = router_turns_submit(p->chat->opts.turns, p->sub, content, p->len, &code);
+        free(content);
+        if (rc == 0)
+            return; /* p may be gone already */
+        bool busy = code && !strcmp(code, "SESSION_BUSY");
+        bool full = code && !strcmp(code, "STORAGE_FULL");
+        if (full)
+            s_post_error(p, 507, "storage_full", s_code_text(code));
+        else
+            s_post_error(p, busy ? 429 : 503, busy ? "session_busy" : "unavailable",
+                         busy ? "16 messages already wait in this session; retry"
+                              : "the turn could not be queued");
         return;
     }
     bool final = frame->type == ROUTER_TURN_FRAME_DONE ||

@@ -405,6 +405,77 @@ static void test_session_post_out_of_memory(void **state)
     s_fix_free(&f);
 }
 
+/* The frames a subscriber of the test's own got (router_turns_frame_fn). */
+static void s_count_frame(const router_turn_frame_t *frame, void *ud)
+{
+    (void) frame;
+    (*(unsigned *) ud)++;
+}
+
+static bool s_counted(void *ud)
+{
+    return *(unsigned *) ud > 0;
+}
+
+/* The post was answered (or its connection ended), or its turn started. */
+static bool s_until_answer_or_turn(void *ud)
+{
+    fix_t *f = ud;
+    if (s_until_answer(NULL))
+        return true;
+    router_turns_stats_t st;
+    router_turns_stats(f->b.turns, &st);
+    return st.running > 0;
+}
+
+/* A post whose turn cannot start: the error frame saying so comes back
+ * from inside the submit, answers the post and frees it; the route then
+ * wrote to the post it had just freed (ASan: heap-use-after-free). Each
+ * allocation of the loop thread fails in turn from the body on, and stays
+ * armed until the post is answered or its turn runs (then stopped by a
+ * subscriber of the test's own): the post gets an answer every time. */
+static void test_post_turn_that_cannot_start(void **state)
+{
+    (void) state;
+    static const char head[] = "POST /api/sessions/p2/messages HTTP/1.1\r\nHost: x\r\n"
+                               "Content-Type: application/json\r\nContent-Length: 16\r\n\r\n";
+    static const char body[] = "{\"content\":\"hi\"}";
+    fix_t f;
+    s_fix_new(&f);
+    unsigned errors = 0;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        unsigned seen = 0;
+        router_turns_sub_t watcher = router_turns_attach(f.b.turns, "p2", NULL, s_count_frame,
+                                                         &seen);
+        assert_true(watcher > 0);
+        assert_true(test_loop_wait(f.b.loop, s_counted, &seen, 1, WAIT_MS));
+        test_wsc_open(&s_cl, f.b.port, head);
+        s_spin(&f);
+        alloc_fail_arm(i);
+        assert_int_equal(send(s_cl.fd, body, sizeof body - 1, 0), (ssize_t) (sizeof body - 1));
+        assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
+        bool held = test_loop_wait(f.b.loop, s_until_answer_or_turn, &f, 1, WAIT_MS);
+        unsigned failed = alloc_fail_disarm();
+        if (held && !s_cl.head && !s_cl.eof) {
+            router_turns_stop(f.b.turns, watcher); /* every subscriber gets its stopped */
+            held = test_loop_wait(f.b.loop, s_until_answer, NULL, 1, WAIT_MS);
+        }
+        if (!held)
+            fail_msg("a post with allocation %ld failing: neither an answer nor an end", i);
+        int status = s_status();
+        errors += status == 200 && strstr((const char *) s_cl.buf + s_cl.head, "\"error\"");
+        router_turns_detach(f.b.turns, watcher);
+        s_client_close(&f);
+        if (!failed) {
+            assert_int_equal(status, 200);
+            break;
+        }
+    }
+    print_message("%u posts answered with their turn's error\n", errors);
+    s_still_serving(&f);
+    s_fix_free(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -414,6 +485,7 @@ int main(void)
         cmocka_unit_test(test_early_frames_out_of_memory),
         cmocka_unit_test(test_session_api_out_of_memory),
         cmocka_unit_test(test_session_post_out_of_memory),
+        cmocka_unit_test(test_post_turn_that_cannot_start),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
