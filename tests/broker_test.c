@@ -863,6 +863,119 @@ static void test_listen_worker_forgotten(void **state)
     s_teardown(&r);
 }
 
+/* One message read from a ROUTER by the test itself (the loop does not
+ * run): the descriptor it came in on (ZMQ_SRCFD) and its routing id. */
+static int s_read_srcfd(zsock_t *s, zframe_t **id)
+{
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    assert_true(zmq_msg_recv(&m, zsock_resolve(s), 0) >= 0);
+    int fd = zmq_msg_get(&m, ZMQ_SRCFD);
+    *id = zframe_new(zmq_msg_data(&m), zmq_msg_size(&m));
+    bool more = zmq_msg_more(&m);
+    zmq_msg_close(&m);
+    while (more) {
+        zframe_t *f = zframe_recv(s);
+        more = f && zframe_more(f);
+        zframe_destroy(&f);
+    }
+    return fd;
+}
+
+typedef struct {
+    router_worker_conns_t *c;
+    uint64_t sum;
+} conns_sum_t;
+
+/* The connections counted, pending or a worker's, are sum. */
+static bool s_conns_sum(void *ud)
+{
+    conns_sum_t *w = ud;
+    router_worker_conns_stats_t st;
+    router_worker_conns_stats(w->c, &st);
+    return st.pending + st.workers == w->sum;
+}
+
+/* A connection goes and the next one is given its descriptor number (the
+ * kernel gives the lowest free one), and that one's READY is read before
+ * the monitor's DISCONNECTED and ACCEPTED for the number: the READY's
+ * connection is made the worker's, and the one gone is forgotten. Before,
+ * the entry of the connection gone was taken for it: the serial returned
+ * was the old one's, and once the events were read the worker's own
+ * connection counted as pending, to be cut at the deadline (WIRE §19.2:
+ * never). */
+static void test_listen_ready_on_reused_descriptor(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    assert_non_null(loop);
+    zsock_t *s = zsock_new(ZMQ_ROUTER);
+    assert_non_null(s);
+    zsock_set_router_mandatory(s, 1);
+    zsock_set_rcvtimeo(s, 20000);
+    char err[256] = "";
+    router_worker_conns_opts_t o = {.loop = loop};
+    router_worker_conns_t *c = router_worker_conns_new(zsock_resolve(s), &o, err, sizeof err);
+    assert_non_null(c);
+    assert_true(zsock_bind(s, "tcp://127.0.0.1:*") > 0);
+    char *ep = zsock_last_endpoint(s);
+    zsock_t *a = zsock_new_dealer(ep);
+    assert_non_null(a);
+    zstr_send(a, "a");
+    zframe_t *ida = NULL, *idb = NULL, *idd = NULL;
+    int fda = s_read_srcfd(s, &ida);
+    conns_sum_t want = {c, 1};
+    test_loop_until(loop, s_conns_sum, &want, 10, 20000);
+    /* a goes, the loop not running: its number is free once ZeroMQ no
+     * longer routes to it. */
+    zsock_destroy(&a);
+    bool gone = false;
+    for (int i = 0; i < 4000 && !gone; i++) {
+        void *h = zsock_resolve(s);
+        if (zmq_send(h, zframe_data(ida), zframe_size(ida), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+            assert_int_equal(zmq_errno(), EHOSTUNREACH);
+            gone = true;
+        } else {
+            assert_int_equal(zmq_send(h, "x", 1, 0), 1);
+            zclock_sleep(5);
+        }
+    }
+    assert_true(gone);
+    zsock_t *b = zsock_new_dealer(ep);
+    assert_non_null(b);
+    zstr_send(b, "READY");
+    int fdb = s_read_srcfd(s, &idb);
+    assert_int_equal(fdb, fda);
+    uint64_t serial = router_worker_conns_ready(c, fdb);
+    assert_true(serial > 0);
+    /* A third connection: once the loop counts it, it has read every
+     * monitor event before it. */
+    zsock_t *d = zsock_new_dealer(ep);
+    assert_non_null(d);
+    zstr_send(d, "d");
+    (void) s_read_srcfd(s, &idd);
+    want.sum = 2;
+    test_loop_until(loop, s_conns_sum, &want, 10, 20000);
+    router_worker_conns_stats_t st;
+    router_worker_conns_stats(c, &st);
+    assert_int_equal(st.workers, 1);
+    assert_int_equal(st.pending, 1);
+    /* The serial is b's: its worker leaving makes it pending again. */
+    router_worker_conns_left(c, serial);
+    router_worker_conns_stats(c, &st);
+    assert_int_equal(st.workers, 0);
+    assert_int_equal(st.pending, 2);
+    zsock_destroy(&b);
+    zsock_destroy(&d);
+    zframe_destroy(&ida);
+    zframe_destroy(&idb);
+    zframe_destroy(&idd);
+    zstr_free(&ep);
+    router_worker_conns_destroy(&c);
+    zsock_destroy(&s);
+    router_loop_destroy(&loop);
+}
+
 /* On ipc:// the source is the peer's uid: a third connection from this
  * test's uid is cut, the two before it at their deadline. */
 static void test_listen_ipc(void **state)
@@ -1357,6 +1470,7 @@ int main(void)
         cmocka_unit_test(test_curve_authorized_not_a_directory),
         cmocka_unit_test(test_listen_pending_bounds),
         cmocka_unit_test(test_listen_worker_forgotten),
+        cmocka_unit_test(test_listen_ready_on_reused_descriptor),
         cmocka_unit_test(test_listen_ipc),
         cmocka_unit_test(test_listen_ipv6),
         cmocka_unit_test(test_refusals_and_teardown),

@@ -441,13 +441,14 @@ void router_worker_conns_destroy(router_worker_conns_t **self_p)
 
 uint64_t router_worker_conns_ready(router_worker_conns_t *c, int fd)
 {
+    /* The monitor's events first, always: the READY may have overtaken
+     * its connection's ACCEPTED (the monitor is a queue of its own), and
+     * when the connection was given the number of one gone a moment
+     * before, the entry under that number is the old connection's until
+     * its DISCONNECTED is read: taken for this one, it made this worker's
+     * connection pending once the events came, and cut at the deadline. */
+    s_drain(c);
     s_conn_t *k = *s_slot(c, fd);
-    if (!k) {
-        /* The READY may have overtaken its connection's ACCEPTED: the
-         * monitor is a queue of its own. */
-        s_drain(c);
-        k = *s_slot(c, fd);
-    }
     if (!k || k->cut)
         return 0;
     if (!k->worker) {
