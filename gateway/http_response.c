@@ -268,6 +268,11 @@ int gateway_http_respond(gateway_http_res_t *res, int status, const char *conten
         errno = EPIPE;
         return -1;
     }
+    /* A deferred answer was begun before a drain: a stopping server keeps
+     * nothing open, so it closes too (else the client is told keep-alive,
+     * idles, and is reset at the drain's deadline). */
+    if (hc->g->draining)
+        res->close = true;
     const proto_http_parser_t *p = &hc->parser;
     bool keep_alive_10 = !res->close && p->version_minor == 0;
     char head[S_HEAD_MAX];
@@ -336,7 +341,7 @@ router_conn_t *gateway_http_respond_stream(gateway_http_res_t *res, int status,
     }
     res->sent = true;
     res->close = true;
-    if (hc->phase == GATEWAY_HTTP_CLOSING) {
+    if (!hc || hc->phase == GATEWAY_HTTP_CLOSING) { /* !hc: a deferred answer's connection went */
         errno = EPIPE;
         return NULL;
     }

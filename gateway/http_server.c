@@ -344,6 +344,17 @@ static int s_body_append(gateway_http_conn_t *hc, const char *data, size_t n)
 static void s_hold(gateway_http_conn_t *hc, const char *data, size_t n)
 {
     char *p = realloc(hc->held, hc->held_len + n);
+    if (!p && hc->phase == GATEWAY_HTTP_DEFERRED && hc->pending) {
+        /* A 500 now would reach the client as the answer to the request
+         * still owed one. That answer goes first; the input not kept is
+         * not read, so the connection closes after it and the client
+         * sends those requests again (RFC 9112 §9.3.2). */
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                   "conn %llu: no memory for pipelined input; closing after the answer owed",
+                   (unsigned long long) router_conn_id(hc->conn));
+        hc->pending->res.close = true;
+        return;
+    }
     if (!p) {
         s_fail(hc, "held input");
         return;

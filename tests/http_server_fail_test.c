@@ -1,0 +1,387 @@
+/* tests/http_server_fail_test.c — the HTTP server core on the paths a
+ * well-behaved client and a healthy machine never take: deferred answers
+ * met by a drain or by a client that went away, pipelined input with no
+ * memory left to hold it, and the other edges of gateway/http_server.c and
+ * gateway/http_response.c. The loop runs on the test's own thread, so the
+ * test calls the server's API (a route's deferred answer, a drain) between
+ * its turns; the client is a plain socket read without blocking from the
+ * loop's checks. Waits are deadlines for progress, never timings. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "alloc_fail.h"
+#include "loop_until.h"
+#include "gateway/http_server.h"
+#include "router/metrics.h"
+#include "router/net/addr.h"
+#include "router/net/loop.h"
+
+/* The longest any wait for progress may take before the test fails. */
+#define S_WAIT_MS 20000u
+
+/* ---------------------------------------------------------------- routes */
+
+/* The deferred request the test answers by hand, and whether its handler
+ * should make the next allocation fail (the server's, as it returns). */
+static gateway_http_pending_t *s_pending;
+static bool s_fail_after_defer;
+
+static void s_defer(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    (void) req;
+    (void) ud;
+    s_pending = gateway_http_res_defer(res);
+    assert_non_null(s_pending);
+    if (s_fail_after_defer)
+        alloc_fail_arm(0);
+}
+
+static void s_plain(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    (void) req;
+    (void) ud;
+    (void) gateway_http_respond(res, 200, "text/plain", "plain", 5);
+}
+
+/* ---------------------------------------------------------------- server */
+
+typedef struct {
+    router_loop_t *loop;
+    router_metrics_t *metrics;
+    gateway_http_t *gw;
+    uint16_t port;
+} s_srv_t;
+
+static void s_srv_start(s_srv_t *s, const gateway_http_opts_t *o)
+{
+    memset(s, 0, sizeof *s);
+    router_loop_opts_t lo = {.backend = ROUTER_LOOP_EPOLL};
+    s->loop = router_loop_new(&lo);
+    assert_non_null(s->loop);
+    s->metrics = router_metrics_new();
+    assert_non_null(s->metrics);
+    gateway_http_opts_t opts = o ? *o : (gateway_http_opts_t){0};
+    opts.metrics = s->metrics;
+    s->gw = gateway_http_new(s->loop, &opts);
+    assert_non_null(s->gw);
+    assert_int_equal(gateway_http_route(s->gw, "GET", "/defer", s_defer, NULL), 0);
+    assert_int_equal(gateway_http_route(s->gw, "GET", "/plain", s_plain, NULL), 0);
+    router_addr_t addr, bound;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
+    assert_int_equal(gateway_http_listen(s->gw, &addr, &bound), 0);
+    s->port = router_addr_port(&bound);
+    s_pending = NULL;
+    s_fail_after_defer = false;
+}
+
+static void s_srv_stop(s_srv_t *s)
+{
+    gateway_http_pending_end(&s_pending);
+    gateway_http_destroy(&s->gw);
+    router_loop_destroy(&s->loop);
+    router_metrics_destroy(&s->metrics);
+}
+
+/* The value of a metric series ("name" or "name{labels}"), -1 when absent. */
+static long long s_metric(s_srv_t *s, const char *series)
+{
+    static char text[256 * 1024];
+    long n = router_metrics_render(s->metrics, text, sizeof text);
+    assert_true(n > 0);
+    size_t len = strlen(series);
+    for (const char *at = text; (at = strstr(at, series)); at += len)
+        if ((at == text || at[-1] == '\n') && at[len] == ' ')
+            return atoll(at + len + 1);
+    return -1;
+}
+
+/* ---------------------------------------------------------------- client */
+
+typedef struct {
+    int fd;
+    bool eof;        /* the server closed (FIN or reset) */
+    size_t len;      /* octets in buf */
+    char buf[65536];
+} s_client_t;
+
+static s_client_t *s_connect(const s_srv_t *s)
+{
+    s_client_t *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(c->fd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(s->port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(c->fd, (struct sockaddr *) &sin, sizeof sin), 0);
+    return c;
+}
+
+/* Closes with a reset (SO_LINGER 0), as a client that crashed: the
+ * server hears of it even while it reads nothing from the connection. */
+static void s_client_reset(s_client_t **cp)
+{
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    assert_int_equal(setsockopt((*cp)->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    close((*cp)->fd);
+    (*cp)->fd = -1;
+    free(*cp);
+    *cp = NULL;
+}
+
+static void s_client_close(s_client_t **cp)
+{
+    if (*cp && (*cp)->fd >= 0)
+        close((*cp)->fd);
+    free(*cp);
+    *cp = NULL;
+}
+
+static void s_send(s_client_t *c, const char *text)
+{
+    size_t n = strlen(text);
+    assert_int_equal(send(c->fd, text, n, MSG_NOSIGNAL), (ssize_t) n);
+}
+
+/* Reads what has arrived, without waiting. */
+static void s_pump(s_client_t *c)
+{
+    while (!c->eof && c->len < sizeof c->buf - 1) {
+        ssize_t k = recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len, MSG_DONTWAIT);
+        if (k > 0) {
+            c->len += (size_t) k;
+            c->buf[c->len] = '\0';
+        } else if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            c->eof = true;
+        } else {
+            return;
+        }
+    }
+}
+
+/* Octets of the first complete response in c->buf, 0 while incomplete. */
+static size_t s_resp_len(const s_client_t *c)
+{
+    const char *end = strstr(c->buf, "\r\n\r\n");
+    if (!end)
+        return 0;
+    size_t head = (size_t) (end - c->buf) + 4;
+    size_t body = 0;
+    for (const char *l = c->buf; l && l < end; l = strstr(l, "\r\n"), l = l ? l + 2 : NULL)
+        if (!strncasecmp(l, "Content-Length:", 15))
+            body = (size_t) strtoull(l + 15, NULL, 10);
+    if (!strncmp(c->buf, "HTTP/1.1 1", 10)) /* an interim answer has no body */
+        body = 0;
+    return c->len >= head + body ? head + body : 0;
+}
+
+static bool s_until_resp(void *ud)
+{
+    s_client_t *c = ud;
+    s_pump(c);
+    return s_resp_len(c) > 0 || c->eof;
+}
+
+static bool s_until_eof(void *ud)
+{
+    s_client_t *c = ud;
+    s_pump(c);
+    return c->eof;
+}
+
+static bool s_until_pending(void *ud)
+{
+    (void) ud;
+    return s_pending != NULL;
+}
+
+/* Runs the loop until the first response is in; copies it (head and body,
+ * NUL-terminated) to out and consumes it. False when the server closed
+ * first. */
+static bool s_take_resp(s_srv_t *s, s_client_t *c, char *out, size_t cap)
+{
+    assert_true(test_loop_wait(s->loop, s_until_resp, c, 2, S_WAIT_MS));
+    size_t n = s_resp_len(c);
+    if (!n)
+        return false;
+    assert_true(n < cap);
+    memcpy(out, c->buf, n);
+    out[n] = '\0';
+    memmove(c->buf, c->buf + n, c->len - n + 1);
+    c->len -= n;
+    return true;
+}
+
+static void s_wait_pending(s_srv_t *s)
+{
+    assert_true(test_loop_wait(s->loop, s_until_pending, NULL, 2, S_WAIT_MS));
+}
+
+/* ---------------------------------------------------------------- drain */
+
+static void s_drained(void *ud)
+{
+    *(bool *) ud = true;
+}
+
+static bool s_until_drained(void *ud)
+{
+    return *(bool *) ud;
+}
+
+/* A request deferred before a drain began is answered after it: the
+ * answer says Connection: close and the connection closes, so the drain
+ * ends once it is written (the header promises it: "each request in
+ * progress (a deferred answer included) finishes with Connection: close").
+ * It used to go out keep-alive: the client was left idle on a connection
+ * that the drain's deadline then reset, and the drain waited for it. */
+static void test_deferred_answer_in_a_drain_closes(void **state)
+{
+    (void) state;
+    s_srv_t s;
+    s_srv_start(&s, NULL);
+    s_client_t *c = s_connect(&s);
+    s_send(c, "GET /defer HTTP/1.1\r\nHost: x\r\n\r\n");
+    s_wait_pending(&s);
+
+    bool drained = false;
+    gateway_http_drain(s.gw, s_drained, &drained, 0); /* no deadline: the answer must end it */
+    assert_false(drained);
+    assert_int_equal(gateway_http_respond(gateway_http_pending_res(s_pending), 200, "text/plain",
+                                          "late", 4), 0);
+    gateway_http_pending_end(&s_pending);
+
+    char r[4096];
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
+    assert_non_null(strstr(r, "\r\n\r\nlate"));
+    assert_true(test_loop_wait(s.loop, s_until_eof, c, 2, S_WAIT_MS));
+    assert_int_equal(c->len, 0);
+    assert_true(test_loop_wait(s.loop, s_until_drained, &drained, 2, S_WAIT_MS));
+    s_client_close(&c);
+    s_srv_stop(&s);
+}
+
+/* ---------------------------------------------------------------- the client went */
+
+static void s_stream_close(router_conn_t *conn, void *ud)
+{
+    (void) conn;
+    (void) ud;
+    fail_msg("a stream that never began was told it closed");
+}
+
+static bool s_until_closed(void *ud)
+{
+    return s_metric(ud, "kith_http_connections_open") == 0;
+}
+
+/* A deferred request whose client went away: a streamed answer, like a
+ * plain one, fails with EPIPE (the header says so) and ending the request
+ * frees it. It used to read the connection that was gone (a NULL
+ * dereference: the daemon died). */
+static void test_deferred_stream_after_the_client_went(void **state)
+{
+    (void) state;
+    s_srv_t s;
+    s_srv_start(&s, NULL);
+    s_client_t *c = s_connect(&s);
+    s_send(c, "GET /defer HTTP/1.1\r\nHost: x\r\n\r\n");
+    s_wait_pending(&s);
+    s_client_reset(&c);
+    assert_true(test_loop_wait(s.loop, s_until_closed, &s, 2, S_WAIT_MS));
+
+    static const gateway_http_stream_handlers_t h = {.on_close = s_stream_close};
+    gateway_http_res_t *res = gateway_http_pending_res(s_pending);
+    errno = 0;
+    assert_null(gateway_http_respond_stream(res, 200, "text/event-stream", &h, NULL));
+    assert_int_equal(errno, EPIPE);
+    errno = 0;
+    assert_int_equal(gateway_http_respond(res, 200, NULL, NULL, 0), -1);
+    assert_int_equal(errno, EALREADY);
+    gateway_http_pending_end(&s_pending);
+
+    /* Everyone else is still served. */
+    c = s_connect(&s);
+    s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+    char r[4096];
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    s_client_close(&c);
+    s_srv_stop(&s);
+}
+
+/* ---------------------------------------------------------------- pipelined input, no memory */
+
+/* Two requests in one read, the first deferred, and no memory to keep the
+ * second while the first waits: the first still gets its own answer, and
+ * the connection closes after it (the second was never read; RFC 9112
+ * §9.3.2 has the client send it again). It used to answer "500 out of
+ * memory" at once — which the client reads as the answer to the first
+ * request, whose real answer was then thrown away. */
+static void test_pipelined_input_without_memory_while_deferred(void **state)
+{
+    (void) state;
+    s_srv_t s;
+    s_srv_start(&s, NULL);
+    s_client_t *c = s_connect(&s);
+    s_fail_after_defer = true;
+    s_send(c, "GET /defer HTTP/1.1\r\nHost: x\r\n\r\n"
+              "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+    s_wait_pending(&s);
+    /* Both requests came in one read, so the failed allocation was the
+     * one that would have kept the second. */
+    assert_int_equal(alloc_fail_disarm(), 1);
+    s_fail_after_defer = false;
+
+    /* Nothing is said before the answer owed. */
+    for (int i = 0; i < 3; i++) {
+        s_pump(c);
+        assert_int_equal(c->len, 0);
+        assert_false(c->eof);
+        assert_true(test_loop_wait(s.loop, s_until_resp, c, 2, 20) == false);
+    }
+    assert_int_equal(gateway_http_respond(gateway_http_pending_res(s_pending), 200, "text/plain",
+                                          "first", 5), 0);
+    gateway_http_pending_end(&s_pending);
+
+    char r[4096];
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
+    assert_non_null(strstr(r, "\r\n\r\nfirst"));
+    assert_true(test_loop_wait(s.loop, s_until_eof, c, 2, S_WAIT_MS));
+    assert_int_equal(c->len, 0);
+    s_client_close(&c);
+
+    /* Everyone else is still served. */
+    c = s_connect(&s);
+    s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    s_client_close(&c);
+    s_srv_stop(&s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_deferred_answer_in_a_drain_closes),
+        cmocka_unit_test(test_deferred_stream_after_the_client_went),
+        cmocka_unit_test(test_pipelined_input_without_memory_while_deferred),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
