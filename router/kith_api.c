@@ -46,7 +46,17 @@ struct kith_node {
     char pubkey[PROTO_PUBKEY_TEXT_CAP];     /* "ed25519:…" */
     bool home;                              /* state kept in a home: persist trust */
     kith_node_t *prev, *next;               /* in net->nodes */
+    pthread_mutex_t held_mu;                /* guards held */
+    struct s_held *held;                    /* popped, not given out: oldest first */
 };
+
+/* An inbox entry popped (so forgotten by the inbox) whose message could
+ * not be made, out of memory: kept here and given out by the next recv,
+ * so an acked envelope is never lost to a passing shortage. */
+typedef struct s_held {
+    struct s_held *next;
+    router_inbox_entry_t e;
+} s_held_t;
 
 struct kith_msg {
     char *json;          /* {"id","from","kind"} */
@@ -125,6 +135,13 @@ kith_net_t *kith_net_new(void)
 static void s_node_free(kith_node_t *n)
 {
     router_node_destroy(&n->node);
+    while (n->held) {
+        s_held_t *h = n->held;
+        n->held = h->next;
+        router_inbox_entry_clear(&h->e);
+        free(h);
+    }
+    pthread_mutex_destroy(&n->held_mu);
     free(n);
 }
 
@@ -172,6 +189,7 @@ kith_node_t *kith_node_new(kith_net_t *net, const char *name, const char *home)
         s_fail("out of memory");
         return NULL;
     }
+    pthread_mutex_init(&n->held_mu, NULL);
     router_config_t cfg;
     router_config_defaults(&cfg);
     /* A library process runs many nodes: each verifies on its own loop
@@ -185,13 +203,12 @@ kith_node_t *kith_node_new(kith_net_t *net, const char *name, const char *home)
     };
     if (!(n->node = router_node_new(&o, err, sizeof err))) {
         s_fail("kith_node_new %s: %s", name, err);
-        free(n);
+        s_node_free(n);
         return NULL;
     }
     if (router_node_start(n->node) != 0) {
         s_fail("kith_node_new %s: cannot start its thread: %s", name, strerror(errno));
-        router_node_destroy(&n->node);
-        free(n);
+        s_node_free(n);
         return NULL;
     }
     n->net = net;
@@ -421,16 +438,17 @@ int kith_node_respond(kith_node_t *n, const kith_msg_t *request, const char *sta
 
 /* ---------------------------------------------------------------- receiving */
 
-/* {"id","from","kind"} of env into m->json. 0 or -1. */
+/* {"id","from","kind"} of env into m->json. 0; -1 when the kind has no
+ * JSON form (router_cbor_to_json); -2 when out of memory. */
 static int s_msg_json(kith_msg_t *m, const proto_envelope_t *env)
 {
     char id[PROTO_UUID_TEXT_CAP], from[PROTO_PUBKEY_TEXT_CAP];
     const unsigned char *buf;
     size_t len;
-    int rc = -1;
+    int rc = -2;
     yajl_gen g = yajl_gen_alloc(NULL);
     if (!g)
-        return -1;
+        return -2;
     proto_uuid_format(m->id, id);
     proto_pubkey_format(m->from, from, sizeof from);
     if (yajl_gen_map_open(g) != yajl_gen_status_ok ||
@@ -438,8 +456,14 @@ static int s_msg_json(kith_msg_t *m, const proto_envelope_t *env)
         yajl_gen_string(g, (const unsigned char *) id, strlen(id)) != yajl_gen_status_ok ||
         yajl_gen_string(g, (const unsigned char *) "from", 4) != yajl_gen_status_ok ||
         yajl_gen_string(g, (const unsigned char *) from, strlen(from)) != yajl_gen_status_ok ||
-        yajl_gen_string(g, (const unsigned char *) "kind", 4) != yajl_gen_status_ok ||
-        router_envelope_kind_to_json(g, env) != 0 || yajl_gen_map_close(g) != yajl_gen_status_ok ||
+        yajl_gen_string(g, (const unsigned char *) "kind", 4) != yajl_gen_status_ok)
+        goto done;
+    errno = 0; /* it fails alike for both: only an allocator sets ENOMEM */
+    if (router_envelope_kind_to_json(g, env) != 0) {
+        rc = errno == ENOMEM ? -2 : -1;
+        goto done;
+    }
+    if (yajl_gen_map_close(g) != yajl_gen_status_ok ||
         yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok)
         goto done;
     if (!(m->json = malloc(len + 1)))
@@ -452,43 +476,85 @@ done:
     return rc;
 }
 
+/* Keeps h (with the entry in it) for the next recv, in admission order. */
+static void s_hold(kith_node_t *n, s_held_t *h)
+{
+    pthread_mutex_lock(&n->held_mu);
+    s_held_t **at = &n->held;
+    while (*at && (*at)->e.seq < h->e.seq)
+        at = &(*at)->next;
+    h->next = *at;
+    *at = h;
+    pthread_mutex_unlock(&n->held_mu);
+}
+
 int kith_node_recv(kith_node_t *n, kith_msg_t **msg_p, int timeout_ms)
 {
     if (!n || !msg_p)
         return s_fail("kith_node_recv: node and msg_p are required");
     *msg_p = NULL;
-    router_inbox_entry_t e;
-    if (router_inbox_pop(router_node_inbox(n->node), &e, timeout_ms < 0 ? -1 : timeout_ms) != 0)
-        return s_fail("timeout");
+    /* Everything that can fail for want of memory is had before the pop,
+     * or can give the entry back (s_hold): a pop forgets it. */
+    s_held_t *h = NULL;
+    kith_msg_t *m = calloc(1, sizeof *m);
+    pthread_mutex_lock(&n->held_mu);
+    if (m && (h = n->held))
+        n->held = h->next;
+    pthread_mutex_unlock(&n->held_mu);
+    if (!m || (!h && !(h = calloc(1, sizeof *h)))) {
+        free(m);
+        return s_fail("kith_node_recv: out of memory");
+    }
+    errno = 0;
+    if (!h->e.frame &&
+        router_inbox_pop(router_node_inbox(n->node), &h->e, timeout_ms < 0 ? -1 : timeout_ms) != 0) {
+        free(h);
+        free(m);
+        /* The pop keeps the entry when it cannot make room to forget it. */
+        return errno == ENOMEM ? s_fail("kith_node_recv: out of memory") : s_fail("timeout");
+    }
     proto_envelope_t *env = NULL;
     proto_envelope_reason_t why;
-    kith_msg_t *m = NULL;
-    int rc = -1;
-    if (proto_envelope_decode(e.frame, e.frame_len, &env, &why) != 0) {
+    if (proto_envelope_decode(h->e.frame, h->e.frame_len, &env, &why) != 0) {
+        if (why == PROTO_ENV_NO_MEMORY)
+            goto hold;
         /* Only plain event listeners admit anything else, and library
          * nodes have none. */
-        s_fail("kith_node_recv: an inbox entry (%s) that is not an envelope: %s", e.kind,
+        s_fail("kith_node_recv: an inbox entry (%s) that is not an envelope: %s", h->e.kind,
                proto_envelope_reason_str(why));
-        goto done;
-    }
-    if (!(m = calloc(1, sizeof *m))) {
-        s_fail("out of memory");
-        goto done;
+        router_inbox_entry_clear(&h->e);
+        free(h);
+        free(m);
+        return -1;
     }
     memcpy(m->id, proto_envelope_id(env), 16);
     memcpy(m->from, proto_envelope_from(env), 32);
     m->kind = proto_envelope_kind(env);
-    if (s_msg_json(m, env) != 0) {
-        s_fail("kith_node_recv: the envelope has no JSON form, or out of memory");
+    int made = s_msg_json(m, env);
+    if (made == -2)
+        goto hold;
+    if (made != 0) {
+        /* Admitted from a program that is not a kith library (listen):
+         * a value JSON cannot carry. Given out once, as the error. */
+        char from[PROTO_PUBKEY_TEXT_CAP];
+        proto_pubkey_format(m->from, from, sizeof from);
+        s_fail("kith_node_recv: the %s from %s has no JSON form (WIRE §22)", h->e.kind, from);
+        proto_envelope_destroy(&env);
+        router_inbox_entry_clear(&h->e);
+        free(h);
         kith_msg_destroy(&m);
-        goto done;
+        return -1;
     }
-    *msg_p = m;
-    rc = 0;
-done:
     proto_envelope_destroy(&env);
-    router_inbox_entry_clear(&e);
-    return rc;
+    router_inbox_entry_clear(&h->e);
+    free(h);
+    *msg_p = m;
+    return 0;
+hold:
+    proto_envelope_destroy(&env);
+    s_hold(n, h);
+    kith_msg_destroy(&m);
+    return s_fail("kith_node_recv: out of memory (the envelope stays for the next recv)");
 }
 
 const char *kith_msg_json(const kith_msg_t *m)

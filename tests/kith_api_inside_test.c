@@ -227,6 +227,49 @@ static void test_trust_keeps_other_rows_profile(void **state)
     s_tmp_remove();
 }
 
+/* ---------------------------------------------------------------- recv out of memory */
+
+/* Out of memory at each allocation of kith_node_recv in turn: the call
+ * fails with a reason, and the acked message is still there for the next
+ * recv — a pop forgets what it took, so a message made after it must not
+ * be the only copy. */
+static void test_recv_out_of_memory_loses_nothing(void **state)
+{
+    (void) state;
+    kith_net_t *net = kith_net_new();
+    assert_non_null(net);
+    kith_node_t *a = s_node(net, "a", NULL), *b = s_node(net, "b", NULL);
+    assert_int_equal(kith_node_trust(a, b), 0);
+    bool done = false;
+    for (long skip = 0; skip < ALLOC_FAIL_RUNS_MAX && !done; skip++) {
+        char body[32];
+        snprintf(body, sizeof body, "m-%ld", skip);
+        assert_int_equal(kith_node_send(a, "b", body, S_WAIT_MS), KITH_ACKED);
+        kith_msg_t *m = NULL;
+        alloc_fail_arm(skip);
+        int rc = kith_node_recv(b, &m, S_WAIT_MS);
+        unsigned failed = alloc_fail_disarm();
+        if (rc != 0) {
+            assert_true(failed > 0);
+            assert_null(m);
+            if (!strstr(kith_last_error(), "out of memory"))
+                fprintf(stderr, "skip %ld: %s\n", skip, kith_last_error());
+            assert_non_null(strstr(kith_last_error(), "out of memory"));
+            rc = kith_node_recv(b, &m, S_WAIT_MS); /* the same one, whole */
+            if (rc != 0)
+                fprintf(stderr, "skip %ld: %s\n", skip, kith_last_error());
+            assert_int_equal(rc, 0);
+        }
+        done = failed == 0;
+        assert_non_null(strstr(kith_msg_json(m), body));
+        kith_msg_destroy(&m);
+        assert_int_equal(kith_node_recv(b, &m, 0), -1);
+        assert_string_equal(kith_last_error(), "timeout");
+    }
+    assert_true(done);
+    kith_net_destroy(&net);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -235,6 +278,7 @@ int main(void)
         cmocka_unit_test(test_trust_undone_when_second_write_fails),
         cmocka_unit_test(test_trust_all_or_nothing_out_of_memory),
         cmocka_unit_test(test_trust_keeps_other_rows_profile),
+        cmocka_unit_test(test_recv_out_of_memory_loses_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
