@@ -8,6 +8,7 @@
 #include <sys/uio.h>
 
 #include "gateway/http_internal.h"
+#include "proto/utf8.h"
 #include "router/log.h"
 
 /* Room for a response head: the fixed fields plus what handlers add. */
@@ -377,7 +378,21 @@ int gateway_http_respond_json(gateway_http_res_t *res, int status, const char *j
     return gateway_http_respond(res, status, "application/json", json, json ? strlen(json) : 0);
 }
 
-/* Appends `s` as a JSON string (quotes included) to out[*len..cap). */
+/* Octets of the well-formed UTF-8 code point starting at s (lead octet
+ * 0x80 or above), 0 when it is not one. */
+static size_t s_utf8_point(const char *s)
+{
+    unsigned char c = (unsigned char) *s;
+    size_t k = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+    if (strnlen(s, k) < k || !proto_utf8_valid((const uint8_t *) s, k))
+        return 0;
+    return k;
+}
+
+/* Appends `s` as a JSON string (quotes included) to out[*len..cap). Texts
+ * may carry a client's octets cut at a length (an unknown member's name,
+ * say): what is not well-formed UTF-8 becomes U+FFFD, so the body stays
+ * JSON (RFC 8259 §8.1) for every client's parser. */
 static int s_json_string(char *out, size_t cap, size_t *len, const char *s)
 {
     static const char hex[] = "0123456789abcdef";
@@ -396,6 +411,12 @@ static int s_json_string(char *out, size_t cap, size_t *len, const char *s)
             memcpy(esc, "\\u00", 4);
             esc[4] = hex[c >> 4];
             esc[5] = hex[c & 15];
+            k = 6;
+        } else if (c >= 0x80 && (k = s_utf8_point(s)) > 0) {
+            memcpy(esc, s, k);
+            s += k - 1;
+        } else if (c >= 0x80) {
+            memcpy(esc, "\\ufffd", 6);
             k = 6;
         } else {
             esc[k++] = (char) c;

@@ -25,6 +25,7 @@
 #include "alloc_fail.h"
 #include "loop_until.h"
 #include "gateway/http_server.h"
+#include "proto/utf8.h"
 #include "router/metrics.h"
 #include "router/net/addr.h"
 #include "router/net/loop.h"
@@ -56,6 +57,19 @@ static void s_plain(const gateway_http_req_t *req, gateway_http_res_t *res, void
     (void) gateway_http_respond(res, 200, "text/plain", "plain", 5);
 }
 
+/* An error whose text carries octets that are not UTF-8, as a route's
+ * text does when it quotes a client's member name cut at 40 octets
+ * (gateway/ingress_body.c): a code point cut in two, a lone continuation
+ * octet, an overlong form, a surrogate, around well-formed ones. */
+static void s_cut_error(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    (void) req;
+    (void) ud;
+    (void) gateway_http_respond_error(res, 400, "invalid_body",
+                                      "unknown member \"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"
+                                      " \x80 \xc0\xaf \xed\xa0\x80 \xe2\x82\"");
+}
+
 /* ---------------------------------------------------------------- server */
 
 typedef struct {
@@ -79,6 +93,7 @@ static void s_srv_start(s_srv_t *s, const gateway_http_opts_t *o)
     assert_non_null(s->gw);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/defer", s_defer, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/plain", s_plain, NULL), 0);
+    assert_int_equal(gateway_http_route(s->gw, "GET", "/cut-error", s_cut_error, NULL), 0);
     router_addr_t addr, bound;
     assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
     assert_int_equal(gateway_http_listen(s->gw, &addr, &bound), 0);
@@ -376,12 +391,38 @@ static void test_pipelined_input_without_memory_while_deferred(void **state)
     s_srv_stop(&s);
 }
 
+/* ---------------------------------------------------------------- error bodies */
+
+/* An error body is JSON whatever its text holds: octets that are not
+ * well-formed UTF-8 are sent as U+FFFD, well-formed ones as they are. They
+ * used to go out raw, and a client's JSON parser refused the body (Python:
+ * UnicodeDecodeError), so it never learnt why it was refused. */
+static void test_error_text_not_utf8(void **state)
+{
+    (void) state;
+    s_srv_t s;
+    s_srv_start(&s, NULL);
+    s_client_t *c = s_connect(&s);
+    s_send(c, "GET /cut-error HTTP/1.1\r\nHost: x\r\n\r\n");
+    char r[4096];
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 400 Bad Request\r\n"));
+    const char *body = strstr(r, "\r\n\r\n") + 4;
+    assert_true(proto_utf8_valid((const uint8_t *) body, strlen(body)));
+    assert_string_equal(body, "{\"error\":\"unknown member \\\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"
+                              " \\ufffd \\ufffd\\ufffd \\ufffd\\ufffd\\ufffd \\ufffd\\ufffd\\\"\","
+                              "\"code\":\"invalid_body\"}");
+    s_client_close(&c);
+    s_srv_stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deferred_answer_in_a_drain_closes),
         cmocka_unit_test(test_deferred_stream_after_the_client_went),
         cmocka_unit_test(test_pipelined_input_without_memory_while_deferred),
+        cmocka_unit_test(test_error_text_not_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
