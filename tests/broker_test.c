@@ -882,6 +882,22 @@ static int s_read_srcfd(zsock_t *s, zframe_t **id)
     return fd;
 }
 
+/* Waits (the loop not running) until the ROUTER s no longer routes to id:
+ * its connection is closed and its descriptor number free. */
+static void s_until_unroutable(zsock_t *s, zframe_t *id)
+{
+    void *h = zsock_resolve(s);
+    for (int i = 0; i < 4000; i++) {
+        if (zmq_send(h, zframe_data(id), zframe_size(id), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+            assert_int_equal(zmq_errno(), EHOSTUNREACH);
+            return;
+        }
+        assert_int_equal(zmq_send(h, "x", 1, 0), 1);
+        zclock_sleep(5);
+    }
+    fail_msg("still routed to after 20 s");
+}
+
 typedef struct {
     router_worker_conns_t *c;
     uint64_t sum;
@@ -929,22 +945,22 @@ static void test_listen_ready_on_reused_descriptor(void **state)
     /* a goes, the loop not running: its number is free once ZeroMQ no
      * longer routes to it. */
     zsock_destroy(&a);
-    bool gone = false;
-    for (int i = 0; i < 4000 && !gone; i++) {
-        void *h = zsock_resolve(s);
-        if (zmq_send(h, zframe_data(ida), zframe_size(ida), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-            assert_int_equal(zmq_errno(), EHOSTUNREACH);
-            gone = true;
-        } else {
-            assert_int_equal(zmq_send(h, "x", 1, 0), 1);
-            zclock_sleep(5);
+    s_until_unroutable(s, ida);
+    /* The next connection mostly gets a's number; when something else
+     * took it first, that one goes too and another comes. */
+    zsock_t *b = NULL;
+    int fdb = -1;
+    for (int i = 0; i < 50 && fdb != fda; i++) {
+        if (b) {
+            zsock_destroy(&b);
+            s_until_unroutable(s, idb);
+            zframe_destroy(&idb);
         }
+        b = zsock_new_dealer(ep);
+        assert_non_null(b);
+        zstr_send(b, "READY");
+        fdb = s_read_srcfd(s, &idb);
     }
-    assert_true(gone);
-    zsock_t *b = zsock_new_dealer(ep);
-    assert_non_null(b);
-    zstr_send(b, "READY");
-    int fdb = s_read_srcfd(s, &idb);
     assert_int_equal(fdb, fda);
     uint64_t serial = router_worker_conns_ready(c, fdb);
     assert_true(serial > 0);
@@ -1328,6 +1344,85 @@ static bool s_late_300(void *ud)
     return st.late_replies >= 300;
 }
 
+/* A request whose loss makes another (the router starts the session's
+ * next turn when one ends). */
+typedef struct {
+    router_broker_t *b;
+    reply_t mine, next;
+    int64_t hnext;
+} chain_t;
+
+static void s_on_reply_then_request(int kind, const uint8_t *body, size_t len, void *ud)
+{
+    chain_t *c = ud;
+    s_on_reply(kind, body, len, &c->mine);
+    if (kind == -1)
+        c->hnext = router_broker_request(c->b, "kith.test", (const uint8_t *) "next", 4,
+                                         s_on_reply, &c->next);
+}
+
+/* A raw DEALER worker named `id` that says READY. */
+static zsock_t *s_raw_named(const char *ep, const char *id)
+{
+    zsock_t *raw = zsock_new(ZMQ_DEALER);
+    assert_non_null(raw);
+    zsock_set_identity(raw, id);
+    assert_int_equal(zsock_connect(raw, "%s", ep), 0);
+    s_raw_ready(raw);
+    return raw;
+}
+
+/* Two workers of a host that died, one holding a request, one idle, both
+ * silent past their span: the request lost makes the next (as the router's
+ * callback does), and that one must wait for a live worker, not go to the
+ * idle one, already silent past its span too. Before, it went to whichever
+ * was idle when the heartbeat's pass had not reached it yet, and was lost
+ * with it. The pass takes workers in the hash's order, so both orders are
+ * run (the names swap). */
+static void test_no_request_to_a_worker_past_its_span(void **state)
+{
+    (void) state;
+    const char *names[2] = {"worker-x", "worker-y"};
+    for (int round = 0; round < 2; round++) {
+        runner_t r = {0};
+        char ep[64];
+        s_hb = 200;
+        s_live = 3;
+        s_setup(&r, NULL, NULL, 0, ep, sizeof ep);
+        s_hb = 100;
+        s_live = 30;
+        zsock_t *holder = s_raw_named(ep, names[round]);
+        s_run(&r, s_workers_1, r.b);
+        chain_t ch = {.b = r.b, .hnext = 0};
+        assert_true(router_broker_request(r.b, "kith.test", (const uint8_t *) "first", 5,
+                                          s_on_reply_then_request, &ch) > 0);
+        s_run(&r, s_dispatched, r.b);
+        zsock_t *idle = s_raw_named(ep, names[1 - round]);
+        s_run(&r, s_workers_2, r.b);
+        /* The holder's silence starts after the idle one's. */
+        s_raw_send(holder, "MDPW02", 0x05, 0, NULL);
+        all_t first = {&ch.mine, 1};
+        s_run(&r, s_all_done, &first);
+        assert_int_equal(ch.mine.lost, 1);
+        s_run(&r, s_workers_0, r.b);
+        assert_true(ch.hnext > 0);
+        assert_int_equal(ch.next.lost, 0);
+        assert_true(router_broker_queued(r.b, ch.hnext));
+        echo_t *w = s_echo_start(ep, NULL, NULL);
+        all_t next = {&ch.next, 1};
+        s_run(&r, s_all_done, &next);
+        assert_string_equal(ch.next.last, "f:next");
+        router_broker_stats_t st;
+        router_broker_stats(r.b, &st);
+        assert_int_equal(st.expired, 2);
+        assert_int_equal(st.lost, 1);
+        s_echo_stop(&w);
+        zsock_destroy(&holder);
+        zsock_destroy(&idle);
+        s_teardown(&r);
+    }
+}
+
 /* A flood of worker messages is read in batches, the loop taking turns
  * between them, and every message is handled in the end. */
 static void test_flood_in_batches(void **state)
@@ -1479,6 +1574,7 @@ int main(void)
         cmocka_unit_test(test_full_worker_keeps_request),
         cmocka_unit_test(test_cancel_held_and_queued),
         cmocka_unit_test(test_request_and_ready_without_memory),
+        cmocka_unit_test(test_no_request_to_a_worker_past_its_span),
         cmocka_unit_test(test_flood_in_batches),
         cmocka_unit_test(test_new_refusals),
         cmocka_unit_test(test_service_names_flood),

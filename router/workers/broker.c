@@ -295,11 +295,31 @@ static void s_worker_delete(router_broker_t *b, s_worker_t *w, bool say_disconne
         s_req_lost(b, r);
 }
 
-/* Hands queued requests of `s` to its idle workers, oldest to longest idle. */
+/* Forgets a worker silent past its span, as s_beat does. */
+static void s_worker_expire(router_broker_t *b, s_worker_t *w)
+{
+    b->st.expired++;
+    router_metric_inc(b->m_expired, 1);
+    ROUTER_LOG(ROUTER_LOG_WARN, MOD, "%s: worker silent for %llu ms, declared dead%s",
+               w->svc->name, (unsigned long long) b->expiry_span_ms,
+               w->req ? " (its request fails)" : "");
+    s_worker_delete(b, w, true);
+}
+
+/* Hands queued requests of `s` to its idle workers, oldest to longest idle.
+ * An idle worker silent past its span is dead, only not yet forgotten
+ * (s_beat looks once a heartbeat, and a request lost in its pass makes
+ * the router send the next at once): it is forgotten here instead of
+ * taking, and losing, the request. */
 static void s_dispatch(router_broker_t *b, s_service_t *s)
 {
+    uint64_t now = router_loop_now_ms(b->loop);
     while (s->q_head && s->idle_head) {
         s_worker_t *w = s->idle_head;
+        if (now > w->expiry_ms) {
+            s_worker_expire(b, w); /* idle: no request, no callback */
+            continue;
+        }
         s_req_t *r = s->q_head;
         uint8_t addr[8];
         s_addr(r->h, addr);
@@ -588,12 +608,7 @@ static void s_beat(router_loop_t *loop, uint64_t id, void *ud)
         if (!w)
             continue; /* deleted by a callback of an earlier expiry */
         if (now > w->expiry_ms) {
-            b->st.expired++;
-            router_metric_inc(b->m_expired, 1);
-            ROUTER_LOG(ROUTER_LOG_WARN, MOD, "%s: worker silent for %llu ms, declared dead%s",
-                       w->svc->name, (unsigned long long) b->expiry_span_ms,
-                       w->req ? " (its request fails)" : "");
-            s_worker_delete(b, w, true);
+            s_worker_expire(b, w);
         } else if (s_send(b, w, ROUTER_MDP_HEARTBEAT, NULL, NULL, 0) != 0 &&
                    zmq_errno() == EHOSTUNREACH) {
             s_worker_delete(b, w, false);
