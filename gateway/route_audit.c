@@ -148,7 +148,11 @@ static void s_answer(gateway_http_res_t *res, const proto_audit_msg_t *m)
         (void) gateway_http_respond_json(res, 200, body);
         free(body);
     } else if (m->kind == PROTO_AUDIT_VERIFIED) {
-        char body[128 + 6 * PROTO_AUDIT_REASON_MAX], *w = body;
+        /* The longest answer: {"ok":false (11), then "records", "first_bad",
+         * "files" and "first_seq" with 20 digits each (31 + 33 + 29 + 33),
+         * ,"reason": (10) with a reason of control bytes, each \u00XX (6),
+         * quoted (2), "}" and the NUL (2): 151 + 6 * PROTO_AUDIT_REASON_MAX. */
+        char body[160 + 6 * PROTO_AUDIT_REASON_MAX], *w = body;
         w += sprintf(w, "{\"ok\":%s,\"records\":%llu", m->ok ? "true" : "false",
                      (unsigned long long) m->checked);
         if (m->has_first_bad)
@@ -190,9 +194,10 @@ static void s_on_answer(router_loop_t *loop, uint64_t id, void *ud)
     }
 }
 
-/* The broker may call this inside router_broker_request (a fast worker's
- * reply drained right after the send), so the reply is kept and answered
- * from a timer, when s_ask is surely done with w. */
+/* The reply is kept and answered from a timer, off the broker's drain;
+ * with no timer to be had it is answered at once (the broker never calls
+ * this inside router_broker_request, so s_ask is done with w): with its
+ * timeout cancelled, or never armed, nothing else would answer it. */
 static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
 {
     s_waiter_t *w = ud;
@@ -208,7 +213,8 @@ static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
     }
     if (w->timer)
         (void) router_loop_timer_cancel(w->owner->loop, w->timer);
-    w->timer = router_loop_timer_add(w->owner->loop, 0, s_on_answer, w);
+    if (!(w->timer = router_loop_timer_add(w->owner->loop, 0, s_on_answer, w)))
+        s_on_answer(w->owner->loop, 0, w);
 }
 
 /* Sends `req` to the worker and defers the answer. */

@@ -3,8 +3,9 @@
  * stand-in worker holds each request until the test lets it go, so the
  * test sees exactly what reached it. Verifies asked while one is at the
  * worker share its answer (one request), queries past
- * GATEWAY_AUDIT_QUERIES_MAX are answered 503 at once, and the worker's
- * `partial` reaches the client. */
+ * GATEWAY_AUDIT_QUERIES_MAX are answered 503 at once, the worker's
+ * `partial` reaches the client, its longest audit-verified fits, and an
+ * answer comes with the loop's timers all taken. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -46,6 +47,7 @@ typedef struct {
     atomic_int release;  /* requests it may answer */
     atomic_bool stop;
     atomic_int verifies, queries;
+    atomic_bool longest; /* a verify is answered with the longest audit-verified */
 } fake_t;
 
 static void *s_fake_main(void *ud)
@@ -73,7 +75,18 @@ static void *s_fake_main(void *ud)
             usleep(1000);
         proto_audit_text_t rec = {"{\"seq\":1}", 9};
         proto_audit_msg_t m = {.kind = PROTO_AUDIT_ERROR, .code = "bad_request", .code_len = 11};
-        if (decoded == 0 && req.kind == PROTO_AUDIT_VERIFY) {
+        char reason[PROTO_AUDIT_REASON_MAX];
+        memset(reason, 0x01, sizeof reason);
+        if (decoded == 0 && req.kind == PROTO_AUDIT_VERIFY && atomic_load(&k->longest)) {
+            /* Every member there, every number 20 digits, and a reason of
+             * control bytes (each 6 in JSON): what the decoder lets through. */
+            atomic_fetch_add(&k->verifies, 1);
+            m = (proto_audit_msg_t){.kind = PROTO_AUDIT_VERIFIED, .checked = UINT64_MAX,
+                                    .has_first_bad = true, .first_bad = UINT64_MAX,
+                                    .files = UINT64_MAX, .has_first_seq = true,
+                                    .first_seq = UINT64_MAX, .reason = reason,
+                                    .reason_len = sizeof reason};
+        } else if (decoded == 0 && req.kind == PROTO_AUDIT_VERIFY) {
             atomic_fetch_add(&k->verifies, 1);
             m = (proto_audit_msg_t){.kind = PROTO_AUDIT_VERIFIED, .ok = true, .checked = (uint64_t) n,
                                     .files = 1, .has_first_seq = true, .first_seq = 1};
@@ -97,6 +110,7 @@ static void *s_fake_main(void *ud)
 /* ------------------------------------------------------------ the fixture */
 
 static int s_n;
+static unsigned s_max_timers; /* the loop's max_timers, 0: the default */
 
 typedef struct {
     char ep[64];
@@ -115,7 +129,8 @@ static int s_setup(void **state)
     fix_t *f = calloc(1, sizeof *f);
     snprintf(f->ep, sizeof f->ep, "inproc://route-audit-test-%d", ++s_n);
     char err[256] = "";
-    if (!f || !(f->loop = router_loop_new(NULL)))
+    router_loop_opts_t lo = {.max_timers = s_max_timers};
+    if (!f || !(f->loop = router_loop_new(&lo)))
         return -1;
     router_broker_opts_t bo = {.loop = f->loop, .endpoint = f->ep, .heartbeat_ms = 100,
                                .liveness = 50};
@@ -235,6 +250,12 @@ static bool s_reached(void *ud)
 
 /* ------------------------------------------------------------ tests */
 
+static void s_never(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id, (void) ud;
+    fail_msg("a filler timer fired");
+}
+
 static void test_verifies_share_one(void **state)
 {
     fix_t *f = *state;
@@ -325,11 +346,113 @@ static void test_queries_bounded(void **state)
     assert_int_equal(atomic_load(&f->fake.queries), GATEWAY_AUDIT_QUERIES_MAX + 1);
 }
 
+/* The longest answer the worker's audit-verified can make fits the
+ * route's buffer (it overflowed the stack by 23 bytes: ASan). */
+static void test_verified_longest(void **state)
+{
+    fix_t *f = *state;
+    atomic_store(&f->fake.longest, true);
+    atomic_store(&f->fake.release, 100);
+    client_t c;
+    s_get(f, &c, "/api/audit/verify");
+    s_run(f, s_all_answered, &(clients_t){&c, 1});
+    close(c.fd);
+    assert_non_null(strstr(c.buf, "HTTP/1.1 200 "));
+    char want[256 + 6 * PROTO_AUDIT_REASON_MAX], *w = want;
+    w += sprintf(w, "{\"ok\":false,\"records\":%llu,\"first_bad\":%llu,\"files\":%llu,"
+                    "\"first_seq\":%llu,\"reason\":\"",
+                 (unsigned long long) UINT64_MAX, (unsigned long long) UINT64_MAX,
+                 (unsigned long long) UINT64_MAX, (unsigned long long) UINT64_MAX);
+    for (unsigned i = 0; i < PROTO_AUDIT_REASON_MAX; i++)
+        w += sprintf(w, "\\u0001");
+    strcpy(w, "\"}");
+    assert_string_equal(s_body(&c), want);
+}
+
+static int s_setup_few_timers(void **state)
+{
+    s_max_timers = 64;
+    int rc = s_setup(state);
+    s_max_timers = 0;
+    return rc;
+}
+
+/* Takes every timer slot the loop has left but `spare`; returns how many
+ * it took, into ids. */
+static unsigned s_timers_fill(fix_t *f, uint64_t *ids, unsigned cap, unsigned spare)
+{
+    unsigned n = 0;
+    while (n < cap && (ids[n] = router_loop_timer_add(f->loop, 3600000, s_never, NULL)))
+        n++;
+    assert_true(n < cap); /* all taken */
+    for (unsigned i = 0; i < spare && n > 0; i++)
+        assert_int_equal(router_loop_timer_cancel(f->loop, ids[--n]), 0);
+    return n;
+}
+
+typedef struct {
+    fix_t *f;
+    client_t *c;
+    int got;
+} held_t;
+
+/* The client was answered (or cut), or the worker holds its request. */
+static bool s_answered_or_held(void *ud)
+{
+    held_t *h = ud;
+    return s_answered(h->c) || atomic_load(&h->f->fake.got) > h->got;
+}
+
+/* With the loop's timers all taken, an answer still comes. The timeout
+ * could not be armed (the route logs that it waits for the worker), then
+ * the worker's reply was kept for a timer that could not be had either,
+ * and the client waited for ever. Each round leaves one more timer free
+ * when the request comes, so the shortage falls on each timer it needs in
+ * turn (the connection's, the timeout); when the worker answers, none is
+ * free but the test's own loop_until check's. */
+static void test_no_timer_still_answers(void **state)
+{
+    fix_t *f = *state;
+    enum { FILL = 64 };
+    unsigned reached = 0; /* rounds whose request reached the worker */
+    for (unsigned spare = 1; spare <= 6; spare++) {
+        uint64_t ids[2 * FILL];
+        int got = atomic_load(&f->fake.got);
+        unsigned n = s_timers_fill(f, ids, FILL, spare); /* + 1 for loop_until */
+        client_t c;
+        s_get(f, &c, spare % 2 ? "/api/audit/verify" : "/api/audit?limit=1");
+        s_run(f, s_answered_or_held, &(held_t){f, &c, got});
+        bool held = atomic_load(&f->fake.got) > got;
+        if (held) { /* now no timer is left */
+            n += s_timers_fill(f, ids + n, FILL, 1);
+            atomic_store(&f->fake.release, got + 1);
+        }
+        s_run(f, s_all_answered, &(clients_t){&c, 1});
+        close(c.fd);
+        /* The worker's answer; or, with no timer even to bound the
+         * connection's close, the connection cut (the loop's rule), but
+         * the route has answered and let the request go. Cut at once, never
+         * reaching the route, when its connection had no timer. */
+        if (c.len)
+            assert_non_null(strstr(c.buf, "HTTP/1.1 200 "));
+        assert_true(held || c.len == 0);
+        assert_int_equal(gateway_route_audit_waiting(f->audit), 0);
+        reached += held;
+        while (n > 0)
+            assert_int_equal(router_loop_timer_cancel(f->loop, ids[--n]), 0);
+    }
+    assert_true(reached > 0);
+    assert_int_equal(gateway_route_audit_waiting(f->audit), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_verifies_share_one, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_queries_bounded, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_verified_longest, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_no_timer_still_answers, s_setup_few_timers,
+                                        s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
