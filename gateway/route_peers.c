@@ -249,6 +249,17 @@ static void s_edit_start(gateway_route_peers_t *self, s_edit_t *e, gateway_http_
     s_edit_free(e);
 }
 
+/* An edit needs the file: a node without a home has none (router_trust_edit
+ * would make one under the working directory, named from a NULL). */
+static bool s_home_ok(gateway_route_peers_t *self, gateway_http_res_t *res)
+{
+    if (router_node_home(self->node))
+        return true;
+    (void) gateway_http_respond_error(res, 503, "unavailable",
+                                      "this node keeps no trusted_peers.json to edit");
+    return false;
+}
+
 /* ---------------------------------------------------------------- POST */
 
 static void s_add(gateway_route_peers_t *self, const gateway_http_req_t *req,
@@ -281,6 +292,8 @@ static void s_one(const gateway_http_req_t *req, gateway_http_res_t *res, void *
 {
     gateway_route_peers_t *self = ud;
     if (gateway_auth_require(self->auth, req, res) != 0)
+        return;
+    if (!s_home_ok(self, res))
         return;
     static const char prefix[] = "/api/peers/";
     const char *which = req->path.ptr + sizeof prefix - 1;
@@ -315,11 +328,8 @@ static void s_collection(const gateway_http_req_t *req, gateway_http_res_t *res,
     }
     if (gateway_auth_require(self->auth, req, res) != 0)
         return;
-    if (!router_node_home(self->node)) {
-        (void) gateway_http_respond_error(res, 503, "unavailable",
-                                          "this node keeps no trusted_peers.json to edit");
+    if (!s_home_ok(self, res))
         return;
-    }
     s_add(self, req, res);
 }
 

@@ -45,6 +45,8 @@ typedef struct {
     uint16_t port;
 } fix_t;
 
+static bool s_no_home; /* the node keeps nothing on disk */
+
 static int s_setup(void **state)
 {
     fix_t *f = calloc(1, sizeof *f);
@@ -53,7 +55,10 @@ static int s_setup(void **state)
     snprintf(f->home, sizeof f->home, "/tmp/kith-route-peers-XXXXXX");
     char err[256] = "";
     router_node_opts_t o = {.home = f->home, .memory_inbox = true};
-    if (!mkdtemp(f->home) || !(f->node = router_node_new(&o, err, sizeof err))) {
+    bool made = mkdtemp(f->home) != NULL;
+    if (s_no_home)
+        o.home = NULL;
+    if (!made || !(f->node = router_node_new(&o, err, sizeof err))) {
         fprintf(stderr, "setup: %s\n", err);
         return -1;
     }
@@ -222,6 +227,40 @@ static void test_answer_survives_a_full_post_queue(void **state)
     assert_null(router_trust_by_pubkey(router_node_trust_view(f->node), pk));
 }
 
+static int s_setup_no_home(void **state)
+{
+    s_no_home = true;
+    int rc = s_setup(state);
+    s_no_home = false;
+    return rc;
+}
+
+/* A node with no home has no trusted_peers.json: a DELETE is refused like
+ * a POST (503), not run as an edit of "(null)/trusted_peers.json" under
+ * the daemon's working directory (it made that directory and answered
+ * 404, as if the store had been looked at). */
+static void test_no_home_refuses_edits(void **state)
+{
+    fix_t *f = *state;
+    char cwd[4096];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir(f->home), 0); /* where a "(null)" would appear */
+    const char *methods[] = {"DELETE", "POST"};
+    const char *paths[] = {"/api/peers/alice", "/api/peers"};
+    for (int i = 0; i < 2; i++) {
+        client_t c;
+        s_send(f, &c, methods[i], paths[i], "{}");
+        test_loop_until(f->loop, s_answered, &c, 2, 60000);
+        close(c.fd);
+        assert_non_null(strstr(c.buf, "HTTP/1.1 503 "));
+        assert_non_null(strstr(c.buf, "\"code\":\"unavailable\""));
+        assert_non_null(strstr(c.buf, "no trusted_peers.json"));
+    }
+    assert_int_equal(access("(null)", F_OK), -1);
+    assert_int_equal(chdir(cwd), 0);
+    assert_int_equal(s_writers(f), 0);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -229,6 +268,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_answer_survives_a_full_post_queue, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_no_home_refuses_edits, s_setup_no_home, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
