@@ -7,7 +7,9 @@
  * an accept callback that sets no handlers, and address parsing; and the
  * failures midway: a peer that resets mid-frame or after our FIN, out of
  * memory inside a frame's send or for input parked past its turn, no timer
- * slot for a close or a deadline, an abort while input waits its turn.
+ * slot for a close or a deadline, an abort while input waits its turn;
+ * and buffers shared by many send queues (counted once in the loop's
+ * unsent total, partial sends, freed with the last holder, no memory).
  *
  * Every test that touches a backend is registered twice, once per backend
  * (names end in @uring / @epoll); the backend is the test's initial state,
@@ -45,6 +47,7 @@
 #include "router/net/listen.h"
 #include "router/net/loop.h"
 #include "router/net/loop_mem.h"
+#include "router/net/shared_buf.h"
 
 #define HANG_GUARD_MS 60000
 #define MAX_CLIENTS 8
@@ -2546,6 +2549,400 @@ static void test_abort_while_parked(void **state)
     s_done(&ctx);
 }
 
+/* ------------------------------------------------------------ shared buffers */
+
+/* One buffer in many send queues (router_conn_send_shared): counted once
+ * in the loop's unsent total while any queue holds it, in full in each
+ * connection's own count. The peer of a memory loop keeps what each
+ * connection wrote, to check it byte for byte. */
+#define SHARED_CONNS 3
+
+typedef struct {
+    router_conn_t *c[SHARED_CONNS];     /* the connections */
+    uint8_t *out[SHARED_CONNS];         /* what each wrote */
+    size_t out_len[SHARED_CONNS];       /* ...how much */
+    size_t out_cap;                     /* each out's allocation */
+    unsigned closed[SHARED_CONNS];      /* on_close calls */
+    router_close_reason_t reason[SHARED_CONNS]; /* ...the last reason */
+} s_fan_t;
+
+static int s_fan_index(const s_fan_t *f, const router_conn_t *c)
+{
+    for (int i = 0; i < SHARED_CONNS; i++)
+        if (f->c[i] == c)
+            return i;
+    return -1;
+}
+
+static void s_fan_output(router_conn_t *c, const uint8_t *d, size_t n, void *ud)
+{
+    s_fan_t *f = ud;
+    int i = s_fan_index(f, c);
+    if (i < 0 || n > f->out_cap - f->out_len[i])
+        return; /* caught by the length checks */
+    memcpy(f->out[i] + f->out_len[i], d, n);
+    f->out_len[i] += n;
+}
+
+static void s_fan_close(router_conn_t *c, router_close_reason_t r, void *ud)
+{
+    s_fan_t *f = ud;
+    int i = s_fan_index(f, c);
+    if (i < 0)
+        return;
+    f->closed[i]++;
+    f->reason[i] = r;
+}
+
+static const router_conn_handlers_t s_fan_handlers = {.on_data = s_share_data,
+                                                      .on_close = s_fan_close};
+
+static router_shared_buf_t *s_shared_pattern(size_t len, unsigned seed)
+{
+    router_shared_buf_t *sb = router_shared_buf_new(len);
+    assert_non_null(sb);
+    uint8_t *p = router_shared_buf_data(sb);
+    for (size_t i = 0; i < len; i++)
+        p[i] = (uint8_t) (i * 13 + i / 509 + seed);
+    return sb;
+}
+
+static router_loop_t *s_fan_loop(s_fan_t *f, size_t limit, size_t total_limit, size_t window)
+{
+    router_loop_t *loop = router_loop_new(&(router_loop_opts_t){
+        .backend = ROUTER_LOOP_MEMORY, .send_limit = limit, .send_total_limit = total_limit});
+    assert_non_null(loop);
+    memset(f, 0, sizeof *f);
+    f->out_cap = 4 * limit;
+    const router_mem_peer_t mp = {.on_output = s_fan_output};
+    assert_int_equal(router_mem_peer_set(loop, &mp, f, window), 0);
+    for (int i = 0; i < SHARED_CONNS; i++) {
+        f->c[i] = router_mem_conn_new(loop);
+        assert_non_null(f->c[i]);
+        router_conn_set_handlers(f->c[i], &s_fan_handlers, f);
+        f->out[i] = malloc(f->out_cap);
+        assert_non_null(f->out[i]);
+    }
+    return loop;
+}
+
+static void s_fan_free(s_fan_t *f)
+{
+    for (int i = 0; i < SHARED_CONNS; i++)
+        free(f->out[i]);
+}
+
+static size_t s_unsent_total(router_loop_t *loop)
+{
+    router_loop_stats_t st;
+    router_loop_stats(loop, &st);
+    return st.unsent_total;
+}
+
+/* Three connections hold one 600 KiB buffer under a 1 MiB bound on all of
+ * them: counted once, so none is cut (with a copy each, 1.8 MiB, the
+ * second and third were cut by their share); a partly sent buffer stays
+ * counted until the last queue lets go; a connection's own limit still
+ * cuts (the same buffer twice on one is 1.2 MiB of its 1 MiB); a new
+ * buffer that would take the total past the bound is held to the share;
+ * and the buffer is freed with the last reference (LSan checks). */
+static void test_shared_counted_once(void **state)
+{
+    (void) state;
+    const size_t k = 1024, len = 600 * k;
+    s_fan_t f;
+    router_loop_t *loop = s_fan_loop(&f, 1024 * k, 1024 * k, 100 * k);
+    /* A window per iteration: the buffer goes out in pieces. */
+    router_shared_buf_t *sb = s_shared_pattern(len, 1);
+    for (int i = 0; i < SHARED_CONNS; i++) {
+        assert_true(router_conn_send_shared_fits(f.c[i], sb, 256));
+        assert_int_equal(router_conn_send_shared(f.c[i], sb), 0);
+        assert_int_equal(router_conn_send_queued(f.c[i]), len);
+        assert_ptr_equal(router_shared_buf_holder(sb), loop);
+    }
+    assert_int_equal(s_unsent_total(loop), len);
+    assert_int_equal(router_conn_send(f.c[0], "tail", 4), 0);
+    assert_int_equal(s_unsent_total(loop), len + 4);
+    assert_int_equal(router_conn_send_queued(f.c[0]), len + 4);
+    /* The room a copy may take is unchanged by the sharing: 424 KiB - 4
+     * below the bound, or the share (341 KiB) less what c[2] holds. */
+    assert_int_equal(router_conn_send_room(f.c[2]), 424 * k - 4);
+    /* A second, different buffer would take the total past the bound:
+     * c[0] may hold only its share, a third of it. */
+    router_shared_buf_t *other = s_shared_pattern(len, 2);
+    assert_false(router_conn_send_shared_fits(f.c[0], other, 0));
+    errno = 0;
+    assert_int_equal(router_conn_send_shared(f.c[0], other), -1);
+    assert_int_equal(errno, ENOBUFS);
+    assert_null(router_shared_buf_holder(other));
+    router_shared_buf_destroy(&other);
+    assert_null(other);
+    router_loop_stats_t st;
+    router_loop_stats(loop, &st);
+    assert_int_equal(st.unsent_total_cuts, 1);
+    /* The same buffer again on c[1]: nothing new for the total, but 1.2
+     * MiB for c[1]'s own 1 MiB: cut by its limit, not by the share. */
+    assert_false(router_conn_send_shared_fits(f.c[1], sb, 0));
+    assert_int_equal(router_conn_send_shared(f.c[1], sb), -1);
+    assert_int_equal(errno, ENOBUFS);
+    router_loop_stats(loop, &st);
+    assert_int_equal(st.slow_consumer_cuts, 2);
+    assert_int_equal(st.unsent_total_cuts, 1);
+    /* One iteration: the cut ones are freed (c[0]'s copied tail leaves the
+     * total), c[2] sends a window of the buffer, which stays counted. */
+    (void) router_mem_run(loop, 1);
+    assert_int_equal(f.closed[0] + f.closed[1], 2);
+    assert_int_equal(f.reason[0], ROUTER_CLOSE_SLOW_CONSUMER);
+    assert_int_equal(f.reason[1], ROUTER_CLOSE_SLOW_CONSUMER);
+    assert_true(f.out_len[2] >= 100 * k && f.out_len[2] < len);
+    assert_int_equal(router_conn_send_queued(f.c[2]), len - f.out_len[2]);
+    assert_int_equal(s_unsent_total(loop), len);
+    assert_ptr_equal(router_shared_buf_holder(sb), loop);
+    (void) router_mem_run(loop, 0);
+    assert_int_equal(s_unsent_total(loop), 0);
+    assert_null(router_shared_buf_holder(sb));
+    assert_int_equal(f.out_len[2], len);
+    assert_memory_equal(f.out[2], router_shared_buf_data(sb), len);
+    /* Queued again after all of it went, then the caller lets go: the
+     * queue's reference keeps it until the loop frees the connection. */
+    assert_int_equal(router_conn_send_shared(f.c[2], sb), 0);
+    assert_int_equal(s_unsent_total(loop), len);
+    router_shared_buf_destroy(&sb);
+    router_loop_destroy(&loop);
+    assert_int_equal(f.closed[2], 1);
+    s_fan_free(&f);
+}
+
+/* A buffer interleaved with copies, twice on one connection, while the
+ * peer reads odd-sized windows: every connection writes exactly its own
+ * stream, in order, and the total counts the buffer once throughout. */
+static void test_shared_partial_sends_in_order(void **state)
+{
+    (void) state;
+    const size_t k = 1024, len = 70 * k + 3;
+    s_fan_t f;
+    router_loop_t *loop = s_fan_loop(&f, 1024 * k, 1024 * k, 7777);
+    router_shared_buf_t *sb = s_shared_pattern(len, 3);
+    uint8_t head[100];
+    memset(head, 'h', sizeof head);
+    for (int i = 0; i < SHARED_CONNS; i++) {
+        assert_int_equal(router_conn_send(f.c[i], head, sizeof head), 0);
+        assert_int_equal(router_conn_send_shared(f.c[i], sb), 0);
+        assert_int_equal(router_conn_send(f.c[i], "mid", 3), 0);
+        if (i == 0)
+            assert_int_equal(router_conn_send_shared(f.c[i], sb), 0);
+        assert_int_equal(router_conn_send(f.c[i], "end", 3), 0);
+    }
+    assert_int_equal(s_unsent_total(loop), len + SHARED_CONNS * (sizeof head + 6));
+    unsigned iters = 0;
+    while (s_unsent_total(loop) > 0) {
+        assert_true(iters++ < 1000);
+        (void) router_mem_run(loop, 1);
+        size_t queued = 0;
+        for (int i = 0; i < SHARED_CONNS; i++)
+            queued += router_conn_send_queued(f.c[i]);
+        /* While a connection holds the buffer it is counted whole (however
+         * much of it went), and once: the total is at most one buffer and
+         * the copies (100 + 6 bytes per connection). */
+        if (router_shared_buf_holder(sb))
+            assert_true(s_unsent_total(loop) >= len &&
+                        s_unsent_total(loop) <= len + SHARED_CONNS * (sizeof head + 6));
+        else
+            assert_true(s_unsent_total(loop) == queued && queued <= SHARED_CONNS * 6);
+    }
+    const uint8_t *p = router_shared_buf_data(sb);
+    for (int i = 0; i < SHARED_CONNS; i++) {
+        size_t want = sizeof head + len + 3 + (i == 0 ? len : 0) + 3;
+        assert_int_equal(f.out_len[i], want);
+        const uint8_t *o = f.out[i];
+        assert_memory_equal(o, head, sizeof head);
+        o += sizeof head;
+        assert_memory_equal(o, p, len);
+        o += len;
+        assert_memory_equal(o, "mid", 3);
+        o += 3;
+        if (i == 0) {
+            assert_memory_equal(o, p, len);
+            o += len;
+        }
+        assert_memory_equal(o, "end", 3);
+    }
+    assert_null(router_shared_buf_holder(sb));
+    router_shared_buf_destroy(&sb);
+    router_loop_destroy(&loop);
+    s_fan_free(&f);
+}
+
+/* A connection that dies holding the buffer lets go of it when the loop
+ * frees it; with the last holder gone the total is 0 again. A buffer held
+ * by another loop's queues is refused (EINVAL) without harm to the
+ * connection: that loop's thread may be sending from it. */
+static void test_shared_released_by_dead_and_other_loop(void **state)
+{
+    (void) state;
+    const size_t k = 1024, len = 64 * k;
+    s_fan_t f, g;
+    router_loop_t *loop = s_fan_loop(&f, 1024 * k, 1024 * k, 0);
+    router_loop_t *loop2 = s_fan_loop(&g, 1024 * k, 1024 * k, 0);
+    router_shared_buf_t *sb = s_shared_pattern(len, 4);
+    assert_int_equal(router_conn_send_shared(f.c[0], sb), 0);
+    assert_int_equal(router_conn_send_shared(f.c[1], sb), 0);
+    errno = 0;
+    assert_int_equal(router_conn_send_shared(g.c[0], sb), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_conn_send_queued(g.c[0]), 0);
+    assert_true(router_conn_send_room(g.c[0]) > 0); /* still open */
+    assert_int_equal(s_unsent_total(loop2), 0);
+    assert_int_equal(router_conn_send_shared(NULL, sb), -1);
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(router_conn_send_shared(f.c[2], NULL), -1);
+    assert_int_equal(errno, EINVAL);
+    router_conn_abort(f.c[0]);
+    assert_int_equal(router_conn_send_shared(f.c[0], sb), -1); /* dead */
+    assert_int_equal(errno, EPIPE);
+    assert_false(router_conn_send_shared_fits(f.c[0], sb, 0));
+    router_conn_abort(f.c[1]);
+    assert_int_equal(s_unsent_total(loop), len); /* until the loop frees them */
+    (void) router_mem_run(loop, 1);
+    assert_int_equal(f.closed[0] + f.closed[1], 2);
+    assert_int_equal(f.out_len[0] + f.out_len[1], 0);
+    assert_int_equal(s_unsent_total(loop), 0);
+    assert_null(router_shared_buf_holder(sb));
+    /* Now no loop holds it: the other loop may. */
+    assert_int_equal(router_conn_send_shared(g.c[0], sb), 0);
+    (void) router_mem_run(loop2, 0);
+    assert_int_equal(g.out_len[0], len);
+    assert_int_equal(s_unsent_total(loop2), 0);
+    router_shared_buf_destroy(&sb);
+    router_shared_buf_destroy(&sb); /* idempotent */
+    router_shared_buf_destroy(NULL);
+    errno = 0;
+    assert_null(router_shared_buf_new(0));
+    assert_int_equal(errno, EINVAL);
+    router_loop_destroy(&loop);
+    router_loop_destroy(&loop2);
+    s_fan_free(&f);
+    s_fan_free(&g);
+}
+
+/* Out of memory for the queue block that would reference the buffer:
+ * nothing is queued or counted, the buffer keeps only the caller's
+ * reference, and the connection is cut (ROUTER_CLOSE_ERROR, ENOMEM), since
+ * its stream now misses a piece; the other holders go on. */
+static void test_shared_without_memory(void **state)
+{
+    (void) state;
+    const size_t k = 1024, len = 32 * k;
+    s_fan_t f;
+    router_loop_t *loop = s_fan_loop(&f, 1024 * k, 1024 * k, 0);
+    router_shared_buf_t *sb = s_shared_pattern(len, 5);
+    assert_int_equal(router_conn_send_shared(f.c[0], sb), 0);
+    errno = 0;
+    alloc_fail_arm(0);
+    int rc = router_conn_send_shared(f.c[1], sb);
+    int e = errno;
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(rc, -1);
+    assert_int_equal(e, ENOMEM);
+    assert_int_equal(router_conn_send_queued(f.c[1]), 0);
+    assert_int_equal(s_unsent_total(loop), len);
+    assert_int_equal(router_conn_send_room(f.c[1]), 0); /* cut */
+    alloc_fail_arm(0);
+    errno = 0;
+    router_shared_buf_t *none = router_shared_buf_new(len);
+    e = errno;
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_null(none);
+    assert_int_equal(e, ENOMEM);
+    (void) router_mem_run(loop, 0);
+    assert_int_equal(f.closed[1], 1);
+    assert_int_equal(f.reason[1], ROUTER_CLOSE_ERROR);
+    assert_int_equal(f.out_len[0], len);
+    assert_int_equal(f.closed[0], 0);
+    assert_int_equal(s_unsent_total(loop), 0);
+    router_shared_buf_destroy(&sb);
+    router_loop_destroy(&loop);
+    s_fan_free(&f);
+}
+
+/* On the real backends: a buffer far larger than a socket's buffers goes
+ * to three sockets in many partial sends (interleaved with copies, twice
+ * on one), each peer reading slowly in odd-sized pieces; the streams
+ * arrive whole and in order. Queued before the loop runs, all of it is
+ * unsent at once: with 1 MiB of bound, three copies (1.8 MiB) were cut,
+ * one shared buffer is not. */
+typedef struct {
+    int peer[SHARED_CONNS];           /* the clients' ends */
+    const uint8_t *bytes;             /* the buffer's bytes */
+    size_t len;                       /* ...and length */
+} s_fan_sock_t;
+
+static void s_fan_client(s_ctx_t *ctx, int idx)
+{
+    s_fan_sock_t *fs = ctx->extra;
+    int fd = fs->peer[idx];
+    size_t want = 5 + fs->len + 3 + (idx == 0 ? fs->len : 0);
+    uint8_t *in = malloc(want);
+    CHECK(ctx, in);
+    size_t got = 0;
+    while (got < want) {
+        size_t n = want - got < 3001 ? want - got : 3001;
+        ssize_t r = recv(fd, in + got, n, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t) r;
+    }
+    bool ok = got == want && memcmp(in, "head", 5) == 0 &&
+              memcmp(in + 5, fs->bytes, fs->len) == 0 &&
+              memcmp(in + 5 + fs->len, "end", 3) == 0 &&
+              (idx != 0 || memcmp(in + 8 + fs->len, fs->bytes, fs->len) == 0);
+    free(in);
+    close(fd); /* our EOF: the server closes in turn */
+    CHECK(ctx, ok);
+}
+
+static void test_shared_partial_sends_sockets(void **state)
+{
+    const size_t k = 1024, len = 600 * k;
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, &(router_loop_opts_t){.send_total_limit = 1024 * k});
+    router_shared_buf_t *sb = s_shared_pattern(len, 6);
+    uint8_t *copy = malloc(len); /* the clients' reference: sb goes with its last holder */
+    assert_non_null(copy);
+    memcpy(copy, router_shared_buf_data(sb), len);
+    s_fan_sock_t fs = {.bytes = copy, .len = len};
+    router_conn_t *c[SHARED_CONNS];
+    for (int i = 0; i < SHARED_CONNS; i++) {
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        fs.peer[i] = sv[1];
+        c[i] = router_loop_adopt(ctx.loop, sv[0], &s_mid_handlers, &ctx);
+        assert_non_null(c[i]);
+        assert_int_equal(router_conn_send(c[i], "head", 5), 0);
+        assert_int_equal(router_conn_send_shared(c[i], sb), 0);
+        assert_int_equal(router_conn_send(c[i], "end", 3), 0);
+        if (i == 0)
+            assert_int_equal(router_conn_send_shared(c[i], sb), 0);
+    }
+    assert_int_equal(s_unsent_total(ctx.loop), len + SHARED_CONNS * 8);
+    router_shared_buf_destroy(&sb); /* the queues hold it now */
+    ctx.extra = &fs;
+    ctx.want_closed = SHARED_CONNS;
+    s_clients_start(&ctx, s_fan_client, SHARED_CONNS);
+    s_run(&ctx);
+    for (int i = 0; i < SHARED_CONNS; i++)
+        assert_int_equal(ctx.reasons[i], ROUTER_CLOSE_EOF);
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.slow_consumer_cuts, 0);
+    assert_int_equal(st.bytes_out, SHARED_CONNS * (len + 8) + len);
+    assert_int_equal(st.unsent_total, 0);
+    free(copy);
+    s_done(&ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2591,6 +2988,11 @@ int main(void)
         BOTH(test_send_arguments),
         BOTH(test_no_timer_slot),
         BOTH(test_abort_while_parked),
+        cmocka_unit_test(test_shared_counted_once),
+        cmocka_unit_test(test_shared_partial_sends_in_order),
+        cmocka_unit_test(test_shared_released_by_dead_and_other_loop),
+        cmocka_unit_test(test_shared_without_memory),
+        BOTH(test_shared_partial_sends_sockets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,4 +1,5 @@
-/* router/net/conn.c — connections: the bounded send queue, the close state
+/* router/net/conn.c — connections: the bounded send queue (copied bytes
+ * and buffers shared by many queues), the close state
  * machine (graceful, abort, EOF, slow consumer, timeout), read pausing, and
  * the entry points both backends call when I/O completes. */
 #include "router/net/conn.h"
@@ -15,6 +16,7 @@
 
 #include "router/log.h"
 #include "router/net/loop_internal.h"
+#include "router/net/shared_buf.h"
 
 static void s_begin_close(router_conn_t *c, router_close_reason_t as);
 
@@ -120,6 +122,8 @@ static void s_park_drop(router_conn_t *c)
     s_backlog_remove(c);
 }
 
+static void s_wq_block_free(router_conn_t *c, router_wq_block_t *b);
+
 static bool s_release(router_conn_t *c, bool force)
 {
     router_loop_t *loop = c->loop;
@@ -128,12 +132,11 @@ static bool s_release(router_conn_t *c, bool force)
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
-    loop->wq_total -= c->wq_bytes;
-    c->wq_bytes = 0;
     for (router_wq_block_t *b = c->wq_head, *next; b; b = next) {
         next = b->next;
-        free(b);
+        s_wq_block_free(c, b);
     }
+    c->wq_head = c->wq_tail = NULL;
     s_park_drop(c);
     ROUTER_LIST_UNLINK(loop->dead_conns, c);
     free(c);
@@ -149,7 +152,7 @@ static int s_wq_append(router_conn_t *c, const uint8_t *data, size_t len)
 {
     while (len > 0) {
         router_wq_block_t *b = c->wq_tail;
-        if (b && b->tail < b->cap) {
+        if (b && !b->shared && b->tail < b->cap) {
             size_t k = b->cap - b->tail < len ? b->cap - b->tail : len;
             memcpy(b->data + b->tail, data, k);
             b->tail += k;
@@ -159,7 +162,7 @@ static int s_wq_append(router_conn_t *c, const uint8_t *data, size_t len)
             len -= k;
             continue;
         }
-        size_t cap = b ? 2 * b->cap : ROUTER_WQ_BLOCK_MIN;
+        size_t cap = b && !b->shared ? 2 * b->cap : ROUTER_WQ_BLOCK_MIN;
         if (cap > ROUTER_WQ_BLOCK_MAX)
             cap = ROUTER_WQ_BLOCK_MAX;
         if (cap < len)
@@ -168,6 +171,7 @@ static int s_wq_append(router_conn_t *c, const uint8_t *data, size_t len)
         if (!nb)
             return -1;
         nb->next = NULL;
+        nb->shared = NULL;
         nb->cap = cap;
         nb->head = nb->tail = 0;
         if (b)
@@ -179,35 +183,94 @@ static int s_wq_append(router_conn_t *c, const uint8_t *data, size_t len)
     return 0;
 }
 
+/* Queues a block referencing sb, all of its bytes unsent. Returns 0, or
+ * -1 with errno (EINVAL: another loop's queues hold sb; ENOMEM) and
+ * nothing queued. */
+static int s_wq_append_shared(router_conn_t *c, router_shared_buf_t *sb)
+{
+    router_wq_block_t *nb = malloc(sizeof *nb);
+    if (!nb) {
+        errno = ENOMEM;
+        return -1;
+    }
+    int first = router_shared_buf_hold(sb, c->loop);
+    if (first < 0) {
+        free(nb);
+        errno = EINVAL;
+        return -1;
+    }
+    size_t len = router_shared_buf_len(sb);
+    nb->next = NULL;
+    nb->shared = sb;
+    nb->cap = 0;
+    nb->head = 0;
+    nb->tail = len;
+    if (c->wq_tail)
+        c->wq_tail->next = nb;
+    else
+        c->wq_head = nb;
+    c->wq_tail = nb;
+    c->wq_bytes += len;
+    if (first)
+        c->loop->wq_total += len;
+    return 0;
+}
+
+/* Frees one block (already unlinked or about to be), taking its unsent
+ * bytes out of the connection's count and the loop's total: a copied
+ * block's byte by byte, a shared buffer's all at once when no other block
+ * holds it. */
+static void s_wq_block_free(router_conn_t *c, router_wq_block_t *b)
+{
+    c->wq_bytes -= b->tail - b->head;
+    if (!b->shared) {
+        c->loop->wq_total -= b->tail - b->head;
+    } else {
+        size_t len = router_shared_buf_len(b->shared);
+        if (router_shared_buf_unhold(&b->shared))
+            c->loop->wq_total -= len;
+    }
+    free(b);
+}
+
+static const uint8_t *s_wq_block_bytes(const router_wq_block_t *b)
+{
+    return b->shared ? router_shared_buf_data(b->shared) : b->data;
+}
+
 int router_conn_wq_iov(const router_conn_t *c, struct iovec *iov, int max)
 {
     int n = 0;
     for (const router_wq_block_t *b = c->wq_head; b && n < max; b = b->next) {
         if (b->tail == b->head)
             continue;
-        iov[n].iov_base = (void *) (b->data + b->head);
+        iov[n].iov_base = (void *) (s_wq_block_bytes(b) + b->head);
         iov[n].iov_len = b->tail - b->head;
         n++;
     }
     return n;
 }
 
-/* Drops n sent bytes from the front of the queue. */
+/* Drops n sent bytes from the front of the queue. A shared block that is
+ * partly sent stays (its offset moves); its bytes leave the loop's total
+ * only when the last block holding it goes. */
 static void s_wq_consume(router_conn_t *c, size_t n)
 {
     while (n > 0 && c->wq_head) {
         router_wq_block_t *b = c->wq_head;
         size_t k = b->tail - b->head < n ? b->tail - b->head : n;
-        b->head += k;
-        c->wq_bytes -= k;
-        c->loop->wq_total -= k;
         n -= k;
-        if (b->head == b->tail) {
+        if (b->head + k == b->tail) {
             c->wq_head = b->next;
             if (!c->wq_head)
                 c->wq_tail = NULL;
-            free(b);
+            s_wq_block_free(c, b);
+            continue;
         }
+        b->head += k;
+        c->wq_bytes -= k;
+        if (!b->shared)
+            c->loop->wq_total -= k;
     }
 }
 
@@ -246,6 +309,54 @@ size_t router_conn_send_room(const router_conn_t *c)
     return room < own ? room : own;
 }
 
+/* The limit a send is held to: the connection's own, or, when it would
+ * take all connections together past send_total_limit by `total_more`
+ * bytes, its share of that bound if smaller. `last`: router_conn_send_last's
+ * pass past the share. */
+static size_t s_limit_for(const router_conn_t *c, size_t total_more, bool last)
+{
+    size_t limit = c->send_limit;
+    if (!last && s_total_short(c->loop, total_more)) {
+        /* All connections together are at their bound: each may hold its
+         * share of it, so the ones that stopped reading give way and the
+         * ones that keep up go on. */
+        size_t share = s_share(c->loop);
+        limit = share < limit ? share : limit;
+    }
+    return limit;
+}
+
+/* Whether `own` more bytes on c (of which `total_more` are new to the
+ * loop's total: fewer for a shared buffer other queues already hold) stay
+ * within s_limit_for. */
+static bool s_fits(const router_conn_t *c, size_t own, size_t total_more, bool last)
+{
+    size_t limit = s_limit_for(c, total_more, last);
+    return own <= limit && c->wq_bytes <= limit - own;
+}
+
+/* Lets a send of `own` bytes (`total_more` of them new to the loop's
+ * total) through, or cuts c as a slow consumer: -1 with ENOBUFS. */
+static int s_admit(router_conn_t *c, size_t own, size_t total_more, bool last)
+{
+    if (s_fits(c, own, total_more, last))
+        return 0;
+    size_t limit = s_limit_for(c, total_more, last);
+    char peer[ROUTER_ADDR_STR_MAX] = "?";
+    (void) router_addr_format(&c->peer, peer, sizeof peer);
+    c->loop->stats.slow_consumer_cuts++;
+    if (limit < c->send_limit)
+        c->loop->stats.unsent_total_cuts++;
+    ROUTER_LOG(ROUTER_LOG_WARN, "conn",
+               "conn %llu (%s) cut as a slow consumer: %zu bytes unsent, %zu more, limit %zu%s",
+               (unsigned long long) c->id, peer, c->wq_bytes, own, limit,
+               limit < c->send_limit ? " (its share: all connections hold "
+                                       "send_total_limit unsent)" : "");
+    router_conn_kill(c, ROUTER_CLOSE_SLOW_CONSUMER, ENOBUFS);
+    errno = ENOBUFS;
+    return -1;
+}
+
 /* router_conn_sendv; `last`: router_conn_send_last's pass past the share. */
 static int s_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt, bool last)
 {
@@ -271,29 +382,8 @@ static int s_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt, bool l
         errno = EINVAL;
         return -1;
     }
-    size_t limit = c->send_limit;
-    if (!last && s_total_short(c->loop, total)) {
-        /* All connections together are at their bound: each may hold its
-         * share of it, so the ones that stopped reading give way and the
-         * ones that keep up go on. */
-        size_t share = s_share(c->loop);
-        limit = share < limit ? share : limit;
-    }
-    if (total > limit || c->wq_bytes > limit - total) {
-        char peer[ROUTER_ADDR_STR_MAX] = "?";
-        (void) router_addr_format(&c->peer, peer, sizeof peer);
-        c->loop->stats.slow_consumer_cuts++;
-        if (limit < c->send_limit)
-            c->loop->stats.unsent_total_cuts++;
-        ROUTER_LOG(ROUTER_LOG_WARN, "conn",
-                   "conn %llu (%s) cut as a slow consumer: %zu bytes unsent, %zu more, limit %zu%s",
-                   (unsigned long long) c->id, peer, c->wq_bytes, total, limit,
-                   limit < c->send_limit ? " (its share: all connections hold "
-                                           "send_total_limit unsent)" : "");
-        router_conn_kill(c, ROUTER_CLOSE_SLOW_CONSUMER, ENOBUFS);
-        errno = ENOBUFS;
+    if (s_admit(c, total, total, last) != 0)
         return -1;
-    }
     for (int i = 0; i < iovcnt; i++) {
         if (s_wq_append(c, iov[i].iov_base, iov[i].iov_len) != 0) {
             /* Part of the stream is queued and part is not: the byte stream
@@ -311,6 +401,56 @@ static int s_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt, bool l
 int router_conn_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt)
 {
     return s_sendv(c, iov, iovcnt, false);
+}
+
+/* What queueing sb on c adds to the loop's total: nothing when c's loop
+ * counts it already. */
+static size_t s_shared_total_more(const router_conn_t *c, const router_shared_buf_t *sb)
+{
+    return router_shared_buf_holder(sb) == c->loop ? 0 : router_shared_buf_len(sb);
+}
+
+int router_conn_send_shared(router_conn_t *c, router_shared_buf_t *sb)
+{
+    if (!c || !sb) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (c->state == ROUTER_CONN_DEAD || c->state == ROUTER_CONN_CLOSING || c->close_when_open) {
+        errno = EPIPE;
+        return -1;
+    }
+    const void *holder = router_shared_buf_holder(sb);
+    if (holder && holder != c->loop) {
+        errno = EINVAL; /* another loop counts it: its thread may be sending it */
+        return -1;
+    }
+    size_t len = router_shared_buf_len(sb);
+    if (s_admit(c, len, s_shared_total_more(c, sb), false) != 0)
+        return -1;
+    if (s_wq_append_shared(c, sb) != 0) {
+        /* Nothing was queued, but the caller's stream now misses a piece
+         * it counted on: as for a copy that finds no memory, the
+         * connection cannot go on. */
+        router_conn_kill(c, ROUTER_CLOSE_ERROR, ENOMEM);
+        errno = ENOMEM;
+        return -1;
+    }
+    if (c->state != ROUTER_CONN_CONNECTING)
+        router_conn_pend(c, ROUTER_PEND_FLUSH);
+    return 0;
+}
+
+bool router_conn_send_shared_fits(const router_conn_t *c, const router_shared_buf_t *sb,
+                                  size_t extra)
+{
+    if (!c || !sb || c->state == ROUTER_CONN_DEAD || c->state == ROUTER_CONN_CLOSING ||
+        c->close_when_open)
+        return false;
+    size_t len = router_shared_buf_len(sb);
+    if (extra > SIZE_MAX - len)
+        return false;
+    return s_fits(c, len + extra, s_shared_total_more(c, sb) + extra, false);
 }
 
 int router_conn_send_last(router_conn_t *c, const void *data, size_t len)

@@ -10,12 +10,14 @@
 #ifndef KITH_ROUTER_CONN_H
 #define KITH_ROUTER_CONN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
 
 #include "router/net/listen.h"
 #include "router/net/loop.h"
+#include "router/net/shared_buf.h"
 
 /* Per-connection unsent-byte limit by default (DESIGN §10). */
 #define ROUTER_CONN_SEND_LIMIT (4u * 1024u * 1024u)
@@ -112,6 +114,26 @@ int router_conn_send_last(router_conn_t *conn, const void *data, size_t len);
 /* As router_conn_send for several pieces (a frame header and its body, say):
  * all are queued or none. */
 int router_conn_sendv(router_conn_t *conn, const struct iovec *iov, int iovcnt);
+
+/* Queues a buffer many connections share (router/net/shared_buf.h: a
+ * fan-out frame, say) without copying it: the queue takes its own
+ * reference, so the caller may drop theirs at once; sb must not change
+ * from now on. Its bytes count in full against this connection's limit,
+ * but only once against the loop's send_total_limit however many
+ * connections hold it, for as long as one does. Otherwise as
+ * router_conn_send: -1 with ENOBUFS (cut as a slow consumer), EPIPE
+ * (closing or closed), ENOMEM (cut: the stream misses a piece), or EINVAL
+ * (sb NULL, or held by another loop's connections: nothing queued, the
+ * connection goes on). */
+int router_conn_send_shared(router_conn_t *conn, router_shared_buf_t *sb);
+
+/* Whether router_conn_send_shared(conn, sb) and then `extra` more copied
+ * bytes (a Close frame) would be queued now without a cut: the
+ * counterpart of router_conn_send_room for a shared buffer, whose bytes
+ * may already be counted in the loop's total. false on a connection that
+ * is closing or closed. */
+bool router_conn_send_shared_fits(const router_conn_t *conn, const router_shared_buf_t *sb,
+                                  size_t extra);
 
 /* Graceful close: stop delivering data, flush the send queue, shut down
  * our side, then close (reason ROUTER_CLOSE_LOCAL). Bounded by the loop's

@@ -63,10 +63,14 @@ static inline router_op_t router_op_of(uint64_t tag)
 #define ROUTER_WQ_BLOCK_MIN 1024u
 #define ROUTER_WQ_BLOCK_MAX (64u * 1024u)
 
-/* One block of a connection's send queue: bytes [head, tail) are unsent. */
+/* One block of a connection's send queue: bytes [head, tail) are unsent.
+ * A block either holds copied bytes in data[] (counted byte by byte in the
+ * loop's wq_total) or references a buffer many queues share (cap 0; its
+ * bytes are counted in wq_total once, while any block holds it). */
 typedef struct router_wq_block {
     struct router_wq_block *next; /* the next block to send */
-    size_t cap;                   /* bytes of data[] */
+    struct router_shared_buf *shared; /* the shared bytes, or NULL: data[] */
+    size_t cap;                   /* bytes of data[] (0 for a shared block) */
     size_t head;                  /* first unsent byte */
     size_t tail;                  /* end of the queued bytes */
     uint8_t data[];               /* the bytes */
@@ -279,7 +283,7 @@ struct router_loop {
     const router_loop_owner_ops_t *listener_ops; /* listen.c's, once a listener exists */
     uint64_t iter;                   /* loop iterations so far: the turn clock */
     size_t park_total;               /* bytes parked on all connections */
-    size_t wq_total;                 /* bytes queued unsent on all connections */
+    size_t wq_total;                 /* bytes queued unsent on all connections (a shared buffer once) */
     router_listener_t *listeners;    /* open listeners */
     router_listener_t *dead_listeners; /* closed, awaiting the backend or their conns */
     router_watch_t *watches;         /* live watches */
