@@ -270,15 +270,60 @@ static void test_recv_out_of_memory_loses_nothing(void **state)
     kith_net_destroy(&net);
 }
 
+/* ---------------------------------------------------------------- constructors out of memory */
+
+/* kith_net_new and kith_node_new (in memory and with a home) with their
+ * 1st, 2nd, … allocation failing: each refuses with a reason and leaks
+ * nothing (LSan), or makes a node that works. */
+static void test_constructors_out_of_memory(void **state)
+{
+    (void) state;
+    s_tmp_make();
+    char home[128];
+    snprintf(home, sizeof home, "%s/h", s_tmp);
+    for (int with_home = 0; with_home < 2; with_home++) {
+        bool done = false;
+        for (long skip = 0; skip < ALLOC_FAIL_RUNS_MAX && !done; skip++) {
+            alloc_fail_arm(skip);
+            kith_net_t *net = kith_net_new();
+            kith_node_t *a = net ? kith_node_new(net, "a", with_home ? home : NULL) : NULL;
+            unsigned failed = alloc_fail_disarm();
+            if (!a) {
+                assert_true(failed > 0);
+                assert_true(kith_last_error()[0] != '\0');
+            }
+            if (!net) {
+                done = false;
+                continue;
+            }
+            /* Whatever failed, the net still makes nodes that talk. */
+            kith_node_t *b = s_node(net, "b", NULL);
+            if (!a)
+                a = s_node(net, "a", with_home ? home : NULL);
+            assert_int_equal(kith_node_trust(a, b), 0);
+            assert_int_equal(kith_node_send(a, "b", "hi", S_WAIT_MS), KITH_ACKED);
+            assert_int_equal(kith_node_send(b, "a", "hi", S_WAIT_MS), KITH_ACKED);
+            kith_net_destroy(&net);
+            done = failed == 0;
+            char cmd[160];
+            snprintf(cmd, sizeof cmd, "rm -rf %s", home); /* each run starts afresh */
+            assert_int_equal(system(cmd), 0);
+        }
+        assert_true(done);
+    }
+    s_tmp_remove();
+}
+
 int main(void)
 {
-    if (sodium_init() < 0)
+    if (sodium_init() < 0 || alloc_fail_sqlite_install() != 0)
         return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_trust_undone_when_second_write_fails),
         cmocka_unit_test(test_trust_all_or_nothing_out_of_memory),
         cmocka_unit_test(test_trust_keeps_other_rows_profile),
         cmocka_unit_test(test_recv_out_of_memory_loses_nothing),
+        cmocka_unit_test(test_constructors_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
