@@ -113,22 +113,28 @@ static char *s_doc_json(const s_canvas_t *c, const char *type, size_t *len)
     return router_json_end(&o, len);
 }
 
-/* Every watcher of c gets `json` (a watcher too slow is cut by its bound).
- * Each gets its own copy, queued now, newest socket first: once all
- * connections hold limits.conn_unsent_total_max each may keep only its
- * share, so when one post's copies cannot all fit, the ones served last
- * are cut whether or not they read (WIRE §26; sharing one copy needs
- * router/net/conn.c). A watcher cut here leaves c->watchers (on_closing)
- * while this runs: c is not forgotten meanwhile (c->pushing); the caller
- * gc's it. */
+/* Every watcher of c gets `json` (a watcher too slow is cut by its own
+ * bound). One frame is encoded and shared by every watcher's queue, so a
+ * post costs its size once against limits.conn_unsent_total_max however
+ * many watch it (WIRE §26): watchers that stopped reading are cut by their
+ * own limit, and cannot crowd out the ones that read. Without memory for
+ * the shared frame each watcher is sent its own copy, as before (those
+ * that find no memory either are cut, and see the version on their next
+ * connect). A watcher cut here leaves c->watchers (on_closing) while this
+ * runs: c is not forgotten meanwhile (c->pushing); the caller gc's it. */
 static void s_push(s_canvas_t *c, const char *json, size_t len)
 {
+    router_shared_buf_t *frame = c->watchers ? gateway_ws_frame_new(true, json, len) : NULL;
     c->pushing = true;
     for (s_watch_t *w = c->watchers, *next; w; w = next) {
         next = w->next; /* a failed send unlinks w, nothing else */
-        (void) gateway_ws_send(w->ws, true, json, len);
+        if (frame)
+            (void) gateway_ws_send_frame(w->ws, frame);
+        else
+            (void) gateway_ws_send(w->ws, true, json, len);
     }
     c->pushing = false;
+    router_shared_buf_destroy(&frame);
 }
 
 /* ---------------------------------------------------------------- REST */

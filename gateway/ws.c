@@ -164,6 +164,29 @@ static void s_fail(gateway_ws_t *ws, uint16_t code, const char *reason)
     s_closing(ws);
 }
 
+/* A frame does not fit the socket's room: it is closed politely (1008)
+ * before the loop would reset it. `share`: its own limit had room, all
+ * connections' unsent bound did not. */
+static int s_cut_slow(gateway_ws_t *ws, bool share)
+{
+    ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ws %llu cut: slow consumer (%zu bytes unsent%s)",
+               (unsigned long long) router_conn_id(ws->conn), router_conn_send_queued(ws->conn),
+               share ? "; its share of limits.conn_unsent_total_max" : "");
+    s_fail(ws, PROTO_WS_CLOSE_POLICY, "slow consumer");
+    errno = ENOBUFS;
+    return -1;
+}
+
+/* The connection refused a frame (and is going: on_close follows). */
+static int s_send_failed(gateway_ws_t *ws)
+{
+    int e = errno;
+    ws->state = S_DONE;
+    s_closing(ws);
+    errno = e;
+    return -1;
+}
+
 int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len)
 {
     if (ws->state != S_OPEN) {
@@ -177,25 +200,54 @@ int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len)
     size_t queued = router_conn_send_queued(ws->conn);
     size_t room = router_conn_send_room(ws->conn);
     if (len > SIZE_MAX - PROTO_WS_HEADER_MAX - S_CLOSE_ROOM ||
-        PROTO_WS_HEADER_MAX + len + S_CLOSE_ROOM > room) {
-        bool share = queued < ws->send_limit + S_CLOSE_ROOM &&
-                     room < ws->send_limit + S_CLOSE_ROOM - queued;
-        ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ws %llu cut: slow consumer (%zu bytes unsent%s)",
-                   (unsigned long long) router_conn_id(ws->conn), queued,
-                   share ? "; its share of limits.conn_unsent_total_max" : "");
-        s_fail(ws, PROTO_WS_CLOSE_POLICY, "slow consumer");
-        errno = ENOBUFS;
+        PROTO_WS_HEADER_MAX + len + S_CLOSE_ROOM > room)
+        return s_cut_slow(ws, queued < ws->send_limit + S_CLOSE_ROOM &&
+                                  room < ws->send_limit + S_CLOSE_ROOM - queued);
+    if (s_send_frame(ws, text ? PROTO_WS_OP_TEXT : PROTO_WS_OP_BINARY, data, len) != 0)
+        return errno == EMSGSIZE ? -1 : s_send_failed(ws);
+    return 0;
+}
+
+router_shared_buf_t *gateway_ws_frame_new(bool text, const void *data, size_t len)
+{
+    uint8_t hdr[PROTO_WS_HEADER_MAX];
+    int hl = proto_ws_header_encode(hdr, text ? PROTO_WS_OP_TEXT : PROTO_WS_OP_BINARY, true, len,
+                                    NULL);
+    if (hl < 0 || len > SIZE_MAX - (size_t) hl) {
+        errno = EMSGSIZE;
+        return NULL;
+    }
+    router_shared_buf_t *frame = router_shared_buf_new((size_t) hl + len);
+    if (!frame)
+        return NULL;
+    uint8_t *p = router_shared_buf_data(frame);
+    memcpy(p, hdr, (size_t) hl);
+    if (len)
+        memcpy(p + hl, data, len);
+    return frame;
+}
+
+int gateway_ws_send_frame(gateway_ws_t *ws, router_shared_buf_t *frame)
+{
+    if (!frame) {
+        errno = EINVAL;
         return -1;
     }
-    if (s_send_frame(ws, text ? PROTO_WS_OP_TEXT : PROTO_WS_OP_BINARY, data, len) != 0) {
-        if (errno != EMSGSIZE) {
-            int e = errno;
-            ws->state = S_DONE; /* the connection is going: on_close follows */
-            s_closing(ws);
-            errno = e;
-        }
+    if (ws->state != S_OPEN) {
+        errno = EPIPE;
         return -1;
     }
+    /* As gateway_ws_send, but the frame's bytes may already be counted in
+     * the loop's total (other sockets hold them): only its own limit and
+     * what it adds to the total decide. */
+    if (!router_conn_send_shared_fits(ws->conn, frame, S_CLOSE_ROOM)) {
+        size_t queued = router_conn_send_queued(ws->conn);
+        size_t need = router_shared_buf_len(frame);
+        return s_cut_slow(ws, need <= ws->send_limit && queued <= ws->send_limit - need);
+    }
+    if (router_conn_send_shared(ws->conn, frame) != 0)
+        return errno == EINVAL ? -1 : s_send_failed(ws);
+    router_metric_inc(ws->g->m_ws_frames_out, 1);
     return 0;
 }
 

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "gateway/http_server.h"
+#include "router/net/shared_buf.h"
 
 /* Defaults used when an option is 0. */
 #define GATEWAY_WS_MESSAGE_MAX (1024u * 1024u)  /* DESIGN §10 */
@@ -91,6 +92,24 @@ gateway_ws_t *gateway_ws_accept(gateway_http_res_t *res, const gateway_ws_handle
  * socket is then closed with 1008, on_closing called before this returns),
  * EMSGSIZE when larger than 2^63. */
 int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len);
+
+/* One whole message encoded once as a frame for many sockets (server
+ * frames are unmasked, so every socket gets the same bytes, header and
+ * payload): send it with gateway_ws_send_frame to each. Caller owns the
+ * one reference (router_shared_buf_destroy); each socket it is queued on
+ * holds its own. NULL with errno ENOMEM, or EMSGSIZE (larger than 2^63). */
+router_shared_buf_t *gateway_ws_frame_new(bool text, const void *data, size_t len);
+
+/* As gateway_ws_send for a frame from gateway_ws_frame_new, queued without
+ * a copy: its bytes count in full against this socket's unsent-byte limit
+ * (a socket that stops reading is still cut, 1008) but once, however many
+ * sockets hold it, against all connections' unsent bound
+ * (limits.conn_unsent_total_max), so watchers that stopped reading cannot
+ * crowd out those that read. Returns 0, or -1 with errno as
+ * gateway_ws_send (EPIPE, ENOBUFS, ENOMEM: the socket is then closing), or
+ * EINVAL (frame NULL or held by another loop's sockets; the socket goes
+ * on). */
+int gateway_ws_send_frame(gateway_ws_t *ws, router_shared_buf_t *frame);
 
 /* Starts the close handshake with `code` and a reason (UTF-8, at most 123
  * octets; longer is cut at a character boundary). No on_message after this;

@@ -1,16 +1,16 @@
 """tests/integration/test_canvas_unsent.py — live canvases (WIRE §26) under
 the bound on all connections' unsent bytes (`limits.conn_unsent_total_max`,
-WIRE §9.2), on the real `kith daemon`: each post queues a copy of a 1 MiB
-document for every watcher at once, so 64 watchers that stopped reading
-would hold 64 MiB (and more as posts go on); with the bound at 8 MiB each
-of them is cut, 1008, by its share of it, none by its own 4 MiB, so the
-daemon's memory stays bounded; the posts are answered, and a watcher that
-reads gets every version, in order. The reader connects after the stuck
-watchers: one post's copies (65 MiB) cannot all fit the bound, and which
-of the watchers that have nothing unsent yet get one is decided by the
-route's order (the newest socket first), not by who reads — the limit
-WIRE §26 states. Watchers are raw sockets (frames by hand) so the test
-decides which read."""
+WIRE §9.2), on the real `kith daemon`: 64 watchers that stopped reading and
+readers connected before and after them all watch one canvas, and 1 MiB
+documents are posted to it. Each post is one frame shared by every
+watcher's queue, counted once against the 8 MiB bound: the stuck watchers
+are cut, 1008, by their own 4 MiB limit as posts pile up in their queues,
+none by a share of the bound, and every reader gets every version, in
+order. Before the frame was shared, each watcher had its own copy: the
+first post's 67 MiB of copies could not fit, and the watchers served last
+(the oldest sockets: the readers connected first) were cut whether or not
+they read. Watchers are raw sockets (frames by hand) so the test decides
+which read."""
 
 import json
 import os
@@ -79,30 +79,10 @@ def main():
             got = [c for c in json.loads(data)["canvases"] if c["id"] == cid]
             return got[0]["watchers"] if got else None
 
-        def stuck_watchers_yield_to_the_total():
-            stuck = [watcher("wall", rcvbuf=4096) for _ in range(STUCK)]
-            reader = watcher("wall")
-            for v in range(1, POSTS + 1):
-                doc = chr(ord("a") + v) * (MIB - 64)
-                st, _, data = api(node, "POST", "/api/canvas/wall", doc.encode(), op, "text/plain")
-                check(st == 200 and json.loads(data)["version"] == v, f"post {v}: {st} {data}")
-                opcode, payload = read_frame(reader)
-                check(opcode == 1, f"the reader got opcode {opcode} {payload[:60]} at {v}")
-                f = json.loads(payload)
-                check(f["type"] == "frame" and f["version"] == v and f["content"] == doc,
-                      f"the reader's frame at {v}: {f.get('type')} {f.get('version')}")
-            # The bound's share did the cutting (the log is rate-limited: one
-            # line is proof enough; the closes below count them all).
-            node.wait_log(SHARE_CUT, timeout=TIMEOUT)
-            st, _, data = api(node, "POST", "/api/canvas/wall", b"last", op, "text/plain")
-            check(st == 200 and json.loads(data)["watchers"] == 1, f"last post {st} {data}")
-            opcode, payload = read_frame(reader)
-            check(json.loads(payload)["version"] == POSTS + 1, "the reader's last frame")
-            check(watchers_of("wall") == 1, f"watchers {watchers_of('wall')}")
-            # Each stuck connection ends, however much it left unread: with
-            # Close 1008 "slow consumer", or a reset when that Close sat
-            # behind a document it never read and could not go out in time.
-            polite = 0
+        def drain_stuck(stuck):
+            """Each stuck connection ends, however much it left unread:
+            with Close 1008 "slow consumer", or a reset when that Close sat
+            behind documents it never read and could not go out in time."""
             for s in stuck:
                 data = b""
                 try:
@@ -116,18 +96,43 @@ def main():
                 closes = [(struct.unpack(">H", p[:2])[0], p[2:]) for o, p in
                           ws_server_frames(data) if o == 8]
                 check(closes in ([], [(1008, b"slow consumer")]), f"a stuck watcher's {closes}")
-                polite += len(closes)
                 s.close()
-            # The first post's copies fit for a few of them at most (8 MiB of
-            # 1 MiB copies); the rest were cut with nothing queued, politely.
-            check(polite >= STUCK - 16, f"{polite} of {STUCK} stuck watchers read their Close")
-            reader.close()
+
+        def readers_outlive_stuck_watchers():
+            # The readers that connected first are served last.
+            early = [watcher("wall") for _ in range(2)]
+            stuck = [watcher("wall", rcvbuf=4096) for _ in range(STUCK)]
+            late = watcher("wall")
+            readers = early + [late]
+            for v in range(1, POSTS + 1):
+                doc = chr(ord("a") + v) * (MIB - 64)
+                st, _, data = api(node, "POST", "/api/canvas/wall", doc.encode(), op, "text/plain")
+                check(st == 200 and json.loads(data)["version"] == v, f"post {v}: {st} {data}")
+                for i, reader in enumerate(readers):
+                    opcode, payload = read_frame(reader)
+                    check(opcode == 1, f"reader {i} got opcode {opcode} {payload[:60]} at {v}")
+                    f = json.loads(payload)
+                    check(f["type"] == "frame" and f["version"] == v and f["content"] == doc,
+                          f"reader {i}'s frame at {v}: {f.get('type')} {f.get('version')}")
+            # 12 MiB offered to each stuck watcher: all of them are past
+            # their own 4 MiB by now, and cut by it.
+            st, _, data = api(node, "POST", "/api/canvas/wall", b"last", op, "text/plain")
+            check(st == 200 and json.loads(data)["watchers"] == len(readers),
+                  f"last post {st} {data}")
+            for reader in readers:
+                opcode, payload = read_frame(reader)
+                check(json.loads(payload)["version"] == POSTS + 1, "a reader's last frame")
+            check(watchers_of("wall") == len(readers), f"watchers {watchers_of('wall')}")
+            check(SHARE_CUT not in node.logs(), "a watcher was cut by its share of the bound")
+            drain_stuck(stuck)
+            for reader in readers:
+                reader.close()
             deadline = time.time() + TIMEOUT
             while watchers_of("wall") != 0 and time.time() < deadline:
                 time.sleep(0.05)
-            check(watchers_of("wall") == 0, "the reader left")
+            check(watchers_of("wall") == 0, "the readers left")
 
-        r.run(stuck_watchers_yield_to_the_total)
+        r.run(readers_outlive_stuck_watchers)
         r.stopped(node)
     finally:
         node.cleanup()
