@@ -1104,7 +1104,9 @@ static void s_drain_deadline(router_loop_t *loop, uint64_t id, void *ud)
  * invoke, a 202 waiting for durability) and has not answered by now would
  * be cut without a word at the deadline: it is answered 503 shutting_down
  * instead, and its connection closes in order, so the client reads why.
- * The route keeps its handle; what it answers later goes nowhere. */
+ * The route keeps its handle; what it answers later goes nowhere. So is a
+ * request still arriving (a slow upload): no route has seen it, so the
+ * client may send it again elsewhere. */
 static void s_drain_last_call(router_loop_t *loop, uint64_t id, void *ud)
 {
     (void) loop;
@@ -1114,6 +1116,17 @@ static void s_drain_last_call(router_loop_t *loop, uint64_t id, void *ud)
     unsigned n = 0;
     for (gateway_http_conn_t *hc = g->conns, *next; hc; hc = next) {
         next = hc->next;
+        if (hc->phase == GATEWAY_HTTP_HEAD || hc->phase == GATEWAY_HTTP_BODY) {
+            gateway_http_res_t res;
+            gateway_http_res_init(&res, hc, true);
+            (void) gateway_http_res_header(&res, "Retry-After", "5");
+            (void) gateway_http_respond_error(&res, 503, "shutting_down",
+                                              "the daemon is stopping before this request "
+                                              "arrived whole; nothing of it was done");
+            s_close(hc);
+            n++;
+            continue;
+        }
         if (hc->phase != GATEWAY_HTTP_DEFERRED || !hc->pending || hc->pending->res.sent)
             continue;
         gateway_http_res_t *res = &hc->pending->res;

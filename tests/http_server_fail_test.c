@@ -94,6 +94,7 @@ static void s_srv_start(s_srv_t *s, const gateway_http_opts_t *o)
     assert_int_equal(gateway_http_route(s->gw, "GET", "/defer", s_defer, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/plain", s_plain, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/cut-error", s_cut_error, NULL), 0);
+    assert_int_equal(gateway_http_route(s->gw, "POST", "/upload", s_plain, NULL), 0);
     router_addr_t addr, bound;
     assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
     assert_int_equal(gateway_http_listen(s->gw, &addr, &bound), 0);
@@ -290,6 +291,50 @@ static void test_deferred_answer_in_a_drain_closes(void **state)
     s_srv_stop(&s);
 }
 
+/* Checks r is the 503 a drain's last call gives, closing the connection. */
+static void s_expect_shutting_down(const char *r)
+{
+    assert_non_null(strstr(r, "HTTP/1.1 503 Service Unavailable\r\n"));
+    assert_non_null(strstr(r, "\r\nRetry-After: 5\r\n"));
+    assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
+    assert_non_null(strstr(r, "\"code\":\"shutting_down\"}"));
+}
+
+/* Requests still arriving when a drain's last call comes — a head half
+ * sent, a body a third sent — are told 503 shutting_down (no route saw
+ * them: the client may send them again elsewhere), as deferred ones are,
+ * and closed in order. They used to be reset without a word at the drain's
+ * deadline. */
+static void test_drain_tells_requests_still_arriving(void **state)
+{
+    (void) state;
+    s_srv_t s;
+    s_srv_start(&s, NULL);
+    s_client_t *head = s_connect(&s);
+    s_client_t *body = s_connect(&s);
+    s_client_t *deferred = s_connect(&s);
+    s_send(head, "GET /plain HTTP/1.1\r\nHost: x\r\n");
+    s_send(body, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nabc");
+    s_send(deferred, "GET /defer HTTP/1.1\r\nHost: x\r\n\r\n");
+    s_wait_pending(&s);
+    assert_int_equal(s_metric(&s, "kith_http_connections_open"), 3);
+
+    bool drained = false;
+    gateway_http_drain(s.gw, s_drained, &drained, 400);
+    char r[4096];
+    s_client_t *all[] = {head, body, deferred};
+    for (size_t i = 0; i < 3; i++) {
+        assert_true(s_take_resp(&s, all[i], r, sizeof r));
+        s_expect_shutting_down(r);
+        assert_true(test_loop_wait(s.loop, s_until_eof, all[i], 2, S_WAIT_MS));
+        assert_int_equal(all[i]->len, 0);
+        s_client_close(&all[i]);
+    }
+    assert_true(test_loop_wait(s.loop, s_until_drained, &drained, 2, S_WAIT_MS));
+    gateway_http_pending_end(&s_pending);
+    s_srv_stop(&s);
+}
+
 /* ---------------------------------------------------------------- the client went */
 
 static void s_stream_close(router_conn_t *conn, void *ud)
@@ -420,6 +465,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deferred_answer_in_a_drain_closes),
+        cmocka_unit_test(test_drain_tells_requests_still_arriving),
         cmocka_unit_test(test_deferred_stream_after_the_client_went),
         cmocka_unit_test(test_pipelined_input_without_memory_while_deferred),
         cmocka_unit_test(test_error_text_not_utf8),
