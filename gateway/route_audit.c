@@ -10,6 +10,7 @@
  * every kept file), whose answer every verify asked meanwhile shares. A
  * client with a token cannot hold the log's writes back and so keep its
  * own actions out of the log. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +29,7 @@ typedef struct s_waiter {
     int64_t request;                /* broker handle */
     uint64_t timer;                 /* the timeout, then the answer */
     bool got;                       /* the reply is in: answered from a timer */
-    int kind;                       /* its kind (1 FINAL, -1 lost) */
+    int kind;                       /* its kind (1 FINAL, -1 lost, -2 not kept: no memory) */
     uint8_t *body;                  /* its body (heap) */
     size_t len;
     bool query;                     /* an audit-query: counted in `queries` */
@@ -184,10 +185,14 @@ static void s_on_answer(router_loop_t *loop, uint64_t id, void *ud)
     w->timer = 0;
     proto_audit_msg_t m;
     proto_audit_err_t e;
-    if (w->kind < 0)
+    /* Kith's own shortage is told as such, not blamed on the worker. */
+    if (w->kind == -2)
+        s_reply_all(w, NULL, "out of memory");
+    else if (w->kind < 0)
         s_reply_all(w, NULL, "the audit worker went away");
     else if (proto_audit_msg_decode(w->body, w->len, &m, &e) != 0)
-        s_reply_all(w, NULL, "the audit worker's answer is unreadable");
+        s_reply_all(w, NULL, e == PROTO_AUDIT_E_NO_MEMORY ? "out of memory"
+                                                           : "the audit worker's answer is unreadable");
     else {
         s_reply_all(w, &m, NULL);
         proto_audit_msg_clear(&m);
@@ -209,7 +214,7 @@ static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
         memcpy(w->body, body, len);
         w->len = len;
     } else {
-        w->kind = -1;
+        w->kind = kind > 0 ? -2 : -1;
     }
     if (w->timer)
         (void) router_loop_timer_cancel(w->owner->loop, w->timer);
@@ -260,10 +265,12 @@ static void s_ask(gateway_route_audit_t *self, gateway_http_res_t *res, const pr
         self->queries++;
     else
         self->verifying = w;
+    errno = 0; /* the broker sets it only when out of memory */
     w->request = router_broker_request(self->broker, ROUTER_AUDIT_SERVICE, body, len, s_on_reply, w);
+    bool nomem = errno == ENOMEM;
     free(body);
     if (w->request <= 0) {
-        s_reply_all(w, NULL, "the audit worker's queue is full");
+        s_reply_all(w, NULL, nomem ? "out of memory" : "the audit worker's queue is full");
         return;
     }
     if (!w->got && !(w->timer = router_loop_timer_add(self->loop, S_TIMEOUT_MS, s_on_timeout, w)))

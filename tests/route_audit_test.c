@@ -32,6 +32,7 @@
 #include "router/state/tokens.h"
 #include "router/workers/broker.h"
 #include "router/workers/mdp_worker.h"
+#include "alloc_fail.h"
 #include "loop_until.h"
 
 #define CLIENTS 8
@@ -445,6 +446,41 @@ static void test_no_timer_still_answers(void **state)
     assert_int_equal(gateway_route_audit_waiting(f->audit), 0);
 }
 
+/* Each allocation the loop thread makes for one query and one verify
+ * fails in turn: every run is answered (200, or 503 "out of memory") or
+ * cut, the route lets every request go, and the next request is served. */
+static void test_without_memory(void **state)
+{
+    fix_t *f = *state;
+    atomic_store(&f->fake.release, 1000000);
+    const char *paths[] = {"/api/audit?limit=1", "/api/audit/verify"};
+    for (int p = 0; p < 2; p++) {
+        for (long i = 0;; i++) {
+            assert_true(i < ALLOC_FAIL_RUNS_MAX);
+            client_t c;
+            s_get(f, &c, paths[p]);
+            alloc_fail_arm(i);
+            s_run(f, s_all_answered, &(clients_t){&c, 1});
+            unsigned failed = alloc_fail_disarm();
+            close(c.fd);
+            /* The worker is well: a refusal says the router is short of
+             * memory, never that the worker went away, sent something
+             * unreadable or has a full queue. */
+            if (c.len && !strstr(c.buf, "HTTP/1.1 200 "))
+                assert_string_equal(s_body(&c),
+                                    "{\"error\":\"out of memory\",\"code\":\"audit_unavailable\"}");
+            s_run(f, s_reached, &(at_t){f, 0, atomic_load(&f->fake.got)});
+            client_t again;
+            s_get(f, &again, paths[p]);
+            s_run(f, s_all_answered, &(clients_t){&again, 1});
+            close(again.fd);
+            assert_non_null(strstr(again.buf, "HTTP/1.1 200 "));
+            if (failed == 0)
+                break;
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -453,6 +489,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_verified_longest, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_no_timer_still_answers, s_setup_few_timers,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_without_memory, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
