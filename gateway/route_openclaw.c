@@ -50,6 +50,8 @@ typedef struct {
     s_conn_t *c;
     router_turns_sub_t sub;   /* 0: slot free */
     bool started;             /* session_start came: messages may be submitted */
+    const char *failed_code;  /* the session could not be opened: the code (static), and */
+    const char *failed_why;   /* why (static); no session_start will ever come for it */
     char key[GATEWAY_OPENCLAW_RUN_KEY_MAX + 1];
     uint64_t foreign_seq;     /* chat seq of turns other clients started */
 } s_bind_t;
@@ -938,6 +940,10 @@ static void s_on_frame(const router_turn_frame_t *frame, void *ud)
                                  " limits.sessions_max sessions"
                                : "the session could not be opened";
         const char *code = full ? "STORAGE_FULL" : "AGENT_ERROR";
+        /* No session_start will follow: a later run of the socket on this
+         * key must not wait for one (s_bind opens the session again). */
+        b->failed_code = code;
+        b->failed_why = why;
         for (s_run_t *r = c->runs, *next; r; r = next) {
             next = r->next;
             if (r->b != b)
@@ -983,6 +989,15 @@ static void s_on_frame(const router_turn_frame_t *frame, void *ud)
     yajl_tree_free(f);
 }
 
+/* Does a run of the socket use attachment b? */
+static bool s_bind_busy(const s_conn_t *c, const s_bind_t *b)
+{
+    for (const s_run_t *r = c->runs; r; r = r->next)
+        if (r->b == b)
+            return true;
+    return false;
+}
+
 /* The socket's attachment to session `key`, made when needed. NULL when
  * the socket uses GATEWAY_OPENCLAW_SESSIONS_MAX sessions with runs in all
  * of them, or the turns refuse another subscriber. */
@@ -991,8 +1006,18 @@ static s_bind_t *s_bind(s_conn_t *c, const char *key)
     s_bind_t *free_slot = NULL;
     for (unsigned i = 0; i < GATEWAY_OPENCLAW_SESSIONS_MAX; i++) {
         s_bind_t *b = &c->binds[i];
-        if (b->sub && !strcmp(b->key, key))
-            return b;
+        if (b->sub && !strcmp(b->key, key)) {
+            /* A session that could not be opened is opened again, once no
+             * run of the socket still ends on the failed attachment (such
+             * a run's request is not answered yet: the new run then fails
+             * as it will, s_m_run). */
+            if (!b->failed_code || s_bind_busy(c, b))
+                return b;
+            router_turns_detach(c->oc->opts.turns, b->sub);
+            memset(b, 0, sizeof *b);
+            free_slot = b;
+            break;
+        }
         if (!b->sub && !free_slot)
             free_slot = b;
     }
@@ -1000,10 +1025,7 @@ static s_bind_t *s_bind(s_conn_t *c, const char *key)
         /* Let go of a session with no run of this socket in it. */
         for (unsigned i = 0; i < GATEWAY_OPENCLAW_SESSIONS_MAX && !free_slot; i++) {
             s_bind_t *b = &c->binds[i];
-            bool busy = false;
-            for (s_run_t *r = c->runs; r && !busy; r = r->next)
-                busy = r->b == b;
-            if (!busy) {
+            if (!s_bind_busy(c, b)) {
                 router_turns_detach(c->oc->opts.turns, b->sub);
                 memset(b, 0, sizeof *b);
                 free_slot = b;
@@ -1156,6 +1178,10 @@ static void s_m_run(s_conn_t *c, const gateway_openclaw_req_t *req, s_kind_t kin
     r->c = c;
     r->b = b;
     r->kind = kind;
+    if (b->failed_code) { /* ends once answered (s_run_written), as its elders do */
+        r->open_failed = b->failed_code;
+        r->open_why = b->failed_why;
+    }
     r->serial = ++oc->next_serial;
     r->started_mono = router_clock_mono_ms();
     snprintf(r->run_id, sizeof r->run_id, "%s", key);
