@@ -38,6 +38,7 @@
 #include "router/state/identity.h"
 #include "router/state/inbox.h"
 #include "router/state/trust.h"
+#include "sock_util.h"
 
 /* Bounded waits: a hang fails the test instead of hanging CI. */
 #define WAIT_EVERY_MS 2
@@ -119,29 +120,6 @@ static void s_on_drained_other(void *ud)
     ((s_fx_t *) ud)->drained_other++;
 }
 
-static int s_connect(uint16_t port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(connect(fd, (struct sockaddr *) &a, sizeof a), 0);
-    return fd;
-}
-
-static void s_send(int fd, const void *p, size_t len)
-{
-    const uint8_t *b = p;
-    while (len > 0) {
-        ssize_t k = send(fd, b, len, MSG_NOSIGNAL);
-        if (k < 0 && errno == EINTR)
-            continue;
-        assert_true(k > 0);
-        b += k;
-        len -= (size_t) k;
-    }
-}
-
 /* n signed `message`s from alice to fx's node, as frames; caller frees. */
 static size_t s_envelopes(const s_fx_t *fx, unsigned n, uint8_t **out)
 {
@@ -180,7 +158,7 @@ static void s_send_envelope(const s_fx_t *fx, int fd)
     size_t len = 0;
     assert_int_equal(proto_envelope_encode_frame(env, &frame, &len), 0);
     proto_envelope_destroy(&env);
-    s_send(fd, frame, len);
+    test_sock_send_all(fd, frame, len);
     free(frame);
 }
 
@@ -188,19 +166,7 @@ static void s_send_envelope(const s_fx_t *fx, int fd)
  * any acks. A reset is reported once, so it is noted the first time. */
 static bool s_peer_gone(int fd, bool *reset)
 {
-    for (;;) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, 0) <= 0)
-            return false;
-        uint8_t buf[512];
-        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-        if (n > 0)
-            continue; /* acks */
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return false;
-        *reset = n < 0;
-        return true;
-    }
+    return test_sock_read_ready(fd, NULL, reset);
 }
 
 static bool s_until_gone(void *ud)
@@ -242,22 +208,10 @@ static bool s_until_acked_or_gone_fd(void *ud)
     s_fx_t *fx = ud;
     if (s_stats(fx).acked >= fx->drained_other)
         return true;
-    for (;;) {
-        struct pollfd p = {.fd = fx->fd, .events = POLLIN};
-        if (poll(&p, 1, 0) <= 0)
-            return false;
-        uint8_t buf[4096];
-        ssize_t n = recv(fx->fd, buf, sizeof buf, MSG_DONTWAIT);
-        if (n > 0) {
-            fx->ack_bytes += (size_t) n;
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return false;
-        fx->ended = true;
-        fx->gone_reset = n < 0;
-        return true;
-    }
+    if (!test_sock_read_ready(fx->fd, &fx->ack_bytes, &fx->gone_reset))
+        return false;
+    fx->ended = true;
+    return true;
 }
 
 static bool s_never(void *ud)
@@ -287,11 +241,11 @@ static void test_drain_mid_frame(void **state)
     (void) state;
     s_fx_t fx;
     s_fx_init(&fx, NULL, 0);
-    int a = s_connect(fx.port), b = s_connect(fx.port);
+    int a = test_sock_connect(fx.port), b = test_sock_connect(fx.port);
     s_send_envelope(&fx, a);
     uint8_t head[4] = {0, 0, 0x10, 0}; /* a 4 KiB frame, begun */
-    s_send(b, head, sizeof head);
-    s_send(b, "partial", 7);
+    test_sock_send_all(b, head, sizeof head);
+    test_sock_send_all(b, "partial", 7);
     s_wait(&fx, s_until_admitted);
     s_wait(&fx, s_until_open2);
     router_comms_drain(fx.comms, s_on_drained, &fx);
@@ -317,7 +271,7 @@ static void test_drain_timeout(void **state)
     s_fx_t fx;
     s_fx_init(&fx, NULL, 1);
     router_comms_test_hold_crypto(fx.comms, true);
-    int a = s_connect(fx.port);
+    int a = test_sock_connect(fx.port);
     s_send_envelope(&fx, a);
     s_wait(&fx, s_until_job);
     router_comms_drain(fx.comms, s_on_drained, &fx);
@@ -355,7 +309,7 @@ static void test_drain_without_timer(void **state)
     router_loop_opts_t lo = {.max_timers = TIMERS};
     s_fx_init(&fx, &lo, 1);
     router_comms_test_hold_crypto(fx.comms, true);
-    int a = s_connect(fx.port);
+    int a = test_sock_connect(fx.port);
     s_send_envelope(&fx, a);
     s_wait(&fx, s_until_job);
     /* One slot for the hang guard, the rest never fire. */
@@ -391,7 +345,7 @@ static void test_drain_twice(void **state)
     (void) state;
     s_fx_t fx;
     s_fx_init(&fx, NULL, 0);
-    int a = s_connect(fx.port);
+    int a = test_sock_connect(fx.port);
     s_send_envelope(&fx, a);
     s_wait(&fx, s_until_admitted);
     router_comms_drain(fx.comms, s_on_drained_other, &fx);
@@ -442,17 +396,9 @@ static void test_new_without_memory(void **state)
  * all (each PROTO_ACK_FRAME_LEN), and whether it ended with a reset. */
 static unsigned s_acks_until_end(s_fx_t *fx, bool *reset)
 {
-    uint8_t buf[4096];
-    while (!fx->ended) {
-        struct pollfd p = {.fd = fx->fd, .events = POLLIN};
-        assert_int_equal(poll(&p, 1, WAIT_MAX_MS), 1);
-        ssize_t n = recv(fx->fd, buf, sizeof buf, 0);
-        if (n > 0) {
-            fx->ack_bytes += (size_t) n;
-            continue;
-        }
+    if (!fx->ended) {
+        test_sock_read_to_end(fx->fd, &fx->ack_bytes, &fx->gone_reset, WAIT_MAX_MS);
         fx->ended = true;
-        fx->gone_reset = n < 0;
     }
     *reset = fx->gone_reset;
     assert_int_equal(fx->ack_bytes % PROTO_ACK_FRAME_LEN, 0);
@@ -468,7 +414,7 @@ static void test_connection_without_memory(void **state)
     (void) state;
     s_fx_t fx;
     s_fx_init(&fx, NULL, 0);
-    int w = s_connect(fx.port); /* warm up: the loop's own first allocations */
+    int w = test_sock_connect(fx.port); /* warm up: the loop's own first allocations */
     s_send_envelope(&fx, w);
     s_wait(&fx, s_until_admitted);
     close(w);
@@ -478,11 +424,11 @@ static void test_connection_without_memory(void **state)
     unsigned served = 0;
     for (run = 0; run < ALLOC_FAIL_RUNS_MAX; run++) {
         router_comms_stats_t before = s_stats(&fx);
-        int fd = s_connect(fx.port);
+        int fd = test_sock_connect(fx.port);
         uint8_t *frames = NULL;
         size_t len = s_envelopes(&fx, 3, &frames);
         alloc_fail_arm(run);
-        s_send(fd, frames, len);
+        test_sock_send_all(fd, frames, len);
         fx.drained_other = (unsigned) before.acked + 3; /* acked to wait for */
         fx.fd = fd;
         fx.ack_bytes = 0;
@@ -544,10 +490,10 @@ static void test_acks_without_wakeup(void **state)
     assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
     router_listener_t *l = router_comms_listen(fx.comms, &addr);
     assert_non_null(l);
-    int fd = s_connect(router_addr_port(router_listener_addr(l)));
+    int fd = test_sock_connect(router_addr_port(router_listener_addr(l)));
     uint8_t *frames = NULL;
     size_t len = s_envelopes(&fx, 3, &frames);
-    s_send(fd, frames, len);
+    test_sock_send_all(fd, frames, len);
     free(frames);
     fx.fd = fd;
     fx.drained_other = 3;
