@@ -5,8 +5,10 @@
  * deadline, the partial-bytes budget it shares with comms (the guard cuts
  * the largest holder, or the line itself), a full inbox (lines skipped and
  * counted, the connection served on), out of memory at each allocation, a
- * peer that resets mid-line, the per-source and per-listener connection
- * bounds, drain and destroy with connections open. gateway/events.c (the
+ * peer that resets mid-line, the per-source bound, the connection cap
+ * (the connection idle the longest gives way to a newcomer; a newcomer is
+ * refused only when every one is mid-line), drain and destroy with
+ * connections open. gateway/events.c (the
  * SSE stream) is tests/events_test.c. */
 #include <errno.h>
 #include <netinet/in.h>
@@ -36,6 +38,7 @@
 #include "router/net/loop.h"
 #include "router/state/identity.h"
 #include "router/state/inbox.h"
+#include "sock_util.h"
 
 /* Bounded waits: a hang fails the test instead of hanging CI. */
 #define WAIT_EVERY_MS 2
@@ -118,34 +121,9 @@ static router_guard_stats_t s_guard_stats(const s_fx_t *fx)
     return st;
 }
 
-/* A blocking client connected to 127.0.0.1:port (the kernel completes the
- * handshake before the loop accepts). */
-static int s_connect(uint16_t port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(connect(fd, (struct sockaddr *) &a, sizeof a), 0);
-    return fd;
-}
-
-static void s_send(int fd, const void *p, size_t len)
-{
-    const uint8_t *b = p;
-    while (len > 0) {
-        ssize_t k = send(fd, b, len, MSG_NOSIGNAL);
-        if (k < 0 && errno == EINTR)
-            continue;
-        assert_true(k > 0);
-        b += k;
-        len -= (size_t) k;
-    }
-}
-
 static void s_send_str(int fd, const char *s)
 {
-    s_send(fd, s, strlen(s));
+    test_sock_send_all(fd, s, strlen(s));
 }
 
 static void s_send_fill(int fd, char c, size_t n)
@@ -154,7 +132,7 @@ static void s_send_fill(int fd, char c, size_t n)
     memset(buf, c, sizeof buf);
     while (n > 0) {
         size_t k = n < sizeof buf ? n : sizeof buf;
-        s_send(fd, buf, k);
+        test_sock_send_all(fd, buf, k);
         n -= k;
     }
 }
@@ -164,25 +142,10 @@ static void s_send_fill(int fd, char c, size_t n)
  * error is consumed), so look at it the first time. */
 static bool s_peer_gone(int fd, bool *reset)
 {
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    if (poll(&p, 1, 0) <= 0)
-        return false;
-    char c;
-    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return false;
-    assert_true(n <= 0); /* never a byte */
-    if (reset)
-        *reset = n < 0;
-    return true;
-}
-
-/* Closes with a reset (SO_LINGER 0). */
-static void s_close_reset(int fd)
-{
-    struct linger lg = {.l_onoff = 1, .l_linger = 0};
-    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
-    close(fd);
+    size_t bytes = 0;
+    bool gone = test_sock_read_ready(fd, &bytes, reset);
+    assert_int_equal(bytes, 0); /* never a byte */
+    return gone;
 }
 
 /* ------------------------------------------------------------ predicates */
@@ -260,7 +223,7 @@ static void test_lines_and_too_long(void **state)
     (void) state;
     s_fx_t fx;
     s_fx_init(&fx, NULL, 0, 1000);
-    int fd = s_connect(fx.port);
+    int fd = test_sock_connect(fx.port);
     s_send_str(fd, "hello\n{\"body\":\"json\"}\n{\"nobody\":1}\n\n");
     s_wait_handled(&fx, 3);
     s_send_fill(fd, 'x', PROTO_LINE_MAX + 10);
@@ -290,11 +253,11 @@ static void test_too_long_holds_nothing(void **state)
     s_fx_t fx;
     router_guard_opts_t go = {.partial_bytes_max = PROTO_LINE_MAX + 8192};
     s_fx_init(&fx, &go, 0, 1000);
-    int a = s_connect(fx.port);
+    int a = test_sock_connect(fx.port);
     s_send_fill(a, 'x', PROTO_LINE_MAX + 10); /* too long, no LF yet */
     s_wait_handled(&fx, 1);
     s_wait(&fx, s_until_held); /* want_held 0 */
-    int b = s_connect(fx.port);
+    int b = test_sock_connect(fx.port);
     s_send_fill(b, 'b', 6000); /* 8 KiB: room only if a holds nothing */
     fx.want_held = 8192;
     s_wait(&fx, s_until_held);
@@ -324,13 +287,13 @@ static void test_partial_line_deadline(void **state)
     s_fx_t fx;
     router_guard_opts_t go = {.first_frame_ms = 200, .frame_ms = 200};
     s_fx_init(&fx, &go, 0, 1000);
-    int a = s_connect(fx.port);
+    int a = test_sock_connect(fx.port);
     s_send_str(a, "first\n");
     s_wait_handled(&fx, 1);
     s_send_fill(a, 'p', 100); /* begun, never ended */
     s_wait_gone(&fx, a);
     assert_true(fx.gone_reset);
-    int b = s_connect(fx.port);
+    int b = test_sock_connect(fx.port);
     s_send_fill(b, 'q', 100); /* a first line never ended */
     s_wait_gone(&fx, b);
     s_wait_open(&fx, 0);
@@ -351,11 +314,11 @@ static void test_budget_cuts_largest(void **state)
     s_fx_t fx;
     router_guard_opts_t go = {.partial_bytes_max = 5000};
     s_fx_init(&fx, &go, 0, 1000);
-    int a = s_connect(fx.port);
+    int a = test_sock_connect(fx.port);
     s_send_fill(a, 'a', 3000); /* held in 4 KiB */
     fx.want_held = 4096;
     s_wait(&fx, s_until_held);
-    int b = s_connect(fx.port);
+    int b = test_sock_connect(fx.port);
     s_send_fill(b, 'b', 500); /* wants 1 KiB: a goes */
     s_wait_gone(&fx, a);
     s_send_str(b, "\n");
@@ -406,7 +369,7 @@ static void s_both_fini(s_both_t *b)
 static void s_send_partial_frame(int fd)
 {
     uint8_t head[4] = {0, 0x01, 0x86, 0xa0};
-    s_send(fd, head, sizeof head);
+    test_sock_send_all(fd, head, sizeof head);
     s_send_fill(fd, 0, 100);
 }
 
@@ -417,11 +380,11 @@ static void test_budget_shared_cuts_comms(void **state)
     (void) state;
     s_both_t b;
     s_both_init(&b, 20000);
-    int c = s_connect(b.comms_port);
+    int c = test_sock_connect(b.comms_port);
     s_send_partial_frame(c);
     b.fx.want_held = 16384;
     s_wait(&b.fx, s_until_held);
-    int e = s_connect(b.fx.port);
+    int e = test_sock_connect(b.fx.port);
     s_send_fill(e, 'e', 1000); /* 1 KiB: fits */
     b.fx.want_held = 16384 + 1024;
     s_wait(&b.fx, s_until_held);
@@ -453,7 +416,7 @@ static void test_budget_cuts_the_line(void **state)
     s_send_partial_frame(sv[0]);
     b.fx.want_held = 16384;
     s_wait(&b.fx, s_until_held);
-    int e = s_connect(b.fx.port);
+    int e = test_sock_connect(b.fx.port);
     s_send_str(e, "one\n");
     s_send_fill(e, 'e', 1000); /* 1 KiB more than the budget has */
     s_wait_gone(&b.fx, e);
@@ -465,7 +428,7 @@ static void test_budget_cuts_the_line(void **state)
     assert_int_equal(s_ev_stats(&b.fx).queued, 1);
     assert_int_equal(b.fx.reported, 1); /* reported before the cut */
     s_wait_open(&b.fx, 0);
-    int f = s_connect(b.fx.port);
+    int f = test_sock_connect(b.fx.port);
     s_send_str(f, "two\n");
     s_wait_handled(&b.fx, 2);
     close(e);
@@ -482,7 +445,7 @@ static void test_inbox_full(void **state)
     (void) state;
     s_fx_t fx;
     s_fx_init(&fx, NULL, 0, 2);
-    int fd = s_connect(fx.port);
+    int fd = test_sock_connect(fx.port);
     s_send_str(fd, "1\n2\n3\n4\n5\n");
     s_wait_handled(&fx, 5);
     router_events_stats_t st = s_ev_stats(&fx);
@@ -509,12 +472,12 @@ static void test_reset_mid_line(void **state)
     (void) state;
     s_fx_t fx;
     s_fx_init(&fx, NULL, 0, 1000);
-    int fd = s_connect(fx.port);
+    int fd = test_sock_connect(fx.port);
     s_send_str(fd, "whole\n");
     s_send_fill(fd, 'h', 2000);
     fx.want_held = 2048;
     s_wait(&fx, s_until_held);
-    s_close_reset(fd);
+    test_sock_close_reset(fd);
     s_wait_open(&fx, 0);
     assert_int_equal(s_guard_stats(&fx).held, 0);
     router_events_stats_t st = s_ev_stats(&fx);
@@ -532,15 +495,15 @@ static void test_connection_bounds(void **state)
     s_fx_t fx;
     router_guard_opts_t go = {.events_per_source_max = 2};
     s_fx_init(&fx, &go, 0, 1000);
-    int a = s_connect(fx.port), b = s_connect(fx.port);
+    int a = test_sock_connect(fx.port), b = test_sock_connect(fx.port);
     s_wait_open(&fx, 2);
-    int c = s_connect(fx.port);
+    int c = test_sock_connect(fx.port);
     s_wait_gone(&fx, c);
     assert_int_equal(s_guard_stats(&fx).refused_per_source[ROUTER_GUARD_EVENTS], 1);
     close(c);
     close(a);
     s_wait_open(&fx, 1);
-    int d = s_connect(fx.port);
+    int d = test_sock_connect(fx.port);
     s_wait_open(&fx, 2);
     s_send_str(d, "d\n");
     s_wait_handled(&fx, 1);
@@ -549,21 +512,113 @@ static void test_connection_bounds(void **state)
     s_wait_open(&fx, 0);
     s_fx_fini(&fx);
 
+    /* At connections_max with every connection mid-line, none can give
+     * way: the newcomer is refused (closed at once) and counted. */
     s_fx_init(&fx, NULL, 2, 1000);
-    a = s_connect(fx.port);
-    b = s_connect(fx.port);
+    a = test_sock_connect(fx.port);
+    b = test_sock_connect(fx.port);
     s_wait_open(&fx, 2);
-    c = s_connect(fx.port);
+    s_send_str(a, "a1\npart");
+    s_send_str(b, "part");
+    s_wait_handled(&fx, 1);
+    fx.want_held = 2 * 1024;
+    s_wait(&fx, s_until_held);
+    c = test_sock_connect(fx.port);
     s_wait_gone(&fx, c);
-    router_listener_stats_t ls;
-    router_listener_stats(fx.l, &ls);
-    assert_int_equal(ls.refused, 1);
-    assert_int_equal(ls.open, 2);
+    assert_int_equal(s_ev_stats(&fx).refused, 1);
+    assert_int_equal(s_ev_stats(&fx).evicted, 0);
+    assert_int_equal(s_ev_stats(&fx).open, 2);
+    s_send_str(a, "ial\n"); /* both served on */
+    s_send_str(b, "ial\n");
+    s_wait_handled(&fx, 3);
     close(a);
     close(b);
     close(c);
     s_wait_open(&fx, 0);
     s_fx_fini(&fx);
+}
+
+static bool s_until_evicted(void *ud)
+{
+    s_fx_t *fx = ud;
+    return s_ev_stats(fx).evicted >= fx->want;
+}
+
+/* Connects a client and waits until the listener has taken it (and cut
+ * whoever gave way): accepts happen in this order. */
+static int s_join(s_fx_t *fx, uint64_t evicted)
+{
+    int fd = test_sock_connect(fx->port);
+    fx->want = evicted;
+    s_wait(fx, s_until_evicted);
+    return fd;
+}
+
+/* At connections_max an outsider holding every place with connections
+ * that send nothing does not lock an honest sender out (they used to hold
+ * them until the idle deadline, 300 s): the newcomer cuts the connection
+ * that never completed a line, the oldest first, and its lines are
+ * queued; with none such left, the one whose last line is the oldest goes;
+ * a connection mid-line is kept. Evictions are counted (events stats and
+ * the guard's unauth_evicted cut). */
+static void test_cap_evicts_idle(void **state)
+{
+    (void) state;
+    enum { CAP = 3 };
+    s_fx_t fx;
+    router_metrics_t *metrics = router_metrics_new();
+    assert_non_null(metrics);
+    router_guard_opts_t go = {.metrics = metrics};
+    s_fx_init(&fx, &go, CAP, 1000);
+    int idle[CAP];
+    for (unsigned i = 0; i < CAP; i++) {
+        idle[i] = test_sock_connect(fx.port);
+        s_wait_open(&fx, i + 1);
+    }
+    /* The honest sender: the oldest idle holder gives way. */
+    int honest = s_join(&fx, 1);
+    s_wait_gone(&fx, idle[0]);
+    assert_true(fx.gone_reset);
+    s_send_str(honest, "from an honest source\n");
+    s_wait_handled(&fx, 1);
+    assert_int_equal(s_ev_stats(&fx).queued, 1);
+    assert_int_equal(fx.reported, 1);
+    /* idle[1] completes a line: idle[2], which never did, goes next,
+     * though it connected later. */
+    s_send_str(idle[1], "one line\n");
+    s_wait_handled(&fx, 2);
+    int next = s_join(&fx, 2);
+    s_wait_gone(&fx, idle[2]);
+    /* Now all have sent a line but `next`; it goes before them. Then the
+     * honest sender's last line is older than idle[1]'s, so it goes, while
+     * idle[1], mid-line now, is kept. */
+    s_send_str(idle[1], "a line under way");
+    fx.want_held = 1024;
+    s_wait(&fx, s_until_held);
+    int third = s_join(&fx, 3);
+    s_wait_gone(&fx, next);
+    s_send_str(third, "third\n");
+    s_wait_handled(&fx, 3);
+    int fourth = s_join(&fx, 4);
+    s_wait_gone(&fx, honest);
+    assert_int_equal(s_ev_stats(&fx).open, CAP);
+    s_send_str(idle[1], ", ended\n");
+    s_send_str(fourth, "fourth\n");
+    s_wait_handled(&fx, 5);
+    assert_int_equal(s_ev_stats(&fx).queued, 5);
+    assert_int_equal(s_ev_stats(&fx).refused, 0);
+    assert_int_equal(s_guard_stats(&fx).cuts[ROUTER_GUARD_EVENTS][ROUTER_GUARD_CUT_UNAUTH_EVICTED],
+                     4);
+    static char text[64 * 1024];
+    assert_true(router_metrics_render(metrics, text, sizeof text) > 0);
+    assert_non_null(
+        strstr(text, "kith_comms_conn_cut_total{kind=\"events\",reason=\"unauth_evicted\"} 4"));
+    int fds[] = {idle[0], idle[1], idle[2], honest, next, third, fourth};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
+        close(fds[i]);
+    s_wait_open(&fx, 0);
+    s_fx_fini(&fx);
+    router_metrics_destroy(&metrics);
 }
 
 /* Drain: the listener closes, every connection stops reading and is
@@ -574,7 +629,7 @@ static void test_drain(void **state)
     (void) state;
     s_fx_t fx;
     s_fx_init(&fx, NULL, 0, 1000);
-    int a = s_connect(fx.port), b = s_connect(fx.port);
+    int a = test_sock_connect(fx.port), b = test_sock_connect(fx.port);
     s_send_str(a, "done\n");
     s_send_fill(b, 'b', 3000);
     fx.want_held = 4096;
@@ -600,7 +655,7 @@ static void test_destroy_with_connections(void **state)
     (void) state;
     s_fx_t fx;
     s_fx_init(&fx, NULL, 0, 1000);
-    int a = s_connect(fx.port), b = s_connect(fx.port);
+    int a = test_sock_connect(fx.port), b = test_sock_connect(fx.port);
     s_send_fill(b, 'b', 3000);
     fx.want_held = 4096;
     s_wait(&fx, s_until_held);
@@ -624,7 +679,7 @@ static void test_without_memory(void **state)
     s_fx_init(&fx, NULL, 0, 100000);
     /* Warm the loop up (its timer slots, the listener's first accept) so
      * the runs fail the allocations of a connection, not of the harness. */
-    int w = s_connect(fx.port);
+    int w = test_sock_connect(fx.port);
     s_send_str(w, "warm\n");
     s_wait_handled(&fx, 1);
     close(w);
@@ -634,7 +689,7 @@ static void test_without_memory(void **state)
     for (run = 0; run < ALLOC_FAIL_RUNS_MAX; run++) {
         router_events_stats_t before = s_ev_stats(&fx);
         uint64_t base = before.queued + before.skipped;
-        int fd = s_connect(fx.port);
+        int fd = test_sock_connect(fx.port);
         fx.fd = fd;
         alloc_fail_arm(run);
         s_send_str(fd, "one\n");
@@ -671,7 +726,7 @@ static void test_without_memory(void **state)
     assert_true(run > 2);
     assert_true(run < ALLOC_FAIL_RUNS_MAX);
     assert_true(served >= 1);
-    int fd = s_connect(fx.port);
+    int fd = test_sock_connect(fx.port);
     uint64_t q = s_ev_stats(&fx).queued;
     s_send_str(fd, "after\n");
     fx.want = q + s_ev_stats(&fx).skipped + 1;
@@ -720,6 +775,7 @@ int main(void)
         cmocka_unit_test(test_inbox_full),
         cmocka_unit_test(test_reset_mid_line),
         cmocka_unit_test(test_connection_bounds),
+        cmocka_unit_test(test_cap_evicts_idle),
         cmocka_unit_test(test_drain),
         cmocka_unit_test(test_destroy_with_connections),
         cmocka_unit_test(test_without_memory),

@@ -1,7 +1,8 @@
 /* router/comms/events.c — plain-event connections: lines split by
  * proto/line into storage that exists only while a line spans reads, each
  * line parsed (event_line.c) and queued in the inbox; accept, deadlines,
- * the partial budget and drain through the guard. */
+ * the partial budget and drain through the guard; at the connection cap,
+ * the connection idle the longest gives way to a newcomer. */
 #include "router/comms/events.h"
 
 #include <errno.h>
@@ -37,6 +38,9 @@ struct s_ec {
     size_t cap;                  /* bytes of buf */
     router_guard_conn_t guard;   /* bounds and deadlines */
     bool stopped;                /* cut or draining: no more reading */
+    bool evicted;                /* cut to admit a newcomer; on_close pending */
+    bool seen_line;              /* has completed a line */
+    uint64_t last;               /* activity tick: accepted, or its last line ended */
     s_ec_t *prev, *next;         /* all connections */
 };
 
@@ -52,10 +56,14 @@ struct router_events {
     router_listener_t *listeners[S_LISTENERS_MAX];
     size_t nlisteners;
     s_ec_t *conns;
+    unsigned evicting;             /* evicted connections whose on_close is pending */
+    uint64_t tick;                 /* the last activity tick handed out */
+    bool refusing;                 /* a refusal at the cap was logged (once per streak) */
     bool draining;
     router_events_stats_t stats;
     router_metric_t *m_queued, *m_skipped;
     router_metric_t *m_open;       /* kith_events_connections_open */
+    router_metric_t *m_refused;    /* kith_events_connections_refused_total */
 };
 
 /* ---------------------------------------------------------------- lines */
@@ -185,6 +193,10 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
         }
     }
     s_batch_report(ec->ev);
+    if (lines) {
+        ec->seen_line = true;
+        ec->last = ++ec->ev->tick;
+    }
     if (ec->buf && !proto_line_reader_busy(&ec->reader)) {
         /* Between lines: an idle connection holds nothing. */
         proto_line_reader_storage_gone(&ec->reader);
@@ -206,6 +218,8 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
     }
     router_guard_leave(&ec->guard);
     s_storage_free(ec);
+    if (ec->evicted)
+        self->evicting--;
     if (ec->prev)
         ec->prev->next = ec->next;
     else
@@ -233,6 +247,61 @@ static void s_on_cut(router_guard_conn_t *gc, router_guard_cut_t why, void *ud)
     router_conn_abort(ec->conn);
 }
 
+/* The connection to give way at the cap: one between lines (a line under
+ * way is kept: its sender is working), preferring one that never completed
+ * a line, and among those alike the one idle the longest. NULL when every
+ * connection is mid-line. */
+static s_ec_t *s_pick_evictee(router_events_t *self)
+{
+    s_ec_t *best = NULL;
+    for (s_ec_t *ec = self->conns; ec; ec = ec->next) {
+        if (ec->stopped || proto_line_reader_busy(&ec->reader))
+            continue;
+        if (!best || (best->seen_line && !ec->seen_line) ||
+            (best->seen_line == ec->seen_line && ec->last < best->last))
+            best = ec;
+    }
+    return best;
+}
+
+/* At the cap an outsider's idle connections must not hold every place
+ * until the idle deadline (300 s) and lock honest senders out: the one
+ * idle the longest is cut for the newcomer (WIRE §10). When none can go,
+ * the newcomer is refused. Returns 0 when there is room. */
+static int s_make_room(router_events_t *self)
+{
+    if (self->stats.open - self->evicting < self->connections_max) {
+        self->refusing = false;
+        return 0;
+    }
+    s_ec_t *victim = s_pick_evictee(self);
+    if (!victim) {
+        self->stats.refused++;
+        router_metric_inc(self->m_refused, 1);
+        if (!self->refusing) {
+            self->refusing = true;
+            ROUTER_LOG(ROUTER_LOG_WARN, "events",
+                       "limit of %u connections reached, every one mid-line: refusing new ones",
+                       self->connections_max);
+        }
+        return -1;
+    }
+    self->refusing = false;
+    self->stats.evicted++;
+    ROUTER_LOG(ROUTER_LOG_WARN, "events",
+               "connection %llu cut: reason=unauth_evicted (limit of %u connections; %s)",
+               (unsigned long long) router_conn_id(victim->conn), self->connections_max,
+               victim->seen_line ? "idle the longest" : "never sent a line");
+    router_guard_count_cut(&victim->guard, ROUTER_GUARD_CUT_UNAUTH_EVICTED);
+    router_guard_leave(&victim->guard);
+    victim->stopped = true;
+    victim->evicted = true;
+    self->evicting++;
+    s_storage_free(victim);
+    router_conn_abort(victim->conn);
+    return 0;
+}
+
 static void s_on_accept(router_listener_t *listener, router_conn_t *conn, void *ud)
 {
     router_events_t *self = ud;
@@ -245,8 +314,16 @@ static void s_on_accept(router_listener_t *listener, router_conn_t *conn, void *
         router_conn_abort(conn);
         return;
     }
+    /* After the join: a newcomer its source's share refuses evicts no one. */
+    if (s_make_room(self) != 0) {
+        router_guard_leave(&ec->guard);
+        free(ec);
+        router_conn_abort(conn);
+        return;
+    }
     ec->ev = self;
     ec->conn = conn;
+    ec->last = ++self->tick;
     ec->next = self->conns;
     if (self->conns)
         self->conns->prev = ec;
@@ -284,6 +361,9 @@ router_events_t *router_events_new(const router_events_opts_t *opts)
         self->m_open = router_metrics_add(opts->metrics, "kith_events_connections_open", NULL,
                                           ROUTER_METRIC_GAUGE,
                                           "Plain event-line connections open.");
+        self->m_refused = router_metrics_add(
+            opts->metrics, "kith_events_connections_refused_total", NULL, ROUTER_METRIC_COUNTER,
+            "Plain event-line connections refused at the cap (every open one mid-line).");
     }
     return self;
 }
@@ -312,10 +392,10 @@ router_listener_t *router_events_listen(router_events_t *self, const router_addr
         errno = ENOSPC;
         return NULL;
     }
+    /* No listener cap: s_make_room applies connections_max, evicting. */
     router_listener_t *l = router_loop_listen(self->loop, addr, s_on_accept, self);
     if (!l)
         return NULL;
-    router_listener_set_max_conns(l, self->connections_max);
     self->listeners[self->nlisteners++] = l;
     return l;
 }

@@ -2,7 +2,8 @@
  * §10; only with comms.auth "none"): newline-delimited lines in, one
  * external event per line into the inbox, nothing back. Its connections
  * keep the same deadlines as comms (first line, a line once begun, idle),
- * are capped in number and per source, hold line storage only while a line
+ * are capped in number and per source (at the cap the connection idle the
+ * longest is cut for a newcomer), hold line storage only while a line
  * spans reads (counted in the partial-frame budget), and stop reading on
  * drain. Loop thread only. */
 #ifndef KITH_ROUTER_EVENTS_H
@@ -41,7 +42,13 @@ typedef struct {
     router_inbox_t *inbox;      /* where events go; borrowed */
     router_metrics_t *metrics;  /* optional */
     router_guard_t *guard;      /* bounds and deadlines; borrowed, required */
-    uint32_t connections_max;   /* open event connections (DESIGN §10 default 1,024) */
+    uint32_t connections_max;   /* open event connections, all listeners together (DESIGN
+                                 * §10 default 1,024). At the cap a newcomer cuts the
+                                 * connection between lines that never completed one, or
+                                 * else completed its last the longest ago (counted in
+                                 * kith_comms_conn_cut_total{kind="events",
+                                 * reason="unauth_evicted"}); one mid-line is kept, and
+                                 * when all are the newcomer is refused. */
     router_channel_event_fn *on_queued; /* the lines one read admitted (loop thread); may be NULL */
     void *ud;
 } router_events_opts_t;
@@ -67,6 +74,8 @@ typedef struct {
     uint64_t queued;  /* lines queued as events */
     uint64_t skipped; /* lines skipped (malformed, too long, inbox full) */
     unsigned open;    /* connections open */
+    uint64_t evicted; /* connections cut at the cap to admit a newcomer */
+    uint64_t refused; /* newcomers refused at the cap: every connection mid-line */
 } router_events_stats_t;
 
 void router_events_stats(const router_events_t *self, router_events_stats_t *out);

@@ -259,11 +259,8 @@ def event_connections_capped_and_timed():
         wait_metric(node, "kith_comms_partial_bytes", lambda v: v == 0)
         wait_metric(node, "kith_events_queued_total", lambda v: v >= 1)
         s.close()
-        # The listener's cap: 8 open (from 2 addresses), the 9th is closed at once.
-        more = [try_dial(node.event_port, src=f"127.0.0.{50 + i // 4}") for i in range(9)]
-        held.extend(more)
-        assert more[-1] is None or ended(more[-1], timeout=30) in ("fin", "rst"), \
-            "the ninth was not refused"
+        # The cap (idle holders give way to a newcomer) is
+        # test_event_listener_cap.py, with deadlines that do not race it.
     finally:
         for s in held:
             if s:
