@@ -234,6 +234,21 @@ void gateway_http_res_close(gateway_http_res_t *res)
     res->close = true;
 }
 
+/* Whether the handler added a field named `name`. */
+static bool s_extra_has(const gateway_http_res_t *res, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t at = 0; at + n < res->extra_len;) {
+        if (res->extra[at + n] == ':' && !strncasecmp(res->extra + at, name, n))
+            return true;
+        const char *eol = memchr(res->extra + at, '\n', res->extra_len - at);
+        if (!eol)
+            break;
+        at = (size_t) (eol - res->extra) + 1;
+    }
+    return false;
+}
+
 /* Writes the part of a response head every answer shares — status line,
  * Date, Content-Type when given, the handler's headers — into head[cap].
  * Returns its length (cap or more when it does not fit). */
@@ -280,10 +295,16 @@ int gateway_http_respond(gateway_http_res_t *res, int status, const char *conten
     int n = s_head_start(res, status, content_type, head, sizeof head);
     if (n > 0 && (size_t) n < sizeof head && !bodiless)
         n += snprintf(head + n, sizeof head - (size_t) n, "Content-Length: %zu\r\n", len);
+    /* A sender of Upgrade (a 426) names it in Connection too, so no
+     * intermediary forwards it (RFC 9110 §7.8). */
+    bool upgrade = s_extra_has(res, "Upgrade");
     if (n > 0 && (size_t) n < sizeof head)
         n += snprintf(head + n, sizeof head - (size_t) n, "%s\r\n",
-                      res->close       ? "Connection: close\r\n"
-                      : keep_alive_10 ? "Connection: keep-alive\r\n"
+                      res->close      ? (upgrade ? "Connection: close, upgrade\r\n"
+                                                 : "Connection: close\r\n")
+                      : keep_alive_10 ? (upgrade ? "Connection: keep-alive, upgrade\r\n"
+                                                 : "Connection: keep-alive\r\n")
+                      : upgrade       ? "Connection: upgrade\r\n"
                                       : "");
     if (n <= 0 || (size_t) n >= sizeof head) {
         /* Cannot happen with the bounds above; refuse rather than cut a head. */

@@ -627,8 +627,10 @@ static void s_on_upgrade(gateway_http_conn_t *hc)
     if (proto_ws_upgrade_check(&up) != 0) {
         int status = proto_ws_handshake_reason_status(up.reason);
         router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_HANDSHAKE], 1);
-        if (status == 426)
+        if (status == 426) { /* a 426 names the protocol to upgrade to (RFC 9110 §15.5.22) */
+            (void) gateway_http_res_header(&res, "Upgrade", "websocket");
             (void) gateway_http_res_header(&res, "Sec-WebSocket-Version", PROTO_WS_VERSION);
+        }
         (void) gateway_http_respond_error(&res, status, "websocket_handshake",
                                           proto_ws_handshake_reason_str(up.reason));
         s_close(hc);

@@ -25,6 +25,7 @@
 #include "alloc_fail.h"
 #include "loop_until.h"
 #include "gateway/http_server.h"
+#include "gateway/ws.h"
 #include "proto/utf8.h"
 #include "router/metrics.h"
 #include "router/net/addr.h"
@@ -95,6 +96,7 @@ static void s_srv_start(s_srv_t *s, const gateway_http_opts_t *o)
     assert_int_equal(gateway_http_route(s->gw, "GET", "/plain", s_plain, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/cut-error", s_cut_error, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "POST", "/upload", s_plain, NULL), 0);
+    assert_int_equal(gateway_http_route_ws(s->gw, "/ws", NULL, 0, s_plain, NULL), 0);
     router_addr_t addr, bound;
     assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
     assert_int_equal(gateway_http_listen(s->gw, &addr, &bound), 0);
@@ -461,6 +463,48 @@ static void test_error_text_not_utf8(void **state)
     s_srv_stop(&s);
 }
 
+/* ---------------------------------------------------------------- 426 */
+
+/* A 426 names what to upgrade to in Upgrade, and a sender of Upgrade lists
+ * "upgrade" in Connection (RFC 9110 §7.8, §15.5.22), whatever else
+ * Connection says: a WebSocket path asked without an upgrade, and an
+ * upgrade of a version not served (RFC 6455 §4.4). Connection used to
+ * leave it out, and the version's 426 had no Upgrade at all. */
+static void test_upgrade_required_names_upgrade(void **state)
+{
+    (void) state;
+    static const struct {
+        const char *request;
+        const char *connection;
+        bool closes;
+    } cases[] = {
+        {"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", "Connection: upgrade\r\n", false},
+        {"GET /ws HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+         "Connection: keep-alive, upgrade\r\n", false},
+        {"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+         "Connection: close, upgrade\r\n", true},
+        {"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+         "Connection: close, upgrade\r\n", true},
+    };
+    s_srv_t s;
+    s_srv_start(&s, NULL);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        s_client_t *c = s_connect(&s);
+        s_send(c, cases[i].request);
+        char r[4096];
+        assert_true(s_take_resp(&s, c, r, sizeof r));
+        assert_non_null(strstr(r, " 426 Upgrade Required\r\n"));
+        assert_non_null(strstr(r, "\r\nUpgrade: websocket\r\n"));
+        if (!strstr(r, cases[i].connection))
+            fail_msg("case %zu: no \"%s\" in\n%s", i, cases[i].connection, r);
+        if (cases[i].closes)
+            assert_true(test_loop_wait(s.loop, s_until_eof, c, 2, S_WAIT_MS));
+        s_client_close(&c);
+    }
+    s_srv_stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -469,6 +513,7 @@ int main(void)
         cmocka_unit_test(test_deferred_stream_after_the_client_went),
         cmocka_unit_test(test_pipelined_input_without_memory_while_deferred),
         cmocka_unit_test(test_error_text_not_utf8),
+        cmocka_unit_test(test_upgrade_required_names_upgrade),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -347,7 +347,7 @@ def expect_100_continue(node):
 @test
 def websocket_paths_without_an_upgrade(node):
     """A WebSocket endpoint's path exists: GET there without an upgrade is
-    426 with `Upgrade: websocket`, another method 405 with `Allow`, with or
+    426 with `Upgrade: websocket` (and `upgrade` in Connection), another method 405 with `Allow`, with or
     without the upgrade's fields (it was 404 not_found)."""
     up = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
@@ -363,7 +363,10 @@ def websocket_paths_without_an_upgrade(node):
             if status == 405:
                 assert headers["allow"] == "GET, HEAD", headers
             else:
+                # A sender of Upgrade names it in Connection (RFC 9110 §7.8).
                 assert headers["upgrade"] == "websocket", headers
+                tokens = [t.strip() for t in headers["connection"].lower().split(",")]
+                assert tokens == ["close", "upgrade"], headers
 
 
 # ------------------------------------------------------------------ WebSocket
