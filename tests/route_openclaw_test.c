@@ -2,8 +2,9 @@
  * route_openclaw.c, WIRE §25) out of memory: its loop runs on the test's
  * thread, so tests/alloc_fail.h fails the endpoint's own allocations one
  * at a time while it answers `connect`, `system-presence`, `health`,
- * `chat.abort` and an unknown method (runs need workers: the integration
- * tests have them). After each failure the
+ * `chat.abort` and an unknown method, and while a run is aborted (no
+ * worker: a run is accepted and queued, never answered; the integration
+ * tests have workers). After each failure the
  * client must get its answer or see the socket close — never wait on an
  * answer that will not come — and the next client is served; LSan checks
  * that nothing leaked. */
@@ -207,11 +208,117 @@ static void test_methods_out_of_memory(void **state)
     s_fix_free(&f);
 }
 
+/* Runs the loop until a text frame holding `needle` came after frame
+ * `from`, or a Close, or the end. True when it came. */
+static const char *s_needle;
+static unsigned s_from;
+
+static bool s_until_needle(void *ud)
+{
+    (void) ud;
+    test_wsc_read(&s_cl);
+    bool closed;
+    unsigned n = test_wsc_frames(&s_cl, &closed);
+    for (unsigned k = s_from; k < n; k++)
+        if (test_wsc_frame_has(&s_cl, k, s_needle))
+            return true;
+    return closed || s_cl.eof;
+}
+
+static bool s_wait_needle(fix_t *f, unsigned from, const char *needle)
+{
+    s_from = from;
+    s_needle = needle;
+    assert_true(test_loop_wait(f->b.loop, s_until_needle, NULL, 1, WAIT_MS));
+    bool closed;
+    unsigned n = test_wsc_frames(&s_cl, &closed);
+    for (unsigned k = from; k < n; k++)
+        if (test_wsc_frame_has(&s_cl, k, needle))
+            return true;
+    return false;
+}
+
+/* A run's end is written to the token store as its key's outcome. With
+ * each allocation failing in turn while a run is aborted (the store's
+ * write among them), the key must stay known: the same key sent again is
+ * answered from the store ("cached") and never starts a second run of a
+ * run its client saw started (WIRE §25.6). The session has no worker: the
+ * first run's turn holds it, the second waits in its queue and is taken
+ * out by the abort. */
+static void test_run_end_keeps_key(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    char req[512], key[32], needle[96];
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        unsigned base = s_client_connected(&f);
+        snprintf(req, sizeof req,
+                 "{\"type\":\"req\",\"id\":\"h\",\"method\":\"chat.send\",\"params\":{"
+                 "\"sessionKey\":\"s%ld\",\"message\":\"held\",\"idempotencyKey\":\"h%ld\"}}",
+                 i, i);
+        test_wsc_send_text(&s_cl, req);
+        assert_true(s_wait_needle(&f, base, "\"id\":\"h\",\"ok\":true"));
+        snprintf(key, sizeof key, "k%ld", i);
+        snprintf(req, sizeof req,
+                 "{\"type\":\"req\",\"id\":\"w\",\"method\":\"chat.send\",\"params\":{"
+                 "\"sessionKey\":\"s%ld\",\"message\":\"waits\",\"idempotencyKey\":\"%s\"}}",
+                 i, key);
+        test_wsc_send_text(&s_cl, req);
+        assert_true(s_wait_needle(&f, base, "\"status\":\"started\"}"));
+        assert_true(s_wait_needle(&f, base, "\"id\":\"w\",\"ok\":true"));
+        snprintf(req, sizeof req,
+                 "{\"type\":\"req\",\"id\":\"a\",\"method\":\"chat.abort\",\"params\":{"
+                 "\"sessionKey\":\"s%ld\",\"runId\":\"%s\"}}",
+                 i, key);
+        alloc_fail_arm(i);
+        test_wsc_send_text(&s_cl, req);
+        /* Its end (aborted), or the socket closed (out of memory for a
+         * frame: the run ends with it). */
+        snprintf(needle, sizeof needle, "\"runId\":\"%s\",\"sessionKey\"", key);
+        (void) s_wait_needle(&f, base, needle);
+        unsigned failed = alloc_fail_disarm();
+        bool closed;
+        (void) test_wsc_frames(&s_cl, &closed);
+        if (closed || s_cl.eof) {
+            s_client_close(&f);
+            base = s_client_connected(&f);
+        }
+        /* The key again: answered from the store, nothing started. */
+        snprintf(req, sizeof req,
+                 "{\"type\":\"req\",\"id\":\"r\",\"method\":\"chat.send\",\"params\":{"
+                 "\"sessionKey\":\"s%ld\",\"message\":\"again\",\"idempotencyKey\":\"%s\"}}",
+                 i, key);
+        test_wsc_send_text(&s_cl, req);
+        assert_true(s_wait_needle(&f, base, "\"id\":\"r\""));
+        s_from = base;
+        bool cached = false;
+        unsigned n = test_wsc_frames(&s_cl, &closed);
+        for (unsigned k = base; k < n; k++)
+            cached = cached || (test_wsc_frame_has(&s_cl, k, "\"id\":\"r\"") &&
+                                test_wsc_frame_has(&s_cl, k, "\"cached\":true"));
+        if (!cached)
+            fail_msg("allocation %ld failing during an abort: the key %s ran again", i, key);
+        s_client_close(&f);
+        if (!failed)
+            break;
+    }
+    /* The token store posts its loop a wake for each write; one still
+     * queued when the store is destroyed would run on freed memory (see
+     * the report: the fixture frees the store before the loop), so the
+     * loop runs once after the store's thread stopped. */
+    test_gw_stop(&f.b);
+    (void) test_loop_wait(f.b.loop, s_gone, NULL, 1, WAIT_MS);
+    gateway_openclaw_destroy(&f.oc);
+    test_gw_free(&f.b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_connect_out_of_memory),
         cmocka_unit_test(test_methods_out_of_memory),
+        cmocka_unit_test(test_run_end_keeps_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
