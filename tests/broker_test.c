@@ -1423,6 +1423,89 @@ static void test_no_request_to_a_worker_past_its_span(void **state)
     }
 }
 
+static void s_noop_timer(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    (void) ud;
+}
+
+/* A request whose loss takes every free timer slot of the loop for a
+ * moment (200 ms), as the router's own timers could. */
+typedef struct {
+    router_loop_t *loop;
+    reply_t rep;
+    int hoarded;
+} hoard_t;
+
+static void s_on_lost_hoard(int kind, const uint8_t *body, size_t len, void *ud)
+{
+    hoard_t *h = ud;
+    s_on_reply(kind, body, len, &h->rep);
+    if (kind == -1)
+        while (router_loop_timer_add(h->loop, 200, s_noop_timer, NULL))
+            h->hoarded++;
+}
+
+typedef struct {
+    hoard_t *h;
+    zsock_t *talker;
+} talk_t;
+
+/* The request is lost; until then the talker says HEARTBEAT at each look. */
+static bool s_lost_while_talking(void *ud)
+{
+    talk_t *t = ud;
+    if (t->h->rep.lost)
+        return true;
+    s_raw_send(t->talker, "MDPW02", 0x05, 0, NULL);
+    return false;
+}
+
+/* The callback of a request lost in a heartbeat's pass takes the timer slot
+ * that heartbeat freed (every free one, here): the heartbeats go on, and a
+ * worker silent after is expired. Before, the next beat was set after the
+ * callbacks, could not be, and never ran again: no worker was beaten or
+ * expired any more (each reconnected as a new one every span, the old
+ * ones kept, until 1 024 refused every READY). */
+static void test_beat_survives_a_full_timer_table(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64], err[256] = "";
+    snprintf(ep, sizeof ep, "inproc://broker-test-%d", ++s_n);
+    router_loop_opts_t lo = {.max_timers = 16};
+    r.loop = router_loop_new(&lo);
+    assert_non_null(r.loop);
+    router_broker_opts_t o = {.loop = r.loop, .endpoint = ep, .heartbeat_ms = 50,
+                              .liveness = 3};
+    r.b = router_broker_new(&o, err, sizeof err);
+    assert_non_null(r.b);
+    zsock_t *holder = zsock_new_dealer(ep);
+    assert_non_null(holder);
+    s_raw_ready(holder);
+    s_run(&r, s_workers_1, r.b);
+    hoard_t h = {.loop = r.loop};
+    assert_true(router_broker_request(r.b, "kith.test", (const uint8_t *) "q", 1,
+                                      s_on_lost_hoard, &h) > 0);
+    s_run(&r, s_dispatched, r.b);
+    zsock_t *talker = zsock_new_dealer(ep);
+    assert_non_null(talker);
+    s_raw_ready(talker);
+    s_run(&r, s_workers_2, r.b);
+    talk_t t = {&h, talker};
+    s_run(&r, s_lost_while_talking, &t); /* holder silent past its span */
+    assert_true(h.hoarded > 0);
+    s_run(&r, s_workers_0, r.b); /* and now the talker */
+    router_broker_stats_t st;
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.expired, 2);
+    assert_int_equal(st.lost, 1);
+    zsock_destroy(&holder);
+    zsock_destroy(&talker);
+    s_teardown(&r);
+}
+
 /* A flood of worker messages is read in batches, the loop taking turns
  * between them, and every message is handled in the end. */
 static void test_flood_in_batches(void **state)
@@ -1575,6 +1658,7 @@ int main(void)
         cmocka_unit_test(test_cancel_held_and_queued),
         cmocka_unit_test(test_request_and_ready_without_memory),
         cmocka_unit_test(test_no_request_to_a_worker_past_its_span),
+        cmocka_unit_test(test_beat_survives_a_full_timer_table),
         cmocka_unit_test(test_flood_in_batches),
         cmocka_unit_test(test_new_refusals),
         cmocka_unit_test(test_service_names_flood),

@@ -563,8 +563,18 @@ static void s_drain(router_broker_t *b, int sock)
     b->draining[sock] = false;
 }
 
+static void s_beat(router_loop_t *loop, uint64_t id, void *ud);
+
+/* The heartbeat timer, unless it is set already. */
+static void s_beat_arm(router_broker_t *b)
+{
+    if (!b->beat_timer)
+        b->beat_timer = router_loop_timer_add(b->loop, b->heartbeat_ms, s_beat, b);
+}
+
 static void s_kick(router_broker_t *b)
 {
+    s_beat_arm(b); /* one s_beat could not set (no timer slot, no memory) */
     for (int i = 0; i < S_SOCKS; i++)
         s_drain(b, i);
 }
@@ -596,11 +606,20 @@ static void s_on_fd(router_watch_t *watch, int fd, unsigned events, void *ud)
     s_kick(ud);
 }
 
-/* Every heartbeat: expire the silent, beat the living. */
+/* Every heartbeat: expire the silent, beat the living. The next beat is
+ * set first: the callbacks of the requests lost below may take the timer
+ * slot this one freed (the router arms timers of its own when a turn
+ * ends), and a beat that could not be set again stopped for good: no
+ * worker was ever expired or beaten again, so every worker reconnected
+ * each heartbeat × liveness as a new one, the old ones never forgotten,
+ * until 1 024 refused every READY. One that still cannot be set is set by
+ * the next drain (s_kick). */
 static void s_beat(router_loop_t *loop, uint64_t id, void *ud)
 {
     (void) id;
     router_broker_t *b = ud;
+    b->beat_timer = 0;
+    s_beat_arm(b);
     uint64_t now = router_loop_now_ms(loop);
     zlist_t *keys = zhash_keys(b->workers);
     for (char *k = keys ? zlist_first(keys) : NULL; k; k = zlist_next(keys)) {
@@ -615,7 +634,6 @@ static void s_beat(router_loop_t *loop, uint64_t id, void *ud)
         }
     }
     zlist_destroy(&keys);
-    b->beat_timer = router_loop_timer_add(loop, b->heartbeat_ms, s_beat, b);
     s_kick(b);
 }
 
@@ -831,7 +849,7 @@ router_broker_t *router_broker_new(const router_broker_opts_t *o, char *err, siz
             goto fail;
         }
     }
-    b->beat_timer = router_loop_timer_add(b->loop, b->heartbeat_ms, s_beat, b);
+    s_beat_arm(b);
     if (!b->beat_timer) {
         snprintf(err, errcap, "workers: cannot set the heartbeat timer");
         goto fail;
