@@ -2,9 +2,12 @@
  * read offline, straight from the file (WIRE §21), so it works with the
  * daemon stopped, beside a running one, or on a copy elsewhere. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
@@ -32,7 +35,9 @@ static const char s_usage[] =
     "  tail    prints the last N records (default 10), one JSON line each,\n"
     "          reading the rotated files too when FILE holds fewer.\n"
     "  query   prints the newest matching records (default limit 100, at most\n"
-    "          1000), oldest first: --type T, --since MS (Unix ms, time_ms >= MS).\n";
+    "          1000), oldest first: --type T, --since MS (Unix ms, time_ms >= MS).\n"
+    "  tail and query exit 1, after printing what they found, when FILE ends\n"
+    "  inside a line (a torn record, as a crash can leave), as verify does.\n";
 
 typedef struct {
     const char *home_flag;
@@ -131,7 +136,54 @@ static int s_verify(const s_args_t *a, const char *path, const router_config_t *
     return KITH_EXIT_FAIL;
 }
 
-static int s_print(const char *path, const audit_query_t *q)
+/* How far back s_torn_end looks for the start of the torn line. */
+#define S_TORN_SCAN_MAX (1024u * 1024u)
+
+/* Whether the log at path ends inside a line, as verify reports it (torn):
+ * a crash after a preallocation can leave a file of zero bytes, whose
+ * "lines" the query skips, so tail printed nothing and said all was well.
+ * Describes the torn part in msg. A file that cannot be read now is left
+ * to the query, which read it. */
+static bool s_torn_end(const char *path, char *msg, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    struct stat st;
+    uint8_t buf[4096];
+    bool torn = false;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0 ||
+        pread(fd, buf, 1, st.st_size - 1) != 1 || buf[0] == '\n')
+        goto done;
+    torn = true;
+    /* Back to the last newline, to say where the torn line starts and
+     * whether it is all zero bytes. */
+    off_t end = st.st_size, at = end;
+    bool zeros = true, found = false;
+    while (at > 0 && end - at < (off_t) S_TORN_SCAN_MAX && !found) {
+        size_t n = at < (off_t) sizeof buf ? (size_t) at : sizeof buf;
+        if (pread(fd, buf, n, at - (off_t) n) != (ssize_t) n)
+            break;
+        size_t i = n;
+        while (i > 0 && buf[i - 1] != '\n') {
+            zeros = zeros && buf[i - 1] == 0;
+            i--;
+        }
+        found = i > 0;
+        at -= (off_t) (n - i);
+    }
+    if (found || at == 0)
+        snprintf(msg, cap, "the log ends inside a line (%lld %sbytes at offset %lld, no newline)",
+                 (long long) (end - at), zeros ? "zero " : "", (long long) at);
+    else
+        snprintf(msg, cap, "the log ends inside a line (no newline in its last %lld bytes)",
+                 (long long) (end - at));
+done:
+    close(fd);
+    return torn;
+}
+
+static int s_print(const char *verb, const char *path, const audit_query_t *q)
 {
     audit_lines_t l;
     audit_error_t err = {0};
@@ -142,6 +194,12 @@ static int s_print(const char *path, const audit_query_t *q)
     for (size_t i = 0; i < l.n; i++)
         printf("%s\n", l.lines[i]);
     audit_lines_free(&l);
+    char torn[160];
+    if (s_torn_end(path, torn, sizeof torn)) {
+        fprintf(stderr, "kith audit %s: %s: %s: a torn record, not shown; kith audit verify says "
+                        "more\n", verb, path, torn);
+        return KITH_EXIT_FAIL;
+    }
     return KITH_EXIT_OK; /* a write that failed is said once, by main */
 }
 
@@ -223,5 +281,5 @@ int kith_cmd_audit(int argc, char **argv)
         return s_verify(&a, path, &cfg);
     audit_query_t q = {.limit = a.limit, .type = a.type, .has_since = a.has_since,
                        .since_ms = a.since_ms};
-    return s_print(path, &q);
+    return s_print(verb, path, &q);
 }
