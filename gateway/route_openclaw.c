@@ -87,7 +87,7 @@ struct s_conn {
     gateway_openclaw_t *oc;
     uint64_t serial;          /* unique in the endpoint */
     gateway_ws_t *ws;
-    bool closing;             /* gateway_ws_close (or _end) was called */
+    bool closing;             /* not open: closed by us (gateway_ws_close, _end) or the gateway */
     bool ended;               /* gateway_ws_end was called: gone but for the flush */
     bool connected;           /* hello-ok sent */
     bool loopback;
@@ -1720,6 +1720,18 @@ static void s_conn_free(s_conn_t *c)
         s_presence_changed(oc);
 }
 
+/* The socket stopped being open, whoever closed it: the gateway too (a
+ * frame past the handshake's size bound, a protocol error, a token
+ * revoked, a slow reader cut). From now on it is a closing one: nothing is
+ * sent to it, a connect being accepted is not, and before hello-ok it is
+ * among the refused that give their place in the handshake first. */
+static void s_on_closing(gateway_ws_t *ws, void *ud)
+{
+    (void) ws;
+    s_conn_t *c = ud;
+    c->closing = true;
+}
+
 static void s_on_close(gateway_ws_t *ws, uint16_t code, void *ud)
 {
     (void) ws, (void) code;
@@ -1728,6 +1740,7 @@ static void s_on_close(gateway_ws_t *ws, uint16_t code, void *ud)
 
 static const gateway_ws_handlers_t s_ws_handlers = {
     .on_message = s_on_message,
+    .on_closing = s_on_closing,
     .on_close = s_on_close,
 };
 

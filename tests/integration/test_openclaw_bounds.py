@@ -218,11 +218,14 @@ def bound(node, token):
     reference_connect(node, token)
 
 
-def refused_holds_handshake_place(node, token):
+def refused_holds_handshake_place(node, token, how="binary"):
     """A socket refused before hello-ok that never answers the Close holds
     one of the 256 places: the newcomer past them ends it (not the oldest
     idle one), and its connection ends with FIN at once, not with the
-    reset of a close wait run out."""
+    reset of a close wait run out. Refused by the endpoint (`binary`: a
+    binary message, 1003) or by the gateway's WebSocket layer itself
+    (`oversize`: a frame header announcing more than the handshake's 64 KiB,
+    1009): either way it is a refused socket, not an idle one."""
     waiting, newcomer, refused = [], None, None
     try:
         for _ in range(HANDSHAKES_MAX - 1):
@@ -231,8 +234,14 @@ def refused_holds_handshake_place(node, token):
             waiting.append(s)
         refused = Sock(node)
         refused.challenge()
-        refused.s.sendall(ws_masked(2, b"binary"))  # refused: close 1003, our Close awaited
-        check(refused.close_frame()[0] == 1003, refused.frames())
+        if how == "binary":
+            refused.s.sendall(ws_masked(2, b"binary"))  # refused: close 1003, our Close awaited
+            want = 1003
+        else:
+            # A text frame announcing 70 000 octets, none of them sent.
+            refused.s.sendall(bytes([0x81, 0x80 | 127]) + struct.pack(">Q", 70000) + b"\0" * 4)
+            want = 1009
+        check(refused.close_frame()[0] == want, refused.frames())
         newcomer = Sock(node)
         newcomer.challenge()
         try:
@@ -261,6 +270,8 @@ def main():
         token = pair_token(node)
         r.run(bound, node, token)
         r.run(refused_holds_handshake_place, node, token)
+        r.run(lambda: refused_holds_handshake_place(node, token, "oversize"),
+              name="gateway_refused_holds_handshake_place")
         r.stopped(node)
     finally:
         node.cleanup()
