@@ -278,6 +278,60 @@ static void test_accept_without_handlers(void **state)
     router_loop_destroy(&fx.loop);
 }
 
+/* Out of descriptors when listening (a daemon started at its limit): TCP
+ * fails with EMFILE at socket(); Unix with a stale socket file at the path
+ * fails at the probe that tells a stale file from a live one, and leaves
+ * the file alone. Nothing is kept open. With descriptors back both listen,
+ * the stale file replaced by a live socket. */
+static void test_listen_without_descriptors(void **state)
+{
+    s_fx_t fx = {0};
+    fx.loop = s_loop_new(state, NULL);
+    char dir[] = "/tmp/kith-listen-test-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char text[128];
+    snprintf(text, sizeof text, "uds://%s/l.sock", dir);
+    router_addr_t tcp, uds;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &tcp, NULL), 0);
+    assert_int_equal(router_addr_parse(text, &uds, NULL), 0);
+    int stale = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(stale >= 0);
+    assert_int_equal(bind(stale, &uds.u.sa, uds.len), 0);
+    close(stale); /* the file stays, nobody listening: stale */
+    unsigned fds = s_fd_count();
+    s_fds_exhaust(&fx);
+    errno = 0;
+    router_listener_t *t = router_loop_listen(fx.loop, &tcp, s_on_accept, &fx);
+    int t_err = errno;
+    errno = 0;
+    router_listener_t *u = router_loop_listen(fx.loop, &uds, s_on_accept, &fx);
+    int u_err = errno;
+    s_fds_restore(&fx);
+    assert_null(t);
+    assert_int_equal(t_err, EMFILE);
+    assert_null(u);
+    assert_int_equal(u_err, EMFILE);
+    assert_int_equal(s_fd_count(), fds);
+    struct stat st;
+    assert_int_equal(lstat(uds.u.un.sun_path, &st), 0);
+    assert_true(S_ISSOCK(st.st_mode));
+    t = router_loop_listen(fx.loop, &tcp, s_on_accept, &fx);
+    assert_non_null(t);
+    u = router_loop_listen(fx.loop, &uds, s_on_accept, &fx);
+    assert_non_null(u);
+    int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(c >= 0);
+    assert_int_equal(connect(c, &uds.u.sa, uds.len), 0); /* live now */
+    fx.want = 1;
+    s_wait(&fx, s_until_accepted);
+    close(c);
+    router_listener_close(&u);
+    assert_int_not_equal(access(uds.u.un.sun_path, F_OK), 0);
+    router_listener_close(&t);
+    router_loop_destroy(&fx.loop);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 /* Out of descriptors: accepts fail, the listener backs off (counted, no
  * spin), and once descriptors are free again the waiting connection is
  * accepted. */
@@ -493,6 +547,7 @@ int main(void)
         BOTH(test_listen_without_memory),
         BOTH(test_accept_without_memory),
         BOTH(test_accept_without_handlers),
+        BOTH(test_listen_without_descriptors),
         BOTH(test_emfile_backs_off_and_recovers),
         BOTH(test_close_while_backing_off),
         BOTH(test_backing_off_without_timer),
