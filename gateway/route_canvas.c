@@ -15,6 +15,7 @@
 
 #include "gateway/routes_canvas.h"
 #include "proto/utf8.h"
+#include "proto/ws.h"
 #include "router/clock.h"
 #include "router/workers/turn_json.h"
 #include "router/workers/turn_source.h"
@@ -135,6 +136,20 @@ static void s_push(s_canvas_t *c, const char *json, size_t len)
     }
     c->pushing = false;
     router_shared_buf_destroy(&frame);
+}
+
+/* A new version whose frame cannot be made (no memory) must not leave the
+ * watchers showing the old one as if it were current: each is closed 1011,
+ * and gets the document now held when it connects again. */
+static void s_push_failed(s_canvas_t *c)
+{
+    c->pushing = true;
+    for (s_watch_t *w = c->watchers, *next; w; w = next) {
+        next = w->next; /* ending w unlinks it, nothing else */
+        gateway_ws_end(w->ws, PROTO_WS_CLOSE_INTERNAL_ERROR,
+                       "out of memory: reconnect for the current version");
+    }
+    c->pushing = false;
 }
 
 /* ---------------------------------------------------------------- REST */
@@ -284,6 +299,8 @@ static void s_post(gateway_canvas_t *self, const gateway_http_req_t *req, gatewa
     char *frame = s_doc_json(c, "frame", &n);
     if (frame)
         s_push(c, frame, n);
+    else
+        s_push_failed(c);
     free(frame);
     char answer[GATEWAY_CANVAS_ID_MAX + 96];
     snprintf(answer, sizeof answer, "{\"id\":\"%s\",\"version\":%llu,\"watchers\":%u}", c->id,
