@@ -333,6 +333,24 @@ int gateway_http_respond(gateway_http_res_t *res, int status, const char *conten
                  " less", limit);
         return gateway_http_respond_error(res, 500, "response_too_large", text);
     }
+    if (iovcnt == 2 && (size_t) n + len > router_conn_send_room(hc->conn)) {
+        /* It fits the bound, not what is left of it now: answers to
+         * pipelined requests are still unsent, or all connections together
+         * hold limits.conn_unsent_total_max. The loop would cut the
+         * connection without a word; say so and close instead. */
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                   "conn %llu: a %d answer of %zu octets does not fit the unsent room left (%zu)",
+                   (unsigned long long) router_conn_id(hc->conn), status, len,
+                   router_conn_send_room(hc->conn));
+        res->sent = false;
+        res->extra_len = 0;
+        res->close = true;
+        (void) gateway_http_res_header(res, "Retry-After", "1");
+        return gateway_http_respond_error(res, 503, "send_buffers_full",
+                                          "the answer does not fit what the server may hold unsent"
+                                          " now (limits.conn_unsent_max,"
+                                          " limits.conn_unsent_total_max); ask again");
+    }
     if (router_conn_sendv(hc->conn, iov, iovcnt) != 0) {
         /* Cut as a slow consumer, or already closing: on_close follows. */
         ROUTER_LOG(ROUTER_LOG_DEBUG, "gateway", "conn %llu: response %d not sent: %s",

@@ -186,9 +186,13 @@ void gateway_http_res_close(gateway_http_res_t *res);
 /* Sends the response: status line, Date, Content-Type (when given),
  * Content-Length (not for 204 and 304, which have no body), the added
  * headers, Connection when it closes, then `len` octets of `body` (copied;
- * none for HEAD). Once per request. A response is queued whole: one past
- * the connection's unsent-byte limit (ROUTER_CONN_SEND_LIMIT by default)
- * cuts the connection. Returns 0, or -1 with errno EINVAL
+ * none for HEAD). Once per request. A response is queued whole: one
+ * larger on its own than the unsent-byte limit (opts.send_limit) is
+ * answered 500 response_too_large instead, and one that fits the limit but
+ * not the room left now (answers still unsent ahead of it, or all
+ * connections at the loop's send_total_limit) 503 send_buffers_full with
+ * Retry-After, closing. Returns 0 (also when it answered one of those
+ * errors instead), or -1 with errno EINVAL
  * (status outside 200..599, a body on 204/304, a bad content type),
  * EALREADY (already sent) or EPIPE (the connection is gone; nothing to do). */
 int gateway_http_respond(gateway_http_res_t *res, int status, const char *content_type,
@@ -199,7 +203,8 @@ int gateway_http_respond_json(gateway_http_res_t *res, int status, const char *j
 
 /* gateway_http_respond() of {"error": text, "code": code} as
  * application/json. `code` is a stable snake_case name clients can switch
- * on, `text` is for people. Both are JSON-escaped; the body must fit
+ * on, `text` is for people. Both are JSON-escaped (octets that are not
+ * well-formed UTF-8 become U+FFFD); the body must fit
  * GATEWAY_HTTP_ERROR_BODY_MAX (else -1, EINVAL). */
 int gateway_http_respond_error(gateway_http_res_t *res, int status, const char *code,
                                const char *text);

@@ -71,6 +71,17 @@ static void s_cut_error(const gateway_http_req_t *req, gateway_http_res_t *res, 
                                       " \x80 \xc0\xaf \xed\xa0\x80 \xe2\x82\"");
 }
 
+/* An answer of s_big_len octets (at most sizeof s_big). */
+static char s_big[512 * 1024];
+static size_t s_big_len;
+
+static void s_big_answer(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    (void) req;
+    (void) ud;
+    (void) gateway_http_respond(res, 200, "text/plain", s_big, s_big_len);
+}
+
 /* ---------------------------------------------------------------- server */
 
 typedef struct {
@@ -80,10 +91,14 @@ typedef struct {
     uint16_t port;
 } s_srv_t;
 
-static void s_srv_start(s_srv_t *s, const gateway_http_opts_t *o)
+/* A server on a loop with options `lo` (NULL: defaults; always epoll) and
+ * gateway options `o` (NULL: defaults), with the routes above. */
+static void s_srv_start_loop(s_srv_t *s, const router_loop_opts_t *lo_in,
+                             const gateway_http_opts_t *o)
 {
     memset(s, 0, sizeof *s);
-    router_loop_opts_t lo = {.backend = ROUTER_LOOP_EPOLL};
+    router_loop_opts_t lo = lo_in ? *lo_in : (router_loop_opts_t){0};
+    lo.backend = ROUTER_LOOP_EPOLL;
     s->loop = router_loop_new(&lo);
     assert_non_null(s->loop);
     s->metrics = router_metrics_new();
@@ -97,12 +112,19 @@ static void s_srv_start(s_srv_t *s, const gateway_http_opts_t *o)
     assert_int_equal(gateway_http_route(s->gw, "GET", "/cut-error", s_cut_error, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "POST", "/upload", s_plain, NULL), 0);
     assert_int_equal(gateway_http_route_ws(s->gw, "/ws", NULL, 0, s_plain, NULL), 0);
+    assert_int_equal(gateway_http_route(s->gw, "GET", "/big", s_big_answer, NULL), 0);
+    memset(s_big, 'b', sizeof s_big);
     router_addr_t addr, bound;
     assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
     assert_int_equal(gateway_http_listen(s->gw, &addr, &bound), 0);
     s->port = router_addr_port(&bound);
     s_pending = NULL;
     s_fail_after_defer = false;
+}
+
+static void s_srv_start(s_srv_t *s, const gateway_http_opts_t *o)
+{
+    s_srv_start_loop(s, NULL, o);
 }
 
 static void s_srv_stop(s_srv_t *s)
@@ -210,6 +232,13 @@ static bool s_until_resp(void *ud)
     s_client_t *c = ud;
     s_pump(c);
     return s_resp_len(c) > 0 || c->eof;
+}
+
+static bool s_until_head(void *ud)
+{
+    s_client_t *c = ud;
+    s_pump(c);
+    return strstr(c->buf, "\r\n\r\n") || c->eof;
 }
 
 static bool s_until_eof(void *ud)
@@ -505,6 +534,85 @@ static void test_upgrade_required_names_upgrade(void **state)
     s_srv_stop(&s);
 }
 
+/* ---------------------------------------------------------------- the unsent room */
+
+static void s_expect_send_buffers_full(const char *r)
+{
+    assert_non_null(strstr(r, "HTTP/1.1 503 Service Unavailable\r\n"));
+    assert_non_null(strstr(r, "\r\nRetry-After: 1\r\n"));
+    assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
+    assert_non_null(strstr(r, "\"code\":\"send_buffers_full\"}"));
+}
+
+/* An answer within a connection's own unsent bound, but larger than what
+ * all connections together may still hold (the loop's send_total_limit,
+ * limits.conn_unsent_total_max), is told 503 send_buffers_full and the
+ * connection closes in order. The loop used to cut it as a slow consumer:
+ * a reset, for a client that had read everything it was sent. */
+static void test_answer_past_the_total_unsent_room(void **state)
+{
+    (void) state;
+    router_loop_opts_t lo = {.send_total_limit = 128 * 1024};
+    s_srv_t s;
+    s_srv_start_loop(&s, &lo, NULL);
+    s_big_len = 200 * 1024;
+    s_client_t *c = s_connect(&s);
+    s_send(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    char r[4096];
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    s_expect_send_buffers_full(r);
+    assert_true(test_loop_wait(s.loop, s_until_eof, c, 2, S_WAIT_MS));
+    assert_int_equal(c->len, 0);
+    s_client_close(&c);
+
+    /* What fits is served. */
+    s_big_len = 1000;
+    c = s_connect(&s);
+    s_send(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    s_client_close(&c);
+    s_srv_stop(&s);
+}
+
+/* Two pipelined requests read at once: the first one's answer is still
+ * unsent when the second one's, which would fit the bound alone, does not
+ * fit what is left of it. The first is answered, the second told 503
+ * send_buffers_full, and the connection closes in order. It used to be cut
+ * (a reset: the client lost even the first answer). */
+static void test_pipelined_answer_past_the_unsent_room(void **state)
+{
+    (void) state;
+    const size_t limit = 256 * 1024;
+    router_loop_opts_t lo = {.send_limit = limit};
+    gateway_http_opts_t o = {.send_limit = limit};
+    s_srv_t s;
+    s_srv_start_loop(&s, &lo, &o);
+    /* Its head is about 110 octets: it fits alone, not behind /plain's
+     * answer (about 110 octets too). */
+    s_big_len = limit - 200;
+    s_client_t *c = s_connect(&s);
+    s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n"
+              "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    char r[4096];
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(r, "\r\n\r\nplain"));
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    s_expect_send_buffers_full(r);
+    assert_true(test_loop_wait(s.loop, s_until_eof, c, 2, S_WAIT_MS));
+    assert_int_equal(c->len, 0);
+    s_client_close(&c);
+
+    /* Asked alone, it is served (its head is enough to see it). */
+    c = s_connect(&s);
+    s_send(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_true(test_loop_wait(s.loop, s_until_head, c, 2, S_WAIT_MS));
+    assert_non_null(strstr(c->buf, "HTTP/1.1 200 OK\r\n"));
+    s_client_close(&c);
+    s_srv_stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -514,6 +622,8 @@ int main(void)
         cmocka_unit_test(test_pipelined_input_without_memory_while_deferred),
         cmocka_unit_test(test_error_text_not_utf8),
         cmocka_unit_test(test_upgrade_required_names_upgrade),
+        cmocka_unit_test(test_answer_past_the_total_unsent_room),
+        cmocka_unit_test(test_pipelined_answer_past_the_unsent_room),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
