@@ -536,6 +536,27 @@ static void test_connection_bounds(void **state)
     close(c);
     s_wait_open(&fx, 0);
     s_fx_fini(&fx);
+
+    /* A newcomer its source's share refuses cuts no one to make room,
+     * though the cap is reached and both holders are idle. */
+    router_guard_opts_t two = {.events_per_source_max = 2};
+    s_fx_init(&fx, &two, 2, 1000);
+    a = test_sock_connect(fx.port);
+    b = test_sock_connect(fx.port);
+    s_wait_open(&fx, 2);
+    c = test_sock_connect(fx.port);
+    s_wait_gone(&fx, c);
+    assert_int_equal(s_guard_stats(&fx).refused_per_source[ROUTER_GUARD_EVENTS], 1);
+    assert_int_equal(s_ev_stats(&fx).evicted, 0);
+    assert_int_equal(s_ev_stats(&fx).open, 2);
+    s_send_str(a, "a\n");
+    s_send_str(b, "b\n");
+    s_wait_handled(&fx, 2);
+    close(a);
+    close(b);
+    close(c);
+    s_wait_open(&fx, 0);
+    s_fx_fini(&fx);
 }
 
 static bool s_until_evicted(void *ud)
