@@ -67,6 +67,7 @@ typedef struct {
     router_listener_t *l;
     unsigned accepted;  /* on_accept calls */
     unsigned closed;    /* on_close calls */
+    router_addr_t peer; /* the last accepted connection's peer address */
     bool no_handlers;   /* on_accept leaves the connection without handlers */
     int fd;             /* the client s_until_gone watches */
     uint64_t want;      /* what the predicates wait for */
@@ -93,6 +94,7 @@ static void s_on_accept(router_listener_t *l, router_conn_t *c, void *ud)
     (void) l;
     s_fx_t *fx = ud;
     fx->accepted++;
+    fx->peer = *router_conn_peer(c);
     if (fx->no_handlers)
         return;
     static const router_conn_handlers_t h = {.on_data = s_on_data, .on_close = s_on_close};
@@ -275,6 +277,31 @@ static void test_accept_without_handlers(void **state)
     assert_int_equal(ls.open, 1);
     close(a);
     close(b);
+    router_loop_destroy(&fx.loop);
+}
+
+/* A peer that resets before its connection is accepted: the connection
+ * still carries its address (getpeername() would fail with ENOTCONN by
+ * then, and a connection without an address was exempt from the
+ * per-source and unauthenticated bounds, as if from inside the process). */
+static void test_reset_before_accept_keeps_peer(void **state)
+{
+    s_fx_t fx = {0};
+    fx.loop = s_loop_new(state, NULL);
+    s_listen_tcp(&fx);
+    int a = s_connect(&fx);
+    struct sockaddr_in mine;
+    socklen_t len = sizeof mine;
+    assert_int_equal(getsockname(a, (struct sockaddr *) &mine, &len), 0);
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    assert_int_equal(setsockopt(a, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    close(a); /* a reset, while the connection waits in the accept queue */
+    fx.want = 1;
+    s_wait(&fx, s_until_accepted);
+    assert_int_equal(fx.peer.len, sizeof mine);
+    assert_int_equal(fx.peer.u.in4.sin_family, AF_INET);
+    assert_int_equal(fx.peer.u.in4.sin_port, mine.sin_port);
+    assert_int_equal(fx.peer.u.in4.sin_addr.s_addr, mine.sin_addr.s_addr);
     router_loop_destroy(&fx.loop);
 }
 
@@ -548,6 +575,7 @@ int main(void)
         BOTH(test_accept_without_memory),
         BOTH(test_accept_without_handlers),
         BOTH(test_listen_without_descriptors),
+        BOTH(test_reset_before_accept_keeps_peer),
         BOTH(test_emfile_backs_off_and_recovers),
         BOTH(test_close_while_backing_off),
         BOTH(test_backing_off_without_timer),

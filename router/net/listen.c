@@ -295,7 +295,10 @@ static const router_loop_owner_ops_t s_owner_ops = {
     .shutdown = s_shutdown,
 };
 
-void router_listener_on_accept(router_listener_t *l, int fd)
+/* Hands an accepted socket, and the peer address accept4() gave, to the
+ * listener's callback. (loop_internal.h still declares the fd-only
+ * router_listener_on_accept this replaced.) */
+static void s_accepted(router_listener_t *l, int fd, const router_addr_t *peer)
 {
     router_loop_t *loop = l->loop;
     char text[ROUTER_ADDR_STR_MAX] = "?";
@@ -325,9 +328,11 @@ void router_listener_on_accept(router_listener_t *l, int fd)
         loop->stats.accept_errors++;
         return;
     }
-    socklen_t len = sizeof c->peer.u;
-    if (getpeername(fd, &c->peer.u.sa, &len) == 0)
-        c->peer.len = len;
+    /* From accept4(), not getpeername(), which fails (ENOTCONN) once the
+     * peer has reset: a connection without an address escapes the
+     * per-source and unauthenticated bounds (sources.c) as if it came from
+     * inside the process. */
+    c->peer = *peer;
     if (router_addr_family(&l->addr) != AF_UNIX) {
         int one = 1;
         (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -411,9 +416,12 @@ bool router_listener_accept_burst(router_listener_t *l, int burst)
     for (int i = 0; i < burst; i++) {
         if (l->closed || l->backing_off)
             return false;
-        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        router_addr_t peer = {0};
+        socklen_t len = sizeof peer.u;
+        int fd = accept4(l->fd, &peer.u.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
-            router_listener_on_accept(l, fd);
+            peer.len = len <= sizeof peer.u ? len : 0;
+            s_accepted(l, fd, &peer);
             continue;
         }
         int err = errno;
