@@ -69,6 +69,16 @@ def main():
                   "offset 0, no newline): a torn record" in err, err)
     results.run(all_zero_bytes_is_torn)
 
+    def a_large_preallocation_is_torn():
+        # Longer than tail looks back for the torn line's start (1 MiB).
+        path = os.path.join(d, "big.log")
+        with open(path, "wb") as f:
+            f.truncate(3 << 20)
+        out, err = kith_run("audit", "tail", path, expect=1)
+        check(out == "", out)
+        check("the log ends inside a line (no newline in its last 1048576 bytes)" in err, err)
+    results.run(a_large_preallocation_is_torn)
+
     def records_then_zero_bytes_is_torn():
         path = os.path.join(d, "prealloc.log")
         with open(good, "rb") as src, open(path, "wb") as f:
