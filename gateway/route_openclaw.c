@@ -933,6 +933,8 @@ static void s_on_frame(const router_turn_frame_t *frame, void *ud)
     s_conn_t *c = b->c;
     if (frame->type == ROUTER_TURN_FRAME_SESSION_START) {
         b->started = true;
+        if (c->closing)
+            return; /* nothing more is run for a closing socket (s_run_written) */
         /* Submit what waited, oldest first; a submit may end runs. */
         for (;;) {
             s_run_t *r = c->runs;
@@ -1095,6 +1097,14 @@ static void s_run_written(bool ok, void *ud)
         s_res_error(r->c, r->req_id, "UNAVAILABLE", "the run's idempotency key was not stored",
                     NULL, true);
         s_run_free(r);
+        return;
+    }
+    if (r->c->closing) {
+        /* Its socket closed first (the client's Close, a token revoked, a
+         * slow reader cut): nobody will see the answer or the turn, and a
+         * revoked client's message must not run for it. Nothing was
+         * promised: the key remembers an error. */
+        s_run_end(r, "error");
         return;
     }
     r->accepted = true;

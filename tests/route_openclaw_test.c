@@ -164,6 +164,51 @@ static void test_connect_out_of_memory(void **state)
     s_fix_free(&f);
 }
 
+/* The upgrade's answer came: a refusal (not 101), or the challenge or a
+ * Close after a 101, or the connection ended. */
+static bool s_until_upgraded(void *ud)
+{
+    (void) ud;
+    test_wsc_read(&s_cl);
+    if (s_cl.eof)
+        return true;
+    if (!s_cl.head)
+        return false;
+    if (s_cl.len < 12 || memcmp(s_cl.buf + 9, "101", 3) != 0)
+        return true;
+    bool closed;
+    return test_wsc_frames(&s_cl, &closed) >= 1 || closed;
+}
+
+/* The upgrade, with each of the server's allocations failing in turn
+ * while it is answered: a 503, or the challenge, or a Close — never a
+ * socket left waiting for a challenge that will not come; LSan checks
+ * that a refused socket leaked nothing. */
+static void test_upgrade_out_of_memory(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        alloc_fail_arm(i);
+        s_connect_tcp(f.b.port);
+        bool held = test_loop_wait(f.b.loop, s_until_upgraded, NULL, 1, WAIT_MS);
+        unsigned failed = alloc_fail_disarm();
+        if (!held)
+            fail_msg("allocation %ld failing: the upgrade got no answer", i);
+        bool challenged = s_cl.head && s_cl.len >= 12 && !memcmp(s_cl.buf + 9, "101", 3) &&
+                          test_wsc_frame_has(&s_cl, 0, "\"connect.challenge\"");
+        s_client_close(&f);
+        if (!failed) {
+            assert_true(challenged);
+            break;
+        }
+    }
+    s_client_connected(&f);
+    s_client_close(&f);
+    s_fix_free(&f);
+}
+
 /* Each method, with each allocation failing in turn: the answer (a res
  * with its id) or a close. */
 static void test_methods_out_of_memory(void **state)
@@ -313,12 +358,140 @@ static void test_run_end_keeps_key(void **state)
     test_gw_free(&f.b);
 }
 
+/* `chat.send`, with each allocation failing in turn: an answer (a res
+ * with its id) or a close, never silence; and a key once answered
+ * "started" is never started again — the same key sent again afterwards
+ * is answered "cached". A key refused may start on a retry. */
+static void test_run_out_of_memory(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    char req[512];
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        unsigned base = s_client_connected(&f);
+        snprintf(req, sizeof req,
+                 "{\"type\":\"req\",\"id\":\"m\",\"method\":\"chat.send\",\"params\":{"
+                 "\"sessionKey\":\"o%ld\",\"message\":\"hi\",\"idempotencyKey\":\"o%ld\"}}",
+                 i, i);
+        alloc_fail_arm(i);
+        test_wsc_send_text(&s_cl, req);
+        bool answered = s_wait_needle(&f, base, "\"id\":\"m\"");
+        unsigned failed = alloc_fail_disarm();
+        bool closed;
+        unsigned n = test_wsc_frames(&s_cl, &closed);
+        if (!answered && !closed && !s_cl.eof)
+            fail_msg("chat.send with allocation %ld failing: neither an answer nor a close", i);
+        bool started = false;
+        for (unsigned k = base; k < n; k++)
+            started = started || (test_wsc_frame_has(&s_cl, k, "\"id\":\"m\"") &&
+                                  test_wsc_frame_has(&s_cl, k, "\"status\":\"started\""));
+        if (closed || s_cl.eof) {
+            s_client_close(&f);
+            base = s_client_connected(&f);
+        } else {
+            base = n;
+        }
+        if (started) {
+            memcpy(strstr(req, "\"id\":\"m\"") + 6, "r", 1);
+            test_wsc_send_text(&s_cl, req);
+            assert_true(s_wait_needle(&f, base, "\"id\":\"r\""));
+            n = test_wsc_frames(&s_cl, &closed);
+            bool cached = false;
+            for (unsigned k = base; k < n; k++)
+                cached = cached || (test_wsc_frame_has(&s_cl, k, "\"id\":\"r\"") &&
+                                    test_wsc_frame_has(&s_cl, k, "\"cached\":true"));
+            if (!cached)
+                fail_msg("allocation %ld failing: run o%ld started twice", i, i);
+        }
+        s_client_close(&f);
+        if (!failed) {
+            assert_true(started);
+            break;
+        }
+    }
+    test_gw_stop(&f.b);
+    (void) test_loop_wait(f.b.loop, s_gone, NULL, 1, WAIT_MS);
+    gateway_openclaw_destroy(&f.oc);
+    test_gw_free(&f.b);
+}
+
+static router_turns_t *s_turns;
+static uint64_t s_running_want;
+
+static bool s_until_running(void *ud)
+{
+    (void) ud;
+    test_wsc_read(&s_cl);
+    router_turns_stats_t st;
+    router_turns_stats(s_turns, &st);
+    return st.running >= s_running_want;
+}
+
+/* A run whose socket closes before its key is durable is never submitted
+ * (its client saw nothing, and may have been cut off for a revoked
+ * token): nothing queued in its session, and its key says error. The
+ * socket closes for a binary message sent with the run, so the close
+ * comes before the key's write is answered. */
+static void test_closing_socket_runs_nothing(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    s_turns = f.b.turns;
+    unsigned base = s_client_connected(&f);
+    /* The session has started and holds a turn (no worker answers it). */
+    test_wsc_send_text(&s_cl, "{\"type\":\"req\",\"id\":\"z0\",\"method\":\"chat.send\","
+                              "\"params\":{\"sessionKey\":\"z\",\"message\":\"held\","
+                              "\"idempotencyKey\":\"z0\"}}");
+    assert_true(s_wait_needle(&f, base, "\"id\":\"z0\",\"ok\":true"));
+    s_running_want = 1;
+    assert_true(test_loop_wait(f.b.loop, s_until_running, NULL, 1, WAIT_MS));
+    /* A second run on it, and a binary message in the same read. */
+    test_wsc_send_text(&s_cl, "{\"type\":\"req\",\"id\":\"z1\",\"method\":\"chat.send\","
+                              "\"params\":{\"sessionKey\":\"z\",\"message\":\"queued\","
+                              "\"idempotencyKey\":\"z1\"}}");
+    static const uint8_t binary[] = {0x82, 0x81, 0, 0, 0, 0, 'b'};
+    assert_int_equal(send(s_cl.fd, binary, sizeof binary, MSG_NOSIGNAL), (ssize_t) sizeof binary);
+    assert_false(s_wait_needle(&f, base, "\"id\":\"z1\"")); /* the Close (1003) instead */
+    int fd1 = s_cl.fd;
+    /* Another socket's run: its key's write comes after z1's (the store
+     * answers in order), so z1's is answered once this one is. */
+    s_client_connected(&f);
+    test_wsc_send_text(&s_cl, "{\"type\":\"req\",\"id\":\"y1\",\"method\":\"chat.send\","
+                              "\"params\":{\"sessionKey\":\"y\",\"message\":\"other\","
+                              "\"idempotencyKey\":\"y1\"}}");
+    assert_true(s_wait_needle(&f, 0, "\"id\":\"y1\",\"ok\":true"));
+    router_turns_stats_t st;
+    router_turns_stats(f.b.turns, &st);
+    if (st.waiting != 0)
+        fail_msg("a run of a closed socket was queued in its session (%llu waiting)",
+                 (unsigned long long) st.waiting);
+    close(fd1);
+    s_client_close(&f);
+    /* Its key: ended, as an error, and it starts nothing again. */
+    base = s_client_connected(&f);
+    test_wsc_send_text(&s_cl, "{\"type\":\"req\",\"id\":\"r\",\"method\":\"chat.send\","
+                              "\"params\":{\"sessionKey\":\"z\",\"message\":\"again\","
+                              "\"idempotencyKey\":\"z1\"}}");
+    assert_true(s_wait_needle(&f, base, "\"id\":\"r\""));
+    assert_true(s_wait_needle(&f, base, "{\"runId\":\"z1\",\"status\":\"error\",\"cached\":true}"));
+    s_client_close(&f);
+    test_gw_stop(&f.b);
+    (void) test_loop_wait(f.b.loop, s_gone, NULL, 1, WAIT_MS);
+    gateway_openclaw_destroy(&f.oc);
+    test_gw_free(&f.b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_upgrade_out_of_memory),
         cmocka_unit_test(test_connect_out_of_memory),
         cmocka_unit_test(test_methods_out_of_memory),
         cmocka_unit_test(test_run_end_keeps_key),
+        cmocka_unit_test(test_run_out_of_memory),
+        cmocka_unit_test(test_closing_socket_runs_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
