@@ -28,6 +28,7 @@
 
 #include "alloc_fail.h"
 #include "loop_until.h"
+#include "router/log.h"
 #include "router/net/conn.h"
 #include "router/net/listen.h"
 #include "router/net/loop.h"
@@ -382,6 +383,57 @@ static void test_emfile_backs_off_and_recovers(void **state)
     router_loop_destroy(&fx.loop);
 }
 
+/* Counts the log lines that report accept failures suppressed earlier. */
+static void s_tap_suppressed(router_log_level_t level, const char *module, const char *line,
+                             size_t len, void *ud)
+{
+    static const char needle[] = "similar suppressed)";
+    (void) level;
+    (void) module;
+    if (memmem(line, len, needle, sizeof needle - 1))
+        ++*(unsigned *) ud;
+}
+
+static bool s_until_clock(void *ud)
+{
+    s_fx_t *fx = ud;
+    return router_loop_now_ms(fx->loop) >= fx->want;
+}
+
+/* Accept failures not logged (at most one line a second) are not lost: a
+ * first streak ends with some suppressed (a retry failed within the
+ * second); the next failure, a second or more later, says how many. */
+static void test_suppressed_failures_reported(void **state)
+{
+    s_fx_t fx = {0};
+    fx.loop = s_loop_new(state, NULL);
+    s_listen_tcp(&fx);
+    unsigned lines = 0;
+    router_log_set_tap(s_tap_suppressed, &lines);
+    int a = s_connect(&fx);
+    s_fds_exhaust(&fx);
+    fx.want = 2; /* the first, logged; the retry's, suppressed */
+    s_wait(&fx, s_until_accept_errors);
+    s_fds_restore(&fx);
+    fx.want = 1;
+    s_wait(&fx, s_until_accepted);
+    fx.want = router_loop_now_ms(fx.loop) + 1100; /* past the second since the line */
+    s_wait(&fx, s_until_clock);
+    assert_int_equal(lines, 0);
+    int b = s_connect(&fx);
+    s_fds_exhaust(&fx);
+    fx.want = s_loop_stats(&fx).accept_errors + 1;
+    s_wait(&fx, s_until_accept_errors);
+    s_fds_restore(&fx);
+    fx.want = 2;
+    s_wait(&fx, s_until_accepted);
+    router_log_set_tap(NULL, NULL);
+    assert_int_equal(lines, 1);
+    close(a);
+    close(b);
+    router_loop_destroy(&fx.loop);
+}
+
 /* A listener closed while it backs off: its retry never runs (on freed
  * memory: ASan would say so), the loop runs on past the retry's time. */
 static void test_close_while_backing_off(void **state)
@@ -577,6 +629,7 @@ int main(void)
         BOTH(test_listen_without_descriptors),
         BOTH(test_reset_before_accept_keeps_peer),
         BOTH(test_emfile_backs_off_and_recovers),
+        BOTH(test_suppressed_failures_reported),
         BOTH(test_close_while_backing_off),
         BOTH(test_backing_off_without_timer),
         BOTH(test_no_spin_without_timer),
