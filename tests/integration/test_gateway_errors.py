@@ -490,8 +490,9 @@ def small_daemon_cases():
 def stop_with_connections_open(node, token):
     """SIGTERM (WIRE §17.3b): an idle keep-alive connection gets a FIN, an
     event stream ends, a chat socket gets Close 1001 "server shutting
-    down" and its answer ends it; a socket that never answers and a
-    request whose body never comes are cut at the deadline; exit 0."""
+    down" and its answer ends it; a socket that never answers is cut at
+    the deadline; a request whose body never comes is told 503
+    shutting_down a second before it and closed in order; exit 0."""
     idle = connect(node)
     idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     head, rest = read_head(idle)
@@ -522,7 +523,10 @@ def stop_with_connections_open(node, token):
     out, _ = read_to_eof(mute.s)  # never answered: cut
     check(out == b"", out)
     out, _ = read_to_eof(cut)
-    check(out == b"", f"a body never finished: {out!r:.200}")
+    head, _, body = out.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 503 ") and b"\r\nConnection: close" in head and
+          b"\r\nRetry-After: 5" in head and json.loads(body)["code"] == "shutting_down",
+          f"a body never finished: {out!r:.300}")
     for s in (idle, stream, polite.s, mute.s, cut):
         s.close()
     node.proc.wait(timeout=TIMEOUT)
