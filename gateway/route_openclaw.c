@@ -53,7 +53,8 @@ typedef struct {
     const char *failed_code;  /* the session could not be opened: the code (static), and */
     const char *failed_why;   /* why (static); no session_start will ever come for it */
     char key[GATEWAY_OPENCLAW_RUN_KEY_MAX + 1];
-    uint64_t foreign_seq;     /* chat seq of turns other clients started */
+    char foreign_turn[40];    /* the turn another client started that is relayed now */
+    uint64_t foreign_seq;     /* its chat seq: from 0 per run, as for the socket's own */
 } s_bind_t;
 
 /* One `agent` or `chat.send`, from the request to the turn's end. */
@@ -822,6 +823,12 @@ static void s_foreign(s_bind_t *b, router_turn_frame_type_t type, const char *tu
 {
     size_t n;
     const char *t;
+    if (strncmp(b->foreign_turn, turn_id, sizeof b->foreign_turn) != 0) {
+        /* A new run on the socket's view (the session's turns come one at
+         * a time): its seq counts from 0 (WIRE §25.6). */
+        snprintf(b->foreign_turn, sizeof b->foreign_turn, "%s", turn_id);
+        b->foreign_seq = 0;
+    }
     switch (type) {
     case ROUTER_TURN_FRAME_CHUNK:
         t = s_jstr(f, "content", &n);

@@ -760,11 +760,17 @@ async def foreign_turns_relayed(node, token):
           final["message"]["content"][0]["text"] == "echo: from b", f"relayed {seen}")
 
     async def relayed_end():
+        run = []
         while True:
             f = await recv(a)
-            if f["type"] == "event" and f["event"] == "chat" and \
-                    f["payload"]["state"] in ("final", "error", "aborted"):
-                return f["payload"]
+            if f["type"] == "event" and f["event"] == "chat":
+                run.append(f["payload"])
+                if f["payload"]["state"] in ("final", "error", "aborted"):
+                    # Each relayed run numbers its events from 0, as the
+                    # socket's own runs do (WIRE §25.6), not on from the last.
+                    check([p["seq"] for p in run] == list(range(len(run))) and
+                          all(p["runId"] == run[0]["runId"] for p in run), f"relayed {run}")
+                    return f["payload"]
     # A turn of b's that calls a tool reaches a as chat text only (a chat
     # view has no tool events).
     own = await run_frames(b, "b1t", "chat.send", {"message": "/peers", "idempotencyKey": "fb-1t",
@@ -777,6 +783,8 @@ async def foreign_turns_relayed(node, token):
             check(f["event"] in ("chat", "tick", "presence"), f"relayed {f}")
             if f["event"] == "chat":
                 seen.append(f["payload"])
+    check([p["seq"] for p in seen] == list(range(len(seen))) and
+          all(p["runId"] == seen[0]["runId"] for p in seen), f"relayed tool turn's seq {seen}")
     check(seen[-1]["state"] == "final" and
           seen[-1]["message"]["content"][0]["text"].startswith("peers returned: ") and
           "".join(p["deltaText"] for p in seen[:-1]) == seen[-1]["message"]["content"][0]["text"],
