@@ -25,6 +25,7 @@ enum {
     GATEWAY_HTTP_REJECT_UNAUTH_FULL,                       /* "unauth_full" */
     GATEWAY_HTTP_REJECT_UNAUTH_EVICTED,                    /* "unauth_evicted" */
     GATEWAY_HTTP_REJECT_UNAUTH_BODIES,                     /* "unauth_bodies_full" */
+    GATEWAY_HTTP_REJECT_INCOMPLETE,                        /* "request_incomplete" */
     GATEWAY_HTTP_REJECT_COUNT
 };
 

@@ -148,6 +148,7 @@ static const char *s_reject_code(int reject)
     case GATEWAY_HTTP_REJECT_UNAUTH_FULL: return "unauth_full";
     case GATEWAY_HTTP_REJECT_UNAUTH_EVICTED: return "unauth_evicted";
     case GATEWAY_HTTP_REJECT_UNAUTH_BODIES: return "unauth_bodies_full";
+    case GATEWAY_HTTP_REJECT_INCOMPLETE: return "request_incomplete";
     }
     return proto_http_reason_str((proto_http_reason_t) reject);
 }
@@ -872,6 +873,37 @@ static void s_on_drain(router_conn_t *conn, void *ud)
         router_conn_resume_read(conn);
 }
 
+/* The client shut down its sending side (reads are never paused here: the
+ * loop tells EOF only once they run). A request cut short by it is told
+ * so — the client still reads — rather than dropped without a word
+ * (RFC 9112 §8 lets a server answer an incomplete request); otherwise
+ * nothing more can come, so the connection closes once what was answered
+ * is written. */
+static void s_on_eof(router_conn_t *conn, void *ud)
+{
+    gateway_http_conn_t *hc = ud;
+    switch (hc->phase) {
+    case GATEWAY_HTTP_HEAD:
+        s_refuse(hc, 400, GATEWAY_HTTP_REJECT_INCOMPLETE,
+                 "the connection was shut down before the request head was whole");
+        return;
+    case GATEWAY_HTTP_BODY:
+        s_refuse(hc, 400, GATEWAY_HTTP_REJECT_INCOMPLETE,
+                 "the connection was shut down before the request body was whole");
+        return;
+    case GATEWAY_HTTP_WAIT:
+        s_close(hc);
+        return;
+    case GATEWAY_HTTP_STREAM:
+        router_conn_close(conn); /* stays STREAM: on_close tells the route */
+        return;
+    case GATEWAY_HTTP_CLOSING:
+    case GATEWAY_HTTP_UPGRADED:
+    case GATEWAY_HTTP_DEFERRED:
+        return; /* closing already; not ours; paused, so never told */
+    }
+}
+
 static void s_conn_free(gateway_http_conn_t *hc)
 {
     if (hc->pending)
@@ -902,6 +934,7 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
 
 static const router_conn_handlers_t s_handlers = {
     .on_data = s_on_data,
+    .on_eof = s_on_eof,
     .on_drain = s_on_drain,
     .on_close = s_on_close,
 };

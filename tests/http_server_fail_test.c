@@ -613,6 +613,47 @@ static void test_pipelined_answer_past_the_unsent_room(void **state)
     s_srv_stop(&s);
 }
 
+/* ---------------------------------------------------------------- half-close */
+
+/* A client that shuts down its sending side with a request cut short — a
+ * head half sent, a body a third sent — is told 400 request_incomplete
+ * (it still reads) and the connection closes in order; a whole request
+ * before the shutdown is answered as usual. The cut-short ones used to be
+ * closed without a word. */
+static void test_request_cut_short_by_a_half_close(void **state)
+{
+    (void) state;
+    static const struct {
+        const char *request;
+        const char *answer;
+    } cases[] = {
+        {"GET /plain HTTP/1.1\r\nHost: x\r\n", "HTTP/1.1 400 Bad Request\r\n"},
+        {"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nabc",
+         "HTTP/1.1 400 Bad Request\r\n"},
+        {"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+         "HTTP/1.1 400 Bad Request\r\n"},
+        {"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200 OK\r\n"},
+    };
+    s_srv_t s;
+    s_srv_start(&s, NULL);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        s_client_t *c = s_connect(&s);
+        s_send(c, cases[i].request);
+        assert_int_equal(shutdown(c->fd, SHUT_WR), 0);
+        char r[4096];
+        if (!s_take_resp(&s, c, r, sizeof r))
+            fail_msg("case %zu: closed without an answer", i);
+        assert_non_null(strstr(r, cases[i].answer));
+        if (strstr(r, " 400 "))
+            assert_non_null(strstr(r, "\"code\":\"request_incomplete\"}"));
+        assert_true(test_loop_wait(s.loop, s_until_eof, c, 2, S_WAIT_MS));
+        assert_int_equal(c->len, 0);
+        s_client_close(&c);
+    }
+    assert_int_equal(s_metric(&s, "kith_http_rejected_total{reason=\"request_incomplete\"}"), 3);
+    s_srv_stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -624,6 +665,7 @@ int main(void)
         cmocka_unit_test(test_upgrade_required_names_upgrade),
         cmocka_unit_test(test_answer_past_the_total_unsent_room),
         cmocka_unit_test(test_pipelined_answer_past_the_unsent_room),
+        cmocka_unit_test(test_request_cut_short_by_a_half_close),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
