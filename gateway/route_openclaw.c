@@ -475,16 +475,18 @@ static void s_run_end(s_run_t *r, const char *status)
     uint64_t now = router_clock_wall_ms();
     if (router_tokens_idem_finish(oc->tokens, S_IDEM_SCOPE, r->run_id, klen, 200, status, now,
                                   NULL, NULL) != 0) {
-        /* Not written (out of memory, a full write queue): the store has
-         * let go of the key, whose durable row says in flight. Kept in
-         * memory at least, or a retry with the key would start a second
-         * run of a run its client saw accepted. */
+        /* EAGAIN: not written (out of memory, a full write queue), and
+         * the store has let go of the key, whose durable row says in
+         * flight. Kept in memory at least, or a retry with the key would
+         * start a second run of a run its client saw accepted. (EINVAL:
+         * the key was let go for newer ones while its run went on.) */
         int e = errno;
-        bool kept = router_tokens_idem_settle(oc->tokens, S_IDEM_SCOPE, r->run_id, klen, 200,
+        bool kept = e == EAGAIN &&
+                    router_tokens_idem_settle(oc->tokens, S_IDEM_SCOPE, r->run_id, klen, 200,
                                               status, now + ROUTER_TOKENS_IDEM_TTL_MS) == 0;
-        ROUTER_LOG(kept ? ROUTER_LOG_DEBUG : ROUTER_LOG_WARN, MOD,
+        ROUTER_LOG(kept || e != EAGAIN ? ROUTER_LOG_DEBUG : ROUTER_LOG_WARN, MOD,
                    "run %s: its outcome is not written (%s)%s", r->run_id, strerror(e),
-                   kept ? ": kept in memory" : ", nor kept in memory");
+                   kept ? ": kept in memory" : "");
     }
     s_run_free(r);
 }
