@@ -18,6 +18,7 @@
 #include "proto/envelope.h"
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
+#include "router/clock.h"
 #include "router/log.h"
 #include "router/net/inproc.h"
 #include "router/net/inproc_relay.h"
@@ -30,6 +31,9 @@
 
 /* Room for a kith_last_error() line. */
 #define S_ERROR_CAP 512
+/* A recv waits in slices this long, so a destroy on another thread is
+ * noticed: the inbox's wait cannot be woken from outside. */
+#define S_RECV_SLICE_MS 50
 
 struct kith_net {
     router_inproc_t *inproc; /* the namespace, with fault injection */
@@ -46,7 +50,10 @@ struct kith_node {
     char pubkey[PROTO_PUBKEY_TEXT_CAP];     /* "ed25519:…" */
     bool home;                              /* state kept in a home: persist trust */
     kith_node_t *prev, *next;               /* in net->nodes */
-    pthread_mutex_t held_mu;                /* guards held */
+    pthread_mutex_t mu;                     /* guards the four below */
+    pthread_cond_t idle;                    /* signalled when calls drops to 0 while closing */
+    unsigned calls;                         /* calls on other threads using the node now */
+    bool closing;                           /* destroy has begun: new calls are refused */
     struct s_held *held;                    /* popped, not given out: oldest first */
 };
 
@@ -132,8 +139,38 @@ kith_net_t *kith_net_new(void)
     return net;
 }
 
+/* A call begins using n: 0, or -1 (error set) when n is being destroyed. */
+static int s_enter(kith_node_t *n, const char *what)
+{
+    pthread_mutex_lock(&n->mu);
+    bool closing = n->closing;
+    if (!closing)
+        n->calls++;
+    pthread_mutex_unlock(&n->mu);
+    return closing ? s_fail("%s: %s is being destroyed", what, n->name) : 0;
+}
+
+static void s_leave(kith_node_t *n)
+{
+    pthread_mutex_lock(&n->mu);
+    if (--n->calls == 0 && n->closing)
+        pthread_cond_broadcast(&n->idle);
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* Destroys n once no other thread uses it: the stop fails the sends
+ * blocked on other threads (offline), and receivers see `closing` within
+ * a slice, so none is left waiting on a freed node. */
 static void s_node_free(kith_node_t *n)
 {
+    pthread_mutex_lock(&n->mu);
+    n->closing = true;
+    pthread_mutex_unlock(&n->mu);
+    router_node_stop(n->node);
+    pthread_mutex_lock(&n->mu);
+    while (n->calls)
+        pthread_cond_wait(&n->idle, &n->mu);
+    pthread_mutex_unlock(&n->mu);
     router_node_destroy(&n->node);
     while (n->held) {
         s_held_t *h = n->held;
@@ -141,7 +178,8 @@ static void s_node_free(kith_node_t *n)
         router_inbox_entry_clear(&h->e);
         free(h);
     }
-    pthread_mutex_destroy(&n->held_mu);
+    pthread_cond_destroy(&n->idle);
+    pthread_mutex_destroy(&n->mu);
     free(n);
 }
 
@@ -189,7 +227,8 @@ kith_node_t *kith_node_new(kith_net_t *net, const char *name, const char *home)
         s_fail("out of memory");
         return NULL;
     }
-    pthread_mutex_init(&n->held_mu, NULL);
+    pthread_mutex_init(&n->mu, NULL);
+    pthread_cond_init(&n->idle, NULL);
     router_config_t cfg;
     router_config_defaults(&cfg);
     /* A library process runs many nodes: each verifies on its own loop
@@ -273,6 +312,12 @@ int kith_node_trust(kith_node_t *a, kith_node_t *b)
         return s_fail("kith_node_trust: a node does not need to trust itself");
     if (a->net != b->net)
         return s_fail("kith_node_trust: %s and %s are in different nets", a->name, b->name);
+    if (s_enter(a, "kith_node_trust") != 0)
+        return -1;
+    if (s_enter(b, "kith_node_trust") != 0) {
+        s_leave(a);
+        return -1;
+    }
     int rc = -1;
     pthread_mutex_lock(&a->net->trust_mu);
     router_trust_t *undo = router_node_trust_copy(a->node, err, sizeof err);
@@ -292,6 +337,8 @@ int kith_node_trust(kith_node_t *a, kith_node_t *b)
 done:
     router_trust_destroy(&undo);
     pthread_mutex_unlock(&a->net->trust_mu);
+    s_leave(b);
+    s_leave(a);
     return rc;
 }
 
@@ -302,7 +349,10 @@ int kith_node_listen(kith_node_t *n, const char *addr)
         return s_fail("kith_node_listen: node and address are required");
     if (strncmp(addr, "tcp://", 6) != 0 && strncmp(addr, "uds://", 6) != 0)
         return s_fail("kith_node_listen: \"%.200s\" is not tcp://HOST:PORT or uds:///PATH", addr);
+    if (s_enter(n, "kith_node_listen") != 0)
+        return -1;
     int port = router_node_listen(n->node, addr, err, sizeof err);
+    s_leave(n);
     if (port < 0)
         return s_fail("kith_node_listen %s: %s", n->name, err);
     return port;
@@ -350,7 +400,13 @@ static int s_send(kith_node_t *n, const char *what, const char *to, cbor_item_t 
         .no_ack = no_ack,
     };
     router_node_receipt_t r;
-    if (router_node_send_ex(n->node, peer, kind, &o, &r) != 0)
+    if (s_enter(n, what) != 0) {
+        cbor_decref(kind);
+        return KITH_ERROR;
+    }
+    int rc = router_node_send_ex(n->node, peer, kind, &o, &r);
+    s_leave(n);
+    if (rc != 0)
         return s_fail("%s: %s", what, r.detail);
     switch (r.outcome) {
     case ROUTER_SEND_ACKED:
@@ -479,39 +535,60 @@ done:
 /* Keeps h (with the entry in it) for the next recv, in admission order. */
 static void s_hold(kith_node_t *n, s_held_t *h)
 {
-    pthread_mutex_lock(&n->held_mu);
+    pthread_mutex_lock(&n->mu);
     s_held_t **at = &n->held;
     while (*at && (*at)->e.seq < h->e.seq)
         at = &(*at)->next;
     h->next = *at;
     *at = h;
-    pthread_mutex_unlock(&n->held_mu);
+    pthread_mutex_unlock(&n->mu);
 }
 
-int kith_node_recv(kith_node_t *n, kith_msg_t **msg_p, int timeout_ms)
+/* Pops n's oldest entry into *e within timeout_ms (< 0: for ever), in
+ * slices that notice a destroy. NULL, or why not (for kith_last_error). */
+static const char *s_pop(kith_node_t *n, router_inbox_entry_t *e, int timeout_ms)
 {
-    if (!n || !msg_p)
-        return s_fail("kith_node_recv: node and msg_p are required");
-    *msg_p = NULL;
+    uint64_t deadline = router_clock_mono_ms() + (uint64_t) (timeout_ms > 0 ? timeout_ms : 0);
+    for (;;) {
+        uint64_t now = router_clock_mono_ms();
+        uint64_t left = timeout_ms < 0 ? S_RECV_SLICE_MS : deadline > now ? deadline - now : 0;
+        errno = 0;
+        if (router_inbox_pop(router_node_inbox(n->node), e,
+                             (int) (left < S_RECV_SLICE_MS ? left : S_RECV_SLICE_MS)) == 0)
+            return NULL;
+        /* The pop keeps the entry when it cannot make room to forget it. */
+        if (errno == ENOMEM)
+            return "kith_node_recv: out of memory";
+        pthread_mutex_lock(&n->mu);
+        bool closing = n->closing;
+        pthread_mutex_unlock(&n->mu);
+        if (closing)
+            return "kith_node_recv: the node was destroyed while waiting";
+        if (timeout_ms >= 0 && router_clock_mono_ms() >= deadline)
+            return "timeout";
+    }
+}
+
+/* kith_node_recv, with n entered. */
+static int s_recv(kith_node_t *n, kith_msg_t **msg_p, int timeout_ms)
+{
     /* Everything that can fail for want of memory is had before the pop,
      * or can give the entry back (s_hold): a pop forgets it. */
     s_held_t *h = NULL;
     kith_msg_t *m = calloc(1, sizeof *m);
-    pthread_mutex_lock(&n->held_mu);
+    pthread_mutex_lock(&n->mu);
     if (m && (h = n->held))
         n->held = h->next;
-    pthread_mutex_unlock(&n->held_mu);
+    pthread_mutex_unlock(&n->mu);
     if (!m || (!h && !(h = calloc(1, sizeof *h)))) {
         free(m);
         return s_fail("kith_node_recv: out of memory");
     }
-    errno = 0;
-    if (!h->e.frame &&
-        router_inbox_pop(router_node_inbox(n->node), &h->e, timeout_ms < 0 ? -1 : timeout_ms) != 0) {
+    const char *none = h->e.frame ? NULL : s_pop(n, &h->e, timeout_ms);
+    if (none) {
         free(h);
         free(m);
-        /* The pop keeps the entry when it cannot make room to forget it. */
-        return errno == ENOMEM ? s_fail("kith_node_recv: out of memory") : s_fail("timeout");
+        return s_fail("%s", none);
     }
     proto_envelope_t *env = NULL;
     proto_envelope_reason_t why;
@@ -555,6 +632,18 @@ hold:
     s_hold(n, h);
     kith_msg_destroy(&m);
     return s_fail("kith_node_recv: out of memory (the envelope stays for the next recv)");
+}
+
+int kith_node_recv(kith_node_t *n, kith_msg_t **msg_p, int timeout_ms)
+{
+    if (!n || !msg_p)
+        return s_fail("kith_node_recv: node and msg_p are required");
+    *msg_p = NULL;
+    if (s_enter(n, "kith_node_recv") != 0)
+        return -1;
+    int rc = s_recv(n, msg_p, timeout_ms);
+    s_leave(n);
+    return rc;
 }
 
 const char *kith_msg_json(const kith_msg_t *m)

@@ -66,6 +66,8 @@ struct router_node {
     _Atomic bool running;                /* the loop runs (or is about to) */
     bool stopping;                       /* loop thread: a drain has begun */
     _Atomic bool stopped;                /* stop requested from outside */
+    pthread_mutex_t post_mu;             /* other threads' sends and calls check `stopped` and
+                                          * post under it, so none is queued after the stop */
     _Atomic bool wake_posted;            /* a durable wake-up is queued on the loop */
     router_audit_feed_t *audit;          /* security events go here, or NULL (audit off) */
     router_comms_event_fn *sink;         /* also told of every comms event, or NULL */
@@ -775,6 +777,7 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         return NULL;
     }
     pthread_rwlock_init(&self->trust_lock, NULL);
+    pthread_mutex_init(&self->post_mu, NULL);
     self->trust_inotify = -1;
     if (sodium_init() < 0) {
         snprintf(err, errcap, "libsodium failed to initialise");
@@ -1008,6 +1011,11 @@ static void *s_thread_main(void *arg)
 {
     router_node_t *self = arg;
     router_node_run(self);
+    /* Nothing will be sent now: senders blocked on other threads are told
+     * at once (offline), not when destroy comes — which may be waiting for
+     * them to return (kith_node_destroy). */
+    s_dns_sends_fail(self);
+    router_outbound_destroy(&self->outbound);
     pthread_mutex_lock(&self->life_mu);
     self->loop_done = true;
     pthread_cond_broadcast(&self->life_cv);
@@ -1048,7 +1056,12 @@ int router_node_start(router_node_t *self)
 
 void router_node_stop(router_node_t *self)
 {
-    if (!self || atomic_exchange(&self->stopped, true))
+    if (!self)
+        return;
+    pthread_mutex_lock(&self->post_mu);
+    bool again = atomic_exchange(&self->stopped, true);
+    pthread_mutex_unlock(&self->post_mu);
+    if (again)
         return;
     if (self->threaded) {
         (void) router_loop_post_wait(self->loop, s_begin_stop, self, 0);
@@ -1089,6 +1102,7 @@ void router_node_destroy(router_node_t **self_p)
     pthread_rwlock_destroy(&self->trust_lock);
     router_metrics_destroy(&self->metrics);
     router_identity_wipe(&self->identity);
+    pthread_mutex_destroy(&self->post_mu);
     free(self);
     *self_p = NULL;
 }
@@ -1285,15 +1299,18 @@ int router_node_send_ex(router_node_t *self, const char *to, cbor_item_t **kind,
         goto done;
     }
     memcpy(out->id, proto_envelope_id(env), 16);
-    if (!atomic_load(&self->running) || atomic_load(&self->stopped)) {
-        snprintf(out->detail, sizeof out->detail, "the node is not running");
-        goto done;
-    }
     pthread_mutex_init(&job.mu, NULL);
     pthread_cond_init(&job.cv, NULL);
-    if (router_loop_post(self->loop, s_send_on_loop, &job) != 0) {
+    /* Under post_mu: a job is queued before the stop's s_begin_stop, so
+     * the loop runs it (and its end fails it), or not at all. */
+    pthread_mutex_lock(&self->post_mu);
+    int posted = -1;
+    if (!atomic_load(&self->running) || atomic_load(&self->stopped))
+        snprintf(out->detail, sizeof out->detail, "the node is not running");
+    else if ((posted = router_loop_post(self->loop, s_send_on_loop, &job)) != 0)
         snprintf(out->detail, sizeof out->detail, "the node is busy: try again");
-    } else {
+    pthread_mutex_unlock(&self->post_mu);
+    if (posted == 0) {
         /* The loop always answers: an ack, its timeout, or shutdown. */
         pthread_mutex_lock(&job.mu);
         while (!job.done)
@@ -1374,7 +1391,15 @@ int router_node_call(router_node_t *self, router_node_call_fn *fn, void *arg)
     pthread_mutex_init(&c.mu, NULL);
     pthread_cond_init(&c.cv, NULL);
     int rc = -1;
-    if (router_loop_post(self->loop, s_call_on_loop, &c) == 0) {
+    /* As router_node_send_ex: never queued after the stop. */
+    pthread_mutex_lock(&self->post_mu);
+    int posted = -1;
+    if (atomic_load(&self->stopped))
+        errno = ECANCELED;
+    else
+        posted = router_loop_post(self->loop, s_call_on_loop, &c);
+    pthread_mutex_unlock(&self->post_mu);
+    if (posted == 0) {
         pthread_mutex_lock(&c.mu);
         while (!c.done)
             pthread_cond_wait(&c.cv, &c.mu);

@@ -314,6 +314,80 @@ static void test_constructors_out_of_memory(void **state)
     s_tmp_remove();
 }
 
+/* ---------------------------------------------------------------- destroy while others wait */
+
+typedef struct {
+    kith_node_t *node;
+    int rc;
+    char error[S_ERROR_CAP];
+} s_waiter_t;
+
+static void *s_recv_forever(void *arg)
+{
+    s_waiter_t *w = arg;
+    kith_msg_t *m = NULL;
+    w->rc = kith_node_recv(w->node, &m, -1);
+    kith_msg_destroy(&m);
+    snprintf(w->error, sizeof w->error, "%s", kith_last_error());
+    return NULL;
+}
+
+static void *s_send_held(void *arg)
+{
+    s_waiter_t *w = arg;
+    w->rc = kith_node_send(w->node, "b", "held", 3600 * 1000);
+    snprintf(w->error, sizeof w->error, "%s", kith_last_error());
+    return NULL;
+}
+
+/* Until n has `calls` calls in it (a deadline for progress). */
+static void s_wait_calls(kith_node_t *n, unsigned calls)
+{
+    uint64_t deadline = router_clock_mono_ms() + S_WAIT_MS;
+    for (;;) {
+        pthread_mutex_lock(&n->mu);
+        unsigned now = n->calls;
+        pthread_mutex_unlock(&n->mu);
+        if (now == calls)
+            return;
+        assert_true(router_clock_mono_ms() < deadline);
+        usleep(1000);
+    }
+}
+
+static void s_join(pthread_t t)
+{
+    struct timespec deadline = router_clock_deadline(CLOCK_REALTIME, S_WAIT_MS);
+    assert_int_equal(pthread_timedjoin_np(t, NULL, &deadline), 0);
+}
+
+/* A test harness ends with kith_net_destroy while a thread of its own is
+ * still in kith_node_recv(…, -1) and another in a send that cannot be
+ * acked: both return, with a reason, and nothing is touched after it is
+ * freed (ASan). */
+static void test_destroy_while_blocked(void **state)
+{
+    (void) state;
+    kith_net_t *net = kith_net_new();
+    kith_node_t *a = s_node(net, "a", NULL), *b = s_node(net, "b", NULL);
+    assert_int_equal(kith_node_trust(a, b), 0);
+    assert_int_equal(kith_net_partition(net, a, b), 0);
+    s_waiter_t r = {.node = b}, w = {.node = a};
+    pthread_t tr, tw;
+    assert_int_equal(pthread_create(&tr, NULL, s_recv_forever, &r), 0);
+    assert_int_equal(pthread_create(&tw, NULL, s_send_held, &w), 0);
+    s_wait_calls(b, 1);
+    s_wait_calls(a, 1);
+    kith_net_destroy(&net);
+    s_join(tr);
+    s_join(tw);
+    assert_int_equal(r.rc, -1);
+    assert_non_null(strstr(r.error, "destroyed"));
+    /* Offline when it was written; an error when the stop came first. */
+    assert_true(w.rc == KITH_OFFLINE || w.rc == KITH_ERROR);
+    assert_non_null(strstr(w.error, "kith_node_send"));
+}
+
 int main(void)
 {
     if (sodium_init() < 0 || alloc_fail_sqlite_install() != 0)
@@ -323,6 +397,7 @@ int main(void)
         cmocka_unit_test(test_trust_all_or_nothing_out_of_memory),
         cmocka_unit_test(test_trust_keeps_other_rows_profile),
         cmocka_unit_test(test_recv_out_of_memory_loses_nothing),
+        cmocka_unit_test(test_destroy_while_blocked),
         cmocka_unit_test(test_constructors_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
