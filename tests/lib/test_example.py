@@ -70,3 +70,15 @@ def test_errors_raise_and_outcomes_return():
         with pytest.raises(kith.KithError, match="destroyed"):
             a.send("b", "x")
     assert kith.version().count(".") == 2
+
+
+def test_large_millisecond_counts_mean_what_they_say():
+    # A C int cannot hold 2**32: passed as is, it would wrap to 0 — a delay
+    # that ends the delay, a send that does not wait for its ack.
+    with kith.Net() as net:
+        a, b = net.node("a"), net.node("b")
+        a.trust(b)
+        with pytest.raises(kith.KithError, match="outside"):
+            net.delay(a, b, 2 ** 32)
+        assert a.send("b", "patient", timeout_ms=2 ** 32 + 1) == kith.ACKED
+        assert b.recv(timeout_ms=2 ** 32)["kind"]["body"] == "patient"

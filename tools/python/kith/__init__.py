@@ -124,6 +124,17 @@ def _text(s):
     return None if s is None else s.encode("utf-8")
 
 
+_INT_MIN, _INT_MAX = -2 ** 31, 2 ** 31 - 1
+
+
+def _ms(value):
+    """A count of milliseconds as the C int the library takes. ctypes would
+    wrap a larger one silently (2**32 ms: 0, a wait that does not wait;
+    3e9: negative, for ever); clamped, it means what it says, and the
+    library refuses what is out of its range."""
+    return max(_INT_MIN, min(int(value), _INT_MAX))
+
+
 def _json(value):
     return None if value is None else json.dumps(value).encode("utf-8")
 
@@ -206,14 +217,14 @@ class Node:
         """Sends a message {body} to `to` (a name, PeerId or "ed25519:" key)
         and waits for its ack. Returns ACKED, OFFLINE or REFUSED."""
         return self._outcome("send", _lib.kith_node_send(
-            self._handle(), _text(to), _text(body), int(timeout_ms)))
+            self._handle(), _text(to), _text(body), _ms(timeout_ms)))
 
     def request(self, to, intent, params=None, timeout_ms=DEFAULT_TIMEOUT_MS):
         """Sends a request {intent, params} (params: any JSON-able value) and
         waits for its ack. Returns ACKED, OFFLINE or REFUSED; an answer comes
         later through recv() as a "response"."""
         return self._outcome("request", _lib.kith_node_request(
-            self._handle(), _text(to), _text(intent), _json(params), int(timeout_ms)))
+            self._handle(), _text(to), _text(intent), _json(params), _ms(timeout_ms)))
 
     def respond(self, request, status="completed", result=None, timeout_ms=DEFAULT_TIMEOUT_MS):
         """Answers a received request (the Message recv gave) with a signed
@@ -222,14 +233,14 @@ class Node:
         if not isinstance(request, Message):
             raise KithError("respond: pass the Message recv() returned")
         return self._outcome("respond", _lib.kith_node_respond(
-            self._handle(), request._ptr, _text(status), _json(result), int(timeout_ms)))
+            self._handle(), request._ptr, _text(status), _json(result), _ms(timeout_ms)))
 
     def recv(self, timeout_ms=DEFAULT_TIMEOUT_MS):
         """Takes the oldest received envelope as a Message (a dict), waiting
         up to timeout_ms (0: do not wait; negative: for ever). Raises
         TimeoutError when none arrives in time."""
         ptr = ctypes.c_void_p()
-        if _lib.kith_node_recv(self._handle(), ctypes.byref(ptr), int(timeout_ms)) != 0:
+        if _lib.kith_node_recv(self._handle(), ctypes.byref(ptr), _ms(timeout_ms)) != 0:
             why = _lib.kith_last_error().decode("utf-8", "replace")
             if why == "timeout":
                 raise TimeoutError("%s: nothing received within %d ms" % (self.name, timeout_ms))
@@ -305,4 +316,4 @@ class Net:
     def delay(self, a, b, ms):
         """Holds each chunk of bytes between a and b for `ms` milliseconds,
         both ways (0 ends it and releases what is held)."""
-        self._fault("delay", _lib.kith_net_delay(self._handle(), a._handle(), b._handle(), int(ms)))
+        self._fault("delay", _lib.kith_net_delay(self._handle(), a._handle(), b._handle(), _ms(ms)))
