@@ -46,7 +46,11 @@ static void s_defer(const gateway_http_req_t *req, gateway_http_res_t *res, void
     (void) req;
     (void) ud;
     s_pending = gateway_http_res_defer(res);
-    assert_non_null(s_pending);
+    if (!s_pending) { /* out of memory: answer now, as the header asks */
+        gateway_http_res_close(res);
+        (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
+        return;
+    }
     if (s_fail_after_defer)
         alloc_fail_arm(0);
 }
@@ -654,6 +658,99 @@ static void test_request_cut_short_by_a_half_close(void **state)
     s_srv_stop(&s);
 }
 
+/* ---------------------------------------------------------------- out of memory */
+
+/* Three complete responses in, or the connection closed. */
+static bool s_until_three_or_eof(void *ud)
+{
+    s_client_t *c = ud;
+    s_pump(c);
+    if (c->eof)
+        return true;
+    const char *at = c->buf;
+    for (int i = 0; i < 3; i++) {
+        const char *end = strstr(at, "HTTP/1.1 ");
+        if (!end || !(end = strstr(end, "\r\n\r\n")))
+            return false;
+        at = end + 4;
+    }
+    return true;
+}
+
+static bool s_until_pending_or_done(void *ud)
+{
+    return s_pending != NULL || s_until_three_or_eof(ud);
+}
+
+/* A deferred request, a chunked upload and a plain request pipelined in
+ * one read, with the server's 1st, 2nd, … allocation failing in turn:
+ * each run answers a prefix of what was asked, in order (the deferred
+ * answer first), then at most one typed error (a JSON 500 or 503) before
+ * the connection closes; no answer goes to the wrong request, nothing
+ * leaks (LSan), and the next client is served. */
+static void test_pipelined_requests_without_memory(void **state)
+{
+    (void) state;
+    static const char *const want[] = {"\r\n\r\nlate", "\r\n\r\nplain", "\r\n\r\nplain"};
+    unsigned failed = 1;
+    long skip = 0;
+    for (; failed && skip < ALLOC_FAIL_RUNS_MAX; skip++) {
+        s_srv_t s;
+        s_srv_start(&s, NULL);
+        s_client_t *c = s_connect(&s);
+        s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n"); /* warm: lazily made state */
+        char r[4096];
+        assert_true(s_take_resp(&s, c, r, sizeof r));
+        alloc_fail_arm(skip);
+        s_send(c, "GET /defer HTTP/1.1\r\nHost: x\r\n\r\n"
+                  "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "3\r\nabc\r\n0\r\n\r\n"
+                  "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_true(test_loop_wait(s.loop, s_until_pending_or_done, c, 2, S_WAIT_MS));
+        if (s_pending) {
+            (void) gateway_http_respond(gateway_http_pending_res(s_pending), 200, "text/plain",
+                                        "late", 4);
+            gateway_http_pending_end(&s_pending);
+        }
+        assert_true(test_loop_wait(s.loop, s_until_three_or_eof, c, 2, S_WAIT_MS));
+        failed = alloc_fail_disarm();
+
+        size_t got = 0;
+        bool error = false;
+        while (s_resp_len(c) > 0) {
+            size_t n = s_resp_len(c);
+            memcpy(r, c->buf, n);
+            r[n] = '\0';
+            memmove(c->buf, c->buf + n, c->len - n + 1);
+            c->len -= n;
+            if (error)
+                fail_msg("skip %ld: an answer after the error: %s", skip, r);
+            if (strstr(r, "HTTP/1.1 200 OK\r\n") && got < 3 && strstr(r, want[got])) {
+                got++;
+                continue;
+            }
+            if ((strstr(r, "HTTP/1.1 500 ") || strstr(r, "HTTP/1.1 503 ")) &&
+                strstr(r, "\r\nConnection: close\r\n") && strstr(r, "\"code\":\"")) {
+                error = true;
+                continue;
+            }
+            fail_msg("skip %ld: answer %zu is not the one asked for: %s", skip, got, r);
+        }
+        if (!failed && got != 3)
+            fail_msg("skip %ld: no failure, yet %zu answers", skip, got);
+        s_client_close(&c);
+
+        c = s_connect(&s);
+        s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_true(s_take_resp(&s, c, r, sizeof r));
+        assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+        s_client_close(&c);
+        s_srv_stop(&s);
+    }
+    assert_true(skip > 1);
+    assert_int_equal(failed, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -666,6 +763,7 @@ int main(void)
         cmocka_unit_test(test_answer_past_the_total_unsent_room),
         cmocka_unit_test(test_pipelined_answer_past_the_unsent_room),
         cmocka_unit_test(test_request_cut_short_by_a_half_close),
+        cmocka_unit_test(test_pipelined_requests_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
