@@ -130,6 +130,21 @@ static s_node_t *s_node_find(gateway_nodes_t *self, const char *id, size_t len)
     return NULL;
 }
 
+/* Member `key` with the JSON text `json` (NUL-terminated, made by kith) as
+ * its value. Out of memory fails the whole object (router_json_end gives
+ * NULL): router_json_raw would write the text as a string instead, and a
+ * node's result or meta would reach the operator as something it is not. */
+static void s_json_member(router_json_obj_t *o, const char *key, const char *json)
+{
+    if (!o->g || o->failed)
+        return;
+    yajl_val v = yajl_tree_parse(json, NULL, 0);
+    if (!v || yajl_gen_string(o->g, (const unsigned char *) key, strlen(key)) != yajl_gen_status_ok ||
+        router_json_gen_value(o->g, v) != 0)
+        o->failed = true;
+    yajl_tree_free(v);
+}
+
 static void s_send_error(s_node_t *n, const char *code, const char *message)
 {
     router_json_obj_t o;
@@ -154,12 +169,12 @@ static void s_node_members(router_json_obj_t *o, const s_node_t *n)
         (void) yajl_gen_string(o->g, (const unsigned char *) n->commands[i],
                                strlen(n->commands[i]));
     (void) yajl_gen_array_close(o->g);
-    router_json_raw(o, "meta", n->meta, strlen(n->meta));
+    s_json_member(o, "meta", n->meta);
     router_json_u64(o, "connected_ms", n->connected_ms);
     if (n->token_id[0])
         router_json_cstr(o, "token_id", n->token_id);
     else
-        router_json_raw(o, "token_id", "null", 4);
+        s_json_member(o, "token_id", "null");
     router_json_u64(o, "calls", n->ncalls);
 }
 
@@ -198,7 +213,7 @@ static void s_on_result(s_node_t *n, gateway_node_frame_t *f)
     router_json_begin(&o, NULL);
     router_json_bool(&o, "ok", f->ok);
     if (f->ok)
-        router_json_raw(&o, "result", f->result, strlen(f->result));
+        s_json_member(&o, "result", f->result);
     else
         router_json_cstr(&o, "error", f->error);
     char *json = router_json_end(&o, NULL);
@@ -387,7 +402,7 @@ static void s_invoke(gateway_nodes_t *self, s_node_t *n, const gateway_http_req_
         if (router_json_gen_value(o.g, params) != 0)
             o.failed = true;
     } else {
-        router_json_raw(&o, "params", "{}", 2);
+        s_json_member(&o, "params", "{}");
     }
     size_t len = 0;
     char *frame = router_json_end(&o, &len);
