@@ -6,6 +6,7 @@
  * becomes a listen-only relay of every turn event, as agent_event frames.
  * The turn events also go to /api/events here. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,10 @@ struct gateway_chat {
     router_metric_t *m_socks;        /* kith_chat_sockets */
     router_metric_t *m_relays;       /* kith_chat_relays */
     router_metric_t *m_posts;        /* kith_chat_http_turns */
+    uint64_t events_lost;            /* turn events /api/events lost since its last stream_gap */
+    uint64_t lost_after;             /* the newest event's id when the first of them was lost */
+    uint64_t gap_timer;              /* retries the stream_gap owed, 0 when none */
+    router_metric_t *m_lost;         /* kith_turn_events_lost_total */
 };
 
 /* The gauges, after any count changed. */
@@ -456,22 +461,109 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
 
 /* ---------------------------------------------------------------- turn events */
 
+/* Publishes the stream_gap owed for the turn events /api/events lost
+ * since the last one (DESIGN §7: every subscriber gets the event or word
+ * of its loss), built without allocating. 0: published, or none owed. */
+static int s_gap_publish(gateway_chat_t *chat)
+{
+    if (!chat->events_lost)
+        return 0;
+    char json[160];
+    snprintf(json, sizeof json,
+             "{\"reason\":\"dropped\",\"last_event_id\":%" PRIu64 ",\"lost\":%" PRIu64 "}",
+             chat->lost_after, chat->events_lost);
+    if (!gateway_events_publish(chat->opts.events, "stream_gap", json))
+        return -1;
+    ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "/api/events: stream_gap for %" PRIu64
+               " turn events lost", chat->events_lost);
+    chat->events_lost = 0;
+    return 0;
+}
+
+static void s_gap_arm(gateway_chat_t *chat);
+
+static void s_gap_retry(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id;
+    gateway_chat_t *chat = ud;
+    chat->gap_timer = 0;
+    if (s_gap_publish(chat) != 0)
+        s_gap_arm(chat);
+}
+
+/* The gap goes out with the next turn event, or by this timer when none
+ * comes (a lost agent_end may be the turn's last): a reader is not left
+ * waiting for an event that was lost. No timer: the next event carries it. */
+static void s_gap_arm(gateway_chat_t *chat)
+{
+    if (!chat->gap_timer)
+        chat->gap_timer = router_loop_timer_add(chat->loop, GATEWAY_CHAT_GAP_RETRY_MS,
+                                                s_gap_retry, chat);
+}
+
+/* A turn event /api/events will not carry: counted, and owed a gap. */
+static void s_event_lost(gateway_chat_t *chat, const char *type, const char *why)
+{
+    if (!chat->opts.events)
+        return;
+    if (!chat->events_lost) {
+        gateway_events_stats_t st;
+        gateway_events_stats(chat->opts.events, &st);
+        chat->lost_after = st.newest;
+    }
+    chat->events_lost++;
+    router_metric_inc(chat->m_lost, 1);
+    ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "turn event %s lost (%s): a stream_gap follows", type,
+               why);
+    s_gap_arm(chat);
+}
+
+/* An event the relays cannot be sent: each is closed 1011, as any socket
+ * whose frame the gateway cannot make, and never misses a frame unaware. */
+static void s_relays_lost(gateway_chat_t *chat)
+{
+    for (s_sock_t *s = chat->socks; s; s = s->next) {
+        if (!s->relay)
+            continue;
+        if (s->ws)
+            gateway_ws_close(s->ws, 1011, "out of memory: an event was lost");
+        s_relay_end(s);
+    }
+}
+
 /* A turn event (router_turns_event_fn): to /api/events, and to every
- * listen-only relay as an agent_event frame. */
+ * listen-only relay as an agent_event frame. One the turns module could
+ * not make (json_object NULL), or /api/events could not take, is a
+ * stream_gap there; relays that miss one are closed. */
 static void s_on_event(const char *type, const char *json_object, void *ud)
 {
     gateway_chat_t *chat = ud;
-    if (chat->opts.events && !gateway_events_publish(chat->opts.events, type, json_object))
-        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "turn event %s not published: %s", type,
-                   strerror(errno));
+    if (!json_object) {
+        s_event_lost(chat, type, "no memory to make it");
+        s_relays_lost(chat);
+        return;
+    }
+    if (chat->opts.events) {
+        /* A gap owed goes first: no later event may overtake it. */
+        if (s_gap_publish(chat) != 0) {
+            s_event_lost(chat, type, "the stream_gap before it was not published");
+        } else if (!gateway_events_publish(chat->opts.events, type, json_object)) {
+            int e = errno;
+            s_event_lost(chat, type, strerror(e));
+        }
+    }
     if (!chat->nrelays)
         return;
     gateway_chat_out_t f = {.type = GATEWAY_CHAT_OUT_AGENT_EVENT, .name = type,
                             .json = json_object, .json_len = strlen(json_object)};
     char *json;
     size_t len;
-    if (gateway_chat_frame_encode(&f, &json, &len) != 0)
+    if (gateway_chat_frame_encode(&f, &json, &len) != 0) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "out of memory for a relay's %s frame: relays"
+                   " closed", type);
+        s_relays_lost(chat);
         return;
+    }
     for (s_sock_t *s = chat->socks, *next; s; s = next) {
         next = s->next; /* a failed send closes a socket later, never here */
         if (s->relay && s->ws)
@@ -811,6 +903,11 @@ gateway_chat_t *gateway_chat_new(gateway_http_t *g, router_loop_t *loop,
                                             "/ws/chat sockets that became listen-only relays.");
         chat->m_posts = router_metrics_add(m, "kith_chat_http_turns", NULL, ROUTER_METRIC_GAUGE,
                                            "Turns over HTTP whose answer is awaited.");
+        chat->m_lost = router_metrics_add(m, "kith_turn_events_lost_total", NULL,
+                                          ROUTER_METRIC_COUNTER,
+                                          "Turn events /api/events lost (no memory to make or"
+                                          " publish them, or too large); each loss is told"
+                                          " by a stream_gap.");
     }
     router_turns_set_event_sink(opts->turns, s_on_event, chat);
     return chat;
@@ -822,6 +919,8 @@ void gateway_chat_destroy(gateway_chat_t **self_p)
         return;
     gateway_chat_t *chat = *self_p;
     router_turns_set_event_sink(chat->opts.turns, NULL, NULL);
+    if (chat->gap_timer)
+        (void) router_loop_timer_cancel(chat->loop, chat->gap_timer);
     while (chat->socks)
         s_sock_free(chat->socks);
     while (chat->rests) {

@@ -23,6 +23,7 @@
 #define GATEWAY_CHAT_LIMIT_MAX 1000u            /* largest ?limit= of either */
 #define GATEWAY_CHAT_REST_PENDING_MAX 1024u     /* session API answers awaited at once */
 #define GATEWAY_CHAT_POSTS_MAX 256u             /* turns over HTTP awaited at once */
+#define GATEWAY_CHAT_GAP_RETRY_MS 100u          /* a stream_gap not published is tried again */
 
 typedef struct gateway_chat gateway_chat_t;
 
@@ -34,11 +35,16 @@ typedef struct {
     gateway_ws_opts_t ws;       /* bounds of each chat socket (0s: gateway/ws.h defaults) */
     unsigned listen_only_ms;    /* 0: GATEWAY_CHAT_LISTEN_ONLY_MS */
     router_metrics_t *metrics;  /* borrowed, optional: kith_chat_sockets, kith_chat_relays,
-                                 * kith_chat_http_turns */
+                                 * kith_chat_http_turns, kith_turn_events_lost_total */
 } gateway_chat_opts_t;
 
 /* Installs GET /ws/chat, GET /api/sessions and GET /api/sessions/{id} on
  * `g`, and becomes the turns' event sink (router_turns_set_event_sink).
+ * A turn event lost on the way (no memory to make or publish it, or larger
+ * than GATEWAY_EVENTS_JSON_MAX) is followed on /api/events by a
+ * {"type":"stream_gap","reason":"dropped","last_event_id","lost"} (with the
+ * next event, or GATEWAY_CHAT_GAP_RETRY_MS later), and closes the
+ * listen-only relays with 1011.
  * Everything borrowed must outlive the result. Returns NULL with errno
  * (ENOMEM, or gateway_http_route's). Caller owns the result. Loop thread. */
 gateway_chat_t *gateway_chat_new(gateway_http_t *g, router_loop_t *loop,

@@ -25,9 +25,11 @@
 
 #include "alloc_fail.h"
 #include "gateway/auth.h"
+#include "gateway/events.h"
 #include "gateway/http_server.h"
 #include "gateway/routes_chat.h"
 #include "router/net/addr.h"
+#include "router/metrics.h"
 #include "router/net/loop.h"
 #include "router/state/tokens.h"
 #include "router/workers/broker.h"
@@ -476,6 +478,164 @@ static void test_post_turn_that_cannot_start(void **state)
     s_fix_free(&f);
 }
 
+/* ---------------------------------------------------------------- turn events */
+
+/* A chat route publishing turn events to a stream of its own, counting
+ * in metrics of its own, and whose sockets become relays after 1 ms. */
+typedef struct {
+    fix_t f;
+    gateway_events_t *events;
+    router_metrics_t *metrics;
+    router_metric_t *relays, *lost; /* kith_chat_relays, kith_turn_events_lost_total */
+} evfix_t;
+
+static void s_evfix_new(evfix_t *x)
+{
+    test_gw_new(&x->f.b, "route-chat-events");
+    x->events = gateway_events_new(x->f.b.loop, NULL);
+    assert_non_null(x->events);
+    x->metrics = router_metrics_new();
+    assert_non_null(x->metrics);
+    gateway_chat_opts_t co = {.auth = x->f.b.auth, .turns = x->f.b.turns, .events = x->events,
+                              .metrics = x->metrics, .listen_only_ms = 1};
+    x->f.chat = gateway_chat_new(x->f.b.gw, x->f.b.loop, &co);
+    assert_non_null(x->f.chat);
+    x->relays = router_metrics_add(x->metrics, "kith_chat_relays", NULL, ROUTER_METRIC_GAUGE,
+                                   "/ws/chat sockets that became listen-only relays.");
+    x->lost = router_metrics_add(x->metrics, "kith_turn_events_lost_total", NULL,
+                                 ROUTER_METRIC_COUNTER, "");
+    assert_non_null(x->relays);
+    assert_non_null(x->lost);
+    test_gw_listen(&x->f.b);
+}
+
+static void s_evfix_free(evfix_t *x)
+{
+    test_gw_stop(&x->f.b);
+    gateway_chat_destroy(&x->f.chat);
+    gateway_events_destroy(&x->events);
+    test_gw_free(&x->f.b);
+    router_metrics_destroy(&x->metrics);
+}
+
+static bool s_one_relay(void *ud)
+{
+    return router_metric_get(((evfix_t *) ud)->relays) == 1;
+}
+
+static bool s_no_relay(void *ud)
+{
+    return router_metric_get(((evfix_t *) ud)->relays) == 0;
+}
+
+/* The last frame a subscriber of the test's own got. */
+typedef struct {
+    unsigned n;
+    char last[512];
+} lastframe_t;
+
+static void s_keep_frame(const router_turn_frame_t *frame, void *ud)
+{
+    lastframe_t *l = ud;
+    l->n++;
+    snprintf(l->last, sizeof l->last, "%.*s", (int) frame->json_len, frame->json);
+}
+
+static bool s_turn_over(void *ud)
+{
+    evfix_t *x = ud;
+    router_turns_sub_t sub = 1; /* the test's subscriber, the first attached */
+    return !router_turns_active(x->f.b.turns, sub, NULL);
+}
+
+/* The relay got a frame holding `needle`, or ended. */
+static const char *s_needle;
+
+static bool s_relay_saw(void *ud)
+{
+    (void) ud;
+    test_wsc_read(&s_cl);
+    if (test_wsc_ended(&s_cl))
+        return true;
+    bool closed;
+    unsigned n = test_wsc_frames(&s_cl, &closed);
+    for (unsigned k = 0; k < n; k++)
+        if (test_wsc_frame_has(&s_cl, k, s_needle))
+            return true;
+    return false;
+}
+
+/* Whether an event of the stream after `after` holds `needle`. */
+static bool s_ring_has(const evfix_t *x, uint64_t after, const char *needle)
+{
+    gateway_events_stats_t st;
+    gateway_events_stats(x->events, &st);
+    for (uint64_t id = after + 1; id <= st.newest; id++) {
+        size_t len = 0;
+        const uint8_t *fr = gateway_events_frame(x->events, id, &len);
+        if (fr && memmem(fr, len, needle, strlen(needle)))
+            return true;
+    }
+    return false;
+}
+
+/* A turn starting with each allocation of the loop thread failing in
+ * turn: its agent_start (made by the turns module, published by the route,
+ * encoded for a listen-only relay) reaches /api/events or a stream_gap
+ * saying an event was lost does, and the relay gets it as an agent_event
+ * frame or is closed. Before, each of those failures dropped the event
+ * without a word. */
+static void test_turn_events_without_memory(void **state)
+{
+    (void) state;
+    evfix_t x;
+    s_evfix_new(&x);
+    lastframe_t mine = {0};
+    router_turns_sub_t sub = router_turns_attach(x.f.b.turns, "ev", NULL, s_keep_frame, &mine);
+    assert_int_equal(sub, 1);
+    unsigned gaps = 0, closed_relays = 0;
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        s_connect_tcp(x.f.b.port);
+        assert_true(s_wait(&x.f, 0));
+        assert_true(test_loop_wait(x.f.b.loop, s_one_relay, &x, 1, WAIT_MS));
+        gateway_events_stats_t before;
+        gateway_events_stats(x.events, &before);
+        const char *code = NULL;
+        alloc_fail_arm(i);
+        int rc = router_turns_submit(x.f.b.turns, sub, "x", 1, &code);
+        unsigned failed = alloc_fail_disarm();
+        router_turns_stop(x.f.b.turns, sub);
+        assert_true(test_loop_wait(x.f.b.loop, s_turn_over, &x, 1, WAIT_MS));
+        bool started = rc == 0 && strstr(mine.last, "\"stopped\"") &&
+                       strstr(mine.last, "\"turn_id\"");
+        if (started) {
+            s_needle = "agent_end";
+            assert_true(test_loop_wait(x.f.b.loop, s_relay_saw, NULL, 1, WAIT_MS));
+            bool gap = s_ring_has(&x, before.newest, "\"stream_gap\"");
+            if (!s_ring_has(&x, before.newest, "\"agent_start\"") && !gap)
+                fail_msg("allocation %ld failing: agent_start lost without a stream_gap", i);
+            gaps += gap;
+            s_needle = "agent_start";
+            bool relayed = s_relay_saw(NULL) && !test_wsc_ended(&s_cl);
+            if (!relayed && !test_wsc_ended(&s_cl))
+                fail_msg("allocation %ld failing: the relay missed agent_start, still open", i);
+            closed_relays += !relayed;
+        }
+        s_client_close(&x.f);
+        assert_true(test_loop_wait(x.f.b.loop, s_no_relay, &x, 1, WAIT_MS));
+        if (!failed) {
+            assert_true(started);
+            break;
+        }
+    }
+    print_message("%u stream_gaps, %u relays closed\n", gaps, closed_relays);
+    assert_true(gaps > 0);
+    assert_true(closed_relays > 0);
+    assert_true(router_metric_get(x.lost) >= gaps);
+    router_turns_detach(x.f.b.turns, sub);
+    s_evfix_free(&x);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -486,6 +646,7 @@ int main(void)
         cmocka_unit_test(test_session_api_out_of_memory),
         cmocka_unit_test(test_session_post_out_of_memory),
         cmocka_unit_test(test_post_turn_that_cannot_start),
+        cmocka_unit_test(test_turn_events_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

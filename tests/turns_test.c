@@ -1773,6 +1773,127 @@ static void test_inbox_entry_without_memory(void **state)
                   errors);
 }
 
+/* What a sink was told, for test_frames_and_events_without_memory: each
+ * event's type, or "lost:<type>" when the turns module could not make it. */
+typedef struct {
+    int start, end, lost_start, lost_end, lost_other;
+} tally_t;
+
+static void s_tally_event(const char *type, const char *json, void *ud)
+{
+    tally_t *t = ud;
+    bool start = !strcmp(type, "agent_start"), end = !strcmp(type, "agent_end");
+    if (json) {
+        t->start += start;
+        t->end += end;
+    } else {
+        t->lost_start += start;
+        t->lost_end += end;
+        t->lost_other += !start && !end;
+    }
+}
+
+/* A turn's frames and events made while memory runs short, each
+ * allocation of the loop thread failing in turn: the submitter always
+ * gets the frame that ends its message (done, stopped or error, or the
+ * error that refused it), and every event is delivered or reported lost
+ * to the sink (json NULL), so a turn that started has an end. Before, a
+ * final frame that could not be made was not sent at all (the client
+ * waited for ever) and an event that could not be made vanished. */
+static void test_frames_and_events_without_memory(void **state)
+{
+    (void) state;
+    static const char *const contents[] = {"/events", "/worker-tools"};
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    unsigned failed_runs = 0, lost = 0;
+    for (size_t c = 0; c < sizeof contents / sizeof contents[0]; c++) {
+        for (long i = 0;; i++) {
+            assert_true(i < ALLOC_FAIL_RUNS_MAX);
+            frames_t a = {0};
+            tally_t ev = {0};
+            router_turns_set_event_sink(e.t, s_tally_event, &ev);
+            router_turns_sub_t s = router_turns_attach(e.t, "short", NULL, s_on_frame, &a);
+            s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+            router_turns_stats_t before;
+            router_turns_stats(e.t, &before);
+            const char *code = NULL;
+            alloc_fail_arm(i);
+            int rc = router_turns_submit(e.t, s, contents[c], strlen(contents[c]), &code);
+            if (rc == 0) {
+                ended_t w = {e.t, before.done + before.stopped + before.errors + 1, &a, 0,
+                             NULL, 0, 0};
+                s_run(&e, s_ended, &w);
+            }
+            bool failed = alloc_fail_disarm() > 0;
+            if (rc == 0) {
+                int finals = s_count(&a, ROUTER_TURN_FRAME_DONE) +
+                             s_count(&a, ROUTER_TURN_FRAME_STOPPED) +
+                             s_count(&a, ROUTER_TURN_FRAME_ERROR);
+                if (finals == 0)
+                    fail_msg("%s, allocation %ld failing: the turn ended without a final frame",
+                             contents[c], i);
+            }
+            if (ev.start + ev.lost_start != ev.end + ev.lost_end)
+                fail_msg("%s, allocation %ld failing: %d agent_start (%d lost), %d agent_end "
+                         "(%d lost)", contents[c], i, ev.start, ev.lost_start, ev.end,
+                         ev.lost_end);
+            lost += (unsigned) (ev.lost_start + ev.lost_end + ev.lost_other);
+            router_turns_detach(e.t, s);
+            router_turns_set_event_sink(e.t, NULL, NULL);
+            failed_runs += failed;
+            if (!failed) {
+                assert_int_equal(rc, 0);
+                break;
+            }
+        }
+    }
+    s_teardown(&e);
+    assert_true(lost > 0);
+    print_message("%u allocations failed, %u events reported lost\n", failed_runs, lost);
+}
+
+/* A stop whose frames cannot be made: with no memory for its `stopped`
+ * frame, every subscriber still gets one (built without allocating, with
+ * the turn's id); with none for its agent_end event, the sink is told it
+ * was lost. Before, both went nowhere: a client waited for ever on a turn
+ * that had ended, and /api/events never said the turn was over. */
+static void test_final_frame_without_memory(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup_with(&e, 0, 0, 0, false); /* no worker: the turn waits in the broker */
+    tally_t ev = {0};
+    router_turns_set_event_sink(e.t, s_tally_event, &ev);
+    frames_t a = {0}, b = {0};
+    router_turns_sub_t sa = router_turns_attach(e.t, "lost", NULL, s_on_frame, &a);
+    router_turns_sub_t sb = router_turns_attach(e.t, "lost", NULL, s_on_frame, &b);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    s_wait(&e, &b, ROUTER_TURN_FRAME_SESSION_START, 1);
+    const char *code = NULL;
+    for (long skip = 0; skip < 2; skip++) {
+        assert_int_equal(router_turns_submit(e.t, sa, "anyone?", 7, &code), 0);
+        queued_t q = {e.b, 1};
+        s_run(&e, s_queued, &q);
+        char turn_id[PROTO_UUID_TEXT_CAP];
+        snprintf(turn_id, sizeof turn_id, "%s", router_turns_active(e.t, sa, NULL));
+        alloc_fail_arm(skip); /* 0: the stopped frame; 1: the agent_end event */
+        router_turns_stop(e.t, sb);
+        assert_int_equal(alloc_fail_disarm(), 1);
+        assert_null(router_turns_active(e.t, sa, NULL));
+        assert_int_equal(s_count(&a, ROUTER_TURN_FRAME_STOPPED), skip + 1);
+        assert_int_equal(s_count(&b, ROUTER_TURN_FRAME_STOPPED), skip + 1);
+        assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_STOPPED), turn_id));
+        assert_non_null(strstr(s_last(&b, ROUTER_TURN_FRAME_STOPPED), turn_id));
+    }
+    assert_int_equal(ev.start, 2);
+    assert_int_equal(ev.end, 1);
+    assert_int_equal(ev.lost_end, 1);
+    router_turns_detach(e.t, sa);
+    router_turns_detach(e.t, sb);
+    s_teardown(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1801,6 +1922,8 @@ int main(void)
         cmocka_unit_test(test_long_history),
         cmocka_unit_test(test_turn_without_memory),
         cmocka_unit_test(test_inbox_entry_without_memory),
+        cmocka_unit_test(test_frames_and_events_without_memory),
+        cmocka_unit_test(test_final_frame_without_memory),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

@@ -292,13 +292,68 @@ static void s_deliver_oom(s_sub_t *sub)
     s_deliver_one(sub, ROUTER_TURN_FRAME_ERROR, oom, sizeof oom - 1, "AGENT_ERROR", 0);
 }
 
-/* Every started subscriber of the session gets the frame. A callback may
- * detach subscribers (its own or others): the list is walked by id. */
+static const char *s_frame_name(router_turn_frame_type_t type)
+{
+    switch (type) {
+    case ROUTER_TURN_FRAME_SESSION_START: return "session_start";
+    case ROUTER_TURN_FRAME_CHUNK: return "chunk";
+    case ROUTER_TURN_FRAME_THINKING: return "thinking";
+    case ROUTER_TURN_FRAME_CHUNK_RESET: return "chunk_reset";
+    case ROUTER_TURN_FRAME_TOOL_CALL: return "tool_call";
+    case ROUTER_TURN_FRAME_TOOL_RESULT: return "tool_result";
+    case ROUTER_TURN_FRAME_OPERATOR_STATUS: return "operator_status";
+    case ROUTER_TURN_FRAME_AGENT_EVENT: return "agent_event";
+    case ROUTER_TURN_FRAME_DONE: return "done";
+    case ROUTER_TURN_FRAME_STOPPED: return "stopped";
+    case ROUTER_TURN_FRAME_ERROR: return "error";
+    }
+    return "?";
+}
+
+static void s_deliver(router_turns_t *t, s_session_t *sess, router_turn_frame_type_t type,
+                      const char *json, size_t len, const char *code);
+
+/* A frame of the turn in flight that could not be made (out of memory) is
+ * not dropped in silence: its subscribers get one built without
+ * allocating, so nobody waits for ever on a turn's end that was sent to
+ * nobody. A stop's is its `stopped` without the message; any other is an
+ * error naming the frame lost (for `done`, its answer is in the session's
+ * history; an `error` keeps its code). */
+static void s_deliver_lost(router_turns_t *t, s_session_t *sess, router_turn_frame_type_t type,
+                           const char *code)
+{
+    const char *turn_id = sess->active ? sess->active->id_text : "";
+    char json[320];
+    int n;
+    ROUTER_LOG(ROUTER_LOG_WARN, MOD, "turn %s: out of memory for its %s frame: told instead",
+               turn_id, s_frame_name(type));
+    if (type == ROUTER_TURN_FRAME_STOPPED) {
+        n = snprintf(json, sizeof json, "{\"type\":\"stopped\",\"turn_id\":\"%s\"}", turn_id);
+    } else {
+        if (type != ROUTER_TURN_FRAME_ERROR || !code)
+            code = "AGENT_ERROR";
+        n = snprintf(json, sizeof json,
+                     "{\"type\":\"error\",\"turn_id\":\"%s\",\"code\":\"%s\",\"message\":"
+                     "\"out of memory: the turn's %s frame was lost%s\"}",
+                     turn_id, code, s_frame_name(type),
+                     type == ROUTER_TURN_FRAME_DONE ? "; its answer is in the session's history"
+                                                    : "");
+        type = ROUTER_TURN_FRAME_ERROR;
+    }
+    if (n > 0 && (size_t) n < sizeof json)
+        s_deliver(t, sess, type, json, (size_t) n, type == ROUTER_TURN_FRAME_ERROR ? code : NULL);
+}
+
+/* Every started subscriber of the session gets the frame (json NULL: it
+ * could not be made, s_deliver_lost). A callback may detach subscribers
+ * (its own or others): the list is walked by id. */
 static void s_deliver(router_turns_t *t, s_session_t *sess, router_turn_frame_type_t type,
                       const char *json, size_t len, const char *code)
 {
-    if (!json)
+    if (!json) {
+        s_deliver_lost(t, sess, type, code);
         return;
+    }
     /* Every caller delivers a frame of the session's turn in flight. */
     router_turns_sub_t submitter = sess->active && sess->active->item ? sess->active->item->sub : 0;
     router_turns_sub_t ids[64];
@@ -324,10 +379,15 @@ static void s_deliver(router_turns_t *t, s_session_t *sess, router_turn_frame_ty
     }
 }
 
+/* An event for /api/events. One that cannot be made (out of memory) is
+ * not dropped in silence: the sink is told its type with no object, and
+ * tells its readers (gateway/route_chat.c: a stream_gap, relays closed). */
 static void s_event(router_turns_t *t, const char *type, router_json_obj_t *o)
 {
     char *json = router_json_end(o, NULL);
-    if (json && t->sink)
+    if (!json)
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "out of memory for a %s event: reported lost", type);
+    if (t->sink)
         t->sink(type, json, t->sink_ud);
     free(json);
 }

@@ -78,7 +78,9 @@ typedef void(router_turns_frame_fn)(const router_turn_frame_t *frame, void *ud);
 
 /* /api/events sink: `type` (agent_start, llm_request, tool_call_start,
  * tool_call, agent_end, error) and the event's other members as a JSON
- * object text (WIRE §19.6). Loop thread. */
+ * object text (WIRE §19.6); json_object NULL: an event of `type` was lost
+ * (no memory to make it), which the sink owes its readers word of
+ * (DESIGN §7: the event or a stream_gap). Loop thread. */
 typedef void(router_turns_event_fn)(const char *type, const char *json_object, void *ud);
 
 /* Signs and sends *kind (taken) to the peer with key `to`, through the
