@@ -521,6 +521,24 @@ static void test_error_paths(void **state)
     assert_int_equal(kith_node_listen(a, "inproc://x"), -1);
     assert_int_equal(kith_node_listen(a, "tcp://no.such.host:1"), -1);
     assert_int_equal(kith_node_listen(a, "uds://relative.sock"), -1);
+    /* A port another node holds: refused, saying why; both keep working. */
+    int port = kith_node_listen(a, "tcp://127.0.0.1:0");
+    assert_true(port > 0);
+    char taken[64];
+    snprintf(taken, sizeof taken, "tcp://127.0.0.1:%d", port);
+    assert_int_equal(kith_node_listen(b, taken), -1);
+    assert_non_null(strstr(kith_last_error(), "in use"));
+    assert_int_equal(kith_node_listen(a, taken), -1); /* and by itself again */
+    char sock[64], uds[80];
+    snprintf(sock, sizeof sock, "/tmp/kith_api_test.%d.sock", (int) getpid());
+    snprintf(uds, sizeof uds, "uds://%s", sock);
+    assert_int_equal(kith_node_listen(a, uds), 0);
+    assert_int_equal(kith_node_listen(b, uds), -1); /* a live socket is not taken over */
+    assert_non_null(strstr(kith_last_error(), "in use"));
+    s_send(b, "a", "still here", KITH_ACKED);
+    kith_msg_t *still = NULL;
+    assert_int_equal(kith_node_recv(a, &still, S_WAIT_MS), 0);
+    kith_msg_destroy(&still);
 
     assert_int_equal(kith_net_partition(NULL, a, b), -1);
     assert_int_equal(kith_net_partition(net, a, a), -1);
@@ -553,6 +571,7 @@ static void test_error_paths(void **state)
     kith_net_destroy(&net);
     kith_net_destroy(NULL);
     kith_net_destroy(&other);
+    unlink(sock);
 }
 
 int main(void)
