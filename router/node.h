@@ -73,7 +73,9 @@ int router_node_start(router_node_t *self) __attribute__((warn_unused_result));
 /* Graceful stop from any thread: stop accepting and reading, send the acks
  * owed for admitted envelopes once durable, close, then end the loop. Waits
  * for the node's thread's loop to end when it has one (the thread then tears
- * the loop down inside router_node_destroy). Idempotent. */
+ * the loop down inside router_node_destroy; sends other threads are blocked
+ * in return offline as soon as its loop ends). Sends and calls begun after
+ * it are refused. Idempotent. */
 void router_node_stop(router_node_t *self);
 
 /* Stops (if running) and frees. Idempotent; nulls *self_p. */
