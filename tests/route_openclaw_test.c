@@ -358,22 +358,23 @@ static void test_run_end_keeps_key(void **state)
     test_gw_free(&f.b);
 }
 
-/* `chat.send`, with each allocation failing in turn: an answer (a res
- * with its id) or a close, never silence; and a key once answered
- * "started" is never started again — the same key sent again afterwards
- * is answered "cached". A key refused may start on a retry. */
-static void test_run_out_of_memory(void **state)
+/* `chat.send` and `agent`, with each allocation failing in turn: an
+ * answer (a res with its id) or a close, never silence; and a key once
+ * answered "started" ("accepted") is never started again — the same key
+ * sent again afterwards is answered "cached". A key refused may start on
+ * a retry. */
+static void s_run_out_of_memory(const char *method, const char *answer)
 {
-    (void) state;
     fix_t f;
     s_fix_new(&f);
-    char req[512];
+    char req[512], started_needle[48];
+    snprintf(started_needle, sizeof started_needle, "\"status\":\"%s\"", answer);
     for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
         unsigned base = s_client_connected(&f);
         snprintf(req, sizeof req,
-                 "{\"type\":\"req\",\"id\":\"m\",\"method\":\"chat.send\",\"params\":{"
-                 "\"sessionKey\":\"o%ld\",\"message\":\"hi\",\"idempotencyKey\":\"o%ld\"}}",
-                 i, i);
+                 "{\"type\":\"req\",\"id\":\"m\",\"method\":\"%s\",\"params\":{"
+                 "\"sessionKey\":\"o%ld\",\"message\":\"hi\",\"idempotencyKey\":\"%c%ld\"}}",
+                 method, i, method[0], i);
         alloc_fail_arm(i);
         test_wsc_send_text(&s_cl, req);
         bool answered = s_wait_needle(&f, base, "\"id\":\"m\"");
@@ -381,11 +382,11 @@ static void test_run_out_of_memory(void **state)
         bool closed;
         unsigned n = test_wsc_frames(&s_cl, &closed);
         if (!answered && !closed && !s_cl.eof)
-            fail_msg("chat.send with allocation %ld failing: neither an answer nor a close", i);
+            fail_msg("%s with allocation %ld failing: neither an answer nor a close", method, i);
         bool started = false;
         for (unsigned k = base; k < n; k++)
             started = started || (test_wsc_frame_has(&s_cl, k, "\"id\":\"m\"") &&
-                                  test_wsc_frame_has(&s_cl, k, "\"status\":\"started\""));
+                                  test_wsc_frame_has(&s_cl, k, started_needle));
         if (closed || s_cl.eof) {
             s_client_close(&f);
             base = s_client_connected(&f);
@@ -402,7 +403,7 @@ static void test_run_out_of_memory(void **state)
                 cached = cached || (test_wsc_frame_has(&s_cl, k, "\"id\":\"r\"") &&
                                     test_wsc_frame_has(&s_cl, k, "\"cached\":true"));
             if (!cached)
-                fail_msg("allocation %ld failing: run o%ld started twice", i, i);
+                fail_msg("%s with allocation %ld failing: its run started twice", method, i);
         }
         s_client_close(&f);
         if (!failed) {
@@ -414,6 +415,13 @@ static void test_run_out_of_memory(void **state)
     (void) test_loop_wait(f.b.loop, s_gone, NULL, 1, WAIT_MS);
     gateway_openclaw_destroy(&f.oc);
     test_gw_free(&f.b);
+}
+
+static void test_run_out_of_memory(void **state)
+{
+    (void) state;
+    s_run_out_of_memory("chat.send", "started");
+    s_run_out_of_memory("agent", "accepted");
 }
 
 static router_turns_t *s_turns;
