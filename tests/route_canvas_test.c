@@ -6,7 +6,8 @@
  * watcher — the new version's frame (one frame the watchers' queues
  * share, or a copy each when that frame finds no memory), or a close that
  * sends it back for the current document — never leave it showing the
- * old version as if it were current. LSan checks nothing leaked. */
+ * old version as if it were current. And the shared frame itself, byte by
+ * byte. LSan checks nothing leaked. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -26,6 +27,7 @@
 #include "gateway/auth.h"
 #include "gateway/http_server.h"
 #include "gateway/routes_canvas.h"
+#include "gateway/ws.h"
 #include "router/net/addr.h"
 #include "router/net/loop.h"
 #include "router/state/tokens.h"
@@ -179,7 +181,6 @@ static void test_post_out_of_memory(void **state)
         }
         s_clients_close(&f);
         if (!failed) {
-            print_message("%ld allocations failed in turn\n", i);
             assert_true(ok);
             for (int w = 0; w < WATCHERS; w++)
                 assert_false(test_wsc_ended(&s_watch[w]));
@@ -196,9 +197,59 @@ static void test_post_out_of_memory(void **state)
     s_fix_free(&f);
 }
 
+/* The frame a post shares among its watchers (gateway_ws_frame_new): an
+ * unmasked, final text or binary frame, header and payload, with each
+ * length encoding at its edges; refused when larger than 2^63 or without
+ * memory. */
+static void test_frame_encoding(void **state)
+{
+    (void) state;
+    static const struct {
+        size_t len;  /* payload */
+        size_t hl;   /* header */
+    } cases[] = {{0, 2}, {125, 2}, {126, 4}, {65535, 4}, {65536, 10}};
+    static uint8_t payload[65536];
+    for (size_t i = 0; i < sizeof payload; i++)
+        payload[i] = (uint8_t) (i * 31);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        for (int text = 0; text < 2; text++) {
+            router_shared_buf_t *fr = gateway_ws_frame_new(text, payload, cases[k].len);
+            assert_non_null(fr);
+            const uint8_t *p = router_shared_buf_data(fr);
+            assert_int_equal(router_shared_buf_len(fr), cases[k].hl + cases[k].len);
+            assert_int_equal(p[0], text ? 0x81 : 0x82);
+            uint64_t n = p[1] & 0x7f;
+            assert_int_equal(p[1] & 0x80, 0); /* the server does not mask */
+            if (cases[k].hl == 4) {
+                assert_int_equal(n, 126);
+                n = (uint64_t) p[2] << 8 | p[3];
+            } else if (cases[k].hl == 10) {
+                assert_int_equal(n, 127);
+                n = 0;
+                for (int b = 0; b < 8; b++)
+                    n = n << 8 | p[2 + b];
+            }
+            assert_int_equal(n, cases[k].len);
+            assert_memory_equal(p + cases[k].hl, payload, cases[k].len);
+            router_shared_buf_destroy(&fr);
+        }
+    }
+    errno = 0;
+    assert_null(gateway_ws_frame_new(true, payload, SIZE_MAX));
+    assert_int_equal(errno, EMSGSIZE);
+    alloc_fail_arm(0);
+    errno = 0;
+    router_shared_buf_t *none = gateway_ws_frame_new(true, payload, 10);
+    int e = errno;
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_null(none);
+    assert_int_equal(e, ENOMEM);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_frame_encoding),
         cmocka_unit_test(test_post_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
