@@ -21,6 +21,7 @@
 
 #define S_HANDBACK_WAIT_MS 2000u /* the edit thread waits this long for room in the post queue */
 #define S_HANDBACK_POLL_MS 50u   /* then the loop's poll finds the result, this often */
+#define S_RELOAD_TRIES 40u       /* reloads, S_HANDBACK_POLL_MS apart, until the change is in force */
 
 /* How an edit's result comes back to the loop thread. */
 enum {
@@ -34,7 +35,9 @@ typedef struct {
     gateway_route_peers_t *route;
     gateway_http_pending_t *pending;          /* the operator's request */
     atomic_int handback;                      /* S_EDIT_*: set by the edit thread */
-    uint64_t timer;                           /* loop: the poll for a stranded result, 0: none */
+    uint64_t timer;                           /* loop: the poll for a stranded result, or the
+                                                 next reload; 0: none */
+    unsigned reloads;                         /* loop: reloads tried since the file was written */
     bool remove;                              /* DELETE (else POST) */
     gateway_peer_row_t row;                   /* POST: the row */
     /* DELETE: the row named */
@@ -159,8 +162,31 @@ static void s_edit_poll(router_loop_t *loop, uint64_t id, void *ud)
         ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "no timer to wait for a peer edit");
 }
 
+/* Whether the edit written is what the node has in force. */
+static bool s_edit_in_force(const s_edit_t *e)
+{
+    const router_trust_t *view = router_node_trust_view(e->route->node);
+    if (!e->remove)
+        return router_trust_by_pubkey(view, e->row.pk) != NULL;
+    uint8_t id[PROTO_UUID_LEN];
+    const char *sp = strchr(e->removed, ' ');
+    return !sp || proto_uuid_parse(sp + 1, strlen(sp + 1), id) != 0 ||
+           router_trust_by_peer_id(view, id) == NULL;
+}
+
+static void s_edit_reload(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    s_edit_t *e = ud;
+    e->timer = 0;
+    s_edit_done(loop, e);
+}
+
 /* On the loop: the file is written (or not); the node reloads it, so the
- * answer's change is the one in force. */
+ * answer's change is the one in force. A reload that fails (out of memory)
+ * keeps the store as it was: it is tried again, a while, before the
+ * answer says the change is made (a removed peer still trusted, an added
+ * one still refused, after a 200 or 201 that says otherwise). */
 static void s_edit_done(router_loop_t *loop, void *arg)
 {
     s_edit_t *e = arg;
@@ -180,6 +206,12 @@ static void s_edit_done(router_loop_t *loop, void *arg)
         (void) gateway_http_respond_error(res, e->status, e->code, e->err);
     } else {
         router_node_trust_reload(self->node, e->remove ? "DELETE /api/peers" : "POST /api/peers");
+        if (!s_edit_in_force(e) && ++e->reloads < S_RELOAD_TRIES &&
+            (e->timer = router_loop_timer_add(loop, S_HANDBACK_POLL_MS, s_edit_reload, e)))
+            return;
+        if (!s_edit_in_force(e))
+            ROUTER_LOG(ROUTER_LOG_ERROR, "gateway", "peer edit saved but not in force after %u "
+                       "reloads: the next reload of trusted_peers.json applies it", e->reloads);
         if (e->remove) {
             char body[160];
             const char *sp = strchr(e->removed, ' ');

@@ -32,6 +32,7 @@
 #include "router/node.h"
 #include "router/state/tokens.h"
 #include "router/state/trust.h"
+#include "alloc_fail.h"
 #include "loop_until.h"
 
 typedef struct {
@@ -227,6 +228,96 @@ static void test_answer_survives_a_full_post_queue(void **state)
     assert_null(router_trust_by_pubkey(router_node_trust_view(f->node), pk));
 }
 
+/* A new peer's POST body, named name; its key into pk. */
+static void s_peer_body(char *body, size_t cap, const char *name, uint8_t pk[32])
+{
+    uint8_t sk[crypto_sign_SECRETKEYBYTES];
+    crypto_sign_keypair(pk, sk);
+    char b64[sodium_base64_ENCODED_LEN(32, sodium_base64_VARIANT_ORIGINAL)];
+    sodium_bin2base64(b64, sizeof b64, pk, 32, sodium_base64_VARIANT_ORIGINAL);
+    snprintf(body, cap, "{\"name\":\"%s\",\"pubkey\":\"ed25519:%s\",\"addr\":\"tcp://127.0.0.1:9\","
+                        "\"meta\":{\"description\":\"d\",\"labels\":{\"a\":\"b\"}}}",
+             name, b64);
+}
+
+/* One request, nothing failing; its answer's status line must hold want. */
+static void s_edit_plain(fix_t *f, const char *method, const char *path, const char *body,
+                         const char *want)
+{
+    client_t c;
+    s_send(f, &c, method, path, body);
+    test_loop_until(f->loop, s_answered, &c, 2, 60000);
+    close(c.fd);
+    if (!strstr(c.buf, want))
+        fail_msg("%s %s: %s", method, path, c.buf);
+}
+
+/* POST (del false) or DELETE of peer `name` (key pk) with the loop
+ * thread's allocation after `skip` failing; returns how many failed. An
+ * answer that says the change is made (201 with the row, 200 removed)
+ * finds it in force; a 5xx finds nothing changed. */
+static unsigned s_edit_failing(fix_t *f, bool del, const char *name, const char *body,
+                               const uint8_t pk[32], long skip)
+{
+    char path[64];
+    snprintf(path, sizeof path, del ? "/api/peers/%s" : "/api/peers", name);
+    client_t c;
+    s_send(f, &c, del ? "DELETE" : "POST", path, del ? "" : body);
+    alloc_fail_arm(skip);
+    test_loop_until(f->loop, s_answered, &c, 2, 60000);
+    unsigned failed = alloc_fail_disarm();
+    close(c.fd);
+    bool trusted = router_trust_by_pubkey(router_node_trust_view(f->node), pk) != NULL;
+    char row[32];
+    snprintf(row, sizeof row, "\"name\": \"%s\"", name);
+    if (strstr(c.buf, del ? "HTTP/1.1 200 " : "HTTP/1.1 201 ")) {
+        /* With no memory to show the row, 201 {"added":true}. */
+        if (trusted == del || (!del && !strstr(c.buf, row) && !strstr(c.buf, "{\"added\":true}")))
+            fail_msg("%s run %ld: answered done but not in force: %s", path, skip, c.buf);
+    } else if (strstr(c.buf, "HTTP/1.1 5")) { /* the route's 503, the server's 500 */
+        assert_non_null(strstr(c.buf, "\"code\":\""));
+        assert_true(trusted == del);
+    } else if (c.len) {
+        fail_msg("%s run %ld: %s", path, skip, c.buf);
+    }
+    return failed;
+}
+
+/* POST and DELETE with each allocation of the loop thread failing in turn
+ * (the edit thread's are its own; the store is back to one peer after each
+ * run, so each run makes the same allocations). A reload that ran out of
+ * memory kept the old store while the answer said the change was made:
+ * 201 {"added":true} with the peer still refused, 200 with it still
+ * trusted. */
+static void test_edits_without_memory(void **state)
+{
+    fix_t *f = *state;
+    uint8_t pk[32], other[32];
+    char body[512];
+    s_peer_body(body, sizeof body, "other", other);
+    s_edit_plain(f, "POST", "/api/peers", body, "HTTP/1.1 201 ");
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        s_peer_body(body, sizeof body, "p", pk);
+        unsigned failed = s_edit_failing(f, false, "p", body, pk, i);
+        if (router_trust_by_pubkey(router_node_trust_view(f->node), pk))
+            s_edit_plain(f, "DELETE", "/api/peers/p", "", "HTTP/1.1 200 ");
+        if (failed == 0)
+            break;
+    }
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        s_peer_body(body, sizeof body, "p", pk);
+        s_edit_plain(f, "POST", "/api/peers", body, "HTTP/1.1 201 ");
+        unsigned failed = s_edit_failing(f, true, "p", body, pk, i);
+        if (router_trust_by_pubkey(router_node_trust_view(f->node), pk))
+            s_edit_plain(f, "DELETE", "/api/peers/p", "", "HTTP/1.1 200 ");
+        if (failed == 0)
+            break;
+    }
+    assert_non_null(router_trust_by_pubkey(router_node_trust_view(f->node), other));
+}
+
 static int s_setup_no_home(void **state)
 {
     s_no_home = true;
@@ -269,6 +360,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_answer_survives_a_full_post_queue, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_no_home_refuses_edits, s_setup_no_home, s_teardown),
+        cmocka_unit_test_setup_teardown(test_edits_without_memory, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
