@@ -1126,12 +1126,14 @@ static void s_drain_deadline(router_loop_t *loop, uint64_t id, void *ud)
     g->drain_timer = 0;
     ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "drain deadline: cutting %u connections still open",
                g->open);
-    for (gateway_http_conn_t *hc = g->conns; hc; hc = hc->next)
-        if (hc->phase != GATEWAY_HTTP_CLOSING) {
-            hc->phase = GATEWAY_HTTP_CLOSING;
-            s_timer_stop(hc);
-            router_conn_abort(hc->conn);
-        }
+    /* Those closing in order go too: a client that read its answer but
+     * never closes its end would hold the drain to the loop's own close
+     * timeout, past the deadline the header promises. */
+    for (gateway_http_conn_t *hc = g->conns; hc; hc = hc->next) {
+        hc->phase = GATEWAY_HTTP_CLOSING;
+        s_timer_stop(hc);
+        router_conn_abort(hc->conn);
+    }
     gateway_ws_close_all(g, 1001, true);
 }
 

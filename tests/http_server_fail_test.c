@@ -370,6 +370,37 @@ static void test_drain_tells_requests_still_arriving(void **state)
     s_srv_stop(&s);
 }
 
+/* At a drain's deadline every connection left is cut, those closing in
+ * order too: here a client that read the 503 its deferred request was told
+ * but never closes its end, and an idle keep-alive client that never
+ * closes either, on a loop whose own close timeout is far away. The drain
+ * used to wait for the loop's close timeout instead. */
+static void test_drain_deadline_cuts_those_closing(void **state)
+{
+    (void) state;
+    router_loop_opts_t lo = {.close_timeout_ms = 600000};
+    s_srv_t s;
+    s_srv_start_loop(&s, &lo, NULL);
+    s_client_t *idle = s_connect(&s);
+    s_send(idle, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+    char r[4096];
+    assert_true(s_take_resp(&s, idle, r, sizeof r));
+    s_client_t *c = s_connect(&s);
+    s_send(c, "GET /defer HTTP/1.1\r\nHost: x\r\n\r\n");
+    s_wait_pending(&s);
+
+    bool drained = false;
+    gateway_http_drain(s.gw, s_drained, &drained, 400);
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    s_expect_shutting_down(r);
+    assert_true(test_loop_wait(s.loop, s_until_drained, &drained, 2, S_WAIT_MS));
+    assert_int_equal(s_metric(&s, "kith_http_connections_open"), 0);
+    gateway_http_pending_end(&s_pending);
+    s_client_close(&idle);
+    s_client_close(&c);
+    s_srv_stop(&s);
+}
+
 /* ---------------------------------------------------------------- the client went */
 
 static void s_stream_close(router_conn_t *conn, void *ud)
@@ -756,6 +787,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deferred_answer_in_a_drain_closes),
         cmocka_unit_test(test_drain_tells_requests_still_arriving),
+        cmocka_unit_test(test_drain_deadline_cuts_those_closing),
         cmocka_unit_test(test_deferred_stream_after_the_client_went),
         cmocka_unit_test(test_pipelined_input_without_memory_while_deferred),
         cmocka_unit_test(test_error_text_not_utf8),
