@@ -431,14 +431,20 @@ static size_t s_utf8_point(const char *s)
 /* Appends `s` as a JSON string (quotes included) to out[*len..cap). Texts
  * may carry a client's octets cut at a length (an unknown member's name,
  * say): what is not well-formed UTF-8 becomes U+FFFD, so the body stays
- * JSON (RFC 8259 §8.1) for every client's parser. */
-static int s_json_string(char *out, size_t cap, size_t *len, const char *s)
+ * JSON (RFC 8259 §8.1) for every client's parser. With `cut`, a string too
+ * long for the room is cut after a whole code point and ends in "…"
+ * instead of refused. */
+static int s_json_string(char *out, size_t cap, size_t *len, const char *s, bool cut)
 {
     static const char hex[] = "0123456789abcdef";
+    static const char ellipsis[] = "\xe2\x80\xa6";
     size_t n = *len;
     if (n + 1 >= cap)
         return -1;
     out[n++] = '"';
+    /* Where the string may be cut: room is left there for "…" and the quote. */
+    size_t cut_at = n;
+    bool can_cut = cut && n + sizeof ellipsis < cap;
     for (; *s; s++) {
         unsigned char c = (unsigned char) *s;
         char esc[7];
@@ -460,10 +466,18 @@ static int s_json_string(char *out, size_t cap, size_t *len, const char *s)
         } else {
             esc[k++] = (char) c;
         }
-        if (n + k + 1 >= cap)
-            return -1;
+        if (n + k + 1 >= cap) {
+            if (!can_cut)
+                return -1;
+            n = cut_at;
+            memcpy(out + n, ellipsis, sizeof ellipsis - 1);
+            n += sizeof ellipsis - 1;
+            break;
+        }
         memcpy(out + n, esc, k);
         n += k;
+        if (n + sizeof ellipsis < cap)
+            cut_at = n;
     }
     if (n + 1 >= cap)
         return -1;
@@ -477,23 +491,28 @@ int gateway_http_respond_error(gateway_http_res_t *res, int status, const char *
                                const char *text)
 {
     char body[GATEWAY_HTTP_ERROR_BODY_MAX];
-    size_t n = 0;
-    if (!code || !text) {
+    char code_json[GATEWAY_HTTP_ERROR_BODY_MAX];
+    size_t n = 9, code_len = 0;
+    if (!code || !text || s_json_string(code_json, sizeof code_json, &code_len, code, false) != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    /* The code is for programs: whole or refused. The text is for people:
+     * a long one is cut to what fits, rather than the answer lost. */
+    size_t tail = 8 + code_len + 1; /* ,"code":…} */
+    if (tail >= sizeof body - n) {
         errno = EINVAL;
         return -1;
     }
     memcpy(body, "{\"error\":", 9);
-    n = 9;
-    if (s_json_string(body, sizeof body, &n, text) != 0 || n + 9 >= sizeof body) {
+    if (s_json_string(body, sizeof body - tail, &n, text, true) != 0) {
         errno = EINVAL;
         return -1;
     }
     memcpy(body + n, ",\"code\":", 8);
     n += 8;
-    if (s_json_string(body, sizeof body, &n, code) != 0 || n + 1 >= sizeof body) {
-        errno = EINVAL;
-        return -1;
-    }
+    memcpy(body + n, code_json, code_len);
+    n += code_len;
     body[n++] = '}';
     return gateway_http_respond(res, status, "application/json", body, n);
 }

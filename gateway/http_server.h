@@ -204,8 +204,9 @@ int gateway_http_respond_json(gateway_http_res_t *res, int status, const char *j
 /* gateway_http_respond() of {"error": text, "code": code} as
  * application/json. `code` is a stable snake_case name clients can switch
  * on, `text` is for people. Both are JSON-escaped (octets that are not
- * well-formed UTF-8 become U+FFFD); the body must fit
- * GATEWAY_HTTP_ERROR_BODY_MAX (else -1, EINVAL). */
+ * well-formed UTF-8 become U+FFFD). The body is at most
+ * GATEWAY_HTTP_ERROR_BODY_MAX octets: a text too long for it is cut after
+ * a whole character and ends in "…"; a code too long is -1, EINVAL. */
 int gateway_http_respond_error(gateway_http_res_t *res, int status, const char *code,
                                const char *text);
 

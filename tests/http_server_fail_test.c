@@ -86,6 +86,19 @@ static void s_big_answer(const gateway_http_req_t *req, gateway_http_res_t *res,
     (void) gateway_http_respond(res, 200, "text/plain", s_big, s_big_len);
 }
 
+/* An error whose text is far longer than an error body may be (a route
+ * quoting what an upstream said, say), in two-octet characters. */
+static void s_long_error(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    (void) req;
+    (void) ud;
+    static char text[3001];
+    for (size_t i = 0; i + 1 < sizeof text; i += 2)
+        memcpy(text + i, "\xc3\xa9", 2);
+    if (gateway_http_respond_error(res, 502, "upstream_failed", text) != 0)
+        return; /* → 500 */
+}
+
 /* ---------------------------------------------------------------- server */
 
 typedef struct {
@@ -117,6 +130,7 @@ static void s_srv_start_loop(s_srv_t *s, const router_loop_opts_t *lo_in,
     assert_int_equal(gateway_http_route(s->gw, "POST", "/upload", s_plain, NULL), 0);
     assert_int_equal(gateway_http_route_ws(s->gw, "/ws", NULL, 0, s_plain, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/big", s_big_answer, NULL), 0);
+    assert_int_equal(gateway_http_route(s->gw, "GET", "/long-error", s_long_error, NULL), 0);
     memset(s_big, 'b', sizeof s_big);
     router_addr_t addr, bound;
     assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
@@ -527,6 +541,36 @@ static void test_error_text_not_utf8(void **state)
     s_srv_stop(&s);
 }
 
+/* An error text too long for an error body is cut after a whole
+ * character and ends in "…": the status and code the route chose reach the
+ * client, in a body within GATEWAY_HTTP_ERROR_BODY_MAX. Such an answer used
+ * to be refused (EINVAL), so the client got "500 the handler did not
+ * answer" and its connection closed. */
+static void test_error_text_too_long_is_cut(void **state)
+{
+    (void) state;
+    s_srv_t s;
+    s_srv_start(&s, NULL);
+    s_client_t *c = s_connect(&s);
+    s_send(c, "GET /long-error HTTP/1.1\r\nHost: x\r\n\r\n");
+    char r[4096];
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 502 Bad Gateway\r\n"));
+    const char *body = strstr(r, "\r\n\r\n") + 4;
+    size_t len = strlen(body);
+    assert_true(len <= GATEWAY_HTTP_ERROR_BODY_MAX && len > GATEWAY_HTTP_ERROR_BODY_MAX - 16);
+    assert_true(proto_utf8_valid((const uint8_t *) body, len));
+    assert_true(!strncmp(body, "{\"error\":\"\xc3\xa9\xc3\xa9", 13));
+    const char *end = "\xc3\xa9\xe2\x80\xa6\",\"code\":\"upstream_failed\"}";
+    assert_string_equal(body + len - strlen(end), end);
+    /* The connection serves on. */
+    s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    s_client_close(&c);
+    s_srv_stop(&s);
+}
+
 /* ---------------------------------------------------------------- 426 */
 
 /* A 426 names what to upgrade to in Upgrade, and a sender of Upgrade lists
@@ -791,6 +835,7 @@ int main(void)
         cmocka_unit_test(test_deferred_stream_after_the_client_went),
         cmocka_unit_test(test_pipelined_input_without_memory_while_deferred),
         cmocka_unit_test(test_error_text_not_utf8),
+        cmocka_unit_test(test_error_text_too_long_is_cut),
         cmocka_unit_test(test_upgrade_required_names_upgrade),
         cmocka_unit_test(test_answer_past_the_total_unsent_room),
         cmocka_unit_test(test_pipelined_answer_past_the_unsent_room),
