@@ -80,8 +80,8 @@ static inline void test_gw_free(test_gw_t *b)
     router_turns_destroy(&b->turns);
     router_broker_destroy(&b->broker);
     gateway_auth_destroy(&b->auth);
+    router_loop_destroy(&b->loop); /* runs posts still queued, which name the token store */
     router_tokens_destroy(&b->tokens);
-    router_loop_destroy(&b->loop);
 }
 
 #endif

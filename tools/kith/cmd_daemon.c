@@ -630,10 +630,10 @@ static int s_serve(int argc, char **argv, const char *cmd)
     gateway_http_t *gw = s_gateway_start(node, &cfg, home, &ga, &sse, err, sizeof err);
     if (!gw) {
         s_gw_auth_stop(&ga, node);
-        s_gw_auth_destroy(&ga);
         s_audit_stop(&au, node);
         ROUTER_LOG(ROUTER_LOG_ERROR, "daemon", "cannot start: %s", err);
         router_node_destroy(&node);
+        s_gw_auth_destroy(&ga); /* after the loop: its posts may name the token store */
         router_log_stop();
         fprintf(stderr, "kith %s: %s%s\n", cmd, err, s_start_fix(err));
         return KITH_EXIT_FAIL;
