@@ -198,6 +198,62 @@ static void test_offline_after_stop(void **state)
     assert_int_equal(r.outcome, ROUTER_SEND_OFFLINE);
 }
 
+typedef struct {
+    router_node_t *node;
+    router_node_receipt_t r;
+    int rc;
+} s_blocked_send_t;
+
+static void *s_blocked_send(void *arg)
+{
+    s_blocked_send_t *b = arg;
+    cbor_item_t *kind = proto_kind_message("hello?", 6, NULL, PROTO_HANDLING_NONE);
+    router_node_send_opts_t o = {.timeout_ms = 3600u * 1000u};
+    b->rc = router_node_send_ex(b->node, "silent", &kind, &o, &b->r);
+    return NULL;
+}
+
+static void s_key(uint8_t seed_byte, uint8_t pk[32]);
+
+/* A thread waits for an ack that will not come in the hour it allows (the
+ * peer takes the connection and says nothing); the node is stopped: the
+ * send returns offline then, not when someone destroys the node — a
+ * destroy that may be waiting for that very thread (kith_node_destroy). */
+static void test_stop_releases_blocked_send(void **state)
+{
+    s_net_t *t = *state;
+    router_node_t *a = t->node[0];
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(lfd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t salen = sizeof sa;
+    assert_int_equal(bind(lfd, (struct sockaddr *) &sa, sizeof sa), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *) &sa, &salen), 0);
+    char addr[64], err[256];
+    snprintf(addr, sizeof addr, "tcp://127.0.0.1:%u", (unsigned) ntohs(sa.sin_port));
+    uint8_t pk[32];
+    s_key(0x77, pk);
+    assert_int_equal(router_node_trust_set(a, "silent", pk, addr, false, err, sizeof err), 0);
+
+    s_blocked_send_t b = {.node = a};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, s_blocked_send, &b), 0);
+    struct pollfd p = {.fd = lfd, .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 20000), 1); /* the send dialed: it waits for its ack */
+    router_node_stop(a);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 20;
+    int joined = pthread_timedjoin_np(th, NULL, &deadline);
+    if (joined != 0)
+        router_node_destroy(&t->node[0]); /* the old way out, so the test can end */
+    assert_int_equal(joined, 0);
+    assert_int_equal(b.rc, 0);
+    assert_int_equal(b.r.outcome, ROUTER_SEND_OFFLINE);
+    close(lfd);
+}
+
 /* The public key of the pair one repeated seed byte makes. */
 static void s_key(uint8_t seed_byte, uint8_t pk[32])
 {
@@ -1242,6 +1298,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_request_and_reused_link, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_unknown_peer_and_untrusted, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_offline_after_stop, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_stop_releases_blocked_send, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_unreachable_peers, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_dns_name_dead_addresses_first, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_send_without_memory, s_setup, s_teardown),
