@@ -109,6 +109,10 @@ static void s_poll(router_loop_t *loop, uint64_t id, void *ud);
 
 static void s_check(gateway_ingress_t *self)
 {
+    /* The next poll first, while the slot the last one freed is there:
+     * the answers below arm their connections' timers. */
+    if (self->waiters && !self->timer)
+        self->timer = router_loop_timer_add(self->loop, S_POLL_MS, s_poll, self);
     uint64_t durable = router_inbox_durable_seq(self->opts.inbox);
     uint64_t now = router_clock_mono_ms();
     for (s_waiter_t *w = self->waiters, *n; w; w = n) {
@@ -302,6 +306,15 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
         snprintf(w->body, sizeof w->body, "{\"queued\":true,\"id\":\"%s\"}", uuid);
     else
         snprintf(w->body, sizeof w->body, "{\"queued\":true}");
+    /* The poll that bounds the wait, armed before admission: without it
+     * an admitted request whose commit fails (no durable wake-up comes)
+     * would never reach its deadline, and its client would wait for ever. */
+    if (!self->timer && !(self->timer = router_loop_timer_add(self->loop, S_POLL_MS, s_poll, self))) {
+        (void) gateway_http_res_header(res, "Retry-After", "1");
+        (void) gateway_http_respond_error(res, 503, "unavailable",
+                                          "no timer to bound the wait; nothing was queued; retry");
+        goto fail;
+    }
     /* Deferred before admission: once admitted, nothing may fail but the
      * wait itself. */
     if (!(w->pending = gateway_http_res_defer(res))) {
@@ -342,8 +355,6 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
         self->waiters = w;
     self->last = w;
     self->nwaiters++;
-    if (!self->timer)
-        self->timer = router_loop_timer_add(self->loop, S_POLL_MS, s_poll, self);
     gateway_ingress_body_clear(&b);
     free(frame);
     return;

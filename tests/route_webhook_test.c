@@ -20,6 +20,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,9 +80,11 @@ static router_inbox_t *s_inbox_open(const s_srv_t *s)
     return in;
 }
 
+static unsigned s_max_timers; /* the loop's max_timers, 0: the default */
+
 static void s_srv_start(s_srv_t *s, unsigned durable_timeout_ms)
 {
-    s->loop = router_loop_new(NULL);
+    s->loop = router_loop_new(&(router_loop_opts_t){.max_timers = s_max_timers});
     assert_non_null(s->loop);
     s->gw = gateway_http_new(s->loop, &(gateway_http_opts_t){0});
     assert_non_null(s->gw);
@@ -335,6 +338,78 @@ static void test_commit_fails_not_durable(void **state)
     router_inbox_destroy(&in);
 }
 
+/* ---------------------------------------------------------------- no timers */
+
+typedef struct {
+    long spare;       /* >= 0: take all timer slots but this many; < 0: give them back */
+    uint64_t ids[256];
+    unsigned n;
+    sem_t done;
+} s_fill_t;
+
+static void s_never(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id, (void) ud;
+    fail_msg("a filler timer fired");
+}
+
+static void s_fill_on(router_loop_t *loop, void *arg)
+{
+    s_fill_t *f = arg;
+    if (f->spare >= 0) {
+        while (f->n < 256 && (f->ids[f->n] = router_loop_timer_add(loop, 3600000, s_never, NULL)))
+            f->n++;
+        for (long i = 0; i < f->spare && f->n > 0; i++)
+            (void) router_loop_timer_cancel(loop, f->ids[--f->n]);
+    } else {
+        while (f->n > 0)
+            (void) router_loop_timer_cancel(loop, f->ids[--f->n]);
+    }
+    sem_post(&f->done);
+}
+
+/* Runs s_fill_on on the server's loop thread and waits for it. */
+static void s_fill(s_srv_t *s, s_fill_t *f, long spare)
+{
+    f->spare = spare;
+    assert_int_equal(sem_init(&f->done, 0, 0), 0);
+    assert_int_equal(router_loop_post(s->loop, s_fill_on, f), 0);
+    while (sem_wait(&f->done) != 0)
+        assert_int_equal(errno, EINTR);
+    sem_destroy(&f->done);
+}
+
+/* With the loop's timers all but `spare` taken, each request is answered
+ * (202, a typed 5xx) or cut, never left waiting: a request admitted with
+ * no timer for the durability poll waited for ever (no durable wake-up
+ * comes here, as none comes in the daemon while commits fail). Each
+ * round leaves one more timer free, so the shortage falls on each timer a
+ * request needs in turn. */
+static void test_no_timer_never_hangs(void **state)
+{
+    s_srv_t *s = *state;
+    s_max_timers = 64;
+    s_srv_start(s, 0);
+    s_max_timers = 0;
+    unsigned answered = 0;
+    for (long spare = 0; spare <= 6; spare++) {
+        s_fill_t f = {0};
+        s_fill(s, &f, spare);
+        s_resp_t r;
+        s_post(s, "/webhook", NULL, "{\"message\":\"m\"}", &r);
+        if (r.status && r.status != 202)
+            s_expect_typed_5xx(&r);
+        answered += r.status != 0;
+        print_message("spare %ld: %d %s\n", spare, r.status, r.body);
+        s_fill(s, &f, -1);
+    }
+    assert_true(answered > 0);
+    s_resp_t r;
+    s_post(s, "/webhook", NULL, "{\"message\":\"m\"}", &r);
+    assert_int_equal(r.status, 202);
+    s_srv_stop(s);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, s_setup, s_teardown)
 
 int main(void)
@@ -345,6 +420,7 @@ int main(void)
         T(test_webhook_without_memory),
         T(test_event_without_memory),
         T(test_commit_fails_not_durable),
+        T(test_no_timer_never_hangs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
