@@ -391,12 +391,97 @@ static void test_read_without_memory(void **state)
     s_node_close();
 }
 
+/* ------------------------------------------------------------ no timers */
+
+static void s_never(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id, (void) ud;
+    fail_msg("a filler timer fired");
+}
+
+#define FILL_MAX (ROUTER_LOOP_MAX_TIMERS + 1)
+static uint64_t s_fill_ids[FILL_MAX];
+static unsigned s_nfill;
+
+/* Takes every timer slot the loop has left but `spare`. */
+static void s_timers_fill(fix_t *f, unsigned spare)
+{
+    while (s_nfill < FILL_MAX &&
+           (s_fill_ids[s_nfill] = router_loop_timer_add(f->gw.loop, 3600000, s_never, NULL)))
+        s_nfill++;
+    assert_true(s_nfill < FILL_MAX);
+    for (unsigned i = 0; i < spare && s_nfill > 0; i++)
+        assert_int_equal(router_loop_timer_cancel(f->gw.loop, s_fill_ids[--s_nfill]), 0);
+}
+
+static void s_timers_free(fix_t *f)
+{
+    while (s_nfill > 0)
+        assert_int_equal(router_loop_timer_cancel(f->gw.loop, s_fill_ids[--s_nfill]), 0);
+}
+
+/* With the loop's timers all but `spare` taken: a node's upgrade is
+ * refused or cut, or it is registered, or closed 1011 (no timer for its
+ * register deadline) — never left open without a deadline; an invoke with
+ * no timer for its timeout is answered 503 and never sent to the node (a
+ * call nobody waits for). */
+static void test_no_timer(void **state)
+{
+    fix_t *f = *state;
+    unsigned registered = 0, closed1011 = 0;
+    for (unsigned spare = 1; spare <= 5; spare++) { /* one is loop_until's */
+        s_timers_fill(f, spare);
+        s_node_open(f);
+        test_wsc_send_text(&s_node, "{\"type\":\"register\",\"name\":\"n\",\"commands\":[\"echo\"]}");
+        s_want = 1;
+        s_run(f, s_node_has, NULL);
+        s_timers_free(f);
+        char text[256];
+        int op;
+        const uint8_t *p;
+        size_t len;
+        if (test_wsc_refused(&s_node)) {
+            assert_non_null(strstr((const char *) s_node.buf, "\"code\":\""));
+        } else if (test_wsc_frame(&s_node, 0, &op, &p, &len) && op == 8) {
+            assert_true(len >= 2 && (p[0] << 8 | p[1]) == 1011);
+            closed1011++;
+        } else if (s_node_text(0, text, sizeof text)) {
+            assert_non_null(strstr(text, "\"type\":\"registered\""));
+            registered++;
+        } else {
+            assert_true(s_node.eof);
+        }
+        s_node_close();
+        s_wait_unlisted(f);
+    }
+    print_message("no timer: %u registered, %u closed 1011\n", registered, closed1011);
+    assert_true(registered > 0 && closed1011 > 0);
+
+    char id[64], path[128];
+    s_node_register(f, id, sizeof id);
+    snprintf(path, sizeof path, "/api/nodes/%s/invoke", id);
+    client_t c;
+    s_http(f, &c, "POST", path, "{\"command\":\"echo\"}");
+    s_timers_fill(f, 2); /* loop_until's, and the connection's */
+    s_run(f, s_answered, &c);
+    s_timers_free(f);
+    close(c.fd);
+    assert_non_null(strstr(c.buf, "HTTP/1.1 503 "));
+    assert_string_equal(s_body(&c), "{\"error\":\"no timer for the call\",\"code\":\"unavailable\"}");
+    (void) s_listed(f);
+    test_wsc_read(&s_node);
+    bool closed;
+    assert_int_equal(test_wsc_frames(&s_node, &closed), 1); /* "registered" only */
+    s_node_close();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_register_without_memory, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_invoke_without_memory, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_read_without_memory, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_no_timer, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
