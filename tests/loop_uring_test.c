@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -316,36 +315,23 @@ static void test_connect_without_sqe(void **state)
     test_loop_until(f->loop, s_closed, &ok, 2, S_MAX_MS);
 }
 
-/* Listening when the listeners' poll cannot be queued fails with EBUSY and
- * leaves no descriptor behind. */
-static unsigned s_fds_open(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    assert_non_null(d);
-    unsigned n = 0;
-    while (readdir(d))
-        n++;
-    closedir(d);
-    return n;
-}
-
+/* A listener whose accept poll finds no SQE is still made: the loop arms
+ * the poll before its next wait (accept_again), so a moment's full
+ * submission queue does not fail the daemon's start. */
 static void test_listen_without_sqe(void **state)
 {
     s_fix_t *f = s_fix(state);
-    router_addr_t addr;
-    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
-    unsigned fds = s_fds_open();
     uring_fail_arm(0, 1);
-    errno = 0;
-    assert_null(router_loop_listen(f->loop, &addr, s_on_accept, f));
-    assert_int_equal(errno, EBUSY);
-    assert_int_equal(uring_fail_disarm(), 1);
-    assert_int_equal(s_fds_open(), fds);
     s_listen(f);
+    assert_int_equal(uring_fail_disarm(), 1);
     int c0 = s_client(f);
     s_accept_n(f, 1);
     s_still_served(f, &f->side[0], c0);
+    int c1 = s_client(f); /* the poll armed after the first wait serves later ones */
+    s_accept_n(f, 2);
+    s_still_served(f, &f->side[1], c1);
     close(c0);
+    close(c1);
 }
 
 /* Watches: a watch that cannot start is refused with EBUSY; an update whose

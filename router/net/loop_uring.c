@@ -295,7 +295,10 @@ static int s_listener_start(router_listener_t *l)
         return -errno;
     l->be_added = true;
     u->accept_again = true; /* connections may be queued already */
-    return s_accept_arm(u);
+    /* No SQE now is no failure: with accept_again set, the loop accepts
+     * and arms the poll after its next wait. */
+    (void) s_accept_arm(u);
+    return 0;
 }
 
 static void s_listener_stop(router_listener_t *l)
