@@ -296,8 +296,7 @@ static const router_loop_owner_ops_t s_owner_ops = {
 };
 
 /* Hands an accepted socket, and the peer address accept4() gave, to the
- * listener's callback. (loop_internal.h still declares the fd-only
- * router_listener_on_accept this replaced.) */
+ * listener's callback. */
 static void s_accepted(router_listener_t *l, int fd, const router_addr_t *peer)
 {
     router_loop_t *loop = l->loop;

@@ -165,7 +165,7 @@ struct router_listener {
     bool closed;                  /* router_listener_close was called */
     bool refusing;                /* a refusal streak was logged */
     bool backing_off;             /* accepting paused after EMFILE and such */
-    uint64_t retry_timer;         /* ...until this timer fires */
+    uint64_t retry_timer;         /* backing off: the retry; else the slot kept for it */
     uint64_t err_logged_ms;       /* when an accept failure was last logged, 0: never */
     uint64_t err_suppressed;      /* failures not logged since then */
     int err_last;                 /* the latest accept failure's errno */
@@ -369,8 +369,6 @@ void router_loop_settle(router_loop_t *loop);
 /* loop.c: calls a live watch's callback. */
 void router_watch_fire(router_watch_t *w, unsigned events);
 
-/* listen.c: a socket was accepted on l (applies limits, makes the conn). */
-void router_listener_on_accept(router_listener_t *l, int fd);
 /* listen.c: accepting failed with err: transient errors are ignored,
  * resource exhaustion pauses accepting for a moment. */
 void router_listener_on_accept_error(router_listener_t *l, int err);
