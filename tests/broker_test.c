@@ -21,6 +21,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <czmq.h>
@@ -29,6 +31,7 @@
 #include "have_ipv6.h"
 #include "loop_until.h"
 #include "router/clock.h"
+#include "router/log.h"
 #include "router/net/loop.h"
 #include "router/workers/broker.h"
 #include "router/workers/mdp_worker.h"
@@ -882,6 +885,34 @@ static int s_read_srcfd(zsock_t *s, zframe_t **id)
     return fd;
 }
 
+/* A DEALER in another process (python3 with pyzmq) that connects to ep,
+ * sends "READY" and waits to be killed, or for this process to end (a
+ * failed test leaves nothing behind). */
+static pid_t s_remote_dealer(const char *ep)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, STDOUT_FILENO);
+            dup2(null, STDERR_FILENO);
+        }
+        execl("/usr/bin/python3", "python3", "-c",
+              "import os, sys, time, zmq\n"
+              "parent = os.getppid()\n"
+              "s = zmq.Context().socket(zmq.DEALER)\n"
+              "s.connect(sys.argv[1])\n"
+              "s.send(b'READY')\n"
+              "while os.getppid() == parent:\n"
+              "    time.sleep(0.05)\n"
+              "os._exit(0)\n",
+              ep, (char *) NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
 /* Waits (the loop not running) until the ROUTER s no longer routes to id:
  * its connection is closed and its descriptor number free. */
 static void s_until_unroutable(zsock_t *s, zframe_t *id)
@@ -946,21 +977,33 @@ static void test_listen_ready_on_reused_descriptor(void **state)
      * longer routes to it. */
     zsock_destroy(&a);
     s_until_unroutable(s, ida);
-    /* The next connection mostly gets a's number; when something else
-     * took it first, that one goes too and another comes. */
-    zsock_t *b = NULL;
-    int fdb = -1;
-    for (int i = 0; i < 50 && fdb != fda; i++) {
-        if (b) {
-            zsock_destroy(&b);
-            s_until_unroutable(s, idb);
-            zframe_destroy(&idb);
+    /* Every free number below a's is held for a moment, and b connects
+     * from another process: the one descriptor its connection takes here
+     * is the accepted one, and it gets a's number. */
+    int holders[512], nholders = 0;
+    for (int tries = 0;; tries++) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        assert_true(fd >= 0 && nholders < 512);
+        if (fd == fda) {
+            close(fd);
+            break;
         }
-        b = zsock_new_dealer(ep);
-        assert_non_null(b);
-        zstr_send(b, "READY");
-        fdb = s_read_srcfd(s, &idb);
+        if (fd < fda) {
+            holders[nholders++] = fd;
+            continue;
+        }
+        /* a's number is not free yet (ZeroMQ closes it a moment after it
+         * stops routing): let everything go and look again. */
+        close(fd);
+        while (nholders > 0)
+            close(holders[--nholders]);
+        assert_true(tries < 4000);
+        zclock_sleep(5);
     }
+    pid_t b = s_remote_dealer(ep);
+    int fdb = s_read_srcfd(s, &idb);
+    while (nholders > 0)
+        close(holders[--nholders]);
     assert_int_equal(fdb, fda);
     uint64_t serial = router_worker_conns_ready(c, fdb);
     assert_true(serial > 0);
@@ -981,7 +1024,8 @@ static void test_listen_ready_on_reused_descriptor(void **state)
     router_worker_conns_stats(c, &st);
     assert_int_equal(st.workers, 0);
     assert_int_equal(st.pending, 2);
-    zsock_destroy(&b);
+    kill(b, SIGKILL);
+    assert_int_equal(waitpid(b, NULL, 0), b);
     zsock_destroy(&d);
     zframe_destroy(&ida);
     zframe_destroy(&idb);
@@ -1506,6 +1550,71 @@ static void test_beat_survives_a_full_timer_table(void **state)
     s_teardown(&r);
 }
 
+/* Log lines of module "workers" that contain `want`, counted by the tap. */
+typedef struct {
+    const char *want;
+    atomic_int seen;
+} log_seen_t;
+
+static void s_log_tap(router_log_level_t level, const char *module, const char *line,
+                      size_t len, void *ud)
+{
+    (void) level;
+    log_seen_t *l = ud;
+    if (strcmp(module, "workers") == 0 && memmem(line, len, l->want, strlen(l->want)))
+        atomic_fetch_add(&l->seen, 1);
+}
+
+static bool s_workers_late_1(void *ud)
+{
+    return router_broker_workers(ud, "kith.late") == 1;
+}
+
+/* Every one of the 16 service slots has a worker: a READY for a 17th
+ * service is refused (DISCONNECT, counted) and the log says why, not "bad
+ * service name" as before; once a service has no worker left its slot
+ * goes to the newcomer. */
+static void test_ready_with_services_full(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, NULL, NULL, 0, ep, sizeof ep);
+    zsock_t *raw[ROUTER_BROKER_SERVICES_MAX];
+    for (unsigned i = 0; i < ROUTER_BROKER_SERVICES_MAX; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "svc-%u", i);
+        raw[i] = zsock_new_dealer(ep);
+        assert_non_null(raw[i]);
+        s_raw_send(raw[i], "MDPW02", 0x01, 1, (const char *const[]) {name});
+    }
+    router_broker_stats_t st = {0};
+    for (int i = 0; i < 6000 && st.workers < ROUTER_BROKER_SERVICES_MAX; i++) {
+        s_settle(&r, 10);
+        router_broker_stats(r.b, &st);
+    }
+    assert_int_equal(st.workers, ROUTER_BROKER_SERVICES_MAX);
+    log_seen_t seen = {.want = "READY refused (too many services"};
+    router_log_set_tap(s_log_tap, &seen);
+    zsock_t *late = zsock_new_dealer(ep);
+    assert_non_null(late);
+    s_raw_send(late, "MDPW02", 0x01, 1, (const char *const[]) {"kith.late"});
+    assert_int_equal(s_raw_next_cmd(&r, late), 0x06);
+    router_log_set_tap(NULL, NULL);
+    assert_int_equal(atomic_load(&seen.seen), 1);
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.refused, 1);
+    assert_int_equal(router_broker_request(r.b, "kith.late", (const uint8_t *) "q", 1, s_on_reply,
+                                           &(reply_t) {0}), -1);
+    s_raw_send(raw[3], "MDPW02", 0x06, 0, NULL); /* svc-3's only worker leaves */
+    s_raw_send(late, "MDPW02", 0x01, 1, (const char *const[]) {"kith.late"});
+    s_run(&r, s_workers_late_1, r.b);
+    for (unsigned i = 0; i < ROUTER_BROKER_SERVICES_MAX; i++)
+        zsock_destroy(&raw[i]);
+    zsock_destroy(&late);
+    s_teardown(&r);
+}
+
 /* A flood of worker messages is read in batches, the loop taking turns
  * between them, and every message is handled in the end. */
 static void test_flood_in_batches(void **state)
@@ -1659,6 +1768,7 @@ int main(void)
         cmocka_unit_test(test_request_and_ready_without_memory),
         cmocka_unit_test(test_no_request_to_a_worker_past_its_span),
         cmocka_unit_test(test_beat_survives_a_full_timer_table),
+        cmocka_unit_test(test_ready_with_services_full),
         cmocka_unit_test(test_flood_in_batches),
         cmocka_unit_test(test_new_refusals),
         cmocka_unit_test(test_service_names_flood),

@@ -140,6 +140,17 @@ static router_metric_t *s_alive_series(router_broker_t *b, const char *name)
  * request in flight is held by a worker of its service). So services that
  * come and go, and requests refused for a name no worker serves, never
  * use the 16 slots up for good. */
+/* A service name (WIRE §19.1): 1..64 octets of visible ASCII. */
+static bool s_service_name_ok(const char *name, size_t len)
+{
+    if (len == 0 || len > ROUTER_MDP_SERVICE_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char) name[i] < 0x21 || (unsigned char) name[i] > 0x7e)
+            return false;
+    return true;
+}
+
 static s_service_t *s_service(router_broker_t *b, const char *name, size_t len, bool make)
 {
     if (len == 0 || len > ROUTER_MDP_SERVICE_MAX)
@@ -147,11 +158,8 @@ static s_service_t *s_service(router_broker_t *b, const char *name, size_t len, 
     for (size_t i = 0; i < b->nservices; i++)
         if (strlen(b->services[i].name) == len && memcmp(b->services[i].name, name, len) == 0)
             return &b->services[i];
-    if (!make)
+    if (!make || !s_service_name_ok(name, len))
         return NULL;
-    for (size_t i = 0; i < len; i++)
-        if ((unsigned char) name[i] < 0x21 || (unsigned char) name[i] > 0x7e)
-            return NULL;
     s_service_t *s = NULL;
     for (size_t i = 0; i < b->nservices && !s; i++)
         if (b->services[i].nworkers == 0 && b->services[i].nqueued == 0)
@@ -355,13 +363,22 @@ static void s_on_ready(router_broker_t *b, int sock, zframe_t *id, zmsg_t *m, in
 {
     zframe_t *svcf = zmsg_pop(m);
     s_service_t *s = NULL;
-    if (svcf && zmsg_size(m) == 0)
-        s = s_service(b, (const char *) zframe_data(svcf), zframe_size(svcf), true);
+    char why[80] = "";
+    /* Each refusal says which it is: a full table of services read "bad
+     * service name" before, for kith.audit say, sending its operator after
+     * a typo that was not there. */
+    if (!svcf || zmsg_size(m) != 0 ||
+        !s_service_name_ok((const char *) zframe_data(svcf), zframe_size(svcf)))
+        snprintf(why, sizeof why, "bad service name");
+    else if (!(s = s_service(b, (const char *) zframe_data(svcf), zframe_size(svcf), true)))
+        snprintf(why, sizeof why, "too many services: %u with workers or requests",
+                 ROUTER_BROKER_SERVICES_MAX);
+    else if (b->st.workers >= ROUTER_BROKER_WORKERS_MAX)
+        snprintf(why, sizeof why, "too many workers: %u", ROUTER_BROKER_WORKERS_MAX);
     zframe_destroy(&svcf);
-    if (!s || b->st.workers >= ROUTER_BROKER_WORKERS_MAX) {
+    if (why[0]) {
         b->st.refused++;
-        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "READY refused (%s)",
-                   s ? "too many workers" : "bad service name");
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "READY refused (%s)", why);
         s_send_disconnect(b, sock, id);
         return;
     }
