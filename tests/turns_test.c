@@ -1894,6 +1894,88 @@ static void test_final_frame_without_memory(void **state)
     s_teardown(&e);
 }
 
+static void s_never(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id, (void) ud;
+    fail_msg("a filler timer fired");
+}
+
+/* Takes every free timer slot of the loop but `spare`; returns how many. */
+static size_t s_fill_timers(router_loop_t *loop, uint64_t *ids, size_t cap, size_t spare)
+{
+    size_t n = 0;
+    while (n < cap && (ids[n] = router_loop_timer_add(loop, 3600000, s_never, NULL)) != 0)
+        n++;
+    assert_true(n < cap);
+    for (size_t i = 0; i < spare; i++)
+        assert_int_equal(router_loop_timer_cancel(loop, ids[--n]), 0);
+    return n;
+}
+
+static void s_free_timers(router_loop_t *loop, uint64_t *ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(router_loop_timer_cancel(loop, ids[i]), 0);
+}
+
+/* The loop has no timer slot left (its max_timers pending): a turn that
+ * cannot have its timeout is not sent (AGENT_ERROR at once), and a
+ * message that cannot have its lock timeout is refused. Before, the turn
+ * went out with no timeout, and with no worker to take it the session and
+ * its client waited for ever; the message waited past its lock timeout. */
+static void test_no_timer_slot(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    char err[256] = "";
+    snprintf(EP, sizeof EP, "inproc://turns-test-%d", ++s_case);
+    router_loop_opts_t lo = {.max_timers = 64};
+    e.loop = router_loop_new(&lo);
+    assert_non_null(e.loop);
+    router_broker_opts_t bo = {.loop = e.loop, .endpoint = EP, .heartbeat_ms = 100,
+                               .liveness = 100};
+    e.b = router_broker_new(&bo, err, sizeof err);
+    assert_non_null(e.b);
+    router_inbox_opts_t io = {.capacity = 16};
+    e.inbox = router_inbox_new(&io, err, sizeof err);
+    assert_non_null(e.inbox);
+    router_turns_opts_t to = {.loop = e.loop, .broker = e.b, .inbox = e.inbox,
+                              .comms_session = "comms", .lock_timeout_s = 1};
+    e.t = router_turns_new(&to, err, sizeof err);
+    assert_non_null(e.t);
+    frames_t a = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "timers", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    uint64_t fill[128];
+    const char *code = NULL;
+
+    /* One slot: the test's own wait takes it, the turn finds none. */
+    size_t n = s_fill_timers(e.loop, fill, 128, 1);
+    assert_int_equal(router_turns_submit(e.t, s, "no timeout", 10, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_ERROR, 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_ERROR), "\"code\":\"AGENT_ERROR\""));
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_ERROR), "\"turn_id\""));
+    assert_null(router_turns_active(e.t, s, NULL));
+    s_free_timers(e.loop, fill, n);
+
+    /* A turn in flight (no worker takes it), then no slot for the lock
+     * timeout of the message behind it. */
+    assert_int_equal(router_turns_submit(e.t, s, "held", 4, &code), 0);
+    queued_t q = {e.b, 1};
+    s_run(&e, s_queued, &q);
+    n = s_fill_timers(e.loop, fill, 128, 0);
+    assert_int_equal(router_turns_submit(e.t, s, "behind", 6, &code), -1);
+    assert_string_equal(code, "AGENT_ERROR");
+    router_turns_stats_t st;
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.waiting, 0);
+    s_free_timers(e.loop, fill, n);
+    router_turns_stop(e.t, s);
+    assert_null(router_turns_active(e.t, s, NULL));
+    router_turns_detach(e.t, s);
+    s_teardown(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1924,6 +2006,7 @@ int main(void)
         cmocka_unit_test(test_inbox_entry_without_memory),
         cmocka_unit_test(test_frames_and_events_without_memory),
         cmocka_unit_test(test_final_frame_without_memory),
+        cmocka_unit_test(test_no_timer_slot),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

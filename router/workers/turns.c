@@ -750,9 +750,18 @@ static int s_turn_send(s_turn_t *turn, const router_sessions_msg_t *msgs, size_t
         turn->h = 0;
         goto done;
     }
-    turn->phase = T_RUNNING;
     uint64_t ms = (uint64_t) t->o.turn_timeout_s * 1000u + S_TIMEOUT_GRACE_MS;
     turn->timer = router_loop_timer_add(t->o.loop, ms, s_on_turn_timeout, turn);
+    if (!turn->timer) {
+        /* Without its timeout a turn no worker takes (or one that never
+         * answers) would hold its session, and its client, for ever. */
+        ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "turn %s: no timer for its timeout (%s): not sent",
+                   turn->id_text, strerror(errno));
+        router_broker_cancel(t->o.broker, turn->h);
+        turn->h = 0;
+        goto done;
+    }
+    turn->phase = T_RUNNING;
     rc = 0;
 done:
     free(body);
@@ -814,7 +823,8 @@ static void s_on_history(void *ud, uint64_t tag, int rc, const router_sessions_m
         n = 0;
     }
     if (s_turn_send(turn, msgs, n) != 0) {
-        s_frame_error(turn, "AGENT_ERROR", "the worker queue is full or the turn cannot be sent");
+        s_frame_error(turn, "AGENT_ERROR",
+                      "the worker queue is full or the turn cannot be sent (out of memory)");
         s_turn_end(turn, "error");
     }
 }
@@ -1912,9 +1922,19 @@ int router_turns_submit_msg(router_turns_t *t, router_turns_sub_t id, const char
         *msg = it->msg;
     s_enqueue(t, sess, it);
     it->t = t;
-    if (sess->active)
+    if (sess->active) {
         it->lock_timer = router_loop_timer_add(t->o.loop, (uint64_t) t->o.lock_timeout_s * 1000u,
                                                s_lock_expired, it);
+        if (!it->lock_timer) {
+            /* It would wait past the lock timeout it is promised. */
+            ROUTER_LOG(ROUTER_LOG_WARN, MOD, "session %s: no timer for a message's lock timeout"
+                       " (%s): refused", sess->id, strerror(errno));
+            s_item_unqueue(t, it);
+            s_item_free(it);
+            *code = "AGENT_ERROR";
+            return -1;
+        }
+    }
     s_pump(t, sess);
     return 0;
 }
