@@ -980,8 +980,12 @@ static void s_on_frame(const router_turn_frame_t *frame, void *ud)
         return;
     }
     yajl_val f = yajl_tree_parse(frame->json, NULL, 0); /* kith's own frame, NUL-terminated */
-    if (!f)
+    if (!f) {
+        /* Only out of memory fails on kith's own frame: a run that lost it
+         * could wait for its end for ever, so the socket closes 1011. */
+        s_oom(c);
         return;
+    }
     size_t n;
     const char *turn_id = s_jstr(f, "turn_id", &n);
     s_run_t *r = n ? s_run_by_turn(b, turn_id) : NULL;
