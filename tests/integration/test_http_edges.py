@@ -70,7 +70,8 @@ def upgrade_required_names_upgrade_in_connection(node, token):
     del token
     status, head, body = exchange(node, b"GET /ws/chat HTTP/1.1\r\nHost: x\r\n\r\n")
     check(status == 426 and "\r\nUpgrade: websocket" in head, head)
-    conn = [ln.split(":", 1)[1] for ln in head.split("\r\n") if ln.lower().startswith("connection:")]
+    conn = [ln.split(":", 1)[1] for ln in head.split("\r\n")
+            if ln.lower().startswith("connection:")]
     check(conn and "upgrade" in [t.strip().lower() for t in conn[0].split(",")], head)
 
 
