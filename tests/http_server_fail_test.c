@@ -535,7 +535,8 @@ static void test_error_text_not_utf8(void **state)
     const char *body = strstr(r, "\r\n\r\n") + 4;
     assert_true(proto_utf8_valid((const uint8_t *) body, strlen(body)));
     assert_string_equal(body, "{\"error\":\"unknown member \\\"caf\xc3\xa9 \xe2\x82\xac "
-                              "\xf0\x9f\x98\x80 \\ufffd \\ufffd\\ufffd \\ufffd\\ufffd\\ufffd \\ufffd\\ufffd\\\"\","
+                              "\xf0\x9f\x98\x80 \\ufffd \\ufffd\\ufffd "
+                              "\\ufffd\\ufffd\\ufffd \\ufffd\\ufffd\\\"\","
                               "\"code\":\"invalid_body\"}");
     s_client_close(&c);
     s_srv_stop(&s);
