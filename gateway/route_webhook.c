@@ -277,7 +277,10 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
         goto fail;
     }
     if (self->nwaiters >= S_WAITERS_MAX || !(w = calloc(1, sizeof *w))) {
-        (void) gateway_http_respond_error(res, 503, "unavailable", "too many requests in flight");
+        (void) gateway_http_respond_error(res, 503, "unavailable",
+                                          self->nwaiters >= S_WAITERS_MAX
+                                              ? "too many requests in flight"
+                                              : "out of memory");
         goto fail;
     }
     /* What the inbox keeps: the body as sent for a webhook; for an event,

@@ -263,6 +263,9 @@ static void s_sweep(s_srv_t *s, const s_shape_t *shape)
             cut++;
         } else {
             s_expect_typed_5xx(&r);
+            /* One request at a time: never "too many in flight". */
+            if (strstr(r.body, "in flight"))
+                fail_msg("run %ld: %s", i, r.body);
             refused++;
         }
         s_post(s, shape->path, key, shape->body, &again);
