@@ -1,8 +1,10 @@
 /* tests/http_server_fail_test.c — the HTTP server core on the paths a
  * well-behaved client and a healthy machine never take: deferred answers
- * met by a drain or by a client that went away, pipelined input with no
- * memory left to hold it, and the other edges of gateway/http_server.c and
- * gateway/http_response.c. The loop runs on the test's own thread, so the
+ * and requests still arriving met by a drain, or by a client that went
+ * away; pipelined input with no memory left to hold it; error texts that
+ * are not UTF-8 or too long; 426s; answers past the unsent room; requests
+ * cut short by a half-close (gateway/http_server.c, http_response.c). The
+ * loop runs on the test's own thread, so the
  * test calls the server's API (a route's deferred answer, a drain) between
  * its turns; the client is a plain socket read without blocking from the
  * loop's checks. Waits are deadlines for progress, never timings. */
