@@ -1,6 +1,9 @@
 /* gateway/events.c — an SSE stream: the ring of encoded events, publishing,
  * subscribers with Last-Event-ID replay, keep-alives and the slow-consumer
- * cut (gateway/events.h). */
+ * cut (gateway/events.h). Each event is encoded once into a shared buffer
+ * (router/net/shared_buf.h) that the ring and every subscriber's send queue
+ * hold, so an event costs its size once however many subscribers it goes
+ * to, and counts once against the loop's bound on all unsent bytes. */
 #include "gateway/events.h"
 
 #include <errno.h>
@@ -15,15 +18,18 @@
 #include "proto/utf8.h"
 #include "router/log.h"
 #include "router/net/conn.h"
+#include "router/net/shared_buf.h"
 
 #define S_NAME_MAX 32u
 /* Room for "id: <20 digits>\n", "data: ", the blank line and the "type". */
 #define S_FRAME_EXTRA (64u + GATEWAY_EVENTS_TYPE_MAX)
 
-/* One event in the ring, encoded as it goes on the wire. */
+/* One event in the ring, encoded as it goes on the wire. The ring holds
+ * one reference to the frame and each send queue it waits in another, so
+ * an evicted event lives on until the last subscriber has sent it. */
 typedef struct {
-    uint8_t *frame; /* "id: N\ndata: {…}\n\n", NULL for a free slot */
-    size_t len;     /* its octets */
+    router_shared_buf_t *frame; /* "id: N\ndata: {…}\n\n", NULL for a free slot */
+    size_t len;                 /* its octets */
 } s_slot_t;
 
 typedef struct s_sub s_sub_t;
@@ -156,6 +162,32 @@ static void s_sub_cut(s_sub_t *sub, const char *why)
     router_conn_abort(sub->conn);
 }
 
+/* Queueing an event (or a stream_gap) failed: the subscriber cannot be
+ * sent it, so it must not be sent any later one either, which would be a
+ * silent gap. The connection layer has cut it already (ENOBUFS: it held
+ * more than its share of all connections' unsent bytes, a slow consumer,
+ * counted; ENOMEM: no memory for the queue's block) or is closing it
+ * (EPIPE: a graceful close, whose flush is left alone). Any other error
+ * left the connection open with a piece missing: it is aborted. The
+ * client reconnects with Last-Event-ID and is replayed or told the gap. */
+static void s_sub_lost(s_sub_t *sub, int err)
+{
+    gateway_events_t *ev = sub->ev;
+    sub->cut = true;
+    if (err == ENOBUFS) {
+        ev->cut++;
+        router_metric_inc(ev->m_cut, 1);
+    }
+    ROUTER_LOG(err == EPIPE ? ROUTER_LOG_DEBUG : ROUTER_LOG_WARN, "gateway",
+               "sse %s: conn %llu lost at event %llu: %s", ev->name,
+               (unsigned long long) router_conn_id(sub->conn),
+               (unsigned long long) sub->cursor,
+               err == ENOBUFS ? "slow consumer (its share of all connections' unsent bytes)"
+                              : strerror(err));
+    if (err != EPIPE)
+        router_conn_abort(sub->conn); /* nothing when the connection layer cut it */
+}
+
 /* Sends what the subscriber is owed, as far as its unsent bound allows.
  * A live subscriber that cannot take an event is cut; a replaying one
  * waits for its connection to drain, unless the ring has overtaken it.
@@ -183,8 +215,8 @@ static void s_sub_pump(s_sub_t *sub)
                 s_sub_cut(sub, "slow consumer");
             return; /* replaying: on_drain goes on */
         }
-        if (router_conn_send(sub->conn, slot->frame, slot->len) != 0) {
-            sub->cut = true; /* the connection is going: on_close follows */
+        if (router_conn_send_shared(sub->conn, slot->frame) != 0) {
+            s_sub_lost(sub, errno);
             return;
         }
         sub->cursor++;
@@ -266,8 +298,10 @@ static int s_send_gap(s_sub_t *sub, uint64_t id, uint64_t last, uint64_t lost, b
     };
     uint8_t frame[sizeof data + 64];
     ssize_t n = proto_sse_encode(frame, sizeof frame, &msg, NULL);
-    if (n < 0)
+    if (n < 0) {
+        errno = EMSGSIZE;
         return -1;
+    }
     return router_conn_send(sub->conn, frame, (size_t) n);
 }
 
@@ -327,12 +361,16 @@ void gateway_events_subscribe(gateway_events_t *ev, const gateway_http_req_t *re
     if (have && last > newest) {
         /* An id this process never gave (the daemon restarted): all we
          * have, after a gap of unknown size. */
-        if (s_send_gap(sub, ev->oldest - 1, last, 0, true) != 0)
+        if (s_send_gap(sub, ev->oldest - 1, last, 0, true) != 0) {
+            s_sub_lost(sub, errno);
             return;
+        }
         sub->cursor = ev->oldest;
     } else if (have && last + 1 < ev->oldest) {
-        if (s_send_gap(sub, ev->oldest - 1, last, ev->oldest - 1 - last, false) != 0)
+        if (s_send_gap(sub, ev->oldest - 1, last, ev->oldest - 1 - last, false) != 0) {
+            s_sub_lost(sub, errno);
             return;
+        }
         sub->cursor = ev->oldest;
     } else if (have) {
         sub->cursor = last + 1;
@@ -346,7 +384,7 @@ static void s_evict_oldest(gateway_events_t *ev)
 {
     s_slot_t *slot = &ev->ring[ev->oldest % ev->opts.ring_events];
     ev->ring_bytes -= slot->len;
-    free(slot->frame);
+    router_shared_buf_destroy(&slot->frame);
     *slot = (s_slot_t){0};
     ev->oldest++;
 }
@@ -367,9 +405,10 @@ static bool s_type_ok(const char *type)
  * {"type":"<type>"} or {"type":"<type>",<members>. Members without a line
  * break (what kith's own producers write) are copied as they are, in one
  * allocation; others go through the SSE encoder, which splits the data
- * into lines. Returns the frame (caller frees) or NULL with errno set. */
-static uint8_t *s_frame(uint64_t id, const char *type, const char *members, size_t mlen,
-                        size_t *flen)
+ * into lines. Returns the frame (the caller owns its one reference) or NULL
+ * with errno set. */
+static router_shared_buf_t *s_frame(uint64_t id, const char *type, const char *members,
+                                    size_t mlen, size_t *flen)
 {
     char digits[20], *idt = s_digits(id, digits);
     size_t idn = (size_t) (digits + sizeof digits - idt);
@@ -379,11 +418,12 @@ static uint8_t *s_frame(uint64_t id, const char *type, const char *members, size
     size_t dlen = 9 + tlen + 1 + (empty ? 1 : 1 + mlen);
     if (!memchr(members, '\n', mlen) && !memchr(members, '\r', mlen)) {
         *flen = 4 + idn + 1 + 6 + dlen + 2;
-        uint8_t *f = malloc(*flen), *p = f;
+        router_shared_buf_t *f = router_shared_buf_new(*flen);
         if (!f) {
             errno = ENOMEM;
             return NULL;
         }
+        uint8_t *p = router_shared_buf_data(f);
 #define S_PUT(src, n) (memcpy(p, (src), (n)), p += (n))
         S_PUT("id: ", 4);
         S_PUT(idt, idn);
@@ -411,9 +451,9 @@ static uint8_t *s_frame(uint64_t id, const char *type, const char *members, size
         .retry_ms = -1,
     };
     ssize_t n = proto_sse_encoded_len(&msg, NULL);
-    uint8_t *f = n > 0 ? malloc((size_t) n) : NULL;
-    if (!f || proto_sse_encode(f, (size_t) n, &msg, NULL) != n) {
-        free(f);
+    router_shared_buf_t *f = n > 0 ? router_shared_buf_new((size_t) n) : NULL;
+    if (!f || proto_sse_encode(router_shared_buf_data(f), (size_t) n, &msg, NULL) != n) {
+        router_shared_buf_destroy(&f);
         free(data);
         errno = n > 0 ? ENOMEM : EINVAL;
         return NULL;
@@ -436,7 +476,8 @@ uint64_t gateway_events_publish(gateway_events_t *ev, const char *type, const ch
         members++;
     uint64_t id = ev->next_id;
     size_t flen = 0;
-    uint8_t *frame = s_frame(id, type, members, jlen - (size_t) (members - json), &flen);
+    size_t mlen = jlen - (size_t) (members - json);
+    router_shared_buf_t *frame = s_frame(id, type, members, mlen, &flen);
     if (!frame)
         return 0;
     while (ev->oldest < ev->next_id &&
@@ -613,7 +654,7 @@ const uint8_t *gateway_events_frame(const gateway_events_t *ev, uint64_t id, siz
         return NULL;
     const s_slot_t *slot = &ev->ring[id % ev->opts.ring_events];
     *len = slot->len;
-    return slot->frame;
+    return router_shared_buf_data(slot->frame);
 }
 
 void gateway_events_stats(const gateway_events_t *ev, gateway_events_stats_t *out)

@@ -4,7 +4,11 @@
  *
  * Every event gets the next id of its stream (1, 2, … per process) and is
  * encoded once, as `id: N` and a `data:` line of JSON whose first member is
- * "type". A subscriber starts at the newest event, or, with Last-Event-ID N,
+ * "type", into one buffer that the ring and every subscriber's send queue
+ * share (router_conn_send_shared): however many subscribers an event goes
+ * to, it is one copy, counted once in the loop's bound on all connections'
+ * unsent bytes, and freed when the ring and the last queue let it go. A
+ * subscriber starts at the newest event, or, with Last-Event-ID N,
  * right after N: the events still in the ring are replayed, paced by its
  * connection's drain, and when some after N are gone a `stream_gap` event
  * says how many (spec/WIRE.md §18). Keep-alive comment lines go out every
@@ -14,7 +18,10 @@
  * octets; a subscriber may have at most unsent_max octets unsent: a live
  * subscriber that would pass it, a replaying one the ring overtakes, or
  * any whose next event is larger than unsent_max, is cut (its connection
- * aborted; counted in kith_sse_cut_total). At most
+ * aborted; counted in kith_sse_cut_total, as is one the connection layer
+ * cuts for holding more than its share of the loop's unsent total). One
+ * that cannot be queued an event for want of memory is cut too (logged):
+ * it never goes on without it, and a reconnect replays it. At most
  * subscribers_max subscribe at once (then 503).
  *
  * When the keep-alive timer cannot be re-armed, every subscriber is sent a

@@ -279,11 +279,12 @@ static void *s_srv_main(void *arg)
     return NULL;
 }
 
-static s_srv_t *s_srv_start(const gateway_events_opts_t *eo)
+/* A server whose loop has options `lo` (NULL: defaults). */
+static s_srv_t *s_srv_start_on(const gateway_events_opts_t *eo, const router_loop_opts_t *lo)
 {
     s_srv_t *s = calloc(1, sizeof *s);
     assert_non_null(s);
-    s->loop = router_loop_new(NULL);
+    s->loop = router_loop_new(lo);
     assert_non_null(s->loop);
     s->metrics = router_metrics_new();
     assert_non_null(s->metrics);
@@ -300,6 +301,11 @@ static s_srv_t *s_srv_start(const gateway_events_opts_t *eo)
     s->port = router_addr_port(&bound);
     assert_int_equal(pthread_create(&s->thread, NULL, s_srv_main, s), 0);
     return s;
+}
+
+static s_srv_t *s_srv_start(const gateway_events_opts_t *eo)
+{
+    return s_srv_start_on(eo, NULL);
 }
 
 static void s_srv_stop(s_srv_t **sp)
@@ -1050,6 +1056,244 @@ static void test_sub_without_memory(void **state)
     s_srv_stop(&s);
 }
 
+/* ---------------------------------------------------------------- one copy for all */
+
+/* The loop's bytes queued unsent on all connections (WIRE §9.2's bound). */
+static void s_unsent_run(s_srv_t *s, void *arg)
+{
+    router_loop_stats_t st;
+    router_loop_stats(s->loop, &st);
+    *(size_t *) arg = st.unsent_total;
+}
+
+static size_t s_unsent(s_srv_t *s)
+{
+    size_t n = 0;
+    s_on_loop(s, s_unsent_run, &n);
+    return n;
+}
+
+/* Waits until nothing is queued unsent on any connection. */
+static void s_wait_unsent_zero(s_srv_t *s)
+{
+    for (int i = 0; s_unsent(s) != 0; i++) {
+        assert_true(i < HANG_GUARD_S * 1000);
+        usleep(1000);
+    }
+}
+
+typedef struct {
+    const char *json;
+    uint64_t id;
+    size_t before, after; /* the loop's unsent total around the publish */
+    size_t flen;          /* the event's frame */
+    uint64_t cuts;        /* the loop's slow-consumer cuts after it */
+} s_pub_shared_t;
+
+/* Publishes p->json and reads the loop's unsent total on both sides of it,
+ * in one go on the loop thread: no write completes in between. */
+static void s_pub_shared_run(s_srv_t *s, void *arg)
+{
+    s_pub_shared_t *p = arg;
+    router_loop_stats_t st;
+    router_loop_stats(s->loop, &st);
+    p->before = st.unsent_total;
+    p->id = gateway_events_publish(s->ev, "agent_start", p->json);
+    if (!gateway_events_frame(s->ev, p->id, &p->flen))
+        p->flen = 0; /* checked on the test's thread */
+    router_loop_stats(s->loop, &st);
+    p->after = st.unsent_total;
+    p->cuts = st.slow_consumer_cuts;
+}
+
+/* DESIGN §12, WIRE §9.2: an event queued to many subscribers is one
+ * buffer, counted once in the loop's bound on all connections' unsent
+ * bytes, so a burst to many subscribers does not make them look like
+ * slow consumers. Four subscribers, a loop bound of 128 KiB and a 60 KB
+ * event: one copy (60 KB) is well inside it; four copies (240 KB) were
+ * not, and the third and fourth subscriber were cut for holding more than
+ * their share (32 KiB) though they read. Each reads the event whole; once
+ * all have it, nothing is left unsent; the ring still replays it
+ * byte for byte; once they are gone and the ring let it go, LSan sees it
+ * freed. */
+#define S_SHARED_PAD 60000u
+static void test_sub_shared_once(void **state)
+{
+    (void) state;
+    s_srv_t *s = s_srv_start_on(&(gateway_events_opts_t){.ring_events = 2},
+                                &(router_loop_opts_t){.send_total_limit = 128u * 1024});
+    s_cli_t *c[4];
+    for (int i = 0; i < 4; i++)
+        c[i] = s_subscribe(s, "", 0);
+    s_wait_unsent_zero(s); /* the heads went out */
+    char *json = malloc(S_SHARED_PAD + 64);
+    assert_non_null(json);
+    int k = snprintf(json, 64, "{\"n\":1,\"pad\":\"");
+    memset(json + k, 'x', S_SHARED_PAD);
+    memcpy(json + (size_t) k + S_SHARED_PAD, "\"}", 3);
+    s_pub_shared_t p = {.json = json};
+    s_on_loop(s, s_pub_shared_run, &p);
+    free(json);
+    assert_int_equal(p.id, 1);
+    assert_true(p.flen > S_SHARED_PAD);
+    assert_int_equal(p.before, 0);
+    assert_int_equal(p.after, p.flen); /* once, not four times */
+    assert_int_equal(p.cuts, 0);
+    for (int i = 0; i < 4; i++)
+        s_expect_n(c[i], 1, S_SHARED_PAD);
+    assert_int_equal(s_stats(s).cut, 0);
+    s_wait_unsent_zero(s); /* sent by all: no queue holds it */
+
+    /* The next event follows it on every stream, and a reconnect from 0
+     * is replayed both from the ring. */
+    assert_int_equal(s_publish_n(s, 2, 10), 2);
+    for (int i = 0; i < 4; i++)
+        s_expect_n(c[i], 2, 10);
+    s_cli_t *again = s_subscribe(s, "Last-Event-ID: 0\r\n", 0);
+    s_expect_n(again, 1, S_SHARED_PAD);
+    s_expect_n(again, 2, 10);
+    s_cli_close(&again);
+    for (int i = 0; i < 4; i++)
+        s_cli_close(&c[i]);
+    s_wait_subscribers(s, 0);
+    s_wait_unsent_zero(s);
+    for (unsigned i = 3; i <= 4; i++) /* the ring lets 1 and 2 go */
+        assert_int_equal(s_publish_n(s, i, 1), i);
+    assert_int_equal(s_stats(s).oldest, 3);
+    s_srv_stop(&s);
+}
+
+/* Reads exactly n raw octets of the stream into out. */
+static void s_cli_raw(s_cli_t *c, uint8_t *out, size_t n)
+{
+    while (c->len < n)
+        assert_true(s_cli_more(c) > 0);
+    memcpy(out, c->buf, n);
+    s_cli_consume(c, n);
+}
+
+typedef struct {
+    uint64_t id;
+    uint8_t frame[512];
+    size_t len;
+} s_frame_copy_t;
+
+static void s_frame_copy_run(s_srv_t *s, void *arg)
+{
+    s_frame_copy_t *f = arg;
+    const uint8_t *p = gateway_events_frame(s->ev, f->id, &f->len);
+    if (!p || f->len > sizeof f->frame)
+        f->len = 0; /* checked on the test's thread */
+    else
+        memcpy(f->frame, p, f->len);
+}
+
+/* What a live subscriber reads and what a reconnect replays from the
+ * ring are the ring's frames, octet for octet, for the events written as
+ * they are and for those the SSE encoder splits into lines. */
+static void test_sub_replay_identical(void **state)
+{
+    (void) state;
+    s_srv_t *s = s_srv_start(&(gateway_events_opts_t){.ring_events = 8});
+    s_cli_t *live = s_subscribe(s, "", 0);
+    s_cli_t *other = s_subscribe(s, "", 0);
+    const char *objects[] = {"{\"a\":1}", "{}", "{\"multi\":\n\"line\"}", "{\"u\":\"\xc3\xa9\"}"};
+    s_frame_copy_t f[4];
+    for (int i = 0; i < 4; i++) {
+        s_pub_t p = {.type = "tool_call", .json = objects[i]};
+        s_on_loop(s, s_pub_run, &p);
+        assert_int_equal(p.id, (uint64_t) i + 1);
+        f[i].id = p.id;
+        s_on_loop(s, s_frame_copy_run, &f[i]);
+        assert_true(f[i].len > 0);
+    }
+    uint8_t got[512];
+    for (int pass = 0; pass < 3; pass++) {
+        s_cli_t *c = pass == 0   ? live
+                     : pass == 1 ? other
+                                 : s_subscribe(s, "Last-Event-ID: 0\r\n", 0);
+        for (int i = 0; i < 4; i++) {
+            s_cli_raw(c, got, f[i].len);
+            assert_memory_equal(got, f[i].frame, f[i].len);
+        }
+        if (pass == 2)
+            s_cli_close(&c);
+    }
+    s_cli_close(&live);
+    s_cli_close(&other);
+    s_srv_stop(&s);
+}
+
+typedef struct {
+    long skip;      /* allocation to fail in the first publish */
+    uint64_t id[2]; /* the two publishes' ids */
+    long failed;    /* allocations failed */
+} s_pub_oom_t;
+
+/* Two publishes in one go on the loop thread, the first with allocations
+ * failing from p->skip on: a subscriber the first cuts is still on the
+ * list (on_close comes later) when the second runs. */
+static void s_pub_oom_run(s_srv_t *s, void *arg)
+{
+    s_pub_oom_t *p = arg;
+    alloc_fail_arm(p->skip);
+    p->id[0] = gateway_events_publish(s->ev, "agent_start", "{\"k\":1}");
+    p->failed = alloc_fail_disarm();
+    p->id[1] = gateway_events_publish(s->ev, "agent_start", "{\"k\":2}");
+}
+
+/* Out of memory at each allocation of a publish that fans out to three
+ * subscribers (the shared frame, each queue's block): the publish fails
+ * and takes no id, or each subscriber gets the event, or its connection
+ * ends; never a stream that goes on without it. One that ended and
+ * reconnects with its last id is replayed what it missed. */
+static void test_sub_fanout_without_memory(void **state)
+{
+    (void) state;
+    s_srv_t *s = s_srv_start(&(gateway_events_opts_t){.ring_events = 64});
+    bool whole = false;
+    unsigned ended = 0, refused = 0;
+    for (long i = 0; !whole; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        uint64_t last = s_stats(s).newest;
+        char hdr[64];
+        snprintf(hdr, sizeof hdr, "Last-Event-ID: %llu\r\n", (unsigned long long) last);
+        s_cli_t *c[3];
+        for (int k = 0; k < 3; k++)
+            c[k] = s_subscribe(s, hdr, 0);
+        s_pub_oom_t p = {.skip = i};
+        s_on_loop(s, s_pub_oom_run, &p);
+        assert_true(p.id[1] > 0);
+        if (p.id[0] == 0) {
+            assert_true(p.failed > 0);
+            refused++;
+        }
+        char data[256];
+        for (int k = 0; k < 3; k++) {
+            uint64_t seen = last, id = 0;
+            while (seen < p.id[1] && s_cli_event(c[k], &id, data, sizeof data))
+                assert_int_equal(id, ++seen);
+            if (seen < p.id[1]) {
+                /* Cut: the end says so, and a reconnect gets the rest. */
+                ended++;
+                s_cli_close(&c[k]);
+                snprintf(hdr, sizeof hdr, "Last-Event-ID: %llu\r\n", (unsigned long long) seen);
+                c[k] = s_subscribe(s, hdr, 0);
+                while (seen < p.id[1]) {
+                    assert_true(s_cli_event(c[k], &id, data, sizeof data));
+                    assert_int_equal(id, ++seen);
+                }
+            }
+            s_cli_close(&c[k]);
+        }
+        s_wait_subscribers(s, 0);
+        if (p.failed == 0)
+            whole = true;
+    }
+    assert_true(refused > 0 && ended > 0);
+    s_srv_stop(&s);
+}
+
 /* ---------------------------------------------------------------- constructors */
 
 /* Options out of range are EINVAL; out of memory at each allocation of a
@@ -1191,6 +1435,9 @@ int main(void)
         cmocka_unit_test(test_sub_replay_paced),
         cmocka_unit_test(test_sub_event_over_bound),
         cmocka_unit_test(test_sub_without_memory),
+        cmocka_unit_test(test_sub_shared_once),
+        cmocka_unit_test(test_sub_replay_identical),
+        cmocka_unit_test(test_sub_fanout_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
