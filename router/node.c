@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/inotify.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,6 +38,7 @@
 struct router_node {
     router_config_t cfg;                 /* effective configuration */
     char home[ROUTER_PATH_MAX];          /* state directory, "" for none */
+    int home_lock;                       /* flock'd <home>/node.lock while we use its state, or -1 */
     char comms_bound[ROUTER_ADDR_STR_MAX]; /* the TCP comms listener's address, "" for none */
     router_identity_t identity;          /* our key */
     router_trust_t *trust;               /* trusted peers; a reload swaps in a new store */
@@ -767,6 +769,31 @@ static int s_pairing(router_node_t *self, char *err, size_t errcap)
     return 0;
 }
 
+/* One node at a time keeps its state in a home: two would share one
+ * state.db with two replay windows (a replay admitted twice) and one key.
+ * A lock, not a pid file: the kernel drops it with the process, kill -9
+ * included. Nodes that only read the home (kith send: memory inbox) take
+ * none. */
+static int s_home_lock(router_node_t *self, char *err, size_t errcap)
+{
+    char path[ROUTER_PATH_MAX];
+    if (router_home_path(self->home, "node.lock", path, sizeof path) != 0) {
+        snprintf(err, errcap, "home path too long");
+        return -1;
+    }
+    self->home_lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (self->home_lock < 0) {
+        snprintf(err, errcap, "cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(self->home_lock, LOCK_EX | LOCK_NB) != 0) {
+        snprintf(err, errcap, "%s is in use by another running node (%s): one node per home",
+                 self->home, errno == EWOULDBLOCK ? "locked" : strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t errcap)
 {
     if (errcap)
@@ -779,6 +806,7 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
     pthread_rwlock_init(&self->trust_lock, NULL);
     pthread_mutex_init(&self->post_mu, NULL);
     self->trust_inotify = -1;
+    self->home_lock = -1;
     if (sodium_init() < 0) {
         snprintf(err, errcap, "libsodium failed to initialise");
         goto fail;
@@ -798,6 +826,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
         if (created)
             ROUTER_LOG(ROUTER_LOG_INFO, "node", "created a new identity in %s/identity",
                        self->home);
+        if (!opts->memory_inbox && s_home_lock(self, err, errcap) != 0)
+            goto fail;
         char path[ROUTER_PATH_MAX];
         if (router_home_path(self->home, ROUTER_TRUST_FILE, path, sizeof path) != 0) {
             snprintf(err, errcap, "home path too long");
@@ -1102,6 +1132,8 @@ void router_node_destroy(router_node_t **self_p)
     pthread_rwlock_destroy(&self->trust_lock);
     router_metrics_destroy(&self->metrics);
     router_identity_wipe(&self->identity);
+    if (self->home_lock >= 0)
+        close(self->home_lock); /* after the inbox closed state.db */
     pthread_mutex_destroy(&self->post_mu);
     free(self);
     *self_p = NULL;

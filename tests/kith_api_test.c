@@ -456,6 +456,32 @@ static void test_untrusted_sender_is_refused(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* Two live nodes on one home would share its state.db with two replay
+ * windows and one key: the second is refused, saying why, in this net or
+ * another; once the first is gone the home is free again. */
+static void test_one_node_per_home(void **state)
+{
+    (void) state;
+    char home[] = "/tmp/kith_api_test.XXXXXX";
+    assert_non_null(mkdtemp(home));
+    kith_net_t *net = kith_net_new(), *other = kith_net_new();
+    kith_node_t *a = s_node(net, "a", home);
+    char key[64];
+    snprintf(key, sizeof key, "%s", kith_node_pubkey(a));
+    assert_null(kith_node_new(net, "a2", home));
+    assert_non_null(strstr(kith_last_error(), "in use"));
+    assert_null(kith_node_new(other, "a", home));
+    assert_non_null(strstr(kith_last_error(), "in use"));
+    kith_node_destroy(&a);
+    a = s_node(other, "a", home);
+    assert_string_equal(kith_node_pubkey(a), key);
+    kith_net_destroy(&net);
+    kith_net_destroy(&other);
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", home);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* ---------------------------------------------------------------- error paths */
 
 static void *s_fail_in_thread(void *arg)
@@ -585,6 +611,7 @@ int main(void)
         cmocka_unit_test(test_restart_keeps_identity_and_refuses_replay),
         cmocka_unit_test(test_request_and_response),
         cmocka_unit_test(test_untrusted_sender_is_refused),
+        cmocka_unit_test(test_one_node_per_home),
         cmocka_unit_test(test_error_paths),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
