@@ -409,6 +409,11 @@ router_conn_t *gateway_http_respond_stream(gateway_http_res_t *res, int status,
     hc->stream = *h;
     hc->stream_ud = ud;
     memcpy(hc->credential, res->credential, sizeof hc->credential);
+    /* Begun after a drain closed the streams (its request was under way
+     * then): closed in order as they were, not left to the drain's
+     * deadline. The route's sends fail with EPIPE; on_close follows. */
+    if (hc->g->draining)
+        router_conn_close(hc->conn);
     return hc->conn;
 }
 

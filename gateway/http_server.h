@@ -282,7 +282,9 @@ typedef struct {
  * is then the route's to write to (router_conn_send, router_conn_close or
  * _abort; router_conn_set_send_limit to bound it); it still counts among
  * the server's connections, what the client sends on it is read and
- * dropped, and no server timeout applies. `h` is copied. Returns the
+ * dropped, and no server timeout applies; begun during a drain, it is
+ * closed in order at once, as the drain closed the others (sends then
+ * fail with EPIPE; h->on_close follows). `h` is copied. Returns the
  * connection (borrowed; valid until h->on_close), or NULL with errno
  * EINVAL (status outside 200..599 or 204/304, bad content type), EALREADY
  * (already answered), EPIPE (the connection is gone) or ECANCELED (a HEAD

@@ -100,6 +100,26 @@ static void s_long_error(const gateway_http_req_t *req, gateway_http_res_t *res,
         return; /* → 500 */
 }
 
+/* A streamed answer (as /api/events): its head, then what the test sends;
+ * s_streams counts those open. */
+static int s_streams;
+
+static void s_stream_gone(router_conn_t *conn, void *ud)
+{
+    (void) conn;
+    (void) ud;
+    s_streams--;
+}
+
+static void s_stream(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    (void) req;
+    (void) ud;
+    static const gateway_http_stream_handlers_t h = {.on_close = s_stream_gone};
+    if (gateway_http_respond_stream(res, 200, "text/event-stream", &h, NULL))
+        s_streams++;
+}
+
 /* ---------------------------------------------------------------- server */
 
 typedef struct {
@@ -132,6 +152,8 @@ static void s_srv_start_loop(s_srv_t *s, const router_loop_opts_t *lo_in,
     assert_int_equal(gateway_http_route_ws(s->gw, "/ws", NULL, 0, s_plain, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/big", s_big_answer, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/long-error", s_long_error, NULL), 0);
+    assert_int_equal(gateway_http_route(s->gw, NULL, "/stream", s_stream, NULL), 0);
+    s_streams = 0;
     memset(s_big, 'b', sizeof s_big);
     router_addr_t addr, bound;
     assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
@@ -413,6 +435,43 @@ static void test_drain_deadline_cuts_those_closing(void **state)
     gateway_http_pending_end(&s_pending);
     s_client_close(&idle);
     s_client_close(&c);
+    s_srv_stop(&s);
+}
+
+static bool s_until_no_stream(void *ud)
+{
+    (void) ud;
+    return s_streams == 0;
+}
+
+/* A stream whose request was under way when a drain began (here its body
+ * was still to come: the 100 Continue says the head was read) is closed
+ * in order once it begins, as the drain closed the others: its head, then
+ * a FIN, and the drain ends. It used to stay open until the drain's
+ * deadline, which then reset it. */
+static void test_stream_begun_in_a_drain_closes(void **state)
+{
+    (void) state;
+    router_loop_opts_t lo = {.close_timeout_ms = 600000};
+    s_srv_t s;
+    s_srv_start_loop(&s, &lo, NULL);
+    s_client_t *c = s_connect(&s);
+    s_send(c, "POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+              "Expect: 100-continue\r\n\r\n");
+    assert_true(test_loop_wait(s.loop, s_until_head, c, 2, S_WAIT_MS));
+    assert_string_equal(c->buf, "HTTP/1.1 100 Continue\r\n\r\n");
+    c->len = 0;
+    c->buf[0] = '\0';
+
+    bool drained = false;
+    gateway_http_drain(s.gw, s_drained, &drained, 600000);
+    s_send(c, "x");
+    assert_true(test_loop_wait(s.loop, s_until_eof, c, 2, S_WAIT_MS));
+    assert_non_null(strstr(c->buf, "HTTP/1.1 200 OK\r\n"));
+    assert_non_null(strstr(c->buf, "\r\nConnection: close\r\n"));
+    s_client_close(&c);
+    assert_true(test_loop_wait(s.loop, s_until_no_stream, NULL, 2, S_WAIT_MS));
+    assert_true(test_loop_wait(s.loop, s_until_drained, &drained, 2, S_WAIT_MS));
     s_srv_stop(&s);
 }
 
@@ -834,6 +893,7 @@ int main(void)
         cmocka_unit_test(test_deferred_answer_in_a_drain_closes),
         cmocka_unit_test(test_drain_tells_requests_still_arriving),
         cmocka_unit_test(test_drain_deadline_cuts_those_closing),
+        cmocka_unit_test(test_stream_begun_in_a_drain_closes),
         cmocka_unit_test(test_deferred_stream_after_the_client_went),
         cmocka_unit_test(test_pipelined_input_without_memory_while_deferred),
         cmocka_unit_test(test_error_text_not_utf8),
