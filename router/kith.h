@@ -20,8 +20,11 @@
  *     kith_net_destroy(&net);           // destroys a and b too
  *
  * Conventions. Every function is thread-safe: any thread may call any of
- * them on any object, except that an object must not be used while, or
- * after, it is being destroyed. A `**` argument is taken: destroy functions
+ * them on any object, except that an object must not be used after it is
+ * destroyed, nor calls on it begun while it is being destroyed. Calls
+ * already running on another thread when a node is destroyed (a recv or a
+ * send waiting) return first, with -1 or KITH_OFFLINE and a reason, before
+ * destroy frees it. A `**` argument is taken: destroy functions
  * free the object and set the caller's pointer to NULL, and accept NULL.
  * Functions that fail return -1 (or NULL) and leave a one-line reason in
  * kith_last_error(), which, like errno, belongs to the calling thread and
@@ -77,15 +80,18 @@ KITH_EXPORT void kith_net_destroy(kith_net_t **net_p);
  * `kith daemon --home` does — identity, trusted_peers.json, and the inbox
  * with the replay window in state.db — so destroying a node and making it
  * again from the same home models a restart: same key, trust kept,
- * undelivered messages kept, replays still refused. Two live nodes must
- * not share a home. The net owns the node: kith_net_destroy destroys it.
+ * undelivered messages kept, replays still refused. One live node per
+ * home, in this process or another (a `kith daemon` included): the node
+ * holds a lock on <home>/node.lock, and a second is refused, saying so.
+ * The net owns the node: kith_net_destroy destroys it.
  * NULL on failure. */
 KITH_EXPORT kith_node_t *kith_node_new(kith_net_t *net, const char *name, const char *home);
 
 /* a trusts b and b trusts a, each under the other's name at inproc://<name>
  * (replacing a row with the same key or name; trusting again is a no-op).
  * With a home, the trust store there is written too. Both nodes must be in
- * the same net. Returns 0 or -1. */
+ * the same net. All or nothing: returns 0, or -1 with neither node's trust
+ * changed. */
 KITH_EXPORT int kith_node_trust(kith_node_t *a, kith_node_t *b);
 
 /* Also serves signed envelopes on `addr`: "tcp://HOST:PORT" (port 0: one
@@ -113,7 +119,9 @@ KITH_EXPORT int kith_node_request(kith_node_t *n, const char *to, const char *in
 /* Takes the oldest received envelope into *msg_p (caller owns it: free it
  * with kith_msg_destroy), waiting up to timeout_ms (0: do not wait; < 0:
  * for ever). Each admitted envelope is given out once. Returns 0, or -1 on
- * timeout (kith_last_error(): "timeout") or bad arguments. */
+ * timeout (kith_last_error(): "timeout"), out of memory (the envelope
+ * stays for the next recv), the node being destroyed meanwhile, or bad
+ * arguments. */
 KITH_EXPORT int kith_node_recv(kith_node_t *n, kith_msg_t **msg_p, int timeout_ms);
 
 /* The envelope as one line of JSON: {"id","from","kind":{…}} (WIRE §22).
