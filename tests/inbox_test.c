@@ -5,8 +5,9 @@
  * the pruning of expired seen rows, and a reopen with each allocation
  * (kith's and SQLite's) failing in turn; a statement failing in the middle
  * of a batch, a stop while the disk is full, out of memory for a delete,
- * withdrawals from both ends of the unwritten list, and load callbacks
- * that refuse. */
+ * withdrawals from both ends of the unwritten list, load callbacks
+ * that refuse, and a withdrawal after a failed fsync that a kill -9 must
+ * not undo. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -426,9 +427,11 @@ static void test_idem_with_entry(void **state)
     s_rmdir(dir);
 }
 
-/* While commits fail, an admission can be withdrawn (from the unwritten
- * list, or parked when its commit was running and then failed): neither it
- * nor its key is ever written, and what follows it still commits. */
+/* While commits fail (a full disk), an admission can be withdrawn (from
+ * the unwritten list, or parked when its commit was running and then
+ * failed): neither it nor its key is ever written, and what follows it
+ * still commits. (A failed fsync is another matter:
+ * test_withdrawn_after_failed_fsync_stays_out.) */
 static void test_withdraw(void **state)
 {
     (void) state;
@@ -439,7 +442,7 @@ static void test_withdraw(void **state)
     uint64_t seq[3];
     router_inbox_idem_t key = {.scope = "webhook", .key = "a", .key_len = 1, .status = 202,
                                .body = "{}", .expires_ms = UINT64_MAX / 2};
-    vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, -1);
+    vfs_fail_arm(VFS_FAIL_WRITE, dir, 0, -1);
     for (uint32_t i = 0; i < 3; i++) {
         s_id(id, i);
         key.key = i == 0 ? "a" : i == 1 ? "b" : "c";
@@ -458,7 +461,7 @@ static void test_withdraw(void **state)
     }
     assert_int_equal(w, ROUTER_INBOX_WITHDRAWN);
     assert_int_equal(router_inbox_count(in), 2);
-    vfs_fail_arm(VFS_FAIL_SYNC, NULL, 0, 0);
+    vfs_fail_clear();
     router_inbox_sync(in);
     assert_int_equal(router_inbox_durable_seq(in), seq[2]);
     assert_int_equal(router_inbox_withdraw(in, seq[0]), ROUTER_INBOX_IS_DURABLE);
@@ -478,7 +481,8 @@ static void test_withdraw(void **state)
 }
 
 /* The parked path: withdrawn while the commit holding it runs
- * (COMMITTING), that commit fails, and the entry is dropped rather than
+ * (COMMITTING), that commit's fsync fails once (the WAL, truncated at
+ * once, holds nothing of it), and the entry is dropped rather than
  * retried; one withdrawn while its commit runs and succeeds is durable. */
 static void test_withdraw_parked(void **state)
 {
@@ -505,12 +509,13 @@ static void test_withdraw_parked(void **state)
     s_id(id, 2);
     assert_int_equal(router_inbox_admit(in, id, zero, "event", frame, 2, 1, NULL, &next),
                      ROUTER_INBOX_ADMITTED);
-    vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, -1);
+    vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, 1);
     vfs_fail_hold(NULL);
     for (int i = 0; i < 6000 && router_inbox_commit_failures(in) < 1; i++)
         usleep(1000);
-    vfs_fail_arm(VFS_FAIL_SYNC, NULL, 0, 0);
     router_inbox_sync(in);
+    assert_int_equal(vfs_fail_failed(VFS_FAIL_SYNC), 1);
+    vfs_fail_clear();
     /* The later admission committed past it; it stays withdrawn. */
     assert_int_equal(router_inbox_durable_seq(in), next);
     assert_int_equal(router_inbox_withdraw(in, seq), ROUTER_INBOX_WITHDRAWN);
@@ -1108,6 +1113,76 @@ static void test_withdraw_ends_of_list(void **state)
     s_rmdir(dir);
 }
 
+/* What a kill -9 leaves: state.db and its WAL as they are now, copied to
+ * `copy` (a fresh folder) while the inbox still holds them open; the -shm
+ * index is left behind, so opening the copy recovers the WAL from the file
+ * alone, as the restarted daemon would. */
+static void s_crash_copy(const char *dir, const char *copy)
+{
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "cp %s/state.db %s/state.db && (test ! -e %s/state.db-wal ||"
+             " cp %s/state.db-wal %s/state.db-wal)", dir, copy, dir, dir, copy);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* An fsync that fails under COMMIT leaves the batch's frames, commit frame
+ * included, in the WAL file: SQLite only did not publish them. A crash
+ * before another commit overwrites them, and the restart's WAL recovery
+ * finds that batch committed. An entry withdrawn while that commit ran
+ * must then not be answered WITHDRAWN ("nothing was queued": the gateway's
+ * 503) — after the restart it is delivered, key and all. Whatever the
+ * inbox answers must hold after a kill -9 at any point after it. */
+static void test_withdrawn_after_failed_fsync_stays_out(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256];
+    char copy[] = "/tmp/kith-inbox-crash-XXXXXX", copy_db[256];
+    s_tmp_db(dir, db, sizeof db);
+    s_tmp_db(copy, copy_db, sizeof copy_db);
+    router_inbox_t *in = s_open(8, 0, db);
+    uint8_t id[16], a[32] = {1}, frame[1] = {0xF6};
+    uint64_t seq;
+    router_inbox_idem_t key = {.scope = "webhook", .key = "k", .key_len = 1, .status = 202,
+                               .body = "{}", .expires_ms = UINT64_MAX / 2};
+    vfs_fail_hold(dir);
+    s_id(id, 7);
+    assert_int_equal(router_inbox_admit_keyed(in, id, a, "webhook", frame, 1, 1, NULL, &key, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    for (int i = 0; i < 10000 && vfs_fail_held() == 0; i++)
+        usleep(1000);
+    assert_true(vfs_fail_held() > 0); /* its commit waits in its fsync */
+    assert_int_equal(router_inbox_withdraw(in, seq), ROUTER_INBOX_COMMITTING);
+    /* That fsync fails, and so does every sync after it (the disk stays
+     * broken until the "crash"). */
+    vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, -1);
+    vfs_fail_hold(NULL);
+    for (int i = 0; i < 10000 && router_inbox_commit_failures(in) < 1; i++)
+        usleep(1000);
+    assert_true(router_inbox_commit_failures(in) >= 1);
+    router_inbox_withdraw_t w = router_inbox_withdraw(in, seq);
+    s_crash_copy(dir, copy);
+    sqlite3_int64 rows = s_scalar(copy_db, "SELECT COUNT(*) FROM inbox");
+    sqlite3_int64 keys = s_scalar(copy_db, "SELECT COUNT(*) FROM inbox_idempotency");
+    assert_int_equal(rows, keys);
+    if (w == ROUTER_INBOX_WITHDRAWN)
+        assert_int_equal(rows, 0); /* "nothing was queued" must stay true */
+    else
+        assert_int_equal(w, ROUTER_INBOX_COMMITTING); /* in doubt: said so */
+    /* The disk heals: an entry in doubt is settled by its own commit. */
+    vfs_fail_clear();
+    if (w == ROUTER_INBOX_COMMITTING) {
+        router_inbox_sync(in);
+        assert_int_equal(router_inbox_withdraw(in, seq), ROUTER_INBOX_IS_DURABLE);
+    }
+    router_inbox_destroy(&in);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"),
+                     w == ROUTER_INBOX_WITHDRAWN ? 0 : 1);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency"),
+                     w == ROUTER_INBOX_WITHDRAWN ? 0 : 1);
+    s_rmdir(dir);
+    s_rmdir(copy);
+}
+
 static int s_seen_stop(const uint8_t sender[32], const uint8_t id[16], uint64_t expires_ms,
                        void *ud)
 {
@@ -1207,6 +1282,7 @@ int main(void)
         cmocka_unit_test(test_delete_without_memory),
         cmocka_unit_test(test_withdraw_ends_of_list),
         cmocka_unit_test(test_load_stops),
+        cmocka_unit_test(test_withdrawn_after_failed_fsync_stays_out),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

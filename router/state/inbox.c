@@ -52,6 +52,8 @@ struct s_node {
     router_inbox_seen_t seen; /* what that row holds */
     s_idem_row_t *idem;       /* a key row to write with it, or NULL; owned */
     bool withdraw;            /* withdrawn while its commit ran: drop it if that fails */
+    bool in_doubt;            /* a COMMIT holding it failed with its frames perhaps in the
+                               * WAL: only a commit of it settles it, never a withdrawal */
 };
 
 struct router_inbox_t {
@@ -357,9 +359,25 @@ static int s_db_write(router_inbox_t *self, const s_node_t *n)
     return s_step_done(self->floor);
 }
 
-/* One transaction: insert the listed nodes, delete the given seqs. */
+/* After a COMMIT that failed (its fsync, most often), the batch's frames,
+ * commit frame included, may be in the WAL file: SQLite only did not
+ * publish them, and a crash before another commit overwrites them lets the
+ * restart's WAL recovery find the batch committed. A checkpoint that
+ * truncates the WAL removes them (and needs no fsync when the published
+ * frames were already checkpointed). Returns true when it did: nothing of
+ * the batch can come back. Caller holds db_mu and the writer lock. */
+static bool s_db_scrub(router_inbox_t *self)
+{
+    return sqlite3_wal_checkpoint_v2(self->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL) ==
+           SQLITE_OK;
+}
+
+/* One transaction: insert the listed nodes, delete the given seqs.
+ * Returns 0; -1 when it failed and nothing of it can reach the disk; -2
+ * when its COMMIT failed and the WAL may still hold it (s_db_scrub). */
 static int s_db_batch(router_inbox_t *self, const s_node_t *list, const uint64_t *dels, size_t nd)
 {
+    int rc = -1;
     router_dblock_enter(self->wlock, ROUTER_DBLOCK_URGENT);
     if (sqlite3_exec(self->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
         snprintf(self->last_err, sizeof self->last_err, "%s", sqlite3_errmsg(self->db));
@@ -375,8 +393,13 @@ static int s_db_batch(router_inbox_t *self, const s_node_t *list, const uint64_t
         if (s_step_done(self->delete) != 0)
             goto fail;
     }
-    if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+    if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        /* A full disk refused a write: the commit frame, written last,
+         * is not there. Anything else (an fsync) may have left it. */
+        if (sqlite3_extended_errcode(self->db) != SQLITE_FULL)
+            rc = -2;
         goto fail;
+    }
     router_dblock_leave(self->wlock);
     router_metric_inc(self->m_commits, 1);
     return 0;
@@ -384,8 +407,10 @@ fail:
     /* ROLLBACK resets the connection's message: keep the failure's. */
     snprintf(self->last_err, sizeof self->last_err, "%s", sqlite3_errmsg(self->db));
     sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+    if (rc == -2 && s_db_scrub(self))
+        rc = -1;
     router_dblock_leave(self->wlock);
-    return -1;
+    return rc;
 }
 
 /* Runs one statement with up to two integer parameters (binding one the
@@ -536,13 +561,20 @@ static void s_fail_clear(s_failing_t *f)
 
 /* A commit of `list` failed: its nodes go back in front of the unwritten
  * list in order, except those withdrawn while it ran, which leave the ring
- * for the parked list. Caller holds mu. */
-static void s_requeue(router_inbox_t *self, s_node_t *list)
+ * for the parked list — unless the WAL may hold that commit (`doubt`):
+ * then every node of it is in doubt and is retried, withdrawn or not, so
+ * that what router_inbox_withdraw answers stays true after a crash.
+ * Caller holds mu. */
+static void s_requeue(router_inbox_t *self, s_node_t *list, bool doubt)
 {
     s_node_t *back = NULL, *last = NULL;
     size_t nback = 0;
     for (s_node_t *n = list, *next; n; n = next) {
         next = n->next;
+        if (doubt)
+            n->in_doubt = true;
+        if (n->in_doubt)
+            n->withdraw = false; /* asking again answers COMMITTING until it commits */
         if (n->withdraw) {
             s_ring_drop(self, n);
             n->next = self->parked;
@@ -767,7 +799,7 @@ static void *s_store_main(void *arg)
             /* The batch goes back to the front of the unwritten list, where
              * router_inbox_withdraw can take entries back; those withdrawn
              * while it ran are parked instead, never retried. */
-            s_requeue(self, list);
+            s_requeue(self, list, rc == -2);
             list = tail = NULL;
             nlist = 0;
             s_fail_note(self, &fail, self->npend);
@@ -996,6 +1028,12 @@ router_inbox_withdraw_t router_inbox_withdraw(router_inbox_t *self, uint64_t seq
     /* Every unwritten seq above the commit in flight is on the list. */
     for (s_node_t *prev = NULL, *n = self->pend_head; n; prev = n, n = n->next)
         if (n->e.seq == seq) {
+            if (n->in_doubt) {
+                /* A failed COMMIT may have left it in the WAL: taking it
+                 * back now could be undone by a crash (s_db_scrub). */
+                out = ROUTER_INBOX_COMMITTING;
+                goto done;
+            }
             if (prev)
                 prev->next = n->next;
             else

@@ -162,7 +162,11 @@ typedef enum {
                                  * included; its seq is never durable */
     ROUTER_INBOX_IS_DURABLE,    /* already durable (with its key): answer as admitted */
     ROUTER_INBOX_COMMITTING,    /* a commit holding it is running: ask again later (marked:
-                                 * if that commit fails, the entry is dropped, not retried) */
+                                 * if that commit fails, the entry is dropped, not retried),
+                                 * or one failed under its COMMIT (an fsync) with its frames
+                                 * perhaps left in the WAL, where a crash would recover them:
+                                 * then the entry is in doubt and is retried, not dropped,
+                                 * and this is the answer until it is durable */
 } router_inbox_withdraw_t;
 
 /* Takes back admission `seq` that is not durable yet (a caller that gave
