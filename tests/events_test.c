@@ -1163,6 +1163,47 @@ static void test_sub_shared_once(void **state)
     s_srv_stop(&s);
 }
 
+static void s_loop_stats_run(s_srv_t *s, void *arg)
+{
+    router_loop_stats(s->loop, arg);
+}
+
+/* A subscriber that stops reading while all connections together hold
+ * the loop's send_total_limit is cut by the connection layer for holding
+ * more than its share (its own unsent_max is far off): that is a slow
+ * consumer cut of the stream too, counted in kith_sse_cut_total and
+ * logged with the event it lost (it was neither); a reader goes on. */
+static void test_sub_share_cut_counted(void **state)
+{
+    (void) state;
+    s_srv_t *s = s_srv_start_on(&(gateway_events_opts_t){.keepalive_ms = 3600000},
+                                &(router_loop_opts_t){.send_total_limit = 64u * 1024});
+    s_cli_t *stalled = s_subscribe(s, "", 2048);
+    router_loop_stats_t ls = {0};
+    uint64_t id = 0;
+    for (;;) {
+        s_on_loop(s, s_loop_stats_run, &ls);
+        if (ls.unsent_total_cuts > 0)
+            break;
+        assert_true(id < 10000);
+        id++;
+        assert_int_equal(s_publish_n(s, (unsigned) id, 20000), id);
+    }
+    assert_int_equal(ls.unsent_total_cuts, 1);
+    assert_int_equal(s_stats(s).cut, 1);
+    assert_true(s_metrics_has(s, "kith_sse_cut_total{stream=\"events\"} 1"));
+    /* What reached it is whole and in order, short of the last; then the end. */
+    assert_true(s_cli_until_end(stalled, 1) < id);
+    s_cli_close(&stalled);
+    s_wait_subscribers(s, 0);
+    s_cli_t *reader = s_subscribe(s, "", 0);
+    id++;
+    assert_int_equal(s_publish_n(s, (unsigned) id, 20000), id);
+    s_expect_n(reader, id, 20000);
+    s_cli_close(&reader);
+    s_srv_stop(&s);
+}
+
 /* Reads exactly n raw octets of the stream into out. */
 static void s_cli_raw(s_cli_t *c, uint8_t *out, size_t n)
 {
@@ -1437,6 +1478,7 @@ int main(void)
         cmocka_unit_test(test_sub_without_memory),
         cmocka_unit_test(test_sub_shared_once),
         cmocka_unit_test(test_sub_replay_identical),
+        cmocka_unit_test(test_sub_share_cut_counted),
         cmocka_unit_test(test_sub_fanout_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
