@@ -265,8 +265,15 @@ static int s_head_start(const gateway_http_res_t *res, int status, const char *c
                     content_type ? "\r\n" : "", (int) res->extra_len, res->extra);
 }
 
-int gateway_http_respond(gateway_http_res_t *res, int status, const char *content_type,
-                         const void *body, size_t len)
+static int s_respond_error(gateway_http_res_t *res, int status, const char *code,
+                           const char *text, bool fallback);
+
+/* gateway_http_respond; `fallback`: an answer that cannot be queued is
+ * replaced by an error saying why. The error itself is sent without one
+ * (when even it does not fit, the loop cuts the connection), so the
+ * replacement never recurses. */
+static int s_respond(gateway_http_res_t *res, int status, const char *content_type,
+                     const void *body, size_t len, bool fallback)
 {
     gateway_http_conn_t *hc = res->hc;
     bool bodiless = status == 204 || status == 304;
@@ -318,7 +325,7 @@ int gateway_http_respond(gateway_http_res_t *res, int status, const char *conten
     };
     int iovcnt = hc->head_only || bodiless || !len ? 1 : 2;
     size_t limit = hc->g->opts.send_limit ? hc->g->opts.send_limit : ROUTER_CONN_SEND_LIMIT;
-    if (iovcnt == 2 && len > limit - (limit < (size_t) n ? limit : (size_t) n)) {
+    if (fallback && iovcnt == 2 && len > limit - (limit < (size_t) n ? limit : (size_t) n)) {
         /* Larger on its own than the unsent bound: the loop would cut the
          * connection without a word, however fast the client reads. Say
          * why instead; nothing was written, so the connection goes on. */
@@ -331,9 +338,9 @@ int gateway_http_respond(gateway_http_res_t *res, int status, const char *conten
         snprintf(text, sizeof text,
                  "the answer would be larger than %zu octets (limits.conn_unsent_max); ask for"
                  " less", limit);
-        return gateway_http_respond_error(res, 500, "response_too_large", text);
+        return s_respond_error(res, 500, "response_too_large", text, false);
     }
-    if (iovcnt == 2 && (size_t) n + len > router_conn_send_room(hc->conn)) {
+    if (fallback && iovcnt == 2 && (size_t) n + len > router_conn_send_room(hc->conn)) {
         /* It fits the bound, not what is left of it now: answers to
          * pipelined requests are still unsent, or all connections together
          * hold limits.conn_unsent_total_max. The loop would cut the
@@ -346,10 +353,10 @@ int gateway_http_respond(gateway_http_res_t *res, int status, const char *conten
         res->extra_len = 0;
         res->close = true;
         (void) gateway_http_res_header(res, "Retry-After", "1");
-        return gateway_http_respond_error(res, 503, "send_buffers_full",
-                                          "the answer does not fit what the server may hold unsent"
-                                          " now (limits.conn_unsent_max,"
-                                          " limits.conn_unsent_total_max); ask again");
+        return s_respond_error(res, 503, "send_buffers_full",
+                               "the answer does not fit what the server may hold unsent now"
+                               " (limits.conn_unsent_max, limits.conn_unsent_total_max);"
+                               " ask again", false);
     }
     if (router_conn_sendv(hc->conn, iov, iovcnt) != 0) {
         /* Cut as a slow consumer, or already closing: on_close follows. */
@@ -362,6 +369,12 @@ int gateway_http_respond(gateway_http_res_t *res, int status, const char *conten
     hc->served++;
     gateway_http_count_status(hc->g, hc->route, status);
     return 0;
+}
+
+int gateway_http_respond(gateway_http_res_t *res, int status, const char *content_type,
+                         const void *body, size_t len)
+{
+    return s_respond(res, status, content_type, body, len, true);
 }
 
 router_conn_t *gateway_http_respond_stream(gateway_http_res_t *res, int status,
@@ -492,8 +505,8 @@ static int s_json_string(char *out, size_t cap, size_t *len, const char *s, bool
     return 0;
 }
 
-int gateway_http_respond_error(gateway_http_res_t *res, int status, const char *code,
-                               const char *text)
+static int s_respond_error(gateway_http_res_t *res, int status, const char *code,
+                           const char *text, bool fallback)
 {
     char body[GATEWAY_HTTP_ERROR_BODY_MAX];
     char code_json[GATEWAY_HTTP_ERROR_BODY_MAX];
@@ -519,5 +532,11 @@ int gateway_http_respond_error(gateway_http_res_t *res, int status, const char *
     memcpy(body + n, code_json, code_len);
     n += code_len;
     body[n++] = '}';
-    return gateway_http_respond(res, status, "application/json", body, n);
+    return s_respond(res, status, "application/json", body, n, fallback);
+}
+
+int gateway_http_respond_error(gateway_http_res_t *res, int status, const char *code,
+                               const char *text)
+{
+    return s_respond_error(res, status, code, text, true);
 }

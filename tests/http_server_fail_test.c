@@ -753,6 +753,33 @@ static void test_pipelined_answer_past_the_unsent_room(void **state)
     s_srv_stop(&s);
 }
 
+/* When even the error saying so does not fit the room left (a loop whose
+ * connections together may hold only a few hundred octets: the share of
+ * limits.conn_unsent_total_max with many connections open), the answer is
+ * not replaced again and again: the loop cuts the connection, and the
+ * server serves the next client. */
+static void test_no_room_even_for_the_error(void **state)
+{
+    (void) state;
+    router_loop_opts_t lo = {.send_total_limit = 300};
+    s_srv_t s;
+    s_srv_start_loop(&s, &lo, NULL);
+    s_big_len = 1000;
+    s_client_t *c = s_connect(&s);
+    s_send(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_true(test_loop_wait(s.loop, s_until_eof, c, 2, S_WAIT_MS));
+    assert_int_equal(c->len, 0);
+    s_client_close(&c);
+
+    c = s_connect(&s);
+    s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+    char r[4096];
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    s_client_close(&c);
+    s_srv_stop(&s);
+}
+
 /* ---------------------------------------------------------------- half-close */
 
 /* A client that shuts down its sending side with a request cut short — a
@@ -901,6 +928,7 @@ int main(void)
         cmocka_unit_test(test_upgrade_required_names_upgrade),
         cmocka_unit_test(test_answer_past_the_total_unsent_room),
         cmocka_unit_test(test_pipelined_answer_past_the_unsent_room),
+        cmocka_unit_test(test_no_room_even_for_the_error),
         cmocka_unit_test(test_request_cut_short_by_a_half_close),
         cmocka_unit_test(test_pipelined_requests_without_memory),
     };
