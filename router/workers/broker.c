@@ -135,11 +135,6 @@ static router_metric_t *s_alive_series(router_broker_t *b, const char *name)
     return m;
 }
 
-/* The service `name`, or (make) a slot for it. A slot with no worker and
- * no request queued is free for another name: nothing points at it (a
- * request in flight is held by a worker of its service). So services that
- * come and go, and requests refused for a name no worker serves, never
- * use the 16 slots up for good. */
 /* A service name (WIRE §19.1): 1..64 octets of visible ASCII. */
 static bool s_service_name_ok(const char *name, size_t len)
 {
@@ -151,6 +146,11 @@ static bool s_service_name_ok(const char *name, size_t len)
     return true;
 }
 
+/* The service `name`, or (make) a slot for it. A slot with no worker and
+ * no request queued is free for another name: nothing points at it (a
+ * request in flight is held by a worker of its service). So services that
+ * come and go, and requests refused for a name no worker serves, never
+ * use the 16 slots up for good. */
 static s_service_t *s_service(router_broker_t *b, const char *name, size_t len, bool make)
 {
     if (len == 0 || len > ROUTER_MDP_SERVICE_MAX)

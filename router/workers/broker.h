@@ -6,7 +6,8 @@
  * spec/WIRE.md §19 is the contract.
  *
  * Workers say READY for a service and wait in a least-recently-used queue;
- * a request goes to the idle worker that has waited longest, or waits in a
+ * a request goes to the idle worker that has waited longest (one silent
+ * past heartbeat_ms × liveness is dead, and gets none), or waits in a
  * bounded per-service queue. The broker heartbeats every worker every
  * heartbeat_ms and declares one dead after heartbeat_ms × liveness without a
  * word from it; the request it held then ends with kind -1. A reply from a

@@ -7,8 +7,9 @@
  * A background thread (a CZMQ actor) owns the DEALER socket: it sends READY,
  * heartbeats every heartbeat_ms whatever the caller is doing (a provider call
  * may run for minutes between two calls here), declares the broker dead after
- * heartbeat_ms × liveness of silence and reconnects with a fresh socket. The
- * caller's thread sees only bodies:
+ * heartbeat_ms × liveness of silence and reconnects with a fresh socket
+ * (after a DISCONNECT, at the next heartbeat: a broker refusing it is not
+ * asked again at once). The caller's thread sees only bodies:
  *
  *     router_mdp_worker_opts_t o = {.endpoint = "inproc://kith.workers",
  *                                   .service = "kith.agent",
