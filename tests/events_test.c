@@ -182,6 +182,45 @@ static void test_publish_without_memory(void **state)
     router_loop_destroy(&loop);
 }
 
+/* The bounded writer publishers build events with: an append fits while
+ * its bytes and the NUL after them do; one that does not marks the writer
+ * full, leaves what was written (NUL-terminated) as it was, and every
+ * append after it is refused too, so a cut object is never published. */
+static void test_json_writer(void **state)
+{
+    (void) state;
+    char buf[8];
+    gateway_events_json_t j = {.p = buf, .cap = sizeof buf};
+    gateway_events_json_raw(&j, "{\"a\":", 5);
+    gateway_events_json_u64(&j, 12); /* 7 octets and the NUL: exactly full */
+    assert_false(j.full);
+    assert_string_equal(buf, "{\"a\":12");
+    gateway_events_json_raw(&j, "}", 1);
+    assert_true(j.full);
+    assert_int_equal(j.n, 7);
+    assert_string_equal(buf, "{\"a\":12");
+    gateway_events_json_raw(&j, "", 0); /* full stays full */
+    gateway_events_json_str(&j, "", 0);
+    assert_true(j.full);
+    assert_int_equal(j.n, 7);
+
+    gateway_events_json_t k = {.p = buf, .cap = sizeof buf};
+    gateway_events_json_str(&k, "ab\"c", 4); /* 5 octets escaped */
+    assert_false(k.full);
+    assert_string_equal(buf, "ab\\\"c");
+    gateway_events_json_str(&k, "\n", 1); /* \u000a: 6 more do not fit */
+    assert_true(k.full);
+    assert_int_equal(k.n, 5);
+    assert_string_equal(buf, "ab\\\"c");
+    gateway_events_json_u64(&k, 1);
+    assert_int_equal(k.n, 5);
+
+    gateway_events_json_t u = {.p = buf, .cap = sizeof buf};
+    gateway_events_json_u64(&u, UINT64_MAX); /* 20 digits */
+    assert_true(u.full);
+    assert_int_equal(u.n, 0);
+}
+
 static void test_json_escape(void **state)
 {
     (void) state;
@@ -1463,6 +1502,7 @@ int main(void)
         cmocka_unit_test(test_frames),
         cmocka_unit_test(test_publish_without_memory),
         cmocka_unit_test(test_json_escape),
+        cmocka_unit_test(test_json_writer),
         cmocka_unit_test(test_log_tap),
         cmocka_unit_test(test_log_tap_full),
         cmocka_unit_test(test_new_refusals),
