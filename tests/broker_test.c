@@ -1628,6 +1628,71 @@ static void test_ready_with_services_full(void **state)
     s_teardown(&r);
 }
 
+static bool s_workers_1_any_gone(void *ud)
+{
+    router_broker_stats_t st;
+    router_broker_stats(ud, &st);
+    return st.workers == ROUTER_BROKER_WORKERS_MAX - 1;
+}
+
+static bool s_workers_max(void *ud)
+{
+    router_broker_stats_t st;
+    router_broker_stats(ud, &st);
+    return st.workers == ROUTER_BROKER_WORKERS_MAX;
+}
+
+/* 1 024 workers registered: one more READY is refused (DISCONNECT,
+ * counted, and the log says why), the broker serving on; when one leaves,
+ * the newcomer joins. */
+static void test_ready_with_workers_full(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_live = 1000; /* raw workers never beat: none expires however slow this runs */
+    s_setup(&r, NULL, NULL, 0, ep, sizeof ep);
+    s_live = 30;
+    zsock_t **raw = calloc(ROUTER_BROKER_WORKERS_MAX, sizeof *raw);
+    assert_non_null(raw);
+    for (unsigned i = 0; i < ROUTER_BROKER_WORKERS_MAX; i++) {
+        raw[i] = zsock_new_dealer(ep);
+        assert_non_null(raw[i]);
+        s_raw_ready(raw[i]);
+    }
+    s_run(&r, s_workers_max, r.b);
+    log_seen_t seen = {.want = "READY refused (too many workers"};
+    router_log_set_rate(0, 0);
+    router_log_set_tap(s_log_tap, &seen);
+    zsock_t *late = zsock_new_dealer(ep);
+    assert_non_null(late);
+    s_raw_ready(late);
+    assert_int_equal(s_raw_next_cmd(&r, late), 0x06);
+    router_log_set_tap(NULL, NULL);
+    router_log_set_rate(ROUTER_LOG_BURST_DEFAULT, ROUTER_LOG_WINDOW_MS_DEFAULT);
+    assert_int_equal(atomic_load(&seen.seen), 1);
+    router_broker_stats_t st;
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.refused, 1);
+    assert_int_equal(st.workers, ROUTER_BROKER_WORKERS_MAX);
+    s_raw_send(raw[7], "MDPW02", 0x06, 0, NULL);
+    zsock_destroy(&raw[7]);
+    s_run(&r, s_workers_1_any_gone, r.b);
+    s_raw_ready(late);
+    s_run(&r, s_workers_max, r.b);
+    /* The newcomer is a worker like the others: it takes a request. */
+    reply_t rep = {0};
+    for (unsigned i = 0; i < ROUTER_BROKER_WORKERS_MAX; i++)
+        assert_true(router_broker_request(r.b, "kith.test", (const uint8_t *) "q", 1, s_on_reply,
+                                          &rep) > 0);
+    assert_int_equal(s_raw_next_cmd(&r, late), 0x02);
+    for (unsigned i = 0; i < ROUTER_BROKER_WORKERS_MAX; i++)
+        zsock_destroy(&raw[i]);
+    free(raw);
+    zsock_destroy(&late);
+    s_teardown(&r);
+}
+
 /* A flood of worker messages is read in batches, the loop taking turns
  * between them, and every message is handled in the end. */
 static void test_flood_in_batches(void **state)
@@ -1759,6 +1824,9 @@ static void test_new_refusals(void **state)
 
 int main(void)
 {
+    /* 1 024 workers and the broker's own sockets: more than CZMQ's
+     * default of 1 024 sockets (test_ready_with_workers_full). */
+    zsys_set_max_sockets(ROUTER_BROKER_WORKERS_MAX * 2);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_lru),
         cmocka_unit_test(test_dead_worker),
@@ -1782,6 +1850,7 @@ int main(void)
         cmocka_unit_test(test_no_request_to_a_worker_past_its_span),
         cmocka_unit_test(test_beat_survives_a_full_timer_table),
         cmocka_unit_test(test_ready_with_services_full),
+        cmocka_unit_test(test_ready_with_workers_full),
         cmocka_unit_test(test_flood_in_batches),
         cmocka_unit_test(test_new_refusals),
         cmocka_unit_test(test_service_names_flood),
