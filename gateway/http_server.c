@@ -873,6 +873,16 @@ static void s_on_drain(router_conn_t *conn, void *ud)
         router_conn_resume_read(conn);
 }
 
+/* Whether what was read of the next head is only the empty lines a server
+ * ignores before a request-line (RFC 9112 §2.2). */
+static bool s_head_blank(const gateway_http_conn_t *hc)
+{
+    for (size_t i = 0; i < hc->head_len; i++)
+        if (hc->head[i] != '\r' && hc->head[i] != '\n')
+            return false;
+    return true;
+}
+
 /* The client shut down its sending side (reads are never paused here: the
  * loop tells EOF only once they run). A request cut short by it is told
  * so — the client still reads — rather than dropped without a word
@@ -884,6 +894,10 @@ static void s_on_eof(router_conn_t *conn, void *ud)
     gateway_http_conn_t *hc = ud;
     switch (hc->phase) {
     case GATEWAY_HTTP_HEAD:
+        if (s_head_blank(hc)) { /* a stray CRLF after the last request */
+            s_close(hc);
+            return;
+        }
         s_refuse(hc, 400, GATEWAY_HTTP_REJECT_INCOMPLETE,
                  "the connection was shut down before the request head was whole");
         return;

@@ -800,6 +800,8 @@ static void test_request_cut_short_by_a_half_close(void **state)
         {"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
          "HTTP/1.1 400 Bad Request\r\n"},
         {"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200 OK\r\n"},
+        /* A stray CRLF after a request (RFC 9112 §2.2) is no request. */
+        {"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n\r\n", "HTTP/1.1 200 OK\r\n"},
     };
     s_srv_t s;
     s_srv_start(&s, NULL);
