@@ -1976,6 +1976,46 @@ static void test_no_timer_slot(void **state)
     s_teardown(&e);
 }
 
+/* A sink that makes the allocation right after the turn's agent_end fail:
+ * in s_turn_end, the one of the response its request entry is owed. */
+static void s_fail_after_end(const char *type, const char *json, void *ud)
+{
+    (void) json;
+    int *armed = ud;
+    if (!*armed && !strcmp(type, "agent_end")) {
+        *armed = 1;
+        alloc_fail_arm(0);
+    }
+}
+
+/* A request entry whose turn ends with no memory for its response: the
+ * response is sent all the same, a poll later, and the entry leaves the
+ * inbox. Before, the entry stayed leased and its sender unanswered until
+ * the daemon restarted. */
+static void test_response_without_memory(void **state)
+{
+    (void) state;
+    comms_t c = {.trust = router_trust_new()};
+    uint8_t pk[32], sk[64], id[16];
+    s_comms_peer(&c, "asker", 0x32, pk, sk);
+    env_t e = {0};
+    s_setup_comms(&e, &c);
+    int armed = 0;
+    router_turns_set_event_sink(e.t, s_fail_after_end, &armed);
+    s_admit_request(e.inbox, pk, sk, "short", id);
+    router_turns_kick(e.t);
+    s_run(&e, s_inbox_empty, e.inbox);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(armed, 1);
+    assert_int_equal(c.n, 1);
+    assert_int_equal(c.kind[0], PROTO_KIND_RESPONSE);
+    assert_memory_equal(c.in_reply_to[0], id, 16);
+    assert_int_equal(c.status[0], PROTO_STATUS_COMPLETED);
+    assert_non_null(strstr(c.text[0], "request short"));
+    s_teardown(&e);
+    router_trust_destroy(&c.trust);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2007,6 +2047,7 @@ int main(void)
         cmocka_unit_test(test_frames_and_events_without_memory),
         cmocka_unit_test(test_final_frame_without_memory),
         cmocka_unit_test(test_no_timer_slot),
+        cmocka_unit_test(test_response_without_memory),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

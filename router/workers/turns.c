@@ -74,6 +74,7 @@ typedef struct s_item {
     uint64_t msg;              /* chat: the handle router_turns_withdraw takes */
     char *reply;               /* a request's response text, set as its turn ends */
     size_t reply_len;
+    const char *end_status;    /* its turn ended: done, stopped, error (a response owed) */
     s_session_t *sess;
     struct s_item *next;
 } s_item_t;
@@ -166,6 +167,7 @@ struct router_turns {
     s_request_t requests[S_REQUESTS_MAX];
     size_t next_request;
     s_resp_t *resps;
+    s_item_t *owed;            /* request entries whose response found no memory: s_poll retries */
     s_toolsend_t *toolsends;
     router_turns_event_fn *sink;
     void *sink_ud;
@@ -589,15 +591,15 @@ static void s_resp_send(s_resp_t *r)
 }
 
 /* The turn of a `request` entry ended: answer its sender; the entry is
- * done once the answer is acked. */
-static void s_respond(router_turns_t *t, const s_item_t *it, proto_status_t status,
-                      const char *result, size_t len)
+ * done once the answer is acked. Returns 0, or -1 with no memory for it
+ * (the caller keeps the entry and tries again: its sender is owed it). */
+static int s_respond(router_turns_t *t, const s_item_t *it, proto_status_t status,
+                     const char *result, size_t len)
 {
     s_resp_t *r = calloc(1, sizeof *r);
     if (!r || !(r->result = malloc(len + 1))) {
         free(r);
-        ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "out of memory: the response waits for a restart");
-        return; /* the entry stays leased: the next run answers it */
+        return -1;
     }
     r->t = t;
     r->seq = it->seq;
@@ -612,6 +614,37 @@ static void s_respond(router_turns_t *t, const s_item_t *it, proto_status_t stat
         t->resps->prev = r;
     t->resps = r;
     s_resp_send(r);
+    return 0;
+}
+
+/* s_respond for an item whose turn ended (it->end_status): its reply, or
+ * a line saying how the turn ended. */
+static int s_respond_item(router_turns_t *t, const s_item_t *it)
+{
+    char why[64];
+    const char *text = it->reply;
+    size_t len = it->reply_len;
+    if (!text) {
+        len = (size_t) snprintf(why, sizeof why, "the turn ended: %s", it->end_status);
+        text = why;
+    }
+    return s_respond(t, it, strcmp(it->end_status, "done") == 0 ? PROTO_STATUS_COMPLETED
+                                                                 : PROTO_STATUS_FAILED,
+                     text, len);
+}
+
+/* Responses that found no memory when their turn ended, tried again (from
+ * s_poll): before, the entry stayed leased and its sender unanswered
+ * until the daemon restarted. */
+static void s_respond_owed(router_turns_t *t)
+{
+    for (s_item_t **pp = &t->owed; *pp;) {
+        s_item_t *it = *pp;
+        if (s_respond_item(t, it) != 0)
+            return; /* still short: the next poll */
+        *pp = it->next;
+        s_item_free(it);
+    }
 }
 
 /* ------------------------------------------------------------ the turn request */
@@ -968,20 +1001,19 @@ static void s_turn_end(s_turn_t *turn, const char *status)
     if (it->from_inbox) {
         s_request_t *rq = it->src.is_request ? s_request_find(t, it->src.envelope_id) : NULL;
         if (it->src.is_request && !(rq && rq->answered)) {
-            char why[64];
-            const char *text = it->reply;
-            size_t len = it->reply_len;
-            if (!text) {
-                len = (size_t) snprintf(why, sizeof why, "the turn ended: %s", status);
-                text = why;
+            it->end_status = status;
+            if (s_respond_item(t, it) != 0) {
+                ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "out of memory for the response to inbox"
+                           " entry seq=%llu: tried again", (unsigned long long) it->seq);
+                it->next = t->owed; /* the entry stays leased until it is sent */
+                t->owed = it;
+                it = NULL;
             }
-            s_respond(t, it, strcmp(status, "done") == 0 ? PROTO_STATUS_COMPLETED
-                                                         : PROTO_STATUS_FAILED, text, len);
         } else {
             s_inbox_done(t, it->seq);
         }
     }
-    bool from_inbox = it->from_inbox;
+    bool from_inbox = !it || it->from_inbox;
     s_item_free(it);
     s_pump(t, sess);
     s_session_gc(t, sess);
@@ -1591,6 +1623,7 @@ static void s_poll(router_loop_t *loop, uint64_t id, void *ud)
     (void) id;
     router_turns_t *t = ud;
     s_store_gauges(t);
+    s_respond_owed(t);
     if (t->stalled)
         s_pump_stalled(t);
     s_take_inbox(t);
@@ -1714,6 +1747,11 @@ void router_turns_destroy(router_turns_t **self_p)
         }
     while (t->resps)
         s_resp_free(t, t->resps);
+    while (t->owed) { /* their entries stay in the inbox for the next run */
+        s_item_t *it = t->owed;
+        t->owed = it->next;
+        s_item_free(it);
+    }
     while (t->toolsends) {
         s_toolsend_t *ts = t->toolsends;
         t->toolsends = ts->next;
