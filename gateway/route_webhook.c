@@ -33,7 +33,7 @@ _Static_assert(ROUTER_INBOX_IDEM_ROWS_PER_SCOPE == ROUTER_TOKENS_IDEM_SCOPE_MAX,
 /* One 202 owed once seq is durable. */
 typedef struct s_waiter {
     gateway_ingress_t *owner;
-    gateway_http_pending_t *pending;
+    gateway_http_pending_t *pending;     /* NULL once told the outcome is in doubt */
     uint64_t seq;                        /* the inbox entry */
     uint64_t deadline_ms;                /* monotonic: 503 after */
     char scope[16];                      /* idempotency scope */
@@ -70,14 +70,22 @@ static void s_unlink(gateway_ingress_t *self, s_waiter_t *w)
     self->nwaiters--;
 }
 
-static void s_answer(s_waiter_t *w, int status, const char *code, const char *text)
+/* Answers w's client, unless it was answered already (in doubt). */
+static void s_tell(s_waiter_t *w, int status, const char *code, const char *text)
 {
+    if (!w->pending)
+        return;
     gateway_http_res_t *res = gateway_http_pending_res(w->pending);
     if (status == 202)
         (void) gateway_http_respond_json(res, 202, w->body);
     else
         (void) gateway_http_respond_error(res, status, code, text);
     gateway_http_pending_end(&w->pending);
+}
+
+static void s_answer(s_waiter_t *w, int status, const char *code, const char *text)
+{
+    s_tell(w, status, code, text);
     free(w);
 }
 
@@ -122,9 +130,22 @@ static void s_check(gateway_ingress_t *self)
             s_durable(self, w);
         } else if (now >= w->deadline_ms) {
             /* Too late: take the entry (and its key) back, unless a commit
-             * holding it is running — then its outcome decides, soon. */
+             * holding it is running — then its outcome decides. */
             switch (router_inbox_withdraw(self->opts.inbox, w->seq)) {
             case ROUTER_INBOX_COMMITTING:
+                /* A commit that does not end (a stalled or failing disk)
+                 * must not hold the client for ever: after a second timeout
+                 * it is told the outcome is unknown, and the waiter stays,
+                 * without it, to settle or free the key when the outcome
+                 * comes. */
+                if (w->pending && now >= w->deadline_ms + self->opts.durable_timeout_ms) {
+                    ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                               "ingress: inbox entry %llu still being stored after %u ms: in doubt",
+                               (unsigned long long) w->seq, 2 * self->opts.durable_timeout_ms);
+                    s_tell(w, 503, "durability_unknown",
+                           "the request is still being stored and its outcome is unknown; retry "
+                           "with the same X-Idempotency-Key to learn whether it was queued");
+                }
                 break;
             case ROUTER_INBOX_IS_DURABLE:
                 s_unlink(self, w);

@@ -413,6 +413,45 @@ static void test_no_timer_never_hangs(void **state)
     s_srv_stop(s);
 }
 
+/* ---------------------------------------------------------------- a stalled disk */
+
+/* A commit that does not end (its fsync held, as a stalled disk holds it):
+ * past its time the request is withdrawn unless that commit holds it, and
+ * it does, so the route waited for the commit's outcome — for ever, while
+ * the disk stalled. Now, after a second timeout, the client is told the
+ * outcome is unknown (503 durability_unknown); its key stays taken (409)
+ * until the outcome comes; once the disk goes on, the entry is durable and
+ * a retry with the key is the replayed 202, with the entry stored once. */
+static void test_stalled_commit_in_doubt(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, 300);
+    vfs_fail_hold(s->dir);
+    s_resp_t r;
+    s_post(s, "/webhook", "k-slow", "{\"message\":\"slow\"}", &r);
+    assert_int_equal(r.status, 503);
+    s_expect_typed_5xx(&r);
+    assert_non_null(strstr(r.body, "\"code\":\"durability_unknown\""));
+    assert_true(vfs_fail_held() > 0); /* the commit still waits on the disk */
+    s_post(s, "/webhook", "k-slow", "{\"message\":\"slow\"}", &r);
+    assert_int_equal(r.status, 409);
+    vfs_fail_hold(NULL);
+    /* The outcome comes: the key is settled with the entry's 202. */
+    for (int i = 0;; i++) {
+        assert_true(i < 30000);
+        s_post(s, "/webhook", "k-slow", "{\"message\":\"slow\"}", &r);
+        if (r.status != 409)
+            break;
+        usleep(1000);
+    }
+    assert_int_equal(r.status, 202);
+    assert_true(r.replayed);
+    s_srv_stop(s);
+    router_inbox_t *in = s_inbox_open(s);
+    assert_int_equal(router_inbox_count(in), 1);
+    router_inbox_destroy(&in);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, s_setup, s_teardown)
 
 int main(void)
@@ -424,6 +463,7 @@ int main(void)
         T(test_event_without_memory),
         T(test_commit_fails_not_durable),
         T(test_no_timer_never_hangs),
+        T(test_stalled_commit_in_doubt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
