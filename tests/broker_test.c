@@ -838,6 +838,43 @@ static void test_listen_pending_bounds(void **state)
     s_rm_rf(home);
 }
 
+typedef struct {
+    int fd;
+} raw_fd_t;
+
+static bool s_raw_fd_closed(void *ud)
+{
+    return s_raw_closed(((raw_fd_t *) ud)->fd);
+}
+
+/* No memory for the record of a new connection to workers.listen: it is
+ * refused (closed at once), not left without a bound or a deadline, and
+ * the next connection is counted as before. */
+static void test_listen_accept_without_memory(void **state)
+{
+    (void) state;
+    s_listen_bounds(4, 4, 60000);
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, "tcp://127.0.0.1:*", NULL, 0, ep, sizeof ep);
+    alloc_fail_arm(0); /* the loop runs on this thread: the record's calloc */
+    raw_fd_t raw = {s_raw_tcp("127.0.0.1", router_broker_listen_endpoint(r.b))};
+    s_run(&r, s_raw_fd_closed, &raw);
+    assert_true(alloc_fail_disarm() >= 1);
+    close(raw.fd);
+    router_worker_conns_stats_t st;
+    router_broker_listen_stats(r.b, &st);
+    assert_int_equal(st.pending + st.workers, 0);
+    assert_int_equal(st.cut_share + st.cut_source + st.cut_deadline, 0);
+    zsock_t *w = zsock_new_dealer(router_broker_listen_endpoint(r.b));
+    assert_non_null(w);
+    s_raw_ready(w);
+    s_run(&r, s_workers_1, r.b);
+    s_wait_conns(&r, 0, 1, 0, 0, 0);
+    zsock_destroy(&w);
+    s_teardown(&r);
+}
+
 /* A worker the broker forgets while its connection stays (a second READY
  * breaks the protocol) is pending again, with a fresh deadline: on a local
  * endpoint too, where CURVE is off. */
@@ -1838,6 +1875,7 @@ int main(void)
         cmocka_unit_test(test_curve_authorized_not_a_directory),
         cmocka_unit_test(test_listen_pending_bounds),
         cmocka_unit_test(test_listen_worker_forgotten),
+        cmocka_unit_test(test_listen_accept_without_memory),
         cmocka_unit_test(test_listen_ready_on_reused_descriptor),
         cmocka_unit_test(test_listen_ipc),
         cmocka_unit_test(test_listen_ipv6),
