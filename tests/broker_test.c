@@ -991,6 +991,8 @@ static bool s_conns_sum(void *ud)
 static void test_listen_ready_on_reused_descriptor(void **state)
 {
     (void) state;
+    if (system("/usr/bin/python3 -c 'import zmq' >/dev/null 2>&1") != 0)
+        skip(); /* the second peer is a pyzmq DEALER, as in tests/integration */
     router_loop_t *loop = router_loop_new(NULL);
     assert_non_null(loop);
     zsock_t *s = zsock_new(ZMQ_ROUTER);
