@@ -1235,6 +1235,7 @@ static void test_sub_share_cut_counted(void **state)
     assert_true(s_cli_until_end(stalled, 1) < id);
     s_cli_close(&stalled);
     s_wait_subscribers(s, 0);
+    s_wait_unsent_zero(s); /* the events its queue held no longer count */
     s_cli_t *reader = s_subscribe(s, "", 0);
     id++;
     assert_int_equal(s_publish_n(s, (unsigned) id, 20000), id);
