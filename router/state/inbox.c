@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "router/clock.h"
 #include "router/log.h"
@@ -213,6 +214,16 @@ static int s_db_open(router_inbox_t *self, const char *path, char *err, size_t e
     if (sqlite3_open_v2(path, &self->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                                              SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK)
         goto fail;
+    if (sqlite3_db_readonly(self->db, "main") == 1) {
+        /* SQLite opens a file it may not write read-only, and with the
+         * tables there the schema writes nothing: every commit would then
+         * fail for ever, every admission left un-acked. */
+        snprintf(err, errcap,
+                 "inbox database %s is read-only to this user (uid %u): kith must write it; "
+                 "check its owner, mode and file system",
+                 path, (unsigned) geteuid());
+        return -1;
+    }
     sqlite3_busy_timeout(self->db, 5000);
     if (sqlite3_exec(self->db, s_schema, NULL, NULL, NULL) != SQLITE_OK)
         goto fail;

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <sodium.h>
 #include <sqlite3.h>
@@ -651,9 +652,21 @@ router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, cha
         self->idem_free[i] = ROUTER_TOKENS_IDEM_MAX - 1 - i;
     self->idem_nfree = ROUTER_TOKENS_IDEM_MAX;
     if (db_path) {
-        if (sqlite3_open_v2(db_path, &self->db,
-                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                            NULL) != SQLITE_OK ||
+        int opened = sqlite3_open_v2(db_path, &self->db,
+                                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                         SQLITE_OPEN_FULLMUTEX,
+                                     NULL);
+        if (opened == SQLITE_OK && sqlite3_db_readonly(self->db, "main") == 1) {
+            /* SQLite opens a file it may not write read-only, and with the
+             * tables there nothing below writes: every write would then
+             * fail for ever, each client waiting on it. */
+            snprintf(err, errcap,
+                     "%s is read-only to this user (uid %u): kith must write it; check its "
+                     "owner, mode and file system",
+                     db_path, (unsigned) geteuid());
+            goto fail;
+        }
+        if (opened != SQLITE_OK ||
             (sqlite3_busy_timeout(self->db, 5000),
              sqlite3_exec(self->db, s_schema, NULL, NULL, NULL) != SQLITE_OK) ||
             s_migrate(self->db) != 0) {
