@@ -5,7 +5,10 @@
  * (and the tap's full queue), and subscribers over real sockets to an
  * in-process server: Last-Event-ID replay and gaps, the subscriber bound,
  * keep-alives, HEAD, a client gone mid-event, the slow-consumer cut, a
- * paced replay the ring overtakes, and out of memory while subscribing.
+ * paced replay the ring overtakes, and out of memory while subscribing;
+ * one shared frame per event for all subscribers (counted once in the
+ * loop's unsent total, freed with its last holder, replayed octet for
+ * octet), the loop's share cut counted, and out of memory in a fan-out.
  * The daemon's streams are tests/integration/test_sse.py. */
 #include <arpa/inet.h>
 #include <errno.h>
