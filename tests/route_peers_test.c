@@ -4,7 +4,9 @@
  * edit, fills the loop's post queue, and lets the edit go. The file is
  * written while no post can be queued; the operator must still get the
  * answer that says so (201 with the row, 200 removed), and the change must
- * be in force. */
+ * be in force. Also: a node without a home refuses edits (503), and with
+ * each loop allocation failing in turn an answer that says the change is
+ * made finds it in force (a reload out of memory is tried again). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
