@@ -15,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "io_fail.h"
@@ -289,6 +291,38 @@ static void test_refuses_a_directory_or_missing_key(void **state)
     assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), -1);
     assert_non_null(strstr(err, "not a regular file"));
     rmdir(e->key);
+}
+
+/* identity.key as a FIFO (a bad restore, a mistaken mkfifo): opening it
+ * to read used to block until some writer came, so the daemon hung at
+ * start with nothing said. It is refused at once as not a regular file.
+ * The load runs in a child, so a hang fails this test instead of hanging
+ * it. */
+static void test_refuses_a_fifo_key_without_hanging(void **state)
+{
+    s_env_t *e = *state;
+    mkdir(e->dir, 0700);
+    assert_int_equal(mkfifo(e->key, 0600), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        router_identity_t id;
+        char err[ROUTER_IDENTITY_ERR_MAX] = "";
+        int rc = router_identity_load(e->home, &id, err, sizeof err);
+        _exit(rc == -1 && strstr(err, "not a regular file") ? 0 : 1);
+    }
+    int status = 0;
+    pid_t got = 0;
+    for (int i = 0; i < 3000 && (got = waitpid(pid, &status, WNOHANG)) == 0; i++)
+        usleep(10 * 1000);
+    if (got == 0) {
+        kill(pid, SIGKILL);
+        (void) waitpid(pid, &status, 0);
+        fail_msg("router_identity_load still blocked on a FIFO after 30 s");
+    }
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    unlink(e->key);
 }
 
 static void test_pub_file_must_agree(void **state)
@@ -614,6 +648,7 @@ int main(void)
         T(test_refuses_modes_open_to_others),
         T(test_refuses_malformed_key_files),
         T(test_refuses_a_directory_or_missing_key),
+        T(test_refuses_a_fifo_key_without_hanging),
         T(test_pub_file_must_agree),
         T(test_missing_pub_is_rewritten),
         T(test_load_or_create),

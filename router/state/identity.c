@@ -87,7 +87,10 @@ static int s_open_key(const s_paths_t *p, const char *home, bool *missing, char 
                       size_t errcap)
 {
     *missing = false;
-    int fd = open(p->key, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO there would otherwise block the open until a
+     * writer came (a daemon hung at start, saying nothing); a regular
+     * file reads the same either way. */
+    int fd = open(p->key, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
         if (errno == ENOENT) {
             *missing = true;
