@@ -396,6 +396,20 @@ static void s_on_quiet(router_loop_t *loop, uint64_t id, void *ud)
     s_gauges(s->chat);
 }
 
+/* Why router_turns_attach refused (its errno), as the 503 a client reads:
+ * all the sockets it takes, or a store or memory short for now. */
+static void s_attach_refused(gateway_http_res_t *res, int e)
+{
+    (void) gateway_http_res_header(res, "Retry-After", "1");
+    if (e == EMFILE)
+        (void) gateway_http_respond_error(res, 503, "too_many_subscribers",
+                                          "too many chat sockets and turns over HTTP are open");
+    else
+        (void) gateway_http_respond_error(res, 503, "unavailable",
+                                          e == EAGAIN ? "the session store is busy; try again"
+                                                      : "the server is out of memory");
+}
+
 static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
 {
     gateway_chat_t *chat = ud;
@@ -435,9 +449,9 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
     s->sub = router_turns_attach(chat->opts.turns, has_sid > 0 && sid_len ? sid : NULL,
                                  has_name > 0 && name_len ? name : NULL, s_on_frame, s);
     if (!s->sub) {
+        int e = errno;
         free(s);
-        (void) gateway_http_respond_error(res, 503, "too_many_subscribers",
-                                          "too many chat sockets are open");
+        s_attach_refused(res, e);
         return;
     }
     if (!(s->ws = gateway_ws_accept(res, &s_ws_handlers, s, &chat->opts.ws))) {
@@ -862,8 +876,12 @@ static void s_session_post(const gateway_http_req_t *req, gateway_http_res_t *re
     s_gauges(chat);
     /* The session_start frame comes later, from the loop: the message goes
      * in then (s_post_frame). */
-    if (!(p->sub = router_turns_attach(chat->opts.turns, sid, NULL, s_post_frame, p)))
-        s_post_error(p, 503, "unavailable", "too many subscribers are attached");
+    if (!(p->sub = router_turns_attach(chat->opts.turns, sid, NULL, s_post_frame, p))) {
+        int e = errno;
+        gateway_http_res_t *pres = gateway_http_pending_res(p->pending);
+        s_attach_refused(pres, e);
+        s_post_end(p, 0, NULL, 0);
+    }
 }
 
 /* ---------------------------------------------------------------- lifecycle */

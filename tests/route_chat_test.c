@@ -636,6 +636,36 @@ static void test_turn_events_without_memory(void **state)
     s_evfix_free(&x);
 }
 
+/* The session store refusing work (its queue full): a socket's upgrade
+ * and a post are answered 503 `unavailable`, "the session store is busy",
+ * with Retry-After. Before, the upgrade was told `too_many_subscribers`
+ * (and the post "too many subscribers are attached") with one socket open. */
+static void test_attach_refused_by_the_store(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    router_turns_store_refuse(f.b.turns, true);
+    s_connect_tcp(f.b.port);
+    assert_true(s_wait(&f, 0));
+    assert_true(test_wsc_refused(&s_cl));
+    assert_int_equal(s_status(), 503);
+    assert_non_null(memmem(s_cl.buf, s_cl.len, "\"code\":\"unavailable\"", 20));
+    assert_non_null(memmem(s_cl.buf, s_cl.len, "the session store is busy", 25));
+    assert_non_null(memmem(s_cl.buf, s_cl.len, "Retry-After: 1", 14));
+    s_client_close(&f);
+    assert_true(s_http(&f, "POST /api/sessions/busy/messages HTTP/1.1\r\nHost: x\r\n"
+                           "Content-Type: application/json\r\nContent-Length: 16\r\n\r\n"
+                           "{\"content\":\"hi\"}"));
+    assert_int_equal(s_status(), 503);
+    assert_non_null(memmem(s_cl.buf, s_cl.len, "\"code\":\"unavailable\"", 20));
+    assert_non_null(memmem(s_cl.buf, s_cl.len, "the session store is busy", 25));
+    s_client_close(&f);
+    router_turns_store_refuse(f.b.turns, false);
+    s_still_serving(&f);
+    s_fix_free(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -647,6 +677,7 @@ int main(void)
         cmocka_unit_test(test_session_post_out_of_memory),
         cmocka_unit_test(test_post_turn_that_cannot_start),
         cmocka_unit_test(test_turn_events_without_memory),
+        cmocka_unit_test(test_attach_refused_by_the_store),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

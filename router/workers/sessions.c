@@ -986,6 +986,7 @@ static int s_queue(router_sessions_t *s, s_job_t *j)
         pthread_mutex_unlock(&s->mu);
         atomic_fetch_add(&s->failures, 1);
         s_job_free(j);
+        errno = EAGAIN;
         return -1;
     }
     if (s->todo_tail)

@@ -82,8 +82,9 @@ router_sessions_t *router_sessions_new(router_loop_t *loop, const char *db_path,
  * Loop thread. Idempotent; nulls *self_p. */
 void router_sessions_destroy(router_sessions_t **self_p);
 
-/* Each returns 0 (fn runs later, once), or -1 when the queue is full or
- * memory is short (fn never runs). */
+/* Each returns 0 (fn runs later, once), or -1 with errno EAGAIN when the
+ * queue is full (or refused: router_sessions_refuse), ENOMEM when memory
+ * is short (fn never runs). */
 int router_sessions_open(router_sessions_t *s, const char *id, const char *name,
                          router_sessions_open_fn *fn, void *ud, uint64_t tag);
 int router_sessions_history(router_sessions_t *s, const char *id, unsigned limit,

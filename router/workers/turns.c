@@ -1852,15 +1852,23 @@ router_turns_sub_t router_turns_attach(router_turns_t *t, const char *session_id
     } else if (router_turn_session_id_ok(session_id, strlen(session_id))) {
         snprintf(id, sizeof id, "%s", session_id);
     } else {
+        errno = EINVAL;
         return 0;
     }
-    if (zhash_size(t->subs) >= ROUTER_TURNS_SUBSCRIBERS_MAX || !fn)
+    if (!fn) {
+        errno = EINVAL;
         return 0;
+    }
+    if (zhash_size(t->subs) >= ROUTER_TURNS_SUBSCRIBERS_MAX) {
+        errno = EMFILE;
+        return 0;
+    }
     s_session_t *sess = s_session_get(t, id, true);
     s_sub_t *sub = sess ? calloc(1, sizeof *sub) : NULL;
     if (!sub) {
         if (sess)
             s_session_gc(t, sess);
+        errno = ENOMEM;
         return 0;
     }
     sub->id = ++t->next_sub;
@@ -1869,11 +1877,14 @@ router_turns_sub_t router_turns_attach(router_turns_t *t, const char *session_id
     sub->ud = ud;
     char key[24];
     snprintf(key, sizeof key, "%llu", (unsigned long long) sub->id);
+    errno = ENOMEM;
     if (zhash_insert(t->subs, key, sub) != 0 ||
         router_sessions_open(t->store, id, name, s_on_open, t, sub->id) != 0) {
+        int e = errno; /* router_sessions_open's: EAGAIN, its queue full; ENOMEM */
         zhash_delete(t->subs, key);
         free(sub);
         s_session_gc(t, sess);
+        errno = e;
         return 0;
     }
     sub->next = sess->subs;

@@ -133,8 +133,9 @@ typedef uint64_t router_turns_sub_t;
  * {"type":"session_start","session_id","resumed","message_count","name"},
  * or an ERROR frame instead: "STORAGE_FULL" (a session state.db does not
  * keep, and it keeps limits.sessions_max), "AGENT_ERROR" (the store failed).
- * Returns the subscriber (> 0), or 0 for a bad session id or too many
- * subscribers. */
+ * Returns the subscriber (> 0), or 0 with errno: EINVAL (a bad session id,
+ * no fn), EMFILE (ROUTER_TURNS_SUBSCRIBERS_MAX attached), EAGAIN (the
+ * session store's queue is full), ENOMEM. */
 router_turns_sub_t router_turns_attach(router_turns_t *t, const char *session_id,
                                        const char *name, router_turns_frame_fn *fn, void *ud);
 
