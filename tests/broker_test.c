@@ -847,6 +847,53 @@ static bool s_raw_fd_closed(void *ud)
     return s_raw_closed(((raw_fd_t *) ud)->fd);
 }
 
+/* The broker stopping says DISCONNECT to every worker (WIRE §19.1), on
+ * the embedded endpoint and on workers.listen alike. */
+static void test_destroy_says_disconnect(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, "tcp://127.0.0.1:*", NULL, 0, ep, sizeof ep);
+    zsock_t *local = zsock_new_dealer(ep);
+    zsock_t *remote = zsock_new_dealer(router_broker_listen_endpoint(r.b));
+    assert_non_null(local);
+    assert_non_null(remote);
+    s_raw_ready(local);
+    s_raw_ready(remote);
+    s_run(&r, s_workers_2, r.b);
+    router_broker_destroy(&r.b);
+    zsock_t *both[2] = {local, remote};
+    for (int i = 0; i < 2; i++) {
+        int cmd = -1;
+        for (zmsg_t *m; cmd != 0x06 && (m = zmsg_recv_nowait(both[i])) != NULL;) {
+            zframe_t *f = zmsg_first(m);
+            f = zmsg_next(m);
+            f = zmsg_next(m);
+            cmd = f && zframe_size(f) == 1 ? zframe_data(f)[0] : -1;
+            zmsg_destroy(&m);
+        }
+        for (int tries = 0; cmd != 0x06 && tries < 2000; tries++) {
+            zmsg_t *m = NULL;
+            zpoller_t *p = zpoller_new(both[i], NULL);
+            if (zpoller_wait(p, 10))
+                m = zmsg_recv(both[i]);
+            zpoller_destroy(&p);
+            if (m) {
+                zframe_t *f = zmsg_first(m);
+                f = zmsg_next(m);
+                f = zmsg_next(m);
+                cmd = f && zframe_size(f) == 1 ? zframe_data(f)[0] : -1;
+                zmsg_destroy(&m);
+            }
+        }
+        assert_int_equal(cmd, 0x06);
+    }
+    zsock_destroy(&local);
+    zsock_destroy(&remote);
+    s_teardown(&r);
+}
+
 /* No memory for the record of a new connection to workers.listen: it is
  * refused (closed at once), not left without a bound or a deadline, and
  * the next connection is counted as before. */
@@ -1878,6 +1925,7 @@ int main(void)
         cmocka_unit_test(test_listen_pending_bounds),
         cmocka_unit_test(test_listen_worker_forgotten),
         cmocka_unit_test(test_listen_accept_without_memory),
+        cmocka_unit_test(test_destroy_says_disconnect),
         cmocka_unit_test(test_listen_ready_on_reused_descriptor),
         cmocka_unit_test(test_listen_ipc),
         cmocka_unit_test(test_listen_ipv6),

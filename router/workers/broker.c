@@ -32,6 +32,9 @@
 #define S_SOCK_INPROC 0
 #define S_SOCK_LISTEN 1
 #define S_SOCKS 2
+/* How long the DISCONNECTs sent at destroy may take to leave (the
+ * process's ZeroMQ context waits that long for them at its end). */
+#define S_DISCONNECT_LINGER_MS 100
 /* ZAP domain of the CURVE endpoint. */
 #define S_ZAP_DOMAIN "kith.workers"
 /* kith_workers_alive series registered, ever: metrics cannot be removed,
@@ -917,8 +920,13 @@ void router_broker_destroy(router_broker_t **self_p)
     for (size_t i = 0; i < b->nservices; i++)
         s_queue_free(&b->services[i]);
     router_worker_conns_destroy(&b->conns);
-    for (int i = 0; i < S_SOCKS; i++)
+    for (int i = 0; i < S_SOCKS; i++) {
+        /* The DISCONNECTs above may still wait in ZeroMQ's queues: with
+         * the linger of 0 set at start they would go with the socket. */
+        if (b->socks[i])
+            zsock_set_linger(b->socks[i], S_DISCONNECT_LINGER_MS);
         zsock_destroy(&b->socks[i]);
+    }
     zactor_destroy(&b->auth);
     zcert_destroy(&b->cert);
     free(b->listen_endpoint);
