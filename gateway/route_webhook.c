@@ -270,10 +270,17 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
             break;
         }
     }
-    gateway_ingress_body_t b;
+    gateway_ingress_body_t b = {0};
     char why[128];
     char *frame = NULL;
     s_waiter_t *w = NULL;
+    /* The path's session id is checked with the body (step 5), after the
+     * secret, the origin and the media type. */
+    if (shape == GATEWAY_INGRESS_EVENT && !gateway_ingress_id_ok(session, session_len)) {
+        (void) gateway_http_respond_error(res, 400, "invalid_session_id",
+                                          "a session id is 1..128 of A-Z a-z 0-9 . _ : -");
+        goto fail;
+    }
     gateway_ingress_reason_t r =
         gateway_ingress_body_parse(shape, req->body, req->body_len, &b, why, sizeof why);
     if (r != GATEWAY_INGRESS_OK) {
@@ -409,14 +416,7 @@ static void s_events(const gateway_http_req_t *req, gateway_http_res_t *res, voi
         (void) gateway_http_respond_error(res, 404, "not_found", "no route for this path");
         return;
     }
-    const char *session = p + pre;
-    size_t session_len = n - pre - suf;
-    if (!gateway_ingress_id_ok(session, session_len)) {
-        (void) gateway_http_respond_error(res, 400, "invalid_session_id",
-                                          "a session id is 1..128 of A-Z a-z 0-9 . _ : -");
-        return;
-    }
-    s_ingress(self, req, res, GATEWAY_INGRESS_EVENT, session, session_len);
+    s_ingress(self, req, res, GATEWAY_INGRESS_EVENT, p + pre, n - pre - suf);
 }
 
 /* ---------------------------------------------------------------- lifecycle */

@@ -120,6 +120,9 @@ def main():
         check(status == 400 and doc["code"] == "invalid_session_id", (status, doc))
         status, doc = post(node, "/sessions/s/external-events", body, ctype="text/plain")
         check(status == 415, (status, doc))
+        # The media type (step 3) comes before the path's session id (step 5).
+        status, doc = post(node, "/sessions/bad%20id/external-events", body, ctype="text/plain")
+        check(status == 415, (status, doc))
         status, doc = post(node, "/sessions/s/other", body)
         check(status == 404, (status, doc))
         # No secret: a browser may post only from this gateway's own page on
@@ -183,6 +186,13 @@ def main():
                 check(status == 401, (path, status, doc))
                 status, doc = post(sec, path, data, *extra, f"X-Webhook-Secret: {SECRET}")
                 check(status == 202, (path, status, doc))
+            # The secret (step 2) before the path's session id (step 5): a
+            # caller without it learns nothing of what else is wrong.
+            bad = "/sessions/bad%20id/external-events"
+            status, doc = post(sec, bad, ev, "X-Webhook-Secret: wrong")
+            check(status == 401 and doc["code"] == "invalid_webhook_secret", (status, doc))
+            status, doc = post(sec, bad, ev, f"X-Webhook-Secret: {SECRET}")
+            check(status == 400 and doc["code"] == "invalid_session_id", (status, doc))
             check(SECRET not in sec.logs(), "the secret was logged")
         finally:
             sec.cleanup()
