@@ -2510,6 +2510,58 @@ static void test_no_timer_slot(void **state)
     s_done(&ctx);
 }
 
+/* Without a timer slot of its own, a graceful close is bounded by the
+ * loop's deadline sweep instead of ending at once: what was written still
+ * reaches the peer, then its FIN, and a peer that never closes its side
+ * is let go at close_timeout_ms, as with the close's own timer. */
+static void test_close_bounded_by_sweep(void **state)
+{
+    s_ctx_t ctx;
+    router_loop_opts_t o = {.max_timers = 8, .close_timeout_ms = 20};
+    s_loop_new(&ctx, state, &o);
+    router_conn_t *c[3];
+    int peer[3];
+    for (int i = 0; i < 3; i++) {
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        c[i] = router_loop_adopt(ctx.loop, sv[0], &s_mid_handlers, &ctx);
+        assert_non_null(c[i]);
+        peer[i] = sv[1];
+    }
+    router_conn_set_deadline(c[2], router_loop_now_ms(ctx.loop) + 600000); /* arms the sweep */
+    uint64_t fill[8];
+    int nfill = 0;
+    while (nfill < 8 && (fill[nfill] = router_loop_timer_add(ctx.loop, 60000, s_noop_timer, NULL)))
+        nfill++;
+    assert_true(nfill > 0);
+    assert_int_equal(router_loop_timer_add(ctx.loop, 60000, s_noop_timer, NULL), 0);
+    assert_int_equal(router_conn_send(c[0], "answer", 6), 0);
+    router_conn_close(c[0]);
+    router_conn_close(c[1]);
+    assert_true(router_conn_fd(c[0]) >= 0); /* not ended at once */
+    assert_true(router_conn_fd(c[1]) >= 0);
+    assert_int_equal(router_loop_timer_cancel(ctx.loop, fill[--nfill]), 0); /* s_run's guard */
+    ctx.want_closed = 2;
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[0], ROUTER_CLOSE_LOCAL);
+    assert_int_equal(ctx.reasons[1], ROUTER_CLOSE_LOCAL);
+    char buf[16];
+    assert_int_equal(recv(peer[0], buf, sizeof buf, 0), 6);
+    assert_memory_equal(buf, "answer", 6);
+    assert_int_equal(recv(peer[0], buf, sizeof buf, 0), 0); /* then its FIN */
+    assert_int_equal(recv(peer[1], buf, sizeof buf, 0), 0);
+    assert_true(router_conn_fd(c[2]) >= 0); /* an open one keeps its own deadline */
+    router_conn_abort(c[2]);
+    for (int i = 0; i < nfill; i++)
+        assert_int_equal(router_loop_timer_cancel(ctx.loop, fill[i]), 0);
+    ctx.want_closed = 3;
+    s_run(&ctx);
+    assert_int_equal(ctx.reasons[2], ROUTER_CLOSE_ABORT);
+    for (int i = 0; i < 3; i++)
+        close(peer[i]);
+    s_done(&ctx);
+}
+
 /* A connection aborted while its input waits parked for its next turn
  * leaves the loop's backlog with it (ASan: no use after free). */
 static void s_backlog_abort(router_loop_t *loop, uint64_t id, void *ud)
@@ -2987,6 +3039,7 @@ int main(void)
         BOTH(test_disown),
         BOTH(test_send_arguments),
         BOTH(test_no_timer_slot),
+        BOTH(test_close_bounded_by_sweep),
         BOTH(test_abort_while_parked),
         cmocka_unit_test(test_shared_counted_once),
         cmocka_unit_test(test_shared_partial_sends_in_order),

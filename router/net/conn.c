@@ -486,31 +486,46 @@ static void s_closing_progress(router_conn_t *c)
         router_conn_kill(c, c->closing_as, 0);
 }
 
-static void s_close_timeout(router_loop_t *loop, uint64_t id, void *ud)
+/* A graceful close ran out of time: a timeout if data was still unsent,
+ * else the close it was. */
+static void s_close_expired(router_conn_t *c)
 {
-    router_conn_t *c = ud;
-    (void) id;
-    c->close_timer = 0;
     if (c->state == ROUTER_CONN_DEAD)
         return;
     if (c->wq_bytes > 0 || c->state == ROUTER_CONN_CONNECTING) {
-        loop->stats.close_timeouts++;
+        c->loop->stats.close_timeouts++;
         router_conn_kill(c, ROUTER_CLOSE_TIMEOUT, ETIMEDOUT);
         return;
     }
     router_conn_kill(c, c->closing_as, 0);
 }
 
-/* Starts the bounded graceful close; without a timer slot left it cannot
- * be bounded, so it ends at once. */
+static void s_close_timeout(router_loop_t *loop, uint64_t id, void *ud)
+{
+    router_conn_t *c = ud;
+    (void) loop;
+    (void) id;
+    c->close_timer = 0;
+    s_close_expired(c);
+}
+
+/* Starts the bounded graceful close. Without a timer slot of its own the
+ * loop's deadline sweep, one timer for every connection, bounds it, so
+ * what was written (an HTTP answer, a Close frame) still goes out; only
+ * when the sweep cannot be armed either does the close end at once. */
 static bool s_arm_close_timer(router_conn_t *c)
 {
+    if (c->close_timer || c->close_by_sweep)
+        return true;
+    router_loop_t *loop = c->loop;
+    c->close_timer = router_loop_timer_add(loop, loop->opts.close_timeout_ms, s_close_timeout, c);
     if (c->close_timer)
         return true;
-    c->close_timer = router_loop_timer_add(c->loop, c->loop->opts.close_timeout_ms,
-                                           s_close_timeout, c);
-    if (c->close_timer)
+    router_conn_set_deadline(c, router_loop_now_ms(loop) + loop->opts.close_timeout_ms);
+    if (loop->sweep_timer) {
+        c->close_by_sweep = true;
         return true;
+    }
     router_conn_kill(c, c->wq_bytes ? ROUTER_CLOSE_TIMEOUT : c->closing_as, ENOSPC);
     return false;
 }
@@ -610,7 +625,9 @@ static void s_sweep(router_loop_t *loop, uint64_t id, void *ud)
         nc = c->next;
         if (!c->deadline)
             continue;
-        if (c->deadline <= now) {
+        if (c->deadline <= now && c->close_by_sweep) {
+            s_close_expired(c);
+        } else if (c->deadline <= now) {
             loop->stats.deadline_cuts++;
             if (c->fd >= 0 && s_fd_lost(c)) {
                 /* Not ours to close any more: closing it would break its
@@ -657,8 +674,8 @@ static void s_sweep_arm(router_loop_t *loop, uint64_t at)
 
 void router_conn_set_deadline(router_conn_t *c, uint64_t mono_ms)
 {
-    if (!c || c->state == ROUTER_CONN_DEAD)
-        return;
+    if (!c || c->state == ROUTER_CONN_DEAD || c->close_by_sweep)
+        return; /* a close the sweep bounds keeps its bound */
     router_loop_t *loop = c->loop;
     if (mono_ms && !c->deadline)
         loop->deadline_conns++;

@@ -131,6 +131,7 @@ struct router_conn {
     router_conn_t *pend_next;        /* pending list link */
     router_conn_t *prev, *next;      /* the loop's live or dead list */
     uint64_t close_timer;            /* graceful-close deadline timer, or 0 */
+    bool close_by_sweep;             /* no close timer: the deadline sweep bounds the close */
     uint64_t deadline;               /* router_conn_set_deadline: abort at this monotonic ms, 0 none */
     router_wq_block_t *wq_head;      /* send queue: oldest block */
     router_wq_block_t *wq_tail;      /* send queue: newest block */
