@@ -1220,6 +1220,17 @@ void gateway_http_drain(gateway_http_t *g, void (*done)(void *ud), void *ud,
         unsigned before = deadline_ms > 2 * S_LAST_CALL_MS ? deadline_ms - S_LAST_CALL_MS
                                                             : deadline_ms / 2;
         g->last_call_timer = router_loop_timer_add(g->loop, before, s_drain_last_call, g);
+        if (!g->drain_timer || !g->last_call_timer) {
+            /* No timer left: the requests still owed an answer would wait
+             * for no deadline. They are told now, and the slot one of the
+             * timers took goes to their closes, which the loop's close
+             * timeout bounds. */
+            ROUTER_LOG(ROUTER_LOG_ERROR, "gateway",
+                       "drain: no timer for its deadline (%s): answering what is owed now",
+                       strerror(errno));
+            s_drain_timers_stop(g);
+            s_drain_last_call(g->loop, 0, g);
+        }
     }
     gateway_http_drain_check(g);
 }

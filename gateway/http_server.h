@@ -111,8 +111,9 @@ void gateway_http_close_listeners(gateway_http_t *g);
  * `Connection: close`. A deferred request still unanswered a second before
  * deadline_ms (half-way, for a short drain), and a request whose head or
  * body is still arriving then, is answered 503 {"code":"shutting_down"}
- * and closed. done(ud) runs on the loop once no
- * connection is left, or after deadline_ms, when the rest are cut. Once. */
+ * and closed (at once when the loop has no timer left for the deadline).
+ * done(ud) runs on the loop once no connection is left, or after
+ * deadline_ms, when the rest are cut. Once. */
 void gateway_http_drain(gateway_http_t *g, void (*done)(void *ud), void *ud,
                         unsigned deadline_ms);
 

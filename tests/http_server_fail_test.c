@@ -475,6 +475,50 @@ static void test_stream_begun_in_a_drain_closes(void **state)
     s_srv_stop(&s);
 }
 
+static void s_never(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    (void) ud;
+}
+
+/* A drain begun when the loop has no timer left for its deadline tells
+ * what is still owed an answer 503 shutting_down at once, so the drain is
+ * bounded all the same. It used to arm nothing and wait for the deferred
+ * request's route, for ever if that never answered. */
+static void test_drain_without_a_timer(void **state)
+{
+    (void) state;
+    router_loop_opts_t lo = {.max_timers = 64};
+    s_srv_t s;
+    s_srv_start_loop(&s, &lo, NULL);
+    s_client_t *c = s_connect(&s);
+    s_send(c, "GET /defer HTTP/1.1\r\nHost: x\r\n\r\n");
+    s_wait_pending(&s);
+    /* Every slot taken but one: the drain's deadline takes it, its last
+     * call finds none. (The listeners close first: that frees theirs.) */
+    gateway_http_close_listeners(s.gw);
+    uint64_t fill[64];
+    size_t nfill = 0;
+    while (nfill < 64 && (fill[nfill] = router_loop_timer_add(s.loop, 600000, s_never, NULL)))
+        nfill++;
+    assert_true(nfill > 1);
+    assert_int_equal(router_loop_timer_cancel(s.loop, fill[--nfill]), 0);
+
+    bool drained = false;
+    gateway_http_drain(s.gw, s_drained, &drained, 600000);
+    for (size_t i = 0; i < nfill; i++) /* room for the test's own waits */
+        assert_int_equal(router_loop_timer_cancel(s.loop, fill[i]), 0);
+    char r[4096];
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    s_expect_shutting_down(r);
+    assert_true(test_loop_wait(s.loop, s_until_eof, c, 2, S_WAIT_MS));
+    s_client_close(&c);
+    assert_true(test_loop_wait(s.loop, s_until_drained, &drained, 2, S_WAIT_MS));
+    gateway_http_pending_end(&s_pending);
+    s_srv_stop(&s);
+}
+
 /* ---------------------------------------------------------------- the client went */
 
 static void s_stream_close(router_conn_t *conn, void *ud)
@@ -923,6 +967,7 @@ int main(void)
         cmocka_unit_test(test_drain_tells_requests_still_arriving),
         cmocka_unit_test(test_drain_deadline_cuts_those_closing),
         cmocka_unit_test(test_stream_begun_in_a_drain_closes),
+        cmocka_unit_test(test_drain_without_a_timer),
         cmocka_unit_test(test_deferred_stream_after_the_client_went),
         cmocka_unit_test(test_pipelined_input_without_memory_while_deferred),
         cmocka_unit_test(test_error_text_not_utf8),
