@@ -466,6 +466,7 @@ gateway_ingress_t *gateway_ingress_new(gateway_http_t *g, router_loop_t *loop,
     }
     if (gateway_http_route(g, "POST", "/webhook", s_webhook, self) != 0 ||
         gateway_http_route(g, "POST", S_EVENTS_PREFIX "*", s_events, self) != 0) {
+        sodium_memzero(self->secret_hash, sizeof self->secret_hash);
         free(self);
         return NULL;
     }
