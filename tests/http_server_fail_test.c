@@ -6,7 +6,8 @@
  * cut short by a half-close (gateway/http_server.c, http_response.c). The
  * loop runs on the test's own thread, so the test calls the server's API
  * (a route's deferred answer, a drain) between its turns; the client is a
- * plain socket read without blocking from the loop's checks. Waits are deadlines for progress, never timings. */
+ * plain socket read without blocking from the loop's checks. Waits are
+ * deadlines for progress, never timings. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <setjmp.h>
