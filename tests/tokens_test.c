@@ -188,6 +188,51 @@ static void test_forgive_and_stop_runs_callbacks(void **state)
     router_tokens_destroy(&t);
 }
 
+static void s_noop_post(router_loop_t *loop, void *arg)
+{
+    (void) loop, (void) arg;
+}
+
+/* The loop's post queue is full (a busy loop: every store and crypto
+ * thread posts to it) just when a write becomes durable. Its callback
+ * used to wait for the next write's post, so with none to come the client
+ * (a /pair, a token mint) was never answered and the token never usable.
+ * The store thread now tries the post again until the loop takes it. */
+static void test_done_posted_when_the_loop_queue_was_full(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_opts_t o = {.post_capacity = 4};
+    router_loop_t *loop = router_loop_new(&o);
+    assert_non_null(loop);
+    router_tokens_t *t = router_tokens_new(NULL, loop, err, sizeof err); /* memory only */
+    assert_non_null(t);
+    int filled = 0;
+    while (router_loop_post(loop, s_noop_post, NULL) == 0)
+        filled++;
+    assert_true(filled > 0);
+    router_loop_stats_t st;
+    router_loop_stats(loop, &st);
+    uint64_t refused = st.posts_refused;
+    uint8_t h[32] = {7};
+    s_done_t d = {.loop = loop};
+    assert_int_equal(router_tokens_add(t, h, ROUTER_TOKEN_OPERATOR, "", 1, s_done, &d), 0);
+    /* The store thread wrote it and found the queue full. */
+    for (int i = 0; i < 3000 && st.posts_refused == refused; i++) {
+        usleep(10 * 1000);
+        router_loop_stats(loop, &st);
+    }
+    assert_true(st.posts_refused > refused);
+    /* No other write comes: the loop runs its queue, and the answer owed
+     * must follow. */
+    s_wait(&d);
+    assert_true(d.ok);
+    assert_true(router_tokens_check(t, h, NULL));
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
 /* Counts callbacks; stops the loop once `want` have run. */
 typedef struct {
     router_loop_t *loop;
@@ -1256,6 +1301,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_token_durable_then_reloaded, s_setup, s_teardown),
         cmocka_unit_test(test_forgive_and_stop_runs_callbacks),
+        cmocka_unit_test(test_done_posted_when_the_loop_queue_was_full),
         cmocka_unit_test_setup_teardown(test_failed_commits_withhold_then_write, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_stop_while_failing_answers_not_written, s_setup,

@@ -23,6 +23,7 @@
 #define S_IDEM_SCOPES 8u           /* distinct scopes counted ("webhook", "event", OpenClaw's) */
 #define S_IDEM_SWEEP_MS 1000u      /* a full sweep for expired keys, at most this often */
 #define S_IDEM_BOUND_MS 5000u      /* state.db's rows cut to what memory holds, this often */
+#define S_POST_RETRY_MS 100u       /* a full loop queue: how long one post try waits */
 _Static_assert((ROUTER_TOKENS_IDEM_MAX & (ROUTER_TOKENS_IDEM_MAX - 1)) == 0,
                "the key table's buckets are a power of two");
 
@@ -380,6 +381,26 @@ fail:
     return false;
 }
 
+/* Posts the run of owed callbacks to the loop. A full post queue (a busy
+ * loop) is tried again until the loop takes it: left for the next batch,
+ * the answers would wait for a write that may never come (a /pair client
+ * never answered, its durable token never usable). Gives up only when a
+ * stop is asked, whose router_tokens_stop runs them. */
+static void s_post_wake(router_tokens_t *self)
+{
+    for (;;) {
+        if (router_loop_post_wait(self->loop, s_wake, self, S_POST_RETRY_MS) == 0)
+            return;
+        pthread_mutex_lock(&self->mu);
+        bool stopping = self->stopping;
+        pthread_mutex_unlock(&self->mu);
+        if (stopping) {
+            atomic_store(&self->wake_posted, false);
+            return;
+        }
+    }
+}
+
 static void *s_thread(void *arg)
 {
     router_tokens_t *self = arg;
@@ -427,9 +448,8 @@ static void *s_thread(void *arg)
             self->njobs--;
         }
         pthread_mutex_unlock(&self->mu);
-        if (!atomic_exchange(&self->wake_posted, true) &&
-            router_loop_post(self->loop, s_wake, self) != 0)
-            atomic_store(&self->wake_posted, false); /* the next batch or stop runs them */
+        if (!atomic_exchange(&self->wake_posted, true))
+            s_post_wake(self);
         pthread_mutex_lock(&self->mu);
     }
     pthread_mutex_unlock(&self->mu);
