@@ -54,6 +54,7 @@
 
 typedef struct s_session s_session_t;
 typedef struct s_turn s_turn_t;
+typedef struct s_json_req s_json_req_t;
 
 typedef struct s_sub {
     router_turns_sub_t id;
@@ -168,6 +169,7 @@ struct router_turns {
     size_t next_request;
     s_resp_t *resps;
     s_item_t *owed;            /* request entries whose response found no memory: s_poll retries */
+    s_json_req_t *json_reqs;   /* session API calls the store has not answered */
     s_toolsend_t *toolsends;
     router_turns_event_fn *sink;
     void *sink_ud;
@@ -188,6 +190,7 @@ static void s_frame_stopped(s_turn_t *turn, const char *message);
 static void s_poll(router_loop_t *loop, uint64_t id, void *ud);
 static int s_control(s_turn_t *turn, proto_worker_req_type_t type, const char *content,
                      size_t len);
+static void s_json_req_free(s_json_req_t *r);
 
 /* ------------------------------------------------------------ small helpers */
 
@@ -1779,7 +1782,9 @@ void router_turns_destroy(router_turns_t **self_p)
         zhash_destroy(&t->sessions);
     }
     zhash_destroy(&t->subs);
-    router_sessions_destroy(&t->store);
+    router_sessions_destroy(&t->store); /* answers nothing more */
+    while (t->json_reqs)
+        s_json_req_free(t->json_reqs);
     free(t);
     *self_p = NULL;
 }
@@ -2083,31 +2088,60 @@ void router_turns_stop(router_turns_t *t, router_turns_sub_t id)
 
 /* ------------------------------------------------------------ sessions API */
 
-typedef struct {
+/* A session API call the store has: kept in t->json_reqs so teardown
+ * frees the ones it never answers. */
+struct s_json_req {
+    router_turns_t *t;
     router_turns_json_fn *fn;
     void *ud;
-} s_json_req_t;
+    s_json_req_t *prev, *next;
+};
+
+static s_json_req_t *s_json_req(router_turns_t *t, router_turns_json_fn *fn, void *ud)
+{
+    s_json_req_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->t = t;
+    r->fn = fn;
+    r->ud = ud;
+    r->next = t->json_reqs;
+    if (t->json_reqs)
+        t->json_reqs->prev = r;
+    t->json_reqs = r;
+    return r;
+}
+
+static void s_json_req_free(s_json_req_t *r)
+{
+    router_turns_t *t = r->t;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        t->json_reqs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    free(r);
+}
 
 static void s_on_json(void *ud, uint64_t tag, int status, const char *json, size_t len)
 {
     (void) tag;
     s_json_req_t *r = ud;
     r->fn(status, json, len, r->ud);
-    free(r);
+    s_json_req_free(r);
 }
 
 int router_turns_sessions_list(router_turns_t *t, unsigned limit, router_turns_json_fn *fn,
                                void *ud)
 {
-    s_json_req_t *r = malloc(sizeof *r);
+    s_json_req_t *r = s_json_req(t, fn, ud);
     if (!r)
         return -1;
-    r->fn = fn;
-    r->ud = ud;
     if (limit == 0 || limit > 1000)
         limit = 1000;
     if (router_sessions_list_json(t->store, limit, s_on_json, r, 0) != 0) {
-        free(r);
+        s_json_req_free(r);
         return -1;
     }
     return 0;
@@ -2118,15 +2152,13 @@ int router_turns_session_get(router_turns_t *t, const char *session_id, unsigned
 {
     if (!session_id || !router_turn_session_id_ok(session_id, strlen(session_id)))
         return -1;
-    s_json_req_t *r = malloc(sizeof *r);
+    s_json_req_t *r = s_json_req(t, fn, ud);
     if (!r)
         return -1;
-    r->fn = fn;
-    r->ud = ud;
     if (limit == 0 || limit > 100000)
         limit = t->o.max_history_messages;
     if (router_sessions_get_json(t->store, session_id, limit, s_on_json, r, 0) != 0) {
-        free(r);
+        s_json_req_free(r);
         return -1;
     }
     return 0;
@@ -2140,13 +2172,11 @@ int router_turns_session_delete(router_turns_t *t, const char *session_id,
     const s_session_t *s = s_session_get(t, session_id, false);
     if (s && (s->subs || s->q_head || s->active || s->pumping))
         return -2;
-    s_json_req_t *r = malloc(sizeof *r);
+    s_json_req_t *r = s_json_req(t, fn, ud);
     if (!r)
         return -1;
-    r->fn = fn;
-    r->ud = ud;
     if (router_sessions_delete(t->store, session_id, s_on_json, r, 0) != 0) {
-        free(r);
+        s_json_req_free(r);
         return -1;
     }
     return 0;
