@@ -47,6 +47,7 @@ struct agent_oai_stream {
     size_t total;                 /* body bytes so far */
     bool done;                    /* data: [DONE] seen */
     bool emitted;
+    bool content_seen;            /* some choices[].delta.content text came */
     char finish_reason[64];
     /* JSON of one event */
     s_frame_t frames[AGENT_OAI_DEPTH_MAX];
@@ -185,6 +186,7 @@ static int s_cb_string(void *ud, const unsigned char *p, size_t n)
     }
     int rc = 1, r;
     if (S_PATH(s, "choices", "*", "delta", "content")) {
+        s->content_seen |= n > 0;
         if (n && s->cb.on_content) {
             s->emitted = true;
             if (s->cb.on_content(s->cb.ud, t, n) < 0) {
@@ -530,7 +532,11 @@ int agent_oai_stream_take(agent_oai_stream_t *s, agent_completion_t *out)
         if (!c->args_len && s_piece_append(&c->args, &c->args_len, "{}", 2, AGENT_OAI_ARGS_MAX) < 0)
             goto nomem;
         if (!agent_json_valid(c->args, c->args_len)) {
-            s_fail(s, "tool call %zu (%s): its arguments are not JSON", i, c->name);
+            if (strcmp(s->finish_reason, "length") == 0)
+                s_fail(s, "tool call %zu (%s): its arguments were cut at the token limit (finish_reason length)",
+                       i, c->name);
+            else
+                s_fail(s, "tool call %zu (%s): its arguments are not JSON", i, c->name);
             goto fail;
         }
         proto_worker_tool_call_t *t = &out->calls[k++];
@@ -541,6 +547,22 @@ int agent_oai_stream_take(agent_oai_stream_t *s, agent_completion_t *out)
         c->id_len = c->name_len = c->args_len = 0;
         c->used = false;
         out->n_calls = k;
+    }
+    /* No text and no call: only a model that chose to say nothing ("stop")
+     * is an answer; anything else would reach the client as a silent empty
+     * one (a reasoning model that spent its tokens thinking, a content
+     * filter, a server that sent [DONE] alone). */
+    if (k == 0 && !s->content_seen && strcmp(s->finish_reason, "stop") != 0) {
+        if (!s->finish_reason[0])
+            s_fail(s, "the stream ended with no text, no tool call and no finish_reason");
+        else if (strcmp(s->finish_reason, "length") == 0)
+            s_fail(s, "the answer reached the token limit (finish_reason length) before any text");
+        else {
+            char why[sizeof s->finish_reason];
+            agent_oai_error_line(s->finish_reason, strlen(s->finish_reason), why, sizeof why, sizeof why - 1);
+            s_fail(s, "the answer ended with finish_reason %s and no text", why);
+        }
+        goto fail;
     }
     if (s->has_total || s->has_prompt || s->has_completion) {
         out->has_tokens_used = true;

@@ -79,8 +79,11 @@ bool agent_oai_stream_done(const agent_oai_stream_t *s);
 
 /* Moves the assembled tool calls and token count into *out (after a
  * successful finish). A call without an id gets "call_<index>"; one without
- * a name, or whose arguments are not JSON, is an error. Returns 0 or -1
- * (error set). */
+ * a name, or whose arguments are not JSON (cut by max_tokens, when the
+ * finish_reason is "length", and said so), is an error. So is an answer
+ * with no content text and no tool call unless its finish_reason is
+ * "stop": the reason ("length", "content_filter", none at all) is said
+ * rather than passed on as an empty answer. Returns 0 or -1 (error set). */
 int agent_oai_stream_take(agent_oai_stream_t *s, agent_completion_t *out);
 
 #endif

@@ -1,7 +1,8 @@
 /* tests/agent_openai_stream_test.c — the chat-completions stream reader:
  * real-format chunks (as OpenAI, llama.cpp and Ollama send them) fed whole,
  * in random-sized pieces and one byte at a time give the same text, tool
- * calls and usage; malformed chunks, early ends and every bound are errors. */
+ * calls and usage; malformed chunks, early ends, every bound and an answer
+ * with neither text nor a call (unless the model said "stop") are errors. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -497,10 +498,52 @@ static void test_done_is_seen(void **state)
     agent_oai_stream_destroy(&s);
 }
 
+/* An answer with no text and no tool call is one only when the model
+ * said "stop"; otherwise the reason is the error, never an empty answer:
+ * [DONE] alone, a reasoning model out of tokens before any text, a content
+ * filter (a reason with a line end read as one line). A tool call cut by
+ * max_tokens says so. */
+static void test_empty_answers(void **state)
+{
+    (void) state;
+    for (size_t step = 0; step < 2; step++) {
+        s_expect_error("data: [DONE]\n\n", step, "the stream ended with no text, no tool call and no finish_reason");
+        s_expect_error("data: {\"choices\":[{\"delta\":{\"content\":\"\"}}]}\n\n"
+                       "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hmm\"}}]}\n\n"
+                       "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n",
+                       step, "the answer reached the token limit (finish_reason length) before any text");
+        s_expect_error("data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"content_filter\"}]}\n\n", step,
+                       "the answer ended with finish_reason content_filter and no text");
+        s_expect_error("data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"a\\nb\"}]}\n\n", step,
+                       "finish_reason a b and no text");
+        s_expect_error("data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\",\"function\":"
+                       "{\"name\":\"peers\",\"arguments\":\"{\\\"a\\\": [1, \"}}]}}]}\n\n"
+                       "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n",
+                       step, "tool call 0 (peers): its arguments were cut at the token limit (finish_reason length)");
+        /* The model chose to say nothing: an empty answer. */
+        s_out_t o = {0};
+        agent_oai_stream_t *s = NULL;
+        assert_int_equal(s_run("data: {\"choices\":[{\"delta\":{\"content\":\"\"},\"finish_reason\":\"stop\"}]}\n\n"
+                               "data: [DONE]\n\n", step, &o, &s),
+                         AGENT_OAI_OK);
+        agent_completion_t c = {0};
+        assert_int_equal(agent_oai_stream_take(s, &c), 0);
+        assert_int_equal(c.n_calls, 0);
+        agent_oai_stream_destroy(&s);
+        /* Text with a "length" reason is the text (cut, but an answer). */
+        assert_int_equal(s_run("data: {\"choices\":[{\"delta\":{\"content\":\"ab\"},\"finish_reason\":\"length\"}]}"
+                               "\n\n",
+                               step, &o, &s),
+                         AGENT_OAI_OK);
+        assert_int_equal(agent_oai_stream_take(s, &c), 0);
+        agent_oai_stream_destroy(&s);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_done_is_seen),
+        cmocka_unit_test(test_done_is_seen),       cmocka_unit_test(test_empty_answers),
         cmocka_unit_test(test_text_any_split),     cmocka_unit_test(test_crlf_and_no_done),
         cmocka_unit_test(test_tool_calls_assembled), cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_bounds),             cmocka_unit_test(test_callback_stops),
