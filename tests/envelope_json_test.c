@@ -4,6 +4,7 @@
  *
  * To rewrite the vectors after a deliberate change:
  *   KITH_WRITE_VECTORS=1 build/envelope_json_test */
+#include <errno.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1080,11 +1081,18 @@ static void s_expect_to_json(cbor_item_t *item, const char *want)
     free(got);
 }
 
+/* Refused as having no JSON form (not as out of memory), errno EINVAL. */
 static void s_expect_no_json(cbor_item_t *item, const char *what)
 {
-    char *got = s_to_json(item);
-    if (got)
-        fail_msg("%s: printed as %s", what, got);
+    yajl_gen g = yajl_gen_alloc(NULL);
+    assert_non_null(g);
+    errno = ENOMEM;
+    int rc = router_cbor_to_json(g, item);
+    int e = errno;
+    yajl_gen_free(g);
+    cbor_decref(&item);
+    if (rc != ROUTER_JSON_NO_FORM || e != EINVAL)
+        fail_msg("%s: returned %d errno %d, want ROUTER_JSON_NO_FORM and EINVAL", what, rc, e);
 }
 
 static cbor_item_t *s_map1(cbor_item_t *key, cbor_item_t *value)
@@ -1180,6 +1188,67 @@ static void test_kind_to_json(void **state)
         assert_int_equal(len, strlen(want[i]));
         assert_memory_equal(buf, want[i], len);
         yajl_gen_free(g);
+        proto_envelope_destroy(&env);
+    }
+}
+
+/* The kind of an envelope a non-kith peer sent with a lone {"$bytes": …}
+ * map in it has no JSON form; out of memory is something else, and the
+ * caller (kith_api.c's recv: skip the envelope or retry) must tell them
+ * apart by the return alone. Every allocation failing in turn: a kind that
+ * has a form fails only as ROUTER_JSON_NO_MEMORY (errno ENOMEM), one that
+ * has none only as that or ROUTER_JSON_NO_FORM (errno EINVAL), never the
+ * other way round. */
+static void test_kind_to_json_no_form_vs_no_memory(void **state)
+{
+    (void) state;
+    cbor_item_t *lone = cbor_new_definite_map(1);
+    assert_true(cbor_map_add(lone, (struct cbor_pair){.key = cbor_move(cbor_build_string("$bytes")),
+                                                      .value = cbor_move(cbor_build_string("AA=="))}));
+    cbor_item_t *inner = cbor_new_definite_array(2);
+    assert_true(cbor_array_push(inner, cbor_move(cbor_build_bytestring((const uint8_t *) "\1\2", 2))));
+    assert_true(cbor_array_push(inner, cbor_move(cbor_build_string("x"))));
+    cbor_item_t *params[2] = {s_map1(cbor_build_string("extra"), inner), s_map1(cbor_build_string("extra"), lone)};
+    cbor_item_t *kinds[2] = {
+        proto_kind_request("do", 2, &params[0], NULL, PROTO_HANDLING_NONE),
+        proto_kind_request("do", 2, &params[1], NULL, PROTO_HANDLING_NONE),
+    };
+    assert_non_null(kinds[0]);
+    assert_non_null(kinds[1]);
+    for (int k = 0; k < 2; k++) {
+        proto_envelope_reason_t why;
+        proto_envelope_t *env = proto_envelope_new(NULL, s_alice.pk, s_bob.pk, &kinds[k], &why);
+        assert_non_null(env);
+        unsigned no_memory = 0, no_form = 0;
+        long i;
+        for (i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+            yajl_gen g = yajl_gen_alloc(NULL);
+            assert_non_null(g);
+            errno = 0;
+            alloc_fail_arm(i);
+            int rc = router_envelope_kind_to_json(g, env);
+            int e = errno;
+            unsigned failed = alloc_fail_disarm();
+            yajl_gen_free(g);
+            if (rc == ROUTER_JSON_NO_MEMORY) {
+                assert_true(failed > 0);
+                assert_int_equal(e, ENOMEM);
+                no_memory++;
+                continue;
+            }
+            if (k == 0) {
+                assert_int_equal(rc, 0);
+            } else {
+                assert_int_equal(rc, ROUTER_JSON_NO_FORM);
+                assert_int_equal(e, EINVAL);
+                no_form++;
+            }
+            if (!failed)
+                break;
+        }
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        assert_true(no_memory >= 1);  /* the kind's keys sorted at least */
+        assert_int_equal(no_form, k); /* reached once, when nothing failed */
         proto_envelope_destroy(&env);
     }
 }
@@ -1284,6 +1353,7 @@ static void test_alloc_fail(void **state)
         unsigned failed = alloc_fail_disarm();
         if (rc != 0) {
             assert_null(out);
+            assert_int_equal(rc, ROUTER_JSON_NO_MEMORY);
             encode_fails++;
             continue;
         }
@@ -1317,6 +1387,7 @@ int main(void)
         cmocka_unit_test(test_kind_to_json),
         cmocka_unit_test(test_envelope_json_refusals),
         cmocka_unit_test(test_alloc_fail),
+        cmocka_unit_test(test_kind_to_json_no_form_vs_no_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -290,9 +290,33 @@ static void s_format_double(double v, char *out, size_t cap)
         strncat(out, ".0", cap - strlen(out) - 1);
 }
 
+/* A yajl status as this file's return: the generator here never nests past
+ * its limit nor writes a non-text key, so any failure is its buffer's
+ * allocation (ROUTER_JSON_NO_MEMORY). */
+static int s_yajl(yajl_gen_status st)
+{
+    if (st == yajl_gen_status_ok)
+        return 0;
+    errno = ENOMEM;
+    return ROUTER_JSON_NO_MEMORY;
+}
+
+/* A value with no JSON form (ROUTER_JSON_NO_FORM), with errno saying so. */
+static int s_no_form(void)
+{
+    errno = EINVAL;
+    return ROUTER_JSON_NO_FORM;
+}
+
+static int s_no_memory(void)
+{
+    errno = ENOMEM;
+    return ROUTER_JSON_NO_MEMORY;
+}
+
 static int s_gen_text(yajl_gen g, const cbor_item_t *item)
 {
-    return yajl_gen_string(g, cbor_string_handle(item), cbor_string_length(item)) == yajl_gen_status_ok ? 0 : -1;
+    return s_yajl(yajl_gen_string(g, cbor_string_handle(item), cbor_string_length(item)));
 }
 
 static int s_gen_bytes(yajl_gen g, const uint8_t *p, size_t n)
@@ -300,14 +324,15 @@ static int s_gen_bytes(yajl_gen g, const uint8_t *p, size_t n)
     size_t cap = sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_ORIGINAL);
     char *b64 = malloc(cap);
     if (!b64)
-        return -1;
+        return s_no_memory();
     sodium_bin2base64(b64, cap, p, n, sodium_base64_VARIANT_ORIGINAL);
-    int rc = yajl_gen_map_open(g) == yajl_gen_status_ok &&
-                     yajl_gen_string(g, (const unsigned char *) S_BYTES_KEY, strlen(S_BYTES_KEY)) == yajl_gen_status_ok &&
-                     yajl_gen_string(g, (const unsigned char *) b64, strlen(b64)) == yajl_gen_status_ok &&
-                     yajl_gen_map_close(g) == yajl_gen_status_ok
-                 ? 0
-                 : -1;
+    int rc = s_yajl(yajl_gen_map_open(g));
+    if (rc == 0)
+        rc = s_yajl(yajl_gen_string(g, (const unsigned char *) S_BYTES_KEY, strlen(S_BYTES_KEY)));
+    if (rc == 0)
+        rc = s_yajl(yajl_gen_string(g, (const unsigned char *) b64, strlen(b64)));
+    if (rc == 0)
+        rc = s_yajl(yajl_gen_map_close(g));
     free(b64);
     return rc;
 }
@@ -316,7 +341,7 @@ static int s_gen_uuid(yajl_gen g, const uint8_t id[PROTO_UUID_LEN])
 {
     char text[PROTO_UUID_TEXT_CAP];
     proto_uuid_format(id, text);
-    return yajl_gen_string(g, (const unsigned char *) text, PROTO_UUID_TEXT_LEN) == yajl_gen_status_ok ? 0 : -1;
+    return s_yajl(yajl_gen_string(g, (const unsigned char *) text, PROTO_UUID_TEXT_LEN));
 }
 
 /* Orders text keys as canonical CBOR does: shorter first, then bytewise. */
@@ -332,7 +357,8 @@ static int s_key_cmp(const void *a, const void *b)
 /* A map with its keys in canonical order, so the same envelope always
  * prints the same way whatever order its sender used. `first`, when not
  * NULL, is written before the others (kind's "type"). `special`, when not
- * NULL, may write a pair's value itself (returns 0) or decline (1). */
+ * NULL, may write a pair's value itself (returns 0) or decline (1), or fail
+ * (a negative return as router_cbor_to_json's). */
 static int s_gen_pairs(yajl_gen g, const cbor_item_t *map, const char *first,
                        int (*special)(yajl_gen, const struct cbor_pair *));
 
@@ -347,74 +373,72 @@ int router_cbor_to_json(yajl_gen g, const cbor_item_t *item)
     switch (cbor_typeof(item)) {
     case CBOR_TYPE_UINT:
         snprintf(num, sizeof num, "%" PRIu64, cbor_get_int(item));
-        return yajl_gen_number(g, num, strlen(num)) == yajl_gen_status_ok ? 0 : -1;
+        return s_yajl(yajl_gen_number(g, num, strlen(num)));
     case CBOR_TYPE_NEGINT: {
         uint64_t v = cbor_get_int(item); /* the value is -1 - v */
         if (v == UINT64_MAX)
             snprintf(num, sizeof num, "-18446744073709551616");
         else
             snprintf(num, sizeof num, "-%" PRIu64, v + 1);
-        return yajl_gen_number(g, num, strlen(num)) == yajl_gen_status_ok ? 0 : -1;
+        return s_yajl(yajl_gen_number(g, num, strlen(num)));
     }
     case CBOR_TYPE_BYTESTRING:
         if (!cbor_bytestring_is_definite(item))
-            return -1;
+            return s_no_form();
         return s_gen_bytes(g, cbor_bytestring_handle(item), cbor_bytestring_length(item));
     case CBOR_TYPE_STRING:
-        return cbor_string_is_definite(item) ? s_gen_text(g, item) : -1;
+        return cbor_string_is_definite(item) ? s_gen_text(g, item) : s_no_form();
     case CBOR_TYPE_ARRAY: {
         size_t n = cbor_array_size(item);
         cbor_item_t **elems = cbor_array_handle(item);
-        if (yajl_gen_array_open(g) != yajl_gen_status_ok)
-            return -1;
-        for (size_t i = 0; i < n; i++)
-            if (router_cbor_to_json(g, elems[i]) != 0)
-                return -1;
-        return yajl_gen_array_close(g) == yajl_gen_status_ok ? 0 : -1;
+        int rc = s_yajl(yajl_gen_array_open(g));
+        for (size_t i = 0; rc == 0 && i < n; i++)
+            rc = router_cbor_to_json(g, elems[i]);
+        return rc == 0 ? s_yajl(yajl_gen_array_close(g)) : rc;
     }
     case CBOR_TYPE_MAP:
         return s_gen_map(g, item, NULL);
     case CBOR_TYPE_TAG:
-        return -1;
+        return s_no_form();
     case CBOR_TYPE_FLOAT_CTRL:
         if (cbor_float_ctrl_is_ctrl(item)) {
             switch (cbor_ctrl_value(item)) {
-            case CBOR_CTRL_FALSE: return yajl_gen_bool(g, 0) == yajl_gen_status_ok ? 0 : -1;
-            case CBOR_CTRL_TRUE:  return yajl_gen_bool(g, 1) == yajl_gen_status_ok ? 0 : -1;
-            case CBOR_CTRL_NULL:  return yajl_gen_null(g) == yajl_gen_status_ok ? 0 : -1;
-            default:              return -1;
+            case CBOR_CTRL_FALSE: return s_yajl(yajl_gen_bool(g, 0));
+            case CBOR_CTRL_TRUE:  return s_yajl(yajl_gen_bool(g, 1));
+            case CBOR_CTRL_NULL:  return s_yajl(yajl_gen_null(g));
+            default:              return s_no_form();
             }
         } else {
             double v = cbor_float_get_float(item);
             if (v != v || v - v != 0)
-                return -1;
+                return s_no_form();
             s_format_double(v, num, sizeof num);
-            return yajl_gen_number(g, num, strlen(num)) == yajl_gen_status_ok ? 0 : -1;
+            return s_yajl(yajl_gen_number(g, num, strlen(num)));
         }
     }
-    return -1;
+    return s_no_form();
 }
 
 static int s_gen_pairs(yajl_gen g, const cbor_item_t *map, const char *first,
                        int (*special)(yajl_gen, const struct cbor_pair *))
 {
     size_t n = cbor_map_size(map);
+    int rc = ROUTER_JSON_NO_FORM;
+    for (size_t i = 0; i < n; i++)
+        if (!cbor_isa_string(cbor_map_handle(map)[i].key) || !cbor_string_is_definite(cbor_map_handle(map)[i].key))
+            return s_no_form();
+    /* A map whose only key is "$bytes" would read back as a byte string. */
+    if (n == 1 && cbor_string_length(cbor_map_handle(map)[0].key) == strlen(S_BYTES_KEY) &&
+        !memcmp(cbor_string_handle(cbor_map_handle(map)[0].key), S_BYTES_KEY, strlen(S_BYTES_KEY)))
+        return s_no_form();
     struct cbor_pair *sorted = n ? malloc(n * sizeof *sorted) : NULL;
-    int rc = -1;
     if (n && !sorted)
-        return -1;
+        return s_no_memory();
     if (n)
         memcpy(sorted, cbor_map_handle(map), n * sizeof *sorted);
-    for (size_t i = 0; i < n; i++)
-        if (!cbor_isa_string(sorted[i].key) || !cbor_string_is_definite(sorted[i].key))
-            goto done;
-    /* A map whose only key is "$bytes" would read back as a byte string. */
-    if (n == 1 && cbor_string_length(sorted[0].key) == strlen(S_BYTES_KEY) &&
-        !memcmp(cbor_string_handle(sorted[0].key), S_BYTES_KEY, strlen(S_BYTES_KEY)))
-        goto done;
     if (n > 1)
         qsort(sorted, n, sizeof *sorted, s_key_cmp);
-    if (yajl_gen_map_open(g) != yajl_gen_status_ok)
+    if ((rc = s_yajl(yajl_gen_map_open(g))) != 0)
         goto done;
     for (int pass = first ? 0 : 1; pass < 2; pass++)
         for (size_t i = 0; i < n; i++) {
@@ -423,13 +447,17 @@ static int s_gen_pairs(yajl_gen g, const cbor_item_t *map, const char *first,
                            !memcmp(cbor_string_handle(k), first, strlen(first));
             if (is_first != (pass == 0))
                 continue;
-            if (s_gen_text(g, k) != 0)
+            if ((rc = s_gen_text(g, k)) != 0)
                 goto done;
             int r = special ? special(g, &sorted[i]) : 1;
-            if (r < 0 || (r > 0 && router_cbor_to_json(g, sorted[i].value) != 0))
+            if (r < 0) {
+                rc = r;
+                goto done;
+            }
+            if (r > 0 && (rc = router_cbor_to_json(g, sorted[i].value)) != 0)
                 goto done;
         }
-    rc = yajl_gen_map_close(g) == yajl_gen_status_ok ? 0 : -1;
+    rc = s_yajl(yajl_gen_map_close(g));
 done:
     free(sorted);
     return rc;
@@ -581,22 +609,23 @@ fail:
 
 static int s_gen_key(yajl_gen g, const char *key)
 {
-    return yajl_gen_string(g, (const unsigned char *) key, strlen(key)) == yajl_gen_status_ok ? 0 : -1;
+    return s_yajl(yajl_gen_string(g, (const unsigned char *) key, strlen(key)));
 }
 
 static int s_gen_cstr(yajl_gen g, const char *s)
 {
-    return yajl_gen_string(g, (const unsigned char *) s, strlen(s)) == yajl_gen_status_ok ? 0 : -1;
+    return s_yajl(yajl_gen_string(g, (const unsigned char *) s, strlen(s)));
 }
 
 /* kind.in_reply_to of a response or ack prints as a UUID; returns 1 to let
- * the value print normally, 0 when written here, -1 on failure. */
+ * the value print normally, 0 when written here, ROUTER_JSON_NO_MEMORY on
+ * failure. */
 static int s_gen_reply_uuid(yajl_gen g, const struct cbor_pair *pair)
 {
     const cbor_item_t *k = pair->key;
     if (cbor_string_length(k) != 11 || memcmp(cbor_string_handle(k), "in_reply_to", 11) != 0)
         return 1;
-    return s_gen_uuid(g, cbor_bytestring_handle(pair->value)) == 0 ? 0 : -1;
+    return s_gen_uuid(g, cbor_bytestring_handle(pair->value));
 }
 
 /* The kind object: "type" first, then the other fields in canonical order. */
@@ -618,40 +647,43 @@ int router_envelope_to_json(const proto_envelope_t *env, const proto_envelope_re
     char sig[sodium_base64_ENCODED_LEN(PROTO_SIG_LEN, sodium_base64_VARIANT_ORIGINAL)];
     const unsigned char *buf = NULL;
     size_t buf_len = 0;
-    int rc = -1;
+    int rc;
     yajl_gen g = yajl_gen_alloc(NULL);
     if (!g)
-        return -1;
+        return s_no_memory();
     if (pretty)
         yajl_gen_config(g, yajl_gen_beautify, 1);
-    if (yajl_gen_map_open(g) != yajl_gen_status_ok || s_gen_key(g, "id") != 0 ||
-        s_gen_uuid(g, proto_envelope_id(env)) != 0)
+    if ((rc = s_yajl(yajl_gen_map_open(g))) != 0 || (rc = s_gen_key(g, "id")) != 0 ||
+        (rc = s_gen_uuid(g, proto_envelope_id(env))) != 0)
         goto done;
     proto_pubkey_format(proto_envelope_from(env), key, sizeof key);
-    if (s_gen_key(g, "from") != 0 || s_gen_cstr(g, key) != 0)
+    if ((rc = s_gen_key(g, "from")) != 0 || (rc = s_gen_cstr(g, key)) != 0)
         goto done;
     proto_pubkey_format(proto_envelope_to(env), key, sizeof key);
-    if (s_gen_key(g, "to") != 0 || s_gen_cstr(g, key) != 0)
+    if ((rc = s_gen_key(g, "to")) != 0 || (rc = s_gen_cstr(g, key)) != 0)
         goto done;
-    if (s_gen_key(g, "kind") != 0 || s_gen_kind(g, env) != 0)
+    if ((rc = s_gen_key(g, "kind")) != 0 || (rc = s_gen_kind(g, env)) != 0)
         goto done;
     sodium_bin2base64(sig, sizeof sig, proto_envelope_sig(env), PROTO_SIG_LEN, sodium_base64_VARIANT_ORIGINAL);
-    if (s_gen_key(g, "sig") != 0 || s_gen_cstr(g, sig) != 0)
+    if ((rc = s_gen_key(g, "sig")) != 0 || (rc = s_gen_cstr(g, sig)) != 0)
         goto done;
     if (verdict) {
-        if (s_gen_key(g, "signature_valid") != 0 || yajl_gen_bool(g, *verdict == PROTO_ENV_OK) != yajl_gen_status_ok)
+        if ((rc = s_gen_key(g, "signature_valid")) != 0 || (rc = s_yajl(yajl_gen_bool(g, *verdict == PROTO_ENV_OK))) != 0)
             goto done;
         if (*verdict != PROTO_ENV_OK &&
-            (s_gen_key(g, "signature_error") != 0 || s_gen_cstr(g, proto_envelope_reason_str(*verdict)) != 0))
+            ((rc = s_gen_key(g, "signature_error")) != 0 ||
+             (rc = s_gen_cstr(g, proto_envelope_reason_str(*verdict))) != 0))
             goto done;
     }
-    if (yajl_gen_map_close(g) != yajl_gen_status_ok || yajl_gen_get_buf(g, &buf, &buf_len) != yajl_gen_status_ok)
+    if ((rc = s_yajl(yajl_gen_map_close(g))) != 0 || (rc = s_yajl(yajl_gen_get_buf(g, &buf, &buf_len))) != 0)
         goto done;
     while (buf_len > 0 && buf[buf_len - 1] == '\n')
         buf_len--; /* the beautifier ends with one */
     *out = malloc(buf_len + 1);
-    if (!*out)
+    if (!*out) {
+        rc = s_no_memory();
         goto done;
+    }
     memcpy(*out, buf, buf_len);
     (*out)[buf_len] = '\0';
     *len = buf_len;

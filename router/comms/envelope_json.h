@@ -38,10 +38,18 @@
  * one-line reason in err[errcap] on failure. */
 cbor_item_t *router_json_to_cbor(const char *json, size_t len, char *err, size_t errcap);
 
-/* Writes `item` into g as JSON, map keys in canonical order. Returns 0, or
- * -1 when the item has no JSON form: tags, undefined, non-finite floats,
- * non-text keys, or a map whose only key is "$bytes" (it would read back as
- * bytes). The output is then incomplete. */
+/* The two ways writing JSON fails, so that a caller can tell a value a
+ * non-kith peer sent (answer "no JSON form", keep going) from the machine
+ * running out (answer "try again"). Each is also left in errno (EINVAL,
+ * ENOMEM). */
+#define ROUTER_JSON_NO_FORM   (-1) /* a value has no JSON form */
+#define ROUTER_JSON_NO_MEMORY (-2) /* out of memory (ours or yajl's buffer) */
+
+/* Writes `item` into g as JSON, map keys in canonical order. Returns 0,
+ * ROUTER_JSON_NO_FORM when the item has no JSON form: tags, undefined,
+ * non-finite floats, non-text keys, or a map whose only key is "$bytes" (it
+ * would read back as bytes), or ROUTER_JSON_NO_MEMORY. On failure the output
+ * is incomplete and errno is EINVAL or ENOMEM to match. */
 int router_cbor_to_json(yajl_gen g, const cbor_item_t *item);
 
 /* Builds the unsigned envelope described by json, from `from`. Returns 0
@@ -51,16 +59,16 @@ int router_envelope_from_json(const char *json, size_t len, const uint8_t from[P
     __attribute__((warn_unused_result));
 
 /* Writes env's kind into g as router_envelope_to_json writes it ("type"
- * first, in_reply_to as a UUID string). Returns 0 or -1 (as
- * router_cbor_to_json). */
+ * first, in_reply_to as a UUID string). Returns 0, ROUTER_JSON_NO_FORM or
+ * ROUTER_JSON_NO_MEMORY, with errno to match (as router_cbor_to_json). */
 int router_envelope_kind_to_json(yajl_gen g, const proto_envelope_t *env);
 
 /* The JSON form of env as a new NUL-terminated string (caller frees with
  * free()), pretty-printed when `pretty`. With `verdict` non-NULL, adds
  * "signature_valid" (and "signature_error" naming the reason when it is not
- * PROTO_ENV_OK). Returns 0, or -1 when out of memory or when a value has no
- * JSON form (see router_cbor_to_json). Reading the output back with
- * router_envelope_from_json gives the same signable bytes. */
+ * PROTO_ENV_OK). Returns 0, ROUTER_JSON_NO_FORM when a value has no JSON
+ * form (see router_cbor_to_json) or ROUTER_JSON_NO_MEMORY. Reading the
+ * output back with router_envelope_from_json gives the same signable bytes. */
 int router_envelope_to_json(const proto_envelope_t *env, const proto_envelope_reason_t *verdict, int pretty,
                             char **out, size_t *len);
 
