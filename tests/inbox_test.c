@@ -1241,6 +1241,52 @@ static void test_read_only_db_refused(void **state)
     assert_non_null(strstr(err, "read-only"));
 }
 
+/* A state.db a newer kith wrote, whose inbox table has a column that
+ * must be set: the inbox used to start, and then every commit failed (a
+ * NOT NULL constraint) and was retried for ever, no admission ever acked.
+ * It is refused at start, saying why; a column it need not fill is fine. */
+static void test_newer_schema_refused(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256], err[256] = "";
+    s_tmp_db(dir, db, sizeof db);
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h,
+                                  "CREATE TABLE inbox (seq INTEGER PRIMARY KEY, session TEXT NOT "
+                                  "NULL, envelope_id BLOB NOT NULL, sender BLOB NOT NULL, kind TEXT"
+                                  " NOT NULL, received_ms INTEGER NOT NULL, frame BLOB NOT NULL,"
+                                  " lane INTEGER NOT NULL, note TEXT)",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(h);
+    router_inbox_opts_t o = {.capacity = 8, .db_path = db, .session = "comms"};
+    router_inbox_t *in = router_inbox_new(&o, err, sizeof err);
+    bool started = in != NULL;
+    router_inbox_destroy(&in);
+    assert_false(started);
+    assert_non_null(strstr(err, "newer kith"));
+    assert_non_null(strstr(err, "lane"));
+
+    /* A column it need not fill (nullable, or with a default) opens. */
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, "ALTER TABLE inbox DROP COLUMN lane;"
+                                     "ALTER TABLE inbox ADD COLUMN lane INTEGER NOT NULL DEFAULT 0",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(h);
+    in = s_open(8, 0, db);
+    uint8_t id[16], a[32] = {1}, frame[1] = {0xF6};
+    uint64_t seq;
+    s_id(id, 1);
+    assert_int_equal(router_inbox_admit(in, id, a, "message", frame, 1, 1, NULL, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    router_inbox_sync(in);
+    assert_int_equal(router_inbox_durable_seq(in), seq);
+    router_inbox_destroy(&in);
+    s_rmdir(dir);
+}
+
 static int s_seen_stop(const uint8_t sender[32], const uint8_t id[16], uint64_t expires_ms,
                        void *ud)
 {
@@ -1342,6 +1388,7 @@ int main(void)
         cmocka_unit_test(test_load_stops),
         cmocka_unit_test(test_withdrawn_after_failed_fsync_stays_out),
         cmocka_unit_test(test_read_only_db_refused),
+        cmocka_unit_test(test_newer_schema_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
