@@ -468,6 +468,33 @@ static void test_read_only_db_refused(void **state)
     assert_non_null(strstr(err, "read-only"));
 }
 
+/* A state.db a newer kith wrote, whose lockouts table has a column that
+ * must be set: the store used to start, and then every write failed its
+ * constraint and was retried for ever (each pairing client waiting). It
+ * is refused at start, saying why. */
+static void test_newer_schema_refused(void **state)
+{
+    (void) state;
+    char err[256] = "";
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(s_db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h,
+                                  "CREATE TABLE gateway_pair_lockouts (client TEXT PRIMARY KEY,"
+                                  " failures INTEGER NOT NULL, until_ms INTEGER NOT NULL,"
+                                  " reason TEXT NOT NULL) WITHOUT ROWID",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(h);
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
+    bool started = t != NULL;
+    router_tokens_destroy(&t);
+    router_loop_destroy(&loop);
+    assert_false(started);
+    assert_non_null(strstr(err, "newer kith"));
+    assert_non_null(strstr(err, "reason"));
+}
+
 /* Every table in memory has a bound, and what is past it is refused with
  * a reason the caller can act on. */
 static void test_tables_are_bounded(void **state)
@@ -1308,6 +1335,7 @@ int main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_open_failures_say_why, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_read_only_db_refused, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_newer_schema_refused, s_setup, s_teardown),
         cmocka_unit_test(test_tables_are_bounded),
         cmocka_unit_test(test_idem_settle),
         cmocka_unit_test_setup_teardown(test_idem_damaged_rows, s_setup, s_teardown),

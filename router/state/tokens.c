@@ -645,6 +645,57 @@ static int s_migrate(sqlite3 *db)
     return 0;
 }
 
+/* The columns this build writes, per table (NULL-terminated lists). */
+static const char *const s_known_cols[][10] = {
+    {"gateway_tokens", "hash", "created_ms", "scope", "name", NULL},
+    {"gateway_pair_lockouts", "client", "failures", "until_ms", NULL},
+    {"gateway_idempotency", "key", "status", "body", "expires_ms", NULL},
+    {"gateway_devices", "id", "public_key", "client_id", "client_mode", "platform",
+     "token_hash", "first_seen_ms", "last_seen_ms", "via"},
+};
+
+/* A state.db a newer kith wrote may give a table a column that must be
+ * set (NOT NULL, no default): every write would fail and be retried for
+ * ever, each client waiting on it. Refused at start instead; columns this
+ * build does not know but need not set are fine. */
+static int s_columns_known(sqlite3 *db, const char *path, char *err, size_t errcap)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = 0, step = SQLITE_DONE;
+    if (sqlite3_prepare_v2(db, "SELECT name FROM pragma_table_info(?1)"
+                               " WHERE \"notnull\" AND dflt_value IS NULL", -1, &st,
+                           NULL) != SQLITE_OK) {
+        snprintf(err, errcap, "%s: %s", path, sqlite3_errmsg(db));
+        return -1;
+    }
+    size_t ntables = sizeof s_known_cols / sizeof *s_known_cols;
+    for (size_t t = 0; t < ntables && rc == 0; t++) {
+        const char *const *cols = s_known_cols[t];
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 1, cols[0], -1, SQLITE_STATIC);
+        while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+            const char *name = (const char *) sqlite3_column_text(st, 0);
+            bool known = false;
+            for (size_t i = 1; name && i < 10 && cols[i] && !known; i++)
+                known = strcmp(cols[i], name) == 0;
+            if (!known) {
+                snprintf(err, errcap,
+                         "%s was written by a newer kith (table %s has a column %s this version "
+                         "cannot fill); run the newer version, or restore a state.db this one "
+                         "wrote",
+                         path, cols[0], name ? name : "?");
+                rc = -1;
+            }
+        }
+        if (rc == 0 && step != SQLITE_DONE) {
+            snprintf(err, errcap, "%s: %s", path, sqlite3_errmsg(db));
+            rc = -1;
+        }
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
 router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, char *err,
                                    size_t errcap)
 {
@@ -694,7 +745,7 @@ router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, cha
                      self->db ? sqlite3_errmsg(self->db) : "cannot open");
             goto fail;
         }
-        if (s_load(self, err, errcap) != 0)
+        if (s_columns_known(self->db, db_path, err, errcap) != 0 || s_load(self, err, errcap) != 0)
             goto fail;
     }
     if (pthread_create(&self->thread, NULL, s_thread, self) != 0) {
