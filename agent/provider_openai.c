@@ -321,6 +321,17 @@ static s_x_rc_t s_exchange(s_openai_t *p, const char *body, size_t body_len, con
         goto out;
     }
     long status = s_status(&x);
+    char *location = NULL;
+    if (status >= 300 && status < 400 && curl_easy_getinfo(x.easy, CURLINFO_REDIRECT_URL, &location) == CURLE_OK &&
+        location) {
+        /* Not followed: a POST would turn into a GET, and the key would go
+         * wherever the server says. The operator needs the new address. */
+        char where[AGENT_OAI_ERROR_TEXT_MAX + 1];
+        agent_oai_error_line(location, strlen(location), where, sizeof where, 200);
+        snprintf(err, errcap, "openai: HTTP %ld: a redirect to %s, which is not followed (agent.base_url should "
+                 "name the server's own address)", status, where);
+        goto out;
+    }
     if (status != 200) {
         char msg[320];
         agent_oai_error_message(x.errbody, x.errlen, msg, sizeof msg);

@@ -27,6 +27,29 @@ session's earlier turns come first, as history):
   respond    (a comms request's turn) send_response to the request named in
              the system message, with a result of its own; then text
 
+Misbehaviours (tests/integration/test_agent_provider_faults.py):
+
+  onlydone     `data: [DONE]` and nothing else
+  thinkout     reasoning, then finish_reason "length" with no text (a
+               reasoning model that spent max_tokens thinking)
+  filtered     finish_reason "content_filter" with no text
+  cutargs      a tool call whose arguments max_tokens cut, finish "length"
+  badargs      a tool call whose arguments are not JSON, finish "tool_calls"
+  unknowntool  a call of a tool nobody offered; once a tool result is in
+               the conversation, text quoting it
+  indexjump    two calls at tool_calls indexes 0 and 3 (none between), of
+               unknown tools; then text counting the results
+  cutchunk     text, then a chunk cut in the middle of its JSON, the body
+               ended cleanly (the last chunk of the chunked encoding)
+  cutbody      text, then a chunk cut in the middle, the connection closed
+               without the chunked encoding's last chunk
+  nodone       text, then the body ends with no finish_reason and no [DONE]
+  badutf8      a content string holding the byte 0xff
+  redirect     307 to another path
+  unavailable  503 with an empty body, every time
+  silent       the request read, then nothing at all (no status line)
+  trickle      200, then an SSE comment every 100 ms and never a chunk
+
 A comms request's turn ("request INTENT: PARAMS") is picked by its INTENT.
 Every request is kept (headers and JSON body) for the test to look at."""
 
@@ -254,6 +277,91 @@ class FakeOpenAI:
                     self.piece(e)
                 for _ in range(600):  # until the client hangs up (or a minute)
                     time.sleep(0.1)
+
+            # ------------------------------------------------ misbehaviours
+            def s_onlydone(self, body, count):
+                self.stream(["data: [DONE]\n\n"])
+
+            def s_thinkout(self, body, count):
+                self.stream([chunk({"role": "assistant", "content": ""}),
+                             chunk({"reasoning_content": "let me think"}),
+                             chunk({}, "length"), "data: [DONE]\n\n"])
+
+            def s_filtered(self, body, count):
+                self.stream([chunk({"role": "assistant", "content": ""}), chunk({}, "content_filter"),
+                             "data: [DONE]\n\n"])
+
+            def call_stream(self, calls, finish):
+                return [chunk({"role": "assistant", "content": None})] + [
+                    chunk({"tool_calls": [{"index": i, "id": cid, "type": "function",
+                                           "function": {"name": name, "arguments": args}}]})
+                    for i, cid, name, args in calls] + [chunk({}, finish), "data: [DONE]\n\n"]
+
+            def s_cutargs(self, body, count):
+                self.stream(self.call_stream([(0, "call_c", "send_message", '{"peer": "bob", "bo')], "length"))
+
+            def s_badargs(self, body, count):
+                self.stream(self.call_stream([(0, "call_b", "send_message", "peer=bob")], "tool_calls"))
+
+            def s_unknowntool(self, body, count):
+                tool_msgs = [m for m in body["messages"] if m["role"] == "tool"]
+                if tool_msgs:
+                    return self.stream(text_stream(["tool said: ", tool_msgs[-1]["content"]]))
+                self.stream(self.call_stream([(0, "call_u", "no_such_tool", "{}")], "tool_calls"))
+
+            def s_indexjump(self, body, count):
+                tool_msgs = [m for m in body["messages"] if m["role"] == "tool"]
+                if tool_msgs:
+                    return self.stream(text_stream(["results: %d" % len(tool_msgs)]))
+                self.stream(self.call_stream([(0, "call_j0", "no_such_a", "{}"), (3, "call_j3", "no_such_b", "{}")],
+                                             "tool_calls"))
+
+            def s_cutchunk(self, body, count):
+                self.start_stream()
+                self.piece(chunk({"content": "partly"}))
+                self.piece(chunk({"content": "never whole"})[:30])
+                self.end_stream()
+
+            def s_cutbody(self, body, count):
+                self.start_stream()
+                self.piece(chunk({"content": "partly"}))
+                self.piece(chunk({"content": "never whole"})[:30])
+                self.drop(False)
+
+            def s_nodone(self, body, count):
+                self.stream([chunk({"role": "assistant", "content": ""}), chunk({"content": "partly"})])
+
+            def s_badutf8(self, body, count):
+                self.start_stream()
+                self.piece(chunk({"content": "fine "}))
+                self.piece(b'data: {"choices":[{"index":0,"delta":{"content":"bad \xff byte"}}]}\n\n')
+                self.piece(chunk({}, "stop") + "data: [DONE]\n\n")
+                self.end_stream()
+
+            def s_redirect(self, body, count):
+                self.send_response(307)
+                self.send_header("Location", "/v2/chat/completions")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def s_unavailable(self, body, count):
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def s_silent(self, body, count):
+                for _ in range(1200):  # until the client hangs up (or two minutes)
+                    time.sleep(0.1)
+
+            def s_trickle(self, body, count):
+                self.start_stream()
+                try:
+                    for _ in range(1200):  # until the client hangs up (or two minutes)
+                        self.piece(": keep-alive\n\n")
+                        time.sleep(0.1)
+                except OSError:
+                    self.close_connection = True
+                    self.wfile = open(os.devnull, "wb")
 
             def s_slow(self, body, count):
                 self.start_stream()
