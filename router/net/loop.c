@@ -346,6 +346,13 @@ static bool s_posts_run(router_loop_t *loop, size_t budget)
     }
 }
 
+/* Runs every queued post, and those they queue, until none is left. */
+static void s_posts_drain(router_loop_t *loop)
+{
+    while (s_posts_run(loop, SIZE_MAX))
+        ;
+}
+
 static void s_on_eventfd(router_watch_t *w, int fd, unsigned events, void *ud)
 {
     router_loop_t *loop = ud;
@@ -669,8 +676,7 @@ void router_loop_destroy(router_loop_t **lp)
     /* Nothing accepted is lost: queued posts run before teardown (a post
      * still being published is waited for first). */
     s_foreign_wait(loop);
-    while (s_posts_run(loop, SIZE_MAX))
-        ;
+    s_posts_drain(loop);
     loop->destroying = true;
     /* From here router_loop_connect/listen/watch_fd/timer_add refuse, so
      * on_close handlers cannot start anything new. */
@@ -679,6 +685,11 @@ void router_loop_destroy(router_loop_t **lp)
     router_loop_settle(loop); /* on_close for every connection */
     if (loop->listener_ops)
         loop->listener_ops->shutdown(loop);
+    /* Posts are still taken (router_loop_post does not refuse them): what
+     * the on_close handlers and other threads queued meanwhile runs too,
+     * while the backend can still take the watches they may destroy. */
+    s_foreign_wait(loop);
+    s_posts_drain(loop);
     loop->event_watch = NULL;
     loop->signal_watch = NULL;
     while (loop->watches) {
@@ -690,6 +701,7 @@ void router_loop_destroy(router_loop_t **lp)
     router_loop_settle(loop); /* frees everything: the kernel is done with it */
     s_signals_release(loop);
     s_foreign_wait(loop);
+    s_posts_drain(loop); /* queued by the last settle's callbacks */
     close(loop->event_fd);
     free(loop->timers.slots);
     free(loop->timers.heap);
