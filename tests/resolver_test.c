@@ -4,7 +4,8 @@
  * fails and the failure is repeated from the cache, a name with many
  * addresses gives them all in dialing order (IPv4 first, no repeats, at
  * most 8), the names and the callers waiting are bounded, and a resolver
- * destroyed with lookups in flight calls nobody and leaks nothing (LSan). */
+ * destroyed with lookups in flight calls nobody and leaks nothing (LSan),
+ * also when an answer's own callback destroys it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -263,6 +264,52 @@ static void test_many_addresses(void **state)
     test_dns_set("few.kith-test", NULL, 0);
 }
 
+typedef struct {
+    router_loop_t *loop;
+    router_resolver_t **r; /* destroyed by the first answer */
+    unsigned calls;
+} s_destroyer_t;
+
+static void s_destroy_on_answer(const router_addr_list_t *addrs, const char *why, void *ud)
+{
+    (void) why;
+    s_destroyer_t *d = ud;
+    assert_non_null(addrs);
+    d->calls++;
+    router_resolver_destroy(d->r); /* on the loop thread, as destroy may be */
+    router_loop_stop(d->loop);
+}
+
+/* An answer's callback may destroy the resolver (a sender that gives up
+ * and tears its node down): the other callers waiting for that name are
+ * then dropped uncalled, as destroy promises, and nothing of the freed
+ * resolver is touched (ASan) or leaked (LSan). The loop went on giving
+ * the next caller the answer from inside the freed resolver. */
+static void test_destroyed_by_an_answer(void **state)
+{
+    (void) state;
+    static const char *const ips[] = {"127.0.0.7"};
+    test_dns_set("gone.kith-test", ips, 1);
+    router_loop_t *loop = router_loop_new(NULL);
+    router_resolver_t *r = router_resolver_new(loop, NULL);
+    assert_non_null(r);
+    router_addr_list_t a;
+    char why[160];
+    s_destroyer_t d = {.loop = loop, .r = &r};
+    /* Waiters are called newest first: the destroyer, then s_never. */
+    assert_int_equal(
+        router_resolver_lookup(r, "gone.kith-test", 1, &a, s_never, NULL, why, sizeof why), 1);
+    assert_int_equal(
+        router_resolver_lookup(r, "gone.kith-test", 2, &a, s_destroy_on_answer, &d, why, sizeof why),
+        1);
+    while (d.calls == 0)
+        assert_int_equal(router_loop_run(loop), 0);
+    assert_int_equal(d.calls, 1);
+    assert_null(r);
+    router_loop_destroy(&loop);
+    test_dns_set("gone.kith-test", NULL, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -272,6 +319,7 @@ int main(void)
         cmocka_unit_test(test_failure_cached),
         cmocka_unit_test(test_bounds_and_destroy_in_flight),
         cmocka_unit_test(test_many_addresses),
+        cmocka_unit_test(test_destroyed_by_an_answer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -68,6 +68,7 @@ struct router_resolver {
     s_name_t names[ROUTER_RESOLVER_NAMES_MAX];
     unsigned waiting;                 /* callers waiting, all names */
     router_metric_t *m_lookups, *m_failed;
+    bool *gone;                       /* set by destroy while answers are given */
 };
 
 /* A name's answer serves every port: the caller's goes in. */
@@ -188,7 +189,21 @@ static void *s_thread_main(void *arg)
 
 /* ---------------------------------------------------------------- answers on the loop */
 
-static void s_answer(router_resolver_t *self, s_job_t *j)
+/* Drops callers detached from their name without calling them. */
+static void s_waiters_free(s_waiter_t *w)
+{
+    while (w) {
+        s_waiter_t *next = w->next;
+        free(w);
+        w = next;
+    }
+}
+
+/* Gives a name its answer and calls its waiters. A callback may destroy
+ * the resolver (it runs on the loop thread, as destroy may): then
+ * *gone turns true, and nothing of self is touched again: the callers
+ * not yet called are dropped uncalled, as destroy drops those waiting. */
+static void s_answer(router_resolver_t *self, s_job_t *j, const bool *gone)
 {
     s_name_t *n = &self->names[j->slot];
     uint64_t now = router_loop_now_ms(self->loop);
@@ -205,11 +220,15 @@ static void s_answer(router_resolver_t *self, s_job_t *j)
     while (w) {
         s_waiter_t *next = w->next;
         self->waiting--;
-        router_addr_list_t a = n->addrs;
+        router_addr_list_t a = j->addrs;
         s_set_port(&a, w->port);
         w->cb(j->ok ? &a : NULL, j->why, w->ud);
         free(w);
         w = next;
+        if (*gone) {
+            s_waiters_free(w);
+            return;
+        }
     }
 }
 
@@ -225,12 +244,17 @@ static void s_on_ready(router_watch_t *watch, int fd, unsigned events, void *ud)
     s_job_t *done = self->sh->done;
     self->sh->done = NULL;
     pthread_mutex_unlock(&self->sh->mu);
+    bool gone = false;
+    self->gone = &gone;
     while (done) {
         s_job_t *j = done;
         done = j->next;
-        s_answer(self, j);
-        free(j);
+        if (!gone)
+            s_answer(self, j, &gone);
+        free(j); /* once gone, the other answers have nobody to go to */
     }
+    if (!gone)
+        self->gone = NULL;
 }
 
 /* ---------------------------------------------------------------- lookups */
@@ -410,6 +434,8 @@ void router_resolver_destroy(router_resolver_t **self_p)
     if (!self)
         return;
     *self_p = NULL;
+    if (self->gone)
+        *self->gone = true; /* destroyed by an answer's callback (s_answer) */
     router_watch_destroy(&self->watch);
     pthread_mutex_lock(&self->sh->mu);
     self->sh->stopping = true;
@@ -417,10 +443,6 @@ void router_resolver_destroy(router_resolver_t **self_p)
     pthread_mutex_unlock(&self->sh->mu);
     s_shared_release(self->sh);
     for (unsigned i = 0; i < ROUTER_RESOLVER_NAMES_MAX; i++)
-        while (self->names[i].waiters) {
-            s_waiter_t *w = self->names[i].waiters;
-            self->names[i].waiters = w->next;
-            free(w);
-        }
+        s_waiters_free(self->names[i].waiters);
     free(self);
 }
