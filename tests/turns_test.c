@@ -2032,6 +2032,67 @@ static void test_teardown_with_reads_pending(void **state)
     assert_false(never.done);
 }
 
+/* Frames, arming the k-th allocation after the turn's first frame. */
+typedef struct {
+    frames_t fr;
+    long k;
+    bool armed;
+} arming_t;
+
+static void s_arm_after_first(const router_turn_frame_t *f, void *ud)
+{
+    arming_t *a = ud;
+    s_on_frame(f, &a->fr);
+    if (!a->armed && f->type == ROUTER_TURN_FRAME_CHUNK_RESET) {
+        a->armed = true;
+        alloc_fail_arm(a->k);
+    }
+}
+
+/* The worker's partials of "/events" read while memory runs short, the
+ * k-th allocation after its first frame failing, for each k in turn:
+ * every frame reaches the subscriber, or an error says one was lost (and
+ * the turn is stopped, since a lost partial may be a router tool's call
+ * the worker then waits on). Before, a partial that found no memory to be
+ * decoded was dropped with a log line only. */
+static void test_partials_without_memory(void **state)
+{
+    (void) state;
+    static const router_turn_frame_type_t all[] = {
+        ROUTER_TURN_FRAME_CHUNK_RESET, ROUTER_TURN_FRAME_OPERATOR_STATUS,
+        ROUTER_TURN_FRAME_AGENT_EVENT, ROUTER_TURN_FRAME_THINKING};
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    unsigned told = 0;
+    for (long k = 0;; k++) {
+        assert_true(k < ALLOC_FAIL_RUNS_MAX);
+        arming_t a = {.k = k};
+        router_turns_sub_t s = router_turns_attach(e.t, "partials", NULL, s_arm_after_first, &a);
+        s_wait(&e, &a.fr, ROUTER_TURN_FRAME_SESSION_START, 1);
+        router_turns_stats_t before;
+        router_turns_stats(e.t, &before);
+        const char *code = NULL;
+        assert_int_equal(router_turns_submit(e.t, s, "/events", 7, &code), 0);
+        ended_t w = {e.t, before.done + before.stopped + before.errors + 1, &a.fr, 0, NULL, 0, 0};
+        s_run(&e, s_ended, &w);
+        bool failed = alloc_fail_disarm() > 0;
+        assert_true(a.armed);
+        bool lost = false;
+        for (int i = 0; i < a.fr.n; i++)
+            lost = lost || (a.fr.type[i] == ROUTER_TURN_FRAME_ERROR && strstr(a.fr.json[i], "lost"));
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+            if (s_count(&a.fr, all[i]) == 0 && !lost)
+                fail_msg("allocation %ld after the first frame failing: frame %d of the turn "
+                         "missing, and no error says so", k, (int) all[i]);
+        told += lost;
+        router_turns_detach(e.t, s);
+        if (!failed)
+            break;
+    }
+    s_teardown(&e);
+    print_message("%u runs told a frame was lost\n", told);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2065,6 +2126,7 @@ int main(void)
         cmocka_unit_test(test_no_timer_slot),
         cmocka_unit_test(test_response_without_memory),
         cmocka_unit_test(test_teardown_with_reads_pending),
+        cmocka_unit_test(test_partials_without_memory),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

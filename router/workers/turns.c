@@ -1511,6 +1511,19 @@ static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
     if (!right) {
         ROUTER_LOG(ROUTER_LOG_WARN, MOD, "turn %s: a worker reply refused (%s)", turn->id_text,
                    ok ? "another turn's or the wrong kind" : proto_worker_reason_str(err.reason));
+        if (kind == 0 && !ok && err.reason == PROTO_WORKER_NO_MEMORY && !turn->stop_asked) {
+            /* A partial lost for want of memory is not lost in silence: it
+             * may be a router tool's call, whose result the worker would
+             * wait for until the turn timed out. The turn is stopped now,
+             * its subscribers told why first. */
+            uint64_t serial = turn->serial;
+            s_frame_error(turn, "AGENT_ERROR",
+                          "out of memory: a frame of the turn from its worker was lost; the "
+                          "turn is stopped");
+            if ((turn = s_turn_by_serial(t, serial)) && !turn->stop_asked)
+                s_turn_stop_ask(turn);
+            return;
+        }
         if (kind == 1) { /* the broker has closed the request: the turn cannot go on */
             turn->h = 0;
             s_frame_error(turn, "AGENT_ERROR", "the worker's final reply was malformed");
