@@ -734,6 +734,43 @@ static void test_new_refusals(void **state)
     router_pairing_quiesce(NULL);
 }
 
+/* The client's end of stream (comms.c hands it over as no bytes): before
+ * the hello or the proof nothing more can come, so the handshake is refused
+ * at once as a typed line and an orderly close; after a right proof the
+ * answer of the file write still reaches the client, which may read after
+ * it stopped sending. */
+static void test_end_of_stream(void **state)
+{
+    s_fix_t *f = *state;
+    s_slot_t slot;
+    router_conn_t *conn = s_open(f, &slot);
+    assert_non_null(conn);
+    router_pairing_conn_data(slot.pc, NULL, 0);
+    (void) router_mem_run(f->loop, 0);
+    s_expect_error(f, "malformed", "the connection ended before meerkat_pairing_hello");
+
+    conn = s_open(f, &slot);
+    assert_non_null(conn);
+    char challenge[64], line[1024];
+    s_hello(f, conn, challenge);
+    router_pairing_conn_data(slot.pc, NULL, 0);
+    (void) router_mem_run(f->loop, 0);
+    s_expect_error(f, "malformed", "the connection ended before meerkat_pairing_proof");
+
+    conn = s_open(f, &slot);
+    assert_non_null(conn);
+    s_hello(f, conn, challenge);
+    s_proof(line, sizeof line, S_PASSWORD, challenge, "tcp://10.0.0.2:4200");
+    s_send(f, conn, line);
+    router_pairing_conn_data(slot.pc, NULL, 0); /* the file write is in flight */
+    s_wait_lines(f, 1);
+    assert_non_null(strstr(s_far.out, "\"kind\":\"meerkat_pairing_complete\""));
+    s_far_eof(f->loop);
+    assert_true(s_far.ended);
+    assert_int_equal(s_far.reason, ROUTER_CLOSE_LOCAL);
+    assert_int_equal(f->paired_calls, 1);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -751,6 +788,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_not_ready_and_bounds, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_proof_alloc_fail, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_gone_and_unwritable, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_end_of_stream, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

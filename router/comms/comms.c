@@ -588,7 +588,10 @@ static void s_on_eof(router_conn_t *conn, void *ud)
     (void) conn;
     s_cc_t *cc = ud;
     if (cc->pairing) {
-        router_conn_close(conn); /* a half-done handshake: nothing more will come */
+        /* Nothing more will come, but the client may still read: an answer
+         * whose file write is in flight must reach it (the pairing then
+         * closes); one still awaiting a line is refused there. */
+        router_pairing_conn_data(cc->pairing, NULL, 0);
         return;
     }
     /* The sender is done sending; it may still want its acks. */

@@ -365,8 +365,21 @@ static void s_on_proof(router_pairing_conn_t *pc, const router_pairing_msg_t *m)
     pc->state = S_WRITING;
 }
 
+/* No bytes (len 0) is the client's end of stream: it sends no more but may
+ * still read. Awaiting a line that cannot come now, the handshake is
+ * refused at once (a typed line, an orderly close) rather than left to the
+ * deadline's reset; with the proof's file write in flight, the answer
+ * (complete or error) still goes out, then the close — a client told
+ * nothing would take a pairing kith has written for a failed one. */
 void router_pairing_conn_data(router_pairing_conn_t *pc, const uint8_t *data, size_t len)
 {
+    if (len == 0) {
+        if (pc->state == S_AWAIT_HELLO || pc->state == S_AWAIT_PROOF)
+            s_refuse(pc, "malformed",
+                     pc->state == S_AWAIT_HELLO ? "the connection ended before meerkat_pairing_hello"
+                                                : "the connection ended before meerkat_pairing_proof");
+        return;
+    }
     while (len > 0 && (pc->state == S_AWAIT_HELLO || pc->state == S_AWAIT_PROOF)) {
         const uint8_t *nl = memchr(data, '\n', len);
         size_t take = nl ? (size_t) (nl - data) + 1 : len;
