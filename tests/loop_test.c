@@ -2,7 +2,8 @@
  * through signalfd, cross-thread posts and wake-ups, fairness under a
  * receive flood, fd watches, the open-file limit, and what fails: out of
  * memory in router_loop_new and when the timer table grows, calls the
- * API refuses.
+ * API refuses, a watch update or a connect the backend refuses (epoll_ctl
+ * through router_epoll_ctl_fault, io_uring SQEs through tests/uring_fail.h).
  *
  * Every test that touches a backend is registered twice, once per backend
  * (names end in @uring / @epoll); the backend is passed as the test's
@@ -26,6 +27,7 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,6 +35,8 @@
 #include <zmq.h>
 
 #include "alloc_fail.h"
+#include "loop_until.h"
+#include "uring_fail.h"
 
 #include "router/log.h"
 #include "router/net/conn.h"
@@ -1132,6 +1136,140 @@ static void test_log_levels_and_escaping(void **state)
     assert_int_equal(lines, 1);
 }
 
+/* ------------------------------------------------------------ refused epoll_ctl and SQEs */
+
+int router_epoll_ctl_fault(int op);
+
+static _Thread_local int s_ctl_fail_op = -1; /* the epoll_ctl op to refuse once */
+static _Thread_local int s_ctl_fail_err;     /* ...with this errno */
+static _Thread_local unsigned s_ctl_failed;  /* refusals so far */
+
+/* Replaces loop_epoll.c's weak seam: the armed op fails, once, as the
+ * kernel fails it past fs.epoll.max_user_watches (ENOSPC). */
+int router_epoll_ctl_fault(int op)
+{
+    if (op != s_ctl_fail_op)
+        return 0;
+    s_ctl_fail_op = -1;
+    s_ctl_failed++;
+    return s_ctl_fail_err;
+}
+
+static void s_ctl_fail_arm(int op, int err)
+{
+    s_ctl_fail_op = op;
+    s_ctl_fail_err = err;
+    s_ctl_failed = 0;
+}
+
+static bool s_upd_writable(void *ud)
+{
+    return ((s_upd_t *) ud)->last & ROUTER_EV_WRITE;
+}
+
+/* An update the backend refuses (epoll_ctl MOD: ENOSPC; io_uring: no SQE,
+ * EBUSY) leaves the watch as it was, and the same update asked again is
+ * made: it used to be taken for a no-op (the refused events were kept as
+ * the watch's own), so the write end never reported it was writable. */
+static void test_watch_update_refused_then_retried(void **state)
+{
+    bool uring = *(router_loop_backend_t *) *state == ROUTER_LOOP_URING;
+    router_loop_t *loop = s_loop_new(state, NULL);
+    s_upd_t u = {.loop = loop};
+    int fds[2];
+    assert_int_equal(pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
+    router_watch_t *w = router_loop_watch_fd(loop, fds[1], ROUTER_EV_READ, s_on_upd, &u);
+    assert_non_null(w);
+    if (uring)
+        uring_fail_arm(0, -1);
+    else
+        s_ctl_fail_arm(EPOLL_CTL_MOD, ENOSPC);
+    errno = 0;
+    assert_int_equal(router_watch_update(w, ROUTER_EV_WRITE), -1);
+    assert_int_equal(errno, uring ? EBUSY : ENOSPC);
+    if (uring)
+        assert_true(uring_fail_disarm() > 0);
+    else
+        assert_int_equal(s_ctl_failed, 1);
+    assert_int_equal(router_watch_update(w, ROUTER_EV_WRITE), 0);
+    test_loop_until(loop, s_upd_writable, &u, 5, 10000);
+    router_watch_destroy(&w);
+    close(fds[0]);
+    close(fds[1]);
+    router_loop_destroy(&loop);
+}
+
+typedef struct {
+    int closes;                   /* on_close calls */
+    router_close_reason_t reason; /* the last one's */
+    int err;                      /* router_conn_error() then */
+} s_dial_t;
+
+static void s_dial_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    (void) c;
+    (void) data;
+    (void) len;
+    (void) ud;
+}
+
+static void s_dial_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    s_dial_t *d = ud;
+    d->closes++;
+    d->reason = reason;
+    d->err = router_conn_error(c);
+}
+
+static bool s_dial_closed(void *ud)
+{
+    return ((s_dial_t *) ud)->closes > 0;
+}
+
+/* A dialled socket the epoll set refuses is a connect that failed, as
+ * conn.h promises (ROUTER_CLOSE_CONNECT_FAILED and the errno, from the
+ * loop), so outbound tries the peer's next address: it was reported as a
+ * lost connection (ROUTER_CLOSE_ERROR: "outcome unknown", no next
+ * address). The next connect goes through. */
+static void test_connect_refused_by_epoll(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(lfd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sin;
+    assert_int_equal(bind(lfd, (struct sockaddr *) &sin, sizeof sin), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *) &sin, &sl), 0);
+    char text[32];
+    snprintf(text, sizeof text, "127.0.0.1:%u", (unsigned) ntohs(sin.sin_port));
+    router_addr_t addr;
+    assert_int_equal(router_addr_parse(text, &addr, NULL), 0);
+    static const router_conn_handlers_t h = {.on_data = s_dial_data, .on_close = s_dial_close};
+
+    s_dial_t refused = {0};
+    s_ctl_fail_arm(EPOLL_CTL_ADD, ENOSPC);
+    assert_non_null(router_loop_connect(loop, &addr, &h, &refused));
+    assert_int_equal(s_ctl_failed, 1);
+    assert_int_equal(refused.closes, 0); /* never from inside the call */
+    test_loop_until(loop, s_dial_closed, &refused, 5, 10000);
+    assert_int_equal(refused.closes, 1);
+    assert_int_equal(refused.reason, ROUTER_CLOSE_CONNECT_FAILED);
+    assert_int_equal(refused.err, ENOSPC);
+
+    s_dial_t ok = {0};
+    router_conn_t *c = router_loop_connect(loop, &addr, &h, &ok);
+    assert_non_null(c);
+    int afd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC); /* blocks until it connects */
+    assert_true(afd >= 0);
+    router_conn_abort(c);
+    test_loop_until(loop, s_dial_closed, &ok, 5, 10000);
+    assert_int_equal(ok.reason, ROUTER_CLOSE_ABORT);
+    close(afd);
+    close(lfd);
+    router_loop_destroy(&loop);
+}
+
 #define BOTH(f)                                                        \
     {#f "@uring", f, NULL, NULL, &s_uring}, {#f "@epoll", f, NULL, NULL, &s_epoll}
 
@@ -1159,6 +1297,9 @@ int main(void)
         BOTH(test_new_without_memory),
         BOTH(test_timer_grow_without_memory),
         BOTH(test_refusals),
+        BOTH(test_watch_update_refused_then_retried),
+        {"test_connect_refused_by_epoll@epoll", test_connect_refused_by_epoll, NULL, NULL,
+         &s_epoll},
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

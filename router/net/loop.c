@@ -483,9 +483,14 @@ int router_watch_update(router_watch_t *w, unsigned events)
     }
     if (events == w->events)
         return 0;
+    unsigned was = w->events;
     w->events = events;
     int rc = w->loop->be->watch_update(w);
     if (rc < 0) {
+        /* Still watched for what it was (io_uring re-arms its poll with
+         * w->events), and a retry of the same update is not taken for a
+         * no-op. */
+        w->events = was;
         errno = -rc;
         return -1;
     }

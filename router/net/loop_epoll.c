@@ -35,8 +35,23 @@ static s_epoll_t *s_ep(const router_loop_t *loop)
     return loop->be_data;
 }
 
+/* The test seam for epoll_ctl failing as the kernel can make it fail
+ * (ENOMEM, ENOSPC past fs.epoll.max_user_watches): a weak definition that
+ * fails nothing, which tests/loop_test.c replaces to run the paths below
+ * that a refused EPOLL_CTL_ADD or _MOD takes. Returns 0, or the errno the
+ * call `op` fails with. */
+int router_epoll_ctl_fault(int op);
+__attribute__((weak)) int router_epoll_ctl_fault(int op)
+{
+    (void) op;
+    return 0;
+}
+
 static int s_ctl(router_loop_t *loop, int op, int fd, uint32_t events, uint64_t tag)
 {
+    int fault = router_epoll_ctl_fault(op);
+    if (fault)
+        return -fault;
     struct epoll_event ev = {.events = events, .data.u64 = tag};
     return epoll_ctl(s_ep(loop)->epfd, op, fd, &ev) == 0 ? 0 : -errno;
 }
@@ -132,8 +147,15 @@ static int s_conn_connect(router_conn_t *c)
 {
     if (connect(c->fd, &c->peer.u.sa, c->peer.len) != 0 && errno != EINPROGRESS)
         return -errno;
-    /* Connected or in progress: either way EPOLLOUT reports the outcome. */
-    s_conn_sync(c);
+    /* Connected or in progress: either way EPOLLOUT reports the outcome.
+     * A socket the set refuses is a connect that failed (conn.h: on_close
+     * with ROUTER_CLOSE_CONNECT_FAILED, so a sender tries the next
+     * address), not a lost connection (s_conn_sync's ROUTER_CLOSE_ERROR). */
+    int rc = s_ctl(c->loop, EPOLL_CTL_ADD, c->fd, EPOLLOUT, router_op_pack(c, ROUTER_OP_RECV));
+    if (rc < 0)
+        return rc;
+    c->be.e.added = true;
+    c->be.e.events = EPOLLOUT;
     return 0;
 }
 
