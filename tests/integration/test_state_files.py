@@ -10,12 +10,16 @@ never hang.
   un-acked for ever. After a kill -9 it must be refused; made writable again,
   the same home serves, and the envelope acked before the kill is still
   held.
+- state.db from a newer kith, whose inbox table has a column this build
+  cannot fill (NOT NULL, no default): it used to start and then fail every
+  commit for ever. It must be refused, naming the table and column.
 - identity.key a FIFO: `kith daemon` used to block in open(2) for ever,
   saying nothing. It must exit non-zero, naming the file."""
 
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -96,6 +100,28 @@ def test_read_only_state_db():
     shutil.rmtree(node.home, ignore_errors=True)
 
 
+def test_newer_schema_state_db():
+    node = Daemon("state-newer")
+    db = sqlite3.connect(os.path.join(node.home, "state.db"))
+    db.execute("CREATE TABLE inbox (seq INTEGER PRIMARY KEY, session TEXT NOT NULL,"
+               " envelope_id BLOB NOT NULL, sender BLOB NOT NULL, kind TEXT NOT NULL,"
+               " received_ms INTEGER NOT NULL, frame BLOB NOT NULL, lane INTEGER NOT NULL)")
+    db.commit()
+    db.close()
+    try:
+        node.start()
+        started = True
+    except RuntimeError as e:
+        started = False
+        words = str(e)
+    if started:
+        node.proc.send_signal(signal.SIGKILL)
+        node.proc.wait(timeout=30)
+    shutil.rmtree(node.home, ignore_errors=True)
+    assert not started, "the daemon started on a state.db whose inbox it cannot write"
+    assert "newer kith" in words and "lane" in words, words
+
+
 def test_fifo_identity_key():
     home = tempfile.mkdtemp(prefix="kith-state-fifo-")
     try:
@@ -116,5 +142,6 @@ def test_fifo_identity_key():
 
 if __name__ == "__main__":
     test_read_only_state_db()
+    test_newer_schema_state_db()
     test_fifo_identity_key()
     print("ok")
