@@ -18,8 +18,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <sodium.h>
+#include <stdlib.h>
 
 #include "alloc_fail.h"
+#include "proto/envelope.h"
 #include "loop_until.h"
 #include "proto/frame.h"
 #include "router/comms/outbound.h"
@@ -90,16 +93,20 @@ typedef struct {
     int calls;                    /* times told (must end at 1) */
     router_send_outcome_t outcome;
     char detail[192];
+    bool has_ack_id;              /* ack_id was given */
+    uint8_t ack_id[16];
 } s_outcome_t;
 
 static void s_record(router_send_outcome_t outcome, const char *detail, const uint8_t *ack_id,
                      void *ud)
 {
-    (void) ack_id;
     s_outcome_t *o = ud;
     o->calls++;
     o->outcome = outcome;
     snprintf(o->detail, sizeof o->detail, "%s", detail);
+    o->has_ack_id = ack_id != NULL;
+    if (ack_id)
+        memcpy(o->ack_id, ack_id, 16);
 }
 
 static bool s_told(void *ud)
@@ -115,6 +122,8 @@ typedef struct {
     size_t bytes;                 /* received, all connections */
     size_t want;                  /* close once this many came (0: one frame) */
     unsigned accepted;            /* connections accepted */
+    const uint8_t *reply;         /* when set: written back (once) instead of the close */
+    size_t reply_len;
 } s_peer_t;
 
 static s_peer_t s_peer;
@@ -124,8 +133,14 @@ static void s_peer_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
     (void) data;
     (void) ud;
     s_peer.bytes += len;
-    if (s_peer.bytes >= (s_peer.want ? s_peer.want : PROTO_FRAME_HEADER_LEN + 1))
+    if (s_peer.bytes < (s_peer.want ? s_peer.want : PROTO_FRAME_HEADER_LEN + 1))
+        return;
+    if (!s_peer.reply) {
         router_conn_close(c);
+        return;
+    }
+    assert_int_equal(router_conn_send(c, s_peer.reply, s_peer.reply_len), 0);
+    s_peer.reply = NULL;
 }
 
 static void s_peer_close(router_conn_t *c, router_close_reason_t reason, void *ud)
@@ -443,6 +458,108 @@ static void test_send_without_memory(void **state)
     s_bench_down(&b);
 }
 
+/* ---------------------------------------------------------------- what comes back */
+
+/* A signed envelope's frame, appended to buf at *len; with `forge`, a bit
+ * of its signature flipped (the first signature byte sits 64 bytes into
+ * the CBOR that kith writes, WIRE §4). */
+static void s_put_env(uint8_t *buf, size_t cap, size_t *len, const uint8_t id[16], const uint8_t from[32],
+                      const uint8_t to[32], const uint8_t sk[64], cbor_item_t *kind, bool forge)
+{
+    proto_envelope_reason_t why;
+    proto_envelope_t *env = proto_envelope_new(id, from, to, &kind, &why);
+    assert_non_null(env);
+    assert_int_equal(proto_envelope_sign(env, sk), 0);
+    uint8_t *frame = NULL;
+    size_t n = 0;
+    assert_int_equal(proto_envelope_encode_frame(env, &frame, &n), 0);
+    assert_true(*len + n <= cap);
+    if (forge) {
+        assert_memory_equal(frame + PROTO_FRAME_HEADER_LEN + 64, proto_envelope_sig(env), 1);
+        frame[PROTO_FRAME_HEADER_LEN + 64] ^= 1;
+    }
+    memcpy(buf + *len, frame, n);
+    *len += n;
+    free(frame);
+    proto_envelope_destroy(&env);
+}
+
+/* WIRE §8.3: only a signed ack from the peer, to us, for what waits settles
+ * a send. Ahead of the real ack the peer's connection carries an ack from
+ * a stranger, one to a stranger, a message, an ack from the peer whose
+ * signature was tampered with, an ack for an id nobody sent and a frame that is
+ * not CBOR: each is ignored (none settles the send, none cuts the link), and
+ * the send is told once, acked, with the real ack's id. */
+static void test_only_the_peers_ack_settles(void **state)
+{
+    (void) state;
+    s_bench_t b;
+    s_bench_up(&b);
+    crypto_sign_keypair(b.id.pk, b.id.sk);
+    uint8_t peer_pk[32], peer_sk[64], other_pk[32], other_sk[64];
+    crypto_sign_keypair(peer_pk, peer_sk);
+    crypto_sign_keypair(other_pk, other_sk);
+    uint8_t sent_id[16], stray_id[16], ack_ids[7][16];
+    proto_uuid_v7_new(sent_id);
+    proto_uuid_v7_new(stray_id);
+    for (int i = 0; i < 7; i++)
+        proto_uuid_v7_new(ack_ids[i]);
+    static uint8_t reply[8192];
+    size_t n = 0;
+    s_put_env(reply, sizeof reply, &n, ack_ids[0], other_pk, b.id.pk, other_sk, proto_kind_ack(sent_id), false);
+    s_put_env(reply, sizeof reply, &n, ack_ids[1], peer_pk, other_pk, peer_sk, proto_kind_ack(sent_id), false);
+    s_put_env(reply, sizeof reply, &n, ack_ids[2], peer_pk, b.id.pk, peer_sk,
+              proto_kind_message("hi", 2, NULL, PROTO_HANDLING_NONE), false);
+    s_put_env(reply, sizeof reply, &n, ack_ids[3], peer_pk, b.id.pk, peer_sk, proto_kind_ack(sent_id), true);
+    s_put_env(reply, sizeof reply, &n, ack_ids[4], peer_pk, b.id.pk, peer_sk, proto_kind_ack(stray_id), false);
+    static const uint8_t not_cbor[] = {0, 0, 0, 2, 0xff, 0xff};
+    memcpy(reply + n, not_cbor, sizeof not_cbor);
+    n += sizeof not_cbor;
+    s_put_env(reply, sizeof reply, &n, ack_ids[5], peer_pk, b.id.pk, peer_sk, proto_kind_ack(sent_id), false);
+    s_peer.reply = reply;
+    s_peer.reply_len = n;
+
+    router_addr_t live = s_addr("127.0.0.1", b.port);
+    s_outcome_t o = {0};
+    router_outbound_msg_t m = {.peer_pk = peer_pk, .addr = &live, .fd = -1, .frame = s_frame,
+                               .len = sizeof s_frame, .id = sent_id, .cb = s_record, .ud = &o};
+    assert_int_equal(router_outbound_send_msg(b.ob, &m), 0);
+    test_loop_until(b.loop, s_told, &o, 5, 10000);
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.outcome, ROUTER_SEND_ACKED);
+    assert_true(o.has_ack_id);
+    assert_memory_equal(o.ack_id, ack_ids[5], 16);
+    assert_true(router_outbound_connected(b.ob, peer_pk)); /* none of them cut the link */
+    s_bench_down(&b);
+    assert_int_equal(o.calls, 1);
+}
+
+/* A peer whose frames cannot be read (a length past the frame limit) is
+ * cut: what waits on it is offline (unknown), never refused, since no
+ * orderly close said so (WIRE §9.1); the callback runs once. */
+static void test_unreadable_peer_is_cut_offline(void **state)
+{
+    (void) state;
+    s_bench_t b;
+    s_bench_up(&b);
+    static const uint8_t huge[] = {0xff, 0xff, 0xff, 0xff, 0xa0};
+    s_peer.reply = huge;
+    s_peer.reply_len = sizeof huge;
+    uint8_t pk[32] = {21}, id[16] = {22};
+    router_addr_t live = s_addr("127.0.0.1", b.port);
+    s_outcome_t o = {0};
+    router_outbound_msg_t m = {.peer_pk = pk, .addr = &live, .fd = -1, .frame = s_frame,
+                               .len = sizeof s_frame, .id = id, .cb = s_record, .ud = &o};
+    assert_int_equal(router_outbound_send_msg(b.ob, &m), 0);
+    test_loop_until(b.loop, s_told, &o, 5, 10000);
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.outcome, ROUTER_SEND_OFFLINE);
+    assert_false(o.has_ack_id);
+    assert_false(router_outbound_connected(b.ob, pk));
+    s_bench_down(&b);
+    assert_int_equal(o.calls, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -453,6 +570,8 @@ int main(void)
         cmocka_unit_test(test_none_connects),
         cmocka_unit_test(test_addresses_that_cannot_be_dialed),
         cmocka_unit_test(test_send_without_memory),
+        cmocka_unit_test(test_only_the_peers_ack_settles),
+        cmocka_unit_test(test_unreadable_peer_is_cut_offline),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
