@@ -86,7 +86,10 @@ const char *agent_turn_outcome_str(agent_turn_outcome_t o)
 
 /* ================================================================ replies */
 
-static int s_send_partial(s_turn_t *t, const proto_worker_event_t *ev)
+/* Sends one PARTIAL. One that cannot be encoded is skipped (0) unless it
+ * is `needed`: then -2, for the caller to end the turn (a router tool's
+ * call the router never heard of would be waited on until the deadline). */
+static int s_partial_send(s_turn_t *t, const proto_worker_event_t *ev, bool needed)
 {
     if (t->link_lost || t->given_up)
         return -1;
@@ -100,7 +103,7 @@ static int s_send_partial(s_turn_t *t, const proto_worker_event_t *ev)
          * event, never the turn. */
         ROUTER_LOG(ROUTER_LOG_WARN, "agent", "partial %s not sent: %s (%s)", proto_worker_event_type_str(ev->type),
                         proto_worker_reason_str(err.reason), err.field);
-        return 0;
+        return needed ? -2 : 0;
     }
     int rc = t->io->send(t->io->ud, false, body, len);
     free(body);
@@ -110,6 +113,11 @@ static int s_send_partial(s_turn_t *t, const proto_worker_event_t *ev)
     }
     t->seq++;
     return 0;
+}
+
+static int s_send_partial(s_turn_t *t, const proto_worker_event_t *ev)
+{
+    return s_partial_send(t, ev, false);
 }
 
 /* CBOR text string head and bytes (n < 256) at out[*at]. */
@@ -413,11 +421,15 @@ static int s_apply_steers(s_turn_t *t)
     return 0;
 }
 
-static const proto_worker_tool_spec_t *s_tool_find(const s_turn_t *t, const char *name)
+/* By the whole name: one the model wrote with a NUL inside ("peers\0x")
+ * is no tool, not the one its first part names. */
+static const proto_worker_tool_spec_t *s_tool_find(const s_turn_t *t, const proto_worker_str_t *name)
 {
-    for (size_t i = 0; i < t->req->n_tools; i++)
-        if (strcmp(t->req->tools[i].name.p, name) == 0)
+    for (size_t i = 0; i < t->req->n_tools; i++) {
+        const proto_worker_str_t *n = &t->req->tools[i].name;
+        if (n->len == name->len && memcmp(n->p, name->p, name->len) == 0)
             return &t->req->tools[i];
+    }
     return NULL;
 }
 
@@ -448,14 +460,16 @@ static char *s_tool_error_json(const char *what, const proto_worker_str_t *name)
  * conversation is at AGENT_CONV_MAX. */
 static int s_tool_run(s_turn_t *t, const proto_worker_tool_call_t *call)
 {
+    const proto_worker_tool_spec_t *spec = s_tool_find(t, &call->name);
+    bool router_runs = spec && spec->executor != PROTO_WORKER_EXEC_WORKER;
     proto_worker_event_t ev = {.type = PROTO_WORKER_EV_TOOL_CALL, .call = *call};
-    if (s_send_partial(t, &ev) < 0)
-        return -1;
+    int src = s_partial_send(t, &ev, router_runs);
+    if (src < 0)
+        return src == -2 ? -2 : -1;
 
     char *result = NULL;
     size_t result_len = 0;
     bool is_error = true;
-    const proto_worker_tool_spec_t *spec = s_tool_find(t, call->name.p);
     if (!spec) {
         result = s_tool_error_json("unknown tool ", &call->name);
     } else if (spec->executor == PROTO_WORKER_EXEC_WORKER) {

@@ -1492,6 +1492,106 @@ static void test_tour_out_of_memory(void **state)
     assert_true(seen[AGENT_TURN_PROVIDER_ERROR] > 0);
 }
 
+/* ------------------------------------------------------------ tool calls the router must hear */
+
+/* Round 0 calls the tool named s_odd_name (s_odd_len octets, a NUL
+ * inside); later rounds say "ok". */
+static const char s_odd_name[] = "peers\0x";
+static const size_t s_odd_len = sizeof s_odd_name - 1;
+
+static agent_complete_rc_t s_round_odd_name(s_fake_t *f, const agent_completion_req_t *req,
+                                            const agent_sink_t *sink, agent_completion_t *out, char *err,
+                                            size_t errcap)
+{
+    (void) req;
+    if (f->rounds > 0)
+        return s_say(sink, "ok");
+    static const char *const names[] = {"peers"};
+    if (s_fake_calls(out, 0, names, 1) < 0)
+        return s_fake_oom(err, errcap);
+    char *n = malloc(s_odd_len + 1);
+    assert_non_null(n);
+    memcpy(n, s_odd_name, s_odd_len + 1);
+    free((void *) out->calls[0].name.p);
+    out->calls[0].name = (proto_worker_str_t){n, s_odd_len};
+    return AGENT_COMPLETE_OK;
+}
+
+/* A tool name with a NUL inside is no tool offered: before, "peers\0x"
+ * was taken for peers and the worker waited for a result the router (which
+ * heard of no such tool) never sent, until the turn's deadline. */
+static void test_tool_name_with_a_nul(void **state)
+{
+    (void) state;
+    static s_link_t l;
+    memset(&l, 0, sizeof l);
+    proto_worker_turn_t t = s_turn("odd");
+    t.turn_timeout_s = 30; /* a bound: the turn does not wait for it */
+    s_fake_t f = s_fake(s_round_odd_name, &l);
+    assert_int_equal(s_run_fake(&l, &f, &t), AGENT_TURN_DONE);
+    assert_int_equal(s_ev(&l, 1)->type, PROTO_WORKER_EV_TOOL_CALL);
+    assert_int_equal(s_ev(&l, 2)->type, PROTO_WORKER_EV_TOOL_RESULT);
+    assert_true(s_ev(&l, 2)->is_error);
+    s_assert_text(s_ev(&l, 2)->result, "{\"error\":\"unknown tool peers\\u0000x\"}");
+    s_assert_text(s_final(&l)->full_response, "ok");
+    s_link_free(&l);
+}
+
+/* Round 0 calls the router's peers tool, with the allocation after
+ * s_skip more failing from there on. */
+static long s_skip;
+
+static agent_complete_rc_t s_round_peers_then_oom(s_fake_t *f, const agent_completion_req_t *req,
+                                                  const agent_sink_t *sink, agent_completion_t *out, char *err,
+                                                  size_t errcap)
+{
+    (void) req;
+    if (f->rounds > 0)
+        return s_say(sink, "ok");
+    static const char *const names[] = {"peers"};
+    if (s_fake_calls(out, 0, names, 1) < 0)
+        return s_fake_oom(err, errcap);
+    alloc_fail_arm(s_skip);
+    return AGENT_COMPLETE_OK;
+}
+
+/* A router tool's call whose PARTIAL cannot be encoded (out of memory)
+ * ends the turn at once as an error: the router never heard of the call,
+ * so no result will come. Before, the PARTIAL was skipped and the worker
+ * waited out the turn's deadline (600 s by default), held all that time,
+ * and the client was told the turn timed out. */
+static void test_router_tool_call_that_cannot_be_sent(void **state)
+{
+    (void) state;
+    static s_link_t l;
+    bool unsent = false, sent = false;
+    for (s_skip = 0; s_skip < 16 && !sent; s_skip++) {
+        memset(&l, 0, sizeof l);
+        l.hold = true;
+        proto_worker_turn_t t = s_turn("peers");
+        t.turn_timeout_s = 1; /* what the old code waited for; the new one does not */
+        s_fake_t f = s_fake(s_round_peers_then_oom, &l);
+        agent_turn_outcome_t o = s_run_fake(&l, &f, &t);
+        alloc_fail_disarm();
+        s_link_release(&l);
+        const proto_worker_final_t *fin = s_final(&l);
+        for (size_t i = 0; i + 1 < l.n_sent; i++)
+            sent |= s_ev(&l, i)->type == PROTO_WORKER_EV_TOOL_CALL;
+        if (!sent) {
+            /* Never a wait for a result of a call the router never heard. */
+            if (o == AGENT_TURN_TIMEOUT)
+                fail_msg("allocation %ld: the call was not sent, and the turn waited for its result", s_skip);
+            assert_int_equal(o, AGENT_TURN_AGENT_ERROR);
+            assert_int_equal(fin->code, PROTO_WORKER_CODE_AGENT_ERROR);
+            if (fin->message.len == 28 && memcmp(fin->message.p, "out of memory running a tool", 28) == 0)
+                unsent = true;
+        }
+        s_link_free(&l);
+    }
+    assert_true(sent);   /* the loop went past the call's encoding */
+    assert_true(unsent); /* and one run failed it */
+}
+
 /* ------------------------------------------------------------ a FINAL that cannot be encoded */
 
 /* Says "hi", then makes the next allocation (the FINAL's encoding, after
@@ -1601,6 +1701,8 @@ int main(void)
         cmocka_unit_test(test_tour),
         cmocka_unit_test(test_tour_out_of_memory),
         cmocka_unit_test(test_final_without_memory),
+        cmocka_unit_test(test_tool_name_with_a_nul),
+        cmocka_unit_test(test_router_tool_call_that_cannot_be_sent),
         cmocka_unit_test(test_turn_given_up_below),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
