@@ -141,6 +141,7 @@ typedef struct router_loop_stats {
     uint64_t recv_nobufs;      /* io_uring: receives re-armed after -ENOBUFS */
     uint64_t posts;            /* router_loop_post calls run */
     uint64_t posts_refused;    /* router_loop_post calls refused: queue full */
+    uint64_t cqes_dropped;     /* io_uring: waits told completions were lost (-EBADR) */
     unsigned conns_open;       /* connections open now */
 } router_loop_stats_t;
 
