@@ -12,13 +12,19 @@
  * admission is owed its commit, DONE with the answer); the inbox's store
  * thread taking every admission waiting (group commit) and committing the
  * batch — entries and their key rows in ONE transaction — or failing (the
- * batch goes back to the list, or is parked when withdrawn meanwhile); the
- * handler's durability deadline withdrawing an admission that is not
- * durable (router_inbox_withdraw: WITHDRAWN, IS_DURABLE, or COMMITTING and
- * asked again); a crash of the daemon that loses memory, every answer in
- * flight and every uncommitted admission, and a restart that loads the
- * durable key rows; the key's expiry (24 h: row and mark forgotten, a new
- * lifetime).
+ * batch goes back to the list, or is parked when withdrawn meanwhile); a
+ * COMMIT whose fsync failed and whose frames the WAL could not be truncated
+ * of, so a crash may still recover it: its entries are then in doubt,
+ * retried and never withdrawn until a commit settles them; the handler's
+ * durability deadline withdrawing an admission that is not durable
+ * (router_inbox_withdraw: WITHDRAWN, IS_DURABLE, or COMMITTING and asked
+ * again), and its second deadline telling the client the outcome is
+ * unknown (503 durability_unknown) while the waiter stays, holding the
+ * key, to settle it or free it when the outcome comes; a crash of the
+ * daemon that loses memory, every answer in flight and every uncommitted
+ * admission — except a batch left in the WAL, which the restart may find
+ * committed — and a restart that loads the durable key rows; the key's
+ * expiry (24 h: row and mark forgotten, a new lifetime).
  *
  * Properties:
  *   W1 a key is admitted (durably) at most once in its lifetime, across
@@ -28,7 +34,8 @@
  *   W3 two concurrent requests with one key give one admission: within a
  *      run, a second admission of K while one is owed or done   (admit)
  *   W4 a refused request leaves no key: no mark of its own, and nothing of
- *      it that a commit could still write                      (refusals)
+ *      it that a commit, or a crash's WAL recovery, could still write
+ *                                                              (refusals)
  *   L1 a client that keeps retrying eventually gets its 202, under weak
  *      fairness with finitely many faults                   (ltl all_done)
  *
@@ -41,7 +48,9 @@
  * BROKEN_EARLY_202 (202 at admission, before the commit: W2),
  * BROKEN_TIMEOUT_KEEPS_ENTRY (the deadline frees the key and answers 503
  * but leaves the admission to be committed later — the code before
- * router_inbox_withdraw: W4).
+ * router_inbox_withdraw: W4), BROKEN_DOUBT_WITHDRAWN (an entry whose
+ * failed COMMIT may still be in the WAL is withdrawn like any unwritten
+ * one — the code before 933c3350: W4, then W1 after a crash).
  */
 
 #define NC 2             /* clients, each with a request using key K */
@@ -62,6 +71,9 @@
 #endif
 #ifndef MAXEXPIRE
 #define MAXEXPIRE 1      /* expiries of the key */
+#endif
+#ifndef MAXUNKNOWN
+#define MAXUNKNOWN 1     /* clients told 503 durability_unknown */
 #endif
 
 /* client */
@@ -89,6 +101,9 @@ byte cs[NC];             /* client */
 byte gs[NC];             /* handler */
 byte ns[NC];             /* admission */
 bool wd[NC];             /* withdrawn while its commit runs */
+bool doubt[NC];          /* a failed COMMIT of it may be in the WAL: never withdrawn */
+bool wal[NC];            /* ghost: its frames are in the WAL, a crash may recover them */
+bool orph[NC];           /* its waiter stays without its client (told the outcome is unknown) */
 byte kw[NC];             /* BROKEN_TWO_COMMITS: 0, 1 key row queued, 2 written */
 byte mem = M_NONE;       /* memory mark */
 byte owner;              /* the request holding the BUSY mark */
@@ -96,7 +111,7 @@ bool dkey;               /* K's row is durable */
 bool storing;            /* the store thread runs a commit */
 byte life_dur;           /* ghost: durable admissions of K in this lifetime */
 byte run_adm;            /* ghost: admissions of K in this run and lifetime, not withdrawn */
-byte crashes, fails, timeouts, refusals, losts, expiries;
+byte crashes, fails, timeouts, refusals, losts, expiries, unknowns;
 
 #define PEND_ANY (ns[0] == N_PEND || ns[1] == N_PEND)
 
@@ -113,6 +128,7 @@ inline answer_202(c) {
 inline refuse(c) {
 #ifndef NO_W4_ASSERT
   assert(!(mem == M_BUSY && owner == c) && ns[c] == N_NONE);  /* W4 */
+  assert(!wal[c]);                                             /* W4: nor a crash */
 #endif
   printf("client %d: refused\n", c);
   gs[c] = G_IDLE;
@@ -144,7 +160,12 @@ inline durable(c) {
 inline withdraw(c) {
   if
   :: ns[c] == N_DUR -> durable(c)                              /* IS_DURABLE */
-  :: ns[c] == N_PEND || ns[c] == N_PARKED ->                   /* WITHDRAWN */
+#ifndef BROKEN_DOUBT_WITHDRAWN
+  :: ns[c] == N_PEND && doubt[c] -> gs[c] = G_WD               /* COMMITTING: in doubt */
+  :: (ns[c] == N_PEND && !doubt[c]) || ns[c] == N_PARKED ->    /* WITHDRAWN */
+#else
+  :: ns[c] == N_PEND || ns[c] == N_PARKED ->
+#endif
      ns[c] = N_NONE; wd[c] = false;
      if :: run_adm > 0 -> run_adm-- :: else fi;
      release(c);
@@ -200,6 +221,10 @@ proctype client(byte c) {
 #endif
      }
   :: atomic { gs[c] == G_WD && ns[c] != N_FLIGHT -> withdraw(c) }
+  :: atomic { gs[c] == G_WD && unknowns < MAXUNKNOWN ->          /* the second deadline */
+       unknowns++;
+       orph[c] = true; gs[c] = G_IDLE; cs[c] = C_READY;
+       printf("client %d: 503 durability_unknown\n", c) }
 #ifdef BROKEN_TWO_COMMITS
   :: atomic { gs[c] == G_KEYW && kw[c] == 2 ->
        assert(dkey);                                           /* W2 */
@@ -208,6 +233,31 @@ proctype client(byte c) {
      }
 #endif
   :: cs[c] == C_DONE && gs[c] == G_IDLE -> break
+  od
+}
+
+/* The gateway's poll for waiters left without their client (s_check):
+ * its own process, as the poll timer runs whatever the clients do. */
+proctype orphans() {
+  byte c;
+end:
+  do
+  :: atomic { (orph[0] && ns[0] == N_DUR) || (orph[1] && ns[1] == N_DUR) ->
+       if :: orph[0] && ns[0] == N_DUR -> c = 0 :: else -> c = 1 fi;
+       assert(dkey);                                           /* W2 */
+       mem = M_DONE; ns[c] = N_NONE; orph[c] = false;
+       printf("gateway: %d settled without its client\n", c) }
+  :: atomic { (orph[0] && ((ns[0] == N_PEND && !doubt[0]) || ns[0] == N_PARKED)) ||
+              (orph[1] && ((ns[1] == N_PEND && !doubt[1]) || ns[1] == N_PARKED)) ->
+       if
+       :: orph[0] && ((ns[0] == N_PEND && !doubt[0]) || ns[0] == N_PARKED) -> c = 0
+       :: else -> c = 1
+       fi;
+       assert(!wal[c]);                                        /* W4 */
+       ns[c] = N_NONE; wd[c] = false; orph[c] = false;
+       if :: run_adm > 0 -> run_adm-- :: else fi;
+       release(c);
+       printf("gateway: %d withdrawn without its client\n", c) }
   od
 }
 
@@ -223,7 +273,7 @@ end:
        for (i : 0 .. NC - 1) {
          if
          :: ns[i] == N_FLIGHT ->
-            ns[i] = N_DUR; wd[i] = false;
+            ns[i] = N_DUR; wd[i] = false; doubt[i] = false;
             life_dur++;
             printf("store: entry of %d committed\n", i);
             assert(life_dur <= 1);                             /* W1 */
@@ -233,14 +283,27 @@ end:
          :: else
          fi
        }
+       /* Its frames follow what is in the WAL: a batch left there by a
+        * failed COMMIT can no longer be recovered. */
+       for (i : 0 .. NC - 1) { wal[i] = false };
        storing = false }
   :: atomic { storing && fails < MAXFAIL ->
        fails++;
-       printf("store: commit failed\n");
+       printf("store: commit failed (nothing of it in the WAL)\n");
        for (i : 0 .. NC - 1) {
          if
-         :: ns[i] == N_FLIGHT && wd[i] -> ns[i] = N_PARKED; wd[i] = false
-         :: ns[i] == N_FLIGHT && !wd[i] -> ns[i] = N_PEND
+         :: ns[i] == N_FLIGHT && wd[i] && !doubt[i] -> ns[i] = N_PARKED; wd[i] = false
+         :: ns[i] == N_FLIGHT && (!wd[i] || doubt[i]) -> ns[i] = N_PEND; wd[i] = false
+         :: else
+         fi
+       }
+       storing = false }
+  :: atomic { storing && fails < MAXFAIL ->
+       fails++;
+       printf("store: COMMIT failed at its fsync, the WAL not truncated: in doubt\n");
+       for (i : 0 .. NC - 1) {
+         if
+         :: ns[i] == N_FLIGHT -> ns[i] = N_PEND; wd[i] = false; doubt[i] = true; wal[i] = true
          :: else
          fi
        }
@@ -274,6 +337,16 @@ end:
          gs[i] = G_IDLE;
          ns[i] = N_NONE;          /* a durable one is counted in life_dur */
          wd[i] = false;
+         /* The restart's WAL recovery may find a failed COMMIT whole. */
+         if
+         :: wal[i] ->
+            life_dur++;
+            printf("restart: the WAL recovers the entry of %d\n", i);
+            assert(life_dur <= 1);                             /* W1 */
+            dkey = true
+         :: true
+         fi;
+         wal[i] = false; doubt[i] = false; orph[i] = false;
          if :: kw[i] == 1 -> kw[i] = 0 :: else fi
        }
        storing = false;
@@ -297,6 +370,7 @@ init {
     run keystore();
 #endif
     run faults();
+    run orphans();
     run client(0);
     run client(1)
   }

@@ -185,7 +185,8 @@ expect_cycle  dispatch_lost_at_crash  dispatch.pml all_finished -DBROKEN_DELETE_
 
 # ---------------------------------------------------------------- webhook.pml
 # X-Idempotency-Key: the key row in its entry's inbox transaction, the
-# memory mark, withdrawal at the deadline, crash and expiry (WIRE §14.11).
+# memory mark, withdrawal at the deadline, a batch in doubt after a failed
+# fsync, the second deadline, crash and expiry (WIRE §14.11).
 verify webhook            webhook.pml safety
 verify webhook_wide       webhook.pml safety -DMAXCRASH=2 -DMAXFAIL=3 -DMAXTIMEOUT=2 -DMAXREFUSE=2 -DMAXLOST=2 -DMAXEXPIRE=2
 verify webhook_all_done   webhook.pml fair:all_done
@@ -194,6 +195,8 @@ expect_caught webhook_no_busy      webhook.pml 'assertion violated \(run_adm==0\
 expect_caught webhook_keep_refused webhook.pml 'assertion violated \( !\(\(\(mem==1\)&&\(owner==c\)\)\)&&\(ns\[c\]==0\)\)' -DBROKEN_KEEP_ON_REFUSAL
 expect_caught webhook_early_202    webhook.pml 'assertion violated \(\(ns\[c\]==4\)&&dkey\)' -DBROKEN_EARLY_202
 expect_caught webhook_timeout_keeps webhook.pml 'assertion violated \( !\(\(\(mem==1\)&&\(owner==c\)\)\)&&\(ns\[c\]==0\)\)' -DBROKEN_TIMEOUT_KEEPS_ENTRY
+expect_caught webhook_doubt_withdrawn webhook.pml 'assertion violated  !\(wal\[c\]\)' -DBROKEN_DOUBT_WITHDRAWN
+expect_caught webhook_doubt_twice  webhook.pml 'assertion violated \(life_dur<=1\)' -DBROKEN_DOUBT_WITHDRAWN -DNO_W4_ASSERT
 # What W4 protects: with it off, the corrected retries get 409 forever.
 expect_cycle  webhook_refused_busy webhook.pml all_done -DBROKEN_KEEP_ON_REFUSAL -DNO_W4_ASSERT
 
