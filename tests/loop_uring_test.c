@@ -489,6 +489,103 @@ static void test_destroy_sqe_back(void **state)
     unlink(logpath);
 }
 
+/* ------------------------------------------------------------ an empty buffer ring */
+
+#define S_NOBUFS_BYTES (256u * 1024u)
+
+typedef struct {
+    size_t got;    /* bytes delivered so far */
+    size_t bad;    /* ...not the byte expected at their offset */
+    unsigned closes;
+} s_stream_t;
+
+static void s_stream_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    (void) c;
+    s_stream_t *s = ud;
+    for (size_t i = 0; i < len; i++)
+        s->bad += data[i] != (uint8_t) ((s->got + i) % 251);
+    s->got += len;
+}
+
+static void s_stream_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    (void) c;
+    (void) reason;
+    ((s_stream_t *) ud)->closes++;
+}
+
+static const router_conn_handlers_t s_stream_handlers = {.on_data = s_stream_data,
+                                                         .on_close = s_stream_close};
+
+static bool s_stream_done(void *ud)
+{
+    const s_stream_t *s = ud;
+    return s->got >= S_NOBUFS_BYTES || s->closes > 0;
+}
+
+/* One provided buffer for two busy connections: the kernel finds the ring
+ * empty (-ENOBUFS ends the multishot receive) again and again, and each
+ * time the receive is re-armed once the buffer is back: every byte of
+ * both streams arrives, in order, and neither connection is ended. */
+static void test_recv_nobufs_rearmed(void **state)
+{
+    (void) state;
+    router_loop_opts_t o = {.backend = ROUTER_LOOP_URING, .recv_buf_size = 512,
+                            .recv_buf_count = 1};
+    router_loop_t *loop = router_loop_new(&o);
+    if (!loop) {
+        print_message("io_uring refused here: skipping\n");
+        skip();
+    }
+    int sv[2][2];
+    s_stream_t st[2] = {{0}};
+    router_conn_t *c[2];
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv[k]), 0);
+        c[k] = router_loop_adopt(loop, sv[k][0], &s_stream_handlers, &st[k]);
+        assert_non_null(c[k]);
+    }
+    static uint8_t buf[S_NOBUFS_BYTES];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (uint8_t) (i % 251);
+    /* Written from here while the loop reads: nonblocking, in turns. */
+    size_t sent[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        int fl = fcntl(sv[k][1], F_GETFL);
+        assert_int_equal(fcntl(sv[k][1], F_SETFL, fl | O_NONBLOCK), 0);
+    }
+    uint64_t deadline = router_loop_now_ms(loop) + 30000;
+    while ((st[0].got < sizeof buf || st[1].got < sizeof buf) &&
+           router_loop_now_ms(loop) < deadline && !st[0].closes && !st[1].closes) {
+        for (int k = 0; k < 2; k++)
+            while (sent[k] < sizeof buf) {
+                ssize_t n = send(sv[k][1], buf + sent[k], sizeof buf - sent[k], MSG_NOSIGNAL);
+                if (n <= 0)
+                    break;
+                sent[k] += (size_t) n;
+            }
+        (void) test_loop_wait(loop, s_stream_done, &st[0], 1, 5);
+    }
+    test_loop_until(loop, s_stream_done, &st[0], 1, S_MAX_MS);
+    test_loop_until(loop, s_stream_done, &st[1], 1, S_MAX_MS);
+    router_loop_stats_t stats;
+    router_loop_stats(loop, &stats);
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(st[k].closes, 0);
+        assert_int_equal(st[k].got, sizeof buf);
+        assert_int_equal(st[k].bad, 0);
+    }
+    print_message("receives re-armed after -ENOBUFS: %llu\n",
+                  (unsigned long long) stats.recv_nobufs);
+    assert_true(stats.recv_nobufs > 0);
+    for (int k = 0; k < 2; k++) {
+        router_conn_abort(c[k]);
+        close(sv[k][1]);
+    }
+    router_loop_destroy(&loop);
+}
+
 /* ------------------------------------------------------------ what a wait answers */
 
 int router_uring_wait_fault(int rc);
@@ -542,6 +639,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_destroy_without_sqe, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_destroy_sqe_back, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_wait_dropped_cqes, s_setup, s_teardown),
+        cmocka_unit_test(test_recv_nobufs_rearmed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
