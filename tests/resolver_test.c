@@ -5,7 +5,10 @@
  * addresses gives them all in dialing order (IPv4 first, no repeats, at
  * most 8), the names and the callers waiting are bounded, and a resolver
  * destroyed with lookups in flight calls nobody and leaks nothing (LSan),
- * also when an answer's own callback destroys it. */
+ * also when an answer's own callback destroys it; made without memory it
+ * fails with ENOMEM and leaves no descriptor. */
+#include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -310,6 +313,54 @@ static void test_destroyed_by_an_answer(void **state)
     test_dns_set("gone.kith-test", NULL, 0);
 }
 
+/* Descriptors open in this process. */
+static int s_open_fds(void)
+{
+    int n = 0;
+    for (int fd = 0; fd < 1024; fd++)
+        n += fcntl(fd, F_GETFD) >= 0;
+    return n;
+}
+
+/* router_resolver_new without memory at each of its allocations: NULL
+ * with ENOMEM, its eventfd closed and nothing leaked (LSan); once it is
+ * made, a name longer than DNS allows is refused with why, before any
+ * lookup or allocation. */
+static void test_new_without_memory(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    assert_non_null(loop);
+    int before = s_open_fds();
+    long k;
+    for (k = 0; k < ALLOC_FAIL_RUNS_MAX; k++) {
+        alloc_fail_arm(k);
+        errno = 0;
+        router_resolver_t *r = router_resolver_new(loop, NULL);
+        unsigned failed = alloc_fail_disarm();
+        if (!r) {
+            assert_true(failed > 0);
+            assert_int_equal(errno, ENOMEM);
+            assert_int_equal(s_open_fds(), before);
+            continue;
+        }
+        char host[ROUTER_ADDR_HOST_MAX + 8];
+        memset(host, 'a', sizeof host - 1);
+        host[sizeof host - 1] = '\0';
+        router_addr_list_t a;
+        char why[160] = "";
+        assert_int_equal(router_resolver_lookup(r, host, 9, &a, s_never, NULL, why, sizeof why),
+                         -1);
+        assert_string_equal(why, "the name is too long");
+        router_resolver_destroy(&r);
+        assert_int_equal(s_open_fds(), before);
+        if (failed == 0)
+            break;
+    }
+    assert_true(k > 0 && k < ALLOC_FAIL_RUNS_MAX);
+    router_loop_destroy(&loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -320,6 +371,7 @@ int main(void)
         cmocka_unit_test(test_bounds_and_destroy_in_flight),
         cmocka_unit_test(test_many_addresses),
         cmocka_unit_test(test_destroyed_by_an_answer),
+        cmocka_unit_test(test_new_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
