@@ -44,6 +44,7 @@ struct agent_oai_stream {
     char *data;                   /* the event's data lines, joined with LF */
     size_t data_len, data_cap;
     bool has_data;
+    bool saw_data;                /* a `data` field came at all: the body is an event stream */
     size_t total;                 /* body bytes so far */
     bool done;                    /* data: [DONE] seen */
     bool emitted;
@@ -444,7 +445,7 @@ static agent_oai_rc_t s_line(agent_oai_stream_t *s, const char *p, size_t n)
         r = s_append(&s->data, &s->data_len, &s->data_cap, v, vlen, AGENT_OAI_EVENT_MAX);
     if (r < 0)
         return S_REFUSED(s, r, "a stream event passed %u bytes", (unsigned) AGENT_OAI_EVENT_MAX);
-    s->has_data = true;
+    s->has_data = s->saw_data = true;
     return s->rc;
 }
 
@@ -618,4 +619,9 @@ bool agent_oai_stream_emitted(const agent_oai_stream_t *s)
 bool agent_oai_stream_done(const agent_oai_stream_t *s)
 {
     return s->done;
+}
+
+bool agent_oai_stream_saw_data(const agent_oai_stream_t *s)
+{
+    return s->saw_data;
 }

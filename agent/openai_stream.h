@@ -76,6 +76,10 @@ bool agent_oai_stream_emitted(const agent_oai_stream_t *s);
  * caller need not wait for the body's end (a server or proxy that keeps
  * it open would otherwise hold a finished answer until a timeout). */
 bool agent_oai_stream_done(const agent_oai_stream_t *s);
+/* Whether any `data:` line has been read: a body without one is no event
+ * stream at all (a whole JSON object, an error page), which the caller
+ * can say better than "ended before [DONE]". */
+bool agent_oai_stream_saw_data(const agent_oai_stream_t *s);
 
 /* Moves the assembled tool calls and token count into *out (after a
  * successful finish). A call without an id gets "call_<index>"; one without

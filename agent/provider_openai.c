@@ -50,6 +50,8 @@ typedef struct {
     bool aborted;         /* the sink said stop */
     bool stream_failed;   /* the reader refused the body */
     bool ended;           /* [DONE] was read: the rest of the body is not waited for */
+    char head[1024];      /* a 200 body's first octets, for one that is no event stream */
+    size_t head_len;
 } s_xfer_t;
 
 static pthread_once_t s_curl_once = PTHREAD_ONCE_INIT;
@@ -162,6 +164,11 @@ static size_t s_on_body(char *p, size_t size, size_t nmemb, void *ud)
             x->errbody[x->errlen] = '\0';
         }
         return n;
+    }
+    if (x->head_len < sizeof x->head) {
+        size_t k = n < sizeof x->head - x->head_len ? n : sizeof x->head - x->head_len;
+        memcpy(x->head + x->head_len, p, k);
+        x->head_len += k;
     }
     agent_oai_rc_t rc = agent_oai_stream_feed(x->stream, p, n);
     if (rc == AGENT_OAI_ABORTED) {
@@ -340,7 +347,19 @@ static s_x_rc_t s_exchange(s_openai_t *p, const char *body, size_t body_len, con
         rc = status == 429 || status >= 500 ? S_X_RETRY : S_X_ERROR;
         goto out;
     }
-    if (agent_oai_stream_finish(x.stream) != AGENT_OAI_OK || agent_oai_stream_take(x.stream, out) != 0) {
+    agent_oai_rc_t fin = agent_oai_stream_finish(x.stream);
+    if (fin != AGENT_OAI_OK && !agent_oai_stream_saw_data(x.stream)) {
+        /* A whole JSON object (the server ignored stream: true, or sent its
+         * error with a 200), a proxy's page, nothing: say what came. */
+        char msg[320];
+        agent_oai_error_message(x.head, x.head_len, msg, sizeof msg);
+        if (msg[0])
+            snprintf(err, errcap, "openai: the answer is not an event stream: %s", msg);
+        else
+            snprintf(err, errcap, "openai: the answer is empty (HTTP 200, no event stream)");
+        goto out;
+    }
+    if (fin != AGENT_OAI_OK || agent_oai_stream_take(x.stream, out) != 0) {
         snprintf(err, errcap, "openai: %s", agent_oai_stream_error(x.stream));
         goto out;
     }

@@ -494,6 +494,7 @@ static void test_done_is_seen(void **state)
     assert_false(agent_oai_stream_done(s));
     assert_int_equal(agent_oai_stream_feed(s, "\n", 1), AGENT_OAI_OK);
     assert_true(agent_oai_stream_done(s));
+    assert_true(agent_oai_stream_saw_data(s));
     assert_int_equal(agent_oai_stream_finish(s), AGENT_OAI_OK);
     agent_oai_stream_destroy(&s);
 }
@@ -540,10 +541,36 @@ static void test_empty_answers(void **state)
     }
 }
 
+/* A body with no `data:` line is no event stream: the provider says what
+ * came instead of "ended before [DONE]". Comments and other fields are
+ * not data. */
+static void test_no_data_line(void **state)
+{
+    (void) state;
+    static const char *const bodies[] = {
+        "{\"error\":{\"message\":\"quota\"}}", "", ": keep-alive\n\nevent: ping\nid: 1\n\n", "<html>\r\n</html>\r\n",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
+        agent_oai_stream_t *s = agent_oai_stream_new(NULL);
+        assert_non_null(s);
+        (void) agent_oai_stream_feed(s, bodies[i], strlen(bodies[i]));
+        assert_int_equal(agent_oai_stream_finish(s), AGENT_OAI_ERROR);
+        assert_false(agent_oai_stream_saw_data(s));
+        agent_oai_stream_destroy(&s);
+    }
+    agent_oai_stream_t *s = agent_oai_stream_new(NULL);
+    assert_int_equal(agent_oai_stream_feed(s, "data:", 5), AGENT_OAI_OK);
+    assert_false(agent_oai_stream_saw_data(s)); /* a line is read at its end */
+    assert_int_equal(agent_oai_stream_finish(s), AGENT_OAI_ERROR);
+    assert_true(agent_oai_stream_saw_data(s));
+    agent_oai_stream_destroy(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_done_is_seen),       cmocka_unit_test(test_empty_answers),
+        cmocka_unit_test(test_no_data_line),
         cmocka_unit_test(test_text_any_split),     cmocka_unit_test(test_crlf_and_no_done),
         cmocka_unit_test(test_tool_calls_assembled), cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_bounds),             cmocka_unit_test(test_callback_stops),

@@ -47,6 +47,8 @@ Misbehaviours (tests/integration/test_agent_provider_faults.py):
   badutf8      a content string holding the byte 0xff
   redirect     307 to another path
   unavailable  503 with an empty body, every time
+  error200     200 with a JSON error object, not a stream
+  empty200     200 with an empty body
   silent       the request read, then nothing at all (no status line)
   trickle      200, then an SSE comment every 100 ms and never a chunk
 
@@ -346,6 +348,15 @@ class FakeOpenAI:
 
             def s_unavailable(self, body, count):
                 self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def s_error200(self, body, count):
+                self.plain(200, {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota"}})
+
+            def s_empty200(self, body, count):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -5,7 +5,8 @@ server that misbehaves ends the turn with the right error frame and a
 message that names what happened — [DONE] alone, a reasoning model out of
 tokens, a content filter, tool arguments cut by max_tokens or not JSON, a
 chunk cut mid-JSON (body ended, or connection dropped), a body with no end
-marker, a byte that is not UTF-8, a redirect, a 503 with no body, a server
+marker, a byte that is not UTF-8, a redirect, a 503 with no body, a 200
+whose body is a JSON error or nothing rather than a stream, a server
 that says nothing, one that trickles keep-alives for ever, a host that does
 not resolve — or, for a tool nobody offered and a jump in tool-call
 indexes, the model hears the tool's error and answers. After every one of
@@ -91,6 +92,8 @@ def main():
             ("redirect", P, ["openai: HTTP 307: a redirect to http://127.0.0.1:%d/v2/chat/completions, which is "
                              "not followed" % fake.port]),
             ("unavailable", P, ["openai: HTTP 503 (after 3 attempts)"]),
+            ("error200", P, ["openai: the answer is not an event stream: You exceeded your current quota"]),
+            ("empty200", P, ["openai: the answer is empty (HTTP 200, no event stream)"]),
             ("silent", "AGENT_ERROR", ["the turn timed out after %d s" % TURN_TIMEOUT_S]),
             ("trickle", "AGENT_ERROR", ["the turn timed out after %d s" % TURN_TIMEOUT_S]),
         ]
