@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -560,6 +561,108 @@ static void test_unreadable_peer_is_cut_offline(void **state)
     assert_int_equal(o.calls, 1);
 }
 
+/* The peer ended the link (its FIN) while a large frame is still being
+ * written to it, so the link's own close waits on that flush. A send to
+ * the same peer meanwhile is not refused (it was, EPIPE: "cannot send:
+ * Broken pipe" for a peer that is there): it goes on a new connection and
+ * is told once, as is the send on the ending link. */
+typedef struct {
+    router_outbound_t *ob;
+    const uint8_t *pk;
+} s_link_probe_t;
+
+static bool s_link_not_offered(void *ud)
+{
+    const s_link_probe_t *p = ud;
+    return !router_outbound_connected(p->ob, p->pk);
+}
+
+typedef struct {
+    int listen_fd;
+    int fd;
+} s_raw_peer_t;
+
+static bool s_raw_accepted(void *ud)
+{
+    s_raw_peer_t *r = ud;
+    r->fd = accept4(r->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    return r->fd >= 0;
+}
+
+static void test_send_while_the_link_ends(void **state)
+{
+    (void) state;
+    /* A graceful close bounded far past the test's deadline for progress:
+     * the ending link stays ending while the test looks. */
+    router_loop_opts_t lo = {.close_timeout_ms = 600000};
+    router_loop_t *loop = router_loop_new(&lo);
+    assert_non_null(loop);
+    router_identity_t id;
+    memset(&id, 0, sizeof id);
+    router_outbound_opts_t oo = {.loop = loop, .identity = &id, .ack_timeout_ms = 600000};
+    router_outbound_t *ob = router_outbound_new(&oo);
+    assert_non_null(ob);
+
+    /* A peer that reads nothing (a small receive buffer, so most of the
+     * frame stays queued on our side). */
+    s_raw_peer_t raw = {.fd = -1};
+    raw.listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    assert_true(raw.listen_fd >= 0);
+    int small = 4096;
+    assert_int_equal(setsockopt(raw.listen_fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(raw.listen_fd, (struct sockaddr *) &sa, sizeof sa), 0);
+    assert_int_equal(listen(raw.listen_fd, 8), 0);
+    socklen_t sl = sizeof sa;
+    assert_int_equal(getsockname(raw.listen_fd, (struct sockaddr *) &sa, &sl), 0);
+    router_addr_t addr = s_addr("127.0.0.1", ntohs(sa.sin_port));
+
+    size_t big_len = PROTO_FRAME_MAX;
+    uint8_t *big = calloc(1, big_len);
+    assert_non_null(big);
+    uint32_t n = (uint32_t) (big_len - PROTO_FRAME_HEADER_LEN);
+    big[0] = (uint8_t) (n >> 24);
+    big[1] = (uint8_t) (n >> 16);
+    big[2] = (uint8_t) (n >> 8);
+    big[3] = (uint8_t) n;
+    uint8_t pk[32] = {31}, id1[16] = {32}, id2[16] = {33};
+    s_outcome_t o1 = {0}, o2 = {0};
+    assert_int_equal(router_outbound_send(ob, pk, &addr, big, big_len, id1, s_record, &o1), 0);
+    test_loop_until(loop, s_raw_accepted, &raw, 5, 10000);
+    /* More than the kernel's buffers on both sides take, within the
+     * connection's own bound on what waits unsent. */
+    for (int i = 0; i < 2; i++) {
+        id1[15] = (uint8_t) (i + 1);
+        assert_int_equal(router_outbound_send(ob, pk, &addr, big, big_len, id1, s_record, &o1), 0);
+    }
+    free(big);
+
+    /* The peer's FIN: the link ends, its flush still pending. */
+    assert_int_equal(shutdown(raw.fd, SHUT_WR), 0);
+    s_link_probe_t probe = {.ob = ob, .pk = pk};
+    test_loop_until(loop, s_link_not_offered, &probe, 5, 10000);
+    if (o1.calls != 0)
+        fail_msg("the ending link was told already: %s", o1.detail);
+
+    router_outbound_msg_t m = {.peer_pk = pk, .addr = &addr, .fd = -1, .frame = s_frame,
+                               .len = sizeof s_frame, .id = id2, .timeout_ms = 200,
+                               .cb = s_record, .ud = &o2};
+    errno = 0;
+    int rc = router_outbound_send_msg(ob, &m);
+    if (rc != 0)
+        fail_msg("a send while the old link ends was refused: %s", strerror(errno));
+    test_loop_until(loop, s_told, &o2, 5, 10000);
+    assert_int_equal(o2.calls, 1);
+    assert_int_equal(o2.outcome, ROUTER_SEND_OFFLINE); /* the raw peer never acks */
+
+    router_outbound_destroy(&ob);
+    assert_int_equal(o1.calls, 3);
+    assert_int_equal(o2.calls, 1);
+    close(raw.fd);
+    close(raw.listen_fd);
+    router_loop_destroy(&loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -572,6 +675,7 @@ int main(void)
         cmocka_unit_test(test_send_without_memory),
         cmocka_unit_test(test_only_the_peers_ack_settles),
         cmocka_unit_test(test_unreadable_peer_is_cut_offline),
+        cmocka_unit_test(test_send_while_the_link_ends),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -63,6 +63,7 @@ struct s_link {
     unsigned dialed;              /* ...how many tried so far */
     int dial_err;                 /* why the last connect failed */
     bool peer_closed;             /* the peer's orderly close (FIN) was read */
+    bool ending;                  /* we closed or cut conn: no new send may use it */
     bool oneshot;                 /* one envelope, one answer, then closed (WIRE §23.1); never reused */
     s_wait_t *head, *tail;        /* waiting sends, in send order */
     size_t waiting;
@@ -182,6 +183,7 @@ static void s_on_data(router_conn_t *conn, uint8_t *data, size_t len, void *ud)
             ROUTER_LOG(ROUTER_LOG_WARN, "comms", "peer's frames unreadable (%s); closing",
                        router_framed_error_str(router_framed_error(&l->framed)));
             router_framed_release(&l->framed);
+            l->ending = true;
             router_conn_abort(conn);
             return;
         }
@@ -263,6 +265,7 @@ static void s_on_eof(router_conn_t *conn, void *ud)
     /* The peer closed orderly and will send no more acks: whatever waits
      * was refused. */
     l->peer_closed = true;
+    l->ending = true;
     router_conn_close(conn);
 }
 
@@ -300,10 +303,14 @@ static const router_conn_handlers_t s_handlers = {
 
 /* ---------------------------------------------------------------- links */
 
+/* The open link to the peer. A link whose connection is ending (the peer
+ * closed it, or we cut it) is not one: its close may take until what it
+ * still writes is flushed, and a send queued there would be refused
+ * (EPIPE) although the peer may be there to dial again. */
 static s_link_t *s_link_find(const router_outbound_t *self, const uint8_t pk[32])
 {
     for (s_link_t *l = self->links; l; l = l->next)
-        if (l->conn && !l->oneshot && memcmp(l->pk, pk, 32) == 0)
+        if (l->conn && !l->oneshot && !l->ending && memcmp(l->pk, pk, 32) == 0)
             return l;
     return NULL;
 }

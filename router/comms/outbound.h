@@ -50,10 +50,11 @@ void router_outbound_destroy(router_outbound_t **self_p);
 
 /* Sends one framed, signed envelope (`frame`: 4-byte length + CBOR, copied)
  * with id `id` to the peer with key `peer_pk` at `addr`, reusing the open
- * connection to that peer if there is one. `cb` runs exactly once, never
- * from inside this call. Returns 0, or -1 with errno set (nothing sent, no
- * callback): ENOSPC or ENOMEM when the ack's timer cannot be set, ENOBUFS
- * when too many sends wait on the link, EPIPE when it is closing. */
+ * connection to that peer if there is one (not one that is ending: the
+ * send then dials anew). `cb` runs exactly once, never from inside this
+ * call. Returns 0, or -1 with errno set (nothing sent, no callback): ENOSPC
+ * or ENOMEM when the ack's timer cannot be set, ENOBUFS when too many sends
+ * wait on the link, EPIPE when it broke under the send. */
 int router_outbound_send(router_outbound_t *self, const uint8_t peer_pk[32],
                          const router_addr_t *addr, const uint8_t *frame, size_t len,
                          const uint8_t id[16], router_send_fn *cb, void *ud)
@@ -94,7 +95,8 @@ typedef struct {
 int router_outbound_send_msg(router_outbound_t *self, const router_outbound_msg_t *m)
     __attribute__((warn_unused_result));
 
-/* True when a connection to this peer is open (so no new fd is needed). */
+/* True when a connection to this peer is open and not ending (so no new fd
+ * is needed): one whose peer closed it, or that we cut, is not reused. */
 int router_outbound_connected(const router_outbound_t *self, const uint8_t peer_pk[32]);
 
 const char *router_send_outcome_str(router_send_outcome_t o);
