@@ -239,7 +239,11 @@ static void s_sse_stop(router_node_t *node, s_sse_t *sse)
  * agent_end, error) on /api/events. */
 static void s_sse_turn_event(const char *type, const char *json_object, void *ud)
 {
-    (void) gateway_events_publish(ud, type, json_object);
+    /* NULL: an event turns could not make. /ws/chat's sink, which replaces
+     * this one once the chat route is up, tells subscribers with a
+     * stream_gap; before that there are no turns to lose events of. */
+    if (json_object)
+        (void) gateway_events_publish(ud, type, json_object);
 }
 
 static int s_sse_start(router_node_t *node, const router_config_t *cfg, gateway_http_t *gw,
