@@ -231,19 +231,27 @@ static int s_cb_string(void *ud, const unsigned char *p, size_t n)
     return rc;
 }
 
-/* A value at the top-level `error` other than a string (which says why)
- * or null: the chunk is an error all the same, said when it has been read
- * (its message may follow). */
-static void s_error_value(agent_oai_stream_t *s)
+/* A value other than a string or null begins. At the top-level `error` it
+ * makes the chunk an error all the same, said when it has been read (its
+ * message may follow). As a tool call's `arguments` (an object some servers
+ * send in place of its JSON text) it is refused: ignored, the call would
+ * run with {} instead of what the model asked. 0 to stop. */
+static int s_other_value(agent_oai_stream_t *s)
 {
     if (S_PATH(s, "error"))
         s->error_seen = true;
+    if (s->in_elem && S_PATH(s, "choices", "*", "delta", "tool_calls", "*", "function", "arguments")) {
+        s_fail(s, "a tool call's arguments are not a JSON string");
+        return 0;
+    }
+    return 1;
 }
 
 static int s_cb_integer(void *ud, long long v)
 {
     agent_oai_stream_t *s = ud;
-    s_error_value(s);
+    if (!s_other_value(s))
+        return 0;
     if (s->in_elem && S_PATH(s, "choices", "*", "delta", "tool_calls", "*", "index")) {
         if (v < 0 || v >= AGENT_OAI_TOOL_CALLS_MAX) {
             s_fail(s, "a tool call index %lld is outside 0..%d", v, AGENT_OAI_TOOL_CALLS_MAX - 1);
@@ -278,21 +286,20 @@ static int s_cb_null(void *ud)
 static int s_cb_bool(void *ud, int b)
 {
     (void) b;
-    s_error_value(ud);
-    return s_cb_scalar(ud);
+    return s_other_value(ud) ? s_cb_scalar(ud) : 0;
 }
 
 static int s_cb_double(void *ud, double d)
 {
     (void) d;
-    s_error_value(ud);
-    return s_cb_scalar(ud);
+    return s_other_value(ud) ? s_cb_scalar(ud) : 0;
 }
 
 static int s_cb_start_map(void *ud)
 {
     agent_oai_stream_t *s = ud;
-    s_error_value(s);
+    if (!s_other_value(s))
+        return 0;
     /* An element of choices[].delta.tool_calls begins. */
     if (S_PATH(s, "choices", "*", "delta", "tool_calls", "*")) {
         s->in_elem = true;
@@ -356,8 +363,7 @@ static int s_cb_end_map(void *ud)
 
 static int s_cb_start_array(void *ud)
 {
-    s_error_value(ud);
-    return s_push(ud, false);
+    return s_other_value(ud) ? s_push(ud, false) : 0;
 }
 
 static int s_cb_end_array(void *ud)

@@ -503,7 +503,7 @@ static void test_done_is_seen(void **state)
  * said "stop"; otherwise the reason is the error, never an empty answer:
  * [DONE] alone, a reasoning model out of tokens before any text, a content
  * filter (a reason with a line end read as one line). A tool call cut by
- * max_tokens says so. */
+ * max_tokens says so; one whose arguments are not a string is refused. */
 static void test_empty_answers(void **state)
 {
     (void) state;
@@ -521,13 +521,33 @@ static void test_empty_answers(void **state)
                        "{\"name\":\"peers\",\"arguments\":\"{\\\"a\\\": [1, \"}}]}}]}\n\n"
                        "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n",
                        step, "tool call 0 (peers): its arguments were cut at the token limit (finish_reason length)");
-        /* The model chose to say nothing: an empty answer. */
+        /* Arguments as an object (not its JSON text), or any other
+         * non-string: refused, never run as {}; null is none. */
+        s_expect_error("data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\",\"function\":"
+                       "{\"name\":\"send_message\",\"arguments\":{\"peer\":\"bob\"}}}]}}]}\n\ndata: [DONE]\n\n",
+                       step, "a tool call's arguments are not a JSON string");
+        s_expect_error("data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"name\":\"peers\","
+                       "\"arguments\":[1]}}]}}]}\n\n", step, "a tool call's arguments are not a JSON string");
+        s_expect_error("data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"name\":\"peers\","
+                       "\"arguments\":7}}]}}]}\n\n", step, "a tool call's arguments are not a JSON string");
+        s_expect_error("data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"name\":\"peers\","
+                       "\"arguments\":true}}]}}]}\n\n", step, "a tool call's arguments are not a JSON string");
         s_out_t o = {0};
         agent_oai_stream_t *s = NULL;
+        assert_int_equal(s_run("data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"name\":\"peers\","
+                               "\"arguments\":null}}]},\"finish_reason\":\"tool_calls\"}]}\n\n", step, &o, &s),
+                         AGENT_OAI_OK);
+        agent_completion_t c = {0};
+        assert_int_equal(agent_oai_stream_take(s, &c), 0);
+        assert_int_equal(c.n_calls, 1);
+        assert_string_equal(c.calls[0].arguments.p, "{}");
+        agent_completion_clear(&c);
+        agent_oai_stream_destroy(&s);
+        /* The model chose to say nothing: an empty answer. */
+        memset(&o, 0, sizeof o);
         assert_int_equal(s_run("data: {\"choices\":[{\"delta\":{\"content\":\"\"},\"finish_reason\":\"stop\"}]}\n\n"
                                "data: [DONE]\n\n", step, &o, &s),
                          AGENT_OAI_OK);
-        agent_completion_t c = {0};
         assert_int_equal(agent_oai_stream_take(s, &c), 0);
         assert_int_equal(c.n_calls, 0);
         agent_oai_stream_destroy(&s);

@@ -39,6 +39,8 @@ Misbehaviours (tests/integration/test_agent_provider_faults.py):
                the conversation, text quoting it
   indexjump    two calls at tool_calls indexes 0 and 3 (none between), of
                unknown tools; then text counting the results
+  objargs      a send_message call whose arguments are a JSON object, not
+               its text (once a tool result is in the conversation, text)
   cutchunk     text, then a chunk cut in the middle of its JSON, the body
                ended cleanly (the last chunk of the chunked encoding)
   cutbody      text, then a chunk cut in the middle, the connection closed
@@ -304,6 +306,14 @@ class FakeOpenAI:
 
             def s_badargs(self, body, count):
                 self.stream(self.call_stream([(0, "call_b", "send_message", "peer=bob")], "tool_calls"))
+
+            def s_objargs(self, body, count):
+                if any(m["role"] == "tool" for m in body["messages"]):
+                    return self.stream(text_stream(["ran"]))
+                self.stream([chunk({"role": "assistant", "content": None}),
+                             chunk({"tool_calls": [{"index": 0, "id": "call_o", "type": "function", "function": {
+                                 "name": "send_message", "arguments": {"peer": "bob", "body": "hi"}}}]}),
+                             chunk({}, "tool_calls"), "data: [DONE]\n\n"])
 
             def s_unknowntool(self, body, count):
                 tool_msgs = [m for m in body["messages"] if m["role"] == "tool"]

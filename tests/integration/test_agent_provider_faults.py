@@ -3,7 +3,8 @@ with agent.provider "openai" and one embedded agent thread, its
 agent.base_url on fake_openai.py, driven over /ws/chat: an OpenAI-compatible
 server that misbehaves ends the turn with the right error frame and a
 message that names what happened — [DONE] alone, a reasoning model out of
-tokens, a content filter, tool arguments cut by max_tokens or not JSON, a
+tokens, a content filter, tool arguments cut by max_tokens, not JSON or
+an object instead of its text, a
 chunk cut mid-JSON (body ended, or connection dropped), a body with no end
 marker, a byte that is not UTF-8, a redirect, a 503 with no body, a 200
 whose body is a JSON error or nothing rather than a stream, a server
@@ -84,6 +85,7 @@ def main():
             ("thinkout", P, ["openai: the answer reached the token limit (finish_reason length) before any text"]),
             ("filtered", P, ["openai: the answer ended with finish_reason content_filter and no text"]),
             ("cutargs", P, ["openai: tool call 0 (send_message): its arguments were cut at the token limit"]),
+            ("objargs", P, ["openai: a tool call's arguments are not a JSON string"]),
             ("badargs", P, ["openai: tool call 0 (send_message): its arguments are not JSON"]),
             ("cutchunk", P, ["openai: a malformed stream chunk"]),
             ("cutbody", P, ["openai: "]),
