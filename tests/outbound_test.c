@@ -561,11 +561,13 @@ static void test_unreadable_peer_is_cut_offline(void **state)
     assert_int_equal(o.calls, 1);
 }
 
-/* The peer ended the link (its FIN) while a large frame is still being
+/* The peer ended the link (its FIN) while large frames are still being
  * written to it, so the link's own close waits on that flush. A send to
  * the same peer meanwhile is not refused (it was, EPIPE: "cannot send:
  * Broken pipe" for a peer that is there): it goes on a new connection and
- * is told once, as is the send on the ending link. */
+ * is told once. When the peer then resets the old connection, the sends
+ * that waited there are refused, as its orderly end said first (they were
+ * reported offline). */
 typedef struct {
     router_outbound_t *ob;
     const uint8_t *pk;
@@ -581,6 +583,12 @@ typedef struct {
     int listen_fd;
     int fd;
 } s_raw_peer_t;
+
+/* Three sends recorded into one outcome were all told. */
+static bool s_told3(void *ud)
+{
+    return ((s_outcome_t *) ud)->calls >= 3;
+}
 
 static bool s_raw_accepted(void *ud)
 {
@@ -655,10 +663,18 @@ static void test_send_while_the_link_ends(void **state)
     assert_int_equal(o2.calls, 1);
     assert_int_equal(o2.outcome, ROUTER_SEND_OFFLINE); /* the raw peer never acks */
 
+    /* The peer now resets what we were still writing into it: its FIN came
+     * first, so the sends on the ending link were refused (never read),
+     * not "offline". */
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    assert_int_equal(setsockopt(raw.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    close(raw.fd);
+    test_loop_until(loop, s_told3, &o1, 5, 10000);
+    assert_int_equal(o1.outcome, ROUTER_SEND_REJECTED);
+
     router_outbound_destroy(&ob);
     assert_int_equal(o1.calls, 3);
     assert_int_equal(o2.calls, 1);
-    close(raw.fd);
     close(raw.listen_fd);
     router_loop_destroy(&loop);
 }

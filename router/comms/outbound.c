@@ -3,8 +3,10 @@
  *
  * How a link's end settles the sends still waiting (spec/WIRE.md §9.1): the
  * peer's orderly close (FIN) with no ack is a refusal, because a receiver
- * closes orderly only after a typed refusal; a reset, a socket error, our
- * own cut or a timeout says nothing about the envelope: offline.
+ * closes orderly only after a typed refusal (or on drain, unread), and that
+ * holds however our side of the close then ends; a reset, a socket error,
+ * our own cut or a timeout with no FIN first says nothing about the
+ * envelope: offline.
  *
  * Meerkat-profile sends (WIRE §23.1) each get a link of their own that is
  * never reused: the envelope, its one answer, our orderly close.
@@ -241,8 +243,11 @@ static void s_on_close(router_conn_t *conn, router_close_reason_t reason, void *
                      strerror(l->dial_err));
         else
             snprintf(detail, sizeof detail, "cannot connect: %s", strerror(l->dial_err));
-    } else if (l->peer_closed && (reason == ROUTER_CLOSE_LOCAL || reason == ROUTER_CLOSE_EOF)) {
-        /* An orderly close with no ack: the receiver refused (typed). */
+    } else if (l->peer_closed) {
+        /* The peer's orderly end came first, after the acks it owed: what
+         * still waits was refused (typed) or never read, so not admitted,
+         * however our own close then ended (a reset for what we were still
+         * writing into it, or the close's timeout; WIRE §8.3, §9.1). */
         outcome = ROUTER_SEND_REJECTED;
         snprintf(detail, sizeof detail, "the peer closed the connection without an ack");
     } else if (reason == ROUTER_CLOSE_ERROR) {
