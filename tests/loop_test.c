@@ -29,6 +29,7 @@
 #include <sys/resource.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -1270,6 +1271,92 @@ static void test_connect_refused_by_epoll(void **state)
     router_loop_destroy(&loop);
 }
 
+typedef struct {
+    s_dial_t side[2]; /* what each accepted connection saw */
+    unsigned accepted;
+    size_t got;       /* bytes the second one received */
+} s_acc_t;
+
+static void s_acc_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
+{
+    (void) c;
+    (void) data;
+    ((s_acc_t *) ud)->got += len;
+}
+
+static void s_acc_close(router_conn_t *c, router_close_reason_t reason, void *ud)
+{
+    s_acc_t *a = ud;
+    s_dial_t *d = &a->side[a->accepted > 1 ? 1 : 0];
+    d->closes++;
+    d->reason = reason;
+    d->err = router_conn_error(c);
+}
+
+static void s_acc_on_accept(router_listener_t *l, router_conn_t *c, void *ud)
+{
+    (void) l;
+    s_acc_t *a = ud;
+    a->accepted++;
+    static const router_conn_handlers_t h = {.on_data = s_acc_data, .on_close = s_acc_close};
+    router_conn_set_handlers(c, &h, a);
+}
+
+static bool s_acc_first_closed(void *ud)
+{
+    return ((s_acc_t *) ud)->side[0].closes > 0;
+}
+
+static bool s_acc_second_got(void *ud)
+{
+    return ((s_acc_t *) ud)->got >= 2;
+}
+
+static int s_tcp_client(router_listener_t *l)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_port = htons(router_addr_port(router_listener_addr(l))),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *) &sin, sizeof sin), 0);
+    struct timeval tv = {.tv_sec = 10};
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    return fd;
+}
+
+/* An accepted connection the epoll set refuses (ENOSPC past
+ * fs.epoll.max_user_watches) ends with that reason, its client sees the
+ * end (never silence), and the listener goes on serving the next one. */
+static void test_accepted_refused_by_epoll(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    router_addr_t addr;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
+    s_acc_t a = {0};
+    router_listener_t *l = router_loop_listen(loop, &addr, s_acc_on_accept, &a);
+    assert_non_null(l);
+    int c1 = s_tcp_client(l);
+    s_ctl_fail_arm(EPOLL_CTL_ADD, ENOSPC);
+    test_loop_until(loop, s_acc_first_closed, &a, 5, 10000);
+    assert_int_equal(s_ctl_failed, 1);
+    assert_int_equal(a.side[0].closes, 1);
+    assert_int_equal(a.side[0].reason, ROUTER_CLOSE_ERROR);
+    assert_int_equal(a.side[0].err, ENOSPC);
+    char b[8];
+    ssize_t n = recv(c1, b, sizeof b, 0);
+    assert_true(n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE)));
+    int c2 = s_tcp_client(l);
+    assert_int_equal(send(c2, "hi", 2, MSG_NOSIGNAL), 2);
+    test_loop_until(loop, s_acc_second_got, &a, 5, 10000);
+    assert_int_equal(a.accepted, 2);
+    assert_int_equal(a.side[1].closes, 0);
+    close(c1);
+    close(c2);
+    router_listener_close(&l);
+    router_loop_destroy(&loop);
+}
+
 #define BOTH(f)                                                        \
     {#f "@uring", f, NULL, NULL, &s_uring}, {#f "@epoll", f, NULL, NULL, &s_epoll}
 
@@ -1299,6 +1386,8 @@ int main(void)
         BOTH(test_refusals),
         BOTH(test_watch_update_refused_then_retried),
         {"test_connect_refused_by_epoll@epoll", test_connect_refused_by_epoll, NULL, NULL,
+         &s_epoll},
+        {"test_accepted_refused_by_epoll@epoll", test_accepted_refused_by_epoll, NULL, NULL,
          &s_epoll},
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
