@@ -48,7 +48,7 @@ void agent_json_buf_put(agent_json_buf_t *b, const char *p, size_t n)
             cap *= 2;
         char *d = realloc(b->data, cap);
         if (!d) {
-            b->failed = true;
+            b->failed = b->no_memory = true;
             return;
         }
         b->data = d;

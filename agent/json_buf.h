@@ -15,6 +15,7 @@ typedef struct {
     size_t cap;     /* bytes allocated */
     size_t limit;   /* most bytes allowed */
     bool failed;    /* over the limit or out of memory */
+    bool no_memory; /* the failure was an allocation, not the limit */
 } agent_json_buf_t;
 
 void agent_json_buf_init(agent_json_buf_t *b, size_t limit);

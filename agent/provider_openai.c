@@ -131,8 +131,12 @@ static char *s_request_body(const s_openai_t *p, const agent_completion_req_t *r
         agent_json_buf_puts(&b, "]");
     }
     agent_json_buf_puts(&b, "}");
+    /* Past the bound, or an allocation (of the text, or of take's "")? */
+    bool past_max = b.failed && !b.no_memory;
     char *body = agent_json_buf_take(&b, len);
-    if (!body)
+    if (!body && !past_max)
+        snprintf(err, errcap, "openai: out of memory");
+    else if (!body)
         snprintf(err, errcap, "openai: the request would pass %u bytes", (unsigned) AGENT_OPENAI_REQUEST_MAX);
     return body;
 }
