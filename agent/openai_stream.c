@@ -234,14 +234,21 @@ static int s_cb_string(void *ud, const unsigned char *p, size_t n)
 /* A value other than a string or null begins. At the top-level `error` it
  * makes the chunk an error all the same, said when it has been read (its
  * message may follow). As a tool call's `arguments` (an object some servers
- * send in place of its JSON text) it is refused: ignored, the call would
- * run with {} instead of what the model asked. 0 to stop. */
+ * send in place of its JSON text) or a delta's `content` it is refused:
+ * ignored, the call would run with {} instead of what the model asked, the
+ * text would be lost. 0 to stop. */
 static int s_other_value(agent_oai_stream_t *s)
 {
     if (S_PATH(s, "error"))
         s->error_seen = true;
     if (s->in_elem && S_PATH(s, "choices", "*", "delta", "tool_calls", "*", "function", "arguments")) {
         s_fail(s, "a tool call's arguments are not a JSON string");
+        return 0;
+    }
+    /* Text in parts ([{"type":"text",…}]) or any other shape: dropped, the
+     * answer would have reached the client empty or with holes. */
+    if (S_PATH(s, "choices", "*", "delta", "content")) {
+        s_fail(s, "a chunk's content is not a string");
         return 0;
     }
     return 1;

@@ -503,7 +503,8 @@ static void test_done_is_seen(void **state)
  * said "stop"; otherwise the reason is the error, never an empty answer:
  * [DONE] alone, a reasoning model out of tokens before any text, a content
  * filter (a reason with a line end read as one line). A tool call cut by
- * max_tokens says so; one whose arguments are not a string is refused. */
+ * max_tokens says so; one whose arguments are not a string is refused, and
+ * so is content that is not a string. */
 static void test_empty_answers(void **state)
 {
     (void) state;
@@ -532,6 +533,11 @@ static void test_empty_answers(void **state)
                        "\"arguments\":7}}]}}]}\n\n", step, "a tool call's arguments are not a JSON string");
         s_expect_error("data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"name\":\"peers\","
                        "\"arguments\":true}}]}}]}\n\n", step, "a tool call's arguments are not a JSON string");
+        /* Content in parts, or a number: refused, never dropped. */
+        s_expect_error("data: {\"choices\":[{\"delta\":{\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]},"
+                       "\"finish_reason\":\"stop\"}]}\n\n", step, "a chunk's content is not a string");
+        s_expect_error("data: {\"choices\":[{\"delta\":{\"content\":1}}]}\n\n", step,
+                       "a chunk's content is not a string");
         s_out_t o = {0};
         agent_oai_stream_t *s = NULL;
         assert_int_equal(s_run("data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"name\":\"peers\","
