@@ -393,6 +393,43 @@ static void test_watch_without_sqe(void **state)
     close(p[1]);
 }
 
+static void s_pipe_write(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    assert_int_equal(write(*(int *) ud, "x", 1), 1);
+}
+
+/* A watch's poll that ends when no SQE can be had to re-arm it (the
+ * kernel ends multishot polls when its completion queue overflows, just
+ * when SQEs are refused; here: the old poll's removal after a refused
+ * update) is re-armed before a later wait. It used to be reported as an
+ * error and left unwatched for good: the loop's own eventfd watch ignores
+ * the error, so posts from other threads no longer woke an idle loop. */
+static void test_watch_rearm_without_sqe(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    s_watch_seen_t seen = {0};
+    router_watch_t *w = router_loop_watch_fd(f->loop, p[0], ROUTER_EV_READ, s_watch_cb, &seen);
+    assert_non_null(w);
+    /* The removal is queued; the new poll is refused, and so is the old
+     * one's re-arm when its removal completes. */
+    uring_fail_arm(1, 2);
+    assert_int_equal(router_watch_update(w, ROUTER_EV_WRITE), -1);
+    /* The byte comes after the first wait has submitted the removal, so
+     * only a re-armed poll can report it. */
+    assert_true(router_loop_timer_add(f->loop, 0, s_pipe_write, &p[1]) != 0);
+    test_loop_until(f->loop, s_watch_fired, &seen, 2, S_MAX_MS);
+    assert_int_equal(uring_fail_disarm(), 2);
+    assert_int_equal(seen.events & ROUTER_EV_ERROR, 0);
+    assert_true(seen.events & ROUTER_EV_READ);
+    router_watch_destroy(&w);
+    close(p[0]);
+    close(p[1]);
+}
+
 /* A poll holds its file: closing the fd does not end it. A watch destroyed
  * while no SQE could be had must still have its poll removed once one can
  * be: then the pipe's read end is really gone and a write fails with EPIPE
@@ -636,6 +673,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_listen_without_sqe, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_watch_without_sqe, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_watch_destroyed_without_sqe, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_watch_rearm_without_sqe, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_destroy_without_sqe, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_destroy_sqe_back, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_wait_dropped_cqes, s_setup, s_teardown),

@@ -61,6 +61,7 @@ typedef struct s_uring {
     int accept_ep;                 /* epoll set of the listeners (see "listeners") */
     bool accept_polled;            /* a multishot poll on accept_ep is in flight */
     bool accept_again;             /* a listener may have connections waiting */
+    bool watch_rearm;              /* a live watch's poll ended and found no SQE */
 } s_uring_t;
 
 static s_uring_t *s_u(const router_loop_t *loop)
@@ -635,9 +636,24 @@ static void s_on_poll(router_loop_t *loop, router_watch_t *w, const struct io_ur
         w->be.u.failed = true; /* EBADF and the like: re-arming would only fail again */
         router_watch_fire(w, ROUTER_EV_ERROR);
     }
+    /* A poll that ended with no SQE to re-arm it (the kernel ends
+     * multishot polls when its completion queue overflows, just when SQEs
+     * are refused) is re-armed before a later wait: firing ROUTER_EV_ERROR
+     * left it unwatched for good, and the loop's own eventfd with it, so
+     * posts from other threads no longer woke an idle loop. */
     if (!more && !w->dead && !w->be.u.failed && w->be.u.inflight == 0 &&
         s_watch_start(w) < 0)
-        router_watch_fire(w, ROUTER_EV_ERROR);
+        u->watch_rearm = true;
+}
+
+/* Re-arms the live watches whose poll ended while no SQE could be had. */
+static void s_watch_retry_starts(router_loop_t *loop)
+{
+    s_uring_t *u = s_u(loop);
+    u->watch_rearm = false;
+    for (router_watch_t *w = loop->watches; w; w = w->next)
+        if (!w->dead && !w->be.u.failed && w->be.u.inflight == 0 && s_watch_start(w) < 0)
+            u->watch_rearm = true;
 }
 
 /* ------------------------------------------------------------ waiting */
@@ -680,6 +696,11 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
     }
     if (loop->dead_watches)
         s_watch_retry_stops(loop);
+    if (u->watch_rearm) {
+        s_watch_retry_starts(loop);
+        if (u->watch_rearm && (timeout_ms < 0 || timeout_ms > 10))
+            timeout_ms = 10; /* still none: try again soon, not never */
+    }
     if (u->accept_again)
         timeout_ms = 0; /* accepted below, after the wait: not a reason to sleep */
     struct io_uring_cqe *cqe;
