@@ -38,7 +38,10 @@ int router_inproc_bind(router_inproc_t *self, const char *name, router_inproc_ac
 void router_inproc_unbind(router_inproc_t *self, const char *name);
 
 /* Connects to `name`: returns the dialer's end (nonblocking, close-on-exec),
- * or -1 with errno ECONNREFUSED (nobody bound, or the acceptor refused). */
+ * or -1 with errno ECONNREFUSED (nobody bound, or the acceptor refused),
+ * EMFILE or ENFILE (no descriptors for the socket pairs), or ENOMEM (a
+ * faulty namespace's relay could not take the connection: the acceptor
+ * saw its end close). */
 int router_inproc_dial(router_inproc_t *self, const char *name)
     __attribute__((warn_unused_result));
 
