@@ -771,6 +771,68 @@ static void test_end_of_stream(void **state)
     assert_int_equal(f->paired_calls, 1);
 }
 
+static void s_noop_post(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    (void) arg;
+}
+
+/* The loop's post queue is full when the file write comes back (a busy
+ * loop): the writer keeps trying to hand its answer over instead of giving
+ * up after 2 s (it did: the client never heard "complete" for a pairing
+ * the files hold, and the job leaked). Once the queue drains, the answer
+ * goes out. */
+static void test_answer_waits_for_a_full_queue(void **state)
+{
+    s_fix_t *f = *state;
+    s_slot_t slot;
+    char challenge[64], line[1024], binding[160];
+    router_conn_t *conn = s_open(f, &slot);
+    assert_non_null(conn);
+    s_hello(f, conn, challenge);
+    unsigned queued = 0;
+    while (router_loop_post(f->loop, s_noop_post, NULL) == 0)
+        assert_true(++queued <= 4096);
+    s_proof(line, sizeof line, S_PASSWORD, challenge, "tcp://10.0.0.2:4200");
+    /* Fed without running the loop: the proof is read, the writer starts. */
+    assert_int_equal(router_mem_conn_feed(conn, (const uint8_t *) line, strlen(line)), strlen(line));
+    snprintf(binding, sizeof binding, "%s/" ROUTER_PAIRING_BINDINGS_FILE, f->home);
+    for (int i = 0; i < 20000 && access(binding, F_OK) != 0; i++)
+        nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
+    assert_int_equal(access(binding, F_OK), 0); /* written: the writer now posts */
+    /* Past the writer's 2 s try with the queue still full. */
+    nanosleep(&(struct timespec){.tv_sec = 2, .tv_nsec = 500000000}, NULL);
+    s_wait_lines(f, 1);
+    assert_non_null(strstr(s_far.out, "\"kind\":\"meerkat_pairing_complete\""));
+    s_far_eof(f->loop);
+    assert_true(s_far.ended);
+    assert_int_equal(f->paired_calls, 1);
+}
+
+/* As above, but the pairing is stopping (quiesce) while the queue is still
+ * full: the writer gives up, quiesce returns, and destroy frees its job
+ * after the connection that named it is gone (LSan: nothing leaks). */
+static void test_stopping_with_a_full_queue(void **state)
+{
+    s_fix_t *f = *state;
+    s_slot_t slot;
+    char challenge[64], line[1024], binding[160];
+    router_conn_t *conn = s_open(f, &slot);
+    assert_non_null(conn);
+    s_hello(f, conn, challenge);
+    unsigned queued = 0;
+    while (router_loop_post(f->loop, s_noop_post, NULL) == 0)
+        assert_true(++queued <= 4096);
+    s_proof(line, sizeof line, S_PASSWORD, challenge, "tcp://10.0.0.2:4200");
+    assert_int_equal(router_mem_conn_feed(conn, (const uint8_t *) line, strlen(line)), strlen(line));
+    snprintf(binding, sizeof binding, "%s/" ROUTER_PAIRING_BINDINGS_FILE, f->home);
+    for (int i = 0; i < 20000 && access(binding, F_OK) != 0; i++)
+        nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
+    router_pairing_quiesce(f->p); /* returns once the writer gave up */
+    assert_int_equal(f->paired_calls, 0);
+    /* s_teardown: the loop goes (the connection with it), then destroy. */
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -789,6 +851,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_proof_alloc_fail, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_gone_and_unwritable, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_end_of_stream, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_answer_waits_for_a_full_queue, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_stopping_with_a_full_queue, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

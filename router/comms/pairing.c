@@ -56,9 +56,12 @@ struct router_pairing {
     unsigned conns;                      /* handshakes open */
     router_tokens_t *lockouts;           /* wrong proofs, durably; borrowed; NULL: refuse */
     router_pairing_stats_t stats;
-    pthread_mutex_t mu;                  /* guards `writers` */
+    pthread_mutex_t mu;                  /* guards `writers`, `stopping`, `orphans` */
     pthread_cond_t cv;
     unsigned writers;                    /* file-writing threads running */
+    bool stopping;                       /* quiesce began: a writer that cannot hand its
+                                          * answer back stops trying */
+    s_job_t *orphans;                    /* such writers' jobs, freed by destroy */
 };
 
 /* A trust + binding write, handed to a thread and back. */
@@ -70,6 +73,7 @@ struct s_job {
     char kith_name[ROUTER_PEER_NAME_MAX + 1];
     int rc;                              /* 0 written */
     char err[ROUTER_TRUST_ERR_MAX];
+    s_job_t *next_orphan;                /* in router_pairing's orphans */
 };
 
 /* ---------------------------------------------------------------- answers */
@@ -237,9 +241,27 @@ static void *s_writer(void *arg)
     j->rc = router_trust_edit(p->home, s_edit_trust, j, j->err, sizeof j->err);
     if (j->rc == 0)
         j->rc = s_write_binding(j, p->home, j->err, sizeof j->err);
-    /* The loop's post queue may be full for a moment: retry, briefly. */
-    if (router_loop_post_wait(p->loop, s_job_done, j, 2000) != 0)
-        ROUTER_LOG(ROUTER_LOG_ERROR, "pairing", "cannot hand a pairing back to the loop");
+    /* The loop's post queue may be full for a while: keep trying, for the
+     * answer is owed (the files say paired, or the client must be told
+     * why not) and the connection still points at the job. Only once the
+     * pairing is stopping is it given up: then the job waits for destroy,
+     * after the connections that may still name it are gone. */
+    while (router_loop_post_wait(p->loop, s_job_done, j, 2000) != 0) {
+        pthread_mutex_lock(&p->mu);
+        bool stop = p->stopping;
+        if (stop) {
+            j->next_orphan = p->orphans;
+            p->orphans = j;
+        }
+        pthread_mutex_unlock(&p->mu);
+        if (stop) {
+            ROUTER_LOG(ROUTER_LOG_ERROR, "pairing", "pairing %s %s, but stopping: its answer is not sent",
+                       j->kith_name, j->rc == 0 ? "saved" : "not saved");
+            break;
+        }
+        ROUTER_LOG(ROUTER_LOG_WARN, "pairing", "the loop's queue is full: pairing %s waits to answer",
+                   j->kith_name);
+    }
     pthread_mutex_lock(&p->mu);
     p->writers--;
     pthread_cond_broadcast(&p->cv);
@@ -480,6 +502,7 @@ void router_pairing_quiesce(router_pairing_t *self)
         return;
     self->on_paired = NULL;
     pthread_mutex_lock(&self->mu);
+    self->stopping = true;
     while (self->writers > 0)
         pthread_cond_wait(&self->cv, &self->mu);
     pthread_mutex_unlock(&self->mu);
@@ -491,6 +514,12 @@ void router_pairing_destroy(router_pairing_t **self_p)
         return;
     router_pairing_t *self = *self_p;
     router_pairing_quiesce(self);
+    while (self->orphans) {
+        s_job_t *j = self->orphans;
+        self->orphans = j->next_orphan;
+        sodium_memzero(&j->msg, sizeof j->msg);
+        free(j);
+    }
     if (self->password)
         sodium_memzero(self->password, strlen(self->password));
     free(self->password);
