@@ -689,7 +689,7 @@ static void test_gone_and_unwritable(void **state)
     s_far.out[0] = '\0';
     s_proof(line, sizeof line, S_PASSWORD, challenge, "tcp://10.0.0.2:4200");
     s_send(f, conn, line);
-    s_expect_error(f, "internal", "the trust file could not be written");
+    s_expect_error(f, "internal", "the binding file could not be written"); /* written first */
     router_pairing_stats(p2, &st);
     assert_int_equal(st.refused, 1);
     assert_int_equal(st.paired, 0);
@@ -833,6 +833,34 @@ static void test_stopping_with_a_full_queue(void **state)
     /* s_teardown: the loop goes (the connection with it), then destroy. */
 }
 
+/* The binding line cannot be written (its path is a directory): the
+ * pairing is refused "internal" and leaves the trust file without the
+ * caller, so the client's "not paired" is the truth on disk too (the trust
+ * edit came first, and a refused pairing was trusted from the next reload
+ * on while the running node did not know it). */
+static void test_binding_unwritable_trusts_nobody(void **state)
+{
+    s_fix_t *f = *state;
+    char path[160];
+    snprintf(path, sizeof path, "%s/" ROUTER_PAIRING_BINDINGS_FILE, f->home);
+    assert_int_equal(mkdir(path, 0700), 0);
+    s_slot_t slot;
+    char challenge[64], line[1024];
+    router_conn_t *conn = s_open(f, &slot);
+    assert_non_null(conn);
+    s_hello(f, conn, challenge);
+    s_proof(line, sizeof line, S_PASSWORD, challenge, "tcp://10.0.0.2:4200");
+    s_send(f, conn, line);
+    s_expect_error(f, "internal", "the binding file could not be written");
+    assert_int_equal(f->paired_calls, 0);
+    snprintf(path, sizeof path, "%s/" ROUTER_TRUST_FILE, f->home);
+    if (access(path, F_OK) == 0) {
+        router_trust_t *t = s_trust(f);
+        assert_null(router_trust_by_pubkey(t, s_key_pk));
+        router_trust_destroy(&t);
+    }
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -853,6 +881,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_end_of_stream, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_answer_waits_for_a_full_queue, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_stopping_with_a_full_queue, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_binding_unwritable_trusts_nobody, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

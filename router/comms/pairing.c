@@ -72,6 +72,7 @@ struct s_job {
     char source[64];                     /* the caller's address, for the binding */
     char kith_name[ROUTER_PEER_NAME_MAX + 1];
     int rc;                              /* 0 written */
+    bool binding_failed;                 /* the binding line, not the trust edit, failed */
     char err[ROUTER_TRUST_ERR_MAX];
     s_job_t *next_orphan;                /* in router_pairing's orphans */
 };
@@ -238,9 +239,16 @@ static void *s_writer(void *arg)
 {
     s_job_t *j = arg;
     router_pairing_t *p = j->p;
-    j->rc = router_trust_edit(p->home, s_edit_trust, j, j->err, sizeof j->err);
-    if (j->rc == 0)
-        j->rc = s_write_binding(j, p->home, j->err, sizeof j->err);
+    /* The binding line first: a peer trusted by pairing always has one.
+     * The other order left, when the line could not be written, a peer
+     * trusted on disk (from the next reload on) while the client was told
+     * the pairing failed and the running node did not trust it. A line
+     * whose trust edit then fails records an attempt that did not take. */
+    j->rc = s_write_binding(j, p->home, j->err, sizeof j->err);
+    if (j->rc != 0)
+        j->binding_failed = true;
+    else
+        j->rc = router_trust_edit(p->home, s_edit_trust, j, j->err, sizeof j->err);
     /* The loop's post queue may be full for a while: keep trying, for the
      * answer is owed (the files say paired, or the client must be told
      * why not) and the connection still points at the job. Only once the
@@ -280,7 +288,8 @@ static void s_job_done(router_loop_t *loop, void *arg)
     if (j->rc != 0) {
         ROUTER_LOG(ROUTER_LOG_ERROR, "pairing", "pairing %s not saved: %s", j->kith_name, j->err);
         if (pc)
-            s_refuse(pc, "internal", "the trust file could not be written");
+            s_refuse(pc, "internal", j->binding_failed ? "the binding file could not be written"
+                                                       : "the trust file could not be written");
     } else {
         p->stats.paired++;
         ROUTER_LOG(ROUTER_LOG_INFO, "pairing", "paired %s (%s) at %s", j->kith_name,
