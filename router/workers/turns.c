@@ -1254,12 +1254,20 @@ static void s_tool_send(s_turn_t *turn, const char *call_id, const uint8_t to[32
     t->toolsends = ts;
 }
 
+/* Whether a name from a worker body is `lit`: compared with its length,
+ * so "peers\0x" is no tool of ours. */
+static bool s_name_is(const proto_worker_str_t *name, const char *lit)
+{
+    size_t n = strlen(lit);
+    return name->p && name->len == n && memcmp(name->p, lit, n) == 0;
+}
+
 static void s_tool_run(s_turn_t *turn, const proto_worker_tool_call_t *call)
 {
     router_turns_t *t = turn->t;
     const char *id = call->id.p;
     char err[160];
-    if (strcmp(call->name.p, "peers") == 0) {
+    if (s_name_is(&call->name, "peers")) {
         const router_trust_t *trust = t->o.trust ? t->o.trust(t->o.trust_ud) : NULL;
         char *json = trust ? router_trust_to_json(trust, true) : strdup("{\"peers\":[]}");
         if (!json) {
@@ -1282,7 +1290,7 @@ static void s_tool_run(s_turn_t *turn, const proto_worker_tool_call_t *call)
     cbor_item_t *kind = NULL;
     const router_peer_t *peer = NULL;
     uint8_t to[32];
-    if (strcmp(call->name.p, "send_response") == 0) {
+    if (s_name_is(&call->name, "send_response")) {
         uint8_t irt[16];
         proto_status_t status = PROTO_STATUS_COMPLETED;
         if (s_cbor_text(args, "in_reply_to", text, sizeof text) != 0 ||
@@ -1305,8 +1313,8 @@ static void s_tool_run(s_turn_t *turn, const proto_worker_tool_call_t *call)
         const cbor_item_t *res = s_cbor_get(args, "result");
         cbor_item_t *result = res ? cbor_copy((cbor_item_t *) res) : cbor_new_null();
         kind = proto_kind_response(irt, status, &result);
-    } else if (strcmp(call->name.p, "send_message") == 0 ||
-               strcmp(call->name.p, "send_request") == 0) {
+    } else if (s_name_is(&call->name, "send_message") ||
+               s_name_is(&call->name, "send_request")) {
         bool msg = call->name.p[5] == 'm';
         if (s_cbor_text(args, "peer", peer_name, sizeof peer_name) != 0 ||
             !(peer = s_peer(t, peer_name))) {
@@ -1341,10 +1349,10 @@ done:
     cbor_decref(&args);
 }
 
-static bool s_is_router_tool(const char *name)
+static bool s_is_router_tool(const proto_worker_str_t *name)
 {
     for (size_t i = 0; i < S_NTOOLS; i++)
-        if (strcmp(s_router_tools[i].name, name) == 0)
+        if (s_name_is(name, s_router_tools[i].name))
             return true;
     return false;
 }
@@ -1446,7 +1454,7 @@ static void s_on_partial(s_turn_t *turn, const proto_worker_partial_t *p)
     free(json);
     /* A subscriber's callback may have stopped the turn; look again. */
     turn = s_turn_by_serial(t, serial);
-    if (turn && ev->type == PROTO_WORKER_EV_TOOL_CALL && s_is_router_tool(ev->call.name.p))
+    if (turn && ev->type == PROTO_WORKER_EV_TOOL_CALL && s_is_router_tool(&ev->call.name))
         s_tool_run(turn, &ev->call);
 }
 
