@@ -43,6 +43,7 @@
 
 #include "have_ipv6.h"
 #include "alloc_fail.h"
+#include "loop_until.h"
 #include "router/net/conn.h"
 #include "router/net/listen.h"
 #include "router/net/loop.h"
@@ -2995,6 +2996,81 @@ static void test_shared_partial_sends_sockets(void **state)
     s_done(&ctx);
 }
 
+/* Many small shared frames queued on one connection (an SSE burst to a
+ * subscriber) leave in a few sends, not one per 16 frames: a send takes up
+ * to ROUTER_CONN_IOV_BIG pieces. Every byte arrives, in order; and on
+ * io_uring a send whose list of pieces finds no memory goes out 16 pieces
+ * at a time. */
+static bool s_all_sent(void *ud)
+{
+    return s_unsent_total(ud) == 0;
+}
+
+static void s_many_small_shared(void **state, bool no_memory)
+{
+    enum { N = 300, LEN = 7 };
+    s_ctx_t ctx;
+    s_loop_new(&ctx, state, NULL);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    router_conn_t *c = router_loop_adopt(ctx.loop, sv[0], &s_mid_handlers, &ctx);
+    assert_non_null(c);
+    char want[N * LEN + 1];
+    for (int i = 0; i < N; i++) {
+        router_shared_buf_t *sb = router_shared_buf_new(LEN);
+        assert_non_null(sb);
+        char text[LEN + 1];
+        snprintf(text, sizeof text, "msg%03d|", i);
+        memcpy(router_shared_buf_data(sb), text, LEN);
+        memcpy(want + i * LEN, text, LEN);
+        assert_int_equal(router_conn_send_shared(c, sb), 0);
+        router_shared_buf_destroy(&sb);
+    }
+    router_loop_stats_t st;
+    router_loop_stats(ctx.loop, &st);
+    uint64_t sends = st.sends;
+    if (no_memory) {
+        /* The loop's timer table is had before arming, so the allocation
+         * that fails is the first send's list of pieces. */
+        uint64_t warm = router_loop_timer_add(ctx.loop, 1000, s_noop_timer, NULL);
+        assert_true(warm != 0);
+        assert_int_equal(router_loop_timer_cancel(ctx.loop, warm), 0);
+        alloc_fail_arm(0);
+    }
+    test_loop_until(ctx.loop, s_all_sent, ctx.loop, 2, HANG_GUARD_MS);
+    if (no_memory)
+        assert_int_equal(alloc_fail_disarm(), 1);
+    router_loop_stats(ctx.loop, &st);
+    assert_int_equal(st.bytes_out, N * LEN);
+    if (!no_memory)
+        assert_true(st.sends - sends <= 3); /* 19 at 16 pieces a send */
+    else
+        assert_true(st.sends - sends >= 2); /* the first send had 16 pieces */
+    char got[N * LEN];
+    size_t have = 0;
+    while (have < sizeof got) {
+        ssize_t r = recv(sv[1], got + have, sizeof got - have, 0);
+        assert_true(r > 0);
+        have += (size_t) r;
+    }
+    assert_memory_equal(got, want, sizeof got);
+    router_conn_abort(c);
+    ctx.want_closed = 1;
+    s_run(&ctx);
+    close(sv[1]);
+    s_done(&ctx);
+}
+
+static void test_shared_many_small(void **state)
+{
+    s_many_small_shared(state, false);
+}
+
+static void test_shared_many_small_without_memory(void **state)
+{
+    s_many_small_shared(state, true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -3040,6 +3116,10 @@ int main(void)
         BOTH(test_send_arguments),
         BOTH(test_no_timer_slot),
         BOTH(test_close_bounded_by_sweep),
+        BOTH(test_shared_many_small),
+        /* only io_uring holds the pieces on the heap (epoll: the stack) */
+        {"test_shared_many_small_without_memory@uring", test_shared_many_small_without_memory,
+         NULL, NULL, &s_uring},
         BOTH(test_abort_while_parked),
         cmocka_unit_test(test_shared_counted_once),
         cmocka_unit_test(test_shared_partial_sends_in_order),

@@ -137,6 +137,7 @@ static bool s_release(router_conn_t *c, bool force)
         s_wq_block_free(c, b);
     }
     c->wq_head = c->wq_tail = NULL;
+    free(c->iov_big);
     s_park_drop(c);
     ROUTER_LIST_UNLINK(loop->dead_conns, c);
     free(c);
@@ -179,6 +180,7 @@ static int s_wq_append(router_conn_t *c, const uint8_t *data, size_t len)
         else
             c->wq_head = nb;
         c->wq_tail = nb;
+        c->wq_blocks++;
     }
     return 0;
 }
@@ -210,6 +212,7 @@ static int s_wq_append_shared(router_conn_t *c, router_shared_buf_t *sb)
     else
         c->wq_head = nb;
     c->wq_tail = nb;
+    c->wq_blocks++;
     c->wq_bytes += len;
     if (first)
         c->loop->wq_total += len;
@@ -222,6 +225,7 @@ static int s_wq_append_shared(router_conn_t *c, router_shared_buf_t *sb)
  * holds it. */
 static void s_wq_block_free(router_conn_t *c, router_wq_block_t *b)
 {
+    c->wq_blocks--;
     c->wq_bytes -= b->tail - b->head;
     if (!b->shared) {
         c->loop->wq_total -= b->tail - b->head;
@@ -953,6 +957,7 @@ static void s_deliver(router_conn_t *c)
 void router_conn_on_sent(router_conn_t *c, size_t n)
 {
     c->loop->stats.bytes_out += n;
+    c->loop->stats.sends++;
     s_wq_consume(c, n);
     if (c->wq_bytes > 0)
         return;

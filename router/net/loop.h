@@ -131,6 +131,7 @@ typedef struct router_loop_stats {
     uint64_t connect_failures; /* outbound connections that failed */
     uint64_t bytes_in;         /* bytes received on connections */
     uint64_t bytes_out;        /* bytes written to connections */
+    uint64_t sends;            /* sends that wrote (send/sendmsg calls, io_uring completions) */
     uint64_t slow_consumer_cuts; /* connections cut for exceeding the send limit */
     uint64_t unsent_total_cuts;  /* ...of which for holding more than their share of the
                                   * loop's send_total_limit when it ran short */

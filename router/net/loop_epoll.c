@@ -165,9 +165,9 @@ static void s_conn_flush(router_conn_t *c)
         c->be.e.write_blocked)
         return;
     while (c->wq_bytes > 0) {
-        struct iovec iov[ROUTER_CONN_IOV_MAX];
+        struct iovec iov[ROUTER_CONN_IOV_BIG];
         struct msghdr msg = {.msg_iov = iov};
-        msg.msg_iovlen = (size_t) router_conn_wq_iov(c, iov, ROUTER_CONN_IOV_MAX);
+        msg.msg_iovlen = (size_t) router_conn_wq_iov(c, iov, ROUTER_CONN_IOV_BIG);
         ssize_t n = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             router_conn_on_sent(c, (size_t) n);

@@ -59,6 +59,11 @@ static inline router_op_t router_op_of(uint64_t tag)
 
 /* Most send-queue blocks handed to one sendmsg. */
 #define ROUTER_CONN_IOV_MAX 16
+/* Pieces of one send when more blocks than that are queued (many small
+ * shared frames: an SSE burst to each subscriber), so a backlog leaves in
+ * a few sends, not one per 16 frames; the io_uring backend holds them on
+ * the heap only while such a send is in flight. */
+#define ROUTER_CONN_IOV_BIG 256
 /* Smallest and largest send-queue block allocated for small writes. */
 #define ROUTER_WQ_BLOCK_MIN 1024u
 #define ROUTER_WQ_BLOCK_MAX (64u * 1024u)
@@ -136,6 +141,8 @@ struct router_conn {
     router_wq_block_t *wq_head;      /* send queue: oldest block */
     router_wq_block_t *wq_tail;      /* send queue: newest block */
     size_t wq_bytes;                 /* unsent bytes queued */
+    size_t wq_blocks;                /* blocks in the send queue */
+    struct iovec *iov_big;           /* io_uring: the pieces of a big send in flight, or NULL */
     size_t send_limit;               /* most unsent bytes allowed */
     uint8_t *park;                   /* input received but not yet delivered */
     size_t park_off;                 /* first undelivered byte in park */

@@ -445,12 +445,19 @@ static void s_conn_flush(router_conn_t *c)
      * piece (a queue that is drained as fast as it fills: the common case)
      * goes as a plain send, which spares the kernel copying and walking a
      * msghdr for every message. */
-    int n = router_conn_wq_iov(c, cu->iov, ROUTER_CONN_IOV_MAX);
+    struct iovec *iov = cu->iov;
+    int max = ROUTER_CONN_IOV_MAX;
+    if (c->wq_blocks > ROUTER_CONN_IOV_MAX &&
+        (c->iov_big = malloc(ROUTER_CONN_IOV_BIG * sizeof *c->iov_big))) {
+        iov = c->iov_big; /* freed when the send completes; without it, 16 pieces */
+        max = ROUTER_CONN_IOV_BIG;
+    }
+    int n = router_conn_wq_iov(c, iov, max);
     if (n == 1) {
-        io_uring_prep_send(sqe, c->fd, cu->iov[0].iov_base, cu->iov[0].iov_len, MSG_NOSIGNAL);
+        io_uring_prep_send(sqe, c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
     } else {
         memset(&cu->msg, 0, sizeof cu->msg);
-        cu->msg.msg_iov = cu->iov;
+        cu->msg.msg_iov = iov;
         cu->msg.msg_iovlen = (size_t) n;
         io_uring_prep_sendmsg(sqe, c->fd, &cu->msg, MSG_NOSIGNAL);
     }
@@ -523,6 +530,8 @@ static void s_on_send(router_loop_t *loop, router_conn_t *c, const struct io_uri
     c->be.u.inflight--;
     c->be.u.send_armed = false;
     u->inflight--;
+    free(c->iov_big); /* the kernel is done with the pieces */
+    c->iov_big = NULL;
     if (c->state == ROUTER_CONN_DEAD)
         return;
     if (cqe->res == -EAGAIN || cqe->res == -EINTR) {
