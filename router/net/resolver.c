@@ -68,7 +68,8 @@ struct router_resolver {
     s_name_t names[ROUTER_RESOLVER_NAMES_MAX];
     unsigned waiting;                 /* callers waiting, all names */
     router_metric_t *m_lookups, *m_failed;
-    bool *gone;                       /* set by destroy while answers are given */
+    bool answering;                   /* s_on_ready is giving answers: destroy leaves the free to it */
+    bool destroyed;                   /* destroy ran meanwhile (a callback's) */
 };
 
 /* A name's answer serves every port: the caller's goes in. */
@@ -201,9 +202,10 @@ static void s_waiters_free(s_waiter_t *w)
 
 /* Gives a name its answer and calls its waiters. A callback may destroy
  * the resolver (it runs on the loop thread, as destroy may): then
- * *gone turns true, and nothing of self is touched again: the callers
- * not yet called are dropped uncalled, as destroy drops those waiting. */
-static void s_answer(router_resolver_t *self, s_job_t *j, const bool *gone)
+ * self->destroyed turns true, and the callers not yet called are dropped
+ * uncalled, as destroy drops those waiting; self itself is freed by
+ * s_on_ready once the answers are done. */
+static void s_answer(router_resolver_t *self, s_job_t *j)
 {
     s_name_t *n = &self->names[j->slot];
     uint64_t now = router_loop_now_ms(self->loop);
@@ -225,7 +227,7 @@ static void s_answer(router_resolver_t *self, s_job_t *j, const bool *gone)
         w->cb(j->ok ? &a : NULL, j->why, w->ud);
         free(w);
         w = next;
-        if (*gone) {
+        if (self->destroyed) {
             s_waiters_free(w);
             return;
         }
@@ -244,17 +246,17 @@ static void s_on_ready(router_watch_t *watch, int fd, unsigned events, void *ud)
     s_job_t *done = self->sh->done;
     self->sh->done = NULL;
     pthread_mutex_unlock(&self->sh->mu);
-    bool gone = false;
-    self->gone = &gone;
+    self->answering = true;
     while (done) {
         s_job_t *j = done;
         done = j->next;
-        if (!gone)
-            s_answer(self, j, &gone);
-        free(j); /* once gone, the other answers have nobody to go to */
+        if (!self->destroyed)
+            s_answer(self, j);
+        free(j); /* once destroyed, the other answers have nobody to go to */
     }
-    if (!gone)
-        self->gone = NULL;
+    self->answering = false;
+    if (self->destroyed)
+        free(self); /* router_resolver_destroy left it to us */
 }
 
 /* ---------------------------------------------------------------- lookups */
@@ -434,15 +436,18 @@ void router_resolver_destroy(router_resolver_t **self_p)
     if (!self)
         return;
     *self_p = NULL;
-    if (self->gone)
-        *self->gone = true; /* destroyed by an answer's callback (s_answer) */
     router_watch_destroy(&self->watch);
     pthread_mutex_lock(&self->sh->mu);
     self->sh->stopping = true;
     pthread_cond_broadcast(&self->sh->cv);
     pthread_mutex_unlock(&self->sh->mu);
     s_shared_release(self->sh);
-    for (unsigned i = 0; i < ROUTER_RESOLVER_NAMES_MAX; i++)
+    for (unsigned i = 0; i < ROUTER_RESOLVER_NAMES_MAX; i++) {
         s_waiters_free(self->names[i].waiters);
-    free(self);
+        self->names[i].waiters = NULL;
+    }
+    if (self->answering)
+        self->destroyed = true; /* an answer's callback: s_on_ready frees self */
+    else
+        free(self);
 }
