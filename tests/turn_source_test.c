@@ -14,6 +14,7 @@
 #include <cmocka.h>
 #include <sodium.h>
 
+#include "alloc_fail.h"
 #include "proto/envelope.h"
 #include "router/workers/turn_source.h"
 
@@ -113,6 +114,42 @@ static void test_ack_is_refused(void **state)
     free(f);
 }
 
+/* A request whose params must become JSON, with each allocation failing
+ * in turn: out of memory is NO_MEMORY (the entry waits for a retry), never
+ * REFUSED (which drops an entry the sender was told is admitted). */
+static void test_params_without_memory(void **state)
+{
+    (void) state;
+    cbor_item_t *params = cbor_new_definite_map(2);
+    cbor_item_t *arr = cbor_new_definite_array(2);
+    assert_true(cbor_array_push(arr, cbor_move(cbor_build_uint8(1))));
+    assert_true(cbor_array_push(arr, cbor_move(cbor_build_string("two"))));
+    assert_true(cbor_map_add(params, (struct cbor_pair) {.key = cbor_move(cbor_build_string("a")),
+                                                         .value = cbor_move(arr)}));
+    assert_true(cbor_map_add(params, (struct cbor_pair) {.key = cbor_move(cbor_build_string("b")),
+                                                         .value = cbor_move(cbor_build_bool(true))}));
+    size_t len;
+    uint8_t *f = s_envelope(proto_kind_request("review", 6, &params, NULL, PROTO_HANDLING_NONE), &len);
+    unsigned failed = 1, no_memory = 0;
+    for (long i = 0; failed && i < 10000; i++) {
+        router_turn_source_t src;
+        alloc_fail_arm(i);
+        int rc = s_from("request", f, len, &src);
+        failed = alloc_fail_disarm();
+        if (rc == 0) {
+            assert_string_equal(src.content, "request review: {\"a\":[1,\"two\"],\"b\":true}");
+            router_turn_source_clear(&src);
+        } else {
+            assert_int_equal(rc, ROUTER_TURN_SOURCE_NO_MEMORY);
+            assert_true(failed > 0);
+            no_memory++;
+        }
+    }
+    assert_int_equal(failed, 0);
+    assert_true(no_memory > 0);
+    free(f);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -121,6 +158,7 @@ int main(void)
         cmocka_unit_test(test_fenced_message_starts_a_turn),
         cmocka_unit_test(test_message_request_lifecycle),
         cmocka_unit_test(test_ack_is_refused),
+        cmocka_unit_test(test_params_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -57,8 +57,11 @@ static int s_set_with_json(router_turn_source_t *o, const char *head, const cbor
     int rc = ROUTER_TURN_SOURCE_REFUSED;
     const unsigned char *buf;
     size_t n;
-    if ((v ? router_cbor_to_json(g, v) : (yajl_gen_null(g) == yajl_gen_status_ok ? 0 : -1)) == 0 &&
-        yajl_gen_get_buf(g, &buf, &n) == yajl_gen_status_ok) {
+    int jr = v ? router_cbor_to_json(g, v)
+               : yajl_gen_null(g) == yajl_gen_status_ok ? 0 : ROUTER_JSON_NO_MEMORY;
+    if (jr == ROUTER_JSON_NO_MEMORY)
+        rc = ROUTER_TURN_SOURCE_NO_MEMORY; /* the entry waits for a retry: never dropped */
+    if (jr == 0 && yajl_gen_get_buf(g, &buf, &n) == yajl_gen_status_ok) {
         size_t hl = strlen(head);
         char *c = malloc(hl + n + 1);
         rc = ROUTER_TURN_SOURCE_NO_MEMORY;
