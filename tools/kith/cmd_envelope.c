@@ -214,9 +214,13 @@ static int s_decode(const s_opts_t *o)
         verdict = PROTO_ENV_BAD_SIGNATURE;
     int rc = router_envelope_to_json(env, &verdict, o->pretty, &json, &len);
     proto_envelope_destroy(&env);
+    if (rc == ROUTER_JSON_NO_MEMORY) {
+        fprintf(stderr, "kith envelope decode: out of memory\n");
+        return KITH_EXIT_FAIL;
+    }
     if (rc != 0) {
-        fprintf(stderr, "kith envelope decode: the envelope holds a map {\"$bytes\": …}, which has no JSON form "
-                        "(or out of memory); use kith envelope verify\n");
+        fprintf(stderr, "kith envelope decode: the envelope holds a map {\"$bytes\": …}, which has "
+                        "no JSON form; use kith envelope verify\n");
         return KITH_EXIT_FAIL;
     }
     printf("%s\n", json);
