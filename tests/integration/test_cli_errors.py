@@ -394,7 +394,7 @@ def main():
         env = me.request(me.pk, params={"$bytes": "not bytes"})
         refused(("envelope", "decode"),
                 'kith envelope decode: the envelope holds a map {"$bytes": …}, which has no '
-                "JSON form (or out of memory); use kith envelope verify", stdin=frame(env))
+                "JSON form; use kith envelope verify", stdin=frame(env))
         kith("envelope", "verify", stdin=frame(env))
 
     def stdout_that_fails():
