@@ -313,6 +313,23 @@ static bool s_take_resp(s_srv_t *s, s_client_t *c, char *out, size_t cap)
     return true;
 }
 
+/* c is served on: a plain GET on it is answered 200. */
+static void s_served_on(s_srv_t *s, s_client_t *c)
+{
+    s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+    char r[4096];
+    assert_true(s_take_resp(s, c, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+}
+
+/* Everyone else is still served: a new connection's plain GET is 200. */
+static void s_others_served(s_srv_t *s)
+{
+    s_client_t *c = s_connect(s);
+    s_served_on(s, c);
+    s_client_close(&c);
+}
+
 static void s_wait_pending(s_srv_t *s)
 {
     assert_true(test_loop_wait(s->loop, s_until_pending, NULL, 2, S_WAIT_MS));
@@ -559,13 +576,7 @@ static void test_deferred_stream_after_the_client_went(void **state)
     assert_int_equal(errno, EALREADY);
     gateway_http_pending_end(&s_pending);
 
-    /* Everyone else is still served. */
-    c = s_connect(&s);
-    s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
-    char r[4096];
-    assert_true(s_take_resp(&s, c, r, sizeof r));
-    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
-    s_client_close(&c);
+    s_others_served(&s);
     s_srv_stop(&s);
 }
 
@@ -612,12 +623,7 @@ static void test_pipelined_input_without_memory_while_deferred(void **state)
     assert_int_equal(c->len, 0);
     s_client_close(&c);
 
-    /* Everyone else is still served. */
-    c = s_connect(&s);
-    s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_true(s_take_resp(&s, c, r, sizeof r));
-    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
-    s_client_close(&c);
+    s_others_served(&s);
     s_srv_stop(&s);
 }
 
@@ -669,10 +675,7 @@ static void test_error_text_too_long_is_cut(void **state)
     assert_true(!strncmp(body, "{\"error\":\"\xc3\xa9\xc3\xa9", 13));
     const char *end = "\xc3\xa9\xe2\x80\xa6\",\"code\":\"upstream_failed\"}";
     assert_string_equal(body + len - strlen(end), end);
-    /* The connection serves on. */
-    s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_true(s_take_resp(&s, c, r, sizeof r));
-    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    s_served_on(&s, c); /* the connection serves on */
     s_client_close(&c);
     s_srv_stop(&s);
 }
@@ -816,12 +819,7 @@ static void test_no_room_even_for_the_error(void **state)
     assert_int_equal(c->len, 0);
     s_client_close(&c);
 
-    c = s_connect(&s);
-    s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
-    char r[4096];
-    assert_true(s_take_resp(&s, c, r, sizeof r));
-    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
-    s_client_close(&c);
+    s_others_served(&s);
     s_srv_stop(&s);
 }
 
@@ -950,11 +948,7 @@ static void test_pipelined_requests_without_memory(void **state)
             fail_msg("skip %ld: no failure, yet %zu answers", skip, got);
         s_client_close(&c);
 
-        c = s_connect(&s);
-        s_send(c, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_true(s_take_resp(&s, c, r, sizeof r));
-        assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
-        s_client_close(&c);
+        s_others_served(&s);
         s_srv_stop(&s);
     }
     assert_true(skip > 1);

@@ -19,13 +19,12 @@
 #include <string.h>
 #include <unistd.h>
 #include <fcntl.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <cmocka.h>
 #include <sqlite3.h>
 
 #include "alloc_fail.h"
+#include "unwritable.h"
 #include "vfs_fail.h"
 #include "router/metrics.h"
 #include "router/state/inbox.h"
@@ -1187,33 +1186,6 @@ static void test_withdrawn_after_failed_fsync_stays_out(void **state)
     s_rmdir(copy);
 }
 
-/* Makes `path` a file this process cannot write: mode 0444, and for root
- * (whom modes do not stop) the immutable attribute; `on` false undoes it.
- * Returns false when the file system cannot do that (the caller skips). */
-static bool s_make_unwritable(const char *path, bool on)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return false;
-    int flags = 0;
-    bool ok = !on || chmod(path, 0444) == 0; /* an immutable file's mode is fixed */
-    if (geteuid() == 0) {
-        ok = ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 && ok;
-        flags = on ? flags | FS_IMMUTABLE_FL : flags & ~FS_IMMUTABLE_FL;
-        ok = ok && ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0;
-    }
-    close(fd);
-    if (!on)
-        ok = chmod(path, 0600) == 0 && ok;
-    if (on && ok) {
-        fd = open(path, O_WRONLY | O_CLOEXEC);
-        ok = fd < 0;
-        if (fd >= 0)
-            close(fd);
-    }
-    return ok;
-}
-
 /* A state.db kith may not write opens read-only, and with its tables
  * there the schema writes nothing: the inbox used to start, then fail
  * every commit for ever, every sender timing out on acks that never
@@ -1225,15 +1197,15 @@ static void test_read_only_db_refused(void **state)
     s_tmp_db(dir, db, sizeof db);
     router_inbox_t *in = s_open(8, 0, db);
     router_inbox_destroy(&in);
-    if (!s_make_unwritable(db, true)) {
-        s_make_unwritable(db, false);
+    if (!test_make_unwritable(db, true)) {
+        test_make_unwritable(db, false);
         s_rmdir(dir);
         skip();
     }
     router_inbox_opts_t o = {.capacity = 8, .db_path = db, .session = "comms"};
     in = router_inbox_new(&o, err, sizeof err);
     bool started = in != NULL;
-    s_make_unwritable(db, false);
+    test_make_unwritable(db, false);
     router_inbox_destroy(&in);
     s_rmdir(dir);
     assert_false(started);

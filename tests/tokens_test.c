@@ -21,13 +21,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sodium.h>
 #include <sqlite3.h>
 
 #include "alloc_fail.h"
+#include "unwritable.h"
 #include "vfs_fail.h"
 #include "router/clock.h"
 #include "router/state/tokens.h"
@@ -412,33 +411,6 @@ static void test_open_failures_say_why(void **state)
     router_loop_destroy(&loop);
 }
 
-/* Makes `path` a file this process cannot write: mode 0444, and for root
- * (whom modes do not stop) the immutable attribute. Returns false when the
- * file system cannot do that (the caller skips). */
-static bool s_make_unwritable(const char *path, bool on)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return false;
-    int flags = 0;
-    bool ok = !on || chmod(path, 0444) == 0; /* an immutable file's mode is fixed */
-    if (geteuid() == 0) {
-        ok = ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 && ok;
-        flags = on ? flags | FS_IMMUTABLE_FL : flags & ~FS_IMMUTABLE_FL;
-        ok = ok && ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0;
-    }
-    close(fd);
-    if (!on)
-        ok = chmod(path, 0600) == 0 && ok;
-    if (on && ok) {
-        fd = open(path, O_WRONLY | O_CLOEXEC);
-        ok = fd < 0;
-        if (fd >= 0)
-            close(fd);
-    }
-    return ok;
-}
-
 /* A state.db kith may not write (a restore made read-only, a wrong owner)
  * opens, and its tables are all there, so the store used to start — and
  * then every pairing, token and lockout write failed for ever (retried
@@ -452,15 +424,15 @@ static void test_read_only_db_refused(void **state)
     router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
     assert_non_null(t);
     router_tokens_destroy(&t);
-    if (!s_make_unwritable(s_db, true)) {
-        s_make_unwritable(s_db, false);
+    if (!test_make_unwritable(s_db, true)) {
+        test_make_unwritable(s_db, false);
         router_loop_destroy(&loop);
         skip();
     }
     err[0] = '\0';
     t = router_tokens_new(s_db, loop, err, sizeof err);
     bool started = t != NULL;
-    s_make_unwritable(s_db, false);
+    test_make_unwritable(s_db, false);
     router_tokens_destroy(&t);
     router_loop_destroy(&loop);
     assert_false(started);
