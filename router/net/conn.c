@@ -361,6 +361,23 @@ static int s_admit(router_conn_t *c, size_t own, size_t total_more, bool last)
     return -1;
 }
 
+/* A send found no memory for a piece of the stream the caller counts on:
+ * the byte stream is broken, so the connection cannot go on. -1, ENOMEM. */
+static int s_stream_broken(router_conn_t *c)
+{
+    router_conn_kill(c, ROUTER_CLOSE_ERROR, ENOMEM);
+    errno = ENOMEM;
+    return -1;
+}
+
+/* What was queued goes out at the loop's next flush (once connected). */
+static int s_queued(router_conn_t *c)
+{
+    if (c->state != ROUTER_CONN_CONNECTING)
+        router_conn_pend(c, ROUTER_PEND_FLUSH);
+    return 0;
+}
+
 /* router_conn_sendv; `last`: router_conn_send_last's pass past the share. */
 static int s_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt, bool last)
 {
@@ -388,18 +405,10 @@ static int s_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt, bool l
     }
     if (s_admit(c, total, total, last) != 0)
         return -1;
-    for (int i = 0; i < iovcnt; i++) {
-        if (s_wq_append(c, iov[i].iov_base, iov[i].iov_len) != 0) {
-            /* Part of the stream is queued and part is not: the byte stream
-             * is broken, so the connection cannot go on. */
-            router_conn_kill(c, ROUTER_CLOSE_ERROR, ENOMEM);
-            errno = ENOMEM;
-            return -1;
-        }
-    }
-    if (c->state != ROUTER_CONN_CONNECTING)
-        router_conn_pend(c, ROUTER_PEND_FLUSH);
-    return 0;
+    for (int i = 0; i < iovcnt; i++)
+        if (s_wq_append(c, iov[i].iov_base, iov[i].iov_len) != 0)
+            return s_stream_broken(c); /* part of the stream is queued, part not */
+    return s_queued(c);
 }
 
 int router_conn_sendv(router_conn_t *c, const struct iovec *iov, int iovcnt)
@@ -432,17 +441,9 @@ int router_conn_send_shared(router_conn_t *c, router_shared_buf_t *sb)
     size_t len = router_shared_buf_len(sb);
     if (s_admit(c, len, s_shared_total_more(c, sb), false) != 0)
         return -1;
-    if (s_wq_append_shared(c, sb) != 0) {
-        /* Nothing was queued, but the caller's stream now misses a piece
-         * it counted on: as for a copy that finds no memory, the
-         * connection cannot go on. */
-        router_conn_kill(c, ROUTER_CLOSE_ERROR, ENOMEM);
-        errno = ENOMEM;
-        return -1;
-    }
-    if (c->state != ROUTER_CONN_CONNECTING)
-        router_conn_pend(c, ROUTER_PEND_FLUSH);
-    return 0;
+    if (s_wq_append_shared(c, sb) != 0)
+        return s_stream_broken(c); /* nothing queued, but the caller counted on it */
+    return s_queued(c);
 }
 
 bool router_conn_send_shared_fits(const router_conn_t *c, const router_shared_buf_t *sb,
