@@ -815,7 +815,9 @@ static void test_answer_waits_for_a_full_queue(void **state)
 static void test_stopping_with_a_full_queue(void **state)
 {
     s_fix_t *f = *state;
-    s_slot_t slot;
+    /* The connection outlives this function (s_teardown ends it), and its
+     * handlers write to the slot: not on this stack. */
+    static s_slot_t slot;
     char challenge[64], line[1024], binding[160];
     router_conn_t *conn = s_open(f, &slot);
     assert_non_null(conn);
