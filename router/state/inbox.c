@@ -5,6 +5,7 @@
  * transaction. The mutex is held only for O(1) hand-overs, never across I/O. */
 #include "router/state/inbox.h"
 #include "router/state/dblock.h"
+#include "router/state/dbcheck.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -217,65 +218,27 @@ static const char *const s_seen_cols[] = {"sender", "id", "seq", "v7_ms", "admit
 static const char *const s_floor_cols[] = {"sender", "floor_ms", NULL};
 static const char *const s_idem_cols[] = {"scope", "key", "status", "body", "expires_ms", NULL};
 
-/* A state.db a newer kith wrote may give a table a column that must be
- * set (NOT NULL, no default): every row this build inserts would fail,
- * every commit retried for ever and nothing ever acked. Refused at start
- * instead. Columns this build does not know but need not set are fine. */
-static int s_db_columns_known(sqlite3 *db, const char *table, const char *const *cols,
-                              const char *path, char *err, size_t errcap)
-{
-    sqlite3_stmt *st = NULL;
-    int rc = 0, step;
-    if (s_prepare(db, "SELECT name FROM pragma_table_info(?1)"
-                      " WHERE \"notnull\" AND dflt_value IS NULL", &st) != 0) {
-        snprintf(err, errcap, "inbox database %s: %s", path, sqlite3_errmsg(db));
-        return -1;
-    }
-    sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
-    while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *name = (const char *) sqlite3_column_text(st, 0);
-        bool known = false;
-        for (size_t i = 0; name && cols[i] && !known; i++)
-            known = strcmp(cols[i], name) == 0;
-        if (!known) {
-            snprintf(err, errcap,
-                     "inbox database %s was written by a newer kith (table %s has a column %s "
-                     "this version cannot fill); run the newer version, or restore a state.db "
-                     "this one wrote",
-                     path, table, name ? name : "?");
-            rc = -1;
-        }
-    }
-    if (rc == 0 && step != SQLITE_DONE) {
-        snprintf(err, errcap, "inbox database %s: %s", path, sqlite3_errmsg(db));
-        rc = -1;
-    }
-    sqlite3_finalize(st);
-    return rc;
-}
-
 static int s_db_open(router_inbox_t *self, const char *path, char *err, size_t errcap)
 {
     if (sqlite3_open_v2(path, &self->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                                              SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK)
         goto fail;
-    if (sqlite3_db_readonly(self->db, "main") == 1) {
-        /* SQLite opens a file it may not write read-only, and with the
-         * tables there the schema writes nothing: every commit would then
-         * fail for ever, every admission left un-acked. */
-        snprintf(err, errcap,
-                 "inbox database %s is read-only to this user (uid %u): kith must write it; "
-                 "check its owner, mode and file system",
-                 path, (unsigned) geteuid());
+    /* Read-only: the schema below writes nothing when the tables are
+     * there, and every commit would fail for ever, every admission left
+     * un-acked. */
+    if (router_dbcheck_writable(self->db, "inbox database ", path, err, errcap) != 0)
         return -1;
-    }
     sqlite3_busy_timeout(self->db, 5000);
     if (sqlite3_exec(self->db, s_schema, NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
-    if (s_db_columns_known(self->db, "inbox", s_inbox_cols, path, err, errcap) != 0 ||
-        s_db_columns_known(self->db, "seen", s_seen_cols, path, err, errcap) != 0 ||
-        s_db_columns_known(self->db, "replay_floor", s_floor_cols, path, err, errcap) != 0 ||
-        s_db_columns_known(self->db, "inbox_idempotency", s_idem_cols, path, err, errcap) != 0)
+    static const router_dbcheck_table_t tables[] = {
+        {"inbox", s_inbox_cols},
+        {"seen", s_seen_cols},
+        {"replay_floor", s_floor_cols},
+        {"inbox_idempotency", s_idem_cols},
+    };
+    if (router_dbcheck_columns(self->db, tables, sizeof tables / sizeof *tables,
+                               "inbox database ", path, err, errcap) != 0)
         return -1;
     self->wlock = router_dblock_get(path);
     if (s_prepare(self->db,

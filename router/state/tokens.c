@@ -16,6 +16,7 @@
 
 #include "router/clock.h"
 #include "router/log.h"
+#include "router/state/dbcheck.h"
 #include "router/state/tokens.h"
 #include "router/thread.h"
 
@@ -645,56 +646,19 @@ static int s_migrate(sqlite3 *db)
     return 0;
 }
 
-/* The columns this build writes, per table (NULL-terminated lists). */
-static const char *const s_known_cols[][10] = {
-    {"gateway_tokens", "hash", "created_ms", "scope", "name", NULL},
-    {"gateway_pair_lockouts", "client", "failures", "until_ms", NULL},
-    {"gateway_idempotency", "key", "status", "body", "expires_ms", NULL},
-    {"gateway_devices", "id", "public_key", "client_id", "client_mode", "platform",
-     "token_hash", "first_seen_ms", "last_seen_ms", "via"},
+/* The columns this build writes, per table (router_dbcheck_columns). */
+static const char *const s_token_cols[] = {"hash", "created_ms", "scope", "name", NULL};
+static const char *const s_lock_cols[] = {"client", "failures", "until_ms", NULL};
+static const char *const s_idem_cols[] = {"key", "status", "body", "expires_ms", NULL};
+static const char *const s_device_cols[] = {"id", "public_key", "client_id", "client_mode",
+                                            "platform", "token_hash", "first_seen_ms",
+                                            "last_seen_ms", "via", NULL};
+static const router_dbcheck_table_t s_tables[] = {
+    {"gateway_tokens", s_token_cols},
+    {"gateway_pair_lockouts", s_lock_cols},
+    {"gateway_idempotency", s_idem_cols},
+    {"gateway_devices", s_device_cols},
 };
-
-/* A state.db a newer kith wrote may give a table a column that must be
- * set (NOT NULL, no default): every write would fail and be retried for
- * ever, each client waiting on it. Refused at start instead; columns this
- * build does not know but need not set are fine. */
-static int s_columns_known(sqlite3 *db, const char *path, char *err, size_t errcap)
-{
-    sqlite3_stmt *st = NULL;
-    int rc = 0, step = SQLITE_DONE;
-    if (sqlite3_prepare_v2(db, "SELECT name FROM pragma_table_info(?1)"
-                               " WHERE \"notnull\" AND dflt_value IS NULL", -1, &st,
-                           NULL) != SQLITE_OK) {
-        snprintf(err, errcap, "%s: %s", path, sqlite3_errmsg(db));
-        return -1;
-    }
-    size_t ntables = sizeof s_known_cols / sizeof *s_known_cols;
-    for (size_t t = 0; t < ntables && rc == 0; t++) {
-        const char *const *cols = s_known_cols[t];
-        sqlite3_reset(st);
-        sqlite3_bind_text(st, 1, cols[0], -1, SQLITE_STATIC);
-        while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
-            const char *name = (const char *) sqlite3_column_text(st, 0);
-            bool known = false;
-            for (size_t i = 1; name && i < 10 && cols[i] && !known; i++)
-                known = strcmp(cols[i], name) == 0;
-            if (!known) {
-                snprintf(err, errcap,
-                         "%s was written by a newer kith (table %s has a column %s this version "
-                         "cannot fill); run the newer version, or restore a state.db this one "
-                         "wrote",
-                         path, cols[0], name ? name : "?");
-                rc = -1;
-            }
-        }
-        if (rc == 0 && step != SQLITE_DONE) {
-            snprintf(err, errcap, "%s: %s", path, sqlite3_errmsg(db));
-            rc = -1;
-        }
-    }
-    sqlite3_finalize(st);
-    return rc;
-}
 
 router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, char *err,
                                    size_t errcap)
@@ -727,16 +691,10 @@ router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, cha
                                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                                          SQLITE_OPEN_FULLMUTEX,
                                      NULL);
-        if (opened == SQLITE_OK && sqlite3_db_readonly(self->db, "main") == 1) {
-            /* SQLite opens a file it may not write read-only, and with the
-             * tables there nothing below writes: every write would then
-             * fail for ever, each client waiting on it. */
-            snprintf(err, errcap,
-                     "%s is read-only to this user (uid %u): kith must write it; check its "
-                     "owner, mode and file system",
-                     db_path, (unsigned) geteuid());
+        /* Read-only: with the tables there nothing below writes, and
+         * every write would fail for ever, each client waiting on it. */
+        if (opened == SQLITE_OK && router_dbcheck_writable(self->db, "", db_path, err, errcap) != 0)
             goto fail;
-        }
         if (opened != SQLITE_OK ||
             (sqlite3_busy_timeout(self->db, 5000),
              sqlite3_exec(self->db, s_schema, NULL, NULL, NULL) != SQLITE_OK) ||
@@ -745,7 +703,9 @@ router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, cha
                      self->db ? sqlite3_errmsg(self->db) : "cannot open");
             goto fail;
         }
-        if (s_columns_known(self->db, db_path, err, errcap) != 0 || s_load(self, err, errcap) != 0)
+        if (router_dbcheck_columns(self->db, s_tables, sizeof s_tables / sizeof *s_tables, "",
+                                   db_path, err, errcap) != 0 ||
+            s_load(self, err, errcap) != 0)
             goto fail;
     }
     if (pthread_create(&self->thread, NULL, s_thread, self) != 0) {
