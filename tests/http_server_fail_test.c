@@ -381,13 +381,23 @@ static void test_deferred_answer_in_a_drain_closes(void **state)
     s_srv_stop(&s);
 }
 
+/* Checks r is a 503 with `code` and Retry-After `retry`, closing the
+ * connection. */
+static void s_expect_503(const char *r, const char *retry, const char *code)
+{
+    char want[96];
+    assert_non_null(strstr(r, "HTTP/1.1 503 Service Unavailable\r\n"));
+    snprintf(want, sizeof want, "\r\nRetry-After: %s\r\n", retry);
+    assert_non_null(strstr(r, want));
+    assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
+    snprintf(want, sizeof want, "\"code\":\"%s\"}", code);
+    assert_non_null(strstr(r, want));
+}
+
 /* Checks r is the 503 a drain's last call gives, closing the connection. */
 static void s_expect_shutting_down(const char *r)
 {
-    assert_non_null(strstr(r, "HTTP/1.1 503 Service Unavailable\r\n"));
-    assert_non_null(strstr(r, "\r\nRetry-After: 5\r\n"));
-    assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
-    assert_non_null(strstr(r, "\"code\":\"shutting_down\"}"));
+    s_expect_503(r, "5", "shutting_down");
 }
 
 /* Requests still arriving when a drain's last call comes — a head half
@@ -726,10 +736,7 @@ static void test_upgrade_required_names_upgrade(void **state)
 
 static void s_expect_send_buffers_full(const char *r)
 {
-    assert_non_null(strstr(r, "HTTP/1.1 503 Service Unavailable\r\n"));
-    assert_non_null(strstr(r, "\r\nRetry-After: 1\r\n"));
-    assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
-    assert_non_null(strstr(r, "\"code\":\"send_buffers_full\"}"));
+    s_expect_503(r, "1", "send_buffers_full");
 }
 
 /* An answer within a connection's own unsent bound, but larger than what
