@@ -337,6 +337,14 @@ static void s_on_hello(router_pairing_conn_t *pc, const router_pairing_msg_t *m)
 static void s_on_proof(router_pairing_conn_t *pc, const router_pairing_msg_t *m)
 {
     router_pairing_t *p = pc->p;
+    /* Looked at again here, not only when the handshake began: handshakes
+     * opened before the lock would otherwise each get a guess (32 at once
+     * per address, not 5), and a right one among them would pair. */
+    if (router_tokens_locked_until(p->lockouts, pc->client, router_clock_wall_ms())) {
+        s_refuse(pc, "locked_out", "too many wrong pairing passwords from this address; try "
+                                   "again later");
+        return;
+    }
     char want[ROUTER_PAIRING_PROOF_CAP];
     router_pairing_proof(p->password, pc->challenge, m->public_key, m->address, want);
     size_t n = strlen(m->proof);

@@ -1,0 +1,101 @@
+"""tests/integration/test_adversary_comms.py — the comms port attacked from
+outside as a hostile peer would (spec/WIRE.md §2–§9, §10, §23.6), against a
+real `kith daemon`: only what the other comms tests leave out. Pairing
+guesses on handshakes opened before the lockout; a flood of fresh unknown
+keys against the bound on their replay windows; frames and CBOR an encoder
+would never make. Clients are raw sockets, cbor2 and PyNaCl (peer.py); the
+outcomes are read from the wire, the trust file and /metrics. No timing is
+asserted: every wait is for an outcome, with a generous bound."""
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import struct
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import Daemon, Peer, Results, kith, pubkey_text  # noqa: E402
+
+PASSWORD = "adversary comms test password, 32+ bytes long"
+HELLO = json.dumps({"kind": "meerkat_pairing_hello", "version": 1}).encode() + b"\n"
+
+
+# ------------------------------------------------------------------ pairing (WIRE §23.6)
+
+def s_handshake(port, src):
+    """A pairing handshake from source address src, up to its challenge."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.bind((src, 0))
+    s.connect(("127.0.0.1", port))
+    f = s.makefile("rwb")
+    f.write(HELLO)
+    f.flush()
+    ch = json.loads(f.readline())
+    assert ch["kind"] == "meerkat_pairing_challenge", ch
+    return s, f, ch["challenge"]
+
+
+def s_proof(f, challenge, password, key, addr="tcp://127.0.0.1:9"):
+    """Sends a proof (right when password is the daemon's); returns the answer."""
+    proof = base64.b64encode(hashlib.sha256(
+        b"meerkat-comms-pairing-v1\0" + password.encode() + b"\0" + challenge.encode() + b"\0" +
+        key.encode() + b"\0" + addr.encode()).digest()).decode()
+    f.write(json.dumps({"kind": "meerkat_pairing_proof",
+                        "caller": {"name": "guesser", "address": addr,
+                                   "identity": {"kind": "ed25519_public_key",
+                                                "public_key": key}},
+                        "password_proof": proof}).encode() + b"\n")
+    f.flush()
+    line = f.readline()
+    return json.loads(line) if line else None
+
+
+def pairing_guesses_stop_at_the_lockout():
+    """Handshakes opened before the 5th wrong proof locked the address out
+    are answered locked_out too, even for the right password. Before, the
+    lock was looked at only when a handshake began, so an attacker who
+    opened 32 handshakes first had 32 guesses per lock instead of 5 — and a
+    right guess among them paired its key."""
+    os.environ["KITH_TEST_PAIRING"] = PASSWORD
+    node = Daemon("advpair", config={
+        "comms": {"pairing_password_env": "KITH_TEST_PAIRING"},
+        "limits": {"comms_unauth_per_source_max": 64}})
+    node.start()
+    held = []
+    try:
+        key = pubkey_text(Peer().pk)
+        for _ in range(8):
+            held.append(s_handshake(node.port, "127.0.0.7"))
+        for s, f, ch in held[:5]:
+            got = s_proof(f, ch, "a wrong guess", key)
+            assert got and got.get("code") == "invalid_proof", got
+        # The lock holds on the handshakes already open: wrong or right.
+        got = s_proof(held[5][1], held[5][2], "another wrong guess", key)
+        assert got and got.get("code") == "locked_out", got
+        got = s_proof(held[6][1], held[6][2], PASSWORD, key)
+        assert got and got.get("code") == "locked_out", f"a locked-out address paired: {got}"
+        peers = json.loads(kith("peers", "list", "--json", "--home", node.home))["peers"]
+        assert not [p for p in peers if p["pubkey"] == key], peers
+        # Another address is not locked: its right proof pairs.
+        s, f, ch = s_handshake(node.port, "127.0.0.8")
+        held.append((s, f, ch))
+        got = s_proof(f, ch, PASSWORD, key)
+        assert got and got["kind"] == "meerkat_pairing_complete", got
+    finally:
+        for s, _, _ in held:
+            s.close()
+        node.cleanup()
+
+
+def main():
+    results = Results()
+    for fn in (pairing_guesses_stop_at_the_lockout,):
+        results.run(fn)
+    return results.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
