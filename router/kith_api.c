@@ -41,6 +41,7 @@ struct kith_net {
     pthread_mutex_t trust_mu; /* one kith_node_trust at a time: its undo puts back a
                                * whole store, which must not lose another's edit */
     kith_node_t *nodes;      /* nodes not yet destroyed */
+    kith_node_t *dead;       /* destroyed nodes' shells (next), freed with the net */
 };
 
 struct kith_node {
@@ -49,11 +50,13 @@ struct kith_node {
     char name[ROUTER_PEER_NAME_MAX + 1];    /* also inproc://<name> */
     char pubkey[PROTO_PUBKEY_TEXT_CAP];     /* "ed25519:…" */
     bool home;                              /* state kept in a home: persist trust */
-    kith_node_t *prev, *next;               /* in net->nodes */
+    bool dead;                              /* destroyed: a shell that refuses every call */
+    kith_node_t *prev, *next;               /* in net->nodes, or (next) net->dead */
     pthread_mutex_t mu;                     /* guards the four below */
     pthread_cond_t idle;                    /* signalled when calls drops to 0 while closing */
     unsigned calls;                         /* calls on other threads using the node now */
     bool closing;                           /* destroy has begun: new calls are refused */
+    bool gone;                              /* destroy has ended: only the shell is left */
     struct s_held *held;                    /* popped, not given out: oldest first */
 };
 
@@ -143,11 +146,13 @@ kith_net_t *kith_net_new(void)
 static int s_enter(kith_node_t *n, const char *what)
 {
     pthread_mutex_lock(&n->mu);
-    bool closing = n->closing;
+    bool closing = n->closing, gone = n->gone;
     if (!closing)
         n->calls++;
     pthread_mutex_unlock(&n->mu);
-    return closing ? s_fail("%s: %s is being destroyed", what, n->name) : 0;
+    if (closing)
+        return s_fail("%s: %s %s", what, n->name, gone ? "was destroyed" : "is being destroyed");
+    return 0;
 }
 
 static void s_leave(kith_node_t *n)
@@ -158,10 +163,11 @@ static void s_leave(kith_node_t *n)
     pthread_mutex_unlock(&n->mu);
 }
 
-/* Destroys n once no other thread uses it: the stop fails the sends
- * blocked on other threads (offline), and receivers see `closing` within
- * a slice, so none is left waiting on a freed node. */
-static void s_node_free(kith_node_t *n)
+/* Stops n once no other thread uses it: the stop fails the sends blocked
+ * on other threads (offline), and receivers see `closing` within a slice,
+ * so none is left waiting on a freed node. What is left is a shell that
+ * refuses every call (s_enter): s_node_release frees it. */
+static void s_node_stop(kith_node_t *n)
 {
     pthread_mutex_lock(&n->mu);
     n->closing = true;
@@ -178,6 +184,13 @@ static void s_node_free(kith_node_t *n)
         router_inbox_entry_clear(&h->e);
         free(h);
     }
+    pthread_mutex_lock(&n->mu);
+    n->gone = true;
+    pthread_mutex_unlock(&n->mu);
+}
+
+static void s_node_release(kith_node_t *n)
+{
     pthread_cond_destroy(&n->idle);
     pthread_mutex_destroy(&n->mu);
     free(n);
@@ -195,7 +208,13 @@ void kith_net_destroy(kith_net_t **net_p)
     while (nodes) {
         kith_node_t *n = nodes;
         nodes = n->next;
-        s_node_free(n);
+        s_node_stop(n);
+        s_node_release(n);
+    }
+    while (net->dead) {
+        kith_node_t *n = net->dead;
+        net->dead = n->next;
+        s_node_release(n);
     }
     router_inproc_destroy(&net->inproc);
     pthread_mutex_destroy(&net->mu);
@@ -242,12 +261,14 @@ kith_node_t *kith_node_new(kith_net_t *net, const char *name, const char *home)
     };
     if (!(n->node = router_node_new(&o, err, sizeof err))) {
         s_fail("kith_node_new %s: %s", name, err);
-        s_node_free(n);
+        s_node_stop(n);
+        s_node_release(n);
         return NULL;
     }
     if (router_node_start(n->node) != 0) {
         s_fail("kith_node_new %s: cannot start its thread: %s", name, strerror(errno));
-        s_node_free(n);
+        s_node_stop(n);
+        s_node_release(n);
         return NULL;
     }
     n->net = net;
@@ -263,22 +284,37 @@ kith_node_t *kith_node_new(kith_net_t *net, const char *name, const char *home)
     return n;
 }
 
+/* The node stops and is freed but for a shell, kept until the net goes,
+ * which refuses the calls that still come with its pointer: a caller
+ * whose call was on its way when another thread destroyed the node (the
+ * Python module's threads) gets an error, not a freed node. */
 void kith_node_destroy(kith_node_t **node_p)
 {
     if (!node_p || !*node_p)
         return;
     kith_node_t *n = *node_p;
     kith_net_t *net = n->net;
-    pthread_mutex_lock(&net->mu);
-    if (n->prev)
-        n->prev->next = n->next;
-    else
-        net->nodes = n->next;
-    if (n->next)
-        n->next->prev = n->prev;
-    pthread_mutex_unlock(&net->mu);
-    s_node_free(n);
     *node_p = NULL;
+    pthread_mutex_lock(&net->mu);
+    bool again = n->dead;
+    if (!again) {
+        n->dead = true;
+        if (n->prev)
+            n->prev->next = n->next;
+        else
+            net->nodes = n->next;
+        if (n->next)
+            n->next->prev = n->prev;
+        n->prev = n->next = NULL;
+    }
+    pthread_mutex_unlock(&net->mu);
+    if (again)
+        return;
+    s_node_stop(n);
+    pthread_mutex_lock(&net->mu);
+    n->next = net->dead;
+    net->dead = n;
+    pthread_mutex_unlock(&net->mu);
 }
 
 const char *kith_node_pubkey(const kith_node_t *n)
@@ -677,6 +713,13 @@ static int s_fault(const char *what, kith_net_t *net, kith_node_t *a, kith_node_
         return s_fail("%s: %s and %s must both be in this net", what, a->name, b->name);
     if (a == b)
         return s_fail("%s: a node is never cut from itself", what);
+    /* A destroyed node's name may be taken by a new one: not its faults. */
+    if (s_enter(a, what) != 0)
+        return -1;
+    if (s_enter(b, what) != 0) {
+        s_leave(a);
+        return -1;
+    }
     bool part;
     uint32_t delay;
     int rc = -1;
@@ -689,6 +732,8 @@ static int s_fault(const char *what, kith_net_t *net, kith_node_t *a, kith_node_
         rc = router_inproc_set_faults(net->inproc, a->name, b->name, part, delay);
     }
     pthread_mutex_unlock(&net->mu);
+    s_leave(b);
+    s_leave(a);
     if (rc != 0)
         return s_fail("%s: %s", what, strerror(errno));
     return 0;

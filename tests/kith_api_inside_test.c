@@ -388,6 +388,39 @@ static void test_destroy_while_blocked(void **state)
     assert_non_null(strstr(w.error, "kith_node_send"));
 }
 
+/* A thread whose call was on its way in (it had the pointer) when another
+ * destroyed the node — the Python module's threads do this — is refused,
+ * saying so, by the node's shell: not given a freed node (ASan). A new
+ * node under the name is no business of the old pointer's faults. */
+static void test_call_after_destroy_meets_the_shell(void **state)
+{
+    (void) state;
+    kith_net_t *net = kith_net_new();
+    kith_node_t *a = s_node(net, "a", NULL), *b = s_node(net, "b", NULL);
+    assert_int_equal(kith_node_trust(a, b), 0);
+    kith_node_t *late = a;
+    kith_node_destroy(&a);
+    assert_null(a);
+    assert_int_equal(kith_node_send(late, "b", "late", S_WAIT_MS), KITH_ERROR);
+    assert_string_equal(kith_last_error(), "kith_node_send: a was destroyed");
+    kith_msg_t *m = NULL;
+    assert_int_equal(kith_node_recv(late, &m, S_WAIT_MS), -1);
+    assert_non_null(strstr(kith_last_error(), "a was destroyed"));
+    assert_int_equal(kith_node_listen(late, "tcp://127.0.0.1:0"), -1);
+    assert_int_equal(kith_node_trust(b, late), -1);
+    assert_non_null(strstr(kith_last_error(), "a was destroyed"));
+
+    kith_node_t *a2 = s_node(net, "a", NULL);
+    assert_int_equal(kith_node_trust(a2, b), 0);
+    assert_int_equal(kith_net_partition(net, late, b), -1);
+    assert_non_null(strstr(kith_last_error(), "kith_net_partition: a was destroyed"));
+    assert_int_equal(kith_net_delay(net, b, late, 1000), -1);
+    assert_int_equal(kith_node_send(a2, "b", "new a", S_WAIT_MS), KITH_ACKED);
+    kith_node_destroy(&late); /* a second destroy of the shell: nothing */
+    assert_null(late);
+    kith_net_destroy(&net);   /* frees the shell (LSan) */
+}
+
 int main(void)
 {
     if (sodium_init() < 0 || alloc_fail_sqlite_install() != 0)
@@ -399,6 +432,7 @@ int main(void)
         cmocka_unit_test(test_recv_out_of_memory_loses_nothing),
         cmocka_unit_test(test_destroy_while_blocked),
         cmocka_unit_test(test_constructors_out_of_memory),
+        cmocka_unit_test(test_call_after_destroy_meets_the_shell),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

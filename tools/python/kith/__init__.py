@@ -30,10 +30,12 @@ in the lib/ directory of the prefix this module was installed under
 the dynamic loader's usual search (LD_LIBRARY_PATH, ldconfig).
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
 import os
+import threading
 
 __all__ = [
     "ACKED", "OFFLINE", "REFUSED", "DEFAULT_TIMEOUT_MS",
@@ -144,6 +146,65 @@ def version():
     return _lib.kith_version().decode()
 
 
+# ------------------------------------------------------------------ lifetimes
+
+class _Life:
+    """The calls using one C object now, so that destroy on one thread and
+    calls on others are safe together (DESIGN §13: every call is
+    thread-safe). A call counts itself in before it reads the pointer and
+    out when C has returned; destroy closes the object first (later calls
+    raise KithError), and returns only when the count is back to 0. The
+    lock is never held across a C call: a recv or send blocked in C is
+    woken by the C destroy itself, and one still on its way into C when
+    the node is destroyed meets the node's shell there, which refuses it
+    (router/kith_api.c), so no C call ever gets a freed pointer."""
+
+    OPEN, CLOSING, CLOSED = range(3)
+
+    def __init__(self, what):
+        self.what = what
+        self._cv = threading.Condition(threading.Lock())
+        self._calls = 0
+        self._state = _Life.OPEN
+
+    @contextlib.contextmanager
+    def use(self, ptr):
+        """Yields ptr (a c_void_p) counted in; KithError once closing."""
+        with self._cv:
+            if self._state != _Life.OPEN or not ptr or not ptr.value:
+                raise KithError("%s was destroyed" % self.what)
+            self._calls += 1
+        try:
+            yield ptr
+        finally:
+            with self._cv:
+                self._calls -= 1
+                if not self._calls:
+                    self._cv.notify_all()
+
+    def close(self):
+        """True for the one caller that is to destroy the object; others
+        (False) wait until it is destroyed."""
+        with self._cv:
+            if self._state == _Life.OPEN:
+                self._state = _Life.CLOSING
+                return True
+            while self._state != _Life.CLOSED:
+                self._cv.wait()
+            return False
+
+    def wait_idle(self):
+        """Until no call uses the object."""
+        with self._cv:
+            while self._calls:
+                self._cv.wait()
+
+    def closed(self):
+        with self._cv:
+            self._state = _Life.CLOSED
+            self._cv.notify_all()
+
+
 # ------------------------------------------------------------------ messages
 
 class Message(dict):
@@ -169,20 +230,22 @@ class Node:
     manager: leaving the block destroys the node."""
 
     def __init__(self, net, name, home=None):
-        ptr = _lib.kith_node_new(net._handle(), _text(name), _text(home))
-        if not ptr:
-            raise _error("node %s" % name)
-        self._ptr = ctypes.c_void_p(ptr)
-        self.net = net
-        self.name = name
-        self.home = home
-        #: "ed25519:" + base64 of the node's public key
-        self.pubkey = _lib.kith_node_pubkey(self._ptr).decode()
+        with net._use() as np:
+            ptr = _lib.kith_node_new(np, _text(name), _text(home))
+            if not ptr:
+                raise _error("node %s" % name)
+            self._ptr = ctypes.c_void_p(ptr)
+            self._life = _Life("node %s" % name)
+            self.net = net
+            self.name = name
+            self.home = home
+            #: "ed25519:" + base64 of the node's public key
+            self.pubkey = _lib.kith_node_pubkey(self._ptr).decode()
+            net._adopt(self)  # before the net can be destroyed: it destroys this too
 
-    def _handle(self):
-        if not self._ptr or not self._ptr.value:
-            raise KithError("node %s was destroyed" % self.name)
-        return self._ptr
+    def _use(self):
+        """`with self._use() as ptr:` the node, counted in (see _Life)."""
+        return self._life.use(self._ptr)
 
     def __repr__(self):
         return "<kith.Node %s %s>" % (self.name, self.pubkey)
@@ -194,37 +257,47 @@ class Node:
         self.destroy()
 
     def destroy(self):
-        """Stops the node (it acks what it admitted, then closes) and frees it."""
-        if self._ptr and self._ptr.value:
-            self.net._nodes.discard(self)
-            _lib.kith_node_destroy(ctypes.byref(self._ptr))
-        self._ptr = None
+        """Stops the node (it acks what it admitted, then closes) and frees
+        it. Calls running on other threads return first (a recv raises
+        KithError, a send returns OFFLINE or raises); calls made after it
+        raise KithError. Any thread; a second destroy waits for the first."""
+        if not self._life.close():
+            return
+        self.net._forget(self)
+        ptr = ctypes.c_void_p(self._ptr.value)
+        _lib.kith_node_destroy(ctypes.byref(ptr))  # wakes the calls blocked in C
+        self._life.wait_idle()
+        self._life.closed()
 
     def trust(self, other):
         """This node trusts `other` and `other` trusts this one."""
-        if _lib.kith_node_trust(self._handle(), other._handle()) != 0:
-            raise _error("trust")
+        with self._use() as a, other._use() as b:
+            if _lib.kith_node_trust(a, b) != 0:
+                raise _error("trust")
 
     def listen(self, addr):
         """Also serves "tcp://HOST:PORT" (port 0: one is chosen) or
         "uds:///PATH". Returns the bound TCP port, or 0 for a Unix socket."""
-        port = _lib.kith_node_listen(self._handle(), _text(addr))
-        if port < 0:
-            raise _error("listen")
+        with self._use() as n:
+            port = _lib.kith_node_listen(n, _text(addr))
+            if port < 0:
+                raise _error("listen")
         return port
 
     def send(self, to, body, timeout_ms=DEFAULT_TIMEOUT_MS):
         """Sends a message {body} to `to` (a name, PeerId or "ed25519:" key)
         and waits for its ack. Returns ACKED, OFFLINE or REFUSED."""
-        return self._outcome("send", _lib.kith_node_send(
-            self._handle(), _text(to), _text(body), _ms(timeout_ms)))
+        with self._use() as n:
+            return self._outcome("send", _lib.kith_node_send(
+                n, _text(to), _text(body), _ms(timeout_ms)))
 
     def request(self, to, intent, params=None, timeout_ms=DEFAULT_TIMEOUT_MS):
         """Sends a request {intent, params} (params: any JSON-able value) and
         waits for its ack. Returns ACKED, OFFLINE or REFUSED; an answer comes
         later through recv() as a "response"."""
-        return self._outcome("request", _lib.kith_node_request(
-            self._handle(), _text(to), _text(intent), _json(params), _ms(timeout_ms)))
+        with self._use() as n:
+            return self._outcome("request", _lib.kith_node_request(
+                n, _text(to), _text(intent), _json(params), _ms(timeout_ms)))
 
     def respond(self, request, status="completed", result=None, timeout_ms=DEFAULT_TIMEOUT_MS):
         """Answers a received request (the Message recv gave) with a signed
@@ -232,16 +305,20 @@ class Node:
         ACKED means written. Returns ACKED, OFFLINE or REFUSED."""
         if not isinstance(request, Message):
             raise KithError("respond: pass the Message recv() returned")
-        return self._outcome("respond", _lib.kith_node_respond(
-            self._handle(), request._ptr, _text(status), _json(result), _ms(timeout_ms)))
+        with self._use() as n:
+            return self._outcome("respond", _lib.kith_node_respond(
+                n, request._ptr, _text(status), _json(result), _ms(timeout_ms)))
 
     def recv(self, timeout_ms=DEFAULT_TIMEOUT_MS):
         """Takes the oldest received envelope as a Message (a dict), waiting
         up to timeout_ms (0: do not wait; negative: for ever). Raises
-        TimeoutError when none arrives in time."""
+        TimeoutError when none arrives in time, KithError when the node is
+        destroyed meanwhile."""
         ptr = ctypes.c_void_p()
-        if _lib.kith_node_recv(self._handle(), ctypes.byref(ptr), _ms(timeout_ms)) != 0:
-            why = _lib.kith_last_error().decode("utf-8", "replace")
+        with self._use() as n:
+            rc = _lib.kith_node_recv(n, ctypes.byref(ptr), _ms(timeout_ms))
+            why = _lib.kith_last_error().decode("utf-8", "replace") if rc != 0 else None
+        if rc != 0:
             if why == "timeout":
                 raise TimeoutError("%s: nothing received within %d ms" % (self.name, timeout_ms))
             raise KithError("recv: %s" % why)
@@ -265,12 +342,21 @@ class Net:
         if not ptr:
             raise _error("net")
         self._ptr = ctypes.c_void_p(ptr)
+        self._life = _Life("the net")
+        self._nodes_lock = threading.Lock()
         self._nodes = set()
 
-    def _handle(self):
-        if not self._ptr or not self._ptr.value:
-            raise KithError("the net was destroyed")
-        return self._ptr
+    def _use(self):
+        """`with self._use() as ptr:` the net, counted in (see _Life)."""
+        return self._life.use(self._ptr)
+
+    def _adopt(self, node):
+        with self._nodes_lock:
+            self._nodes.add(node)
+
+    def _forget(self, node):
+        with self._nodes_lock:
+            self._nodes.discard(node)
 
     def __enter__(self):
         return self
@@ -280,40 +366,44 @@ class Net:
 
     def __del__(self):
         # A forgotten net would leave its nodes' threads running.
-        if _lib is not None and getattr(self, "_ptr", None):
+        if _lib is not None and getattr(self, "_life", None):
             self.destroy()
 
     def node(self, name, home=None):
         """A new node called `name`, reachable as inproc://name. With `home`
         (a directory) it keeps its identity, trust and inbox there, so
         destroying it and making it again from the same home is a restart."""
-        n = Node(self, name, home)
-        self._nodes.add(n)
-        return n
+        return Node(self, name, home)
 
     def destroy(self):
-        """Destroys every node still in the net, then the net."""
-        if self._ptr and self._ptr.value:
-            for n in list(self._nodes):
-                n._ptr = None  # freed by kith_net_destroy
-            self._nodes.clear()
-            _lib.kith_net_destroy(ctypes.byref(self._ptr))
-        self._ptr = None
+        """Destroys every node still in the net (as Node.destroy: calls
+        running on other threads return first), then the net. Any thread;
+        a second destroy waits for the first."""
+        if not self._life.close():
+            return
+        self._life.wait_idle()  # a node being made is in the list after this
+        with self._nodes_lock:
+            nodes = list(self._nodes)
+        for n in nodes:
+            n.destroy()  # its shell stays in C until the net goes
+        _lib.kith_net_destroy(ctypes.byref(ctypes.c_void_p(self._ptr.value)))
+        self._life.closed()
 
-    def _fault(self, what, rc):
-        if rc != 0:
-            raise _error(what)
+    def _fault(self, what, fn, a, b, *args):
+        with self._use() as net, a._use() as pa, b._use() as pb:
+            if fn(net, pa, pb, *args) != 0:
+                raise _error(what)
 
     def partition(self, a, b):
         """Holds every byte between a and b, both ways: sends report OFFLINE
         after their timeout; what was written is delivered, in order, on heal."""
-        self._fault("partition", _lib.kith_net_partition(self._handle(), a._handle(), b._handle()))
+        self._fault("partition", _lib.kith_net_partition, a, b)
 
     def heal(self, a, b):
         """Ends a partition between a and b."""
-        self._fault("heal", _lib.kith_net_heal(self._handle(), a._handle(), b._handle()))
+        self._fault("heal", _lib.kith_net_heal, a, b)
 
     def delay(self, a, b, ms):
         """Holds each chunk of bytes between a and b for `ms` milliseconds,
         both ways (0 ends it and releases what is held)."""
-        self._fault("delay", _lib.kith_net_delay(self._handle(), a._handle(), b._handle(), _ms(ms)))
+        self._fault("delay", _lib.kith_net_delay, a, b, _ms(ms))
