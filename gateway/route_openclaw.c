@@ -36,7 +36,7 @@
 #define S_IDEM_SCOPE "openclaw"
 /* What a key remembers while its run is in flight (then ok, error, …). */
 #define S_IDEM_IN_FLIGHT "in_flight"
-/* A deviceToken: the prefix and 64 lowercase hex (256 random bits). */
+/* A deviceToken: the prefix and 64 lowercase hex (256 bits, s_device_token_make). */
 #define S_DEVICE_TOKEN_PREFIX "kithdev_"
 #define S_DEVICE_TOKEN_LEN (8u + 64u)
 
@@ -1496,11 +1496,38 @@ static void s_device_written(bool ok, void *ud)
     sodium_memzero(token, sizeof token);
 }
 
-/* Records c's device in state.db (WIRE §25.8). With req_id, a new
- * deviceToken is minted, and hello-ok waits for the record
- * (s_device_written); without, nobody waits. Returns 0, or -1 when
- * nothing will be written (the reason is logged). */
-static int s_device_record(s_conn_t *c, const char *req_id)
+/* The deviceToken of a device that joins with bearer token `secret`
+ * (WIRE §25.8): "kithdev_" and the hex of a keyed BLAKE2b of the device id,
+ * the key a BLAKE2b of the secret. The same bearer token and device always
+ * get the same deviceToken: a connect whose socket closes before its
+ * hello-ok (the client never saw a token) rewrites the device's token
+ * hash with the one it had, where a random token made the client's stop
+ * working; and a client that lost its token gets it again with its bearer
+ * token. Only a holder of the bearer token's secret can make it: state.db
+ * keeps SHA-256 digests, not this key. */
+static void s_device_token_make(const char *secret, const char *device_id,
+                                char out[S_DEVICE_TOKEN_LEN + 1])
+{
+    static const char context[] = "kith openclaw deviceToken v1";
+    uint8_t key[crypto_generichash_KEYBYTES], raw[32];
+    crypto_generichash(key, sizeof key, (const unsigned char *) secret, strlen(secret), NULL, 0);
+    crypto_generichash_state st;
+    (void) crypto_generichash_init(&st, key, sizeof key, sizeof raw);
+    (void) crypto_generichash_update(&st, (const unsigned char *) context, sizeof context);
+    (void) crypto_generichash_update(&st, (const unsigned char *) device_id, strlen(device_id));
+    (void) crypto_generichash_final(&st, raw, sizeof raw);
+    memcpy(out, S_DEVICE_TOKEN_PREFIX, sizeof S_DEVICE_TOKEN_PREFIX - 1);
+    sodium_bin2hex(out + sizeof S_DEVICE_TOKEN_PREFIX - 1, 65, raw, sizeof raw);
+    sodium_memzero(key, sizeof key);
+    sodium_memzero(raw, sizeof raw);
+    sodium_memzero(&st, sizeof st);
+}
+
+/* Records c's device in state.db (WIRE §25.8). With req_id, the device's
+ * deviceToken for bearer token `secret` is recorded, and hello-ok waits
+ * for the record (s_device_written); without, nobody waits. Returns 0, or
+ * -1 when nothing will be written (the reason is logged). */
+static int s_device_record(s_conn_t *c, const char *req_id, const char *secret)
 {
     gateway_openclaw_t *oc = c->oc;
     const gateway_openclaw_connect_t *h = c->hello;
@@ -1522,12 +1549,9 @@ static int s_device_record(s_conn_t *c, const char *req_id)
         if (!w)
             return -1;
         snprintf(w->req_id, sizeof w->req_id, "%s", req_id);
-        uint8_t raw[32], hash[32];
-        randombytes_buf(raw, sizeof raw);
-        memcpy(w->token, S_DEVICE_TOKEN_PREFIX, sizeof S_DEVICE_TOKEN_PREFIX - 1);
-        sodium_bin2hex(w->token + sizeof S_DEVICE_TOKEN_PREFIX - 1, 65, raw, sizeof raw);
+        uint8_t hash[32];
+        s_device_token_make(secret, d.id, w->token);
         crypto_hash_sha256(hash, (const unsigned char *) w->token, S_DEVICE_TOKEN_LEN);
-        sodium_memzero(raw, sizeof raw);
         rc = router_tokens_device_record(oc->tokens, &d, hash, now, s_device_written, w);
         if (rc != 0) {
             int e = errno;
@@ -1647,9 +1671,10 @@ static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
         s_audit(c, "device_join", v);
     if (by_device) {
         /* A known device: its last sighting is written (nobody waits). */
-        s_device_record(c, NULL);
+        s_device_record(c, NULL, NULL);
         s_accept(c, req->id, h->device_token);
-    } else if (h->has_device && bearer && c->loopback && s_device_record(c, req->id) == 0) {
+    } else if (h->has_device && bearer && c->loopback &&
+               s_device_record(c, req->id, secret) == 0) {
         c->accepting = true; /* hello-ok once the record is durable (s_device_written) */
     } else {
         s_accept(c, req->id, NULL);

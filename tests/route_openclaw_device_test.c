@@ -1,0 +1,328 @@
+/* tests/route_openclaw_device_test.c — the deviceTokens of the OpenClaw
+ * endpoint (gateway/route_openclaw.c, WIRE §25.8) with pairing on: a
+ * device that joins over loopback with a bearer token gets its deviceToken
+ * in hello-ok, and a later connect of the device whose socket closes
+ * before its hello-ok (the client never saw a token) must leave the device
+ * the token it holds: it still lets the device in alone. The loop runs on
+ * the test's thread with an in-memory token store; the client signs its
+ * device proof with libsodium. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <sodium.h>
+
+#include "gateway/auth.h"
+#include "gateway/http_server.h"
+#include "gateway/openclaw_device.h"
+#include "gateway/routes_openclaw.h"
+#include "router/clock.h"
+#include "router/net/loop.h"
+#include "router/state/tokens.h"
+#include "gateway_fixture.h"
+#include "loop_until.h"
+#include "ws_raw_client.h"
+
+#define WAIT_MS 5000 /* a bound on one wait, never a speed check */
+#define S_DT_LEN 72  /* "kithdev_" + 64 hex */
+
+typedef struct {
+    test_gw_t b;
+    gateway_openclaw_t *oc;
+} fix_t;
+
+/* A device: its Ed25519 key and id. */
+typedef struct {
+    uint8_t pk[crypto_sign_PUBLICKEYBYTES], sk[crypto_sign_SECRETKEYBYTES];
+    char id[GATEWAY_OPENCLAW_DEVICE_ID_LEN + 1];
+    char pk64[64];
+} tdev_t;
+
+static test_wsc_t s_cl;
+
+static bool s_added;
+
+static void s_on_added(bool ok, void *ud)
+{
+    (void) ud;
+    assert_true(ok);
+    s_added = true;
+}
+
+static bool s_until_added(void *ud)
+{
+    (void) ud;
+    return s_added;
+}
+
+/* A bearer token of the store (an operator's), its text in text[]. */
+static void s_bearer_new(fix_t *f, char text[GATEWAY_AUTH_TOKEN_LEN + 1])
+{
+    uint8_t hash[32];
+    gateway_auth_token_new(text, hash);
+    s_added = false;
+    assert_int_equal(router_tokens_add(f->b.tokens, hash, ROUTER_TOKEN_OPERATOR, "t",
+                                       router_clock_wall_ms(), s_on_added, NULL),
+                     0);
+    test_loop_until(f->b.loop, s_until_added, NULL, 1, WAIT_MS);
+}
+
+static void s_fix_new(fix_t *f)
+{
+    test_gw_new(&f->b, "route-openclaw-device-test");
+    /* Pairing on: the credential is a bearer token or a deviceToken. */
+    gateway_auth_destroy(&f->b.auth);
+    gateway_auth_opts_t ao = {.require_pairing = true};
+    f->b.auth = gateway_auth_new(f->b.tokens, &ao);
+    assert_non_null(f->b.auth);
+    gateway_openclaw_opts_t oo = {.auth = f->b.auth, .turns = f->b.turns};
+    f->oc = gateway_openclaw_new(f->b.gw, f->b.loop, &oo);
+    assert_non_null(f->oc);
+    test_gw_listen(&f->b);
+}
+
+static bool s_gone(void *ud)
+{
+    (void) ud;
+    return true;
+}
+
+static void s_fix_free(fix_t *f)
+{
+    test_gw_stop(&f->b);
+    (void) test_loop_wait(f->b.loop, s_gone, NULL, 1, WAIT_MS);
+    gateway_openclaw_destroy(&f->oc);
+    test_gw_free(&f->b);
+}
+
+static void s_dev_new(tdev_t *d)
+{
+    crypto_sign_keypair(d->pk, d->sk);
+    gateway_openclaw_device_id(d->pk, d->id);
+    sodium_bin2base64(d->pk64, sizeof d->pk64, d->pk, sizeof d->pk,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+}
+
+static unsigned s_want;
+
+static bool s_until_frames(void *ud)
+{
+    (void) ud;
+    test_wsc_read(&s_cl);
+    bool closed;
+    return test_wsc_frames(&s_cl, &closed) >= s_want || closed || s_cl.eof;
+}
+
+/* Runs the loop until frame n came or the socket ended; true when it came. */
+static bool s_wait_frame(fix_t *f, unsigned n)
+{
+    s_want = n + 1;
+    assert_true(test_loop_wait(f->b.loop, s_until_frames, NULL, 1, WAIT_MS));
+    int op = 0;
+    const uint8_t *p = NULL;
+    size_t len;
+    return test_wsc_frame(&s_cl, n, &op, &p, &len) && op == 1;
+}
+
+/* The string member `key` of frame n (the first one in it) into out[cap]. */
+static void s_frame_str(unsigned n, const char *key, char *out, size_t cap)
+{
+    int op;
+    const uint8_t *p;
+    size_t len;
+    out[0] = '\0';
+    assert_true(test_wsc_frame(&s_cl, n, &op, &p, &len));
+    char text[8192];
+    assert_true(len < sizeof text);
+    memcpy(text, p, len);
+    text[len] = '\0';
+    char needle[64];
+    snprintf(needle, sizeof needle, "\"%s\":\"", key);
+    const char *at = strstr(text, needle);
+    if (!at)
+        return;
+    at += strlen(needle);
+    const char *end = strchr(at, '"');
+    assert_non_null(end);
+    assert_true((size_t) (end - at) < cap);
+    memcpy(out, at, (size_t) (end - at));
+    out[end - at] = '\0';
+}
+
+/* Opens a socket, reads its challenge and sends `connect` for device d
+ * with the credential given (`token` as auth.token, else `device_token` as
+ * auth.deviceToken), signed over it. With `then_close`, a Close follows in
+ * the same write: the server reads both before its token store answers. */
+static void s_join(fix_t *f, const tdev_t *d, const char *token, const char *device_token,
+                   bool then_close)
+{
+    test_wsc_open(&s_cl, f->b.port,
+                  "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n");
+    assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
+    assert_true(s_wait_frame(f, 0));
+    char nonce[80];
+    s_frame_str(0, "nonce", nonce, sizeof nonce);
+    assert_int_equal(strlen(nonce), 64);
+    const char *secret = token ? token : device_token;
+    const char *scopes[] = {"operator.read"};
+    int64_t now = (int64_t) router_clock_wall_ms();
+    gateway_openclaw_device_fields_t fl = {
+        .device_id = d->id, .client_id = "cli", .client_mode = "cli", .role = "operator",
+        .scopes = scopes, .nscopes = 1, .signed_at_ms = now, .token = secret, .nonce = nonce,
+        .platform = "", .device_family = ""};
+    char payload[1024];
+    int n = gateway_openclaw_device_payload(&fl, 3, payload, sizeof payload);
+    assert_true(n > 0);
+    uint8_t sig[crypto_sign_BYTES];
+    crypto_sign_detached(sig, NULL, (const unsigned char *) payload, (unsigned long long) n,
+                         d->sk);
+    char sig64[128];
+    sodium_bin2base64(sig64, sizeof sig64, sig, sizeof sig,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    char req[2048];
+    snprintf(req, sizeof req,
+             "{\"type\":\"req\",\"id\":\"c\",\"method\":\"connect\",\"params\":{"
+             "\"minProtocol\":4,\"maxProtocol\":4,\"client\":{\"id\":\"cli\",\"mode\":\"cli\"},"
+             "\"scopes\":[\"operator.read\"],\"auth\":{\"%s\":\"%s\"},"
+             "\"device\":{\"id\":\"%s\",\"publicKey\":\"%s\",\"signature\":\"%s\","
+             "\"signedAt\":%lld,\"nonce\":\"%s\"}}}",
+             token ? "token" : "deviceToken", secret, d->id, d->pk64, sig64, (long long) now,
+             nonce);
+    test_wsc_send_text(&s_cl, req);
+    if (then_close) {
+        static const uint8_t close_frame[] = {0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8}; /* 1000 */
+        assert_int_equal(send(s_cl.fd, close_frame, sizeof close_frame, MSG_NOSIGNAL),
+                         (ssize_t) sizeof close_frame);
+    }
+}
+
+/* A join that must end in hello-ok: the deviceToken it carries into dt
+ * ("" when none). */
+static void s_join_ok(fix_t *f, const tdev_t *d, const char *token, const char *device_token,
+                      char dt[S_DT_LEN + 1])
+{
+    s_join(f, d, token, device_token, false);
+    assert_true(s_wait_frame(f, 1));
+    if (!test_wsc_frame_has(&s_cl, 1, "\"hello-ok\"")) {
+        int op;
+        const uint8_t *p;
+        size_t len;
+        (void) test_wsc_frame(&s_cl, 1, &op, &p, &len);
+        fail_msg("connect refused: %.*s", (int) len, (const char *) p);
+    }
+    s_frame_str(1, "deviceToken", dt, S_DT_LEN + 1);
+}
+
+static void s_client_close(fix_t *f)
+{
+    close(s_cl.fd);
+    for (int i = 0; i < 5; i++)
+        (void) test_loop_wait(f->b.loop, s_gone, NULL, 1, WAIT_MS);
+}
+
+static bool s_until_ended(void *ud)
+{
+    (void) ud;
+    test_wsc_read(&s_cl);
+    return test_wsc_ended(&s_cl);
+}
+
+/* A connect of a known device with its bearer token whose socket closes
+ * before hello-ok (its record still written) leaves the device's
+ * deviceToken working: the device joins with it alone after. */
+static void test_dropped_connect_keeps_device_token(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    char bearer[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, bearer);
+    tdev_t d;
+    s_dev_new(&d);
+    char dt[S_DT_LEN + 1], again[S_DT_LEN + 1];
+    s_join_ok(&f, &d, bearer, NULL, dt);
+    assert_int_equal(strlen(dt), S_DT_LEN);
+    s_client_close(&f);
+
+    /* The bearer token again, and a Close before its hello-ok could go. */
+    s_join(&f, &d, bearer, NULL, true);
+    assert_true(test_loop_wait(f.b.loop, s_until_ended, NULL, 1, WAIT_MS));
+    assert_false(test_wsc_frame_has(&s_cl, 1, "\"hello-ok\""));
+    s_client_close(&f);
+    /* A write after it: its device record is durable once this one is
+     * (the store answers in order). */
+    char other[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, other);
+
+    /* The token the client holds lets it in alone, and comes back. */
+    char alone[S_DT_LEN + 1];
+    s_join_ok(&f, &d, NULL, dt, alone);
+    assert_string_equal(alone, dt);
+    s_client_close(&f);
+    /* The same bearer token gives the device the same token again. */
+    s_join_ok(&f, &d, bearer, NULL, again);
+    s_client_close(&f);
+    assert_string_equal(again, dt);
+    s_fix_free(&f);
+}
+
+/* Another device, or the same device with another bearer token, gets
+ * another deviceToken; the latter replaces the device's first one. */
+static void test_device_token_per_device_and_bearer(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    char b1[GATEWAY_AUTH_TOKEN_LEN + 1], b2[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, b1);
+    s_bearer_new(&f, b2);
+    tdev_t d1, d2;
+    s_dev_new(&d1);
+    s_dev_new(&d2);
+    char t1[S_DT_LEN + 1], t2[S_DT_LEN + 1], t3[S_DT_LEN + 1];
+    s_join_ok(&f, &d1, b1, NULL, t1);
+    s_client_close(&f);
+    s_join_ok(&f, &d2, b1, NULL, t2);
+    s_client_close(&f);
+    assert_string_not_equal(t1, t2);
+    /* d1's token does not open d2 (it is d1's, and signed by d2's key). */
+    s_join(&f, &d2, NULL, t1, false);
+    assert_true(s_wait_frame(&f, 1));
+    assert_true(test_wsc_frame_has(&s_cl, 1, "AUTH_DEVICE_TOKEN_MISMATCH"));
+    s_client_close(&f);
+    /* d1 with the other bearer token: another token, which replaces t1. */
+    s_join_ok(&f, &d1, b2, NULL, t3);
+    s_client_close(&f);
+    assert_string_not_equal(t1, t3);
+    s_join(&f, &d1, NULL, t1, false);
+    assert_true(s_wait_frame(&f, 1));
+    assert_true(test_wsc_frame_has(&s_cl, 1, "AUTH_DEVICE_TOKEN_MISMATCH"));
+    s_client_close(&f);
+    char alone[S_DT_LEN + 1];
+    s_join_ok(&f, &d1, NULL, t3, alone);
+    assert_string_equal(alone, t3);
+    s_client_close(&f);
+    s_fix_free(&f);
+}
+
+int main(void)
+{
+    if (sodium_init() < 0)
+        return 1;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dropped_connect_keeps_device_token),
+        cmocka_unit_test(test_device_token_per_device_and_bearer),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
