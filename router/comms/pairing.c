@@ -363,6 +363,9 @@ static void s_on_proof(router_pairing_conn_t *pc, const router_pairing_msg_t *m)
         s_refuse(pc, "invalid_proof", "invalid pairing password proof");
         return;
     }
+    /* The lock is for wrong proofs in a row (WIRE §23.6): a right one
+     * starts the count again, as a right /pair code does. */
+    router_tokens_forgive(p->lockouts, pc->client);
     router_peer_addr_t dial;
     char why[128];
     if (router_peer_addr_parse(m->address, &dial, why, sizeof why) != 0) {

@@ -90,9 +90,33 @@ def pairing_guesses_stop_at_the_lockout():
         node.cleanup()
 
 
+def pairing_right_proof_restarts_the_count():
+    """Five wrong proofs *in a row* lock an address out (WIRE §23.6): a
+    right proof in between starts the count again, as a right /pair code
+    does. Before, every wrong proof counted for good, so an operator who
+    mistyped now and then was locked out by the fifth over any span."""
+    os.environ["KITH_TEST_PAIRING"] = PASSWORD
+    node = Daemon("advrow", config={"comms": {"pairing_password_env": "KITH_TEST_PAIRING"}})
+    node.start()
+    try:
+        key = pubkey_text(Peer().pk)
+        for round_ in range(2):
+            for _ in range(4):
+                s, f, ch = s_handshake(node.port, "127.0.0.9")
+                got = s_proof(f, ch, "a typo", key)
+                s.close()
+                assert got and got.get("code") == "invalid_proof", (round_, got)
+            s, f, ch = s_handshake(node.port, "127.0.0.9")
+            got = s_proof(f, ch, PASSWORD, key)
+            s.close()
+            assert got and got["kind"] == "meerkat_pairing_complete", (round_, got)
+    finally:
+        node.cleanup()
+
+
 def main():
     results = Results()
-    for fn in (pairing_guesses_stop_at_the_lockout,):
+    for fn in (pairing_guesses_stop_at_the_lockout, pairing_right_proof_restarts_the_count):
         results.run(fn)
     return results.summary()
 
