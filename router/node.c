@@ -221,19 +221,26 @@ static int s_inproc_accept(int fd, void *ud)
 
 /* ---------------------------------------------------------------- listeners */
 
+/* The address as a refusal names it: at most S_ADDR_SHOWN bytes of it, so
+ * the reason after it fits a caller's line (a kith_last_error()). */
+#define S_ADDR_SHOWN 100
+
 static int s_listen_one(router_node_t *self, const char *text, bool events, char *err,
                         size_t errcap, uint16_t *port)
 {
     router_addr_t addr;
     router_addr_err_t why;
+    const char *more = strlen(text) > S_ADDR_SHOWN ? "…" : "";
     if (router_addr_parse(text, &addr, &why) != 0) {
-        snprintf(err, errcap, "cannot listen on %s: %s", text, router_addr_err_str(why));
+        snprintf(err, errcap, "cannot listen on %.*s%s: %s", S_ADDR_SHOWN, text, more,
+                 router_addr_err_str(why));
         return -1;
     }
     router_listener_t *l = events ? router_events_listen(self->events, &addr)
                                   : router_comms_listen(self->comms, &addr);
     if (!l) {
-        snprintf(err, errcap, "cannot listen on %s: %s", text, strerror(errno));
+        snprintf(err, errcap, "cannot listen on %.*s%s: %s", S_ADDR_SHOWN, text, more,
+                 strerror(errno));
         return -1;
     }
     if (!events)

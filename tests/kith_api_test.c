@@ -547,6 +547,14 @@ static void test_error_paths(void **state)
     assert_int_equal(kith_node_listen(a, "inproc://x"), -1);
     assert_int_equal(kith_node_listen(a, "tcp://no.such.host:1"), -1);
     assert_int_equal(kith_node_listen(a, "uds://relative.sock"), -1);
+    /* An address too long for its kind: the reason is not cut off by it. */
+    char longer[320];
+    snprintf(longer, sizeof longer, "uds:///tmp/%0150d.sock", 7);
+    assert_int_equal(kith_node_listen(a, longer), -1);
+    assert_non_null(strstr(kith_last_error(), "Unix socket path too long"));
+    snprintf(longer, sizeof longer, "tcp://%0300d:1", 7);
+    assert_int_equal(kith_node_listen(a, longer), -1);
+    assert_non_null(strstr(kith_last_error(), "too long"));
     /* A port another node holds: refused, saying why; both keep working. */
     int port = kith_node_listen(a, "tcp://127.0.0.1:0");
     assert_true(port > 0);
