@@ -21,6 +21,7 @@
 
 #include <sodium.h>
 
+#include "alloc_fail.h"
 #include "gateway/auth.h"
 #include "gateway/http_server.h"
 #include "gateway/openclaw_device.h"
@@ -316,6 +317,93 @@ static void test_device_token_per_device_and_bearer(void **state)
     s_fix_free(&f);
 }
 
+/* A device's loopback connect with its bearer token, with each of the
+ * endpoint's allocations failing in turn (its wait for the record, the
+ * store's job among them): hello-ok (with its deviceToken, or without when
+ * the record could not be asked for), or a close — never silence; and a
+ * connect that failed never takes the device's deviceToken away. */
+static void test_device_connect_out_of_memory(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    char bearer[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, bearer);
+    tdev_t d;
+    s_dev_new(&d);
+    char dt[S_DT_LEN + 1], got[S_DT_LEN + 1];
+    s_join_ok(&f, &d, bearer, NULL, dt);
+    s_client_close(&f);
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        s_join(&f, &d, bearer, NULL, false);
+        alloc_fail_arm(i);
+        /* The connect was sent before arming: its read is the loop's. */
+        s_want = 2;
+        bool held = test_loop_wait(f.b.loop, s_until_frames, NULL, 1, WAIT_MS);
+        unsigned failed = alloc_fail_disarm();
+        bool closed;
+        unsigned n = test_wsc_frames(&s_cl, &closed);
+        if (!held || (n < 2 && !closed && !s_cl.eof))
+            fail_msg("allocation %ld failing: connect got neither an answer nor a close", i);
+        if (n >= 2 && test_wsc_frame_has(&s_cl, 1, "\"hello-ok\"")) {
+            s_frame_str(1, "deviceToken", got, sizeof got);
+            if (got[0] && strcmp(got, dt) != 0)
+                fail_msg("allocation %ld failing: hello-ok handed out another token", i);
+        }
+        s_client_close(&f);
+        /* Whatever the store was asked is written before this. */
+        char other[GATEWAY_AUTH_TOKEN_LEN + 1];
+        s_bearer_new(&f, other);
+        s_join_ok(&f, &d, NULL, dt, got);
+        s_client_close(&f);
+        if (!failed)
+            break;
+    }
+    s_fix_free(&f);
+}
+
+/* A full device table (ROUTER_TOKENS_DEVICES_MAX recorded) records no new
+ * device: its connect is let in with its bearer token, without a
+ * deviceToken (WIRE §25.8); a device recorded before goes on with its own. */
+static void test_device_table_full(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    char bearer[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, bearer);
+    tdev_t known, late;
+    s_dev_new(&known);
+    s_dev_new(&late);
+    char dt[S_DT_LEN + 1], got[S_DT_LEN + 1];
+    s_join_ok(&f, &known, bearer, NULL, dt);
+    s_client_close(&f);
+    /* The rest of the table, straight into the store. */
+    for (unsigned i = 1; i < ROUTER_TOKENS_DEVICES_MAX; i++) {
+        router_tokens_device_t r = {0};
+        uint8_t pk[32] = {0};
+        memcpy(pk, &i, sizeof i);
+        gateway_openclaw_device_id(pk, r.id);
+        memcpy(r.public_key, pk, sizeof pk);
+        snprintf(r.client_id, sizeof r.client_id, "filler");
+        snprintf(r.client_mode, sizeof r.client_mode, "cli");
+        assert_int_equal(router_tokens_device_record(f.b.tokens, &r, NULL,
+                                                     router_clock_wall_ms(), NULL, NULL),
+                         0);
+    }
+    char other[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, other); /* after the fillers: they are durable */
+    assert_int_equal(router_tokens_device_count(f.b.tokens), ROUTER_TOKENS_DEVICES_MAX);
+    s_join_ok(&f, &late, bearer, NULL, got);
+    assert_string_equal(got, "");
+    s_client_close(&f);
+    assert_int_equal(router_tokens_device_count(f.b.tokens), ROUTER_TOKENS_DEVICES_MAX);
+    s_join_ok(&f, &known, NULL, dt, got);
+    assert_string_equal(got, dt);
+    s_client_close(&f);
+    s_fix_free(&f);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -323,6 +411,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dropped_connect_keeps_device_token),
         cmocka_unit_test(test_device_token_per_device_and_bearer),
+        cmocka_unit_test(test_device_connect_out_of_memory),
+        cmocka_unit_test(test_device_table_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
