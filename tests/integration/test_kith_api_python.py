@@ -271,6 +271,33 @@ def test_faults_and_trust_on_a_destroyed_node(kith):
         assert "destroyed" in str(e)
 
 
+def test_nul_in_text_is_refused_not_cut(kith):
+    """A NUL inside a string the library takes would end the C string
+    there: the old module sent "hello" for "hello\\0world" and said ACKED,
+    and "b\\0junk" named peer b. Each is refused, and nothing is sent."""
+    with kith.Net() as net:
+        a, b = net.node("a"), net.node("b")
+        a.trust(b)
+        for call in (lambda: a.send("b", "hello\0world", timeout_ms=5000),
+                     lambda: a.send("b\0junk", "x", timeout_ms=5000),
+                     lambda: a.request("b", "add\0sub", timeout_ms=5000),
+                     lambda: net.node("c\0d"),
+                     lambda: a.listen("tcp://127.0.0.1:0\0x")):
+            try:
+                call()
+                raise AssertionError("a NUL was passed through")
+            except kith.KithError as e:
+                assert "NUL" in str(e), e
+        try:
+            m = b.recv(timeout_ms=0)
+            raise AssertionError("b received %r" % m)
+        except TimeoutError:
+            pass
+        # In JSON a NUL is escaped: params carry it whole.
+        assert a.request("b", "i", {"k": "v\0w"}, timeout_ms=WAIT_S * 1000) == kith.ACKED
+        assert b.recv(timeout_ms=WAIT_S * 1000)["kind"]["params"] == {"k": "v\0w"}
+
+
 def main():
     _reexec()
     import kith

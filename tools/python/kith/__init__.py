@@ -122,8 +122,18 @@ def _error(what):
     return KithError("%s: %s" % (what, _lib.kith_last_error().decode("utf-8", "replace")))
 
 
-def _text(s):
-    return None if s is None else s.encode("utf-8")
+def _text(s, what):
+    """s as the C string the library takes. C strings end at the first
+    NUL: one inside would cut the text short without a word (a body sent
+    in part and reported acked, a peer name read as another peer's), so
+    it is refused instead."""
+    if s is None:
+        return None
+    b = s.encode("utf-8")
+    if b"\0" in b:
+        raise KithError("%s: a NUL character cannot be passed to the library "
+                        "(C strings end at it)" % what)
+    return b
 
 
 _INT_MIN, _INT_MAX = -2 ** 31, 2 ** 31 - 1
@@ -231,7 +241,7 @@ class Node:
 
     def __init__(self, net, name, home=None):
         with net._use() as np:
-            ptr = _lib.kith_node_new(np, _text(name), _text(home))
+            ptr = _lib.kith_node_new(np, _text(name, "node name"), _text(home, "node home"))
             if not ptr:
                 raise _error("node %s" % name)
             self._ptr = ctypes.c_void_p(ptr)
@@ -279,7 +289,7 @@ class Node:
         """Also serves "tcp://HOST:PORT" (port 0: one is chosen) or
         "uds:///PATH". Returns the bound TCP port, or 0 for a Unix socket."""
         with self._use() as n:
-            port = _lib.kith_node_listen(n, _text(addr))
+            port = _lib.kith_node_listen(n, _text(addr, "listen"))
             if port < 0:
                 raise _error("listen")
         return port
@@ -289,7 +299,7 @@ class Node:
         and waits for its ack. Returns ACKED, OFFLINE or REFUSED."""
         with self._use() as n:
             return self._outcome("send", _lib.kith_node_send(
-                n, _text(to), _text(body), _ms(timeout_ms)))
+                n, _text(to, "send to"), _text(body, "send body"), _ms(timeout_ms)))
 
     def request(self, to, intent, params=None, timeout_ms=DEFAULT_TIMEOUT_MS):
         """Sends a request {intent, params} (params: any JSON-able value) and
@@ -297,7 +307,8 @@ class Node:
         later through recv() as a "response"."""
         with self._use() as n:
             return self._outcome("request", _lib.kith_node_request(
-                n, _text(to), _text(intent), _json(params), _ms(timeout_ms)))
+                n, _text(to, "request to"), _text(intent, "request intent"), _json(params),
+                _ms(timeout_ms)))
 
     def respond(self, request, status="completed", result=None, timeout_ms=DEFAULT_TIMEOUT_MS):
         """Answers a received request (the Message recv gave) with a signed
@@ -307,7 +318,7 @@ class Node:
             raise KithError("respond: pass the Message recv() returned")
         with self._use() as n:
             return self._outcome("respond", _lib.kith_node_respond(
-                n, request._ptr, _text(status), _json(result), _ms(timeout_ms)))
+                n, request._ptr, _text(status, "respond status"), _json(result), _ms(timeout_ms)))
 
     def recv(self, timeout_ms=DEFAULT_TIMEOUT_MS):
         """Takes the oldest received envelope as a Message (a dict), waiting
