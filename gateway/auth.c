@@ -206,12 +206,24 @@ static bool s_ieq(const char *a, size_t n, const char *b)
     return true;
 }
 
+/* The host the request names: the authority of an absolute-form target,
+ * which wins over the Host field (RFC 9112 §3.2.2, WIRE §11.1), else Host.
+ * Reading only the Host field let `GET http://rebound.example/admin/paircode`
+ * with `Host: 127.0.0.1` through the DNS-rebinding check. False: none. */
+static bool s_req_host(const gateway_http_req_t *req, proto_http_slice_t *host)
+{
+    if (!req->head || !req->head->host.ptr)
+        return false;
+    *host = req->head->host;
+    return true;
+}
+
 bool gateway_auth_origin_ok(const gateway_http_req_t *req)
 {
     proto_http_slice_t origin, host;
     if (!gateway_http_req_header(req, "Origin", &origin))
         return true;
-    if (!gateway_http_req_header(req, "Host", &host) || host.len == 0 || host.len > 255)
+    if (!s_req_host(req, &host) || host.len == 0 || host.len > 255)
         return false;
     char want[300];
     for (int https = 0; https < 2; https++) {
@@ -231,7 +243,7 @@ bool gateway_auth_origin_ok(const gateway_http_req_t *req)
 static bool s_host_may_be_rebound(const gateway_http_req_t *req)
 {
     proto_http_slice_t host;
-    if (!gateway_http_req_header(req, "Host", &host) || host.len == 0)
+    if (!s_req_host(req, &host) || host.len == 0)
         return false;
     if (host.len > 255 || host.ptr[0] == '[')
         return host.len > 255; /* [IPv6 literal]; an absurd Host is refused */

@@ -1,0 +1,207 @@
+"""tests/integration/test_adversary_http.py — the gateway as public ingress,
+attacked from outside with raw sockets on the real `kith daemon` (echo on,
+pairing on, a small unsent bound so floods are quick). Each case is an
+attack an earlier black-box pass found kith mishandling, checked for the
+answer a production router must give (WIRE §11, §12, §17):
+
+- an absolute-form target whose authority is a DNS name (RFC 9112 §3.2.2:
+  it replaces Host) is held to the DNS-rebinding rule of /admin and of
+  external events, not the Host field it overrides (§17.3, §17.4);
+- a WebSocket client flooding pings while reading none of the pongs is a
+  slow consumer: it is closed 1008 "slow consumer" like one that stops
+  reading its messages (§12.3), never reset without a word.
+
+Waits are deadlines for progress, never speed assertions. Case names on the
+command line run only those."""
+
+import json
+import os
+import socket
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import Daemon, Results, pair_token  # noqa: E402
+
+WAIT_S = 60  # a bound on any one wait
+UNSENT_MAX = 256 * 1024  # limits.conn_unsent_max here: floods reach it soon
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+CLOSE_OP, PING, PONG = 0x8, 0x9, 0xA
+
+
+# ------------------------------------------------------------------ raw clients
+
+def connect(node, rcvbuf=None):
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(WAIT_S)
+    s.connect(("127.0.0.1", node.gw_port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def read_to_end(s):
+    """Everything until EOF, and whether the end was a reset."""
+    out = b""
+    while True:
+        try:
+            chunk = s.recv(1 << 20)
+        except ConnectionResetError:
+            return out, True
+        if not chunk:
+            return out, False
+        out += chunk
+
+
+def answer(node, data):
+    """(status, headers, JSON body or None) of the one answer to data sent
+    on a fresh connection that the server then closes."""
+    with connect(node) as s:
+        s.sendall(data)
+        out, _ = read_to_end(s)
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1]) if lines[0].startswith("HTTP/1.1 ") else 0
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    return status, headers, doc
+
+
+def frame(op, payload, fin=True, mask=b"\x37\xfa\x21\x3d"):
+    """One masked client frame (payloads under 64 KiB)."""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | op])
+    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n)
+    return head + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+
+
+def server_frames(data):
+    """(opcode, payload) of each whole unmasked server frame in data."""
+    frames, i = [], 0
+    while i + 2 <= len(data):
+        op, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n, i = struct.unpack(">H", data[i:i + 2])[0], i + 2
+        elif n == 127:
+            n, i = struct.unpack(">Q", data[i:i + 8])[0], i + 8
+        if i + n > len(data):
+            break
+        frames.append((op, data[i:i + n]))
+        i += n
+    return frames
+
+
+def upgrade(node, rcvbuf=None):
+    """A /ws/echo socket past its 101."""
+    s = connect(node, rcvbuf)
+    s.sendall(b"GET /ws/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY +
+              b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return s
+
+
+def still_serves(node):
+    status, _, doc = answer(node, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status == 200 and doc["status"] == "ok", (status, doc)
+
+
+# ------------------------------------------------------------------ cases
+
+def absolute_form_authority_is_the_host_checked(node, token):
+    """RFC 9112 §3.2.2: the authority of an absolute-form target replaces
+    Host. A rebound DNS name written there must meet the same refusal as in
+    Host; before, `Host: 127.0.0.1` beside it got a pairing code out."""
+    del token
+    admin = b"GET http://rebound.example.com/admin/paircode HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    status, _, doc = answer(node, admin + b"Connection: close\r\n\r\n")
+    assert status == 403 and doc["code"] == "forbidden" and "DNS" in doc["error"], (status, doc)
+    # The same with a port, and a POST to shutdown: refused, the daemon lives.
+    status, _, doc = answer(node, b"POST http://rebound.example.com:80/admin/shutdown HTTP/1.1\r\n"
+                            b"Host: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert status == 403 and doc["code"] == "forbidden", (status, doc)
+    # An Origin naming the Host field but not the target's authority is
+    # another site (no secret guards external events here).
+    body = json.dumps({"kind": "generic_json", "event_type": "t", "payload": {}}).encode()
+    status, _, doc = answer(node, b"POST http://rebound.example.com/sessions/s1/external-events "
+                            b"HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://127.0.0.1\r\n"
+                            b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+                            b"Connection: close\r\n\r\n" % len(body) + body)
+    assert status == 403 and doc["code"] == "origin_not_allowed", (status, doc)
+    # An absolute-form target naming the loopback address is still served.
+    status, _, doc = answer(node, b"GET http://127.0.0.1/admin/paircode HTTP/1.1\r\n"
+                            b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert status == 200 and len(doc["code"]) == 6, (status, doc)
+    still_serves(node)
+
+
+def ping_flood_unread_pongs_is_closed_1008(node, token):
+    """Pings answered into a socket whose client reads nothing pile up as
+    pongs: past limits.conn_unsent_max the socket is closed 1008 "slow
+    consumer" (its Close is the last frame the client reads), as for echo
+    it does not read — before, the loop reset it without a word."""
+    del token
+    s = upgrade(node, rcvbuf=4096)
+    since = len(node.logs())
+    batch = frame(PING, b"p" * 125) * 512
+    s.settimeout(5)
+    sent = 0
+    # Enough pongs to pass the bound and every kernel buffer between us, or
+    # until the daemon says it cut the socket.
+    try:
+        while sent < 64 << 20 and "cut: slow consumer" not in node.logs(since):
+            s.sendall(batch)
+            sent += len(batch)
+    except (socket.timeout, ConnectionResetError, BrokenPipeError):
+        pass
+    node.wait_log("cut: slow consumer")
+    s.settimeout(WAIT_S)
+    out, _ = read_to_end(s)
+    s.close()
+    frames = server_frames(out)
+    assert frames and frames[-1][0] == CLOSE_OP, (len(out), frames[-3:])
+    code = struct.unpack(">H", frames[-1][1][:2])[0]
+    assert code == 1008 and frames[-1][1][2:] == b"slow consumer", frames[-1]
+    assert all(op == PONG for op, _ in frames[:-1]), {op for op, _ in frames}
+    # Another socket is served meanwhile.
+    w = upgrade(node)
+    w.sendall(frame(0x1, b"still here") + frame(CLOSE_OP, struct.pack(">H", 1000)))
+    out, _ = read_to_end(w)
+    w.close()
+    assert server_frames(out)[0] == (0x1, b"still here"), out[:80]
+    still_serves(node)
+
+
+CASES = [absolute_form_authority_is_the_host_checked, ping_flood_unread_pongs_is_closed_1008]
+
+
+def main():
+    only = set(sys.argv[1:])
+    node = Daemon("adversary", config={"gateway": {"echo": True},
+                                       "limits": {"conn_unsent_max": UNSENT_MAX}})
+    node.start()
+    results = Results()
+    try:
+        token = pair_token(node)
+        for fn in CASES:
+            if not only or fn.__name__ in only:
+                results.run(fn, node, token)
+    finally:
+        results.stopped(node)
+        node.cleanup()
+    return results.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
