@@ -187,25 +187,32 @@ static int s_send_failed(gateway_ws_t *ws)
     return -1;
 }
 
-int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len)
+/* Sends one frame if it fits with the Close after it: the connection's
+ * own limit, or its share of all connections' unsent bound when they
+ * together near it (router_conn_send_room); past either the socket is
+ * closed politely (1008), before the loop would reset it. Pongs go this
+ * way too: a client flooding pings while reading nothing is a slow
+ * consumer like any other, and a reset would tell it nothing. */
+static int s_send_bounded(gateway_ws_t *ws, proto_ws_opcode_t op, const void *data, size_t len)
 {
-    if (ws->state != S_OPEN) {
-        errno = EPIPE;
-        return -1;
-    }
-    /* Room for the frame and the Close after it: the connection's own
-     * limit, or its share of all connections' unsent bound when they
-     * together near it (router_conn_send_room); past either the socket is
-     * closed politely, before the loop would reset it. */
     size_t queued = router_conn_send_queued(ws->conn);
     size_t room = router_conn_send_room(ws->conn);
     if (len > SIZE_MAX - PROTO_WS_HEADER_MAX - S_CLOSE_ROOM ||
         PROTO_WS_HEADER_MAX + len + S_CLOSE_ROOM > room)
         return s_cut_slow(ws, queued < ws->send_limit + S_CLOSE_ROOM &&
                                   room < ws->send_limit + S_CLOSE_ROOM - queued);
-    if (s_send_frame(ws, text ? PROTO_WS_OP_TEXT : PROTO_WS_OP_BINARY, data, len) != 0)
+    if (s_send_frame(ws, op, data, len) != 0)
         return errno == EMSGSIZE ? -1 : s_send_failed(ws);
     return 0;
+}
+
+int gateway_ws_send(gateway_ws_t *ws, bool text, const void *data, size_t len)
+{
+    if (ws->state != S_OPEN) {
+        errno = EPIPE;
+        return -1;
+    }
+    return s_send_bounded(ws, text ? PROTO_WS_OP_TEXT : PROTO_WS_OP_BINARY, data, len);
 }
 
 router_shared_buf_t *gateway_ws_frame_new(bool text, const void *data, size_t len)
@@ -344,10 +351,8 @@ static void s_event(gateway_ws_t *ws, proto_ws_event_t *ev)
             s_deliver(ws, ws->msg, ws->msg_len);
         return;
     case PROTO_WS_OP_PING:
-        if (ws->state == S_OPEN && s_send_frame(ws, PROTO_WS_OP_PONG, ev->data, ev->len) != 0) {
-            ws->state = S_DONE;
-            s_closing(ws);
-        }
+        if (ws->state == S_OPEN)
+            (void) s_send_bounded(ws, PROTO_WS_OP_PONG, ev->data, ev->len);
         return;
     case PROTO_WS_OP_PONG:
         ws->pong_owed = false; /* alive; a pong we did not ask for also counts */
@@ -420,11 +425,8 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
                 s_fail(ws, PROTO_WS_CLOSE_GOING_AWAY, "no pong");
                 return;
             }
-            if (s_send_frame(ws, PROTO_WS_OP_PING, "kith", 4) != 0) {
-                ws->state = S_DONE; /* on_close follows from the loop */
-                s_closing(ws);
-                return;
-            }
+            if (s_send_bounded(ws, PROTO_WS_OP_PING, "kith", 4) != 0)
+                return; /* cut, or refused by the loop: on_close follows */
             ws->pong_owed = true;
             ws->ping_due = now + ws->opts.ping_interval_ms;
         }
