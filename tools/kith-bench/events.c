@@ -19,11 +19,15 @@ static void s_usage(FILE *f)
 {
     fprintf(f,
             "usage: kith-bench events --to tcp://IP:PORT|uds:///PATH --gateway http://IP:PORT\n"
-            "         [-n LINES] [--probes N] [--no-probe-run] [--timeout S] [--json]\n"
+            "         [-n LINES] [--probes N] [--no-probe-run] [--probe-first] [--timeout S]\n"
+            "         [--json]\n"
             "Writes LINES JSON event lines on one connection to the plain event listener\n"
             "(comms.event_address) and waits until /metrics counts them all queued (or\n"
             "skipped). Then again while GET /health is probed back to back on one keep-alive\n"
             "connection; the probe's latency is compared with N probes of the idle daemon.\n"
+            "--probe-first: the probed run before the plain one, on a daemon whose agents\n"
+            "run a turn per line: after the plain run they are still running its LINES\n"
+            "turns, and the probe would time those, not the lines of its own run.\n"
             "Defaults: -n 200000 --probes 500 --timeout 120.\n");
 }
 
@@ -212,10 +216,11 @@ int bench_mode_events(int argc, char **argv)
         {"to", required_argument, NULL, 't'},     {"gateway", required_argument, NULL, 'g'},
         {"probes", required_argument, NULL, 'P'}, {"no-probe-run", no_argument, NULL, 'N'},
         {"timeout", required_argument, NULL, 'T'}, {"json", no_argument, NULL, 'j'},
+        {"probe-first", no_argument, NULL, 'F'},
         {"help", no_argument, NULL, 'h'},         {0, 0, 0, 0}};
     const char *to_text = NULL, *gw_text = NULL;
     uint64_t lines = 200000, probes = 500, timeout_s = 120;
-    bool json = false, probe_run = true;
+    bool json = false, probe_run = true, probe_first = false;
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
@@ -226,6 +231,7 @@ int bench_mode_events(int argc, char **argv)
         case 'n': bad = bench_opt_u64("-n", optarg, 1, 50000000, &lines); break;
         case 'P': bad = bench_opt_u64("--probes", optarg, 1, 1000000, &probes); break;
         case 'N': probe_run = false; break;
+        case 'F': probe_first = true; break;
         case 'T': bad = bench_opt_u64("--timeout", optarg, 1, 86400, &timeout_s); break;
         case 'j': json = true; break;
         case 'h': s_usage(stdout); return 0;
@@ -267,8 +273,9 @@ int bench_mode_events(int argc, char **argv)
     if (idle.probe.fd >= 0)
         close(idle.probe.fd);
 
-    s_result_t plain, loaded = {0};
-    s_run(&to, &gw, payload, len, lines, (unsigned) timeout_s, &plain);
+    s_result_t plain = {0}, loaded = {0};
+    if (!probe_first || !probe_run)
+        s_run(&to, &gw, payload, len, lines, (unsigned) timeout_s, &plain);
     s_prober_t busy = {.probe = {.gw = &gw, .fd = -1}};
     if (probe_run && !plain.error) {
         pthread_t th;
@@ -282,6 +289,8 @@ int bench_mode_events(int argc, char **argv)
         }
         if (busy.probe.fd >= 0)
             close(busy.probe.fd);
+        if (probe_first && !loaded.error)
+            s_run(&to, &gw, payload, len, lines, (unsigned) timeout_s, &plain);
     }
     bench_samples_sort(&idle.lat);
     bench_samples_sort(&busy.lat);
