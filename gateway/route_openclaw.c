@@ -104,6 +104,7 @@ struct s_conn {
     uint64_t connected_ms;
     gateway_openclaw_connect_t *hello; /* the accepted connect params */
     bool accepting;           /* connect passed; waiting for its device record */
+    char accept_id[GATEWAY_OPENCLAW_ID_MAX + 1]; /* accepting: the connect's request id */
     unsigned scopes;          /* S_SCOPE_* granted */
     s_bind_t binds[GATEWAY_OPENCLAW_SESSIONS_MAX];
     s_run_t *runs;
@@ -1565,6 +1566,8 @@ static int s_device_record(s_conn_t *c, const char *req_id, const char *secret)
     return rc;
 }
 
+static void s_on_handshake_timeout(router_loop_t *loop, uint64_t id, void *ud);
+
 static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
 {
     gateway_openclaw_t *oc = c->oc;
@@ -1675,7 +1678,17 @@ static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
         s_accept(c, req->id, h->device_token);
     } else if (h->has_device && bearer && c->loopback &&
                s_device_record(c, req->id, secret) == 0) {
-        c->accepting = true; /* hello-ok once the record is durable (s_device_written) */
+        /* hello-ok once the record is durable (s_device_written), or
+         * without a deviceToken when that takes too long (a failing disk
+         * retries for ever): the handshake's timer now bounds this wait. */
+        c->accepting = true;
+        snprintf(c->accept_id, sizeof c->accept_id, "%s", req->id);
+        if (c->handshake_timer)
+            (void) router_loop_timer_cancel(oc->loop, c->handshake_timer);
+        c->handshake_timer = router_loop_timer_add(oc->loop, GATEWAY_OPENCLAW_RECORD_WAIT_MS,
+                                                   s_on_handshake_timeout, c);
+        if (!c->handshake_timer)
+            s_accept(c, req->id, NULL); /* no bound on the wait: none */
     } else {
         s_accept(c, req->id, NULL);
     }
@@ -1792,13 +1805,25 @@ static const gateway_ws_handlers_t s_ws_handlers = {
     .on_close = s_on_close,
 };
 
+/* The handshake's time is up, or the device record's wait (accepting).
+ * A connect that passed every check is not refused for a record the disk
+ * is slow to make durable (or cannot write): hello-ok goes without a
+ * deviceToken, as when the record cannot be written (WIRE §25.8); the
+ * client did its part, and a 1008 "connect timeout" would blame it. */
 static void s_on_handshake_timeout(router_loop_t *loop, uint64_t id, void *ud)
 {
     (void) loop, (void) id;
     s_conn_t *c = ud;
     c->handshake_timer = 0;
-    if (!c->connected)
+    if (c->accepting && !c->closing) {
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD,
+                   "socket %s: its device record is not durable after %u ms: hello-ok without "
+                   "a deviceToken",
+                   c->conn_id, GATEWAY_OPENCLAW_RECORD_WAIT_MS);
+        s_accept(c, c->accept_id, NULL);
+    } else if (!c->connected) {
         s_close(c, 1008, "connect timeout");
+    }
 }
 
 /* Is there a `token` member in the query? It is refused here (WIRE §25.2). */

@@ -22,6 +22,8 @@
 #define GATEWAY_OPENCLAW_TICK_MS 15000u         /* tick events; the client gives up after 2 */
 #define GATEWAY_OPENCLAW_TICK_MIN_MS 100u       /* smallest tick interval taken */
 #define GATEWAY_OPENCLAW_HANDSHAKE_MS 15000u    /* upgrade → hello-ok, else close 1008 */
+#define GATEWAY_OPENCLAW_RECORD_WAIT_MS 2000u   /* connect → its device record durable, else
+                                                 * hello-ok without a deviceToken */
 #define GATEWAY_OPENCLAW_CONNS_MAX 1024u        /* sockets open at once */
 #define GATEWAY_OPENCLAW_HANDSHAKES_MAX 256u    /* ...of them before hello-ok (WIRE §25.2) */
 #define GATEWAY_OPENCLAW_SESSIONS_MAX 8u        /* sessions one socket is attached to */

@@ -31,6 +31,7 @@
 #include "router/state/tokens.h"
 #include "gateway_fixture.h"
 #include "loop_until.h"
+#include "vfs_fail.h"
 #include "ws_raw_client.h"
 
 #define WAIT_MS 5000 /* a bound on one wait, never a speed check */
@@ -77,11 +78,26 @@ static void s_bearer_new(fix_t *f, char text[GATEWAY_AUTH_TOKEN_LEN + 1])
     test_loop_until(f->b.loop, s_until_added, NULL, 1, WAIT_MS);
 }
 
-static void s_fix_new(fix_t *f)
+/* The folder of a fixture's state.db on disk ("" for none). */
+static char s_dir[64];
+
+static void s_fix_new_at(fix_t *f, bool disk)
 {
     test_gw_new(&f->b, "route-openclaw-device-test");
     /* Pairing on: the credential is a bearer token or a deviceToken. */
     gateway_auth_destroy(&f->b.auth);
+    s_dir[0] = '\0';
+    if (disk) {
+        /* A token store on disk, whose commits tests/vfs_fail.h holds or fails. */
+        router_tokens_destroy(&f->b.tokens);
+        snprintf(s_dir, sizeof s_dir, "/tmp/kith-ocdev-XXXXXX");
+        assert_non_null(mkdtemp(s_dir));
+        char path[128], err[256];
+        snprintf(path, sizeof path, "%s/state.db", s_dir);
+        f->b.tokens = router_tokens_new(path, f->b.loop, err, sizeof err);
+        if (!f->b.tokens)
+            fail_msg("token store: %s", err);
+    }
     gateway_auth_opts_t ao = {.require_pairing = true};
     f->b.auth = gateway_auth_new(f->b.tokens, &ao);
     assert_non_null(f->b.auth);
@@ -91,18 +107,41 @@ static void s_fix_new(fix_t *f)
     test_gw_listen(&f->b);
 }
 
+static void s_fix_new(fix_t *f)
+{
+    s_fix_new_at(f, false);
+}
+
 static bool s_gone(void *ud)
 {
     (void) ud;
     return true;
 }
 
+/* Removes the fixture's folder on disk, if any. */
+static void s_dir_remove(void)
+{
+    if (!s_dir[0])
+        return;
+    static const char *const names[] = {"state.db", "state.db-wal", "state.db-shm",
+                                        "state.db-journal"};
+    char path[128];
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", s_dir, names[i]);
+        (void) unlink(path);
+    }
+    (void) rmdir(s_dir);
+    s_dir[0] = '\0';
+}
+
 static void s_fix_free(fix_t *f)
 {
+    vfs_fail_clear();
     test_gw_stop(&f->b);
     (void) test_loop_wait(f->b.loop, s_gone, NULL, 1, WAIT_MS);
     gateway_openclaw_destroy(&f->oc);
     test_gw_free(&f->b);
+    s_dir_remove();
 }
 
 static void s_dev_new(tdev_t *d)
@@ -387,9 +426,12 @@ static void test_device_table_full(void **state)
         memcpy(r.public_key, pk, sizeof pk);
         snprintf(r.client_id, sizeof r.client_id, "filler");
         snprintf(r.client_mode, sizeof r.client_mode, "cli");
-        assert_int_equal(router_tokens_device_record(f.b.tokens, &r, NULL,
-                                                     router_clock_wall_ms(), NULL, NULL),
-                         0);
+        int rc;
+        while ((rc = router_tokens_device_record(f.b.tokens, &r, NULL, router_clock_wall_ms(),
+                                                 NULL, NULL)) != 0 &&
+               errno == EAGAIN) /* the store's queue is full: let it answer */
+            (void) test_loop_wait(f.b.loop, s_gone, NULL, 1, WAIT_MS);
+        assert_int_equal(rc, 0);
     }
     char other[GATEWAY_AUTH_TOKEN_LEN + 1];
     s_bearer_new(&f, other); /* after the fillers: they are durable */
@@ -404,15 +446,168 @@ static void test_device_table_full(void **state)
     s_fix_free(&f);
 }
 
+/* `health` on the connected socket: its answer comes (frame n on). */
+static void s_health(fix_t *f, unsigned n)
+{
+    test_wsc_send_text(&s_cl, "{\"type\":\"req\",\"id\":\"h\",\"method\":\"health\"}");
+    for (unsigned k = n;; k++) {
+        assert_true(s_wait_frame(f, k));
+        if (test_wsc_frame_has(&s_cl, k, "\"id\":\"h\",\"ok\":true"))
+            return;
+    }
+}
+
+static bool s_until_held(void *ud)
+{
+    (void) ud;
+    return vfs_fail_held() > 0;
+}
+
+/* A disk that holds the device record's commit (slow, or failing and
+ * retried for ever): the connect is answered hello-ok without a
+ * deviceToken once GATEWAY_OPENCLAW_RECORD_WAIT_MS pass, not closed 1008
+ * "connect timeout" at the handshake's end as if the client had not
+ * answered; the record, durable later, sends nothing more, and the
+ * device's token still lets it in. */
+static void test_device_record_slow_disk(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new_at(&f, true);
+    char bearer[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, bearer);
+    tdev_t d;
+    s_dev_new(&d);
+    char dt[S_DT_LEN + 1], got[S_DT_LEN + 1];
+    s_join_ok(&f, &d, bearer, NULL, dt);
+    s_client_close(&f);
+
+    vfs_fail_hold(s_dir);
+    s_join_ok(&f, &d, bearer, NULL, got); /* within WAIT_MS: GATEWAY_OPENCLAW_RECORD_WAIT_MS */
+    assert_string_equal(got, "");
+    assert_true(vfs_fail_held() > 0); /* the record's commit still waits on the disk */
+    s_health(&f, 2);
+    bool closed;
+    unsigned n = test_wsc_frames(&s_cl, &closed);
+    vfs_fail_hold(NULL);
+    char other[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, other); /* after the record: it is durable now */
+    test_wsc_read(&s_cl);
+    for (unsigned k = n; k < test_wsc_frames(&s_cl, &closed); k++)
+        assert_false(test_wsc_frame_has(&s_cl, k, "\"hello-ok\""));
+    assert_false(closed || s_cl.eof);
+    s_client_close(&f);
+    s_join_ok(&f, &d, NULL, dt, got);
+    assert_string_equal(got, dt);
+    s_client_close(&f);
+    s_fix_free(&f);
+}
+
+/* The endpoint destroyed while a device record it waits for is in flight
+ * (its commit held on the disk) and its socket open: the record's answer,
+ * run by the store's stop after, finds no endpoint and frees its wait —
+ * no use after free, no leak (ASan, LSan). */
+static void test_destroy_with_record_in_flight(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new_at(&f, true);
+    char bearer[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, bearer);
+    tdev_t d;
+    s_dev_new(&d);
+    vfs_fail_hold(s_dir);
+    s_join(&f, &d, bearer, NULL, false);
+    test_loop_until(f.b.loop, s_until_held, NULL, 1, WAIT_MS);
+    gateway_http_destroy(&f.b.gw);
+    gateway_openclaw_destroy(&f.oc);
+    assert_null(f.oc);
+    vfs_fail_hold(NULL);
+    router_tokens_stop(f.b.tokens);
+    (void) test_loop_wait(f.b.loop, s_gone, NULL, 1, WAIT_MS);
+    close(s_cl.fd);
+    test_gw_free(&f.b);
+    s_dir_remove();
+}
+
+static bool s_until_sync_failed(void *ud)
+{
+    (void) ud;
+    return vfs_fail_failed(VFS_FAIL_SYNC) > 0;
+}
+
+/* A run's key whose write the disk fails (retried until the store stops,
+ * as at shutdown) is answered, not left waiting: UNAVAILABLE, retryable,
+ * when the store gives up; and a run asked after is refused at once. */
+static void test_run_key_not_stored(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new_at(&f, true);
+    char bearer[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, bearer);
+    /* The local backend path: loopback, no device. */
+    test_wsc_open(&s_cl, f.b.port,
+                  "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n");
+    assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
+    assert_true(s_wait_frame(&f, 0));
+    char req[1024];
+    snprintf(req, sizeof req,
+             "{\"type\":\"req\",\"id\":\"c\",\"method\":\"connect\",\"params\":{"
+             "\"minProtocol\":4,\"maxProtocol\":4,\"client\":{\"id\":\"gateway-client\","
+             "\"mode\":\"backend\"},\"scopes\":[\"operator.write\"],"
+             "\"auth\":{\"token\":\"%s\"}}}",
+             bearer);
+    test_wsc_send_text(&s_cl, req);
+    assert_true(s_wait_frame(&f, 1));
+    assert_true(test_wsc_frame_has(&s_cl, 1, "\"hello-ok\""));
+    vfs_fail_arm(VFS_FAIL_SYNC, s_dir, 0, -1);
+    test_wsc_send_text(&s_cl, "{\"type\":\"req\",\"id\":\"s\",\"method\":\"chat.send\","
+                              "\"params\":{\"sessionKey\":\"k\",\"message\":\"hi\","
+                              "\"idempotencyKey\":\"k1\"}}");
+    /* Until its key's commit failed (the store retries it). */
+    test_loop_until(f.b.loop, s_until_sync_failed, NULL, 1, WAIT_MS);
+    bool closed;
+    unsigned n = test_wsc_frames(&s_cl, &closed);
+    for (unsigned k = 2; k < n; k++)
+        assert_false(test_wsc_frame_has(&s_cl, k, "\"id\":\"s\""));
+    router_tokens_stop(f.b.tokens); /* runs what it owes: not written */
+    unsigned at = 2;
+    for (;; at++) {
+        assert_true(s_wait_frame(&f, at));
+        if (test_wsc_frame_has(&s_cl, at, "\"id\":\"s\""))
+            break;
+    }
+    assert_true(test_wsc_frame_has(&s_cl, at, "\"ok\":false"));
+    assert_true(test_wsc_frame_has(&s_cl, at, "\"code\":\"UNAVAILABLE\""));
+    assert_true(test_wsc_frame_has(&s_cl, at, "\"retryable\":true"));
+    test_wsc_send_text(&s_cl, "{\"type\":\"req\",\"id\":\"t\",\"method\":\"chat.send\","
+                              "\"params\":{\"sessionKey\":\"k\",\"message\":\"hi\","
+                              "\"idempotencyKey\":\"k2\"}}");
+    for (at++;; at++) {
+        assert_true(s_wait_frame(&f, at));
+        if (test_wsc_frame_has(&s_cl, at, "\"id\":\"t\""))
+            break;
+    }
+    assert_true(test_wsc_frame_has(&s_cl, at, "\"code\":\"UNAVAILABLE\""));
+    s_client_close(&f);
+    s_fix_free(&f);
+}
+
 int main(void)
 {
-    if (sodium_init() < 0)
+    if (sodium_init() < 0 || vfs_fail_install() != 0)
         return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dropped_connect_keeps_device_token),
         cmocka_unit_test(test_device_token_per_device_and_bearer),
         cmocka_unit_test(test_device_connect_out_of_memory),
         cmocka_unit_test(test_device_table_full),
+        cmocka_unit_test(test_device_record_slow_disk),
+        cmocka_unit_test(test_destroy_with_record_in_flight),
+        cmocka_unit_test(test_run_key_not_stored),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
