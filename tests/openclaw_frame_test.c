@@ -160,6 +160,26 @@ static void test_run_params(void **state)
     assert_int_equal(gateway_openclaw_chat_abort_decode(r.params, key, run, why, sizeof why), 0);
     assert_string_equal(run, "");
     gateway_openclaw_req_clear(&r);
+    /* A message past GATEWAY_OPENCLAW_MESSAGE_MAX (a frame may be larger
+     * when limits.ws_message_max is): refused, saying so; at it, taken. */
+    for (size_t extra = 0; extra < 2; extra++) {
+        size_t n = GATEWAY_OPENCLAW_MESSAGE_MAX + extra;
+        char *text = malloc(n + 256);
+        assert_non_null(text);
+        int at = snprintf(text, 256, "{\"type\":\"req\",\"id\":\"1\",\"method\":\"agent\","
+                                     "\"params\":{\"idempotencyKey\":\"k\",\"message\":\"");
+        memset(text + at, 'm', n);
+        snprintf(text + at + n, 8, "\"}}");
+        assert_int_equal(s_req(text, &r), 0);
+        free(text);
+        int rc = gateway_openclaw_agent_decode(r.params, &p, why, sizeof why);
+        assert_int_equal(rc, extra ? -1 : 0);
+        if (extra)
+            assert_non_null(strstr(why, "longer than 1 MiB"));
+        else
+            assert_int_equal(p.message_len, GATEWAY_OPENCLAW_MESSAGE_MAX);
+        gateway_openclaw_req_clear(&r);
+    }
 }
 
 static void test_encode(void **state)
@@ -297,9 +317,49 @@ static void test_device_vectors(void **state)
         c->device_signature[3] = c->device_signature[3] == 'A' ? 'B' : 'A';
         assert_int_equal(gateway_openclaw_device_verify(c, c->token, nonce, (uint64_t) ts, &version),
                          GATEWAY_OPENCLAW_DEVICE_SIGNATURE_INVALID);
-        assert_string_equal(gateway_openclaw_device_code(GATEWAY_OPENCLAW_DEVICE_SIGNATURE_INVALID),
-                            "DEVICE_AUTH_SIGNATURE_INVALID");
+        /* A signature that is not base64 at all. */
+        s_from_vector(vec, c, nonce, &ts);
+        snprintf(c->device_signature, sizeof c->device_signature, "not base64!");
+        assert_int_equal(gateway_openclaw_device_verify(c, c->token, nonce, (uint64_t) ts, &version),
+                         GATEWAY_OPENCLAW_DEVICE_SIGNATURE_INVALID);
+        /* The nonce is compared, and signed, without surrounding blanks
+         * (as the reference server trims it). */
+        s_from_vector(vec, c, nonce, &ts);
+        snprintf(c->device_nonce, sizeof c->device_nonce, " \t%s\r\n ", nonce);
+        assert_int_equal(gateway_openclaw_device_verify(c, c->token, nonce, (uint64_t) ts, &version),
+                         GATEWAY_OPENCLAW_DEVICE_OK);
+        snprintf(c->device_nonce, sizeof c->device_nonce, " \t ");
+        assert_int_equal(gateway_openclaw_device_verify(c, c->token, nonce, (uint64_t) ts, &version),
+                         GATEWAY_OPENCLAW_DEVICE_NONCE_REQUIRED);
+        /* The signed string: only v2 and v3, and never cut short. */
+        s_from_vector(vec, c, nonce, &ts);
+        assert_int_equal(gateway_openclaw_device_payload(&fl, 4, payload, sizeof payload), -1);
+        assert_int_equal(gateway_openclaw_device_payload(&fl, want, payload, 0), -1);
+        size_t full = strlen(s_vs(vec, "payload", NULL));
+        for (size_t cap = 1; cap <= full; cap++)
+            assert_int_equal(gateway_openclaw_device_payload(&fl, want, payload, cap), -1);
+        assert_int_equal(gateway_openclaw_device_payload(&fl, want, payload, full + 1),
+                         (int) full);
     }
+    /* Every reason has its three names; one out of range says invalid. */
+    static const char *const codes[] = {
+        "OK", "DEVICE_AUTH_PUBLIC_KEY_INVALID", "DEVICE_AUTH_DEVICE_ID_MISMATCH",
+        "DEVICE_AUTH_SIGNATURE_EXPIRED", "DEVICE_AUTH_NONCE_REQUIRED",
+        "DEVICE_AUTH_NONCE_MISMATCH", "DEVICE_AUTH_SIGNATURE_INVALID"};
+    static const char *const reasons[] = {
+        "ok", "device-public-key", "device-id-mismatch", "device-signature-stale",
+        "device-nonce-missing", "device-nonce-mismatch", "device-signature"};
+    for (int r = GATEWAY_OPENCLAW_DEVICE_OK; r <= GATEWAY_OPENCLAW_DEVICE_SIGNATURE_INVALID; r++) {
+        assert_string_equal(gateway_openclaw_device_code((gateway_openclaw_device_reason_t) r),
+                            codes[r]);
+        assert_string_equal(gateway_openclaw_device_reason((gateway_openclaw_device_reason_t) r),
+                            reasons[r]);
+        assert_true(gateway_openclaw_device_message((gateway_openclaw_device_reason_t) r)[0]);
+    }
+    gateway_openclaw_device_reason_t bad = (gateway_openclaw_device_reason_t) 99;
+    assert_string_equal(gateway_openclaw_device_code(bad), "DEVICE_AUTH_INVALID");
+    assert_string_equal(gateway_openclaw_device_reason(bad), "device-invalid");
+    assert_string_equal(gateway_openclaw_device_message(bad), "device auth invalid");
     free(c);
     yajl_tree_free(doc);
 }
