@@ -491,6 +491,76 @@ static void test_closing_socket_runs_nothing(void **state)
     test_gw_free(&f.b);
 }
 
+/* gateway_openclaw_new refuses what it cannot serve with (EINVAL), a
+ * second endpoint on the same gateway (its route `/` is taken), and under
+ * each of its allocations failing returns NULL with errno or an endpoint
+ * that serves — nothing leaked (LSan). */
+static void test_new_refusals(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    gateway_openclaw_opts_t oo = {.auth = f.b.auth, .turns = f.b.turns};
+    gateway_openclaw_opts_t no_auth = {.turns = f.b.turns};
+    gateway_openclaw_opts_t no_turns = {.auth = f.b.auth};
+    errno = 0;
+    assert_null(gateway_openclaw_new(NULL, f.b.loop, &oo));
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_null(gateway_openclaw_new(f.b.gw, NULL, &oo));
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_null(gateway_openclaw_new(f.b.gw, f.b.loop, NULL));
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_null(gateway_openclaw_new(f.b.gw, f.b.loop, &no_auth));
+    assert_int_equal(errno, EINVAL);
+    errno = 0;
+    assert_null(gateway_openclaw_new(f.b.gw, f.b.loop, &no_turns));
+    assert_int_equal(errno, EINVAL);
+    /* An auth without a token store: no keys or devices to keep. */
+    gateway_auth_opts_t ao = {.require_pairing = false};
+    gateway_auth_t *bare = gateway_auth_new(NULL, &ao);
+    if (bare) {
+        gateway_openclaw_opts_t no_store = {.auth = bare, .turns = f.b.turns};
+        errno = 0;
+        assert_null(gateway_openclaw_new(f.b.gw, f.b.loop, &no_store));
+        assert_int_equal(errno, EINVAL);
+        gateway_auth_destroy(&bare);
+    }
+    /* The route is the first endpoint's. */
+    errno = 0;
+    assert_null(gateway_openclaw_new(f.b.gw, f.b.loop, &oo));
+    assert_int_not_equal(errno, 0);
+    gateway_openclaw_destroy(&f.oc);
+    assert_null(f.oc);
+    gateway_openclaw_destroy(&f.oc); /* idempotent */
+    gateway_openclaw_destroy(NULL);
+    s_fix_free(&f);
+
+    /* Each allocation failing in turn, on a gateway of its own. */
+    for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+        test_gw_t b;
+        test_gw_new(&b, "route-openclaw-test-new");
+        router_metrics_t *m = router_metrics_new();
+        assert_non_null(m);
+        gateway_openclaw_opts_t o = {.auth = b.auth, .turns = b.turns, .metrics = m};
+        alloc_fail_arm(i);
+        errno = 0;
+        gateway_openclaw_t *oc = gateway_openclaw_new(b.gw, b.loop, &o);
+        int e = errno;
+        unsigned failed = alloc_fail_disarm();
+        if (!oc && !e)
+            fail_msg("allocation %ld failing: NULL without a reason", i);
+        gateway_openclaw_destroy(&oc);
+        test_gw_stop(&b);
+        test_gw_free(&b);
+        router_metrics_destroy(&m);
+        if (!failed)
+            break;
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -500,6 +570,7 @@ int main(void)
         cmocka_unit_test(test_run_end_keeps_key),
         cmocka_unit_test(test_run_out_of_memory),
         cmocka_unit_test(test_closing_socket_runs_nothing),
+        cmocka_unit_test(test_new_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
