@@ -35,6 +35,7 @@
 typedef enum { S_AWAIT_HELLO, S_AWAIT_PROOF, S_WRITING, S_DONE } s_state_t;
 
 typedef struct s_job s_job_t;
+typedef struct s_fail s_fail_t;
 
 struct router_pairing_conn {
     router_pairing_t *p;                 /* owner */
@@ -45,6 +46,14 @@ struct router_pairing_conn {
     char challenge[PROTO_UUID_TEXT_CAP]; /* sent in the challenge */
     char client[ROUTER_TOKENS_CLIENT_MAX]; /* its lockout key (S_CLIENT_PREFIX + IP) */
     s_job_t *job;                        /* a file write in flight, or NULL */
+    s_fail_t *fail;                      /* a wrong proof's count being stored, or NULL */
+};
+
+/* A wrong proof, answered once its count is durable: answered first, a
+ * crash (kill -9, power) in between forgot the count, and with it a
+ * lockout its fifth guess had earned. */
+struct s_fail {
+    router_pairing_conn_t *pc;           /* NULL once the connection closed */
 };
 
 struct router_pairing {
@@ -334,6 +343,22 @@ static void s_on_hello(router_pairing_conn_t *pc, const router_pairing_msg_t *m)
     pc->state = S_AWAIT_PROOF;
 }
 
+/* A wrong proof's count is durable (or could not be made so: the count
+ * in memory holds all the same): the proof is refused now. */
+static void s_fail_written(bool ok, void *ud)
+{
+    s_fail_t *f = ud;
+    router_pairing_conn_t *pc = f->pc;
+    if (!ok)
+        ROUTER_LOG(ROUTER_LOG_WARN, "pairing", "a wrong proof%s%s could not be stored",
+                   pc ? " from " : "", pc ? pc->client : "");
+    if (pc) {
+        pc->fail = NULL;
+        s_refuse(pc, "invalid_proof", "invalid pairing password proof");
+    }
+    free(f);
+}
+
 static void s_on_proof(router_pairing_conn_t *pc, const router_pairing_msg_t *m)
 {
     router_pairing_t *p = pc->p;
@@ -352,15 +377,27 @@ static void s_on_proof(router_pairing_conn_t *pc, const router_pairing_msg_t *m)
     sodium_memzero(want, sizeof want);
     if (!ok) {
         p->stats.wrong++;
-        /* Counted durably: a restart forgets no wrong proof. */
+        /* Counted durably, and answered only then: a restart forgets no
+         * wrong proof. The count in memory holds from now either way. */
         uint64_t until = 0;
+        s_fail_t *f = calloc(1, sizeof *f);
+        if (f)
+            f->pc = pc;
         if (router_tokens_fail(p->lockouts, pc->client, router_clock_wall_ms(),
-                               ROUTER_PAIRING_FAILS_MAX, ROUTER_PAIRING_LOCK_MS, &until, NULL,
-                               NULL) != 0)
+                               ROUTER_PAIRING_FAILS_MAX, ROUTER_PAIRING_LOCK_MS, &until,
+                               f ? s_fail_written : NULL, f) != 0) {
             ROUTER_LOG(ROUTER_LOG_WARN, "pairing",
                        "a wrong proof from %s not written durably: the lockout store is busy "
                        "or full", pc->client);
-        s_refuse(pc, "invalid_proof", "invalid pairing password proof");
+            free(f);
+            f = NULL;
+        }
+        if (!f) {
+            s_refuse(pc, "invalid_proof", "invalid pairing password proof");
+            return;
+        }
+        pc->fail = f;
+        pc->state = S_WRITING; /* reads nothing more; the answer comes with the write */
         return;
     }
     /* The lock is for wrong proofs in a row (WIRE §23.6): a right one
@@ -481,6 +518,8 @@ void router_pairing_conn_free(router_pairing_conn_t **pc_p)
     router_pairing_conn_t *pc = *pc_p;
     if (pc->job)
         pc->job->pc = NULL; /* the write finishes; its answer has nowhere to go */
+    if (pc->fail)
+        pc->fail->pc = NULL; /* likewise the count of a wrong proof */
     pc->p->conns--;
     sodium_memzero(pc->line, sizeof pc->line);
     free(pc);

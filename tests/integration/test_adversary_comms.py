@@ -11,12 +11,14 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import socket
+import sqlite3
 import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Peer, Results, kith, pubkey_text  # noqa: E402
+from peer import Daemon, Peer, Results, free_port, kith, pubkey_text  # noqa: E402
 
 PASSWORD = "adversary comms test password, 32+ bytes long"
 HELLO = json.dumps({"kind": "meerkat_pairing_hello", "version": 1}).encode() + b"\n"
@@ -114,9 +116,60 @@ def pairing_right_proof_restarts_the_count():
         node.cleanup()
 
 
+def s_lockout_row(node, src):
+    """The wrong-proof count stored for src: (failures, until_ms), or None."""
+    db = sqlite3.connect(os.path.join(node.home, "state.db"), timeout=30)
+    try:
+        return db.execute("SELECT failures, until_ms FROM gateway_pair_lockouts WHERE client=?",
+                          ("comms-pair:" + src,)).fetchone()
+    finally:
+        db.close()
+
+
+def pairing_wrong_proof_answered_once_stored():
+    """A wrong proof is answered only once its count is in state.db, so a
+    crash right after the fifth answer (kill -9 here) keeps the lockout.
+    Before, the answer went first and the count a moment later: a kill -9
+    after the fifth refusal often restarted the daemon with no lock."""
+    os.environ["KITH_TEST_PAIRING"] = PASSWORD
+    node = Daemon("advdurable", config={
+        "comms": {"pairing_password_env": "KITH_TEST_PAIRING", "address": f"127.0.0.1:{free_port()}"}})
+    node.start()
+    try:
+        key = pubkey_text(Peer().pk)
+        src = "127.0.0.11"
+        for i in range(1, 6):
+            s, f, ch = s_handshake(node.port, src)
+            got = s_proof(f, ch, "a wrong guess", key)
+            s.close()
+            assert got and got.get("code") == "invalid_proof", got
+            row = s_lockout_row(node, src)
+            if i < 5:
+                assert row and row[0] == i, f"wrong proof {i} answered before it was stored: {row}"
+            else:
+                assert row and row[1] > 0, f"the lockout was answered before it was stored: {row}"
+        node.proc.send_signal(signal.SIGKILL)
+        node.proc.wait()
+        node.stop()
+        node.start()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        sock.bind((src, 0))
+        sock.connect(("127.0.0.1", node.port))
+        f = sock.makefile("rwb")
+        f.write(HELLO)
+        f.flush()
+        got = json.loads(f.readline())
+        sock.close()
+        assert got.get("code") == "locked_out", f"kill -9 forgot the lockout: {got}"
+    finally:
+        node.cleanup()
+
+
 def main():
     results = Results()
-    for fn in (pairing_guesses_stop_at_the_lockout, pairing_right_proof_restarts_the_count):
+    for fn in (pairing_guesses_stop_at_the_lockout, pairing_right_proof_restarts_the_count,
+               pairing_wrong_proof_answered_once_stored):
         results.run(fn)
     return results.summary()
 
