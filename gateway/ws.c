@@ -556,6 +556,12 @@ gateway_ws_t *gateway_ws_adopt(gateway_http_t *g, router_conn_t *conn,
      * little higher so that Close still fits. */
     router_conn_set_send_limit(conn, ws->send_limit + S_CLOSE_ROOM);
     router_conn_set_handlers(conn, &s_handlers, ws);
+    /* A socket always reads (its bounds are its own): the HTTP side may
+     * have paused reads when this upgrade came pipelined behind an answer
+     * that had to wait (a deferred 202, answers piling up), and nothing
+     * there resumes them once the connection is ours. Input parked
+     * meanwhile comes after the held bytes we are handed now. */
+    router_conn_resume_read(conn);
     ws->next = g->ws;
     if (g->ws)
         g->ws->prev = ws;

@@ -9,7 +9,11 @@ answer a production router must give (WIRE §11, §12, §17):
   external events, not the Host field it overrides (§17.3, §17.4);
 - a WebSocket client flooding pings while reading none of the pongs is a
   slow consumer: it is closed 1008 "slow consumer" like one that stops
-  reading its messages (§12.3), never reset without a word.
+  reading its messages (§12.3), never reset without a word;
+- an upgrade pipelined behind a request whose answer waits (a webhook's
+  202 waits for durability, and reads pause meanwhile, §11.1) becomes a
+  socket that reads: before, its reads stayed paused for ever, so it
+  answered nothing sent after the 101 and was later cut for "no pong".
 
 Waits are deadlines for progress, never speed assertions. Case names on the
 command line run only those."""
@@ -183,7 +187,37 @@ def ping_flood_unread_pongs_is_closed_1008(node, token):
     still_serves(node)
 
 
-CASES = [absolute_form_authority_is_the_host_checked, ping_flood_unread_pongs_is_closed_1008]
+def upgrade_pipelined_behind_a_deferred_answer_reads(node, token):
+    """The webhook's 202 waits for durability with reads paused; the
+    upgrade behind it must leave its socket reading."""
+    body = b'{"message":"pipelined"}'
+    webhook = (b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " +
+               token.encode() + b"\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    s = connect(node)
+    s.sendall(webhook + b"GET /ws/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY +
+              b"\r\nSec-WebSocket-Version: 13\r\n\r\n" + frame(0x1, b"behind"))
+    data = b""
+    while b"\x81\x06behind" not in data:  # 202, 101, then the echo of the frame sent along
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 202 ") and b"HTTP/1.1 101 " in data, data[:200]
+    # Sent after the 101: read and echoed, then the close handshake (a
+    # socket left unread would answer nothing until it is cut for no pong).
+    s.sendall(frame(0x1, b"after") + frame(CLOSE_OP, struct.pack(">H", 1000)))
+    s.settimeout(20)
+    try:
+        out, _ = read_to_end(s)
+    except socket.timeout:
+        raise AssertionError("nothing read after the 101 within 20 s") from None
+    s.close()
+    assert server_frames(out) == [(0x1, b"after"), (CLOSE_OP, struct.pack(">H", 1000))], out
+
+
+CASES = [absolute_form_authority_is_the_host_checked, ping_flood_unread_pongs_is_closed_1008,
+         upgrade_pipelined_behind_a_deferred_answer_reads]
 
 
 def main():
