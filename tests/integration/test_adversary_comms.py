@@ -16,9 +16,11 @@ import socket
 import sqlite3
 import struct
 import sys
+import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Peer, Results, free_port, kith, pubkey_text  # noqa: E402
+from peer import (Conn, Daemon, Peer, Results, frame, free_port, kith, pubkey_text,  # noqa: E402
+                  wait_metric)
 
 PASSWORD = "adversary comms test password, 32+ bytes long"
 HELLO = json.dumps({"kind": "meerkat_pairing_hello", "version": 1}).encode() + b"\n"
@@ -166,10 +168,50 @@ def pairing_wrong_proof_answered_once_stored():
         node.cleanup()
 
 
+# ------------------------------------------------------------------ unknown keys (WIRE §6.2)
+
+def unknown_keys_are_bounded():
+    """With require_peer_auth false any key may send, and each gets a
+    replay window: 4 096 fresh keys take them all (v4 ids, kept for the
+    24 h horizon), the 4 097th is refused inbox_full (detail
+    unknown_senders_full: a capacity refusal, FIN without an ack), while a
+    key that holds a window and a trusted key are still admitted."""
+    alice = Peer()
+    node = Daemon("advunknown", config={"comms": {"require_peer_auth": False,
+                                                  "inbox_capacity": 8192}})
+    node.trust("alice", alice.pk)
+    node.start()
+    try:
+        c = Conn(node.uds)
+        first = None
+        for i in range(4096):
+            stranger = Peer()
+            first = first or stranger
+            m = stranger.message(node.pk, "hello", eid=uuid.uuid4().bytes)
+            c.send(frame(m))
+            ack = c.read_frame()
+            assert ack and ack["kind"]["in_reply_to"] == m["id"], f"stranger {i} not acked"
+        m = Peer().message(node.pk, "one too many", eid=uuid.uuid4().bytes)
+        c.send(frame(m))
+        assert c.read_frame() is None, "the 4 097th unknown key was acked"
+        c.close()
+        wait_metric(node, 'kith_comms_rejected_total{reason="inbox_full"}', lambda v: v == 1)
+        node.wait_log("reason=inbox_full detail=unknown_senders_full")
+        for who in (first, alice):
+            c = Conn(node.uds)
+            m = who.message(node.pk, "still here", eid=uuid.uuid4().bytes)
+            c.send(frame(m))
+            ack = c.read_frame()
+            c.close()
+            assert ack and ack["kind"]["in_reply_to"] == m["id"], "a key with a window was refused"
+    finally:
+        node.cleanup()
+
+
 def main():
     results = Results()
     for fn in (pairing_guesses_stop_at_the_lockout, pairing_right_proof_restarts_the_count,
-               pairing_wrong_proof_answered_once_stored):
+               pairing_wrong_proof_answered_once_stored, unknown_keys_are_bounded):
         results.run(fn)
     return results.summary()
 
