@@ -16,6 +16,7 @@
 #include "alloc_fail.h"
 #include "router/net/addr.h"
 #include "router/state/config.h"
+#include "router/workers/broker.h"
 
 /* Parses text (NUL-terminated) into *cfg; returns the rc, err filled. */
 static int s_parse(router_config_t *cfg, const char *text, char *err, size_t errcap)
@@ -482,6 +483,97 @@ static void test_cross_key_rules(void **state)
     assert_int_equal(c.comms.auth, ROUTER_COMMS_AUTH_NONE);
 }
 
+/* What a listener binds is an address the daemon can bind: an IP literal
+ * or localhost, never a name to look up. The check used to take any host
+ * name here (as for comms.advertise_address, which peers dial), so
+ * `kith config check` passed a file that `kith daemon` then refused. */
+static void test_listen_hosts(void **state)
+{
+    (void) state;
+    s_refused("{\"gateway\":{\"host\":\"example.com\"}}",
+              "gateway.host: expected an IP address or localhost (the address to listen on), "
+              "got \"example.com\" (a listener binds an address; kith looks no name up for it)");
+    s_refused("{\"gateway\":{\"host\":\"[::1]\"}}",
+              "gateway.host: expected an IP address or localhost (the address to listen on), "
+              "got \"[::1]\" (an IPv6 address here goes without brackets)");
+    s_refused("{\"comms\":{\"address\":\"node-1.example.com:4200\"}}",
+              "comms.address: expected \"host:port\" to listen on (host an IP address or "
+              "localhost; IPv6 as \"[::1]:4200\"), got \"node-1.example.com:4200\" (host must be");
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    static const char *const good[] = {
+        "{\"gateway\":{\"host\":\"localhost\"},\"comms\":{\"address\":\"localhost:4300\"}}",
+        "{\"gateway\":{\"host\":\"::1\"},\"comms\":{\"address\":\"[::1]:4300\"}}",
+        "{\"gateway\":{\"host\":\"0.0.0.0\"},\"comms\":{\"address\":\"[::]:4300\"}}",
+        /* a name stays right where peers are told where to dial */
+        "{\"comms\":{\"advertise_address\":\"node-1.example.com:4200\"}}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        if (s_parse(&c, good[i], err, sizeof err) != 0)
+            fail_msg("refused %s: %s", good[i], err);
+    assert_int_equal(router_config_set(&c, "gateway.host", "gateway.example", err, sizeof err), -1);
+    assert_non_null(strstr(err, "kith looks no name up for it"));
+}
+
+/* Two of the daemon's listeners on one address: the daemon's second bind
+ * failed with "Address already in use; another process listens there",
+ * and `kith config check` said ok. Now the check names both keys. */
+static void test_listeners_collide(void **state)
+{
+    (void) state;
+    s_refused("{\"comms\":{\"address\":\"127.0.0.1:42617\"}}",
+              "comms.address: 127.0.0.1:42617 would listen where gateway.port does "
+              "(127.0.0.1:42617); give each listener an address of its own");
+    s_refused("{\"gateway\":{\"port\":4200}}",
+              "comms.address: 127.0.0.1:4200 would listen where gateway.port does");
+    s_refused("{\"gateway\":{\"host\":\"localhost\",\"port\":4200}}",
+              "comms.address: 127.0.0.1:4200 would listen where gateway.port does");
+    /* a wildcard covers its family; [::] listens dual-stack, so IPv4 too */
+    s_refused("{\"comms\":{\"address\":\"0.0.0.0:42617\"}}", "comms.address: 0.0.0.0:42617 would");
+    s_refused("{\"comms\":{\"address\":\"[::]:42617\"}}", "comms.address: [::]:42617 would");
+    s_refused("{\"gateway\":{\"host\":\"::\",\"port\":4200}}", "comms.address: 127.0.0.1:4200 would");
+    s_refused("{\"comms\":{\"auth\":\"none\",\"event_address\":\"tcp://localhost:4200\"}}",
+              "comms.event_address: 127.0.0.1:4200 would listen where comms.address does");
+    s_refused("{\"comms\":{\"auth\":\"none\",\"uds_path\":\"/run/k.sock\","
+              "\"event_address\":\"uds:///run/k.sock\"}}",
+              "comms.event_address: /run/k.sock would listen where comms.uds_path does");
+    s_refused("{\"workers\":{\"listen\":\"tcp://*:42617\"}}",
+              "workers.listen: 0.0.0.0:42617 would listen where gateway.port does");
+    s_refused("{\"workers\":{\"listen\":\"tcp://127.0.0.1:4200\"}}",
+              "workers.listen: 127.0.0.1:4200 would listen where comms.address does");
+    s_refused("{\"comms\":{\"uds_path\":\"/run/k.sock\"},\"workers\":{\"listen\":\"ipc:///run/k.sock\"}}",
+              "workers.listen: /run/k.sock would listen where comms.uds_path does");
+    s_refused("{\"workers\":{\"listen\":\"" ROUTER_BROKER_INPROC "\"}}",
+              "workers.listen: " ROUTER_BROKER_INPROC " is the embedded workers' own endpoint");
+
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    static const char *const good[] = {
+        /* another address, another family, port 0 (the kernel picks), comms off */
+        "{\"comms\":{\"address\":\"127.0.0.2:42617\"}}",
+        "{\"comms\":{\"address\":\"[::1]:42617\"}}",
+        "{\"gateway\":{\"host\":\"0.0.0.0\"},\"comms\":{\"address\":\"[::1]:42617\"}}",
+        "{\"gateway\":{\"port\":0},\"comms\":{\"address\":\"127.0.0.1:0\"}}",
+        "{\"gateway\":{\"port\":4200},\"comms\":{\"mode\":\"none\"}}",
+        "{\"gateway\":{\"port\":4200},\"comms\":{\"mode\":\"uds\",\"uds_path\":\"/run/k.sock\"}}",
+        /* the event listener is not opened without comms.auth "none" */
+        "{\"comms\":{\"mode\":\"none\",\"auth\":\"none\",\"event_address\":\"127.0.0.1:4200\"},"
+        "\"gateway\":{\"port\":4200}}",
+        /* ZeroMQ addresses kith cannot compare are left to ZeroMQ */
+        "{\"workers\":{\"listen\":\"tcp://lo:42617\"}}",
+        "{\"workers\":{\"listen\":\"tcp://127.0.0.1:*\"}}",
+        "{\"workers\":{\"listen\":\"inproc://kith.remote\"}}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        if (s_parse(&c, good[i], err, sizeof err) != 0)
+            fail_msg("refused %s: %s", good[i], err);
+    /* --port on the command line meets the same rule (router_config_check) */
+    router_config_defaults(&c);
+    assert_int_equal(router_config_set(&c, "gateway.port", "4200", err, sizeof err), 0);
+    assert_int_equal(router_config_check(&c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "would listen where gateway.port does"));
+}
+
 static void test_to_json_round_trip(void **state)
 {
     (void) state;
@@ -814,6 +906,8 @@ int main(void)
         cmocka_unit_test(test_parse_without_memory),
         cmocka_unit_test(test_refusal_leaves_config_untouched),
         cmocka_unit_test(test_cross_key_rules),
+        cmocka_unit_test(test_listen_hosts),
+        cmocka_unit_test(test_listeners_collide),
         cmocka_unit_test(test_to_json_round_trip),
         cmocka_unit_test(test_set_from_command_line),
         cmocka_unit_test(test_load_policy),

@@ -27,12 +27,32 @@ static bool s_is_alnum(unsigned char c)
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 }
 
-static int s_check_host(const char *s, char *why, size_t whycap)
+/* The address a listener binds: the daemon takes an IP literal or
+ * localhost, never a name to look up (router_addr_from_host), so a name
+ * here would pass the check and then stop the daemon. */
+static int s_check_listen_host(const char *s, char *why, size_t whycap)
 {
-    if (router_addr_host_valid(s))
+    router_addr_t a;
+    router_addr_err_t e;
+    if (router_addr_from_host(s, 0, &a, &e) == 0)
         return 0;
-    snprintf(why, whycap, "not an IP address or a host name");
+    snprintf(why, whycap, "%s",
+             s[0] == '[' ? "an IPv6 address here goes without brackets"
+                         : "a listener binds an address; kith looks no name up for it");
     return -1;
+}
+
+/* "host:port" a listener binds, host as s_check_listen_host takes it. */
+static int s_check_listen_hostport(const char *s, char *why, size_t whycap)
+{
+    router_hostport_t hp;
+    router_addr_t a;
+    router_addr_err_t e;
+    if (router_addr_split(s, &hp, &e) != 0 || router_addr_from_host(hp.host, hp.port, &a, &e) != 0) {
+        snprintf(why, whycap, "%s", router_addr_err_str(e));
+        return -1;
+    }
+    return 0;
 }
 
 /* "host:port" or "[v6]:port", split as every address is (router/net/addr). */
@@ -195,13 +215,16 @@ static const char *const s_auths[] = {"ed25519", "none", NULL};
 static const char *const s_providers[] = {"scripted", "openai", NULL};
 
 #define S_HOSTPORT "\"host:port\" (IPv6 as \"[::1]:4200\")"
+#define S_LISTEN_HOSTPORT "\"host:port\" to listen on (host an IP address or localhost; IPv6 as " \
+                          "\"[::1]:4200\")"
 #define S_ENV      "an environment variable name"
 #define S_EVENT_ADDR                                                                   \
     "\"tcp://host:port\" or \"host:port\" (host an IP address or localhost; IPv6 as " \
     "\"[::1]:4200\"), or \"uds:///abs/path\" or \"/abs/path\" (a Unix socket)"
 
 static const s_key_t s_gateway_keys[] = {
-    S_S("host", gateway.host, false, s_check_host, "a host name or an IP address"),
+    S_S("host", gateway.host, false, s_check_listen_host,
+        "an IP address or localhost (the address to listen on)"),
     S_U("port", gateway.port, 0, 65535),
     S_B("require_pairing", gateway.require_pairing),
     S_B("allow_query_token", gateway.allow_query_token),
@@ -212,7 +235,7 @@ static const s_key_t s_gateway_keys[] = {
 
 static const s_key_t s_comms_keys[] = {
     S_C("mode", comms.mode, s_modes),
-    S_S("address", comms.address, false, s_check_hostport, S_HOSTPORT),
+    S_S("address", comms.address, false, s_check_listen_hostport, S_LISTEN_HOSTPORT),
     S_S("advertise_address", comms.advertise_address, true, s_check_hostport, S_HOSTPORT),
     S_S("uds_path", comms.uds_path, true, s_check_abs_path, "an absolute socket path"),
     S_C("auth", comms.auth, s_auths),
@@ -638,8 +661,112 @@ static const router_jsonc_reader_t s_config_reader = {
     .end = s_on_end,
 };
 
+/* ------------------------------------------------------------ listeners that collide */
+
+/* The name the daemon's own broker binds for its embedded workers
+ * (ROUTER_BROKER_INPROC in router/workers/broker.h; config_test checks the
+ * two agree). */
+#define S_BROKER_INPROC "inproc://kith.workers"
+
+/* One address the daemon will listen on, and the key that names it. */
+typedef struct {
+    const char *key;    /* "gateway.port", "comms.address", … */
+    router_addr_t addr; /* AF_INET, AF_INET6 or AF_UNIX */
+} s_listener_t;
+
+static bool s_addr_unspecified(const router_addr_t *a)
+{
+    if (router_addr_family(a) == AF_INET)
+        return a->u.in4.sin_addr.s_addr == htonl(INADDR_ANY);
+    return router_addr_family(a) == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&a->u.in6.sin6_addr);
+}
+
+/* Whether the kernel would refuse the second bind: one socket path, or
+ * one port (not 0, which the kernel picks) on one address, or on the
+ * wildcard of its family; `[::]` listens dual-stack (router/net/listen.h),
+ * so it covers every IPv4 address too. */
+static bool s_listeners_collide(const router_addr_t *a, const router_addr_t *b)
+{
+    int fa = router_addr_family(a), fb = router_addr_family(b);
+    if (fa == AF_UNIX || fb == AF_UNIX)
+        return fa == fb && !strcmp(a->u.un.sun_path, b->u.un.sun_path);
+    uint16_t port = router_addr_port(a);
+    if (port == 0 || port != router_addr_port(b))
+        return false;
+    if (fa != fb) /* one IPv4, one IPv6 */
+        return fa == AF_INET6 ? s_addr_unspecified(a) : s_addr_unspecified(b);
+    if (s_addr_unspecified(a) || s_addr_unspecified(b))
+        return true;
+    return fa == AF_INET ? a->u.in4.sin_addr.s_addr == b->u.in4.sin_addr.s_addr
+                         : !memcmp(&a->u.in6.sin6_addr, &b->u.in6.sin6_addr,
+                                   sizeof a->u.in6.sin6_addr);
+}
+
+/* workers.listen as a socket address, when it is one kith can compare:
+ * tcp://IP:PORT, a star for the host (ZeroMQ's IPv4 wildcard), or ipc:// and
+ * an absolute path.
+ * An interface name, a port ZeroMQ picks, inproc: false. */
+static bool s_workers_addr(const char *ep, router_addr_t *out)
+{
+    router_addr_err_t e;
+    if (!strncmp(ep, "ipc://", 6))
+        return ep[6] == '/' && router_addr_parse(ep + 6, out, &e) == 0;
+    if (strncmp(ep, "tcp://", 6) != 0)
+        return false;
+    router_hostport_t hp;
+    if (router_addr_split(ep + 6, &hp, &e) != 0)
+        return false;
+    return router_addr_from_host(strcmp(hp.host, "*") ? hp.host : "0.0.0.0", hp.port, out, &e) ==
+           0;
+}
+
+/* Two listeners of one daemon on one address: the second bind would fail
+ * at start with "Address already in use", which reads as another process
+ * holding the port. Said here instead, naming both keys, so that
+ * `kith config check` refuses what the daemon cannot start with. */
+static int s_check_listeners(const router_config_t *cfg, char *err, size_t errcap)
+{
+    s_listener_t l[5];
+    size_t n = 0;
+    router_addr_err_t e;
+    if (router_addr_from_host(cfg->gateway.host, cfg->gateway.port, &l[n].addr, &e) == 0)
+        l[n++].key = "gateway.port";
+    if (cfg->comms.mode == ROUTER_COMMS_TCP && router_addr_parse(cfg->comms.address, &l[n].addr, &e) == 0)
+        l[n++].key = "comms.address";
+    if ((cfg->comms.mode == ROUTER_COMMS_TCP || cfg->comms.mode == ROUTER_COMMS_UDS) &&
+        cfg->comms.uds_path[0] && router_addr_parse(cfg->comms.uds_path, &l[n].addr, &e) == 0)
+        l[n++].key = "comms.uds_path";
+    if (cfg->comms.mode != ROUTER_COMMS_NONE && cfg->comms.auth == ROUTER_COMMS_AUTH_NONE &&
+        cfg->comms.event_address[0] && router_addr_parse(cfg->comms.event_address, &l[n].addr, &e) == 0)
+        l[n++].key = "comms.event_address";
+    if (cfg->workers.listen[0] && s_workers_addr(cfg->workers.listen, &l[n].addr))
+        l[n++].key = "workers.listen";
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i + 1; j < n; j++) {
+            if (!s_listeners_collide(&l[i].addr, &l[j].addr))
+                continue;
+            char a[ROUTER_ADDR_STR_MAX] = "?", b[ROUTER_ADDR_STR_MAX] = "?";
+            (void) router_addr_format(&l[i].addr, a, sizeof a);
+            (void) router_addr_format(&l[j].addr, b, sizeof b);
+            return router_jsonc_fail(err, errcap,
+                                     "%s: %s would listen where %s does (%s); give each "
+                                     "listener an address of its own",
+                                     l[j].key, b, l[i].key, a),
+                   -1;
+        }
+    if (!strcmp(cfg->workers.listen, S_BROKER_INPROC))
+        return router_jsonc_fail(err, errcap,
+                                 "workers.listen: %s is the embedded workers' own endpoint; "
+                                 "choose another name, or tcp:// or ipc://",
+                                 S_BROKER_INPROC),
+               -1;
+    return 0;
+}
+
 int router_config_check(const router_config_t *cfg, char *err, size_t errcap)
 {
+    if (s_check_listeners(cfg, err, errcap) != 0)
+        return -1;
     if (cfg->comms.mode == ROUTER_COMMS_UDS && !cfg->comms.uds_path[0])
         return router_jsonc_fail(err, errcap, "comms.uds_path: required when comms.mode is \"uds\""),
                -1;

@@ -787,13 +787,17 @@ def main():
                     f"kith {args[0]}: the daemon is not running at http://127.0.0.1:{fake.port} "
                     "(Connection refused); start it (kith daemon), or pass the --home or "
                     "--config it runs with")
-        # A gateway.host that is no address.
+        # A gateway.host that is no address: the config refuses it by key,
+        # as kith daemon and kith config check do.
         home = os.path.join(tmp, "admin-host")
         os.makedirs(home)
         with open(os.path.join(home, "config.json"), "w") as f:
             json.dump({"gateway": {"host": "gateway.example", "port": 9}}, f)
-        refused(("paircode", "--home", home), "kith paircode: gateway.host gateway.example: "
-                "host must be an IPv4 literal, a bracketed IPv6 literal or localhost")
+        for args in (("paircode",), ("tokens", "list")):
+            refused((*args, "--home", home),
+                    f"kith {args[0]}: {home}/config.json: gateway.host: expected an IP address "
+                    'or localhost (the address to listen on), got "gateway.example" (a listener '
+                    "binds an address; kith looks no name up for it) (line 1, column 39)")
 
     for case in (flags_named_right, flag_values_kept, agent_flags, no_home, paths_too_long,
                  reasons_survive_long_paths, state_db_path_bound, audit_reads,

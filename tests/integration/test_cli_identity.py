@@ -341,7 +341,9 @@ def test_daemon_refusals(tmp):
     _, err = kith("daemon", "--home", "/proc/kith-cannot-be-here", expect=1)
     check("cannot create /proc/kith-cannot-be-here" in err, err)
 
-    def refuses(config, *needles):
+    def refuses(config, *needles, checked=True):
+        """kith daemon refuses config in one line naming needles; and when
+        `checked`, kith config check refuses the file with the same line."""
         with open(os.path.join(home, "config.json"), "w") as f:
             json.dump(config, f)
         _, err = kith("daemon", "--home", home, expect=1)
@@ -349,17 +351,39 @@ def test_daemon_refusals(tmp):
         check(len(lines) == 1, f"one 'kith daemon:' line on stderr, got {err!r}")
         for n in needles:
             check(n in lines[0], f"{n!r} not in {lines[0]!r}")
+        if checked:
+            _, cerr = kith("config", "check", "--home", home, expect=1)
+            one_line_error(cerr, lines[0][len("kith daemon: "):])
 
     base = {"comms": {"address": "127.0.0.1:0", "uds_path": None},
             "workers": {"agent_threads": 0}}
+    # kith config check said ok to each of these, and the daemon stopped
+    # at start: a name to listen on, two of its own listeners on one port
+    # (told as "another process listens there").
     refuses({**base, "gateway": {"host": "gateway.example", "port": 0}},
-            "gateway.host gateway.example", "use an IP address or localhost")
+            'gateway.host: expected an IP address or localhost', '"gateway.example"')
+    refuses({**base, "comms": {"address": "comms.example:0"}},
+            'comms.address: expected "host:port" to listen on', '"comms.example:0"')
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    refuses({**base, "comms": {"address": f"127.0.0.1:{port}"}, "gateway": {"port": port}},
+            f"comms.address: 127.0.0.1:{port} would listen where gateway.port does "
+            f"(127.0.0.1:{port}); give each listener an address of its own")
+    with open(os.path.join(home, "config.json"), "w") as f:
+        json.dump({**base, "comms": {"address": f"127.0.0.1:{port}"}}, f)
+    _, err = kith("daemon", "--home", home, "--port", str(port), expect=1)
+    one_line_error(err, f"comms.address: 127.0.0.1:{port} would listen where gateway.port does")
+    refuses({**base, "workers": {"agent_threads": 0, "listen": "inproc://kith.workers"}},
+            "workers.listen: inproc://kith.workers is the embedded workers' own endpoint")
     held = socket.socket()
     held.bind(("127.0.0.1", 0))
     held.listen(1)
     try:
         port = held.getsockname()[1]
-        refuses({**base, "gateway": {"port": port}}, f"cannot listen on http://127.0.0.1:{port}")
+        refuses({**base, "gateway": {"port": port}}, f"cannot listen on http://127.0.0.1:{port}",
+                checked=False)
     finally:
         held.close()
 
