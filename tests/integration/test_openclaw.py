@@ -1459,6 +1459,15 @@ def device_recorded(node, token, state):
     check(hashlib.sha256(pk).hexdigest() == ident["deviceId"] and
           (cid, mode, platform) == ("cli", "cli", "linux") and
           th == hashlib.sha256(dt.encode()).digest() and 0 < first <= last, f"row {row}")
+    # The bearer token again, with the token stored: hello-ok hands out the
+    # same deviceToken (one per bearer token and device, WIRE §25.8), so a
+    # connect that ends before its hello-ok takes nothing from the device.
+    out = reference(node, token, "device_again", state)
+    check(out.get("hello") and out["hello"]["auth"].get("deviceToken") == dt and
+          out["loaded"] == dt and out["stored"] == dt and not out["cleared"],
+          f"bearer again {out}")
+    row = device_row(node, ident["deviceId"])
+    check(row[4] == th and row[5] == first, f"row again {row}")
     return row
 
 
