@@ -543,6 +543,10 @@ static void test_listeners_collide(void **state)
               "workers.listen: 127.0.0.1:4200 would listen where comms.address does");
     s_refused("{\"comms\":{\"uds_path\":\"/run/k.sock\"},\"workers\":{\"listen\":\"ipc:///run/k.sock\"}}",
               "workers.listen: /run/k.sock would listen where comms.uds_path does");
+    /* the daemon binds from its working directory, / under systemd */
+    s_refused("{\"workers\":{\"listen\":\"ipc://run/w.sock\"}}",
+              "workers.listen: expected a ZeroMQ endpoint (tcp://, ipc:// or inproc://) or null, "
+              "got \"ipc://run/w.sock\" (an ipc:// socket path must be absolute)");
     s_refused("{\"workers\":{\"listen\":\"" ROUTER_BROKER_INPROC "\"}}",
               "workers.listen: " ROUTER_BROKER_INPROC " is the embedded workers' own endpoint");
 
@@ -563,6 +567,8 @@ static void test_listeners_collide(void **state)
         "{\"workers\":{\"listen\":\"tcp://lo:42617\"}}",
         "{\"workers\":{\"listen\":\"tcp://127.0.0.1:*\"}}",
         "{\"workers\":{\"listen\":\"inproc://kith.remote\"}}",
+        "{\"workers\":{\"listen\":\"ipc:///run/w.sock\"}}",
+        "{\"workers\":{\"listen\":\"ipc://@kith-workers\"}}",
     };
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
         if (s_parse(&c, good[i], err, sizeof err) != 0)

@@ -149,6 +149,13 @@ static bool s_rest_ok(const char *s, const char *prefix)
 static int s_check_zmq_endpoint(const char *s, char *why, size_t whycap)
 {
     static const char *const schemes[] = {"tcp://", "ipc://", "inproc://"};
+    /* A relative socket path would be found from the daemon's working
+     * directory, which is / under systemd: bound, if at all, where no
+     * worker looks. An abstract name (@name) is no path. */
+    if (s_has_prefix(s, "ipc://") && s[6] && s[6] != '/' && s[6] != '@') {
+        snprintf(why, whycap, "an ipc:// socket path must be absolute");
+        return -1;
+    }
     for (size_t i = 0; i < sizeof schemes / sizeof schemes[0]; i++)
         if (s_has_prefix(s, schemes[i]) && s_rest_ok(s, schemes[i]))
             return 0;
