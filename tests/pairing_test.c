@@ -561,6 +561,27 @@ static void test_lockout(void **state)
     assert_int_equal(access(path, F_OK), -1);
 }
 
+/* The lockout store stopped between a handshake's hello and its proof:
+ * the proof is refused "internal" like a handshake begun then, not
+ * counted in a store that is gone (a NULL dereference before). */
+static void test_proof_after_the_store_stopped(void **state)
+{
+    s_fix_t *f = *state;
+    s_slot_t slot;
+    char challenge[64], line[1024];
+    router_conn_t *conn = s_open(f, &slot);
+    assert_non_null(conn);
+    s_hello(f, conn, challenge);
+    router_pairing_set_lockouts(f->p, NULL);
+    s_proof(line, sizeof line, "not the password, though long enough", challenge, "tcp://10.0.0.2:4200");
+    s_send(f, conn, line);
+    s_expect_error(f, "internal", "pairing is not ready; try again later");
+    router_pairing_set_lockouts(f->p, f->tokens);
+    router_pairing_stats_t st;
+    router_pairing_stats(f->p, &st);
+    assert_int_equal(st.wrong, 0);
+}
+
 /* No lockout store yet (or any more): every handshake is refused
  * "internal", fail-closed. At most ROUTER_PAIRING_CONNS_MAX at once. */
 static void test_not_ready_and_bounds(void **state)
@@ -878,6 +899,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refusals, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_lockout, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_not_ready_and_bounds, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_proof_after_the_store_stopped, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_proof_alloc_fail, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_gone_and_unwritable, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_end_of_stream, s_setup, s_teardown),

@@ -362,6 +362,10 @@ static void s_fail_written(bool ok, void *ud)
 static void s_on_proof(router_pairing_conn_t *pc, const router_pairing_msg_t *m)
 {
     router_pairing_t *p = pc->p;
+    if (!p->lockouts) { /* the store stopped since the hello */
+        s_refuse(pc, "internal", "pairing is not ready; try again later");
+        return;
+    }
     /* Looked at again here, not only when the handshake began: handshakes
      * opened before the lock would otherwise each get a guess (32 at once
      * per address, not 5), and a right one among them would pair. */
