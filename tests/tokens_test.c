@@ -1293,6 +1293,89 @@ static void test_reopen_without_memory(void **state)
     print_message("%u allocations refused the reopen\n", refused);
 }
 
+/* A disk that stays full: the store thread retries with a backoff that
+ * grows to a second and stays there. The backoff once reached 1280 ms and
+ * asked nanosleep for 1.28e9 ns, which it refuses (EINVAL) at once: from
+ * the eighth failure on the thread spun, a core burnt and the log flooded
+ * for as long as the disk was full. Counted, not timed: a slow machine
+ * only makes fewer retries. */
+static void test_failing_disk_backs_off(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    vfs_fail_arm(VFS_FAIL_WRITE, s_dir, 0, -1);
+    s_count_t c = {.loop = loop};
+    uint8_t h[32];
+    randombytes_buf(h, sizeof h);
+    assert_int_equal(router_tokens_add(t, h, ROUTER_TOKEN_OPERATOR, "", 1, s_count, &c), 0);
+    s_wait_failures(t, 8); /* 10, 20, ... 640 ms: the backoff is at its cap */
+    uint64_t from = router_tokens_commit_failures(t), t0 = router_clock_mono_ms();
+    usleep(2500 * 1000);
+    uint64_t n = router_tokens_commit_failures(t) - from;
+    uint64_t secs = (router_clock_mono_ms() - t0 + 999) / 1000;
+    print_message("%llu retries in %llu s\n", (unsigned long long) n, (unsigned long long) secs);
+    assert_true(n <= secs + 1);
+    assert_int_equal(c.calls, 0); /* nothing answered while not written */
+    vfs_fail_clear();
+    s_wait_n(&c, 1);
+    assert_int_equal(c.oks, 1);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
+/* Pairing lockouts are bounded in state.db as in memory (WIRE §17.2,
+ * §24.10: 4096 client addresses): a new client that takes the slot of the
+ * lock that ended longest ago takes its row too. The displaced client's
+ * row used to stay, so every new address guessing a code added a row for
+ * good. After a reopen the new client's lock is in force. */
+static void test_lockout_rows_bounded(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    s_count_t c = {.loop = loop};
+    uint64_t until = 0;
+    char client[32];
+    for (uint32_t i = 0; i < ROUTER_TOKENS_CLIENTS_MAX; i++) {
+        snprintf(client, sizeof client, "10.1.%u.%u", i / 256, i % 256);
+        assert_int_equal(router_tokens_fail(t, client, 1000 + i, 1, 1000, &until, s_count, &c),
+                         0);
+        if ((i + 1) % 256 == 0)
+            s_wait_n(&c, (int) i + 1);
+    }
+    /* Every lock has ended: each new client displaces the stalest. */
+    uint64_t now = (uint64_t) time(NULL) * 1000;
+    for (uint32_t i = 0; i < 10; i++) {
+        snprintf(client, sizeof client, "10.2.0.%u", i);
+        assert_int_equal(router_tokens_fail(t, client, now, 1, 300000, &until, s_count, &c), 0);
+        assert_int_equal(until, now + 300000);
+    }
+    s_wait_n(&c, (int) ROUTER_TOKENS_CLIENTS_MAX + 10);
+    assert_int_equal(c.oks, (int) ROUTER_TOKENS_CLIENTS_MAX + 10);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+    assert_int_equal(s_scalar(s_db, "SELECT COUNT(*) FROM gateway_pair_lockouts"),
+                     (int) ROUTER_TOKENS_CLIENTS_MAX);
+    assert_int_equal(s_scalar(s_db, "SELECT COUNT(*) FROM gateway_pair_lockouts"
+                                    " WHERE client IN ('10.1.0.0', '10.1.0.9')"), 0);
+    assert_int_equal(s_scalar(s_db, "SELECT COUNT(*) FROM gateway_pair_lockouts"
+                                    " WHERE client = '10.1.0.10'"), 1);
+    loop = router_loop_new(NULL);
+    t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(router_tokens_locked_until(t, "10.2.0.9", now), now + 300000);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
 int main(void)
 {
     if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
@@ -1319,6 +1402,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_scope_name_revoke, s_setup, s_teardown),
         cmocka_unit_test(test_writes_refused_without_memory),
         cmocka_unit_test_setup_teardown(test_reopen_without_memory, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_failing_disk_backs_off, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_lockout_rows_bounded, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

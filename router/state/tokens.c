@@ -39,7 +39,8 @@ typedef struct s_job {
     char key[S_IDEM_FULLKEY_MAX];           /* TOKEN: name; LOCK: client; IDEM: scope:key */
     uint64_t a, b;                          /* TOKEN: created, scope; LOCK: failures, until;
                                                IDEM: status, expires */
-    char body[ROUTER_TOKENS_IDEM_BODY_MAX]; /* IDEM: the answer */
+    char body[ROUTER_TOKENS_IDEM_BODY_MAX]; /* IDEM: the answer; LOCK: the client whose
+                                               slot this one took ("" for none) */
     bool ok;                                /* written */
     router_tokens_done_fn *done;            /* may be NULL */
     void *ud;
@@ -330,6 +331,17 @@ static int s_write(router_tokens_t *self, const s_job_t *j)
     }
     int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
     sqlite3_finalize(st);
+    if (rc == 0 && j->kind == S_JOB_LOCK && j->body[0]) {
+        /* The client this one displaced from memory goes from state.db in
+         * the same commit: left there, every new address would add a row
+         * for good (the table's bound is the memory's, WIRE §24.10). */
+        if (sqlite3_prepare_v2(self->db, "DELETE FROM gateway_pair_lockouts WHERE client=?", -1,
+                               &st, NULL) != SQLITE_OK)
+            return -1;
+        sqlite3_bind_text(st, 1, j->body, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
+        sqlite3_finalize(st);
+    }
     if (rc == 0 && j->kind == S_JOB_REVOKE) {
         /* The deviceTokens the revoked token earned go in the same commit. */
         char id[ROUTER_TOKENS_ID_LEN + 1];
@@ -426,9 +438,12 @@ static void *s_thread(void *arg)
         if (!ok && !stopping) {
             /* A failing disk: put the batch back and retry with backoff, so
              * nothing is answered before it is written. */
-            struct timespec ts = {0, (long) backoff_ms * 1000000L};
+            /* tv_nsec must stay below a second: at 1000 ms it made
+             * nanosleep fail at once (EINVAL), and the thread spun. */
+            struct timespec ts = {(time_t) (backoff_ms / 1000),
+                                  (long) (backoff_ms % 1000) * 1000000L};
             nanosleep(&ts, NULL);
-            backoff_ms = backoff_ms < 1000 ? backoff_ms * 2 : 1000;
+            backoff_ms = backoff_ms * 2 < 1000 ? backoff_ms * 2 : 1000;
             pthread_mutex_lock(&self->mu);
             s_job_t *last = batch;
             while (last->next)
@@ -907,8 +922,8 @@ uint64_t router_tokens_locked_until(const router_tokens_t *self, const char *cli
     return l && l->until_ms > now_ms ? l->until_ms : 0;
 }
 
-static int s_lock_write(router_tokens_t *self, const s_lock_t *l, router_tokens_done_fn *done,
-                        void *ud)
+static int s_lock_write(router_tokens_t *self, const s_lock_t *l, const char *displaced,
+                        router_tokens_done_fn *done, void *ud)
 {
     s_job_t *j = s_job_new(S_JOB_LOCK, done, ud);
     if (!j) {
@@ -916,6 +931,7 @@ static int s_lock_write(router_tokens_t *self, const s_lock_t *l, router_tokens_
         return -1;
     }
     snprintf(j->key, sizeof j->key, "%s", l->client);
+    snprintf(j->body, sizeof j->body, "%s", displaced ? displaced : "");
     j->a = l->failures;
     j->b = l->until_ms;
     return s_submit(self, j);
@@ -926,6 +942,7 @@ int router_tokens_fail(router_tokens_t *self, const char *client, uint64_t now_m
                        router_tokens_done_fn *done, void *ud)
 {
     s_lock_t *l = s_lock_find(self, client);
+    char displaced[ROUTER_TOKENS_CLIENT_MAX] = "";
     *until_ms = 0;
     if (!l) {
         l = s_lock_slot(self, now_ms);
@@ -935,6 +952,7 @@ int router_tokens_fail(router_tokens_t *self, const char *client, uint64_t now_m
             errno = EAGAIN;
             return -1;
         }
+        memcpy(displaced, l->client, sizeof displaced);
         memset(l, 0, sizeof *l);
         snprintf(l->client, sizeof l->client, "%s", client);
     }
@@ -947,7 +965,7 @@ int router_tokens_fail(router_tokens_t *self, const char *client, uint64_t now_m
         l->until_ms = now_ms + lock_ms;
         *until_ms = l->until_ms;
     }
-    return s_lock_write(self, l, done, ud);
+    return s_lock_write(self, l, displaced, done, ud);
 }
 
 void router_tokens_forgive(router_tokens_t *self, const char *client)
@@ -957,7 +975,7 @@ void router_tokens_forgive(router_tokens_t *self, const char *client)
         return;
     l->failures = 0;
     l->until_ms = 0;
-    (void) s_lock_write(self, l, NULL, NULL);
+    (void) s_lock_write(self, l, NULL, NULL, NULL);
 }
 
 /* ---------------------------------------------------------------- idempotency */
