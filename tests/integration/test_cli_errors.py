@@ -358,6 +358,13 @@ def main():
                 "kith audit: -n must be a number from 0 to 1000; see kith audit --help")
         out, err = kith("audit", "tail", "--home", home, "-n5")
         check(out == "" and err == "", (out, err))
+        # A log named on the command line that is not there is not an empty
+        # log: verify said "intact: 0 records" and exit 0 to a mistyped path.
+        gone = os.path.join(tmp, "no-such-audit.log")
+        for verb in ("verify", "tail", "query"):
+            refused(("audit", verb, gone),
+                    f"kith audit {verb}: {gone}: no such file; name an audit log, or none to "
+                    "read the home's (audit.path)")
 
     def envelope_io():
         home = os.path.join(tmp, "env")

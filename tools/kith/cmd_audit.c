@@ -66,8 +66,8 @@ static int s_uint_arg(const char *flag, const char *text, uint64_t max, uint64_t
 
 /* The log's path: FILE, else audit.path from the configuration (relative
  * to the home). Also fills *cfg. */
-static int s_log_path(const s_args_t *a, const char *file, router_config_t *cfg, char *out,
-                      size_t cap)
+static int s_log_path(const s_args_t *a, const char *verb, const char *file, router_config_t *cfg,
+                      char *out, size_t cap)
 {
     char home[ROUTER_PATH_MAX], err[KITH_ERR_MAX] = "";
     router_config_defaults(cfg);
@@ -77,6 +77,15 @@ static int s_log_path(const s_args_t *a, const char *file, router_config_t *cfg,
         return -1;
     }
     if (file) {
+        /* A log named on the command line must be there: a mistyped path
+         * read as an empty log, and verify said "intact: 0 records", exit
+         * 0. (The home's own log may not exist yet: no daemon has run.) */
+        struct stat st;
+        if (stat(file, &st) != 0 && errno == ENOENT) {
+            fprintf(stderr, "kith audit %s: %s: no such file; name an audit log, or none to "
+                            "read the home's (audit.path)\n", verb, file);
+            return -1;
+        }
         snprintf(out, cap, "%s", file);
         return 0;
     }
@@ -275,7 +284,7 @@ int kith_cmd_audit(int argc, char **argv)
     }
     router_config_t cfg;
     char path[ROUTER_PATH_MAX];
-    if (s_log_path(&a, file, &cfg, path, sizeof path) != 0)
+    if (s_log_path(&a, verb, file, &cfg, path, sizeof path) != 0)
         return KITH_EXIT_FAIL;
     if (!strcmp(verb, "verify"))
         return s_verify(&a, path, &cfg);
