@@ -1685,7 +1685,7 @@ static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
         snprintf(c->accept_id, sizeof c->accept_id, "%s", req->id);
         if (c->handshake_timer)
             (void) router_loop_timer_cancel(oc->loop, c->handshake_timer);
-        c->handshake_timer = router_loop_timer_add(oc->loop, GATEWAY_OPENCLAW_RECORD_WAIT_MS,
+        c->handshake_timer = router_loop_timer_add(oc->loop, oc->opts.record_wait_ms,
                                                    s_on_handshake_timeout, c);
         if (!c->handshake_timer)
             s_accept(c, req->id, NULL); /* no bound on the wait: none */
@@ -1819,7 +1819,7 @@ static void s_on_handshake_timeout(router_loop_t *loop, uint64_t id, void *ud)
         ROUTER_LOG(ROUTER_LOG_WARN, MOD,
                    "socket %s: its device record is not durable after %u ms: hello-ok without "
                    "a deviceToken",
-                   c->conn_id, GATEWAY_OPENCLAW_RECORD_WAIT_MS);
+                   c->conn_id, c->oc->opts.record_wait_ms);
         s_accept(c, c->accept_id, NULL);
     } else if (!c->connected) {
         s_close(c, 1008, "connect timeout");
@@ -1974,6 +1974,8 @@ gateway_openclaw_t *gateway_openclaw_new(gateway_http_t *g, router_loop_t *loop,
         oc->opts.tick_ms = GATEWAY_OPENCLAW_TICK_MS;
     if (oc->opts.tick_ms < GATEWAY_OPENCLAW_TICK_MIN_MS)
         oc->opts.tick_ms = GATEWAY_OPENCLAW_TICK_MIN_MS;
+    if (!oc->opts.record_wait_ms)
+        oc->opts.record_wait_ms = GATEWAY_OPENCLAW_RECORD_WAIT_MS;
     if (!oc->opts.version)
         oc->opts.version = "kith";
     oc->started_mono = router_clock_mono_ms();

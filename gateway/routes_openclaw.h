@@ -40,6 +40,7 @@ typedef struct {
     gateway_ws_opts_t ws;       /* bounds of each socket (0s: gateway/ws.h defaults);
                                  * message_max is hello-ok's policy.maxPayload */
     unsigned tick_ms;           /* 0: GATEWAY_OPENCLAW_TICK_MS */
+    unsigned record_wait_ms;    /* 0: GATEWAY_OPENCLAW_RECORD_WAIT_MS */
     const char *version;        /* hello-ok server.version; NULL: "kith" */
     router_metrics_t *metrics;  /* borrowed, optional: kith_openclaw_sockets,
                                  * kith_openclaw_connected, kith_openclaw_runs */

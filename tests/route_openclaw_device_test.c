@@ -81,6 +81,9 @@ static void s_bearer_new(fix_t *f, char text[GATEWAY_AUTH_TOKEN_LEN + 1])
 /* The folder of a fixture's state.db on disk ("" for none). */
 static char s_dir[64];
 
+/* The fixture's record wait (0: the default). */
+static unsigned s_record_wait_ms;
+
 static void s_fix_new_at(fix_t *f, bool disk)
 {
     test_gw_new(&f->b, "route-openclaw-device-test");
@@ -101,7 +104,8 @@ static void s_fix_new_at(fix_t *f, bool disk)
     gateway_auth_opts_t ao = {.require_pairing = true};
     f->b.auth = gateway_auth_new(f->b.tokens, &ao);
     assert_non_null(f->b.auth);
-    gateway_openclaw_opts_t oo = {.auth = f->b.auth, .turns = f->b.turns};
+    gateway_openclaw_opts_t oo = {.auth = f->b.auth, .turns = f->b.turns,
+                                  .record_wait_ms = s_record_wait_ms};
     f->oc = gateway_openclaw_new(f->b.gw, f->b.loop, &oo);
     assert_non_null(f->oc);
     test_gw_listen(&f->b);
@@ -596,6 +600,76 @@ static void test_run_key_not_stored(void **state)
     s_fix_free(&f);
 }
 
+static bool s_until_head(void *ud)
+{
+    (void) ud;
+    test_wsc_read(&s_cl);
+    return s_cl.head || s_cl.eof;
+}
+
+/* WIRE §25.2: when every one of the 256 sockets waiting for hello-ok has a
+ * connect being accepted (their device records held on the disk), a new
+ * upgrade is answered 503 too_many_connections and ends none of them;
+ * once the records are durable each gets its hello-ok, and a newcomer is
+ * let in. */
+static void test_handshakes_all_accepting(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_record_wait_ms = 600000; /* the test's deadlines bound it, not this */
+    s_fix_new_at(&f, true);
+    s_record_wait_ms = 0;
+    char bearer[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, bearer);
+    enum { N = GATEWAY_OPENCLAW_HANDSHAKES_MAX };
+    test_wsc_t *cls = calloc(N, sizeof *cls);
+    assert_non_null(cls);
+    vfs_fail_hold(s_dir);
+    for (unsigned i = 0; i < N; i++) {
+        tdev_t d;
+        s_dev_new(&d);
+        s_join(&f, &d, bearer, NULL, false);
+        /* A request after it is answered at once while the connect is
+         * being accepted: the socket is past its checks. */
+        test_wsc_send_text(&s_cl, "{\"type\":\"req\",\"id\":\"x\",\"method\":\"health\"}");
+        assert_true(s_wait_frame(&f, 1));
+        assert_true(test_wsc_frame_has(&s_cl, 1, "connect is still being answered"));
+        cls[i] = s_cl;
+    }
+    test_wsc_open(&s_cl, f.b.port,
+                  "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n");
+    assert_int_equal(fcntl(s_cl.fd, F_SETFL, O_NONBLOCK), 0);
+    test_loop_until(f.b.loop, s_until_head, NULL, 1, WAIT_MS);
+    assert_true(test_wsc_refused(&s_cl));
+    assert_non_null(memmem(s_cl.buf, s_cl.len, " 503 ", 5));
+    assert_non_null(memmem(s_cl.buf, s_cl.len, "too_many_connections", 20));
+    close(s_cl.fd);
+    /* The disk answers: each waiting socket gets its hello-ok. */
+    vfs_fail_hold(NULL);
+    for (unsigned i = 0; i < N; i++) {
+        s_cl = cls[i];
+        assert_true(s_wait_frame(&f, 2));
+        if (!test_wsc_frame_has(&s_cl, 2, "\"hello-ok\"") ||
+            !test_wsc_frame_has(&s_cl, 2, "\"deviceToken\":\"kithdev_"))
+            fail_msg("socket %u: no hello-ok with its deviceToken", i);
+        cls[i] = s_cl;
+    }
+    for (unsigned i = 0; i < N; i++)
+        close(cls[i].fd);
+    free(cls);
+    s_client_close(&f);
+    /* Room again. */
+    tdev_t d;
+    s_dev_new(&d);
+    char dt[S_DT_LEN + 1];
+    s_join_ok(&f, &d, bearer, NULL, dt);
+    assert_int_equal(strlen(dt), S_DT_LEN);
+    s_client_close(&f);
+    s_fix_free(&f);
+}
+
 int main(void)
 {
     if (sodium_init() < 0 || vfs_fail_install() != 0)
@@ -608,6 +682,7 @@ int main(void)
         cmocka_unit_test(test_device_record_slow_disk),
         cmocka_unit_test(test_destroy_with_record_in_flight),
         cmocka_unit_test(test_run_key_not_stored),
+        cmocka_unit_test(test_handshakes_all_accepting),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
