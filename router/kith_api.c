@@ -31,8 +31,8 @@
 
 /* Room for a kith_last_error() line. */
 #define S_ERROR_CAP 512
-/* A recv waits in slices this long, so a destroy on another thread is
- * noticed: the inbox's wait cannot be woken from outside. */
+/* A recv waiting for an entry looks again at least this often, should a
+ * wake-up be missed (the loop's post queue was full). */
 #define S_RECV_SLICE_MS 50
 
 struct kith_net {
@@ -52,21 +52,15 @@ struct kith_node {
     bool home;                              /* state kept in a home: persist trust */
     bool dead;                              /* destroyed: a shell that refuses every call */
     kith_node_t *prev, *next;               /* in net->nodes, or (next) net->dead */
-    pthread_mutex_t mu;                     /* guards the four below */
+    pthread_mutex_t mu;                     /* guards the five below */
     pthread_cond_t idle;                    /* signalled when calls drops to 0 while closing */
+    pthread_cond_t arrived;                 /* signalled on arrivals and on closing */
     unsigned calls;                         /* calls on other threads using the node now */
+    uint64_t arrivals;                      /* counts admissions and durable batches */
     bool closing;                           /* destroy has begun: new calls are refused */
     bool gone;                              /* destroy has ended: only the shell is left */
-    struct s_held *held;                    /* popped, not given out: oldest first */
+    pthread_mutex_t recv_mu;                /* one recv takes, converts and forgets at a time */
 };
-
-/* An inbox entry popped (so forgotten by the inbox) whose message could
- * not be made, out of memory: kept here and given out by the next recv,
- * so an acked envelope is never lost to a passing shortage. */
-typedef struct s_held {
-    struct s_held *next;
-    router_inbox_entry_t e;
-} s_held_t;
 
 struct kith_msg {
     char *json;          /* {"id","from","kind"} */
@@ -171,6 +165,7 @@ static void s_node_stop(kith_node_t *n)
 {
     pthread_mutex_lock(&n->mu);
     n->closing = true;
+    pthread_cond_broadcast(&n->arrived); /* receivers waiting return */
     pthread_mutex_unlock(&n->mu);
     router_node_stop(n->node);
     pthread_mutex_lock(&n->mu);
@@ -178,12 +173,6 @@ static void s_node_stop(kith_node_t *n)
         pthread_cond_wait(&n->idle, &n->mu);
     pthread_mutex_unlock(&n->mu);
     router_node_destroy(&n->node);
-    while (n->held) {
-        s_held_t *h = n->held;
-        n->held = h->next;
-        router_inbox_entry_clear(&h->e);
-        free(h);
-    }
     pthread_mutex_lock(&n->mu);
     n->gone = true;
     pthread_mutex_unlock(&n->mu);
@@ -192,7 +181,9 @@ static void s_node_stop(kith_node_t *n)
 static void s_node_release(kith_node_t *n)
 {
     pthread_cond_destroy(&n->idle);
+    pthread_cond_destroy(&n->arrived);
     pthread_mutex_destroy(&n->mu);
+    pthread_mutex_destroy(&n->recv_mu);
     free(n);
 }
 
@@ -225,6 +216,26 @@ void kith_net_destroy(kith_net_t **net_p)
 
 /* ---------------------------------------------------------------- nodes */
 
+/* On n's loop thread: something may be there for a recv. */
+static void s_arrival(kith_node_t *n)
+{
+    pthread_mutex_lock(&n->mu);
+    n->arrivals++;
+    pthread_cond_broadcast(&n->arrived);
+    pthread_mutex_unlock(&n->mu);
+}
+
+static void s_on_event(const router_comms_event_t *ev, void *ud)
+{
+    if (ev->admitted)
+        s_arrival(ud);
+}
+
+static void s_on_durable(void *ud)
+{
+    s_arrival(ud);
+}
+
 kith_node_t *kith_node_new(kith_net_t *net, const char *name, const char *home)
 {
     char err[ROUTER_TRUST_ERR_MAX] = "";
@@ -248,6 +259,8 @@ kith_node_t *kith_node_new(kith_net_t *net, const char *name, const char *home)
     }
     pthread_mutex_init(&n->mu, NULL);
     pthread_cond_init(&n->idle, NULL);
+    pthread_cond_init(&n->arrived, NULL);
+    pthread_mutex_init(&n->recv_mu, NULL);
     router_config_t cfg;
     router_config_defaults(&cfg);
     /* A library process runs many nodes: each verifies on its own loop
@@ -265,6 +278,10 @@ kith_node_t *kith_node_new(kith_net_t *net, const char *name, const char *home)
         s_node_release(n);
         return NULL;
     }
+    /* Wake receivers when an entry may have become takeable: at admission
+     * (a memory inbox), and after each durable batch (a home's). */
+    router_node_set_event_sink(n->node, s_on_event, n);
+    router_node_on_durable(n->node, s_on_durable, n);
     if (router_node_start(n->node) != 0) {
         s_fail("kith_node_new %s: cannot start its thread: %s", name, strerror(errno));
         s_node_stop(n);
@@ -568,106 +585,101 @@ done:
     return rc;
 }
 
-/* Keeps h (with the entry in it) for the next recv, in admission order. */
-static void s_hold(kith_node_t *n, s_held_t *h)
+/* The oldest entry nobody has taken, as a message: 0 with *msg_p set, 1
+ * when there is none, -1 with the error set. The entry is leased while
+ * its message is made and forgotten only once that worked: out of memory
+ * anywhere gives it back for the next recv (router_inbox_untake), so an
+ * acked envelope is never lost to a passing shortage — not even when the
+ * node is destroyed before that recv, since a home's state.db still has it. */
+static int s_take(kith_node_t *n, kith_msg_t **msg_p)
 {
-    pthread_mutex_lock(&n->mu);
-    s_held_t **at = &n->held;
-    while (*at && (*at)->e.seq < h->e.seq)
-        at = &(*at)->next;
-    h->next = *at;
-    *at = h;
-    pthread_mutex_unlock(&n->mu);
-}
-
-/* Pops n's oldest entry into *e within timeout_ms (< 0: for ever), in
- * slices that notice a destroy. NULL, or why not (for kith_last_error). */
-static const char *s_pop(kith_node_t *n, router_inbox_entry_t *e, int timeout_ms)
-{
-    uint64_t deadline = router_clock_mono_ms() + (uint64_t) (timeout_ms > 0 ? timeout_ms : 0);
-    for (;;) {
-        uint64_t now = router_clock_mono_ms();
-        uint64_t left = timeout_ms < 0 ? S_RECV_SLICE_MS : deadline > now ? deadline - now : 0;
-        errno = 0;
-        if (router_inbox_pop(router_node_inbox(n->node), e,
-                             (int) (left < S_RECV_SLICE_MS ? left : S_RECV_SLICE_MS)) == 0)
-            return NULL;
-        /* The pop keeps the entry when it cannot make room to forget it. */
-        if (errno == ENOMEM)
-            return "kith_node_recv: out of memory";
-        pthread_mutex_lock(&n->mu);
-        bool closing = n->closing;
-        pthread_mutex_unlock(&n->mu);
-        if (closing)
-            return "kith_node_recv: the node was destroyed while waiting";
-        if (timeout_ms >= 0 && router_clock_mono_ms() >= deadline)
-            return "timeout";
-    }
-}
-
-/* kith_node_recv, with n entered. */
-static int s_recv(kith_node_t *n, kith_msg_t **msg_p, int timeout_ms)
-{
-    /* Everything that can fail for want of memory is had before the pop,
-     * or can give the entry back (s_hold): a pop forgets it. */
-    s_held_t *h = NULL;
-    kith_msg_t *m = calloc(1, sizeof *m);
-    pthread_mutex_lock(&n->mu);
-    if (m && (h = n->held))
-        n->held = h->next;
-    pthread_mutex_unlock(&n->mu);
-    if (!m || (!h && !(h = calloc(1, sizeof *h)))) {
-        free(m);
-        return s_fail("kith_node_recv: out of memory");
-    }
-    const char *none = h->e.frame ? NULL : s_pop(n, &h->e, timeout_ms);
-    if (none) {
-        free(h);
-        free(m);
-        return s_fail("%s", none);
-    }
+    router_inbox_t *inbox = router_node_inbox(n->node);
+    router_inbox_entry_t e = {0};
     proto_envelope_t *env = NULL;
+    int rc = -1;
+    pthread_mutex_lock(&n->recv_mu);
+    kith_msg_t *m = calloc(1, sizeof *m);
+    if (!m) {
+        s_fail("kith_node_recv: out of memory");
+        goto unlock;
+    }
+    errno = 0;
+    if (router_inbox_take(inbox, &e) != 0) {
+        if (errno == ENOMEM) /* the copy: the entry stays */
+            s_fail("kith_node_recv: out of memory (the envelope stays for the next recv)");
+        else
+            rc = 1;
+        goto unlock;
+    }
     proto_envelope_reason_t why;
-    if (proto_envelope_decode(h->e.frame, h->e.frame_len, &env, &why) != 0) {
+    if (proto_envelope_decode(e.frame, e.frame_len, &env, &why) != 0) {
         if (why == PROTO_ENV_NO_MEMORY)
-            goto hold;
+            goto untake;
         /* Only plain event listeners admit anything else, and library
-         * nodes have none. */
-        s_fail("kith_node_recv: an inbox entry (%s) that is not an envelope: %s", h->e.kind,
+         * nodes have none. Given out once, as the error. */
+        if (router_inbox_done(inbox, e.seq) != 0)
+            goto untake;
+        s_fail("kith_node_recv: an inbox entry (%s) that is not an envelope: %s", e.kind,
                proto_envelope_reason_str(why));
-        router_inbox_entry_clear(&h->e);
-        free(h);
-        free(m);
-        return -1;
+        goto unlock;
     }
     memcpy(m->id, proto_envelope_id(env), 16);
     memcpy(m->from, proto_envelope_from(env), 32);
     m->kind = proto_envelope_kind(env);
     int made = s_msg_json(m, env);
     if (made == -2)
-        goto hold;
+        goto untake;
+    if (router_inbox_done(inbox, e.seq) != 0)
+        goto untake;
     if (made != 0) {
         /* Admitted from a program that is not a kith library (listen):
          * a value JSON cannot carry. Given out once, as the error. */
         char from[PROTO_PUBKEY_TEXT_CAP];
         proto_pubkey_format(m->from, from, sizeof from);
-        s_fail("kith_node_recv: the %s from %s has no JSON form (WIRE §22)", h->e.kind, from);
-        proto_envelope_destroy(&env);
-        router_inbox_entry_clear(&h->e);
-        free(h);
-        kith_msg_destroy(&m);
-        return -1;
+        s_fail("kith_node_recv: the %s from %s has no JSON form (WIRE §22)", e.kind, from);
+        goto unlock;
     }
-    proto_envelope_destroy(&env);
-    router_inbox_entry_clear(&h->e);
-    free(h);
     *msg_p = m;
-    return 0;
-hold:
+    m = NULL;
+    rc = 0;
+    goto unlock;
+untake:
+    (void) router_inbox_untake(inbox, e.seq);
+    s_fail("kith_node_recv: out of memory (the envelope stays for the next recv)");
+unlock:
+    pthread_mutex_unlock(&n->recv_mu);
+    router_inbox_entry_clear(&e);
     proto_envelope_destroy(&env);
-    s_hold(n, h);
     kith_msg_destroy(&m);
-    return s_fail("kith_node_recv: out of memory (the envelope stays for the next recv)");
+    return rc;
+}
+
+/* kith_node_recv, with n entered: takes, or waits for an arrival (or a
+ * slice, or the destroy) and takes again, until the deadline. */
+static int s_recv(kith_node_t *n, kith_msg_t **msg_p, int timeout_ms)
+{
+    uint64_t deadline = router_clock_mono_ms() + (uint64_t) (timeout_ms > 0 ? timeout_ms : 0);
+    for (;;) {
+        pthread_mutex_lock(&n->mu);
+        uint64_t seen = n->arrivals;
+        pthread_mutex_unlock(&n->mu);
+        int rc = s_take(n, msg_p);
+        if (rc <= 0)
+            return rc;
+        uint64_t now = router_clock_mono_ms();
+        if (timeout_ms >= 0 && now >= deadline)
+            return s_fail("timeout");
+        uint64_t wait = timeout_ms < 0 || deadline - now > S_RECV_SLICE_MS ? S_RECV_SLICE_MS
+                                                                           : deadline - now;
+        struct timespec until = router_clock_deadline(CLOCK_REALTIME, wait);
+        pthread_mutex_lock(&n->mu);
+        if (!n->closing && n->arrivals == seen)
+            (void) pthread_cond_timedwait(&n->arrived, &n->mu, &until);
+        bool closing = n->closing;
+        pthread_mutex_unlock(&n->mu);
+        if (closing)
+            return s_fail("kith_node_recv: the node was destroyed while waiting");
+    }
 }
 
 int kith_node_recv(kith_node_t *n, kith_msg_t **msg_p, int timeout_ms)

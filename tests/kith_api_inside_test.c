@@ -270,6 +270,54 @@ static void test_recv_out_of_memory_loses_nothing(void **state)
     kith_net_destroy(&net);
 }
 
+/* As above, with b keeping its state in a home, and b destroyed right
+ * after the failed recv and made again from the home (a restart): the
+ * acked message is given out then. A recv that had already taken it from
+ * the inbox (a pop forgets, in state.db too) and kept it only in the
+ * destroyed node's memory lost it for good. */
+static void test_recv_out_of_memory_then_restart_loses_nothing(void **state)
+{
+    (void) state;
+    s_tmp_make();
+    char home[128];
+    snprintf(home, sizeof home, "%s/b", s_tmp);
+    kith_net_t *net = kith_net_new();
+    assert_non_null(net);
+    kith_node_t *a = s_node(net, "a", NULL), *b = s_node(net, "b", home);
+    assert_int_equal(kith_node_trust(a, b), 0);
+    bool done = false;
+    unsigned restarts = 0;
+    for (long skip = 0; skip < ALLOC_FAIL_RUNS_MAX && !done; skip++) {
+        char body[32];
+        snprintf(body, sizeof body, "m-%ld", skip);
+        assert_int_equal(kith_node_send(a, "b", body, S_WAIT_MS), KITH_ACKED);
+        kith_msg_t *m = NULL;
+        alloc_fail_arm(skip);
+        int rc = kith_node_recv(b, &m, S_WAIT_MS);
+        unsigned failed = alloc_fail_disarm();
+        if (rc != 0) {
+            assert_true(failed > 0);
+            assert_non_null(strstr(kith_last_error(), "out of memory"));
+            kith_node_destroy(&b);
+            b = s_node(net, "b", home);
+            restarts++;
+            rc = kith_node_recv(b, &m, S_WAIT_MS);
+            if (rc != 0)
+                fprintf(stderr, "skip %ld: %s\n", skip, kith_last_error());
+            assert_int_equal(rc, 0);
+        }
+        done = failed == 0;
+        assert_non_null(strstr(kith_msg_json(m), body));
+        kith_msg_destroy(&m);
+        assert_int_equal(kith_node_recv(b, &m, 0), -1);
+        assert_string_equal(kith_last_error(), "timeout");
+    }
+    assert_true(done);
+    assert_true(restarts > 0);
+    kith_net_destroy(&net);
+    s_tmp_remove();
+}
+
 /* ---------------------------------------------------------------- constructors out of memory */
 
 /* kith_net_new and kith_node_new (in memory and with a home) with their
@@ -430,6 +478,7 @@ int main(void)
         cmocka_unit_test(test_trust_all_or_nothing_out_of_memory),
         cmocka_unit_test(test_trust_keeps_other_rows_profile),
         cmocka_unit_test(test_recv_out_of_memory_loses_nothing),
+        cmocka_unit_test(test_recv_out_of_memory_then_restart_loses_nothing),
         cmocka_unit_test(test_destroy_while_blocked),
         cmocka_unit_test(test_constructors_out_of_memory),
         cmocka_unit_test(test_call_after_destroy_meets_the_shell),
