@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import struct
 import sys
+import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -208,10 +209,70 @@ def unknown_keys_are_bounded():
         node.cleanup()
 
 
+# ------------------------------------------------------------------ slow senders (WIRE §9.1, §10)
+
+def s_dribble(sock, data, pause):
+    """Writes data a byte at a time; 'rst' once the daemon cut the
+    connection, 'sent' when every byte went out (a bound not enforced)."""
+    try:
+        for i in range(len(data)):
+            sock.sendall(data[i:i + 1])
+            time.sleep(pause)
+    except (ConnectionResetError, BrokenPipeError):
+        return "rst"
+    return "sent"
+
+
+def dribbled_frames_meet_their_deadlines():
+    """A frame trickled a byte at a time never buys more time: the first
+    one is cut at the first-frame deadline though bytes keep coming, a
+    later one at the frame deadline counted from its first byte, and a
+    plain-event line that never ends is cut too (its 64 KiB are skipped,
+    not held). Each would take ~20 s to finish at this pace."""
+    alice = Peer()
+    node = Daemon("advslow", config={
+        "comms": {"auth": "none", "event_address": "127.0.0.1:0"},
+        "limits": {"first_frame_timeout_ms": 600, "frame_timeout_ms": 900,
+                   "comms_idle_timeout_ms": 120000}})
+    node.trust("alice", alice.pk)
+    node.start()
+    try:
+        slow = alice.message(node.pk, "s" * 2000)
+        s = socket.create_connection(("127.0.0.1", node.port), timeout=30)
+        assert s_dribble(s, frame(slow), 0.01) == "rst", "a dribbled first frame was not cut"
+        s.close()
+        c = Conn(("127.0.0.1", node.port))
+        first = alice.message(node.pk, "first")
+        c.send(frame(first))
+        assert c.read_frame()["kind"]["in_reply_to"] == first["id"]
+        assert s_dribble(c.s, frame(slow), 0.01) == "rst", "a dribbled later frame was not cut"
+        c.close()
+        wait_metric(node, 'kith_comms_conn_cut_total{kind="comms",reason="deadline"}',
+                    lambda v: v >= 2)
+        ev = socket.create_connection(("127.0.0.1", node.event_port), timeout=30)
+        chunk = b"x" * 4096
+        try:
+            for _ in range(5000):  # 20 MB, far more than a deadline lets through
+                ev.sendall(chunk)
+                time.sleep(0.004)
+            how = "sent"
+        except (ConnectionResetError, BrokenPipeError):
+            how = "rst"
+        ev.close()
+        assert how == "rst", "an endless event line was not cut"
+        m = wait_metric(node, 'kith_comms_conn_cut_total{kind="events",reason="deadline"}',
+                        lambda v: v >= 1)
+        assert m["kith_comms_partial_bytes"] == 0, m["kith_comms_partial_bytes"]
+        assert m["kith_events_queued_total"] == 0, m["kith_events_queued_total"]
+    finally:
+        node.cleanup()
+
+
 def main():
     results = Results()
     for fn in (pairing_guesses_stop_at_the_lockout, pairing_right_proof_restarts_the_count,
-               pairing_wrong_proof_answered_once_stored, unknown_keys_are_bounded):
+               pairing_wrong_proof_answered_once_stored, unknown_keys_are_bounded,
+               dribbled_frames_meet_their_deadlines):
         results.run(fn)
     return results.summary()
 
