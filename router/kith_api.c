@@ -106,9 +106,13 @@ static void s_init(void)
         return;
     router_log_level_t level = ROUTER_LOG_WARN;
     const char *env = getenv("KITH_LOG");
-    if (env && router_log_level_parse(env, &level) != 0)
+    bool bad = env && router_log_level_parse(env, &level) != 0;
+    if (bad)
         level = ROUTER_LOG_WARN;
     router_log_set_level(level);
+    if (bad) /* said once, so a misspelt level is not taken for silence */
+        ROUTER_LOG(ROUTER_LOG_WARN, "kith", "KITH_LOG=%.40s is not debug, info, warn or error: "
+                   "logging warnings and errors", env);
     s_ready = true;
 }
 

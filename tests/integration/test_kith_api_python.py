@@ -298,6 +298,18 @@ def test_nul_in_text_is_refused_not_cut(kith):
         assert b.recv(timeout_ms=WAIT_S * 1000)["kind"]["params"] == {"k": "v\0w"}
 
 
+def test_misspelt_kith_log_is_named(kith):
+    """KITH_LOG set to no level the library knows: it says so once on
+    stderr and logs at warn, instead of taking the misspelling silently."""
+    code = "import kith\nwith kith.Net() as n:\n    n.node('a')\n"
+    for value, said in (("loud", True), ("debug", False)):
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=dict(os.environ, KITH_LOG=value), timeout=WAIT_S)
+        assert p.returncode == 0, p.stderr
+        named = "KITH_LOG=loud is not debug, info, warn or error" in p.stderr
+        assert named == said, (value, p.stderr)
+
+
 def main():
     _reexec()
     import kith
