@@ -99,7 +99,8 @@ struct s_conn {
     uint64_t seq;             /* last event seq sent */
     uint64_t presence_seen;   /* the presence_version its last presence list had */
     bool presence_in_tick;    /* a presence event went out since its last tick */
-    uint64_t handshake_timer, tick_timer;
+    uint64_t handshake_timer; /* until hello-ok; while accepting, the record's wait */
+    uint64_t tick_timer;
     uint64_t abort_timer;     /* aborted runs still waiting for their turn */
     uint64_t connected_ms;
     gateway_openclaw_connect_t *hello; /* the accepted connect params */
@@ -1501,10 +1502,10 @@ static void s_device_written(bool ok, void *ud)
  * (WIRE §25.8): "kithdev_" and the hex of a keyed BLAKE2b of the device id,
  * the key a BLAKE2b of the secret. The same bearer token and device always
  * get the same deviceToken: a connect whose socket closes before its
- * hello-ok (the client never saw a token) rewrites the device's token
- * hash with the one it had, where a random token made the client's stop
- * working; and a client that lost its token gets it again with its bearer
- * token. Only a holder of the bearer token's secret can make it: state.db
+ * hello-ok (the client never saw a token) writes the hash the device had,
+ * so the token the client holds still works (a random new token stopped
+ * it, and nobody held the new one); and a client that lost its token gets
+ * it again with its bearer token. Only a holder of the bearer token's secret can make it: state.db
  * keeps SHA-256 digests, not this key. */
 static void s_device_token_make(const char *secret, const char *device_id,
                                 char out[S_DEVICE_TOKEN_LEN + 1])
@@ -1688,7 +1689,7 @@ static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
         c->handshake_timer = router_loop_timer_add(oc->loop, oc->opts.record_wait_ms,
                                                    s_on_handshake_timeout, c);
         if (!c->handshake_timer)
-            s_accept(c, req->id, NULL); /* no bound on the wait: none */
+            s_accept(c, req->id, NULL); /* no timer to bound the wait: no wait */
     } else {
         s_accept(c, req->id, NULL);
     }
