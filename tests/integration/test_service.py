@@ -155,9 +155,40 @@ def main():
         rc, out, err = e.run("install", "--home", home, path=e.tmp)  # no systemctl on PATH
         check(rc == 1 and "systemctl is not installed" in err and len(err.splitlines()) == 1,
               f"{rc} {err!r}")
+        check(not os.path.exists(e.unit), "a failed install leaves no unit")
         rc, out, err = e.run("install", "--home", home, rc=1)
-        check(rc == 1 and "systemctl --user daemon-reload failed (exit 1)" in err, f"{rc} {err}")
+        check(rc == 1 and "systemctl --user daemon-reload failed (exit 1" in err and
+              err.endswith("; nothing installed\n") and len(err.splitlines()) == 1,
+              f"{rc} {err!r}")
+        check(not os.path.exists(e.unit), "a failed install leaves no unit")
         e.calls()
+        # Over an installed unit, a failed install says what it left.
+        rc, out, err = e.run("install", "--home", home)
+        check(rc == 0, f"{rc} {err}")
+        rc, out, err = e.run("install", "--home", home, rc=1)
+        check(rc == 1 and err.endswith("; the unit file is rewritten but not enabled\n") and
+              len(err.splitlines()) == 1 and os.path.exists(e.unit), f"{rc} {err!r}")
+        e.calls()
+        # Without systemd (a container, WSL): one line that says so, with
+        # what systemctl said, and no unit left behind when there was none.
+        # The unit used to stay, and systemctl's own lines came before kith's.
+        fresh = Env()
+        with open(os.path.join(fresh.bin, "systemctl"), "w") as f:
+            f.write('#!/bin/sh\nprintf "%s\\n" "$*" >> "$FAKE_SYSTEMCTL_LOG"\n'
+                    'echo "System has not been booted with systemd as init system (PID 1). '
+                    'Can\'t operate." >&2\necho "Failed to connect to bus: Host is down" >&2\n'
+                    'exit 1\n')
+        rc, out, err = fresh.run("install", "--home", home)
+        hint = ("" if os.path.isdir("/run/systemd/system") else
+                "; systemd is not running on this machine (no /run/systemd/system): run kith "
+                "daemon another way")
+        check(rc == 1 and out == "" and err ==
+              "kith service: systemctl --user daemon-reload failed (exit 1: System has not been "
+              f"booted with systemd as init system (PID 1). Can't operate.){hint}; nothing "
+              "installed\n", f"{rc} {out!r} {err!r}")
+        check(not os.path.exists(fresh.unit), "a failed install leaves no unit")
+        check(fresh.calls() == ["--user daemon-reload", "--user daemon-reload"],
+              f"reload, then reload after the unit went: {fresh.calls()}")
         # No place for the unit: a file where its folder would be.
         blocked = Env()
         with open(blocked.xdg, "w") as f:
@@ -238,9 +269,12 @@ def main():
         os.chmod(os.path.join(killed, "systemctl"), 0o755)
         rc, out, err = e.run("status", path=killed)
         check(rc == 128 + 9 and err == "", f"status killed by SIGKILL: {rc} {err!r}")
-        refused("kith service: systemctl --user daemon-reload failed (exit 137)", "install",
-                "--home", home, path=killed)
-        os.unlink(e.unit)
+        hint = ("" if os.path.isdir("/run/systemd/system") else
+                "; systemd is not running on this machine (no /run/systemd/system): run kith "
+                "daemon another way")
+        refused(f"kith service: systemctl --user daemon-reload failed (exit 137){hint}; nothing "
+                "installed", "install", "--home", home, path=killed)
+        check(not os.path.exists(e.unit), "a failed install leaves no unit")
         # With no XDG_CONFIG_HOME the unit goes under HOME/.config.
         fake_home = os.path.join(e.tmp, "fake-home")
         rc, out, err = e.run("install", "--home", home, unset=("XDG_CONFIG_HOME",),

@@ -58,9 +58,15 @@ static void s_usage(FILE *out)
 
 /* ---------------------------------------------------------------- systemctl */
 
+/* Room for the first line of what a failed install or uninstall step of
+ * systemctl said, folded into kith's own line. */
+#define S_SAID_MAX 160
+
 /* Runs `systemctl [--user] ARGS…` and returns its exit status, or -1 with
- * errno (ENOENT: systemctl is not installed). */
-static int s_systemctl(bool system, const char *a1, const char *a2, const char *a3)
+ * errno (ENOENT: systemctl is not installed). With said non-NULL,
+ * systemctl's stderr is taken instead of passed through, and its first
+ * line (made fit for one line) is left in said[S_SAID_MAX]. */
+static int s_systemctl(bool system, const char *a1, const char *a2, const char *a3, char *said)
 {
     char *argv[6];
     int n = 0;
@@ -74,8 +80,50 @@ static int s_systemctl(bool system, const char *a1, const char *a2, const char *
         argv[n++] = (char *) a3;
     argv[n] = NULL;
     fflush(stdout);
+    int fds[2] = {-1, -1};
+    posix_spawn_file_actions_t fa;
+    bool have_fa = false;
+    if (said) {
+        said[0] = '\0';
+        if (pipe2(fds, O_CLOEXEC) != 0)
+            return -1;
+        int rc = posix_spawn_file_actions_init(&fa);
+        have_fa = rc == 0;
+        if (rc == 0)
+            rc = posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+        if (rc != 0) {
+            if (have_fa)
+                posix_spawn_file_actions_destroy(&fa);
+            close(fds[0]);
+            close(fds[1]);
+            errno = rc;
+            return -1;
+        }
+    }
     pid_t pid;
-    int rc = posix_spawnp(&pid, "systemctl", NULL, NULL, argv, environ);
+    int rc = posix_spawnp(&pid, "systemctl", have_fa ? &fa : NULL, NULL, argv, environ);
+    if (have_fa)
+        posix_spawn_file_actions_destroy(&fa);
+    if (said) {
+        close(fds[1]);
+        /* Read to the end (a child blocked on a full pipe would never exit);
+         * keep the first line. */
+        char buf[1024];
+        size_t kept = 0;
+        bool line_done = false;
+        ssize_t got;
+        while (rc == 0 && ((got = read(fds[0], buf, sizeof buf)) > 0 || (got < 0 && errno == EINTR))) {
+            for (ssize_t i = 0; i < got && !line_done; i++) {
+                if (buf[i] == '\n')
+                    line_done = true;
+                else if (kept < S_SAID_MAX - 1)
+                    said[kept++] = buf[i];
+            }
+        }
+        said[kept] = '\0';
+        kith_one_line(said);
+        close(fds[0]);
+    }
     if (rc != 0) {
         errno = rc;
         return -1;
@@ -88,27 +136,40 @@ static int s_systemctl(bool system, const char *a1, const char *a2, const char *
 }
 
 /* Says why `systemctl [--user] a1 [a2 [a3]]` did not succeed (rc from
- * s_systemctl). */
-static void s_report(bool system, int rc, const char *a1, const char *a2, const char *a3)
+ * s_systemctl), with what it said and what became of the unit (then) when
+ * given. Without systemd as init, every step fails ("System has not been
+ * booted with systemd"): that is said plainly, with what to do instead. */
+static void s_report(bool system, int rc, const char *a1, const char *a2, const char *a3,
+                     const char *said, const char *then)
 {
+    int e = errno;
+    struct stat st;
+    bool booted = stat("/run/systemd/system", &st) == 0 && S_ISDIR(st.st_mode); /* sd_booted() */
+    errno = e;
     if (rc < 0 && errno == ENOENT)
         fprintf(stderr, "kith service: systemctl is not installed: run the daemon another way "
-                        "(kith daemon), or install systemd\n");
+                        "(kith daemon), or install systemd%s%s\n", then ? "; " : "",
+                then ? then : "");
     else if (rc < 0)
-        fprintf(stderr, "kith service: cannot run systemctl: %s; check the systemctl on PATH\n",
-                strerror(errno));
+        fprintf(stderr, "kith service: cannot run systemctl: %s; check the systemctl on PATH%s%s\n",
+                strerror(errno), then ? "; " : "", then ? then : "");
     else
-        fprintf(stderr, "kith service: systemctl%s %s%s%s%s%s failed (exit %d)\n",
+        fprintf(stderr, "kith service: systemctl%s %s%s%s%s%s failed (exit %d%s%s)%s%s%s\n",
                 system ? "" : " --user", a1, a2 ? " " : "", a2 ? a2 : "", a3 ? " " : "",
-                a3 ? a3 : "", rc);
+                a3 ? a3 : "", rc, said && *said ? ": " : "", said ? said : "",
+                booted ? "" : "; systemd is not running on this machine (no /run/systemd/system): "
+                              "run kith daemon another way",
+                then ? "; " : "", then ? then : "");
 }
 
-/* One systemctl step of install or uninstall: true when it succeeded. */
-static bool s_step(bool system, const char *a1, const char *a2, const char *a3)
+/* One systemctl step of install or uninstall: true when it succeeded;
+ * otherwise its one line is printed, ending with `then`. */
+static bool s_step(bool system, const char *a1, const char *a2, const char *a3, const char *then)
 {
-    int rc = s_systemctl(system, a1, a2, a3);
+    char said[S_SAID_MAX];
+    int rc = s_systemctl(system, a1, a2, a3, said);
     if (rc != 0)
-        s_report(system, rc, a1, a2, a3);
+        s_report(system, rc, a1, a2, a3, said, then);
     return rc == 0;
 }
 
@@ -303,12 +364,23 @@ static int s_install(const char *home_flag, const char *config_flag, bool system
         return KITH_EXIT_OK;
     }
     char dir[PATH_MAX], path[PATH_MAX];
-    if (s_unit_paths(system, dir, path, sizeof dir) != 0 ||
-        s_unit_install(dir, path, system, exe, abs_home, config) != 0)
+    if (s_unit_paths(system, dir, path, sizeof dir) != 0)
         return KITH_EXIT_FAIL;
+    bool existed = access(path, F_OK) == 0;
+    if (s_unit_install(dir, path, system, exe, abs_home, config) != 0)
+        return KITH_EXIT_FAIL;
+    /* A new unit systemd was not told of, or would not enable (no systemd
+     * here at all, most often), is taken away again, so a failed install
+     * leaves nothing behind; one written over an earlier install stays. */
+    const char *then = existed ? "the unit file is rewritten but not enabled"
+                               : "nothing installed";
+    if (!s_step(system, "daemon-reload", NULL, NULL, then) ||
+        !s_step(system, "enable", S_UNIT, NULL, then)) {
+        if (!existed && unlink(path) == 0)
+            (void) s_systemctl(system, "daemon-reload", NULL, NULL, (char[S_SAID_MAX]) {0});
+        return KITH_EXIT_FAIL;
+    }
     printf("wrote %s\n", path);
-    if (!s_step(system, "daemon-reload", NULL, NULL) || !s_step(system, "enable", S_UNIT, NULL))
-        return KITH_EXIT_FAIL;
     printf("enabled %s: start it with kith service start%s\n", S_UNIT, system ? " --system" : "");
     return KITH_EXIT_OK;
 }
@@ -322,23 +394,23 @@ static int s_uninstall(bool system)
         fprintf(stderr, "kith service: %s is not installed (no %s)\n", S_UNIT, path);
         return KITH_EXIT_FAIL;
     }
-    if (!s_step(system, "disable", "--now", S_UNIT))
+    if (!s_step(system, "disable", "--now", S_UNIT, NULL))
         return KITH_EXIT_FAIL;
     if (unlink(path) != 0) {
         fprintf(stderr, "kith service: cannot remove %s: %s\n", path, strerror(errno));
         return KITH_EXIT_FAIL;
     }
     printf("removed %s\n", path);
-    return s_step(system, "daemon-reload", NULL, NULL) ? KITH_EXIT_OK : KITH_EXIT_FAIL;
+    return s_step(system, "daemon-reload", NULL, NULL, NULL) ? KITH_EXIT_OK : KITH_EXIT_FAIL;
 }
 
 /* start, stop, restart, status: systemctl's output and exit status. */
 static int s_control(const char *verb, bool system)
 {
-    int rc = s_systemctl(system, verb, S_UNIT, NULL);
+    int rc = s_systemctl(system, verb, S_UNIT, NULL, NULL);
     if (rc >= 0)
         return rc;
-    s_report(system, rc, verb, S_UNIT, NULL);
+    s_report(system, rc, verb, S_UNIT, NULL, NULL, NULL);
     return KITH_EXIT_FAIL;
 }
 
