@@ -1089,12 +1089,20 @@ static void s_forbidden(s_conn_t *c, const char *id, const char *scope)
     s_res_error(c, id, "FORBIDDEN", msg, details, false);
 }
 
-/* The answer to a key seen before: the same runId, nothing started. */
+/* The answer to a key seen before: the same runId, nothing started. The
+ * status is spliced into JSON as it is, so only one this file writes goes
+ * out: a row of state.db with anything else (damaged, or written by some
+ * other hand) is "unknown", never a frame that is not JSON. */
 static void s_cached(s_conn_t *c, const char *id, const char *key, const char *status)
 {
-    char payload[GATEWAY_OPENCLAW_RUN_KEY_MAX + ROUTER_TOKENS_IDEM_BODY_MAX + 64];
+    static const char *const known[] = {S_IDEM_IN_FLIGHT, "ok", "error", "aborted", "unknown"};
+    const char *said = "unknown";
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (!strcmp(status, known[i]))
+            said = known[i];
+    char payload[GATEWAY_OPENCLAW_RUN_KEY_MAX + 64];
     snprintf(payload, sizeof payload, "{\"runId\":\"%s\",\"status\":\"%s\",\"cached\":true}", key,
-             status);
+             said);
     s_res_ok(c, id, payload);
 }
 

@@ -27,6 +27,7 @@
 #include "gateway/auth.h"
 #include "gateway/http_server.h"
 #include "gateway/routes_openclaw.h"
+#include "router/clock.h"
 #include "router/net/addr.h"
 #include "router/net/loop.h"
 #include "router/state/tokens.h"
@@ -491,6 +492,49 @@ static void test_closing_socket_runs_nothing(void **state)
     test_gw_free(&f.b);
 }
 
+/* A key whose remembered answer is not one the endpoint writes (a damaged
+ * state.db row, or one written by another hand: here straight into the
+ * store) is answered "unknown" in a frame that is JSON; its text was
+ * spliced in as it stood, quotes and all. */
+static void test_cached_status_damaged(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    static const char *const bodies[] = {"ok\",\"injected\":\"1", "\x01\xff"};
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
+        char key[8];
+        snprintf(key, sizeof key, "dmg%zu", i);
+        int st = 0;
+        const char *seen = NULL;
+        uint64_t now = router_clock_wall_ms();
+        assert_int_equal(router_tokens_idem_begin(f.b.tokens, "openclaw", key, strlen(key), now,
+                                                  &st, &seen),
+                         ROUTER_IDEM_NEW);
+        assert_int_equal(router_tokens_idem_finish(f.b.tokens, "openclaw", key, strlen(key), 200,
+                                                   bodies[i], now, NULL, NULL),
+                         0);
+        unsigned base = s_client_connected(&f);
+        char req[256];
+        snprintf(req, sizeof req,
+                 "{\"type\":\"req\",\"id\":\"d\",\"method\":\"chat.send\",\"params\":{"
+                 "\"sessionKey\":\"s\",\"message\":\"m\",\"idempotencyKey\":\"%s\"}}",
+                 key);
+        test_wsc_send_text(&s_cl, req);
+        char want[96];
+        snprintf(want, sizeof want, "{\"runId\":\"%s\",\"status\":\"unknown\",\"cached\":true}",
+                 key);
+        assert_true(s_wait_needle(&f, base, "\"id\":\"d\""));
+        assert_true(s_wait_needle(&f, base, want));
+        assert_null(memmem(s_cl.buf, s_cl.len, "injected", 8));
+        s_client_close(&f);
+    }
+    test_gw_stop(&f.b);
+    (void) test_loop_wait(f.b.loop, s_gone, NULL, 1, WAIT_MS);
+    gateway_openclaw_destroy(&f.oc);
+    test_gw_free(&f.b);
+}
+
 /* gateway_openclaw_new refuses what it cannot serve with (EINVAL), a
  * second endpoint on the same gateway (its route `/` is taken), and under
  * each of its allocations failing returns NULL with errno or an endpoint
@@ -571,6 +615,7 @@ int main(void)
         cmocka_unit_test(test_run_out_of_memory),
         cmocka_unit_test(test_closing_socket_runs_nothing),
         cmocka_unit_test(test_new_refusals),
+        cmocka_unit_test(test_cached_status_damaged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
