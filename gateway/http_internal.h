@@ -95,7 +95,8 @@ struct gateway_http {
     uint32_t ws_open;                    /* WebSockets among `open` */
     router_sources_t *sources;           /* unauthenticated connections per source */
     gateway_http_conn_t *unauth_head, *unauth_tail; /* not yet authenticated, oldest first */
-    size_t unauth_body_held;             /* body octets allocated by unauthenticated connections */
+    size_t unauth_body_held;             /* body and unfinished-message octets allocated by
+                                          * unauthenticated connections and sockets */
     gateway_ws_t *ws_unauth_head, *ws_unauth_tail; /* WebSockets not yet authenticated, oldest first */
     uint32_t unauth;                     /* how many, both lists */
     router_metric_t *m_unauth;           /* kith_http_unauth_connections */
@@ -228,6 +229,15 @@ void gateway_ws_input(gateway_ws_t *ws, uint8_t *data, size_t len);
  * none. */
 bool gateway_ws_unauth_evict(gateway_http_t *g);
 
+/* The unauthenticated WebSocket (not `spare`) whose unfinished message
+ * holds the most octets of the unauthenticated budget, or NULL; its count
+ * in *held. */
+gateway_ws_t *gateway_ws_unauth_largest(gateway_http_t *g, const void *spare, size_t *held);
+
+/* Cuts ws for the unauthenticated budget: its message is freed and
+ * uncounted at once, and it is closed 1013. */
+void gateway_ws_unauth_cut(gateway_ws_t *ws);
+
 /* For gateway_http_destroy: lets every socket go without callbacks. */
 void gateway_ws_disown_all(gateway_http_t *g);
 
@@ -243,5 +253,13 @@ void gateway_ws_close_all(gateway_http_t *g, uint16_t code, bool abort);
 
 /* A connection (HTTP or WebSocket) has gone: ends a drain left with none. */
 void gateway_http_drain_check(gateway_http_t *g);
+
+/* Room in the budget of unfinished request bodies and WebSocket messages
+ * held by unauthenticated connections (limits.partial_frame_bytes_max,
+ * WIRE §11.3) for `asker` (an HTTP connection or a socket, never cut),
+ * now counted for `held` octets, to hold `cap`: the holder of the most is
+ * cut, as many times as needed, while it holds more than `cap`. False:
+ * the asker would hold the most, and is the one to refuse. */
+bool gateway_http_unauth_room(gateway_http_t *g, const void *asker, size_t held, size_t cap);
 
 #endif

@@ -281,24 +281,33 @@ static void s_body_count(gateway_http_conn_t *hc, size_t bytes)
 
 static void s_unauth_leave(gateway_http_conn_t *hc);
 
-/* Room in the unauthenticated connections' body budget for hc to hold
- * `cap` octets, made by cutting the connection that holds the most while
- * still reading its body, if it holds more than hc would: one client
- * cannot be made to wait by many holding bodies open, and memory stays
- * bounded however many connections prove nothing (WIRE §11.3). False:
- * hc is the one to refuse. */
-static bool s_body_room(gateway_http_conn_t *hc, size_t cap)
+/* One client cannot be made to wait by many holding bodies open, and
+ * memory stays bounded however many connections prove nothing (WIRE
+ * §11.3). Sockets' unfinished messages share the budget: without them,
+ * each of 2 500 unauthenticated sockets could hold a fragmented message of
+ * limits.ws_message_max. */
+bool gateway_http_unauth_room(gateway_http_t *g, const void *asker, size_t held, size_t cap)
 {
-    gateway_http_t *g = hc->g;
-    while (g->unauth_body_held - hc->body_counted + cap > g->opts.unauth_body_max) {
+    while (g->unauth_body_held - held + cap > g->opts.unauth_body_max) {
         gateway_http_conn_t *victim = NULL;
         for (gateway_http_conn_t *c = g->unauth_head; c; c = c->unext)
-            if (c != hc && c->phase == GATEWAY_HTTP_BODY &&
+            if ((const void *) c != asker && c->phase == GATEWAY_HTTP_BODY &&
                 (!victim || c->body_counted > victim->body_counted))
                 victim = c;
-        if (!victim || victim->body_counted <= cap)
+        size_t ws_held = 0;
+        gateway_ws_t *ws = gateway_ws_unauth_largest(g, asker, &ws_held);
+        size_t most = victim ? victim->body_counted : 0;
+        if ((most > ws_held ? most : ws_held) <= cap)
             return false;
         router_metric_inc(g->m_rejected[GATEWAY_HTTP_REJECT_UNAUTH_BODIES], 1);
+        if (ws_held > most) {
+            ROUTER_LOG(ROUTER_LOG_INFO, "gateway",
+                       "ws %llu cut: its unfinished message (%zu octets) was the largest held by "
+                       "unauthenticated connections (limits.partial_frame_bytes_max)",
+                       (unsigned long long) gateway_ws_id(ws), ws_held);
+            gateway_ws_unauth_cut(ws);
+            continue;
+        }
         ROUTER_LOG(ROUTER_LOG_INFO, "gateway",
                    "conn %llu cut: its unfinished body (%zu octets) was the largest held by "
                    "unauthenticated connections (limits.partial_frame_bytes_max)",
@@ -325,7 +334,7 @@ static int s_body_append(gateway_http_conn_t *hc, const char *data, size_t n)
             cap = (size_t) hc->g->limits.max_body + 1;
         if (cap < need)
             cap = need;
-        if (hc->unauth && !s_body_room(hc, cap))
+        if (hc->unauth && !gateway_http_unauth_room(hc->g, hc, hc->body_counted, cap))
             return -2;
         char *p = realloc(hc->body_buf, cap);
         if (!p)
@@ -1040,9 +1049,9 @@ static void s_metrics_register(gateway_http_t *g)
                                      " credential yet.");
     g->m_unauth_body = router_metrics_add(m, "kith_http_unauth_body_bytes", NULL,
                                           ROUTER_METRIC_GAUGE,
-                                          "Request-body octets held by HTTP connections that have"
-                                          " proved no credential (bounded by"
-                                          " limits.partial_frame_bytes_max).");
+                                          "Request-body and unfinished WebSocket-message octets"
+                                          " held by connections that have proved no credential"
+                                          " (bounded by limits.partial_frame_bytes_max).");
     g->m_ws_open = router_metrics_add(m, "kith_ws_connections_open", NULL, ROUTER_METRIC_GAUGE,
                                       "WebSocket connections open (counted in "
                                       "kith_http_connections_open too).");

@@ -21,6 +21,9 @@
 #define S_CLOSE_ROOM 256u
 /* The close code reported when the connection ended without a Close frame. */
 #define S_CLOSE_ABNORMAL 1006
+/* Try Again Later (IANA registry of RFC 6455 §11.7): no room now in the
+ * unauthenticated budget of unfinished messages. */
+#define S_CLOSE_TRY_AGAIN 1013
 
 typedef enum {
     S_OPEN,       /* messages flow both ways */
@@ -40,6 +43,7 @@ struct gateway_ws {
     uint16_t close_code;          /* code exchanged (ours or theirs), S_CLOSE_ABNORMAL until then */
     uint8_t *msg;                 /* a message arriving in several slices */
     size_t msg_len, msg_cap;      /* its bytes, allocated bytes */
+    size_t msg_counted;           /* msg_cap, counted in g->unauth_body_held while unauthenticated */
     bool msg_text;                /* it is a text message */
     bool in_frame;                /* a frame has begun and not ended */
     bool pong_owed;               /* our last ping has had no pong yet */
@@ -289,6 +293,28 @@ void gateway_ws_set_message_max(gateway_ws_t *ws, size_t max)
 
 /* ---------------------------------------------------------------- receiving */
 
+/* The message buffer counts in the unauthenticated connections' budget as
+ * `bytes` from now (0 once authenticated or the buffer is gone). */
+static void s_msg_count(gateway_ws_t *ws, size_t bytes)
+{
+    gateway_http_t *g = ws->g;
+    if (!ws->unauth)
+        bytes = 0;
+    g->unauth_body_held = g->unauth_body_held - ws->msg_counted + bytes;
+    ws->msg_counted = bytes;
+    router_metric_set(g->m_unauth_body, g->unauth_body_held);
+}
+
+static void s_msg_free(gateway_ws_t *ws)
+{
+    free(ws->msg);
+    ws->msg = NULL;
+    ws->msg_len = ws->msg_cap = 0;
+    s_msg_count(ws, 0);
+}
+
+/* Returns 0, -1 out of memory, or -2 when the unauthenticated budget has
+ * no room for this socket's message to grow (it would hold the most). */
 static int s_msg_append(gateway_ws_t *ws, const uint8_t *data, size_t len)
 {
     if (len == 0)
@@ -301,11 +327,14 @@ static int s_msg_append(gateway_ws_t *ws, const uint8_t *data, size_t len)
             cap *= 2;
         if (cap > ws->opts.message_max)
             cap = ws->opts.message_max;
+        if (ws->unauth && !gateway_http_unauth_room(ws->g, ws, ws->msg_counted, cap))
+            return -2;
         uint8_t *m = realloc(ws->msg, cap);
         if (!m)
             return -1;
         ws->msg = m;
         ws->msg_cap = cap;
+        s_msg_count(ws, cap);
     }
     memcpy(ws->msg + ws->msg_len, data, len);
     ws->msg_len += len;
@@ -319,11 +348,10 @@ static void s_deliver(gateway_ws_t *ws, const uint8_t *data, size_t len)
     if (ws->h.on_message)
         ws->h.on_message(ws, ws->msg_text, data, len, ws->ud);
     ws->msg_len = 0;
-    if (ws->msg_cap > 64 * 1024) {
-        free(ws->msg);
-        ws->msg = NULL;
-        ws->msg_cap = 0;
-    }
+    /* An unauthenticated socket keeps nothing counted between messages:
+     * the budget is for messages under way, not for idle sockets. */
+    if (ws->msg_cap > 64 * 1024 || ws->msg_counted)
+        s_msg_free(ws);
 }
 
 static void s_event(gateway_ws_t *ws, proto_ws_event_t *ev)
@@ -343,7 +371,14 @@ static void s_event(gateway_ws_t *ws, proto_ws_event_t *ev)
                 return;
             }
         }
-        if (s_msg_append(ws, ev->data, ev->len) != 0) {
+        int rc = s_msg_append(ws, ev->data, ev->len);
+        if (rc == -2) {
+            router_metric_inc(ws->g->m_rejected[GATEWAY_HTTP_REJECT_UNAUTH_BODIES], 1);
+            s_fail(ws, S_CLOSE_TRY_AGAIN, "too many unfinished messages from clients without a "
+                                          "credential; try again later");
+            return;
+        }
+        if (rc != 0) {
             s_fail(ws, PROTO_WS_CLOSE_INTERNAL_ERROR, "out of memory");
             return;
         }
@@ -463,7 +498,27 @@ static void s_unauth_leave(gateway_ws_t *ws)
         g->ws_unauth_tail = ws->uprev;
     ws->uprev = ws->unext = NULL;
     ws->unauth = false;
+    s_msg_count(ws, 0); /* a credential proved (or gone): its messages are its own affair */
     gateway_http_unauth_give_back(g, &ws->source);
+}
+
+gateway_ws_t *gateway_ws_unauth_largest(gateway_http_t *g, const void *spare, size_t *held)
+{
+    gateway_ws_t *best = NULL;
+    for (gateway_ws_t *ws = g->ws_unauth_head; ws; ws = ws->unext)
+        if ((const void *) ws != spare && ws->msg_counted &&
+            (!best || ws->msg_counted > best->msg_counted))
+            best = ws;
+    *held = best ? best->msg_counted : 0;
+    return best;
+}
+
+void gateway_ws_unauth_cut(gateway_ws_t *ws)
+{
+    s_msg_free(ws);
+    s_unauth_leave(ws);
+    s_fail(ws, S_CLOSE_TRY_AGAIN, "too many unfinished messages from clients without a "
+                                  "credential; try again later");
 }
 
 bool gateway_ws_unauth_evict(gateway_http_t *g)
@@ -501,7 +556,7 @@ static void s_free(gateway_ws_t *ws)
 {
     s_timer_stop(ws);
     proto_ws_parser_destroy(&ws->parser);
-    free(ws->msg);
+    s_msg_free(ws); /* uncounted already: it left the unauthenticated share first */
     free(ws);
 }
 

@@ -13,7 +13,13 @@ answer a production router must give (WIRE §11, §12, §17):
 - an upgrade pipelined behind a request whose answer waits (a webhook's
   202 waits for durability, and reads pause meanwhile, §11.1) becomes a
   socket that reads: before, its reads stayed paused for ever, so it
-  answered nothing sent after the 101 and was later cut for "no pong".
+  answered nothing sent after the 101 and was later cut for "no pong";
+- unfinished WebSocket messages of sockets that proved no credential share
+  the budget of unauthenticated request bodies (limits.partial_frame_bytes_max,
+  §11.3): the holder of the most is cut (close 1013, or a reset for a
+  body), or the newcomer when it would hold the most. Before, only bodies
+  counted, and every /ws/echo or pre-auth socket could hold a fragmented
+  message of its own limit: 2 500 of them, 2.5 GiB.
 
 Waits are deadlines for progress, never speed assertions. Case names on the
 command line run only those."""
@@ -26,12 +32,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results, pair_token  # noqa: E402
+from peer import Daemon, Results, metric, pair_token  # noqa: E402
 
 WAIT_S = 60  # a bound on any one wait
 UNSENT_MAX = 256 * 1024  # limits.conn_unsent_max here: floods reach it soon
+BUDGET = 256 * 1024  # limits.partial_frame_bytes_max here (echoes fit UNSENT_MAX)
+KIB = 1024
+HELD = "kith_http_unauth_body_bytes"
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
-CLOSE_OP, PING, PONG = 0x8, 0x9, 0xA
+CONT, BINARY, CLOSE_OP, PING, PONG = 0x0, 0x2, 0x8, 0x9, 0xA
 
 
 # ------------------------------------------------------------------ raw clients
@@ -77,11 +86,17 @@ def answer(node, data):
 
 
 def frame(op, payload, fin=True, mask=b"\x37\xfa\x21\x3d"):
-    """One masked client frame (payloads under 64 KiB)."""
+    """One masked client frame."""
     n = len(payload)
     head = bytes([(0x80 if fin else 0) | op])
-    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n)
-    return head + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return head + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
 
 
 def server_frames(data):
@@ -216,14 +231,86 @@ def upgrade_pipelined_behind_a_deferred_answer_reads(node, token):
     assert server_frames(out) == [(0x1, b"after"), (CLOSE_OP, struct.pack(">H", 1000))], out
 
 
+def wait_held(node, want):
+    """The budget's gauge once it reads `want` (the loop reads what was
+    sent a moment after the send returns)."""
+    deadline = time.time() + WAIT_S
+    while time.time() < deadline:
+        got = metric(node, HELD)
+        if got == want:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{HELD} stayed {got}, not {want}")
+
+
+def closed_1013(s):
+    """The socket was closed 1013 (try again later) by the server."""
+    out, _ = read_to_end(s)
+    s.close()
+    frames = server_frames(out)
+    assert frames and frames[-1][0] == CLOSE_OP, out[-80:]
+    assert struct.unpack(">H", frames[-1][1][:2])[0] == 1013, frames[-1]
+
+
+def finished_echo(s, n):
+    """Ends the fragmented message of n octets begun on s and reads it back."""
+    s.sendall(frame(CONT, b"z") + frame(CLOSE_OP, struct.pack(">H", 1000)))
+    out, _ = read_to_end(s)
+    s.close()
+    frames = server_frames(out)
+    assert [(op, len(p)) for op, p in frames[:1]] == [(BINARY, n + 1)], frames[:1]
+
+
+def unfinished_messages_share_the_unauthenticated_budget(node, token):
+    del token
+    # Two sockets hold 100 KiB each of unfinished messages: 128 KiB
+    # allocated each, the whole budget.
+    a, b = upgrade(node), upgrade(node)
+    a.sendall(frame(BINARY, b"a" * (100 * KIB), fin=False))
+    wait_held(node, 128 * KIB)
+    b.sendall(frame(BINARY, b"b" * (100 * KIB), fin=False))
+    wait_held(node, BUDGET)
+    # A third begins one: the oldest of the largest holders goes (1013).
+    c = upgrade(node)
+    c.sendall(frame(BINARY, b"c" * (30 * KIB), fin=False))
+    closed_1013(a)
+    wait_held(node, 128 * KIB + 32 * KIB)
+    finished_echo(b, 100 * KIB)
+    finished_echo(c, 30 * KIB)
+    wait_held(node, 0)
+    # Bodies and messages share it: a socket's message cuts an
+    # unauthenticated body holding more (reset, as for bodies).
+    h = connect(node)
+    h.sendall(b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 230000\r\n\r\n" + b" " * 229999)
+    wait_held(node, 230001)
+    f = upgrade(node)
+    f.sendall(frame(BINARY, b"f" * (60 * KIB), fin=False))
+    out, _ = read_to_end(h)
+    h.close()
+    assert out == b"", out[:200]
+    finished_echo(f, 60 * KIB)
+    # A newcomer that would hold the most is the one refused.
+    e, d = upgrade(node), upgrade(node)
+    e.sendall(frame(BINARY, b"e" * (100 * KIB), fin=False))
+    wait_held(node, 128 * KIB)
+    d.sendall(frame(BINARY, b"d" * (200 * KIB), fin=False))
+    closed_1013(d)
+    finished_echo(e, 100 * KIB)
+    wait_held(node, 0)
+    still_serves(node)
+
+
 CASES = [absolute_form_authority_is_the_host_checked, ping_flood_unread_pongs_is_closed_1008,
-         upgrade_pipelined_behind_a_deferred_answer_reads]
+         upgrade_pipelined_behind_a_deferred_answer_reads,
+         unfinished_messages_share_the_unauthenticated_budget]
 
 
 def main():
     only = set(sys.argv[1:])
     node = Daemon("adversary", config={"gateway": {"echo": True},
-                                       "limits": {"conn_unsent_max": UNSENT_MAX}})
+                                       "limits": {"conn_unsent_max": UNSENT_MAX,
+                                                  "partial_frame_bytes_max": BUDGET}})
     node.start()
     results = Results()
     try:
