@@ -23,6 +23,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -293,6 +294,7 @@ class TokenChurn(threading.Thread):
         self.node = node
         self.minted = {}   # id -> token, answered 201
         self.revoked = set()  # ids answered 200
+        self.asked = set()    # ids whose revocation was asked
         self.answers = 0
 
     def run(self):
@@ -304,6 +306,7 @@ class TokenChurn(threading.Thread):
                     self.minted[doc["id"]] = doc["token"]
                 self.answers += 1
                 if st == 201 and i % 2:
+                    self.asked.add(doc["id"])  # its outcome is unknown until answered
                     st, doc2, _ = http_call(self.node, "DELETE", f"/admin/tokens/{doc['id']}")
                     if st == 200:
                         self.revoked.add(doc["id"])
@@ -323,6 +326,8 @@ def tokens_killed_mid_churn(node, kill_after):
         st, doc, _ = http_call(node, "GET", "/api/tokens", token=tok)
         if tid in churn.revoked:
             check(st == 401, f"token {tid}, revoked (200) before the kill, answered {st}")
+        elif tid in churn.asked:
+            check(st in (200, 401), f"token {tid}, its revocation unanswered, answered {st}")
         else:
             check(st == 200, f"token {tid}, minted (201) before the kill, answered {st} {doc}")
     # Clean up so later cases stay within the 1024 kept.
@@ -406,13 +411,37 @@ def pairing_killed_mid_guessing(node):
         check(st == 429, f"{src}, locked before kill -9, answered {st} {doc}")
 
 
+def lockout_rows_bounded(node):
+    """state.db keeps at most 4096 client addresses of /pair (WIRE §17.2,
+    §24.10), as memory does: with every slot taken by a lock that ended, a
+    new address takes the stalest slot and its row. The displaced row used
+    to stay, so each new address guessing a code grew the table for good.
+    Live locks are never the ones displaced."""
+    kill9(node)
+    db = sqlite3.connect(os.path.join(node.home, "state.db"))
+    have = db.execute("SELECT COUNT(*) FROM gateway_pair_lockouts").fetchone()[0]
+    db.executemany("INSERT INTO gateway_pair_lockouts(client, failures, until_ms) VALUES(?, 0, ?)",
+                   ((f"10.9.{i // 256}.{i % 256}", 1000 + i) for i in range(4096 - have)))
+    db.commit()
+    db.close()
+    node.start()
+    code = new_code(node)
+    for i in range(3):
+        st, doc, _ = pair_try(node, wrong(code), f"127.0.3.{i + 1}")
+        check(st == 401, f"a wrong code answered {st} {doc}")
+    rows = db_rows(node, "SELECT COUNT(*) FROM gateway_pair_lockouts")[0][0]
+    check(rows == 4096, f"gateway_pair_lockouts holds {rows} rows, more than 4096 addresses")
+    st, doc, _ = pair_try(node, code, "127.0.0.3")
+    check(st == 429, f"a live lock was displaced: {st} {doc}")
+
+
 # ------------------------------------------------------------------ trust edits
 
 def trust_edits_killed(node, token):
     """Peers added (201) and removed (200) over /api/peers while being
     killed: after the restart the answered edits are in force — an added
     peer's envelope is acked, a removed one's refused."""
-    added, removed = {}, set()
+    added, removed, asked = {}, set(), set()
     answers = [0]
 
     def edits():
@@ -426,6 +455,7 @@ def trust_edits_killed(node, token):
                 if st == 201:
                     added[f"edit{i}"] = p
                 if st == 201 and i % 2:
+                    asked.add(f"edit{i}")  # unknown until answered
                     st, _, _ = http_call(node, "DELETE", f"/api/peers/edit{i}", token=token)
                     answers[0] += 1
                     if st == 200:
@@ -446,6 +476,11 @@ def trust_edits_killed(node, token):
             check(name not in names, f"{name}, removed (200) before kill -9, is back")
             check(refused_without_ack(node, frame(p.message(node.pk, "removed?"))),
                   f"{name}, removed before kill -9, was acked")
+        elif name in asked:
+            # Its removal was not answered: either way, as long as the
+            # list and admission agree.
+            check(refused_without_ack(node, frame(p.message(node.pk, "either?")))
+                  == (name not in names), f"{name}: the list and admission disagree")
         else:
             check(name in names, f"{name}, added (201) before kill -9, is gone")
             check(not refused_without_ack(node, frame(p.message(node.pk, "added?"))),
@@ -474,11 +509,42 @@ def session_delete_killed(node, token):
     check(rows[0][0] == 0, "messages of a deleted session are left")
 
 
+# ------------------------------------------------------------------ OpenClaw devices
+
+def devices_killed(node):
+    """A deviceToken handed out in hello-ok (its row durable first) opens
+    the device after kill -9; one whose bearer token was revoked (200)
+    before the kill stays refused after it (WIRE §25.8, §28). The device
+    client is OpenClaw's reference client (openclaw_client.mjs)."""
+    import test_openclaw as oc
+    os.environ["KITH_OPENCLAW_TICK_MS"] = str(oc.TICK_MS)
+    kept = os.path.join(node.home, "device-kept.json")
+    out = oc.reference(node, operator_token(node), "device_first", kept)
+    dt = out["hello"]["auth"].get("deviceToken")
+    check(dt and out["stored"] == dt, f"no deviceToken: {out}")
+    st, minted, _ = http_call(node, "POST", "/admin/tokens", {"scope": "operator", "name": "dev"})
+    check(st == 201, f"mint {st} {minted}")
+    dropped = os.path.join(node.home, "device-dropped.json")
+    out = oc.reference(node, minted["token"], "device_first", dropped)
+    check(out["hello"]["auth"].get("deviceToken"), f"no deviceToken: {out}")
+    st, doc, _ = http_call(node, "DELETE", f"/admin/tokens/{minted['id']}")
+    check(st == 200, f"revoke {st} {doc}")
+    kill9(node)
+    node.start()
+    out = oc.reference(node, "-", "device_again", kept)
+    check(out.get("hello") and out["hello"]["auth"].get("deviceToken") == dt,
+          f"a deviceToken handed out before kill -9 was refused after it: {out}")
+    out = oc.reference(node, "-", "device_again", dropped)
+    check(out.get("details") and out["details"]["code"] == "AUTH_DEVICE_TOKEN_MISMATCH",
+          f"a deviceToken whose bearer was revoked before kill -9 opened after it: {out}")
+
+
 # ------------------------------------------------------------------ the drain
 
-def drain_then_kill(node, peer, token):
-    """SIGTERM under load, SIGKILL once the drain has begun: what was
-    answered before holds."""
+def drain_then_kill(node, peer, token, graceful=False):
+    """SIGTERM under load, and SIGKILL once the drain has begun (or a drain
+    to its end): what was answered before holds, and an answer that says
+    nothing was queued is true."""
     senders = [Sender(node, peer, f"drain-{k}", batches=200) for k in range(2)]
     hooks = [Hooks(node, token, f"drain-{k}") for k in range(2)]
     for x in senders + hooks:
@@ -486,8 +552,13 @@ def drain_then_kill(node, peer, token):
     wait_until(lambda: sum(len(s.acked) for s in senders) >= 40 and
                sum(1 for h in hooks for v in list(h.out.values()) if v[0] == 202) >= 4,
                "load before the drain")
+    since = os.path.getsize(node.log_path)
     node.proc.send_signal(signal.SIGTERM)
-    kill9(node)
+    if graceful:
+        check(node.stop() == 0, f"the drain did not end in exit 0:\n{node.logs(since)[-2000:]}")
+    else:
+        wait_until(lambda: ": draining" in node.logs(since), "the drain begun")
+        kill9(node)
     for x in senders + hooks:
         x.join(TIMEOUT)
     node.start()
@@ -500,8 +571,10 @@ def drain_then_kill(node, peer, token):
             n = entries_with(node, f"hook {key}")
             if st == 202:
                 check(n == 1, f"a 202 webhook ({key}) has {n} entries after the drain and kill")
-            elif st == 503 and doc.get("code") in ("not_durable",):
+            elif st == 503 and doc.get("code") == "not_durable":
                 check(n == 0, f"{key}: answered {doc} but queued")
+            elif st is not None:
+                print(f"  {key}: {st} {doc} ({n} queued)")
 
 
 # ------------------------------------------------------------------ damaged files
@@ -582,6 +655,65 @@ def two_daemons_one_home():
         node.cleanup()
 
 
+# ------------------------------------------------------------------ a full disk
+
+def full_disk():
+    """A home on a small tmpfs, filled while the daemon runs (root only:
+    skipped otherwise). A webhook is answered 503 not_durable and nothing
+    of it is ever written, its key free for the retry; envelopes wait
+    un-acked and are acked once there is room; after a kill -9 the acked
+    ones are there and the refused webhook is not."""
+    if os.geteuid() != 0:
+        print("  skipped: mounting a tmpfs needs root")
+        return
+    mnt = tempfile.mkdtemp(prefix="kith-crash-disk-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt], check=True)
+    node = None
+    try:
+        peer = Peer()
+        os.mkdir(os.path.join(mnt, "home"), 0o700)
+        node = Daemon("crash-disk", home=os.path.join(mnt, "home"),
+                      config={"gateway": {"port": free_port()}, "comms": {"uds_path": None}})
+        node.trust("alice", peer.pk)
+        node.start()
+        token = operator_token(node)
+        filler = os.path.join(mnt, "filler")
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        big = "x" * 60_000  # more than the WAL has room for, so the commit must grow it
+        body = json.dumps({"message": f"hook on a full disk {big}"})
+        hdr = {"Content-Type": "application/json", "X-Idempotency-Key": "full-1"}
+        st, doc, _ = http_call(node, "POST", "/webhook", body, token, hdr)
+        check(st == 503 and doc["code"] == "not_durable", f"a webhook on a full disk: {st} {doc}")
+        envs = [peer.message(node.pk, f"full {i} {big}") for i in range(3)]
+        c = Conn(("127.0.0.1", node.port), timeout=TIMEOUT)
+        c.send(b"".join(frame(e) for e in envs))
+        os.unlink(filler)
+        for e in envs:
+            ack = c.read_frame()
+            check(ack is not None and ack["kind"]["in_reply_to"] == e["id"],
+                  f"no ack once the disk had room: {ack}")
+        c.close()
+        kill9(node)
+        node.start()
+        check(entries_with(node, "hook on a full disk") == 0,
+              "a webhook answered 503 not_durable was queued after all")
+        check({e["id"] for e in envs} <= inbox_ids(node), "an acked envelope was lost")
+        st, doc, hdr2 = http_call(node, "POST", "/webhook", body, token, hdr)
+        check(st == 202 and hdr2.get("Idempotent-Replayed") != "true",
+              f"the key of a 503 not_durable was not free: {st} {doc}")
+    finally:
+        if node:
+            node.stop(signal.SIGKILL)
+        subprocess.run(["umount", "-l", mnt])
+        os.rmdir(mnt)
+
+
 # ------------------------------------------------------------------ main
 
 def main():
@@ -604,8 +736,11 @@ def main():
             results.run(tokens_killed_mid_churn, node, k, name=f"tokens_killed_after_{k}")
         results.run(pairing_counts_survive_kill, node)
         results.run(pairing_killed_mid_guessing, node)
+        results.run(lockout_rows_bounded, node)
         results.run(trust_edits_killed, node, token)
+        results.run(devices_killed, node)
         results.run(drain_then_kill, node, peer, token)
+        results.run(drain_then_kill, node, peer, token, True, name="drain_to_the_end")
         results.stopped(node)
     finally:
         node.cleanup()
@@ -620,6 +755,7 @@ def main():
         chat.cleanup()
     results.run(damaged_state_db)
     results.run(two_daemons_one_home)
+    results.run(full_disk)
     return results.summary()
 
 
