@@ -136,9 +136,18 @@ static int s_list(const s_flags_t *f)
             if (gmtime_r(&secs, &tm))
                 strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
         }
-        printf("%s  %-8s  %s  %s\n", id ? YAJL_GET_STRING(id) : "?",
-               scope ? YAJL_GET_STRING(scope) : "?", when, name ? YAJL_GET_STRING(name) : "");
+        /* The name as one line on a terminal (the daemon's answer is not
+         * trusted to be clean), and no trailing spaces for a token with none. */
+        char shown[KITH_ADMIN_LINE_CAP];
+        const char *nm = name ? kith_admin_line(YAJL_GET_STRING(name), shown) : "";
+        printf("%s  %-8s  %s%s%s\n", id ? YAJL_GET_STRING(id) : "?",
+               scope ? YAJL_GET_STRING(scope) : "?", when, *nm ? "  " : "", nm);
     }
+    /* Nothing at all read as "the command did nothing"; say so, and how
+     * a token is made. */
+    if (YAJL_GET_ARRAY(all)->len == 0)
+        printf("no tokens: pair a client with the code kith paircode prints, or mint one "
+               "(kith tokens mint)\n");
     yajl_tree_free(doc);
     free(body);
     return KITH_EXIT_OK;

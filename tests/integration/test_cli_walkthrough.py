@@ -1,0 +1,168 @@
+#!/usr/bin/python3
+"""tests/integration/test_cli_walkthrough.py — README.md's "Two nodes in a
+minute" and "Chat with the agent", step by step as a new user types them
+(with ports of the test's own in place of 4200/4301/42617/42701, so runs in
+parallel never meet), and what each step's mistakes look like: a peer that
+refuses (exit 3), a peer that is down (exit 2), a name not trusted (exit 1),
+each one line on stderr; and `kith tokens list` on a daemon with no tokens,
+which printed nothing at all, and on a token with no name, which printed
+trailing spaces.
+
+Run by ctest with KITH_BIN set; every case runs, then the file fails if one
+did."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+if not os.environ.get("KITH_BIN"):
+    sys.exit("KITH_BIN is not set (ctest sets it)")
+sys.path.insert(0, os.path.dirname(__file__))
+from peer import KITH, Results, check, free_port  # noqa: E402
+
+TIMEOUT = 60
+
+
+def kith(*args, expect=0):
+    """kith ARGS with KITH_HOME unset; checks the exit code; (stdout, stderr)."""
+    env = dict(os.environ)
+    env.pop("KITH_HOME", None)
+    p = subprocess.run([KITH, *args], capture_output=True, text=True, env=env, timeout=TIMEOUT,
+                       stdin=subprocess.DEVNULL)
+    check(p.returncode == expect, f"kith {' '.join(args)}: exit {p.returncode}, wanted {expect}\n"
+                                  f"stdout: {p.stdout[:500]!r}\nstderr: {p.stderr[:500]!r}")
+    return p.stdout, p.stderr
+
+
+def pubkey_of(home):
+    """What README's `kith id --home … | sed 's/.*"pubkey":"\\([^"]*\\)".*/\\1/'` yields."""
+    out, _ = kith("id", "--home", home)
+    m = re.match(r'.*"pubkey":"([^"]*)".*', out.strip())
+    check(m is not None, f"kith id printed {out!r}")
+    return m.group(1)
+
+
+class Serving:
+    """`kith daemon --home HOME &`, until stop()."""
+
+    def __init__(self, home):
+        self.log = os.path.join(home, "daemon.out")
+        self.out = open(self.log, "wb")
+        self.proc = subprocess.Popen([KITH, "daemon", "--home", home], stdout=self.out,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + TIMEOUT
+        while "daemon: ready" not in self.text():
+            check(self.proc.poll() is None, f"the daemon exited: {self.text()}")
+            check(time.time() < deadline, f"the daemon is not ready: {self.text()}")
+            time.sleep(0.05)
+
+    def text(self):
+        with open(self.log, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(TIMEOUT)
+        self.out.close()
+        return self.proc.returncode
+
+
+def main():
+    r = Results()
+    tmp = tempfile.mkdtemp(prefix="kith-it-walkthrough-")
+    a, b, c = (os.path.join(tmp, n) for n in "abc")
+    a_comms, b_comms, b_gw, c_comms, c_gw = (free_port() for _ in range(5))
+    while len({a_comms, b_comms, b_gw, c_comms, c_gw}) < 5:
+        c_gw = free_port()
+
+    def two_nodes_in_a_minute():
+        # build/kith keygen --home /tmp/a && build/kith keygen --home /tmp/b
+        for home in (a, b):
+            out, _ = kith("keygen", "--home", home)
+            check(set(json.loads(out)) == {"pubkey", "peer_id"}, out)
+        # echo '{"comms":{"address":…},"gateway":{"port":…}}' > /tmp/b/config.json
+        # (and A's comms port, which README leaves at the default 4200)
+        with open(os.path.join(b, "config.json"), "w") as f:
+            f.write(json.dumps({"comms": {"address": f"127.0.0.1:{b_comms}"},
+                                "gateway": {"port": b_gw}}, separators=(",", ":")))
+        out, _ = kith("config", "check", "--home", b)
+        check(out == "config.json: ok\n", out)
+        kith("peers", "add", "--home", a, "--name", "b", "--addr", f"tcp://127.0.0.1:{b_comms}",
+             "--pubkey", pubkey_of(b))
+        kith("peers", "add", "--home", b, "--name", "a", "--addr", f"tcp://127.0.0.1:{a_comms}",
+             "--pubkey", pubkey_of(a))
+        daemon = Serving(b)
+        try:
+            # exit 0 and a JSON receipt once B acks
+            out, err = kith("send", "--home", a, "--to", "b", "--body", "hi")
+            receipt = json.loads(out)
+            check(receipt["status"] == "acked" and receipt["to"] == "b" and err == "",
+                  f"{out!r} {err!r}")
+            # A name not trusted: exit 1, one line naming the fix.
+            _, err = kith("send", "--home", a, "--to", "c", "--body", "hi", expect=1)
+            check(err == "kith send: no trusted peer named c; kith peers list shows the trusted "
+                         "ones (kith peers add adds one)\n", err)
+            # B stops trusting A: the envelope is refused, exit 3.
+            kith("peers", "remove", "--home", b, "a")
+            out, err = kith("send", "--home", a, "--to", "b", "--body", "hi", "--timeout", "10",
+                            expect=3)
+            check(json.loads(out)["status"] == "rejected" and len(err.splitlines()) == 1, err)
+        finally:
+            check(daemon.stop() == 0, f"SIGTERM: exit {daemon.proc.returncode}")
+        # B is down: offline, exit 2.
+        out, err = kith("send", "--home", a, "--to", "b", "--body", "hi", "--timeout", "5",
+                        expect=2)
+        check(json.loads(out)["status"] == "offline" and len(err.splitlines()) == 1 and
+              err.startswith("kith send: offline: "), err)
+
+    def chat_with_the_agent():
+        os.makedirs(c)
+        with open(os.path.join(c, "config.json"), "w") as f:
+            json.dump({"comms": {"address": f"127.0.0.1:{c_comms}"}, "gateway": {"port": c_gw}}, f)
+        daemon = Serving(c)
+        try:
+            # prints: kith daemon: pairing code: NNNNNN
+            m = re.search(r"^kith daemon: pairing code: (\d{6})$", daemon.text(), re.M)
+            check(m is not None, daemon.text())
+            # No token yet: the list says so, and how one is made.
+            out, _ = kith("tokens", "list", "--home", c)
+            check(out == "no tokens: pair a client with the code kith paircode prints, or mint "
+                         "one (kith tokens mint)\n", f"{out!r}")
+            # curl -s -X POST -H 'X-Pairing-Code: NNNNNN' http://127.0.0.1:42617/pair
+            req = urllib.request.Request(f"http://127.0.0.1:{c_gw}/pair", method="POST",
+                                         headers={"X-Pairing-Code": m.group(1)})
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+                got = json.loads(resp.read())
+            check(got["paired"] is True and got["token"].startswith("kith_"), f"{got}")
+            # The paired token has no name: no trailing spaces after its date.
+            out, _ = kith("tokens", "list", "--home", c)
+            lines = out.splitlines()
+            check(len(lines) == 1 and re.fullmatch(r"[0-9a-f]{16}  operator  "
+                                                   r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lines[0]),
+                  f"{out!r}")
+            out, _ = kith("paircode", "--home", c)
+            check(re.fullmatch(r"\d{6}\n", out), f"{out!r}")
+        finally:
+            check(daemon.stop() == 0, f"SIGTERM: exit {daemon.proc.returncode}")
+        # The daemon is not running: one line, exit 1.
+        for args in (("paircode",), ("tokens", "list")):
+            _, err = kith(*args, "--home", c, expect=1)
+            check(err == f"kith {args[0]}: the daemon is not running at http://127.0.0.1:{c_gw} "
+                         "(Connection refused); start it (kith daemon), or pass the --home or "
+                         "--config it runs with\n", err)
+
+    r.run(two_nodes_in_a_minute)
+    r.run(chat_with_the_agent)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return r.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
