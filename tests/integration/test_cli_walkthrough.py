@@ -4,7 +4,8 @@ minute" and "Chat with the agent", step by step as a new user types them
 (with ports of the test's own in place of 4200/4301/42617/42701, so runs in
 parallel never meet), and what each step's mistakes look like: a peer that
 refuses (exit 3), a peer that is down (exit 2), a name not trusted (exit 1),
-each one line on stderr; and `kith tokens list` on a daemon with no tokens,
+each one line on stderr; `kith daemon` flags and homes given wrong; and
+`kith tokens list` on a daemon with no tokens,
 which printed nothing at all, and on a token with no name, which printed
 trailing spaces.
 
@@ -158,6 +159,42 @@ def main():
                          "(Connection refused); start it (kith daemon), or pass the --home or "
                          "--config it runs with\n", err)
 
+    def daemon_mistakes():
+        # A flag's value mistyped: named by the flag typed (the key it sets
+        # was all the line named), and no empty home is left behind (the
+        # home was made before the configuration was read).
+        fresh = os.path.join(tmp, "fresh")
+        for args, want in (
+                (("--port", "99999"),
+                 "--port (gateway.port): expected an integer 0..65535, got 99999"),
+                (("--host", "nowhere.example"),
+                 '--host (gateway.host): expected an IP address or localhost (the address to '
+                 'listen on), got "nowhere.example" (a listener binds an address; kith looks no '
+                 "name up for it)"),
+                (("--port", str(a_comms)),
+                 f"comms.address: 127.0.0.1:{a_comms} would listen where gateway.port does "
+                 f"(127.0.0.1:{a_comms}); give each listener an address of its own")):
+            with open(os.path.join(tmp, "a-comms.json"), "w") as f:
+                json.dump({"comms": {"address": f"127.0.0.1:{a_comms}"}}, f)
+            _, err = kith("daemon", "--home", fresh, "--config", os.path.join(tmp, "a-comms.json"),
+                          *args, expect=1)
+            check(err == f"kith daemon: {want}\n", f"{args}: {err!r}")
+            check(not os.path.exists(fresh), f"{args}: {fresh} was made")
+        with open(os.path.join(tmp, "bad.json"), "w") as f:
+            f.write('{"gateway": {"port": 1,}}')
+        _, err = kith("daemon", "--home", fresh, "--config", os.path.join(tmp, "bad.json"),
+                      expect=1)
+        check(err.startswith("kith daemon: ") and "syntax error" in err and
+              len(err.splitlines()) == 1 and not os.path.exists(fresh), err)
+        # A home that is a file.
+        afile = os.path.join(tmp, "a-file")
+        with open(afile, "w") as f:
+            f.write("x")
+        _, err = kith("daemon", "--home", afile, expect=1)
+        check(err == f"kith daemon: {afile} is not a directory; pass --home DIR (or set "
+                     "KITH_HOME) to a directory, which kith makes when missing\n", err)
+
+    r.run(daemon_mistakes)
     r.run(two_nodes_in_a_minute)
     r.run(chat_with_the_agent)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -558,20 +558,46 @@ static int s_serve(int argc, char **argv, const char *cmd)
         fprintf(stderr, "kith %s: no home directory: pass --home DIR or set KITH_HOME\n", cmd);
         return KITH_EXIT_FAIL;
     }
-    if (router_home_mkdirs(home, 0700) != 0) {
-        fprintf(stderr, "kith %s: cannot create %s: %m\n", cmd, home);
+    /* The configuration is read before the home is made: a mistake in it
+     * or in a flag leaves no empty home behind (a home that does not exist
+     * yet has no config.json: the defaults). */
+    struct stat home_st;
+    if (stat(home, &home_st) == 0 && !S_ISDIR(home_st.st_mode)) {
+        fprintf(stderr, "kith %s: %s is not a directory; pass --home DIR (or set KITH_HOME) to "
+                        "a directory, which kith makes when missing\n", cmd, home);
         return KITH_EXIT_FAIL;
     }
     router_config_t cfg;
     bool used = false;
-    if (router_config_load(&cfg, home, config_flag, &used, err, sizeof err) != 0 ||
-        (host && router_config_set(&cfg, "gateway.host", host, err, sizeof err) != 0) ||
-        (port && router_config_set(&cfg, "gateway.port", port, err, sizeof err) != 0) ||
-        (echo && router_config_set(&cfg, "gateway.echo", "true", err, sizeof err) != 0) ||
+    if (router_config_load(&cfg, home, config_flag, &used, err, sizeof err) != 0) {
+        fprintf(stderr, "kith %s: %s\n", cmd, err);
+        return KITH_EXIT_FAIL;
+    }
+    /* A flag's value is named by the flag the user typed. The reason
+     * router_config_set gives starts with the key it sets ("gateway.port: "). */
+    static const struct { const char *flag, *key; } overrides[] = {
+        {"--host", "gateway.host"}, {"--port", "gateway.port"}};
+    const char *values[] = {host, port};
+    for (size_t i = 0; i < 2; i++) {
+        if (!values[i] ||
+            router_config_set(&cfg, overrides[i].key, values[i], err, sizeof err) == 0)
+            continue;
+        size_t klen = strlen(overrides[i].key);
+        const char *why = !strncmp(err, overrides[i].key, klen) && !strncmp(err + klen, ": ", 2)
+                              ? err + klen + 2
+                              : err;
+        fprintf(stderr, "kith %s: %s (%s): %s\n", cmd, overrides[i].flag, overrides[i].key, why);
+        return KITH_EXIT_FAIL;
+    }
+    if ((echo && router_config_set(&cfg, "gateway.echo", "true", err, sizeof err) != 0) ||
         (!strcmp(cmd, "gateway") &&
          router_config_set(&cfg, "comms.mode", "none", err, sizeof err) != 0) ||
         router_config_check(&cfg, err, sizeof err) != 0) {
         fprintf(stderr, "kith %s: %s\n", cmd, err);
+        return KITH_EXIT_FAIL;
+    }
+    if (router_home_mkdirs(home, 0700) != 0) {
+        fprintf(stderr, "kith %s: cannot create %s: %m\n", cmd, home);
         return KITH_EXIT_FAIL;
     }
     char logdir[ROUTER_PATH_MAX], logpath[ROUTER_PATH_MAX];
