@@ -194,6 +194,28 @@ def main():
         check(err == f"kith daemon: {afile} is not a directory; pass --home DIR (or set "
                      "KITH_HOME) to a directory, which kith makes when missing\n", err)
 
+    def first_commands():
+        # `kith --help` lists every command of DESIGN §3 and the exit codes;
+        # `kith` alone is the same usage on stderr, exit 1; a command kith
+        # does not have is one line.
+        out, err = kith("--help")
+        check(err == "" and out.startswith("usage: kith COMMAND"), out)
+        listed = re.findall(r"^  ([a-z]+) +", out.split("exit codes:")[0], re.M)
+        check(listed == ["daemon", "gateway", "keygen", "id", "peers", "envelope", "send",
+                         "config", "paircode", "tokens", "audit", "agent", "service"], f"{listed}")
+        for code in ("0  success", "1  usage error", "2  kith send", "3  kith send"):
+            check(f"\n  {code}" in out, f"{code!r} not in kith --help")
+        for cmd in listed:
+            sub, err = kith(cmd, "--help")
+            check(sub.startswith("usage: kith ") and err == "", f"kith {cmd} --help: {sub[:80]!r}")
+        out2, err = kith(expect=1)
+        check(out2 == "" and err == out, "kith alone: the usage on stderr")
+        _, err = kith("frob", expect=1)
+        check(err == "kith: unknown command 'frob'; run 'kith --help' for the list\n", err)
+        out, _ = kith("--version")
+        check(re.fullmatch(r"kith \d+\.\d+\.\d+\n", out), out)
+
+    r.run(first_commands)
     r.run(daemon_mistakes)
     r.run(two_nodes_in_a_minute)
     r.run(chat_with_the_agent)
