@@ -156,17 +156,24 @@ static void s_refuse(router_pairing_conn_t *pc, const char *code, const char *wh
 
 /* ---------------------------------------------------------------- rate limit */
 
-/* The lockout key of conn's source: S_CLIENT_PREFIX and its IP text. */
+/* The lockout key of conn's source: S_CLIENT_PREFIX and its IP text. An
+ * IPv4 client of a dual-stack ([::]) listener arrives IPv4-mapped; it is
+ * keyed as the IPv4 address it is (as WIRE §9.1 counts sources), or a
+ * listener moved between 0.0.0.0 and [::] would forget every lockout. */
 static void s_client_key(const router_conn_t *conn, char out[ROUTER_TOKENS_CLIENT_MAX])
 {
     char ip[INET6_ADDRSTRLEN] = "?";
     const router_addr_t *a = router_conn_peer(conn);
-    if (a && a->u.ss.ss_family == AF_INET)
+    if (a && a->u.ss.ss_family == AF_INET) {
         (void) inet_ntop(AF_INET, &((const struct sockaddr_in *) &a->u.ss)->sin_addr, ip,
                          sizeof ip);
-    else if (a && a->u.ss.ss_family == AF_INET6)
-        (void) inet_ntop(AF_INET6, &((const struct sockaddr_in6 *) &a->u.ss)->sin6_addr, ip,
-                         sizeof ip);
+    } else if (a && a->u.ss.ss_family == AF_INET6) {
+        const struct in6_addr *v6 = &((const struct sockaddr_in6 *) &a->u.ss)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(v6))
+            (void) inet_ntop(AF_INET, &v6->s6_addr[12], ip, sizeof ip);
+        else
+            (void) inet_ntop(AF_INET6, v6, ip, sizeof ip);
+    }
     snprintf(out, ROUTER_TOKENS_CLIENT_MAX, S_CLIENT_PREFIX "%s", ip);
 }
 

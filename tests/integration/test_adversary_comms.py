@@ -169,6 +169,43 @@ def pairing_wrong_proof_answered_once_stored():
         node.cleanup()
 
 
+def pairing_lockout_survives_a_dual_stack_listener():
+    """An address locked out stays locked out when the comms listener moves
+    from 127.0.0.1 to [::] (dual stack) across a restart: its IPv4 clients
+    then arrive IPv4-mapped (::ffff:127.0.0.1) and are keyed as the IPv4
+    address they are. Before, the mapped text was a new key with no
+    wrong proofs, and the restart had forgotten the lock."""
+    os.environ["KITH_TEST_PAIRING"] = PASSWORD
+    port = free_port()
+    node = Daemon("advmapped", config={
+        "comms": {"pairing_password_env": "KITH_TEST_PAIRING", "address": f"127.0.0.1:{port}"}})
+    node.start()
+    try:
+        key = pubkey_text(Peer().pk)
+        for _ in range(5):
+            s, f, ch = s_handshake(node.port, "127.0.0.1")
+            got = s_proof(f, ch, "a wrong guess", key)
+            s.close()
+            assert got and got.get("code") == "invalid_proof", got
+
+        def dual_stack():
+            with open(os.path.join(node.home, "config.json")) as f:
+                cfg = json.load(f)
+            cfg["comms"]["address"] = f"[::]:{port}"
+            with open(os.path.join(node.home, "config.json"), "w") as f:
+                json.dump(cfg, f)
+
+        node.restart(while_stopped=dual_stack)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            f = s.makefile("rwb")
+            f.write(HELLO)
+            f.flush()
+            got = json.loads(f.readline())
+        assert got.get("code") == "locked_out", f"the lock was forgotten on [::]: {got}"
+    finally:
+        node.cleanup()
+
+
 # ------------------------------------------------------------------ unknown keys (WIRE §6.2)
 
 def unknown_keys_are_bounded():
@@ -271,7 +308,8 @@ def dribbled_frames_meet_their_deadlines():
 def main():
     results = Results()
     for fn in (pairing_guesses_stop_at_the_lockout, pairing_right_proof_restarts_the_count,
-               pairing_wrong_proof_answered_once_stored, unknown_keys_are_bounded,
+               pairing_wrong_proof_answered_once_stored,
+               pairing_lockout_survives_a_dual_stack_listener, unknown_keys_are_bounded,
                dribbled_frames_meet_their_deadlines):
         results.run(fn)
     return results.summary()
