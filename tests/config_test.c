@@ -195,6 +195,7 @@ static const s_case_t s_cases[] = {
     {"audit", "rotate_bytes", "0", "\"64M\"", "1125899906842625", NULL},
     {"audit", "keep", "1000", "-1", "1001", NULL},
     {"audit", "query_scan_bytes", "0", "\"64M\"", "1125899906842625", NULL},
+    {"limits", "session_queue_max", "64", "\"64\"", "0", NULL},
     {"limits", "sessions_max", "5", "\"5\"", "0", NULL},
     {"limits", "http_unauth_connections_max", "3000", "\"3000\"", "0", NULL},
     {"limits", "http_unauth_per_source_max", "8", "[8]", "1048577", NULL},
@@ -487,6 +488,19 @@ static void test_cross_key_rules(void **state)
  * or localhost, never a name to look up. The check used to take any host
  * name here (as for comms.advertise_address, which peers dial), so
  * `kith config check` passed a file that `kith daemon` then refused. */
+/* Every limit WIRE.md tells an operator to set is a key config.json
+ * takes: limits.session_queue_max (§19.5) was refused as unknown. */
+static void test_session_queue_max(void **state)
+{
+    (void) state;
+    router_config_t c;
+    char err[ROUTER_CONFIG_ERR_MAX];
+    assert_int_equal(s_parse(&c, "{\"limits\":{\"session_queue_max\":64}}", err, sizeof err), 0);
+    assert_int_equal(c.limits.session_queue_max, 64);
+    s_refused("{\"limits\":{\"session_queue_max\":65537}}",
+              "limits.session_queue_max: expected an integer 1..65536, got 65537");
+}
+
 static void test_listen_hosts(void **state)
 {
     (void) state;
@@ -912,6 +926,7 @@ int main(void)
         cmocka_unit_test(test_parse_without_memory),
         cmocka_unit_test(test_refusal_leaves_config_untouched),
         cmocka_unit_test(test_cross_key_rules),
+        cmocka_unit_test(test_session_queue_max),
         cmocka_unit_test(test_listen_hosts),
         cmocka_unit_test(test_listeners_collide),
         cmocka_unit_test(test_to_json_round_trip),

@@ -309,6 +309,9 @@ static const s_key_t s_limits_keys[] = {
     S_U("ws_message_max", limits.ws_message_max, 1, 1073741824),
     S_U("ws_preauth_frame_max", limits.ws_preauth_frame_max, 125, 16777216),
     S_U("ws_ping_interval_ms", limits.ws_ping_interval_ms, 100, 3600000),
+    /* spec/WIRE.md §19.5 names it; it was set in the struct but no file
+     * could change it ("unknown key"). */
+    S_U("session_queue_max", limits.session_queue_max, 1, 65536),
     S_U("sse_ring_events", limits.sse_ring_events, 1, 1048576),
     S_U("sessions_max", limits.sessions_max, 1, 100000000),
     S_U("session_messages_max", limits.session_messages_max, 1, 100000000),
