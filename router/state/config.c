@@ -580,6 +580,9 @@ typedef struct {
     uint32_t seen_keys;         /* bit i: key i of the open section appeared */
 } s_reader_t;
 
+/* How much of a section's key list an unknown-key error shows whole. */
+#define S_KNOWN_SHOWN_MAX 240
+
 /* Lists a section's keys ("host, port, …") or the top-level keys. */
 static void s_key_list(const s_section_t *sec, char *out, size_t cap)
 {
@@ -588,6 +591,51 @@ static void s_key_list(const s_section_t *sec, char *out, size_t cap)
     for (size_t i = 0; i < n && used < cap; i++)
         used += (size_t) snprintf(out + used, cap - used, "%s%s", i ? ", " : "",
                                   sec ? sec->keys[i].name : s_sections[i].name);
+}
+
+/* Edit distance (insert, delete, substitute, swap two neighbours: the
+ * optimal string alignment distance) between a and b, both at most 64
+ * octets; longer ones are "far" (SIZE_MAX). */
+static size_t s_distance(const unsigned char *a, size_t alen, const char *bs)
+{
+    const unsigned char *b = (const unsigned char *) bs;
+    size_t blen = strlen(bs), d[65][65];
+    if (alen > 64 || blen > 64)
+        return SIZE_MAX;
+    for (size_t i = 0; i <= alen; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= blen; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= alen; i++)
+        for (size_t j = 1; j <= blen; j++) {
+            size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    return d[alen][blen];
+}
+
+/* The known key (of sec, or a section name) a typo most likely meant:
+ * within a quarter of its length in edits (at least 1), else NULL. */
+static const char *s_key_nearest(const s_section_t *sec, const unsigned char *k, size_t len)
+{
+    size_t n = sec ? sec->nkeys : S_N(s_sections), best = SIZE_MAX;
+    const char *found = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = sec ? sec->keys[i].name : s_sections[i].name;
+        size_t d = s_distance(k, len, name), allowed = strlen(name) / 4;
+        if (d <= (allowed ? allowed : 1) && d < best) {
+            best = d;
+            found = name;
+        }
+    }
+    return found;
 }
 
 /* Writes a key for a key path: as is when it is a plain word, quoted
@@ -650,12 +698,24 @@ static int s_on_key(void *ctx, const unsigned char *k, size_t len)
             r->section = &s_sections[i];
         return 1;
     }
-    char shown[ROUTER_JSONC_QUOTE_MAX + 16], known[256];
+    /* The known keys, when they fit on the line; a section with more
+     * (limits) would be cut mid-name, so the line says where to see them.
+     * A near miss ("sesion_queue_max") is named first. */
+    char shown[ROUTER_JSONC_QUOTE_MAX + 16], known[S_KNOWN_SHOWN_MAX + 1], hint[96] = "";
     s_key_show(k, len, shown, sizeof shown);
     s_key_list(sec, known, sizeof known);
-    return router_jsonc_fail(r->err, r->errcap, "%s%s%s: unknown key (known%s: %s)",
-                             sec ? sec->name : "", sec ? "." : "", shown,
-                             sec ? "" : " top-level keys", known);
+    const char *near = s_key_nearest(sec, k, len);
+    if (near)
+        snprintf(hint, sizeof hint, "did you mean %s? ", near);
+    if (strlen(known) < S_KNOWN_SHOWN_MAX)
+        return router_jsonc_fail(r->err, r->errcap, "%s%s%s: unknown key (%sknown%s: %s)",
+                                 sec ? sec->name : "", sec ? "." : "", shown, hint,
+                                 sec ? "" : " top-level keys", known);
+    return router_jsonc_fail(r->err, r->errcap,
+                             "%s%s%s: unknown key (%skith config check --print lists the %zu "
+                             "keys of %s)",
+                             sec ? sec->name : "", sec ? "." : "", shown, hint,
+                             sec ? sec->nkeys : S_N(s_sections), sec ? sec->name : "the file");
 }
 
 static int s_on_end(void *ctx)
