@@ -1213,6 +1213,55 @@ static void test_read_only_db_refused(void **state)
     assert_non_null(strstr(err, "read-only"));
 }
 
+/* A state.db SQLite finds damaged (a page of the inbox table overwritten;
+ * a file that is not a database) is refused at start naming the file and
+ * what an operator can do: it used to say only "inbox database: cannot
+ * reload: database disk image is malformed", without the path. */
+static void test_damaged_db_refused(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-inbox-XXXXXX", db[256], err[512] = "";
+    s_tmp_db(dir, db, sizeof db);
+    router_inbox_t *in = s_open(8, 0, db);
+    router_inbox_destroy(&in);
+    sqlite3 *h = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, "SELECT rootpage, (SELECT page_size FROM"
+                                           " pragma_page_size) FROM sqlite_master"
+                                           " WHERE name = 'inbox'", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    long root = sqlite3_column_int(st, 0), page = sqlite3_column_int(st, 1);
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_exec(h, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(h);
+    int fd = open(db, O_WRONLY);
+    assert_true(fd >= 0);
+    static const uint8_t junk[16] = {0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                                     0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+    assert_int_equal(pwrite(fd, junk, sizeof junk, (off_t) ((root - 1) * page)),
+                     (ssize_t) sizeof junk);
+    close(fd);
+    router_inbox_opts_t o = {.capacity = 8, .db_path = db, .session = "comms"};
+    in = router_inbox_new(&o, err, sizeof err);
+    assert_null(in);
+    assert_non_null(strstr(err, db));
+    assert_non_null(strstr(err, "damaged"));
+
+    FILE *f = fopen(db, "w");
+    assert_non_null(f);
+    fputs("this is not an SQLite file, but it is long enough to have a header....", f);
+    fclose(f);
+    err[0] = '\0';
+    in = router_inbox_new(&o, err, sizeof err);
+    assert_null(in);
+    assert_non_null(strstr(err, db));
+    assert_non_null(strstr(err, "damaged"));
+    s_rmdir(dir);
+}
+
 /* A state.db a newer kith wrote, whose inbox table has a column that
  * must be set: the inbox used to start, and then every commit failed (a
  * NOT NULL constraint) and was retried for ever, no admission ever acked.
@@ -1361,6 +1410,7 @@ int main(void)
         cmocka_unit_test(test_withdrawn_after_failed_fsync_stays_out),
         cmocka_unit_test(test_read_only_db_refused),
         cmocka_unit_test(test_newer_schema_refused),
+        cmocka_unit_test(test_damaged_db_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

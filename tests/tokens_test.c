@@ -397,6 +397,7 @@ static void test_open_failures_say_why(void **state)
     err[0] = '\0';
     assert_null(router_tokens_new(s_db, loop, err, sizeof err));
     assert_non_null(strstr(err, s_db));
+    assert_non_null(strstr(err, "damaged")); /* and what to do about it */
     unlink(s_db);
 
     /* A table of that name but another shape: its rows cannot be read. */

@@ -55,3 +55,18 @@ int router_dbcheck_columns(sqlite3 *db, const router_dbcheck_table_t *tables, si
     sqlite3_finalize(st);
     return rc;
 }
+
+void router_dbcheck_error(sqlite3 *db, const char *what, const char *path, const char *doing,
+                          char *err, size_t errcap)
+{
+    if (!path && db)
+        path = sqlite3_db_filename(db, "main");
+    int code = db ? (sqlite3_errcode(db) & 0xFF) : SQLITE_CANTOPEN;
+    bool damaged = code == SQLITE_CORRUPT || code == SQLITE_NOTADB;
+    snprintf(err, errcap, "%s%s: %s%s%s", what, path && *path ? path : "state.db", doing,
+             db ? sqlite3_errmsg(db) : "cannot open",
+             damaged ? "; the file is damaged: restore it (with its -wal file) from a backup, or "
+                       "move state.db, state.db-wal and state.db-shm away to start with an empty "
+                       "store (the inbox, replay window, tokens and sessions it held are lost)"
+                     : "");
+}

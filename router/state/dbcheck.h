@@ -26,4 +26,11 @@ int router_dbcheck_writable(sqlite3 *db, const char *what, const char *path, cha
 int router_dbcheck_columns(sqlite3 *db, const router_dbcheck_table_t *tables, size_t ntables,
                            const char *what, const char *path, char *err, size_t errcap);
 
+/* err gets "<what><path>: <doing><SQLite's words>" for the last failure
+ * on db (path NULL: the file db has open); when SQLite found the file damaged
+ * (SQLITE_CORRUPT, SQLITE_NOTADB) it adds what an operator can do, since
+ * no retry or restart will mend it. */
+void router_dbcheck_error(sqlite3 *db, const char *what, const char *path, const char *doing,
+                          char *err, size_t errcap);
+
 #endif

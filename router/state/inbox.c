@@ -257,8 +257,10 @@ static int s_db_open(router_inbox_t *self, const char *path, char *err, size_t e
         goto fail;
     return 0;
 fail:
-    snprintf(err, errcap, "inbox database %s: %s", path,
-             self->db ? sqlite3_errmsg(self->db) : "cannot open");
+    if (self->db)
+        router_dbcheck_error(self->db, "inbox database ", path, "", err, errcap);
+    else
+        snprintf(err, errcap, "inbox database %s: cannot open", path);
     return -1;
 }
 
@@ -325,7 +327,7 @@ static int s_db_reload(router_inbox_t *self, char *err, size_t errcap)
     rc = (step == SQLITE_DONE) ? 0 : -1;
 done:
     if (rc != 0)
-        snprintf(err, errcap, "inbox database: cannot reload: %s", sqlite3_errmsg(self->db));
+        router_dbcheck_error(self->db, "inbox database ", NULL, "cannot reload: ", err, errcap);
     sqlite3_finalize(st);
     /* Everything reloaded is durable: seq ≤ durable_seq. */
     atomic_store(&self->durable_seq, self->next_seq - 1);
@@ -1361,8 +1363,8 @@ int router_inbox_seen_load(router_inbox_t *self, size_t per_sender_max,
     rc = 0;
 done:
     if (rc != 0)
-        snprintf(err, errcap, "inbox database: cannot read the seen ids: %s",
-                 sqlite3_errmsg(self->db));
+        router_dbcheck_error(self->db, "inbox database ", NULL, "cannot read the seen ids: ", err,
+                             errcap);
     sqlite3_finalize(next);
     sqlite3_finalize(rows);
     sqlite3_finalize(floors);
@@ -1402,8 +1404,8 @@ int router_inbox_idem_load(router_inbox_t *self, uint64_t now_ms, router_inbox_i
     rc = step == SQLITE_DONE ? 0 : -1;
 done:
     if (rc != 0)
-        snprintf(err, errcap, "inbox database: cannot read the idempotency keys: %s",
-                 sqlite3_errmsg(self->db));
+        router_dbcheck_error(self->db, "inbox database ", NULL, "cannot read the idempotency keys: ",
+                             err, errcap);
     sqlite3_finalize(st);
     pthread_mutex_unlock(&self->db_mu);
     return rc;

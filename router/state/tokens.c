@@ -625,7 +625,7 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
     sqlite3_finalize(st);
     return 0;
 fail:
-    snprintf(err, errcap, "state.db: cannot read gateway tables: %s", sqlite3_errmsg(self->db));
+    router_dbcheck_error(self->db, "", NULL, "cannot read gateway tables: ", err, errcap);
     sqlite3_finalize(st);
     return -1;
 }
@@ -714,8 +714,10 @@ router_tokens_t *router_tokens_new(const char *db_path, router_loop_t *loop, cha
             (sqlite3_busy_timeout(self->db, 5000),
              sqlite3_exec(self->db, s_schema, NULL, NULL, NULL) != SQLITE_OK) ||
             s_migrate(self->db) != 0) {
-            snprintf(err, errcap, "%s: %s", db_path,
-                     self->db ? sqlite3_errmsg(self->db) : "cannot open");
+            if (self->db)
+                router_dbcheck_error(self->db, "", db_path, "", err, errcap);
+            else
+                snprintf(err, errcap, "%s: cannot open", db_path);
             goto fail;
         }
         if (router_dbcheck_columns(self->db, s_tables, sizeof s_tables / sizeof *s_tables, "",

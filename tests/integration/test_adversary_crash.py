@@ -624,7 +624,8 @@ def damaged_state_db():
                 node.start()
             except RuntimeError as e:
                 words = node.logs(since)
-                check("state.db" in words, f"{how}: refused without naming state.db: {words}")
+                check("state.db" in words and "damaged" in words,
+                      f"{how}: refused without naming state.db and what to do: {words}")
                 print(f"  {how}: refused: {words.strip().splitlines()[-1][:200]}")
                 continue
             # Started: whatever it kept must be consistent. Ids in the
