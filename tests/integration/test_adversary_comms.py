@@ -1,10 +1,12 @@
 """tests/integration/test_adversary_comms.py — the comms port attacked from
-outside as a hostile peer would (spec/WIRE.md §2–§9, §10, §23.6), against a
-real `kith daemon`: only what the other comms tests leave out. Pairing
-guesses on handshakes opened before the lockout; a flood of fresh unknown
-keys against the bound on their replay windows; frames and CBOR an encoder
-would never make. Clients are raw sockets, cbor2 and PyNaCl (peer.py); the
-outcomes are read from the wire, the trust file and /metrics. No timing is
+outside as a hostile peer would (spec/WIRE.md §6.2, §9.1, §10, §23.6),
+against a real `kith daemon`: only what the other comms tests leave out.
+Pairing guesses on handshakes opened before a lockout, a right proof
+between wrong ones, a kill -9 right after the fifth wrong one, a listener
+moved to dual stack; a flood of fresh unknown keys against the bound on
+their replay windows; frames and event lines trickled a byte at a time.
+Clients are raw sockets, cbor2 and PyNaCl (peer.py); the outcomes are read
+from the wire, state.db, the trust file and /metrics. No timing is
 asserted: every wait is for an outcome, with a generous bound."""
 
 import base64
@@ -14,7 +16,6 @@ import os
 import signal
 import socket
 import sqlite3
-import struct
 import sys
 import time
 import uuid
