@@ -643,12 +643,15 @@ static int s_turns_send(void *ud, const uint8_t to[32], cbor_item_t **kind, uint
     proto_envelope_reason_t r;
     env = proto_envelope_new(NULL, self->identity.pk, to, kind, &r);
     if (!env) {
-        snprintf(detail, detailcap, "cannot build the envelope: %s", proto_envelope_reason_str(r));
+        snprintf(detail, detailcap, "cannot build the envelope: %s",
+                 r == PROTO_ENV_NO_MEMORY ? "out of memory" : proto_envelope_reason_str(r));
         goto done;
     }
+    errno = 0;
     if (proto_envelope_sign(env, self->identity.sk) != 0 ||
         proto_envelope_encode_frame(env, &frame, &len) != 0) {
-        snprintf(detail, detailcap, "cannot sign or encode the envelope");
+        snprintf(detail, detailcap, "cannot sign or encode the envelope%s",
+                 errno == ENOMEM ? ": out of memory" : "");
         goto done;
     }
     memcpy(id_out, proto_envelope_id(env), 16);
@@ -1319,7 +1322,7 @@ int router_node_send_ex(router_node_t *self, const char *to, cbor_item_t **kind,
     env = proto_envelope_new(NULL, self->identity.pk, job.pk, kind, &why);
     if (!env) {
         snprintf(out->detail, sizeof out->detail, "cannot build the envelope: %s",
-                 proto_envelope_reason_str(why));
+                 why == PROTO_ENV_NO_MEMORY ? "out of memory" : proto_envelope_reason_str(why));
         goto done;
     }
     /* Toward Meerkat: only what it can read and re-verify (WIRE §23.4). */
@@ -1332,9 +1335,11 @@ int router_node_send_ex(router_node_t *self, const char *to, cbor_item_t **kind,
     }
     job.oneshot = profile == ROUTER_PEER_PROFILE_MEERKAT;
     job.no_ack = !proto_kind_acked(proto_envelope_kind(env)) || (o && o->no_ack);
+    errno = 0;
     if (proto_envelope_sign(env, self->identity.sk) != 0 ||
         proto_envelope_encode_frame(env, &job.frame, &job.len) != 0) {
-        snprintf(out->detail, sizeof out->detail, "cannot sign or encode the envelope");
+        snprintf(out->detail, sizeof out->detail, "cannot sign or encode the envelope%s",
+                 errno == ENOMEM ? ": out of memory" : "");
         goto done;
     }
     memcpy(out->id, proto_envelope_id(env), 16);

@@ -469,6 +469,101 @@ static void test_call_after_destroy_meets_the_shell(void **state)
     kith_net_destroy(&net);   /* frees the shell (LSan) */
 }
 
+/* ---------------------------------------------------------------- what JSON cannot carry */
+
+/* A program that is not a kith library (here a router node in the same
+ * namespace, as a daemon reached by listen would be) sends a request whose
+ * params JSON cannot carry ({"$bytes": 2}, which would read back as a
+ * byte string): b's recv gives it
+ * out once, as the error naming it, and the envelope after it arrives
+ * whole; nothing is left behind (LSan). */
+static void test_recv_of_a_value_json_cannot_carry(void **state)
+{
+    (void) state;
+    kith_net_t *net = kith_net_new();
+    kith_node_t *b = s_node(net, "b", NULL);
+    char err[256] = "";
+    router_node_opts_t o = {.inproc = net->inproc, .inproc_name = "x"};
+    router_node_t *x = router_node_new(&o, err, sizeof err);
+    assert_non_null(x);
+    assert_int_equal(router_node_trust(x, "b", router_node_pubkey(b->node), "inproc://b", err,
+                                       sizeof err), 0);
+    assert_int_equal(router_node_start(x), 0);
+    assert_int_equal(router_node_trust_set(b->node, "x", router_node_pubkey(x), "inproc://x",
+                                           false, err, sizeof err), 0);
+
+    cbor_item_t *params = cbor_new_definite_map(1);
+    assert_non_null(params);
+    assert_true(cbor_map_add(params, (struct cbor_pair){.key = cbor_move(cbor_build_string("$bytes")),
+                                                        .value = cbor_move(cbor_build_uint8(2))}));
+    cbor_item_t *kind = proto_kind_request("odd", 3, &params, NULL, PROTO_HANDLING_NONE);
+    assert_non_null(kind);
+    router_node_receipt_t r;
+    int sent = router_node_send(x, "b", &kind, &r);
+    if (sent != 0)
+        fprintf(stderr, "send: %s\n", r.detail);
+    assert_int_equal(sent, 0);
+    assert_int_equal(r.outcome, ROUTER_SEND_ACKED);
+    assert_int_equal(router_node_send_message(x, "b", "plain", &r), 0);
+    assert_int_equal(r.outcome, ROUTER_SEND_ACKED);
+
+    kith_msg_t *m = NULL;
+    assert_int_equal(kith_node_recv(b, &m, S_WAIT_MS), -1);
+    assert_null(m);
+    assert_non_null(strstr(kith_last_error(), "the request from ed25519:"));
+    assert_non_null(strstr(kith_last_error(), "has no JSON form"));
+    assert_int_equal(kith_node_recv(b, &m, S_WAIT_MS), 0);
+    assert_non_null(strstr(kith_msg_json(m), "\"body\":\"plain\""));
+    kith_msg_destroy(&m);
+    assert_int_equal(kith_node_recv(b, &m, 0), -1);
+    assert_string_equal(kith_last_error(), "timeout");
+    router_node_destroy(&x);
+    kith_net_destroy(&net);
+}
+
+/* ---------------------------------------------------------------- sends out of memory */
+
+/* Out of memory at each allocation a send, a request and a respond make
+ * on the caller's thread: each returns KITH_ERROR saying so — and then
+ * nothing arrived, as KITH_ERROR promises — or goes through whole. */
+static void test_sends_out_of_memory(void **state)
+{
+    (void) state;
+    kith_net_t *net = kith_net_new();
+    kith_node_t *a = s_node(net, "a", NULL), *b = s_node(net, "b", NULL);
+    assert_int_equal(kith_node_trust(a, b), 0);
+    assert_int_equal(kith_node_request(a, "b", "q", NULL, S_WAIT_MS), KITH_ACKED);
+    kith_msg_t *req = NULL;
+    assert_int_equal(kith_node_recv(b, &req, S_WAIT_MS), 0);
+    for (int what = 0; what < 3; what++) {
+        kith_node_t *to = what == 2 ? a : b;
+        bool done = false;
+        for (long skip = 0; skip < ALLOC_FAIL_RUNS_MAX && !done; skip++) {
+            alloc_fail_arm(skip);
+            int rc = what == 0   ? kith_node_send(a, "b", "m", S_WAIT_MS)
+                     : what == 1 ? kith_node_request(a, "b", "i", "{\"k\":[1,2]}", S_WAIT_MS)
+                                 : kith_node_respond(b, req, "completed", "[true]", S_WAIT_MS);
+            unsigned failed = alloc_fail_disarm();
+            done = failed == 0;
+            kith_msg_t *m = NULL;
+            if (rc == KITH_ERROR) {
+                assert_true(failed > 0);
+                if (!strstr(kith_last_error(), "out of memory"))
+                    fprintf(stderr, "%d skip %ld: %s\n", what, skip, kith_last_error());
+                assert_non_null(strstr(kith_last_error(), "out of memory"));
+                assert_int_equal(kith_node_recv(to, &m, 0), -1);
+                continue;
+            }
+            assert_int_equal(rc, KITH_ACKED);
+            assert_int_equal(kith_node_recv(to, &m, S_WAIT_MS), 0);
+            kith_msg_destroy(&m);
+        }
+        assert_true(done);
+    }
+    kith_msg_destroy(&req);
+    kith_net_destroy(&net);
+}
+
 int main(void)
 {
     if (sodium_init() < 0 || alloc_fail_sqlite_install() != 0)
@@ -482,6 +577,8 @@ int main(void)
         cmocka_unit_test(test_destroy_while_blocked),
         cmocka_unit_test(test_constructors_out_of_memory),
         cmocka_unit_test(test_call_after_destroy_meets_the_shell),
+        cmocka_unit_test(test_recv_of_a_value_json_cannot_carry),
+        cmocka_unit_test(test_sends_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
