@@ -213,6 +213,14 @@ def main():
              "--cert needs --server-key; see kith agent --help"),
             (("--connect", "tcp://127.0.0.1:9", "--idle-timeout-ms", "0"),
              "--idle-timeout-ms must be 1..86400000"),
+            # The flag is named (it was "kith agent: agent: mdp worker: the
+            # broker's CURVE key must be 40 Z85 characters"), and where the key is.
+            (("--connect", "tcp://127.0.0.1:9", "--server-key", "short"),
+             "--server-key takes the broker's CURVE public key, 40 Z85 characters (public-key "
+             "in the daemon's $KITH_HOME/workers/broker.cert)"),
+            (("--connect", "tcp://127.0.0.1:9", "--server-key", "~" * 40),
+             "--server-key takes the broker's CURVE public key, 40 Z85 characters (public-key "
+             "in the daemon's $KITH_HOME/workers/broker.cert)"),
             (("--connect", "tcp://127.0.0.1:9", "--log-level", "loud"),
              "--log-level must be debug, info, warn or error"),
             # The broker is in another process: a bare word, an empty or an

@@ -82,6 +82,16 @@ int kith_cmd_agent(int argc, char **argv)
         fprintf(stderr, "kith agent: --cert needs --server-key; see kith agent --help\n");
         return KITH_EXIT_FAIL;
     }
+    /* The key as copied from the daemon's broker.cert: named by its flag
+     * here, where the worker library could only say "the broker's CURVE
+     * key", two prefixes deep. */
+    if (server_key && (strlen(server_key) != 40 ||
+                       strspn(server_key, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ"
+                                          "RSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#") != 40)) {
+        fprintf(stderr, "kith agent: --server-key takes the broker's CURVE public key, 40 Z85 "
+                        "characters (public-key in the daemon's $KITH_HOME/workers/broker.cert)\n");
+        return KITH_EXIT_FAIL;
+    }
     char *end = NULL;
     long threads = strtol(threads_text, &end, 10);
     if (!*threads_text || *end || threads < 1 || threads > AGENT_THREADS_MAX) {
