@@ -100,9 +100,28 @@ static void test_one_line(void **state)
     assert_string_equal(kith_one_line(text), "parse error   (right here) ---^");
 }
 
+/* An empty --home was read as no --home: the command went on in
+ * $KITH_HOME or ~/.kith (kith daemon --home "$UNSET" made an identity
+ * there). Both spellings are refused; an empty value of another flag is
+ * that flag's to judge. */
+static void test_empty_home_refused(void **state)
+{
+    (void) state;
+    char *a[] = {"id", "--home", ""};
+    assert_int_equal(s_parse(3, a).last, KITH_OPT_ERROR);
+    char *b[] = {"id", "--home="};
+    assert_int_equal(s_parse(2, b).last, KITH_OPT_ERROR);
+    char *c[] = {"id", "--type", "", "--home", "h"};
+    s_parse_t p = s_parse(5, c);
+    assert_int_equal(p.last, KITH_OPT_END);
+    assert_string_equal(p.type, "");
+    assert_string_equal(p.home, "h");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_empty_home_refused),
         cmocka_unit_test(test_short_flag_forms),
         cmocka_unit_test(test_value_that_looks_like_a_flag),
         cmocka_unit_test(test_errors),

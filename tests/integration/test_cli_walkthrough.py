@@ -215,6 +215,29 @@ def main():
         out, _ = kith("--version")
         check(re.fullmatch(r"kith \d+\.\d+\.\d+\n", out), out)
 
+    def empty_home_is_refused():
+        # `--home "$DIR"` with DIR unset: the empty value was read as no
+        # --home, and kith keygen (or kith daemon) made an identity in
+        # ~/.kith. Now every command refuses it before doing anything.
+        fake_home = os.path.join(tmp, "user-home")
+        os.makedirs(fake_home)
+        env = dict(os.environ, HOME=fake_home)
+        env.pop("KITH_HOME", None)
+        want = ("--home is empty (an unset variable?); give a directory, or leave --home out "
+                "for $KITH_HOME or ~/.kith\n")
+        for args in (("keygen",), ("daemon",), ("gateway",), ("id",), ("peers", "list"),
+                     ("send", "--to", "b", "--body", "x"), ("config", "check"), ("paircode",),
+                     ("tokens", "list"), ("audit", "tail"), ("service", "logs"),
+                     ("envelope", "encode")):
+            for home in (("--home", ""), ("--home=",)):
+                p = subprocess.run([KITH, *args, *home], capture_output=True, text=True, env=env,
+                                   timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+                check(p.returncode == 1 and p.stderr.endswith(want) and
+                      p.stderr.startswith("kith ") and len(p.stderr.splitlines()) == 1,
+                      f"{args} {home}: exit {p.returncode}, {p.stderr!r}")
+        check(os.listdir(fake_home) == [], f"made in HOME: {os.listdir(fake_home)}")
+
+    r.run(empty_home_is_refused)
     r.run(first_commands)
     r.run(daemon_mistakes)
     r.run(two_nodes_in_a_minute)

@@ -44,9 +44,18 @@ int kith_opts_next(kith_opts_t *o)
     char shorts[S_SHORTS_MAX + 3] = ":h";
     if (o->shorts)
         snprintf(shorts + 2, sizeof shorts - 2, "%s", o->shorts);
-    int c = getopt_long(o->argc, o->argv, shorts, all, NULL);
+    int at = -1;
+    int c = getopt_long(o->argc, o->argv, shorts, all, &at);
     if (c == -1)
         return KITH_OPT_END;
+    /* `--home ""` (`--home "$DIR"` with DIR unset) read as no --home at
+     * all: the command went on in $KITH_HOME or ~/.kith, and kith daemon
+     * made an identity there. */
+    if (at >= 0 && !strcmp(all[at].name, "home") && optarg && !optarg[0]) {
+        fprintf(stderr, "kith %s: --home is empty (an unset variable?); give a directory, or "
+                        "leave --home out for $KITH_HOME or ~/.kith\n", o->cmd);
+        return KITH_OPT_ERROR;
+    }
     if (c == '?' || c == ':') {
         /* A long flag always moves optind past itself; a short one inside
          * a group (-xy) does not, so argv[optind - 1] names the bad flag
