@@ -293,6 +293,15 @@ def unfinished_messages_share_the_unauthenticated_budget(node, token):
     h.close()
     assert out == b"", out[:200]
     finished_echo(f, 60 * KIB)
+    # ...and a body cuts a socket's message holding more.
+    w = upgrade(node)
+    w.sendall(frame(BINARY, b"w" * (200 * KIB), fin=False))
+    wait_held(node, BUDGET)
+    status, _, doc = answer(node, b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            b"Content-Type: application/json\r\nContent-Length: 2\r\n"
+                            b"Connection: close\r\n\r\n{}")
+    assert status == 401 and doc["code"] == "unauthorized", (status, doc)  # read, then judged
+    closed_1013(w)
     # A newcomer that would hold the most is the one refused.
     e, d = upgrade(node), upgrade(node)
     e.sendall(frame(BINARY, b"e" * (100 * KIB), fin=False))
