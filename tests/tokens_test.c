@@ -1377,6 +1377,45 @@ static void test_lockout_rows_bounded(void **state)
     router_tokens_destroy(&t);
 }
 
+/* A state.db whose gateway_tokens gained `scope` but not `name`: what a
+ * kill -9 (or a full disk) between the two ALTER TABLEs of the migration
+ * left, since each committed on its own. The next start tried to add
+ * both again, failed on "duplicate column name: scope" and refused to
+ * start for ever. It is finished: the token loads as an operator's, its
+ * name "". */
+static void test_half_migrated_db_opens(void **state)
+{
+    (void) state;
+    char err[256] = "";
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(s_db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h,
+                                  "CREATE TABLE gateway_tokens (hash BLOB PRIMARY KEY,"
+                                  " created_ms INTEGER NOT NULL) WITHOUT ROWID;"
+                                  "ALTER TABLE gateway_tokens ADD COLUMN scope TEXT NOT NULL"
+                                  " DEFAULT 'operator';"
+                                  "INSERT INTO gateway_tokens(hash, created_ms)"
+                                  " VALUES (zeroblob(32), 7);",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(h);
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
+    if (!t)
+        print_message("refused: %s\n", err);
+    assert_non_null(t);
+    uint8_t zero[32] = {0};
+    router_token_scope_t scope = ROUTER_TOKEN_NODE;
+    assert_true(router_tokens_check(t, zero, &scope));
+    assert_int_equal(scope, ROUTER_TOKEN_OPERATOR);
+    router_tokens_info_t info[2];
+    assert_int_equal(router_tokens_list(t, info, 2), 1);
+    assert_string_equal(info[0].name, "");
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
 int main(void)
 {
     if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
@@ -1405,6 +1444,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reopen_without_memory, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_failing_disk_backs_off, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_lockout_rows_bounded, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_half_migrated_db_opens, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

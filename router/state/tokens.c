@@ -639,15 +639,21 @@ fail:
  * replaced). */
 static int s_migrate(sqlite3 *db)
 {
+    /* One column per step, each a single statement (so atomic): two in one
+     * step committed one at a time, and a kill -9 or a full disk between
+     * them left scope without name, which the next start tried to add
+     * again ("duplicate column name"), refusing to start for ever. A file
+     * left so by an earlier build is finished here. */
     static const struct {
         const char *probe; /* fails to prepare on an older file */
         const char *sql;   /* what brings it up to date */
     } steps[] = {
-        {"SELECT scope, name FROM gateway_tokens LIMIT 0",
-         "ALTER TABLE gateway_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'operator';"
-         "ALTER TABLE gateway_tokens ADD COLUMN name TEXT NOT NULL DEFAULT '';"},
+        {"SELECT scope FROM gateway_tokens LIMIT 0",
+         "ALTER TABLE gateway_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'operator'"},
+        {"SELECT name FROM gateway_tokens LIMIT 0",
+         "ALTER TABLE gateway_tokens ADD COLUMN name TEXT NOT NULL DEFAULT ''"},
         {"SELECT via FROM gateway_devices LIMIT 0",
-         "ALTER TABLE gateway_devices ADD COLUMN via TEXT NOT NULL DEFAULT '';"},
+         "ALTER TABLE gateway_devices ADD COLUMN via TEXT NOT NULL DEFAULT ''"},
     };
     for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
         sqlite3_stmt *st = NULL;

@@ -642,6 +642,34 @@ def damaged_state_db():
             node.cleanup()
 
 
+def half_migrated_tokens():
+    """A state.db from before token scopes, whose migration was cut between
+    its two ALTER TABLEs (a kill -9 or a full disk: each committed on its
+    own), has gateway_tokens with `scope` and no `name`. The daemon used to
+    refuse to start on it for ever ("duplicate column name: scope"); it
+    starts, and the token stored there opens the operator's routes."""
+    import hashlib
+    token = "kith_" + "ab" * 32
+    node = Daemon("crash-migrate", config={"gateway": {"port": free_port()},
+                                           "comms": {"uds_path": None}})
+    try:
+        db = sqlite3.connect(os.path.join(node.home, "state.db"))
+        db.execute("CREATE TABLE gateway_tokens (hash BLOB PRIMARY KEY,"
+                   " created_ms INTEGER NOT NULL) WITHOUT ROWID")
+        db.execute("ALTER TABLE gateway_tokens ADD COLUMN scope TEXT NOT NULL"
+                   " DEFAULT 'operator'")
+        db.execute("INSERT INTO gateway_tokens(hash, created_ms) VALUES (?, 1)",
+                   (hashlib.sha256(token.encode()).digest(),))
+        db.commit()
+        db.close()
+        node.start()
+        st, doc, _ = http_call(node, "GET", "/api/tokens", token=token)
+        check(st == 200 and doc["tokens"][0]["scope"] == "operator"
+              and doc["tokens"][0]["name"] == "", f"the stored token: {st} {doc}")
+    finally:
+        node.cleanup()
+
+
 def two_daemons_one_home():
     node = Daemon("crash-twice", config={"comms": {"uds_path": None}})
     try:
@@ -755,6 +783,7 @@ def main():
     finally:
         chat.cleanup()
     results.run(damaged_state_db)
+    results.run(half_migrated_tokens)
     results.run(two_daemons_one_home)
     results.run(full_disk)
     return results.summary()
