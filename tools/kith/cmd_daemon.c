@@ -619,7 +619,12 @@ static int s_serve(int argc, char **argv, const char *cmd)
     /* A workers.listen connection takes two descriptors (ZeroMQ's, and the
      * one kith cuts it by: WIRE §19.2), for every worker and every pending
      * connection. */
-    uint64_t conns = (uint64_t) cfg.limits.comms_connections_max + cfg.gateway.max_connections;
+    /* Only the listeners this run opens: `kith gateway` (comms.mode
+     * "none") has no comms connections, and warned about a limit too low
+     * for 10,000 of them. */
+    uint64_t conns = cfg.gateway.max_connections;
+    if (cfg.comms.mode != ROUTER_COMMS_NONE)
+        conns += cfg.limits.comms_connections_max;
     if (cfg.workers.listen[0])
         conns += 2 * ((uint64_t) ROUTER_BROKER_WORKERS_MAX + cfg.limits.workers_pending_max);
     (void) router_fdlimit_raise(conns > UINT_MAX ? UINT_MAX : (unsigned) conns);
