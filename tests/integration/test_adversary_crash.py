@@ -9,17 +9,18 @@ restarted on the same home, and every promise is checked against what
 the clients were told before the kill: nothing acked is lost and none of
 it is admitted again; a 202 is never lost and its key answers the same;
 a 503 not_durable queued nothing; mints, revocations, lockouts, trust
-edits and deletes answered before the kill hold after it. Also: a state.db
-or WAL damaged between runs (refused with a clear message, or recovered —
-never a wrong answer), two daemons on one home (node.lock), and a full
-disk (root only: a small tmpfs). Kill points are counts of answers the
-clients saw, never times."""
+edits, deletes and OpenClaw deviceTokens answered before the kill hold
+after it. Also: a state.db or WAL damaged between runs (refused with a
+message naming the file and what to do, or recovered — never a wrong
+answer), a migration cut half-way, the lockout table's bound, two daemons
+on one home (node.lock), and a full disk (root only: a small tmpfs). Kill
+points are counts of answers the clients saw, never times; an answer the
+kill cut off is judged as either outcome."""
 
 import http.client
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -622,7 +623,7 @@ def damaged_state_db():
             since = os.path.getsize(node.log_path)
             try:
                 node.start()
-            except RuntimeError as e:
+            except RuntimeError:
                 words = node.logs(since)
                 check("state.db" in words and "damaged" in words,
                       f"{how}: refused without naming state.db and what to do: {words}")
@@ -696,7 +697,11 @@ def full_disk():
         print("  skipped: mounting a tmpfs needs root")
         return
     mnt = tempfile.mkdtemp(prefix="kith-crash-disk-")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt], check=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt],
+                      capture_output=True).returncode != 0:
+        os.rmdir(mnt)
+        print("  skipped: this root may not mount a tmpfs")
+        return
     node = None
     try:
         peer = Peer()
