@@ -31,6 +31,12 @@
 
 /* Room for a kith_last_error() line. */
 #define S_ERROR_CAP 512
+/* Destroyed nodes' shells a net keeps at most (see kith_node_destroy):
+ * past it the oldest goes, so a harness that restarts nodes for ever in
+ * one net does not grow without bound. */
+#ifndef S_SHELLS_MAX /* tests/kith_api_inside_test.c sets a small one */
+#define S_SHELLS_MAX 1024
+#endif
 /* A recv waiting for an entry looks again at least this often, should a
  * wake-up be missed (the loop's post queue was full). */
 #define S_RECV_SLICE_MS 50
@@ -41,7 +47,9 @@ struct kith_net {
     pthread_mutex_t trust_mu; /* one kith_node_trust at a time: its undo puts back a
                                * whole store, which must not lose another's edit */
     kith_node_t *nodes;      /* nodes not yet destroyed */
-    kith_node_t *dead;       /* destroyed nodes' shells (next), freed with the net */
+    kith_node_t *shells;     /* destroyed nodes' shells, newest first (prev, next) */
+    kith_node_t *shells_tail; /* ...and the oldest */
+    size_t nshells;          /* how many */
 };
 
 struct kith_node {
@@ -50,8 +58,9 @@ struct kith_node {
     char name[ROUTER_PEER_NAME_MAX + 1];    /* also inproc://<name> */
     char pubkey[PROTO_PUBKEY_TEXT_CAP];     /* "ed25519:…" */
     bool home;                              /* state kept in a home: persist trust */
-    bool dead;                              /* destroyed: a shell that refuses every call */
-    kith_node_t *prev, *next;               /* in net->nodes, or (next) net->dead */
+    bool dead;                              /* destroy has begun (net->mu) */
+    bool shelved;                           /* destroyed: a shell in net->shells (net->mu) */
+    kith_node_t *prev, *next;               /* in net->nodes, or in net->shells */
     pthread_mutex_t mu;                     /* guards the five below */
     pthread_cond_t idle;                    /* signalled when calls drops to 0 while closing */
     pthread_cond_t arrived;                 /* signalled on arrivals and on closing */
@@ -206,9 +215,9 @@ void kith_net_destroy(kith_net_t **net_p)
         s_node_stop(n);
         s_node_release(n);
     }
-    while (net->dead) {
-        kith_node_t *n = net->dead;
-        net->dead = n->next;
+    while (net->shells) {
+        kith_node_t *n = net->shells;
+        net->shells = n->next;
         s_node_release(n);
     }
     router_inproc_destroy(&net->inproc);
@@ -305,10 +314,27 @@ kith_node_t *kith_node_new(kith_net_t *net, const char *name, const char *home)
     return n;
 }
 
-/* The node stops and is freed but for a shell, kept until the net goes,
- * which refuses the calls that still come with its pointer: a caller
- * whose call was on its way when another thread destroyed the node (the
- * Python module's threads) gets an error, not a freed node. */
+/* Off net->shells. Caller holds net->mu. */
+static void s_shell_unlink(kith_net_t *net, kith_node_t *n)
+{
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        net->shells = n->next;
+    if (n->next)
+        n->next->prev = n->prev;
+    else
+        net->shells_tail = n->prev;
+    n->prev = n->next = NULL;
+    net->nshells--;
+}
+
+/* The node stops and is freed but for a shell, which refuses the calls
+ * still coming with its pointer: a caller whose call was on its way in
+ * when another thread destroyed the node (the Python module's threads)
+ * gets an error, not a freed node. The shell goes with the net, or when
+ * the pointer is destroyed again (the Python module does, once its calls
+ * have left), or when S_SHELLS_MAX newer ones push it out. */
 void kith_node_destroy(kith_node_t **node_p)
 {
     if (!node_p || !*node_p)
@@ -317,25 +343,41 @@ void kith_node_destroy(kith_node_t **node_p)
     kith_net_t *net = n->net;
     *node_p = NULL;
     pthread_mutex_lock(&net->mu);
-    bool again = n->dead;
-    if (!again) {
-        n->dead = true;
-        if (n->prev)
-            n->prev->next = n->next;
-        else
-            net->nodes = n->next;
-        if (n->next)
-            n->next->prev = n->prev;
-        n->prev = n->next = NULL;
+    if (n->dead) {
+        bool shelved = n->shelved; /* else: its first destroy is still running */
+        if (shelved)
+            s_shell_unlink(net, n);
+        pthread_mutex_unlock(&net->mu);
+        if (shelved)
+            s_node_release(n);
+        return;
+    }
+    n->dead = true;
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        net->nodes = n->next;
+    if (n->next)
+        n->next->prev = n->prev;
+    n->prev = n->next = NULL;
+    pthread_mutex_unlock(&net->mu);
+    s_node_stop(n);
+    kith_node_t *old = NULL;
+    pthread_mutex_lock(&net->mu);
+    n->shelved = true;
+    n->next = net->shells;
+    if (net->shells)
+        net->shells->prev = n;
+    else
+        net->shells_tail = n;
+    net->shells = n;
+    if (++net->nshells > S_SHELLS_MAX) {
+        old = net->shells_tail;
+        s_shell_unlink(net, old);
     }
     pthread_mutex_unlock(&net->mu);
-    if (again)
-        return;
-    s_node_stop(n);
-    pthread_mutex_lock(&net->mu);
-    n->next = net->dead;
-    net->dead = n;
-    pthread_mutex_unlock(&net->mu);
+    if (old)
+        s_node_release(old);
 }
 
 const char *kith_node_pubkey(const kith_node_t *n)

@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#define S_SHELLS_MAX 4 /* a net keeps at most 4 destroyed nodes' shells */
 #include "router/kith_api.c"
 
 #include "alloc_fail.h"
@@ -464,9 +465,23 @@ static void test_call_after_destroy_meets_the_shell(void **state)
     assert_non_null(strstr(kith_last_error(), "kith_net_partition: a was destroyed"));
     assert_int_equal(kith_net_delay(net, b, late, 1000), -1);
     assert_int_equal(kith_node_send(a2, "b", "new a", S_WAIT_MS), KITH_ACKED);
-    kith_node_destroy(&late); /* a second destroy of the shell: nothing */
+    kith_node_destroy(&late); /* a second destroy frees the shell (LSan) */
     assert_null(late);
-    kith_net_destroy(&net);   /* frees the shell (LSan) */
+    pthread_mutex_lock(&net->mu);
+    assert_int_equal(net->nshells, 0);
+    pthread_mutex_unlock(&net->mu);
+
+    /* Shells nobody frees are bounded: the oldest go. */
+    for (int i = 0; i < S_SHELLS_MAX + 3; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "r%d", i);
+        kith_node_t *r = s_node(net, name, NULL);
+        kith_node_destroy(&r);
+        pthread_mutex_lock(&net->mu);
+        assert_int_equal(net->nshells, i < S_SHELLS_MAX ? (size_t) i + 1 : S_SHELLS_MAX);
+        pthread_mutex_unlock(&net->mu);
+    }
+    kith_net_destroy(&net);   /* frees the shells left (LSan) */
 }
 
 /* ---------------------------------------------------------------- what JSON cannot carry */

@@ -274,9 +274,10 @@ class Node:
         if not self._life.close():
             return
         self.net._forget(self)
-        ptr = ctypes.c_void_p(self._ptr.value)
-        _lib.kith_node_destroy(ctypes.byref(ptr))  # wakes the calls blocked in C
+        _lib.kith_node_destroy(ctypes.byref(ctypes.c_void_p(self._ptr.value)))  # wakes calls in C
         self._life.wait_idle()
+        # No call can reach the node's shell now: destroying it again frees it.
+        _lib.kith_node_destroy(ctypes.byref(ctypes.c_void_p(self._ptr.value)))
         self._life.closed()
 
     def trust(self, other):
@@ -396,7 +397,7 @@ class Net:
         with self._nodes_lock:
             nodes = list(self._nodes)
         for n in nodes:
-            n.destroy()  # its shell stays in C until the net goes
+            n.destroy()
         _lib.kith_net_destroy(ctypes.byref(ctypes.c_void_p(self._ptr.value)))
         self._life.closed()
 
