@@ -814,7 +814,26 @@ def main():
                     'or localhost (the address to listen on), got "gateway.example" (a listener '
                     "binds an address; kith looks no name up for it) (line 1, column 39)")
 
-    for case in (flags_named_right, flag_values_kept, agent_flags, no_home, paths_too_long,
+    def admin_silent():
+        # A process on the daemon's port that takes the connection (or
+        # leaves it in its backlog) and never answers: kith paircode gives
+        # up at its deadline with one line, not hanging for ever.
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        home = os.path.join(tmp, "silent")
+        os.makedirs(home)
+        with open(os.path.join(home, "config.json"), "w") as f:
+            json.dump({"gateway": {"port": port}}, f)
+        try:
+            refused(("paircode", "--home", home),
+                    f"kith paircode: http://127.0.0.1:{port} took the request but did not answer "
+                    "within 10 s (is the daemon stuck?)")
+        finally:
+            silent.close()
+
+    for case in (admin_silent, flags_named_right, flag_values_kept, agent_flags, no_home, paths_too_long,
                  reasons_survive_long_paths, state_db_path_bound, audit_reads,
                  envelope_io, stdout_that_fails, daemon_stderr_closed, identity_export,
                  send_refusals, send_thread_refused, values_checked,
