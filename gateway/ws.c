@@ -425,13 +425,21 @@ void gateway_ws_input(gateway_ws_t *ws, uint8_t *data, size_t len)
         data += n;
         len -= (size_t) n;
         ws->in_frame = !ev.frame_end;
+        if (ev.frame_end) /* the bound was that frame's; the next one gets its own */
+            ws->frame_due = 0;
         s_event(ws, &ev);
     }
     if (ws->state != S_OPEN)
         return; /* closing: the close-wait bound stands */
+    /* A frame left unfinished by this read is bounded from its first
+     * byte: from now if it began in this read (a frame that ended in it
+     * cleared the last due, so a client streaming frames back to back,
+     * each read ending inside one, is not cut for the first frame's
+     * age), from earlier if it began before (a trickle cannot extend
+     * it). */
     if (!ws->in_frame)
         ws->frame_due = 0;
-    else if (!ws->frame_due) /* a frame began: a trickle cannot extend its bound */
+    else if (!ws->frame_due)
         ws->frame_due = router_loop_now_ms(ws->g->loop) + ws->opts.frame_timeout_ms;
     s_rearm(ws);
 }

@@ -19,7 +19,12 @@ answer a production router must give (WIRE §11, §12, §17):
   §11.3): the holder of the most is cut (close 1013, or a reset for a
   body), or the newcomer when it would hold the most. Before, only bodies
   counted, and every /ws/echo or pre-auth socket could hold a fragmented
-  message of its own limit: 2 500 of them, 2.5 GiB.
+  message of its own limit: 2 500 of them, 2.5 GiB;
+- a socket streaming frames back to back, each read ending inside one, is
+  not cut "frame not finished in time" (§12.3: the bound is per frame):
+  before, the first frame's deadline was never cleared while reads kept
+  ending inside a frame, so a busy client was cut frame_timeout_ms after
+  it began, with every frame done in a millisecond.
 
 Waits are deadlines for progress, never speed assertions. Case names on the
 command line run only those."""
@@ -29,6 +34,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -39,6 +45,7 @@ UNSENT_MAX = 256 * 1024  # limits.conn_unsent_max here: floods reach it soon
 BUDGET = 256 * 1024  # limits.partial_frame_bytes_max here (echoes fit UNSENT_MAX)
 KIB = 1024
 HELD = "kith_http_unauth_body_bytes"
+FRAME_TIMEOUT_MS = 1000  # limits.frame_timeout_ms here
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 CONT, BINARY, CLOSE_OP, PING, PONG = 0x0, 0x2, 0x8, 0x9, 0xA
 
@@ -313,16 +320,64 @@ def unfinished_messages_share_the_unauthenticated_budget(node, token):
     still_serves(node)
 
 
+def frames_back_to_back_are_each_bounded(node, token):
+    """Frames of 4 008 octets written in pieces of 1 499 (coprime: a piece
+    ends on a frame's end only every 4 008 pieces), a piece a millisecond,
+    for three times limits.frame_timeout_ms: every read the server makes
+    ends inside a frame, and every frame is done within milliseconds."""
+    del token
+    s = upgrade(node)
+    echoed, closes = [0], []
+
+    def reader():
+        buf = b""
+        while True:
+            try:
+                chunk = s.recv(1 << 20)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            frames = server_frames(buf)
+            used = sum(2 + (2 if len(p) >= 126 else 0) + len(p) for _, p in frames)
+            buf = buf[used:]
+            echoed[0] += sum(op == BINARY for op, _ in frames)
+            closes.extend(p for op, p in frames if op == CLOSE_OP)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    one = frame(BINARY, b"s" * 4000)
+    stream = one * 800
+    sent, pos, start = 0, 0, time.time()
+    while time.time() - start < 3 * FRAME_TIMEOUT_MS / 1000 and not closes:
+        if pos + 1499 > len(stream):
+            s.sendall(stream[pos:])  # ends on a frame's end: start over
+            pos = 0
+            sent += 800
+            continue
+        s.sendall(stream[pos:pos + 1499])
+        pos += 1499
+        time.sleep(0.001)
+    s.sendall(stream[pos:] + frame(CLOSE_OP, struct.pack(">H", 1000)))
+    sent += 800
+    t.join(WAIT_S)
+    assert closes and closes[0][:2] == struct.pack(">H", 1000), closes[:1]
+    assert echoed[0] == sent, (echoed[0], sent)
+
+
 CASES = [absolute_form_authority_is_the_host_checked, ping_flood_unread_pongs_is_closed_1008,
          upgrade_pipelined_behind_a_deferred_answer_reads,
-         unfinished_messages_share_the_unauthenticated_budget]
+         unfinished_messages_share_the_unauthenticated_budget,
+         frames_back_to_back_are_each_bounded]
 
 
 def main():
     only = set(sys.argv[1:])
     node = Daemon("adversary", config={"gateway": {"echo": True},
                                        "limits": {"conn_unsent_max": UNSENT_MAX,
-                                                  "partial_frame_bytes_max": BUDGET}})
+                                                  "partial_frame_bytes_max": BUDGET,
+                                                  "frame_timeout_ms": FRAME_TIMEOUT_MS}})
     node.start()
     results = Results()
     try:
