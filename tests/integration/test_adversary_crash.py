@@ -707,10 +707,19 @@ def full_disk():
         peer = Peer()
         os.mkdir(os.path.join(mnt, "home"), 0o700)
         node = Daemon("crash-disk", home=os.path.join(mnt, "home"),
-                      config={"gateway": {"port": free_port()}, "comms": {"uds_path": None}})
+                      config={"gateway": {"port": free_port()}, "comms": {"uds_path": None},
+                              "workers": {"agent_threads": 1}})
         node.trust("alice", peer.pk)
         node.start()
         token = operator_token(node)
+        st, doc, _ = http_call(node, "POST", "/api/sessions/kept/messages", {"content": "hi"},
+                               token)
+        check(st == 200 and doc.get("type") == "done", f"turn: {st} {doc}")
+        # The reply is stored after the answer, nobody waiting: let it land
+        # before the disk fills (an append that fails is dropped, not retried).
+        wait_until(lambda: http_call(node, "GET", "/api/sessions/kept", token=token)[1]
+                   .get("message_count") == 2, "the turn's reply stored")
+        trusted = open(os.path.join(node.home, "trusted_peers.json"), "rb").read()
         filler = os.path.join(mnt, "filler")
         with open(filler, "wb") as f:
             try:
@@ -724,6 +733,18 @@ def full_disk():
         hdr = {"Content-Type": "application/json", "X-Idempotency-Key": "full-1"}
         st, doc, _ = http_call(node, "POST", "/webhook", body, token, hdr)
         check(st == 503 and doc["code"] == "not_durable", f"a webhook on a full disk: {st} {doc}")
+        # A session delete that cannot commit deletes nothing, and says so.
+        st, doc, _ = http_call(node, "DELETE", "/api/sessions/kept", token=token)
+        check(st == 503 and doc["code"] == "unavailable", f"a delete on a full disk: {st} {doc}")
+        # A trust edit that cannot be written changes nothing and leaves
+        # no temporary file behind.
+        st, doc, _ = http_call(node, "POST", "/api/peers",
+                               {"name": "nope", "pubkey": pubkey_text(Peer().pk),
+                                "addr": "tcp://127.0.0.1:9"}, token)
+        check(st == 500 and doc["code"] == "trust_store_error", f"a trust edit: {st} {doc}")
+        check(open(os.path.join(node.home, "trusted_peers.json"), "rb").read() == trusted and
+              not [f for f in os.listdir(node.home) if ".tmp-" in f],
+              "a trust edit that failed changed the file or left a temporary one")
         envs = [peer.message(node.pk, f"full {i} {big}") for i in range(3)]
         c = Conn(("127.0.0.1", node.port), timeout=TIMEOUT)
         c.send(b"".join(frame(e) for e in envs))
@@ -737,7 +758,15 @@ def full_disk():
         node.start()
         check(entries_with(node, "hook on a full disk") == 0,
               "a webhook answered 503 not_durable was queued after all")
-        check({e["id"] for e in envs} <= inbox_ids(node), "an acked envelope was lost")
+        # Agents run here, so the entries may have become turns already:
+        # the replay window says they were admitted, and a resend is refused.
+        check({e["id"] for e in envs} <= seen_ids(node), "an acked envelope was lost")
+        check(refused_without_ack(node, frame(envs[-1])), "an acked envelope was admitted again")
+        st, doc, _ = http_call(node, "GET", "/api/sessions/kept", token=token)
+        check(st == 200 and doc["message_count"] == 2,
+              f"the session whose delete failed: {st} {doc}")
+        st, doc, _ = http_call(node, "GET", "/api/peers", token=token)
+        check([p["name"] for p in doc["peers"]] == ["alice"], f"peers: {doc}")
         st, doc, hdr2 = http_call(node, "POST", "/webhook", body, token, hdr)
         check(st == 202 and hdr2.get("Idempotent-Replayed") != "true",
               f"the key of a 503 not_durable was not free: {st} {doc}")
