@@ -142,6 +142,34 @@ def main():
                                       os.path.realpath(home)], out)
         check(not os.path.exists(e.unit) and e.calls() == [], "nothing written, nothing run")
 
+    def environment_named():
+        # A configuration that tells the daemon to read a secret from its
+        # environment: the service's environment is not this shell's, and
+        # the daemon refuses to start without it, restarting into the same
+        # refusal. The unit and the install's output say which variables.
+        envconf = os.path.join(e.tmp, "env.json")
+        with open(envconf, "w") as f:
+            json.dump({"gateway": {"port": 0, "webhook_secret_env": "HOOK_SECRET"},
+                       "comms": {"address": "127.0.0.1:0"},
+                       "audit": {"hmac_key_env": "AUDIT_KEY"}}, f)
+        names = "HOOK_SECRET (gateway.webhook_secret_env), AUDIT_KEY (audit.hmac_key_env)"
+        rc, out, err = e.run("install", "--home", home, "--config", envconf, "--print")
+        check(rc == 0 and "# The daemon reads from its environment, which this unit does not "
+              f"set:\n#   {names}\n# Add Environment= or EnvironmentFile= with `systemctl "
+              "--user edit kith`.\nExecStart=" in out, f"{rc} {out} {err}")
+        rc, out, err = e.run("install", "--home", home, "--config", envconf)
+        check(rc == 0 and out.endswith(
+            f"the daemon reads {names} from its environment, which the unit does not set: add "
+            "Environment= or EnvironmentFile= with systemctl --user edit kith\n"), f"{rc} {out}")
+        check(names in open(e.unit).read(), "the unit names them")
+        e.calls()
+        # None named, nothing said.
+        rc, out, err = e.run("install", "--home", home, "--config", config)
+        check(rc == 0 and "environment" not in out and "environment" not in open(e.unit).read(),
+              f"{rc} {out}")
+        e.calls()
+        os.unlink(e.unit)  # as the cases after this one expect
+
     def controls_pass_systemctl_through():
         for verb in ("start", "stop", "restart", "status"):
             rc, out, err = e.run(verb)
@@ -350,6 +378,7 @@ def main():
     r.run(exec_start_runs_the_daemon)
     r.run(bad_config_installs_nothing)
     r.run(print_touches_nothing)
+    r.run(environment_named)
     r.run(controls_pass_systemctl_through)
     r.run(failures_are_one_line)
     r.run(more_failures_are_one_line)

@@ -221,9 +221,35 @@ static int s_exec_arg(FILE *f, const char *arg, bool first)
     return 0;
 }
 
-/* The unit's text for `exe daemon --home home [--config config]`. */
+/* Room for the environment variables a configuration names, with their
+ * keys: four names of at most ROUTER_CONFIG_ENV_CAP octets and the keys. */
+#define S_ENV_NOTE_MAX 1024
+
+/* The variables cfg tells the daemon to read ("SECRET
+ * (gateway.webhook_secret_env), …") into out, "" for none. A service's
+ * environment is not the shell's that installs it: the daemon refuses to
+ * start without a webhook secret, HMAC key or pairing password it was
+ * told to read, and restarts into the same refusal. */
+static void s_env_note(const router_config_t *cfg, char *out, size_t cap)
+{
+    const struct { const char *name, *key; } vars[] = {
+        {cfg->gateway.webhook_secret_env, "gateway.webhook_secret_env"},
+        {cfg->audit.hmac_key_env, "audit.hmac_key_env"},
+        {cfg->comms.pairing_password_env, "comms.pairing_password_env"},
+        {cfg->agent.api_key_env, "agent.api_key_env"},
+    };
+    size_t used = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0] && used < cap; i++)
+        if (vars[i].name[0])
+            used += (size_t) snprintf(out + used, cap - used, "%s%s (%s)", used ? ", " : "",
+                                      vars[i].name, vars[i].key);
+}
+
+/* The unit's text for `exe daemon --home home [--config config]`; env, when
+ * not empty, names the variables the daemon reads (s_env_note). */
 static int s_unit_write(FILE *f, bool system, const char *exe, const char *home,
-                        const char *config)
+                        const char *config, const char *env)
 {
     fprintf(f,
             "# " S_UNIT " — written by `kith service install`; `kith service uninstall`\n"
@@ -233,11 +259,17 @@ static int s_unit_write(FILE *f, bool system, const char *exe, const char *home,
             "%s"
             "\n"
             "[Service]\n"
-            "Type=exec\n"
-            "ExecStart=",
+            "Type=exec\n",
             system ? "" : " --user",
             /* a user manager has no network targets */
             system ? "After=network-online.target\nWants=network-online.target\n" : "");
+    if (env && *env)
+        fprintf(f,
+                "# The daemon reads from its environment, which this unit does not set:\n"
+                "#   %s\n"
+                "# Add Environment= or EnvironmentFile= with `systemctl%s edit kith`.\n",
+                env, system ? "" : " --user");
+    fputs("ExecStart=", f);
     if (s_exec_arg(f, exe, true) != 0 || s_exec_arg(f, "daemon", false) != 0 ||
         s_exec_arg(f, "--home", false) != 0 || s_exec_arg(f, home, false) != 0)
         return -1;
@@ -261,7 +293,7 @@ static int s_unit_write(FILE *f, bool system, const char *exe, const char *home,
 /* Writes the unit to path through a temporary file, mode 0644 (systemd
  * reads it; kith's umask would make it 0600). */
 static int s_unit_install(const char *dir, const char *path, bool system, const char *exe,
-                          const char *home, const char *config)
+                          const char *home, const char *config, const char *env)
 {
     if (router_home_mkdirs(dir, 0755) != 0) {
         fprintf(stderr, "kith service: cannot create %s: %s\n", dir, strerror(errno));
@@ -279,7 +311,7 @@ static int s_unit_install(const char *dir, const char *path, bool system, const 
         return -1;
     }
     errno = 0; /* s_unit_write fails without errno on a control character */
-    int rc = fchmod(fd, 0644) == 0 ? s_unit_write(f, system, exe, home, config) : -1;
+    int rc = fchmod(fd, 0644) == 0 ? s_unit_write(f, system, exe, home, config, env) : -1;
     if (fflush(f) != 0 || fsync(fd) != 0)
         rc = -1;
     if (fclose(f) != 0)
@@ -342,6 +374,9 @@ static int s_install(const char *home_flag, const char *config_flag, bool system
     }
     int loaded = router_config_load(cfg, abs_home, config_flag ? abs_config : NULL, &used, err,
                                     sizeof err);
+    char env[S_ENV_NOTE_MAX] = "";
+    if (loaded == 0)
+        s_env_note(cfg, env, sizeof env);
     free(cfg);
     if (loaded != 0) {
         fprintf(stderr, "kith service: %s (nothing installed)\n", err);
@@ -356,7 +391,8 @@ static int s_install(const char *home_flag, const char *config_flag, bool system
         return KITH_EXIT_FAIL;
     }
     if (print) {
-        if (s_unit_write(stdout, system, exe, abs_home, config) != 0 || fflush(stdout) != 0) {
+        if (s_unit_write(stdout, system, exe, abs_home, config, env) != 0 ||
+            fflush(stdout) != 0) {
             fprintf(stderr, "kith service: cannot write the unit to stdout: %s\n",
                     strerror(errno));
             return KITH_EXIT_FAIL;
@@ -367,7 +403,7 @@ static int s_install(const char *home_flag, const char *config_flag, bool system
     if (s_unit_paths(system, dir, path, sizeof dir) != 0)
         return KITH_EXIT_FAIL;
     bool existed = access(path, F_OK) == 0;
-    if (s_unit_install(dir, path, system, exe, abs_home, config) != 0)
+    if (s_unit_install(dir, path, system, exe, abs_home, config, env) != 0)
         return KITH_EXIT_FAIL;
     /* A new unit systemd was not told of, or would not enable (no systemd
      * here at all, most often), is taken away again, so a failed install
@@ -382,6 +418,10 @@ static int s_install(const char *home_flag, const char *config_flag, bool system
     }
     printf("wrote %s\n", path);
     printf("enabled %s: start it with kith service start%s\n", S_UNIT, system ? " --system" : "");
+    if (env[0])
+        printf("the daemon reads %s from its environment, which the unit does not set: add "
+               "Environment= or EnvironmentFile= with systemctl%s edit kith\n",
+               env, system ? "" : " --user");
     return KITH_EXIT_OK;
 }
 
