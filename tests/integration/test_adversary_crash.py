@@ -221,22 +221,32 @@ def envelopes_killed_mid_batch(node, peer, kill_after):
 
 # ------------------------------------------------------------------ webhooks
 
-class Hooks(threading.Thread):
-    """POSTs /webhook with fresh idempotency keys, one after another, and
-    records each key's outcome: (status, doc) or None when the connection
-    broke before an answer."""
+def hook_request(key, events=False):
+    """(path, body) of a webhook, or of an external event (its own key
+    scope, no bearer needed), whose stored frame holds "hook <key>"."""
+    if events:
+        return "/sessions/s1/external-events", json.dumps(
+            {"kind": "generic_json", "event_type": "crash", "payload": f"hook {key}"})
+    return "/webhook", json.dumps({"message": f"hook {key}"})
 
-    def __init__(self, node, token, tag, n=10_000):
+
+class Hooks(threading.Thread):
+    """POSTs webhooks (or external events) with fresh idempotency keys, one
+    after another, and records each key's outcome: (status, doc) or None
+    when the connection broke before an answer."""
+
+    def __init__(self, node, token, tag, n=10_000, events=False):
         super().__init__(daemon=True)
         self.node, self.token, self.tag, self.n = node, token, tag, n
+        self.events = events
         self.out = {}  # key -> (status, doc, body) or (None, None, body)
 
     def run(self):
         for i in range(self.n):
             key = f"{self.tag}-{i}-{uuid.uuid4().hex[:8]}"
-            body = json.dumps({"message": f"hook {key}"})
+            path, body = hook_request(key, self.events)
             try:
-                st, doc, _ = http_call(self.node, "POST", "/webhook", body, self.token,
+                st, doc, _ = http_call(self.node, "POST", path, body, self.token,
                                        {"Content-Type": "application/json",
                                         "X-Idempotency-Key": key})
                 self.out[key] = (st, doc, body)
@@ -245,10 +255,11 @@ class Hooks(threading.Thread):
                 return
 
 
-def webhooks_killed_mid_stream(node, token, kill_after):
+def webhooks_killed_mid_stream(node, token, kill_after, events=False):
     """A 202 is never lost and its key answers the same after kill -9; a
     request whose answer never came is queued at most once on its retry."""
-    hooks = [Hooks(node, token, f"h{kill_after}-{k}") for k in range(3)]
+    hooks = [Hooks(node, token, f"h{kill_after}{'e' if events else ''}-{k}", events=events)
+             for k in range(3)]
     for h in hooks:
         h.start()
     wait_until(lambda: sum(1 for h in hooks for v in list(h.out.values()) if v[0] == 202)
@@ -270,7 +281,7 @@ def webhooks_killed_mid_stream(node, token, kill_after):
                 check(n == 0, f"a 503 not_durable webhook ({key}) was queued after all")
             elif st is not None:
                 check(st == 503, f"webhook answered {st} {doc}")
-            st2, doc2, hdr = http_call(node, "POST", "/webhook", body, token,
+            st2, doc2, hdr = http_call(node, "POST", hook_request(key, events)[0], body, token,
                                        {"Content-Type": "application/json",
                                         "X-Idempotency-Key": key})
             check(st2 == 202, f"the retry of {key} answered {st2} {doc2}")
@@ -795,6 +806,8 @@ def main():
         for k in (1, 25):
             results.run(webhooks_killed_mid_stream, node, token, k,
                         name=f"webhooks_killed_after_{k}_202s")
+        results.run(webhooks_killed_mid_stream, node, token, 10, True,
+                    name="external_events_killed_after_10_202s")
         for k in (1, 9, 30):
             results.run(tokens_killed_mid_churn, node, k, name=f"tokens_killed_after_{k}")
         results.run(pairing_counts_survive_kill, node)
