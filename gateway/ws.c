@@ -463,7 +463,14 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
             s_fail(ws, PROTO_WS_CLOSE_POLICY, "frame not finished in time");
             return;
         }
-        if (now >= ws->ping_due) {
+        if (now >= ws->ping_due && ws->pong_owed && ws->in_frame) {
+            /* The client is sending a frame, and a pong can only follow
+             * it (control frames go between frames, RFC 6455 §5.4): it is
+             * not judged now but an interval later. It is not unbounded:
+             * the frame must end by its deadline, and a client that keeps
+             * sending frames is alive. */
+            ws->ping_due = now + ws->opts.ping_interval_ms;
+        } else if (now >= ws->ping_due) {
             if (ws->pong_owed) { /* a whole interval without a pong: gone */
                 s_fail(ws, PROTO_WS_CLOSE_GOING_AWAY, "no pong");
                 return;

@@ -24,7 +24,11 @@ answer a production router must give (WIRE §11, §12, §17):
   not cut "frame not finished in time" (§12.3: the bound is per frame):
   before, the first frame's deadline was never cleared while reads kept
   ending inside a frame, so a busy client was cut frame_timeout_ms after
-  it began, with every frame done in a millisecond.
+  it began, with every frame done in a millisecond;
+- a client sending a frame longer than the ping interval (but within its
+  frame deadline) is not closed "no pong": it can answer only after the
+  frame (RFC 6455 §5.4), so the verdict waits (its own daemon, pinging
+  often).
 
 Waits are deadlines for progress, never speed assertions. Case names on the
 command line run only those."""
@@ -372,6 +376,36 @@ CASES = [absolute_form_authority_is_the_host_checked, ping_flood_unread_pongs_is
          frames_back_to_back_are_each_bounded]
 
 
+def slow_frame_is_not_judged_for_a_pong(node):
+    """The frame takes four ping intervals; the client answers every ping
+    it reads, but only once its frame is done (the last piece and the pong
+    in one write), as a compliant client must."""
+    s = upgrade(node)
+    data = frame(BINARY, b"q" * 2000)
+    pieces = [data[i:i + 200] for i in range(0, len(data), 200)]
+    for piece in pieces[:-1]:
+        s.sendall(piece)
+        time.sleep(PING_MS * 4 / 1000 / len(pieces))
+    s.sendall(pieces[-1] + frame(PONG, b"kith"))
+    buf, got = b"", []
+    while not any(op == BINARY for op, _ in got):
+        chunk = s.recv(65536)
+        assert chunk, got
+        buf += chunk
+        got = server_frames(buf)
+        assert all(op != CLOSE_OP for op, _ in got), got
+        if any(op == PING for op, _ in got):
+            s.sendall(frame(PONG, b"kith"))
+    assert (BINARY, b"q" * 2000) in got, got
+    s.sendall(frame(CLOSE_OP, struct.pack(">H", 1000)))
+    out, _ = read_to_end(s)
+    s.close()
+    assert server_frames(out)[-1] == (CLOSE_OP, struct.pack(">H", 1000)), out
+
+
+PING_MS = 400  # limits.ws_ping_interval_ms of the second daemon
+
+
 def main():
     only = set(sys.argv[1:])
     node = Daemon("adversary", config={"gateway": {"echo": True},
@@ -388,6 +422,16 @@ def main():
     finally:
         results.stopped(node)
         node.cleanup()
+    if not only or "slow_frame_is_not_judged_for_a_pong" in only:
+        node = Daemon("adversary-ping", config={"gateway": {"echo": True},
+                                                "limits": {"ws_ping_interval_ms": PING_MS,
+                                                           "frame_timeout_ms": 10 * PING_MS}})
+        node.start()
+        try:
+            results.run(slow_frame_is_not_judged_for_a_pong, node)
+        finally:
+            results.stopped(node)
+            node.cleanup()
     return results.summary()
 
 
