@@ -94,6 +94,8 @@ struct router_tokens {
     router_loop_t *loop;                    /* callbacks are posted here */
     s_token_t *tokens;                      /* durable tokens, oldest first */
     size_t ntokens;
+    size_t tokens_owed;                     /* mints submitted whose done has not run
+                                               (loop thread): they count toward the bound */
     s_lock_t *locks;                        /* ROUTER_TOKENS_CLIENTS_MAX slots */
     s_idem_t *idem;                         /* ROUTER_TOKENS_IDEM_MAX slots (touched as used) */
     uint32_t *idem_heads;                   /* hash buckets: first slot + 1, 0 for none */
@@ -177,6 +179,8 @@ static s_token_t *s_token_find(router_tokens_t *self, const uint8_t hash[32])
  * (order kept: the list is oldest first). */
 static void s_token_done(router_tokens_t *self, const s_job_t *j)
 {
+    if (j->kind == S_JOB_TOKEN && self->tokens_owed > 0)
+        self->tokens_owed--;
     if (!j->ok)
         return; /* only at stop: a revoked token stays refused until then */
     if (j->kind == S_JOB_TOKEN) {
@@ -829,10 +833,11 @@ int router_tokens_add(router_tokens_t *self, const uint8_t hash[32], router_toke
         errno = EINVAL;
         return -1;
     }
-    pthread_mutex_lock(&self->mu);
-    size_t queued = self->njobs; /* written by the store thread too */
-    pthread_mutex_unlock(&self->mu);
-    if (self->ntokens + queued >= ROUTER_TOKENS_MAX) {
+    /* A mint counts from its submit until its done has run here: the
+     * store thread's queue forgets it at the commit, before that, and a
+     * mint let in then was written past the bound, answered 201 and then
+     * left out of memory (refused until a restart, and then never). */
+    if (self->ntokens + self->tokens_owed >= ROUTER_TOKENS_MAX) {
         errno = ENOSPC;
         return -1;
     }
@@ -845,7 +850,10 @@ int router_tokens_add(router_tokens_t *self, const uint8_t hash[32], router_toke
     j->a = now_ms;
     j->b = (uint64_t) scope;
     snprintf(j->key, sizeof j->key, "%s", name);
-    return s_submit(self, j);
+    if (s_submit(self, j) != 0) /* frees j */
+        return -1;
+    self->tokens_owed++;
+    return 0;
 }
 
 size_t router_tokens_list(const router_tokens_t *self, router_tokens_info_t *out, size_t cap)
