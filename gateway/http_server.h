@@ -40,7 +40,7 @@
 #define GATEWAY_HTTP_IDLE_TIMEOUT_MS 60000u      /* kept-alive connection with nothing to do */
 #define GATEWAY_HTTP_UNAUTH_MAX 2500u            /* connections not yet authenticated (WIRE §11.3) */
 #define GATEWAY_HTTP_UNAUTH_PER_SOURCE_MAX 32u   /* ...from one non-loopback source */
-#define GATEWAY_HTTP_UNAUTH_BODY_MAX (64u << 20) /* body octets they hold together */
+#define GATEWAY_HTTP_UNAUTH_BODY_MAX (64u << 20) /* body and message octets they hold together */
 #define GATEWAY_HTTP_SEND_HIGH_WATER (64u * 1024) /* unsent answer octets before reads pause */
 
 #define GATEWAY_HTTP_ROUTES_MAX 64u      /* routes in one server */
@@ -62,8 +62,9 @@ typedef struct {
     uint32_t max_connections;   /* open connections over all listeners (ROUTER_LOOP_MAX_CONNS) */
     uint32_t unauth_max;        /* ...of them not yet authenticated (2,500; at most max_connections) */
     uint32_t unauth_per_source_max; /* ...from one non-loopback source (32; at most unauth_max) */
-    size_t unauth_body_max;     /* request-body octets unauthenticated connections hold
-                                 * together (64 MiB, limits.partial_frame_bytes_max) */
+    size_t unauth_body_max;     /* request-body and unfinished WebSocket-message octets
+                                 * unauthenticated connections hold together (64 MiB,
+                                 * limits.partial_frame_bytes_max) */
     unsigned head_timeout_ms;   /* see the top of this file */
     unsigned body_timeout_ms;   /* see the top of this file */
     unsigned idle_timeout_ms;   /* see the top of this file */

@@ -8,13 +8,20 @@
  * WebSocket. From then on whole messages reach on_message; pings are
  * answered, the close handshake is run, and every bound is kept here:
  *   - a message over message_max is refused with close 1009;
- *   - a frame begun and not finished within frame_timeout_ms closes with
- *     1008;
+ *   - a socket not yet authenticated holds its unfinished message within
+ *     the budget of such connections, shared with request bodies
+ *     (limits.partial_frame_bytes_max): when it runs out, the holder of
+ *     the most is closed 1013;
+ *   - a frame begun and not finished within frame_timeout_ms (counted
+ *     from that frame's first byte) closes with 1008;
  *   - every ping_interval_ms the server pings; a socket that has not
  *     answered the previous ping by then closes with 1001 (a socket that
- *     only listens stays open as long as it answers);
+ *     only listens stays open as long as it answers; one inside a frame it
+ *     is sending, which its pong must follow, is judged an interval
+ *     later);
  *   - a send that would queue more than the connection's unsent-byte limit
- *     (DESIGN §10, 4 MiB) cuts the slow consumer with close 1008;
+ *     (DESIGN §10, 4 MiB) cuts the slow consumer with close 1008, pongs and
+ *     pings included;
  *   - a protocol error closes with the code proto_ws_reason_close_code()
  *     gives (1002, 1007, 1009).
  * Everything runs on the loop thread; callbacks must not block. */
