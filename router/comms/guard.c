@@ -1,7 +1,8 @@
 /* router/comms/guard.c — admission bounds for comms and plain-event
  * connections: counts per source address (router/net/sources.h), the unauthenticated
- * list (oldest first, cut to make room), the partial-frame budget (cut the
- * largest unauthenticated holder first) and the per-connection deadlines. */
+ * list (oldest first, cut to make room; per source too, cut to make room
+ * at the source's share), the partial-frame budget (cut the largest
+ * unauthenticated holder first) and the per-connection deadlines. */
 #include "router/comms/guard.h"
 
 #include <errno.h>
@@ -33,6 +34,7 @@ const char *router_guard_cut_str(router_guard_cut_t why)
     case ROUTER_GUARD_CUT_PARTIAL_BUDGET: return "partial_budget";
     case ROUTER_GUARD_CUT_DEADLINE: return "deadline";
     case ROUTER_GUARD_CUT_SLOW_CONSUMER: return "slow_consumer";
+    case ROUTER_GUARD_CUT_SOURCE_EVICTED: return "source_evicted";
     case ROUTER_GUARD_CUTS: break;
     }
     return "unknown";
@@ -46,10 +48,41 @@ static void s_format_source(const router_conn_t *conn, char *out, size_t cap)
 
 /* ---------------------------------------------------------------- lists */
 
+/* Appends gc to the unauthenticated list, and to its source's. */
+static void s_unauth_link(router_guard_t *g, router_guard_conn_t *gc)
+{
+    gc->unauth = true;
+    gc->uprev = g->unauth_tail;
+    if (g->unauth_tail)
+        g->unauth_tail->unext = gc;
+    else
+        g->unauth_head = gc;
+    g->unauth_tail = gc;
+    g->stats.unauth++;
+    router_metric_set(g->m_unauth, g->stats.unauth);
+    router_source_list_t *l = router_source_list(gc->source);
+    gc->sprev = l->tail;
+    if (l->tail)
+        ((router_guard_conn_t *) l->tail)->snext = gc;
+    else
+        l->head = gc;
+    l->tail = gc;
+}
+
 static void s_unauth_unlink(router_guard_t *g, router_guard_conn_t *gc)
 {
     if (!gc->unauth)
         return;
+    router_source_list_t *l = router_source_list(gc->source);
+    if (gc->sprev)
+        gc->sprev->snext = gc->snext;
+    else
+        l->head = gc->snext;
+    if (gc->snext)
+        gc->snext->sprev = gc->sprev;
+    else
+        l->tail = gc->sprev;
+    gc->sprev = gc->snext = NULL;
     if (gc->uprev)
         gc->uprev->unext = gc->unext;
     else
@@ -136,6 +169,31 @@ static router_guard_conn_t *s_pick_victim(router_guard_t *g, router_guard_conn_t
     return best;
 }
 
+/* Which of a full source's unauthenticated connections makes room for a
+ * newcomer from it: one that has not delivered a frame. The oldest silent
+ * one first (no byte of a frame read: a newcomer that just connected is
+ * silent too, so one peer connecting while an attacker floods is cut only
+ * once the attacker's older ones are); else the one mid-way through its
+ * first frame that has gone longest without a read, so a peer streaming a
+ * large first envelope outlasts connections that sent a byte and stopped
+ * (were those never cut, 32 connections with a byte each would lock the
+ * address out again, renewed every first-frame deadline). A connection
+ * whose envelope is being checked is never cut for this: it is done
+ * sending its part. NULL when all have delivered one. */
+static router_guard_conn_t *s_source_victim(router_source_t *source)
+{
+    router_guard_conn_t *stalest = NULL;
+    for (router_guard_conn_t *c = router_source_list(source)->head; c; c = c->snext) {
+        if (c->seen_frame)
+            continue;
+        if (!c->mid_frame && c->held == 0)
+            return c;
+        if (!stalest || c->read_at < stalest->read_at)
+            stalest = c;
+    }
+    return stalest;
+}
+
 /* ---------------------------------------------------------------- entries */
 
 int router_guard_join(router_guard_t *g, router_guard_conn_t *gc, router_guard_kind_t kind,
@@ -149,15 +207,27 @@ int router_guard_join(router_guard_t *g, router_guard_conn_t *gc, router_guard_k
     gc->ud = ud;
     unsigned cap = kind == ROUTER_GUARD_COMMS ? g->o.unauth_per_source_max
                                               : g->o.events_per_source_max;
-    switch (router_sources_add(g->sources, conn, listener, kind, cap, &gc->source)) {
+    router_sources_add_t added = router_sources_add(g->sources, conn, listener, kind, cap, &gc->source);
+    if (added == ROUTER_SOURCES_FULL && kind == ROUTER_GUARD_COMMS) {
+        router_source_t *source = router_sources_find(g->sources, conn, listener, kind);
+        router_guard_conn_t *victim = source ? s_source_victim(source) : NULL;
+        if (victim) {
+            /* Its count goes (the source itself may, at a share of one):
+             * count the newcomer afresh. */
+            s_cut(victim, ROUTER_GUARD_CUT_SOURCE_EVICTED);
+            added = router_sources_add(g->sources, conn, listener, kind, cap, &gc->source);
+        }
+    }
+    switch (added) {
     case ROUTER_SOURCES_FULL: {
         char src[ROUTER_ADDR_STR_MAX];
         s_format_source(conn, src, sizeof src);
         g->stats.refused_per_source[kind]++;
         router_metric_inc(g->m_refused[kind], 1);
         ROUTER_LOG(ROUTER_LOG_WARN, s_kind_names[kind],
-                   "connection from %s refused: reason=per_source (%u%s open from it)", src, cap,
-                   kind == ROUTER_GUARD_COMMS ? " unauthenticated" : "");
+                   "connection from %s refused: reason=per_source (%u%s open from it%s)", src,
+                   cap, kind == ROUTER_GUARD_COMMS ? " unauthenticated" : "",
+                   kind == ROUTER_GUARD_COMMS ? ", each with a frame delivered" : "");
         return -1;
     }
     case ROUTER_SOURCES_NOMEM: return -1;
@@ -167,20 +237,13 @@ int router_guard_join(router_guard_t *g, router_guard_conn_t *gc, router_guard_k
             break;
         if (g->stats.unauth >= g->o.unauth_max && g->unauth_head)
             s_cut(g->unauth_head, ROUTER_GUARD_CUT_UNAUTH_EVICTED);
-        gc->unauth = true;
-        gc->uprev = g->unauth_tail;
-        if (g->unauth_tail)
-            g->unauth_tail->unext = gc;
-        else
-            g->unauth_head = gc;
-        g->unauth_tail = gc;
-        g->stats.unauth++;
-        router_metric_set(g->m_unauth, g->stats.unauth);
+        s_unauth_link(g, gc);
         break;
     }
     gc->guard = g;
+    gc->read_at = router_loop_now_ms(g->loop);
     if (g->o.first_frame_ms)
-        router_conn_set_deadline(conn, router_loop_now_ms(g->loop) + g->o.first_frame_ms);
+        router_conn_set_deadline(conn, gc->read_at + g->o.first_frame_ms);
     return 0;
 }
 
@@ -259,6 +322,7 @@ void router_guard_progress(router_guard_conn_t *gc, unsigned frames_done, bool m
         return;
     uint64_t now = router_loop_now_ms(g->loop);
     uint64_t grace = s_grace(gc, now);
+    gc->read_at = now;
     bool was_mid = gc->mid_frame;
     gc->mid_frame = mid_frame;
     if (frames_done)

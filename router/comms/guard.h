@@ -40,10 +40,12 @@ typedef enum {
     ROUTER_GUARD_CUT_PARTIAL_BUDGET,     /* held the most when the partial budget ran out */
     ROUTER_GUARD_CUT_DEADLINE,           /* a deadline passed (counted by the owner) */
     ROUTER_GUARD_CUT_SLOW_CONSUMER,      /* its unread output passed the bound (the owner) */
+    ROUTER_GUARD_CUT_SOURCE_EVICTED,     /* its source's share was full: to admit a newcomer */
     ROUTER_GUARD_CUTS
 } router_guard_cut_t;
 
-/* "unauth_evicted", "partial_budget", "deadline". */
+/* "unauth_evicted", "partial_budget", "deadline", "slow_consumer",
+ * "source_evicted". */
 const char *router_guard_cut_str(router_guard_cut_t why);
 
 /* Told when the guard cuts `gc` to make room for another connection: free
@@ -65,8 +67,10 @@ struct router_guard_conn {
     bool mid_frame;                     /* a frame or line has begun and not ended */
     uint64_t paused_at;                 /* loop ms when reading stopped; 0 while reading */
     uint64_t grace_until;               /* loop ms by which a peer held back sends again */
+    uint64_t read_at;                   /* loop ms of its last read (its join, before one) */
     size_t held;                        /* bytes held in partial frames or lines */
     router_guard_conn_t *uprev, *unext; /* unauthenticated list, oldest first */
+    router_guard_conn_t *sprev, *snext; /* ...of its source only (router_source_list) */
     router_guard_conn_t *hprev, *hnext; /* entries holding bytes */
 };
 
@@ -89,10 +93,18 @@ void router_guard_destroy(router_guard_t **self_p);
 
 /* Admits a new connection: `listener` is the one it came through, NULL for
  * an in-process connection (exempt from the source and unauthenticated
- * bounds: it comes from code in this process). Refuses (returns -1,
- * counted and logged; the caller aborts the connection) when its source
- * already holds its share; when the unauthenticated total is full, cuts
- * the oldest unauthenticated comms connection instead of refusing. Sets the
+ * bounds: it comes from code in this process). When a comms newcomer's
+ * source already holds its share, cuts one of that source's
+ * unauthenticated connections that has not yet delivered a frame — the
+ * oldest silent one (not a byte of a frame read), else the one mid-way
+ * through its first frame that has gone longest without a read — and
+ * admits the newcomer: one local user holding the share cannot lock every
+ * other peer at that address out. Refuses (returns -1, counted and
+ * logged; the caller aborts the connection) only when every one of them
+ * has delivered a frame (its envelope is being checked), and a plain-event
+ * newcomer whenever its source holds its share (the events listener evicts
+ * at its own cap). When the unauthenticated total is full, cuts the oldest
+ * unauthenticated comms connection instead of refusing. Sets the
  * first-frame deadline. Returns 0 when admitted. */
 int router_guard_join(router_guard_t *self, router_guard_conn_t *gc, router_guard_kind_t kind,
                       router_conn_t *conn, const router_listener_t *listener,

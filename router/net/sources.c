@@ -16,6 +16,7 @@ struct router_source {
     uint8_t len;                     /* 4, 16, or sizeof(void *) for a listener */
     uint8_t key[16];                 /* the address bytes, or the listener pointer */
     unsigned count;                  /* connections counted against it */
+    router_source_list_t list;       /* the caller's list (router_source_list) */
     router_source_t *next;           /* hash chain */
 };
 
@@ -137,4 +138,19 @@ void router_sources_release(router_sources_t *self, router_source_t **source_p)
     router_source_t **p = s_slot(self, s);
     *p = s->next;
     free(s);
+}
+
+router_source_t *router_sources_find(router_sources_t *self, const router_conn_t *conn,
+                                     const router_listener_t *listener, unsigned klass)
+{
+    router_source_t k;
+    if (!s_key(conn, listener, &k))
+        return NULL;
+    k.klass = klass;
+    return *s_slot(self, &k);
+}
+
+router_source_list_t *router_source_list(router_source_t *source)
+{
+    return &source->list;
 }

@@ -41,4 +41,22 @@ router_sources_add_t router_sources_add(router_sources_t *self, const router_con
 /* Takes one count off *source_p (freed at zero) and nulls it. NULL: nothing. */
 void router_sources_release(router_sources_t *self, router_source_t **source_p);
 
+/* The source conn (through `listener`) counts against in `klass`, or NULL
+ * when it has none or none is counted yet. Counts nothing; the result is
+ * borrowed, valid until its last count is released. */
+router_source_t *router_sources_find(router_sources_t *self, const router_conn_t *conn,
+                                     const router_listener_t *listener, unsigned klass);
+
+/* Two pointers kept with a source for the counting module's own list of
+ * what it counted there (the guard: the source's unauthenticated comms
+ * connections, oldest first, so it finds its victim among the source's
+ * own, not by walking everyone's). Both NULL when the source is new; the
+ * caller must have emptied the list before the last count is released. */
+typedef struct {
+    void *head; /* the caller's first entry */
+    void *tail; /* the caller's last entry */
+} router_source_list_t;
+
+router_source_list_t *router_source_list(router_source_t *source);
+
 #endif

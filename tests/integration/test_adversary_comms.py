@@ -4,7 +4,10 @@ against a real `kith daemon`: only what the other comms tests leave out.
 Pairing guesses on handshakes opened before a lockout, a right proof
 between wrong ones, a kill -9 right after the fifth wrong one, a listener
 moved to dual stack; a flood of fresh unknown keys against the bound on
-their replay windows; frames and event lines trickled a byte at a time.
+their replay windows; frames and event lines trickled a byte at a time; a
+local user holding his address's share of silent connections (TCP from
+127.0.0.1, and the Unix socket, whose peers are all one source) while a
+trusted peer on the same machine still gets in.
 Clients are raw sockets, cbor2 and PyNaCl (peer.py); the outcomes are read
 from the wire, state.db, the trust file and /metrics. No timing is
 asserted: every wait is for an outcome, with a generous bound."""
@@ -306,12 +309,103 @@ def dribbled_frames_meet_their_deadlines():
         node.cleanup()
 
 
+# ------------------------------------------------------------------ one source's share (WIRE §9.1)
+
+SRC_EVICTED = 'kith_comms_conn_cut_total{kind="comms",reason="source_evicted"}'
+REFUSED_SRC = 'kith_comms_conn_refused_total{kind="comms",reason="per_source"}'
+SHARE = 32  # limits.comms_unauth_per_source_max, by default
+
+
+def s_silent(addr):
+    """An attacker's silent connection to addr (a (host, port) or a Unix
+    path), held open; None when it was reset before connect returned."""
+    fam = socket.AF_INET if isinstance(addr, tuple) else socket.AF_UNIX
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(30)
+    try:
+        s.connect(addr)
+    except ConnectionResetError:
+        s.close()
+        return None
+    return s
+
+
+def s_ended(s, timeout=60):
+    """True when the daemon ended s: a reset over TCP (what it does to an
+    evicted one); a Unix socket has no reset, its peer reads the end."""
+    s.settimeout(timeout)
+    try:
+        while s.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except (TimeoutError, socket.timeout):
+        return False
+    return s.family == socket.AF_UNIX
+
+
+def s_share_held_trusted_still_acked(name, addr_of):
+    """200 silent connections from one source, each held, against its
+    share of 32; then a trusted peer from the same source sends on fresh
+    connections, with more silent ones opened between: every envelope is
+    acked. Before, the 33rd and every later connection from that source
+    was reset at accept (reason=per_source) for as long as the attacker
+    held 32, the trusted peer's included."""
+    alice = Peer()
+    node = Daemon(name)
+    node.trust("alice", alice.pk)
+    node.start()
+    addr = addr_of(node)
+    held = []
+    try:
+        for _ in range(200):
+            held.append(s_silent(addr))
+        m = wait_metric(node, SRC_EVICTED, lambda v: v >= 200 - SHARE)
+        assert m[SRC_EVICTED] == 200 - SHARE, m[SRC_EVICTED]
+        assert m.get(REFUSED_SRC, 0) == 0, m[REFUSED_SRC]
+        # Never more than the share unauthenticated from it.
+        assert m["kith_comms_unauth_connections"] == SHARE, m["kith_comms_unauth_connections"]
+        # The oldest were the ones cut, with a reset; the newest are held.
+        assert held[0] is None or s_ended(held[0]), "the oldest silent one was not cut"
+        for i in range(5):
+            c = Conn(addr)
+            msg = alice.message(node.pk, f"trusted {i}")
+            c.send(frame(msg))
+            ack = c.read_frame()
+            assert ack and ack["kind"]["type"] == "ack" and ack["kind"]["in_reply_to"] == msg["id"], \
+                (i, ack)
+            c.close()
+            for _ in range(10):
+                held.append(s_silent(addr))
+        # Each trusted connection cut one and left the share when its
+        # envelope verified; the next silent one took its place.
+        m = wait_metric(node, SRC_EVICTED, lambda v: v >= 200 + 50 - SHARE)
+        assert m[SRC_EVICTED] == 200 + 50 - SHARE, m[SRC_EVICTED]
+        assert m.get(REFUSED_SRC, 0) == 0, m[REFUSED_SRC]
+        assert m["kith_comms_unauth_connections"] <= SHARE, m["kith_comms_unauth_connections"]
+        assert "reason=source_evicted" in node.logs()
+    finally:
+        for s in held:
+            if s:
+                s.close()
+        node.cleanup()
+
+
+def silent_share_on_loopback_does_not_lock_out():
+    s_share_held_trusted_still_acked("srcshare_tcp", lambda node: ("127.0.0.1", node.port))
+
+
+def silent_share_on_unix_socket_does_not_lock_out():
+    s_share_held_trusted_still_acked("srcshare_uds", lambda node: node.uds)
+
+
 def main():
     results = Results()
     for fn in (pairing_guesses_stop_at_the_lockout, pairing_right_proof_restarts_the_count,
                pairing_wrong_proof_answered_once_stored,
                pairing_lockout_survives_a_dual_stack_listener, unknown_keys_are_bounded,
-               dribbled_frames_meet_their_deadlines):
+               dribbled_frames_meet_their_deadlines, silent_share_on_loopback_does_not_lock_out,
+               silent_share_on_unix_socket_does_not_lock_out):
         results.run(fn)
     return results.summary()
 

@@ -17,8 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peer import Conn, Daemon, Peer, Results, frame, wait_metric  # noqa: E402
-from test_comms_limits import (BUDGET_CUT, EVICTED, REFUSED_SRC, TRUSTED, conn_from,  # noqa: E402
-                               ended, health_ok, trusted_acked, try_dial, wait_re)
+from test_comms_limits import (BUDGET_CUT, EVICTED, REFUSED_SRC, SRC_EVICTED, TRUSTED,  # noqa: E402
+                               conn_from, ended, health_ok, trusted_acked, try_dial, wait_re)
 
 OPEN_TCP = 'kith_comms_connections_open{transport="tcp"}'
 
@@ -33,11 +33,13 @@ def close_all(socks):
 
 def flood_from_253_addresses():
     """Three silent connections from each of 127.0.0.2..254 against two per
-    source and 128 unauthenticated in all: the third from each source is
-    refused at accept (253), the oldest are evicted to admit newcomers
-    (506 − 128), the trusted peer is acked, and once the flood is gone each
-    source's count is back to zero (two from one address get in again, a
-    third is refused)."""
+    source and 128 unauthenticated in all: the third from each source cuts
+    that source's oldest (253, source_evicted; it used to be refused, which
+    let a source's first two lock out everyone else there), the oldest of
+    all are evicted to admit newcomers (759 − 253 − 128), nothing is
+    refused, the trusted peer is acked, and once the flood is gone each
+    source's count is back to zero (two from one address get in again
+    uncut, a third cuts the first)."""
     alice = Peer()
     node = Daemon("flood", config={"limits": {
         "comms_connections_max": 1024, "comms_unauth_connections_max": 128,
@@ -49,10 +51,11 @@ def flood_from_253_addresses():
         for host in range(2, 255):
             for _ in range(3):
                 held.append(try_dial(node.port, src=f"127.0.0.{host}"))
-        m = wait_metric(node, REFUSED_SRC, lambda v: v >= 253)
-        m = wait_metric(node, EVICTED, lambda v: v >= 506 - 128)
-        assert m[REFUSED_SRC] == 253, m[REFUSED_SRC]
-        assert m[EVICTED] == 506 - 128, m[EVICTED]
+        m = wait_metric(node, SRC_EVICTED, lambda v: v >= 253)
+        m = wait_metric(node, EVICTED, lambda v: v >= 759 - 253 - 128)
+        assert m[SRC_EVICTED] == 253, m[SRC_EVICTED]
+        assert m[EVICTED] == 759 - 253 - 128, m[EVICTED]
+        assert m[REFUSED_SRC] == 0, m[REFUSED_SRC]
         assert m["kith_comms_unauth_connections"] == 128, m["kith_comms_unauth_connections"]
         assert trusted_acked(node, alice), "the trusted peer was not acked"
         assert health_ok(node), "/health did not answer 200"
@@ -62,15 +65,17 @@ def flood_from_253_addresses():
         held = []
         wait_metric(node, "kith_comms_unauth_connections", lambda v: v == 0)
         wait_metric(node, OPEN_TCP, lambda v: v == 0)
-        # Every source's count went back to zero: two get in again, the third not.
+        # Every source's count went back to zero: two get in again, the
+        # third cuts the first of them.
         again = [try_dial(node.port, src="127.0.0.2") for _ in range(3)]
         held.extend(again)
-        wait_metric(node, REFUSED_SRC, lambda v: v >= 254)
+        wait_metric(node, SRC_EVICTED, lambda v: v >= 254)
         m = wait_metric(node, "kith_comms_unauth_connections", lambda v: v == 2)
-        assert m[REFUSED_SRC] == 254, m[REFUSED_SRC]
-        # The first refusal is logged (later ones are rate-limited per call site).
-        wait_re(node, r"comms: connection from 127\.0\.0\.2:\d+ refused: reason=per_source "
-                      r"\(2 unauthenticated open from it\)")
+        assert m[SRC_EVICTED] == 254, m[SRC_EVICTED]
+        assert m[REFUSED_SRC] == 0, m[REFUSED_SRC]
+        assert again[0] is None or ended(again[0]) == "rst", "the source's oldest was not reset"
+        # The first cut is logged (later ones are rate-limited per call site).
+        wait_re(node, r"comms: connection \d+ from 127\.0\.0\.2:\d+ cut: reason=source_evicted")
     finally:
         close_all(held)
         node.cleanup()

@@ -91,6 +91,7 @@ def trusted_acked(node, alice, src=TRUSTED, body="trusted"):
 
 REFUSED_SRC = 'kith_comms_conn_refused_total{kind="comms",reason="per_source"}'
 EVICTED = 'kith_comms_conn_cut_total{kind="comms",reason="unauth_evicted"}'
+SRC_EVICTED = 'kith_comms_conn_cut_total{kind="comms",reason="source_evicted"}'
 BUDGET_CUT = 'kith_comms_conn_cut_total{kind="comms",reason="partial_budget"}'
 DEADLINE_CUT = 'kith_comms_conn_cut_total{kind="comms",reason="deadline"}'
 EV_DEADLINE = 'kith_comms_conn_cut_total{kind="events",reason="deadline"}'
@@ -102,8 +103,10 @@ EV_REFUSED = 'kith_comms_conn_refused_total{kind="events",reason="per_source"}'
 def silent_from_one_address_cannot_lock_out():
     """300 silent connections from one address against a connection cap of
     256: before the unauthenticated bounds, they filled the cap and the
-    trusted peer was refused; now all but 16 are reset at once, the trusted
-    peer is acked and /health answers."""
+    trusted peer was refused; now never more than 16 from it are
+    unauthenticated (each newcomer cuts the address's oldest silent one,
+    none is refused), the trusted peer is acked — from another address and
+    from that one — and /health answers."""
     alice = Peer()
     node = Daemon("lockout", config={"limits": {
         "comms_connections_max": 256, "comms_unauth_connections_max": 64,
@@ -114,10 +117,16 @@ def silent_from_one_address_cannot_lock_out():
     try:
         for _ in range(300):
             held.append(try_dial(node.port))
-        m = wait_metric(node, REFUSED_SRC, lambda v: v >= 300 - 16)
-        assert m["kith_comms_unauth_connections"] <= 16, m
+        m = wait_metric(node, SRC_EVICTED, lambda v: v >= 300 - 16)
+        assert m[SRC_EVICTED] == 300 - 16, m[SRC_EVICTED]
+        assert m[REFUSED_SRC] == 0, m[REFUSED_SRC]
+        assert m["kith_comms_unauth_connections"] == 16, m
+        assert held[0] is None or ended(held[0]) == "rst", "the oldest was not reset"
         assert trusted_acked(node, alice), "the trusted peer was not acked"
+        assert trusted_acked(node, alice, src=ATTACKER), "a trusted peer at that address was not"
         assert health_ok(node), "/health did not answer 200"
+        m = metrics(node)
+        assert m["kith_comms_unauth_connections"] <= 16, m
     finally:
         for s in held:
             if s:
@@ -146,6 +155,83 @@ def silent_from_many_addresses_evict_the_oldest():
         assert held[0] is None or ended(held[0]) == "rst"
         assert trusted_acked(node, alice), "the trusted peer was not acked"
         assert health_ok(node)
+    finally:
+        for s in held:
+            if s:
+                s.close()
+        node.cleanup()
+
+
+def s_mid_frames(node, n, data_of, src=ATTACKER):
+    """n connections from src, each sent data_of(i) (a frame's start), once
+    the daemon holds each one's partial frame: a connection mid-frame."""
+    held = []
+    for i in range(n):
+        before = metrics(node)["kith_comms_partial_bytes"]
+        c = conn_from(node, src)
+        c.send(data_of(i))
+        wait_metric(node, "kith_comms_partial_bytes", lambda v, b=before: v > b)
+        held.append(c)
+    return held
+
+
+def mid_frame_kept_while_silent_go():
+    """At its share, a source's newcomer cuts that source's oldest silent
+    connection, never one mid-way through its first frame: four that sent
+    the first bytes of an envelope outlive eight silent newcomers (the
+    oldest four silent ones are cut) and are acked once they finish."""
+    alice = Peer()
+    node = Daemon("midframe", config={"limits": {"comms_unauth_per_source_max": 8}})
+    node.trust("alice", alice.pk)
+    node.start()
+    held = []
+    try:
+        envs = [alice.message(node.pk, f"slow {i}") for i in range(4)]
+        wires = [frame(e) for e in envs]
+        mids = s_mid_frames(node, 4, lambda i: wires[i][:10])
+        held.extend(c.s for c in mids)
+        silent = [try_dial(node.port) for _ in range(8)]
+        held.extend(silent)
+        m = wait_metric(node, SRC_EVICTED, lambda v: v >= 4)
+        assert m[SRC_EVICTED] == 4, m[SRC_EVICTED]
+        assert m[REFUSED_SRC] == 0, m[REFUSED_SRC]
+        for s in silent[:4]:
+            assert s is None or ended(s) == "rst", "an older silent one was not cut"
+        for c, w, e in zip(mids, wires, envs):
+            c.send(w[10:])
+            ack = c.read_frame()
+            assert ack and ack["kind"]["in_reply_to"] == e["id"], ack
+        m = metrics(node)
+        assert m[SRC_EVICTED] == 4, m[SRC_EVICTED]
+    finally:
+        for s in held:
+            if s:
+                s.close()
+        node.cleanup()
+
+
+def mid_frame_share_cannot_lock_out():
+    """Eight connections from one address that each sent a length prefix
+    and part of a frame, then stopped, hold its share of eight: a trusted
+    peer at that address still gets in, cutting the one among them that
+    went longest without sending (counted source_evicted). Were
+    connections mid-frame never cut, a byte on each would have locked the
+    address out for every first-frame deadline the attacker renews."""
+    alice = Peer()
+    node = Daemon("midshare", config={"limits": {"comms_unauth_per_source_max": 8}})
+    node.trust("alice", alice.pk)
+    node.start()
+    held = []
+    try:
+        mids = s_mid_frames(node, 8, lambda i: struct.pack(">I", 1000) + b"\xa5" * 10)
+        held.extend(c.s for c in mids)
+        m = metrics(node)
+        assert m["kith_comms_unauth_connections"] == 8, m
+        assert trusted_acked(node, alice, src=ATTACKER), "the trusted peer was not acked"
+        m = wait_metric(node, SRC_EVICTED, lambda v: v >= 1)
+        assert m[SRC_EVICTED] == 1, m[SRC_EVICTED]
+        assert m[REFUSED_SRC] == 0, m[REFUSED_SRC]
+        assert ended(mids[0].s) == "rst", "the stalest mid-frame one was not cut"
     finally:
         for s in held:
             if s:
@@ -298,6 +384,8 @@ def main():
     results = Results()
     for fn in (silent_from_one_address_cannot_lock_out,
                silent_from_many_addresses_evict_the_oldest,
+               mid_frame_kept_while_silent_go,
+               mid_frame_share_cannot_lock_out,
                deadlines_cut_silent_partial_and_idle,
                partial_frames_stay_under_budget,
                event_connections_capped_and_timed,
