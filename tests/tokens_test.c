@@ -1375,6 +1375,30 @@ static void test_lockout_rows_bounded(void **state)
     router_tokens_stop(t);
     router_loop_destroy(&loop);
     router_tokens_destroy(&t);
+
+    /* A table an earlier build let grow past the bound is cut back to the
+     * rows memory loads (the newest locks) when it is opened. */
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(s_db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h,
+                                  "INSERT INTO gateway_pair_lockouts VALUES ('10.3.0.1', 2, 0),"
+                                  " ('10.3.0.2', 0, 5), ('10.3.0.3', 1, 0)",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(h);
+    loop = router_loop_new(NULL);
+    t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(router_tokens_locked_until(t, "10.2.0.9", now), now + 300000);
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+    assert_int_equal(s_scalar(s_db, "SELECT COUNT(*) FROM gateway_pair_lockouts"),
+                     (int) ROUTER_TOKENS_CLIENTS_MAX);
+    assert_int_equal(s_scalar(s_db, "SELECT COUNT(*) FROM gateway_pair_lockouts"
+                                    " WHERE client LIKE '10.3.%'"), 0);
+    assert_int_equal(s_scalar(s_db, "SELECT COUNT(*) FROM gateway_pair_lockouts"
+                                    " WHERE client LIKE '10.2.%'"), 10);
 }
 
 /* A state.db whose gateway_tokens gained `scope` but not `name`: what a

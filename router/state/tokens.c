@@ -555,9 +555,15 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
     if (step != SQLITE_ROW && step != SQLITE_DONE)
         goto fail;
     sqlite3_finalize(st);
-    if (sqlite3_prepare_v2(self->db,
-                           "SELECT client, failures, until_ms FROM gateway_pair_lockouts"
-                           " ORDER BY until_ms DESC", -1, &st, NULL) != SQLITE_OK)
+    /* The same rows, in the same order, as the bound below keeps. */
+    char lock_rows[256];
+    snprintf(lock_rows, sizeof lock_rows,
+             "FROM gateway_pair_lockouts WHERE length(CAST(client AS BLOB)) < %u"
+             " ORDER BY until_ms DESC, client LIMIT %u", ROUTER_TOKENS_CLIENT_MAX,
+             ROUTER_TOKENS_CLIENTS_MAX);
+    char sql[512];
+    snprintf(sql, sizeof sql, "SELECT client, failures, until_ms %s", lock_rows);
+    if (sqlite3_prepare_v2(self->db, sql, -1, &st, NULL) != SQLITE_OK)
         goto fail;
     for (size_t i = 0; i < ROUTER_TOKENS_CLIENTS_MAX && (step = sqlite3_step(st)) == SQLITE_ROW;) {
         const char *c = (const char *) sqlite3_column_text(st, 0);
@@ -571,6 +577,16 @@ static int s_load(router_tokens_t *self, char *err, size_t errcap)
     if (step != SQLITE_ROW && step != SQLITE_DONE)
         goto fail;
     sqlite3_finalize(st);
+    st = NULL;
+    /* Rows past those (an earlier build kept a displaced client's row, so
+     * the table grew with every new address) are dropped: memory acts as
+     * if they were not there. Not fatal: they are only dead weight. */
+    snprintf(sql, sizeof sql,
+             "DELETE FROM gateway_pair_lockouts WHERE client NOT IN (SELECT client %s)",
+             lock_rows);
+    if (sqlite3_exec(self->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        ROUTER_LOG(ROUTER_LOG_WARN, "tokens", "cannot trim gateway_pair_lockouts: %s",
+                   sqlite3_errmsg(self->db));
     if (sqlite3_prepare_v2(self->db,
                            "SELECT key, status, body, expires_ms FROM gateway_idempotency"
                            " WHERE expires_ms >= ? ORDER BY expires_ms DESC", -1, &st,
