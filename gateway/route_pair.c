@@ -2,7 +2,9 @@
  * (WIRE §17.2). Bad codes are counted per client address and a run of them
  * locks the client out; both the token and the count are durable before
  * the client hears the answer. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,7 @@
 #include "gateway/routes_auth.h"
 #include "router/clock.h"
 #include "router/log.h"
+#include "router/net/addr.h"
 
 /* One pairing answer waiting for its row to be durable. */
 typedef struct {
@@ -20,6 +23,21 @@ typedef struct {
     uint64_t until_ms;                       /* bad code: locked until, 0 for not */
     char token[GATEWAY_AUTH_TOKEN_LEN + 1];  /* paired: the token to hand over */
 } s_wait_t;
+
+/* The lockout key of a client: its IP text, an IPv4 client of a
+ * dual-stack ([::]) listener keyed as the IPv4 address it is (it arrives
+ * as ::ffff:a.b.c.d), as the comms pairing keys it (router/comms/pairing.c)
+ * and sources are counted (WIRE §9.1). Else moving the gateway between
+ * 127.0.0.1 and [::] forgot every lock, and a client reaching both forms
+ * had two counts of bad codes. */
+static void s_client_key(const router_addr_t *peer, char out[GATEWAY_AUTH_CLIENT_MAX])
+{
+    if (peer && router_addr_family(peer) == AF_INET6 &&
+        IN6_IS_ADDR_V4MAPPED(&peer->u.in6.sin6_addr) &&
+        inet_ntop(AF_INET, &peer->u.in6.sin6_addr.s6_addr[12], out, GATEWAY_AUTH_CLIENT_MAX))
+        return;
+    gateway_auth_client(peer, out);
+}
 
 static void s_too_many(gateway_http_res_t *res, uint64_t until_ms, uint64_t now_ms)
 {
@@ -67,7 +85,7 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
     router_tokens_t *tokens = gateway_auth_tokens(auth);
     uint64_t now = router_clock_wall_ms();
     char client[GATEWAY_AUTH_CLIENT_MAX];
-    gateway_auth_client(req->peer, client);
+    s_client_key(req->peer, client);
     uint64_t until = router_tokens_locked_until(tokens, client, now);
     if (until) {
         gateway_auth_audit_req(auth, "pair_failed", req, "locked_out");

@@ -3,7 +3,8 @@
 from the daemon's log, the token's SHA-256 only in state.db, bearer
 precedence (header, ?token=, gateway.allow_query_token), 401 with
 WWW-Authenticate, /admin/paircode for loopback only, and the lockout after
-five bad codes — still there after a restart, as is the token."""
+five bad codes — still there after a restart, as is the token, and after
+the gateway moves to a dual-stack [::] listener."""
 
 import hashlib
 import json
@@ -369,6 +370,51 @@ def main():
             off.cleanup()
             none.cleanup()
 
+    def lockout_survives_a_dual_stack_gateway():
+        """A client locked out stays locked out when the gateway moves from
+        127.0.0.1 to [::] (dual stack) across a restart: its IPv4 clients
+        then arrive IPv4-mapped (::ffff:127.0.0.5) and are keyed as the
+        IPv4 address they are. Before, the mapped text was a fresh key with
+        no bad codes: the right code paired at once."""
+        gport = free_port()
+        dual = Daemon("pair-dual", config={"gateway": {"host": "127.0.0.1", "port": gport}})
+        src = "127.0.0.5"
+        try:
+            dual.start()
+            good = json.loads(curl(gateway_url(dual) + "/admin/paircode")[2])["code"]
+            bad = "000000" if good != "000000" else "111111"
+            for i in range(5):
+                status, _, doc = pair(dual, bad, src)
+            check(status == 429 and doc["code"] == "too_many_attempts", (status, doc))
+
+            def to_dual_stack():
+                path = os.path.join(dual.home, "config.json")
+                with open(path) as f:
+                    cfg = json.load(f)
+                cfg["gateway"]["host"] = "::"
+                with open(path, "w") as f:
+                    json.dump(cfg, f)
+
+            dual.restart(while_stopped=to_dual_stack)
+            dual.wait_log("daemon: ready", count=2)
+            check(re.search(r"gateway: listening on http://\[::\]:%d " % gport, dual.logs()),
+                  dual.logs()[-2000:])
+            good = json.loads(curl(gateway_url(dual) + "/admin/paircode")[2])["code"]
+            status, headers, doc = pair(dual, good, src)
+            check(status == 429 and doc["code"] == "too_many_attempts", ("forgotten", status, doc))
+            check(0 < int(headers["retry-after"]) <= 300, headers)
+            # A bad code from another address counts under that address.
+            status, _, doc = pair(dual, bad, "127.0.0.6")
+            check(status == 401 and doc["code"] == "invalid_pairing_code", (status, doc))
+            db = sqlite3.connect(os.path.join(dual.home, "state.db"), timeout=30)
+            try:
+                keys = sorted(k for (k,) in db.execute("SELECT client FROM gateway_pair_lockouts"))
+            finally:
+                db.close()
+            check(keys == ["127.0.0.5", "127.0.0.6"], keys)
+        finally:
+            dual.cleanup()
+
     os.makedirs(node.home, exist_ok=True)
     with open(os.path.join(node.home, "config.json"), "w") as f:
         json.dump({"gateway": {"port": port}}, f)
@@ -376,6 +422,7 @@ def main():
         results.run(paircode_without_daemon)
         results.run(paircode_against_a_wrong_server)
         results.run(query_token_off_and_pairing_off)
+        results.run(lockout_survives_a_dual_stack_gateway)
     finally:
         shutil.rmtree(node.home, ignore_errors=True)  # made again above, after the cleanup
     return results.summary()
