@@ -7,7 +7,9 @@
  * refused, so one local user holding 32 silent connections to 127.0.0.1
  * (or the Unix socket) locked every peer on the machine out. Connections
  * are socket pairs served by a real loop; a Unix peer has no address, so
- * all of them through one (stand-in) listener are one source. */
+ * all of them through one (stand-in) listener are one source. The source
+ * keys of TCP peers (router/net/sources.c) are read the same way: an
+ * IPv4 client of a dual-stack listener is its IPv4 address, ::1 is not. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -16,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -111,6 +115,27 @@ static int s_conn(s_fx_t *fx, const router_listener_t *listener, router_guard_ki
     *joined = router_guard_join(fx->guard, &e->gc, kind, e->conn, listener, s_on_cut, e);
     if (*joined != 0)
         router_conn_abort(e->conn); /* as comms does with a refused one */
+    return i;
+}
+
+/* A TCP connection from `from` (AF_INET 127.0.0.1 or AF_INET6 ::1) to
+ * listening socket `lfd` at `to`, our end served by the loop. */
+static int s_tcp_conn(s_fx_t *fx, int lfd, const struct sockaddr *to, socklen_t tolen, int *joined)
+{
+    assert_true(fx->n < CONNS_MAX);
+    int i = fx->n++;
+    s_entry_t *e = &fx->e[i];
+    e->peer_fd = socket(to->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(e->peer_fd >= 0);
+    assert_int_equal(connect(e->peer_fd, to, tolen), 0);
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    assert_true(fd >= 0);
+    e->conn = router_loop_adopt(fx->loop, fd, &s_handlers, e);
+    assert_non_null(e->conn);
+    *joined = router_guard_join(fx->guard, &e->gc, ROUTER_GUARD_COMMS, e->conn, LISTENER_A,
+                                s_on_cut, e);
+    if (*joined != 0)
+        router_conn_abort(e->conn);
     return i;
 }
 
@@ -361,6 +386,63 @@ static void test_inproc_exempt(void **state)
     s_fx_done(&fx);
 }
 
+/* 127.0.0.1 reaching a dual-stack ([::]) listener arrives as
+ * ::ffff:127.0.0.1 and is the same source as 127.0.0.1 on an IPv4 one
+ * (else moving the listener to [::], or using both, doubled the share);
+ * ::1 is a source of its own. Each has delivered a frame, so none can be
+ * cut and the counts show in refusals. */
+static void test_tcp_sources(void **state)
+{
+    (void) state;
+    int l4 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int l6 = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(l4 >= 0 && l6 >= 0);
+    int off = 0;
+    assert_int_equal(setsockopt(l6, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off), 0);
+    struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_addr = in6addr_any};
+    socklen_t len4 = sizeof a4, len6 = sizeof a6;
+    if (bind(l6, (struct sockaddr *) &a6, len6) != 0) {
+        close(l4);
+        close(l6);
+        skip(); /* no IPv6 here */
+    }
+    assert_int_equal(bind(l4, (struct sockaddr *) &a4, len4), 0);
+    assert_int_equal(listen(l4, 8), 0);
+    assert_int_equal(listen(l6, 8), 0);
+    assert_int_equal(getsockname(l4, (struct sockaddr *) &a4, &len4), 0);
+    assert_int_equal(getsockname(l6, (struct sockaddr *) &a6, &len6), 0);
+    /* The dual-stack listener, reached over IPv4 and over ::1. */
+    struct sockaddr_in via4 = {.sin_family = AF_INET, .sin_port = a6.sin6_port,
+                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in6 via6 = {.sin6_family = AF_INET6, .sin6_port = a6.sin6_port,
+                                .sin6_addr = in6addr_loopback};
+
+    s_fx_t fx;
+    s_fx_init(&fx, &(router_guard_opts_t){.unauth_per_source_max = 2});
+    int joined = -1;
+    int a = s_tcp_conn(&fx, l4, (struct sockaddr *) &a4, sizeof a4, &joined);
+    assert_int_equal(joined, 0);
+    router_guard_progress(&fx.e[a].gc, 1, false);
+    int b = s_tcp_conn(&fx, l6, (struct sockaddr *) &via4, sizeof via4, &joined);
+    assert_int_equal(joined, 0);
+    router_guard_progress(&fx.e[b].gc, 1, false);
+    /* 127.0.0.1 holds its two, whichever listener: a third is refused. */
+    s_tcp_conn(&fx, l6, (struct sockaddr *) &via4, sizeof via4, &joined);
+    assert_int_equal(joined, -1);
+    s_tcp_conn(&fx, l4, (struct sockaddr *) &a4, sizeof a4, &joined);
+    assert_int_equal(joined, -1);
+    assert_int_equal(s_stats(&fx).refused_per_source[ROUTER_GUARD_COMMS], 2);
+    /* ::1 is another source. */
+    s_tcp_conn(&fx, l6, (struct sockaddr *) &via6, sizeof via6, &joined);
+    assert_int_equal(joined, 0);
+    assert_int_equal(s_stats(&fx).unauth, 3);
+    assert_int_equal(s_source_evicted(&fx), 0);
+    s_fx_done(&fx);
+    close(l4);
+    close(l6);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -372,6 +454,7 @@ int main(void)
         cmocka_unit_test(test_only_own_source_cut),
         cmocka_unit_test(test_events_refused_not_cut),
         cmocka_unit_test(test_inproc_exempt),
+        cmocka_unit_test(test_tcp_sources),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
