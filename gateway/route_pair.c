@@ -49,6 +49,13 @@ static void s_too_many(gateway_http_res_t *res, uint64_t until_ms, uint64_t now_
                                       "too many bad pairing codes from this address; wait");
 }
 
+static void s_no_room(gateway_http_res_t *res)
+{
+    (void) gateway_http_respond_error(res, 507, "too_many_tokens",
+                                      "every token slot is taken: revoke tokens no longer used "
+                                      "(DELETE /api/tokens/{id})");
+}
+
 /* On the loop thread: the token or the bad-code count is durable (ok), or
  * could not be written. */
 static void s_written(bool ok, void *ud)
@@ -109,6 +116,14 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
         memcpy(name, label.ptr, label.len);
         name[label.len] = '\0';
     }
+    /* No room for another token: said before the code is looked at, since
+     * looking spends it, and the answer tells the user to revoke one and
+     * try again — with a spent code that was 401, wrong or spent. (A mint
+     * in flight can still fill the last slot meanwhile: 507 below.) */
+    if (router_tokens_count(tokens) >= ROUTER_TOKENS_MAX) {
+        s_no_room(res);
+        return;
+    }
     s_wait_t *w = calloc(1, sizeof *w);
     if (!w) {
         (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
@@ -136,9 +151,7 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
         if (!w->paired && w->until_ms)
             s_too_many(res, w->until_ms, now);
         else if (w->paired && errno == ENOSPC)
-            (void) gateway_http_respond_error(res, 507, "too_many_tokens",
-                                              "every token slot is taken: revoke tokens no "
-                                              "longer used (DELETE /api/tokens/{id})");
+            s_no_room(res);
         else
             (void) gateway_http_respond_error(res, 503, "unavailable",
                                               "the pairing state cannot be stored now");

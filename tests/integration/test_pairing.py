@@ -4,7 +4,8 @@ from the daemon's log, the token's SHA-256 only in state.db, bearer
 precedence (header, ?token=, gateway.allow_query_token), 401 with
 WWW-Authenticate, /admin/paircode for loopback only, and the lockout after
 five bad codes — still there after a restart, as is the token, and after
-the gateway moves to a dual-stack [::] listener."""
+the gateway moves to a dual-stack [::] listener; a full token table
+refused before the code is spent."""
 
 import hashlib
 import json
@@ -415,6 +416,36 @@ def main():
         finally:
             dual.cleanup()
 
+    def full_table_leaves_the_code_unspent():
+        """With every token slot taken, /pair answers 507 too_many_tokens
+        and tells the user to revoke one; the same code then pairs. Before,
+        the code was spent before the table was found full, and the retry
+        the answer asked for got 401 invalid_pairing_code."""
+        full = Daemon("pair-full")
+        try:
+            full.start()
+            check(full.stop() == 0, "daemon did not exit 0")
+            db = sqlite3.connect(os.path.join(full.home, "state.db"), timeout=30)
+            try:
+                hashes = [os.urandom(32) for _ in range(1024)]
+                db.executemany("INSERT INTO gateway_tokens (hash, created_ms, scope, name)"
+                               " VALUES (?, 1, 'node', 'filler')", [(h,) for h in hashes])
+                db.commit()
+            finally:
+                db.close()
+            full.start()
+            full.wait_log("daemon: ready", count=2)
+            code = json.loads(curl(gateway_url(full) + "/admin/paircode")[2])["code"]
+            status, _, doc = pair(full, code)
+            check(status == 507 and doc["code"] == "too_many_tokens", (status, doc))
+            status, _, body, _ = curl("-X", "DELETE",
+                                      gateway_url(full) + "/admin/tokens/" + hashes[0].hex()[:16])
+            check(status == 200, (status, body))
+            status, _, doc = pair(full, code)
+            check(status == 200 and TOKEN_RE.match(doc["token"]), ("the code was spent", status, doc))
+        finally:
+            full.cleanup()
+
     os.makedirs(node.home, exist_ok=True)
     with open(os.path.join(node.home, "config.json"), "w") as f:
         json.dump({"gateway": {"port": port}}, f)
@@ -423,6 +454,7 @@ def main():
         results.run(paircode_against_a_wrong_server)
         results.run(query_token_off_and_pairing_off)
         results.run(lockout_survives_a_dual_stack_gateway)
+        results.run(full_table_leaves_the_code_unspent)
     finally:
         shutil.rmtree(node.home, ignore_errors=True)  # made again above, after the cleanup
     return results.summary()
