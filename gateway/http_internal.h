@@ -127,6 +127,7 @@ struct gateway_http_conn {
     const gateway_http_route_t *route; /* route of the current request */
     bool head_only;                 /* the current request is HEAD: answers carry no body */
     bool paused;                    /* reads paused: answers are waiting to be written */
+    size_t paused_unsent;           /* paused: octets unsent when its idle deadline was set */
     char *held;                     /* input that arrived before reads paused */
     size_t held_len;                /* its octets */
     uint64_t timer;                 /* the armed timer, 0 for none */

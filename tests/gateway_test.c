@@ -187,6 +187,12 @@ static void s_defer_dropped(const gateway_http_req_t *req, gateway_http_res_t *r
 
 /* ---------------------------------------------------------------- the server */
 
+/* The loop's close timeout and per-connection unsent bound for the next
+ * server started (0: the loop's defaults), for a test that must see a
+ * close time out soon with more unsent than the kernel's buffers hold. */
+static unsigned s_next_close_timeout_ms;
+static size_t s_next_send_limit;
+
 typedef struct {
     router_loop_t *loop;
     router_metrics_t *metrics;
@@ -238,7 +244,11 @@ static s_srv_t *s_srv_start_at2(void **state, const gateway_http_opts_t *o, cons
 {
     s_srv_t *s = calloc(1, sizeof *s);
     assert_non_null(s);
-    router_loop_opts_t lo = {.backend = *(router_loop_backend_t *) *state};
+    router_loop_opts_t lo = {.backend = *(router_loop_backend_t *) *state,
+                             .close_timeout_ms = s_next_close_timeout_ms,
+                             .send_limit = s_next_send_limit};
+    s_next_close_timeout_ms = 0;
+    s_next_send_limit = 0;
     s->loop = router_loop_new(&lo);
     if (!s->loop && lo.backend == ROUTER_LOOP_URING && (errno == ENOSYS || errno == EPERM)) {
         int e = errno;
@@ -1187,6 +1197,64 @@ static void test_timeouts(void **state)
     s_srv_stop(&s);
 }
 
+/* A client reading a large answer slowly is not cut at the idle deadline
+ * while its reads make progress: the deadline bounds a client that reads
+ * nothing, not how long a transfer takes. Before, a paused connection was
+ * closed at the idle deadline whatever it read, and its answer cut off
+ * when the loop's close timed out (here 300 ms; 60 s and 5 s by default,
+ * so a few MiB over a slow link). The answer is larger than the kernel's
+ * socket buffers can take, so most of it waits in the server's queue. The
+ * reads are slow, nothing measures them. */
+static void test_slow_reader_gets_its_whole_answer(void **state)
+{
+    enum { BODY = 6 * 1024 * 1024, READ = 16 * 1024 };
+    gateway_http_opts_t o = {.idle_timeout_ms = 100, .body_max = 2 * BODY,
+                             .send_limit = 4 * (size_t) BODY};
+    s_next_close_timeout_ms = 300;
+    s_next_send_limit = 4 * (size_t) BODY;
+    s_srv_t *s = s_srv_start(state, &o);
+    s_client_t *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    c->fd = s_client_socket(AF_INET);
+    int small = 4096;
+    assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(s->port)};
+    assert_int_equal(inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr), 1);
+    s_connect_fd(c, &sin);
+    char *body = malloc(BODY);
+    assert_non_null(body);
+    memset(body, 'b', BODY);
+    char head[128];
+    snprintf(head, sizeof head, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n",
+             BODY);
+    s_sends(c, head);
+    s_send(c, body, BODY);
+    free(body);
+    /* The answer, READ octets a read, until the server ends the connection
+     * (it is idle once the answer is written) or cuts it. */
+    size_t cap = BODY + 4096, total = 0;
+    char *out = malloc(cap);
+    assert_non_null(out);
+    for (;;) {
+        size_t room = cap - total < READ ? cap - total : READ;
+        assert_true(room > 0);
+        ssize_t n = recv(c->fd, out + total, room, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break; /* the end, or a reset */
+        total += (size_t) n;
+        usleep(1000);
+    }
+    const char *end = memmem(out, total, "\r\n\r\n", 4);
+    assert_non_null(end);
+    size_t got_body = total - (size_t) (end + 4 - out);
+    free(out);
+    assert_int_equal(got_body, BODY);
+    s_client_close(&c);
+    s_srv_stop(&s);
+}
+
 /* A request that proves a credential (pairing is off in these servers:
  * a bearer route lets everything in) takes its connection off the
  * unauthenticated bounds. */
@@ -1756,6 +1824,7 @@ int main(void)
         BOTH(test_limits),
         BOTH(test_slow_client),
         BOTH(test_timeouts),
+        BOTH(test_slow_reader_gets_its_whole_answer),
         BOTH(test_max_connections),
         BOTH(test_unauth_share),
         BOTH(test_unauth_local_sources),
