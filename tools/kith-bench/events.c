@@ -19,8 +19,8 @@ static void s_usage(FILE *f)
 {
     fprintf(f,
             "usage: kith-bench events --to tcp://IP:PORT|uds:///PATH --gateway http://IP:PORT\n"
-            "         [-n LINES] [--probes N] [--no-probe-run] [--probe-first] [--timeout S]\n"
-            "         [--json]\n"
+            "         [-n LINES] [--probes N] [--no-probe-run] [--probe-first]\n"
+            "         [--probe-rate LINES_PER_S] [--timeout S] [--json]\n"
             "Writes LINES JSON event lines on one connection to the plain event listener\n"
             "(comms.event_address) and waits until /metrics counts them all queued (or\n"
             "skipped). Then again while GET /health is probed back to back on one keep-alive\n"
@@ -28,6 +28,8 @@ static void s_usage(FILE *f)
             "--probe-first: the probed run before the plain one, on a daemon whose agents\n"
             "run a turn per line: after the plain run they are still running its LINES\n"
             "turns, and the probe would time those, not the lines of its own run.\n"
+            "--probe-rate: the probed run offers its lines at this pace (0, the default:\n"
+            "as fast as the connection takes them); probed_lines_per_s says what it got.\n"
             "Defaults: -n 200000 --probes 500 --timeout 120.\n");
 }
 
@@ -124,6 +126,7 @@ typedef struct {
     const bench_ep_t *to;
     const char *payload;
     size_t len;
+    double bytes_per_s;    /* pace; 0: as fast as the socket takes them */
     atomic_bool written;   /* every byte handed to the kernel */
     int error;             /* errno of a failed connect/write, 0 */
 } s_writer_t;
@@ -143,8 +146,31 @@ static void *s_writer(void *arg)
     s_writer_t *w = arg;
     s_writer_ordinary();
     int fd = bench_ep_connect(w->to);
-    if (fd < 0 || bench_write_all(fd, w->payload, w->len) != 0)
+    if (fd < 0)
         w->error = errno ? errno : EIO;
+    else if (w->bytes_per_s <= 0) {
+        if (bench_write_all(fd, w->payload, w->len) != 0)
+            w->error = errno ? errno : EIO;
+    } else {
+        /* Paced: what is due by now, in pieces of at most 64 KiB, then a
+         * short sleep; a writer that falls behind catches up at once. */
+        uint64_t t0 = bench_now_ns();
+        size_t sent = 0;
+        while (sent < w->len) {
+            double due_d = w->bytes_per_s * (double) (bench_now_ns() - t0) / 1e9;
+            size_t due = due_d >= (double) w->len ? w->len : (size_t) due_d;
+            if (due <= sent) {
+                bench_sleep_ns(100000u);
+                continue;
+            }
+            size_t n = due - sent > 65536 ? 65536 : due - sent;
+            if (bench_write_all(fd, w->payload + sent, n) != 0) {
+                w->error = errno ? errno : EIO;
+                break;
+            }
+            sent += n;
+        }
+    }
     atomic_store(&w->written, true);
     if (fd >= 0) {
         /* Done sending; the daemon may keep the connection: close it after
@@ -165,7 +191,7 @@ typedef struct {
 /* One run: LINES lines on one connection; waits (bounded) until /metrics
  * counts them all as queued or skipped. */
 static void s_run(const bench_ep_t *to, const bench_ep_t *gw, const char *payload, size_t len,
-                  size_t lines, unsigned timeout_s, s_result_t *res)
+                  size_t lines, double lines_per_s, unsigned timeout_s, s_result_t *res)
 {
     memset(res, 0, sizeof *res);
     double q0 = bench_metric_get(gw, "kith_events_queued_total", false);
@@ -174,7 +200,8 @@ static void s_run(const bench_ep_t *to, const bench_ep_t *gw, const char *payloa
         res->error = "cannot read kith_events_queued_total from /metrics";
         return;
     }
-    s_writer_t w = {.to = to, .payload = payload, .len = len};
+    s_writer_t w = {.to = to, .payload = payload, .len = len,
+                    .bytes_per_s = lines_per_s > 0 ? lines_per_s * (double) len / (double) lines : 0};
     pthread_t th;
     uint64_t t0 = bench_now_ns(), deadline = t0 + (uint64_t) timeout_s * 1000000000u;
     if (pthread_create(&th, NULL, s_writer, &w) != 0) {
@@ -216,11 +243,12 @@ int bench_mode_events(int argc, char **argv)
         {"to", required_argument, NULL, 't'},     {"gateway", required_argument, NULL, 'g'},
         {"probes", required_argument, NULL, 'P'}, {"no-probe-run", no_argument, NULL, 'N'},
         {"timeout", required_argument, NULL, 'T'}, {"json", no_argument, NULL, 'j'},
-        {"probe-first", no_argument, NULL, 'F'},
+        {"probe-first", no_argument, NULL, 'F'},  {"probe-rate", required_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},         {0, 0, 0, 0}};
     const char *to_text = NULL, *gw_text = NULL;
     uint64_t lines = 200000, probes = 500, timeout_s = 120;
     bool json = false, probe_run = true, probe_first = false;
+    uint64_t probe_rate = 0;
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
@@ -232,6 +260,7 @@ int bench_mode_events(int argc, char **argv)
         case 'P': bad = bench_opt_u64("--probes", optarg, 1, 1000000, &probes); break;
         case 'N': probe_run = false; break;
         case 'F': probe_first = true; break;
+        case 'R': bad = bench_opt_u64("--probe-rate", optarg, 0, 100000000, &probe_rate); break;
         case 'T': bad = bench_opt_u64("--timeout", optarg, 1, 86400, &timeout_s); break;
         case 'j': json = true; break;
         case 'h': s_usage(stdout); return 0;
@@ -275,7 +304,7 @@ int bench_mode_events(int argc, char **argv)
 
     s_result_t plain = {0}, loaded = {0};
     if (!probe_first || !probe_run)
-        s_run(&to, &gw, payload, len, lines, (unsigned) timeout_s, &plain);
+        s_run(&to, &gw, payload, len, lines, 0, (unsigned) timeout_s, &plain);
     s_prober_t busy = {.probe = {.gw = &gw, .fd = -1}};
     if (probe_run && !plain.error) {
         pthread_t th;
@@ -283,14 +312,15 @@ int bench_mode_events(int argc, char **argv)
             loaded.error = "cannot start the probe thread";
         } else {
             s_probe_above_writer(th);
-            s_run(&to, &gw, payload, len, lines, (unsigned) timeout_s, &loaded);
+            s_run(&to, &gw, payload, len, lines, (double) probe_rate, (unsigned) timeout_s,
+                  &loaded);
             atomic_store(&busy.stop, true);
             pthread_join(th, NULL);
         }
         if (busy.probe.fd >= 0)
             close(busy.probe.fd);
         if (probe_first && !loaded.error)
-            s_run(&to, &gw, payload, len, lines, (unsigned) timeout_s, &plain);
+            s_run(&to, &gw, payload, len, lines, 0, (unsigned) timeout_s, &plain);
     }
     bench_samples_sort(&idle.lat);
     bench_samples_sort(&busy.lat);
@@ -304,6 +334,7 @@ int bench_mode_events(int argc, char **argv)
     bench_out_num(&out, "lines_per_s", plain.queued / plain.secs);
     bench_out_lat(&out, "health_idle", &idle.lat);
     if (probe_run) {
+        bench_out_num(&out, "probe_rate", (double) probe_rate);
         bench_out_num(&out, "probed_queued", loaded.queued);
         bench_out_num(&out, "probed_lost", (double) lines - loaded.queued - loaded.skipped);
         bench_out_num(&out, "probed_lines_per_s", loaded.queued / loaded.secs);
