@@ -10,7 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
+
+#include <linux/sockios.h>
 
 #include "gateway/http_internal.h"
 #include "proto/ws.h"
@@ -47,6 +50,7 @@ struct gateway_ws {
     bool msg_text;                /* it is a text message */
     bool in_frame;                /* a frame has begun and not ended */
     bool pong_owed;               /* our last ping has had no pong yet */
+    size_t ping_unsent;           /* pong_owed: octets unsent to the client at the last look */
     bool closing_told;            /* on_closing was called */
     bool accepting;               /* inside gateway_ws_accept: on_closing waits for on_close */
     uint64_t frame_due;           /* loop ms: the frame begun must end by then; 0 none */
@@ -115,6 +119,17 @@ static void s_rearm(gateway_ws_t *ws)
 }
 
 /* ---------------------------------------------------------------- sending */
+
+/* Octets sent and not yet taken by the client: our queue, and what the
+ * kernel holds unsent or unacknowledged after it (SIOCOUTQ). */
+static size_t s_unsent(const gateway_ws_t *ws)
+{
+    size_t n = router_conn_send_queued(ws->conn);
+    int fd = router_conn_fd(ws->conn), outq = 0;
+    if (fd >= 0 && ioctl(fd, SIOCOUTQ, &outq) == 0 && outq > 0)
+        n += (size_t) outq;
+    return n;
+}
 
 static int s_send_frame(gateway_ws_t *ws, proto_ws_opcode_t op, const void *data, size_t len)
 {
@@ -470,6 +485,13 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
              * the frame must end by its deadline, and a client that keeps
              * sending frames is alive. */
             ws->ping_due = now + ws->opts.ping_interval_ms;
+        } else if (now >= ws->ping_due && ws->pong_owed && s_unsent(ws) &&
+                   s_unsent(ws) < ws->ping_unsent) {
+            /* Our ping waits behind what we sent before it, and the client
+             * is reading that: it is alive, slow. A peer that is gone
+             * takes nothing, and is judged. */
+            ws->ping_unsent = s_unsent(ws);
+            ws->ping_due = now + ws->opts.ping_interval_ms;
         } else if (now >= ws->ping_due) {
             if (ws->pong_owed) { /* a whole interval without a pong: gone */
                 s_fail(ws, PROTO_WS_CLOSE_GOING_AWAY, "no pong");
@@ -478,6 +500,7 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
             if (s_send_bounded(ws, PROTO_WS_OP_PING, "kith", 4) != 0)
                 return; /* cut, or refused by the loop: on_close follows */
             ws->pong_owed = true;
+            ws->ping_unsent = s_unsent(ws);
             ws->ping_due = now + ws->opts.ping_interval_ms;
         }
         break;

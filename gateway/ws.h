@@ -17,8 +17,8 @@
  *   - every ping_interval_ms the server pings; a socket that has not
  *     answered the previous ping by then closes with 1001 (a socket that
  *     only listens stays open as long as it answers; one inside a frame it
- *     is sending, which its pong must follow, is judged an interval
- *     later);
+ *     is sending, which its pong must follow, or one still reading what
+ *     was sent before the ping, is judged an interval later);
  *   - a send that would queue more than the connection's unsent-byte limit
  *     (DESIGN §10, 4 MiB) cuts the slow consumer with close 1008, pongs and
  *     pings included;

@@ -28,7 +28,11 @@ answer a production router must give (WIRE §11, §12, §17):
 - a client sending a frame longer than the ping interval (but within its
   frame deadline) is not closed "no pong": it can answer only after the
   frame (RFC 6455 §5.4), so the verdict waits (its own daemon, pinging
-  often).
+  often);
+- nor is a client reading slowly what the server sent before its ping: the
+  ping waits behind that data, and a client taking it is alive. Before, a
+  listener slower than (the unsent bytes + the kernel's buffers) per ping
+  interval was cut "no pong" while it read.
 
 Waits are deadlines for progress, never speed assertions. Case names on the
 command line run only those."""
@@ -403,7 +407,38 @@ def slow_frame_is_not_judged_for_a_pong(node):
     assert server_frames(out)[-1] == (CLOSE_OP, struct.pack(">H", 1000)), out
 
 
+def ping_behind_our_data_waits_for_a_reading_client(node):
+    """Two MiB of echoes queue up; the client reads them slowly (a few
+    intervals' worth), answering each ping when it reaches it, behind the
+    data sent before it."""
+    s = upgrade(node, rcvbuf=16 * KIB)
+    n, size = 64, 32 * KIB
+    for i in range(n):
+        s.sendall(frame(BINARY, bytes([i]) * size))
+    buf, echoed = b"", 0
+    deadline = time.time() + WAIT_S
+    while echoed < n and time.time() < deadline:
+        chunk = s.recv(16 * KIB)
+        assert chunk, (echoed, buf[-40:])
+        buf += chunk
+        frames = server_frames(buf)
+        buf = buf[sum(2 + (2 if len(p) >= 126 else 0) + (6 if len(p) >= 65536 else 0) + len(p)
+                      for _, p in frames):]
+        for op, p in frames:
+            assert op != CLOSE_OP, p
+            if op == PING:
+                s.sendall(frame(PONG, p))
+            echoed += op == BINARY
+        time.sleep(0.016)  # about 1 MB/s: the ping waits two intervals or more
+    assert echoed == n, echoed
+    s.sendall(frame(CLOSE_OP, struct.pack(">H", 1000)))
+    out, _ = read_to_end(s)
+    s.close()
+    assert server_frames(out)[-1] == (CLOSE_OP, struct.pack(">H", 1000)), out[-40:]
+
+
 PING_MS = 400  # limits.ws_ping_interval_ms of the second daemon
+PING_CASES = [slow_frame_is_not_judged_for_a_pong, ping_behind_our_data_waits_for_a_reading_client]
 
 
 def main():
@@ -423,13 +458,15 @@ def main():
         finally:
             results.stopped(node)
             node.cleanup()
-    if not only or "slow_frame_is_not_judged_for_a_pong" in only:
+    ping_cases = [fn for fn in PING_CASES if not only or fn.__name__ in only]
+    if ping_cases:
         node = Daemon("adversary-ping", config={"gateway": {"echo": True},
                                                 "limits": {"ws_ping_interval_ms": PING_MS,
                                                            "frame_timeout_ms": 10 * PING_MS}})
         node.start()
         try:
-            results.run(slow_frame_is_not_judged_for_a_pong, node)
+            for fn in ping_cases:
+                results.run(fn, node)
         finally:
             results.stopped(node)
             node.cleanup()
