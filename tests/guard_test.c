@@ -157,6 +157,21 @@ static bool s_all_closed(void *ud)
     return true;
 }
 
+static s_entry_t *s_closing;
+
+static bool s_closed(void *ud)
+{
+    (void) ud;
+    return s_closing->closed;
+}
+
+/* Runs the loop until entry i's on_close has run. */
+static void s_wait_closed(s_fx_t *fx, int i)
+{
+    s_closing = &fx->e[i];
+    test_loop_until(fx->loop, s_closed, NULL, 1, WAIT_MAX_MS);
+}
+
 static void s_fx_done(s_fx_t *fx)
 {
     for (int i = 0; i < fx->n; i++)
@@ -230,6 +245,16 @@ static void test_silent_cut_for_newcomer(void **state)
     assert_true(router_metrics_render(fx.metrics, text, sizeof text) > 0);
     assert_non_null(
         strstr(text, "kith_comms_conn_cut_total{kind=\"comms\",reason=\"source_evicted\"} 2"));
+    /* The cut ones' on_close leaves again (a no-op): the source still
+     * counts three, so the next newcomer cuts one more. */
+    assert_null(fx.e[0].gc.guard);
+    s_wait_closed(&fx, 0);
+    s_wait_closed(&fx, 1);
+    int f = s_admit(&fx, LISTENER_A);
+    assert_true(fx.e[2].cut);
+    assert_false(fx.e[f].cut);
+    assert_int_equal(s_stats(&fx).unauth, 3);
+    assert_int_equal(s_source_evicted(&fx), 3);
     s_fx_done(&fx);
 }
 
@@ -372,6 +397,31 @@ static void test_events_refused_not_cut(void **state)
     s_fx_done(&fx);
 }
 
+/* An entry that left (or was cut, or never joined) is inert: asking to
+ * hold bytes is granted without counting, progress and pauses touch no
+ * deadline, a cut counted then is not counted. */
+static void test_left_entry_inert(void **state)
+{
+    (void) state;
+    s_fx_t fx;
+    s_fx_init(&fx, &(router_guard_opts_t){.partial_bytes_max = 1024});
+    int a = s_admit(&fx, LISTENER_A);
+    router_guard_leave(&fx.e[a].gc);
+    router_guard_leave(&fx.e[a].gc);
+    assert_int_equal(router_guard_hold(&fx.e[a].gc, 1 << 20), 0);
+    router_guard_progress(&fx.e[a].gc, 1, true);
+    router_guard_pause(&fx.e[a].gc);
+    router_guard_authenticated(&fx.e[a].gc);
+    router_guard_count_cut(&fx.e[a].gc, ROUTER_GUARD_CUT_DEADLINE);
+    router_guard_stats_t st = s_stats(&fx);
+    assert_int_equal(st.held, 0);
+    assert_int_equal(st.unauth, 0);
+    assert_int_equal(st.cuts[ROUTER_GUARD_COMMS][ROUTER_GUARD_CUT_DEADLINE], 0);
+    assert_string_equal(router_guard_cut_str(ROUTER_GUARD_CUT_SOURCE_EVICTED), "source_evicted");
+    assert_string_equal(router_guard_cut_str(ROUTER_GUARD_CUTS), "unknown");
+    s_fx_done(&fx);
+}
+
 /* In-process connections have no source and are never cut for one. */
 static void test_inproc_exempt(void **state)
 {
@@ -454,6 +504,7 @@ int main(void)
         cmocka_unit_test(test_only_own_source_cut),
         cmocka_unit_test(test_events_refused_not_cut),
         cmocka_unit_test(test_inproc_exempt),
+        cmocka_unit_test(test_left_entry_inert),
         cmocka_unit_test(test_tcp_sources),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
