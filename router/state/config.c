@@ -10,6 +10,7 @@
 
 #include <yajl/yajl_gen.h>
 
+#include "proto/http.h"
 #include "proto/utf8.h"
 #include "router/net/addr.h"
 #include "router/state/home.h"
@@ -304,7 +305,9 @@ static const s_key_t s_limits_keys[] = {
     S_U("workers_pending_max", limits.workers_pending_max, 1, 65536),
     S_U("workers_pending_per_source_max", limits.workers_pending_per_source_max, 1, 65536),
     S_U("http_head_max", limits.http_head_max, 1024, 1048576),
-    S_U("http_headers_max", limits.http_headers_max, 1, 10000),
+    /* The parser keeps at most PROTO_HTTP_HEADERS_MAX field lines: past it
+     * the gateway refused to start ("cannot set up: Invalid argument"). */
+    S_U("http_headers_max", limits.http_headers_max, 1, PROTO_HTTP_HEADERS_MAX),
     S_U("http_body_max", limits.http_body_max, 1, 1073741824),
     S_U("ws_message_max", limits.ws_message_max, 1, 1073741824),
     S_U("ws_preauth_frame_max", limits.ws_preauth_frame_max, 125, 16777216),
