@@ -947,11 +947,25 @@ static s_lock_t *s_lock_slot(router_tokens_t *self, uint64_t now_ms)
     return best;
 }
 
+/* A client with no slot, while every slot holds a live lock, could not be
+ * counted: its wrong codes would each be answered 429 and forgotten, and
+ * one address could try every code once 4,096 others were locked out. It
+ * is locked too, until the first of those locks ends (WIRE §17.2). */
 uint64_t router_tokens_locked_until(const router_tokens_t *self, const char *client,
                                     uint64_t now_ms)
 {
     const s_lock_t *l = s_lock_find(self, client);
-    return l && l->until_ms > now_ms ? l->until_ms : 0;
+    if (l)
+        return l->until_ms > now_ms ? l->until_ms : 0;
+    uint64_t first_end = 0;
+    for (size_t i = 0; i < ROUTER_TOKENS_CLIENTS_MAX; i++) {
+        const s_lock_t *x = &self->locks[i];
+        if (!x->client[0] || x->until_ms <= now_ms)
+            return 0; /* a slot a new client may take */
+        if (!first_end || x->until_ms < first_end)
+            first_end = x->until_ms;
+    }
+    return first_end;
 }
 
 static int s_lock_write(router_tokens_t *self, const s_lock_t *l, const char *displaced,

@@ -129,7 +129,9 @@ int router_tokens_revoke(router_tokens_t *self, const char *id, router_tokens_do
 
 /* ---------------------------------------------------------------- pairing lockouts */
 
-/* Unix ms until which `client` may not try a code, 0 when it may. */
+/* Unix ms until which `client` may not try a code, 0 when it may. A
+ * client not remembered while every slot holds a live lock may not: until
+ * the first of those locks ends. */
 uint64_t router_tokens_locked_until(const router_tokens_t *self, const char *client,
                                     uint64_t now_ms);
 
