@@ -17,6 +17,7 @@ import os
 import re
 import resource
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -259,6 +260,24 @@ def main():
             check(served.stop() == 0, f"{command}: SIGTERM: exit {served.proc.returncode}")
             check(("open-file limit 12000" in text) == warned, f"{command}: {text}")
 
+    def audit_path_in_a_folder():
+        # audit.path relative to the home, in a folder of its own: kith
+        # config check said ok, and the daemon stopped at start ("cannot
+        # open …/audit/kith.log: No such file or directory").
+        home = os.path.join(tmp, "auditdir")
+        os.makedirs(home)
+        with open(os.path.join(home, "config.json"), "w") as f:
+            json.dump({"gateway": {"port": 0}, "comms": {"address": "127.0.0.1:0"},
+                       "workers": {"agent_threads": 0}, "audit": {"path": "audit/kith.log"}}, f)
+        kith("config", "check", "--home", home)
+        served = Serving(home)
+        check(served.stop() == 0, f"SIGTERM: exit {served.proc.returncode}: {served.text()}")
+        log = os.path.join(home, "audit", "kith.log")
+        check(stat.S_IMODE(os.stat(os.path.dirname(log)).st_mode) == 0o700, "the folder is 0700")
+        out, _ = kith("audit", "verify", "--home", home)
+        check(out.startswith(f"{log}: intact: "), out)
+
+    r.run(audit_path_in_a_folder)
     r.run(gateway_fd_warning)
     r.run(empty_home_is_refused)
     r.run(first_commands)

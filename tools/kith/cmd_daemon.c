@@ -446,6 +446,22 @@ static int s_audit_start(s_audit_t *au, router_node_t *node, const router_config
         snprintf(err, errcap, "audit.path is too long");
         return -1;
     }
+    /* A relative audit.path is under the home, which is kith's: its
+     * folders are made as logs/ is ("audit/kith.log" stopped the daemon
+     * with "No such file or directory"). An absolute one's are the
+     * operator's. */
+    char *slash = strrchr(path, '/');
+    if (cfg->audit.path[0] != '/' && strchr(cfg->audit.path, '/') && slash) {
+        *slash = '\0';
+        int made = router_home_mkdirs(path, 0700);
+        int e = errno;
+        *slash = '/';
+        if (made != 0) {
+            snprintf(err, errcap, "audit.path: cannot create the folder of %s: %s", path,
+                     strerror(e));
+            return -1;
+        }
+    }
     if (!(au->broker = router_node_broker(node))) {
         snprintf(err, errcap, "audit: the node has no worker broker");
         return -1;
