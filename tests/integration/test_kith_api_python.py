@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import traceback
 
 BUILD = os.environ.get("KITH_BUILD_DIR", "")
@@ -308,6 +309,34 @@ def test_misspelt_kith_log_is_named(kith):
         assert p.returncode == 0, p.stderr
         named = "KITH_LOG=loud is not debug, info, warn or error" in p.stderr
         assert named == said, (value, p.stderr)
+
+
+def test_ctrl_c_ends_a_recv_that_waits_for_ever(kith):
+    """A script blocked in recv(timeout_ms=-1) on its main thread, as a
+    test harness waiting for an agent is: SIGINT ends it with
+    KeyboardInterrupt (a wait wholly in C held the signal off for ever)."""
+    import signal
+    code = ("import kith, sys\n"
+            "net = kith.Net(); a = net.node('a')\n"
+            "try:\n"
+            "    print('waiting', flush=True)\n"
+            "    a.recv(timeout_ms=-1)\n"
+            "except KeyboardInterrupt:\n"
+            "    print('interrupted', flush=True)\n"
+            "net.destroy()\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "waiting"
+        # Not a measure of anything: lets it get into the wait, where the
+        # old module held the signal off, before the signal comes.
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=WAIT_S)
+        assert out.strip() == "interrupted" and p.returncode == 0, (out, p.returncode)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def main():

@@ -36,6 +36,7 @@ import ctypes.util
 import json
 import os
 import threading
+import time
 
 __all__ = [
     "ACKED", "OFFLINE", "REFUSED", "DEFAULT_TIMEOUT_MS",
@@ -137,6 +138,10 @@ def _text(s, what):
 
 
 _INT_MIN, _INT_MAX = -2 ** 31, 2 ** 31 - 1
+
+# A recv waits in C at most this long at a time: between two waits Python
+# runs its signal handlers (Ctrl-C), which a wait in C would hold off.
+_RECV_SLICE_MS = 200
 
 
 def _ms(value):
@@ -325,16 +330,25 @@ class Node:
         """Takes the oldest received envelope as a Message (a dict), waiting
         up to timeout_ms (0: do not wait; negative: for ever). Raises
         TimeoutError when none arrives in time, KithError when the node is
-        destroyed meanwhile."""
+        destroyed meanwhile. The wait is made of short waits in C, so a
+        signal (Ctrl-C: KeyboardInterrupt) ends it."""
+        timeout_ms = _ms(timeout_ms)
+        deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000.0
         ptr = ctypes.c_void_p()
-        with self._use() as n:
-            rc = _lib.kith_node_recv(n, ctypes.byref(ptr), _ms(timeout_ms))
-            why = _lib.kith_last_error().decode("utf-8", "replace") if rc != 0 else None
-        if rc != 0:
-            if why == "timeout":
+        while True:
+            if deadline is None:
+                wait = _RECV_SLICE_MS
+            else:
+                wait = min(_RECV_SLICE_MS, max(0, int((deadline - time.monotonic()) * 1000)))
+            with self._use() as n:
+                rc = _lib.kith_node_recv(n, ctypes.byref(ptr), wait)
+                why = _lib.kith_last_error().decode("utf-8", "replace") if rc != 0 else None
+            if rc == 0:
+                return Message(ptr.value)
+            if why != "timeout":
+                raise KithError("recv: %s" % why)
+            if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError("%s: nothing received within %d ms" % (self.name, timeout_ms))
-            raise KithError("recv: %s" % why)
-        return Message(ptr.value)
 
     @staticmethod
     def _outcome(what, rc):
