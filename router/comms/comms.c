@@ -522,6 +522,10 @@ static void s_on_data_frames(router_conn_t *conn, uint8_t *data, size_t len, s_c
                 router_conn_abort(conn); /* too many at once: "try later" */
                 return;
             }
+            /* Begun, for the guard: a newcomer from this address cuts a
+             * silent connection before a handshake under way. The first
+             * frame's deadline still bounds the handshake (WIRE §23.6). */
+            router_guard_progress(&cc->guard, 0, true);
         }
     }
     if (cc->pairing) {

@@ -399,13 +399,40 @@ def silent_share_on_unix_socket_does_not_lock_out():
     s_share_held_trusted_still_acked("srcshare_uds", lambda node: node.uds)
 
 
+def pairing_handshake_outlasts_silent_newcomers():
+    """A pairing handshake under way is not silent to the guard: newcomers
+    from its address that find the share full cut the silent ones first,
+    and the handshake pairs. Before, it counted as silent and, being the
+    oldest, was the first one cut."""
+    os.environ["KITH_TEST_PAIRING"] = PASSWORD
+    node = Daemon("advpairshare", config={
+        "comms": {"pairing_password_env": "KITH_TEST_PAIRING"},
+        "limits": {"comms_unauth_per_source_max": 4}})
+    node.start()
+    held = []
+    try:
+        s, f, ch = s_handshake(node.port, "127.0.0.1")
+        for _ in range(12):
+            held.append(s_silent(("127.0.0.1", node.port)))
+        wait_metric(node, SRC_EVICTED, lambda v: v >= 9)
+        got = s_proof(f, ch, PASSWORD, pubkey_text(Peer().pk))
+        s.close()
+        assert got and got["kind"] == "meerkat_pairing_complete", got
+    finally:
+        for x in held:
+            if x:
+                x.close()
+        node.cleanup()
+
+
 def main():
     results = Results()
     for fn in (pairing_guesses_stop_at_the_lockout, pairing_right_proof_restarts_the_count,
                pairing_wrong_proof_answered_once_stored,
                pairing_lockout_survives_a_dual_stack_listener, unknown_keys_are_bounded,
                dribbled_frames_meet_their_deadlines, silent_share_on_loopback_does_not_lock_out,
-               silent_share_on_unix_socket_does_not_lock_out):
+               silent_share_on_unix_socket_does_not_lock_out,
+               pairing_handshake_outlasts_silent_newcomers):
         results.run(fn)
     return results.summary()
 
