@@ -131,6 +131,12 @@ def main():
         rc, out, err = e.run("install", "--home", home, "--config", bad)
         check(rc == 1 and "gateway.port" in err and "nothing installed" in err, f"{rc} {err}")
         check(not os.path.exists(e.unit) and e.calls() == [], "nothing written, nothing run")
+        # A home not made yet stays unmade (it was made, empty, before the
+        # configuration was read and refused).
+        new_home = os.path.join(e.tmp, "new-home")
+        rc, out, err = e.run("install", "--home", new_home, "--config", bad)
+        check(rc == 1 and "nothing installed" in err and not os.path.exists(new_home),
+              f"{rc} {err} {os.path.exists(new_home)}")
         rc, out, err = e.run("install", "--home", home, "--config", os.path.join(e.tmp, "none"))
         check(rc == 1 and "cannot read" in err, f"{rc} {err}")
 

@@ -355,10 +355,6 @@ static int s_install(const char *home_flag, const char *config_flag, bool system
         fprintf(stderr, "kith service: no home directory; pass --home DIR or set KITH_HOME\n");
         return KITH_EXIT_FAIL;
     }
-    if (router_home_mkdirs(home, 0700) != 0 || !realpath(home, abs_home)) {
-        fprintf(stderr, "kith service: cannot use %s as the home: %s\n", home, strerror(errno));
-        return KITH_EXIT_FAIL;
-    }
     if (config_flag && !realpath(config_flag, abs_config)) {
         fprintf(stderr, "kith service: cannot read %s: %s\n", config_flag, strerror(errno));
         return KITH_EXIT_FAIL;
@@ -372,7 +368,9 @@ static int s_install(const char *home_flag, const char *config_flag, bool system
         fprintf(stderr, "kith service: out of memory\n");
         return KITH_EXIT_FAIL;
     }
-    int loaded = router_config_load(cfg, abs_home, config_flag ? abs_config : NULL, &used, err,
+    /* Read before the home is made: a refused configuration leaves no
+     * empty home behind (one not there yet has no config.json). */
+    int loaded = router_config_load(cfg, home, config_flag ? abs_config : NULL, &used, err,
                                     sizeof err);
     char env[S_ENV_NOTE_MAX] = "";
     if (loaded == 0)
@@ -380,6 +378,10 @@ static int s_install(const char *home_flag, const char *config_flag, bool system
     free(cfg);
     if (loaded != 0) {
         fprintf(stderr, "kith service: %s (nothing installed)\n", err);
+        return KITH_EXIT_FAIL;
+    }
+    if (router_home_mkdirs(home, 0700) != 0 || !realpath(home, abs_home)) {
+        fprintf(stderr, "kith service: cannot use %s as the home: %s\n", home, strerror(errno));
         return KITH_EXIT_FAIL;
     }
     const char *config = config_flag ? abs_config : NULL;
