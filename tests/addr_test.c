@@ -155,6 +155,29 @@ static void test_is_loopback(void **state)
     assert_false(router_addr_is_loopback(NULL));
 }
 
+/* The client text of a peer: a mapped IPv4 address is the IPv4 one. */
+static void test_client(void **state)
+{
+    (void) state;
+    static const struct {
+        const char *text, *client;
+    } cases[] = {
+        {"127.0.0.1:1", "127.0.0.1"},         {"[::ffff:10.0.0.7]:9", "10.0.0.7"},
+        {"[::1]:7", "::1"},                   {"[2001:db8::5]:1", "2001:db8::5"},
+        {"/tmp/kith.sock", "unix"},
+    };
+    char out[ROUTER_ADDR_CLIENT_MAX];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        router_addr_t a;
+        router_addr_err_t err;
+        assert_int_equal(router_addr_parse(cases[i].text, &a, &err), 0);
+        router_addr_client(&a, out);
+        assert_string_equal(out, cases[i].client);
+    }
+    router_addr_client(NULL, out);
+    assert_string_equal(out, "unknown");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -162,6 +185,7 @@ int main(void)
         cmocka_unit_test(test_host_valid),
         cmocka_unit_test(test_from_host),
         cmocka_unit_test(test_is_loopback),
+        cmocka_unit_test(test_client),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

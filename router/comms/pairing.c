@@ -4,10 +4,8 @@
  * back to the loop. */
 #include "router/comms/pairing.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -23,6 +21,7 @@
 #include "router/clock.h"
 #include "router/comms/pairing_msg.h"
 #include "router/log.h"
+#include "router/net/addr.h"
 #include "router/state/home.h"
 #include "router/state/statefile.h"
 #include "router/state/tokens.h"
@@ -156,25 +155,15 @@ static void s_refuse(router_pairing_conn_t *pc, const char *code, const char *wh
 
 /* ---------------------------------------------------------------- rate limit */
 
-/* The lockout key of conn's source: S_CLIENT_PREFIX and its IP text. An
- * IPv4 client of a dual-stack ([::]) listener arrives IPv4-mapped; it is
- * keyed as the IPv4 address it is (as WIRE §9.1 counts sources), or a
- * listener moved between 0.0.0.0 and [::] would forget every lockout. */
+/* The lockout key of conn's source: S_CLIENT_PREFIX and the client text
+ * of router_addr_client (an IPv4-mapped address as the IPv4 one, so a
+ * listener moved between 0.0.0.0 and [::] keeps its lockouts; "unix" for
+ * a Unix socket). An IPv6 text is at most 45 octets: it fits. */
 static void s_client_key(const router_conn_t *conn, char out[ROUTER_TOKENS_CLIENT_MAX])
 {
-    char ip[INET6_ADDRSTRLEN] = "?";
-    const router_addr_t *a = router_conn_peer(conn);
-    if (a && a->u.ss.ss_family == AF_INET) {
-        (void) inet_ntop(AF_INET, &((const struct sockaddr_in *) &a->u.ss)->sin_addr, ip,
-                         sizeof ip);
-    } else if (a && a->u.ss.ss_family == AF_INET6) {
-        const struct in6_addr *v6 = &((const struct sockaddr_in6 *) &a->u.ss)->sin6_addr;
-        if (IN6_IS_ADDR_V4MAPPED(v6))
-            (void) inet_ntop(AF_INET, &v6->s6_addr[12], ip, sizeof ip);
-        else
-            (void) inet_ntop(AF_INET6, v6, ip, sizeof ip);
-    }
-    snprintf(out, ROUTER_TOKENS_CLIENT_MAX, S_CLIENT_PREFIX "%s", ip);
+    char ip[ROUTER_ADDR_CLIENT_MAX];
+    router_addr_client(router_conn_peer(conn), ip);
+    snprintf(out, ROUTER_TOKENS_CLIENT_MAX, S_CLIENT_PREFIX "%.48s", ip);
 }
 
 void router_pairing_set_lockouts(router_pairing_t *self, router_tokens_t *lockouts)

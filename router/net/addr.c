@@ -251,7 +251,10 @@ void router_addr_client(const router_addr_t *peer, char out[ROUTER_ADDR_CLIENT_M
         inet_ntop(AF_INET, &peer->u.in4.sin_addr, out, ROUTER_ADDR_CLIENT_MAX);
         break;
     case AF_INET6:
-        inet_ntop(AF_INET6, &peer->u.in6.sin6_addr, out, ROUTER_ADDR_CLIENT_MAX);
+        if (IN6_IS_ADDR_V4MAPPED(&peer->u.in6.sin6_addr))
+            inet_ntop(AF_INET, &peer->u.in6.sin6_addr.s6_addr[12], out, ROUTER_ADDR_CLIENT_MAX);
+        else
+            inet_ntop(AF_INET6, &peer->u.in6.sin6_addr, out, ROUTER_ADDR_CLIENT_MAX);
         break;
     case AF_UNIX:
         snprintf(out, ROUTER_ADDR_CLIENT_MAX, "unix");

@@ -95,8 +95,11 @@ int router_addr_format(const router_addr_t *addr, char *out, size_t cap);
 /* Room for what router_addr_client writes, NUL included. */
 #define ROUTER_ADDR_CLIENT_MAX 64
 
-/* A peer as the audit log and the logs name it: its IP address without the
- * port, "unix" for a Unix socket, "unknown" for NULL or anything else. */
+/* A peer as the audit log, the logs and the lockouts name it: its IP
+ * address without the port (an IPv4-mapped IPv6 address as the IPv4 one,
+ * as sources are counted: a client of a dual-stack listener is the same
+ * client as on an IPv4 one), "unix" for a Unix socket, "unknown" for NULL
+ * or anything else. */
 void router_addr_client(const router_addr_t *peer, char out[ROUTER_ADDR_CLIENT_MAX]);
 
 /* AF_INET, AF_INET6, AF_UNIX, or AF_UNSPEC for an empty address. */
