@@ -579,6 +579,39 @@ static void test_sends_out_of_memory(void **state)
     kith_net_destroy(&net);
 }
 
+/* kith_net_partition and _delay out of memory at each allocation (the
+ * relay's record of the pair): -1 saying why, and the faults are as
+ * before — no partition half set; once they work, they hold. */
+static void test_faults_out_of_memory(void **state)
+{
+    (void) state;
+    kith_net_t *net = kith_net_new();
+    kith_node_t *a = s_node(net, "a", NULL), *b = s_node(net, "b", NULL);
+    assert_int_equal(kith_node_trust(a, b), 0);
+    bool done = false;
+    for (long skip = 0; skip < ALLOC_FAIL_RUNS_MAX && !done; skip++) {
+        alloc_fail_arm(skip);
+        int rc = kith_net_partition(net, a, b);
+        unsigned failed = alloc_fail_disarm();
+        done = failed == 0;
+        bool part;
+        uint32_t delay;
+        assert_int_equal(router_inproc_get_faults(net->inproc, "a", "b", &part, &delay), 0);
+        if (rc != 0) {
+            assert_true(failed > 0);
+            assert_non_null(strstr(kith_last_error(), "kith_net_partition: "));
+            assert_false(part);
+            assert_int_equal(kith_node_send(a, "b", "through", S_WAIT_MS), KITH_ACKED);
+            continue;
+        }
+        assert_true(part);
+    }
+    assert_true(done);
+    assert_int_equal(kith_node_send(a, "b", "held", 200), KITH_OFFLINE);
+    assert_int_equal(kith_net_heal(net, a, b), 0);
+    kith_net_destroy(&net);
+}
+
 int main(void)
 {
     if (sodium_init() < 0 || alloc_fail_sqlite_install() != 0)
@@ -594,6 +627,7 @@ int main(void)
         cmocka_unit_test(test_call_after_destroy_meets_the_shell),
         cmocka_unit_test(test_recv_of_a_value_json_cannot_carry),
         cmocka_unit_test(test_sends_out_of_memory),
+        cmocka_unit_test(test_faults_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

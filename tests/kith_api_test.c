@@ -524,6 +524,11 @@ static void test_error_paths(void **state)
     assert_int_equal(kith_node_send(a, "b", NULL, 1), KITH_ERROR);
     assert_int_equal(kith_node_send(a, "nobody", "x", 1), KITH_ERROR);
     assert_non_null(strstr(kith_last_error(), "no trusted peer named nobody"));
+    char far_too_long[300];
+    memset(far_too_long, 'n', sizeof far_too_long - 1);
+    far_too_long[sizeof far_too_long - 1] = '\0';
+    assert_int_equal(kith_node_send(a, far_too_long, "x", 1), KITH_ERROR);
+    assert_non_null(strstr(kith_last_error(), "no trusted peer named nnnn"));
     assert_int_equal(kith_node_send(a, "ed25519:nonsense", "x", 1), KITH_ERROR);
     assert_int_equal(kith_node_send(a, "b", "\xff not utf-8", 1), KITH_ERROR);
     assert_int_equal(kith_node_request(a, "b", NULL, NULL, 1), KITH_ERROR);
