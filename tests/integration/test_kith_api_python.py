@@ -272,6 +272,46 @@ def test_faults_and_trust_on_a_destroyed_node(kith):
         assert "destroyed" in str(e)
 
 
+def test_node_made_while_the_net_is_destroyed(kith):
+    """net.node() on its way into C when another thread destroys the net:
+    the destroy waits for it, and the node it made goes with the net (the
+    old module freed the net under the call)."""
+    in_gap, c_destroyed = threading.Event(), threading.Event()
+    got = []
+
+    def gap():
+        in_gap.set()
+        # The old module's destroy frees the net now; the new one waits
+        # for this call, so the wait ends at its bound instead.
+        c_destroyed.wait(2)
+
+    net = kith.Net()
+
+    def maker():
+        try:
+            got.append(net.node("late"))
+        except kith.KithError as e:
+            got.append(e)
+
+    with _Wrap(kith, "kith_node_new", before=gap), \
+            _Wrap(kith, "kith_net_destroy", after=c_destroyed.set):
+        t = threading.Thread(target=maker, name="maker")
+        t.start()
+        assert in_gap.wait(WAIT_S)
+        d = threading.Thread(target=net.destroy, name="destroy")
+        d.start()
+        _join([t, d])
+    assert len(got) == 1, got
+    if isinstance(got[0], kith.Node):
+        try:
+            got[0].send("x", "y")
+            raise AssertionError("a node of a destroyed net was used")
+        except kith.KithError as e:
+            assert "destroyed" in str(e), e
+    else:
+        assert "destroyed" in str(got[0]), got[0]
+
+
 def test_nul_in_text_is_refused_not_cut(kith):
     """A NUL inside a string the library takes would end the C string
     there: the old module sent "hello" for "hello\\0world" and said ACKED,
