@@ -17,6 +17,11 @@ peers go through. The network can be told to misbehave::
         assert a.send("b", "lost?", timeout_ms=200) == kith.OFFLINE
         net.heal(a, b)                               # held bytes flow again
 
+Every call is thread-safe, destroy included: destroying a node (or its
+net) on one thread returns the calls waiting in it on others (a recv
+raises KithError, a send returns OFFLINE or raises), and calls made after
+it raise KithError.
+
 Sends return an outcome — ACKED (0), OFFLINE (2: no ack in time; it may
 or may not have arrived) or REFUSED (3) — and raise KithError when nothing
 could be sent (bad arguments, unknown peer). Every blocking call takes
