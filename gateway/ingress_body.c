@@ -122,7 +122,7 @@ static int s_open(s_ctx_t *c, bool map)
     if (c->depth >= 1 && s_value(c, 'o', NULL, 0) == 0)
         return 0;
     if (c->depth >= GATEWAY_INGRESS_DEPTH_MAX)
-        return s_stop(c, GATEWAY_INGRESS_INVALID_BODY, "nested deeper than 64");
+        return s_stop(c, GATEWAY_INGRESS_INVALID_JSON, "nested deeper than 64");
     c->depth++;
     c->levels[c->depth] = (s_level_t){.first = gateway_json_names_mark(&c->names), .is_map = map};
     if (c->depth == 1)
@@ -155,7 +155,7 @@ static int s_on_key(void *ctx, const unsigned char *s, size_t len)
     case GATEWAY_JSON_NAME_REPEATED:
         return s_stop(c, GATEWAY_INGRESS_INVALID_JSON, "a member name is repeated");
     case GATEWAY_JSON_NAME_TOO_MANY:
-        return s_stop(c, GATEWAY_INGRESS_INVALID_BODY, "an object has more than 1024 members");
+        return s_stop(c, GATEWAY_INGRESS_INVALID_JSON, "an object has more than 1024 members");
     case GATEWAY_JSON_NAME_NOMEM:
         return s_stop(c, GATEWAY_INGRESS_NOMEM, "out of memory");
     }

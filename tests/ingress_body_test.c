@@ -6,6 +6,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -92,8 +94,18 @@ static void test_refused(void **state)
     for (int i = 0; i < 70; i++)
         deep[n++] = ']';
     deep[n++] = '}';
-    assert_int_equal(s_parse(GATEWAY_INGRESS_EVENT, deep, n, &b), GATEWAY_INGRESS_INVALID_BODY);
+    /* Past the strict-JSON bounds (WIRE §17.4: nesting 64, 1024 members
+     * per object) is invalid_json, like any other strict-JSON rule. */
+    assert_int_equal(s_parse(GATEWAY_INGRESS_EVENT, deep, n, &b), GATEWAY_INGRESS_INVALID_JSON);
     assert_null(b.message);
+    char *wide = malloc(64 + 1025 * 16);
+    assert_non_null(wide);
+    n = (size_t) sprintf(wide, "{\"kind\":\"generic_json\",\"event_type\":\"t\",\"payload\":{");
+    for (int i = 0; i < 1025; i++)
+        n += (size_t) sprintf(wide + n, "%s\"m%d\":1", i ? "," : "", i);
+    n += (size_t) sprintf(wide + n, "}}");
+    assert_int_equal(s_parse(GATEWAY_INGRESS_EVENT, wide, n, &b), GATEWAY_INGRESS_INVALID_JSON);
+    free(wide);
 }
 
 int main(void)
