@@ -35,7 +35,7 @@ unsigned router_fdlimit_raise(unsigned conns)
         rlim_t room = rl.rlim_cur > ROUTER_FDLIMIT_SLACK ? rl.rlim_cur - ROUTER_FDLIMIT_SLACK : 0;
         ROUTER_LOG(ROUTER_LOG_WARN, "limits",
                    "open-file limit %llu (hard limit %llu) allows about %llu connections, "
-                   "fewer than the %u configured (comms + gateway): raise the hard limit to "
+                   "fewer than the %u its listeners are configured for: raise the hard limit to "
                    "%llu (ulimit -Hn, systemd LimitNOFILE=)",
                    s_show(rl.rlim_cur), s_show(rl.rlim_max), (unsigned long long) room, conns,
                    (unsigned long long) want);

@@ -226,7 +226,7 @@ def fd_limit_raised_or_reported_at_start():
     node = Daemon("fdwarn", config={"limits": {"comms_connections_max": want}})
     try:
         node.start()
-        node.wait_log(f"connections, fewer than the {want + 10000} configured (comms + gateway): "
+        node.wait_log(f"connections, fewer than the {want + 10000} its listeners are configured for: "
                       f"raise the hard limit to {want + 10000 + 128} ")
         assert "(ulimit -Hn, systemd LimitNOFILE=)" in node.logs()
         assert node.logs().count("open-file limit") == 1, node.logs()
