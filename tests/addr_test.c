@@ -178,6 +178,33 @@ static void test_client(void **state)
     assert_string_equal(out, "unknown");
 }
 
+/* The source text of a peer, as lockouts count it: an IPv6 /64. */
+static void test_source(void **state)
+{
+    (void) state;
+    static const struct {
+        const char *text, *source;
+    } cases[] = {
+        {"127.0.0.1:1", "127.0.0.1"},
+        {"[::ffff:10.0.0.7]:9", "10.0.0.7"},
+        {"[2001:db8:1:2:3:4:5:6]:1", "2001:db8:1:2::/64"},
+        {"[2001:db8:1:2::99]:1", "2001:db8:1:2::/64"},
+        {"[2001:db8:1:3::1]:1", "2001:db8:1:3::/64"},
+        {"[::1]:7", "::/64"},
+        {"/tmp/kith.sock", "unix"},
+    };
+    char out[ROUTER_ADDR_CLIENT_MAX];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        router_addr_t a;
+        router_addr_err_t err;
+        assert_int_equal(router_addr_parse(cases[i].text, &a, &err), 0);
+        router_addr_source(&a, out);
+        assert_string_equal(out, cases[i].source);
+    }
+    router_addr_source(NULL, out);
+    assert_string_equal(out, "unknown");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -186,6 +213,7 @@ int main(void)
         cmocka_unit_test(test_from_host),
         cmocka_unit_test(test_is_loopback),
         cmocka_unit_test(test_client),
+        cmocka_unit_test(test_source),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -155,14 +155,14 @@ static void s_refuse(router_pairing_conn_t *pc, const char *code, const char *wh
 
 /* ---------------------------------------------------------------- rate limit */
 
-/* The lockout key of conn's source: S_CLIENT_PREFIX and the client text
- * of router_addr_client (an IPv4-mapped address as the IPv4 one, so a
- * listener moved between 0.0.0.0 and [::] keeps its lockouts; "unix" for
- * a Unix socket). An IPv6 text is at most 45 octets: it fits. */
+/* The lockout key of conn's source: S_CLIENT_PREFIX and the source text
+ * of router_addr_source (an IPv4-mapped address as the IPv4 one, so a
+ * listener moved between 0.0.0.0 and [::] keeps its lockouts; an IPv6
+ * address's /64; "unix" for a Unix socket). At most 43 octets: it fits. */
 static void s_client_key(const router_conn_t *conn, char out[ROUTER_TOKENS_CLIENT_MAX])
 {
     char ip[ROUTER_ADDR_CLIENT_MAX];
-    router_addr_client(router_conn_peer(conn), ip);
+    router_addr_source(router_conn_peer(conn), ip);
     snprintf(out, ROUTER_TOKENS_CLIENT_MAX, S_CLIENT_PREFIX "%.48s", ip);
 }
 

@@ -262,6 +262,21 @@ void router_addr_client(const router_addr_t *peer, char out[ROUTER_ADDR_CLIENT_M
     }
 }
 
+void router_addr_source(const router_addr_t *peer, char out[ROUTER_ADDR_CLIENT_MAX])
+{
+    if (!peer || router_addr_family(peer) != AF_INET6 ||
+        IN6_IS_ADDR_V4MAPPED(&peer->u.in6.sin6_addr)) {
+        router_addr_client(peer, out);
+        return;
+    }
+    struct in6_addr net = peer->u.in6.sin6_addr;
+    memset(net.s6_addr + 8, 0, 8);
+    char text[INET6_ADDRSTRLEN];
+    if (!inet_ntop(AF_INET6, &net, text, sizeof text))
+        snprintf(text, sizeof text, "unknown");
+    snprintf(out, ROUTER_ADDR_CLIENT_MAX, "%s/64", text);
+}
+
 int router_addr_format(const router_addr_t *a, char *out, size_t cap)
 {
     char host[INET6_ADDRSTRLEN];

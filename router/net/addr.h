@@ -102,6 +102,12 @@ int router_addr_format(const router_addr_t *addr, char *out, size_t cap);
  * or anything else. */
 void router_addr_client(const router_addr_t *peer, char out[ROUTER_ADDR_CLIENT_MAX]);
 
+/* A peer as lockouts count it (spec/WIRE.md §17.2, §23.6), the way
+ * router/net/sources.h counts sources: as router_addr_client, except that
+ * an IPv6 address is its /64 ("2001:db8:1:2::/64"), since whoever holds
+ * one address of a /64 usually holds them all. */
+void router_addr_source(const router_addr_t *peer, char out[ROUTER_ADDR_CLIENT_MAX]);
+
 /* AF_INET, AF_INET6, AF_UNIX, or AF_UNSPEC for an empty address. */
 int router_addr_family(const router_addr_t *addr);
 

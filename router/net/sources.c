@@ -42,8 +42,11 @@ static bool s_key(const router_conn_t *conn, const router_listener_t *l, router_
             k->len = 4;
             memcpy(k->key, b + 12, 4);
         } else {
-            k->len = 16;
-            memcpy(k->key, b, 16);
+            /* The /64: one site's subnet. Anyone handed a /64 (every IPv6
+             * customer is) has 2^64 addresses; per full address, one
+             * attacker would be as many sources as he liked. */
+            k->len = 8;
+            memcpy(k->key, b, 8);
         }
     } else if (a->u.sa.sa_family == AF_UNIX) {
         k->len = sizeof l;

@@ -1,7 +1,8 @@
 /* router/net/sources.h — connections counted per source address, for the
  * bounds that keep one client from taking what others need (DESIGN §10,
- * spec/WIRE.md §9.1, §11.3). A source is an IP address (an IPv4-mapped
- * IPv6 address counts as the IPv4 one), or for a Unix socket the listener
+ * spec/WIRE.md §9.1, §11.3). A source is an IPv4 address (an IPv4-mapped
+ * IPv6 address counts as the IPv4 one), an IPv6 address's /64 (what one
+ * site, or one attacker, is handed), or for a Unix socket the listener
  * (its peers have no address: they share one source); a connection with
  * neither (in-process) has no source and is never counted. Sources are
  * kept apart by a class the caller chooses (comms, plain events, HTTP).

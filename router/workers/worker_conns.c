@@ -218,8 +218,8 @@ static int s_source(int fd, const struct sockaddr_storage *peer, uint8_t out[S_S
             out[0] = 4;
             memcpy(out + 1, a + 12, 4);
         } else {
-            out[0] = 6;
-            memcpy(out + 1, a, 16);
+            out[0] = 6; /* its /64, as router/net/sources.h counts sources */
+            memcpy(out + 1, a, 8);
         }
         return 0;
     }
