@@ -24,7 +24,11 @@
  * destroyed, nor calls on it begun while it is being destroyed. Calls
  * already running on another thread when a node is destroyed (a recv or a
  * send waiting) return first, with -1 or KITH_OFFLINE and a reason, before
- * destroy frees it. A `**` argument is taken: destroy functions
+ * destroy frees it. A call that reaches a node another thread has
+ * destroyed while its net lives is refused ("… was destroyed"): the net
+ * keeps a small shell of each destroyed node (at most 1,024; a second
+ * kith_node_destroy of the same pointer frees its shell at once), which the
+ * Python module relies on. A `**` argument is taken: destroy functions
  * free the object and set the caller's pointer to NULL, and accept NULL.
  * Functions that fail return -1 (or NULL) and leave a one-line reason in
  * kith_last_error(), which, like errno, belongs to the calling thread and

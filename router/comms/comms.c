@@ -747,8 +747,11 @@ router_comms_t *router_comms_new(const router_comms_opts_t *opts)
     int err = ENOMEM;
     if (self->replay && self->guard && !(self->crypto = router_crypto_pool_new(&cpo))) {
         err = errno ? errno : ENOMEM;
-        ROUTER_LOG(ROUTER_LOG_ERROR, "comms", "cannot start %u crypto threads: %s",
-                   opts->crypto_threads, strerror(err));
+        if (err == ENOMEM)
+            ROUTER_LOG(ROUTER_LOG_ERROR, "comms", "cannot set up envelope checks: out of memory");
+        else
+            ROUTER_LOG(ROUTER_LOG_ERROR, "comms", "cannot start %u crypto threads: %s",
+                       opts->crypto_threads, strerror(err));
     }
     if (!self->replay || !self->guard || !self->crypto) {
         router_replay_destroy(&self->replay);
