@@ -598,6 +598,23 @@ static void test_meerkat_export_failure_leaves_nothing(void **state)
     assert_int_equal(fread(raw, 1, sizeof raw, f), 32);
     fclose(f);
     assert_memory_equal(raw, s_rfc_pk, 32);
+
+    /* An export stopped after its key (a kill): the retry keeps the key it
+     * finds, since it holds these very bytes, and writes the public half. */
+    snprintf(path, sizeof path, "%s/identity.pub", mk);
+    unlink(path);
+    assert_int_equal(router_identity_export_meerkat(&id, mk, err, sizeof err), 0);
+    assert_int_equal(s_entries(mk), 2);
+    /* Another key there is never replaced, and nothing is taken away. */
+    unlink(path);
+    snprintf(path, sizeof path, "%s/identity.key", mk);
+    f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs("not this key", f);
+    fclose(f);
+    assert_int_equal(router_identity_export_meerkat(&id, mk, err, sizeof err), -1);
+    assert_non_null(strstr(err, "never replaces"));
+    assert_int_equal(s_entries(mk), 1);
     router_identity_wipe(&id);
 }
 

@@ -90,29 +90,60 @@ int router_identity_import_meerkat(const char *home, const char *dir, router_ide
     return rc;
 }
 
-/* Creates dir/name with `mode`, never replacing it, holding data[32]. */
-static int s_write_raw(const char *dir, const char *name, const uint8_t *data, unsigned mode,
-                       char *err, size_t errcap)
+/* True when path holds exactly data[32]: an export that stopped after it
+ * (a kill, a failed write of the other file) already wrote it. */
+static bool s_same_raw(const char *path, const uint8_t *data)
 {
-    char path[ROUTER_PATH_MAX];
-    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int) sizeof path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return false;
+    uint8_t have[S_RAW_LEN + 1];
+    ssize_t n = read(fd, have, sizeof have);
+    close(fd);
+    bool same = n == S_RAW_LEN && sodium_memcmp(have, data, S_RAW_LEN) == 0;
+    sodium_memzero(have, sizeof have);
+    return same;
+}
+
+/* Creates dir/name with `mode` holding data[32], never replacing it: the
+ * bytes go to a temp file that is synced and then linked in (link(2)
+ * never replaces a name), so a kill leaves the file whole or absent, never
+ * half written. A file already holding exactly these bytes is kept (the
+ * retry of an export that stopped half way); *made says whether this call
+ * made it. */
+static int s_write_raw(const char *dir, const char *name, const uint8_t *data, unsigned mode,
+                       bool *made, char *err, size_t errcap)
+{
+    *made = false;
+    char path[ROUTER_PATH_MAX], tmp[ROUTER_PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int) sizeof path ||
+        snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) >= (int) sizeof tmp) {
         router_statefile_err_too_long(dir, "", err, errcap);
         return -1;
     }
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (s_same_raw(path, data))
+        return 0;
+    int fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0) {
-        snprintf(err, errcap, "%s: %s%s", path, strerror(errno),
-                 errno == EEXIST ? " (kith never replaces an identity file)" : "");
+        snprintf(err, errcap, "%s: %s", path, strerror(errno));
         return -1;
     }
     if (fchmod(fd, mode) != 0 || router_statefile_write_all(fd, data, S_RAW_LEN) != 0 ||
         fsync(fd) != 0) {
         snprintf(err, errcap, "%s: %s", path, strerror(errno));
         close(fd);
-        unlink(path);
+        unlink(tmp);
         return -1;
     }
     close(fd);
+    if (link(tmp, path) != 0) {
+        snprintf(err, errcap, "%s: %s%s", path, strerror(errno),
+                 errno == EEXIST ? " (kith never replaces an identity file)" : "");
+        unlink(tmp);
+        return -1;
+    }
+    unlink(tmp);
+    *made = true;
     return 0;
 }
 
@@ -124,14 +155,16 @@ int router_identity_export_meerkat(const router_identity_t *id, const char *dir,
         return -1;
     }
     /* libsodium's secret key is seed ‖ public key: the seed is its first half. */
-    if (s_write_raw(dir, "identity.key", id->sk, 0600, err, errcap) != 0)
+    bool made_key, made_pub;
+    if (s_write_raw(dir, "identity.key", id->sk, 0600, &made_key, err, errcap) != 0)
         return -1;
     char path[ROUTER_PATH_MAX];
-    if (s_write_raw(dir, "identity.pub", id->pk, 0644, err, errcap) != 0) {
-        /* The key just made goes too: left alone it would refuse the retry
-         * ("never replaces") and hold a key no public half names. */
-        snprintf(path, sizeof path, "%s/identity.key", dir);
-        unlink(path);
+    if (s_write_raw(dir, "identity.pub", id->pk, 0644, &made_pub, err, errcap) != 0) {
+        /* The key just made goes too, so nothing is left half exported. */
+        if (made_key) {
+            snprintf(path, sizeof path, "%s/identity.key", dir);
+            unlink(path);
+        }
         return -1;
     }
     snprintf(path, sizeof path, "%s/identity.pub", dir);
