@@ -1,7 +1,10 @@
 /* gateway/route_pair.c — POST /pair: a one-time code for a bearer token
  * (WIRE §17.2). Bad codes are counted per client address and a run of them
  * locks the client out; both the token and the count are durable before
- * the client hears the answer. */
+ * the client hears the answer, unless the disk has not taken them within
+ * the route's wait (a full or stalled disk is retried for ever): then a
+ * right code is told no token was issued, a wrong one what the count in
+ * memory says. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -16,11 +19,19 @@
 #include "router/log.h"
 #include "router/net/addr.h"
 
-/* One pairing answer waiting for its row to be durable. */
+/* One pairing answer waiting for its row to be durable. Freed by
+ * s_written alone, which the store runs exactly once for every write it
+ * took (on the loop, or inside router_tokens_stop): the deadline only
+ * answers. */
 typedef struct {
-    gateway_http_pending_t *pending;         /* the deferred answer */
+    gateway_http_pending_t *pending;         /* the deferred answer, NULL once answered */
+    router_loop_t *loop;                     /* where the deadline runs (NULL: none) */
+    router_tokens_t *tokens;                 /* paired: where a row nobody holds is revoked */
+    uint64_t timer;                          /* the deadline, 0 once fired or cancelled */
+    bool late;                               /* answered without the write's outcome */
     bool paired;                             /* a token (else a bad code) */
     uint64_t until_ms;                       /* bad code: locked until, 0 for not */
+    char id[ROUTER_TOKENS_ID_LEN + 1];       /* paired: the token's id */
     char token[GATEWAY_AUTH_TOKEN_LEN + 1];  /* paired: the token to hand over */
 } s_wait_t;
 
@@ -56,13 +67,54 @@ static void s_no_room(gateway_http_res_t *res)
                                       "(DELETE /api/tokens/{id})");
 }
 
+static void s_orphan_revoked(bool ok, void *ud)
+{
+    (void) ud;
+    if (!ok)
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "a paired token nobody holds could not be "
+                   "revoked durably: it is listed again after a restart until revoked");
+}
+
+/* A paired row that became durable after its client was told no token was
+ * issued (or left): nobody holds its secret, so it is revoked rather than
+ * left to take a slot of ROUTER_TOKENS_MAX. */
+static void s_orphan_drop(s_wait_t *w)
+{
+    if (router_tokens_revoke(w->tokens, w->id, s_orphan_revoked, NULL) == 0) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "pairing: token %s was written after the client "
+                   "was answered without it: nobody holds it; revoked", w->id);
+        return;
+    }
+    ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "pairing: token %s was written after the client was "
+               "answered without it: nobody holds it, but it cannot be revoked now (%s): revoke "
+               "it (DELETE /api/tokens/%s)", w->id, strerror(errno), w->id);
+}
+
+/* A bad code's answer, as the count in memory says. */
+static void s_refused(gateway_http_res_t *res, uint64_t until_ms)
+{
+    if (until_ms)
+        s_too_many(res, until_ms, router_clock_wall_ms());
+    else
+        (void) gateway_http_respond_error(res, 401, "invalid_pairing_code",
+                                          "the pairing code is wrong or spent");
+}
+
 /* On the loop thread: the token or the bad-code count is durable (ok), or
- * could not be written. */
+ * could not be written. Answers the client unless the deadline did, then
+ * frees w (the only place that does). */
 static void s_written(bool ok, void *ud)
 {
     s_wait_t *w = ud;
-    if (!w->pending) /* the deferral failed and the client had its answer */
+    if (w->timer) {
+        (void) router_loop_timer_cancel(w->loop, w->timer);
+        w->timer = 0;
+    }
+    if (w->late || !w->pending) {
+        if (ok && w->paired)
+            s_orphan_drop(w);
         goto done;
+    }
     gateway_http_res_t *res = gateway_http_pending_res(w->pending);
     if (!ok) {
         (void) gateway_http_respond_error(res, 503, "unavailable",
@@ -71,14 +123,13 @@ static void s_written(bool ok, void *ud)
         char body[128];
         snprintf(body, sizeof body, "{\"paired\":true,\"token\":\"%s\"}", w->token);
         gateway_http_res_authenticated(res); /* the code was a credential */
-        (void) gateway_http_respond_json(res, 200, body);
+        if (gateway_http_respond_json(res, 200, body) != 0) /* the token reached nobody */
+            s_orphan_drop(w);
+        else
+            ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "paired a new bearer token");
         sodium_memzero(body, sizeof body);
-        ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "paired a new bearer token");
-    } else if (w->until_ms) {
-        s_too_many(res, w->until_ms, router_clock_wall_ms());
     } else {
-        (void) gateway_http_respond_error(res, 401, "invalid_pairing_code",
-                                          "the pairing code is wrong or spent");
+        s_refused(res, w->until_ms);
     }
     gateway_http_pending_end(&w->pending);
 done:
@@ -86,9 +137,47 @@ done:
     free(w);
 }
 
-static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+/* The disk has not taken the write within the wait: the client hears now
+ * what is true now, and s_written later answers nobody. */
+static void s_expired(router_loop_t *loop, uint64_t id, void *ud)
 {
-    gateway_auth_t *auth = ud;
+    (void) loop;
+    (void) id;
+    s_wait_t *w = ud;
+    w->timer = 0;
+    w->late = true;
+    if (!w->pending)
+        return;
+    gateway_http_res_t *res = gateway_http_pending_res(w->pending);
+    if (w->paired) {
+        /* Its secret is never shown: a row that lands later is revoked. */
+        sodium_memzero(w->token, sizeof w->token);
+        (void) gateway_http_respond_error(res, 503, "unavailable",
+                                          "no token was issued: the disk has not taken it in "
+                                          "time, and the pairing code is spent: ask for a new "
+                                          "one and retry later");
+    } else {
+        /* The count is in force in memory, so this client is refused as it
+         * says; only a restart before the disk takes it forgets it. */
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "pairing: a bad code's count is not durable in "
+                   "time; answered from memory");
+        s_refused(res, w->until_ms);
+    }
+    gateway_http_pending_end(&w->pending);
+}
+
+static void s_wait_free(s_wait_t *w)
+{
+    if (w->timer)
+        (void) router_loop_timer_cancel(w->loop, w->timer);
+    sodium_memzero(w, sizeof *w);
+    free(w);
+}
+
+static void s_pair_at(gateway_route_pair_t *route, const gateway_http_req_t *req,
+                      gateway_http_res_t *res)
+{
+    gateway_auth_t *auth = route->auth;
     router_tokens_t *tokens = gateway_auth_tokens(auth);
     uint64_t now = router_clock_wall_ms();
     char client[GATEWAY_AUTH_CLIENT_MAX];
@@ -129,11 +218,29 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
         (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
         return;
     }
+    w->loop = route->loop;
+    w->tokens = tokens;
+    /* The deadline before the code is looked at: a request the server
+     * cannot bound is refused with the code unspent and nothing counted. */
+    if (w->loop) {
+        unsigned ms = route->wait_ms ? route->wait_ms : GATEWAY_TOKENS_WAIT_MS;
+        w->timer = router_loop_timer_add(w->loop, ms, s_expired, w);
+        if (!w->timer) {
+            ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
+                       "pairing: no timer to bound the wait for the disk (%s)", strerror(errno));
+            (void) gateway_http_respond_error(res, 503, "unavailable",
+                                              "no timer to bound the wait for the disk; the "
+                                              "code was not looked at; retry");
+            s_wait_free(w);
+            return;
+        }
+    }
     int rc;
     if (gateway_auth_code_take(auth, code.ptr, code.len)) {
         uint8_t hash[32];
         w->paired = true;
         gateway_auth_token_new(w->token, hash);
+        router_tokens_id(hash, w->id);
         router_tokens_forgive(tokens, client);
         rc = router_tokens_add(tokens, hash, ROUTER_TOKEN_OPERATOR, name, now, s_written, w);
         gateway_auth_audit_req(auth, "pair", req, "code_accepted");
@@ -155,18 +262,46 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
         else
             (void) gateway_http_respond_error(res, 503, "unavailable",
                                               "the pairing state cannot be stored now");
-        sodium_memzero(w, sizeof *w);
-        free(w);
+        s_wait_free(w);
         return;
     }
     /* The callback runs from a post, never inside this call, so the
      * deferral is in place first. */
     w->pending = gateway_http_res_defer(res);
-    if (!w->pending)
-        (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
+    if (w->pending)
+        return;
+    w->late = true; /* what lands answers nobody: a paired row is revoked */
+    if (w->timer) {
+        (void) router_loop_timer_cancel(w->loop, w->timer);
+        w->timer = 0;
+    }
+    sodium_memzero(w->token, sizeof w->token);
+    if (w->paired)
+        (void) gateway_http_respond_error(res, 503, "unavailable",
+                                          "no token was issued: out of memory; the pairing code "
+                                          "is spent");
+    else
+        s_refused(res, w->until_ms); /* counted in memory */
+}
+
+static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    s_pair_at(ud, req, res);
+}
+
+/* gateway_route_pair's handler: no deadline. */
+static void s_pair_unbounded(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    gateway_route_pair_t route = {.auth = ud};
+    s_pair_at(&route, req, res);
+}
+
+int gateway_route_pair_serve(gateway_http_t *g, gateway_route_pair_t *route)
+{
+    return gateway_http_route(g, "POST", "/pair", s_pair, route);
 }
 
 int gateway_route_pair(gateway_http_t *g, gateway_auth_t *auth)
 {
-    return gateway_http_route(g, "POST", "/pair", s_pair, auth);
+    return gateway_http_route(g, "POST", "/pair", s_pair_unbounded, auth);
 }

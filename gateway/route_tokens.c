@@ -20,9 +20,15 @@
 #define S_BODY_DEPTH_MAX 2u  /* {"scope","name"}: nothing nests */
 #define S_BODY_KEYS_MAX 8u   /* members read from a body */
 
-/* One answer waiting for its write to be durable. */
+/* One answer waiting for its write to be durable. Freed by s_written
+ * alone, which the store runs exactly once for every write it took (on
+ * the loop, or inside router_tokens_stop): the deadline only answers. */
 typedef struct {
-    gateway_http_pending_t *pending;       /* the deferred answer */
+    gateway_http_pending_t *pending;       /* the deferred answer, NULL once answered */
+    router_loop_t *loop;                   /* where the deadline runs (NULL: none) */
+    router_tokens_t *tokens;               /* mint: where a row nobody holds is revoked */
+    uint64_t timer;                        /* the deadline, 0 once fired or cancelled */
+    bool late;                             /* answered without the write's outcome */
     bool revoke;                           /* a revocation (else a mint) */
     router_tokens_info_t info;             /* the token minted or revoked */
     char token[GATEWAY_AUTH_TOKEN_LEN + 1]; /* mint: the text, handed over once */
@@ -48,17 +54,21 @@ static void s_info_members(router_json_obj_t *o, const router_tokens_info_t *t)
     router_json_u64(o, "created_ms", t->created_ms);
 }
 
-static void s_respond_doc(gateway_http_res_t *res, int status, router_json_obj_t *o)
+/* Answers o; 0 when the document went out, -1 when the client heard
+ * something else (out of memory) or nothing (it is gone). */
+static int s_respond_doc(gateway_http_res_t *res, int status, router_json_obj_t *o)
 {
     size_t len = 0;
     char *json = router_json_end(o, &len);
+    int rc = -1;
     if (json)
-        (void) gateway_http_respond(res, status, "application/json", json, len);
+        rc = gateway_http_respond(res, status, "application/json", json, len);
     else
         (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
     if (json)
         sodium_memzero(json, len); /* a mint's answer holds the token */
     free(json);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- GET */
@@ -93,11 +103,45 @@ static void s_list(const s_door_t *door, gateway_http_res_t *res)
 
 /* ---------------------------------------------------------------- POST, DELETE */
 
+static void s_orphan_revoked(bool ok, void *ud)
+{
+    (void) ud;
+    if (!ok)
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "a token nobody holds could not be revoked "
+                   "durably: it is listed again after a restart until revoked");
+}
+
+/* A minted row that became durable after its client was told the token
+ * was not issued (or left): nobody holds its secret, so it would only
+ * take one of the ROUTER_TOKENS_MAX slots and a line of GET /api/tokens.
+ * It is revoked here; when the store cannot take that now, the operator
+ * is told which one to revoke. */
+static void s_orphan_drop(s_wait_t *w)
+{
+    if (router_tokens_revoke(w->tokens, w->info.id, s_orphan_revoked, NULL) == 0) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "token %s was written after its mint was "
+                   "answered without it: nobody holds it; revoked", w->info.id);
+        return;
+    }
+    ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "token %s was written after its mint was answered "
+               "without it: nobody holds it, but it cannot be revoked now (%s): revoke it "
+               "(DELETE /api/tokens/%s)", w->info.id, strerror(errno), w->info.id);
+}
+
+/* The store's outcome: answers the client unless the deadline did, then
+ * frees w (the only place that does). */
 static void s_written(bool ok, void *ud)
 {
     s_wait_t *w = ud;
-    if (!w->pending) /* the deferral failed and the client had its answer */
+    if (w->timer) {
+        (void) router_loop_timer_cancel(w->loop, w->timer);
+        w->timer = 0;
+    }
+    if (w->late || !w->pending) {
+        if (ok && !w->revoke)
+            s_orphan_drop(w);
         goto done;
+    }
     gateway_http_res_t *res = gateway_http_pending_res(w->pending);
     if (!ok) {
         (void) gateway_http_respond_error(res, 503, "unavailable",
@@ -108,14 +152,15 @@ static void s_written(bool ok, void *ud)
         router_json_bool(&o, "revoked", true);
         router_json_cstr(&o, "id", w->info.id);
         router_json_u64(&o, "closed", w->closed);
-        s_respond_doc(res, 200, &o);
+        (void) s_respond_doc(res, 200, &o);
     } else {
         router_json_obj_t o;
         router_json_begin(&o, NULL);
         s_info_members(&o, &w->info);
         router_json_cstr(&o, "token", w->token);
         (void) gateway_http_res_header(res, "Cache-Control", "no-store");
-        s_respond_doc(res, 201, &o);
+        if (s_respond_doc(res, 201, &o) != 0) /* the token reached nobody */
+            s_orphan_drop(w);
     }
     gateway_http_pending_end(&w->pending);
 done:
@@ -123,18 +168,97 @@ done:
     free(w);
 }
 
-/* Defers res until w's write is durable (s_written answers). */
+/* The disk has not taken the write within the wait (full, failing and
+ * retried for ever, or slow): the client hears now what is true now, and
+ * s_written later answers nobody. */
+static void s_expired(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    s_wait_t *w = ud;
+    w->timer = 0;
+    w->late = true;
+    if (!w->pending)
+        return;
+    gateway_http_res_t *res = gateway_http_pending_res(w->pending);
+    if (w->revoke) {
+        /* In force in memory since the call (refused, its sockets ended):
+         * not "nothing changed", yet not durable either. A retry finds no
+         * such token (404) though a restart may bring it back. */
+        char text[256];
+        snprintf(text, sizeof text, "token %s is revoked now and %zu of its connections were "
+                 "ended, but the revocation is not durable yet (the disk has not taken it): a "
+                 "restart before it does may bring the token back", w->info.id, w->closed);
+        (void) gateway_http_respond_error(res, 503, "durability_unknown", text);
+    } else {
+        /* Its secret is never shown: if the row lands later nobody holds
+         * it, and s_written revokes it. */
+        sodium_memzero(w->token, sizeof w->token);
+        (void) gateway_http_respond_error(res, 503, "unavailable",
+                                          "the token was not issued: the disk has not taken it "
+                                          "in time; retry later");
+    }
+    gateway_http_pending_end(&w->pending);
+}
+
+/* Arms w's deadline before anything is done, so a request the server
+ * cannot bound is refused having changed nothing. 0, or -1 answered. */
+static int s_deadline_arm(const s_door_t *door, s_wait_t *w, gateway_http_res_t *res)
+{
+    const gateway_route_tokens_t *route = door->route;
+    w->loop = route->loop;
+    w->tokens = gateway_auth_tokens(route->auth);
+    if (!w->loop) /* a caller that gave no loop: the answer waits for the disk */
+        return 0;
+    unsigned ms = route->wait_ms ? route->wait_ms : GATEWAY_TOKENS_WAIT_MS;
+    w->timer = router_loop_timer_add(w->loop, ms, s_expired, w);
+    if (w->timer)
+        return 0;
+    ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "tokens: no timer to bound the wait for the disk (%s)",
+               strerror(errno));
+    (void) gateway_http_respond_error(res, 503, "unavailable",
+                                      "no timer to bound the wait for the disk; nothing was "
+                                      "done; retry");
+    return -1;
+}
+
+/* Frees a w whose write the store did not take. */
+static void s_wait_free(s_wait_t *w)
+{
+    if (w->timer)
+        (void) router_loop_timer_cancel(w->loop, w->timer);
+    sodium_memzero(w, sizeof *w);
+    free(w);
+}
+
+/* Defers res until w's write is durable (s_written answers) or its
+ * deadline passes (s_expired does). */
 static void s_defer(s_wait_t *w, gateway_http_res_t *res)
 {
     /* The callback runs from a post, never inside the call that queued
      * it, so the deferral is in place first. */
     w->pending = gateway_http_res_defer(res);
-    if (!w->pending)
-        (void) gateway_http_respond_error(res, 503, "unavailable", "out of memory");
+    if (w->pending)
+        return;
+    w->late = true; /* what lands answers nobody: a mint's row is revoked */
+    if (w->timer) {
+        (void) router_loop_timer_cancel(w->loop, w->timer);
+        w->timer = 0;
+    }
+    sodium_memzero(w->token, sizeof w->token);
+    if (w->revoke)
+        (void) gateway_http_respond_error(res, 503, "durability_unknown",
+                                          "the token is revoked now, but the server is out of "
+                                          "memory to wait for the disk: a restart before the "
+                                          "revocation is durable may bring it back");
+    else
+        (void) gateway_http_respond_error(res, 503, "unavailable",
+                                          "the token was not issued: out of memory");
 }
 
 /* POST {"scope":"node"|"operator","name"}: a new token, answered once
- * its hash is durable. */
+ * its hash is durable, or 503 (not issued) when the disk has not taken it
+ * within the wait. */
 static void s_mint(const s_door_t *door, const gateway_http_req_t *req, gateway_http_res_t *res)
 {
     yajl_val b = gateway_http_req_json(req, res, S_BODY_DEPTH_MAX, S_BODY_KEYS_MAX);
@@ -164,6 +288,10 @@ static void s_mint(const s_door_t *door, const gateway_http_req_t *req, gateway_
     w->info.scope = sc;
     snprintf(w->info.name, sizeof w->info.name, "%s", name->u.string);
     yajl_tree_free(b);
+    if (s_deadline_arm(door, w, res) != 0) {
+        s_wait_free(w);
+        return;
+    }
     uint8_t hash[32];
     gateway_auth_token_new(w->token, hash);
     router_tokens_id(hash, w->info.id);
@@ -177,8 +305,7 @@ static void s_mint(const s_door_t *door, const gateway_http_req_t *req, gateway_
         else
             (void) gateway_http_respond_error(res, 503, "unavailable",
                                               "the token state cannot be stored now");
-        sodium_memzero(w, sizeof *w);
-        free(w);
+        s_wait_free(w);
         return;
     }
     gateway_auth_audit_req(door->route->auth, "token_minted", req,
@@ -189,7 +316,8 @@ static void s_mint(const s_door_t *door, const gateway_http_req_t *req, gateway_
 }
 
 /* DELETE /…/tokens/{id}: refused at once, what it opened ends at once,
- * answered once the row is gone durably. */
+ * answered once the row is gone durably, or 503 durability_unknown when
+ * the disk has not taken that within the wait. */
 static void s_revoke(const s_door_t *door, const gateway_http_req_t *req, gateway_http_res_t *res,
                      const char *id, size_t len)
 {
@@ -204,9 +332,13 @@ static void s_revoke(const s_door_t *door, const gateway_http_req_t *req, gatewa
         memcpy(w->info.id, id, len);
         w->info.id[len] = '\0';
     }
+    if (s_deadline_arm(door, w, res) != 0) {
+        s_wait_free(w);
+        return;
+    }
     if (!w->info.id[0] || router_tokens_revoke(tokens, w->info.id, s_written, w) != 0) {
         bool unknown = !w->info.id[0] || errno == ENOENT;
-        free(w);
+        s_wait_free(w);
         if (unknown)
             (void) gateway_http_respond_error(res, 404, "not_found", "no such token");
         else

@@ -16,9 +16,30 @@
 #define GATEWAY_PAIR_FAILURES_MAX 5u          /* bad codes in a row before the lockout */
 #define GATEWAY_PAIR_LOCK_MS (300u * 1000u)   /* how long the lockout lasts */
 
+/* How long a token or pairing answer waits for the token store's write
+ * (a full or stalled disk is retried for ever) before the client is told
+ * what is true without it (WIRE §17.2, §28). */
+#define GATEWAY_TOKENS_WAIT_MS 5000u
+
+/* What POST /pair needs; the caller keeps it for the server's life. */
+typedef struct {
+    gateway_auth_t *auth;  /* borrowed: codes, lockouts, the token store */
+    router_loop_t *loop;   /* borrowed: the answers' deadlines; NULL: none (wait for the disk) */
+    unsigned wait_ms;      /* that deadline; 0 → GATEWAY_TOKENS_WAIT_MS */
+} gateway_route_pair_t;
+
 /* POST /pair: X-Pairing-Code → 200 {"paired":true,"token":"kith_…"} once
  * the token's hash is durable; 401 invalid_pairing_code; 429
- * too_many_attempts with Retry-After. `auth` is borrowed. Returns 0 or -1. */
+ * too_many_attempts with Retry-After, each once the bad code's count is
+ * durable. When the disk has not taken the write within wait_ms: a right
+ * code is 503 unavailable (no token issued, the code spent), a wrong one
+ * 401 or 429 as the count in memory says. 503 unavailable, nothing done,
+ * when no timer bounds the wait. Returns 0 or -1. */
+int gateway_route_pair_serve(gateway_http_t *g, gateway_route_pair_t *route)
+    __attribute__((warn_unused_result));
+
+/* The same with no deadline: answers wait for the disk however long it
+ * takes. `auth` is borrowed. Returns 0 or -1. */
 int gateway_route_pair(gateway_http_t *g, gateway_auth_t *auth)
     __attribute__((warn_unused_result));
 
@@ -39,6 +60,8 @@ int gateway_route_admin(gateway_http_t *g, gateway_route_admin_t *admin)
 /* Token management (WIRE §28); the caller keeps it for the server's life. */
 typedef struct gateway_route_tokens {
     gateway_auth_t *auth;                /* borrowed: the token store and bearer checks */
+    router_loop_t *loop;                 /* borrowed: the answers' deadlines; NULL: none */
+    unsigned wait_ms;                    /* that deadline; 0 → GATEWAY_TOKENS_WAIT_MS */
     gateway_http_t *g;                   /* set by gateway_route_tokens: what revoking ends */
     struct gateway_route_tokens_door {
         struct gateway_route_tokens *route;
@@ -51,6 +74,10 @@ typedef struct gateway_route_tokens {
  * "created_ms","token"} once durable; DELETE /api/tokens/{id} → 200
  * {"revoked":true,"id","closed"} once durable, having ended what the token
  * opened. The same on /admin/tokens for loopback peers without a bearer.
+ * When the disk has not taken the write within wait_ms: a mint is 503
+ * unavailable (not issued; a row that lands later is revoked, as nobody
+ * holds it), a revocation 503 durability_unknown (in force now, not yet
+ * durable). 503 unavailable, nothing done, when no timer bounds the wait.
  * Returns 0 or -1. */
 int gateway_route_tokens(gateway_http_t *g, gateway_route_tokens_t *route)
     __attribute__((warn_unused_result));

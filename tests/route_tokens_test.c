@@ -1,0 +1,621 @@
+/* tests/route_tokens_test.c — the token and pairing routes
+ * (gateway/route_tokens.c, gateway/route_pair.c) over real sockets, on a
+ * token store whose state.db a test holds (a stalled disk) or fails (a
+ * full one, retried for ever) with tests/vfs_fail.h. Each deferred answer
+ * comes within the route's wait with what is true without the write: a
+ * mint is not issued (503, and a row that lands later is revoked, as
+ * nobody holds it), a revocation is in force but not durable (503
+ * durability_unknown), a wrong pairing code is counted in memory (401,
+ * then 429). The late outcome answers nobody and frees what it must, the
+ * server serves others meanwhile, and with no timer to bound the wait
+ * nothing is done.
+ *
+ * No test depends on timing: a client read that waits longer than the
+ * hang guard fails the test instead of hanging it. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+#include <sqlite3.h>
+
+#include "gateway/auth.h"
+#include "gateway/http_server.h"
+#include "gateway/routes_auth.h"
+#include "router/net/addr.h"
+#include "router/net/loop.h"
+#include "router/state/tokens.h"
+#include "vfs_fail.h"
+
+/* A client read that waits this long has hung: fail instead. */
+#define HANG_GUARD_S 30
+
+/* The routes' wait in these tests: short, as a held disk never ends it. */
+#define WAIT_MS 300u
+
+/* ---------------------------------------------------------------- the server */
+
+typedef struct {
+    char dir[64];                   /* a fresh temp directory */
+    char db[128];                   /* dir/state.db: the token store */
+    router_loop_t *loop;
+    gateway_http_t *gw;
+    router_tokens_t *tokens;
+    gateway_auth_t *auth;           /* pairing on */
+    gateway_route_tokens_t token_routes;
+    gateway_route_pair_t pair_route;
+    char code[GATEWAY_AUTH_CODE_LEN + 1]; /* a pairing code minted at start */
+    pthread_t thread;
+    uint16_t port;
+} s_srv_t;
+
+/* Runs the loop, then tears down on its thread as the daemon does: the
+ * server (what still waits loses its connection), the store (writes
+ * still owed get their outcome now, ok false for what was not written),
+ * the loop. */
+static void *s_loop_main(void *arg)
+{
+    s_srv_t *s = arg;
+    assert_int_equal(router_loop_run(s->loop), 0);
+    gateway_http_destroy(&s->gw);
+    router_tokens_stop(s->tokens);
+    gateway_auth_destroy(&s->auth);
+    router_loop_destroy(&s->loop);
+    return NULL;
+}
+
+static unsigned s_max_timers; /* the loop's max_timers, 0: the default */
+
+static void s_srv_start(s_srv_t *s, unsigned wait_ms)
+{
+    s->loop = router_loop_new(&(router_loop_opts_t){.max_timers = s_max_timers});
+    assert_non_null(s->loop);
+    s->gw = gateway_http_new(s->loop, &(gateway_http_opts_t){0});
+    assert_non_null(s->gw);
+    char err[256];
+    s->tokens = router_tokens_new(s->db, s->loop, err, sizeof err);
+    if (!s->tokens)
+        fail_msg("token store: %s", err);
+    s->auth = gateway_auth_new(s->tokens, &(gateway_auth_opts_t){.require_pairing = true});
+    assert_non_null(s->auth);
+    s->token_routes = (gateway_route_tokens_t){.auth = s->auth, .loop = s->loop,
+                                               .wait_ms = wait_ms};
+    assert_int_equal(gateway_route_tokens(s->gw, &s->token_routes), 0);
+    s->pair_route = (gateway_route_pair_t){.auth = s->auth, .loop = s->loop, .wait_ms = wait_ms};
+    assert_int_equal(gateway_route_pair_serve(s->gw, &s->pair_route), 0);
+    gateway_auth_code_mint(s->auth, s->code); /* before the loop runs: its thread is ours */
+    router_addr_t addr, bound;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
+    assert_int_equal(gateway_http_listen(s->gw, &addr, &bound), 0);
+    s->port = router_addr_port(&bound);
+    assert_int_equal(pthread_create(&s->thread, NULL, s_loop_main, s), 0);
+}
+
+static void s_srv_stop(s_srv_t *s)
+{
+    router_loop_stop(s->loop);
+    assert_int_equal(pthread_join(s->thread, NULL), 0);
+    router_tokens_destroy(&s->tokens);
+}
+
+static int s_setup(void **state)
+{
+    s_srv_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return -1;
+    snprintf(s->dir, sizeof s->dir, "/tmp/kith-route-tokens-XXXXXX");
+    if (!mkdtemp(s->dir)) {
+        free(s);
+        return -1;
+    }
+    snprintf(s->db, sizeof s->db, "%s/state.db", s->dir);
+    *state = s;
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    s_srv_t *s = *state;
+    vfs_fail_clear();
+    const char *sfx[] = {"", "-wal", "-shm", "-journal"};
+    char p[192];
+    for (size_t i = 0; i < sizeof sfx / sizeof *sfx; i++) {
+        snprintf(p, sizeof p, "%s%s", s->db, sfx[i]);
+        unlink(p);
+    }
+    rmdir(s->dir);
+    free(s);
+    return 0;
+}
+
+/* Rows of gateway_tokens in state.db, read by a connection of our own. */
+static int s_rows(const s_srv_t *s)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(s->db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM gateway_tokens", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/* ---------------------------------------------------------------- the client */
+
+typedef struct {
+    int status;       /* 0: the server closed without an answer */
+    char body[4096];  /* NUL-terminated */
+} s_resp_t;
+
+/* Sends one request on a fresh connection; the socket to read with
+ * s_recv, or -1 when the server cut the connection at once. */
+static int s_send(const s_srv_t *s, const char *method, const char *path, const char *headers,
+                  const char *body)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct timeval tv = {.tv_sec = HANG_GUARD_S};
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv), 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(s->port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int rc = connect(fd, (const struct sockaddr *) &sin, sizeof sin);
+    if (rc != 0 && errno == EINTR) { /* a signal: the connect goes on; wait for its end */
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        assert_int_equal(poll(&p, 1, HANG_GUARD_S * 1000), 1);
+        int err = 0;
+        socklen_t elen = sizeof err;
+        assert_int_equal(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen), 0);
+        rc = err ? -1 : 0;
+        errno = err;
+    }
+    if (rc != 0) {
+        assert_int_equal(errno, ECONNRESET); /* accepted and cut at once */
+        close(fd);
+        return -1;
+    }
+    char req[2048];
+    int n = snprintf(req, sizeof req,
+                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%sContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n%s",
+                     method, path, headers ? headers : "",
+                     body ? "Content-Type: application/json\r\n" : "", body ? strlen(body) : 0,
+                     body ? body : "");
+    assert_true(n > 0 && (size_t) n < sizeof req);
+    if (send(fd, req, (size_t) n, MSG_NOSIGNAL) != n) /* cut: s_recv reads no answer */
+        assert_true(errno == EPIPE || errno == ECONNRESET);
+    return fd;
+}
+
+/* Reads the whole answer on fd and closes it; status 0 when none came
+ * (fd < 0: the connection was cut at once). */
+static void s_recv(int fd, s_resp_t *r)
+{
+    memset(r, 0, sizeof *r);
+    if (fd < 0)
+        return;
+    char buf[8192];
+    size_t len = 0;
+    for (;;) {
+        ssize_t got = recv(fd, buf + len, sizeof buf - 1 - len, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            fail_msg("no answer in %d s: the client was left waiting", HANG_GUARD_S);
+        if (got <= 0)
+            break;
+        len += (size_t) got;
+        assert_true(len < sizeof buf - 1);
+    }
+    close(fd);
+    buf[len] = '\0';
+    char *end = strstr(buf, "\r\n\r\n");
+    if (!end || sscanf(buf, "HTTP/1.1 %d", &r->status) != 1)
+        return;
+    snprintf(r->body, sizeof r->body, "%s", end + 4);
+}
+
+static void s_req(const s_srv_t *s, const char *method, const char *path, const char *headers,
+                  const char *body, s_resp_t *r)
+{
+    s_recv(s_send(s, method, path, headers, body), r);
+}
+
+static void s_expect(const s_resp_t *r, int status, const char *code)
+{
+    char want[64];
+    snprintf(want, sizeof want, "\"code\":\"%s\"", code);
+    if (r->status != status || !strstr(r->body, want) || !strstr(r->body, "\"error\":\""))
+        fail_msg("want %d %s, got %d %s", status, code, r->status, r->body);
+}
+
+/* The "id" and "token" of a 201 mint into id[] and token[]. */
+static void s_minted(const s_resp_t *r, char id[ROUTER_TOKENS_ID_LEN + 1],
+                     char token[GATEWAY_AUTH_TOKEN_LEN + 1])
+{
+    if (r->status != 201)
+        fail_msg("mint: %d %s", r->status, r->body);
+    const char *i = strstr(r->body, "\"id\":\"");
+    const char *t = strstr(r->body, "\"token\":\"");
+    assert_non_null(i);
+    assert_non_null(t);
+    memcpy(id, i + 6, ROUTER_TOKENS_ID_LEN);
+    id[ROUTER_TOKENS_ID_LEN] = '\0';
+    memcpy(token, t + 9, GATEWAY_AUTH_TOKEN_LEN);
+    token[GATEWAY_AUTH_TOKEN_LEN] = '\0';
+}
+
+#define S_MINT_BODY "{\"scope\":\"operator\",\"name\":\"t\"}"
+
+/* How many tokens GET /admin/tokens lists. */
+static int s_listed(const s_srv_t *s)
+{
+    s_resp_t r;
+    s_req(s, "GET", "/admin/tokens", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    int n = 0;
+    for (const char *p = r.body; (p = strstr(p, "\"id\":\"")); p++)
+        n++;
+    return n;
+}
+
+/* ---------------------------------------------------------------- a stalled disk */
+
+/* A mint whose row the disk holds: 503 unavailable, not issued, within
+ * the wait, while the server lists tokens to others meanwhile. Once the
+ * disk lets go, the row nobody holds is revoked: the next mint's 201 comes
+ * after its outcome (the store answers in order), so the list then holds
+ * that one alone, and so does state.db after the stop. It waited for the
+ * disk for ever. */
+static void s_mint_held(s_srv_t *s, const char *path)
+{
+    s_srv_start(s, WAIT_MS);
+    vfs_fail_hold(s->dir);
+    int fd = s_send(s, "POST", path, NULL, S_MINT_BODY);
+    assert_int_equal(s_listed(s), 0); /* served meanwhile */
+    s_resp_t r;
+    s_recv(fd, &r);
+    s_expect(&r, 503, "unavailable");
+    assert_non_null(strstr(r.body, "not issued"));
+    assert_null(strstr(r.body, "kith_"));
+    assert_true(vfs_fail_held() > 0); /* answered while the disk still holds the row */
+    vfs_fail_hold(NULL);
+    char id[ROUTER_TOKENS_ID_LEN + 1], token[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
+    s_minted(&r, id, token);
+    s_req(s, "GET", "/admin/tokens", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    if (s_listed(s) != 1 || !strstr(r.body, id))
+        fail_msg("the late row nobody holds is still listed: %s", r.body);
+    s_srv_stop(s);
+    assert_int_equal(s_rows(s), 1);
+}
+
+static void test_admin_mint_held(void **state)
+{
+    s_mint_held(*state, "/admin/tokens");
+}
+
+/* The same on /api/tokens, with an operator's bearer. */
+static void test_api_mint_held(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, WAIT_MS);
+    s_resp_t r;
+    char id[ROUTER_TOKENS_ID_LEN + 1], token[GATEWAY_AUTH_TOKEN_LEN + 1], auth[128];
+    s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
+    s_minted(&r, id, token);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", token);
+    vfs_fail_hold(s->dir);
+    s_req(s, "POST", "/api/tokens", auth, "{\"scope\":\"node\",\"name\":\"n\"}", &r);
+    s_expect(&r, 503, "unavailable");
+    s_req(s, "GET", "/api/tokens", auth, NULL, &r); /* the bearer still opens */
+    assert_int_equal(r.status, 200);
+    vfs_fail_hold(NULL);
+    /* A mint after: its 201 comes after the late row's outcome. */
+    char id2[ROUTER_TOKENS_ID_LEN + 1], token2[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_req(s, "POST", "/api/tokens", auth, "{\"scope\":\"node\",\"name\":\"m\"}", &r);
+    s_minted(&r, id2, token2);
+    assert_int_equal(s_listed(s), 2);
+    s_srv_stop(s);
+    assert_int_equal(s_rows(s), 2);
+}
+
+/* A revocation the disk holds, on each door: in force at once (its
+ * bearer is refused, the list leaves it out), and said so with 503
+ * durability_unknown within the wait — neither 200 (it is not durable: a
+ * restart may bring it back) nor as if nothing changed. Once the disk
+ * lets go the rows are gone. */
+static void test_revoke_held(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, WAIT_MS);
+    s_resp_t r;
+    char id[ROUTER_TOKENS_ID_LEN + 1], token[GATEWAY_AUTH_TOKEN_LEN + 1], auth[128], path[64];
+    char id2[ROUTER_TOKENS_ID_LEN + 1], token2[GATEWAY_AUTH_TOKEN_LEN + 1], auth2[128];
+    s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
+    s_minted(&r, id, token);
+    s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
+    s_minted(&r, id2, token2);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", token);
+    snprintf(auth2, sizeof auth2, "Authorization: Bearer %s\r\n", token2);
+    vfs_fail_hold(s->dir);
+    /* /admin/tokens/{id}, then /api/tokens/{id} with the other bearer */
+    snprintf(path, sizeof path, "/admin/tokens/%s", id);
+    s_req(s, "DELETE", path, NULL, NULL, &r);
+    s_expect(&r, 503, "durability_unknown");
+    assert_non_null(strstr(r.body, "revoked now"));
+    s_req(s, "GET", "/api/tokens", auth, NULL, &r);
+    assert_int_equal(r.status, 401); /* in force */
+    snprintf(path, sizeof path, "/api/tokens/%s", id2);
+    s_req(s, "DELETE", path, auth2, NULL, &r);
+    s_expect(&r, 503, "durability_unknown");
+    s_req(s, "GET", "/api/tokens", auth2, NULL, &r);
+    assert_int_equal(r.status, 401);
+    assert_int_equal(s_listed(s), 0);
+    assert_true(vfs_fail_held() > 0);
+    vfs_fail_hold(NULL);
+    s_srv_stop(s);
+    assert_int_equal(s_rows(s), 0);
+}
+
+/* /pair with the right code while the disk holds the token's row: 503
+ * unavailable, no token shown, the code spent; the row that lands later is
+ * revoked. */
+static void test_pair_right_code_held(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, WAIT_MS);
+    vfs_fail_hold(s->dir);
+    char hdr[64];
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
+    s_resp_t r;
+    s_req(s, "POST", "/pair", hdr, NULL, &r);
+    s_expect(&r, 503, "unavailable");
+    assert_null(strstr(r.body, "kith_"));
+    assert_true(vfs_fail_held() > 0);
+    vfs_fail_hold(NULL);
+    s_req(s, "POST", "/pair", hdr, NULL, &r); /* spent */
+    s_expect(&r, 401, "invalid_pairing_code");
+    char id[ROUTER_TOKENS_ID_LEN + 1], token[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
+    s_minted(&r, id, token);
+    assert_int_equal(s_listed(s), 1);
+    s_srv_stop(s);
+    assert_int_equal(s_rows(s), 1);
+}
+
+/* Wrong codes while the disk holds their counts: each answered within the
+ * wait as the count in memory says (401 four times, 429 at the fifth), and
+ * the lock holds at once after. */
+static void test_pair_wrong_code_held(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, WAIT_MS);
+    vfs_fail_hold(s->dir);
+    char hdr[64];
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", strcmp(s->code, "000000") ? "000000"
+                                                                                   : "000001");
+    s_resp_t r;
+    for (unsigned i = 1; i < GATEWAY_PAIR_FAILURES_MAX; i++) {
+        s_req(s, "POST", "/pair", hdr, NULL, &r);
+        s_expect(&r, 401, "invalid_pairing_code");
+    }
+    s_req(s, "POST", "/pair", hdr, NULL, &r);
+    s_expect(&r, 429, "too_many_attempts");
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
+    s_req(s, "POST", "/pair", hdr, NULL, &r); /* locked: the right code is not looked at */
+    s_expect(&r, 429, "too_many_attempts");
+    assert_true(vfs_fail_held() > 0);
+    vfs_fail_hold(NULL);
+    s_srv_stop(s);
+}
+
+/* The normal path: each answer waits for its write and says it. */
+static void test_normal_path(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, 0); /* GATEWAY_TOKENS_WAIT_MS */
+    char hdr[64];
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
+    s_resp_t r;
+    s_req(s, "POST", "/pair", hdr, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"paired\":true,\"token\":\"kith_"));
+    char id[ROUTER_TOKENS_ID_LEN + 1], token[GATEWAY_AUTH_TOKEN_LEN + 1], path[64];
+    s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
+    s_minted(&r, id, token);
+    assert_int_equal(s_listed(s), 2);
+    snprintf(path, sizeof path, "/admin/tokens/%s", id);
+    s_req(s, "DELETE", path, NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"revoked\":true"));
+    s_req(s, "POST", "/pair", "X-Pairing-Code: 12345\r\n", NULL, &r);
+    s_expect(&r, 401, "invalid_pairing_code");
+    s_srv_stop(s);
+    assert_int_equal(s_rows(s), 1);
+}
+
+/* ---------------------------------------------------------------- a failing disk */
+
+/* Every write fails (a full disk; the store retries for ever): the
+ * answers come within the wait, and at the stop the store gives up on
+ * them (ok false) with nobody left to answer — nothing freed twice,
+ * nothing leaked (ASan). */
+static void test_failing_disk_then_stop(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, WAIT_MS);
+    s_resp_t r;
+    char id[ROUTER_TOKENS_ID_LEN + 1], token[GATEWAY_AUTH_TOKEN_LEN + 1], path[64], hdr[64];
+    s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
+    s_minted(&r, id, token);
+    vfs_fail_arm(VFS_FAIL_WRITE, s->dir, 0, -1);
+    s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
+    s_expect(&r, 503, "unavailable");
+    snprintf(path, sizeof path, "/admin/tokens/%s", id);
+    s_req(s, "DELETE", path, NULL, NULL, &r);
+    s_expect(&r, 503, "durability_unknown");
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
+    s_req(s, "POST", "/pair", hdr, NULL, &r);
+    s_expect(&r, 503, "unavailable");
+    s_req(s, "POST", "/pair", "X-Pairing-Code: 12345\r\n", NULL, &r);
+    s_expect(&r, 401, "invalid_pairing_code");
+    assert_true(vfs_fail_failed(VFS_FAIL_WRITE) > 0);
+    s_srv_stop(s); /* the store gives up on all four: ok false, nobody to answer */
+    vfs_fail_clear();
+    assert_int_equal(s_rows(s), 1); /* neither the revocation nor a mint was written */
+}
+
+/* The loop stops while answers still wait on a failing disk, before
+ * their deadline: the server goes first (the answers go nowhere), then
+ * the store gives up on the writes, and their callbacks end the pending
+ * answers and cancel the deadlines (ASan: nothing freed twice or left). */
+static void test_stop_before_deadline(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, 3600u * 1000u); /* never reached */
+    vfs_fail_arm(VFS_FAIL_WRITE, s->dir, 0, -1);
+    int fd1 = s_send(s, "POST", "/admin/tokens", NULL, S_MINT_BODY);
+    char hdr[64];
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
+    int fd2 = s_send(s, "POST", "/pair", hdr, NULL);
+    int fd3 = s_send(s, "POST", "/pair", "X-Pairing-Code: 12345\r\n", NULL);
+    assert_int_equal(s_listed(s), 0); /* served meanwhile */
+    for (int i = 0; vfs_fail_failed(VFS_FAIL_WRITE) == 0; i++) {
+        if (i > HANG_GUARD_S * 100)
+            fail_msg("no commit was tried");
+        usleep(10 * 1000);
+    }
+    s_srv_stop(s);
+    s_resp_t r;
+    s_recv(fd1, &r);
+    assert_int_equal(r.status, 0); /* cut: the server went first */
+    s_recv(fd2, &r);
+    assert_int_equal(r.status, 0);
+    s_recv(fd3, &r);
+    assert_int_equal(r.status, 0);
+}
+
+/* ---------------------------------------------------------------- no timers */
+
+typedef struct {
+    long spare;       /* >= 0: take all timer slots but this many; < 0: give them back */
+    uint64_t ids[256];
+    unsigned n;
+    sem_t done;
+} s_fill_t;
+
+static void s_never(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id, (void) ud;
+    fail_msg("a filler timer fired");
+}
+
+static void s_fill_on(router_loop_t *loop, void *arg)
+{
+    s_fill_t *f = arg;
+    if (f->spare >= 0) {
+        while (f->n < 256 && (f->ids[f->n] = router_loop_timer_add(loop, 3600000, s_never, NULL)))
+            f->n++;
+        for (long i = 0; i < f->spare && f->n > 0; i++)
+            (void) router_loop_timer_cancel(loop, f->ids[--f->n]);
+    } else {
+        while (f->n > 0)
+            (void) router_loop_timer_cancel(loop, f->ids[--f->n]);
+    }
+    sem_post(&f->done);
+}
+
+/* Runs s_fill_on on the server's loop thread and waits for it. */
+static void s_fill(s_srv_t *s, s_fill_t *f, long spare)
+{
+    f->spare = spare;
+    assert_int_equal(sem_init(&f->done, 0, 0), 0);
+    assert_int_equal(router_loop_post(s->loop, s_fill_on, f), 0);
+    while (sem_wait(&f->done) != 0)
+        assert_int_equal(errno, EINTR);
+    sem_destroy(&f->done);
+}
+
+/* With the loop's timers all but `spare` taken, on a disk that holds
+ * every write, each request is answered (a typed 503 with nothing done,
+ * or its deadline's answer) or cut, never left waiting; a right pairing
+ * code refused for want of a timer stays unspent. */
+static void test_no_timer_never_hangs(void **state)
+{
+    s_srv_t *s = *state;
+    s_max_timers = 64;
+    s_srv_start(s, WAIT_MS);
+    s_max_timers = 0;
+    char hdr[64];
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
+    vfs_fail_hold(s->dir);
+    unsigned refused = 0;
+    bool spent = false;
+    for (long spare = 0; spare <= 4; spare++) {
+        s_fill_t f = {0};
+        s_fill(s, &f, spare);
+        s_resp_t r;
+        s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
+        print_message("spare %ld mint: %d %s\n", spare, r.status, r.body);
+        if (r.status) {
+            s_expect(&r, 503, "unavailable");
+            refused += strstr(r.body, "nothing was done") != NULL;
+        }
+        s_req(s, "POST", "/pair", hdr, NULL, &r);
+        print_message("spare %ld pair: %d %s\n", spare, r.status, r.body);
+        if (r.status == 401) {
+            assert_true(spent); /* a wrong code, counted */
+        } else if (r.status) {
+            s_expect(&r, 503, "unavailable");
+            refused += strstr(r.body, "not looked at") != NULL;
+            if (strstr(r.body, "spent")) {
+                spent = true;
+                snprintf(hdr, sizeof hdr, "X-Pairing-Code: 12345\r\n");
+            }
+        }
+        s_fill(s, &f, -1);
+    }
+    assert_true(refused > 0);
+    vfs_fail_hold(NULL);
+    s_srv_stop(s);
+}
+
+int main(void)
+{
+    if (sodium_init() < 0 || vfs_fail_install() != 0)
+        return 1;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_normal_path, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_admin_mint_held, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_api_mint_held, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_revoke_held, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_pair_right_code_held, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_pair_wrong_code_held, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_failing_disk_then_stop, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_stop_before_deadline, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_no_timer_never_hangs, s_setup, s_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
