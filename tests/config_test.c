@@ -89,6 +89,9 @@ static void test_defaults_match_design(void **state)
     assert_int_equal(c.limits.http_headers_max, 100);
     assert_int_equal(c.limits.http_body_max, 1024 * 1024);
     assert_int_equal(c.limits.http_attachment_body_max, 25 * 1024 * 1024);
+    assert_int_equal(c.limits.http_head_timeout_ms, 10000);  /* WIRE §11.2 request_timeout */
+    assert_int_equal(c.limits.http_body_timeout_ms, 60000);
+    assert_int_equal(c.limits.http_idle_timeout_ms, 60000);  /* WIRE §11.2 keep-alive */
     assert_int_equal(c.limits.ws_message_max, 1024 * 1024);
     assert_int_equal(c.limits.ws_preauth_frame_max, 64 * 1024);
     assert_int_equal(c.limits.session_queue_max, 16);
@@ -363,12 +366,12 @@ static void test_unknown_keys_at_each_level(void **state)
     /* limits has too many keys for one line: the list was cut mid-name
      * ("…, first_frame_timeout_ms, frame_t)"); the line says where they are. */
     s_refused("{\"limits\":{\"nope\":1}}",
-              "limits.nope: unknown key (kith config check --print lists the 27 keys of limits) "
+              "limits.nope: unknown key (kith config check --print lists the 31 keys of limits) "
               "(line 1, column 18)");
     /* A near miss is named: a letter missing, two swapped, one wrong. */
     s_refused("{\"limits\":{\"sesion_queue_max\":1}}",
               "limits.sesion_queue_max: unknown key (did you mean session_queue_max? kith config "
-              "check --print lists the 27 keys of limits)");
+              "check --print lists the 31 keys of limits)");
     s_refused("{\"agent\":{\"modle\":\"m\"}}", "agent.modle: unknown key (did you mean model? known: ");
     s_refused("{\"gateway\":{\"hots\":\"::1\"}}", "gateway.hots: unknown key (did you mean host? ");
     s_refused("{\"comms\":{\"inbox\":1}}", "comms.inbox: unknown key (known: mode, ");
@@ -736,6 +739,11 @@ static const s_case_t s_limits_cases[] = {
     {"limits", "http_body_max", "2097152", "true", "0", NULL},
     {"limits", "ws_message_max", "65536", "\"x\"", "1073741825", NULL},
     {"limits", "ws_preauth_frame_max", "4096", "[]", "124", NULL},
+    /* DESIGN §10 "all configurable": in the struct, but no key set them */
+    {"limits", "http_attachment_body_max", "1024", "\"25M\"", "1073741825", NULL},
+    {"limits", "http_head_timeout_ms", "300", "\"10s\"", "99", NULL},
+    {"limits", "http_body_timeout_ms", "3600000", "1.5", "3600001", NULL},
+    {"limits", "http_idle_timeout_ms", "100", "null", "0", NULL},
 };
 
 static void test_limits_keys(void **state)
@@ -780,6 +788,30 @@ static void test_limits_keys(void **state)
     assert_true(c.limits.partial_frame_bytes_max == 4294967295u);
     assert_int_equal(router_config_set(&c, "limits.frame_timeout_ms", "1500", err, sizeof err), 0);
     assert_int_equal(c.limits.frame_timeout_ms, 1500);
+    /* The gateway's deadlines and attachment bound: set, named on refusal
+     * with their range, and shown by `kith config check --print`. */
+    assert_int_equal(router_config_set(&c, "limits.http_head_timeout_ms", "99", err, sizeof err),
+                     -1);
+    assert_string_equal(err, "limits.http_head_timeout_ms: expected an integer 100..3600000, got 99");
+    assert_int_equal(s_parse(&c,
+                             "{\"limits\":{\"http_head_timeout_ms\":300,\"http_body_timeout_ms\":400,"
+                             "\"http_idle_timeout_ms\":500,\"http_attachment_body_max\":2048}}",
+                             err, sizeof err),
+                     0);
+    assert_int_equal(c.limits.http_head_timeout_ms, 300);
+    assert_int_equal(c.limits.http_body_timeout_ms, 400);
+    assert_int_equal(c.limits.http_idle_timeout_ms, 500);
+    assert_int_equal(c.limits.http_attachment_body_max, 2048);
+    char *json = router_config_to_json(&c);
+    assert_non_null(json);
+    assert_non_null(strstr(json, "\"http_head_timeout_ms\": 300,"));
+    assert_non_null(strstr(json, "\"http_body_timeout_ms\": 400,"));
+    assert_non_null(strstr(json, "\"http_idle_timeout_ms\": 500,"));
+    assert_non_null(strstr(json, "\"http_attachment_body_max\": 2048,"));
+    free(json);
+    /* The last key of limits is still tracked for duplicates. */
+    s_refused("{\"limits\":{\"sessions_bytes_max\":4096,\"sessions_bytes_max\":4096}}",
+              "limits.sessions_bytes_max: duplicate key");
 }
 
 static void test_limits_cross_rules(void **state)

@@ -9,9 +9,8 @@
  * Every key of DESIGN §4 is here; a string key that DESIGN shows as null is
  * "unset" and reads as the empty string (an empty string in the file is refused,
  * so "" and null never mean different things). The DESIGN §10 limits
- * ("defaults, all configurable") are keys of the top-level object `limits`;
- * the few §10 values with no key yet (HTTP attachment body, session queue,
- * SSE ring) keep their defaults from router_config_defaults(). */
+ * ("defaults, all configurable") are keys of the top-level object `limits`,
+ * every one of them, each the value the daemon enforces. */
 #ifndef KITH_ROUTER_CONFIG_H
 #define KITH_ROUTER_CONFIG_H
 
@@ -130,7 +129,10 @@ typedef struct {
         size_t http_head_max;                              /* HTTP request head: 16 KiB */
         uint32_t http_headers_max;                         /* HTTP header lines: 100 */
         size_t http_body_max;                              /* HTTP body: 1 MiB */
-        size_t http_attachment_body_max;                   /* HTTP body with attachments: 25 MiB */
+        size_t http_attachment_body_max;                   /* a chat message's attachments, re-serialised: 25 MiB */
+        uint32_t http_head_timeout_ms;                     /* connection (kept-alive: first octet) to a whole head: 10 s */
+        uint32_t http_body_timeout_ms;                     /* a request body once its head came: 60 s */
+        uint32_t http_idle_timeout_ms;                     /* kept-alive connection with no request under way: 60 s */
         size_t ws_message_max;                             /* WebSocket message: 1 MiB */
         size_t ws_preauth_frame_max;                       /* WebSocket frame before auth: 64 KiB */
         uint32_t ws_ping_interval_ms;                      /* WebSocket server ping; no pong by the next: closed (25 s) */
