@@ -44,6 +44,7 @@ typedef struct {
     yajl_gen gen;                /* re-serialises page_context or attachments */
     int gen_key;                 /* which of the two */
     size_t gen_max;              /* its bound */
+    size_t attachments_max;      /* the bound of attachments, re-serialised */
     unsigned attachments;        /* entries seen */
 } s_dec_t;
 
@@ -56,6 +57,17 @@ static int s_stop(s_dec_t *c, gateway_chat_reason_t r, const char *what)
     return 0;
 }
 
+/* A bound for people: "25 MiB", "64 KiB", or "1000 octets". */
+static void s_size_text(size_t n, char *out, size_t cap)
+{
+    if (n >= 1024 * 1024 && n % (1024 * 1024) == 0)
+        snprintf(out, cap, "%zu MiB", n / (1024 * 1024));
+    else if (n >= 1024 && n % 1024 == 0)
+        snprintf(out, cap, "%zu KiB", n / 1024);
+    else
+        snprintf(out, cap, "%zu octets", n);
+}
+
 /* Checks the re-serialised value against its bound after each step. */
 static int s_gen_check(s_dec_t *c, yajl_gen_status st)
 {
@@ -64,10 +76,14 @@ static int s_gen_check(s_dec_t *c, yajl_gen_status st)
     const unsigned char *buf;
     size_t n;
     yajl_gen_get_buf(c->gen, &buf, &n);
-    if (n > c->gen_max)
-        return s_stop(c, GATEWAY_CHAT_INVALID_JSON,
-                      c->gen_key == K_PAGE_CONTEXT ? "page_context is longer than 64 KiB"
-                                                   : "attachments are longer than 25 MiB");
+    if (n > c->gen_max) {
+        char what[GATEWAY_CHAT_WHY_MAX], size[32];
+        s_size_text(c->gen_max, size, sizeof size);
+        snprintf(what, sizeof what, "%s are longer than %s%s",
+                 c->gen_key == K_PAGE_CONTEXT ? "page_context" : "attachments", size,
+                 c->gen_key == K_PAGE_CONTEXT ? "" : " (limits.http_attachment_body_max)");
+        return s_stop(c, GATEWAY_CHAT_INVALID_JSON, what);
+    }
     return 1;
 }
 
@@ -105,8 +121,7 @@ static int s_gen_begin(s_dec_t *c, int key)
     if (!(c->gen = yajl_gen_alloc(NULL)))
         return s_stop(c, GATEWAY_CHAT_NOMEM, "out of memory");
     c->gen_key = key;
-    c->gen_max = key == K_PAGE_CONTEXT ? GATEWAY_CHAT_PAGE_CONTEXT_MAX
-                                       : GATEWAY_CHAT_ATTACHMENTS_BYTES_MAX;
+    c->gen_max = key == K_PAGE_CONTEXT ? GATEWAY_CHAT_PAGE_CONTEXT_MAX : c->attachments_max;
     c->attachments = 0;
     return 1;
 }
@@ -368,6 +383,14 @@ static gateway_chat_reason_t s_judge(s_dec_t *c)
 gateway_chat_reason_t gateway_chat_frame_decode(const uint8_t *data, size_t len,
                                                 gateway_chat_in_t *out, char *why, size_t cap)
 {
+    return gateway_chat_frame_decode_limited(data, len, 0, out, why, cap);
+}
+
+gateway_chat_reason_t gateway_chat_frame_decode_limited(const uint8_t *data, size_t len,
+                                                        size_t attachments_max,
+                                                        gateway_chat_in_t *out, char *why,
+                                                        size_t cap)
+{
     char spare[1];
     if (!why || cap == 0) {
         why = spare;
@@ -375,8 +398,20 @@ gateway_chat_reason_t gateway_chat_frame_decode(const uint8_t *data, size_t len,
     }
     memset(out, 0, sizeof *out);
     snprintf(why, cap, "ok");
-    if (len > GATEWAY_CHAT_FRAME_MAX) {
-        snprintf(why, cap, "the frame is longer than 26 MiB");
+    if (!attachments_max)
+        attachments_max = GATEWAY_CHAT_ATTACHMENTS_BYTES_MAX;
+    /* The frame holds the attachments and the rest (content, page_context):
+     * a larger attachments bound must not be cut short by the frame's. */
+    size_t frame_max = GATEWAY_CHAT_FRAME_MAX;
+    if (attachments_max > GATEWAY_CHAT_ATTACHMENTS_BYTES_MAX &&
+        attachments_max <= SIZE_MAX - (GATEWAY_CHAT_FRAME_MAX - GATEWAY_CHAT_ATTACHMENTS_BYTES_MAX))
+        frame_max = attachments_max + (GATEWAY_CHAT_FRAME_MAX - GATEWAY_CHAT_ATTACHMENTS_BYTES_MAX);
+    else if (attachments_max > GATEWAY_CHAT_ATTACHMENTS_BYTES_MAX)
+        frame_max = SIZE_MAX;
+    if (len > frame_max) {
+        char size[32];
+        s_size_text(frame_max, size, sizeof size);
+        snprintf(why, cap, "the frame is longer than %s", size);
         return GATEWAY_CHAT_INVALID_JSON;
     }
     const char *problem = gateway_json_text_problem((const char *) data, len);
@@ -384,7 +419,7 @@ gateway_chat_reason_t gateway_chat_frame_decode(const uint8_t *data, size_t len,
         snprintf(why, cap, "the frame %s", problem);
         return GATEWAY_CHAT_INVALID_JSON;
     }
-    s_dec_t c = {.out = out, .why = why, .cap = cap};
+    s_dec_t c = {.out = out, .why = why, .cap = cap, .attachments_max = attachments_max};
     yajl_handle h = yajl_alloc(&s_dec_callbacks, NULL, &c);
     if (!h) {
         snprintf(why, cap, "out of memory");

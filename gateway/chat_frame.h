@@ -23,11 +23,14 @@
 /* ---------------------------------------------------------------- limits */
 
 #define GATEWAY_CHAT_FRAME_MAX (26u * 1024 * 1024)    /* octets of one client frame (25 MiB
-                                                        * attachments plus the rest, DESIGN §10) */
+                                                        * attachments plus the rest, DESIGN §10;
+                                                        * more with a larger attachments bound) */
 #define GATEWAY_CHAT_CONTENT_MAX (1024u * 1024)       /* message/steer content octets */
 #define GATEWAY_CHAT_PAGE_CONTEXT_MAX (64u * 1024)    /* page_context, re-serialised */
 #define GATEWAY_CHAT_ATTACHMENTS_MAX 16u              /* entries of attachments */
-#define GATEWAY_CHAT_ATTACHMENTS_BYTES_MAX (25u * 1024 * 1024) /* attachments, re-serialised */
+#define GATEWAY_CHAT_ATTACHMENTS_BYTES_MAX (25u * 1024 * 1024) /* attachments, re-serialised: the
+                                                                * default of
+                                                                * limits.http_attachment_body_max */
 #define GATEWAY_CHAT_DEPTH_MAX 32u                    /* containers nested in one frame */
 #define GATEWAY_CHAT_KEYS_MAX 256u                    /* members of one object */
 #define GATEWAY_CHAT_TYPE_MAX 32u                     /* octets of "type" */
@@ -71,6 +74,18 @@ typedef struct {
  * people (at most GATEWAY_CHAT_WHY_MAX is useful). */
 gateway_chat_reason_t gateway_chat_frame_decode(const uint8_t *data, size_t len,
                                                 gateway_chat_in_t *out, char *why, size_t cap)
+    __attribute__((warn_unused_result));
+
+/* gateway_chat_frame_decode with the attachments of a message bounded at
+ * attachments_max octets re-serialised (the configured
+ * limits.http_attachment_body_max; 0: GATEWAY_CHAT_ATTACHMENTS_BYTES_MAX)
+ * instead of the default. Past it: GATEWAY_CHAT_INVALID_JSON, why naming
+ * the bound. A bound above the default raises the frame's bound with it
+ * (GATEWAY_CHAT_FRAME_MAX is the default's attachments plus 1 MiB). */
+gateway_chat_reason_t gateway_chat_frame_decode_limited(const uint8_t *data, size_t len,
+                                                        size_t attachments_max,
+                                                        gateway_chat_in_t *out, char *why,
+                                                        size_t cap)
     __attribute__((warn_unused_result));
 
 void gateway_chat_in_clear(gateway_chat_in_t *in);

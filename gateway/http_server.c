@@ -40,6 +40,10 @@ void gateway_http_opts_from_config(gateway_http_opts_t *opts, const router_confi
     opts->head_max = cfg->limits.http_head_max;
     opts->headers_max = cfg->limits.http_headers_max;
     opts->body_max = cfg->limits.http_body_max;
+    opts->attachment_body_max = cfg->limits.http_attachment_body_max;
+    opts->head_timeout_ms = cfg->limits.http_head_timeout_ms;
+    opts->body_timeout_ms = cfg->limits.http_body_timeout_ms;
+    opts->idle_timeout_ms = cfg->limits.http_idle_timeout_ms;
     opts->max_connections = cfg->gateway.max_connections;
     opts->unauth_max = cfg->limits.http_unauth_connections_max;
     opts->unauth_per_source_max = cfg->limits.http_unauth_per_source_max;
@@ -58,6 +62,8 @@ static int s_opts_resolve(const gateway_http_opts_t *in, gateway_http_opts_t *o,
         o->headers_max = PROTO_HTTP_HEADERS_MAX;
     if (!o->body_max)
         o->body_max = PROTO_HTTP_BODY_MAX;
+    if (!o->attachment_body_max)
+        o->attachment_body_max = PROTO_HTTP_BODY_ATTACHMENT_MAX;
     if (!o->max_connections)
         o->max_connections = ROUTER_LOOP_MAX_CONNS;
     if (!o->unauth_max)
@@ -1118,6 +1124,11 @@ gateway_http_t *gateway_http_new(router_loop_t *loop, const gateway_http_opts_t 
     }
     s_metrics_register(g);
     return g;
+}
+
+size_t gateway_http_attachment_body_max(const gateway_http_t *g)
+{
+    return g->opts.attachment_body_max;
 }
 
 int gateway_http_listen(gateway_http_t *g, const router_addr_t *addr, router_addr_t *bound)

@@ -59,6 +59,9 @@ typedef struct {
     size_t head_max;            /* request head octets, ≤ UINT32_MAX (PROTO_HTTP_HEAD_MAX) */
     uint32_t headers_max;       /* header field lines, ≤ PROTO_HTTP_HEADERS_MAX */
     size_t body_max;            /* decoded body octets (PROTO_HTTP_BODY_MAX) */
+    size_t attachment_body_max; /* attachments of one chat message, re-serialised: no route
+                                 * takes them over HTTP, so the server only keeps the bound
+                                 * for gateway/route_chat.c (PROTO_HTTP_BODY_ATTACHMENT_MAX) */
     uint32_t max_connections;   /* open connections over all listeners (ROUTER_LOOP_MAX_CONNS) */
     uint32_t unauth_max;        /* ...of them not yet authenticated (2,500; at most max_connections) */
     uint32_t unauth_per_source_max; /* ...from one non-loopback source (32; at most unauth_max) */
@@ -73,9 +76,15 @@ typedef struct {
     router_metrics_t *metrics;  /* borrowed, must outlive the server; NULL: no counters */
 } gateway_http_opts_t;
 
-/* Fills *opts from the configuration: gateway.max_connections and the
- * limits.http_* values; timeouts and metrics are left 0/NULL. */
+/* Fills *opts from the configuration: gateway.max_connections, the
+ * limits.http_* values (the deadlines among them), the unauthenticated
+ * bodies' budget (limits.partial_frame_bytes_max) and the unsent bound
+ * (limits.conn_unsent_max); send_high_water and metrics are left 0/NULL. */
 void gateway_http_opts_from_config(gateway_http_opts_t *opts, const router_config_t *cfg);
+
+/* The server's attachment bound (opts.attachment_body_max, its default
+ * filled in), for the routes that read attachments. */
+size_t gateway_http_attachment_body_max(const gateway_http_t *g);
 
 /* ---------------------------------------------------------------- lifecycle */
 

@@ -221,7 +221,10 @@ static void s_handle(s_sock_t *s, bool text, const uint8_t *data, size_t len)
     }
     char why[GATEWAY_CHAT_WHY_MAX];
     gateway_chat_in_t in;
-    gateway_chat_reason_t r = gateway_chat_frame_decode(data, len, &in, why, sizeof why);
+    /* The configured attachment bound (limits.http_attachment_body_max),
+     * which the server keeps: the decoder's constant is only its default. */
+    gateway_chat_reason_t r = gateway_chat_frame_decode_limited(
+        data, len, gateway_http_attachment_body_max(chat->g), &in, why, sizeof why);
     if (r != GATEWAY_CHAT_OK) {
         s_send_error(s, gateway_chat_reason_code(r), why);
         return;

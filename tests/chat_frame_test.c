@@ -335,12 +335,72 @@ static void test_round_trip(void **state)
     free(json);
 }
 
+/* limits.http_attachment_body_max is the bound applied, not the 25 MiB
+ * constant: a configured small one refuses what the default takes, naming
+ * the key; a large one lets a frame past the default frame bound. */
+static void test_attachments_bound_configured(void **state)
+{
+    (void) state;
+    /* [{"d":"xxx…"}] re-serialised is 10 octets plus the string */
+    char text[2200];
+    char why[GATEWAY_CHAT_WHY_MAX];
+    gateway_chat_in_t in;
+    for (size_t body = 990; body <= 991; body++) {
+        int n = snprintf(text, sizeof text,
+                         "{\"type\":\"message\",\"content\":\"x\",\"attachments\": [ {\"d\": \"");
+        memset(text + n, 'a', body);
+        n += (int) body;
+        n += snprintf(text + n, sizeof text - (size_t) n, "\"} ]}");
+        gateway_chat_reason_t r = gateway_chat_frame_decode_limited((const uint8_t *) text,
+                                                                    (size_t) n, 1000, &in, why,
+                                                                    sizeof why);
+        if (body == 990) {
+            assert_int_equal(r, GATEWAY_CHAT_OK);
+            assert_int_equal(in.attachments_len, 1000);
+        } else {
+            assert_int_equal(r, GATEWAY_CHAT_INVALID_JSON);
+            assert_null(in.attachments);
+            assert_string_equal(
+                why, "attachments are longer than 1000 octets (limits.http_attachment_body_max)");
+        }
+        gateway_chat_in_clear(&in);
+        /* the default bound takes both */
+        assert_int_equal(s_dec(text, (size_t) n, &in), GATEWAY_CHAT_OK);
+        gateway_chat_in_clear(&in);
+        /* 0 is the default */
+        assert_int_equal(gateway_chat_frame_decode_limited((const uint8_t *) text, (size_t) n, 0,
+                                                           &in, why, sizeof why),
+                         GATEWAY_CHAT_OK);
+        gateway_chat_in_clear(&in);
+    }
+    /* A bound above the default: a frame past 26 MiB whose attachments fit
+     * it is taken; the default refuses the frame. */
+    size_t att = GATEWAY_CHAT_FRAME_MAX, cap = att + 128;
+    char *big = malloc(cap);
+    assert_non_null(big);
+    int n = snprintf(big, cap, "{\"type\":\"message\",\"content\":\"x\",\"attachments\":[{\"d\":\"");
+    memset(big + n, 'b', att);
+    size_t len = (size_t) n + att;
+    len += (size_t) snprintf(big + len, cap - len, "\"}]}");
+    assert_true(len > GATEWAY_CHAT_FRAME_MAX);
+    assert_int_equal(gateway_chat_frame_decode((const uint8_t *) big, len, &in, why, sizeof why),
+                     GATEWAY_CHAT_INVALID_JSON);
+    assert_string_equal(why, "the frame is longer than 26 MiB");
+    assert_int_equal(gateway_chat_frame_decode_limited((const uint8_t *) big, len, 27u << 20, &in,
+                                                       why, sizeof why),
+                     GATEWAY_CHAT_OK);
+    assert_int_equal(in.attachments_count, 1);
+    assert_int_equal(in.attachments_len, att + 10);
+    gateway_chat_in_clear(&in);
+    free(big);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_client_frames), cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_bounds),        cmocka_unit_test(test_server_frames),
-        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_round_trip),    cmocka_unit_test(test_attachments_bound_configured),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
