@@ -838,6 +838,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
                        self->home);
         if (!opts->memory_inbox && s_home_lock(self, err, errcap) != 0)
             goto fail;
+        if (!opts->memory_inbox)
+            (void) router_trust_sweep_temps(self->home);
         char path[ROUTER_PATH_MAX];
         if (router_home_path(self->home, ROUTER_TRUST_FILE, path, sizeof path) != 0) {
             snprintf(err, errcap, "home path too long");

@@ -876,6 +876,41 @@ static int s_edit_add(router_trust_t *t, void *ud, char *err, size_t errcap)
     return router_trust_add(t, e->name, pk, "tcp://h:1", NULL, NULL, 0, err, errcap);
 }
 
+/* Temp files that killed saves left go at a node's start; the file
+ * itself, and names that only look alike, stay. */
+static void test_sweep_temps(void **state)
+{
+    s_files_t *f = *state;
+    char err[ROUTER_TRUST_ERR_MAX] = "", p[200];
+    s_edit_t e = {.key = 1, .name = "one"};
+    assert_int_equal(router_trust_edit(f->dir, s_edit_add, &e, err, sizeof err), 0);
+    static const char *const litter[] = {"trusted_peers.json.tmp-Ab12Cd", "trusted_peers.json.tmp-x"};
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/%s", f->dir, litter[i]);
+        FILE *w = fopen(p, "w");
+        assert_non_null(w);
+        fputs("{\"peers\":[", w); /* cut short, as a kill leaves it */
+        fclose(w);
+    }
+    snprintf(p, sizeof p, "%s/trusted_peers.jsonx.tmp-1", f->dir);
+    FILE *w = fopen(p, "w");
+    assert_non_null(w);
+    fclose(w);
+    assert_int_equal(router_trust_sweep_temps(f->dir), 2);
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/%s", f->dir, litter[i]);
+        assert_int_equal(access(p, F_OK), -1);
+    }
+    snprintf(p, sizeof p, "%s/trusted_peers.jsonx.tmp-1", f->dir);
+    assert_int_equal(access(p, F_OK), 0);
+    router_trust_t *t = router_trust_load(f->path, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(router_trust_count(t), 1);
+    router_trust_destroy(&t);
+    assert_int_equal(router_trust_sweep_temps(f->dir), 0);
+    assert_int_equal(router_trust_sweep_temps("/nonexistent/kith-home"), 0);
+}
+
 /* An edit is saved; the lock file it takes is left, 0600, beside it. */
 static void test_edit_saves(void **state)
 {
@@ -1221,6 +1256,7 @@ int main(void)
         T(test_edit_save_failure_keeps_the_file),
         T(test_edit_home_and_lock_failures),
         T(test_edit_concurrent_editors_all_kept),
+        T(test_sweep_temps),
         cmocka_unit_test(test_diff),
         cmocka_unit_test(test_parse_without_memory),
         cmocka_unit_test(test_peer_row_decode),

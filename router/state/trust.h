@@ -162,6 +162,13 @@ typedef int(router_trust_edit_fn)(router_trust_t *t, void *ud, char *err, size_t
 int router_trust_edit(const char *home, router_trust_edit_fn *edit, void *ud, char *err,
                       size_t errcap) __attribute__((warn_unused_result));
 
+/* Removes the temp files (trusted_peers.json.tmp-*) that saves killed
+ * between their temp file and its rename left in `home`, under the same
+ * lock as router_trust_edit, so no save under way loses its temp. For a
+ * node's start, once it holds the home (router/node.c). Returns how many
+ * went; failures are logged, never fatal. */
+int router_trust_sweep_temps(const char *home);
+
 /* What a reload changed, peers matched by public key: counts, and one line
  * for the log in text[ROUTER_TRUST_DIFF_MAX] such as
  *   added bob, carol; removed dave; changed erin (addr)

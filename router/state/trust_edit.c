@@ -4,6 +4,7 @@
  * peers`, Meerkat pairing, POST/DELETE /api/peers — goes through here, so
  * no two edits lose one another's change. Blocking file I/O: never on a
  * loop thread. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include "router/log.h"
 #include "router/state/home.h"
 #include "router/state/trust.h"
 
@@ -41,4 +43,40 @@ int router_trust_edit(const char *home, router_trust_edit_fn *edit, void *ud, ch
     router_trust_destroy(&t);
     close(lock);
     return rc;
+}
+
+int router_trust_sweep_temps(const char *home)
+{
+    static const char prefix[] = ROUTER_TRUST_FILE ".tmp-";
+    char lock_path[ROUTER_PATH_MAX], path[ROUTER_PATH_MAX];
+    if (router_home_path(home, ROUTER_TRUST_FILE ".lock", lock_path, sizeof lock_path) != 0)
+        return 0;
+    DIR *d = opendir(home);
+    if (!d)
+        return 0;
+    int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    int gone = 0;
+    if (lock < 0 || flock(lock, LOCK_EX) != 0) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "trust", "cannot lock %s to sweep temp files: %s", lock_path,
+                   strerror(errno));
+        goto done;
+    }
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strncmp(e->d_name, prefix, sizeof prefix - 1) != 0 ||
+            router_home_path(home, e->d_name, path, sizeof path) != 0)
+            continue;
+        if (unlink(path) == 0)
+            gone++;
+        else
+            ROUTER_LOG(ROUTER_LOG_WARN, "trust", "cannot remove %s: %s", path, strerror(errno));
+    }
+    if (gone)
+        ROUTER_LOG(ROUTER_LOG_INFO, "trust",
+                   "removed %d temp file%s of %s left by saves that never finished", gone,
+                   gone == 1 ? "" : "s", ROUTER_TRUST_FILE);
+done:
+    if (lock >= 0)
+        close(lock);
+    closedir(d);
+    return gone;
 }
