@@ -11,6 +11,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "alloc_fail.h"
 #include "gateway/chat_frame.h"
 #include "proto/utf8.h"
 
@@ -395,12 +396,51 @@ static void test_attachments_bound_configured(void **state)
     free(big);
 }
 
+/* Out of memory at each of the decoder's own allocations in turn (the
+ * content, the member names, each captured value): GATEWAY_CHAT_NOMEM
+ * (error AGENT_ERROR) with nothing handed back and nothing leaked, or a
+ * whole decode; never a frame decoded without part of it. */
+static void test_decode_without_memory(void **state)
+{
+    (void) state;
+    static const char frame[] =
+        "{\"type\":\"message\",\"content\":\"hi\",\"page_context\":{\"u\":[1,{\"v\":2}]},"
+        "\"attachments\":[{\"name\":\"a\",\"data\":\"aGk=\"},{\"n\":null}],\"x\":{\"y\":1}}";
+    long skip = 0;
+    for (; skip < ALLOC_FAIL_RUNS_MAX; skip++) {
+        char why[GATEWAY_CHAT_WHY_MAX];
+        gateway_chat_in_t in;
+        alloc_fail_arm(skip);
+        gateway_chat_reason_t r = gateway_chat_frame_decode_limited(
+            (const uint8_t *) frame, sizeof frame - 1, 100, &in, why, sizeof why);
+        unsigned failed = alloc_fail_disarm();
+        if (failed == 0) {
+            assert_int_equal(r, GATEWAY_CHAT_OK);
+            assert_string_equal(in.content, "hi");
+            assert_string_equal(in.page_context, "{\"u\":[1,{\"v\":2}]}");
+            assert_string_equal(in.attachments, "[{\"name\":\"a\",\"data\":\"aGk=\"},{\"n\":null}]");
+            assert_int_equal(in.attachments_count, 2);
+            gateway_chat_in_clear(&in);
+            break;
+        }
+        assert_int_equal(r, GATEWAY_CHAT_NOMEM);
+        assert_string_equal(gateway_chat_reason_code(r), "AGENT_ERROR");
+        assert_string_equal(why, "out of memory");
+        assert_null(in.content);
+        assert_null(in.page_context);
+        assert_null(in.attachments);
+    }
+    assert_true(skip > 2); /* content, page_context, attachments at least */
+    assert_true(skip < ALLOC_FAIL_RUNS_MAX);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_client_frames), cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_bounds),        cmocka_unit_test(test_server_frames),
         cmocka_unit_test(test_round_trip),    cmocka_unit_test(test_attachments_bound_configured),
+        cmocka_unit_test(test_decode_without_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
