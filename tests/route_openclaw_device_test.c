@@ -181,8 +181,8 @@ static bool s_wait_frame(fix_t *f, unsigned n)
 static void s_frame_str(unsigned n, const char *key, char *out, size_t cap)
 {
     int op;
-    const uint8_t *p;
-    size_t len;
+    const uint8_t *p = NULL;
+    size_t len = 0;
     out[0] = '\0';
     assert_true(test_wsc_frame(&s_cl, n, &op, &p, &len));
     char text[8192];
