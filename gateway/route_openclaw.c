@@ -1932,7 +1932,7 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
     }
     /* Until connect is accepted the parser refuses larger frames before
      * their payload, so a stranger never makes us buffer a full message. */
-    gateway_ws_set_message_max(c->ws, GATEWAY_OPENCLAW_PREAUTH_MAX);
+    gateway_ws_set_message_max(c->ws, oc->opts.preauth_max);
     c->loopback = router_addr_is_loopback(req->peer);
     gateway_auth_client(req->peer, c->client_addr);
     uint8_t u[16], n[32];
@@ -1985,6 +1985,8 @@ gateway_openclaw_t *gateway_openclaw_new(gateway_http_t *g, router_loop_t *loop,
         oc->opts.tick_ms = GATEWAY_OPENCLAW_TICK_MIN_MS;
     if (!oc->opts.record_wait_ms)
         oc->opts.record_wait_ms = GATEWAY_OPENCLAW_RECORD_WAIT_MS;
+    if (!oc->opts.preauth_max)
+        oc->opts.preauth_max = GATEWAY_OPENCLAW_PREAUTH_MAX;
     if (!oc->opts.version)
         oc->opts.version = "kith";
     oc->started_mono = router_clock_mono_ms();

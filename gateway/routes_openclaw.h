@@ -41,6 +41,8 @@ typedef struct {
                                  * message_max is hello-ok's policy.maxPayload */
     unsigned tick_ms;           /* 0: GATEWAY_OPENCLAW_TICK_MS */
     unsigned record_wait_ms;    /* 0: GATEWAY_OPENCLAW_RECORD_WAIT_MS */
+    size_t preauth_max;         /* a message before hello-ok (limits.ws_preauth_frame_max);
+                                 * 0: GATEWAY_OPENCLAW_PREAUTH_MAX */
     const char *version;        /* hello-ok server.version; NULL: "kith" */
     router_metrics_t *metrics;  /* borrowed, optional: kith_openclaw_sockets,
                                  * kith_openclaw_connected, kith_openclaw_runs */

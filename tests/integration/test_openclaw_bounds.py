@@ -260,6 +260,29 @@ def refused_holds_handshake_place(node, token, how="binary"):
     wait_metric(node, "kith_openclaw_sockets", lambda v: v == 0)
 
 
+def preauth_bound_configured():
+    """limits.ws_preauth_frame_max is the bound before hello-ok: at 1 KiB a
+    frame announcing 2 000 octets is closed 1009 from its header, and a
+    connect under it is served. Before, the 64 KiB constant held whatever
+    the file said."""
+    node = Daemon("openclaw-preauth", config={"limits": {"ws_preauth_frame_max": 1024}}).start()
+    try:
+        token = pair_token(node)
+        big = Sock(node)
+        big.challenge()
+        big.s.sendall(bytes([0x81, 0x80 | 126]) + struct.pack(">H", 2000) + b"\0" * 4)
+        check(big.close_frame()[0] == 1009, big.frames())
+        big.s.close()
+        ok = Sock(node)
+        ok.challenge()
+        ok.connect(token, rid="small")
+        res = ok.res("small")
+        check(res["ok"] is True, f"a connect under the bound: {res}")
+        ok.s.close()
+    finally:
+        node.cleanup()
+
+
 def main():
     node = Daemon("openclaw-bounds", config={
         "gateway": {"max_connections": 4096},
@@ -275,6 +298,7 @@ def main():
         r.stopped(node)
     finally:
         node.cleanup()
+    r.run(preauth_bound_configured)
     return r.summary()
 
 

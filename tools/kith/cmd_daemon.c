@@ -321,6 +321,7 @@ static int s_openclaw_start(router_node_t *node, const router_config_t *cfg, gat
     gateway_openclaw_opts_t oo = {.auth = auth, .turns = router_node_turns(node),
                                   .ws = s_ws_opts(cfg),
                                   .tick_ms = tick ? (unsigned) strtoul(tick, NULL, 10) : 0,
+                                  .preauth_max = cfg->limits.ws_preauth_frame_max,
                                   .version = KITH_VERSION, .metrics = router_node_metrics(node)};
     return (s_openclaw = gateway_openclaw_new(gw, router_node_loop(node), &oo)) ? 0 : -1;
 }
