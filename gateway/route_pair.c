@@ -255,9 +255,9 @@ static void s_pair_at(gateway_route_pair_t *route, const gateway_http_req_t *req
                        GATEWAY_PAIR_FAILURES_MAX, client, GATEWAY_PAIR_LOCK_MS / 1000);
     }
     if (rc != 0) {
-        if (!w->paired && w->until_ms)
-            s_too_many(res, w->until_ms, now);
-        else if (w->paired && errno == ENOSPC)
+        if (!w->paired) /* counted in memory all the same, as at the deadline */
+            s_refused(res, w->until_ms);
+        else if (errno == ENOSPC)
             s_no_room(res);
         else
             (void) gateway_http_respond_error(res, 503, "unavailable",

@@ -461,6 +461,34 @@ static void test_normal_path(void **state)
     assert_int_equal(s_rows(s), 1);
 }
 
+/* The store's queue full (ROUTER_TOKENS_JOBS_MAX writes the held disk
+ * has not taken): a mint is refused at once, 503 with nothing done; a
+ * wrong code is counted in memory all the same and answered so (401),
+ * as at the deadline — it was 503, as if the code had not been looked at. */
+static void test_queue_full(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, WAIT_MS);
+    vfs_fail_hold(s->dir);
+    enum { N = ROUTER_TOKENS_JOBS_MAX + 8 };
+    static int fds[N];
+    for (int i = 0; i < N; i++)
+        fds[i] = s_send(s, "POST", "/admin/tokens", NULL, S_MINT_BODY);
+    unsigned full = 0;
+    for (int i = 0; i < N; i++) {
+        s_resp_t r;
+        s_recv(fds[i], &r);
+        s_expect(&r, 503, "unavailable");
+        full += strstr(r.body, "cannot be stored now") != NULL;
+    }
+    assert_true(full > 0); /* the queue was full for some */
+    s_resp_t r;
+    s_req(s, "POST", "/pair", "X-Pairing-Code: 12345\r\n", NULL, &r);
+    s_expect(&r, 401, "invalid_pairing_code");
+    vfs_fail_hold(NULL);
+    s_srv_stop(s);
+}
+
 /* ---------------------------------------------------------------- a failing disk */
 
 /* Every write fails (a full disk; the store retries for ever): the
@@ -701,6 +729,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_revoke_held, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_pair_right_code_held, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_pair_wrong_code_held, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_queue_full, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_failing_disk_then_stop, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_stop_before_deadline, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_no_timer_never_hangs, s_setup, s_teardown),
