@@ -29,6 +29,9 @@
 #include "router/workers/history_cache.h"
 #include "router/workers/sessions.h"
 
+/* A message costs its octets and ROUTER_SESSIONS_MSG_COST. */
+#define COST(n) ((uint64_t) (n) + ROUTER_SESSIONS_MSG_COST)
+
 typedef struct {
     router_loop_t *loop;
     int answers;          /* history callbacks so far */
@@ -128,6 +131,15 @@ static void s_finish(const char *dir, env_t *e)
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     assert_int_equal(system(cmd), 0);
+}
+
+/* Waits until the store holds n writes for a failing disk (a bound for
+ * progress, not a timing). */
+static void s_wait_waiting(router_sessions_t *s, size_t n)
+{
+    for (int i = 0; i < 60000 && router_sessions_waiting(s) != n; i++)
+        usleep(1000);
+    assert_int_equal(router_sessions_waiting(s), n);
 }
 
 static void test_history_cache_and_restart(void **state)
@@ -279,11 +291,13 @@ static void test_refused_append_takes_back_only_itself(void **state)
     s_finish(dir, &e);
 }
 
-/* The disk full under the store (tests/vfs_fail.h): a batch of appends
- * whose COMMIT fails is rolled back whole and counted, and the cache
- * forgets the session rather than serve what was never stored; a delete
- * answers 503 and deletes nothing. Once the disk has room again, appends
- * are stored as before, and a restart finds exactly what was. */
+/* The disk full under the store (tests/vfs_fail.h): appends whose COMMIT
+ * fails are held, not lost, and the session's cached history still
+ * answers with them; reads that the held appends would change answer 503
+ * (the list, the session's own), one of a session with nothing held reads
+ * state.db; a delete of the session answers 503 and deletes nothing. Once
+ * the disk has room again, every held append is stored once, in order,
+ * and a restart finds them. */
 static void test_disk_full(void **state)
 {
     (void) state;
@@ -296,32 +310,51 @@ static void test_disk_full(void **state)
     assert_int_equal(router_sessions_failures(s), 0);
 
     vfs_fail_arm(VFS_FAIL_WRITE, dir, 0, -1);
-    assert_int_equal(router_sessions_append(s, "a", "assistant", "lost", 4, "t1"), 0);
-    assert_int_equal(router_sessions_append(s, "a", "user", "lost too", 8, "t2"), 0);
-    assert_int_equal(router_sessions_delete(s, "a", s_on_json, &e, 1), 0);
-    s_wait(&e, 2);
-    assert_int_equal(e.status[1], 503);
-    assert_true(vfs_fail_failed(VFS_FAIL_WRITE) >= 2);
-    assert_int_equal(router_sessions_failures(s), 3); /* two appends, one delete */
+    assert_int_equal(router_sessions_append(s, "a", "assistant", "held", 4, "t1"), 0);
+    assert_int_equal(router_sessions_append(s, "a", "user", "held too", 8, "t2"), 0);
+    assert_int_equal(router_sessions_append(s, "b", "user", "new", 3, "t3"), 0);
+    s_wait_waiting(s, 3);
+    assert_true(router_sessions_failures(s) >= 1);
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 1), 0);
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 2), 0);
+    assert_int_equal(router_sessions_get_json(s, "none", 10, s_on_json, &e, 3), 0);
+    assert_int_equal(router_sessions_list_json(s, 10, s_on_json, &e, 4), 0);
+    assert_int_equal(router_sessions_delete(s, "a", s_on_json, &e, 5), 0);
+    s_wait(&e, 6);
+    assert_true(vfs_fail_failed(VFS_FAIL_WRITE) >= 1);
+    assert_int_equal(e.rc[1], 0); /* the cache: what will be stored */
+    assert_non_null(strstr(e.text[1], "user:kept@"));
+    assert_non_null(strstr(e.text[1], "assistant:held@"));
+    assert_non_null(strstr(e.text[1], "user:held too@"));
+    assert_int_equal(e.status[2], 503);
+    assert_non_null(strstr(e.json[2], "unavailable"));
+    assert_int_equal(e.status[3], 404);
+    assert_int_equal(e.status[4], 503);
+    assert_int_equal(e.status[5], 503);
+    assert_int_equal(router_sessions_waiting(s), 3);
     vfs_fail_clear();
+    s_wait_waiting(s, 0);
 
-    /* What is read now is what the database holds. */
-    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 2), 0);
-    s_wait(&e, 3);
-    assert_int_equal(e.rc[2], 0);
-    assert_non_null(strstr(e.text[2], "user:kept@"));
-    assert_null(strstr(e.text[2], "lost"));
-    assert_int_equal(router_sessions_append(s, "a", "assistant", "again", 5, "t3"), 0);
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 6), 0);
+    assert_int_equal(router_sessions_get_json(s, "b", 10, s_on_json, &e, 7), 0);
+    s_wait(&e, 8);
+    assert_int_equal(e.status[6], 200);
+    assert_non_null(strstr(e.json[6], "\"message_count\":3"));
+    char *k = strstr(e.json[6], "\"content\":\"kept\"");
+    char *h = strstr(e.json[6], "\"content\":\"held\"");
+    char *h2 = strstr(e.json[6], "\"content\":\"held too\"");
+    assert_true(k && h && h2 && k < h && h < h2);
+    assert_int_equal(e.status[7], 200);
+    assert_non_null(strstr(e.json[7], "\"content\":\"new\""));
     router_sessions_destroy(&s);
 
     s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
     assert_non_null(s);
-    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 3), 0);
-    s_wait(&e, 4);
-    assert_int_equal(e.status[3], 200);
-    assert_non_null(strstr(e.json[3], "\"message_count\":2"));
-    assert_non_null(strstr(e.json[3], "\"content\":\"again\""));
-    assert_null(strstr(e.json[3], "lost"));
+    s_expect_usage(s, 2, COST(4) + COST(4) + COST(8) + COST(3));
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 0), 0);
+    s_wait(&e, 9);
+    assert_int_equal(e.status[0], 200);
+    assert_non_null(strstr(e.json[0], "\"message_count\":3"));
     router_sessions_destroy(&s);
     s_finish(dir, &e);
 }
@@ -338,9 +371,10 @@ static void s_on_open(void *ud, uint64_t tag, int rc, bool resumed, uint64_t cou
 }
 
 /* A session opened on a full disk: the open is answered (from what it
- * read; its row is written with the next commit, which fails and is
- * logged), nothing is stored, and once there is room the same id opens as
- * new, with its name, and keeps its messages. */
+ * read; its row is written with the next commit, which fails: the row is
+ * held, with its name); opening it again while the row waits answers the
+ * store failed; once there is room the row is stored with its name and
+ * keeps its messages. */
 static void test_open_on_full_disk(void **state)
 {
     (void) state;
@@ -350,25 +384,35 @@ static void test_open_on_full_disk(void **state)
     vfs_fail_arm(VFS_FAIL_WRITE, dir, 0, -1);
     assert_int_equal(router_sessions_open(s, "fresh", "a name", s_on_open, &e, 0), 0);
     s_wait(&e, 1);
+    assert_int_equal(e.rc[0], 0);
+    assert_string_equal(e.text[0], "new:0:a name");
+    s_wait_waiting(s, 1); /* its row */
     assert_true(vfs_fail_failed(VFS_FAIL_WRITE) >= 1);
-    vfs_fail_clear();
-    assert_int_equal(router_sessions_get_json(s, "fresh", 10, s_on_json, &e, 1), 0);
-    s_wait(&e, 2);
-    assert_int_equal(e.status[1], 404); /* nothing was stored */
-    assert_int_equal(router_sessions_open(s, "fresh", "a name", s_on_open, &e, 2), 0);
+    assert_int_equal(router_sessions_open(s, "fresh", "a name", s_on_open, &e, 1), 0);
+    /* A new session while writes wait: answered, its row held too. */
+    assert_int_equal(router_sessions_open(s, "other", "two", s_on_open, &e, 2), 0);
     s_wait(&e, 3);
+    assert_int_equal(e.rc[1], -1);
     assert_int_equal(e.rc[2], 0);
-    assert_string_equal(e.text[2], "new:0:a name");
+    assert_string_equal(e.text[2], "new:0:two");
+    assert_int_equal(router_sessions_waiting(s), 2);
+    vfs_fail_clear();
+    s_wait_waiting(s, 0);
+    assert_true(router_sessions_kept(s, "fresh"));
+    assert_true(router_sessions_kept(s, "other"));
     assert_int_equal(router_sessions_append(s, "fresh", "user", "hello", 5, "t1"), 0);
     router_sessions_destroy(&s);
 
     s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
     assert_non_null(s);
     assert_int_equal(router_sessions_get_json(s, "fresh", 10, s_on_json, &e, 3), 0);
-    s_wait(&e, 4);
+    assert_int_equal(router_sessions_get_json(s, "other", 10, s_on_json, &e, 4), 0);
+    s_wait(&e, 5);
     assert_int_equal(e.status[3], 200);
     assert_non_null(strstr(e.json[3], "\"name\":\"a name\""));
     assert_non_null(strstr(e.json[3], "\"content\":\"hello\""));
+    assert_int_equal(e.status[4], 200);
+    assert_non_null(strstr(e.json[4], "\"name\":\"two\""));
     router_sessions_destroy(&s);
     s_finish(dir, &e);
 }
@@ -458,9 +502,6 @@ static void test_without_memory(void **state)
 
 static void s_on_open(void *ud, uint64_t tag, int rc, bool resumed, uint64_t count,
                       const char *name);
-
-/* A message costs its octets and ROUTER_SESSIONS_MSG_COST. */
-#define COST(n) ((uint64_t) (n) + ROUTER_SESSIONS_MSG_COST)
 
 /* Each session keeps its newest messages within messages_max and
  * session_bytes_max, never fewer than its last one; a history read after
@@ -593,8 +634,9 @@ static void test_bounds_octets_over_all(void **state)
 }
 
 /* A batch whose COMMIT fails takes back what the thread had counted for
- * it: the counts are the database's again, so a failing disk cannot make
- * the bounds drift either way. */
+ * it: the counts are the database's again while it is held, so a failing
+ * disk cannot make the bounds drift either way; once it is stored, they
+ * count it. */
 static void test_bounds_after_a_failed_commit(void **state)
 {
     (void) state;
@@ -606,20 +648,25 @@ static void test_bounds_after_a_failed_commit(void **state)
     s_wait(&e, 1);
     s_expect_usage(s, 1, COST(4));
     vfs_fail_arm(VFS_FAIL_WRITE, dir, 0, -1);
-    assert_int_equal(router_sessions_append(s, "a", "user", "lost", 4, ""), 0);
-    assert_int_equal(router_sessions_append(s, "new", "user", "lost", 4, ""), 0);
+    assert_int_equal(router_sessions_append(s, "a", "user", "held", 4, ""), 0);
+    assert_int_equal(router_sessions_append(s, "new", "user", "held", 4, ""), 0);
     assert_int_equal(router_sessions_open(s, "opened", NULL, s_on_open, &e, 1), 0);
     /* A delete commits alone, after the batch before it: once it is
-     * answered, that batch has failed. */
+     * answered, that batch has failed and is held. */
     assert_int_equal(router_sessions_delete(s, "a", s_on_json, &e, 2), 0);
     s_wait(&e, 3);
     assert_int_equal(e.status[2], 503);
-    vfs_fail_clear();
+    s_wait_waiting(s, 3);
     s_expect_usage(s, 1, COST(4));
-    /* The ids the failed batch made went with it. */
+    /* The ids the failed batch made went with it, until it is stored. */
     assert_true(router_sessions_kept(s, "a"));
     assert_false(router_sessions_kept(s, "new"));
     assert_false(router_sessions_kept(s, "opened"));
+    vfs_fail_clear();
+    s_wait_waiting(s, 0);
+    s_expect_usage(s, 3, 3 * COST(4));
+    assert_true(router_sessions_kept(s, "new"));
+    assert_true(router_sessions_kept(s, "opened"));
     router_sessions_destroy(&s);
     s_finish(dir, &e);
 }
@@ -822,10 +869,10 @@ static void test_queue_at_its_bound(void **state)
     s_finish(dir, &e);
 }
 
-/* A COMMIT whose fsync fails (tests/vfs_fail.h): the batch is taken back
- * whole and counted, the cache forgets its sessions, a session the batch
- * made is not kept; the store goes on serving, and a restart finds what
- * the database answered before it. */
+/* A COMMIT whose fsync fails (tests/vfs_fail.h): the batch is held and
+ * retried, a session it makes is not kept until it is stored; the store
+ * goes on serving, and once the fsyncs succeed the batch is stored once,
+ * and a restart finds it. */
 static void test_commit_fsync_fails(void **state)
 {
     (void) state;
@@ -838,35 +885,36 @@ static void test_commit_fsync_fails(void **state)
     s_expect_usage(s, 1, COST(4));
 
     vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, -1);
-    assert_int_equal(router_sessions_append(s, "a", "assistant", "lost", 4, "t1"), 0);
-    assert_int_equal(router_sessions_append(s, "n", "user", "lost", 4, "t2"), 0);
+    assert_int_equal(router_sessions_append(s, "a", "assistant", "held", 4, "t1"), 0);
+    assert_int_equal(router_sessions_append(s, "n", "user", "held", 4, "t2"), 0);
     assert_int_equal(router_sessions_delete(s, "a", s_on_json, &e, 1), 0);
     s_wait(&e, 2);
     assert_int_equal(e.status[1], 503);
     assert_string_equal(e.json[1], "{\"error\":\"the session store failed\",\"code\":\"unavailable\"}");
-    assert_true(vfs_fail_failed(VFS_FAIL_SYNC) >= 2);
-    assert_int_equal(router_sessions_failures(s), 3);
-    vfs_fail_clear();
+    s_wait_waiting(s, 2);
+    assert_true(vfs_fail_failed(VFS_FAIL_SYNC) >= 1);
     s_expect_usage(s, 1, COST(4));
     assert_false(router_sessions_kept(s, "n"));
-
-    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 2), 0);
-    assert_int_equal(router_sessions_get_json(s, "n", 10, s_on_json, &e, 3), 0);
-    s_wait(&e, 4);
-    assert_int_equal(e.rc[2], 0);
-    assert_non_null(strstr(e.text[2], "user:kept@"));
-    assert_null(strstr(e.text[2], "lost"));
-    assert_int_equal(e.status[3], 404);
-    assert_int_equal(router_sessions_append(s, "a", "assistant", "again", 5, "t3"), 0);
+    /* The retries go on failing while the disk does. */
+    for (int i = 0; i < 60000 && vfs_fail_failed(VFS_FAIL_SYNC) < 3; i++) /* a bound */
+        usleep(1000);
+    assert_true(vfs_fail_failed(VFS_FAIL_SYNC) >= 3);
+    assert_int_equal(router_sessions_waiting(s), 2);
+    vfs_fail_clear();
+    s_wait_waiting(s, 0);
+    assert_true(router_sessions_kept(s, "n"));
+    s_expect_usage(s, 2, 3 * COST(4));
     router_sessions_destroy(&s);
 
     s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
     assert_non_null(s);
-    s_expect_usage(s, 1, COST(4) + COST(5));
-    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 4), 0);
-    s_wait(&e, 5);
-    assert_non_null(strstr(e.json[4], "\"message_count\":2"));
-    assert_null(strstr(e.json[4], "lost"));
+    s_expect_usage(s, 2, 3 * COST(4));
+    assert_int_equal(router_sessions_get_json(s, "a", 10, s_on_json, &e, 2), 0);
+    assert_int_equal(router_sessions_get_json(s, "n", 10, s_on_json, &e, 3), 0);
+    s_wait(&e, 4);
+    assert_non_null(strstr(e.json[2], "\"message_count\":2"));
+    assert_non_null(strstr(e.json[2], "\"content\":\"held\""));
+    assert_non_null(strstr(e.json[3], "\"message_count\":1"));
     router_sessions_destroy(&s);
     s_finish(dir, &e);
 }

@@ -29,8 +29,17 @@
  * write lock for (s_main). */
 #define S_TXN_MAX_APPENDS 8192u
 #define S_TXN_MAX_US 5000u
+/* A failing disk: the wait before retrying the writes whose commit failed
+ * (doubling up to the most), how often the failure is logged again, and
+ * the retries a stop makes before it gives the writes up. */
+#define S_RETRY_MIN_MS 10u
+#define S_RETRY_MAX_MS 1000u
+#define S_FAIL_LOG_EVERY_MS 10000u
+#define S_STOP_RETRIES 5u
 
-typedef enum { J_OPEN, J_HISTORY, J_APPEND, J_LIST, J_GET, J_DELETE } s_kind_t;
+/* J_ROW: a new session's row an open made, kept until it is committed so
+ * a failed commit retries it (with its name). */
+typedef enum { J_OPEN, J_HISTORY, J_APPEND, J_LIST, J_GET, J_DELETE, J_ROW } s_kind_t;
 
 /* The statements every turn runs, prepared once on the thread (s_stmt):
  * parsing them again per append was a third of the thread's time. */
@@ -76,7 +85,10 @@ struct s_job {
     char *content;            /* J_APPEND */
     size_t len;
     char turn_id[40];         /* J_APPEND */
-    uint64_t time_ms;         /* J_APPEND: when it was queued, as the cache has it */
+    uint64_t time_ms;         /* J_APPEND: when it was queued, as the cache has it; J_ROW: made */
+    int64_t seq;              /* J_APPEND: its message's seq in the running transaction */
+    bool transient;           /* J_APPEND, J_ROW: failed for the disk, not for itself */
+    bool made;                /* J_OPEN: it made the session's row */
     unsigned limit;
     uint64_t ticket;          /* J_HISTORY: the cache's load ticket, or 0 */
     router_history_view_t *view; /* J_HISTORY answered by the cache: msgs are its */
@@ -120,6 +132,16 @@ struct router_sessions {
     router_session_ids_t *ids; /* the ids state.db keeps (the thread writes, any reads) */
     _Atomic uint64_t pub_sessions, pub_bytes; /* the same, for other threads */
     _Atomic uint64_t pruned;   /* messages the bounds took */
+    /* A failing disk (s_chunk_fail): the writes whose commit failed wait
+     * here, in queue order, and are retried until they commit. */
+    s_job_t *held_head, *held_tail; /* the thread's */
+    size_t nheld;              /* their count, under mu: s_queue bounds todo + held */
+    uint64_t retry_at_ms;      /* the thread's: when the held writes are tried again */
+    unsigned backoff_ms;       /* the thread's: the wait after the last failure */
+    uint64_t failing;          /* the thread's: failed attempts since writes last committed */
+    uint64_t unreported;       /* the thread's: failed attempts since the last log line */
+    uint64_t last_log_ms;      /* the thread's: when the failure was last logged */
+    char why[160];             /* the thread's: SQLite's reason for the last failure */
 };
 
 static const char *const s_schema =
@@ -300,8 +322,45 @@ static void s_run_open(router_sessions_t *s, s_job_t *j)
         (void) router_session_ids_add(s->ids, j->id);
         s_publish(s);
     }
+    j->made = made;
     if ((j->res_name = strdup(name)))
         j->rc = 0;
+}
+
+/* Whether SQLite's last error is the disk's (full, failing, busy, short of
+ * memory): what fails for it is retried, never dropped. Anything else (a
+ * constraint, a damaged schema) is the write's own and fails it alone. */
+static bool s_transient(router_sessions_t *s)
+{
+    switch (sqlite3_extended_errcode(s->db) & 0xff) {
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_NOMEM:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PROTOCOL:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* A held open's row (J_ROW), made again if missing, with its name. */
+static void s_run_row(router_sessions_t *s, s_job_t *j)
+{
+    bool made = false;
+    j->rc = s_row_new(s, j->id, j->name ? j->name : "", j->time_ms, &made);
+    if (j->rc != 0) {
+        j->transient = s_transient(s);
+        snprintf(s->why, sizeof s->why, "%s", sqlite3_errmsg(s->db));
+        return;
+    }
+    if (made) {
+        s->nsessions++;
+        (void) router_session_ids_add(s->ids, j->id);
+        s_publish(s);
+    }
 }
 
 /* Takes the oldest messages of a session out while it keeps more than the
@@ -377,6 +436,7 @@ static void s_run_append(router_sessions_t *s, s_job_t *j)
     sqlite3_bind_text(st, 4, j->turn_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, (sqlite3_int64) now);
     bool stored = sqlite3_step(st) == SQLITE_DONE;
+    j->seq = stored ? sqlite3_last_insert_rowid(s->db) : 0;
     s_stmt_end(st);
     if (!stored || s_prune(s, j->id, count, bytes, &gone, &freed) != 0 ||
         s_stmt_run(s, Q_RELEASE) != 0)
@@ -394,8 +454,13 @@ fail:;
     /* Said now: the rollback's success resets the db's message. */
     char why[160];
     snprintf(why, sizeof why, "%s", sqlite3_errmsg(s->db));
+    j->transient = s_transient(s);
     s_stmt_run(s, Q_ROLLBACK_TO);
     s_stmt_run(s, Q_RELEASE);
+    if (j->transient) { /* kept and retried (s_chunk_fail), logged as the disk's failure */
+        snprintf(s->why, sizeof s->why, "%s", why);
+        return;
+    }
     ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: a message of session %s not stored: %s", j->id,
                why);
 }
@@ -616,8 +681,11 @@ static void s_run(router_sessions_t *s, s_job_t *j)
     case J_LIST:
     case J_GET: s_run_json(s, j); break;
     case J_DELETE: s_run_delete(s, j); break;
+    case J_ROW: s_run_row(s, j); break;
     }
     if (j->rc == ROUTER_SESSIONS_FULL_SESSIONS) /* a bound, not a failure */
+        return;
+    if ((j->kind == J_APPEND || j->kind == J_ROW) && j->transient) /* retried, not failed */
         return;
     if (j->rc != 0 || ((j->kind == J_LIST || j->kind == J_GET || j->kind == J_DELETE) &&
                        j->status == 503)) {
@@ -643,111 +711,454 @@ static void s_done_push(router_sessions_t *s, s_job_t *j)
     }
 }
 
-/* Ends the appends' transaction (txn; without one, each append committed
- * on its own): COMMIT, or on failure ROLLBACK and hand every append back
- * to the loop failed (its cache forgets the session). Appends that
- * committed are freed: nobody waits for them. */
-static void s_commit_appends(router_sessions_t *s, bool txn, s_job_t *appends, size_t nappends)
+/* ------------------------------------------------------------ a failing disk */
+
+/* The writes of one transaction, in queue order (appends, and J_ROWs for
+ * the rows opens made): freed once committed, held for a retry if not. */
+typedef struct {
+    s_job_t *head, *tail;
+    size_t n;
+    int64_t last_seq; /* the seq of its last message, 0 if none */
+} s_chunk_t;
+
+static void s_chunk_add(s_chunk_t *c, s_job_t *j)
 {
-    bool lost = false;
-    if (txn && s_exec(s->db, "COMMIT") != 0) {
-        atomic_fetch_add(&s->failures, nappends);
-        ROUTER_LOG(ROUTER_LOG_ERROR, MOD, "state.db: commit of %zu messages: %s", nappends,
-                   sqlite3_errmsg(s->db));
-        s_exec(s->db, "ROLLBACK");
-        lost = true;
-        /* What the thread counted for the batch (its appends, the rows its
-         * opens made) was taken back with it. */
-        (void) s_recount(s);
-    }
-    if (txn)
-        router_dblock_leave(s->wlock);
-    while (appends) {
-        s_job_t *j = appends;
-        appends = j->next;
-        j->next = NULL;
-        if (!lost) {
-            s_job_free(j);
-            continue;
-        }
-        j->rc = -1;
+    j->next = NULL;
+    if (c->tail)
+        c->tail->next = j;
+    else
+        c->head = j;
+    c->tail = j;
+    c->n++;
+    if (j->kind == J_APPEND && j->seq)
+        c->last_seq = j->seq;
+}
+
+/* A failed attempt: logged once, then at most every S_FAIL_LOG_EVERY_MS
+ * with the count since (a broken disk is seen, never floods the log); the
+ * next retry waits twice as long as the last, up to S_RETRY_MAX_MS. */
+static void s_fail_note(router_sessions_t *s)
+{
+    uint64_t now = router_clock_mono_ms();
+    atomic_fetch_add(&s->failures, 1);
+    s->failing++;
+    s->unreported++;
+    if (s->failing == 1 || now - s->last_log_ms >= S_FAIL_LOG_EVERY_MS) {
         pthread_mutex_lock(&s->mu);
-        s_done_push(s, j);
+        size_t held = s->nheld;
+        pthread_mutex_unlock(&s->mu);
+        ROUTER_LOG(ROUTER_LOG_ERROR, MOD,
+                   "state.db refuses writes (%llu failure%s since the last report): %s; %zu"
+                   " writes (messages, new sessions) wait and are retried, reads of their"
+                   " sessions answer unavailable until then",
+                   (unsigned long long) s->unreported, s->unreported == 1 ? "" : "s",
+                   s->why[0] ? s->why : "?", held);
+        s->unreported = 0;
+        s->last_log_ms = now;
+    }
+    s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : S_RETRY_MIN_MS;
+    if (s->backoff_ms > S_RETRY_MAX_MS)
+        s->backoff_ms = S_RETRY_MAX_MS;
+    s->retry_at_ms = now + s->backoff_ms;
+}
+
+/* Writes committed again: said once, after a failure. */
+static void s_fail_clear(router_sessions_t *s)
+{
+    if (s->failing)
+        ROUTER_LOG(ROUTER_LOG_INFO, MOD,
+                   "state.db takes writes again after %llu failed attempt%s: what waited is"
+                   " stored", (unsigned long long) s->failing, s->failing == 1 ? "" : "s");
+    s->failing = s->unreported = 0;
+    s->backoff_ms = 0;
+    s->why[0] = '\0';
+}
+
+/* Whether a write of session id waits for a retry. */
+static bool s_held_has(const router_sessions_t *s, const char *id)
+{
+    for (const s_job_t *j = s->held_head; j; j = j->next)
+        if (strcmp(j->id, id) == 0)
+            return true;
+    return false;
+}
+
+/* j waits at the end of the held writes; `counted`: s->nheld counts it
+ * already (s_main counted it when it took the batch). */
+static void s_hold(router_sessions_t *s, s_job_t *j, bool counted)
+{
+    j->next = NULL;
+    if (s->held_tail)
+        s->held_tail->next = j;
+    else
+        s->held_head = j;
+    s->held_tail = j;
+    if (!counted) {
+        pthread_mutex_lock(&s->mu);
+        s->nheld++;
         pthread_mutex_unlock(&s->mu);
     }
 }
 
-/* Group commit: the jobs queued when the thread wakes run in one
- * transaction, so a burst of appends (two per turn) costs one WAL sync, not
- * one each; each append is its own savepoint, so a failing one takes only
- * itself back. Reads are handed to the loop as soon as they ran, before the
- * COMMIT's sync (they see the batch's own writes, in queue order), so a
- * turn's history never waits for a disk flush. Jobs that come during a
- * commit form the next batch. A transaction holds state.db's one write
- * lock, which the inbox's commits (acks, webhook answers) wait for, so it
- * ends after S_TXN_MAX_APPENDS appends or S_TXN_MAX_US, and a backlog of
- * many thousands is written in many short transactions, never one long one. */
+/* The open transaction of chunk c failed (its COMMIT, or a write of it
+ * for the disk): rolled back, and c goes back in front of the held
+ * writes, in order (`counted`: s->nheld counts c already). What the thread
+ * counted for c is taken back (s_recount); the retry counts it again. */
+static void s_chunk_fail(router_sessions_t *s, s_chunk_t *c, bool counted)
+{
+    s_exec(s->db, "ROLLBACK");
+    router_dblock_leave(s->wlock);
+    (void) s_recount(s);
+    if (c->head) {
+        c->tail->next = s->held_head;
+        s->held_head = c->head;
+        if (!s->held_tail)
+            s->held_tail = c->tail;
+        if (!counted) {
+            pthread_mutex_lock(&s->mu);
+            s->nheld += c->n;
+            pthread_mutex_unlock(&s->mu);
+        }
+    }
+    *c = (s_chunk_t){0};
+    s_fail_note(s);
+}
+
+/* A COMMIT that failed may still have landed (in doubt: WIRE §6). The
+ * seqs of messages are AUTOINCREMENT, only this thread inserts them, and
+ * a rolled-back transaction takes its bump of sqlite_sequence back: so
+ * the chunk landed exactly when sqlite_sequence has reached its last
+ * message. Read back after the ROLLBACK, before any retry: a chunk that
+ * landed is never written twice. (One that did not land but left its
+ * frames in the WAL is overwritten by the next commit, or found by a
+ * restart's recovery — once, since the held writes die with the process.) */
+static bool s_chunk_landed(router_sessions_t *s, const s_chunk_t *c)
+{
+    if (!c->last_seq)
+        return false;
+    sqlite3_stmt *st = NULL;
+    bool landed = false;
+    if (sqlite3_prepare_v2(s->db, "SELECT seq FROM sqlite_sequence WHERE name='messages'", -1,
+                           &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        landed = sqlite3_column_int64(st, 0) >= c->last_seq;
+    sqlite3_finalize(st);
+    return landed;
+}
+
+/* Ends chunk c's transaction: COMMIT, and its writes are freed (nobody
+ * waits for them), or it is held for a retry (s_chunk_fail). 0 or -1. */
+static int s_chunk_commit(router_sessions_t *s, s_chunk_t *c, bool counted)
+{
+    if (s_exec(s->db, "COMMIT") != 0) {
+        snprintf(s->why, sizeof s->why, "%s", sqlite3_errmsg(s->db));
+        s_exec(s->db, "ROLLBACK");
+        if (!s_chunk_landed(s, c)) {
+            s_chunk_fail(s, c, counted);
+            return -1;
+        }
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD,
+                   "state.db: a commit of %zu writes said it failed (%s) but landed: kept once",
+                   c->n, s->why);
+        (void) s_recount(s);
+    }
+    router_dblock_leave(s->wlock);
+    if (counted) {
+        pthread_mutex_lock(&s->mu);
+        s->nheld -= c->n;
+        pthread_mutex_unlock(&s->mu);
+    }
+    if (!s->held_head)
+        s_fail_clear(s);
+    for (s_job_t *j = c->head, *n; j; j = n) {
+        n = j->next;
+        s_job_free(j);
+    }
+    *c = (s_chunk_t){0};
+    return 0;
+}
+
+/* A write that failed for itself (not the disk): handed to the loop as
+ * failed, whose cache forgets the session. A J_ROW just goes. */
+static void s_write_failed(router_sessions_t *s, s_job_t *j)
+{
+    if (j->kind == J_ROW) {
+        s_job_free(j);
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s_done_push(s, j);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Retries the held writes, in order, in transactions as short as
+ * s_main's; stops at the first failure (they stay held, the backoff
+ * grows). Writes made nsheld smaller as they commit. */
+static void s_retry(router_sessions_t *s)
+{
+    while (s->held_head) {
+        router_dblock_enter(s->wlock, ROUTER_DBLOCK_BULK);
+        if (s_exec(s->db, "BEGIN IMMEDIATE") != 0) {
+            snprintf(s->why, sizeof s->why, "%s", sqlite3_errmsg(s->db));
+            router_dblock_leave(s->wlock);
+            s_fail_note(s);
+            return;
+        }
+        uint64_t since = router_clock_mono_us();
+        s_chunk_t c = {0};
+        while (s->held_head && c.n < S_TXN_MAX_APPENDS &&
+               router_clock_mono_us() - since < S_TXN_MAX_US) {
+            s_job_t *j = s->held_head;
+            s->held_head = j->next;
+            if (!s->held_head)
+                s->held_tail = NULL;
+            j->next = NULL;
+            j->transient = false;
+            s_run(s, j);
+            if (j->rc == 0) {
+                s_chunk_add(&c, j);
+                continue;
+            }
+            if (j->transient) {
+                s_chunk_add(&c, j);
+                s_chunk_fail(s, &c, true);
+                return;
+            }
+            pthread_mutex_lock(&s->mu);
+            s->nheld--;
+            pthread_mutex_unlock(&s->mu);
+            s_write_failed(s, j);
+        }
+        if (s_chunk_commit(s, &c, true) != 0)
+            return;
+    }
+    s_fail_clear(s);
+}
+
+/* A job while writes are held: an append waits behind them (its order
+ * kept); reads that the held writes would change answer unavailable (the
+ * cache answers most history reads before they come here), others read
+ * what state.db keeps; an open of a new session answers at once and
+ * holds its row. `counted`: s_main counted j in s->nheld if it is an
+ * append or an open. */
+static void s_run_stalled(router_sessions_t *s, s_job_t *j, bool counted)
+{
+    bool held = s_held_has(s, j->id ? j->id : "");
+    bool unavailable = false;
+    switch (j->kind) {
+    case J_APPEND:
+        s_hold(s, j, counted);
+        return;
+    case J_HISTORY:
+        if (held)
+            j->rc = -1, unavailable = true;
+        else
+            j->rc = s_load_msgs(s, j);
+        break;
+    case J_GET:
+    case J_DELETE:
+        if (held)
+            j->status = 503, unavailable = true;
+        else
+            s_run(s, j);
+        break;
+    case J_LIST: /* the sessions held would be missing or miscounted */
+        j->status = 503;
+        unavailable = true;
+        break;
+    case J_OPEN: {
+        s_job_t *row = NULL;
+        if (held) {
+            j->rc = -1;
+            unavailable = true;
+        } else {
+            /* No transaction: the row read is all, the row made is held. */
+            sqlite3_stmt *st = s_stmt(s, Q_ROW_GET);
+            int step = st ? SQLITE_ERROR : SQLITE_MISUSE;
+            j->rc = -1;
+            if (st) {
+                sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+                step = sqlite3_step(st);
+                if (step == SQLITE_ROW) {
+                    j->res_name = strdup((const char *) sqlite3_column_text(st, 0));
+                    j->count = (uint64_t) sqlite3_column_int64(st, 1);
+                    j->resumed = true;
+                    j->rc = j->res_name ? 0 : -1;
+                }
+                s_stmt_end(st);
+            }
+            if (step == SQLITE_DONE) {
+                if (s->nsessions >= s->b.sessions_max) {
+                    j->rc = ROUTER_SESSIONS_FULL_SESSIONS;
+                } else if ((row = calloc(1, sizeof *row)) && (row->id = strdup(j->id)) &&
+                           (row->name = strdup(j->name ? j->name : "")) &&
+                           (j->res_name = strdup(row->name))) {
+                    row->kind = J_ROW;
+                    row->time_ms = router_clock_wall_ms();
+                    j->rc = 0;
+                } else {
+                    s_job_free(row);
+                    row = NULL;
+                }
+            }
+            if (j->rc == -1)
+                atomic_fetch_add(&s->failures, 1);
+        }
+        if (row)
+            s_hold(s, row, counted);
+        else if (counted) {
+            pthread_mutex_lock(&s->mu);
+            s->nheld--;
+            pthread_mutex_unlock(&s->mu);
+        }
+        break;
+    }
+    case J_ROW: /* never queued */
+        break;
+    }
+    if (unavailable)
+        atomic_fetch_add(&s->failures, 1);
+    pthread_mutex_lock(&s->mu);
+    s_done_push(s, j);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Runs a batch taken from the queue. Group commit: its jobs run in one
+ * transaction, so a burst of appends (two per turn) costs one WAL sync,
+ * not one each; each append is its own savepoint, so one that fails for
+ * itself takes only itself back. Reads are handed to the loop as soon as
+ * they ran, before the COMMIT's sync (they see the batch's own writes, in
+ * queue order), so a turn's history never waits for a disk flush. A
+ * transaction holds state.db's one write lock, which the inbox's commits
+ * (acks, webhook answers) wait for, so it ends after S_TXN_MAX_APPENDS
+ * appends or S_TXN_MAX_US, and a backlog of many thousands is written in
+ * many short transactions, never one long one. A transaction that fails
+ * for the disk holds its writes for a retry (s_chunk_fail), and the rest
+ * of the batch runs behind them (s_run_stalled); `counted`: the batch came
+ * while writes were held, and s->nheld counts its appends and opens. */
+static void s_run_batch(router_sessions_t *s, s_job_t *batch, bool counted)
+{
+    bool txn = false;
+    uint64_t txn_since = 0;
+    s_chunk_t c = {0};
+    while (batch) {
+        s_job_t *j = batch;
+        batch = j->next;
+        j->next = NULL;
+        if (j->kind == J_DELETE && txn) {
+            /* What came before it is committed first: it commits alone. */
+            (void) s_chunk_commit(s, &c, false);
+            txn = false;
+        }
+        if (s->held_head) {
+            s_run_stalled(s, j, counted);
+            continue;
+        }
+        /* IMMEDIATE: the write lock up front (waiting out the inbox's
+         * writer), never a read snapshot that a write must upgrade
+         * (SQLITE_BUSY_SNAPSHOT, no retry); from the first write on (an
+         * append, or a session's row), so reads before it hold no lock,
+         * and a new session's row is not a commit — an fsync — of its own
+         * (one per webhook at 10,000/s saturated the disk). */
+        if ((j->kind == J_APPEND || j->kind == J_OPEN) && !txn) {
+            router_dblock_enter(s->wlock, ROUTER_DBLOCK_BULK); /* behind the inbox's commits */
+            if (s_exec(s->db, "BEGIN IMMEDIATE") != 0) {
+                snprintf(s->why, sizeof s->why, "%s", sqlite3_errmsg(s->db));
+                router_dblock_leave(s->wlock);
+                s_fail_note(s);
+                s_run_stalled(s, j, false); /* an append is held; an open holds its row */
+                continue;
+            }
+            txn = true;
+            txn_since = router_clock_mono_us();
+        }
+        s_run(s, j);
+        if (j->kind == J_APPEND && (j->rc == 0 || j->transient)) {
+            s_chunk_add(&c, j);
+            if (j->transient) { /* the disk's failure: the transaction goes, held */
+                s_chunk_fail(s, &c, false);
+                txn = false;
+                continue;
+            }
+        } else {
+            s_job_t *row = NULL;
+            if (j->kind == J_OPEN && j->made && (row = calloc(1, sizeof *row))) {
+                /* Kept with the chunk: a failed commit holds the row, name and all. */
+                row->kind = J_ROW;
+                row->time_ms = router_clock_wall_ms();
+                if ((row->id = strdup(j->id)) &&
+                    (row->name = strdup(j->res_name ? j->res_name : "")))
+                    s_chunk_add(&c, row);
+                else
+                    s_job_free(row);
+            }
+            pthread_mutex_lock(&s->mu);
+            s_done_push(s, j);
+            pthread_mutex_unlock(&s->mu);
+        }
+        if (txn && (c.n >= S_TXN_MAX_APPENDS || router_clock_mono_us() - txn_since >= S_TXN_MAX_US)) {
+            (void) s_chunk_commit(s, &c, false);
+            txn = false;
+        }
+    }
+    if (txn)
+        (void) s_chunk_commit(s, &c, false);
+}
+
+/* Appends and opens in a list: what s_run_stalled may hold. */
+static size_t s_writes(const s_job_t *j)
+{
+    size_t n = 0;
+    for (; j; j = j->next)
+        n += j->kind == J_APPEND || j->kind == J_OPEN;
+    return n;
+}
+
+/* The thread: takes what is queued as one batch (s_run_batch); while
+ * writes are held, retries them first when their backoff is over. A stop
+ * retries them S_STOP_RETRIES times more, then gives them up, saying so. */
 static void *s_main(void *arg)
 {
     router_sessions_t *s = arg;
     router_thread_name("kith-sessions");
+    unsigned stop_tries = 0;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (!s->todo_head && !s->stopping)
-            pthread_cond_wait(&s->cv, &s->mu);
-        if (!s->todo_head)
-            break;
+        while (!s->todo_head && !(s->stopping && !s->held_head)) {
+            if (!s->held_head) {
+                pthread_cond_wait(&s->cv, &s->mu);
+                continue;
+            }
+            uint64_t now = router_clock_mono_ms();
+            if (now >= s->retry_at_ms)
+                break;
+            struct timespec dl =
+                router_clock_deadline_us(CLOCK_REALTIME, (s->retry_at_ms - now) * 1000u);
+            pthread_cond_timedwait(&s->cv, &s->mu, &dl);
+        }
+        if (!s->todo_head && !s->held_head)
+            break; /* stopping, nothing left */
+        if (s->held_head && router_clock_mono_ms() >= s->retry_at_ms) {
+            bool stopping = s->stopping;
+            pthread_mutex_unlock(&s->mu);
+            s_retry(s);
+            pthread_mutex_lock(&s->mu);
+            if (stopping && s->held_head && ++stop_tries >= S_STOP_RETRIES && !s->todo_head) {
+                ROUTER_LOG(ROUTER_LOG_ERROR, MOD,
+                           "stopping with %zu messages and sessions not stored: state.db"
+                           " refuses writes (%s)", s->nheld, s->why);
+                break; /* destroy frees them */
+            }
+            continue;
+        }
         s_job_t *batch = s->todo_head;
         s->todo_head = s->todo_tail = NULL;
         s->ntodo = 0;
+        bool counted = s->held_head != NULL;
+        if (counted) /* the bound holds while they wait: todo + held */
+            s->nheld += s_writes(batch);
         pthread_mutex_unlock(&s->mu);
-        bool txn = false;
-        uint64_t txn_since = 0;
-        s_job_t *appends = NULL;
-        size_t nappends = 0;
-        while (batch) {
-            s_job_t *j = batch;
-            batch = j->next;
-            j->next = NULL;
-            /* IMMEDIATE: the write lock up front (waiting out the inbox's
-             * writer), never a read snapshot that a write must upgrade
-             * (SQLITE_BUSY_SNAPSHOT, no retry); from the first write on
-             * (an append, or a session's row), so reads before it hold no
-             * lock, and a new session's row is not a commit — an fsync —
-             * of its own (one per webhook at 10,000/s saturated the disk). */
-            if (j->kind == J_DELETE && txn) {
-                /* What came before it is committed first: it commits alone. */
-                s_commit_appends(s, true, appends, nappends);
-                txn = false;
-                appends = NULL;
-                nappends = 0;
-            }
-            if ((j->kind == J_APPEND || j->kind == J_OPEN) && !txn) {
-                router_dblock_enter(s->wlock, ROUTER_DBLOCK_BULK); /* behind the inbox's commits */
-                txn = s_exec(s->db, "BEGIN IMMEDIATE") == 0;
-                if (!txn)
-                    router_dblock_leave(s->wlock);
-                txn_since = router_clock_mono_us();
-            }
-            s_run(s, j);
-            if (j->kind == J_APPEND && j->rc == 0) { /* nobody waits for it */
-                j->next = appends;
-                appends = j;
-                nappends++;
-            } else {
-                pthread_mutex_lock(&s->mu);
-                s_done_push(s, j);
-                pthread_mutex_unlock(&s->mu);
-            }
-            if (txn && (nappends >= S_TXN_MAX_APPENDS ||
-                        router_clock_mono_us() - txn_since >= S_TXN_MAX_US)) {
-                s_commit_appends(s, true, appends, nappends);
-                txn = false;
-                appends = NULL;
-                nappends = 0;
-            }
-        }
-        s_commit_appends(s, txn, appends, nappends);
+        s_run_batch(s, batch, counted);
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
@@ -797,6 +1208,8 @@ static void s_on_done(router_watch_t *watch, int fd, unsigned events, void *ud)
         }
         case J_APPEND: /* one that failed: the cache may hold what the database lost */
             router_history_cache_forget(s->cache, j->id);
+            break;
+        case J_ROW: /* never handed back */
             break;
         case J_DELETE: {
             /* A history read queued before the delete may have filled it again. */
@@ -946,6 +1359,10 @@ void router_sessions_destroy(router_sessions_t **self_p)
         n = j->next;
         s_job_free(j);
     }
+    for (s_job_t *j = s->held_head, *n; j; j = n) { /* given up by the stop (s_main) */
+        n = j->next;
+        s_job_free(j);
+    }
     for (size_t q = 0; q < Q_COUNT; q++)
         sqlite3_finalize(s->stmt[q]);
     if (s->db)
@@ -982,7 +1399,8 @@ static int s_queue(router_sessions_t *s, s_job_t *j)
     if (!j)
         return -1;
     pthread_mutex_lock(&s->mu);
-    if (s->ntodo >= ROUTER_SESSIONS_JOBS_MAX || atomic_load(&s->refuse)) {
+    /* Writes held for a failing disk count: they hold memory as surely. */
+    if (s->ntodo + s->nheld >= ROUTER_SESSIONS_JOBS_MAX || atomic_load(&s->refuse)) {
         pthread_mutex_unlock(&s->mu);
         atomic_fetch_add(&s->failures, 1);
         s_job_free(j);
@@ -1097,6 +1515,15 @@ int router_sessions_get_json(router_sessions_t *s, const char *id, unsigned limi
 void router_sessions_cache_stats(const router_sessions_t *s, struct router_history_cache_stats *out)
 {
     router_history_cache_stats(s->cache, out);
+}
+
+size_t router_sessions_waiting(const router_sessions_t *s)
+{
+    router_sessions_t *m = (router_sessions_t *) s; /* the lock only */
+    pthread_mutex_lock(&m->mu);
+    size_t n = m->nheld;
+    pthread_mutex_unlock(&m->mu);
+    return n;
 }
 
 uint64_t router_sessions_failures(const router_sessions_t *s)

@@ -92,7 +92,17 @@ int router_sessions_history(router_sessions_t *s, const char *id, unsigned limit
 /* Stores one message (no callback). Never refused for the bounds: what
  * ingress accepted is kept (ask router_sessions_room first); the
  * session's oldest messages go when it is past messages_max or
- * session_bytes_max (never the one just stored). */
+ * session_bytes_max (never the one just stored). A commit that fails for
+ * the disk (full, an I/O error, a failed fsync) loses nothing: its writes
+ * are held, in order, and retried with a backoff (10 ms doubling to 1 s)
+ * until they commit, each message stored once (a failed commit that landed
+ * anyway is read back, never written twice). While writes are held they
+ * count against ROUTER_SESSIONS_JOBS_MAX with the queue (ingress gets
+ * EAGAIN at the bound), later appends wait behind them, reads of a session
+ * with held writes (history read past the cache, get_json, an open, a
+ * delete) answer unavailable (-1 / 503) while other sessions read state.db,
+ * and list_json answers 503. A stop retries them a few times more, then
+ * gives them up, logging how many. */
 int router_sessions_append(router_sessions_t *s, const char *id, const char *role,
                            const char *content, size_t len, const char *turn_id);
 /* {"sessions":[…]} newest first (see turns.h). */
@@ -131,7 +141,11 @@ void router_sessions_usage(const router_sessions_t *s, uint64_t *sessions, uint6
 /* Messages the bounds took out of sessions since the store opened. */
 uint64_t router_sessions_pruned(const router_sessions_t *s);
 
-/* Jobs refused because the queue was full, and store failures. */
+/* Messages and new sessions' rows held for a failing disk (see append). */
+size_t router_sessions_waiting(const router_sessions_t *s);
+
+/* Jobs refused because the queue was full, and store failures (each failed
+ * attempt at a commit counts one). */
 uint64_t router_sessions_failures(const router_sessions_t *s);
 
 /* Test seam: while on, every job is refused as if the queue were full. */
