@@ -1022,6 +1022,176 @@ static void test_store_fails_queries(void **state)
     s_finish(dir, &e);
 }
 
+/* The contents of session id's messages in seq order, joined by ',', read
+ * from state.db by a connection of the test's own. */
+static void s_stored(const char *db, const char *id, char *out, size_t cap)
+{
+    sqlite3 *side = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(db, &side), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(side,
+                                        "SELECT content FROM messages WHERE session_id=?"
+                                        " ORDER BY seq", -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    size_t o = 0;
+    out[0] = '\0';
+    while (sqlite3_step(st) == SQLITE_ROW)
+        o += (size_t) snprintf(out + o, cap - o, "%s%s", o ? "," : "",
+                               (const char *) sqlite3_column_text(st, 0));
+    assert_true(o < cap);
+    sqlite3_finalize(st);
+    sqlite3_close(side);
+}
+
+/* Appends made over a failing disk in several batches, to two sessions,
+ * while the retries fail again and again: once the fsyncs succeed, every
+ * one is stored exactly once, in queue order; the log says once that
+ * state.db refuses writes and once that it takes them again. A delete of
+ * a session whose appends waited, answered once they are stored, stays
+ * deleted across a restart. */
+static void test_held_stored_once_in_order(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    assert_int_equal(router_sessions_append(s, "s", "user", "s0", 2, "t0"), 0);
+    assert_int_equal(router_sessions_get_json(s, "s", 1, s_on_json, &e, 0), 0);
+    s_wait(&e, 1);
+    s_log_len = 0;
+    s_log[0] = '\0';
+    router_log_set_tap(s_tap, NULL);
+
+    vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, -1);
+    char want_s[1024] = "s0", want_t[1024] = "";
+    size_t ws = 2, wt = 0;
+    unsigned n = 0;
+    for (unsigned round = 0; round < 5; round++) {
+        for (unsigned i = 0; i < 10; i++, n++) {
+            char word[16];
+            int len = snprintf(word, sizeof word, "m%u", n);
+            const char *id = n % 3 ? "s" : "t";
+            assert_int_equal(router_sessions_append(s, id, n % 2 ? "assistant" : "user", word,
+                                                    (size_t) len, "tt"), 0);
+            if (n % 3)
+                ws += (size_t) snprintf(want_s + ws, sizeof want_s - ws, ",%s", word);
+            else
+                wt += (size_t) snprintf(want_t + wt, sizeof want_t - wt, "%s%s", wt ? "," : "",
+                                        word);
+        }
+        s_wait_waiting(s, n); /* a batch of its own, behind the held ones */
+        unsigned failed = vfs_fail_failed(VFS_FAIL_SYNC);
+        for (int i = 0; i < 60000 && vfs_fail_failed(VFS_FAIL_SYNC) == failed; i++) /* a bound */
+            usleep(1000);
+        assert_true(vfs_fail_failed(VFS_FAIL_SYNC) > failed); /* a retry failed */
+    }
+    vfs_fail_clear();
+    s_wait_waiting(s, 0);
+    router_log_set_tap(NULL, NULL);
+    char got[1024];
+    s_stored(db, "s", got, sizeof got);
+    assert_string_equal(got, want_s);
+    s_stored(db, "t", got, sizeof got);
+    assert_string_equal(got, want_t);
+    char *first = strstr(s_log, "state.db refuses writes");
+    assert_non_null(first);
+    assert_null(strstr(first + 1, "state.db refuses writes"));
+    char *again = strstr(s_log, "takes writes again");
+    assert_non_null(again);
+    assert_null(strstr(again + 1, "takes writes again"));
+
+    assert_int_equal(router_sessions_delete(s, "t", s_on_json, &e, 1), 0);
+    s_wait(&e, 2);
+    assert_int_equal(e.status[1], 200);
+    router_sessions_destroy(&s);
+    s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
+    assert_non_null(s);
+    assert_int_equal(router_sessions_get_json(s, "t", 10, s_on_json, &e, 2), 0);
+    s_wait(&e, 3);
+    assert_int_equal(e.status[2], 404);
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
+/* The job queue's bound while appends wait for a failing disk: what is held
+ * counts with what is queued, so exactly ROUTER_SESSIONS_JOBS_MAX are taken
+ * and the next of each kind is refused at once (EAGAIN: the callers answer
+ * 503 unavailable); once the disk recovers every accepted append is stored
+ * once, in order. */
+static void test_queue_bound_while_held(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, -1);
+    unsigned accepted = 0;
+    char word[16];
+    int n = snprintf(word, sizeof word, "m%u", accepted);
+    assert_int_equal(router_sessions_append(s, "q", "user", word, (size_t) n, ""), 0);
+    accepted++;
+    s_wait_waiting(s, 1);
+    for (;;) {
+        n = snprintf(word, sizeof word, "m%u", accepted);
+        if (router_sessions_append(s, "q", "user", word, (size_t) n, "") != 0)
+            break;
+        accepted++;
+        assert_true(accepted <= ROUTER_SESSIONS_JOBS_MAX);
+    }
+    assert_int_equal(accepted, ROUTER_SESSIONS_JOBS_MAX);
+    assert_int_equal(router_sessions_history(s, "cold", 10, s_on_history, &e, 0), -1);
+    assert_int_equal(router_sessions_open(s, "b", "name", s_on_open, &e, 0), -1);
+    assert_int_equal(router_sessions_list_json(s, 10, s_on_json, &e, 0), -1);
+    s_wait_waiting(s, ROUTER_SESSIONS_JOBS_MAX);
+    vfs_fail_clear();
+    s_wait_waiting(s, 0);
+
+    sqlite3 *side = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(db, &side), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(side, "SELECT content FROM messages ORDER BY seq", -1,
+                                        &st, NULL), SQLITE_OK);
+    unsigned i = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        snprintf(word, sizeof word, "m%u", i++);
+        assert_string_equal((const char *) sqlite3_column_text(st, 0), word);
+    }
+    assert_int_equal(i, ROUTER_SESSIONS_JOBS_MAX);
+    sqlite3_finalize(st);
+    sqlite3_close(side);
+    uint64_t bytes = 0;
+    for (unsigned k = 0; k < ROUTER_SESSIONS_JOBS_MAX; k++)
+        bytes += COST(snprintf(word, sizeof word, "m%u", k));
+    s_expect_usage(s, 1, bytes);
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
+/* A stop while appends wait for a disk that does not recover: the stop
+ * retries them a few times, gives them up saying how many, and ends;
+ * nothing leaks (LSan). */
+static void test_stop_while_held(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    s_log_len = 0;
+    s_log[0] = '\0';
+    router_log_set_tap(s_tap, NULL);
+    vfs_fail_arm(VFS_FAIL_WRITE, dir, 0, -1);
+    assert_int_equal(router_sessions_append(s, "a", "user", "one", 3, ""), 0);
+    assert_int_equal(router_sessions_open(s, "b", "bee", s_on_open, &e, 0), 0);
+    s_wait(&e, 1);
+    s_wait_waiting(s, 2);
+    router_sessions_destroy(&s);
+    router_log_set_tap(NULL, NULL);
+    vfs_fail_clear();
+    if (!strstr(s_log, "stopping with 2 messages and sessions not stored"))
+        fail_msg("%s", s_log);
+    s_finish(dir, &e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1040,6 +1210,9 @@ int main(void)
         cmocka_unit_test(test_queue_at_its_bound),
         cmocka_unit_test(test_commit_fsync_fails),
         cmocka_unit_test(test_store_fails_queries),
+        cmocka_unit_test(test_held_stored_once_in_order),
+        cmocka_unit_test(test_queue_bound_while_held),
+        cmocka_unit_test(test_stop_while_held),
     };
     if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
         return 1;
