@@ -246,8 +246,8 @@ static void s_defer(s_wait_t *w, gateway_http_res_t *res)
         w->timer = 0;
     }
     sodium_memzero(w->token, sizeof w->token);
-    if (w->revoke)
-        (void) gateway_http_respond_error(res, 503, "durability_unknown",
+    if (w->revoke) /* "unavailable" as other refusals for want of memory; the text says more */
+        (void) gateway_http_respond_error(res, 503, "unavailable",
                                           "the token is revoked now, but the server is out of "
                                           "memory to wait for the disk: a restart before the "
                                           "revocation is durable may bring it back");

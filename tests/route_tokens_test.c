@@ -604,8 +604,8 @@ static void test_out_of_memory_sweep(void **state)
             if (r.status == 201 || (r.status == 200 && kind == S_PAIR)) {
                 assert_non_null(strstr(r.body, "\"token\":\"kith_"));
                 held++;
-            } else if (kind == S_REVOKE && (r.status == 200 || r.status == 503) &&
-                       (r.status == 200 || strstr(r.body, "durability_unknown"))) {
+            } else if (kind == S_REVOKE &&
+                       (r.status == 200 || (r.status == 503 && strstr(r.body, "revoked now")))) {
                 held--; /* in force */
             } else if (r.status == 401 || r.status == 429) {
                 assert_int_equal(kind, S_WRONG);
