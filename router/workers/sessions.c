@@ -953,7 +953,7 @@ static void s_run_stalled(router_sessions_t *s, s_job_t *j, bool counted)
         if (held)
             j->rc = -1, unavailable = true;
         else
-            j->rc = s_load_msgs(s, j);
+            s_run(s, j);
         break;
     case J_GET:
     case J_DELETE:
@@ -1065,8 +1065,8 @@ static void s_run_batch(router_sessions_t *s, s_job_t *batch, bool counted)
             if (s_exec(s->db, "BEGIN IMMEDIATE") != 0) {
                 snprintf(s->why, sizeof s->why, "%s", sqlite3_errmsg(s->db));
                 router_dblock_leave(s->wlock);
-                s_fail_note(s);
                 s_run_stalled(s, j, false); /* an append is held; an open holds its row */
+                s_fail_note(s);
                 continue;
             }
             txn = true;
