@@ -1192,6 +1192,36 @@ static void test_stop_while_held(void **state)
     s_finish(dir, &e);
 }
 
+/* Another writer holds state.db's write lock past the busy timeout (5 s):
+ * BEGIN IMMEDIATE fails SQLITE_BUSY, and the appends wait, held, instead
+ * of running outside a transaction where each failed the same way and was
+ * dropped; once the lock is free they are stored, in order. */
+static void test_writer_lock_held(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    assert_int_equal(router_sessions_append(s, "w", "user", "before", 6, ""), 0);
+    assert_int_equal(router_sessions_get_json(s, "w", 1, s_on_json, &e, 0), 0);
+    s_wait(&e, 1);
+    sqlite3 *side = NULL;
+    assert_int_equal(sqlite3_open(db, &side), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(side, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(router_sessions_append(s, "w", "assistant", "during", 6, ""), 0);
+    assert_int_equal(router_sessions_append(s, "w", "user", "during too", 10, ""), 0);
+    s_wait_waiting(s, 2);
+    assert_true(router_sessions_failures(s) >= 1);
+    assert_int_equal(sqlite3_exec(side, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(side);
+    s_wait_waiting(s, 0);
+    char got[256];
+    s_stored(db, "w", got, sizeof got);
+    assert_string_equal(got, "before,during,during too");
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1213,6 +1243,7 @@ int main(void)
         cmocka_unit_test(test_held_stored_once_in_order),
         cmocka_unit_test(test_queue_bound_while_held),
         cmocka_unit_test(test_stop_while_held),
+        cmocka_unit_test(test_writer_lock_held),
     };
     if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
         return 1;
