@@ -2,13 +2,17 @@
  * order whether the loop's cache or the database answers them, and the
  * database alone answers them the same after a restart; an append the
  * database refuses takes back only itself, in the middle of a batch; a
- * delete is durable and forgotten by the cache; a full disk loses only
- * what it refused, and says so; the bounds keep each session's newest
+ * delete is durable and forgotten by the cache; a full or failing disk
+ * (a failed write, fsync or lock) loses nothing: the appends wait, count
+ * against the queue's bound, and are stored once each, in order, when it
+ * recovers, logged once each way; reads of their sessions answer 503
+ * meanwhile, a delete of one 503, a stop gives them up saying how many;
+ * the bounds keep each session's newest
  * messages, refuse a new session past sessions_max, say when the octets
  * are spent, and count the same after a restart, a failed commit and an
  * upgrade from a state.db without counts; the job queue at its bound refuses
  * each kind of job at once and loses nothing it accepted; a COMMIT whose
- * fsync fails takes back its batch; queries that fail answer each job's
+ * fsync fails holds its batch for a retry; queries that fail answer each job's
  * typed failure (503 JSON for the HTTP API), logged with SQLite's reason. */
 #include <setjmp.h>
 #include <stdarg.h>

@@ -2,7 +2,8 @@
  * mutex, a thread running the jobs against SQLite, an eventfd the loop
  * watches to run the finished jobs' callbacks, and the loop's cache of
  * recent history (history_cache.c) that answers most history reads without
- * the thread. */
+ * the thread. Writes whose commit fails for the disk are held and retried
+ * (s_chunk_fail, s_retry), never dropped. */
 #include "router/workers/sessions.h"
 
 #include <errno.h>
