@@ -5,9 +5,7 @@
  * the route's wait (a full or stalled disk is retried for ever): then a
  * right code is told no token was issued, a wrong one what the count in
  * memory says. */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,19 +33,14 @@ typedef struct {
     char token[GATEWAY_AUTH_TOKEN_LEN + 1];  /* paired: the token to hand over */
 } s_wait_t;
 
-/* The lockout key of a client: its IP text, an IPv4 client of a
- * dual-stack ([::]) listener keyed as the IPv4 address it is (it arrives
- * as ::ffff:a.b.c.d), as the comms pairing keys it (router/comms/pairing.c)
- * and sources are counted (WIRE §9.1). Else moving the gateway between
- * 127.0.0.1 and [::] forgot every lock, and a client reaching both forms
- * had two counts of bad codes. */
+/* The lockout key of a client, as sources are counted and comms pairing
+ * keys it (router_addr_source, WIRE §9.1, §17.2): an IPv4 client of a
+ * dual-stack ([::]) listener as the IPv4 address it is (else moving the
+ * gateway between 127.0.0.1 and [::] forgot every lock), an IPv6 client
+ * as its /64 (else each of its 2^64 addresses had 5 guesses). */
 static void s_client_key(const router_addr_t *peer, char out[GATEWAY_AUTH_CLIENT_MAX])
 {
-    if (peer && router_addr_family(peer) == AF_INET6 &&
-        IN6_IS_ADDR_V4MAPPED(&peer->u.in6.sin6_addr) &&
-        inet_ntop(AF_INET, &peer->u.in6.sin6_addr.s6_addr[12], out, GATEWAY_AUTH_CLIENT_MAX))
-        return;
-    gateway_auth_client(peer, out);
+    router_addr_source(peer, out);
 }
 
 static void s_too_many(gateway_http_res_t *res, uint64_t until_ms, uint64_t now_ms)
@@ -289,19 +282,9 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
     s_pair_at(ud, req, res);
 }
 
-/* gateway_route_pair's handler: no deadline. */
-static void s_pair_unbounded(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
-{
-    gateway_route_pair_t route = {.auth = ud};
-    s_pair_at(&route, req, res);
-}
 
 int gateway_route_pair_serve(gateway_http_t *g, gateway_route_pair_t *route)
 {
     return gateway_http_route(g, "POST", "/pair", s_pair, route);
 }
 
-int gateway_route_pair(gateway_http_t *g, gateway_auth_t *auth)
-{
-    return gateway_http_route(g, "POST", "/pair", s_pair_unbounded, auth);
-}

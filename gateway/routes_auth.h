@@ -38,11 +38,6 @@ typedef struct {
 int gateway_route_pair_serve(gateway_http_t *g, gateway_route_pair_t *route)
     __attribute__((warn_unused_result));
 
-/* The same with no deadline: answers wait for the disk however long it
- * takes. `auth` is borrowed. Returns 0 or -1. */
-int gateway_route_pair(gateway_http_t *g, gateway_auth_t *auth)
-    __attribute__((warn_unused_result));
-
 /* What the admin routes need; the caller keeps it for the server's life. */
 typedef struct {
     gateway_auth_t *auth;          /* borrowed: mints pairing codes */

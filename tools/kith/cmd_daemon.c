@@ -71,6 +71,7 @@ typedef struct {
     gateway_route_peers_t peers; /* GET /api/peers */
     gateway_route_admin_t admin; /* /admin/paircode, /admin/shutdown */
     gateway_route_tokens_t tokens_routes; /* /api/tokens, /admin/tokens */
+    gateway_route_pair_t pair;            /* POST /pair */
     router_audit_feed_t *audit_feed;      /* pairing, auth failures, admin calls; NULL: off */
     router_broker_t *audit_broker;        /* /api/audit asks the audit worker through it */
     gateway_route_audit_t *audit_routes;  /* GET /api/audit, /api/audit/verify */
@@ -110,9 +111,14 @@ static int s_gw_auth_start(s_gw_auth_t *ga, router_node_t *node, const router_co
     ga->peers = (gateway_route_peers_t){.node = node, .auth = ga->auth};
     ga->admin = (gateway_route_admin_t){.auth = ga->auth, .shutdown = s_shutdown,
                                         .shutdown_ud = node};
-    if (!ga->auth || gateway_route_pair(gw, ga->auth) != 0 ||
+    /* The token routes answer within their wait (GATEWAY_TOKENS_WAIT_MS)
+     * when the disk holds a write: the loop times them. */
+    ga->pair = (gateway_route_pair_t){.auth = ga->auth, .loop = router_node_loop(node)};
+    ga->tokens_routes.auth = ga->auth;
+    ga->tokens_routes.loop = router_node_loop(node);
+    if (!ga->auth || gateway_route_pair_serve(gw, &ga->pair) != 0 ||
         gateway_route_admin(gw, &ga->admin) != 0 || gateway_route_peers(gw, &ga->peers) != 0 ||
-        (ga->tokens_routes.auth = ga->auth, gateway_route_tokens(gw, &ga->tokens_routes)) != 0 ||
+        gateway_route_tokens(gw, &ga->tokens_routes) != 0 ||
         !(ga->audit_routes = gateway_route_audit_new(gw, router_node_loop(node),
                                                      ga->audit_feed ? ga->audit_broker : NULL,
                                                      ga->auth))) {
