@@ -727,7 +727,8 @@ def full_disk():
                                token)
         check(st == 200 and doc.get("type") == "done", f"turn: {st} {doc}")
         # The reply is stored after the answer, nobody waiting: let it land
-        # before the disk fills (an append that fails is dropped, not retried).
+        # before the disk fills (an append that fails waits in memory for
+        # room, and this test counts the session's messages after a kill).
         wait_until(lambda: http_call(node, "GET", "/api/sessions/kept", token=token)[1]
                    .get("message_count") == 2, "the turn's reply stored")
         trusted = open(os.path.join(node.home, "trusted_peers.json"), "rb").read()
