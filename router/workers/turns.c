@@ -1472,8 +1472,16 @@ static void s_on_final(s_turn_t *turn, proto_worker_final_t *f)
         turn->tokens_used = f->tokens_used;
         turn->has_cost = f->has_cost_usd;
         turn->cost_usd = f->cost_usd;
-        (void) router_sessions_append(t->store, turn->sess->id, "assistant", f->full_response.p,
-                                      f->full_response.len, turn->id_text);
+        /* The reply goes out in `done` whatever happens here; a store that
+         * cannot take it (its queue full behind a stalled disk, no memory)
+         * leaves it out of the session's history, which is said. */
+        if (router_sessions_append(t->store, turn->sess->id, "assistant", f->full_response.p,
+                                   f->full_response.len, turn->id_text) != 0)
+            ROUTER_LOG(ROUTER_LOG_WARN, MOD,
+                       "turn %s: session %s: the store refused its reply (%s); it is not in "
+                       "the session's history",
+                       turn->id_text, turn->sess->id,
+                       errno == EAGAIN ? "its queue is full" : strerror(errno));
         s_reply_set(turn->item, f->full_response.p, f->full_response.len);
         router_json_obj_t o;
         router_json_begin(&o, "done");
