@@ -12,6 +12,7 @@
 #include "gateway/auth.h"
 #include "gateway/ws.h"
 #include "proto/utf8.h"
+#include "router/log.h"
 #include "router/net/addr.h"
 
 struct gateway_auth {
@@ -352,4 +353,24 @@ _Static_assert(GATEWAY_AUTH_CLIENT_MAX == ROUTER_ADDR_CLIENT_MAX, "one client te
 void gateway_auth_client(const router_addr_t *peer, char out[GATEWAY_AUTH_CLIENT_MAX])
 {
     router_addr_client(peer, out);
+}
+
+static void s_orphan_revoked(bool ok, void *ud)
+{
+    (void) ud;
+    if (!ok)
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "a token nobody holds could not be revoked "
+                   "durably: it is listed again after a restart until revoked");
+}
+
+void gateway_auth_orphan_revoke(router_tokens_t *tokens, const char *id, const char *what)
+{
+    if (router_tokens_revoke(tokens, id, s_orphan_revoked, NULL) == 0) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "%s: token %s was written after its client was "
+                   "answered without it: nobody holds it; revoked", what, id);
+        return;
+    }
+    ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "%s: token %s was written after its client was "
+               "answered without it: nobody holds it, but it cannot be revoked now (%s): revoke "
+               "it (DELETE /api/tokens/%s)", what, id, strerror(errno), id);
 }

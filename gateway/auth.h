@@ -126,8 +126,15 @@ void gateway_auth_code_mint(gateway_auth_t *self, char code[GATEWAY_AUTH_CODE_LE
 bool gateway_auth_code_take(gateway_auth_t *self, const char *code, size_t len)
     __attribute__((warn_unused_result));
 
-/* The key lockouts are kept by: the peer's IP address without its port
- * ("unix" for a Unix socket). */
+/* A peer as the audit log names it: its IP address without the port
+ * (router_addr_client; "unix" for a Unix socket). */
 void gateway_auth_client(const router_addr_t *peer, char out[GATEWAY_AUTH_CLIENT_MAX]);
+
+/* A token row that became durable after its client was told no token was
+ * issued (or left): nobody holds its secret, so it is revoked rather than
+ * left to take one of ROUTER_TOKENS_MAX slots and a line of GET
+ * /api/tokens; when the store cannot take that now, the log names the id
+ * to revoke. `what` says how it was made ("pairing", "mint"). */
+void gateway_auth_orphan_revoke(router_tokens_t *tokens, const char *id, const char *what);
 
 #endif

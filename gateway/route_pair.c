@@ -60,29 +60,6 @@ static void s_no_room(gateway_http_res_t *res)
                                       "(DELETE /api/tokens/{id})");
 }
 
-static void s_orphan_revoked(bool ok, void *ud)
-{
-    (void) ud;
-    if (!ok)
-        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "a paired token nobody holds could not be "
-                   "revoked durably: it is listed again after a restart until revoked");
-}
-
-/* A paired row that became durable after its client was told no token was
- * issued (or left): nobody holds its secret, so it is revoked rather than
- * left to take a slot of ROUTER_TOKENS_MAX. */
-static void s_orphan_drop(s_wait_t *w)
-{
-    if (router_tokens_revoke(w->tokens, w->id, s_orphan_revoked, NULL) == 0) {
-        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "pairing: token %s was written after the client "
-                   "was answered without it: nobody holds it; revoked", w->id);
-        return;
-    }
-    ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "pairing: token %s was written after the client was "
-               "answered without it: nobody holds it, but it cannot be revoked now (%s): revoke "
-               "it (DELETE /api/tokens/%s)", w->id, strerror(errno), w->id);
-}
-
 /* A bad code's answer, as the count in memory says. */
 static void s_refused(gateway_http_res_t *res, uint64_t until_ms)
 {
@@ -105,7 +82,7 @@ static void s_written(bool ok, void *ud)
     }
     if (w->late || !w->pending) {
         if (ok && w->paired)
-            s_orphan_drop(w);
+            gateway_auth_orphan_revoke(w->tokens, w->id, "pairing");
         goto done;
     }
     gateway_http_res_t *res = gateway_http_pending_res(w->pending);
@@ -117,7 +94,7 @@ static void s_written(bool ok, void *ud)
         snprintf(body, sizeof body, "{\"paired\":true,\"token\":\"%s\"}", w->token);
         gateway_http_res_authenticated(res); /* the code was a credential */
         if (gateway_http_respond_json(res, 200, body) != 0) /* the token reached nobody */
-            s_orphan_drop(w);
+            gateway_auth_orphan_revoke(w->tokens, w->id, "pairing");
         else
             ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "paired a new bearer token");
         sodium_memzero(body, sizeof body);
@@ -281,7 +258,6 @@ static void s_pair(const gateway_http_req_t *req, gateway_http_res_t *res, void 
 {
     s_pair_at(ud, req, res);
 }
-
 
 int gateway_route_pair_serve(gateway_http_t *g, gateway_route_pair_t *route)
 {

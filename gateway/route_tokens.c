@@ -103,31 +103,6 @@ static void s_list(const s_door_t *door, gateway_http_res_t *res)
 
 /* ---------------------------------------------------------------- POST, DELETE */
 
-static void s_orphan_revoked(bool ok, void *ud)
-{
-    (void) ud;
-    if (!ok)
-        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "a token nobody holds could not be revoked "
-                   "durably: it is listed again after a restart until revoked");
-}
-
-/* A minted row that became durable after its client was told the token
- * was not issued (or left): nobody holds its secret, so it would only
- * take one of the ROUTER_TOKENS_MAX slots and a line of GET /api/tokens.
- * It is revoked here; when the store cannot take that now, the operator
- * is told which one to revoke. */
-static void s_orphan_drop(s_wait_t *w)
-{
-    if (router_tokens_revoke(w->tokens, w->info.id, s_orphan_revoked, NULL) == 0) {
-        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "token %s was written after its mint was "
-                   "answered without it: nobody holds it; revoked", w->info.id);
-        return;
-    }
-    ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "token %s was written after its mint was answered "
-               "without it: nobody holds it, but it cannot be revoked now (%s): revoke it "
-               "(DELETE /api/tokens/%s)", w->info.id, strerror(errno), w->info.id);
-}
-
 /* The store's outcome: answers the client unless the deadline did, then
  * frees w (the only place that does). */
 static void s_written(bool ok, void *ud)
@@ -139,7 +114,7 @@ static void s_written(bool ok, void *ud)
     }
     if (w->late || !w->pending) {
         if (ok && !w->revoke)
-            s_orphan_drop(w);
+            gateway_auth_orphan_revoke(w->tokens, w->info.id, "mint");
         goto done;
     }
     gateway_http_res_t *res = gateway_http_pending_res(w->pending);
@@ -160,7 +135,7 @@ static void s_written(bool ok, void *ud)
         router_json_cstr(&o, "token", w->token);
         (void) gateway_http_res_header(res, "Cache-Control", "no-store");
         if (s_respond_doc(res, 201, &o) != 0) /* the token reached nobody */
-            s_orphan_drop(w);
+            gateway_auth_orphan_revoke(w->tokens, w->info.id, "mint");
     }
     gateway_http_pending_end(&w->pending);
 done:
