@@ -289,14 +289,15 @@ static int s_row_new(router_sessions_t *s, const char *id, const char *name, uin
     return step == SQLITE_DONE ? 0 : -1;
 }
 
-/* A session that is kept is resumed; one that is not is made, unless
- * sessions_max are kept (rc ROUTER_SESSIONS_FULL_SESSIONS). */
-static void s_run_open(router_sessions_t *s, s_job_t *j)
+/* An open's read of its session's row: a kept one resumes it (rc 0, its
+ * name and count; -1 when the name cannot be copied). Returns SQLite's
+ * step: SQLITE_DONE when there is no such row (rc stays -1). */
+static int s_open_read(router_sessions_t *s, s_job_t *j)
 {
     j->rc = -1;
     sqlite3_stmt *st = s_stmt(s, Q_ROW_GET);
     if (!st)
-        return;
+        return SQLITE_ERROR;
     sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
     int step = sqlite3_step(st);
     if (step == SQLITE_ROW) {
@@ -306,7 +307,14 @@ static void s_run_open(router_sessions_t *s, s_job_t *j)
         j->rc = j->res_name ? 0 : -1;
     }
     s_stmt_end(st);
-    if (step != SQLITE_DONE)
+    return step;
+}
+
+/* A session that is kept is resumed; one that is not is made, unless
+ * sessions_max are kept (rc ROUTER_SESSIONS_FULL_SESSIONS). */
+static void s_run_open(router_sessions_t *s, s_job_t *j)
+{
+    if (s_open_read(s, j) != SQLITE_DONE)
         return;
     if (s->nsessions >= s->b.sessions_max) {
         j->rc = ROUTER_SESSIONS_FULL_SESSIONS;
@@ -974,21 +982,7 @@ static void s_run_stalled(router_sessions_t *s, s_job_t *j, bool counted)
             unavailable = true;
         } else {
             /* No transaction: the row read is all, the row made is held. */
-            sqlite3_stmt *st = s_stmt(s, Q_ROW_GET);
-            int step = st ? SQLITE_ERROR : SQLITE_MISUSE;
-            j->rc = -1;
-            if (st) {
-                sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-                step = sqlite3_step(st);
-                if (step == SQLITE_ROW) {
-                    j->res_name = strdup((const char *) sqlite3_column_text(st, 0));
-                    j->count = (uint64_t) sqlite3_column_int64(st, 1);
-                    j->resumed = true;
-                    j->rc = j->res_name ? 0 : -1;
-                }
-                s_stmt_end(st);
-            }
-            if (step == SQLITE_DONE) {
+            if (s_open_read(s, j) == SQLITE_DONE) {
                 if (s->nsessions >= s->b.sessions_max) {
                     j->rc = ROUTER_SESSIONS_FULL_SESSIONS;
                 } else if ((row = calloc(1, sizeof *row)) && (row->id = strdup(j->id)) &&
