@@ -503,3 +503,37 @@ class Results:
     def summary(self):
         print(f"{self.passed} passed, {self.failed} failed")
         return 1 if self.failed else 0
+
+
+# ------------------------------------------------------------------ a small disk
+
+def small_tmpfs(prefix, size="4m"):
+    """A tmpfs of `size` mounted on a fresh folder, for a home whose disk a
+    test fills; None (said why) where mounting is not allowed: it needs
+    root. Let it go with drop_tmpfs."""
+    if os.geteuid() != 0:
+        print("  skipped: mounting a tmpfs needs root")
+        return None
+    mnt = tempfile.mkdtemp(prefix=prefix)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mnt],
+                      capture_output=True).returncode != 0:
+        os.rmdir(mnt)
+        print("  skipped: this root may not mount a tmpfs")
+        return None
+    return mnt
+
+
+def drop_tmpfs(mnt):
+    subprocess.run(["umount", "-l", mnt])
+    os.rmdir(mnt)
+
+
+def fill_disk(path):
+    """Writes zeros to path until its file system is full."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass

@@ -24,14 +24,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import (KITH, Conn, Daemon, Peer, Results, check, frame, free_port,  # noqa: E402
-                  pubkey_text)
+from peer import (KITH, Conn, Daemon, Peer, Results, check, drop_tmpfs,  # noqa: E402
+                  fill_disk, frame, free_port, pubkey_text, small_tmpfs)
 
 TIMEOUT = 60  # a bound on any one wait, never a speed assertion
 
@@ -704,14 +703,8 @@ def full_disk():
     of it is ever written, its key free for the retry; envelopes wait
     un-acked and are acked once there is room; after a kill -9 the acked
     ones are there and the refused webhook is not."""
-    if os.geteuid() != 0:
-        print("  skipped: mounting a tmpfs needs root")
-        return
-    mnt = tempfile.mkdtemp(prefix="kith-crash-disk-")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt],
-                      capture_output=True).returncode != 0:
-        os.rmdir(mnt)
-        print("  skipped: this root may not mount a tmpfs")
+    mnt = small_tmpfs("kith-crash-disk-")
+    if not mnt:
         return
     node = None
     try:
@@ -733,13 +726,7 @@ def full_disk():
                    .get("message_count") == 2, "the turn's reply stored")
         trusted = open(os.path.join(node.home, "trusted_peers.json"), "rb").read()
         filler = os.path.join(mnt, "filler")
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        fill_disk(filler)
         big = "x" * 60_000  # more than the WAL has room for, so the commit must grow it
         body = json.dumps({"message": f"hook on a full disk {big}"})
         hdr = {"Content-Type": "application/json", "X-Idempotency-Key": "full-1"}
@@ -785,8 +772,7 @@ def full_disk():
     finally:
         if node:
             node.stop(signal.SIGKILL)
-        subprocess.run(["umount", "-l", mnt])
-        os.rmdir(mnt)
+        drop_tmpfs(mnt)
 
 
 # ------------------------------------------------------------------ main

@@ -15,7 +15,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peer import Daemon, Results, check, free_port  # noqa: E402
+from peer import (Daemon, Results, check, drop_tmpfs, fill_disk, free_port,  # noqa: E402
+                  small_tmpfs)
 from test_adversary_crash import http_call, kill9, operator_token, wait_until  # noqa: E402
 
 
@@ -24,26 +25,9 @@ def history(node, token):
     return st, doc
 
 
-def fill(path):
-    """Writes zeros to path until the file system is full."""
-    with open(path, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-
-
 def turn_on_full_disk():
-    if os.geteuid() != 0:
-        print("  skipped: mounting a tmpfs needs root")
-        return
-    mnt = tempfile.mkdtemp(prefix="kith-session-disk-")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt],
-                      capture_output=True).returncode != 0:
-        os.rmdir(mnt)
-        print("  skipped: this root may not mount a tmpfs")
+    mnt = small_tmpfs("kith-session-disk-")
+    if not mnt:
         return
     logdir = tempfile.mkdtemp(prefix="kith-session-disk-log-")
     node = None
@@ -61,7 +45,7 @@ def turn_on_full_disk():
         wait_until(lambda: history(node, token)[1].get("message_count") == 2,
                    "the first turn's reply stored")
         filler = os.path.join(mnt, "filler")
-        fill(filler)
+        fill_disk(filler)
         big = "y" * 200_000  # more than the WAL has room for: its commit must grow it
         content = f"on a full disk {big}"
         st, doc, _ = http_call(node, "POST", "/api/sessions/kept/messages",
@@ -95,8 +79,7 @@ def turn_on_full_disk():
     finally:
         if node:
             node.stop(signal.SIGKILL)
-        subprocess.run(["umount", "-l", mnt])
-        os.rmdir(mnt)
+        drop_tmpfs(mnt)
         subprocess.run(["rm", "-rf", logdir])
 
 
