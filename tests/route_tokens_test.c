@@ -581,7 +581,7 @@ static void test_out_of_memory_sweep(void **state)
     for (s_kind_t kind = S_MINT; kind <= S_WRONG; kind++) {
         for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
             char code[GATEWAY_AUTH_CODE_LEN + 1], hdr[64], path[64];
-            char id[ROUTER_TOKENS_ID_LEN + 1], token[GATEWAY_AUTH_TOKEN_LEN + 1];
+            char id[ROUTER_TOKENS_ID_LEN + 1] = "", token[GATEWAY_AUTH_TOKEN_LEN + 1] = "";
             s_resp_t r;
             if (kind == S_PAIR)
                 s_paircode(s, code);
