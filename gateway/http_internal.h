@@ -263,4 +263,8 @@ void gateway_http_drain_check(gateway_http_t *g);
  * the asker would hold the most, and is the one to refuse. */
 bool gateway_http_unauth_room(gateway_http_t *g, const void *asker, size_t held, size_t cap);
 
+/* What one connection or socket holds in that budget becomes `bytes` (0
+ * when it is not `unauth`); *counted is its share, updated. */
+void gateway_http_unauth_count(gateway_http_t *g, size_t *counted, bool unauth, size_t bytes);
+
 #endif

@@ -299,16 +299,20 @@ static int s_head_keep(gateway_http_conn_t *hc)
     return again == (ssize_t) n ? 0 : -1;
 }
 
+void gateway_http_unauth_count(gateway_http_t *g, size_t *counted, bool unauth, size_t bytes)
+{
+    if (!unauth)
+        bytes = 0;
+    g->unauth_body_held = g->unauth_body_held - *counted + bytes;
+    *counted = bytes;
+    router_metric_set(g->m_unauth_body, g->unauth_body_held);
+}
+
 /* The body octets hc holds count in the unauthenticated connections'
  * budget as `bytes` from now (0 once authenticated or the body is gone). */
 static void s_body_count(gateway_http_conn_t *hc, size_t bytes)
 {
-    gateway_http_t *g = hc->g;
-    if (!hc->unauth)
-        bytes = 0;
-    g->unauth_body_held = g->unauth_body_held - hc->body_counted + bytes;
-    hc->body_counted = bytes;
-    router_metric_set(g->m_unauth_body, g->unauth_body_held);
+    gateway_http_unauth_count(hc->g, &hc->body_counted, hc->unauth, bytes);
 }
 
 static void s_unauth_leave(gateway_http_conn_t *hc);

@@ -312,12 +312,7 @@ void gateway_ws_set_message_max(gateway_ws_t *ws, size_t max)
  * `bytes` from now (0 once authenticated or the buffer is gone). */
 static void s_msg_count(gateway_ws_t *ws, size_t bytes)
 {
-    gateway_http_t *g = ws->g;
-    if (!ws->unauth)
-        bytes = 0;
-    g->unauth_body_held = g->unauth_body_held - ws->msg_counted + bytes;
-    ws->msg_counted = bytes;
-    router_metric_set(g->m_unauth_body, g->unauth_body_held);
+    gateway_http_unauth_count(ws->g, &ws->msg_counted, ws->unauth, bytes);
 }
 
 static void s_msg_free(gateway_ws_t *ws)
