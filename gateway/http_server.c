@@ -14,9 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/ioctl.h>
-
-#include <linux/sockios.h>
 
 #include "gateway/http_internal.h"
 #include "gateway/json_text.h"
@@ -216,19 +213,6 @@ static void s_fail(gateway_http_conn_t *hc, const char *what)
     s_close(hc);
 }
 
-/* Octets answered and not yet taken by the client: our queue, and what
- * the kernel holds unsent (or unacknowledged) after it. The kernel's part
- * is most of it for a slow reader: it drains first, and our queue moves
- * only once the kernel has room again. */
-static size_t s_unsent(const gateway_http_conn_t *hc)
-{
-    size_t n = router_conn_send_queued(hc->conn);
-    int fd = router_conn_fd(hc->conn), outq = 0;
-    if (fd >= 0 && ioctl(fd, SIOCOUTQ, &outq) == 0 && outq > 0)
-        n += (size_t) outq;
-    return n;
-}
-
 static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
 {
     (void) id;
@@ -241,13 +225,14 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
         s_timer_arm(hc, now);
         return;
     }
-    if (hc->paused && s_unsent(hc) < hc->paused_unsent) {
+    size_t untaken = hc->paused ? router_conn_send_untaken(hc->conn) : 0;
+    if (hc->paused && untaken < hc->paused_unsent) {
         /* Slow, not stopped: the client read some of its answers since the
          * deadline was set. The bound is on a client that reads nothing
          * for that long (as a send timeout is), not on the whole transfer,
          * which a slow link may take minutes over: closed at the deadline,
          * the answer was cut off once the loop's close timed out. */
-        hc->paused_unsent = s_unsent(hc);
+        hc->paused_unsent = untaken;
         s_deadline(hc, hc->g->opts.idle_timeout_ms);
         return;
     }
@@ -445,7 +430,7 @@ static void s_request_done(gateway_http_conn_t *hc, const gateway_http_res_t *re
         /* Pipelined answers pile up faster than the client reads them:
          * read no more until they are written (on_drain). */
         hc->paused = true;
-        hc->paused_unsent = s_unsent(hc);
+        hc->paused_unsent = router_conn_send_untaken(hc->conn);
         router_conn_pause_read(hc->conn);
     }
     s_deadline(hc, g->opts.idle_timeout_ms);

@@ -10,10 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/uio.h>
-
-#include <linux/sockios.h>
 
 #include "gateway/http_internal.h"
 #include "proto/ws.h"
@@ -119,17 +116,6 @@ static void s_rearm(gateway_ws_t *ws)
 }
 
 /* ---------------------------------------------------------------- sending */
-
-/* Octets sent and not yet taken by the client: our queue, and what the
- * kernel holds unsent or unacknowledged after it (SIOCOUTQ). */
-static size_t s_unsent(const gateway_ws_t *ws)
-{
-    size_t n = router_conn_send_queued(ws->conn);
-    int fd = router_conn_fd(ws->conn), outq = 0;
-    if (fd >= 0 && ioctl(fd, SIOCOUTQ, &outq) == 0 && outq > 0)
-        n += (size_t) outq;
-    return n;
-}
 
 static int s_send_frame(gateway_ws_t *ws, proto_ws_opcode_t op, const void *data, size_t len)
 {
@@ -473,29 +459,26 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
             s_fail(ws, PROTO_WS_CLOSE_POLICY, "frame not finished in time");
             return;
         }
-        if (now >= ws->ping_due && ws->pong_owed && ws->in_frame) {
-            /* The client is sending a frame, and a pong can only follow
-             * it (control frames go between frames, RFC 6455 §5.4): it is
-             * not judged now but an interval later. It is not unbounded:
-             * the frame must end by its deadline, and a client that keeps
-             * sending frames is alive. */
-            ws->ping_due = now + ws->opts.ping_interval_ms;
-        } else if (now >= ws->ping_due && ws->pong_owed && s_unsent(ws) &&
-                   s_unsent(ws) < ws->ping_unsent) {
-            /* Our ping waits behind what we sent before it, and the client
-             * is reading that: it is alive, slow. A peer that is gone
-             * takes nothing, and is judged. */
-            ws->ping_unsent = s_unsent(ws);
-            ws->ping_due = now + ws->opts.ping_interval_ms;
-        } else if (now >= ws->ping_due) {
-            if (ws->pong_owed) { /* a whole interval without a pong: gone */
+        if (now >= ws->ping_due && ws->pong_owed) {
+            /* A whole interval without a pong: gone, unless the client is
+             * sending a frame — a pong can only follow it (control frames
+             * go between frames, RFC 6455 §5.4), and the frame has its own
+             * deadline — or our ping waits behind what we sent before it
+             * and the client is taking that (alive, slow; a peer that is
+             * gone takes nothing). Then it is judged an interval later. */
+            size_t untaken = ws->in_frame ? 0 : router_conn_send_untaken(ws->conn);
+            if (!ws->in_frame && !(untaken && untaken < ws->ping_unsent)) {
                 s_fail(ws, PROTO_WS_CLOSE_GOING_AWAY, "no pong");
                 return;
             }
+            if (!ws->in_frame)
+                ws->ping_unsent = untaken;
+            ws->ping_due = now + ws->opts.ping_interval_ms;
+        } else if (now >= ws->ping_due) {
             if (s_send_bounded(ws, PROTO_WS_OP_PING, "kith", 4) != 0)
                 return; /* cut, or refused by the loop: on_close follows */
             ws->pong_owed = true;
-            ws->ping_unsent = s_unsent(ws);
+            ws->ping_unsent = router_conn_send_untaken(ws->conn);
             ws->ping_due = now + ws->opts.ping_interval_ms;
         }
         break;

@@ -14,6 +14,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <linux/sockios.h>
+
 #include "router/log.h"
 #include "router/net/loop_internal.h"
 #include "router/net/shared_buf.h"
@@ -1137,6 +1139,15 @@ void router_conn_set_send_limit(router_conn_t *c, size_t bytes)
 size_t router_conn_send_queued(const router_conn_t *c)
 {
     return c ? c->wq_bytes : 0;
+}
+
+size_t router_conn_send_untaken(const router_conn_t *c)
+{
+    size_t n = router_conn_send_queued(c);
+    int outq = 0;
+    if (c && c->fd >= 0 && ioctl(c->fd, SIOCOUTQ, &outq) == 0 && outq > 0)
+        n += (size_t) outq;
+    return n;
 }
 
 int router_conn_fd(const router_conn_t *c)

@@ -186,6 +186,12 @@ void router_conn_set_send_limit(router_conn_t *conn, size_t bytes);
 /* Bytes queued and not yet written to the socket. */
 size_t router_conn_send_queued(const router_conn_t *conn);
 
+/* Bytes sent and not yet taken by the peer: the queue, and what the
+ * kernel holds unsent or unacknowledged after it (SIOCOUTQ; one ioctl, so
+ * for timers, not for every send). The kernel's part is most of it for a
+ * slow reader: it drains first, and the queue moves once it has room. */
+size_t router_conn_send_untaken(const router_conn_t *conn);
+
 /* The socket, for setsockopt; never close it yourself. -1 once closed. */
 int router_conn_fd(const router_conn_t *conn);
 
