@@ -13,8 +13,8 @@
 
 struct router_source {
     unsigned klass;                  /* sources are counted per class */
-    uint8_t len;                     /* 4, 16, or sizeof(void *) for a listener */
-    uint8_t key[16];                 /* the address bytes, or the listener pointer */
+    uint8_t len;                     /* 4 (IPv4), 8 (an IPv6 /64), 9 (a Unix listener) */
+    uint8_t key[16];                 /* the address bytes, or 'u' and the listener pointer */
     unsigned count;                  /* connections counted against it */
     router_source_list_t list;       /* the caller's list (router_source_list) */
     router_source_t *next;           /* hash chain */
@@ -49,8 +49,12 @@ static bool s_key(const router_conn_t *conn, const router_listener_t *l, router_
             memcpy(k->key, b, 8);
         }
     } else if (a->u.sa.sa_family == AF_UNIX) {
-        k->len = sizeof l;
-        memcpy(k->key, &l, sizeof l);
+        /* A length of its own, so no /64 can ever equal a pointer's bytes. */
+        _Static_assert(1 + sizeof l <= sizeof k->key && 1 + sizeof l != 8 && 1 + sizeof l != 4,
+                       "a listener key has a length of its own");
+        k->len = 1 + sizeof l;
+        k->key[0] = 'u';
+        memcpy(k->key + 1, &l, sizeof l);
     } else {
         return false;
     }
