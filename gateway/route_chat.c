@@ -449,15 +449,32 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
         return;
     }
     s->chat = chat;
+    /* The listen-only timer before the upgrade: a socket accepted without
+     * it never became a relay (WIRE §24.7), so a dashboard that only
+     * watches got no agent_event, unaware. Refused instead, as a wait the
+     * loop cannot bound is elsewhere; it fires from the loop only, once s
+     * is linked (or cancelled with it). */
+    s->quiet_timer = router_loop_timer_add(chat->loop, chat->opts.listen_only_ms, s_on_quiet, s);
+    if (!s->quiet_timer) {
+        ROUTER_LOG(ROUTER_LOG_WARN, "gateway", "ws/chat upgrade refused: no timer for its "
+                   "listen-only relay (%s)", strerror(errno));
+        free(s);
+        (void) gateway_http_res_header(res, "Retry-After", "1");
+        (void) gateway_http_respond_error(res, 503, "unavailable",
+                                          "no timer for the socket's listen-only relay; retry");
+        return;
+    }
     s->sub = router_turns_attach(chat->opts.turns, has_sid > 0 && sid_len ? sid : NULL,
                                  has_name > 0 && name_len ? name : NULL, s_on_frame, s);
     if (!s->sub) {
         int e = errno;
+        (void) router_loop_timer_cancel(chat->loop, s->quiet_timer);
         free(s);
         s_attach_refused(res, e);
         return;
     }
     if (!(s->ws = gateway_ws_accept(res, &s_ws_handlers, s, &chat->opts.ws))) {
+        (void) router_loop_timer_cancel(chat->loop, s->quiet_timer);
         router_turns_detach(chat->opts.turns, s->sub);
         free(s);
         (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
@@ -469,11 +486,6 @@ static void s_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, vo
     chat->socks = s;
     chat->nsocks++;
     s_gauges(chat);
-    s->quiet_timer = router_loop_timer_add(chat->loop, chat->opts.listen_only_ms, s_on_quiet, s);
-    if (!s->quiet_timer)
-        ROUTER_LOG(ROUTER_LOG_WARN, "gateway",
-                   "ws %llu: no timer for the listen-only relay: %s",
-                   (unsigned long long) gateway_ws_id(s->ws), strerror(errno));
 }
 
 /* ---------------------------------------------------------------- turn events */

@@ -666,6 +666,57 @@ static void test_attach_refused_by_the_store(void **state)
     s_fix_free(&f);
 }
 
+/* ---------------------------------------------------------------- no timer */
+
+static void s_timer_noop(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id, (void) ud;
+}
+
+/* An upgrade when the loop has k timers left, for k = 1, 2, …: a socket
+ * that got session_start becomes a listen-only relay once it stays quiet
+ * (WIRE §24.7); one the loop cannot time is refused 503 unavailable or
+ * cut. Before, a socket whose listen-only timer could not be armed was
+ * kept open and never became a relay: a dashboard that only watches got
+ * no agent_event, and nothing told it why. */
+static void test_upgrade_without_a_timer(void **state)
+{
+    (void) state;
+    static uint64_t fill[ROUTER_LOOP_MAX_TIMERS];
+    unsigned refused = 0, relays = 0;
+    for (size_t k = 1; k <= 8; k++) {
+        evfix_t x;
+        s_evfix_new(&x);
+        size_t n = 0;
+        while (n < ROUTER_LOOP_MAX_TIMERS &&
+               (fill[n] = router_loop_timer_add(x.f.b.loop, 3600000, s_timer_noop, NULL)))
+            n++;
+        assert_int_equal(errno, ENOSPC);
+        for (size_t i = 0; i < k; i++) /* the test's own wait takes one */
+            assert_int_equal(router_loop_timer_cancel(x.f.b.loop, fill[--n]), 0);
+        s_connect_tcp(x.f.b.port);
+        assert_true(s_wait(&x.f, 0));
+        while (n) /* room again: the quiet timer would have fired by now */
+            assert_int_equal(router_loop_timer_cancel(x.f.b.loop, fill[--n]), 0);
+        if (test_wsc_refused(&s_cl)) {
+            assert_int_equal(s_status(), 503);
+            assert_non_null(memmem(s_cl.buf, s_cl.len, "\"code\":\"", 8));
+            refused++;
+        } else if (test_wsc_frame_has(&s_cl, 0, "\"session_start\"") &&
+                   !test_wsc_ended(&s_cl)) {
+            if (!test_loop_wait(x.f.b.loop, s_one_relay, &x, 1, WAIT_MS))
+                fail_msg("%zu timers left: the socket was kept but never became a relay", k);
+            relays++;
+        }
+        s_client_close(&x.f);
+        assert_true(test_loop_wait(x.f.b.loop, s_no_relay, &x, 1, WAIT_MS));
+        s_evfix_free(&x);
+    }
+    print_message("%u refused, %u relays\n", refused, relays);
+    assert_true(refused > 0);
+    assert_true(relays > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -678,6 +729,7 @@ int main(void)
         cmocka_unit_test(test_post_turn_that_cannot_start),
         cmocka_unit_test(test_turn_events_without_memory),
         cmocka_unit_test(test_attach_refused_by_the_store),
+        cmocka_unit_test(test_upgrade_without_a_timer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
