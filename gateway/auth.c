@@ -19,6 +19,9 @@ struct gateway_auth {
     router_tokens_t *tokens;               /* borrowed */
     gateway_auth_opts_t opts;
     char code[GATEWAY_AUTH_CODE_LEN + 1];  /* the unspent pairing code, "" for none */
+    char held[GATEWAY_AUTH_CODE_LEN + 1];  /* the code a /pair holds while its token is
+                                            * written, "" for none */
+    uint64_t hold;                         /* names the latest hold: an older one ends nothing */
 };
 
 gateway_auth_t *gateway_auth_new(router_tokens_t *tokens, const gateway_auth_opts_t *opts)
@@ -36,6 +39,7 @@ void gateway_auth_destroy(gateway_auth_t **self_p)
     if (!self_p || !*self_p)
         return;
     sodium_memzero((*self_p)->code, sizeof (*self_p)->code);
+    sodium_memzero((*self_p)->held, sizeof (*self_p)->held);
     free(*self_p);
     *self_p = NULL;
 }
@@ -332,18 +336,35 @@ bool gateway_auth_token_name_ok(const char *name, size_t len)
 
 void gateway_auth_code_mint(gateway_auth_t *self, char code[GATEWAY_AUTH_CODE_LEN + 1])
 {
+    sodium_memzero(self->held, sizeof self->held); /* replaced: a release brings nothing back */
     snprintf(self->code, sizeof self->code, "%06u", (unsigned) randombytes_uniform(1000000));
     memcpy(code, self->code, sizeof self->code);
 }
 
-bool gateway_auth_code_take(gateway_auth_t *self, const char *code, size_t len)
+bool gateway_auth_code_take(gateway_auth_t *self, const char *code, size_t len, uint64_t *hold)
 {
     if (!self->code[0] || len != GATEWAY_AUTH_CODE_LEN)
         return false;
     if (sodium_memcmp(self->code, code, GATEWAY_AUTH_CODE_LEN) != 0)
         return false;
+    memcpy(self->held, self->code, sizeof self->held);
     sodium_memzero(self->code, sizeof self->code);
+    *hold = ++self->hold;
     return true;
+}
+
+void gateway_auth_code_spend(gateway_auth_t *self, uint64_t hold)
+{
+    if (hold == self->hold)
+        sodium_memzero(self->held, sizeof self->held);
+}
+
+void gateway_auth_code_release(gateway_auth_t *self, uint64_t hold)
+{
+    if (hold != self->hold || !self->held[0])
+        return; /* ended already, or another code was minted since: that one is in force */
+    memcpy(self->code, self->held, sizeof self->code);
+    sodium_memzero(self->held, sizeof self->held);
 }
 
 /* ---------------------------------------------------------------- clients */

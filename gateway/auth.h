@@ -121,10 +121,22 @@ bool gateway_auth_token_name_ok(const char *name, size_t len) __attribute__((war
  * code[GATEWAY_AUTH_CODE_LEN + 1]. */
 void gateway_auth_code_mint(gateway_auth_t *self, char code[GATEWAY_AUTH_CODE_LEN + 1]);
 
-/* True when `code` is the unspent code (compared in constant time); the
- * code is then spent. */
-bool gateway_auth_code_take(gateway_auth_t *self, const char *code, size_t len)
+/* True when `code` is the unspent code (compared in constant time): it is
+ * then held for the caller, which looks spent to every other request
+ * (one code, one token), until the caller ends the hold *hold names with
+ * gateway_auth_code_spend (a token was issued) or _release (none was: the
+ * code may be used again, WIRE §17.2). */
+bool gateway_auth_code_take(gateway_auth_t *self, const char *code, size_t len, uint64_t *hold)
     __attribute__((warn_unused_result));
+
+/* A token was issued for the held code: it is gone for good. */
+void gateway_auth_code_spend(gateway_auth_t *self, uint64_t hold);
+
+/* No token was issued for the held code (its row could not be written, or
+ * was not durable in time and will be revoked, or its answer could not be
+ * made): the code is unspent again, unless another code was minted since
+ * (that one is in force; at most one code is valid at a time). */
+void gateway_auth_code_release(gateway_auth_t *self, uint64_t hold);
 
 /* A peer as the audit log names it: its IP address without the port
  * (router_addr_client; "unix" for a Unix socket). */

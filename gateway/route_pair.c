@@ -4,7 +4,16 @@
  * the client hears the answer, unless the disk has not taken them within
  * the route's wait (a full or stalled disk is retried for ever): then a
  * right code is told no token was issued, a wrong one what the count in
- * memory says. */
+ * memory says.
+ *
+ * A right code is held, not spent, while its token is written: it is
+ * spent when the token reaches its client (200), and usable again when no
+ * token was issued (the store refused the write, the disk did not take it
+ * in time, there was no memory to wait or to answer). A token nobody was
+ * shown never works for anyone: its secret is wiped before the answer
+ * that releases the code, and a row that lands after that answer is
+ * revoked. Neither outcome touches the client's count of bad codes but
+ * the 200, which restarts it. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,13 +34,29 @@ typedef struct {
     gateway_http_pending_t *pending;         /* the deferred answer, NULL once answered */
     router_loop_t *loop;                     /* where the deadline runs (NULL: none) */
     router_tokens_t *tokens;                 /* paired: where a row nobody holds is revoked */
+    gateway_auth_t *auth;                    /* paired: the code held */
+    uint64_t hold;                           /* paired: the hold on the code, 0 once ended */
     uint64_t timer;                          /* the deadline, 0 once fired or cancelled */
     bool late;                               /* answered without the write's outcome */
     bool paired;                             /* a token (else a bad code) */
     uint64_t until_ms;                       /* bad code: locked until, 0 for not */
     char id[ROUTER_TOKENS_ID_LEN + 1];       /* paired: the token's id */
     char token[GATEWAY_AUTH_TOKEN_LEN + 1];  /* paired: the token to hand over */
+    char client[GATEWAY_AUTH_CLIENT_MAX];    /* paired: whose bad codes a 200 forgives */
 } s_wait_t;
+
+/* Ends w's hold on the code: spent when its token reached the client,
+ * else usable again (only once: a later hold may be another request's). */
+static void s_hold_end(s_wait_t *w, bool issued)
+{
+    if (!w->hold)
+        return;
+    if (issued)
+        gateway_auth_code_spend(w->auth, w->hold);
+    else
+        gateway_auth_code_release(w->auth, w->hold);
+    w->hold = 0;
+}
 
 /* The lockout key of a client, as sources are counted and comms pairing
  * keys it (router_addr_source, WIRE §9.1, §17.2): an IPv4 client of a
@@ -83,20 +108,27 @@ static void s_written(bool ok, void *ud)
     if (w->late || !w->pending) {
         if (ok && w->paired)
             gateway_auth_orphan_revoke(w->tokens, w->id, "pairing");
+        s_hold_end(w, false); /* answered without a token: released then, this is a no-op */
         goto done;
     }
     gateway_http_res_t *res = gateway_http_pending_res(w->pending);
     if (!ok) {
+        s_hold_end(w, false);
         (void) gateway_http_respond_error(res, 503, "unavailable",
-                                          "the pairing state could not be stored");
+                                          "the pairing state could not be stored; no token "
+                                          "was issued");
     } else if (w->paired) {
         char body[128];
         snprintf(body, sizeof body, "{\"paired\":true,\"token\":\"%s\"}", w->token);
         gateway_http_res_authenticated(res); /* the code was a credential */
-        if (gateway_http_respond_json(res, 200, body) != 0) /* the token reached nobody */
+        if (gateway_http_respond_json(res, 200, body) != 0) { /* the token reached nobody */
             gateway_auth_orphan_revoke(w->tokens, w->id, "pairing");
-        else
+            s_hold_end(w, false);
+        } else {
+            s_hold_end(w, true);
+            router_tokens_forgive(w->tokens, w->client); /* a right code restarts the count */
             ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "paired a new bearer token");
+        }
         sodium_memzero(body, sizeof body);
     } else {
         s_refused(res, w->until_ms);
@@ -120,12 +152,13 @@ static void s_expired(router_loop_t *loop, uint64_t id, void *ud)
         return;
     gateway_http_res_t *res = gateway_http_pending_res(w->pending);
     if (w->paired) {
-        /* Its secret is never shown: a row that lands later is revoked. */
+        /* Its secret is never shown, so the row that may land later
+         * (and is revoked then) works for nobody: the code may pair again. */
         sodium_memzero(w->token, sizeof w->token);
+        s_hold_end(w, false);
         (void) gateway_http_respond_error(res, 503, "unavailable",
                                           "no token was issued: the disk has not taken it in "
-                                          "time, and the pairing code is spent: ask for a new "
-                                          "one and retry later");
+                                          "time; the pairing code is still valid: retry later");
     } else {
         /* The count is in force in memory, so this client is refused as it
          * says; only a restart before the disk takes it forgets it. */
@@ -190,6 +223,7 @@ static void s_pair_at(gateway_route_pair_t *route, const gateway_http_req_t *req
     }
     w->loop = route->loop;
     w->tokens = tokens;
+    w->auth = auth;
     /* The deadline before the code is looked at: a request the server
      * cannot bound is refused with the code unspent and nothing counted. */
     if (w->loop) {
@@ -206,12 +240,12 @@ static void s_pair_at(gateway_route_pair_t *route, const gateway_http_req_t *req
         }
     }
     int rc;
-    if (gateway_auth_code_take(auth, code.ptr, code.len)) {
+    if (gateway_auth_code_take(auth, code.ptr, code.len, &w->hold)) {
         uint8_t hash[32];
         w->paired = true;
+        memcpy(w->client, client, sizeof w->client);
         gateway_auth_token_new(w->token, hash);
         router_tokens_id(hash, w->id);
-        router_tokens_forgive(tokens, client);
         rc = router_tokens_add(tokens, hash, ROUTER_TOKEN_OPERATOR, name, now, s_written, w);
         gateway_auth_audit_req(auth, "pair", req, "code_accepted");
     } else {
@@ -225,13 +259,17 @@ static void s_pair_at(gateway_route_pair_t *route, const gateway_http_req_t *req
                        GATEWAY_PAIR_FAILURES_MAX, client, GATEWAY_PAIR_LOCK_MS / 1000);
     }
     if (rc != 0) {
+        int e = errno;
+        s_hold_end(w, false); /* nothing was written: the code was not used */
         if (!w->paired) /* counted in memory all the same, as at the deadline */
             s_refused(res, w->until_ms);
-        else if (errno == ENOSPC)
+        else if (e == ENOSPC)
             s_no_room(res);
         else
             (void) gateway_http_respond_error(res, 503, "unavailable",
-                                              "the pairing state cannot be stored now");
+                                              "the pairing state cannot be stored now; no token "
+                                              "was issued and the pairing code is still valid: "
+                                              "retry");
         s_wait_free(w);
         return;
     }
@@ -245,11 +283,12 @@ static void s_pair_at(gateway_route_pair_t *route, const gateway_http_req_t *req
         (void) router_loop_timer_cancel(w->loop, w->timer);
         w->timer = 0;
     }
-    sodium_memzero(w->token, sizeof w->token);
+    sodium_memzero(w->token, sizeof w->token); /* a row that lands works for nobody */
+    s_hold_end(w, false);
     if (w->paired)
         (void) gateway_http_respond_error(res, 503, "unavailable",
                                           "no token was issued: out of memory; the pairing code "
-                                          "is spent");
+                                          "is still valid: retry");
     else
         s_refused(res, w->until_ms); /* counted in memory */
 }

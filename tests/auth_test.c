@@ -139,15 +139,33 @@ static void test_token_ok_and_code(void **state)
     assert_false(gateway_auth_token_ok(a, text, strlen(text), NULL));
 
     char code[GATEWAY_AUTH_CODE_LEN + 1], old[GATEWAY_AUTH_CODE_LEN + 1];
-    assert_false(gateway_auth_code_take(a, "000000", 6)); /* none minted */
+    uint64_t hold = 0, hold2 = 0;
+    assert_false(gateway_auth_code_take(a, "000000", 6, &hold)); /* none minted */
     gateway_auth_code_mint(a, old);
     gateway_auth_code_mint(a, code);
     assert_int_equal(strspn(code, "0123456789"), 6);
     if (strcmp(old, code) != 0)
-        assert_false(gateway_auth_code_take(a, old, 6)); /* replaced */
-    assert_false(gateway_auth_code_take(a, code, 5));
-    assert_true(gateway_auth_code_take(a, code, 6));
-    assert_false(gateway_auth_code_take(a, code, 6)); /* spent */
+        assert_false(gateway_auth_code_take(a, old, 6, &hold)); /* replaced */
+    assert_false(gateway_auth_code_take(a, code, 5, &hold));
+    assert_true(gateway_auth_code_take(a, code, 6, &hold));
+    assert_false(gateway_auth_code_take(a, code, 6, &hold2)); /* held: as spent to others */
+    gateway_auth_code_release(a, hold); /* no token was issued: usable again */
+    gateway_auth_code_release(a, hold); /* once */
+    assert_true(gateway_auth_code_take(a, code, 6, &hold2));
+    gateway_auth_code_release(a, hold); /* an ended hold does not end a newer one */
+    assert_false(gateway_auth_code_take(a, code, 6, &hold));
+    gateway_auth_code_spend(a, hold2); /* issued */
+    gateway_auth_code_release(a, hold2);
+    assert_false(gateway_auth_code_take(a, code, 6, &hold)); /* spent */
+    /* A code minted while one is held replaces it: releasing the held one
+     * brings nothing back, and the new one stays. */
+    gateway_auth_code_mint(a, old);
+    assert_true(gateway_auth_code_take(a, old, 6, &hold));
+    gateway_auth_code_mint(a, code);
+    gateway_auth_code_release(a, hold);
+    if (strcmp(old, code) != 0)
+        assert_false(gateway_auth_code_take(a, old, 6, &hold2));
+    assert_true(gateway_auth_code_take(a, code, 6, &hold2));
     gateway_auth_destroy(&a);
     assert_null(a);
     router_loop_destroy(&loop);

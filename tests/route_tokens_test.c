@@ -6,9 +6,12 @@
  * mint is not issued (503, and a row that lands later is revoked, as
  * nobody holds it), a revocation is in force but not durable (503
  * durability_unknown), a wrong pairing code is counted in memory (401,
- * then 429). The late outcome answers nobody and frees what it must, the
- * server serves others meanwhile, and with no timer to bound the wait
- * nothing is done.
+ * then 429), and a right one is told no token was issued and stays valid
+ * (WIRE §17.2): the client pairs with it once the disk recovers, and the
+ * count of its bad codes is neither restarted nor bumped by the failure.
+ * The late outcome answers nobody and frees what it must, the server
+ * serves others meanwhile, and with no timer to bound the wait nothing is
+ * done.
  *
  * No test depends on timing: a client read that waits longer than the
  * hang guard fails the test instead of hanging it. */
@@ -169,7 +172,7 @@ static int s_rows(const s_srv_t *s)
 
 typedef struct {
     int status;       /* 0: the server closed without an answer */
-    char body[4096];  /* NUL-terminated */
+    char body[16384]; /* NUL-terminated; room for a list of 100 tokens */
 } s_resp_t;
 
 /* Sends one request on a fresh connection; the socket to read with
@@ -219,7 +222,7 @@ static void s_recv(int fd, s_resp_t *r)
     memset(r, 0, sizeof *r);
     if (fd < 0)
         return;
-    char buf[8192];
+    char buf[20480];
     size_t len = 0;
     for (;;) {
         ssize_t got = recv(fd, buf + len, sizeof buf - 1 - len, 0);
@@ -278,6 +281,7 @@ static int s_listed(const s_srv_t *s)
     s_resp_t r;
     s_req(s, "GET", "/admin/tokens", NULL, NULL, &r);
     assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "]}")); /* the whole list was read */
     int n = 0;
     for (const char *p = r.body; (p = strstr(p, "\"id\":\"")); p++)
         n++;
@@ -384,9 +388,21 @@ static void test_revoke_held(void **state)
     assert_int_equal(s_rows(s), 0);
 }
 
+/* The "token" of a 200 /pair into token[]. */
+static void s_paired(const s_resp_t *r, char token[GATEWAY_AUTH_TOKEN_LEN + 1])
+{
+    const char *t = strstr(r->body, "\"paired\":true,\"token\":\"");
+    if (r->status != 200 || !t)
+        fail_msg("pair: %d %s", r->status, r->body);
+    memcpy(token, t + 23, GATEWAY_AUTH_TOKEN_LEN);
+    token[GATEWAY_AUTH_TOKEN_LEN] = '\0';
+}
+
 /* /pair with the right code while the disk holds the token's row: 503
- * unavailable, no token shown, the code spent; the row that lands later is
- * revoked. */
+ * unavailable, no token shown, the code still valid (nothing was issued:
+ * it was spent, and the client had neither a token nor a code); the row
+ * that lands later is revoked, and the same code pairs once the disk
+ * takes writes again: the one token listed is that one. */
 static void test_pair_right_code_held(void **state)
 {
     s_srv_t *s = *state;
@@ -398,14 +414,88 @@ static void test_pair_right_code_held(void **state)
     s_req(s, "POST", "/pair", hdr, NULL, &r);
     s_expect(&r, 503, "unavailable");
     assert_null(strstr(r.body, "kith_"));
+    assert_non_null(strstr(r.body, "still valid"));
     assert_true(vfs_fail_held() > 0);
     vfs_fail_hold(NULL);
-    s_req(s, "POST", "/pair", hdr, NULL, &r); /* spent */
+    char token[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_req(s, "POST", "/pair", hdr, NULL, &r); /* still valid: it was 401, spent */
+    s_paired(&r, token);
+    s_req(s, "POST", "/pair", hdr, NULL, &r); /* now it is spent */
     s_expect(&r, 401, "invalid_pairing_code");
-    char id[ROUTER_TOKENS_ID_LEN + 1], token[GATEWAY_AUTH_TOKEN_LEN + 1];
-    s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
-    s_minted(&r, id, token);
-    assert_int_equal(s_listed(s), 1);
+    uint8_t hash[32];
+    char id[ROUTER_TOKENS_ID_LEN + 1];
+    crypto_hash_sha256(hash, (const unsigned char *) token, GATEWAY_AUTH_TOKEN_LEN);
+    router_tokens_id(hash, id);
+    s_req(s, "GET", "/admin/tokens", NULL, NULL, &r);
+    if (s_listed(s) != 1 || !strstr(r.body, id))
+        fail_msg("want the paired token alone: %s", r.body);
+    s_srv_stop(s);
+    assert_int_equal(s_rows(s), 1);
+}
+
+/* A right code whose token the disk does not take in time neither
+ * restarts nor bumps the client's count of bad codes: three bad codes,
+ * the right one (503), then the fourth bad code is 401 and the fifth 429
+ * — a restarted count said 401 to both. A code minted meanwhile is the
+ * one in force: the late failure does not bring the old one back. */
+static void test_pair_failure_keeps_count(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, WAIT_MS);
+    vfs_fail_hold(s->dir);
+    char right[64], wrong[64];
+    snprintf(right, sizeof right, "X-Pairing-Code: %s\r\n", s->code);
+    snprintf(wrong, sizeof wrong, "X-Pairing-Code: %s\r\n",
+             strcmp(s->code, "000000") ? "000000" : "000001");
+    s_resp_t r;
+    for (int i = 0; i < 3; i++) {
+        s_req(s, "POST", "/pair", wrong, NULL, &r);
+        s_expect(&r, 401, "invalid_pairing_code");
+    }
+    s_req(s, "POST", "/pair", right, NULL, &r);
+    s_expect(&r, 503, "unavailable");
+    s_req(s, "POST", "/pair", wrong, NULL, &r);
+    s_expect(&r, 401, "invalid_pairing_code");
+    s_req(s, "POST", "/pair", wrong, NULL, &r);
+    s_expect(&r, 429, "too_many_attempts");
+    vfs_fail_hold(NULL);
+    s_srv_stop(s);
+}
+
+/* A right code held by a /pair in flight looks spent to another (one code,
+ * one token); a code minted while it is held replaces it, and the held
+ * one does not come back when its write fails. */
+static void test_pair_code_replaced_while_held(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, WAIT_MS);
+    vfs_fail_hold(s->dir);
+    char hdr[64], fresh[GATEWAY_AUTH_CODE_LEN + 1];
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
+    int fd = s_send(s, "POST", "/pair", hdr, NULL);
+    s_resp_t r;
+    for (int i = 0; i < HANG_GUARD_S * 100 && vfs_fail_held() == 0; i++)
+        usleep(10 * 1000); /* the first one's row is at the disk: the code is held */
+    assert_true(vfs_fail_held() > 0);
+    s_req(s, "POST", "/pair", hdr, NULL, &r);
+    s_expect(&r, 401, "invalid_pairing_code");
+    s_req(s, "POST", "/admin/paircode", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    const char *c = strstr(r.body, "\"code\":\"");
+    assert_non_null(c);
+    memcpy(fresh, c + 8, GATEWAY_AUTH_CODE_LEN);
+    fresh[GATEWAY_AUTH_CODE_LEN] = '\0';
+    s_recv(fd, &r);
+    s_expect(&r, 503, "unavailable");
+    vfs_fail_hold(NULL);
+    char token[GATEWAY_AUTH_TOKEN_LEN + 1];
+    if (strcmp(fresh, s->code) != 0) {
+        s_req(s, "POST", "/pair", hdr, NULL, &r); /* replaced */
+        s_expect(&r, 401, "invalid_pairing_code");
+    }
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", fresh);
+    s_req(s, "POST", "/pair", hdr, NULL, &r);
+    s_paired(&r, token);
     s_srv_stop(s);
     assert_int_equal(s_rows(s), 1);
 }
@@ -485,7 +575,22 @@ static void test_queue_full(void **state)
     s_resp_t r;
     s_req(s, "POST", "/pair", "X-Pairing-Code: 12345\r\n", NULL, &r);
     s_expect(&r, 401, "invalid_pairing_code");
+    /* The right code, refused with nothing written: still valid after. */
+    char hdr[64], token[GATEWAY_AUTH_TOKEN_LEN + 1];
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
+    s_req(s, "POST", "/pair", hdr, NULL, &r);
+    s_expect(&r, 503, "unavailable");
+    assert_non_null(strstr(r.body, "cannot be stored now"));
     vfs_fail_hold(NULL);
+    /* Until the queue has room again, each try is refused the same way,
+     * the code kept for the next. */
+    for (int i = 0;; i++) {
+        s_req(s, "POST", "/pair", hdr, NULL, &r);
+        if (r.status != 503 || !strstr(r.body, "cannot be stored now") || i > HANG_GUARD_S * 100)
+            break;
+        usleep(10 * 1000);
+    }
+    s_paired(&r, token);
     s_srv_stop(s);
 }
 
@@ -512,12 +617,43 @@ static void test_failing_disk_then_stop(void **state)
     snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
     s_req(s, "POST", "/pair", hdr, NULL, &r);
     s_expect(&r, 503, "unavailable");
+    s_req(s, "POST", "/pair", hdr, NULL, &r); /* again, the disk still failing */
+    s_expect(&r, 503, "unavailable");
     s_req(s, "POST", "/pair", "X-Pairing-Code: 12345\r\n", NULL, &r);
     s_expect(&r, 401, "invalid_pairing_code");
     assert_true(vfs_fail_failed(VFS_FAIL_WRITE) > 0);
-    s_srv_stop(s); /* the store gives up on all four: ok false, nobody to answer */
+    s_srv_stop(s); /* the store gives up on all five: ok false, nobody to answer */
     vfs_fail_clear();
     assert_int_equal(s_rows(s), 1); /* neither the revocation nor a mint was written */
+}
+
+/* A failing fsync (the store retries until it takes): the right code is
+ * told no token was issued, and pairs once the disk recovers; the rows
+ * the retries land later are revoked: only the token handed over is
+ * listed. */
+static void test_pair_failing_sync_then_recovers(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, WAIT_MS);
+    vfs_fail_arm(VFS_FAIL_SYNC, s->dir, 0, -1);
+    char hdr[64], token[GATEWAY_AUTH_TOKEN_LEN + 1], id[ROUTER_TOKENS_ID_LEN + 1];
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
+    s_resp_t r;
+    s_req(s, "POST", "/pair", hdr, NULL, &r);
+    s_expect(&r, 503, "unavailable");
+    assert_null(strstr(r.body, "kith_"));
+    assert_true(vfs_fail_failed(VFS_FAIL_SYNC) > 0);
+    vfs_fail_clear();
+    s_req(s, "POST", "/pair", hdr, NULL, &r);
+    s_paired(&r, token);
+    uint8_t hash[32];
+    crypto_hash_sha256(hash, (const unsigned char *) token, GATEWAY_AUTH_TOKEN_LEN);
+    router_tokens_id(hash, id);
+    s_req(s, "GET", "/admin/tokens", NULL, NULL, &r);
+    if (s_listed(s) != 1 || !strstr(r.body, id))
+        fail_msg("want the paired token alone: %s", r.body);
+    s_srv_stop(s);
+    assert_int_equal(s_rows(s), 1);
 }
 
 /* The loop stops while answers still wait on a failing disk, before
@@ -601,6 +737,18 @@ static void test_out_of_memory_sweep(void **state)
             else
                 s_req(s, "POST", "/pair", hdr, NULL, &r);
             unsigned failed = alloc_fail_on_loop(s->loop, -1);
+            if (kind == S_PAIR && r.status != 200) {
+                /* No token reached the client: the code pairs it now,
+                 * unless the token went out and only the connection
+                 * failed after (cut: then the code is spent). */
+                s_resp_t again;
+                s_req(s, "POST", "/pair", hdr, NULL, &again);
+                if (again.status == 200)
+                    held++;
+                else if (r.status || again.status != 401)
+                    fail_msg("run %ld: after %d the code answered %d %s", i, r.status,
+                             again.status, again.body);
+            }
             if (r.status == 201 || (r.status == 200 && kind == S_PAIR)) {
                 assert_non_null(strstr(r.body, "\"token\":\"kith_"));
                 held++;
@@ -688,7 +836,6 @@ static void test_no_timer_never_hangs(void **state)
     snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
     vfs_fail_hold(s->dir);
     unsigned refused = 0;
-    bool spent = false;
     for (long spare = 0; spare <= 4; spare++) {
         s_fill_t f = {0};
         s_fill(s, &f, spare);
@@ -701,20 +848,20 @@ static void test_no_timer_never_hangs(void **state)
         }
         s_req(s, "POST", "/pair", hdr, NULL, &r);
         print_message("spare %ld pair: %d %s\n", spare, r.status, r.body);
-        if (r.status == 401) {
-            assert_true(spent); /* a wrong code, counted */
-        } else if (r.status) {
+        if (r.status) {
+            /* Never 401: no token was issued, so the code is never spent. */
             s_expect(&r, 503, "unavailable");
             refused += strstr(r.body, "not looked at") != NULL;
-            if (strstr(r.body, "spent")) {
-                spent = true;
-                snprintf(hdr, sizeof hdr, "X-Pairing-Code: 12345\r\n");
-            }
+            assert_null(strstr(r.body, "spent"));
         }
         s_fill(s, &f, -1);
     }
     assert_true(refused > 0);
     vfs_fail_hold(NULL);
+    char token[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_resp_t r;
+    s_req(s, "POST", "/pair", hdr, NULL, &r); /* the code paired nobody: it does now */
+    s_paired(&r, token);
     s_srv_stop(s);
 }
 
@@ -729,6 +876,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_revoke_held, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_pair_right_code_held, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_pair_wrong_code_held, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_pair_failure_keeps_count, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_pair_code_replaced_while_held, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_pair_failing_sync_then_recovers, s_setup,
+                                        s_teardown),
         cmocka_unit_test_setup_teardown(test_queue_full, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_failing_disk_then_stop, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_stop_before_deadline, s_setup, s_teardown),
