@@ -35,6 +35,10 @@
 #include "router/workers/broker.h"
 #include "router/workers/turns.h"
 
+/* The last trust_sets a restore can undo (kith_node_trust makes one
+ * before it may undo it). */
+#define S_TRUST_SETS_MAX 16
+
 struct router_node {
     router_config_t cfg;                 /* effective configuration */
     char home[ROUTER_PATH_MAX];          /* state directory, "" for none */
@@ -43,6 +47,12 @@ struct router_node {
     router_identity_t identity;          /* our key */
     router_trust_t *trust;               /* trusted peers; a reload swaps in a new store */
     pthread_rwlock_t trust_lock;         /* guards `trust` against that swap for other threads */
+    struct {
+        uint8_t pk[32];
+        char name[ROUTER_PEER_NAME_MAX + 1];
+    } trust_sets[S_TRUST_SETS_MAX];      /* loop: the keys and names the last trust_sets wrote,
+                                          * oldest first, what a restore may put back */
+    size_t ntrust_sets;                  /* entries in trust_sets */
     int trust_inotify;                   /* inotify on home for trusted_peers.json, or -1 */
     router_watch_t *trust_watch;         /* the loop's watch of trust_inotify */
     router_metrics_t *metrics;           /* counters for /metrics */
@@ -1468,79 +1478,230 @@ typedef struct {
     size_t errcap;
 } s_trust_set_t;
 
-/* Appends to `next` every row of `from` but those with key `pk` or name
- * `name` (NULL: none skipped), whole: meta and profile too, so an edit of
- * one row never turns a Meerkat peer into a kith one. 0, or -1 with err. */
-static int s_trust_copy_rows(router_trust_t *next, const router_trust_t *from, const uint8_t *pk,
-                             const char *name, char *err, size_t errcap)
+/* Appends p to t whole: meta and profile too, so an edit of one row never
+ * turns a Meerkat peer into a kith one. 0, or -1 with err. */
+static int s_trust_add_row(router_trust_t *t, const router_peer_t *p, char *err, size_t errcap)
 {
-    for (size_t i = 0; i < router_trust_count(from); i++) {
-        const router_peer_t *p = router_trust_at(from, i);
-        if ((pk && memcmp(p->pk, pk, 32) == 0) || (name && strcmp(p->name, name) == 0))
-            continue;
-        if (router_trust_add(next, p->name, p->pk, p->addr, p->description, p->labels, p->nlabels,
-                             err, errcap) != 0)
-            return -1;
-        if (p->profile != ROUTER_PEER_PROFILE_KITH &&
-            router_trust_set_profile(next, router_trust_at(next, router_trust_count(next) - 1),
-                                     p->profile) != 0) {
-            snprintf(err, errcap, "cannot copy the profile of %s", p->name);
-            return -1;
-        }
-    }
+    if (router_trust_add(t, p->name, p->pk, p->addr, p->description, p->labels, p->nlabels, err,
+                         errcap) != 0)
+        return -1;
+    /* Cannot fail: the row was just added. */
+    (void) router_trust_set_profile(t, router_trust_at(t, router_trust_count(t) - 1), p->profile);
     return 0;
 }
 
-/* On the loop (or before it runs): *next_p (taken) becomes the store in
- * force, as a reload swaps (s_trust_reload); with persist and a home it is
- * saved first, and a failed save changes nothing. 0, or -1 with err. */
-static int s_trust_commit(router_node_t *self, router_trust_t **next_p, bool persist, char *err,
-                          size_t errcap)
+/* Appends to `next` every row of `from`, whole. 0, or -1 with err. */
+static int s_trust_copy_rows(router_trust_t *next, const router_trust_t *from, char *err,
+                             size_t errcap)
 {
-    router_trust_t *next = *next_p;
-    *next_p = NULL;
-    if (persist && self->home[0]) {
-        char path[ROUTER_PATH_MAX];
-        if (router_home_path(self->home, ROUTER_TRUST_FILE, path, sizeof path) != 0) {
-            snprintf(err, errcap, "home path too long");
-            goto fail;
-        }
-        if (router_trust_save(next, path, err, errcap) != 0)
-            goto fail;
+    for (size_t i = 0; i < router_trust_count(from); i++)
+        if (s_trust_add_row(next, router_trust_at(from, i), err, errcap) != 0)
+            return -1;
+    return 0;
+}
+
+/* A new store with every row of `from`, or NULL with err. */
+static router_trust_t *s_trust_dup(const router_trust_t *from, char *err, size_t errcap)
+{
+    router_trust_t *t = router_trust_new();
+    if (!t) {
+        snprintf(err, errcap, "out of memory");
+        return NULL;
     }
+    if (s_trust_copy_rows(t, from, err, errcap) != 0)
+        router_trust_destroy(&t);
+    return t;
+}
+
+/* Removes from t every row with key pk or name `name` (NULL: matches none). */
+static void s_trust_drop(router_trust_t *t, const uint8_t *pk, const char *name)
+{
+    for (size_t i = router_trust_count(t); i-- > 0;) {
+        const router_peer_t *p = router_trust_at(t, i);
+        if ((pk && memcmp(p->pk, pk, 32) == 0) || (name && strcmp(p->name, name) == 0))
+            (void) router_trust_remove(t, p);
+    }
+}
+
+static bool s_text_same(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static bool s_peer_same(const router_peer_t *a, const router_peer_t *b)
+{
+    if (memcmp(a->pk, b->pk, 32) != 0 || strcmp(a->name, b->name) != 0 ||
+        strcmp(a->addr, b->addr) != 0 || a->profile != b->profile ||
+        !s_text_same(a->description, b->description) || a->nlabels != b->nlabels)
+        return false;
+    for (size_t i = 0; i < a->nlabels; i++)
+        if (strcmp(a->labels[i].key, b->labels[i].key) != 0 ||
+            strcmp(a->labels[i].value, b->labels[i].value) != 0)
+            return false;
+    return true;
+}
+
+/* Whether a and b hold the same rows with key pk or name `name`. */
+static bool s_trust_same_rows(const router_trust_t *a, const router_trust_t *b,
+                              const uint8_t pk[32], const char *name)
+{
+    size_t na = 0, nb = 0;
+    for (size_t i = 0; i < router_trust_count(a); i++) {
+        const router_peer_t *p = router_trust_at(a, i);
+        if (memcmp(p->pk, pk, 32) != 0 && strcmp(p->name, name) != 0)
+            continue;
+        const router_peer_t *q = router_trust_by_pubkey(b, p->pk);
+        if (!q || !s_peer_same(p, q))
+            return false;
+        na++;
+    }
+    for (size_t i = 0; i < router_trust_count(b); i++) {
+        const router_peer_t *p = router_trust_at(b, i);
+        nb += memcmp(p->pk, pk, 32) == 0 || strcmp(p->name, name) == 0;
+    }
+    return na == nb;
+}
+
+/* Under the file's lock, before an edit: a noted set whose rows the file
+ * holds otherwise than the store in force was changed since by another
+ * writer (or never saved): a restore leaves those rows as they are. */
+static void s_trust_notes_check(router_node_t *self, const router_trust_t *file)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < self->ntrust_sets; i++)
+        if (s_trust_same_rows(file, self->trust, self->trust_sets[i].pk, self->trust_sets[i].name))
+            self->trust_sets[kept++] = self->trust_sets[i];
+    self->ntrust_sets = kept;
+}
+
+/* Puts `next` (taken) in force, as a reload does, and says what changed. */
+static void s_trust_swap(router_node_t *self, router_trust_t *next, const char *why)
+{
+    router_trust_diff_t d;
+    router_trust_diff(self->trust, next, &d);
     pthread_rwlock_wrlock(&self->trust_lock);
     router_trust_t *old = self->trust;
     self->trust = next;
     pthread_rwlock_unlock(&self->trust_lock);
     router_comms_set_trust(self->comms, next);
     router_trust_destroy(&old);
-    return 0;
-fail:
-    router_trust_destroy(&next);
-    return -1;
+    if (d.added + d.removed + d.changed == 0)
+        return;
+    ROUTER_LOG(ROUTER_LOG_INFO, "trust", "changed (%s): %zu peers; %s", why,
+               router_trust_count(next), d.text);
+    s_audit_trust(self, "trust_changed", why, &d, NULL);
 }
 
-/* On the loop (or before it runs): a copy of the store without the rows
- * that share the key or the name, plus the new row, committed. */
+/* One change to a store, in place: 0 when it changed it, 1 when there was
+ * nothing to change, -1 with err. */
+typedef int(s_trust_change_fn)(router_node_t *self, router_trust_t *t, void *job, char *err,
+                               size_t errcap);
+
+/* A change on its way through router_trust_edit. */
+typedef struct {
+    router_node_t *node;
+    s_trust_change_fn *change;
+    void *job;
+    router_trust_t *next; /* a copy of the file as changed: what the node puts in force */
+    bool same;            /* nothing to change: the file stays, and is put in force */
+} s_trust_edit_t;
+
+/* router_trust_edit_fn: the change on the file as it is now, under its
+ * lock, and a copy of the result for the node. */
+static int s_trust_edit_file(router_trust_t *t, void *ud, char *err, size_t errcap)
+{
+    s_trust_edit_t *e = ud;
+    s_trust_notes_check(e->node, t);
+    int r = e->change(e->node, t, e->job, err, errcap);
+    if (r < 0 || !(e->next = s_trust_dup(t, err, errcap)))
+        return -1;
+    if (r == 1) {
+        e->same = true;
+        return -1; /* nothing to save */
+    }
+    return 0;
+}
+
+/* On the loop (or before it runs): applies `change`. With persist and a
+ * home, to trusted_peers.json as it is now, under its lock
+ * (router_trust_edit, as `kith peers`, pairing and the REST routes edit
+ * it), and the store saved is the one put in force: rows other writers
+ * added since the node read the file stay, in the file and in force, as a
+ * reload would have them. Otherwise to a copy of the store in force. A
+ * change or save that fails changes nothing. Blocking file I/O (the file
+ * lock, fsync) on the loop thread: a library node's loop serves only its
+ * own calls, and other writers hold the lock for one save. 0, or -1 with
+ * err. */
+static int s_trust_apply(router_node_t *self, s_trust_change_fn *change, void *job, bool persist,
+                         const char *why, char *err, size_t errcap)
+{
+    router_trust_t *next;
+    if (persist && self->home[0]) {
+        s_trust_edit_t e = {.node = self, .change = change, .job = job};
+        if (router_trust_edit(self->home, s_trust_edit_file, &e, err, errcap) != 0 && !e.same) {
+            router_trust_destroy(&e.next);
+            return -1;
+        }
+        next = e.next;
+    } else {
+        if (!(next = s_trust_dup(self->trust, err, errcap)))
+            return -1;
+        int r = change(self, next, job, err, errcap);
+        if (r != 0) {
+            router_trust_destroy(&next);
+            return r < 0 ? -1 : 0;
+        }
+    }
+    s_trust_swap(self, next, why);
+    return 0;
+}
+
+/* Drops the rows with the key or the name, adds the new row; 1 when it
+ * is the only row with that name and its key's row already. */
+static int s_trust_set_change(router_node_t *self, router_trust_t *t, void *arg, char *err,
+                              size_t errcap)
+{
+    (void) self;
+    s_trust_set_t *j = arg;
+    const router_peer_t *same = router_trust_by_pubkey(t, j->pk);
+    size_t named = 0;
+    (void) router_trust_by_name(t, j->name, &named);
+    if (same && named == 1 && strcmp(same->name, j->name) == 0 && strcmp(same->addr, j->addr) == 0)
+        return 1; /* already so */
+    s_trust_drop(t, j->pk, j->name);
+    return router_trust_add(t, j->name, j->pk, j->addr, NULL, NULL, 0, err, errcap);
+}
+
+/* On the loop (or before it runs): notes a key and name a trust_set
+ * wrote, for router_node_trust_restore to know which rows to put back;
+ * the oldest note goes when there is no room. */
+static void s_trust_note(router_node_t *self, const uint8_t pk[32], const char *name)
+{
+    size_t i = 0;
+    while (i < self->ntrust_sets && (memcmp(self->trust_sets[i].pk, pk, 32) != 0 ||
+                                     strcmp(self->trust_sets[i].name, name) != 0))
+        i++;
+    if (i < self->ntrust_sets)
+        return;
+    if (self->ntrust_sets == S_TRUST_SETS_MAX) {
+        memmove(&self->trust_sets[0], &self->trust_sets[1],
+                (S_TRUST_SETS_MAX - 1) * sizeof self->trust_sets[0]);
+        self->ntrust_sets--;
+    }
+    i = self->ntrust_sets++;
+    memcpy(self->trust_sets[i].pk, pk, 32);
+    snprintf(self->trust_sets[i].name, sizeof self->trust_sets[i].name, "%s", name);
+}
+
+/* On the loop (or before it runs). */
 static int s_trust_set(router_node_t *self, void *arg)
 {
     s_trust_set_t *j = arg;
-    const router_peer_t *same = router_trust_by_pubkey(self->trust, j->pk);
-    size_t named = 0;
-    (void) router_trust_by_name(self->trust, j->name, &named);
-    if (same && named == 1 && strcmp(same->name, j->name) == 0 && strcmp(same->addr, j->addr) == 0)
-        return 0; /* already so */
-    router_trust_t *next = router_trust_new();
-    if (!next) {
-        snprintf(j->err, j->errcap, "out of memory");
+    if (s_trust_apply(self, s_trust_set_change, j, j->persist, "router_node_trust_set", j->err,
+                      j->errcap) != 0)
         return -1;
-    }
-    if (s_trust_copy_rows(next, self->trust, j->pk, j->name, j->err, j->errcap) != 0 ||
-        router_trust_add(next, j->name, j->pk, j->addr, NULL, NULL, 0, j->err, j->errcap) != 0) {
-        router_trust_destroy(&next);
-        return -1;
-    }
-    return s_trust_commit(self, &next, j->persist, j->err, j->errcap);
+    s_trust_note(self, j->pk, j->name);
+    return 0;
 }
 
 int router_node_trust_set(router_node_t *self, const char *name, const uint8_t pk[32],
@@ -1557,32 +1718,66 @@ int router_node_trust_set(router_node_t *self, const char *name, const uint8_t p
 
 router_trust_t *router_node_trust_copy(router_node_t *self, char *err, size_t errcap)
 {
-    router_trust_t *copy = router_trust_new();
-    if (!copy) {
-        snprintf(err, errcap, "out of memory");
-        return NULL;
-    }
     /* The store in force is never edited, only swapped (under the write
      * lock): reading it under the read lock is safe from any thread. */
     pthread_rwlock_rdlock(&self->trust_lock);
-    int rc = s_trust_copy_rows(copy, self->trust, NULL, NULL, err, errcap);
+    router_trust_t *copy = s_trust_dup(self->trust, err, errcap);
     pthread_rwlock_unlock(&self->trust_lock);
-    if (rc != 0)
-        router_trust_destroy(&copy);
     return copy;
 }
 
 typedef struct {
-    router_trust_t *store; /* taken by s_trust_restore */
+    router_trust_t *store; /* the copy to go back to (the caller's) */
     bool persist;
     char *err;
     size_t errcap;
 } s_trust_restore_t;
 
+/* In t, the rows with key pk or name `name` become those of `to`; 0, 1
+ * when the store in force and `to` agree on them already, -1 with err. */
+static int s_trust_put_back(router_node_t *self, router_trust_t *t, const router_trust_t *to,
+                            const uint8_t pk[32], const char *name, char *err, size_t errcap)
+{
+    if (s_trust_same_rows(to, self->trust, pk, name))
+        return 1;
+    s_trust_drop(t, pk, name);
+    for (size_t i = 0; i < router_trust_count(to); i++) {
+        const router_peer_t *p = router_trust_at(to, i);
+        if (memcmp(p->pk, pk, 32) != 0 && strcmp(p->name, name) != 0)
+            continue;
+        s_trust_drop(t, p->pk, NULL); /* its key, renamed since by someone else */
+        if (s_trust_add_row(t, p, err, errcap) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Undoes the noted trust_sets the copy disagrees with: only the rows
+ * they wrote or dropped go back to the copy's, so rows another writer
+ * added to the file meanwhile (`kith peers add`) stay. */
+static int s_trust_restore_change(router_node_t *self, router_trust_t *t, void *arg, char *err,
+                                  size_t errcap)
+{
+    s_trust_restore_t *j = arg;
+    int changed = 1;
+    for (size_t i = 0; i < self->ntrust_sets; i++) {
+        int r = s_trust_put_back(self, t, j->store, self->trust_sets[i].pk,
+                                 self->trust_sets[i].name, err, errcap);
+        if (r < 0)
+            return -1;
+        changed &= r;
+    }
+    return changed;
+}
+
 static int s_trust_restore(router_node_t *self, void *arg)
 {
     s_trust_restore_t *j = arg;
-    return s_trust_commit(self, &j->store, j->persist, j->err, j->errcap);
+    if (s_trust_apply(self, s_trust_restore_change, j, j->persist, "router_node_trust_restore",
+                      j->err, j->errcap) != 0)
+        return -1;
+    self->ntrust_sets = 0;
+    return 0;
 }
 
 int router_node_trust_restore(router_node_t *self, router_trust_t **store_p, bool persist,
@@ -1592,7 +1787,7 @@ int router_node_trust_restore(router_node_t *self, router_trust_t **store_p, boo
     *store_p = NULL;
     err[0] = '\0';
     int rc = router_node_call(self, s_trust_restore, &j);
-    router_trust_destroy(&j.store); /* not run: still ours */
+    router_trust_destroy(&j.store);
     if (rc != 0 && !err[0])
         snprintf(err, errcap, "%s",
                  errno == EAGAIN ? "the node is busy: try again" : "the node is stopping");

@@ -198,22 +198,31 @@ int router_node_call(router_node_t *self, router_node_call_fn *fn, void *arg);
 
 /* As router_node_trust, at any time (running or not), replacing rows with
  * the same key or the same name, so the new row is the one `name` finds.
- * With persist and a home, trusted_peers.json is written first (a failed
- * write changes nothing). Trusting again what is trusted is a no-op.
+ * With persist and a home, the edit is made to trusted_peers.json as it is
+ * now, under its lock (router_trust_edit, as `kith peers` makes its edits),
+ * and the store saved is the one put in force: rows another writer added
+ * to the file meanwhile are kept and trusted, as a reload would; rows the
+ * node holds only in memory go, as in a reload. A failed load, edit or
+ * write changes nothing. Trusting again what is trusted writes nothing.
  * Returns 0, or -1 with err set. */
 int router_node_trust_set(router_node_t *self, const char *name, const uint8_t pk[32],
                           const char *addr, bool persist, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
 /* A copy of the trust store in force, every row whole (caller owns it):
- * what router_node_trust_restore puts back to undo a trust_set. Any
+ * what router_node_trust_restore goes back to, to undo a trust_set. Any
  * thread. NULL with err set (out of memory). */
 router_trust_t *router_node_trust_copy(router_node_t *self, char *err, size_t errcap);
 
-/* Makes *store_p (taken, nulled; a router_node_trust_copy) the store in
- * force again, at any time, as router_node_trust_set swaps; with persist
- * and a home, trusted_peers.json is written first (a failed write changes
- * nothing). Returns 0, or -1 with err set. */
+/* Undoes the router_node_trust_set calls made since *store_p (taken,
+ * nulled; a router_node_trust_copy) was copied, at any time: the rows
+ * with the keys and names they wrote become *store_p's again. Every other
+ * row stays as it is, in force and in the file: a peer `kith peers add`
+ * added meanwhile is kept, and so is a row another writer changed after
+ * the set. The node remembers its last 16 sets. With persist and a home
+ * the edit is made to trusted_peers.json under its lock, as
+ * router_node_trust_set makes it (a failed write changes nothing).
+ * Returns 0, or -1 with err set. */
 int router_node_trust_restore(router_node_t *self, router_trust_t **store_p, bool persist,
                               char *err, size_t errcap) __attribute__((warn_unused_result));
 

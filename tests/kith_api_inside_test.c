@@ -228,6 +228,61 @@ static void test_trust_keeps_other_rows_profile(void **state)
     s_tmp_remove();
 }
 
+/* What `kith peers add NAME KEY tcp://127.0.0.1:9 --home` does to a's
+ * file while a runs: one locked edit (router_trust_edit). */
+static int s_add_row(router_trust_t *t, void *ud, char *err, size_t errcap)
+{
+    const char *name = ud;
+    uint8_t pk[32], sk[64];
+    crypto_sign_keypair(pk, sk);
+    return router_trust_add(t, name, pk, "tcp://127.0.0.1:9", NULL, NULL, 0, err, errcap);
+}
+
+/* A peer added to a's trusted_peers.json by another writer after a
+ * started survives a's trust edits: kith_node_trust writes it back with
+ * b's row and a trusts it (as a reload would have it), and an undone
+ * kith_node_trust (b's write fails) keeps it too. */
+static void test_trust_keeps_rows_added_meanwhile(void **state)
+{
+    (void) state;
+    s_tmp_make();
+    char home_a[128], home_b[128], file_a[160], err[ROUTER_TRUST_ERR_MAX];
+    snprintf(home_a, sizeof home_a, "%s/a", s_tmp);
+    snprintf(home_b, sizeof home_b, "%s/b", s_tmp);
+    snprintf(file_a, sizeof file_a, "%s/%s", home_a, ROUTER_TRUST_FILE);
+    kith_net_t *net = kith_net_new();
+    assert_non_null(net);
+    kith_node_t *a = s_node(net, "a", home_a), *b = s_node(net, "b", home_b);
+
+    assert_int_equal(router_trust_edit(home_a, s_add_row, "x", err, sizeof err), 0);
+    s_io_fail_on_loop(b, IO_FAIL_RENAME);
+    assert_int_equal(kith_node_trust(a, b), -1);
+    assert_int_equal(s_io_fail_on_loop(b, IO_FAIL_CALLS), 1);
+    router_trust_t *disk = router_trust_load(file_a, err, sizeof err);
+    assert_non_null(disk);
+    assert_int_equal(router_trust_count(disk), 1);
+    assert_non_null(router_trust_by_name(disk, "x", NULL));
+    router_trust_destroy(&disk);
+    bool has;
+    (void) s_trusted(a, "b", &has);
+    assert_false(has);
+
+    assert_int_equal(router_trust_edit(home_a, s_add_row, "y", err, sizeof err), 0);
+    assert_int_equal(kith_node_trust(a, b), 0);
+    disk = router_trust_load(file_a, err, sizeof err);
+    assert_non_null(disk);
+    assert_int_equal(router_trust_count(disk), 3);
+    const char *names[] = {"x", "y", "b"};
+    for (size_t i = 0; i < 3; i++) {
+        assert_non_null(router_trust_by_name(disk, names[i], NULL));
+        assert_int_equal(s_trusted(a, names[i], &has), 3);
+        assert_true(has);
+    }
+    router_trust_destroy(&disk);
+    kith_net_destroy(&net);
+    s_tmp_remove();
+}
+
 /* ---------------------------------------------------------------- recv out of memory */
 
 /* Out of memory at each allocation of kith_node_recv in turn: the call
@@ -620,6 +675,7 @@ int main(void)
         cmocka_unit_test(test_trust_undone_when_second_write_fails),
         cmocka_unit_test(test_trust_all_or_nothing_out_of_memory),
         cmocka_unit_test(test_trust_keeps_other_rows_profile),
+        cmocka_unit_test(test_trust_keeps_rows_added_meanwhile),
         cmocka_unit_test(test_recv_out_of_memory_loses_nothing),
         cmocka_unit_test(test_recv_out_of_memory_then_restart_loses_nothing),
         cmocka_unit_test(test_destroy_while_blocked),
