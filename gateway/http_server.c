@@ -644,6 +644,19 @@ static void s_on_upgrade(gateway_http_conn_t *hc)
         s_refuse(hc, 404, GATEWAY_HTTP_REJECT_UPGRADE, "no WebSocket endpoint at this path");
         return;
     }
+    if (g->draining) {
+        /* Its head was still arriving when the drain sent every socket
+         * its 1001: a socket accepted now would stay open, unclosed, until
+         * the drain's deadline reset it (holding the drain all that
+         * time). Told as requests still arriving at the last call are. */
+        gateway_http_res_t res;
+        gateway_http_res_init(&res, hc, true);
+        (void) gateway_http_res_header(&res, "Retry-After", "5");
+        (void) gateway_http_respond_error(&res, 503, "shutting_down",
+                                          "the daemon is stopping; connect again later");
+        s_close(hc);
+        return;
+    }
     if (p->chunked || (p->has_content_length && p->content_length > 0)) {
         s_refuse(hc, 400, GATEWAY_HTTP_REJECT_HANDSHAKE, "an upgrade request carries no body");
         return;
