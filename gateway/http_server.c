@@ -218,9 +218,17 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
     (void) id;
     gateway_http_conn_t *hc = ud;
     hc->timer = 0;
-    if (hc->phase == GATEWAY_HTTP_CLOSING || hc->phase == GATEWAY_HTTP_DEFERRED)
+    if (hc->phase == GATEWAY_HTTP_CLOSING)
         return;
     uint64_t now = router_loop_now_ms(loop);
+    if (hc->phase == GATEWAY_HTTP_DEFERRED) {
+        /* The route bounds the wait; the slot is only kept (s_dispatch),
+         * re-armed with the one it frees now, never cut for. */
+        hc->deadline = now + hc->g->opts.idle_timeout_ms;
+        hc->timer = router_loop_timer_add(loop, hc->g->opts.idle_timeout_ms, s_on_timer, hc);
+        hc->timer_due = hc->deadline;
+        return;
+    }
     if (now < hc->deadline) {
         s_timer_arm(hc, now);
         return;
@@ -472,13 +480,16 @@ static void s_dispatch(gateway_http_conn_t *hc)
         p->origin = NULL;
         if (!res.sent && !p->ended) {
             /* Read nothing more until the answer is sent (pipelined
-             * requests are held); the route bounds the wait, so no timer
-             * runs. */
+             * requests are held); the route bounds the wait. The timer's
+             * slot is kept all the same (s_on_timer re-arms it and does
+             * nothing else), so the idle deadline after the answer needs
+             * no new one: with none left then, the connection was reset
+             * as the answer was queued, and the client lost it (a 202 for
+             * a webhook already stored). */
             hc->pending = p;
             hc->pending->res = res;
             hc->phase = GATEWAY_HTTP_DEFERRED;
             hc->paused = true;
-            s_timer_stop(hc);
             router_conn_pause_read(hc->conn);
             return;
         }

@@ -341,7 +341,7 @@ static void s_others_served(s_srv_t *s)
     s_client_close(&c);
 }
 
-__attribute__((unused)) static void s_wait_pending(s_srv_t *s)
+static void s_wait_pending(s_srv_t *s)
 {
     assert_true(test_loop_wait(s->loop, s_until_pending, NULL, 2, S_WAIT_MS));
 }
@@ -646,12 +646,57 @@ static void test_upgrade_completed_during_a_drain(void **state)
     s_srv_stop(&s);
 }
 
+/* ---------------------------------------------------------------- no timer */
+
+static void s_timer_noop(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop, (void) id, (void) ud;
+}
+
+/* A deferred answer given when the loop has no timer left for the idle
+ * deadline that follows it (the deferral had let the request's timer
+ * go): the answer reaches the client whole and the connection serves
+ * on. It used to be reset as the answer was queued, so a client whose
+ * webhook was stored (a 202) read a reset instead and could only send it
+ * again. */
+static void test_deferred_answer_without_a_timer(void **state)
+{
+    (void) state;
+    static uint64_t fill[64];
+    router_loop_opts_t lo = {.max_timers = 64};
+    s_srv_t s;
+    s_srv_start_loop(&s, &lo, NULL);
+    s_client_t *c = s_connect(&s);
+    s_send(c, "GET /defer HTTP/1.1\r\nHost: x\r\n\r\n");
+    s_wait_pending(&s);
+    size_t n = 0;
+    while (n < 64 && (fill[n] = router_loop_timer_add(s.loop, 600000, s_timer_noop, NULL)))
+        n++;
+    assert_true(n > 1);
+    assert_int_equal(gateway_http_respond(gateway_http_pending_res(s_pending), 202,
+                                          "application/json", "{\"queued\":true}", 15), 0);
+    gateway_http_pending_end(&s_pending);
+    assert_int_equal(router_loop_timer_cancel(s.loop, fill[--n]), 0); /* the test's wait */
+    char r[4096];
+    if (!s_take_resp(&s, c, r, sizeof r))
+        fail_msg("the answer was lost: the connection ended first");
+    assert_non_null(strstr(r, "HTTP/1.1 202 Accepted\r\n"));
+    assert_non_null(strstr(r, "\r\n\r\n{\"queued\":true}"));
+    while (n)
+        assert_int_equal(router_loop_timer_cancel(s.loop, fill[--n]), 0);
+    s_served_on(&s, c);
+    s_client_close(&c);
+    s_others_served(&s);
+    s_srv_stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_requests_without_memory),
         cmocka_unit_test(test_ws_message_in_pieces_without_memory),
         cmocka_unit_test(test_upgrade_completed_during_a_drain),
+        cmocka_unit_test(test_deferred_answer_without_a_timer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
