@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sodium.h>
+#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -814,6 +815,26 @@ static int s_home_lock(router_node_t *self, char *err, size_t errcap)
     return 0;
 }
 
+/* SQLite opens state.db (and its -journal, -wal) by full path in at most
+ * the VFS's mxPathname bytes (512 on unix) and refuses a longer one with
+ * only "unable to open database file": say why instead. 0, or -1 with err. */
+static int s_db_path_check(const char *db, char *err, size_t errcap)
+{
+    sqlite3_vfs *vfs = sqlite3_vfs_find(NULL);
+    if (!vfs || vfs->mxPathname < (int) sizeof "-journal")
+        return 0;
+    size_t len = strlen(db), max = (size_t) vfs->mxPathname - (sizeof "-journal" - 1);
+    char cwd[ROUTER_PATH_MAX];
+    if (db[0] != '/' && getcwd(cwd, sizeof cwd))
+        len += strlen(cwd) + 1; /* made absolute by SQLite */
+    if (len <= max)
+        return 0;
+    snprintf(err, errcap,
+             "home path too long: its state.db would be named in %zu bytes, and SQLite takes at "
+             "most %zu; use a shorter home", len, max);
+    return -1;
+}
+
 router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t errcap)
 {
     if (errcap)
@@ -908,6 +929,8 @@ router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t
             snprintf(err, errcap, "home path too long");
             goto fail;
         }
+        if (s_db_path_check(db, err, errcap) != 0)
+            goto fail;
         /* state.db 0600 whatever the umask: SQLite gives its -wal and -shm
          * the database file's mode, so all three stay private. */
         int dbfd = open(db, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -1405,6 +1428,7 @@ typedef struct {
     router_node_call_fn *fn;
     void *arg;
     int rc;
+    int err; /* errno on the loop after fn (or ECANCELED): the caller's errno */
     bool done;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -1414,15 +1438,17 @@ static void s_call_on_loop(router_loop_t *loop, void *arg)
 {
     (void) loop;
     s_call_t *c = arg;
-    int rc;
-    if (!c->node->comms || c->node->stopping) {
-        errno = ECANCELED;
-        rc = -1;
-    } else {
+    int rc, err = ECANCELED;
+    if (c->node->comms && !c->node->stopping) {
+        errno = 0;
         rc = c->fn(c->node, c->arg);
+        err = errno;
+    } else {
+        rc = -1;
     }
     pthread_mutex_lock(&c->mu);
     c->rc = rc;
+    c->err = err;
     c->done = true;
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
@@ -1449,11 +1475,10 @@ int router_node_call(router_node_t *self, router_node_call_fn *fn, void *arg)
     int rc = -1;
     /* As router_node_send_ex: never queued after the stop. */
     pthread_mutex_lock(&self->post_mu);
-    int posted = -1;
-    if (atomic_load(&self->stopped))
-        errno = ECANCELED;
-    else
-        posted = router_loop_post(self->loop, s_call_on_loop, &c);
+    int posted = -1, err = ECANCELED;
+    if (!atomic_load(&self->stopped) &&
+        (posted = router_loop_post(self->loop, s_call_on_loop, &c)) != 0)
+        err = errno; /* EAGAIN: the queue is full */
     pthread_mutex_unlock(&self->post_mu);
     if (posted == 0) {
         pthread_mutex_lock(&c.mu);
@@ -1461,9 +1486,12 @@ int router_node_call(router_node_t *self, router_node_call_fn *fn, void *arg)
             pthread_cond_wait(&c.cv, &c.mu);
         pthread_mutex_unlock(&c.mu);
         rc = c.rc;
+        err = c.err;
     }
     pthread_cond_destroy(&c.cv);
     pthread_mutex_destroy(&c.mu);
+    if (rc != 0)
+        errno = err; /* the loop thread's, or why it never ran there */
     return rc;
 }
 
