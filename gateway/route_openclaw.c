@@ -1575,6 +1575,35 @@ static int s_device_record(s_conn_t *c, const char *req_id, const char *secret)
     return rc;
 }
 
+/* True when c's device holds a deviceToken earned with another bearer
+ * token still in force (a revocation clears the row's via): a connect with
+ * this one must not replace it. The new token's row would be durable
+ * before hello-ok could carry it, so a connect that ends before its
+ * hello-ok (the client never saw the new token) took from the device the
+ * one it holds, and the device was refused AUTH_DEVICE_TOKEN_MISMATCH with
+ * it (WIRE §25.8). A device whose token is of this bearer token, of one
+ * revoked since, or of one not known (a row from before via was kept),
+ * gets this one's. */
+static bool s_device_keeps_token(const s_conn_t *c)
+{
+    router_tokens_device_t known;
+    return router_tokens_device_get(c->oc->tokens, c->hello->device_id, &known) &&
+           known.via[0] && strcmp(known.via, c->token_id) != 0;
+}
+
+/* The deviceToken the connect sent, when it is the device's (else NULL):
+ * hello-ok repeats it. */
+static const char *s_device_token_sent(const s_conn_t *c, const uint8_t pk[32])
+{
+    const gateway_openclaw_connect_t *h = c->hello;
+    if (!h->device_token[0])
+        return NULL;
+    uint8_t th[32];
+    crypto_hash_sha256(th, (const unsigned char *) h->device_token, strlen(h->device_token));
+    return router_tokens_device_check(c->oc->tokens, h->device_id, pk, th) ? h->device_token
+                                                                           : NULL;
+}
+
 static void s_on_handshake_timeout(router_loop_t *loop, uint64_t id, void *ud);
 
 static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
@@ -1685,6 +1714,14 @@ static void s_connect(s_conn_t *c, const gateway_openclaw_req_t *req)
         /* A known device: its last sighting is written (nobody waits). */
         s_device_record(c, NULL, NULL);
         s_accept(c, req->id, h->device_token);
+    } else if (h->has_device && bearer && c->loopback && s_device_keeps_token(c)) {
+        /* Its last sighting only (nobody waits): the device keeps its
+         * token, which hello-ok repeats when the connect sent it. */
+        s_device_record(c, NULL, NULL);
+        s_accept(c, req->id,
+                 gateway_openclaw_b64_decode(h->device_public_key, pk, sizeof pk) == 0
+                     ? s_device_token_sent(c, pk)
+                     : NULL);
     } else if (h->has_device && bearer && c->loopback &&
                s_device_record(c, req->id, secret) == 0) {
         /* hello-ok once the record is durable (s_device_written), or

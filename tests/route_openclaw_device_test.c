@@ -321,8 +321,74 @@ static void test_dropped_connect_keeps_device_token(void **state)
     s_fix_free(&f);
 }
 
-/* Another device, or the same device with another bearer token, gets
- * another deviceToken; the latter replaces the device's first one. */
+static bool s_revoked;
+
+static void s_on_revoked(bool ok, void *ud)
+{
+    (void) ud;
+    assert_true(ok);
+    s_revoked = true;
+}
+
+static bool s_until_revoked(void *ud)
+{
+    (void) ud;
+    return s_revoked;
+}
+
+/* Revokes bearer token `text` and waits until that is durable. */
+static void s_bearer_revoke(fix_t *f, const char *text)
+{
+    uint8_t hash[32];
+    char id[ROUTER_TOKENS_ID_LEN + 1];
+    crypto_hash_sha256(hash, (const unsigned char *) text, strlen(text));
+    router_tokens_id(hash, id);
+    s_revoked = false;
+    assert_int_equal(router_tokens_revoke(f->b.tokens, id, s_on_revoked, NULL), 0);
+    test_loop_until(f->b.loop, s_until_revoked, NULL, 1, WAIT_MS);
+}
+
+/* A known device's connect with another bearer token than the one that
+ * earned its deviceToken, whose socket closes before its hello-ok: the
+ * device's token still lets it in alone (the connect wrote the new
+ * token's hash, durable after the Close, and the device was refused
+ * AUTH_DEVICE_TOKEN_MISMATCH with the only token it held). */
+static void test_dropped_connect_other_bearer_keeps_device_token(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new(&f);
+    char b1[GATEWAY_AUTH_TOKEN_LEN + 1], b2[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, b1);
+    s_bearer_new(&f, b2);
+    tdev_t d;
+    s_dev_new(&d);
+    char dt[S_DT_LEN + 1], alone[S_DT_LEN + 1];
+    s_join_ok(&f, &d, b1, NULL, dt);
+    assert_int_equal(strlen(dt), S_DT_LEN);
+    s_client_close(&f);
+
+    s_join(&f, &d, b2, NULL, true);
+    assert_true(test_loop_wait(f.b.loop, s_until_ended, NULL, 1, WAIT_MS));
+    bool closed;
+    for (unsigned i = 1; i < test_wsc_frames(&s_cl, &closed); i++)
+        assert_false(test_wsc_frame_has(&s_cl, i, "\"deviceToken\"")); /* nothing new shown */
+    s_client_close(&f);
+    char other[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, other); /* after whatever the connect wrote */
+
+    s_join_ok(&f, &d, NULL, dt, alone);
+    assert_string_equal(alone, dt);
+    s_client_close(&f);
+    s_fix_free(&f);
+}
+
+/* Another device gets another deviceToken. The same device with another
+ * bearer token keeps the one it holds while the bearer token that earned
+ * it is in force (hello-ok hands out none: a new one's row would be
+ * durable before the client had it); once that bearer token is revoked
+ * (its deviceTokens with it), another bearer token earns the device its
+ * own. */
 static void test_device_token_per_device_and_bearer(void **state)
 {
     (void) state;
@@ -345,17 +411,31 @@ static void test_device_token_per_device_and_bearer(void **state)
     assert_true(s_wait_frame(&f, 1));
     assert_true(test_wsc_frame_has(&s_cl, 1, "AUTH_DEVICE_TOKEN_MISMATCH"));
     s_client_close(&f);
-    /* d1 with the other bearer token: another token, which replaces t1. */
+    /* d1 with the other bearer token: in, with no token to replace t1. */
+    char alone[S_DT_LEN + 1];
     s_join_ok(&f, &d1, b2, NULL, t3);
     s_client_close(&f);
-    assert_string_not_equal(t1, t3);
+    assert_string_equal(t3, "");
+    s_join_ok(&f, &d1, NULL, t1, alone);
+    assert_string_equal(alone, t1);
+    s_client_close(&f);
+    /* b1 revoked: t1 with it; b2 earns d1 another token, which opens it. */
+    s_bearer_revoke(&f, b1);
     s_join(&f, &d1, NULL, t1, false);
     assert_true(s_wait_frame(&f, 1));
     assert_true(test_wsc_frame_has(&s_cl, 1, "AUTH_DEVICE_TOKEN_MISMATCH"));
     s_client_close(&f);
-    char alone[S_DT_LEN + 1];
+    s_join_ok(&f, &d1, b2, NULL, t3);
+    s_client_close(&f);
+    assert_int_equal(strlen(t3), S_DT_LEN);
+    assert_string_not_equal(t1, t3);
     s_join_ok(&f, &d1, NULL, t3, alone);
     assert_string_equal(alone, t3);
+    s_client_close(&f);
+    /* d2's token, earned with b1, went with it too. */
+    s_join(&f, &d2, NULL, t2, false);
+    assert_true(s_wait_frame(&f, 1));
+    assert_true(test_wsc_frame_has(&s_cl, 1, "AUTH_DEVICE_TOKEN_MISMATCH"));
     s_client_close(&f);
     s_fix_free(&f);
 }
@@ -677,6 +757,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dropped_connect_keeps_device_token),
         cmocka_unit_test(test_device_token_per_device_and_bearer),
+        cmocka_unit_test(test_dropped_connect_other_bearer_keeps_device_token),
         cmocka_unit_test(test_device_connect_out_of_memory),
         cmocka_unit_test(test_device_table_full),
         cmocka_unit_test(test_device_record_slow_disk),
