@@ -676,14 +676,15 @@ static void s_timer_noop(router_loop_t *loop, uint64_t id, void *ud)
 /* An upgrade when the loop has k timers left, for k = 1, 2, …: a socket
  * that got session_start becomes a listen-only relay once it stays quiet
  * (WIRE §24.7); one the loop cannot time is refused 503 unavailable or
- * cut. Before, a socket whose listen-only timer could not be armed was
+ * cut (the socket now takes the slot its HTTP connection let go, so the
+ * listen-only timer finds one and the socket's own deadline may not). Before, a socket whose listen-only timer could not be armed was
  * kept open and never became a relay: a dashboard that only watches got
  * no agent_event, and nothing told it why. */
 static void test_upgrade_without_a_timer(void **state)
 {
     (void) state;
     static uint64_t fill[ROUTER_LOOP_MAX_TIMERS];
-    unsigned refused = 0, relays = 0;
+    unsigned refused = 0, relays = 0, cut = 0;
     for (size_t k = 1; k <= 8; k++) {
         evfix_t x;
         s_evfix_new(&x);
@@ -707,13 +708,15 @@ static void test_upgrade_without_a_timer(void **state)
             if (!test_loop_wait(x.f.b.loop, s_one_relay, &x, 1, WAIT_MS))
                 fail_msg("%zu timers left: the socket was kept but never became a relay", k);
             relays++;
+        } else {
+            cut++;
         }
         s_client_close(&x.f);
         assert_true(test_loop_wait(x.f.b.loop, s_no_relay, &x, 1, WAIT_MS));
         s_evfix_free(&x);
     }
-    print_message("%u refused, %u relays\n", refused, relays);
-    assert_true(refused > 0);
+    print_message("%u refused, %u cut, %u relays\n", refused, cut, relays);
+    assert_true(refused + cut > 0);
     assert_true(relays > 0);
 }
 
