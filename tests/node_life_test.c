@@ -2,7 +2,8 @@
  * listens and sends made while a graceful stop drains (refused with the
  * reason and the errno the header promises, nothing changed), homes that
  * cannot be used (a lock that cannot be opened, paths too long for each
- * file the node keeps), and listeners that cannot open. */
+ * file the node keeps), listeners that cannot open, and a send a Meerkat
+ * peer could not read. */
 #include <errno.h>
 #include <semaphore.h>
 #include <setjmp.h>
@@ -200,6 +201,16 @@ static void test_home_path_too_long(void **state)
     o.memory_inbox = true; /* no state.db: this home does */
     assert_non_null(n = router_node_new(&o, err, sizeof err));
     router_node_destroy(&n);
+    /* A relative home is measured from the working directory, as SQLite
+     * makes it absolute. */
+    char cwd[ROUTER_PATH_MAX];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir(s_dir_of_length(root, db_max - 1)), 0); /* + "/h" */
+    assert_int_equal(mkdir("h", 0700), 0);
+    router_node_opts_t rel = {.home = "h"};
+    assert_null(router_node_new(&rel, err, sizeof err));
+    assert_non_null(strstr(err, "would be named in 505 bytes"));
+    assert_int_equal(chdir(cwd), 0);
 
     unsigned refused = 0;
     for (size_t want = ROUTER_PATH_MAX - 24; want < ROUTER_PATH_MAX - 1; want++) {
@@ -242,6 +253,46 @@ static void test_listen_on_a_missing_directory(void **state)
     assert_int_equal(unlink(file), 0);
 }
 
+/* A send to a Meerkat peer (trusted_peers.json "profile": "meerkat") of
+ * a kind with a key Meerkat cannot read back and re-verify (WIRE §23.4):
+ * refused before anything is sent, -1 with the reason. */
+static void test_send_meerkat_cannot_read(void **state)
+{
+    (void) state;
+    router_inproc_t *net = router_inproc_new();
+    router_node_opts_t o = {.inproc = net, .inproc_name = "k"};
+    char err[ROUTER_TRUST_ERR_MAX] = "";
+    router_node_t *n = router_node_new(&o, err, sizeof err);
+    assert_non_null(n);
+    uint8_t pk[32];
+    s_key(0x31, pk);
+    assert_int_equal(router_node_trust_set(n, "m", pk, "inproc://m", false, err, sizeof err), 0);
+    router_trust_t *t = router_node_trust_copy(n, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(router_trust_set_profile(t, router_trust_at(t, 0),
+                                              ROUTER_PEER_PROFILE_MEERKAT), 0);
+    /* As the file would have it: a restore brings back rows whole. */
+    assert_int_equal(router_node_trust_set(n, "m", pk, "inproc://m2", false, err, sizeof err), 0);
+    assert_int_equal(router_node_trust_restore(n, &t, false, err, sizeof err), 0);
+    assert_int_equal(router_node_start(n), 0);
+
+    cbor_item_t *kind = cbor_new_definite_map(3);
+    struct cbor_pair pairs[] = {
+        {cbor_move(cbor_build_string("type")), cbor_move(cbor_build_string("message"))},
+        {cbor_move(cbor_build_string("body")), cbor_move(cbor_build_string("hi"))},
+        {cbor_move(cbor_build_string("x_extra")), cbor_move(cbor_build_uint8(1))},
+    };
+    for (size_t i = 0; i < 3; i++)
+        assert_true(cbor_map_add(kind, pairs[i]));
+    router_node_receipt_t r;
+    assert_int_equal(router_node_send(n, "m", &kind, &r), -1);
+    assert_null(kind);
+    assert_int_equal(r.outcome, ROUTER_SEND_OFFLINE);
+    assert_non_null(strstr(r.detail, "a Meerkat peer cannot read this"));
+    router_node_destroy(&n);
+    router_inproc_destroy(&net);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -249,6 +300,7 @@ int main(void)
         cmocka_unit_test(test_home_lock_cannot_open),
         cmocka_unit_test(test_home_path_too_long),
         cmocka_unit_test(test_listen_on_a_missing_directory),
+        cmocka_unit_test(test_send_meerkat_cannot_read),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

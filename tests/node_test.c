@@ -1241,7 +1241,7 @@ static void test_trust_reload(void **state)
     s_rm_tree(home);
 }
 
-/* A full node (home, listeners, workers) built with each of its
+/* A full node (home, listeners, workers, an inproc name, signals) built with each of its
  * allocations failing in turn: every run refuses with an error for people
  * and leaks nothing (LSan), or copes and builds a node that runs and stops,
  * and at least one allocation refuses the whole node, as a node that cannot
@@ -1255,9 +1255,15 @@ static void test_new_without_memory(void **state)
     router_config_defaults(&cfg);
     snprintf(cfg.comms.address, sizeof cfg.comms.address, "127.0.0.1:0");
     snprintf(cfg.comms.uds_path, sizeof cfg.comms.uds_path, "%s/comms.sock", home);
+    /* The plain event listener too (comms.auth none), an inproc name and
+     * the signals a daemon handles: every step of router_node_new. */
+    cfg.comms.auth = ROUTER_COMMS_AUTH_NONE;
+    snprintf(cfg.comms.event_address, sizeof cfg.comms.event_address, "127.0.0.1:0");
     char endpoint[64];
+    router_inproc_t *net = router_inproc_new();
     router_node_opts_t o = {.home = home, .config = &cfg, .listen = true, .workers = true,
-                            .workers_endpoint = endpoint};
+                            .workers_endpoint = endpoint, .inproc = net, .inproc_name = "oom",
+                            .handle_signals = true};
     unsigned refused = 0, coped = 0;
     for (long i = 0;; i++) {
         assert_true(i < ALLOC_FAIL_RUNS_MAX);
@@ -1285,6 +1291,7 @@ static void test_new_without_memory(void **state)
         coped++;
     }
     assert_true(refused > 0);
+    router_inproc_destroy(&net);
     s_rm_tree(home);
     print_message("%u allocations refused the node, %u were coped with\n", refused, coped);
 }

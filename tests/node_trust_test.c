@@ -368,6 +368,120 @@ static void test_set_out_of_memory(void **state)
     s_rm_tree(home);
 }
 
+/* trusted_peers.json with one Meerkat row for pk, with meta. */
+static void s_write_meerkat(const char *home, const uint8_t pk[32])
+{
+    char key[PROTO_PUBKEY_TEXT_CAP], path[512];
+    assert_true(proto_pubkey_format(pk, key, sizeof key) >= 0);
+    snprintf(path, sizeof path, "%s/%s", home, ROUTER_TRUST_FILE);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "{\"peers\": [{\"name\": \"b\", \"pubkey\": \"%s\", \"addr\": \"tcp://127.0.0.1:9\","
+            " \"profile\": \"meerkat\", \"meta\": {\"description\": \"a phone\","
+            " \"labels\": {\"room\": \"hall\", \"floor\": \"2\"}}}]}\n",
+            key);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(path, 0600), 0);
+}
+
+/* A row with meta (labels, a description) and the Meerkat profile that a
+ * set replaced comes back whole; out of memory at each allocation of the
+ * restore in turn, it is refused with a reason and nothing changes, or
+ * done whole. The node is not started: its edits run here. */
+static void test_restore_whole_rows_out_of_memory(void **state)
+{
+    (void) state;
+    char home[] = "/tmp/kith-node-trust-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    uint8_t pk[32], pkb[32];
+    s_key(0x90, pk);
+    s_key(0x91, pkb);
+    s_write_meerkat(home, pk);
+    router_inproc_t *net = router_inproc_new();
+    router_node_t *n = s_node(net, home, false);
+    char err[ROUTER_TRUST_ERR_MAX] = "";
+    unsigned refused = 0;
+    for (long i = 0;; i++) {
+        assert_true(i < ALLOC_FAIL_RUNS_MAX);
+        router_trust_t *undo = router_node_trust_copy(n, err, sizeof err);
+        assert_non_null(undo);
+        assert_int_equal(router_node_trust_set(n, "b", pkb, "inproc://b", true, err, sizeof err),
+                         0);
+        err[0] = '\0';
+        alloc_fail_arm(i);
+        int rc = router_node_trust_restore(n, &undo, true, err, sizeof err);
+        bool failed = alloc_fail_disarm() > 0;
+        assert_null(undo);
+        router_trust_t *mem = router_node_trust_copy(n, err, sizeof err);
+        router_trust_t *disk = s_file(home);
+        const router_trust_t *both[] = {mem, disk};
+        for (size_t k = 0; k < 2; k++) {
+            assert_int_equal(router_trust_count(both[k]), 1);
+            const router_peer_t *p = router_trust_at(both[k], 0);
+            if (rc != 0) {
+                assert_memory_equal(p->pk, pkb, 32); /* still the set's row */
+                continue;
+            }
+            assert_memory_equal(p->pk, pk, 32);
+            assert_int_equal(p->profile, ROUTER_PEER_PROFILE_MEERKAT);
+            assert_string_equal(p->description, "a phone");
+            assert_int_equal(p->nlabels, 2);
+            assert_string_equal(p->labels[1].key, "floor");
+            assert_string_equal(p->labels[1].value, "2");
+        }
+        router_trust_destroy(&mem);
+        router_trust_destroy(&disk);
+        if (rc == 0 && !failed)
+            break;
+        if (rc != 0) {
+            assert_true(failed);
+            assert_true(err[0] != '\0');
+            refused++;
+            s_write_meerkat(home, pk); /* as before the set, for the next run */
+            router_node_trust_reload(n, "test: as before");
+        }
+    }
+    assert_true(refused > 0);
+    router_node_destroy(&n);
+    router_inproc_destroy(&net);
+    s_rm_tree(home);
+}
+
+/* The node remembers its last 16 sets (a bound, like every queue's): a
+ * restore after 20 undoes the last 16, and the 4 before them stay. */
+static void test_restore_remembers_sixteen_sets(void **state)
+{
+    (void) state;
+    router_inproc_t *net = router_inproc_new();
+    router_node_opts_t o = {.inproc = net, .inproc_name = "a"};
+    char err[ROUTER_TRUST_ERR_MAX] = "";
+    router_node_t *n = router_node_new(&o, err, sizeof err);
+    assert_non_null(n);
+    assert_int_equal(router_node_start(n), 0);
+    router_trust_t *undo = router_node_trust_copy(n, err, sizeof err);
+    assert_non_null(undo);
+    for (int i = 0; i < 20; i++) {
+        char name[16], addr[32];
+        uint8_t pk[32];
+        snprintf(name, sizeof name, "p%d", i);
+        snprintf(addr, sizeof addr, "inproc://p%d", i);
+        s_key((uint8_t) (0xa0 + i), pk);
+        assert_int_equal(router_node_trust_set(n, name, pk, addr, false, err, sizeof err), 0);
+    }
+    assert_int_equal(router_node_trust_restore(n, &undo, false, err, sizeof err), 0);
+    router_trust_t *mem = router_node_trust_copy(n, err, sizeof err);
+    assert_int_equal(router_trust_count(mem), 4);
+    for (int i = 0; i < 4; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "p%d", i);
+        assert_non_null(router_trust_by_name(mem, name, NULL));
+    }
+    router_trust_destroy(&mem);
+    router_node_destroy(&n);
+    router_inproc_destroy(&net);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -376,6 +490,8 @@ int main(void)
         cmocka_unit_test(test_restore_after_several_sets),
         cmocka_unit_test(test_failed_write_changes_nothing),
         cmocka_unit_test(test_set_out_of_memory),
+        cmocka_unit_test(test_restore_whole_rows_out_of_memory),
+        cmocka_unit_test(test_restore_remembers_sixteen_sets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
