@@ -695,14 +695,10 @@ static void s_on_upgrade(gateway_http_conn_t *hc)
     hc->route = route;
     res.upgrade = &up;
     gateway_http_req_t req = s_req(hc);
-    /* Whatever the route does, this connection needs no deadline of its
-     * own any more (a socket takes over, or the answer closes it): its
-     * timer's slot goes to the socket, which was cut before its 101 when
-     * the loop had no other. */
-    s_timer_stop(hc);
     route->fn(&req, &res, route->ud);
     if (res.ws) {
         /* The socket is gateway/ws.c's now; it still counts in g->open. */
+        s_timer_stop(hc);
         s_conn_unlink(hc);
         hc->ws = res.ws;
         hc->phase = GATEWAY_HTTP_UPGRADED;

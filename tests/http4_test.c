@@ -690,45 +690,6 @@ static void test_deferred_answer_without_a_timer(void **state)
     s_srv_stop(&s);
 }
 
-/* An upgrade when the loop has no timer left but the one its connection
- * holds: the socket takes that one (the connection needs it no more), so
- * the 101 goes out and messages are echoed. The socket used to need a
- * slot of its own while the connection still held one: it was cut before
- * its 101, and the client read a reset. */
-static void test_upgrade_without_a_spare_timer(void **state)
-{
-    (void) state;
-    static uint64_t fill[64];
-    router_loop_opts_t lo = {.max_timers = 64};
-    s_srv_t s;
-    s_srv_start_loop(&s, &lo, NULL);
-    s_ws_open = 0;
-    s_client_t *c = s_connect(&s);
-    s_served_on(&s, c); /* accepted: its deadline holds a timer */
-    size_t n = 0;
-    while (n < 64 && (fill[n] = router_loop_timer_add(s.loop, 600000, s_timer_noop, NULL)))
-        n++;
-    assert_true(n > 1);
-    assert_int_equal(router_loop_timer_cancel(s.loop, fill[--n]), 0); /* the test's wait */
-    s_send(c, "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
-    uint8_t f[64];
-    size_t fl = s_ws_frame(f, 0x80 | PROTO_WS_OP_TEXT, "hello");
-    s_send_any(c, f, fl);
-    assert_true(test_loop_wait(s.loop, s_until_ws_done, c, 2, S_WAIT_MS));
-    if (strncmp(c->buf, "HTTP/1.1 101 ", 13) != 0)
-        fail_msg("the upgrade was not accepted: [%s] eof %d", c->buf, c->eof);
-    const char *end = strstr(c->buf, "\r\n\r\n");
-    s_ws_seen_t seen = s_ws_frames((const uint8_t *) end + 4, c->len - (size_t) (end + 4 - c->buf));
-    assert_true(seen.echo);
-    while (n)
-        assert_int_equal(router_loop_timer_cancel(s.loop, fill[--n]), 0);
-    s_client_close(&c);
-    s_others_served(&s);
-    s_srv_stop(&s);
-    assert_int_equal(s_ws_open, 0);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -736,7 +697,6 @@ int main(void)
         cmocka_unit_test(test_ws_message_in_pieces_without_memory),
         cmocka_unit_test(test_upgrade_completed_during_a_drain),
         cmocka_unit_test(test_deferred_answer_without_a_timer),
-        cmocka_unit_test(test_upgrade_without_a_spare_timer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -676,8 +676,7 @@ static void s_timer_noop(router_loop_t *loop, uint64_t id, void *ud)
 /* An upgrade when the loop has k timers left, for k = 1, 2, …: a socket
  * that got session_start becomes a listen-only relay once it stays quiet
  * (WIRE §24.7); one the loop cannot time is refused 503 unavailable or
- * cut (the socket now takes the slot its HTTP connection let go, so the
- * listen-only timer finds one and the socket's own deadline may not). Before, a socket whose listen-only timer could not be armed was
+ * cut. Before, a socket whose listen-only timer could not be armed was
  * kept open and never became a relay: a dashboard that only watches got
  * no agent_event, and nothing told it why. */
 static void test_upgrade_without_a_timer(void **state)
