@@ -6,8 +6,9 @@
  * with the answers asked for, or a typed error (a JSON HTTP error, a
  * WebSocket Close with its code) and a close, or a cut when the answer
  * itself cannot be queued; never a hang, a leak (LSan) or an answer to the
- * wrong request, and the next client is served — and an upgrade completed
- * during a drain. The loop runs on the test's own thread, so arming
+ * wrong request, and the next client is served — an upgrade completed
+ * during a drain, and a deferred answer given when the loop has no timer
+ * left. The loop runs on the test's own thread, so arming
  * allocation failures arms them for the server. Waits are deadlines for
  * progress, never timings. */
 #include <errno.h>
