@@ -594,6 +594,64 @@ static void test_queue_full(void **state)
     s_srv_stop(s);
 }
 
+/* Writes n token rows (node tokens nobody holds) into state.db, with a
+ * connection of our own while no server runs. */
+static void s_rows_add(const s_srv_t *s, unsigned n)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(s->db, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO gateway_tokens(hash,created_ms,scope,"
+                                            "name) VALUES(?,1,'node','filler')",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    for (unsigned i = 0; i < n; i++) {
+        uint8_t hash[32];
+        randombytes_buf(hash, sizeof hash);
+        assert_int_equal(sqlite3_bind_blob(st, 1, hash, sizeof hash, SQLITE_TRANSIENT),
+                         SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_reset(st);
+    }
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+/* The last slot taken by a mint in flight (its row held by the disk)
+ * while a right code is sent: 507 too_many_tokens — the store counts the
+ * mint, the durable count did not — and the code is not spent by it: once
+ * the mint's late row is revoked (its client was told 503), the same code
+ * pairs. */
+static void test_pair_last_slot_in_flight(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, WAIT_MS);
+    s_srv_stop(s); /* the tables exist now */
+    s_rows_add(s, ROUTER_TOKENS_MAX - 1);
+    s_srv_start(s, WAIT_MS);
+    vfs_fail_hold(s->dir);
+    s_resp_t r;
+    s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
+    s_expect(&r, 503, "unavailable"); /* the deadline: its row is still held */
+    char hdr[64], token[GATEWAY_AUTH_TOKEN_LEN + 1];
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
+    s_req(s, "POST", "/pair", hdr, NULL, &r);
+    s_expect(&r, 507, "too_many_tokens");
+    vfs_fail_hold(NULL);
+    /* Until the late row is revoked, each try is 507 and keeps the code. */
+    for (int i = 0;; i++) {
+        s_req(s, "POST", "/pair", hdr, NULL, &r);
+        if (r.status != 507 || i > HANG_GUARD_S * 100)
+            break;
+        usleep(10 * 1000);
+    }
+    s_paired(&r, token);
+    s_srv_stop(s);
+    assert_int_equal(s_rows(s), (int) ROUTER_TOKENS_MAX);
+}
+
 /* ---------------------------------------------------------------- a failing disk */
 
 /* Every write fails (a full disk; the store retries for ever): the
@@ -882,6 +940,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pair_failing_sync_then_recovers, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_queue_full, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_pair_last_slot_in_flight, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_failing_disk_then_stop, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_stop_before_deadline, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_no_timer_never_hangs, s_setup, s_teardown),
