@@ -77,6 +77,7 @@ struct router_node {
     bool loop_done;                      /* threaded: router_loop_run returned */
     bool teardown;                       /* threaded: destroy asks the thread to tear down */
     _Atomic bool running;                /* the loop runs (or is about to) */
+    _Atomic bool ran;                    /* router_node_run's loop has ended: never again */
     bool stopping;                       /* loop thread: a drain has begun */
     _Atomic bool stopped;                /* stop requested from outside */
     pthread_mutex_t post_mu;             /* other threads' sends and calls check `stopped` and
@@ -1040,11 +1041,12 @@ int router_node_run(router_node_t *self)
     /* running first: a stop from another thread either sees it (and
      * begins the drain on the loop) or is seen here. */
     atomic_store(&self->running, true);
-    if (atomic_load(&self->stopped)) {
+    if (atomic_load(&self->stopped) || atomic_load(&self->ran)) {
         atomic_store(&self->running, false);
-        return 0; /* stopped before it ran: nothing would end the loop */
+        return 0; /* stopped before it ran, or ran and drained: nothing would end the loop */
     }
     int rc = router_loop_run(self->loop);
+    atomic_store(&self->ran, true);
     atomic_store(&self->running, false);
     return rc < 0 ? -1 : 0;
 }
@@ -1110,7 +1112,7 @@ int router_node_start(router_node_t *self)
         errno = EALREADY;
         return -1;
     }
-    if (atomic_load(&self->stopped)) {
+    if (atomic_load(&self->stopped) || atomic_load(&self->ran)) {
         errno = ECANCELED;
         return -1;
     }
@@ -1461,9 +1463,10 @@ int router_node_call(router_node_t *self, router_node_call_fn *fn, void *arg)
         return -1;
     }
     if (!atomic_load(&self->running)) {
-        /* Its thread's loop has ended (a stop begun on the loop): that
-         * thread owns the loop still, so nothing may run here. */
-        if (self->threaded) {
+        /* Its loop has ended (a stop begun on the loop): the thread that
+         * ran it owns the loop still (io_uring's single issuer), and comms
+         * has drained, so nothing may run here. */
+        if (self->threaded || atomic_load(&self->ran)) {
             errno = ECANCELED;
             return -1;
         }

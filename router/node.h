@@ -62,12 +62,14 @@ typedef struct {
 router_node_t *router_node_new(const router_node_opts_t *opts, char *err, size_t errcap);
 
 /* Runs the node's loop on the calling thread until it is stopped (a signal
- * when handle_signals, or router_node_stop). Returns 0, or -1 when the loop
+ * when handle_signals, or router_node_stop), once: a node stopped before,
+ * or whose run ended, returns 0 at once. Returns 0, or -1 when the loop
  * failed. */
 int router_node_run(router_node_t *self);
 
 /* Runs the node on a thread of its own, once. Returns 0 or -1 (errno:
- * EALREADY when it runs already, ECANCELED when it was stopped). */
+ * EALREADY when it runs already, ECANCELED when it was stopped or its
+ * router_node_run ended). */
 int router_node_start(router_node_t *self) __attribute__((warn_unused_result));
 
 /* Graceful stop from any thread: stop accepting and reading, send the acks
@@ -189,10 +191,10 @@ int router_node_send_message(router_node_t *self, const char *to, const char *bo
                              router_node_receipt_t *out);
 
 /* Runs fn(self, arg) on the node's loop thread and returns what it
- * returned, waiting for it; runs it on the calling thread when the node
- * is not running yet. Never from the loop thread itself. Returns -1
- * (errno ECANCELED) once the node is stopping, or EAGAIN when the loop's
- * post queue is full. */
+ * returned, waiting for it, with the errno fn left there; runs it on the
+ * calling thread when the node is not running yet. Never from the loop
+ * thread itself. Returns -1 (errno ECANCELED) once the node is stopping or
+ * its loop has ended, or EAGAIN when the loop's post queue is full. */
 typedef int(router_node_call_fn)(router_node_t *self, void *arg);
 int router_node_call(router_node_t *self, router_node_call_fn *fn, void *arg);
 

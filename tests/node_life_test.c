@@ -5,6 +5,8 @@
  * file the node keeps), listeners that cannot open, and a send a Meerkat
  * peer could not read. */
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -42,6 +44,13 @@ static int s_nothing(router_node_t *self, void *arg)
 {
     (void) self;
     ++*(int *) arg;
+    return 0;
+}
+
+static int s_where(router_node_t *self, void *arg)
+{
+    (void) self;
+    *(pthread_t *) arg = pthread_self();
     return 0;
 }
 
@@ -134,6 +143,83 @@ static void test_calls_while_stopping(void **state)
     sem_destroy(&h.ran);
     router_inproc_destroy(&net);
     s_rm_tree(home);
+}
+
+/* A thread of the caller's that runs the node, says when the run ended,
+ * and destroys the node there (the loop's owner must) when told. */
+typedef struct {
+    router_node_t *node;
+    int rc;
+    sem_t ended, destroy;
+} s_runner_t;
+
+static void *s_run_main(void *arg)
+{
+    s_runner_t *r = arg;
+    r->rc = router_node_run(r->node);
+    sem_post(&r->ended);
+    while (sem_wait(&r->destroy) != 0)
+        ;
+    router_node_destroy(&r->node);
+    return NULL;
+}
+
+/* A node run on a thread of the caller's (router_node_run, as kith daemon
+ * runs it on main), whose run ended by a stop begun on the loop
+ * (router_node_stop_async, POST /admin/shutdown) but not destroyed yet: a
+ * call, a trust edit, a listen are refused (ECANCELED, "the node is
+ * stopping") — they ran on the caller's thread as if the node had never
+ * started, against a drained node and a loop another thread owns — and it
+ * does not start again. */
+static void test_calls_after_run_ended(void **state)
+{
+    (void) state;
+    router_inproc_t *net = router_inproc_new();
+    router_node_opts_t o = {.inproc = net, .inproc_name = "r"};
+    char err[ROUTER_TRUST_ERR_MAX] = "";
+    router_node_t *n = router_node_new(&o, err, sizeof err);
+    assert_non_null(n);
+    s_runner_t run = {.node = n};
+    assert_int_equal(sem_init(&run.ended, 0, 0), 0);
+    assert_int_equal(sem_init(&run.destroy, 0, 0), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, s_run_main, &run), 0);
+    /* It runs once a call runs on its loop, not here. */
+    pthread_t where = pthread_self();
+    for (int i = 0; pthread_equal(where, pthread_self()); i++) {
+        assert_true(i < 100000);
+        assert_int_equal(router_node_call(n, s_where, &where), 0);
+        if (pthread_equal(where, pthread_self()))
+            sched_yield();
+    }
+    int calls = 0;
+    router_node_stop_async(n);
+    while (sem_wait(&run.ended) != 0)
+        assert_int_equal(errno, EINTR);
+    assert_int_equal(run.rc, 0);
+
+    calls = 0;
+    errno = 0;
+    assert_int_equal(router_node_call(n, s_nothing, &calls), -1);
+    assert_int_equal(errno, ECANCELED);
+    assert_int_equal(calls, 0);
+    uint8_t pk[32];
+    s_key(0x41, pk);
+    assert_int_equal(router_node_trust_set(n, "late", pk, "inproc://late", false, err, sizeof err),
+                     -1);
+    assert_string_equal(err, "the node is stopping");
+    assert_int_equal(router_trust_count(router_node_trust_view(n)), 0);
+    assert_int_equal(router_node_listen(n, "tcp://127.0.0.1:0", err, sizeof err), -1);
+    assert_string_equal(err, "the node is stopping");
+    errno = 0;
+    assert_int_equal(router_node_start(n), -1);
+    assert_int_equal(errno, ECANCELED);
+    sem_post(&run.destroy);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_null(run.node);
+    sem_destroy(&run.ended);
+    sem_destroy(&run.destroy);
+    router_inproc_destroy(&net);
 }
 
 /* A home whose node.lock cannot be opened (a directory stands there): the
@@ -297,6 +383,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_calls_while_stopping),
+        cmocka_unit_test(test_calls_after_run_ended),
         cmocka_unit_test(test_home_lock_cannot_open),
         cmocka_unit_test(test_home_path_too_long),
         cmocka_unit_test(test_listen_on_a_missing_directory),
