@@ -482,6 +482,49 @@ static void test_restore_remembers_sixteen_sets(void **state)
     router_inproc_destroy(&net);
 }
 
+/* A home whose trusted_peers.json.lock cannot be opened (a directory
+ * stands there) and with a temp file a save left that cannot be removed
+ * (a directory with something in it): the node starts (the sweep logs
+ * why, and moves on), and a persisted trust edit is refused with the lock
+ * file and the reason, nothing changed; an edit kept in memory works. */
+static void test_trust_file_cannot_lock(void **state)
+{
+    (void) state;
+    char home[] = "/tmp/kith-node-trust-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    char lock[512], temp[512], inside[600];
+    snprintf(lock, sizeof lock, "%s/%s.lock", home, ROUTER_TRUST_FILE);
+    snprintf(temp, sizeof temp, "%s/%s.tmp-left", home, ROUTER_TRUST_FILE);
+    snprintf(inside, sizeof inside, "%s/x", temp);
+    assert_int_equal(mkdir(temp, 0700), 0);
+    assert_int_equal(mkdir(inside, 0700), 0);
+    router_inproc_t *net = router_inproc_new();
+    router_node_t *n = s_node(net, home, false); /* sweeps: cannot remove the temp */
+    router_node_destroy(&n);
+    assert_int_equal(access(inside, F_OK), 0);
+
+    assert_int_equal(unlink(lock), 0); /* the sweep made it */
+    assert_int_equal(mkdir(lock, 0700), 0);
+    n = s_node(net, home, true); /* sweeps: cannot lock */
+    char err[ROUTER_TRUST_ERR_MAX] = "";
+    uint8_t pkb[32];
+    s_key(0xc1, pkb);
+    assert_int_equal(router_node_trust_set(n, "b", pkb, "inproc://b", true, err, sizeof err), -1);
+    char want[700];
+    snprintf(want, sizeof want, "cannot lock %s: %s", lock, strerror(EISDIR));
+    assert_string_equal(err, want);
+    router_trust_t *mem = router_node_trust_copy(n, err, sizeof err);
+    assert_int_equal(router_trust_count(mem), 0);
+    router_trust_destroy(&mem);
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", home, ROUTER_TRUST_FILE);
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(router_node_trust_set(n, "b", pkb, "inproc://b", false, err, sizeof err), 0);
+    router_node_destroy(&n);
+    router_inproc_destroy(&net);
+    s_rm_tree(home);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -492,6 +535,7 @@ int main(void)
         cmocka_unit_test(test_set_out_of_memory),
         cmocka_unit_test(test_restore_whole_rows_out_of_memory),
         cmocka_unit_test(test_restore_remembers_sixteen_sets),
+        cmocka_unit_test(test_trust_file_cannot_lock),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
