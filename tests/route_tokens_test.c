@@ -890,14 +890,24 @@ static void test_no_timer_never_hangs(void **state)
     s_max_timers = 64;
     s_srv_start(s, WAIT_MS);
     s_max_timers = 0;
-    char hdr[64];
+    char hdr[64], id[ROUTER_TOKENS_ID_LEN + 1], token[GATEWAY_AUTH_TOKEN_LEN + 1], path[64];
     snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\n", s->code);
+    s_resp_t r;
+    s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r); /* one to revoke */
+    s_minted(&r, id, token);
+    snprintf(path, sizeof path, "/admin/tokens/%s", id);
     vfs_fail_hold(s->dir);
-    unsigned refused = 0;
+    unsigned refused = 0, kept = 0;
     for (long spare = 0; spare <= 4; spare++) {
         s_fill_t f = {0};
         s_fill(s, &f, spare);
-        s_resp_t r;
+        /* A revocation with no timer to bound its wait: refused with
+         * nothing done — the token still opens what it opened. */
+        s_req(s, "DELETE", path, NULL, NULL, &r);
+        print_message("spare %ld revoke: %d %s\n", spare, r.status, r.body);
+        bool untouched = r.status == 503 && strstr(r.body, "nothing was done");
+        if (r.status && !untouched && r.status != 404)
+            s_expect(&r, 503, "durability_unknown"); /* the deadline: in force, not durable */
         s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
         print_message("spare %ld mint: %d %s\n", spare, r.status, r.body);
         if (r.status) {
@@ -913,13 +923,75 @@ static void test_no_timer_never_hangs(void **state)
             assert_null(strstr(r.body, "spent"));
         }
         s_fill(s, &f, -1);
+        if (untouched) {
+            s_req(s, "GET", "/admin/tokens", NULL, NULL, &r);
+            assert_non_null(strstr(r.body, id));
+            kept++;
+        }
     }
+    assert_true(kept > 0);
     assert_true(refused > 0);
     vfs_fail_hold(NULL);
-    char token[GATEWAY_AUTH_TOKEN_LEN + 1];
-    s_resp_t r;
     s_req(s, "POST", "/pair", hdr, NULL, &r); /* the code paired nobody: it does now */
     s_paired(&r, token);
+    s_srv_stop(s);
+}
+
+/* Installing the routes with each allocation failing in turn: 0, or -1
+ * with nothing leaked (the server frees what it took). */
+static void test_routes_out_of_memory(void **state)
+{
+    (void) state;
+    for (int which = 0; which < 2; which++) {
+        for (long i = 0; i < ALLOC_FAIL_RUNS_MAX; i++) {
+            router_loop_t *loop = router_loop_new(&(router_loop_opts_t){0});
+            assert_non_null(loop);
+            gateway_http_t *gw = gateway_http_new(loop, &(gateway_http_opts_t){0});
+            assert_non_null(gw);
+            char err[256];
+            router_tokens_t *tokens = router_tokens_new(NULL, loop, err, sizeof err);
+            assert_non_null(tokens);
+            gateway_auth_t *auth =
+                gateway_auth_new(tokens, &(gateway_auth_opts_t){.require_pairing = true});
+            assert_non_null(auth);
+            gateway_route_tokens_t tr = {.auth = auth, .loop = loop};
+            gateway_route_pair_t pr = {.auth = auth, .loop = loop};
+            alloc_fail_arm(i);
+            int rc = which ? gateway_route_pair_serve(gw, &pr) : gateway_route_tokens(gw, &tr);
+            unsigned failed = alloc_fail_disarm();
+            assert_true(rc == 0 || (rc == -1 && failed));
+            gateway_http_destroy(&gw);
+            router_tokens_stop(tokens);
+            gateway_auth_destroy(&auth);
+            router_loop_destroy(&loop);
+            router_tokens_destroy(&tokens);
+            if (!failed)
+                break;
+        }
+    }
+    alloc_fail_arm(0); /* gateway_auth_new out of memory: NULL */
+    gateway_auth_t *none = gateway_auth_new(NULL, &(gateway_auth_opts_t){0});
+    alloc_fail_disarm();
+    assert_null(none);
+    gateway_auth_destroy(&none);
+    gateway_auth_destroy(NULL);
+}
+
+/* DELETE without a bearer on /api: 401, and nothing is revoked. */
+static void test_revoke_unauthorized(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, 0);
+    s_resp_t r;
+    char id[ROUTER_TOKENS_ID_LEN + 1], token[GATEWAY_AUTH_TOKEN_LEN + 1], path[64];
+    s_req(s, "POST", "/admin/tokens", NULL, S_MINT_BODY, &r);
+    s_minted(&r, id, token);
+    snprintf(path, sizeof path, "/api/tokens/%s", id);
+    s_req(s, "DELETE", path, NULL, NULL, &r);
+    s_expect(&r, 401, "unauthorized");
+    s_req(s, "DELETE", path, "Authorization: Bearer kith_0\r\n", NULL, &r);
+    s_expect(&r, 401, "unauthorized");
+    assert_int_equal(s_listed(s), 1);
     s_srv_stop(s);
 }
 
@@ -945,6 +1017,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stop_before_deadline, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_no_timer_never_hangs, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_out_of_memory_sweep, s_setup, s_teardown),
+        cmocka_unit_test(test_routes_out_of_memory),
+        cmocka_unit_test_setup_teardown(test_revoke_unauthorized, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
