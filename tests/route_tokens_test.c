@@ -977,6 +977,57 @@ static void test_routes_out_of_memory(void **state)
     gateway_auth_destroy(NULL);
 }
 
+/* X-Token-Name (WIRE §17.2): a bad one is 400 invalid_token_name with the
+ * code not spent and nothing counted; a good one names the token paired. */
+static void test_pair_token_name(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, 0);
+    char hdr[128], token[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_resp_t r;
+    static const char *const bad[] = {"a\tb", "\xc3\x28", /* 65 octets: */
+                                      "12345678901234567890123456789012345678901234567890"
+                                      "123456789012345"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\nX-Token-Name: %s\r\n", s->code, bad[i]);
+        s_req(s, "POST", "/pair", hdr, NULL, &r);
+        s_expect(&r, 400, "invalid_token_name");
+    }
+    /* None of the bad names counted as a bad code: four wrong codes are
+     * 401 still (the fifth in a row is 429). */
+    for (int i = 0; i < 4; i++) {
+        s_req(s, "POST", "/pair", "X-Pairing-Code: 12345\r\n", NULL, &r);
+        s_expect(&r, 401, "invalid_pairing_code");
+    }
+    snprintf(hdr, sizeof hdr, "X-Pairing-Code: %s\r\nX-Token-Name: laptop \xc3\xa9\r\n",
+             s->code);
+    s_req(s, "POST", "/pair", hdr, NULL, &r);
+    s_paired(&r, token);
+    s_req(s, "GET", "/admin/tokens", NULL, NULL, &r);
+    assert_non_null(strstr(r.body, "\"name\":\"laptop \xc3\xa9\""));
+    s_srv_stop(s);
+}
+
+/* POST /admin/tokens with a body that is not {"scope","name"}: 400
+ * invalid_body, nothing minted. */
+static void test_mint_bad_bodies(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, 0);
+    static const char *const bad[] = {
+        "[]", "{\"scope\":\"operator\"}", "{\"scope\":\"root\",\"name\":\"x\"}",
+        "{\"scope\":\"node\",\"name\":\"\"}", "{\"scope\":\"node\",\"name\":\"a\\u0001\"}",
+        "{\"scope\":\"node\",\"name\":\"x\",\"extra\":1}", "{\"scope\":1,\"name\":\"x\"}"};
+    s_resp_t r;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s_req(s, "POST", "/admin/tokens", NULL, bad[i], &r);
+        s_expect(&r, 400, "invalid_body");
+    }
+    assert_int_equal(s_listed(s), 0);
+    s_srv_stop(s);
+    assert_int_equal(s_rows(s), 0);
+}
+
 /* DELETE without a bearer on /api: 401, and nothing is revoked. */
 static void test_revoke_unauthorized(void **state)
 {
@@ -1019,6 +1070,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_out_of_memory_sweep, s_setup, s_teardown),
         cmocka_unit_test(test_routes_out_of_memory),
         cmocka_unit_test_setup_teardown(test_revoke_unauthorized, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_pair_token_name, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_mint_bad_bodies, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
