@@ -168,6 +168,8 @@ struct gateway_http_pending {
     gateway_http_res_t res;
     gateway_http_res_t *origin; /* the handler's response while it runs, else NULL */
     bool ended;                 /* _end was called while the handler ran */
+    void (*last_call)(void *ud); /* the route's word at a drain's last call, or NULL */
+    void *last_call_ud;         /* its argument */
 };
 
 /* ---------------------------------------------------------------- http_route.c */

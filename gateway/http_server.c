@@ -1240,6 +1240,22 @@ static void s_drain_last_call(router_loop_t *loop, uint64_t id, void *ud)
         }
         if (hc->phase != GATEWAY_HTTP_DEFERRED || !hc->pending || hc->pending->res.sent)
             continue;
+        if (hc->pending->last_call) {
+            /* The route's own word first (a webhook knows whether its
+             * entry was stored); it may end the request, and hc with it
+             * moves on (closing: the drain answers close). */
+            void (*fn)(void *) = hc->pending->last_call;
+            hc->pending->last_call = NULL;
+            fn(hc->pending->last_call_ud);
+            if (hc->phase != GATEWAY_HTTP_DEFERRED || !hc->pending)
+                continue;
+            if (hc->pending->res.sent) { /* answered, not ended: it closes after */
+                hc->phase = GATEWAY_HTTP_CLOSING;
+                s_timer_stop(hc);
+                router_conn_close(hc->conn);
+                continue;
+            }
+        }
         gateway_http_res_t *res = &hc->pending->res;
         res->close = true;
         (void) gateway_http_res_header(res, "Retry-After", "5");
@@ -1407,6 +1423,15 @@ gateway_http_pending_t *gateway_http_res_defer(gateway_http_res_t *res)
     if (res->deferred) /* its res is filled from *res once the handler returns */
         res->deferred->origin = res;
     return res->deferred;
+}
+
+void gateway_http_pending_on_last_call(gateway_http_pending_t *p, void (*fn)(void *ud),
+                                       void *ud)
+{
+    if (!p)
+        return;
+    p->last_call = fn;
+    p->last_call_ud = ud;
 }
 
 gateway_http_res_t *gateway_http_pending_res(gateway_http_pending_t *p)

@@ -229,7 +229,7 @@ typedef struct gateway_http_pending gateway_http_pending_t;
 
 /* In a handler (not an upgrade): the answer will come later. The
  * connection reads nothing more (pipelined requests wait) and its request
- * timers stop until gateway_http_pending_end; the route bounds the wait
+ * deadlines stop until gateway_http_pending_end; the route bounds the wait
  * itself. Headers already added are kept. Returns the handle (owned by the
  * route until _end), or NULL with errno (EALREADY answered, EINVAL in an
  * upgrade, ENOMEM) — then answer now. A route that finds, before its
@@ -248,6 +248,15 @@ gateway_http_res_t *gateway_http_pending_res(gateway_http_pending_t *p);
  * connection go on with what it holds, and frees p. On the loop thread.
  * Idempotent; nulls *p_p. */
 void gateway_http_pending_end(gateway_http_pending_t **p_p);
+
+/* A drain's last call (gateway_http_drain) tells a deferred request still
+ * owed an answer 503 shutting_down, "may or may not be done". A route that
+ * can say more (done, or nothing was done) sets `fn`: at the last call it
+ * runs first, on the loop thread, and may answer through the handle and
+ * end it; what it leaves unanswered gets the 503 as before. Until then, or
+ * _end, ud must stay valid. */
+void gateway_http_pending_on_last_call(gateway_http_pending_t *p, void (*fn)(void *ud),
+                                       void *ud);
 
 /* ---------------------------------------------------------------- credentials */
 

@@ -113,6 +113,40 @@ static void s_withdrawn(gateway_ingress_t *self, s_waiter_t *w, int status, cons
     s_answer(w, status, code, text);
 }
 
+/* A drain's last call (gateway_http_pending_on_last_call): the server
+ * would tell w's client "may or may not be done"; the inbox knows better,
+ * as at a stop (gateway_ingress_destroy, whose answers come after the
+ * loop ended and reach nobody): durable is the 202; withdrawn is told
+ * nothing was queued (its key free again); an entry whose commit is
+ * running is told its outcome is unknown, and w stays, without its
+ * client, to settle its key when the outcome comes. */
+static void s_last_call(void *ud)
+{
+    s_waiter_t *w = ud;
+    gateway_ingress_t *self = w->owner;
+    if (!w->pending)
+        return;
+    router_inbox_withdraw_t out = router_inbox_withdraw(self->opts.inbox, w->seq);
+    if (out != ROUTER_INBOX_IS_DURABLE)
+        (void) gateway_http_res_header(gateway_http_pending_res(w->pending), "Retry-After", "5");
+    switch (out) {
+    case ROUTER_INBOX_IS_DURABLE:
+        s_unlink(self, w);
+        s_durable(self, w);
+        break;
+    case ROUTER_INBOX_WITHDRAWN:
+        s_unlink(self, w);
+        s_withdrawn(self, w, 503, "shutting_down",
+                    "the daemon is stopping before the request was stored; nothing was queued");
+        break;
+    case ROUTER_INBOX_COMMITTING:
+        s_tell(w, 503, "shutting_down",
+               "the daemon is stopping while the request is being stored; retry with the same "
+               "X-Idempotency-Key to learn whether it was queued");
+        break;
+    }
+}
+
 static void s_poll(router_loop_t *loop, uint64_t id, void *ud);
 
 static void s_check(gateway_ingress_t *self)
@@ -370,6 +404,7 @@ static void s_ingress(gateway_ingress_t *self, const gateway_http_req_t *req,
     }
     ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "ingress: queued %s id=%s seq=%llu bytes=%zu", scope,
                uuid, (unsigned long long) w->seq, frame_len);
+    gateway_http_pending_on_last_call(w->pending, s_last_call, w);
     if (self->events) {
         router_channel_event_t ev = {
             .channel = shape == GATEWAY_INGRESS_WEBHOOK ? "webhook" : "external_event",

@@ -474,6 +474,113 @@ static void test_stalled_commit_in_doubt(void **state)
     router_inbox_destroy(&in);
 }
 
+/* ---------------------------------------------------------------- a stop with answers owed */
+
+typedef struct {
+    const s_srv_t *s;
+    const char *key;
+    s_resp_t r;
+    pthread_t thread;
+} s_client_t;
+
+static void *s_client_main(void *arg)
+{
+    s_client_t *c = arg;
+    s_post(c->s, "/webhook", c->key, "{\"message\":\"at stop\"}", &c->r);
+    return NULL;
+}
+
+/* The server stops while two answers are owed: one whose entry a commit
+ * holds (a stalled disk), one still waiting for a commit. The route lets
+ * both go (gateway_ingress_destroy): the first as a commit whose outcome
+ * is unknown, the second withdrawn, nothing of it written; nothing leaks
+ * or crashes, each client reads a typed 503 or the connection's end, and
+ * state.db holds at most the entry whose commit was running. */
+static void test_stop_with_answers_owed(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, 600000);
+    vfs_fail_hold(s->dir);
+    s_client_t first = {.s = s, .key = "k-held"}, second = {.s = s, .key = "k-queued"};
+    assert_int_equal(pthread_create(&first.thread, NULL, s_client_main, &first), 0);
+    for (int i = 0; vfs_fail_held() == 0; i++) { /* its commit is on the disk */
+        assert_true(i < 30000);
+        usleep(1000);
+    }
+    assert_int_equal(pthread_create(&second.thread, NULL, s_client_main, &second), 0);
+    for (int i = 0;; i++) { /* admitted behind it: the inbox holds two */
+        assert_true(i < 30000);
+        if (router_inbox_count(s->inbox) >= 2)
+            break;
+        usleep(1000);
+    }
+    router_loop_stop(s->loop);
+    assert_int_equal(pthread_join(s->thread, NULL), 0);
+    vfs_fail_hold(NULL);
+    assert_int_equal(pthread_join(first.thread, NULL), 0);
+    assert_int_equal(pthread_join(second.thread, NULL), 0);
+    print_message("held: %d %s; queued: %d %s\n", first.r.status, first.r.body, second.r.status,
+                  second.r.body);
+    if (first.r.status)
+        s_expect_typed_5xx(&first.r);
+    if (second.r.status)
+        s_expect_typed_5xx(&second.r);
+    gateway_auth_destroy(&s->auth);
+    router_tokens_destroy(&s->tokens);
+    router_inbox_destroy(&s->inbox);
+    router_inbox_t *in = s_inbox_open(s);
+    assert_true(router_inbox_count(in) <= 1);
+    router_inbox_destroy(&in);
+}
+
+static void s_drain_on(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    s_srv_t *s = arg;
+    gateway_http_drain(s->gw, NULL, NULL, 2000);
+}
+
+/* A drain whose last call finds two answers owed: one whose entry a
+ * commit holds (a stalled disk), one still waiting for a commit. The
+ * second is told nothing was queued (withdrawn: a retry is safe, with or
+ * without its key), the first that its outcome is unknown and how to learn
+ * it (WIRE §17.4), both 503 shutting_down with Retry-After. Both used to
+ * get the server's "may or may not be done", and the route's own answers
+ * came only at its destroy, after the loop had ended: to nobody. */
+static void test_drain_with_answers_owed(void **state)
+{
+    s_srv_t *s = *state;
+    s_srv_start(s, 600000);
+    vfs_fail_hold(s->dir);
+    s_client_t first = {.s = s, .key = "k-held"}, second = {.s = s, .key = "k-queued"};
+    assert_int_equal(pthread_create(&first.thread, NULL, s_client_main, &first), 0);
+    for (int i = 0; vfs_fail_held() == 0; i++) {
+        assert_true(i < 30000);
+        usleep(1000);
+    }
+    assert_int_equal(pthread_create(&second.thread, NULL, s_client_main, &second), 0);
+    for (int i = 0; router_inbox_count(s->inbox) < 2; i++) {
+        assert_true(i < 30000);
+        usleep(1000);
+    }
+    assert_int_equal(router_loop_post(s->loop, s_drain_on, s), 0);
+    assert_int_equal(pthread_join(second.thread, NULL), 0);
+    assert_int_equal(pthread_join(first.thread, NULL), 0);
+    print_message("held: %d %s; queued: %d %s\n", first.r.status, first.r.body, second.r.status,
+                  second.r.body);
+    assert_int_equal(second.r.status, 503);
+    assert_non_null(strstr(second.r.body, "\"code\":\"shutting_down\""));
+    assert_non_null(strstr(second.r.body, "nothing was queued"));
+    assert_int_equal(first.r.status, 503);
+    assert_non_null(strstr(first.r.body, "\"code\":\"shutting_down\""));
+    assert_non_null(strstr(first.r.body, "X-Idempotency-Key"));
+    vfs_fail_hold(NULL);
+    s_srv_stop(s);
+    router_inbox_t *in = s_inbox_open(s);
+    assert_int_equal(router_inbox_count(in), 1); /* the held commit's, once the disk went on */
+    router_inbox_destroy(&in);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, s_setup, s_teardown)
 
 int main(void)
@@ -486,6 +593,8 @@ int main(void)
         T(test_commit_fails_not_durable),
         T(test_no_timer_never_hangs),
         T(test_stalled_commit_in_doubt),
+        T(test_stop_with_answers_owed),
+        T(test_drain_with_answers_owed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
