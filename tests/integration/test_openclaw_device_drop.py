@@ -52,7 +52,7 @@ def signing_key(ident):
     return nacl.signing.SigningKey(base64.b64decode(pem)[-32:])
 
 
-def connect_frame(ident, token, nonce, ts):
+def connect_frame(ident, token, nonce, ts, device_token=None):
     sk = signing_key(ident)
     pk = bytes(sk.verify_key)
     check(hashlib.sha256(pk).hexdigest() == ident["deviceId"], "the key is the device's")
@@ -63,7 +63,8 @@ def connect_frame(ident, token, nonce, ts):
     return json.dumps({"type": "req", "id": "c1", "method": "connect", "params": {
         "minProtocol": 4, "maxProtocol": 4,
         "client": {"id": "cli", "version": "1", "platform": "linux", "mode": "cli"},
-        "role": "operator", "scopes": scopes, "auth": {"token": token},
+        "role": "operator", "scopes": scopes,
+        "auth": {"token": token, **({"deviceToken": device_token} if device_token else {})},
         "device": {"id": ident["deviceId"], "publicKey": b64u(pk), "signature": b64u(sig),
                    "signedAt": ts, "nonce": nonce}}}).encode()
 
@@ -96,9 +97,9 @@ class RawSocket:
             self.data += chunk
         return self.frames()
 
-    def connect(self, ident, token):
+    def connect(self, ident, token, device_token=None):
         p = self.challenge["payload"]
-        return connect_frame(ident, token, p["nonce"], p["ts"])
+        return connect_frame(ident, token, p["nonce"], p["ts"], device_token)
 
     def close(self):
         self.s.close()
@@ -164,6 +165,19 @@ def main():
             check(texts and texts[0].get("ok") is True and
                   texts[0]["payload"]["type"] == "hello-ok", f"connect with b2: {texts}")
             check("deviceToken" not in texts[0]["payload"]["auth"], f"auth {texts[0]}")
+            # The same with the device's own token beside it (the reference
+            # client's retry form): hello-ok repeats that one; a wrong one
+            # is not repeated (the bearer token lets the socket in).
+            for sent, want in ((first["dt"], first["dt"]), ("kithdev_" + "0" * 64, None)):
+                ws = RawSocket(node)
+                try:
+                    ws.s.sendall(ws_masked(0x1, ws.connect(ident, b2, sent)))
+                    frames = ws.until(lambda f: len(f) >= 2)
+                finally:
+                    ws.close()
+                res = json.loads(frames[1][1])
+                check(res.get("ok") is True and
+                      res["payload"]["auth"].get("deviceToken") == want, f"with {sent}: {res}")
             mint(node, b1, "barrier 2")
             out = reference(node, "-", "device_again", state)
             check(out.get("hello") and out["hello"]["auth"].get("deviceToken") == first["dt"],
