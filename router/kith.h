@@ -93,8 +93,10 @@ KITH_EXPORT kith_node_t *kith_node_new(kith_net_t *net, const char *name, const 
 
 /* a trusts b and b trusts a, each under the other's name at inproc://<name>
  * (replacing a row with the same key or name; trusting again is a no-op).
- * With a home, the trust store there is written too. Both nodes must be in
- * the same net. All or nothing: returns 0, or -1 with neither node's trust
+ * With a home, the edit is made to <home>/trusted_peers.json under its
+ * lock, as `kith peers` makes it: rows another writer added there since
+ * the node started are kept, and trusted from then on. Both nodes must be
+ * in the same net. All or nothing: returns 0, or -1 with neither node's trust
  * changed. */
 KITH_EXPORT int kith_node_trust(kith_node_t *a, kith_node_t *b);
 
