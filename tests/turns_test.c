@@ -191,9 +191,19 @@ static void s_worker_tools(router_mdp_worker_t *w, const uint8_t id[16])
         if (rc != 0)
             continue;
         bool result = r.type == PROTO_WORKER_REQ_TOOL_RESULT;
+        bool stop = r.type == PROTO_WORKER_REQ_STOP;
         if (result)
             atomic_store(&s_first_router_result_w2, !strcmp(r.tool_result.id.p, "w2"));
         proto_worker_request_clear(&r);
+        if (stop) {
+            /* As agent/turn.c does: a stop ends the wait for a result (the
+             * router stops a turn whose tool call or result it lost). */
+            proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_FINAL};
+            rep.final.type = PROTO_WORKER_FINAL_STOPPED;
+            memcpy(rep.final.turn_id, id, 16);
+            test_worker_reply(w, &rep);
+            return;
+        }
         if (result)
             break;
     }
@@ -756,16 +766,79 @@ static void test_inbox_turns(void **state)
     s_teardown(&e);
 }
 
-/* A backlog whose turns cannot start (the session store refusing every
- * job): each ends at once as an error, one after another in s_pump's loop,
- * and the emptied session is collected once. This recursed a frame per
- * entry, and the inner calls freed the session the outer ones still used
- * (a double free under load in tools/bench). */
+/* A backlog of chat messages whose turns cannot start (the session store
+ * refusing every job when the turn ahead of them ends): each is answered
+ * AGENT_ERROR at once, one after another in s_pump's loop, and the session
+ * is collected once its socket goes. This recursed a frame per message,
+ * and the inner calls freed the session the outer ones still used (a
+ * double free under load in tools/bench). */
 static void test_backlog_that_cannot_start(void **state)
 {
     (void) state;
     env_t e = {0};
-    s_setup(&e, 0, 0);
+    s_setup(&e, 16, 60);
+    frames_t a = {0};
+    router_turns_sub_t s = router_turns_attach(e.t, "backlog", NULL, s_on_frame, &a);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_SESSION_START, 1);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, s, "/hold", 5, &code), 0);
+    for (int i = 0; i < 15; i++) {
+        char line[32];
+        int n = snprintf(line, sizeof line, "message %d", i);
+        assert_int_equal(router_turns_submit(e.t, s, line, (size_t) n, &code), 0);
+    }
+    router_turns_store_refuse(e.t, true);
+    assert_int_equal(router_turns_steer(e.t, s, "end", 3, &code), 0);
+    s_wait(&e, &a, ROUTER_TURN_FRAME_ERROR, 15);
+    assert_int_equal(s_count(&a, ROUTER_TURN_FRAME_DONE), 1);
+    assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_ERROR), "session store is overloaded"));
+    router_turns_stats_t st;
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.errors, 15);
+    assert_int_equal(st.running, 0);
+    assert_int_equal(st.waiting, 0);
+    router_turns_detach(e.t, s);
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.sessions, 0);
+    router_turns_store_refuse(e.t, false);
+    s_teardown(&e);
+}
+
+static bool s_all_waiting(void *ud)
+{
+    router_turns_stats_t st;
+    router_turns_stats(ud, &st);
+    return st.waiting == 16;
+}
+
+typedef struct {
+    router_inbox_t *inbox;
+    frames_t *fr;
+    int done;
+} drained_t;
+
+static bool s_drained(void *ud)
+{
+    drained_t *d = ud;
+    return router_inbox_count(d->inbox) == 0 && s_count(d->fr, ROUTER_TURN_FRAME_DONE) >= d->done;
+}
+
+/* Inbox entries (acked to their senders) whose turns cannot start because
+ * the session store takes no job (its queue full behind a failing disk):
+ * they wait in their session's queue, first in line and in order, and none
+ * is ended; a chat message behind them gets SESSION_BUSY at its lock
+ * timeout; once the store takes jobs again every entry becomes a turn that
+ * runs, in order, with the history of those before it. Before, each entry
+ * ended at once as an error and left the inbox: its message never reached
+ * the agent nor the session's history. */
+static void test_inbox_waits_for_the_store(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 1);
+    frames_t c = {0};
+    router_turns_sub_t sc = router_turns_attach(e.t, "comms", NULL, s_on_frame, &c);
+    s_wait(&e, &c, ROUTER_TURN_FRAME_SESSION_START, 1);
     router_turns_store_refuse(e.t, true);
     uint8_t id[16], nobody[32] = {0};
     uint64_t seq;
@@ -777,13 +850,39 @@ static void test_backlog_that_cannot_start(void **state)
                                             (size_t) n, 1, NULL, &seq), ROUTER_INBOX_ADMITTED);
     }
     router_turns_kick(e.t);
-    s_run(&e, s_inbox_empty, e.inbox);
+    s_run(&e, s_all_waiting, e.t);
     router_turns_stats_t st;
     router_turns_stats(e.t, &st);
-    assert_int_equal(st.errors, 16);
+    assert_int_equal(st.errors, 0);
     assert_int_equal(st.running, 0);
-    assert_int_equal(st.sessions, 0);
+    assert_int_equal(router_inbox_count(e.inbox), 16);
+    assert_int_equal(c.n, 1); /* nothing but its session_start */
+
+    /* A chat message waits behind them, under its lock timeout (1 s). */
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, sc, "behind", 6, &code), 0);
+    s_wait(&e, &c, ROUTER_TURN_FRAME_ERROR, 1);
+    assert_non_null(strstr(s_last(&c, ROUTER_TURN_FRAME_ERROR), "\"code\":\"SESSION_BUSY\""));
+    assert_int_equal(router_inbox_count(e.inbox), 16);
+
     router_turns_store_refuse(e.t, false);
+    drained_t d = {e.inbox, &c, 16};
+    s_run(&e, s_drained, &d);
+    int k = 0;
+    for (int i = 0; i < c.n; i++) {
+        if (c.type[i] != ROUTER_TURN_FRAME_DONE)
+            continue;
+        char want[64];
+        snprintf(want, sizeof want, "echo(h=%d): event %d", 2 * k, k);
+        if (!strstr(c.json[i], want))
+            fail_msg("done %d: %s, not %s", k, c.json[i], want);
+        k++;
+    }
+    assert_int_equal(k, 16);
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.done, 16);
+    assert_int_equal(st.errors, 0);
+    router_turns_detach(e.t, sc);
     s_teardown(&e);
 }
 
@@ -1066,7 +1165,7 @@ static void test_new_refusals(void **state)
     }
     assert_true(refused > 0);
     char err[256] = "";
-    to.db_path = "/nonexistent-kith-dir/state.db";
+    to.db_path = "/dev/null/state.db"; /* not a folder, even to root */
     assert_null(router_turns_new(&to, err, sizeof err));
     assert_true(err[0] != '\0');
     router_broker_destroy(&b);
@@ -2130,6 +2229,7 @@ int main(void)
         cmocka_unit_test(test_withdraw),
         cmocka_unit_test(test_inbox_turns),
         cmocka_unit_test(test_backlog_that_cannot_start),
+        cmocka_unit_test(test_inbox_waits_for_the_store),
         cmocka_unit_test(test_sessions_api),
         cmocka_unit_test(test_no_worker),
         cmocka_unit_test(test_silent_worker),

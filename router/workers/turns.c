@@ -474,6 +474,23 @@ static void s_item_unqueue(router_turns_t *t, s_item_t *it)
     s_gauges(t);
 }
 
+/* An inbox item whose turn could not start goes back first in line
+ * (s_pump_one), where s_poll's s_pump_stalled finds it. */
+static void s_requeue_first(router_turns_t *t, s_session_t *sess, s_item_t *it)
+{
+    it->sess = sess;
+    it->next = sess->q_head;
+    sess->q_head = it;
+    if (!sess->q_tail)
+        sess->q_tail = it;
+    sess->waiting++;
+    if (!it->from_inbox)
+        sess->waiting_chat++;
+    t->st.waiting++;
+    t->stalled = true;
+    s_gauges(t);
+}
+
 static void s_enqueue(router_turns_t *t, s_session_t *sess, s_item_t *it)
 {
     it->sess = sess;
@@ -901,8 +918,9 @@ static void s_pump_stalled(router_turns_t *t)
 }
 
 /* Starts the session's first waiting item (s_pump): 0, or -1 when no turn
- * could be allocated for an inbox item, which then stays first in line
- * until s_poll pumps again (a durable entry is not dropped for a passing
+ * could be allocated for an inbox item, or the session store could not
+ * take its history read and message, which then stays first in line until
+ * s_poll pumps again (a durable entry is not dropped for a passing
  * shortage; a chat message is answered AGENT_ERROR, its sender can send it
  * again). */
 static int s_pump_one(router_turns_t *t, s_session_t *sess)
@@ -931,6 +949,27 @@ static int s_pump_one(router_turns_t *t, s_session_t *sess)
     sess->active = turn;
     t->st.running++;
     s_gauges(t);
+    /* History first (it must not hold this message), then the message.
+     * Neither answers inside the call: agent_start still comes first. */
+    bool stored = router_sessions_history(t->store, sess->id, t->o.max_history_messages,
+                                          s_on_history, t, turn->serial) == 0 &&
+                  router_sessions_append(t->store, sess->id, "user", it->src.content,
+                                         it->src.len, turn->id_text) == 0;
+    if (!stored && it->from_inbox) {
+        /* The store cannot take it now (its queue full behind a failing
+         * disk, no memory): an acked entry is not ended for that, it waits
+         * first in line for s_poll, as for a turn not allocated. A history
+         * read already queued finds no turn of its serial and is dropped. */
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "session %s: the store refuses inbox entry seq=%llu"
+                   " (%s): it waits for a retry", sess->id, (unsigned long long) it->seq,
+                   errno == EAGAIN ? "its queue is full" : strerror(errno));
+        s_turn_unlink(t, turn);
+        sess->active = NULL;
+        t->st.running--;
+        free(turn);
+        s_requeue_first(t, sess, it);
+        return -1;
+    }
     if (it->src.envelope && it->src.is_request)
         s_request_note(t, it->src.envelope_id, it->src.from);
 
@@ -938,12 +977,7 @@ static int s_pump_one(router_turns_t *t, s_session_t *sess)
     s_event_begin(&e, turn);
     router_json_cstr(&e, "channel", s_channel_str(it->src.channel));
     s_event(t, "agent_start", &e);
-
-    /* History first (it must not hold this message), then the message. */
-    if (router_sessions_history(t->store, sess->id, t->o.max_history_messages, s_on_history, t,
-                                turn->serial) != 0 ||
-        router_sessions_append(t->store, sess->id, "user", it->src.content, it->src.len,
-                               turn->id_text) != 0) {
+    if (!stored) {
         s_frame_error(turn, "AGENT_ERROR", "the session store is overloaded");
         s_turn_end(turn, "error");
     }
@@ -1979,7 +2013,11 @@ int router_turns_submit_msg(router_turns_t *t, router_turns_sub_t id, const char
         return -1;
     }
     s_session_t *sess = sub->sess;
-    if ((sess->active || sess->q_head) && sess->waiting_chat >= t->o.queue_max) {
+    /* Something runs or waits ahead of it (an inbox entry the store or
+     * memory could not start yet, s_pump_one): it waits, under its lock
+     * timeout. */
+    bool behind = sess->active || sess->q_head;
+    if (behind && sess->waiting_chat >= t->o.queue_max) {
         *code = "SESSION_BUSY";
         return -1;
     }
@@ -2005,7 +2043,7 @@ int router_turns_submit_msg(router_turns_t *t, router_turns_sub_t id, const char
         *msg = it->msg;
     s_enqueue(t, sess, it);
     it->t = t;
-    if (sess->active) {
+    if (behind) {
         it->lock_timer = router_loop_timer_add(t->o.loop, (uint64_t) t->o.lock_timeout_s * 1000u,
                                                s_lock_expired, it);
         if (!it->lock_timer) {
