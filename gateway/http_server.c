@@ -491,6 +491,14 @@ static void s_dispatch(gateway_http_conn_t *hc)
             hc->phase = GATEWAY_HTTP_DEFERRED;
             hc->paused = true;
             router_conn_pause_read(hc->conn);
+            /* The route has taken what it needs of the body: held until
+             * the answer, it counted in the unauthenticated budget where
+             * nothing could cut it, and a few requests slow to answer
+             * locked other clients without a credential out. */
+            s_body_count(hc, 0);
+            free(hc->body_buf);
+            hc->body_buf = NULL;
+            hc->body_len = hc->body_cap = 0;
             return;
         }
         /* Deferred, then answered (or ended) at once after all. */

@@ -192,6 +192,7 @@ static void s_srv_start_loop(s_srv_t *s, const router_loop_opts_t *lo_in,
     assert_int_equal(gateway_http_route_ws(s->gw, "/ws", NULL, 0, s_plain, NULL), 0);
     assert_int_equal(gateway_http_route_ws(s->gw, "/echo", NULL, 0, s_echo_upgrade, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "POST", "/echo-body", s_echo_body, NULL), 0);
+    assert_int_equal(gateway_http_route(s->gw, "POST", "/defer", s_defer, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/big", s_big_answer, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/long-error", s_long_error, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, NULL, "/stream", s_stream, NULL), 0);
@@ -691,6 +692,52 @@ static void test_deferred_answer_without_a_timer(void **state)
     s_srv_stop(&s);
 }
 
+/* ---------------------------------------------------------------- the unauthenticated budget */
+
+/* A request without a credential whose answer is deferred (an external
+ * event waiting for durability, say): its body, which the route has
+ * taken, no longer counts in the unauthenticated budget
+ * (limits.partial_frame_bytes_max), so another client without a
+ * credential can send a body meanwhile. It used to count until the
+ * answer, where nothing could cut it (only bodies still arriving are
+ * cut), so a few requests slow to answer locked every other client
+ * without a credential out (503 unauth_bodies_full). */
+static void test_deferred_body_leaves_the_budget(void **state)
+{
+    (void) state;
+    gateway_http_opts_t o = {.unauth_body_max = 16384};
+    s_srv_t s;
+    s_srv_start(&s, &o);
+    static char req[16384];
+    char body[10001];
+    memset(body, 'a', sizeof body - 1);
+    body[sizeof body - 1] = '\0';
+    s_client_t *a = s_connect(&s);
+    snprintf(req, sizeof req, "POST /defer HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s",
+             strlen(body), body);
+    s_send(a, req);
+    s_wait_pending(&s);
+    s_client_t *b = s_connect(&s);
+    snprintf(req, sizeof req,
+             "POST /echo-body HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s",
+             strlen(body), body);
+    s_send(b, req);
+    static char r[16384];
+    assert_true(s_take_resp(&s, b, r, sizeof r));
+    if (strncmp(r, "HTTP/1.1 200 ", 13) != 0)
+        fail_msg("a body beside a deferred one was refused: %.200s", r);
+    assert_non_null(strstr(r, "\r\n\r\naaaa"));
+    s_client_close(&b);
+    assert_int_equal(gateway_http_respond(gateway_http_pending_res(s_pending), 200, "text/plain",
+                                          "late", 4), 0);
+    gateway_http_pending_end(&s_pending);
+    assert_true(s_take_resp(&s, a, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    s_client_close(&a);
+    s_others_served(&s);
+    s_srv_stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -698,6 +745,7 @@ int main(void)
         cmocka_unit_test(test_ws_message_in_pieces_without_memory),
         cmocka_unit_test(test_upgrade_completed_during_a_drain),
         cmocka_unit_test(test_deferred_answer_without_a_timer),
+        cmocka_unit_test(test_deferred_body_leaves_the_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
