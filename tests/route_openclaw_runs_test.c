@@ -8,9 +8,10 @@
  * close 1011 — never a run left waiting on an answer or an event that was
  * lost — and the next client is served. LSan checks that nothing leaked. */
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <semaphore.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -49,8 +50,13 @@ static int s_fixtures; /* test_gw_new's count of endpoints in this file */
 typedef struct {
     pthread_t thread;
     router_mdp_worker_t *w;
-    sem_t go; /* posted once per turn: the worker answers it then */
 } agent_t;
+
+/* The worker answers the turn of a message "… #N" only once s_go >= N:
+ * the test arms its failures first. A run that ended before its turn was
+ * answered (or sent) leaves nothing behind that would let a later one run
+ * ahead. */
+static atomic_long s_go = -1;
 
 static void s_reply_chunk(router_mdp_worker_t *w, const uint8_t id[16], uint64_t seq,
                           const char *text)
@@ -83,8 +89,10 @@ static void *s_agent_main(void *arg)
         }
         uint8_t id[16];
         memcpy(id, req.turn.turn_id, 16);
-        while (sem_wait(&a->go) != 0) /* the test arms its failures first */
-            ;
+        const char *hash = strrchr(req.turn.message.content.p, '#');
+        long n = hash ? strtol(hash + 1, NULL, 10) : -1;
+        while (atomic_load(&s_go) < n)
+            usleep(1000);
         proto_worker_reply_t rep = {.type = PROTO_WORKER_REPLY_FINAL};
         memcpy(rep.final.turn_id, id, 16);
         if (!strncmp(req.turn.message.content.p, "fail", 4)) {
@@ -107,7 +115,6 @@ static agent_t *s_agent_start(void)
 {
     agent_t *a = calloc(1, sizeof *a);
     assert_non_null(a);
-    assert_int_equal(sem_init(&a->go, 0, 0), 0);
     char ep[96], err[256];
     snprintf(ep, sizeof ep, "inproc://%s-%d", S_NAME, s_fixtures);
     router_mdp_worker_opts_t o = {.endpoint = ep, .service = "kith.agent", .heartbeat_ms = 100,
@@ -124,7 +131,6 @@ static void s_agent_stop(agent_t **ap)
     router_mdp_worker_interrupt((*ap)->w);
     pthread_join((*ap)->thread, NULL);
     router_mdp_worker_destroy(&(*ap)->w);
-    sem_destroy(&(*ap)->go);
     free(*ap);
     *ap = NULL;
 }
@@ -256,8 +262,8 @@ static void s_run_sweep(const char *method, const char *text)
         char req[512];
         snprintf(req, sizeof req,
                  "{\"type\":\"req\",\"id\":\"m\",\"method\":\"%s\",\"params\":{"
-                 "\"sessionKey\":\"s%ld\",\"message\":\"%s\",\"idempotencyKey\":\"k%ld\"}}",
-                 method, i, text, i);
+                 "\"sessionKey\":\"s%ld\",\"message\":\"%s #%ld\",\"idempotencyKey\":\"k%ld\"}}",
+                 method, i, text, i, i);
         test_wsc_send_text(&s_cl, req);
         /* The first answer, nothing failing: the run is accepted. */
         s_want = s_from + 1;
@@ -266,7 +272,7 @@ static void s_run_sweep(const char *method, const char *text)
             s_want++;
         }
         alloc_fail_arm(i);
-        sem_post(&agent->go);
+        atomic_store(&s_go, i);
         bool held = test_loop_wait(f.b.loop, s_until_end, NULL, 1, WAIT_MS);
         unsigned failed = alloc_fail_disarm();
         unsigned code = s_close_code();
@@ -290,11 +296,12 @@ static void s_run_sweep(const char *method, const char *text)
                               "\"sessionKey\":\"after\",\"message\":\"hi\","
                               "\"idempotencyKey\":\"after\"}}");
     s_end_needle = "chat";
-    sem_post(&agent->go);
+    atomic_store(&s_go, LONG_MAX); /* every turn still held goes now */
     assert_true(test_loop_wait(f.b.loop, s_until_end, NULL, 1, WAIT_MS));
     assert_true(s_count("\"state\":\"final\"") == 1);
     s_client_close(&f);
     s_agent_stop(&agent);
+    atomic_store(&s_go, -1);
     s_fix_free(&f);
 }
 
