@@ -359,12 +359,13 @@ void gateway_auth_code_spend(gateway_auth_t *self, uint64_t hold)
         sodium_memzero(self->held, sizeof self->held);
 }
 
-void gateway_auth_code_release(gateway_auth_t *self, uint64_t hold)
+bool gateway_auth_code_release(gateway_auth_t *self, uint64_t hold)
 {
     if (hold != self->hold || !self->held[0])
-        return; /* ended already, or another code was minted since: that one is in force */
+        return false; /* ended already, or another code was minted since: that one is in force */
     memcpy(self->code, self->held, sizeof self->code);
     sodium_memzero(self->held, sizeof self->held);
+    return true;
 }
 
 /* ---------------------------------------------------------------- clients */

@@ -135,8 +135,9 @@ void gateway_auth_code_spend(gateway_auth_t *self, uint64_t hold);
 /* No token was issued for the held code (its row could not be written, or
  * was not durable in time and will be revoked, or its answer could not be
  * made): the code is unspent again, unless another code was minted since
- * (that one is in force; at most one code is valid at a time). */
-void gateway_auth_code_release(gateway_auth_t *self, uint64_t hold);
+ * (that one is in force; at most one code is valid at a time). True when
+ * the held code is usable again. */
+bool gateway_auth_code_release(gateway_auth_t *self, uint64_t hold);
 
 /* A peer as the audit log names it: its IP address without the port
  * (router_addr_client; "unix" for a Unix socket). */

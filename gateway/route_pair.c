@@ -46,16 +46,26 @@ typedef struct {
 } s_wait_t;
 
 /* Ends w's hold on the code: spent when its token reached the client,
- * else usable again (only once: a later hold may be another request's). */
-static void s_hold_end(s_wait_t *w, bool issued)
+ * else usable again (only once: a later hold may be another request's).
+ * True when the code is usable again (not when a newer one replaced it). */
+static bool s_hold_end(s_wait_t *w, bool issued)
 {
+    bool usable = false;
     if (!w->hold)
-        return;
+        return false;
     if (issued)
         gateway_auth_code_spend(w->auth, w->hold);
     else
-        gateway_auth_code_release(w->auth, w->hold);
+        usable = gateway_auth_code_release(w->auth, w->hold);
     w->hold = 0;
+    return usable;
+}
+
+/* What a client told "no token was issued" may do with its code. */
+static const char *s_code_fate(bool usable)
+{
+    return usable ? "the pairing code is still valid: retry"
+                  : "a newer pairing code has replaced this one: ask for it";
 }
 
 /* The lockout key of a client, as sources are counted and comms pairing
@@ -155,10 +165,10 @@ static void s_expired(router_loop_t *loop, uint64_t id, void *ud)
         /* Its secret is never shown, so the row that may land later
          * (and is revoked then) works for nobody: the code may pair again. */
         sodium_memzero(w->token, sizeof w->token);
-        s_hold_end(w, false);
-        (void) gateway_http_respond_error(res, 503, "unavailable",
-                                          "no token was issued: the disk has not taken it in "
-                                          "time; the pairing code is still valid: retry later");
+        char text[192];
+        snprintf(text, sizeof text, "no token was issued: the disk has not taken it in time; %s",
+                 s_code_fate(s_hold_end(w, false)));
+        (void) gateway_http_respond_error(res, 503, "unavailable", text);
     } else {
         /* The count is in force in memory, so this client is refused as it
          * says; only a restart before the disk takes it forgets it. */
@@ -260,16 +270,16 @@ static void s_pair_at(gateway_route_pair_t *route, const gateway_http_req_t *req
     }
     if (rc != 0) {
         int e = errno;
-        s_hold_end(w, false); /* nothing was written: the code was not used */
+        bool usable = s_hold_end(w, false); /* nothing was written: the code was not used */
+        char text[192];
+        snprintf(text, sizeof text, "the pairing state cannot be stored now; no token was "
+                 "issued: %s", s_code_fate(usable));
         if (!w->paired) /* counted in memory all the same, as at the deadline */
             s_refused(res, w->until_ms);
         else if (e == ENOSPC)
             s_no_room(res);
         else
-            (void) gateway_http_respond_error(res, 503, "unavailable",
-                                              "the pairing state cannot be stored now; no token "
-                                              "was issued and the pairing code is still valid: "
-                                              "retry");
+            (void) gateway_http_respond_error(res, 503, "unavailable", text);
         s_wait_free(w);
         return;
     }
@@ -284,11 +294,11 @@ static void s_pair_at(gateway_route_pair_t *route, const gateway_http_req_t *req
         w->timer = 0;
     }
     sodium_memzero(w->token, sizeof w->token); /* a row that lands works for nobody */
-    s_hold_end(w, false);
+    char text[128];
+    snprintf(text, sizeof text, "no token was issued: out of memory; %s",
+             s_code_fate(s_hold_end(w, false)));
     if (w->paired)
-        (void) gateway_http_respond_error(res, 503, "unavailable",
-                                          "no token was issued: out of memory; the pairing code "
-                                          "is still valid: retry");
+        (void) gateway_http_respond_error(res, 503, "unavailable", text);
     else
         s_refused(res, w->until_ms); /* counted in memory */
 }

@@ -149,20 +149,20 @@ static void test_token_ok_and_code(void **state)
     assert_false(gateway_auth_code_take(a, code, 5, &hold));
     assert_true(gateway_auth_code_take(a, code, 6, &hold));
     assert_false(gateway_auth_code_take(a, code, 6, &hold2)); /* held: as spent to others */
-    gateway_auth_code_release(a, hold); /* no token was issued: usable again */
-    gateway_auth_code_release(a, hold); /* once */
+    assert_true(gateway_auth_code_release(a, hold)); /* no token was issued: usable again */
+    assert_false(gateway_auth_code_release(a, hold)); /* once */
     assert_true(gateway_auth_code_take(a, code, 6, &hold2));
-    gateway_auth_code_release(a, hold); /* an ended hold does not end a newer one */
+    assert_false(gateway_auth_code_release(a, hold)); /* an ended hold ends no newer one */
     assert_false(gateway_auth_code_take(a, code, 6, &hold));
     gateway_auth_code_spend(a, hold2); /* issued */
-    gateway_auth_code_release(a, hold2);
+    assert_false(gateway_auth_code_release(a, hold2));
     assert_false(gateway_auth_code_take(a, code, 6, &hold)); /* spent */
     /* A code minted while one is held replaces it: releasing the held one
      * brings nothing back, and the new one stays. */
     gateway_auth_code_mint(a, old);
     assert_true(gateway_auth_code_take(a, old, 6, &hold));
     gateway_auth_code_mint(a, code);
-    gateway_auth_code_release(a, hold);
+    assert_false(gateway_auth_code_release(a, hold));
     if (strcmp(old, code) != 0)
         assert_false(gateway_auth_code_take(a, old, 6, &hold2));
     assert_true(gateway_auth_code_take(a, code, 6, &hold2));
