@@ -136,7 +136,7 @@ static void s_written(bool ok, void *ud)
             s_hold_end(w, false);
         } else {
             s_hold_end(w, true);
-            router_tokens_forgive(w->tokens, w->client); /* a right code restarts the count */
+            router_tokens_forgive(w->tokens, w->client); /* a token issued restarts the count */
             ROUTER_LOG(ROUTER_LOG_INFO, "gateway", "paired a new bearer token");
         }
         sodium_memzero(body, sizeof body);
