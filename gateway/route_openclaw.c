@@ -121,6 +121,8 @@ typedef struct s_wait {
     uint64_t serial;          /* the socket's or the run's */
     char req_id[GATEWAY_OPENCLAW_ID_MAX + 1];        /* connect: the request answered */
     char token[S_DEVICE_TOKEN_LEN + 1];              /* connect: the deviceToken, wiped */
+    char device_id[ROUTER_TOKENS_DEVICE_ID_LEN + 1]; /* connect: whose record, "" for a run */
+    char via[ROUTER_TOKENS_ID_LEN + 1];              /* connect: the bearer token earning it */
     struct s_wait *prev, *next;
 } s_wait_t;
 
@@ -1559,6 +1561,8 @@ static int s_device_record(s_conn_t *c, const char *req_id, const char *secret)
         if (!w)
             return -1;
         snprintf(w->req_id, sizeof w->req_id, "%s", req_id);
+        memcpy(w->device_id, d.id, sizeof w->device_id);
+        memcpy(w->via, d.via, sizeof w->via);
         uint8_t hash[32];
         s_device_token_make(secret, d.id, w->token);
         crypto_hash_sha256(hash, (const unsigned char *) w->token, S_DEVICE_TOKEN_LEN);
@@ -1576,8 +1580,9 @@ static int s_device_record(s_conn_t *c, const char *req_id, const char *secret)
 }
 
 /* True when c's device holds a deviceToken earned with another bearer
- * token still in force (a revocation clears the row's via): a connect with
- * this one must not replace it. The new token's row would be durable
+ * token still in force (a revocation clears the row's via), or is being
+ * given one by a connect with another bearer token (its record not
+ * durable yet): a connect with this one must not replace it. The new token's row would be durable
  * before hello-ok could carry it, so a connect that ends before its
  * hello-ok (the client never saw the new token) took from the device the
  * one it holds, and the device was refused AUTH_DEVICE_TOKEN_MISMATCH with
@@ -1586,9 +1591,13 @@ static int s_device_record(s_conn_t *c, const char *req_id, const char *secret)
  * gets this one's. */
 static bool s_device_keeps_token(const s_conn_t *c)
 {
+    const char *id = c->hello->device_id;
+    for (const s_wait_t *w = c->oc->waits; w; w = w->next)
+        if (w->device_id[0] && !strcmp(w->device_id, id) && strcmp(w->via, c->token_id) != 0)
+            return true;
     router_tokens_device_t known;
-    return router_tokens_device_get(c->oc->tokens, c->hello->device_id, &known) &&
-           known.via[0] && strcmp(known.via, c->token_id) != 0;
+    return router_tokens_device_get(c->oc->tokens, id, &known) && known.via[0] &&
+           strcmp(known.via, c->token_id) != 0;
 }
 
 /* The deviceToken the connect sent, when it is the device's (else NULL):

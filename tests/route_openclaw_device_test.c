@@ -383,6 +383,62 @@ static void test_dropped_connect_other_bearer_keeps_device_token(void **state)
     s_fix_free(&f);
 }
 
+static test_wsc_t s_first; /* a second client, while s_cl is another */
+
+static bool s_until_held(void *ud)
+{
+    (void) ud;
+    return vfs_fail_held() > 0;
+}
+
+static bool s_until_first_hello(void *ud)
+{
+    (void) ud;
+    test_wsc_read(&s_first);
+    bool closed;
+    return test_wsc_frames(&s_first, &closed) >= 2 || closed || s_first.eof;
+}
+
+/* A new device's connect with b1 whose record the disk holds, and
+ * meanwhile one with b2 that drops before its hello-ok: the first's
+ * hello-ok token still lets the device in alone once both are written
+ * (the second's record, written after, replaced it; nobody held that
+ * one). */
+static void test_concurrent_connects_other_bearer(void **state)
+{
+    (void) state;
+    fix_t f;
+    s_fix_new_at(&f, true);
+    char b1[GATEWAY_AUTH_TOKEN_LEN + 1], b2[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, b1);
+    s_bearer_new(&f, b2);
+    tdev_t d;
+    s_dev_new(&d);
+    vfs_fail_hold(s_dir);
+    s_join(&f, &d, b1, NULL, false);
+    /* Its connect read and its record asked for: the disk holds it. */
+    assert_true(test_loop_wait(f.b.loop, s_until_held, NULL, 1, WAIT_MS));
+    memcpy(&s_first, &s_cl, sizeof s_first);
+    s_join(&f, &d, b2, NULL, true);
+    assert_true(test_loop_wait(f.b.loop, s_until_ended, NULL, 1, WAIT_MS));
+    close(s_cl.fd);
+    vfs_fail_hold(NULL);
+    assert_true(test_loop_wait(f.b.loop, s_until_first_hello, NULL, 1, WAIT_MS));
+    char dt[S_DT_LEN + 1];
+    memcpy(&s_cl, &s_first, sizeof s_cl);
+    assert_true(test_wsc_frame_has(&s_cl, 1, "\"hello-ok\""));
+    s_frame_str(1, "deviceToken", dt, sizeof dt);
+    assert_int_equal(strlen(dt), S_DT_LEN);
+    s_client_close(&f);
+    char other[GATEWAY_AUTH_TOKEN_LEN + 1];
+    s_bearer_new(&f, other); /* after both records */
+    char alone[S_DT_LEN + 1];
+    s_join_ok(&f, &d, NULL, dt, alone);
+    assert_string_equal(alone, dt);
+    s_client_close(&f);
+    s_fix_free(&f);
+}
+
 /* Another device gets another deviceToken. The same device with another
  * bearer token keeps the one it holds while the bearer token that earned
  * it is in force (hello-ok hands out none: a new one's row would be
@@ -539,12 +595,6 @@ static void s_health(fix_t *f, unsigned n)
         if (test_wsc_frame_has(&s_cl, k, "\"id\":\"h\",\"ok\":true"))
             return;
     }
-}
-
-static bool s_until_held(void *ud)
-{
-    (void) ud;
-    return vfs_fail_held() > 0;
 }
 
 /* A disk that holds the device record's commit (slow, or failing and
@@ -758,6 +808,7 @@ int main(void)
         cmocka_unit_test(test_dropped_connect_keeps_device_token),
         cmocka_unit_test(test_device_token_per_device_and_bearer),
         cmocka_unit_test(test_dropped_connect_other_bearer_keeps_device_token),
+        cmocka_unit_test(test_concurrent_connects_other_bearer),
         cmocka_unit_test(test_device_connect_out_of_memory),
         cmocka_unit_test(test_device_table_full),
         cmocka_unit_test(test_device_record_slow_disk),
