@@ -1725,6 +1725,70 @@ static void test_crowded_session(void **state)
     s_teardown(&e);
 }
 
+/* A crowd's newest subscriber, whose callback detaches another of the
+ * session's subscribers at its DONE (turns.c allows a callback to detach
+ * any). */
+typedef struct {
+    int got[2];
+    router_turns_t *t;
+    router_turns_sub_t victim;
+} crowd_killer_t;
+
+static void s_on_crowd_killer(const router_turn_frame_t *f, void *ud)
+{
+    crowd_killer_t *k = ud;
+    s_on_crowd_frame(f, k->got);
+    if (f->type == ROUTER_TURN_FRAME_DONE && k->victim) {
+        router_turns_detach(k->t, k->victim);
+        k->victim = 0;
+    }
+}
+
+/* Many sockets on one session, and the first to get the DONE detaches the
+ * one where the first batch of 64 deliveries ends: every other socket gets
+ * the frame once, the detached one not at all. Before, s_deliver went on
+ * from the freed subscriber's list node (a use after free under ASan). */
+static void test_crowd_detached_mid_delivery(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    s_setup(&e, 0, 0);
+    int got[CROWD][2] = {{0}};
+    crowd_killer_t killer = {.t = e.t};
+    router_turns_sub_t subs[CROWD];
+    for (int i = 0; i < CROWD; i++) {
+        bool last = i == CROWD - 1;
+        subs[i] = router_turns_attach(e.t, "crowd", NULL,
+                                      last ? s_on_crowd_killer : s_on_crowd_frame,
+                                      last ? (void *) &killer : (void *) got[i]);
+        assert_true(subs[i] > 0);
+    }
+    /* Newest first: the 64 newest are the first batch, the 65th comes next. */
+    int victim = CROWD - 1 - 64;
+    killer.victim = subs[victim];
+    crowd_t w = {got, 0};
+    got[CROWD - 1][0] = 1; /* the killer counts in its own */
+    s_run(&e, s_crowd_has, &w);
+    assert_true(killer.got[0] > 0);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, subs[CROWD - 1], "all of you", 10, &code), 0);
+    got[victim][1] = 1; /* waits for the others */
+    got[CROWD - 1][1] = 1;
+    w.type = 1;
+    s_run(&e, s_crowd_has, &w);
+    assert_int_equal(killer.got[1], 1);
+    assert_int_equal(killer.victim, 0);
+    for (int i = 0; i < CROWD; i++) {
+        if (i == victim || i == CROWD - 1)
+            continue;
+        assert_int_equal(got[i][1], 1);
+        router_turns_detach(e.t, subs[i]);
+    }
+    assert_int_equal(got[victim][1] - 1, 0); /* nothing after it was detached */
+    router_turns_detach(e.t, subs[CROWD - 1]);
+    s_teardown(&e);
+}
+
 /* A history too large for one turn request (PROTO_WORKER_BODY_MAX) loses
  * its oldest half until the request fits: the turn still runs. */
 static void test_long_history(void **state)
@@ -2247,6 +2311,7 @@ int main(void)
         cmocka_unit_test(test_teardown_with_work_held),
         cmocka_unit_test(test_inbox_entries_dropped),
         cmocka_unit_test(test_crowded_session),
+        cmocka_unit_test(test_crowd_detached_mid_delivery),
         cmocka_unit_test(test_long_history),
         cmocka_unit_test(test_turn_without_memory),
         cmocka_unit_test(test_inbox_entry_without_memory),

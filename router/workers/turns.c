@@ -351,7 +351,12 @@ static void s_deliver_lost(router_turns_t *t, s_session_t *sess, router_turn_fra
 
 /* Every started subscriber of the session gets the frame (json NULL: it
  * could not be made, s_deliver_lost). A callback may detach subscribers
- * (its own or others): the list is walked by id. */
+ * (its own or others), or end the turn and so free the session: each
+ * batch of ids is collected first and delivered by id, and the next batch
+ * is collected again from the session looked up by its id, no pointer
+ * kept across a callback. A session's list is newest first, so its ids
+ * fall: the next batch is the ids below the last one delivered (one
+ * attached meanwhile is above, and was not there for this frame). */
 static void s_deliver(router_turns_t *t, s_session_t *sess, router_turn_frame_type_t type,
                       const char *json, size_t len, const char *code)
 {
@@ -361,26 +366,22 @@ static void s_deliver(router_turns_t *t, s_session_t *sess, router_turn_frame_ty
     }
     /* Every caller delivers a frame of the session's turn in flight. */
     router_turns_sub_t submitter = sess->active && sess->active->item ? sess->active->item->sub : 0;
-    router_turns_sub_t ids[64];
-    size_t n = 0;
-    for (s_sub_t *s = sess->subs; s; s = s->next) {
-        if (!s->started)
-            continue;
-        if (n == sizeof ids / sizeof ids[0]) {
-            /* Many sockets on one session: deliver this batch, go on. */
-            for (size_t i = 0; i < n; i++) {
-                s_sub_t *x = s_sub(t, ids[i]);
-                if (x)
-                    s_deliver_one(x, type, json, len, code, submitter);
-            }
-            n = 0;
+    char sid[sizeof sess->id];
+    memcpy(sid, sess->id, sizeof sid);
+    router_turns_sub_t ids[64], below = UINT64_MAX;
+    for (;;) {
+        size_t n = 0;
+        for (s_sub_t *s = sess->subs; s && n < sizeof ids / sizeof ids[0]; s = s->next)
+            if (s->started && s->id < below)
+                ids[n++] = s->id;
+        for (size_t i = 0; i < n; i++) {
+            s_sub_t *x = s_sub(t, ids[i]);
+            if (x)
+                s_deliver_one(x, type, json, len, code, submitter);
         }
-        ids[n++] = s->id;
-    }
-    for (size_t i = 0; i < n; i++) {
-        s_sub_t *x = s_sub(t, ids[i]);
-        if (x)
-            s_deliver_one(x, type, json, len, code, submitter);
+        if (n < sizeof ids / sizeof ids[0] || !(sess = zhash_lookup(t->sessions, sid)))
+            return;
+        below = ids[n - 1]; /* many sockets on one session: the next batch */
     }
 }
 
