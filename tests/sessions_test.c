@@ -421,6 +421,51 @@ static void test_open_on_full_disk(void **state)
     s_finish(dir, &e);
 }
 
+/* New sessions opened while a failing disk holds writes count against
+ * sessions_max with the rows held: past the bound an open is refused as it
+ * is when the disk works, and once the rows are stored state.db keeps no
+ * more sessions than the bound. Before, the held rows were not counted:
+ * every new session was answered made, and the bound was passed by as many
+ * as the job queue holds (8192). */
+static void test_sessions_max_while_held(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256];
+    env_t e = {0};
+    router_sessions_bounds_t b = {.sessions_max = 3};
+    router_sessions_t *s = s_start_bounded(dir, db, sizeof db, &e, &b);
+    assert_int_equal(router_sessions_append(s, "kept", "user", "hi", 2, ""), 0);
+    router_sessions_destroy(&s); /* runs what is queued */
+    char err[256];
+    s = router_sessions_new(e.loop, db, &b, err, sizeof err);
+    assert_non_null(s);
+    s_expect_usage(s, 1, COST(2));
+    vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, -1);
+    assert_int_equal(router_sessions_open(s, "one", "", s_on_open, &e, 0), 0);
+    s_wait(&e, 1);
+    assert_int_equal(e.rc[0], 0);
+    s_wait_waiting(s, 1); /* its row, held */
+    assert_int_equal(router_sessions_open(s, "two", "", s_on_open, &e, 1), 0);
+    assert_int_equal(router_sessions_open(s, "three", "", s_on_open, &e, 2), 0);
+    assert_int_equal(router_sessions_open(s, "kept", "", s_on_open, &e, 3), 0);
+    s_wait(&e, 4);
+    assert_int_equal(e.rc[1], 0);
+    assert_int_equal(e.rc[2], ROUTER_SESSIONS_FULL_SESSIONS);
+    assert_int_equal(e.rc[3], 0); /* a kept one resumes */
+    assert_string_equal(e.text[3], "resumed:1:");
+    assert_int_equal(router_sessions_waiting(s), 2);
+    vfs_fail_clear();
+    s_wait_waiting(s, 0);
+    uint64_t n = 0, bytes = 0;
+    router_sessions_usage(s, &n, &bytes);
+    assert_int_equal(n, 3);
+    assert_true(router_sessions_kept(s, "one"));
+    assert_true(router_sessions_kept(s, "two"));
+    assert_false(router_sessions_kept(s, "three"));
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
 /* Out of memory at every allocation of the constructor (SQLite's
  * included) and of each call the loop makes: the constructor refuses with a
  * reason, a call refuses with -1 and its callback never runs, and what was
@@ -1235,6 +1280,7 @@ int main(void)
         cmocka_unit_test(test_delete),
         cmocka_unit_test(test_disk_full),
         cmocka_unit_test(test_open_on_full_disk),
+        cmocka_unit_test(test_sessions_max_while_held),
         cmocka_unit_test(test_bounds_keep_the_newest),
         cmocka_unit_test(test_bounds_octets_over_all),
         cmocka_unit_test(test_bounds_after_a_failed_commit),

@@ -792,6 +792,16 @@ static bool s_held_has(const router_sessions_t *s, const char *id)
     return false;
 }
 
+/* New sessions' rows that wait for a retry: made, not yet counted in
+ * s->nsessions (a failed commit's recount took them back). */
+static uint64_t s_held_rows(const router_sessions_t *s)
+{
+    uint64_t n = 0;
+    for (const s_job_t *j = s->held_head; j; j = j->next)
+        n += j->kind == J_ROW;
+    return n;
+}
+
 /* j waits at the end of the held writes; `counted`: s->nheld counts it
  * already (s_main counted it when it took the batch). */
 static void s_hold(router_sessions_t *s, s_job_t *j, bool counted)
@@ -983,7 +993,8 @@ static void s_run_stalled(router_sessions_t *s, s_job_t *j, bool counted)
         } else {
             /* No transaction: the row read is all, the row made is held. */
             if (s_open_read(s, j) == SQLITE_DONE) {
-                if (s->nsessions >= s->b.sessions_max) {
+                /* The rows held count: each is a session made. */
+                if (s->nsessions + s_held_rows(s) >= s->b.sessions_max) {
                     j->rc = ROUTER_SESSIONS_FULL_SESSIONS;
                 } else if ((row = calloc(1, sizeof *row)) && (row->id = strdup(j->id)) &&
                            (row->name = strdup(j->name ? j->name : "")) &&

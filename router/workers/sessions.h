@@ -61,7 +61,8 @@ typedef struct {
 
 /* Loop thread: the session is there (made now, or `resumed`). rc -1: the
  * store failed; ROUTER_SESSIONS_FULL_SESSIONS: it is not there and
- * sessions_max sessions are kept. name is "" when none. */
+ * sessions_max sessions are kept (counting new ones whose rows wait for a
+ * failing disk). name is "" when none. */
 typedef void(router_sessions_open_fn)(void *ud, uint64_t tag, int rc, bool resumed,
                                       uint64_t message_count, const char *name);
 /* Loop thread: the last messages, oldest first (valid during the call). */
