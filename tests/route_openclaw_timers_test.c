@@ -43,11 +43,13 @@ static test_wsc_t s_cl;
     "\"maxProtocol\":4,\"client\":{\"id\":\"gateway-client\",\"mode\":\"backend\"},"          \
     "\"scopes\":[\"operator.read\"],\"auth\":{\"token\":\"t\"}}}"
 
+static unsigned s_tick_ms = GATEWAY_OPENCLAW_TICK_MIN_MS; /* the endpoint's tick_ms */
+
 static void s_fix_new(fix_t *f)
 {
     test_gw_new(&f->b, "route-openclaw-timers-test");
     gateway_openclaw_opts_t oo = {.auth = f->b.auth, .turns = f->b.turns,
-                                  .tick_ms = GATEWAY_OPENCLAW_TICK_MIN_MS};
+                                  .tick_ms = s_tick_ms};
     f->oc = gateway_openclaw_new(f->b.gw, f->b.loop, &oo);
     assert_non_null(f->oc);
     test_gw_listen(&f->b);
@@ -253,11 +255,35 @@ static void test_no_timer_for_handshake(void **state)
     s_fix_free(&f);
 }
 
+/* A tick interval below the least taken (KITH_OPENCLAW_TICK_MS=1) is
+ * the least: hello-ok's policy says so, and the socket ticks at it rather
+ * than flooding its client. */
+static void test_tick_interval_floor(void **state)
+{
+    (void) state;
+    s_tick_ms = 1;
+    fix_t f;
+    s_fix_new(&f);
+    s_tick_ms = GATEWAY_OPENCLAW_TICK_MIN_MS;
+    s_open(&f);
+    s_want = 1;
+    assert_true(test_loop_wait(f.b.loop, s_until_frames, NULL, 1, WAIT_MS));
+    test_wsc_send_text(&s_cl, S_CONNECT);
+    assert_true(test_loop_wait(f.b.loop, s_until_ticks, NULL, 1, WAIT_MS));
+    char want[48];
+    snprintf(want, sizeof want, "\"tickIntervalMs\":%u", GATEWAY_OPENCLAW_TICK_MIN_MS);
+    assert_true(test_wsc_frame_has(&s_cl, 1, want));
+    assert_true(s_ticks() >= 2);
+    s_close_client(&f);
+    s_fix_free(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ticks_without_free_timers),
         cmocka_unit_test(test_no_timer_for_handshake),
+        cmocka_unit_test(test_tick_interval_floor),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
