@@ -32,8 +32,9 @@ typedef struct {
  * the token's hash is durable; 401 invalid_pairing_code; 429
  * too_many_attempts with Retry-After, each once the bad code's count is
  * durable. When the disk has not taken the write within wait_ms: a right
- * code is 503 unavailable (no token issued, the code spent), a wrong one
- * 401 or 429 as the count in memory says. 503 unavailable, nothing done,
+ * code is 503 unavailable (no token issued; the code still valid unless a
+ * newer one was minted), a wrong one 401 or 429 as the count in memory
+ * says. 503 unavailable, nothing done,
  * when no timer bounds the wait. Returns 0 or -1. */
 int gateway_route_pair_serve(gateway_http_t *g, gateway_route_pair_t *route)
     __attribute__((warn_unused_result));
