@@ -454,6 +454,66 @@ static void test_posts_run_at_destroy(void **state)
     assert_int_equal(ran, 4);
 }
 
+typedef struct {
+    router_loop_t *loop;
+    int ran;  /* posts run */
+} s_late_t;
+
+static void s_late_count(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    ((s_late_t *) arg)->ran++;
+}
+
+static void *s_late_poster(void *arg)
+{
+    s_late_t *l = arg;
+    assert_int_equal(router_loop_post(l->loop, s_late_count, l), 0);
+    return NULL;
+}
+
+/* Another thread's post, returned before the caller goes on. */
+static void s_post_from_thread(s_late_t *l)
+{
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, s_late_poster, l), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+}
+
+/* A timer (the last step of an iteration, after the posts' turn) stops the
+ * loop, and meanwhile another thread posts. */
+static void s_stop_then_post(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    router_loop_stop(loop);
+    s_post_from_thread(ud);
+}
+
+/* A post queued after router_loop_stop, before the last iteration ended,
+ * has run when router_loop_run returns (it waited for destroy, and a
+ * sender waiting for its answer with it); one queued after run returned
+ * runs in router_loop_run_posts, which is a no-op while nothing waits. */
+static void test_posts_after_stop_run(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    s_late_t l = {.loop = loop};
+    assert_true(router_loop_timer_add(loop, 0, s_stop_then_post, &l) != 0);
+    s_run(loop);
+    assert_int_equal(l.ran, 1);
+    s_post_from_thread(&l);
+    assert_int_equal(l.ran, 1);
+    router_loop_run_posts(loop);
+    assert_int_equal(l.ran, 2);
+    router_loop_run_posts(loop);
+    assert_int_equal(l.ran, 2);
+    router_loop_run_posts(NULL);
+    router_loop_stats_t st;
+    router_loop_stats(loop, &st);
+    assert_int_equal(st.posts, 2);
+    router_loop_destroy(&loop);
+    assert_int_equal(l.ran, 2);
+}
+
 /* ------------------------------------------------------------ fairness */
 
 #define FLOOD_CONNS 32
@@ -1375,6 +1435,7 @@ int main(void)
         BOTH(test_signalfd),
         BOTH(test_post_and_wake_across_threads),
         BOTH(test_posts_run_at_destroy),
+        BOTH(test_posts_after_stop_run),
         BOTH(test_post_not_starved_by_receives),
         BOTH(test_accept_timer_before_first_wait),
         BOTH(test_accept_failures_rate_limited),

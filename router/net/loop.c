@@ -353,6 +353,15 @@ static void s_posts_drain(router_loop_t *loop)
         ;
 }
 
+/* Outside router_loop_run: waits out posts still being published, runs
+ * every queued post and those they queue, then settles what they closed. */
+static void s_posts_finish(router_loop_t *loop)
+{
+    s_foreign_wait(loop);
+    s_posts_drain(loop);
+    router_loop_settle(loop);
+}
+
 static void s_on_eventfd(router_watch_t *w, int fd, unsigned events, void *ud)
 {
     router_loop_t *loop = ud;
@@ -793,9 +802,20 @@ int router_loop_run(router_loop_t *loop)
         if (loop->drained_cb && !loop->input_left && !loop->backlog && !busy)
             loop->drained_cb(loop, loop->drained_ud);
     }
+    /* Posts other threads queued while the last iteration ran (after the
+     * stop, say) run now, not when destroy comes: their senders may be
+     * waiting for an answer, and destroy may wait for them. */
+    s_posts_finish(loop);
     atomic_store(&loop->stop, false);
     loop->running = false;
     return rc;
+}
+
+void router_loop_run_posts(router_loop_t *loop)
+{
+    if (!loop || loop->running || loop->destroying)
+        return;
+    s_posts_finish(loop);
 }
 
 void router_loop_stats(const router_loop_t *loop, router_loop_stats_t *out)

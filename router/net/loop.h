@@ -114,6 +114,15 @@ const char *router_loop_backend_name(const router_loop_t *loop);
  * second thread tried to drive the loop). */
 int router_loop_run(router_loop_t *loop);
 
+/* Runs, on the thread that runs the loop and while it is not running,
+ * every post queued so far (waiting out a post still being published) and
+ * those they queue. router_loop_run does this before it returns, so a post
+ * queued after router_loop_stop but before the last iteration ended has
+ * run when run returns; an owner that goes on refusing posts of its own
+ * after the run (router/node.c) calls this once it refuses them, so none
+ * waits for router_loop_destroy. No-op while running or destroyed. */
+void router_loop_run_posts(router_loop_t *loop);
+
 /* Makes router_loop_run return after the current iteration. Any thread;
  * async-signal-safe. A stop requested before run makes run return at once. */
 void router_loop_stop(router_loop_t *loop);
@@ -204,8 +213,10 @@ typedef void (*router_post_fn)(router_loop_t *loop, void *arg);
 /* Queues fn(loop, arg) to run on the loop thread, from any thread, in FIFO
  * order per posting thread. The queue is bounded (post_capacity): when full
  * returns -1 with errno EAGAIN and nothing is queued (the caller keeps arg).
- * Every accepted post runs exactly once, at the latest inside
- * router_loop_destroy; posting threads must be done before destroy. */
+ * Every accepted post runs exactly once: in an iteration of
+ * router_loop_run, before run returns, in router_loop_run_posts, or at the
+ * latest inside router_loop_destroy; posting threads must be done before
+ * destroy. */
 int router_loop_post(router_loop_t *loop, router_post_fn fn, void *arg);
 
 /* router_loop_post from a thread that may block (never the loop's own):
