@@ -2208,6 +2208,97 @@ static void test_response_without_memory(void **state)
     router_trust_destroy(&c.trust);
 }
 
+/* A subscriber that arms the loop thread's k-th allocation failing at the
+ * turn's chunk (the fake agent's last partial before its FINAL). */
+typedef struct {
+    long k;
+    bool started, armed;
+} arm_at_chunk_t;
+
+static bool s_arm_started(void *ud)
+{
+    return ((arm_at_chunk_t *) ud)->started;
+}
+
+static void s_arm_at_chunk(const router_turn_frame_t *f, void *ud)
+{
+    arm_at_chunk_t *a = ud;
+    a->started = true;
+    if (!a->armed && f->type == ROUTER_TURN_FRAME_CHUNK) {
+        a->armed = true;
+        alloc_fail_arm(a->k);
+    }
+}
+
+/* The fake comms, for a test whose allocation failures stop at the first
+ * send (the fake's own allocations are the test's, not the code's under
+ * test): how many failed before it. */
+static unsigned s_failed_before_send;
+
+static int s_comms_send_disarming(void *ud, const uint8_t to[32], cbor_item_t **kind,
+                                  uint8_t id_out[16], router_send_fn *cb, void *cb_ud,
+                                  char *detail, size_t detailcap)
+{
+    s_failed_before_send += alloc_fail_disarm();
+    return s_comms_send(ud, to, kind, id_out, cb, cb_ud, detail, detailcap);
+}
+
+/* A request entry's turn ending while memory runs short, the k-th
+ * allocation after its last partial failing, for each k in turn (up to
+ * the response's send): its sender gets one response, `completed` with the turn's answer, or
+ * `failed` saying why. Before, a done turn whose answer found no memory to
+ * be kept was answered `completed` with "the turn ended: done" for a
+ * result. */
+static void test_request_answer_without_memory(void **state)
+{
+    (void) state;
+    comms_t c = {.trust = router_trust_new()};
+    uint8_t pk[32], sk[64], id[16];
+    s_comms_peer(&c, "asker", 0x33, pk, sk);
+    env_t e = {0};
+    router_turns_opts_t to = {.send = s_comms_send_disarming, .send_ud = &c,
+                              .trust = s_comms_trust, .trust_ud = &c};
+    s_setup_opts(&e, to, true);
+    c.loop = e.loop;
+    unsigned failed_runs = 0, failed_responses = 0;
+    for (long k = 0;; k++) {
+        assert_true(k < ALLOC_FAIL_RUNS_MAX);
+        arm_at_chunk_t a = {.k = k};
+        router_turns_sub_t s = router_turns_attach(e.t, "comms", NULL, s_arm_at_chunk, &a);
+        assert_true(s > 0);
+        s_run(&e, s_arm_started, &a); /* its session_start: it gets the turn's frames */
+        c.n = 0;
+        s_failed_before_send = 0;
+        char intent[32];
+        snprintf(intent, sizeof intent, "short %ld", k);
+        s_admit_request(e.inbox, pk, sk, intent, id);
+        router_turns_kick(e.t);
+        s_run(&e, s_inbox_empty, e.inbox);
+        bool failed = alloc_fail_disarm() + s_failed_before_send > 0;
+        assert_true(a.armed);
+        assert_int_equal(c.n, 1);
+        assert_int_equal(c.kind[0], PROTO_KIND_RESPONSE);
+        assert_memory_equal(c.in_reply_to[0], id, 16);
+        if (c.status[0] == PROTO_STATUS_COMPLETED) {
+            if (!strstr(c.text[0], intent))
+                fail_msg("allocation %ld after the chunk failing: completed with \"%s\"", k,
+                         c.text[0]);
+        } else {
+            assert_int_equal(c.status[0], PROTO_STATUS_FAILED);
+            failed_responses++;
+        }
+        router_turns_detach(e.t, s);
+        failed_runs += failed;
+        if (!failed)
+            break;
+    }
+    s_teardown(&e);
+    router_trust_destroy(&c.trust);
+    assert_true(failed_runs > 0);
+    print_message("%u allocations failed, %u responses said the turn failed\n", failed_runs,
+                  failed_responses);
+}
+
 /* Turns destroyed while session API reads, a deletion and a list are
  * still with the store: nothing is answered (the callers are gone too)
  * and nothing leaks (LSan). Before, each request's wrapper leaked. */
@@ -2319,6 +2410,7 @@ int main(void)
         cmocka_unit_test(test_final_frame_without_memory),
         cmocka_unit_test(test_no_timer_slot),
         cmocka_unit_test(test_response_without_memory),
+        cmocka_unit_test(test_request_answer_without_memory),
         cmocka_unit_test(test_teardown_with_reads_pending),
         cmocka_unit_test(test_partials_without_memory),
     };

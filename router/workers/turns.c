@@ -639,19 +639,25 @@ static int s_respond(router_turns_t *t, const s_item_t *it, proto_status_t statu
 }
 
 /* s_respond for an item whose turn ended (it->end_status): its reply, or
- * a line saying how the turn ended. */
+ * a line saying how the turn ended. A done turn always sets its reply
+ * (s_on_final): without one, the answer found no memory to be kept, and
+ * the response says so, failed, never `completed` with a result that is
+ * not the answer. */
 static int s_respond_item(router_turns_t *t, const s_item_t *it)
 {
     char why[64];
     const char *text = it->reply;
     size_t len = it->reply_len;
+    bool done = strcmp(it->end_status, "done") == 0;
     if (!text) {
-        len = (size_t) snprintf(why, sizeof why, "the turn ended: %s", it->end_status);
+        if (done)
+            len = (size_t) snprintf(why, sizeof why, "the turn's answer was lost (out of memory)");
+        else
+            len = (size_t) snprintf(why, sizeof why, "the turn ended: %s", it->end_status);
         text = why;
+        done = false;
     }
-    return s_respond(t, it, strcmp(it->end_status, "done") == 0 ? PROTO_STATUS_COMPLETED
-                                                                 : PROTO_STATUS_FAILED,
-                     text, len);
+    return s_respond(t, it, done ? PROTO_STATUS_COMPLETED : PROTO_STATUS_FAILED, text, len);
 }
 
 /* Responses that found no memory when their turn ended, tried again (from
