@@ -1,7 +1,9 @@
 /* tests/listen_test.c — router/net/listen.c's failure handling, on both
  * backends, with real sockets on the test's thread: out of memory at each
  * allocation of router_loop_listen (TCP and Unix: nothing leaks, no socket
- * file is left) and of an accept; an accept callback that sets no
+ * file is left) and of an accept (the client is reset, the failure logged
+ * and the listener paused); a connection over the listener's or the
+ * loop's cap (reset, never an orderly end); an accept callback that sets no
  * handlers; a process out of descriptors (EMFILE: the listener backs off
  * and accepts again once descriptors are free), a listener closed while
  * backing off, and backing off with every timer slot taken (no spin:
@@ -73,6 +75,7 @@ typedef struct {
     int fd;             /* the client s_until_gone watches */
     uint64_t want;      /* what the predicates wait for */
     struct rlimit restore; /* RLIMIT_NOFILE to put back */
+    int end;            /* s_until_end: 0 for an orderly end, else the error */
 } s_fx_t;
 
 static void s_on_data(router_conn_t *c, uint8_t *data, size_t len, void *ud)
@@ -141,6 +144,34 @@ static router_loop_stats_t s_loop_stats(const s_fx_t *fx)
 static bool s_until_gone(void *ud)
 {
     return s_peer_gone(((s_fx_t *) ud)->fd);
+}
+
+/* How the client fx->fd saw its connection end, kept in fx->end (a
+ * reset's error is reported by one recv only). */
+static bool s_until_end(void *ud)
+{
+    s_fx_t *fx = ud;
+    struct pollfd p = {.fd = fx->fd, .events = POLLIN};
+    if (poll(&p, 1, 0) <= 0)
+        return false;
+    char c;
+    ssize_t n = recv(fx->fd, &c, 1, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return false;
+    assert_true(n <= 0); /* nothing is ever sent to these clients */
+    fx->end = n == 0 ? 0 : errno;
+    return true;
+}
+
+/* Counts the log lines that say an accept failed for want of memory. */
+static void s_tap_nomem(router_log_level_t level, const char *module, const char *line,
+                        size_t len, void *ud)
+{
+    static const char needle[] = "accept failed (Cannot allocate memory)";
+    (void) level;
+    (void) module;
+    if (memmem(line, len, needle, sizeof needle - 1))
+        ++*(unsigned *) ud;
 }
 
 static bool s_until_accepted(void *ud)
@@ -251,6 +282,69 @@ static void test_accept_without_memory(void **state)
     int b = s_connect(&fx);
     fx.want = 1;
     s_wait(&fx, s_until_accepted);
+    close(a);
+    close(b);
+    router_loop_destroy(&fx.loop);
+}
+
+/* The same, as the client and the operator see it: the client is reset
+ * (WIRE §9.1: an orderly end means "refused", and nothing refused the
+ * envelope it may have sent), the failure is logged like accept4()'s own
+ * ENOMEM (it was only counted) and the listener pauses, then serves the
+ * next client. */
+static void test_accept_without_memory_reset_and_logged(void **state)
+{
+    s_fx_t fx = {0};
+    fx.loop = s_loop_new(state, NULL);
+    s_listen_tcp(&fx);
+    assert_false(test_loop_wait(fx.loop, s_never, &fx, 1, 1));
+    unsigned lines = 0;
+    router_log_set_tap(s_tap_nomem, &lines);
+    fx.fd = s_connect(&fx);
+    alloc_fail_arm(0);
+    s_wait(&fx, s_until_end);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    router_log_set_tap(NULL, NULL);
+    assert_int_equal(fx.end, ECONNRESET);
+    assert_int_equal(lines, 1);
+    assert_int_equal(fx.accepted, 0);
+    assert_int_equal(s_loop_stats(&fx).accept_errors, 1);
+    int b = s_connect(&fx);
+    fx.want = 1;
+    s_wait(&fx, s_until_accepted);
+    close(fx.fd);
+    close(b);
+    router_loop_destroy(&fx.loop);
+}
+
+/* A connection over the listener's cap, or the loop's, is reset, not
+ * ended orderly: a comms sender reads an orderly end without an ack as
+ * "refused" (WIRE §9.1) and would not send again. */
+static void test_over_cap_reset(void **state)
+{
+    router_loop_opts_t o = {.max_conns = 2};
+    s_fx_t fx = {0};
+    fx.loop = s_loop_new(state, &o);
+    s_listen_tcp(&fx);
+    router_listener_set_max_conns(fx.l, 1);
+    int a = s_connect(&fx);
+    fx.want = 1;
+    s_wait(&fx, s_until_accepted);
+    fx.fd = s_connect(&fx); /* over the listener's cap */
+    s_wait(&fx, s_until_end);
+    assert_int_equal(fx.end, ECONNRESET);
+    close(fx.fd);
+    router_listener_set_max_conns(fx.l, 0);
+    int b = s_connect(&fx);
+    fx.want = 2;
+    s_wait(&fx, s_until_accepted);
+    fx.fd = s_connect(&fx); /* over the loop's */
+    s_wait(&fx, s_until_end);
+    assert_int_equal(fx.end, ECONNRESET);
+    close(fx.fd);
+    router_loop_stats_t st = s_loop_stats(&fx);
+    assert_int_equal(st.refused, 2);
+    assert_int_equal(fx.accepted, 2);
     close(a);
     close(b);
     router_loop_destroy(&fx.loop);
@@ -625,6 +719,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         BOTH(test_listen_without_memory),
         BOTH(test_accept_without_memory),
+        BOTH(test_accept_without_memory_reset_and_logged),
+        BOTH(test_over_cap_reset),
         BOTH(test_accept_without_handlers),
         BOTH(test_listen_without_descriptors),
         BOTH(test_reset_before_accept_keeps_peer),

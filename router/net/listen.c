@@ -295,6 +295,18 @@ static const router_loop_owner_ops_t s_owner_ops = {
     .shutdown = s_shutdown,
 };
 
+/* Ends an accepted socket kith will not serve with a reset (SO_LINGER
+ * {1, 0}): WIRE §9.1 keeps an orderly end for a typed refusal, the peer's
+ * own end and drain, and a comms sender reads FIN without an ack as
+ * "refused" (kith send exits 3) when the connection was only over a
+ * limit or out of memory, and the envelope is worth sending again. */
+static void s_reset(int fd)
+{
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    (void) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd);
+}
+
 /* Hands an accepted socket, and the peer address accept4() gave, to the
  * listener's callback. */
 static void s_accepted(router_listener_t *l, int fd, const router_addr_t *peer)
@@ -302,12 +314,12 @@ static void s_accepted(router_listener_t *l, int fd, const router_addr_t *peer)
     router_loop_t *loop = l->loop;
     char text[ROUTER_ADDR_STR_MAX] = "?";
     if (l->closed) {
-        close(fd);
+        s_reset(fd);
         return;
     }
     bool own_cap = l->max_conns && l->stats.open >= l->max_conns;
     if (own_cap || loop->stats.conns_open >= loop->opts.max_conns) {
-        close(fd);
+        s_reset(fd);
         loop->stats.refused++;
         l->stats.refused++;
         /* Logged once per streak: a flood must not flood the log too. */
@@ -323,8 +335,11 @@ static void s_accepted(router_listener_t *l, int fd, const router_addr_t *peer)
     l->refusing = false;
     router_conn_t *c = router_conn_new(loop, fd);
     if (!c) {
-        close(fd);
-        loop->stats.accept_errors++;
+        /* As accept4()'s own ENOMEM: logged (it was only counted, so
+         * clients were cut with nothing said) and the listener pauses,
+         * leaving the next ones queued instead of cutting each in turn. */
+        s_reset(fd);
+        router_listener_on_accept_error(l, ENOMEM);
         return;
     }
     /* From accept4(), not getpeername(), which fails (ENOTCONN) once the
