@@ -466,6 +466,40 @@ static void test_sessions_max_while_held(void **state)
     s_finish(dir, &e);
 }
 
+/* History reads past the cache while a failing disk holds writes: one of
+ * a session whose messages wait answers unavailable (state.db lacks them:
+ * it would answer a history without them), one of a session with none
+ * waiting reads state.db; once the writes are stored the first reads them
+ * too. */
+static void test_history_while_held(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256], err[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    assert_int_equal(router_sessions_append(s, "cold", "user", "kept", 4, "t0"), 0);
+    router_sessions_destroy(&s); /* runs what is queued */
+    s = router_sessions_new(e.loop, db, NULL, err, sizeof err);
+    assert_non_null(s);
+    vfs_fail_arm(VFS_FAIL_SYNC, dir, 0, -1);
+    assert_int_equal(router_sessions_append(s, "a", "user", "waits", 5, "t1"), 0);
+    s_wait_waiting(s, 1);
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 0), 0);
+    assert_int_equal(router_sessions_history(s, "cold", 10, s_on_history, &e, 1), 0);
+    s_wait(&e, 2);
+    assert_int_equal(e.rc[0], -1);
+    assert_int_equal(e.rc[1], 0);
+    assert_non_null(strstr(e.text[1], "user:kept@"));
+    vfs_fail_clear();
+    s_wait_waiting(s, 0);
+    assert_int_equal(router_sessions_history(s, "a", 10, s_on_history, &e, 2), 0);
+    s_wait(&e, 3);
+    assert_int_equal(e.rc[2], 0);
+    assert_non_null(strstr(e.text[2], "user:waits@"));
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
 /* Out of memory at every allocation of the constructor (SQLite's
  * included) and of each call the loop makes: the constructor refuses with a
  * reason, a call refuses with -1 and its callback never runs, and what was
@@ -1281,6 +1315,7 @@ int main(void)
         cmocka_unit_test(test_disk_full),
         cmocka_unit_test(test_open_on_full_disk),
         cmocka_unit_test(test_sessions_max_while_held),
+        cmocka_unit_test(test_history_while_held),
         cmocka_unit_test(test_bounds_keep_the_newest),
         cmocka_unit_test(test_bounds_octets_over_all),
         cmocka_unit_test(test_bounds_after_a_failed_commit),
