@@ -758,6 +758,7 @@ static void *s_store_main(void *arg)
             break; /* nothing left */
 
         /* Take what is new: the unwritten list whole, the deletes by swap. */
+        bool starved = false; /* deletes wait: no memory to take them */
         if (self->pend_head) {
             s_pace_note(&pace, self->admitted, router_clock_mono_us());
             if (tail)
@@ -770,7 +771,9 @@ static void *s_store_main(void *arg)
             self->npend = 0;
         }
         if (self->ndeletes) {
-            if (nd == 0) {
+            /* A swap must not hand back a smaller array: the leases'
+             * deletes are reserved in it (s_delete_room). */
+            if (nd == 0 && dels_cap >= self->deletes_cap) {
                 uint64_t *t = dels;
                 size_t tc = dels_cap;
                 dels = self->deletes;
@@ -780,13 +783,18 @@ static void *s_store_main(void *arg)
                 self->deletes_cap = tc;
                 self->ndeletes = 0;
             } else {
-                /* Retrying a failed batch: append (only on this slow path). */
-                uint64_t *g = nd + self->ndeletes <= dels_cap
-                                  ? dels
-                                  : realloc(dels, (nd + self->ndeletes) * sizeof *dels);
-                if (g) { /* else they wait for the next pass */
-                    if (g != dels || nd + self->ndeletes > dels_cap)
-                        dels_cap = nd + self->ndeletes;
+                /* Retrying a failed batch, or the array here is the smaller:
+                 * append (only on these slow paths), growing to the
+                 * loop's size so that the next pass swaps again. */
+                size_t need = nd + self->ndeletes;
+                if (need < self->deletes_cap)
+                    need = self->deletes_cap;
+                uint64_t *g = need <= dels_cap ? dels : realloc(dels, need * sizeof *dels);
+                if (!g) {
+                    starved = true; /* they wait for the next pass */
+                } else {
+                    if (need > dels_cap)
+                        dels_cap = need;
                     dels = g;
                     memcpy(dels + nd, self->deletes, self->ndeletes * sizeof *dels);
                     nd += self->ndeletes;
@@ -795,6 +803,16 @@ static void *s_store_main(void *arg)
             }
         }
         bool stopping = self->stopping;
+        if (starved && !list && !nd) {
+            /* Nothing to commit: wait for memory rather than spin (a lost
+             * delete at a stop only runs its turn again, WIRE §14.10). */
+            if (stopping)
+                break;
+            pthread_mutex_unlock(&self->mu);
+            nanosleep(&(struct timespec){.tv_nsec = S_RETRY_MIN_MS * 1000000L}, NULL);
+            pthread_mutex_lock(&self->mu);
+            continue;
+        }
         self->inflight_top = tail ? tail->e.seq : 0; /* router_inbox_withdraw waits for it */
         pthread_mutex_unlock(&self->mu);
 
@@ -1133,15 +1151,26 @@ static s_node_t *s_remove_at(router_inbox_t *self, size_t idx)
     return n;
 }
 
-/* Room for one more delete. Caller holds mu. 0, or -1 out of memory. */
-static int s_delete_room(router_inbox_t *self)
+/* Room for `need` deletes in all. Caller holds mu. 0, or -1 out of
+ * memory (errno ENOMEM).
+ *
+ * A take reserves the delete of every entry leased (ndeletes + leased ≤
+ * deletes_cap, and the store thread's swap never hands back a smaller
+ * array), so router_inbox_done never allocates: a turn that ended under
+ * memory pressure used to fail it, and its caller (the turns worker, which
+ * cannot retry) left the entry leased and counted for good. */
+static int s_delete_room(router_inbox_t *self, size_t need)
 {
-    if (!self->db || self->ndeletes < self->deletes_cap)
+    if (!self->db || need <= self->deletes_cap)
         return 0;
-    size_t ncap = self->deletes_cap ? self->deletes_cap * 2 : 64;
+    size_t ncap = self->deletes_cap ? self->deletes_cap : 64;
+    while (ncap < need)
+        ncap *= 2;
     uint64_t *grown = realloc(self->deletes, ncap * sizeof *grown);
-    if (!grown)
+    if (!grown) {
+        errno = ENOMEM;
         return -1;
+    }
     self->deletes = grown;
     self->deletes_cap = ncap;
     return 0;
@@ -1167,7 +1196,7 @@ int router_inbox_pop(router_inbox_t *self, router_inbox_entry_t *out, int timeou
         else if (pthread_cond_timedwait(&self->changed, &self->mu, &deadline) == ETIMEDOUT)
             goto none;
     }
-    if (s_delete_room(self) != 0)
+    if (s_delete_room(self, self->ndeletes + self->leased + 1) != 0)
         goto none; /* keep the entry; the caller may retry */
     s_node_t *n = s_remove_at(self, self->leased);
     pthread_mutex_unlock(&self->mu);
@@ -1211,6 +1240,10 @@ int router_inbox_take(router_inbox_t *self, router_inbox_entry_t *out)
         pthread_mutex_unlock(&self->mu);
         return -1;
     }
+    if (s_delete_room(self, self->ndeletes + self->leased + 1) != 0) {
+        pthread_mutex_unlock(&self->mu); /* the entry stays for the next take */
+        return -1;
+    }
     s_node_t *n = s_at(self, self->leased);
     self->leased++;
     pthread_mutex_unlock(&self->mu);
@@ -1241,7 +1274,8 @@ int router_inbox_done(router_inbox_t *self, uint64_t seq)
 {
     pthread_mutex_lock(&self->mu);
     long i = s_leased_at(self, seq);
-    if (i < 0 || s_delete_room(self) != 0) {
+    /* The take reserved its delete: no allocation here. */
+    if (i < 0 || s_delete_room(self, self->ndeletes + 1) != 0) {
         pthread_mutex_unlock(&self->mu);
         return -1;
     }

@@ -226,8 +226,10 @@ int router_inbox_pop(router_inbox_t *self, router_inbox_entry_t *out, int timeou
 /* Leases the oldest durable entry nobody has taken: a copy into *out (the
  * caller releases it with router_inbox_entry_clear()). The entry stays
  * held, counted and stored until router_inbox_done(seq). Never waits.
- * Returns 0, or -1 when there is none (or out of memory). Entries are
- * leased in admission order. One consumer at a time. */
+ * Returns 0, or -1 when there is none (or out of memory, errno ENOMEM: the
+ * entry stays for the next take). The take reserves the entry's delete,
+ * so its router_inbox_done cannot run out of memory. Entries are leased
+ * in admission order. One consumer at a time. */
 int router_inbox_take(router_inbox_t *self, router_inbox_entry_t *out);
 
 /* Gives leased entry `seq` back untouched (its consumer could not hold it:
@@ -236,8 +238,8 @@ int router_inbox_take(router_inbox_t *self, router_inbox_entry_t *out);
 int router_inbox_untake(router_inbox_t *self, uint64_t seq);
 
 /* The turn of leased entry `seq` has ended: forget it (deleted from the
- * database in a later batch). Returns 0, or -1 when `seq` is not leased (or
- * out of memory: the caller may retry). */
+ * database in a later batch). Allocates nothing (the take reserved the
+ * room). Returns 0, or -1 when `seq` is not leased. */
 int router_inbox_done(router_inbox_t *self, uint64_t seq);
 
 /* Entries leased now. */
