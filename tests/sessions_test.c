@@ -1290,6 +1290,7 @@ static void test_writer_lock_held(void **state)
     s_wait(&e, 1);
     sqlite3 *side = NULL;
     assert_int_equal(sqlite3_open(db, &side), SQLITE_OK);
+    sqlite3_busy_timeout(side, 10000); /* the store may still be committing */
     assert_int_equal(sqlite3_exec(side, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     assert_int_equal(router_sessions_append(s, "w", "assistant", "during", 6, ""), 0);
     assert_int_equal(router_sessions_append(s, "w", "user", "during too", 10, ""), 0);
@@ -1302,6 +1303,50 @@ static void test_writer_lock_held(void **state)
     s_stored(db, "w", got, sizeof got);
     assert_string_equal(got, "before,during,during too");
     router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
+/* Writes held behind another writer's lock, whose retry then fails for
+ * the writes themselves (the other writer renamed their table away): they
+ * are given up, not retried for ever (nothing is left waiting), the cache
+ * forgets their session so no read serves what state.db lacks, and the
+ * store goes on storing once the table is back. */
+static void test_held_writes_that_fail_for_themselves(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    assert_int_equal(router_sessions_append(s, "w", "user", "before", 6, ""), 0);
+    assert_int_equal(router_sessions_history(s, "w", 10, s_on_history, &e, 0), 0);
+    s_wait(&e, 1); /* the cache holds "w" */
+    sqlite3 *side = NULL;
+    assert_int_equal(sqlite3_open(db, &side), SQLITE_OK);
+    sqlite3_busy_timeout(side, 10000); /* the store may still be committing */
+    assert_int_equal(sqlite3_exec(side, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(router_sessions_append(s, "w", "assistant", "during", 6, ""), 0);
+    assert_int_equal(router_sessions_append(s, "w", "user", "during too", 10, ""), 0);
+    s_wait_waiting(s, 2);
+    assert_int_equal(sqlite3_exec(side, "ALTER TABLE messages RENAME TO gone; COMMIT", NULL,
+                                  NULL, NULL), SQLITE_OK);
+    sqlite3_close(side);
+    s_wait_waiting(s, 0);
+    s_rename(db, "gone", "messages");
+    /* The failed appends reach the loop before this answer (in order). */
+    assert_int_equal(router_sessions_get_json(s, "w", 10, s_on_json, &e, 1), 0);
+    s_wait(&e, 2);
+    assert_int_equal(e.status[1], 200);
+    assert_null(strstr(e.json[1], "during"));
+    assert_int_equal(router_sessions_history(s, "w", 10, s_on_history, &e, 2), 0);
+    s_wait(&e, 3);
+    assert_int_equal(e.rc[2], 0);
+    assert_null(strstr(e.text[2], "during"));
+    assert_non_null(strstr(e.text[2], "user:before@"));
+    assert_int_equal(router_sessions_append(s, "w", "assistant", "after", 5, ""), 0);
+    router_sessions_destroy(&s);
+    char got[256];
+    s_stored(db, "w", got, sizeof got);
+    assert_string_equal(got, "before,after");
     s_finish(dir, &e);
 }
 
@@ -1329,6 +1374,7 @@ int main(void)
         cmocka_unit_test(test_queue_bound_while_held),
         cmocka_unit_test(test_stop_while_held),
         cmocka_unit_test(test_writer_lock_held),
+        cmocka_unit_test(test_held_writes_that_fail_for_themselves),
     };
     if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
         return 1;
