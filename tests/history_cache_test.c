@@ -116,6 +116,23 @@ static void test_overflow_while_loading(void **state)
     router_history_cache_destroy(&c);
 }
 
+/* More appended while a read of an empty session is out than its limit:
+ * the oldest go, and the entry is not the whole session (a read for more
+ * must go to the database, which keeps them all). */
+static void test_more_than_the_limit_while_loading(void **state)
+{
+    (void) state;
+    router_history_cache_t *c = router_history_cache_new(0, 0);
+    router_sessions_msg_t m[3] = {s_m("user", "1", 1), s_m("user", "2", 2), s_m("user", "3", 3)};
+    uint64_t t = router_history_cache_loading(c, "s", 2);
+    for (int i = 0; i < 3; i++)
+        router_history_cache_append(c, "s", &m[i]);
+    router_history_cache_loaded(c, "s", t, 0, NULL, 0);
+    s_expect(c, "s", 2, "2,3");
+    s_expect_miss(c, "s", 3);
+    router_history_cache_destroy(&c);
+}
+
 static void test_stale_and_failed_reads(void **state)
 {
     (void) state;
@@ -238,6 +255,7 @@ int main(void)
         cmocka_unit_test(test_load_then_appends),
         cmocka_unit_test(test_cap_and_completeness),
         cmocka_unit_test(test_overflow_while_loading),
+        cmocka_unit_test(test_more_than_the_limit_while_loading),
         cmocka_unit_test(test_stale_and_failed_reads),
         cmocka_unit_test(test_bounds),
         cmocka_unit_test(test_store_bounds),
