@@ -1074,6 +1074,131 @@ static void test_new_without_memory(void **state)
     assert_true(run > 0 && run < ALLOC_FAIL_RUNS_MAX);
 }
 
+/* The lowest descriptor free now: with RLIMIT_NOFILE's soft limit set to
+ * it (plus `room`), the process is out of descriptors (but for `room`). */
+static void s_fds_limit(unsigned room, struct rlimit *restore)
+{
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, restore), 0);
+    int lowest = dup(0);
+    assert_true(lowest >= 0);
+    close(lowest);
+    struct rlimit rl = *restore;
+    rl.rlim_cur = (rlim_t) lowest + room;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+}
+
+/* Out of descriptors at each one router_loop_new opens: NULL with EMFILE,
+ * nothing kept; with enough, a loop that runs. */
+static void test_new_without_descriptors(void **state)
+{
+    router_loop_opts_t o = {.backend = *(router_loop_backend_t *) *state};
+    router_loop_t *probe = router_loop_new(&o);
+    if (!probe) {
+        print_message("backend refused here (%s): skipping\n", strerror(errno));
+        skip();
+    }
+    router_loop_destroy(&probe);
+    unsigned room, refused = 0;
+    for (room = 0; room < 16; room++) {
+        unsigned fds = s_fd_count();
+        struct rlimit restore;
+        s_fds_limit(room, &restore);
+        errno = 0;
+        router_loop_t *loop = router_loop_new(&o);
+        int err = errno;
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &restore), 0);
+        if (!loop) {
+            assert_int_equal(err, EMFILE);
+            assert_int_equal(s_fd_count(), fds);
+            refused++;
+            continue;
+        }
+        router_loop_stop(loop);
+        assert_int_equal(router_loop_run(loop), 0);
+        router_loop_destroy(&loop);
+        assert_int_equal(s_fd_count(), fds);
+        break;
+    }
+    assert_true(refused > 0 && room < 16);
+}
+
+static bool s_sig_blocked(int signo)
+{
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    return sigismember(&cur, signo);
+}
+
+static void s_raise_usr2(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    (void) ud;
+    raise(SIGUSR2);
+}
+
+static void s_on_sig_stop(router_loop_t *loop, int signo, void *ud)
+{
+    s_on_sig(loop, signo, ud);
+    router_loop_stop(loop);
+}
+
+/* A signal handler that cannot be set up — no descriptor for the
+ * signalfd, no memory or (io_uring) no SQE for its watch — is refused
+ * with the reason, and the signal is unblocked again: left blocked, the
+ * signal (a SIGTERM) would be neither delivered nor act. No descriptor is
+ * kept; asked again once it can be, it is set up and delivers. */
+static void test_signal_setup_failures(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    bool uring = strcmp(router_loop_backend_name(loop), "io_uring") == 0;
+    s_sig_t s = {0};
+    assert_false(s_sig_blocked(SIGUSR2));
+    unsigned fds = s_fd_count();
+
+    struct rlimit restore;
+    s_fds_limit(0, &restore);
+    errno = 0;
+    int rc = router_loop_on_signal(loop, SIGUSR2, s_on_sig_stop, &s);
+    int err = errno;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &restore), 0);
+    assert_int_equal(rc, -1);
+    assert_int_equal(err, EMFILE);
+    assert_false(s_sig_blocked(SIGUSR2));
+    assert_int_equal(s_fd_count(), fds);
+
+    alloc_fail_arm(0);
+    errno = 0;
+    rc = router_loop_on_signal(loop, SIGUSR2, s_on_sig_stop, &s);
+    err = errno;
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_int_equal(rc, -1);
+    assert_int_equal(err, ENOMEM);
+    assert_false(s_sig_blocked(SIGUSR2));
+    assert_int_equal(s_fd_count(), fds);
+
+    if (uring) {
+        uring_fail_arm(0, 1);
+        errno = 0;
+        rc = router_loop_on_signal(loop, SIGUSR2, s_on_sig_stop, &s);
+        err = errno;
+        assert_int_equal(uring_fail_disarm(), 1);
+        assert_int_equal(rc, -1);
+        assert_int_equal(err, EBUSY);
+        assert_false(s_sig_blocked(SIGUSR2));
+        assert_int_equal(s_fd_count(), fds);
+    }
+
+    assert_int_equal(router_loop_on_signal(loop, SIGUSR2, s_on_sig_stop, &s), 0);
+    assert_true(s_sig_blocked(SIGUSR2));
+    assert_true(router_loop_timer_add(loop, 0, s_raise_usr2, NULL) != 0);
+    s_run(loop);
+    assert_int_equal(s.count, 1);
+    assert_int_equal(s.last, SIGUSR2);
+    router_loop_destroy(&loop);
+    assert_false(s_sig_blocked(SIGUSR2));
+}
+
 static void s_count_timer(router_loop_t *loop, uint64_t id, void *ud)
 {
     (void) loop;
@@ -1443,6 +1568,8 @@ int main(void)
         BOTH(test_watch_update),
         BOTH(test_watch_zmq_fd),
         BOTH(test_new_without_memory),
+        BOTH(test_new_without_descriptors),
+        BOTH(test_signal_setup_failures),
         BOTH(test_timer_grow_without_memory),
         BOTH(test_refusals),
         BOTH(test_watch_update_refused_then_retried),
