@@ -1,6 +1,7 @@
 /* tests/identity_test.c — router/identity: file modes, round trip, the
  * RFC 8032 key and its PeerId (computed independently with Python's
- * hashlib), refusal of unsafe, malformed and mismatched files, no overwrite,
+ * hashlib), refusal of unsafe, malformed and mismatched files (and of a
+ * symbolic link to a key not there, named as such), no overwrite,
  * and creation whose fsync or rename fails (tests/io_fail.h). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -323,6 +324,43 @@ static void test_refuses_a_fifo_key_without_hanging(void **state)
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
     unlink(e->key);
+}
+
+/* identity.key as a symbolic link to a key that is not there (its volume
+ * not mounted): not a first start. The load said "no identity; run kith
+ * keygen", and keygen "already exists", so the way out offered was to
+ * move the link away and mint a stranger's identity. It now names the
+ * link and its target; nothing is created; once the target is there the
+ * linked key loads. */
+static void test_dangling_symlink_key_says_so(void **state)
+{
+    s_env_t *e = *state;
+    char vol[128], target[160];
+    snprintf(vol, sizeof vol, "%s/vol", e->home);
+    snprintf(target, sizeof target, "%s/identity.key", vol);
+    mkdir(e->dir, 0700);
+    assert_int_equal(symlink(target, e->key), 0);
+    router_identity_t id;
+    bool created = true;
+    char err[ROUTER_IDENTITY_ERR_MAX] = "";
+    assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), -1);
+    assert_non_null(strstr(err, "symbolic link"));
+    assert_non_null(strstr(err, target));
+    assert_null(strstr(err, "keygen"));
+    assert_int_equal(router_identity_load_or_create(e->home, &id, &created, err, sizeof err), -1);
+    assert_false(created);
+    assert_non_null(strstr(err, "symbolic link"));
+    struct stat st;
+    assert_int_equal(lstat(e->key, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    assert_int_equal(access(target, F_OK), -1);
+    assert_int_equal(access(e->pub, F_OK), -1);
+
+    assert_int_equal(mkdir(vol, 0700), 0);
+    s_write(target, S_RFC_KEY_LINE, 0600);
+    assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), 0);
+    assert_memory_equal(id.pk, s_rfc_pk, 32);
+    router_identity_wipe(&id);
 }
 
 static void test_pub_file_must_agree(void **state)
@@ -666,6 +704,7 @@ int main(void)
         T(test_refuses_malformed_key_files),
         T(test_refuses_a_directory_or_missing_key),
         T(test_refuses_a_fifo_key_without_hanging),
+        T(test_dangling_symlink_key_says_so),
         T(test_pub_file_must_agree),
         T(test_missing_pub_is_rewritten),
         T(test_load_or_create),

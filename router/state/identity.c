@@ -92,11 +92,25 @@ static int s_open_key(const s_paths_t *p, const char *home, bool *missing, char 
      * file reads the same either way. */
     int fd = open(p->key, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
-        if (errno == ENOENT) {
+        int open_errno = errno;
+        struct stat lst;
+        if (open_errno == ENOENT && lstat(p->key, &lst) == 0 && S_ISLNK(lst.st_mode)) {
+            /* A link to a key on a volume not mounted (or moved): not a
+             * first start. Told "run kith keygen", the operator met
+             * keygen's "already exists", and was pushed towards moving
+             * the link away and minting a new identity. */
+            char to[256];
+            ssize_t n = readlink(p->key, to, sizeof to - 1);
+            to[n > 0 ? (size_t) n : 0] = '\0';
+            snprintf(err, errcap,
+                     "%s is a symbolic link to %s, which does not exist (a volume not mounted?); "
+                     "make the key file it names available, or replace the link with the key file",
+                     p->key, n > 0 ? to : "a missing file");
+        } else if (open_errno == ENOENT) {
             *missing = true;
             snprintf(err, errcap, "no identity at %s; run: kith keygen --home %s", p->key, home);
         } else {
-            snprintf(err, errcap, "%s: %s", p->key, strerror(errno));
+            snprintf(err, errcap, "%s: %s", p->key, strerror(open_errno));
         }
         return -1;
     }
