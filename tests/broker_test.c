@@ -1164,6 +1164,57 @@ static void test_listen_ipc(void **state)
     s_rm_rf(dir);
 }
 
+/* workers.listen on an abstract Unix name (ipc://@name, WIRE §19.2) has
+ * the same bounds as on a path: the connections over the share are cut.
+ * Before, the check that a descriptor was accepted on the endpoint
+ * compared the name with strncmp over sun_path, which for an abstract
+ * name holds no NUL after it (getsockname fills only the name's length;
+ * the byte after was whatever the stack held): most connections were not
+ * taken for the endpoint's, so none of those was counted, bounded or cut,
+ * and a local process could hold any number open. Names of several
+ * lengths, so that the byte after falls in several places of the stack. */
+static void test_listen_ipc_abstract(void **state)
+{
+    (void) state;
+    static const int lens[] = {21, 30, 37, 46, 53, 62, 75, 88, 99};
+    for (size_t round = 0; round < sizeof lens / sizeof lens[0]; round++) {
+        char listen[160], name[128];
+        int n = snprintf(name, sizeof name, "kith-broker-test-%d-%d-", (int) getpid(), ++s_n);
+        while (n < lens[round])
+            name[n++] = 'a' + (char) (round % 26);
+        name[n] = '\0';
+        snprintf(listen, sizeof listen, "ipc://@%s", name);
+        s_listen_bounds(4, 1, 300);
+        runner_t r = {0};
+        char ep[64];
+        s_setup(&r, listen, NULL, 0, ep, sizeof ep);
+        int u[2];
+        for (int i = 0; i < 2; i++) {
+            u[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+            struct sockaddr_un a = {.sun_family = AF_UNIX};
+            memcpy(a.sun_path + 1, name, (size_t) n);
+            socklen_t alen = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + 1 + (size_t) n);
+            assert_int_equal(connect(u[i], (struct sockaddr *) &a, alen), 0);
+        }
+        /* The second from the one uid is cut at once (per source: 1), the
+         * first at the deadline. */
+        s_wait_conns(&r, S_ANY, 0, 0, 1, S_ANY);
+        s_wait_conns(&r, 0, 0, 0, 1, 1);
+        s_settle(&r, 50);
+        for (int i = 0; i < 2; i++) {
+            assert_true(s_raw_closed(u[i]));
+            close(u[i]);
+        }
+        if (round == 0) { /* and a worker gets in, counted as one */
+            echo_t *w = s_echo_start(listen, NULL, NULL);
+            s_run(&r, s_workers_1, r.b);
+            s_wait_conns(&r, 0, 1, 0, 1, 1);
+            s_echo_stop(&w);
+        }
+        s_teardown(&r);
+    }
+}
+
 /* workers.listen on an IPv6 literal binds (ZMQ_IPV6 on that socket only),
  * a worker connects to it, and the pending bounds count IPv6 sources. */
 static void test_listen_ipv6(void **state)
@@ -1928,6 +1979,7 @@ int main(void)
         cmocka_unit_test(test_destroy_says_disconnect),
         cmocka_unit_test(test_listen_ready_on_reused_descriptor),
         cmocka_unit_test(test_listen_ipc),
+        cmocka_unit_test(test_listen_ipc_abstract),
         cmocka_unit_test(test_listen_ipv6),
         cmocka_unit_test(test_refusals_and_teardown),
         cmocka_unit_test(test_new_out_of_memory),

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -256,12 +257,20 @@ static bool s_accepted_here(int fd, const char *endpoint)
         return false;
     }
     if (strncmp(endpoint, "ipc://", 6) == 0 && local.ss_family == AF_UNIX) {
+        /* The name is the `len` bytes getsockname filled, no more: an
+         * abstract one has no NUL after it, and the buffer past it was
+         * never set (strncmp over sun_path read those bytes and took no
+         * abstract connection for one of ours: none was bounded). */
         const struct sockaddr_un *u = (const struct sockaddr_un *) &local;
         const char *path = endpoint + 6;
+        size_t off = offsetof(struct sockaddr_un, sun_path);
+        size_t n = len > off ? len - off : 0, want = strlen(path);
         if (path[0] == '@') /* abstract: a NUL first in sun_path */
-            return u->sun_path[0] == '\0' &&
-                   strncmp(u->sun_path + 1, path + 1, sizeof u->sun_path - 1) == 0;
-        return strncmp(u->sun_path, path, sizeof u->sun_path) == 0;
+            return n == want && u->sun_path[0] == '\0' &&
+                   memcmp(u->sun_path + 1, path + 1, want - 1) == 0;
+        while (n > 0 && u->sun_path[n - 1] == '\0') /* a path's NUL, counted or not */
+            n--;
+        return n == want && memcmp(u->sun_path, path, want) == 0;
     }
     return false;
 }
