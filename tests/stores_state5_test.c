@@ -2,13 +2,16 @@
  * the machine reaches and the module tests did not: another program holding
  * state.db's write lock (SQLITE_BUSY past the busy timeout) while the inbox
  * and the token store have writes waiting, the deletes of ended turns
- * arriving while a failing disk makes their commit retry. In each, nothing
+ * arriving while a failing disk makes their commit retry, and SQLite out
+ * of memory on the inbox's store thread at each allocation of a commit
+ * in turn. In each, nothing
  * is answered or acked before it is written, what is answered survives a
  * reopen, and nothing leaks (LSan). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +210,91 @@ static void test_inbox_deletes_join_a_failing_retry(void **state)
     s_rmdir(dir);
 }
 
+/* What the store thread's next on_durable does to that thread's
+ * allocations (tests/alloc_fail.h arms per thread, and on_durable is the
+ * one call the store thread makes into the test). */
+enum { S_ARM_NONE = -1, S_ARM_DISARM = -2 };
+static _Atomic long s_store_arm = S_ARM_NONE;
+
+static void s_arm_store_thread(void *ud)
+{
+    (void) ud;
+    long k = atomic_exchange(&s_store_arm, S_ARM_NONE);
+    if (k == S_ARM_DISARM)
+        (void) alloc_fail_disarm();
+    else if (k >= 0)
+        alloc_fail_arm(k);
+}
+
+static void s_wait_durable(router_inbox_t *in, uint64_t seq)
+{
+    for (int i = 0; i < S_DEADLINE_POLLS * 10 && router_inbox_durable_seq(in) < seq; i++)
+        usleep(5 * 1000);
+    assert_true(router_inbox_durable_seq(in) >= seq);
+}
+
+/* SQLite out of memory on the store thread, at each allocation of a
+ * commit in turn (its BEGIN, the entry's row, its seen row and key row, a
+ * delete, the COMMIT, the scrub after it): the commit fails and is
+ * retried, never acked before it is written, and once written every row
+ * is there after a reopen; a failure never wedges the connection (a
+ * transaction left open would refuse every later BEGIN). */
+static void test_inbox_store_thread_out_of_memory(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-state5-XXXXXX", db[256], err[256] = "";
+    s_tmp_db(dir, db, sizeof db);
+    enum { RUNS = 160 };
+    router_inbox_opts_t o = {.capacity = 4 * RUNS, .db_path = db, .session = "comms",
+                             .on_durable = s_arm_store_thread};
+    router_inbox_t *in = router_inbox_new(&o, err, sizeof err);
+    assert_non_null(in);
+    uint8_t id[16], from[32] = {9}, frame[2] = {0x82, 0x01};
+    uint64_t now = (uint64_t) time(NULL) * 1000;
+    uint64_t trigger, seq;
+    for (uint32_t k = 0; k < RUNS; k++) {
+        /* A commit whose on_durable arms the store thread ... */
+        atomic_store(&s_store_arm, (long) k);
+        s_id(id, 2 * k);
+        assert_int_equal(router_inbox_admit(in, id, from, "message", frame, sizeof frame, now,
+                                            NULL, &trigger),
+                         ROUTER_INBOX_ADMITTED);
+        s_wait_durable(in, trigger);
+        /* ... so that the k-th allocation of the next one fails: an
+         * entry with a seen row, a floor and a key, and a delete. */
+        router_inbox_entry_t e; /* the oldest held */
+        assert_int_equal(router_inbox_take(in, &e), 0);
+        router_inbox_seen_t seen = {.v7_ms = now, .expires_ms = now + 3600000,
+                                    .floor_ms = now - 1000};
+        char key[16];
+        snprintf(key, sizeof key, "k%u", k);
+        router_inbox_idem_t idem = {.scope = "webhook", .key = key, .key_len = strlen(key),
+                                    .status = 202, .body = "{}", .expires_ms = now + 3600000};
+        s_id(id, 2 * k + 1);
+        assert_int_equal(router_inbox_admit_keyed(in, id, from, "message", frame, sizeof frame,
+                                                  now, &seen, &idem, &seq),
+                         ROUTER_INBOX_ADMITTED);
+        assert_int_equal(router_inbox_done(in, e.seq), 0);
+        router_inbox_entry_clear(&e);
+        s_wait_durable(in, seq);
+    }
+    /* Disarm the store thread (its armed failure may not have come). */
+    atomic_store(&s_store_arm, S_ARM_DISARM);
+    s_id(id, 2 * RUNS);
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, sizeof frame, now, NULL,
+                                        &seq),
+                     ROUTER_INBOX_ADMITTED);
+    s_wait_durable(in, seq);
+    assert_true(router_inbox_commit_failures(in) >= 10); /* the failures did come */
+    assert_int_equal(router_inbox_count(in), RUNS + 1);
+    router_inbox_destroy(&in);
+
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), RUNS + 1);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM seen"), RUNS);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox_idempotency"), RUNS);
+    s_rmdir(dir);
+}
+
 /* ---------------------------------------------------------------- tokens */
 
 typedef struct {
@@ -303,6 +391,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_inbox_busy_db_withholds_then_writes),
         cmocka_unit_test(test_inbox_deletes_join_a_failing_retry),
+        cmocka_unit_test(test_inbox_store_thread_out_of_memory),
         cmocka_unit_test(test_tokens_busy_db_withholds_then_writes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
