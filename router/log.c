@@ -8,12 +8,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,8 +35,12 @@ typedef struct {
     size_t len;             /* bytes queued */
     uint64_t dropped;       /* lines dropped since the last notice */
     int file_fd;            /* the log file, or -1 */
+    int file_errno;         /* why the file is not open (0: it is, or there is none) */
     char *path;             /* the log file's name, for reopen */
-    bool to_stderr;         /* also write to fd 2 */
+    bool no_stderr;         /* asked: the file only, while it is open */
+    bool to_stderr;         /* also write to stderr */
+    int err_fd;             /* the writer's own non-blocking stderr, or -1: fd 2 */
+    bool err_sock;          /* stderr is a socket (journald): sent with MSG_DONTWAIT */
 } s_writer_t;
 
 static s_writer_t s_w = {
@@ -42,6 +49,7 @@ static s_writer_t s_w = {
     .drained = PTHREAD_COND_INITIALIZER,
     .file_fd = -1,
     .to_stderr = true,
+    .err_fd = -1,
 };
 static _Atomic int s_level = ROUTER_LOG_INFO;
 static _Atomic uint64_t s_dropped_total;
@@ -151,7 +159,7 @@ static size_t s_line(char *out, router_log_level_t level, const char *module,
 /* ------------------------------------------------------------ output */
 
 /* Writes all of buf to fd, retrying short writes; errors are dropped (there
- * is nowhere left to report them). */
+ * is nowhere left to report them). The synchronous path's. */
 static void s_write_all(int fd, const char *buf, size_t len)
 {
     while (len > 0) {
@@ -165,12 +173,174 @@ static void s_write_all(int fd, const char *buf, size_t len)
     }
 }
 
-static void s_emit(const char *buf, size_t len, int file_fd, bool to_stderr)
+/* How long the writer waits for stderr to take a batch before it leaves
+ * the rest of that batch out there: a pipe nobody reads, or a terminal
+ * paused with ^S, used to hold the writer for ever, so the log file got
+ * no more lines and a stopping daemon never ended (router_log_stop joins
+ * the writer). */
+#define S_STDERR_WAIT_MS 1000u
+
+/* One copy of the log as the writer thread sees it (the file, stderr):
+ * what it failed to take, for the note that says so. Writer thread only. */
+typedef struct {
+    uint64_t lost; /* lines not written since it last took one */
+    int why;       /* errno of the first failure */
+    bool cut;      /* the last write stopped inside a line of this file: */
+    dev_t dev;     /* its device */
+    ino_t ino;     /* and inode (after a rotation the new file has no line to end) */
+} s_sink_t;
+
+static s_sink_t s_file_sink, s_err_sink;
+
+/* Writes what it can of buf to fd: all of it, or less with errno set. A
+ * non-blocking fd (the writer's stderr) that stays full for
+ * S_STDERR_WAIT_MS ends the attempt with EAGAIN. */
+static size_t s_write_bounded(int fd, bool sock, const char *buf, size_t len)
 {
-    if (to_stderr)
-        s_write_all(STDERR_FILENO, buf, len);
+    size_t done = 0;
+    uint64_t deadline = 0;
+    bool waited = false;
+    while (done < len) {
+        ssize_t n = sock ? send(fd, buf + done, len - done, MSG_DONTWAIT | MSG_NOSIGNAL)
+                         : write(fd, buf + done, len - done);
+        if (n > 0) {
+            done += (size_t) n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+            if (n == 0)
+                errno = EIO;
+            return done;
+        }
+        uint64_t now = router_clock_mono_ms();
+        if (!deadline)
+            deadline = now + S_STDERR_WAIT_MS;
+        if (now >= deadline) {
+            errno = EAGAIN;
+            return done;
+        }
+        /* poll can say "room" while a write of up to PIPE_BUF still does
+         * not fit: after such a miss, a short sleep instead of a spin. */
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int wait_ms = (int) (deadline - now);
+        (void) poll(waited ? NULL : &p, waited ? 0 : 1, waited && wait_ms > 10 ? 10 : wait_ms);
+        waited = !waited;
+    }
+    return len;
+}
+
+static uint64_t s_count_lines(const char *buf, size_t len)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += buf[i] == '\n';
+    return n;
+}
+
+/* A write to fd stopped after `done` octets of buf. A regular file (the
+ * log, a full disk) is cut back to its last whole line, so it never holds
+ * part of one; elsewhere the line is ended before the next one (s->cut). */
+static void s_sink_cut(s_sink_t *s, int fd, const char *buf, size_t done)
+{
+    int e = errno;
+    size_t part = 0;
+    while (part < done && buf[done - 1 - part] != '\n')
+        part++;
+    struct stat st;
+    if (part == 0) {
+        s->cut = false; /* it ends in a whole line */
+    } else if (fstat(fd, &st) != 0) {
+        s->cut = true;
+    } else if ((part < done || !s->cut) && S_ISREG(st.st_mode) && st.st_size >= (off_t) part &&
+               ftruncate(fd, st.st_size - (off_t) part) == 0) {
+        s->cut = false; /* the part began a line: gone, the file ends in a whole one */
+    } else {
+        s->cut = true;
+        s->dev = st.st_dev;
+        s->ino = st.st_ino;
+    }
+    errno = e;
+}
+
+/* Writes a batch to one sink, keeping count of what it could not take.
+ * Before the first line it takes again, a line ends the one cut short and
+ * a note says how many lines it missed and why (`where`: "this file",
+ * "stderr"), so a gap in the log is never silent. */
+static void s_sink_write(s_sink_t *s, int fd, bool sock, const char *where, const char *buf,
+                         size_t len)
+{
+    if (s->lost) {
+        char note[ROUTER_LOG_LINE_MAX + 1];
+        size_t n = 0;
+        struct stat st;
+        if (s->cut && fstat(fd, &st) == 0 && st.st_dev == s->dev && st.st_ino == s->ino)
+            note[n++] = '\n';
+        n += s_line(note + n, ROUTER_LOG_WARN, "log", "%llu log lines were not written to %s: %s",
+                    (unsigned long long) s->lost, where,
+                    s->why == EAGAIN ? "it was not being read" : strerror(s->why));
+        size_t w = s_write_bounded(fd, sock, note, n);
+        if (w < n) {
+            if (w > 0)
+                s_sink_cut(s, fd, note, w);
+            s->lost += s_count_lines(buf, len);
+            return;
+        }
+        s->lost = 0;
+        s->cut = false;
+    }
+    size_t done = s_write_bounded(fd, sock, buf, len);
+    if (done == len)
+        return;
+    if (s->lost == 0)
+        s->why = errno;
+    if (done > 0)
+        s_sink_cut(s, fd, buf, done);
+    s->lost += s_count_lines(buf + done, len - done);
+}
+
+/* The writer's stderr: its own open file description of a pipe or
+ * terminal, non-blocking without touching fd 2's (shared with whoever
+ * started kith), or -1 to use fd 2 (a socket, sent to with MSG_DONTWAIT;
+ * a regular file, which does not block). */
+static int s_stderr_open(bool *sock)
+{
+    struct stat st;
+    *sock = false;
+    if (fstat(STDERR_FILENO, &st) != 0)
+        return -1;
+    if (S_ISSOCK(st.st_mode)) {
+        *sock = true;
+        return -1;
+    }
+    if (!S_ISFIFO(st.st_mode) && !S_ISCHR(st.st_mode))
+        return -1;
+    return open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+}
+
+/* The file first: it is what `kith service logs` and an operator read,
+ * and a stderr nobody reads must not starve it. When stderr starts
+ * missing lines the file says so at once (the count follows on stderr
+ * once it takes lines again). */
+static void s_emit(const char *buf, size_t len, int file_fd, bool to_stderr, int err_fd,
+                   bool err_sock)
+{
     if (file_fd >= 0)
-        s_write_all(file_fd, buf, len);
+        s_sink_write(&s_file_sink, file_fd, false, "this file", buf, len);
+    if (!to_stderr)
+        return;
+    bool was_lost = s_err_sink.lost > 0;
+    s_sink_write(&s_err_sink, err_fd >= 0 ? err_fd : STDERR_FILENO, err_sock && err_fd < 0,
+                 "stderr", buf, len);
+    if (!was_lost && s_err_sink.lost > 0 && file_fd >= 0) {
+        char note[ROUTER_LOG_LINE_MAX];
+        size_t n = s_line(note, ROUTER_LOG_WARN, "log",
+                          "stderr is not taking log lines (%s): they go to this file only "
+                          "until it does", s_err_sink.why == EAGAIN ? "nobody reads it"
+                                                                    : strerror(s_err_sink.why));
+        s_sink_write(&s_file_sink, file_fd, false, "this file", note, n);
+    }
 }
 
 /* Queues one line; the caller holds the lock. A full queue drops it. */
@@ -220,18 +390,18 @@ static void *s_writer_main(void *arg)
         s_w.len = 0;
         uint64_t dropped = s_w.dropped;
         s_w.dropped = 0;
-        int fd = s_w.file_fd;
-        bool to_stderr = s_w.to_stderr;
+        int fd = s_w.file_fd, err_fd = s_w.err_fd;
+        bool to_stderr = s_w.to_stderr, err_sock = s_w.err_sock;
         s_w.writing = true;
         pthread_mutex_unlock(&s_w.lock);
 
-        s_emit(batch, len, fd, to_stderr);
+        s_emit(batch, len, fd, to_stderr, err_fd, err_sock);
         if (dropped) {
             char note[ROUTER_LOG_LINE_MAX];
             size_t n = s_line(note, ROUTER_LOG_WARN, "log",
                               "%llu log lines dropped: the log writer fell behind",
                               (unsigned long long) dropped);
-            s_emit(note, n, fd, to_stderr);
+            s_emit(note, n, fd, to_stderr, err_fd, err_sock);
         }
 
         pthread_mutex_lock(&s_w.lock);
@@ -418,7 +588,8 @@ int router_log_start(const router_log_opts_t *opts)
     uint8_t *ring = NULL;
     char *batch = NULL;
     char *path = NULL;
-    int fd = -1;
+    int fd = -1, file_errno = 0, err_fd = -1;
+    bool err_sock = false;
     int err = 0;
 
     pthread_mutex_lock(&s_w.lock);
@@ -435,26 +606,33 @@ int router_log_start(const router_log_opts_t *opts)
         path = strdup(o.path);
         if (!path)
             goto fail_nomem;
+        /* A file that cannot be opened does not stop the writer: lines
+         * go to stderr, and router_log_reopen tries the file again. */
         fd = open(o.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-        if (fd < 0) {
-            err = errno;
-            goto fail;
-        }
+        file_errno = fd < 0 ? errno : 0;
     }
+    err_fd = s_stderr_open(&err_sock);
     s_w.ring = ring;
     s_w.cap = cap;
     s_w.head = s_w.len = 0;
     s_w.dropped = 0;
     s_w.file_fd = fd;
+    s_w.file_errno = file_errno;
     s_w.path = path;
+    s_w.no_stderr = o.no_stderr;
     s_w.to_stderr = !(o.no_stderr && fd >= 0);
+    s_w.err_fd = err_fd;
+    s_w.err_sock = err_sock;
     s_w.stopping = false;
+    s_file_sink = s_err_sink = (s_sink_t){0}; /* no writer yet to race with */
     err = pthread_create(&s_w.thread, NULL, s_writer_main, batch);
     if (err != 0) {
         s_w.ring = NULL;
-        s_w.file_fd = -1;
+        s_w.file_fd = s_w.err_fd = -1;
+        s_w.file_errno = 0;
         s_w.path = NULL;
         s_w.to_stderr = true;
+        s_w.no_stderr = false;
         goto fail;
     }
     s_w.running = true;
@@ -468,6 +646,8 @@ fail:
     pthread_mutex_unlock(&s_w.lock);
     if (fd >= 0)
         close(fd);
+    if (err_fd >= 0)
+        close(err_fd);
     free(path);
     free(batch);
     free(ring);
@@ -495,6 +675,12 @@ void router_log_stop(void)
     if (s_w.file_fd >= 0)
         close(s_w.file_fd);
     s_w.file_fd = -1;
+    s_w.file_errno = 0;
+    if (s_w.err_fd >= 0)
+        close(s_w.err_fd);
+    s_w.err_fd = -1;
+    s_w.err_sock = false;
+    s_w.no_stderr = false;
     free(s_w.path);
     s_w.path = NULL;
     free(s_w.ring);
@@ -521,6 +707,14 @@ int router_log_reopen(void)
         int fd = open(s_w.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
         if (fd < 0) {
             rc = -1;
+            if (s_w.file_fd < 0)
+                s_w.file_errno = errno; /* still none open: say the latest why */
+        } else if (s_w.file_fd < 0) {
+            /* The file could not be opened at start (or since): the writer
+             * takes it up with its next batch. */
+            s_w.file_fd = fd;
+            s_w.file_errno = 0;
+            s_w.to_stderr = !s_w.no_stderr;
         } else {
             /* The writer may be mid-batch on the old fd: dup2 swaps it
              * atomically under the same number. */
@@ -561,6 +755,14 @@ int router_log_level_parse(const char *text, router_log_level_t *out)
 const char *router_log_level_str(router_log_level_t level)
 {
     return level <= ROUTER_LOG_ERROR ? s_level_names[level] : "unknown";
+}
+
+int router_log_file_error(void)
+{
+    pthread_mutex_lock(&s_w.lock);
+    int e = s_w.running ? s_w.file_errno : 0;
+    pthread_mutex_unlock(&s_w.lock);
+    return e;
 }
 
 uint64_t router_log_dropped(void)

@@ -39,10 +39,23 @@ typedef struct router_log_opts {
     size_t queue_bytes;       /* 0 → ROUTER_LOG_QUEUE_DEFAULT */
 } router_log_opts_t;
 
-/* Starts the writer thread (and opens opts->path for appending). Returns 0,
- * or -1 with errno set (the file cannot be opened, or a thread cannot be
- * made); the logger then stays synchronous. Calling it twice fails (EALREADY). */
+/* Starts the writer thread (and opens opts->path for appending). A file
+ * that cannot be opened does not stop it: lines go to stderr (no_stderr
+ * or not), router_log_file_error() says why, and router_log_reopen tries
+ * the file again. Returns 0, or -1 with errno set when the writer cannot
+ * be made (ENOMEM, a thread; EALREADY when called twice); the logger then
+ * stays synchronous.
+ *
+ * The writer never waits more than about a second for stderr to take a
+ * batch (a pipe nobody reads, a paused terminal): it leaves the rest of
+ * that batch out there and goes on; the file says so at once, stderr with
+ * a count once it takes lines again. A file that cannot be written (a full
+ * disk) is counted likewise, and the count written into it once it can. */
 int router_log_start(const router_log_opts_t *opts) __attribute__((warn_unused_result));
+
+/* Why the log file is not open (errno of the latest attempt), or 0: it is,
+ * there is none, or the writer is not running. */
+int router_log_file_error(void);
 
 /* Writes out everything queued, stops the writer thread, closes the file and
  * returns to synchronous stderr logging. Idempotent. */
@@ -52,7 +65,9 @@ void router_log_stop(void);
  * synchronous). For shutdown paths and tests, never for the loop thread. */
 void router_log_flush(void);
 
-/* Reopens the log file by name (after rotation, on SIGHUP). 0 or -1 (errno). */
+/* Reopens the log file by name (after rotation, on SIGHUP), or opens it
+ * when it could not be opened before. 0 or -1 (errno; a file still open
+ * keeps being written). */
 int router_log_reopen(void);
 
 void router_log_set_level(router_log_level_t level);

@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -327,6 +329,108 @@ static void test_reopen_after_rotation(void **state)
     assert_int_equal(st.st_mode & 07777, 0600);
 }
 
+/* Stops the fixture's logger and takes its file away, for a test that
+ * starts one of its own. */
+static void s_fixture_stop(const s_fixture_t *f)
+{
+    router_log_stop();
+    assert_int_equal(unlink(f->path), 0);
+}
+
+/* A log file that cannot be opened does not stop the writer: it says why,
+ * lines go to stderr meanwhile, and reopen (SIGHUP) opens the file once it
+ * can be. The logger used to stay synchronous with no file for good. */
+static void test_file_opened_later(void **state)
+{
+    s_fixture_t *f = *state;
+    s_fixture_stop(f);
+    assert_int_equal(mkdir(f->path, 0700), 0); /* a folder where the file goes */
+    router_log_opts_t o = {.level = ROUTER_LOG_INFO, .path = f->path, .no_stderr = true,
+                           .queue_bytes = S_QUEUE};
+    assert_int_equal(router_log_start(&o), 0);
+    assert_int_equal(router_log_file_error(), EISDIR);
+    router_log_write(ROUTER_LOG_INFO, "t", "while the file is a folder");
+    assert_int_equal(router_log_reopen(), -1);
+    assert_int_equal(router_log_file_error(), EISDIR);
+    assert_int_equal(rmdir(f->path), 0);
+    assert_int_equal(router_log_reopen(), 0);
+    assert_int_equal(router_log_file_error(), 0);
+    router_log_write(ROUTER_LOG_INFO, "t", "once it can be opened");
+    char *text = s_read(f->path);
+    assert_null(strstr(text, "while the file is a folder"));
+    assert_non_null(strstr(text, "once it can be opened\n"));
+    free(text);
+    router_log_stop();
+    assert_int_equal(router_log_file_error(), 0);
+}
+
+/* A file that takes no lines (a full disk: /dev/full) loses them, and the
+ * first line the log file takes again says how many and why. They used to
+ * go missing without a word. */
+static void test_lines_a_full_disk_lost_are_counted(void **state)
+{
+    s_fixture_t *f = *state;
+    s_fixture_stop(f);
+    assert_int_equal(symlink("/dev/full", f->path), 0);
+    router_log_opts_t o = {.level = ROUTER_LOG_INFO, .path = f->path, .no_stderr = true,
+                           .queue_bytes = S_QUEUE};
+    assert_int_equal(router_log_start(&o), 0);
+    assert_int_equal(router_log_file_error(), 0);
+    router_log_write(ROUTER_LOG_INFO, "t", "lost one");
+    router_log_flush();
+    router_log_write(ROUTER_LOG_INFO, "u", "lost two");
+    router_log_flush();
+    assert_int_equal(unlink(f->path), 0);
+    assert_int_equal(router_log_reopen(), 0);
+    router_log_write(ROUTER_LOG_INFO, "t", "kept");
+    char *text = s_read(f->path);
+    char *note = strstr(text, "log: 2 log lines were not written to this file: No space left "
+                              "on device\n");
+    assert_non_null(note);
+    assert_true(note < strstr(text, "kept\n"));
+    assert_null(strstr(text, "lost"));
+    free(text);
+}
+
+/* stderr a pipe nobody reads: the writer gives up on it after a while
+ * instead of blocking for ever, so the file gets every line (and says
+ * stderr misses them) and stop returns. flush and stop used to hang. */
+static void test_unread_stderr_does_not_hold_the_file(void **state)
+{
+    s_fixture_t *f = *state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    (void) fcntl(fds[1], F_SETPIPE_SZ, 4096);
+    int saved = dup(STDERR_FILENO);
+    assert_true(saved >= 0);
+    assert_true(dup2(fds[1], STDERR_FILENO) >= 0);
+    close(fds[1]);
+    router_log_opts_t o = {.level = ROUTER_LOG_INFO, .path = f->path, .queue_bytes = S_QUEUE};
+    s_fixture_stop(f);
+    assert_int_equal(router_log_start(&o), 0);
+    router_log_set_rate(0, 0);
+    /* Several batches, more than the pipe holds, each waited for. */
+    for (int i = 0; i < 3; i++) {
+        for (int j = 0; j < 40; j++)
+            router_log_write(ROUTER_LOG_INFO, "t", "line %d.%d %0100d", i, j, 0);
+        router_log_flush();
+    }
+    router_log_stop();
+    assert_true(dup2(saved, STDERR_FILENO) >= 0);
+    close(saved);
+    close(fds[0]);
+    FILE *fp = fopen(f->path, "rb");
+    assert_non_null(fp);
+    char *text = calloc(1, 1 << 20);
+    size_t n = fread(text, 1, (1 << 20) - 1, fp);
+    fclose(fp);
+    text[n] = '\0';
+    assert_int_equal(s_count(text, " INFO  t: line "), 120);
+    assert_non_null(strstr(text, "log: stderr is not taking log lines (nobody reads it): they "
+                                 "go to this file only until it does\n"));
+    free(text);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, s_setup, s_teardown)
 
 int main(void)
@@ -343,6 +447,9 @@ int main(void)
         T(test_threads_share_the_budget),
         T(test_control_bytes_escaped),
         T(test_reopen_after_rotation),
+        T(test_file_opened_later),
+        T(test_lines_a_full_disk_lost_are_counted),
+        T(test_unread_stderr_does_not_hold_the_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -680,7 +680,9 @@ def main():
         # logs/daemon.log does not: refused before anything is started.
         home = deep_dir(tmp, 4080)
         os.makedirs(home)
-        refused(("daemon", "--home", home), f"kith daemon: cannot create {home}/logs")
+        refused(("daemon", "--home", home),
+                f"kith daemon: {home}/logs/daemon.log: path too long; use a shorter --home")
+        check(not os.path.exists(os.path.join(home, "logs")), "logs/ was made")
         # A flag's mistake is found before the home is made.
         fresh = os.path.join(tmp, "daemon-not-made")
         refused(("gateway", "--home", fresh, "--log-level", "loud"),
@@ -745,7 +747,8 @@ def main():
                 p.wait()
         text = open(errlog, errors="replace").read()
         want = (f"kith daemon: cannot open {home}/logs/daemon.log (Is a directory); logging "
-                "to stderr only")
+                "to stderr only: make that path a file kith can write, then send the daemon "
+                "SIGHUP to open it")
         check(text.splitlines()[0] == want, text[:600])
 
     def admin_answers():

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "agent/worker.h"
 #include "audit/worker.h"
@@ -513,6 +514,16 @@ static void s_warn_home_mode(const char *home)
                    home, (unsigned) (st.st_mode & 07777), home);
 }
 
+/* A start refused before anything ran takes back the folders it made:
+ * logs/, and the home when this run made it (rmdir: only when empty). */
+static void s_home_undo(const char *home, const char *logdir, bool home_new)
+{
+    if (!home_new)
+        return;
+    (void) rmdir(logdir);
+    (void) rmdir(home);
+}
+
 /* What to do when a listener cannot be opened, after the reason (the
  * rest of the start failures name their key or file already). */
 static const char *s_start_fix(const char *err)
@@ -585,7 +596,9 @@ static int s_serve(int argc, char **argv, const char *cmd)
      * or in a flag leaves no empty home behind (a home that does not exist
      * yet has no config.json: the defaults). */
     struct stat home_st;
-    if (stat(home, &home_st) == 0 && !S_ISDIR(home_st.st_mode)) {
+    int home_stat = stat(home, &home_st);
+    bool home_new = home_stat != 0 && errno == ENOENT; /* undone if the start is refused */
+    if (home_stat == 0 && !S_ISDIR(home_st.st_mode)) {
         fprintf(stderr, "kith %s: %s is not a directory; pass --home DIR (or set KITH_HOME) to "
                         "a directory, which kith makes when missing\n", cmd, home);
         return KITH_EXIT_FAIL;
@@ -619,22 +632,38 @@ static int s_serve(int argc, char **argv, const char *cmd)
         fprintf(stderr, "kith %s: %s\n", cmd, err);
         return KITH_EXIT_FAIL;
     }
+    char logdir[ROUTER_PATH_MAX], logpath[ROUTER_PATH_MAX];
+    if (router_home_path(home, "logs", logdir, sizeof logdir) != 0 ||
+        router_home_path(home, "logs/daemon.log", logpath, sizeof logpath) != 0) {
+        fprintf(stderr, "kith %s: %s/logs/daemon.log: path too long; use a shorter --home\n",
+                cmd, home);
+        return KITH_EXIT_FAIL;
+    }
     if (router_home_mkdirs(home, 0700) != 0) {
         fprintf(stderr, "kith %s: cannot create %s: %m\n", cmd, home);
         return KITH_EXIT_FAIL;
     }
-    char logdir[ROUTER_PATH_MAX], logpath[ROUTER_PATH_MAX];
-    if (router_home_path(home, "logs", logdir, sizeof logdir) != 0 ||
-        router_home_path(home, "logs/daemon.log", logpath, sizeof logpath) != 0 ||
-        router_home_mkdirs(logdir, 0700) != 0) {
-        fprintf(stderr, "kith %s: cannot create %s/logs\n", cmd, home);
+    if (router_home_mkdirs(logdir, 0700) != 0) {
+        fprintf(stderr, "kith %s: cannot create %s: %m; the daemon keeps its log there: check "
+                        "the home's permissions and free space\n", cmd, logdir);
+        s_home_undo(home, logdir, home_new);
         return KITH_EXIT_FAIL;
     }
-    if (kith_statedb_check(cmd, home) != 0)
+    if (kith_statedb_check(cmd, home) != 0) {
+        s_home_undo(home, logdir, home_new);
         return KITH_EXIT_FAIL;
+    }
+    /* Only the log failing is no reason to stop: the daemon serves with
+     * its log on stderr (and /api/daemon/logs) and SIGHUP opens the file
+     * once it can be. */
     router_log_opts_t lo = {.level = level, .path = logpath};
     if (router_log_start(&lo) != 0)
-        fprintf(stderr, "kith %s: cannot open %s (%m); logging to stderr only\n", cmd, logpath);
+        fprintf(stderr, "kith %s: cannot start the log writer (%m); logging to stderr only\n",
+                cmd);
+    else if (router_log_file_error() != 0)
+        fprintf(stderr, "kith %s: cannot open %s (%s); logging to stderr only: make that path a "
+                        "file kith can write, then send the daemon SIGHUP to open it\n",
+                cmd, logpath, strerror(router_log_file_error()));
 
     ROUTER_LOG(ROUTER_LOG_INFO, "daemon", "starting: home %s, config %s", home,
                used ? "config.json" : "embedded defaults");
