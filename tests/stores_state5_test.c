@@ -2,11 +2,10 @@
  * the machine reaches and the module tests did not: another program holding
  * state.db's write lock (SQLITE_BUSY past the busy timeout) while the inbox
  * and the token store have writes waiting, the deletes of ended turns
- * arriving while a failing disk makes their commit retry, and SQLite out
- * of memory on the inbox's store thread at each allocation of a commit
- * in turn. In each, nothing
- * is answered or acked before it is written, what is answered survives a
- * reopen, and nothing leaks (LSan). */
+ * arriving while a failing disk makes their commit retry, and SQLite out of
+ * memory on the inbox's store thread at each allocation of a commit in
+ * turn. In each, nothing is answered or acked before it is written, what
+ * is answered survives a reopen, and nothing leaks (LSan). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
