@@ -1914,6 +1914,90 @@ static void test_service_names_flood(void **state)
     router_metrics_destroy(&m);
 }
 
+/* True when the file at `path` holds the text `what`. */
+static bool s_file_has(const char *path, const char *what)
+{
+    char buf[4096] = "";
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, what) != NULL;
+}
+
+/* Makes a $KITH_HOME whose path is `len` bytes long under `base`. */
+static void s_home_of_length(const char *base, size_t len, char *home, size_t cap)
+{
+    size_t n = (size_t) snprintf(home, cap, "%s/", base);
+    assert_true(len > n && len < cap);
+    memset(home + n, 'h', len - n);
+    home[len] = '\0';
+    assert_int_equal(mkdir(home, 0700), 0);
+}
+
+/* The broker's CURVE certificate under a long $KITH_HOME. CZMQ builds the
+ * secret file's name "<path>_secret" in 256 bytes and cuts it silently:
+ * with workers/broker.cert at 255 bytes, the secret key was written over
+ * broker.cert itself (the public file operators hand to workers, 0644),
+ * and past that into whatever file the cut name named. Now such a home is
+ * refused, with the reason; the longest that fits works as ever. */
+static void test_curve_home_too_long_for_czmq(void **state)
+{
+    (void) state;
+    char base[] = "/tmp/kith-broker-test-XXXXXX";
+    assert_non_null(mkdtemp(base));
+    router_loop_t *loop = router_loop_new(NULL);
+    assert_non_null(loop);
+    const size_t cert_rel = strlen("/" ROUTER_BROKER_CURVE_CERT);
+    char home[400], cert[512], secret[520], err[512];
+    for (int round = 0; round < 2; round++) {
+        /* the secret's name at 262, 256 bytes (the cert at 255, 249): refused */
+        size_t secret_len = round == 0 ? 262 : 256;
+        char sub[400];
+        snprintf(sub, sizeof sub, "%s/%d", base, round);
+        assert_int_equal(mkdir(sub, 0700), 0);
+        s_home_of_length(sub, secret_len - 7 - cert_rel, home, sizeof home);
+        snprintf(cert, sizeof cert, "%s/%s", home, ROUTER_BROKER_CURVE_CERT);
+        char ep[64];
+        snprintf(ep, sizeof ep, "inproc://broker-test-long-home-%d", round);
+        router_broker_opts_t o = {.loop = loop, .endpoint = ep, .listen = "tcp://lo:*",
+                                  .home = home};
+        err[0] = '\0';
+        router_broker_t *b = router_broker_new(&o, err, sizeof err);
+        if (b) {
+            /* the old way: where did the secret go? */
+            fprintf(stderr, "broker.cert holds the secret key: %d\n",
+                    s_file_has(cert, "secret-key"));
+            router_broker_destroy(&b);
+        }
+        assert_null(b);
+        assert_non_null(strstr(err, "past the 255 CZMQ can write a certificate's secret to"));
+        assert_int_not_equal(access(cert, F_OK), 0);
+    }
+    /* The secret's name at 255: made, the secret in its own file only. */
+    char sub[400];
+    snprintf(sub, sizeof sub, "%s/fits", base);
+    assert_int_equal(mkdir(sub, 0700), 0);
+    s_home_of_length(sub, 255 - 7 - cert_rel, home, sizeof home);
+    snprintf(cert, sizeof cert, "%s/%s", home, ROUTER_BROKER_CURVE_CERT);
+    snprintf(secret, sizeof secret, "%s_secret", cert);
+    assert_int_equal(strlen(secret), 255);
+    router_broker_opts_t o = {.loop = loop, .endpoint = "inproc://broker-test-long-home-fits",
+                              .listen = "tcp://lo:*", .home = home};
+    router_broker_t *b = router_broker_new(&o, err, sizeof err);
+    assert_non_null(b);
+    router_broker_destroy(&b);
+    assert_false(s_file_has(cert, "secret-key"));
+    assert_true(s_file_has(secret, "secret-key"));
+    struct stat sb;
+    assert_int_equal(stat(secret, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    router_loop_destroy(&loop);
+    s_rm_rf(base);
+}
+
 static void test_new_refusals(void **state)
 {
     (void) state;
@@ -1993,6 +2077,7 @@ int main(void)
         cmocka_unit_test(test_ready_with_workers_full),
         cmocka_unit_test(test_flood_in_batches),
         cmocka_unit_test(test_new_refusals),
+        cmocka_unit_test(test_curve_home_too_long_for_czmq),
         cmocka_unit_test(test_service_names_flood),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -331,6 +331,75 @@ static void test_cert_made(void **state)
     rmdir(dir);
 }
 
+/* True when the file at `path` holds the text `what`. */
+static bool s_file_has(const char *path, const char *what)
+{
+    char buf[4096] = "";
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, what) != NULL;
+}
+
+/* A certificate path of `len` bytes in a directory made under `dir`. */
+static void s_path_of_length(const char *dir, const char *sub, size_t len, char *path,
+                             size_t cap)
+{
+    int n = snprintf(path, cap, "%s/%s", dir, sub);
+    assert_int_equal(mkdir(path, 0700), 0);
+    n += snprintf(path + n, cap - (size_t) n, "/");
+    assert_true(len > (size_t) n && len < cap);
+    memset(path + n, 'c', len - (size_t) n);
+    path[len] = '\0';
+}
+
+/* A worker's certificate path too long for CZMQ (kith agent --cert FILE):
+ * zcert_save and zcert_load build "<path>_secret" in 256 bytes and cut it
+ * silently, so with a path of 255 bytes the secret key was written over
+ * the path itself, the public half the operator copies into the broker's
+ * authorized/ directory (a longer one wrote it to whatever the cut name
+ * named). Now such a path is refused with the reason, nothing written;
+ * the longest that fits works. */
+static void test_cert_path_too_long_for_czmq(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-mdp-worker-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    zcert_t *server = zcert_new();
+    char path[400], secret[420], err[512] = "";
+    s_path_of_length(dir, "long", 255, path, sizeof path);
+    router_mdp_worker_opts_t o = {.endpoint = "inproc://mdp-worker-cert-long", .service = "kith.agent",
+                                  .curve_server_key = zcert_public_txt(server),
+                                  .curve_cert_path = path};
+    router_mdp_worker_t *w = router_mdp_worker_new(&o, err, sizeof err);
+    if (w)
+        fprintf(stderr, "the certificate holds the secret key: %d\n", s_file_has(path, "secret-key"));
+    router_mdp_worker_destroy(&w);
+    assert_non_null(strstr(err, "past the 248 CZMQ can write a certificate's secret to"));
+    assert_int_not_equal(access(path, F_OK), 0);
+    snprintf(secret, sizeof secret, "%s_secret", path);
+    assert_int_not_equal(access(secret, F_OK), 0);
+
+    s_path_of_length(dir, "fits", 248, path, sizeof path);
+    snprintf(secret, sizeof secret, "%s_secret", path);
+    w = router_mdp_worker_new(&o, err, sizeof err);
+    assert_non_null(w);
+    router_mdp_worker_destroy(&w);
+    assert_true(s_file_has(path, "public-key"));
+    assert_false(s_file_has(path, "secret-key"));
+    assert_true(s_file_has(secret, "secret-key"));
+    w = router_mdp_worker_new(&o, err, sizeof err); /* and it loads */
+    assert_non_null(w);
+    router_mdp_worker_destroy(&w);
+    zcert_destroy(&server);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 typedef struct {
     const char *path;
     const char *server_key;
@@ -698,6 +767,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_prestate(test_turn_round_trip, &s_own_thread),
+        cmocka_unit_test(test_cert_path_too_long_for_czmq),
         cmocka_unit_test_prestate(test_turn_round_trip, &s_same_thread),
         cmocka_unit_test_prestate(test_heartbeats_and_reconnect, &s_own_thread),
         cmocka_unit_test_prestate(test_heartbeats_and_reconnect, &s_same_thread),

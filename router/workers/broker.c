@@ -35,6 +35,9 @@
 /* How long the DISCONNECTs sent at destroy may take to leave (the
  * process's ZeroMQ context waits that long for them at its end). */
 #define S_DISCONNECT_LINGER_MS 100
+/* Longest name CZMQ gives a certificate's secret file: zcert_save and
+ * zcert_load (4.2) build "<path>_secret" in a char[256], cut silently. */
+#define S_CZMQ_SECRET_NAME_MAX 255
 /* ZAP domain of the CURVE endpoint. */
 #define S_ZAP_DOMAIN "kith.workers"
 /* kith_workers_alive series registered, ever: metrics cannot be removed,
@@ -701,6 +704,15 @@ static zcert_t *s_cert_load_or_make(const char *home, char *err, size_t errcap)
         return NULL;
     }
     snprintf(secret, sizeof secret, "%s_secret", path);
+    /* Past CZMQ's 255, its secret went under the cut name: with a path
+     * of 255 bytes that is broker.cert itself, the public file operators
+     * hand out, which then held the secret key (mode 0644). */
+    if (strlen(secret) > S_CZMQ_SECRET_NAME_MAX) {
+        snprintf(err, errcap, "workers: %s is %zu bytes long, past the %d CZMQ can write a "
+                 "certificate's secret to: a shorter $KITH_HOME", secret, strlen(secret),
+                 S_CZMQ_SECRET_NAME_MAX);
+        return NULL;
+    }
     if (s_dir_ensure(dir, err, errcap) != 0 || s_dir_ensure(auth, err, errcap) != 0)
         return NULL;
     if (access(secret, F_OK) == 0) {

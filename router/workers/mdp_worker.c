@@ -29,6 +29,10 @@
 #define PIPE_PARTIAL "P"
 #define PIPE_FINAL "F"
 
+/* Longest name CZMQ gives a certificate's secret file: zcert_save and
+ * zcert_load (4.2) build "<path>_secret" in a char[256], cut silently. */
+#define CZMQ_SECRET_NAME_MAX 255
+
 /* How long the DISCONNECT sent at destroy may take to leave. */
 #define DISCONNECT_LINGER_MS 500
 
@@ -370,6 +374,15 @@ static zcert_t *s_cert_load_or_make(const char *path, char *err, size_t errcap)
 {
     char secret[4096];
     snprintf(secret, sizeof secret, "%s_secret", path);
+    /* Past CZMQ's 255, its secret went under the cut name: for a path of
+     * 255 bytes that is `path` itself, the public half operators copy to
+     * the broker, which then held the secret key. */
+    if (strlen(path) + 7 > CZMQ_SECRET_NAME_MAX) {
+        snprintf(err, errcap, "mdp worker: %s is %zu bytes long, past the %d CZMQ can write a "
+                 "certificate's secret to (with \"_secret\"): a shorter path", path,
+                 strlen(path), CZMQ_SECRET_NAME_MAX - 7);
+        return NULL;
+    }
     if (access(secret, F_OK) == 0 || access(path, F_OK) == 0) {
         zcert_t *c = zcert_load(path);
         if (!c || !zcert_secret_txt(c)[0] ||
