@@ -7,9 +7,14 @@
  * concerns ends with a reason (EBUSY), the peer is told (FIN or RST, never
  * silence), nothing leaks (LSan), and every other connection goes on being
  * served. Also a wait the kernel answers with -EBADR (completions dropped):
- * the loop goes on. Skipped, visibly, where the kernel refuses io_uring. */
+ * the loop goes on; and polls the kernel ends with an error
+ * (router_uring_op_fault: the listeners' poll, a watch's, the loop's own
+ * eventfd's), armed again after a pause, never left dead, never spinning.
+ * Skipped, visibly, where the kernel refuses io_uring. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -24,11 +29,13 @@
 #include <sys/time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <liburing.h>
 
 #include "router/log.h"
 #include "router/net/conn.h"
 #include "router/net/listen.h"
 #include "router/net/loop.h"
+#include "router/net/loop_internal.h"
 #include "loop_until.h"
 #include "uring_fail.h"
 
@@ -663,6 +670,259 @@ static void test_wait_dropped_cqes(void **state)
     close(c0);
 }
 
+/* ------------------------------------------------------------ polls the kernel ends with an error */
+
+int router_uring_op_fault(int op);
+
+static _Thread_local int s_fault_op = -1;     /* the request kind to fail, -1: none */
+static _Thread_local int s_fault_res[2];      /* ...with these results, in turn */
+static _Thread_local long s_fault_count;      /* ...this many more times (< 0: always) */
+static _Thread_local unsigned s_faulted;      /* requests failed so */
+
+/* Replaces loop_uring.c's weak seam: the armed kind of request completes
+ * with the armed error (the first, then the second for every later one),
+ * as when the kernel ends a poll. */
+int router_uring_op_fault(int op)
+{
+    if (op != s_fault_op || s_fault_count == 0)
+        return 0;
+    if (s_fault_count > 0)
+        s_fault_count--;
+    return s_fault_res[s_faulted++ ? 1 : 0];
+}
+
+/* Whether the kernel completes a NOP with the result asked for
+ * (IORING_NOP_INJECT_RESULT, Linux 6.10): the seam needs it. */
+static bool s_nop_inject_works(void)
+{
+    struct io_uring ring;
+    if (io_uring_queue_init(2, &ring, 0) != 0)
+        return false;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+    io_uring_prep_nop(sqe);
+    sqe->rw_flags = 1u << 0;
+    sqe->len = (unsigned) -ENOMEM;
+    struct io_uring_cqe *cqe;
+    bool ok = io_uring_submit(&ring) == 1 && io_uring_wait_cqe(&ring, &cqe) == 0 &&
+              cqe->res == -ENOMEM;
+    io_uring_queue_exit(&ring);
+    return ok;
+}
+
+static void s_fault_arm2(router_op_t op, int first, int then, long count)
+{
+    if (!s_nop_inject_works()) {
+        print_message("this kernel cannot complete a request with a chosen error: skipping\n");
+        skip();
+    }
+    s_fault_op = (int) op;
+    s_fault_res[0] = first;
+    s_fault_res[1] = then;
+    s_fault_count = count;
+    s_faulted = 0;
+}
+
+static void s_fault_arm(router_op_t op, int res, long count)
+{
+    s_fault_arm2(op, res, res, count);
+}
+
+static unsigned s_fault_disarm(void)
+{
+    s_fault_op = -1;
+    return s_faulted;
+}
+
+/* The listeners' poll ended by the kernel, not by the teardown (an error,
+ * then ECANCELED): it is armed again, and later connections are accepted.
+ * With ECANCELED it was taken for the teardown's cancel and never armed
+ * again: every listener deaf for good. (The first failure is there so
+ * that the second ends a poll armed after the listener's first look.) */
+static void s_accept_poll_ended(void **state, int res)
+{
+    s_fix_t *f = s_fix(state);
+    s_fault_arm2(ROUTER_OP_ACCEPT, -ENOMEM, res, 2);
+    s_listen(f);
+    int c0 = s_client(f); /* taken by the first look at the listeners */
+    s_accept_n(f, 1);
+    int c1 = s_client(f); /* only the poll armed again sees this one */
+    s_accept_n(f, 2);
+    assert_int_equal(s_fault_disarm(), 2);
+    s_still_served(f, &f->side[1], c1);
+    s_still_served(f, &f->side[0], c0);
+    close(c0);
+    close(c1);
+}
+
+static void test_accept_poll_cancelled(void **state)
+{
+    s_accept_poll_ended(state, -ECANCELED);
+}
+
+static void test_accept_poll_error(void **state)
+{
+    s_accept_poll_ended(state, -ENOMEM);
+}
+
+/* Counted over loop iterations, never over time (as listen_test's "no
+ * spin"): each wake callback wakes the loop again. */
+enum { S_WINDOW_WAKES = 400 };
+
+typedef struct {
+    s_fix_t *f;
+    unsigned phase;       /* 0: waiting for the first failure; 1: counting; 2: the accept */
+    unsigned wakes;       /* wake callbacks in the window */
+    unsigned at;          /* failures when the window opened */
+    unsigned window;      /* ...and in it */
+    bool hung;
+} s_spin_t;
+
+static void s_spin_wake(router_loop_t *loop, void *ud)
+{
+    s_spin_t *d = ud;
+    if (d->phase == 0 && s_faulted >= 1) {
+        d->phase = 1;
+        d->at = s_faulted;
+    } else if (d->phase == 1 && ++d->wakes == S_WINDOW_WAKES) {
+        d->window = s_faulted - d->at;
+        (void) s_fault_disarm();
+        d->phase = 2;
+    } else if (d->phase == 2 && d->f->accepted >= 1) {
+        router_loop_stop(loop);
+        return;
+    }
+    router_loop_wake(loop);
+}
+
+static void s_spin_hang(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) id;
+    *(bool *) ud = true;
+    router_loop_stop(loop);
+}
+
+/* A listeners' poll the kernel keeps ending with an error is armed again
+ * at most every 10 ms, not on every turn of the loop (which spun at full
+ * CPU, a log line each turn); the listeners are looked at each time, so a
+ * connection waiting meanwhile is accepted, and once the poll holds, later
+ * ones are too. */
+static void test_accept_poll_failing_no_spin(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    s_fault_arm(ROUTER_OP_ACCEPT, -ENOMEM, -1); /* every poll on the listeners fails */
+    s_listen(f);
+    int c0 = s_client(f);
+    s_spin_t d = {.f = f};
+    uint64_t guard = router_loop_timer_add(f->loop, S_MAX_MS, s_spin_hang, &d.hung);
+    assert_true(guard != 0);
+    router_loop_set_wake_cb(f->loop, s_spin_wake, &d);
+    router_loop_wake(f->loop);
+    assert_int_equal(router_loop_run(f->loop), 0);
+    router_loop_set_wake_cb(f->loop, NULL, NULL);
+    (void) s_fault_disarm();
+    assert_false(d.hung);
+    print_message("accept poll failures in %u wake-ups: %u\n", (unsigned) S_WINDOW_WAKES,
+                  d.window);
+    assert_true(d.window < S_WINDOW_WAKES / 20);
+    assert_int_equal(router_loop_timer_cancel(f->loop, guard), 0);
+    int c1 = s_client(f);
+    s_accept_n(f, 2);
+    s_still_served(f, &f->side[0], c0);
+    s_still_served(f, &f->side[1], c1);
+    close(c0);
+    close(c1);
+}
+
+/* A watch whose poll the kernel ends for want of memory goes on: it is
+ * armed again (after a pause) and reports the next read, with no error.
+ * It was taken for a dead file: ROUTER_EV_ERROR, and never watched again. */
+static void test_watch_poll_nomem(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    s_watch_seen_t seen = {0};
+    s_fault_arm(ROUTER_OP_POLL, -ENOMEM, 1);
+    router_watch_t *w = router_loop_watch_fd(f->loop, p[0], ROUTER_EV_READ, s_watch_cb, &seen);
+    assert_int_equal(s_fault_disarm(), 1);
+    assert_non_null(w);
+    assert_true(router_loop_timer_add(f->loop, 30, s_pipe_write, &p[1]) != 0);
+    test_loop_until(f->loop, s_watch_fired, &seen, 2, S_MAX_MS);
+    assert_int_equal(seen.events & ROUTER_EV_ERROR, 0);
+    assert_true(seen.events & ROUTER_EV_READ);
+    router_watch_destroy(&w);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* The loop's own eventfd watch, its poll ended for want of memory: posts
+ * from another thread still wake the idle loop, one after another. They
+ * waited for the next timer (here the guard, far off): the error left the
+ * eventfd unwatched for good. */
+enum { S_POSTS = 20 };
+
+typedef struct {
+    router_loop_t *loop;
+    sem_t ran;           /* posted by each post run */
+    unsigned late;       /* posts not run within S_MAX_MS */
+    bool hung;
+} s_poster_t;
+
+static void s_poster_mark(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    sem_post(&((s_poster_t *) arg)->ran);
+}
+
+static void *s_poster_main(void *arg)
+{
+    s_poster_t *p = arg;
+    for (int i = 0; i < S_POSTS; i++) {
+        /* A moment first, so the loop has gone back to sleep. */
+        struct timespec pause = {0, 2000000L};
+        nanosleep(&pause, NULL);
+        assert_int_equal(router_loop_post(p->loop, s_poster_mark, p), 0);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += S_MAX_MS / 1000;
+        int rc;
+        while ((rc = sem_timedwait(&p->ran, &until)) != 0 && errno == EINTR)
+            ;
+        if (rc != 0) {
+            p->late++;
+            break;
+        }
+    }
+    router_loop_stop(p->loop);
+    return NULL;
+}
+
+static void test_eventfd_poll_nomem(void **state)
+{
+    (void) state;
+    router_loop_opts_t o = {.backend = ROUTER_LOOP_URING};
+    s_fault_arm(ROUTER_OP_POLL, -ENOMEM, 1); /* the first poll: the eventfd's */
+    router_loop_t *loop = router_loop_new(&o);
+    assert_int_equal(s_fault_disarm(), 1);
+    if (!loop) {
+        print_message("io_uring refused here: skipping\n");
+        skip();
+    }
+    s_poster_t p = {.loop = loop};
+    assert_int_equal(sem_init(&p.ran, 0, 0), 0);
+    uint64_t guard = router_loop_timer_add(loop, 2 * S_MAX_MS, s_spin_hang, &p.hung);
+    assert_true(guard != 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, s_poster_main, &p), 0);
+    assert_int_equal(router_loop_run(loop), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(p.late, 0);
+    assert_false(p.hung);
+    (void) router_loop_timer_cancel(loop, guard);
+    sem_destroy(&p.ran);
+    router_loop_destroy(&loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -678,6 +938,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_destroy_sqe_back, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_wait_dropped_cqes, s_setup, s_teardown),
         cmocka_unit_test(test_recv_nobufs_rearmed),
+        cmocka_unit_test_setup_teardown(test_accept_poll_cancelled, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_accept_poll_error, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_accept_poll_failing_no_spin, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_watch_poll_nomem, s_setup, s_teardown),
+        cmocka_unit_test(test_eventfd_poll_nomem),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,6 +5,7 @@
  *   process, see "listeners"): one multishot poll on an epoll set of the
  *   listeners, then nonblocking accept4(); EMFILE and friends take the
  *   listener out of the set for a moment.
+ *   A poll the kernel ends with an error is armed again after 10 ms.
  * - RECV: one multishot recv per connection reading into a ring of provided
  *   buffers (IOSQE_BUFFER_SELECT); the buffer id comes back in the CQE
  *   flags and the buffer returns to the ring right after on_data. -ENOBUFS
@@ -13,7 +14,8 @@
  *   queued block, a sendmsg over up to 16; a short write re-submits the
  *   rest.
  * - CONNECT: prep_connect on a nonblocking socket.
- * - POLL: multishot poll for watches (edge-triggered), re-armed when it ends.
+ * - POLL: multishot poll for watches (edge-triggered), re-armed when it ends
+ *   (after 10 ms when the kernel ended it for want of memory).
  * user_data is the object's address with the opcode in its low bits; an
  * object is freed only once all its requests have completed (inflight).
  * Kernels without multishot recv get single-shot receives re-armed after
@@ -46,6 +48,12 @@
 #define S_ACCEPT_EVENTS 32
 /* How long destroy waits for cancelled requests to complete. */
 #define S_DRAIN_MS 1000
+/* How long a poll the kernel ended with a passing error (no memory) waits
+ * before it is armed again: at once, an error the kernel repeats would
+ * spin the loop. */
+#define S_REARM_MS 10
+/* IORING_NOP_INJECT_RESULT (Linux 6.10), newer than liburing 2.3's header. */
+#define S_NOP_INJECT_RESULT (1u << 0)
 
 typedef struct s_uring {
     struct io_uring ring;          /* the ring */
@@ -61,7 +69,10 @@ typedef struct s_uring {
     int accept_ep;                 /* epoll set of the listeners (see "listeners") */
     bool accept_polled;            /* a multishot poll on accept_ep is in flight */
     bool accept_again;             /* a listener may have connections waiting */
-    bool watch_rearm;              /* a live watch's poll ended and found no SQE */
+    bool watch_rearm;              /* a live watch's poll ended and was not armed again */
+    uint64_t watch_rearm_at;       /* ...not before this (monotonic ms; 0: at once) */
+    uint64_t accept_rearm_at;      /* the accept poll failed: armed again then, 0 if not */
+    bool accept_failing;           /* the accept poll's last end was an error (logged once) */
 } s_uring_t;
 
 static s_uring_t *s_u(const router_loop_t *loop)
@@ -85,6 +96,31 @@ int router_uring_wait_fault(int rc);
 __attribute__((weak)) int router_uring_wait_fault(int rc)
 {
     return rc;
+}
+
+/* The test seam for a request the kernel ends with an error: a weak
+ * definition that fails nothing, which tests/loop_uring_test.c replaces.
+ * A nonzero answer (-errno) turns the request about to be queued into a
+ * NOP that the kernel completes, under the request's own tag and without
+ * IORING_CQE_F_MORE, with that result: the completion a poll ended by the
+ * kernel brings. */
+int router_uring_op_fault(int op);
+__attribute__((weak)) int router_uring_op_fault(int op)
+{
+    (void) op;
+    return 0;
+}
+
+/* True if the seam asked for op to fail: sqe is then that NOP. */
+static bool s_prep_fault(struct io_uring_sqe *sqe, router_op_t op)
+{
+    int res = router_uring_op_fault((int) op);
+    if (res == 0)
+        return false;
+    io_uring_prep_nop(sqe);
+    sqe->rw_flags = S_NOP_INJECT_RESULT;
+    sqe->len = (unsigned) res;
+    return true;
 }
 
 /* An SQE, submitting what is queued if the SQ is full. NULL if none can be
@@ -290,7 +326,8 @@ static int s_accept_arm(s_uring_t *u)
     struct io_uring_sqe *sqe = s_sqe(u);
     if (!sqe)
         return -EBUSY;
-    io_uring_prep_poll_multishot(sqe, u->accept_ep, POLLIN);
+    if (!s_prep_fault(sqe, ROUTER_OP_ACCEPT))
+        io_uring_prep_poll_multishot(sqe, u->accept_ep, POLLIN);
     io_uring_sqe_set_data64(sqe, router_op_pack(u, ROUTER_OP_ACCEPT));
     u->accept_polled = true;
     u->inflight++;
@@ -359,13 +396,25 @@ static void s_on_accept(router_loop_t *loop, const struct io_uring_cqe *cqe)
         u->accept_polled = false;
         u->inflight--;
     }
-    if (cqe->res == -ECANCELED || loop->destroying)
+    if (loop->destroying)
+        return; /* the teardown's cancel */
+    if (cqe->res < 0) {
+        /* Armed again after a pause, whatever the error (ECANCELED too:
+         * only the teardown cancels it): never, and every listener was
+         * deaf for good; at once, an error the kernel repeats spun the
+         * loop and logged a line per turn. Connections wait meanwhile in
+         * their backlog. */
+        if (!u->accept_failing)
+            ROUTER_LOG(ROUTER_LOG_WARN, "loop",
+                       "poll on the listeners failed (%s): re-arming in %d ms",
+                       strerror(-cqe->res), S_REARM_MS);
+        u->accept_failing = true;
+        if (!u->accept_polled)
+            u->accept_rearm_at = router_loop_now_ms(loop) + S_REARM_MS;
         return;
-    if (cqe->res < 0)
-        ROUTER_LOG(ROUTER_LOG_WARN, "loop", "poll on the listeners failed (%s): re-arming",
-                   strerror(-cqe->res));
-    else
-        s_listeners_accept(loop);
+    }
+    u->accept_failing = false;
+    s_listeners_accept(loop);
     if (!u->accept_polled && s_accept_arm(u) < 0)
         u->accept_again = true; /* no SQE now: try again before the next wait */
 }
@@ -574,7 +623,8 @@ static int s_watch_start(router_watch_t *w)
     struct io_uring_sqe *sqe = s_sqe(u);
     if (!sqe)
         return -EBUSY;
-    io_uring_prep_poll_multishot(sqe, w->fd, s_poll_mask(w->events));
+    if (!s_prep_fault(sqe, ROUTER_OP_POLL))
+        io_uring_prep_poll_multishot(sqe, w->fd, s_poll_mask(w->events));
     io_uring_sqe_set_data64(sqe, router_op_pack(w, ROUTER_OP_POLL));
     w->be.u.inflight++;
     w->be.u.failed = false;
@@ -621,6 +671,14 @@ static bool s_watch_busy(const router_watch_t *w)
     return w->be.u.inflight > 0;
 }
 
+/* Errors that say nothing about the watched file: the kernel was short of
+ * memory for the poll, or the like. */
+static bool s_poll_err_passing(int res)
+{
+    return res == -ENOMEM || res == -EAGAIN || res == -EINTR || res == -ENOBUFS ||
+           res == -EBUSY;
+}
+
 static void s_on_poll(router_loop_t *loop, router_watch_t *w, const struct io_uring_cqe *cqe)
 {
     s_uring_t *u = s_u(loop);
@@ -629,6 +687,7 @@ static void s_on_poll(router_loop_t *loop, router_watch_t *w, const struct io_ur
         w->be.u.inflight--;
         u->inflight--;
     }
+    bool passing = cqe->res < 0 && s_poll_err_passing(cqe->res);
     if (cqe->res >= 0) {
         unsigned ev = (unsigned) cqe->res, out = 0;
         if (ev & (POLLIN | POLLRDHUP | POLLPRI))
@@ -641,9 +700,18 @@ static void s_on_poll(router_loop_t *loop, router_watch_t *w, const struct io_ur
                 out |= ROUTER_EV_READ;
         }
         router_watch_fire(w, out & (w->events | ROUTER_EV_ERROR));
-    } else if (cqe->res != -ECANCELED && !w->dead) {
+    } else if (cqe->res != -ECANCELED && !passing && !w->dead) {
         w->be.u.failed = true; /* EBADF and the like: re-arming would only fail again */
         router_watch_fire(w, ROUTER_EV_ERROR);
+    }
+    /* A passing error (no memory for the poll) is no end of the watch: it
+     * was reported as one and left unwatched for good — the loop's own
+     * eventfd watch ignores the error, so posts from other threads no
+     * longer woke an idle loop. It is armed again after a pause. */
+    if (passing && !more && !w->dead && w->be.u.inflight == 0) {
+        u->watch_rearm = true;
+        u->watch_rearm_at = router_loop_now_ms(loop) + S_REARM_MS;
+        return;
     }
     /* A poll that ended with no SQE to re-arm it (the kernel ends
      * multishot polls when its completion queue overflows, just when SQEs
@@ -706,9 +774,22 @@ static int s_wait(router_loop_t *loop, int timeout_ms)
     if (loop->dead_watches)
         s_watch_retry_stops(loop);
     if (u->watch_rearm) {
-        s_watch_retry_starts(loop);
-        if (u->watch_rearm && (timeout_ms < 0 || timeout_ms > 10))
-            timeout_ms = 10; /* still none: try again soon, not never */
+        uint64_t now = router_loop_now_ms(loop);
+        if (now >= u->watch_rearm_at)
+            s_watch_retry_starts(loop);
+        /* Still none, or pausing: try again soon, not never. */
+        int left = u->watch_rearm_at > now ? (int) (u->watch_rearm_at - now) : S_REARM_MS;
+        if (u->watch_rearm && (timeout_ms < 0 || timeout_ms > left))
+            timeout_ms = left;
+    }
+    if (u->accept_rearm_at) {
+        uint64_t now = router_loop_now_ms(loop);
+        if (now >= u->accept_rearm_at) {
+            u->accept_rearm_at = 0;
+            u->accept_again = true; /* accepted and armed after the wait */
+        } else if (timeout_ms < 0 || timeout_ms > (int) (u->accept_rearm_at - now)) {
+            timeout_ms = (int) (u->accept_rearm_at - now);
+        }
     }
     if (u->accept_again)
         timeout_ms = 0; /* accepted below, after the wait: not a reason to sleep */
