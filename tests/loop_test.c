@@ -1542,6 +1542,55 @@ static void test_accepted_refused_by_epoll(void **state)
     router_loop_destroy(&loop);
 }
 
+typedef struct {
+    router_loop_t *loop;
+    s_acc_t *a;
+    uint64_t errors; /* accept_errors to wait for */
+} s_acc_err_t;
+
+static bool s_acc_errors(void *ud)
+{
+    s_acc_err_t *e = ud;
+    router_loop_stats_t st;
+    router_loop_stats(e->loop, &st);
+    return st.accept_errors >= e->errors;
+}
+
+static bool s_acc_one(void *ud)
+{
+    return ((s_acc_t *) ud)->accepted >= 1;
+}
+
+/* A listener backing off after EMFILE whose restart the epoll set refuses
+ * (no memory for the entry): counted, paused again, and restarted at the
+ * next retry, which accepts the connection that waited all along. */
+static void test_listener_restart_refused_by_epoll(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    router_addr_t addr;
+    assert_int_equal(router_addr_parse("127.0.0.1:0", &addr, NULL), 0);
+    s_acc_t a = {0};
+    router_listener_t *l = router_loop_listen(loop, &addr, s_acc_on_accept, &a);
+    assert_non_null(l);
+    int c = s_tcp_client(l);
+    struct rlimit restore;
+    s_fds_limit(0, &restore);
+    s_ctl_fail_arm(EPOLL_CTL_ADD, ENOMEM); /* the first restart's */
+    s_acc_err_t e = {loop, &a, 2};         /* EMFILE, then the refused restart */
+    bool ok = test_loop_wait(loop, s_acc_errors, &e, 2, 10000);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &restore), 0);
+    assert_true(ok);
+    assert_int_equal(s_ctl_failed, 1);
+    assert_int_equal(a.accepted, 0);
+    test_loop_until(loop, s_acc_one, &a, 2, 10000);
+    router_loop_stats_t st;
+    router_loop_stats(loop, &st);
+    assert_int_equal(st.accept_errors, 2);
+    close(c);
+    router_listener_close(&l);
+    router_loop_destroy(&loop);
+}
+
 #define BOTH(f)                                                        \
     {#f "@uring", f, NULL, NULL, &s_uring}, {#f "@epoll", f, NULL, NULL, &s_epoll}
 
@@ -1577,6 +1626,8 @@ int main(void)
          &s_epoll},
         {"test_accepted_refused_by_epoll@epoll", test_accepted_refused_by_epoll, NULL, NULL,
          &s_epoll},
+        {"test_listener_restart_refused_by_epoll@epoll", test_listener_restart_refused_by_epoll,
+         NULL, NULL, &s_epoll},
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
