@@ -35,6 +35,7 @@
 #include "proto/pubkey.h"
 #include "proto/uuid.h"
 #include "proto/worker_msg.h"
+#include "router/log.h"
 #include "router/net/loop.h"
 #include "router/state/inbox.h"
 #include "router/state/trust.h"
@@ -1789,6 +1790,90 @@ static void test_crowd_detached_mid_delivery(void **state)
     s_teardown(&e);
 }
 
+/* Whether the log said an inbox turn waits for the worker queue. */
+static atomic_int s_resend_said;
+
+static void s_tap_resend(router_log_level_t level, const char *module, const char *line,
+                         size_t len, void *ud)
+{
+    (void) level, (void) module, (void) ud;
+    if (memmem(line, len, "cannot take it now", 18))
+        atomic_store(&s_resend_said, 1);
+}
+
+static bool s_resend_logged(void *ud)
+{
+    (void) ud;
+    return atomic_load(&s_resend_said) != 0;
+}
+
+/* An inbox entry whose turn the worker queue cannot take (full: a chat
+ * turn no worker took holds its one place): the turn waits and is sent
+ * again, not ended; once the queue has room it runs, with the history
+ * before its message (not its own message twice), and the entry leaves the
+ * inbox done. Before, the turn ended AGENT_ERROR at once and the acked
+ * entry was deleted without reaching the agent. */
+static void test_inbox_waits_for_the_worker_queue(void **state)
+{
+    (void) state;
+    env_t e = {0};
+    char err[256] = "";
+    snprintf(EP, sizeof EP, "inproc://turns-test-%d", ++s_case);
+    e.loop = router_loop_new(NULL);
+    assert_non_null(e.loop);
+    router_broker_opts_t bo = {.loop = e.loop, .endpoint = EP, .heartbeat_ms = 100,
+                               .liveness = 100, .queue_max = 1};
+    e.b = router_broker_new(&bo, err, sizeof err);
+    assert_non_null(e.b);
+    router_inbox_opts_t io = {.capacity = 16};
+    e.inbox = router_inbox_new(&io, err, sizeof err);
+    assert_non_null(e.inbox);
+    router_turns_opts_t to = {.loop = e.loop, .broker = e.b, .inbox = e.inbox,
+                              .comms_session = "comms"};
+    e.t = router_turns_new(&to, err, sizeof err);
+    assert_non_null(e.t);
+    frames_t b = {0}, c = {0};
+    router_turns_sub_t sb = router_turns_attach(e.t, "busy", NULL, s_on_frame, &b);
+    router_turns_sub_t sc = router_turns_attach(e.t, "comms", NULL, s_on_frame, &c);
+    s_wait(&e, &b, ROUTER_TURN_FRAME_SESSION_START, 1);
+    s_wait(&e, &c, ROUTER_TURN_FRAME_SESSION_START, 1);
+    const char *code = NULL;
+    assert_int_equal(router_turns_submit(e.t, sb, "first", 5, &code), 0);
+    queued_t q = {e.b, 1};
+    s_run(&e, s_queued, &q);
+
+    atomic_store(&s_resend_said, 0);
+    router_log_set_tap(s_tap_resend, NULL);
+    uint8_t id[16], nobody[32] = {0};
+    uint64_t seq;
+    proto_uuid_v7_new(id);
+    const char *line = "disk almost full";
+    assert_int_equal(router_inbox_admit(e.inbox, id, nobody, "event", (const uint8_t *) line,
+                                        strlen(line), 1, NULL, &seq), ROUTER_INBOX_ADMITTED);
+    router_turns_kick(e.t);
+    s_run(&e, s_resend_logged, NULL);
+    router_turns_stats_t st;
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.errors, 0);
+    assert_int_equal(s_count(&c, ROUTER_TURN_FRAME_ERROR), 0);
+    assert_int_equal(router_inbox_count(e.inbox), 1);
+
+    router_turns_stop(e.t, sb); /* not taken by a worker: stopped, its place free */
+    assert_int_equal(s_count(&b, ROUTER_TURN_FRAME_STOPPED), 1);
+    e.agent = s_agent_start();
+    s_wait(&e, &c, ROUTER_TURN_FRAME_DONE, 1);
+    assert_non_null(strstr(s_last(&c, ROUTER_TURN_FRAME_DONE), "echo(h=0): disk almost full"));
+    s_run(&e, s_inbox_empty, e.inbox);
+    router_turns_stats(e.t, &st);
+    assert_int_equal(st.errors, 0);
+    assert_int_equal(st.done, 1);
+    assert_int_equal(st.stopped, 1);
+    router_log_set_tap(NULL, NULL);
+    router_turns_detach(e.t, sb);
+    router_turns_detach(e.t, sc);
+    s_teardown(&e);
+}
+
 /* A history too large for one turn request (PROTO_WORKER_BODY_MAX) loses
  * its oldest half until the request fits: the turn still runs. */
 static void test_long_history(void **state)
@@ -2385,6 +2470,7 @@ int main(void)
         cmocka_unit_test(test_inbox_turns),
         cmocka_unit_test(test_backlog_that_cannot_start),
         cmocka_unit_test(test_inbox_waits_for_the_store),
+        cmocka_unit_test(test_inbox_waits_for_the_worker_queue),
         cmocka_unit_test(test_sessions_api),
         cmocka_unit_test(test_no_worker),
         cmocka_unit_test(test_silent_worker),

@@ -105,6 +105,8 @@ struct s_turn {
     uint64_t started_mono;
     uint64_t timer;            /* turn timeout, then stop grace */
     uint64_t retry_timer;      /* controls waiting for dispatch */
+    uint64_t resend_timer;     /* an inbox turn the worker queue could not take: its next try */
+    bool resending;            /* ...said once in the log */
     uint8_t *controls[S_CONTROLS_MAX];
     size_t control_len[S_CONTROLS_MAX];
     size_t ncontrols;
@@ -866,11 +868,55 @@ static void s_frame_stopped(s_turn_t *turn, const char *message)
 }
 
 static void s_on_history(void *ud, uint64_t tag, int rc, const router_sessions_msg_t *msgs,
+                         size_t n);
+
+static void s_resend(router_loop_t *loop, uint64_t id, void *ud);
+
+/* An inbox turn the worker queue cannot take now (full, or no memory to
+ * send it): its acked entry is not ended for a passing shortage. S_POLL_MS
+ * later its history is read again and the turn sent (s_resend); a stop
+ * meanwhile ends it then. -1: no timer for that. */
+static int s_resend_later(s_turn_t *turn)
+{
+    router_turns_t *t = turn->t;
+    if (!turn->resend_timer &&
+        !(turn->resend_timer = router_loop_timer_add(t->o.loop, S_POLL_MS, s_resend, turn)))
+        return -1;
+    if (!turn->resending)
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "turn %s of inbox entry seq=%llu: the worker queue"
+                   " cannot take it now (full, or no memory): tried again every %u ms",
+                   turn->id_text, (unsigned long long) turn->item->seq, S_POLL_MS);
+    turn->resending = true;
+    return 0;
+}
+
+static void s_resend(router_loop_t *loop, uint64_t id, void *ud)
+{
+    (void) loop;
+    (void) id;
+    s_turn_t *turn = ud;
+    router_turns_t *t = turn->t;
+    turn->resend_timer = 0;
+    if (turn->stop_asked) {
+        s_frame_stopped(turn, "stopped before it started");
+        s_turn_end(turn, "stopped");
+        return;
+    }
+    if (router_sessions_history(t->store, turn->sess->id, t->o.max_history_messages,
+                                s_on_history, t, turn->serial) != 0 &&
+        s_resend_later(turn) != 0) {
+        s_frame_error(turn, "AGENT_ERROR",
+                      "the worker queue is full or the turn cannot be sent (out of memory)");
+        s_turn_end(turn, "error");
+    }
+}
+
+static void s_on_history(void *ud, uint64_t tag, int rc, const router_sessions_msg_t *msgs,
                          size_t n)
 {
     router_turns_t *t = ud;
     s_turn_t *turn = s_turn_by_serial(t, tag);
-    if (!turn || turn->phase != T_LOADING)
+    if (!turn || turn->phase != T_LOADING || turn->resend_timer)
         return;
     if (turn->stop_asked) {
         s_frame_stopped(turn, "stopped before it started");
@@ -882,7 +928,13 @@ static void s_on_history(void *ud, uint64_t tag, int rc, const router_sessions_m
                    turn->id_text);
         n = 0;
     }
+    /* A second try's read holds the turn's own message, stored at its
+     * first: the history is what came before it. */
+    while (n > 0 && strcmp(msgs[n - 1].turn_id, turn->id_text) == 0)
+        n--;
     if (s_turn_send(turn, msgs, n) != 0) {
+        if (turn->item->from_inbox && s_resend_later(turn) == 0)
+            return;
         s_frame_error(turn, "AGENT_ERROR",
                       "the worker queue is full or the turn cannot be sent (out of memory)");
         s_turn_end(turn, "error");
@@ -999,7 +1051,9 @@ static void s_turn_timers_cancel(s_turn_t *turn)
         (void) router_loop_timer_cancel(loop, turn->timer);
     if (turn->retry_timer)
         (void) router_loop_timer_cancel(loop, turn->retry_timer);
-    turn->timer = turn->retry_timer = 0;
+    if (turn->resend_timer)
+        (void) router_loop_timer_cancel(loop, turn->resend_timer);
+    turn->timer = turn->retry_timer = turn->resend_timer = 0;
 }
 
 /* Frees turn, finishes its item, starts the next. `status`: done, stopped,
