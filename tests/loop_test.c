@@ -1591,6 +1591,37 @@ static void test_listener_restart_refused_by_epoll(void **state)
     router_loop_destroy(&loop);
 }
 
+/* A Unix listener the epoll set refuses is not made: NULL with the
+ * reason, its descriptor closed and its socket file removed (a file left
+ * there would be taken for another daemon's socket, or for a stale one,
+ * by the next start), and the same address listens once it can. */
+static void test_uds_listener_refused_by_epoll(void **state)
+{
+    router_loop_t *loop = s_loop_new(state, NULL);
+    char dir[] = "/tmp/kith-loop-test-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char text[128];
+    snprintf(text, sizeof text, "uds://%s/l.sock", dir);
+    router_addr_t addr;
+    assert_int_equal(router_addr_parse(text, &addr, NULL), 0);
+    s_acc_t a = {0};
+    unsigned fds = s_fd_count();
+    s_ctl_fail_arm(EPOLL_CTL_ADD, ENOSPC);
+    errno = 0;
+    assert_null(router_loop_listen(loop, &addr, s_acc_on_accept, &a));
+    assert_int_equal(errno, ENOSPC);
+    assert_int_equal(s_ctl_failed, 1);
+    assert_int_equal(s_fd_count(), fds);
+    assert_int_not_equal(access(addr.u.un.sun_path, F_OK), 0);
+    router_listener_t *l = router_loop_listen(loop, &addr, s_acc_on_accept, &a);
+    assert_non_null(l);
+    assert_int_equal(access(addr.u.un.sun_path, F_OK), 0);
+    router_listener_close(&l);
+    router_loop_destroy(&loop);
+    assert_int_not_equal(access(addr.u.un.sun_path, F_OK), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 #define BOTH(f)                                                        \
     {#f "@uring", f, NULL, NULL, &s_uring}, {#f "@epoll", f, NULL, NULL, &s_epoll}
 
@@ -1628,6 +1659,8 @@ int main(void)
          &s_epoll},
         {"test_listener_restart_refused_by_epoll@epoll", test_listener_restart_refused_by_epoll,
          NULL, NULL, &s_epoll},
+        {"test_uds_listener_refused_by_epoll@epoll", test_uds_listener_refused_by_epoll, NULL,
+         NULL, &s_epoll},
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
