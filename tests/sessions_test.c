@@ -13,7 +13,10 @@
  * upgrade from a state.db without counts; the job queue at its bound refuses
  * each kind of job at once and loses nothing it accepted; a COMMIT whose
  * fsync fails holds its batch for a retry; queries that fail answer each job's
- * typed failure (503 JSON for the HTTP API), logged with SQLite's reason. */
+ * typed failure (503 JSON for the HTTP API), logged with SQLite's reason;
+ * while writes are held, new sessions' rows count against sessions_max,
+ * history reads of their sessions answer unavailable, and held writes that
+ * then fail for themselves are given up and forgotten by the cache. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

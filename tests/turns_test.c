@@ -11,8 +11,11 @@
  * order or another turn's, a router-run tool is called with bad
  * arguments, state.db's bounds are reached, inbox entries cannot be
  * turns, a history is too large to send, turns are destroyed with work in
- * hand; and the loop thread out of memory at each allocation of a turn
- * with router tools, of taking an inbox entry, of attaching and of
+ * hand, inbox entries wait (never ended) while the session store or the
+ * worker queue cannot take their turns, a callback detaches another of a
+ * crowded session's subscribers mid-delivery; and the loop thread out of
+ * memory at each allocation of a turn with router tools, of taking an
+ * inbox entry, of a request's answer, of attaching and of
  * router_turns_new, in turn. */
 #include <setjmp.h>
 #include <stdarg.h>
