@@ -33,6 +33,7 @@
 #include "router/clock.h"
 #include "router/log.h"
 #include "router/net/loop.h"
+#include "router/state/home.h"
 #include "router/workers/broker.h"
 #include "router/workers/mdp_worker.h"
 
@@ -1998,6 +1999,73 @@ static void test_curve_home_too_long_for_czmq(void **state)
     s_rm_rf(base);
 }
 
+/* CURVE files that cannot be made, each refused with a reason that names
+ * the file, nothing left behind and nothing written elsewhere: a $KITH_HOME
+ * that does not exist, one past ROUTER_PATH_MAX, a link planted where the
+ * secret goes (never followed: its target is not made), broker.cert a
+ * directory (the secret file made 0600 for it is taken back). Then, the
+ * obstacle gone, the broker starts. */
+static void test_curve_files_that_cannot_be_made(void **state)
+{
+    (void) state;
+    router_loop_t *loop = router_loop_new(NULL);
+    assert_non_null(loop);
+    char home[] = "/tmp/kith-broker-test-XXXXXX";
+    assert_non_null(mkdtemp(home));
+    char err[512], path[600], secret[620], target[600];
+    int n = 0;
+    router_broker_opts_t o = {.loop = loop, .listen = "tcp://lo:*"};
+    char ep[64];
+
+    snprintf(path, sizeof path, "%s/missing", home);
+    o.home = path;
+    snprintf(ep, sizeof ep, "inproc://broker-test-files-%d", ++n);
+    o.endpoint = ep;
+    assert_null(router_broker_new(&o, err, sizeof err));
+    assert_non_null(strstr(err, "/missing/workers: No such file or directory"));
+
+    char *huge = malloc(ROUTER_PATH_MAX + 16);
+    assert_non_null(huge);
+    memset(huge, 'x', ROUTER_PATH_MAX + 15);
+    huge[0] = '/';
+    huge[ROUTER_PATH_MAX + 15] = '\0';
+    o.home = huge;
+    snprintf(ep, sizeof ep, "inproc://broker-test-files-%d", ++n);
+    assert_null(router_broker_new(&o, err, sizeof err));
+    assert_string_equal(err, "workers: home path too long");
+    free(huge);
+
+    o.home = home;
+    snprintf(path, sizeof path, "%s/workers", home);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/%s", home, ROUTER_BROKER_CURVE_CERT);
+    snprintf(secret, sizeof secret, "%s_secret", path);
+    snprintf(target, sizeof target, "%s/stolen", home);
+    assert_int_equal(symlink(target, secret), 0);
+    snprintf(ep, sizeof ep, "inproc://broker-test-files-%d", ++n);
+    assert_null(router_broker_new(&o, err, sizeof err));
+    assert_non_null(strstr(err, "workers: cannot create "));
+    assert_non_null(strstr(err, "broker.cert_secret: File exists"));
+    assert_int_not_equal(access(target, F_OK), 0);
+    assert_int_not_equal(access(path, F_OK), 0);
+    assert_int_equal(unlink(secret), 0);
+
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(ep, sizeof ep, "inproc://broker-test-files-%d", ++n);
+    assert_null(router_broker_new(&o, err, sizeof err));
+    assert_non_null(strstr(err, "workers: cannot write "));
+    assert_int_not_equal(access(secret, F_OK), 0);
+    assert_int_equal(rmdir(path), 0);
+
+    snprintf(ep, sizeof ep, "inproc://broker-test-files-%d", ++n);
+    router_broker_t *b = router_broker_new(&o, err, sizeof err);
+    assert_non_null(b);
+    assert_non_null(router_broker_curve_public(b));
+    router_broker_destroy(&b);
+    router_loop_destroy(&loop);
+    s_rm_rf(home);
+}
+
 static void test_new_refusals(void **state)
 {
     (void) state;
@@ -2078,6 +2146,7 @@ int main(void)
         cmocka_unit_test(test_flood_in_batches),
         cmocka_unit_test(test_new_refusals),
         cmocka_unit_test(test_curve_home_too_long_for_czmq),
+        cmocka_unit_test(test_curve_files_that_cannot_be_made),
         cmocka_unit_test(test_service_names_flood),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
