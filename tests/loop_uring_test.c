@@ -630,6 +630,82 @@ static void test_recv_nobufs_rearmed(void **state)
     router_loop_destroy(&loop);
 }
 
+/* Many connections against a ring of two buffers, each sending its
+ * stream while the others do: -ENOBUFS over and over, yet every byte of
+ * every stream arrives in order, none is ended and none is left behind
+ * (a receive never re-armed, or re-armed and starved for good, would stop
+ * its stream short at the deadline). */
+#define S_MANY 24
+#define S_MANY_BYTES (64u * 1024u)
+
+typedef struct {
+    s_stream_t *st;
+    unsigned n;
+} s_many_t;
+
+static bool s_many_done(void *ud)
+{
+    const s_many_t *m = ud;
+    for (unsigned k = 0; k < m->n; k++)
+        if (m->st[k].got < S_MANY_BYTES && !m->st[k].closes)
+            return false;
+    return true;
+}
+
+static void test_recv_nobufs_many(void **state)
+{
+    (void) state;
+    router_loop_opts_t o = {.backend = ROUTER_LOOP_URING, .recv_buf_size = 512,
+                            .recv_buf_count = 2};
+    router_loop_t *loop = router_loop_new(&o);
+    if (!loop) {
+        print_message("io_uring refused here: skipping\n");
+        skip();
+    }
+    int sv[S_MANY][2];
+    s_stream_t st[S_MANY];
+    memset(st, 0, sizeof st);
+    router_conn_t *c[S_MANY];
+    for (int k = 0; k < S_MANY; k++) {
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv[k]), 0);
+        int fl = fcntl(sv[k][1], F_GETFL);
+        assert_int_equal(fcntl(sv[k][1], F_SETFL, fl | O_NONBLOCK), 0);
+        c[k] = router_loop_adopt(loop, sv[k][0], &s_stream_handlers, &st[k]);
+        assert_non_null(c[k]);
+    }
+    static uint8_t buf[S_MANY_BYTES];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (uint8_t) (i % 251);
+    size_t sent[S_MANY] = {0};
+    s_many_t m = {st, S_MANY};
+    uint64_t deadline = router_loop_now_ms(loop) + 60000;
+    while (!s_many_done(&m) && router_loop_now_ms(loop) < deadline) {
+        for (int k = 0; k < S_MANY; k++)
+            while (sent[k] < sizeof buf) {
+                ssize_t n = send(sv[k][1], buf + sent[k], sizeof buf - sent[k], MSG_NOSIGNAL);
+                if (n <= 0)
+                    break;
+                sent[k] += (size_t) n;
+            }
+        (void) test_loop_wait(loop, s_many_done, &m, 1, 5);
+    }
+    router_loop_stats_t stats;
+    router_loop_stats(loop, &stats);
+    print_message("%d streams, 2 buffers: receives re-armed after -ENOBUFS: %llu\n", S_MANY,
+                  (unsigned long long) stats.recv_nobufs);
+    for (int k = 0; k < S_MANY; k++) {
+        assert_int_equal(st[k].closes, 0);
+        assert_int_equal(st[k].got, sizeof buf);
+        assert_int_equal(st[k].bad, 0);
+    }
+    assert_true(stats.recv_nobufs > 0);
+    for (int k = 0; k < S_MANY; k++) {
+        router_conn_abort(c[k]);
+        close(sv[k][1]);
+    }
+    router_loop_destroy(&loop);
+}
+
 /* ------------------------------------------------------------ what a wait answers */
 
 int router_uring_wait_fault(int rc);
@@ -938,6 +1014,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_destroy_sqe_back, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_wait_dropped_cqes, s_setup, s_teardown),
         cmocka_unit_test(test_recv_nobufs_rearmed),
+        cmocka_unit_test(test_recv_nobufs_many),
         cmocka_unit_test_setup_teardown(test_accept_poll_cancelled, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_accept_poll_error, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_accept_poll_failing_no_spin, s_setup, s_teardown),
