@@ -109,7 +109,9 @@ const char *router_loop_backend_name(const router_loop_t *loop);
 #define ROUTER_CONN_PARK_MAX (256u * 1024u)
 #define ROUTER_LOOP_PARK_TOTAL_MAX (4u * 1024u * 1024u)
 
-/* Runs until router_loop_stop. Returns 0 when stopped, or -1 with errno
+/* Runs until router_loop_stop, then runs the posts still queued (those
+ * other threads made while the last iteration ran). Returns 0 when
+ * stopped, or -1 with errno
  * set when the backend fails (with SINGLE_ISSUER io_uring, EEXIST means a
  * second thread tried to drive the loop). */
 int router_loop_run(router_loop_t *loop);
