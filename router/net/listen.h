@@ -31,8 +31,10 @@ typedef void (*router_accept_fn)(router_listener_t *listener, router_conn_t *con
  *   stale one); a live socket fails with EADDRINUSE, any other kind of file
  *   with EEXIST. The socket file is removed again by router_listener_close.
  * Accepted connections beyond the loop's max_conns (or the listener's own
- * cap) are closed at once and counted as refused. When accept fails for
- * want of descriptors or memory the listener pauses for 100 ms; it keeps
+ * cap) are reset at once (RST, never an orderly end: WIRE §9.1) and
+ * counted as refused. When accept fails for want of descriptors or memory
+ * (accept4's, or no memory for the connection, whose peer is reset) the
+ * listener pauses for 100 ms; it keeps
  * one of the loop's timer slots (max_timers) for that pause, taken now or,
  * if none is free, as soon as one is — until then a failure pauses it
  * until a slot frees, it never retries in a tight loop.
@@ -56,7 +58,7 @@ void router_listener_set_max_conns(router_listener_t *listener, unsigned max_con
 /* Per-listener counters, for metrics. */
 typedef struct router_listener_stats {
     uint64_t accepted; /* connections handed to on_accept */
-    uint64_t refused;  /* connections closed at once: a limit was reached */
+    uint64_t refused;  /* connections reset at once: a limit was reached */
     unsigned open;     /* connections from this listener still open */
 } router_listener_stats_t;
 
