@@ -400,6 +400,64 @@ static void test_cert_path_too_long_for_czmq(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A worker's certificate that cannot be read or made, each refused with
+ * the file named and nothing left behind: a file that is not a certificate,
+ * one with its public half only (the secret missing), a path CZMQ cannot
+ * write (a link into a directory that does not exist: the secret file
+ * made 0600 for it is taken back), and a broker key of 40 characters that
+ * are not Z85. */
+static void test_cert_files_refused(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-mdp-worker-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    zcert_t *server = zcert_new();
+    char path[256], secret[300], err[512] = "";
+    router_mdp_worker_opts_t o = {.endpoint = "inproc://mdp-worker-cert-refused",
+                                  .service = "kith.agent",
+                                  .curve_server_key = zcert_public_txt(server),
+                                  .curve_cert_path = path};
+
+    snprintf(path, sizeof path, "%s/junk.cert", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    /* ZPL without keys (text CZMQ cannot parse at all leaks in zconfig_load) */
+    fputs("curve\n    public-key = \"not a key\"\n", f);
+    fclose(f);
+    assert_null(router_mdp_worker_new(&o, err, sizeof err));
+    assert_non_null(strstr(err, "junk.cert is not a CZMQ certificate with its secret key"));
+
+    snprintf(path, sizeof path, "%s/public.cert", dir);
+    zcert_t *c = zcert_new();
+    assert_int_equal(zcert_save_public(c, path), 0);
+    zcert_destroy(&c);
+    assert_null(router_mdp_worker_new(&o, err, sizeof err));
+    assert_non_null(strstr(err, "public.cert is not a CZMQ certificate with its secret key"));
+
+    snprintf(path, sizeof path, "%s/link.cert", dir);
+    snprintf(secret, sizeof secret, "%s_secret", path);
+    char target[300];
+    snprintf(target, sizeof target, "%s/nowhere/w.cert", dir);
+    assert_int_equal(symlink(target, path), 0);
+    assert_null(router_mdp_worker_new(&o, err, sizeof err));
+    assert_non_null(strstr(err, "mdp worker: cannot write "));
+    assert_non_null(strstr(err, "link.cert"));
+    assert_int_not_equal(access(secret, F_OK), 0);
+
+    snprintf(path, sizeof path, "%s/ok.cert", dir);
+    o.curve_server_key = "0123456789 123456789012345678901234567\"9";
+    assert_null(router_mdp_worker_new(&o, err, sizeof err));
+    assert_string_equal(err, "mdp worker: the broker's CURVE key is not Z85");
+    assert_int_not_equal(access(path, F_OK), 0);
+    o.endpoint = NULL;
+    assert_null(router_mdp_worker_new(&o, err, sizeof err));
+    assert_string_equal(err, "mdp worker: endpoint and service are required");
+    zcert_destroy(&server);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 typedef struct {
     const char *path;
     const char *server_key;
@@ -768,6 +826,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_prestate(test_turn_round_trip, &s_own_thread),
         cmocka_unit_test(test_cert_path_too_long_for_czmq),
+        cmocka_unit_test(test_cert_files_refused),
         cmocka_unit_test_prestate(test_turn_round_trip, &s_same_thread),
         cmocka_unit_test_prestate(test_heartbeats_and_reconnect, &s_own_thread),
         cmocka_unit_test_prestate(test_heartbeats_and_reconnect, &s_same_thread),
