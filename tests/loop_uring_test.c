@@ -746,6 +746,30 @@ static void test_wait_dropped_cqes(void **state)
     close(c0);
 }
 
+static void s_count_post(router_loop_t *loop, void *arg)
+{
+    (void) loop;
+    ++*(int *) arg;
+}
+
+/* A wait the kernel fails outright (ENXIO: the ring is being torn down)
+ * ends router_loop_run with that error — an owner such as the daemon ends
+ * with it, said, never a silent spin — and the posts queued meanwhile have
+ * run when it returns. */
+static void test_wait_failed(void **state)
+{
+    s_fix_t *f = s_fix(state);
+    int ran = 0;
+    assert_int_equal(router_loop_post(f->loop, s_count_post, &ran), 0);
+    s_wait_fault = -ENXIO;
+    s_wait_faulted = 0;
+    errno = 0;
+    assert_int_equal(router_loop_run(f->loop), -1);
+    assert_int_equal(errno, ENXIO);
+    assert_int_equal(s_wait_faulted, 1);
+    assert_int_equal(ran, 1);
+}
+
 /* ------------------------------------------------------------ polls the kernel ends with an error */
 
 int router_uring_op_fault(int op);
@@ -1013,6 +1037,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_destroy_without_sqe, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_destroy_sqe_back, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_wait_dropped_cqes, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_wait_failed, s_setup, s_teardown),
         cmocka_unit_test(test_recv_nobufs_rearmed),
         cmocka_unit_test(test_recv_nobufs_many),
         cmocka_unit_test_setup_teardown(test_accept_poll_cancelled, s_setup, s_teardown),
