@@ -674,6 +674,13 @@ static void test_busy_steer_stop(void **state)
     /* The waiting one times out after the lock timeout (1 s here). */
     s_wait(&e, &a, ROUTER_TURN_FRAME_ERROR, 1);
     assert_non_null(strstr(s_last(&a, ROUTER_TURN_FRAME_ERROR), "\"code\":\"SESSION_BUSY\""));
+    /* A steer that finds no memory for itself is told so, not that there
+     * is no turn (it said NO_ACTIVE_TURN); the turn goes on. */
+    alloc_fail_arm(0);
+    assert_int_equal(router_turns_steer(e.t, s, "lost", 4, &code), -1);
+    assert_int_equal(alloc_fail_disarm(), 1);
+    assert_string_equal(code, "AGENT_ERROR");
+    assert_non_null(router_turns_active(e.t, s, NULL));
     /* Steer the held turn. */
     assert_int_equal(router_turns_steer(e.t, s, "left", 4, &code), 0);
     s_wait(&e, &a, ROUTER_TURN_FRAME_DONE, 1);

@@ -2163,8 +2163,13 @@ int router_turns_steer(router_turns_t *t, router_turns_sub_t id, const char *con
         return -1;
     }
     s_turn_t *turn = sub ? sub->sess->active : NULL;
-    if (!turn || turn->stop_asked || s_control(turn, PROTO_WORKER_REQ_STEER, content, len) != 0) {
+    if (!turn || turn->stop_asked || turn->ncontrols == S_CONTROLS_MAX) {
         *code = "NO_ACTIVE_TURN";
+        return -1;
+    }
+    if (s_control(turn, PROTO_WORKER_REQ_STEER, content, len) != 0) {
+        /* The turn is there: its steer could not be made (out of memory). */
+        *code = "AGENT_ERROR";
         return -1;
     }
     return 0;

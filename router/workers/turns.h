@@ -167,8 +167,9 @@ int router_turns_submit_msg(router_turns_t *t, router_turns_sub_t sub, const cha
 int router_turns_withdraw(router_turns_t *t, router_turns_sub_t sub, uint64_t msg);
 
 /* Steers the session's turn in flight (applied at its next tool-loop
- * boundary). Returns 0, or -1 with *code "NO_ACTIVE_TURN" or
- * "EMPTY_CONTENT". */
+ * boundary). Returns 0, or -1 with *code "NO_ACTIVE_TURN" (none, a stop
+ * asked, or 16 steers held for a turn no worker took yet),
+ * "EMPTY_CONTENT" or "AGENT_ERROR" (no memory for the steer). */
 int router_turns_steer(router_turns_t *t, router_turns_sub_t sub, const char *content,
                        size_t len, const char **code);
 
