@@ -294,6 +294,60 @@ static void test_inbox_store_thread_out_of_memory(void **state)
     s_rmdir(dir);
 }
 
+/* What the store thread's armed failures came to, read by an on_durable
+ * that disarms (S_ARM_DISARM). */
+static _Atomic long s_store_failed = -1;
+
+static void s_arm_store_thread_count(void *ud)
+{
+    (void) ud;
+    long k = atomic_exchange(&s_store_arm, S_ARM_NONE);
+    if (k == S_ARM_DISARM)
+        atomic_store(&s_store_failed, (long) alloc_fail_disarm());
+    else if (k >= 0)
+        alloc_fail_arm(k);
+}
+
+/* The store thread out of memory to take the ended turns' deletes (its
+ * array smaller than the loop's, which holds the leases' reserved room):
+ * the deletes wait, neither lost nor spun on, and go with the next pass;
+ * no commit fails for it. */
+static void test_inbox_deletes_wait_for_store_memory(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-state5-XXXXXX", db[256], err[256] = "";
+    s_tmp_db(dir, db, sizeof db);
+    router_inbox_opts_t o = {.capacity = 8, .db_path = db, .session = "comms",
+                             .on_durable = s_arm_store_thread_count};
+    router_inbox_t *in = router_inbox_new(&o, err, sizeof err);
+    assert_non_null(in);
+    uint8_t id[16], from[32] = {9}, frame[1] = {0xF6};
+    uint64_t seq;
+    atomic_store(&s_store_arm, 0); /* the store thread's next allocation fails */
+    s_id(id, 1);
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 1, 1, NULL, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    s_wait_durable(in, seq);
+    router_inbox_entry_t e;
+    assert_int_equal(router_inbox_take(in, &e), 0);
+    assert_int_equal(router_inbox_done(in, e.seq), 0); /* the store thread wakes for it */
+    router_inbox_entry_clear(&e);
+    s_wait_rows(db, "SELECT COUNT(*) FROM inbox", 0);
+    assert_int_equal(router_inbox_commit_failures(in), 0);
+
+    atomic_store(&s_store_arm, S_ARM_DISARM);
+    s_id(id, 2);
+    assert_int_equal(router_inbox_admit(in, id, from, "message", frame, 1, 1, NULL, &seq),
+                     ROUTER_INBOX_ADMITTED);
+    s_wait_durable(in, seq);
+    for (int i = 0; i < S_DEADLINE_POLLS && atomic_load(&s_store_failed) < 0; i++)
+        usleep(50 * 1000);
+    assert_int_equal(atomic_load(&s_store_failed), 1); /* the take of the deletes failed */
+    router_inbox_destroy(&in);
+    assert_int_equal(s_scalar(db, "SELECT COUNT(*) FROM inbox"), 1);
+    s_rmdir(dir);
+}
+
 /* ---------------------------------------------------------------- tokens */
 
 typedef struct {
@@ -391,6 +445,7 @@ int main(void)
         cmocka_unit_test(test_inbox_busy_db_withholds_then_writes),
         cmocka_unit_test(test_inbox_deletes_join_a_failing_retry),
         cmocka_unit_test(test_inbox_store_thread_out_of_memory),
+        cmocka_unit_test(test_inbox_deletes_wait_for_store_memory),
         cmocka_unit_test(test_tokens_busy_db_withholds_then_writes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
