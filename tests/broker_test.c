@@ -1783,6 +1783,95 @@ static bool s_workers_max(void *ud)
 /* 1 024 workers registered: one more READY is refused (DISCONNECT,
  * counted, and the log says why), the broker serving on; when one leaves,
  * the newcomer joins. */
+typedef struct {
+    router_broker_t *b;
+    uint64_t workers, refused;
+} stats_want_t;
+
+static bool s_stats_reach(void *ud)
+{
+    stats_want_t *w = ud;
+    router_broker_stats_t st;
+    router_broker_stats(w->b, &st);
+    return st.workers >= w->workers && st.refused >= w->refused;
+}
+
+/* Workers on workers.listen name at most ROUTER_BROKER_LISTEN_SERVICES_MAX
+ * services: the other slots stay for the router's own. Before, READYs
+ * there for made-up names took every slot free a moment (here kith.test's,
+ * its only worker gone between two reconnects), and then the router's
+ * requests for kith.test and its workers' READYs were refused for as long
+ * as those connections stayed. */
+static void test_listen_services_share(void **state)
+{
+    (void) state;
+    s_listen_bounds(64, 64, 0);
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, "tcp://127.0.0.1:*", NULL, 0, ep, sizeof ep);
+    const char *listen = router_broker_listen_endpoint(r.b);
+    zsock_t *mine = zsock_new_dealer(ep);
+    assert_non_null(mine);
+    s_raw_ready(mine);
+    s_run(&r, s_workers_1, r.b);
+    enum { N = ROUTER_BROKER_SERVICES_MAX - 1 };
+    zsock_t *rogue[N];
+    for (unsigned i = 0; i < N; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "rogue-%u", i);
+        rogue[i] = zsock_new_dealer(listen);
+        assert_non_null(rogue[i]);
+        s_raw_send(rogue[i], "MDPW02", 0x01, 1, (const char *const[]) {name});
+    }
+    const unsigned refused = N - ROUTER_BROKER_LISTEN_SERVICES_MAX;
+    stats_want_t want = {r.b, 1 + ROUTER_BROKER_LISTEN_SERVICES_MAX, refused};
+    s_run(&r, s_stats_reach, &want);
+    s_settle(&r, 100);
+    router_broker_stats_t st;
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.workers, 1 + ROUTER_BROKER_LISTEN_SERVICES_MAX);
+    assert_int_equal(st.refused, refused);
+
+    /* kith.test's worker goes; more strangers say READY at once. */
+    s_raw_send(mine, "MDPW02", 0x06, 0, NULL);
+    want = (stats_want_t){r.b, 0, refused};
+    for (int i = 0; i < 6000; i++) {
+        router_broker_stats(r.b, &st);
+        if (st.workers == ROUTER_BROKER_LISTEN_SERVICES_MAX)
+            break;
+        s_settle(&r, 10);
+    }
+    assert_int_equal(st.workers, ROUTER_BROKER_LISTEN_SERVICES_MAX);
+    zsock_t *more[3];
+    for (unsigned i = 0; i < 3; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "rogue-more-%u", i);
+        more[i] = zsock_new_dealer(listen);
+        assert_non_null(more[i]);
+        s_raw_send(more[i], "MDPW02", 0x01, 1, (const char *const[]) {name});
+    }
+    want = (stats_want_t){r.b, 0, refused + 2};
+    s_run(&r, s_stats_reach, &want);
+    s_settle(&r, 100);
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.refused, refused + 3);
+    assert_int_equal(st.workers, ROUTER_BROKER_LISTEN_SERVICES_MAX);
+    /* The router's request for kith.test, and its worker back. */
+    reply_t rep = {0};
+    assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "q", 1, s_on_reply, &rep) > 0);
+    zsock_destroy(&mine);
+    mine = zsock_new_dealer(ep);
+    assert_non_null(mine);
+    s_raw_ready(mine);
+    assert_int_equal(s_raw_next_cmd(&r, mine), 0x02);
+    for (unsigned i = 0; i < N; i++)
+        zsock_destroy(&rogue[i]);
+    for (unsigned i = 0; i < 3; i++)
+        zsock_destroy(&more[i]);
+    zsock_destroy(&mine);
+    s_teardown(&r);
+}
+
 static void test_ready_with_workers_full(void **state)
 {
     (void) state;
@@ -2143,6 +2232,7 @@ int main(void)
         cmocka_unit_test(test_beat_survives_a_full_timer_table),
         cmocka_unit_test(test_ready_with_services_full),
         cmocka_unit_test(test_ready_with_workers_full),
+        cmocka_unit_test(test_listen_services_share),
         cmocka_unit_test(test_flood_in_batches),
         cmocka_unit_test(test_new_refusals),
         cmocka_unit_test(test_curve_home_too_long_for_czmq),

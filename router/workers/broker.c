@@ -79,6 +79,8 @@ struct s_service {
     size_t nqueued;
     size_t nworkers;
     router_metric_t *m_alive;          /* kith_workers_alive{service}, NULL: none */
+    bool by_listen;                    /* named by a READY on workers.listen, and by
+                                        * nothing of the router's since */
 };
 
 struct router_broker {
@@ -152,24 +154,48 @@ static bool s_service_name_ok(const char *name, size_t len)
     return true;
 }
 
+static bool s_service_free(const s_service_t *s)
+{
+    return s->nworkers == 0 && s->nqueued == 0;
+}
+
 /* The service `name`, or (make) a slot for it. A slot with no worker and
  * no request queued is free for another name: nothing points at it (a
  * request in flight is held by a worker of its service). So services that
  * come and go, and requests refused for a name no worker serves, never
- * use the 16 slots up for good. */
-static s_service_t *s_service(router_broker_t *b, const char *name, size_t len, bool make)
+ * use the 16 slots up for good. `listen`: asked by a READY on
+ * workers.listen, which may name at most ROUTER_BROKER_LISTEN_SERVICES_MAX
+ * of them: before, READYs there for made-up names took every slot a
+ * moment free (kith.agent's, between its workers' reconnects, say), and
+ * kith.agent's workers were then refused, and every turn, for as long as
+ * those connections stayed. */
+static s_service_t *s_service(router_broker_t *b, const char *name, size_t len, bool make,
+                              bool listen)
 {
     if (len == 0 || len > ROUTER_MDP_SERVICE_MAX)
         return NULL;
-    for (size_t i = 0; i < b->nservices; i++)
-        if (strlen(b->services[i].name) == len && memcmp(b->services[i].name, name, len) == 0)
-            return &b->services[i];
-    if (!make || !s_service_name_ok(name, len))
-        return NULL;
     s_service_t *s = NULL;
     for (size_t i = 0; i < b->nservices && !s; i++)
-        if (b->services[i].nworkers == 0 && b->services[i].nqueued == 0)
+        if (strlen(b->services[i].name) == len && memcmp(b->services[i].name, name, len) == 0)
             s = &b->services[i];
+    /* A free slot that still has the name counts as a new one for
+     * workers.listen: its share is of the slots in use. */
+    if (s && (!listen || !s_service_free(s))) {
+        if (!listen)
+            s->by_listen = false;
+        return s;
+    }
+    if (!make || !s_service_name_ok(name, len))
+        return NULL;
+    size_t by_listen = 0;
+    for (size_t i = 0; i < b->nservices; i++) {
+        if (s_service_free(&b->services[i]))
+            s = s ? s : &b->services[i];
+        else
+            by_listen += b->services[i].by_listen;
+    }
+    if (listen && by_listen >= ROUTER_BROKER_LISTEN_SERVICES_MAX)
+        return NULL;
     if (!s && b->nservices < ROUTER_BROKER_SERVICES_MAX)
         s = &b->services[b->nservices++];
     if (!s)
@@ -177,6 +203,7 @@ static s_service_t *s_service(router_broker_t *b, const char *name, size_t len, 
     memset(s, 0, sizeof *s);
     memcpy(s->name, name, len);
     s->name[len] = '\0';
+    s->by_listen = listen;
     s->m_alive = s_alive_series(b, s->name);
     return s;
 }
@@ -376,9 +403,12 @@ static void s_on_ready(router_broker_t *b, int sock, zframe_t *id, zmsg_t *m, in
     if (!svcf || zmsg_size(m) != 0 ||
         !s_service_name_ok((const char *) zframe_data(svcf), zframe_size(svcf)))
         snprintf(why, sizeof why, "bad service name");
-    else if (!(s = s_service(b, (const char *) zframe_data(svcf), zframe_size(svcf), true)))
-        snprintf(why, sizeof why, "too many services: %u with workers or requests",
-                 ROUTER_BROKER_SERVICES_MAX);
+    else if (!(s = s_service(b, (const char *) zframe_data(svcf), zframe_size(svcf), true,
+                             sock == S_SOCK_LISTEN)))
+        snprintf(why, sizeof why, "too many services: %u with workers or requests%s",
+                 sock == S_SOCK_LISTEN ? ROUTER_BROKER_LISTEN_SERVICES_MAX
+                                       : ROUTER_BROKER_SERVICES_MAX,
+                 sock == S_SOCK_LISTEN ? " named on workers.listen" : "");
     else if (b->st.workers >= ROUTER_BROKER_WORKERS_MAX)
         snprintf(why, sizeof why, "too many workers: %u", ROUTER_BROKER_WORKERS_MAX);
     zframe_destroy(&svcf);
@@ -953,7 +983,7 @@ int64_t router_broker_request(router_broker_t *b, const char *service, const uin
 {
     if (len > ROUTER_MDP_BODY_MAX)
         return -1;
-    s_service_t *s = s_service(b, service, strlen(service), true);
+    s_service_t *s = s_service(b, service, strlen(service), true, false);
     if (!s || s->nqueued >= b->queue_max)
         return -1;
     s_req_t *r = calloc(1, sizeof *r);

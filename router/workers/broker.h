@@ -34,6 +34,10 @@
 #define ROUTER_BROKER_WORKERS_MAX 1024u
 /* Services known at once. */
 #define ROUTER_BROKER_SERVICES_MAX 16u
+/* ...of them named first by a READY on workers.listen: the rest stay for
+ * the router's own (its requests, the embedded workers), so workers of
+ * other processes cannot take every slot from kith.agent and kith.audit. */
+#define ROUTER_BROKER_LISTEN_SERVICES_MAX 12u
 /* CURVE files under $KITH_HOME (WIRE §19.x). */
 #define ROUTER_BROKER_CURVE_DIR "workers"
 #define ROUTER_BROKER_CURVE_CERT "workers/broker.cert"
