@@ -6,8 +6,9 @@
  * table (the devices table included) and the write queue have a bound.
  * Out of memory, a write is refused and leaves nothing reserved, and a
  * reopen refuses with a reason or loads everything. Tokens keep a scope
- * and a name; a revoked token, and every deviceToken it earned, is refused
- * at once and after a reopen. */
+ * and a name; a revoked token, and every deviceToken it earned (one whose
+ * record was still being written too), is refused at once and after a
+ * reopen. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -888,6 +889,55 @@ static void test_device_record_check_reload(void **state)
 
 /* ---------------------------------------------------------------- scopes and revocation */
 
+/* A bearer token revoked while the record of a deviceToken it earned is
+ * being written (its fsync, or a disk failing for minutes): the record
+ * lands after the revocation, and its done used to install the
+ * deviceToken in memory, accepted until the next restart (the revoked
+ * token's holder can make it again: it derives from the secret). It is
+ * refused at once, after the record lands, and after a reopen. */
+static void test_device_token_of_a_token_revoked_in_flight(void **state)
+{
+    (void) state;
+    char err[256];
+    router_loop_t *loop = router_loop_new(NULL);
+    router_tokens_t *t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    uint8_t op[32], devtok[32];
+    randombytes_buf(op, 32);
+    randombytes_buf(devtok, 32);
+    char op_id[ROUTER_TOKENS_ID_LEN + 1];
+    router_tokens_id(op, op_id);
+    s_count_t c = {.loop = loop};
+    assert_int_equal(router_tokens_add(t, op, ROUTER_TOKEN_OPERATOR, "laptop", 10, s_count, &c),
+                     0);
+    s_wait_n(&c, 1);
+    router_tokens_device_t d, got;
+    s_device(&d, 7);
+    memcpy(d.via, op_id, sizeof d.via);
+    /* The record is queued; its done runs on the loop, not yet run. */
+    assert_int_equal(router_tokens_device_record(t, &d, devtok, 30, s_count, &c), 0);
+    assert_int_equal(router_tokens_revoke(t, op_id, s_count, &c), 0);
+    assert_false(router_tokens_check(t, op, NULL));
+    s_wait_n(&c, 3);
+    assert_int_equal(c.oks, 3);
+    assert_false(router_tokens_device_check(t, d.id, d.public_key, devtok));
+    assert_true(router_tokens_device_get(t, d.id, &got)); /* the device is known, */
+    assert_string_equal(got.via, "");                     /* with no deviceToken */
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+
+    loop = router_loop_new(NULL);
+    t = router_tokens_new(s_db, loop, err, sizeof err);
+    assert_non_null(t);
+    assert_false(router_tokens_device_check(t, d.id, d.public_key, devtok));
+    assert_true(router_tokens_device_get(t, d.id, &got));
+    assert_string_equal(got.via, "");
+    router_tokens_stop(t);
+    router_loop_destroy(&loop);
+    router_tokens_destroy(&t);
+}
+
 /* A token's scope and name come back from check() and list() and from
  * state.db; a revoked token is refused at once, and so is every
  * deviceToken it earned, and both stay so after a reopen. */
@@ -1520,6 +1570,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reopen_without_memory, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_failing_disk_backs_off, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_lockout_rows_bounded, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_device_token_of_a_token_revoked_in_flight, s_setup,
+                                        s_teardown),
         cmocka_unit_test_setup_teardown(test_half_migrated_db_opens, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_token_bound_counts_owed_mints, s_setup,
                                         s_teardown),

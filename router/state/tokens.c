@@ -211,6 +211,19 @@ static s_device_t *s_device_find(const router_tokens_t *self, const char *id)
     return NULL;
 }
 
+/* Whether the bearer token whose id is `id` is in force (known, not
+ * revoked). */
+static bool s_token_live(const router_tokens_t *self, const char *id)
+{
+    char tid[ROUTER_TOKENS_ID_LEN + 1];
+    for (size_t i = 0; i < self->ntokens; i++) {
+        router_tokens_id(self->tokens[i].hash, tid);
+        if (!self->tokens[i].revoked && !strcmp(tid, id))
+            return true;
+    }
+    return false;
+}
+
 /* A device write is done: the memory copy follows what is durable (a slot
  * reserved for a new device that could not be written is freed). */
 static void s_device_done(router_tokens_t *self, const s_job_t *j)
@@ -229,7 +242,16 @@ static void s_device_done(router_tokens_t *self, const s_job_t *j)
     memcpy(via, e->d.via, sizeof via);
     e->d = j->dev;
     e->durable = true;
-    if (j->has_hash) {
+    if (j->has_hash && j->dev.via[0] && !s_token_live(self, j->dev.via)) {
+        /* The bearer token that earned this deviceToken was revoked while
+         * the record was written: the revocation's write, queued after
+         * it, clears the row's token, and memory must not install it (it
+         * was accepted until a restart, and the revoked token's holder
+         * can derive it, WIRE §25.8). */
+        e->has_token = false;
+        sodium_memzero(e->token_hash, sizeof e->token_hash);
+        e->d.via[0] = '\0';
+    } else if (j->has_hash) {
         memcpy(e->token_hash, j->hash, 32);
         e->has_token = true;
     } else {
