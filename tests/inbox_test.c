@@ -4,8 +4,9 @@
  * admissions and read back, a failing commit withholding durability, and
  * the pruning of expired seen rows, and a reopen with each allocation
  * (kith's and SQLite's) failing in turn; a statement failing in the middle
- * of a batch, a stop while the disk is full, out of memory for a delete,
- * withdrawals from both ends of the unwritten list, load callbacks
+ * of a batch, a stop while the disk is full, out of memory for a delete
+ * (refused at the take, which reserves it, never at the done), withdrawals
+ * from both ends of the unwritten list, load callbacks
  * that refuse, and a withdrawal after a failed fsync that a kill -9 must
  * not undo. */
 #include <setjmp.h>
