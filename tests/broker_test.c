@@ -119,6 +119,8 @@ static void s_run(runner_t *r, bool (*until)(void *), void *ud)
 static uint32_t s_hb = 100, s_live = 30;
 /* The workers.listen bounds of the broker under test (0: the defaults). */
 static uint32_t s_pending_max, s_per_source_max, s_ready_ms;
+/* The workers.listen share of workers of the next s_setup (0: the default). */
+static uint32_t s_listen_workers_max;
 
 static void s_setup(runner_t *r, const char *listen, const char *home, size_t queue_max,
                     char *ep, size_t epcap)
@@ -131,7 +133,8 @@ static void s_setup(runner_t *r, const char *listen, const char *home, size_t qu
                               .heartbeat_ms = s_hb, .liveness = s_live,
                               .queue_max = queue_max, .pending_max = s_pending_max,
                               .pending_per_source_max = s_per_source_max,
-                              .ready_timeout_ms = s_ready_ms};
+                              .ready_timeout_ms = s_ready_ms,
+                              .listen_workers_max = s_listen_workers_max};
     r->b = router_broker_new(&o, err, sizeof err);
     if (!r->b)
         fprintf(stderr, "broker: %s\n", err);
@@ -149,6 +152,7 @@ static void s_listen_bounds(uint32_t pending_max, uint32_t per_source_max, uint3
 static void s_teardown(runner_t *r)
 {
     s_listen_bounds(0, 0, 0);
+    s_listen_workers_max = 0;
     router_broker_destroy(&r->b);
     router_broker_destroy(&r->b);
     router_loop_destroy(&r->loop);
@@ -1788,6 +1792,13 @@ typedef struct {
     uint64_t workers, refused;
 } stats_want_t;
 
+static bool s_workers_3_any(void *ud)
+{
+    router_broker_stats_t st;
+    router_broker_stats(ud, &st);
+    return st.workers == 3;
+}
+
 static bool s_stats_reach(void *ud)
 {
     stats_want_t *w = ud;
@@ -1868,6 +1879,62 @@ static void test_listen_services_share(void **state)
         zsock_destroy(&rogue[i]);
     for (unsigned i = 0; i < 3; i++)
         zsock_destroy(&more[i]);
+    zsock_destroy(&mine);
+    s_teardown(&r);
+}
+
+/* Workers on workers.listen hold at most listen_workers_max of the 1 024
+ * places (768 by default): the rest stay for the embedded workers. Before,
+ * other processes' READYs could take every place, each one an embedded
+ * worker left between two reconnects, and keep them all out. */
+static void test_listen_workers_share(void **state)
+{
+    (void) state;
+    s_listen_bounds(64, 64, 0);
+    s_listen_workers_max = 3;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, "tcp://127.0.0.1:*", NULL, 0, ep, sizeof ep);
+    const char *listen = router_broker_listen_endpoint(r.b);
+    zsock_t *far[4];
+    for (int i = 0; i < 4; i++) {
+        far[i] = zsock_new_dealer(listen);
+        assert_non_null(far[i]);
+        s_raw_ready(far[i]);
+    }
+    stats_want_t want = {r.b, 3, 1};
+    s_run(&r, s_stats_reach, &want);
+    s_settle(&r, 100);
+    router_broker_stats_t st;
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.workers, 3);
+    assert_int_equal(st.refused, 1);
+    /* The embedded one gets in past them. */
+    zsock_t *mine = zsock_new_dealer(ep);
+    assert_non_null(mine);
+    s_raw_ready(mine);
+    want = (stats_want_t){r.b, 4, 1};
+    s_run(&r, s_stats_reach, &want);
+    /* One far worker leaves: the refused one gets its place. */
+    int refused_one = -1;
+    for (int i = 0; i < 4 && refused_one < 0; i++) {
+        raw_wait_t w = {far[i], -1};
+        for (int k = 0; k < 20 && w.cmd < 0; k++) {
+            s_settle(&r, 10);
+            (void) s_raw_got(&w);
+        }
+        if (w.cmd == 0x06)
+            refused_one = i;
+    }
+    assert_true(refused_one >= 0);
+    int leaving = refused_one == 0 ? 1 : 0;
+    s_raw_send(far[leaving], "MDPW02", 0x06, 0, NULL);
+    s_run(&r, s_workers_3_any, r.b);
+    s_raw_ready(far[refused_one]);
+    want = (stats_want_t){r.b, 4, 1};
+    s_run(&r, s_stats_reach, &want);
+    for (int i = 0; i < 4; i++)
+        zsock_destroy(&far[i]);
     zsock_destroy(&mine);
     s_teardown(&r);
 }
@@ -2233,6 +2300,7 @@ int main(void)
         cmocka_unit_test(test_ready_with_services_full),
         cmocka_unit_test(test_ready_with_workers_full),
         cmocka_unit_test(test_listen_services_share),
+        cmocka_unit_test(test_listen_workers_share),
         cmocka_unit_test(test_flood_in_batches),
         cmocka_unit_test(test_new_refusals),
         cmocka_unit_test(test_curve_home_too_long_for_czmq),

@@ -97,6 +97,8 @@ struct router_broker {
     uint64_t heartbeat_ms;
     uint64_t expiry_span_ms;    /* heartbeat × liveness */
     size_t queue_max;
+    uint64_t listen_workers;    /* workers registered on workers.listen now */
+    uint64_t listen_workers_max;
     zhash_t *workers;           /* key → s_worker_t (not owned by the hash) */
     s_service_t services[ROUTER_BROKER_SERVICES_MAX];
     size_t nservices;           /* slots ever used: [0, nservices) */
@@ -327,6 +329,7 @@ static void s_worker_delete(router_broker_t *b, s_worker_t *w, bool say_disconne
         router_worker_conns_left(b->conns, w->conn);
     w->svc->nworkers--;
     b->st.workers--;
+    b->listen_workers -= w->sock == S_SOCK_LISTEN;
     s_req_t *r = w->req;
     w->req = NULL;
     zframe_destroy(&w->identity);
@@ -411,6 +414,9 @@ static void s_on_ready(router_broker_t *b, int sock, zframe_t *id, zmsg_t *m, in
                  sock == S_SOCK_LISTEN ? " named on workers.listen" : "");
     else if (b->st.workers >= ROUTER_BROKER_WORKERS_MAX)
         snprintf(why, sizeof why, "too many workers: %u", ROUTER_BROKER_WORKERS_MAX);
+    else if (sock == S_SOCK_LISTEN && b->listen_workers >= b->listen_workers_max)
+        snprintf(why, sizeof why, "too many workers on workers.listen: %llu",
+                 (unsigned long long) b->listen_workers_max);
     zframe_destroy(&svcf);
     if (why[0]) {
         b->st.refused++;
@@ -439,6 +445,7 @@ static void s_on_ready(router_broker_t *b, int sock, zframe_t *id, zmsg_t *m, in
         w->conn = router_worker_conns_ready(b->conns, fd);
     s->nworkers++;
     b->st.workers++;
+    b->listen_workers += sock == S_SOCK_LISTEN;
     s_idle_append(b, w);
     ROUTER_LOG(ROUTER_LOG_INFO, MOD, "%s: worker joined (%zu now)", s->name, s->nworkers);
     s_dispatch(b, s);
@@ -828,6 +835,9 @@ router_broker_t *router_broker_new(const router_broker_opts_t *o, char *err, siz
     b->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : 1000;
     b->expiry_span_ms = b->heartbeat_ms * (o->liveness ? o->liveness : 3);
     b->queue_max = o->queue_max ? o->queue_max : ROUTER_BROKER_QUEUE_MAX;
+    b->listen_workers_max = o->listen_workers_max && o->listen_workers_max < ROUTER_BROKER_WORKERS_MAX
+                                ? o->listen_workers_max
+                                : ROUTER_BROKER_LISTEN_WORKERS_MAX;
     /* Handles (the MDP client address) start from the wall clock, so one
      * from a run before a restart is never taken for one of this run: a
      * worker's stale FINAL then matches nothing (WIRE §19.9). 65,536

@@ -32,6 +32,10 @@
 #define ROUTER_BROKER_QUEUE_MAX 4096u
 /* Workers registered at once (a READY beyond is answered DISCONNECT). */
 #define ROUTER_BROKER_WORKERS_MAX 1024u
+/* ...of them on workers.listen (the default of listen_workers_max): the
+ * rest stay for the embedded workers, which other processes' READYs could
+ * otherwise keep out once they reconnect. */
+#define ROUTER_BROKER_LISTEN_WORKERS_MAX 768u
 /* Services known at once. */
 #define ROUTER_BROKER_SERVICES_MAX 16u
 /* ...of them named first by a READY on workers.listen: the rest stay for
@@ -63,6 +67,8 @@ typedef struct {
     uint32_t pending_max;       /* at once; 0: ROUTER_WORKER_CONNS_PENDING_MAX */
     uint32_t pending_per_source_max; /* from one address; 0: ..._PER_SOURCE_MAX */
     uint32_t ready_timeout_ms;  /* accept to READY, handshake included; 0: 10 s */
+    uint32_t listen_workers_max; /* workers on workers.listen at once;
+                                  * 0: ROUTER_BROKER_LISTEN_WORKERS_MAX */
     router_metrics_t *metrics;  /* may be NULL */
 } router_broker_opts_t;
 
