@@ -72,7 +72,7 @@ typedef struct s_uring {
     bool watch_rearm;              /* a live watch's poll ended and was not armed again */
     uint64_t watch_rearm_at;       /* ...not before this (monotonic ms; 0: at once) */
     uint64_t accept_rearm_at;      /* the accept poll failed: armed again then, 0 if not */
-    bool accept_failing;           /* the accept poll's last end was an error (logged once) */
+    uint64_t accept_logged_ms;     /* when its failure was last logged (at most once a second) */
 } s_uring_t;
 
 static s_uring_t *s_u(const router_loop_t *loop)
@@ -404,16 +404,17 @@ static void s_on_accept(router_loop_t *loop, const struct io_uring_cqe *cqe)
          * deaf for good; at once, an error the kernel repeats spun the
          * loop and logged a line per turn. Connections wait meanwhile in
          * their backlog. */
-        if (!u->accept_failing)
+        uint64_t now = router_loop_now_ms(loop);
+        if (!u->accept_logged_ms || now - u->accept_logged_ms >= 1000) {
             ROUTER_LOG(ROUTER_LOG_WARN, "loop",
                        "poll on the listeners failed (%s): re-arming in %d ms",
                        strerror(-cqe->res), S_REARM_MS);
-        u->accept_failing = true;
+            u->accept_logged_ms = now;
+        }
         if (!u->accept_polled)
-            u->accept_rearm_at = router_loop_now_ms(loop) + S_REARM_MS;
+            u->accept_rearm_at = now + S_REARM_MS;
         return;
     }
-    u->accept_failing = false;
     s_listeners_accept(loop);
     if (!u->accept_polled && s_accept_arm(u) < 0)
         u->accept_again = true; /* no SQE now: try again before the next wait */
