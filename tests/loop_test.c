@@ -1,8 +1,10 @@
 /* tests/loop_test.c — the event loop core: backend choice, timers, signals
- * through signalfd, cross-thread posts and wake-ups, fairness under a
- * receive flood, fd watches, the open-file limit, and what fails: out of
- * memory in router_loop_new and when the timer table grows, calls the
- * API refuses, a watch update or a connect the backend refuses (epoll_ctl
+ * through signalfd, cross-thread posts and wake-ups (and posts queued
+ * after a stop), fairness under a receive flood, fd watches, the
+ * open-file limit, and what fails: out of memory or descriptors in
+ * router_loop_new, a signal handler that cannot be set up, out of memory
+ * when the timer table grows, calls the API refuses, a watch update, a
+ * connect, a listener or its restart the backend refuses (epoll_ctl
  * through router_epoll_ctl_fault, io_uring SQEs through tests/uring_fail.h).
  *
  * Every test that touches a backend is registered twice, once per backend
