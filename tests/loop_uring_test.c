@@ -568,6 +568,11 @@ static bool s_stream_done(void *ud)
     return s->got >= S_NOBUFS_BYTES || s->closes > 0;
 }
 
+static bool s_stream_done_closed(void *ud)
+{
+    return ((const s_stream_t *) ud)->closes > 0;
+}
+
 /* One provided buffer for two busy connections: the kernel finds the ring
  * empty (-ENOBUFS ends the multishot receive) again and again, and each
  * time the receive is re-armed once the buffer is back: every byte of
@@ -955,6 +960,63 @@ static void test_watch_poll_nomem(void **state)
     close(p[1]);
 }
 
+/* A kernel without multishot receive (before 6.0) answers the first one
+ * with EINVAL: the loop says so once and reads with single receives,
+ * re-armed after each, from then on; every byte of the streams arrives in
+ * order and no connection is ended. */
+static void test_recv_oneshot_fallback(void **state)
+{
+    (void) state;
+    router_loop_opts_t o = {.backend = ROUTER_LOOP_URING, .recv_buf_size = 512,
+                            .recv_buf_count = 4};
+    router_loop_t *loop = router_loop_new(&o);
+    if (!loop) {
+        print_message("io_uring refused here: skipping\n");
+        skip();
+    }
+    int sv[2][2];
+    s_stream_t st[2];
+    memset(st, 0, sizeof st);
+    router_conn_t *c[2];
+    s_fault_arm(ROUTER_OP_RECV, -EINVAL, 1); /* the first receive: multishot refused */
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv[k]), 0);
+        int fl = fcntl(sv[k][1], F_GETFL);
+        assert_int_equal(fcntl(sv[k][1], F_SETFL, fl | O_NONBLOCK), 0);
+        c[k] = router_loop_adopt(loop, sv[k][0], &s_stream_handlers, &st[k]);
+        assert_non_null(c[k]);
+    }
+    assert_int_equal(s_fault_disarm(), 1);
+    static uint8_t buf[S_MANY_BYTES];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (uint8_t) (i % 251);
+    size_t sent[2] = {0};
+    s_many_t m = {st, 2};
+    uint64_t deadline = router_loop_now_ms(loop) + 60000;
+    while (!s_many_done(&m) && router_loop_now_ms(loop) < deadline) {
+        for (int k = 0; k < 2; k++)
+            while (sent[k] < sizeof buf) {
+                ssize_t n = send(sv[k][1], buf + sent[k], sizeof buf - sent[k], MSG_NOSIGNAL);
+                if (n <= 0)
+                    break;
+                sent[k] += (size_t) n;
+            }
+        (void) test_loop_wait(loop, s_many_done, &m, 1, 5);
+    }
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(st[k].closes, 0);
+        assert_int_equal(st[k].got, sizeof buf);
+        assert_int_equal(st[k].bad, 0);
+    }
+    /* The peer's end is seen too: on_close once, orderly. */
+    close(sv[0][1]);
+    test_loop_until(loop, s_stream_done_closed, &st[0], 1, S_MAX_MS);
+    assert_int_equal(st[0].closes, 1);
+    router_conn_abort(c[1]);
+    close(sv[1][1]);
+    router_loop_destroy(&loop);
+}
+
 /* The loop's own eventfd watch, its poll ended for want of memory: posts
  * from another thread still wake the idle loop, one after another. They
  * waited for the next timer (here the guard, far off): the error left the
@@ -1045,6 +1107,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_accept_poll_failing_no_spin, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_watch_poll_nomem, s_setup, s_teardown),
         cmocka_unit_test(test_eventfd_poll_nomem),
+        cmocka_unit_test(test_recv_oneshot_fallback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

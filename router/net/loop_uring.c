@@ -435,12 +435,16 @@ static bool s_recv_arm(router_conn_t *c)
     struct io_uring_sqe *sqe = s_sqe(u);
     if (!sqe)
         return false;
-    if (u->recv_oneshot)
-        io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
-    else
-        io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = S_BGID;
+    if (s_prep_fault(sqe, ROUTER_OP_RECV)) {
+        /* the seam's NOP: no buffer to select */
+    } else {
+        if (u->recv_oneshot)
+            io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
+        else
+            io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = S_BGID;
+    }
     io_uring_sqe_set_data64(sqe, router_op_pack(c, ROUTER_OP_RECV));
     c->be.u.inflight++;
     c->be.u.recv_armed = true;
