@@ -539,6 +539,59 @@ static void test_disconnect_holding(void **state)
     s_teardown(&r);
 }
 
+/* A worker that comes back under the identity it held a request with (a
+ * process restarted with a fixed ZMQ_ROUTING_ID, over tcp): its READY is a
+ * second one from a known worker, so the request it held ends for the
+ * router (kind -1, not a wait for ever), the worker is sent DISCONNECT and
+ * forgotten, and its next READY registers it; the broker serves on. */
+static void s_raw_reply(zsock_t *raw, uint8_t cmd, int64_t h, const char *body);
+static void s_settle(runner_t *r, uint64_t ms);
+
+static void test_reconnect_same_identity_holding(void **state)
+{
+    (void) state;
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, "tcp://127.0.0.1:*", NULL, 0, ep, sizeof ep);
+    char far[128];
+    snprintf(far, sizeof far, "%s", router_broker_listen_endpoint(r.b));
+    zsock_t *old = zsock_new(ZMQ_DEALER);
+    assert_non_null(old);
+    zsock_set_identity(old, "same-worker");
+    assert_int_equal(zsock_connect(old, "%s", far), 0);
+    s_raw_ready(old);
+    s_run(&r, s_workers_1, r.b);
+    reply_t rep = {0};
+    assert_true(router_broker_request(r.b, "kith.test", (uint8_t *) "x", 1, s_on_reply, &rep) > 0);
+    assert_int_equal(s_raw_next_cmd(&r, old), 0x02);
+    zsock_destroy(&old);
+    /* Let the broker see that connection go before the new one comes. */
+    s_settle(&r, 200);
+    zsock_t *again = zsock_new(ZMQ_DEALER);
+    assert_non_null(again);
+    zsock_set_identity(again, "same-worker");
+    assert_int_equal(zsock_connect(again, "%s", far), 0);
+    s_raw_ready(again);
+    all_t one = {&rep, 1};
+    s_run(&r, s_all_done, &one);
+    assert_int_equal(rep.lost, 1);
+    assert_int_equal(rep.finals, 0);
+    assert_int_equal(s_raw_next_cmd(&r, again), 0x06);
+    s_run(&r, s_workers_0, r.b);
+    s_raw_ready(again);
+    s_run(&r, s_workers_1, r.b);
+    reply_t rep2 = {0};
+    int64_t h = router_broker_request(r.b, "kith.test", (uint8_t *) "y", 1, s_on_reply, &rep2);
+    assert_true(h > 0);
+    assert_int_equal(s_raw_next_cmd(&r, again), 0x02);
+    s_raw_reply(again, 0x04, h, "done");
+    all_t two = {&rep2, 1};
+    s_run(&r, s_all_done, &two);
+    assert_string_equal(rep2.last, "done");
+    zsock_destroy(&again);
+    s_teardown(&r);
+}
+
 /* ------------------------------------------------------------ bounds */
 
 static void test_queue_bound_and_cancel(void **state)
@@ -2276,6 +2329,7 @@ int main(void)
         cmocka_unit_test(test_round_trip_lru),
         cmocka_unit_test(test_dead_worker),
         cmocka_unit_test(test_disconnect_holding),
+        cmocka_unit_test(test_reconnect_same_identity_holding),
         cmocka_unit_test(test_protocol_errors),
         cmocka_unit_test(test_queue_bound_and_cancel),
         cmocka_unit_test(test_endpoint_is_local),
