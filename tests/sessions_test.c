@@ -1353,6 +1353,51 @@ static void test_held_writes_that_fail_for_themselves(void **state)
     s_finish(dir, &e);
 }
 
+/* An append whose statement makes SQLite roll the whole transaction back
+ * (a RAISE(ROLLBACK) here; SQLite does the same on some failures of its
+ * own) takes the appends before it in the transaction along: they are
+ * held and stored again, not counted as written by a later COMMIT that a
+ * following append, run outside any transaction, made look landed. The
+ * side connection's write lock makes the three one batch: the store's
+ * thread waits in BEGIN IMMEDIATE until all are queued. */
+static void test_append_that_rolls_back_the_transaction(void **state)
+{
+    (void) state;
+    char dir[] = "/tmp/kith-sessions-test-XXXXXX", db[256];
+    env_t e = {0};
+    router_sessions_t *s = s_start(dir, db, sizeof db, &e);
+    assert_int_equal(router_sessions_append(s, "r", "user", "first", 5, "t1"), 0);
+    assert_int_equal(router_sessions_get_json(s, "r", 10, s_on_json, &e, 0), 0);
+    s_wait(&e, 1);
+    sqlite3 *side = NULL;
+    assert_int_equal(sqlite3_open(db, &side), SQLITE_OK);
+    sqlite3_busy_timeout(side, 10000); /* the store may still be committing */
+    assert_int_equal(sqlite3_exec(side,
+                                  "CREATE TRIGGER undo BEFORE INSERT ON messages"
+                                  " WHEN NEW.content = 'undo'"
+                                  " BEGIN SELECT RAISE(ROLLBACK, 'rolled back by the test'); END;"
+                                  " BEGIN IMMEDIATE",
+                                  NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(router_sessions_append(s, "r", "assistant", "second", 6, "t1"), 0);
+    assert_int_equal(router_sessions_append(s, "r", "user", "undo", 4, "t2"), 0);
+    assert_int_equal(router_sessions_append(s, "r", "assistant", "third", 5, "t2"), 0);
+    assert_int_equal(sqlite3_exec(side, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(side);
+    char got[256] = "";
+    for (int i = 0; i < 60000 && strcmp(got, "first,second,third") != 0; i++) { /* a bound */
+        usleep(1000);
+        s_stored(db, "r", got, sizeof got);
+    }
+    assert_string_equal(got, "first,second,third");
+    s_wait_waiting(s, 0);
+    assert_int_equal(router_sessions_get_json(s, "r", 10, s_on_json, &e, 1), 0);
+    s_wait(&e, 2);
+    assert_int_equal(e.status[1], 200);
+    assert_non_null(strstr(e.json[1], "\"message_count\":3"));
+    router_sessions_destroy(&s);
+    s_finish(dir, &e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1378,6 +1423,7 @@ int main(void)
         cmocka_unit_test(test_stop_while_held),
         cmocka_unit_test(test_writer_lock_held),
         cmocka_unit_test(test_held_writes_that_fail_for_themselves),
+        cmocka_unit_test(test_append_that_rolls_back_the_transaction),
     };
     if (alloc_fail_sqlite_install() != 0 || vfs_fail_install() != 0)
         return 1;

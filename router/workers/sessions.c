@@ -1102,6 +1102,18 @@ static void s_run_batch(router_sessions_t *s, s_job_t *batch, bool counted)
             s_done_push(s, j);
             pthread_mutex_unlock(&s->mu);
         }
+        if (txn && sqlite3_get_autocommit(s->db)) {
+            /* SQLite ended the transaction itself: a RAISE(ROLLBACK), or a
+             * failure it answers by rolling back (no memory, a page it
+             * could not spill). What the chunk held is gone with it; held
+             * as after a failed COMMIT, not taken for written by the
+             * COMMIT below, which an append after this one, committed
+             * alone, would have let s_chunk_landed read as landed. */
+            snprintf(s->why, sizeof s->why, "SQLite rolled the transaction back");
+            s_chunk_fail(s, &c, false);
+            txn = false;
+            continue;
+        }
         if (txn && (c.n >= S_TXN_MAX_APPENDS || router_clock_mono_us() - txn_since >= S_TXN_MAX_US)) {
             (void) s_chunk_commit(s, &c, false);
             txn = false;
