@@ -456,19 +456,31 @@ static int s_control(const char *verb, bool system)
     return KITH_EXIT_FAIL;
 }
 
-/* Prints what f holds from offset `from` on; returns the new offset. */
-static long s_copy_from(FILE *f, long from)
+/* Prints what f holds from offset `from` on; returns the new offset. A
+ * read or write that fails leaves its errno in *rerr or *werr (stdout's
+ * errors used to be dropped: --follow to a full disk printed nothing, for
+ * ever, and exited 0 when stopped). */
+static long s_copy_from(FILE *f, long from, int *rerr, int *werr)
 {
     char buf[8192];
-    if (fseek(f, from, SEEK_SET) != 0)
+    if (fseek(f, from, SEEK_SET) != 0) {
+        *rerr = errno;
         return from;
+    }
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
-        fwrite(buf, 1, n, stdout);
+        if (fwrite(buf, 1, n, stdout) != n) {
+            *werr = errno ? errno : EIO;
+            return from;
+        }
         from += (long) n;
     }
+    if (ferror(f))
+        *rerr = errno ? errno : EIO;
     clearerr(f);
-    fflush(stdout);
+    errno = 0;
+    if (fflush(stdout) != 0)
+        *werr = errno ? errno : EIO;
     return from;
 }
 
@@ -484,6 +496,15 @@ static int s_logs(const char *home_flag, unsigned lines, bool follow)
     if (!f) {
         fprintf(stderr, "kith service: cannot read %s: %s (has the daemon run?)\n", path,
                 strerror(errno));
+        return KITH_EXIT_FAIL;
+    }
+    /* fopen takes a folder: it printed nothing and exited 0. */
+    struct stat was;
+    if (fstat(fileno(f), &was) == 0 && !S_ISREG(was.st_mode)) {
+        fprintf(stderr, "kith service: cannot read %s: %s; the daemon's log is a file there: "
+                        "move what is in the way\n", path,
+                S_ISDIR(was.st_mode) ? strerror(EISDIR) : "not a regular file");
+        fclose(f);
         return KITH_EXIT_FAIL;
     }
     /* The start of the last `lines` lines: just after the newline that
@@ -504,9 +525,9 @@ static int s_logs(const char *home_flag, unsigned lines, bool follow)
                 found = true;
             }
     }
-    long at = s_copy_from(f, start);
-    struct stat was;
-    while (follow && fstat(fileno(f), &was) == 0) {
+    int rerr = 0, werr = 0;
+    long at = s_copy_from(f, start, &rerr, &werr);
+    while (follow && !rerr && !werr && fstat(fileno(f), &was) == 0) {
         struct timespec ts = {0, S_FOLLOW_POLL_NS};
         nanosleep(&ts, NULL);
         struct stat now;
@@ -514,7 +535,7 @@ static int s_logs(const char *home_flag, unsigned lines, bool follow)
             /* rotated (SIGHUP made a new file) or truncated: what the old
              * one still had, then the new one from its start */
             if (now.st_ino != was.st_ino)
-                (void) s_copy_from(f, at);
+                (void) s_copy_from(f, at, &rerr, &werr);
             FILE *g = fopen(path, "rb");
             if (g) {
                 fclose(f);
@@ -522,9 +543,21 @@ static int s_logs(const char *home_flag, unsigned lines, bool follow)
                 at = 0;
             }
         }
-        at = s_copy_from(f, at);
+        at = s_copy_from(f, at, &rerr, &werr);
     }
     fclose(f);
+    if (werr) {
+        /* EPIPE (the reader went away) is main's: it ends by SIGPIPE. */
+        if (werr == EPIPE)
+            return KITH_EXIT_OK;
+        fprintf(stderr, "kith service: cannot write stdout (%s); check the file or pipe it goes "
+                        "to\n", strerror(werr));
+        return KITH_EXIT_FAIL;
+    }
+    if (rerr) {
+        fprintf(stderr, "kith service: cannot read %s: %s\n", path, strerror(rerr));
+        return KITH_EXIT_FAIL;
+    }
     return KITH_EXIT_OK;
 }
 
