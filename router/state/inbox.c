@@ -1312,6 +1312,24 @@ size_t router_inbox_count(router_inbox_t *self)
 
 /* ---------------------------------------------------------------- seen ids at start */
 
+/* Why a load at start stopped: SQLite's reason when the database failed,
+ * else `why` (the load's own allocation, or its caller refusing a row),
+ * which is no fault of the file: SQLite's message for a statement that
+ * had a row waiting ("another row available") blamed it. */
+static void s_load_error(sqlite3 *db, const char *what, const char *why, char *err,
+                         size_t errcap)
+{
+    char doing[96];
+    if (!why) {
+        snprintf(doing, sizeof doing, "cannot read the %s: ", what);
+        router_dbcheck_error(db, "inbox database ", NULL, doing, err, errcap);
+        return;
+    }
+    const char *path = sqlite3_db_filename(db, "main");
+    snprintf(err, errcap, "inbox database %s: the %s read from it could not be held: %s",
+             path && *path ? path : "state.db", what, why);
+}
+
 typedef struct {
     uint8_t id[16];
     uint64_t expires_ms;
@@ -1327,6 +1345,7 @@ int router_inbox_seen_load(router_inbox_t *self, size_t per_sender_max,
     s_seen_row_t *buf = NULL;
     size_t cap = 0;
     int rc = -1, step;
+    const char *why = NULL; /* the load's own failure, not the database's */
     uint8_t sender[32];
     pthread_mutex_lock(&self->db_mu);
     if (s_prepare(self->db, "SELECT sender FROM seen WHERE sender > ? ORDER BY sender LIMIT 1",
@@ -1344,8 +1363,10 @@ int router_inbox_seen_load(router_inbox_t *self, size_t per_sender_max,
         if (len != 32) {
             /* Not a row this code wrote: step past it. */
             uint8_t *skip = malloc(len > 0 ? (size_t) len : 1);
-            if (!skip)
+            if (!skip) {
+                why = "out of memory";
                 goto done;
+            }
             if (len > 0)
                 memcpy(skip, sqlite3_column_blob(next, 0), (size_t) len);
             sqlite3_reset(next);
@@ -1366,8 +1387,10 @@ int router_inbox_seen_load(router_inbox_t *self, size_t per_sender_max,
             if (n == cap) {
                 size_t ncap = cap ? cap * 2 : 256;
                 s_seen_row_t *g = realloc(buf, ncap * sizeof *g);
-                if (!g)
+                if (!g) {
+                    why = "out of memory";
                     goto done;
+                }
                 buf = g;
                 cap = ncap;
             }
@@ -1379,8 +1402,10 @@ int router_inbox_seen_load(router_inbox_t *self, size_t per_sender_max,
             goto done;
         while (n > 0) {
             n--;
-            if (seen_fn(sender, buf[n].id, buf[n].expires_ms, ud) != 0)
+            if (seen_fn(sender, buf[n].id, buf[n].expires_ms, ud) != 0) {
+                why = "the replay window refused one (out of memory?)";
                 goto done;
+            }
         }
     }
     if (step != SQLITE_DONE)
@@ -1389,16 +1414,17 @@ int router_inbox_seen_load(router_inbox_t *self, size_t per_sender_max,
         if (sqlite3_column_bytes(floors, 0) != 32)
             continue;
         if (floor_fn((const uint8_t *) sqlite3_column_blob(floors, 0),
-                     (uint64_t) sqlite3_column_int64(floors, 1), ud) != 0)
+                     (uint64_t) sqlite3_column_int64(floors, 1), ud) != 0) {
+            why = "the replay window refused a floor (out of memory?)";
             goto done;
+        }
     }
     if (step != SQLITE_DONE)
         goto done;
     rc = 0;
 done:
     if (rc != 0)
-        router_dbcheck_error(self->db, "inbox database ", NULL, "cannot read the seen ids: ", err,
-                             errcap);
+        s_load_error(self->db, "seen ids", why, err, errcap);
     sqlite3_finalize(next);
     sqlite3_finalize(rows);
     sqlite3_finalize(floors);
@@ -1414,6 +1440,7 @@ int router_inbox_idem_load(router_inbox_t *self, uint64_t now_ms, router_inbox_i
         return 0;
     sqlite3_stmt *st = NULL;
     int rc = -1, step;
+    const char *why = NULL; /* the caller's refusal, not the database's */
     pthread_mutex_lock(&self->db_mu);
     if (s_prepare(self->db,
                   "SELECT scope, key, status, body, expires_ms FROM inbox_idempotency"
@@ -1432,14 +1459,15 @@ int router_inbox_idem_load(router_inbox_t *self, uint64_t now_ms, router_inbox_i
             strlen(scope) > ROUTER_INBOX_IDEM_SCOPE_MAX ||
             strlen(body) >= ROUTER_INBOX_IDEM_BODY_MAX)
             continue; /* not a row this code wrote */
-        if (fn(&row, ud) != 0)
+        if (fn(&row, ud) != 0) {
+            why = "the caller refused one (out of memory?)";
             goto done;
+        }
     }
     rc = step == SQLITE_DONE ? 0 : -1;
 done:
     if (rc != 0)
-        router_dbcheck_error(self->db, "inbox database ", NULL, "cannot read the idempotency keys: ",
-                             err, errcap);
+        s_load_error(self->db, "idempotency keys", why, err, errcap);
     sqlite3_finalize(st);
     pthread_mutex_unlock(&self->db_mu);
     return rc;
