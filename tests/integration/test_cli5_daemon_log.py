@@ -6,7 +6,9 @@ pipe) neither starves the file nor keeps a stopping daemon from ending; a
 full disk under logs/ loses lines from the file but the file says how many
 once it takes lines again, and no line is left cut in two; a logs/ folder
 that cannot be made is one line naming the reason, and a home this run made
-is taken back; a signal while the daemon starts is honoured once it runs.
+is taken back; a signal while the daemon starts is honoured once it runs;
+an audit.path `kith config check` passes but the start cannot open is named
+with what to do.
 
 The disk cases mount a small tmpfs, which needs root: without it they say
 so and pass."""
@@ -283,6 +285,32 @@ def signal_while_starting():
             err.close()
 
 
+def audit_path_refused_at_start():
+    # `kith config check` says ok (it cannot know the disk), the daemon
+    # stops at start: its last line names audit.path and what to do (it
+    # said "cannot open …" alone), exit 1, nothing left running.
+    fix = ("; make its folder, or set audit.path to a file kith can write (audit.enabled false "
+           "turns it off)")
+    home = new_home("kith-cli5-audit-")
+    open(os.path.join(home, "audit"), "w").close()  # a file where the folder goes
+    for path, shown, why in (("audit/kith.log", os.path.join(home, "audit", "kith.log"),
+                              "Not a directory"),
+                             ("/proc/kith-cli5/kith.log", "/proc/kith-cli5/kith.log",
+                              "No such file or directory")):
+        cfg = dict(config_for(home), audit={"path": path})
+        with open(os.path.join(home, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        p = subprocess.run([KITH, "config", "check", "--home", home], capture_output=True,
+                           text=True, timeout=TIMEOUT)
+        check(p.returncode == 0, f"config check {p.returncode} {p.stderr}")
+        p = subprocess.run([KITH, "daemon", "--home", home], capture_output=True, text=True,
+                           timeout=TIMEOUT)
+        last = p.stderr.splitlines()[-1] if p.stderr else ""
+        check(p.returncode == 1 and
+              last == f"kith daemon: audit.path: cannot open {shown}: {why}{fix}",
+              f"{path}: {p.returncode} {p.stderr[-800:]!r}")
+
+
 def main():
     r = Results()
     r.run(stderr_nobody_reads)
@@ -290,6 +318,7 @@ def main():
     r.run(full_disk_under_logs)
     r.run(logs_folder_cannot_be_made)
     r.run(signal_while_starting)
+    r.run(audit_path_refused_at_start)
     return r.summary()
 
 

@@ -479,8 +479,20 @@ static int s_audit_start(s_audit_t *au, router_node_t *node, const router_config
                               .liveness = (int) cfg->workers.liveness,
                               .rotate_bytes = cfg->audit.rotate_bytes, .keep = cfg->audit.keep,
                               .query_scan_max = cfg->audit.query_scan_bytes};
-    if (!(au->worker = audit_worker_start(&wo, err, errcap)))
+    if (!(au->worker = audit_worker_start(&wo, err, errcap))) {
+        /* The log itself cannot be opened: name the key that placed it
+         * and what to do ("cannot open …" alone named neither). */
+        if (!strncmp(err, "cannot open ", 12)) {
+            char why[KITH_ERR_MAX];
+            snprintf(why, sizeof why, "%s", err);
+            int n = snprintf(err, errcap, "audit.path: %s; make its folder, or set audit.path "
+                                          "to a file kith can write (audit.enabled false turns "
+                                          "it off)", why);
+            if (n < 0 || (size_t) n >= errcap)
+                snprintf(err, errcap, "%s", why); /* too long to add to: as it was */
+        }
         return -1;
+    }
     router_audit_feed_opts_t fo = {.loop = router_node_loop(node), .broker = au->broker,
                                    .metrics = router_node_metrics(node)};
     if (!(au->feed = router_audit_feed_new(&fo))) {
