@@ -1046,8 +1046,15 @@ int router_node_run(router_node_t *self)
         return 0; /* stopped before it ran, or ran and drained: nothing would end the loop */
     }
     int rc = router_loop_run(self->loop);
+    /* Under post_mu, which other threads' calls and sends hold to look at
+     * `running` and post: none is queued after this. One queued after the
+     * run's last look at its posts is run (and refused) now, not left
+     * waiting for router_loop_destroy with its caller. */
+    pthread_mutex_lock(&self->post_mu);
     atomic_store(&self->ran, true);
     atomic_store(&self->running, false);
+    pthread_mutex_unlock(&self->post_mu);
+    router_loop_run_posts(self->loop);
     return rc < 0 ? -1 : 0;
 }
 
@@ -1261,7 +1268,7 @@ static void s_send_on_loop(router_loop_t *loop, void *arg)
     s_send_job_t *job = arg;
     router_node_t *self = job->node;
     int rc;
-    if (!self->outbound || self->stopping) {
+    if (!self->outbound || self->stopping || atomic_load(&self->ran)) {
         s_send_done(ROUTER_SEND_OFFLINE, "the node is stopping", NULL, job);
         return;
     }
@@ -1441,7 +1448,7 @@ static void s_call_on_loop(router_loop_t *loop, void *arg)
     (void) loop;
     s_call_t *c = arg;
     int rc, err = ECANCELED;
-    if (c->node->comms && !c->node->stopping) {
+    if (c->node->comms && !c->node->stopping && !atomic_load(&c->node->ran)) {
         errno = 0;
         rc = c->fn(c->node, c->arg);
         err = errno;
@@ -1479,7 +1486,7 @@ int router_node_call(router_node_t *self, router_node_call_fn *fn, void *arg)
     /* As router_node_send_ex: never queued after the stop. */
     pthread_mutex_lock(&self->post_mu);
     int posted = -1, err = ECANCELED;
-    if (!atomic_load(&self->stopped) &&
+    if (!atomic_load(&self->stopped) && atomic_load(&self->running) &&
         (posted = router_loop_post(self->loop, s_call_on_loop, &c)) != 0)
         err = errno; /* EAGAIN: the queue is full */
     pthread_mutex_unlock(&self->post_mu);
