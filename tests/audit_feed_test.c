@@ -23,6 +23,7 @@
 #include "proto/audit_msg.h"
 #include "router/net/loop.h"
 #include "router/workers/audit_feed.h"
+#include "router/workers/audit_limit.h"
 #include "router/workers/broker.h"
 #include "router/workers/mdp_worker.h"
 
@@ -410,6 +411,70 @@ static void test_no_timer_for_the_feed(void **state)
     router_metrics_destroy(&f->metrics);
 }
 
+typedef struct {
+    fix_t *f;
+    uint64_t pushed;
+} pushed_t;
+
+static bool s_pushed_and_empty(void *ud)
+{
+    pushed_t *p = ud;
+    router_audit_feed_stats_t st = s_stats(p->f);
+    return st.pushed >= p->pushed && st.queued == 0;
+}
+
+/* An event from outside held back by the rate limit while the loop has no
+ * timer to sum the held-back ones up: the count still comes out as an
+ * audit_suppressed record (WIRE §21.7), the timer tried again at the
+ * feed's next step (here the reply to the batch of those let through).
+ * Before, only the next event held back tried again, so with none the
+ * record waited for a graceful stop, and was lost with a crash. */
+static void test_suppressed_without_a_timer(void **state)
+{
+    (void) state;
+    fix_t fx = {0}, *f = &fx;
+    snprintf(f->ep, sizeof f->ep, "inproc://audit-feed-test-%d", ++s_n);
+    router_loop_opts_t lo = {.max_timers = 16};
+    f->loop = router_loop_new(&lo);
+    assert_non_null(f->loop);
+    f->metrics = router_metrics_new();
+    char err[256] = "";
+    router_broker_opts_t bo = {.loop = f->loop, .endpoint = f->ep, .heartbeat_ms = 100, .liveness = 50};
+    f->b = router_broker_new(&bo, err, sizeof err);
+    assert_non_null(f->b);
+    router_audit_feed_opts_t fo = {.loop = f->loop, .broker = f->b, .metrics = f->metrics,
+                                   .queue_max = 64, .retry_ms = 5};
+    f->feed = router_audit_feed_new(&fo);
+    assert_non_null(f->feed);
+    s_fake_t *w = s_fake_start(f->ep, NULL, 0);
+
+    uint64_t ids[16];
+    size_t n = 0;
+    while (n < 16 && (ids[n] = router_loop_timer_add(f->loop, 3600000, s_nop_timer, NULL)))
+        n++;
+    assert_true(n > 1 && n < 16);
+    const unsigned burst = ROUTER_AUDIT_LIMIT_SOURCE_BURST;
+    for (unsigned i = 0; i < burst + 1; i++)
+        assert_int_equal(router_audit_feed_push_from(f->feed, "auth_failure", "192.0.2.1", "{}"), 0);
+    router_audit_feed_stats_t st = s_stats(f);
+    assert_int_equal(st.pushed, burst);
+    assert_int_equal(st.suppressed, 1);
+    assert_true(st.timer_failures >= 2); /* the send's and the sum's */
+    while (n)
+        assert_int_equal(router_loop_timer_cancel(f->loop, ids[--n]), 0);
+    /* The burst goes, then (10 s on) the record of the one held back. */
+    pushed_t want = {f, burst + 1};
+    test_loop_until(f->loop, s_pushed_and_empty, &want, 10, 60000);
+    st = s_stats(f);
+    assert_int_equal(st.appended, burst + 1);
+    assert_int_equal(atomic_load(&w->events), burst + 1);
+    s_fake_stop(&w);
+    router_audit_feed_destroy(&f->feed);
+    router_broker_destroy(&f->b);
+    router_loop_destroy(&f->loop);
+    router_metrics_destroy(&f->metrics);
+}
+
 /* bad_request is kith's own bug, not the disk's: that batch is dropped
  * (counted, never sent again, which would loop) and the feed goes on. */
 static void test_bad_request_drops_the_batch(void **state)
@@ -484,6 +549,7 @@ int main(void)
         T(test_failed_batches_are_sent_again),
         T(test_appended_counts_that_differ),
         cmocka_unit_test(test_no_timer_for_the_feed),
+        cmocka_unit_test(test_suppressed_without_a_timer),
         T(test_bad_request_drops_the_batch),
         T(test_worker_leaves_holding_a_batch),
         cmocka_unit_test(test_details),

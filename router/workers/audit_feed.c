@@ -47,6 +47,7 @@ struct router_audit_feed {
     uint32_t retry_ms;           /* the next retry's delay */
     router_audit_limit_t *limit; /* what outsiders' events may cost the log */
     uint64_t limit_timer;        /* the next audit_suppressed records, 0 for none */
+    bool limit_flushing;         /* the counts are being pushed (they are 0 after) */
     router_audit_feed_drained_fn *drained; /* a stop waits for the queue to empty */
     void *drained_ud;
     uint64_t drain_timer;        /* the stop's wait, 0 for none */
@@ -251,6 +252,7 @@ void router_audit_feed_destroy(router_audit_feed_t **self_p)
 }
 
 static void s_send(router_audit_feed_t *self);
+static void s_limit_arm(router_audit_feed_t *self);
 
 static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
 {
@@ -258,6 +260,7 @@ static void s_on_timer(router_loop_t *loop, uint64_t id, void *ud)
     (void) id;
     router_audit_feed_t *self = ud;
     self->timer = 0;
+    s_limit_arm(self);
     s_send(self);
 }
 
@@ -291,6 +294,7 @@ static void s_on_post(router_loop_t *loop, void *arg)
     if (!self)
         return; /* destroyed meanwhile */
     self->post = NULL;
+    s_limit_arm(self);
     if (self->timer || self->request != 0)
         return;
     /* A send waits for nothing: send now. A retry's wait is tried as a timer
@@ -347,6 +351,7 @@ static void s_on_reply(int kind, const uint8_t *body, size_t len, void *ud)
     if (kind == 0)
         return; /* audit replies have no partials */
     self->request = 0;
+    s_limit_arm(self);
     if (kind < 0) {
         s_retry(self, "the audit worker went away");
         return;
@@ -497,6 +502,7 @@ int router_audit_feed_push(router_audit_feed_t *self, const char *type, const ch
     router_metric_set(self->m_queue, self->count);
     /* Send on the next iteration, so what this one pushes goes together. */
     s_schedule(self, 0);
+    s_limit_arm(self);
     return 0;
 }
 
@@ -564,13 +570,36 @@ static void s_on_suppressed(const char *type, const char *source, uint64_t count
     (void) router_audit_feed_push(ud, "audit_suppressed", router_audit_detail_end(&d));
 }
 
+static void s_limit_flush(router_audit_feed_t *self)
+{
+    self->limit_flushing = true;
+    router_audit_limit_flush(self->limit, s_on_suppressed, self);
+    self->limit_flushing = false;
+}
+
 static void s_on_limit_timer(router_loop_t *loop, uint64_t id, void *ud)
 {
     (void) loop;
     (void) id;
     router_audit_feed_t *self = ud;
     self->limit_timer = 0;
-    router_audit_limit_flush(self->limit, s_on_suppressed, self);
+    s_limit_flush(self);
+}
+
+/* The timer that sums up the events held back, when some are and it is not
+ * set. Tried again at each step of the feed (a send, a reply, a post, the
+ * next push) when the loop had no timer: before, only the next event held
+ * back tried again, so the count of a burst that had found the table full
+ * waited for a graceful stop to be written (WIRE §21.7 says within 10 s). */
+static void s_limit_arm(router_audit_feed_t *self)
+{
+    if (self->limit_timer || self->limit_flushing || !router_audit_limit_pending(self->limit))
+        return;
+    self->limit_timer = router_loop_timer_add(self->loop, S_SUPPRESSED_EVERY_MS, s_on_limit_timer, self);
+    if (!self->limit_timer) {
+        self->st.timer_failures++;
+        router_metric_inc(self->m_timer_failures, 1);
+    }
 }
 
 int router_audit_feed_push_from(router_audit_feed_t *self, const char *type, const char *client,
@@ -582,9 +611,7 @@ int router_audit_feed_push_from(router_audit_feed_t *self, const char *type, con
         return router_audit_feed_push(self, type, detail);
     self->st.suppressed++;
     router_metric_inc(self->m_suppressed, 1);
-    if (!self->limit_timer)
-        self->limit_timer =
-            router_loop_timer_add(self->loop, S_SUPPRESSED_EVERY_MS, s_on_limit_timer, self);
+    s_limit_arm(self);
     return 0;
 }
 
@@ -627,7 +654,7 @@ void router_audit_feed_drain(router_audit_feed_t *self, router_audit_feed_draine
         (void) router_loop_timer_cancel(self->loop, self->limit_timer);
         self->limit_timer = 0;
     }
-    router_audit_limit_flush(self->limit, s_on_suppressed, self);
+    s_limit_flush(self);
     self->drained = drained;
     self->drained_ud = ud;
     if (!self->count) {

@@ -93,7 +93,8 @@ typedef struct {
     uint64_t retries;    /* batches sent again */
     uint64_t batches;    /* audit-append requests acknowledged */
     uint64_t suppressed; /* events from outside held back by the rate limit */
-    uint64_t timer_failures; /* loop timers the feed could not add (a post or the next push sent instead) */
+    uint64_t timer_failures; /* loop timers the feed could not add (a post or the next push
+                              * sent instead; the held-back sum's, tried at the next step) */
 } router_audit_feed_stats_t;
 
 void router_audit_feed_stats(const router_audit_feed_t *self, router_audit_feed_stats_t *out);
