@@ -264,11 +264,30 @@ fail:
     return -1;
 }
 
+/* Why a load at start stopped: SQLite's reason when the database failed,
+ * else `why` (the load's own allocation, or its caller refusing a row),
+ * which is no fault of the file: SQLite's message for a statement that
+ * had a row waiting ("another row available") blamed it. */
+static void s_load_error(sqlite3 *db, const char *what, const char *why, char *err,
+                         size_t errcap)
+{
+    char doing[96];
+    if (!why) {
+        snprintf(doing, sizeof doing, "cannot read the %s: ", what);
+        router_dbcheck_error(db, "inbox database ", NULL, doing, err, errcap);
+        return;
+    }
+    const char *path = sqlite3_db_filename(db, "main");
+    snprintf(err, errcap, "inbox database %s: the %s read from it could not be held: %s",
+             path && *path ? path : "state.db", what, why);
+}
+
 /* Reloads what a previous run admitted and nobody consumed. */
 static int s_db_reload(router_inbox_t *self, char *err, size_t errcap)
 {
     sqlite3_stmt *st = NULL;
     int rc = -1;
+    const char *why = NULL; /* the reload's own failure, not the database's */
     if (sqlite3_prepare_v2(self->db, "SELECT COALESCE(MAX(seq),0) FROM inbox", -1, &st, NULL) !=
             SQLITE_OK ||
         sqlite3_step(st) != SQLITE_ROW)
@@ -297,8 +316,10 @@ static int s_db_reload(router_inbox_t *self, char *err, size_t errcap)
         if (self->count == self->ring_cap) {
             size_t ncap = self->ring_cap * 2;
             s_node_t **ring = calloc(ncap, sizeof *ring);
-            if (!ring)
+            if (!ring) {
+                why = "out of memory";
                 goto done;
+            }
             for (size_t i = 0; i < self->count; i++)
                 ring[i] = s_at(self, i);
             free(self->ring);
@@ -310,6 +331,7 @@ static int s_db_reload(router_inbox_t *self, char *err, size_t errcap)
         size_t len = (size_t) sqlite3_column_bytes(st, 5);
         if (!n || !(n->e.frame = malloc(len ? len : 1))) {
             free(n);
+            why = "out of memory";
             goto done;
         }
         n->e.seq = (uint64_t) sqlite3_column_int64(st, 0);
@@ -327,7 +349,7 @@ static int s_db_reload(router_inbox_t *self, char *err, size_t errcap)
     rc = (step == SQLITE_DONE) ? 0 : -1;
 done:
     if (rc != 0)
-        router_dbcheck_error(self->db, "inbox database ", NULL, "cannot reload: ", err, errcap);
+        s_load_error(self->db, "entries", why, err, errcap);
     sqlite3_finalize(st);
     /* Everything reloaded is durable: seq ≤ durable_seq. */
     atomic_store(&self->durable_seq, self->next_seq - 1);
@@ -1311,24 +1333,6 @@ size_t router_inbox_count(router_inbox_t *self)
 }
 
 /* ---------------------------------------------------------------- seen ids at start */
-
-/* Why a load at start stopped: SQLite's reason when the database failed,
- * else `why` (the load's own allocation, or its caller refusing a row),
- * which is no fault of the file: SQLite's message for a statement that
- * had a row waiting ("another row available") blamed it. */
-static void s_load_error(sqlite3 *db, const char *what, const char *why, char *err,
-                         size_t errcap)
-{
-    char doing[96];
-    if (!why) {
-        snprintf(doing, sizeof doing, "cannot read the %s: ", what);
-        router_dbcheck_error(db, "inbox database ", NULL, doing, err, errcap);
-        return;
-    }
-    const char *path = sqlite3_db_filename(db, "main");
-    snprintf(err, errcap, "inbox database %s: the %s read from it could not be held: %s",
-             path && *path ? path : "state.db", what, why);
-}
 
 typedef struct {
     uint8_t id[16];
