@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <czmq.h>
 
 #include "alloc_fail.h"
 #include "loop_until.h"
@@ -475,6 +476,94 @@ static void test_suppressed_without_a_timer(void **state)
     router_metrics_destroy(&f->metrics);
 }
 
+static bool s_no_flight(void *ud)
+{
+    router_broker_stats_t st;
+    router_broker_stats(ud, &st);
+    return st.in_flight == 0;
+}
+
+static bool s_in_flight(void *ud)
+{
+    router_broker_stats_t st;
+    router_broker_stats(ud, &st);
+    return st.in_flight == 1;
+}
+
+static void s_count_drained(void *ud)
+{
+    (*(int *) ud)++;
+}
+
+typedef struct {
+    zsock_t *raw;
+    zmsg_t *req;
+} held_t;
+
+/* The batch's REQUEST came to the raw worker: kept, for its address. */
+static bool s_request_came(void *ud)
+{
+    held_t *h = ud;
+    zmsg_t *m;
+    while (!h->req && (m = zmsg_recv_nowait(h->raw))) {
+        zframe_t *cmd = zmsg_first(m);
+        cmd = zmsg_next(m);
+        cmd = zmsg_next(m);
+        if (cmd && zframe_size(cmd) == 1 && zframe_data(cmd)[0] == 0x02)
+            h->req = m;
+        else
+            zmsg_destroy(&m);
+    }
+    return h->req != NULL;
+}
+
+/* The feed destroyed with everything still pending: a batch a worker holds
+ * and has not answered, a graceful stop waiting for it (its timer), events
+ * held back by the rate limit (their timer). The stop's callback never
+ * runs once the feed is gone, the worker's late FINAL reaches nothing (the
+ * request was cancelled: no use after free), and nothing leaks. */
+static void test_destroy_with_everything_pending(void **state)
+{
+    fix_t *f = *state;
+    zsock_t *raw = zsock_new_dealer(f->ep);
+    assert_non_null(raw);
+    zmsg_t *m = zmsg_new();
+    zmsg_addmem(m, "", 0);
+    zmsg_addstr(m, "MDPW02");
+    zmsg_addmem(m, &(uint8_t) {0x01}, 1);
+    zmsg_addstr(m, ROUTER_AUDIT_SERVICE);
+    assert_int_equal(zmsg_send(&m, raw), 0);
+    /* The queue holds 8 here: the 9th and 10th are dropped (counted). */
+    for (unsigned i = 0; i < ROUTER_AUDIT_LIMIT_SOURCE_BURST + 1; i++)
+        (void) router_audit_feed_push_from(f->feed, "auth_failure", "192.0.2.7", "{}");
+    assert_int_equal(s_stats(f).suppressed, 1);
+    test_loop_until(f->loop, s_in_flight, f->b, 5, 60000);
+    held_t h = {raw, NULL};
+    test_loop_until(f->loop, s_request_came, &h, 5, 60000);
+    int drained = 0;
+    router_audit_feed_drain(f->feed, s_count_drained, &drained, 600000);
+    assert_int_equal(drained, 0);
+    router_audit_feed_destroy(&f->feed);
+    router_audit_feed_destroy(&f->feed);
+    assert_null(f->feed);
+    /* The worker answers now: the broker drops it (nobody's any more). */
+    zmsg_t *rep = zmsg_new();
+    zmsg_addmem(rep, "", 0);
+    zmsg_addstr(rep, "MDPW02");
+    zmsg_addmem(rep, &(uint8_t) {0x04}, 1);
+    zframe_t *addr = zmsg_first(h.req);
+    for (int i = 0; i < 3; i++)
+        addr = zmsg_next(h.req);
+    zmsg_addmem(rep, zframe_data(addr), zframe_size(addr));
+    zmsg_addmem(rep, "", 0);
+    zmsg_addstr(rep, "late");
+    assert_int_equal(zmsg_send(&rep, raw), 0);
+    zmsg_destroy(&h.req);
+    test_loop_until(f->loop, s_no_flight, f->b, 5, 60000);
+    assert_int_equal(drained, 0);
+    zsock_destroy(&raw);
+}
+
 /* bad_request is kith's own bug, not the disk's: that batch is dropped
  * (counted, never sent again, which would loop) and the feed goes on. */
 static void test_bad_request_drops_the_batch(void **state)
@@ -552,6 +641,7 @@ int main(void)
         cmocka_unit_test(test_suppressed_without_a_timer),
         T(test_bad_request_drops_the_batch),
         T(test_worker_leaves_holding_a_batch),
+        T(test_destroy_with_everything_pending),
         cmocka_unit_test(test_details),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
