@@ -699,11 +699,17 @@ static int s_migrate(sqlite3 *db)
     };
     for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
         sqlite3_stmt *st = NULL;
-        if (sqlite3_prepare_v2(db, steps[i].probe, -1, &st, NULL) == SQLITE_OK) {
+        int probed = sqlite3_prepare_v2(db, steps[i].probe, -1, &st, NULL);
+        if (probed == SQLITE_OK) {
             sqlite3_finalize(st);
             continue;
         }
-        if (sqlite3_exec(db, steps[i].sql, NULL, NULL, NULL) != SQLITE_OK)
+        /* Only "no such column" (SQLITE_ERROR) says the file is older:
+         * a probe that ran out of memory went on to add a column that
+         * was there, and the start was refused as "duplicate column
+         * name", the very message of a half-migrated file. */
+        if (probed != SQLITE_ERROR ||
+            sqlite3_exec(db, steps[i].sql, NULL, NULL, NULL) != SQLITE_OK)
             return -1;
     }
     return 0;
