@@ -363,6 +363,33 @@ static void test_dangling_symlink_key_says_so(void **state)
     router_identity_wipe(&id);
 }
 
+/* A key file owned by another user (a restore by root, a home shared by
+ * mistake) is refused with the chown that fixes it, and never replaced:
+ * load_or_create does not take it for a first start. Needs root to give a
+ * file away; skipped otherwise. */
+static void test_key_of_another_user_refused(void **state)
+{
+    s_env_t *e = *state;
+    if (geteuid() != 0) {
+        print_message("not root: cannot give a file away; skipped\n");
+        return;
+    }
+    s_install_rfc(e);
+    assert_int_equal(chown(e->key, 4242, 4242), 0);
+    router_identity_t id;
+    bool created = true;
+    char err[ROUTER_IDENTITY_ERR_MAX] = "";
+    assert_int_equal(router_identity_load(e->home, &id, err, sizeof err), -1);
+    assert_non_null(strstr(err, "owned by uid 4242"));
+    assert_non_null(strstr(err, "chown 0"));
+    assert_true(s_all_zero(&id, sizeof id));
+    assert_int_equal(router_identity_load_or_create(e->home, &id, &created, err, sizeof err), -1);
+    assert_false(created);
+    char text[256];
+    s_read(e->key, text, sizeof text);
+    assert_string_equal(text, S_RFC_KEY_LINE); /* untouched */
+}
+
 static void test_pub_file_must_agree(void **state)
 {
     s_env_t *e = *state;
@@ -705,6 +732,7 @@ int main(void)
         T(test_refuses_a_directory_or_missing_key),
         T(test_refuses_a_fifo_key_without_hanging),
         T(test_dangling_symlink_key_says_so),
+        T(test_key_of_another_user_refused),
         T(test_pub_file_must_agree),
         T(test_missing_pub_is_rewritten),
         T(test_load_or_create),
