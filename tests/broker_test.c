@@ -494,6 +494,13 @@ static void test_protocol_errors(void **state)
     want.refused++;
     s_run(&r, s_counted, &want);
     assert_int_equal(rep.finals + rep.lost, 0);
+    /* ...and so is one whose address is not the 8 octets of a handle (it
+     * was counted a late reply, as if its request had ended). */
+    s_raw_send(raw, "MDPW02", 0x04, 3, (const char *const[]) {"addr", "", "final"});
+    s_raw_send(raw, "MDPW02", 0x03, 3, (const char *const[]) {"123456789", "", "partial"});
+    want.refused += 2;
+    s_run(&r, s_counted, &want);
+    assert_int_equal(rep.finals + rep.lost + rep.partials, 0);
     s_run(&r, s_counted, &want);
     router_broker_stats_t st;
     router_broker_stats(r.b, &st);

@@ -455,7 +455,10 @@ static void s_on_ready(router_broker_t *b, int sock, zframe_t *id, zmsg_t *m, in
 static void s_on_reply(router_broker_t *b, s_worker_t *w, uint8_t cmd, zmsg_t *m)
 {
     zframe_t *addr = zmsg_pop(m), *sep = zmsg_pop(m), *body = zmsg_pop(m);
-    bool ok = addr && sep && body && zframe_size(sep) == 0 && zmsg_size(m) == 0;
+    /* An address that is not 8 octets is no handle at all: malformed,
+     * refused, where it was counted a late reply (a request that ended). */
+    bool ok = addr && zframe_size(addr) == 8 && sep && body && zframe_size(sep) == 0 &&
+              zmsg_size(m) == 0;
     int64_t h = ok ? s_addr_h(zframe_data(addr), zframe_size(addr)) : -1;
     s_req_t *r = w->req;
     if (!ok) {
