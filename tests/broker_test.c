@@ -1229,6 +1229,98 @@ static void test_listen_ipc(void **state)
     s_rm_rf(dir);
 }
 
+typedef struct {
+    router_broker_t *b;
+    uint64_t workers, refused;
+} stats_want_t;
+
+static bool s_workers_3_any(void *ud)
+{
+    router_broker_stats_t st;
+    router_broker_stats(ud, &st);
+    return st.workers == 3;
+}
+
+static bool s_stats_reach(void *ud)
+{
+    stats_want_t *w = ud;
+    router_broker_stats_t st;
+    router_broker_stats(w->b, &st);
+    return st.workers >= w->workers && st.refused >= w->refused;
+}
+
+/* The READY was read: refused, or a worker taken. */
+static bool s_ready_read(void *ud)
+{
+    router_broker_stats_t st;
+    router_broker_stats(ud, &st);
+    return st.refused + st.workers > 0;
+}
+
+typedef struct {
+    zsock_t *raw;
+    int want;
+} raw_cmd_t;
+
+/* The broker sent raw the command `want` (others skipped). */
+static bool s_raw_got_cmd(void *ud)
+{
+    raw_cmd_t *c = ud;
+    raw_wait_t w = {c->raw, -1};
+    while (s_raw_got(&w))
+        if (w.cmd == c->want)
+            return true;
+    return false;
+}
+
+/* A READY read after its connection was cut (here the share's oldest, cut
+ * for a stranger's connection that came after it) is refused: the request
+ * waiting is not handed to a connection that is going. Before, the worker
+ * was taken on it and handed the request, which was lost with it at the
+ * next heartbeat (kind -1: a turn failed for nothing). The worker's next
+ * READY, on the connection its socket makes again, gets the request. */
+static void test_listen_ready_on_a_cut_connection(void **state)
+{
+    (void) state;
+    s_listen_bounds(1, 4, 0);
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, "tcp://127.0.0.1:*", NULL, 0, ep, sizeof ep);
+    char bound[128];
+    snprintf(bound, sizeof bound, "%s", router_broker_listen_endpoint(r.b));
+    reply_t rep = {0};
+    int64_t h = router_broker_request(r.b, "kith.test", (uint8_t *) "q", 1, s_on_reply, &rep);
+    assert_true(h > 0);
+    /* The loop does not run: the READY and both accepts wait for it. */
+    zsock_t *w = zsock_new_dealer(bound);
+    assert_non_null(w);
+    s_raw_ready(w);
+    usleep(300 * 1000);
+    int stranger = s_raw_tcp("127.0.0.2", bound);
+    usleep(300 * 1000);
+    s_run(&r, s_ready_read, r.b);
+    router_broker_stats_t st;
+    router_broker_stats(r.b, &st);
+    assert_int_equal(st.workers, 0);
+    assert_int_equal(st.in_flight, 0);
+    assert_true(router_broker_queued(r.b, h));
+    router_worker_conns_stats_t cs;
+    router_broker_listen_stats(r.b, &cs);
+    assert_int_equal(cs.cut_share, 1);
+    assert_int_equal(rep.lost + rep.finals, 0);
+    /* Its socket connects again; READY there takes the request. */
+    s_raw_ready(w);
+    raw_cmd_t got = {w, 0x02};
+    s_run(&r, s_raw_got_cmd, &got);
+    s_raw_reply(w, 0x04, h, "done");
+    all_t one = {&rep, 1};
+    s_run(&r, s_all_done, &one);
+    assert_int_equal(rep.finals, 1);
+    close(stranger);
+    zsock_destroy(&w);
+    s_teardown(&r);
+}
+
 /* workers.listen on an abstract Unix name (ipc://@name, WIRE §19.2) has
  * the same bounds as on a path: the connections over the share are cut.
  * Before, the check that a descriptor was accepted on the endpoint
@@ -1847,26 +1939,6 @@ static bool s_workers_max(void *ud)
 /* 1 024 workers registered: one more READY is refused (DISCONNECT,
  * counted, and the log says why), the broker serving on; when one leaves,
  * the newcomer joins. */
-typedef struct {
-    router_broker_t *b;
-    uint64_t workers, refused;
-} stats_want_t;
-
-static bool s_workers_3_any(void *ud)
-{
-    router_broker_stats_t st;
-    router_broker_stats(ud, &st);
-    return st.workers == 3;
-}
-
-static bool s_stats_reach(void *ud)
-{
-    stats_want_t *w = ud;
-    router_broker_stats_t st;
-    router_broker_stats(w->b, &st);
-    return st.workers >= w->workers && st.refused >= w->refused;
-}
-
 /* Workers on workers.listen name at most ROUTER_BROKER_LISTEN_SERVICES_MAX
  * services: the other slots stay for the router's own. Before, READYs
  * there for made-up names took every slot free a moment (here kith.test's,
@@ -2349,6 +2421,7 @@ int main(void)
         cmocka_unit_test(test_listen_ready_on_reused_descriptor),
         cmocka_unit_test(test_listen_ipc),
         cmocka_unit_test(test_listen_ipc_abstract),
+        cmocka_unit_test(test_listen_ready_on_a_cut_connection),
         cmocka_unit_test(test_listen_ipv6),
         cmocka_unit_test(test_refusals_and_teardown),
         cmocka_unit_test(test_new_out_of_memory),

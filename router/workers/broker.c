@@ -424,9 +424,25 @@ static void s_on_ready(router_broker_t *b, int sock, zframe_t *id, zmsg_t *m, in
         s_send_disconnect(b, sock, id);
         return;
     }
+    /* A READY read after its connection was cut (the share's oldest, or
+     * its deadline, a moment before) comes from a connection that is
+     * going: a worker taken on it was handed the request waiting, which
+     * was lost with it at the next heartbeat (a turn failed for nothing).
+     * Refused: the request waits for a live worker; a worker that
+     * reconnects says READY again. */
+    uint64_t conn = 0;
+    if (sock == S_SOCK_LISTEN && b->conns && fd >= 0 &&
+        (conn = router_worker_conns_ready(b->conns, fd)) == ROUTER_WORKER_CONNS_CUT) {
+        b->st.refused++;
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "READY refused (its connection was cut)");
+        s_send_disconnect(b, sock, id);
+        return;
+    }
     s_worker_t *w = calloc(1, sizeof *w);
     if (!w || !(w->identity = zframe_dup(id))) {
         free(w);
+        if (b->conns)
+            router_worker_conns_left(b->conns, conn); /* pending again */
         s_send_disconnect(b, sock, id);
         return;
     }
@@ -439,10 +455,12 @@ static void s_on_ready(router_broker_t *b, int sock, zframe_t *id, zmsg_t *m, in
     if (zhash_insert(b->workers, w->key, w) != 0) {
         zframe_destroy(&w->identity);
         free(w);
+        if (b->conns)
+            router_worker_conns_left(b->conns, conn);
+        s_send_disconnect(b, sock, id);
         return;
     }
-    if (sock == S_SOCK_LISTEN && b->conns && fd >= 0)
-        w->conn = router_worker_conns_ready(b->conns, fd);
+    w->conn = conn;
     s->nworkers++;
     b->st.workers++;
     b->listen_workers += sock == S_SOCK_LISTEN;

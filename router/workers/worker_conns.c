@@ -458,8 +458,10 @@ uint64_t router_worker_conns_ready(router_worker_conns_t *c, int fd)
      * connection pending once the events came, and cut at the deadline. */
     s_drain(c);
     s_conn_t *k = *s_slot(c, fd);
-    if (!k || k->cut)
+    if (!k)
         return 0;
+    if (k->cut)
+        return ROUTER_WORKER_CONNS_CUT;
     if (!k->worker) {
         s_pending_unlink(c, k);
         k->worker = true;

@@ -48,10 +48,15 @@ router_worker_conns_t *router_worker_conns_new(void *zmq_socket,
  * Idempotent; nulls *self_p. */
 void router_worker_conns_destroy(router_worker_conns_t **self_p);
 
+/* What router_worker_conns_ready returns for a connection kith has cut. */
+#define ROUTER_WORKER_CONNS_CUT UINT64_MAX
+
 /* The connection on descriptor `fd` (ZMQ_SRCFD of a message just read)
- * said READY and was registered as a worker: it leaves the pending share.
- * Returns the connection's serial (> 0) for router_worker_conns_left, or 0
- * when no connection of this socket has that descriptor. */
+ * said READY and is to carry a worker: it leaves the pending share.
+ * Returns the connection's serial (> 0) for router_worker_conns_left; 0
+ * when no connection of this socket has that descriptor; or
+ * ROUTER_WORKER_CONNS_CUT when that connection was cut (its READY was
+ * read after the cut): it is going, and no worker should be taken on it. */
 uint64_t router_worker_conns_ready(router_worker_conns_t *c, int fd);
 
 /* The worker on connection `serial` is gone (left, expired, refused) while
