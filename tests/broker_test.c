@@ -1321,6 +1321,42 @@ static void test_listen_ready_on_a_cut_connection(void **state)
     s_teardown(&r);
 }
 
+/* A worker that leaves while its connection stays makes that connection
+ * pending again (WIRE §19.2), and counts in the share: past pending_max the
+ * oldest pending (a stranger's) is cut, not the one that just left, which
+ * may say READY again and be taken. */
+static void test_listen_left_over_the_share(void **state)
+{
+    (void) state;
+    s_listen_bounds(2, 4, 0);
+    runner_t r = {0};
+    char ep[64];
+    s_setup(&r, "tcp://127.0.0.1:*", NULL, 0, ep, sizeof ep);
+    char bound[128];
+    snprintf(bound, sizeof bound, "%s", router_broker_listen_endpoint(r.b));
+    zsock_t *w = zsock_new_dealer(bound);
+    assert_non_null(w);
+    s_raw_ready(w);
+    s_run(&r, s_workers_1, r.b);
+    s_wait_conns(&r, 0, 1, 0, 0, 0);
+    int a = s_raw_tcp("127.0.0.2", bound);
+    int b = s_raw_tcp("127.0.0.3", bound);
+    s_wait_conns(&r, 2, 1, 0, 0, 0);
+    s_raw_send(w, "MDPW02", 0x06, 0, NULL); /* DISCONNECT: it leaves, the connection stays */
+    s_run(&r, s_workers_0, r.b);
+    s_wait_conns(&r, 2, 0, 1, 0, 0);
+    s_settle(&r, 100);
+    assert_true(s_raw_closed(a));
+    assert_false(s_raw_closed(b));
+    s_raw_ready(w);
+    s_run(&r, s_workers_1, r.b);
+    s_wait_conns(&r, 1, 1, 1, 0, 0);
+    close(a);
+    close(b);
+    zsock_destroy(&w);
+    s_teardown(&r);
+}
+
 /* workers.listen on an abstract Unix name (ipc://@name, WIRE §19.2) has
  * the same bounds as on a path: the connections over the share are cut.
  * Before, the check that a descriptor was accepted on the endpoint
@@ -2422,6 +2458,7 @@ int main(void)
         cmocka_unit_test(test_listen_ipc),
         cmocka_unit_test(test_listen_ipc_abstract),
         cmocka_unit_test(test_listen_ready_on_a_cut_connection),
+        cmocka_unit_test(test_listen_left_over_the_share),
         cmocka_unit_test(test_listen_ipv6),
         cmocka_unit_test(test_refusals_and_teardown),
         cmocka_unit_test(test_new_out_of_memory),
