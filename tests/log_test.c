@@ -350,6 +350,7 @@ static void test_file_opened_later(void **state)
     assert_int_equal(router_log_start(&o), 0);
     assert_int_equal(router_log_file_error(), EISDIR);
     router_log_write(ROUTER_LOG_INFO, "t", "while the file is a folder");
+    router_log_flush(); /* written (to stderr) before the file is there */
     assert_int_equal(router_log_reopen(), -1);
     assert_int_equal(router_log_file_error(), EISDIR);
     assert_int_equal(rmdir(f->path), 0);
@@ -431,6 +432,74 @@ static void test_unread_stderr_does_not_hold_the_file(void **state)
     free(text);
 }
 
+/* Reads a FIFO to its end into a buffer, on its own thread. */
+typedef struct {
+    int fd;
+    char *buf;
+    size_t len, cap;
+} s_drain_t;
+
+static void *s_drain_main(void *arg)
+{
+    s_drain_t *d = arg;
+    ssize_t n;
+    while (d->len < d->cap - 1 && (n = read(d->fd, d->buf + d->len, d->cap - 1 - d->len)) != 0) {
+        if (n > 0)
+            d->len += (size_t) n;
+        else if (errno != EINTR && errno != EAGAIN)
+            break;
+    }
+    d->buf[d->len] = '\0';
+    return NULL;
+}
+
+/* The queue is bounded: with the writer held (its file, a FIFO, is full)
+ * lines past the queue's room are dropped and counted, never waited for,
+ * and once the writer goes on one line says how many. */
+static void test_full_queue_drops_and_says_so(void **state)
+{
+    s_fixture_t *f = *state;
+    s_fixture_stop(f);
+    assert_int_equal(mkfifo(f->path, 0600), 0);
+    s_drain_t d = {.fd = open(f->path, O_RDONLY | O_NONBLOCK), .cap = 1 << 22};
+    assert_true(d.fd >= 0);
+    d.buf = malloc(d.cap);
+    router_log_opts_t o = {.level = ROUTER_LOG_INFO, .path = f->path, .no_stderr = true,
+                           .queue_bytes = 1}; /* the least: two lines' worth */
+    assert_int_equal(router_log_start(&o), 0);
+    router_log_set_rate(0, 0);
+    /* Lines until one is dropped: the FIFO is full and the writer stuck
+     * in a write to it (nobody reads), with the queue full behind it. */
+    uint64_t start = router_log_dropped();
+    for (int i = 0; router_log_dropped() == start && i < 100000; i++) {
+        router_log_write(ROUTER_LOG_INFO, "t", "filler %06d %0200d", i, 0);
+        usleep(100);
+    }
+    /* Still stuck: every one of these, as long as the line the queue had
+     * no room for, finds it full. (Checked once the FIFO is read: a failed
+     * check here would leave the writer stuck and the teardown with it.) */
+    uint64_t before = router_log_dropped();
+    for (int i = 0; i < 100; i++)
+        router_log_write(ROUTER_LOG_INFO, "t", "held   %06d %0200d", i, 0);
+    uint64_t held_dropped = router_log_dropped() - before;
+    uint64_t dropped = router_log_dropped() - start;
+    int fl = fcntl(d.fd, F_GETFL);
+    assert_int_equal(fcntl(d.fd, F_SETFL, fl & ~O_NONBLOCK), 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, s_drain_main, &d), 0);
+    router_log_flush();
+    router_log_stop(); /* closes the FIFO: the reader sees its end */
+    pthread_join(t, NULL);
+    close(d.fd);
+    assert_int_equal(held_dropped, 100);
+    char want[96];
+    snprintf(want, sizeof want, "WARN  log: %llu log lines dropped: the log writer fell behind\n",
+             (unsigned long long) dropped);
+    assert_non_null(strstr(d.buf, want));
+    assert_int_equal(s_count(d.buf, " INFO  t: held "), 0);
+    free(d.buf);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, s_setup, s_teardown)
 
 int main(void)
@@ -450,6 +519,7 @@ int main(void)
         T(test_file_opened_later),
         T(test_lines_a_full_disk_lost_are_counted),
         T(test_unread_stderr_does_not_hold_the_file),
+        T(test_full_queue_drops_and_says_so),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
