@@ -173,12 +173,18 @@ static void s_write_all(int fd, const char *buf, size_t len)
     }
 }
 
-/* How long the writer waits for stderr to take a batch before it leaves
- * the rest of that batch out there: a pipe nobody reads, or a terminal
- * paused with ^S, used to hold the writer for ever, so the log file got
- * no more lines and a stopping daemon never ended (router_log_stop joins
- * the writer). */
+/* How long the writer waits for stderr (or a log "file" that is a FIFO) to
+ * take a batch before it leaves the rest of that batch out there: a pipe
+ * nobody reads, or a terminal paused with ^S, used to hold the writer for
+ * ever, so the log file got no more lines and a stopping daemon never
+ * ended (router_log_stop joins the writer). */
 #define S_STDERR_WAIT_MS 1000u
+
+/* The log file is opened non-blocking: a FIFO in its place with no reader
+ * is refused (ENXIO) instead of holding the start for ever, where SIGTERM
+ * and ^C, blocked for the loop's signalfd, could not end it; one with a
+ * reader is written as stderr is. A regular file ignores the flag. */
+#define S_LOG_OPEN_FLAGS (O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK)
 
 /* One copy of the log as the writer thread sees it (the file, stderr):
  * what it failed to take, for the note that says so. Writer thread only. */
@@ -264,12 +270,17 @@ static void s_sink_cut(s_sink_t *s, int fd, const char *buf, size_t done)
     errno = e;
 }
 
-/* Writes a batch to one sink, keeping count of what it could not take.
+/* stands_for of a batch of log lines: each counts as one. */
+#define S_LINES UINT64_MAX
+
+/* Writes a batch to one sink, keeping count of what it could not take:
+ * its lines, or for a note, the lines it stands for (`stands_for`: a
+ * count of dropped lines dies with its note otherwise).
  * Before the first line it takes again, a line ends the one cut short and
  * a note says how many lines it missed and why (`where`: "this file",
  * "stderr"), so a gap in the log is never silent. */
 static void s_sink_write(s_sink_t *s, int fd, bool sock, const char *where, const char *buf,
-                         size_t len)
+                         size_t len, uint64_t stands_for)
 {
     if (s->lost) {
         char note[ROUTER_LOG_LINE_MAX + 1];
@@ -284,7 +295,7 @@ static void s_sink_write(s_sink_t *s, int fd, bool sock, const char *where, cons
         if (w < n) {
             if (w > 0)
                 s_sink_cut(s, fd, note, w);
-            s->lost += s_count_lines(buf, len);
+            s->lost += stands_for == S_LINES ? s_count_lines(buf, len) : stands_for;
             return;
         }
         s->lost = 0;
@@ -297,7 +308,7 @@ static void s_sink_write(s_sink_t *s, int fd, bool sock, const char *where, cons
         s->why = errno;
     if (done > 0)
         s_sink_cut(s, fd, buf, done);
-    s->lost += s_count_lines(buf + done, len - done);
+    s->lost += stands_for == S_LINES ? s_count_lines(buf + done, len - done) : stands_for;
 }
 
 /* The writer's stderr: its own open file description of a pipe or
@@ -323,23 +334,23 @@ static int s_stderr_open(bool *sock)
  * and a stderr nobody reads must not starve it. When stderr starts
  * missing lines the file says so at once (the count follows on stderr
  * once it takes lines again). */
-static void s_emit(const char *buf, size_t len, int file_fd, bool to_stderr, int err_fd,
-                   bool err_sock)
+static void s_emit(const char *buf, size_t len, uint64_t stands_for, int file_fd, bool to_stderr,
+                   int err_fd, bool err_sock)
 {
     if (file_fd >= 0)
-        s_sink_write(&s_file_sink, file_fd, false, "this file", buf, len);
+        s_sink_write(&s_file_sink, file_fd, false, "this file", buf, len, stands_for);
     if (!to_stderr)
         return;
     bool was_lost = s_err_sink.lost > 0;
     s_sink_write(&s_err_sink, err_fd >= 0 ? err_fd : STDERR_FILENO, err_sock && err_fd < 0,
-                 "stderr", buf, len);
+                 "stderr", buf, len, stands_for);
     if (!was_lost && s_err_sink.lost > 0 && file_fd >= 0) {
         char note[ROUTER_LOG_LINE_MAX];
         size_t n = s_line(note, ROUTER_LOG_WARN, "log",
                           "stderr is not taking log lines (%s): they go to this file only "
                           "until it does", s_err_sink.why == EAGAIN ? "nobody reads it"
                                                                     : strerror(s_err_sink.why));
-        s_sink_write(&s_file_sink, file_fd, false, "this file", note, n);
+        s_sink_write(&s_file_sink, file_fd, false, "this file", note, n, 0);
     }
 }
 
@@ -395,13 +406,13 @@ static void *s_writer_main(void *arg)
         s_w.writing = true;
         pthread_mutex_unlock(&s_w.lock);
 
-        s_emit(batch, len, fd, to_stderr, err_fd, err_sock);
+        s_emit(batch, len, S_LINES, fd, to_stderr, err_fd, err_sock);
         if (dropped) {
             char note[ROUTER_LOG_LINE_MAX];
             size_t n = s_line(note, ROUTER_LOG_WARN, "log",
                               "%llu log lines dropped: the log writer fell behind",
                               (unsigned long long) dropped);
-            s_emit(note, n, fd, to_stderr, err_fd, err_sock);
+            s_emit(note, n, dropped, fd, to_stderr, err_fd, err_sock);
         }
 
         pthread_mutex_lock(&s_w.lock);
@@ -608,7 +619,7 @@ int router_log_start(const router_log_opts_t *opts)
             goto fail_nomem;
         /* A file that cannot be opened does not stop the writer: lines
          * go to stderr, and router_log_reopen tries the file again. */
-        fd = open(o.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        fd = open(o.path, S_LOG_OPEN_FLAGS, 0600);
         file_errno = fd < 0 ? errno : 0;
     }
     err_fd = s_stderr_open(&err_sock);
@@ -704,7 +715,7 @@ int router_log_reopen(void)
     int rc = 0;
     pthread_mutex_lock(&s_w.lock);
     if (s_w.path) {
-        int fd = open(s_w.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        int fd = open(s_w.path, S_LOG_OPEN_FLAGS, 0600);
         if (fd < 0) {
             rc = -1;
             if (s_w.file_fd < 0)

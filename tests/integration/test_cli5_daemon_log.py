@@ -178,6 +178,29 @@ def log_file_cannot_be_opened():
         d.stop()
 
 
+def log_fifo_nobody_reads():
+    # logs/daemon.log a FIFO with no reader: the start used to block in
+    # open(2) for ever, with SIGTERM and ^C blocked (the loop's signalfd
+    # takes them), so only SIGKILL ended it. Now it is refused like any
+    # file that cannot be opened, and the daemon serves.
+    d = Daemon("cli5-fifo")
+    MADE.append(d.home)
+    log = os.path.join(d.home, "logs", "daemon.log")
+    os.makedirs(os.path.dirname(log))
+    os.mkfifo(log)
+    try:
+        d.start()
+        first = d.logs().splitlines()[0]
+        check(first.startswith(f"kith daemon: cannot open {log} (No such device or address); "
+                               "logging to stderr only"), f"first line {first!r}")
+        check(health(d.gw_port) == 200, "the gateway serves")
+        check(d.stop() == 0, f"exit {d.proc.returncode}")
+    finally:
+        if d.proc and d.proc.poll() is None:
+            d.proc.kill()
+        d.stop()
+
+
 def full_disk_under_logs():
     # logs/ on a full tmpfs: the gateway serves on; the file misses lines
     # (stderr has them); once there is room again the file's next line says
@@ -315,6 +338,7 @@ def main():
     r = Results()
     r.run(stderr_nobody_reads)
     r.run(log_file_cannot_be_opened)
+    r.run(log_fifo_nobody_reads)
     r.run(full_disk_under_logs)
     r.run(logs_folder_cannot_be_made)
     r.run(signal_while_starting)
