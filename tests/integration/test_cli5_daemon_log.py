@@ -201,6 +201,31 @@ def log_fifo_nobody_reads():
         d.stop()
 
 
+def reopen_refused_keeps_the_old_file():
+    # Rotated, and a folder where the new file goes: SIGHUP cannot reopen,
+    # says so, and the lines go on into the moved file; the daemon serves;
+    # the next SIGHUP once the path is free opens a new file.
+    d = Daemon("cli5-reopen")
+    MADE.append(d.home)
+    log = os.path.join(d.home, "logs", "daemon.log")
+    try:
+        d.start()
+        os.rename(log, log + ".1")
+        os.makedirs(log)
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "node: SIGHUP: cannot reopen the log file: Is a directory" in
+                 read(log + ".1"), "the failure is in the moved file")
+        check(health(d.gw_port) == 200, "the gateway serves")
+        os.rmdir(log)
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: os.path.isfile(log) and HUP in read(log), "a new file on SIGHUP")
+        check(d.stop() == 0, f"exit {d.proc.returncode}")
+        check("daemon: stopped" in read(log) and "daemon: stopped" not in read(log + ".1"),
+              "the stop went to the new file")
+    finally:
+        d.stop()
+
+
 def full_disk_under_logs():
     # logs/ on a full tmpfs: the gateway serves on; the file misses lines
     # (stderr has them); once there is room again the file's next line says
@@ -339,6 +364,7 @@ def main():
     r.run(stderr_nobody_reads)
     r.run(log_file_cannot_be_opened)
     r.run(log_fifo_nobody_reads)
+    r.run(reopen_refused_keeps_the_old_file)
     r.run(full_disk_under_logs)
     r.run(logs_folder_cannot_be_made)
     r.run(signal_while_starting)
