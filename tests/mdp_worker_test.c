@@ -682,6 +682,76 @@ static router_mdp_worker_t *s_worker_patient(const char *ep, int hb, void **stat
     return w;
 }
 
+typedef struct {
+    zsock_t *router;
+    int partials;      /* PARTIALs received, each "p<n>" in order */
+    bool in_order;
+    bool final;
+} s_reader_t;
+
+/* The broker that falls behind: reads nothing for half a second, then
+ * everything, until the FINAL or ten seconds of heartbeats only. */
+static void *s_reader_main(void *arg)
+{
+    s_reader_t *r = arg;
+    usleep(500 * 1000);
+    zmsg_t *m;
+    int quiet = 0; /* heartbeats in a row: the worker beats every 100 ms */
+    while (!r->final && quiet < 100 && (m = s_recv_within(r->router, 10000))) {
+        uint8_t cmd = s_cmd(m);
+        quiet = cmd == 0x05 ? quiet + 1 : 0;
+        if (cmd == 0x03) {
+            zframe_t *f = zmsg_last(m);
+            char want[32];
+            snprintf(want, sizeof want, "p%d", r->partials++);
+            r->in_order = r->in_order && zframe_streq(f, want);
+        } else if (cmd == 0x04) {
+            r->final = zframe_streq(zmsg_last(m), "done");
+        }
+        zmsg_destroy(&m);
+    }
+    return NULL;
+}
+
+/* A broker that falls behind while a turn streams (its loop busy, the
+ * socket's queue full): the replies wait for room, none is dropped. Before,
+ * each PARTIAL past the queue's bound was dropped without a word (text
+ * missing from the reply) and so was the FINAL: the broker then held the
+ * request for ever from a worker that heartbeats, and handed that worker
+ * nothing again. */
+static void test_replies_wait_for_a_broker_behind(void **state)
+{
+    char ep[64];
+    s_endpoint(ep, sizeof ep);
+    zsock_t *router = zsock_new(ZMQ_ROUTER);
+    assert_non_null(router);
+    zsock_set_rcvhwm(router, 10);
+    assert_true(zsock_bind(router, "%s", ep) >= 0);
+    router_mdp_worker_t *w = s_worker_patient(ep, 100, state);
+    zframe_t *id = s_ready_id(router, w);
+    s_send_cmd(router, id, 0x02, "addr-A", "turn-A");
+    s_recv_body(w, "turn-A");
+    s_reader_t rd = {.router = router, .in_order = true};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, s_reader_main, &rd), 0);
+    enum { N = 3000 };
+    for (int i = 0; i < N; i++) {
+        char p[32];
+        int n = snprintf(p, sizeof p, "p%d", i);
+        assert_int_equal(router_mdp_worker_partial(w, (const uint8_t *) p, (size_t) n), 0);
+    }
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "done", 4), 0);
+    pthread_join(t, NULL);
+    if (!rd.final || rd.partials != N)
+        fprintf(stderr, "partials %d of %d, final %d\n", rd.partials, N, rd.final);
+    assert_int_equal(rd.partials, N);
+    assert_true(rd.in_order);
+    assert_true(rd.final);
+    zframe_destroy(&id);
+    router_mdp_worker_destroy(&w);
+    zsock_destroy(&router);
+}
+
 /* A REQUEST about the turn held (a steer, a tool result) that reaches the
  * worker before the caller's FINAL for that turn has gone out is dropped:
  * the caller has ended the turn, and its next recv is the next turn.
@@ -838,6 +908,8 @@ int main(void)
         cmocka_unit_test_prestate(test_later_request_without_memory, &s_same_thread),
         cmocka_unit_test_prestate(test_broker_junk_and_disconnect, &s_own_thread),
         cmocka_unit_test_prestate(test_broker_junk_and_disconnect, &s_same_thread),
+        cmocka_unit_test_prestate(test_replies_wait_for_a_broker_behind, &s_own_thread),
+        cmocka_unit_test_prestate(test_replies_wait_for_a_broker_behind, &s_same_thread),
         cmocka_unit_test_prestate(test_request_racing_final, &s_own_thread),
         cmocka_unit_test_prestate(test_request_racing_final, &s_same_thread),
         cmocka_unit_test_prestate(test_refused_worker_paced, &s_own_thread),

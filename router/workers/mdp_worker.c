@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -82,16 +83,29 @@ static zsock_t *s_dealer_new(router_mdp_worker_t *w, char *err, size_t errcap)
 }
 
 /* Sends [""]["MDPW02"][cmd] then, when given, [arg] (service or address),
- * and [""][body] for replies. Never blocks: a message that cannot be queued
- * (broker unreachable, queue full) is dropped; the heartbeat logic notices a
- * dead broker on its own. */
+ * and [""][body] for replies. A message that cannot be queued (broker
+ * unreachable, queue full) is dropped at once, -1, or with wait_ms after
+ * waiting that long for room: a reply must not be dropped for a broker
+ * that only fell behind (the heartbeat logic notices a dead one). */
 static int s_send(zsock_t *s, uint8_t cmd, const void *arg, size_t arglen, bool has_body,
-                  const void *body, size_t bodylen)
+                  const void *body, size_t bodylen, int wait_ms)
 {
     void *h = zsock_resolve(s);
     bool more_after_cmd = arg != NULL;
-    if (zmq_send(h, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
-        return -1;
+    if (zmq_send(h, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        uint64_t until = router_clock_mono_ms() + (uint64_t) (wait_ms > 0 ? wait_ms : 0);
+        for (;;) {
+            if (zmq_errno() != EAGAIN && zmq_errno() != EINTR)
+                return -1;
+            uint64_t now = router_clock_mono_ms();
+            if (now >= until)
+                return -1;
+            zmq_pollitem_t it = {h, 0, ZMQ_POLLOUT, 0};
+            (void) zmq_poll(&it, 1, (long) (until - now));
+            if (zmq_send(h, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) == 0)
+                break;
+        }
+    }
     /* The first part is queued: the rest of the message is guaranteed. */
     zmq_send(h, ROUTER_MDP_WORKER_PROTO, strlen(ROUTER_MDP_WORKER_PROTO), ZMQ_SNDMORE);
     zmq_send(h, &cmd, 1, more_after_cmd ? ZMQ_SNDMORE : 0);
@@ -147,7 +161,7 @@ static void s_hand(actor_t *a, const char *what, zframe_t *body)
 
 static void s_ready(actor_t *a)
 {
-    s_send(a->dealer, ROUTER_MDP_READY, a->w->service, strlen(a->w->service), false, NULL, 0);
+    s_send(a->dealer, ROUTER_MDP_READY, a->w->service, strlen(a->w->service), false, NULL, 0, 0);
     a->ready_sent = true;
 }
 
@@ -250,12 +264,26 @@ done:
 }
 
 /* The caller's PARTIAL or FINAL goes to the broker, unless the turn went
- * stale (the broker was declared dead meanwhile: it failed the turn). */
+ * stale (the broker was declared dead meanwhile: it failed the turn). One
+ * that finds the socket's queue full waits for room, up to the span after
+ * which a silent broker is declared dead (heartbeat × liveness), and then
+ * the broker is declared dead: before, it was dropped at once, a PARTIAL's
+ * text missing from the reply without a word, and a FINAL's loss left the
+ * broker holding the request for ever from a worker it then never handed
+ * anything again (it heartbeats). The wait holds this thread (the caller's,
+ * with same_thread): that is the back-pressure of a broker behind. */
 static void s_reply_out(actor_t *a, bool final, const uint8_t *body, size_t len)
 {
-    if (a->holding && !a->stale && a->dealer && a->ready_sent)
+    long long span = (long long) a->w->heartbeat_ms * a->w->liveness;
+    int patience = span > INT_MAX ? INT_MAX : (int) span;
+    if (a->holding && !a->stale && a->dealer && a->ready_sent &&
         s_send(a->dealer, final ? ROUTER_MDP_FINAL : ROUTER_MDP_PARTIAL, zframe_data(a->addr),
-               zframe_size(a->addr), true, body, len);
+               zframe_size(a->addr), true, body, len, patience) != 0) {
+        ROUTER_LOG(ROUTER_LOG_WARN, MOD, "%s: the broker took no reply for %d ms: declared dead",
+                   a->w->service, patience);
+        s_reconnect(a, true); /* holding: the turn goes stale, READY after its FINAL */
+        a->heard_at = router_clock_mono_ms();
+    }
     if (final && a->holding) {
         a->holding = false;
         zframe_destroy(&a->done);
@@ -305,7 +333,7 @@ static void s_tick(actor_t *a)
         s_reconnect(a, true);
         a->heard_at = now;
     } else if (a->ready_sent) {
-        s_send(a->dealer, ROUTER_MDP_HEARTBEAT, NULL, 0, false, NULL, 0);
+        s_send(a->dealer, ROUTER_MDP_HEARTBEAT, NULL, 0, false, NULL, 0, 0);
     }
     a->beat_at = now + (uint64_t) w->heartbeat_ms;
 }
@@ -325,7 +353,7 @@ static void s_actor_init(actor_t *a, router_mdp_worker_t *w, zsock_t *pipe)
 static void s_actor_fini(actor_t *a)
 {
     if (a->dealer && a->ready_sent) {
-        s_send(a->dealer, ROUTER_MDP_DISCONNECT, NULL, 0, false, NULL, 0);
+        s_send(a->dealer, ROUTER_MDP_DISCONNECT, NULL, 0, false, NULL, 0, 0);
         zsock_set_linger(a->dealer, DISCONNECT_LINGER_MS);
     }
     zsock_destroy(&a->dealer);
