@@ -683,6 +683,15 @@ def main():
         refused(("daemon", "--home", home),
                 f"kith daemon: {home}/logs/daemon.log: path too long; use a shorter --home")
         check(not os.path.exists(os.path.join(home, "logs")), "logs/ was made")
+        # A home this run makes, whose state.db SQLite cannot open: refused,
+        # and the home (with its logs/) is taken back, not left made.
+        real = os.path.realpath(tmp)
+        fresh_home = deep_dir(os.path.join(real, "fresh-statedb"), 505 - len("/state.db"))
+        os.makedirs(os.path.dirname(fresh_home))
+        refused(("daemon", "--home", fresh_home),
+                f"kith daemon: {fresh_home}/state.db is 505 characters long as a real path; "
+                "SQLite opens at most 504: use a home with a shorter path")
+        check(not os.path.exists(fresh_home), "the home this run made was left behind")
         # A flag's mistake is found before the home is made.
         fresh = os.path.join(tmp, "daemon-not-made")
         refused(("gateway", "--home", fresh, "--log-level", "loud"),
