@@ -752,6 +752,53 @@ static void test_replies_wait_for_a_broker_behind(void **state)
     zsock_destroy(&router);
 }
 
+/* A broker that reads nothing at all while a turn streams: the reply that
+ * finds the queue full waits heartbeat x liveness (1 s here), then the
+ * broker is declared dead: the turn's later replies are discarded, and
+ * after its FINAL the worker says READY on a fresh connection (a new
+ * identity), where the next turn comes. Nothing waits for ever. */
+static void test_replies_to_a_broker_that_never_reads(void **state)
+{
+    char ep[64];
+    s_endpoint(ep, sizeof ep);
+    zsock_t *router = zsock_new(ZMQ_ROUTER);
+    assert_non_null(router);
+    zsock_set_rcvhwm(router, 10);
+    assert_true(zsock_bind(router, "%s", ep) >= 0);
+    char err[256] = "";
+    router_mdp_worker_opts_t o = {.endpoint = ep, .service = "kith.test", .heartbeat_ms = 50,
+                                  .liveness = 20, .same_thread = *(bool *) *state};
+    router_mdp_worker_t *w = router_mdp_worker_new(&o, err, sizeof err);
+    assert_non_null(w);
+    zframe_t *id = s_ready_id(router, w);
+    s_send_cmd(router, id, 0x02, "addr-A", "turn-A");
+    s_recv_body(w, "turn-A");
+    for (int i = 0; i < 3000; i++)
+        assert_int_equal(router_mdp_worker_partial(w, (const uint8_t *) "p", 1), 0);
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "done", 4), 0);
+    assert_true(router_mdp_worker_reconnects(w) >= 1);
+    zframe_t *id2 = s_ready_id(router, w);
+    assert_false(zframe_eq(id, id2));
+    s_send_cmd(router, id2, 0x02, "addr-B", "turn-B");
+    s_recv_body(w, "turn-B");
+    assert_int_equal(router_mdp_worker_final(w, (const uint8_t *) "done-B", 6), 0);
+    /* The old connection's PARTIALs still queued come first, interleaved. */
+    zmsg_t *m = NULL;
+    for (int i = 0; i < 10000 && !m; i++) {
+        m = s_recv(router);
+        assert_non_null(m);
+        if (!zframe_eq(zmsg_first(m), id2) || s_cmd(m) != 0x04)
+            zmsg_destroy(&m);
+    }
+    assert_non_null(m);
+    s_check_reply(m, "addr-B", "done-B");
+    zmsg_destroy(&m);
+    zframe_destroy(&id);
+    zframe_destroy(&id2);
+    router_mdp_worker_destroy(&w);
+    zsock_destroy(&router);
+}
+
 /* A REQUEST about the turn held (a steer, a tool result) that reaches the
  * worker before the caller's FINAL for that turn has gone out is dropped:
  * the caller has ended the turn, and its next recv is the next turn.
@@ -910,6 +957,8 @@ int main(void)
         cmocka_unit_test_prestate(test_broker_junk_and_disconnect, &s_same_thread),
         cmocka_unit_test_prestate(test_replies_wait_for_a_broker_behind, &s_own_thread),
         cmocka_unit_test_prestate(test_replies_wait_for_a_broker_behind, &s_same_thread),
+        cmocka_unit_test_prestate(test_replies_to_a_broker_that_never_reads, &s_own_thread),
+        cmocka_unit_test_prestate(test_replies_to_a_broker_that_never_reads, &s_same_thread),
         cmocka_unit_test_prestate(test_request_racing_final, &s_own_thread),
         cmocka_unit_test_prestate(test_request_racing_final, &s_same_thread),
         cmocka_unit_test_prestate(test_refused_worker_paced, &s_own_thread),
