@@ -117,7 +117,11 @@ int router_mdp_worker_recv(router_mdp_worker_t *self, uint8_t **body, size_t *le
 
 /* Replies to the turn held (see above): 0, or -1 (no turn held, body over
  * ROUTER_MDP_BODY_MAX, or the worker is gone). A reply the broker can no
- * longer use (it declared this worker dead) is discarded and still 0. */
+ * longer use (it declared this worker dead) is discarded and still 0. A
+ * reply that finds the socket's queue full (a broker behind) waits for
+ * room, up to heartbeat_ms × liveness, on the socket's thread (with
+ * same_thread, in this call); past that the broker is declared dead, as
+ * after its silence. */
 int router_mdp_worker_partial(router_mdp_worker_t *self, const uint8_t *body, size_t len);
 int router_mdp_worker_final(router_mdp_worker_t *self, const uint8_t *body, size_t len);
 
