@@ -24,7 +24,8 @@ static void s_usage(FILE *out)
             "come from FILE's agent.* and workers.* keys (defaults without it), then the flags.\n"
             "--api-key-env names the environment variable holding the provider's API key.\n"
             "--server-key is the broker's CURVE public key (Z85, from $KITH_HOME/workers/broker.cert);\n"
-            "--cert this worker's CZMQ certificate (an ephemeral one without it).\n"
+            "--cert this worker's CZMQ certificate, made when missing (an ephemeral one without\n"
+            "it); its path is at most 248 bytes, as CZMQ names the secret file FILE_secret.\n"
             "--threads N workers in this process (default 1). --idle-timeout-ms: an openai\n"
             "answer with no byte for this long fails (default 120000). SIGINT/SIGTERM stop and exit 0.\n");
 }
