@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -114,16 +115,23 @@ def stop(proc):
 HUP = "node: SIGHUP: log reopened"
 
 
-def stderr_nobody_reads():
-    # stderr a pipe of one page that nobody reads: once it is full, lines
-    # still reach the file, the file says stderr is not taking them, the
-    # gateway serves, and SIGTERM ends the daemon. The writer used to block
-    # on the pipe for ever: the file got nothing more, and the stop never
-    # ended (router_log_stop joined the blocked writer).
+def stderr_nobody_reads(kind="pipe"):
+    # stderr a pipe of one page that nobody reads (or a stream socket, as
+    # journald's is, with small buffers): once it is full, lines still
+    # reach the file, the file says stderr is not taking them, the gateway
+    # serves, and SIGTERM ends the daemon. The writer used to block on it
+    # for ever: the file got nothing more, and the stop never ended
+    # (router_log_stop joined the blocked writer).
     home = new_home("kith-cli5-pipe-")
     log = os.path.join(home, "logs", "daemon.log")
-    r, w = os.pipe()
-    fcntl.fcntl(w, F_SETPIPE_SZ, 4096)
+    if kind == "pipe":
+        r, w = os.pipe()
+        fcntl.fcntl(w, F_SETPIPE_SZ, 4096)
+    else:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        r, w = b.detach(), a.detach()
     p = subprocess.Popen([KITH, "daemon", "--home", home], stdout=w, stderr=w)
     os.close(w)
     try:
@@ -134,8 +142,14 @@ def stderr_nobody_reads():
             a = array.array("i", [0])
             fcntl.ioctl(r, termios.FIONREAD, a)
             return a[0]
-        # Full: less room left than one more line takes.
-        hup_until(p, lambda: queued() > 4096 - 200, "the pipe fills")
+        # Full: stderr has taken nothing for a while; the file goes on.
+        def stuck():
+            before = queued()
+            n = read(log).count(HUP)
+            p.send_signal(signal.SIGHUP)
+            wait_for(lambda: read(log).count(HUP) > n, "a SIGHUP's line in the file")
+            return queued() == before and "log: stderr is not taking log lines" in read(log)
+        hup_until(p, stuck, "stderr fills")
         sent_full = read(log).count(HUP)
         hup_until(p, lambda: read(log).count(HUP) >= sent_full + 5, "lines reach the file")
         text = read(log)
@@ -362,6 +376,7 @@ def audit_path_refused_at_start():
 def main():
     r = Results()
     r.run(stderr_nobody_reads)
+    r.run(stderr_nobody_reads, "socket", name="stderr_socket_nobody_reads")
     r.run(log_file_cannot_be_opened)
     r.run(log_fifo_nobody_reads)
     r.run(reopen_refused_keeps_the_old_file)
