@@ -1,9 +1,15 @@
-/* tests/http_server_fail_test.c — the HTTP server core on the paths a
- * well-behaved client and a healthy machine never take: deferred answers
- * and requests still arriving met by a drain, or by a client that went
- * away; pipelined input with no memory left to hold it; error texts that
- * are not UTF-8 or too long; 426s; answers past the unsent room; requests
- * cut short by a half-close (gateway/http_server.c, http_response.c). The
+/* tests/http_server_fail_test.c — the HTTP server core and its WebSocket
+ * side on the paths a well-behaved client and a healthy machine never
+ * take: deferred answers and requests still arriving met by a drain, or by
+ * a client that went away; an upgrade completed during a drain; pipelined
+ * input with no memory left to hold it; the server's allocations failing
+ * one at a time while a request or a WebSocket message arrives in pieces
+ * (each run ends with the answers asked for, or a typed error and a close,
+ * never a hang, a leak or an answer to the wrong request); error texts
+ * that are not UTF-8 or too long; 426s; answers past the unsent room; a
+ * deferred answer given when the loop has no timer left, and a deferred
+ * request's body let go of the unauthenticated budget; requests cut short
+ * by a half-close (gateway/http_server.c, ws.c, http_response.c). The
  * loop runs on the test's own thread, so the test calls the server's API
  * (a route's deferred answer, a drain) between its turns; the client is a
  * plain socket read without blocking from the loop's checks. Waits are
@@ -29,6 +35,7 @@
 #include "gateway/http_server.h"
 #include "gateway/ws.h"
 #include "proto/utf8.h"
+#include "proto/ws.h"
 #include "router/metrics.h"
 #include "router/net/addr.h"
 #include "router/net/loop.h"
@@ -123,6 +130,42 @@ static void s_stream(const gateway_http_req_t *req, gateway_http_res_t *res, voi
 
 /* ---------------------------------------------------------------- server */
 
+/* ---------------------------------------------------------------- echo routes */
+
+/* POST /echo-body: the body back, as text. */
+static void s_echo_body(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    (void) ud;
+    (void) gateway_http_respond(res, 200, "text/plain", req->body, req->body_len);
+}
+
+/* Sockets of /echo open (accepted, not yet closed). */
+static int s_ws_open;
+
+static void s_ws_echo(gateway_ws_t *ws, bool text, const uint8_t *data, size_t len, void *ud)
+{
+    (void) ud;
+    (void) gateway_ws_send(ws, text, data, len);
+}
+
+static void s_ws_closed(gateway_ws_t *ws, uint16_t code, void *ud)
+{
+    (void) ws, (void) code, (void) ud;
+    s_ws_open--;
+}
+
+static void s_echo_upgrade(const gateway_http_req_t *req, gateway_http_res_t *res, void *ud)
+{
+    (void) req, (void) ud;
+    static const gateway_ws_handlers_t h = {.on_message = s_ws_echo, .on_close = s_ws_closed};
+    if (gateway_ws_accept(res, &h, NULL, NULL))
+        s_ws_open++;
+    else
+        (void) gateway_http_respond_error(res, 503, "unavailable", "the server is out of memory");
+}
+
+/* ---------------------------------------------------------------- server */
+
 typedef struct {
     router_loop_t *loop;
     router_metrics_t *metrics;
@@ -151,6 +194,9 @@ static void s_srv_start_loop(s_srv_t *s, const router_loop_opts_t *lo_in,
     assert_int_equal(gateway_http_route(s->gw, "GET", "/cut-error", s_cut_error, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "POST", "/upload", s_plain, NULL), 0);
     assert_int_equal(gateway_http_route_ws(s->gw, "/ws", NULL, 0, s_plain, NULL), 0);
+    assert_int_equal(gateway_http_route_ws(s->gw, "/echo", NULL, 0, s_echo_upgrade, NULL), 0);
+    assert_int_equal(gateway_http_route(s->gw, "POST", "/echo-body", s_echo_body, NULL), 0);
+    assert_int_equal(gateway_http_route(s->gw, "POST", "/defer", s_defer, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/big", s_big_answer, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, "GET", "/long-error", s_long_error, NULL), 0);
     assert_int_equal(gateway_http_route(s->gw, NULL, "/stream", s_stream, NULL), 0);
@@ -962,6 +1008,379 @@ static void test_pipelined_requests_without_memory(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* ---------------------------------------------------------------- helpers */
+
+static bool s_not_yet(void *ud)
+{
+    (void) ud;
+    return false;
+}
+
+/* Lets the loop read what was sent so far, so the next piece comes in a
+ * read of its own (a short turn: nothing depends on how long it is). */
+static void s_settle(s_srv_t *s)
+{
+    (void) test_loop_wait(s->loop, s_not_yet, NULL, 2, 20);
+}
+
+/* Sends without failing when the server has closed already. */
+static void s_send_any(s_client_t *c, const void *data, size_t n)
+{
+    (void) send(c->fd, data, n, MSG_NOSIGNAL);
+}
+
+/* Takes the first response out of c->buf into r[cap]; false when none is
+ * whole. */
+static bool s_next_resp(s_client_t *c, char *r, size_t cap)
+{
+    size_t n = s_resp_len(c);
+    if (!n)
+        return false;
+    assert_true(n < cap);
+    memcpy(r, c->buf, n);
+    r[n] = '\0';
+    memmove(c->buf, c->buf + n, c->len - n + 1);
+    c->len -= n;
+    return true;
+}
+
+/* A typed HTTP error: a 5xx that closes, with a JSON {"error","code"} body. */
+static bool s_typed_error(const char *r)
+{
+    const char *body = strstr(r, "\r\n\r\n");
+    return (!strncmp(r, "HTTP/1.1 500 ", 13) || !strncmp(r, "HTTP/1.1 503 ", 13)) &&
+           strstr(r, "\r\nConnection: close\r\n") && strstr(r, "Content-Type: application/json") &&
+           body && !strncmp(body + 4, "{\"error\":\"", 10) && strstr(body, ",\"code\":\"");
+}
+
+/* ---------------------------------------------------------------- split requests */
+
+static bool s_until_split_done(void *ud)
+{
+    s_client_t *c = ud;
+    s_pump(c);
+    if (c->eof)
+        return true;
+    /* 100 Continue, then the two answers */
+    const char *a = strstr(c->buf, "HTTP/1.1 100 ");
+    const char *b = a ? strstr(a + 1, "HTTP/1.1 ") : NULL;
+    const char *d = b ? strstr(b + 1, "HTTP/1.1 ") : NULL;
+    return d && strstr(d, "\r\n\r\nplain");
+}
+
+/* A POST whose head is split across two reads and whose body waits for
+ * 100 Continue and comes in two more, then a GET whose head is split, with
+ * the server's 1st, 2nd, … allocation failing in turn: each run answers a
+ * prefix of what was asked, in order, then at most one typed error before
+ * the connection closes; the next client is served. */
+static void test_split_requests_without_memory(void **state)
+{
+    (void) state;
+    static const char *const piece[] = {
+        "POST /echo-body HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Le",
+        "ngth: 5\r\n\r\n", "hel", "lo", "GET /pl", "ain HTTP/1.1\r\nHost: x\r\n\r\n"};
+    static const char *const want[] = {"HTTP/1.1 100 Continue\r\n\r\n", "\r\n\r\nhello",
+                                       "\r\n\r\nplain"};
+    unsigned failed = 1;
+    long skip = 0;
+    unsigned silent = 0;
+    for (; failed && skip < ALLOC_FAIL_RUNS_MAX; skip++) {
+        s_srv_t s;
+        s_srv_start(&s, NULL);
+        s_client_t *c = s_connect(&s);
+        s_served_on(&s, c); /* warm: lazily made state */
+        alloc_fail_arm(skip);
+        for (size_t i = 0; i < sizeof piece / sizeof piece[0]; i++) {
+            s_send_any(c, piece[i], strlen(piece[i]));
+            s_settle(&s);
+        }
+        bool done = test_loop_wait(s.loop, s_until_split_done, c, 2, S_WAIT_MS);
+        failed = alloc_fail_disarm();
+        if (!done)
+            fail_msg("skip %ld: neither the answers nor a close came: %s", skip, c->buf);
+
+        char r[4096];
+        size_t got = 0;
+        bool error = false;
+        while (s_next_resp(c, r, sizeof r)) {
+            if (error)
+                fail_msg("skip %ld: an answer after the error: %s", skip, r);
+            if (got < 3 && strstr(r, want[got]) && (got == 0 || strstr(r, " 200 OK\r\n"))) {
+                got++;
+                continue;
+            }
+            if (s_typed_error(r)) {
+                error = true;
+                continue;
+            }
+            fail_msg("skip %ld: answer %zu is not the one asked for: %s", skip, got, r);
+        }
+        if (c->len)
+            fail_msg("skip %ld: a partial answer: %s", skip, c->buf);
+        if (!failed && got != 3)
+            fail_msg("skip %ld: no failure, yet %zu answers", skip, got);
+        if (got < 3 && !error) {
+            silent++;
+            print_message("skip %ld: closed after %zu answers without a word\n", skip, got);
+        }
+        s_client_close(&c);
+        s_others_served(&s);
+        s_srv_stop(&s);
+    }
+    print_message("%ld runs, %u closed without a word\n", skip, silent);
+    assert_true(skip > 3);
+    assert_int_equal(failed, 0);
+}
+
+/* ---------------------------------------------------------------- WebSocket */
+
+/* A masked client frame (payload under 126 octets) into out; its length. */
+static size_t s_ws_frame(uint8_t *out, uint8_t b0, const char *payload)
+{
+    static const uint8_t key[4] = {0x11, 0x22, 0x33, 0x44};
+    size_t n = strlen(payload);
+    assert_true(n < 126);
+    out[0] = b0;
+    out[1] = (uint8_t) (0x80 | n);
+    memcpy(out + 2, key, 4);
+    for (size_t i = 0; i < n; i++)
+        out[6 + i] = (uint8_t) payload[i] ^ key[i % 4];
+    return 6 + n;
+}
+
+/* What the server sent after its 101: the echo, a Close (with its code),
+ * or neither yet. */
+typedef struct {
+    bool echo;     /* a text frame "hello" */
+    int close;     /* the code of a Close frame, 0 for none */
+    bool other;    /* a frame that is neither */
+} s_ws_seen_t;
+
+static s_ws_seen_t s_ws_frames(const uint8_t *p, size_t len)
+{
+    s_ws_seen_t seen = {0};
+    while (len >= 2) {
+        size_t n = p[1] & 0x7f;
+        assert_true(n < 126); /* nothing here is longer */
+        if (len < 2 + n)
+            break;
+        uint8_t op = p[0] & 0x0f;
+        if (op == PROTO_WS_OP_TEXT && n == 5 && !memcmp(p + 2, "hello", 5))
+            seen.echo = true;
+        else if (op == PROTO_WS_OP_CLOSE && n >= 2)
+            seen.close = p[2] << 8 | p[3];
+        else if (op != PROTO_WS_OP_PONG)
+            seen.other = true;
+        p += 2 + n;
+        len -= 2 + n;
+    }
+    return seen;
+}
+
+static bool s_until_ws_done(void *ud)
+{
+    s_client_t *c = ud;
+    s_pump(c);
+    if (c->eof)
+        return true;
+    const char *end = strstr(c->buf, "\r\n\r\n");
+    if (!end)
+        return false;
+    if (strncmp(c->buf, "HTTP/1.1 101 ", 13))
+        return s_resp_len(c) > 0;
+    s_ws_seen_t seen = s_ws_frames((const uint8_t *) end + 4, c->len - (size_t) (end + 4 - c->buf));
+    return seen.echo || seen.close;
+}
+
+/* An upgrade whose head is split across reads, then a text message in two
+ * fragments each in a read of its own and a ping between them, with the
+ * server's allocations failing one at a time: each run ends with the echo,
+ * or a typed refusal (a JSON 5xx instead of the 101, or Close 1011 after
+ * it), or a cut; never a hang or a leak; the next client is served. */
+static void test_ws_message_in_pieces_without_memory(void **state)
+{
+    (void) state;
+    static const char *const head[] = {
+        "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"};
+    uint8_t f1[64], f2[64], f3[64];
+    size_t n1 = s_ws_frame(f1, PROTO_WS_OP_TEXT, "hel");           /* not FIN */
+    size_t n2 = s_ws_frame(f2, 0x80 | PROTO_WS_OP_PING, "p");
+    size_t n3 = s_ws_frame(f3, 0x80 | PROTO_WS_OP_CONTINUATION, "lo");
+    unsigned failed = 1;
+    long skip = 0;
+    unsigned silent = 0;
+    for (; failed && skip < ALLOC_FAIL_RUNS_MAX; skip++) {
+        s_srv_t s;
+        s_srv_start(&s, NULL);
+        s_ws_open = 0;
+        s_client_t *c = s_connect(&s);
+        s_served_on(&s, c);
+        alloc_fail_arm(skip);
+        s_send_any(c, head[0], strlen(head[0]));
+        s_settle(&s);
+        s_send_any(c, head[1], strlen(head[1]));
+        s_settle(&s);
+        s_send_any(c, f1, n1);
+        s_settle(&s);
+        s_send_any(c, f2, n2);
+        s_settle(&s);
+        s_send_any(c, f3, n3);
+        bool done = test_loop_wait(s.loop, s_until_ws_done, c, 2, S_WAIT_MS);
+        failed = alloc_fail_disarm();
+        if (!done)
+            fail_msg("skip %ld: neither the echo nor a close came: %s", skip, c->buf);
+        const char *end = strstr(c->buf, "\r\n\r\n");
+        if (end && !strncmp(c->buf, "HTTP/1.1 101 ", 13)) {
+            s_ws_seen_t seen =
+                s_ws_frames((const uint8_t *) end + 4, c->len - (size_t) (end + 4 - c->buf));
+            if (seen.other || (seen.close && seen.close != 1011 && seen.close != 1008))
+                fail_msg("skip %ld: unexpected frames (close %d)", skip, seen.close);
+            if (!seen.echo && !seen.close) {
+                silent++;
+                print_message("skip %ld: socket cut without a Close\n", skip);
+            }
+            if (!failed && !seen.echo)
+                fail_msg("skip %ld: no failure, yet no echo", skip);
+        } else if (end) {
+            char r[4096];
+            assert_true(s_next_resp(c, r, sizeof r));
+            if (!s_typed_error(r))
+                fail_msg("skip %ld: the upgrade was answered: %s", skip, r);
+        } else {
+            silent++;
+            print_message("skip %ld: closed before any answer\n", skip);
+            if (!failed)
+                fail_msg("skip %ld: no failure, yet closed", skip);
+        }
+        s_client_close(&c);
+        s_others_served(&s);
+        s_srv_stop(&s);
+        assert_int_equal(s_ws_open, 0);
+    }
+    print_message("%ld runs, %u closed without a word\n", skip, silent);
+    assert_true(skip > 3);
+    assert_int_equal(failed, 0);
+}
+
+/* An upgrade whose head was still arriving when a drain began, completed
+ * before the drain's last call: answered 503 shutting_down with
+ * Retry-After and the connection closed in order, and the drain ends with
+ * it, long before its deadline. It used to be accepted (101) after every
+ * socket had been sent its 1001, so it stayed open until the drain's
+ * deadline reset it without a Close, holding the drain for all of it. */
+static void test_upgrade_completed_during_a_drain(void **state)
+{
+    (void) state;
+    s_srv_t s;
+    s_srv_start(&s, NULL);
+    s_ws_open = 0;
+    s_client_t *c = s_connect(&s);
+    s_send(c, "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n");
+    s_settle(&s);
+    bool drained = false;
+    gateway_http_drain(s.gw, s_drained, &drained, 600000);
+    s_send(c, "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              "Sec-WebSocket-Version: 13\r\n\r\n");
+    char r[4096];
+    assert_true(s_take_resp(&s, c, r, sizeof r));
+    if (strncmp(r, "HTTP/1.1 503 ", 13) != 0)
+        fail_msg("the upgrade during a drain was answered: %s", r);
+    assert_non_null(strstr(r, "\r\nConnection: close\r\n"));
+    assert_non_null(strstr(r, "\r\nRetry-After: 5\r\n"));
+    assert_non_null(strstr(r, "\"code\":\"shutting_down\""));
+    assert_true(test_loop_wait(s.loop, s_until_eof, c, 2, S_WAIT_MS));
+    s_client_close(&c);
+    assert_true(test_loop_wait(s.loop, s_until_drained, &drained, 2, S_WAIT_MS));
+    assert_int_equal(s_ws_open, 0);
+    s_srv_stop(&s);
+}
+
+/* ---------------------------------------------------------------- no timer */
+
+/* A deferred answer given when the loop has no timer left for the idle
+ * deadline that follows it (the deferral had let the request's timer
+ * go): the answer reaches the client whole and the connection serves
+ * on. It used to be reset as the answer was queued, so a client whose
+ * webhook was stored (a 202) read a reset instead and could only send it
+ * again. */
+static void test_deferred_answer_without_a_timer(void **state)
+{
+    (void) state;
+    static uint64_t fill[64];
+    router_loop_opts_t lo = {.max_timers = 64};
+    s_srv_t s;
+    s_srv_start_loop(&s, &lo, NULL);
+    s_client_t *c = s_connect(&s);
+    s_send(c, "GET /defer HTTP/1.1\r\nHost: x\r\n\r\n");
+    s_wait_pending(&s);
+    size_t n = 0;
+    while (n < 64 && (fill[n] = router_loop_timer_add(s.loop, 600000, s_never, NULL)))
+        n++;
+    assert_true(n > 1);
+    assert_int_equal(gateway_http_respond(gateway_http_pending_res(s_pending), 202,
+                                          "application/json", "{\"queued\":true}", 15), 0);
+    gateway_http_pending_end(&s_pending);
+    assert_int_equal(router_loop_timer_cancel(s.loop, fill[--n]), 0); /* the test's wait */
+    char r[4096];
+    if (!s_take_resp(&s, c, r, sizeof r))
+        fail_msg("the answer was lost: the connection ended first");
+    assert_non_null(strstr(r, "HTTP/1.1 202 Accepted\r\n"));
+    assert_non_null(strstr(r, "\r\n\r\n{\"queued\":true}"));
+    while (n)
+        assert_int_equal(router_loop_timer_cancel(s.loop, fill[--n]), 0);
+    s_served_on(&s, c);
+    s_client_close(&c);
+    s_others_served(&s);
+    s_srv_stop(&s);
+}
+
+/* ---------------------------------------------------------------- the unauthenticated budget */
+
+/* A request without a credential whose answer is deferred (an external
+ * event waiting for durability, say): its body, which the route has
+ * taken, no longer counts in the unauthenticated budget
+ * (limits.partial_frame_bytes_max), so another client without a
+ * credential can send a body meanwhile. It used to count until the
+ * answer, where nothing could cut it (only bodies still arriving are
+ * cut), so a few requests slow to answer locked every other client
+ * without a credential out (503 unauth_bodies_full). */
+static void test_deferred_body_leaves_the_budget(void **state)
+{
+    (void) state;
+    gateway_http_opts_t o = {.unauth_body_max = 16384};
+    s_srv_t s;
+    s_srv_start(&s, &o);
+    static char req[16384];
+    char body[10001];
+    memset(body, 'a', sizeof body - 1);
+    body[sizeof body - 1] = '\0';
+    s_client_t *a = s_connect(&s);
+    snprintf(req, sizeof req, "POST /defer HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s",
+             strlen(body), body);
+    s_send(a, req);
+    s_wait_pending(&s);
+    s_client_t *b = s_connect(&s);
+    snprintf(req, sizeof req,
+             "POST /echo-body HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s",
+             strlen(body), body);
+    s_send(b, req);
+    static char r[16384];
+    assert_true(s_take_resp(&s, b, r, sizeof r));
+    if (strncmp(r, "HTTP/1.1 200 ", 13) != 0)
+        fail_msg("a body beside a deferred one was refused: %.200s", r);
+    assert_non_null(strstr(r, "\r\n\r\naaaa"));
+    s_client_close(&b);
+    assert_int_equal(gateway_http_respond(gateway_http_pending_res(s_pending), 200, "text/plain",
+                                          "late", 4), 0);
+    gateway_http_pending_end(&s_pending);
+    assert_true(s_take_resp(&s, a, r, sizeof r));
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    s_client_close(&a);
+    s_others_served(&s);
+    s_srv_stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -980,6 +1399,11 @@ int main(void)
         cmocka_unit_test(test_no_room_even_for_the_error),
         cmocka_unit_test(test_request_cut_short_by_a_half_close),
         cmocka_unit_test(test_pipelined_requests_without_memory),
+        cmocka_unit_test(test_split_requests_without_memory),
+        cmocka_unit_test(test_ws_message_in_pieces_without_memory),
+        cmocka_unit_test(test_upgrade_completed_during_a_drain),
+        cmocka_unit_test(test_deferred_answer_without_a_timer),
+        cmocka_unit_test(test_deferred_body_leaves_the_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
