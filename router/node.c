@@ -459,9 +459,12 @@ static void s_on_hup(router_loop_t *loop, int signo, void *ud)
     (void) loop;
     (void) signo;
     if (router_log_reopen() != 0)
-        ROUTER_LOG(ROUTER_LOG_ERROR, "node", "SIGHUP: cannot reopen the log file: %s",
+        ROUTER_LOG(ROUTER_LOG_ERROR, "node",
+                   "SIGHUP: cannot reopen the log file: %s (lines go on where they went; "
+                   "SIGHUP again once the path is free); reloading trust",
                    strerror(errno));
-    ROUTER_LOG(ROUTER_LOG_INFO, "node", "SIGHUP: log reopened; reloading trust");
+    else
+        ROUTER_LOG(ROUTER_LOG_INFO, "node", "SIGHUP: log reopened; reloading trust");
     s_trust_reload(ud, "SIGHUP");
 }
 

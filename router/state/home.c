@@ -49,5 +49,15 @@ int router_home_mkdirs(const char *dir, unsigned mode)
     }
     if (mkdir(path, (mode_t) mode) != 0 && errno != EEXIST)
         return -1;
+    /* EEXIST says only that something is there: a file where the folder
+     * should be is refused here, with its reason, not later with a
+     * puzzling one (ENOTDIR at the first file made inside). */
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
     return 0;
 }

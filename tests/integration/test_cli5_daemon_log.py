@@ -229,6 +229,7 @@ def reopen_refused_keeps_the_old_file():
         d.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "node: SIGHUP: cannot reopen the log file: Is a directory" in
                  read(log + ".1"), "the failure is in the moved file")
+        check(HUP not in read(log + ".1"), "a refused reopen is not also said to be done")
         check(health(d.gw_port) == 200, "the gateway serves")
         os.rmdir(log)
         d.proc.send_signal(signal.SIGHUP)
@@ -355,9 +356,11 @@ def audit_path_refused_at_start():
            "turns it off)")
     home = new_home("kith-cli5-audit-")
     open(os.path.join(home, "audit"), "w").close()  # a file where the folder goes
-    for path, shown, why in (("audit/kith.log", os.path.join(home, "audit", "kith.log"),
-                              "Not a directory"),
-                             ("/proc/kith-cli5/kith.log", "/proc/kith-cli5/kith.log",
+    # (a file where a relative path's folder goes is found making that folder)
+    for path, shown, why in (("audit/kith.log",
+                              "cannot create the folder of " +
+                              os.path.join(home, "audit", "kith.log"), "Not a directory"),
+                             ("/proc/kith-cli5/kith.log", "cannot open /proc/kith-cli5/kith.log",
                               "No such file or directory")):
         cfg = dict(config_for(home), audit={"path": path})
         with open(os.path.join(home, "config.json"), "w") as f:
@@ -369,7 +372,7 @@ def audit_path_refused_at_start():
                            timeout=TIMEOUT)
         last = p.stderr.splitlines()[-1] if p.stderr else ""
         check(p.returncode == 1 and
-              last == f"kith daemon: audit.path: cannot open {shown}: {why}{fix}",
+              last == f"kith daemon: audit.path: {shown}: {why}{fix}",
               f"{path}: {p.returncode} {p.stderr[-800:]!r}")
 
 

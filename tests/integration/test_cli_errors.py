@@ -479,7 +479,7 @@ def main():
         blocker = os.path.join(tmp, "export-file")
         open(blocker, "w").close()
         refused(("id", "--home", home, "--export-meerkat", blocker),
-                f"kith id: --export-meerkat: {blocker}/identity.key: Not a directory")
+                f"kith id: --export-meerkat: cannot create {blocker}: Not a directory")
         # An import names its flag too: the path may be mistaken for the home's.
         empty = os.path.join(tmp, "export-empty")
         os.makedirs(empty)

@@ -465,8 +465,10 @@ static int s_audit_start(s_audit_t *au, router_node_t *node, const router_config
         int e = errno;
         *slash = '/';
         if (made != 0) {
-            snprintf(err, errcap, "audit.path: cannot create the folder of %s: %s", path,
-                     strerror(e));
+            snprintf(err, errcap,
+                     "audit.path: cannot create the folder of %s: %s; make its folder, or set "
+                     "audit.path to a file kith can write (audit.enabled false turns it off)",
+                     path, strerror(e));
             return -1;
         }
     }
