@@ -529,11 +529,12 @@ def drop_tmpfs(mnt):
 
 
 def fill_disk(path):
-    """Writes zeros to path until its file system is full."""
-    with open(path, "wb") as f:
+    """Writes zeros to path until its file system is full. Unbuffered: a
+    buffered file's close would flush what the full disk refused, and raise
+    ENOSPC out of the `with`."""
+    with open(path, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass

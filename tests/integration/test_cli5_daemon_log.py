@@ -52,8 +52,8 @@ def new_home(prefix):
 
 
 def fill(path):
-    """Writes to path until its file system is full (unbuffered: peer.py's
-    fill_disk raises from the close that flushes its buffer)."""
+    """Writes to path until its file system is full to the last octet
+    (peer.py's fill_disk stops at the first 64 KiB the disk refuses)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         for size in (65536, 4096, 1):
