@@ -8,6 +8,7 @@ not the server's generic "may or may not be done"; the daemon exits 0, and
 a withdrawn webhook is not in state.db."""
 
 import os
+import shutil
 import signal
 import sqlite3
 import sys
@@ -84,6 +85,7 @@ def main():
             if node:
                 node.cleanup()
             drop_tmpfs(mnt)
+            shutil.rmtree(logdir, ignore_errors=True)
 
     results.run(webhook_owed_at_a_stop_is_told_what_was_done)
     return results.summary()
