@@ -41,6 +41,7 @@
 
 #include "alloc_fail.h"
 #include "alloc_fail_loop.h"
+#include "loop_timer_fill.h"
 #include "gateway/auth.h"
 #include "gateway/http_server.h"
 #include "gateway/routes_auth.h"
@@ -847,45 +848,6 @@ static void test_out_of_memory_sweep(void **state)
 
 /* ---------------------------------------------------------------- no timers */
 
-typedef struct {
-    long spare;       /* >= 0: take all timer slots but this many; < 0: give them back */
-    uint64_t ids[256];
-    unsigned n;
-    sem_t done;
-} s_fill_t;
-
-static void s_never(router_loop_t *loop, uint64_t id, void *ud)
-{
-    (void) loop, (void) id, (void) ud;
-    fail_msg("a filler timer fired");
-}
-
-static void s_fill_on(router_loop_t *loop, void *arg)
-{
-    s_fill_t *f = arg;
-    if (f->spare >= 0) {
-        while (f->n < 256 && (f->ids[f->n] = router_loop_timer_add(loop, 3600000, s_never, NULL)))
-            f->n++;
-        for (long i = 0; i < f->spare && f->n > 0; i++)
-            (void) router_loop_timer_cancel(loop, f->ids[--f->n]);
-    } else {
-        while (f->n > 0)
-            (void) router_loop_timer_cancel(loop, f->ids[--f->n]);
-    }
-    sem_post(&f->done);
-}
-
-/* Runs s_fill_on on the server's loop thread and waits for it. */
-static void s_fill(s_srv_t *s, s_fill_t *f, long spare)
-{
-    f->spare = spare;
-    assert_int_equal(sem_init(&f->done, 0, 0), 0);
-    assert_int_equal(router_loop_post(s->loop, s_fill_on, f), 0);
-    while (sem_wait(&f->done) != 0)
-        assert_int_equal(errno, EINTR);
-    sem_destroy(&f->done);
-}
-
 /* With the loop's timers all but `spare` taken, on a disk that holds
  * every write, each request is answered (a typed 503 with nothing done,
  * or its deadline's answer) or cut, never left waiting; a right pairing
@@ -905,8 +867,8 @@ static void test_no_timer_never_hangs(void **state)
     vfs_fail_hold(s->dir);
     unsigned refused = 0, kept = 0;
     for (long spare = 0; spare <= 4; spare++) {
-        s_fill_t f = {0};
-        s_fill(s, &f, spare);
+        test_timer_fill_t f = {0};
+        test_timer_fill(s->loop, &f, spare);
         /* A revocation with no timer to bound its wait: refused with
          * nothing done — the token still opens what it opened. */
         s_req(s, "DELETE", path, NULL, NULL, &r);
@@ -928,7 +890,7 @@ static void test_no_timer_never_hangs(void **state)
             refused += strstr(r.body, "not looked at") != NULL;
             assert_null(strstr(r.body, "spent"));
         }
-        s_fill(s, &f, -1);
+        test_timer_fill(s->loop, &f, -1);
         if (untouched) {
             s_req(s, "GET", "/admin/tokens", NULL, NULL, &r);
             assert_non_null(strstr(r.body, id));

@@ -33,6 +33,7 @@
 
 #include "alloc_fail.h"
 #include "alloc_fail_loop.h"
+#include "loop_timer_fill.h"
 #include "gateway/auth.h"
 #include "gateway/http_server.h"
 #include "gateway/routes_auth.h"
@@ -380,45 +381,6 @@ static void test_commit_fails_not_durable(void **state)
 
 /* ---------------------------------------------------------------- no timers */
 
-typedef struct {
-    long spare;       /* >= 0: take all timer slots but this many; < 0: give them back */
-    uint64_t ids[256];
-    unsigned n;
-    sem_t done;
-} s_fill_t;
-
-static void s_never(router_loop_t *loop, uint64_t id, void *ud)
-{
-    (void) loop, (void) id, (void) ud;
-    fail_msg("a filler timer fired");
-}
-
-static void s_fill_on(router_loop_t *loop, void *arg)
-{
-    s_fill_t *f = arg;
-    if (f->spare >= 0) {
-        while (f->n < 256 && (f->ids[f->n] = router_loop_timer_add(loop, 3600000, s_never, NULL)))
-            f->n++;
-        for (long i = 0; i < f->spare && f->n > 0; i++)
-            (void) router_loop_timer_cancel(loop, f->ids[--f->n]);
-    } else {
-        while (f->n > 0)
-            (void) router_loop_timer_cancel(loop, f->ids[--f->n]);
-    }
-    sem_post(&f->done);
-}
-
-/* Runs s_fill_on on the server's loop thread and waits for it. */
-static void s_fill(s_srv_t *s, s_fill_t *f, long spare)
-{
-    f->spare = spare;
-    assert_int_equal(sem_init(&f->done, 0, 0), 0);
-    assert_int_equal(router_loop_post(s->loop, s_fill_on, f), 0);
-    while (sem_wait(&f->done) != 0)
-        assert_int_equal(errno, EINTR);
-    sem_destroy(&f->done);
-}
-
 /* With the loop's timers all but `spare` taken, each request is answered
  * (202, a typed 5xx) or cut, never left waiting: a request admitted with
  * no timer for the durability poll waited for ever (no durable wake-up
@@ -433,15 +395,15 @@ static void test_no_timer_never_hangs(void **state)
     s_max_timers = 0;
     unsigned answered = 0;
     for (long spare = 0; spare <= 6; spare++) {
-        s_fill_t f = {0};
-        s_fill(s, &f, spare);
+        test_timer_fill_t f = {0};
+        test_timer_fill(s->loop, &f, spare);
         s_resp_t r;
         s_post(s, "/webhook", NULL, "{\"message\":\"m\"}", &r);
         if (r.status && r.status != 202)
             s_expect_typed_5xx(&r);
         answered += r.status != 0;
         print_message("spare %ld: %d %s\n", spare, r.status, r.body);
-        s_fill(s, &f, -1);
+        test_timer_fill(s->loop, &f, -1);
     }
     assert_true(answered > 0);
     s_resp_t r;
